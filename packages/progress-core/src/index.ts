@@ -1,0 +1,100 @@
+/**
+ * `@finishline/core`: the task/event model, error and close codes, the wire protocol, the
+ * `ProgressStore` seam with an in-memory implementation, and the pure delivery logic that the server and
+ * the client share. No drivers, no timers, no I/O.
+ *
+ * @packageDocumentation
+ */
+
+export type { Clock } from './clock.js';
+export { systemClock } from './clock.js';
+export { CloseCode, ERROR_CODES, ErrorCode, FATAL_CLOSE_CODES } from './codes.js';
+export { LIMITS, ID_PATTERN } from './limits.js';
+export type {
+  CancelledEvent,
+  CompletedEvent,
+  EventType,
+  FailedEvent,
+  InterruptedEvent,
+  ItemEvent,
+  ItemResult,
+  JsonValue,
+  ProgressEvent,
+  ProgressState,
+  Task,
+  TaskEvent,
+  TaskFailure,
+  TaskMeta,
+  TaskStatus,
+  TaskView,
+  TerminalEvent,
+  TerminalType,
+} from './model.js';
+export {
+  allItemsFinished,
+  EVENT_TYPES,
+  isTerminalEvent,
+  isTerminalType,
+  Priority,
+  priorityOf,
+  progressOf,
+  TASK_STATUSES,
+  TERMINAL_TYPES,
+  toTaskView,
+} from './model.js';
+export type { ProgressErrorOptions } from './progress-error.js';
+export { isProgressError, ProgressError } from './progress-error.js';
+
+// Protocol
+export type {
+  AckFrame,
+  AuthFrame,
+  ClientFrame,
+  ErrorFrame,
+  EventFrame,
+  HeartbeatFrame,
+  HelloFrame,
+  PingFrame,
+  PongFrame,
+  ServerFrame,
+  SnapshotFrame,
+  SubscribeFrame,
+  UnsubscribeFrame,
+} from './protocol/frames.js';
+export { CLIENT_FRAME_TYPES, PROTOCOL_NAME, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './protocol/frames.js';
+export type { DecodeOptions, DecodeResult } from './protocol/codec.js';
+export { decodeClientFrame, decodeServerFrame, encodeFrame } from './protocol/codec.js';
+
+// Store seam
+export type { ChangeFeed, ChangeListener, TaskChange, Unsubscribe } from './store/change-feed.js';
+export { LocalChangeFeed } from './store/change-feed.js';
+export type {
+  AppendInput,
+  CancelInput,
+  CompleteInput,
+  CreateTaskInput,
+  FailInput,
+  InterruptInput,
+  ItemInput,
+  LeaseInput,
+  ProgressInput,
+} from './store/inputs.js';
+export { assertCount, assertTaskId, parseAppendInput, parseCreateTaskInput, parseLeaseInput } from './store/inputs.js';
+export type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './store/progress-store.js';
+export { STORE_DEFAULTS } from './store/progress-store.js';
+export type { AppendResult } from './store/task-transitions.js';
+export { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './store/task-transitions.js';
+export type { MemoryProgressStoreOptions } from './store/memory-store.js';
+export { MemoryProgressStore } from './store/memory-store.js';
+
+// Delivery logic (pure, time injected)
+export type { BackoffOptions } from './delivery/backoff.js';
+export { BACKOFF_DEFAULTS, backoffDelayMs } from './delivery/backoff.js';
+export type { FinishWatchdogOptions, WatchdogAction } from './delivery/finish-watchdog.js';
+export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
+export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
+export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
+export type { TerminalRetryOptions } from './delivery/terminal-retry.js';
+export { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker, terminalRetryDelayMs } from './delivery/terminal-retry.js';
+export type { ApplyResult, Delivery, WatchView } from './delivery/watch-cursor.js';
+export { WatchCursor } from './delivery/watch-cursor.js';

@@ -1,0 +1,25 @@
+/**
+ * Size limits shared by the protocol, the stores and the server. They keep one caller's input from
+ * exhausting memory or storage that others share. Each value is the default; where a component lets you
+ * change one, its options say so.
+ */
+export const LIMITS = Object.freeze({
+  /** Longest task id, owner, kind or server id, in characters. */
+  maxIdLength: 128,
+  /** Longest item key, `current` or `reason`, in characters. */
+  maxKeyLength: 512,
+  /** Longest `message` or error message, in characters. */
+  maxMessageLength: 4096,
+  /** Largest JSON `result` or item `detail`, in UTF-8 bytes once serialized. */
+  maxJsonBytes: 16 * 1024,
+  /** Largest frame accepted by the protocol decoder, in UTF-8 bytes. */
+  maxFrameBytes: 64 * 1024,
+  /** Largest item count or `seq`: integers above it lose precision in JSON. */
+  maxCount: Number.MAX_SAFE_INTEGER,
+});
+
+/**
+ * Allowed characters for task ids, owners and kinds: letters, digits and `_ . : @ / -`. Anything that
+ * reaches a URL path, a SQL parameter or a log line is therefore harmless.
+ */
+export const ID_PATTERN = /^[A-Za-z0-9_.:@/-]+$/;

@@ -1,0 +1,96 @@
+import * as v from 'valibot';
+import { ID_PATTERN, LIMITS } from './limits.js';
+import type { JsonValue } from './model.js';
+
+/**
+ * Valibot schemas for the values that recur in frames and store inputs. Kept in one place so the wire
+ * and the stores agree on what a valid id, count or JSON payload is.
+ */
+
+/** A task id, owner, kind or server id. */
+export const idSchema = v.pipe(
+  v.string(),
+  v.minLength(1, 'must not be empty'),
+  v.maxLength(LIMITS.maxIdLength, `must be at most ${LIMITS.maxIdLength} characters`),
+  v.regex(ID_PATTERN, 'may contain only letters, digits and _ . : @ / -'),
+);
+
+/** A non-negative safe integer: counts, seqs. */
+export const countSchema = v.pipe(
+  v.number(),
+  v.integer('must be an integer'),
+  v.minValue(0, 'must not be negative'),
+  v.maxValue(LIMITS.maxCount, 'is too large'),
+);
+
+/** A positive safe integer: the seq of an existing event. */
+export const seqSchema = v.pipe(countSchema, v.minValue(1, 'must be at least 1'));
+
+/** Epoch milliseconds. */
+export const timeSchema = countSchema;
+
+/** A short text: item key, `current`, reason. */
+export const shortTextSchema = v.pipe(
+  v.string(),
+  v.maxLength(LIMITS.maxKeyLength, `must be at most ${LIMITS.maxKeyLength} characters`),
+);
+
+/** A message line. */
+export const messageSchema = v.pipe(
+  v.string(),
+  v.maxLength(LIMITS.maxMessageLength, `must be at most ${LIMITS.maxMessageLength} characters`),
+);
+
+/** UTF-8 byte length of a string, without allocating a buffer. */
+export function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit <= 0xdbff && i + 1 < text.length) {
+      const next = text.charCodeAt(i + 1);
+      if (next >= 0xdc00 && next <= 0xdfff) {
+        bytes += 4;
+        i++;
+      } else bytes += 3;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
+function isJsonValue(value: unknown, depth: number): value is JsonValue {
+  if (depth > 64) return false;
+  if (value === null || typeof value === 'boolean' || typeof value === 'string') return true;
+  if (typeof value === 'number') return Number.isFinite(value);
+  if (Array.isArray(value)) return value.every((entry) => isJsonValue(entry, depth + 1));
+  if (typeof value === 'object') {
+    const proto = Object.getPrototypeOf(value);
+    if (proto !== Object.prototype && proto !== null) return false;
+    return Object.values(value).every((entry) => isJsonValue(entry, depth + 1));
+  }
+  return false;
+}
+
+/**
+ * A JSON value (plain objects, arrays, finite numbers, strings, booleans, null; at most 64 levels deep)
+ * whose serialized form fits in {@link LIMITS.maxJsonBytes}.
+ */
+export const jsonSchema = v.pipe(
+  v.custom<JsonValue>((value) => isJsonValue(value, 0), 'must be a plain JSON value'),
+  v.check(
+    (value) => utf8Length(JSON.stringify(value)) <= LIMITS.maxJsonBytes,
+    `must serialize to at most ${LIMITS.maxJsonBytes} bytes`,
+  ),
+);
+
+/** Formats valibot issues as one readable line: `field.path: message; …`. */
+export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
+  return issues
+    .slice(0, 5)
+    .map((issue) => {
+      const path = issue.path?.map((segment) => String(segment.key)).join('.');
+      return path ? `${path}: ${issue.message}` : issue.message;
+    })
+    .join('; ');
+}

@@ -1,0 +1,39 @@
+import type { ErrorCode } from './codes.js';
+
+/** Options for {@link ProgressError}. */
+export interface ProgressErrorOptions {
+  /** The error that caused this one, kept for logs. */
+  cause?: unknown;
+  /** The task the error is about, when there is one. */
+  taskId?: string;
+}
+
+/**
+ * The one error class of Finishline. `code` is stable and typed; `message` is for humans.
+ *
+ * @example
+ * ```ts
+ * try {
+ *   await store.append(taskId, { type: 'progress', done: 3 });
+ * } catch (error) {
+ *   if (isProgressError(error, ErrorCode.TaskFinished)) return; // already ended: nothing to do
+ *   throw error;
+ * }
+ * ```
+ */
+export class ProgressError extends Error {
+  override readonly name = 'ProgressError';
+  readonly code: ErrorCode;
+  readonly taskId: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: ProgressErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.taskId = options.taskId;
+  }
+}
+
+/** True when `error` is a {@link ProgressError}, optionally with the given code. */
+export function isProgressError(error: unknown, code?: ErrorCode): error is ProgressError {
+  return error instanceof ProgressError && (code === undefined || error.code === code);
+}

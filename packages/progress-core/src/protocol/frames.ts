@@ -1,0 +1,139 @@
+import type { ErrorCode } from '../codes.js';
+import type { TaskEvent, TaskView } from '../model.js';
+
+/**
+ * The wire protocol: JSON text frames over a WebSocket. Every frame is an object with a `type`.
+ * `docs/protocol.md` documents each frame, field and rule; this file is its source of truth in code.
+ *
+ * @module
+ */
+
+/** The protocol version this build speaks. Bumped on any incompatible change. */
+export const PROTOCOL_VERSION = 1;
+
+/**
+ * WebSocket subprotocol name carrying the version, offered by clients in `Sec-WebSocket-Protocol`, so a
+ * server can refuse an incompatible client at the upgrade.
+ */
+export const PROTOCOL_NAME = `finishline.v${PROTOCOL_VERSION}`;
+
+// ── server → client ────────────────────────────────────────────────────────────────────────────
+
+/** First frame on every connection (after authentication, if that happens in a frame). */
+export interface HelloFrame {
+  type: 'hello';
+  protocol: typeof PROTOCOL_VERSION;
+  /** Which replica this socket is connected to, for logs and metrics. */
+  serverId: string;
+  /** The server sends a heartbeat at least this often; a client that hears nothing for ~2× may reconnect. */
+  heartbeatIntervalMs: number;
+}
+
+/**
+ * The task's state at `task.seq`. The client moves its cursor to `task.seq` if that is ahead of it
+ * (explicitly skipping the events in between, which were only `progress`), and ignores it otherwise.
+ * Sent on subscribe when the watcher knows nothing (`afterSeq` 0) or its backlog is too long to replay,
+ * and in place of a run of queued `progress` events when the socket is congested.
+ */
+export interface SnapshotFrame {
+  type: 'snapshot';
+  task: TaskView;
+}
+
+/** One event of a task's log. */
+export interface EventFrame {
+  type: 'event';
+  event: TaskEvent;
+}
+
+/**
+ * Periodic liveness and catch-up signal: the latest seq of every task this socket follows, so a client
+ * that is connected but behind (a lost frame) notices and resyncs.
+ */
+export interface HeartbeatFrame {
+  type: 'heartbeat';
+  /** Server time, epoch milliseconds. */
+  time: number;
+  /** taskId → latest committed seq, for each task the socket follows. */
+  seqs: Record<string, number>;
+}
+
+/** A request failed, or the socket did something not allowed. The socket stays open unless closed separately. */
+export interface ErrorFrame {
+  type: 'error';
+  code: ErrorCode;
+  message: string;
+  /** The `id` of the client frame this answers, when it had one. */
+  requestId?: string;
+  /** The task concerned, when there is one. */
+  taskId?: string;
+}
+
+/** Answer to `ping`. */
+export interface PongFrame {
+  type: 'pong';
+  /** The `id` of the ping. */
+  requestId?: string;
+  /** Server time, epoch milliseconds. */
+  time: number;
+}
+
+/** Every frame a server sends. */
+export type ServerFrame = HelloFrame | SnapshotFrame | EventFrame | HeartbeatFrame | ErrorFrame | PongFrame;
+
+// ── client → server ────────────────────────────────────────────────────────────────────────────
+
+/**
+ * Authenticate in the first frame instead of at the upgrade (for browsers that cannot set headers and
+ * do not share a cookie with the server). Only valid as the first frame.
+ */
+export interface AuthFrame {
+  type: 'auth';
+  /** Opaque credential handed to the server's `authenticate` hook. */
+  token: string;
+  /** The protocol version the client speaks. */
+  protocol: number;
+}
+
+/**
+ * Follow a task from `afterSeq` (0 = from the beginning: the server answers with a snapshot). The server
+ * answers with a snapshot or the events after `afterSeq`, then pushes new events live. Subscribing again
+ * to a followed task is a resync: it restarts delivery from the new `afterSeq`.
+ */
+export interface SubscribeFrame {
+  type: 'subscribe';
+  /** Optional request id, echoed in an `error` answering this frame. */
+  id?: string;
+  taskId: string;
+  afterSeq: number;
+}
+
+/** Stop following a task. */
+export interface UnsubscribeFrame {
+  type: 'unsubscribe';
+  id?: string;
+  taskId: string;
+}
+
+/**
+ * The client processed every event of `taskId` up to `seq` (cumulative). Stops terminal retries and
+ * marks those events processed in the store.
+ */
+export interface AckFrame {
+  type: 'ack';
+  taskId: string;
+  seq: number;
+}
+
+/** Liveness check; answered by `pong`. */
+export interface PingFrame {
+  type: 'ping';
+  id?: string;
+}
+
+/** Every frame a client sends. */
+export type ClientFrame = AuthFrame | SubscribeFrame | UnsubscribeFrame | AckFrame | PingFrame;
+
+/** Frame `type` values in each direction. */
+export const SERVER_FRAME_TYPES = ['hello', 'snapshot', 'event', 'heartbeat', 'error', 'pong'] as const;
+export const CLIENT_FRAME_TYPES = ['auth', 'subscribe', 'unsubscribe', 'ack', 'ping'] as const;

@@ -1,0 +1,72 @@
+/**
+ * "Task X is now at seq N." Stores publish one change per committed event; servers use it to wake the
+ * watchers of that task instead of polling. A change carries ids only, never the payload: the receiver
+ * reads the events from the store, so a lost or duplicated change costs at most a read.
+ */
+export interface TaskChange {
+  taskId: string;
+  /** The seq just committed (the task's latest, at the time of the commit). */
+  seq: number;
+  /** True when that event is the task's terminal event. */
+  terminal: boolean;
+}
+
+/** Stops a listener. Calling it twice is harmless. */
+export type Unsubscribe = () => void;
+
+/** Called for each change, in commit order for one task. Must not throw; errors are not propagated. */
+export type ChangeListener = (change: TaskChange) => void;
+
+/**
+ * The change feed seam. Delivery is at-least-once and may be late (a Postgres listener that reconnects
+ * re-reads and republishes what it missed); listeners must treat changes as hints and read the store.
+ *
+ * @example
+ * ```ts
+ * const stop = store.changes.subscribe(({ taskId, seq }) => wakeWatchers(taskId, seq));
+ * // later
+ * stop();
+ * ```
+ */
+export interface ChangeFeed {
+  subscribe(listener: ChangeListener): Unsubscribe;
+}
+
+/**
+ * An in-process change feed: a set of listeners called synchronously. Stores use it for writers in the
+ * same process; adapters with a cross-process feed publish what they receive through it too.
+ */
+export class LocalChangeFeed implements ChangeFeed {
+  readonly #listeners = new Set<ChangeListener>();
+  readonly #onListenerError: (error: unknown) => void;
+
+  /** @param onListenerError receives what a listener throws; by default it is ignored. */
+  constructor(onListenerError: (error: unknown) => void = () => {}) {
+    this.#onListenerError = onListenerError;
+  }
+
+  subscribe(listener: ChangeListener): Unsubscribe {
+    // Wrap so the same function subscribed twice gets two independent subscriptions.
+    const entry: ChangeListener = (change) => listener(change);
+    this.#listeners.add(entry);
+    return () => {
+      this.#listeners.delete(entry);
+    };
+  }
+
+  /** Calls every listener with `change`. A listener that throws does not stop the others. */
+  publish(change: TaskChange): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(change);
+      } catch (error) {
+        this.#onListenerError(error);
+      }
+    }
+  }
+
+  /** Number of active listeners. */
+  get size(): number {
+    return this.#listeners.size;
+  }
+}

@@ -1,0 +1,153 @@
+import * as v from 'valibot';
+import { ErrorCode } from '../codes.js';
+import type { JsonValue, TaskFailure } from '../model.js';
+import {
+  countSchema,
+  describeIssues,
+  idSchema,
+  jsonSchema,
+  messageSchema,
+  shortTextSchema,
+} from '../primitives.js';
+import { ProgressError } from '../progress-error.js';
+
+/** A lease request: the worker `owner` holds the task for `ttlMs` unless it renews. */
+export interface LeaseInput {
+  /** Identifies the worker or replica, for example its server id. */
+  owner: string;
+  /** Lease length in milliseconds (1 ms … 1 day). */
+  ttlMs: number;
+}
+
+/** What {@link ProgressStore.createTask} needs. */
+export interface CreateTaskInput {
+  /** The task id; the store generates a random UUID when omitted. */
+  id?: string;
+  /** The principal allowed to watch the task. */
+  owner: string;
+  /** What the task does, for example `batch_taint`. */
+  kind: string;
+  /** Number of items, or `null`/omitted while unknown. */
+  total?: number | null;
+  message?: string | null;
+  /** Take a lease at creation; a running task without one is never interrupted by reaping. */
+  lease?: LeaseInput;
+}
+
+/** Set absolute progress values; omitted fields keep their value. */
+export interface ProgressInput {
+  type: 'progress';
+  total?: number | null;
+  done?: number;
+  current?: string | null;
+  message?: string | null;
+}
+
+/** One item finished: counts it in `done` and in `succeeded` or `failed`. */
+export interface ItemInput {
+  type: 'item';
+  key: string;
+  ok: boolean;
+  error?: string | null;
+  detail?: JsonValue | null;
+  /** Optionally move `current` to the next item in the same event. */
+  current?: string | null;
+}
+
+export interface CompleteInput {
+  type: 'completed';
+  result?: JsonValue | null;
+  message?: string | null;
+}
+
+export interface FailInput {
+  type: 'failed';
+  error: TaskFailure;
+}
+
+export interface CancelInput {
+  type: 'cancelled';
+  reason?: string | null;
+}
+
+export interface InterruptInput {
+  type: 'interrupted';
+  reason: string;
+}
+
+/** What {@link ProgressStore.append} accepts. */
+export type AppendInput = ProgressInput | ItemInput | CompleteInput | FailInput | CancelInput | InterruptInput;
+
+const nullableText = v.optional(v.nullable(shortTextSchema));
+const nullableMessage = v.optional(v.nullable(messageSchema));
+
+const leaseSchema = v.strictObject({
+  owner: idSchema,
+  ttlMs: v.pipe(v.number(), v.integer(), v.minValue(1), v.maxValue(86_400_000)),
+});
+
+const createTaskSchema = v.strictObject({
+  id: v.optional(idSchema),
+  owner: idSchema,
+  kind: idSchema,
+  total: v.optional(v.nullable(countSchema)),
+  message: nullableMessage,
+  lease: v.optional(leaseSchema),
+});
+
+const failureSchema = v.strictObject({ code: shortTextSchema, message: messageSchema });
+
+const appendSchema = v.variant('type', [
+  v.strictObject({
+    type: v.literal('progress'),
+    total: v.optional(v.nullable(countSchema)),
+    done: v.optional(countSchema),
+    current: nullableText,
+    message: nullableMessage,
+  }),
+  v.strictObject({
+    type: v.literal('item'),
+    key: v.pipe(shortTextSchema, v.minLength(1, 'must not be empty')),
+    ok: v.boolean(),
+    error: nullableMessage,
+    detail: v.optional(v.nullable(jsonSchema)),
+    current: nullableText,
+  }),
+  v.strictObject({ type: v.literal('completed'), result: v.optional(v.nullable(jsonSchema)), message: nullableMessage }),
+  v.strictObject({ type: v.literal('failed'), error: failureSchema }),
+  v.strictObject({ type: v.literal('cancelled'), reason: nullableText }),
+  v.strictObject({ type: v.literal('interrupted'), reason: shortTextSchema }),
+]);
+
+function parseOrThrow<T>(schema: v.GenericSchema<unknown, T>, input: unknown, what: string): T {
+  const parsed = v.safeParse(schema, input);
+  if (!parsed.success) {
+    throw new ProgressError(ErrorCode.InvalidInput, `Invalid ${what}: ${describeIssues(parsed.issues)}`);
+  }
+  return parsed.output;
+}
+
+/** Validates a task id; throws `invalid_input` otherwise. */
+export function assertTaskId(taskId: unknown): asserts taskId is string {
+  parseOrThrow(idSchema, taskId, 'task id');
+}
+
+/** Validates a seq or count argument; throws `invalid_input` otherwise. */
+export function assertCount(value: unknown, what: string): asserts value is number {
+  parseOrThrow(countSchema, value, what);
+}
+
+/** Validates {@link CreateTaskInput}; throws `invalid_input` with the offending fields otherwise. */
+export function parseCreateTaskInput(input: unknown): CreateTaskInput {
+  return parseOrThrow(createTaskSchema, input, 'task') as CreateTaskInput;
+}
+
+/** Validates {@link AppendInput}; throws `invalid_input` with the offending fields otherwise. */
+export function parseAppendInput(input: unknown): AppendInput {
+  return parseOrThrow(appendSchema, input, 'event') as AppendInput;
+}
+
+/** Validates {@link LeaseInput}; throws `invalid_input` otherwise. */
+export function parseLeaseInput(input: unknown): LeaseInput {
+  return parseOrThrow(leaseSchema, input, 'lease');
+}

@@ -1,0 +1,157 @@
+import { ErrorCode } from '../codes.js';
+import type { Task, TaskEvent, TaskFailure } from '../model.js';
+import { progressOf } from '../model.js';
+import { ProgressError } from '../progress-error.js';
+import type { AppendInput, CreateTaskInput } from './inputs.js';
+
+/**
+ * The pure state transitions of a task, shared by every store so that SQLite, Postgres and memory agree
+ * to the field: a store loads the row (locked), calls these, and writes the results in one transaction.
+ * Inputs must already be validated (see `inputs.ts`).
+ */
+
+/** The row of a new task. */
+export function newTask(input: CreateTaskInput & { id: string }, now: number): Task {
+  return {
+    id: input.id,
+    owner: input.owner,
+    kind: input.kind,
+    status: 'running',
+    total: input.total ?? null,
+    done: 0,
+    succeeded: 0,
+    failed: 0,
+    current: null,
+    message: input.message ?? null,
+    result: null,
+    error: null,
+    seq: 0,
+    ackedSeq: 0,
+    createdAt: now,
+    updatedAt: now,
+    finishedAt: null,
+    leaseOwner: input.lease?.owner ?? null,
+    leaseExpiresAt: input.lease ? now + input.lease.ttlMs : null,
+  };
+}
+
+/** The event an append creates and the task row after it. */
+export interface AppendResult {
+  event: TaskEvent;
+  task: Task;
+}
+
+/**
+ * Plans an append: the next event (seq = task.seq + 1) and the updated row.
+ *
+ * @throws ProgressError `task_finished` when the task already has its terminal event.
+ */
+export function planAppend(task: Task, input: AppendInput, now: number): AppendResult {
+  if (task.status !== 'running') {
+    throw new ProgressError(
+      ErrorCode.TaskFinished,
+      `Task ${task.id} already ended (${task.status}); nothing can be appended after its terminal event`,
+      { taskId: task.id },
+    );
+  }
+  const next: Task = { ...task, seq: task.seq + 1, updatedAt: now };
+  const base = { taskId: task.id, seq: next.seq, time: now };
+  let event: TaskEvent;
+  switch (input.type) {
+    case 'progress': {
+      if (input.total !== undefined) next.total = input.total;
+      if (input.done !== undefined) next.done = input.done;
+      if (input.current !== undefined) next.current = input.current;
+      if (input.message !== undefined) next.message = input.message;
+      event = { ...base, type: 'progress', progress: progressOf(next) };
+      break;
+    }
+    case 'item': {
+      next.done += 1;
+      if (input.ok) next.succeeded += 1;
+      else next.failed += 1;
+      if (input.current !== undefined) next.current = input.current;
+      const item = {
+        key: input.key,
+        ok: input.ok,
+        error: input.ok ? null : (input.error ?? 'failed'),
+        detail: input.detail ?? null,
+      };
+      event = { ...base, type: 'item', item, progress: progressOf(next) };
+      break;
+    }
+    case 'completed': {
+      finish(next, 'completed', now);
+      next.result = input.result ?? null;
+      if (input.message !== undefined) next.message = input.message;
+      event = { ...base, type: 'completed', result: next.result, progress: progressOf(next) };
+      break;
+    }
+    case 'failed': {
+      finish(next, 'failed', now);
+      next.error = { code: input.error.code, message: input.error.message };
+      event = { ...base, type: 'failed', error: next.error, progress: progressOf(next) };
+      break;
+    }
+    case 'cancelled': {
+      finish(next, 'cancelled', now);
+      const reason = input.reason ?? null;
+      next.error = failure('cancelled', reason ?? 'cancelled');
+      event = { ...base, type: 'cancelled', reason, progress: progressOf(next) };
+      break;
+    }
+    case 'interrupted': {
+      finish(next, 'interrupted', now);
+      next.error = failure('interrupted', input.reason);
+      event = { ...base, type: 'interrupted', reason: input.reason, progress: progressOf(next) };
+      break;
+    }
+    default: {
+      const unreachable: never = input;
+      throw new ProgressError(ErrorCode.InvalidInput, `Unknown event type ${String(unreachable)}`);
+    }
+  }
+  return { event, task: next };
+}
+
+function finish(task: Task, status: Task['status'], now: number): void {
+  task.status = status;
+  task.finishedAt = now;
+  task.current = null;
+  task.leaseOwner = null;
+  task.leaseExpiresAt = null;
+}
+
+function failure(code: string, message: string): TaskFailure {
+  return { code, message };
+}
+
+/** The reason recorded when reaping turns an expired lease into `interrupted`. */
+export function leaseExpiredReason(task: Pick<Task, 'leaseOwner'>): string {
+  return `lease of worker ${task.leaseOwner ?? 'unknown'} expired`;
+}
+
+/** True when the task is running under a lease that expired at or before `now`. */
+export function isLeaseExpired(task: Task, now: number): boolean {
+  return task.status === 'running' && task.leaseExpiresAt !== null && task.leaseExpiresAt <= now;
+}
+
+/**
+ * Plans taking or renewing a lease.
+ *
+ * @throws ProgressError `task_finished` when the task ended, `lease_held` when another owner holds an
+ * unexpired lease.
+ */
+export function planLease(task: Task, owner: string, ttlMs: number, now: number): Task {
+  if (task.status !== 'running') {
+    throw new ProgressError(ErrorCode.TaskFinished, `Task ${task.id} already ended (${task.status})`, {
+      taskId: task.id,
+    });
+  }
+  if (task.leaseOwner !== null && task.leaseOwner !== owner && !isLeaseExpired(task, now)) {
+    throw new ProgressError(ErrorCode.LeaseHeld, `Task ${task.id} is leased by ${task.leaseOwner}`, {
+      taskId: task.id,
+    });
+  }
+  return { ...task, leaseOwner: owner, leaseExpiresAt: now + ttlMs };
+}

@@ -1,0 +1,44 @@
+import type { Parameters as FcParameters } from 'fast-check';
+
+/**
+ * fast-check settings shared by every property test of the project: a fixed seed that is printed once
+ * per process and can be overridden to replay a failure, and a run count that CI can raise.
+ *
+ * - `FC_SEED=123 npm test` replays a failure (fast-check prints the seed and path of a counterexample).
+ * - `FC_NUM_RUNS=5000 npm test` multiplies the work; each test's own count is the default.
+ */
+
+/** The seed used when `FC_SEED` is not set. Fixed, so a red CI run reproduces locally. */
+export const DEFAULT_FC_SEED = 20261126;
+
+function readIntegerEnv(name: string): number | undefined {
+  const raw = typeof process === 'undefined' ? undefined : process.env[name];
+  if (raw === undefined || raw === '') return undefined;
+  const value = Number(raw);
+  if (!Number.isSafeInteger(value)) throw new Error(`${name} must be an integer, got ${JSON.stringify(raw)}`);
+  return value;
+}
+
+let announced = false;
+
+/** The seed in force: `FC_SEED` or {@link DEFAULT_FC_SEED}. Printed once per process. */
+export function propertySeed(): number {
+  const seed = readIntegerEnv('FC_SEED') ?? DEFAULT_FC_SEED;
+  if (!announced) {
+    announced = true;
+    process.stdout.write(`[fast-check] seed ${seed} (replay with FC_SEED=${seed})\n`);
+  }
+  return seed;
+}
+
+/**
+ * Parameters for `fc.assert`: the project seed and `numRuns` (overridden by `FC_NUM_RUNS` when set).
+ *
+ * @example
+ * ```ts
+ * fc.assert(fc.property(fc.nat(), (n) => n >= 0), propertyParams(1000));
+ * ```
+ */
+export function propertyParams<T = unknown>(numRuns: number): FcParameters<T> {
+  return { seed: propertySeed(), numRuns: readIntegerEnv('FC_NUM_RUNS') ?? numRuns, endOnFailure: true };
+}
