@@ -30,6 +30,13 @@ export type ChangeListener = (change: TaskChange) => void;
  */
 export interface ChangeFeed {
   subscribe(listener: ChangeListener): Unsubscribe;
+  /**
+   * Optional interest hint: a server calls it for each task its local watchers follow (and the returned
+   * function when they stop). Feeds with a safety-net poll (Postgres) ask the store about exactly these
+   * tasks, in one query, instead of every task; feeds that see every commit anyway may omit it.
+   * Reference-counted: following a task twice needs both returned functions called.
+   */
+  follow?(taskId: string): Unsubscribe;
 }
 
 /**
