@@ -9,7 +9,22 @@
 export type { Clock } from './clock.js';
 export { systemClock } from './clock.js';
 export { CloseCode, ERROR_CODES, ErrorCode, FATAL_CLOSE_CODES } from './codes.js';
-export { LIMITS, ID_PATTERN } from './limits.js';
+// Delivery logic (pure, time injected)
+export type { BackoffOptions } from './delivery/backoff.js';
+export { BACKOFF_DEFAULTS, backoffDelayMs } from './delivery/backoff.js';
+export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
+export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
+export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
+export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
+export type { DueTerminalRetry, TerminalRetryOptions } from './delivery/terminal-retry.js';
+export {
+  TERMINAL_RETRY_DEFAULTS,
+  TerminalRetryTracker,
+  terminalRetryDelayMs,
+} from './delivery/terminal-retry.js';
+export type { ApplyResult, Delivery, WatchCursorOptions, WatchView } from './delivery/watch-cursor.js';
+export { WATCH_CURSOR_DEFAULTS, WatchCursor } from './delivery/watch-cursor.js';
+export { ID_PATTERN, LIMITS } from './limits.js';
 export type {
   CancelledEvent,
   CompletedEvent,
@@ -44,7 +59,8 @@ export {
 } from './model.js';
 export type { ProgressErrorOptions } from './progress-error.js';
 export { isProgressError, ProgressError } from './progress-error.js';
-
+export type { DecodeOptions, DecodeResult } from './protocol/codec.js';
+export { decodeClientFrame, decodeServerFrame, encodeFrame } from './protocol/codec.js';
 // Protocol
 export type {
   AckFrame,
@@ -61,10 +77,12 @@ export type {
   SubscribeFrame,
   UnsubscribeFrame,
 } from './protocol/frames.js';
-export { CLIENT_FRAME_TYPES, PROTOCOL_NAME, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './protocol/frames.js';
-export type { DecodeOptions, DecodeResult } from './protocol/codec.js';
-export { decodeClientFrame, decodeServerFrame, encodeFrame } from './protocol/codec.js';
-
+export {
+  CLIENT_FRAME_TYPES,
+  PROTOCOL_NAME,
+  PROTOCOL_VERSION,
+  SERVER_FRAME_TYPES,
+} from './protocol/frames.js';
 // Store seam
 export type { ChangeFeed, ChangeListener, TaskChange, Unsubscribe } from './store/change-feed.js';
 export { LocalChangeFeed } from './store/change-feed.js';
@@ -77,24 +95,31 @@ export type {
   InterruptInput,
   ItemInput,
   LeaseInput,
+  ParsedListTasksQuery,
   ProgressInput,
 } from './store/inputs.js';
-export { assertCount, assertTaskId, parseAppendInput, parseCreateTaskInput, parseLeaseInput } from './store/inputs.js';
+export {
+  assertCount,
+  assertId,
+  assertTaskId,
+  parseAppendInput,
+  parseCreateTaskInput,
+  parseLeaseInput,
+  parseListTasksQuery,
+  parsePurgeOptions,
+  parseReadLimit,
+  parseReapOptions,
+  parseTaskIds,
+} from './store/inputs.js';
+export type { MemoryProgressStoreOptions } from './store/memory-store.js';
+export { MEMORY_PROGRESS_STORE_DEFAULTS, MemoryProgressStore } from './store/memory-store.js';
 export type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './store/progress-store.js';
 export { STORE_DEFAULTS } from './store/progress-store.js';
 export type { AppendResult } from './store/task-transitions.js';
-export { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './store/task-transitions.js';
-export type { MemoryProgressStoreOptions } from './store/memory-store.js';
-export { MemoryProgressStore } from './store/memory-store.js';
-
-// Delivery logic (pure, time injected)
-export type { BackoffOptions } from './delivery/backoff.js';
-export { BACKOFF_DEFAULTS, backoffDelayMs } from './delivery/backoff.js';
-export type { FinishWatchdogOptions, WatchdogAction } from './delivery/finish-watchdog.js';
-export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
-export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
-export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
-export type { TerminalRetryOptions } from './delivery/terminal-retry.js';
-export { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker, terminalRetryDelayMs } from './delivery/terminal-retry.js';
-export type { ApplyResult, Delivery, WatchView } from './delivery/watch-cursor.js';
-export { WatchCursor } from './delivery/watch-cursor.js';
+export {
+  isLeaseExpired,
+  leaseExpiredReason,
+  newTask,
+  planAppend,
+  planLease,
+} from './store/task-transitions.js';

@@ -12,8 +12,17 @@ export const LIMITS = Object.freeze({
   maxMessageLength: 4096,
   /** Largest JSON `result` or item `detail`, in UTF-8 bytes once serialized. */
   maxJsonBytes: 16 * 1024,
-  /** Largest frame accepted by the protocol decoder, in UTF-8 bytes. */
-  maxFrameBytes: 64 * 1024,
+  /**
+   * Largest frame accepted by the protocol decoder, in UTF-8 bytes. Sized so that the largest event or
+   * snapshot the other limits allow still fits once JSON-encoded, even when every character of its texts
+   * must be escaped (`\u0001` takes 6 bytes): a frame the store can produce must never be refused by a
+   * client, or that client could not see the task finish.
+   */
+  maxFrameBytes: 128 * 1024,
+  /** Longest request `id` in a client frame, in characters. */
+  maxRequestIdLength: 64,
+  /** Longest credential in an `auth` frame, in characters. */
+  maxTokenLength: 8192,
   /** Largest item count or `seq`: integers above it lose precision in JSON. */
   maxCount: Number.MAX_SAFE_INTEGER,
 });

@@ -7,12 +7,20 @@ import type { JsonValue } from './model.js';
  * and the stores agree on what a valid id, count or JSON payload is.
  */
 
+/**
+ * Names that ID_PATTERN allows but that misbehave as keys of plain objects (heartbeat `seqs` are keyed
+ * by task id): `__proto__` cannot be assigned as an own property, and valibot's `record` silently drops
+ * all three. Refusing them as ids keeps every id usable as an object key everywhere.
+ */
+const RESERVED_IDS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
+
 /** A task id, owner, kind or server id. */
 export const idSchema = v.pipe(
   v.string(),
   v.minLength(1, 'must not be empty'),
   v.maxLength(LIMITS.maxIdLength, `must be at most ${LIMITS.maxIdLength} characters`),
   v.regex(ID_PATTERN, 'may contain only letters, digits and _ . : @ / -'),
+  v.check((id) => !RESERVED_IDS.has(id), 'must not be __proto__, constructor or prototype'),
 );
 
 /** A non-negative safe integer: counts, seqs. */
@@ -67,17 +75,23 @@ function isJsonValue(value: unknown, depth: number): value is JsonValue {
   if (typeof value === 'object') {
     const proto = Object.getPrototypeOf(value);
     if (proto !== Object.prototype && proto !== null) return false;
+    // An own `__proto__` key (JSON.parse creates one) turns into a prototype swap in the first
+    // consumer that copies the object with assignment or a naive deep merge.
+    if (Object.hasOwn(value, '__proto__')) return false;
     return Object.values(value).every((entry) => isJsonValue(entry, depth + 1));
   }
   return false;
 }
 
 /**
- * A JSON value (plain objects, arrays, finite numbers, strings, booleans, null; at most 64 levels deep)
- * whose serialized form fits in {@link LIMITS.maxJsonBytes}.
+ * A JSON value (plain objects, arrays, finite numbers, strings, booleans, null; at most 64 levels deep;
+ * no `__proto__` key) whose serialized form fits in {@link LIMITS.maxJsonBytes}.
  */
 export const jsonSchema = v.pipe(
-  v.custom<JsonValue>((value) => isJsonValue(value, 0), 'must be a plain JSON value'),
+  v.custom<JsonValue>(
+    (value) => isJsonValue(value, 0),
+    'must be a plain JSON value (at most 64 levels deep, no __proto__ key)',
+  ),
   v.check(
     (value) => utf8Length(JSON.stringify(value)) <= LIMITS.maxJsonBytes,
     `must serialize to at most ${LIMITS.maxJsonBytes} bytes`,

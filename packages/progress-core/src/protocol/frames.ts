@@ -31,7 +31,8 @@ export interface HelloFrame {
 
 /**
  * The task's state at `task.seq`. The client moves its cursor to `task.seq` if that is ahead of it
- * (explicitly skipping the events in between, which were only `progress`), and ignores it otherwise.
+ * (explicitly skipping the events in between: coalesced `progress`, or a backlog too long to replay,
+ * whose items the snapshot's counters include), and ignores it otherwise.
  * Sent on subscribe when the watcher knows nothing (`afterSeq` 0) or its backlog is too long to replay,
  * and in place of a run of queued `progress` events when the socket is congested.
  */
@@ -91,8 +92,11 @@ export interface AuthFrame {
   type: 'auth';
   /** Opaque credential handed to the server's `authenticate` hook. */
   token: string;
-  /** The protocol version the client speaks. */
-  protocol: number;
+  /**
+   * The protocol version the client speaks: always {@link PROTOCOL_VERSION}; any other version is
+   * refused with `unsupported_protocol`.
+   */
+  protocol: typeof PROTOCOL_VERSION;
 }
 
 /**
@@ -134,6 +138,7 @@ export interface PingFrame {
 /** Every frame a client sends. */
 export type ClientFrame = AuthFrame | SubscribeFrame | UnsubscribeFrame | AckFrame | PingFrame;
 
-/** Frame `type` values in each direction. */
+/** Frame `type` values a server sends. */
 export const SERVER_FRAME_TYPES = ['hello', 'snapshot', 'event', 'heartbeat', 'error', 'pong'] as const;
+/** Frame `type` values a client sends. */
 export const CLIENT_FRAME_TYPES = ['auth', 'subscribe', 'unsubscribe', 'ack', 'ping'] as const;

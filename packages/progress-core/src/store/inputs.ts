@@ -1,6 +1,7 @@
 import * as v from 'valibot';
 import { ErrorCode } from '../codes.js';
-import type { JsonValue, TaskFailure } from '../model.js';
+import type { JsonValue, TaskFailure, TaskStatus } from '../model.js';
+import { TASK_STATUSES } from '../model.js';
 import {
   countSchema,
   describeIssues,
@@ -10,6 +11,7 @@ import {
   shortTextSchema,
 } from '../primitives.js';
 import { ProgressError } from '../progress-error.js';
+import { STORE_DEFAULTS } from './progress-store.js';
 
 /** A lease request: the worker `owner` holds the task for `ttlMs` unless it renews. */
 export interface LeaseInput {
@@ -76,7 +78,13 @@ export interface InterruptInput {
 }
 
 /** What {@link ProgressStore.append} accepts. */
-export type AppendInput = ProgressInput | ItemInput | CompleteInput | FailInput | CancelInput | InterruptInput;
+export type AppendInput =
+  | ProgressInput
+  | ItemInput
+  | CompleteInput
+  | FailInput
+  | CancelInput
+  | InterruptInput;
 
 const nullableText = v.optional(v.nullable(shortTextSchema));
 const nullableMessage = v.optional(v.nullable(messageSchema));
@@ -113,7 +121,11 @@ const appendSchema = v.variant('type', [
     detail: v.optional(v.nullable(jsonSchema)),
     current: nullableText,
   }),
-  v.strictObject({ type: v.literal('completed'), result: v.optional(v.nullable(jsonSchema)), message: nullableMessage }),
+  v.strictObject({
+    type: v.literal('completed'),
+    result: v.optional(v.nullable(jsonSchema)),
+    message: nullableMessage,
+  }),
   v.strictObject({ type: v.literal('failed'), error: failureSchema }),
   v.strictObject({ type: v.literal('cancelled'), reason: nullableText }),
   v.strictObject({ type: v.literal('interrupted'), reason: shortTextSchema }),
@@ -150,4 +162,84 @@ export function parseAppendInput(input: unknown): AppendInput {
 /** Validates {@link LeaseInput}; throws `invalid_input` otherwise. */
 export function parseLeaseInput(input: unknown): LeaseInput {
   return parseOrThrow(leaseSchema, input, 'lease');
+}
+
+/** Validates an id-like argument (for example a lease owner); throws `invalid_input` naming `what`. */
+export function assertId(value: unknown, what: string): asserts value is string {
+  parseOrThrow(idSchema, value, what);
+}
+
+/**
+ * A `limit` argument, following the rule every store shares (see `ProgressStore`): omitted → `fallback`;
+ * an integer ≥ 1 → itself, clamped to `max`; anything else → `invalid_input`.
+ */
+function limitSchema(fallback: number, max: number) {
+  return v.optional(
+    v.pipe(
+      v.number(),
+      v.integer('must be an integer'),
+      v.minValue(1, 'must be at least 1'),
+      v.transform((limit) => Math.min(limit, max)),
+    ),
+    fallback,
+  );
+}
+
+/** A {@link ListTasksQuery} with its limit resolved. */
+export interface ParsedListTasksQuery {
+  owner: string;
+  /** `undefined` means every status; an empty array matches nothing. */
+  statuses: readonly TaskStatus[] | undefined;
+  limit: number;
+}
+
+const listTasksQuerySchema = v.strictObject({
+  owner: idSchema,
+  statuses: v.optional(v.array(v.picklist(TASK_STATUSES, 'must be a task status'))),
+  limit: limitSchema(STORE_DEFAULTS.listLimit, STORE_DEFAULTS.maxListLimit),
+});
+
+/** Validates a `listTasks` query and resolves its limit; throws `invalid_input` otherwise. */
+export function parseListTasksQuery(query: unknown): ParsedListTasksQuery {
+  const parsed = parseOrThrow(listTasksQuerySchema, query, 'task query');
+  return { owner: parsed.owner, statuses: parsed.statuses, limit: parsed.limit };
+}
+
+const readLimitSchema = limitSchema(STORE_DEFAULTS.readLimit, STORE_DEFAULTS.maxReadLimit);
+
+/** Resolves the `limit` of `readEvents`; throws `invalid_input` for a bad one. */
+export function parseReadLimit(limit: unknown): number {
+  return parseOrThrow(readLimitSchema, limit, 'readEvents limit');
+}
+
+const taskIdsSchema = v.pipe(
+  v.array(idSchema),
+  v.maxLength(STORE_DEFAULTS.maxLatestSeqsIds, `must hold at most ${STORE_DEFAULTS.maxLatestSeqsIds} ids`),
+);
+
+/** Validates the ids of `latestSeqs` (at most `STORE_DEFAULTS.maxLatestSeqsIds`); throws `invalid_input`. */
+export function parseTaskIds(taskIds: unknown): string[] {
+  return parseOrThrow(taskIdsSchema, taskIds, 'task ids');
+}
+
+const reapOptionsSchema = v.optional(
+  v.strictObject({ limit: limitSchema(STORE_DEFAULTS.reapLimit, STORE_DEFAULTS.maxReapLimit) }),
+  {},
+);
+
+/** Validates `reapExpiredLeases` options and resolves the limit; throws `invalid_input` otherwise. */
+export function parseReapOptions(options: unknown): { limit: number } {
+  const parsed = parseOrThrow(reapOptionsSchema, options, 'reap options');
+  return { limit: parsed.limit ?? STORE_DEFAULTS.reapLimit };
+}
+
+const purgeOptionsSchema = v.strictObject({
+  olderThanMs: countSchema,
+  limit: limitSchema(STORE_DEFAULTS.purgeLimit, STORE_DEFAULTS.maxPurgeLimit),
+});
+
+/** Validates `purgeFinished` options and resolves the limit; throws `invalid_input` otherwise. */
+export function parsePurgeOptions(options: unknown): { olderThanMs: number; limit: number } {
+  const parsed = parseOrThrow(purgeOptionsSchema, options, 'purge options');
+  return { olderThanMs: parsed.olderThanMs, limit: parsed.limit };
 }

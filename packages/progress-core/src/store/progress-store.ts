@@ -7,15 +7,15 @@ import type { AppendResult } from './task-transitions.js';
 export interface ListTasksQuery {
   /** Only this principal's tasks. */
   owner: string;
-  /** Only these statuses; all when omitted. */
+  /** Only these statuses; all when omitted (an empty array matches nothing). */
   statuses?: readonly TaskStatus[];
-  /** At most this many, newest first. @default 50 (at most 1000) */
+  /** At most this many, newest first. @default 50 (larger values are clamped to 1000) */
   limit?: number;
 }
 
 /** What {@link ProgressStore.reapExpiredLeases} accepts. */
 export interface ReapOptions {
-  /** At most this many tasks per call. @default 100 */
+  /** At most this many tasks per call. @default 100 (larger values are clamped to 1000) */
   limit?: number;
 }
 
@@ -23,14 +23,32 @@ export interface ReapOptions {
 export interface PurgeOptions {
   /** Delete terminal tasks whose `finishedAt` is at least this many milliseconds in the past. */
   olderThanMs: number;
-  /** At most this many tasks (with all their events) per call. @default 500 */
+  /** At most this many tasks (with all their events) per call. @default 500 (larger values are clamped to 5000) */
   limit?: number;
 }
 
 /**
  * The storage seam: tasks, their event logs, acks, leases, retention and a change feed. Every method
  * validates its arguments and rejects with a {@link ProgressError} (`invalid_input`, `task_not_found`,
- * `task_finished`, `lease_held`, `store_unavailable`, `closed`); none throws synchronously.
+ * `task_finished`, `lease_held`, `store_unavailable`, `closed`); none throws synchronously. Stores validate
+ * with the shared parsers of `inputs.ts` and change tasks only through the shared transitions of
+ * `task-transitions.ts`, so they agree to the field.
+ *
+ * Rules every store follows the same way:
+ * - **Limits.** A `limit` argument is optional (the default in {@link STORE_DEFAULTS} applies); when given
+ *   it must be an integer ≥ 1 (else `invalid_input`), and a value above the method's maximum is *clamped*
+ *   to that maximum, never rejected: callers page on (by `afterSeq`, or by calling again) exactly as they
+ *   would after a short page. `latestSeqs` is the exception: more than `maxLatestSeqsIds` ids reject with
+ *   `invalid_input`, because silently dropping ids would hide tasks from the caller.
+ * - **Order.** Ids compare by UTF-16 code unit (binary order, `COLLATE "C"` in SQL; ids are ASCII, see
+ *   `ID_PATTERN`), never by a locale collation. `listTasks`: `createdAt` descending, then id descending.
+ *   `reapExpiredLeases`: `leaseExpiresAt` ascending. `purgeFinished`: `finishedAt` ascending.
+ * - **Copies.** Returned objects belong to the caller: mutating them never changes the store, and the
+ *   store keeps no reference to its inputs.
+ * - **Time.** Every timestamp (`createdAt`, event `time`, lease expiry, retention age) comes from the
+ *   store's injected `Clock`, never from the database server's clock.
+ * - **Close.** `close()` may be called more than once; after the first call every other method rejects
+ *   with `closed`.
  *
  * The contract, checked for every implementation by `describeProgressStoreContract` from
  * `@finishline/core/testing`:
@@ -38,7 +56,8 @@ export interface PurgeOptions {
  *   appends from several callers or processes: a task's log is 1..n with no gap.
  * - A task has at most one terminal event and nothing after it; appending after it rejects with
  *   `task_finished`.
- * - Each committed event is published on `changes` (after the commit is durable).
+ * - Each committed event is published on `changes` once, after the commit is durable and in commit
+ *   order for a task (a cross-process feed that reconnects may republish what it missed; see `ChangeFeed`).
  * - `ack` is cumulative and monotonic: `ackedSeq` never decreases.
  * - `reapExpiredLeases` turns each running task whose lease expired into exactly one `interrupted`
  *   event, even when several replicas reap at the same time.
@@ -63,14 +82,18 @@ export interface ProgressStore {
   /** The task row, or `undefined` when there is none. */
   getTask(taskId: string): Promise<Task | undefined>;
 
-  /** A principal's tasks, newest first (by `createdAt`, then id). */
+  /**
+   * A principal's tasks, newest first (by `createdAt`, then id, both descending), at most `limit`.
+   * Rejects with `invalid_input` for a bad query.
+   */
   listTasks(query: ListTasksQuery): Promise<Task[]>;
 
   /** Appends one event and updates the snapshot in the same transaction. */
   append(taskId: string, input: AppendInput): Promise<AppendResult>;
 
   /**
-   * Events with `seq > afterSeq`, in seq order, at most `limit` (default 1000, at most 10,000).
+   * Events with `seq > afterSeq`, in seq order, at most `limit` (default 1000, larger values clamped to
+   * 10,000); `[]` when `afterSeq >= seq`.
    * Rejects with `task_not_found` for an unknown task.
    */
   readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]>;
@@ -83,7 +106,8 @@ export interface ProgressStore {
 
   /**
    * Records that a watcher processed every event up to `seq`. Returns the new `ackedSeq`
-   * (`max(previous, seq)`). Rejects with `invalid_input` when `seq` exceeds the task's seq.
+   * (`max(previous, seq)`). Rejects with `invalid_input` when `seq` exceeds the task's seq. Works on
+   * ended tasks too: the terminal event is acknowledged like any other.
    */
   ack(taskId: string, seq: number): Promise<number>;
 
@@ -93,19 +117,29 @@ export interface ProgressStore {
    */
   renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task>;
 
-  /** Drops `owner`'s lease (no-op if another owner holds it or the task ended). */
+  /**
+   * Drops `owner`'s lease (no-op if another owner holds it or the task ended). Rejects with
+   * `task_not_found` for an unknown task.
+   */
   releaseLease(taskId: string, owner: string): Promise<void>;
 
   /**
-   * Ends every running task whose lease expired with an `interrupted` event, each exactly once across
-   * concurrent reapers. Returns the appended events.
+   * Ends every running task whose lease expired (`leaseExpiresAt <= now`) with one `interrupted` event
+   * whose reason is `leaseExpiredReason(task)`, each exactly once across concurrent reapers, oldest expiry
+   * first, at most `limit` per call. Returns the appended events; tasks without a lease are never reaped.
    */
   reapExpiredLeases(options?: ReapOptions): Promise<AppendResult[]>;
 
-  /** Deletes terminal tasks (and their events) finished long enough ago. Returns how many tasks went. */
+  /**
+   * Deletes terminal tasks (and their events) whose `finishedAt <= now - olderThanMs`, oldest first, at
+   * most `limit` per call; running tasks are never deleted. Returns how many tasks went.
+   */
   purgeFinished(options: PurgeOptions): Promise<number>;
 
-  /** Releases what the store opened (never the caller's clients). Later calls reject with `closed`. */
+  /**
+   * Releases what the store opened (never the caller's clients). Later calls of the other methods reject
+   * with `closed`; calling `close` again resolves.
+   */
   close(): Promise<void>;
 }
 
@@ -119,8 +153,10 @@ export const STORE_DEFAULTS = Object.freeze({
   maxReadLimit: 10_000,
   /** {@link ReapOptions.limit} */
   reapLimit: 100,
+  maxReapLimit: 1000,
   /** {@link PurgeOptions.limit} */
   purgeLimit: 500,
+  maxPurgeLimit: 5000,
   /** Largest `taskIds` array for {@link ProgressStore.latestSeqs}. */
   maxLatestSeqsIds: 1000,
 });

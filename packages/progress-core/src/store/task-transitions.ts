@@ -54,8 +54,9 @@ export function planAppend(task: Task, input: AppendInput, now: number): AppendR
       { taskId: task.id },
     );
   }
-  const next: Task = { ...task, seq: task.seq + 1, updatedAt: now };
-  const base = { taskId: task.id, seq: next.seq, time: now };
+  const next = copyTask(task);
+  next.seq = task.seq + 1;
+  next.updatedAt = now;
   let event: TaskEvent;
   switch (input.type) {
     case 'progress': {
@@ -63,7 +64,7 @@ export function planAppend(task: Task, input: AppendInput, now: number): AppendR
       if (input.done !== undefined) next.done = input.done;
       if (input.current !== undefined) next.current = input.current;
       if (input.message !== undefined) next.message = input.message;
-      event = { ...base, type: 'progress', progress: progressOf(next) };
+      event = { taskId: task.id, seq: next.seq, time: now, type: 'progress', progress: progressOf(next) };
       break;
     }
     case 'item': {
@@ -77,33 +78,61 @@ export function planAppend(task: Task, input: AppendInput, now: number): AppendR
         error: input.ok ? null : (input.error ?? 'failed'),
         detail: input.detail ?? null,
       };
-      event = { ...base, type: 'item', item, progress: progressOf(next) };
+      event = { taskId: task.id, seq: next.seq, time: now, type: 'item', item, progress: progressOf(next) };
       break;
     }
     case 'completed': {
       finish(next, 'completed', now);
       next.result = input.result ?? null;
       if (input.message !== undefined) next.message = input.message;
-      event = { ...base, type: 'completed', result: next.result, progress: progressOf(next) };
+      event = {
+        taskId: task.id,
+        seq: next.seq,
+        time: now,
+        type: 'completed',
+        result: next.result,
+        progress: progressOf(next),
+      };
       break;
     }
     case 'failed': {
       finish(next, 'failed', now);
       next.error = { code: input.error.code, message: input.error.message };
-      event = { ...base, type: 'failed', error: next.error, progress: progressOf(next) };
+      event = {
+        taskId: task.id,
+        seq: next.seq,
+        time: now,
+        type: 'failed',
+        error: next.error,
+        progress: progressOf(next),
+      };
       break;
     }
     case 'cancelled': {
       finish(next, 'cancelled', now);
       const reason = input.reason ?? null;
       next.error = failure('cancelled', reason ?? 'cancelled');
-      event = { ...base, type: 'cancelled', reason, progress: progressOf(next) };
+      event = {
+        taskId: task.id,
+        seq: next.seq,
+        time: now,
+        type: 'cancelled',
+        reason,
+        progress: progressOf(next),
+      };
       break;
     }
     case 'interrupted': {
       finish(next, 'interrupted', now);
       next.error = failure('interrupted', input.reason);
-      event = { ...base, type: 'interrupted', reason: input.reason, progress: progressOf(next) };
+      event = {
+        taskId: task.id,
+        seq: next.seq,
+        time: now,
+        type: 'interrupted',
+        reason: input.reason,
+        progress: progressOf(next),
+      };
       break;
     }
     default: {
@@ -112,6 +141,35 @@ export function planAppend(task: Task, input: AppendInput, now: number): AppendR
     }
   }
   return { event, task: next };
+}
+
+/**
+ * A field-by-field copy. Deliberately not `{ ...task }`: V8 cannot take its fast clone path for objects
+ * holding non-Smi numbers (epoch milliseconds are), which made spreading cost ~3 µs per append — a third
+ * of a SQLite store's whole per-append budget.
+ */
+function copyTask(task: Task): Task {
+  return {
+    id: task.id,
+    owner: task.owner,
+    kind: task.kind,
+    status: task.status,
+    total: task.total,
+    done: task.done,
+    succeeded: task.succeeded,
+    failed: task.failed,
+    current: task.current,
+    message: task.message,
+    result: task.result,
+    error: task.error,
+    seq: task.seq,
+    ackedSeq: task.ackedSeq,
+    createdAt: task.createdAt,
+    updatedAt: task.updatedAt,
+    finishedAt: task.finishedAt,
+    leaseOwner: task.leaseOwner,
+    leaseExpiresAt: task.leaseExpiresAt,
+  };
 }
 
 function finish(task: Task, status: Task['status'], now: number): void {

@@ -1,0 +1,89 @@
+import { ErrorCode } from '../codes.js';
+import { ProgressError } from '../progress-error.js';
+import { mergeOptions, requireNumber } from './option-checks.js';
+
+/**
+ * Exponential backoff with full jitter, as used by the client's reconnect loop and the Postgres
+ * listener. Full jitter (a uniform draw below the exponential ceiling, rather than the ceiling plus a
+ * little noise) spreads out a crowd of clients that all lost the same replica at the same moment, so
+ * they do not reconnect in lockstep.
+ *
+ * @module
+ */
+
+/** Options of {@link backoffDelayMs}. */
+export interface BackoffOptions {
+  /**
+   * Ceiling of the first retry's delay (attempt 0), in milliseconds. Must be >= 0 and <= `maxDelayMs`.
+   * @default 1000
+   */
+  initialDelayMs?: number;
+  /**
+   * Ceiling no delay ever exceeds, in milliseconds.
+   * @default 30000
+   */
+  maxDelayMs?: number;
+  /**
+   * Factor by which the ceiling grows per attempt. Must be >= 1.
+   * @default 2
+   */
+  multiplier?: number;
+}
+
+/** Defaults of {@link BackoffOptions}: 1 s, doubling, capped at 30 s. */
+export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freeze({
+  initialDelayMs: 1000,
+  maxDelayMs: 30_000,
+  multiplier: 2,
+});
+
+/**
+ * The delay before retry number `attempt` (0 = the first retry): an integer drawn uniformly from
+ * `[0, min(maxDelayMs, initialDelayMs * multiplier ** attempt))` (0 when that ceiling is 0).
+ *
+ * @param attempt - how many retries already happened; a non-negative integer.
+ * @param options - merged over {@link BACKOFF_DEFAULTS} and validated on every call (cheap, and the
+ *   function stays stateless).
+ * @param random - a source of uniform numbers in `[0, 1)`; injected so tests are deterministic.
+ * @throws ProgressError `invalid_input` for a bad attempt, contradictory options or a `random` that
+ *   returns a value outside `[0, 1)`.
+ *
+ * @example
+ * ```ts
+ * let attempt = 0;
+ * const retry = () => setTimeout(connect, backoffDelayMs(attempt++));
+ * // on a successful connection: attempt = 0
+ * ```
+ */
+export function backoffDelayMs(
+  attempt: number,
+  options?: BackoffOptions,
+  random: () => number = Math.random,
+): number {
+  requireNumber('backoffDelayMs: attempt', attempt, { min: 0, integer: true });
+  const { initialDelayMs, maxDelayMs, multiplier } = resolveBackoffOptions(options);
+  // initialDelayMs 0 would give 0 * Infinity = NaN once multiplier ** attempt overflows.
+  const ceiling = initialDelayMs === 0 ? 0 : Math.min(maxDelayMs, initialDelayMs * multiplier ** attempt);
+  const unit = random();
+  if (!(unit >= 0 && unit < 1)) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `backoffDelayMs: random() must return a number in [0, 1), got ${unit}`,
+    );
+  }
+  return Math.floor(unit * ceiling);
+}
+
+function resolveBackoffOptions(options: BackoffOptions | undefined): Required<BackoffOptions> {
+  const merged = mergeOptions(BACKOFF_DEFAULTS, options);
+  requireNumber('Backoff: initialDelayMs', merged.initialDelayMs, { min: 0 });
+  requireNumber('Backoff: maxDelayMs', merged.maxDelayMs, { min: 0 });
+  requireNumber('Backoff: multiplier', merged.multiplier, { min: 1 });
+  if (merged.initialDelayMs > merged.maxDelayMs) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `Backoff: initialDelayMs (${merged.initialDelayMs}) must not exceed maxDelayMs (${merged.maxDelayMs})`,
+    );
+  }
+  return merged;
+}

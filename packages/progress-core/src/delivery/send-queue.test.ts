@@ -1,0 +1,252 @@
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import type { TaskEvent } from '../model.js';
+import { isProgressError } from '../progress-error.js';
+import type { AppendInput } from '../store/inputs.js';
+import { type OutgoingEntry, SEND_QUEUE_DEFAULTS, SendQueue } from './send-queue.js';
+import { buildTaskLog, type TaskLog, viewAt } from './task-log-arbitrary.js';
+
+const progress = (done: number): AppendInput => ({ type: 'progress', done });
+const item = (key: string): AppendInput => ({ type: 'item', key, ok: true });
+
+/** Seqs 1–5 progress, 6 item, 7–8 progress, 9 completed. */
+const logA = buildTaskLog(
+  'a',
+  [
+    progress(1),
+    progress(2),
+    progress(3),
+    progress(4),
+    progress(5),
+    item('x'),
+    progress(7),
+    progress(8),
+    { type: 'completed' },
+  ],
+  10,
+);
+/** Seqs 1–3 progress, 4 item, 5 failed. */
+const logB = buildTaskLog(
+  'b',
+  [
+    progress(1),
+    progress(2),
+    progress(3),
+    item('y'),
+    { type: 'failed', error: { code: 'boom', message: 'boom' } },
+  ],
+  5,
+);
+
+const ev = (log: TaskLog, seq: number): TaskEvent => log.events[seq - 1] as TaskEvent;
+const meta = (log: TaskLog) => viewAt(log, 0);
+
+function label(entry: OutgoingEntry | undefined): string {
+  if (entry === undefined) return '-';
+  return entry.kind === 'event'
+    ? `${entry.event.taskId}${entry.event.seq}`
+    : `${entry.task.id}:s${entry.task.seq}`;
+}
+
+function drain(queue: SendQueue, congested: boolean): string[] {
+  const out: string[] = [];
+  for (let entry = queue.shift(congested); entry !== undefined; entry = queue.shift(congested))
+    out.push(label(entry));
+  return out;
+}
+
+function pushAll(queue: SendQueue, log: TaskLog, from: number, to: number): void {
+  for (let seq = from; seq <= to; seq++) queue.pushEvent(ev(log, seq));
+}
+
+describe('SendQueue', () => {
+  it('has frozen defaults', () => {
+    expect(SEND_QUEUE_DEFAULTS).toEqual({ maxProgressRun: 64 });
+    expect(Object.isFrozen(SEND_QUEUE_DEFAULTS)).toBe(true);
+  });
+
+  it('sends everything in arrival order when nothing is urgent and nothing is congested', () => {
+    const queue = new SendQueue();
+    queue.track(meta(logA));
+    queue.pushEvent(ev(logA, 1));
+    queue.pushEvent(ev(logB, 1));
+    queue.pushEvent(ev(logA, 2));
+    expect(queue.size).toBe(3);
+    expect(drain(queue, false)).toEqual(['a1', 'b1', 'a2']);
+    expect(queue.size).toBe(0);
+  });
+
+  it('serves a task holding a terminal first, but never reorders that task', () => {
+    const queue = new SendQueue();
+    pushAll(queue, logA, 1, 2);
+    pushAll(queue, logB, 1, 5); // b holds an item and its terminal
+    expect(drain(queue, false)).toEqual(['b1', 'b2', 'b3', 'b4', 'b5', 'a1', 'a2']);
+  });
+
+  it('prefers a snapshot over a terminal, and an item over progress', () => {
+    const queue = new SendQueue();
+    pushAll(queue, logA, 1, 1);
+    pushAll(queue, logB, 1, 5);
+    queue.pushSnapshot(viewAt(logA, 3));
+    expect(drain(queue, false)).toEqual(['a:s3', 'b1', 'b2', 'b3', 'b4', 'b5']);
+
+    const items = new SendQueue();
+    pushAll(items, logA, 1, 2);
+    pushAll(items, logB, 1, 4);
+    expect(drain(items, false)).toEqual(['b1', 'b2', 'b3', 'b4', 'a1', 'a2']);
+  });
+
+  it('breaks priority ties by the oldest queued entry', () => {
+    const queue = new SendQueue();
+    pushAll(queue, logB, 1, 1);
+    pushAll(queue, logA, 1, 6); // a: item at 6
+    pushAll(queue, logB, 2, 4); // b: item at 4 too
+    // b1 is the oldest entry; once it is gone, a's oldest (a1) predates b2.
+    expect(drain(queue, false)).toEqual(['b1', 'a1', 'a2', 'a3', 'a4', 'a5', 'a6', 'b2', 'b3', 'b4']);
+  });
+
+  it('folds a congested run of progress into one snapshot rendered from the task meta', () => {
+    const queue = new SendQueue();
+    queue.track(meta(logA));
+    pushAll(queue, logA, 1, 9);
+    const first = queue.shift(true);
+    expect(first).toEqual({ kind: 'snapshot', task: viewAt(logA, 5) });
+    expect(drain(queue, true)).toEqual(['a6', 'a:s8', 'a9']);
+  });
+
+  it('sends a run of one as the event itself', () => {
+    const queue = new SendQueue();
+    queue.track(meta(logB));
+    pushAll(queue, logB, 3, 5);
+    expect(drain(queue, true)).toEqual(['b3', 'b4', 'b5']);
+  });
+
+  it('does not fold the progress of an untracked task', () => {
+    const queue = new SendQueue();
+    pushAll(queue, logA, 1, 6);
+    expect(drain(queue, true)).toEqual(['a1', 'a2', 'a3', 'a4', 'a5', 'a6']);
+  });
+
+  it('collapses a run longer than maxProgressRun at push time and sends it as a snapshot', () => {
+    const queue = new SendQueue({ maxProgressRun: 2 });
+    queue.track(meta(logA));
+    pushAll(queue, logA, 1, 2);
+    expect(queue.size).toBe(2);
+    pushAll(queue, logA, 3, 5);
+    expect(queue.size).toBe(1);
+    pushAll(queue, logA, 6, 8);
+    expect(queue.size).toBe(4);
+    expect(queue.shift(false)).toEqual({ kind: 'snapshot', task: viewAt(logA, 5) });
+    expect(drain(queue, false)).toEqual(['a6', 'a7', 'a8']);
+  });
+
+  it('does not collapse an untracked run', () => {
+    const queue = new SendQueue({ maxProgressRun: 1 });
+    pushAll(queue, logA, 1, 5);
+    expect(queue.size).toBe(5);
+  });
+
+  it('lets a snapshot replace the entries it covers, before the later ones', () => {
+    const queue = new SendQueue();
+    pushAll(queue, logA, 1, 7);
+    expect(queue.pushSnapshot(viewAt(logA, 6))).toBe(true);
+    expect(queue.size).toBe(2);
+    expect(drain(queue, false)).toEqual(['a:s6', 'a7']);
+  });
+
+  it('truncates a collapsed run that a snapshot covers in part', () => {
+    const queue = new SendQueue({ maxProgressRun: 1 });
+    queue.track(meta(logA));
+    pushAll(queue, logA, 1, 5);
+    queue.pushSnapshot(viewAt(logA, 3));
+    expect(queue.shift(false)).toEqual({ kind: 'snapshot', task: viewAt(logA, 3) });
+    expect(queue.shift(false)).toEqual({ kind: 'snapshot', task: viewAt(logA, 5) });
+
+    const single = new SendQueue({ maxProgressRun: 1 });
+    single.track(meta(logA));
+    pushAll(single, logA, 1, 5);
+    single.pushSnapshot(viewAt(logA, 4));
+    expect(drain(single, false)).toEqual(['a:s4', 'a5']);
+  });
+
+  it('ignores events a snapshot already covered and snapshots not newer than what was sent', () => {
+    const queue = new SendQueue();
+    queue.pushSnapshot(viewAt(logA, 4));
+    expect(queue.pushEvent(ev(logA, 3))).toBe(false);
+    expect(queue.pushEvent(ev(logA, 4))).toBe(false);
+    expect(queue.pushEvent(ev(logA, 5))).toBe(true);
+    expect(drain(queue, false)).toEqual(['a:s4', 'a5']);
+    expect(queue.pushSnapshot(viewAt(logA, 5))).toBe(false);
+    expect(queue.pushSnapshot(viewAt(logA, 2))).toBe(false);
+    expect(queue.pushSnapshot(viewAt(logA, 6))).toBe(true);
+  });
+
+  it('accepts a snapshot at seq 0 for a task without events', () => {
+    const queue = new SendQueue();
+    expect(queue.pushSnapshot(viewAt(logA, 0))).toBe(true);
+    expect(drain(queue, false)).toEqual(['a:s0']);
+  });
+
+  it('ignores duplicate pushes', () => {
+    const queue = new SendQueue();
+    expect(queue.pushEvent(ev(logA, 1))).toBe(true);
+    expect(queue.pushEvent(ev(logA, 1))).toBe(false);
+    expect(queue.pushEvent(ev(logA, 2))).toBe(true);
+    expect(queue.shift(false)).toBeDefined();
+    expect(queue.pushEvent(ev(logA, 1))).toBe(false);
+    expect(queue.size).toBe(1);
+  });
+
+  it('forgets a task on untrack, so a re-subscription can start over', () => {
+    const queue = new SendQueue();
+    queue.track(meta(logA));
+    pushAll(queue, logA, 1, 3);
+    pushAll(queue, logB, 1, 1);
+    expect(drain(queue, false).length).toBe(4);
+    pushAll(queue, logA, 4, 5);
+    queue.untrack('a');
+    expect(queue.size).toBe(0);
+    queue.untrack('nobody');
+    expect(queue.pushEvent(ev(logA, 2))).toBe(true);
+    expect(queue.pushSnapshot(viewAt(logA, 1))).toBe(true);
+    expect(drain(queue, true)).toEqual(['a:s1', 'a2']);
+  });
+
+  it('clear() empties the queue and forgets every task', () => {
+    const queue = new SendQueue();
+    queue.track(meta(logA));
+    pushAll(queue, logA, 1, 4);
+    queue.clear();
+    expect(queue.size).toBe(0);
+    expect(queue.shift(true)).toBeUndefined();
+    pushAll(queue, logA, 1, 3);
+    expect(drain(queue, true)).toEqual(['a1', 'a2', 'a3']); // untracked again: nothing folded
+  });
+
+  it('grows past its initial capacity and keeps order', () => {
+    const queue = new SendQueue();
+    const long = buildTaskLog(
+      'long',
+      Array.from({ length: 100 }, (_, i) => item(`k${i}`)),
+      100,
+    );
+    pushAll(queue, long, 1, 40);
+    queue.pushSnapshot(viewAt(long, 10));
+    pushAll(queue, long, 41, 100);
+    const out = drain(queue, true);
+    expect(out[0]).toBe('long:s10');
+    expect(out.slice(1)).toEqual(Array.from({ length: 90 }, (_, i) => `long${i + 11}`));
+  });
+
+  it('rejects invalid options', () => {
+    for (const maxProgressRun of [0, 1.5, -1, Number.NaN]) {
+      try {
+        new SendQueue({ maxProgressRun });
+        expect.fail(`accepted maxProgressRun ${maxProgressRun}`);
+      } catch (error) {
+        expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
+        expect((error as Error).message).toMatch(/maxProgressRun/);
+      }
+    }
+  });
+});

@@ -1,0 +1,435 @@
+import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
+import { Priority, priorityOf, progressOf } from '../model.js';
+import { mergeOptions, requireNumber } from './option-checks.js';
+
+/**
+ * The server's outgoing queue for one socket. Frames wait here while the socket's buffer drains; the
+ * queue decides what goes next so that a watcher with a backlog gets what matters first (snapshots and
+ * terminal states), and, when the socket is congested, folds runs of `progress` events into one snapshot
+ * (progress is absolute, so only the last one of a run carries information). A task's own entries keep
+ * their seq order; `item` and terminal events are never dropped or merged.
+ *
+ * @module
+ */
+
+/** What the queue hands to the socket: an event frame or a snapshot frame. */
+export type OutgoingEntry = { kind: 'event'; event: TaskEvent } | { kind: 'snapshot'; task: TaskView };
+
+/** Options of {@link SendQueue}. */
+export interface SendQueueOptions {
+  /**
+   * Longest run of consecutive queued `progress` events of one task kept as individual events. A longer
+   * run (of a tracked task) is collapsed at push time into its first seq and its last event, which bounds
+   * the memory a slow socket can pin; such a run is sent as one snapshot even when the socket is not
+   * congested, because its middle events are gone. An integer >= 1.
+   * @default 64
+   */
+  maxProgressRun?: number;
+}
+
+/** Defaults of {@link SendQueueOptions}. */
+export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = Object.freeze({
+  maxProgressRun: 64,
+});
+
+type QueuedEntry =
+  | { kind: 'event'; event: TaskEvent; order: number }
+  | { kind: 'snapshot'; task: TaskView; order: number }
+  /** Consecutive progress events `firstSeq … last.seq`, collapsed to the last one. */
+  | { kind: 'run'; firstSeq: number; last: ProgressEvent; meta: TaskMeta; order: number };
+
+interface TaskQueue {
+  /** Static fields of a tracked task; `null` when untracked (its progress cannot be coalesced). */
+  meta: TaskMeta | null;
+  entries: Deque<QueuedEntry>;
+  /** Highest seq covered by a pushed event or snapshot: anything at or below it is a duplicate. */
+  lastPushedSeq: number;
+  /** Seq of the last entry shifted out (-1 before the first): outputs only move forward. */
+  lastEmittedSeq: number;
+  /** Number of queued entries per {@link Priority}, so a task's highest priority is O(1). */
+  counts: [number, number, number, number];
+}
+
+/**
+ * One socket's outgoing queue.
+ *
+ * Order: {@link shift} picks the task holding the highest-priority queued entry (snapshot > terminal >
+ * item > progress; ties go to the task whose oldest queued entry arrived first) and emits that task's
+ * *head* entry: a task's entries are never reordered, so a task with a terminal or snapshot queued
+ * drains ahead of tasks that hold only progress.
+ *
+ * Coalescing: when the socket is congested and the chosen head is a run of consecutive `progress`
+ * events of a tracked task, the whole run goes out as one snapshot at its last seq, rendered from the
+ * task's {@link TaskMeta} (the client's cursor jumps over it explicitly). A run of one goes out as the
+ * event itself; an untracked task's events go out unchanged.
+ *
+ * Restarting a task's stream (a re-subscribe on the same socket) is `untrack` then `track`: the queue's
+ * duplicate filter and forward-only rule apply within one tracking period.
+ *
+ * @example
+ * ```ts
+ * const queue = new SendQueue();
+ * queue.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
+ * queue.pushSnapshot(task);
+ * feed.onChange(async () => { for (const event of await newEvents()) queue.pushEvent(event); flush(); });
+ * function flush() {
+ *   while (socket.bufferedAmount < HIGH_WATER) {
+ *     const entry = queue.shift(socket.bufferedAmount > LOW_WATER);
+ *     if (entry === undefined) return;
+ *     socket.send(encodeFrame(entry.kind === 'event' ? { type: 'event', event: entry.event } : { type: 'snapshot', task: entry.task }));
+ *   }
+ * }
+ * ```
+ */
+export class SendQueue {
+  readonly #maxProgressRun: number;
+  readonly #tasks = new Map<string, TaskQueue>();
+  #size = 0;
+  /** Arrival counter, for the tie-break between tasks of equal priority. */
+  #order = 0;
+
+  /**
+   * @param options - merged over {@link SEND_QUEUE_DEFAULTS} and validated here.
+   * @throws ProgressError `invalid_input` for invalid options.
+   */
+  constructor(options?: SendQueueOptions) {
+    const merged = mergeOptions(SEND_QUEUE_DEFAULTS, options);
+    this.#maxProgressRun = requireNumber('SendQueue: maxProgressRun', merged.maxProgressRun, {
+      min: 1,
+      integer: true,
+    });
+  }
+
+  /** Number of queued entries (a collapsed progress run counts as one). */
+  get size(): number {
+    return this.#size;
+  }
+
+  /** Registers a followed task's static fields, which coalesced snapshots are rendered from. */
+  track(meta: TaskMeta): void {
+    const queue = this.#queueOf(meta.id);
+    queue.meta = { id: meta.id, kind: meta.kind, createdAt: meta.createdAt };
+  }
+
+  /** Forgets a task: drops its queued entries, its metadata and its duplicate filter. */
+  untrack(taskId: string): void {
+    const queue = this.#tasks.get(taskId);
+    if (queue === undefined) return;
+    this.#size -= queue.entries.length;
+    this.#tasks.delete(taskId);
+  }
+
+  /**
+   * Queues an event. Events of one task must be pushed in seq order; an event at or below the highest
+   * seq already pushed (as an event or snapshot) of its task is a duplicate and is ignored.
+   *
+   * @returns whether the event was queued.
+   */
+  pushEvent(event: TaskEvent): boolean {
+    const queue = this.#queueOf(event.taskId);
+    if (!(event.seq > queue.lastPushedSeq)) return false;
+    queue.lastPushedSeq = event.seq;
+    if (event.type === 'progress') {
+      this.#pushProgress(queue, event);
+      return true;
+    }
+    this.#append(queue, { kind: 'event', event, order: this.#order++ });
+    return true;
+  }
+
+  /**
+   * Queues a snapshot of a task, replacing that task's queued entries it covers (seq <= `task.seq`).
+   * It goes out before the task's remaining (later) entries. A snapshot not newer than what was already
+   * sent for the task is ignored.
+   *
+   * @returns whether the snapshot was queued.
+   */
+  pushSnapshot(task: TaskView): boolean {
+    const queue = this.#queueOf(task.id);
+    if (!(task.seq > queue.lastEmittedSeq)) return false;
+    const { entries } = queue;
+    for (let head = entries.at(0); head !== undefined; head = entries.at(0)) {
+      if (head.kind === 'run' && head.firstSeq <= task.seq && task.seq < head.last.seq) {
+        head.firstSeq = task.seq + 1;
+        break;
+      }
+      if (lastSeqOf(head) > task.seq) break;
+      this.#removeHead(queue);
+    }
+    entries.unshift({ kind: 'snapshot', task, order: this.#order++ });
+    queue.counts[Priority.snapshot] += 1;
+    this.#size += 1;
+    if (task.seq > queue.lastPushedSeq) queue.lastPushedSeq = task.seq;
+    return true;
+  }
+
+  /**
+   * The next entry to send, or `undefined` when the queue is empty.
+   *
+   * @param congested - the socket is backed up (for example `bufferedAmount` above a threshold): fold a
+   *   run of progress events at the chosen task's head into one snapshot.
+   */
+  shift(congested: boolean): OutgoingEntry | undefined {
+    const queue = this.#pick();
+    if (queue === undefined) return undefined;
+    const head = this.#removeHead(queue);
+    let out: OutgoingEntry;
+    switch (head.kind) {
+      case 'snapshot':
+        out = { kind: 'snapshot', task: head.task };
+        break;
+      case 'run':
+        out = this.#foldProgress(queue, head.firstSeq, head.last, head.meta, congested);
+        break;
+      case 'event':
+        out =
+          head.event.type === 'progress' && queue.meta !== null
+            ? this.#foldProgress(queue, head.event.seq, head.event, queue.meta, congested)
+            : { kind: 'event', event: head.event };
+        break;
+      default: {
+        const unreachable: never = head;
+        throw new TypeError(`SendQueue: unknown entry ${String(unreachable)}`);
+      }
+    }
+    queue.lastEmittedSeq = out.kind === 'event' ? out.event.seq : out.task.seq;
+    return out;
+  }
+
+  /** Drops every queued entry and every task's state, tracking included: the queue is as new. */
+  clear(): void {
+    this.#tasks.clear();
+    this.#size = 0;
+  }
+
+  #queueOf(taskId: string): TaskQueue {
+    let queue = this.#tasks.get(taskId);
+    if (queue === undefined) {
+      queue = {
+        meta: null,
+        entries: new Deque(),
+        lastPushedSeq: 0,
+        lastEmittedSeq: -1,
+        counts: [0, 0, 0, 0],
+      };
+      this.#tasks.set(taskId, queue);
+    }
+    return queue;
+  }
+
+  #append(queue: TaskQueue, entry: QueuedEntry): void {
+    queue.entries.push(entry);
+    queue.counts[priorityOfEntry(entry)] += 1;
+    this.#size += 1;
+  }
+
+  #removeHead(queue: TaskQueue): QueuedEntry {
+    const head = queue.entries.shift();
+    if (head === undefined) throw new RangeError('SendQueue: removeHead on an empty task queue');
+    queue.counts[priorityOfEntry(head)] -= 1;
+    this.#size -= 1;
+    return head;
+  }
+
+  #pushProgress(queue: TaskQueue, event: ProgressEvent): void {
+    const { entries } = queue;
+    const tail = entries.at(entries.length - 1);
+    if (tail?.kind === 'run' && tail.last.seq + 1 === event.seq) {
+      tail.last = event;
+      return;
+    }
+    this.#append(queue, { kind: 'event', event, order: this.#order++ });
+    if (queue.meta === null) return; // an untracked run cannot be rendered as a snapshot: keep it whole
+    let length = 0;
+    for (let i = entries.length - 1; i >= 0 && length <= this.#maxProgressRun; i--) {
+      const entry = entries.at(i);
+      if (
+        entry?.kind !== 'event' ||
+        entry.event.type !== 'progress' ||
+        entry.event.seq !== event.seq - length
+      )
+        break;
+      length += 1;
+    }
+    if (length <= this.#maxProgressRun) return;
+    let first: QueuedEntry | undefined;
+    for (let i = 0; i < length; i++) {
+      first = entries.pop();
+      queue.counts[Priority.progress] -= 1;
+      this.#size -= 1;
+    }
+    if (first?.kind !== 'event') throw new RangeError('SendQueue: progress run bookkeeping is inconsistent');
+    this.#append(queue, {
+      kind: 'run',
+      firstSeq: first.event.seq,
+      last: event,
+      meta: queue.meta,
+      order: first.order,
+    });
+  }
+
+  /**
+   * Emits the progress run starting with an entry already removed (`firstSeq … last`): as one snapshot
+   * when congested (swallowing the consecutive progress entries behind it) or when it was collapsed at
+   * push time; as the event itself when it covers a single seq.
+   */
+  #foldProgress(
+    queue: TaskQueue,
+    firstSeq: number,
+    last: ProgressEvent,
+    meta: TaskMeta,
+    congested: boolean,
+  ): OutgoingEntry {
+    let end = last;
+    if (congested) {
+      for (let next = queue.entries.at(0); next !== undefined; next = queue.entries.at(0)) {
+        if (next.kind === 'event' && next.event.type === 'progress' && next.event.seq === end.seq + 1) {
+          end = next.event;
+        } else if (next.kind === 'run' && next.firstSeq === end.seq + 1) {
+          end = next.last;
+        } else break;
+        this.#removeHead(queue);
+      }
+    }
+    if (end.seq === firstSeq) return { kind: 'event', event: end };
+    return { kind: 'snapshot', task: snapshotAt(meta, end) };
+  }
+
+  /** The task to serve next: highest queued priority, then oldest queued entry. */
+  #pick(): TaskQueue | undefined {
+    let best: TaskQueue | undefined;
+    let bestPriority = -1;
+    let bestOrder = Number.POSITIVE_INFINITY;
+    for (const queue of this.#tasks.values()) {
+      if (queue.entries.length === 0) continue;
+      const priority = highestPriority(queue);
+      if (priority < bestPriority) continue;
+      const order = oldestOrder(queue);
+      if (priority > bestPriority || order < bestOrder) {
+        best = queue;
+        bestPriority = priority;
+        bestOrder = order;
+      }
+    }
+    return best;
+  }
+}
+
+function priorityOfEntry(entry: QueuedEntry): Priority {
+  switch (entry.kind) {
+    case 'snapshot':
+      return Priority.snapshot;
+    case 'run':
+      return Priority.progress;
+    case 'event':
+      return priorityOf(entry.event.type);
+    default: {
+      const unreachable: never = entry;
+      throw new TypeError(`SendQueue: unknown entry ${String(unreachable)}`);
+    }
+  }
+}
+
+function lastSeqOf(entry: QueuedEntry): number {
+  switch (entry.kind) {
+    case 'snapshot':
+      return entry.task.seq;
+    case 'run':
+      return entry.last.seq;
+    case 'event':
+      return entry.event.seq;
+    default: {
+      const unreachable: never = entry;
+      throw new TypeError(`SendQueue: unknown entry ${String(unreachable)}`);
+    }
+  }
+}
+
+function highestPriority(queue: TaskQueue): number {
+  for (let priority = Priority.snapshot; priority >= Priority.progress; priority--) {
+    if (queue.counts[priority as Priority] > 0) return priority;
+  }
+  return -1;
+}
+
+/**
+ * Arrival order of a task's oldest queued entry. Entries are in arrival order except a snapshot, which
+ * is put at the head when it arrives; so the oldest is the head or the one behind it.
+ */
+function oldestOrder(queue: TaskQueue): number {
+  const first = queue.entries.at(0)?.order ?? Number.POSITIVE_INFINITY;
+  const second = queue.entries.at(1)?.order ?? Number.POSITIVE_INFINITY;
+  return Math.min(first, second);
+}
+
+/** The task as it stood after a progress event: still running, nothing final yet. */
+function snapshotAt(meta: TaskMeta, event: ProgressEvent): TaskView {
+  return {
+    id: meta.id,
+    kind: meta.kind,
+    status: 'running',
+    ...progressOf(event.progress),
+    result: null,
+    error: null,
+    seq: event.seq,
+    createdAt: meta.createdAt,
+    updatedAt: event.time,
+    finishedAt: null,
+  };
+}
+
+/** A growable ring buffer: O(1) at both ends, where an array's `shift`/`unshift` are O(n). */
+class Deque<T> {
+  #items: Array<T | undefined> = new Array(8);
+  #head = 0;
+  #length = 0;
+
+  get length(): number {
+    return this.#length;
+  }
+
+  /** The element at `index` from the head, or `undefined` out of range. */
+  at(index: number): T | undefined {
+    if (index < 0 || index >= this.#length) return undefined;
+    return this.#items[(this.#head + index) % this.#items.length];
+  }
+
+  push(item: T): void {
+    this.#grow();
+    this.#items[(this.#head + this.#length) % this.#items.length] = item;
+    this.#length += 1;
+  }
+
+  unshift(item: T): void {
+    this.#grow();
+    this.#head = (this.#head - 1 + this.#items.length) % this.#items.length;
+    this.#items[this.#head] = item;
+    this.#length += 1;
+  }
+
+  shift(): T | undefined {
+    if (this.#length === 0) return undefined;
+    const item = this.#items[this.#head];
+    this.#items[this.#head] = undefined;
+    this.#head = (this.#head + 1) % this.#items.length;
+    this.#length -= 1;
+    return item;
+  }
+
+  pop(): T | undefined {
+    if (this.#length === 0) return undefined;
+    const index = (this.#head + this.#length - 1) % this.#items.length;
+    const item = this.#items[index];
+    this.#items[index] = undefined;
+    this.#length -= 1;
+    return item;
+  }
+
+  #grow(): void {
+    if (this.#length < this.#items.length) return;
+    const next: Array<T | undefined> = new Array(this.#items.length * 2);
+    for (let i = 0; i < this.#length; i++) next[i] = this.#items[(this.#head + i) % this.#items.length];
+    this.#items = next;
+    this.#head = 0;
+  }
+}

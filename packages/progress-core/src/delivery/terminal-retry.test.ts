@@ -1,0 +1,207 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import { isProgressError } from '../progress-error.js';
+import { ManualClock } from '../testing/manual-clock.js';
+import { propertyParams } from '../testing/property-config.js';
+import { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker, terminalRetryDelayMs } from './terminal-retry.js';
+
+function expectInvalid(run: () => unknown, pattern: RegExp): void {
+  try {
+    run();
+  } catch (error) {
+    expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
+    expect((error as Error).message).toMatch(pattern);
+    return;
+  }
+  expect.fail('expected an invalid_input ProgressError');
+}
+
+describe('terminalRetryDelayMs', () => {
+  it('has frozen defaults of 100 ms, doubling, capped at 5 s', () => {
+    expect(TERMINAL_RETRY_DEFAULTS).toEqual({ initialDelayMs: 100, multiplier: 2, maxDelayMs: 5000 });
+    expect(Object.isFrozen(TERMINAL_RETRY_DEFAULTS)).toBe(true);
+  });
+
+  it('waits 100, 200, 400 … ms and never more than 5 s', () => {
+    const delays = [1, 2, 3, 4, 5, 6, 7, 8].map((attempt) => terminalRetryDelayMs(attempt));
+    expect(delays).toEqual([100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+    expect(terminalRetryDelayMs(100_000)).toBe(5000);
+  });
+
+  it('honours custom options', () => {
+    const options = { initialDelayMs: 50, multiplier: 3, maxDelayMs: 1000 };
+    expect([1, 2, 3, 4].map((attempt) => terminalRetryDelayMs(attempt, options))).toEqual([
+      50, 150, 450, 1000,
+    ]);
+    expect(terminalRetryDelayMs(9, { multiplier: 1 })).toBe(100);
+  });
+
+  it('rejects attempt 0, fractions and bad options', () => {
+    expectInvalid(() => terminalRetryDelayMs(0), /attempt/);
+    expectInvalid(() => terminalRetryDelayMs(2.5), /attempt/);
+    expectInvalid(() => terminalRetryDelayMs(1, { initialDelayMs: 0 }), /initialDelayMs/);
+    expectInvalid(() => terminalRetryDelayMs(1, { multiplier: 0.9 }), /multiplier/);
+    expectInvalid(() => terminalRetryDelayMs(1, { initialDelayMs: 200, maxDelayMs: 100 }), /must not exceed/);
+    expectInvalid(() => new TerminalRetryTracker(() => 0, { maxDelayMs: Number.NaN }), /maxDelayMs/);
+  });
+});
+
+describe('TerminalRetryTracker', () => {
+  it('re-sends at 100, 300, 700 … ms after the first send while the caller keeps one timer', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('t1', 9);
+    expect(tracker.size).toBe(1);
+    const resends: number[] = [];
+    const attempts: number[] = [];
+    while (resends.length < 9) {
+      const at = tracker.nextDueAt();
+      if (at === undefined) throw new Error('nothing scheduled');
+      clock.set(at);
+      for (const due of tracker.due()) {
+        expect(due).toMatchObject({ taskId: 't1', seq: 9 });
+        resends.push(clock.now());
+        attempts.push(due.attempt);
+        tracker.sent(due.taskId, due.seq);
+      }
+    }
+    expect(resends).toEqual([100, 300, 700, 1500, 3100, 6300, 11_300, 16_300, 21_300]);
+    expect(attempts).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('is not due a millisecond early and stays due until the re-send is reported', () => {
+    const clock = new ManualClock(1000);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('t1', 3);
+    clock.advance(99);
+    expect(tracker.due()).toEqual([]);
+    clock.advance(1);
+    expect(tracker.due()).toEqual([{ taskId: 't1', seq: 3, attempt: 1 }]);
+    clock.advance(500);
+    expect(tracker.due()).toEqual([{ taskId: 't1', seq: 3, attempt: 1 }]);
+    tracker.sent('t1', 3);
+    expect(tracker.due()).toEqual([]);
+    expect(tracker.nextDueAt()).toBe(1600 + 200);
+  });
+
+  it('stops on a cumulative ack at or above the terminal seq, not below', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('t1', 5);
+    tracker.acked('t1', 4);
+    expect(tracker.size).toBe(1);
+    tracker.acked('t2', 99);
+    expect(tracker.size).toBe(1);
+    tracker.acked('t1', 5);
+    expect(tracker.size).toBe(0);
+    expect(tracker.nextDueAt()).toBeUndefined();
+
+    tracker.sent('t3', 7);
+    tracker.acked('t3', 8);
+    expect(tracker.size).toBe(0);
+  });
+
+  it('ignores a send reported after its ack, and a send of an older seq', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.acked('t1', 5);
+    tracker.sent('t1', 5);
+    expect(tracker.size).toBe(0);
+    tracker.sent('t2', 8);
+    clock.advance(100);
+    tracker.sent('t2', 6);
+    expect(tracker.due()).toEqual([{ taskId: 't2', seq: 8, attempt: 1 }]);
+    // A newer terminal seq (a different task incarnation) starts over.
+    tracker.sent('t2', 9);
+    expect(tracker.due()).toEqual([]);
+    expect(tracker.nextDueAt()).toBe(200);
+  });
+
+  it('forgets a task, including its ack', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('t1', 2);
+    tracker.forget('t1');
+    expect(tracker.size).toBe(0);
+    tracker.acked('t2', 4);
+    tracker.forget('t2');
+    tracker.sent('t2', 4);
+    expect(tracker.size).toBe(1);
+  });
+
+  it('lists due entries earliest first, ties in the order they were first sent', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('b', 1);
+    tracker.sent('a', 1);
+    clock.advance(50);
+    tracker.sent('c', 1);
+    clock.advance(100);
+    tracker.sent('a', 1); // a is re-sent: now due at 350
+    clock.set(160);
+    expect(tracker.due().map((due) => due.taskId)).toEqual(['b', 'c']);
+    expect(tracker.nextDueAt()).toBe(100);
+    clock.set(400);
+    expect(tracker.due().map((due) => due.taskId)).toEqual(['b', 'c', 'a']);
+  });
+
+  it('rejects a bad seq or clock', () => {
+    const tracker = new TerminalRetryTracker(() => 0);
+    expectInvalid(() => tracker.sent('t1', 0), /seq/);
+    expectInvalid(() => tracker.sent('t1', 1.5), /seq/);
+    expectInvalid(() => new TerminalRetryTracker(undefined as unknown as () => number), /clock/);
+  });
+
+  it('matches a simple model under any mix of sends, acks, forgets and time (oracle)', () => {
+    type Op =
+      | { op: 'sent'; task: number; seq: number }
+      | { op: 'acked'; task: number; seq: number }
+      | { op: 'forget'; task: number }
+      | { op: 'advance'; ms: number };
+    const opArb: fc.Arbitrary<Op> = fc.oneof(
+      fc.record({ op: fc.constant('sent' as const), task: fc.nat(2), seq: fc.integer({ min: 1, max: 4 }) }),
+      fc.record({ op: fc.constant('acked' as const), task: fc.nat(2), seq: fc.nat(4) }),
+      fc.record({ op: fc.constant('forget' as const), task: fc.nat(2) }),
+      fc.record({ op: fc.constant('advance' as const), ms: fc.nat(3000) }),
+    );
+    fc.assert(
+      fc.property(fc.array(opArb, { maxLength: 40 }), (ops) => {
+        const clock = new ManualClock(0);
+        const tracker = new TerminalRetryTracker(clock.now);
+        const pending = new Map<string, { seq: number; attempt: number; dueAt: number }>();
+        const acked = new Map<string, number>();
+        for (const op of ops) {
+          if (op.op === 'advance') clock.advance(op.ms);
+          else if (op.op === 'forget') {
+            tracker.forget(`t${op.task}`);
+            pending.delete(`t${op.task}`);
+            acked.delete(`t${op.task}`);
+          } else if (op.op === 'acked') {
+            const id = `t${op.task}`;
+            tracker.acked(id, op.seq);
+            acked.set(id, Math.max(acked.get(id) ?? 0, op.seq));
+            if ((pending.get(id)?.seq ?? Number.POSITIVE_INFINITY) <= op.seq) pending.delete(id);
+          } else {
+            const id = `t${op.task}`;
+            tracker.sent(id, op.seq);
+            const current = pending.get(id);
+            if (op.seq <= (acked.get(id) ?? 0) || (current !== undefined && op.seq < current.seq)) continue;
+            const attempt = current?.seq === op.seq ? current.attempt + 1 : 1;
+            pending.set(id, { seq: op.seq, attempt, dueAt: clock.now() + terminalRetryDelayMs(attempt) });
+          }
+          expect(tracker.size).toBe(pending.size);
+          const dueAts = [...pending.values()].map((entry) => entry.dueAt);
+          expect(tracker.nextDueAt()).toBe(dueAts.length === 0 ? undefined : Math.min(...dueAts));
+          const due = [...pending]
+            .filter(([, entry]) => entry.dueAt <= clock.now())
+            .map(([taskId, { seq, attempt }]) => ({ taskId, seq, attempt }));
+          expect(new Set(tracker.due().map((entry) => JSON.stringify(entry)))).toEqual(
+            new Set(due.map((entry) => JSON.stringify(entry))),
+          );
+        }
+      }),
+      propertyParams(300),
+    );
+  });
+});

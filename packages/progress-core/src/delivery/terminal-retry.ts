@@ -1,0 +1,206 @@
+import type { Clock } from '../clock.js';
+import { ErrorCode } from '../codes.js';
+import { ProgressError } from '../progress-error.js';
+import { mergeOptions, requireNumber } from './option-checks.js';
+
+/**
+ * Re-sending unacknowledged terminal events on the same connection. A terminal event is the one frame a
+ * watcher must not miss, and the acknowledgement is how the server learns it arrived; until then the
+ * server re-sends it after 100 ms, then 200 ms, 400 ms … capped, for as long as the connection lives.
+ * There is deliberately no attempt limit: the connection closing (after which the client resumes from its
+ * cursor) is the only other way out. The schedule is deterministic, not jittered: retries are per socket,
+ * so there is no crowd to spread out.
+ *
+ * @module
+ */
+
+/** Options of {@link terminalRetryDelayMs} and {@link TerminalRetryTracker}. */
+export interface TerminalRetryOptions {
+  /**
+   * Delay before the first re-send, in milliseconds. Must be >= 1 (0 would re-send in a tight loop)
+   * and <= `maxDelayMs`.
+   * @default 100
+   */
+  initialDelayMs?: number;
+  /**
+   * Factor by which the delay grows per re-send. Must be >= 1.
+   * @default 2
+   */
+  multiplier?: number;
+  /**
+   * Longest delay between two re-sends, in milliseconds.
+   * @default 5000
+   */
+  maxDelayMs?: number;
+}
+
+/** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */
+export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> = Object.freeze({
+  initialDelayMs: 100,
+  multiplier: 2,
+  maxDelayMs: 5000,
+});
+
+function resolveTerminalRetryOptions(
+  options: TerminalRetryOptions | undefined,
+): Required<TerminalRetryOptions> {
+  const merged = mergeOptions(TERMINAL_RETRY_DEFAULTS, options);
+  requireNumber('TerminalRetry: initialDelayMs', merged.initialDelayMs, { min: 1 });
+  requireNumber('TerminalRetry: multiplier', merged.multiplier, { min: 1 });
+  requireNumber('TerminalRetry: maxDelayMs', merged.maxDelayMs, { min: 1 });
+  if (merged.initialDelayMs > merged.maxDelayMs) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `TerminalRetry: initialDelayMs (${merged.initialDelayMs}) must not exceed maxDelayMs (${merged.maxDelayMs})`,
+    );
+  }
+  return merged;
+}
+
+function delayFor(attempt: number, options: Required<TerminalRetryOptions>): number {
+  // multiplier ** (attempt - 1) may overflow to Infinity; min() then yields the cap.
+  return Math.min(options.maxDelayMs, options.initialDelayMs * options.multiplier ** (attempt - 1));
+}
+
+/**
+ * The delay before re-send number `attempt` (1 = the first re-send):
+ * `min(maxDelayMs, initialDelayMs * multiplier ** (attempt - 1))`, so 100, 200, 400 … 5000 ms with the
+ * defaults.
+ *
+ * @throws ProgressError `invalid_input` when `attempt` is not an integer >= 1 or the options are invalid.
+ */
+export function terminalRetryDelayMs(attempt: number, options?: TerminalRetryOptions): number {
+  requireNumber('terminalRetryDelayMs: attempt', attempt, { min: 1, integer: true });
+  return delayFor(attempt, resolveTerminalRetryOptions(options));
+}
+
+/** A terminal event whose re-send is due, as returned by {@link TerminalRetryTracker.due}. */
+export interface DueTerminalRetry {
+  taskId: string;
+  /** The terminal event's seq. */
+  seq: number;
+  /** Which re-send this is: 1 for the first re-send after the original send. */
+  attempt: number;
+}
+
+interface PendingTerminal {
+  seq: number;
+  /** The re-send that comes next (1 after the original send). */
+  attempt: number;
+  dueAt: number;
+  /** Tie-breaker so entries due at the same millisecond come out in the order they were first sent. */
+  order: number;
+}
+
+/**
+ * The server's record, for one socket, of the terminal events it sent and the client has not yet
+ * acknowledged. Pure bookkeeping: the caller keeps one timer at {@link nextDueAt}, and when it fires
+ * re-sends each entry of {@link due} and reports it with {@link sent}. Drop the tracker when the
+ * connection closes.
+ *
+ * @example
+ * ```ts
+ * const retries = new TerminalRetryTracker(Date.now);
+ * send(terminalEvent);
+ * retries.sent(event.taskId, event.seq);
+ * // on an ack frame:
+ * retries.acked(frame.taskId, frame.seq);
+ * // when the timer set for retries.nextDueAt() fires:
+ * for (const { taskId, seq } of retries.due()) {
+ *   send(await store.event(taskId, seq));
+ *   retries.sent(taskId, seq);
+ * }
+ * ```
+ */
+export class TerminalRetryTracker {
+  readonly #clock: Clock;
+  readonly #options: Required<TerminalRetryOptions>;
+  readonly #pending = new Map<string, PendingTerminal>();
+  // Highest cumulative ack seen per task, so a send reported after its ack does not re-arm a retry.
+  readonly #ackedSeq = new Map<string, number>();
+  #order = 0;
+
+  /**
+   * @param clock - the time source.
+   * @param options - merged over {@link TERMINAL_RETRY_DEFAULTS} and validated here.
+   * @throws ProgressError `invalid_input` for invalid options.
+   */
+  constructor(clock: Clock, options?: TerminalRetryOptions) {
+    if (typeof clock !== 'function') {
+      throw new ProgressError(ErrorCode.InvalidInput, 'TerminalRetryTracker: clock must be a function');
+    }
+    this.#clock = clock;
+    this.#options = resolveTerminalRetryOptions(options);
+  }
+
+  /** Number of terminal events awaiting an acknowledgement. */
+  get size(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * The terminal event `seq` of `taskId` was sent (or re-sent) just now: schedule the next re-send.
+   * A repeated call for the same seq counts as the next attempt; a call with a higher seq replaces the
+   * entry; a lower seq, or a seq already acknowledged, is ignored.
+   *
+   * @throws ProgressError `invalid_input` when `seq` is not an integer >= 1.
+   */
+  sent(taskId: string, seq: number): void {
+    requireNumber('TerminalRetryTracker.sent: seq', seq, { min: 1, integer: true });
+    if (seq <= (this.#ackedSeq.get(taskId) ?? 0)) return;
+    const now = this.#clock();
+    const existing = this.#pending.get(taskId);
+    if (existing !== undefined && seq < existing.seq) return;
+    if (existing !== undefined && seq === existing.seq) {
+      existing.attempt += 1;
+      existing.dueAt = now + delayFor(existing.attempt, this.#options);
+      return;
+    }
+    this.#pending.set(taskId, {
+      seq,
+      attempt: 1,
+      dueAt: now + delayFor(1, this.#options),
+      order: this.#order++,
+    });
+  }
+
+  /**
+   * The client acknowledged every event of `taskId` up to `seq` (cumulative): a pending terminal event
+   * with seq <= `seq` needs no more re-sends.
+   */
+  acked(taskId: string, seq: number): void {
+    if (!Number.isFinite(seq)) return;
+    if (seq > (this.#ackedSeq.get(taskId) ?? 0)) this.#ackedSeq.set(taskId, seq);
+    const entry = this.#pending.get(taskId);
+    if (entry !== undefined && seq >= entry.seq) this.#pending.delete(taskId);
+  }
+
+  /** Stop tracking `taskId` (the socket unsubscribed from it). */
+  forget(taskId: string): void {
+    this.#pending.delete(taskId);
+    this.#ackedSeq.delete(taskId);
+  }
+
+  /**
+   * The entries whose re-send time has come, earliest due first. Does not change anything: report each
+   * re-send with {@link sent}, otherwise the entry stays due.
+   */
+  due(): DueTerminalRetry[] {
+    const now = this.#clock();
+    const ready: Array<[string, PendingTerminal]> = [];
+    for (const entry of this.#pending) {
+      if (entry[1].dueAt <= now) ready.push(entry);
+    }
+    ready.sort(([, a], [, b]) => a.dueAt - b.dueAt || a.order - b.order);
+    return ready.map(([taskId, { seq, attempt }]) => ({ taskId, seq, attempt }));
+  }
+
+  /** When the earliest re-send is due (epoch ms), or `undefined` when nothing is pending. */
+  nextDueAt(): number | undefined {
+    let next: number | undefined;
+    for (const entry of this.#pending.values()) {
+      if (next === undefined || entry.dueAt < next) next = entry.dueAt;
+    }
+    return next;
+  }
+}

@@ -1,0 +1,303 @@
+import type { JsonValue, ProgressState, TaskEvent, TaskFailure, TaskStatus, TaskView } from '../model.js';
+import { isTerminalEvent, isTerminalType, progressOf } from '../model.js';
+import { assertTaskId } from '../store/inputs.js';
+import { mergeOptions, requireNumber } from './option-checks.js';
+
+/**
+ * The client's apply step for one watched task: it turns whatever the network delivers (duplicates,
+ * frames out of order, stale snapshots, replays after a reconnect) into the sequence the application
+ * sees, in seq order, without gaps or duplicates, ending with the terminal state exactly once. This is
+ * where guarantees 1 and 2 of the design are enforced on the client side.
+ *
+ * @module
+ */
+
+/** What the application is handed: an event, or a snapshot that moves the cursor forward explicitly. */
+export type Delivery = { kind: 'event'; event: TaskEvent } | { kind: 'snapshot'; task: TaskView };
+
+/** What the client knows of a watched task, built from the snapshots and events applied so far. */
+export interface WatchView {
+  readonly taskId: string;
+  /** The cursor: seq of the last event applied (or of the last snapshot accepted). */
+  readonly seq: number;
+  /** `running` until a terminal event or terminal snapshot was applied. */
+  readonly status: TaskStatus;
+  /** Known once a snapshot was applied (events do not carry it). */
+  readonly kind: string | null;
+  /** Absolute progress after the last delivery; `null` before the first. */
+  readonly progress: ProgressState | null;
+  /** The `completed` event's result, else `null`. */
+  readonly result: JsonValue | null;
+  /** Why the task did not complete (`failed`, `cancelled`, `interrupted`), else `null`. */
+  readonly error: TaskFailure | null;
+  /** Epoch ms of the last delivery's event or snapshot; `null` before the first. */
+  readonly updatedAt: number | null;
+  /** Epoch ms of the terminal event, else `null`. */
+  readonly finishedAt: number | null;
+}
+
+/** What one `apply*` call did. */
+export interface ApplyResult {
+  /** What the application must see now, in order (the input, then buffered successors it released). */
+  delivered: Delivery[];
+  /** The input was already covered by the cursor (or the watch is finished) and was dropped. */
+  duplicate: boolean;
+  /**
+   * The input was an event ahead of `seq + 1`: something in between is missing. It was buffered (or
+   * dropped when the buffer is full; the resync brings it again).
+   */
+  gap: boolean;
+  /** When `gap`: the `afterSeq` to re-subscribe with (the cursor). Otherwise `null`. */
+  resyncFrom: number | null;
+  /** True only on the one apply that delivered the terminal state. */
+  finished: boolean;
+  /** The input was about another task and was ignored. */
+  foreign: boolean;
+}
+
+/** Options of {@link WatchCursor}. */
+export interface WatchCursorOptions {
+  /**
+   * Seq already seen by this watcher, for example a cursor persisted across a page reload: events up to
+   * it are duplicates. A non-negative integer.
+   * @default 0
+   */
+  afterSeq?: number;
+  /**
+   * Most out-of-order events held while waiting for the missing ones. When full, the event farthest
+   * ahead is dropped (a resync brings it again). A non-negative integer; 0 disables buffering.
+   * @default 256
+   */
+  maxBuffered?: number;
+}
+
+/** Defaults of {@link WatchCursorOptions}. */
+export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = Object.freeze({
+  afterSeq: 0,
+  maxBuffered: 256,
+});
+
+const NOTHING: Omit<ApplyResult, 'delivered'> = Object.freeze({
+  duplicate: false,
+  gap: false,
+  resyncFrom: null,
+  finished: false,
+  foreign: false,
+});
+
+/**
+ * One watched task's cursor and view.
+ *
+ * Rules: an event with seq <= cursor is a duplicate; seq = cursor + 1 is delivered, then any buffered
+ * successors; a later seq is buffered and reported as a gap. A snapshot ahead of the cursor is delivered
+ * and moves the cursor to its seq (discarding buffered events it covers); an older one is ignored. The
+ * one exception is a snapshot at exactly the cursor before anything was delivered: a fresh watcher
+ * (cursor 0, task without events yet) or one resumed from a persisted cursor knows nothing of the task
+ * but its seq, and that snapshot is how it learns the rest, including that the task already ended.
+ * Once the terminal state is delivered, every input is a duplicate.
+ *
+ * `view` is replaced (never mutated) on every change, so it can back React's `useSyncExternalStore`.
+ *
+ * @example
+ * ```ts
+ * const cursor = new WatchCursor(taskId, { afterSeq: stored ?? 0 });
+ * socket.onEvent = (event) => {
+ *   const result = cursor.applyEvent(event);
+ *   for (const delivery of result.delivered) app.onDelivery(delivery);
+ *   if (result.gap) resubscribe(taskId, result.resyncFrom);
+ * };
+ * ```
+ */
+export class WatchCursor {
+  readonly #taskId: string;
+  readonly #maxBuffered: number;
+  readonly #buffer = new Map<number, TaskEvent>();
+  #view: WatchView;
+  #finished = false;
+  /** Nothing delivered yet: the view holds only the seq it started from. */
+  #fresh = true;
+
+  /**
+   * @throws ProgressError `invalid_input` for an invalid task id or options.
+   */
+  constructor(taskId: string, options?: WatchCursorOptions) {
+    assertTaskId(taskId);
+    const merged = mergeOptions(WATCH_CURSOR_DEFAULTS, options);
+    const afterSeq = requireNumber('WatchCursor: afterSeq', merged.afterSeq, { min: 0, integer: true });
+    this.#maxBuffered = requireNumber('WatchCursor: maxBuffered', merged.maxBuffered, {
+      min: 0,
+      integer: true,
+    });
+    this.#taskId = taskId;
+    this.#view = Object.freeze({
+      taskId,
+      seq: afterSeq,
+      status: 'running',
+      kind: null,
+      progress: null,
+      result: null,
+      error: null,
+      updatedAt: null,
+      finishedAt: null,
+    });
+  }
+
+  /** The watched task's id. */
+  get taskId(): string {
+    return this.#taskId;
+  }
+
+  /** The cursor: the seq to resume from (`afterSeq`) after a disconnect. */
+  get seq(): number {
+    return this.#view.seq;
+  }
+
+  /** What the client knows of the task. A new object after every change. */
+  get view(): WatchView {
+    return this.#view;
+  }
+
+  /** The application has been handed the terminal state. */
+  get finished(): boolean {
+    return this.#finished;
+  }
+
+  /** Number of out-of-order events held. */
+  get buffered(): number {
+    return this.#buffer.size;
+  }
+
+  /**
+   * True when the server's latest seq (from a heartbeat) is ahead of the cursor: a frame was lost on a
+   * connection that still looks healthy, and the caller should resync from {@link seq}.
+   */
+  isBehind(latestSeq: number): boolean {
+    return !this.#finished && latestSeq > this.#view.seq;
+  }
+
+  /** Applies one event frame. Never throws. */
+  applyEvent(event: TaskEvent): ApplyResult {
+    if (event.taskId !== this.#taskId) return { ...NOTHING, delivered: [], foreign: true };
+    if (this.#finished || event.seq <= this.#view.seq) return { ...NOTHING, delivered: [], duplicate: true };
+    if (event.seq > this.#view.seq + 1) {
+      const alreadyHeld = this.#buffer.has(event.seq);
+      if (!alreadyHeld) this.#hold(event);
+      return { ...NOTHING, delivered: [], duplicate: alreadyHeld, gap: true, resyncFrom: this.#view.seq };
+    }
+    const delivered: Delivery[] = [];
+    this.#deliverEvent(event, delivered);
+    this.#drain(delivered);
+    return { ...NOTHING, delivered, finished: this.#finished };
+  }
+
+  /** Applies one snapshot frame. Never throws. */
+  applySnapshot(task: TaskView): ApplyResult {
+    if (task.id !== this.#taskId) return { ...NOTHING, delivered: [], foreign: true };
+    const fills = task.seq > this.#view.seq || (this.#fresh && task.seq === this.#view.seq);
+    if (this.#finished || !fills) return { ...NOTHING, delivered: [], duplicate: true };
+    const delivered: Delivery[] = [{ kind: 'snapshot', task }];
+    this.#fresh = false;
+    this.#view = Object.freeze({
+      taskId: this.#taskId,
+      seq: task.seq,
+      status: task.status,
+      kind: task.kind,
+      progress: progressOf(task),
+      result: task.result,
+      error: task.error,
+      updatedAt: task.updatedAt,
+      finishedAt: task.finishedAt,
+    });
+    for (const seq of this.#buffer.keys()) {
+      if (seq <= task.seq) this.#buffer.delete(seq);
+    }
+    if (isTerminalType(task.status)) this.#finish();
+    else this.#drain(delivered);
+    return { ...NOTHING, delivered, finished: this.#finished };
+  }
+
+  #hold(event: TaskEvent): void {
+    if (this.#buffer.size < this.#maxBuffered) {
+      this.#buffer.set(event.seq, event);
+      return;
+    }
+    if (this.#maxBuffered === 0) return;
+    // Full: keep the events nearest the cursor, which are the ones that can be released soonest.
+    let farthest = -1;
+    for (const seq of this.#buffer.keys()) if (seq > farthest) farthest = seq;
+    if (event.seq < farthest) {
+      this.#buffer.delete(farthest);
+      this.#buffer.set(event.seq, event);
+    }
+  }
+
+  #drain(delivered: Delivery[]): void {
+    while (!this.#finished) {
+      const next = this.#buffer.get(this.#view.seq + 1);
+      if (next === undefined) return;
+      this.#buffer.delete(next.seq);
+      this.#deliverEvent(next, delivered);
+    }
+  }
+
+  #deliverEvent(event: TaskEvent, delivered: Delivery[]): void {
+    delivered.push({ kind: 'event', event });
+    this.#fresh = false;
+    this.#view = Object.freeze(viewAfter(this.#view, event));
+    if (isTerminalEvent(event)) this.#finish();
+  }
+
+  #finish(): void {
+    this.#finished = true;
+    this.#buffer.clear();
+  }
+}
+
+/** The view after `event`, mirroring what `planAppend` does to the task row. */
+function viewAfter(view: WatchView, event: TaskEvent): WatchView {
+  const base: WatchView = {
+    ...view,
+    seq: event.seq,
+    progress: progressOf(event.progress),
+    updatedAt: event.time,
+  };
+  switch (event.type) {
+    case 'progress':
+    case 'item':
+      return base;
+    case 'completed':
+      return { ...base, status: 'completed', result: event.result, error: null, finishedAt: event.time };
+    case 'failed':
+      return {
+        ...base,
+        status: 'failed',
+        result: null,
+        error: { code: event.error.code, message: event.error.message },
+        finishedAt: event.time,
+      };
+    case 'cancelled':
+      return {
+        ...base,
+        status: 'cancelled',
+        result: null,
+        error: { code: 'cancelled', message: event.reason ?? 'cancelled' },
+        finishedAt: event.time,
+      };
+    case 'interrupted':
+      return {
+        ...base,
+        status: 'interrupted',
+        result: null,
+        error: { code: 'interrupted', message: event.reason },
+        finishedAt: event.time,
+      };
+    default:
+      // Frames are validated before they reach the cursor; should an unknown type slip through, it is
+      // treated as progress rather than thrown at the socket handler.
+      return exhaustive(event, base);
+  }
+}
+
+function exhaustive(_unknown: never, fallback: WatchView): WatchView {
+  return fallback;
+}
