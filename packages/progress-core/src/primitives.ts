@@ -37,15 +37,23 @@ export const seqSchema = v.pipe(countSchema, v.minValue(1, 'must be at least 1')
 /** Epoch milliseconds. */
 export const timeSchema = countSchema;
 
+/**
+ * U+0000 is refused in every text: Postgres `text` and `jsonb` cannot store it, and a value one store
+ * accepts and another rejects would make the stores disagree.
+ */
+const noNulCharacter = v.check((text: string) => !text.includes('\u0000'), 'must not contain U+0000');
+
 /** A short text: item key, `current`, reason. */
 export const shortTextSchema = v.pipe(
   v.string(),
+  noNulCharacter,
   v.maxLength(LIMITS.maxKeyLength, `must be at most ${LIMITS.maxKeyLength} characters`),
 );
 
 /** A message line. */
 export const messageSchema = v.pipe(
   v.string(),
+  noNulCharacter,
   v.maxLength(LIMITS.maxMessageLength, `must be at most ${LIMITS.maxMessageLength} characters`),
 );
 
@@ -69,7 +77,8 @@ export function utf8Length(text: string): number {
 
 function isJsonValue(value: unknown, depth: number): value is JsonValue {
   if (depth > 64) return false;
-  if (value === null || typeof value === 'boolean' || typeof value === 'string') return true;
+  if (value === null || typeof value === 'boolean') return true;
+  if (typeof value === 'string') return !value.includes('\u0000');
   if (typeof value === 'number') return Number.isFinite(value);
   if (Array.isArray(value)) return value.every((entry) => isJsonValue(entry, depth + 1));
   if (typeof value === 'object') {
@@ -78,19 +87,21 @@ function isJsonValue(value: unknown, depth: number): value is JsonValue {
     // An own `__proto__` key (JSON.parse creates one) turns into a prototype swap in the first
     // consumer that copies the object with assignment or a naive deep merge.
     if (Object.hasOwn(value, '__proto__')) return false;
-    return Object.values(value).every((entry) => isJsonValue(entry, depth + 1));
+    return Object.entries(value).every(
+      ([key, entry]) => !key.includes('\u0000') && isJsonValue(entry, depth + 1),
+    );
   }
   return false;
 }
 
 /**
  * A JSON value (plain objects, arrays, finite numbers, strings, booleans, null; at most 64 levels deep;
- * no `__proto__` key) whose serialized form fits in {@link LIMITS.maxJsonBytes}.
+ * no `__proto__` key, no U+0000 in any string or key) whose serialized form fits in {@link LIMITS.maxJsonBytes}.
  */
 export const jsonSchema = v.pipe(
   v.custom<JsonValue>(
     (value) => isJsonValue(value, 0),
-    'must be a plain JSON value (at most 64 levels deep, no __proto__ key)',
+    'must be a plain JSON value (at most 64 levels deep, no __proto__ key, no U+0000)',
   ),
   v.check(
     (value) => utf8Length(JSON.stringify(value)) <= LIMITS.maxJsonBytes,

@@ -40,5 +40,5 @@ export function propertySeed(): number {
  * ```
  */
 export function propertyParams<T = unknown>(numRuns: number): FcParameters<T> {
-  return { seed: propertySeed(), numRuns: readIntegerEnv('FC_NUM_RUNS') ?? numRuns, endOnFailure: true };
+  return { seed: propertySeed(), numRuns: readIntegerEnv('FC_NUM_RUNS') ?? numRuns };
 }

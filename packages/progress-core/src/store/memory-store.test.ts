@@ -1,0 +1,143 @@
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import { isProgressError } from '../progress-error.js';
+import { ManualClock } from '../testing/manual-clock.js';
+import { describeProgressStoreContract } from '../testing/store-contract.js';
+import type { TaskChange } from './change-feed.js';
+import { MEMORY_PROGRESS_STORE_DEFAULTS, MemoryProgressStore } from './memory-store.js';
+import { STORE_DEFAULTS } from './progress-store.js';
+
+describeProgressStoreContract(
+  'memory',
+  async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    return { store, clock, close: () => store.close() };
+  },
+  { numRuns: 1000 },
+);
+
+describe('MemoryProgressStore', () => {
+  function build() {
+    const clock = new ManualClock();
+    return { clock, store: new MemoryProgressStore({ clock: clock.now }) };
+  }
+
+  it('exports frozen defaults', () => {
+    expect(Object.isFrozen(MEMORY_PROGRESS_STORE_DEFAULTS)).toBe(true);
+    expect(typeof MEMORY_PROGRESS_STORE_DEFAULTS.clock()).toBe('number');
+  });
+
+  it('rejects bad options at construction with invalid_input', () => {
+    const bad: unknown[] = [{ clock: 42 }, { onListenerError: 'log' }, { colour: 'red' }, null, 'options'];
+    for (const options of bad) {
+      let caught: unknown;
+      try {
+        new MemoryProgressStore(options as never);
+      } catch (error) {
+        caught = error;
+      }
+      expect(isProgressError(caught, ErrorCode.InvalidInput), `options ${JSON.stringify(options)}`).toBe(
+        true,
+      );
+    }
+  });
+
+  it('uses the system clock by default', async () => {
+    const before = Date.now();
+    const task = await new MemoryProgressStore().createTask({ owner: 'alice', kind: 'k' });
+    expect(task.createdAt).toBeGreaterThanOrEqual(before);
+    expect(task.createdAt).toBeLessThanOrEqual(Date.now());
+  });
+
+  it('hands what a listener throws to onListenerError and still appends', async () => {
+    const errors: unknown[] = [];
+    const store = new MemoryProgressStore({ onListenerError: (error) => errors.push(error) });
+    const boom = new Error('boom');
+    store.changes.subscribe(() => {
+      throw boom;
+    });
+    const seen: TaskChange[] = [];
+    store.changes.subscribe((change) => seen.push(change));
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    const { event } = await store.append(task.id, { type: 'progress' });
+    expect(event.seq).toBe(1);
+    expect(errors).toEqual([boom]);
+    expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false }]);
+  });
+
+  it('publishes synchronously, after the state is updated', async () => {
+    const { store } = build();
+    const task = await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });
+    const observed: Promise<number | undefined>[] = [];
+    store.changes.subscribe(() => observed.push(store.getTask(task.id).then((row) => row?.seq)));
+    const pending = store.append(task.id, { type: 'progress' });
+    // The append ran to completion before its promise settled, listener included.
+    expect(observed.length).toBe(1);
+    await pending;
+    expect(await observed[0]).toBe(1);
+  });
+
+  it('publishes frozen changes, so one listener cannot alter what the next one sees', async () => {
+    const { store } = build();
+    const changes: TaskChange[] = [];
+    store.changes.subscribe((change) => changes.push(change));
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress' });
+    expect(Object.isFrozen(changes[0])).toBe(true);
+  });
+
+  it('hands out a fresh copy on every read', async () => {
+    const { store } = build();
+    const task = await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });
+    await store.append('task-1', { type: 'item', key: 'n', ok: true, detail: { a: [1] } });
+    const [a, b] = [await store.getTask('task-1'), await store.getTask('task-1')];
+    expect(a).not.toBe(b);
+    expect(a).toEqual(b);
+    const [e1, e2] = [await store.readEvents('task-1', 0), await store.readEvents('task-1', 0)];
+    expect(e1[0]).not.toBe(e2[0]);
+    expect(e1[0]?.progress).not.toBe(e2[0]?.progress);
+    expect(task).not.toBe(a);
+  });
+
+  it('clamps readEvents to maxReadLimit events', async () => {
+    const { store } = build();
+    await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });
+    for (let i = 0; i <= STORE_DEFAULTS.maxReadLimit; i++) await store.append('task-1', { type: 'progress' });
+    expect((await store.readEvents('task-1', 0, STORE_DEFAULTS.maxReadLimit * 2)).length).toBe(
+      STORE_DEFAULTS.maxReadLimit,
+    );
+    expect((await store.readEvents('task-1', 0)).length).toBe(STORE_DEFAULTS.readLimit);
+  });
+
+  it('clamps reap and purge limits to their maximum', async () => {
+    const { store, clock } = build();
+    const count = STORE_DEFAULTS.maxReapLimit + 1;
+    for (let i = 0; i < count; i++) {
+      await store.createTask({ id: `t-${i}`, owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1 } });
+    }
+    clock.advance(1);
+    expect((await store.reapExpiredLeases({ limit: count * 10 })).length).toBe(STORE_DEFAULTS.maxReapLimit);
+    expect((await store.reapExpiredLeases()).length).toBe(1);
+    // Those reaped tasks are finished; add enough more to pass the purge maximum.
+    for (let i = count; i <= STORE_DEFAULTS.maxPurgeLimit; i++) {
+      await store.createTask({ id: `t-${i}`, owner: 'alice', kind: 'k' });
+      await store.append(`t-${i}`, { type: 'cancelled' });
+    }
+    expect(await store.purgeFinished({ olderThanMs: 0, limit: 10 ** 9 })).toBe(STORE_DEFAULTS.maxPurgeLimit);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  });
+
+  it('breaks reap ties by id, so the order is deterministic', async () => {
+    const { store, clock } = build();
+    for (const id of ['t-b', 't-a', 't-c']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 5 } });
+    }
+    clock.advance(5);
+    expect((await store.reapExpiredLeases()).map((result) => result.event.taskId)).toEqual([
+      't-a',
+      't-b',
+      't-c',
+    ]);
+  });
+});

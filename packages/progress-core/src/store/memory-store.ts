@@ -1,0 +1,286 @@
+import type { Clock } from '../clock.js';
+import { systemClock } from '../clock.js';
+import { ErrorCode } from '../codes.js';
+import type { Task, TaskEvent } from '../model.js';
+import { isTerminalEvent } from '../model.js';
+import { ProgressError } from '../progress-error.js';
+import type { ChangeFeed } from './change-feed.js';
+import { LocalChangeFeed } from './change-feed.js';
+import type { AppendInput, CreateTaskInput } from './inputs.js';
+import {
+  assertCount,
+  assertId,
+  assertTaskId,
+  parseAppendInput,
+  parseCreateTaskInput,
+  parseLeaseInput,
+  parseListTasksQuery,
+  parsePurgeOptions,
+  parseReadLimit,
+  parseReapOptions,
+  parseTaskIds,
+} from './inputs.js';
+import type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './progress-store.js';
+import type { AppendResult } from './task-transitions.js';
+import { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './task-transitions.js';
+
+/** Options for {@link MemoryProgressStore}. */
+export interface MemoryProgressStoreOptions {
+  /**
+   * Source of every timestamp (creation, events, lease expiry, retention age). Tests pass
+   * `ManualClock.now` to drive leases without sleeping.
+   * @default systemClock (`Date.now`)
+   */
+  clock?: Clock;
+  /**
+   * Receives what a change listener throws. Listeners must not throw; this hook exists so a faulty one
+   * can be logged instead of breaking appends.
+   * @default ignores the error
+   */
+  onListenerError?: (error: unknown) => void;
+}
+
+/** The defaults of {@link MemoryProgressStoreOptions}. */
+export const MEMORY_PROGRESS_STORE_DEFAULTS: Readonly<Required<MemoryProgressStoreOptions>> = Object.freeze({
+  clock: systemClock,
+  onListenerError: () => {},
+});
+
+const OPTION_NAMES = new Set(Object.keys(MEMORY_PROGRESS_STORE_DEFAULTS));
+
+function resolveOptions(options: MemoryProgressStoreOptions): Required<MemoryProgressStoreOptions> {
+  if (typeof options !== 'object' || options === null) {
+    throw new ProgressError(ErrorCode.InvalidInput, 'MemoryProgressStore options must be an object');
+  }
+  for (const name of Object.keys(options)) {
+    if (!OPTION_NAMES.has(name)) {
+      throw new ProgressError(ErrorCode.InvalidInput, `MemoryProgressStore: unknown option "${name}"`);
+    }
+  }
+  const resolved = { ...MEMORY_PROGRESS_STORE_DEFAULTS, ...stripUndefined(options) };
+  if (typeof resolved.clock !== 'function') {
+    throw new ProgressError(ErrorCode.InvalidInput, 'MemoryProgressStore: clock must be a function');
+  }
+  if (typeof resolved.onListenerError !== 'function') {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      'MemoryProgressStore: onListenerError must be a function',
+    );
+  }
+  return resolved;
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
+}
+
+interface Entry {
+  task: Task;
+  /** `events[i].seq === i + 1`. */
+  events: TaskEvent[];
+}
+
+/** Binary (code unit) order, the order every store uses for ids. */
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+/**
+ * Deep copy. Callers own what they get back and what they passed in, so the store keeps its own copies:
+ * mutating a returned object (or an input after the call) never changes the store.
+ */
+function copy<T>(value: T): T {
+  return structuredClone(value);
+}
+
+/**
+ * The reference {@link ProgressStore}: everything in one process's memory, lost on exit. Use it in tests
+ * and single-process deployments that do not need durability; it passes the same contract suite as the
+ * SQLite and Postgres stores, and its behaviour is the one they copy.
+ *
+ * Every method runs to completion without yielding between reading and writing a task, so each call is
+ * atomic; changes are published synchronously, after the state is updated.
+ *
+ * @example
+ * ```ts
+ * const store = new MemoryProgressStore();
+ * const stop = store.changes.subscribe(({ taskId, seq }) => wake(taskId, seq));
+ * const task = await store.createTask({ owner: 'alice', kind: 'batch_taint', total: 1 });
+ * await store.append(task.id, { type: 'item', key: 'node-1', ok: true });
+ * await store.append(task.id, { type: 'completed' });
+ * stop();
+ * ```
+ */
+export class MemoryProgressStore implements ProgressStore {
+  readonly #clock: Clock;
+  readonly #changes: LocalChangeFeed;
+  readonly #tasks = new Map<string, Entry>();
+  #closed = false;
+
+  /** @throws ProgressError `invalid_input` for bad options. */
+  constructor(options: MemoryProgressStoreOptions = {}) {
+    const resolved = resolveOptions(options);
+    this.#clock = resolved.clock;
+    this.#changes = new LocalChangeFeed(resolved.onListenerError);
+  }
+
+  get changes(): ChangeFeed {
+    return this.#changes;
+  }
+
+  async createTask(input: CreateTaskInput): Promise<Task> {
+    this.#assertOpen();
+    const parsed = parseCreateTaskInput(input);
+    const id = parsed.id ?? globalThis.crypto.randomUUID();
+    if (this.#tasks.has(id)) {
+      throw new ProgressError(ErrorCode.InvalidInput, `Task ${id} already exists`, { taskId: id });
+    }
+    const task = newTask({ ...parsed, id }, this.#clock());
+    this.#tasks.set(id, { task: copy(task), events: [] });
+    return task;
+  }
+
+  async getTask(taskId: string): Promise<Task | undefined> {
+    this.#assertOpen();
+    assertTaskId(taskId);
+    const entry = this.#tasks.get(taskId);
+    return entry === undefined ? undefined : copy(entry.task);
+  }
+
+  async listTasks(query: ListTasksQuery): Promise<Task[]> {
+    this.#assertOpen();
+    const { owner, statuses, limit } = parseListTasksQuery(query);
+    const matches: Task[] = [];
+    for (const { task } of this.#tasks.values()) {
+      if (task.owner === owner && (statuses === undefined || statuses.includes(task.status)))
+        matches.push(task);
+    }
+    matches.sort((a, b) => b.createdAt - a.createdAt || compareIds(b.id, a.id));
+    return matches.slice(0, limit).map((value) => copy(value));
+  }
+
+  async append(taskId: string, input: AppendInput): Promise<AppendResult> {
+    this.#assertOpen();
+    assertTaskId(taskId);
+    const parsed = parseAppendInput(input);
+    return this.#commit(this.#entry(taskId), parsed);
+  }
+
+  async readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {
+    this.#assertOpen();
+    assertTaskId(taskId);
+    assertCount(afterSeq, 'afterSeq');
+    const resolvedLimit = parseReadLimit(limit);
+    const { events } = this.#entry(taskId);
+    return events.slice(afterSeq, afterSeq + resolvedLimit).map((value) => copy(value));
+  }
+
+  async latestSeqs(taskIds: readonly string[]): Promise<Map<string, number>> {
+    this.#assertOpen();
+    const seqs = new Map<string, number>();
+    for (const taskId of parseTaskIds(taskIds)) {
+      const entry = this.#tasks.get(taskId);
+      if (entry !== undefined) seqs.set(taskId, entry.task.seq);
+    }
+    return seqs;
+  }
+
+  async ack(taskId: string, seq: number): Promise<number> {
+    this.#assertOpen();
+    assertTaskId(taskId);
+    assertCount(seq, 'seq');
+    const entry = this.#entry(taskId);
+    if (seq > entry.task.seq) {
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        `Cannot ack seq ${seq} of task ${taskId}: its latest seq is ${entry.task.seq}`,
+        { taskId },
+      );
+    }
+    entry.task.ackedSeq = Math.max(entry.task.ackedSeq, seq);
+    return entry.task.ackedSeq;
+  }
+
+  async renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {
+    this.#assertOpen();
+    assertTaskId(taskId);
+    const lease = parseLeaseInput({ owner, ttlMs });
+    const entry = this.#entry(taskId);
+    entry.task = planLease(entry.task, lease.owner, lease.ttlMs, this.#clock());
+    return copy(entry.task);
+  }
+
+  async releaseLease(taskId: string, owner: string): Promise<void> {
+    this.#assertOpen();
+    assertTaskId(taskId);
+    assertId(owner, 'lease owner');
+    const { task } = this.#entry(taskId);
+    // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
+    if (task.status === 'running' && task.leaseOwner === owner) {
+      task.leaseOwner = null;
+      task.leaseExpiresAt = null;
+    }
+  }
+
+  async reapExpiredLeases(options?: ReapOptions): Promise<AppendResult[]> {
+    this.#assertOpen();
+    const { limit } = parseReapOptions(options);
+    const now = this.#clock();
+    const expired = [...this.#tasks.values()]
+      .filter((entry) => isLeaseExpired(entry.task, now))
+      .sort(
+        (a, b) =>
+          (a.task.leaseExpiresAt ?? 0) - (b.task.leaseExpiresAt ?? 0) || compareIds(a.task.id, b.task.id),
+      )
+      .slice(0, limit);
+    return expired.map((entry) =>
+      this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }),
+    );
+  }
+
+  async purgeFinished(options: PurgeOptions): Promise<number> {
+    this.#assertOpen();
+    const { olderThanMs, limit } = parsePurgeOptions(options);
+    const cutoff = this.#clock() - olderThanMs;
+    const old = [...this.#tasks.values()]
+      .map((entry) => entry.task)
+      .filter((task) => task.status !== 'running' && task.finishedAt !== null && task.finishedAt <= cutoff)
+      .sort((a, b) => (a.finishedAt ?? 0) - (b.finishedAt ?? 0) || compareIds(a.id, b.id))
+      .slice(0, limit);
+    for (const task of old) this.#tasks.delete(task.id);
+    return old.length;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#tasks.clear();
+  }
+
+  /** Applies a validated input through the shared transition, then publishes the change. */
+  #commit(entry: Entry, input: AppendInput): AppendResult {
+    const planned = planAppend(entry.task, input, this.#clock());
+    // Copy before storing: `planned` may reference the caller's `result`/`detail` objects.
+    entry.task = copy(planned.task);
+    entry.events.push(copy(planned.event));
+    this.#changes.publish(
+      Object.freeze({
+        taskId: planned.event.taskId,
+        seq: planned.event.seq,
+        terminal: isTerminalEvent(planned.event),
+      }),
+    );
+    return { event: copy(planned.event), task: copy(planned.task) };
+  }
+
+  #entry(taskId: string): Entry {
+    const entry = this.#tasks.get(taskId);
+    if (entry === undefined) {
+      throw new ProgressError(ErrorCode.TaskNotFound, `No task ${taskId}`, { taskId });
+    }
+    return entry;
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new ProgressError(ErrorCode.Closed, 'The store is closed');
+  }
+}

@@ -1,0 +1,112 @@
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import type { TaskEvent } from '../model.js';
+import type { TaskChange } from '../store/change-feed.js';
+import type { ContractContext } from './store-contract-support.js';
+import { ChangeRecorder, changeOf, expectRejection, taskInput } from './store-contract-support.js';
+
+/**
+ * The change feed. A store may deliver changes asynchronously (Postgres `NOTIFY`), so every test waits,
+ * boundedly, for a sentinel change that must come after the ones it checks: changes of one task arrive in
+ * commit order, so once its later seq has arrived, any earlier change (or duplicate) has too.
+ */
+export function describeFeedContract(ctx: ContractContext): void {
+  describe('change feed', () => {
+    it('publishes one change per committed event, with its seq and terminal flag, in commit order', async () => {
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        await ctx.store.createTask(taskInput({ id: 'task-2', lease: { owner: 'worker-1', ttlMs: 1000 } }));
+        const events: TaskEvent[] = [];
+        events.push((await ctx.store.append('task-1', { type: 'progress', total: 2 })).event);
+        events.push((await ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true })).event);
+        events.push((await ctx.store.append('task-1', { type: 'item', key: 'node-2', ok: false })).event);
+        events.push((await ctx.store.append('task-1', { type: 'completed' })).event);
+        ctx.clock.advance(1000);
+        const [reaped] = await ctx.store.reapExpiredLeases();
+        if (reaped === undefined) throw new Error('reapExpiredLeases reaped nothing; the lease had expired');
+        await recorder.waitFor('task-1', 4);
+        await recorder.waitFor('task-2', 1);
+        expect(recorder.of('task-1'), 'changes of task-1').toEqual(events.map(changeOf));
+        expect(recorder.of('task-2'), 'changes of task-2 (reaped)').toEqual<TaskChange[]>([
+          { taskId: 'task-2', seq: 1, terminal: true },
+        ]);
+      } finally {
+        recorder.stop();
+      }
+    });
+
+    it('publishes nothing for creates, acks, lease changes and rejected appends', async () => {
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        await ctx.store.ack('task-1', 0);
+        await ctx.store.renewLease('task-1', 'worker-1', 1000);
+        await ctx.store.releaseLease('task-1', 'worker-1');
+        await expectRejection('an invalid append', ErrorCode.InvalidInput, () =>
+          ctx.store.append('task-1', { type: 'progress', done: -1 }),
+        );
+        await ctx.store.createTask(taskInput({ id: 'task-2' }));
+        await ctx.store.append('task-2', { type: 'cancelled' });
+        await expectRejection('an append after the terminal event', ErrorCode.TaskFinished, () =>
+          ctx.store.append('task-2', { type: 'progress' }),
+        );
+        await ctx.store.append('task-1', { type: 'progress' });
+        await recorder.waitFor('task-1', 1);
+        // The sentinel is task-1's seq 1, committed last. A stray change of task-2 that arrived after it
+        // would go unnoticed here, never the reverse: this test cannot fail spuriously.
+        expect(recorder.of('task-1'), 'changes of task-1').toEqual([
+          { taskId: 'task-1', seq: 1, terminal: false },
+        ]);
+        expect(recorder.of('task-2'), 'changes of task-2').toEqual([
+          { taskId: 'task-2', seq: 1, terminal: true },
+        ]);
+      } finally {
+        recorder.stop();
+      }
+    });
+
+    it('unsubscribe stops a listener', async () => {
+      const stopped = new ChangeRecorder(ctx.store);
+      const witness = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        await ctx.store.append('task-1', { type: 'progress' });
+        await stopped.waitFor('task-1', 1);
+        stopped.stop();
+        stopped.stop(); // twice is harmless
+        await ctx.store.append('task-1', { type: 'progress' });
+        await witness.waitFor('task-1', 2);
+        expect(
+          stopped.of('task-1').map((change) => change.seq),
+          'seqs seen by the unsubscribed listener',
+        ).toEqual([1]);
+      } finally {
+        witness.stop();
+      }
+    });
+
+    it('a throwing listener breaks neither appends nor other listeners', async () => {
+      const stopThrowing = ctx.store.changes.subscribe(() => {
+        throw new Error('listener failure (expected by the test)');
+      });
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        const first = await ctx.store.append('task-1', { type: 'progress' });
+        const second = await ctx.store.append('task-1', { type: 'completed' });
+        expect([first.event.seq, second.event.seq], 'seqs of appends with a throwing listener').toEqual([
+          1, 2,
+        ]);
+        await recorder.waitFor('task-1', 2);
+        expect(
+          recorder.of('task-1').map((change) => change.seq),
+          'changes seen by the other listener',
+        ).toEqual([1, 2]);
+      } finally {
+        stopThrowing();
+        recorder.stop();
+      }
+    });
+  });
+}

@@ -1,0 +1,115 @@
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import type { JsonValue } from '../model.js';
+import type { ContractContext } from './store-contract-support.js';
+import { expectRejection, mustGet, taskInput } from './store-contract-support.js';
+
+/** Scribbles over every field of a returned object, recursively. */
+function scribble(value: unknown): void {
+  if (Array.isArray(value)) {
+    value.push('scribbled');
+    for (const entry of value) scribble(entry);
+    return;
+  }
+  if (typeof value !== 'object' || value === null) return;
+  const record = value as Record<string, unknown>;
+  for (const [key, entry] of Object.entries(record)) {
+    if (typeof entry === 'object' && entry !== null) scribble(entry);
+    else record[key] = typeof entry === 'number' ? -999 : 'scribbled';
+  }
+  record.scribbled = true;
+}
+
+/** Returned objects are copies; the store keeps no reference to inputs; close. */
+export function describeLifecycleContract(ctx: ContractContext): void {
+  describe('copies', () => {
+    it('mutating returned tasks and events does not change the store', async () => {
+      const { store } = ctx;
+      scribble(
+        await store.createTask(taskInput({ id: 'task-1', lease: { owner: 'worker-1', ttlMs: 1000 } })),
+      );
+      scribble(
+        await store.append('task-1', { type: 'item', key: 'node-1', ok: true, detail: { tags: ['a'] } }),
+      );
+      scribble(await store.renewLease('task-1', 'worker-1', 1000));
+      await store.createTask(taskInput({ id: 'task-2', lease: { owner: 'worker-1', ttlMs: 1000 } }));
+      const snapshot = {
+        task: await mustGet(store, 'task-1'),
+        events: await store.readEvents('task-1', 0),
+      };
+      const expected = structuredClone(snapshot);
+      scribble(snapshot);
+      scribble(await store.getTask('task-1'));
+      scribble(await store.listTasks({ owner: taskInput().owner }));
+      scribble(await store.readEvents('task-1', 0));
+      const completed = await store.append('task-1', { type: 'completed', result: { nodes: ['node-1'] } });
+      const completedCopy = structuredClone(completed);
+      scribble(completed);
+      ctx.clock.advance(1000);
+      const reaped = await store.reapExpiredLeases();
+      const reapedCopy = structuredClone(reaped);
+      scribble(reaped);
+      expect(await store.getTask('task-1'), 'task-1 after scribbling over returned objects').toEqual(
+        completedCopy.task,
+      );
+      expect(await store.readEvents('task-1', 0), 'events of task-1 after scribbling').toEqual([
+        ...expected.events,
+        completedCopy.event,
+      ]);
+      expect(await store.getTask('task-2'), 'task-2 after scribbling over the reap result').toEqual(
+        reapedCopy[0]?.task,
+      );
+    });
+
+    it('keeps no reference to the inputs of createTask and append', async () => {
+      const lease = { owner: 'worker-1', ttlMs: 1000 };
+      const input = taskInput({ id: 'task-1', lease });
+      const created = structuredClone(await ctx.store.createTask(input));
+      lease.owner = 'scribbled';
+      input.kind = 'scribbled';
+      const detail: JsonValue = { tags: ['a'], nested: { n: 1 } };
+      const itemInput = { type: 'item' as const, key: 'node-1', ok: true, detail };
+      const item = structuredClone(await ctx.store.append('task-1', itemInput));
+      scribble(detail);
+      itemInput.key = 'scribbled';
+      const result: JsonValue = { nodes: ['node-1'] };
+      const done = structuredClone(await ctx.store.append('task-1', { type: 'completed', result }));
+      scribble(result);
+      expect(await ctx.store.readEvents('task-1', 0), 'events after mutating the inputs').toEqual([
+        item.event,
+        done.event,
+      ]);
+      expect(await ctx.store.getTask('task-1'), 'task after mutating the inputs').toMatchObject({
+        kind: created.kind,
+        result: { nodes: ['node-1'] },
+      });
+    });
+  });
+
+  describe('close', () => {
+    it('after close, every method rejects with closed', async () => {
+      await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      await ctx.store.close();
+      const { store } = ctx;
+      const calls: [string, () => Promise<unknown>][] = [
+        ['createTask', () => store.createTask(taskInput({ id: 'task-2' }))],
+        ['getTask', () => store.getTask('task-1')],
+        ['listTasks', () => store.listTasks({ owner: taskInput().owner })],
+        ['append', () => store.append('task-1', { type: 'progress' })],
+        ['readEvents', () => store.readEvents('task-1', 0)],
+        ['latestSeqs', () => store.latestSeqs(['task-1'])],
+        ['ack', () => store.ack('task-1', 0)],
+        ['renewLease', () => store.renewLease('task-1', 'worker-1', 1000)],
+        ['releaseLease', () => store.releaseLease('task-1', 'worker-1')],
+        ['reapExpiredLeases', () => store.reapExpiredLeases()],
+        ['purgeFinished', () => store.purgeFinished({ olderThanMs: 0 })],
+      ];
+      for (const [what, call] of calls) await expectRejection(`${what} after close`, ErrorCode.Closed, call);
+    });
+
+    it('close can be called twice', async () => {
+      await ctx.store.close();
+      await ctx.store.close();
+    });
+  });
+}

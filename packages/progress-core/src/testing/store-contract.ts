@@ -1,0 +1,136 @@
+import { afterEach, beforeEach, describe } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import { ProgressError } from '../progress-error.js';
+import type { ProgressStore } from '../store/progress-store.js';
+import type { ManualClock } from './manual-clock.js';
+import { describeEventContract } from './store-contract-events.js';
+import { describeFeedContract } from './store-contract-feed.js';
+import { describeLeaseContract } from './store-contract-leases.js';
+import { describeLifecycleContract } from './store-contract-lifecycle.js';
+import { describeLogContract } from './store-contract-log.js';
+import type { ContractContext } from './store-contract-support.js';
+import { describeTaskContract } from './store-contract-tasks.js';
+import { describeModelContract } from './store-model.js';
+
+/**
+ * One store under test, fresh and empty. The contract suite builds one per test (and one per run of the
+ * model-based test) and closes it afterwards.
+ */
+export interface ProgressStoreHarness {
+  /** The store under test. It must be built with `clock.now` as its clock and hold no tasks. */
+  store: ProgressStore;
+  /** Drives the store's time; tests advance it to expire leases and age finished tasks. */
+  clock: ManualClock;
+  /**
+   * Releases everything the harness opened (the store, a database, a temp file). Called once per
+   * harness, possibly after the test already closed the store, so it must tolerate that.
+   */
+  close(): Promise<void>;
+}
+
+/** Builds a fresh {@link ProgressStoreHarness}. */
+export type ProgressStoreHarnessFactory = () => Promise<ProgressStoreHarness>;
+
+/** Options for {@link describeProgressStoreContract}. */
+export interface StoreContractOptions {
+  /**
+   * Runs of the model-based test (each run builds a fresh harness). `FC_NUM_RUNS` overrides it.
+   * @default 100
+   */
+  numRuns?: number;
+  /**
+   * How many operations the concurrency tests start at once: the appends of the "concurrent appends"
+   * test, the creates of bulk set-ups, and (capped at 10) the bursts of the model-based test. Lower it
+   * for a store whose connection pool is small.
+   * @default 50
+   */
+  concurrency?: number;
+}
+
+/** The defaults of {@link StoreContractOptions}. */
+export const STORE_CONTRACT_DEFAULTS: Readonly<Required<StoreContractOptions>> = Object.freeze({
+  numRuns: 100,
+  concurrency: 50,
+});
+
+function resolveOptions(options: StoreContractOptions): Required<StoreContractOptions> {
+  const resolved = {
+    numRuns: options.numRuns ?? STORE_CONTRACT_DEFAULTS.numRuns,
+    concurrency: options.concurrency ?? STORE_CONTRACT_DEFAULTS.concurrency,
+  };
+  if (!Number.isSafeInteger(resolved.numRuns) || resolved.numRuns < 1) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `numRuns must be an integer >= 1, got ${resolved.numRuns}`,
+    );
+  }
+  if (!Number.isSafeInteger(resolved.concurrency) || resolved.concurrency < 2) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `concurrency must be an integer >= 2, got ${resolved.concurrency}`,
+    );
+  }
+  return resolved;
+}
+
+/**
+ * Declares the {@link ProgressStore} contract as a vitest `describe` block: focused tests (one behaviour
+ * each) and a model-based test that runs random command sequences, concurrent bursts included, against a
+ * simple model. Every store of Finishline passes it; an adapter runs it from its own test file. Requires
+ * the optional peer dependencies `vitest` and `fast-check`.
+ *
+ * The suite assumes nothing in-memory: it waits (boundedly) for change-feed deliveries, shares no state
+ * between tests, and is deterministic given the fast-check seed (`FC_SEED`).
+ *
+ * @example
+ * ```ts
+ * // my-store.test.ts, in the adapter's package
+ * import { describeProgressStoreContract, ManualClock } from '@finishline/core/testing';
+ *
+ * describeProgressStoreContract('my-store', async () => {
+ *   const clock = new ManualClock();
+ *   const store = await openMyStore({ clock: clock.now }); // fresh and empty
+ *   return { store, clock, close: () => store.close() };
+ * }, { numRuns: 100, concurrency: 20 });
+ * ```
+ */
+export function describeProgressStoreContract(
+  name: string,
+  harness: ProgressStoreHarnessFactory,
+  options: StoreContractOptions = {},
+): void {
+  const resolved = resolveOptions(options);
+  describe(`ProgressStore contract: ${name}`, () => {
+    describe('behaviours', () => {
+      let current: ProgressStoreHarness | undefined;
+      beforeEach(async () => {
+        current = await harness();
+      });
+      afterEach(async () => {
+        const closing = current;
+        current = undefined;
+        await closing?.close();
+      });
+      const running = (): ProgressStoreHarness => {
+        if (current === undefined) throw new Error('The store harness is not ready (used outside a test?)');
+        return current;
+      };
+      const context: ContractContext = {
+        get store() {
+          return running().store;
+        },
+        get clock() {
+          return running().clock;
+        },
+        options: resolved,
+      };
+      describeTaskContract(context);
+      describeEventContract(context);
+      describeLogContract(context);
+      describeLeaseContract(context);
+      describeFeedContract(context);
+      describeLifecycleContract(context);
+    });
+    describeModelContract(harness, resolved);
+  });
+}
