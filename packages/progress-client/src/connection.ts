@@ -1,0 +1,355 @@
+import type { ClientFrame, HelloFrame, ServerFrame } from '@finishline/core';
+import {
+  backoffDelayMs,
+  CloseCode,
+  decodeServerFrame,
+  ErrorCode,
+  encodeFrame,
+  FATAL_CLOSE_CODES,
+  PROTOCOL_NAME,
+  PROTOCOL_VERSION,
+  ProgressError,
+} from '@finishline/core';
+import type { ResolvedOptions, WebSocketLike } from './options.js';
+import { Timeout, type TimerSet } from './timers.js';
+
+/**
+ * The socket's lifecycle: lazy connect, authentication, the heartbeat watchdog, reconnects with
+ * full-jitter backoff, and the fatal close codes that end it all.
+ *
+ * @module
+ */
+
+/**
+ * The client's connection state:
+ * - `idle`: no socket and none needed (no unfinished watch);
+ * - `connecting`: the first socket is opening;
+ * - `open`: the server said `hello`; watches are subscribed;
+ * - `reconnecting`: the socket was lost; waiting for the backoff delay or opening a new one;
+ * - `closed`: `close()` was called, or the server refused the client for good (a fatal close code).
+ */
+export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+/** The payload of the client's `state` event. */
+export interface StateChange {
+  state: ConnectionState;
+  /** Why, for logs: `watch`, `hello`, `closed by server (1001)`, `heartbeat timeout`, … */
+  reason: string;
+  /** The close code of the socket that was lost, if any. */
+  closeCode?: number;
+  /** For `reconnecting` after a loss: the backoff delay before the next attempt. */
+  delayMs?: number;
+  /** For a fatal `closed`: the error every watch ended with. */
+  error?: ProgressError;
+}
+
+/** What the connection reports to its owner. @internal */
+export interface ConnectionHandler {
+  /** A socket is ready (after `hello`): subscribe. */
+  onHello(hello: HelloFrame): void;
+  /** Any frame but `hello`. */
+  onFrame(frame: ServerFrame): void;
+  /** The ready socket was lost; a reconnect follows if {@link wantsSocket}. */
+  onDown(): void;
+  /** The server closed with a fatal code: nothing will work with these credentials. */
+  onFatal(error: ProgressError): void;
+  /** Connection attempts keep failing: serve the watches over HTTP meanwhile. */
+  onUnreachable(): void;
+  onState(change: StateChange): void;
+  /** A recoverable problem (an invalid frame, a token provider that threw), for the `error` event. */
+  onError(error: ProgressError): void;
+  /** True while some watch needs a socket. */
+  wantsSocket(): boolean;
+}
+
+const OPEN = 1;
+const CLOSED = 3;
+const noop = (): void => undefined;
+
+const FATAL_ERRORS: Readonly<Record<number, ErrorCode>> = {
+  [CloseCode.Unauthenticated]: ErrorCode.Unauthenticated,
+  [CloseCode.UnsupportedProtocol]: ErrorCode.UnsupportedProtocol,
+  [CloseCode.ForbiddenOrigin]: ErrorCode.Forbidden,
+};
+
+/** @internal */
+export class Connection {
+  readonly #o: ResolvedOptions;
+  readonly #handler: ConnectionHandler;
+  readonly #liveness: Timeout;
+  readonly #reconnect: Timeout;
+  #socket: WebSocketLike | undefined;
+  #ready = false;
+  #state: ConnectionState = 'idle';
+  /** Reconnects since the last stable connection: the backoff exponent. */
+  #failures = 0;
+  /** Attempts since the last `hello`: when HTTP takes over. */
+  #unreachable = 0;
+  #readyAt = 0;
+  #heartbeatTimeoutMs = 0;
+  /** The close code an upgrade refused with HTTP 401/403 stands for. */
+  #refusedWith: number | undefined;
+
+  constructor(options: ResolvedOptions, timers: TimerSet, handler: ConnectionHandler) {
+    this.#o = options;
+    this.#handler = handler;
+    this.#liveness = new Timeout(timers);
+    this.#reconnect = new Timeout(timers);
+  }
+
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /** True after `hello` on the current socket. */
+  get ready(): boolean {
+    return this.#ready;
+  }
+
+  /** Opens a socket if there is none and none is scheduled (connect lazily, on the first watch). */
+  ensure(reason: string): void {
+    if (this.#state === 'idle') this.#connect(reason);
+  }
+
+  /** Sends a frame on the ready socket; false when there is none (the reconnect will resend state). */
+  send(frame: ClientFrame): boolean {
+    const socket = this.#socket;
+    if (!this.#ready || socket === undefined || socket.readyState !== OPEN) return false;
+    try {
+      socket.send(encodeFrame(frame));
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Drops the socket and opens a new one at once (the 100% watchdog suspects this replica). */
+  reconnectNow(reason: string): void {
+    if (this.#state === 'closed') return;
+    if (this.#socket !== undefined && !this.#ready) return; // already opening a fresh one
+    this.#drop(CloseCode.Normal, reason);
+    this.#down();
+    this.#connect(reason);
+  }
+
+  /** Closes for good; resolves once the socket reported its close. */
+  close(): Promise<void> {
+    const socket = this.#socket;
+    this.#socket = undefined;
+    this.#ready = false;
+    this.#liveness.clear();
+    this.#reconnect.clear();
+    this.#setState({ state: 'closed', reason: 'client closed' });
+    if (socket === undefined || socket.readyState === CLOSED) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      socket.onopen = null;
+      socket.onmessage = null;
+      socket.onerror = noop;
+      socket.onclose = () => resolve();
+      try {
+        socket.close(CloseCode.Normal, 'client closed');
+      } catch {
+        resolve();
+      }
+    });
+  }
+
+  /** Reports a state change; `again` reports a repeated state too (a new reconnect delay). */
+  #setState(change: StateChange, again = false): void {
+    if ((this.#state === change.state && !again) || this.#state === 'closed') return;
+    this.#state = change.state;
+    this.#handler.onState(change);
+  }
+
+  #connect(reason: string): void {
+    this.#reconnect.clear();
+    if (this.#state === 'closed') return;
+    if (!this.#handler.wantsSocket()) {
+      this.#setState({ state: 'idle', reason: 'no unfinished watch' });
+      return;
+    }
+    this.#setState({ state: this.#state === 'idle' ? 'connecting' : 'reconnecting', reason });
+    let socket: WebSocketLike;
+    try {
+      const headers = { ...this.#o.headers };
+      // The third argument only where there are headers: browsers' WebSocket takes two.
+      socket =
+        Object.keys(headers).length > 0
+          ? new this.#o.WebSocket(this.#o.url, PROTOCOL_NAME, { headers })
+          : new this.#o.WebSocket(this.#o.url, PROTOCOL_NAME);
+    } catch (cause) {
+      this.#handler.onError(new ProgressError(ErrorCode.Internal, 'Could not create a WebSocket', { cause }));
+      this.#lost('could not create a socket', undefined);
+      return;
+    }
+    this.#socket = socket;
+    this.#ready = false;
+    this.#liveness.set(this.#o.connectTimeoutMs, () => this.#timeout('connect timeout'));
+    socket.onopen = () => {
+      void this.#authenticate(socket);
+    };
+    socket.onmessage = (event: { data: unknown }) => this.#message(socket, event.data);
+    socket.onclose = (event: { code: number; reason: string }) =>
+      this.#closed(socket, event.code, event.reason);
+    // An `error` is always followed by a `close`; a listener is still needed, or `ws` throws it. `ws`
+    // says why an upgrade was refused (browsers never do): 401 and 403 are as fatal as 4001 and 4003.
+    socket.onerror = (event: { message?: unknown }) => {
+      const status = /Unexpected server response: (40[13])\b/.exec(String(event?.message))?.[1];
+      if (status !== undefined && socket === this.#socket) this.#refusedWith = status === '401' ? 4001 : 4003;
+    };
+  }
+
+  async #authenticate(socket: WebSocketLike): Promise<void> {
+    const token = this.#o.token;
+    if (token === undefined) return;
+    let credential: string;
+    try {
+      credential = typeof token === 'function' ? await token() : token;
+    } catch (cause) {
+      if (socket !== this.#socket) return;
+      this.#handler.onError(
+        new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause }),
+      );
+      this.#drop(CloseCode.Normal, 'token provider failed');
+      this.#lost('token provider failed', undefined);
+      return;
+    }
+    if (socket !== this.#socket || socket.readyState !== OPEN) return;
+    try {
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+    } catch {
+      // The socket is closing: its close event takes over.
+    }
+  }
+
+  #message(socket: WebSocketLike, data: unknown): void {
+    if (socket !== this.#socket) return;
+    if (this.#ready) this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
+    const decoded = decodeServerFrame(data);
+    if (!decoded.ok) {
+      const error = decoded.error;
+      if (error.code === ErrorCode.UnsupportedProtocol) {
+        // A hello in another version: reconnecting would only meet the same server again. (4002, not
+        // 1002: browsers only let a page close with 1000 or 3000-4999.)
+        this.#drop(CloseCode.UnsupportedProtocol, 'unsupported protocol');
+        this.#fatal(error, 'unsupported protocol', undefined);
+        return;
+      }
+      this.#handler.onError(
+        error.taskId === undefined && error.code === ErrorCode.InvalidFrame
+          ? new ProgressError(error.code, error.message, { cause: error, ...taskIdOf(data) })
+          : error,
+      );
+      return;
+    }
+    const frame = decoded.frame;
+    if (frame.type !== 'hello') {
+      this.#handler.onFrame(frame);
+      return;
+    }
+    if (this.#ready) return;
+    this.#ready = true;
+    this.#readyAt = this.#o.clock();
+    this.#unreachable = 0;
+    this.#heartbeatTimeoutMs =
+      this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
+    this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
+    this.#setState({ state: 'open', reason: `hello from ${frame.serverId}` });
+    this.#handler.onHello(frame);
+  }
+
+  #closed(socket: WebSocketLike, closeCode: number, reason: string): void {
+    if (socket !== this.#socket) return;
+    const code = this.#refusedWith ?? closeCode;
+    this.#refusedWith = undefined;
+    const why = `closed by server (${code}${reason === '' ? '' : `: ${reason}`})`;
+    const fatal = FATAL_ERRORS[code];
+    if (fatal !== undefined && FATAL_CLOSE_CODES.has(code)) {
+      this.#socket = undefined;
+      this.#fatal(new ProgressError(fatal, `The server refused the client: ${why}`), why, code);
+      return;
+    }
+    // A client closed for flooding waits longer: the same pace would only get it closed again.
+    if (code === CloseCode.RateLimited) this.#failures += 2;
+    this.#lost(why, code);
+  }
+
+  #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {
+    this.#ready = false;
+    this.#liveness.clear();
+    this.#setState({ state: 'closed', reason, error, ...(closeCode === undefined ? {} : { closeCode }) });
+    this.#handler.onFatal(error);
+  }
+
+  /** The current socket said nothing for too long: give up on it with 4010. */
+  #timeout(reason: string): void {
+    this.#drop(CloseCode.HeartbeatTimeout, reason);
+    this.#lost(reason, CloseCode.HeartbeatTimeout);
+  }
+
+  /** Detaches and closes the current socket without waiting for its close handshake. */
+  #drop(code: number, reason: string): void {
+    const socket = this.#socket;
+    if (socket === undefined) return;
+    this.#socket = undefined;
+    socket.onopen = null;
+    socket.onmessage = null;
+    socket.onclose = null;
+    socket.onerror = noop;
+    try {
+      socket.close(code, reason);
+    } catch {
+      // Already closing.
+    }
+  }
+
+  /** Bookkeeping when a ready socket goes away. */
+  #down(): void {
+    if (!this.#ready) return;
+    this.#ready = false;
+    this.#liveness.clear();
+    // A connection that stayed up long enough proves the server healthy: start the backoff over.
+    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) this.#failures = 0;
+    this.#handler.onDown();
+  }
+
+  /** The current socket is gone (or never opened): schedule the next attempt. */
+  #lost(reason: string, closeCode: number | undefined): void {
+    this.#socket = undefined;
+    if (this.#ready) this.#down();
+    else this.#unreachable++;
+    this.#liveness.clear();
+    if (this.#state === 'closed') return;
+    if (!this.#handler.wantsSocket()) {
+      this.#setState({ state: 'idle', reason });
+      return;
+    }
+    const threshold = this.#o.httpFallbackAfterAttempts;
+    if (threshold > 0 && this.#unreachable >= threshold) this.#handler.onUnreachable();
+    const delayMs = backoffDelayMs(
+      this.#failures,
+      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
+      this.#o.random,
+    );
+    this.#failures++;
+    this.#setState(
+      { state: 'reconnecting', reason, ...(closeCode === undefined ? {} : { closeCode }), delayMs },
+      true,
+    );
+    this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
+  }
+}
+
+/**
+ * The task an undecodable frame was about, if it can be told, so the client can resync that task: the
+ * lost frame may have been one of its events.
+ */
+function taskIdOf(data: unknown): { taskId?: string } {
+  try {
+    const frame = JSON.parse(String(data)) as { event?: { taskId?: unknown }; task?: { id?: unknown } };
+    const taskId = frame.event?.taskId ?? frame.task?.id;
+    return typeof taskId === 'string' ? { taskId } : {};
+  } catch {
+    return {};
+  }
+}

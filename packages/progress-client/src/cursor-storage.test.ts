@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import {
+  MemoryCursorStorage,
+  readStoredTask,
+  WebStorageCursorStorage,
+  type WebStorageLike,
+} from './cursor-storage.js';
+import { FakeTask } from './testing/fake-server.js';
+
+class MapStorage implements WebStorageLike {
+  readonly map = new Map<string, string>();
+  broken = false;
+  getItem(key: string): string | null {
+    if (this.broken) throw new Error('SecurityError');
+    return this.map.get(key) ?? null;
+  }
+  setItem(key: string, value: string): void {
+    if (this.broken) throw new Error('QuotaExceededError');
+    this.map.set(key, value);
+  }
+  removeItem(key: string): void {
+    if (this.broken) throw new Error('SecurityError');
+    this.map.delete(key);
+  }
+}
+
+describe('cursor storage', () => {
+  const task = new FakeTask('t1', 3);
+  task.item('a');
+
+  it('round-trips a view through Web Storage under the key prefix', () => {
+    const backing = new MapStorage();
+    const storage = new WebStorageCursorStorage(backing, 'p:');
+    storage.save(task.view());
+    expect([...backing.map.keys()]).toEqual(['p:t1']);
+    expect(readStoredTask(storage, 't1')).toEqual(task.view());
+    storage.remove('t1');
+    expect(readStoredTask(storage, 't1')).toBeUndefined();
+  });
+
+  it('never throws when the storage does, and ignores corrupt or foreign entries', () => {
+    const backing = new MapStorage();
+    const storage = new WebStorageCursorStorage(backing);
+    backing.map.set('finishline:t1', '{not json');
+    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), id: 't2' }));
+    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), extra: 1 }));
+    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    backing.broken = true;
+    expect(() => storage.save(task.view())).not.toThrow();
+    expect(() => storage.remove('t1')).not.toThrow();
+    expect(readStoredTask(storage, 't1')).toBeUndefined();
+  });
+
+  it('keeps a copy in memory, not the caller’s object', () => {
+    const storage = new MemoryCursorStorage();
+    const view = task.view();
+    storage.save(view);
+    view.done = 99;
+    expect(readStoredTask(storage, 't1')?.done).toBe(1);
+    expect(storage.size).toBe(1);
+  });
+});

@@ -1,0 +1,24 @@
+/**
+ * `@finishline/client`: watch a Finishline task's progress in the browser or in Node, resume across
+ * reconnects and page reloads, and always see its final state.
+ *
+ * @packageDocumentation
+ */
+
+export type { ConnectionState, StateChange } from './connection.js';
+export type { CursorStorage, WebStorageLike } from './cursor-storage.js';
+export { MemoryCursorStorage, sessionCursorStorage, WebStorageCursorStorage } from './cursor-storage.js';
+export type {
+  FetchLike,
+  HttpCredentials,
+  ProgressClientOptions,
+  TokenSource,
+  WebSocketConstructorLike,
+  WebSocketLike,
+} from './options.js';
+export { PROGRESS_CLIENT_DEFAULTS } from './options.js';
+export type { ProgressClientEvents } from './progress-client.js';
+export { ProgressClient } from './progress-client.js';
+export type { TimerApi } from './timers.js';
+export type { WatchEvents, WatchOptions, WatchState } from './watch.js';
+export { Watch } from './watch.js';

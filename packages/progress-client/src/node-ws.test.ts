@@ -1,0 +1,123 @@
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { ClientFrame, ServerFrame } from '@finishline/core';
+import { PROTOCOL_NAME, PROTOCOL_VERSION } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { WebSocket, WebSocketServer } from 'ws';
+import { ProgressClient } from './progress-client.js';
+import { FakeTask } from './testing/fake-server.js';
+
+/** Counts of the resource kinds a leaked client would leave: timers and TCP handles. */
+function resources(): Record<string, number> {
+  const counts: Record<string, number> = { Timeout: 0, TCPSocketWrap: 0, TCPServerWrap: 0 };
+  for (const kind of process.getActiveResourcesInfo())
+    if (kind in counts) counts[kind] = (counts[kind] ?? 0) + 1;
+  return counts;
+}
+
+/** A tiny real server speaking just enough of the protocol: hello, then the whole task on subscribe. */
+async function startServer(task: FakeTask) {
+  const http = createServer();
+  const wss = new WebSocketServer({
+    server: http,
+    handleProtocols: (protocols) => (protocols.has(PROTOCOL_NAME) ? PROTOCOL_NAME : false),
+  });
+  const received: ClientFrame[] = [];
+  const upgrades: IncomingMessage[] = [];
+  wss.on('connection', (socket, request) => {
+    upgrades.push(request);
+    const send = (frame: ServerFrame) => socket.send(JSON.stringify(frame));
+    send({ type: 'hello', protocol: PROTOCOL_VERSION, serverId: 'node-test', heartbeatIntervalMs: 60_000 });
+    socket.on('message', (data) => {
+      const frame = JSON.parse(String(data)) as ClientFrame;
+      received.push(frame);
+      if (frame.type !== 'subscribe') return;
+      send({ type: 'snapshot', task: task.view(0) });
+      for (const event of task.events) send({ type: 'event', event });
+    });
+  });
+  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+  const { port } = http.address() as AddressInfo;
+  return {
+    port,
+    received,
+    upgrades,
+    close: async () => {
+      for (const client of wss.clients) client.terminate();
+      await new Promise<void>((resolve) => wss.close(() => resolve()));
+      await new Promise<void>((resolve) => http.close(() => resolve()));
+    },
+  };
+}
+
+describe('in Node with the real ws', () => {
+  it('watches a task to its end and leaves no timer or socket behind after close()', async () => {
+    const baseline = resources();
+    const task = new FakeTask('node-task', 2);
+    task.item('a');
+    task.item('b');
+    task.end();
+    const server = await startServer(task);
+    // `WebSocket` from ws fits the option's type as is: no cast.
+    const client = new ProgressClient({
+      url: `ws://127.0.0.1:${server.port}/progress`,
+      WebSocket,
+      headers: { authorization: 'Bearer node-token' },
+    });
+    const second = client.watch('unfinished'); // keeps watchdog-free timers alive: the heartbeat deadline
+    const watch = client.watch('node-task');
+    const final = await watch.done;
+    expect(final).toMatchObject({ status: 'completed', seq: 3, finished: true });
+    expect(server.upgrades[0]?.headers.authorization).toBe('Bearer node-token');
+    expect(server.upgrades[0]?.headers['sec-websocket-protocol']).toBe(PROTOCOL_NAME);
+    await waitFor(() => server.received.some((frame) => frame.type === 'ack' && frame.seq === 3));
+    expect(resources().Timeout).toBeGreaterThan(baseline.Timeout ?? 0);
+    await client.close();
+    await expect(second.done).rejects.toMatchObject({ code: 'closed' });
+    await server.close();
+    // Handles leave the list once libuv finished closing them: a few turns of the loop, not a time.
+    const leftover = () =>
+      Object.entries(resources())
+        .filter(([kind, count]) => count > (baseline[kind] ?? 0))
+        .map(([kind]) => kind);
+    for (let turn = 0; turn < 20 && leftover().length > 0; turn++) {
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    // Nothing above what the test runner itself had before the test.
+    expect(leftover()).toEqual([]);
+  });
+});
+
+describe('upgrade refused over HTTP (ws reports the status, browsers do not)', () => {
+  for (const [status, code] of [
+    [401, 'unauthenticated'],
+    [403, 'forbidden'],
+  ] as const) {
+    it(`treats a ${status} at the upgrade as fatal (${code}), without reconnecting`, async () => {
+      const http = createServer();
+      let upgrades = 0;
+      http.on('upgrade', (_request, socket) => {
+        upgrades++;
+        socket.end(`HTTP/1.1 ${status} No\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+      });
+      await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+      const { port } = http.address() as AddressInfo;
+      const client = new ProgressClient({
+        url: `ws://127.0.0.1:${port}/progress`,
+        WebSocket,
+        httpFallbackAfterAttempts: 0,
+      });
+      client.on('error', () => undefined);
+      const watch = client.watch('t1');
+      await expect(watch.done).rejects.toMatchObject({ code });
+      expect(client.state).toBe('closed');
+      expect(upgrades).toBe(1);
+      await client.close();
+      await new Promise<void>((resolve) => http.close(() => resolve()));
+    });
+  }
+});
+
+async function waitFor(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setImmediate(resolve));
+}

@@ -1,0 +1,61 @@
+import { ErrorCode } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { MemoryCursorStorage } from './cursor-storage.js';
+import { PROGRESS_CLIENT_DEFAULTS, type ProgressClientOptions, resolveOptions } from './options.js';
+import { FakeServer } from './testing/fake-server.js';
+
+const WebSocket = new FakeServer().WebSocket;
+const base: ProgressClientOptions = { url: 'wss://app.test/progress', WebSocket };
+
+describe('client options', () => {
+  it('exports frozen defaults, and merges them once', () => {
+    expect(Object.isFrozen(PROGRESS_CLIENT_DEFAULTS)).toBe(true);
+    const resolved = resolveOptions(base);
+    expect(resolved).toMatchObject({ finishTimeoutMs: 3000, ackDelayMs: 200, httpFallbackAfterAttempts: 3 });
+    expect(resolved.storage).toBeUndefined();
+    expect(
+      resolveOptions({
+        ...base,
+        finishTimeoutMs: 500,
+        ackDelayMs: undefined,
+      } as unknown as ProgressClientOptions),
+    ).toMatchObject({
+      finishTimeoutMs: 500,
+      ackDelayMs: 200,
+    });
+  });
+
+  it.each([
+    [{ connectTimeoutMs: 0 }, /connectTimeoutMs must be a finite number >= 1/],
+    [{ ackEvery: Number.NaN }, /ackEvery/],
+    [{ finishTimeoutMs: -1 }, /finishTimeoutMs/],
+    [{ heartbeatTimeoutMs: 0 }, /heartbeatTimeoutMs must be null or a number >= 1/],
+    [{ reconnectInitialDelayMs: 5000, reconnectMaxDelayMs: 1000 }, /must not exceed reconnectMaxDelayMs/],
+    [{ url: 'not a url' }, /url is not a valid URL/],
+    [{ url: 'ftp://app.test/' }, /ws: or wss:/],
+    [{ url: 'wss://user:secret@app.test/' }, /must not carry credentials/],
+    [{ httpUrl: 'ws://app.test/' }, /httpUrl must be an http\(s\) URL/],
+    [{ token: 42 }, /token must be a string or a function/],
+    [{ headers: { cookie: 1 } }, /header values must be strings/],
+    [{ persistence: 'local' }, /persistence must be/],
+    [{ httpCredentials: 'always' }, /httpCredentials/],
+    [{ WebSocket: null }, /no WebSocket implementation/],
+  ] as [Record<string, unknown>, RegExp][])('refuses %j with invalid_input', (bad, message) => {
+    const attempt = () => resolveOptions({ ...base, ...bad } as unknown as ProgressClientOptions);
+    expect(attempt).toThrow(message);
+    expect(attempt).toThrow(expect.objectContaining({ code: ErrorCode.InvalidInput }));
+  });
+
+  it('turns an http(s) URL into the socket URL and derives the HTTP base from the socket URL', () => {
+    expect(resolveOptions({ ...base, url: 'https://app.test/progress' })).toMatchObject({
+      url: 'wss://app.test/progress',
+      httpUrl: 'https://app.test/progress',
+    });
+    expect(resolveOptions({ ...base, url: 'ws://app.test:8080/' }).httpUrl).toBe('http://app.test:8080');
+  });
+
+  it('takes a CursorStorage as persistence', () => {
+    const storage = new MemoryCursorStorage();
+    expect(resolveOptions({ ...base, persistence: storage }).storage).toBe(storage);
+  });
+});

@@ -1,0 +1,730 @@
+import type { TaskEvent, TaskView } from '@finishline/core';
+import { CloseCode, ErrorCode, isProgressError, PROTOCOL_NAME, PROTOCOL_VERSION } from '@finishline/core';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { MemoryCursorStorage } from './cursor-storage.js';
+import { ProgressClient } from './progress-client.js';
+import { FakeServer, FakeTask } from './testing/fake-server.js';
+import { record, setup } from './testing/harness.js';
+import { flush } from './testing/manual-scheduler.js';
+
+const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+const snap = (task: TaskView) => ({ type: 'snapshot' as const, task });
+
+/** A client watching `t1`, its socket open and subscribed. */
+function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
+  const ctx = setup(overrides);
+  const watch = ctx.client.watch('t1');
+  const log = record(watch);
+  const socket = ctx.server.accept();
+  const task = new FakeTask('t1', 5);
+  return { ...ctx, watch, log, socket, task };
+}
+
+describe('connection', () => {
+  it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
+    const { client, server } = setup({ token: 'secret-token' });
+    expect(server.sockets).toHaveLength(0);
+    expect(client.state).toBe('idle');
+    client.watch('t1');
+    expect(server.sockets).toHaveLength(1);
+    expect(client.state).toBe('connecting');
+    expect(server.last.protocols).toBe(PROTOCOL_NAME);
+    expect(server.last.url).toBe('ws://example.test/progress');
+    expect(server.last.url).not.toContain('secret');
+    expect(server.last.options).toBeUndefined();
+    client.watch('t2');
+    expect(server.sockets).toHaveLength(1);
+    await client.close();
+  });
+
+  it('authenticates with the first frame and subscribes only after hello', async () => {
+    const { client, server, states } = setup({ token: async () => 'tok-1' });
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    expect(socket.sent).toEqual([{ type: 'auth', token: 'tok-1', protocol: PROTOCOL_VERSION }]);
+    socket.push({ type: 'hello', protocol: PROTOCOL_VERSION, serverId: 'r1', heartbeatIntervalMs: 15_000 });
+    expect(socket.sent.slice(1)).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    expect(client.state).toBe('open');
+    expect(states.map((change) => change.state)).toEqual(['connecting', 'open']);
+    await client.close();
+  });
+
+  it('passes upgrade headers to a WebSocket that takes them (ws in Node)', async () => {
+    const { client, server } = setup({ headers: { cookie: 'sid=1' } });
+    client.watch('t1');
+    expect(server.last.options).toEqual({ headers: { cookie: 'sid=1' } });
+    await client.close();
+  });
+
+  it('reports an invalid frame from the server and keeps the socket', async () => {
+    const { client, socket, errors, task, watch } = subscribed();
+    socket.push('{"type":"event","event":{"taskId":"t1"}}');
+    socket.push('not json');
+    expect(errors.map((error) => error.code)).toEqual([ErrorCode.InvalidFrame, ErrorCode.InvalidFrame]);
+    socket.push(snap(task.view()));
+    expect(watch.getSnapshot().progress?.total).toBe(5);
+    expect(socket.closedWith).toEqual([]);
+    await client.close();
+  });
+});
+
+describe('delivery', () => {
+  it('delivers snapshot, replay and live events in seq order, with state updated before listeners run', async () => {
+    const { client, socket, task, watch, log } = subscribed();
+    task.item('a');
+    task.item('b');
+    const seenInListener: number[] = [];
+    watch.on('item', (event, state) => {
+      seenInListener.push(state.seq);
+      expect(watch.getSnapshot()).toBe(state);
+      expect(event.seq).toBeLessThanOrEqual(state.seq);
+    });
+    socket.push(snap(task.view(1)));
+    socket.push(ev(task.events[1] as TaskEvent));
+    socket.push(ev(task.progress(2, 'halfway')));
+    socket.push(ev(task.item('c')));
+    expect(log).toEqual(['snapshot@1', 'item@2', 'progress@3', 'item@4']);
+    expect(seenInListener).toEqual([2, 4]);
+    const state = watch.getSnapshot();
+    expect(state).toMatchObject({ seq: 4, status: 'running', finished: false, kind: 'batch_taint' });
+    expect(state.progress).toMatchObject({ total: 5, done: 3, succeeded: 3, current: 'c' });
+    expect(state.fraction).toBeCloseTo(3 / 5);
+    await client.close();
+  });
+
+  it('drops duplicates without events or a new state', async () => {
+    const { client, socket, task, watch, log } = subscribed();
+    const e1 = task.item('a');
+    socket.push(snap(task.view(0)));
+    socket.push(ev(e1));
+    const before = watch.getSnapshot();
+    let notified = 0;
+    watch.subscribe(() => notified++);
+    socket.push(ev(e1));
+    socket.push(snap(task.view(1)));
+    socket.push(snap(task.view(0)));
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    expect(watch.getSnapshot()).toBe(before);
+    expect(notified).toBe(0);
+    await client.close();
+  });
+
+  it('resyncs from the cursor on a gap, once per gap, and releases buffered events in order', async () => {
+    const { client, socket, task, log, scheduler } = subscribed();
+    for (const key of ['a', 'b', 'c', 'd']) task.item(key);
+    socket.push(snap(task.view(1)));
+    socket.sent.length = 0;
+    socket.push(ev(task.events[2] as TaskEvent)); // seq 3: 2 is missing
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+    socket.push(ev(task.events[3] as TaskEvent)); // seq 4: same gap, a resync is already on its way
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await scheduler.advance(1000); // the resync's answer is overdue: the next gapped frame asks again
+    socket.push(ev(task.events[3] as TaskEvent));
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    socket.push(ev(task.events[1] as TaskEvent)); // seq 2 arrives: 2, 3, 4 are released
+    expect(log).toEqual(['snapshot@1', 'item@2', 'item@3', 'item@4']);
+    await client.close();
+  });
+
+  it('emits the terminal event once when it comes from a snapshot (watching a finished task)', async () => {
+    const { client, socket, task, watch, log } = subscribed();
+    task.item('a');
+    const terminal = task.end('failed');
+    let failedEvent: unknown;
+    watch.on('failed', (event) => {
+      failedEvent = event;
+    });
+    socket.push(snap(task.view()));
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
+    socket.push(ev(terminal)); // the server re-sends the terminal event: the ack may have been lost
+    expect(socket.frames('ack')).toHaveLength(2);
+    socket.push(snap(task.view())); // a snapshot is not a re-send: no third ack
+    expect(log).toEqual(['snapshot@2', 'failed@2', 'finished@2']);
+    expect(failedEvent).toMatchObject({
+      type: 'failed',
+      seq: 2,
+      error: { code: 'crash', message: 'worker crashed' },
+    });
+    const final = await watch.done;
+    expect(final).toMatchObject({ status: 'failed', finished: true, seq: 2, eta: null });
+    expect(socket.frames('ack')).toEqual([
+      { type: 'ack', taskId: 't1', seq: 2 },
+      { type: 'ack', taskId: 't1', seq: 2 },
+    ]);
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    await client.close();
+  });
+
+  it('resolves done with the final state after completed, and a late handle gets the terminal event too', async () => {
+    const { client, socket, task, watch, log } = subscribed();
+    socket.push(snap(task.view()));
+    for (const key of ['a', 'b', 'c', 'd', 'e']) socket.push(ev(task.item(key)));
+    socket.push(ev(task.end()));
+    expect(log.slice(-2)).toEqual(['completed@6', 'finished@6']);
+    expect((await watch.done).result).toEqual({ ok: true });
+    const late = client.watch('t1');
+    const lateLog = record(late);
+    await flush();
+    expect(lateLog).toEqual(['snapshot@6', 'completed@6', 'finished@6']);
+    expect(await late.done).toBe(watch.getSnapshot());
+    await client.close();
+  });
+});
+
+describe('acks', () => {
+  it('acks non-terminal events coalesced after ackDelayMs, with the highest seq', async () => {
+    const { client, socket, task, scheduler } = subscribed({ ackDelayMs: 200 });
+    socket.push(snap(task.view()));
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    socket.push(ev(task.item('c')));
+    await scheduler.advance(199);
+    expect(socket.frames('ack')).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    await scheduler.advance(1000);
+    expect(socket.frames('ack')).toHaveLength(1);
+    await client.close();
+  });
+
+  it('acks at once every ackEvery events, and the terminal event immediately', async () => {
+    const { client, socket, scheduler } = subscribed({ ackEvery: 2 });
+    const task = new FakeTask('t1', 3);
+    socket.push(snap(task.view()));
+    socket.push(ev(task.item('a')));
+    expect(socket.frames('ack')).toEqual([]);
+    socket.push(ev(task.item('b')));
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
+    socket.push(ev(task.item('c')));
+    socket.push(ev(task.end()));
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 4 });
+    await scheduler.advance(0);
+    await client.close();
+  });
+});
+
+describe('reconnect', () => {
+  it('reconnects with full-jitter backoff and resumes every watch from its cursor', async () => {
+    const { client, server, socket, task, scheduler, log, states } = subscribed();
+    const other = client.watch('t2');
+    socket.push(snap(task.view()));
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    socket.serverClose(CloseCode.GoingAway, 'shutting down');
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', closeCode: 1001, delayMs: 500 });
+    await scheduler.advance(499);
+    expect(server.sockets).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(server.sockets).toHaveLength(2);
+    const second = server.accept();
+    expect(second.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 2 },
+      { type: 'subscribe', taskId: 't2', afterSeq: 0 },
+    ]);
+    expect(second.frames('ack')).toEqual([]); // not before the server answered the subscribe
+    for (const event of task.events) second.push(ev(event)); // a replay from further back: duplicates
+    second.push(ev(task.item('c')));
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'item@3']);
+    await scheduler.advance(200);
+    expect(second.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    other.close();
+    await client.close();
+  });
+
+  it('waits longer after being closed for flooding (4008)', async () => {
+    const { client, socket, states } = subscribed();
+    socket.serverClose(CloseCode.RateLimited);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 2000 });
+    await client.close();
+  });
+
+  it('stops when the server says hello in another protocol version', async () => {
+    const { client, server, scheduler } = setup();
+    const watch = client.watch('t1');
+    server.last.open();
+    server.last.push('{"type":"hello","protocol":2,"serverId":"r9","heartbeatIntervalMs":1000}');
+    expect(client.state).toBe('closed');
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.UnsupportedProtocol });
+    expect(scheduler.pending).toBe(0);
+    expect(server.last.closedWith).toEqual([
+      { code: CloseCode.UnsupportedProtocol, reason: 'unsupported protocol' },
+    ]);
+    await scheduler.advance(60_000);
+    expect(server.sockets).toHaveLength(1);
+  });
+
+  it('grows the delay on repeated failures and resets it after a stable connection', async () => {
+    const { client, server, scheduler, states } = setup({
+      stableConnectionMs: 10_000,
+      httpFallbackAfterAttempts: 0,
+    });
+    client.watch('t1');
+    const delays = (): number[] =>
+      states.filter((change) => change.delayMs !== undefined).map((change) => change.delayMs as number);
+    for (let i = 0; i < 4; i++) {
+      server.last.serverClose(1006); // the upgrade fails
+      await scheduler.advance(scheduler.delays[0] ?? 0);
+    }
+    expect(delays()).toEqual([500, 1000, 2000, 4000]);
+    server.accept();
+    await scheduler.advance(9_999);
+    server.last.serverClose(1006); // up < 10 s: not stable
+    expect(delays().at(-1)).toBe(8000);
+    await scheduler.advance(8000);
+    server.accept();
+    await scheduler.advance(10_000);
+    server.last.serverClose(1006); // up 10 s: stable, start over
+    expect(delays().at(-1)).toBe(500);
+    await client.close();
+  });
+
+  for (const [code, errorCode] of [
+    [CloseCode.Unauthenticated, ErrorCode.Unauthenticated],
+    [CloseCode.UnsupportedProtocol, ErrorCode.UnsupportedProtocol],
+    [CloseCode.ForbiddenOrigin, ErrorCode.Forbidden],
+  ] as const) {
+    it(`stops on the fatal close code ${code} and rejects done with ${errorCode}`, async () => {
+      const { client, server, socket, scheduler, watch, states, errors } = subscribed();
+      socket.serverClose(code, 'no');
+      await expect(watch.done).rejects.toMatchObject({ code: errorCode });
+      expect(client.state).toBe('closed');
+      expect(states.at(-1)).toMatchObject({ state: 'closed', closeCode: code });
+      expect(errors.map((error) => error.code)).toEqual([errorCode]);
+      expect(watch.getSnapshot().fatalError?.code).toBe(errorCode);
+      expect(scheduler.pending).toBe(0);
+      await scheduler.advance(60_000);
+      expect(server.sockets).toHaveLength(1);
+      expect(() => client.watch('t9')).toThrow(expect.objectContaining({ code: ErrorCode.Closed }));
+    });
+  }
+
+  it('closes a silent socket with 4010 after 2 x heartbeat interval + margin, and reconnects', async () => {
+    const { client, server, scheduler } = setup({ heartbeatMarginMs: 2000 });
+    client.watch('t1');
+    const socket = server.accept(1000);
+    await scheduler.advance(3000);
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 0 } }); // any frame proves life
+    await scheduler.advance(3999);
+    expect(socket.closedWith).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.closedWith).toEqual([{ code: CloseCode.HeartbeatTimeout, reason: 'heartbeat timeout' }]);
+    expect(client.state).toBe('reconnecting');
+    await scheduler.advance(500);
+    expect(server.sockets).toHaveLength(2);
+    await client.close();
+  });
+
+  it('gives up on a socket that never says hello after connectTimeoutMs', async () => {
+    const { client, server, scheduler } = setup({ connectTimeoutMs: 5000 });
+    client.watch('t1');
+    server.last.open();
+    await scheduler.advance(5000);
+    expect(server.last.closedWith).toEqual([{ code: CloseCode.HeartbeatTimeout, reason: 'connect timeout' }]);
+    await scheduler.advance(500);
+    expect(server.sockets).toHaveLength(2);
+    await client.close();
+  });
+
+  it('resyncs when a heartbeat shows the task ahead and nothing arrives within behindGraceMs', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push(snap(task.view()));
+    const lost = task.item('a'); // this frame is lost
+    socket.sent.length = 0;
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } });
+    await scheduler.advance(999);
+    expect(socket.frames('subscribe')).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    // When the frame was only late, no resync.
+    socket.push(ev(lost));
+    socket.push({ type: 'heartbeat', time: 2, seqs: { t1: 2 } });
+    socket.push(ev(task.item('b')));
+    await scheduler.advance(5000);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await client.close();
+  });
+});
+
+describe('lost frames on a healthy connection', () => {
+  it('subscribes again when a heartbeat no longer lists an unfinished watch', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push(snap(task.view()));
+    socket.sent.length = 0;
+    socket.push({ type: 'heartbeat', time: 1, seqs: {} }); // crossed the subscribe: ignored
+    expect(socket.frames('subscribe')).toEqual([]);
+    await scheduler.advance(1000);
+    socket.push({ type: 'heartbeat', time: 2, seqs: {} });
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+
+  it('resyncs a task when a frame about it cannot be decoded', async () => {
+    const { client, socket, task, errors } = subscribed();
+    socket.push(snap(task.view()));
+    socket.sent.length = 0;
+    const broken = { ...task.item('a'), extra: true };
+    socket.push(JSON.stringify({ type: 'event', event: broken }));
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ code: ErrorCode.InvalidFrame, taskId: 't1' });
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+});
+
+describe('the 100% watchdog', () => {
+  it('escalates resync, then reconnect, then HTTP, and recovers the lost terminal event', async () => {
+    const { client, server, socket, task, scheduler, http, log, watch } = subscribed({
+      finishTimeoutMs: 3000,
+    });
+    http.tasks.set('t1', task);
+    socket.push(snap(task.view()));
+    for (const key of ['a', 'b', 'c', 'd', 'e']) socket.push(ev(task.item(key)));
+    task.end(); // the terminal frame is never delivered on the socket
+    socket.sent.length = 0;
+    await scheduler.advance(2999);
+    expect(socket.frames('subscribe')).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 5 }]);
+    await scheduler.advance(3000);
+    expect(socket.closedWith).toEqual([{ code: CloseCode.Normal, reason: 'finish watchdog' }]);
+    const second = server.accept();
+    expect(second.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 5 }]);
+    expect(http.requests).toEqual([]);
+    await scheduler.advance(3000);
+    expect(http.count('/tasks/t1/events')).toBe(1);
+    expect(log.slice(-2)).toEqual(['completed@6', 'finished@6']);
+    expect((await watch.done).status).toBe('completed');
+    // The terminal event learnt over HTTP is acknowledged when the server re-sends it on the socket.
+    expect(second.frames('ack')).toEqual([]);
+    second.push(ev(task.events[5] as TaskEvent));
+    expect(second.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 6 }]);
+    expect(log.slice(-2)).toEqual(['completed@6', 'finished@6']);
+    await client.close();
+  });
+
+  it('stays quiet when the terminal event follows 100% in time', async () => {
+    const { client, socket, task, scheduler } = subscribed();
+    socket.push(snap(task.view()));
+    for (const key of ['a', 'b', 'c', 'd', 'e']) socket.push(ev(task.item(key)));
+    await scheduler.advance(2999);
+    socket.push(ev(task.end()));
+    socket.sent.length = 0;
+    await scheduler.advance(20_000);
+    expect(socket.frames('subscribe')).toEqual([]);
+    expect(socket.closedWith).toEqual([]);
+    await client.close();
+  });
+});
+
+describe('HTTP fallback', () => {
+  it('polls over HTTP while the socket cannot connect, then stops when it can', async () => {
+    const { client, server, scheduler, http, states } = setup({
+      httpFallbackAfterAttempts: 2,
+      httpPollIntervalMs: 2000,
+      token: 'tok',
+    });
+    const task = new FakeTask('t1', 2);
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    const watchLog = record(watch);
+    server.last.serverClose(1006);
+    await scheduler.advance(500);
+    expect(http.requests).toEqual([]);
+    server.last.serverClose(1006); // second failed attempt: HTTP takes over
+    await scheduler.advance(0);
+    expect(http.count('/tasks/t1')).toBe(1);
+    expect(http.requests[0]).toMatchObject({
+      url: 'http://example.test/progress/tasks/t1',
+      credentials: 'include',
+      headers: { authorization: 'Bearer tok' },
+    });
+    expect(watchLog).toEqual(['snapshot@0']);
+    task.item('a');
+    await scheduler.advance(2000);
+    expect(watchLog).toEqual(['snapshot@0', 'item@1']);
+    task.item('b');
+    task.end();
+    await scheduler.advance(2000);
+    expect(watchLog).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    // The socket comes back: the finished watch acks its terminal event there, and polling stops.
+    expect(server.sockets).toHaveLength(3); // the third attempt is still opening
+    const socket = server.accept();
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
+    expect(socket.frames('ack')).toEqual([]); // not before the server answered the subscribe
+    socket.push(snap(task.view()));
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    const requests = http.requests.length;
+    await scheduler.advance(60_000);
+    expect(http.requests.length).toBe(requests);
+    expect(states.some((change) => change.state === 'open')).toBe(true);
+    await client.close();
+  });
+
+  it('rejects done when HTTP says the task does not exist', async () => {
+    const { client, server, scheduler } = setup({ httpFallbackAfterAttempts: 1 });
+    const watch = client.watch('gone');
+    const log = record(watch);
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.TaskNotFound, taskId: 'gone' });
+    expect(log).toEqual(['error:task_not_found']);
+    await client.close();
+  });
+
+  it('stops the client when HTTP says the credentials are missing (what a browser sees of a 401 upgrade)', async () => {
+    const { client, server, scheduler, http, errors } = setup({ httpFallbackAfterAttempts: 1 });
+    http.failWith = 401;
+    const watch = client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Unauthenticated });
+    expect(client.state).toBe('closed');
+    expect(errors.map((error) => error.code)).toEqual([ErrorCode.Unauthenticated]);
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it('backs off while HTTP fails too, and reports the failures on the watch', async () => {
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 1000,
+    });
+    http.failWith = 503;
+    const watch = client.watch('t1');
+    const log = record(watch);
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    expect(http.requests).toHaveLength(1);
+    await scheduler.advance(1000 + 499); // interval + jittered backoff (random 0.5 of 1000)
+    expect(http.requests).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(http.requests).toHaveLength(2);
+    expect(log.every((entry) => entry === 'error:store_unavailable')).toBe(true);
+    await client.close();
+  });
+
+  it('derives the HTTP base from the ws URL, or takes httpPath / httpUrl', () => {
+    const WebSocket = new FakeServer().WebSocket;
+    expect(new ProgressClient({ url: 'wss://h.test:8443/live?x=1', WebSocket }).httpUrl).toBe(
+      'https://h.test:8443/live',
+    );
+    expect(
+      new ProgressClient({ url: 'ws://h.test/live', WebSocket, httpPath: '/api/progress/' }).httpUrl,
+    ).toBe('http://h.test/api/progress');
+    expect(
+      new ProgressClient({ url: 'ws://h.test/live', WebSocket, httpUrl: 'https://api.test/p' }).httpUrl,
+    ).toBe('https://api.test/p');
+  });
+});
+
+describe('cursor persistence', () => {
+  it('resumes after a simulated reload from the saved cursor, and forgets it once the end is acked', async () => {
+    const storage = new MemoryCursorStorage();
+    const first = setup({ persistence: storage });
+    const task = new FakeTask('t1', 3);
+    first.client.watch('t1');
+    const socket = first.server.accept();
+    socket.push(snap(task.view()));
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    await first.scheduler.advance(200); // the ack (and the save) go out
+    expect(storage.load('t1')).toMatchObject({ id: 't1', seq: 2, done: 2 });
+    // The page reloads: the old client is gone without a goodbye.
+    const second = setup({ persistence: storage });
+    const watch = second.client.watch('t1');
+    expect(watch.getSnapshot()).toMatchObject({ seq: 2, status: 'running', progress: { done: 2, total: 3 } });
+    const log = record(watch);
+    const resumed = second.server.accept();
+    expect(resumed.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 2 }]);
+    resumed.push(ev(task.item('c')));
+    resumed.push(ev(task.end()));
+    expect(log).toEqual(['snapshot@2', 'item@3', 'completed@4', 'finished@4']);
+    expect(storage.size).toBe(0);
+    await first.client.close();
+    await second.client.close();
+  });
+
+  it('ignores a tampered entry', async () => {
+    const storage = new MemoryCursorStorage();
+    storage.save({ ...new FakeTask('t1', 3).view(), seq: -1 });
+    const { client, server } = setup({ persistence: storage });
+    const watch = client.watch('t1');
+    expect(watch.getSnapshot().progress).toBeNull();
+    expect(server.accept().frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+
+  it("refuses persistence 'session' where there is no sessionStorage", () => {
+    expect(
+      () =>
+        new ProgressClient({
+          url: 'ws://h.test',
+          WebSocket: new FakeServer().WebSocket,
+          persistence: 'session',
+        }),
+    ).toThrow(/sessionStorage/);
+  });
+});
+
+describe('shared watches', () => {
+  it('shares one subscription; the last handle to close unsubscribes', async () => {
+    const { client, socket, task } = subscribed();
+    const second = client.watch('t1');
+    const secondLog = record(second);
+    socket.push(snap(task.view()));
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    expect(secondLog).toEqual(['snapshot@0']);
+    const third = client.watch('t1');
+    second.close();
+    await expect(second.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    expect(socket.frames('unsubscribe')).toEqual([]);
+    socket.push(ev(task.item('a')));
+    expect(secondLog).toEqual(['snapshot@0']);
+    third.close();
+    expect(socket.frames('unsubscribe')).toEqual([]);
+    await client.close();
+  });
+
+  it('unsubscribes when the last handle closes, or its AbortSignal aborts', async () => {
+    const { client, server } = setup();
+    const controller = new AbortController();
+    client.watch('t1', { signal: controller.signal });
+    const socket = server.accept();
+    controller.abort();
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    await client.close();
+  });
+});
+
+describe('error frames', () => {
+  it('ends a watch on forbidden, without touching the others', async () => {
+    const { client, socket, watch, log } = subscribed();
+    const other = client.watch('t2');
+    socket.push({ type: 'error', code: ErrorCode.Forbidden, message: 'not yours', taskId: 't1' });
+    await expect(watch.done).rejects.toSatisfy((error) => isProgressError(error, ErrorCode.Forbidden));
+    expect(log).toEqual(['error:forbidden']);
+    expect(other.closed).toBe(false);
+    await client.close();
+  });
+
+  it('retries the subscription after a non-fatal error with backoff', async () => {
+    const { client, socket, scheduler, log } = subscribed();
+    socket.sent.length = 0;
+    socket.push({ type: 'error', code: ErrorCode.TooManySubscriptions, message: 'cap', taskId: 't1' });
+    expect(log).toEqual(['error:too_many_subscriptions']);
+    await scheduler.advance(499);
+    expect(socket.frames('subscribe')).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+});
+
+describe('useSyncExternalStore semantics', () => {
+  /** What React does with a store: re-render when the snapshot changed identity after a notification. */
+  function mount(watch: ReturnType<ProgressClient['watch']>) {
+    const renders: unknown[] = [watch.getSnapshot()];
+    const unsubscribe = watch.subscribe(() => {
+      const next = watch.getSnapshot();
+      // React requires the same object from consecutive calls while nothing changed.
+      expect(watch.getSnapshot()).toBe(next);
+      if (!Object.is(next, renders.at(-1))) renders.push(next);
+    });
+    return { renders, unsubscribe };
+  }
+
+  it('returns a stable snapshot, a new one per change, and notifies only on change', async () => {
+    const { client, socket, task, watch } = subscribed();
+    const { getSnapshot, subscribe } = watch; // unbound, as React calls them
+    expect(getSnapshot()).toBe(getSnapshot());
+    let notifications = 0;
+    const stop = subscribe(() => notifications++);
+    const view = mount(watch);
+    const initial = getSnapshot();
+    expect(Object.isFrozen(initial)).toBe(true);
+    socket.push(snap(task.view()));
+    const e1 = task.item('a');
+    socket.push(ev(e1));
+    socket.push(ev(e1)); // duplicate: no change, no notification
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } });
+    expect(notifications).toBe(2);
+    expect(view.renders).toHaveLength(3);
+    expect(view.renders[0]).toBe(initial);
+    expect(view.renders[2]).toBe(getSnapshot());
+    stop();
+    view.unsubscribe();
+    socket.push(ev(task.item('b')));
+    expect(notifications).toBe(2);
+    expect(view.renders).toHaveLength(3);
+    await client.close();
+  });
+});
+
+describe('rate and ETA', () => {
+  it('derives items/s from the events times over the window, and the ETA from it', async () => {
+    const { client, socket, watch } = subscribed({ rateWindowMs: 10_000 });
+    const task = new FakeTask('t1', 10); // one event per 1000 ms of event time
+    socket.push(snap(task.view()));
+    expect(watch.getSnapshot()).toMatchObject({ rate: null, eta: null });
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    socket.push(ev(task.progress(2))); // no new item: still counts time
+    socket.push(ev(task.item('c')));
+    // 3 items in 4 s of event time (snapshot at t0, item c at t0 + 4 s).
+    expect(watch.getSnapshot().rate).toBeCloseTo(0.75);
+    expect(watch.getSnapshot().eta).toBe(Math.round((7 * 1000) / 0.75));
+    await client.close();
+  });
+});
+
+describe('close()', () => {
+  it('clears every timer, closes the socket and ends unfinished watches with closed', async () => {
+    const { client, socket, task, scheduler, watch, states } = subscribed({ behindGraceMs: 1000 });
+    const other = client.watch('t2');
+    socket.push(snap(task.view()));
+    for (const key of ['a', 'b', 'c', 'd', 'e']) socket.push(ev(task.item(key))); // watchdog armed
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 9, t2: 3 } }); // behind timers armed
+    socket.push({ type: 'error', code: ErrorCode.RateLimited, message: 'slow', taskId: 't2' }); // retry timer
+    expect(scheduler.pending).toBeGreaterThanOrEqual(5);
+    const closed = client.close();
+    expect(scheduler.pending).toBe(0);
+    await closed;
+    expect(socket.readyState).toBe(3);
+    expect(socket.closedWith).toEqual([{ code: 1000, reason: 'client closed' }]);
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 5 });
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    await expect(other.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    expect(states.at(-1)).toMatchObject({ state: 'closed' });
+    await scheduler.advance(120_000);
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it('leaves no timer behind with vi fake timers and the default timer functions', async () => {
+    vi.useFakeTimers();
+    try {
+      const server = new FakeServer();
+      const client = new ProgressClient({ url: 'ws://example.test/p', WebSocket: server.WebSocket });
+      client.watch('t1');
+      server.accept(1000);
+      server.last.serverClose(1006);
+      expect(vi.getTimerCount()).toBeGreaterThan(0);
+      vi.advanceTimersByTime(1000);
+      server.accept(1000);
+      server.last.push(snap({ ...new FakeTask('t1', 1).view() }));
+      expect(vi.getTimerCount()).toBeGreaterThan(0);
+      const closed = client.close();
+      expect(vi.getTimerCount()).toBe(0);
+      await vi.runAllTimersAsync();
+      await closed;
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+});

@@ -1,0 +1,473 @@
+import type { ApplyResult, ErrorFrame, ServerFrame } from '@finishline/core';
+import { assertTaskId, backoffDelayMs, ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
+import { EventEmitter } from 'eventemitter3';
+import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
+import { readStoredTask } from './cursor-storage.js';
+import { HttpFallback } from './http-fallback.js';
+import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
+import { Timeout, TimerSet } from './timers.js';
+import { Watch, WatchedTask, type WatchOptions } from './watch.js';
+
+/**
+ * The client: one socket shared by every watch, the protocol (subscribe, resume, resync, acks), and the
+ * fallbacks that make sure every watch sees its task's final state.
+ *
+ * @module
+ */
+
+/** The events of a {@link ProgressClient}. */
+export interface ProgressClientEvents {
+  /** The connection state changed (see {@link ConnectionState}); `reconnecting` repeats with each delay. */
+  state: [change: StateChange];
+  /**
+   * A problem not tied to one watch: an invalid frame from the server, a failing token provider, an
+   * `error` frame without a task, or the fatal close that ended the client (then `state` is `closed`).
+   */
+  error: [error: ProgressError];
+}
+
+/** Error codes after which a watch cannot go on: the task is not there, or not for this principal. */
+const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.Forbidden,
+  ErrorCode.TaskNotFound,
+]);
+
+/** Most pages of events one HTTP catch-up reads before leaving the rest to the next one. */
+const MAX_HTTP_PAGES = 20;
+
+/** Ceiling of the HTTP poll's backoff while HTTP fails too. */
+const MAX_POLL_DELAY_MS = 30_000;
+
+/**
+ * Watches tasks of a Finishline server and guarantees that each watch sees its task's final state:
+ * resumes after reconnects from its cursor, drops duplicates, resyncs on gaps, detects silent sockets,
+ * escalates a task stuck at 100% (resync, reconnect, HTTP), falls back to HTTP while the socket cannot
+ * connect, and can persist cursors across page reloads.
+ *
+ * @example
+ * ```ts
+ * import { ProgressClient } from '@finishline/client';
+ *
+ * const client = new ProgressClient({ url: 'wss://example.com/progress' });
+ * const watch = client.watch(taskId);
+ * watch.on('progress', (_event, state) => render(state.fraction, state.eta));
+ * watch.on('finished', (state) => console.log('ended', state.status));
+ * await watch.done;
+ * await client.close();
+ * ```
+ *
+ * In Node, inject `ws` (and credentials in a header):
+ * ```ts
+ * import WebSocket from 'ws';
+ * const client = new ProgressClient({ url, WebSocket, headers: { authorization: `Bearer ${token}` } });
+ * ```
+ */
+export class ProgressClient extends EventEmitter<ProgressClientEvents> {
+  readonly #o: ResolvedOptions;
+  readonly #timers: TimerSet;
+  readonly #connection: Connection;
+  readonly #http: HttpFallback;
+  readonly #abort = new AbortController();
+  readonly #tasks = new Map<string, WatchedTask>();
+  readonly #ackTimer: Timeout;
+  readonly #pollTimer: Timeout;
+  #polling = false;
+  #pollFailures = 0;
+  #closed = false;
+  #closing: Promise<void> | undefined;
+
+  /**
+   * @throws ProgressError `invalid_input` for invalid options (see {@link ProgressClientOptions}).
+   */
+  constructor(options: ProgressClientOptions) {
+    super();
+    this.#o = resolveOptions(options);
+    this.#timers = new TimerSet(this.#o.timers);
+    this.#ackTimer = new Timeout(this.#timers);
+    this.#pollTimer = new Timeout(this.#timers);
+    this.#http = new HttpFallback({
+      baseUrl: this.#o.httpUrl,
+      fetch: this.#o.fetch,
+      headers: this.#o.headers,
+      token: this.#o.token,
+      credentials: this.#o.httpCredentials,
+      signal: this.#abort.signal,
+    });
+    this.#connection = new Connection(this.#o, this.#timers, this.#handler());
+  }
+
+  /** The connection state. */
+  get state(): ConnectionState {
+    return this.#connection.state;
+  }
+
+  /** Base URL of the HTTP API in use (given, or derived from `url`). */
+  get httpUrl(): string {
+    return this.#o.httpUrl;
+  }
+
+  /**
+   * Starts watching a task (connecting on the first watch). Watching a task that is already watched
+   * shares its subscription and state.
+   *
+   * @throws ProgressError `invalid_input` for an invalid task id, `closed` after {@link close}.
+   */
+  watch(taskId: string, options: WatchOptions = {}): Watch {
+    if (this.#closed) throw new ProgressError(ErrorCode.Closed, 'ProgressClient is closed', { taskId });
+    assertTaskId(taskId);
+    let task = this.#tasks.get(taskId);
+    if (task === undefined) {
+      task = new WatchedTask(taskId, {
+        clock: this.#o.clock,
+        timers: this.#timers,
+        finishTimeoutMs: this.#o.finishTimeoutMs,
+        rateWindowMs: this.#o.rateWindowMs,
+        closedError: () => new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId }),
+        restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
+      });
+      this.#tasks.set(taskId, task);
+      this.#armWatchdog(task);
+      this.#subscribe(task);
+      this.#connection.ensure('watch');
+    }
+    const watch = new Watch(task, (handle) => this.#release(task, handle));
+    task.attach(watch);
+    const signal = options.signal;
+    if (signal !== undefined) {
+      if (signal.aborted) watch.close();
+      else signal.addEventListener('abort', () => watch.close(), { once: true });
+    }
+    return watch;
+  }
+
+  /**
+   * Closes the client: sends the pending acks, clears every timer, aborts HTTP requests and closes the
+   * socket. Unfinished watches end with a `closed` error. Resolves once the socket is closed.
+   */
+  close(): Promise<void> {
+    if (this.#closing === undefined) {
+      for (const task of this.#tasks.values()) this.#flushAck(task);
+      this.#closing = this.#shutdown(new ProgressError(ErrorCode.Closed, 'ProgressClient was closed'), false);
+    }
+    return this.#closing;
+  }
+
+  #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
+    this.#closed = true;
+    this.#polling = false;
+    const tasks = [...this.#tasks.values()];
+    this.#tasks.clear();
+    this.#timers.dispose();
+    this.#abort.abort();
+    const closed = this.#connection.close();
+    for (const task of tasks)
+      task.fail(new ProgressError(error.code, error.message, { taskId: task.taskId }), emitError);
+    if (emitError) this.emit('error', error);
+    return closed;
+  }
+
+  #handler(): ConnectionHandler {
+    return {
+      onHello: () => {
+        this.#polling = false;
+        this.#pollTimer.clear();
+        for (const task of this.#tasks.values()) {
+          this.#subscribe(task);
+          this.#flushAck(task);
+        }
+      },
+      onFrame: (frame) => this.#onFrame(frame),
+      onDown: () => {
+        for (const task of this.#tasks.values()) {
+          task.resyncPendingFrom = undefined;
+          task.behindTimer.clear();
+        }
+      },
+      onFatal: (error) => {
+        this.#closing ??= this.#shutdown(error, true);
+      },
+      onUnreachable: () => {
+        if (this.#polling) return;
+        this.#polling = true;
+        this.#pollFailures = 0;
+        this.#pollTimer.set(0, () => void this.#poll());
+      },
+      onState: (change) => this.emit('state', change),
+      onError: (error) => {
+        this.emit('error', error);
+        // An invalid frame about a watched task may have carried one of its events: fetch it again.
+        const task = error.taskId === undefined ? undefined : this.#tasks.get(error.taskId);
+        if (task !== undefined) this.#resync(task);
+      },
+      wantsSocket: () => {
+        for (const task of this.#tasks.values()) if (!task.socketDone) return true;
+        return false;
+      },
+    };
+  }
+
+  #onFrame(frame: ServerFrame): void {
+    switch (frame.type) {
+      case 'hello':
+      case 'pong':
+        return;
+      case 'snapshot': {
+        const task = this.#tasks.get(frame.task.id);
+        if (task !== undefined) this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task), false);
+        return;
+      }
+      case 'event': {
+        const task = this.#tasks.get(frame.event.taskId);
+        if (task !== undefined)
+          this.#onTaskFrame(task, task.cursor.applyEvent(frame.event), isTerminalEvent(frame.event));
+        return;
+      }
+      case 'heartbeat':
+        for (const task of this.#tasks.values()) {
+          if (task.cursor.finished || task.socketDone) continue;
+          const latest = frame.seqs[task.taskId];
+          if (latest === undefined) {
+            // The server does not (or no longer) follow this task for us: subscribe again, unless a
+            // subscribe just went out and the heartbeat crossed it.
+            if (this.#o.clock() - task.resyncSentAt >= this.#o.behindGraceMs) this.#subscribe(task);
+          } else if (task.cursor.isBehind(latest)) this.#behind(task, latest);
+        }
+        return;
+      case 'error':
+        this.#onErrorFrame(frame);
+        return;
+      default:
+        exhaustive(frame);
+    }
+  }
+
+  /** A snapshot or event about a watched task arrived on the socket. */
+  #onTaskFrame(task: WatchedTask, result: ApplyResult, terminal: boolean): void {
+    const answered = task.answered;
+    task.answered = true;
+    this.#apply(task, result);
+    if (this.#tasks.get(task.taskId) !== task) return;
+    if (result.duplicate && terminal && task.cursor.finished) {
+      // The server re-sends a terminal event until it hears an ack: the previous ack may have been lost.
+      this.#connection.send({ type: 'ack', taskId: task.taskId, seq: task.cursor.seq });
+    } else if (!answered) this.#scheduleAck(task);
+  }
+
+  #apply(task: WatchedTask, result: ApplyResult): void {
+    // Frames already in flight when a resync went out arrive with the same gap: one resync per gap, unless
+    // its answer is overdue (lost too).
+    if (
+      result.gap &&
+      !(
+        task.resyncPendingFrom === result.resyncFrom &&
+        this.#o.clock() - task.resyncSentAt < this.#o.behindGraceMs
+      )
+    ) {
+      this.#resync(task);
+    }
+    if (result.delivered.length === 0) return;
+    task.resyncPendingFrom = undefined;
+    task.deliver(result.delivered);
+    if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
+    this.#armWatchdog(task);
+    this.#scheduleAck(task);
+  }
+
+  /** Terminal acks go at once (the server re-sends the terminal event until it hears one); others coalesce. */
+  #scheduleAck(task: WatchedTask): void {
+    if (task.cursor.finished || task.cursor.seq - task.ackedSeq >= this.#o.ackEvery) this.#flushAck(task);
+    else if (!this.#ackTimer.pending) {
+      this.#ackTimer.set(this.#o.ackDelayMs, () => {
+        for (const each of this.#tasks.values()) this.#flushAck(each);
+      });
+    }
+  }
+
+  #subscribe(task: WatchedTask): void {
+    if (task.socketDone || task.failed) return;
+    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.cursor.seq })) {
+      task.resyncPendingFrom = task.cursor.seq;
+      task.resyncSentAt = this.#o.clock();
+      task.answered = false;
+    }
+  }
+
+  /** Restarts delivery from the cursor: the server replays (or snapshots) what this watch missed. */
+  #resync(task: WatchedTask): void {
+    if (task.cursor.finished) return;
+    this.#subscribe(task);
+  }
+
+  /** A heartbeat says the task is ahead: give in-flight frames a moment, then resync. */
+  #behind(task: WatchedTask, latest: number): void {
+    task.behindTarget = Math.max(task.behindTarget, latest);
+    if (task.behindTimer.pending) return;
+    task.behindTimer.set(this.#o.behindGraceMs, () => {
+      if (task.cursor.isBehind(task.behindTarget)) this.#resync(task);
+    });
+  }
+
+  /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
+  #flushAck(task: WatchedTask): void {
+    const seq = task.cursor.seq;
+    const storage = this.#o.storage;
+    if (storage !== undefined && seq > task.savedSeq) {
+      const view = task.toTaskView();
+      if (view !== undefined) {
+        storage.save(view);
+        task.savedSeq = seq;
+      }
+    }
+    // Until the server answered the latest subscribe, it may not yet accept acks up to the cursor.
+    if (task.socketDone || !task.answered || (seq <= task.ackedSeq && !task.cursor.finished)) return;
+    if (seq > task.ackedSeq) {
+      if (!this.#connection.send({ type: 'ack', taskId: task.taskId, seq })) return;
+      task.ackedSeq = seq;
+    }
+    if (task.cursor.finished) {
+      this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
+      task.socketDone = true;
+      task.clearTimers();
+      storage?.remove(task.taskId);
+    }
+  }
+
+  #armWatchdog(task: WatchedTask): void {
+    task.watchdog.observe(task.cursor.view);
+    const at = task.watchdog.nextCheckAt();
+    if (at === undefined) {
+      task.watchdogTimer.clear();
+      return;
+    }
+    task.watchdogTimer.set(at - this.#o.clock(), () => {
+      const action = task.watchdog.check();
+      switch (action) {
+        case 'none':
+          break;
+        case 'resync':
+          this.#resync(task);
+          break;
+        case 'reconnect':
+          this.#connection.reconnectNow('finish watchdog');
+          break;
+        case 'http':
+          void this.#catchUp(task).catch(() => undefined);
+          break;
+        default:
+          exhaustive(action);
+      }
+      if (this.#tasks.get(task.taskId) === task) this.#armWatchdog(task);
+    });
+  }
+
+  /**
+   * Brings a task up to date over HTTP: its snapshot if nothing is known yet, then its events after the
+   * cursor, applied through the cursor like socket frames. Rejects when HTTP failed.
+   */
+  async #catchUp(task: WatchedTask): Promise<void> {
+    if (task.httpBusy || task.failed || task.cursor.finished) return;
+    task.httpBusy = true;
+    const current = () => !this.#closed && this.#tasks.get(task.taskId) === task;
+    try {
+      if (task.state.progress === null) {
+        const view = await this.#http.getTask(task.taskId);
+        if (!current()) return;
+        this.#apply(task, task.cursor.applySnapshot(view));
+      }
+      for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
+        const before = task.cursor.seq;
+        const events = await this.#http.getEvents(task.taskId, before);
+        if (!current() || events.length === 0) return;
+        for (const event of events) this.#apply(task, task.cursor.applyEvent(event));
+        if (task.cursor.seq === before) {
+          // The log does not continue from the cursor (events removed by retention): take the snapshot.
+          const view = await this.#http.getTask(task.taskId);
+          if (current()) this.#apply(task, task.cursor.applySnapshot(view));
+          return;
+        }
+      }
+    } catch (error) {
+      const problem =
+        error instanceof ProgressError
+          ? error
+          : new ProgressError(ErrorCode.Internal, 'HTTP catch-up failed', {
+              cause: error,
+              taskId: task.taskId,
+            });
+      if (!current()) return;
+      if (problem.code === ErrorCode.Unauthenticated) {
+        // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help.
+        this.#closing ??= this.#shutdown(problem, true);
+        return;
+      }
+      if (FATAL_TASK_ERRORS.has(problem.code)) this.#failTask(task, problem);
+      else task.emitError(problem);
+      throw problem;
+    } finally {
+      task.httpBusy = false;
+    }
+  }
+
+  /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
+  async #poll(): Promise<void> {
+    if (!this.#polling) return;
+    const tasks = [...this.#tasks.values()].filter((task) => !task.cursor.finished);
+    const results = await Promise.allSettled(tasks.map((task) => this.#catchUp(task)));
+    if (!this.#polling || this.#closed) return;
+    const failed = results.some((result) => result.status === 'rejected');
+    this.#pollFailures = failed ? this.#pollFailures + 1 : 0;
+    const interval = this.#o.httpPollIntervalMs;
+    const delayMs = failed
+      ? interval +
+        backoffDelayMs(
+          this.#pollFailures - 1,
+          { initialDelayMs: interval, maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS) },
+          this.#o.random,
+        )
+      : interval;
+    this.#pollTimer.set(delayMs, () => void this.#poll());
+  }
+
+  #onErrorFrame(frame: ErrorFrame): void {
+    const taskId = frame.taskId;
+    const error = new ProgressError(frame.code, frame.message, taskId === undefined ? {} : { taskId });
+    const task = taskId === undefined ? undefined : this.#tasks.get(taskId);
+    if (task === undefined) {
+      this.emit('error', error);
+      return;
+    }
+    if (FATAL_TASK_ERRORS.has(frame.code)) {
+      this.#failTask(task, error);
+      return;
+    }
+    task.emitError(error);
+    // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
+    task.resyncPendingFrom = undefined;
+    const delayMs = backoffDelayMs(
+      task.retries++,
+      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
+      this.#o.random,
+    );
+    task.retryTimer.set(delayMs, () => this.#resync(task));
+  }
+
+  #failTask(task: WatchedTask, error: ProgressError): void {
+    this.#tasks.delete(task.taskId);
+    this.#o.storage?.remove(task.taskId);
+    task.fail(error, true);
+  }
+
+  /** A handle closed: the last one takes the subscription with it. */
+  #release(task: WatchedTask, watch: Watch): void {
+    task.handles.delete(watch);
+    if (task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
+    this.#flushAck(task);
+    this.#tasks.delete(task.taskId);
+    task.clearTimers();
+    if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
+  }
+}
+
+function exhaustive(value: never): never {
+  throw new TypeError(`Unexpected value ${String(value)}`);
+}

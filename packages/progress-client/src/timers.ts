@@ -1,0 +1,110 @@
+/**
+ * The client's timers. Every timer it starts goes through one {@link TimerSet}, so `close()` can clear all
+ * of them at once and tests can count what is pending.
+ *
+ * @module
+ */
+
+/**
+ * The two timer functions the client calls; inject a fake (or a manual scheduler) in tests.
+ *
+ * @example
+ * ```ts
+ * const timers: TimerApi = { setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (h) => clearTimeout(h as never) };
+ * ```
+ */
+export interface TimerApi {
+  /** Calls `callback` once after `delayMs` milliseconds; returns a handle for {@link clearTimeout}. */
+  setTimeout(callback: () => void, delayMs: number): unknown;
+  /** Cancels a timer started by {@link setTimeout}; a handle that already fired is ignored. */
+  clearTimeout(handle: unknown): void;
+}
+
+/**
+ * The global timers, looked up on every call rather than captured at import, so fake timers installed
+ * later (`vi.useFakeTimers()`) are honoured.
+ */
+export const systemTimers: TimerApi = Object.freeze({
+  setTimeout: (callback: () => void, delayMs: number): unknown => globalThis.setTimeout(callback, delayMs),
+  clearTimeout: (handle: unknown): void => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
+});
+
+/**
+ * The set of live timers of one client.
+ *
+ * @internal
+ */
+export class TimerSet {
+  readonly #api: TimerApi;
+  readonly #live = new Set<{ handle: unknown }>();
+  #disposed = false;
+
+  constructor(api: TimerApi) {
+    this.#api = api;
+  }
+
+  /** Number of timers started and neither fired nor cancelled. */
+  get size(): number {
+    return this.#live.size;
+  }
+
+  /** Starts a one-shot timer; returns its cancel function. */
+  start(callback: () => void, delayMs: number): () => void {
+    // After dispose() a late callback (a fetch settling after close) must not start anything again.
+    if (this.#disposed) return () => undefined;
+    const entry = { handle: undefined as unknown };
+    entry.handle = this.#api.setTimeout(
+      () => {
+        if (!this.#live.delete(entry)) return;
+        callback();
+      },
+      Math.max(0, delayMs),
+    );
+    this.#live.add(entry);
+    return () => {
+      if (this.#live.delete(entry)) this.#api.clearTimeout(entry.handle);
+    };
+  }
+
+  /** Cancels every live timer, and refuses to start new ones from now on. */
+  dispose(): void {
+    this.#disposed = true;
+    for (const entry of this.#live) this.#api.clearTimeout(entry.handle);
+    this.#live.clear();
+  }
+}
+
+/**
+ * One named, re-armable timer slot: setting it again replaces the pending callback.
+ *
+ * @internal
+ */
+export class Timeout {
+  readonly #timers: TimerSet;
+  #cancel: (() => void) | undefined;
+
+  constructor(timers: TimerSet) {
+    this.#timers = timers;
+  }
+
+  /** True while a callback is waiting. */
+  get pending(): boolean {
+    return this.#cancel !== undefined;
+  }
+
+  /** Runs `callback` after `delayMs`, replacing whatever was pending. */
+  set(delayMs: number, callback: () => void): void {
+    this.clear();
+    this.#cancel = this.#timers.start(() => {
+      this.#cancel = undefined;
+      callback();
+    }, delayMs);
+  }
+
+  /** Cancels the pending callback, if any. */
+  clear(): void {
+    const cancel = this.#cancel;
+    this.#cancel = undefined;
+    cancel?.();
+  }
+}

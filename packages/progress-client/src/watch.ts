@@ -1,0 +1,528 @@
+import type {
+  CancelledEvent,
+  Clock,
+  CompletedEvent,
+  Delivery,
+  FailedEvent,
+  InterruptedEvent,
+  ItemEvent,
+  ProgressError,
+  ProgressEvent,
+  TaskView,
+  TerminalEvent,
+  WatchView,
+} from '@finishline/core';
+import { FinishWatchdog, progressOf, WatchCursor } from '@finishline/core';
+import { EventEmitter } from 'eventemitter3';
+import { RateEstimator } from './rate-estimator.js';
+import { Timeout, type TimerSet } from './timers.js';
+
+/**
+ * One watched task: the state store the UI reads, the typed events, the `done` promise, rate and ETA.
+ *
+ * @module
+ */
+
+/**
+ * What a watch knows of its task: the cursor's {@link WatchView} plus what a progress bar derives from it.
+ * Immutable; a new object after every change and only then, so it can back React's
+ * `useSyncExternalStore` directly.
+ */
+export interface WatchState extends WatchView {
+  /** The terminal state was delivered (`status` is not `running`). */
+  readonly finished: boolean;
+  /** `done / total` in [0, 1]; 1 once completed; `null` while the total is unknown. */
+  readonly fraction: number | null;
+  /** Finished items per second over the client's `rateWindowMs`; `null` until it can be measured. */
+  readonly rate: number | null;
+  /**
+   * Estimated milliseconds until every item is finished, from `rate`; `null` when unknown (no total, no
+   * rate, a stalled task, or the task is over).
+   */
+  readonly eta: number | null;
+  /**
+   * Why the watch ended without the task's final state (`forbidden`, `task_not_found`, `closed`,
+   * `unauthenticated`, …), else `null`.
+   */
+  readonly fatalError: ProgressError | null;
+}
+
+/**
+ * The events of a {@link Watch}. Each receives the event (or state) and the watch's state after the
+ * frame that delivered it. Callbacks see the task's events in seq order with no gap and no duplicate;
+ * a `snapshot` moves the state forward over events that were coalesced away.
+ */
+export interface WatchEvents {
+  /** The state was set from a snapshot: the first state of a watch, a resync, or a restored cursor. */
+  snapshot: [state: WatchState];
+  /** A `progress` event. */
+  progress: [event: ProgressEvent, state: WatchState];
+  /** An item finished. */
+  item: [event: ItemEvent, state: WatchState];
+  /**
+   * The task completed. When the terminal state came from a snapshot (the task had already ended), the
+   * event is rebuilt from it.
+   */
+  completed: [event: CompletedEvent, state: WatchState];
+  /** The task failed (same rule as `completed`). */
+  failed: [event: FailedEvent, state: WatchState];
+  /** The task was cancelled (same rule as `completed`). */
+  cancelled: [event: CancelledEvent, state: WatchState];
+  /** The task's worker went away (same rule as `completed`). */
+  interrupted: [event: InterruptedEvent, state: WatchState];
+  /** Once, after whichever terminal event. */
+  finished: [state: WatchState];
+  /**
+   * Something went wrong. When `state.fatalError` is set the watch is over (`done` rejected); otherwise
+   * the client recovers by itself and this is for logs.
+   */
+  error: [error: ProgressError];
+}
+
+/** Options of {@link ProgressClient.watch}. */
+export interface WatchOptions {
+  /**
+   * Closes the watch when aborted (for example a React effect's cleanup, or a component unmount).
+   * @default undefined
+   */
+  signal?: AbortSignal;
+}
+
+/** Reports an exception thrown by application code without breaking delivery to the other listeners. */
+function report(error: unknown): void {
+  queueMicrotask(() => {
+    throw error;
+  });
+}
+
+/**
+ * A handle on one watched task, returned by {@link ProgressClient.watch}. Several handles on the same
+ * task share one subscription and one state; each has its own listeners and `done`.
+ *
+ * @example
+ * ```ts
+ * const watch = client.watch(taskId);
+ * watch.on('item', (event) => log(event.item.key, event.item.ok));
+ * const final = await watch.done; // the task's final state
+ * // React: useSyncExternalStore(watch.subscribe, watch.getSnapshot)
+ * ```
+ */
+export class Watch extends EventEmitter<WatchEvents> {
+  /** The watched task. */
+  readonly taskId: string;
+  /**
+   * Resolves with the final state when the task ends (completed, failed, cancelled or interrupted:
+   * check `status`). Rejects with a {@link ProgressError} only when the watch cannot go on: `forbidden`,
+   * `task_not_found`, `unauthenticated`, or `closed` (this watch or its client was closed first).
+   */
+  readonly done: Promise<WatchState>;
+  readonly #task: WatchedTask;
+  readonly #release: (watch: Watch) => void;
+  readonly #listeners = new Set<() => void>();
+  #settle: ((error: ProgressError | undefined) => void) | undefined;
+  /** Events owed to a handle that joined after the task had state; sent before anything newer. */
+  #replay: (() => void) | undefined;
+  #closed = false;
+
+  /** @internal Created by {@link ProgressClient.watch}. */
+  constructor(task: WatchedTask, release: (watch: Watch) => void) {
+    super();
+    this.taskId = task.taskId;
+    this.#task = task;
+    this.#release = release;
+    this.done = new Promise<WatchState>((resolve, reject) => {
+      this.#settle = (error) => {
+        this.#settle = undefined;
+        if (error === undefined) resolve(task.state);
+        else reject(error);
+      };
+    });
+    // An application that never awaits `done` must not get an unhandled rejection when the client closes.
+    this.done.catch(() => undefined);
+  }
+
+  /** The current state; the same object until the state changes. Safe to pass around unbound. */
+  readonly getSnapshot = (): WatchState => this.#task.state;
+
+  /**
+   * Calls `listener` (without arguments) after every state change. Returns the unsubscribe function.
+   * Safe to pass around unbound, as `useSyncExternalStore` does.
+   */
+  readonly subscribe = (listener: () => void): (() => void) => {
+    this.#listeners.add(listener);
+    return () => {
+      this.#listeners.delete(listener);
+    };
+  };
+
+  /** True once {@link close} was called (or the client closed). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Stops this handle: no more events, `done` rejects with `closed` if the task had not ended. The
+   * subscription is dropped when the last handle on the task closes.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#end(this.#task.closedError());
+    this.#release(this);
+  }
+
+  /** @internal Ends the handle after the task ended or failed. */
+  end(error: ProgressError | undefined): void {
+    this.#end(error);
+  }
+
+  #end(error: ProgressError | undefined): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#replay = undefined;
+    this.#settle?.(error);
+    this.#listeners.clear();
+    this.removeAllListeners();
+  }
+
+  /** @internal Emits one event to this handle's listeners, after anything it is still owed. */
+  deliver(emit: (watch: Watch) => void): void {
+    if (this.#closed) return;
+    this.flushReplay();
+    try {
+      emit(this);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  /** @internal Tells this handle's `subscribe` listeners that the state changed. */
+  notify(): void {
+    for (const listener of [...this.#listeners]) {
+      try {
+        listener();
+      } catch (error) {
+        report(error);
+      }
+    }
+  }
+
+  /** @internal Settles `done` when the task is over (listeners already saw the terminal event). */
+  settleIfFinished(): void {
+    if (this.#task.state.finished) this.#settle?.(undefined);
+  }
+
+  /** @internal Queues the catch-up events of a handle created after the task had state. */
+  scheduleReplay(emit: (watch: Watch) => void): void {
+    this.#replay = () => {
+      this.#replay = undefined;
+      try {
+        emit(this);
+      } catch (error) {
+        report(error);
+      }
+    };
+    // Listeners are attached right after `watch()` returns: give them that chance first.
+    queueMicrotask(() => this.flushReplay());
+  }
+
+  /** @internal */
+  flushReplay(): void {
+    if (!this.#closed) this.#replay?.();
+  }
+}
+
+/** What a {@link WatchedTask} needs from its client. @internal */
+export interface WatchedTaskOptions {
+  clock: Clock;
+  timers: TimerSet;
+  finishTimeoutMs: number;
+  rateWindowMs: number;
+  closedError: () => ProgressError;
+  /** A view saved before a page reload, already validated. */
+  restored: TaskView | undefined;
+}
+
+/**
+ * The shared part of every handle on one task: cursor, state, watchdog, timers and ack bookkeeping. The
+ * client drives the protocol; this class turns applied deliveries into state and events.
+ *
+ * @internal
+ */
+export class WatchedTask {
+  readonly taskId: string;
+  readonly cursor: WatchCursor;
+  readonly watchdog: FinishWatchdog;
+  readonly handles = new Set<Watch>();
+  readonly watchdogTimer: Timeout;
+  readonly behindTimer: Timeout;
+  readonly retryTimer: Timeout;
+  state: WatchState;
+  /** Highest seq acknowledged to a server. */
+  ackedSeq = 0;
+  /** Highest seq saved to the cursor storage. */
+  savedSeq = 0;
+  /** The `afterSeq` of a resync sent and not yet answered; suppresses repeats for the same gap. */
+  resyncPendingFrom: number | undefined;
+  /** When that resync was sent (clock ms). */
+  resyncSentAt = 0;
+  /** Latest seq a heartbeat reported. */
+  behindTarget = 0;
+  /** A frame about this task arrived since the latest subscribe went out. */
+  answered = false;
+  /** Consecutive error frames about this task, for the retry backoff. */
+  retries = 0;
+  /** Terminal acknowledged and unsubscribed: the socket has nothing more to do for this task. */
+  socketDone = false;
+  /** Ended by a fatal error. */
+  failed = false;
+  /** An HTTP catch-up is running. */
+  httpBusy = false;
+  readonly #rate: RateEstimator;
+  readonly #closedError: () => ProgressError;
+  #terminal: TerminalEvent | undefined;
+
+  constructor(taskId: string, options: WatchedTaskOptions) {
+    this.taskId = taskId;
+    this.cursor = new WatchCursor(taskId);
+    this.watchdog = new FinishWatchdog(options.clock, { stuckAfterMs: options.finishTimeoutMs });
+    this.watchdogTimer = new Timeout(options.timers);
+    this.behindTimer = new Timeout(options.timers);
+    this.retryTimer = new Timeout(options.timers);
+    this.#rate = new RateEstimator(options.rateWindowMs);
+    this.#closedError = options.closedError;
+    this.state = this.#buildState(this.cursor.view, null);
+    if (options.restored !== undefined) {
+      // Silent: the handles do not exist yet; they get the restored state through their replay.
+      for (const delivery of this.cursor.applySnapshot(options.restored).delivered) this.#sample(delivery);
+      this.state = this.#buildState(this.cursor.view, null);
+      this.savedSeq = this.cursor.seq;
+    }
+  }
+
+  /** The error a handle closed before the end rejects with. */
+  closedError(): ProgressError {
+    return this.#closedError();
+  }
+
+  /** Adds a handle, owing it the state so far (and the terminal event if the task already ended). */
+  attach(watch: Watch): void {
+    this.handles.add(watch);
+    // The state as of now: anything newer reaches the handle as its own events, after the replay.
+    const state = this.state;
+    if (state.progress !== null || state.finished) {
+      watch.scheduleReplay((handle) => {
+        handle.emit('snapshot', state);
+        if (state.finished) this.#emitTerminal(handle, state);
+      });
+      watch.settleIfFinished();
+    }
+  }
+
+  /**
+   * Applies what the cursor delivered. Each delivery gets its own state (a snapshot may release buffered
+   * events in the same apply), set before its listeners run; `subscribe` listeners are told once, at the
+   * end.
+   */
+  deliver(delivered: readonly Delivery[]): void {
+    if (delivered.length === 0) return;
+    this.retries = 0;
+    let view: WatchView = this.state;
+    for (const [index, delivery] of delivered.entries()) {
+      this.#sample(delivery);
+      if (index === delivered.length - 1) view = this.cursor.view;
+      else if (delivery.kind === 'snapshot') view = viewOfTask(delivery.task);
+      // Only the last delivery can be terminal, so a middle one is progress or an item.
+      else
+        view = {
+          ...view,
+          seq: delivery.event.seq,
+          progress: progressOf(delivery.event.progress),
+          updatedAt: delivery.event.time,
+        };
+      const state = this.#buildState(view, null);
+      this.state = state;
+      if (delivery.kind === 'snapshot') {
+        this.#emit((watch) => watch.emit('snapshot', state));
+        if (state.finished) this.#emit((watch) => this.#emitTerminal(watch, state));
+        continue;
+      }
+      const event = delivery.event;
+      switch (event.type) {
+        case 'progress':
+          this.#emit((watch) => watch.emit('progress', event, state));
+          break;
+        case 'item':
+          this.#emit((watch) => watch.emit('item', event, state));
+          break;
+        case 'completed':
+        case 'failed':
+        case 'cancelled':
+        case 'interrupted':
+          this.#terminal = event;
+          this.#emit((watch) => this.#emitTerminal(watch, state));
+          break;
+        default:
+          exhaustive(event);
+      }
+    }
+    for (const watch of this.handles) watch.notify();
+    if (this.state.finished) for (const watch of this.handles) watch.settleIfFinished();
+  }
+
+  /** Ends every handle with a fatal error. */
+  fail(error: ProgressError, emitError: boolean): void {
+    this.failed = true;
+    this.clearTimers();
+    if (!this.state.finished) this.state = this.#buildState(this.state, error);
+    const handles = [...this.handles];
+    this.handles.clear();
+    for (const watch of handles) {
+      if (emitError) watch.deliver((handle) => handle.emit('error', error));
+      watch.notify();
+      watch.end(this.state.finished ? undefined : error);
+    }
+  }
+
+  /** Emits a non-fatal error to every handle. */
+  emitError(error: ProgressError): void {
+    this.#emit((watch) => watch.emit('error', error));
+  }
+
+  /** Cancels this task's timers. */
+  clearTimers(): void {
+    this.watchdogTimer.clear();
+    this.behindTimer.clear();
+    this.retryTimer.clear();
+  }
+
+  /** The saved form of the state: a `TaskView`, or `undefined` before the task's kind is known. */
+  toTaskView(): TaskView | undefined {
+    const { progress, kind } = this.state;
+    if (progress === null || kind === null) return undefined;
+    const view = this.state;
+    return {
+      id: this.taskId,
+      kind,
+      status: view.status,
+      ...progress,
+      result: view.result,
+      error: view.error,
+      seq: view.seq,
+      // Not tracked by the cursor; nothing in the client reads it back.
+      createdAt: view.updatedAt ?? 0,
+      updatedAt: view.updatedAt ?? 0,
+      finishedAt: view.finishedAt,
+    };
+  }
+
+  #sample(delivery: Delivery): void {
+    if (delivery.kind === 'snapshot') this.#rate.add(delivery.task.updatedAt, delivery.task.done);
+    else this.#rate.add(delivery.event.time, delivery.event.progress.done);
+  }
+
+  #emit(emit: (watch: Watch) => void): void {
+    for (const watch of [...this.handles]) watch.deliver(emit);
+  }
+
+  #emitTerminal(watch: Watch, state: WatchState): void {
+    const event = this.#terminal ?? terminalFromView(state);
+    this.#terminal = event;
+    switch (event.type) {
+      case 'completed':
+        watch.emit('completed', event, state);
+        break;
+      case 'failed':
+        watch.emit('failed', event, state);
+        break;
+      case 'cancelled':
+        watch.emit('cancelled', event, state);
+        break;
+      case 'interrupted':
+        watch.emit('interrupted', event, state);
+        break;
+      default:
+        exhaustive(event);
+    }
+    watch.emit('finished', state);
+  }
+
+  #buildState(source: WatchView, fatalError: ProgressError | null): WatchState {
+    // Copy only the view's own fields: `source` may be a previous state with derived fields.
+    const view: WatchView = {
+      taskId: source.taskId,
+      seq: source.seq,
+      status: source.status,
+      kind: source.kind,
+      progress: source.progress,
+      result: source.result,
+      error: source.error,
+      updatedAt: source.updatedAt,
+      finishedAt: source.finishedAt,
+    };
+    const progress = view.progress;
+    const finished = view.status !== 'running';
+    let fraction: number | null = null;
+    if (view.status === 'completed') fraction = 1;
+    else if (progress !== null && progress.total !== null) {
+      fraction = progress.total === 0 ? 1 : Math.min(1, progress.done / progress.total);
+    }
+    return Object.freeze({
+      ...view,
+      finished,
+      fraction,
+      rate: progress === null ? null : this.#rate.rate(),
+      eta: finished || progress === null ? null : this.#rate.eta(progress.total, progress.done),
+      fatalError,
+    });
+  }
+}
+
+/** The view a snapshot stands for, as the cursor builds it. */
+function viewOfTask(task: TaskView): WatchView {
+  return {
+    taskId: task.id,
+    seq: task.seq,
+    status: task.status,
+    kind: task.kind,
+    progress: progressOf(task),
+    result: task.result,
+    error: task.error,
+    updatedAt: task.updatedAt,
+    finishedAt: task.finishedAt,
+  };
+}
+
+/** The terminal event a terminal view stands for (when it came from a snapshot). */
+function terminalFromView(view: WatchView): TerminalEvent {
+  const base = {
+    taskId: view.taskId,
+    seq: view.seq,
+    time: view.finishedAt ?? view.updatedAt ?? 0,
+    progress: view.progress ?? {
+      total: null,
+      done: 0,
+      succeeded: 0,
+      failed: 0,
+      current: null,
+      message: null,
+    },
+  };
+  const message = view.error?.message;
+  switch (view.status) {
+    case 'completed':
+    case 'running':
+      return { ...base, type: 'completed', result: view.result };
+    case 'failed':
+      return { ...base, type: 'failed', error: view.error ?? { code: 'failed', message: 'failed' } };
+    case 'cancelled':
+      return { ...base, type: 'cancelled', reason: message ?? null };
+    case 'interrupted':
+      return { ...base, type: 'interrupted', reason: message ?? 'interrupted' };
+    default:
+      return exhaustive(view.status);
+  }
+}
+
+function exhaustive(value: never): never {
+  throw new TypeError(`Unexpected value ${String(value)}`);
+}
