@@ -1,0 +1,77 @@
+import { describe, expect, it, vi } from 'vitest';
+import { DataVersionWatcher } from './data-version-watcher.js';
+
+function watcher(versions: () => number) {
+  const changes: number[] = [];
+  const errors: unknown[] = [];
+  let calls = 0;
+  const instance = new DataVersionWatcher({
+    intervalMs: 60_000,
+    readVersion: versions,
+    onChange: () => changes.push(++calls),
+    onError: (error) => errors.push(error),
+  });
+  return { instance, changes, errors };
+}
+
+describe('DataVersionWatcher', () => {
+  it('calls onChange once per poll that sees a new version, never for an unchanged one', () => {
+    let version = 1;
+    const { instance, changes } = watcher(() => version);
+    instance.start();
+    expect(instance.check()).toBe(false);
+    version = 2;
+    expect(instance.check()).toBe(true);
+    expect(instance.check()).toBe(false);
+    version = 5;
+    expect(instance.check()).toBe(true);
+    expect(changes).toEqual([1, 2]);
+    instance.stop();
+  });
+
+  it('reports errors and keeps polling', () => {
+    let fail = true;
+    let version = 1;
+    const { instance, changes, errors } = watcher(() => {
+      if (fail) throw new Error('SQLITE_BUSY');
+      return version;
+    });
+    expect(instance.check()).toBe(false);
+    fail = false;
+    version = 3;
+    expect(instance.check()).toBe(true);
+    expect(errors).toHaveLength(1);
+    expect(changes).toEqual([1]);
+  });
+
+  it('polls on one interval timer that stop() clears', () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    try {
+      let version = 1;
+      const { instance, changes } = watcher(() => version);
+      instance.start();
+      instance.start();
+      expect(vi.getTimerCount()).toBe(1);
+      version = 2;
+      vi.advanceTimersByTime(60_000);
+      expect(changes).toEqual([1]);
+      instance.stop();
+      instance.stop();
+      expect(instance.running).toBe(false);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('never keeps the process alive: its timer is unref’d', () => {
+    // getActiveResourcesInfo lists only what keeps the event loop alive.
+    const refTimers = () => process.getActiveResourcesInfo().filter((name) => name === 'Timeout').length;
+    const before = refTimers();
+    const { instance } = watcher(() => 1);
+    instance.start();
+    expect(instance.running).toBe(true);
+    expect(refTimers()).toBe(before);
+    instance.stop();
+  });
+});

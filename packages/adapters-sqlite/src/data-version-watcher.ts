@@ -1,0 +1,67 @@
+/**
+ * Detects commits made by other connections to the same database file — other processes, or other
+ * stores in this process — by polling `PRAGMA data_version`. SQLite changes that value for a connection
+ * whenever another connection committed since it last looked, and never for the connection's own
+ * commits, so polling it costs one tiny read per interval and wakes the store only when there is news.
+ *
+ * @module
+ */
+
+/** Options of {@link DataVersionWatcher}. */
+export interface DataVersionWatcherOptions {
+  /** Poll interval in milliseconds (≥ 1). */
+  intervalMs: number;
+  /** Reads `PRAGMA data_version` on the store's connection. */
+  readVersion: () => number;
+  /** Called once per poll that saw a changed version. */
+  onChange: () => void;
+  /** Receives what `readVersion` or `onChange` throws; polling goes on. */
+  onError: (error: unknown) => void;
+}
+
+/**
+ * Polls `PRAGMA data_version` on an unref'd timer (it never keeps the process alive) and calls
+ * `onChange` when another connection committed. `stop()` clears the timer.
+ */
+export class DataVersionWatcher {
+  readonly #options: DataVersionWatcherOptions;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #version: number | undefined;
+
+  constructor(options: DataVersionWatcherOptions) {
+    this.#options = options;
+  }
+
+  /** True while the timer runs. */
+  get running(): boolean {
+    return this.#timer !== undefined;
+  }
+
+  /** Starts polling; the current version is the baseline. No-op when already running. */
+  start(): void {
+    if (this.#timer !== undefined) return;
+    this.#version = this.#options.readVersion();
+    this.#timer = setInterval(() => this.check(), this.#options.intervalMs);
+    this.#timer.unref();
+  }
+
+  /** Stops polling. Safe to call more than once. */
+  stop(): void {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** Polls once now; returns whether the version changed (and `onChange` ran). */
+  check(): boolean {
+    try {
+      const version = this.#options.readVersion();
+      if (version === this.#version) return false;
+      this.#version = version;
+      this.#options.onChange();
+      return true;
+    } catch (error) {
+      this.#options.onError(error);
+      return false;
+    }
+  }
+}

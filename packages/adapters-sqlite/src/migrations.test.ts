@@ -1,0 +1,97 @@
+import { ErrorCode, isProgressError } from '@finishline/core';
+import Database from 'better-sqlite3';
+import { describe, expect, it } from 'vitest';
+import type { Migration } from './migrations.js';
+import { MIGRATIONS, migrate, SQLITE_SCHEMA_VERSION } from './migrations.js';
+import { createQueryBuilder } from './query-builder.js';
+import { TABLES } from './schema.js';
+
+const builder = createQueryBuilder();
+
+function schemaObjects(database: Database.Database): string[] {
+  return (
+    database
+      .prepare(
+        "SELECT type || ' ' || name AS object FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1",
+      )
+      .pluck()
+      .all() as string[]
+  ).sort();
+}
+
+describe('migrations', () => {
+  it('create the whole schema, record each version once, and do nothing the second time', () => {
+    const database = new Database(':memory:');
+    expect(migrate(database, builder, { now: 42 })).toEqual([1, 2]);
+    expect(SQLITE_SCHEMA_VERSION).toBe(2);
+    expect(
+      database.prepare(`SELECT version, name, applied_at FROM ${TABLES.migrations} ORDER BY version`).all(),
+    ).toEqual([
+      { version: 1, name: 'create_tasks_and_events', applied_at: 42 },
+      { version: 2, name: 'create_operator_views', applied_at: 42 },
+    ]);
+    expect(schemaObjects(database)).toEqual([
+      'index finishline_tasks_finished',
+      'index finishline_tasks_lease_expiry',
+      'index finishline_tasks_owner_created',
+      'table finishline_events',
+      'table finishline_migrations',
+      'table finishline_tasks',
+      'view finishline_event_log',
+      'view finishline_unprocessed_events',
+    ]);
+    const before = schemaObjects(database);
+    expect(migrate(database, builder, { now: 43 })).toEqual([]);
+    expect(schemaObjects(database)).toEqual(before);
+    database.close();
+  });
+
+  it('apply only the versions a database lacks', () => {
+    const database = new Database(':memory:');
+    expect(migrate(database, builder, { now: 1, migrations: MIGRATIONS.slice(0, 1) })).toEqual([1]);
+    expect(schemaObjects(database)).not.toContain('view finishline_unprocessed_events');
+    expect(migrate(database, builder, { now: 2 })).toEqual([2]);
+    expect(schemaObjects(database)).toContain('view finishline_unprocessed_events');
+    database.close();
+  });
+
+  it('roll back a migration that fails half-way, leaving the previous version intact', () => {
+    const database = new Database(':memory:');
+    const broken: Migration = {
+      version: 3,
+      name: 'broken',
+      statements: (kysely) => [
+        kysely.schema.createTable('finishline_extra').addColumn('id', 'integer'),
+        kysely.schema.createTable('finishline_extra').addColumn('id', 'integer'), // already exists
+      ],
+    };
+    migrate(database, builder, { now: 1 });
+    expect(() => migrate(database, builder, { now: 2, migrations: [...MIGRATIONS, broken] })).toThrow();
+    expect(schemaObjects(database)).not.toContain('table finishline_extra');
+    expect(database.prepare(`SELECT max(version) FROM ${TABLES.migrations}`).pluck().get()).toBe(2);
+    expect(database.inTransaction).toBe(false);
+    database.close();
+  });
+
+  it('refuse a database migrated by a newer release (store_unavailable) or with a gap (internal)', () => {
+    const database = new Database(':memory:');
+    migrate(database, builder, { now: 1 });
+    database
+      .prepare(`INSERT INTO ${TABLES.migrations} (version, name, applied_at) VALUES (3, 'future', 1)`)
+      .run();
+    try {
+      migrate(database, builder, { now: 2 });
+      expect.unreachable();
+    } catch (error) {
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+    }
+    database.prepare(`DELETE FROM ${TABLES.migrations} WHERE version = 2`).run();
+    try {
+      migrate(database, builder, { now: 2 });
+      expect.unreachable();
+    } catch (error) {
+      expect(isProgressError(error, ErrorCode.Internal), String(error)).toBe(true);
+    }
+    database.close();
+  });
+});

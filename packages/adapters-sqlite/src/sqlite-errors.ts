@@ -1,0 +1,26 @@
+import { ErrorCode, ProgressError } from '@finishline/core';
+
+/** SQLite result codes after which the same call may succeed later: the database is busy or unreachable. */
+const TRANSIENT = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL|NOMEM|INTERRUPT)/;
+
+/**
+ * Turns whatever a SQLite call threw into a {@link ProgressError}: ProgressErrors pass through; busy,
+ * locked, I/O and open failures become `store_unavailable`; a closed connection becomes
+ * `store_unavailable` too; anything else `internal`. The original error is kept as `cause`.
+ */
+export function toProgressError(error: unknown, action: string): ProgressError {
+  if (error instanceof ProgressError) return error;
+  const code = (error as { code?: unknown } | null)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  if (typeof code === 'string' && TRANSIENT.test(code)) {
+    return new ProgressError(ErrorCode.StoreUnavailable, `SQLite failed to ${action}: ${message}`, {
+      cause: error,
+    });
+  }
+  if (error instanceof TypeError && /database connection is not open/i.test(message)) {
+    return new ProgressError(ErrorCode.StoreUnavailable, `SQLite failed to ${action}: ${message}`, {
+      cause: error,
+    });
+  }
+  return new ProgressError(ErrorCode.Internal, `SQLite failed to ${action}: ${message}`, { cause: error });
+}

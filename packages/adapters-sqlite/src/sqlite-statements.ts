@@ -1,0 +1,212 @@
+import type { Kysely } from 'kysely';
+import { sql } from 'kysely';
+import { PreparedInsert, PreparedQuery, param } from './query-builder.js';
+import { EVENT_COLUMNS } from './row-codec.js';
+import type { SqliteSchema, TasksTable } from './schema.js';
+import { TABLES } from './schema.js';
+import type { SqliteDatabase } from './sqlite-driver.js';
+
+/** Rows per multi-row event insert; a batch's remainder is inserted row by row. */
+export const EVENT_INSERT_ROWS = 32;
+
+/** The columns an append rewrites (everything but identity, owner, creation and acks). */
+const APPEND_COLUMNS = [
+  'status',
+  'total',
+  'done',
+  'succeeded',
+  'failed',
+  'current',
+  'message',
+  'result',
+  'error_code',
+  'error_message',
+  'seq',
+  'updated_at',
+  'finished_at',
+  'lease_owner',
+  'lease_expires_at',
+] as const satisfies readonly (keyof TasksTable)[];
+
+const TASK_COLUMNS = [
+  'id',
+  'owner',
+  'kind',
+  ...APPEND_COLUMNS,
+  'acked_seq',
+  'created_at',
+] as const satisfies readonly (keyof TasksTable)[];
+
+function placeholders<const K extends string>(columns: readonly K[], suffix = ''): Record<K, never> {
+  return Object.fromEntries(columns.map((column) => [column, param(`${column}${suffix}`)])) as Record<
+    K,
+    never
+  >;
+}
+
+/**
+ * Every statement the store runs, built and type-checked with kysely once and prepared on the store's
+ * connection. Constant values (`'running'`) that must select a partial index are SQL literals; every
+ * other value is a bound parameter.
+ */
+export function prepareStatements(database: SqliteDatabase, builder: Kysely<SqliteSchema>) {
+  const running = sql.lit('running');
+  const jsonIds = (name: string) => sql<string>`(select value from json_each(${param(name)}))`;
+  const raw = (text: string) => database.prepare(text);
+  return {
+    // Transactions and pragmas have no kysely builder; they are constant text.
+    begin: raw('BEGIN IMMEDIATE'),
+    commit: raw('COMMIT'),
+    dataVersion: raw('PRAGMA data_version'),
+
+    selectTask: new PreparedQuery(
+      database,
+      builder.selectFrom(TABLES.tasks).selectAll().where('id', '=', param('id')),
+      ['id'],
+    ),
+    selectTasks: new PreparedQuery(
+      database,
+      builder.selectFrom(TABLES.tasks).selectAll().where('id', 'in', jsonIds('ids')),
+      ['ids'],
+    ),
+    insertTask: new PreparedQuery(
+      database,
+      builder
+        .insertInto(TABLES.tasks)
+        .values(placeholders(TASK_COLUMNS))
+        .onConflict((conflict) => conflict.column('id').doNothing()),
+      TASK_COLUMNS,
+    ),
+    updateTaskAfterAppend: new PreparedQuery(
+      database,
+      builder.updateTable(TABLES.tasks).set(placeholders(APPEND_COLUMNS)).where('id', '=', param('id')),
+      [...APPEND_COLUMNS, 'id'],
+    ),
+    updateLease: new PreparedQuery(
+      database,
+      builder
+        .updateTable(TABLES.tasks)
+        .set({ lease_owner: param('leaseOwner'), lease_expires_at: param('leaseExpiresAt') })
+        .where('id', '=', param('id')),
+      ['leaseOwner', 'leaseExpiresAt', 'id'],
+    ),
+    updateAckedSeq: new PreparedQuery(
+      database,
+      builder
+        .updateTable(TABLES.tasks)
+        .set({ acked_seq: param('ackedSeq') })
+        .where('id', '=', param('id')),
+      ['ackedSeq', 'id'],
+    ),
+    listTasks: new PreparedQuery(
+      database,
+      builder
+        .selectFrom(TABLES.tasks)
+        .selectAll()
+        .where('owner', '=', param('owner'))
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .limit(param('limit')),
+      ['owner', 'limit'],
+    ),
+    listTasksByStatus: new PreparedQuery(
+      database,
+      builder
+        .selectFrom(TABLES.tasks)
+        .selectAll()
+        .where('owner', '=', param('owner'))
+        .where('status', 'in', jsonIds('statuses'))
+        .orderBy('created_at', 'desc')
+        .orderBy('id', 'desc')
+        .limit(param('limit')),
+      ['owner', 'statuses', 'limit'],
+    ),
+    latestSeqs: new PreparedQuery(
+      database,
+      builder.selectFrom(TABLES.tasks).select(['id', 'seq']).where('id', 'in', jsonIds('ids')),
+      ['ids'],
+    ),
+    expiredLeases: new PreparedQuery(
+      database,
+      builder
+        .selectFrom(TABLES.tasks)
+        .selectAll()
+        .where('status', '=', running)
+        .where('lease_expires_at', 'is not', null)
+        .where('lease_expires_at', '<=', param('now'))
+        .orderBy('lease_expires_at')
+        .orderBy('id')
+        .limit(param('limit')),
+      ['now', 'limit'],
+    ),
+    finishedBefore: new PreparedQuery(
+      database,
+      builder
+        .selectFrom(TABLES.tasks)
+        .select('id')
+        .where('status', '<>', running)
+        .where('finished_at', '<=', param('cutoff'))
+        .orderBy('finished_at')
+        .orderBy('id')
+        .limit(param('limit')),
+      ['cutoff', 'limit'],
+    ),
+    deleteEventsOfTasks: new PreparedQuery(
+      database,
+      builder.deleteFrom(TABLES.events).where('task_id', 'in', jsonIds('ids')),
+      ['ids'],
+    ),
+    deleteTasks: new PreparedQuery(
+      database,
+      builder.deleteFrom(TABLES.tasks).where('id', 'in', jsonIds('ids')),
+      ['ids'],
+    ),
+
+    insertEvent: new PreparedInsert(
+      database,
+      builder.insertInto(TABLES.events).values(placeholders(EVENT_COLUMNS, '#0')),
+      {
+        columns: EVENT_COLUMNS,
+        rows: 1,
+      },
+    ),
+    insertEvents: new PreparedInsert(
+      database,
+      builder
+        .insertInto(TABLES.events)
+        .values(
+          Array.from({ length: EVENT_INSERT_ROWS }, (_, row) => placeholders(EVENT_COLUMNS, `#${row}`)),
+        ),
+      { columns: EVENT_COLUMNS, rows: EVENT_INSERT_ROWS },
+    ),
+    selectEvents: new PreparedQuery(
+      database,
+      builder
+        .selectFrom(TABLES.events)
+        .select(EVENT_COLUMNS)
+        .where('task_id', '=', param('taskId'))
+        .where('seq', '>', param('afterSeq'))
+        .orderBy('seq')
+        .limit(param('limit')),
+      ['taskId', 'afterSeq', 'limit'],
+    ),
+    eventsSince: new PreparedQuery(
+      database,
+      builder
+        .selectFrom(TABLES.events)
+        .select(['id', 'task_id', 'seq', 'type'])
+        .where('id', '>', param('afterId'))
+        .orderBy('id')
+        .limit(param('limit')),
+      ['afterId', 'limit'],
+    ),
+    maxEventId: new PreparedQuery(
+      database,
+      builder.selectFrom(TABLES.events).select((eb) => eb.fn.max('id').as('id')),
+      [],
+    ),
+  };
+}
+
+/** The store's prepared statements. */
+export type SqliteStatements = ReturnType<typeof prepareStatements>;

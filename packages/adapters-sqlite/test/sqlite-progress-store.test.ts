@@ -1,0 +1,428 @@
+import { existsSync } from 'node:fs';
+import type { ProgressStore, TaskChange } from '@finishline/core';
+import { ErrorCode, isProgressError, LIMITS } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import Database from 'better-sqlite3';
+import { describe, expect, it, vi } from 'vitest';
+import type { SqliteDatabase, SqliteProgressStoreOptions } from '../src/index.js';
+import { SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
+import { eventually, tempDatabase } from './support/temp-database.js';
+
+async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
+  const error = await promise.then(
+    (value) => new Error(`resolved with ${JSON.stringify(value)}`),
+    (reason: unknown) => reason,
+  );
+  expect(isProgressError(error, code), `expected ${code}, got ${String(error)}`).toBe(true);
+}
+
+function expectThrowsCode(action: () => unknown, code: ErrorCode, message?: RegExp): void {
+  let thrown: unknown;
+  try {
+    action();
+  } catch (error) {
+    thrown = error;
+  }
+  expect(isProgressError(thrown, code), `expected ${code}, got ${String(thrown)}`).toBe(true);
+  if (message) expect((thrown as Error).message).toMatch(message);
+}
+
+describe('options', () => {
+  it('exports frozen defaults', () => {
+    expect(Object.isFrozen(SQLITE_STORE_DEFAULTS)).toBe(true);
+    expect(SQLITE_STORE_DEFAULTS).toMatchObject({
+      synchronous: 'normal',
+      busyTimeoutMs: 5000,
+      dataVersionPollMs: 50,
+      maxBatchSize: 1000,
+    });
+  });
+
+  it('rejects bad options at construction with invalid_input naming the option', () => {
+    const bad: [unknown, RegExp][] = [
+      [undefined, /options must be an object/],
+      [{}, /database must be/],
+      [{ database: '' }, /database must be a non-empty path/],
+      [{ database: 42 }, /database must be/],
+      [{ database: { close() {} } }, /database must be/],
+      [{ database: ':memory:', synchronous: 'off' }, /synchronous/],
+      [{ database: ':memory:', busyTimeoutMs: -1 }, /busyTimeoutMs/],
+      [{ database: ':memory:', dataVersionPollMs: 1.5 }, /dataVersionPollMs/],
+      [{ database: ':memory:', maxBatchSize: 0 }, /maxBatchSize/],
+      [{ database: ':memory:', clock: 5 }, /clock/],
+      [{ database: ':memory:', onError: 'log' }, /onError/],
+      [{ database: ':memory:', path: 'x.db' }, /unknown option "path"/],
+    ];
+    for (const [options, message] of bad) {
+      expectThrowsCode(
+        () => new SqliteProgressStore(options as SqliteProgressStoreOptions),
+        ErrorCode.InvalidInput,
+        message,
+      );
+    }
+  });
+
+  it('configures the connection: WAL, synchronous and busy_timeout as asked', async () => {
+    const db = tempDatabase();
+    const database = new Database(db.file);
+    const store = new SqliteProgressStore({ database, synchronous: 'full', busyTimeoutMs: 1234 });
+    expect(database.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(database.pragma('synchronous', { simple: true })).toBe(2);
+    expect(database.pragma('busy_timeout', { simple: true })).toBe(1234);
+    await store.close();
+    const normal = new SqliteProgressStore({ database });
+    expect(database.pragma('synchronous', { simple: true })).toBe(1);
+    await normal.close();
+    database.close();
+    db.remove();
+  });
+
+  it('a file that cannot be opened is store_unavailable', () => {
+    expectThrowsCode(
+      () => new SqliteProgressStore({ database: '/nonexistent-dir/finishline/progress.db' }),
+      ErrorCode.StoreUnavailable,
+    );
+  });
+});
+
+describe('ownership and closing', () => {
+  it('never closes a database the caller opened', async () => {
+    const database = new Database(':memory:');
+    // A better-sqlite3 Database satisfies the structural driver interface without a cast.
+    const driver: SqliteDatabase = database;
+    const store = new SqliteProgressStore({ database: driver });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    await store.close();
+    expect(database.open).toBe(true);
+    expect(database.prepare('SELECT count(*) FROM finishline_tasks').pluck().get()).toBe(1);
+    database.close();
+  });
+
+  it('closes the database it opened (SQLite removes the WAL when its last connection closes)', async () => {
+    const db = tempDatabase();
+    const store = new SqliteProgressStore({ database: db.file });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    expect(existsSync(`${db.file}-wal`)).toBe(true);
+    await store.close();
+    expect(existsSync(`${db.file}-wal`)).toBe(false);
+    db.remove();
+  });
+
+  it('commits queued appends on close, then rejects every call with closed', async () => {
+    const db = tempDatabase();
+    const store = new SqliteProgressStore({ database: db.file });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const queued = store.append('a', { type: 'completed' });
+    await store.close();
+    await store.close();
+    expect((await queued).event.seq).toBe(1);
+    const calls: (() => Promise<unknown>)[] = [
+      () => store.createTask({ owner: 'alice', kind: 'k' }),
+      () => store.getTask('a'),
+      () => store.listTasks({ owner: 'alice' }),
+      () => store.append('a', { type: 'progress' }),
+      () => store.readEvents('a', 0),
+      () => store.latestSeqs(['a']),
+      () => store.ack('a', 1),
+      () => store.renewLease('a', 'w', 100),
+      () => store.releaseLease('a', 'w'),
+      () => store.reapExpiredLeases(),
+      () => store.purgeFinished({ olderThanMs: 0 }),
+    ];
+    for (const call of calls) await expectCode(call(), ErrorCode.Closed);
+    const reopened = new SqliteProgressStore({ database: db.file });
+    expect((await reopened.getTask('a'))?.status).toBe('completed');
+    await reopened.close();
+    db.remove();
+  });
+
+  it('an append queued by a listener while close() runs inside a commit is rejected with closed', async () => {
+    const store = new SqliteProgressStore({ database: ':memory:' });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    let late: Promise<unknown> | undefined;
+    store.changes.subscribe(() => {
+      if (late) return;
+      late = store.append('a', { type: 'progress', done: 2 });
+      void store.close();
+    });
+    await store.append('a', { type: 'progress', done: 1 });
+    await expectCode(late!, ErrorCode.Closed);
+  });
+
+  it('leaves no timer or immediate behind after close()', async () => {
+    const db = tempDatabase();
+    const refResources = () =>
+      process.getActiveResourcesInfo().filter((name) => name === 'Timeout' || name === 'Immediate');
+    const before = refResources();
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'setImmediate', 'clearImmediate'] });
+    try {
+      const store = new SqliteProgressStore({ database: db.file });
+      expect(vi.getTimerCount(), 'the data_version poll').toBe(1);
+      await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+      const queued = store.append('a', { type: 'progress', done: 1 });
+      expect(vi.getTimerCount(), 'poll + scheduled group commit').toBe(2);
+      await store.close();
+      expect(vi.getTimerCount()).toBe(0);
+      expect((await queued).event.seq).toBe(1);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(refResources()).toEqual(before);
+    db.remove();
+  });
+
+  it('does not poll an in-memory database or when polling is off', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    try {
+      const memory = new SqliteProgressStore({ database: ':memory:' });
+      expect(vi.getTimerCount()).toBe(0);
+      await memory.close();
+      const db = tempDatabase();
+      const off = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
+      expect(vi.getTimerCount()).toBe(0);
+      await off.close();
+      db.remove();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('two stores on one file (one process, two connections)', () => {
+  async function pair(clock: ManualClock) {
+    const db = tempDatabase();
+    const a = new SqliteProgressStore({ database: db.file, clock: clock.now, dataVersionPollMs: 5 });
+    const b = new SqliteProgressStore({ database: db.file, clock: clock.now, dataVersionPollMs: 5 });
+    const seen = new Map<ProgressStore, TaskChange[]>([
+      [a, []],
+      [b, []],
+    ]);
+    for (const [store, changes] of seen) store.changes.subscribe((change) => changes.push(change));
+    return {
+      a,
+      b,
+      seen: (store: ProgressStore) => seen.get(store)!,
+      close: async () => {
+        await a.close();
+        await b.close();
+        db.remove();
+      },
+    };
+  }
+
+  it('reaping the same expired lease from both yields exactly one interrupted event, seen once by each', async () => {
+    const clock = new ManualClock();
+    const { a, b, seen, close } = await pair(clock);
+    try {
+      await a.createTask({ id: 'job', owner: 'alice', kind: 'k', lease: { owner: 'worker-1', ttlMs: 1000 } });
+      await a.append('job', { type: 'item', key: 'n-1', ok: true });
+      clock.advance(1000);
+      const [fromA, fromB] = await Promise.all([a.reapExpiredLeases(), b.reapExpiredLeases()]);
+      expect(fromA.length + fromB.length).toBe(1);
+      const [reaped] = [...fromA, ...fromB];
+      expect(reaped?.event).toMatchObject({
+        type: 'interrupted',
+        seq: 2,
+        reason: 'lease of worker worker-1 expired',
+      });
+      expect((await b.readEvents('job', 0)).map((event) => event.type)).toEqual(['item', 'interrupted']);
+      expect(await a.reapExpiredLeases()).toEqual([]);
+      for (const store of [a, b]) {
+        await eventually('the interrupted change', () => seen(store).some((change) => change.terminal));
+        expect(seen(store).map((change) => change.seq)).toEqual([1, 2]);
+      }
+    } finally {
+      await close();
+    }
+  });
+
+  it('each store publishes the other’s commits in order, interleaved with its own', async () => {
+    const clock = new ManualClock();
+    const { a, b, seen, close } = await pair(clock);
+    try {
+      await a.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      for (let round = 0; round < 20; round++) {
+        const writer = round % 2 === 0 ? a : b;
+        await Promise.all([1, 2, 3].map((done) => writer.append('job', { type: 'progress', done })));
+      }
+      await b.append('job', { type: 'completed' });
+      for (const store of [a, b]) {
+        await eventually('the terminal change', () => seen(store).some((change) => change.terminal));
+        expect(seen(store).map((change) => change.seq)).toEqual(Array.from({ length: 61 }, (_, i) => i + 1));
+      }
+    } finally {
+      await close();
+    }
+  });
+});
+
+describe('retention', () => {
+  it('deletes finished tasks and their events for real, oldest first, in batches', async () => {
+    const db = tempDatabase();
+    const clock = new ManualClock();
+    const store = new SqliteProgressStore({ database: db.file, clock: clock.now });
+    const raw = new Database(db.file, { readonly: true });
+    const count = (table: string, taskId: string) =>
+      raw
+        .prepare(`SELECT count(*) FROM ${table} WHERE ${table === 'finishline_tasks' ? 'id' : 'task_id'} = ?`)
+        .pluck()
+        .get(taskId);
+    try {
+      for (const id of ['old-1', 'old-2', 'old-3', 'recent', 'running']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k' });
+        await store.append(id, { type: 'item', key: 'n', ok: true });
+      }
+      for (const id of ['old-2', 'old-1', 'old-3']) {
+        await store.append(id, { type: 'completed' });
+        clock.advance(10);
+      }
+      clock.advance(100_000);
+      await store.append('recent', { type: 'failed', error: { code: 'E', message: 'boom' } });
+      clock.advance(1000);
+
+      expect(await store.purgeFinished({ olderThanMs: 50_000, limit: 2 })).toBe(2);
+      expect(count('finishline_tasks', 'old-2')).toBe(0);
+      expect(count('finishline_events', 'old-2')).toBe(0);
+      expect(count('finishline_tasks', 'old-1')).toBe(0);
+      expect(count('finishline_events', 'old-1')).toBe(0);
+      expect(count('finishline_events', 'old-3')).toBe(2);
+      expect(await store.purgeFinished({ olderThanMs: 50_000, limit: 2 })).toBe(1);
+      expect(await store.purgeFinished({ olderThanMs: 50_000 })).toBe(0);
+      expect(count('finishline_events', 'old-3')).toBe(0);
+      expect(count('finishline_events', 'recent')).toBe(2);
+      expect(count('finishline_events', 'running')).toBe(1);
+      await expectCode(store.readEvents('old-1', 0), ErrorCode.TaskNotFound);
+      expect((await store.listTasks({ owner: 'alice' })).map((task) => task.id).sort()).toEqual([
+        'recent',
+        'running',
+      ]);
+    } finally {
+      raw.close();
+      await store.close();
+      db.remove();
+    }
+  });
+});
+
+describe('operator views', () => {
+  it('finishline_unprocessed_events lists exactly the events above each task’s acked seq', async () => {
+    const database = new Database(':memory:');
+    const store = new SqliteProgressStore({ database });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'batch_taint' });
+    await store.createTask({ id: 'b', owner: 'bob', kind: 'batch_taint' });
+    for (const done of [1, 2, 3]) await store.append('a', { type: 'progress', done });
+    await store.append('a', { type: 'completed' });
+    await store.append('b', { type: 'item', key: 'n-1', ok: false, error: 'conflict' });
+    await store.ack('a', 2);
+    const unprocessed = () =>
+      database
+        .prepare('SELECT task_id, seq, type, owner FROM finishline_unprocessed_events ORDER BY task_id, seq')
+        .all();
+    expect(unprocessed()).toEqual([
+      { task_id: 'a', seq: 3, type: 'progress', owner: 'alice' },
+      { task_id: 'a', seq: 4, type: 'completed', owner: 'alice' },
+      { task_id: 'b', seq: 1, type: 'item', owner: 'bob' },
+    ]);
+    expect(
+      database
+        .prepare("SELECT seq, processed FROM finishline_event_log WHERE task_id = 'a' ORDER BY seq")
+        .all(),
+    ).toEqual([
+      { seq: 1, processed: 1 },
+      { seq: 2, processed: 1 },
+      { seq: 3, processed: 0 },
+      { seq: 4, processed: 0 },
+    ]);
+    await store.ack('a', 4);
+    await store.ack('b', 1);
+    expect(unprocessed()).toEqual([]);
+    await store.close();
+    database.close();
+  });
+});
+
+describe('bad input and damaged data', () => {
+  it('oversized payloads, invalid ids and unknown tasks get typed errors, never a crash', async () => {
+    const store = new SqliteProgressStore({ database: ':memory:' });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const huge = 'x'.repeat(LIMITS.maxJsonBytes);
+    await expectCode(
+      store.append('a', { type: 'item', key: 'n', ok: true, detail: { huge } }),
+      ErrorCode.InvalidInput,
+    );
+    await expectCode(store.append('a', { type: 'completed', result: [huge] }), ErrorCode.InvalidInput);
+    await expectCode(
+      store.append('a', { type: 'progress', message: 'm'.repeat(LIMITS.maxMessageLength + 1) }),
+      ErrorCode.InvalidInput,
+    );
+    await expectCode(
+      store.createTask({ id: "a'; DROP TABLE finishline_tasks; --", owner: 'alice', kind: 'k' }),
+      ErrorCode.InvalidInput,
+    );
+    await expectCode(store.createTask({ id: 'a', owner: 'alice', kind: 'k' }), ErrorCode.InvalidInput);
+    await expectCode(store.getTask('x'.repeat(LIMITS.maxIdLength + 1)), ErrorCode.InvalidInput);
+    await expectCode(store.latestSeqs(['a', 'bad id']), ErrorCode.InvalidInput);
+    await expectCode(store.readEvents('a', -1), ErrorCode.InvalidInput);
+    await expectCode(store.readEvents('ghost', 0), ErrorCode.TaskNotFound);
+    await expectCode(store.append('ghost', { type: 'progress' }), ErrorCode.TaskNotFound);
+    await expectCode(store.ack('ghost', 0), ErrorCode.TaskNotFound);
+    await expectCode(store.ack('a', 1), ErrorCode.InvalidInput);
+    await expectCode(store.renewLease('ghost', 'w', 10), ErrorCode.TaskNotFound);
+    await expectCode(store.renewLease('a', 'w', 0), ErrorCode.InvalidInput);
+    expect(await store.latestSeqs(['a', 'ghost'])).toEqual(new Map([['a', 0]]));
+    expect((await store.listTasks({ owner: 'alice' })).map((task) => task.id)).toEqual(['a']);
+    await store.close();
+  });
+
+  it('a damaged JSON column read back is ProgressError internal, and other tasks stay readable', async () => {
+    const database = new Database(':memory:');
+    const store = new SqliteProgressStore({ database });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    await store.createTask({ id: 'b', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1 } });
+    await store.append('a', { type: 'item', key: 'n-1', ok: true, detail: { zone: 1 } });
+    await store.append('a', { type: 'completed', result: { n: 1 } });
+    database
+      .prepare(
+        'UPDATE finishline_events SET payload = \'{"key": "n-1", "ok": tru\' WHERE task_id = \'a\' AND seq = 1',
+      )
+      .run();
+    database.prepare("UPDATE finishline_tasks SET result = 'not json' WHERE id = 'a'").run();
+    await expectCode(store.readEvents('a', 0), ErrorCode.Internal);
+    await expectCode(store.getTask('a'), ErrorCode.Internal);
+    await expectCode(store.append('a', { type: 'progress' }), ErrorCode.Internal);
+    expect((await store.readEvents('a', 1)).map((event) => event.type)).toEqual(['completed']);
+    expect((await store.getTask('b'))?.status).toBe('running');
+    // A damaged row does not stop reaping the others.
+    database
+      .prepare(
+        "UPDATE finishline_tasks SET status = 'running', lease_expires_at = 0, result = 'not json' WHERE id = 'a'",
+      )
+      .run();
+    const errors: unknown[] = [];
+    const reaper = new SqliteProgressStore({
+      database,
+      onError: (error) => errors.push(error),
+      clock: () => Date.now() + 10_000,
+    });
+    expect((await reaper.reapExpiredLeases()).map((result) => result.task.id)).toEqual(['b']);
+    expect(errors.some((error) => isProgressError(error, ErrorCode.Internal))).toBe(true);
+    await reaper.close();
+    await store.close();
+    database.close();
+  });
+
+  it('a listener that throws is reported to onError and does not disturb the append or other listeners', async () => {
+    const errors: unknown[] = [];
+    const store = new SqliteProgressStore({ database: ':memory:', onError: (error) => errors.push(error) });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const seen: number[] = [];
+    store.changes.subscribe(() => {
+      throw new Error('listener bug');
+    });
+    store.changes.subscribe(({ seq }) => seen.push(seq));
+    expect((await store.append('a', { type: 'progress', done: 1 })).event.seq).toBe(1);
+    expect(seen).toEqual([1]);
+    expect(errors).toHaveLength(1);
+    await store.close();
+  });
+});
