@@ -1,0 +1,52 @@
+import type { IncomingMessage } from 'node:http';
+import { describe, expect, it } from 'vitest';
+import { bearerToken, isOriginAllowed, queryToken } from './auth.js';
+
+const request = (headers: Record<string, string>, url = '/progress') =>
+  ({ headers, url }) as unknown as IncomingMessage;
+
+describe('isOriginAllowed', () => {
+  it('same-origin compares the Origin host with the Host header, case-insensitively', () => {
+    expect(
+      isOriginAllowed(
+        request({ host: 'App.example:8080', origin: 'https://app.example:8080' }),
+        'same-origin',
+      ),
+    ).toBe(true);
+    expect(
+      isOriginAllowed(request({ host: 'app.example', origin: 'https://app.example.evil' }), 'same-origin'),
+    ).toBe(false);
+    expect(
+      isOriginAllowed(request({ host: 'app.example', origin: 'https://app.example:444' }), 'same-origin'),
+    ).toBe(false);
+    expect(isOriginAllowed(request({ origin: 'https://app.example' }), 'same-origin')).toBe(false);
+    expect(isOriginAllowed(request({ host: 'app.example', origin: 'null' }), 'same-origin')).toBe(false);
+  });
+
+  it('allows requests without Origin (non-browser clients) under every policy', () => {
+    for (const policy of ['same-origin', [], () => false] as const) {
+      expect(isOriginAllowed(request({ host: 'x' }), policy)).toBe(true);
+    }
+  });
+
+  it('matches lists exactly, and a throwing predicate refuses', () => {
+    expect(isOriginAllowed(request({ origin: 'https://a.example' }), ['https://a.example'])).toBe(true);
+    expect(isOriginAllowed(request({ origin: 'https://a.example/' }), ['https://a.example'])).toBe(false);
+    expect(
+      isOriginAllowed(request({ origin: 'https://a.example' }), () => {
+        throw new Error('bug');
+      }),
+    ).toBe(false);
+    expect(isOriginAllowed(request({ origin: 'https://anything' }), '*')).toBe(true);
+  });
+});
+
+describe('credentials', () => {
+  it('reads bearer tokens and query tokens', () => {
+    expect(bearerToken(request({ authorization: 'Bearer abc.def' }))).toBe('abc.def');
+    expect(bearerToken(request({ authorization: 'bearer  xyz ' }))).toBe('xyz');
+    expect(bearerToken(request({ authorization: 'Basic abc' }))).toBeUndefined();
+    expect(queryToken(request({}, '/progress?token=t1&x=2'), 'token')).toBe('t1');
+    expect(queryToken(request({}, '/progress?token='), 'token')).toBeUndefined();
+  });
+});

@@ -1,0 +1,108 @@
+import type { IncomingMessage } from 'node:http';
+import type { Task } from '@finishline/core';
+
+/**
+ * Who is asking. Finishline only reads `id` (the default authorization compares it with a task's
+ * `owner`); applications may carry more (roles, tenant) in a subtype and read it in their `authorize`.
+ */
+export interface Principal {
+  readonly id: string;
+}
+
+/** What a principal wants to do with a task, passed to {@link AuthorizeHook}. */
+export type TaskAction = 'watch' | 'cancel';
+
+/**
+ * Establishes the principal of an HTTP request or WebSocket upgrade from its headers or cookies, or
+ * returns `null` (or `undefined`) when it carries no valid credentials. May be async. A hook that throws
+ * is treated as a server error (HTTP 500), never as a principal.
+ */
+export type AuthenticateHook<P extends Principal> = (
+  request: IncomingMessage,
+) => P | null | undefined | Promise<P | null | undefined>;
+
+/**
+ * Establishes the principal from a bearer token: the `token` of a first-frame `auth` message, an HTTP
+ * `Authorization: Bearer …` header, or (only when `tokenQueryParam` is set) a URL query parameter.
+ */
+export type AuthenticateTokenHook<P extends Principal> = (
+  token: string,
+  request: IncomingMessage,
+) => P | null | undefined | Promise<P | null | undefined>;
+
+/**
+ * Decides whether `principal` may `action` the task. May be async. A hook that throws refuses.
+ * The default allows exactly the task's owner: `task.owner === principal.id`.
+ */
+export type AuthorizeHook<P extends Principal> = (
+  principal: P,
+  task: Task,
+  action: TaskAction,
+) => boolean | Promise<boolean>;
+
+/**
+ * Which browser origins may open a socket:
+ * - `'same-origin'` (the default): the `Origin` header's host must equal the request's `Host` header;
+ * - a list of exact origins, e.g. `['https://app.example.com']`;
+ * - a predicate;
+ * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
+ *   the user's cookies (cross-site WebSocket hijacking). Use it only when authentication never relies on
+ *   cookies.
+ *
+ * Requests without an `Origin` header (non-browser clients: Node, curl) are always allowed: browsers
+ * always send one on WebSocket upgrades, so its absence cannot be forged by a web page.
+ */
+export type AllowedOrigins =
+  | 'same-origin'
+  | '*'
+  | readonly string[]
+  | ((origin: string, request: IncomingMessage) => boolean);
+
+/** The default authorization rule: the principal owns the task. */
+export function ownerOnly(principal: Principal, task: Task): boolean {
+  return task.owner === principal.id;
+}
+
+/** Whether the request's `Origin` (if any) is allowed by `allowed`. Never throws. */
+export function isOriginAllowed(request: IncomingMessage, allowed: AllowedOrigins): boolean {
+  const origin = request.headers.origin;
+  if (origin === undefined) return true;
+  try {
+    if (allowed === '*') return true;
+    if (allowed === 'same-origin') {
+      const host = request.headers.host;
+      if (host === undefined) return false;
+      return new URL(origin).host.toLowerCase() === host.toLowerCase();
+    }
+    if (typeof allowed === 'function') return allowed(origin, request) === true;
+    return allowed.includes(origin);
+  } catch {
+    // A malformed Origin header (or a predicate that throws) refuses rather than crashing the upgrade.
+    return false;
+  }
+}
+
+/** The token of an `Authorization: Bearer <token>` header, if any. */
+export function bearerToken(request: IncomingMessage): string | undefined {
+  const header = request.headers.authorization;
+  if (header === undefined) return undefined;
+  const match = /^Bearer\s+(\S+)\s*$/i.exec(header);
+  return match?.[1];
+}
+
+/** The value of query parameter `name` in the request URL, if any. */
+export function queryToken(request: IncomingMessage, name: string): string | undefined {
+  try {
+    const value = new URL(request.url ?? '/', 'http://localhost').searchParams.get(name);
+    return value === null || value === '' ? undefined : value;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The request's path without its query string. */
+export function pathOf(url: string | undefined): string {
+  if (url === undefined) return '/';
+  const query = url.indexOf('?');
+  return query === -1 ? url : url.slice(0, query);
+}

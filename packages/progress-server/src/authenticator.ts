@@ -1,0 +1,112 @@
+import type { IncomingMessage } from 'node:http';
+import type { Task } from '@finishline/core';
+import { LIMITS } from '@finishline/core';
+import type {
+  AuthenticateHook,
+  AuthenticateTokenHook,
+  AuthorizeHook,
+  Principal,
+  TaskAction,
+} from './auth.js';
+import { bearerToken, queryToken } from './auth.js';
+import type { ProgressLogger } from './logger.js';
+import { describeError } from './logger.js';
+
+/** What an upgrade's credentials established. */
+export type UpgradeAuth<P> =
+  | { kind: 'principal'; principal: P }
+  /** No credentials at the upgrade, but the socket may authenticate with a first `auth` frame. */
+  | { kind: 'deferred' }
+  | { kind: 'refused' };
+
+/**
+ * Runs the application's authentication and authorization hooks the same way for upgrades, `auth`
+ * frames and HTTP requests. Authentication hooks that throw propagate (the caller answers 500 / 1011);
+ * an authorization hook that throws refuses.
+ */
+export class Authenticator<P extends Principal> {
+  readonly #authenticate: AuthenticateHook<P> | undefined;
+  readonly #authenticateToken: AuthenticateTokenHook<P> | undefined;
+  readonly #authorize: AuthorizeHook<P>;
+  readonly #tokenQueryParam: string | false;
+  readonly #logger: ProgressLogger;
+
+  constructor(options: {
+    authenticate: AuthenticateHook<P> | undefined;
+    authenticateToken: AuthenticateTokenHook<P> | undefined;
+    authorize: AuthorizeHook<P>;
+    tokenQueryParam: string | false;
+    logger: ProgressLogger;
+  }) {
+    this.#authenticate = options.authenticate;
+    this.#authenticateToken = options.authenticateToken;
+    this.#authorize = options.authorize;
+    this.#tokenQueryParam = options.tokenQueryParam;
+    this.#logger = options.logger;
+  }
+
+  /** Whether sockets may authenticate with a first `auth` frame. */
+  get acceptsTokenFrames(): boolean {
+    return this.#authenticateToken !== undefined;
+  }
+
+  /**
+   * The principal of an upgrade: `authenticate(request)`, else a bearer header or (when enabled) the
+   * query token through `authenticateToken`. Credentials that were presented and rejected refuse;
+   * none at all defer to the first frame when token frames are accepted.
+   */
+  async fromUpgrade(request: IncomingMessage): Promise<UpgradeAuth<P>> {
+    const direct = await this.#fromRequest(request);
+    if (direct !== undefined) return { kind: 'principal', principal: direct };
+    const token =
+      bearerToken(request) ??
+      (this.#tokenQueryParam === false ? undefined : queryToken(request, this.#tokenQueryParam));
+    if (token !== undefined && this.#authenticateToken !== undefined) {
+      const principal = await this.fromToken(token, request);
+      return principal === undefined ? { kind: 'refused' } : { kind: 'principal', principal };
+    }
+    return this.#authenticateToken === undefined ? { kind: 'refused' } : { kind: 'deferred' };
+  }
+
+  /** The principal of an HTTP request: `authenticate(request)`, else a bearer token. */
+  async fromHttp(request: IncomingMessage): Promise<P | undefined> {
+    const direct = await this.#fromRequest(request);
+    if (direct !== undefined) return direct;
+    const token = bearerToken(request);
+    if (token === undefined || this.#authenticateToken === undefined) return undefined;
+    return this.fromToken(token, request);
+  }
+
+  /** The principal a token stands for, or `undefined`. */
+  async fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {
+    if (this.#authenticateToken === undefined || token.length > LIMITS.maxTokenLength) return undefined;
+    return this.#checked(await this.#authenticateToken(token, request));
+  }
+
+  /** Whether `principal` may `action` the task; a hook that throws or returns a non-boolean refuses. */
+  async authorize(principal: P, task: Task, action: TaskAction): Promise<boolean> {
+    try {
+      return (await this.#authorize(principal, task, action)) === true;
+    } catch (error) {
+      this.#logger.error(
+        { err: describeError(error), taskId: task.id, action },
+        'authorize hook threw; refusing',
+      );
+      return false;
+    }
+  }
+
+  async #fromRequest(request: IncomingMessage): Promise<P | undefined> {
+    if (this.#authenticate === undefined) return undefined;
+    return this.#checked(await this.#authenticate(request));
+  }
+
+  #checked(value: P | null | undefined): P | undefined {
+    if (value === null || value === undefined) return undefined;
+    if (typeof value !== 'object' || typeof value.id !== 'string' || value.id === '') {
+      this.#logger.error({}, 'authentication hook returned a principal without a string id; refusing');
+      return undefined;
+    }
+    return value;
+  }
+}

@@ -1,0 +1,408 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ProgressStore, Task, TaskStatus } from '@finishline/core';
+import {
+  ErrorCode,
+  ID_PATTERN,
+  isProgressError,
+  LIMITS,
+  ProgressError,
+  STORE_DEFAULTS,
+  TASK_STATUSES,
+  toTaskView,
+} from '@finishline/core';
+import type { Principal } from './auth.js';
+import { pathOf } from './auth.js';
+import type { Authenticator } from './authenticator.js';
+import type { ProgressLogger } from './logger.js';
+import { describeError } from './logger.js';
+import type { ServerMetrics } from './metrics.js';
+import type { TaskApi } from './task-api.js';
+
+/**
+ * A request handler in the shape node `http`, Express and Connect share. Requests outside `basePath` (or
+ * to unknown routes under it) are passed to `next` when there is one, else answered with 404.
+ */
+export type HttpHandler = (
+  request: IncomingMessage,
+  response: ServerResponse,
+  next?: (error?: unknown) => void,
+) => void;
+
+/** Options of {@link ProgressServer.httpHandler}. */
+export interface HttpHandlerOptions {
+  /**
+   * Path prefix of the routes, without a trailing slash.
+   * @default '/progress'
+   */
+  basePath?: string;
+}
+
+/** The defaults of {@link HttpHandlerOptions}. */
+export const HTTP_HANDLER_DEFAULTS = Object.freeze({ basePath: '/progress' });
+
+/** HTTP status of each error code (docs/errors.md). */
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
+  invalid_frame: 400,
+  frame_too_large: 413,
+  unknown_frame: 400,
+  unsupported_protocol: 400,
+  unauthenticated: 401,
+  forbidden: 403,
+  rate_limited: 429,
+  too_many_subscriptions: 429,
+  invalid_input: 400,
+  task_not_found: 404,
+  task_finished: 409,
+  lease_held: 409,
+  store_unavailable: 503,
+  closed: 503,
+  internal: 500,
+});
+
+/** Largest request body read (the cancel route's `{ reason }`). */
+const MAX_BODY_BYTES = 16 * 1024;
+/** Default and largest page of `GET …/events`. */
+const EVENTS_DEFAULT_LIMIT = 100;
+const EVENTS_MAX_LIMIT = 1000;
+
+/** @internal */
+export interface HttpHandlerContext<P extends Principal> {
+  auth: Authenticator<P>;
+  tasks: TaskApi;
+  store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
+  metrics: ServerMetrics;
+  logger: ProgressLogger;
+}
+
+/** A refusal with its HTTP status (and extra headers, e.g. `Allow`). */
+class HttpError extends Error {
+  readonly status: number;
+  readonly code: ErrorCode;
+  readonly headers: Record<string, string>;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    http: { status?: number; headers?: Record<string, string> } = {},
+  ) {
+    super(message);
+    this.code = code;
+    this.status = http.status ?? HTTP_STATUS[code];
+    this.headers = http.headers ?? {};
+  }
+}
+
+function fromCode(code: ErrorCode, message: string): HttpError {
+  return new HttpError(code, message);
+}
+
+/** The JSON error body every refusal carries. */
+function errorBody(code: ErrorCode, message: string): { error: { code: ErrorCode; message: string } } {
+  return { error: { code, message } };
+}
+
+type Route =
+  | { name: 'list' }
+  | { name: 'task'; taskId: string }
+  | { name: 'events'; taskId: string }
+  | { name: 'cancel'; taskId: string };
+
+const ALLOWED: Record<Route['name'], string> = { list: 'GET', task: 'GET', events: 'GET', cancel: 'POST' };
+
+/**
+ * Builds the HTTP API (see the package README for the routes). Every route authenticates like the
+ * upgrade does (`authenticate(request)`, else an `Authorization: Bearer` token through
+ * `authenticateToken`) and authorizes per task; a refused request gets no task data.
+ *
+ * @internal
+ */
+export function createHttpHandler<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  options: HttpHandlerOptions = {},
+): HttpHandler {
+  if (typeof options !== 'object' || options === null) {
+    throw new ProgressError(ErrorCode.InvalidInput, 'httpHandler: options must be an object');
+  }
+  const basePath = options.basePath ?? HTTP_HANDLER_DEFAULTS.basePath;
+  if (
+    typeof basePath !== 'string' ||
+    !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))
+  ) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `httpHandler: basePath must be '' or start with '/' and not end with '/', got ${JSON.stringify(basePath)}`,
+    );
+  }
+
+  return (request, response, next) => {
+    let route: Route | undefined;
+    let url: URL;
+    try {
+      // Express strips a mount path from `url`; `originalUrl` keeps it.
+      const raw = (request as { originalUrl?: string }).originalUrl ?? request.url ?? '/';
+      url = new URL(raw, 'http://localhost');
+      route = matchRoute(pathOf(raw), basePath);
+    } catch {
+      route = undefined;
+      url = new URL('http://localhost/');
+    }
+    if (route === undefined) {
+      if (next !== undefined) next();
+      else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
+      return;
+    }
+    const matched = route;
+    serve(ctx, matched, url, request).then(
+      (body) => send(response, { status: 200, body }),
+      (error: unknown) => {
+        if (error instanceof HttpError) {
+          send(response, {
+            status: error.status,
+            body: errorBody(error.code, error.message),
+            headers: error.headers,
+          });
+          return;
+        }
+        if (isProgressError(error)) {
+          if (error.code === ErrorCode.StoreUnavailable || error.code === ErrorCode.Internal) {
+            ctx.metrics.storeErrors.inc();
+          }
+          send(response, { status: HTTP_STATUS[error.code], body: errorBody(error.code, error.message) });
+          return;
+        }
+        ctx.metrics.handlerErrors.inc();
+        ctx.logger.error({ err: describeError(error), route: matched.name }, 'HTTP handler failed');
+        send(response, { status: 500, body: errorBody(ErrorCode.Internal, 'Internal error') });
+      },
+    );
+  };
+}
+
+function matchRoute(path: string, basePath: string): Route | undefined {
+  if (!path.startsWith(`${basePath}/`)) return undefined;
+  const segments = path.slice(basePath.length + 1).split('/');
+  if (segments[0] !== 'tasks') return undefined;
+  if (segments.length === 1) return { name: 'list' };
+  // Ids may contain '/', so clients percent-encode them (encodeURIComponent) into one segment.
+  const taskId = decodeURIComponent(segments[1] ?? '');
+  if (segments.length === 2) return { name: 'task', taskId };
+  if (segments.length === 3 && segments[2] === 'events') return { name: 'events', taskId };
+  if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', taskId };
+  return undefined;
+}
+
+async function serve<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  route: Route,
+  url: URL,
+  request: IncomingMessage,
+): Promise<unknown> {
+  const method = request.method ?? 'GET';
+  const allowed = ALLOWED[route.name];
+  if (method !== allowed && !(allowed === 'GET' && method === 'HEAD')) {
+    throw new HttpError(ErrorCode.InvalidInput, `Use ${allowed} on this route`, {
+      status: 405,
+      headers: { allow: allowed },
+    });
+  }
+  let principal: P | undefined;
+  try {
+    principal = await ctx.auth.fromHttp(request);
+  } catch (error) {
+    ctx.metrics.handlerErrors.inc();
+    ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
+    throw fromCode(ErrorCode.Internal, 'Authentication failed');
+  }
+  if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+
+  switch (route.name) {
+    case 'list': {
+      const statuses = parseStatuses(url.searchParams.get('status'));
+      const limit = parseInteger(url.searchParams.get('limit'), {
+        name: 'limit',
+        fallback: STORE_DEFAULTS.listLimit,
+        min: 1,
+        max: 1000,
+      });
+      const tasks = await ctx.store.listTasks({
+        owner: principal.id,
+        limit,
+        ...(statuses === undefined ? {} : { statuses }),
+      });
+      return { tasks: tasks.map(toTaskView) };
+    }
+    case 'task': {
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      return { task: toTaskView(task) };
+    }
+    case 'events': {
+      const afterSeq = parseInteger(url.searchParams.get('afterSeq'), {
+        name: 'afterSeq',
+        fallback: 0,
+        min: 0,
+        max: LIMITS.maxCount,
+      });
+      const limit = parseInteger(url.searchParams.get('limit'), {
+        name: 'limit',
+        fallback: EVENTS_DEFAULT_LIMIT,
+        min: 1,
+        max: EVENTS_MAX_LIMIT,
+      });
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      const events = await ctx.store.readEvents(task.id, afterSeq, limit);
+      const last = events.at(-1)?.seq ?? afterSeq;
+      return { task: toTaskView(task), events, hasMore: last < task.seq };
+    }
+    case 'cancel': {
+      const body = await readJsonBody(request);
+      const reason = body.reason;
+      if (
+        reason !== undefined &&
+        reason !== null &&
+        (typeof reason !== 'string' || reason.length > LIMITS.maxKeyLength)
+      ) {
+        throw fromCode(
+          ErrorCode.InvalidInput,
+          `reason must be a string of at most ${LIMITS.maxKeyLength} characters`,
+        );
+      }
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel');
+      await ctx.tasks.cancel(task.id, typeof reason === 'string' ? reason : null);
+      const after = await ctx.store.getTask(task.id);
+      return { task: toTaskView(after ?? task) };
+    }
+    default: {
+      const unreachable: never = route;
+      throw new TypeError(`Unknown route ${String(unreachable)}`);
+    }
+  }
+}
+
+/** Not found and not allowed answer differently (404 / 403) but neither carries any task data. */
+async function loadAuthorized<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  principal: P,
+  taskId: string,
+  action: 'watch' | 'cancel',
+): Promise<Task> {
+  if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
+    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
+  }
+  const task = await ctx.store.getTask(taskId);
+  if (task === undefined) throw fromCode(ErrorCode.TaskNotFound, `Task ${taskId} does not exist`);
+  if (!(await ctx.auth.authorize(principal, task, action))) {
+    throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
+  }
+  return task;
+}
+
+function parseInteger(
+  raw: string | null,
+  rule: { name: string; fallback: number; min: number; max: number },
+): number {
+  const { name, fallback, min, max } = rule;
+  if (raw === null || raw === '') return fallback;
+  const value = /^\d{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw fromCode(ErrorCode.InvalidInput, `${name} must be an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+function parseStatuses(raw: string | null): TaskStatus[] | undefined {
+  if (raw === null || raw === '') return undefined;
+  const statuses = raw.split(',');
+  for (const status of statuses) {
+    if (!(TASK_STATUSES as readonly string[]).includes(status)) {
+      throw fromCode(
+        ErrorCode.InvalidInput,
+        `status must be a comma-separated list of ${TASK_STATUSES.join(', ')}`,
+      );
+    }
+  }
+  return statuses as TaskStatus[];
+}
+
+/**
+ * The request's JSON object body: one a framework already parsed (`request.body`), or read from the
+ * stream (at most 16 KiB). An empty body is `{}`.
+ */
+async function readJsonBody(request: IncomingMessage): Promise<Record<string, unknown>> {
+  const parsed = (request as { body?: unknown }).body;
+  let value: unknown;
+  if (parsed !== undefined && !(typeof parsed === 'string' || parsed instanceof Uint8Array)) {
+    value = parsed;
+  } else {
+    const text =
+      typeof parsed === 'string'
+        ? parsed
+        : parsed instanceof Uint8Array
+          ? Buffer.from(parsed).toString('utf8')
+          : await readStream(request);
+    if (text.trim() === '') return {};
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw fromCode(ErrorCode.InvalidInput, 'The body must be JSON');
+    }
+  }
+  if (value === null || value === undefined) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw fromCode(ErrorCode.InvalidInput, 'The body must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+function readStream(request: IncomingMessage): Promise<string> {
+  if (request.readableEnded) return Promise.resolve('');
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        cleanup();
+        request.resume();
+        reject(
+          new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
+            status: 413,
+          }),
+        );
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(Buffer.concat(chunks).toString('utf8'));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const cleanup = () => {
+      request.off('data', onData);
+      request.off('end', onEnd);
+      request.off('error', onError);
+    };
+    request.on('data', onData);
+    request.on('end', onEnd);
+    request.on('error', onError);
+  });
+}
+
+function send(
+  response: ServerResponse,
+  reply: { status: number; body: unknown; headers?: Record<string, string> },
+): void {
+  if (response.headersSent || response.writableEnded || response.destroyed) return;
+  const { status, body, headers = {} } = reply;
+  const text = JSON.stringify(body);
+  response.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  });
+  response.end(text);
+}

@@ -1,0 +1,30 @@
+/**
+ * `@finishline/server`: delivers task progress to watchers over WebSocket and HTTP, with a task API,
+ * `runBatch`, leases, Prometheus metrics and graceful shutdown.
+ *
+ * @packageDocumentation
+ */
+
+export type {
+  AllowedOrigins,
+  AuthenticateHook,
+  AuthenticateTokenHook,
+  AuthorizeHook,
+  Principal,
+  TaskAction,
+} from './auth.js';
+export { ownerOnly } from './auth.js';
+export type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
+export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http-handler.js';
+export type { LeaseKeeper } from './lease-keeper.js';
+export type { LogMethod, ProgressLogger } from './logger.js';
+export { silentLogger } from './logger.js';
+export type { ResyncReason, SafetyNetStats, ServerMetrics } from './metrics.js';
+export type { ProgressServerOptions } from './options.js';
+export { PROGRESS_SERVER_DEFAULTS } from './options.js';
+export type { CloseOptions, ListenOptions } from './progress-server.js';
+export { CLOSE_DEFAULTS, ProgressServer } from './progress-server.js';
+export type { BatchResult, BatchWorker, BatchWorkerContext, RunBatchOptions } from './run-batch.js';
+export { RUN_BATCH_DEFAULTS } from './run-batch.js';
+export type { CreateTaskOptions, TaskApi } from './task-api.js';
+export type { CompleteOptions, ItemUpdate, ProgressUpdate, TaskHandle } from './task-handle.js';

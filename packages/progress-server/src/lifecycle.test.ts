@@ -1,0 +1,135 @@
+import { MemoryProgressStore } from '@finishline/core';
+import { Registry } from 'prom-client';
+import { describe, expect, it } from 'vitest';
+import { PROGRESS_SERVER_DEFAULTS } from './options.js';
+import { ProgressServer } from './progress-server.js';
+import { RawClient, startServer, upgradeStatus } from './testing/harness.js';
+
+/** Metrics exposure, shutdown rules and option validation. */
+
+const noAuth = (): null => null;
+
+describe('metrics', () => {
+  it('exposes the documented metrics on the registry with the prefix', async () => {
+    const registry = new Registry();
+    const env = await startServer({ registry, metricsPrefix: 'fl_test_' });
+    try {
+      expect(env.server.metrics.registry).toBe(registry);
+      const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+      const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+      client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+      await client.next((frame) => frame.type === 'snapshot');
+      client.sendRaw('garbage');
+      await client.next((frame) => frame.type === 'error');
+      const text = await registry.metrics();
+      for (const name of [
+        'fl_test_sockets 1',
+        'fl_test_subscriptions 1',
+        'fl_test_resumes_total 0',
+        'fl_test_unacked_terminal_events 0',
+        'fl_test_frames_rejected_total{code="invalid_frame"} 1',
+        'fl_test_snapshots_sent_total 1',
+        'fl_test_terminal_ack_latency_seconds_count 0',
+        'fl_test_safety_net_events_total 0',
+      ]) {
+        expect(text).toContain(name);
+      }
+      await client.close();
+    } finally {
+      await env.close();
+    }
+    // A caller's registry is left clean, so a new server can register the same names.
+    expect(await registry.getMetricsAsJSON()).toEqual([]);
+  });
+
+  it("reports the change feed's safety-net count when the feed exposes one", async () => {
+    const store = new MemoryProgressStore();
+    let polled = 0;
+    // The Postgres feed's name for the count.
+    Object.defineProperty(store.changes, 'stats', { value: () => ({ missedByNotifications: polled }) });
+    const server = new ProgressServer({ store, authenticate: () => null });
+    try {
+      polled = 3;
+      expect(await server.metrics.registry.metrics()).toContain('finishline_safety_net_events_total 3');
+      polled = 5;
+      expect(await server.metrics.registry.metrics()).toContain('finishline_safety_net_events_total 5');
+    } finally {
+      await server.close({ timeoutMs: 100 });
+    }
+  });
+});
+
+describe('close()', () => {
+  it('refuses upgrades and new tasks once closing, and is idempotent', async () => {
+    const env = await startServer();
+    const url = env.wsUrl;
+    const closing = env.server.close({ timeoutMs: 500 });
+    expect(env.server.close()).toBe(closing);
+    await expect(env.server.tasks.create({ owner: 'a', kind: 'k' })).rejects.toMatchObject({
+      code: 'closed',
+    });
+    await closing;
+    await expect(upgradeStatus(url, { 'x-user': 'a' })).rejects.toThrow();
+  });
+
+  it('returns by its deadline even when the store hangs', async () => {
+    const store = new MemoryProgressStore();
+    const server = new ProgressServer({ store, authenticate: noAuth });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    store.append = () => new Promise(() => {});
+    store.renewLease = () => new Promise(() => {});
+    void server.leases.renewAll();
+    await server.close({ timeoutMs: 100 });
+    expect(task.signal.aborted).toBe(true);
+  });
+
+  it('never closes an http.Server it did not create', async () => {
+    const { createServer } = await import('node:http');
+    const httpServer = createServer();
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    const server = new ProgressServer({
+      store: new MemoryProgressStore(),
+      server: httpServer,
+      authenticate: noAuth,
+    });
+    await server.close({ timeoutMs: 100 });
+    expect(httpServer.listening).toBe(true);
+    expect(httpServer.listenerCount('upgrade')).toBe(0);
+    await new Promise((resolve) => httpServer.close(resolve));
+  });
+});
+
+describe('options', () => {
+  it('exports frozen defaults', () => {
+    expect(Object.isFrozen(PROGRESS_SERVER_DEFAULTS)).toBe(true);
+    expect(PROGRESS_SERVER_DEFAULTS).toMatchObject({
+      path: '/progress',
+      maxPayloadBytes: 65536,
+      heartbeatIntervalMs: 15000,
+      highWaterMarkBytes: 1048576,
+      leaseTtlMs: 15000,
+      maxReplayEvents: 1000,
+      allowedOrigins: 'same-origin',
+      tokenQueryParam: false,
+    });
+  });
+
+  it.each([
+    ['no authentication hook', {}],
+    ['an unknown option', { authenticate: noAuth, heartbeatMs: 5 }],
+    [
+      'a renew interval not below the lease',
+      { authenticate: noAuth, leaseTtlMs: 1000, leaseRenewIntervalMs: 1000 },
+    ],
+    ['a fractional interval', { authenticate: noAuth, heartbeatIntervalMs: 10.5 }],
+    ['a bad server id', { authenticate: noAuth, serverId: 'has space' }],
+    ['a bad path', { authenticate: noAuth, path: 'progress' }],
+    ['a query token without authenticateToken', { authenticate: noAuth, tokenQueryParam: 'token' }],
+    ['a bad retry schedule', { authenticate: noAuth, terminalRetry: { initialDelayMs: 0 } }],
+    ['bad allowed origins', { authenticate: noAuth, allowedOrigins: 'https://x' }],
+  ])('throws invalid_input for %s', (_name, options) => {
+    expect(
+      () => new ProgressServer({ store: new MemoryProgressStore(), ...(options as object) } as never),
+    ).toThrow(expect.objectContaining({ code: 'invalid_input' }));
+  });
+});

@@ -1,0 +1,67 @@
+/**
+ * The logging hook. Finishline never writes to the console; it hands structured records to a logger the
+ * caller supplies. The shape is pino's (`logger.info(obj, msg)`), so a pino logger, or a child of one,
+ * fits as is; any object with these four methods does.
+ *
+ * @module
+ */
+
+/** One log method: a structured object first (pino style), then a human-readable message. */
+export type LogMethod = (obj: Record<string, unknown>, msg?: string) => void;
+
+/**
+ * A pino-compatible logger: `{ debug, info, warn, error }`, each called as `(obj, msg)`.
+ *
+ * @example
+ * ```ts
+ * import pino from 'pino';
+ * const server = new ProgressServer({ store, authenticate, server: httpServer, logger: pino() });
+ * ```
+ */
+export interface ProgressLogger {
+  debug: LogMethod;
+  info: LogMethod;
+  warn: LogMethod;
+  error: LogMethod;
+}
+
+const noop: LogMethod = () => {};
+
+/** The default logger: drops everything. */
+export const silentLogger: ProgressLogger = Object.freeze({
+  debug: noop,
+  info: noop,
+  warn: noop,
+  error: noop,
+});
+
+/**
+ * Wraps a caller's logger so that a logger which throws can never break delivery (a log call sits in
+ * every error path, where a second exception would escape the guard around it).
+ */
+export function guardLogger(logger: ProgressLogger): ProgressLogger {
+  const wrap =
+    (method: LogMethod): LogMethod =>
+    (obj, msg) => {
+      try {
+        method.call(logger, obj, msg);
+      } catch {
+        // A broken logger loses the line; it must not take the socket or the batch with it.
+      }
+    };
+  return {
+    debug: wrap(logger.debug),
+    info: wrap(logger.info),
+    warn: wrap(logger.warn),
+    error: wrap(logger.error),
+  };
+}
+
+/** A loggable summary of an unknown thrown value (errors keep their code and message, not the object). */
+export function describeError(error: unknown): Record<string, unknown> {
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    return { name: error.name, message: error.message, ...(code === undefined ? {} : { code }) };
+  }
+  return { message: String(error) };
+}

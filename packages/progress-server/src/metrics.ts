@@ -1,0 +1,161 @@
+import type { ChangeFeed } from '@finishline/core';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+
+/**
+ * What a change feed with a safety-net poll may expose so the server can report how much it caught:
+ * `stats()` (or a `stats` object) with a monotonic count of events found by the poll rather than by a
+ * push notification, under either name (`@finishline/postgres` reports `missedByNotifications`). Feeds
+ * without a poll simply omit it.
+ */
+export interface SafetyNetStats {
+  /** Events the safety-net poll found that no notification had announced (monotonic). */
+  safetyNetEvents?: number;
+  /** The same count, as the Postgres change feed names it. */
+  missedByNotifications?: number;
+}
+
+/** Why the server restarted a subscription's stream (label `reason` of the resync counter). */
+export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit';
+
+/**
+ * The server's Prometheus metrics, on the caller's registry or a new one. Names carry the configured
+ * prefix (default `finishline_`):
+ *
+ * | metric | type | meaning |
+ * |---|---|---|
+ * | `sockets` | gauge | open WebSocket connections |
+ * | `subscriptions` | gauge | tasks followed, summed over sockets |
+ * | `resumes_total` | counter | subscribes with `afterSeq > 0` (a watcher resuming) |
+ * | `resyncs_total{reason}` | counter | streams restarted: `resubscribe` (client asked again), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent) |
+ * | `events_sent_total` | counter | event frames written |
+ * | `snapshots_sent_total` | counter | snapshot frames written (coalesced progress included) |
+ * | `terminal_retries_total` | counter | terminal frames re-sent for lack of an ack |
+ * | `terminal_ack_latency_seconds` | histogram | first send of a terminal frame → its ack, per socket |
+ * | `unacked_terminal_events` | gauge | terminal frames sent and not yet acknowledged |
+ * | `frames_rejected_total{code}` | counter | client frames refused, by error code |
+ * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
+ * | `handler_errors_total` | counter | unexpected errors caught in a handler |
+ * | `store_errors_total` | counter | store calls that failed |
+ * | `leases_reaped_total` | counter | expired leases turned into `interrupted` by this replica |
+ * | `safety_net_events_total` | counter | events found by the change feed's safety-net poll (if the feed reports it) |
+ */
+export class ServerMetrics {
+  /** The registry holding these metrics. */
+  readonly registry: Registry;
+  readonly sockets: Gauge;
+  readonly subscriptions: Gauge;
+  readonly resumes: Counter;
+  readonly resyncs: Counter<'reason'>;
+  readonly eventsSent: Counter;
+  readonly snapshotsSent: Counter;
+  readonly terminalRetries: Counter;
+  readonly terminalAckLatency: Histogram;
+  readonly unackedTerminals: Gauge;
+  readonly framesRejected: Counter<'code'>;
+  readonly upgradesRejected: Counter<'code'>;
+  readonly handlerErrors: Counter;
+  readonly storeErrors: Counter;
+  readonly leasesReaped: Counter;
+  readonly safetyNetEvents: Counter;
+  readonly #names: string[] = [];
+
+  constructor(options: { registry: Registry | undefined; prefix: string; feed: ChangeFeed }) {
+    this.registry = options.registry ?? new Registry();
+    const p = options.prefix;
+    const registers = [this.registry];
+    const track = <T>(metric: T, name: string): T => {
+      this.#names.push(name);
+      return metric;
+    };
+    const gauge = (name: string, help: string) =>
+      track(new Gauge({ name: `${p}${name}`, help, registers }), `${p}${name}`);
+    const counter = (name: string, help: string) =>
+      track(new Counter({ name: `${p}${name}`, help, registers }), `${p}${name}`);
+
+    this.sockets = gauge('sockets', 'Open WebSocket connections');
+    this.subscriptions = gauge('subscriptions', 'Tasks followed, summed over sockets');
+    this.resumes = counter('resumes_total', 'Subscribes that resumed from afterSeq > 0');
+    this.resyncs = track(
+      new Counter({
+        name: `${p}resyncs_total`,
+        help: 'Subscription streams restarted, by reason',
+        labelNames: ['reason'] as const,
+        registers,
+      }),
+      `${p}resyncs_total`,
+    );
+    this.eventsSent = counter('events_sent_total', 'Event frames written to sockets');
+    this.snapshotsSent = counter('snapshots_sent_total', 'Snapshot frames written to sockets');
+    this.terminalRetries = counter('terminal_retries_total', 'Terminal frames re-sent for lack of an ack');
+    this.terminalAckLatency = track(
+      new Histogram({
+        name: `${p}terminal_ack_latency_seconds`,
+        help: 'Time from the first send of a terminal frame to its acknowledgement',
+        buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+        registers,
+      }),
+      `${p}terminal_ack_latency_seconds`,
+    );
+    this.unackedTerminals = gauge('unacked_terminal_events', 'Terminal frames sent and not yet acknowledged');
+    this.framesRejected = track(
+      new Counter({
+        name: `${p}frames_rejected_total`,
+        help: 'Client frames refused, by error code',
+        labelNames: ['code'] as const,
+        registers,
+      }),
+      `${p}frames_rejected_total`,
+    );
+    this.upgradesRejected = track(
+      new Counter({
+        name: `${p}upgrades_rejected_total`,
+        help: 'WebSocket upgrades refused, by error code',
+        labelNames: ['code'] as const,
+        registers,
+      }),
+      `${p}upgrades_rejected_total`,
+    );
+    this.handlerErrors = counter('handler_errors_total', 'Unexpected errors caught in a handler');
+    this.storeErrors = counter('store_errors_total', 'Store calls that failed');
+    this.leasesReaped = counter(
+      'leases_reaped_total',
+      'Expired leases turned into interrupted by this replica',
+    );
+
+    const feed = options.feed;
+    let reported = 0;
+    this.safetyNetEvents = track(
+      new Counter({
+        name: `${p}safety_net_events_total`,
+        help: "Events found by the change feed's safety-net poll rather than a notification",
+        registers,
+        collect() {
+          const current = readSafetyNetEvents(feed);
+          if (current !== undefined && current > reported) {
+            this.inc(current - reported);
+            reported = current;
+          }
+        },
+      }),
+      `${p}safety_net_events_total`,
+    );
+  }
+
+  /** Removes these metrics from the registry (so a new server can register the same names). */
+  unregister(): void {
+    for (const name of this.#names) this.registry.removeSingleMetric(name);
+  }
+}
+
+/** Reads the safety-net count ({@link SafetyNetStats}) from a feed that exposes it; never throws. */
+function readSafetyNetEvents(feed: ChangeFeed): number | undefined {
+  try {
+    const candidate = (feed as { stats?: unknown }).stats;
+    const stats = typeof candidate === 'function' ? (candidate as () => unknown).call(feed) : candidate;
+    const counters = stats as SafetyNetStats | undefined;
+    const value = counters?.safetyNetEvents ?? counters?.missedByNotifications;
+    return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,410 @@
+import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import WebSocket, { WebSocketServer } from 'ws';
+import { AckWriter } from './ack-writer.js';
+import type { Principal } from './auth.js';
+import { isOriginAllowed, pathOf } from './auth.js';
+import { Authenticator } from './authenticator.js';
+import { Connection } from './connection.js';
+import type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
+import { createHttpHandler } from './http-handler.js';
+import { LeaseKeeper } from './lease-keeper.js';
+import type { ProgressLogger } from './logger.js';
+import { describeError } from './logger.js';
+import { ServerMetrics } from './metrics.js';
+import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
+import { resolveServerOptions } from './options.js';
+import { TaskApi } from './task-api.js';
+import { TaskHub } from './task-hub.js';
+import { offeredProtocols, rejectUpgrade } from './upgrade.js';
+import { waitAtMost } from './wait.js';
+
+/** Options of {@link ProgressServer.close}. */
+export interface CloseOptions {
+  /**
+   * Longest time the shutdown may take, in milliseconds. Three quarters of it are for running batches to
+   * stop by themselves; then the tasks still running are interrupted, queued frames are flushed and the
+   * sockets closed with 1001; whatever is left at the deadline is terminated.
+   * @default 5000
+   */
+  timeoutMs?: number;
+}
+
+/** The defaults of {@link CloseOptions}. */
+export const CLOSE_DEFAULTS = Object.freeze({ timeoutMs: 5000 });
+
+/** Options of {@link ProgressServer.listen}. */
+export interface ListenOptions {
+  /**
+   * TCP port; `0` picks a free one (read it from `server.httpServer.address()`).
+   * @default 0
+   */
+  port?: number;
+  /**
+   * Interface to listen on.
+   * @default all interfaces (Node's default)
+   */
+  host?: string;
+  /**
+   * Base path of the HTTP API served next to the WebSocket.
+   * @default the WebSocket `path` option ('/progress')
+   */
+  httpBasePath?: string;
+}
+
+/**
+ * The Finishline server: delivers task progress to watchers over WebSocket (and HTTP), runs tasks
+ * through {@link TaskApi} (`server.tasks`), keeps their leases, reaps the expired leases of dead
+ * replicas, and shuts down honestly.
+ *
+ * @example
+ * ```ts
+ * import http from 'node:http';
+ * import { MemoryProgressStore } from '@finishline/core';
+ * import { ProgressServer } from '@finishline/server';
+ *
+ * const httpServer = http.createServer();
+ * const progress = new ProgressServer({
+ *   store: new MemoryProgressStore(),
+ *   server: httpServer, // WebSocket at /progress
+ *   authenticate: (request) => sessions.lookup(request.headers.cookie), // → { id } | null
+ * });
+ * httpServer.on('request', progress.httpHandler()); // GET /progress/tasks/:id …
+ * httpServer.listen(8080);
+ *
+ * const task = await progress.tasks.create({ owner: 'alice', kind: 'batch_taint' });
+ * void task.runBatch(nodes, (node, { signal }) => taint(node, { signal }), { concurrency: 4 });
+ * ```
+ */
+export class ProgressServer<P extends Principal = Principal> {
+  /** This replica's id (sent in `hello`, owner of its leases). */
+  readonly serverId: string;
+  /** Create and run tasks. */
+  readonly tasks: TaskApi;
+  /** Lease renewal and reaping (timer-driven; `renewAll()` / `reap()` force a run). */
+  readonly leases: LeaseKeeper;
+  /** Prometheus metrics; `metrics.registry` is the registry they live in. */
+  readonly metrics: ServerMetrics;
+  readonly #options: ResolvedServerOptions<P>;
+  readonly #logger: ProgressLogger;
+  readonly #auth: Authenticator<P>;
+  readonly #hub: TaskHub;
+  readonly #acks: AckWriter;
+  readonly #wss: WebSocketServer;
+  readonly #ownsWss: boolean;
+  readonly #connections = new Set<Connection<P>>();
+  readonly #heartbeatTimer: NodeJS.Timeout;
+  readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
+  readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
+  #ownedHttpServer: HttpServer | undefined;
+  #closing = false;
+  #closed: Promise<void> | undefined;
+
+  /** @throws ProgressError `invalid_input` for invalid options. */
+  constructor(options: ProgressServerOptions<P>) {
+    const resolved = resolveServerOptions(options);
+    this.#options = resolved;
+    this.#logger = resolved.logger;
+    this.serverId = resolved.serverId;
+    this.metrics = new ServerMetrics({
+      registry: resolved.registry,
+      prefix: resolved.metricsPrefix,
+      feed: resolved.store.changes,
+    });
+    this.#auth = new Authenticator({
+      authenticate: resolved.authenticate,
+      authenticateToken: resolved.authenticateToken,
+      authorize: resolved.authorize,
+      tokenQueryParam: resolved.tokenQueryParam,
+      logger: resolved.logger,
+    });
+    const shared = { store: resolved.store, logger: resolved.logger, metrics: this.metrics };
+    this.#hub = new TaskHub({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
+    this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
+    // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.
+    this.leases = new LeaseKeeper({
+      ...shared,
+      serverId: resolved.serverId,
+      ttlMs: resolved.leaseTtlMs,
+      renewIntervalMs: resolved.leaseRenewIntervalMs,
+      reapIntervalMs: resolved.reapIntervalMs,
+      onLost: (taskId) => this.tasks.leaseLost(taskId),
+      onReaped: (result) => this.tasks.published(result),
+    });
+    this.tasks = new TaskApi({
+      ...shared,
+      hub: this.#hub,
+      leases: this.leases,
+      serverId: resolved.serverId,
+      leaseTtlMs: resolved.leaseTtlMs,
+    });
+
+    this.#onUpgrade = (request, socket, head) => {
+      // Other paths belong to other upgrade listeners: leave them untouched.
+      if (pathOf(request.url) !== resolved.path) return;
+      this.handleUpgrade(request, socket, head);
+    };
+    this.#onConnection = (ws, request) => this.#acceptExternal(ws, request);
+    if (resolved.wss !== undefined) {
+      this.#wss = resolved.wss;
+      this.#ownsWss = false;
+      this.#wss.on('connection', this.#onConnection);
+    } else {
+      this.#wss = new WebSocketServer({
+        noServer: true,
+        maxPayload: resolved.maxPayloadBytes,
+        perMessageDeflate: false,
+        clientTracking: false,
+        handleProtocols: (protocols) => (protocols.has(PROTOCOL_NAME) ? PROTOCOL_NAME : false),
+      });
+      this.#ownsWss = true;
+      this.#wss.on('error', (error) =>
+        this.#logger.warn({ err: describeError(error) }, 'WebSocket server error'),
+      );
+    }
+    resolved.server?.on('upgrade', this.#onUpgrade);
+
+    this.#hub.start();
+    this.tasks.start();
+    this.leases.start();
+    this.#heartbeatTimer = setInterval(() => {
+      for (const connection of this.#connections) connection.tick();
+    }, resolved.heartbeatIntervalMs);
+    this.#heartbeatTimer.unref();
+  }
+
+  /**
+   * Creates an `http.Server` serving the WebSocket at `path` and the HTTP API at `httpBasePath`, and
+   * starts listening. `close()` closes that server too.
+   *
+   * @example
+   * ```ts
+   * const progress = await ProgressServer.listen({ store, authenticate }, { port: 8080 });
+   * ```
+   */
+  static async listen<P extends Principal = Principal>(
+    options: Omit<ProgressServerOptions<P>, 'server' | 'wss'>,
+    listenOptions: ListenOptions = {},
+  ): Promise<ProgressServer<P>> {
+    const httpServer = createServer();
+    const progress = new ProgressServer<P>({ ...options, server: httpServer });
+    progress.#ownedHttpServer = httpServer;
+    const handler = progress.httpHandler({ basePath: listenOptions.httpBasePath ?? progress.#options.path });
+    httpServer.on('request', (request, response) => handler(request, response));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        httpServer.once('error', reject);
+        httpServer.listen(listenOptions.port ?? 0, listenOptions.host, () => {
+          httpServer.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (error) {
+      await progress.close({ timeoutMs: 0 });
+      throw error;
+    }
+    return progress;
+  }
+
+  /** The `http.Server` created by {@link ProgressServer.listen}, else `undefined`. */
+  get httpServer(): HttpServer | undefined {
+    return this.#ownedHttpServer;
+  }
+
+  /** Number of open WebSocket connections. */
+  get connectionCount(): number {
+    return this.#connections.size;
+  }
+
+  /**
+   * Handles one upgrade request, whatever its path (for routers that dispatch upgrades themselves):
+   * checks the Origin and subprotocol, authenticates, and either accepts the socket or answers with an
+   * HTTP error (400, 401, 403, 500, 503) on the raw socket. Never throws.
+   */
+  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // A client that vanishes during authentication must not crash the process.
+    socket.on('error', (error) => this.#logger.debug({ err: describeError(error) }, 'upgrade socket error'));
+    this.#upgrade(request, socket, head).catch((error: unknown) => {
+      this.metrics.handlerErrors.inc();
+      this.#logger.error({ err: describeError(error) }, 'upgrade failed');
+      this.#refuse(socket, { status: 500, code: ErrorCode.Internal, message: 'Upgrade failed' });
+    });
+  }
+
+  /**
+   * The HTTP API as a handler for node `http`, Express (`app.use(handler)`) or Fastify (see README):
+   * `GET {basePath}/tasks`, `GET {basePath}/tasks/:id`, `GET {basePath}/tasks/:id/events?afterSeq=&limit=`,
+   * `POST {basePath}/tasks/:id/cancel`.
+   */
+  httpHandler(options: HttpHandlerOptions = {}): HttpHandler {
+    return createHttpHandler(
+      {
+        auth: this.#auth,
+        tasks: this.tasks,
+        store: this.#options.store,
+        metrics: this.metrics,
+        logger: this.#logger,
+      },
+      options,
+    );
+  }
+
+  /**
+   * Graceful shutdown (idempotent): stops accepting sockets, stops batches through their signals and
+   * interrupts owned tasks that do not end in time (`interrupted`, "server shutting down"), flushes and
+   * closes sockets with 1001, clears every timer and releases the feed. It never closes the store, nor an
+   * `http.Server` or `WebSocketServer` it did not create.
+   */
+  close(options: CloseOptions = {}): Promise<void> {
+    this.#closed ??= this.#close(options);
+    return this.#closed;
+  }
+
+  async #close(options: CloseOptions): Promise<void> {
+    const timeoutMs = options.timeoutMs ?? CLOSE_DEFAULTS.timeoutMs;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) {
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        `close: timeoutMs must be an integer >= 0, got ${timeoutMs}`,
+      );
+    }
+    this.#closing = true;
+    const start = Date.now();
+    const deadline = start + timeoutMs;
+    this.#options.server?.off('upgrade', this.#onUpgrade);
+    this.#ownedHttpServer?.off('upgrade', this.#onUpgrade);
+    if (!this.#ownsWss) this.#wss.off('connection', this.#onConnection);
+
+    await this.tasks.shutdown(start + Math.floor(timeoutMs * 0.75), deadline);
+    // Timers stop at once; only an in-flight renewal or reap is waited for, and not past the deadline.
+    await waitAtMost(this.leases.close(), deadline - Date.now());
+    clearInterval(this.#heartbeatTimer);
+    await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
+    await this.#acks.flush(deadline);
+    this.#acks.close();
+    this.#hub.close();
+    if (this.#ownsWss) this.#wss.close();
+    const httpServer = this.#ownedHttpServer;
+    if (httpServer !== undefined) {
+      await new Promise<void>((resolve) => {
+        httpServer.close(() => resolve());
+        httpServer.closeAllConnections();
+      });
+    }
+    if (this.#options.registry !== undefined) this.metrics.unregister();
+    this.#logger.info({ serverId: this.serverId }, 'progress server closed');
+  }
+
+  async #upgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    const checked = await this.#checkUpgrade(request);
+    if (checked.kind === 'refused') {
+      this.#refuse(socket, checked);
+      return;
+    }
+    if (socket.destroyed) return;
+    if (this.#closing) {
+      this.#refuse(socket, { status: 503, code: ErrorCode.Closed, message: 'Server is shutting down' });
+      return;
+    }
+    this.#wss.handleUpgrade(request, socket, head, (ws) => this.#accept(ws, request, checked.principal));
+  }
+
+  /** Origin, subprotocol and credentials of an upgrade: the principal (or none yet), or why to refuse. */
+  async #checkUpgrade(
+    request: IncomingMessage,
+  ): Promise<
+    | { kind: 'accepted'; principal: P | undefined }
+    | { kind: 'refused'; status: number; code: ErrorCode; message: string }
+  > {
+    const refused = (status: number, code: ErrorCode, message: string) =>
+      ({ kind: 'refused', status, code, message }) as const;
+    if (this.#closing) return refused(503, ErrorCode.Closed, 'Server is shutting down');
+    if (!isOriginAllowed(request, this.#options.allowedOrigins)) {
+      return refused(403, ErrorCode.Forbidden, 'Origin not allowed');
+    }
+    const protocols = offeredProtocols(request);
+    if (protocols.length > 0 && !protocols.includes(PROTOCOL_NAME)) {
+      return refused(400, ErrorCode.UnsupportedProtocol, `Subprotocol ${PROTOCOL_NAME} required`);
+    }
+    const auth = await this.#auth.fromUpgrade(request);
+    if (auth.kind === 'refused')
+      return refused(401, ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+    return { kind: 'accepted', principal: auth.kind === 'principal' ? auth.principal : undefined };
+  }
+
+  #refuse(socket: Duplex, refusal: { status: number; code: ErrorCode; message: string }): void {
+    const { status, code, message } = refusal;
+    this.metrics.upgradesRejected.inc({ code });
+    this.#logger.debug({ status, code }, `upgrade refused: ${message}`);
+    rejectUpgrade(socket, refusal);
+  }
+
+  /** A socket from the caller's `WebSocketServer`: the checks of an upgrade, answered with close codes. */
+  #acceptExternal(ws: WebSocket, request: IncomingMessage): void {
+    const refuse = (close: number, code: ErrorCode, reason: string): void => {
+      this.metrics.upgradesRejected.inc({ code });
+      // A paused socket would never read the peer's close frame, leaving the handshake hanging.
+      ws.resume();
+      ws.close(close, reason);
+    };
+    ws.on('error', (error) => this.#logger.debug({ err: describeError(error) }, 'socket error'));
+    const refusal = this.#checkExternal(ws, request);
+    if (refusal !== undefined) {
+      refuse(...refusal);
+      return;
+    }
+    // Frames that arrive while the hooks run stay in the socket until the connection takes over.
+    ws.pause();
+    this.#auth.fromUpgrade(request).then(
+      (auth) => {
+        if (ws.readyState !== WebSocket.OPEN) return;
+        if (this.#closing) {
+          refuse(CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down');
+        } else if (auth.kind === 'refused') {
+          refuse(CloseCode.Unauthenticated, ErrorCode.Unauthenticated, 'invalid credentials');
+        } else {
+          this.#accept(ws, request, auth.kind === 'principal' ? auth.principal : undefined);
+          ws.resume();
+        }
+      },
+      (error: unknown) => {
+        this.metrics.handlerErrors.inc();
+        this.#logger.error({ err: describeError(error) }, 'authenticate hook threw');
+        refuse(CloseCode.InternalError, ErrorCode.Internal, 'authentication failed');
+      },
+    );
+  }
+
+  /** The synchronous checks of a caller's socket: why to refuse it, if at all. */
+  #checkExternal(ws: WebSocket, request: IncomingMessage): [number, ErrorCode, string] | undefined {
+    if (this.#closing) return [CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down'];
+    if (!isOriginAllowed(request, this.#options.allowedOrigins)) {
+      return [CloseCode.ForbiddenOrigin, ErrorCode.Forbidden, 'origin not allowed'];
+    }
+    if (offeredProtocols(request).length > 0 && ws.protocol !== PROTOCOL_NAME) {
+      return [CloseCode.UnsupportedProtocol, ErrorCode.UnsupportedProtocol, `${PROTOCOL_NAME} required`];
+    }
+    return undefined;
+  }
+
+  #accept(ws: WebSocket, request: IncomingMessage, principal: P | undefined): void {
+    if (this.#closing) {
+      ws.close(CloseCode.GoingAway, 'server shutting down');
+      return;
+    }
+    const connection = new Connection<P>(
+      { ws, request, principal },
+      {
+        options: this.#options,
+        auth: this.#auth,
+        hub: this.#hub,
+        acks: this.#acks,
+        metrics: this.metrics,
+        logger: this.#logger,
+        onClose: (closed) => this.#connections.delete(closed),
+      },
+    );
+    this.#connections.add(connection);
+  }
+}

@@ -1,0 +1,113 @@
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { RawClient, startServer, tokenAuth } from './testing/harness.js';
+
+/**
+ * Graceful shutdown leaves nothing behind. Alone in its file, so that the baseline of live handles is
+ * not disturbed by other tests' servers.
+ */
+
+/**
+ * Timers created and neither fired nor cleared. The server unrefs its timers, and Node does not list
+ * unref'd timers among its active resources, so they are tracked by wrapping the timer functions.
+ */
+const pendingTimers = new Set<unknown>();
+const real = { setTimeout, setInterval, clearTimeout, clearInterval };
+
+beforeEach(() => {
+  vi.spyOn(globalThis, 'setTimeout').mockImplementation(((
+    fn: (...args: unknown[]) => void,
+    ms?: number,
+    ...args: unknown[]
+  ) => {
+    const timer = real.setTimeout(() => {
+      pendingTimers.delete(timer);
+      fn(...args);
+    }, ms);
+    pendingTimers.add(timer);
+    return timer;
+  }) as typeof setTimeout);
+  vi.spyOn(globalThis, 'setInterval').mockImplementation(((
+    fn: (...args: unknown[]) => void,
+    ms?: number,
+    ...args: unknown[]
+  ) => {
+    const timer = real.setInterval(fn, ms, ...args);
+    pendingTimers.add(timer);
+    return timer;
+  }) as typeof setInterval);
+  const clear = (timer: unknown) => {
+    pendingTimers.delete(timer);
+    real.clearTimeout(timer as NodeJS.Timeout);
+  };
+  vi.spyOn(globalThis, 'clearTimeout').mockImplementation(clear as typeof clearTimeout);
+  vi.spyOn(globalThis, 'clearInterval').mockImplementation(clear as typeof clearInterval);
+});
+
+afterEach(() => {
+  vi.restoreAllMocks();
+  pendingTimers.clear();
+});
+
+/** TCP handles (servers and sockets), by kind: Node lists them among its active resources. */
+function liveHandles(): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const kind of process.getActiveResourcesInfo()) {
+    if (kind.startsWith('TCP')) counts[kind] = (counts[kind] ?? 0) + 1;
+  }
+  return counts;
+}
+
+/** The kinds of which more handles are alive now than in `baseline`. */
+function beyond(baseline: Record<string, number>): Record<string, number> {
+  const extra: Record<string, number> = {};
+  for (const [kind, count] of Object.entries(liveHandles())) {
+    if (count > (baseline[kind] ?? 0)) extra[kind] = count - (baseline[kind] ?? 0);
+  }
+  return extra;
+}
+
+describe('close()', () => {
+  it('flushes, closes sockets with 1001, interrupts owned tasks and leaves no timer or socket behind', async () => {
+    const before = liveHandles();
+    const store = new MemoryProgressStore();
+    const env = await startServer({
+      store,
+      authenticateToken: tokenAuth,
+      heartbeatIntervalMs: 20,
+      terminalRetry: { initialDelayMs: 5, maxDelayMs: 10 },
+      leaseRenewIntervalMs: 50,
+      reapIntervalMs: 50,
+    });
+    const finished = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const running = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    client.send({ type: 'subscribe', taskId: finished.id, afterSeq: 0 });
+    client.send({ type: 'subscribe', taskId: running.id, afterSeq: 0 });
+    await client.next(() => client.frames.filter((frame) => frame.type === 'snapshot').length === 2);
+    // An unacknowledged terminal event keeps a retry timer armed until close.
+    await finished.complete();
+    await client.next((frame) => frame.type === 'event');
+    // A socket still waiting for its auth frame holds an auth timer.
+    const pending = new RawClient(`${env.wsUrl}`, {});
+    await pending.opened;
+    const batch = running.runBatch([1, 2], async (_n, { signal }) => {
+      await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)));
+    });
+
+    await env.server.close({ timeoutMs: 1000 });
+    expect((await client.closed).code).toBe(1001);
+    expect((await pending.closed).code).toBe(1001);
+    expect(await batch).toMatchObject({ status: 'interrupted' });
+    // The watcher saw the interruption before the socket closed.
+    expect(client.frames.at(-1)).toMatchObject({
+      type: 'event',
+      event: { type: 'interrupted', taskId: running.id },
+    });
+    expect(env.server.connectionCount).toBe(0);
+    // The store stays open: the server did not create it.
+    expect((await store.getTask(running.id))?.status).toBe('interrupted');
+    await expect.poll(() => beyond(before)).toEqual({});
+    await expect.poll(() => pendingTimers.size).toBe(0);
+  });
+});

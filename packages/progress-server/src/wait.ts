@@ -1,0 +1,27 @@
+/**
+ * Resolves when `promise` settles (fulfilled or rejected) or after `ms` milliseconds, whichever comes
+ * first, and leaves no timer behind either way. Used by graceful shutdown, which must never hang.
+ */
+export async function waitAtMost(promise: Promise<unknown>, ms: number): Promise<void> {
+  if (ms <= 0) return;
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  const settled = promise.then(
+    () => undefined,
+    () => undefined,
+  );
+  try {
+    await Promise.race([settled, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A promise resolved after `ms` milliseconds (for bounded polling loops during shutdown). */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => {
+    setTimeout(resolve, Math.max(0, ms));
+  });
+}
