@@ -1,0 +1,175 @@
+import { ErrorCode, ProgressError } from '@finishline/core';
+import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+
+/**
+ * Versioned migrations of the store's schema, applied with kysely's `Migrator` (one transaction, an
+ * advisory lock so replicas starting together do not race, and a record of each applied version in
+ * `<schema>.migrations`). A migration, once published, is never edited: changes come as new versions.
+ *
+ * @module
+ */
+
+/**
+ * What a schema name may look like: lower-case letters, digits and `_`, starting with a letter or `_`,
+ * at most 48 characters (so the derived channel name stays under Postgres's 63-byte identifier limit),
+ * and not `pg_…` (reserved by Postgres). The schema name is the only identifier the store puts into SQL
+ * text, which is why it is this strict.
+ */
+export const SCHEMA_NAME_PATTERN = /^[a-z_][a-z0-9_]{0,47}$/;
+
+/** Throws `invalid_input` unless `schema` matches {@link SCHEMA_NAME_PATTERN} and is not `pg_…`. */
+export function assertSchemaName(schema: unknown): asserts schema is string {
+  if (typeof schema !== 'string' || !SCHEMA_NAME_PATTERN.test(schema) || schema.startsWith('pg_')) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `Invalid schema name ${JSON.stringify(schema)}: use 1-48 lower-case letters, digits and _, starting with a letter or _, not pg_`,
+    );
+  }
+}
+
+/**
+ * The `LISTEN`/`NOTIFY` channel of a schema's change feed. Derived from the schema so that two stores in
+ * one database (for example one schema per environment) never hear each other.
+ */
+export function changeChannel(schema: string): string {
+  assertSchemaName(schema);
+  return `${schema}_changes`;
+}
+
+/** The table in which applied migrations are recorded (inside the store's schema). */
+export const MIGRATION_TABLE = 'migrations';
+/** The lock table kysely's migrator needs beside it. */
+export const MIGRATION_LOCK_TABLE = 'migrations_lock';
+
+function migrationsFor(schema: string): Record<string, Migration> {
+  const table = (name: string) => sql.id(schema, name);
+  return {
+    '0001_initial': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        // Ids compare bytewise (COLLATE "C"): the binary order every store sorts ids by, and cheaper.
+        // fillfactor leaves room on each page so the frequent progress updates stay HOT (no index
+        // writes): none of the columns they touch is indexed.
+        await sql`
+          CREATE TABLE ${table('tasks')} (
+            id text COLLATE "C" PRIMARY KEY,
+            owner text COLLATE "C" NOT NULL,
+            kind text NOT NULL,
+            status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'cancelled', 'interrupted')),
+            total int8 CHECK (total >= 0),
+            done int8 NOT NULL CHECK (done >= 0),
+            succeeded int8 NOT NULL CHECK (succeeded >= 0),
+            failed int8 NOT NULL CHECK (failed >= 0),
+            current text,
+            message text,
+            result json,
+            error_code text,
+            error_message text,
+            seq int8 NOT NULL CHECK (seq >= 0),
+            acked_seq int8 NOT NULL CHECK (acked_seq >= 0 AND acked_seq <= seq),
+            created_at int8 NOT NULL,
+            updated_at int8 NOT NULL,
+            finished_at int8,
+            lease_owner text,
+            lease_expires_at int8
+          ) WITH (fillfactor = 80)`.execute(db);
+        await sql`CREATE INDEX tasks_owner_created_idx ON ${table('tasks')} (owner, created_at DESC, id DESC)`.execute(
+          db,
+        );
+        await sql`
+          CREATE INDEX tasks_lease_expiry_idx ON ${table('tasks')} (lease_expires_at)
+          WHERE status = 'running' AND lease_expires_at IS NOT NULL`.execute(db);
+        await sql`
+          CREATE INDEX tasks_finished_idx ON ${table('tasks')} (finished_at)
+          WHERE finished_at IS NOT NULL`.execute(db);
+        // No foreign key to tasks: it would run one referential-integrity trigger per inserted event,
+        // a large share of the append cost. Events are only written by the store in the transaction
+        // that locks and updates their task, and retention deletes them before the task.
+        await sql`
+          CREATE TABLE ${table('events')} (
+            task_id text COLLATE "C" NOT NULL,
+            seq int8 NOT NULL CHECK (seq >= 1),
+            type text NOT NULL CHECK (type IN ('progress', 'item', 'completed', 'failed', 'cancelled', 'interrupted')),
+            time int8 NOT NULL,
+            body json NOT NULL,
+            xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            PRIMARY KEY (task_id, seq)
+          )`.execute(db);
+        await sql`CREATE INDEX events_xid_idx ON ${table('events')} (xid)`.execute(db);
+        await sql`
+          CREATE VIEW ${table('unprocessed_events')} AS
+          SELECT e.task_id, e.seq, e.type, to_timestamp(e.time / 1000.0) AS time,
+                 t.owner, t.kind, t.status AS task_status, t.acked_seq, e.body
+          FROM ${table('events')} e
+          JOIN ${table('tasks')} t ON t.id = e.task_id
+          WHERE e.seq > t.acked_seq`.execute(db);
+        await sql`
+          COMMENT ON VIEW ${table('unprocessed_events')} IS
+          'Events no watcher has acknowledged yet (seq > the task''s acked_seq). Acks are cumulative.'`.execute(
+          db,
+        );
+        await sql`
+          COMMENT ON COLUMN ${table('events')}.xid IS
+          'Writing transaction id; the change feed re-reads from a snapshot xmin after reconnecting.'`.execute(
+          db,
+        );
+      },
+    },
+  };
+}
+
+/** The migration names this version of the package knows, in order. */
+export const MIGRATION_NAMES: readonly string[] = Object.freeze(
+  Object.keys(migrationsFor('finishline')).sort(),
+);
+
+/** Options of {@link migrateProgressSchema}. */
+export interface MigrateOptions {
+  /** The schema to create or upgrade. @default 'finishline' */
+  schema?: string;
+}
+
+/**
+ * Creates `schema` if needed and applies every migration it lacks, in one transaction. Safe to call
+ * from several replicas at once. Returns the names of the migrations it applied (empty when up to date).
+ *
+ * @throws ProgressError `invalid_input` for a bad schema name; `store_unavailable` (with the cause) when
+ * the database fails or already holds a migration this package does not know (a newer version ran).
+ *
+ * @example
+ * ```ts
+ * import pg from 'pg';
+ * import { Kysely, PostgresDialect } from 'kysely';
+ * import { migrateProgressSchema } from '@finishline/postgres';
+ *
+ * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
+ * const db = new Kysely({ dialect: new PostgresDialect({ pool }) });
+ * await migrateProgressSchema(db, { schema: 'finishline' });
+ * ```
+ */
+export async function migrateProgressSchema(
+  db: Kysely<unknown>,
+  options: MigrateOptions = {},
+): Promise<string[]> {
+  const schema = options.schema ?? 'finishline';
+  assertSchemaName(schema);
+  const migrations = migrationsFor(schema);
+  const provider: MigrationProvider = { getMigrations: async () => migrations };
+  const migrator = new Migrator({
+    db,
+    provider,
+    migrationTableSchema: schema,
+    migrationTableName: MIGRATION_TABLE,
+    migrationLockTableName: MIGRATION_LOCK_TABLE,
+  });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error !== undefined) {
+    throw new ProgressError(
+      ErrorCode.StoreUnavailable,
+      `Migrating schema ${schema} failed: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
+  return (results ?? [])
+    .filter((result) => result.status === 'Success')
+    .map((result) => result.migrationName);
+}

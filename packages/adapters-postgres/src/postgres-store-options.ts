@@ -1,0 +1,260 @@
+import type { BackoffOptions, Clock } from '@finishline/core';
+import { backoffDelayMs, ErrorCode, isProgressError, ProgressError, systemClock } from '@finishline/core';
+import type { Kysely, PostgresPool } from 'kysely';
+import { assertSchemaName } from './migrations.js';
+import type { PgListenClient } from './postgres-change-feed.js';
+
+/**
+ * The part of a `pg.Pool` the store uses: kysely's `PostgresPool` (`connect`, `end` — the store never
+ * calls `end`), plus what it reads to build its dedicated `LISTEN` client the way the pool builds its
+ * own: the pool's `options` and its `Client` class (both present on every `pg.Pool`).
+ */
+export interface PgPool extends PostgresPool {
+  readonly options?: object;
+  readonly Client?: new (config: object) => PgListenClient;
+}
+
+/**
+ * Where the `LISTEN` connection comes from: a connection string or a `pg.Client` config (the store
+ * creates a `pg.Client` with it for each (re)connect), or a factory returning a new, unconnected client.
+ */
+export type ListenClientSource =
+  | string
+  | Readonly<Record<string, unknown>>
+  | (() => PgListenClient | Promise<PgListenClient>);
+
+/** Options of `PostgresProgressStore.open`. Give exactly one of `pool` and `db`. */
+export interface PostgresProgressStoreOptions {
+  /**
+   * The caller's `pg.Pool`. The store builds a Kysely with `PostgresDialect` on it, and never ends it.
+   * @default undefined (then `db` is required)
+   */
+  pool?: PgPool;
+  /**
+   * A Kysely instance on Postgres to use instead of `pool`. The store never destroys it. With `db`, the
+   * store cannot see the pool's settings, so `listenClient` is required.
+   * @default undefined (then `pool` is required)
+   */
+  // biome-ignore lint/suspicious/noExplicitAny: any database type; the store only uses its own schema.
+  db?: Kysely<any>;
+  /**
+   * The schema holding the store's tables; also names its `NOTIFY` channel (`<schema>_changes`).
+   * 1–48 lower-case letters, digits and `_`, starting with a letter or `_`, not `pg_…`.
+   * @default 'finishline'
+   */
+  schema?: string;
+  /**
+   * Create or upgrade the schema when opening (safe with several replicas opening at once). Turn it off
+   * when migrations run as a deployment step (`migrateProgressSchema`).
+   * @default true
+   */
+  migrate?: boolean;
+  /**
+   * Source of every timestamp the store writes (creation, events, lease expiry, retention age). The
+   * database's `now()` is never used, so tests drive leases with a manual clock.
+   * @default systemClock (`Date.now`)
+   */
+  clock?: Clock;
+  /**
+   * Where the dedicated `LISTEN` connection comes from.
+   * @default a new client of the pool's own `Client` class with the pool's options (plus
+   * `application_name: 'finishline-listen'` and `keepAlive: true` unless the options set them)
+   */
+  listenClient?: ListenClientSource;
+  /**
+   * Interval of the safety-net poll, which asks about followed tasks only, in milliseconds.
+   * @default 500
+   */
+  pollIntervalMs?: number;
+  /**
+   * How often the `LISTEN` connection advances its high-water mark (one tiny query and a self-addressed
+   * notification), in milliseconds. Shorter means a smaller re-read after a reconnect. The same query is
+   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced.
+   * @default 1000
+   */
+  watermarkIntervalMs?: number;
+  /**
+   * Backoff of the `LISTEN` connection's reconnects (full jitter).
+   * @default { initialDelayMs: 250, maxDelayMs: 10000, multiplier: 2 }
+   */
+  reconnect?: BackoffOptions;
+  /**
+   * Most appends committed in one transaction (group commit: appends that arrive while a transaction is
+   * in flight are committed together by the next one).
+   * @default 500
+   */
+  maxBatchSize?: number;
+  /**
+   * Most append transactions in flight at once (each holds a pool connection). A transaction beyond the
+   * first starts only with at least a quarter of `maxBatchSize` appends waiting. Appends to one task never
+   * run in two at once, so their order is the order of the calls.
+   * @default 2
+   */
+  maxConcurrentBatches?: number;
+  /**
+   * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
+   * (reconnecting, polling again); this hook is for logs and alerts.
+   * @default ignores the error
+   */
+  onError?: (error: ProgressError) => void;
+  /**
+   * Receives what a change listener throws. Listeners must not throw; this hook exists so a faulty one
+   * can be logged instead of disturbing others.
+   * @default ignores the error
+   */
+  onListenerError?: (error: unknown) => void;
+}
+
+/** The defaults of {@link PostgresProgressStoreOptions}. */
+export const POSTGRES_STORE_DEFAULTS = Object.freeze({
+  schema: 'finishline',
+  migrate: true,
+  clock: systemClock,
+  pollIntervalMs: 500,
+  watermarkIntervalMs: 1000,
+  reconnect: Object.freeze({ initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 }) as Readonly<
+    Required<BackoffOptions>
+  >,
+  maxBatchSize: 500,
+  maxConcurrentBatches: 2,
+  onError: (_error: ProgressError): void => {},
+  onListenerError: (_error: unknown): void => {},
+});
+
+/** The options after merging the defaults and checking them. */
+export interface ResolvedStoreOptions {
+  pool: PgPool | undefined;
+  // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
+  db: Kysely<any> | undefined;
+  schema: string;
+  migrate: boolean;
+  clock: Clock;
+  createListenClient: () => PgListenClient | Promise<PgListenClient>;
+  pollIntervalMs: number;
+  watermarkIntervalMs: number;
+  reconnect: BackoffOptions;
+  maxBatchSize: number;
+  maxConcurrentBatches: number;
+  onError: (error: ProgressError) => void;
+  onListenerError: (error: unknown) => void;
+}
+
+const OPTION_NAMES = new Set(['pool', 'db', 'listenClient', ...Object.keys(POSTGRES_STORE_DEFAULTS)]);
+
+function invalid(message: string): ProgressError {
+  return new ProgressError(ErrorCode.InvalidInput, `PostgresProgressStore: ${message}`);
+}
+
+function requireInteger(name: string, value: unknown, { min, max }: { min: number; max: number }): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    throw invalid(`${name} must be an integer from ${min} to ${max}, got ${String(value)}`);
+  }
+  return value;
+}
+
+function requireFunction<T>(name: string, value: unknown): T {
+  if (typeof value !== 'function') throw invalid(`${name} must be a function`);
+  return value as T;
+}
+
+type ClientClass = new (config: object) => PgListenClient;
+
+async function importPgClient(): Promise<ClientClass> {
+  const module = (await import('pg')) as unknown as {
+    default?: { Client?: ClientClass };
+    Client?: ClientClass;
+  };
+  const Client = module.default?.Client ?? module.Client;
+  if (Client === undefined) throw invalid('the pg module has no Client class');
+  return Client;
+}
+
+function listenClientFactory(
+  source: ListenClientSource | undefined,
+  pool: PgPool | undefined,
+): () => PgListenClient | Promise<PgListenClient> {
+  if (typeof source === 'function') return source;
+  // TCP keepalive so that the OS notices a dead peer; the barrier watchdog catches what it does not.
+  const withName = (config: object) => ({
+    application_name: 'finishline-listen',
+    keepAlive: true,
+    ...config,
+  });
+  if (source === undefined) {
+    const Client = pool?.Client;
+    const config = pool?.options;
+    if (typeof Client !== 'function' || typeof config !== 'object' || config === null) {
+      throw invalid(
+        pool === undefined
+          ? 'listenClient is required with db (the store cannot see the connection settings)'
+          : 'cannot derive a LISTEN client from this pool (no Client or options); pass listenClient',
+      );
+    }
+    return () => new Client(withName(config));
+  }
+  if (typeof source !== 'string' && (typeof source !== 'object' || source === null)) {
+    throw invalid('listenClient must be a connection string, a pg.Client config or a factory');
+  }
+  const config = typeof source === 'string' ? { connectionString: source } : source;
+  const PoolClient = pool?.Client;
+  return async () => {
+    const Client = typeof PoolClient === 'function' ? PoolClient : await importPgClient();
+    return new Client(withName(config));
+  };
+}
+
+/**
+ * Merges {@link POSTGRES_STORE_DEFAULTS} into `options` and validates the result.
+ *
+ * @throws ProgressError `invalid_input` naming the offending option.
+ */
+export function resolveStoreOptions(options: PostgresProgressStoreOptions): ResolvedStoreOptions {
+  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
+  for (const name of Object.keys(options)) {
+    if (!OPTION_NAMES.has(name)) throw invalid(`unknown option "${name}"`);
+  }
+  const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+  const merged = { ...POSTGRES_STORE_DEFAULTS, ...defined } as typeof POSTGRES_STORE_DEFAULTS &
+    PostgresProgressStoreOptions;
+  const { pool, db } = merged;
+  if ((pool === undefined) === (db === undefined)) throw invalid('give exactly one of pool and db');
+  if (pool !== undefined && (typeof pool !== 'object' || typeof pool.connect !== 'function')) {
+    throw invalid('pool must be a pg.Pool');
+  }
+  if (db !== undefined && (typeof db !== 'object' || typeof db.transaction !== 'function')) {
+    throw invalid('db must be a Kysely instance');
+  }
+  try {
+    assertSchemaName(merged.schema);
+  } catch (error) {
+    throw isProgressError(error) ? invalid(error.message) : error;
+  }
+  if (typeof merged.migrate !== 'boolean') throw invalid('migrate must be a boolean');
+  const reconnect = { ...POSTGRES_STORE_DEFAULTS.reconnect, ...(merged.reconnect ?? {}) };
+  try {
+    backoffDelayMs(0, reconnect, () => 0);
+  } catch (error) {
+    throw invalid(`reconnect: ${error instanceof Error ? error.message : String(error)}`);
+  }
+  return {
+    pool,
+    db,
+    schema: merged.schema,
+    migrate: merged.migrate,
+    clock: requireFunction('clock', merged.clock),
+    createListenClient: listenClientFactory(merged.listenClient, pool),
+    pollIntervalMs: requireInteger('pollIntervalMs', merged.pollIntervalMs, { min: 1, max: 3_600_000 }),
+    watermarkIntervalMs: requireInteger('watermarkIntervalMs', merged.watermarkIntervalMs, {
+      min: 1,
+      max: 3_600_000,
+    }),
+    reconnect,
+    maxBatchSize: requireInteger('maxBatchSize', merged.maxBatchSize, { min: 1, max: 10_000 }),
+    maxConcurrentBatches: requireInteger('maxConcurrentBatches', merged.maxConcurrentBatches, {
+      min: 1,
+      max: 64,
+    }),
+    onError: requireFunction('onError', merged.onError),
+    onListenerError: requireFunction('onListenerError', merged.onListenerError),
+  };
+}

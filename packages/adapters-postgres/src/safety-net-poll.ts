@@ -1,0 +1,97 @@
+import type { ProgressError } from '@finishline/core';
+import { STORE_DEFAULTS } from '@finishline/core';
+import { toProgressError } from './pg-errors.js';
+import type { ChangeFeedHub } from './postgres-change-feed.js';
+
+/**
+ * The safety net under `LISTEN/NOTIFY`: every `intervalMs` it asks the store for the latest seq of the
+ * tasks local watchers follow (and only those), in one indexed query per 1000 tasks, and publishes what
+ * the notifications did not deliver. It runs whether or not the `LISTEN` connection is up, over the
+ * pool, so it also covers the time a reconnect takes.
+ *
+ * @module
+ */
+
+/** The latest state of one task, as the poll needs it. */
+export interface LatestState {
+  seq: number;
+  /** True when the task ended (its `seq` is then the terminal event). */
+  terminal: boolean;
+}
+
+/** What {@link SafetyNetPoll} needs. */
+export interface SafetyNetPollOptions {
+  hub: ChangeFeedHub;
+  intervalMs: number;
+  /** One indexed query: the latest state of each known task among `taskIds` (at most 1000). */
+  readLatest: (taskIds: readonly string[]) => Promise<Map<string, LatestState>>;
+  onError: (error: ProgressError) => void;
+}
+
+/** Polls the followed tasks on an unref'd timer; {@link SafetyNetPoll.stop} clears it. */
+export class SafetyNetPoll {
+  readonly #options: SafetyNetPollOptions;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #running: Promise<void> | undefined;
+  #stopped = false;
+
+  constructor(options: SafetyNetPollOptions) {
+    this.#options = options;
+  }
+
+  start(): void {
+    this.#schedule();
+  }
+
+  /** Stops the timer and waits for a poll in progress. */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+
+  /**
+   * Runs one poll now (also what the timer does). Resolves when it finished; never rejects (a failure
+   * is counted and reported to `onError`).
+   */
+  async pollOnce(): Promise<void> {
+    if (this.#running !== undefined) return this.#running;
+    this.#running = this.#poll().finally(() => {
+      this.#running = undefined;
+    });
+    return this.#running;
+  }
+
+  #schedule(): void {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.pollOnce().then(() => this.#schedule());
+    }, this.#options.intervalMs);
+    this.#timer.unref?.();
+  }
+
+  async #poll(): Promise<void> {
+    const { hub } = this.#options;
+    hub.sweep();
+    const taskIds = hub.followedTaskIds();
+    for (let start = 0; start < taskIds.length && !this.#stopped; start += STORE_DEFAULTS.maxLatestSeqsIds) {
+      const chunk = taskIds.slice(start, start + STORE_DEFAULTS.maxLatestSeqsIds);
+      let latest: Map<string, LatestState>;
+      try {
+        latest = await this.#options.readLatest(chunk);
+      } catch (error) {
+        hub.count('pollErrors');
+        this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
+        return;
+      }
+      for (const [taskId, state] of latest) {
+        const published = hub.publishedSeq(taskId);
+        if (published === undefined || state.seq > published) {
+          hub.report({ taskId, firstSeq: state.seq, seq: state.seq, terminal: state.terminal }, 'poll');
+        }
+      }
+    }
+  }
+}

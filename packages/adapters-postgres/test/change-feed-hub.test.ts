@@ -1,0 +1,151 @@
+import type { TaskChange } from '@finishline/core';
+import { ManualClock, propertyParams } from '@finishline/core/testing';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { ChangeFeedHub, type ChangeSource } from '../src/postgres-change-feed.js';
+
+/**
+ * The hub decides what local subscribers see: each (task, seq) once, in seq order, whatever mix of own
+ * commits, notifications, re-reads and polls reported it, duplicated and out of date as they may be.
+ * Checked against the truth those reports were drawn from.
+ */
+
+const TASKS = ['a', 'b', 'c'] as const;
+const SOURCES: readonly ChangeSource[] = ['commit', 'notification', 'replay', 'poll'];
+
+type Step =
+  | { kind: 'commit'; task: number; count: number; terminal: boolean }
+  | { kind: 'report'; task: number; source: ChangeSource; back: number; width: number };
+
+const step: fc.Arbitrary<Step> = fc.oneof(
+  fc.record({
+    kind: fc.constant('commit' as const),
+    task: fc.nat({ max: TASKS.length - 1 }),
+    count: fc.integer({ min: 1, max: 4 }),
+    terminal: fc.boolean(),
+  }),
+  fc.record({
+    kind: fc.constant('report' as const),
+    task: fc.nat({ max: TASKS.length - 1 }),
+    source: fc.constantFrom(...SOURCES),
+    back: fc.nat({ max: 5 }),
+    width: fc.nat({ max: 5 }),
+  }),
+);
+
+describe('ChangeFeedHub', () => {
+  it('publishes each seq once, in order, from 1 up to the highest reported, whatever the reports', () => {
+    fc.assert(
+      fc.property(fc.array(step, { maxLength: 60 }), (steps) => {
+        const hub = new ChangeFeedHub(new ManualClock().now, (error) => {
+          throw error;
+        });
+        const seen: TaskChange[] = [];
+        hub.subscribe((change) => seen.push(change));
+        const truth = TASKS.map(() => ({ seq: 0, terminal: false }));
+        const reported = TASKS.map(() => 0);
+        let missed = 0;
+        for (const task of TASKS) hub.resetTask(task);
+        for (const s of steps) {
+          const state = truth[s.task];
+          const taskId = TASKS[s.task];
+          if (state === undefined || taskId === undefined) throw new Error('bad index');
+          if (s.kind === 'commit') {
+            if (state.terminal) continue;
+            state.seq += s.count;
+            state.terminal = s.terminal;
+            continue; // committed, but not reported yet: later reports must fill it in
+          }
+          // A report of a range that is committed: possibly stale, possibly a duplicate.
+          if (state.seq === 0) continue;
+          const seq = Math.max(1, state.seq - s.back);
+          const firstSeq = Math.max(1, seq - s.width);
+          const before = reported[s.task] ?? 0;
+          hub.report({ taskId, firstSeq, seq, terminal: state.terminal && seq === state.seq }, s.source);
+          if (s.source === 'poll' && seq > before) missed += seq - before;
+          reported[s.task] = Math.max(before, seq);
+        }
+        TASKS.forEach((taskId, index) => {
+          const seqs = seen.filter((change) => change.taskId === taskId).map((change) => change.seq);
+          const highest = reported[index] ?? 0;
+          expect(seqs, `seqs of ${taskId}`).toEqual(Array.from({ length: highest }, (_, i) => i + 1));
+          const terminal = seen.filter((change) => change.taskId === taskId && change.terminal);
+          const state = truth[index];
+          if (state?.terminal && highest === state.seq)
+            expect(terminal.map((c) => c.seq)).toEqual([state.seq]);
+          else expect(terminal).toEqual([]);
+        });
+        expect(hub.stats().missedByNotifications).toBe(missed);
+        expect(hub.stats().published).toBe(seen.length);
+      }),
+      propertyParams(500),
+    );
+  });
+
+  it('publishes a task it knows nothing about from the first reported seq, and a first poll is no miss', () => {
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const seen: number[] = [];
+    hub.subscribe((change) => seen.push(change.seq));
+    hub.report({ taskId: 'x', firstSeq: 7, seq: 7, terminal: false }, 'poll');
+    hub.report({ taskId: 'x', firstSeq: 5, seq: 9, terminal: false }, 'notification');
+    expect(seen).toEqual([7, 8, 9]);
+    expect(hub.stats()).toMatchObject({ missedByNotifications: 0, fromNotifications: 2, duplicates: 0 });
+    hub.report({ taskId: 'x', firstSeq: 9, seq: 9, terminal: false }, 'commit');
+    expect(hub.stats().duplicates).toBe(1);
+  });
+
+  it('follow is reference-counted, and unfollowing twice is harmless', () => {
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const first = hub.follow('x');
+    const second = hub.follow('x');
+    first();
+    first();
+    expect(hub.followedTaskIds()).toEqual(['x']);
+    second();
+    expect(hub.followedTaskIds()).toEqual([]);
+  });
+
+  it('forgets purged tasks, so a new task reusing the id is published from seq 1', () => {
+    const clock = new ManualClock();
+    const hub = new ChangeFeedHub(clock.now, () => {});
+    const seen: number[] = [];
+    hub.subscribe((change) => seen.push(change.seq));
+    hub.report({ taskId: 'x', firstSeq: 1, seq: 3, terminal: true }, 'commit');
+    hub.forget(['x']);
+    hub.report({ taskId: 'x', firstSeq: 1, seq: 1, terminal: false }, 'notification');
+    expect(seen).toEqual([1, 2, 3, 1]);
+  });
+
+  it('on create, starts a reused id afresh but keeps what another process already published', () => {
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const seen: string[] = [];
+    hub.subscribe((change) => seen.push(`${change.taskId}:${change.seq}`));
+    hub.report({ taskId: 'ended', firstSeq: 1, seq: 2, terminal: true }, 'commit');
+    hub.resetTask('ended'); // same id, new task
+    hub.report({ taskId: 'ended', firstSeq: 1, seq: 1, terminal: false }, 'notification');
+    hub.report({ taskId: 'fresh', firstSeq: 1, seq: 1, terminal: false }, 'notification'); // another process appended first
+    hub.resetTask('fresh');
+    hub.report({ taskId: 'fresh', firstSeq: 1, seq: 2, terminal: false }, 'notification');
+    expect(seen).toEqual(['ended:1', 'ended:2', 'ended:1', 'fresh:1', 'fresh:2']);
+  });
+
+  it('sweeps terminal tasks a minute after their end unless followed', () => {
+    const clock = new ManualClock();
+    const hub = new ChangeFeedHub(clock.now, () => {});
+    hub.report({ taskId: 'done', firstSeq: 1, seq: 2, terminal: true }, 'commit');
+    hub.report({ taskId: 'followed', firstSeq: 1, seq: 2, terminal: true }, 'commit');
+    hub.report({ taskId: 'running', firstSeq: 1, seq: 2, terminal: false }, 'commit');
+    const unfollow = hub.follow('followed');
+    clock.advance(59_999);
+    hub.sweep();
+    expect(hub.publishedSeq('done')).toBe(2);
+    clock.advance(1);
+    hub.sweep();
+    expect([hub.publishedSeq('done'), hub.publishedSeq('followed'), hub.publishedSeq('running')]).toEqual([
+      undefined,
+      2,
+      2,
+    ]);
+    unfollow();
+  });
+});

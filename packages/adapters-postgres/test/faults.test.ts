@@ -1,0 +1,445 @@
+import { type AppendResult, ErrorCode, isProgressError } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import {
+  migrateProgressSchema,
+  type PgListenClient,
+  POSTGRES_STORE_DEFAULTS,
+  PostgresProgressStore,
+  type PostgresProgressStoreOptions,
+} from '../src/index.js';
+import {
+  commitGatedPool,
+  dropSchema,
+  eventually,
+  freshSchema,
+  type Gate,
+  gate,
+  newPool,
+  oneTo,
+  pgUrl,
+  Recorder,
+} from './support.js';
+
+/**
+ * Fault tests on a real server: killed connections and backends, concurrent writers and reapers,
+ * suppressed notifications. Each builds what it needs and checks the guarantee against the database.
+ */
+
+const admin = newPool(4);
+const pools: pg.Pool[] = [];
+const stores: PostgresProgressStore[] = [];
+const schemas: string[] = [];
+/** Releases transactions a test held at their COMMIT, so closing the stores never waits for them. */
+const releases: (() => void)[] = [];
+
+async function migrated(): Promise<string> {
+  const schema = freshSchema('fault');
+  schemas.push(schema);
+  await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool: admin }) }), {
+    schema,
+  });
+  return schema;
+}
+
+function pool(max = 5): pg.Pool {
+  const created = newPool(max);
+  pools.push(created);
+  return created;
+}
+
+async function open(
+  options: Partial<PostgresProgressStoreOptions> & { schema: string },
+): Promise<PostgresProgressStore> {
+  const store = await PostgresProgressStore.open({ pool: pool(), migrate: false, ...options });
+  stores.push(store);
+  return store;
+}
+
+/**
+ * A LISTEN client factory whose reconnects wait while `blocked` holds a closed gate: lets a test keep a
+ * listener down for exactly as long as it needs, whatever the jittered backoff draws.
+ */
+function gatedListenClients(): { factory: () => PgListenClient; block(): void; unblock(): void } {
+  let blocked: Gate | undefined;
+  return {
+    factory: () => {
+      const client = new pg.Client({ connectionString: pgUrl() });
+      const connect = client.connect.bind(client);
+      const wait = blocked?.promise;
+      Object.assign(client, {
+        connect: async () => {
+          await wait;
+          return connect();
+        },
+      });
+      return client as unknown as PgListenClient;
+    },
+    block() {
+      blocked = gate();
+    },
+    unblock() {
+      blocked?.open();
+      blocked = undefined;
+    },
+  };
+}
+
+/** Waits until `condition()` holds, turning the event loop with setImmediate (timers are faked), up to 10 s. */
+async function eventuallyWithFakeTimers(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setImmediate(resolve));
+  expect(condition()).toBe(true);
+}
+
+async function terminate(pid: number): Promise<void> {
+  const { rows } = await admin.query('SELECT pg_terminate_backend($1) AS done', [pid]);
+  expect(rows[0].done).toBe(true);
+}
+
+async function currentXmin(): Promise<bigint> {
+  const { rows } = await admin.query('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin');
+  return BigInt(rows[0].xmin);
+}
+
+afterEach(async () => {
+  for (const release of releases.splice(0)) release();
+  await Promise.all(stores.splice(0).map((store) => store.close()));
+  await Promise.all(pools.splice(0).map((created) => created.end()));
+});
+
+afterAll(async () => {
+  for (const schema of schemas) await dropSchema(admin, schema);
+  await admin.end();
+});
+
+describe('the LISTEN connection', () => {
+  it('killed in the middle of a stream of appends: every change still arrives, seqs 1..n per task', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      watermarkIntervalMs: 10,
+    });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    const tasks = ['s1', 's2', 's3'];
+    for (const id of tasks) await writer.createTask({ id, owner: 'alice', kind: 'k' });
+    const total = 300;
+    let whileBlocked = 0;
+    for (let i = 0; i < total; i += 3) {
+      if (i === 99) {
+        // The mark has moved past the first third (barriers work), then the listener dies.
+        const xmin = await currentXmin();
+        await eventually('the watermark passes the first appends', () => {
+          const mark = observer.changes.health().watermark;
+          return mark !== null && BigInt(mark) >= xmin;
+        });
+        listen.block();
+        const pid = observer.changes.health().listenerPid;
+        expect(pid).not.toBeNull();
+        await terminate(pid ?? 0);
+        await eventually('the observer notices', () => !observer.changes.health().connected);
+      }
+      if (i === 201) {
+        listen.unblock();
+        // Hold the writer until the re-read is done: a newer notification racing it could fill the gap
+        // first (also correct, but then this test would not show that the re-read finds it).
+        await eventually('the observer reconnects', () => observer.changes.health().connected);
+      }
+      if (i >= 99 && i < 201) whileBlocked += 3;
+      // Three appends at once: group commits that touch several tasks.
+      await Promise.all(tasks.map((id) => writer.append(id, { type: 'progress', done: i })));
+    }
+    await eventually('every task reaches its last seq on the observer', () =>
+      tasks.every((id) => recorder.has(id, total / tasks.length)),
+    );
+    for (const id of tasks) expect(recorder.seqs(id), `seqs of ${id}`).toEqual(oneTo(total / tasks.length));
+    const stats = observer.changes.stats();
+    // Everything committed while the listener was down can only have come from the re-read.
+    expect(stats.replayed, JSON.stringify(stats)).toBeGreaterThanOrEqual(whileBlocked);
+    expect(stats.reconnects).toBeGreaterThanOrEqual(1);
+    expect(stats.missedByNotifications).toBe(0);
+    const health = observer.changes.health();
+    expect(health.connected).toBe(true);
+    expect(isProgressError(health.lastError, ErrorCode.StoreUnavailable)).toBe(true);
+  });
+
+  it('does not skip a transaction that took its id before, and committed after, ones it already saw', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      watermarkIntervalMs: 10,
+    });
+    const gated = commitGatedPool(pool());
+    const slow = await open({ schema, pool: gated.pool });
+    const fast = await open({ schema });
+    const recorder = new Recorder(observer);
+    await slow.createTask({ id: 'late', owner: 'alice', kind: 'k' });
+    await fast.createTask({ id: 'early', owner: 'alice', kind: 'k' });
+    gated.control.arm();
+    const lateAppend = slow.append('late', { type: 'progress', done: 1 });
+    // Whatever fails below, afterEach lets the held transaction go before closing the stores.
+    releases.push(() => gated.control.release());
+    const pid = await gated.control.reached();
+    const { rows } = await admin.query(
+      'SELECT backend_xid::text AS xid FROM pg_stat_activity WHERE pid = $1',
+      [pid],
+    );
+    const lateXid = BigInt(rows[0].xid);
+    // A later transaction commits and is delivered; the mark may advance, but never past the open one.
+    await fast.append('early', { type: 'progress', done: 1 });
+    await eventually('the early change arrives', () => recorder.has('early', 1));
+    const xmin = await currentXmin(); // at most lateXid: that transaction is still open
+    const mark = () => BigInt(observer.changes.health().watermark ?? '0');
+    await eventually('the mark advances up to the open transaction', () => mark() >= xmin);
+    const seen = observer.changes.stats().notifications;
+    await eventually('five more barriers', () => observer.changes.stats().notifications >= seen + 5);
+    expect(mark() <= lateXid, `mark ${mark()} must not pass the open transaction ${lateXid}`).toBe(true);
+    listen.block();
+    await terminate(observer.changes.health().listenerPid ?? 0);
+    await eventually('the observer notices', () => !observer.changes.health().connected);
+    gated.control.release();
+    expect((await lateAppend).event.seq).toBe(1);
+    expect(recorder.has('late', 1)).toBe(false);
+    listen.unblock();
+    await eventually('the late commit is found by the re-read', () => recorder.has('late', 1));
+    expect(observer.changes.stats().replayed).toBeGreaterThanOrEqual(1);
+  });
+  it('replaces a connection that stops answering, as a silently dead socket would', async () => {
+    const schema = await migrated();
+    let deaf = false;
+    let created = 0;
+    const factory = (): PgListenClient => {
+      const client = new pg.Client({ connectionString: pgUrl() });
+      const first = created++ === 0;
+      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+      Object.assign(client, {
+        // Only the first connection goes deaf: its barrier queries never get an answer.
+        query: (text: string, values?: unknown[]) =>
+          first && deaf && text.includes("'barrier'") ? new Promise(() => {}) : query(text, values),
+      });
+      return client as unknown as PgListenClient;
+    };
+    const observer = await open({
+      schema,
+      listenClient: factory,
+      watermarkIntervalMs: 20,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    await writer.append('x', { type: 'progress' });
+    await eventually('the first change', () => recorder.has('x', 1));
+    deaf = true;
+    await eventually(
+      'a new connection replaces the deaf one',
+      () => observer.changes.stats().reconnects >= 1,
+    );
+    expect(observer.changes.health().lastError?.message).toContain('did not answer');
+    await writer.append('x', { type: 'progress' });
+    await eventually('changes flow again', () => recorder.has('x', 2));
+    expect(recorder.seqs('x')).toEqual([1, 2]);
+  });
+});
+
+describe('concurrent writers and reapers', () => {
+  it('two pools appending to one task at once keep seq 1..n, each in its own call order', async () => {
+    const schema = await migrated();
+    const a = await open({ schema });
+    const b = await open({ schema });
+    await a.createTask({ id: 'shared', owner: 'alice', kind: 'k' });
+    const perStore = 150;
+    const run = (store: PostgresProgressStore, name: string) =>
+      Promise.all(
+        oneTo(perStore).map((i) => store.append('shared', { type: 'item', key: `${name}-${i}`, ok: true })),
+      );
+    const [fromA, fromB] = await Promise.all([run(a, 'a'), run(b, 'b')]);
+    const seqs = (results: AppendResult[]) => results.map((result) => result.event.seq);
+    expect([...seqs(fromA), ...seqs(fromB)].sort((x, y) => x - y)).toEqual(oneTo(2 * perStore));
+    for (const results of [fromA, fromB]) {
+      const own = seqs(results);
+      expect(own, 'one store appends commit in call order').toEqual([...own].sort((x, y) => x - y));
+    }
+    const events = await a.readEvents('shared', 0);
+    expect(events.map((event) => event.seq)).toEqual(oneTo(2 * perStore));
+    const task = await b.getTask('shared');
+    expect(task).toMatchObject({ seq: 2 * perStore, done: 2 * perStore, succeeded: 2 * perStore });
+  });
+
+  it('two reapers on the same expired leases interrupt each task exactly once', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const a = await open({ schema, clock: clock.now });
+    const b = await open({ schema, clock: clock.now });
+    const ids = oneTo(40).map((i) => `lease-${String(i).padStart(2, '0')}`);
+    for (const id of ids)
+      await a.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'worker-1', ttlMs: 1000 } });
+    await a.createTask({
+      id: 'renewed',
+      owner: 'alice',
+      kind: 'k',
+      lease: { owner: 'worker-2', ttlMs: 5000 },
+    });
+    clock.advance(1000);
+    const reapAll = async (store: PostgresProgressStore) => {
+      const reaped: AppendResult[] = [];
+      for (;;) {
+        const batch = await store.reapExpiredLeases({ limit: 3 });
+        if (batch.length === 0) return reaped;
+        reaped.push(...batch);
+      }
+    };
+    const [fromA, fromB] = await Promise.all([reapAll(a), reapAll(b)]);
+    const reapedIds = [...fromA, ...fromB].map((result) => result.event.taskId).sort();
+    expect(reapedIds).toEqual(ids);
+    for (const id of ids) {
+      const events = await a.readEvents(id, 0);
+      expect(
+        events.map((event) => event.type),
+        id,
+      ).toEqual(['interrupted']);
+    }
+    expect((await a.getTask('renewed'))?.status).toBe('running');
+    // And for one task, both at the very same moment:
+    await a.createTask({ id: 'one', owner: 'alice', kind: 'k', lease: { owner: 'worker-1', ttlMs: 1000 } });
+    clock.advance(1000);
+    const both = await Promise.all([a.reapExpiredLeases(), b.reapExpiredLeases()]);
+    expect(both.flat().map((result) => result.event.taskId)).toEqual(['one']);
+    expect((await a.readEvents('one', 0)).map((event) => event.type)).toEqual(['interrupted']);
+  });
+});
+
+describe('a backend killed mid-transaction', () => {
+  it('leaves no partial append visible, sends no notification, and releases the task', async () => {
+    const schema = await migrated();
+    const gated = commitGatedPool(pool());
+    const store = await open({ schema, pool: gated.pool });
+    const observer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await store.createTask({ id: 'victim', owner: 'alice', kind: 'k' });
+    await store.createTask({ id: 'sentinel', owner: 'alice', kind: 'k' });
+    gated.control.arm();
+    const append = store.append('victim', { type: 'item', key: 'node-1', ok: true });
+    releases.push(() => gated.control.release());
+    const pid = await gated.control.reached();
+    // The transaction wrote its rows and is about to commit; nobody else sees them.
+    const before = await admin.query(`SELECT seq::int AS seq FROM ${schema}.tasks WHERE id = 'victim'`);
+    expect(before.rows).toEqual([{ seq: 0 }]);
+    await terminate(pid);
+    gated.control.release();
+    const error = await append.then(
+      () => undefined,
+      (reason: unknown) => reason,
+    );
+    expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+    const task = await admin.query(
+      `SELECT seq::int AS seq, done::int AS done FROM ${schema}.tasks WHERE id = 'victim'`,
+    );
+    const events = await admin.query(
+      `SELECT count(*)::int AS n FROM ${schema}.events WHERE task_id = 'victim'`,
+    );
+    expect(task.rows).toEqual([{ seq: 0, done: 0 }]);
+    expect(events.rows).toEqual([{ n: 0 }]);
+    // Changes of one store arrive in commit order: once the sentinel's has, a victim's would have.
+    await store.append('sentinel', { type: 'progress' });
+    await eventually('the sentinel change arrives', () => recorder.has('sentinel', 1));
+    expect(recorder.seqs('victim')).toEqual([]);
+    // The lock died with the backend: the next append takes seq 1, through the same (healed) pool.
+    expect((await store.append('victim', { type: 'item', key: 'node-1', ok: true })).event.seq).toBe(1);
+  });
+});
+
+describe('the safety-net poll', () => {
+  it('finds a followed task change whose notification never came, counts it, and ignores unfollowed tasks', async () => {
+    const schema = await migrated();
+    const store = await open({ schema, pollIntervalMs: 20 });
+    const recorder = new Recorder(store);
+    for (const id of ['followed', 'other']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+    }
+    const unfollow = store.changes.follow('followed');
+    // An append that bypasses NOTIFY: straight into the tables, as a buggy or foreign writer might.
+    const bypass = async (id: string, seq: number) => {
+      const client = await admin.connect();
+      try {
+        await client.query('BEGIN');
+        await client.query(`UPDATE ${schema}.tasks SET seq = $2 WHERE id = $1`, [id, seq]);
+        await client.query(
+          `INSERT INTO ${schema}.events (task_id, seq, type, time, body) VALUES ($1, $2, 'progress', 0, '{}')`,
+          [id, seq],
+        );
+        await client.query('COMMIT');
+      } finally {
+        client.release();
+      }
+    };
+    await bypass('followed', 2);
+    await bypass('other', 2);
+    await eventually('the poll publishes the silent change', () => recorder.has('followed', 2));
+    expect(store.changes.stats().missedByNotifications).toBe(1);
+    unfollow();
+    await bypass('followed', 3);
+    await store.pollNow();
+    await store.pollNow();
+    expect(recorder.seqs('followed')).toEqual([1, 2]);
+    expect(recorder.seqs('other')).toEqual([1]);
+    expect(store.changes.stats().missedByNotifications).toBe(1);
+    expect(store.changes.stats().pollErrors).toBe(0);
+  });
+});
+
+describe('close', () => {
+  it('leaves no timer and no connection behind, and never ends the caller pool', async () => {
+    const schema = await migrated();
+    const name = `fl-close-${schema}`;
+    const callerPool = pool(3);
+    const backends = async () =>
+      (
+        await admin.query('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [
+          name,
+        ])
+      ).rows[0].n as number;
+    // Fake timers count what the store schedules (its timers are unref'd, invisible to Node's resource list).
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      const store = await PostgresProgressStore.open({
+        pool: callerPool,
+        schema,
+        migrate: false,
+        listenClient: { connectionString: pgUrl(), application_name: name },
+      });
+      const unfollow = store.changes.follow('x');
+      await store.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+      await store.append('x', { type: 'progress' });
+      expect(vi.getTimerCount(), 'the poll and the watermark timers run').toBe(2);
+      // Let both fire once: they reschedule themselves, and close must clear the new ones too.
+      vi.advanceTimersByTime(POSTGRES_STORE_DEFAULTS.watermarkIntervalMs);
+      await eventuallyWithFakeTimers(() => vi.getTimerCount() === 2);
+      expect(await backends()).toBe(1);
+      await store.close();
+      expect(vi.getTimerCount(), 'timers left after close').toBe(0);
+      unfollow();
+      vi.useRealTimers();
+      await eventually('the LISTEN backend is gone', async () => (await backends()) === 0);
+      expect((await callerPool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+      expect(callerPool.ending).toBe(false);
+      const error = await store.getTask('x').then(
+        () => undefined,
+        (reason: unknown) => reason,
+      );
+      expect(isProgressError(error, ErrorCode.Closed)).toBe(true);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});

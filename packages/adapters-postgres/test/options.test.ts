@@ -1,0 +1,80 @@
+import { ErrorCode, isProgressError } from '@finishline/core';
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+import {
+  assertSchemaName,
+  changeChannel,
+  POSTGRES_STORE_DEFAULTS,
+  PostgresProgressStore,
+} from '../src/index.js';
+import { resolveStoreOptions } from '../src/postgres-store-options.js';
+
+// A pool that is never connected: option checks happen before any I/O.
+const pool = new pg.Pool({ connectionString: 'postgres://nobody@127.0.0.1:1/none' });
+
+function rejection(options: unknown): Promise<unknown> {
+  return PostgresProgressStore.open(options as never).then(
+    () => {
+      throw new Error('open() resolved with bad options');
+    },
+    (error: unknown) => error,
+  );
+}
+
+describe('options', () => {
+  it('exports frozen defaults that resolve unchanged', () => {
+    expect(Object.isFrozen(POSTGRES_STORE_DEFAULTS)).toBe(true);
+    expect(Object.isFrozen(POSTGRES_STORE_DEFAULTS.reconnect)).toBe(true);
+    const resolved = resolveStoreOptions({ pool });
+    expect(resolved).toMatchObject({
+      schema: 'finishline',
+      migrate: true,
+      pollIntervalMs: 500,
+      watermarkIntervalMs: 1000,
+      maxBatchSize: 500,
+      maxConcurrentBatches: 2,
+      reconnect: { initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 },
+    });
+    expect(resolved.pool).toBe(pool);
+  });
+
+  it.each([
+    ['no pool nor db', {}],
+    ['both pool and db', { pool, db: new Kysely({ dialect: new PostgresDialect({ pool }) }) }],
+    ['db without listenClient', { db: new Kysely({ dialect: new PostgresDialect({ pool }) }) }],
+    ['a pool that is not one', { pool: {} }],
+    ['an unknown option', { pool, pollIntervalMS: 100 }],
+    ['an upper-case schema', { pool, schema: 'Finishline' }],
+    ['a schema with a quote', { pool, schema: 'a"; DROP TABLE x; --' }],
+    ['a pg_ schema', { pool, schema: 'pg_catalog' }],
+    ['a too long schema', { pool, schema: 'a'.repeat(49) }],
+    ['an empty schema', { pool, schema: '' }],
+    ['a zero poll interval', { pool, pollIntervalMs: 0 }],
+    ['a fractional watermark interval', { pool, watermarkIntervalMs: 1.5 }],
+    ['a batch size of 0', { pool, maxBatchSize: 0 }],
+    ['a huge batch size', { pool, maxBatchSize: 1_000_000 }],
+    ['zero concurrent batches', { pool, maxConcurrentBatches: 0 }],
+    ['contradictory backoff', { pool, reconnect: { initialDelayMs: 5000, maxDelayMs: 10 } }],
+    ['a clock that is not a function', { pool, clock: 5 }],
+    ['migrate as a string', { pool, migrate: 'yes' }],
+    ['a numeric listenClient', { pool, listenClient: 5 }],
+  ])('rejects %s with invalid_input, before any I/O', async (_name, options) => {
+    const error = await rejection(options);
+    expect(isProgressError(error, ErrorCode.InvalidInput), String(error)).toBe(true);
+  });
+
+  it('rejects a non-object', async () => {
+    expect(isProgressError(await rejection(null), ErrorCode.InvalidInput)).toBe(true);
+  });
+
+  it('validates schema names strictly and derives the channel from them', () => {
+    for (const ok of ['finishline', '_x', 'a1_b2', 'a'.repeat(48)])
+      expect(() => assertSchemaName(ok)).not.toThrow();
+    for (const bad of ['1abc', 'a-b', 'a.b', 'ä', 'pg_x', ' a', 'a ', 'A']) {
+      expect(() => assertSchemaName(bad), bad).toThrow(/Invalid schema name/);
+    }
+    expect(changeChannel('finishline')).toBe('finishline_changes');
+    expect(changeChannel('a'.repeat(48)).length).toBeLessThan(64);
+  });
+});

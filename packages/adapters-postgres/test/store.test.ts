@@ -1,0 +1,348 @@
+import { ErrorCode, isProgressError, type TaskEvent } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { Kysely, PostgresDialect, sql } from 'kysely';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import {
+  changeChannel,
+  MIGRATION_NAMES,
+  migrateProgressSchema,
+  NOTIFY_PAYLOAD_BUDGET_BYTES,
+  PostgresProgressStore,
+  type PostgresProgressStoreOptions,
+} from '../src/index.js';
+import { decodeNotice } from '../src/notify-payload.js';
+import { dropSchema, eventually, freshSchema, newPool, oneTo, pgUrl, Recorder } from './support.js';
+
+const pool = newPool(10);
+const schemas: string[] = [];
+const stores: PostgresProgressStore[] = [];
+
+async function migrated(): Promise<string> {
+  const schema = freshSchema('store');
+  schemas.push(schema);
+  await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) }), { schema });
+  return schema;
+}
+
+async function open(
+  options: Partial<PostgresProgressStoreOptions> & { schema: string },
+): Promise<PostgresProgressStore> {
+  const store = await PostgresProgressStore.open({ pool, migrate: false, ...options });
+  stores.push(store);
+  return store;
+}
+
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected a rejection');
+}
+
+afterEach(async () => {
+  await Promise.all(stores.splice(0).map((store) => store.close()));
+});
+
+afterAll(async () => {
+  for (const schema of schemas) await dropSchema(pool, schema);
+  await pool.end();
+});
+
+describe('migrations', () => {
+  let db: Kysely<unknown>;
+  beforeAll(() => {
+    db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+  });
+
+  it('are versioned and recorded in <schema>.migrations; a second run applies nothing', async () => {
+    const schema = freshSchema('mig');
+    schemas.push(schema);
+    expect(await migrateProgressSchema(db, { schema })).toEqual([...MIGRATION_NAMES]);
+    const { rows } = await pool.query(`SELECT name FROM ${schema}.migrations ORDER BY name`);
+    expect(rows.map((row) => row.name)).toEqual([...MIGRATION_NAMES]);
+    expect(await migrateProgressSchema(db, { schema })).toEqual([]);
+  });
+
+  it('are safe when several replicas migrate the same schema at once', async () => {
+    const schema = freshSchema('mig');
+    schemas.push(schema);
+    const others = [newPool(2), newPool(2), newPool(2)];
+    try {
+      const results = await Promise.all(
+        others.map((other) =>
+          migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool: other }) }), {
+            schema,
+          }),
+        ),
+      );
+      expect(results.flat()).toEqual([...MIGRATION_NAMES]);
+      const { rows } = await pool.query(`SELECT count(*)::int AS n FROM ${schema}.migrations`);
+      expect(rows[0].n).toBe(MIGRATION_NAMES.length);
+    } finally {
+      await Promise.all(others.map((other) => other.end()));
+    }
+  });
+
+  it('refuse a schema that a newer version of the package migrated', async () => {
+    const schema = await migrated();
+    await pool.query(`INSERT INTO ${schema}.migrations (name, timestamp) VALUES ('9999_future', 'now')`);
+    const error = await rejectionOf(migrateProgressSchema(db, { schema }));
+    expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+  });
+
+  it('a store opened without migrating on an empty schema fails to open with store_unavailable', async () => {
+    const error = await rejectionOf(
+      PostgresProgressStore.open({ pool, schema: freshSchema('none'), migrate: false }),
+    );
+    expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+  });
+
+  it('open() migrates by default, in the configured schema only', async () => {
+    const schema = freshSchema('auto');
+    schemas.push(schema);
+    const store = await open({ schema, migrate: true });
+    await store.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    const { rows } = await pool.query(
+      `SELECT table_name FROM information_schema.tables WHERE table_schema = $1 ORDER BY table_name`,
+      [schema],
+    );
+    expect(rows.map((row) => row.table_name)).toEqual([
+      'events',
+      'migrations',
+      'migrations_lock',
+      'tasks',
+      'unprocessed_events',
+    ]);
+  });
+});
+
+describe('appends', () => {
+  it('notify in the same transaction with ids only, far below the payload limit', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    const listener = new pg.Client({ connectionString: pgUrl() });
+    await listener.connect();
+    const payloads: string[] = [];
+    listener.on('notification', (message) => {
+      if (message.channel === changeChannel(schema)) payloads.push(message.payload ?? '');
+    });
+    try {
+      await listener.query(`LISTEN ${pg.escapeIdentifier(changeChannel(schema))}`);
+      await store.createTask({ id: 'big', owner: 'alice', kind: 'k' });
+      const detail = { blob: 'x'.repeat(15_000) };
+      await store.append('big', { type: 'item', key: 'node-1', ok: true, detail });
+      await store.append('big', { type: 'completed', result: { blob: 'y'.repeat(15_000) } });
+      await eventually('two notifications', () => payloads.length >= 2);
+      expect(payloads.map(decodeNotice)).toEqual([
+        { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 1, seq: 1, terminal: false }] },
+        { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 2, seq: 2, terminal: true }] },
+      ]);
+      for (const payload of payloads) {
+        expect(payload).not.toContain('xxx');
+        expect(Buffer.byteLength(payload)).toBeLessThanOrEqual(NOTIFY_PAYLOAD_BUDGET_BYTES);
+      }
+    } finally {
+      await listener.end();
+    }
+  });
+
+  it('group-commit appends of one tick, keeping each task in call order', async () => {
+    const schema = await migrated();
+    const store = await open({ schema, maxConcurrentBatches: 3, maxBatchSize: 50 });
+    const taskIds = ['t1', 't2', 't3', 't4', 't5'];
+    for (const id of taskIds) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const calls = oneTo(400).map((i) => ({ taskId: taskIds[i % taskIds.length] ?? 't1', key: `item-${i}` }));
+    const results = await Promise.all(
+      calls.map(({ taskId, key }) => store.append(taskId, { type: 'item', key, ok: true })),
+    );
+    const stats = store.stats();
+    expect(stats.appends).toBe(400);
+    expect(stats.batches).toBeLessThan(400 / 5);
+    expect(stats.largestBatch).toBeLessThanOrEqual(50);
+    for (const taskId of taskIds) {
+      const called = calls.filter((call) => call.taskId === taskId).map((call) => call.key);
+      const returned = results.filter((result) => result.event.taskId === taskId);
+      expect(returned.map((result) => result.event.seq)).toEqual(oneTo(called.length));
+      const stored = (await store.readEvents(taskId, 0)) as Extract<TaskEvent, { type: 'item' }>[];
+      expect(
+        stored.map((event) => event.item.key),
+        `${taskId} items in call order`,
+      ).toEqual(called);
+      expect((await store.getTask(taskId))?.done).toBe(called.length);
+    }
+  });
+
+  it('a value Postgres refuses fails alone with invalid_input; appends of the same tick commit', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    await store.createTask({ id: 'b', owner: 'alice', kind: 'k' });
+    const [good, bad, other] = await Promise.allSettled([
+      store.append('a', { type: 'progress', done: 1 }),
+      // Valid for core (a JS string), not for Postgres: a lone surrogate is not Unicode text.
+      store.append('a', { type: 'progress', message: 'lone \ud800 surrogate' }),
+      store.append('b', { type: 'progress', done: 2 }),
+    ]);
+    expect(good).toMatchObject({ status: 'fulfilled', value: { event: { seq: 1 } } });
+    expect(other).toMatchObject({ status: 'fulfilled', value: { event: { seq: 1 } } });
+    expect(bad?.status).toBe('rejected');
+    const reason = (bad as PromiseRejectedResult).reason;
+    expect(isProgressError(reason, ErrorCode.InvalidInput)).toBe(true);
+    expect((reason as Error).message).toContain('Postgres rejected a value');
+    expect(store.stats().failedBatches, 'the batch, then the culprit alone').toBe(2);
+    expect((await store.append('a', { type: 'progress', done: 3 })).event.seq).toBe(2);
+  });
+
+  it('reject oversized payloads, invalid ids and unknown tasks with typed errors, before any SQL', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const cases: [string, ErrorCode, () => Promise<unknown>][] = [
+      [
+        'oversized detail',
+        ErrorCode.InvalidInput,
+        () => store.append('a', { type: 'item', key: 'k', ok: true, detail: 'x'.repeat(20_000) }),
+      ],
+      [
+        'id with a quote',
+        ErrorCode.InvalidInput,
+        () => store.append("a'; DROP TABLE tasks; --", { type: 'progress' }),
+      ],
+      ['empty id', ErrorCode.InvalidInput, () => store.getTask('')],
+      ['unknown task', ErrorCode.TaskNotFound, () => store.append('nope', { type: 'progress' })],
+      ['unknown task events', ErrorCode.TaskNotFound, () => store.readEvents('nope', 0)],
+      ['unknown task ack', ErrorCode.TaskNotFound, () => store.ack('nope', 0)],
+      ['unknown task lease', ErrorCode.TaskNotFound, () => store.renewLease('nope', 'w', 1000)],
+      ['unknown task release', ErrorCode.TaskNotFound, () => store.releaseLease('nope', 'w')],
+      ['ack beyond seq', ErrorCode.InvalidInput, () => store.ack('a', 1)],
+      [
+        'duplicate id',
+        ErrorCode.InvalidInput,
+        () => store.createTask({ id: 'a', owner: 'alice', kind: 'k' }),
+      ],
+    ];
+    for (const [what, code, call] of cases) {
+      const error = await rejectionOf(call());
+      expect(isProgressError(error, code), `${what}: ${String(error)}`).toBe(true);
+    }
+    const { rows } = await pool.query(`SELECT count(*)::int AS n FROM ${schema}.tasks`);
+    expect(rows[0].n).toBe(1);
+  });
+});
+
+describe('connection failures', () => {
+  it('turn into store_unavailable with the driver error as cause', async () => {
+    const schema = await migrated();
+    const dead = new pg.Pool({ connectionString: 'postgres://postgres@127.0.0.1:1/postgres', max: 1 });
+    try {
+      // The LISTEN connection works (it has its own settings); the pool does not.
+      const store = await open({ schema, pool: dead, listenClient: pgUrl() });
+      for (const call of [
+        () => store.getTask('a'),
+        () => store.append('a', { type: 'progress' }),
+        () => store.reapExpiredLeases(),
+        () => store.purgeFinished({ olderThanMs: 0 }),
+      ]) {
+        const error = await rejectionOf(call());
+        expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+        expect((error as Error).cause).toBeInstanceOf(Error);
+      }
+      const failed = await rejectionOf(PostgresProgressStore.open({ pool: dead, schema }));
+      expect(isProgressError(failed, ErrorCode.StoreUnavailable), String(failed)).toBe(true);
+    } finally {
+      await Promise.all(stores.splice(0).map((store) => store.close()));
+      await dead.end();
+    }
+  });
+});
+
+describe('operator view and retention', () => {
+  it('<schema>.unprocessed_events lists exactly the events past each task acked seq', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    const expected: string[] = [];
+    for (const [id, events, acked] of [
+      ['a', 5, 2],
+      ['b', 3, 3],
+      ['c', 4, 0],
+    ] as const) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      for (let i = 0; i < events; i++) await store.append(id, { type: 'progress', done: i });
+      await store.ack(id, acked);
+      for (let seq = acked + 1; seq <= events; seq++) expected.push(`${id}:${seq}`);
+    }
+    const { rows } = await pool.query(
+      `SELECT task_id, seq::int AS seq, time, owner FROM ${schema}.unprocessed_events ORDER BY task_id, seq`,
+    );
+    expect(rows.map((row) => `${row.task_id}:${row.seq}`)).toEqual(expected);
+    expect(rows[0].time).toBeInstanceOf(Date);
+    expect(rows[0].owner).toBe('alice');
+  });
+
+  it('purgeFinished really deletes old finished tasks and their events, in batches', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const store = await open({ schema, clock: clock.now });
+    for (const id of ['f1', 'f2', 'f3', 'run']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+      if (id !== 'run') await store.append(id, { type: 'completed' });
+    }
+    clock.advance(10_000);
+    expect(await store.purgeFinished({ olderThanMs: 10_001 })).toBe(0);
+    expect(await store.purgeFinished({ olderThanMs: 10_000, limit: 2 })).toBe(2);
+    expect(await store.purgeFinished({ olderThanMs: 10_000, limit: 2 })).toBe(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(0);
+    const tasks = await pool.query(`SELECT id FROM ${schema}.tasks`);
+    const events = await pool.query(
+      `SELECT task_id, count(*)::int AS n FROM ${schema}.events GROUP BY task_id`,
+    );
+    expect(tasks.rows).toEqual([{ id: 'run' }]);
+    expect(events.rows).toEqual([{ task_id: 'run', n: 1 }]);
+    // The id is free again, and its new life starts at seq 1 on the feed.
+    const recorder = new Recorder(store);
+    await store.createTask({ id: 'f1', owner: 'alice', kind: 'k' });
+    await store.append('f1', { type: 'progress' });
+    expect(recorder.seqs('f1')).toEqual([1]);
+    recorder.stop();
+  });
+});
+
+describe('clients', () => {
+  it('works on a caller-built Kysely with a LISTEN connection string, and never ends it', async () => {
+    const schema = await migrated();
+    const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+    const writer = await PostgresProgressStore.open({ db, schema, migrate: false, listenClient: pgUrl() });
+    stores.push(writer);
+    const observer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await writer.createTask({ id: 'k', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await writer.append('k', { type: 'progress', done: i });
+    await writer.append('k', { type: 'cancelled' });
+    await eventually('the observer sees all six', () => recorder.has('k', 6));
+    expect(recorder.seqs('k')).toEqual(oneTo(6));
+    expect(recorder.changes.at(-1)).toEqual({ taskId: 'k', seq: 6, terminal: true });
+    expect(observer.changes.stats()).toMatchObject({ fromNotifications: 6, fromCommits: 0, replayed: 0 });
+    await writer.close();
+    expect((await sql<{ one: number }>`SELECT 1 AS one`.execute(db)).rows).toEqual([{ one: 1 }]);
+    expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+  });
+
+  it('publishes each own commit once although it also comes back by NOTIFY', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    const recorder = new Recorder(store);
+    await store.createTask({ id: 'k', owner: 'alice', kind: 'k' });
+    await Promise.all(oneTo(50).map((i) => store.append('k', { type: 'progress', done: i })));
+    await eventually('own notifications came back', () => store.changes.stats().duplicates >= 1);
+    expect(recorder.seqs('k')).toEqual(oneTo(50));
+    // Usually the commit publishes first; sometimes its own notification wins the race. Never both.
+    const stats = store.changes.stats();
+    expect(stats.published).toBe(50);
+    expect(stats.fromCommits + stats.fromNotifications).toBe(50);
+    expect(store.changes.health()).toMatchObject({ connected: true, lastError: null });
+  });
+});

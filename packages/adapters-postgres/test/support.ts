@@ -1,0 +1,143 @@
+import { randomBytes } from 'node:crypto';
+import type { ProgressStore, TaskChange } from '@finishline/core';
+import pg from 'pg';
+import { inject } from 'vitest';
+
+/** Helpers shared by the Postgres tests. */
+
+/** The test server's URL (see global-setup.ts). */
+export function pgUrl(): string {
+  return inject('pgUrl');
+}
+
+/** A pool on the test server; the caller ends it. */
+export function newPool(max = 10, applicationName = 'finishline-test'): pg.Pool {
+  // idleTimeoutMillis 0: no idle timers, so a test can count the timers a store leaves behind.
+  const pool = new pg.Pool({
+    connectionString: pgUrl(),
+    max,
+    application_name: applicationName,
+    idleTimeoutMillis: 0,
+  });
+  // Idle clients of a pool can be terminated by the fault tests; without a listener that would crash.
+  pool.on('error', () => {});
+  return pool;
+}
+
+/** A schema name no other test uses. */
+export function freshSchema(prefix = 't'): string {
+  return `${prefix}_${randomBytes(6).toString('hex')}`;
+}
+
+/** Drops a test schema and everything in it. */
+export async function dropSchema(pool: pg.Pool, schema: string): Promise<void> {
+  await pool.query(`DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(schema)} CASCADE`);
+}
+
+/** Waits until `condition()` holds, checking every few ms, for at most `limitMs`; then fails with `what`. */
+export async function eventually(
+  what: string,
+  condition: () => boolean | Promise<boolean>,
+  limitMs = 10_000,
+) {
+  const deadline = Date.now() + limitMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`${what}: still not true after ${limitMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Records what a store's change feed publishes. */
+export class Recorder {
+  readonly changes: TaskChange[] = [];
+  readonly stop: () => void;
+
+  constructor(store: ProgressStore) {
+    this.stop = store.changes.subscribe((change) => this.changes.push({ ...change }));
+  }
+
+  /** Seqs published for `taskId`, in arrival order. */
+  seqs(taskId: string): number[] {
+    return this.changes.filter((change) => change.taskId === taskId).map((change) => change.seq);
+  }
+
+  has(taskId: string, seq: number): boolean {
+    return this.changes.some((change) => change.taskId === taskId && change.seq === seq);
+  }
+}
+
+/** `[1, 2, …, n]`. */
+export function oneTo(n: number): number[] {
+  return Array.from({ length: n }, (_, index) => index + 1);
+}
+
+/** A promise with its resolve function, for gates in fault tests. */
+export interface Gate {
+  promise: Promise<void>;
+  open(): void;
+}
+
+export function gate(): Gate {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
+/**
+ * Wraps a pool so a test can stop an append transaction just before its COMMIT: `arm()` makes the next
+ * `commit` wait; `reached` resolves (with the backend pid) when one is waiting; `release()` lets it go on.
+ */
+export function commitGatedPool(real: pg.Pool) {
+  let armed = false;
+  let reached = gate();
+  let release = gate();
+  let pid = 0;
+  const control = {
+    arm() {
+      armed = true;
+      reached = gate();
+      release = gate();
+    },
+    async reached(): Promise<number> {
+      await reached.promise;
+      return pid;
+    },
+    release() {
+      release.open();
+    },
+  };
+  // One proxy per client, as a pool hands out the same client object again and again.
+  const proxies = new WeakMap<pg.PoolClient, pg.PoolClient>();
+  const pool = {
+    options: real.options,
+    Client: (real as unknown as { Client: unknown }).Client,
+    async connect() {
+      const client = await real.connect();
+      const known = proxies.get(client);
+      if (known !== undefined) return known;
+      const proxy = new Proxy(client, {
+        get(target, property) {
+          if (property === 'query') {
+            return async (text: unknown, values?: unknown[]) => {
+              if (armed && typeof text === 'string' && text.trim().toLowerCase() === 'commit') {
+                armed = false;
+                pid = (target as unknown as { processID: number }).processID;
+                reached.open();
+                await release.promise;
+              }
+              return target.query(text as string, values);
+            };
+          }
+          const value = Reflect.get(target, property, target);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      });
+      proxies.set(client, proxy);
+      return proxy;
+    },
+    end: () => real.end(),
+  };
+  return { pool: pool as unknown as pg.Pool, control };
+}
