@@ -4,6 +4,6 @@ import { defineConfig } from 'vitest/config';
 // each package's vitest.config.ts maps its own name and its siblings' names to their sources.
 export default defineConfig({
   test: {
-    projects: ['packages/*'],
+    projects: ['packages/*', 'examples/*'],
   },
 });

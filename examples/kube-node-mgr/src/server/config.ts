@@ -1,0 +1,147 @@
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import type { KubeSource } from './kube-nodes.js';
+
+/** Everything `main` needs, from flags and environment variables (flags win). */
+export interface Config {
+  host: string;
+  port: number;
+  /** Where Kubernetes is; `demo` starts the built-in demo cluster. */
+  kube: KubeSource | { type: 'demo' };
+  demo: { port: number; latencyMs: number; failureRate: number; seed: number; failNodes: string[] };
+  dataDir: string;
+  databaseUrl: string | undefined;
+  usersFile: string | undefined;
+  sessionSecret: string;
+  concurrency: number;
+  staticDir: string;
+  trustProxy: boolean;
+  allowedOrigins: 'same-origin' | string[];
+  /** A name for this process in logs (replicas). */
+  name: string;
+}
+
+/** The usage text of `--help`. */
+export const USAGE = `Usage: node dist/server.mjs [options]
+
+  --port N                 HTTP port (PORT, default 3000)
+  --host H                 listen address (HOST, default 127.0.0.1; 0.0.0.0 in a container)
+  --kubeconfig FILE        use this kubeconfig (KUBECONFIG)
+  --context NAME           kubeconfig context (KUBE_CONTEXT)
+  --in-cluster             use the service account (default when KUBERNETES_SERVICE_HOST is set)
+  --kube-server URL        talk to an API server without credentials (KUBE_SERVER; e.g. a shared demo cluster)
+  --demo                   force the built-in demo cluster (the default when nothing else is given)
+  --demo-port N            demo cluster port (DEMO_PORT, default 8001, 0 = any)
+  --demo-latency-ms N      delay of every demo API call (DEMO_LATENCY_MS, default 150)
+  --demo-failure-rate X    probability 0..1 that a demo PATCH fails (DEMO_FAILURE_RATE, default 0)
+  --demo-seed N            seed of the injected failures (DEMO_SEED, default 1)
+  --demo-fail-nodes LIST   comma-separated nodes whose every PATCH fails (DEMO_FAIL_NODES)
+  --data-dir DIR           SQLite database and generated secret (DATA_DIR, default ./data)
+  --database-url URL       use Postgres (DATABASE_URL)
+  --users-file FILE        users JSON (USERS_FILE; default: demo users demo/demo and ops/ops)
+  --concurrency N          nodes patched at once per batch (BATCH_CONCURRENCY, default 4)
+  --static-dir DIR         built web UI (STATIC_DIR, default: dist/web beside the server bundle)
+  --trust-proxy            trust X-Forwarded-Proto for Secure cookies (TRUST_PROXY=1)
+  --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
+  SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
+`;
+
+function int(name: string, value: string | undefined, fallback: number, min: number): number {
+  if (value === undefined || value === '') return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min)
+    throw new Error(`${name} must be an integer ≥ ${min} (got "${value}")`);
+  return n;
+}
+
+/** Reads the configuration; throws with a clear message on bad values. */
+export function loadConfig(
+  argv: string[],
+  env: NodeJS.ProcessEnv,
+  cwd: string,
+  defaultStaticDir: string,
+): Config | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      kubeconfig: { type: 'string' },
+      context: { type: 'string' },
+      'in-cluster': { type: 'boolean' },
+      'kube-server': { type: 'string' },
+      demo: { type: 'boolean' },
+      'demo-port': { type: 'string' },
+      'demo-latency-ms': { type: 'string' },
+      'demo-failure-rate': { type: 'string' },
+      'demo-seed': { type: 'string' },
+      'demo-fail-nodes': { type: 'string' },
+      'data-dir': { type: 'string' },
+      'database-url': { type: 'string' },
+      'users-file': { type: 'string' },
+      concurrency: { type: 'string' },
+      'static-dir': { type: 'string' },
+      'trust-proxy': { type: 'boolean' },
+      'allowed-origins': { type: 'string' },
+      name: { type: 'string' },
+    },
+    strict: true,
+  });
+  if (values.help) return 'help';
+  const kubeconfig = values.kubeconfig ?? env.KUBECONFIG;
+  const kubeServer = values['kube-server'] ?? env.KUBE_SERVER;
+  const context = values.context ?? env.KUBE_CONTEXT;
+  let kube: Config['kube'];
+  if (values.demo) kube = { type: 'demo' };
+  else if (kubeServer) kube = { type: 'server', url: kubeServer };
+  else if (kubeconfig) kube = { type: 'kubeconfig', path: kubeconfig, context };
+  else if (values['in-cluster'] || env.KUBERNETES_SERVICE_HOST) kube = { type: 'in-cluster' };
+  else kube = { type: 'demo' };
+
+  const failureRate = Number(values['demo-failure-rate'] ?? env.DEMO_FAILURE_RATE ?? 0);
+  if (!(failureRate >= 0 && failureRate <= 1)) throw new Error('--demo-failure-rate must be between 0 and 1');
+  const dataDir = path.resolve(cwd, values['data-dir'] ?? env.DATA_DIR ?? 'data');
+  const origins = values['allowed-origins'] ?? env.ALLOWED_ORIGINS;
+  return {
+    host: values.host ?? env.HOST ?? '127.0.0.1',
+    port: int('--port', values.port ?? env.PORT, 3000, 0),
+    kube,
+    demo: {
+      port: int('--demo-port', values['demo-port'] ?? env.DEMO_PORT, 8001, 0),
+      latencyMs: int('--demo-latency-ms', values['demo-latency-ms'] ?? env.DEMO_LATENCY_MS, 150, 0),
+      failureRate,
+      seed: int('--demo-seed', values['demo-seed'] ?? env.DEMO_SEED, 1, 0),
+      failNodes: (values['demo-fail-nodes'] ?? env.DEMO_FAIL_NODES ?? '')
+        .split(',')
+        .map((n) => n.trim())
+        .filter(Boolean),
+    },
+    dataDir,
+    databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
+    usersFile: values['users-file'] ?? (env.USERS_FILE || undefined),
+    sessionSecret: env.SESSION_SECRET || persistentSecret(dataDir),
+    concurrency: int('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
+    staticDir: path.resolve(cwd, values['static-dir'] ?? env.STATIC_DIR ?? defaultStaticDir),
+    trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
+    allowedOrigins: origins
+      ? origins
+          .split(',')
+          .map((o) => o.trim())
+          .filter(Boolean)
+      : 'same-origin',
+    name: values.name ?? env.REPLICA_NAME ?? 'kube-node-mgr',
+  };
+}
+
+/** A secret generated once into the data folder, so restarts keep sessions valid. */
+function persistentSecret(dataDir: string): string {
+  const file = path.join(dataDir, 'session-secret');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  mkdirSync(dataDir, { recursive: true });
+  const secret = randomBytes(32).toString('base64url');
+  writeFileSync(file, secret, { mode: 0o600 });
+  return secret;
+}

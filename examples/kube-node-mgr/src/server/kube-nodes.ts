@@ -1,0 +1,152 @@
+import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, type V1Node } from '@kubernetes/client-node';
+import type { NodeState } from './operations.js';
+
+/** How the app reaches Kubernetes. */
+export type KubeSource =
+  | { type: 'kubeconfig'; path: string | undefined; context: string | undefined }
+  | { type: 'in-cluster' }
+  | { type: 'server'; url: string };
+
+/** What the node table shows of a node. */
+export interface NodeView extends NodeState {
+  roles: string[];
+  zone: string | null;
+  instanceType: string | null;
+  ready: boolean;
+  kubeletVersion: string | null;
+}
+
+/** An error from the Kubernetes API, with its HTTP status and the `Status` message. */
+export class KubeApiError extends Error {
+  readonly status: number;
+  readonly reason: string;
+  constructor(status: number, reason: string, message: string) {
+    super(message);
+    this.name = 'KubeApiError';
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+/** Builds a `KubeConfig` from a source. */
+export function loadKubeConfig(source: KubeSource): KubeConfig {
+  const kc = new KubeConfig();
+  switch (source.type) {
+    case 'kubeconfig':
+      if (source.path === undefined) kc.loadFromDefault();
+      else kc.loadFromFile(source.path);
+      if (source.context !== undefined) kc.setCurrentContext(source.context);
+      break;
+    case 'in-cluster':
+      kc.loadFromCluster();
+      break;
+    case 'server':
+      kc.loadFromOptions({
+        clusters: [{ name: 'demo', server: source.url, skipTLSVerify: true }],
+        users: [{ name: 'demo' }],
+        contexts: [{ name: 'demo', cluster: 'demo', user: 'demo' }],
+        currentContext: 'demo',
+      });
+      break;
+    default: {
+      const never: never = source;
+      throw new Error(`unknown kube source ${JSON.stringify(never)}`);
+    }
+  }
+  return kc;
+}
+
+function toError(error: unknown): KubeApiError {
+  if (error instanceof KubeApiError) return error;
+  const e = error as { code?: unknown; body?: unknown; message?: unknown };
+  if (typeof e?.code === 'number') {
+    let body: unknown = e.body;
+    if (typeof body === 'string') {
+      try {
+        body = JSON.parse(body);
+      } catch {
+        // not JSON: keep the text
+      }
+    }
+    const status = body as { message?: unknown; reason?: unknown } | undefined;
+    const message = typeof status?.message === 'string' ? status.message : `HTTP ${e.code}`;
+    const reason = typeof status?.reason === 'string' ? status.reason : 'Unknown';
+    return new KubeApiError(e.code, reason, message);
+  }
+  const cause = error as { code?: unknown; message?: unknown; cause?: { code?: unknown } };
+  const code = typeof cause?.cause?.code === 'string' ? ` (${cause.cause.code})` : '';
+  return new KubeApiError(
+    0,
+    'Unreachable',
+    `Kubernetes API unreachable: ${String(cause?.message ?? error)}${code}`,
+  );
+}
+
+/** The node API this app needs, on `@kubernetes/client-node`. */
+export class KubeNodes {
+  readonly #api: CoreV1Api;
+  /** Where the API is (for the start-up banner). */
+  readonly server: string;
+
+  constructor(config: KubeConfig) {
+    this.#api = config.makeApiClient(CoreV1Api);
+    this.server = config.getCurrentCluster()?.server ?? 'unknown';
+  }
+
+  /** Every node (optionally filtered by a label selector), sorted by name. */
+  async list(labelSelector?: string): Promise<NodeView[]> {
+    try {
+      const list = await this.#api.listNode(labelSelector === undefined ? {} : { labelSelector });
+      return list.items.map(toView).sort((a, b) => a.name.localeCompare(b.name));
+    } catch (error) {
+      throw toError(error);
+    }
+  }
+
+  /** One node. */
+  async get(name: string): Promise<NodeView> {
+    try {
+      return toView(await this.#api.readNode({ name }));
+    } catch (error) {
+      throw toError(error);
+    }
+  }
+
+  /** Applies a JSON merge patch and answers with the node as the API left it. */
+  async mergePatch(name: string, patch: Record<string, unknown>): Promise<NodeView> {
+    try {
+      const node = await this.#api.patchNode(
+        { name, body: patch, fieldManager: 'kube-node-mgr' },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+      return toView(node);
+    } catch (error) {
+      throw toError(error);
+    }
+  }
+}
+
+function toView(node: V1Node): NodeView {
+  const labels = { ...(node.metadata?.labels ?? {}) };
+  return {
+    name: node.metadata?.name ?? '',
+    resourceVersion: node.metadata?.resourceVersion ?? '',
+    labels,
+    taints: (node.spec?.taints ?? []).map((t) => ({
+      key: t.key,
+      ...(t.value === undefined ? {} : { value: t.value }),
+      effect: t.effect,
+      ...(t.timeAdded === undefined
+        ? {}
+        : { timeAdded: new Date(t.timeAdded).toISOString().replace(/\.\d{3}Z$/, 'Z') }),
+    })),
+    unschedulable: node.spec?.unschedulable === true,
+    roles: Object.keys(labels)
+      .filter((k) => k.startsWith('node-role.kubernetes.io/'))
+      .map((k) => k.slice('node-role.kubernetes.io/'.length)),
+    zone: labels['topology.kubernetes.io/zone'] ?? null,
+    instanceType: labels['node.kubernetes.io/instance-type'] ?? null,
+    ready: (node.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'),
+    kubeletVersion: node.status?.nodeInfo?.kubeletVersion ?? null,
+  };
+}

@@ -1,0 +1,115 @@
+/* The command-line entry: `node dist/server.mjs [options]` (see USAGE). */
+import { fileURLToPath } from 'node:url';
+import { createApp } from './app.js';
+import { hashPassword, loadUsersFile, SessionManager, type UserRecord } from './auth.js';
+import { loadConfig, USAGE } from './config.js';
+import { DemoCluster } from './demo-cluster.js';
+import { KubeNodes, loadKubeConfig } from './kube-nodes.js';
+import { openStore } from './store.js';
+
+const log = (message: string) => process.stdout.write(`${message}\n`);
+
+/** The demo users when no users file is given (the passwords are printed at start). */
+const DEMO_USERS = [
+  { username: 'demo', password: 'demo' },
+  { username: 'ops', password: 'ops' },
+];
+
+async function main(): Promise<void> {
+  const config = loadConfig(
+    process.argv.slice(2),
+    process.env,
+    process.cwd(),
+    fileURLToPath(new URL('./web/', import.meta.url)),
+  );
+  if (config === 'help') {
+    log(USAGE);
+    return;
+  }
+  const logger = {
+    debug: () => {},
+    info: () => {},
+    warn: (obj: unknown, msg?: string) =>
+      process.stderr.write(`[${config.name}] warn ${msg ?? ''} ${JSON.stringify(obj)}\n`),
+    error: (obj: unknown, msg?: string) =>
+      process.stderr.write(`[${config.name}] error ${msg ?? ''} ${JSON.stringify(obj)}\n`),
+  };
+
+  let demo: DemoCluster | undefined;
+  let kubeDescription: string;
+  let nodes: KubeNodes;
+  if (config.kube.type === 'demo') {
+    demo = new DemoCluster({
+      latencyMs: config.demo.latencyMs,
+      failureRate: config.demo.failureRate,
+      seed: config.demo.seed,
+      failNodes: config.demo.failNodes,
+    });
+    let url: string;
+    try {
+      url = await demo.listen(config.demo.port);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || config.demo.port === 0) throw error;
+      url = await demo.listen(0);
+    }
+    nodes = new KubeNodes(loadKubeConfig({ type: 'server', url }));
+    kubeDescription = `demo cluster at ${url} (try: kubectl --server=${url} get nodes)`;
+  } else {
+    nodes = new KubeNodes(loadKubeConfig(config.kube));
+    kubeDescription = `${config.kube.type} → ${nodes.server}`;
+  }
+
+  let users: UserRecord[];
+  let demoLogin: string | undefined;
+  if (config.usersFile !== undefined) users = loadUsersFile(config.usersFile);
+  else {
+    users = DEMO_USERS.map((u) => ({ username: u.username, passwordHash: hashPassword(u.password) }));
+    demoLogin = DEMO_USERS.map((u) => `${u.username} / ${u.password}`).join(', ');
+  }
+
+  const opened = await openStore({
+    databaseUrl: config.databaseUrl,
+    dataDir: config.dataDir,
+    onError: (error) => logger.warn({ err: String(error) }, 'store background error'),
+  });
+  const sessions = new SessionManager({ secret: config.sessionSecret, ttlMs: 12 * 3600_000, users });
+  const app = createApp({
+    store: opened.store,
+    nodes,
+    sessions,
+    concurrency: config.concurrency,
+    staticDir: config.staticDir,
+    trustProxy: config.trustProxy,
+    allowedOrigins: config.allowedOrigins,
+    logger,
+  });
+  await new Promise<void>((resolve, reject) => {
+    app.server.once('error', reject);
+    app.server.listen(config.port, config.host, () => resolve());
+  });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : config.port;
+  const shownHost = config.host === '0.0.0.0' || config.host === '::' ? 'localhost' : config.host;
+  log(`[${config.name}] kube-node-mgr listening on http://${shownHost}:${port}`);
+  log(`[${config.name}]   kubernetes: ${kubeDescription}`);
+  log(`[${config.name}]   storage:    ${opened.description}`);
+  if (demoLogin !== undefined) log(`[${config.name}]   demo login: ${demoLogin}`);
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log(`[${config.name}] ${signal}: shutting down`);
+    await app.close();
+    await opened.close();
+    await demo?.close();
+    process.exit(0);
+  };
+  process.on('SIGINT', () => void stop('SIGINT'));
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`kube-node-mgr: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});

