@@ -59,8 +59,9 @@ export {
 } from './model.js';
 export type { ProgressErrorOptions } from './progress-error.js';
 export { isProgressError, ProgressError } from './progress-error.js';
-export type { DecodeOptions, DecodeResult } from './protocol/codec.js';
-export { decodeClientFrame, decodeServerFrame, encodeFrame } from './protocol/codec.js';
+export { decodeClientFrame } from './protocol/codec.js';
+export type { DecodeOptions, DecodeResult } from './protocol/frame-text.js';
+export { encodeFrame } from './protocol/frame-text.js';
 // Protocol
 export type {
   AckFrame,
@@ -83,6 +84,7 @@ export {
   PROTOCOL_VERSION,
   SERVER_FRAME_TYPES,
 } from './protocol/frames.js';
+export { decodeServerFrame } from './protocol/server-frame-decoder.js';
 // Store seam
 export type { ChangeFeed, ChangeListener, TaskChange, Unsubscribe } from './store/change-feed.js';
 export { LocalChangeFeed } from './store/change-feed.js';
@@ -101,7 +103,6 @@ export type {
 export {
   assertCount,
   assertId,
-  assertTaskId,
   parseAppendInput,
   parseCreateTaskInput,
   parseLeaseInput,
@@ -123,3 +124,4 @@ export {
   planAppend,
   planLease,
 } from './store/task-transitions.js';
+export { assertTaskId } from './value-checks.js';

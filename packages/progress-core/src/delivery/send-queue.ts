@@ -28,7 +28,7 @@ export interface SendQueueOptions {
 }
 
 /** Defaults of {@link SendQueueOptions}. */
-export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = Object.freeze({
+export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze({
   maxProgressRun: 64,
 });
 

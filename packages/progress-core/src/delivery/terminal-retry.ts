@@ -35,11 +35,12 @@ export interface TerminalRetryOptions {
 }
 
 /** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */
-export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> = Object.freeze({
-  initialDelayMs: 100,
-  multiplier: 2,
-  maxDelayMs: 5000,
-});
+export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> =
+  /* @__PURE__ */ Object.freeze({
+    initialDelayMs: 100,
+    multiplier: 2,
+    maxDelayMs: 5000,
+  });
 
 function resolveTerminalRetryOptions(
   options: TerminalRetryOptions | undefined,

@@ -1,6 +1,6 @@
 import type { JsonValue, ProgressState, TaskEvent, TaskFailure, TaskStatus, TaskView } from '../model.js';
 import { isTerminalEvent, isTerminalType, progressOf } from '../model.js';
-import { assertTaskId } from '../store/inputs.js';
+import { assertTaskId } from '../value-checks.js';
 import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**

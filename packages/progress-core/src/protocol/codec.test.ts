@@ -13,7 +13,7 @@ import {
   taskViewArbitrary,
 } from '../testing/frame-arbitraries.js';
 import { propertyParams, propertySeed } from '../testing/property-config.js';
-import { type DecodeResult, decodeClientFrame, decodeServerFrame, encodeFrame } from './codec.js';
+import { type DecodeResult, decodeClientFrame, encodeFrame } from './codec.js';
 import {
   type clientFrameSchema,
   clientFrameSchemas,
@@ -24,6 +24,7 @@ import {
 } from './frame-schemas.js';
 import type { ClientFrame, ServerFrame } from './frames.js';
 import { CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './frames.js';
+import { decodeServerFrame } from './server-frame-decoder.js';
 
 // Property tests generate frames up to the size limits: room for a loaded CI machine (a timeout, never
 // a timed assertion).

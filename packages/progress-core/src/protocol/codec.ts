@@ -1,11 +1,22 @@
 import * as v from 'valibot';
 import { ErrorCode } from '../codes.js';
 import { LIMITS } from '../limits.js';
-import { idSchema, utf8Length } from '../primitives.js';
-import { ProgressError } from '../progress-error.js';
 import { clientFrameSchemas, type FrameSchema, serverFrameSchemas } from './frame-schemas.js';
+import {
+  type DecodeOptions,
+  type DecodeResult,
+  decodeFrameWith,
+  type FrameObject,
+  frameError,
+  pathSegment,
+  quote,
+} from './frame-text.js';
 import type { ClientFrame, ServerFrame } from './frames.js';
 import { CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './frames.js';
+
+export type { DecodeOptions, DecodeResult } from './frame-text.js';
+// Kept here too for existing imports; it lives in frame-text.ts so that the client can skip this module.
+export { encodeFrame } from './frame-text.js';
 
 /**
  * Encoding and decoding of protocol frames. Decoding is total: whatever arrives on a socket, the
@@ -14,32 +25,6 @@ import { CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './fram
  *
  * @module
  */
-
-/** Options of {@link decodeClientFrame} and {@link decodeServerFrame}. */
-export interface DecodeOptions {
-  /**
-   * Largest frame accepted, in UTF-8 bytes; a larger one fails with `frame_too_large` before it is
-   * parsed. A positive safe integer.
-   *
-   * @default LIMITS.maxFrameBytes (131072)
-   */
-  maxBytes?: number;
-}
-
-/**
- * The outcome of decoding one frame. On failure `error` is a {@link ProgressError} with code
- * `frame_too_large`, `invalid_frame`, `unknown_frame` or `unsupported_protocol`; its message names the
- * offending field, never contains the frame's credentials, and fits in an `error` frame's `message`
- * ({@link LIMITS.maxMessageLength}). `error.taskId` is set when the frame had a valid top-level `taskId`.
- *
- * `requestId` (client frames only) is the frame's `id` when it was a string of 1 to
- * {@link LIMITS.maxRequestIdLength} characters, even if the rest of the frame was invalid: the server
- * echoes it in the `requestId` of its `error` frame so that the client can match the failure to its
- * request.
- */
-export type DecodeResult<T> =
-  | { ok: true; frame: T }
-  | { ok: false; error: ProgressError; requestId?: string };
 
 /** What differs between the two directions. */
 interface Direction<F> {
@@ -54,7 +39,9 @@ interface Direction<F> {
 
 const CLIENT: Direction<ClientFrame> = {
   side: 'client',
-  schemas: new Map<string, FrameSchema<ClientFrame>>(Object.entries(clientFrameSchemas)),
+  schemas: /* @__PURE__ */ new Map<string, FrameSchema<ClientFrame>>(
+    /* @__PURE__ */ Object.entries(clientFrameSchemas),
+  ),
   types: CLIENT_FRAME_TYPES,
   versionedType: 'auth',
   exposeRequestId: true,
@@ -62,29 +49,23 @@ const CLIENT: Direction<ClientFrame> = {
 
 const SERVER: Direction<ServerFrame> = {
   side: 'server',
-  schemas: new Map<string, FrameSchema<ServerFrame>>(Object.entries(serverFrameSchemas)),
+  schemas: /* @__PURE__ */ new Map<string, FrameSchema<ServerFrame>>(
+    /* @__PURE__ */ Object.entries(serverFrameSchemas),
+  ),
   types: SERVER_FRAME_TYPES,
   versionedType: 'hello',
   exposeRequestId: false,
 };
-
-// Fatal: invalid UTF-8 is an invalid frame, not silently replaced. ignoreBOM keeps a BOM in the text so
-// bytes and the equivalent string decode alike (JSON.parse refuses both). Reusable: decode() without
-// `stream` carries no state from one call to the next.
-const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /**
  * abortEarly: the first issue is enough for the message and the rest of a bad frame is not worth
  * walking. `message` replaces valibot's default messages, which quote the received value (a peer's
  * string of any length, or a credential) for the schemas that have no message of their own.
  */
-const PARSE_CONFIG: v.Config<v.BaseIssue<unknown>> = Object.freeze({
+const PARSE_CONFIG: v.Config<v.BaseIssue<unknown>> = /* @__PURE__ */ Object.freeze({
   abortEarly: true,
   message: issueMessage,
 });
-
-/** Longest piece of peer-controlled text (a type, a key) quoted in an error message. */
-const MAX_QUOTED_LENGTH = 64;
 
 /**
  * Decodes a frame a client sent (on the server).
@@ -112,127 +93,28 @@ const MAX_QUOTED_LENGTH = 64;
  * ```
  */
 export function decodeClientFrame(input: unknown, options?: DecodeOptions): DecodeResult<ClientFrame> {
-  return decodeFrame(input, resolveMaxBytes(options), CLIENT);
+  return decodeFrameWith(input, options, (value) => validate(value, CLIENT));
 }
 
 /**
- * Decodes a frame a server sent (on the client). Same input forms and guarantees as
- * {@link decodeClientFrame}; a failure never carries a `requestId`.
+ * Decodes a server frame with the valibot schemas of `frame-schemas.ts`. The public `decodeServerFrame`
+ * is a hand-written decoder (`server-frame-decoder.ts`) that keeps valibot out of the browser bundle;
+ * this one is the reference it is tested against (same acceptance, same codes, same messages).
  *
- * @throws ProgressError `invalid_input` only for invalid `options` (a programming error).
+ * @internal
  */
-export function decodeServerFrame(input: unknown, options?: DecodeOptions): DecodeResult<ServerFrame> {
-  return decodeFrame(input, resolveMaxBytes(options), SERVER);
+export function decodeServerFrameWithSchemas(
+  input: unknown,
+  options?: DecodeOptions,
+): DecodeResult<ServerFrame> {
+  return decodeFrameWith(input, options, (value) => validate(value, SERVER));
 }
 
-/**
- * Encodes a frame as the JSON text sent on the socket. It does not validate: frames are built by code
- * from validated data, and the receiver validates anyway. For any valid frame `f`,
- * `decode(encodeFrame(f))` returns a frame deep-equal to `f`.
- */
-export function encodeFrame(frame: ServerFrame | ClientFrame): string {
-  return JSON.stringify(frame);
-}
-
-function resolveMaxBytes(options: DecodeOptions | undefined): number {
-  const maxBytes = options?.maxBytes;
-  if (maxBytes === undefined) return LIMITS.maxFrameBytes;
-  if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `DecodeOptions.maxBytes must be a positive safe integer, got ${String(maxBytes)}`,
-    );
-  }
-  return maxBytes;
-}
-
-function decodeFrame<F>(input: unknown, maxBytes: number, direction: Direction<F>): DecodeResult<F> {
-  try {
-    const text = readText(input, maxBytes);
-    if (typeof text !== 'string') return { ok: false, error: text };
-    let value: unknown;
-    try {
-      value = JSON.parse(text);
-    } catch (cause) {
-      // The SyntaxError quotes the input; it stays in `cause` for logs, out of the message sent back.
-      return failure(ErrorCode.InvalidFrame, 'Frame is not valid JSON', { cause });
-    }
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-      return failure(ErrorCode.InvalidFrame, `A frame must be a JSON object, got ${describeJson(value)}`);
-    }
-    return validate(value as Record<string, unknown>, direction);
-  } catch (cause) {
-    // Unreachable for anything JSON.parse can return; kept so that no input can ever make decoding throw.
-    return failure(ErrorCode.InvalidFrame, 'Frame could not be decoded', { cause });
-  }
-}
-
-/** The frame's text, or the error that stops decoding (wrong input kind, too large, not UTF-8). */
-function readText(input: unknown, maxBytes: number): string | ProgressError {
-  if (typeof input === 'string') {
-    // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds.
-    if (input.length > maxBytes || (input.length * 3 > maxBytes && utf8Length(input) > maxBytes)) {
-      return tooLarge(maxBytes);
-    }
-    return input;
-  }
-  let bytes: Uint8Array;
-  if (input instanceof Uint8Array) {
-    if (input.byteLength > maxBytes) return tooLarge(maxBytes);
-    bytes = input;
-  } else if (input instanceof ArrayBuffer) {
-    if (input.byteLength > maxBytes) return tooLarge(maxBytes);
-    bytes = new Uint8Array(input);
-  } else if (Array.isArray(input)) {
-    const joined = joinFragments(input, maxBytes);
-    if (!(joined instanceof Uint8Array)) return joined;
-    bytes = joined;
-  } else {
-    return new ProgressError(
-      ErrorCode.InvalidFrame,
-      `A frame must be a string or UTF-8 bytes, got ${input === null ? 'null' : typeof input}`,
-    );
-  }
-  try {
-    return utf8Decoder.decode(bytes);
-  } catch (cause) {
-    return new ProgressError(ErrorCode.InvalidFrame, 'Frame is not valid UTF-8', { cause });
-  }
-}
-
-/** Concatenates `ws` fragments, checking their kinds and total size before copying anything. */
-function joinFragments(fragments: readonly unknown[], maxBytes: number): Uint8Array | ProgressError {
-  let total = 0;
-  for (const fragment of fragments) {
-    if (!(fragment instanceof Uint8Array)) {
-      return new ProgressError(ErrorCode.InvalidFrame, 'A fragmented frame must be an array of byte buffers');
-    }
-    total += fragment.byteLength;
-    if (total > maxBytes) return tooLarge(maxBytes);
-  }
-  const joined = new Uint8Array(total);
-  let offset = 0;
-  for (const fragment of fragments as readonly Uint8Array[]) {
-    joined.set(fragment, offset);
-    offset += fragment.byteLength;
-  }
-  return joined;
-}
-
-function tooLarge(maxBytes: number): ProgressError {
-  return new ProgressError(ErrorCode.FrameTooLarge, `Frame is larger than ${maxBytes} bytes`);
-}
-
-function validate<F>(value: Record<string, unknown>, direction: Direction<F>): DecodeResult<F> {
+function validate<F>(value: FrameObject, direction: Direction<F>): DecodeResult<F> {
   const requestId = direction.exposeRequestId ? readRequestId(value) : undefined;
   const fail = (code: ErrorCode, detail: string): DecodeResult<F> => {
     const where = requestId === undefined ? '' : ` (request ${quote(requestId)})`;
-    const taskId = readTaskId(value);
-    const error = new ProgressError(
-      code,
-      clip(`${detail}${where}`, LIMITS.maxMessageLength),
-      taskId === undefined ? {} : { taskId },
-    );
+    const error = frameError(code, `${detail}${where}`, value);
     return requestId === undefined ? { ok: false, error } : { ok: false, error, requestId };
   };
 
@@ -260,35 +142,20 @@ function validate<F>(value: Record<string, unknown>, direction: Direction<F>): D
   return fail(ErrorCode.InvalidFrame, `Invalid ${type} frame: ${describeIssue(parsed.issues[0])}`);
 }
 
-function readRequestId(value: Record<string, unknown>): string | undefined {
+function readRequestId(value: FrameObject): string | undefined {
   const id = value.id;
   return typeof id === 'string' && id.length >= 1 && id.length <= LIMITS.maxRequestIdLength ? id : undefined;
-}
-
-function readTaskId(value: Record<string, unknown>): string | undefined {
-  const taskId = value.taskId;
-  return typeof taskId === 'string' && v.is(idSchema, taskId) ? taskId : undefined;
-}
-
-function failure(code: ErrorCode, message: string, options: { cause: unknown } | undefined = undefined) {
-  return { ok: false as const, error: new ProgressError(code, message, options) };
 }
 
 /** `path.to.field: message`, with peer-controlled keys quoted and clipped. */
 function describeIssue(issue: v.BaseIssue<unknown> | undefined): string {
   if (issue === undefined) return 'does not match the schema';
-  const path = (issue.path ?? []).map((segment, index) => formatKey(segment.key, index)).join('');
-  return path === '' ? issue.message : `${path}: ${issue.message}`;
+  const path = (issue.path ?? []).map((segment) => formatKey(segment.key)).join('');
+  return path === '' ? issue.message : `${path.startsWith('.') ? path.slice(1) : path}: ${issue.message}`;
 }
 
-/** Keys that need no quoting in a path. A single character class: no backtracking. */
-const PLAIN_KEY = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
-
-function formatKey(key: unknown, index: number): string {
-  if (typeof key === 'number') return `[${key}]`;
-  const text = String(key);
-  if (text.length <= MAX_QUOTED_LENGTH && PLAIN_KEY.test(text)) return index === 0 ? text : `.${text}`;
-  return `[${quote(text)}]`;
+function formatKey(key: unknown): string {
+  return typeof key === 'number' ? `[${key}]` : pathSegment(String(key));
 }
 
 /**
@@ -305,19 +172,4 @@ function issueMessage(issue: v.BaseIssue<unknown>): string {
     return `must be ${issue.expected ?? 'valid'}`;
   }
   return `is invalid (${issue.type})`;
-}
-
-function describeJson(value: unknown): string {
-  if (value === null) return 'null';
-  if (Array.isArray(value)) return 'an array';
-  return `a ${typeof value}`;
-}
-
-/** JSON-quoted, clipped to {@link MAX_QUOTED_LENGTH} characters. */
-function quote(text: string): string {
-  return JSON.stringify(clip(text, MAX_QUOTED_LENGTH));
-}
-
-function clip(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
 }

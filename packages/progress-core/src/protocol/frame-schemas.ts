@@ -231,7 +231,7 @@ export type FrameSchema<F> = v.GenericSchema<unknown, F>;
  */
 export const serverFrameSchemas: {
   readonly [K in ServerFrame['type']]: FrameSchema<Extract<ServerFrame, { type: K }>>;
-} = Object.freeze({
+} = /* @__PURE__ */ Object.freeze({
   hello: helloFrameSchema satisfies FrameSchema<HelloFrame>,
   snapshot: snapshotFrameSchema satisfies FrameSchema<SnapshotFrame>,
   event: eventFrameSchema satisfies FrameSchema<EventFrame>,
@@ -243,7 +243,7 @@ export const serverFrameSchemas: {
 /** The schema of each client frame, by `type`. */
 export const clientFrameSchemas: {
   readonly [K in ClientFrame['type']]: FrameSchema<Extract<ClientFrame, { type: K }>>;
-} = Object.freeze({
+} = /* @__PURE__ */ Object.freeze({
   auth: authFrameSchema satisfies FrameSchema<AuthFrame>,
   subscribe: subscribeFrameSchema satisfies FrameSchema<SubscribeFrame>,
   unsubscribe: unsubscribeFrameSchema satisfies FrameSchema<UnsubscribeFrame>,

@@ -139,10 +139,8 @@ function parseOrThrow<T>(schema: v.GenericSchema<unknown, T>, input: unknown, wh
   return parsed.output;
 }
 
-/** Validates a task id; throws `invalid_input` otherwise. */
-export function assertTaskId(taskId: unknown): asserts taskId is string {
-  parseOrThrow(idSchema, taskId, 'task id');
-}
+// Hand-written (no valibot) so that the browser client, which checks ids too, can skip this module.
+export { assertTaskId } from '../value-checks.js';
 
 /** Validates a seq or count argument; throws `invalid_input` otherwise. */
 export function assertCount(value: unknown, what: string): asserts value is number {
@@ -173,6 +171,7 @@ export function assertId(value: unknown, what: string): asserts value is string 
  * A `limit` argument, following the rule every store shares (see `ProgressStore`): omitted → `fallback`;
  * an integer ≥ 1 → itself, clamped to `max`; anything else → `invalid_input`.
  */
+/* @__NO_SIDE_EFFECTS__ */
 function limitSchema(fallback: number, max: number) {
   return v.optional(
     v.pipe(

@@ -41,12 +41,13 @@ export interface MemoryProgressStoreOptions {
 }
 
 /** The defaults of {@link MemoryProgressStoreOptions}. */
-export const MEMORY_PROGRESS_STORE_DEFAULTS: Readonly<Required<MemoryProgressStoreOptions>> = Object.freeze({
-  clock: systemClock,
-  onListenerError: () => {},
-});
+export const MEMORY_PROGRESS_STORE_DEFAULTS: Readonly<Required<MemoryProgressStoreOptions>> =
+  /* @__PURE__ */ Object.freeze({
+    clock: systemClock,
+    onListenerError: () => {},
+  });
 
-const OPTION_NAMES = new Set(Object.keys(MEMORY_PROGRESS_STORE_DEFAULTS));
+const OPTION_NAMES = /* @__PURE__ */ new Set(/* @__PURE__ */ Object.keys(MEMORY_PROGRESS_STORE_DEFAULTS));
 
 function resolveOptions(options: MemoryProgressStoreOptions): Required<MemoryProgressStoreOptions> {
   if (typeof options !== 'object' || options === null) {

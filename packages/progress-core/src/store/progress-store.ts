@@ -144,7 +144,7 @@ export interface ProgressStore {
 }
 
 /** Defaults shared by every store, so their behaviour does not drift. */
-export const STORE_DEFAULTS = Object.freeze({
+export const STORE_DEFAULTS = /* @__PURE__ */ Object.freeze({
   /** {@link ListTasksQuery.limit} */
   listLimit: 50,
   maxListLimit: 1000,

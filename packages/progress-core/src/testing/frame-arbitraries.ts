@@ -26,6 +26,7 @@ import type {
   UnsubscribeFrame,
 } from '../protocol/frames.js';
 import { PROTOCOL_VERSION } from '../protocol/frames.js';
+import { isJsonValue } from '../value-checks.js';
 
 /**
  * fast-check arbitraries for every valid protocol frame and for the events and snapshots they carry.
@@ -70,10 +71,18 @@ const NASTY_UNIT = fc.constantFrom(
   '\udfff',
 );
 
+/** `text` with U+0000 and unpaired surrogates replaced by U+0001 and U+FFFD: storable by every store. */
+function storable(text: string): string {
+  return text
+    .replaceAll('\u0000', '\u0001')
+    .replace(/[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g, '\uFFFD');
+}
+
 /** A string of at most `maxLength` UTF-16 units (valibot counts those), including the awkward ones. */
 function textArbitrary(maxLength: number, minLength = 0): fc.Arbitrary<string> {
-  // U+0000 is refused by every text schema; `binary` strings may hold it, so it is swapped for U+0001.
-  const fit = (text: string) => text.replaceAll('\u0000', '\u0001').slice(0, maxLength);
+  // Every text schema refuses U+0000 and unpaired surrogates (no store can keep them): swap them out,
+  // after cutting to length so a cut cannot split a pair.
+  const fit = (text: string) => storable(text.slice(0, maxLength));
   // Mostly short strings (fast to generate and to shrink), sometimes exactly the limit.
   const shortMax = Math.max(minLength, Math.min(maxLength, 40));
   return fc.oneof(
@@ -125,7 +134,14 @@ export const jsonArbitrary: fc.Arbitrary<JsonValue> = fc.oneof(
     weight: 9,
     arbitrary: fc
       .jsonValue({ maxDepth: 4, stringUnit: 'binary' })
-      .map((value) => JSON.parse(JSON.stringify(value).replaceAll('\\u0000', '\\u0001')) as JsonValue)
+      .map(
+        (value) =>
+          JSON.parse(JSON.stringify(value), (_key, entry) =>
+            typeof entry === 'string' ? storable(entry) : entry,
+          ) as JsonValue,
+      )
+      // Keys are not revived: drop values whose keys no store can keep.
+      .filter((value) => isJsonValue(value))
       .filter((value) => !hasProtoKey(value) && jsonBytes(value) <= LIMITS.maxJsonBytes),
   },
   // A string whose serialization (two quotes included) is exactly the limit.

@@ -228,6 +228,10 @@ export function describeEventContract(ctx: ContractContext): void {
         { type: 'progress', message: 'half\u0000way' },
         { type: 'completed', result: { note: 'a\u0000b' } },
         { type: 'completed', result: { 'k\u0000': 1 } },
+        // Unpaired surrogates are not Unicode: Postgres refuses them, SQLite would mangle them.
+        { type: 'item', key: 'node-\ud800', ok: true },
+        { type: 'progress', current: '\udc00x' },
+        { type: 'completed', result: ['ok\udbff'] },
       ];
       for (const input of invalid) {
         await expectRejection(`append(${show(input)})`, ErrorCode.InvalidInput, () =>

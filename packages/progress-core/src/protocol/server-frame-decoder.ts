@@ -1,0 +1,279 @@
+import { ERROR_CODES, ErrorCode } from '../codes.js';
+import { LIMITS } from '../limits.js';
+import { TASK_STATUSES } from '../model.js';
+import { CHECK_MESSAGES, fitsJsonLimit, idProblem, isJsonValue, isStorableText } from '../value-checks.js';
+import {
+  type DecodeOptions,
+  type DecodeResult,
+  decodeFrameWith,
+  type FrameObject,
+  frameError,
+  pathSegment,
+  quote,
+} from './frame-text.js';
+import type { ServerFrame } from './frames.js';
+import { PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './frames.js';
+
+/**
+ * The client's decoder of server frames, written by hand so that a browser bundle carries a few
+ * hundred bytes of checks instead of a validation library. It enforces exactly the rules of the
+ * valibot schemas in `frame-schemas.ts`, which stay the specification: a property test
+ * (`server-frame-decoder.test.ts`) checks that both accept the same inputs, return the same frames and
+ * fail with the same code and message, issue for issue in the schemas' order (abort early).
+ *
+ * A check returns `undefined` when the value is valid, else the tail of the error message: the path
+ * below the checked value (`.done`, `["bad id"]`), then `: ` and what is wrong. Nothing is allocated for
+ * a valid frame, which is returned as parsed (its keys are exactly the allowed ones).
+ *
+ * @module
+ */
+
+/** `undefined` when valid, else `<path below the value>: <message>`. */
+type Check = (value: unknown) => string | undefined;
+
+const ok: Check = () => undefined;
+
+function nested(key: string, tail: string | undefined): string | undefined {
+  return tail === undefined ? undefined : pathSegment(key) + tail;
+}
+
+function count(value: unknown): string | undefined {
+  if (typeof value !== 'number' || Number.isNaN(value)) return ': must be number';
+  if (!Number.isInteger(value)) return `: ${CHECK_MESSAGES.integer}`;
+  if (value < 0) return `: ${CHECK_MESSAGES.negative}`;
+  if (value > LIMITS.maxCount) return `: ${CHECK_MESSAGES.tooLarge}`;
+  return undefined;
+}
+
+/** A count of at least 1 (seqs, intervals). */
+const positive: Check = (value) =>
+  count(value) ?? ((value as number) < 1 ? `: ${CHECK_MESSAGES.atLeastOne}` : undefined);
+
+const id: Check = (value) => {
+  const problem = idProblem(value);
+  return problem === undefined ? undefined : `: ${problem}`;
+};
+
+/** A string without U+0000 of at most `max` UTF-16 units (`tooLong` says so). */
+function text(max: number, tooLong: string, minOne = false): Check {
+  return (value) => {
+    if (typeof value !== 'string') return ': must be string';
+    if (!isStorableText(value)) return `: ${CHECK_MESSAGES.nul}`;
+    if (value.length > max) return `: ${tooLong}`;
+    if (minOne && value.length < 1) return `: ${CHECK_MESSAGES.empty}`;
+    return undefined;
+  };
+}
+
+const shortText = text(LIMITS.maxKeyLength, CHECK_MESSAGES.keyTooLong);
+const message = text(LIMITS.maxMessageLength, CHECK_MESSAGES.messageTooLong);
+
+const json: Check = (value) => {
+  if (!isJsonValue(value)) return `: ${CHECK_MESSAGES.json}`;
+  return fitsJsonLimit(value) ? undefined : `: ${CHECK_MESSAGES.jsonTooLarge}`;
+};
+
+const nullable =
+  (check: Check): Check =>
+  (value) =>
+    value === null ? undefined : check(value);
+
+function oneOf(allowed: readonly unknown[], problem: string): Check {
+  return (value) => (allowed.includes(value) ? undefined : `: ${problem}`);
+}
+
+const requestId: Check = (value) => {
+  if (typeof value !== 'string') return ': must be string';
+  if (value.length < 1) return `: ${CHECK_MESSAGES.empty}`;
+  if (value.length > LIMITS.maxRequestIdLength) {
+    return `: must be at most ${LIMITS.maxRequestIdLength} characters`;
+  }
+  return undefined;
+};
+
+/**
+ * A strict object: each field of `fields` in order (a missing one is required unless its name starts
+ * with `?`), then no other key. Arrays count as objects here, as they do for valibot's `strictObject`.
+ */
+function object(fields: Record<string, Check>): Check {
+  return (value) => {
+    if (typeof value !== 'object' || value === null) return ': must be an object';
+    for (const name in fields) {
+      const optional = name.startsWith('?');
+      const key = optional ? name.slice(1) : name;
+      if (key in value) {
+        const tail = nested(key, (fields[name] as Check)((value as FrameObject)[key]));
+        if (tail !== undefined) return tail;
+      } else if (!optional) return nested(key, ': is required');
+    }
+    for (const key in value) {
+      const known = Object.hasOwn(fields, `?${key}`) || (!key.startsWith('?') && Object.hasOwn(fields, key));
+      if (!known) {
+        return nested(key, ': is not a known field');
+      }
+    }
+    return undefined;
+  };
+}
+
+const progressFields = {
+  total: nullable(count),
+  done: count,
+  succeeded: count,
+  failed: count,
+  current: nullable(shortText),
+  message: nullable(message),
+};
+
+const failure = object({ code: shortText, message });
+
+const eventBase = { type: ok, taskId: id, seq: positive, time: count, progress: object(progressFields) };
+
+const EVENT_MESSAGE =
+  ': must be an event object whose type is progress, item, completed, failed, cancelled or interrupted';
+
+const EVENTS = new Map<unknown, Check>([
+  ['progress', object(eventBase)],
+  [
+    'item',
+    object({
+      ...eventBase,
+      item: object({
+        key: text(LIMITS.maxKeyLength, CHECK_MESSAGES.keyTooLong, true),
+        ok: (value) => (typeof value === 'boolean' ? undefined : ': must be boolean'),
+        error: nullable(message),
+        detail: nullable(json),
+      }),
+    }),
+  ],
+  ['completed', object({ ...eventBase, result: nullable(json) })],
+  ['failed', object({ ...eventBase, error: failure })],
+  ['cancelled', object({ ...eventBase, reason: nullable(shortText) })],
+  ['interrupted', object({ ...eventBase, reason: shortText })],
+]);
+
+const event: Check = (value) => {
+  if (typeof value !== 'object' || value === null) return EVENT_MESSAGE;
+  const check = 'type' in value ? EVENTS.get((value as FrameObject).type) : undefined;
+  return check === undefined ? `.type${EVENT_MESSAGE}` : check(value);
+};
+
+const SEQS_MESSAGE = ': must be an object mapping task ids to seqs';
+
+const seqs: Check = (value) => {
+  if (
+    typeof value !== 'object' ||
+    value === null ||
+    Array.isArray(value) ||
+    Object.hasOwn(value, '__proto__') ||
+    Object.hasOwn(value, 'constructor') ||
+    Object.hasOwn(value, 'prototype')
+  ) {
+    return SEQS_MESSAGE;
+  }
+  for (const key in value) {
+    if (!Object.hasOwn(value, key)) continue;
+    const tail = nested(key, id(key) ?? count((value as FrameObject)[key]));
+    if (tail !== undefined) return tail;
+  }
+  return undefined;
+};
+
+const time = count;
+
+const FRAMES = new Map<string, Check>([
+  [
+    'hello',
+    object({
+      type: ok,
+      protocol: (value) => (value === PROTOCOL_VERSION ? undefined : `: must be ${PROTOCOL_VERSION}`),
+      serverId: id,
+      heartbeatIntervalMs: positive,
+    }),
+  ],
+  [
+    'snapshot',
+    object({
+      type: ok,
+      task: object({
+        id,
+        kind: id,
+        status: oneOf(TASK_STATUSES, `must be one of ${TASK_STATUSES.join(', ')}`),
+        ...progressFields,
+        result: nullable(json),
+        error: nullable(failure),
+        seq: count,
+        createdAt: time,
+        updatedAt: time,
+        finishedAt: nullable(time),
+      }),
+    }),
+  ],
+  ['event', object({ type: ok, event })],
+  ['heartbeat', object({ type: ok, time, seqs })],
+  [
+    'error',
+    object({
+      type: ok,
+      code: oneOf(ERROR_CODES, 'must be one of the error codes of codes.ts'),
+      message,
+      '?requestId': requestId,
+      '?taskId': id,
+    }),
+  ],
+  ['pong', object({ type: ok, '?requestId': requestId, time })],
+]);
+
+/**
+ * Decodes a frame a server sent (on the client).
+ *
+ * @param input A WebSocket message: a string, a `Uint8Array`/`Buffer`/`ArrayBuffer` holding UTF-8, or
+ *   an array of `Buffer` fragments.
+ * @returns The validated frame, or a typed error (see {@link DecodeResult}); a failure never carries a
+ *   `requestId`. Never throws for any `input`.
+ * @throws ProgressError `invalid_input` only for invalid `options` (a programming error).
+ *
+ * @example
+ * ```ts
+ * socket.onmessage = ({ data }) => {
+ *   const decoded = decodeServerFrame(data);
+ *   if (decoded.ok) handle(decoded.frame);
+ *   else log.warn(decoded.error.code, decoded.error.message);
+ * };
+ * ```
+ */
+export function decodeServerFrame(input: unknown, options?: DecodeOptions): DecodeResult<ServerFrame> {
+  return decodeFrameWith(input, options, validate);
+}
+
+function validate(value: FrameObject): DecodeResult<ServerFrame> {
+  const fail = (code: ErrorCode, detail: string): DecodeResult<ServerFrame> => ({
+    ok: false,
+    error: frameError(code, detail, value),
+  });
+  if (!Object.hasOwn(value, 'type')) return fail(ErrorCode.InvalidFrame, 'Invalid frame: type: is required');
+  const type = value.type;
+  if (typeof type !== 'string') return fail(ErrorCode.InvalidFrame, 'Invalid frame: type: must be a string');
+  const check = FRAMES.get(type);
+  if (check === undefined) {
+    return fail(
+      ErrorCode.UnknownFrame,
+      `Unknown server frame type ${quote(type)}; expected one of ${SERVER_FRAME_TYPES.join(', ')}`,
+    );
+  }
+  const protocol = value.protocol;
+  if (
+    type === 'hello' &&
+    Number.isSafeInteger(protocol) &&
+    (protocol as number) >= 1 &&
+    protocol !== PROTOCOL_VERSION
+  ) {
+    return fail(
+      ErrorCode.UnsupportedProtocol,
+      `Protocol version ${String(protocol)} is not supported; this side speaks ${PROTOCOL_VERSION}`,
+    );
+  }
+  const tail = check(value);
+  if (tail === undefined) return { ok: true, frame: value as unknown as ServerFrame };
+  return fail(ErrorCode.InvalidFrame, `Invalid ${type} frame: ${tail.slice(tail.startsWith('.') ? 1 : 0)}`);
+}
