@@ -175,14 +175,15 @@ describe('appends', () => {
     }
   });
 
-  it('a value Postgres refuses fails alone with invalid_input; appends of the same tick commit', async () => {
+  it('a value Postgres could not store is refused by validation alone; appends of the same tick commit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
     await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
     await store.createTask({ id: 'b', owner: 'alice', kind: 'k' });
     const [good, bad, other] = await Promise.allSettled([
       store.append('a', { type: 'progress', done: 1 }),
-      // Valid for core (a JS string), not for Postgres: a lone surrogate is not Unicode text.
+      // Postgres refuses a lone surrogate (not Unicode text); core's validation refuses it first, so the
+      // batch never reaches SQL with it and no batch fails.
       store.append('a', { type: 'progress', message: 'lone \ud800 surrogate' }),
       store.append('b', { type: 'progress', done: 2 }),
     ]);
@@ -191,8 +192,8 @@ describe('appends', () => {
     expect(bad?.status).toBe('rejected');
     const reason = (bad as PromiseRejectedResult).reason;
     expect(isProgressError(reason, ErrorCode.InvalidInput)).toBe(true);
-    expect((reason as Error).message).toContain('Postgres rejected a value');
-    expect(store.stats().failedBatches, 'the batch, then the culprit alone').toBe(2);
+    expect((reason as Error).message).toContain('unpaired surrogate');
+    expect(store.stats().failedBatches, 'validation refused it before SQL').toBe(0);
     expect((await store.append('a', { type: 'progress', done: 3 })).event.seq).toBe(2);
   });
 
