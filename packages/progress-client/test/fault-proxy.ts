@@ -8,8 +8,11 @@ import { type RawData, WebSocket, WebSocketServer } from 'ws';
  * through it opens its own upstream socket with the client's headers and subprotocols.
  */
 
-/** What to do with one server → client frame. */
-export type FrameVerdict = 'pass' | 'drop' | 'duplicate' | 'cut';
+/**
+ * What to do with one server → client frame. A delay holds the frame *and every later frame of the same
+ * connection* (a relay on TCP cannot reorder within a connection), so frames still arrive in order.
+ */
+export type FrameVerdict = 'pass' | 'drop' | 'duplicate' | 'cut' | { kind: 'delay'; ms: number };
 
 /** One relayed connection. */
 export interface ProxiedConnection {
@@ -32,6 +35,10 @@ export class FaultProxy {
   readonly #wss: WebSocketServer;
   readonly #target: string;
   readonly #sockets = new Set<WebSocket>();
+  /** Connection attempts to refuse (HTTP 503 at the upgrade) before accepting again. */
+  refuseNext = 0;
+  /** Upgrades refused so far. */
+  refused = 0;
 
   private constructor(target: string) {
     this.#target = target;
@@ -39,6 +46,13 @@ export class FaultProxy {
     this.#wss = new WebSocketServer({
       server: this.#http,
       handleProtocols: (protocols) => protocols.values().next().value ?? false,
+      verifyClient: (_info, callback) => {
+        if (this.refuseNext > 0) {
+          this.refuseNext--;
+          this.refused++;
+          callback(false, 503);
+        } else callback(true);
+      },
     });
     this.#wss.on('connection', (client, request) => this.#relay(client, request));
   }
@@ -81,7 +95,35 @@ export class FaultProxy {
     this.#sockets.add(client);
     this.#sockets.add(upstream);
     const pending: RawData[] = [];
+    // Frames held by a delay, in order, each with the earliest time it may leave.
+    const held: { text: string; at: number }[] = [];
+    let drainTimer: NodeJS.Timeout | undefined;
+    const drain = () => {
+      drainTimer = undefined;
+      while (held.length > 0 && (held[0]?.at ?? 0) <= Date.now()) {
+        const frame = held.shift();
+        if (frame !== undefined && client.readyState === WebSocket.OPEN) client.send(frame.text);
+      }
+      const head = held[0];
+      if (head !== undefined) drainTimer = setTimeout(drain, Math.max(0, head.at - Date.now()));
+      else closeAfterDrain?.();
+    };
+    // A server's close follows the data it sent before it, as on TCP.
+    let closeAfterDrain: (() => void) | undefined;
+    const deliver = (text: string, delayMs = 0) => {
+      if (delayMs === 0 && held.length === 0) {
+        if (client.readyState === WebSocket.OPEN) client.send(text);
+        return;
+      }
+      const at = Math.max(Date.now() + delayMs, held.at(-1)?.at ?? 0);
+      held.push({ text, at });
+      if (drainTimer === undefined)
+        drainTimer = setTimeout(drain, Math.max(0, (held[0]?.at ?? at) - Date.now()));
+    };
     const cut = () => {
+      held.length = 0;
+      if (drainTimer !== undefined) clearTimeout(drainTimer);
+      drainTimer = undefined;
       client.terminate();
       upstream.terminate();
     };
@@ -105,13 +147,17 @@ export class FaultProxy {
       const text = String(data);
       connection.fromServer.push(text);
       const verdict = this.onServerFrame(JSON.parse(text) as Record<string, unknown>, connection);
+      if (typeof verdict === 'object') {
+        deliver(text, Math.max(0, verdict.ms));
+        return;
+      }
       switch (verdict) {
         case 'pass':
-          client.send(text);
+          deliver(text);
           break;
         case 'duplicate':
-          client.send(text);
-          client.send(text);
+          deliver(text);
+          deliver(text);
           break;
         case 'drop':
           break;
@@ -136,7 +182,10 @@ export class FaultProxy {
         to.close(code, reason);
       } else to.terminate();
     };
-    upstream.on('close', (code, reason) => forward(client, code, reason));
+    upstream.on('close', (code, reason) => {
+      if (held.length === 0) forward(client, code, reason);
+      else closeAfterDrain = () => forward(client, code, reason);
+    });
     client.on('close', (code, reason) => forward(upstream, code, reason));
     upstream.on('error', () => client.terminate());
     client.on('error', () => upstream.terminate());
@@ -144,6 +193,11 @@ export class FaultProxy {
       this.#sockets.delete(client);
       this.#sockets.delete(upstream);
     };
+    client.on('close', () => {
+      held.length = 0;
+      if (drainTimer !== undefined) clearTimeout(drainTimer);
+      drainTimer = undefined;
+    });
     client.on('close', forget);
   }
 }

@@ -27,6 +27,7 @@ import WebSocket from 'ws';
 import type { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';
 import type { Authenticator } from './authenticator.js';
+import { eventFrameText } from './event-frame-text.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
@@ -59,6 +60,12 @@ interface Subscription {
   cursor: number;
   /** Highest seq the client may acknowledge: what it was sent, or what it said it had. */
   ackable: number;
+  /**
+   * Highest seq written to this socket for this task, across resubscribes. A resubscribe resets
+   * `ackable`, but frames of the previous stream may still be in flight to the client, which cannot
+   * tell them from the answer to its new subscribe; acking them is legitimate (they were sent here).
+   */
+  written: number;
   /** Highest seq the client acknowledged. */
   acked: number;
   /** The `afterSeq` of the subscribe: the client already has everything up to it. */
@@ -489,6 +496,7 @@ export class Connection<P extends Principal> {
       ready: false,
       cursor: 0,
       ackable: 0,
+      written: 0,
       acked: 0,
       claimed: 0,
       terminalQueued: false,
@@ -658,7 +666,7 @@ export class Connection<P extends Principal> {
 
   #ackAdvances(frame: AckFrame): boolean {
     const sub = this.#subs.get(frame.taskId);
-    return sub !== undefined && frame.seq > sub.acked && frame.seq <= sub.ackable;
+    return sub !== undefined && frame.seq > sub.acked && frame.seq <= Math.max(sub.ackable, sub.written);
   }
 
   #ack(frame: AckFrame): void {
@@ -666,10 +674,11 @@ export class Connection<P extends Principal> {
     // A late ack after an unsubscribe is harmless; acks never reach the store for unfollowed tasks, so a
     // socket cannot mark another owner's events processed.
     if (sub === undefined) return;
-    if (frame.seq > sub.ackable) {
+    const limit = Math.max(sub.ackable, sub.written);
+    if (frame.seq > limit) {
       this.#invalid(
         ErrorCode.InvalidInput,
-        `ack of seq ${frame.seq} is beyond the last seq sent on this socket (${sub.ackable})`,
+        `ack of seq ${frame.seq} is beyond the last seq sent on this socket (${limit})`,
         { taskId: frame.taskId },
       );
       return;
@@ -770,8 +779,9 @@ export class Connection<P extends Principal> {
   #sendEntry(entry: OutgoingEntry): void {
     switch (entry.kind) {
       case 'event': {
-        const text = encodeFrame({ type: 'event', event: entry.event });
+        const text = eventFrameText(entry.event);
         this.#sendText(text);
+        this.#written(entry.event.taskId, entry.event.seq);
         this.#ctx.metrics.eventsSent.inc();
         if (isTerminalType(entry.event.type)) this.#terminalSent(entry.event.taskId, entry.event.seq, text);
         return;
@@ -779,6 +789,7 @@ export class Connection<P extends Principal> {
       case 'snapshot': {
         const text = encodeFrame({ type: 'snapshot', task: entry.task });
         this.#sendText(text);
+        this.#written(entry.task.id, entry.task.seq);
         this.#ctx.metrics.snapshotsSent.inc();
         if (entry.task.status !== 'running') this.#terminalSent(entry.task.id, entry.task.seq, text);
         return;
@@ -788,6 +799,11 @@ export class Connection<P extends Principal> {
         throw new TypeError(`Unknown outgoing entry ${String(unreachable)}`);
       }
     }
+  }
+
+  #written(taskId: string, seq: number): void {
+    const sub = this.#subs.get(taskId);
+    if (sub !== undefined && seq > sub.written) sub.written = seq;
   }
 
   #send(frame: ServerFrame): void {
