@@ -13,6 +13,7 @@ import {
 import type { Principal } from './auth.js';
 import { pathOf } from './auth.js';
 import type { Authenticator } from './authenticator.js';
+import type { ServerHealth } from './health.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
@@ -72,6 +73,8 @@ export interface HttpHandlerContext<P extends Principal> {
   store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
   metrics: ServerMetrics;
   logger: ProgressLogger;
+  /** The replica's health, served unauthenticated at `{basePath}/healthz`; the route is absent without it. */
+  health?: () => ServerHealth;
 }
 
 /** A refusal with its HTTP status (and extra headers, e.g. `Allow`). */
@@ -146,6 +149,10 @@ export function createHttpHandler<P extends Principal>(
       route = undefined;
       url = new URL('http://localhost/');
     }
+    if (route === undefined && ctx.health !== undefined && isHealthRoute(request, url, basePath)) {
+      serveHealth(ctx.health, response);
+      return;
+    }
     if (route === undefined) {
       if (next !== undefined) next();
       else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
@@ -176,6 +183,27 @@ export function createHttpHandler<P extends Principal>(
       },
     );
   };
+}
+
+/** `GET` / `HEAD {basePath}/healthz`: the probe route (no authentication, no task data). */
+function isHealthRoute(request: IncomingMessage, url: URL, basePath: string): boolean {
+  const method = request.method ?? 'GET';
+  return (method === 'GET' || method === 'HEAD') && url.pathname === `${basePath}/healthz`;
+}
+
+/** 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. */
+function serveHealth(health: () => ServerHealth, response: ServerResponse): void {
+  let report: ServerHealth | undefined;
+  try {
+    report = health();
+  } catch {
+    report = undefined;
+  }
+  if (report === undefined) {
+    send(response, { status: 503, body: { ok: false } });
+    return;
+  }
+  send(response, { status: report.ok ? 200 : 503, body: report });
 }
 
 function matchRoute(path: string, basePath: string): Route | undefined {

@@ -14,6 +14,7 @@ export type {
   TaskAction,
 } from './auth.js';
 export { ownerOnly } from './auth.js';
+export type { ServerHealth, StoreHealth } from './health.js';
 export type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
 export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http-handler.js';
 export type { LeaseKeeper } from './lease-keeper.js';

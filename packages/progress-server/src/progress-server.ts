@@ -7,6 +7,8 @@ import type { Principal } from './auth.js';
 import { isOriginAllowed, pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
 import { Connection } from './connection.js';
+import type { ServerHealth } from './health.js';
+import { readStoreHealth } from './health.js';
 import type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
 import { createHttpHandler } from './http-handler.js';
 import { LeaseKeeper } from './lease-keeper.js';
@@ -218,6 +220,31 @@ export class ProgressServer<P extends Principal = Principal> {
   }
 
   /**
+   * This replica's health, for readiness probes and dashboards: `ok` is `false` while the store's change
+   * feed is disconnected (a Postgres replica that lost its database) or the server is closing. A replica
+   * that loses the database keeps its sockets and catches up when the feed reconnects, so take it out
+   * of the load balancer (readiness), but do not restart it for that (liveness). Also served by
+   * {@link ProgressServer.httpHandler} at `GET {basePath}/healthz`.
+   *
+   * @example
+   * ```ts
+   * const { ok, store, sockets } = progress.health();
+   * ```
+   */
+  health(): ServerHealth {
+    const store = readStoreHealth(this.#options.store.changes);
+    return {
+      ok: store.connected && !this.#closing,
+      serverId: this.serverId,
+      closing: this.#closing,
+      store,
+      sockets: this.#connections.size,
+      ownedTasks: this.tasks.running.length,
+      followedTasks: this.#hub.size,
+    };
+  }
+
+  /**
    * Handles one upgrade request, whatever its path (for routers that dispatch upgrades themselves):
    * checks the Origin and subprotocol, authenticates, and either accepts the socket or answers with an
    * HTTP error (400, 401, 403, 500, 503) on the raw socket. Never throws.
@@ -235,7 +262,8 @@ export class ProgressServer<P extends Principal = Principal> {
   /**
    * The HTTP API as a handler for node `http`, Express (`app.use(handler)`) or Fastify (see README):
    * `GET {basePath}/tasks`, `GET {basePath}/tasks/:id`, `GET {basePath}/tasks/:id/events?afterSeq=&limit=`,
-   * `POST {basePath}/tasks/:id/cancel`.
+   * `POST {basePath}/tasks/:id/cancel`, and the unauthenticated probe `GET {basePath}/healthz`
+   * ({@link ProgressServer.health}: 200 when healthy, else 503).
    */
   httpHandler(options: HttpHandlerOptions = {}): HttpHandler {
     return createHttpHandler(
@@ -245,6 +273,7 @@ export class ProgressServer<P extends Principal = Principal> {
         store: this.#options.store,
         metrics: this.metrics,
         logger: this.#logger,
+        health: () => this.health(),
       },
       options,
     );

@@ -1,0 +1,413 @@
+// A tiny round-robin load balancer for the chaos suite: plain HTTP requests and WebSocket upgrades go to
+// the next replica in turn, with no session affinity. Upgraded connections are relayed as raw TCP, and
+// the server → client direction is parsed into WebSocket frames so that whole frames can be dropped,
+// duplicated or delayed (a delay holds every later frame of the connection too, so per-connection order
+// is kept, as on TCP), or the connection cut. Server frames are unmasked, so dropping or repeating one
+// keeps the stream valid; the client → server direction is relayed untouched (only read to count acks).
+//
+// Usable as a module (run.mjs) or standalone: node chaos/balancer.mjs <port> <backendPort>...
+import { createServer, request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
+
+const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
+/** Frames the balancer may tamper with: never the handshake's `hello` (that is a connect failure, not a lost frame). */
+const TAMPERABLE = new Set(['event', 'snapshot', 'heartbeat', 'pong', 'error']);
+
+/**
+ * @typedef {{ drop: number, duplicate: number, delay: number, cut: number, delayMinMs: number, delayMaxMs: number }} FrameFaults
+ * Probabilities per server → client text frame (0 disables), and the delay range.
+ */
+
+export class Balancer {
+  /** @type {Array<{ name: string, port: number }>} */
+  #backends = [];
+  #next = 0;
+  #server;
+  /** @type {Set<Relay>} */
+  #relays = new Set();
+  /** @type {FrameFaults} */
+  faults = { drop: 0, duplicate: 0, delay: 0, cut: 0, delayMinMs: 20, delayMaxMs: 400 };
+  /** Counters of what the balancer did, by kind. */
+  counts = {
+    upgrades: 0,
+    upgradeFailures: 0,
+    httpRequests: 0,
+    framesRelayed: 0,
+    dropped: 0,
+    droppedTerminal: 0,
+    duplicated: 0,
+    duplicatedTerminal: 0,
+    delayed: 0,
+    delayedTerminal: 0,
+    cutByFrame: 0,
+    cutOnDemand: 0,
+    acksRelayed: 0,
+  };
+  random = Math.random;
+  /**
+   * Called for each `ack` frame relayed to a replica: `{ taskId, seq, at, backend, conn }`, where
+   * `conn.closedAt` is set once that connection closes.
+   */
+  onAck = () => {};
+  /** Every relayed connection's record (`conn`): tag (the `x-chaos-tag` header), backend, times, how it ended. */
+  history = [];
+
+  constructor() {
+    this.#server = createServer((req, res) => this.#http(req, res));
+    this.#server.on('upgrade', (req, socket, head) => this.#upgrade(req, socket, head));
+  }
+
+  /** Listens on `port` (0 = a free one) on loopback; resolves with the port. */
+  listen(port = 0) {
+    return new Promise((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen(port, '127.0.0.1', () => resolve(this.#server.address().port));
+    });
+  }
+
+  /** Replaces the replica list (a restarted replica comes back on a new port). */
+  setBackends(backends) {
+    this.#backends = [...backends];
+  }
+
+  /** Open relayed WebSocket connections. */
+  get connectionCount() {
+    return this.#relays.size;
+  }
+
+  /** Cuts `count` random open connections (both sides at once, like a network failure). */
+  cutRandom(count) {
+    const relays = [...this.#relays];
+    let cut = 0;
+    while (cut < count && relays.length > 0) {
+      const index = Math.floor(this.random() * relays.length);
+      const [relay] = relays.splice(index, 1);
+      relay.cut('cut on demand');
+      this.counts.cutOnDemand += 1;
+      cut += 1;
+    }
+    return cut;
+  }
+
+  async close() {
+    for (const relay of this.#relays) relay.cut();
+    await new Promise((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+  }
+
+  #pick() {
+    if (this.#backends.length === 0) return undefined;
+    const backend = this.#backends[this.#next % this.#backends.length];
+    this.#next = (this.#next + 1) % Math.max(1, this.#backends.length);
+    return backend;
+  }
+
+  #http(req, res) {
+    this.counts.httpRequests += 1;
+    const backend = this.#pick();
+    if (backend === undefined) {
+      res.writeHead(502).end();
+      return;
+    }
+    const upstream = httpRequest(
+      { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: req.headers },
+      (response) => {
+        res.writeHead(response.statusCode ?? 502, response.headers);
+        response.pipe(res);
+      },
+    );
+    upstream.setTimeout(10_000, () => upstream.destroy(new Error('upstream timeout')));
+    upstream.on('error', () => {
+      if (!res.headersSent) res.writeHead(502);
+      res.end();
+    });
+    req.pipe(upstream);
+  }
+
+  #upgrade(req, socket, head) {
+    const backend = this.#pick();
+    socket.on('error', () => {});
+    if (backend === undefined) {
+      this.counts.upgradeFailures += 1;
+      socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      return;
+    }
+    this.counts.upgrades += 1;
+    const upstream = connect(backend.port, '127.0.0.1');
+    // Frames are small and latency is measured: Nagle's algorithm would hold them for a delayed ACK (~40 ms).
+    upstream.setNoDelay(true);
+    socket.setNoDelay(true);
+    const relay = new Relay(this, socket, upstream, backend.name);
+    relay.conn.tag = req.headers['x-chaos-tag'];
+    relay.conn.backend = backend.name;
+    relay.conn.openedAt = Date.now();
+    this.history.push(relay.conn);
+    this.#relays.add(relay);
+    relay.onClose = () => this.#relays.delete(relay);
+    upstream.on('error', () => {
+      if (!relay.opened) this.counts.upgradeFailures += 1;
+      relay.cut('upstream error');
+    });
+    upstream.on('connect', () => {
+      let text = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2)
+        text += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      upstream.write(`${text}\r\n`);
+      if (head.length > 0) upstream.write(head);
+      relay.opened = true;
+    });
+  }
+}
+
+/** One relayed connection. */
+class Relay {
+  opened = false;
+  onClose = () => {};
+  /** Shared with the acks it relayed, so the harness knows whether the connection outlived them. */
+  conn = { closedAt: undefined };
+  #backend;
+  #balancer;
+  #client;
+  #upstream;
+  #closed = false;
+  /** Server → client bytes not yet parsed. */
+  #down = Buffer.alloc(0);
+  #handshakeDone = false;
+  /** Client → server bytes not yet parsed (read only, to count acks). */
+  #up = Buffer.alloc(0);
+  /** Frames held back by a delay, in order. */
+  #queue = [];
+  #holdUntil = 0;
+  #flushTimer;
+
+  constructor(balancer, client, upstream, backend) {
+    this.#balancer = balancer;
+    this.#backend = backend;
+    this.#client = client;
+    this.#upstream = upstream;
+    client.on('data', (chunk) => {
+      upstream.write(chunk);
+      this.#readUp(chunk);
+    });
+    upstream.on('data', (chunk) => this.#readDown(chunk));
+    client.on('close', () => this.cut('client closed'));
+    upstream.on('close', () => this.#upstreamClosed());
+    client.on('error', () => {});
+  }
+
+  /** Destroys both sides at once. */
+  cut(why = 'cut') {
+    if (this.#closed) return;
+    this.conn.end ??= why;
+    this.#closed = true;
+    this.conn.closedAt = Date.now();
+    clearTimeout(this.#flushTimer);
+    this.#client.destroy();
+    this.#upstream.destroy();
+    this.onClose();
+  }
+
+  /** The replica went away (killed or closing): what it sent gets through first, then the client's side closes. */
+  #upstreamClosed() {
+    if (this.#closed) return;
+    this.conn.end ??= 'upstream closed';
+    if (this.#queue.length > 0) {
+      // Let the held frames out before closing, as a TCP connection would.
+      const wait = Math.max(0, this.#holdUntil - Date.now()) + 5;
+      setTimeout(() => this.#endClient(), wait).unref();
+      return;
+    }
+    this.#endClient();
+  }
+
+  #endClient() {
+    if (this.#closed) return;
+    this.#flush();
+    this.#closed = true;
+    this.conn.closedAt = Date.now();
+    clearTimeout(this.#flushTimer);
+    this.#client.end();
+    this.#client.destroySoon?.();
+    setTimeout(() => this.#client.destroy(), 1000).unref();
+    this.onClose();
+  }
+
+  #readUp(chunk) {
+    this.#up = this.#up.length === 0 ? chunk : Buffer.concat([this.#up, chunk]);
+    for (;;) {
+      const frame = parseFrame(this.#up);
+      if (frame === undefined) return;
+      this.#up = this.#up.subarray(frame.length);
+      if (frame.opcode !== 1 || !frame.payload.includes('"ack"')) continue;
+      try {
+        const message = JSON.parse(frame.payload);
+        if (message.type !== 'ack') continue;
+        this.#balancer.counts.acksRelayed += 1;
+        this.#balancer.onAck({
+          taskId: message.taskId,
+          seq: message.seq,
+          at: Date.now(),
+          backend: this.#backend,
+          conn: this.conn,
+        });
+      } catch {
+        // Not JSON: the server will refuse it; nothing to record.
+      }
+    }
+  }
+
+  #readDown(chunk) {
+    if (this.#closed) return;
+    this.#down = this.#down.length === 0 ? chunk : Buffer.concat([this.#down, chunk]);
+    if (!this.#handshakeDone) {
+      const end = this.#down.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      this.conn.status = this.#down.subarray(0, this.#down.indexOf('\r\n')).toString('latin1');
+      this.#client.write(this.#down.subarray(0, end + 4));
+      this.#down = this.#down.subarray(end + 4);
+      this.#handshakeDone = true;
+    }
+    for (;;) {
+      const frame = parseFrame(this.#down);
+      if (frame === undefined) return;
+      const bytes = this.#down.subarray(0, frame.length);
+      this.#down = this.#down.subarray(frame.length);
+      this.#route(frame, Buffer.from(bytes));
+      if (this.#closed) return;
+    }
+  }
+
+  #route(frame, bytes) {
+    const balancer = this.#balancer;
+    const counts = balancer.counts;
+    counts.framesRelayed += 1;
+    const faults = balancer.faults;
+    let kind;
+    let terminal = false;
+    if (frame.opcode === 1 && frame.fin) {
+      try {
+        const message = JSON.parse(frame.payload);
+        kind = message.type;
+        if (kind === 'hello') this.conn.helloAt = Date.now();
+        terminal =
+          (kind === 'event' && TERMINAL.has(message.event?.type)) ||
+          (kind === 'snapshot' && message.task?.status !== undefined && message.task.status !== 'running');
+      } catch {
+        kind = undefined;
+      }
+    }
+    if (kind === undefined || !TAMPERABLE.has(kind)) {
+      this.#write(bytes);
+      return;
+    }
+    const roll = balancer.random();
+    let edge = faults.cut;
+    if (roll < edge) {
+      counts.cutByFrame += 1;
+      this.cut('frame cut');
+      return;
+    }
+    edge += faults.drop;
+    if (roll < edge) {
+      counts.dropped += 1;
+      if (terminal) counts.droppedTerminal += 1;
+      return;
+    }
+    edge += faults.duplicate;
+    if (roll < edge) {
+      counts.duplicated += 1;
+      if (terminal) counts.duplicatedTerminal += 1;
+      this.#write(bytes);
+      this.#write(bytes);
+      return;
+    }
+    edge += faults.delay;
+    if (roll < edge) {
+      counts.delayed += 1;
+      if (terminal) counts.delayedTerminal += 1;
+      const ms = faults.delayMinMs + Math.floor(balancer.random() * (faults.delayMaxMs - faults.delayMinMs));
+      // Held `ms` from now; frames behind it wait too (order is kept), but delays do not add up.
+      this.#holdUntil = Math.max(this.#holdUntil, Date.now() + ms);
+    }
+    this.#write(bytes);
+  }
+
+  /** Writes in order, behind any frame held by a delay. */
+  #write(bytes) {
+    if (this.#queue.length === 0 && Date.now() >= this.#holdUntil) {
+      this.#client.write(bytes);
+      return;
+    }
+    this.#queue.push(bytes);
+    if (this.#flushTimer === undefined) {
+      this.#flushTimer = setTimeout(
+        () => {
+          this.#flushTimer = undefined;
+          this.#flushOrWait();
+        },
+        Math.max(0, this.#holdUntil - Date.now()),
+      );
+    }
+  }
+
+  #flushOrWait() {
+    if (this.#closed) return;
+    if (Date.now() < this.#holdUntil) {
+      this.#flushTimer = setTimeout(() => {
+        this.#flushTimer = undefined;
+        this.#flushOrWait();
+      }, this.#holdUntil - Date.now());
+      return;
+    }
+    this.#flush();
+  }
+
+  #flush() {
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const bytes of queued) this.#client.write(bytes);
+  }
+}
+
+/**
+ * Parses one WebSocket frame at the start of `buffer` (RFC 6455 §5.2): `undefined` until it is complete.
+ * The payload is unmasked into text for inspection; the caller relays the original bytes.
+ */
+export function parseFrame(buffer) {
+  if (buffer.length < 2) return undefined;
+  const b0 = buffer[0];
+  const b1 = buffer[1];
+  let length = b1 & 0x7f;
+  let offset = 2;
+  if (length === 126) {
+    if (buffer.length < 4) return undefined;
+    length = buffer.readUInt16BE(2);
+    offset = 4;
+  } else if (length === 127) {
+    if (buffer.length < 10) return undefined;
+    length = Number(buffer.readBigUInt64BE(2));
+    offset = 10;
+  }
+  const masked = (b1 & 0x80) !== 0;
+  const maskOffset = offset;
+  if (masked) offset += 4;
+  if (buffer.length < offset + length) return undefined;
+  const opcode = b0 & 0x0f;
+  let payload = '';
+  if (opcode === 1) {
+    const data = Buffer.from(buffer.subarray(offset, offset + length));
+    if (masked) for (let i = 0; i < data.length; i++) data[i] ^= buffer[maskOffset + (i % 4)];
+    payload = data.toString('utf8');
+  }
+  return { fin: (b0 & 0x80) !== 0, opcode, payload, length: offset + length };
+}
+
+if (import.meta.url === `file://${process.argv[1]}`) {
+  const [port = '0', ...backendPorts] = process.argv.slice(2);
+  const balancer = new Balancer();
+  balancer.setBackends(backendPorts.map((p, i) => ({ name: `r${i}`, port: Number(p) })));
+  const actual = await balancer.listen(Number(port));
+  process.stdout.write(`balancer on 127.0.0.1:${actual} → ${backendPorts.join(', ')}\n`);
+}

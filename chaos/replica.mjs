@@ -1,0 +1,148 @@
+// One Finishline replica as a child process of chaos/run.mjs: a ProgressServer over Postgres on a port
+// chosen at run time. It talks to its parent over IPC:
+//   → parent  { type: 'ready', port, serverId, pid }
+//   ← parent  { type: 'start', requestId, owner, items, itemMs }  → { type: 'started', requestId, taskId }
+//                                                                   → { type: 'ended', taskId, status } (later)
+//   ← parent  { type: 'metrics', requestId }                       → { type: 'metrics', requestId, resyncs, health, … }
+// SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
+// Imports the BUILT packages (npm run build first).
+import { PostgresProgressStore } from '@finishline/postgres';
+import { ProgressServer } from '@finishline/server';
+import pg from 'pg';
+
+const env = process.env;
+const url = required('CHAOS_PG_URL');
+const schema = required('CHAOS_SCHEMA');
+const name = required('CHAOS_REPLICA_NAME'); // e.g. chaos_ab12_r0 (also the application_name prefix)
+const leaseTtlMs = Number(env.CHAOS_LEASE_TTL_MS ?? 3000);
+const heartbeatIntervalMs = Number(env.CHAOS_HEARTBEAT_MS ?? 1000);
+
+function required(key) {
+  const value = env[key];
+  if (value === undefined || value === '') {
+    process.stderr.write(`replica: ${key} is required\n`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const send = (message) => {
+  if (process.connected) process.send(message);
+};
+
+const pool = new pg.Pool({ connectionString: url, max: 6, application_name: `${name}-pool` });
+// A backend killed by pg_terminate_backend makes idle clients emit 'error'; the pool replaces them.
+pool.on('error', () => {});
+// A replica restarted while the database refuses connections (Postgres' max_connections on a shared
+// server) retries, as an orchestrator would restart it: at most 20 attempts, about 25 s.
+async function openStore() {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await PostgresProgressStore.open({
+        pool,
+        schema,
+        listenClient: { connectionString: url, application_name: `${name}-listen`, keepAlive: true },
+        onError: () => {},
+      });
+    } catch (error) {
+      if (attempt >= 20) throw error;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));
+    }
+  }
+}
+const store = await openStore();
+
+const server = await ProgressServer.listen(
+  {
+    store,
+    serverId: `${name}-${process.pid}`,
+    // The harness authenticates watchers by a header; the default authorization (owner only) applies.
+    authenticate: (request) => {
+      const user = request.headers['x-user'];
+      return typeof user === 'string' && user !== '' ? { id: user } : null;
+    },
+    allowedOrigins: '*',
+    leaseTtlMs,
+    reapIntervalMs: Math.max(100, Math.floor(leaseTtlMs / 6)),
+    heartbeatIntervalMs,
+    maxSubscriptionsPerSocket: 1000,
+    rateLimitPerSecond: 1000,
+    rateLimitBurst: 2000,
+  },
+  { port: 0, host: '127.0.0.1' },
+);
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function start(message) {
+  const { requestId, owner, items, itemMs } = message;
+  try {
+    const task = await server.tasks.create({ owner, kind: 'chaos_batch', total: items });
+    send({ type: 'started', requestId, taskId: task.id });
+    const keys = Array.from({ length: items }, (_, index) => `item-${index}`);
+    const result = await task.runBatch(
+      keys,
+      async (_key, { signal }) => {
+        await sleep(itemMs);
+        if (signal.aborted) throw signal.reason;
+        return null;
+      },
+      { concurrency: 2 },
+    );
+    send({ type: 'ended', taskId: task.id, status: result.status });
+  } catch (error) {
+    send({ type: 'started', requestId, error: String(error?.message ?? error) });
+  }
+}
+
+async function metrics(message) {
+  const json = await server.metrics.registry.getMetricsAsJSON();
+  const resyncs = {};
+  const counters = {};
+  for (const metric of json) {
+    if (metric.name === 'finishline_resyncs_total') {
+      for (const value of metric.values) resyncs[value.labels.reason] = value.value;
+    } else if (metric.type === 'counter') {
+      counters[metric.name] = metric.values.reduce((sum, value) => sum + value.value, 0);
+    }
+  }
+  send({
+    type: 'metrics',
+    requestId: message.requestId,
+    resyncs,
+    counters,
+    health: server.health(),
+    feed: store.changes.stats(),
+  });
+}
+
+process.on('message', (message) => {
+  switch (message?.type) {
+    case 'start':
+      void start(message);
+      break;
+    case 'metrics':
+      void metrics(message).catch(() => {});
+      break;
+    default:
+      break;
+  }
+});
+
+let stopping = false;
+async function stop(signal) {
+  if (stopping) return;
+  stopping = true;
+  // close() interrupts owned tasks that do not end in time, so none stays `running` forever.
+  await server.close({ timeoutMs: 3000 }).catch(() => {});
+  await store.close().catch(() => {});
+  await pool.end().catch(() => {});
+  send({ type: 'stopped', signal });
+  process.exit(0);
+}
+process.on('SIGTERM', () => void stop('SIGTERM'));
+process.on('SIGINT', () => void stop('SIGINT'));
+process.on('disconnect', () => void stop('disconnect'));
+
+const address = server.httpServer.address();
+send({ type: 'ready', port: address.port, serverId: server.serverId, pid: process.pid });
