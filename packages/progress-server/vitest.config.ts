@@ -6,5 +6,7 @@ export default defineProject({
   test: {
     name: 'server',
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
+    // Real sockets and timers on shared, noisy machines: waits are bounded by WAIT_MS (10 s) in the harness.
+    testTimeout: 30_000,
   },
 });

@@ -29,7 +29,7 @@ export const tokenAuth = (token: string): Principal | null =>
 export const serverFrameViolations: string[] = [];
 
 /** Default bound of every wait in these tests: generous, since machines are noisy. */
-export const WAIT_MS = 3000;
+export const WAIT_MS = 10_000;
 
 export interface TestServer {
   server: ProgressServer;
