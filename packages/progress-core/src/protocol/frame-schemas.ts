@@ -47,7 +47,7 @@ import { PROTOCOL_VERSION } from './frames.js';
  * @module
  */
 
-/** A request `id` in a client frame: 1 to {@link LIMITS.maxRequestIdLength} characters, any characters. */
+/** A request `id` in a client frame: 1 to `LIMITS.maxRequestIdLength` characters, any characters. */
 export const requestIdSchema = v.pipe(
   v.string(),
   v.minLength(1, 'must not be empty'),

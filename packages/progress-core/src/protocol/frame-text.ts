@@ -28,10 +28,10 @@ export interface DecodeOptions {
  * The outcome of decoding one frame. On failure `error` is a {@link ProgressError} with code
  * `frame_too_large`, `invalid_frame`, `unknown_frame` or `unsupported_protocol`; its message names the
  * offending field, never contains the frame's credentials, and fits in an `error` frame's `message`
- * ({@link LIMITS.maxMessageLength}). `error.taskId` is set when the frame had a valid top-level `taskId`.
+ * (`LIMITS.maxMessageLength`). `error.taskId` is set when the frame had a valid top-level `taskId`.
  *
  * `requestId` (client frames only) is the frame's `id` when it was a string of 1 to
- * {@link LIMITS.maxRequestIdLength} characters, even if the rest of the frame was invalid: the server
+ * `LIMITS.maxRequestIdLength` characters, even if the rest of the frame was invalid: the server
  * echoes it in the `requestId` of its `error` frame so that the client can match the failure to its
  * request.
  */

@@ -73,7 +73,7 @@ export interface PurgeOptions {
  * ```
  */
 export interface ProgressStore {
-  /** Publishes every committed event as a {@link TaskChange}. */
+  /** Publishes every committed event as a `TaskChange`. */
   readonly changes: ChangeFeed;
 
   /** Creates a running task at seq 0. Rejects with `invalid_input` if the id is taken. */
