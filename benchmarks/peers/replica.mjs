@@ -1,0 +1,351 @@
+// One replica of one system under test, run as a child process by run.mjs (never by hand).
+//
+//   PEER_SYSTEM = finishline-sqlite | finishline-pg | baseline | socketio
+//   PEER_INDEX  = 0, 1 …     (tasks run on replica 0)
+//   PEER_PG_URL, PEER_SCHEMA (Postgres systems), PEER_SQLITE_FILE (finishline-sqlite)
+//
+// It listens on 127.0.0.1 (a free port), says `ready` over IPC, and then obeys the orchestrator:
+// `create` (T tasks), `run` (M items each, then the terminal event; reports each terminal's time),
+// `bump` (one progress event on one task), `stats` (CPU seconds, peak RSS, heap, sockets), `stop`.
+// Times are epoch milliseconds with sub-millisecond resolution (performance.timeOrigin + now()), so the
+// orchestrator can subtract them from its own clock on the same machine.
+import { createServer } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+const SYSTEM = process.env.PEER_SYSTEM;
+const INDEX = Number(process.env.PEER_INDEX ?? 0);
+const PG_URL = process.env.PEER_PG_URL;
+const SCHEMA = process.env.PEER_SCHEMA;
+const now = () => performance.timeOrigin + performance.now();
+const send = (message) => process.send?.(message);
+
+// Never outlive the orchestrator: if the IPC channel closes, leave.
+process.on('disconnect', () => process.exit(0));
+process.on('uncaughtException', (error) => {
+  process.stderr.write(`replica ${SYSTEM}#${INDEX}: ${error?.stack ?? error}\n`);
+  process.exit(1);
+});
+process.on('unhandledRejection', (error) => {
+  process.stderr.write(`replica ${SYSTEM}#${INDEX}: unhandled ${error?.stack ?? error}\n`);
+  process.exit(1);
+});
+
+// ── Finishline ────────────────────────────────────────────────────────────────────────────────────
+
+async function finishline() {
+  const { ProgressServer } = await import('@finishline/server');
+  let store;
+  let pool;
+  if (SYSTEM === 'finishline-sqlite') {
+    const { SqliteProgressStore } = await import('@finishline/sqlite');
+    store = new SqliteProgressStore({ database: process.env.PEER_SQLITE_FILE });
+  } else {
+    const pg = (await import('pg')).default;
+    const { PostgresProgressStore } = await import('@finishline/postgres');
+    pool = new pg.Pool({ connectionString: PG_URL, max: Number(process.env.PEER_PG_POOL_MAX ?? 10) });
+    pool.on('error', () => undefined);
+    store = await PostgresProgressStore.open({ pool, schema: SCHEMA });
+  }
+  // Diagnostic only (never set for published figures): drop the watchers' ack writes, to see how much
+  // of the delivery latency they cost.
+  if (process.env.PEER_DIAG_NO_ACK_WRITES === '1') store.ack = async (_taskId, seq) => seq;
+  const server = await ProgressServer.listen(
+    {
+      store,
+      authenticate: () => ({ id: 'bench' }),
+      serverId: `${SYSTEM}-${INDEX}`,
+    },
+    { port: 0, host: '127.0.0.1' },
+  );
+  const handles = new Map();
+  return {
+    port: server.httpServer.address().port,
+    async create(count, total) {
+      const ids = [];
+      for (let i = 0; i < count; i++) {
+        const handle = await server.tasks.create({ owner: 'bench', kind: 'bench', total });
+        handles.set(handle.id, handle);
+        ids.push(handle.id);
+      }
+      return ids;
+    },
+    async item(id, i) {
+      await handles.get(id).item({ key: `item-${i}`, ok: true });
+    },
+    async terminal(id) {
+      await handles.get(id).complete({ result: { ok: true } });
+    },
+    async bump(id, i) {
+      return (await handles.get(id).progress({ message: `bump ${i}` })).seq;
+    },
+    sockets: () => server.health().sockets,
+    async stop() {
+      await server.close({ timeoutMs: 2000 });
+      await store.close();
+      await pool?.end();
+    },
+  };
+}
+
+// ── The original design, rebuilt small ──────────────────────────────────────────────────────────
+// A `progress_messages` table with one global `processed` flag; each replica polls it every 500 ms for
+// unprocessed rows (completion messages first), pushes each row to the sockets *it* holds for the task,
+// and marks the rows processed — whether or not it held any socket of that task (the flaw: the replica
+// holding the watcher's socket may never see the row). A completion with no local socket is retried
+// every 100 ms (up to 3 s) before its row is marked. The worker also force-pushes the completion to its
+// own local sockets. Messages are not replayed on (re)subscribe: the table is a queue, not a log.
+
+const BASELINE_POLL_MS = 500;
+const BASELINE_RETRY_MS = 100;
+const BASELINE_RETRIES = 30;
+
+async function baseline() {
+  const pg = (await import('pg')).default;
+  const { WebSocketServer } = await import('ws');
+  const pool = new pg.Pool({ connectionString: PG_URL, max: 5 });
+  pool.on('error', () => undefined);
+  const table = `${SCHEMA}.progress_messages`;
+  const http = createServer();
+  const wss = new WebSocketServer({ server: http });
+  /** taskId → sockets on this replica */
+  const local = new Map();
+  wss.on('connection', (socket) => {
+    const mine = new Set();
+    socket.on('message', (data) => {
+      let frame;
+      try {
+        frame = JSON.parse(String(data));
+      } catch {
+        return;
+      }
+      if (frame.type === 'subscribe' && typeof frame.taskId === 'string') {
+        if (!local.has(frame.taskId)) local.set(frame.taskId, new Set());
+        local.get(frame.taskId).add(socket);
+        mine.add(frame.taskId);
+        socket.send(JSON.stringify({ type: 'subscribed', taskId: frame.taskId }));
+      }
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      for (const taskId of mine) local.get(taskId)?.delete(socket);
+    });
+  });
+  const push = (taskId, message) => {
+    const sockets = local.get(taskId);
+    let sent = 0;
+    for (const socket of sockets ?? []) {
+      if (socket.readyState === 1) {
+        socket.send(message);
+        sent++;
+      }
+    }
+    return sent;
+  };
+  let stopping = false;
+  const retries = new Set();
+  const retryCompletion = (row) =>
+    new Promise((resolve) => {
+      let attempts = 0;
+      const timer = setInterval(() => {
+        attempts++;
+        if (stopping || push(row.task_id, row.message) > 0 || attempts >= BASELINE_RETRIES) {
+          clearInterval(timer);
+          retries.delete(timer);
+          resolve();
+        }
+      }, BASELINE_RETRY_MS);
+      retries.add(timer);
+    });
+  let polling = Promise.resolve();
+  const poll = async () => {
+    const { rows } = await pool.query(
+      `SELECT id, task_id, kind, payload::text AS message FROM ${table}
+       WHERE processed = false ORDER BY (kind = 'completion') DESC, created_at LIMIT 2000`,
+    );
+    if (rows.length === 0) return;
+    const waits = [];
+    for (const row of rows) {
+      const sent = push(row.task_id, row.message);
+      if (sent === 0 && row.kind === 'completion') waits.push(retryCompletion(row));
+    }
+    await Promise.all(waits);
+    await pool.query(`UPDATE ${table} SET processed = true WHERE id = ANY($1::bigint[])`, [
+      rows.map((r) => r.id),
+    ]);
+  };
+  const poller = setInterval(() => {
+    polling = polling.then(poll).catch((error) => {
+      if (!stopping) process.stderr.write(`baseline poll: ${error.message}\n`);
+    });
+  }, BASELINE_POLL_MS);
+  await new Promise((resolve) => http.listen(0, '127.0.0.1', resolve));
+  let nextId = 0;
+  const insert = (taskId, kind, payload) =>
+    pool.query(`INSERT INTO ${table} (task_id, kind, payload) VALUES ($1, $2, $3)`, [
+      taskId,
+      kind,
+      JSON.stringify(payload),
+    ]);
+  return {
+    port: http.address().port,
+    async create(count) {
+      const ids = [];
+      for (let i = 0; i < count; i++) ids.push(`b${INDEX}-${process.pid}-${nextId++}`);
+      return ids;
+    },
+    async item(id, i) {
+      await insert(id, 'progress', { type: 'progress', taskId: id, done: i + 1 });
+    },
+    async terminal(id) {
+      const payload = { type: 'completion', taskId: id };
+      await insert(id, 'completion', payload);
+      // The forced completion push, to this replica's sockets; it runs after the commit, so the commit
+      // time is taken before it (else the push would count before the commit).
+      return () => push(id, JSON.stringify(payload));
+    },
+    async bump(id, i) {
+      await insert(id, 'progress', { type: 'progress', taskId: id, message: `bump ${i}` });
+    },
+    sockets: () => wss.clients.size,
+    async stop() {
+      stopping = true;
+      clearInterval(poller);
+      for (const timer of retries) clearInterval(timer);
+      await polling.catch(() => undefined);
+      for (const socket of wss.clients) socket.terminate();
+      await new Promise((resolve) => wss.close(() => resolve()));
+      await new Promise((resolve) => http.close(() => resolve()));
+      await pool.end();
+    },
+  };
+}
+
+// ── Socket.IO 4 + @socket.io/postgres-adapter, connection-state recovery on ─────────────────────
+// The way its docs present progress updates: a room per task, `io.to(room).emit(…)` for each update and
+// for the completion; the adapter relays broadcasts to the other replicas through Postgres NOTIFY.
+// Note: the adapter's README lists connection-state recovery as unsupported, so the option is accepted
+// and silently has no effect across this adapter; watchers re-join their room on every `connect`.
+
+async function socketio() {
+  const pg = (await import('pg')).default;
+  const { Server } = await import('socket.io');
+  const { createAdapter } = await import('@socket.io/postgres-adapter');
+  const pool = new pg.Pool({ connectionString: PG_URL, max: 5 });
+  pool.on('error', () => undefined);
+  const http = createServer();
+  const io = new Server(http, {
+    transports: ['websocket'],
+    connectionStateRecovery: { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true },
+  });
+  io.adapter(
+    createAdapter(pool, {
+      channelPrefix: `${SCHEMA}_sio`,
+      tableName: `${SCHEMA}.socket_io_attachments`,
+      errorHandler: () => undefined,
+    }),
+  );
+  io.on('connection', (socket) => {
+    socket.on('watch', (taskId, ack) => {
+      if (typeof taskId === 'string') socket.join(`task:${taskId}`);
+      if (typeof ack === 'function') ack({ ok: true, recovered: socket.recovered });
+    });
+  });
+  await new Promise((resolve) => http.listen(0, '127.0.0.1', resolve));
+  let nextId = 0;
+  return {
+    port: http.address().port,
+    async create(count) {
+      const ids = [];
+      for (let i = 0; i < count; i++) ids.push(`s${INDEX}-${process.pid}-${nextId++}`);
+      return ids;
+    },
+    async item(id, i) {
+      io.to(`task:${id}`).emit('item', { taskId: id, done: i + 1 });
+    },
+    async terminal(id) {
+      // Nothing is committed anywhere: the emit is the terminal write.
+      return () => io.to(`task:${id}`).emit('completed', { taskId: id });
+    },
+    async bump(id, i) {
+      io.to(`task:${id}`).emit('item', { taskId: id, message: `bump ${i}` });
+    },
+    sockets: () => io.engine.clientsCount,
+    async stop() {
+      io.disconnectSockets(true);
+      await new Promise((resolve) => io.close(() => resolve()));
+      await pool.end();
+    },
+  };
+}
+
+// ── IPC loop ─────────────────────────────────────────────────────────────────────────────────────
+
+const factories = { 'finishline-sqlite': finishline, 'finishline-pg': finishline, baseline, socketio };
+const factory = factories[SYSTEM];
+if (!factory) throw new Error(`unknown PEER_SYSTEM ${SYSTEM}`);
+const system = await factory();
+
+const stats = () => {
+  const cpu = process.cpuUsage();
+  const usage = process.resourceUsage();
+  const memory = process.memoryUsage();
+  return {
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    peakRssMb: usage.maxRSS / 1024,
+    rssMb: memory.rss / 2 ** 20,
+    heapUsedMb: memory.heapUsed / 2 ** 20,
+    sockets: system.sockets(),
+  };
+};
+
+async function runTasks(ids, items, paceMs, startsMs) {
+  await Promise.all(
+    ids.map(async (id, index) => {
+      if (startsMs?.[index] > 0) await sleep(startsMs[index]);
+      for (let i = 0; i < items; i++) {
+        if (paceMs > 0) await sleep(paceMs);
+        await system.item(id, i);
+      }
+      // `called`: the terminal write was issued; `t`: it is committed (the call resolved). Latency is
+      // measured from `t`; `t - called` is the write's own latency.
+      const called = now();
+      const after = await system.terminal(id);
+      const t = now();
+      if (typeof after === 'function') after();
+      send({ type: 'terminal', id, t, called });
+    }),
+  );
+}
+
+process.on('message', async (message) => {
+  try {
+    switch (message.type) {
+      case 'create':
+        send({ type: 'created', ids: await system.create(message.count, message.items) });
+        break;
+      case 'run':
+        await runTasks(message.ids, message.items, message.paceMs, message.startsMs);
+        send({ type: 'ran' });
+        break;
+      case 'bump':
+        send({ type: 'bumped', seq: (await system.bump(message.id, message.n)) ?? null, t: now() });
+        break;
+      case 'stats':
+        if (message.gc && global.gc) global.gc();
+        send({ type: 'stats', ...stats() });
+        break;
+      case 'stop':
+        await system.stop();
+        send({ type: 'stopped', ...stats() });
+        process.disconnect();
+        setTimeout(() => process.exit(0), 200).unref();
+        break;
+      default:
+        throw new Error(`unknown message ${message.type}`);
+    }
+  } catch (error) {
+    send({ type: 'error', message: String(error?.stack ?? error) });
+  }
+});
+
+send({ type: 'ready', port: system.port });

@@ -1,0 +1,171 @@
+// The watcher side of each system under test: one watcher = one socket following one task, as a browser
+// tab would. Every watcher exposes the same shape to run.mjs:
+//   ready      resolves once the watcher is subscribed (it has its first state / its room)
+//   cut()      drops its current socket abruptly (TCP torn down, no close handshake)
+//   finishedAt epoch ms (performance.timeOrigin + now()) when the completion callback ran, or null
+//   messages   application messages delivered to the watcher's callbacks
+//   onMessage  optional hook, called with (watcher) on each delivered message
+//   close()    stops it (clears every timer, closes the socket)
+import { ProgressClient } from '@finishline/client';
+import { io as ioClient } from 'socket.io-client';
+import { WebSocket } from 'ws';
+
+const now = () => performance.timeOrigin + performance.now();
+
+// ── Finishline ────────────────────────────────────────────────────────────────────────────────────
+
+/** A `ws` WebSocket that remembers the last instance each client made, so the bench can cut it. */
+function recordingWebSocket(slot) {
+  return class RecordingWebSocket extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      slot.socket = this;
+      this.on('error', () => undefined);
+    }
+  };
+}
+
+export function finishlineWatcher(url, taskId) {
+  const slot = { socket: null };
+  const client = new ProgressClient({ url, WebSocket: recordingWebSocket(slot) });
+  client.on('error', () => undefined);
+  const watch = client.watch(taskId);
+  watch.on('error', () => undefined);
+  const watcher = {
+    finishedAt: null,
+    messages: 0,
+    lastSeq: 0,
+    opens: 0,
+    onMessage: null,
+    ready: new Promise((resolve) => watch.once('snapshot', resolve)),
+    cut() {
+      slot.socket?.terminate();
+    },
+    async close() {
+      watch.close();
+      await client.close();
+    },
+  };
+  client.on('state', (change) => {
+    if (change.state === 'open') watcher.opens++;
+  });
+  const delivered = () => {
+    watcher.messages++;
+    watcher.lastSeq = watch.getSnapshot().seq;
+    watcher.onMessage?.(watcher);
+  };
+  for (const type of ['snapshot', 'progress', 'item']) watch.on(type, delivered);
+  watch.on('finished', () => {
+    watcher.finishedAt ??= now();
+    delivered();
+  });
+  watch.done.catch(() => undefined);
+  return watcher;
+}
+
+// ── The original design ──────────────────────────────────────────────────────────────────────────
+// Its client: reconnect after a lost socket (1 s, jittered); if the bar sits at 100% with no completion
+// for 3 s, reconnect (to the next replica, as a load balancer would pick another backend).
+
+const BASELINE_STUCK_MS = 3000;
+
+export function baselineWatcher(urls, first, taskId, items) {
+  let index = first;
+  let socket = null;
+  let closed = false;
+  let stuckTimer = null;
+  let reconnectTimer = null;
+  let resolveReady;
+  let done = 0;
+  const watcher = {
+    finishedAt: null,
+    messages: 0,
+    onMessage: null,
+    ready: new Promise((resolve) => {
+      resolveReady = resolve;
+    }),
+    cut() {
+      socket?.terminate();
+    },
+    async close() {
+      closed = true;
+      clearTimeout(stuckTimer);
+      clearTimeout(reconnectTimer);
+      socket?.terminate();
+    },
+  };
+  const connect = () => {
+    if (closed) return;
+    const ws = new WebSocket(urls[index % urls.length]);
+    socket = ws;
+    ws.on('error', () => undefined);
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'subscribe', taskId })));
+    ws.on('message', (data) => {
+      const frame = JSON.parse(String(data));
+      if (frame.type === 'subscribed') {
+        resolveReady();
+        return;
+      }
+      watcher.messages++;
+      if (frame.type === 'completion') {
+        watcher.finishedAt ??= now();
+        clearTimeout(stuckTimer);
+      } else if (typeof frame.done === 'number') {
+        done = Math.max(done, frame.done);
+        if (done >= items && watcher.finishedAt === null) {
+          clearTimeout(stuckTimer);
+          stuckTimer = setTimeout(() => {
+            index++;
+            ws.terminate();
+          }, BASELINE_STUCK_MS);
+        }
+      }
+      watcher.onMessage?.(watcher);
+    });
+    ws.on('close', () => {
+      if (closed || socket !== ws) return;
+      reconnectTimer = setTimeout(connect, 500 + Math.random() * 1000);
+    });
+  };
+  connect();
+  return watcher;
+}
+
+// ── Socket.IO ────────────────────────────────────────────────────────────────────────────────────
+
+export function socketioWatcher(url, taskId) {
+  const socket = ioClient(url, { transports: ['websocket'], forceNew: true });
+  let resolveReady;
+  const watcher = {
+    finishedAt: null,
+    messages: 0,
+    onMessage: null,
+    ready: new Promise((resolve) => {
+      resolveReady = resolve;
+    }),
+    cut() {
+      // The engine's WebSocket (a `ws` instance in Node): tear the TCP connection down.
+      const ws = socket.io.engine?.transport?.ws;
+      if (ws && typeof ws.terminate === 'function') ws.terminate();
+      else socket.io.engine?.close();
+    },
+    async close() {
+      socket.disconnect();
+    },
+  };
+  // Rooms are lost with the connection (recovery does not work across this adapter), so join on
+  // every connect, as an application following the docs' caveat would.
+  socket.on('connect', () => {
+    socket.emit('watch', taskId, () => resolveReady());
+  });
+  socket.on('item', () => {
+    watcher.messages++;
+    watcher.onMessage?.(watcher);
+  });
+  socket.on('completed', () => {
+    watcher.finishedAt ??= now();
+    watcher.messages++;
+    watcher.onMessage?.(watcher);
+  });
+  return watcher;
+}
