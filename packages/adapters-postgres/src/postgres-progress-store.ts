@@ -71,6 +71,8 @@ export interface PostgresStoreStats {
   largestBatch: number;
   /** Append transactions that failed (their appends rejected, or retried one by one after a data error). */
   failedBatches: number;
+  /** Ack statements run (each writes every ack of one flush; see `maxAckBatchSize`). */
+  ackBatches: number;
 }
 
 /** A task row as selected (`int8` columns as `pg` returns them, `json` as text). */
@@ -111,6 +113,14 @@ interface PendingAppend {
   taskId: string;
   input: AppendInput;
   resolve: (result: AppendResult) => void;
+  reject: (error: unknown) => void;
+}
+
+/** An ack waiting for (or in) an ack statement. */
+interface PendingAck {
+  taskId: string;
+  seq: number;
+  resolve: (ackedSeq: number) => void;
   reject: (error: unknown) => void;
 }
 
@@ -291,7 +301,16 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #queue: PendingAppend[] = [];
   readonly #busyTasks = new Set<string>();
   readonly #idleWaiters: (() => void)[] = [];
-  readonly #stats: PostgresStoreStats = { appends: 0, batches: 0, largestBatch: 0, failedBatches: 0 };
+  readonly #stats: PostgresStoreStats = {
+    appends: 0,
+    batches: 0,
+    largestBatch: 0,
+    failedBatches: 0,
+    ackBatches: 0,
+  };
+  readonly #ackQueue: PendingAck[] = [];
+  #ackFlushTimer: ReturnType<typeof setImmediate> | undefined;
+  #ackBatchInFlight: Promise<void> | undefined;
   readonly #minConcurrentBatch: number;
   #activeBatches = 0;
   #flushScheduled = false;
@@ -487,33 +506,18 @@ export class PostgresProgressStore implements ProgressStore {
     return new Map([...latest].map(([taskId, state]) => [taskId, state.seq]));
   }
 
-  async ack(taskId: string, seq: number): Promise<number> {
-    this.#assertOpen();
-    assertTaskId(taskId);
-    assertCount(seq, 'seq');
-    // The common case in one statement; the row is only written when the ack moves forward.
-    const { rows } = await this.#run('ack', taskId, () =>
-      sql<{ acked_seq: string }>`
-        UPDATE ${this.#tasks} SET acked_seq = ${seq}
-        WHERE id = ${taskId} AND seq >= ${seq} AND acked_seq < ${seq}
-        RETURNING acked_seq`.execute(this.#db),
-    );
-    const updated = rows[0];
-    if (updated !== undefined) return int(updated.acked_seq);
-    const { rows: current } = await this.#run('ack', taskId, () =>
-      sql<{ seq: string; acked_seq: string }>`
-        SELECT seq, acked_seq FROM ${this.#tasks} WHERE id = ${taskId}`.execute(this.#db),
-    );
-    const task = current[0];
-    if (task === undefined) throw taskNotFound(taskId);
-    if (seq > int(task.seq)) {
-      throw new ProgressError(
-        ErrorCode.InvalidInput,
-        `Cannot ack seq ${seq} of task ${taskId}: its latest seq is ${int(task.seq)}`,
-        { taskId },
-      );
-    }
-    return int(task.acked_seq);
+  ack(taskId: string, seq: number): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      try {
+        this.#assertOpen();
+        assertTaskId(taskId);
+        assertCount(seq, 'seq');
+        this.#ackQueue.push({ taskId, seq, resolve, reject });
+        this.#scheduleAckFlush();
+      } catch (error) {
+        reject(error);
+      }
+    });
   }
 
   async renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {
@@ -616,6 +620,11 @@ export class PostgresProgressStore implements ProgressStore {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
+      if (this.#ackFlushTimer !== undefined) clearImmediate(this.#ackFlushTimer);
+      this.#ackFlushTimer = undefined;
+      const closed = new ProgressError(ErrorCode.Closed, 'The store is closed');
+      for (const entry of this.#ackQueue.splice(0)) entry.reject(closed);
+      await this.#ackBatchInFlight;
       await this.#whenIdle();
       await this.#poll.stop();
       await this.#listener.close();
@@ -695,6 +704,86 @@ export class PostgresProgressStore implements ProgressStore {
           AS e(task_id text, seq int8, type text, time int8, body json)
       )
       SELECT pg_notify(${this.#channel}, payload) FROM unnest(${payloads}::text[]) AS payload`.execute(trx);
+  }
+
+  #scheduleAckFlush(): void {
+    if (this.#ackFlushTimer !== undefined || this.#ackBatchInFlight !== undefined) return;
+    // setImmediate rather than a microtask: acks come one per incoming message, so the ones read from
+    // the sockets in the same I/O phase join one statement.
+    this.#ackFlushTimer = setImmediate(() => {
+      this.#ackFlushTimer = undefined;
+      this.#flushAcks();
+    });
+  }
+
+  /** Starts the next ack statement; one at a time, so acks hold at most one pool connection. */
+  #flushAcks(): void {
+    if (this.#ackBatchInFlight !== undefined || this.#ackQueue.length === 0) return;
+    const batch = this.#ackQueue.splice(0, this.#options.maxAckBatchSize);
+    this.#ackBatchInFlight = this.#writeAcks(batch).finally(() => {
+      this.#ackBatchInFlight = undefined;
+      // Acks that arrived meanwhile go together in the next statement.
+      if (!this.#closed) this.#flushAcks();
+    });
+  }
+
+  /**
+   * Writes a batch of acks in one statement and settles each ack's promise. Never rejects.
+   *
+   * Per task, the ack moves to the highest of the batch's seqs that the task has reached, so an
+   * out-of-range ack in the batch neither blocks nor spoils a valid one. Rows are locked in id order
+   * first, the order append transactions lock them, so an ack statement and an append transaction never
+   * wait for each other in a cycle (a plain multi-row UPDATE locks in whatever order the plan visits).
+   */
+  async #writeAcks(batch: PendingAck[]): Promise<void> {
+    const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
+    const rows = new Map<string, { seq: number; ackedSeq: number }>();
+    try {
+      const { rows: updated } = await sql<{ id: string; seq: string; acked_seq: string }>`
+        WITH v AS (
+          SELECT * FROM unnest(${batch.map((entry) => entry.taskId)}::text[], ${batch.map((entry) => entry.seq)}::int8[])
+            AS v(id, seq)
+        ), locked AS MATERIALIZED (
+          SELECT t.id FROM ${this.#tasks} t
+          WHERE t.id = ANY(${taskIds}::text[])
+            AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+          ORDER BY t.id
+          FOR UPDATE
+        )
+        UPDATE ${this.#tasks} AS t
+        SET acked_seq = (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq)
+        FROM locked
+        WHERE t.id = locked.id
+          AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+        RETURNING t.id, t.seq, t.acked_seq`.execute(this.#db);
+      this.#stats.ackBatches += 1;
+      for (const row of updated) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
+      const unchanged = taskIds.filter((taskId) => !rows.has(taskId));
+      if (unchanged.length > 0) {
+        const { rows: current } = await sql<{ id: string; seq: string; acked_seq: string }>`
+          SELECT id, seq, acked_seq FROM ${this.#tasks} WHERE id = ANY(${unchanged}::text[])`.execute(
+          this.#db,
+        );
+        for (const row of current) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
+      }
+    } catch (error) {
+      const failure = toProgressError(error, 'ack', taskIds.length === 1 ? taskIds[0] : undefined);
+      for (const entry of batch) entry.reject(failure);
+      return;
+    }
+    for (const { taskId, seq, resolve, reject } of batch) {
+      const task = rows.get(taskId);
+      if (task === undefined) reject(taskNotFound(taskId));
+      else if (seq > task.seq) {
+        reject(
+          new ProgressError(
+            ErrorCode.InvalidInput,
+            `Cannot ack seq ${seq} of task ${taskId}: its latest seq is ${task.seq}`,
+            { taskId },
+          ),
+        );
+      } else resolve(task.ackedSeq);
+    }
   }
 
   #scheduleFlush(): void {

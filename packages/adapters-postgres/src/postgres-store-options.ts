@@ -92,6 +92,13 @@ export interface PostgresProgressStoreOptions {
    */
   maxConcurrentBatches?: number;
   /**
+   * Most acks written by one statement. Acks that arrive in the same tick (and while an ack statement
+   * is in flight) are written together, one statement at a time, so acks take one pool connection and
+   * lock their task rows in the same order as append transactions.
+   * @default 1000
+   */
+  maxAckBatchSize?: number;
+  /**
    * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
    * (reconnecting, polling again); this hook is for logs and alerts.
    * @default ignores the error
@@ -117,6 +124,7 @@ export const POSTGRES_STORE_DEFAULTS = Object.freeze({
   >,
   maxBatchSize: 500,
   maxConcurrentBatches: 2,
+  maxAckBatchSize: 1000,
   onError: (_error: ProgressError): void => {},
   onListenerError: (_error: unknown): void => {},
 });
@@ -135,6 +143,7 @@ export interface ResolvedStoreOptions {
   reconnect: BackoffOptions;
   maxBatchSize: number;
   maxConcurrentBatches: number;
+  maxAckBatchSize: number;
   onError: (error: ProgressError) => void;
   onListenerError: (error: unknown) => void;
 }
@@ -254,6 +263,7 @@ export function resolveStoreOptions(options: PostgresProgressStoreOptions): Reso
       min: 1,
       max: 64,
     }),
+    maxAckBatchSize: requireInteger('maxAckBatchSize', merged.maxAckBatchSize, { min: 1, max: 10_000 }),
     onError: requireFunction('onError', merged.onError),
     onListenerError: requireFunction('onListenerError', merged.onListenerError),
   };

@@ -55,6 +55,8 @@ describe('options', () => {
     ['a batch size of 0', { pool, maxBatchSize: 0 }],
     ['a huge batch size', { pool, maxBatchSize: 1_000_000 }],
     ['zero concurrent batches', { pool, maxConcurrentBatches: 0 }],
+    ['an ack batch size of 0', { pool, maxAckBatchSize: 0 }],
+    ['a fractional ack batch size', { pool, maxAckBatchSize: 2.5 }],
     ['contradictory backoff', { pool, reconnect: { initialDelayMs: 5000, maxDelayMs: 10 } }],
     ['a clock that is not a function', { pool, clock: 5 }],
     ['migrate as a string', { pool, migrate: 'yes' }],

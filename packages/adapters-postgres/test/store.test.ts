@@ -234,6 +234,184 @@ describe('appends', () => {
   });
 });
 
+describe('acks', () => {
+  /** Creates tasks `ids`, each with `events` progress events. */
+  async function tasksWithEvents(store: PostgresProgressStore, ids: string[], events: number) {
+    for (const id of ids) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      for (const done of oneTo(events)) await store.append(id, { type: 'progress', done });
+    }
+  }
+
+  it('of one tick go in one statement; each task moves to the highest seq acked', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    const ids = ['a', 'b', 'c', 'd'];
+    await tasksWithEvents(store, ids, 5);
+    await store.ack('d', 4);
+    // Several acks per task, out of order, and one stale ack ('d' is at 4 already).
+    const calls = ids.flatMap((id, index) => [
+      { id, seq: (index % 3) + 1 },
+      { id, seq: 5 - index },
+      { id, seq: 2 },
+    ]);
+    const before = store.stats().ackBatches;
+    const results = await Promise.all(calls.map(({ id, seq }) => store.ack(id, seq)));
+    expect(store.stats().ackBatches - before).toBe(1);
+    for (const id of ids) {
+      const acked = Math.max(
+        ...calls.filter((call) => call.id === id).map((call) => call.seq),
+        id === 'd' ? 4 : 0,
+      );
+      expect((await store.getTask(id))?.ackedSeq, id).toBe(acked);
+      calls.forEach((call, index) => {
+        if (call.id === id) expect(results[index], `${id}@${call.seq}`).toBe(acked);
+      });
+    }
+  });
+
+  it('are written in statements of at most maxAckBatchSize, in call order', async () => {
+    const schema = await migrated();
+    const store = await open({ schema, maxAckBatchSize: 10 });
+    await tasksWithEvents(store, ['a'], 35);
+    const before = store.stats().ackBatches;
+    const results = await Promise.all(oneTo(35).map((seq) => store.ack('a', seq)));
+    expect(store.stats().ackBatches - before).toBe(4);
+    // Each statement sees only its own acks and those before it: acks of a later statement never leak back.
+    expect(results).toEqual(oneTo(35).map((seq) => Math.min(35, Math.ceil(seq / 10) * 10)));
+    expect((await store.getTask('a'))?.ackedSeq).toBe(35);
+  });
+
+  it('valid, stale, unknown and beyond-seq acks in one batch each get their own result', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await tasksWithEvents(store, ['a', 'b', 'c'], 3);
+    await store.ack('c', 3);
+    const before = store.stats().ackBatches;
+    const [validA, beyondA, unknown, validB, staleC, beyondC, zero] = await Promise.allSettled([
+      store.ack('a', 2),
+      // Beyond 'a''s seq, in the same batch as a valid ack of 'a': rejected alone, 'a' still moves.
+      store.ack('a', 9),
+      store.ack('nope', 1),
+      store.ack('b', 3),
+      store.ack('c', 1),
+      store.ack('c', 4),
+      store.ack('b', 0),
+    ]);
+    expect(store.stats().ackBatches - before).toBe(1);
+    expect(validA).toEqual({ status: 'fulfilled', value: 2 });
+    expect(validB).toEqual({ status: 'fulfilled', value: 3 });
+    expect(staleC).toEqual({ status: 'fulfilled', value: 3 });
+    expect(zero).toEqual({ status: 'fulfilled', value: 3 });
+    for (const [what, settled, code] of [
+      ['beyond a', beyondA, ErrorCode.InvalidInput],
+      ['unknown', unknown, ErrorCode.TaskNotFound],
+      ['beyond c', beyondC, ErrorCode.InvalidInput],
+    ] as const) {
+      expect(settled?.status, what).toBe('rejected');
+      const reason = (settled as PromiseRejectedResult).reason;
+      expect(isProgressError(reason, code), `${what}: ${String(reason)}`).toBe(true);
+      expect((reason as { taskId?: string }).taskId, what).toBe(what === 'unknown' ? 'nope' : what.slice(-1));
+    }
+    const acked = await Promise.all(['a', 'b', 'c'].map(async (id) => (await store.getTask(id))?.ackedSeq));
+    expect(acked).toEqual([2, 3, 3]);
+  });
+
+  it('interleaved with appends of the same tasks, on two stores, never deadlock', async () => {
+    const schema = await migrated();
+    const options = { schema, maxBatchSize: 8, maxConcurrentBatches: 3, maxAckBatchSize: 8 };
+    const stores2 = [await open(options), await open(options)];
+    const ids = oneTo(50).map((i) => `task-${String(i).padStart(2, '0')}`);
+    // Enough events that every ack can move its task forward: an ack that moves nothing locks nothing.
+    const preloaded = 30;
+    for (const id of ids) await stores2[0]?.createTask({ id, owner: 'alice', kind: 'k' });
+    await Promise.all(
+      ids.flatMap((id) => oneTo(preloaded).map((done) => stores2[0]?.append(id, { type: 'progress', done }))),
+    );
+    // A fixed pseudo-random mix, so a failure replays.
+    let state = 20261126;
+    const next = (n: number) => {
+      state = (state * 1103515245 + 12345) % 2 ** 31;
+      return state % n;
+    };
+    const lastAck = new Map<string, number>();
+    type Op = { kind: 'append' | 'ack' | 'beyond'; id: string; seq: number; store: PostgresProgressStore };
+    const ops: Op[] = oneTo(2000).map(() => {
+      const roll = next(10);
+      const store = stores2[next(2)] as PostgresProgressStore;
+      const id = ids[next(ids.length)] as string;
+      if (roll < 5) return { kind: 'append', id, seq: 0, store };
+      if (roll < 9) {
+        const seq = Math.min(preloaded, (lastAck.get(id) ?? 0) + 1 + next(2));
+        lastAck.set(id, seq);
+        return { kind: 'ack', id, seq, store };
+      }
+      return { kind: 'beyond', id, seq: 1_000_000, store };
+    });
+    const settled = await Promise.allSettled(
+      ops.map((op) =>
+        op.kind === 'append'
+          ? op.store.append(op.id, { type: 'progress', message: 'x' })
+          : op.store.ack(op.id, op.seq),
+      ),
+    );
+    const appendSeqs = new Map<string, number[]>();
+    settled.forEach((result, index) => {
+      const op = ops[index] as Op;
+      const what = `${op.kind} ${op.id}@${op.seq}: ${result.status === 'rejected' ? String(result.reason) : ''}`;
+      switch (op.kind) {
+        case 'append':
+          expect(result.status, what).toBe('fulfilled');
+          appendSeqs.set(op.id, [
+            ...(appendSeqs.get(op.id) ?? []),
+            (result as PromiseFulfilledResult<{ event: { seq: number } }>).value.event.seq,
+          ]);
+          break;
+        case 'ack':
+          expect(result.status, what).toBe('fulfilled');
+          expect((result as PromiseFulfilledResult<number>).value, what).toBeGreaterThanOrEqual(op.seq);
+          break;
+        case 'beyond':
+          expect(result.status, what).toBe('rejected');
+          expect(
+            isProgressError((result as PromiseRejectedResult).reason, ErrorCode.InvalidInput),
+            what,
+          ).toBe(true);
+          break;
+        default: {
+          const unreachable: never = op.kind;
+          throw new Error(`unknown op ${String(unreachable)}`);
+        }
+      }
+    });
+    for (const id of ids) {
+      const seqs = (appendSeqs.get(id) ?? []).sort((a, b) => a - b);
+      expect(seqs, `${id} seqs gap-free`).toEqual(oneTo(seqs.length).map((n) => n + preloaded));
+      const acks = ops.filter((op) => op.kind === 'ack' && op.id === id).map((op) => op.seq);
+      const task = await stores2[0]?.getTask(id);
+      expect(task?.seq, id).toBe(preloaded + seqs.length);
+      expect(task?.ackedSeq, `${id} acked the highest valid ack`).toBe(Math.max(0, ...acks));
+    }
+    expect(stores2.reduce((sum, store) => sum + store.stats().failedBatches, 0)).toBe(0);
+  });
+
+  it('queued when the store closes are rejected with closed and never written', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await tasksWithEvents(store, ['a'], 1);
+    const before = store.stats().ackBatches;
+    const queued = rejectionOf(store.ack('a', 1));
+    await store.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    const error = await queued;
+    expect(isProgressError(error, ErrorCode.Closed), String(error)).toBe(true);
+    expect(store.stats().ackBatches).toBe(before);
+    expect(isProgressError(await rejectionOf(store.ack('a', 1)), ErrorCode.Closed)).toBe(true);
+    const { rows } = await pool.query(`SELECT acked_seq::int AS acked FROM ${schema}.tasks WHERE id = 'a'`);
+    expect(rows[0].acked).toBe(0);
+  });
+});
+
 describe('connection failures', () => {
   it('turn into store_unavailable with the driver error as cause', async () => {
     const schema = await migrated();
@@ -244,6 +422,7 @@ describe('connection failures', () => {
       for (const call of [
         () => store.getTask('a'),
         () => store.append('a', { type: 'progress' }),
+        () => store.ack('a', 0),
         () => store.reapExpiredLeases(),
         () => store.purgeFinished({ olderThanMs: 0 }),
       ]) {
