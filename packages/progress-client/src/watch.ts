@@ -12,7 +12,7 @@ import type {
   TerminalEvent,
   WatchView,
 } from '@finishline/core';
-import { FinishWatchdog, progressOf, WatchCursor } from '@finishline/core';
+import { FinishWatchdog, progressOf, WatchCursor, watchViewOfTask } from '@finishline/core';
 import { EventEmitter } from 'eventemitter3';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
@@ -330,7 +330,7 @@ export class WatchedTask {
     for (const [index, delivery] of delivered.entries()) {
       this.#sample(delivery);
       if (index === delivered.length - 1) view = this.cursor.view;
-      else if (delivery.kind === 'snapshot') view = viewOfTask(delivery.task);
+      else if (delivery.kind === 'snapshot') view = watchViewOfTask(delivery.task);
       // Only the last delivery can be terminal, so a middle one is progress or an item.
       else
         view = {
@@ -475,21 +475,6 @@ export class WatchedTask {
       fatalError,
     });
   }
-}
-
-/** The view a snapshot stands for, as the cursor builds it. */
-function viewOfTask(task: TaskView): WatchView {
-  return {
-    taskId: task.id,
-    seq: task.seq,
-    status: task.status,
-    kind: task.kind,
-    progress: progressOf(task),
-    result: task.result,
-    error: task.error,
-    updatedAt: task.updatedAt,
-    finishedAt: task.finishedAt,
-  };
 }
 
 /** The terminal event a terminal view stands for (when it came from a snapshot). */

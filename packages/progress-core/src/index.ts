@@ -23,7 +23,7 @@ export {
   terminalRetryDelayMs,
 } from './delivery/terminal-retry.js';
 export type { ApplyResult, Delivery, WatchCursorOptions, WatchView } from './delivery/watch-cursor.js';
-export { WATCH_CURSOR_DEFAULTS, WatchCursor } from './delivery/watch-cursor.js';
+export { WATCH_CURSOR_DEFAULTS, WatchCursor, watchViewOfTask } from './delivery/watch-cursor.js';
 export { ID_PATTERN, LIMITS } from './limits.js';
 export type {
   CancelledEvent,

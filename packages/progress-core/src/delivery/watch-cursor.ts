@@ -55,6 +55,21 @@ export interface ApplyResult {
   foreign: boolean;
 }
 
+/** The view a snapshot stands for: everything the watcher can know of the task at `task.seq`. */
+export function watchViewOfTask(task: TaskView): WatchView {
+  return {
+    taskId: task.id,
+    seq: task.seq,
+    status: task.status,
+    kind: task.kind,
+    progress: progressOf(task),
+    result: task.result,
+    error: task.error,
+    updatedAt: task.updatedAt,
+    finishedAt: task.finishedAt,
+  };
+}
+
 /** Options of {@link WatchCursor}. */
 export interface WatchCursorOptions {
   /**
@@ -197,17 +212,7 @@ export class WatchCursor {
     if (this.#finished || !fills) return { ...NOTHING, delivered: [], duplicate: true };
     const delivered: Delivery[] = [{ kind: 'snapshot', task }];
     this.#fresh = false;
-    this.#view = Object.freeze({
-      taskId: this.#taskId,
-      seq: task.seq,
-      status: task.status,
-      kind: task.kind,
-      progress: progressOf(task),
-      result: task.result,
-      error: task.error,
-      updatedAt: task.updatedAt,
-      finishedAt: task.finishedAt,
-    });
+    this.#view = Object.freeze(watchViewOfTask(task));
     for (const seq of this.#buffer.keys()) {
       if (seq <= task.seq) this.#buffer.delete(seq);
     }
