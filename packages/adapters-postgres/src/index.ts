@@ -7,6 +7,7 @@
  * @packageDocumentation
  */
 
+export type { PgListenClient, PgNotification } from './listen-connection.js';
 export type { MigrateOptions } from './migrations.js';
 export {
   assertSchemaName,
@@ -18,13 +19,7 @@ export {
 } from './migrations.js';
 export type { ChangeNotice } from './notify-payload.js';
 export { NOTIFY_PAYLOAD_BUDGET_BYTES, PG_NOTIFY_PAYLOAD_LIMIT_BYTES } from './notify-payload.js';
-export type {
-  ChangeFeedHealth,
-  ChangeFeedStats,
-  PgListenClient,
-  PgNotification,
-  PostgresChangeFeed,
-} from './postgres-change-feed.js';
+export type { ChangeFeedHealth, ChangeFeedStats, PostgresChangeFeed } from './postgres-change-feed.js';
 export type { PostgresStoreStats } from './postgres-progress-store.js';
 export { PostgresProgressStore } from './postgres-progress-store.js';
 export type { ListenClientSource, PgPool, PostgresProgressStoreOptions } from './postgres-store-options.js';

@@ -1,8 +1,8 @@
 import type { BackoffOptions, Clock } from '@finishline/core';
 import { backoffDelayMs, ErrorCode, isProgressError, ProgressError, systemClock } from '@finishline/core';
 import type { Kysely, PostgresPool } from 'kysely';
+import type { PgListenClient } from './listen-connection.js';
 import { assertSchemaName } from './migrations.js';
-import type { PgListenClient } from './postgres-change-feed.js';
 
 /**
  * The part of a `pg.Pool` the store uses: kysely's `PostgresPool` (`connect`, `end` — the store never

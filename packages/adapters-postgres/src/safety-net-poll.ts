@@ -1,7 +1,7 @@
 import type { ProgressError } from '@finishline/core';
 import { STORE_DEFAULTS } from '@finishline/core';
 import { toProgressError } from './pg-errors.js';
-import type { ChangeFeedHub } from './postgres-change-feed.js';
+import type { ChangeFeedHub, PollStats } from './postgres-change-feed.js';
 
 /**
  * The safety net under `LISTEN/NOTIFY`: every `intervalMs` it asks the store for the latest seq of the
@@ -34,9 +34,14 @@ export class SafetyNetPoll {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #running: Promise<void> | undefined;
   #stopped = false;
+  #errors = 0;
 
   constructor(options: SafetyNetPollOptions) {
     this.#options = options;
+  }
+
+  stats(): PollStats {
+    return { pollErrors: this.#errors };
   }
 
   start(): void {
@@ -82,7 +87,7 @@ export class SafetyNetPoll {
       try {
         latest = await this.#options.readLatest(chunk);
       } catch (error) {
-        hub.count('pollErrors');
+        this.#errors += 1;
         this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
         return;
       }

@@ -70,6 +70,21 @@ describe('options', () => {
     expect(isProgressError(await rejection(null), ErrorCode.InvalidInput)).toBe(true);
   });
 
+  it('refuses `new PostgresProgressStore(options)` with a typed error pointing to open()', () => {
+    // The constructor is private in the types; JavaScript callers (and casts) reach it anyway.
+    const Store = PostgresProgressStore as unknown as new (options: unknown) => unknown;
+    for (const options of [{}, { pool }, undefined]) {
+      let thrown: unknown;
+      try {
+        new Store(options);
+      } catch (error) {
+        thrown = error;
+      }
+      expect(isProgressError(thrown, ErrorCode.InvalidInput), String(thrown)).toBe(true);
+      expect(String((thrown as Error).message)).toContain('PostgresProgressStore.open(');
+    }
+  });
+
   it('validates schema names strictly and derives the channel from them', () => {
     for (const ok of ['finishline', '_x', 'a1_b2', 'a'.repeat(48)])
       expect(() => assertSchemaName(ok)).not.toThrow();

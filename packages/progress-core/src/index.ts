@@ -57,6 +57,7 @@ export {
   TERMINAL_TYPES,
   toTaskView,
 } from './model.js';
+export { exhaustive, invalidOption, stripUndefined } from './option-helpers.js';
 export type { ProgressErrorOptions } from './progress-error.js';
 export { isProgressError, ProgressError } from './progress-error.js';
 export { decodeClientFrame } from './protocol/codec.js';
@@ -116,6 +117,7 @@ export type { MemoryProgressStoreOptions } from './store/memory-store.js';
 export { MEMORY_PROGRESS_STORE_DEFAULTS, MemoryProgressStore } from './store/memory-store.js';
 export type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './store/progress-store.js';
 export { STORE_DEFAULTS } from './store/progress-store.js';
+export { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store/store-errors.js';
 export type { AppendResult } from './store/task-transitions.js';
 export {
   isLeaseExpired,

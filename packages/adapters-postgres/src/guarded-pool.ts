@@ -1,0 +1,25 @@
+import type { PostgresPool } from 'kysely';
+import type { PgPool } from './postgres-store-options.js';
+
+/**
+ * The caller's pool as kysely sees it. `end` does nothing: the pool is the caller's, whatever happens to
+ * the Kysely instance. And each client gets an `error` listener while the store holds it: a pg client
+ * whose connection dies between two queries of a transaction emits `error`, which without a listener
+ * crashes the process; with one, the failure still reaches the store, as the rejection of the
+ * transaction's next query (`store_unavailable`), and the pool discards the client on release.
+ */
+export function guardedPool(pool: PgPool): PostgresPool {
+  const guarded = new WeakSet<object>();
+  return {
+    async connect() {
+      const client = await pool.connect();
+      const emitter = client as unknown as { on?: (event: 'error', listener: () => void) => unknown };
+      if (!guarded.has(client) && typeof emitter.on === 'function') {
+        guarded.add(client);
+        emitter.on('error', () => {});
+      }
+      return client;
+    },
+    async end() {},
+  };
+}

@@ -1,0 +1,356 @@
+import type { BackoffOptions, Clock, ProgressError } from '@finishline/core';
+import { backoffDelayMs, exhaustive } from '@finishline/core';
+import { type Kysely, type RawBuilder, sql } from 'kysely';
+import { decodeNotice } from './notify-payload.js';
+import { toProgressError } from './pg-errors.js';
+import type { ChangeFeedHealth, ChangeFeedHub, ListenStats } from './postgres-change-feed.js';
+import type { ProgressDatabase } from './schema.js';
+
+/**
+ * The dedicated `LISTEN` connection of a store: it connects, listens, re-reads what was committed while
+ * it was away, advances its high-water mark by barriers, and reconnects with full-jitter backoff. Every
+ * statement it runs is built here, next to the code that runs it. What it finds goes to the feed's
+ * {@link ChangeFeedHub}, which publishes each change once.
+ *
+ * ## Why re-read by transaction id, not by a serial id
+ *
+ * Notifications sent while the listener is disconnected are gone, so after every (re)connect it re-reads
+ * what was committed since its high-water mark. A `bigserial` event id is no such mark: ids are taken
+ * when rows are inserted, not when they commit, so a transaction holding id 100 can commit after one
+ * holding id 101 — a reader that saw 101 and resumes "after 101" skips 100 forever. Each event row
+ * therefore records `pg_current_xact_id()` of its transaction, and the mark is the `xmin` of a
+ * snapshot: every transaction with an xid below `xmin` had finished when the snapshot was taken, and
+ * every later commit has an xid of at least `xmin`. So:
+ *
+ * 1. On connect: `LISTEN`, then in ONE statement read `xmin` of the statement's snapshot and the events
+ *    with `xid >= mark` (grouped per task). Publish them; `mark := xmin`. Nothing committed before that
+ *    snapshot is missed (it is in the result or below the old mark, already delivered), and nothing
+ *    after it (`LISTEN` was already active).
+ * 2. While connected, the mark advances by a barrier: the listener runs
+ *    `pg_notify(channel, {barrier, xmin of this statement's snapshot})`. Notifications arrive in commit
+ *    order, and every transaction below that `xmin` queued its notification before the barrier's, so
+ *    once the barrier comes back all of them were delivered: `mark := xmin`. A barrier lost with the
+ *    connection simply leaves the mark where it was — the next re-read covers a bit more.
+ *
+ * A transaction left open for hours holds every snapshot's `xmin` back, and with it the mark; a re-read
+ * then covers more events (more work, never a miss). Re-reads are grouped per task, so their size is
+ * the number of tasks that changed, not the number of events.
+ *
+ * @module
+ */
+
+/** A `NOTIFY` message as `pg` delivers it (the part the feed reads). */
+export interface PgNotification {
+  channel: string;
+  payload?: string | undefined;
+}
+
+/**
+ * The part of a `pg.Client` the `LISTEN` connection calls. A dedicated client, never one from the pool:
+ * a pooled connection would be handed to other queries between notifications.
+ */
+export interface PgListenClient {
+  connect(): Promise<unknown>;
+  query(text: string, values?: unknown[]): Promise<{ rows: unknown[] }>;
+  end(): Promise<unknown>;
+  on(event: 'notification', listener: (message: PgNotification) => void): unknown;
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  /** The backend's process id once connected (`pg` sets it); reported in {@link ChangeFeedHealth}. */
+  readonly processID?: number | null | undefined;
+}
+
+/** A row of the re-read statement: the snapshot's xmin, and one task that changed since the mark. */
+interface ReplayRow {
+  xmin: string;
+  task_id: string | null;
+  first_seq: string | number | null;
+  last_seq: string | number | null;
+  terminal: boolean | null;
+}
+
+/** The shortest wait for a barrier's answer before the `LISTEN` connection is deemed dead. */
+const MIN_BARRIER_TIMEOUT_MS = 1000;
+
+/** What {@link ListenConnection} needs. */
+export interface ListenConnectionOptions {
+  /** Where what the connection finds is reported. */
+  hub: Pick<ChangeFeedHub, 'report'>;
+  /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
+  db: Kysely<ProgressDatabase>;
+  /** The `NOTIFY` channel of the store's schema. */
+  channel: string;
+  /** The schema's events table. */
+  events: RawBuilder<unknown>;
+  /** Makes a new, unconnected client for each (re)connect. */
+  createClient: () => PgListenClient | Promise<PgListenClient>;
+  watermarkIntervalMs: number;
+  reconnect: BackoffOptions;
+  clock: Clock;
+  onError: (error: ProgressError) => void;
+}
+
+/** The statements of the connection, compiled once to text with `$n` placeholders. */
+interface ListenStatements {
+  /** `LISTEN "<channel>"`. */
+  listen: string;
+  /** The re-read; `$1` and `$2` are both the mark (text) or `NULL`. */
+  replay: string;
+  /** The barrier; `$1` is the channel, `$2` the listener id. */
+  barrier: string;
+}
+
+function compileStatements({ db, channel, events }: ListenConnectionOptions): ListenStatements {
+  // Placeholders only: the values are passed at run time, so the text is compiled once.
+  const placeholder = '0';
+  return {
+    listen: sql`LISTEN ${sql.id(channel)}`.compile(db).sql,
+    // One statement, so the xmin and the events come from the same snapshot (see the module doc).
+    replay: sql`
+      SELECT s.xmin::text AS xmin, e.task_id, e.first_seq, e.last_seq, e.terminal
+      FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
+      LEFT JOIN LATERAL (
+        SELECT task_id, min(seq) AS first_seq, max(seq) AS last_seq,
+               bool_or(type IN ('completed', 'failed', 'cancelled', 'interrupted')) AS terminal
+        FROM ${events}
+        WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
+        GROUP BY task_id
+      ) e ON true`.compile(db).sql,
+    barrier: sql`
+      SELECT pg_notify(${channel}, json_build_object(
+        'barrier', ${placeholder}::text, 'xmin', pg_snapshot_xmin(pg_current_snapshot())::text)::text)`.compile(
+      db,
+    ).sql,
+  };
+}
+
+/**
+ * The dedicated `LISTEN` connection: connects, listens, re-reads past its mark, advances the mark by
+ * barriers, and reconnects with full-jitter backoff whenever the connection fails.
+ */
+export class ListenConnection {
+  readonly #options: ListenConnectionOptions;
+  readonly #statements: ListenStatements;
+  readonly #stats: ListenStats = { notifications: 0, malformedNotifications: 0, reconnects: 0 };
+  readonly #listenerId = globalThis.crypto.randomUUID();
+  #client: PgListenClient | undefined;
+  /** Bumped on every connect and every loss; events of an older generation are ignored. */
+  #generation = 0;
+  #started = false;
+  #closed = false;
+  #connected = false;
+  #failedAttempts = 0;
+  #lastError: ProgressError | null = null;
+  #lastConnectedAt: number | null = null;
+  #watermark: bigint | undefined;
+  #retryTimer: ReturnType<typeof setTimeout> | undefined;
+  #barrierTimer: ReturnType<typeof setTimeout> | undefined;
+  #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
+  #connecting: Promise<void> | undefined;
+
+  constructor(options: ListenConnectionOptions) {
+    this.#options = options;
+    this.#statements = compileStatements(options);
+  }
+
+  stats(): ListenStats {
+    return { ...this.#stats };
+  }
+
+  health(): ChangeFeedHealth {
+    const pid = this.#connected ? this.#client?.processID : undefined;
+    return {
+      connected: this.#connected,
+      listenerPid: typeof pid === 'number' ? pid : null,
+      lastError: this.#lastError,
+      lastConnectedAt: this.#lastConnectedAt,
+      failedAttempts: this.#failedAttempts,
+      watermark: this.#watermark === undefined ? null : this.#watermark.toString(),
+    };
+  }
+
+  /** The first connect. Rejects (with `store_unavailable`) instead of retrying: the store fails to open. */
+  async start(): Promise<void> {
+    const generation = ++this.#generation;
+    try {
+      await this.#open(generation);
+    } catch (error) {
+      this.#generation++;
+      await this.#endClient();
+      throw toProgressError(error, 'Opening the LISTEN connection failed');
+    }
+    this.#started = true;
+  }
+
+  /** Ends the connection and its timers; no reconnect follows. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#generation++;
+    this.#connected = false;
+    clearTimeout(this.#retryTimer);
+    clearTimeout(this.#barrierTimer);
+    this.#clearWatchdog();
+    this.#retryTimer = undefined;
+    this.#barrierTimer = undefined;
+    // A reconnect in progress settles quickly once its client is ended; wait so nothing outlives close.
+    const connecting = this.#connecting;
+    await this.#endClient();
+    await connecting?.catch(() => {});
+    await this.#endClient();
+  }
+
+  async #open(generation: number): Promise<void> {
+    const client = await this.#options.createClient();
+    if (generation !== this.#generation) {
+      await client.end().catch(() => {});
+      throw new Error('The store closed while the LISTEN connection was being created');
+    }
+    this.#client = client;
+    client.on('notification', (message) => {
+      if (generation === this.#generation) this.#onNotification(message);
+    });
+    client.on('error', (error) => this.#lost(generation, error));
+    client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
+    await client.connect();
+    await client.query(this.#statements.listen);
+    const mark = this.#watermark === undefined ? null : this.#watermark.toString();
+    const { rows } = await client.query(this.#statements.replay, [mark, mark]);
+    if (generation !== this.#generation)
+      throw new Error('The LISTEN connection was replaced while connecting');
+    let xmin: bigint | undefined;
+    for (const row of rows as ReplayRow[]) {
+      xmin = BigInt(row.xmin);
+      if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
+      const lastSeq = Number(row.last_seq);
+      this.#options.hub.report(
+        {
+          taskId: row.task_id,
+          firstSeq: Number(row.first_seq),
+          seq: lastSeq,
+          terminal: row.terminal === true,
+        },
+        'replay',
+      );
+    }
+    if (xmin !== undefined) this.#advance(xmin);
+    this.#connected = true;
+    this.#failedAttempts = 0;
+    this.#lastConnectedAt = this.#options.clock();
+    this.#scheduleBarrier(generation);
+  }
+
+  #onNotification(message: PgNotification): void {
+    if (message.channel !== this.#options.channel) return;
+    const { hub } = this.#options;
+    this.#stats.notifications += 1;
+    const notice = decodeNotice(message.payload);
+    switch (notice.kind) {
+      case 'changes':
+        for (const change of notice.changes) {
+          hub.report(change, 'notification');
+        }
+        break;
+      case 'barrier':
+        // Other stores' barriers say nothing about what this connection received.
+        if (notice.listenerId === this.#listenerId) this.#advance(notice.xmin);
+        break;
+      case 'malformed':
+        this.#stats.malformedNotifications += 1;
+        break;
+      default:
+        exhaustive(notice, 'notice');
+    }
+  }
+
+  #advance(xmin: bigint): void {
+    if (this.#watermark === undefined || xmin > this.#watermark) this.#watermark = xmin;
+  }
+
+  #scheduleBarrier(generation: number): void {
+    this.#barrierTimer = setTimeout(() => {
+      this.#barrierTimer = undefined;
+      const client = this.#client;
+      if (generation !== this.#generation || client === undefined) return;
+      // The barrier doubles as a liveness check: a socket that died silently (no RST, for example behind
+      // a NAT or after a failover) would otherwise look connected forever while notifications stop.
+      const timeoutMs = Math.max(5 * this.#options.watermarkIntervalMs, MIN_BARRIER_TIMEOUT_MS);
+      this.#barrierWatchdog = setTimeout(() => {
+        this.#barrierWatchdog = undefined;
+        this.#lost(generation, new Error(`The LISTEN connection did not answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#barrierWatchdog.unref?.();
+      client.query(this.#statements.barrier, [this.#options.channel, this.#listenerId]).then(
+        () => {
+          if (generation !== this.#generation) return;
+          this.#clearWatchdog();
+          this.#scheduleBarrier(generation);
+        },
+        (error: unknown) => {
+          // Usually the connection failed, and its 'error'/'end' event starts the reconnect. Otherwise
+          // report it and try again later: meanwhile the mark stays put, which only widens a re-read.
+          if (generation !== this.#generation) return;
+          this.#clearWatchdog();
+          this.#options.onError(toProgressError(error, 'Advancing the change feed watermark failed'));
+          this.#scheduleBarrier(generation);
+        },
+      );
+    }, this.#options.watermarkIntervalMs);
+    this.#barrierTimer.unref?.();
+  }
+
+  #clearWatchdog(): void {
+    clearTimeout(this.#barrierWatchdog);
+    this.#barrierWatchdog = undefined;
+  }
+
+  /** The connection of `generation` failed: record why, drop it, and retry after a backoff delay. */
+  #lost(generation: number, error: unknown): void {
+    if (generation !== this.#generation || this.#closed) return;
+    this.#generation++;
+    this.#connected = false;
+    this.#lastError = toProgressError(error, 'The LISTEN connection failed');
+    clearTimeout(this.#barrierTimer);
+    this.#barrierTimer = undefined;
+    this.#clearWatchdog();
+    void this.#endClient();
+    if (!this.#started) return; // start() reports the failure itself
+    this.#options.onError(this.#lastError);
+    this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect(): void {
+    if (this.#closed || this.#retryTimer !== undefined) return;
+    const delay = backoffDelayMs(this.#failedAttempts, this.#options.reconnect);
+    this.#failedAttempts += 1;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = undefined;
+      this.#connecting = this.#reconnect().finally(() => {
+        this.#connecting = undefined;
+      });
+    }, delay);
+    this.#retryTimer.unref?.();
+  }
+
+  async #reconnect(): Promise<void> {
+    if (this.#closed) return;
+    const generation = ++this.#generation;
+    try {
+      await this.#open(generation);
+      this.#stats.reconnects += 1;
+    } catch (error) {
+      // #lost ignores a generation that an 'error' event already retired (and scheduled a retry for).
+      this.#lost(generation, error);
+    }
+  }
+
+  async #endClient(): Promise<void> {
+    const client = this.#client;
+    this.#client = undefined;
+    if (client === undefined) return;
+    try {
+      await client.end();
+    } catch {
+      // Ending a broken connection may fail; it is gone either way.
+    }
+  }
+}

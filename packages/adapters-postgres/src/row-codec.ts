@@ -1,0 +1,154 @@
+import type { Task, TaskChange, TaskEvent, TaskStatus } from '@finishline/core';
+import { ErrorCode, isTerminalType, ProgressError } from '@finishline/core';
+import { sql } from 'kysely';
+
+/**
+ * Conversion between the model and Postgres rows: rows as `pg` returns them (`int8` as text unless the
+ * caller installed a parser, `json` selected as text), and the JSON records the write statements unpack
+ * with `json_to_recordset`.
+ *
+ * @module
+ */
+
+/** A task row as selected (`int8` columns as `pg` returns them, `json` as text). */
+export interface TaskRow {
+  id: string;
+  owner: string;
+  kind: string;
+  status: string;
+  total: string | number | bigint | null;
+  done: string | number | bigint;
+  succeeded: string | number | bigint;
+  failed: string | number | bigint;
+  current: string | null;
+  message: string | null;
+  result: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  seq: string | number | bigint;
+  acked_seq: string | number | bigint;
+  created_at: string | number | bigint;
+  updated_at: string | number | bigint;
+  finished_at: string | number | bigint | null;
+  lease_owner: string | null;
+  lease_expires_at: string | number | bigint | null;
+}
+
+/** An event row as selected. */
+export interface EventRow {
+  task_id: string;
+  seq: string | number | bigint;
+  type: string;
+  time: string | number | bigint;
+  body: string;
+}
+
+/** The task columns, `json` as text so the caller's type parsers cannot change what comes back. */
+export const taskColumns = sql`id, owner, kind, status, total, done, succeeded, failed, current, message,
+  result::text AS result, error_code, error_message, seq, acked_seq, created_at, updated_at, finished_at,
+  lease_owner, lease_expires_at`;
+
+/** An `int8` as a number (values stay below `Number.MAX_SAFE_INTEGER`: inputs are validated). */
+export function int(value: string | number | bigint): number {
+  return typeof value === 'number' ? value : Number(value);
+}
+
+function nullableInt(value: string | number | bigint | null): number | null {
+  return value === null ? null : int(value);
+}
+
+export function toTask(row: TaskRow): Task {
+  return {
+    id: row.id,
+    owner: row.owner,
+    kind: row.kind,
+    status: row.status as TaskStatus,
+    total: nullableInt(row.total),
+    done: int(row.done),
+    succeeded: int(row.succeeded),
+    failed: int(row.failed),
+    current: row.current,
+    message: row.message,
+    result: row.result === null ? null : JSON.parse(row.result),
+    error: row.error_code === null ? null : { code: row.error_code, message: row.error_message ?? '' },
+    seq: int(row.seq),
+    ackedSeq: int(row.acked_seq),
+    createdAt: int(row.created_at),
+    updatedAt: int(row.updated_at),
+    finishedAt: nullableInt(row.finished_at),
+    leaseOwner: row.lease_owner,
+    leaseExpiresAt: nullableInt(row.lease_expires_at),
+  };
+}
+
+export function toEvent(row: EventRow): TaskEvent {
+  return {
+    taskId: row.task_id,
+    seq: int(row.seq),
+    type: row.type,
+    time: int(row.time),
+    ...JSON.parse(row.body),
+  } as TaskEvent;
+}
+
+/** A JSON copy of a caller-supplied value, normalized as the database will return it. */
+export function jsonCopy<T>(value: T): T {
+  return value === null || typeof value !== 'object' ? value : (JSON.parse(JSON.stringify(value)) as T);
+}
+
+/**
+ * The event as returned to the caller: a planned event shares only the caller's `detail` or `result`
+ * object with the input (everything else is fresh), so only those are copied.
+ */
+export function detached(event: TaskEvent): TaskEvent {
+  switch (event.type) {
+    case 'item':
+      return event.item.detail === null
+        ? event
+        : { ...event, item: { ...event.item, detail: jsonCopy(event.item.detail) } };
+    case 'completed':
+      return event.result === null ? event : { ...event, result: jsonCopy(event.result) };
+    case 'progress':
+    case 'failed':
+    case 'cancelled':
+    case 'interrupted':
+      return event;
+    default: {
+      const unreachable: never = event;
+      throw new ProgressError(ErrorCode.Internal, `Unknown event ${String(unreachable)}`);
+    }
+  }
+}
+
+/** The row of an event for `json_to_recordset`: its content goes into `body` as JSON. */
+export function eventRecord(event: TaskEvent): Record<string, unknown> {
+  const { taskId, seq, type, time, ...body } = event;
+  return { task_id: taskId, seq, type, time, body };
+}
+
+/** The written columns of a task for `json_to_recordset`. */
+export function taskRecord(task: Task): Record<string, unknown> {
+  return {
+    id: task.id,
+    status: task.status,
+    total: task.total,
+    done: task.done,
+    succeeded: task.succeeded,
+    failed: task.failed,
+    current: task.current,
+    message: task.message,
+    result: task.result,
+    error_code: task.error?.code ?? null,
+    error_message: task.error?.message ?? null,
+    seq: task.seq,
+    updated_at: task.updatedAt,
+    finished_at: task.finishedAt,
+    lease_owner: task.leaseOwner,
+    lease_expires_at: task.leaseExpiresAt,
+  };
+}
+
+/** The change a committed event makes, as the change feed publishes it. */
+export function changeOf(event: TaskEvent): TaskChange {
+  return { taskId: event.taskId, seq: event.seq, terminal: isTerminalType(event.type) };
+}
