@@ -1,5 +1,11 @@
 import type { BackoffOptions, Clock } from '@finishline/core';
-import { backoffDelayMs, ErrorCode, isProgressError, ProgressError, systemClock } from '@finishline/core';
+import {
+  backoffDelayMs,
+  invalidOption,
+  isProgressError,
+  type ProgressError,
+  systemClock,
+} from '@finishline/core';
 import type { Kysely, PostgresPool } from 'kysely';
 import type { PgListenClient } from './listen-connection.js';
 import { assertSchemaName } from './migrations.js';
@@ -151,7 +157,7 @@ export interface ResolvedStoreOptions {
 const OPTION_NAMES = new Set(['pool', 'db', 'listenClient', ...Object.keys(POSTGRES_STORE_DEFAULTS)]);
 
 function invalid(message: string): ProgressError {
-  return new ProgressError(ErrorCode.InvalidInput, `PostgresProgressStore: ${message}`);
+  return invalidOption('PostgresProgressStore', message);
 }
 
 function requireInteger(name: string, value: unknown, { min, max }: { min: number; max: number }): number {

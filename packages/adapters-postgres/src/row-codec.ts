@@ -1,5 +1,5 @@
 import type { Task, TaskChange, TaskEvent, TaskStatus } from '@finishline/core';
-import { ErrorCode, isTerminalType, ProgressError } from '@finishline/core';
+import { exhaustive, isTerminalType } from '@finishline/core';
 import { sql } from 'kysely';
 
 /**
@@ -113,10 +113,8 @@ export function detached(event: TaskEvent): TaskEvent {
     case 'cancelled':
     case 'interrupted':
       return event;
-    default: {
-      const unreachable: never = event;
-      throw new ProgressError(ErrorCode.Internal, `Unknown event ${String(unreachable)}`);
-    }
+    default:
+      exhaustive(event, 'event');
   }
 }
 

@@ -1,5 +1,5 @@
 import type { JsonValue, ProgressState, Task, TaskEvent, TaskFailure, TaskStatus } from '@finishline/core';
-import { ErrorCode, isTerminalType, ProgressError, TASK_STATUSES } from '@finishline/core';
+import { ErrorCode, exhaustive, isTerminalType, ProgressError, TASK_STATUSES } from '@finishline/core';
 import type { EventsTable, TasksTable } from './schema.js';
 
 /**
@@ -67,10 +67,8 @@ function encodePayload(event: TaskEvent): string | null {
     case 'cancelled':
     case 'interrupted':
       return JSON.stringify({ reason: event.reason });
-    default: {
-      const unreachable: never = event;
-      throw new ProgressError(ErrorCode.Internal, `Unknown event type ${String(unreachable)}`);
-    }
+    default:
+      exhaustive(event, 'event type');
   }
 }
 

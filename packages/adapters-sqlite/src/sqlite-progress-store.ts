@@ -33,6 +33,9 @@ import {
   parseTaskIds,
   planAppend,
   planLease,
+  storeClosed,
+  taskAlreadyExists,
+  taskNotFound,
 } from '@finishline/core';
 import BetterSqlite3 from 'better-sqlite3';
 import { sql } from 'kysely';
@@ -184,7 +187,7 @@ export class SqliteProgressStore implements ProgressStore {
       const task = newTask({ ...parsed, id }, this.#clock());
       const { changes } = this.#q.insertTask.run(taskToRow(task));
       if (Number(changes) === 0) {
-        throw new ProgressError(ErrorCode.InvalidInput, `Task ${id} already exists`, { taskId: id });
+        throw taskAlreadyExists(id);
       }
       return task;
     });
@@ -232,7 +235,8 @@ export class SqliteProgressStore implements ProgressStore {
       const resolvedLimit = parseReadLimit(limit);
       this.#appends.flush();
       const rows = this.#q.selectEvents.all({ taskId, afterSeq, limit: resolvedLimit });
-      if (rows.length === 0 && this.#q.selectTask.get({ id: taskId }) === undefined) throw notFound(taskId);
+      if (rows.length === 0 && this.#q.selectTask.get({ id: taskId }) === undefined)
+        throw taskNotFound(taskId);
       return rows.map((row) => rowToEvent(row as EventRow));
     });
   }
@@ -361,7 +365,7 @@ export class SqliteProgressStore implements ProgressStore {
       this.#closed = true;
       this.#appends.cancel();
       // Only appends queued by a listener while close() ran inside a commit can be left here.
-      for (const entry of this.#appends.clear()) entry.reject(closedError());
+      for (const entry of this.#appends.clear()) entry.reject(storeClosed());
       this.#watcher?.stop();
       if (this.#ownsDatabase) this.#database.close();
     }
@@ -381,7 +385,7 @@ export class SqliteProgressStore implements ProgressStore {
   }
 
   #assertOpen(): void {
-    if (this.#closed) throw closedError();
+    if (this.#closed) throw storeClosed();
   }
 
   #loadTask(taskId: string): Task | undefined {
@@ -391,7 +395,7 @@ export class SqliteProgressStore implements ProgressStore {
 
   #requireTask(taskId: string): Task {
     const task = this.#loadTask(taskId);
-    if (task === undefined) throw notFound(taskId);
+    if (task === undefined) throw taskNotFound(taskId);
     return task;
   }
 
@@ -481,7 +485,7 @@ export class SqliteProgressStore implements ProgressStore {
       }
     }
     // Errors capture a stack trace: build them only for the ids that are really missing.
-    for (const id of ids) if (!tasks.has(id)) tasks.set(id, notFound(id));
+    for (const id of ids) if (!tasks.has(id)) tasks.set(id, taskNotFound(id));
     return tasks;
   }
 
@@ -563,14 +567,6 @@ export class SqliteProgressStore implements ProgressStore {
     const row = this.#q.maxEventId.get() as { id: number | bigint | null } | undefined;
     return row?.id == null ? 0 : Number(row.id);
   }
-}
-
-function closedError(): ProgressError {
-  return new ProgressError(ErrorCode.Closed, 'The store is closed');
-}
-
-function notFound(taskId: string): ProgressError {
-  return new ProgressError(ErrorCode.TaskNotFound, `No task ${taskId}`, { taskId });
 }
 
 /**

@@ -1,5 +1,5 @@
 import type { Clock } from '@finishline/core';
-import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
+import { invalidOption, type ProgressError, systemClock } from '@finishline/core';
 import type { SqliteDatabase } from './sqlite-driver.js';
 
 /**
@@ -78,7 +78,7 @@ const OPTION_NAMES: ReadonlySet<string> = new Set(['database', ...Object.keys(SQ
 const SYNCHRONOUS: ReadonlySet<string> = new Set(['normal', 'full', 'extra']);
 
 function invalid(message: string): ProgressError {
-  return new ProgressError(ErrorCode.InvalidInput, `SqliteProgressStore: ${message}`);
+  return invalidOption('SqliteProgressStore', message);
 }
 
 function checkInteger(name: string, value: number, min: number, max: number): void {

@@ -1,5 +1,5 @@
 import type { Clock } from '@finishline/core';
-import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
+import { ErrorCode, invalidOption, ProgressError, systemClock } from '@finishline/core';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
@@ -235,7 +235,7 @@ export interface ResolvedOptions extends Omit<Defaulted, 'persistence'> {
 }
 
 function invalid(message: string): ProgressError {
-  return new ProgressError(ErrorCode.InvalidInput, `ProgressClient: ${message}`);
+  return invalidOption('ProgressClient', message);
 }
 
 function parseUrl(name: string, value: unknown, base?: string): URL {

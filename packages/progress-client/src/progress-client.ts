@@ -1,5 +1,12 @@
 import type { ApplyResult, ErrorFrame, ServerFrame } from '@finishline/core';
-import { assertTaskId, backoffDelayMs, ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
+import {
+  assertTaskId,
+  backoffDelayMs,
+  ErrorCode,
+  exhaustive,
+  isTerminalEvent,
+  ProgressError,
+} from '@finishline/core';
 import { EventEmitter } from 'eventemitter3';
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';
@@ -466,8 +473,4 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.clearTimers();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
   }
-}
-
-function exhaustive(value: never): never {
-  throw new TypeError(`Unexpected value ${String(value)}`);
 }

@@ -12,7 +12,7 @@ import type {
   TerminalEvent,
   WatchView,
 } from '@finishline/core';
-import { FinishWatchdog, progressOf, WatchCursor, watchViewOfTask } from '@finishline/core';
+import { exhaustive, FinishWatchdog, progressOf, WatchCursor, watchViewOfTask } from '@finishline/core';
 import { EventEmitter } from 'eventemitter3';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
@@ -506,8 +506,4 @@ function terminalFromView(view: WatchView): TerminalEvent {
     default:
       return exhaustive(view.status);
   }
-}
-
-function exhaustive(value: never): never {
-  throw new TypeError(`Unexpected value ${String(value)}`);
 }

@@ -1,6 +1,5 @@
-import type { JsonValue, TaskStatus, TerminalType } from '@finishline/core';
-import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
-import type { TaskHandle } from './task-handle.js';
+import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
+import { ErrorCode, exhaustive, isProgressError, LIMITS, ProgressError } from '@finishline/core';
 import { delay } from './wait.js';
 
 /** What a batch worker receives besides its item. */
@@ -24,7 +23,30 @@ export interface BatchWorkerContext {
  */
 export type BatchWorker<T> = (item: T, context: BatchWorkerContext) => unknown;
 
-/** Options of {@link TaskHandle.runBatch}. */
+/**
+ * What the batch runner needs of a task: the part of `TaskHandle` it calls, so that the handle can offer
+ * `runBatch` without the two modules importing each other.
+ */
+export interface BatchTaskHandle {
+  readonly id: string;
+  readonly task: Pick<Task, 'total'>;
+  readonly status: TaskStatus;
+  readonly finished: boolean;
+  readonly signal: AbortSignal;
+  item(result: {
+    key: string;
+    ok: boolean;
+    error: string | null;
+    detail: JsonValue | null;
+  }): Promise<unknown>;
+  progress(update: { total: number }): Promise<unknown>;
+  complete(options: { result: JsonValue }): Promise<unknown>;
+  fail(error: TaskFailure): Promise<unknown>;
+  cancel(reason: string | null): Promise<unknown>;
+  interrupt(reason: string): Promise<unknown>;
+}
+
+/** Options of `TaskHandle.runBatch`. */
 export interface RunBatchOptions<T> {
   /**
    * Items processed at the same time (an integer from 1 to 1000).
@@ -111,7 +133,7 @@ function validate<T>(items: readonly T[], worker: unknown, options: RunBatchOpti
 }
 
 /**
- * The batch runner behind {@link TaskHandle.runBatch}. Counts *finished* items (one `item` event per
+ * The batch runner behind `TaskHandle.runBatch`. Counts *finished* items (one `item` event per
  * item, success or failure), stops early on cancellation, and always ends the task:
  *
  * | how it stops | terminal event |
@@ -129,7 +151,7 @@ function validate<T>(items: readonly T[], worker: unknown, options: RunBatchOpti
  * @internal
  */
 export async function runBatch<T>(batch: {
-  handle: TaskHandle;
+  handle: BatchTaskHandle;
   items: readonly T[];
   worker: BatchWorker<T>;
   options: RunBatchOptions<T>;
@@ -253,10 +275,8 @@ export async function runBatch<T>(batch: {
       case undefined:
         // Unreachable: lanes only return early after a stop, and 'ended' returned above.
         return handle.fail({ code: 'batch_error', message: 'batch stopped without a reason' });
-      default: {
-        const unreachable: never = stop;
-        throw new TypeError(`Unknown stop reason ${String(unreachable)}`);
-      }
+      default:
+        exhaustive(stop, 'stop reason');
     }
   };
   for (let attempt = 1; ; attempt++) {

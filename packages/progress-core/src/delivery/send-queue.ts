@@ -1,5 +1,6 @@
 import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
 import { Priority, priorityOf, progressOf } from '../model.js';
+import { exhaustive } from '../option-helpers.js';
 import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
@@ -187,10 +188,8 @@ export class SendQueue {
             ? this.#foldProgress(queue, head.event.seq, head.event, queue.meta, congested)
             : { kind: 'event', event: head.event };
         break;
-      default: {
-        const unreachable: never = head;
-        throw new TypeError(`SendQueue: unknown entry ${String(unreachable)}`);
-      }
+      default:
+        exhaustive(head, 'SendQueue entry');
     }
     queue.lastEmittedSeq = out.kind === 'event' ? out.event.seq : out.task.seq;
     return out;
@@ -323,10 +322,8 @@ function priorityOfEntry(entry: QueuedEntry): Priority {
       return Priority.progress;
     case 'event':
       return priorityOf(entry.event.type);
-    default: {
-      const unreachable: never = entry;
-      throw new TypeError(`SendQueue: unknown entry ${String(unreachable)}`);
-    }
+    default:
+      exhaustive(entry, 'SendQueue entry');
   }
 }
 
@@ -338,10 +335,8 @@ function lastSeqOf(entry: QueuedEntry): number {
       return entry.last.seq;
     case 'event':
       return entry.event.seq;
-    default: {
-      const unreachable: never = entry;
-      throw new TypeError(`SendQueue: unknown entry ${String(unreachable)}`);
-    }
+    default:
+      exhaustive(entry, 'SendQueue entry');
   }
 }
 

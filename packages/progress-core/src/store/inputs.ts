@@ -11,7 +11,7 @@ import {
   shortTextSchema,
 } from '../primitives.js';
 import { ProgressError } from '../progress-error.js';
-import { STORE_DEFAULTS } from './progress-store.js';
+import { STORE_DEFAULTS } from './store-defaults.js';
 
 /** A lease request: the worker `owner` holds the task for `ttlMs` unless it renews. */
 export interface LeaseInput {

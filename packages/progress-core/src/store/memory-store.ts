@@ -3,6 +3,7 @@ import { systemClock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
 import type { Task, TaskEvent } from '../model.js';
 import { isTerminalEvent } from '../model.js';
+import { stripUndefined } from '../option-helpers.js';
 import { ProgressError } from '../progress-error.js';
 import type { ChangeFeed } from './change-feed.js';
 import { LocalChangeFeed } from './change-feed.js';
@@ -21,6 +22,7 @@ import {
   parseTaskIds,
 } from './inputs.js';
 import type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './progress-store.js';
+import { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store-errors.js';
 import type { AppendResult } from './task-transitions.js';
 import { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './task-transitions.js';
 
@@ -71,19 +73,10 @@ function resolveOptions(options: MemoryProgressStoreOptions): Required<MemoryPro
   return resolved;
 }
 
-function stripUndefined<T extends object>(value: T): Partial<T> {
-  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
-}
-
 interface Entry {
   task: Task;
   /** `events[i].seq === i + 1`. */
   events: TaskEvent[];
-}
-
-/** Binary (code unit) order, the order every store uses for ids. */
-function compareIds(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
 }
 
 /**
@@ -134,7 +127,7 @@ export class MemoryProgressStore implements ProgressStore {
     const parsed = parseCreateTaskInput(input);
     const id = parsed.id ?? globalThis.crypto.randomUUID();
     if (this.#tasks.has(id)) {
-      throw new ProgressError(ErrorCode.InvalidInput, `Task ${id} already exists`, { taskId: id });
+      throw taskAlreadyExists(id);
     }
     const task = newTask({ ...parsed, id }, this.#clock());
     this.#tasks.set(id, { task: copy(task), events: [] });
@@ -276,12 +269,12 @@ export class MemoryProgressStore implements ProgressStore {
   #entry(taskId: string): Entry {
     const entry = this.#tasks.get(taskId);
     if (entry === undefined) {
-      throw new ProgressError(ErrorCode.TaskNotFound, `No task ${taskId}`, { taskId });
+      throw taskNotFound(taskId);
     }
     return entry;
   }
 
   #assertOpen(): void {
-    if (this.#closed) throw new ProgressError(ErrorCode.Closed, 'The store is closed');
+    if (this.#closed) throw storeClosed();
   }
 }

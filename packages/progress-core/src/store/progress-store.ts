@@ -143,20 +143,5 @@ export interface ProgressStore {
   close(): Promise<void>;
 }
 
-/** Defaults shared by every store, so their behaviour does not drift. */
-export const STORE_DEFAULTS = /* @__PURE__ */ Object.freeze({
-  /** {@link ListTasksQuery.limit} */
-  listLimit: 50,
-  maxListLimit: 1000,
-  /** {@link ProgressStore.readEvents} `limit` */
-  readLimit: 1000,
-  maxReadLimit: 10_000,
-  /** {@link ReapOptions.limit} */
-  reapLimit: 100,
-  maxReapLimit: 1000,
-  /** {@link PurgeOptions.limit} */
-  purgeLimit: 500,
-  maxPurgeLimit: 5000,
-  /** Largest `taskIds` array for {@link ProgressStore.latestSeqs}. */
-  maxLatestSeqsIds: 1000,
-});
+// Kept in their own module so that input validation can read them without importing this one.
+export { STORE_DEFAULTS } from './store-defaults.js';

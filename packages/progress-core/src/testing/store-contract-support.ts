@@ -11,6 +11,25 @@ import type { ManualClock } from './manual-clock.js';
  * came back, so a red adapter run says what broke without a debugger.
  */
 
+/**
+ * One store under test, fresh and empty. The contract suite builds one per test (and one per run of the
+ * model-based test) and closes it afterwards.
+ */
+export interface ProgressStoreHarness {
+  /** The store under test. It must be built with `clock.now` as its clock and hold no tasks. */
+  store: ProgressStore;
+  /** Drives the store's time; tests advance it to expire leases and age finished tasks. */
+  clock: ManualClock;
+  /**
+   * Releases everything the harness opened (the store, a database, a temp file). Called once per
+   * harness, possibly after the test already closed the store, so it must tolerate that.
+   */
+  close(): Promise<void>;
+}
+
+/** Builds a fresh {@link ProgressStoreHarness}. */
+export type ProgressStoreHarnessFactory = () => Promise<ProgressStoreHarness>;
+
 /** What every section of the suite gets: the running test's store and clock, and the suite options. */
 export interface ContractContext {
   readonly store: ProgressStore;
@@ -184,9 +203,7 @@ export async function createMany(
 }
 
 /** Binary (code unit) comparison, the id order the contract requires. */
-export function compareIds(a: string, b: string): number {
-  return a < b ? -1 : a > b ? 1 : 0;
-}
+export { compareIds } from '../store/store-errors.js';
 
 /** Seqs of a list of events. */
 export function seqsOf(events: readonly { seq: number }[]): number[] {

@@ -2,34 +2,20 @@ import { afterEach, beforeEach, describe } from 'vitest';
 import { ErrorCode } from '../codes.js';
 import { ProgressError } from '../progress-error.js';
 import type { ProgressStore } from '../store/progress-store.js';
-import type { ManualClock } from './manual-clock.js';
 import { describeEventContract } from './store-contract-events.js';
 import { describeFeedContract } from './store-contract-feed.js';
 import { describeLeaseContract } from './store-contract-leases.js';
 import { describeLifecycleContract } from './store-contract-lifecycle.js';
 import { describeLogContract } from './store-contract-log.js';
-import type { ContractContext } from './store-contract-support.js';
+import type {
+  ContractContext,
+  ProgressStoreHarness,
+  ProgressStoreHarnessFactory,
+} from './store-contract-support.js';
 import { describeTaskContract } from './store-contract-tasks.js';
 import { describeModelContract } from './store-model.js';
 
-/**
- * One store under test, fresh and empty. The contract suite builds one per test (and one per run of the
- * model-based test) and closes it afterwards.
- */
-export interface ProgressStoreHarness {
-  /** The store under test. It must be built with `clock.now` as its clock and hold no tasks. */
-  store: ProgressStore;
-  /** Drives the store's time; tests advance it to expire leases and age finished tasks. */
-  clock: ManualClock;
-  /**
-   * Releases everything the harness opened (the store, a database, a temp file). Called once per
-   * harness, possibly after the test already closed the store, so it must tolerate that.
-   */
-  close(): Promise<void>;
-}
-
-/** Builds a fresh {@link ProgressStoreHarness}. */
-export type ProgressStoreHarnessFactory = () => Promise<ProgressStoreHarness>;
+export type { ProgressStoreHarness, ProgressStoreHarnessFactory } from './store-contract-support.js';
 
 /** Options for {@link describeProgressStoreContract}. */
 export interface StoreContractOptions {

@@ -10,8 +10,8 @@ import type { AppendResult } from '../store/task-transitions.js';
 import { leaseExpiredReason, newTask } from '../store/task-transitions.js';
 import type { ManualClock } from './manual-clock.js';
 import { propertyParams } from './property-config.js';
-import type { ProgressStoreHarnessFactory } from './store-contract.js';
 import { TERMINAL_INPUTS } from './store-contract-events.js';
+import type { ProgressStoreHarnessFactory } from './store-contract-support.js';
 import { expectRejected, expectRejection, fulfilled, range, seqsOf, show } from './store-contract-support.js';
 
 /**
