@@ -24,11 +24,12 @@ export default defineConfig([
     target: 'node20',
     external,
   },
-  // Types for both: bundled per entry point (.d.ts for import, .d.cts for require).
+  // Types for both: bundled per entry point (.d.ts for import, .d.cts for require). The package's tsconfig
+  // is a composite project for `tsc -b`; a declaration bundle is not one.
   {
     entry: { index: 'src/index.ts', testing: 'src/testing/index.ts' },
     format: ['esm', 'cjs'],
-    dts: { only: true },
+    dts: { only: true, compilerOptions: { composite: false } },
     external,
   },
 ]);
