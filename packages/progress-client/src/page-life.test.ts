@@ -28,7 +28,6 @@ function fakePage() {
 /** A client with page events, watching `t1` and `t2` on an open socket, both at seq 1. */
 function watching(extra: Parameters<typeof setup>[0] = {}) {
   const page = fakePage();
-  const jumpMs = 0;
   const ctx = setup({ pageEvents: page.sources, wakePingTimeoutMs: 2000, ...extra });
   const t1 = new FakeTask('t1', 5);
   const t2 = new FakeTask('t2', 5);
@@ -167,7 +166,7 @@ describe('page life', () => {
       }),
       window: spy(page.sources.window),
     };
-    const { client, server, scheduler } = setup({ pageEvents: sources });
+    const { client, server } = setup({ pageEvents: sources });
     expect(added).toEqual([]);
     const watch = client.watch('t1');
     expect(added.sort()).toEqual(['online', 'pageshow', 'resume', 'visibilitychange']);

@@ -11,8 +11,8 @@ import { Timeout, type TimerSet } from './timers.js';
 
 /** The part of an `EventTarget` the client uses (`document` and `window` fit). */
 export interface PageEventTarget {
-  addEventListener(type: string, listener: (event: never) => void): void;
-  removeEventListener(type: string, listener: (event: never) => void): void;
+  addEventListener(type: string, listener: (event: object) => void): void;
+  removeEventListener(type: string, listener: (event: object) => void): void;
 }
 
 /**
@@ -60,8 +60,8 @@ export class PageLife {
   readonly #onResume = (): void => this.#wake('resume');
   readonly #onOnline = (): void => this.#wake('online');
   // A normal load fires `pageshow` too; only a restore from the back/forward cache says the page slept.
-  readonly #onPageShow = (event: { persisted?: boolean }): void => {
-    if (event.persisted === true) this.#wake('pageshow');
+  readonly #onPageShow = (event: object): void => {
+    if ((event as { persisted?: unknown }).persisted === true) this.#wake('pageshow');
   };
 
   constructor(options: PageLifeOptions) {
