@@ -2,6 +2,7 @@ import type { Clock } from '@finishline/core';
 import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
+import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
 /**
@@ -180,6 +181,12 @@ export interface ProgressClientOptions {
    */
   rateWindowMs?: number;
   /**
+   * One socket for all the tabs of the browser: pass `tabSharing()` from `@finishline/client/tabs`
+   * (a separate entry, so pages that do not share do not load it). Each tab keeps its own cursors.
+   * @default false
+   */
+  shareAcrossTabs?: TabSharing | false;
+  /**
    * Page-life events that make the client check its socket at once (ping with a deadline, resync every
    * watch) instead of waiting for the heartbeat timeout: `visibilitychange` to visible, `resume` (a
    * frozen page thawed), `online`, `pageshow` from the back/forward cache; with them, a clock-jump check
@@ -223,7 +230,15 @@ export interface ProgressClientOptions {
 
 type Defaulted = Omit<
   Required<ProgressClientOptions>,
-  'url' | 'WebSocket' | 'fetch' | 'token' | 'httpUrl' | 'httpPath' | 'persistence' | 'pageEvents'
+  | 'url'
+  | 'WebSocket'
+  | 'fetch'
+  | 'token'
+  | 'httpUrl'
+  | 'httpPath'
+  | 'persistence'
+  | 'pageEvents'
+  | 'shareAcrossTabs'
 > & { persistence: false };
 
 /** Defaults of {@link ProgressClientOptions}, merged once at construction. */
@@ -377,6 +392,10 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     storage = persistence as CursorStorage;
   } else if (persistence !== false) throw invalid("persistence must be 'session', a CursorStorage or false");
 
+  const sharing = (o as { shareAcrossTabs?: unknown }).shareAcrossTabs;
+  if (sharing !== undefined && sharing !== false && typeof (sharing as TabSharing)?.wrap !== 'function')
+    throw invalid('shareAcrossTabs must be tabSharing() from @finishline/client/tabs, or false');
+
   const pageEvents = (o as { pageEvents?: unknown }).pageEvents;
   if (
     pageEvents !== undefined &&
@@ -391,7 +410,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
       pageEvents === false ? undefined : ((pageEvents as PageEventSources) ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
-    WebSocket: WebSocketImpl,
+    WebSocket: sharing ? (sharing as TabSharing).wrap(WebSocketImpl) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     token: o.token,
     storage,
