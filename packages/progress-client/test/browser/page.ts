@@ -31,7 +31,7 @@ for (const type of ['online', 'offline', 'pageshow'])
 const client = new ProgressClient({
   url: '/progress',
   shareAcrossTabs: params.has('share') ? tabSharing() : false,
-  pageEvents: params.has('nopagelife') ? false : undefined,
+  ...(params.has('nopagelife') ? { pageEvents: false as const } : {}),
   wakePingTimeoutMs: 1000,
   // Chromium fires no `resume` for a visible page thawed over CDP: the clock check is what notices.
   clockCheckIntervalMs: 500,
