@@ -1,8 +1,8 @@
 import type { ApplyResult, ErrorFrame, ServerFrame } from '@finishline/core';
 import { assertTaskId, backoffDelayMs, ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
-import { EventEmitter } from 'eventemitter3';
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';
+import { EventEmitter } from './event-emitter.js';
 import { HttpFallback } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';

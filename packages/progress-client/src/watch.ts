@@ -13,7 +13,7 @@ import type {
   WatchView,
 } from '@finishline/core';
 import { FinishWatchdog, progressOf, WatchCursor, watchViewOfTask } from '@finishline/core';
-import { EventEmitter } from 'eventemitter3';
+import { EventEmitter } from './event-emitter.js';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
 
