@@ -175,6 +175,30 @@ describe('tab sharing', () => {
     await vi.waitFor(() => expect(second.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]));
   });
 
+  it('a tab that finds the socket silent has the leader replace the real socket', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map(
+      (tab, index) =>
+        new ProgressClient({
+          url: 'ws://example.test/progress',
+          WebSocket: server.WebSocket,
+          token: 'tok',
+          random: () => 0,
+          pageEvents: false,
+          // Only the follower's client has a short timeout: it is the one that notices.
+          heartbeatTimeoutMs: index === 1 ? 300 : 60_000,
+          shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
+        }),
+    );
+    for (const client of clients) client.watch('t1');
+    const first = await acceptReal(server, 1);
+    const second = await acceptReal(server, 2);
+    expect(first.closedWith).toEqual([{ code: 4010, reason: 'heartbeat timeout' }]);
+    await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(2));
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
   it('rejects a missing BroadcastChannel or lock manager with invalid_input', () => {
     const scope = globalThis as { navigator?: unknown };
     if (scope.navigator !== undefined && (scope.navigator as { locks?: unknown }).locks !== undefined) return;

@@ -1,4 +1,4 @@
-import { ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
 import type { WebSocketConstructorLike, WebSocketLike } from './options.js';
 
 /**
@@ -111,7 +111,7 @@ type Message =
   | { t: 'leader'; from: string }
   | { t: 'connect'; from: string; id: string }
   | { t: 'send'; from: string; id: string; data: string }
-  | { t: 'bye'; from: string; id: string }
+  | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string }
   | { t: 'frame'; from: string; data: string; hello?: true; to?: string }
   | { t: 'close'; from: string; code: number; reason: string };
@@ -149,7 +149,7 @@ class VirtualSocket implements WebSocketLike {
 
   close(code = 1000, reason = ''): void {
     if (this.readyState === CLOSED) return;
-    this.#hub.detach(this);
+    this.#hub.detach(this, code, reason);
     this.closed(code, reason);
   }
 
@@ -217,9 +217,9 @@ class TabHub {
     return id;
   }
 
-  detach(socket: VirtualSocket): void {
+  detach(socket: VirtualSocket, code: number, reason: string): void {
     this.#sockets.delete(socket.id);
-    this.post({ t: 'bye', from: this.tab, id: socket.id });
+    this.post({ t: 'bye', from: this.tab, id: socket.id, code, reason });
   }
 
   /** To every tab, this one included (a channel does not deliver to its sender). */
@@ -240,7 +240,14 @@ class TabHub {
         if (this.#leading) this.#onSend(message.id, message.data);
         return;
       case 'bye':
-        if (this.#leading) this.#forget([message.id]);
+        if (!this.#leading) return;
+        this.#forget([message.id]);
+        // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
+        // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
+        if (message.code === CloseCode.HeartbeatTimeout || message.reason === 'finish watchdog') {
+          this.#closeReal(CloseCode.HeartbeatTimeout, message.reason);
+          this.#failReal(CloseCode.HeartbeatTimeout, message.reason);
+        }
         return;
       case 'open': {
         const socket = this.#sockets.get(message.id);
@@ -359,7 +366,7 @@ class TabHub {
     const real = this.#real;
     if (real === undefined) return;
     if (this.#peers.size === 0) {
-      this.#closeReal();
+      this.#closeReal(1000, 'no tab watching');
       return;
     }
     for (const taskId of tasks) {
@@ -417,14 +424,14 @@ class TabHub {
     this.post({ t: 'close', from: this.tab, code, reason });
   }
 
-  #closeReal(): void {
+  #closeReal(code: number, reason: string): void {
     const real = this.#real;
     this.#real = undefined;
     if (real === undefined) return;
     real.onclose = null;
     real.onmessage = null;
     try {
-      real.close(1000, 'no tab watching');
+      real.close(code, reason);
     } catch {
       // Already closing.
     }
