@@ -68,7 +68,7 @@ export interface TabSharing {
  *   is given.
  */
 export function tabSharing(options: TabSharingOptions = {}): TabSharing {
-  const scope = globalThis as {
+  const scope = globalThis as unknown as {
     BroadcastChannel?: new (name: string) => BroadcastChannelLike;
     navigator?: { locks?: LockManagerLike };
   };
