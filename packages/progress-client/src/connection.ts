@@ -132,6 +132,27 @@ export class Connection {
     this.#connect(reason);
   }
 
+  /**
+   * The socket may have died unseen (the page woke, the network came back). A ready socket must answer
+   * a ping within `deadlineMs` (any frame will do) or it is replaced at once; a reconnect waiting out
+   * its backoff goes now, since the cause of the failures may be what just ended. True when the socket
+   * is ready, so the caller can resync over it.
+   */
+  check(reason: string, deadlineMs: number): boolean {
+    if (this.#state === 'closed' || this.#state === 'idle') return false;
+    if (this.#ready) {
+      this.send({ type: 'ping' });
+      this.#liveness.set(deadlineMs, () => {
+        this.#drop(CloseCode.HeartbeatTimeout, `no answer after ${reason}`);
+        this.#down();
+        this.#connect(reason);
+      });
+      return true;
+    }
+    if (this.#reconnect.pending) this.#connect(reason);
+    return false;
+  }
+
   /** Closes for good; resolves once the socket reported its close. */
   close(): Promise<void> {
     const socket = this.#socket;

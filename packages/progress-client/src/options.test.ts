@@ -38,6 +38,10 @@ describe('client options', () => {
     [{ token: 42 }, /token must be a string or a function/],
     [{ headers: { cookie: 1 } }, /header values must be strings/],
     [{ persistence: 'local' }, /persistence must be/],
+    [{ wakePingTimeoutMs: 0 }, /wakePingTimeoutMs must be a finite number >= 1/],
+    [{ clockCheckIntervalMs: -1 }, /clockCheckIntervalMs/],
+    [{ pageEvents: 'window' }, /pageEvents must be an object/],
+    [{ shareAcrossTabs: true }, /shareAcrossTabs must be tabSharing\(\)/],
     [{ httpCredentials: 'always' }, /httpCredentials/],
     [{ WebSocket: null }, /no WebSocket implementation/],
   ] as [Record<string, unknown>, RegExp][])('refuses %j with invalid_input', (bad, message) => {

@@ -1,6 +1,8 @@
 import type { Clock } from '@finishline/core';
 import { ErrorCode, invalidOption, ProgressError, systemClock } from '@finishline/core';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
+import { defaultPageEventSources, type PageEventSources } from './page-life.js';
+import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
 /**
@@ -179,6 +181,37 @@ export interface ProgressClientOptions {
    */
   rateWindowMs?: number;
   /**
+   * One socket for all the tabs of the browser: pass `tabSharing()` from `@finishline/client/tabs`
+   * (a separate entry, so pages that do not share do not load it). Each tab keeps its own cursors.
+   * @default false
+   */
+  shareAcrossTabs?: TabSharing | false;
+  /**
+   * Page-life events that make the client check its socket at once (ping with a deadline, resync every
+   * watch) instead of waiting for the heartbeat timeout: `visibilitychange` to visible, `resume` (a
+   * frozen page thawed), `online`, `pageshow` from the back/forward cache; with them, a clock-jump check
+   * (a laptop waking). `false` turns all of it off. In Node pass `{}` to get the clock-jump check alone.
+   * @default the global `document` and `window` in a browser page; off elsewhere
+   */
+  pageEvents?: PageEventSources | false;
+  /**
+   * After a page-life event, how long the open socket has to answer a ping before it is replaced (with
+   * no backoff wait).
+   * @default 2000
+   */
+  wakePingTimeoutMs?: number;
+  /**
+   * Period of the clock-jump check (only with page events). 0 turns the check off.
+   * @default 2000
+   */
+  clockCheckIntervalMs?: number;
+  /**
+   * How much later than due that check must fire to count as a jump (the machine slept or the page was
+   * frozen).
+   * @default 5000
+   */
+  clockJumpMs?: number;
+  /**
    * Timer functions; inject fakes in tests.
    * @default the global setTimeout / clearTimeout
    */
@@ -197,7 +230,15 @@ export interface ProgressClientOptions {
 
 type Defaulted = Omit<
   Required<ProgressClientOptions>,
-  'url' | 'WebSocket' | 'fetch' | 'token' | 'httpUrl' | 'httpPath' | 'persistence'
+  | 'url'
+  | 'WebSocket'
+  | 'fetch'
+  | 'token'
+  | 'httpUrl'
+  | 'httpPath'
+  | 'persistence'
+  | 'pageEvents'
+  | 'shareAcrossTabs'
 > & { persistence: false };
 
 /** Defaults of {@link ProgressClientOptions}, merged once at construction. */
@@ -219,6 +260,9 @@ export const PROGRESS_CLIENT_DEFAULTS: Readonly<Defaulted> = Object.freeze({
   httpFallbackAfterAttempts: 3,
   httpPollIntervalMs: 2000,
   rateWindowMs: 10_000,
+  wakePingTimeoutMs: 2000,
+  clockCheckIntervalMs: 2000,
+  clockJumpMs: 5000,
   timers: systemTimers,
   clock: systemClock,
   random: Math.random,
@@ -232,6 +276,7 @@ export interface ResolvedOptions extends Omit<Defaulted, 'persistence'> {
   fetch: FetchLike | undefined;
   token: TokenSource | undefined;
   storage: CursorStorage | undefined;
+  pageEvents: PageEventSources | undefined;
 }
 
 function invalid(message: string): ProgressError {
@@ -259,6 +304,9 @@ const NUMBERS: readonly [keyof Defaulted, number][] = [
   ['httpFallbackAfterAttempts', 0],
   ['httpPollIntervalMs', 1],
   ['rateWindowMs', 1],
+  ['wakePingTimeoutMs', 1],
+  ['clockCheckIntervalMs', 0],
+  ['clockJumpMs', 1],
 ];
 
 /**
@@ -344,11 +392,25 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     storage = persistence as CursorStorage;
   } else if (persistence !== false) throw invalid("persistence must be 'session', a CursorStorage or false");
 
+  const sharing = (o as { shareAcrossTabs?: unknown }).shareAcrossTabs;
+  if (sharing !== undefined && sharing !== false && typeof (sharing as TabSharing)?.wrap !== 'function')
+    throw invalid('shareAcrossTabs must be tabSharing() from @finishline/client/tabs, or false');
+
+  const pageEvents = (o as { pageEvents?: unknown }).pageEvents;
+  if (
+    pageEvents !== undefined &&
+    pageEvents !== false &&
+    (typeof pageEvents !== 'object' || pageEvents === null)
+  )
+    throw invalid('pageEvents must be an object ({ document, window }) or false');
+
   return {
     ...o,
+    pageEvents:
+      pageEvents === false ? undefined : ((pageEvents as PageEventSources) ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
-    WebSocket: WebSocketImpl,
+    WebSocket: sharing ? (sharing as TabSharing).wrap(WebSocketImpl) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     token: o.token,
     storage,

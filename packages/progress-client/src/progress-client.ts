@@ -12,6 +12,7 @@ import { Connection, type ConnectionHandler, type ConnectionState, type StateCha
 import { readStoredTask } from './cursor-storage.js';
 import { HttpFallback } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
+import { PageLife, type WakeReason } from './page-life.js';
 import { Timeout, TimerSet } from './timers.js';
 import { Watch, WatchedTask, type WatchOptions } from './watch.js';
 
@@ -78,6 +79,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #tasks = new Map<string, WatchedTask>();
   readonly #ackTimer: Timeout;
   readonly #pollTimer: Timeout;
+  readonly #pageLife: PageLife | undefined;
   #polling = false;
   #pollFailures = 0;
   #closed = false;
@@ -101,6 +103,18 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       signal: this.#abort.signal,
     });
     this.#connection = new Connection(this.#o, this.#timers, this.#handler());
+    const sources = this.#o.pageEvents;
+    this.#pageLife =
+      sources === undefined
+        ? undefined
+        : new PageLife({
+            sources,
+            timers: this.#timers,
+            clock: this.#o.clock,
+            clockCheckIntervalMs: this.#o.clockCheckIntervalMs,
+            clockJumpMs: this.#o.clockJumpMs,
+            onWake: (reason) => this.#wake(reason),
+          });
   }
 
   /** The connection state. */
@@ -136,6 +150,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#armWatchdog(task);
       this.#subscribe(task);
       this.#connection.ensure('watch');
+      this.#pageLife?.start();
     }
     const watch = new Watch(task, (handle) => this.#release(task, handle));
     task.attach(watch);
@@ -162,6 +177,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
     this.#polling = false;
+    this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
     this.#timers.dispose();
@@ -199,7 +215,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         this.#pollFailures = 0;
         this.#pollTimer.set(0, () => void this.#poll());
       },
-      onState: (change) => this.emit('state', change),
+      onState: (change) => {
+        // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy.
+        if (change.state === 'idle') this.#pageLife?.stop();
+        this.emit('state', change);
+      },
       onError: (error) => {
         this.emit('error', error);
         // An invalid frame about a watched task may have carried one of its events: fetch it again.
@@ -211,6 +231,18 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         return false;
       },
     };
+  }
+
+  /**
+   * A page-life event: check the socket now and resync every unfinished watch over it, so what happened
+   * while the page slept shows at once; a socket that stays silent is replaced after the ping deadline.
+   */
+  #wake(reason: WakeReason): void {
+    if (this.#closed) return;
+    if (this.#connection.check(reason, this.#o.wakePingTimeoutMs)) {
+      for (const task of this.#tasks.values()) this.#resync(task);
+    }
+    if (this.#polling) this.#pollTimer.set(0, () => void this.#poll());
   }
 
   #onFrame(frame: ServerFrame): void {

@@ -1,0 +1,186 @@
+import { CloseCode } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { FakeTask } from './testing/fake-server.js';
+import { setup } from './testing/harness.js';
+
+/** A `document` and a `window` the test fires events on. */
+function fakePage() {
+  const document = Object.assign(new EventTarget(), { visibilityState: 'visible' });
+  const window = new EventTarget();
+  const fire = (target: EventTarget, type: string, props: Record<string, unknown> = {}) =>
+    target.dispatchEvent(Object.assign(new Event(type), props));
+  return {
+    sources: { document, window },
+    hide: () => {
+      document.visibilityState = 'hidden';
+      fire(document, 'visibilitychange');
+    },
+    show: () => {
+      document.visibilityState = 'visible';
+      fire(document, 'visibilitychange');
+    },
+    online: () => fire(window, 'online'),
+    resume: () => fire(document, 'resume'),
+    pageshow: (persisted: boolean) => fire(window, 'pageshow', { persisted }),
+  };
+}
+
+/** A client with page events, watching `t1` and `t2` on an open socket, both at seq 1. */
+function watching(extra: Parameters<typeof setup>[0] = {}) {
+  const page = fakePage();
+  const ctx = setup({ pageEvents: page.sources, wakePingTimeoutMs: 2000, ...extra });
+  const t1 = new FakeTask('t1', 5);
+  const t2 = new FakeTask('t2', 5);
+  const w1 = ctx.client.watch('t1');
+  const w2 = ctx.client.watch('t2');
+  const socket = ctx.server.accept(15_000);
+  t1.item('a');
+  t2.item('a');
+  socket.push({ type: 'snapshot', task: t1.view() });
+  socket.push({ type: 'snapshot', task: t2.view() });
+  socket.sent.length = 0;
+  return {
+    ...ctx,
+    page,
+    socket,
+    t1,
+    t2,
+    w1,
+    w2,
+  };
+}
+
+describe('page life', () => {
+  it('on visible: pings and resyncs every watch at once; a silent socket is replaced at the deadline, without backoff', async () => {
+    const { client, server, socket, page, scheduler } = watching();
+    page.hide();
+    expect(socket.sent).toEqual([]);
+    page.show();
+    expect(socket.frames('ping')).toHaveLength(1);
+    expect(socket.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 1 },
+      { type: 'subscribe', taskId: 't2', afterSeq: 1 },
+    ]);
+    await scheduler.advance(1999);
+    expect(server.sockets).toHaveLength(1);
+    await scheduler.advance(1);
+    // Replaced at 2 s, far before the 32 s heartbeat timeout, and at once rather than after a backoff.
+    expect(socket.closedWith).toEqual([
+      { code: CloseCode.HeartbeatTimeout, reason: 'no answer after visible' },
+    ]);
+    expect(server.sockets).toHaveLength(2);
+    const fresh = server.accept();
+    expect(fresh.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 1 },
+      { type: 'subscribe', taskId: 't2', afterSeq: 1 },
+    ]);
+    await client.close();
+  });
+
+  it('keeps a socket that answers, and delivers what the resync brings', async () => {
+    const { client, server, socket, page, scheduler, t1, w1 } = watching();
+    t1.item('b');
+    t1.item('c');
+    page.show();
+    socket.push({ type: 'pong', time: 1 });
+    socket.push({ type: 'event', event: t1.events[1] as never });
+    socket.push({ type: 'event', event: t1.events[2] as never });
+    expect(w1.getSnapshot().seq).toBe(3);
+    await scheduler.advance(10_000);
+    expect(socket.closedWith).toEqual([]);
+    expect(server.sockets).toHaveLength(1);
+    await client.close();
+  });
+
+  it('on online: a reconnect waiting out its backoff goes at once', async () => {
+    const { client, server, socket, page, scheduler, states } = watching({ random: () => 0.99 });
+    socket.serverClose(1006);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting' });
+    expect(server.sockets).toHaveLength(1);
+    page.online();
+    expect(server.sockets).toHaveLength(2);
+    server.accept();
+    expect(client.state).toBe('open');
+    await scheduler.advance(0);
+    await client.close();
+  });
+
+  it('pageshow counts only from the back/forward cache; resume counts', async () => {
+    const { client, socket, page } = watching();
+    page.pageshow(false);
+    expect(socket.frames('ping')).toHaveLength(0);
+    page.pageshow(true);
+    expect(socket.frames('ping')).toHaveLength(1);
+    page.resume();
+    expect(socket.frames('ping')).toHaveLength(2);
+    await client.close();
+  });
+
+  it('a clock jump (timer firing far later than due) checks the connection', async () => {
+    let offsetMs = 0;
+    let now: () => number = () => 0;
+    const page = fakePage();
+    // The scheduler's clock plus an offset: time that passed while the process did not run.
+    const ctx = setup({
+      pageEvents: page.sources,
+      clockCheckIntervalMs: 2000,
+      clockJumpMs: 5000,
+      clock: () => now() + offsetMs,
+    });
+    now = ctx.scheduler.now;
+    const client = ctx.client;
+    client.watch('t1');
+    const socket = ctx.server.accept();
+    socket.sent.length = 0;
+    await ctx.scheduler.advance(10_000); // ticks on time: nothing
+    expect(socket.frames('ping')).toHaveLength(0);
+    offsetMs = 4000; // late, but under the threshold
+    await ctx.scheduler.advance(2000);
+    expect(socket.frames('ping')).toHaveLength(0);
+    offsetMs += 60_000; // asleep for a minute
+    await ctx.scheduler.advance(2000);
+    expect(socket.frames('ping')).toHaveLength(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+
+  it('listens only while something is watched, and not at all with pageEvents: false', async () => {
+    const page = fakePage();
+    const added: string[] = [];
+    const removed: string[] = [];
+    const spy = (target: EventTarget) => ({
+      addEventListener: (type: string, fn: never) => {
+        added.push(type);
+        target.addEventListener(type, fn);
+      },
+      removeEventListener: (type: string, fn: never) => {
+        removed.push(type);
+        target.removeEventListener(type, fn);
+      },
+    });
+    const sources = {
+      document: Object.assign(spy(page.sources.document), {
+        get visibilityState() {
+          return page.sources.document.visibilityState;
+        },
+      }),
+      window: spy(page.sources.window),
+    };
+    const { client, server } = setup({ pageEvents: sources });
+    expect(added).toEqual([]);
+    const watch = client.watch('t1');
+    expect(added.sort()).toEqual(['online', 'pageshow', 'resume', 'visibilitychange']);
+    server.accept();
+    watch.close();
+    await client.close();
+    expect(removed.sort()).toEqual(['online', 'pageshow', 'resume', 'visibilitychange']);
+
+    const off = setup({ pageEvents: false });
+    off.client.watch('t1');
+    const socket = off.server.accept();
+    socket.sent.length = 0;
+    page.show();
+    expect(socket.sent).toEqual([]);
+    await off.client.close();
+  });
+});

@@ -1,0 +1,127 @@
+// @vitest-environment happy-dom
+import { act, createElement, StrictMode, version } from 'react';
+import { createRoot, hydrateRoot } from 'react-dom/client';
+import { renderToString } from 'react-dom/server';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { ProgressClientProvider, useTask } from './react.js';
+import { FakeTask } from './testing/fake-server.js';
+import { setup } from './testing/harness.js';
+
+/**
+ * `useTask` against a fake server, rendered by the real react-dom (this file runs under React 19 in the
+ * `client` project, and under React 18 in `client-react18`, see vitest.react18.config.ts).
+ */
+
+beforeAll(() => {
+  (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
+});
+
+const containers: HTMLElement[] = [];
+afterEach(() => {
+  for (const container of containers.splice(0)) container.remove();
+});
+
+function Bar({ taskId }: { taskId: string | null }) {
+  const task = useTask(taskId);
+  return createElement(
+    'span',
+    null,
+    task === null
+      ? 'waiting'
+      : `${task.status} ${task.seq} ${task.progress?.done ?? '-'}/${task.progress?.total ?? '-'}`,
+  );
+}
+
+function mount(html = '') {
+  const container = document.createElement('div');
+  container.innerHTML = html;
+  document.body.append(container);
+  containers.push(container);
+  return container;
+}
+
+describe(`useTask (React ${version})`, () => {
+  it('renders null on the server and opens no socket', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const html = renderToString(
+      createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' })),
+    );
+    expect(html).toContain('waiting');
+    expect(server.sockets).toHaveLength(0);
+    await client.close();
+  });
+
+  it('follows the task live, shares one watch between components, and unsubscribes after the last unmount', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const task = new FakeTask('t1', 3);
+    const container = mount();
+    const root = createRoot(container);
+    const tree = (count: number) =>
+      createElement(
+        StrictMode,
+        null,
+        createElement(
+          ProgressClientProvider,
+          { client },
+          ...Array.from({ length: count }, (_, i) => createElement(Bar, { key: i, taskId: 't1' })),
+        ),
+      );
+    client.watch('t0'); // the socket is open before the components mount
+    const socket = server.accept();
+    await act(async () => root.render(tree(2)));
+    const t1Frames = () => socket.sent.filter((frame) => 'taskId' in frame && frame.taskId === 't1');
+    // StrictMode mounts, unmounts and mounts again: the watch survives, no unsubscribe/subscribe churn.
+    expect(t1Frames()).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    expect(container.textContent).toBe('running 0 -/-running 0 -/-');
+    await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+    await act(async () => socket.push({ type: 'event', event: task.item('a') }));
+    expect(container.textContent).toBe('running 1 1/3running 1 1/3');
+    await act(async () => root.render(tree(1)));
+    await act(async () => socket.push({ type: 'event', event: task.item('b') }));
+    expect(container.textContent).toBe('running 2 2/3');
+    expect(socket.frames('unsubscribe')).toEqual([]);
+    await act(async () => root.unmount());
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't1')).toHaveLength(1);
+    await client.close();
+  });
+
+  it('hydrates server HTML without a mismatch, then goes live', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const task = new FakeTask('t1', 2);
+    const app = createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' }));
+    const container = mount(renderToString(app));
+    const problems: unknown[] = [];
+    await act(async () => {
+      hydrateRoot(container, app, { onRecoverableError: (error: unknown) => problems.push(error) });
+    });
+    expect(problems).toEqual([]);
+    const socket = server.accept();
+    task.item('a');
+    await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+    expect(container.textContent).toBe('running 1 1/2');
+    await act(async () => socket.push({ type: 'event', event: task.end('completed') }));
+    expect(container.textContent).toBe('completed 2 1/2');
+    await client.close();
+  });
+
+  it('switching task ids moves the watch; a null id watches nothing', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const container = mount();
+    const root = createRoot(container);
+    const render = (taskId: string | null) =>
+      act(async () =>
+        root.render(createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId }))),
+      );
+    await render(null);
+    expect(container.textContent).toBe('waiting');
+    expect(server.sockets).toHaveLength(0);
+    await render('t1');
+    const socket = server.accept();
+    await render('t2');
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    expect(socket.frames('subscribe').map((frame) => frame.taskId)).toEqual(['t1', 't2']);
+    await act(async () => root.unmount());
+    await client.close();
+  });
+});

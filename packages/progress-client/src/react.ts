@@ -1,0 +1,127 @@
+import {
+  createContext,
+  createElement,
+  type ReactNode,
+  useContext,
+  useMemo,
+  useSyncExternalStore,
+} from 'react';
+import type { ProgressClient } from './progress-client.js';
+import type { Watch, WatchState } from './watch.js';
+
+/**
+ * `@finishline/client/react`: a task's live state as a React hook, on `useSyncExternalStore`, so every
+ * render sees one consistent state (no tearing under concurrent rendering) and server rendering works.
+ *
+ * React is an optional peer dependency: only this entry imports it.
+ *
+ * @example
+ * ```tsx
+ * import { ProgressClient } from '@finishline/client';
+ * import { ProgressClientProvider, useTask } from '@finishline/client/react';
+ *
+ * const client = new ProgressClient({ url: '/progress' });
+ *
+ * function Bar({ taskId }: { taskId: string }) {
+ *   const task = useTask(taskId);
+ *   if (task === null) return <progress />;
+ *   return <progress value={task.fraction ?? undefined} title={task.status} />;
+ * }
+ *
+ * export const App = () => (
+ *   <ProgressClientProvider client={client}>
+ *     <Bar taskId="t-42" />
+ *   </ProgressClientProvider>
+ * );
+ * ```
+ *
+ * @module
+ */
+
+const ClientContext = createContext<ProgressClient | null>(null);
+
+/** Props of {@link ProgressClientProvider}. */
+export interface ProgressClientProviderProps {
+  /** The client every {@link useTask} below uses (unless given its own). */
+  client: ProgressClient;
+  children?: ReactNode;
+}
+
+/** Makes a {@link ProgressClient} available to {@link useTask} in the tree below. */
+export function ProgressClientProvider(props: ProgressClientProviderProps): ReactNode {
+  return createElement(ClientContext.Provider, { value: props.client }, props.children);
+}
+
+/** Options of {@link useTask}. */
+export interface UseTaskOptions {
+  /**
+   * The client to watch with.
+   * @default the client of the nearest {@link ProgressClientProvider}
+   */
+  client?: ProgressClient;
+}
+
+/**
+ * The live state of a task: `null` while there is nothing to show (no task id, no client, on the server
+ * and during hydration, where no socket exists), then the watch's {@link WatchState}, a new object on
+ * every change. The task is watched while at least one mounted component uses it; the last to unmount
+ * closes the watch.
+ *
+ * SSR-safe: the server snapshot is `null`, so server HTML and the first client render agree.
+ *
+ * @throws ProgressError `invalid_input` (from {@link ProgressClient.watch}) for an invalid task id, when
+ *   the component mounts.
+ */
+export function useTask(taskId: string | null | undefined, options: UseTaskOptions = {}): WatchState | null {
+  const fromContext = useContext(ClientContext);
+  const client = options.client ?? fromContext;
+  const store = useMemo(
+    () =>
+      client === null || taskId === null || taskId === undefined ? EMPTY : new TaskStore(client, taskId),
+    [client, taskId],
+  );
+  return useSyncExternalStore(store.subscribe, store.getSnapshot, getServerSnapshot);
+}
+
+const getServerSnapshot = (): null => null;
+
+interface Store {
+  subscribe(onChange: () => void): () => void;
+  getSnapshot(): WatchState | null;
+}
+
+const EMPTY: Store = { subscribe: () => () => undefined, getSnapshot: () => null };
+
+/**
+ * One task for the components that render it: the watch opens on the first subscription (never during
+ * render, which may be thrown away) and closes after the last, a microtask late, so StrictMode's
+ * unmount-and-mount-again keeps the same watch instead of unsubscribing from the server and back.
+ */
+class TaskStore implements Store {
+  readonly #client: ProgressClient;
+  readonly #taskId: string;
+  #watch: Watch | undefined;
+  #listeners = 0;
+
+  constructor(client: ProgressClient, taskId: string) {
+    this.#client = client;
+    this.#taskId = taskId;
+  }
+
+  readonly subscribe = (onChange: () => void): (() => void) => {
+    this.#watch ??= this.#client.watch(this.#taskId);
+    const unsubscribe = this.#watch.subscribe(onChange);
+    this.#listeners++;
+    return () => {
+      unsubscribe();
+      this.#listeners--;
+      queueMicrotask(() => {
+        if (this.#listeners > 0) return;
+        this.#watch?.close();
+        this.#watch = undefined;
+      });
+    };
+  };
+
+  readonly getSnapshot = (): WatchState | null => this.#watch?.getSnapshot() ?? null;
+}

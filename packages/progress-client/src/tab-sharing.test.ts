@@ -1,0 +1,207 @@
+import { PROTOCOL_VERSION, type TaskEvent } from '@finishline/core';
+import { describe, expect, it, vi } from 'vitest';
+import { ProgressClient } from './progress-client.js';
+import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
+import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
+import { record } from './testing/harness.js';
+
+/**
+ * Tabs in one process: a channel bus and a lock manager that behave like a browser's (messages reach
+ * the other tabs asynchronously; a lock passes to the next waiter when its tab dies), and a tab can be
+ * killed: it stops hearing and speaking, and its locks are released.
+ */
+class Browser {
+  readonly #channels = new Map<string, Set<{ tab: Tab; channel: BroadcastChannelLike }>>();
+  readonly #locks = new Map<string, { holder: Tab | undefined; queue: { tab: Tab; grant: () => void }[] }>();
+
+  tab(): Tab {
+    return new Tab(this);
+  }
+
+  channel(tab: Tab, name: string): BroadcastChannelLike {
+    const members = this.#channels.get(name) ?? new Set();
+    this.#channels.set(name, members);
+    const channel: BroadcastChannelLike = {
+      onmessage: null,
+      postMessage: (message) => {
+        if (tab.dead) return;
+        const copy = structuredClone(message);
+        for (const other of members) {
+          if (other.channel === channel) continue;
+          setTimeout(() => {
+            if (!other.tab.dead) other.channel.onmessage?.({ data: copy });
+          }, 0);
+        }
+      },
+    };
+    members.add({ tab, channel });
+    return channel;
+  }
+
+  request(tab: Tab, name: string, callback: () => Promise<unknown>): Promise<unknown> {
+    const lock = this.#locks.get(name) ?? { holder: undefined, queue: [] };
+    this.#locks.set(name, lock);
+    return new Promise((resolve) => {
+      lock.queue.push({
+        tab,
+        grant: () => {
+          if (lock.holder !== tab) return; // its tab died while the grant was on its way
+          void callback().then((value) => {
+            lock.holder = undefined;
+            this.#next(lock);
+            resolve(value);
+          });
+        },
+      });
+      this.#next(lock);
+    });
+  }
+
+  kill(tab: Tab): void {
+    tab.dead = true;
+    for (const lock of this.#locks.values()) {
+      lock.queue = lock.queue.filter((entry) => entry.tab !== tab);
+      if (lock.holder === tab) {
+        lock.holder = undefined;
+        this.#next(lock);
+      }
+    }
+  }
+
+  #next(lock: { holder: Tab | undefined; queue: { tab: Tab; grant: () => void }[] }): void {
+    if (lock.holder !== undefined) return;
+    const entry = lock.queue.shift();
+    if (entry === undefined) return;
+    lock.holder = entry.tab;
+    setTimeout(entry.grant, 0);
+  }
+}
+
+class Tab {
+  dead = false;
+  readonly locks: LockManagerLike;
+  readonly channel: (name: string) => BroadcastChannelLike;
+
+  constructor(browser: Browser) {
+    this.locks = { request: (name, callback) => browser.request(this, name, callback) };
+    this.channel = (name) => browser.channel(this, name);
+  }
+}
+
+const hello = {
+  type: 'hello',
+  protocol: PROTOCOL_VERSION,
+  serverId: 's1',
+  heartbeatIntervalMs: 15_000,
+} as const;
+
+/** Opens the newest real socket and says hello once the leader authenticated it. */
+async function acceptReal(server: FakeServer, count: number): Promise<FakeSocket> {
+  await vi.waitFor(() => expect(server.sockets).toHaveLength(count));
+  const socket = server.last;
+  socket.open();
+  await vi.waitFor(() => expect(socket.frames('auth')).toHaveLength(1));
+  socket.push(hello);
+  return socket;
+}
+
+describe('tab sharing', () => {
+  it('one real socket for every tab; each tab gets every event once; a dead leader is replaced without loss', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tabs = Array.from({ length: 4 }, () => browser.tab());
+    const clients = tabs.map(
+      (tab) =>
+        new ProgressClient({
+          url: 'ws://example.test/progress',
+          WebSocket: server.WebSocket,
+          token: 'tok',
+          random: () => 0,
+          ackDelayMs: 0,
+          pageEvents: false,
+          shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
+        }),
+    );
+    const watches = clients.map((client) => client.watch('t1'));
+    const logs = watches.map(record);
+    const first = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(first.frames('subscribe')).toHaveLength(4));
+    expect(first.frames('auth')).toEqual([{ type: 'auth', token: 'tok', protocol: PROTOCOL_VERSION }]);
+    const task = new FakeTask('t1', 4);
+    first.push({ type: 'snapshot', task: task.view() });
+    first.push({ type: 'event', event: task.item('a') });
+    first.push({ type: 'event', event: task.item('b') });
+    await vi.waitFor(() => {
+      for (const watch of watches) expect(watch.getSnapshot().seq).toBe(2);
+    });
+    expect(server.sockets).toHaveLength(1);
+    // Four tabs acked seq 2 (or 1 and 2): the server heard each seq at most once.
+    await vi.waitFor(() => expect(first.frames('ack').at(-1)?.seq).toBe(2));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const acks = first.frames('ack').map((ack) => ack.seq);
+    expect(new Set(acks).size).toBe(acks.length);
+
+    // The leader tab dies (its socket with it): the first hub asked for the lock first and got it. An
+    // event is sent into the void meanwhile.
+    browser.kill(tabs[0] as Tab);
+    first.onmessage = null;
+    first.onclose = null;
+    first.serverClose(1006);
+    task.item('c');
+
+    const second = await acceptReal(server, 2);
+    await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(3));
+    expect(second.frames('subscribe').every((frame) => frame.afterSeq === 2)).toBe(true);
+    // The resync replays what the survivors missed, three times (once per subscribe): each tab takes it once.
+    for (let i = 0; i < 3; i++) second.push({ type: 'event', event: task.events[2] as TaskEvent });
+    second.push({ type: 'event', event: task.item('d') });
+    second.push({ type: 'event', event: task.end('completed') });
+    const survivors = watches.slice(1);
+    await Promise.all(survivors.map((watch) => watch.done));
+    for (const log of logs.slice(1)) {
+      expect(log).toEqual([
+        'snapshot@0',
+        'item@1',
+        'item@2',
+        'item@3',
+        'item@4',
+        'completed@5',
+        'finished@5',
+      ]);
+    }
+    expect(server.sockets).toHaveLength(2);
+    await Promise.all(clients.slice(1).map((client) => client.close()));
+    // The last tab gone, the leader closes the real socket.
+    await vi.waitFor(() => expect(second.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]));
+  });
+
+  it('a tab that finds the socket silent has the leader replace the real socket', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map(
+      (tab, index) =>
+        new ProgressClient({
+          url: 'ws://example.test/progress',
+          WebSocket: server.WebSocket,
+          token: 'tok',
+          random: () => 0,
+          pageEvents: false,
+          // Only the follower's client has a short timeout: it is the one that notices.
+          heartbeatTimeoutMs: index === 1 ? 300 : 60_000,
+          shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
+        }),
+    );
+    for (const client of clients) client.watch('t1');
+    const first = await acceptReal(server, 1);
+    const second = await acceptReal(server, 2);
+    expect(first.closedWith).toEqual([{ code: 4010, reason: 'heartbeat timeout' }]);
+    await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(2));
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('rejects a missing BroadcastChannel or lock manager with invalid_input', () => {
+    const scope = globalThis as { navigator?: unknown };
+    if (scope.navigator !== undefined && (scope.navigator as { locks?: unknown }).locks !== undefined) return;
+    expect(() => tabSharing()).toThrow(expect.objectContaining({ code: 'invalid_input' }));
+  });
+});

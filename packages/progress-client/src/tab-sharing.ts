@@ -1,0 +1,447 @@
+import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import type { WebSocketConstructorLike, WebSocketLike } from './options.js';
+
+/**
+ * `@finishline/client/tabs`: one WebSocket per browser instead of one per tab.
+ *
+ * Every tab's {@link ProgressClient} runs its whole protocol (cursors, dedupe, resync, acks) as usual,
+ * over a virtual socket. One tab, the leader (it holds a Web Lock), owns the real socket: it forwards
+ * what the virtual sockets send and broadcasts what the server sends over a `BroadcastChannel`. Each
+ * tab keeps its own cursors, so a frame meant for another tab, or replayed for another tab's resync, is
+ * dropped by seq like any duplicate. When the leader tab goes away its lock passes to another tab, which
+ * announces itself; every tab's virtual socket then closes, and its client reconnects and resumes from
+ * its cursor through the new leader, as after any reconnect: nothing lost, nothing twice.
+ *
+ * This module is a separate entry so pages that do not share pay nothing for it.
+ *
+ * @module
+ */
+
+/** The part of `BroadcastChannel` used. */
+export interface BroadcastChannelLike {
+  onmessage: ((event: { data: unknown }) => void) | null;
+  postMessage(message: unknown): void;
+}
+
+/** The part of `navigator.locks` (Web Locks) used. */
+export interface LockManagerLike {
+  request(name: string, callback: () => Promise<unknown>): Promise<unknown>;
+}
+
+/** Options of {@link tabSharing}. */
+export interface TabSharingOptions {
+  /**
+   * Prefix of the channel and lock names; tabs share a socket when prefix and URL are equal.
+   * @default 'finishline:'
+   */
+  namePrefix?: string;
+  /**
+   * Opens a channel.
+   * @default (name) => new BroadcastChannel(name)
+   */
+  channel?: (name: string) => BroadcastChannelLike;
+  /**
+   * The lock manager.
+   * @default navigator.locks
+   */
+  locks?: LockManagerLike;
+}
+
+/** What the `shareAcrossTabs` option of {@link ProgressClientOptions} takes. */
+export interface TabSharing {
+  /** Wraps the real WebSocket constructor in one whose sockets go through the leader tab. */
+  wrap(WebSocket: WebSocketConstructorLike): WebSocketConstructorLike;
+}
+
+/**
+ * Shares one socket between the tabs of a browser (opt-in).
+ *
+ * @example
+ * ```ts
+ * import { ProgressClient } from '@finishline/client';
+ * import { tabSharing } from '@finishline/client/tabs';
+ *
+ * const client = new ProgressClient({ url: '/progress', shareAcrossTabs: tabSharing() });
+ * ```
+ *
+ * @throws ProgressError `invalid_input` where `BroadcastChannel` or `navigator.locks` is missing and none
+ *   is given.
+ */
+export function tabSharing(options: TabSharingOptions = {}): TabSharing {
+  const scope = globalThis as unknown as {
+    BroadcastChannel?: new (name: string) => BroadcastChannelLike;
+    navigator?: { locks?: LockManagerLike };
+  };
+  const Channel = scope.BroadcastChannel;
+  const channel =
+    options.channel ?? (Channel === undefined ? undefined : (name: string) => new Channel(name));
+  const locks = options.locks ?? scope.navigator?.locks;
+  if (channel === undefined || locks === undefined) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      'tabSharing: BroadcastChannel and navigator.locks are required (or pass `channel` and `locks`)',
+    );
+  }
+  const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
+  const hubs = new Map<string, TabHub>();
+  return {
+    wrap(WebSocket) {
+      return class SharedWebSocket extends VirtualSocket {
+        constructor(url: string) {
+          let hub = hubs.get(url);
+          if (hub === undefined) {
+            hub = new TabHub(url, WebSocket, env);
+            hubs.set(url, hub);
+          }
+          super(hub);
+        }
+      } as unknown as WebSocketConstructorLike;
+    },
+  };
+}
+
+interface HubEnv {
+  prefix: string;
+  channel: (name: string) => BroadcastChannelLike;
+  locks: LockManagerLike;
+}
+
+/** Messages on the channel. `from` is the sending tab; socket ids start with their tab's id. */
+type Message =
+  | { t: 'leader'; from: string }
+  | { t: 'connect'; from: string; id: string }
+  | { t: 'send'; from: string; id: string; data: string }
+  | { t: 'bye'; from: string; id: string; code: number; reason: string }
+  | { t: 'open'; from: string; id: string }
+  | { t: 'frame'; from: string; data: string; hello?: true; to?: string }
+  | { t: 'close'; from: string; code: number; reason: string };
+
+const CONNECTING = 0;
+const OPEN = 1;
+const CLOSED = 3;
+/** Closes the virtual sockets when the leader changed: not fatal, the clients reconnect. */
+const LEADER_GONE = 1001;
+const noop = (): void => undefined;
+
+/** A socket as the client sees it; the leader tab carries its frames. @internal */
+class VirtualSocket implements WebSocketLike {
+  readyState = CONNECTING;
+  onopen: ((event: object) => void) | null = null;
+  onmessage: ((event: { data: unknown }) => void) | null = null;
+  onclose: ((event: { code: number; reason: string }) => void) | null = null;
+  onerror: ((event: object) => void) | null = null;
+  readonly id: string;
+  /** The leader that opened it. */
+  leader: string | undefined;
+  /** It got its `hello`: broadcast frames are for it from now on. */
+  helloed = false;
+  readonly #hub: TabHub;
+
+  constructor(hub: TabHub) {
+    this.#hub = hub;
+    this.id = hub.attach(this);
+  }
+
+  send(data: string): void {
+    if (this.readyState !== OPEN) throw new Error('WebSocket is not open');
+    this.#hub.post({ t: 'send', from: this.#hub.tab, id: this.id, data });
+  }
+
+  close(code = 1000, reason = ''): void {
+    if (this.readyState === CLOSED) return;
+    this.#hub.detach(this, code, reason);
+    this.closed(code, reason);
+  }
+
+  /** Ends the socket and reports it as a real one would: asynchronously. */
+  closed(code: number, reason: string): void {
+    if (this.readyState === CLOSED) return;
+    this.readyState = CLOSED;
+    queueMicrotask(() => this.onclose?.({ code, reason }));
+  }
+}
+
+/** What the leader knows of one virtual socket. */
+interface Peer {
+  opened: boolean;
+  tasks: Set<string>;
+}
+
+/** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
+class TabHub {
+  readonly tab = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
+  readonly #url: string;
+  readonly #WebSocket: WebSocketConstructorLike;
+  readonly #env: HubEnv;
+  readonly #channel: BroadcastChannelLike;
+  readonly #sockets = new Map<string, VirtualSocket>();
+  #next = 0;
+  #leader: string | undefined;
+  /** This tab's own lock is held: the leader can tell when the tab is gone. */
+  readonly #alive: Promise<void>;
+  // Leader part.
+  #leading = false;
+  #real: WebSocketLike | undefined;
+  #hello: string | undefined;
+  #authSent = false;
+  readonly #peers = new Map<string, Peer>();
+  readonly #acked = new Map<string, number>();
+  readonly #watchedTabs = new Set<string>();
+
+  constructor(url: string, WebSocket: WebSocketConstructorLike, env: HubEnv) {
+    this.#url = url;
+    this.#WebSocket = WebSocket;
+    this.#env = env;
+    this.#channel = env.channel(`${env.prefix}${url}`);
+    this.#channel.onmessage = (event) => this.#receive(event.data as Message);
+    this.#alive = new Promise<void>((held) => {
+      void env.locks.request(`${env.prefix}tab:${this.tab}`, () => {
+        held();
+        return new Promise<never>(noop);
+      });
+    });
+    // Held for the tab's life: when the tab goes, the browser hands the lock to another tab.
+    void env.locks.request(`${env.prefix}leader:${url}`, () => {
+      this.#leading = true;
+      this.post({ t: 'leader', from: this.tab });
+      return new Promise<never>(noop);
+    });
+  }
+
+  attach(socket: VirtualSocket): string {
+    const id = `${this.tab}/${this.#next++}`;
+    this.#sockets.set(id, socket);
+    void this.#alive.then(() => {
+      if (socket.readyState === CONNECTING) this.post({ t: 'connect', from: this.tab, id });
+    });
+    return id;
+  }
+
+  detach(socket: VirtualSocket, code: number, reason: string): void {
+    this.#sockets.delete(socket.id);
+    this.post({ t: 'bye', from: this.tab, id: socket.id, code, reason });
+  }
+
+  /** To every tab, this one included (a channel does not deliver to its sender). */
+  post(message: Message): void {
+    this.#channel.postMessage(message);
+    queueMicrotask(() => this.#receive(message));
+  }
+
+  #receive(message: Message): void {
+    switch (message.t) {
+      case 'leader':
+        this.#onLeader(message.from);
+        return;
+      case 'connect':
+        if (this.#leading) this.#onConnect(message.id);
+        return;
+      case 'send':
+        if (this.#leading) this.#onSend(message.id, message.data);
+        return;
+      case 'bye':
+        if (!this.#leading) return;
+        this.#forget([message.id]);
+        // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
+        // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
+        if (message.code === CloseCode.HeartbeatTimeout || message.reason === 'finish watchdog') {
+          this.#closeReal(CloseCode.HeartbeatTimeout, message.reason);
+          this.#failReal(CloseCode.HeartbeatTimeout, message.reason);
+        }
+        return;
+      case 'open': {
+        const socket = this.#sockets.get(message.id);
+        if (socket === undefined || socket.readyState !== CONNECTING) return;
+        this.#leader = message.from;
+        socket.leader = message.from;
+        socket.readyState = OPEN;
+        socket.onopen?.({});
+        return;
+      }
+      case 'frame':
+        for (const socket of this.#sockets.values()) {
+          if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
+          if (message.to === undefined ? !socket.helloed && message.hello !== true : message.to !== socket.id)
+            continue;
+          if (message.hello === true) socket.helloed = true;
+          socket.onmessage?.({ data: message.data });
+        }
+        return;
+      case 'close':
+        for (const socket of [...this.#sockets.values()]) {
+          if (socket.leader !== message.from) continue;
+          this.#sockets.delete(socket.id);
+          socket.closed(message.code, message.reason);
+        }
+        return;
+      default:
+        message satisfies never;
+    }
+  }
+
+  /** A new leader: sockets through the old one are cut (their clients resume through the new one). */
+  #onLeader(leader: string): void {
+    if (leader === this.#leader) return;
+    this.#leader = leader;
+    for (const socket of [...this.#sockets.values()]) {
+      if (socket.readyState === CONNECTING) {
+        this.post({ t: 'connect', from: this.tab, id: socket.id });
+      } else {
+        this.#sockets.delete(socket.id);
+        socket.closed(LEADER_GONE, 'leader tab changed');
+      }
+    }
+  }
+
+  // ---- Leader part -------------------------------------------------------------------------------
+
+  #onConnect(id: string): void {
+    this.#peers.set(id, { opened: false, tasks: new Set() });
+    this.#watchTab(id.slice(0, id.indexOf('/')));
+    if (this.#real === undefined) this.#openReal();
+    else if (this.#real.readyState === OPEN) this.#openPeer(id);
+  }
+
+  #openPeer(id: string): void {
+    const peer = this.#peers.get(id);
+    if (peer === undefined || peer.opened) return;
+    peer.opened = true;
+    this.post({ t: 'open', from: this.tab, id });
+    if (this.#hello !== undefined)
+      this.post({ t: 'frame', from: this.tab, data: this.#hello, hello: true, to: id });
+  }
+
+  #onSend(id: string, data: string): void {
+    const peer = this.#peers.get(id);
+    const real = this.#real;
+    if (peer === undefined || !peer.opened || real === undefined || real.readyState !== OPEN) return;
+    let frame: { type?: unknown; taskId?: unknown; seq?: unknown };
+    try {
+      frame = JSON.parse(data) as typeof frame;
+    } catch {
+      return;
+    }
+    const taskId = typeof frame.taskId === 'string' ? frame.taskId : '';
+    switch (frame.type) {
+      case 'auth':
+        // One authentication per real socket: the first tab's credential opens it for all.
+        if (this.#authSent) return;
+        this.#authSent = true;
+        break;
+      case 'subscribe':
+        peer.tasks.add(taskId);
+        break;
+      case 'unsubscribe':
+        peer.tasks.delete(taskId);
+        if (this.#wanted(taskId)) return;
+        this.#acked.delete(taskId);
+        break;
+      case 'ack': {
+        // Every tab acks the same events: the server needs to hear each seq once.
+        const seq = typeof frame.seq === 'number' ? frame.seq : 0;
+        if (seq <= (this.#acked.get(taskId) ?? 0)) return;
+        this.#acked.set(taskId, seq);
+        break;
+      }
+    }
+    try {
+      real.send(data);
+    } catch {
+      // Closing: its close event tells every tab.
+    }
+  }
+
+  #wanted(taskId: string): boolean {
+    for (const peer of this.#peers.values()) if (peer.tasks.has(taskId)) return true;
+    return false;
+  }
+
+  /** Virtual sockets gone (closed, or their tab died): drop what only they wanted. */
+  #forget(ids: string[]): void {
+    const tasks = new Set<string>();
+    for (const id of ids) {
+      for (const task of this.#peers.get(id)?.tasks ?? []) tasks.add(task);
+      this.#peers.delete(id);
+    }
+    const real = this.#real;
+    if (real === undefined) return;
+    if (this.#peers.size === 0) {
+      this.#closeReal(1000, 'no tab watching');
+      return;
+    }
+    for (const taskId of tasks) {
+      if (this.#wanted(taskId) || real.readyState !== OPEN) continue;
+      this.#acked.delete(taskId);
+      real.send(JSON.stringify({ type: 'unsubscribe', taskId }));
+    }
+  }
+
+  /** A tab that dies cannot say bye; its lock, released by the browser, says it instead. */
+  #watchTab(tab: string): void {
+    if (tab === this.tab || this.#watchedTabs.has(tab)) return;
+    this.#watchedTabs.add(tab);
+    void this.#env.locks.request(`${this.#env.prefix}tab:${tab}`, async () => {
+      this.#watchedTabs.delete(tab);
+      if (!this.#leading) return;
+      this.#forget([...this.#peers.keys()].filter((id) => id.startsWith(`${tab}/`)));
+    });
+  }
+
+  #openReal(): void {
+    let real: WebSocketLike;
+    try {
+      real = new this.#WebSocket(this.#url, PROTOCOL_NAME);
+    } catch {
+      this.#failReal(1006, 'could not create a WebSocket');
+      return;
+    }
+    this.#real = real;
+    this.#hello = undefined;
+    this.#authSent = false;
+    this.#acked.clear();
+    real.onopen = () => {
+      for (const id of this.#peers.keys()) this.#openPeer(id);
+    };
+    real.onmessage = (event: { data: unknown }) => {
+      const data = String(event.data);
+      if (this.#hello === undefined && data.includes('"hello"') && isHello(data)) {
+        this.#hello = data;
+        this.post({ t: 'frame', from: this.tab, data, hello: true });
+        return;
+      }
+      this.post({ t: 'frame', from: this.tab, data });
+    };
+    real.onclose = (event: { code: number; reason: string }) => {
+      if (real === this.#real) this.#failReal(event.code, event.reason);
+    };
+    real.onerror = noop;
+  }
+
+  /** The real socket is gone: so are the virtual ones; their clients reconnect (and reopen it). */
+  #failReal(code: number, reason: string): void {
+    this.#real = undefined;
+    this.#peers.clear();
+    this.post({ t: 'close', from: this.tab, code, reason });
+  }
+
+  #closeReal(code: number, reason: string): void {
+    const real = this.#real;
+    this.#real = undefined;
+    if (real === undefined) return;
+    real.onclose = null;
+    real.onmessage = null;
+    try {
+      real.close(code, reason);
+    } catch {
+      // Already closing.
+    }
+  }
+}
+
+function isHello(data: string): boolean {
+  try {
+    return (JSON.parse(data) as { type?: unknown }).type === 'hello';
+  } catch {
+    return false;
+  }
+}

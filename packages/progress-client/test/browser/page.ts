@@ -1,0 +1,50 @@
+import { ProgressClient } from '../../src/index.js';
+import { tabSharing } from '../../src/tab-sharing.js';
+
+/**
+ * The page of the Chromium tests: watches the task named in the query and records, with wall-clock
+ * times, what a test measures: page-life events, the seqs it was shown, the end.
+ *
+ *   ?task=ID          the task to watch
+ *   &share            one socket for all tabs (tabSharing)
+ *   &nopagelife       no page-life checks (the baseline: heartbeat timeouts and backoff only)
+ */
+
+interface PageLog {
+  wakes: { type: string; at: number }[];
+  seqs: { seq: number; at: number }[];
+  items: number[];
+  states: { state: string; reason: string; at: number }[];
+  finished: { status: string; seq: number; at: number } | null;
+  errors: string[];
+}
+
+const params = new URLSearchParams(location.search);
+const log: PageLog = { wakes: [], seqs: [], items: [], states: [], finished: null, errors: [] };
+(globalThis as { finishline?: unknown }).finishline = { log };
+
+for (const type of ['resume', 'visibilitychange', 'freeze'])
+  document.addEventListener(type, () => log.wakes.push({ type, at: Date.now() }));
+for (const type of ['online', 'offline', 'pageshow'])
+  window.addEventListener(type, () => log.wakes.push({ type, at: Date.now() }));
+
+const client = new ProgressClient({
+  url: '/progress',
+  shareAcrossTabs: params.has('share') ? tabSharing() : false,
+  ...(params.has('nopagelife') ? { pageEvents: false as const } : {}),
+  wakePingTimeoutMs: 1000,
+  // Chromium fires no `resume` for a visible page thawed over CDP: the clock check is what notices.
+  clockCheckIntervalMs: 500,
+  clockJumpMs: 1000,
+  reconnectMaxDelayMs: 8000,
+});
+client.on('state', (change) =>
+  log.states.push({ state: change.state, reason: change.reason, at: Date.now() }),
+);
+client.on('error', (error) => log.errors.push(`${error.code}: ${error.message}`));
+const watch = client.watch(params.get('task') ?? '');
+watch.subscribe(() => log.seqs.push({ seq: watch.getSnapshot().seq, at: Date.now() }));
+watch.on('item', (event) => log.items.push(event.seq));
+watch.on('finished', (state) => {
+  log.finished = { status: state.status, seq: state.seq, at: Date.now() };
+});
