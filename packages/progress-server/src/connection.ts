@@ -56,6 +56,13 @@ interface Subscription {
   removed: boolean;
   /** Loaded and caught up: live events from the hub are taken. */
   ready: boolean;
+  /**
+   * The principal may watch the task and it is loaded. Until then no frame of this subscription acts:
+   * an ack is only remembered (its highest seq) and applied once this turns true.
+   */
+  authorized: boolean;
+  /** Highest seq acknowledged while the subscription was not yet authorized. */
+  pendingAck: number;
   /** Highest seq queued to this socket (event or snapshot). */
   cursor: number;
   /** Highest seq the client may acknowledge: what it was sent, or what it said it had. */
@@ -447,9 +454,9 @@ export class Connection<P extends Principal> {
       this.#ctx.metrics.resyncs.inc({ reason: 'resubscribe' });
       this.#resetSub(sub);
     }
-    // Acks up to the client's own cursor are valid at once, even before the task is loaded.
+    // Acks up to the client's own cursor become valid once the task is loaded and the principal may
+    // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     sub.claimed = afterSeq;
-    sub.ackable = afterSeq;
     const gen = sub.generation;
     const current = sub;
     const stale = () => current.removed || current.generation !== gen || this.#state !== 'open';
@@ -473,6 +480,14 @@ export class Connection<P extends Principal> {
       return;
     }
     if (stale()) return;
+    current.authorized = true;
+    // Nothing beyond the task's last seq exists to acknowledge, whatever the client claimed.
+    current.ackable = Math.min(afterSeq, task.seq);
+    if (current.pendingAck > 0) {
+      const seq = current.pendingAck;
+      current.pendingAck = 0;
+      this.#ack({ type: 'ack', taskId, seq });
+    }
     this.#ctx.hub.observe(taskId, task.seq);
     this.#queue.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
     if (afterSeq > 0) this.#ctx.metrics.resumes.inc();
@@ -494,6 +509,8 @@ export class Connection<P extends Principal> {
       generation: 0,
       removed: false,
       ready: false,
+      authorized: false,
+      pendingAck: 0,
       cursor: 0,
       ackable: 0,
       written: 0,
@@ -518,6 +535,8 @@ export class Connection<P extends Principal> {
   #resetSub(sub: Subscription): void {
     sub.generation += 1;
     sub.ready = false;
+    sub.authorized = false;
+    sub.pendingAck = 0;
     sub.cursor = 0;
     sub.ackable = 0;
     sub.acked = 0;
@@ -666,7 +685,12 @@ export class Connection<P extends Principal> {
 
   #ackAdvances(frame: AckFrame): boolean {
     const sub = this.#subs.get(frame.taskId);
-    return sub !== undefined && frame.seq > sub.acked && frame.seq <= Math.max(sub.ackable, sub.written);
+    return (
+      sub !== undefined &&
+      sub.authorized &&
+      frame.seq > sub.acked &&
+      frame.seq <= Math.max(sub.ackable, sub.written)
+    );
   }
 
   #ack(frame: AckFrame): void {
@@ -674,6 +698,11 @@ export class Connection<P extends Principal> {
     // A late ack after an unsubscribe is harmless; acks never reach the store for unfollowed tasks, so a
     // socket cannot mark another owner's events processed.
     if (sub === undefined) return;
+    if (!sub.authorized) {
+      // Authorization or the load is still running: remember it, act on it only once both succeeded.
+      if (frame.seq > sub.pendingAck) sub.pendingAck = frame.seq;
+      return;
+    }
     const limit = Math.max(sub.ackable, sub.written);
     if (frame.seq > limit) {
       this.#invalid(
