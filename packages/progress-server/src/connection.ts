@@ -686,10 +686,7 @@ export class Connection<P extends Principal> {
   #ackAdvances(frame: AckFrame): boolean {
     const sub = this.#subs.get(frame.taskId);
     return (
-      sub !== undefined &&
-      sub.authorized &&
-      frame.seq > sub.acked &&
-      frame.seq <= Math.max(sub.ackable, sub.written)
+      sub?.authorized === true && frame.seq > sub.acked && frame.seq <= Math.max(sub.ackable, sub.written)
     );
   }
 

@@ -10,8 +10,8 @@ import {
   TASK_STATUSES,
   toTaskView,
 } from '@finishline/core';
-import type { Principal } from './auth.js';
-import { pathOf } from './auth.js';
+import type { AllowedOrigins, Principal } from './auth.js';
+import { isOriginAllowed, pathOf } from './auth.js';
 import type { Authenticator } from './authenticator.js';
 import type { ServerHealth } from './health.js';
 import type { ProgressLogger } from './logger.js';
@@ -69,6 +69,8 @@ const EVENTS_MAX_LIMIT = 1000;
 /** @internal */
 export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
+  /** The server's `allowedOrigins`: mutating routes check the request's Origin against it. */
+  allowedOrigins: AllowedOrigins;
   tasks: TaskApi;
   store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
   metrics: ServerMetrics;
@@ -111,6 +113,34 @@ type Route =
   | { name: 'cancel'; taskId: string };
 
 const ALLOWED: Record<Route['name'], string> = { list: 'GET', task: 'GET', events: 'GET', cancel: 'POST' };
+
+/**
+ * Refuses a state-changing request a web page on another site could have made with the user's cookies
+ * (cross-site request forgery):
+ * - an `Origin` not allowed by `allowedOrigins` (the upgrade's allow-list, same-origin by default),
+ *   `Origin: null` included;
+ * - no `Origin` at all on a request carrying cookies (browsers send one on every `POST`; its absence
+ *   with a cookie means an old or unusual browser we cannot vouch for);
+ * - a body that is not `application/json`: only `text/plain`, form and multipart bodies can be sent
+ *   cross-site without a CORS preflight, so requiring JSON puts every such request behind one.
+ */
+function checkMutation(request: IncomingMessage, allowedOrigins: AllowedOrigins): void {
+  const origin = request.headers.origin;
+  if (allowedOrigins !== '*') {
+    if (origin === undefined && request.headers.cookie !== undefined) {
+      throw new HttpError(ErrorCode.Forbidden, 'A request with cookies must carry an Origin header');
+    }
+  }
+  if (!isOriginAllowed(request, allowedOrigins)) {
+    throw new HttpError(ErrorCode.Forbidden, 'Origin not allowed');
+  }
+  const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new HttpError(ErrorCode.InvalidInput, 'The body must be sent as Content-Type: application/json', {
+      status: 415,
+    });
+  }
+}
 
 /**
  * Builds the HTTP API (see the package README for the routes). Every route authenticates like the
@@ -233,6 +263,8 @@ async function serve<P extends Principal>(
       headers: { allow: allowed },
     });
   }
+  // Before authentication: a forged request is refused without running the application's hooks.
+  if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
   let principal: P | undefined;
   try {
     principal = await ctx.auth.fromHttp(request);

@@ -269,6 +269,7 @@ export class ProgressServer<P extends Principal = Principal> {
     return createHttpHandler(
       {
         auth: this.#auth,
+        allowedOrigins: this.#options.allowedOrigins,
         tasks: this.tasks,
         store: this.#options.store,
         metrics: this.metrics,
