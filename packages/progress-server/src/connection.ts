@@ -34,6 +34,7 @@ import type { ServerMetrics } from './metrics.js';
 import type { ResolvedServerOptions } from './options.js';
 import { TokenBucket } from './rate-limiter.js';
 import type { TaskHub } from './task-hub.js';
+import { taskNotFoundMessage } from './task-not-found.js';
 import { delay, waitAtMost } from './wait.js';
 
 /** What a connection needs from its server. */
@@ -466,15 +467,17 @@ export class Connection<P extends Principal> {
       return null;
     });
     if (task === null || stale()) return;
-    // Not found and not allowed cost the same single read and answer alike, with no task data.
+    // Not found and not allowed cost the same single read and carry no task data; unless the
+    // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
     if (task === undefined || !(await this.#ctx.auth.authorize(this.#principal as P, task, 'watch'))) {
       if (stale()) return;
       this.#removeSub(current);
-      const code = task === undefined ? ErrorCode.TaskNotFound : ErrorCode.Forbidden;
+      const forbidden = task !== undefined && this.#options.revealTaskExistence;
+      const code = forbidden ? ErrorCode.Forbidden : ErrorCode.TaskNotFound;
       this.#ctx.metrics.framesRejected.inc({ code });
       this.#sendError(
         code,
-        task === undefined ? `Task ${taskId} does not exist` : `You may not watch task ${taskId}`,
+        forbidden ? `You may not watch task ${taskId}` : taskNotFoundMessage(taskId),
         refs,
       );
       return;

@@ -59,8 +59,8 @@ describe('HTTP handler', () => {
     }
   });
 
-  it('answers 401 without credentials, 403 for another owner and 404 for an unknown task, with no data', async () => {
-    env = await startServer();
+  it('answers 401 without credentials, 403 for another owner (revealTaskExistence) and 404 for an unknown task, with no data', async () => {
+    env = await startServer({ revealTaskExistence: true });
     const task = await env.server.tasks.create({
       owner: 'bob',
       kind: 'secret-kind',

@@ -18,6 +18,7 @@ import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
 import type { TaskApi } from './task-api.js';
+import { taskNotFoundMessage } from './task-not-found.js';
 
 /**
  * A request handler in the shape node `http`, Express and Connect share. Requests outside `basePath` (or
@@ -71,6 +72,8 @@ export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
   /** The server's `allowedOrigins`: mutating routes check the request's Origin against it. */
   allowedOrigins: AllowedOrigins;
+  /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
+  revealTaskExistence: boolean;
   tasks: TaskApi;
   store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
   metrics: ServerMetrics;
@@ -338,7 +341,11 @@ async function serve<P extends Principal>(
   }
 }
 
-/** Not found and not allowed answer differently (404 / 403) but neither carries any task data. */
+/**
+ * The task, if the principal may `action` it. A task the principal may not watch answers exactly like a
+ * missing one (404, same body) unless `revealTaskExistence` is on; one it may watch but not cancel is a
+ * 403, since its existence is no secret to that principal. Neither answer carries task data.
+ */
 async function loadAuthorized<P extends Principal>(
   ctx: HttpHandlerContext<P>,
   principal: P,
@@ -348,12 +355,14 @@ async function loadAuthorized<P extends Principal>(
   if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
     throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
   }
+  const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await ctx.store.getTask(taskId);
-  if (task === undefined) throw fromCode(ErrorCode.TaskNotFound, `Task ${taskId} does not exist`);
-  if (!(await ctx.auth.authorize(principal, task, action))) {
-    throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
-  }
-  return task;
+  if (task === undefined) throw notFound();
+  if (await ctx.auth.authorize(principal, task, action)) return task;
+  const known =
+    ctx.revealTaskExistence || (action !== 'watch' && (await ctx.auth.authorize(principal, task, 'watch')));
+  if (!known) throw notFound();
+  throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
 }
 
 function parseInteger(

@@ -81,6 +81,14 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   tokenQueryParam?: string | false | undefined;
   /**
+   * Whether a task the principal may not watch is answered `forbidden` (WebSocket) / 403 (HTTP). By
+   * default it gets exactly the answer of a missing task (`task_not_found` / 404, same message), so
+   * application-chosen ids (`taint-42`) do not reveal which tasks exist. Turn it on only when task ids
+   * are unguessable or not secret and clients need to tell the two apart.
+   * @default false
+   */
+  revealTaskExistence?: boolean | undefined;
+  /**
    * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
    * @default 10000
    */
@@ -200,6 +208,7 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   path: '/progress',
   allowedOrigins: 'same-origin' as AllowedOrigins,
   tokenQueryParam: false as string | false,
+  revealTaskExistence: false,
   authTimeoutMs: 10_000,
   metricsPrefix: 'finishline_',
   maxPayloadBytes: 64 * 1024,
@@ -230,6 +239,7 @@ export interface ResolvedServerOptions<P extends Principal> {
   wss: WebSocketServer | undefined;
   allowedOrigins: AllowedOrigins;
   tokenQueryParam: string | false;
+  revealTaskExistence: boolean;
   authTimeoutMs: number;
   serverId: string;
   clock: Clock;
@@ -343,6 +353,8 @@ export function resolveServerOptions<P extends Principal>(
   if (tokenQueryParam !== false && options.authenticateToken === undefined) {
     throw invalid('tokenQueryParam needs authenticateToken');
   }
+  const revealTaskExistence = options.revealTaskExistence ?? d.revealTaskExistence;
+  if (typeof revealTaskExistence !== 'boolean') throw invalid('revealTaskExistence must be a boolean');
   const serverId = options.serverId ?? defaultServerId();
   if (typeof serverId !== 'string' || serverId.length > LIMITS.maxIdLength || !ID_PATTERN.test(serverId)) {
     throw invalid(`serverId must be 1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`);
@@ -389,6 +401,7 @@ export function resolveServerOptions<P extends Principal>(
     wss: options.wss,
     allowedOrigins,
     tokenQueryParam,
+    revealTaskExistence,
     authTimeoutMs: integerOption('authTimeoutMs', options.authTimeoutMs ?? d.authTimeoutMs, { min: 1 }),
     serverId,
     clock,

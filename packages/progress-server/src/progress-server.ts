@@ -270,6 +270,7 @@ export class ProgressServer<P extends Principal = Principal> {
       {
         auth: this.#auth,
         allowedOrigins: this.#options.allowedOrigins,
+        revealTaskExistence: this.#options.revealTaskExistence,
         tasks: this.tasks,
         store: this.#options.store,
         metrics: this.metrics,
