@@ -80,6 +80,8 @@ export interface HttpHandlerContext<P extends Principal> {
   logger: ProgressLogger;
   /** The replica's health, served unauthenticated at `{basePath}/healthz`; the route is absent without it. */
   health?: () => ServerHealth;
+  /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
+  healthDetails?: 'authenticated' | 'public';
 }
 
 /** A refusal with its HTTP status (and extra headers, e.g. `Allow`). */
@@ -183,7 +185,7 @@ export function createHttpHandler<P extends Principal>(
       url = new URL('http://localhost/');
     }
     if (route === undefined && ctx.health !== undefined && isHealthRoute(request, url, basePath)) {
-      serveHealth(ctx.health, response);
+      void serveHealth(ctx, ctx.health, request, response);
       return;
     }
     if (route === undefined) {
@@ -224,8 +226,17 @@ function isHealthRoute(request: IncomingMessage, url: URL, basePath: string): bo
   return (method === 'GET' || method === 'HEAD') && url.pathname === `${basePath}/healthz`;
 }
 
-/** 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. */
-function serveHealth(health: () => ServerHealth, response: ServerResponse): void {
+/**
+ * 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. The body is `{ ok }`
+ * unless details are public or the request authenticates: the details name the host and pid (in
+ * `serverId`) and the store's last error, which an anonymous caller has no use for. Never rejects.
+ */
+async function serveHealth<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  health: () => ServerHealth,
+  request: IncomingMessage,
+  response: ServerResponse,
+): Promise<void> {
   let report: ServerHealth | undefined;
   try {
     report = health();
@@ -236,7 +247,16 @@ function serveHealth(health: () => ServerHealth, response: ServerResponse): void
     send(response, { status: 503, body: { ok: false } });
     return;
   }
-  send(response, { status: report.ok ? 200 : 503, body: report });
+  const status = report.ok ? 200 : 503;
+  let detailed = ctx.healthDetails === 'public';
+  if (!detailed) {
+    try {
+      detailed = (await ctx.auth.fromHttp(request)) !== undefined;
+    } catch (error) {
+      ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
+    }
+  }
+  send(response, { status, body: detailed ? report : { ok: report.ok } });
 }
 
 function matchRoute(path: string, basePath: string): Route | undefined {

@@ -89,6 +89,14 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   revealTaskExistence?: boolean | undefined;
   /**
+   * Who sees the details of `GET {basePath}/healthz` (server id, which embeds the hostname and pid,
+   * store feed state and its last error, socket and task counts). `'authenticated'`: a request without
+   * valid credentials gets only `{ "ok": true|false }` (the status code is the same either way);
+   * `'public'`: everyone gets the details (for a probe endpoint that is not reachable from outside).
+   * @default 'authenticated'
+   */
+  healthDetails?: 'authenticated' | 'public' | undefined;
+  /**
    * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
    * @default 10000
    */
@@ -209,6 +217,7 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   allowedOrigins: 'same-origin' as AllowedOrigins,
   tokenQueryParam: false as string | false,
   revealTaskExistence: false,
+  healthDetails: 'authenticated' as 'authenticated' | 'public',
   authTimeoutMs: 10_000,
   metricsPrefix: 'finishline_',
   maxPayloadBytes: 64 * 1024,
@@ -240,6 +249,7 @@ export interface ResolvedServerOptions<P extends Principal> {
   allowedOrigins: AllowedOrigins;
   tokenQueryParam: string | false;
   revealTaskExistence: boolean;
+  healthDetails: 'authenticated' | 'public';
   authTimeoutMs: number;
   serverId: string;
   clock: Clock;
@@ -355,6 +365,10 @@ export function resolveServerOptions<P extends Principal>(
   }
   const revealTaskExistence = options.revealTaskExistence ?? d.revealTaskExistence;
   if (typeof revealTaskExistence !== 'boolean') throw invalid('revealTaskExistence must be a boolean');
+  const healthDetails = options.healthDetails ?? d.healthDetails;
+  if (healthDetails !== 'authenticated' && healthDetails !== 'public') {
+    throw invalid("healthDetails must be 'authenticated' or 'public'");
+  }
   const serverId = options.serverId ?? defaultServerId();
   if (typeof serverId !== 'string' || serverId.length > LIMITS.maxIdLength || !ID_PATTERN.test(serverId)) {
     throw invalid(`serverId must be 1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`);
@@ -402,6 +416,7 @@ export function resolveServerOptions<P extends Principal>(
     allowedOrigins,
     tokenQueryParam,
     revealTaskExistence,
+    healthDetails,
     authTimeoutMs: integerOption('authTimeoutMs', options.authTimeoutMs ?? d.authTimeoutMs, { min: 1 }),
     serverId,
     clock,

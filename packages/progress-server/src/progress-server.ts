@@ -276,6 +276,7 @@ export class ProgressServer<P extends Principal = Principal> {
         metrics: this.metrics,
         logger: this.#logger,
         health: () => this.health(),
+        healthDetails: this.#options.healthDetails,
       },
       options,
     );
