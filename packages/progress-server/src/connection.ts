@@ -47,6 +47,8 @@ export interface ConnectionContext<P extends Principal> {
   readonly logger: ProgressLogger;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
+  /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
+  onAuthenticated?(connection: Connection<P>): void;
 }
 
 /** One followed task on one socket. */
@@ -395,6 +397,7 @@ export class Connection<P extends Principal> {
     this.#clearAuthTimer();
     this.#principal = principal;
     this.#state = 'open';
+    this.#ctx.onAuthenticated?.(this);
     this.#send({
       type: 'hello',
       protocol: PROTOCOL_VERSION,

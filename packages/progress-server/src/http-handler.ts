@@ -80,6 +80,8 @@ export interface HttpHandlerContext<P extends Principal> {
   logger: ProgressLogger;
   /** The replica's health, served unauthenticated at `{basePath}/healthz`; the route is absent without it. */
   health?: () => ServerHealth;
+  /** The WebSocket path: a plain request to it is answered 426 rather than passed on or left hanging. */
+  webSocketPath?: string;
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
   healthDetails?: 'authenticated' | 'public';
 }
@@ -186,6 +188,14 @@ export function createHttpHandler<P extends Principal>(
     }
     if (route === undefined && ctx.health !== undefined && isHealthRoute(request, url, basePath)) {
       void serveHealth(ctx, ctx.health, request, response);
+      return;
+    }
+    if (route === undefined && ctx.webSocketPath !== undefined && url.pathname === ctx.webSocketPath) {
+      send(response, {
+        status: 426,
+        body: errorBody(ErrorCode.InvalidInput, 'This path only speaks WebSocket: send an upgrade request'),
+        headers: { upgrade: 'websocket', connection: 'Upgrade' },
+      });
       return;
     }
     if (route === undefined) {

@@ -102,6 +102,22 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   authTimeoutMs?: number | undefined;
   /**
+   * Longest time an upgrade may take from its request to the open WebSocket (the `authenticate` hook
+   * included); a slower one has its socket destroyed. Node's `headersTimeout` stops applying once the
+   * upgrade headers are complete, so without this a client (or a hook) that never finishes holds a
+   * descriptor for ever.
+   * @default 10000
+   */
+  upgradeTimeoutMs?: number | undefined;
+  /**
+   * Most connections from one remote address that have not authenticated yet: accepted TCP connections
+   * without a request (only on the server `ProgressServer.listen` creates), upgrades being checked, and
+   * sockets waiting for their `auth` frame. Over the cap the address's **oldest** such connection is
+   * destroyed, so silent connections cannot exhaust descriptors and a new client still gets in.
+   * @default 100
+   */
+  maxPendingConnectionsPerAddress?: number | undefined;
+  /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
    * @default `${hostname}-${pid}-${random}`
@@ -217,6 +233,8 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   allowedOrigins: 'same-origin' as AllowedOrigins,
   tokenQueryParam: false as string | false,
   revealTaskExistence: false,
+  upgradeTimeoutMs: 10_000,
+  maxPendingConnectionsPerAddress: 100,
   healthDetails: 'authenticated' as 'authenticated' | 'public',
   authTimeoutMs: 10_000,
   metricsPrefix: 'finishline_',
@@ -249,6 +267,8 @@ export interface ResolvedServerOptions<P extends Principal> {
   allowedOrigins: AllowedOrigins;
   tokenQueryParam: string | false;
   revealTaskExistence: boolean;
+  upgradeTimeoutMs: number;
+  maxPendingConnectionsPerAddress: number;
   healthDetails: 'authenticated' | 'public';
   authTimeoutMs: number;
   serverId: string;
@@ -417,6 +437,14 @@ export function resolveServerOptions<P extends Principal>(
     tokenQueryParam,
     revealTaskExistence,
     healthDetails,
+    upgradeTimeoutMs: integerOption('upgradeTimeoutMs', options.upgradeTimeoutMs ?? d.upgradeTimeoutMs, {
+      min: 1,
+    }),
+    maxPendingConnectionsPerAddress: integerOption(
+      'maxPendingConnectionsPerAddress',
+      options.maxPendingConnectionsPerAddress ?? d.maxPendingConnectionsPerAddress,
+      { min: 1 },
+    ),
     authTimeoutMs: integerOption('authTimeoutMs', options.authTimeoutMs ?? d.authTimeoutMs, { min: 1 }),
     serverId,
     clock,
