@@ -28,10 +28,12 @@ import type { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';
 import type { Authenticator } from './authenticator.js';
 import { eventFrameText } from './event-frame-text.js';
+import type { FairReads } from './fair-reads.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ResolvedServerOptions } from './options.js';
+import type { PrincipalLimits } from './principal-limits.js';
 import { TokenBucket } from './rate-limiter.js';
 import type { TaskHub } from './task-hub.js';
 import { taskNotFoundMessage } from './task-not-found.js';
@@ -45,6 +47,10 @@ export interface ConnectionContext<P extends Principal> {
   readonly acks: AckWriter;
   readonly metrics: ServerMetrics;
   readonly logger: ProgressLogger;
+  /** Per-principal socket and subscription counts, shared by the server's connections. */
+  readonly limits: PrincipalLimits;
+  /** The fair scheduler of subscription reads, shared by the server's connections. */
+  readonly reads: FairReads;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
   /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
@@ -124,6 +130,8 @@ export class Connection<P extends Principal> {
   readonly #pendingFrames: DecodeResult<ClientFrame>[] = [];
   #state: State;
   #principal: P | undefined;
+  /** This socket counts against its principal's socket cap (released on close). */
+  #countedSocket = false;
   #authChecking = false;
   #authTimer: NodeJS.Timeout | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
@@ -395,6 +403,16 @@ export class Connection<P extends Principal> {
 
   #open(principal: P): void {
     this.#clearAuthTimer();
+    if (!this.#ctx.limits.openSocket(principal.id)) {
+      this.#ctx.metrics.principalLimits.inc({ limit: 'sockets' });
+      this.#refuseAuth(
+        ErrorCode.TooManySockets,
+        CloseCode.TooManySockets,
+        `A principal may have at most ${this.#options.maxSocketsPerPrincipal} sockets open`,
+      );
+      return;
+    }
+    this.#countedSocket = true;
     this.#principal = principal;
     this.#state = 'open';
     this.#ctx.onAuthenticated?.(this);
@@ -452,6 +470,17 @@ export class Connection<P extends Principal> {
         );
         return;
       }
+      const principalId = (this.#principal as P).id;
+      if (!this.#ctx.limits.addSubscription(principalId)) {
+        this.#ctx.metrics.principalLimits.inc({ limit: 'subscriptions' });
+        this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.TooManySubscriptions });
+        this.#sendError(
+          ErrorCode.TooManySubscriptions,
+          `A principal may follow at most ${this.#options.maxSubscriptionsPerPrincipal} tasks`,
+          refs,
+        );
+        return;
+      }
       sub = this.#newSub(taskId);
     } else {
       // A resubscribe restarts the stream from the client's new cursor.
@@ -465,7 +494,9 @@ export class Connection<P extends Principal> {
     const current = sub;
     const stale = () => current.removed || current.generation !== gen || this.#state !== 'open';
 
-    const task = await this.#ctx.options.store.getTask(taskId).catch((error: unknown) => {
+    const task = await this.#read(() =>
+      stale() ? Promise.resolve(null) : this.#ctx.options.store.getTask(taskId),
+    ).catch((error: unknown) => {
       if (!stale()) this.#failSubscription(current, error, refs);
       return null;
     });
@@ -560,6 +591,7 @@ export class Connection<P extends Principal> {
     sub.removed = true;
     this.#subs.delete(sub.taskId);
     this.#ctx.metrics.subscriptions.dec();
+    if (this.#principal !== undefined) this.#ctx.limits.removeSubscription(this.#principal.id);
     sub.unfollow?.();
     sub.unfollow = undefined;
   }
@@ -606,7 +638,9 @@ export class Connection<P extends Principal> {
         const target = this.#ctx.hub.latestSeq(sub.taskId) ?? sub.cursor;
         if (sub.terminalQueued || sub.cursor >= target) break;
         if (target - sub.cursor > this.#options.maxReplayEvents) {
-          const task = await this.#ctx.options.store.getTask(sub.taskId);
+          const task = await this.#read(() =>
+            stale() ? Promise.resolve(undefined) : this.#ctx.options.store.getTask(sub.taskId),
+          );
           if (stale()) return;
           if (task === undefined) {
             this.#removeSub(sub);
@@ -620,10 +654,10 @@ export class Connection<P extends Principal> {
           this.#pushSnapshot(sub, toTaskView(task));
           continue;
         }
-        const events = await this.#ctx.options.store.readEvents(
-          sub.taskId,
-          sub.cursor,
-          this.#options.maxReplayEvents,
+        const events = await this.#read(() =>
+          stale()
+            ? Promise.resolve([])
+            : this.#ctx.options.store.readEvents(sub.taskId, sub.cursor, this.#options.maxReplayEvents),
         );
         if (stale()) return;
         const before = sub.cursor;
@@ -651,6 +685,14 @@ export class Connection<P extends Principal> {
     }
     sub.ready = true;
     this.#drain();
+  }
+
+  /**
+   * A store read for this socket's subscriptions, in its principal's turn (see {@link FairReads}). The
+   * read checks staleness when it starts: a subscription superseded while queued costs no read.
+   */
+  #read<T>(read: () => Promise<T>): Promise<T> {
+    return this.#ctx.reads.run((this.#principal as P).id, read);
   }
 
   /** Live events from the hub (contiguous, in order). */
@@ -911,6 +953,8 @@ export class Connection<P extends Principal> {
     this.#queue.clear();
     this.#pendingFrames.length = 0;
     this.#ctx.metrics.sockets.dec();
+    if (this.#countedSocket && this.#principal !== undefined)
+      this.#ctx.limits.closeSocket(this.#principal.id);
     this.#resolveClosed();
     this.#ctx.onClose(this);
   }

@@ -52,6 +52,7 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   forbidden: 403,
   rate_limited: 429,
   too_many_subscriptions: 429,
+  too_many_sockets: 429,
   invalid_input: 400,
   task_not_found: 404,
   task_finished: 409,

@@ -154,6 +154,30 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxSubscriptionsPerSocket?: number | undefined;
   /**
+   * Most sockets one principal may have open on this replica; one more is sent `too_many_sockets` and
+   * closed with 4009.
+   * @default 100
+   */
+  maxSocketsPerPrincipal?: number | undefined;
+  /**
+   * Most tasks one principal may follow on this replica, summed over its sockets; one more gets
+   * `too_many_subscriptions`.
+   * @default 1000
+   */
+  maxSubscriptionsPerPrincipal?: number | undefined;
+  /**
+   * Most store reads for subscriptions (task loads and catch-up reads) in flight at once, all principals
+   * together. Keep it below the store's pool size, so appends and live delivery always find a connection.
+   * @default 4
+   */
+  catchUpReadConcurrency?: number | undefined;
+  /**
+   * Most of those reads one principal may have in flight; principals take turns, so one at its caps only
+   * slows itself.
+   * @default 2
+   */
+  catchUpReadsPerPrincipal?: number | undefined;
+  /**
    * Sustained frames per second one socket may send. An `ack` that acknowledges new events is free (its
    * number is bounded by what the server sends); every other frame costs one token.
    * @default 100
@@ -240,6 +264,10 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   metricsPrefix: 'finishline_',
   maxPayloadBytes: 64 * 1024,
   maxSubscriptionsPerSocket: 100,
+  maxSocketsPerPrincipal: 100,
+  maxSubscriptionsPerPrincipal: 1000,
+  catchUpReadConcurrency: 4,
+  catchUpReadsPerPrincipal: 2,
   rateLimitPerSecond: 100,
   rateLimitBurst: 200,
   maxRateLimitViolations: 50,
@@ -278,6 +306,10 @@ export interface ResolvedServerOptions<P extends Principal> {
   metricsPrefix: string;
   maxPayloadBytes: number;
   maxSubscriptionsPerSocket: number;
+  maxSocketsPerPrincipal: number;
+  maxSubscriptionsPerPrincipal: number;
+  catchUpReadConcurrency: number;
+  catchUpReadsPerPrincipal: number;
   rateLimitPerSecond: number;
   rateLimitBurst: number;
   maxRateLimitViolations: number;
@@ -457,6 +489,26 @@ export function resolveServerOptions<P extends Principal>(
     maxSubscriptionsPerSocket: integerOption(
       'maxSubscriptionsPerSocket',
       options.maxSubscriptionsPerSocket ?? d.maxSubscriptionsPerSocket,
+      { min: 1 },
+    ),
+    maxSocketsPerPrincipal: integerOption(
+      'maxSocketsPerPrincipal',
+      options.maxSocketsPerPrincipal ?? d.maxSocketsPerPrincipal,
+      { min: 1 },
+    ),
+    maxSubscriptionsPerPrincipal: integerOption(
+      'maxSubscriptionsPerPrincipal',
+      options.maxSubscriptionsPerPrincipal ?? d.maxSubscriptionsPerPrincipal,
+      { min: 1 },
+    ),
+    catchUpReadConcurrency: integerOption(
+      'catchUpReadConcurrency',
+      options.catchUpReadConcurrency ?? d.catchUpReadConcurrency,
+      { min: 1 },
+    ),
+    catchUpReadsPerPrincipal: integerOption(
+      'catchUpReadsPerPrincipal',
+      options.catchUpReadsPerPrincipal ?? d.catchUpReadsPerPrincipal,
       { min: 1 },
     ),
     rateLimitPerSecond: integerOption(

@@ -7,6 +7,7 @@ import type { Principal } from './auth.js';
 import { isOriginAllowed, pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
 import { Connection } from './connection.js';
+import { FairReads } from './fair-reads.js';
 import type { ServerHealth } from './health.js';
 import { readStoreHealth } from './health.js';
 import type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
@@ -18,6 +19,7 @@ import { ServerMetrics } from './metrics.js';
 import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
 import { resolveServerOptions } from './options.js';
 import { PendingConnections } from './pending-connections.js';
+import { PrincipalLimits } from './principal-limits.js';
 import { TaskApi } from './task-api.js';
 import { TaskHub } from './task-hub.js';
 import { offeredProtocols, rejectUpgrade } from './upgrade.js';
@@ -115,6 +117,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #ownsWss: boolean;
   readonly #connections = new Set<Connection<P>>();
   readonly #pending: PendingConnections;
+  readonly #limits: PrincipalLimits;
+  readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
@@ -161,6 +165,14 @@ export class ProgressServer<P extends Principal = Principal> {
       leaseTtlMs: resolved.leaseTtlMs,
     });
 
+    this.#limits = new PrincipalLimits({
+      maxSockets: resolved.maxSocketsPerPrincipal,
+      maxSubscriptions: resolved.maxSubscriptionsPerPrincipal,
+    });
+    this.#reads = new FairReads({
+      maxConcurrent: resolved.catchUpReadConcurrency,
+      maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
+    });
     this.#pending = new PendingConnections({
       maxPerAddress: resolved.maxPendingConnectionsPerAddress,
       onEvict: (address) => {
@@ -382,6 +394,7 @@ export class ProgressServer<P extends Principal = Principal> {
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();
+    this.#reads.close();
     if (this.#ownsWss) this.#wss.close();
     const httpServer = this.#ownedHttpServer;
     if (httpServer !== undefined) {
@@ -505,6 +518,8 @@ export class ProgressServer<P extends Principal = Principal> {
         acks: this.#acks,
         metrics: this.metrics,
         logger: this.#logger,
+        limits: this.#limits,
+        reads: this.#reads,
         onClose: (closed) => this.#connections.delete(closed),
         onAuthenticated: () => {
           if (raw !== undefined) this.#pending.release(raw);

@@ -258,7 +258,7 @@ describe('authorization', () => {
     expect(calls).toEqual(['admin:task-1:watch', 'admin:task-2:watch']);
   });
 
-  it('allows any number of sockets per principal and per task', async () => {
+  it('allows several sockets per principal and per task (below maxSocketsPerPrincipal)', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const sockets = await Promise.all([connect(), connect(), connect(), connect()]);
