@@ -426,7 +426,8 @@ export class Connection<P extends Principal> {
 
   /** Takes one rate-limit token; on refusal answers (once per streak) and closes a persistent flooder. */
   #takeToken(requestId: string | undefined): boolean {
-    if (this.#bucket.tryTake()) return true;
+    // The socket's own budget first, then its principal's, shared with the principal's other sockets.
+    if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame((this.#principal as P).id)) return true;
     const now = this.#options.clock();
     if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
     this.#lastViolationAt = now;
@@ -494,8 +495,9 @@ export class Connection<P extends Principal> {
     const current = sub;
     const stale = () => current.removed || current.generation !== gen || this.#state !== 'open';
 
-    const task = await this.#read(() =>
-      stale() ? Promise.resolve(null) : this.#ctx.options.store.getTask(taskId),
+    const task = await this.#read(
+      () => (stale() ? Promise.resolve(null) : this.#ctx.options.store.getTask(taskId)),
+      stale,
     ).catch((error: unknown) => {
       if (!stale()) this.#failSubscription(current, error, refs);
       return null;
@@ -638,8 +640,9 @@ export class Connection<P extends Principal> {
         const target = this.#ctx.hub.latestSeq(sub.taskId) ?? sub.cursor;
         if (sub.terminalQueued || sub.cursor >= target) break;
         if (target - sub.cursor > this.#options.maxReplayEvents) {
-          const task = await this.#read(() =>
-            stale() ? Promise.resolve(undefined) : this.#ctx.options.store.getTask(sub.taskId),
+          const task = await this.#read(
+            () => (stale() ? Promise.resolve(undefined) : this.#ctx.options.store.getTask(sub.taskId)),
+            stale,
           );
           if (stale()) return;
           if (task === undefined) {
@@ -654,10 +657,12 @@ export class Connection<P extends Principal> {
           this.#pushSnapshot(sub, toTaskView(task));
           continue;
         }
-        const events = await this.#read(() =>
-          stale()
-            ? Promise.resolve([])
-            : this.#ctx.options.store.readEvents(sub.taskId, sub.cursor, this.#options.maxReplayEvents),
+        const events = await this.#read(
+          () =>
+            stale()
+              ? Promise.resolve([])
+              : this.#ctx.options.store.readEvents(sub.taskId, sub.cursor, this.#options.maxReplayEvents),
+          stale,
         );
         if (stale()) return;
         const before = sub.cursor;
@@ -691,8 +696,8 @@ export class Connection<P extends Principal> {
    * A store read for this socket's subscriptions, in its principal's turn (see {@link FairReads}). The
    * read checks staleness when it starts: a subscription superseded while queued costs no read.
    */
-  #read<T>(read: () => Promise<T>): Promise<T> {
-    return this.#ctx.reads.run((this.#principal as P).id, read);
+  #read<T>(read: () => Promise<T>, stale: () => boolean): Promise<T> {
+    return this.#ctx.reads.run((this.#principal as P).id, read, stale);
   }
 
   /** Live events from the hub (contiguous, in order). */

@@ -166,6 +166,13 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxSubscriptionsPerPrincipal?: number | undefined;
   /**
+   * Sustained frames per second one principal may send over all its sockets together (each frame also
+   * pays the per-socket limit); the burst is `maxSubscriptionsPerPrincipal`. Refusals count as rate-limit
+   * violations of the socket that sent them (4008 if they go on).
+   * @default 500
+   */
+  rateLimitPerPrincipalPerSecond?: number | undefined;
+  /**
    * Most store reads for subscriptions (task loads and catch-up reads) in flight at once, all principals
    * together. Keep it below the store's pool size, so appends and live delivery always find a connection.
    * @default 4
@@ -173,8 +180,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   catchUpReadConcurrency?: number | undefined;
   /**
    * Most of those reads one principal may have in flight; principals take turns, so one at its caps only
-   * slows itself.
-   * @default 2
+   * slows itself. With a synchronous store (SQLite) a read blocks the event loop, so this is also how
+   * many of one principal's reads can run between two turns of the loop.
+   * @default 1
    */
   catchUpReadsPerPrincipal?: number | undefined;
   /**
@@ -266,8 +274,9 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   maxSubscriptionsPerSocket: 100,
   maxSocketsPerPrincipal: 100,
   maxSubscriptionsPerPrincipal: 1000,
+  rateLimitPerPrincipalPerSecond: 500,
   catchUpReadConcurrency: 4,
-  catchUpReadsPerPrincipal: 2,
+  catchUpReadsPerPrincipal: 1,
   rateLimitPerSecond: 100,
   rateLimitBurst: 200,
   maxRateLimitViolations: 50,
@@ -308,6 +317,7 @@ export interface ResolvedServerOptions<P extends Principal> {
   maxSubscriptionsPerSocket: number;
   maxSocketsPerPrincipal: number;
   maxSubscriptionsPerPrincipal: number;
+  rateLimitPerPrincipalPerSecond: number;
   catchUpReadConcurrency: number;
   catchUpReadsPerPrincipal: number;
   rateLimitPerSecond: number;
@@ -499,6 +509,11 @@ export function resolveServerOptions<P extends Principal>(
     maxSubscriptionsPerPrincipal: integerOption(
       'maxSubscriptionsPerPrincipal',
       options.maxSubscriptionsPerPrincipal ?? d.maxSubscriptionsPerPrincipal,
+      { min: 1 },
+    ),
+    rateLimitPerPrincipalPerSecond: integerOption(
+      'rateLimitPerPrincipalPerSecond',
+      options.rateLimitPerPrincipalPerSecond ?? d.rateLimitPerPrincipalPerSecond,
       { min: 1 },
     ),
     catchUpReadConcurrency: integerOption(

@@ -168,6 +168,8 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#limits = new PrincipalLimits({
       maxSockets: resolved.maxSocketsPerPrincipal,
       maxSubscriptions: resolved.maxSubscriptionsPerPrincipal,
+      ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
+      clock: resolved.clock,
     });
     this.#reads = new FairReads({
       maxConcurrent: resolved.catchUpReadConcurrency,
