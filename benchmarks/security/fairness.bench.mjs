@@ -17,7 +17,7 @@
 //   npm run bench:fairness            (builds first; Postgres from FINISHLINE_TEST_PG_URL, skipped if unset)
 //
 // It imports the BUILT packages. Knobs (environment): BENCH_SAMPLES (300) appends per phase,
-// BENCH_APPEND_EVERY_MS (10). Everything is bounded; a watchdog ends the process if anything hangs.
+// BENCH_APPEND_EVERY_MS (10), BENCH_STORES (sqlite,postgres). Everything is bounded; a watchdog ends the process if anything hangs.
 // The machine is shared: the load average is printed before and after each store's phases.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -37,7 +37,9 @@ const APPEND_EVERY_MS = env('BENCH_APPEND_EVERY_MS', 10);
 const ATTACKER_TASKS = 100;
 const BACKLOG = 100;
 const WARMUP_MS = 1500;
-const WATCHDOG_MS = 600_000;
+const WATCHDOG_MS = 1_200_000;
+/** Which stores to run, comma-separated: `sqlite`, `postgres`. */
+const STORES = (process.env.BENCH_STORES ?? 'sqlite,postgres').split(',');
 const PG_URL = process.env.FINISHLINE_TEST_PG_URL;
 
 const watchdog = setTimeout(() => {
@@ -146,6 +148,8 @@ function startAttacker(url, tasks, caps) {
 async function phases(name, store) {
   log(`\n## ${name}  (load average before: ${load()})`);
   const results = [];
+  // The attacker's tasks (with their backlog) are written once per store and reused by both attack phases.
+  let tasks;
   for (const [label, attack, overrides] of [
     ['unloaded', false, {}],
     ['attacker at its caps', true, {}],
@@ -164,7 +168,7 @@ async function phases(name, store) {
     let attackerReport;
     let ready;
     if (attack) {
-      const tasks = await attackerTasks(server);
+      tasks ??= await attackerTasks(server);
       attacker = startAttacker(url, tasks, { sockets: 100, subscriptions: 1000, principalRate: 500 });
       ready = await attacker.ready();
       await new Promise((resolve) => setTimeout(resolve, WARMUP_MS));
@@ -195,10 +199,14 @@ async function phases(name, store) {
 log(`# fairness bench: ${cpus().length} CPUs (shared machine), ${SAMPLES} victim appends per phase`);
 const directory = mkdtempSync(join(tmpdir(), 'finishline-fairness-'));
 try {
-  const sqlite = new SqliteProgressStore({ database: join(directory, 'fairness.db') });
-  await phases('SQLite', sqlite);
-  await sqlite.close();
-  if (PG_URL === undefined) {
+  if (STORES.includes('sqlite')) {
+    const sqlite = new SqliteProgressStore({ database: join(directory, 'fairness.db') });
+    await phases('SQLite', sqlite);
+    await sqlite.close();
+  }
+  if (!STORES.includes('postgres')) {
+    // not asked for
+  } else if (PG_URL === undefined) {
     log('\n## Postgres: skipped (set FINISHLINE_TEST_PG_URL)');
   } else {
     const { PostgresProgressStore } = await import('@finishline/postgres');
