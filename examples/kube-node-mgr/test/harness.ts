@@ -79,7 +79,14 @@ export async function login(base: string, username: string, password = username)
     post: (path, body, headers = {}) =>
       call(path, {
         method: 'POST',
-        headers: { cookie, 'content-type': 'application/json', 'x-csrf-token': csrfToken, ...headers },
+        // A browser sends its Origin on every POST; the server refuses a cookie without one.
+        headers: {
+          cookie,
+          origin: base,
+          'content-type': 'application/json',
+          'x-csrf-token': csrfToken,
+          ...headers,
+        },
         body: JSON.stringify(body),
       }),
   };

@@ -43,7 +43,7 @@ async function replica(schema: string, name: string, options: { listenDown?: () 
         : new pg.Client({ connectionString: url, application_name: `${name}-listen` }),
   });
   const server = await ProgressServer.listen(
-    { store, authenticate, serverId: name, heartbeatIntervalMs: 200 },
+    { store, authenticate, serverId: name, heartbeatIntervalMs: 200, healthDetails: 'public' },
     { port: 0, host: '127.0.0.1' },
   );
   cleanups.push(async () => {

@@ -24,8 +24,10 @@ export const ErrorCode = {
   Forbidden: 'forbidden',
   /** The peer sent more frames or requests than its rate limit allows. */
   RateLimited: 'rate_limited',
-  /** A socket tried to follow more tasks than its subscription cap. */
+  /** A socket, or a principal across its sockets, tried to follow more tasks than its cap. */
   TooManySubscriptions: 'too_many_subscriptions',
+  /** A principal opened more sockets than the server's per-principal cap. */
+  TooManySockets: 'too_many_sockets',
   /** An argument or field is malformed or out of range (bad id, negative count, oversized payload). */
   InvalidInput: 'invalid_input',
   /** No task has this id (it never existed or was removed by retention). */
@@ -75,6 +77,8 @@ export const CloseCode = {
   AuthTimeout: 4004,
   /** The client kept exceeding its rate limit. */
   RateLimited: 4008,
+  /** The principal already has as many sockets open as the server allows. */
+  TooManySockets: 4009,
   /** The client saw no frame for longer than its heartbeat deadline and gave up on the socket. */
   HeartbeatTimeout: 4010,
 } as const;

@@ -5,11 +5,46 @@ import { bearerToken, isOriginAllowed, queryToken } from './auth.js';
 const request = (headers: Record<string, string>, url = '/progress') =>
   ({ headers, url }) as unknown as IncomingMessage;
 
+/** A request that arrived over TLS (`socket.encrypted`, as on an `https.Server`). */
+const tlsRequest = (headers: Record<string, string>) =>
+  ({ headers, url: '/progress', socket: { encrypted: true } }) as unknown as IncomingMessage;
+
 describe('isOriginAllowed', () => {
+  it('same-origin compares scheme and port too (issue 10, item 3)', () => {
+    const plain = { host: 'app.example:8080' };
+    expect(isOriginAllowed(request({ ...plain, origin: 'https://app.example:8080' }), 'same-origin')).toBe(
+      false,
+    );
+    expect(isOriginAllowed(tlsRequest({ ...plain, origin: 'http://app.example:8080' }), 'same-origin')).toBe(
+      false,
+    );
+    expect(
+      isOriginAllowed(request({ host: 'app.example', origin: 'http://app.example:80' }), 'same-origin'),
+    ).toBe(true);
+    expect(
+      isOriginAllowed(tlsRequest({ host: 'app.example', origin: 'https://app.example' }), 'same-origin'),
+    ).toBe(true);
+    expect(
+      isOriginAllowed(tlsRequest({ host: 'app.example:443', origin: 'https://app.example' }), 'same-origin'),
+    ).toBe(true);
+    expect(
+      isOriginAllowed(request({ host: 'app.example', origin: 'http://app.example:8080' }), 'same-origin'),
+    ).toBe(false);
+    expect(
+      isOriginAllowed(request({ host: 'app.example/x', origin: 'http://app.example' }), 'same-origin'),
+    ).toBe(false);
+  });
+
   it('same-origin compares the Origin host with the Host header, case-insensitively', () => {
     expect(
       isOriginAllowed(
-        request({ host: 'App.example:8080', origin: 'https://app.example:8080' }),
+        request({ host: 'App.example:8080', origin: 'http://app.example:8080' }),
+        'same-origin',
+      ),
+    ).toBe(true);
+    expect(
+      isOriginAllowed(
+        tlsRequest({ host: 'App.example:8080', origin: 'https://app.example:8080' }),
         'same-origin',
       ),
     ).toBe(true);

@@ -42,7 +42,9 @@ export type AuthorizeHook<P extends Principal> = (
 
 /**
  * Which browser origins may open a socket:
- * - `'same-origin'` (the default): the `Origin` header's host must equal the request's `Host` header;
+ * - `'same-origin'` (the default): the `Origin` header's scheme, host and port must equal the request's:
+ *   its `Host` header, and `https` when the connection is TLS, else `http`. Behind a proxy that
+ *   terminates TLS the request arrives as `http`, so list the public origin explicitly there;
  * - a list of exact origins, e.g. `['https://app.example.com']`;
  * - a predicate;
  * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
@@ -69,17 +71,40 @@ export function isOriginAllowed(request: IncomingMessage, allowed: AllowedOrigin
   if (origin === undefined) return true;
   try {
     if (allowed === '*') return true;
-    if (allowed === 'same-origin') {
-      const host = request.headers.host;
-      if (host === undefined) return false;
-      return new URL(origin).host.toLowerCase() === host.toLowerCase();
-    }
+    if (allowed === 'same-origin') return isSameOrigin(origin, request);
     if (typeof allowed === 'function') return allowed(origin, request) === true;
     return allowed.includes(origin);
   } catch {
     // A malformed Origin header (or a predicate that throws) refuses rather than crashing the upgrade.
     return false;
   }
+}
+
+/** The port a URL uses, with the scheme's default filled in. */
+function portOf(url: URL): string {
+  if (url.port !== '') return url.port;
+  return url.protocol === 'https:' ? '443' : '80';
+}
+
+/**
+ * Whether `origin` is the origin the request was made to: same scheme (`https` only over TLS), same
+ * host and same port. Comparing only the host let `https://host:port` through to an `http` server.
+ */
+function isSameOrigin(origin: string, request: IncomingMessage): boolean {
+  const host = request.headers.host;
+  if (host === undefined || host === '') return false;
+  const from = new URL(origin);
+  if (from.protocol !== 'http:' && from.protocol !== 'https:') return false;
+  const scheme =
+    (request.socket as { encrypted?: boolean } | undefined)?.encrypted === true ? 'https:' : 'http:';
+  // A Host header is a name (or IP literal) and an optional port: nothing `new URL` could read as a path.
+  if (!/^[A-Za-z0-9.\-[\]:]+$/.test(host)) return false;
+  const to = new URL(`${scheme}//${host}`);
+  return (
+    from.protocol === to.protocol &&
+    from.hostname.toLowerCase() === to.hostname.toLowerCase() &&
+    portOf(from) === portOf(to)
+  );
 }
 
 /** The token of an `Authorization: Bearer <token>` header, if any. */

@@ -28,12 +28,15 @@ import type { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';
 import type { Authenticator } from './authenticator.js';
 import { eventFrameText } from './event-frame-text.js';
+import type { FairReads } from './fair-reads.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ResolvedServerOptions } from './options.js';
+import type { PrincipalLimits } from './principal-limits.js';
 import { TokenBucket } from './rate-limiter.js';
 import type { TaskHub } from './task-hub.js';
+import { taskNotFoundMessage } from './task-not-found.js';
 import { delay, waitAtMost } from './wait.js';
 
 /** What a connection needs from its server. */
@@ -44,8 +47,14 @@ export interface ConnectionContext<P extends Principal> {
   readonly acks: AckWriter;
   readonly metrics: ServerMetrics;
   readonly logger: ProgressLogger;
+  /** Per-principal socket and subscription counts, shared by the server's connections. */
+  readonly limits: PrincipalLimits;
+  /** The fair scheduler of subscription reads, shared by the server's connections. */
+  readonly reads: FairReads;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
+  /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
+  onAuthenticated?(connection: Connection<P>): void;
 }
 
 /** One followed task on one socket. */
@@ -56,6 +65,13 @@ interface Subscription {
   removed: boolean;
   /** Loaded and caught up: live events from the hub are taken. */
   ready: boolean;
+  /**
+   * The principal may watch the task and it is loaded. Until then no frame of this subscription acts:
+   * an ack is only remembered (its highest seq) and applied once this turns true.
+   */
+  authorized: boolean;
+  /** Highest seq acknowledged while the subscription was not yet authorized. */
+  pendingAck: number;
   /** Highest seq queued to this socket (event or snapshot). */
   cursor: number;
   /** Highest seq the client may acknowledge: what it was sent, or what it said it had. */
@@ -114,6 +130,8 @@ export class Connection<P extends Principal> {
   readonly #pendingFrames: DecodeResult<ClientFrame>[] = [];
   #state: State;
   #principal: P | undefined;
+  /** This socket counts against its principal's socket cap (released on close). */
+  #countedSocket = false;
   #authChecking = false;
   #authTimer: NodeJS.Timeout | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
@@ -385,8 +403,19 @@ export class Connection<P extends Principal> {
 
   #open(principal: P): void {
     this.#clearAuthTimer();
+    if (!this.#ctx.limits.openSocket(principal.id)) {
+      this.#ctx.metrics.principalLimits.inc({ limit: 'sockets' });
+      this.#refuseAuth(
+        ErrorCode.TooManySockets,
+        CloseCode.TooManySockets,
+        `A principal may have at most ${this.#options.maxSocketsPerPrincipal} sockets open`,
+      );
+      return;
+    }
+    this.#countedSocket = true;
     this.#principal = principal;
     this.#state = 'open';
+    this.#ctx.onAuthenticated?.(this);
     this.#send({
       type: 'hello',
       protocol: PROTOCOL_VERSION,
@@ -397,7 +426,8 @@ export class Connection<P extends Principal> {
 
   /** Takes one rate-limit token; on refusal answers (once per streak) and closes a persistent flooder. */
   #takeToken(requestId: string | undefined): boolean {
-    if (this.#bucket.tryTake()) return true;
+    // The socket's own budget first, then its principal's, shared with the principal's other sockets.
+    if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame((this.#principal as P).id)) return true;
     const now = this.#options.clock();
     if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
     this.#lastViolationAt = now;
@@ -441,38 +471,62 @@ export class Connection<P extends Principal> {
         );
         return;
       }
+      const principalId = (this.#principal as P).id;
+      if (!this.#ctx.limits.addSubscription(principalId)) {
+        this.#ctx.metrics.principalLimits.inc({ limit: 'subscriptions' });
+        this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.TooManySubscriptions });
+        this.#sendError(
+          ErrorCode.TooManySubscriptions,
+          `A principal may follow at most ${this.#options.maxSubscriptionsPerPrincipal} tasks`,
+          refs,
+        );
+        return;
+      }
       sub = this.#newSub(taskId);
     } else {
       // A resubscribe restarts the stream from the client's new cursor.
       this.#ctx.metrics.resyncs.inc({ reason: 'resubscribe' });
       this.#resetSub(sub);
     }
-    // Acks up to the client's own cursor are valid at once, even before the task is loaded.
+    // Acks up to the client's own cursor become valid once the task is loaded and the principal may
+    // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     sub.claimed = afterSeq;
-    sub.ackable = afterSeq;
     const gen = sub.generation;
     const current = sub;
     const stale = () => current.removed || current.generation !== gen || this.#state !== 'open';
 
-    const task = await this.#ctx.options.store.getTask(taskId).catch((error: unknown) => {
+    const task = await this.#read(
+      () => (stale() ? Promise.resolve(null) : this.#ctx.options.store.getTask(taskId)),
+      stale,
+    ).catch((error: unknown) => {
       if (!stale()) this.#failSubscription(current, error, refs);
       return null;
     });
     if (task === null || stale()) return;
-    // Not found and not allowed cost the same single read and answer alike, with no task data.
+    // Not found and not allowed cost the same single read and carry no task data; unless the
+    // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
     if (task === undefined || !(await this.#ctx.auth.authorize(this.#principal as P, task, 'watch'))) {
       if (stale()) return;
       this.#removeSub(current);
-      const code = task === undefined ? ErrorCode.TaskNotFound : ErrorCode.Forbidden;
+      const forbidden = task !== undefined && this.#options.revealTaskExistence;
+      const code = forbidden ? ErrorCode.Forbidden : ErrorCode.TaskNotFound;
       this.#ctx.metrics.framesRejected.inc({ code });
       this.#sendError(
         code,
-        task === undefined ? `Task ${taskId} does not exist` : `You may not watch task ${taskId}`,
+        forbidden ? `You may not watch task ${taskId}` : taskNotFoundMessage(taskId),
         refs,
       );
       return;
     }
     if (stale()) return;
+    current.authorized = true;
+    // Nothing beyond the task's last seq exists to acknowledge, whatever the client claimed.
+    current.ackable = Math.min(afterSeq, task.seq);
+    if (current.pendingAck > 0) {
+      const seq = current.pendingAck;
+      current.pendingAck = 0;
+      this.#ack({ type: 'ack', taskId, seq });
+    }
     this.#ctx.hub.observe(taskId, task.seq);
     this.#queue.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
     if (afterSeq > 0) this.#ctx.metrics.resumes.inc();
@@ -494,6 +548,8 @@ export class Connection<P extends Principal> {
       generation: 0,
       removed: false,
       ready: false,
+      authorized: false,
+      pendingAck: 0,
       cursor: 0,
       ackable: 0,
       written: 0,
@@ -518,6 +574,8 @@ export class Connection<P extends Principal> {
   #resetSub(sub: Subscription): void {
     sub.generation += 1;
     sub.ready = false;
+    sub.authorized = false;
+    sub.pendingAck = 0;
     sub.cursor = 0;
     sub.ackable = 0;
     sub.acked = 0;
@@ -535,6 +593,7 @@ export class Connection<P extends Principal> {
     sub.removed = true;
     this.#subs.delete(sub.taskId);
     this.#ctx.metrics.subscriptions.dec();
+    if (this.#principal !== undefined) this.#ctx.limits.removeSubscription(this.#principal.id);
     sub.unfollow?.();
     sub.unfollow = undefined;
   }
@@ -581,7 +640,10 @@ export class Connection<P extends Principal> {
         const target = this.#ctx.hub.latestSeq(sub.taskId) ?? sub.cursor;
         if (sub.terminalQueued || sub.cursor >= target) break;
         if (target - sub.cursor > this.#options.maxReplayEvents) {
-          const task = await this.#ctx.options.store.getTask(sub.taskId);
+          const task = await this.#read(
+            () => (stale() ? Promise.resolve(undefined) : this.#ctx.options.store.getTask(sub.taskId)),
+            stale,
+          );
           if (stale()) return;
           if (task === undefined) {
             this.#removeSub(sub);
@@ -595,10 +657,12 @@ export class Connection<P extends Principal> {
           this.#pushSnapshot(sub, toTaskView(task));
           continue;
         }
-        const events = await this.#ctx.options.store.readEvents(
-          sub.taskId,
-          sub.cursor,
-          this.#options.maxReplayEvents,
+        const events = await this.#read(
+          () =>
+            stale()
+              ? Promise.resolve([])
+              : this.#ctx.options.store.readEvents(sub.taskId, sub.cursor, this.#options.maxReplayEvents),
+          stale,
         );
         if (stale()) return;
         const before = sub.cursor;
@@ -626,6 +690,14 @@ export class Connection<P extends Principal> {
     }
     sub.ready = true;
     this.#drain();
+  }
+
+  /**
+   * A store read for this socket's subscriptions, in its principal's turn (see {@link FairReads}). The
+   * read checks staleness when it starts: a subscription superseded while queued costs no read.
+   */
+  #read<T>(read: () => Promise<T>, stale: () => boolean): Promise<T> {
+    return this.#ctx.reads.run((this.#principal as P).id, read, stale);
   }
 
   /** Live events from the hub (contiguous, in order). */
@@ -666,7 +738,9 @@ export class Connection<P extends Principal> {
 
   #ackAdvances(frame: AckFrame): boolean {
     const sub = this.#subs.get(frame.taskId);
-    return sub !== undefined && frame.seq > sub.acked && frame.seq <= Math.max(sub.ackable, sub.written);
+    return (
+      sub?.authorized === true && frame.seq > sub.acked && frame.seq <= Math.max(sub.ackable, sub.written)
+    );
   }
 
   #ack(frame: AckFrame): void {
@@ -674,6 +748,11 @@ export class Connection<P extends Principal> {
     // A late ack after an unsubscribe is harmless; acks never reach the store for unfollowed tasks, so a
     // socket cannot mark another owner's events processed.
     if (sub === undefined) return;
+    if (!sub.authorized) {
+      // Authorization or the load is still running: remember it, act on it only once both succeeded.
+      if (frame.seq > sub.pendingAck) sub.pendingAck = frame.seq;
+      return;
+    }
     const limit = Math.max(sub.ackable, sub.written);
     if (frame.seq > limit) {
       this.#invalid(
@@ -879,6 +958,8 @@ export class Connection<P extends Principal> {
     this.#queue.clear();
     this.#pendingFrames.length = 0;
     this.#ctx.metrics.sockets.dec();
+    if (this.#countedSocket && this.#principal !== undefined)
+      this.#ctx.limits.closeSocket(this.#principal.id);
     this.#resolveClosed();
     this.#ctx.onClose(this);
   }

@@ -71,7 +71,8 @@ describe('framework integration', () => {
     const foreign = await fetch(`${base}/api/progress/tasks/${task.id}`, {
       headers: { 'x-user': 'mallory' },
     });
-    expect(foreign.status).toBe(403);
+    // Another owner's task answers exactly like a missing one (no existence oracle).
+    expect(foreign.status).toBe(404);
     expect(JSON.stringify(await foreign.json())).not.toContain('node-1');
     expect((await fetch(`${base}/api/other`)).status).toBe(418);
     const cancelled = await fetch(`${base}/api/progress/tasks/${task.id}/cancel`, {

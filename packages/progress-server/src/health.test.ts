@@ -36,7 +36,7 @@ async function probe(
 describe('health', () => {
   it('reports the feed state, sockets and owned tasks, and flips the probe to 503 while the feed is down', async () => {
     const { store, state } = storeWithFeedHealth();
-    env = await startServer({ store });
+    env = await startServer({ store, healthDetails: 'public' });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
 
@@ -70,7 +70,7 @@ describe('health', () => {
   });
 
   it('needs no credentials, carries no task data, answers HEAD, and leaves other paths alone', async () => {
-    env = await startServer();
+    env = await startServer({ healthDetails: 'public' });
     await env.server.tasks.create({ owner: 'alice', kind: 'secret_kind' });
     const response = await probe();
     expect(response.status).toBe(200);
@@ -79,6 +79,25 @@ describe('health', () => {
     expect((await probe('/progress/healthz', 'HEAD')).status).toBe(200);
     expect((await probe('/progress/healthz', 'POST')).status).toBe(404);
     expect((await probe('/healthz')).status).toBe(404);
+  });
+
+  it('answers only { ok } without credentials by default, details to an authenticated caller', async () => {
+    const { store, state } = storeWithFeedHealth();
+    env = await startServer({ store });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    const anonymous = await probe();
+    expect(anonymous).toEqual({ status: 200, body: { ok: true } });
+    const authenticated = await fetch(`${env.httpUrl}/progress/healthz`, { headers: { 'x-user': 'ops' } });
+    expect(await authenticated.json()).toMatchObject({
+      ok: true,
+      serverId: env.server.serverId,
+      sockets: 1,
+      store: { connected: true },
+    });
+    state.connected = false;
+    state.lastError = new Error('password authentication failed for user "finishline"');
+    expect(await probe()).toEqual({ status: 503, body: { ok: false } });
+    await client.close();
   });
 
   it('is unhealthy once closing', async () => {

@@ -59,8 +59,8 @@ describe('HTTP handler', () => {
     }
   });
 
-  it('answers 401 without credentials, 403 for another owner and 404 for an unknown task, with no data', async () => {
-    env = await startServer();
+  it('answers 401 without credentials, 403 for another owner (revealTaskExistence) and 404 for an unknown task, with no data', async () => {
+    env = await startServer({ revealTaskExistence: true });
     const task = await env.server.tasks.create({
       owner: 'bob',
       kind: 'secret-kind',
@@ -76,7 +76,11 @@ describe('HTTP handler', () => {
     expect(Object.keys(events.body)).toEqual(['error']);
     const missing = await call('/progress/tasks/nope', { user: 'alice' });
     expect(missing).toMatchObject({ status: 404, body: { error: { code: 'task_not_found' } } });
-    const cancel = await call(`/progress/tasks/${task.id}/cancel`, { user: 'alice', method: 'POST' });
+    const cancel = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
     expect(cancel.status).toBe(403);
     expect((await env.store.getTask(task.id))?.status).toBe('running');
   });
@@ -132,12 +136,17 @@ describe('HTTP handler', () => {
     const event = await client.next((frame) => frame.type === 'event');
     expect(event.event).toMatchObject({ type: 'cancelled', reason: 'wrong nodes' });
     expect(task.signal.aborted).toBe(true);
-    const again = await call(`/progress/tasks/${task.id}/cancel`, { user: 'alice', method: 'POST' });
+    const again = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
     expect(again).toMatchObject({ status: 409, body: { error: { code: 'task_finished' } } });
     const badBody = await call(`/progress/tasks/${task.id}/cancel`, {
       user: 'alice',
       method: 'POST',
       body: '{oops',
+      headers: { 'content-type': 'application/json' },
     });
     expect(badBody.status).toBe(400);
   });
@@ -216,6 +225,7 @@ describe('HTTP handler', () => {
     const base = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
     const response = await fetch(`${base}/progress/tasks/${task.id}/cancel`, {
       method: 'POST',
+      headers: { 'content-type': 'application/json' },
       body: 'ignored',
     });
     expect(response.status).toBe(200);

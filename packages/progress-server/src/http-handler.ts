@@ -10,14 +10,15 @@ import {
   TASK_STATUSES,
   toTaskView,
 } from '@finishline/core';
-import type { Principal } from './auth.js';
-import { pathOf } from './auth.js';
+import type { AllowedOrigins, Principal } from './auth.js';
+import { isOriginAllowed, pathOf } from './auth.js';
 import type { Authenticator } from './authenticator.js';
 import type { ServerHealth } from './health.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
 import type { TaskApi } from './task-api.js';
+import { taskNotFoundMessage } from './task-not-found.js';
 
 /**
  * A request handler in the shape node `http`, Express and Connect share. Requests outside `basePath` (or
@@ -51,6 +52,7 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   forbidden: 403,
   rate_limited: 429,
   too_many_subscriptions: 429,
+  too_many_sockets: 429,
   invalid_input: 400,
   task_not_found: 404,
   task_finished: 409,
@@ -69,12 +71,20 @@ const EVENTS_MAX_LIMIT = 1000;
 /** @internal */
 export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
+  /** The server's `allowedOrigins`: mutating routes check the request's Origin against it. */
+  allowedOrigins: AllowedOrigins;
+  /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
+  revealTaskExistence: boolean;
   tasks: TaskApi;
   store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
   metrics: ServerMetrics;
   logger: ProgressLogger;
   /** The replica's health, served unauthenticated at `{basePath}/healthz`; the route is absent without it. */
   health?: () => ServerHealth;
+  /** The WebSocket path: a plain request to it is answered 426 rather than passed on or left hanging. */
+  webSocketPath?: string;
+  /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
+  healthDetails?: 'authenticated' | 'public';
 }
 
 /** A refusal with its HTTP status (and extra headers, e.g. `Allow`). */
@@ -111,6 +121,34 @@ type Route =
   | { name: 'cancel'; taskId: string };
 
 const ALLOWED: Record<Route['name'], string> = { list: 'GET', task: 'GET', events: 'GET', cancel: 'POST' };
+
+/**
+ * Refuses a state-changing request a web page on another site could have made with the user's cookies
+ * (cross-site request forgery):
+ * - an `Origin` not allowed by `allowedOrigins` (the upgrade's allow-list, same-origin by default),
+ *   `Origin: null` included;
+ * - no `Origin` at all on a request carrying cookies (browsers send one on every `POST`; its absence
+ *   with a cookie means an old or unusual browser we cannot vouch for);
+ * - a body that is not `application/json`: only `text/plain`, form and multipart bodies can be sent
+ *   cross-site without a CORS preflight, so requiring JSON puts every such request behind one.
+ */
+function checkMutation(request: IncomingMessage, allowedOrigins: AllowedOrigins): void {
+  const origin = request.headers.origin;
+  if (allowedOrigins !== '*') {
+    if (origin === undefined && request.headers.cookie !== undefined) {
+      throw new HttpError(ErrorCode.Forbidden, 'A request with cookies must carry an Origin header');
+    }
+  }
+  if (!isOriginAllowed(request, allowedOrigins)) {
+    throw new HttpError(ErrorCode.Forbidden, 'Origin not allowed');
+  }
+  const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new HttpError(ErrorCode.InvalidInput, 'The body must be sent as Content-Type: application/json', {
+      status: 415,
+    });
+  }
+}
 
 /**
  * Builds the HTTP API (see the package README for the routes). Every route authenticates like the
@@ -150,7 +188,15 @@ export function createHttpHandler<P extends Principal>(
       url = new URL('http://localhost/');
     }
     if (route === undefined && ctx.health !== undefined && isHealthRoute(request, url, basePath)) {
-      serveHealth(ctx.health, response);
+      void serveHealth(ctx, ctx.health, request, response);
+      return;
+    }
+    if (route === undefined && ctx.webSocketPath !== undefined && url.pathname === ctx.webSocketPath) {
+      send(response, {
+        status: 426,
+        body: errorBody(ErrorCode.InvalidInput, 'This path only speaks WebSocket: send an upgrade request'),
+        headers: { upgrade: 'websocket', connection: 'Upgrade' },
+      });
       return;
     }
     if (route === undefined) {
@@ -191,8 +237,17 @@ function isHealthRoute(request: IncomingMessage, url: URL, basePath: string): bo
   return (method === 'GET' || method === 'HEAD') && url.pathname === `${basePath}/healthz`;
 }
 
-/** 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. */
-function serveHealth(health: () => ServerHealth, response: ServerResponse): void {
+/**
+ * 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. The body is `{ ok }`
+ * unless details are public or the request authenticates: the details name the host and pid (in
+ * `serverId`) and the store's last error, which an anonymous caller has no use for. Never rejects.
+ */
+async function serveHealth<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  health: () => ServerHealth,
+  request: IncomingMessage,
+  response: ServerResponse,
+): Promise<void> {
   let report: ServerHealth | undefined;
   try {
     report = health();
@@ -203,7 +258,16 @@ function serveHealth(health: () => ServerHealth, response: ServerResponse): void
     send(response, { status: 503, body: { ok: false } });
     return;
   }
-  send(response, { status: report.ok ? 200 : 503, body: report });
+  const status = report.ok ? 200 : 503;
+  let detailed = ctx.healthDetails === 'public';
+  if (!detailed) {
+    try {
+      detailed = (await ctx.auth.fromHttp(request)) !== undefined;
+    } catch (error) {
+      ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
+    }
+  }
+  send(response, { status, body: detailed ? report : { ok: report.ok } });
 }
 
 function matchRoute(path: string, basePath: string): Route | undefined {
@@ -233,6 +297,8 @@ async function serve<P extends Principal>(
       headers: { allow: allowed },
     });
   }
+  // Before authentication: a forged request is refused without running the application's hooks.
+  if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
   let principal: P | undefined;
   try {
     principal = await ctx.auth.fromHttp(request);
@@ -306,7 +372,11 @@ async function serve<P extends Principal>(
   }
 }
 
-/** Not found and not allowed answer differently (404 / 403) but neither carries any task data. */
+/**
+ * The task, if the principal may `action` it. A task the principal may not watch answers exactly like a
+ * missing one (404, same body) unless `revealTaskExistence` is on; one it may watch but not cancel is a
+ * 403, since its existence is no secret to that principal. Neither answer carries task data.
+ */
 async function loadAuthorized<P extends Principal>(
   ctx: HttpHandlerContext<P>,
   principal: P,
@@ -316,12 +386,14 @@ async function loadAuthorized<P extends Principal>(
   if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
     throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
   }
+  const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await ctx.store.getTask(taskId);
-  if (task === undefined) throw fromCode(ErrorCode.TaskNotFound, `Task ${taskId} does not exist`);
-  if (!(await ctx.auth.authorize(principal, task, action))) {
-    throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
-  }
-  return task;
+  if (task === undefined) throw notFound();
+  if (await ctx.auth.authorize(principal, task, action)) return task;
+  const known =
+    ctx.revealTaskExistence || (action !== 'watch' && (await ctx.auth.authorize(principal, task, 'watch')));
+  if (!known) throw notFound();
+  throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
 }
 
 function parseInteger(

@@ -34,6 +34,8 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit';
  * | `unacked_terminal_events` | gauge | terminal frames sent and not yet acknowledged |
  * | `frames_rejected_total{code}` | counter | client frames refused, by error code |
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
+ * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
+ * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
  * | `store_errors_total` | counter | store calls that failed |
  * | `leases_reaped_total` | counter | expired leases turned into `interrupted` by this replica |
@@ -53,6 +55,8 @@ export class ServerMetrics {
   readonly unackedTerminals: Gauge;
   readonly framesRejected: Counter<'code'>;
   readonly upgradesRejected: Counter<'code'>;
+  readonly connectionsDropped: Counter<'reason'>;
+  readonly principalLimits: Counter<'limit'>;
   readonly handlerErrors: Counter;
   readonly storeErrors: Counter;
   readonly leasesReaped: Counter;
@@ -114,6 +118,24 @@ export class ServerMetrics {
         registers,
       }),
       `${p}upgrades_rejected_total`,
+    );
+    this.connectionsDropped = track(
+      new Counter({
+        name: `${p}connections_dropped_total`,
+        help: 'Connections ended before they authenticated, by reason',
+        labelNames: ['reason'] as const,
+        registers,
+      }),
+      `${p}connections_dropped_total`,
+    );
+    this.principalLimits = track(
+      new Counter({
+        name: `${p}principal_limits_total`,
+        help: 'Refusals at a per-principal cap, by limit',
+        labelNames: ['limit'] as const,
+        registers,
+      }),
+      `${p}principal_limits_total`,
     );
     this.handlerErrors = counter('handler_errors_total', 'Unexpected errors caught in a handler');
     this.storeErrors = counter('store_errors_total', 'Store calls that failed');

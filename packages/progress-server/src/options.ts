@@ -81,10 +81,42 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   tokenQueryParam?: string | false | undefined;
   /**
+   * Whether a task the principal may not watch is answered `forbidden` (WebSocket) / 403 (HTTP). By
+   * default it gets exactly the answer of a missing task (`task_not_found` / 404, same message), so
+   * application-chosen ids (`taint-42`) do not reveal which tasks exist. Turn it on only when task ids
+   * are unguessable or not secret and clients need to tell the two apart.
+   * @default false
+   */
+  revealTaskExistence?: boolean | undefined;
+  /**
+   * Who sees the details of `GET {basePath}/healthz` (server id, which embeds the hostname and pid,
+   * store feed state and its last error, socket and task counts). `'authenticated'`: a request without
+   * valid credentials gets only `{ "ok": true|false }` (the status code is the same either way);
+   * `'public'`: everyone gets the details (for a probe endpoint that is not reachable from outside).
+   * @default 'authenticated'
+   */
+  healthDetails?: 'authenticated' | 'public' | undefined;
+  /**
    * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
    * @default 10000
    */
   authTimeoutMs?: number | undefined;
+  /**
+   * Longest time an upgrade may take from its request to the open WebSocket (the `authenticate` hook
+   * included); a slower one has its socket destroyed. Node's `headersTimeout` stops applying once the
+   * upgrade headers are complete, so without this a client (or a hook) that never finishes holds a
+   * descriptor for ever.
+   * @default 10000
+   */
+  upgradeTimeoutMs?: number | undefined;
+  /**
+   * Most connections from one remote address that have not authenticated yet: accepted TCP connections
+   * without a request (only on the server `ProgressServer.listen` creates), upgrades being checked, and
+   * sockets waiting for their `auth` frame. Over the cap the address's **oldest** such connection is
+   * destroyed, so silent connections cannot exhaust descriptors and a new client still gets in.
+   * @default 100
+   */
+  maxPendingConnectionsPerAddress?: number | undefined;
   /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
@@ -121,6 +153,38 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * @default 100
    */
   maxSubscriptionsPerSocket?: number | undefined;
+  /**
+   * Most sockets one principal may have open on this replica; one more is sent `too_many_sockets` and
+   * closed with 4009.
+   * @default 100
+   */
+  maxSocketsPerPrincipal?: number | undefined;
+  /**
+   * Most tasks one principal may follow on this replica, summed over its sockets; one more gets
+   * `too_many_subscriptions`.
+   * @default 1000
+   */
+  maxSubscriptionsPerPrincipal?: number | undefined;
+  /**
+   * Sustained frames per second one principal may send over all its sockets together (each frame also
+   * pays the per-socket limit); the burst is `maxSubscriptionsPerPrincipal`. Refusals count as rate-limit
+   * violations of the socket that sent them (4008 if they go on).
+   * @default 500
+   */
+  rateLimitPerPrincipalPerSecond?: number | undefined;
+  /**
+   * Most store reads for subscriptions (task loads and catch-up reads) in flight at once, all principals
+   * together. Keep it below the store's pool size, so appends and live delivery always find a connection.
+   * @default 4
+   */
+  catchUpReadConcurrency?: number | undefined;
+  /**
+   * Most of those reads one principal may have in flight; principals take turns, so one at its caps only
+   * slows itself. With a synchronous store (SQLite) a read blocks the event loop, so this is also how
+   * many of one principal's reads can run between two turns of the loop.
+   * @default 1
+   */
+  catchUpReadsPerPrincipal?: number | undefined;
   /**
    * Sustained frames per second one socket may send. An `ack` that acknowledges new events is free (its
    * number is bounded by what the server sends); every other frame costs one token.
@@ -200,10 +264,19 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   path: '/progress',
   allowedOrigins: 'same-origin' as AllowedOrigins,
   tokenQueryParam: false as string | false,
+  revealTaskExistence: false,
+  upgradeTimeoutMs: 10_000,
+  maxPendingConnectionsPerAddress: 100,
+  healthDetails: 'authenticated' as 'authenticated' | 'public',
   authTimeoutMs: 10_000,
   metricsPrefix: 'finishline_',
   maxPayloadBytes: 64 * 1024,
   maxSubscriptionsPerSocket: 100,
+  maxSocketsPerPrincipal: 100,
+  maxSubscriptionsPerPrincipal: 1000,
+  rateLimitPerPrincipalPerSecond: 500,
+  catchUpReadConcurrency: 4,
+  catchUpReadsPerPrincipal: 1,
   rateLimitPerSecond: 100,
   rateLimitBurst: 200,
   maxRateLimitViolations: 50,
@@ -230,6 +303,10 @@ export interface ResolvedServerOptions<P extends Principal> {
   wss: WebSocketServer | undefined;
   allowedOrigins: AllowedOrigins;
   tokenQueryParam: string | false;
+  revealTaskExistence: boolean;
+  upgradeTimeoutMs: number;
+  maxPendingConnectionsPerAddress: number;
+  healthDetails: 'authenticated' | 'public';
   authTimeoutMs: number;
   serverId: string;
   clock: Clock;
@@ -238,6 +315,11 @@ export interface ResolvedServerOptions<P extends Principal> {
   metricsPrefix: string;
   maxPayloadBytes: number;
   maxSubscriptionsPerSocket: number;
+  maxSocketsPerPrincipal: number;
+  maxSubscriptionsPerPrincipal: number;
+  rateLimitPerPrincipalPerSecond: number;
+  catchUpReadConcurrency: number;
+  catchUpReadsPerPrincipal: number;
   rateLimitPerSecond: number;
   rateLimitBurst: number;
   maxRateLimitViolations: number;
@@ -343,6 +425,12 @@ export function resolveServerOptions<P extends Principal>(
   if (tokenQueryParam !== false && options.authenticateToken === undefined) {
     throw invalid('tokenQueryParam needs authenticateToken');
   }
+  const revealTaskExistence = options.revealTaskExistence ?? d.revealTaskExistence;
+  if (typeof revealTaskExistence !== 'boolean') throw invalid('revealTaskExistence must be a boolean');
+  const healthDetails = options.healthDetails ?? d.healthDetails;
+  if (healthDetails !== 'authenticated' && healthDetails !== 'public') {
+    throw invalid("healthDetails must be 'authenticated' or 'public'");
+  }
   const serverId = options.serverId ?? defaultServerId();
   if (typeof serverId !== 'string' || serverId.length > LIMITS.maxIdLength || !ID_PATTERN.test(serverId)) {
     throw invalid(`serverId must be 1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`);
@@ -389,6 +477,16 @@ export function resolveServerOptions<P extends Principal>(
     wss: options.wss,
     allowedOrigins,
     tokenQueryParam,
+    revealTaskExistence,
+    healthDetails,
+    upgradeTimeoutMs: integerOption('upgradeTimeoutMs', options.upgradeTimeoutMs ?? d.upgradeTimeoutMs, {
+      min: 1,
+    }),
+    maxPendingConnectionsPerAddress: integerOption(
+      'maxPendingConnectionsPerAddress',
+      options.maxPendingConnectionsPerAddress ?? d.maxPendingConnectionsPerAddress,
+      { min: 1 },
+    ),
     authTimeoutMs: integerOption('authTimeoutMs', options.authTimeoutMs ?? d.authTimeoutMs, { min: 1 }),
     serverId,
     clock,
@@ -401,6 +499,31 @@ export function resolveServerOptions<P extends Principal>(
     maxSubscriptionsPerSocket: integerOption(
       'maxSubscriptionsPerSocket',
       options.maxSubscriptionsPerSocket ?? d.maxSubscriptionsPerSocket,
+      { min: 1 },
+    ),
+    maxSocketsPerPrincipal: integerOption(
+      'maxSocketsPerPrincipal',
+      options.maxSocketsPerPrincipal ?? d.maxSocketsPerPrincipal,
+      { min: 1 },
+    ),
+    maxSubscriptionsPerPrincipal: integerOption(
+      'maxSubscriptionsPerPrincipal',
+      options.maxSubscriptionsPerPrincipal ?? d.maxSubscriptionsPerPrincipal,
+      { min: 1 },
+    ),
+    rateLimitPerPrincipalPerSecond: integerOption(
+      'rateLimitPerPrincipalPerSecond',
+      options.rateLimitPerPrincipalPerSecond ?? d.rateLimitPerPrincipalPerSecond,
+      { min: 1 },
+    ),
+    catchUpReadConcurrency: integerOption(
+      'catchUpReadConcurrency',
+      options.catchUpReadConcurrency ?? d.catchUpReadConcurrency,
+      { min: 1 },
+    ),
+    catchUpReadsPerPrincipal: integerOption(
+      'catchUpReadsPerPrincipal',
+      options.catchUpReadsPerPrincipal ?? d.catchUpReadsPerPrincipal,
       { min: 1 },
     ),
     rateLimitPerSecond: integerOption(

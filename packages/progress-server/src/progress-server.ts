@@ -7,6 +7,7 @@ import type { Principal } from './auth.js';
 import { isOriginAllowed, pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
 import { Connection } from './connection.js';
+import { FairReads } from './fair-reads.js';
 import type { ServerHealth } from './health.js';
 import { readStoreHealth } from './health.js';
 import type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
@@ -17,6 +18,8 @@ import { describeError } from './logger.js';
 import { ServerMetrics } from './metrics.js';
 import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
 import { resolveServerOptions } from './options.js';
+import { PendingConnections } from './pending-connections.js';
+import { PrincipalLimits } from './principal-limits.js';
 import { TaskApi } from './task-api.js';
 import { TaskHub } from './task-hub.js';
 import { offeredProtocols, rejectUpgrade } from './upgrade.js';
@@ -53,7 +56,24 @@ export interface ListenOptions {
    * @default the WebSocket `path` option ('/progress')
    */
   httpBasePath?: string;
+  /**
+   * Longest time a client may take to send a request's headers (Node's `headersTimeout`); a connection
+   * that sends nothing, or a partial request, is closed after it. Checked every second.
+   * @default 10000
+   */
+  headersTimeoutMs?: number;
+  /**
+   * Longest time a client may take to send a whole request, body included (Node's `requestTimeout`).
+   * @default 30000
+   */
+  requestTimeoutMs?: number;
 }
+
+/** The defaults of {@link ListenOptions} that bound slow clients. */
+export const LISTEN_DEFAULTS = Object.freeze({ headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 });
+
+/** How often Node checks `headersTimeout` / `requestTimeout` on the server `listen()` creates. */
+const TIMEOUT_CHECK_INTERVAL_MS = 1000;
 
 /**
  * The Finishline server: delivers task progress to watchers over WebSocket (and HTTP), runs tasks
@@ -96,6 +116,9 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #wss: WebSocketServer;
   readonly #ownsWss: boolean;
   readonly #connections = new Set<Connection<P>>();
+  readonly #pending: PendingConnections;
+  readonly #limits: PrincipalLimits;
+  readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
@@ -142,9 +165,34 @@ export class ProgressServer<P extends Principal = Principal> {
       leaseTtlMs: resolved.leaseTtlMs,
     });
 
+    this.#limits = new PrincipalLimits({
+      maxSockets: resolved.maxSocketsPerPrincipal,
+      maxSubscriptions: resolved.maxSubscriptionsPerPrincipal,
+      ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
+      clock: resolved.clock,
+    });
+    this.#reads = new FairReads({
+      maxConcurrent: resolved.catchUpReadConcurrency,
+      maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
+    });
+    this.#pending = new PendingConnections({
+      maxPerAddress: resolved.maxPendingConnectionsPerAddress,
+      onEvict: (address) => {
+        this.metrics.connectionsDropped.inc({ reason: 'pending_cap' });
+        this.#logger.debug({ address }, 'too many unauthenticated connections; dropped the oldest');
+      },
+    });
     this.#onUpgrade = (request, socket, head) => {
-      // Other paths belong to other upgrade listeners: leave them untouched.
-      if (pathOf(request.url) !== resolved.path) return;
+      if (pathOf(request.url) !== resolved.path) {
+        // Other paths belong to other upgrade listeners; when there is none, Node would leave the socket
+        // open for ever, so answer 404.
+        const server = this.#ownedHttpServer ?? resolved.server;
+        if (server?.listenerCount('upgrade') === 1) {
+          socket.on('error', () => {});
+          this.#refuse(socket, { status: 404, code: ErrorCode.InvalidInput, message: 'No WebSocket here' });
+        }
+        return;
+      }
       this.handleUpgrade(request, socket, head);
     };
     this.#onConnection = (ws, request) => this.#acceptExternal(ws, request);
@@ -189,11 +237,32 @@ export class ProgressServer<P extends Principal = Principal> {
     options: Omit<ProgressServerOptions<P>, 'server' | 'wss'>,
     listenOptions: ListenOptions = {},
   ): Promise<ProgressServer<P>> {
-    const httpServer = createServer();
+    const headersTimeout = listenOptions.headersTimeoutMs ?? LISTEN_DEFAULTS.headersTimeoutMs;
+    const requestTimeout = listenOptions.requestTimeoutMs ?? LISTEN_DEFAULTS.requestTimeoutMs;
+    for (const [name, value] of [
+      ['headersTimeoutMs', headersTimeout],
+      ['requestTimeoutMs', requestTimeout],
+    ] as const) {
+      if (!Number.isSafeInteger(value) || value < 1) {
+        throw new ProgressError(ErrorCode.InvalidInput, `listen: ${name} must be an integer >= 1`);
+      }
+    }
+    // Node's defaults (60 s / 300 s, checked every 30 s) let silent connections pile up for minutes.
+    const httpServer = createServer({
+      headersTimeout,
+      requestTimeout: Math.max(requestTimeout, headersTimeout),
+      connectionsCheckingInterval: TIMEOUT_CHECK_INTERVAL_MS,
+    });
     const progress = new ProgressServer<P>({ ...options, server: httpServer });
     progress.#ownedHttpServer = httpServer;
+    // A connection counts as unauthenticated from its accept until it sends an ordinary request or its
+    // WebSocket authenticates: silent connections are then capped per address.
+    httpServer.on('connection', (socket) => progress.#pending.add(socket));
     const handler = progress.httpHandler({ basePath: listenOptions.httpBasePath ?? progress.#options.path });
-    httpServer.on('request', (request, response) => handler(request, response));
+    httpServer.on('request', (request, response) => {
+      progress.#pending.release(request.socket);
+      handler(request, response);
+    });
     try {
       await new Promise<void>((resolve, reject) => {
         httpServer.once('error', reject);
@@ -252,7 +321,17 @@ export class ProgressServer<P extends Principal = Principal> {
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
     // A client that vanishes during authentication must not crash the process.
     socket.on('error', (error) => this.#logger.debug({ err: describeError(error) }, 'upgrade socket error'));
-    this.#upgrade(request, socket, head).catch((error: unknown) => {
+    this.#pending.add(socket);
+    const deadline = setTimeout(() => {
+      if (socket.destroyed) return;
+      this.metrics.connectionsDropped.inc({ reason: 'upgrade_timeout' });
+      this.#logger.debug({}, 'upgrade did not complete in time; destroying the socket');
+      socket.destroy();
+    }, this.#options.upgradeTimeoutMs);
+    deadline.unref();
+    // Refused, accepted or gone: the deadline no longer applies once the upgrade is settled.
+    socket.once('close', () => clearTimeout(deadline));
+    this.#upgrade(request, socket, head, () => clearTimeout(deadline)).catch((error: unknown) => {
       this.metrics.handlerErrors.inc();
       this.#logger.error({ err: describeError(error) }, 'upgrade failed');
       this.#refuse(socket, { status: 500, code: ErrorCode.Internal, message: 'Upgrade failed' });
@@ -269,11 +348,15 @@ export class ProgressServer<P extends Principal = Principal> {
     return createHttpHandler(
       {
         auth: this.#auth,
+        allowedOrigins: this.#options.allowedOrigins,
+        revealTaskExistence: this.#options.revealTaskExistence,
         tasks: this.tasks,
         store: this.#options.store,
         metrics: this.metrics,
         logger: this.#logger,
         health: () => this.health(),
+        healthDetails: this.#options.healthDetails,
+        webSocketPath: this.#options.path,
       },
       options,
     );
@@ -313,6 +396,7 @@ export class ProgressServer<P extends Principal = Principal> {
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();
+    this.#reads.close();
     if (this.#ownsWss) this.#wss.close();
     const httpServer = this.#ownedHttpServer;
     if (httpServer !== undefined) {
@@ -325,18 +409,23 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#logger.info({ serverId: this.serverId }, 'progress server closed');
   }
 
-  async #upgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  async #upgrade(request: IncomingMessage, socket: Duplex, head: Buffer, settled: () => void): Promise<void> {
     const checked = await this.#checkUpgrade(request);
     if (checked.kind === 'refused') {
+      settled();
       this.#refuse(socket, checked);
       return;
     }
     if (socket.destroyed) return;
     if (this.#closing) {
+      settled();
       this.#refuse(socket, { status: 503, code: ErrorCode.Closed, message: 'Server is shutting down' });
       return;
     }
-    this.#wss.handleUpgrade(request, socket, head, (ws) => this.#accept(ws, request, checked.principal));
+    this.#wss.handleUpgrade(request, socket, head, (ws) => {
+      settled();
+      this.#accept(ws, request, checked.principal, socket);
+    });
   }
 
   /** Origin, subprotocol and credentials of an upgrade: the principal (or none yet), or why to refuse. */
@@ -417,7 +506,7 @@ export class ProgressServer<P extends Principal = Principal> {
     return undefined;
   }
 
-  #accept(ws: WebSocket, request: IncomingMessage, principal: P | undefined): void {
+  #accept(ws: WebSocket, request: IncomingMessage, principal: P | undefined, raw?: Duplex): void {
     if (this.#closing) {
       ws.close(CloseCode.GoingAway, 'server shutting down');
       return;
@@ -431,7 +520,12 @@ export class ProgressServer<P extends Principal = Principal> {
         acks: this.#acks,
         metrics: this.metrics,
         logger: this.#logger,
+        limits: this.#limits,
+        reads: this.#reads,
         onClose: (closed) => this.#connections.delete(closed),
+        onAuthenticated: () => {
+          if (raw !== undefined) this.#pending.release(raw);
+        },
       },
     );
     this.#connections.add(connection);

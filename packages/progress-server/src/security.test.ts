@@ -201,8 +201,8 @@ describe('origins and subprotocols', () => {
 });
 
 describe('authorization', () => {
-  it("answers another owner's task with forbidden and never sends its data", async () => {
-    env = await startServer();
+  it("answers another owner's task with forbidden (revealTaskExistence) and never sends its data", async () => {
+    env = await startServer({ revealTaskExistence: true });
     const bobs = await env.server.tasks.create({ owner: 'bob', kind: 'secret' });
     const client = await connect({ user: 'alice' });
     client.send({ type: 'subscribe', id: 'req-1', taskId: bobs.id, afterSeq: 0 });
@@ -238,6 +238,7 @@ describe('authorization', () => {
   it('calls a custom authorize hook with the principal, task and action; a throwing hook refuses', async () => {
     const calls: string[] = [];
     env = await startServer({
+      revealTaskExistence: true,
       authorize: (principal, task, action) => {
         calls.push(`${principal.id}:${task.id}:${action}`);
         if (task.kind === 'explode') throw new Error('policy engine down');
@@ -257,7 +258,7 @@ describe('authorization', () => {
     expect(calls).toEqual(['admin:task-1:watch', 'admin:task-2:watch']);
   });
 
-  it('allows any number of sockets per principal and per task', async () => {
+  it('allows several sockets per principal and per task (below maxSocketsPerPrincipal)', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const sockets = await Promise.all([connect(), connect(), connect(), connect()]);

@@ -1,0 +1,104 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { FairReads } from './fair-reads.js';
+import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
+
+/**
+ * Issue 10, item 5: one user opened 5,000 sockets, none refused, and its subscriptions' reads delayed
+ * everyone. Per-principal caps on sockets and subscriptions, and fair subscription reads.
+ */
+
+let env: TestServer | undefined;
+const clients: RawClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((client) => client.close()));
+  await env?.close();
+  env = undefined;
+  expect(serverFrameViolations.splice(0)).toEqual([]);
+});
+
+async function connect(user: string): Promise<RawClient> {
+  if (env === undefined) throw new Error('no server');
+  const client = await RawClient.connect(env.wsUrl, { user, hello: false });
+  clients.push(client);
+  return client;
+}
+
+async function metric(name: 'principalLimits', limit: string): Promise<number> {
+  const values = (await env!.server.metrics[name].get()).values;
+  return values.find((value) => value.labels.limit === limit)?.value ?? 0;
+}
+
+describe('per-principal caps', () => {
+  it('refuses a socket over maxSocketsPerPrincipal with too_many_sockets and 4009; others unaffected', async () => {
+    env = await startServer({ maxSocketsPerPrincipal: 3 });
+    const own = await Promise.all([1, 2, 3].map(() => connect('mallory')));
+    await Promise.all(own.map((client) => client.next((frame) => frame.type === 'hello')));
+    const extra = await connect('mallory');
+    expect(await extra.next((frame) => frame.type === 'error')).toMatchObject({ code: 'too_many_sockets' });
+    expect((await extra.closed).code).toBe(4009);
+    expect(extra.frames.some((frame) => frame.type === 'hello')).toBe(false);
+    // Another principal is not counted with mallory.
+    const alice = await connect('alice');
+    await alice.next((frame) => frame.type === 'hello');
+    // A closed socket frees its slot.
+    await own[0]!.close();
+    await expect
+      .poll(async () => {
+        const again = await connect('mallory');
+        const first = await again.next((frame) => frame.type === 'hello' || frame.type === 'error');
+        return first.type;
+      })
+      .toBe('hello');
+    expect(await metric('principalLimits', 'sockets')).toBe(1);
+  });
+
+  it('refuses a subscription over maxSubscriptionsPerPrincipal, summed over sockets', async () => {
+    env = await startServer({ maxSubscriptionsPerPrincipal: 3 });
+    const ids: string[] = [];
+    for (let i = 0; i < 4; i += 1)
+      ids.push((await env.server.tasks.create({ owner: 'mallory', kind: 'k' })).id);
+    const a = await connect('mallory');
+    const b = await connect('mallory');
+    a.send({ type: 'subscribe', id: 's0', taskId: ids[0], afterSeq: 0 });
+    a.send({ type: 'subscribe', id: 's1', taskId: ids[1], afterSeq: 0 });
+    b.send({ type: 'subscribe', id: 's2', taskId: ids[2], afterSeq: 0 });
+    await b.next((frame) => frame.type === 'snapshot');
+    b.send({ type: 'subscribe', id: 's3', taskId: ids[3], afterSeq: 0 });
+    expect(await b.next((frame) => frame.type === 'error')).toMatchObject({
+      code: 'too_many_subscriptions',
+      requestId: 's3',
+      taskId: ids[3],
+    });
+    // Unsubscribing frees a slot.
+    a.send({ type: 'unsubscribe', taskId: ids[0] });
+    b.send({ type: 'subscribe', id: 's4', taskId: ids[3], afterSeq: 0 });
+    await b.next((frame) => frame.type === 'snapshot' && (frame.task as { id: string }).id === ids[3]);
+    expect(await metric('principalLimits', 'subscriptions')).toBe(1);
+  });
+});
+
+describe('FairReads', () => {
+  it('bounds reads per principal and overall, and serves principals in turn', async () => {
+    const reads = new FairReads({ maxConcurrent: 3, maxPerPrincipal: 1 });
+    const started: string[] = [];
+    let inFlight = 0;
+    let peak = 0;
+    const slow = (name: string) => async () => {
+      started.push(name);
+      inFlight += 1;
+      peak = Math.max(peak, inFlight);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      inFlight -= 1;
+      return name;
+    };
+    const attacker = Array.from({ length: 50 }, (_, i) => reads.run('mallory', slow(`m${i}`)));
+    const victim = reads.run('alice', slow('a0'));
+    expect(await victim).toBe('a0');
+    // The victim's read started in the first batch, not behind mallory's fifty.
+    expect(started.indexOf('a0')).toBeLessThanOrEqual(1);
+    await Promise.all(attacker);
+    expect(peak).toBeLessThanOrEqual(2);
+    reads.close();
+  });
+});

@@ -1,0 +1,98 @@
+import type { Clock } from '@finishline/core';
+import { TokenBucket } from './rate-limiter.js';
+
+/**
+ * Per-principal counts of open sockets and followed tasks across this replica, against their caps. A
+ * principal that opens thousands of sockets or subscriptions costs memory and store reads for everyone;
+ * these caps bound it, whatever the per-socket limits allow.
+ */
+export class PrincipalLimits {
+  readonly #maxSockets: number;
+  readonly #maxSubscriptions: number;
+  readonly #ratePerSecond: number;
+  readonly #clock: Clock;
+  readonly #sockets = new Map<string, number>();
+  readonly #subscriptions = new Map<string, number>();
+  /** One frame budget per principal with a socket open, shared by its sockets. */
+  readonly #buckets = new Map<string, TokenBucket>();
+
+  constructor(options: {
+    maxSockets: number;
+    maxSubscriptions: number;
+    ratePerSecond: number;
+    clock: Clock;
+  }) {
+    this.#maxSockets = options.maxSockets;
+    this.#maxSubscriptions = options.maxSubscriptions;
+    this.#ratePerSecond = options.ratePerSecond;
+    this.#clock = options.clock;
+  }
+
+  /**
+   * Takes one frame token from the principal's shared budget. Its burst is `maxSubscriptionsPerPrincipal`
+   * (a principal reconnecting resubscribes to everything at once); its rate bounds what all its sockets
+   * together make the server do, however many sockets it opened.
+   */
+  takeFrame(principalId: string): boolean {
+    let bucket = this.#buckets.get(principalId);
+    if (bucket === undefined) {
+      bucket = new TokenBucket({
+        capacity: this.#maxSubscriptions,
+        refillPerSecond: this.#ratePerSecond,
+        clock: this.#clock,
+      });
+      this.#buckets.set(principalId, bucket);
+    }
+    return bucket.tryTake();
+  }
+
+  get maxSockets(): number {
+    return this.#maxSockets;
+  }
+
+  get maxSubscriptions(): number {
+    return this.#maxSubscriptions;
+  }
+
+  /** Counts one more socket of `principalId`, unless it is at its cap (then `false`, nothing counted). */
+  openSocket(principalId: string): boolean {
+    return take(this.#sockets, principalId, this.#maxSockets);
+  }
+
+  closeSocket(principalId: string): void {
+    give(this.#sockets, principalId);
+    // A principal that comes back later starts with a full budget, as a new socket would.
+    if (!this.#sockets.has(principalId)) this.#buckets.delete(principalId);
+  }
+
+  /** Counts one more followed task of `principalId`, unless it is at its cap. */
+  addSubscription(principalId: string): boolean {
+    return take(this.#subscriptions, principalId, this.#maxSubscriptions);
+  }
+
+  removeSubscription(principalId: string): void {
+    give(this.#subscriptions, principalId);
+  }
+
+  /** The current counts of `principalId` (for tests and diagnostics). */
+  usage(principalId: string): { sockets: number; subscriptions: number } {
+    return {
+      sockets: this.#sockets.get(principalId) ?? 0,
+      subscriptions: this.#subscriptions.get(principalId) ?? 0,
+    };
+  }
+}
+
+function take(counts: Map<string, number>, key: string, max: number): boolean {
+  const current = counts.get(key) ?? 0;
+  if (current >= max) return false;
+  counts.set(key, current + 1);
+  return true;
+}
+
+function give(counts: Map<string, number>, key: string): void {
+  const current = counts.get(key) ?? 0;
+  // Entries are removed at zero so the maps hold only principals with something open.
+  if (current <= 1) counts.delete(key);
+  else counts.set(key, current - 1);
+}

@@ -1,0 +1,67 @@
+import { randomBytes } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { ProgressStore } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { PostgresProgressStore } from '@finishline/postgres';
+import { SqliteProgressStore } from '@finishline/sqlite';
+import pg from 'pg';
+import type { ProgressServerOptions } from '../options.js';
+import { ProgressServer } from '../progress-server.js';
+import { headerAuth } from './harness.js';
+
+/**
+ * The three stores the server's security tests run on (tests only). Postgres needs
+ * `FINISHLINE_TEST_PG_URL`; each Postgres store lives in a scratch schema dropped on release.
+ */
+export interface StoreFixture {
+  name: 'memory' | 'sqlite' | 'postgres';
+  open(): Promise<{ store: ProgressStore; release(): Promise<void> }>;
+}
+
+/** The Postgres URL of the test database, if configured. */
+export const PG_URL = process.env.FINISHLINE_TEST_PG_URL;
+
+export const STORE_FIXTURES: readonly StoreFixture[] = [
+  {
+    name: 'memory',
+    open: async () => ({ store: new MemoryProgressStore(), release: async () => {} }),
+  },
+  {
+    name: 'sqlite',
+    open: async () => {
+      const store = new SqliteProgressStore({ database: ':memory:' });
+      return { store, release: () => store.close() };
+    },
+  },
+  {
+    name: 'postgres',
+    open: async () => {
+      if (PG_URL === undefined) throw new Error('FINISHLINE_TEST_PG_URL is not set');
+      const pool = new pg.Pool({ connectionString: PG_URL, max: 8 });
+      pool.on('error', () => {});
+      const schema = `sec_${randomBytes(6).toString('hex')}`;
+      const store = await PostgresProgressStore.open({ pool, schema });
+      return {
+        store,
+        release: async () => {
+          await store.close();
+          await pool.query(`DROP SCHEMA IF EXISTS ${pg.escapeIdentifier(schema)} CASCADE`);
+          await pool.end();
+        },
+      };
+    },
+  },
+];
+
+/** A server on port 0 over `store`, with `x-user` header authentication. */
+export async function listenOn(
+  store: ProgressStore,
+  overrides: Partial<ProgressServerOptions> = {},
+): Promise<{ server: ProgressServer; wsUrl: string; httpUrl: string }> {
+  const server = await ProgressServer.listen(
+    { authenticate: headerAuth, ...overrides, store },
+    { port: 0, host: '127.0.0.1' },
+  );
+  const port = (server.httpServer!.address() as AddressInfo).port;
+  return { server, wsUrl: `ws://127.0.0.1:${port}/progress`, httpUrl: `http://127.0.0.1:${port}` };
+}
