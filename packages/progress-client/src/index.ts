@@ -20,5 +20,5 @@ export { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 export type { ProgressClientEvents } from './progress-client.js';
 export { ProgressClient } from './progress-client.js';
 export type { TimerApi } from './timers.js';
-export type { WatchEvents, WatchOptions, WatchState } from './watch.js';
+export type { DoneOptions, WatchDone, WatchEvents, WatchOptions, WatchState } from './watch.js';
 export { Watch } from './watch.js';
