@@ -1,12 +1,7 @@
-import type {
-  BackoffOptions,
-  ChangeFeed,
-  ChangeListener,
-  Clock,
-  TaskChange,
-  Unsubscribe,
-} from '@finishline/core';
-import { backoffDelayMs, ErrorCode, LocalChangeFeed, ProgressError } from '@finishline/core';
+import type { ChangeFeed, ChangeListener, Clock, TaskChange, Unsubscribe } from '@finishline/core';
+import { ErrorCode, LocalChangeFeed, ProgressError } from '@finishline/core';
+import type { BackoffOptions } from '@finishline/core/internal';
+import { backoffDelayMs } from '@finishline/core/internal';
 import { type ChangeNotice, decodeNotice } from './notify-payload.js';
 import { toProgressError } from './pg-errors.js';
 

@@ -11,17 +11,14 @@ import type {
   TaskEvent,
   TaskStatus,
 } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
 import {
   assertCount,
   assertId,
   assertTaskId,
-  ErrorCode,
   isLeaseExpired,
-  isProgressError,
-  isTerminalType,
   leaseExpiredReason,
   newTask,
-  ProgressError,
   parseAppendInput,
   parseCreateTaskInput,
   parseLeaseInput,
@@ -32,7 +29,7 @@ import {
   parseTaskIds,
   planAppend,
   planLease,
-} from '@finishline/core';
+} from '@finishline/core/internal';
 import { Kysely, PostgresDialect, type PostgresPool, type RawBuilder, sql, type Transaction } from 'kysely';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
 import {

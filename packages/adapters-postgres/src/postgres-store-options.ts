@@ -1,5 +1,7 @@
-import type { BackoffOptions, Clock } from '@finishline/core';
-import { backoffDelayMs, ErrorCode, isProgressError, ProgressError, systemClock } from '@finishline/core';
+import type { Clock } from '@finishline/core';
+import { ErrorCode, isProgressError, ProgressError, systemClock } from '@finishline/core';
+import type { BackoffOptions } from '@finishline/core/internal';
+import { backoffDelayMs } from '@finishline/core/internal';
 import type { Kysely, PostgresPool } from 'kysely';
 import { assertSchemaName } from './migrations.js';
 import type { PgListenClient } from './postgres-change-feed.js';

@@ -12,17 +12,14 @@ import type {
   TaskChange,
   TaskEvent,
 } from '@finishline/core';
+import { ErrorCode, isTerminalType, LocalChangeFeed, ProgressError } from '@finishline/core';
 import {
   assertCount,
   assertId,
   assertTaskId,
-  ErrorCode,
   isLeaseExpired,
-  isTerminalType,
-  LocalChangeFeed,
   leaseExpiredReason,
   newTask,
-  ProgressError,
   parseAppendInput,
   parseCreateTaskInput,
   parseLeaseInput,
@@ -33,7 +30,7 @@ import {
   parseTaskIds,
   planAppend,
   planLease,
-} from '@finishline/core';
+} from '@finishline/core/internal';
 import BetterSqlite3 from 'better-sqlite3';
 import { sql } from 'kysely';
 import { DataVersionWatcher } from './data-version-watcher.js';

@@ -31,6 +31,9 @@ const result = await build({
         b.onResolve({ filter: /^@finishline\/core$/ }, () => ({
           path: here('../../progress-core/src/index.ts'),
         }));
+        b.onResolve({ filter: /^@finishline\/core\/internal$/ }, () => ({
+          path: here('../../progress-core/src/internal.ts'),
+        }));
       },
     },
   ],

@@ -1,15 +1,13 @@
 import type { ClientFrame, HelloFrame, ServerFrame } from '@finishline/core';
 import {
-  backoffDelayMs,
   CloseCode,
-  decodeServerFrame,
   ErrorCode,
-  encodeFrame,
   FATAL_CLOSE_CODES,
   PROTOCOL_NAME,
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
+import { backoffDelayMs, decodeServerFrame, encodeFrame } from '@finishline/core/internal';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { Timeout, type TimerSet } from './timers.js';
 

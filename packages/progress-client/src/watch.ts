@@ -2,7 +2,6 @@ import type {
   CancelledEvent,
   Clock,
   CompletedEvent,
-  Delivery,
   FailedEvent,
   InterruptedEvent,
   ItemEvent,
@@ -11,14 +10,9 @@ import type {
   TerminalEvent,
   WatchView,
 } from '@finishline/core';
-import {
-  ErrorCode,
-  FinishWatchdog,
-  ProgressError,
-  progressOf,
-  WatchCursor,
-  watchViewOfTask,
-} from '@finishline/core';
+import { ErrorCode, ProgressError, progressOf } from '@finishline/core';
+import type { Delivery } from '@finishline/core/internal';
+import { FinishWatchdog, WatchCursor, watchViewOfTask } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
