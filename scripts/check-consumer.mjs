@@ -12,7 +12,9 @@
 //      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
 // docs/consumer-check.md says what this proves and what it does not. Run after `npm run build`.
 //
-//   node scripts/check-consumer.mjs [--keep]     (--keep leaves the temp app for inspection)
+//   node scripts/check-consumer.mjs [--keep] [--reuse <work dir>]
+//   --keep leaves the temp folder for inspection; --reuse runs again in a kept folder without packing and
+//   installing (for working on the check itself; CI never passes it).
 import { execFileSync, spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -22,7 +24,10 @@ import { build, transform } from 'esbuild';
 
 const root = new URL('..', import.meta.url).pathname;
 const started = Date.now();
-const keep = process.argv.includes('--keep');
+const reuse = process.argv.includes('--reuse')
+  ? process.argv[process.argv.indexOf('--reuse') + 1]
+  : undefined;
+const keep = process.argv.includes('--keep') || reuse !== undefined;
 const log = (message) =>
   process.stdout.write(`[consumer ${((Date.now() - started) / 1000).toFixed(1)}s] ${message}\n`);
 const fail = (message) => {
@@ -119,8 +124,11 @@ async function startServer(app, file, env) {
   for (;;) {
     if (child.exitCode !== null) fail(`${file} exited at start:\n${output}`);
     try {
-      await fetch(`http://127.0.0.1:${port}/`);
-      break;
+      // Ready once the progress routes are mounted (the Postgres variant opens its store after listen):
+      // they answer 401 to a request without the session cookie.
+      const response = await fetch(`http://127.0.0.1:${port}/progress/tasks/probe`);
+      if (response.status === 401) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
     } catch {
       if (Date.now() > deadline) fail(`${file} did not listen within 20 s:\n${output}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -148,8 +156,7 @@ async function endToEnd(app, name, file, env = {}) {
   const last = watcher.trim().split('\n').at(-1);
   if (last !== `completed: ${nodes.length}/${nodes.length}`)
     fail(`${name}: the watcher ended with "${last}"`);
-  if (watcher.split('\n').filter((line) => line.endsWith(': ok')).length !== nodes.length)
-    fail(`${name}: the watcher did not see every item:\n${watcher}`);
+  // Items are printed live only: a watcher that starts after the batch ended gets the final state at once.
   const cli = run(
     'npx',
     ['--no-install', 'finishline', 'watch', url, taskId, '--header', 'cookie: sid=alice'],
@@ -226,63 +233,65 @@ async function main() {
     if (!existsSync(join(root, 'packages', dir, 'dist')))
       fail(`packages/${dir} has no dist/: run npm run build first`);
 
-  const work = mkdtempSync(join(tmpdir(), 'finishline-consumer-'));
+  const work = reuse ?? mkdtempSync(join(tmpdir(), 'finishline-consumer-'));
   chmodSync(work, 0o755);
   const tarballs = join(work, 'tarballs');
   const app = join(work, 'app');
-  mkdirSync(tarballs);
-  mkdirSync(app);
   let pg;
   try {
-    // 1. Pack (already built: --ignore-scripts skips the prepack rebuild).
-    const packed = PACKAGES.map((dir) => {
-      const [{ filename }] = JSON.parse(
-        run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tarballs], {
-          cwd: join(root, 'packages', dir),
-        }),
-      );
-      return join(tarballs, filename);
-    });
-    log(`packed ${packed.length} packages`);
+    if (reuse === undefined) {
+      mkdirSync(tarballs);
+      mkdirSync(app);
+      // 1. Pack (already built: --ignore-scripts skips the prepack rebuild).
+      const packed = PACKAGES.map((dir) => {
+        const [{ filename }] = JSON.parse(
+          run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tarballs], {
+            cwd: join(root, 'packages', dir),
+          }),
+        );
+        return join(tarballs, filename);
+      });
+      log(`packed ${packed.length} packages`);
 
-    // 2. A fresh app with the docs' install lines (the repository's pinned versions).
-    writeFileSync(
-      join(app, 'package.json'),
-      JSON.stringify({ name: 'consumer-app', private: true, type: 'module' }),
-    );
-    run(
-      'npm',
-      [
-        'install',
-        '--no-audit',
-        '--no-fund',
-        '--prefer-offline',
-        ...packed,
-        ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express'].map(pinned),
-      ],
-      { cwd: app },
-    );
-    run(
-      'npm',
-      [
-        'install',
-        '-D',
-        '--no-audit',
-        '--no-fund',
-        '--prefer-offline',
-        ...[
-          'typescript',
-          '@types/node',
-          '@types/express',
-          '@types/ws',
-          '@types/pg',
-          'vitest',
-          'fast-check',
-        ].map(pinned),
-      ],
-      { cwd: app },
-    );
-    log('installed the tarballs into a fresh app');
+      // 2. A fresh app with the docs' install lines (the repository's pinned versions).
+      writeFileSync(
+        join(app, 'package.json'),
+        JSON.stringify({ name: 'consumer-app', private: true, type: 'module' }),
+      );
+      run(
+        'npm',
+        [
+          'install',
+          '--no-audit',
+          '--no-fund',
+          '--prefer-offline',
+          ...packed,
+          ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express'].map(pinned),
+        ],
+        { cwd: app },
+      );
+      run(
+        'npm',
+        [
+          'install',
+          '-D',
+          '--no-audit',
+          '--no-fund',
+          '--prefer-offline',
+          ...[
+            'typescript',
+            '@types/node',
+            '@types/express',
+            '@types/ws',
+            '@types/pg',
+            'vitest',
+            'fast-check',
+          ].map(pinned),
+        ],
+        { cwd: app },
+      );
+      log('installed the tarballs into a fresh app');
+    }
 
     // 3. The docs' snippets as files of the app: TypeScript as written, JavaScript by esbuild's transform.
     const files = {
