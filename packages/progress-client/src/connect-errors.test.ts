@@ -121,6 +121,21 @@ describe('a client that cannot connect says why, after errorAfterAttempts, and k
     wss.close();
   });
 
+  it('ends the client on an upgrade refused with 403, naming allowedOrigins', async () => {
+    const port = await listen((socket) => socket.end('HTTP/1.1 403 Forbidden\r\n\r\n'));
+    const c = client(`ws://127.0.0.1:${port}/progress`);
+    const error = await new Promise<ProgressError>((resolve) => {
+      c.on('error', resolve);
+      c.watch('task-1');
+    });
+    expect(error.code).toBe(ErrorCode.Forbidden);
+    expect(error.message).toBe(
+      'The server refused the client: the server answered the WebSocket upgrade with HTTP 403 (the Origin ' +
+        "is not in the server's allowedOrigins: behind a dev proxy, add the page's origin)",
+    );
+    expect(c.state).toBe('closed');
+  });
+
   it('stays silent with errorAfterAttempts: 0', async () => {
     const port = await listen((socket) => socket.end('HTTP/1.1 404 Not Found\r\n\r\n'));
     const c = client(`ws://127.0.0.1:${port}/x`, { errorAfterAttempts: 0 });

@@ -289,7 +289,9 @@ export class Connection {
     const fatal = FATAL_ERRORS[code];
     if (fatal !== undefined && FATAL_CLOSE_CODES.has(code)) {
       this.#socket = undefined;
-      this.#fatal(new ProgressError(fatal, `The server refused the client: ${why}`), why, code);
+      // A refused upgrade says more than the close code it stands for (which status, and what to check).
+      const refused = this.#attemptFailure?.status === undefined ? why : this.#attemptFailure.detail;
+      this.#fatal(new ProgressError(fatal, `The server refused the client: ${refused}`), why, code);
       return;
     }
     // A client closed for flooding waits longer: the same pace would only get it closed again.
