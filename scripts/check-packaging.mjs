@@ -1,30 +1,52 @@
 // Checks what each published package would ship: publint (package.json fields, exports map, files) and
 // Are The Types Wrong (types resolve for ESM and CJS consumers under node16 and bundler resolution).
-// Run after `npm run build`. Exits non-zero if any package has a problem.
+// Run after `npm run build`: each package is packed once with `--ignore-scripts` (its `prepack` would
+// rebuild it) and both tools read that tarball. Exits non-zero if any package has a problem.
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const root = new URL('..', import.meta.url).pathname;
 const bin = (name) => join(root, 'node_modules/.bin', name);
 const { workspaces } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+const out = mkdtempSync(join(tmpdir(), 'finishline-packaging-'));
 
 let failed = false;
-for (const workspace of workspaces) {
-  const dir = join(root, workspace);
-  const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
-  if (manifest.private) continue;
-  for (const [tool, args] of [
-    [bin('publint'), ['run', '--strict', dir]],
-    [bin('attw'), ['--pack', dir, '--profile', 'node16', '--format', 'table-flipped', '--no-emoji']],
-  ]) {
-    try {
-      execFileSync(tool, args, { stdio: 'inherit', cwd: dir });
-    } catch {
-      console.error(`packaging check failed: ${manifest.name} (${tool.split('/').pop()})`);
+try {
+  for (const workspace of workspaces) {
+    const dir = join(root, workspace);
+    const manifest = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8'));
+    if (manifest.private) continue;
+    if (!existsSync(join(dir, 'dist'))) {
+      console.error(`packaging check failed: ${manifest.name} has no dist/ (run npm run build first)`);
       failed = true;
+      continue;
+    }
+    const [{ filename }] = JSON.parse(
+      execFileSync('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', out], {
+        cwd: dir,
+        encoding: 'utf8',
+      }),
+    );
+    const tarball = join(out, filename);
+    // `@finishline/core/testing` is ESM-only on purpose (vitest is): a `require` of it resolving to ESM
+    // is expected there, and only there (every other entry has a `require` condition).
+    const esmOnly = manifest.name === '@finishline/core' ? ['--ignore-rules', 'cjs-resolves-to-esm'] : [];
+    for (const [tool, args] of [
+      [bin('publint'), ['run', '--strict', tarball]],
+      [bin('attw'), [tarball, '--profile', 'node16', '--format', 'table-flipped', '--no-emoji', ...esmOnly]],
+    ]) {
+      try {
+        execFileSync(tool, args, { stdio: 'inherit', cwd: dir });
+      } catch {
+        console.error(`packaging check failed: ${manifest.name} (${tool.split('/').pop()})`);
+        failed = true;
+      }
     }
   }
+} finally {
+  rmSync(out, { recursive: true, force: true });
 }
 console.log(failed ? 'packaging: FAILED' : 'packaging: all packages ok');
 process.exit(failed ? 1 : 0);

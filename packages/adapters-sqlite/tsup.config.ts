@@ -6,6 +6,5 @@ export default defineConfig({
   // The package's tsconfig is a composite project for `tsc -b`; a declaration bundle is not one.
   dts: { compilerOptions: { composite: false } },
   clean: true,
-  sourcemap: true,
   target: 'node20',
 });

@@ -1,8 +1,34 @@
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { defineConfig } from 'tsup';
 
 // The contract suite runs inside the adapter's own vitest; never bundle the test tools.
 const external = ['vitest', 'fast-check'];
-const sources = ['src/**/*.ts', '!src/**/*.test.ts'];
+// The task-log arbitrary serves core's own delivery tests only: not shipped.
+const sources = ['src/**/*.ts', '!src/**/*.test.ts', '!src/testing/task-log-arbitrary.ts'];
+
+/**
+ * Declarations, one file per module (`dist/store/progress-store.d.ts`, not a hashed chunk), so "go to
+ * definition" lands on a file named after its role. tsc writes the `.d.ts`; each gets a `.d.cts` twin
+ * whose relative imports name `.cjs`, which is what TypeScript resolves for `require` users.
+ */
+function emitDeclarations(): void {
+  execFileSync(join(process.cwd(), '../../node_modules/.bin/tsc'), ['-p', 'tsconfig.build.json'], {
+    stdio: 'inherit',
+  });
+  const walk = (dir: string): string[] =>
+    readdirSync(dir).flatMap((name) => {
+      const path = join(dir, name);
+      return statSync(path).isDirectory() ? walk(path) : [path];
+    });
+  for (const file of walk('dist')) {
+    // The testing entry is ESM-only (vitest is): no CommonJS twin.
+    if (!file.endsWith('.d.ts') || file.startsWith(join('dist', 'testing'))) continue;
+    const text = readFileSync(file, 'utf8').replace(/(from '\.{1,2}\/[^']+)\.js'/g, "$1.cjs'");
+    writeFileSync(file.replace(/\.d\.ts$/, '.d.cts'), text);
+  }
+}
 
 export default defineConfig([
   // ESM: one file per module, not one bundle. An app's bundler can then drop what it does not import
@@ -12,24 +38,18 @@ export default defineConfig([
     entry: sources,
     format: ['esm'],
     bundle: false,
-    sourcemap: true,
+    clean: true,
     target: 'node20',
     external,
   },
-  // CJS: one bundle per entry point (require() users do not tree-shake).
+  // CJS: a bundle per entry point (require() users do not tree-shake), with what both share in one chunk,
+  // so `ProgressError` is one class whichever entry threw it. `testing` is ESM-only.
   {
-    entry: { index: 'src/index.ts', testing: 'src/testing/index.ts' },
+    entry: { index: 'src/index.ts', internal: 'src/internal.ts' },
     format: ['cjs'],
-    sourcemap: true,
+    splitting: true,
     target: 'node20',
     external,
-  },
-  // Types for both: bundled per entry point (.d.ts for import, .d.cts for require). The package's tsconfig
-  // is a composite project for `tsc -b`; a declaration bundle is not one.
-  {
-    entry: { index: 'src/index.ts', testing: 'src/testing/index.ts' },
-    format: ['esm', 'cjs'],
-    dts: { only: true, compilerOptions: { composite: false } },
-    external,
+    onSuccess: async () => emitDeclarations(),
   },
 ]);

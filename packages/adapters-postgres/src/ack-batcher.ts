@@ -1,4 +1,5 @@
-import { compareIds, ErrorCode, ProgressError, storeClosed, taskNotFound } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
+import { compareIds, storeClosed, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import { toProgressError } from './pg-errors.js';
 import { int } from './row-codec.js';

@@ -1,13 +1,6 @@
 import type { AppendInput, AppendResult, Clock, Task, TaskChange, TaskEvent } from '@finishline/core';
-import {
-  compareIds,
-  ErrorCode,
-  isProgressError,
-  isTerminalType,
-  ProgressError,
-  planAppend,
-  taskNotFound,
-} from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
+import { compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import {
   type ChangeNotice,

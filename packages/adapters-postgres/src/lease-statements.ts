@@ -1,5 +1,11 @@
 import type { AppendResult, Clock, Task } from '@finishline/core';
-import { isLeaseExpired, leaseExpiredReason, planAppend, planLease, taskNotFound } from '@finishline/core';
+import {
+  isLeaseExpired,
+  leaseExpiredReason,
+  planAppend,
+  planLease,
+  taskNotFound,
+} from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
 import { type AppendTarget, writeAppends } from './append-pipeline.js';
 import { type TaskRow, taskColumns, toTask } from './row-codec.js';

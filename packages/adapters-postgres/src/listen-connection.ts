@@ -1,5 +1,6 @@
-import type { BackoffOptions, Clock, ProgressError } from '@finishline/core';
-import { backoffDelayMs, exhaustive } from '@finishline/core';
+import type { Clock, ProgressError } from '@finishline/core';
+import type { BackoffOptions } from '@finishline/core/internal';
+import { backoffDelayMs, exhaustive } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import { decodeNotice } from './notify-payload.js';
 import { toProgressError } from './pg-errors.js';

@@ -1,5 +1,13 @@
-import type { ChangeFeed, ChangeListener, Clock, TaskChange, Unsubscribe } from '@finishline/core';
-import { exhaustive, LocalChangeFeed, type ProgressError } from '@finishline/core';
+import type {
+  ChangeFeed,
+  ChangeListener,
+  Clock,
+  ProgressError,
+  TaskChange,
+  Unsubscribe,
+} from '@finishline/core';
+import { LocalChangeFeed } from '@finishline/core';
+import { exhaustive } from '@finishline/core/internal';
 import type { ChangeNotice } from './notify-payload.js';
 
 /**

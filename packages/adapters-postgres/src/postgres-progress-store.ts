@@ -10,13 +10,12 @@ import type {
   Task,
   TaskEvent,
 } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import {
   assertCount,
   assertId,
   assertTaskId,
-  ErrorCode,
   newTask,
-  ProgressError,
   parseAppendInput,
   parseCreateTaskInput,
   parseLeaseInput,
@@ -28,7 +27,7 @@ import {
   storeClosed,
   taskAlreadyExists,
   taskNotFound,
-} from '@finishline/core';
+} from '@finishline/core/internal';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import { AckBatcher } from './ack-batcher.js';
 import { AppendPipeline, type AppendStats, type AppendTarget } from './append-pipeline.js';

@@ -1,11 +1,7 @@
-import type { BackoffOptions, Clock } from '@finishline/core';
-import {
-  backoffDelayMs,
-  invalidOption,
-  isProgressError,
-  type ProgressError,
-  systemClock,
-} from '@finishline/core';
+import type { Clock, ProgressError } from '@finishline/core';
+import { isProgressError, systemClock } from '@finishline/core';
+import type { BackoffOptions } from '@finishline/core/internal';
+import { backoffDelayMs, invalidOption } from '@finishline/core/internal';
 import type { Kysely, PostgresPool } from 'kysely';
 import type { PgListenClient } from './listen-connection.js';
 import { assertSchemaName } from './migrations.js';

@@ -1,5 +1,6 @@
 import type { Task, TaskChange, TaskEvent, TaskStatus } from '@finishline/core';
-import { exhaustive, isTerminalType } from '@finishline/core';
+import { isTerminalType } from '@finishline/core';
+import { exhaustive } from '@finishline/core/internal';
 import { sql } from 'kysely';
 
 /**

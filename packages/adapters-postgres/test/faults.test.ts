@@ -1,4 +1,5 @@
-import { type AppendResult, ErrorCode, isProgressError } from '@finishline/core';
+import type { AppendResult } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';

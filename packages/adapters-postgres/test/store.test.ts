@@ -1,4 +1,5 @@
-import { ErrorCode, isProgressError, type TaskEvent } from '@finishline/core';
+import type { TaskEvent } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';

@@ -1,5 +1,6 @@
 import type { TaskEvent } from '@finishline/core';
-import { ErrorCode, isProgressError, newTask, planAppend } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import { newTask, planAppend } from '@finishline/core/internal';
 import { propertyParams, taskEventArbitrary } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';

@@ -1,5 +1,6 @@
 import type { JsonValue, ProgressState, Task, TaskEvent, TaskFailure, TaskStatus } from '@finishline/core';
-import { ErrorCode, exhaustive, isTerminalType, ProgressError, TASK_STATUSES } from '@finishline/core';
+import { ErrorCode, isTerminalType, ProgressError, TASK_STATUSES } from '@finishline/core';
+import { exhaustive } from '@finishline/core/internal';
 import type { EventsTable, TasksTable } from './schema.js';
 
 /**

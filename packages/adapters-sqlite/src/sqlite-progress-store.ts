@@ -12,17 +12,14 @@ import type {
   TaskChange,
   TaskEvent,
 } from '@finishline/core';
+import { ErrorCode, isTerminalType, LocalChangeFeed, ProgressError } from '@finishline/core';
 import {
   assertCount,
   assertId,
   assertTaskId,
-  ErrorCode,
   isLeaseExpired,
-  isTerminalType,
-  LocalChangeFeed,
   leaseExpiredReason,
   newTask,
-  ProgressError,
   parseAppendInput,
   parseCreateTaskInput,
   parseLeaseInput,
@@ -36,7 +33,7 @@ import {
   storeClosed,
   taskAlreadyExists,
   taskNotFound,
-} from '@finishline/core';
+} from '@finishline/core/internal';
 import BetterSqlite3 from 'better-sqlite3';
 import { sql } from 'kysely';
 import { DataVersionWatcher } from './data-version-watcher.js';

@@ -1,5 +1,6 @@
-import type { Clock } from '@finishline/core';
-import { invalidOption, type ProgressError, systemClock } from '@finishline/core';
+import type { Clock, ProgressError } from '@finishline/core';
+import { systemClock } from '@finishline/core';
+import { invalidOption } from '@finishline/core/internal';
 import type { SqliteDatabase } from './sqlite-driver.js';
 
 /**

@@ -48,6 +48,9 @@ async function bundle(sources, { meta = false } = {}) {
           b.onResolve({ filter: /^@finishline\/core$/ }, () => ({
             path: here('../../progress-core/src/index.ts'),
           }));
+          b.onResolve({ filter: /^@finishline\/core\/internal$/ }, () => ({
+            path: here('../../progress-core/src/internal.ts'),
+          }));
         },
       },
     ],

@@ -1,15 +1,13 @@
 import type { ClientFrame, HelloFrame, ServerFrame } from '@finishline/core';
 import {
-  backoffDelayMs,
   CloseCode,
-  decodeServerFrame,
   ErrorCode,
-  encodeFrame,
   FATAL_CLOSE_CODES,
   PROTOCOL_NAME,
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
+import { backoffDelayMs, decodeServerFrame, encodeFrame } from '@finishline/core/internal';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { Timeout, type TimerSet } from './timers.js';
 
@@ -89,6 +87,8 @@ export class Connection {
   #heartbeatTimeoutMs = 0;
   /** The close code an upgrade refused with HTTP 401/403 stands for. */
   #refusedWith: number | undefined;
+  /** Why the current attempt failed, as far as the WebSocket implementation tells. */
+  #attemptFailure: AttemptFailure | undefined;
 
   constructor(options: ResolvedOptions, timers: TimerSet, handler: ConnectionHandler) {
     this.#o = options;
@@ -205,7 +205,13 @@ export class Connection {
     }
     this.#socket = socket;
     this.#ready = false;
-    this.#liveness.set(this.#o.connectTimeoutMs, () => this.#timeout('connect timeout'));
+    this.#attemptFailure = undefined;
+    this.#liveness.set(this.#o.connectTimeoutMs, () => {
+      this.#attemptFailure = {
+        detail: `no hello from the server within connectTimeoutMs (${this.#o.connectTimeoutMs} ms)`,
+      };
+      this.#timeout('connect timeout');
+    });
     socket.onopen = () => {
       void this.#authenticate(socket);
     };
@@ -214,9 +220,16 @@ export class Connection {
       this.#closed(socket, event.code, event.reason);
     // An `error` is always followed by a `close`; a listener is still needed, or `ws` throws it. `ws`
     // says why an upgrade was refused (browsers never do): 401 and 403 are as fatal as 4001 and 4003.
-    socket.onerror = (event: { message?: unknown }) => {
-      const status = /Unexpected server response: (40[13])\b/.exec(String(event?.message))?.[1];
-      if (status !== undefined && socket === this.#socket) this.#refusedWith = status === '401' ? 4001 : 4003;
+    socket.onerror = (event: { message?: unknown; error?: unknown }) => {
+      if (socket !== this.#socket) return;
+      const failure = describeSocketError(event);
+      if (failure.status === 401 || failure.status === 403)
+        this.#refusedWith = failure.status === 401 ? 4001 : 4003;
+      if (this.#ready) return;
+      this.#attemptFailure = failure;
+      // Node's built-in WebSocket (undici) may fire `error` without a `close` when the upgrade is
+      // refused: without this the attempt would only end at connectTimeoutMs.
+      this.#liveness.set(0, () => this.#closed(socket, 1006, ''));
     };
   }
 
@@ -284,10 +297,22 @@ export class Connection {
     const code = this.#refusedWith ?? closeCode;
     this.#refusedWith = undefined;
     const why = `closed by server (${code}${reason === '' ? '' : `: ${reason}`})`;
+    if (!this.#ready && this.#attemptFailure === undefined) {
+      this.#attemptFailure = {
+        detail:
+          code === 1006
+            ? 'the socket closed (1006) before the server said hello; this WebSocket implementation does not ' +
+              'say why (browsers never do): check the scheme (ws:// for plain HTTP), host, port and path, and ' +
+              "the server's allowedOrigins"
+            : `the server closed the socket before its hello (${code}${reason === '' ? '' : `: ${reason}`})`,
+      };
+    }
     const fatal = FATAL_ERRORS[code];
     if (fatal !== undefined && FATAL_CLOSE_CODES.has(code)) {
       this.#socket = undefined;
-      this.#fatal(new ProgressError(fatal, `The server refused the client: ${why}`), why, code);
+      // A refused upgrade says more than the close code it stands for (which status, and what to check).
+      const refused = this.#attemptFailure?.status === undefined ? why : this.#attemptFailure.detail;
+      this.#fatal(new ProgressError(fatal, `The server refused the client: ${refused}`), why, code);
       return;
     }
     // A client closed for flooding waits longer: the same pace would only get it closed again.
@@ -337,9 +362,12 @@ export class Connection {
   /** The current socket is gone (or never opened): schedule the next attempt. */
   #lost(reason: string, closeCode: number | undefined): void {
     this.#socket = undefined;
+    const attemptFailed = !this.#ready;
     if (this.#ready) this.#down();
     else this.#unreachable++;
     this.#liveness.clear();
+    const failure = this.#attemptFailure ?? { detail: reason };
+    this.#attemptFailure = undefined;
     if (this.#state === 'closed') return;
     if (!this.#handler.wantsSocket()) {
       this.#setState({ state: 'idle', reason });
@@ -353,12 +381,86 @@ export class Connection {
       this.#o.random,
     );
     this.#failures++;
+    const errorAfter = this.#o.errorAfterAttempts;
+    if (attemptFailed && errorAfter > 0 && this.#unreachable >= errorAfter) {
+      this.#handler.onError(
+        new ProgressError(
+          ErrorCode.Unreachable,
+          `ProgressClient: cannot connect to ${this.#o.url} (${this.#unreachable} failed attempts in a row): ` +
+            `${failure.detail}. Retrying in ${Math.round(delayMs)} ms.`,
+          failure.cause === undefined ? {} : { cause: failure.cause },
+        ),
+      );
+    }
     this.#setState(
       { state: 'reconnecting', reason, ...(closeCode === undefined ? {} : { closeCode }), delayMs },
       true,
     );
     this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
   }
+}
+
+/** Why one connection attempt failed. */
+interface AttemptFailure {
+  /** For the error message: what happened and, where it can be told, what to check. */
+  detail: string;
+  /** The HTTP status a refused upgrade was answered with. */
+  status?: number;
+  /** The WebSocket implementation's own error. */
+  cause?: unknown;
+}
+
+/** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
+const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;
+
+/**
+ * Reads what a WebSocket implementation says about a failed attempt: `ws` gives the HTTP status of a
+ * refused upgrade in its message and the network error (with its `code`) in `error`; browsers and
+ * Node's built-in WebSocket say nothing useful.
+ */
+function describeSocketError(event: { message?: unknown; error?: unknown }): AttemptFailure {
+  const error = event?.error instanceof Error ? event.error : undefined;
+  const message = String(event?.message ?? error?.message ?? '');
+  const status = /Unexpected server response: (\d{3})\b/.exec(message)?.[1];
+  if (status !== undefined) {
+    const hint =
+      status === '404'
+        ? " (check the URL's path: it must be the server's `path`, /progress by default)"
+        : status === '403'
+          ? " (the Origin is not in the server's allowedOrigins: behind a dev proxy, add the page's origin)"
+          : status === '401'
+            ? ' (no valid credentials at the upgrade)'
+            : '';
+    return {
+      detail: `the server answered the WebSocket upgrade with HTTP ${status}${hint}`,
+      status: Number(status),
+      cause: error ?? new Error(message),
+    };
+  }
+  const code = (error as { code?: unknown } | undefined)?.code;
+  if (typeof code === 'string') {
+    if (code === 'ECONNREFUSED')
+      return {
+        detail: 'connection refused (ECONNREFUSED): nothing listens on that host and port',
+        cause: error,
+      };
+    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
+      return { detail: `DNS lookup failed (${code}): check the host name`, cause: error };
+    if (TLS_CODE.test(code))
+      return {
+        detail: `TLS handshake failed (${code}): a wss:// URL needs an HTTPS server; use ws:// (or a relative URL) for plain HTTP`,
+        cause: error,
+      };
+    return { detail: `network error (${code}): ${error?.message ?? ''}`, cause: error };
+  }
+  return {
+    detail:
+      message === ''
+        ? 'the WebSocket failed before the server said hello; this implementation does not say why ' +
+          "(browsers never do): check the scheme (ws:// for plain HTTP), host, port and path, and the server's allowedOrigins"
+        : `the WebSocket failed: ${message}`,
+    ...(error === undefined ? {} : { cause: error }),
+  };
 }
 
 /**

@@ -1,5 +1,6 @@
 import type { TaskView } from '@finishline/core';
-import { decodeServerFrame, ErrorCode, ProgressError } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
+import { decodeServerFrame } from '@finishline/core/internal';
 
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.

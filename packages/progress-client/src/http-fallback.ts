@@ -1,5 +1,6 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
-import { decodeServerFrame, ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
+import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
+import { decodeServerFrame } from '@finishline/core/internal';
 import type { FetchLike, HttpCredentials, TokenSource } from './options.js';
 
 /**

@@ -22,5 +22,5 @@ export type { ProgressClientEvents } from './progress-client.js';
 export { ProgressClient } from './progress-client.js';
 export type { TabSharing } from './tab-sharing.js';
 export type { TimerApi } from './timers.js';
-export type { WatchEvents, WatchOptions, WatchState } from './watch.js';
+export type { DoneOptions, WatchDone, WatchEvents, WatchOptions, WatchState } from './watch.js';
 export { Watch } from './watch.js';

@@ -1,5 +1,6 @@
 import type { Clock } from '@finishline/core';
-import { ErrorCode, invalidOption, ProgressError, systemClock } from '@finishline/core';
+import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
+import { invalidOption } from '@finishline/core/internal';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import type { TabSharing } from './tab-sharing.js';
@@ -62,7 +63,8 @@ export interface ProgressClientOptions {
    */
   url: string;
   /**
-   * The WebSocket implementation. Pass `WebSocket` from `ws` in Node (required before Node 22).
+   * The WebSocket implementation. Pass `WebSocket` from `ws` in Node (required before Node 22). Node's
+   * built-in WebSocket works with `token` but cannot send `headers`: the constructor refuses that pair.
    * @default globalThis.WebSocket
    */
   WebSocket?: WebSocketConstructorLike;
@@ -171,6 +173,13 @@ export interface ProgressClientOptions {
    */
   httpFallbackAfterAttempts?: number;
   /**
+   * After this many connection attempts in a row fail, the client emits an `error` (code `unreachable`,
+   * saying why: the HTTP status of a refused upgrade, a TLS or DNS failure, a refused connection, or no
+   * `hello` in time) on every further failed attempt, and keeps retrying with backoff. 0 never emits it.
+   * @default 3
+   */
+  errorAfterAttempts?: number;
+  /**
    * Interval of that polling (longer, with backoff, while HTTP fails too).
    * @default 2000
    */
@@ -258,6 +267,7 @@ export const PROGRESS_CLIENT_DEFAULTS: Readonly<Defaulted> = Object.freeze({
   reconnectMaxDelayMs: 30_000,
   stableConnectionMs: 10_000,
   httpFallbackAfterAttempts: 3,
+  errorAfterAttempts: 3,
   httpPollIntervalMs: 2000,
   rateWindowMs: 10_000,
   wakePingTimeoutMs: 2000,
@@ -302,6 +312,7 @@ const NUMBERS: readonly [keyof Defaulted, number][] = [
   ['reconnectMaxDelayMs', 0],
   ['stableConnectionMs', 0],
   ['httpFallbackAfterAttempts', 0],
+  ['errorAfterAttempts', 0],
   ['httpPollIntervalMs', 1],
   ['rateWindowMs', 1],
   ['wakePingTimeoutMs', 1],
@@ -364,6 +375,13 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
       'no WebSocket implementation: pass the `WebSocket` option (for example WebSocket from "ws")',
     );
   }
+  if (isNodeBuiltinWebSocket(WebSocketImpl) && Object.keys(o.headers).length > 0) {
+    throw invalid(
+      `Node's built-in WebSocket cannot send upgrade headers (${Object.keys(o.headers).join(', ')}): ` +
+        'pass `WebSocket` from the "ws" package (npm install ws), or authenticate with the `token` option ' +
+        '(sent in the first frame)',
+    );
+  }
   const fetchImpl = o.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
   if (fetchImpl !== undefined && typeof fetchImpl !== 'function') throw invalid('fetch must be a function');
   if (o.token !== undefined && typeof o.token !== 'string' && typeof o.token !== 'function') {
@@ -415,4 +433,23 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     token: o.token,
     storage,
   };
+}
+
+/**
+ * True for Node's own `WebSocket` (undici: global from Node 22, behind `--experimental-websocket` in Node
+ * 20), which ignores the third constructor argument and so never sends `headers`. `ws` is told apart by
+ * its static `Server`; a browser has a `document`.
+ */
+function isNodeBuiltinWebSocket(impl: WebSocketConstructorLike): boolean {
+  const g = globalThis as {
+    process?: { versions?: { node?: string } };
+    document?: unknown;
+    WebSocket?: unknown;
+  };
+  return (
+    typeof g.process?.versions?.node === 'string' &&
+    g.document === undefined &&
+    impl === g.WebSocket &&
+    !('Server' in impl)
+  );
 }

@@ -1,12 +1,7 @@
-import type { ApplyResult, ErrorFrame, ServerFrame } from '@finishline/core';
-import {
-  assertTaskId,
-  backoffDelayMs,
-  ErrorCode,
-  exhaustive,
-  isTerminalEvent,
-  ProgressError,
-} from '@finishline/core';
+import type { ErrorFrame, ServerFrame } from '@finishline/core';
+import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
+import type { ApplyResult } from '@finishline/core/internal';
+import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';

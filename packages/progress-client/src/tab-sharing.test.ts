@@ -1,4 +1,5 @@
-import { PROTOCOL_VERSION, type TaskEvent } from '@finishline/core';
+import type { TaskEvent } from '@finishline/core';
+import { PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';

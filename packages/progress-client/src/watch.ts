@@ -2,17 +2,17 @@ import type {
   CancelledEvent,
   Clock,
   CompletedEvent,
-  Delivery,
   FailedEvent,
   InterruptedEvent,
   ItemEvent,
-  ProgressError,
   ProgressEvent,
   TaskView,
   TerminalEvent,
   WatchView,
 } from '@finishline/core';
-import { exhaustive, FinishWatchdog, progressOf, WatchCursor, watchViewOfTask } from '@finishline/core';
+import { ErrorCode, ProgressError, progressOf } from '@finishline/core';
+import type { Delivery } from '@finishline/core/internal';
+import { exhaustive, FinishWatchdog, WatchCursor, watchViewOfTask } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
@@ -88,6 +88,29 @@ export interface WatchOptions {
   signal?: AbortSignal;
 }
 
+/** Options of a bounded wait: `await watch.done({ timeoutMs: 60_000 })`. */
+export interface DoneOptions {
+  /**
+   * Stops waiting when aborted: the returned promise rejects with `closed` (the watch itself goes on).
+   * @default undefined
+   */
+  signal?: AbortSignal;
+  /**
+   * Longest wait in milliseconds: the returned promise rejects with `timeout` (the watch goes on).
+   * @default undefined (no limit)
+   */
+  timeoutMs?: number;
+}
+
+/**
+ * {@link Watch.done}: a promise of the final state, which can also be called with {@link DoneOptions}
+ * to wait with a deadline or an abort signal. Both `await watch.done` and
+ * `await watch.done({ timeoutMs })` work.
+ */
+export interface WatchDone extends Promise<WatchState> {
+  (options: DoneOptions): Promise<WatchState>;
+}
+
 /** Reports an exception thrown by application code without breaking delivery to the other listeners. */
 function report(error: unknown): void {
   queueMicrotask(() => {
@@ -114,8 +137,10 @@ export class Watch extends EventEmitter<WatchEvents> {
    * Resolves with the final state when the task ends (completed, failed, cancelled or interrupted:
    * check `status`). Rejects with a {@link ProgressError} only when the watch cannot go on: `forbidden`,
    * `task_not_found`, `unauthenticated`, or `closed` (this watch or its client was closed first).
+   * Call it to bound the wait: `await watch.done({ timeoutMs: 60_000, signal })` rejects with `timeout`
+   * or `closed` when the deadline or the signal comes first, and leaves the watch running.
    */
-  readonly done: Promise<WatchState>;
+  readonly done: WatchDone;
   readonly #task: WatchedTask;
   readonly #release: (watch: Watch) => void;
   readonly #listeners = new Set<() => void>();
@@ -130,7 +155,7 @@ export class Watch extends EventEmitter<WatchEvents> {
     this.taskId = task.taskId;
     this.#task = task;
     this.#release = release;
-    this.done = new Promise<WatchState>((resolve, reject) => {
+    const done = new Promise<WatchState>((resolve, reject) => {
       this.#settle = (error) => {
         this.#settle = undefined;
         if (error === undefined) resolve(task.state);
@@ -138,7 +163,8 @@ export class Watch extends EventEmitter<WatchEvents> {
       };
     });
     // An application that never awaits `done` must not get an unhandled rejection when the client closes.
-    this.done.catch(() => undefined);
+    done.catch(() => undefined);
+    this.done = bounded(done, task);
   }
 
   /** The current state; the same object until the state changes. Safe to pass around unbound. */
@@ -231,6 +257,78 @@ export class Watch extends EventEmitter<WatchEvents> {
   }
 }
 
+/**
+ * Makes `done` callable: a function that is also a thenable of the same promise, so the plain
+ * `await watch.done` of earlier releases keeps working.
+ */
+function bounded(done: Promise<WatchState>, task: WatchedTask): WatchDone {
+  const wait = (options: DoneOptions): Promise<WatchState> => {
+    const { signal, timeoutMs } = options ?? {};
+    if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs >= 0)) {
+      return Promise.reject(
+        new ProgressError(
+          ErrorCode.InvalidInput,
+          `watch.done: timeoutMs must be a number >= 0, got ${String(timeoutMs)}`,
+          {
+            taskId: task.taskId,
+          },
+        ),
+      );
+    }
+    if (signal === undefined && timeoutMs === undefined) return done;
+    return new Promise<WatchState>((resolve, reject) => {
+      let cancelTimer: (() => void) | undefined;
+      const onAbort = () => {
+        finish();
+        reject(
+          new ProgressError(ErrorCode.Closed, `watch.done: the wait for task ${task.taskId} was aborted`, {
+            taskId: task.taskId,
+            cause: signal?.reason,
+          }),
+        );
+      };
+      const finish = () => {
+        cancelTimer?.();
+        signal?.removeEventListener('abort', onAbort);
+      };
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        cancelTimer = task.timers.start(() => {
+          finish();
+          reject(
+            new ProgressError(
+              ErrorCode.Timeout,
+              `watch.done: task ${task.taskId} did not finish within ${timeoutMs} ms`,
+              { taskId: task.taskId },
+            ),
+          );
+        }, timeoutMs);
+      }
+      done.then(
+        (state) => {
+          finish();
+          resolve(state);
+        },
+        (error: unknown) => {
+          finish();
+          reject(error);
+        },
+      );
+    });
+  };
+  return Object.assign(wait, {
+    // biome-ignore lint/suspicious/noThenProperty: on purpose, so `await watch.done` keeps working.
+    then: done.then.bind(done),
+    catch: done.catch.bind(done),
+    finally: done.finally.bind(done),
+    [Symbol.toStringTag]: 'Promise',
+  }) as unknown as WatchDone;
+}
+
 /** What a {@link WatchedTask} needs from its client. @internal */
 export interface WatchedTaskOptions {
   clock: Clock;
@@ -256,6 +354,8 @@ export class WatchedTask {
   readonly watchdogTimer: Timeout;
   readonly behindTimer: Timeout;
   readonly retryTimer: Timeout;
+  /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
+  readonly timers: TimerSet;
   state: WatchState;
   /** Highest seq acknowledged to a server. */
   ackedSeq = 0;
@@ -288,6 +388,7 @@ export class WatchedTask {
     this.watchdogTimer = new Timeout(options.timers);
     this.behindTimer = new Timeout(options.timers);
     this.retryTimer = new Timeout(options.timers);
+    this.timers = options.timers;
     this.#rate = new RateEstimator(options.rateWindowMs);
     this.#closedError = options.closedError;
     this.state = this.#buildState(this.cursor.view, null);

@@ -40,6 +40,13 @@ export const ErrorCode = {
   StoreUnavailable: 'store_unavailable',
   /** The store, server or client was closed. */
   Closed: 'closed',
+  /**
+   * A client could not open a connection (refused upgrade, TLS failure, DNS failure, refused TCP
+   * connection, no `hello` in time) for several attempts in a row; it keeps retrying.
+   */
+  Unreachable: 'unreachable',
+  /** A wait with a deadline (`watch.done({ timeoutMs })`) ran out. */
+  Timeout: 'timeout',
   /** An unexpected failure; the message says more and `cause` holds the original error. */
   Internal: 'internal',
 } as const;

@@ -2,8 +2,6 @@ import type { IncomingMessage } from 'node:http';
 import type {
   AckFrame,
   ClientFrame,
-  DecodeResult,
-  OutgoingEntry,
   ServerFrame,
   SubscribeFrame,
   TaskEvent,
@@ -12,17 +10,15 @@ import type {
 } from '@finishline/core';
 import {
   CloseCode,
-  decodeClientFrame,
   ErrorCode,
-  encodeFrame,
   isProgressError,
   isTerminalType,
   LIMITS,
   PROTOCOL_VERSION,
-  SendQueue,
-  TerminalRetryTracker,
   toTaskView,
 } from '@finishline/core';
+import type { DecodeResult, OutgoingEntry } from '@finishline/core/internal';
+import { decodeClientFrame, encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';

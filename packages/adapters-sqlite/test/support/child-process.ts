@@ -28,7 +28,10 @@ export async function bundleChildScript(): Promise<{ path: string; remove(): voi
     format: 'esm',
     target: 'node20',
     logLevel: 'silent',
-    alias: { '@finishline/core': join(packageDir, '../progress-core/src/index.ts') },
+    alias: {
+      '@finishline/core': join(packageDir, '../progress-core/src/index.ts'),
+      '@finishline/core/internal': join(packageDir, '../progress-core/src/internal.ts'),
+    },
     plugins: [
       {
         name: 'better-sqlite3-by-path',

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { isTerminalEvent, isTerminalType, progressOf } from '../model.js';
 import { propertyParams } from '../testing/property-config.js';
-import { type TaskLog, taskLogArb, viewAt } from './task-log-arbitrary.js';
+import { type TaskLog, taskLogArb, viewAt } from '../testing/task-log-arbitrary.js';
 import { type ApplyResult, type Delivery, WatchCursor } from './watch-cursor.js';
 
 /**

@@ -4,8 +4,8 @@ import { describe, expect, it } from 'vitest';
 import type { TaskEvent } from '../model.js';
 import { isTerminalType, Priority, priorityOf } from '../model.js';
 import { propertyParams } from '../testing/property-config.js';
+import { type TaskLog, taskLogArb, viewAt } from '../testing/task-log-arbitrary.js';
 import { type OutgoingEntry, SendQueue } from './send-queue.js';
-import { type TaskLog, taskLogArb, viewAt } from './task-log-arbitrary.js';
 import { WatchCursor } from './watch-cursor.js';
 
 /**

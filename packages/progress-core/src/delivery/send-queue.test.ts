@@ -3,8 +3,8 @@ import { ErrorCode } from '../codes.js';
 import type { TaskEvent } from '../model.js';
 import { isProgressError } from '../progress-error.js';
 import type { AppendInput } from '../store/inputs.js';
+import { buildTaskLog, type TaskLog, viewAt } from '../testing/task-log-arbitrary.js';
 import { type OutgoingEntry, SEND_QUEUE_DEFAULTS, SendQueue } from './send-queue.js';
-import { buildTaskLog, type TaskLog, viewAt } from './task-log-arbitrary.js';
 
 const progress = (done: number): AppendInput => ({ type: 'progress', done });
 const item = (key: string): AppendInput => ({ type: 'item', key, ok: true });

@@ -4,7 +4,7 @@ import type { TaskEvent } from '../model.js';
 import { progressOf } from '../model.js';
 import { isProgressError } from '../progress-error.js';
 import type { AppendInput } from '../store/inputs.js';
-import { buildTaskLog, type TaskLog, viewAt } from './task-log-arbitrary.js';
+import { buildTaskLog, type TaskLog, viewAt } from '../testing/task-log-arbitrary.js';
 import { type Delivery, WATCH_CURSOR_DEFAULTS, WatchCursor } from './watch-cursor.js';
 
 const work: AppendInput[] = [

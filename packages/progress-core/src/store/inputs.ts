@@ -184,7 +184,7 @@ function limitSchema(fallback: number, max: number) {
   );
 }
 
-/** A {@link ListTasksQuery} with its limit resolved. */
+/** A `ListTasksQuery` with its limit resolved. */
 export interface ParsedListTasksQuery {
   owner: string;
   /** `undefined` means every status; an empty array matches nothing. */

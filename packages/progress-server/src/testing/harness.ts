@@ -1,7 +1,8 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ServerFrame } from '@finishline/core';
-import { decodeServerFrame, MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { decodeServerFrame } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { Principal } from '../auth.js';
 import type { ProgressServerOptions } from '../options.js';

@@ -5,9 +5,9 @@ import { MemoryProgressStore } from '@finishline/core';
 import { PostgresProgressStore } from '@finishline/postgres';
 import { SqliteProgressStore } from '@finishline/sqlite';
 import pg from 'pg';
-import type { ProgressServerOptions } from '../options.js';
-import { ProgressServer } from '../progress-server.js';
-import { headerAuth } from './harness.js';
+import type { ProgressServerOptions } from '../../src/options.js';
+import { ProgressServer } from '../../src/progress-server.js';
+import { headerAuth } from '../../src/testing/harness.js';
 
 /**
  * The three stores the server's security tests run on (tests only). Postgres needs

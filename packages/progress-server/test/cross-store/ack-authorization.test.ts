@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { RawClient, serverFrameViolations } from './testing/harness.js';
-import { listenOn, PG_URL, STORE_FIXTURES } from './testing/stores.js';
+import { RawClient, serverFrameViolations } from '../../src/testing/harness.js';
+import { listenOn, PG_URL, STORE_FIXTURES } from './stores.js';
 
 /**
  * Issue 10, item 1: no frame of a subscription (ack included) may act before its authorization has

@@ -1,0 +1,136 @@
+import { parseArgs } from 'node:util';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import { CLI_EXIT_CODES, exitCodeOf, finalLine, progressLine } from './cli-render.js';
+import type { WebSocketConstructorLike } from './options.js';
+import { ProgressClient } from './progress-client.js';
+
+/**
+ * `finishline watch <url> <taskId>`: follows one task from a terminal and exits with its final status.
+ *
+ * @module
+ */
+
+/** Where {@link runCli} writes, and what it connects with; the bin passes the process's own. */
+export interface CliIo {
+  stdout: { write(text: string): unknown; isTTY?: boolean };
+  stderr: { write(text: string): unknown };
+  /** The WebSocket implementation: `ws` when installed, else Node's built-in. */
+  WebSocket: WebSocketConstructorLike | undefined;
+  /** Stops the watch (Ctrl-C). */
+  signal?: AbortSignal;
+}
+
+const USAGE = `usage: finishline watch <url> <taskId> [options]
+
+  <url>                 the server's WebSocket URL (ws://host:3000/progress) or its http(s) URL
+  --token <token>       credential sent in the first frame and as a bearer token over HTTP
+  --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package)
+  --timeout-ms <ms>     give up after this long (exit 5)
+  --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
+
+exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
+(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line
+`;
+
+/** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
+export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
+  let parsed: ReturnType<typeof parse>;
+  try {
+    parsed = parse(argv);
+  } catch (error) {
+    io.stderr.write(`finishline: ${(error as Error).message}\n\n${USAGE}`);
+    return CLI_EXIT_CODES.usage;
+  }
+  if (parsed === 'help') {
+    io.stdout.write(USAGE);
+    return 0;
+  }
+  const { url, taskId, token, headers, timeoutMs, intervalMs } = parsed;
+  if (io.WebSocket === undefined) {
+    io.stderr.write('finishline: no WebSocket implementation: npm install ws (or use Node 22 or newer)\n');
+    return CLI_EXIT_CODES.usage;
+  }
+  let client: ProgressClient;
+  try {
+    client = new ProgressClient({
+      url,
+      WebSocket: io.WebSocket,
+      headers,
+      ...(token === undefined ? {} : { token }),
+    });
+  } catch (error) {
+    io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    return CLI_EXIT_CODES.usage;
+  }
+  // Connection problems are reported, and the client goes on retrying until the deadline.
+  client.on('error', (error) => io.stderr.write(`finishline: ${error.message}\n`));
+  const tty = io.stdout.isTTY === true;
+  let lastLine = '';
+  let lastAt = 0;
+  const watch = client.watch(taskId);
+  watch.subscribe(() => {
+    const state = watch.getSnapshot();
+    if (state.finished) return;
+    const line = progressLine(state);
+    if (tty) io.stdout.write(`\r\x1b[2K${line}`);
+    else if (line !== lastLine && Date.now() - lastAt >= intervalMs) {
+      io.stdout.write(`${line}\n`);
+      lastAt = Date.now();
+    }
+    lastLine = line;
+  });
+  try {
+    const state = await watch.done({
+      ...(timeoutMs === undefined ? {} : { timeoutMs }),
+      ...(io.signal === undefined ? {} : { signal: io.signal }),
+    });
+    io.stdout.write(`${tty ? '\r\x1b[2K' : ''}${progressLine(state)}\n${finalLine(state)}\n`);
+    return exitCodeOf(state);
+  } catch (error) {
+    if (tty) io.stdout.write('\n');
+    io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    return isProgressError(error, ErrorCode.Timeout) ? CLI_EXIT_CODES.timeout : CLI_EXIT_CODES.watchFailed;
+  } finally {
+    await client.close();
+  }
+}
+
+function parse(argv: readonly string[]) {
+  const { values, positionals } = parseArgs({
+    args: [...argv],
+    allowPositionals: true,
+    options: {
+      token: { type: 'string' },
+      header: { type: 'string', multiple: true },
+      'timeout-ms': { type: 'string' },
+      'interval-ms': { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help === true) return 'help' as const;
+  const [command, url, taskId, ...rest] = positionals;
+  if (command !== 'watch')
+    throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
+  if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
+  if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
+  const headers: Record<string, string> = {};
+  for (const header of values.header ?? []) {
+    const colon = header.indexOf(':');
+    if (colon <= 0) throw new Error(`--header must be "name: value", got "${header}"`);
+    headers[header.slice(0, colon).trim().toLowerCase()] = header.slice(colon + 1).trim();
+  }
+  const number = (name: string, value: string | undefined): number | undefined => {
+    if (value === undefined) return undefined;
+    const n = Number(value);
+    if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number of milliseconds >= 0`);
+    return n;
+  };
+  return {
+    url,
+    taskId,
+    token: values.token,
+    headers,
+    timeoutMs: number('timeout-ms', values['timeout-ms']),
+    intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
+  };
+}

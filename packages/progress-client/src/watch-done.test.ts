@@ -1,0 +1,83 @@
+import type { TaskEvent, TaskView } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { FakeTask } from './testing/fake-server.js';
+import { setup } from './testing/harness.js';
+import { flush } from './testing/manual-scheduler.js';
+
+const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+const snap = (task: TaskView) => ({ type: 'snapshot' as const, task });
+
+function subscribed() {
+  const ctx = setup();
+  const watch = ctx.client.watch('t1');
+  const socket = ctx.server.accept();
+  const task = new FakeTask('t1', 2);
+  socket.push(snap(task.view()));
+  return { ...ctx, watch, socket, task };
+}
+
+async function rejection(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => 'resolved',
+    (error: unknown) => error,
+  );
+}
+
+describe('watch.done({ signal, timeoutMs })', () => {
+  it('rejects with `timeout` after timeoutMs, and the watch goes on to the final state', async () => {
+    const { client, scheduler, socket, task, watch } = subscribed();
+    const bounded = rejection(watch.done({ timeoutMs: 5000 }));
+    await scheduler.advance(4999);
+    socket.push(ev(task.item('a')));
+    await scheduler.advance(1);
+    const error = await bounded;
+    expect(isProgressError(error, ErrorCode.Timeout)).toBe(true);
+    expect((error as Error).message).toBe('watch.done: task t1 did not finish within 5000 ms');
+    socket.push(ev(task.item('b')));
+    socket.push(ev(task.end()));
+    expect((await watch.done).status).toBe('completed');
+    await client.close();
+  });
+
+  it('resolves with the final state when the task ends first, and leaves no timer behind', async () => {
+    const { client, scheduler, socket, task, watch } = subscribed();
+    const before = scheduler.pending;
+    const bounded = watch.done({ timeoutMs: 60_000 });
+    expect(scheduler.pending).toBe(before + 1);
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    socket.push(ev(task.end()));
+    expect((await bounded).status).toBe('completed');
+    await flush();
+    expect(scheduler.delays).not.toContain(60_000);
+    await client.close();
+  });
+
+  it('rejects with `closed` when the signal aborts, without closing the watch', async () => {
+    const { client, watch } = subscribed();
+    const controller = new AbortController();
+    const bounded = rejection(watch.done({ signal: controller.signal }));
+    controller.abort(new Error('user left'));
+    const error = await bounded;
+    expect(isProgressError(error, ErrorCode.Closed)).toBe(true);
+    expect((error as Error).message).toBe('watch.done: the wait for task t1 was aborted');
+    expect((error as Error).cause).toEqual(new Error('user left'));
+    expect(watch.closed).toBe(false);
+    const already = await rejection(watch.done({ signal: AbortSignal.abort() }));
+    expect(isProgressError(already, ErrorCode.Closed)).toBe(true);
+    await client.close();
+  });
+
+  it('still works as a plain promise, and refuses a bad timeoutMs', async () => {
+    const { client, socket, task, watch } = subscribed();
+    expect(await rejection(watch.done({ timeoutMs: -1 }))).toMatchObject({ code: ErrorCode.InvalidInput });
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    socket.push(ev(task.end()));
+    const [all] = await Promise.all([watch.done]);
+    expect(all.status).toBe('completed');
+    expect(await watch.done.then((state) => state.seq)).toBe(3);
+    await client.close();
+  });
+});

@@ -1,0 +1,85 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { MemoryProgressStore } from '@finishline/core';
+import { ProgressServer } from '@finishline/server';
+import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { runCli } from '../src/cli-main.js';
+import { CLI_EXIT_CODES } from '../src/cli-render.js';
+import type { WebSocketConstructorLike } from '../src/options.js';
+
+const servers: ProgressServer[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((server) => server.close({ timeoutMs: 1000 })));
+});
+
+/** A real server with bearer tokens: the token is the user id. */
+async function start() {
+  const server = await ProgressServer.listen(
+    { store: new MemoryProgressStore(), authenticateToken: (token) => ({ id: token }) },
+    { port: 0, host: '127.0.0.1' },
+  );
+  servers.push(server);
+  const { port } = (server.httpServer as Server).address() as AddressInfo;
+  return { server, url: `ws://127.0.0.1:${port}/progress` };
+}
+
+function io() {
+  const out: string[] = [];
+  const err: string[] = [];
+  return {
+    out,
+    err,
+    io: {
+      stdout: { write: (text: string) => out.push(text) },
+      stderr: { write: (text: string) => err.push(text) },
+      WebSocket: WebSocket as unknown as WebSocketConstructorLike,
+    },
+  };
+}
+
+describe('finishline watch <url> <taskId> against a real server', () => {
+  it('prints the progress and exits 0 when the task completes, 1 when it fails', async () => {
+    const { server, url } = await start();
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 3 });
+    const run = io();
+    const exit = runCli(['watch', url, task.id, '--token', 'ops', '--interval-ms', '0'], run.io);
+    for (const node of ['n1', 'n2', 'n3']) {
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await task.item({ key: node, ok: true });
+    }
+    await task.complete();
+    expect(await exit).toBe(CLI_EXIT_CODES.completed);
+    const printed = run.out.join('');
+    expect(printed).toContain('[##############################] 3/3 100%');
+    expect(printed.trim().split('\n').at(-1)).toBe('completed');
+
+    const failing = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 2 });
+    await failing.fail('node n9 unreachable');
+    const second = io();
+    expect(await runCli(['watch', url, failing.id, '--token', 'ops'], second.io)).toBe(CLI_EXIT_CODES.failed);
+    expect(second.out.join('')).toContain('failed: node n9 unreachable');
+  });
+
+  it("exits 4 on another owner's task and 5 at --timeout-ms, saying why", async () => {
+    const { server, url } = await start();
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 2 });
+    const stranger = io();
+    expect(await runCli(['watch', url, task.id, '--token', 'mallory'], stranger.io)).toBe(
+      CLI_EXIT_CODES.watchFailed,
+    );
+    expect(stranger.err.join('')).toMatch(/^finishline: /);
+    const waiting = io();
+    expect(await runCli(['watch', url, task.id, '--token', 'ops', '--timeout-ms', '200'], waiting.io)).toBe(
+      CLI_EXIT_CODES.timeout,
+    );
+    expect(waiting.err.join('')).toContain(`did not finish within 200 ms`);
+  });
+
+  it('exits 64 with the usage on a bad command line', async () => {
+    const run = io();
+    expect(await runCli(['watch', 'ws://127.0.0.1:1/progress'], run.io)).toBe(CLI_EXIT_CODES.usage);
+    expect(run.err.join('')).toContain('finishline: watch needs <url> and <taskId>');
+    expect(run.err.join('')).toContain('exit codes: 0 completed, 1 failed');
+  });
+});

@@ -1,0 +1,56 @@
+/**
+ * `@finishline/core/internal`: the building blocks Finishline's own packages share — the pure delivery
+ * logic (send queue, watch cursor, terminal retry, 100% watchdog, backoff), the frame decoders, the input
+ * parsers and the task transitions a store applies. Third-party stores may use the parsers and
+ * transitions, but nothing here is covered by semver: it changes with the packages that use it.
+ * Applications want `@finishline/core`.
+ *
+ * @packageDocumentation
+ */
+
+// Delivery logic (pure, time injected)
+export type { BackoffOptions } from './delivery/backoff.js';
+export { BACKOFF_DEFAULTS, backoffDelayMs } from './delivery/backoff.js';
+export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
+export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
+export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
+export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
+export type { DueTerminalRetry, TerminalRetryOptions } from './delivery/terminal-retry.js';
+export {
+  TERMINAL_RETRY_DEFAULTS,
+  TerminalRetryTracker,
+  terminalRetryDelayMs,
+} from './delivery/terminal-retry.js';
+export type { ApplyResult, Delivery, WatchCursorOptions } from './delivery/watch-cursor.js';
+export { WATCH_CURSOR_DEFAULTS, WatchCursor, watchViewOfTask } from './delivery/watch-cursor.js';
+export { allItemsFinished, Priority, priorityOf } from './model.js';
+// Helpers the stores and option resolvers share
+export { exhaustive, invalidOption, stripUndefined } from './option-helpers.js';
+// Protocol codecs
+export { decodeClientFrame } from './protocol/codec.js';
+export type { DecodeOptions, DecodeResult } from './protocol/frame-text.js';
+export { encodeFrame } from './protocol/frame-text.js';
+export { decodeServerFrame } from './protocol/server-frame-decoder.js';
+// What a store applies
+export type { ParsedListTasksQuery } from './store/inputs.js';
+export {
+  assertCount,
+  assertId,
+  parseAppendInput,
+  parseCreateTaskInput,
+  parseLeaseInput,
+  parseListTasksQuery,
+  parsePurgeOptions,
+  parseReadLimit,
+  parseReapOptions,
+  parseTaskIds,
+} from './store/inputs.js';
+export { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store/store-errors.js';
+export {
+  isLeaseExpired,
+  leaseExpiredReason,
+  newTask,
+  planAppend,
+  planLease,
+} from './store/task-transitions.js';
+export { assertTaskId } from './value-checks.js';

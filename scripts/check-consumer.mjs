@@ -1,0 +1,418 @@
+// The published packages as an outside developer meets them. Packs every package, installs the tarballs
+// with the docs' install lines into a fresh app in the OS temp dir (outside the repository, so nothing
+// resolves to the workspace), then, in that app:
+//   1. runs the README's and getting-started's server snippets (SQLite; getting-started's also on
+//      Postgres) with getting-started's Node watcher and the `finishline watch` CLI: the task must reach
+//      `completed` with every item done, and SIGTERM must end the server within 5 s;
+//   2. type-checks the snippets and a file using every entry with `strict` and `skipLibCheck: false`,
+//      under `node16` and under `bundler` resolution;
+//   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
+//      ESM-only: `import` only);
+//   4. bundles getting-started's browser snippet for the browser with esbuild and fails if the bundle
+//      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
+// docs/consumer-check.md says what this proves and what it does not. Run after `npm run build`.
+//
+//   node scripts/check-consumer.mjs [--keep] [--reuse <work dir>]
+//   --keep leaves the temp folder for inspection; --reuse runs again in a kept folder without packing and
+//   installing (for working on the check itself; CI never passes it).
+import { execFileSync, spawn } from 'node:child_process';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
+import { build, transform } from 'esbuild';
+
+const root = new URL('..', import.meta.url).pathname;
+const started = Date.now();
+const reuse = process.argv.includes('--reuse')
+  ? process.argv[process.argv.indexOf('--reuse') + 1]
+  : undefined;
+const keep = process.argv.includes('--keep') || reuse !== undefined;
+const log = (message) =>
+  process.stdout.write(`[consumer ${((Date.now() - started) / 1000).toFixed(1)}s] ${message}\n`);
+const fail = (message) => {
+  throw new Error(message);
+};
+
+/** The versions the repository is tested with, so the app installs what CI already proved. */
+const lock = JSON.parse(readFileSync(join(root, 'package-lock.json'), 'utf8')).packages;
+const pinned = (name) => {
+  const version = lock[`node_modules/${name}`]?.version;
+  if (version === undefined) fail(`${name} is not in package-lock.json`);
+  return `${name}@${version}`;
+};
+
+const PACKAGES = [
+  'progress-core',
+  'adapters-sqlite',
+  'adapters-postgres',
+  'progress-server',
+  'progress-client',
+];
+
+/** Each ```ts block of a markdown file that follows `heading`. */
+function snippet(file, heading) {
+  const text = readFileSync(join(root, file), 'utf8');
+  const at = text.indexOf(heading);
+  if (at < 0) fail(`${file}: no "${heading}"`);
+  const match = /^```ts\n([\s\S]*?)^```/m.exec(text.slice(at));
+  if (match === null) fail(`${file}: no ts block after "${heading}"`);
+  return match[1];
+}
+
+/** Fills the `declare function` placeholders of the server snippets with a cookie session and a fake job. */
+function runnable(source) {
+  const filled = source
+    .replace(
+      /^declare function userFromCookie.*$/m,
+      "function userFromCookie(cookie: string | undefined): { id: string } | null {\n  return cookie === 'sid=alice' ? { id: 'alice' } : null;\n}",
+    )
+    .replace(
+      /^declare function taintNode.*$/m,
+      'async function taintNode(node: string, options: { signal: AbortSignal }): Promise<void> {\n  await new Promise((resolve) => setTimeout(resolve, 20));\n  options.signal.throwIfAborted();\n}',
+    );
+  if (filled.includes('declare function')) fail('a server snippet declares something the check cannot fill');
+  return filled;
+}
+
+/** getting-started's server on Postgres: the same code with the store line swapped (documented). */
+function onPostgres(source) {
+  const swapped = source
+    .replace(
+      "import { SqliteProgressStore } from '@finishline/sqlite';",
+      "import pg from 'pg';\nimport { PostgresProgressStore } from '@finishline/postgres';",
+    )
+    .replace(
+      /^const store = new SqliteProgressStore\(.*\);$/m,
+      "const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });\nconst store = await PostgresProgressStore.open({ pool, schema: process.env.PG_SCHEMA ?? 'finishline' });",
+    )
+    .replace('await store.close();', 'await store.close();\n  await pool.end();');
+  if (!swapped.includes('PostgresProgressStore.open')) fail('getting-started: the store line was not found');
+  return swapped;
+}
+
+function run(command, args, options = {}) {
+  return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...options });
+}
+
+async function freePort() {
+  const { createServer } = await import('node:net');
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `node <file>` in the app and waits until it answers HTTP. */
+async function startServer(app, file, env) {
+  const port = await freePort();
+  const child = spawn(process.execPath, [file], {
+    cwd: app,
+    env: { ...process.env, ...env, PORT: String(port) },
+  });
+  let output = '';
+  child.stdout.on('data', (chunk) => {
+    output += chunk;
+  });
+  child.stderr.on('data', (chunk) => {
+    output += chunk;
+  });
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) fail(`${file} exited at start:\n${output}`);
+    try {
+      // Ready once the progress routes are mounted (the Postgres variant opens its store after listen):
+      // they answer 401 to a request without the session cookie.
+      const response = await fetch(`http://127.0.0.1:${port}/progress/tasks/probe`);
+      if (response.status === 401) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    } catch {
+      if (Date.now() > deadline) fail(`${file} did not listen within 20 s:\n${output}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  return { port, child, exited, output: () => output };
+}
+
+/** One snippet end to end: a batch over HTTP, the Node watcher and the CLI to its end, then SIGTERM. */
+async function endToEnd(app, name, file, env = {}) {
+  const server = await startServer(app, file, env);
+  const nodes = Array.from({ length: 12 }, (_, i) => `node-${i + 1}`);
+  const response = await fetch(`http://127.0.0.1:${server.port}/api/taint`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', cookie: 'sid=alice' },
+    body: JSON.stringify({ nodes }),
+  });
+  if (!response.ok) fail(`${name}: POST /api/taint answered ${response.status}: ${await response.text()}`);
+  const { taskId } = await response.json();
+  const url = `ws://127.0.0.1:${server.port}/progress`;
+  const watcher = run(process.execPath, ['watcher.js', url, taskId, 'sid=alice'], {
+    cwd: app,
+    timeout: 30_000,
+  });
+  const last = watcher.trim().split('\n').at(-1);
+  if (last !== `completed: ${nodes.length}/${nodes.length}`)
+    fail(`${name}: the watcher ended with "${last}"`);
+  // Items are printed live only: a watcher that starts after the batch ended gets the final state at once.
+  const cli = run(
+    'npx',
+    ['--no-install', 'finishline', 'watch', url, taskId, '--header', 'cookie: sid=alice'],
+    {
+      cwd: app,
+      timeout: 30_000,
+    },
+  );
+  if (!cli.includes(`${nodes.length}/${nodes.length} 100%`) || !cli.trim().endsWith('completed'))
+    fail(`${name}: finishline watch printed:\n${cli}`);
+  const sentAt = Date.now();
+  server.child.kill('SIGTERM');
+  const timer = setTimeout(() => server.child.kill('SIGKILL'), 5000);
+  const { code, signal } = await server.exited;
+  clearTimeout(timer);
+  const tookMs = Date.now() - sentAt;
+  if (signal === 'SIGKILL') fail(`${name}: still running 5 s after SIGTERM:\n${server.output()}`);
+  if (code !== 0) fail(`${name}: exited with ${code ?? signal} after SIGTERM:\n${server.output()}`);
+  log(`${name}: ${nodes.length}/${nodes.length} completed (watcher and CLI), SIGTERM exit in ${tookMs} ms`);
+}
+
+/** A Postgres for the Postgres run: FINISHLINE_TEST_PG_URL, or an embedded one (stopped at the end). */
+async function postgres() {
+  const url = process.env.FINISHLINE_TEST_PG_URL;
+  if (url !== undefined && url !== '') return { url, stop: async () => {} };
+  const { startEmbeddedPostgres } = await import('./embedded-postgres.mjs');
+  return startEmbeddedPostgres({ name: 'finishline-consumer-check' });
+}
+
+const CONSUMER_TS = `import { ErrorCode, MemoryProgressStore, ProgressError, type TaskView } from '@finishline/core';
+import { assertTaskId } from '@finishline/core/internal';
+import { ProgressServer, type ProgressServerOptions } from '@finishline/server';
+import { SqliteProgressStore } from '@finishline/sqlite';
+import { PostgresProgressStore } from '@finishline/postgres';
+import { ProgressClient, type WatchState } from '@finishline/client';
+import { WebSocketServer } from 'ws';
+
+const store = new MemoryProgressStore();
+const wss = new WebSocketServer({ noServer: true });
+const options: ProgressServerOptions<{ id: string }> = { store, wss, authenticate: () => ({ id: 'a' }) };
+export const server = new ProgressServer(options);
+export const client = new ProgressClient({ url: 'ws://127.0.0.1:1/progress' });
+export const state: Promise<WatchState> = client.watch('t').done({ timeoutMs: 1000 });
+export const code: ErrorCode = new ProgressError(ErrorCode.Timeout, 'x').code;
+export const view: TaskView | undefined = undefined;
+export const stores = [SqliteProgressStore, PostgresProgressStore] as const;
+assertTaskId('t');
+`;
+
+const CONSUMER_TESTING_TS = `import { describeProgressStoreContract, ManualClock } from '@finishline/core/testing';
+export const clock = new ManualClock();
+export const contract: typeof describeProgressStoreContract = describeProgressStoreContract;
+`;
+
+function tsconfig(resolution, files, lib) {
+  return JSON.stringify({
+    compilerOptions: {
+      strict: true,
+      skipLibCheck: false,
+      noEmit: true,
+      target: 'ES2022',
+      lib,
+      types: ['node'],
+      ...(resolution === 'node16'
+        ? { module: 'node16', moduleResolution: 'node16' }
+        : { module: 'esnext', moduleResolution: 'bundler' }),
+    },
+    files,
+  });
+}
+
+async function main() {
+  for (const dir of PACKAGES)
+    if (!existsSync(join(root, 'packages', dir, 'dist')))
+      fail(`packages/${dir} has no dist/: run npm run build first`);
+
+  const work = reuse ?? mkdtempSync(join(tmpdir(), 'finishline-consumer-'));
+  chmodSync(work, 0o755);
+  const tarballs = join(work, 'tarballs');
+  const app = join(work, 'app');
+  let pg;
+  try {
+    if (reuse === undefined) {
+      mkdirSync(tarballs);
+      mkdirSync(app);
+      // 1. Pack (already built: --ignore-scripts skips the prepack rebuild).
+      const packed = PACKAGES.map((dir) => {
+        const [{ filename }] = JSON.parse(
+          run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', tarballs], {
+            cwd: join(root, 'packages', dir),
+          }),
+        );
+        return join(tarballs, filename);
+      });
+      log(`packed ${packed.length} packages`);
+
+      // 2. A fresh app with the docs' install lines (the repository's pinned versions).
+      writeFileSync(
+        join(app, 'package.json'),
+        JSON.stringify({ name: 'consumer-app', private: true, type: 'module' }),
+      );
+      run(
+        'npm',
+        [
+          'install',
+          '--no-audit',
+          '--no-fund',
+          '--prefer-offline',
+          ...packed,
+          ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express'].map(pinned),
+        ],
+        { cwd: app },
+      );
+      run(
+        'npm',
+        [
+          'install',
+          '-D',
+          '--no-audit',
+          '--no-fund',
+          '--prefer-offline',
+          ...[
+            'typescript',
+            '@types/node',
+            '@types/express',
+            '@types/ws',
+            '@types/pg',
+            'vitest',
+            'fast-check',
+          ].map(pinned),
+        ],
+        { cwd: app },
+      );
+      log('installed the tarballs into a fresh app');
+    }
+
+    // 3. The docs' snippets as files of the app: TypeScript as written, JavaScript by esbuild's transform.
+    const files = {
+      'readme-server.ts': runnable(snippet('README.md', 'An existing Express service')),
+      'server.ts': runnable(snippet('docs/getting-started.md', '## Server: an Express service')),
+      'watcher.ts': snippet('docs/getting-started.md', '## Node: watch a task from a script'),
+      'browser.ts': snippet('docs/getting-started.md', '## Browser: a progress bar'),
+      'consumer.ts': CONSUMER_TS,
+      'consumer-testing.ts': CONSUMER_TESTING_TS,
+    };
+    files['server-postgres.ts'] = onPostgres(files['server.ts']);
+    for (const [name, text] of Object.entries(files)) {
+      writeFileSync(join(app, name), `${text}\nexport {};\n`);
+      const { code } = await transform(text, { loader: 'ts', format: 'esm', target: 'node20' });
+      writeFileSync(join(app, name.replace(/\.ts$/, '.js')), code);
+    }
+
+    // 4. Types: strict, skipLibCheck false, node16 and bundler resolution.
+    const tsc = join(app, 'node_modules/.bin/tsc');
+    const nodeFiles = [
+      'readme-server.ts',
+      'server.ts',
+      'server-postgres.ts',
+      'watcher.ts',
+      'consumer.ts',
+      'consumer-testing.ts',
+    ];
+    for (const resolution of ['node16', 'bundler']) {
+      writeFileSync(join(app, `tsconfig.${resolution}.json`), tsconfig(resolution, nodeFiles, ['ES2022']));
+      writeFileSync(
+        join(app, `tsconfig.browser-${resolution}.json`),
+        tsconfig(resolution, ['browser.ts'], ['ES2022', 'DOM']),
+      );
+      for (const config of [`tsconfig.${resolution}.json`, `tsconfig.browser-${resolution}.json`]) {
+        try {
+          run(tsc, ['-p', config], { cwd: app });
+        } catch (error) {
+          fail(`tsc -p ${config} failed:\n${error.stdout}${error.stderr}`);
+        }
+      }
+    }
+    log('types: strict, skipLibCheck false, node16 and bundler resolution: ok');
+
+    // 5. Every entry point, from ESM and from CommonJS.
+    const entries = [
+      '@finishline/core',
+      '@finishline/core/internal',
+      '@finishline/sqlite',
+      '@finishline/postgres',
+      '@finishline/server',
+      '@finishline/client',
+    ];
+    for (const entry of entries) {
+      const esm = run(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `const m = await import('${entry}'); console.log(Object.keys(m).length);`,
+        ],
+        { cwd: app },
+      );
+      const cjs = run(process.execPath, ['-e', `console.log(Object.keys(require('${entry}')).length);`], {
+        cwd: app,
+      });
+      if (Number(esm) === 0 || Number(esm) !== Number(cjs))
+        fail(`${entry}: ${esm.trim()} ESM exports, ${cjs.trim()} CJS exports`);
+    }
+    const testing = run(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        "const m = await import('@finishline/core/testing'); console.log(typeof m.describeProgressStoreContract);",
+      ],
+      { cwd: app },
+    );
+    if (testing.trim() !== 'function') fail(`@finishline/core/testing: ${testing}`);
+    log(`imports: ${entries.length} entries from ESM and CJS, @finishline/core/testing from ESM: ok`);
+
+    // 6. The browser bundle: no server code.
+    const bundle = await build({
+      absWorkingDir: app,
+      entryPoints: ['browser.ts'],
+      bundle: true,
+      minify: true,
+      format: 'esm',
+      platform: 'browser',
+      write: false,
+      metafile: true,
+      logLevel: 'silent',
+    });
+    const inputs = Object.keys(bundle.metafile.inputs);
+    const server = inputs.filter((input) =>
+      /node_modules\/(@finishline\/(server|sqlite|postgres)|ws|pg|kysely|better-sqlite3|prom-client|express)\/|^node:/.test(
+        input,
+      ),
+    );
+    if (server.length > 0) fail(`the browser bundle holds server code:\n${server.join('\n')}`);
+    const bytes = bundle.outputFiles[0].contents;
+    log(
+      `browser bundle: ${inputs.length} inputs, no server code, ${bytes.byteLength} B minified, ${gzipSync(bytes).byteLength} B gzipped`,
+    );
+
+    // 7. End to end: the README on SQLite, getting-started on SQLite and on Postgres.
+    await endToEnd(app, 'README (SQLite)', 'readme-server.js');
+    await endToEnd(app, 'getting-started (SQLite)', 'server.js');
+    pg = await postgres();
+    await endToEnd(app, 'getting-started (Postgres)', 'server-postgres.js', {
+      DATABASE_URL: pg.url,
+      PG_SCHEMA: `consumer_${process.pid}_${Date.now()}`,
+    });
+    log(`consumer check: ok in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  } finally {
+    await pg?.stop();
+    if (keep) log(`kept ${work}`);
+    else rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((error) => {
+  process.stderr.write(`consumer check FAILED: ${error.message}\n`);
+  process.exit(1);
+});
