@@ -90,14 +90,14 @@ const pageArbitrary: fc.Arbitrary<PageSpec> = fc.record({
       on: fc.constantFrom<Target>('any', 'any', 'any', 'event', 'event', 'terminal'),
       fault: faultArbitrary,
     }),
-    { maxLength: 40 },
+    { maxLength: 40, size: 'max' },
   ),
-  reloads: fc.array(fc.integer({ min: 0, max: 500 }), { maxLength: 2 }),
+  reloads: fc.array(fc.integer({ min: 0, max: 500 }), { maxLength: 2, size: 'max' }),
 });
 
 const taskArbitrary: fc.Arbitrary<TaskSpec> = fc.record({
   driver: fc.constantFrom<TaskSpec['driver']>('batch', 'handle'),
-  items: fc.array(fc.boolean(), { maxLength: 7 }),
+  items: fc.array(fc.boolean(), { maxLength: 7, size: 'max' }),
   progressEvery: fc.integer({ min: 0, max: 3 }),
   end: fc.constantFrom<TerminalType>('completed', 'failed', 'cancelled', 'interrupted'),
   cancelAfter: fc.integer({ min: 0, max: 7 }),
@@ -422,8 +422,8 @@ async function runSchedule(
 // Shrinking is off (`endOnFailure`): every shrink step is a real-time run, and a counterexample is
 // replayed exactly enough from its seed and path, which fast-check prints.
 const scheduleArbitrary = fc.tuple(
-  fc.array(taskArbitrary, { minLength: 3, maxLength: 8 }),
-  fc.array(pageArbitrary, { minLength: 2, maxLength: 3 }),
+  fc.array(taskArbitrary, { minLength: 3, maxLength: 8, size: 'max' }),
+  fc.array(pageArbitrary, { minLength: 2, maxLength: 3, size: 'max' }),
 );
 
 /** Every kind of fault happened at least once over the runs (else the property proves little). */
