@@ -2,7 +2,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ProgressStore, Task, TerminalType } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { propertyParams } from '@finishline/core/testing';
+import { propertyParams, propertyRuns, propertyTimeoutMs } from '@finishline/core/testing';
 import { ProgressServer, type TaskHandle } from '@finishline/server';
 import { SqliteProgressStore } from '@finishline/sqlite';
 import fc from 'fast-check';
@@ -440,27 +440,35 @@ function expectEveryFault(): void {
 }
 
 describe('random fault schedules through the real server and a fault-injecting proxy', () => {
-  it('memory store, 25 runs: every page sees a gap-free sequence and ends in the terminal state exactly once', async () => {
-    await fc.assert(
-      fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
-        runSchedule(() => new MemoryProgressStore(), specs, pages),
-      ),
-      { ...propertyParams(25), endOnFailure: true },
-    );
-    expectEveryFault();
-  }, 240_000);
-
-  it('SQLite store, 10 runs: the same guarantees with the store the benchmark uses', async () => {
-    await fc.assert(
-      fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
-        runSchedule(
-          () => new SqliteProgressStore({ database: ':memory:', dataVersionPollMs: 0 }),
-          specs,
-          pages,
+  it(
+    `memory store, ${propertyRuns(25)} runs: every page sees a gap-free sequence and ends in the terminal state exactly once`,
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
+          runSchedule(() => new MemoryProgressStore(), specs, pages),
         ),
-      ),
-      { ...propertyParams(10), endOnFailure: true },
-    );
-    expectEveryFault();
-  }, 120_000);
+        { ...propertyParams(25), endOnFailure: true },
+      );
+      expectEveryFault();
+    },
+    propertyTimeoutMs(25, 240_000),
+  );
+
+  it(
+    `SQLite store, ${propertyRuns(10)} runs: the same guarantees with the store the benchmark uses`,
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
+          runSchedule(
+            () => new SqliteProgressStore({ database: ':memory:', dataVersionPollMs: 0 }),
+            specs,
+            pages,
+          ),
+        ),
+        { ...propertyParams(10), endOnFailure: true },
+      );
+      expectEveryFault();
+    },
+    propertyTimeoutMs(10, 120_000),
+  );
 });
