@@ -2,8 +2,9 @@
 // the next replica in turn, with no session affinity. Upgraded connections are relayed as raw TCP, and
 // the server → client direction is parsed into WebSocket frames so that whole frames can be dropped,
 // duplicated or delayed (a delay holds every later frame of the connection too, so per-connection order
-// is kept, as on TCP), or the connection cut. Server frames are unmasked, so dropping or repeating one
-// keeps the stream valid; the client → server direction is relayed untouched (only read to count acks).
+// is kept, as on TCP), or the connection cut. The client → server direction is parsed too, and its acks,
+// subscribes and pings can be dropped, duplicated or delayed the same way. Each frame carries its own mask
+// (client frames) or none (server frames), so dropping or repeating a whole frame keeps the stream valid.
 //
 // Usable as a module (run.mjs) or standalone: node chaos/balancer.mjs <port> <backendPort>...
 import { createServer, request as httpRequest } from 'node:http';
@@ -13,9 +14,16 @@ const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
 /** Frames the balancer may tamper with: never the handshake's `hello` (that is a connect failure, not a lost frame). */
 const TAMPERABLE = new Set(['event', 'snapshot', 'heartbeat', 'pong', 'error']);
 
+/** Client frames the balancer may tamper with: never `auth` (that is a connect failure, not a lost frame). */
+const CLIENT_TAMPERABLE = new Set(['ack', 'subscribe', 'ping']);
+
 /**
  * @typedef {{ drop: number, duplicate: number, delay: number, cut: number, delayMinMs: number, delayMaxMs: number }} FrameFaults
  * Probabilities per server → client text frame (0 disables), and the delay range.
+ */
+/**
+ * @typedef {{ drop: number, duplicate: number, delay: number, delayMinMs: number, delayMaxMs: number }} ClientFrameFaults
+ * Probabilities per client → server `ack`, `subscribe` or `ping` frame (0 disables), and the delay range.
  */
 
 export class Balancer {
@@ -27,6 +35,8 @@ export class Balancer {
   #relays = new Set();
   /** @type {FrameFaults} */
   faults = { drop: 0, duplicate: 0, delay: 0, cut: 0, delayMinMs: 20, delayMaxMs: 400 };
+  /** @type {ClientFrameFaults} */
+  clientFaults = { drop: 0, duplicate: 0, delay: 0, delayMinMs: 20, delayMaxMs: 400 };
   /** Counters of what the balancer did, by kind. */
   counts = {
     upgrades: 0,
@@ -42,6 +52,11 @@ export class Balancer {
     cutByFrame: 0,
     cutOnDemand: 0,
     acksRelayed: 0,
+    clientFramesRelayed: 0,
+    /** Client frames dropped / duplicated / delayed, by frame type (`ack`, `subscribe`, `ping`). */
+    clientDropped: { ack: 0, subscribe: 0, ping: 0 },
+    clientDuplicated: { ack: 0, subscribe: 0, ping: 0 },
+    clientDelayed: { ack: 0, subscribe: 0, ping: 0 },
   };
   random = Math.random;
   /**
@@ -175,8 +190,12 @@ class Relay {
   /** Server → client bytes not yet parsed. */
   #down = Buffer.alloc(0);
   #handshakeDone = false;
-  /** Client → server bytes not yet parsed (read only, to count acks). */
+  /** Client → server bytes not yet parsed. */
   #up = Buffer.alloc(0);
+  /** Client → server frames held back by a delay, in order. */
+  #upQueue = [];
+  #upHoldUntil = 0;
+  #upFlushTimer;
   /** Frames held back by a delay, in order. */
   #queue = [];
   #holdUntil = 0;
@@ -187,10 +206,7 @@ class Relay {
     this.#backend = backend;
     this.#client = client;
     this.#upstream = upstream;
-    client.on('data', (chunk) => {
-      upstream.write(chunk);
-      this.#readUp(chunk);
-    });
+    client.on('data', (chunk) => this.#readUp(chunk));
     upstream.on('data', (chunk) => this.#readDown(chunk));
     client.on('close', () => this.cut('client closed'));
     upstream.on('close', () => this.#upstreamClosed());
@@ -204,6 +220,7 @@ class Relay {
     this.#closed = true;
     this.conn.closedAt = Date.now();
     clearTimeout(this.#flushTimer);
+    clearTimeout(this.#upFlushTimer);
     this.#client.destroy();
     this.#upstream.destroy();
     this.onClose();
@@ -235,27 +252,102 @@ class Relay {
   }
 
   #readUp(chunk) {
+    if (this.#closed) return;
     this.#up = this.#up.length === 0 ? chunk : Buffer.concat([this.#up, chunk]);
     for (;;) {
       const frame = parseFrame(this.#up);
       if (frame === undefined) return;
+      const bytes = Buffer.from(this.#up.subarray(0, frame.length));
       this.#up = this.#up.subarray(frame.length);
-      if (frame.opcode !== 1 || !frame.payload.includes('"ack"')) continue;
+      this.#routeUp(frame, bytes);
+      if (this.#closed) return;
+    }
+  }
+
+  /** One client → server frame: relayed, or dropped, duplicated or delayed by the client faults. */
+  #routeUp(frame, bytes) {
+    const balancer = this.#balancer;
+    const counts = balancer.counts;
+    counts.clientFramesRelayed += 1;
+    let message;
+    if (frame.opcode === 1 && frame.fin) {
       try {
-        const message = JSON.parse(frame.payload);
-        if (message.type !== 'ack') continue;
-        this.#balancer.counts.acksRelayed += 1;
-        this.#balancer.onAck({
-          taskId: message.taskId,
-          seq: message.seq,
-          at: Date.now(),
-          backend: this.#backend,
-          conn: this.conn,
-        });
+        message = JSON.parse(frame.payload);
       } catch {
-        // Not JSON: the server will refuse it; nothing to record.
+        // Not JSON: the server will refuse it.
       }
     }
+    const kind = message?.type;
+    if (!CLIENT_TAMPERABLE.has(kind)) {
+      this.#writeUp(bytes);
+      return;
+    }
+    const faults = balancer.clientFaults;
+    const roll = balancer.random();
+    let edge = faults.drop;
+    if (roll < edge) {
+      counts.clientDropped[kind] += 1;
+      return;
+    }
+    edge += faults.duplicate;
+    let copies = 1;
+    if (roll < edge) {
+      counts.clientDuplicated[kind] += 1;
+      copies = 2;
+    } else {
+      edge += faults.delay;
+      if (roll < edge) {
+        counts.clientDelayed[kind] += 1;
+        const ms =
+          faults.delayMinMs + Math.floor(balancer.random() * (faults.delayMaxMs - faults.delayMinMs));
+        this.#upHoldUntil = Math.max(this.#upHoldUntil, Date.now() + ms);
+      }
+    }
+    // An ack is recorded when it is written to the replica (a held one may die with its connection).
+    const written =
+      kind === 'ack'
+        ? () => {
+            counts.acksRelayed += 1;
+            balancer.onAck({
+              taskId: message.taskId,
+              seq: message.seq,
+              at: Date.now(),
+              backend: this.#backend,
+              conn: this.conn,
+            });
+          }
+        : undefined;
+    for (let copy = 0; copy < copies; copy++) this.#writeUp(bytes, written);
+  }
+
+  /** Writes to the replica in order, behind any client frame held by a delay; then calls `written`. */
+  #writeUp(bytes, written) {
+    if (this.#upQueue.length === 0 && Date.now() >= this.#upHoldUntil) {
+      this.#upstream.write(bytes);
+      written?.();
+      return;
+    }
+    this.#upQueue.push({ bytes, written });
+    const flushLater = () => {
+      this.#upFlushTimer = setTimeout(
+        () => {
+          this.#upFlushTimer = undefined;
+          if (this.#closed) return;
+          if (Date.now() < this.#upHoldUntil) {
+            flushLater();
+            return;
+          }
+          const queued = this.#upQueue;
+          this.#upQueue = [];
+          for (const each of queued) {
+            this.#upstream.write(each.bytes);
+            each.written?.();
+          }
+        },
+        Math.max(0, this.#upHoldUntil - Date.now()),
+      );
+    };
+    if (this.#upFlushTimer === undefined) flushLater();
   }
 
   #readDown(chunk) {

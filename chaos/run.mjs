@@ -47,6 +47,10 @@ const config = {
   frameDuplicate: option('duplicate', 0.01),
   frameDelay: option('delay', 0.02),
   frameCut: option('frame-cut', 0.0005),
+  // Client → server acks, subscribes and pings.
+  clientDrop: option('client-drop', 0.01),
+  clientDuplicate: option('client-duplicate', 0.01),
+  clientDelay: option('client-delay', 0.02),
   // Bounds: every loop below stops at one of these.
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
@@ -452,6 +456,13 @@ balancer.faults = {
   delayMinMs: 20,
   delayMaxMs: 400,
 };
+balancer.clientFaults = {
+  drop: config.clientDrop,
+  duplicate: config.clientDuplicate,
+  delay: config.clientDelay,
+  delayMinMs: 20,
+  delayMaxMs: 400,
+};
 
 const slots = Array.from(
   { length: config.clients },
@@ -761,6 +772,7 @@ const out = [
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
   `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}`,
+  `  client frames dropped: ${JSON.stringify(b.clientDropped)}, duplicated: ${JSON.stringify(b.clientDuplicated)}, delayed: ${JSON.stringify(b.clientDelayed)} (of ${b.clientFramesRelayed})`,
   `  (of ${b.framesRelayed} frames relayed over ${b.upgrades} connections; ${b.upgradeFailures} upgrades failed; ${b.httpRequests} HTTP requests)`,
   `resyncs by reason (servers): ${
     Object.entries(resyncs)

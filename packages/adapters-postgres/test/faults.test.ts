@@ -293,11 +293,13 @@ describe('concurrent writers and reapers', () => {
     clock.advance(1000);
     const reapAll = async (store: PostgresProgressStore) => {
       const reaped: AppendResult[] = [];
-      for (;;) {
+      // Bounded: a reaper that keeps finding leases past any plausible count is a bug, not a slow test.
+      for (let round = 0; round < 1_000; round++) {
         const batch = await store.reapExpiredLeases({ limit: 3 });
         if (batch.length === 0) return reaped;
         reaped.push(...batch);
       }
+      throw new Error('reapExpiredLeases still returned leases after 1,000 rounds');
     };
     const [fromA, fromB] = await Promise.all([reapAll(a), reapAll(b)]);
     const reapedIds = [...fromA, ...fromB].map((result) => result.event.taskId).sort();

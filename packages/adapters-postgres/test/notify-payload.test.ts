@@ -36,7 +36,7 @@ describe('NOTIFY payloads', () => {
 
   it('pack changes into payloads within the budget that decode to the same changes in the same order', () => {
     fc.assert(
-      fc.property(fc.array(change, { maxLength: 60 }), (changes) => {
+      fc.property(fc.array(change, { maxLength: 60, size: 'max' }), (changes) => {
         const payloads = encodeChangeNotices(changes);
         const decoded: ChangeNotice[] = [];
         for (const payload of payloads) {

@@ -115,7 +115,7 @@ describe('GroupCommitQueue', () => {
     );
     await fc.assert(
       fc.asyncProperty(
-        fc.array(step, { maxLength: 30 }),
+        fc.array(step, { maxLength: 30, size: 'max' }),
         fc.integer({ min: 1, max: 8 }),
         fc.constantFrom<FlushTiming>('microtask', 'immediate'),
         async (steps: Step[], maxBatchSize, timing) => {

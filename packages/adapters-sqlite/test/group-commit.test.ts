@@ -141,9 +141,10 @@ describe('group commit', () => {
       input: inputArbitrary,
     });
     // Bursts: the appends of one burst are issued in the same tick; bursts are awaited one by one.
-    const burstsArbitrary = fc.array(fc.array(opArbitrary, { minLength: 1, maxLength: 25 }), {
+    const burstsArbitrary = fc.array(fc.array(opArbitrary, { minLength: 1, maxLength: 25, size: 'max' }), {
       minLength: 1,
       maxLength: 4,
+      size: 'max',
     });
 
     await fc.assert(

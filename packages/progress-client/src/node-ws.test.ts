@@ -118,6 +118,11 @@ describe('upgrade refused over HTTP (ws reports the status, browsers do not)', (
   }
 });
 
-async function waitFor(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setImmediate(resolve));
+/** Waits until `condition()` holds, for at most `limitMs`; then fails instead of hanging the test. */
+async function waitFor(condition: () => boolean, limitMs = 5_000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`condition still false after ${limitMs} ms`);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
 }

@@ -32,6 +32,7 @@ describe('RateEstimator', () => {
       .array(fc.tuple(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: 0, max: 5 })), {
         minLength: 1,
         maxLength: 30,
+        size: 'max',
       })
       .map((steps) => {
         let time = 0;

@@ -1,15 +1,15 @@
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { type RawData, WebSocket, WebSocketServer } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 
 /**
- * A WebSocket relay between a client and a real server that can drop, duplicate or hold frames and cut
- * connections, frame by frame: the network of the original bug reports, on demand. Every connection
- * through it opens its own upstream socket with the client's headers and subprotocols.
+ * A WebSocket relay between a client and a real server that can drop, duplicate or hold frames in either
+ * direction and cut connections, frame by frame: the network of the original bug reports, on demand. Every
+ * connection through it opens its own upstream socket with the client's headers and subprotocols.
  */
 
 /**
- * What to do with one server → client frame. A delay holds the frame *and every later frame of the same
+ * What to do with one frame (server → client or client → server). A delay holds the frame *and every later frame of the same
  * connection* (a relay on TCP cannot reorder within a connection), so frames still arrive in order.
  */
 export type FrameVerdict = 'pass' | 'drop' | 'duplicate' | 'cut' | { kind: 'delay'; ms: number };
@@ -30,6 +30,9 @@ export class FaultProxy {
   readonly connections: ProxiedConnection[] = [];
   /** Decides the fate of each server → client frame. */
   onServerFrame: (frame: Record<string, unknown>, connection: ProxiedConnection) => FrameVerdict = () =>
+    'pass';
+  /** Decides the fate of each client → server frame (acks, subscribes, pings…). */
+  onClientFrame: (frame: Record<string, unknown>, connection: ProxiedConnection) => FrameVerdict = () =>
     'pass';
   readonly #http: Server;
   readonly #wss: WebSocketServer;
@@ -94,36 +97,18 @@ export class FaultProxy {
     const upstream = new WebSocket(this.#target, protocols, { headers });
     this.#sockets.add(client);
     this.#sockets.add(upstream);
-    const pending: RawData[] = [];
-    // Frames held by a delay, in order, each with the earliest time it may leave.
-    const held: { text: string; at: number }[] = [];
-    let drainTimer: NodeJS.Timeout | undefined;
-    const drain = () => {
-      drainTimer = undefined;
-      while (held.length > 0 && (held[0]?.at ?? 0) <= Date.now()) {
-        const frame = held.shift();
-        if (frame !== undefined && client.readyState === WebSocket.OPEN) client.send(frame.text);
-      }
-      const head = held[0];
-      if (head !== undefined) drainTimer = setTimeout(drain, Math.max(0, head.at - Date.now()));
-      else closeAfterDrain?.();
-    };
-    // A server's close follows the data it sent before it, as on TCP.
-    let closeAfterDrain: (() => void) | undefined;
-    const deliver = (text: string, delayMs = 0) => {
-      if (delayMs === 0 && held.length === 0) {
-        if (client.readyState === WebSocket.OPEN) client.send(text);
-        return;
-      }
-      const at = Math.max(Date.now() + delayMs, held.at(-1)?.at ?? 0);
-      held.push({ text, at });
-      if (drainTimer === undefined)
-        drainTimer = setTimeout(drain, Math.max(0, (held[0]?.at ?? at) - Date.now()));
-    };
+    const pending: string[] = [];
+    // Frames held by a delay, per direction, in order, each with the earliest time it may leave.
+    const toClient = outlet((text) => {
+      if (client.readyState === WebSocket.OPEN) client.send(text);
+    });
+    const toServer = outlet((text) => {
+      if (upstream.readyState === WebSocket.OPEN) upstream.send(text);
+      else pending.push(text);
+    });
     const cut = () => {
-      held.length = 0;
-      if (drainTimer !== undefined) clearTimeout(drainTimer);
-      drainTimer = undefined;
+      toClient.clear();
+      toServer.clear();
       client.terminate();
       upstream.terminate();
     };
@@ -135,29 +120,18 @@ export class FaultProxy {
     };
     this.connections.push(connection);
 
-    client.on('message', (data) => {
-      connection.fromClient.push(String(data));
-      if (upstream.readyState === WebSocket.OPEN) upstream.send(String(data));
-      else pending.push(data);
-    });
-    upstream.on('open', () => {
-      for (const data of pending.splice(0)) upstream.send(String(data));
-    });
-    upstream.on('message', (data) => {
-      const text = String(data);
-      connection.fromServer.push(text);
-      const verdict = this.onServerFrame(JSON.parse(text) as Record<string, unknown>, connection);
+    const apply = (verdict: FrameVerdict, text: string, to: Outlet) => {
       if (typeof verdict === 'object') {
-        deliver(text, Math.max(0, verdict.ms));
+        to.deliver(text, Math.max(0, verdict.ms));
         return;
       }
       switch (verdict) {
         case 'pass':
-          deliver(text);
+          to.deliver(text);
           break;
         case 'duplicate':
-          deliver(text);
-          deliver(text);
+          to.deliver(text);
+          to.deliver(text);
           break;
         case 'drop':
           break;
@@ -169,6 +143,27 @@ export class FaultProxy {
           throw new Error(`unknown verdict ${String(unknown)}`);
         }
       }
+    };
+    client.on('message', (data) => {
+      const text = String(data);
+      connection.fromClient.push(text);
+      let frame: Record<string, unknown>;
+      try {
+        frame = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        // Not JSON: relayed as is, for the server to refuse.
+        toServer.deliver(text);
+        return;
+      }
+      apply(this.onClientFrame(frame, connection), text, toServer);
+    });
+    upstream.on('open', () => {
+      for (const text of pending.splice(0)) upstream.send(text);
+    });
+    upstream.on('message', (data) => {
+      const text = String(data);
+      connection.fromServer.push(text);
+      apply(this.onServerFrame(JSON.parse(text) as Record<string, unknown>, connection), text, toClient);
     });
     // Close codes pass through where the protocol allows sending them; anything else is a cut.
     const forward = (to: WebSocket, code: number, reason: Buffer) => {
@@ -182,22 +177,67 @@ export class FaultProxy {
         to.close(code, reason);
       } else to.terminate();
     };
-    upstream.on('close', (code, reason) => {
-      if (held.length === 0) forward(client, code, reason);
-      else closeAfterDrain = () => forward(client, code, reason);
-    });
-    client.on('close', (code, reason) => forward(upstream, code, reason));
+    // A close follows the data sent before it, as on TCP.
+    upstream.on('close', (code, reason) => toClient.whenDrained(() => forward(client, code, reason)));
+    client.on('close', (code, reason) => toServer.whenDrained(() => forward(upstream, code, reason)));
     upstream.on('error', () => client.terminate());
     client.on('error', () => upstream.terminate());
     const forget = () => {
       this.#sockets.delete(client);
       this.#sockets.delete(upstream);
     };
-    client.on('close', () => {
-      held.length = 0;
-      if (drainTimer !== undefined) clearTimeout(drainTimer);
-      drainTimer = undefined;
-    });
+    client.on('close', () => toClient.clear());
+    upstream.on('close', () => toServer.clear());
     client.on('close', forget);
   }
+}
+
+/** One direction of a relayed connection: frames leave in order, a delayed frame holding back the rest. */
+interface Outlet {
+  deliver(text: string, delayMs?: number): void;
+  /** Runs `then` once every held frame left (at once when none is held). */
+  whenDrained(then: () => void): void;
+  /** Forgets the held frames (the connection is gone). */
+  clear(): void;
+}
+
+function outlet(send: (text: string) => void): Outlet {
+  const held: { text: string; at: number }[] = [];
+  let timer: NodeJS.Timeout | undefined;
+  let drained: (() => void) | undefined;
+  const drain = () => {
+    timer = undefined;
+    while (held.length > 0 && (held[0]?.at ?? 0) <= Date.now()) {
+      const frame = held.shift();
+      if (frame !== undefined) send(frame.text);
+    }
+    const head = held[0];
+    if (head !== undefined) timer = setTimeout(drain, Math.max(0, head.at - Date.now()));
+    else {
+      const then = drained;
+      drained = undefined;
+      then?.();
+    }
+  };
+  return {
+    deliver(text, delayMs = 0) {
+      if (delayMs === 0 && held.length === 0) {
+        send(text);
+        return;
+      }
+      const at = Math.max(Date.now() + delayMs, held.at(-1)?.at ?? 0);
+      held.push({ text, at });
+      timer ??= setTimeout(drain, Math.max(0, (held[0]?.at ?? at) - Date.now()));
+    },
+    whenDrained(then) {
+      if (held.length === 0) then();
+      else drained = then;
+    },
+    clear() {
+      held.length = 0;
+      if (timer !== undefined) clearTimeout(timer);
+      timer = undefined;
+      drained = undefined;
+    },
+  };
 }

@@ -2,7 +2,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ProgressStore, Task, TerminalType } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { propertyParams } from '@finishline/core/testing';
+import { propertyParams, propertyRuns, propertyTimeoutMs } from '@finishline/core/testing';
 import { ProgressServer, type TaskHandle } from '@finishline/server';
 import { SqliteProgressStore } from '@finishline/sqlite';
 import fc from 'fast-check';
@@ -17,8 +17,8 @@ import { FaultProxy, type FrameVerdict } from './fault-proxy.js';
  * Guarantees 1 and 2 of the design end to end, under random fault schedules: the REAL server (memory or
  * SQLite store) runs 3–8 tasks, each a `runBatch` or driven by hand through its `TaskHandle`; 2–3
  * watchers ("pages"), each behind its own fault-injecting proxy, watch every task. The proxies drop,
- * duplicate and delay server → client frames (terminal frames included; delays keep each connection's
- * order, as TCP would), cut connections and refuse reconnects for a while; pages are reloaded (a new
+ * duplicate and delay server → client frames (terminal frames included) and client → server frames (acks,
+ * subscribes, pings); delays keep each connection's order, as TCP would; they cut connections and refuse reconnects for a while; pages are reloaded (a new
  * ProgressClient resuming from the same cursor storage). Faults come from a finite schedule per proxy, so
  * the network heals once it is used up.
  *
@@ -63,9 +63,21 @@ type Fault =
 /** Which frame a fault waits for: the next frame of any type, the next event, the next terminal event. */
 type Target = 'any' | 'event' | 'terminal';
 
+/** A fault on a client → server frame: acks, subscribes and pings lost, repeated or held. */
+type ClientFault =
+  | { kind: 'pass' }
+  | { kind: 'drop' }
+  | { kind: 'duplicate' }
+  | { kind: 'delay'; ms: number };
+
+/** Which client frame a client fault waits for. */
+type ClientTarget = 'any' | 'ack' | 'subscribe' | 'ping';
+
 interface PageSpec {
   /** Applied in order, each to the next frame matching its target; then the network heals. */
   faults: { on: Target; fault: Fault }[];
+  /** The same for client → server frames. */
+  clientFaults: { on: ClientTarget; fault: ClientFault }[];
   /** Reload times, in ms from the start of the run. */
   reloads: number[];
 }
@@ -90,14 +102,29 @@ const pageArbitrary: fc.Arbitrary<PageSpec> = fc.record({
       on: fc.constantFrom<Target>('any', 'any', 'any', 'event', 'event', 'terminal'),
       fault: faultArbitrary,
     }),
-    { maxLength: 40 },
+    { maxLength: 40, size: 'max' },
   ),
-  reloads: fc.array(fc.integer({ min: 0, max: 500 }), { maxLength: 2 }),
+  clientFaults: fc.array(
+    fc.record({
+      on: fc.constantFrom<ClientTarget>('any', 'ack', 'ack', 'subscribe', 'ping'),
+      fault: fc.oneof(
+        { weight: 4, arbitrary: fc.constant({ kind: 'pass' as const }) },
+        { weight: 3, arbitrary: fc.constant({ kind: 'drop' as const }) },
+        { weight: 2, arbitrary: fc.constant({ kind: 'duplicate' as const }) },
+        {
+          weight: 2,
+          arbitrary: fc.integer({ min: 1, max: 60 }).map((ms) => ({ kind: 'delay' as const, ms })),
+        },
+      ),
+    }),
+    { maxLength: 12, size: 'max' },
+  ),
+  reloads: fc.array(fc.integer({ min: 0, max: 500 }), { maxLength: 2, size: 'max' }),
 });
 
 const taskArbitrary: fc.Arbitrary<TaskSpec> = fc.record({
   driver: fc.constantFrom<TaskSpec['driver']>('batch', 'handle'),
-  items: fc.array(fc.boolean(), { maxLength: 7 }),
+  items: fc.array(fc.boolean(), { maxLength: 7, size: 'max' }),
   progressEvery: fc.integer({ min: 0, max: 3 }),
   end: fc.constantFrom<TerminalType>('completed', 'failed', 'cancelled', 'interrupted'),
   cancelAfter: fc.integer({ min: 0, max: 7 }),
@@ -239,6 +266,19 @@ function scheduled(faults: PageSpec['faults'], proxy: FaultProxy): FaultProxy['o
   };
 }
 
+/** The proxy's client-frame hook for a page: applies `faults` in order, each to the next frame it targets. */
+function scheduledClient(faults: PageSpec['clientFaults']): FaultProxy['onClientFrame'] {
+  let next = 0;
+  return (frame) => {
+    const entry = faults[next];
+    if (entry === undefined) return 'pass';
+    if (entry.on !== 'any' && frame.type !== entry.on) return 'pass';
+    next++;
+    if (entry.fault.kind !== 'pass') count(`client-${entry.fault.kind} ${String(frame.type)}`);
+    return entry.fault.kind === 'delay' ? { kind: 'delay', ms: entry.fault.ms } : entry.fault.kind;
+  };
+}
+
 function verdictOf(fault: Fault, proxy: FaultProxy): FrameVerdict {
   switch (fault.kind) {
     case 'pass':
@@ -337,6 +377,7 @@ async function runSchedule(
     for (const pageSpec of pageSpecs) {
       const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
       proxy.onServerFrame = scheduled(pageSpec.faults, proxy);
+      proxy.onClientFrame = scheduledClient(pageSpec.clientFaults);
       proxies.push(proxy);
       const watcher = new Watcher(proxy, `http://127.0.0.1:${port}/progress`, taskIds);
       watcher.open();
@@ -422,17 +463,24 @@ async function runSchedule(
 // Shrinking is off (`endOnFailure`): every shrink step is a real-time run, and a counterexample is
 // replayed exactly enough from its seed and path, which fast-check prints.
 const scheduleArbitrary = fc.tuple(
-  fc.array(taskArbitrary, { minLength: 3, maxLength: 8 }),
-  fc.array(pageArbitrary, { minLength: 2, maxLength: 3 }),
+  fc.array(taskArbitrary, { minLength: 3, maxLength: 8, size: 'max' }),
+  fc.array(pageArbitrary, { minLength: 2, maxLength: 3, size: 'max' }),
 );
 
 /** Every kind of fault happened at least once over the runs (else the property proves little). */
 function expectEveryFault(): void {
   const kinds = [...applied.keys()].map((key) => key.split(' ')[0]);
-  for (const kind of ['drop', 'duplicate', 'delay', 'cut', 'refused', 'reload']) {
+  for (const kind of ['drop', 'duplicate', 'delay', 'cut', 'refused', 'reload', 'client-delay']) {
     expect(kinds, `no ${kind} in ${JSON.stringify([...applied])}`).toContain(kind);
   }
-  for (const key of ['drop terminal', 'drop event', 'duplicate terminal']) {
+  for (const key of [
+    'drop terminal',
+    'drop event',
+    'duplicate terminal',
+    'client-drop ack',
+    'client-drop subscribe',
+    'client-duplicate ack',
+  ]) {
     expect([...applied.keys()], `no ${key} in ${JSON.stringify([...applied])}`).toContain(key);
   }
   trace(JSON.stringify([...applied]));
@@ -440,27 +488,35 @@ function expectEveryFault(): void {
 }
 
 describe('random fault schedules through the real server and a fault-injecting proxy', () => {
-  it('memory store, 25 runs: every page sees a gap-free sequence and ends in the terminal state exactly once', async () => {
-    await fc.assert(
-      fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
-        runSchedule(() => new MemoryProgressStore(), specs, pages),
-      ),
-      { ...propertyParams(25), endOnFailure: true },
-    );
-    expectEveryFault();
-  }, 240_000);
-
-  it('SQLite store, 10 runs: the same guarantees with the store the benchmark uses', async () => {
-    await fc.assert(
-      fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
-        runSchedule(
-          () => new SqliteProgressStore({ database: ':memory:', dataVersionPollMs: 0 }),
-          specs,
-          pages,
+  it(
+    `memory store, ${propertyRuns(25)} runs: every page sees a gap-free sequence and ends in the terminal state exactly once`,
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
+          runSchedule(() => new MemoryProgressStore(), specs, pages),
         ),
-      ),
-      { ...propertyParams(10), endOnFailure: true },
-    );
-    expectEveryFault();
-  }, 120_000);
+        { ...propertyParams(25), endOnFailure: true },
+      );
+      expectEveryFault();
+    },
+    propertyTimeoutMs(25, 240_000),
+  );
+
+  it(
+    `SQLite store, ${propertyRuns(10)} runs: the same guarantees with the store the benchmark uses`,
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(scheduleArbitrary, ([specs, pages]) =>
+          runSchedule(
+            () => new SqliteProgressStore({ database: ':memory:', dataVersionPollMs: 0 }),
+            specs,
+            pages,
+          ),
+        ),
+        { ...propertyParams(10), endOnFailure: true },
+      );
+      expectEveryFault();
+    },
+    propertyTimeoutMs(10, 120_000),
+  );
 });

@@ -106,17 +106,21 @@ describe('the original verification cases, end to end', () => {
     expect(log.at(-1)).toBe('finished:completed');
   });
 
-  it('the connection is cut at 80%: the client resumes from its cursor with correct progress and completes', async () => {
+  it('the connection is cut at 80%: the client resumes from its cursor with correct progress and completes', async ({
+    annotate,
+  }) => {
     const { server, client, proxy } = await rig();
     const task = await server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: NODES.length });
     const watch = client.watch(task.id);
     const log = record(watch);
     await new Promise((resolve) => watch.once('snapshot', resolve));
     let cutDone = false;
+    let cutAt = 0;
     proxy.onServerFrame = (frame) => {
       const event = frame.event as { type?: string; progress?: { done: number; total: number } } | undefined;
       if (!cutDone && event?.type === 'item' && event.progress !== undefined && event.progress.done >= 6) {
         cutDone = true; // 6 of 7 items: past 80%
+        cutAt = Date.now();
         return 'cut';
       }
       return 'pass';
@@ -124,6 +128,10 @@ describe('the original verification cases, end to end', () => {
     for (const node of NODES) await task.item({ key: node, ok: true });
     await task.complete();
     const final = await watch.done;
+    // Reconnect at once (random 0), resubscribe, replay: well under the 3 s the case is known for.
+    const recoveryMs = Date.now() - cutAt;
+    await annotate(`completed ${recoveryMs} ms after the cut`);
+    expect(recoveryMs).toBeLessThanOrEqual(3_000);
     expect(cutDone).toBe(true);
     expect(proxy.connections.length).toBeGreaterThanOrEqual(2);
     const resubscribe = proxy.connections[1]?.fromClient
@@ -135,7 +143,9 @@ describe('the original verification cases, end to end', () => {
     expect(log.filter((entry) => entry.startsWith('completed@'))).toHaveLength(1);
   });
 
-  it('the terminal frame is dropped: the 100% watchdog recovers it (resync after 3 s)', async () => {
+  it('the terminal frame is dropped: the 100% watchdog recovers it (resync after 3 s)', async ({
+    annotate,
+  }) => {
     // Server re-sends of the terminal event are pushed out of the way: the watchdog is what must work.
     const { server, client, proxy } = await rig({ terminalRetryInitialMs: 60_000 });
     const task = await server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: NODES.length });
@@ -143,18 +153,27 @@ describe('the original verification cases, end to end', () => {
     const log = record(watch);
     await new Promise((resolve) => watch.once('snapshot', resolve));
     let dropped = 0;
+    let droppedAt = 0;
     proxy.onServerFrame = (frame) => {
       const event = frame.event as { type?: string } | undefined;
       if (event?.type === 'completed' && dropped === 0) {
         dropped++;
+        droppedAt = Date.now();
         return 'drop';
       }
       return 'pass';
     };
     await task.runBatch(NODES, async () => undefined, { key: (node: string) => node });
     const final = await watch.done;
+    const recoveryMs = Date.now() - droppedAt;
     expect(dropped).toBe(1);
     expect(final.status).toBe('completed');
+    // The documented bound: finishTimeoutMs (3 s by default) after the last item, then one round trip.
+    await annotate(
+      `recovered ${recoveryMs} ms after the terminal frame was dropped (bound 3000 ms + round trip)`,
+    );
+    expect(recoveryMs).toBeGreaterThanOrEqual(2_900);
+    expect(recoveryMs).toBeLessThanOrEqual(3_000 + 2_000);
     // Recovered by the watchdog's first step, a resync on the same socket.
     expect(proxy.connections).toHaveLength(1);
     const subscribes = proxy.clientFrames().filter((frame) => frame.type === 'subscribe');
@@ -168,6 +187,11 @@ describe('the original verification cases, end to end', () => {
   }, 15_000);
 });
 
-async function waitFor(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 5));
+/** Waits until `condition()` holds, for at most `limitMs`; then fails. */
+async function waitFor(condition: () => boolean, limitMs = 5_000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`condition still false after ${limitMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
 }

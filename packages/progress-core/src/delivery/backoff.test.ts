@@ -102,5 +102,9 @@ describe('backoffDelayMs', () => {
     expectInvalid(() => backoffDelayMs(0, { initialDelayMs: 500, maxDelayMs: 100 }), /must not exceed/);
     expectInvalid(() => backoffDelayMs(0, undefined, () => 1), /random/);
     expectInvalid(() => backoffDelayMs(0, undefined, () => Number.NaN), /random/);
+    // Below the range too, not only at or above 1 (a mutant dropping `unit >= 0` survived without it).
+    expectInvalid(() => backoffDelayMs(0, undefined, () => -0.25), /random/);
+    // A negative cap is refused by its own check, naming it (not only as a contradiction with the initial delay).
+    expectInvalid(() => backoffDelayMs(0, { initialDelayMs: 0, maxDelayMs: -1 }), /Backoff: maxDelayMs/);
   });
 });

@@ -41,7 +41,7 @@ const stepArb: fc.Arbitrary<Step> = fc.oneof(
 const scenarioArb = fc
   .record({
     log: taskLogArb('task-1', 24),
-    steps: fc.array(stepArb, { maxLength: 70 }),
+    steps: fc.array(stepArb, { maxLength: 70, size: 'max' }),
     maxBuffered: fc.nat(6),
     resyncOnGap: fc.boolean(),
     startPick: fc.nat(),

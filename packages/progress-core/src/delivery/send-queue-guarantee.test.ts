@@ -74,9 +74,9 @@ const commandArb = (tasks: number): fc.Arbitrary<Command> =>
 const scenarioArb = fc.integer({ min: 1, max: 4 }).chain((taskCount) =>
   fc.record({
     logs: fc.tuple(...Array.from({ length: taskCount }, (_, i) => taskLogArb(`task-${i}`, 20))),
-    tracked: fc.array(fc.boolean(), { minLength: taskCount, maxLength: taskCount }),
-    commands: fc.array(commandArb(taskCount), { maxLength: 120 }),
-    finalCongestion: fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }),
+    tracked: fc.array(fc.boolean(), { minLength: taskCount, maxLength: taskCount, size: 'max' }),
+    commands: fc.array(commandArb(taskCount), { maxLength: 120, size: 'max' }),
+    finalCongestion: fc.array(fc.boolean(), { minLength: 1, maxLength: 8, size: 'max' }),
     maxProgressRun: fc.integer({ min: 1, max: 5 }),
   }),
 );

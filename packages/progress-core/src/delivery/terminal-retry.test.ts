@@ -166,7 +166,7 @@ describe('TerminalRetryTracker', () => {
       fc.record({ op: fc.constant('advance' as const), ms: fc.nat(3000) }),
     );
     fc.assert(
-      fc.property(fc.array(opArb, { maxLength: 40 }), (ops) => {
+      fc.property(fc.array(opArb, { maxLength: 40, size: 'max' }), (ops) => {
         const clock = new ManualClock(0);
         const tracker = new TerminalRetryTracker(clock.now);
         const pending = new Map<string, { seq: number; attempt: number; dueAt: number }>();

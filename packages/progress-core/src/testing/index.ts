@@ -14,7 +14,13 @@ export {
   taskViewArbitrary,
 } from './frame-arbitraries.js';
 export { ManualClock } from './manual-clock.js';
-export { DEFAULT_FC_SEED, propertyParams, propertySeed } from './property-config.js';
+export {
+  DEFAULT_FC_SEED,
+  propertyParams,
+  propertyRuns,
+  propertySeed,
+  propertyTimeoutMs,
+} from './property-config.js';
 export type {
   ProgressStoreHarness,
   ProgressStoreHarnessFactory,

@@ -5,7 +5,9 @@ import type { Parameters as FcParameters } from 'fast-check';
  * per process and can be overridden to replay a failure, and a run count that CI can raise.
  *
  * - `FC_SEED=123 npm test` replays a failure (fast-check prints the seed and path of a counterexample).
- * - `FC_NUM_RUNS=5000 npm test` multiplies the work; each test's own count is the default.
+ * - `FC_NUM_RUNS=5000 npm test` sets every property's run count; each test's own count is the default.
+ * - `FC_MIN_RUNS=1000` raises every property to at least that many runs and leaves larger counts alone
+ *   (`npm run test:deep` sets it, with a fresh random `FC_SEED`).
  */
 
 /** The seed used when `FC_SEED` is not set. Fixed, so a red CI run reproduces locally. */
@@ -40,5 +42,18 @@ export function propertySeed(): number {
  * ```
  */
 export function propertyParams<T = unknown>(numRuns: number): FcParameters<T> {
-  return { seed: propertySeed(), numRuns: readIntegerEnv('FC_NUM_RUNS') ?? numRuns };
+  return { seed: propertySeed(), numRuns: propertyRuns(numRuns) };
+}
+
+/** The run count in force for a property whose own count is `numRuns` (`FC_NUM_RUNS`, `FC_MIN_RUNS`). */
+export function propertyRuns(numRuns: number): number {
+  return readIntegerEnv('FC_NUM_RUNS') ?? Math.max(numRuns, readIntegerEnv('FC_MIN_RUNS') ?? 0);
+}
+
+/**
+ * A test timeout for a property of `numRuns` own runs that takes up to `timeoutMs` at that count, scaled
+ * by the run count in force, so `FC_MIN_RUNS` / `FC_NUM_RUNS` do not turn a deep run into a timeout.
+ */
+export function propertyTimeoutMs(numRuns: number, timeoutMs: number): number {
+  return Math.ceil((timeoutMs * Math.max(propertyRuns(numRuns), numRuns)) / numRuns);
 }

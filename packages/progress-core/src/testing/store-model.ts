@@ -9,7 +9,7 @@ import { STORE_DEFAULTS } from '../store/progress-store.js';
 import type { AppendResult } from '../store/task-transitions.js';
 import { leaseExpiredReason, newTask } from '../store/task-transitions.js';
 import type { ManualClock } from './manual-clock.js';
-import { propertyParams } from './property-config.js';
+import { propertyParams, propertyRuns, propertyTimeoutMs } from './property-config.js';
 import { TERMINAL_INPUTS } from './store-contract-events.js';
 import type { ProgressStoreHarnessFactory } from './store-contract-support.js';
 import { expectRejected, expectRejection, fulfilled, range, seqsOf, show } from './store-contract-support.js';
@@ -653,7 +653,7 @@ export function describeModelContract(
 ): void {
   describe('model-based', () => {
     it(
-      `random command sequences agree with the model after every command (${options.numRuns} runs)`,
+      `random command sequences agree with the model after every command (${propertyRuns(options.numRuns)} runs)`,
       async () => {
         const commands = fc.commands(commandArbitraries(Math.min(options.concurrency, 10)), {
           maxCommands: 40,
@@ -671,7 +671,7 @@ export function describeModelContract(
           propertyParams(options.numRuns),
         );
       },
-      MODEL_TIMEOUT_MS,
+      propertyTimeoutMs(options.numRuns, MODEL_TIMEOUT_MS),
     );
   });
 }

@@ -81,7 +81,11 @@ export function buildTaskLog(taskId: string, inputs: readonly AppendInput[], tot
 /** A task log of 0..`maxWork` work events ending with exactly one terminal event of a random type. */
 export function taskLogArb(taskId: string, maxWork = 24): fc.Arbitrary<TaskLog> {
   return fc
-    .tuple(fc.array(workInputArb, { maxLength: maxWork }), terminalInputArb, fc.option(fc.nat(12)))
+    .tuple(
+      fc.array(workInputArb, { maxLength: maxWork, size: 'max' }),
+      terminalInputArb,
+      fc.option(fc.nat(12)),
+    )
     .map(([work, terminal, total]) => buildTaskLog(taskId, [...work, terminal], total));
 }
 
