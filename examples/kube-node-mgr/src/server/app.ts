@@ -522,7 +522,9 @@ export function createApp(options: AppOptions): App {
       }
       let op: Operation;
       try {
-        op = parseOperation(record.operation);
+        // Validated again: the record is data from the database, and the rules may have changed since.
+        const { type, ...fields } = record.operation;
+        op = parseOperation({ ...fields, operation: type });
       } catch {
         return fail(res, 400, 'invalid_input', 'the old task’s operation cannot be rerun');
       }
