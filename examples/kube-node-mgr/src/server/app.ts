@@ -538,6 +538,17 @@ export function createApp(options: AppOptions): App {
     },
   );
 
+  // One batch's record (its nodes, its link) for the progress dialog; same visibility as watching it.
+  app.get('/api/tasks/:id', requireSession, async (req: Authed, res: Response) => {
+    const session = req.session as Session;
+    const id = String(req.params.id);
+    const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
+    if (record === undefined || (req.role === 'operator' && record.username !== session.username)) {
+      return fail(res, 404, 'task_not_found', 'no such task');
+    }
+    res.json({ task: auditEntry(record, task) });
+  });
+
   // The task list and the audit log: the example's record of each batch joined with its live state in the
   // store. Operators see their own; viewers and admins everyone's.
   app.get('/api/tasks', requireSession, async (req: Authed, res: Response) => {
