@@ -4,7 +4,7 @@
  * that keep two batches off the same node, and the reason of each cordon.
  */
 import type BetterSqlite3 from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect } from 'kysely';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type pg from 'pg';
 
 interface SessionRow {
@@ -45,6 +45,9 @@ interface Tables {
   knm_node_locks: LockRow;
   knm_cordons: CordonRow;
 }
+
+/** Key of the advisory lock under which a replica creates the tables. */
+const MIGRATION_LOCK = 7_215_001;
 
 /** A batch as the audit page shows it. */
 export interface TaskRecord {
@@ -99,8 +102,22 @@ export class AppDb {
   }
 
   async #migrate(): Promise<void> {
+    if (this.#dialect === 'sqlite') return this.#createTables(this.#db);
+    // Replicas start together: concurrent CREATE TABLE IF NOT EXISTS can still collide in Postgres's
+    // catalog, so they take turns under an advisory lock held on one pinned connection.
+    await this.#db.connection().execute(async (conn) => {
+      await sql`select pg_advisory_lock(${MIGRATION_LOCK})`.execute(conn);
+      try {
+        await this.#createTables(conn);
+      } finally {
+        await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`.execute(conn);
+      }
+    });
+  }
+
+  async #createTables(db: Kysely<Tables>): Promise<void> {
     const big = this.#dialect === 'postgres' ? 'bigint' : 'integer';
-    const schema = this.#db.schema;
+    const schema = db.schema;
     await schema
       .createTable('knm_sessions')
       .ifNotExists()

@@ -89,6 +89,11 @@ async function main(): Promise<void> {
     nodes,
     sessions,
     concurrency: config.concurrency,
+    progress: {
+      leaseTtlMs: config.leaseTtlMs,
+      leaseRenewIntervalMs: Math.floor(config.leaseTtlMs / 3),
+      reapIntervalMs: Math.min(5000, config.leaseTtlMs),
+    },
     staticDir: config.staticDir,
     trustProxy: config.trustProxy,
     allowedOrigins: config.allowedOrigins,

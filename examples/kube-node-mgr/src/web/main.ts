@@ -517,11 +517,8 @@ client.on('state', ({ state }) => {
   conn.textContent = state === 'closed' ? 'disconnected' : 'reconnecting…';
   conn.className = `conn ${state}`;
   const warning = $('#progress-warning');
-  if (warning.dataset.kind !== 'history') {
-    warning.hidden = !lost;
-    warning.dataset.kind = lost ? 'connection' : '';
-    warning.textContent = lost ? 'Reconnecting… the progress shown may be behind; nothing is lost.' : '';
-  }
+  warning.hidden = !lost;
+  warning.textContent = lost ? 'Reconnecting… the progress shown may be behind; nothing is lost.' : '';
 });
 
 // ---------------------------------------------------------------- progress dialog
@@ -556,9 +553,9 @@ function openProgress(taskId: string): void {
   $<HTMLButtonElement>('#progress-cancel').hidden = true;
   $<HTMLButtonElement>('#progress-retry').hidden = true;
   $<HTMLButtonElement>('#progress-resume').hidden = true;
-  const warning = $('#progress-warning');
-  warning.hidden = true;
-  warning.dataset.kind = '';
+  loadProblems.clear();
+  renderLoadProblems();
+  $('#progress-rerun-error').hidden = true;
   renderResults();
   if (!dialog.open) dialog.showModal();
 
@@ -585,16 +582,21 @@ function openProgress(taskId: string): void {
   );
 }
 
+/** Reads of the open dialog that are failing (what → why), shown together in `#progress-load-warning`. */
+const loadProblems = new Map<string, string>();
+
+function renderLoadProblems(): void {
+  const box = $('#progress-load-warning');
+  box.hidden = loadProblems.size === 0;
+  box.textContent = [...loadProblems.values()].join(' ');
+}
+
 /** Retries a read with a growing pause, showing why meanwhile; gives up after `attempts`. */
 async function withRetry<T>(w: Watch, what: string, read: () => Promise<T>, attempts = 6): Promise<T | null> {
   for (let attempt = 1; ; attempt++) {
     try {
       const value = await read();
-      const warning = $('#progress-warning');
-      if (warning.dataset.kind === 'history') {
-        warning.hidden = true;
-        warning.dataset.kind = '';
-      }
+      if (watch === w && loadProblems.delete(what)) renderLoadProblems();
       return value;
     } catch (error) {
       if (watch !== w) return null;
@@ -604,11 +606,12 @@ async function withRetry<T>(w: Watch, what: string, read: () => Promise<T>, atte
       ) {
         throw error;
       }
-      const warning = $('#progress-warning');
-      warning.hidden = false;
-      warning.dataset.kind = 'history';
       const last = attempt >= attempts;
-      warning.textContent = `Could not load ${what}: ${(error as Error).message}${last ? '. Reopen the task to try again.' : '. Retrying…'}`;
+      loadProblems.set(
+        what,
+        `Could not load ${what}: ${(error as Error).message}${last ? '. Reopen the task to try again.' : '. Retrying…'}`,
+      );
+      renderLoadProblems();
       if (last) return null;
       await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** (attempt - 1), 8000)));
       if (watch !== w) return null;
@@ -636,7 +639,10 @@ async function loadEntry(w: Watch, taskId: string): Promise<void> {
     renderElapsed();
     if (lastState?.finished) finished(w, lastState);
   } catch (error) {
-    if (watch === w) $('#progress-warning').textContent = (error as Error).message;
+    if (watch === w) {
+      loadProblems.set('entry', (error as Error).message);
+      renderLoadProblems();
+    }
   }
 }
 
@@ -669,7 +675,7 @@ function renderState(state: WatchState): void {
   if (state.progress === null) return;
   const { done, total, current } = state.progress;
   $<HTMLProgressElement>('#progress-bar').value = state.fraction ?? 0;
-  $('#progress-count').textContent = `${done} / ${total ?? '?'} nodes`;
+  $('#progress-count').textContent = `${done} / ${total ?? '?'}`;
   $('#progress-current').textContent = state.finished ? '' : current ? ` · processing ${current}` : '';
   $('#progress-rate').textContent =
     state.rate === null ? '—' : `${state.rate.toFixed(state.rate < 10 ? 1 : 0)} nodes/s`;
@@ -795,10 +801,9 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     openProgress(started.taskId);
     void loadTasks();
   } catch (error) {
-    const warning = $('#progress-warning');
-    warning.hidden = false;
-    warning.dataset.kind = 'rerun';
-    warning.textContent = (error as Error).message;
+    const box = $('#progress-rerun-error');
+    box.hidden = false;
+    box.textContent = (error as Error).message;
   }
 }
 
