@@ -49,6 +49,9 @@ describe('per-node locks', () => {
       by: 'alice',
     });
     await waitForTask(alice, first.body.taskId);
+    // As soon as the task ended the table stops showing the lock (even before it is released).
+    const after = (await bob.get('/api/nodes')).body.nodes;
+    expect(after.find((n: any) => n.name === 'worker-1').lock).toBeNull();
     for (let i = 0; i < 100 && (await h.db.locks()).length > 0; i++)
       await new Promise((r) => setTimeout(r, 10));
     const third = await bob.post('/api/batch', {

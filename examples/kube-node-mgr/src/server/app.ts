@@ -290,7 +290,15 @@ export function createApp(options: AppOptions): App {
     try {
       const [list, cordons, locks] = await Promise.all([nodes.list(selector), db.cordons(), db.locks()]);
       const cordonOf = new Map(cordons.map((c) => [c.node, c]));
-      const lockOf = new Map(locks.map((l) => [l.node, l]));
+      // Only locks of running tasks: a lock outlives its task for a moment (released after the terminal
+      // event) and for good when its replica died (taken over by the next batch).
+      const holders = [...new Set(locks.map((l) => l.taskId))];
+      const running = new Set(
+        (await Promise.all(holders.map((id) => store.getTask(id))))
+          .filter((t) => t?.status === 'running')
+          .map((t) => t?.id),
+      );
+      const lockOf = new Map(locks.filter((l) => running.has(l.taskId)).map((l) => [l.node, l]));
       res.json({
         nodes: list.map((n) => {
           const note = cordonOf.get(n.name);

@@ -706,6 +706,8 @@ function renderResults(): void {
   const pending = untouched();
   const ended = lastState?.finished === true;
   $('#pending-title').textContent = ended ? 'Not changed' : 'Pending';
+  // A finished batch that reached every node has nothing to list here.
+  ($('#pending-list').parentElement as HTMLElement).hidden = ended && entry !== null && pending.length === 0;
   $('#pending-count').textContent = entry === null ? '…' : String(pending.length);
   const current = lastState?.progress?.current ?? null;
   $('#pending-list').replaceChildren(
@@ -986,7 +988,16 @@ async function loadAudit(more: boolean): Promise<void> {
         { 'data-task': t.id },
         el('td', { title: new Date(t.createdAt).toLocaleString() }, new Date(t.createdAt).toLocaleString()),
         el('td', {}, t.username),
-        el('td', {}, `${t.task?.message ?? String(t.operation.type)}${reason}`, ' ', open),
+        el(
+          'td',
+          {},
+          `${t.task?.message ?? String(t.operation.type)}${reason}`,
+          t.parentTaskId === null
+            ? ''
+            : ` (${t.relation === 'retry_failed' ? 'retry of failed nodes' : 'resume'} of ${t.parentTaskId.slice(0, 8)})`,
+          ' ',
+          open,
+        ),
         el(
           'td',
           { title: t.nodes.join('\n') },
