@@ -10,6 +10,7 @@ import type { AppDb, NodeLock, TaskRecord } from './app-db.js';
 import { ROLES, type Role, type Session, type SessionManager } from './auth.js';
 import { KubeApiError, type KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
+import { drainNode } from './node-drain.js';
 import { applyToNode } from './node-worker.js';
 import {
   BadRequestError,
@@ -77,6 +78,11 @@ export interface AppOptions {
    * @default false
    */
   trustProxy?: boolean;
+  /**
+   * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails.
+   * @default 120000
+   */
+  evictionTimeoutMs?: number;
   /** Extra options of the Finishline server (heartbeat, leases…). */
   progress?: Partial<ProgressServerOptions<Principal>>;
   logger?: ProgressLogger;
@@ -411,7 +417,21 @@ export function createApp(options: AppOptions): App {
           names,
           async (name, { signal }) => {
             await task.progress({ current: name });
-            const result = await applyToNode(nodes, name, op, { maxAttempts: config.maxAttempts, signal });
+            const result =
+              op.type === 'drain'
+                ? await drainNode(nodes, name, {
+                    maxAttempts: config.maxAttempts,
+                    signal,
+                    ...(config.evictionTimeoutMs === undefined
+                      ? {}
+                      : { evictionTimeoutMs: config.evictionTimeoutMs }),
+                    // Each node's evictions show inside its item's progress: "worker-3: evicted 2 of 5 pods".
+                    onProgress: (evicted, total) =>
+                      task
+                        .progress({ current: `${name}: evicted ${evicted} of ${total} pods` })
+                        .then(() => undefined),
+                  })
+                : await applyToNode(nodes, name, op, { maxAttempts: config.maxAttempts, signal });
             await noteCordon(op, name, session.username, reason);
             return { ...result };
           },
@@ -429,7 +449,7 @@ export function createApp(options: AppOptions): App {
   /** Who cordoned a node and why, kept beside the node (the API has no field for it). */
   const noteCordon = async (op: Operation, node: string, username: string, reason: string | undefined) => {
     try {
-      if (op.type === 'cordon') {
+      if (op.type === 'cordon' || op.type === 'drain') {
         await db.setCordon({ node, reason: reason ?? '', username, at: Date.now() });
       } else if (op.type === 'uncordon') await db.clearCordon(node);
     } catch (error) {

@@ -38,8 +38,8 @@ interface TaskEntry {
 }
 
 type Role = 'admin' | 'operator' | 'viewer';
-type OpType = 'taint_add' | 'taint_remove' | 'label_add' | 'label_remove' | 'cordon' | 'uncordon';
-type ItemResult = { ok: boolean; error: string | null };
+type OpType = 'taint_add' | 'taint_remove' | 'label_add' | 'label_remove' | 'cordon' | 'uncordon' | 'drain';
+type ItemResult = { ok: boolean; error: string | null; detail?: unknown };
 
 /** sessionStorage key of the task whose progress dialog is open (a reload reopens it). */
 const RUNNING_TASK_KEY = 'knm.runningTask';
@@ -382,6 +382,7 @@ const OP_TITLES: Record<OpType, string> = {
   label_remove: 'Remove label',
   cordon: 'Cordon nodes',
   uncordon: 'Uncordon nodes',
+  drain: 'Drain nodes',
 };
 const OP_FIELDS: Record<OpType, string[]> = {
   taint_add: ['key', 'value', 'effect'],
@@ -390,6 +391,7 @@ const OP_FIELDS: Record<OpType, string[]> = {
   label_remove: ['key'],
   cordon: ['reason'],
   uncordon: [],
+  drain: ['reason'],
 };
 let currentOp: OpType = 'cordon';
 
@@ -413,7 +415,12 @@ function blastRadius(op: OpType, effect: string): string | null {
       `NoExecute evicts every pod without a matching toleration from ${plural(chosen.length, 'node')} right away.`,
     );
   }
-  const disrupts = op === 'cordon' || (op === 'taint_add' && effect !== 'PreferNoSchedule');
+  if (op === 'drain') {
+    parts.push(
+      `Drain cordons ${plural(chosen.length, 'node')} and evicts every pod on them except DaemonSet pods; PodDisruptionBudgets are honoured, so it may wait for replacements to become ready.`,
+    );
+  }
+  const disrupts = op === 'cordon' || op === 'drain' || (op === 'taint_add' && effect !== 'PreferNoSchedule');
   if (disrupts && cp.length > 0) {
     parts.push(
       `This includes ${plural(cp.length, 'control-plane node')} (${cp.map((n) => n.name).join(', ')})` +
@@ -463,7 +470,7 @@ function openOperation(op: OpType): void {
   if (key) key.required = OP_FIELDS[op].includes('key');
   $('#op-error').textContent = '';
   $<HTMLButtonElement>('#op-submit').textContent =
-    op === 'cordon' ? 'Cordon' : op === 'uncordon' ? 'Uncordon' : 'Run';
+    op === 'cordon' ? 'Cordon' : op === 'uncordon' ? 'Uncordon' : op === 'drain' ? 'Drain' : 'Run';
   updateConfirm();
   dialog.showModal();
 }
@@ -699,7 +706,26 @@ function renderResults(): void {
   const failed = [...results].filter(([, r]) => !r.ok).sort(([a], [b]) => a.localeCompare(b));
   $('#ok-count').textContent = String(ok.length);
   $('#fail-count').textContent = String(failed.length);
-  $('#ok-list').replaceChildren(...ok.map((key) => el('li', {}, key)));
+  $('#ok-list').replaceChildren(
+    ...ok.map((key) => {
+      // A drained node says what moved: "worker-3 · 3 pods evicted, 2 DaemonSet pods left".
+      const detail = results.get(key)?.detail as { evicted?: unknown; skipped?: unknown } | null | undefined;
+      const evicted = Array.isArray(detail?.evicted) ? detail.evicted : null;
+      const skipped = Array.isArray(detail?.skipped) ? detail.skipped : [];
+      return evicted === null
+        ? el('li', { 'data-node': key }, key)
+        : el(
+            'li',
+            { 'data-node': key, title: evicted.join('\n') },
+            key,
+            el(
+              'small',
+              {},
+              ` · ${plural(evicted.length, 'pod')} evicted, ${plural(skipped.length, 'DaemonSet pod')} left`,
+            ),
+          );
+    }),
+  );
   $('#fail-list').replaceChildren(
     ...failed.map(([key, r]) => el('li', { 'data-node': key }, key, el('small', {}, r.error ?? 'failed'))),
   );

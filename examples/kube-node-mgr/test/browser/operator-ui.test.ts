@@ -292,21 +292,20 @@ describe('kube-node-mgr operator UI (one server)', () => {
 
   it('refuses a second batch on a node being changed, naming the task; cordon notes show per node', async () => {
     const page = await login('ops');
-    await select(page, ['worker-3', 'worker-4', 'worker-5']);
+    await select(page, ['worker-2', 'worker-3', 'worker-4', 'worker-5']);
     await page.click('button[data-op=cordon]');
     await page.fill('#op-form input[name=reason]', 'kernel upgrade');
     await page.click('#op-submit');
     await page.waitForSelector('#progress-dialog[open][data-task-id]');
     const holder = (await page.getAttribute('#progress-dialog', 'data-task-id')) ?? '';
+    // At once, while the cordon runs: the same nodes, another batch.
     await page.click('#progress-close');
-    await page.uncheck('tr[data-node="worker-3"] input[type=checkbox]');
-    await page.uncheck('tr[data-node="worker-4"] input[type=checkbox]');
     await page.click('button[data-op=label_add]');
     await page.fill('#op-form input[name=key]', 'second');
     await page.click('#op-submit');
     await page.waitForFunction(() => document.querySelector('#op-error')?.textContent !== '');
     expect(await page.textContent('#op-error')).toBe(
-      `another batch is changing worker-5 (task ${holder} by ops); wait for it to finish`,
+      `another batch is changing worker-2, worker-3, worker-4, worker-5 (task ${holder} by ops); wait for it to finish`,
     );
     await page.click('#op-cancel');
     await page.waitForSelector(`#tasks tr[data-task="${holder}"] td.st-completed`, { timeout: 20_000 });
