@@ -206,6 +206,10 @@ describe('kube-node-mgr operator UI (one server)', () => {
     expect(explain).not.toMatch(/lease/);
     expect(await page.textContent('#pending-title')).toBe('Not changed');
     await page.waitForSelector('#connection', { state: 'hidden', timeout: 10_000 });
+    // Back online, the node table recovers by itself (its error was from the minutes the server was down).
+    await page.waitForFunction(() => document.querySelector('#nodes-error')?.textContent === '', undefined, {
+      timeout: 20_000,
+    });
     await shot(page, 'interrupted');
     expect(await page.textContent('#progress-resume')).toBe(`Resume remaining (${notChanged.length})`);
     await page.click('#progress-resume');
@@ -338,6 +342,34 @@ describe('kube-node-mgr operator UI (one server)', () => {
     await ops.context().close();
   });
 
+  it('drains nodes with each node’s evictions in its progress', async () => {
+    const page = await login('ops');
+    await select(page, ['worker-1', 'worker-7']);
+    await page.click('button[data-op=drain]');
+    await page.waitForSelector('#op-confirm:not([hidden])');
+    expect(await page.textContent('#op-confirm-text')).toContain(
+      'Drain cordons 2 nodes and evicts every pod on them except DaemonSet pods',
+    );
+    await page.fill('#op-form input[name=reason]', 'rotate AMIs');
+    await page.check('#op-confirm-check');
+    await page.click('#op-submit');
+    await page.waitForFunction(
+      () => /evicted \d+ of \d+ pods/.test(document.querySelector('#progress-current')?.textContent ?? ''),
+      undefined,
+      {
+        timeout: 20_000,
+      },
+    );
+    await shot(page, 'drain');
+    await page.waitForSelector('#progress-dialog[data-state=complete]', { timeout: 40_000 });
+    const done = await page.locator('#ok-list li').allTextContents();
+    expect(done).toEqual([
+      expect.stringMatching(/^worker-1 · \d+ pods? evicted, 2 DaemonSet pods left$/),
+      expect.stringMatching(/^worker-7 · \d+ pods? evicted, 2 DaemonSet pods left$/),
+    ]);
+    await page.context().close();
+  });
+
   it('lists every batch on the audit page (who, what, which nodes, result, when)', async () => {
     const page = await login('demo');
     await page.click('#nav-audit');
@@ -349,6 +381,7 @@ describe('kube-node-mgr operator UI (one server)', () => {
     );
     expect(rows.some((r) => r.includes('completed, 1 failed'))).toBe(true);
     expect(rows.some((r) => r.includes('interrupted'))).toBe(true);
+    expect(rows.some((r) => r.includes('drain on 2 nodes') && r.includes('rotate AMIs'))).toBe(true);
     await shot(page, 'audit');
     await page.context().close();
   });
