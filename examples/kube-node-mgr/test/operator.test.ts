@@ -22,7 +22,7 @@ const waitRunning = async (client: Awaited<ReturnType<typeof login>>, taskId: st
 
 describe('per-node locks', () => {
   it('refuses a batch on nodes another batch is changing: 409 nodes_locked naming the task; free again after it ends', async () => {
-    h = await startHarness({ cluster: { latencyMs: 100 } });
+    h = await startHarness({ cluster: { latencyMs: 250 }, app: { concurrency: 1 } });
     const alice = await login(h.base, 'alice');
     const bob = await login(h.base, 'bob');
     const first = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'worker-2'] });
@@ -189,5 +189,52 @@ describe('audit and cordon notes', () => {
     await waitForTask(alice, u.body.taskId);
     const after = (await bob.get('/api/nodes')).body.nodes.find((n: any) => n.name === 'worker-1');
     expect(after.cordon).toBeNull();
+  });
+});
+
+describe('templates', () => {
+  it('saves validated label and taint templates for everyone; only operators save, the author or an admin deletes', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const victor = await login(h.base, 'victor');
+    const ada = await login(h.base, 'ada');
+    const taint = {
+      name: 'maintenance',
+      kind: 'taint',
+      key: 'example.com/maint',
+      value: 'planned',
+      effect: 'NoExecute',
+    };
+    expect((await alice.post('/api/templates', taint)).status).toBe(201);
+    expect(
+      (await alice.post('/api/templates', { name: 'team', kind: 'label', key: 'team', value: 'infra' }))
+        .status,
+    ).toBe(201);
+    const dup = await bob.post('/api/templates', taint);
+    expect(dup.status).toBe(409);
+    expect(dup.body.error.code).toBe('template_exists');
+    const bad = await bob.post('/api/templates', { ...taint, name: 'x', effect: 'Sometimes' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.field).toBe('effect');
+    expect((await bob.post('/api/templates', { ...taint, name: 'y', key: 'a/b/c' })).status).toBe(400);
+    expect((await victor.post('/api/templates', { ...taint, name: 'z' })).status).toBe(403);
+    const list = (await victor.get('/api/templates')).body.templates;
+    expect(list).toEqual([
+      expect.objectContaining({
+        name: 'maintenance',
+        kind: 'taint',
+        key: 'example.com/maint',
+        value: 'planned',
+        effect: 'NoExecute',
+        createdBy: 'alice',
+      }),
+      expect.objectContaining({ name: 'team', kind: 'label', key: 'team', value: 'infra', effect: null }),
+    ]);
+    expect((await bob.post('/api/templates/team/delete', {})).status).toBe(403);
+    expect((await ada.post('/api/templates/team/delete', {})).status).toBe(200);
+    expect((await alice.get('/api/templates')).body.templates.map((t: any) => t.name)).toEqual([
+      'maintenance',
+    ]);
   });
 });

@@ -39,7 +39,18 @@ interface CordonRow {
   username: string;
   at: number;
 }
+interface TemplateRow {
+  name: string;
+  /** `label` or `taint`. */
+  kind: string;
+  key: string;
+  value: string | null;
+  effect: string | null;
+  created_by: string;
+  created_at: number;
+}
 interface Tables {
+  knm_templates: TemplateRow;
   knm_sessions: SessionRow;
   knm_tasks: TaskRow;
   knm_node_locks: LockRow;
@@ -66,6 +77,17 @@ export interface CordonNote {
   reason: string;
   username: string;
   at: number;
+}
+
+/** A saved label or taint, to apply again by name. */
+export interface Template {
+  name: string;
+  kind: 'label' | 'taint';
+  key: string;
+  value: string | null;
+  effect: string | null;
+  createdBy: string;
+  createdAt: number;
 }
 
 /** A lock held on a node by a running batch. */
@@ -159,6 +181,17 @@ export class AppDb {
       .addColumn('reason', 'text', (c) => c.notNull())
       .addColumn('username', 'text', (c) => c.notNull())
       .addColumn('at', big, (c) => c.notNull())
+      .execute();
+    await schema
+      .createTable('knm_templates')
+      .ifNotExists()
+      .addColumn('name', 'text', (c) => c.primaryKey())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('key', 'text', (c) => c.notNull())
+      .addColumn('value', 'text')
+      .addColumn('effect', 'text')
+      .addColumn('created_by', 'text', (c) => c.notNull())
+      .addColumn('created_at', big, (c) => c.notNull())
       .execute();
   }
 
@@ -321,6 +354,48 @@ export class AppDb {
   async cordons(): Promise<CordonNote[]> {
     const rows = await this.#db.selectFrom('knm_cordons').selectAll().execute();
     return rows.map((r) => ({ node: r.node, reason: r.reason, username: r.username, at: Number(r.at) }));
+  }
+
+  // ------------------------------------------------------------ templates
+
+  /** Saves a template; `false` when the name is taken. */
+  async addTemplate(t: Template): Promise<boolean> {
+    const taken = await this.#db
+      .selectFrom('knm_templates')
+      .select('name')
+      .where('name', '=', t.name)
+      .executeTakeFirst();
+    if (taken !== undefined) return false;
+    await this.#db
+      .insertInto('knm_templates')
+      .values({
+        name: t.name,
+        kind: t.kind,
+        key: t.key,
+        value: t.value,
+        effect: t.effect,
+        created_by: t.createdBy,
+        created_at: t.createdAt,
+      })
+      .execute();
+    return true;
+  }
+
+  async templates(): Promise<Template[]> {
+    const rows = await this.#db.selectFrom('knm_templates').selectAll().orderBy('name').execute();
+    return rows.map((r) => ({
+      name: r.name,
+      kind: r.kind as Template['kind'],
+      key: r.key,
+      value: r.value,
+      effect: r.effect,
+      createdBy: r.created_by,
+      createdAt: Number(r.created_at),
+    }));
+  }
+
+  async deleteTemplate(name: string): Promise<void> {
+    await this.#db.deleteFrom('knm_templates').where('name', '=', name).execute();
   }
 
   /** Closes the SQLite connection; a Postgres pool is the caller's (the store shares it). */

@@ -385,9 +385,9 @@ const OP_TITLES: Record<OpType, string> = {
   drain: 'Drain nodes',
 };
 const OP_FIELDS: Record<OpType, string[]> = {
-  taint_add: ['key', 'value', 'effect'],
+  taint_add: ['template', 'key', 'value', 'effect', 'save'],
   taint_remove: ['key', 'effect'],
-  label_add: ['key', 'value'],
+  label_add: ['template', 'key', 'value', 'save'],
   label_remove: ['key'],
   cordon: ['reason'],
   uncordon: [],
@@ -457,9 +457,10 @@ function openOperation(op: OpType): void {
   $('#op-title').textContent = OP_TITLES[op];
   const names = [...selected].sort();
   $('#op-nodes').textContent = `${plural(names.length, 'node')}: ${names.join(', ')}`;
-  for (const label of form.querySelectorAll<HTMLElement>('label[data-field]')) {
-    label.hidden = !OP_FIELDS[op].includes(label.dataset.field ?? '');
+  for (const field of form.querySelectorAll<HTMLElement>('[data-field]')) {
+    field.hidden = !OP_FIELDS[op].includes(field.dataset.field ?? '');
   }
+  if (op === 'taint_add' || op === 'label_add') void loadTemplates(op === 'taint_add' ? 'taint' : 'label');
   const effect = form.querySelector<HTMLSelectElement>('select[name=effect]');
   if (effect && op === 'taint_remove' && !effect.querySelector('option[value=""]')) {
     effect.prepend(el('option', { value: '' }, 'any effect'));
@@ -475,6 +476,76 @@ function openOperation(op: OpType): void {
   dialog.showModal();
 }
 
+// ---------------------------------------------------------------- templates
+
+interface Template {
+  name: string;
+  kind: 'label' | 'taint';
+  key: string;
+  value: string | null;
+  effect: string | null;
+  createdBy: string;
+}
+let templates: Template[] = [];
+
+async function loadTemplates(kind: 'label' | 'taint'): Promise<void> {
+  const select = $<HTMLSelectElement>('#template-select');
+  try {
+    templates = (await api<{ templates: Template[] }>('/api/templates')).templates;
+  } catch (error) {
+    $('#op-error').textContent = `Could not load templates: ${(error as Error).message}`;
+    return;
+  }
+  const first = select.options[0];
+  select.replaceChildren(
+    ...(first ? [first] : []),
+    ...templates
+      .filter((t) => t.kind === kind)
+      .map((t) =>
+        el(
+          'option',
+          { value: t.name },
+          `${t.name} — ${t.key}${t.value ? `=${t.value}` : ''}${t.effect ? `:${t.effect}` : ''}`,
+        ),
+      ),
+  );
+  select.value = '';
+}
+
+$('#template-select').addEventListener('change', () => {
+  const t = templates.find((x) => x.name === $<HTMLSelectElement>('#template-select').value);
+  if (t === undefined) return;
+  const form = $<HTMLFormElement>('#op-form');
+  (form.querySelector('input[name=key]') as HTMLInputElement).value = t.key;
+  (form.querySelector('input[name=value]') as HTMLInputElement).value = t.value ?? '';
+  const effect = form.querySelector<HTMLSelectElement>('select[name=effect]');
+  if (effect && t.effect) effect.value = t.effect;
+  updateConfirm();
+});
+
+$('#template-save').addEventListener('click', async () => {
+  const form = new FormData($<HTMLFormElement>('#op-form'));
+  const kind = currentOp === 'taint_add' ? 'taint' : 'label';
+  $('#op-error').textContent = '';
+  try {
+    const saved = await api<{ template: Template }>('/api/templates', {
+      method: 'POST',
+      body: {
+        name: String(form.get('template-name') ?? ''),
+        kind,
+        key: String(form.get('key') ?? ''),
+        value: String(form.get('value') ?? ''),
+        ...(kind === 'taint' ? { effect: String(form.get('effect') ?? '') } : {}),
+      },
+    });
+    await loadTemplates(kind);
+    $<HTMLSelectElement>('#template-select').value = saved.template.name;
+    $<HTMLInputElement>('#op-form input[name=template-name]').value = '';
+  } catch (error) {
+    $('#op-error').textContent = (error as Error).message;
+  }
+});
+
 $('#op-form select[name=effect]').addEventListener('change', updateConfirm);
 $('#op-confirm-check').addEventListener('change', updateConfirm);
 $('#op-cancel').addEventListener('click', () => $<HTMLDialogElement>('#op-dialog').close());
@@ -484,6 +555,7 @@ $<HTMLFormElement>('#op-form').addEventListener('submit', async (event) => {
   const form = new FormData(event.target as HTMLFormElement);
   const body: Record<string, unknown> = { operation: currentOp, nodes: [...selected].sort() };
   for (const field of OP_FIELDS[currentOp]) {
+    if (field === 'template' || field === 'save') continue;
     const value = String(form.get(field) ?? '');
     if (value !== '' || (field === 'value' && currentOp === 'label_add')) body[field] = value;
   }

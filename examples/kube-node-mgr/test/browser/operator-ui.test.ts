@@ -104,6 +104,32 @@ describe('kube-node-mgr operator UI (one server)', () => {
     await page.context().close();
   });
 
+  it('saves a taint as a template and fills the dialog from it', async () => {
+    const page = await login('ops');
+    await select(page, ['gpu-2']);
+    await page.click('button[data-op=taint_add]');
+    await page.fill('#op-form input[name=key]', 'example.com/maint');
+    await page.fill('#op-form input[name=value]', 'planned');
+    await page.selectOption('#op-form select[name=effect]', 'PreferNoSchedule');
+    await page.fill('#op-form input[name=template-name]', 'maintenance window');
+    await page.click('#template-save');
+    await page.waitForSelector('#template-select option[value="maintenance window"]', { state: 'attached' });
+    await page.click('#op-cancel');
+    await page.click('button[data-op=taint_add]');
+    await page.waitForSelector('#template-select option[value="maintenance window"]', { state: 'attached' });
+    expect(await page.inputValue('#op-form input[name=key]')).toBe('');
+    await page.selectOption('#template-select', 'maintenance window');
+    expect(await page.inputValue('#op-form input[name=key]')).toBe('example.com/maint');
+    expect(await page.inputValue('#op-form input[name=value]')).toBe('planned');
+    expect(await page.inputValue('#op-form select[name=effect]')).toBe('PreferNoSchedule');
+    // Label templates are not offered for taints.
+    await page.click('#op-cancel');
+    await page.click('button[data-op=label_add]');
+    await page.waitForFunction(() => document.querySelectorAll('#template-select option').length === 1);
+    await page.click('#op-cancel');
+    await page.context().close();
+  });
+
   it('shows elapsed, rate, ETA and the pending nodes mid-job, the live task row, then the new taints without Refresh', async () => {
     const page = await login('ops');
     await select(page, WORKERS);
