@@ -579,7 +579,9 @@ $<HTMLFormElement>('#op-form').addEventListener('submit', async (event) => {
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/progress`;
 // The session cookie authenticates the socket; `persistence: 'session'` saves the cursor with each ack, so
 // a reload resumes from where this page was instead of starting over.
-const client = new ProgressClient({ url: wsUrl, persistence: 'session' });
+// Reconnect attempts back off to 5 s at most (the library's default is 30 s): an operator watching a server
+// restart should see the page come back within seconds.
+const client = new ProgressClient({ url: wsUrl, persistence: 'session', reconnectMaxDelayMs: 5000 });
 let wasOpen = false;
 client.on('state', ({ state }) => {
   const conn = $('#connection');

@@ -231,7 +231,9 @@ describe('kube-node-mgr operator UI (one server)', () => {
     expect(explain).toContain(`${notChanged.length} nodes were not changed: ${notChanged.join(', ')}`);
     expect(explain).not.toMatch(/lease/);
     expect(await page.textContent('#pending-title')).toBe('Not changed');
-    await page.waitForSelector('#connection', { state: 'hidden', timeout: 10_000 });
+    // The badge goes once the socket is back (the client's backoff may still be waiting: the final state can
+    // come first, over the client's HTTP fallback).
+    await page.waitForSelector('#connection', { state: 'hidden', timeout: 40_000 });
     // Back online, the node table recovers by itself (its error was from the minutes the server was down).
     await page.waitForFunction(() => document.querySelector('#nodes-error')?.textContent === '', undefined, {
       timeout: 20_000,
