@@ -126,7 +126,9 @@ export function createApp(options: AppOptions): App {
   const throttle = new LoginThrottle(config.loginThrottle);
   const app = express();
   app.disable('x-powered-by');
-  if (config.trustProxy) app.set('trust proxy', true);
+  // One hop (the TLS proxy in front): its X-Forwarded-Proto and X-Forwarded-For are believed, not whatever a
+  // client put further left in X-Forwarded-For (which would let it pick its address for the login throttle).
+  if (config.trustProxy) app.set('trust proxy', 1);
   app.use(securityHeaders);
   const server = http.createServer(app);
   const allowedOrigins = config.allowedOrigins ?? 'same-origin';
@@ -182,6 +184,13 @@ export function createApp(options: AppOptions): App {
     }
   }, config.sessionSweepIntervalMs);
   sweep.unref();
+  // Expired sessions are deleted hourly (revoked ones stay until they expire, so they stay refused).
+  const purge = setInterval(() => {
+    db.purgeSessions().catch((error: unknown) =>
+      config.logger?.warn({ err: String(error) }, 'session purge failed'),
+    );
+  }, 3_600_000);
+  purge.unref();
 
   const originAllowed = (req: Request): boolean => {
     const origin = req.headers.origin;
@@ -698,6 +707,7 @@ export function createApp(options: AppOptions): App {
     progress,
     async close() {
       clearInterval(sweep);
+      clearInterval(purge);
       await progress.close({ timeoutMs: 5000 });
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
