@@ -71,6 +71,9 @@ describe('per-node locks', () => {
     await waitForTask(alice, done.body.taskId);
     // As if the replica running it had died before unlocking.
     await h.db.lockNodes(['worker-5'], { taskId: done.body.taskId, username: 'alice' }, async () => false);
+    // The table does not show a lock whose task has ended.
+    const table = (await alice.get('/api/nodes')).body.nodes;
+    expect(table.find((n: any) => n.name === 'worker-5').lock).toBeNull();
     const res = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-5'] });
     expect(res.status).toBe(202);
   });

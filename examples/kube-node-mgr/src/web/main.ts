@@ -870,7 +870,8 @@ function finished(w: Watch, state: WatchState): void {
     resume.textContent = `Resume remaining (${left?.length ?? 0})`;
   }
   void loadTasks();
-  refreshNodesSoon();
+  // Not debounced away by a read already scheduled before the end: the locks and results must show now.
+  setTimeout(() => void loadNodes(), 300);
 }
 
 function closeProgressWatch(): void {

@@ -238,6 +238,10 @@ describe('kube-node-mgr operator UI (one server)', () => {
     await page.waitForFunction(() => document.querySelector('#nodes-error')?.textContent === '', undefined, {
       timeout: 20_000,
     });
+    // …and no longer shows the interrupted task's locks.
+    await page.waitForFunction(() => document.querySelectorAll('#nodes .lock').length === 0, undefined, {
+      timeout: 20_000,
+    });
     await shot(page, 'interrupted');
     expect(await page.textContent('#progress-resume')).toBe(`Resume remaining (${notChanged.length})`);
     await page.click('#progress-resume');
