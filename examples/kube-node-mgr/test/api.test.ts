@@ -363,7 +363,7 @@ describe('validation: 400 before any node is touched', () => {
       { operation: 'label_remove', key: 'a/b/c', nodes: ['worker-1'] },
       /invalid label key/,
     ],
-    ['unknown operation', { operation: 'drain', nodes: ['worker-1'] }, /operation must be one of/],
+    ['unknown operation', { operation: 'reboot', nodes: ['worker-1'] }, /operation must be one of/],
   ];
 
   it.each(cases)('%s', async (_name, request, message) => {

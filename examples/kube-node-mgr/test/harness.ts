@@ -2,7 +2,9 @@
 import type { AddressInfo } from 'node:net';
 import type { TaskView } from '@finishline/core';
 import { SqliteProgressStore } from '@finishline/sqlite';
+import Database from 'better-sqlite3';
 import { type App, type AppOptions, createApp } from '../src/server/app.js';
+import { AppDb } from '../src/server/app-db.js';
 import { hashPassword, SessionManager } from '../src/server/auth.js';
 import { DemoCluster, type DemoClusterOptions } from '../src/server/demo-cluster.js';
 import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
@@ -13,13 +15,15 @@ export interface Harness {
   app: App;
   base: string;
   store: SqliteProgressStore;
+  db: AppDb;
   close(): Promise<void>;
 }
 
-/** Users of the tests (password = username). */
-export const USERS = ['alice', 'bob'] as const;
+/** Users of the tests (password = username): two operators, a viewer and an admin. */
+export const USERS = ['alice', 'bob', 'victor', 'ada'] as const;
 
-const users = USERS.map((u) => ({ username: u, passwordHash: hashPassword(u) }));
+const ROLE_OF = { alice: 'operator', bob: 'operator', victor: 'viewer', ada: 'admin' } as const;
+const users = USERS.map((u) => ({ username: u, passwordHash: hashPassword(u), role: ROLE_OF[u] }));
 
 export async function startHarness(
   options: { cluster?: DemoClusterOptions; app?: Partial<AppOptions> } = {},
@@ -27,10 +31,12 @@ export async function startHarness(
   const cluster = new DemoCluster(options.cluster);
   const url = await cluster.listen(0);
   const store = new SqliteProgressStore({ database: ':memory:' });
+  const db = await AppDb.sqlite(new Database(':memory:'));
   const app = createApp({
     store,
+    db,
     nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })),
-    sessions: new SessionManager({ secret: 'test-secret-test-secret', ttlMs: 3600_000, users }),
+    sessions: new SessionManager({ secret: 'test-secret-test-secret', ttlMs: 3600_000, users, db }),
     concurrency: 3,
     ...options.app,
   });
@@ -41,8 +47,10 @@ export async function startHarness(
     app,
     base,
     store,
+    db,
     async close() {
       await app.close();
+      await db.close();
       await store.close();
       await cluster.close();
     },

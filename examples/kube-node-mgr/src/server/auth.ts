@@ -1,6 +1,14 @@
-import { createHmac, randomBytes, scryptSync, timingSafeEqual } from 'node:crypto';
+import {
+  createHmac,
+  randomBytes,
+  type ScryptOptions,
+  scrypt,
+  scryptSync,
+  timingSafeEqual,
+} from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
+import type { AppDb } from './app-db.js';
 
 /** scrypt parameters of new hashes (N = 2^14, r = 8, p = 1: ~16 MiB, tens of ms). */
 const SCRYPT = { N: 16384, r: 8, p: 1, keyLength: 32 };
@@ -19,12 +27,41 @@ export function hashPassword(password: string): string {
   ].join('$');
 }
 
-/** Checks a password against a hash from {@link hashPassword}, in constant time. */
-export function verifyPassword(password: string, stored: string): boolean {
+/**
+ * Hashes running at once. libuv's pool has 4 threads shared with file and DNS work; a login flood must
+ * neither take all of them nor every core from the event loop, so further hashes wait their turn.
+ */
+const MAX_CONCURRENT_HASHES = 2;
+let hashesRunning = 0;
+const hashQueue: (() => void)[] = [];
+
+async function scryptAsync(
+  password: string,
+  salt: Buffer,
+  length: number,
+  options: ScryptOptions,
+): Promise<Buffer> {
+  if (hashesRunning >= MAX_CONCURRENT_HASHES) await new Promise<void>((resolve) => hashQueue.push(resolve));
+  hashesRunning++;
+  try {
+    return await new Promise((resolve, reject) => {
+      scrypt(password, salt, length, options, (error, key) => (error ? reject(error) : resolve(key)));
+    });
+  } finally {
+    hashesRunning--;
+    hashQueue.shift()?.();
+  }
+}
+
+/**
+ * Checks a password against a hash from {@link hashPassword}, in constant time. Asynchronous: the hash
+ * (tens of ms) runs on libuv's thread pool instead of blocking the event loop that delivers progress.
+ */
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   const [scheme, n, r, p, salt, hash] = stored.split('$');
   if (scheme !== 'scrypt' || salt === undefined || hash === undefined) return false;
   const expected = Buffer.from(hash, 'base64url');
-  const actual = scryptSync(password, Buffer.from(salt, 'base64url'), expected.length, {
+  const actual = await scryptAsync(password, Buffer.from(salt, 'base64url'), expected.length, {
     N: Number(n),
     r: Number(r),
     p: Number(p),
@@ -37,9 +74,11 @@ export function verifyPassword(password: string, stored: string): boolean {
 export interface UserRecord {
   username: string;
   passwordHash: string;
+  /** @default 'operator' */
+  role?: Role;
 }
 
-/** Reads `{ "users": [{ "username", "passwordHash" }] }`. */
+/** Reads `{ "users": [{ "username", "passwordHash", "role"? }] }` (role: admin, operator or viewer). */
 export function loadUsersFile(path: string): UserRecord[] {
   const parsed = JSON.parse(readFileSync(path, 'utf8')) as { users?: unknown };
   if (!Array.isArray(parsed.users) || parsed.users.length === 0)
@@ -52,14 +91,23 @@ export function loadUsersFile(path: string): UserRecord[] {
     if (typeof user.passwordHash !== 'string' || !user.passwordHash.startsWith('scrypt$')) {
       throw new Error(`${path}: users[${i}].passwordHash must be a scrypt hash (npm run hash-password)`);
     }
-    return { username: user.username, passwordHash: user.passwordHash };
+    if (user.role !== undefined && !ROLES.includes(user.role)) {
+      throw new Error(`${path}: users[${i}].role must be one of ${ROLES.join(', ')}`);
+    }
+    return { username: user.username, passwordHash: user.passwordHash, role: user.role ?? 'operator' };
   });
 }
+
+/** What a user may do: a viewer watches every task and changes nothing; an operator runs batches and
+ * cancels its own; an admin also cancels anyone's. */
+export type Role = 'admin' | 'operator' | 'viewer';
+/** The roles, weakest first. */
+export const ROLES: readonly Role[] = ['viewer', 'operator', 'admin'];
 
 /** The session carried by the signed cookie. */
 export interface Session {
   username: string;
-  /** Random per login; the CSRF token is derived from it. */
+  /** Random per login; the server-side session row's key, and the CSRF token is derived from it. */
   sid: string;
   /** Expiry, epoch ms. */
   exp: number;
@@ -71,28 +119,51 @@ export const SESSION_COOKIE = 'knm_session';
 export const CSRF_HEADER = 'x-csrf-token';
 
 /**
- * Stateless sessions: the cookie is `<payload b64url>.<HMAC-SHA256>` with a secret shared by every
- * replica, so any replica behind a load balancer without affinity accepts it. The CSRF token is an HMAC of
- * the session id (a synchronizer token that needs no server-side storage either).
+ * Server-side sessions behind a signed cookie: the cookie is `<payload b64url>.<HMAC-SHA256>` with a secret
+ * shared by every replica (a forged cookie is refused without a database read), and the session id in it
+ * must name a row of `knm_sessions` that is neither revoked nor expired, so logout on one replica ends the
+ * session on all of them. The CSRF token is an HMAC of the session id.
  */
 export class SessionManager {
   readonly #secret: Buffer;
   readonly #ttlMs: number;
   readonly #users: Map<string, UserRecord>;
+  readonly #db: AppDb;
 
-  constructor(options: { secret: string; ttlMs: number; users: readonly UserRecord[] }) {
+  constructor(options: { secret: string; ttlMs: number; users: readonly UserRecord[]; db: AppDb }) {
     if (options.secret.length < 16) throw new Error('the session secret must be at least 16 characters');
     this.#secret = Buffer.from(options.secret, 'utf8');
     this.#ttlMs = options.ttlMs;
     this.#users = new Map(options.users.map((u) => [u.username, u]));
+    this.#db = options.db;
   }
 
-  /** Checks the credentials; a session on success. Unknown users cost a hash too (no timing oracle). */
-  login(username: string, password: string): Session | null {
+  /**
+   * Checks the credentials; a new stored session on success. Unknown users cost a hash too (no timing
+   * oracle). The hash runs on libuv's thread pool, so logins never stall the event loop.
+   */
+  async login(username: string, password: string): Promise<Session | null> {
     const user = this.#users.get(username);
-    const ok = verifyPassword(password, user?.passwordHash ?? DUMMY_HASH) && user !== undefined;
+    const ok = (await verifyPassword(password, user?.passwordHash ?? DUMMY_HASH)) && user !== undefined;
     if (!ok) return null;
-    return { username, sid: randomBytes(16).toString('base64url'), exp: Date.now() + this.#ttlMs };
+    const session = { username, sid: randomBytes(16).toString('base64url'), exp: Date.now() + this.#ttlMs };
+    await this.#db.createSession({ sid: session.sid, username, expiresAt: session.exp });
+    return session;
+  }
+
+  /** Revokes the session everywhere: its cookie is refused from now on, over HTTP and at the upgrade. */
+  async logout(session: Session): Promise<void> {
+    await this.#db.revokeSession(session.sid);
+  }
+
+  /** Whether the stored session is still active (for sockets opened before a logout). */
+  active(sid: string): Promise<boolean> {
+    return this.#db.sessionActive(sid);
+  }
+
+  /** The role of a session's user. */
+  role(session: Session): Role {
+    return this.#users.get(session.username)?.role ?? 'viewer';
   }
 
   #sign(data: string): string {
@@ -114,8 +185,8 @@ export class SessionManager {
     return serializeCookie(SESSION_COOKIE, '', { maxAgeS: 0, secure });
   }
 
-  /** The session of a request (from its cookie), or `null`. */
-  fromRequest(request: IncomingMessage): Session | null {
+  /** The session of a request's cookie when its signature holds, without the database check. */
+  #decode(request: IncomingMessage): Session | null {
     const raw = parseCookies(request.headers.cookie)[SESSION_COOKIE];
     if (raw === undefined) return null;
     const dot = raw.indexOf('.');
@@ -127,11 +198,23 @@ export class SessionManager {
     try {
       const session = JSON.parse(Buffer.from(payload, 'base64url').toString('utf8')) as Session;
       if (typeof session.exp !== 'number' || session.exp <= Date.now()) return null;
-      if (!this.#users.has(session.username)) return null;
+      if (typeof session.sid !== 'string' || !this.#users.has(session.username)) return null;
       return session;
     } catch {
       return null;
     }
+  }
+
+  /** The session id of a request's validly signed cookie (active or not), or `null`. */
+  sidOf(request: IncomingMessage): string | null {
+    return this.#decode(request)?.sid ?? null;
+  }
+
+  /** The session of a request (from its cookie) if it is still active in the store, or `null`. */
+  async fromRequest(request: IncomingMessage): Promise<Session | null> {
+    const session = this.#decode(request);
+    if (session === null) return null;
+    return (await this.#db.sessionActive(session.sid)) ? session : null;
   }
 
   /** The CSRF token of a session. */

@@ -16,6 +16,8 @@ export interface Config {
   usersFile: string | undefined;
   sessionSecret: string;
   concurrency: number;
+  /** Lease of a running task: how long after its replica died another one reports it interrupted. */
+  leaseTtlMs: number;
   staticDir: string;
   trustProxy: boolean;
   allowedOrigins: 'same-origin' | string[];
@@ -40,8 +42,9 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --demo-fail-nodes LIST   comma-separated nodes whose every PATCH fails (DEMO_FAIL_NODES)
   --data-dir DIR           SQLite database and generated secret (DATA_DIR, default ./data)
   --database-url URL       use Postgres (DATABASE_URL)
-  --users-file FILE        users JSON (USERS_FILE; default: demo users demo/demo and ops/ops)
+  --users-file FILE        users JSON (USERS_FILE; default: demo/demo admin, ops/ops operator, viewer/viewer)
   --concurrency N          nodes patched at once per batch (BATCH_CONCURRENCY, default 4)
+  --lease-ttl-ms N         a dead replica's running batches end "interrupted" this long after (LEASE_TTL_MS, default 15000)
   --static-dir DIR         built web UI (STATIC_DIR, default: dist/web beside the server bundle)
   --trust-proxy            trust X-Forwarded-Proto for Secure cookies (TRUST_PROXY=1)
   --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
@@ -83,6 +86,7 @@ export function loadConfig(
       'database-url': { type: 'string' },
       'users-file': { type: 'string' },
       concurrency: { type: 'string' },
+      'lease-ttl-ms': { type: 'string' },
       'static-dir': { type: 'string' },
       'trust-proxy': { type: 'boolean' },
       'allowed-origins': { type: 'string' },
@@ -124,6 +128,7 @@ export function loadConfig(
     usersFile: values['users-file'] ?? (env.USERS_FILE || undefined),
     sessionSecret: env.SESSION_SECRET || persistentSecret(dataDir),
     concurrency: int('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
+    leaseTtlMs: int('--lease-ttl-ms', values['lease-ttl-ms'] ?? env.LEASE_TTL_MS, 15_000, 300),
     staticDir: path.resolve(cwd, values['static-dir'] ?? env.STATIC_DIR ?? defaultStaticDir),
     trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
     allowedOrigins: origins

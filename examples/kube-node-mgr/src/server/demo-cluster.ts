@@ -1,5 +1,6 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { type DemoPod, DemoWorkloads } from './demo-workloads.js';
 
 /** A taint as the Kubernetes API stores it. */
 export interface Taint {
@@ -61,6 +62,16 @@ export interface DemoClusterOptions {
    */
   nodeCount?: number;
   /**
+   * How long an evicted pod takes to terminate.
+   * @default 300
+   */
+  podTerminationMs?: number;
+  /**
+   * How long a replacement pod takes to become Ready (an eviction under a budget waits for it).
+   * @default 1000
+   */
+  podReadyMs?: number;
+  /**
    * Called before each request is handled (tests use it to change a node behind a batch's back).
    * @default none
    */
@@ -74,6 +85,8 @@ export const DEMO_CLUSTER_DEFAULTS = Object.freeze({
   seed: 1,
   failNodes: [] as readonly string[],
   nodeCount: 14,
+  podTerminationMs: 300,
+  podReadyMs: 1000,
 });
 
 const GIT_VERSION = 'v1.31.0';
@@ -316,6 +329,7 @@ export class DemoCluster {
   readonly #random: () => number;
   #resourceVersion = 1000;
   #server: http.Server | undefined;
+  readonly #workloads: DemoWorkloads;
 
   constructor(options: DemoClusterOptions = {}) {
     const merged = { ...DEMO_CLUSTER_DEFAULTS, ...options };
@@ -330,6 +344,19 @@ export class DemoCluster {
       node.metadata.resourceVersion = String(++this.#resourceVersion);
       this.#nodes.set(node.metadata.name, node);
     }
+    this.#workloads = new DemoWorkloads(
+      {
+        names: () => [...this.#nodes.keys()].sort(),
+        schedulable: (name) => this.#nodes.get(name)?.spec.unschedulable !== true,
+        nextResourceVersion: () => String(++this.#resourceVersion),
+      },
+      { terminationMs: merged.podTerminationMs, readyMs: merged.podReadyMs },
+    );
+  }
+
+  /** The pods on a node (copies): what a drain has to move. */
+  pods(node: string): DemoPod[] {
+    return this.#workloads.podsOn(node);
   }
 
   /** The base URL once {@link listen} resolved. */
@@ -390,6 +417,7 @@ export class DemoCluster {
   async close(): Promise<void> {
     const server = this.#server;
     this.#server = undefined;
+    this.#workloads.close();
     if (server === undefined) return;
     server.closeAllConnections();
     await new Promise<void>((resolve) => server.close(() => resolve()));
@@ -412,6 +440,15 @@ export class DemoCluster {
       if (this.#options.latencyMs > 0) await new Promise((r) => setTimeout(r, this.#options.latencyMs));
       const discovery = this.#discovery(path);
       if (discovery !== undefined && method === 'GET') return send(200, discovery);
+      const workload = this.#workloads.handle(
+        method,
+        path,
+        url.searchParams,
+        (code, reason, message, details) => {
+          throw new HttpStatusError({ code, reason, message, ...(details === undefined ? {} : { details }) });
+        },
+      );
+      if (workload !== undefined) return send(workload.code, workload.body);
       if (match === null) {
         return send(
           404,
@@ -563,7 +600,47 @@ export class DemoCluster {
           serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: '127.0.0.1' }],
         };
       case '/apis':
-        return { kind: 'APIGroupList', apiVersion: 'v1', groups: [] };
+        return {
+          kind: 'APIGroupList',
+          apiVersion: 'v1',
+          groups: ['apps', 'policy'].map((name) => ({
+            name,
+            versions: [{ groupVersion: `${name}/v1`, version: 'v1' }],
+            preferredVersion: { groupVersion: `${name}/v1`, version: 'v1' },
+          })),
+        };
+      case '/apis/apps/v1':
+        return {
+          kind: 'APIResourceList',
+          apiVersion: 'v1',
+          groupVersion: 'apps/v1',
+          resources: [
+            {
+              name: 'daemonsets',
+              singularName: 'daemonset',
+              namespaced: true,
+              kind: 'DaemonSet',
+              verbs: ['get'],
+              shortNames: ['ds'],
+            },
+          ],
+        };
+      case '/apis/policy/v1':
+        return {
+          kind: 'APIResourceList',
+          apiVersion: 'v1',
+          groupVersion: 'policy/v1',
+          resources: [
+            {
+              name: 'poddisruptionbudgets',
+              singularName: 'poddisruptionbudget',
+              namespaced: true,
+              kind: 'PodDisruptionBudget',
+              verbs: ['list'],
+              shortNames: ['pdb'],
+            },
+          ],
+        };
       case '/api/v1':
         return {
           kind: 'APIResourceList',
@@ -576,6 +653,23 @@ export class DemoCluster {
               kind: 'Node',
               verbs: ['get', 'list', 'patch'],
               shortNames: ['no'],
+            },
+            {
+              name: 'pods',
+              singularName: 'pod',
+              namespaced: true,
+              kind: 'Pod',
+              verbs: ['get', 'list'],
+              shortNames: ['po'],
+            },
+            {
+              name: 'pods/eviction',
+              singularName: '',
+              namespaced: true,
+              group: 'policy',
+              version: 'v1',
+              kind: 'Eviction',
+              verbs: ['create'],
             },
           ],
         };

@@ -1,4 +1,11 @@
-import { CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, type V1Node } from '@kubernetes/client-node';
+import {
+  CoreV1Api,
+  KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+  type V1Node,
+  type V1Pod,
+} from '@kubernetes/client-node';
 import type { NodeState } from './operations.js';
 
 /** How the app reaches Kubernetes. */
@@ -112,6 +119,40 @@ export class KubeNodes {
     }
   }
 
+  /** The pods scheduled on a node, in every namespace. */
+  async podsOn(node: string): Promise<PodRef[]> {
+    try {
+      const list = await this.#api.listPodForAllNamespaces({ fieldSelector: `spec.nodeName=${node}` });
+      return list.items.map(toPodRef);
+    } catch (error) {
+      throw toError(error);
+    }
+  }
+
+  /** One pod, or `null` once it is gone. */
+  async pod(namespace: string, name: string): Promise<PodRef | null> {
+    try {
+      return toPodRef(await this.#api.readNamespacedPod({ namespace, name }));
+    } catch (error) {
+      const e = toError(error);
+      if (e.status === 404) return null;
+      throw e;
+    }
+  }
+
+  /** Asks the Eviction API to evict a pod; a 429 means a PodDisruptionBudget refuses it for now. */
+  async evict(namespace: string, name: string): Promise<void> {
+    try {
+      await this.#api.createNamespacedPodEviction({
+        namespace,
+        name,
+        body: { apiVersion: 'policy/v1', kind: 'Eviction', metadata: { name, namespace } },
+      });
+    } catch (error) {
+      throw toError(error);
+    }
+  }
+
   /** Applies a JSON merge patch and answers with the node as the API left it. */
   async mergePatch(name: string, patch: Record<string, unknown>): Promise<NodeView> {
     try {
@@ -124,6 +165,29 @@ export class KubeNodes {
       throw toError(error);
     }
   }
+}
+
+/** A pod on a node, as a drain sees it. */
+export interface PodRef {
+  namespace: string;
+  name: string;
+  uid: string;
+  /** Kind of the controlling owner (`DaemonSet`, `ReplicaSet`, …), or `null`. */
+  controller: string | null;
+  /** A static pod's mirror: the kubelet owns it, eviction does not apply. */
+  mirror: boolean;
+  terminating: boolean;
+}
+
+function toPodRef(pod: V1Pod): PodRef {
+  return {
+    namespace: pod.metadata?.namespace ?? 'default',
+    name: pod.metadata?.name ?? '',
+    uid: pod.metadata?.uid ?? '',
+    controller: pod.metadata?.ownerReferences?.find((o) => o.controller)?.kind ?? null,
+    mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
+    terminating: pod.metadata?.deletionTimestamp !== undefined,
+  };
 }
 
 function toView(node: V1Node): NodeView {

@@ -11,9 +11,10 @@ const log = (message: string) => process.stdout.write(`${message}\n`);
 
 /** The demo users when no users file is given (the passwords are printed at start). */
 const DEMO_USERS = [
-  { username: 'demo', password: 'demo' },
-  { username: 'ops', password: 'ops' },
-];
+  { username: 'demo', password: 'demo', role: 'admin' },
+  { username: 'ops', password: 'ops', role: 'operator' },
+  { username: 'viewer', password: 'viewer', role: 'viewer' },
+] as const;
 
 async function main(): Promise<void> {
   const config = loadConfig(
@@ -63,8 +64,12 @@ async function main(): Promise<void> {
   let demoLogin: string | undefined;
   if (config.usersFile !== undefined) users = loadUsersFile(config.usersFile);
   else {
-    users = DEMO_USERS.map((u) => ({ username: u.username, passwordHash: hashPassword(u.password) }));
-    demoLogin = DEMO_USERS.map((u) => `${u.username} / ${u.password}`).join(', ');
+    users = DEMO_USERS.map((u) => ({
+      username: u.username,
+      passwordHash: hashPassword(u.password),
+      role: u.role,
+    }));
+    demoLogin = DEMO_USERS.map((u) => `${u.username} / ${u.password} (${u.role})`).join(', ');
   }
 
   const opened = await openStore({
@@ -72,12 +77,23 @@ async function main(): Promise<void> {
     dataDir: config.dataDir,
     onError: (error) => logger.warn({ err: String(error) }, 'store background error'),
   });
-  const sessions = new SessionManager({ secret: config.sessionSecret, ttlMs: 12 * 3600_000, users });
+  const sessions = new SessionManager({
+    secret: config.sessionSecret,
+    ttlMs: 12 * 3600_000,
+    users,
+    db: opened.db,
+  });
   const app = createApp({
     store: opened.store,
+    db: opened.db,
     nodes,
     sessions,
     concurrency: config.concurrency,
+    progress: {
+      leaseTtlMs: config.leaseTtlMs,
+      leaseRenewIntervalMs: Math.floor(config.leaseTtlMs / 3),
+      reapIntervalMs: Math.min(5000, config.leaseTtlMs),
+    },
     staticDir: config.staticDir,
     trustProxy: config.trustProxy,
     allowedOrigins: config.allowedOrigins,

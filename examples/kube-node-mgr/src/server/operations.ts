@@ -15,7 +15,8 @@ export type Operation =
   | { type: 'label_add'; key: string; value: string }
   | { type: 'label_remove'; key: string }
   | { type: 'cordon' }
-  | { type: 'uncordon' };
+  | { type: 'uncordon' }
+  | { type: 'drain' };
 
 /** The task kind of each operation (what the task list shows). */
 export const OPERATION_KIND: Readonly<Record<Operation['type'], string>> = Object.freeze({
@@ -25,6 +26,7 @@ export const OPERATION_KIND: Readonly<Record<Operation['type'], string>> = Objec
   label_remove: 'batch_unlabel',
   cordon: 'batch_cordon',
   uncordon: 'batch_uncordon',
+  drain: 'batch_drain',
 });
 
 /** The fields of a node that operations read and patch. */
@@ -152,6 +154,7 @@ export function parseOperation(body: unknown): Operation {
       return { type, key: keyField(b, 'label') };
     case 'cordon':
     case 'uncordon':
+    case 'drain':
       return { type };
     default:
       throw new BadRequestError(
@@ -191,6 +194,8 @@ export function describeOperation(op: Operation): string {
       return 'cordon';
     case 'uncordon':
       return 'uncordon';
+    case 'drain':
+      return 'drain';
     default: {
       const never: never = op;
       return never;
@@ -232,6 +237,8 @@ export function patchFor(op: Operation, node: NodeState, now: Date): Record<stri
       if (!(op.key in node.labels)) return null;
       return { metadata: { ...meta, labels: { [op.key]: null } } };
     case 'cordon':
+    case 'drain':
+      // A drain starts with a cordon; its evictions are node-drain.ts's.
       return node.unschedulable ? null : { metadata: meta, spec: { unschedulable: true } };
     case 'uncordon':
       return node.unschedulable ? { metadata: meta, spec: { unschedulable: null } } : null;

@@ -3,11 +3,15 @@ import path from 'node:path';
 import type { ProgressStore } from '@finishline/core';
 import { PostgresProgressStore } from '@finishline/postgres';
 import { SqliteProgressStore } from '@finishline/sqlite';
+import Database from 'better-sqlite3';
 import pg from 'pg';
+import { AppDb } from './app-db.js';
 
 /** An opened store and how to release it. */
 export interface OpenedStore {
   store: ProgressStore;
+  /** The example's own tables in the same database. */
+  db: AppDb;
   /** `sqlite:<file>` or `postgres:<host/db>`, for the banner. */
   description: string;
   close(): Promise<void>;
@@ -26,11 +30,14 @@ export async function openStore(options: {
       pool,
       ...(options.onError === undefined ? {} : { onError: options.onError }),
     });
+    const db = await AppDb.postgres(pool);
     const url = new URL(options.databaseUrl);
     return {
       store,
+      db,
       description: `postgres://${url.host}${url.pathname}`,
       async close() {
+        await db.close();
         await store.close();
         await pool.end();
       },
@@ -42,9 +49,14 @@ export async function openStore(options: {
     database: file,
     ...(options.onError === undefined ? {} : { onError: options.onError }),
   });
+  const db = await AppDb.sqlite(new Database(file));
   return {
     store,
+    db,
     description: `sqlite:${file}`,
-    close: () => store.close(),
+    async close() {
+      await db.close();
+      await store.close();
+    },
   };
 }

@@ -229,7 +229,7 @@ describe.each(modes)('UI on %s', (mode, start) => {
     const page = await login(context, target.url);
     await startTaint(page, `e2e-${tag}-partial`, ['spot-2', 'worker-1']);
     await page.waitForSelector('#progress-dialog[data-state=partial]', { timeout: 30_000 });
-    expect(await page.textContent('#progress-status')).toBe('batch operation completed with 1 failed node');
+    expect(await page.textContent('#progress-status')).toBe('completed, 1 failed');
     expect(await page.locator('#ok-list li').allTextContents()).toEqual(['worker-1']);
     expect(await page.textContent('#fail-list li[data-node="spot-2"]')).toMatch(
       /injected failure patching node "spot-2"/,

@@ -1,0 +1,417 @@
+/**
+ * The example's own tables, beside Finishline's in the same database (SQLite file or Postgres): sessions
+ * (revocable, so logout means logout on every replica), the audit record of every batch, the per-node locks
+ * that keep two batches off the same node, and the reason of each cordon.
+ */
+import type BetterSqlite3 from 'better-sqlite3';
+import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import type pg from 'pg';
+
+interface SessionRow {
+  sid: string;
+  username: string;
+  created_at: number;
+  expires_at: number;
+  revoked_at: number | null;
+}
+interface TaskRow {
+  task_id: string;
+  username: string;
+  /** The validated operation, JSON. */
+  operation: string;
+  /** The node names, JSON. */
+  nodes: string;
+  /** The task this one retries or resumes, if any. */
+  parent_task_id: string | null;
+  /** `retry_failed` / `resume_remaining` when it has a parent. */
+  relation: string | null;
+  created_at: number;
+}
+interface LockRow {
+  node: string;
+  task_id: string;
+  username: string;
+  acquired_at: number;
+}
+interface CordonRow {
+  node: string;
+  reason: string;
+  username: string;
+  at: number;
+}
+interface TemplateRow {
+  name: string;
+  /** `label` or `taint`. */
+  kind: string;
+  key: string;
+  value: string | null;
+  effect: string | null;
+  created_by: string;
+  created_at: number;
+}
+interface Tables {
+  knm_templates: TemplateRow;
+  knm_sessions: SessionRow;
+  knm_tasks: TaskRow;
+  knm_node_locks: LockRow;
+  knm_cordons: CordonRow;
+}
+
+/** Key of the advisory lock under which a replica creates the tables. */
+const MIGRATION_LOCK = 7_215_001;
+
+/** A batch as the audit page shows it. */
+export interface TaskRecord {
+  taskId: string;
+  username: string;
+  operation: Record<string, unknown>;
+  nodes: string[];
+  parentTaskId: string | null;
+  relation: 'retry_failed' | 'resume_remaining' | null;
+  createdAt: number;
+}
+
+/** Who cordoned a node, when and why. */
+export interface CordonNote {
+  node: string;
+  reason: string;
+  username: string;
+  at: number;
+}
+
+/** A saved label or taint, to apply again by name. */
+export interface Template {
+  name: string;
+  kind: 'label' | 'taint';
+  key: string;
+  value: string | null;
+  effect: string | null;
+  createdBy: string;
+  createdAt: number;
+}
+
+/** A lock held on a node by a running batch. */
+export interface NodeLock {
+  node: string;
+  taskId: string;
+  username: string;
+  acquiredAt: number;
+}
+
+/** The example's tables on SQLite or Postgres, through one kysely query builder. */
+export class AppDb {
+  readonly #db: Kysely<Tables>;
+  readonly #dialect: 'sqlite' | 'postgres';
+
+  private constructor(db: Kysely<Tables>, dialect: 'sqlite' | 'postgres') {
+    this.#db = db;
+    this.#dialect = dialect;
+  }
+
+  /** On a better-sqlite3 database (its own connection; WAL lets it share the file with the store). */
+  static async sqlite(database: BetterSqlite3.Database): Promise<AppDb> {
+    database.pragma('busy_timeout = 5000');
+    const db = new AppDb(new Kysely<Tables>({ dialect: new SqliteDialect({ database }) }), 'sqlite');
+    await db.#migrate();
+    return db;
+  }
+
+  /** On a pg pool (the tables live in the pool's default schema). */
+  static async postgres(pool: pg.Pool): Promise<AppDb> {
+    const db = new AppDb(new Kysely<Tables>({ dialect: new PostgresDialect({ pool }) }), 'postgres');
+    await db.#migrate();
+    return db;
+  }
+
+  async #migrate(): Promise<void> {
+    if (this.#dialect === 'sqlite') return this.#createTables(this.#db);
+    // Replicas start together: concurrent CREATE TABLE IF NOT EXISTS can still collide in Postgres's
+    // catalog, so they take turns under an advisory lock held on one pinned connection.
+    await this.#db.connection().execute(async (conn) => {
+      await sql`select pg_advisory_lock(${MIGRATION_LOCK})`.execute(conn);
+      try {
+        await this.#createTables(conn);
+      } finally {
+        await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`.execute(conn);
+      }
+    });
+  }
+
+  async #createTables(db: Kysely<Tables>): Promise<void> {
+    const big = this.#dialect === 'postgres' ? 'bigint' : 'integer';
+    const schema = db.schema;
+    await schema
+      .createTable('knm_sessions')
+      .ifNotExists()
+      .addColumn('sid', 'text', (c) => c.primaryKey())
+      .addColumn('username', 'text', (c) => c.notNull())
+      .addColumn('created_at', big, (c) => c.notNull())
+      .addColumn('expires_at', big, (c) => c.notNull())
+      .addColumn('revoked_at', big)
+      .execute();
+    await schema
+      .createTable('knm_tasks')
+      .ifNotExists()
+      .addColumn('task_id', 'text', (c) => c.primaryKey())
+      .addColumn('username', 'text', (c) => c.notNull())
+      .addColumn('operation', 'text', (c) => c.notNull())
+      .addColumn('nodes', 'text', (c) => c.notNull())
+      .addColumn('parent_task_id', 'text')
+      .addColumn('relation', 'text')
+      .addColumn('created_at', big, (c) => c.notNull())
+      .execute();
+    await schema
+      .createIndex('knm_tasks_created')
+      .ifNotExists()
+      .on('knm_tasks')
+      .column('created_at')
+      .execute();
+    await schema
+      .createTable('knm_node_locks')
+      .ifNotExists()
+      .addColumn('node', 'text', (c) => c.primaryKey())
+      .addColumn('task_id', 'text', (c) => c.notNull())
+      .addColumn('username', 'text', (c) => c.notNull())
+      .addColumn('acquired_at', big, (c) => c.notNull())
+      .execute();
+    await schema
+      .createTable('knm_cordons')
+      .ifNotExists()
+      .addColumn('node', 'text', (c) => c.primaryKey())
+      .addColumn('reason', 'text', (c) => c.notNull())
+      .addColumn('username', 'text', (c) => c.notNull())
+      .addColumn('at', big, (c) => c.notNull())
+      .execute();
+    await schema
+      .createTable('knm_templates')
+      .ifNotExists()
+      .addColumn('name', 'text', (c) => c.primaryKey())
+      .addColumn('kind', 'text', (c) => c.notNull())
+      .addColumn('key', 'text', (c) => c.notNull())
+      .addColumn('value', 'text')
+      .addColumn('effect', 'text')
+      .addColumn('created_by', 'text', (c) => c.notNull())
+      .addColumn('created_at', big, (c) => c.notNull())
+      .execute();
+  }
+
+  // ------------------------------------------------------------ sessions
+
+  async createSession(session: { sid: string; username: string; expiresAt: number }): Promise<void> {
+    await this.#db
+      .insertInto('knm_sessions')
+      .values({
+        sid: session.sid,
+        username: session.username,
+        created_at: Date.now(),
+        expires_at: session.expiresAt,
+        revoked_at: null,
+      })
+      .execute();
+  }
+
+  /** Whether the session exists, is not revoked and has not expired. */
+  async sessionActive(sid: string, now = Date.now()): Promise<boolean> {
+    const row = await this.#db
+      .selectFrom('knm_sessions')
+      .select(['expires_at', 'revoked_at'])
+      .where('sid', '=', sid)
+      .executeTakeFirst();
+    return row !== undefined && row.revoked_at === null && Number(row.expires_at) > now;
+  }
+
+  async revokeSession(sid: string): Promise<void> {
+    await this.#db
+      .updateTable('knm_sessions')
+      .set({ revoked_at: Date.now() })
+      .where('sid', '=', sid)
+      .execute();
+  }
+
+  /** Deletes sessions that expired (revoked ones stay until they expire: a revoked cookie stays refused). */
+  async purgeSessions(now = Date.now()): Promise<void> {
+    await this.#db.deleteFrom('knm_sessions').where('expires_at', '<', now).execute();
+  }
+
+  // ------------------------------------------------------------ task records (audit)
+
+  async recordTask(record: TaskRecord): Promise<void> {
+    await this.#db
+      .insertInto('knm_tasks')
+      .values({
+        task_id: record.taskId,
+        username: record.username,
+        operation: JSON.stringify(record.operation),
+        nodes: JSON.stringify(record.nodes),
+        parent_task_id: record.parentTaskId,
+        relation: record.relation,
+        created_at: record.createdAt,
+      })
+      .execute();
+  }
+
+  async task(taskId: string): Promise<TaskRecord | undefined> {
+    const row = await this.#db
+      .selectFrom('knm_tasks')
+      .selectAll()
+      .where('task_id', '=', taskId)
+      .executeTakeFirst();
+    return row === undefined ? undefined : toRecord(row);
+  }
+
+  /** Newest first; only `username`'s when given; older than `before` (epoch ms) when given. */
+  async tasks(options: { username?: string; limit: number; before?: number }): Promise<TaskRecord[]> {
+    let query = this.#db.selectFrom('knm_tasks').selectAll();
+    if (options.username !== undefined) query = query.where('username', '=', options.username);
+    if (options.before !== undefined) query = query.where('created_at', '<', options.before);
+    const rows = await query.orderBy('created_at', 'desc').orderBy('task_id').limit(options.limit).execute();
+    return rows.map(toRecord);
+  }
+
+  // ------------------------------------------------------------ node locks
+
+  /**
+   * Takes the lock of every node for `taskId`, all or none. Locks held by tasks that `isStale` says have
+   * ended (a replica that died mid-batch never released them) are taken over. Returns the locks that are
+   * in the way, empty on success.
+   */
+  async lockNodes(
+    nodes: readonly string[],
+    owner: { taskId: string; username: string },
+    isStale: (lock: NodeLock) => Promise<boolean>,
+  ): Promise<NodeLock[]> {
+    const held = await this.locks(nodes);
+    const blocking: NodeLock[] = [];
+    const stale: NodeLock[] = [];
+    for (const lock of held) ((await isStale(lock)) ? stale : blocking).push(lock);
+    if (blocking.length > 0) return blocking;
+    try {
+      await this.#db.transaction().execute(async (trx) => {
+        for (const lock of stale) {
+          await trx
+            .deleteFrom('knm_node_locks')
+            .where('node', '=', lock.node)
+            .where('task_id', '=', lock.taskId)
+            .execute();
+        }
+        const now = Date.now();
+        await trx
+          .insertInto('knm_node_locks')
+          .values(
+            nodes.map((node) => ({
+              node,
+              task_id: owner.taskId,
+              username: owner.username,
+              acquired_at: now,
+            })),
+          )
+          .execute();
+      });
+      return [];
+    } catch (error) {
+      // A unique violation: another batch took one of the nodes between our read and our insert.
+      const now = await this.locks(nodes);
+      if (now.length > 0) return now.filter((l) => l.taskId !== owner.taskId);
+      throw error;
+    }
+  }
+
+  async locks(nodes?: readonly string[]): Promise<NodeLock[]> {
+    let query = this.#db.selectFrom('knm_node_locks').selectAll();
+    if (nodes !== undefined) {
+      if (nodes.length === 0) return [];
+      query = query.where('node', 'in', [...nodes]);
+    }
+    const rows = await query.orderBy('node').execute();
+    return rows.map((r) => ({
+      node: r.node,
+      taskId: r.task_id,
+      username: r.username,
+      acquiredAt: Number(r.acquired_at),
+    }));
+  }
+
+  async unlockTask(taskId: string): Promise<void> {
+    await this.#db.deleteFrom('knm_node_locks').where('task_id', '=', taskId).execute();
+  }
+
+  // ------------------------------------------------------------ cordon notes
+
+  async setCordon(note: CordonNote): Promise<void> {
+    await this.#db
+      .insertInto('knm_cordons')
+      .values({ node: note.node, reason: note.reason, username: note.username, at: note.at })
+      .onConflict((oc) =>
+        oc.column('node').doUpdateSet({ reason: note.reason, username: note.username, at: note.at }),
+      )
+      .execute();
+  }
+
+  async clearCordon(node: string): Promise<void> {
+    await this.#db.deleteFrom('knm_cordons').where('node', '=', node).execute();
+  }
+
+  async cordons(): Promise<CordonNote[]> {
+    const rows = await this.#db.selectFrom('knm_cordons').selectAll().execute();
+    return rows.map((r) => ({ node: r.node, reason: r.reason, username: r.username, at: Number(r.at) }));
+  }
+
+  // ------------------------------------------------------------ templates
+
+  /** Saves a template; `false` when the name is taken. */
+  async addTemplate(t: Template): Promise<boolean> {
+    const taken = await this.#db
+      .selectFrom('knm_templates')
+      .select('name')
+      .where('name', '=', t.name)
+      .executeTakeFirst();
+    if (taken !== undefined) return false;
+    await this.#db
+      .insertInto('knm_templates')
+      .values({
+        name: t.name,
+        kind: t.kind,
+        key: t.key,
+        value: t.value,
+        effect: t.effect,
+        created_by: t.createdBy,
+        created_at: t.createdAt,
+      })
+      .execute();
+    return true;
+  }
+
+  async templates(): Promise<Template[]> {
+    const rows = await this.#db.selectFrom('knm_templates').selectAll().orderBy('name').execute();
+    return rows.map((r) => ({
+      name: r.name,
+      kind: r.kind as Template['kind'],
+      key: r.key,
+      value: r.value,
+      effect: r.effect,
+      createdBy: r.created_by,
+      createdAt: Number(r.created_at),
+    }));
+  }
+
+  async deleteTemplate(name: string): Promise<void> {
+    await this.#db.deleteFrom('knm_templates').where('name', '=', name).execute();
+  }
+
+  /** Closes the SQLite connection; a Postgres pool is the caller's (the store shares it). */
+  async close(): Promise<void> {
+    if (this.#dialect === 'sqlite') await this.#db.destroy();
+  }
+}
+
+function toRecord(row: TaskRow): TaskRecord {
+  return {
+    taskId: row.task_id,
+    username: row.username,
+    operation: JSON.parse(row.operation) as Record<string, unknown>,
+    nodes: JSON.parse(row.nodes) as string[],
+    parentTaskId: row.parent_task_id,
+    relation: row.relation as TaskRecord['relation'],
+    createdAt: Number(row.created_at),
+  };
+}

@@ -1,0 +1,99 @@
+import { KubeApiError, type KubeNodes, type PodRef } from './kube-nodes.js';
+import { applyToNode, type NodeResult } from './node-worker.js';
+
+/** Options of {@link drainNode}. */
+export interface DrainOptions {
+  maxAttempts: number;
+  signal: AbortSignal;
+  /** Called as pods go: `evicted` of `total` pods gone. */
+  onProgress?: (evicted: number, total: number) => void | Promise<void>;
+  /**
+   * How long one pod may stay protected by its PodDisruptionBudget (429) before the node fails.
+   * @default 120000
+   */
+  evictionTimeoutMs?: number;
+  /**
+   * Pause between eviction attempts refused by a budget, and between checks that a pod is gone.
+   * @default 500
+   */
+  pollMs?: number;
+}
+
+/** What a drained node reports as its item `detail`. */
+export interface DrainResult extends NodeResult {
+  /** `namespace/name` of each evicted pod. */
+  evicted: string[];
+  /** DaemonSet and mirror pods left in place (a drain never evicts them, as `kubectl drain --ignore-daemonsets`). */
+  skipped: string[];
+}
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        reject(signal.reason);
+      },
+      { once: true },
+    );
+  });
+
+/**
+ * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, then evicts every pod that is
+ * not a DaemonSet's or a mirror pod through the Eviction API — retrying while a PodDisruptionBudget refuses
+ * (429) — and waits until each evicted pod is gone. Throws with the reason shown for a failed node.
+ */
+export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
+  const pollMs = options.pollMs ?? 500;
+  const timeoutMs = options.evictionTimeoutMs ?? 120_000;
+  const cordon = await applyToNode(nodes, name, { type: 'drain' }, options);
+  let pods: PodRef[];
+  try {
+    pods = await nodes.podsOn(name);
+  } catch (error) {
+    throw new Error(`listing the pods of ${name}: ${(error as Error).message}`);
+  }
+  const skipped = pods.filter((p) => p.controller === 'DaemonSet' || p.mirror);
+  const movable = pods.filter((p) => !skipped.includes(p));
+  const evicted: string[] = [];
+  await options.onProgress?.(0, movable.length);
+  await Promise.all(
+    movable.map(async (pod) => {
+      const id = `${pod.namespace}/${pod.name}`;
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        options.signal.throwIfAborted();
+        try {
+          await nodes.evict(pod.namespace, pod.name);
+          break;
+        } catch (error) {
+          if (error instanceof KubeApiError && error.status === 404) break; // already gone
+          if (error instanceof KubeApiError && error.status === 429 && Date.now() < deadline) {
+            await sleep(pollMs, options.signal);
+            continue;
+          }
+          const why =
+            error instanceof KubeApiError
+              ? `${error.status} ${error.reason}: ${error.message}`
+              : String(error);
+          throw new Error(`evicting ${id}: ${why}`);
+        }
+      }
+      for (;;) {
+        const now = await nodes.pod(pod.namespace, pod.name);
+        if (now === null || now.uid !== pod.uid) break;
+        if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
+        await sleep(pollMs, options.signal);
+      }
+      evicted.push(id);
+      await options.onProgress?.(evicted.length, movable.length);
+    }),
+  );
+  return {
+    ...cordon,
+    evicted: evicted.sort(),
+    skipped: skipped.map((p) => `${p.namespace}/${p.name}`).sort(),
+  };
+}

@@ -1,0 +1,243 @@
+// biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+/**
+ * Issue 15 on the server: per-node locks (409 naming the holder), roles, "retry failed" / "resume
+ * remaining" as new linked tasks, the audit list across users and cordon notes per node.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Harness, login, startHarness, waitForTask } from './harness.js';
+
+let h: Harness;
+afterEach(async () => {
+  await h?.close();
+});
+
+const waitRunning = async (client: Awaited<ReturnType<typeof login>>, taskId: string, done: number) => {
+  for (let i = 0; i < 500; i++) {
+    const { body } = await client.get(`/progress/tasks/${taskId}`);
+    if (body.task.done >= done) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error('task did not progress');
+};
+
+describe('per-node locks', () => {
+  it('refuses a batch on nodes another batch is changing: 409 nodes_locked naming the task; free again after it ends', async () => {
+    h = await startHarness({ cluster: { latencyMs: 250 }, app: { concurrency: 1 } });
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const first = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'worker-2'] });
+    expect(first.status).toBe(202);
+    const second = await bob.post('/api/batch', {
+      operation: 'taint_add',
+      key: 'x',
+      effect: 'NoSchedule',
+      nodes: ['worker-2', 'worker-3'],
+    });
+    expect(second.status).toBe(409);
+    expect(second.body.error.code).toBe('nodes_locked');
+    expect(second.body.error.message).toContain(first.body.taskId);
+    expect(second.body.error.message).toContain('worker-2');
+    expect(second.body.error.locks).toEqual([
+      { node: 'worker-2', taskId: first.body.taskId, username: 'alice' },
+    ]);
+    // No node of the refused batch was touched.
+    expect(h.cluster.node('worker-3')?.spec.taints).toBeUndefined();
+    // The node table shows the lock while it is held.
+    const table = (await bob.get('/api/nodes')).body.nodes;
+    expect(table.find((n: any) => n.name === 'worker-1').lock).toEqual({
+      taskId: first.body.taskId,
+      by: 'alice',
+    });
+    await waitForTask(alice, first.body.taskId);
+    // As soon as the task ended the table stops showing the lock (even before it is released).
+    const after = (await bob.get('/api/nodes')).body.nodes;
+    expect(after.find((n: any) => n.name === 'worker-1').lock).toBeNull();
+    for (let i = 0; i < 100 && (await h.db.locks()).length > 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
+    const third = await bob.post('/api/batch', {
+      operation: 'taint_add',
+      key: 'x',
+      effect: 'NoSchedule',
+      nodes: ['worker-2', 'worker-3'],
+    });
+    expect(third.status).toBe(202);
+    await waitForTask(bob, third.body.taskId);
+  });
+
+  it('takes over a lock whose task ended without releasing it (a replica died)', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const done = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-4'] });
+    await waitForTask(alice, done.body.taskId);
+    // As if the replica running it had died before unlocking.
+    await h.db.lockNodes(['worker-5'], { taskId: done.body.taskId, username: 'alice' }, async () => false);
+    // The table does not show a lock whose task has ended.
+    const table = (await alice.get('/api/nodes')).body.nodes;
+    expect(table.find((n: any) => n.name === 'worker-5').lock).toBeNull();
+    const res = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-5'] });
+    expect(res.status).toBe(202);
+  });
+});
+
+describe('roles', () => {
+  it('lets a viewer watch every task but change nothing; cancel needs the owner or an admin', async () => {
+    h = await startHarness({ cluster: { latencyMs: 150 } });
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const victor = await login(h.base, 'victor');
+    const ada = await login(h.base, 'ada');
+    expect((await victor.get('/api/session')).body.role).toBe('viewer');
+    const refused = await victor.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'] });
+    expect(refused.status).toBe(403);
+    expect(refused.body.error.code).toBe('forbidden_role');
+    const { body } = await alice.post('/api/batch', {
+      operation: 'label_add',
+      key: 'k',
+      value: 'v',
+      nodes: ['worker-1', 'worker-2', 'worker-3', 'worker-4', 'worker-5', 'worker-6'],
+    });
+    expect((await victor.get(`/progress/tasks/${body.taskId}`)).status).toBe(200);
+    expect((await ada.get(`/progress/tasks/${body.taskId}`)).status).toBe(200);
+    expect([403, 404]).toContain((await bob.get(`/progress/tasks/${body.taskId}`)).status);
+    expect([403, 404]).toContain((await victor.post(`/progress/tasks/${body.taskId}/cancel`, {})).status);
+    expect([403, 404]).toContain((await bob.post(`/progress/tasks/${body.taskId}/cancel`, {})).status);
+    expect((await ada.post(`/progress/tasks/${body.taskId}/cancel`, { reason: 'admin stop' })).status).toBe(
+      200,
+    );
+    expect((await waitForTask(alice, body.taskId)).task.status).toBe('cancelled');
+  });
+});
+
+describe('retry failed / resume remaining', () => {
+  it('retries only the failed nodes in a new task linked to the old one', async () => {
+    h = await startHarness({ cluster: { failNodes: ['spot-2'] } });
+    const alice = await login(h.base, 'alice');
+    const first = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'spot-2'] });
+    expect((await waitForTask(alice, first.body.taskId)).task).toMatchObject({ succeeded: 1, failed: 1 });
+    const retry = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'retry_failed' });
+    expect(retry.status).toBe(202);
+    expect(retry.body.nodes).toEqual(['spot-2']);
+    await waitForTask(alice, retry.body.taskId);
+    const list = (await alice.get('/api/tasks')).body.tasks;
+    expect(list[0]).toMatchObject({
+      id: retry.body.taskId,
+      parentTaskId: first.body.taskId,
+      relation: 'retry_failed',
+      nodes: ['spot-2'],
+      username: 'alice',
+    });
+    // Nothing left unprocessed in the first task.
+    const resume = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'resume_remaining' });
+    expect(resume.status).toBe(400);
+    expect(resume.body.error.code).toBe('nothing_to_rerun');
+    // Someone else's task cannot be rerun.
+    const bob = await login(h.base, 'bob');
+    expect((await bob.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'retry_failed' })).status).toBe(
+      404,
+    );
+  });
+
+  it('resumes the nodes a cancelled batch never reached', async () => {
+    h = await startHarness({ cluster: { latencyMs: 100 }, app: { concurrency: 1 } });
+    const alice = await login(h.base, 'alice');
+    const nodes = ['worker-1', 'worker-2', 'worker-3', 'worker-4', 'worker-5'];
+    const first = await alice.post('/api/batch', { operation: 'label_add', key: 'r', value: '1', nodes });
+    await waitRunning(alice, first.body.taskId, 1);
+    await alice.post(`/progress/tasks/${first.body.taskId}/cancel`, {});
+    const ended = await waitForTask(alice, first.body.taskId);
+    const finished = ended.items.map((e: any) => e.item.key);
+    expect(finished.length).toBeLessThan(nodes.length);
+    const resume = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'resume_remaining' });
+    expect(resume.status).toBe(202);
+    expect(resume.body.nodes).toEqual(nodes.filter((n) => !finished.includes(n)));
+    await waitForTask(alice, resume.body.taskId);
+    for (const n of nodes) expect(h.cluster.node(n)?.metadata.labels.r).toBe('1');
+  });
+});
+
+describe('audit and cordon notes', () => {
+  it('lists every user’s batches for viewers and admins (who, what, nodes, result), only one’s own for operators', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const victor = await login(h.base, 'victor');
+    const a = await alice.post('/api/batch', {
+      operation: 'cordon',
+      nodes: ['worker-1'],
+      reason: 'kernel upgrade',
+    });
+    const b = await bob.post('/api/batch', {
+      operation: 'label_add',
+      key: 'team',
+      value: 'x',
+      nodes: ['worker-2'],
+    });
+    await waitForTask(alice, a.body.taskId);
+    await waitForTask(bob, b.body.taskId);
+    const all = (await victor.get('/api/tasks')).body.tasks;
+    expect(all.map((t: any) => t.username).sort()).toEqual(['alice', 'bob']);
+    const cordon = all.find((t: any) => t.id === a.body.taskId);
+    expect(cordon).toMatchObject({
+      username: 'alice',
+      operation: { type: 'cordon', reason: 'kernel upgrade' },
+      nodes: ['worker-1'],
+      task: { status: 'completed', succeeded: 1, failed: 0 },
+    });
+    expect((await bob.get('/api/tasks')).body.tasks.map((t: any) => t.id)).toEqual([b.body.taskId]);
+    // The cordon's reason, operator and time are shown per node.
+    const node = (await bob.get('/api/nodes')).body.nodes.find((n: any) => n.name === 'worker-1');
+    expect(node.cordon).toMatchObject({ reason: 'kernel upgrade', by: 'alice' });
+    expect(Math.abs(node.cordon.at - Date.now())).toBeLessThan(60_000);
+    const u = await alice.post('/api/batch', { operation: 'uncordon', nodes: ['worker-1'] });
+    await waitForTask(alice, u.body.taskId);
+    const after = (await bob.get('/api/nodes')).body.nodes.find((n: any) => n.name === 'worker-1');
+    expect(after.cordon).toBeNull();
+  });
+});
+
+describe('templates', () => {
+  it('saves validated label and taint templates for everyone; only operators save, the author or an admin deletes', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const victor = await login(h.base, 'victor');
+    const ada = await login(h.base, 'ada');
+    const taint = {
+      name: 'maintenance',
+      kind: 'taint',
+      key: 'example.com/maint',
+      value: 'planned',
+      effect: 'NoExecute',
+    };
+    expect((await alice.post('/api/templates', taint)).status).toBe(201);
+    expect(
+      (await alice.post('/api/templates', { name: 'team', kind: 'label', key: 'team', value: 'infra' }))
+        .status,
+    ).toBe(201);
+    const dup = await bob.post('/api/templates', taint);
+    expect(dup.status).toBe(409);
+    expect(dup.body.error.code).toBe('template_exists');
+    const bad = await bob.post('/api/templates', { ...taint, name: 'x', effect: 'Sometimes' });
+    expect(bad.status).toBe(400);
+    expect(bad.body.error.field).toBe('effect');
+    expect((await bob.post('/api/templates', { ...taint, name: 'y', key: 'a/b/c' })).status).toBe(400);
+    expect((await victor.post('/api/templates', { ...taint, name: 'z' })).status).toBe(403);
+    const list = (await victor.get('/api/templates')).body.templates;
+    expect(list).toEqual([
+      expect.objectContaining({
+        name: 'maintenance',
+        kind: 'taint',
+        key: 'example.com/maint',
+        value: 'planned',
+        effect: 'NoExecute',
+        createdBy: 'alice',
+      }),
+      expect.objectContaining({ name: 'team', kind: 'label', key: 'team', value: 'infra', effect: null }),
+    ]);
+    expect((await bob.post('/api/templates/team/delete', {})).status).toBe(403);
+    expect((await ada.post('/api/templates/team/delete', {})).status).toBe(200);
+    expect((await alice.get('/api/templates')).body.templates.map((t: any) => t.name)).toEqual([
+      'maintenance',
+    ]);
+  });
+});

@@ -1,0 +1,251 @@
+// biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+/**
+ * The example's defences from issue 10 (items 8, 9, 10, 12): login throttling and a hash off the event
+ * loop, revocable server-side sessions, security headers and 413, and the cap on running batches.
+ */
+import { scryptSync } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { hashPassword, verifyPassword } from '../src/server/auth.js';
+import { type Harness, login, startHarness, waitForTask } from './harness.js';
+
+let h: Harness;
+afterEach(async () => {
+  await h?.close();
+});
+
+const postLogin = (base: string, username: string, password: string) =>
+  fetch(`${base}/api/login`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ username, password }),
+  });
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A raw WebSocket upgrade request; resolves with the HTTP status (101 when accepted). */
+function upgradeStatus(base: string, headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}/progress`, {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        ...headers,
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+function openSocket(base: string, cookie: string): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`${base.replace('http', 'ws')}/progress`, ['finishline.v1'], {
+      headers: { cookie },
+    });
+    ws.once('open', () => resolve(ws));
+    ws.once('error', reject);
+    ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade ${res.statusCode}`)));
+  });
+}
+
+const closed = (ws: WebSocket, timeoutMs: number) =>
+  new Promise<boolean>((resolve) => {
+    if (ws.readyState === WebSocket.CLOSED) return resolve(true);
+    const timer = setTimeout(() => resolve(false), timeoutMs);
+    ws.once('close', () => {
+      clearTimeout(timer);
+      resolve(true);
+    });
+  });
+
+describe('login throttling (issue 10 item 8)', () => {
+  it('locks an account after repeated failures with a growing delay: 429 + Retry-After, even for the right password', async () => {
+    h = await startHarness({
+      app: { loginThrottle: { accountFreeFailures: 2, addressFreeFailures: 1000, baseDelayMs: 1000 } },
+    });
+    for (let i = 0; i < 3; i++) expect((await postLogin(h.base, 'alice', 'wrong')).status).toBe(401);
+    const locked = await postLogin(h.base, 'alice', 'alice');
+    expect(locked.status).toBe(429);
+    expect(locked.headers.get('retry-after')).toBe('1');
+    expect(((await locked.json()) as any).error.code).toBe('too_many_attempts');
+    // The lock is the account's: another user from the same address logs in.
+    expect((await postLogin(h.base, 'bob', 'bob')).status).toBe(200);
+    await sleep(1100);
+    // One more failure after the lock: the delay doubles.
+    expect((await postLogin(h.base, 'alice', 'wrong')).status).toBe(401);
+    const again = await postLogin(h.base, 'alice', 'alice');
+    expect(again.status).toBe(429);
+    expect(again.headers.get('retry-after')).toBe('2');
+    await sleep(2100);
+    expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(200);
+  });
+
+  it('locks an address that sprays guesses over many accounts', async () => {
+    h = await startHarness({
+      app: { loginThrottle: { accountFreeFailures: 1000, addressFreeFailures: 3, baseDelayMs: 5000 } },
+    });
+    for (const user of ['u1', 'u2', 'u3', 'u4']) {
+      expect((await postLogin(h.base, user, 'guess')).status).toBe(401);
+    }
+    const res = await postLogin(h.base, 'bob', 'bob');
+    expect(res.status).toBe(429);
+    expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(4);
+  });
+
+  it('hashes passwords off the event loop: parallel logins do not stall it', async () => {
+    h = await startHarness({
+      app: { loginThrottle: { accountFreeFailures: 1000, addressFreeFailures: 1000 } },
+    });
+    // What one hash of the harness's parameters costs on this machine right now.
+    const costs: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const t = performance.now();
+      scryptSync('x', 'salt-salt-salt-1', 32, { N: 16384, r: 8, p: 1 });
+      costs.push(performance.now() - t);
+    }
+    const hashMs = costs.sort((a, b) => a - b)[1] ?? 0;
+    // The hash itself returns before the work is done: the caller's loop is free meanwhile.
+    const stored = hashPassword('secret');
+    const t0 = performance.now();
+    const pending = verifyPassword('secret', stored);
+    const syncMs = performance.now() - t0;
+    expect(await pending).toBe(true);
+    expect(syncMs).toBeLessThan(hashMs / 4);
+    // Over HTTP: /healthz, sent right behind n bad logins, is not queued behind their n hashes.
+    const n = 24;
+    const logins = Array.from({ length: n }, (_, i) => postLogin(h.base, `nobody-${i}`, 'guess'));
+    await sleep(5);
+    const t1 = performance.now();
+    expect((await fetch(`${h.base}/healthz`)).status).toBe(200);
+    const healthzMs = performance.now() - t1;
+    expect((await Promise.all(logins)).map((r) => r.status)).toEqual(Array(n).fill(401));
+    expect(healthzMs).toBeLessThan((n * hashMs) / 4);
+  });
+});
+
+describe('server-side sessions (issue 10 item 9)', () => {
+  it('revokes the session on logout: the replayed cookie gets 401 over HTTP and at the upgrade, and its open socket is closed', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const ws = await openSocket(h.base, alice.cookie);
+    expect((await alice.get('/api/session')).status).toBe(200);
+    expect((await alice.post('/api/logout', {})).status).toBe(200);
+    expect(await closed(ws, 2000)).toBe(true);
+    expect((await alice.get('/api/session')).status).toBe(401);
+    expect((await alice.get('/api/nodes')).status).toBe(401);
+    expect((await alice.get('/progress/tasks')).status).toBe(401);
+    expect((await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'] })).status).toBe(401);
+    expect(await upgradeStatus(h.base, { cookie: alice.cookie })).toBe(401);
+    expect(h.cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
+    // A new login works, with a new session.
+    const again = await login(h.base, 'alice');
+    expect(again.cookie).not.toBe(alice.cookie);
+    expect((await again.get('/api/session')).status).toBe(200);
+  });
+
+  it('closes sockets of a session revoked elsewhere (another replica) within the sweep interval', async () => {
+    h = await startHarness({ app: { sessionSweepIntervalMs: 100 } });
+    const alice = await login(h.base, 'alice');
+    const ws = await openSocket(h.base, alice.cookie);
+    const sid = JSON.parse(
+      Buffer.from(alice.cookie.split('=')[1]?.split('.')[0] ?? '', 'base64url').toString(),
+    ).sid as string;
+    await h.db.revokeSession(sid);
+    expect(await closed(ws, 2000)).toBe(true);
+  });
+});
+
+describe('security headers and body limits (issue 10 item 10)', () => {
+  it('serves pages and API answers with CSP (no inline script), no framing, nosniff and a Referrer-Policy', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'knm-static-'));
+    writeFileSync(path.join(dir, 'index.html'), '<!doctype html><title>x</title>');
+    try {
+      h = await startHarness({ app: { staticDir: dir } });
+      for (const route of ['/', '/index.html', '/healthz', '/api/session', '/progress/tasks']) {
+        const res = await fetch(`${h.base}${route}`);
+        const csp = res.headers.get('content-security-policy') ?? '';
+        expect(csp, route).toContain("frame-ancestors 'none'");
+        expect(csp, route).toContain("script-src 'self'");
+        expect(csp, route).toContain("default-src 'none'");
+        expect(csp, route).not.toContain('unsafe-inline');
+        expect(csp, route).not.toContain('unsafe-eval');
+        expect(res.headers.get('x-frame-options'), route).toBe('DENY');
+        expect(res.headers.get('x-content-type-options'), route).toBe('nosniff');
+        expect(res.headers.get('referrer-policy'), route).toBe('no-referrer');
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    // The page needs no inline script or style for that policy.
+    const html = readFileSync(fileURLToPath(new URL('../src/web/index.html', import.meta.url)), 'utf8');
+    expect(html).not.toMatch(/<script(?![^>]*\bsrc=)[^>]*>/);
+    expect(html).not.toMatch(/\sstyle=|<style/);
+  });
+
+  it('answers a 300 kB body with 413 payload_too_large', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const res = await alice.post('/api/batch', {
+      operation: 'cordon',
+      nodes: ['worker-1'],
+      pad: 'x'.repeat(300_000),
+    });
+    expect(res.status).toBe(413);
+    expect(res.body.error.code).toBe('payload_too_large');
+  });
+});
+
+describe('running batches per user (issue 10 item 12)', () => {
+  it('refuses a batch beyond the cap with 429 too_many_batches, per user', async () => {
+    h = await startHarness({ cluster: { latencyMs: 150 }, app: { maxRunningBatchesPerUser: 3 } });
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const nodes = ['worker-1', 'worker-2', 'worker-3', 'worker-4', 'worker-5', 'worker-6'];
+    const answers = await Promise.all(
+      nodes.map((n) =>
+        alice.post('/api/batch', { operation: 'label_add', key: 'cap', value: 'x', nodes: [n] }),
+      ),
+    );
+    const statuses = answers.map((a) => a.status).sort();
+    expect(statuses).toEqual([202, 202, 202, 429, 429, 429]);
+    const refused = answers.find((a) => a.status === 429);
+    expect(refused?.body.error.code).toBe('too_many_batches');
+    expect(refused?.body.error.message).toMatch(/3 batches running/);
+    // Another user is not affected.
+    const other = await bob.post('/api/batch', {
+      operation: 'label_add',
+      key: 'cap',
+      value: 'y',
+      nodes: ['worker-7'],
+    });
+    expect(other.status).toBe(202);
+    // Once they finish, alice may start again.
+    for (const a of answers.filter((x) => x.status === 202)) await waitForTask(alice, a.body.taskId);
+    expect(
+      (
+        await alice.post('/api/batch', {
+          operation: 'label_add',
+          key: 'cap',
+          value: 'z',
+          nodes: ['worker-1'],
+        })
+      ).status,
+    ).toBe(202);
+  });
+});
