@@ -16,7 +16,7 @@
 //   --keep leaves the temp folder for inspection; --reuse runs again in a kept folder without packing and
 //   installing (for working on the check itself; CI never passes it).
 import { execFileSync, spawn } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -89,6 +89,25 @@ function onPostgres(source) {
     .replace('await store.close();', 'await store.close();\n  await pool.end();');
   if (!swapped.includes('PostgresProgressStore.open')) fail('getting-started: the store line was not found');
   return swapped;
+}
+
+/**
+ * better-sqlite3's installer looks for a prebuilt addon on GitHub (unreachable here) and otherwise compiles
+ * it with node-gyp: 5–15 minutes on a 2-core machine. The repository's own install already built that
+ * addon for this exact version and Node ABI, so hand it to the app's installer as a local prebuild
+ * (prebuild-install's `local-prebuilds` setting). The consumer still installs better-sqlite3 from the
+ * registry tarball; only the compile is skipped. Without a built addon the install compiles as usual.
+ */
+function localPrebuildEnv(work) {
+  const addon = join(root, 'node_modules/better-sqlite3/build/Release/better_sqlite3.node');
+  if (!existsSync(addon)) return {};
+  const version = pinned('better-sqlite3').split('@').pop();
+  const dir = join(work, 'prebuilds');
+  mkdirSync(join(dir, 'build/Release'), { recursive: true });
+  copyFileSync(addon, join(dir, 'build/Release/better_sqlite3.node'));
+  const name = `better-sqlite3-v${version}-node-v${process.versions.modules}-${process.platform}-${process.arch}.tar.gz`;
+  run('tar', ['-czf', join(dir, name), '-C', dir, 'build/Release/better_sqlite3.node']);
+  return { npm_config_better_sqlite3_local_prebuilds: dir };
 }
 
 function run(command, args, options = {}) {
@@ -268,7 +287,7 @@ async function main() {
           ...packed,
           ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express'].map(pinned),
         ],
-        { cwd: app },
+        { cwd: app, env: { ...process.env, ...localPrebuildEnv(work) } },
       );
       run(
         'npm',

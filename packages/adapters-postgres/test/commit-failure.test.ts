@@ -1,4 +1,5 @@
-import { type AppendResult, ErrorCode, isProgressError } from '@finishline/core';
+import type { AppendResult } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
 import { Kysely, PostgresDialect } from 'kysely';
 import type pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';

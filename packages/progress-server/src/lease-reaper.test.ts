@@ -1,4 +1,5 @@
-import { MemoryProgressStore, type TaskEvent } from '@finishline/core';
+import type { TaskEvent } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from './progress-server.js';
 import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';

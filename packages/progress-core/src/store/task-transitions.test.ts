@@ -53,7 +53,7 @@ describe('planAppend', () => {
 
 describe('planLease', () => {
   it('refuses a finished task and a lease held by another owner, naming the task', () => {
-    const done = planAppend(task(), { type: 'failed', error: 'boom' }, 1_001).task;
+    const done = planAppend(task(), { type: 'failed', error: { code: 'boom', message: 'boom' } }, 1_001).task;
     expect(thrown(() => planLease(done, 'w1', 1_000, 1_002))).toEqual({
       code: ErrorCode.TaskFinished,
       message: 'Task t1 already ended (failed)',
