@@ -260,12 +260,11 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
           '0',
           '--kube-server',
           demoUrl,
-          '--database-url',
-          databaseUrl,
           '--name',
           `replica-${i + 1}`,
           ...(options.serverArgs ?? []),
         ],
+        // The URL holds the password: in the environment, not on the command line every user sees in `ps`.
         env: { SESSION_SECRET: secret, DATABASE_URL: databaseUrl },
         ...(options.onOutput === undefined ? {} : { onOutput: options.onOutput }),
       });
