@@ -92,6 +92,7 @@ phase "base images: $(docker run --rm --network host "$runtime_image" node --ver
 
 # 3. The app image.
 phase "building $app_image"
+previous=$(docker image inspect --format '{{.Id}}' "$app_image" 2>/dev/null || true)
 cd "$repo"
 git ls-files -z --cached --others --exclude-standard -- \
   package.json package-lock.json tsconfig.base.json packages examples/kube-node-mgr |
@@ -103,6 +104,11 @@ git ls-files -z --cached --others --exclude-standard -- \
   tail -n 60 "$work/app-build.log"
   exit 1
 }
+# The previous app image, now untagged, would pile up on a CI machine that keeps /var/lib/docker. (Not
+# `docker image prune`: that also drops the deps stage's image, the build cache of better-sqlite3.)
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect --format '{{.Id}}' "$app_image")" ]; then
+  docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 phase "built $app_image ($(docker image inspect --format '{{.Size}}' "$app_image" | awk '{printf "%.0f MB", $1/1e6}'))"
 
 # 4. Run it and drive it over HTTP.
