@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 import type { KubeSource } from './kube-nodes.js';
 
 /** Everything `main` needs, from flags and environment variables (flags win). */
@@ -51,7 +51,39 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
 `;
 
-function int(name: string, value: string | undefined, fallback: number, min: number): number {
+/** The server's flags (`parseArgs` options); the replica launcher accepts the same ones. */
+export const SERVER_OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  kubeconfig: { type: 'string' },
+  context: { type: 'string' },
+  'in-cluster': { type: 'boolean' },
+  'kube-server': { type: 'string' },
+  demo: { type: 'boolean' },
+  'demo-port': { type: 'string' },
+  'demo-latency-ms': { type: 'string' },
+  'demo-failure-rate': { type: 'string' },
+  'demo-seed': { type: 'string' },
+  'demo-fail-nodes': { type: 'string' },
+  'data-dir': { type: 'string' },
+  'database-url': { type: 'string' },
+  'users-file': { type: 'string' },
+  concurrency: { type: 'string' },
+  'lease-ttl-ms': { type: 'string' },
+  'static-dir': { type: 'string' },
+  'trust-proxy': { type: 'boolean' },
+  'allowed-origins': { type: 'string' },
+  name: { type: 'string' },
+} as const satisfies NonNullable<ParseArgsConfig['options']>;
+
+/** The parsed values of {@link SERVER_OPTIONS}. */
+export type ServerFlags = ReturnType<
+  typeof parseArgs<{ options: typeof SERVER_OPTIONS; strict: true }>
+>['values'];
+
+/** An integer flag or variable ≥ `min`; `fallback` when unset. Throws a message naming the flag. */
+export function intFlag(name: string, value: string | undefined, fallback: number, min: number): number {
   if (value === undefined || value === '') return fallback;
   const n = Number(value);
   if (!Number.isInteger(n) || n < min)
@@ -66,69 +98,21 @@ export function loadConfig(
   cwd: string,
   defaultStaticDir: string,
 ): Config | 'help' {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      help: { type: 'boolean', short: 'h' },
-      port: { type: 'string' },
-      host: { type: 'string' },
-      kubeconfig: { type: 'string' },
-      context: { type: 'string' },
-      'in-cluster': { type: 'boolean' },
-      'kube-server': { type: 'string' },
-      demo: { type: 'boolean' },
-      'demo-port': { type: 'string' },
-      'demo-latency-ms': { type: 'string' },
-      'demo-failure-rate': { type: 'string' },
-      'demo-seed': { type: 'string' },
-      'demo-fail-nodes': { type: 'string' },
-      'data-dir': { type: 'string' },
-      'database-url': { type: 'string' },
-      'users-file': { type: 'string' },
-      concurrency: { type: 'string' },
-      'lease-ttl-ms': { type: 'string' },
-      'static-dir': { type: 'string' },
-      'trust-proxy': { type: 'boolean' },
-      'allowed-origins': { type: 'string' },
-      name: { type: 'string' },
-    },
-    strict: true,
-  });
+  const { values } = parseArgs({ args: argv, options: SERVER_OPTIONS, strict: true });
   if (values.help) return 'help';
-  const kubeconfig = values.kubeconfig ?? env.KUBECONFIG;
-  const kubeServer = values['kube-server'] ?? env.KUBE_SERVER;
-  const context = values.context ?? env.KUBE_CONTEXT;
-  let kube: Config['kube'];
-  if (values.demo) kube = { type: 'demo' };
-  else if (kubeServer) kube = { type: 'server', url: kubeServer };
-  else if (kubeconfig) kube = { type: 'kubeconfig', path: kubeconfig, context };
-  else if (values['in-cluster'] || env.KUBERNETES_SERVICE_HOST) kube = { type: 'in-cluster' };
-  else kube = { type: 'demo' };
-
-  const failureRate = Number(values['demo-failure-rate'] ?? env.DEMO_FAILURE_RATE ?? 0);
-  if (!(failureRate >= 0 && failureRate <= 1)) throw new Error('--demo-failure-rate must be between 0 and 1');
   const dataDir = path.resolve(cwd, values['data-dir'] ?? env.DATA_DIR ?? 'data');
   const origins = values['allowed-origins'] ?? env.ALLOWED_ORIGINS;
   return {
     host: values.host ?? env.HOST ?? '127.0.0.1',
-    port: int('--port', values.port ?? env.PORT, 3000, 0),
-    kube,
-    demo: {
-      port: int('--demo-port', values['demo-port'] ?? env.DEMO_PORT, 8001, 0),
-      latencyMs: int('--demo-latency-ms', values['demo-latency-ms'] ?? env.DEMO_LATENCY_MS, 150, 0),
-      failureRate,
-      seed: int('--demo-seed', values['demo-seed'] ?? env.DEMO_SEED, 1, 0),
-      failNodes: (values['demo-fail-nodes'] ?? env.DEMO_FAIL_NODES ?? '')
-        .split(',')
-        .map((n) => n.trim())
-        .filter(Boolean),
-    },
+    port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
+    kube: readKube(values, env),
+    demo: readDemo(values, env),
     dataDir,
     databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
     usersFile: values['users-file'] ?? (env.USERS_FILE || undefined),
     sessionSecret: env.SESSION_SECRET || persistentSecret(dataDir),
-    concurrency: int('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
-    leaseTtlMs: int('--lease-ttl-ms', values['lease-ttl-ms'] ?? env.LEASE_TTL_MS, 15_000, 300),
+    concurrency: intFlag('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
+    leaseTtlMs: intFlag('--lease-ttl-ms', values['lease-ttl-ms'] ?? env.LEASE_TTL_MS, 15_000, 300),
     staticDir: path.resolve(cwd, values['static-dir'] ?? env.STATIC_DIR ?? defaultStaticDir),
     trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
     allowedOrigins: origins
@@ -138,6 +122,34 @@ export function loadConfig(
           .filter(Boolean)
       : 'same-origin',
     name: values.name ?? env.REPLICA_NAME ?? 'kube-node-mgr',
+  };
+}
+
+/** Where Kubernetes is, from the kube flags and variables (`demo` when nothing is given). */
+export function readKube(values: ServerFlags, env: NodeJS.ProcessEnv): Config['kube'] {
+  const kubeconfig = values.kubeconfig ?? env.KUBECONFIG;
+  const kubeServer = values['kube-server'] ?? env.KUBE_SERVER;
+  const context = values.context ?? env.KUBE_CONTEXT;
+  if (values.demo) return { type: 'demo' };
+  if (kubeServer) return { type: 'server', url: kubeServer };
+  if (kubeconfig) return { type: 'kubeconfig', path: kubeconfig, context };
+  if (values['in-cluster'] || env.KUBERNETES_SERVICE_HOST) return { type: 'in-cluster' };
+  return { type: 'demo' };
+}
+
+/** The built-in demo cluster's settings, from the `--demo-*` flags and variables. */
+export function readDemo(values: ServerFlags, env: NodeJS.ProcessEnv): Config['demo'] {
+  const failureRate = Number(values['demo-failure-rate'] ?? env.DEMO_FAILURE_RATE ?? 0);
+  if (!(failureRate >= 0 && failureRate <= 1)) throw new Error('--demo-failure-rate must be between 0 and 1');
+  return {
+    port: intFlag('--demo-port', values['demo-port'] ?? env.DEMO_PORT, 8001, 0),
+    latencyMs: intFlag('--demo-latency-ms', values['demo-latency-ms'] ?? env.DEMO_LATENCY_MS, 150, 0),
+    failureRate,
+    seed: intFlag('--demo-seed', values['demo-seed'] ?? env.DEMO_SEED, 1, 0),
+    failNodes: (values['demo-fail-nodes'] ?? env.DEMO_FAIL_NODES ?? '')
+      .split(',')
+      .map((n) => n.trim())
+      .filter(Boolean),
   };
 }
 

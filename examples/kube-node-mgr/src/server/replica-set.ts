@@ -38,15 +38,22 @@ export async function startEmbeddedPostgres(): Promise<EmbeddedPg> {
  * original app's hard case. The `Host` header is passed through unchanged (the Origin check compares them).
  */
 export class RoundRobinProxy {
-  readonly #backends: string[];
+  #backends: string[];
   readonly #server: http.Server;
   readonly #sockets = new Set<net.Socket>();
   #next = 0;
 
-  constructor(backends: string[]) {
+  /** `backends` may be empty at first (see {@link RoundRobinProxy.setBackends}): requests then get a 503. */
+  constructor(backends: string[] = []) {
     this.#backends = backends;
     this.#server = http.createServer((req, res) => {
-      const target = new URL(this.#pick());
+      const backend = this.#pick();
+      if (backend === undefined) {
+        res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' });
+        res.end(JSON.stringify({ error: { code: 'starting', message: 'the replicas are starting' } }));
+        return;
+      }
+      const target = new URL(backend);
       const upstream = http.request(
         { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
         (response) => {
@@ -61,7 +68,12 @@ export class RoundRobinProxy {
       req.pipe(upstream);
     });
     this.#server.on('upgrade', (req, socket, head) => {
-      const target = new URL(this.#pick());
+      const backend = this.#pick();
+      if (backend === undefined) {
+        socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+        return;
+      }
+      const target = new URL(backend);
       const upstream = net.connect(Number(target.port), target.hostname, () => {
         const lines = [`${req.method} ${req.url} HTTP/1.1`];
         for (let i = 0; i < req.rawHeaders.length; i += 2)
@@ -85,8 +97,14 @@ export class RoundRobinProxy {
     socket.on('close', () => this.#sockets.delete(socket));
   }
 
-  #pick(): string {
-    const backend = this.#backends[this.#next % this.#backends.length] as string;
+  /** Replaces the backends (the launcher binds the proxy first and adds the replicas once they listen). */
+  setBackends(backends: string[]): void {
+    this.#backends = [...backends];
+  }
+
+  #pick(): string | undefined {
+    if (this.#backends.length === 0) return undefined;
+    const backend = this.#backends[this.#next % this.#backends.length];
     this.#next++;
     return backend;
   }
@@ -180,14 +198,23 @@ export interface ReplicaSetOptions {
   serverScript: string;
   /** @default 3 */
   replicas?: number;
-  /** Port of the proxy (0: any). @default 3000 */
+  /** Port of the proxy (0: any). It is bound before anything else starts. @default 3000 */
   port?: number;
+  /** Address of the proxy. @default '127.0.0.1' */
+  host?: string;
   /** Port of the shared demo cluster (0: any). @default 8001, falling back to any */
   demoPort?: number;
   /** Options of the shared demo cluster. */
   demo?: DemoClusterOptions;
+  /**
+   * Flags that point every replica at a real Kubernetes (e.g. `['--kubeconfig', file]`) instead of a shared
+   * demo cluster; when given, no demo cluster is started.
+   */
+  kubeArgs?: string[];
   /** Extra flags for every replica (e.g. `--concurrency 1`). */
   serverArgs?: string[];
+  /** Replica names are `<namePrefix>-1`, `-2`, …. @default 'replica' */
+  namePrefix?: string;
   /** Use this Postgres instead of starting an embedded one. */
   databaseUrl?: string;
   onOutput?: (text: string) => void;
@@ -196,10 +223,12 @@ export interface ReplicaSetOptions {
 /** A running replica set: Postgres, one demo cluster, N server processes and the proxy in front. */
 export interface ReplicaSet {
   url: string;
-  demoUrl: string;
+  /** The shared demo cluster's URL (undefined with {@link ReplicaSetOptions.kubeArgs}). */
+  demoUrl: string | undefined;
   databaseUrl: string;
   replicas: ServerProcess[];
-  cluster: DemoCluster;
+  /** The shared demo cluster (undefined with {@link ReplicaSetOptions.kubeArgs}). */
+  cluster: DemoCluster | undefined;
   stop(): Promise<void>;
 }
 
@@ -207,6 +236,10 @@ export interface ReplicaSet {
  * Starts the original's hard case: N replicas of the server sharing one Postgres (embedded unless given)
  * and one demo cluster, behind a round-robin proxy without affinity. Sessions work across replicas because
  * every replica gets the same `SESSION_SECRET`.
+ *
+ * The proxy binds its port first: every other port (Postgres, demo cluster fallback, replicas, and the local
+ * side of each client connection) is chosen afterwards, so none can take the port asked for. The database
+ * URL reaches the replicas through the environment, never their command line (visible to every user in `ps`).
  */
 export async function startReplicaSet(options: ReplicaSetOptions): Promise<ReplicaSet> {
   const stops: (() => Promise<void>)[] = [];
@@ -214,20 +247,31 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
     for (const stop of stops.reverse()) await stop().catch(() => {});
   };
   try {
+    const proxy = new RoundRobinProxy();
+    const url = await proxy.listen(options.port ?? 3000, options.host);
+    stops.push(() => proxy.close());
     let databaseUrl = options.databaseUrl;
     if (databaseUrl === undefined) {
       const pg = await startEmbeddedPostgres();
       stops.push(pg.stop);
       databaseUrl = pg.url;
     }
-    const cluster = new DemoCluster(options.demo);
-    let demoUrl: string;
-    try {
-      demoUrl = await cluster.listen(options.demoPort ?? 8001);
-    } catch {
-      demoUrl = await cluster.listen(0);
+    let cluster: DemoCluster | undefined;
+    let demoUrl: string | undefined;
+    let kubeArgs = options.kubeArgs;
+    if (kubeArgs === undefined) {
+      const demo = new DemoCluster(options.demo);
+      cluster = demo;
+      const demoPort = options.demoPort ?? 8001;
+      try {
+        demoUrl = await demo.listen(demoPort);
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || demoPort === 0) throw error;
+        demoUrl = await demo.listen(0);
+      }
+      stops.push(() => demo.close());
+      kubeArgs = ['--kube-server', demoUrl];
     }
-    stops.push(() => cluster.close());
     const secret = randomBytes(32).toString('base64url');
     const replicas: ServerProcess[] = [];
     const count = options.replicas ?? 3;
@@ -236,25 +280,24 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
       const replica = await spawnServer({
         script: options.serverScript,
         args: [
+          // Internal: on loopback whatever HOST says (only the proxy faces the network), on a system-chosen port.
+          '--host',
+          '127.0.0.1',
           '--port',
           '0',
-          '--kube-server',
-          demoUrl,
-          '--database-url',
-          databaseUrl,
+          ...kubeArgs,
           '--name',
-          `replica-${i + 1}`,
+          `${options.namePrefix ?? 'replica'}-${i + 1}`,
           ...(options.serverArgs ?? []),
         ],
+        // The URL holds the password: in the environment, not on the command line every user sees in `ps`.
         env: { SESSION_SECRET: secret, DATABASE_URL: databaseUrl },
         ...(options.onOutput === undefined ? {} : { onOutput: options.onOutput }),
       });
       replicas.push(replica);
       stops.push(replica.stop);
     }
-    const proxy = new RoundRobinProxy(replicas.map((r) => r.url));
-    const url = await proxy.listen(options.port ?? 3000);
-    stops.push(() => proxy.close());
+    proxy.setBackends(replicas.map((r) => r.url));
     return { url, demoUrl, databaseUrl, replicas, cluster, stop: stopAll };
   } catch (error) {
     await stopAll();

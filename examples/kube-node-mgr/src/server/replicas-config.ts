@@ -1,0 +1,92 @@
+import { parseArgs } from 'node:util';
+import { intFlag, readDemo, readKube, SERVER_OPTIONS, USAGE } from './config.js';
+import type { DemoClusterOptions } from './demo-cluster.js';
+
+/** What `npm run serve:replicas` runs, from flags and environment variables (flags win). */
+export interface ReplicasConfig {
+  replicas: number;
+  /** The proxy's port (0: any) and address. */
+  port: number;
+  host: string;
+  /** The shared demo cluster, or `undefined` when the flags point at a real Kubernetes. */
+  demo: { port: number; options: DemoClusterOptions } | undefined;
+  /** Flags pointing every replica at a real Kubernetes (empty with the demo cluster). */
+  kubeArgs: string[];
+  /** The other server flags, passed to every replica as given. */
+  serverArgs: string[];
+  namePrefix: string;
+  /** Postgres for every replica (`undefined`: start an embedded one). Passed to them in the environment. */
+  databaseUrl: string | undefined;
+}
+
+/** The most replicas the launcher starts (each is a Node process with its own pool). */
+export const MAX_REPLICAS = 16;
+
+/** The usage text of `serve:replicas --help`. */
+export const REPLICAS_USAGE = `Usage: node dist/replicas.mjs [options]
+
+Starts N replicas of the server sharing one Postgres (embedded unless DATABASE_URL or --database-url is
+given) and one demo cluster, behind a round-robin proxy without affinity. The proxy binds --port first.
+
+  --replicas N             how many server processes (REPLICAS, default 3, at most ${MAX_REPLICAS})
+  --port, --host           the proxy's port and address (PORT, HOST; default 3000 on 127.0.0.1, 0 = any)
+  --demo-*                 the shared demo cluster (as below)
+  --database-url URL       reaches the replicas in their environment, not on their command line
+  --name PREFIX            replica names PREFIX-1, PREFIX-2, … (default replica)
+  every other flag of the server is passed to each replica:
+
+${USAGE.replace(/^Usage:.*\n\n/, '')}`;
+
+/** Flags of the server that the launcher passes on to each replica unchanged. */
+const PASSED_ON = [
+  'data-dir',
+  'users-file',
+  'concurrency',
+  'static-dir',
+  'trust-proxy',
+  'allowed-origins',
+] as const;
+
+/** Reads the launcher's configuration; throws with a clear message on unknown flags or bad values. */
+export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): ReplicasConfig | 'help' {
+  const { values } = parseArgs({
+    args: argv,
+    options: { ...SERVER_OPTIONS, replicas: { type: 'string' } },
+    strict: true,
+  });
+  if (values.help) return 'help';
+  const kube = readKube(values, env);
+  let demo: ReplicasConfig['demo'];
+  let kubeArgs: string[] = [];
+  if (kube.type === 'demo') {
+    const { port, ...options } = readDemo(values, env);
+    demo = { port, options };
+  } else if (kube.type === 'server') kubeArgs = ['--kube-server', kube.url];
+  else if (kube.type === 'kubeconfig')
+    kubeArgs = [
+      ...(kube.path === undefined ? [] : ['--kubeconfig', kube.path]),
+      ...(kube.context === undefined ? [] : ['--context', kube.context]),
+    ];
+  else kubeArgs = ['--in-cluster'];
+  const serverArgs: string[] = [];
+  for (const flag of PASSED_ON) {
+    const value = values[flag];
+    if (value === true) serverArgs.push(`--${flag}`);
+    else if (typeof value === 'string') serverArgs.push(`--${flag}`, value);
+  }
+  // Checked here so a typo fails once, clearly, instead of in every replica.
+  intFlag('--concurrency', values.concurrency, 4, 1);
+  const replicas = intFlag('--replicas', values.replicas ?? env.REPLICAS, 3, 1);
+  if (replicas > MAX_REPLICAS)
+    throw new Error(`--replicas must be at most ${MAX_REPLICAS} (got ${replicas})`);
+  return {
+    replicas,
+    port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
+    host: values.host ?? env.HOST ?? '127.0.0.1',
+    demo,
+    kubeArgs,
+    serverArgs,
+    namePrefix: values.name ?? 'replica',
+    databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
+  };
+}
