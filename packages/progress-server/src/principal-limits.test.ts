@@ -71,7 +71,10 @@ describe('per-principal caps', () => {
       taskId: ids[3],
     });
     // Unsubscribing frees a slot.
+    // Frames of one socket are handled in order: the pong proves the unsubscribe took effect before b asks.
     a.send({ type: 'unsubscribe', taskId: ids[0] });
+    a.send({ type: 'ping', id: 'after-unsubscribe' });
+    await a.next((frame) => frame.type === 'pong');
     b.send({ type: 'subscribe', id: 's4', taskId: ids[3], afterSeq: 0 });
     await b.next((frame) => frame.type === 'snapshot' && (frame.task as { id: string }).id === ids[3]);
     expect(await metric('principalLimits', 'subscriptions')).toBe(1);

@@ -29,15 +29,16 @@ export class PrincipalLimits {
   }
 
   /**
-   * Takes one frame token from the principal's shared budget. Its burst is `maxSubscriptionsPerPrincipal`
-   * (a principal reconnecting resubscribes to everything at once); its rate bounds what all its sockets
-   * together make the server do, however many sockets it opened.
+   * Takes one frame token from the principal's shared budget. Its burst is the larger of
+   * `maxSubscriptionsPerPrincipal` (a principal reconnecting resubscribes to everything at once) and one
+   * second of its rate (so a small subscription cap does not also starve acks, pings and unsubscribes);
+   * its rate bounds what all its sockets together make the server do, however many sockets it opened.
    */
   takeFrame(principalId: string): boolean {
     let bucket = this.#buckets.get(principalId);
     if (bucket === undefined) {
       bucket = new TokenBucket({
-        capacity: this.#maxSubscriptions,
+        capacity: Math.max(this.#maxSubscriptions, this.#ratePerSecond),
         refillPerSecond: this.#ratePerSecond,
         clock: this.#clock,
       });

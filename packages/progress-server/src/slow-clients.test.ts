@@ -128,7 +128,10 @@ async function bundleChild(): Promise<string> {
     target: 'node20',
     logLevel: 'silent',
     external: ['ws', 'prom-client'],
-    alias: { '@finishline/core': join(root, 'packages/progress-core/src/index.ts') },
+    alias: {
+      '@finishline/core': join(root, 'packages/progress-core/src/index.ts'),
+      '@finishline/core/internal': join(root, 'packages/progress-core/src/internal.ts'),
+    },
   });
   return outfile;
 }
