@@ -169,6 +169,18 @@ describe('SendQueue', () => {
     expect(drain(single, false)).toEqual(['a:s4', 'a5']);
   });
 
+  it('keeps the arrival of a collapsed run that a snapshot cuts, for the tie-break', () => {
+    const queue = new SendQueue({ maxProgressRun: 1 });
+    queue.track(meta(logA));
+    pushAll(queue, logA, 1, 2); // a1–a2 collapse into one run that arrived with a1
+    pushAll(queue, logB, 4, 4); // b: item
+    pushAll(queue, logA, 3, 6); // the run grows to a1–a5; a: item at 6
+    queue.pushSnapshot(viewAt(logA, 3)); // cuts the run to a4–a5, which arrived after b4
+    // After the snapshot, a and b tie on priority (an item each). a's run still counts as arrived with
+    // a1, before b4, so it goes first; had a's events stayed apart, b4 would have.
+    expect(drain(queue, false)).toEqual(['a:s3', 'a:s5', 'b4', 'a6']);
+  });
+
   it('ignores events a snapshot already covered and snapshots not newer than what was sent', () => {
     const queue = new SendQueue();
     queue.pushSnapshot(viewAt(logA, 4));

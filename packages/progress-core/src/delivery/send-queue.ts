@@ -36,7 +36,10 @@ export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__P
 type QueuedEntry =
   | { kind: 'event'; event: TaskEvent; order: number }
   | { kind: 'snapshot'; task: TaskView; order: number }
-  /** Consecutive progress events `firstSeq … last.seq`, collapsed to the last one. */
+  /**
+   * Consecutive progress events `firstSeq … last.seq`, collapsed to the last one. `order` is the first
+   * event's and stays when a snapshot moves `firstSeq` forward (see the class's note on arrival).
+   */
   | { kind: 'run'; firstSeq: number; last: ProgressEvent; meta: TaskMeta; order: number };
 
 interface TaskQueue {
@@ -58,6 +61,13 @@ interface TaskQueue {
  * item > progress; ties go to the task whose oldest queued entry arrived first) and emits that task's
  * *head* entry: a task's entries are never reordered, so a task with a terminal or snapshot queued
  * drains ahead of tasks that hold only progress.
+ *
+ * Arrival, for that tie-break, is per queued entry. A progress run collapsed at push time is one entry
+ * that arrived with its first event, and keeps that arrival when a snapshot replaces its front: the run
+ * holds only its first seq and last event, so when its later events arrived is gone, and remembering it
+ * would cost memory per event, which is what `maxProgressRun` bounds. Such a task can therefore win a
+ * tie it would lose had its events stayed apart; priority and each task's own order are unaffected, and
+ * the effect ends when the run is sent.
  *
  * Coalescing: when the socket is congested and the chosen head is a run of consecutive `progress`
  * events of a tracked task, the whole run goes out as one snapshot at its last seq, rendered from the
