@@ -1,6 +1,6 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CloseCode, ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';

@@ -25,7 +25,9 @@ describe('mergeOptions', () => {
   });
 
   it('lays defined fields over the defaults and ignores undefined and unknown ones', () => {
-    expect(mergeOptions(defaults, { a: 5, b: undefined, c: 9 } as unknown as Partial<typeof defaults>)).toEqual({
+    expect(
+      mergeOptions(defaults, { a: 5, b: undefined, c: 9 } as unknown as Partial<typeof defaults>),
+    ).toEqual({
       a: 5,
       b: 2,
     });
