@@ -111,6 +111,7 @@ describe('migrations', () => {
     );
     expect(rows.map((row) => row.table_name)).toEqual([
       'events',
+      'meta',
       'migrations',
       'migrations_lock',
       'tasks',

@@ -7,6 +7,7 @@ import {
   encodeFrame,
   FATAL_CLOSE_CODES,
   PROTOCOL_NAME,
+  PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
@@ -63,6 +64,8 @@ export interface ConnectionHandler {
 }
 
 const OPEN = 1;
+/** Newest first: a server selects the newest it speaks, an older one still finds version 1. */
+const OFFERED_PROTOCOLS = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 const CLOSED = 3;
 const noop = (): void => undefined;
 
@@ -196,8 +199,8 @@ export class Connection {
       // The third argument only where there are headers: browsers' WebSocket takes two.
       socket =
         Object.keys(headers).length > 0
-          ? new this.#o.WebSocket(this.#o.url, PROTOCOL_NAME, { headers })
-          : new this.#o.WebSocket(this.#o.url, PROTOCOL_NAME);
+          ? new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS, { headers })
+          : new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS);
     } catch (cause) {
       this.#handler.onError(new ProgressError(ErrorCode.Internal, 'Could not create a WebSocket', { cause }));
       this.#lost('could not create a socket', undefined);
@@ -237,7 +240,9 @@ export class Connection {
     }
     if (socket !== this.#socket || socket.readyState !== OPEN) return;
     try {
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+      // The version of the subprotocol the server selected (an older server selects version 1).
+      const protocol = socket.protocol === PROTOCOL_NAME_V1 ? 1 : PROTOCOL_VERSION;
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol }));
     } catch {
       // The socket is closing: its close event takes over.
     }

@@ -19,6 +19,8 @@ import { systemTimers, type TimerApi } from './timers.js';
 export interface WebSocketLike {
   /** 0 connecting, 1 open, 2 closing, 3 closed. */
   readonly readyState: number;
+  /** The subprotocol the server selected (`''` or absent when unknown: taken as the newest version). */
+  readonly protocol?: string;
   onopen: ((event: never) => void) | null;
   onmessage: ((event: never) => void) | null;
   onclose: ((event: never) => void) | null;

@@ -81,6 +81,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #pollTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
   #polling = false;
+  /** The store epoch of the latest `hello` that carried one. */
+  #epoch: string | undefined;
   #pollFailures = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -147,6 +149,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
       });
       this.#tasks.set(taskId, task);
+      this.#adoptEpoch(task);
       this.#armWatchdog(task);
       this.#subscribe(task);
       this.#connection.ensure('watch');
@@ -191,10 +194,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   #handler(): ConnectionHandler {
     return {
-      onHello: () => {
+      onHello: (hello) => {
         this.#polling = false;
         this.#pollTimer.clear();
+        // A server without epochs (version 1, or a store without them) keeps the last one known.
+        if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         for (const task of this.#tasks.values()) {
+          this.#adoptEpoch(task);
           this.#subscribe(task);
           this.#flushAck(task);
         }
@@ -252,7 +258,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         return;
       case 'snapshot': {
         const task = this.#tasks.get(frame.task.id);
-        if (task !== undefined) this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task), false);
+        if (task === undefined) return;
+        // The server found the cursor outside the task's log: start over from this snapshot.
+        if (frame.reset === true) task.startOver();
+        if (frame.epoch !== undefined) task.epoch = frame.epoch;
+        this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task, frame.reset === true), false);
         return;
       }
       case 'event': {
@@ -337,6 +347,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#subscribe(task);
   }
 
+  /** Seqs of another epoch mean nothing in this one: such a cursor starts over before it subscribes. */
+  #adoptEpoch(task: WatchedTask): void {
+    if (this.#epoch === undefined) return;
+    if (task.epoch !== undefined && task.epoch !== this.#epoch) task.startOver();
+    task.epoch = this.#epoch;
+  }
+
   /** A heartbeat says the task is ahead: give in-flight frames a moment, then resync. */
   #behind(task: WatchedTask, latest: number): void {
     task.behindTarget = Math.max(task.behindTarget, latest);
@@ -353,7 +370,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (storage !== undefined && seq > task.savedSeq) {
       const view = task.toTaskView();
       if (view !== undefined) {
-        storage.save(view);
+        storage.save(view, task.epoch);
         task.savedSeq = seq;
       }
     }

@@ -4,6 +4,7 @@ import type {
   ClientFrame,
   DecodeResult,
   OutgoingEntry,
+  ProtocolVersion,
   ServerFrame,
   SubscribeFrame,
   TaskEvent,
@@ -18,7 +19,6 @@ import {
   isProgressError,
   isTerminalType,
   LIMITS,
-  PROTOCOL_VERSION,
   SendQueue,
   TerminalRetryTracker,
   toTaskView,
@@ -34,7 +34,9 @@ import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ResolvedServerOptions } from './options.js';
 import type { PrincipalLimits } from './principal-limits.js';
+import { versionOfSubprotocol } from './protocol-version.js';
 import { TokenBucket } from './rate-limiter.js';
+import type { StoreEpoch } from './store-epoch.js';
 import type { TaskHub } from './task-hub.js';
 import { taskNotFoundMessage } from './task-not-found.js';
 import { delay, waitAtMost } from './wait.js';
@@ -51,6 +53,8 @@ export interface ConnectionContext<P extends Principal> {
   readonly limits: PrincipalLimits;
   /** The fair scheduler of subscription reads, shared by the server's connections. */
   readonly reads: FairReads;
+  /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
+  readonly epoch: StoreEpoch;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
   /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
@@ -126,6 +130,8 @@ export class Connection<P extends Principal> {
   readonly #retries: TerminalRetryTracker;
   readonly #bucket: TokenBucket;
   readonly #subs = new Map<string, Subscription>();
+  /** The protocol version of this socket, from the subprotocol selected at the upgrade. */
+  readonly #version: ProtocolVersion;
   /** Frames that arrived while an `auth` frame was being checked; replayed once it succeeds. */
   readonly #pendingFrames: DecodeResult<ClientFrame>[] = [];
   #state: State;
@@ -159,6 +165,7 @@ export class Connection<P extends Principal> {
     this.#request = request;
     this.#ctx = ctx;
     this.#options = ctx.options;
+    this.#version = versionOfSubprotocol(ws.protocol);
     this.#retries = new TerminalRetryTracker(this.#options.clock, this.#options.terminalRetry);
     this.#bucket = new TokenBucket({
       capacity: this.#options.rateLimitBurst,
@@ -418,9 +425,10 @@ export class Connection<P extends Principal> {
     this.#ctx.onAuthenticated?.(this);
     this.#send({
       type: 'hello',
-      protocol: PROTOCOL_VERSION,
+      protocol: this.#version,
       serverId: this.#options.serverId,
       heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+      ...this.#epochField(),
     });
   }
 
@@ -531,7 +539,14 @@ export class Connection<P extends Principal> {
     this.#queue.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
     if (afterSeq > 0) this.#ctx.metrics.resumes.inc();
     const backlog = task.seq - afterSeq;
-    if (afterSeq === 0 || backlog <= 0 || backlog > this.#options.maxReplayEvents) {
+    if (backlog < 0 && this.#version >= 2) {
+      // The cursor is beyond the task's log (a restored store, a purged id reused): no event will ever be
+      // above it, so the client must drop it. Its claim is void too: it has nothing of this log.
+      this.#ctx.metrics.resyncs.inc({ reason: 'cursor_ahead' });
+      current.claimed = 0;
+      current.ackable = 0;
+      this.#sendReset(current, toTaskView(task));
+    } else if (afterSeq === 0 || backlog <= 0 || backlog > this.#options.maxReplayEvents) {
       if (afterSeq > 0 && backlog > this.#options.maxReplayEvents) {
         this.#ctx.metrics.resyncs.inc({ reason: 'replay_limit' });
       }
@@ -734,6 +749,29 @@ export class Connection<P extends Principal> {
     if (view.status !== 'running') sub.terminalQueued = true;
   }
 
+  /**
+   * Sends a snapshot marked `reset` at once, ahead of the queue: the subscription was just reset, so
+   * nothing of this task is queued, and the events after it go through the queue as usual.
+   */
+  #sendReset(sub: Subscription, view: TaskView): void {
+    const text = encodeFrame({ type: 'snapshot', task: view, ...this.#epochField(), reset: true });
+    this.#sendText(text);
+    this.#ctx.metrics.snapshotsSent.inc();
+    sub.cursor = view.seq;
+    sub.ackable = view.seq;
+    this.#written(sub.taskId, view.seq);
+    if (view.status !== 'running') {
+      sub.terminalQueued = true;
+      this.#terminalSent(sub.taskId, view.seq, text);
+    }
+  }
+
+  /** `{ epoch }` for a version-2 socket once the store's epoch is known, else nothing. */
+  #epochField(): { epoch?: string } {
+    const epoch = this.#ctx.epoch.current;
+    return this.#version >= 2 && epoch !== undefined ? { epoch } : {};
+  }
+
   // ── acknowledgements and terminal retries ────────────────────────────────────────────────────
 
   #ackAdvances(frame: AckFrame): boolean {
@@ -866,7 +904,7 @@ export class Connection<P extends Principal> {
         return;
       }
       case 'snapshot': {
-        const text = encodeFrame({ type: 'snapshot', task: entry.task });
+        const text = encodeFrame({ type: 'snapshot', task: entry.task, ...this.#epochField() });
         this.#sendText(text);
         this.#written(entry.task.id, entry.task.seq);
         this.#ctx.metrics.snapshotsSent.inc();

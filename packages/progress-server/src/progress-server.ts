@@ -1,6 +1,6 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { CloseCode, ErrorCode, ProgressError } from '@finishline/core';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';
@@ -20,6 +20,8 @@ import type { ProgressServerOptions, ResolvedServerOptions } from './options.js'
 import { resolveServerOptions } from './options.js';
 import { PendingConnections } from './pending-connections.js';
 import { PrincipalLimits } from './principal-limits.js';
+import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
+import { StoreEpoch } from './store-epoch.js';
 import { TaskApi } from './task-api.js';
 import { TaskHub } from './task-hub.js';
 import { offeredProtocols, rejectUpgrade } from './upgrade.js';
@@ -120,6 +122,7 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #limits: PrincipalLimits;
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
+  readonly #epoch: StoreEpoch;
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
   #ownedHttpServer: HttpServer | undefined;
@@ -206,7 +209,7 @@ export class ProgressServer<P extends Principal = Principal> {
         maxPayload: resolved.maxPayloadBytes,
         perMessageDeflate: false,
         clientTracking: false,
-        handleProtocols: (protocols) => (protocols.has(PROTOCOL_NAME) ? PROTOCOL_NAME : false),
+        handleProtocols: (protocols) => selectSubprotocol(protocols),
       });
       this.#ownsWss = true;
       this.#wss.on('error', (error) =>
@@ -218,7 +221,10 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#hub.start();
     this.tasks.start();
     this.leases.start();
+    this.#epoch = new StoreEpoch(resolved.store, this.#logger);
+    void this.#epoch.refresh();
     this.#heartbeatTimer = setInterval(() => {
+      void this.#epoch.refresh();
       for (const connection of this.#connections) connection.tick();
     }, resolved.heartbeatIntervalMs);
     this.#heartbeatTimer.unref();
@@ -442,8 +448,12 @@ export class ProgressServer<P extends Principal = Principal> {
       return refused(403, ErrorCode.Forbidden, 'Origin not allowed');
     }
     const protocols = offeredProtocols(request);
-    if (protocols.length > 0 && !protocols.includes(PROTOCOL_NAME)) {
-      return refused(400, ErrorCode.UnsupportedProtocol, `Subprotocol ${PROTOCOL_NAME} required`);
+    if (protocols.length > 0 && selectSubprotocol(protocols) === false) {
+      return refused(
+        400,
+        ErrorCode.UnsupportedProtocol,
+        `Subprotocol ${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
+      );
     }
     const auth = await this.#auth.fromUpgrade(request);
     if (auth.kind === 'refused')
@@ -500,8 +510,12 @@ export class ProgressServer<P extends Principal = Principal> {
     if (!isOriginAllowed(request, this.#options.allowedOrigins)) {
       return [CloseCode.ForbiddenOrigin, ErrorCode.Forbidden, 'origin not allowed'];
     }
-    if (offeredProtocols(request).length > 0 && ws.protocol !== PROTOCOL_NAME) {
-      return [CloseCode.UnsupportedProtocol, ErrorCode.UnsupportedProtocol, `${PROTOCOL_NAME} required`];
+    if (offeredProtocols(request).length > 0 && !SUPPORTED_SUBPROTOCOLS.includes(ws.protocol)) {
+      return [
+        CloseCode.UnsupportedProtocol,
+        ErrorCode.UnsupportedProtocol,
+        `${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
+      ];
     }
     return undefined;
   }
@@ -522,6 +536,7 @@ export class ProgressServer<P extends Principal = Principal> {
         logger: this.#logger,
         limits: this.#limits,
         reads: this.#reads,
+        epoch: this.#epoch,
         onClose: (closed) => this.#connections.delete(closed),
         onAuthenticated: () => {
           if (raw !== undefined) this.#pending.release(raw);

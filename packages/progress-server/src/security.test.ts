@@ -119,7 +119,7 @@ describe('first-frame authentication', () => {
   it.each([
     ['a bad token', { type: 'auth', token: 'stolen', protocol: 1 }, 4001],
     ['another frame first', { type: 'ping' }, 4001],
-    ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 2 }, 4002],
+    ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 3 }, 4002],
   ])('answers %s with an error frame, then closes', async (_name, frame, code) => {
     env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
     const client = new RawClient(env.wsUrl);
@@ -174,13 +174,13 @@ describe('origins and subprotocols', () => {
     env = await startServer();
     const refused = await upgradeStatus(env.wsUrl, {
       'x-user': 'a',
-      'sec-websocket-protocol': 'finishline.v2',
+      'sec-websocket-protocol': 'finishline.v9',
     });
     expect(refused.status).toBe(400);
     expect(JSON.parse(refused.body).error.code).toBe('unsupported_protocol');
     const accepted = await RawClient.connect(env.wsUrl, {
       user: 'a',
-      protocols: ['finishline.v2', PROTOCOL_NAME],
+      protocols: ['finishline.v9', PROTOCOL_NAME],
     });
     clients.push(accepted);
     expect(accepted.ws.protocol).toBe(PROTOCOL_NAME);
