@@ -262,7 +262,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         // The server found the cursor outside the task's log: start over from this snapshot.
         if (frame.reset === true) task.startOver();
         if (frame.epoch !== undefined) task.epoch = frame.epoch;
-        this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task, frame.reset === true), false);
+        // A terminal snapshot is re-sent until acknowledged, like a terminal event. (The first answer to
+        // a subscribe takes the usual path: its ack also unsubscribes.)
+        const resent = frame.task.status !== 'running' && task.answered;
+        this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task, frame.reset === true), resent);
         return;
       }
       case 'event': {
@@ -488,6 +491,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     const taskId = frame.taskId;
     const error = new ProgressError(frame.code, frame.message, taskId === undefined ? {} : { taskId });
     const task = taskId === undefined ? undefined : this.#tasks.get(taskId);
+    // The re-ack of a terminal frame re-sent before the unsubscribe arrived: the server answers that it
+    // follows the task no more, which is exactly what was asked.
+    if (task?.socketDone === true && frame.code === ErrorCode.InvalidInput) return;
     if (task === undefined) {
       this.emit('error', error);
       return;

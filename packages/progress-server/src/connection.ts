@@ -130,6 +130,8 @@ export class Connection<P extends Principal> {
   readonly #retries: TerminalRetryTracker;
   readonly #bucket: TokenBucket;
   readonly #subs = new Map<string, Subscription>();
+  /** Tasks this socket unsubscribed from lately: a late ack of theirs is expected, not an error. */
+  readonly #unfollowed = new Set<string>();
   /** The protocol version of this socket, from the subprotocol selected at the upgrade. */
   readonly #version: ProtocolVersion;
   /** Frames that arrived while an `auth` frame was being checked; replayed once it succeeds. */
@@ -298,10 +300,18 @@ export class Connection<P extends Principal> {
     if (!decoded.ok) {
       if (!this.#takeToken(decoded.requestId)) return;
       const { code, message, taskId } = decoded.error;
-      this.#invalid(code, message, {
+      const refs = {
         ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
         ...(taskId === undefined ? {} : { taskId }),
-      });
+      };
+      if (code === ErrorCode.UnknownFrame) {
+        // A client newer than this server, not a broken one: answered, and never a reason to disconnect
+        // (a client closed for it would reconnect and send it again). The rate limit still bounds it.
+        this.#ctx.metrics.framesRejected.inc({ code });
+        this.#sendError(code, message, refs);
+        return;
+      }
+      this.#invalid(code, message, refs);
       return;
     }
     const frame = decoded.frame;
@@ -329,7 +339,10 @@ export class Connection<P extends Principal> {
         return;
       case 'unsubscribe': {
         const sub = this.#subs.get(frame.taskId);
-        if (sub !== undefined) this.#removeSub(sub);
+        if (sub !== undefined) {
+          this.#removeSub(sub);
+          this.#rememberUnfollowed(frame.taskId);
+        }
         return;
       }
       case 'ack':
@@ -432,7 +445,7 @@ export class Connection<P extends Principal> {
     });
   }
 
-  /** Takes one rate-limit token; on refusal answers (once per streak) and closes a persistent flooder. */
+  /** Takes one rate-limit token; on refusal answers every refused frame and closes a persistent flooder. */
   #takeToken(requestId: string | undefined): boolean {
     // The socket's own budget first, then its principal's, shared with the principal's other sockets.
     if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame((this.#principal as P).id)) return true;
@@ -443,8 +456,10 @@ export class Connection<P extends Principal> {
     this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.RateLimited });
     if (this.#violations >= this.#options.maxRateLimitViolations) {
       this.close(CloseCode.RateLimited, 'rate limit exceeded');
-    } else if (this.#violations === 1) {
-      // One error per streak: answering every refused frame would let a flooder amplify its traffic.
+    } else {
+      // Every refused frame is answered, so a client never waits for the reply to a request that was
+      // dropped. No amplification: one small frame per refused one, and a streak of
+      // `maxRateLimitViolations` closes the socket.
       this.#sendError(
         ErrorCode.RateLimited,
         `Rate limit exceeded (${this.#options.rateLimitPerSecond} frames/s); frames are being dropped`,
@@ -557,7 +572,18 @@ export class Connection<P extends Principal> {
     await this.#catchUp(current, gen, refs);
   }
 
+  /** Bounded: the oldest unsubscribed id goes first once the socket's subscription cap is reached. */
+  #rememberUnfollowed(taskId: string): void {
+    this.#unfollowed.delete(taskId);
+    this.#unfollowed.add(taskId);
+    if (this.#unfollowed.size > this.#options.maxSubscriptionsPerSocket) {
+      const oldest = this.#unfollowed.values().next().value;
+      if (oldest !== undefined) this.#unfollowed.delete(oldest);
+    }
+  }
+
   #newSub(taskId: string): Subscription {
+    this.#unfollowed.delete(taskId);
     const sub: Subscription = {
       taskId,
       generation: 0,
@@ -783,9 +809,20 @@ export class Connection<P extends Principal> {
 
   #ack(frame: AckFrame): void {
     const sub = this.#subs.get(frame.taskId);
-    // A late ack after an unsubscribe is harmless; acks never reach the store for unfollowed tasks, so a
-    // socket cannot mark another owner's events processed.
-    if (sub === undefined) return;
+    if (sub === undefined) {
+      // Acks never reach the store for unfollowed tasks, so a socket cannot mark another owner's events
+      // processed. A late ack after an unsubscribe is a normal race (the re-ack of a terminal frame
+      // re-sent before the unsubscribe arrived): silent. Any other is answered, not counted as invalid,
+      // so the client learns that nothing was recorded.
+      if (this.#unfollowed.has(frame.taskId)) return;
+      this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
+      this.#sendError(
+        ErrorCode.InvalidInput,
+        `ack ignored: this socket does not follow task ${frame.taskId}`,
+        { taskId: frame.taskId },
+      );
+      return;
+    }
     if (!sub.authorized) {
       // Authorization or the load is still running: remember it, act on it only once both succeeded.
       if (frame.seq > sub.pendingAck) sub.pendingAck = frame.seq;
