@@ -88,6 +88,8 @@ export class Connection {
   #failures = 0;
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
+  /** A socket was closed for an expired credential and no `hello` came since: the next one is fatal. */
+  #retriedExpiredToken = false;
   #readyAt = 0;
   #heartbeatTimeoutMs = 0;
   /** The close code an upgrade refused with HTTP 401/403 stands for. */
@@ -107,6 +109,23 @@ export class Connection {
   /** True after `hello` on the current socket. */
   get ready(): boolean {
     return this.#ready;
+  }
+
+  /**
+   * Renews the credential of the open socket without reconnecting (protocol version 2): calls the token
+   * function and sends an `auth` frame; the server answers with a new `hello`. Resolves `false` when
+   * there is no open version-2 socket or no token function (the next connection uses a fresh token
+   * anyway).
+   */
+  async renewToken(): Promise<boolean> {
+    const token = this.#o.token;
+    const socket = this.#socket;
+    if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
+    if (socket.protocol === PROTOCOL_NAME_V1) return false;
+    const credential = await token();
+    if (socket !== this.#socket || socket.readyState !== OPEN) return false;
+    socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+    return true;
   }
 
   /** Opens a socket if there is none and none is scheduled (connect lazily, on the first watch). */
@@ -277,6 +296,7 @@ export class Connection {
     this.#ready = true;
     this.#readyAt = this.#o.clock();
     this.#unreachable = 0;
+    this.#retriedExpiredToken = false;
     this.#heartbeatTimeoutMs =
       this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
     this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
@@ -289,6 +309,10 @@ export class Connection {
     const code = this.#refusedWith ?? closeCode;
     this.#refusedWith = undefined;
     const why = `closed by server (${code}${reason === '' ? '' : `: ${reason}`})`;
+    if (code === CloseCode.TokenExpired) {
+      this.#tokenExpired(why, code);
+      return;
+    }
     const fatal = FATAL_ERRORS[code];
     if (fatal !== undefined && FATAL_CLOSE_CODES.has(code)) {
       this.#socket = undefined;
@@ -298,6 +322,29 @@ export class Connection {
     // A client closed for flooding waits longer: the same pace would only get it closed again.
     if (code === CloseCode.RateLimited) this.#failures += 2;
     this.#lost(why, code);
+  }
+
+  /**
+   * The server ended the socket because its credential expired: reconnect at once, which fetches a
+   * fresh credential from the token function. Once only: a second expiry before any `hello` means the
+   * token function hands out expired credentials, and retrying cannot help.
+   */
+  #tokenExpired(why: string, code: number): void {
+    this.#socket = undefined;
+    if (this.#retriedExpiredToken) {
+      this.#fatal(
+        new ProgressError(ErrorCode.TokenExpired, `The credential expired again: ${why}`),
+        why,
+        code,
+      );
+      return;
+    }
+    this.#retriedExpiredToken = true;
+    if (this.#ready) this.#down();
+    this.#liveness.clear();
+    if (this.#state === 'closed') return;
+    this.#setState({ state: 'reconnecting', reason: why, closeCode: code, delayMs: 0 }, true);
+    this.#connect('token expired');
   }
 
   #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {

@@ -166,6 +166,23 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   }
 
   /**
+   * Renews the socket's credential without reconnecting: calls the `token` function and sends it in an
+   * `auth` frame (protocol version 2). Call it when the application's token is refreshed, before the
+   * old one expires. Resolves `false` when there is nothing to renew (no open socket, a version-1
+   * server, or a static token). A token that expires anyway closes the socket with 4011; the client
+   * then fetches a fresh token and reconnects once by itself.
+   *
+   * @example
+   * ```ts
+   * auth.onTokenRefreshed(() => void client.renewToken());
+   * ```
+   */
+  renewToken(): Promise<boolean> {
+    if (this.#closed) return Promise.resolve(false);
+    return this.#connection.renewToken();
+  }
+
+  /**
    * Closes the client: sends the pending acks, clears every timer, aborts HTTP requests and closes the
    * socket. Unfinished watches end with a `closed` error. Resolves once the socket is closed.
    */

@@ -142,6 +142,8 @@ export class Connection<P extends Principal> {
   #countedSocket = false;
   #authChecking = false;
   #authTimer: NodeJS.Timeout | undefined;
+  /** Ends the socket when its principal's credential expires (`Principal.expiresAt`). */
+  #expiryTimer: NodeJS.Timeout | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryDueAt: number | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
@@ -326,6 +328,10 @@ export class Connection<P extends Principal> {
   #handle(frame: ClientFrame): void {
     switch (frame.type) {
       case 'auth':
+        if (this.#version >= 2) {
+          this.#reauthenticate(frame.token);
+          return;
+        }
         this.#sendError(
           ErrorCode.InvalidFrame,
           'Already authenticated: auth is only valid as the first frame',
@@ -421,8 +427,118 @@ export class Connection<P extends Principal> {
     this.close(closeCode, message);
   }
 
+  /**
+   * Protocol version 2: an `auth` frame on an open socket renews its credential. The new one must stand
+   * for the same principal; every subscription's authorization is checked again with it, and a task it
+   * may no longer watch is dropped with the subscribe's refusal. Answered with a new `hello`.
+   */
+  #reauthenticate(token: string): void {
+    if (this.#authChecking) {
+      this.#sendError(ErrorCode.RateLimited, 'An auth frame is already being checked', {});
+      return;
+    }
+    this.#authChecking = true;
+    this.#ctx.auth.fromToken(token, this.#request).then(
+      (principal) =>
+        this.#guard(() => {
+          this.#authChecking = false;
+          if (this.#state !== 'open') return;
+          if (principal === undefined || principal.id !== (this.#principal as P).id) {
+            this.#refuseAuth(
+              ErrorCode.Unauthenticated,
+              CloseCode.Unauthenticated,
+              principal === undefined ? 'Invalid credentials' : 'auth must keep the principal of the socket',
+            );
+            return;
+          }
+          if (this.#expired(principal)) {
+            this.#expire();
+            return;
+          }
+          this.#principal = principal;
+          this.#armExpiry(principal);
+          this.#sendHello();
+          void this.#recheckSubscriptions(principal).catch((error: unknown) => this.#internalError(error));
+        }),
+      (error: unknown) =>
+        this.#guard(() => {
+          this.#authChecking = false;
+          this.#ctx.metrics.handlerErrors.inc();
+          this.#ctx.logger.error(
+            { err: describeError(error), connection: this.id },
+            'authenticateToken hook threw',
+          );
+          this.close(CloseCode.InternalError, 'authentication failed');
+        }),
+    );
+  }
+
+  /** Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. */
+  async #recheckSubscriptions(principal: P): Promise<void> {
+    for (const sub of [...this.#subs.values()]) {
+      if (!sub.authorized || sub.removed) continue;
+      const gen = sub.generation;
+      const stale = () => sub.removed || sub.generation !== gen || this.#state !== 'open';
+      const task = await this.#read(
+        () => (stale() ? Promise.resolve(null) : this.#ctx.options.store.getTask(sub.taskId)),
+        stale,
+      );
+      if (task === null || stale()) continue;
+      if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) continue;
+      if (stale()) continue;
+      this.#removeSub(sub);
+      const forbidden = task !== undefined && this.#options.revealTaskExistence;
+      const code = forbidden ? ErrorCode.Forbidden : ErrorCode.TaskNotFound;
+      this.#ctx.metrics.framesRejected.inc({ code });
+      this.#sendError(
+        code,
+        forbidden ? `You may not watch task ${sub.taskId}` : taskNotFoundMessage(sub.taskId),
+        {
+          taskId: sub.taskId,
+        },
+      );
+    }
+  }
+
+  #expired(principal: P): boolean {
+    return principal.expiresAt !== undefined && principal.expiresAt <= this.#options.clock();
+  }
+
+  /** (Re)sets the timer that ends the socket when its credential expires. */
+  #armExpiry(principal: P): void {
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    if (principal.expiresAt === undefined) return;
+    // setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires.
+    const delayMs = Math.min(Math.max(0, principal.expiresAt - this.#options.clock()), 2_147_483_647);
+    this.#expiryTimer = setTimeout(
+      () =>
+        this.#guard(() => {
+          this.#expiryTimer = undefined;
+          if (this.#state !== 'open' || this.#principal !== principal) return;
+          if (this.#expired(principal)) this.#expire();
+          else this.#armExpiry(principal);
+        }),
+      delayMs,
+    );
+    this.#expiryTimer.unref();
+  }
+
+  /**
+   * The credential expired: `token_expired` (version 1 does not know the code: `unauthenticated`) and
+   * close 4011, which a client answers by fetching a fresh credential and reconnecting.
+   */
+  #expire(): void {
+    const code = this.#version >= 2 ? ErrorCode.TokenExpired : ErrorCode.Unauthenticated;
+    this.#refuseAuth(code, CloseCode.TokenExpired, 'The credential expired; reconnect with a fresh one');
+  }
+
   #open(principal: P): void {
     this.#clearAuthTimer();
+    if (this.#expired(principal)) {
+      this.#expire();
+      return;
+    }
     if (!this.#ctx.limits.openSocket(principal.id)) {
       this.#ctx.metrics.principalLimits.inc({ limit: 'sockets' });
       this.#refuseAuth(
@@ -435,7 +551,12 @@ export class Connection<P extends Principal> {
     this.#countedSocket = true;
     this.#principal = principal;
     this.#state = 'open';
+    this.#armExpiry(principal);
     this.#ctx.onAuthenticated?.(this);
+    this.#sendHello();
+  }
+
+  #sendHello(): void {
     this.#send({
       type: 'hello',
       protocol: this.#version,
@@ -1023,12 +1144,13 @@ export class Connection<P extends Principal> {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#clearAuthTimer();
-    for (const timer of [this.#retryTimer, this.#drainTimer, this.#closeTimer]) {
+    for (const timer of [this.#retryTimer, this.#drainTimer, this.#closeTimer, this.#expiryTimer]) {
       if (timer !== undefined) clearTimeout(timer);
     }
     this.#retryTimer = undefined;
     this.#drainTimer = undefined;
     this.#closeTimer = undefined;
+    this.#expiryTimer = undefined;
     for (const sub of [...this.#subs.values()]) this.#removeSub(sub);
     this.#queue.clear();
     this.#pendingFrames.length = 0;

@@ -49,6 +49,7 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   unknown_frame: 400,
   unsupported_protocol: 400,
   unauthenticated: 401,
+  token_expired: 401,
   forbidden: 403,
   rate_limited: 429,
   too_many_subscriptions: 429,
