@@ -123,6 +123,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #epoch: StoreEpoch;
+  /** Open Server-Sent Events streams (their `end`), ended at shutdown. */
+  readonly #streams = new Set<() => void>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
   #ownedHttpServer: HttpServer | undefined;
@@ -363,6 +365,19 @@ export class ProgressServer<P extends Principal = Principal> {
         health: () => this.health(),
         healthDetails: this.#options.healthDetails,
         webSocketPath: this.#options.path,
+        streams: {
+          hub: this.#hub,
+          epoch: this.#epoch,
+          limits: this.#limits,
+          store: this.#options.store,
+          logger: this.#logger,
+          heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+          maxReplayEvents: this.#options.maxReplayEvents,
+          clock: this.#options.clock,
+          open: this.#streams,
+          acks: this.#acks,
+          maxSocketsPerPrincipal: this.#options.maxSocketsPerPrincipal,
+        },
       },
       options,
     );
@@ -399,6 +414,8 @@ export class ProgressServer<P extends Principal = Principal> {
     await waitAtMost(this.leases.close(), deadline - Date.now());
     clearInterval(this.#heartbeatTimer);
     await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
+    // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.
+    for (const end of [...this.#streams]) end();
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();
