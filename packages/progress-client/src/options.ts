@@ -2,6 +2,7 @@ import type { Clock } from '@finishline/core';
 import { ErrorCode, invalidOption, ProgressError, systemClock } from '@finishline/core';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
+import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
@@ -173,6 +174,18 @@ export interface ProgressClientOptions {
    */
   httpFallbackAfterAttempts?: number;
   /**
+   * Used instead of HTTP polling once `httpFallbackAfterAttempts` connection attempts failed in a row:
+   * `sseFallback()` from `@finishline/client/sse` follows each watch over Server-Sent Events, which
+   * proxies that refuse WebSocket upgrades let through. The socket keeps being retried with backoff;
+   * the first `hello` ends the fallback.
+   */
+  fallbackTransport?: FallbackTransport | undefined;
+  /**
+   * Use `fallbackTransport` at once, without trying WebSocket first (a network known to block it).
+   * @default false
+   */
+  preferFallback?: boolean;
+  /**
    * Interval of that polling (longer, with backoff, while HTTP fails too).
    * @default 2000
    */
@@ -241,6 +254,7 @@ type Defaulted = Omit<
   | 'persistence'
   | 'pageEvents'
   | 'shareAcrossTabs'
+  | 'fallbackTransport'
 > & { persistence: false };
 
 /** Defaults of {@link ProgressClientOptions}, merged once at construction. */
@@ -249,6 +263,7 @@ export const PROGRESS_CLIENT_DEFAULTS: Readonly<Defaulted> = Object.freeze({
   httpCredentials: 'include',
   persistence: false,
   persistenceKeyPrefix: 'finishline:',
+  preferFallback: false,
   connectTimeoutMs: 10_000,
   heartbeatTimeoutMs: null,
   heartbeatMarginMs: 2000,
@@ -279,6 +294,7 @@ export interface ResolvedOptions extends Omit<Defaulted, 'persistence'> {
   token: TokenSource | undefined;
   storage: CursorStorage | undefined;
   pageEvents: PageEventSources | undefined;
+  fallbackTransport: FallbackTransport | undefined;
 }
 
 function invalid(message: string): ProgressError {
@@ -398,6 +414,12 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   if (sharing !== undefined && sharing !== false && typeof (sharing as TabSharing)?.wrap !== 'function')
     throw invalid('shareAcrossTabs must be tabSharing() from @finishline/client/tabs, or false');
 
+  const fallback = (o as { fallbackTransport?: unknown }).fallbackTransport;
+  if (fallback !== undefined && typeof (fallback as FallbackTransport)?.follow !== 'function')
+    throw invalid('fallbackTransport must be sseFallback() from @finishline/client/sse');
+  if (typeof o.preferFallback !== 'boolean') throw invalid('preferFallback must be a boolean');
+  if (o.preferFallback && fallback === undefined) throw invalid('preferFallback needs a fallbackTransport');
+
   const pageEvents = (o as { pageEvents?: unknown }).pageEvents;
   if (
     pageEvents !== undefined &&
@@ -416,5 +438,6 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     token: o.token,
     storage,
+    fallbackTransport: fallback as FallbackTransport | undefined,
   };
 }

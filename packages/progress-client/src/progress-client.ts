@@ -81,6 +81,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #pollTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
   #polling = false;
+  /** Watches follow the fallback transport (SSE) instead of polling: task id → stop function. */
+  readonly #streams = new Map<string, () => void>();
+  #streaming = false;
+  /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
+  readonly #fallbackAcked = new Set<string>();
   /** The store epoch of the latest `hello` that carried one. */
   #epoch: string | undefined;
   #pollFailures = 0;
@@ -152,7 +157,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#adoptEpoch(task);
       this.#armWatchdog(task);
       this.#subscribe(task);
-      this.#connection.ensure('watch');
+      if (this.#streaming) this.#openStream(task);
+      if (this.#o.preferFallback) this.#startFallback();
+      else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
     const watch = new Watch(task, (handle) => this.#release(task, handle));
@@ -197,6 +204,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
     this.#polling = false;
+    this.#stopFallback();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
@@ -214,6 +222,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       onHello: (hello) => {
         this.#polling = false;
         this.#pollTimer.clear();
+        this.#stopFallback();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         for (const task of this.#tasks.values()) {
@@ -233,6 +242,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         this.#closing ??= this.#shutdown(error, true);
       },
       onUnreachable: () => {
+        if (this.#o.fallbackTransport !== undefined) {
+          this.#startFallback();
+          return;
+        }
         if (this.#polling) return;
         this.#polling = true;
         this.#pollFailures = 0;
@@ -482,6 +495,53 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     } finally {
       task.httpBusy = false;
     }
+  }
+
+  /** Follows every unfinished watch over the fallback transport until a socket says `hello`. */
+  #startFallback(): void {
+    this.#streaming = true;
+    for (const task of this.#tasks.values()) this.#openStream(task);
+  }
+
+  #stopFallback(): void {
+    this.#streaming = false;
+    for (const stop of [...this.#streams.values()]) stop();
+    this.#streams.clear();
+  }
+
+  #openStream(task: WatchedTask): void {
+    const transport = this.#o.fallbackTransport;
+    if (transport === undefined || this.#closed || task.cursor.finished || this.#streams.has(task.taskId))
+      return;
+    const common = {
+      httpUrl: this.#o.httpUrl,
+      headers: this.#o.headers,
+      credential: async () => {
+        const token = this.#o.token;
+        return typeof token === 'function' ? await token() : token;
+      },
+      credentials: this.#o.httpCredentials,
+      taskId: task.taskId,
+    };
+    let stop: (() => void) | undefined;
+    const onEnd = () => {
+      if (this.#streams.get(task.taskId) === stop) this.#streams.delete(task.taskId);
+      if (task.cursor.finished && !this.#fallbackAcked.has(task.taskId)) {
+        this.#fallbackAcked.add(task.taskId);
+        transport.ack({ ...common, seq: task.cursor.seq });
+      }
+      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
+      if (this.#streaming && !task.cursor.finished && this.#tasks.get(task.taskId) === task) {
+        task.retryTimer.set(this.#o.httpPollIntervalMs, () => this.#openStream(task));
+      }
+    };
+    stop = transport.follow({
+      ...common,
+      afterSeq: task.cursor.seq,
+      onFrame: (frame) => this.#onFrame(frame),
+      onEnd,
+    });
+    this.#streams.set(task.taskId, stop);
   }
 
   /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
