@@ -62,7 +62,9 @@ describe('SSE fallback through a proxy that refuses WebSocket upgrades', () => {
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(() => server.close({ timeoutMs: 1000 }));
-    const serverPort = (server.httpServer?.address() as AddressInfo).port;
+    const address = server.httpServer?.address();
+    if (address === undefined || address === null || typeof address === 'string') throw new Error('no port');
+    const serverPort = (address as AddressInfo).port;
     const { port, seen } = await upgradeRefusingProxy(serverPort);
 
     const tasks = await Promise.all(
