@@ -114,6 +114,22 @@ function migrationsFor(schema: string): Record<string, Migration> {
         );
       },
     },
+    '0002_meta_epoch': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        // The epoch is born with the schema: seqs of another schema (or of a schema recreated from
+        // scratch) mean nothing here. renewEpoch() replaces it after a restore.
+        await sql`
+          CREATE TABLE ${table('meta')} (
+            key text COLLATE "C" PRIMARY KEY,
+            value text NOT NULL
+          )`.execute(db);
+        await sql`
+          INSERT INTO ${table('meta')} (key, value)
+          VALUES ('epoch', md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text))`.execute(
+          db,
+        );
+      },
+    },
   };
 }
 

@@ -239,6 +239,32 @@ export class PostgresProgressStore implements ProgressStore {
     return row === undefined ? undefined : toTask(row);
   }
 
+  async getEpoch(): Promise<string> {
+    this.#assertOpen();
+    const { rows } = await this.#run('getEpoch', undefined, () =>
+      sql<{ value: string }>`SELECT value FROM ${sql.id(this.#schema, 'meta')} WHERE key = 'epoch'`.execute(
+        this.#db,
+      ),
+    );
+    const row = rows[0];
+    // Migration 0002 inserts the row; a schema without it was altered by hand.
+    if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
+    return row.value;
+  }
+
+  async renewEpoch(): Promise<string> {
+    this.#assertOpen();
+    const { rows } = await this.#run('renewEpoch', undefined, () =>
+      sql<{ value: string }>`
+        UPDATE ${sql.id(this.#schema, 'meta')}
+        SET value = md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
+        WHERE key = 'epoch' RETURNING value`.execute(this.#db),
+    );
+    const row = rows[0];
+    if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
+    return row.value;
+  }
+
   async listTasks(query: ListTasksQuery): Promise<Task[]> {
     this.#assertOpen();
     const { owner, statuses, limit } = parseListTasksQuery(query);

@@ -112,6 +112,7 @@ describe('migrations', () => {
     );
     expect(rows.map((row) => row.table_name)).toEqual([
       'events',
+      'meta',
       'migrations',
       'migrations_lock',
       'tasks',

@@ -22,19 +22,24 @@ function schemaObjects(database: Database.Database): string[] {
 describe('migrations', () => {
   it('create the whole schema, record each version once, and do nothing the second time', () => {
     const database = new Database(':memory:');
-    expect(migrate(database, builder, { now: 42 })).toEqual([1, 2]);
-    expect(SQLITE_SCHEMA_VERSION).toBe(2);
+    expect(migrate(database, builder, { now: 42 })).toEqual([1, 2, 3]);
+    expect(SQLITE_SCHEMA_VERSION).toBe(3);
     expect(
       database.prepare(`SELECT version, name, applied_at FROM ${TABLES.migrations} ORDER BY version`).all(),
     ).toEqual([
       { version: 1, name: 'create_tasks_and_events', applied_at: 42 },
       { version: 2, name: 'create_operator_views', applied_at: 42 },
+      { version: 3, name: 'create_meta_with_epoch', applied_at: 42 },
     ]);
+    // The epoch is created with the schema: 128 random bits.
+    const epoch = database.prepare(`SELECT value FROM ${TABLES.meta} WHERE key = 'epoch'`).pluck().get();
+    expect(epoch).toMatch(/^[0-9a-f]{32}$/);
     expect(schemaObjects(database)).toEqual([
       'index finishline_tasks_finished',
       'index finishline_tasks_lease_expiry',
       'index finishline_tasks_owner_created',
       'table finishline_events',
+      'table finishline_meta',
       'table finishline_migrations',
       'table finishline_tasks',
       'view finishline_event_log',
@@ -50,7 +55,7 @@ describe('migrations', () => {
     const database = new Database(':memory:');
     expect(migrate(database, builder, { now: 1, migrations: MIGRATIONS.slice(0, 1) })).toEqual([1]);
     expect(schemaObjects(database)).not.toContain('view finishline_unprocessed_events');
-    expect(migrate(database, builder, { now: 2 })).toEqual([2]);
+    expect(migrate(database, builder, { now: 2 })).toEqual([2, 3]);
     expect(schemaObjects(database)).toContain('view finishline_unprocessed_events');
     database.close();
   });
@@ -58,7 +63,7 @@ describe('migrations', () => {
   it('roll back a migration that fails half-way, leaving the previous version intact', () => {
     const database = new Database(':memory:');
     const broken: Migration = {
-      version: 3,
+      version: 4,
       name: 'broken',
       statements: (kysely) => [
         kysely.schema.createTable('finishline_extra').addColumn('id', 'integer'),
@@ -68,7 +73,7 @@ describe('migrations', () => {
     migrate(database, builder, { now: 1 });
     expect(() => migrate(database, builder, { now: 2, migrations: [...MIGRATIONS, broken] })).toThrow();
     expect(schemaObjects(database)).not.toContain('table finishline_extra');
-    expect(database.prepare(`SELECT max(version) FROM ${TABLES.migrations}`).pluck().get()).toBe(2);
+    expect(database.prepare(`SELECT max(version) FROM ${TABLES.migrations}`).pluck().get()).toBe(3);
     expect(database.inTransaction).toBe(false);
     database.close();
   });
@@ -77,7 +82,7 @@ describe('migrations', () => {
     const database = new Database(':memory:');
     migrate(database, builder, { now: 1 });
     database
-      .prepare(`INSERT INTO ${TABLES.migrations} (version, name, applied_at) VALUES (3, 'future', 1)`)
+      .prepare(`INSERT INTO ${TABLES.migrations} (version, name, applied_at) VALUES (4, 'future', 1)`)
       .run();
     try {
       migrate(database, builder, { now: 2 });

@@ -136,6 +136,21 @@ export const MIGRATIONS: readonly Migration[] = Object.freeze([
         ),
     ],
   },
+  {
+    version: 3,
+    name: 'create_meta_with_epoch',
+    // The epoch is born with the schema: a new database file is a new epoch, and seqs of another file
+    // mean nothing here. randomblob() keeps the DDL free of parameters.
+    statements: (builder) => [
+      builder.schema
+        .createTable(TABLES.meta)
+        .addColumn('key', 'text', (column) => column.primaryKey().notNull())
+        .addColumn('value', 'text', (column) => column.notNull()),
+      builder
+        .insertInto(TABLES.meta)
+        .values({ key: sql.lit('epoch'), value: sql<string>`lower(hex(randomblob(16)))` }),
+    ],
+  },
 ]);
 
 /** The schema version this release creates. */

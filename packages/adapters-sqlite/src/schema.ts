@@ -71,6 +71,12 @@ export interface MigrationsTable {
   applied_at: number;
 }
 
+/** Store-wide values, one row per key: `epoch` (created with the schema, replaced by `renewEpoch`). */
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
 /** Operator view: every event with its task and a `processed` flag (1 once a watcher acked it). */
 export interface EventLogView {
   task_id: string;
@@ -93,6 +99,7 @@ export interface SqliteSchema {
   finishline_tasks: TasksTable;
   finishline_events: EventsTable;
   finishline_migrations: MigrationsTable;
+  finishline_meta: MetaTable;
   finishline_event_log: EventLogView;
   finishline_unprocessed_events: UnprocessedEventsView;
 }
@@ -102,6 +109,7 @@ export const TABLES = Object.freeze({
   tasks: 'finishline_tasks',
   events: 'finishline_events',
   migrations: 'finishline_migrations',
+  meta: 'finishline_meta',
   eventLog: 'finishline_event_log',
   unprocessedEvents: 'finishline_unprocessed_events',
 } as const);

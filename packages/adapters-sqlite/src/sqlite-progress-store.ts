@@ -198,6 +198,17 @@ export class SqliteProgressStore implements ProgressStore {
     });
   }
 
+  getEpoch(): Promise<string> {
+    return this.#call('read the epoch', () => this.#readEpoch());
+  }
+
+  renewEpoch(): Promise<string> {
+    return this.#call('renew the epoch', () => {
+      this.#q.updateEpoch.run();
+      return this.#readEpoch();
+    });
+  }
+
   listTasks(query: ListTasksQuery): Promise<Task[]> {
     return this.#call('list tasks', () => {
       const { owner, statuses, limit } = parseListTasksQuery(query);
@@ -558,6 +569,13 @@ export class SqliteProgressStore implements ProgressStore {
       this.#outbox = [];
       this.#draining = false;
     }
+  }
+
+  #readEpoch(): string {
+    const row = this.#q.selectEpoch.get() as { value: string } | undefined;
+    // Migration 3 inserts the row; a database without it was altered by hand.
+    if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
+    return row.value;
   }
 
   #readMaxEventId(): number {

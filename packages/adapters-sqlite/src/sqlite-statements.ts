@@ -200,6 +200,19 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
         .limit(param('limit')),
       ['afterId', 'limit'],
     ),
+    selectEpoch: new PreparedQuery(
+      database,
+      builder.selectFrom(TABLES.meta).select('value').where('key', '=', sql.lit('epoch')),
+      [],
+    ),
+    updateEpoch: new PreparedQuery(
+      database,
+      builder
+        .updateTable(TABLES.meta)
+        .set({ value: sql<string>`lower(hex(randomblob(16)))` })
+        .where('key', '=', sql.lit('epoch')),
+      [],
+    ),
     maxEventId: new PreparedQuery(
       database,
       builder.selectFrom(TABLES.events).select((eb) => eb.fn.max('id').as('id')),

@@ -22,6 +22,7 @@ const ENTRIES = [
   { name: '@finishline/client', source: 'index.ts', budget: 8 * KB },
   { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },
+  { name: '@finishline/client/sse', source: 'sse.ts', budget: 1 * KB },
 ];
 
 async function bundle(sources, { meta = false } = {}) {

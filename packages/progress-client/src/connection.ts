@@ -4,6 +4,7 @@ import {
   ErrorCode,
   FATAL_CLOSE_CODES,
   PROTOCOL_NAME,
+  PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
@@ -61,6 +62,8 @@ export interface ConnectionHandler {
 }
 
 const OPEN = 1;
+/** Newest first: a server selects the newest it speaks, an older one still finds version 1. */
+const OFFERED_PROTOCOLS = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 const CLOSED = 3;
 const noop = (): void => undefined;
 
@@ -83,6 +86,8 @@ export class Connection {
   #failures = 0;
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
+  /** A socket was closed for an expired credential and no `hello` came since: the next one is fatal. */
+  #retriedExpiredToken = false;
   #readyAt = 0;
   #heartbeatTimeoutMs = 0;
   /** The close code an upgrade refused with HTTP 401/403 stands for. */
@@ -104,6 +109,23 @@ export class Connection {
   /** True after `hello` on the current socket. */
   get ready(): boolean {
     return this.#ready;
+  }
+
+  /**
+   * Renews the credential of the open socket without reconnecting (protocol version 2): calls the token
+   * function and sends an `auth` frame; the server answers with a new `hello`. Resolves `false` when
+   * there is no open version-2 socket or no token function (the next connection uses a fresh token
+   * anyway).
+   */
+  async renewToken(): Promise<boolean> {
+    const token = this.#o.token;
+    const socket = this.#socket;
+    if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
+    if (socket.protocol === PROTOCOL_NAME_V1) return false;
+    const credential = await token();
+    if (socket !== this.#socket || socket.readyState !== OPEN) return false;
+    socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+    return true;
   }
 
   /** Opens a socket if there is none and none is scheduled (connect lazily, on the first watch). */
@@ -196,8 +218,8 @@ export class Connection {
       // The third argument only where there are headers: browsers' WebSocket takes two.
       socket =
         Object.keys(headers).length > 0
-          ? new this.#o.WebSocket(this.#o.url, PROTOCOL_NAME, { headers })
-          : new this.#o.WebSocket(this.#o.url, PROTOCOL_NAME);
+          ? new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS, { headers })
+          : new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS);
     } catch (cause) {
       this.#handler.onError(new ProgressError(ErrorCode.Internal, 'Could not create a WebSocket', { cause }));
       this.#lost('could not create a socket', undefined);
@@ -250,7 +272,9 @@ export class Connection {
     }
     if (socket !== this.#socket || socket.readyState !== OPEN) return;
     try {
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+      // The version of the subprotocol the server selected (an older server selects version 1).
+      const protocol = socket.protocol === PROTOCOL_NAME_V1 ? 1 : PROTOCOL_VERSION;
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol }));
     } catch {
       // The socket is closing: its close event takes over.
     }
@@ -285,6 +309,7 @@ export class Connection {
     this.#ready = true;
     this.#readyAt = this.#o.clock();
     this.#unreachable = 0;
+    this.#retriedExpiredToken = false;
     this.#heartbeatTimeoutMs =
       this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
     this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
@@ -297,6 +322,10 @@ export class Connection {
     const code = this.#refusedWith ?? closeCode;
     this.#refusedWith = undefined;
     const why = `closed by server (${code}${reason === '' ? '' : `: ${reason}`})`;
+    if (code === CloseCode.TokenExpired) {
+      this.#tokenExpired(why, code);
+      return;
+    }
     if (!this.#ready && this.#attemptFailure === undefined) {
       this.#attemptFailure = {
         detail:
@@ -318,6 +347,29 @@ export class Connection {
     // A client closed for flooding waits longer: the same pace would only get it closed again.
     if (code === CloseCode.RateLimited) this.#failures += 2;
     this.#lost(why, code);
+  }
+
+  /**
+   * The server ended the socket because its credential expired: reconnect at once, which fetches a
+   * fresh credential from the token function. Once only: a second expiry before any `hello` means the
+   * token function hands out expired credentials, and retrying cannot help.
+   */
+  #tokenExpired(why: string, code: number): void {
+    this.#socket = undefined;
+    if (this.#retriedExpiredToken) {
+      this.#fatal(
+        new ProgressError(ErrorCode.TokenExpired, `The credential expired again: ${why}`),
+        why,
+        code,
+      );
+      return;
+    }
+    this.#retriedExpiredToken = true;
+    if (this.#ready) this.#down();
+    this.#liveness.clear();
+    if (this.#state === 'closed') return;
+    this.#setState({ state: 'reconnecting', reason: why, closeCode: code, delayMs: 0 }, true);
+    this.#connect('token expired');
   }
 
   #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {

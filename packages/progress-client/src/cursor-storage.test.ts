@@ -33,7 +33,7 @@ describe('cursor storage', () => {
     const storage = new WebStorageCursorStorage(backing, 'p:');
     storage.save(task.view());
     expect([...backing.map.keys()]).toEqual(['p:t1']);
-    expect(readStoredTask(storage, 't1')).toEqual(task.view());
+    expect(readStoredTask(storage, 't1')).toEqual({ task: task.view(), epoch: undefined });
     storage.remove('t1');
     expect(readStoredTask(storage, 't1')).toBeUndefined();
   });
@@ -58,7 +58,16 @@ describe('cursor storage', () => {
     const view = task.view();
     storage.save(view);
     view.done = 99;
-    expect(readStoredTask(storage, 't1')?.done).toBe(1);
+    expect(readStoredTask(storage, 't1')?.task.done).toBe(1);
     expect(storage.size).toBe(1);
+  });
+
+  it('keeps the epoch with the cursor, validated like a snapshot frame', () => {
+    const backing = new MapStorage();
+    const storage = new WebStorageCursorStorage(backing);
+    storage.save(task.view(), 'epoch-1');
+    expect(readStoredTask(storage, 't1')).toEqual({ task: task.view(), epoch: 'epoch-1' });
+    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), epoch: 'not an id!' }));
+    expect(readStoredTask(storage, 't1')).toBeUndefined();
   });
 });

@@ -23,8 +23,13 @@ import { decodeServerFrame } from '@finishline/core/internal';
 export interface CursorStorage {
   /** The saved view of `taskId`, or `undefined`. */
   load(taskId: string): unknown;
-  /** Saves (replaces) the view of `task.id`. */
-  save(task: TaskView): void;
+  /**
+   * Saves (replaces) the view of `task.id`, with the store epoch its seq belongs to when known. `load`
+   * must return what was saved: the view's fields, plus `epoch` when one was given. A storage that drops
+   * the epoch still works: its cursors are trusted in any epoch, and the server's reset of a cursor
+   * ahead of the task still applies.
+   */
+  save(task: TaskView, epoch?: string): void;
   /** Forgets `taskId`. */
   remove(taskId: string): void;
 }
@@ -43,9 +48,9 @@ export class MemoryCursorStorage implements CursorStorage {
     return text === undefined ? undefined : JSON.parse(text);
   }
 
-  save(task: TaskView): void {
+  save(task: TaskView, epoch?: string): void {
     // A copy, so later changes to the caller's object cannot alter what was saved.
-    this.#entries.set(task.id, JSON.stringify(task));
+    this.#entries.set(task.id, JSON.stringify(withEpoch(task, epoch)));
   }
 
   remove(taskId: string): void {
@@ -88,9 +93,9 @@ export class WebStorageCursorStorage implements CursorStorage {
     }
   }
 
-  save(task: TaskView): void {
+  save(task: TaskView, epoch?: string): void {
     try {
-      this.#storage.setItem(this.#prefix + task.id, JSON.stringify(task));
+      this.#storage.setItem(this.#prefix + task.id, JSON.stringify(withEpoch(task, epoch)));
     } catch {
       // Quota exceeded or storage disabled: the only loss is the resume after a reload.
     }
@@ -121,27 +126,40 @@ export function sessionCursorStorage(keyPrefix?: string): WebStorageCursorStorag
   return new WebStorageCursorStorage(storage, keyPrefix);
 }
 
+function withEpoch(task: TaskView, epoch: string | undefined): TaskView | (TaskView & { epoch: string }) {
+  return epoch === undefined ? task : { ...task, epoch };
+}
+
+/** A view read back from a {@link CursorStorage}, with the epoch of its seq when one was saved. */
+export interface StoredTask {
+  task: TaskView;
+  epoch: string | undefined;
+}
+
 /**
  * The saved view of `taskId` if it is a valid snapshot of that task, else `undefined`. Validated with
- * the protocol's own snapshot schema, so a restored view is exactly as trustworthy as a received one.
+ * the protocol's own snapshot schema (epoch included), so a restored view is exactly as trustworthy as
+ * a received one.
  *
  * @internal
  */
-export function readStoredTask(storage: CursorStorage, taskId: string): TaskView | undefined {
+export function readStoredTask(storage: CursorStorage, taskId: string): StoredTask | undefined {
   let stored: unknown;
   try {
     stored = storage.load(taskId);
   } catch {
     return undefined;
   }
-  if (stored === undefined || stored === null) return undefined;
+  if (typeof stored !== 'object' || stored === null) return undefined;
   let text: string;
   try {
-    text = JSON.stringify({ type: 'snapshot', task: stored });
+    // Views saved before epochs have none: they decode as before.
+    const { epoch, ...task } = stored as { epoch?: unknown };
+    text = JSON.stringify({ type: 'snapshot', task, ...(epoch === undefined ? {} : { epoch }) });
   } catch {
     return undefined;
   }
   const decoded = decodeServerFrame(text);
   if (!decoded.ok || decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) return undefined;
-  return decoded.frame.task;
+  return { task: decoded.frame.task, epoch: decoded.frame.epoch };
 }

@@ -20,6 +20,7 @@ export { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 export type { PageEventSources, PageEventTarget, WakeReason } from './page-life.js';
 export type { ProgressClientEvents } from './progress-client.js';
 export { ProgressClient } from './progress-client.js';
+export type { FallbackFollow, FallbackTransport } from './sse.js';
 export type { TabSharing } from './tab-sharing.js';
 export type { TimerApi } from './timers.js';
 export type { DoneOptions, WatchDone, WatchEvents, WatchOptions, WatchState } from './watch.js';

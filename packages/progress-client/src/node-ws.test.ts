@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ClientFrame, ServerFrame } from '@finishline/core';
-import { PROTOCOL_NAME, PROTOCOL_VERSION } from '@finishline/core';
+import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ProgressClient } from './progress-client.js';
@@ -69,7 +69,9 @@ describe('in Node with the real ws', () => {
     const final = await watch.done;
     expect(final).toMatchObject({ status: 'completed', seq: 3, finished: true });
     expect(server.upgrades[0]?.headers.authorization).toBe('Bearer node-token');
-    expect(server.upgrades[0]?.headers['sec-websocket-protocol']).toBe(PROTOCOL_NAME);
+    expect(server.upgrades[0]?.headers['sec-websocket-protocol']).toBe(
+      `${PROTOCOL_NAME},${PROTOCOL_NAME_V1}`,
+    );
     await waitFor(() => server.received.some((frame) => frame.type === 'ack' && frame.seq === 3));
     expect(resources().Timeout).toBeGreaterThan(baseline.Timeout ?? 0);
     await client.close();

@@ -3,6 +3,7 @@ import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
 import { invalidOption } from '@finishline/core/internal';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
+import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
@@ -20,6 +21,8 @@ import { systemTimers, type TimerApi } from './timers.js';
 export interface WebSocketLike {
   /** 0 connecting, 1 open, 2 closing, 3 closed. */
   readonly readyState: number;
+  /** The subprotocol the server selected (`''` or absent when unknown: taken as the newest version). */
+  readonly protocol?: string;
   onopen: ((event: never) => void) | null;
   onmessage: ((event: never) => void) | null;
   onclose: ((event: never) => void) | null;
@@ -180,6 +183,18 @@ export interface ProgressClientOptions {
    */
   errorAfterAttempts?: number;
   /**
+   * Used instead of HTTP polling once `httpFallbackAfterAttempts` connection attempts failed in a row:
+   * `sseFallback()` from `@finishline/client/sse` follows each watch over Server-Sent Events, which
+   * proxies that refuse WebSocket upgrades let through. The socket keeps being retried with backoff;
+   * the first `hello` ends the fallback.
+   */
+  fallbackTransport?: FallbackTransport | undefined;
+  /**
+   * Use `fallbackTransport` at once, without trying WebSocket first (a network known to block it).
+   * @default false
+   */
+  preferFallback?: boolean;
+  /**
    * Interval of that polling (longer, with backoff, while HTTP fails too).
    * @default 2000
    */
@@ -248,6 +263,7 @@ type Defaulted = Omit<
   | 'persistence'
   | 'pageEvents'
   | 'shareAcrossTabs'
+  | 'fallbackTransport'
 > & { persistence: false };
 
 /** Defaults of {@link ProgressClientOptions}, merged once at construction. */
@@ -256,6 +272,7 @@ export const PROGRESS_CLIENT_DEFAULTS: Readonly<Defaulted> = Object.freeze({
   httpCredentials: 'include',
   persistence: false,
   persistenceKeyPrefix: 'finishline:',
+  preferFallback: false,
   connectTimeoutMs: 10_000,
   heartbeatTimeoutMs: null,
   heartbeatMarginMs: 2000,
@@ -287,6 +304,7 @@ export interface ResolvedOptions extends Omit<Defaulted, 'persistence'> {
   token: TokenSource | undefined;
   storage: CursorStorage | undefined;
   pageEvents: PageEventSources | undefined;
+  fallbackTransport: FallbackTransport | undefined;
 }
 
 function invalid(message: string): ProgressError {
@@ -414,6 +432,12 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   if (sharing !== undefined && sharing !== false && typeof (sharing as TabSharing)?.wrap !== 'function')
     throw invalid('shareAcrossTabs must be tabSharing() from @finishline/client/tabs, or false');
 
+  const fallback = (o as { fallbackTransport?: unknown }).fallbackTransport;
+  if (fallback !== undefined && typeof (fallback as FallbackTransport)?.follow !== 'function')
+    throw invalid('fallbackTransport must be sseFallback() from @finishline/client/sse');
+  if (typeof o.preferFallback !== 'boolean') throw invalid('preferFallback must be a boolean');
+  if (o.preferFallback && fallback === undefined) throw invalid('preferFallback needs a fallbackTransport');
+
   const pageEvents = (o as { pageEvents?: unknown }).pageEvents;
   if (
     pageEvents !== undefined &&
@@ -432,6 +456,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     token: o.token,
     storage,
+    fallbackTransport: fallback as FallbackTransport | undefined,
   };
 }
 

@@ -1,5 +1,12 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
-import { CloseCode, ErrorCode, isProgressError, PROTOCOL_NAME, PROTOCOL_VERSION } from '@finishline/core';
+import {
+  CloseCode,
+  ErrorCode,
+  isProgressError,
+  PROTOCOL_NAME,
+  PROTOCOL_NAME_V1,
+  PROTOCOL_VERSION,
+} from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { MemoryCursorStorage } from './cursor-storage.js';
 import { ProgressClient } from './progress-client.js';
@@ -28,7 +35,7 @@ describe('connection', () => {
     client.watch('t1');
     expect(server.sockets).toHaveLength(1);
     expect(client.state).toBe('connecting');
-    expect(server.last.protocols).toBe(PROTOCOL_NAME);
+    expect(server.last.protocols).toEqual([PROTOCOL_NAME, PROTOCOL_NAME_V1]);
     expect(server.last.url).toBe('ws://example.test/progress');
     expect(server.last.url).not.toContain('secret');
     expect(server.last.options).toBeUndefined();
@@ -129,7 +136,9 @@ describe('delivery', () => {
   });
 
   it('emits the terminal event once when it comes from a snapshot (watching a finished task)', async () => {
-    const { client, socket, task, watch, log } = subscribed();
+    const { client, socket, task, watch, log, errors } = subscribed();
+    const watchErrors: unknown[] = [];
+    watch.on('error', (error) => watchErrors.push(error));
     task.item('a');
     const terminal = task.end('failed');
     let failedEvent: unknown;
@@ -140,7 +149,12 @@ describe('delivery', () => {
     expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
     socket.push(ev(terminal)); // the server re-sends the terminal event: the ack may have been lost
     expect(socket.frames('ack')).toHaveLength(2);
-    socket.push(snap(task.view())); // a snapshot is not a re-send: no third ack
+    // A terminal snapshot is re-sent until acknowledged too (protocol v2 doc, issue 14 #3): acked again.
+    socket.push(snap(task.view()));
+    // The server no longer follows the task (the unsubscribe arrived): its answer is not an error.
+    socket.push({ type: 'error', code: ErrorCode.InvalidInput, message: 'ack ignored', taskId: 't1' });
+    expect(errors).toEqual([]);
+    expect(watchErrors).toEqual([]);
     expect(log).toEqual(['snapshot@2', 'failed@2', 'finished@2']);
     expect(failedEvent).toMatchObject({
       type: 'failed',
@@ -150,6 +164,7 @@ describe('delivery', () => {
     const final = await watch.done;
     expect(final).toMatchObject({ status: 'failed', finished: true, seq: 2, eta: null });
     expect(socket.frames('ack')).toEqual([
+      { type: 'ack', taskId: 't1', seq: 2 },
       { type: 'ack', taskId: 't1', seq: 2 },
       { type: 'ack', taskId: 't1', seq: 2 },
     ]);
@@ -244,7 +259,7 @@ describe('reconnect', () => {
     const { client, server, scheduler } = setup();
     const watch = client.watch('t1');
     server.last.open();
-    server.last.push('{"type":"hello","protocol":2,"serverId":"r9","heartbeatIntervalMs":1000}');
+    server.last.push('{"type":"hello","protocol":3,"serverId":"r9","heartbeatIntervalMs":1000}');
     expect(client.state).toBe('closed');
     await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.UnsupportedProtocol });
     expect(scheduler.pending).toBe(0);
@@ -544,6 +559,76 @@ describe('cursor persistence', () => {
     expect(storage.size).toBe(0);
     await first.client.close();
     await second.client.close();
+  });
+
+  it('found #1: a reset snapshot replaces a cursor ahead of the task, and the watch reaches the end', async () => {
+    const storage = new MemoryCursorStorage();
+    const before = new FakeTask('t1', 20);
+    for (let done = 1; done <= 9; done += 1) before.progress(done);
+    storage.save(before.view());
+    const { client, server } = setup({ persistence: storage });
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const socket = server.accept();
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 9 }]);
+    // The store was restored: the task is at seq 2.
+    const restored = new FakeTask('t1', 20);
+    restored.progress(1);
+    restored.progress(2);
+    socket.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e1' });
+    expect(watch.getSnapshot()).toMatchObject({ seq: 2, progress: { done: 2 } });
+    socket.push(ev(restored.end()));
+    expect(log.slice(-2)).toEqual(['completed@3', 'finished@3']);
+    await flush();
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 3 });
+    await client.close();
+  });
+
+  it('keeps the epoch with the cursor and starts over when the server announces another one', async () => {
+    for (const [announced, afterSeq] of [
+      ['epoch-a', 2],
+      ['epoch-b', 0],
+    ] as const) {
+      const storage = new MemoryCursorStorage();
+      const task = new FakeTask('t1', 3);
+      task.item('a');
+      task.item('b');
+      storage.save(task.view(), 'epoch-a');
+      const { client, server } = setup({ persistence: storage });
+      client.watch('t1');
+      const socket = server.last;
+      socket.open();
+      socket.push({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        serverId: 'r1',
+        heartbeatIntervalMs: 15_000,
+        epoch: announced,
+      });
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq }]);
+      await client.close();
+    }
+  });
+
+  it('saves the epoch of the latest hello with the cursor', async () => {
+    const storage = new MemoryCursorStorage();
+    const { client, server, scheduler } = setup({ persistence: storage });
+    const task = new FakeTask('t1', 3);
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    socket.push({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      serverId: 'r1',
+      heartbeatIntervalMs: 15_000,
+      epoch: 'e7',
+    });
+    socket.push(snap(task.view()));
+    socket.push(ev(task.item('a')));
+    await scheduler.advance(200);
+    expect(storage.load('t1')).toMatchObject({ id: 't1', seq: 1, epoch: 'e7' });
+    await client.close();
   });
 
   it('ignores a tampered entry', async () => {

@@ -76,6 +76,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #pollTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
   #polling = false;
+  /** Watches follow the fallback transport (SSE) instead of polling: task id → stop function. */
+  readonly #streams = new Map<string, () => void>();
+  #streaming = false;
+  /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
+  readonly #fallbackAcked = new Set<string>();
+  /** The store epoch of the latest `hello` that carried one. */
+  #epoch: string | undefined;
   #pollFailures = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
@@ -142,9 +149,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
       });
       this.#tasks.set(taskId, task);
+      this.#adoptEpoch(task);
       this.#armWatchdog(task);
       this.#subscribe(task);
-      this.#connection.ensure('watch');
+      if (this.#streaming) this.#openStream(task);
+      if (this.#o.preferFallback) this.#startFallback();
+      else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
     const watch = new Watch(task, (handle) => this.#release(task, handle));
@@ -155,6 +165,23 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       else signal.addEventListener('abort', () => watch.close(), { once: true });
     }
     return watch;
+  }
+
+  /**
+   * Renews the socket's credential without reconnecting: calls the `token` function and sends it in an
+   * `auth` frame (protocol version 2). Call it when the application's token is refreshed, before the
+   * old one expires. Resolves `false` when there is nothing to renew (no open socket, a version-1
+   * server, or a static token). A token that expires anyway closes the socket with 4011; the client
+   * then fetches a fresh token and reconnects once by itself.
+   *
+   * @example
+   * ```ts
+   * auth.onTokenRefreshed(() => void client.renewToken());
+   * ```
+   */
+  renewToken(): Promise<boolean> {
+    if (this.#closed) return Promise.resolve(false);
+    return this.#connection.renewToken();
   }
 
   /**
@@ -172,6 +199,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
     this.#polling = false;
+    this.#stopFallback();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
@@ -186,10 +214,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   #handler(): ConnectionHandler {
     return {
-      onHello: () => {
+      onHello: (hello) => {
         this.#polling = false;
         this.#pollTimer.clear();
+        this.#stopFallback();
+        // A server without epochs (version 1, or a store without them) keeps the last one known.
+        if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         for (const task of this.#tasks.values()) {
+          this.#adoptEpoch(task);
           this.#subscribe(task);
           this.#flushAck(task);
         }
@@ -205,6 +237,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         this.#closing ??= this.#shutdown(error, true);
       },
       onUnreachable: () => {
+        if (this.#o.fallbackTransport !== undefined) {
+          this.#startFallback();
+          return;
+        }
         if (this.#polling) return;
         this.#polling = true;
         this.#pollFailures = 0;
@@ -247,7 +283,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         return;
       case 'snapshot': {
         const task = this.#tasks.get(frame.task.id);
-        if (task !== undefined) this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task), false);
+        if (task === undefined) return;
+        // The server found the cursor outside the task's log: start over from this snapshot.
+        if (frame.reset === true) task.startOver();
+        if (frame.epoch !== undefined) task.epoch = frame.epoch;
+        // A terminal snapshot is re-sent until acknowledged, like a terminal event. (The first answer to
+        // a subscribe takes the usual path: its ack also unsubscribes.)
+        const resent = frame.task.status !== 'running' && task.answered;
+        this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task, frame.reset === true), resent);
         return;
       }
       case 'event': {
@@ -332,6 +375,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#subscribe(task);
   }
 
+  /** Seqs of another epoch mean nothing in this one: such a cursor starts over before it subscribes. */
+  #adoptEpoch(task: WatchedTask): void {
+    if (this.#epoch === undefined) return;
+    if (task.epoch !== undefined && task.epoch !== this.#epoch) task.startOver();
+    task.epoch = this.#epoch;
+  }
+
   /** A heartbeat says the task is ahead: give in-flight frames a moment, then resync. */
   #behind(task: WatchedTask, latest: number): void {
     task.behindTarget = Math.max(task.behindTarget, latest);
@@ -348,7 +398,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (storage !== undefined && seq > task.savedSeq) {
       const view = task.toTaskView();
       if (view !== undefined) {
-        storage.save(view);
+        storage.save(view, task.epoch);
         task.savedSeq = seq;
       }
     }
@@ -442,6 +492,53 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     }
   }
 
+  /** Follows every unfinished watch over the fallback transport until a socket says `hello`. */
+  #startFallback(): void {
+    this.#streaming = true;
+    for (const task of this.#tasks.values()) this.#openStream(task);
+  }
+
+  #stopFallback(): void {
+    this.#streaming = false;
+    for (const stop of [...this.#streams.values()]) stop();
+    this.#streams.clear();
+  }
+
+  #openStream(task: WatchedTask): void {
+    const transport = this.#o.fallbackTransport;
+    if (transport === undefined || this.#closed || task.cursor.finished || this.#streams.has(task.taskId))
+      return;
+    const common = {
+      httpUrl: this.#o.httpUrl,
+      headers: this.#o.headers,
+      credential: async () => {
+        const token = this.#o.token;
+        return typeof token === 'function' ? await token() : token;
+      },
+      credentials: this.#o.httpCredentials,
+      taskId: task.taskId,
+    };
+    let stop: (() => void) | undefined;
+    const onEnd = () => {
+      if (this.#streams.get(task.taskId) === stop) this.#streams.delete(task.taskId);
+      if (task.cursor.finished && !this.#fallbackAcked.has(task.taskId)) {
+        this.#fallbackAcked.add(task.taskId);
+        transport.ack({ ...common, seq: task.cursor.seq });
+      }
+      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
+      if (this.#streaming && !task.cursor.finished && this.#tasks.get(task.taskId) === task) {
+        task.retryTimer.set(this.#o.httpPollIntervalMs, () => this.#openStream(task));
+      }
+    };
+    stop = transport.follow({
+      ...common,
+      afterSeq: task.cursor.seq,
+      onFrame: (frame) => this.#onFrame(frame),
+      onEnd,
+    });
+    this.#streams.set(task.taskId, stop);
+  }
+
   /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
   async #poll(): Promise<void> {
     if (!this.#polling) return;
@@ -466,6 +563,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     const taskId = frame.taskId;
     const error = new ProgressError(frame.code, frame.message, taskId === undefined ? {} : { taskId });
     const task = taskId === undefined ? undefined : this.#tasks.get(taskId);
+    // The re-ack of a terminal frame re-sent before the unsubscribe arrived: the server answers that it
+    // follows the task no more, which is exactly what was asked.
+    if (task?.socketDone === true && frame.code === ErrorCode.InvalidInput) return;
     if (task === undefined) {
       this.emit('error', error);
       return;

@@ -1,4 +1,4 @@
-import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { CloseCode, ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import type { WebSocketConstructorLike, WebSocketLike } from './options.js';
 
 /**
@@ -390,7 +390,7 @@ class TabHub {
   #openReal(): void {
     let real: WebSocketLike;
     try {
-      real = new this.#WebSocket(this.#url, PROTOCOL_NAME);
+      real = new this.#WebSocket(this.#url, [PROTOCOL_NAME, PROTOCOL_NAME_V1]);
     } catch {
       this.#failReal(1006, 'could not create a WebSocket');
       return;

@@ -14,6 +14,7 @@ import { ErrorCode, ProgressError, progressOf } from '@finishline/core';
 import type { Delivery } from '@finishline/core/internal';
 import { exhaustive, FinishWatchdog, WatchCursor, watchViewOfTask } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
+import type { StoredTask } from './cursor-storage.js';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
 
@@ -336,8 +337,8 @@ export interface WatchedTaskOptions {
   finishTimeoutMs: number;
   rateWindowMs: number;
   closedError: () => ProgressError;
-  /** A view saved before a page reload, already validated. */
-  restored: TaskView | undefined;
+  /** A view saved before a page reload, already validated, with its epoch. */
+  restored: StoredTask | undefined;
 }
 
 /**
@@ -361,6 +362,8 @@ export class WatchedTask {
   ackedSeq = 0;
   /** Highest seq saved to the cursor storage. */
   savedSeq = 0;
+  /** The store epoch the cursor's seq belongs to, when known (from `hello`, or saved with the cursor). */
+  epoch: string | undefined;
   /** The `afterSeq` of a resync sent and not yet answered; suppresses repeats for the same gap. */
   resyncPendingFrom: number | undefined;
   /** When that resync was sent (clock ms). */
@@ -381,6 +384,19 @@ export class WatchedTask {
   readonly #closedError: () => ProgressError;
   #terminal: TerminalEvent | undefined;
 
+  /**
+   * The cursor is meaningless (another epoch, or the server reset it): back to seq 0, with the ack and
+   * save bookkeeping, so the next snapshot is accepted and its seq acknowledged and saved even if lower.
+   */
+  startOver(): void {
+    if (this.cursor.finished) return;
+    this.cursor.restart();
+    this.ackedSeq = 0;
+    this.savedSeq = 0;
+    this.behindTarget = 0;
+    this.resyncPendingFrom = undefined;
+  }
+
   constructor(taskId: string, options: WatchedTaskOptions) {
     this.taskId = taskId;
     this.cursor = new WatchCursor(taskId);
@@ -392,9 +408,11 @@ export class WatchedTask {
     this.#rate = new RateEstimator(options.rateWindowMs);
     this.#closedError = options.closedError;
     this.state = this.#buildState(this.cursor.view, null);
+    this.epoch = options.restored?.epoch;
     if (options.restored !== undefined) {
       // Silent: the handles do not exist yet; they get the restored state through their replay.
-      for (const delivery of this.cursor.applySnapshot(options.restored).delivered) this.#sample(delivery);
+      for (const delivery of this.cursor.applySnapshot(options.restored.task).delivered)
+        this.#sample(delivery);
       this.state = this.#buildState(this.cursor.view, null);
       this.savedSeq = this.cursor.seq;
     }

@@ -20,6 +20,11 @@ export const ErrorCode = {
   UnsupportedProtocol: 'unsupported_protocol',
   /** No principal could be established (missing or invalid credentials). */
   Unauthenticated: 'unauthenticated',
+  /**
+   * The socket's credential expired (protocol version 2). Not fatal: get a fresh credential (the
+   * client calls its token function) and reconnect, or renew it in time with an `auth` frame.
+   */
+  TokenExpired: 'token_expired',
   /** The principal may not see or change this task (or the request's Origin is not allowed). */
   Forbidden: 'forbidden',
   /** The peer sent more frames or requests than its rate limit allows. */
@@ -88,6 +93,8 @@ export const CloseCode = {
   TooManySockets: 4009,
   /** The client saw no frame for longer than its heartbeat deadline and gave up on the socket. */
   HeartbeatTimeout: 4010,
+  /** The socket's credential expired; reconnect once with a fresh one (not fatal). */
+  TokenExpired: 4011,
 } as const;
 
 /** One of the {@link CloseCode} values. */

@@ -56,6 +56,7 @@ export type {
   HelloFrame,
   PingFrame,
   PongFrame,
+  ProtocolVersion,
   ServerFrame,
   SnapshotFrame,
   SubscribeFrame,
@@ -63,8 +64,12 @@ export type {
 } from './protocol/frames.js';
 export {
   CLIENT_FRAME_TYPES,
+  isProtocolVersion,
   PROTOCOL_NAME,
+  PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
+  PROTOCOL_VERSIONS,
+  protocolName,
   SERVER_FRAME_TYPES,
 } from './protocol/frames.js';
 // Store seam

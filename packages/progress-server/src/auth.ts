@@ -7,6 +7,13 @@ import type { Task } from '@finishline/core';
  */
 export interface Principal {
   readonly id: string;
+  /**
+   * When the credential this principal came from stops being valid, in epoch milliseconds of the
+   * server's clock. A socket whose credential expires gets `token_expired` and close code 4011 at that
+   * moment, unless the client renewed it with an `auth` frame before (protocol version 2). Omitted:
+   * the credential never expires for the server.
+   */
+  readonly expiresAt?: number;
 }
 
 /** What a principal wants to do with a task, passed to {@link AuthorizeHook}. */

@@ -2,6 +2,7 @@ import type { IncomingMessage } from 'node:http';
 import type {
   AckFrame,
   ClientFrame,
+  ProtocolVersion,
   ServerFrame,
   SubscribeFrame,
   TaskEvent,
@@ -30,7 +31,9 @@ import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
 import type { ResolvedServerOptions } from './options.js';
 import type { PrincipalLimits } from './principal-limits.js';
+import { versionOfSubprotocol } from './protocol-version.js';
 import { TokenBucket } from './rate-limiter.js';
+import type { StoreEpoch } from './store-epoch.js';
 import type { TaskHub } from './task-hub.js';
 import { taskNotFoundMessage } from './task-not-found.js';
 import { delay, waitAtMost } from './wait.js';
@@ -47,6 +50,8 @@ export interface ConnectionContext<P extends Principal> {
   readonly limits: PrincipalLimits;
   /** The fair scheduler of subscription reads, shared by the server's connections. */
   readonly reads: FairReads;
+  /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
+  readonly epoch: StoreEpoch;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
   /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
@@ -122,6 +127,10 @@ export class Connection<P extends Principal> {
   readonly #retries: TerminalRetryTracker;
   readonly #bucket: TokenBucket;
   readonly #subs = new Map<string, Subscription>();
+  /** Tasks this socket unsubscribed from lately: a late ack of theirs is expected, not an error. */
+  readonly #unfollowed = new Set<string>();
+  /** The protocol version of this socket, from the subprotocol selected at the upgrade. */
+  readonly #version: ProtocolVersion;
   /** Frames that arrived while an `auth` frame was being checked; replayed once it succeeds. */
   readonly #pendingFrames: DecodeResult<ClientFrame>[] = [];
   #state: State;
@@ -130,6 +139,8 @@ export class Connection<P extends Principal> {
   #countedSocket = false;
   #authChecking = false;
   #authTimer: NodeJS.Timeout | undefined;
+  /** Ends the socket when its principal's credential expires (`Principal.expiresAt`). */
+  #expiryTimer: NodeJS.Timeout | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryDueAt: number | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
@@ -155,6 +166,7 @@ export class Connection<P extends Principal> {
     this.#request = request;
     this.#ctx = ctx;
     this.#options = ctx.options;
+    this.#version = versionOfSubprotocol(ws.protocol);
     this.#retries = new TerminalRetryTracker(this.#options.clock, this.#options.terminalRetry);
     this.#bucket = new TokenBucket({
       capacity: this.#options.rateLimitBurst,
@@ -287,10 +299,18 @@ export class Connection<P extends Principal> {
     if (!decoded.ok) {
       if (!this.#takeToken(decoded.requestId)) return;
       const { code, message, taskId } = decoded.error;
-      this.#invalid(code, message, {
+      const refs = {
         ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
         ...(taskId === undefined ? {} : { taskId }),
-      });
+      };
+      if (code === ErrorCode.UnknownFrame) {
+        // A client newer than this server, not a broken one: answered, and never a reason to disconnect
+        // (a client closed for it would reconnect and send it again). The rate limit still bounds it.
+        this.#ctx.metrics.framesRejected.inc({ code });
+        this.#sendError(code, message, refs);
+        return;
+      }
+      this.#invalid(code, message, refs);
       return;
     }
     const frame = decoded.frame;
@@ -305,6 +325,10 @@ export class Connection<P extends Principal> {
   #handle(frame: ClientFrame): void {
     switch (frame.type) {
       case 'auth':
+        if (this.#version >= 2) {
+          this.#reauthenticate(frame.token);
+          return;
+        }
         this.#sendError(
           ErrorCode.InvalidFrame,
           'Already authenticated: auth is only valid as the first frame',
@@ -318,7 +342,10 @@ export class Connection<P extends Principal> {
         return;
       case 'unsubscribe': {
         const sub = this.#subs.get(frame.taskId);
-        if (sub !== undefined) this.#removeSub(sub);
+        if (sub !== undefined) {
+          this.#removeSub(sub);
+          this.#rememberUnfollowed(frame.taskId);
+        }
         return;
       }
       case 'ack':
@@ -397,8 +424,118 @@ export class Connection<P extends Principal> {
     this.close(closeCode, message);
   }
 
+  /**
+   * Protocol version 2: an `auth` frame on an open socket renews its credential. The new one must stand
+   * for the same principal; every subscription's authorization is checked again with it, and a task it
+   * may no longer watch is dropped with the subscribe's refusal. Answered with a new `hello`.
+   */
+  #reauthenticate(token: string): void {
+    if (this.#authChecking) {
+      this.#sendError(ErrorCode.RateLimited, 'An auth frame is already being checked', {});
+      return;
+    }
+    this.#authChecking = true;
+    this.#ctx.auth.fromToken(token, this.#request).then(
+      (principal) =>
+        this.#guard(() => {
+          this.#authChecking = false;
+          if (this.#state !== 'open') return;
+          if (principal === undefined || principal.id !== (this.#principal as P).id) {
+            this.#refuseAuth(
+              ErrorCode.Unauthenticated,
+              CloseCode.Unauthenticated,
+              principal === undefined ? 'Invalid credentials' : 'auth must keep the principal of the socket',
+            );
+            return;
+          }
+          if (this.#expired(principal)) {
+            this.#expire();
+            return;
+          }
+          this.#principal = principal;
+          this.#armExpiry(principal);
+          this.#sendHello();
+          void this.#recheckSubscriptions(principal).catch((error: unknown) => this.#internalError(error));
+        }),
+      (error: unknown) =>
+        this.#guard(() => {
+          this.#authChecking = false;
+          this.#ctx.metrics.handlerErrors.inc();
+          this.#ctx.logger.error(
+            { err: describeError(error), connection: this.id },
+            'authenticateToken hook threw',
+          );
+          this.close(CloseCode.InternalError, 'authentication failed');
+        }),
+    );
+  }
+
+  /** Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. */
+  async #recheckSubscriptions(principal: P): Promise<void> {
+    for (const sub of [...this.#subs.values()]) {
+      if (!sub.authorized || sub.removed) continue;
+      const gen = sub.generation;
+      const stale = () => sub.removed || sub.generation !== gen || this.#state !== 'open';
+      const task = await this.#read(
+        () => (stale() ? Promise.resolve(null) : this.#ctx.options.store.getTask(sub.taskId)),
+        stale,
+      );
+      if (task === null || stale()) continue;
+      if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) continue;
+      if (stale()) continue;
+      this.#removeSub(sub);
+      const forbidden = task !== undefined && this.#options.revealTaskExistence;
+      const code = forbidden ? ErrorCode.Forbidden : ErrorCode.TaskNotFound;
+      this.#ctx.metrics.framesRejected.inc({ code });
+      this.#sendError(
+        code,
+        forbidden ? `You may not watch task ${sub.taskId}` : taskNotFoundMessage(sub.taskId),
+        {
+          taskId: sub.taskId,
+        },
+      );
+    }
+  }
+
+  #expired(principal: P): boolean {
+    return principal.expiresAt !== undefined && principal.expiresAt <= this.#options.clock();
+  }
+
+  /** (Re)sets the timer that ends the socket when its credential expires. */
+  #armExpiry(principal: P): void {
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    if (principal.expiresAt === undefined) return;
+    // setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires.
+    const delayMs = Math.min(Math.max(0, principal.expiresAt - this.#options.clock()), 2_147_483_647);
+    this.#expiryTimer = setTimeout(
+      () =>
+        this.#guard(() => {
+          this.#expiryTimer = undefined;
+          if (this.#state !== 'open' || this.#principal !== principal) return;
+          if (this.#expired(principal)) this.#expire();
+          else this.#armExpiry(principal);
+        }),
+      delayMs,
+    );
+    this.#expiryTimer.unref();
+  }
+
+  /**
+   * The credential expired: `token_expired` (version 1 does not know the code: `unauthenticated`) and
+   * close 4011, which a client answers by fetching a fresh credential and reconnecting.
+   */
+  #expire(): void {
+    const code = this.#version >= 2 ? ErrorCode.TokenExpired : ErrorCode.Unauthenticated;
+    this.#refuseAuth(code, CloseCode.TokenExpired, 'The credential expired; reconnect with a fresh one');
+  }
+
   #open(principal: P): void {
     this.#clearAuthTimer();
+    if (this.#expired(principal)) {
+      this.#expire();
+      return;
+    }
     if (!this.#ctx.limits.openSocket(principal.id)) {
       this.#ctx.metrics.principalLimits.inc({ limit: 'sockets' });
       this.#refuseAuth(
@@ -411,16 +548,22 @@ export class Connection<P extends Principal> {
     this.#countedSocket = true;
     this.#principal = principal;
     this.#state = 'open';
+    this.#armExpiry(principal);
     this.#ctx.onAuthenticated?.(this);
+    this.#sendHello();
+  }
+
+  #sendHello(): void {
     this.#send({
       type: 'hello',
-      protocol: PROTOCOL_VERSION,
+      protocol: this.#version,
       serverId: this.#options.serverId,
       heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+      ...this.#epochField(),
     });
   }
 
-  /** Takes one rate-limit token; on refusal answers (once per streak) and closes a persistent flooder. */
+  /** Takes one rate-limit token; on refusal answers every refused frame and closes a persistent flooder. */
   #takeToken(requestId: string | undefined): boolean {
     // The socket's own budget first, then its principal's, shared with the principal's other sockets.
     if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame((this.#principal as P).id)) return true;
@@ -431,8 +574,10 @@ export class Connection<P extends Principal> {
     this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.RateLimited });
     if (this.#violations >= this.#options.maxRateLimitViolations) {
       this.close(CloseCode.RateLimited, 'rate limit exceeded');
-    } else if (this.#violations === 1) {
-      // One error per streak: answering every refused frame would let a flooder amplify its traffic.
+    } else {
+      // Every refused frame is answered, so a client never waits for the reply to a request that was
+      // dropped. No amplification: one small frame per refused one, and a streak of
+      // `maxRateLimitViolations` closes the socket.
       this.#sendError(
         ErrorCode.RateLimited,
         `Rate limit exceeded (${this.#options.rateLimitPerSecond} frames/s); frames are being dropped`,
@@ -527,7 +672,14 @@ export class Connection<P extends Principal> {
     this.#queue.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
     if (afterSeq > 0) this.#ctx.metrics.resumes.inc();
     const backlog = task.seq - afterSeq;
-    if (afterSeq === 0 || backlog <= 0 || backlog > this.#options.maxReplayEvents) {
+    if (backlog < 0 && this.#version >= 2) {
+      // The cursor is beyond the task's log (a restored store, a purged id reused): no event will ever be
+      // above it, so the client must drop it. Its claim is void too: it has nothing of this log.
+      this.#ctx.metrics.resyncs.inc({ reason: 'cursor_ahead' });
+      current.claimed = 0;
+      current.ackable = 0;
+      this.#sendReset(current, toTaskView(task));
+    } else if (afterSeq === 0 || backlog <= 0 || backlog > this.#options.maxReplayEvents) {
       if (afterSeq > 0 && backlog > this.#options.maxReplayEvents) {
         this.#ctx.metrics.resyncs.inc({ reason: 'replay_limit' });
       }
@@ -538,7 +690,18 @@ export class Connection<P extends Principal> {
     await this.#catchUp(current, gen, refs);
   }
 
+  /** Bounded: the oldest unsubscribed id goes first once the socket's subscription cap is reached. */
+  #rememberUnfollowed(taskId: string): void {
+    this.#unfollowed.delete(taskId);
+    this.#unfollowed.add(taskId);
+    if (this.#unfollowed.size > this.#options.maxSubscriptionsPerSocket) {
+      const oldest = this.#unfollowed.values().next().value;
+      if (oldest !== undefined) this.#unfollowed.delete(oldest);
+    }
+  }
+
   #newSub(taskId: string): Subscription {
+    this.#unfollowed.delete(taskId);
     const sub: Subscription = {
       taskId,
       generation: 0,
@@ -730,6 +893,29 @@ export class Connection<P extends Principal> {
     if (view.status !== 'running') sub.terminalQueued = true;
   }
 
+  /**
+   * Sends a snapshot marked `reset` at once, ahead of the queue: the subscription was just reset, so
+   * nothing of this task is queued, and the events after it go through the queue as usual.
+   */
+  #sendReset(sub: Subscription, view: TaskView): void {
+    const text = encodeFrame({ type: 'snapshot', task: view, ...this.#epochField(), reset: true });
+    this.#sendText(text);
+    this.#ctx.metrics.snapshotsSent.inc();
+    sub.cursor = view.seq;
+    sub.ackable = view.seq;
+    this.#written(sub.taskId, view.seq);
+    if (view.status !== 'running') {
+      sub.terminalQueued = true;
+      this.#terminalSent(sub.taskId, view.seq, text);
+    }
+  }
+
+  /** `{ epoch }` for a version-2 socket once the store's epoch is known, else nothing. */
+  #epochField(): { epoch?: string } {
+    const epoch = this.#ctx.epoch.current;
+    return this.#version >= 2 && epoch !== undefined ? { epoch } : {};
+  }
+
   // ── acknowledgements and terminal retries ────────────────────────────────────────────────────
 
   #ackAdvances(frame: AckFrame): boolean {
@@ -741,9 +927,20 @@ export class Connection<P extends Principal> {
 
   #ack(frame: AckFrame): void {
     const sub = this.#subs.get(frame.taskId);
-    // A late ack after an unsubscribe is harmless; acks never reach the store for unfollowed tasks, so a
-    // socket cannot mark another owner's events processed.
-    if (sub === undefined) return;
+    if (sub === undefined) {
+      // Acks never reach the store for unfollowed tasks, so a socket cannot mark another owner's events
+      // processed. A late ack after an unsubscribe is a normal race (the re-ack of a terminal frame
+      // re-sent before the unsubscribe arrived): silent. Any other is answered, not counted as invalid,
+      // so the client learns that nothing was recorded.
+      if (this.#unfollowed.has(frame.taskId)) return;
+      this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
+      this.#sendError(
+        ErrorCode.InvalidInput,
+        `ack ignored: this socket does not follow task ${frame.taskId}`,
+        { taskId: frame.taskId },
+      );
+      return;
+    }
     if (!sub.authorized) {
       // Authorization or the load is still running: remember it, act on it only once both succeeded.
       if (frame.seq > sub.pendingAck) sub.pendingAck = frame.seq;
@@ -862,7 +1059,7 @@ export class Connection<P extends Principal> {
         return;
       }
       case 'snapshot': {
-        const text = encodeFrame({ type: 'snapshot', task: entry.task });
+        const text = encodeFrame({ type: 'snapshot', task: entry.task, ...this.#epochField() });
         this.#sendText(text);
         this.#written(entry.task.id, entry.task.seq);
         this.#ctx.metrics.snapshotsSent.inc();
@@ -944,12 +1141,13 @@ export class Connection<P extends Principal> {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#clearAuthTimer();
-    for (const timer of [this.#retryTimer, this.#drainTimer, this.#closeTimer]) {
+    for (const timer of [this.#retryTimer, this.#drainTimer, this.#closeTimer, this.#expiryTimer]) {
       if (timer !== undefined) clearTimeout(timer);
     }
     this.#retryTimer = undefined;
     this.#drainTimer = undefined;
     this.#closeTimer = undefined;
+    this.#expiryTimer = undefined;
     for (const sub of [...this.#subs.values()]) this.#removeSub(sub);
     this.#queue.clear();
     this.#pendingFrames.length = 0;

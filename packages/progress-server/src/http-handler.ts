@@ -10,6 +10,7 @@ import {
   TASK_STATUSES,
   toTaskView,
 } from '@finishline/core';
+import type { AckWriter } from './ack-writer.js';
 import type { AllowedOrigins, Principal } from './auth.js';
 import { isOriginAllowed, pathOf } from './auth.js';
 import type { Authenticator } from './authenticator.js';
@@ -17,6 +18,8 @@ import type { ServerHealth } from './health.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import type { ServerMetrics } from './metrics.js';
+import type { StreamContext } from './sse-stream.js';
+import { streamTask } from './sse-stream.js';
 import type { TaskApi } from './task-api.js';
 import { taskNotFoundMessage } from './task-not-found.js';
 
@@ -49,6 +52,7 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   unknown_frame: 400,
   unsupported_protocol: 400,
   unauthenticated: 401,
+  token_expired: 401,
   forbidden: 403,
   rate_limited: 429,
   too_many_subscriptions: 429,
@@ -87,7 +91,12 @@ export interface HttpHandlerContext<P extends Principal> {
   webSocketPath?: string;
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
   healthDetails?: 'authenticated' | 'public';
+  /** Serves `GET …/stream` (Server-Sent Events) and `POST …/ack`; both routes are absent without it. */
+  streams?: StreamContext & { acks: Pick<AckWriter, 'ack'>; maxSocketsPerPrincipal: number };
 }
+
+/** `serve` wrote the response itself (an event stream). */
+const STREAMED = Symbol('streamed');
 
 /** A refusal with its HTTP status (and extra headers, e.g. `Allow`). */
 class HttpError extends Error {
@@ -120,9 +129,18 @@ type Route =
   | { name: 'list' }
   | { name: 'task'; taskId: string }
   | { name: 'events'; taskId: string }
-  | { name: 'cancel'; taskId: string };
+  | { name: 'cancel'; taskId: string }
+  | { name: 'stream'; taskId: string }
+  | { name: 'ack'; taskId: string };
 
-const ALLOWED: Record<Route['name'], string> = { list: 'GET', task: 'GET', events: 'GET', cancel: 'POST' };
+const ALLOWED: Record<Route['name'], string> = {
+  list: 'GET',
+  task: 'GET',
+  events: 'GET',
+  cancel: 'POST',
+  stream: 'GET',
+  ack: 'POST',
+};
 
 /**
  * Refuses a state-changing request a web page on another site could have made with the user's cookies
@@ -207,8 +225,15 @@ export function createHttpHandler<P extends Principal>(
       return;
     }
     const matched = route;
-    serve(ctx, matched, url, request).then(
-      (body) => send(response, { status: 200, body }),
+    if ((matched.name === 'stream' || matched.name === 'ack') && ctx.streams === undefined) {
+      if (next !== undefined) next();
+      else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
+      return;
+    }
+    serve(ctx, matched, url, request, response).then(
+      (body) => {
+        if (body !== STREAMED) send(response, { status: 200, body });
+      },
       (error: unknown) => {
         if (error instanceof HttpError) {
           send(response, {
@@ -282,6 +307,8 @@ function matchRoute(path: string, basePath: string): Route | undefined {
   if (segments.length === 2) return { name: 'task', taskId };
   if (segments.length === 3 && segments[2] === 'events') return { name: 'events', taskId };
   if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', taskId };
+  if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', taskId };
+  if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', taskId };
   return undefined;
 }
 
@@ -290,6 +317,7 @@ async function serve<P extends Principal>(
   route: Route,
   url: URL,
   request: IncomingMessage,
+  response: ServerResponse,
 ): Promise<unknown> {
   const method = request.method ?? 'GET';
   const allowed = ALLOWED[route.name];
@@ -366,6 +394,45 @@ async function serve<P extends Principal>(
       await ctx.tasks.cancel(task.id, typeof reason === 'string' ? reason : null);
       const after = await ctx.store.getTask(task.id);
       return { task: toTaskView(after ?? task) };
+    }
+    case 'stream': {
+      const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
+      // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
+      const lastEventId = request.headers['last-event-id'];
+      const afterSeq = parseInteger(
+        typeof lastEventId === 'string' ? lastEventId : url.searchParams.get('afterSeq'),
+        { name: 'Last-Event-ID (afterSeq)', fallback: 0, min: 0, max: LIMITS.maxCount },
+      );
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      // A stream costs what a socket costs: it counts against the principal's socket cap.
+      if (!streams.limits.openSocket(principal.id)) {
+        ctx.metrics.principalLimits.inc({ limit: 'sockets' });
+        throw fromCode(
+          ErrorCode.TooManySockets,
+          `A principal may have at most ${streams.maxSocketsPerPrincipal} sockets and streams open`,
+        );
+      }
+      let released = false;
+      streamTask(streams, task, afterSeq, request, response, () => {
+        if (released) return;
+        released = true;
+        streams.limits.closeSocket(principal.id);
+      });
+      return STREAMED;
+    }
+    case 'ack': {
+      const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
+      const body = await readJsonBody(request);
+      const seq = body.seq;
+      if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
+        throw fromCode(ErrorCode.InvalidInput, 'seq must be an integer >= 1');
+      }
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      if (seq > task.seq) {
+        throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
+      }
+      streams.acks.ack(task.id, seq);
+      return { taskId: task.id, seq };
     }
     default: {
       const unreachable: never = route;

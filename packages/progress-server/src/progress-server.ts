@@ -1,6 +1,6 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CloseCode, ErrorCode, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { CloseCode, ErrorCode, ProgressError } from '@finishline/core';
 import WebSocket, { WebSocketServer } from 'ws';
 import { AckWriter } from './ack-writer.js';
 import type { Principal } from './auth.js';
@@ -20,6 +20,8 @@ import type { ProgressServerOptions, ResolvedServerOptions } from './options.js'
 import { resolveServerOptions } from './options.js';
 import { PendingConnections } from './pending-connections.js';
 import { PrincipalLimits } from './principal-limits.js';
+import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
+import { StoreEpoch } from './store-epoch.js';
 import { TaskApi } from './task-api.js';
 import { TaskHub } from './task-hub.js';
 import { offeredProtocols, rejectUpgrade } from './upgrade.js';
@@ -119,6 +121,9 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #limits: PrincipalLimits;
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
+  readonly #epoch: StoreEpoch;
+  /** Open Server-Sent Events streams (their `end`), ended at shutdown. */
+  readonly #streams = new Set<() => void>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
   #ownedHttpServer: HttpServer | undefined;
@@ -205,7 +210,7 @@ export class ProgressServer<P extends Principal = Principal> {
         maxPayload: resolved.maxPayloadBytes,
         perMessageDeflate: false,
         clientTracking: false,
-        handleProtocols: (protocols) => (protocols.has(PROTOCOL_NAME) ? PROTOCOL_NAME : false),
+        handleProtocols: (protocols) => selectSubprotocol(protocols),
       });
       this.#ownsWss = true;
       this.#wss.on('error', (error) =>
@@ -217,7 +222,10 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#hub.start();
     this.tasks.start();
     this.leases.start();
+    this.#epoch = new StoreEpoch(resolved.store, this.#logger);
+    void this.#epoch.refresh();
     this.#heartbeatTimer = setInterval(() => {
+      void this.#epoch.refresh();
       for (const connection of this.#connections) connection.tick();
     }, resolved.heartbeatIntervalMs);
     this.#heartbeatTimer.unref();
@@ -356,6 +364,19 @@ export class ProgressServer<P extends Principal = Principal> {
         health: () => this.health(),
         healthDetails: this.#options.healthDetails,
         webSocketPath: this.#options.path,
+        streams: {
+          hub: this.#hub,
+          epoch: this.#epoch,
+          limits: this.#limits,
+          store: this.#options.store,
+          logger: this.#logger,
+          heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+          maxReplayEvents: this.#options.maxReplayEvents,
+          clock: this.#options.clock,
+          open: this.#streams,
+          acks: this.#acks,
+          maxSocketsPerPrincipal: this.#options.maxSocketsPerPrincipal,
+        },
       },
       options,
     );
@@ -392,6 +413,8 @@ export class ProgressServer<P extends Principal = Principal> {
     await waitAtMost(this.leases.close(), deadline - Date.now());
     clearInterval(this.#heartbeatTimer);
     await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
+    // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.
+    for (const end of [...this.#streams]) end();
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();
@@ -441,8 +464,12 @@ export class ProgressServer<P extends Principal = Principal> {
       return refused(403, ErrorCode.Forbidden, 'Origin not allowed');
     }
     const protocols = offeredProtocols(request);
-    if (protocols.length > 0 && !protocols.includes(PROTOCOL_NAME)) {
-      return refused(400, ErrorCode.UnsupportedProtocol, `Subprotocol ${PROTOCOL_NAME} required`);
+    if (protocols.length > 0 && selectSubprotocol(protocols) === false) {
+      return refused(
+        400,
+        ErrorCode.UnsupportedProtocol,
+        `Subprotocol ${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
+      );
     }
     const auth = await this.#auth.fromUpgrade(request);
     if (auth.kind === 'refused')
@@ -499,8 +526,12 @@ export class ProgressServer<P extends Principal = Principal> {
     if (!isOriginAllowed(request, this.#options.allowedOrigins)) {
       return [CloseCode.ForbiddenOrigin, ErrorCode.Forbidden, 'origin not allowed'];
     }
-    if (offeredProtocols(request).length > 0 && ws.protocol !== PROTOCOL_NAME) {
-      return [CloseCode.UnsupportedProtocol, ErrorCode.UnsupportedProtocol, `${PROTOCOL_NAME} required`];
+    if (offeredProtocols(request).length > 0 && !SUPPORTED_SUBPROTOCOLS.includes(ws.protocol)) {
+      return [
+        CloseCode.UnsupportedProtocol,
+        ErrorCode.UnsupportedProtocol,
+        `${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
+      ];
     }
     return undefined;
   }
@@ -521,6 +552,7 @@ export class ProgressServer<P extends Principal = Principal> {
         logger: this.#logger,
         limits: this.#limits,
         reads: this.#reads,
+        epoch: this.#epoch,
         onClose: (closed) => this.#connections.delete(closed),
         onAuthenticated: () => {
           if (raw !== undefined) this.#pending.release(raw);

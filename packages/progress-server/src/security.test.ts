@@ -119,7 +119,7 @@ describe('first-frame authentication', () => {
   it.each([
     ['a bad token', { type: 'auth', token: 'stolen', protocol: 1 }, 4001],
     ['another frame first', { type: 'ping' }, 4001],
-    ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 2 }, 4002],
+    ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 3 }, 4002],
   ])('answers %s with an error frame, then closes', async (_name, frame, code) => {
     env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
     const client = new RawClient(env.wsUrl);
@@ -174,13 +174,13 @@ describe('origins and subprotocols', () => {
     env = await startServer();
     const refused = await upgradeStatus(env.wsUrl, {
       'x-user': 'a',
-      'sec-websocket-protocol': 'finishline.v2',
+      'sec-websocket-protocol': 'finishline.v9',
     });
     expect(refused.status).toBe(400);
     expect(JSON.parse(refused.body).error.code).toBe('unsupported_protocol');
     const accepted = await RawClient.connect(env.wsUrl, {
       user: 'a',
-      protocols: ['finishline.v2', PROTOCOL_NAME],
+      protocols: ['finishline.v9', PROTOCOL_NAME],
     });
     clients.push(accepted);
     expect(accepted.ws.protocol).toBe(PROTOCOL_NAME);
@@ -290,12 +290,17 @@ describe('bad input', () => {
       ['unknown_frame', 'bad-2'],
     ]);
     await other.step(1);
+    // The unknown frame type was answered but not counted (issue 14 #7): two more invalid frames close.
+    client.sendRaw('[]');
     client.sendRaw('[]');
     expect((await client.closed).code).toBe(1008);
     await other.step(2);
     const rejected = await env.server.metrics.framesRejected.get();
     expect(rejected.values).toContainEqual(
-      expect.objectContaining({ labels: { code: 'invalid_frame' }, value: 3 }),
+      expect.objectContaining({ labels: { code: 'invalid_frame' }, value: 4 }),
+    );
+    expect(rejected.values).toContainEqual(
+      expect.objectContaining({ labels: { code: 'unknown_frame' }, value: 1 }),
     );
   });
 
@@ -317,7 +322,7 @@ describe('bad input', () => {
     expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_frame' });
   });
 
-  it('rate-limits a flooding socket with one rate_limited error, then closes it with 4008; others keep receiving', async () => {
+  it('rate-limits a flooding socket, answering every refused frame, then closes it with 4008; others keep receiving', async () => {
     env = await startServer({ rateLimitPerSecond: 10, rateLimitBurst: 5, maxRateLimitViolations: 20 });
     const other = await bystander();
     const client = await connect();
@@ -326,7 +331,12 @@ describe('bad input', () => {
     const pongs = client.frames.filter((frame) => frame.type === 'pong');
     const limited = client.frames.filter((frame) => frame.type === 'error');
     expect(pongs.length).toBe(5);
-    expect(limited).toEqual([expect.objectContaining({ code: 'rate_limited', requestId: 'p5' })]);
+    // Every refused frame is answered (issue 14 #6), until the 20th refusal in a streak closes.
+    expect(limited).toEqual(
+      Array.from({ length: 19 }, (_, i) =>
+        expect.objectContaining({ code: 'rate_limited', requestId: `p${5 + i}` }),
+      ),
+    );
     await other.step(1);
   });
 

@@ -205,10 +205,16 @@ export class WatchCursor {
     return { ...NOTHING, delivered, finished: this.#finished };
   }
 
-  /** Applies one snapshot frame. Never throws. */
-  applySnapshot(task: TaskView): ApplyResult {
+  /**
+   * Applies one snapshot frame. Never throws.
+   *
+   * @param reset - the frame was marked `reset`: the server says the cursor does not belong to the
+   *   task's log (ahead of it, or from another epoch), so the snapshot replaces the view whatever its
+   *   seq, unless the terminal state was already delivered.
+   */
+  applySnapshot(task: TaskView, reset = false): ApplyResult {
     if (task.id !== this.#taskId) return { ...NOTHING, delivered: [], foreign: true };
-    const fills = task.seq > this.#view.seq || (this.#fresh && task.seq === this.#view.seq);
+    const fills = reset || task.seq > this.#view.seq || (this.#fresh && task.seq === this.#view.seq);
     if (this.#finished || !fills) return { ...NOTHING, delivered: [], duplicate: true };
     const delivered: Delivery[] = [{ kind: 'snapshot', task }];
     this.#fresh = false;
@@ -219,6 +225,17 @@ export class WatchCursor {
     if (isTerminalType(task.status)) this.#finish();
     else this.#drain(delivered);
     return { ...NOTHING, delivered, finished: this.#finished };
+  }
+
+  /**
+   * Starts over from seq 0, keeping what the view shows until the next snapshot replaces it: for a
+   * cursor of another epoch, whose seqs mean nothing in the current log. A finished watch stays finished.
+   */
+  restart(): void {
+    if (this.#finished) return;
+    this.#buffer.clear();
+    this.#fresh = true;
+    this.#view = Object.freeze({ ...this.#view, seq: 0 });
   }
 
   #hold(event: TaskEvent): void {

@@ -378,7 +378,7 @@ describe('invalid_frame', () => {
     ['{"type":"ping","id":5}', 'id: must be string'],
     ['{"type":"auth","token":"","protocol":1}', 'token: must not be empty'],
     ['{"type":"auth","token":"x"}', 'protocol: is required'],
-    ['{"type":"auth","token":"x","protocol":"1"}', 'protocol: must be 1'],
+    ['{"type":"auth","token":"x","protocol":"1"}', 'protocol: must be one of 1, 2'],
     ['{"type":"unsubscribe"}', 'taskId: is required'],
   ])('client %s → %s', (input, message) => {
     expectError(decodeClientFrame(input), ErrorCode.InvalidFrame, message);
@@ -530,13 +530,13 @@ describe('unknown_frame', () => {
 describe('unsupported_protocol', () => {
   it('refuses another version in auth and hello, whatever else the frame holds', () => {
     expectError(
-      decodeClientFrame('{"type":"auth","token":"x","protocol":2}'),
+      decodeClientFrame('{"type":"auth","token":"x","protocol":3}'),
       ErrorCode.UnsupportedProtocol,
-      'version 2',
+      'version 3',
     );
     expectError(
       decodeServerFrame(
-        '{"type":"hello","protocol":2,"serverId":"a","heartbeatIntervalMs":1,"newField":true}',
+        '{"type":"hello","protocol":3,"serverId":"a","heartbeatIntervalMs":1,"newField":true}',
       ),
       ErrorCode.UnsupportedProtocol,
     );
@@ -723,7 +723,9 @@ function isOptionalKey(frame: JsonObject, path: string[], key: string): boolean 
   if (key === 'id') return true;
   return (
     (key === 'requestId' && (frame.type === 'error' || frame.type === 'pong')) ||
-    (key === 'taskId' && frame.type === 'error')
+    (key === 'taskId' && frame.type === 'error') ||
+    (key === 'epoch' && (frame.type === 'hello' || frame.type === 'snapshot')) ||
+    (key === 'reset' && frame.type === 'snapshot')
   );
 }
 

@@ -26,7 +26,7 @@ import type {
   SubscribeFrame,
   UnsubscribeFrame,
 } from './frames.js';
-import { PROTOCOL_VERSION } from './frames.js';
+import { PROTOCOL_VERSIONS } from './frames.js';
 
 /**
  * Valibot schemas for every frame of the wire protocol, in both directions. The codec
@@ -146,7 +146,7 @@ const plainRecordSchema = v.custom<Record<string, unknown>>(
   'must be an object mapping task ids to seqs',
 );
 
-const versionSchema = v.literal(PROTOCOL_VERSION, `must be ${PROTOCOL_VERSION}`);
+const versionSchema = v.picklist(PROTOCOL_VERSIONS, `must be one of ${PROTOCOL_VERSIONS.join(', ')}`);
 
 // ── server → client ────────────────────────────────────────────────────────────────────────────
 
@@ -156,10 +156,16 @@ export const helloFrameSchema = v.strictObject({
   protocol: versionSchema,
   serverId: idSchema,
   heartbeatIntervalMs: intervalMsSchema,
+  epoch: v.exactOptional(idSchema),
 });
 
 /** {@link SnapshotFrame}. */
-export const snapshotFrameSchema = v.strictObject({ type: v.literal('snapshot'), task: taskViewSchema });
+export const snapshotFrameSchema = v.strictObject({
+  type: v.literal('snapshot'),
+  task: taskViewSchema,
+  epoch: v.exactOptional(idSchema),
+  reset: v.exactOptional(v.literal(true, 'must be true')),
+});
 
 /** {@link EventFrame}. */
 export const eventFrameSchema = v.strictObject({ type: v.literal('event'), event: taskEventSchema });

@@ -8,21 +8,46 @@ import type { TaskEvent, TaskView } from '../model.js';
  * @module
  */
 
-/** The protocol version this build speaks. Bumped on any incompatible change. */
-export const PROTOCOL_VERSION = 1;
+/** The newest protocol version this build speaks. Bumped on any incompatible change. */
+export const PROTOCOL_VERSION = 2;
+
+/** Every version this build speaks, oldest first: a server speaks to each socket in the one it selected. */
+export const PROTOCOL_VERSIONS = [1, 2] as const;
+
+/** A protocol version this build speaks. */
+export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
+
+/** The WebSocket subprotocol name of a version (`finishline.v2`). */
+export function protocolName(version: ProtocolVersion): string {
+  return `finishline.v${version}`;
+}
 
 /**
- * WebSocket subprotocol name carrying the version, offered by clients in `Sec-WebSocket-Protocol`, so a
- * server can refuse an incompatible client at the upgrade.
+ * WebSocket subprotocol name carrying the newest version, offered by clients in `Sec-WebSocket-Protocol`
+ * (before {@link PROTOCOL_NAME_V1}, so an older server still selects a version it speaks).
  */
-export const PROTOCOL_NAME = `finishline.v${PROTOCOL_VERSION}`;
+export const PROTOCOL_NAME = protocolName(PROTOCOL_VERSION);
+
+/** The subprotocol of version 1, still spoken to older clients. */
+export const PROTOCOL_NAME_V1 = protocolName(1);
+
+/** True for a version this build speaks. */
+export function isProtocolVersion(value: unknown): value is ProtocolVersion {
+  return value === 1 || value === 2;
+}
 
 // ── server → client ────────────────────────────────────────────────────────────────────────────
 
 /** First frame on every connection (after authentication, if that happens in a frame). */
 export interface HelloFrame {
   type: 'hello';
-  protocol: typeof PROTOCOL_VERSION;
+  /** The version the server speaks on this socket: the one of the subprotocol it selected. */
+  protocol: ProtocolVersion;
+  /**
+   * Version 2: the store's epoch. Cursors are only meaningful within one epoch: a client holding a
+   * cursor of another epoch starts that watch over from 0. Absent in version 1.
+   */
+  epoch?: string;
   /** Which replica this socket is connected to, for logs and metrics. */
   serverId: string;
   /** The server sends a heartbeat at least this often; a client that hears nothing for ~2× may reconnect. */
@@ -39,6 +64,14 @@ export interface HelloFrame {
 export interface SnapshotFrame {
   type: 'snapshot';
   task: TaskView;
+  /** Version 2: the store's epoch (as in `hello`). */
+  epoch?: string;
+  /**
+   * Version 2: `true` when the subscriber's cursor does not belong to the task's log (ahead of it: a
+   * restored store, a purged id reused). The client discards its cursor and starts over from this
+   * snapshot, whatever its seq. Absent otherwise.
+   */
+  reset?: true;
 }
 
 /** One event of a task's log. */
@@ -93,10 +126,10 @@ export interface AuthFrame {
   /** Opaque credential handed to the server's `authenticate` hook. */
   token: string;
   /**
-   * The protocol version the client speaks: always {@link PROTOCOL_VERSION}; any other version is
+   * The protocol version the client speaks: one of {@link PROTOCOL_VERSIONS}; any other version is
    * refused with `unsupported_protocol`.
    */
-  protocol: typeof PROTOCOL_VERSION;
+  protocol: ProtocolVersion;
 }
 
 /**

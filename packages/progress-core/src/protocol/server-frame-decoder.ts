@@ -12,7 +12,7 @@ import {
   quote,
 } from './frame-text.js';
 import type { ServerFrame } from './frames.js';
-import { PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './frames.js';
+import { isProtocolVersion, PROTOCOL_VERSION, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES } from './frames.js';
 
 /**
  * The client's decoder of server frames, written by hand so that a browser bundle carries a few
@@ -186,9 +186,10 @@ const FRAMES = new Map<string, Check>([
     'hello',
     object({
       type: ok,
-      protocol: (value) => (value === PROTOCOL_VERSION ? undefined : `: must be ${PROTOCOL_VERSION}`),
+      protocol: oneOf(PROTOCOL_VERSIONS, `must be one of ${PROTOCOL_VERSIONS.join(', ')}`),
       serverId: id,
       heartbeatIntervalMs: positive,
+      '?epoch': id,
     }),
   ],
   [
@@ -207,6 +208,8 @@ const FRAMES = new Map<string, Check>([
         updatedAt: time,
         finishedAt: nullable(time),
       }),
+      '?epoch': id,
+      '?reset': (value) => (value === true ? undefined : ': must be true'),
     }),
   ],
   ['event', object({ type: ok, event })],
@@ -266,7 +269,7 @@ function validate(value: FrameObject): DecodeResult<ServerFrame> {
     type === 'hello' &&
     Number.isSafeInteger(protocol) &&
     (protocol as number) >= 1 &&
-    protocol !== PROTOCOL_VERSION
+    !isProtocolVersion(protocol)
   ) {
     return fail(
       ErrorCode.UnsupportedProtocol,

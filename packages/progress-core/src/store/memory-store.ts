@@ -109,6 +109,8 @@ export class MemoryProgressStore implements ProgressStore {
   readonly #clock: Clock;
   readonly #changes: LocalChangeFeed;
   readonly #tasks = new Map<string, Entry>();
+  /** A new store is a new epoch: what a process restart loses, no cursor may skip over. */
+  #epoch: string = globalThis.crypto.randomUUID();
   #closed = false;
 
   /** @throws ProgressError `invalid_input` for bad options. */
@@ -243,6 +245,17 @@ export class MemoryProgressStore implements ProgressStore {
       .slice(0, limit);
     for (const task of old) this.#tasks.delete(task.id);
     return old.length;
+  }
+
+  async getEpoch(): Promise<string> {
+    this.#assertOpen();
+    return this.#epoch;
+  }
+
+  async renewEpoch(): Promise<string> {
+    this.#assertOpen();
+    this.#epoch = globalThis.crypto.randomUUID();
+    return this.#epoch;
   }
 
   async close(): Promise<void> {

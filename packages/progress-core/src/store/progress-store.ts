@@ -137,6 +137,20 @@ export interface ProgressStore {
   purgeFinished(options: PurgeOptions): Promise<number>;
 
   /**
+   * The store's epoch: an id (see `ID_PATTERN`) created with the store's schema (or, for a store in
+   * memory, with the store), replaced by {@link ProgressStore.renewEpoch}. Seqs are comparable only
+   * within one epoch: watchers holding a cursor of another epoch start over. Optional so that stores
+   * written before protocol version 2 keep working; without it a server reports no epoch.
+   */
+  getEpoch?(): Promise<string>;
+
+  /**
+   * Replaces the epoch with a new one and returns it: call it after restoring the store from a backup
+   * (or any reset that rewrites seqs), so that every watcher starts over instead of trusting its cursor.
+   */
+  renewEpoch?(): Promise<string>;
+
+  /**
    * Releases what the store opened (never the caller's clients). Later calls of the other methods reject
    * with `closed`; calling `close` again resolves.
    */

@@ -25,7 +25,7 @@ import type {
   SubscribeFrame,
   UnsubscribeFrame,
 } from '../protocol/frames.js';
-import { PROTOCOL_VERSION } from '../protocol/frames.js';
+import { PROTOCOL_VERSIONS } from '../protocol/frames.js';
 import { isJsonValue } from '../value-checks.js';
 
 /**
@@ -249,18 +249,23 @@ export const requestIdArbitrary: fc.Arbitrary<string> = textArbitrary(LIMITS.max
 export const helloFrameArbitrary: fc.Arbitrary<HelloFrame> = fc.record(
   {
     type: fc.constant('hello' as const),
-    protocol: fc.constant(PROTOCOL_VERSION),
+    protocol: fc.constantFrom(...PROTOCOL_VERSIONS),
     serverId: idArbitrary,
     heartbeatIntervalMs: seqArbitrary,
+    epoch: idArbitrary,
   },
-  { noNullPrototype: true },
+  { noNullPrototype: true, requiredKeys: ['type', 'protocol', 'serverId', 'heartbeatIntervalMs'] },
 );
 
 /** Any valid {@link SnapshotFrame}. */
-export const snapshotFrameArbitrary: fc.Arbitrary<SnapshotFrame> = taskViewArbitrary.map((task) => ({
-  type: 'snapshot',
-  task,
-}));
+export const snapshotFrameArbitrary: fc.Arbitrary<SnapshotFrame> = fc
+  .tuple(taskViewArbitrary, fc.option(idArbitrary, { nil: undefined }), fc.boolean())
+  .map(([task, epoch, reset]) => ({
+    type: 'snapshot' as const,
+    task,
+    ...(epoch === undefined ? {} : { epoch }),
+    ...(reset ? { reset: true as const } : {}),
+  }));
 
 /** Any valid {@link EventFrame}. */
 export const eventFrameArbitrary: fc.Arbitrary<EventFrame> = taskEventArbitrary.map((event) => ({
@@ -314,7 +319,7 @@ export const authFrameArbitrary: fc.Arbitrary<AuthFrame> = fc.record(
       { weight: 9, arbitrary: fc.string({ unit: 'binary-ascii', minLength: 1, maxLength: 200 }) },
       { weight: 1, arbitrary: textArbitrary(LIMITS.maxTokenLength, LIMITS.maxTokenLength) },
     ),
-    protocol: fc.constant(PROTOCOL_VERSION),
+    protocol: fc.constantFrom(...PROTOCOL_VERSIONS),
   },
   { noNullPrototype: true },
 );

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '../codes.js';
+import { ID_PATTERN, LIMITS } from '../limits.js';
 import type { JsonValue } from '../model.js';
 import type { ContractContext } from './store-contract-support.js';
 import { expectRejection, mustGet, taskInput } from './store-contract-support.js';
@@ -83,6 +84,26 @@ export function describeLifecycleContract(ctx: ContractContext): void {
         kind: created.kind,
         result: { nodes: ['node-1'] },
       });
+    });
+  });
+
+  describe('epoch', () => {
+    it('has an id-shaped epoch, stable across reads and writes, replaced by renewEpoch', async () => {
+      const { store } = ctx;
+      // Optional methods: a store written before epochs has neither, and servers then announce none.
+      if (store.getEpoch === undefined || store.renewEpoch === undefined) return;
+      const epoch = await store.getEpoch();
+      expect(epoch).toMatch(ID_PATTERN);
+      expect(epoch.length).toBeLessThanOrEqual(LIMITS.maxIdLength);
+      await store.createTask(taskInput({ id: 'task-1' }));
+      await store.append('task-1', { type: 'progress', done: 1 });
+      expect(await store.getEpoch()).toBe(epoch);
+      const renewed = await store.renewEpoch();
+      expect(renewed).not.toBe(epoch);
+      expect(renewed).toMatch(ID_PATTERN);
+      expect(await store.getEpoch()).toBe(renewed);
+      // The log itself is untouched: only the meaning of cursors changed.
+      expect((await mustGet(store, 'task-1')).seq).toBe(1);
     });
   });
 

@@ -1,7 +1,7 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ServerFrame } from '@finishline/core';
-import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1 } from '@finishline/core';
 import { decodeServerFrame } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { Principal } from '../auth.js';
@@ -105,7 +105,8 @@ export class RawClient {
     });
     this.ws.on('error', () => {});
     this.ws.on('message', (data) => {
-      if (this.ws.protocol === PROTOCOL_NAME) {
+      // Both versions: a version-1 frame is also valid for today's decoder (version 2 only added fields).
+      if (this.ws.protocol === PROTOCOL_NAME || this.ws.protocol === PROTOCOL_NAME_V1) {
         const decoded = decodeServerFrame(data.toString());
         if (!decoded.ok)
           serverFrameViolations.push(`${decoded.error.message}: ${data.toString().slice(0, 200)}`);

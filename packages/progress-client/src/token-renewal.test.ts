@@ -1,0 +1,91 @@
+import type { HelloFrame } from '@finishline/core';
+import { CloseCode, ErrorCode, PROTOCOL_VERSION } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { FakeTask } from './testing/fake-server.js';
+import { record, setup } from './testing/harness.js';
+import { flush } from './testing/manual-scheduler.js';
+
+/** Issue 14, what-to-build 5, on the client: an expired credential, and a renewal on the open socket. */
+
+const hello: HelloFrame = {
+  type: 'hello',
+  protocol: PROTOCOL_VERSION,
+  serverId: 'r1',
+  heartbeatIntervalMs: 15_000,
+};
+
+describe('token expiry', () => {
+  it('a socket closed with 4011 mid-task fetches a fresh token and reconnects at once, resuming', async () => {
+    let issued = 0;
+    const { client, server, states } = setup({ token: async () => `tok-${++issued}` });
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const task = new FakeTask('t1', 3);
+    const first = server.last;
+    first.open();
+    await flush();
+    first.push(hello);
+    first.push({ type: 'snapshot', task: task.view() });
+    first.push({ type: 'event', event: task.item('a') });
+    first.push({ type: 'error', code: ErrorCode.TokenExpired, message: 'expired' });
+    first.serverClose(CloseCode.TokenExpired, 'credential expired');
+    // No backoff: the new socket is already there.
+    expect(server.sockets).toHaveLength(2);
+    expect(states).toContainEqual(
+      expect.objectContaining({ state: 'reconnecting', closeCode: CloseCode.TokenExpired, delayMs: 0 }),
+    );
+    const second = server.last;
+    second.open();
+    await flush();
+    expect(second.frames('auth')).toEqual([{ type: 'auth', token: 'tok-2', protocol: PROTOCOL_VERSION }]);
+    second.push(hello);
+    expect(second.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+    second.push({ type: 'event', event: task.item('b') });
+    second.push({ type: 'event', event: task.end() });
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    await client.close();
+  });
+
+  it('a second 4011 before any hello is fatal: token_expired, no reconnect loop', async () => {
+    const { client, server, scheduler } = setup({ token: async () => 'always-expired' });
+    const watch = client.watch('t1');
+    server.last.open();
+    await flush();
+    server.last.serverClose(CloseCode.TokenExpired, 'credential expired');
+    expect(server.sockets).toHaveLength(2);
+    server.last.open();
+    await flush();
+    server.last.serverClose(CloseCode.TokenExpired, 'credential expired');
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.TokenExpired });
+    expect(client.state).toBe('closed');
+    await scheduler.advance(60_000);
+    expect(server.sockets).toHaveLength(2);
+  });
+});
+
+describe('renewToken()', () => {
+  it('sends a fresh token in an auth frame on the open socket, without reconnecting', async () => {
+    let issued = 0;
+    const { client, server } = setup({ token: async () => `tok-${++issued}` });
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    expect(await client.renewToken()).toBe(true);
+    expect(socket.frames('auth')).toEqual([
+      { type: 'auth', token: 'tok-1', protocol: PROTOCOL_VERSION },
+      { type: 'auth', token: 'tok-2', protocol: PROTOCOL_VERSION },
+    ]);
+    socket.push(hello); // the server's answer: ignored, the socket stays as it was
+    expect(client.state).toBe('open');
+    expect(server.sockets).toHaveLength(1);
+    await client.close();
+  });
+
+  it('resolves false with a static token or no open socket', async () => {
+    const { client } = setup({ token: 'static' });
+    expect(await client.renewToken()).toBe(false);
+    await client.close();
+  });
+});
