@@ -83,6 +83,12 @@ export class Connection {
   #state: ConnectionState = 'idle';
   /** Reconnects since the last stable connection: the backoff exponent. */
   #failures = 0;
+  /** The quick first retry was spent since the last stable connection (so flapping backs off). */
+  #quickRetryUsed = false;
+  /** The current socket's `hello` asked for this spread of the first retry after a loss. */
+  #serverFirstDelayMs = 0;
+  /** The socket that was just lost had said `hello`: its loss may be retried quickly. */
+  #lostReady = false;
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
   #readyAt = 0;
@@ -272,6 +278,7 @@ export class Connection {
     this.#ready = true;
     this.#readyAt = this.#o.clock();
     this.#unreachable = 0;
+    this.#serverFirstDelayMs = frame.reconnectDelayMs ?? 0;
     this.#heartbeatTimeoutMs =
       this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
     this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
@@ -330,13 +337,18 @@ export class Connection {
     this.#ready = false;
     this.#liveness.clear();
     // A connection that stayed up long enough proves the server healthy: start the backoff over.
-    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) this.#failures = 0;
+    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) {
+      this.#failures = 0;
+      this.#quickRetryUsed = false;
+    }
+    this.#lostReady = true;
     this.#handler.onDown();
   }
 
   /** The current socket is gone (or never opened): schedule the next attempt. */
   #lost(reason: string, closeCode: number | undefined): void {
     this.#socket = undefined;
+    this.#lostReady = false;
     if (this.#ready) this.#down();
     else this.#unreachable++;
     this.#liveness.clear();
@@ -347,17 +359,35 @@ export class Connection {
     }
     const threshold = this.#o.httpFallbackAfterAttempts;
     if (threshold > 0 && this.#unreachable >= threshold) this.#handler.onUnreachable();
+    const delayMs = this.#nextDelayMs();
+    this.#setState(
+      { state: 'reconnecting', reason, ...(closeCode === undefined ? {} : { closeCode }), delayMs },
+      true,
+    );
+    this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
+  }
+
+  /**
+   * The first loss of a healthy connection is retried at once, within a small jitter (the server's hint
+   * when it asks for more, so a replica's whole crowd does not land in the same instant); the
+   * exponential backoff only grows over attempts that failed (or connections that did not stay up).
+   */
+  #nextDelayMs(): number {
+    if (this.#lostReady && this.#failures === 0 && !this.#quickRetryUsed) {
+      this.#quickRetryUsed = true;
+      const ceiling = Math.min(
+        this.#o.reconnectMaxDelayMs,
+        Math.max(this.#o.reconnectFirstDelayMs, this.#serverFirstDelayMs),
+      );
+      return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
+    }
     const delayMs = backoffDelayMs(
       this.#failures,
       { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
       this.#o.random,
     );
     this.#failures++;
-    this.#setState(
-      { state: 'reconnecting', reason, ...(closeCode === undefined ? {} : { closeCode }), delayMs },
-      true,
-    );
-    this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
+    return delayMs;
   }
 }
 

@@ -51,6 +51,8 @@ export interface ConnectionContext<P extends Principal> {
   readonly limits: PrincipalLimits;
   /** The fair scheduler of subscription reads, shared by the server's connections. */
   readonly reads: FairReads;
+  /** Number of open connections of the server (for the reconnect hint in `hello`). */
+  socketCount(): number;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
   /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
@@ -421,6 +423,7 @@ export class Connection<P extends Principal> {
       protocol: PROTOCOL_VERSION,
       serverId: this.#options.serverId,
       heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+      ...reconnectHint(this.#ctx.socketCount(), this.#options.reconnectsPerSecond),
     });
   }
 
@@ -963,4 +966,15 @@ export class Connection<P extends Principal> {
     this.#resolveClosed();
     this.#ctx.onClose(this);
   }
+}
+
+/**
+ * The spread a client should jitter its first retry over, should it lose this socket: every socket of
+ * this replica coming back within it arrives at about `perSecond`. Omitted when small enough that the
+ * client's own setting decides anyway (and when disabled), to keep `hello` as it was.
+ */
+function reconnectHint(sockets: number, perSecond: number): { reconnectDelayMs?: number } {
+  if (perSecond === 0) return {};
+  const spreadMs = Math.ceil((sockets * 1000) / perSecond);
+  return spreadMs > 100 ? { reconnectDelayMs: Math.min(spreadMs, 30_000) } : {};
 }

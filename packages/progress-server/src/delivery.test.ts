@@ -36,6 +36,18 @@ const isEvent = (taskId: string, type?: string) => (frame: Received) =>
   (type === undefined || (frame.event as { type: string }).type === type);
 
 describe('subscribe and live delivery', () => {
+  it('asks its clients in hello to spread their first retry over open sockets / reconnectsPerSecond', async () => {
+    env = await startServer({ reconnectsPerSecond: 10 });
+    const first = await connect();
+    const second = await connect();
+    const third = await connect();
+    // No hint while the spread would be under the clients' own 100 ms; then 2 and 3 sockets at 10/s.
+    expect(first.frames[0]).not.toHaveProperty('reconnectDelayMs');
+    expect(second.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 200 });
+    expect(third.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 300 });
+    for (const client of [first, second, third]) await client.close();
+  });
+
   it('says hello with the negotiated subprotocol, then answers afterSeq 0 with a snapshot and streams live events', async () => {
     env = await startServer({ heartbeatIntervalMs: 60_000 });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });

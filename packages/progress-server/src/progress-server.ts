@@ -511,6 +511,7 @@ export class ProgressServer<P extends Principal = Principal> {
       ws.close(CloseCode.GoingAway, 'server shutting down');
       return;
     }
+    let added = false;
     const connection = new Connection<P>(
       { ws, request, principal },
       {
@@ -522,6 +523,8 @@ export class ProgressServer<P extends Principal = Principal> {
         logger: this.#logger,
         limits: this.#limits,
         reads: this.#reads,
+        // Counting the one being constructed too: it may say hello before it is added below.
+        socketCount: () => this.#connections.size + (added ? 0 : 1),
         onClose: (closed) => this.#connections.delete(closed),
         onAuthenticated: () => {
           if (raw !== undefined) this.#pending.release(raw);
@@ -529,5 +532,6 @@ export class ProgressServer<P extends Principal = Principal> {
       },
     );
     this.#connections.add(connection);
+    added = true;
   }
 }

@@ -723,7 +723,8 @@ function isOptionalKey(frame: JsonObject, path: string[], key: string): boolean 
   if (key === 'id') return true;
   return (
     (key === 'requestId' && (frame.type === 'error' || frame.type === 'pong')) ||
-    (key === 'taskId' && frame.type === 'error')
+    (key === 'taskId' && frame.type === 'error') ||
+    (key === 'reconnectDelayMs' && frame.type === 'hello')
   );
 }
 

@@ -156,6 +156,7 @@ export const helloFrameSchema = v.strictObject({
   protocol: versionSchema,
   serverId: idSchema,
   heartbeatIntervalMs: intervalMsSchema,
+  reconnectDelayMs: v.exactOptional(countSchema),
 });
 
 /** {@link SnapshotFrame}. */

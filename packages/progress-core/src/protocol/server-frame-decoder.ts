@@ -189,6 +189,7 @@ const FRAMES = new Map<string, Check>([
       protocol: (value) => (value === PROTOCOL_VERSION ? undefined : `: must be ${PROTOCOL_VERSION}`),
       serverId: id,
       heartbeatIntervalMs: positive,
+      '?reconnectDelayMs': count,
     }),
   ],
   [

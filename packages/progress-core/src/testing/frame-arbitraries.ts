@@ -252,8 +252,9 @@ export const helloFrameArbitrary: fc.Arbitrary<HelloFrame> = fc.record(
     protocol: fc.constant(PROTOCOL_VERSION),
     serverId: idArbitrary,
     heartbeatIntervalMs: seqArbitrary,
+    reconnectDelayMs: fc.nat({ max: 60_000 }),
   },
-  { noNullPrototype: true },
+  { requiredKeys: ['type', 'protocol', 'serverId', 'heartbeatIntervalMs'], noNullPrototype: true },
 );
 
 /** Any valid {@link SnapshotFrame}. */
