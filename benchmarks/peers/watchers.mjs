@@ -34,9 +34,17 @@ const RECONNECT_OPTIONS =
     ? { reconnectFirstDelayMs: 1000, stableConnectionMs: 10_000 }
     : {};
 
+let watcherCount = 0;
+
 export function finishlineWatcher(url, taskId) {
   const slot = { socket: null };
-  const client = new ProgressClient({ url, WebSocket: recordingWebSocket(slot), ...RECONNECT_OPTIONS });
+  const client = new ProgressClient({
+    url,
+    WebSocket: recordingWebSocket(slot),
+    // Its own principal (see replica.mjs), as each browser user would be.
+    headers: { 'x-watcher': String(++watcherCount) },
+    ...RECONNECT_OPTIONS,
+  });
   client.on('error', () => undefined);
   const watch = client.watch(taskId);
   watch.on('error', () => undefined);
