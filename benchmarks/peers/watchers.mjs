@@ -25,9 +25,26 @@ function recordingWebSocket(slot) {
   };
 }
 
+/**
+ * PEERS_CLIENT_RECONNECT=legacy gives the client the reconnect pacing it had before issue 12 (first retry
+ * uniform below 1 s, backoff reset only after 10 s up), to compare both in one run on one build.
+ */
+const RECONNECT_OPTIONS =
+  process.env.PEERS_CLIENT_RECONNECT === 'legacy'
+    ? { reconnectFirstDelayMs: 1000, stableConnectionMs: 10_000 }
+    : {};
+
+let watcherCount = 0;
+
 export function finishlineWatcher(url, taskId) {
   const slot = { socket: null };
-  const client = new ProgressClient({ url, WebSocket: recordingWebSocket(slot) });
+  const client = new ProgressClient({
+    url,
+    WebSocket: recordingWebSocket(slot),
+    // Its own principal (see replica.mjs), as each browser user would be.
+    headers: { 'x-watcher': String(++watcherCount) },
+    ...RECONNECT_OPTIONS,
+  });
   client.on('error', () => undefined);
   const watch = client.watch(taskId);
   watch.on('error', () => undefined);

@@ -9,6 +9,7 @@
 // (latency samples, default 1000). Works in a scratch schema that it drops at the end. Bounded: every
 // scenario has a fixed count, and the whole run aborts after BENCH_TIMEOUT_MS (default 180000).
 import { randomBytes } from 'node:crypto';
+import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { PostgresProgressStore } from '../dist/index.js';
@@ -239,6 +240,11 @@ async function main() {
   );
   const server = (await poolA.query('SHOW server_version')).rows[0].server_version;
   console.log(
+    `${cpus().length} CPUs, load average at the start ${loadavg()
+      .map((load) => load.toFixed(2))
+      .join(' ')} (1, 5, 15 min)`,
+  );
+  console.log(
     `Postgres ${server}; ${EVENTS} appends per scenario (hot task: ${WINDOW} in flight; ${TASKS} tasks: one worker each); ${SAMPLES} latency samples`,
   );
 
@@ -310,6 +316,11 @@ async function main() {
   console.log(line(header));
   console.log(widths.map((w) => '-'.repeat(w)).join('-|-'));
   for (const row of rows) console.log(line(row));
+  console.log(
+    `load average at the end ${loadavg()
+      .map((load) => load.toFixed(2))
+      .join(' ')}`,
+  );
   console.log();
   console.log(
     'baselines: appends = plain batched INSERTs (500 rows/statement, 2 connections) into a copy of the',

@@ -6,7 +6,7 @@
 import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { SqliteProgressStore } from '../dist/index.js';
@@ -322,3 +322,9 @@ console.log(
 console.log(line(header));
 console.log(line(widths.map((width) => '-'.repeat(width))));
 for (const row of rows) console.log(line(row));
+// The machine may be shared: the load average says how far to trust the absolute figures.
+console.log(
+  `${cpus().length} CPUs, load average at the end ${loadavg()
+    .map((load) => load.toFixed(2))
+    .join(' ')} (1, 5, 15 min)`,
+);

@@ -84,6 +84,12 @@ export class Connection {
   #state: ConnectionState = 'idle';
   /** Reconnects since the last stable connection: the backoff exponent. */
   #failures = 0;
+  /** The quick first retry was spent since the last stable connection (so flapping backs off). */
+  #quickRetryUsed = false;
+  /** The current socket's `hello` asked for this spread of the first retry after a loss. */
+  #serverFirstDelayMs = 0;
+  /** The socket that was just lost had said `hello`: its loss may be retried quickly. */
+  #lostReady = false;
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
   /** A socket was closed for an expired credential and no `hello` came since: the next one is fatal. */
@@ -310,6 +316,7 @@ export class Connection {
     this.#readyAt = this.#o.clock();
     this.#unreachable = 0;
     this.#retriedExpiredToken = false;
+    this.#serverFirstDelayMs = frame.reconnectDelayMs ?? 0;
     this.#heartbeatTimeoutMs =
       this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
     this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
@@ -407,7 +414,11 @@ export class Connection {
     this.#ready = false;
     this.#liveness.clear();
     // A connection that stayed up long enough proves the server healthy: start the backoff over.
-    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) this.#failures = 0;
+    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) {
+      this.#failures = 0;
+      this.#quickRetryUsed = false;
+    }
+    this.#lostReady = true;
     this.#handler.onDown();
   }
 
@@ -415,6 +426,7 @@ export class Connection {
   #lost(reason: string, closeCode: number | undefined): void {
     this.#socket = undefined;
     const attemptFailed = !this.#ready;
+    this.#lostReady = false;
     if (this.#ready) this.#down();
     else this.#unreachable++;
     this.#liveness.clear();
@@ -427,12 +439,7 @@ export class Connection {
     }
     const threshold = this.#o.httpFallbackAfterAttempts;
     if (threshold > 0 && this.#unreachable >= threshold) this.#handler.onUnreachable();
-    const delayMs = backoffDelayMs(
-      this.#failures,
-      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
-      this.#o.random,
-    );
-    this.#failures++;
+    const delayMs = this.#nextDelayMs();
     const errorAfter = this.#o.errorAfterAttempts;
     if (attemptFailed && errorAfter > 0 && this.#unreachable >= errorAfter) {
       this.#handler.onError(
@@ -449,6 +456,29 @@ export class Connection {
       true,
     );
     this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
+  }
+
+  /**
+   * The first loss of a healthy connection is retried at once, within a small jitter (the server's hint
+   * when it asks for more, so a replica's whole crowd does not land in the same instant); the
+   * exponential backoff only grows over attempts that failed (or connections that did not stay up).
+   */
+  #nextDelayMs(): number {
+    if (this.#lostReady && this.#failures === 0 && !this.#quickRetryUsed) {
+      this.#quickRetryUsed = true;
+      const ceiling = Math.min(
+        this.#o.reconnectMaxDelayMs,
+        Math.max(this.#o.reconnectFirstDelayMs, this.#serverFirstDelayMs),
+      );
+      return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
+    }
+    const delayMs = backoffDelayMs(
+      this.#failures,
+      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
+      this.#o.random,
+    );
+    this.#failures++;
+    return delayMs;
   }
 }
 

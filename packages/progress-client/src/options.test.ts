@@ -31,6 +31,8 @@ describe('client options', () => {
     [{ finishTimeoutMs: -1 }, /finishTimeoutMs/],
     [{ heartbeatTimeoutMs: 0 }, /heartbeatTimeoutMs must be null or a number >= 1/],
     [{ reconnectInitialDelayMs: 5000, reconnectMaxDelayMs: 1000 }, /must not exceed reconnectMaxDelayMs/],
+    [{ reconnectFirstDelayMs: 40_000 }, /reconnectFirstDelayMs must not exceed reconnectMaxDelayMs/],
+    [{ reconnectFirstDelayMs: -1 }, /reconnectFirstDelayMs must be a finite number >= 0/],
     [{ url: 'not a url' }, /url is not a valid URL/],
     [{ url: 'ftp://app.test/' }, /ws: or wss:/],
     [{ url: 'wss://user:secret@app.test/' }, /must not carry credentials/],

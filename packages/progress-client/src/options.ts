@@ -155,7 +155,16 @@ export interface ProgressClientOptions {
    */
   ackEvery?: number;
   /**
-   * Ceiling of the first reconnect delay (full jitter: the delay is uniform below the ceiling).
+   * Ceiling of the first retry after losing a connection that was healthy (it got `hello`, and no
+   * attempt has failed since the last stable connection): the delay is uniform below it, so a watcher
+   * whose socket was cut is back in milliseconds while a crowd that lost the same replica still spreads
+   * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins.
+   * @default 100
+   */
+  reconnectFirstDelayMs?: number;
+  /**
+   * Ceiling of the delay after the first failed attempt (full jitter: the delay is uniform below the
+   * ceiling); it doubles with every further failed attempt.
    * @default 1000
    */
   reconnectInitialDelayMs?: number;
@@ -165,8 +174,9 @@ export interface ProgressClientOptions {
    */
   reconnectMaxDelayMs?: number;
   /**
-   * A connection that stayed up this long resets the reconnect backoff.
-   * @default 10000
+   * A connection that stayed up this long resets the reconnect backoff (its loss is retried within
+   * `reconnectFirstDelayMs` again); shorter ones keep growing it, so a flapping server is not hammered.
+   * @default 1000
    */
   stableConnectionMs?: number;
   /**
@@ -280,9 +290,10 @@ export const PROGRESS_CLIENT_DEFAULTS: Readonly<Defaulted> = Object.freeze({
   finishTimeoutMs: 3000,
   ackDelayMs: 200,
   ackEvery: 32,
+  reconnectFirstDelayMs: 100,
   reconnectInitialDelayMs: 1000,
   reconnectMaxDelayMs: 30_000,
-  stableConnectionMs: 10_000,
+  stableConnectionMs: 1000,
   httpFallbackAfterAttempts: 3,
   errorAfterAttempts: 3,
   httpPollIntervalMs: 2000,
@@ -326,6 +337,7 @@ const NUMBERS: readonly [keyof Defaulted, number][] = [
   ['finishTimeoutMs', 1],
   ['ackDelayMs', 0],
   ['ackEvery', 1],
+  ['reconnectFirstDelayMs', 0],
   ['reconnectInitialDelayMs', 0],
   ['reconnectMaxDelayMs', 0],
   ['stableConnectionMs', 0],
@@ -364,6 +376,9 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   }
   if (o.reconnectInitialDelayMs > o.reconnectMaxDelayMs) {
     throw invalid('reconnectInitialDelayMs must not exceed reconnectMaxDelayMs');
+  }
+  if (o.reconnectFirstDelayMs > o.reconnectMaxDelayMs) {
+    throw invalid('reconnectFirstDelayMs must not exceed reconnectMaxDelayMs');
   }
 
   // Relative URLs resolve against the page, and an http(s) URL names the same server's socket.

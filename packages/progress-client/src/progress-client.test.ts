@@ -228,8 +228,9 @@ describe('reconnect', () => {
     socket.push(ev(task.item('a')));
     socket.push(ev(task.item('b')));
     socket.serverClose(CloseCode.GoingAway, 'shutting down');
-    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', closeCode: 1001, delayMs: 500 });
-    await scheduler.advance(499);
+    // The socket had said hello: the first retry only waits a small jitter (0.5 × 100 ms).
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', closeCode: 1001, delayMs: 50 });
+    await scheduler.advance(49);
     expect(server.sockets).toHaveLength(1);
     await scheduler.advance(1);
     expect(server.sockets).toHaveLength(2);
@@ -290,8 +291,66 @@ describe('reconnect', () => {
     await scheduler.advance(8000);
     server.accept();
     await scheduler.advance(10_000);
-    server.last.serverClose(1006); // up 10 s: stable, start over
-    expect(delays().at(-1)).toBe(500);
+    server.last.serverClose(1006); // up 10 s: stable, start over with the quick first retry
+    expect(delays().at(-1)).toBe(50);
+    await client.close();
+  });
+
+  it('retries a lost healthy connection within the small jitter, then backs off over failed attempts', async () => {
+    const { client, server, scheduler, states } = setup({ httpFallbackAfterAttempts: 0 });
+    client.watch('t1');
+    const delays = (): number[] =>
+      states.filter((change) => change.delayMs !== undefined).map((change) => change.delayMs as number);
+    server.accept();
+    await scheduler.advance(5_000);
+    server.last.serverClose(1006); // a cut after 5 s up
+    expect(delays()).toEqual([50]);
+    for (let i = 0; i < 3; i++) {
+      await scheduler.advance(scheduler.delays[0] ?? 0);
+      server.last.serverClose(1006); // the reconnects fail
+    }
+    expect(delays()).toEqual([50, 500, 1000, 2000]);
+    await scheduler.advance(2000);
+    server.accept();
+    await scheduler.advance(200);
+    server.last.serverClose(1006); // up 0.2 s (< stableConnectionMs): flapping keeps backing off
+    expect(delays().at(-1)).toBe(4000);
+    await scheduler.advance(4000);
+    server.accept();
+    await scheduler.advance(1000);
+    server.last.serverClose(1006); // up 1 s: healthy again
+    expect(delays().at(-1)).toBe(50);
+    await client.close();
+  });
+
+  it('a fresh client whose first connection is lost right after hello also retries at once', async () => {
+    const { client, server, scheduler, states } = setup();
+    client.watch('t1');
+    server.accept();
+    server.last.serverClose(1006);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 50 });
+    await scheduler.advance(50);
+    expect(server.sockets).toHaveLength(2);
+    server.accept();
+    server.last.serverClose(1006); // lost again at once: now it backs off
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 500 });
+    await client.close();
+  });
+
+  it("spreads the first retry over the server's hint when it asks for more", async () => {
+    const { client, server, scheduler, states } = setup({ random: () => 0.999 });
+    client.watch('t1');
+    server.last.open();
+    server.last.push({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      serverId: 'r1',
+      heartbeatIntervalMs: 15_000,
+      reconnectDelayMs: 2000,
+    });
+    await scheduler.advance(5_000);
+    server.last.serverClose(1006);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 1998 });
     await client.close();
   });
 

@@ -9,15 +9,7 @@ import type {
   TaskView,
   Unsubscribe,
 } from '@finishline/core';
-import {
-  CloseCode,
-  ErrorCode,
-  isProgressError,
-  isTerminalType,
-  LIMITS,
-  PROTOCOL_VERSION,
-  toTaskView,
-} from '@finishline/core';
+import { CloseCode, ErrorCode, isProgressError, isTerminalType, LIMITS, toTaskView } from '@finishline/core';
 import type { DecodeResult, OutgoingEntry } from '@finishline/core/internal';
 import { decodeClientFrame, encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
 import WebSocket from 'ws';
@@ -52,6 +44,8 @@ export interface ConnectionContext<P extends Principal> {
   readonly reads: FairReads;
   /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
   readonly epoch: StoreEpoch;
+  /** Number of open connections of the server (for the reconnect hint in `hello`). */
+  socketCount(): number;
   /** Called once, when the socket has closed and the connection released everything. */
   onClose(connection: Connection<P>): void;
   /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
@@ -560,6 +554,7 @@ export class Connection<P extends Principal> {
       serverId: this.#options.serverId,
       heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
       ...this.#epochField(),
+      ...reconnectHint(this.#ctx.socketCount(), this.#options.reconnectsPerSecond),
     });
   }
 
@@ -1157,4 +1152,15 @@ export class Connection<P extends Principal> {
     this.#resolveClosed();
     this.#ctx.onClose(this);
   }
+}
+
+/**
+ * The spread a client should jitter its first retry over, should it lose this socket: every socket of
+ * this replica coming back within it arrives at about `perSecond`. Omitted when small enough that the
+ * client's own setting decides anyway (and when disabled), to keep `hello` as it was.
+ */
+function reconnectHint(sockets: number, perSecond: number): { reconnectDelayMs?: number } {
+  if (perSecond === 0) return {};
+  const spreadMs = Math.ceil((sockets * 1000) / perSecond);
+  return spreadMs > 100 ? { reconnectDelayMs: Math.min(spreadMs, 30_000) } : {};
 }

@@ -36,6 +36,37 @@ const isEvent = (taskId: string, type?: string) => (frame: Received) =>
   (type === undefined || (frame.event as { type: string }).type === type);
 
 describe('subscribe and live delivery', () => {
+  it('hands events appended in this process to local watchers without reading them back from the store', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 5 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The memory store announces each commit on its feed before the append resolves, as Postgres's
+    // NOTIFY can: the hub must not read what the append is about to hand over.
+    const readEvents = vi.spyOn(env.store, 'readEvents');
+    for (let i = 1; i <= 5; i++) {
+      const event = await task.item({ key: `node-${i}`, ok: true });
+      await client.next(
+        (frame) => frame.type === 'event' && (frame.event as { seq: number }).seq === event.seq,
+      );
+    }
+    expect(readEvents).not.toHaveBeenCalled();
+    await client.close();
+  });
+
+  it('asks its clients in hello to spread their first retry over open sockets / reconnectsPerSecond', async () => {
+    env = await startServer({ reconnectsPerSecond: 10 });
+    const first = await connect();
+    const second = await connect();
+    const third = await connect();
+    // No hint while the spread would be under the clients' own 100 ms; then 2 and 3 sockets at 10/s.
+    expect(first.frames[0]).not.toHaveProperty('reconnectDelayMs');
+    expect(second.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 200 });
+    expect(third.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 300 });
+    for (const client of [first, second, third]) await client.close();
+  });
+
   it('says hello with the negotiated subprotocol, then answers afterSeq 0 with a snapshot and streams live events', async () => {
     env = await startServer({ heartbeatIntervalMs: 60_000 });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });

@@ -214,6 +214,14 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   heartbeatIntervalMs?: number | undefined;
   /**
+   * Reconnect pace the server asks for: its `hello` tells each client to spread its first retry after
+   * a loss over `open sockets / reconnectsPerSecond` seconds (`reconnectDelayMs`), so if this replica
+   * dies (or drops every socket at once) its clients reach the survivors at about this rate instead of
+   * in one instant. 0 sends no hint (clients use their own, 100 ms by default).
+   * @default 20000
+   */
+  reconnectsPerSecond?: number | undefined;
+  /**
    * While a socket's `bufferedAmount` is above this many bytes, the server stops writing to it and
    * coalesces its queued progress events into snapshots.
    * @default 1048576
@@ -277,6 +285,7 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
   maxInvalidFrames: 10,
   maxReplayEvents: 1000,
   heartbeatIntervalMs: 15_000,
+  reconnectsPerSecond: 20_000,
   highWaterMarkBytes: 1024 * 1024,
   backpressurePollMs: 10,
   terminalRetry: TERMINAL_RETRY_DEFAULTS as Readonly<Required<TerminalRetryOptions>>,
@@ -320,6 +329,7 @@ export interface ResolvedServerOptions<P extends Principal> {
   maxInvalidFrames: number;
   maxReplayEvents: number;
   heartbeatIntervalMs: number;
+  reconnectsPerSecond: number;
   highWaterMarkBytes: number;
   backpressurePollMs: number;
   terminalRetry: TerminalRetryOptions;
@@ -542,6 +552,11 @@ export function resolveServerOptions<P extends Principal>(
       'heartbeatIntervalMs',
       options.heartbeatIntervalMs ?? d.heartbeatIntervalMs,
       { min: 10 },
+    ),
+    reconnectsPerSecond: integerOption(
+      'reconnectsPerSecond',
+      options.reconnectsPerSecond ?? d.reconnectsPerSecond,
+      { min: 0 },
     ),
     highWaterMarkBytes: integerOption(
       'highWaterMarkBytes',

@@ -541,6 +541,7 @@ export class ProgressServer<P extends Principal = Principal> {
       ws.close(CloseCode.GoingAway, 'server shutting down');
       return;
     }
+    let added = false;
     const connection = new Connection<P>(
       { ws, request, principal },
       {
@@ -553,6 +554,8 @@ export class ProgressServer<P extends Principal = Principal> {
         limits: this.#limits,
         reads: this.#reads,
         epoch: this.#epoch,
+        // Counting the one being constructed too: it may say hello before it is added below.
+        socketCount: () => this.#connections.size + (added ? 0 : 1),
         onClose: (closed) => this.#connections.delete(closed),
         onAuthenticated: () => {
           if (raw !== undefined) this.#pending.release(raw);
@@ -560,5 +563,6 @@ export class ProgressServer<P extends Principal = Principal> {
       },
     );
     this.#connections.add(connection);
+    added = true;
   }
 }

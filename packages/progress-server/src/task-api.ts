@@ -208,9 +208,11 @@ export class TaskApi {
 
   async #append(taskId: string, input: AppendInput): Promise<TaskEvent> {
     let result: AppendResult;
+    const settled = this.#hub.localAppend(taskId);
     try {
       result = await this.#store.append(taskId, input);
     } catch (error) {
+      settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
         const owned = this.#owned.get(taskId);
         this.#ended(taskId);
@@ -218,9 +220,13 @@ export class TaskApi {
       }
       throw error;
     }
-    this.#owned.get(taskId)?.control.update(result.task);
-    // Same tick as the commit: local watchers get it without waiting for the feed.
-    this.#hub.publishLocal(result.event);
+    try {
+      this.#owned.get(taskId)?.control.update(result.task);
+      // Same tick as the commit: local watchers get it without waiting for the feed.
+      this.#hub.publishLocal(result.event);
+    } finally {
+      settled();
+    }
     if (isTerminalEvent(result.event)) this.#ended(taskId);
     return result.event;
   }

@@ -20,10 +20,14 @@ interface Followed {
   /** Highest seq known to be committed (from the feed, local appends and subscribers' reads). */
   latestSeq: number;
   reading: boolean;
+  /** Appends to this task in flight in this process (see {@link TaskHub.localAppend}). */
+  localAppends: number;
   retryTimer: NodeJS.Timeout | undefined;
   stopFeed: Unsubscribe | undefined;
   closed: boolean;
 }
+
+const noop = (): void => undefined;
 
 /** Events read per store call when catching up. */
 const READ_LIMIT = 1000;
@@ -81,6 +85,7 @@ export class TaskHub {
         readSeq: undefined,
         latestSeq: 0,
         reading: false,
+        localAppends: 0,
         retryTimer: undefined,
         stopFeed: undefined,
         closed: false,
@@ -115,6 +120,27 @@ export class TaskHub {
   /** The highest seq of `taskId` known to be committed, for a followed task. */
   latestSeq(taskId: string): number | undefined {
     return this.#followed.get(taskId)?.latestSeq;
+  }
+
+  /**
+   * An append to `taskId` starts in this process. The feed's notice of that very commit may arrive
+   * before the append resolves (stores publish it from inside the commit; Postgres's `NOTIFY` can beat
+   * the `COMMIT` reply), and reading then would fetch the event {@link publishLocal} is about to hand
+   * over. So while appends are in flight, the hub reads only when more seqs are missing than there are
+   * appends in flight (some must come from elsewhere, or resolved out of order). Call the returned
+   * function once the append settled, after `publishLocal`; it reads whatever is still missing.
+   */
+  localAppend(taskId: string): () => void {
+    const entry = this.#followed.get(taskId);
+    if (entry === undefined) return noop;
+    entry.localAppends += 1;
+    let settled = false;
+    return () => {
+      if (settled) return;
+      settled = true;
+      entry.localAppends -= 1;
+      this.#pump(entry);
+    };
   }
 
   /**
@@ -163,6 +189,7 @@ export class TaskHub {
   #pump(entry: Followed): void {
     if (entry.reading || entry.closed || entry.retryTimer !== undefined) return;
     if (entry.readSeq === undefined || entry.latestSeq <= entry.readSeq) return;
+    if (entry.localAppends > 0 && entry.latestSeq - entry.readSeq <= entry.localAppends) return;
     entry.reading = true;
     void this.#readLoop(entry);
   }

@@ -725,7 +725,8 @@ function isOptionalKey(frame: JsonObject, path: string[], key: string): boolean 
     (key === 'requestId' && (frame.type === 'error' || frame.type === 'pong')) ||
     (key === 'taskId' && frame.type === 'error') ||
     (key === 'epoch' && (frame.type === 'hello' || frame.type === 'snapshot')) ||
-    (key === 'reset' && frame.type === 'snapshot')
+    (key === 'reset' && frame.type === 'snapshot') ||
+    (key === 'reconnectDelayMs' && frame.type === 'hello')
   );
 }
 

@@ -157,6 +157,7 @@ export const helloFrameSchema = v.strictObject({
   serverId: idSchema,
   heartbeatIntervalMs: intervalMsSchema,
   epoch: v.exactOptional(idSchema),
+  reconnectDelayMs: v.exactOptional(countSchema),
 });
 
 /** {@link SnapshotFrame}. */

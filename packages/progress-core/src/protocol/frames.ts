@@ -52,6 +52,13 @@ export interface HelloFrame {
   serverId: string;
   /** The server sends a heartbeat at least this often; a client that hears nothing for ~2× may reconnect. */
   heartbeatIntervalMs: number;
+  /**
+   * Optional: the spread, in milliseconds, over which clients should jitter their first retry if they
+   * lose this connection. A replica with many sockets asks for a wider spread, so that when it dies its
+   * whole crowd does not reconnect to the survivors in the same instant. Clients take the larger of
+   * this and their own setting.
+   */
+  reconnectDelayMs?: number;
 }
 
 /**

@@ -190,6 +190,7 @@ const FRAMES = new Map<string, Check>([
       serverId: id,
       heartbeatIntervalMs: positive,
       '?epoch': id,
+      '?reconnectDelayMs': count,
     }),
   ],
   [

@@ -253,8 +253,9 @@ export const helloFrameArbitrary: fc.Arbitrary<HelloFrame> = fc.record(
     serverId: idArbitrary,
     heartbeatIntervalMs: seqArbitrary,
     epoch: idArbitrary,
+    reconnectDelayMs: fc.nat({ max: 60_000 }),
   },
-  { noNullPrototype: true, requiredKeys: ['type', 'protocol', 'serverId', 'heartbeatIntervalMs'] },
+  { requiredKeys: ['type', 'protocol', 'serverId', 'heartbeatIntervalMs'], noNullPrototype: true },
 );
 
 /** Any valid {@link SnapshotFrame}. */
