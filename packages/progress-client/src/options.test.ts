@@ -8,6 +8,13 @@ const WebSocket = new FakeServer().WebSocket;
 const base: ProgressClientOptions = { url: 'wss://app.test/progress', WebSocket };
 
 describe('client options', () => {
+  it('lowers the default first-retry ceiling to a smaller reconnectMaxDelayMs instead of refusing it', () => {
+    expect(resolveOptions({ ...base, reconnectMaxDelayMs: 50 })).toMatchObject({
+      reconnectFirstDelayMs: 50,
+      reconnectMaxDelayMs: 50,
+    });
+  });
+
   it('exports frozen defaults, and merges them once', () => {
     expect(Object.isFrozen(PROGRESS_CLIENT_DEFAULTS)).toBe(true);
     const resolved = resolveOptions(base);

@@ -159,7 +159,7 @@ export interface ProgressClientOptions {
    * attempt has failed since the last stable connection): the delay is uniform below it, so a watcher
    * whose socket was cut is back in milliseconds while a crowd that lost the same replica still spreads
    * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins.
-   * @default 100
+   * @default 100 (or `reconnectMaxDelayMs` when that is smaller)
    */
   reconnectFirstDelayMs?: number;
   /**
@@ -378,7 +378,11 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     throw invalid('reconnectInitialDelayMs must not exceed reconnectMaxDelayMs');
   }
   if (o.reconnectFirstDelayMs > o.reconnectMaxDelayMs) {
-    throw invalid('reconnectFirstDelayMs must not exceed reconnectMaxDelayMs');
+    // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
+    if (options.reconnectFirstDelayMs !== undefined) {
+      throw invalid('reconnectFirstDelayMs must not exceed reconnectMaxDelayMs');
+    }
+    o.reconnectFirstDelayMs = o.reconnectMaxDelayMs;
   }
 
   // Relative URLs resolve against the page, and an http(s) URL names the same server's socket.
