@@ -9,7 +9,7 @@ const base: ProgressClientOptions = { url: 'wss://app.test/progress', WebSocket 
 
 describe('client options', () => {
   it('lowers the default first-retry ceiling to a smaller reconnectMaxDelayMs instead of refusing it', () => {
-    expect(resolveOptions({ ...base, reconnectMaxDelayMs: 50 })).toMatchObject({
+    expect(resolveOptions({ ...base, reconnectInitialDelayMs: 20, reconnectMaxDelayMs: 50 })).toMatchObject({
       reconnectFirstDelayMs: 50,
       reconnectMaxDelayMs: 50,
     });
