@@ -184,4 +184,14 @@ describe('FinishWatchdog', () => {
       }
     }
   });
+
+  it('rejects a clock that is not a function', () => {
+    try {
+      new FinishWatchdog(1000 as unknown as () => number);
+      expect.fail('accepted a number as the clock');
+    } catch (error) {
+      expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
+      expect((error as Error).message).toMatch(/clock must be a function/);
+    }
+  });
 });

@@ -181,6 +181,64 @@ describe('SendQueue', () => {
     expect(drain(queue, false)).toEqual(['a:s3', 'a:s5', 'b4', 'a6']);
   });
 
+  it('removes a collapsed run that a snapshot covers up to its last seq or beyond', () => {
+    const exact = new SendQueue({ maxProgressRun: 1 });
+    exact.track(meta(logA));
+    pushAll(exact, logA, 1, 5); // one run, a1–a5
+    exact.pushSnapshot(viewAt(logA, 5));
+    expect(exact.size).toBe(1);
+    expect(drain(exact, false)).toEqual(['a:s5']); // no stale snapshot of the run after it
+
+    const beyond = new SendQueue({ maxProgressRun: 1 });
+    beyond.track(meta(logA));
+    pushAll(beyond, logA, 1, 6); // run a1–a5, item a6
+    beyond.pushSnapshot(viewAt(logA, 6));
+    expect(drain(beyond, false)).toEqual(['a:s6']);
+  });
+
+  it('keeps refusing events that a snapshot older than the queued ones did not cover', () => {
+    const queue = new SendQueue();
+    pushAll(queue, logA, 1, 5);
+    queue.pushSnapshot(viewAt(logA, 3)); // replaces a1–a3; a4 and a5 are still queued
+    expect(queue.pushEvent(ev(logA, 4))).toBe(false);
+    expect(queue.pushEvent(ev(logA, 5))).toBe(false);
+    expect(drain(queue, false)).toEqual(['a:s3', 'a4', 'a5']);
+  });
+
+  it('never folds progress across a seq it was not given, so the watcher still sees the gap', () => {
+    // A folded snapshot moves the client's cursor over every seq it spans: spanning a missing seq (an
+    // item, say) would hide it. Each case leaves out seq 3.
+    const congested = new SendQueue();
+    congested.track(meta(logA));
+    for (const seq of [1, 2, 4, 5]) congested.pushEvent(ev(logA, seq));
+    expect(drain(congested, true)).toEqual(['a:s2', 'a:s5']);
+
+    const afterRun = new SendQueue({ maxProgressRun: 1 });
+    afterRun.track(meta(logA));
+    for (const seq of [1, 2, 4]) afterRun.pushEvent(ev(logA, seq)); // run a1–a2, then a4
+    expect(drain(afterRun, false)).toEqual(['a:s2', 'a4']);
+
+    const single = new SendQueue({ maxProgressRun: 1 });
+    single.track(meta(logA));
+    for (const seq of [1, 4]) single.pushEvent(ev(logA, seq));
+    expect(single.size).toBe(2);
+    expect(drain(single, false)).toEqual(['a1', 'a4']);
+
+    const runAhead = new SendQueue({ maxProgressRun: 1 });
+    runAhead.track(meta(logA));
+    for (const seq of [1, 4, 5]) runAhead.pushEvent(ev(logA, seq)); // a1, then run a4–a5
+    expect(drain(runAhead, true)).toEqual(['a1', 'a:s5']);
+  });
+
+  it('folds a collapsed run into the congested progress that it continues', () => {
+    const queue = new SendQueue({ maxProgressRun: 1 });
+    pushAll(queue, logA, 1, 4); // untracked: kept as events
+    queue.track(meta(logA));
+    pushAll(queue, logA, 5, 5); // a4–a5 collapse into a run behind a1–a3
+    expect(queue.shift(true)).toEqual({ kind: 'snapshot', task: viewAt(logA, 5) });
+    expect(queue.size).toBe(0);
+  });
+
   it('ignores events a snapshot already covered and snapshots not newer than what was sent', () => {
     const queue = new SendQueue();
     queue.pushSnapshot(viewAt(logA, 4));

@@ -35,6 +35,8 @@ describe('terminalRetryDelayMs', () => {
       50, 150, 450, 1000,
     ]);
     expect(terminalRetryDelayMs(9, { multiplier: 1 })).toBe(100);
+    // A constant delay: the first delay may equal the cap.
+    expect(terminalRetryDelayMs(3, { initialDelayMs: 500, maxDelayMs: 500 })).toBe(500);
   });
 
   it('rejects attempt 0, fractions and bad options', () => {
@@ -144,6 +146,38 @@ describe('TerminalRetryTracker', () => {
     expect(tracker.nextDueAt()).toBe(100);
     clock.set(400);
     expect(tracker.due().map((due) => due.taskId)).toEqual(['b', 'c', 'a']);
+  });
+
+  it('breaks ties at the same millisecond by first send, a replacing seq counting as a new send', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('b', 1);
+    tracker.sent('a', 1);
+    tracker.sent('c', 1);
+    clock.set(100);
+    expect(tracker.due().map((due) => due.taskId)).toEqual(['b', 'a', 'c']);
+
+    const replaced = new TerminalRetryTracker(clock.now);
+    replaced.sent('a', 1);
+    replaced.sent('b', 1);
+    replaced.sent('a', 2); // a's newer terminal was sent after b's
+    clock.set(200);
+    expect(replaced.due()).toEqual([
+      { taskId: 'b', seq: 1, attempt: 1 },
+      { taskId: 'a', seq: 2, attempt: 1 },
+    ]);
+  });
+
+  it('ignores a non-finite ack, which would otherwise silence every later re-send of the task', () => {
+    const clock = new ManualClock(0);
+    const tracker = new TerminalRetryTracker(clock.now);
+    tracker.sent('t1', 5);
+    tracker.acked('t1', Number.POSITIVE_INFINITY);
+    tracker.acked('t1', Number.NaN);
+    expect(tracker.size).toBe(1);
+    tracker.acked('t1', 5);
+    tracker.sent('t1', 6);
+    expect(tracker.size).toBe(1);
   });
 
   it('rejects a bad seq or clock', () => {

@@ -94,6 +94,26 @@ describe('WatchCursor', () => {
     expect(cursor.applyEvent(event(7))).toMatchObject({ gap: true, resyncFrom: 5 });
   });
 
+  it('evicts the farthest held event, whatever order the held events arrived in', () => {
+    const cursor = new WatchCursor('task-1', { maxBuffered: 2 });
+    cursor.applyEvent(event(6));
+    cursor.applyEvent(event(5)); // arrived last but is not the farthest
+    cursor.applyEvent(event(3)); // evicts 6
+    expect(seqs(cursor.applyEvent(event(1)).delivered)).toEqual([1]);
+    expect(seqs(cursor.applyEvent(event(2)).delivered)).toEqual([2, 3]);
+    expect(seqs(cursor.applyEvent(event(4)).delivered)).toEqual([4, 5]);
+  });
+
+  it('does not evict anything for an event it already holds', () => {
+    const cursor = new WatchCursor('task-1', { maxBuffered: 2 });
+    cursor.applyEvent(event(3));
+    cursor.applyEvent(event(4)); // full
+    expect(cursor.applyEvent(event(3))).toMatchObject({ delivered: [], duplicate: true, gap: true });
+    expect(cursor.buffered).toBe(2);
+    expect(seqs(cursor.applyEvent(event(1)).delivered)).toEqual([1]);
+    expect(seqs(cursor.applyEvent(event(2)).delivered)).toEqual([2, 3, 4]);
+  });
+
   it('buffers nothing with maxBuffered 0', () => {
     const cursor = new WatchCursor('task-1', { maxBuffered: 0 });
     expect(cursor.applyEvent(event(2))).toMatchObject({ gap: true, resyncFrom: 0 });
@@ -113,6 +133,23 @@ describe('WatchCursor', () => {
     expect(cursor.buffered).toBe(0);
     expect(cursor.seq).toBe(6);
     expect(cursor.view.kind).toBe('batch_taint');
+  });
+
+  it('hands over the snapshot itself and frees a held event at exactly its seq', () => {
+    const cursor = new WatchCursor('task-1');
+    cursor.applyEvent(event(3)); // held: 1 and 2 are missing
+    const result = cursor.applySnapshot(viewAt(log, 3));
+    expect(result.delivered).toEqual([{ kind: 'snapshot', task: viewAt(log, 3) }]);
+    expect(cursor.buffered).toBe(0);
+  });
+
+  it('treats an event of an unknown type that slipped through as progress instead of throwing', () => {
+    const cursor = new WatchCursor('task-1');
+    const odd = { ...event(1), type: 'paused' } as unknown as TaskEvent;
+    const result = cursor.applyEvent(odd);
+    expect(result.delivered).toEqual([{ kind: 'event', event: odd }]);
+    expect(cursor.view).toMatchObject({ seq: 1, status: 'running', updatedAt: odd.time, finishedAt: null });
+    expect(cursor.finished).toBe(false);
   });
 
   it('ignores a snapshot at or behind the cursor once something was delivered', () => {
@@ -212,6 +249,7 @@ describe('WatchCursor', () => {
 
   it('reports frames of another task without throwing or moving', () => {
     const cursor = new WatchCursor('task-2');
+    expect(cursor.taskId).toBe('task-2');
     expect(cursor.applyEvent(event(1))).toMatchObject({ delivered: [], foreign: true, duplicate: false });
     expect(cursor.applySnapshot(viewAt(log, 3))).toMatchObject({ delivered: [], foreign: true });
     expect(cursor.seq).toBe(0);
@@ -223,6 +261,11 @@ describe('WatchCursor', () => {
     expect(cursor.isBehind(4)).toBe(true);
   });
 
+  it('names the option it refuses', () => {
+    expect(() => new WatchCursor('task-1', { afterSeq: -1 })).toThrow(/afterSeq/);
+    expect(() => new WatchCursor('task-1', { maxBuffered: -1 })).toThrow(/maxBuffered/);
+  });
+
   it('rejects a bad task id or options', () => {
     const bad: Array<() => unknown> = [
       () => new WatchCursor(''),
@@ -230,6 +273,7 @@ describe('WatchCursor', () => {
       () => new WatchCursor('task-1', { afterSeq: -1 }),
       () => new WatchCursor('task-1', { afterSeq: 1.5 }),
       () => new WatchCursor('task-1', { maxBuffered: -1 }),
+      () => new WatchCursor('task-1', { maxBuffered: 1.5 }),
     ];
     for (const run of bad) {
       expect(run).toThrow();
