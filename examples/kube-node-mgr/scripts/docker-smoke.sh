@@ -95,7 +95,7 @@ phase "building $app_image"
 previous=$(docker image inspect --format '{{.Id}}' "$app_image" 2>/dev/null || true)
 cd "$repo"
 git ls-files -z --cached --others --exclude-standard -- \
-  package.json package-lock.json tsconfig.base.json packages examples/kube-node-mgr |
+  package.json package-lock.json tsconfig.base.json scripts/embedded-postgres.mjs packages examples/kube-node-mgr |
   while IFS= read -r -d '' file; do [ -e "$file" ] && printf '%s\0' "$file"; done |
   tar --null -T - -c |
   docker build --network host -f examples/kube-node-mgr/Dockerfile \
