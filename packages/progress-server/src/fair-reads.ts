@@ -14,34 +14,32 @@ interface Lane {
 }
 
 /**
- * Synchronous time one principal's reads may take in one turn of the event loop, in milliseconds. A
- * synchronous store (SQLite) does its whole read inside the call; an asynchronous one (Postgres) only
- * sends the query, so this bound is what keeps one principal from holding the loop with reads.
- */
-const TURN_BUDGET_MS = 1;
-
-/**
  * Schedules the store reads that sockets make for their own subscriptions (the task load of a
  * subscribe, catch-up reads) so that one principal cannot crowd out the others:
  *
  * - at most `maxConcurrent` such reads are in flight at once, all principals together, which leaves
  *   the store's pool (Postgres) free for appends and for the hub's live reads, which do not queue here;
  * - at most `maxPerPrincipal` of them belong to one principal;
- * - in one turn of the event loop a principal's reads may take at most {@link TURN_BUDGET_MS} of
- *   synchronous time; the rest waits for the next turn (`setImmediate`), after pending I/O such as
- *   other principals' frames and live events;
+ * - in one turn of the event loop at most one read of a principal starts; the next waits for the next
+ *   turn (`setImmediate`), after pending I/O such as other principals' frames and live events. A turn
+ *   then holds at most one read per principal together with what its caller does with the result (a
+ *   synchronous store like SQLite resolves at once, and the catch-up that follows — queueing and
+ *   sending up to a hundred events — runs in the same turn). An earlier budget of 1 ms of read time
+ *   per turn left that processing out, and a principal resubscribing at its frame budget still held
+ *   the loop for several milliseconds at a time;
  * - principals take turns (round-robin), and a read whose subscription was superseded while it waited
  *   is answered at once without I/O, so resubscribing cannot pile up work.
  *
- * Unloaded, a read starts at once, in the same turn: pipelined subscribes are answered as fast as before.
+ * Unloaded, a principal's first read starts at once, in the same turn; its pipelined subscribes follow
+ * one per turn, which an idle loop turns over in microseconds.
  */
 export class FairReads {
   readonly #maxConcurrent: number;
   readonly #maxPerPrincipal: number;
   /** Lanes with work, in turn order (a `Map` iterates in insertion order; a served lane moves last). */
   readonly #lanes = new Map<string, Lane>();
-  /** Synchronous read time used per principal in the current turn of the loop. */
-  readonly #turnUsage = new Map<string, number>();
+  /** Principals that started a read in the current turn of the loop. */
+  readonly #servedThisTurn = new Set<string>();
   #active = 0;
   #nextTurn: NodeJS.Immediate | undefined;
   #closed = false;
@@ -98,7 +96,7 @@ export class FairReads {
         }
         if (this.#active >= this.#maxConcurrent) break;
         if (lane.active >= this.#maxPerPrincipal) continue;
-        if ((this.#turnUsage.get(principalId) ?? 0) >= TURN_BUDGET_MS) {
+        if (this.#servedThisTurn.has(principalId)) {
           waitingForTurn = true;
           continue;
         }
@@ -113,12 +111,12 @@ export class FairReads {
     if (waitingForTurn) this.#scheduleTurn();
   }
 
-  /** A new turn of the loop: budgets start over. */
+  /** A new turn of the loop: every principal may start a read again. */
   #scheduleTurn(): void {
     if (this.#nextTurn !== undefined || this.#closed) return;
     this.#nextTurn = setImmediate(() => {
       this.#nextTurn = undefined;
-      this.#turnUsage.clear();
+      this.#servedThisTurn.clear();
       for (const lane of this.#lanes.values()) this.#settleStale(lane);
       this.#pump();
     });
@@ -150,19 +148,15 @@ export class FairReads {
   #start(principalId: string, lane: Lane, job: Job): void {
     this.#active += 1;
     lane.active += 1;
-    const startedAt = performance.now();
+    this.#servedThisTurn.add(principalId);
+    // The mark is per turn: a turn boundary clears it (cheap: one setImmediate per turn at most).
+    this.#scheduleTurn();
     let reading: Promise<unknown>;
     try {
       reading = job.read();
     } catch (error) {
       reading = Promise.reject(error);
     }
-    this.#turnUsage.set(
-      principalId,
-      (this.#turnUsage.get(principalId) ?? 0) + (performance.now() - startedAt),
-    );
-    // Usage is per turn: a turn boundary clears it (cheap: one setImmediate per turn at most).
-    this.#scheduleTurn();
     reading.then(job.resolve, job.reject).finally(() => {
       this.#active -= 1;
       lane.active -= 1;

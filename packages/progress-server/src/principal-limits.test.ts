@@ -104,4 +104,26 @@ describe('FairReads', () => {
     expect(peak).toBeLessThanOrEqual(2);
     reads.close();
   });
+
+  it('starts one read per principal per turn of the loop, so other I/O runs between them', async () => {
+    const reads = new FairReads({ maxConcurrent: 100, maxPerPrincipal: 100 });
+    const started: string[] = [];
+    // Reads that resolve at once, like a synchronous store's (SQLite): the old time budget let a
+    // principal run all of them, and what its caller did with each result, in one turn.
+    const instant = (name: string) => () => {
+      started.push(name);
+      return Promise.resolve(name);
+    };
+    const all = Array.from({ length: 10 }, (_, i) => reads.run('mallory', instant(`m${i}`)));
+    const victim = reads.run('alice', instant('a0'));
+    const seenAtNextTurn = await new Promise<string[]>((resolve) =>
+      setImmediate(() => resolve([...started])),
+    );
+    // This turn: mallory's first read and alice's; the turn after: at most one more of mallory's.
+    expect(seenAtNextTurn).toContain('a0');
+    expect(seenAtNextTurn.filter((name) => name.startsWith('m')).length).toBeLessThanOrEqual(2);
+    expect(await Promise.all(all)).toHaveLength(10);
+    expect(await victim).toBe('a0');
+    reads.close();
+  });
 });
