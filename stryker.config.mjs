@@ -14,7 +14,7 @@ export default {
     'packages/progress-core/src/delivery/**/*.ts',
     'packages/progress-core/src/store/**/*.ts',
     'packages/progress-core/src/protocol/**/*.ts',
-    'packages/progress-server/src/connection.ts',
+    'packages/progress-server/src/socket/connection.ts',
     '!**/*.test.ts',
     '!packages/progress-core/src/delivery/task-log-arbitrary.ts',
   ],

@@ -6,8 +6,8 @@ import { propertyParams } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
-import { ProgressServer } from './progress-server.js';
-import { headerAuth, RawClient, type Received, seqOf, serverFrameViolations } from './testing/harness.js';
+import { ProgressServer } from '../progress-server.js';
+import { headerAuth, RawClient, type Received, seqOf, serverFrameViolations } from '../testing/harness.js';
 
 /**
  * Guarantee 2 at the server: whatever the interleaving of commits, resume points and congestion, each

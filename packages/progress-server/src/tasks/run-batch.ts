@@ -1,7 +1,7 @@
 import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
 import { exhaustive } from '@finishline/core/internal';
-import { delay } from './wait.js';
+import { delay } from '../wait.js';
 
 /** What a batch worker receives besides its item. */
 export interface BatchWorkerContext {

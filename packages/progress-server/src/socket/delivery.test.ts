@@ -8,7 +8,7 @@ import {
   sleep,
   startServer,
   type TestServer,
-} from './testing/harness.js';
+} from '../testing/harness.js';
 
 /** Delivery over real sockets: subscribe, snapshot, replay, live, terminal retries, acks, heartbeats. */
 

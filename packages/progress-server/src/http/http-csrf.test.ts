@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { AllowedOrigins } from './auth.js';
-import { serverFrameViolations, startServer, type TestServer, upgradeStatus } from './testing/harness.js';
+import type { AllowedOrigins } from '../auth.js';
+import { serverFrameViolations, startServer, type TestServer, upgradeStatus } from '../testing/harness.js';
 
 /**
  * Issue 10, items 2 and 3: `POST {basePath}/tasks/:id/cancel` was open to cross-site requests under

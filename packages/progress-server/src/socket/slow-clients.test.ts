@@ -7,7 +7,7 @@ import { createInterface, type Interface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { afterEach, describe, expect, it } from 'vitest';
-import { RawClient, startServer, type TestServer, upgradeStatus } from './testing/harness.js';
+import { RawClient, startServer, type TestServer, upgradeStatus } from '../testing/harness.js';
 
 /**
  * Issue 10, item 4 (and issue 16): slowloris and descriptor exhaustion. A server from
@@ -16,8 +16,8 @@ import { RawClient, startServer, type TestServer, upgradeStatus } from './testin
  * unknown paths and plain requests on the WebSocket path hung instead of being answered.
  */
 
-const root = fileURLToPath(new URL('../../../', import.meta.url));
-const packageDir = fileURLToPath(new URL('../', import.meta.url));
+const root = fileURLToPath(new URL('../../../../', import.meta.url));
+const packageDir = fileURLToPath(new URL('../../', import.meta.url));
 
 let env: TestServer | undefined;
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -175,8 +175,8 @@ describe('descriptor exhaustion', () => {
 
 describe('slow and stray requests', () => {
   it('closes a connection that sends only part of its headers (headersTimeoutMs)', async () => {
-    const { ProgressServer } = await import('./progress-server.js');
-    const { headerAuth } = await import('./testing/harness.js');
+    const { ProgressServer } = await import('../progress-server.js');
+    const { headerAuth } = await import('../testing/harness.js');
     const { MemoryProgressStore } = await import('@finishline/core');
     const server = await ProgressServer.listen(
       { store: new MemoryProgressStore(), authenticate: headerAuth },

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
+import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
 
 /**
  * Regression (found by the client's end-to-end fault-schedule test): a client that resubscribes while

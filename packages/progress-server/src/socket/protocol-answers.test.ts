@@ -6,7 +6,7 @@ import {
   sleep,
   startServer,
   type TestServer,
-} from './testing/harness.js';
+} from '../testing/harness.js';
 
 /**
  * Issue 14, found #2–#12: what the server answers where docs/protocol.md and the server used to part

@@ -1,7 +1,7 @@
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
-import type { ProgressLogger } from './logger.js';
-import { describeError } from './logger.js';
-import type { ServerMetrics } from './metrics.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
 
 /** A local consumer of a task's live events (one per socket subscription). */
 export interface HubSubscriber {

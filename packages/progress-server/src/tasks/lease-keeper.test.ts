@@ -1,8 +1,8 @@
 import { ErrorCode, MemoryProgressStore } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ProgressServer } from './progress-server.js';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
+import { ProgressServer } from '../progress-server.js';
+import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
 
 /**
  * Leases with a manual clock. The keepers' timers are set far in the future; the tests call

@@ -1,8 +1,8 @@
 import type { TaskEvent } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ProgressServer } from './progress-server.js';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
+import { ProgressServer } from '../progress-server.js';
+import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
 
 /**
  * Guarantee 3 at the server, on real timers: nobody calls `reap()`. A worker replica stops renewing its

@@ -4,7 +4,7 @@ import express from 'express';
 import Fastify from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { ProgressServer } from './progress-server.js';
+import { ProgressServer } from '../progress-server.js';
 
 /**
  * The README's integration recipes, run against the real frameworks: the HTTP API mounted in Express and

@@ -13,22 +13,22 @@ import { CloseCode, ErrorCode, isProgressError, isTerminalType, LIMITS, toTaskVi
 import type { DecodeResult, OutgoingEntry } from '@finishline/core/internal';
 import { decodeClientFrame, encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
 import WebSocket from 'ws';
-import type { AckWriter } from './ack-writer.js';
-import type { Principal } from './auth.js';
-import type { Authenticator } from './authenticator.js';
+import type { AckWriter } from '../hub/ack-writer.js';
+import type { Principal } from '../auth.js';
+import type { Authenticator } from '../authenticator.js';
 import { eventFrameText } from './event-frame-text.js';
-import type { FairReads } from './fair-reads.js';
-import type { ProgressLogger } from './logger.js';
-import { describeError } from './logger.js';
-import type { ServerMetrics } from './metrics.js';
-import type { ResolvedServerOptions } from './options.js';
-import type { PrincipalLimits } from './principal-limits.js';
+import type { FairReads } from '../hub/fair-reads.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { ResolvedServerOptions } from '../options.js';
+import type { PrincipalLimits } from '../principal-limits.js';
 import { versionOfSubprotocol } from './protocol-version.js';
 import { TokenBucket } from './rate-limiter.js';
-import type { StoreEpoch } from './store-epoch.js';
-import type { TaskHub } from './task-hub.js';
-import { taskNotFoundMessage } from './task-not-found.js';
-import { delay, waitAtMost } from './wait.js';
+import type { StoreEpoch } from '../hub/store-epoch.js';
+import type { TaskHub } from '../hub/task-hub.js';
+import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import { delay, waitAtMost } from '../wait.js';
 
 /** What a connection needs from its server. */
 export interface ConnectionContext<P extends Principal> {

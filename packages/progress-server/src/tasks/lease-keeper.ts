@@ -1,8 +1,8 @@
 import type { AppendResult, ProgressStore } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
-import type { ProgressLogger } from './logger.js';
-import { describeError } from './logger.js';
-import type { ServerMetrics } from './metrics.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
 
 /** What {@link LeaseKeeper} needs. */
 export interface LeaseKeeperOptions {

@@ -1,6 +1,6 @@
 import type { ProgressStore } from '@finishline/core';
-import type { ProgressLogger } from './logger.js';
-import { describeError } from './logger.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
 
 /**
  * The store's epoch as this replica last read it. Read at start and again on every heartbeat tick, so a

@@ -1,7 +1,7 @@
 import type { ItemEvent, TaskEvent } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ProgressServer } from './progress-server.js';
+import { ProgressServer } from '../progress-server.js';
 
 /** runBatch: counts finished items, reports each one, and always ends the task exactly once. */
 

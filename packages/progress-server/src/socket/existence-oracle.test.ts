@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
+import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
 
 /**
  * Issue 10, item 6: a missing task and another owner's task got different answers (`task_not_found` vs

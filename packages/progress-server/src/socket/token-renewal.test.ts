@@ -1,6 +1,6 @@
 import { PROTOCOL_NAME_V1 } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Principal } from './auth.js';
+import type { Principal } from '../auth.js';
 import {
   RawClient,
   type Received,
@@ -9,7 +9,7 @@ import {
   sleep,
   startServer,
   type TestServer,
-} from './testing/harness.js';
+} from '../testing/harness.js';
 
 /**
  * Issue 14, what-to-build 5: a credential that expires mid-task, renewed with an `auth` frame on the

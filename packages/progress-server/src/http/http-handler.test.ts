@@ -2,14 +2,14 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ProgressServer } from './progress-server.js';
+import { ProgressServer } from '../progress-server.js';
 import {
   RawClient,
   serverFrameViolations,
   startServer,
   type TestServer,
   tokenAuth,
-} from './testing/harness.js';
+} from '../testing/harness.js';
 
 /** The HTTP API: same authentication and authorization as the socket, JSON errors, no leaks. */
 

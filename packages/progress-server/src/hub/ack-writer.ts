@@ -1,9 +1,9 @@
 import type { ProgressStore } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
-import type { ProgressLogger } from './logger.js';
-import { describeError } from './logger.js';
-import type { ServerMetrics } from './metrics.js';
-import { waitAtMost } from './wait.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import { waitAtMost } from '../wait.js';
 
 interface AckState {
   /** Highest seq written to the store by this process. */

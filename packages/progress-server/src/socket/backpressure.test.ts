@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
-import { ProgressServer } from './progress-server.js';
+import { ProgressServer } from '../progress-server.js';
 import {
   headerAuth,
   RawClient,
@@ -12,7 +12,7 @@ import {
   serverFrameViolations,
   startServer,
   type TestServer,
-} from './testing/harness.js';
+} from '../testing/harness.js';
 
 /**
  * Backpressure. On loopback a socket's buffer empties as soon as it is written, so the congested test
