@@ -2,29 +2,29 @@ import { createServer, type Server as HttpServer, type IncomingMessage } from 'n
 import type { Duplex } from 'node:stream';
 import { CloseCode, ErrorCode, ProgressError } from '@finishline/core';
 import WebSocket, { WebSocketServer } from 'ws';
-import { AckWriter } from './hub/ack-writer.js';
 import type { Principal } from './auth.js';
 import { isOriginAllowed, pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
-import { Connection } from './socket/connection.js';
-import { FairReads } from './hub/fair-reads.js';
 import type { ServerHealth } from './http/health.js';
 import { readStoreHealth } from './http/health.js';
 import type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
 import { createHttpHandler } from './http/http-handler.js';
-import { LeaseKeeper } from './tasks/lease-keeper.js';
+import { offeredProtocols, rejectUpgrade } from './http/upgrade.js';
+import { AckWriter } from './hub/ack-writer.js';
+import { FairReads } from './hub/fair-reads.js';
+import { StoreEpoch } from './hub/store-epoch.js';
+import { TaskHub } from './hub/task-hub.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import { ServerMetrics } from './metrics.js';
 import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
 import { resolveServerOptions } from './options.js';
-import { PendingConnections } from './socket/pending-connections.js';
 import { PrincipalLimits } from './principal-limits.js';
+import { Connection } from './socket/connection.js';
+import { PendingConnections } from './socket/pending-connections.js';
 import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './socket/protocol-version.js';
-import { StoreEpoch } from './hub/store-epoch.js';
+import { LeaseKeeper } from './tasks/lease-keeper.js';
 import { TaskApi } from './tasks/task-api.js';
-import { TaskHub } from './hub/task-hub.js';
-import { offeredProtocols, rejectUpgrade } from './http/upgrade.js';
 import { waitAtMost } from './wait.js';
 
 /** Options of {@link ProgressServer.close}. */
@@ -149,7 +149,16 @@ export class ProgressServer<P extends Principal = Principal> {
       logger: resolved.logger,
     });
     const shared = { store: resolved.store, logger: resolved.logger, metrics: this.metrics };
-    this.#hub = new TaskHub({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
+    this.#reads = new FairReads({
+      maxConcurrent: resolved.catchUpReadConcurrency,
+      maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
+    });
+    this.#hub = new TaskHub({
+      ...shared,
+      retryDelayMs: resolved.storeRetryDelayMs,
+      reads: this.#reads,
+      maxReplayEvents: resolved.maxReplayEvents,
+    });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.
     this.leases = new LeaseKeeper({
@@ -174,10 +183,6 @@ export class ProgressServer<P extends Principal = Principal> {
       maxSubscriptions: resolved.maxSubscriptionsPerPrincipal,
       ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
       clock: resolved.clock,
-    });
-    this.#reads = new FairReads({
-      maxConcurrent: resolved.catchUpReadConcurrency,
-      maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
     });
     this.#pending = new PendingConnections({
       maxPerAddress: resolved.maxPendingConnectionsPerAddress,
@@ -552,7 +557,6 @@ export class ProgressServer<P extends Principal = Principal> {
         metrics: this.metrics,
         logger: this.#logger,
         limits: this.#limits,
-        reads: this.#reads,
         epoch: this.#epoch,
         // Counting the one being constructed too: it may say hello before it is added below.
         socketCount: () => this.#connections.size + (added ? 0 : 1),

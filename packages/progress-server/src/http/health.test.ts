@@ -1,7 +1,7 @@
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { readStoreHealth } from './health.js';
 import { RawClient, startServer, type TestServer } from '../testing/harness.js';
+import { readStoreHealth } from './health.js';
 
 /** `server.health()` and `GET {base}/healthz`: what a Kubernetes readiness probe sees. */
 

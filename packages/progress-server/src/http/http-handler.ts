@@ -10,18 +10,18 @@ import {
   TASK_STATUSES,
   toTaskView,
 } from '@finishline/core';
-import type { AckWriter } from '../hub/ack-writer.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { isOriginAllowed, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
-import type { ServerHealth } from './health.js';
+import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
-import type { StreamContext } from './sse-stream.js';
-import { streamTask } from './sse-stream.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import type { ServerHealth } from './health.js';
+import type { StreamContext } from './sse-stream.js';
+import { streamTask } from './sse-stream.js';
 
 /**
  * A request handler in the shape node `http`, Express and Connect share. Requests outside `basePath` (or

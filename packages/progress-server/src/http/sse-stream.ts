@@ -2,11 +2,11 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProgressStore, ServerFrame, Task, TaskEvent, Unsubscribe } from '@finishline/core';
 import { isTerminalType, toTaskView } from '@finishline/core';
 import { encodeFrame } from '@finishline/core/internal';
+import type { StoreEpoch } from '../hub/store-epoch.js';
+import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { PrincipalLimits } from '../principal-limits.js';
-import type { StoreEpoch } from '../hub/store-epoch.js';
-import type { TaskHub } from '../hub/task-hub.js';
 
 /**
  * `GET {basePath}/tasks/:id/stream`: one task over Server-Sent Events, for networks whose proxies refuse

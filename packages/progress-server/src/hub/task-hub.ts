@@ -1,13 +1,22 @@
+/**
+ * @module The per-process hub of live events: one store read per change, fanned out to every local
+ * subscriber, and the owner of each socket subscription's stream ({@link TaskStream}: backlog, gap
+ * repair, live events).
+ */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
+import type { FairReads } from './fair-reads.js';
+import type { StreamHub, StreamSink } from './task-stream.js';
+import { TaskStream } from './task-stream.js';
 
 /** A local consumer of a task's live events (one per socket subscription). */
 export interface HubSubscriber {
   /**
    * New events of the task: contiguous, in seq order, each handed to every subscriber once. A subscriber
-   * that missed earlier ones (it was still loading) catches up from the store on its own.
+   * that missed earlier ones (it was still loading) catches up from the store: a {@link TaskStream} does
+   * that for it.
    */
   deliver(events: readonly TaskEvent[]): void;
 }
@@ -37,6 +46,10 @@ const READ_LIMIT = 1000;
  * on the feed costs one store read, and its events go to every subscriber in seq order. Events appended
  * through this process are dispatched directly, in the tick their append resolves, without a read.
  *
+ * A socket subscription gets one unbroken stream from its cursor through {@link TaskHub.stream}: the hub
+ * reads its backlog (through {@link FairReads}, in its principal's turn), repairs gaps and hands it the
+ * live events, so a socket never reads the store for events.
+ *
  * The hub only remembers seqs (for subscribers' catch-up checks); it holds no event payloads.
  */
 export class TaskHub {
@@ -46,6 +59,8 @@ export class TaskHub {
   readonly #metrics: ServerMetrics;
   readonly #retryDelayMs: number;
   readonly #followed = new Map<string, Followed>();
+  /** What the streams of socket subscriptions use of the hub. */
+  readonly #streamHub: StreamHub;
   #stopFeed: Unsubscribe | undefined;
 
   constructor(options: {
@@ -53,12 +68,36 @@ export class TaskHub {
     logger: ProgressLogger;
     metrics: ServerMetrics;
     retryDelayMs: number;
+    /** The fair scheduler of subscription reads (task loads, backlogs, gap repairs). */
+    reads: FairReads;
+    /** A backlog longer than this is replaced by a snapshot. */
+    maxReplayEvents: number;
   }) {
     this.#store = options.store;
     this.#feed = options.store.changes;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#retryDelayMs = options.retryDelayMs;
+    this.#streamHub = {
+      store: options.store,
+      reads: options.reads,
+      metrics: options.metrics,
+      logger: options.logger,
+      maxReplayEvents: options.maxReplayEvents,
+      retryDelayMs: options.retryDelayMs,
+      latestSeq: (taskId) => this.latestSeq(taskId),
+      observe: (taskId, seq) => this.observe(taskId, seq),
+    };
+  }
+
+  /**
+   * Opens a subscriber's stream of `taskId`. It follows the task at once, before its first read, so no
+   * commit after that read goes unnoticed; reads run in `principalId`'s turn.
+   */
+  stream(taskId: string, principalId: string, sink: StreamSink): TaskStream {
+    return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink }, (stream) =>
+      this.follow(taskId, stream),
+    );
   }
 
   /** Starts listening to the store's change feed. */

@@ -8,14 +8,14 @@ import type {
   Unsubscribe,
 } from '@finishline/core';
 import { ErrorCode, isProgressError, isTerminalEvent, LIMITS, ProgressError } from '@finishline/core';
-import type { LeaseKeeper } from './lease-keeper.js';
+import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
+import { waitAtMost } from '../wait.js';
+import type { LeaseKeeper } from './lease-keeper.js';
 import type { TaskHandleControl, TaskHost } from './task-handle.js';
 import { TaskHandle } from './task-handle.js';
-import type { TaskHub } from '../hub/task-hub.js';
-import { waitAtMost } from '../wait.js';
 
 /** What {@link TaskApi.create} needs. */
 export interface CreateTaskOptions {
