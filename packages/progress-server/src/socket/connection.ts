@@ -1,6 +1,6 @@
 /**
  * @module One WebSocket's routing: frames in (decode, rate limit, dispatch), liveness, close and
- * shutdown. Authentication is the {@link AuthGate}'s, subscriptions are {@link Subscriptions}', and all
+ * shutdown. The frame budget is {@link FrameBudget}'s, authentication is the {@link AuthGate}'s, subscriptions are {@link Subscriptions}', and all
  * writing is the {@link SocketWriter}'s; this file only ties them to the socket.
  */
 import type { IncomingMessage } from 'node:http';
@@ -22,9 +22,8 @@ import type { PrincipalLimits } from '../principal-limits.js';
 import { delay, waitAtMost } from '../wait.js';
 import type { SocketState } from './auth-gate.js';
 import { AuthGate } from './auth-gate.js';
+import { FrameBudget } from './frame-budget.js';
 import { versionOfSubprotocol } from './protocol-version.js';
-import { TokenBucket } from './rate-limiter.js';
-import type { FrameRefs } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
 import { Subscriptions } from './subscriptions.js';
 
@@ -53,8 +52,6 @@ export interface ConnectionContext<P extends Principal> {
 const MAX_CLOSE_REASON = 123;
 /** How long a peer gets to complete the closing handshake before the socket is destroyed. */
 const CLOSE_GRACE_MS = 2000;
-/** A rate-limit violation streak ends after this long without a refused frame. */
-const VIOLATION_STREAK_MS = 1000;
 
 let nextConnectionId = 1;
 
@@ -68,7 +65,7 @@ export class Connection<P extends Principal> {
   readonly #ws: WebSocket;
   readonly #ctx: ConnectionContext<P>;
   readonly #options: ResolvedServerOptions<P>;
-  readonly #bucket: TokenBucket;
+  readonly #budget: FrameBudget;
   /** The protocol version of this socket, from the subprotocol selected at the upgrade. */
   readonly #version: ProtocolVersion;
   readonly #writer: SocketWriter;
@@ -79,9 +76,6 @@ export class Connection<P extends Principal> {
   #countedSocket = false;
   #closeTimer: NodeJS.Timeout | undefined;
   #alive = true;
-  #invalidFrames = 0;
-  #violations = 0;
-  #lastViolationAt = Number.NEGATIVE_INFINITY;
   readonly #closed: Promise<void>;
   #resolveClosed: () => void = () => {};
 
@@ -98,11 +92,6 @@ export class Connection<P extends Principal> {
     this.#ctx = ctx;
     this.#options = ctx.options;
     this.#version = versionOfSubprotocol(ws.protocol);
-    this.#bucket = new TokenBucket({
-      capacity: this.#options.rateLimitBurst,
-      refillPerSecond: this.#options.rateLimitPerSecond,
-      clock: this.#options.clock,
-    });
     this.#closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
@@ -123,6 +112,14 @@ export class Connection<P extends Principal> {
       guard,
       log: (taskId) => this.#subs.get(taskId),
     });
+    this.#budget = new FrameBudget({
+      options: this.#options,
+      metrics: ctx.metrics,
+      limits: ctx.limits,
+      writer: this.#writer,
+      principalId: () => (this.#gate.principal as P).id,
+      close: (code, reason) => this.close(code, reason),
+    });
     this.#subs = new Subscriptions<P>({
       ...common,
       options: this.#options,
@@ -133,7 +130,7 @@ export class Connection<P extends Principal> {
       writer: this.#writer,
       principal: () => this.#gate.principal as P,
       isOpen,
-      invalid: (code, message, refs) => this.#invalid(code, message, refs),
+      invalid: (code, message, refs) => this.#budget.invalid(code, message, refs),
       internalError: (error, requestId, taskId) => this.#internalError(error, requestId, taskId),
     });
     this.#gate = new AuthGate<P>({
@@ -260,7 +257,7 @@ export class Connection<P extends Principal> {
 
   #onDecoded(decoded: DecodeResult<ClientFrame>): void {
     if (!decoded.ok) {
-      if (!this.#takeToken(decoded.requestId)) return;
+      if (!this.#budget.take(decoded.requestId)) return;
       const { code, message, taskId } = decoded.error;
       const refs = {
         ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
@@ -273,14 +270,14 @@ export class Connection<P extends Principal> {
         this.#writer.sendError(code, message, refs);
         return;
       }
-      this.#invalid(code, message, refs);
+      this.#budget.invalid(code, message, refs);
       return;
     }
     const frame = decoded.frame;
     // Acks of new events are bounded by what the server sends, so they need no budget; anything else
     // (including repeated or bogus acks) pays one token.
     const free = frame.type === 'ack' && this.#subs.ackAdvances(frame);
-    if (!free && !this.#takeToken(frame.type === 'ack' || frame.type === 'auth' ? undefined : frame.id))
+    if (!free && !this.#budget.take(frame.type === 'ack' || frame.type === 'auth' ? undefined : frame.id))
       return;
     this.#handle(frame);
   }
@@ -350,39 +347,6 @@ export class Connection<P extends Principal> {
       ...this.#writer.epochField(),
       ...reconnectHint(this.#ctx.socketCount(), this.#options.reconnectsPerSecond),
     });
-  }
-
-  /** Takes one rate-limit token; on refusal answers every refused frame and closes a persistent flooder. */
-  #takeToken(requestId: string | undefined): boolean {
-    // The socket's own budget first, then its principal's, shared with the principal's other sockets.
-    if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame((this.#gate.principal as P).id)) return true;
-    const now = this.#options.clock();
-    if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
-    this.#lastViolationAt = now;
-    this.#violations += 1;
-    this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.RateLimited });
-    if (this.#violations >= this.#options.maxRateLimitViolations) {
-      this.close(CloseCode.RateLimited, 'rate limit exceeded');
-    } else {
-      // Every refused frame is answered, so a client never waits for the reply to a request that was
-      // dropped. No amplification: one small frame per refused one, and a streak of
-      // `maxRateLimitViolations` closes the socket.
-      this.#writer.sendError(
-        ErrorCode.RateLimited,
-        `Rate limit exceeded (${this.#options.rateLimitPerSecond} frames/s); frames are being dropped`,
-        requestId === undefined ? {} : { requestId },
-      );
-    }
-    return false;
-  }
-
-  #invalid(code: ErrorCode, message: string, refs: FrameRefs): void {
-    this.#ctx.metrics.framesRejected.inc({ code });
-    this.#invalidFrames += 1;
-    this.#writer.sendError(code, message, refs);
-    if (this.#invalidFrames >= this.#options.maxInvalidFrames) {
-      this.close(CloseCode.PolicyViolation, 'too many invalid frames');
-    }
   }
 
   // ── failures and teardown ─────────────────────────────────────────────────────────────────────
