@@ -1,3 +1,8 @@
+/**
+ * The health report of a replica: the change feed's state as the health check reads it.
+ *
+ * @module
+ */
 import type { ChangeFeed } from '@finishline/core';
 
 /**

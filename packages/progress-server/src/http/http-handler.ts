@@ -1,6 +1,8 @@
 /**
- * @module The HTTP API's routes: matching, authentication and per-task authorization, and the answer of
- * each route (list, task, events, cancel, SSE stream, ack, health).
+ * The HTTP API's routes: matching, authentication and per-task authorization, and the answer of each
+ * route (list, task, events, cancel, SSE stream, ack, health).
+ *
+ * @module
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProgressStore, Task } from '@finishline/core';

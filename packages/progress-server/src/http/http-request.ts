@@ -1,6 +1,8 @@
 /**
- * @module The HTTP plumbing of the API: error codes to statuses, the refusal type, the CSRF check of
- * mutating requests, query and body parsing, and JSON replies.
+ * The HTTP plumbing of the API: error codes to statuses, the refusal type, the CSRF check of mutating
+ * requests, query and body parsing, and JSON replies.
+ *
+ * @module
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { TaskStatus } from '@finishline/core';

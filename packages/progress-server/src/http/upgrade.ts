@@ -1,3 +1,9 @@
+/**
+ * The raw-socket side of an upgrade: the subprotocols a client offered, and refusing it with an HTTP
+ * status and a JSON error body.
+ *
+ * @module
+ */
 import { type IncomingMessage, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ErrorCode } from '@finishline/core';

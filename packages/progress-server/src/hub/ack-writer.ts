@@ -1,3 +1,8 @@
+/**
+ * Persists watchers' acknowledgements to the store, batched, deduplicated and retried.
+ *
+ * @module
+ */
 import type { ProgressStore } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';

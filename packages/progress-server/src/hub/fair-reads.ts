@@ -1,3 +1,8 @@
+/**
+ * The fair scheduler of subscription reads: bounds per principal and in total, round-robin turns.
+ *
+ * @module
+ */
 /** One queued read. */
 interface Job {
   readonly read: () => Promise<unknown>;

@@ -1,3 +1,8 @@
+/**
+ * The store's epoch as this replica last read it, announced in `hello` and snapshots.
+ *
+ * @module
+ */
 import type { ProgressStore } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';

@@ -1,7 +1,9 @@
 /**
- * @module The per-process hub of live events: one store read per change, fanned out to every local
- * subscriber, and the owner of each socket subscription's stream ({@link TaskStream}: backlog, gap
- * repair, live events).
+ * The per-process hub of live events: one store read per change, fanned out to every local subscriber,
+ * and the owner of each socket subscription's stream ({@link TaskStream}: backlog, gap repair, live
+ * events).
+ *
+ * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';

@@ -1,7 +1,9 @@
 /**
- * @module One subscriber's unbroken stream of a task's events, owned by the hub: the task load, the
- * backlog read from the subscriber's cursor, gap repair and the live events, all in order. Store reads go
+ * One subscriber's unbroken stream of a task's events, owned by the hub: the task load, the backlog
+ * read from the subscriber's cursor, gap repair and the live events, all in order. Store reads go
  * through {@link FairReads} in the subscriber's principal's turn.
+ *
+ * @module
  */
 import type { ProgressStore, Task, TaskEvent, TaskView, Unsubscribe } from '@finishline/core';
 import { isTerminalType, toTaskView } from '@finishline/core';

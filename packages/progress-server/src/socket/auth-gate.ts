@@ -1,7 +1,9 @@
 /**
- * @module The authentication gate of one socket: the first `auth` frame (with the frames pipelined
- * behind it), token renewal on an open socket (protocol 2), and the end of the socket when its
- * credential expires. It owns the socket's principal.
+ * The authentication gate of one socket: the first `auth` frame (with the frames pipelined behind it),
+ * token renewal on an open socket (protocol 2), and the end of the socket when its credential expires.
+ * It owns the socket's principal.
+ *
+ * @module
  */
 import type { IncomingMessage } from 'node:http';
 import type { ClientFrame, ProtocolVersion } from '@finishline/core';

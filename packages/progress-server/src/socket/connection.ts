@@ -1,7 +1,10 @@
 /**
- * @module One WebSocket's routing: frames in (decode, rate limit, dispatch), liveness, close and
- * shutdown. The frame budget is {@link FrameBudget}'s, authentication is the {@link AuthGate}'s, subscriptions are {@link Subscriptions}', and all
- * writing is the {@link SocketWriter}'s; this file only ties them to the socket.
+ * One WebSocket's routing: frames in (decode, rate limit, dispatch), liveness, close and shutdown. The
+ * frame budget is {@link FrameBudget}'s, authentication is the {@link AuthGate}'s, subscriptions are
+ * {@link Subscriptions}', and all writing is the {@link SocketWriter}'s; this file only ties them to
+ * the socket.
+ *
+ * @module
  */
 import type { IncomingMessage } from 'node:http';
 import type { ClientFrame, ProtocolVersion } from '@finishline/core';

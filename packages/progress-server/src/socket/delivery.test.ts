@@ -1,32 +1,14 @@
 import { ErrorCode, PROTOCOL_NAME, PROTOCOL_VERSION, ProgressError } from '@finishline/core';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import {
-  RawClient,
-  type Received,
-  seqOf,
-  serverFrameViolations,
-  sleep,
-  startServer,
-  type TestServer,
-} from '../testing/harness.js';
+import { describe, expect, it, vi } from 'vitest';
+import { type RawClient, type Received, seqOf, sleep } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
 
 /** Delivery over real sockets: subscribe, snapshot, replay, live, terminal retries, acks, heartbeats. */
 
-let env: TestServer | undefined;
-const clients: RawClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((client) => client.close()));
-  await env?.close();
-  env = undefined;
-  // Checked last, once every frame arrived and the cleanup ran.
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 async function connect(user = 'alice'): Promise<RawClient> {
-  if (env === undefined) throw new Error('no server');
-  const client = await RawClient.connect(env.wsUrl, { user });
-  clients.push(client);
+  const client = await session.connect({ user });
   return client;
 }
 
@@ -37,14 +19,14 @@ const isEvent = (taskId: string, type?: string) => (frame: Received) =>
 
 describe('subscribe and live delivery', () => {
   it('hands events appended in this process to local watchers without reading them back from the store', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 5 });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 5 });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
     // The memory store announces each commit on its feed before the append resolves, as Postgres's
     // NOTIFY can: the hub must not read what the append is about to hand over.
-    const readEvents = vi.spyOn(env.store, 'readEvents');
+    const readEvents = vi.spyOn(session.env.store, 'readEvents');
     for (let i = 1; i <= 5; i++) {
       const event = await task.item({ key: `node-${i}`, ok: true });
       await client.next(
@@ -56,7 +38,7 @@ describe('subscribe and live delivery', () => {
   });
 
   it('asks its clients in hello to spread their first retry over open sockets / reconnectsPerSecond', async () => {
-    env = await startServer({ reconnectsPerSecond: 10 });
+    await session.start({ reconnectsPerSecond: 10 });
     const first = await connect();
     const second = await connect();
     const third = await connect();
@@ -68,15 +50,15 @@ describe('subscribe and live delivery', () => {
   });
 
   it('says hello with the negotiated subprotocol, then answers afterSeq 0 with a snapshot and streams live events', async () => {
-    env = await startServer({ heartbeatIntervalMs: 60_000 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
     await task.progress({ message: 'starting' });
     const client = await connect();
     expect(client.ws.protocol).toBe(PROTOCOL_NAME);
     expect(client.frames[0]).toMatchObject({
       type: 'hello',
       protocol: PROTOCOL_VERSION,
-      serverId: env.server.serverId,
+      serverId: session.env.server.serverId,
       heartbeatIntervalMs: 60_000,
     });
 
@@ -111,8 +93,8 @@ describe('subscribe and live delivery', () => {
   });
 
   it('replays the events after afterSeq, then continues live', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 5; i++) await task.progress({ done: i });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
@@ -125,12 +107,12 @@ describe('subscribe and live delivery', () => {
       ['event', 5],
       ['event', 6],
     ]);
-    expect(await env.server.metrics.resumes.get()).toMatchObject({ values: [{ value: 1 }] });
+    expect(await session.env.server.metrics.resumes.get()).toMatchObject({ values: [{ value: 1 }] });
   });
 
   it('answers a backlog longer than maxReplayEvents with a snapshot', async () => {
-    env = await startServer({ maxReplayEvents: 3 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ maxReplayEvents: 3 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 6; i++) await task.progress({ done: i });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
@@ -138,33 +120,33 @@ describe('subscribe and live delivery', () => {
     expect(seqOf(snapshot)).toBe(6);
     await client.sync();
     expect(client.about(task.id)).toHaveLength(1);
-    const resyncs = await env.server.metrics.resyncs.get();
+    const resyncs = await session.env.server.metrics.resyncs.get();
     expect(resyncs.values).toContainEqual(
       expect.objectContaining({ labels: { reason: 'replay_limit' }, value: 1 }),
     );
   });
 
   it('delivers events appended by another writer of the store (the change feed path)', async () => {
-    env = await startServer();
-    const created = await env.store.createTask({ owner: 'alice', kind: 'external' });
+    await session.start();
+    const created = await session.env.store.createTask({ owner: 'alice', kind: 'external' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: created.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
-    await env.store.append(created.id, { type: 'item', key: 'a', ok: true });
-    await env.store.append(created.id, { type: 'completed' });
+    await session.env.store.append(created.id, { type: 'item', key: 'a', ok: true });
+    await session.env.store.append(created.id, { type: 'completed' });
     await client.next(isEvent(created.id, 'completed'));
     expect(client.about(created.id).map(seqOf)).toEqual([0, 1, 2]);
   });
 
   it('reads the store once per change however many local sockets follow the task', async () => {
-    env = await startServer();
-    const created = await env.store.createTask({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const created = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
     const watchers = await Promise.all([connect(), connect(), connect()]);
     for (const watcher of watchers) watcher.send({ type: 'subscribe', taskId: created.id, afterSeq: 0 });
     await Promise.all(watchers.map((watcher) => watcher.next((frame) => frame.type === 'snapshot')));
-    const reads = vi.spyOn(env.store, 'readEvents');
+    const reads = vi.spyOn(session.env.store, 'readEvents');
     for (let i = 1; i <= 4; i++) {
-      await env.store.append(created.id, { type: 'progress', done: i });
+      await session.env.store.append(created.id, { type: 'progress', done: i });
       await Promise.all(
         watchers.map((watcher) => watcher.next((frame) => frame.type === 'event' && seqOf(frame) === i)),
       );
@@ -174,8 +156,8 @@ describe('subscribe and live delivery', () => {
   });
 
   it('resyncs a resubscribed task from the new afterSeq', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 3; i++) await task.progress({ done: i });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -187,15 +169,15 @@ describe('subscribe and live delivery', () => {
       ['event', 2],
       ['event', 3],
     ]);
-    const resyncs = await env.server.metrics.resyncs.get();
+    const resyncs = await session.env.server.metrics.resyncs.get();
     expect(resyncs.values).toContainEqual(
       expect.objectContaining({ labels: { reason: 'resubscribe' }, value: 1 }),
     );
   });
 
   it('stops delivering after unsubscribe', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
@@ -205,11 +187,11 @@ describe('subscribe and live delivery', () => {
     await task.complete();
     await client.sync();
     expect(client.about(task.id)).toHaveLength(1);
-    expect(await env.server.metrics.subscriptions.get()).toMatchObject({ values: [{ value: 0 }] });
+    expect(await session.env.server.metrics.subscriptions.get()).toMatchObject({ values: [{ value: 0 }] });
   });
 
   it('answers a ping with a pong echoing its id', async () => {
-    env = await startServer();
+    await session.start();
     const client = await connect();
     client.send({ type: 'ping', id: 'p-1' });
     const pong = await client.next((frame) => frame.type === 'pong');
@@ -218,8 +200,8 @@ describe('subscribe and live delivery', () => {
   });
 
   it('sends a snapshot of an already finished task and a terminal snapshot is retried until acked', async () => {
-    env = await startServer({ terminalRetry: { initialDelayMs: 10, maxDelayMs: 20 } });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ terminalRetry: { initialDelayMs: 10, maxDelayMs: 20 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.fail({ code: 'boom', message: 'exploded' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -230,17 +212,17 @@ describe('subscribe and live delivery', () => {
     expect((client.about(task.id)[0]!.task as { status: string }).status).toBe('failed');
     client.send({ type: 'ack', taskId: task.id, seq: 1 });
     await client.sync();
-    await expect.poll(async () => (await env?.store.getTask(task.id))?.ackedSeq).toBe(1);
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(1);
   });
 });
 
 describe('store failures', () => {
   it('answers a subscribe the store cannot serve with its error code, and the socket stays usable', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
-    const getTask = env.store.getTask.bind(env.store);
-    vi.spyOn(env.store, 'getTask').mockImplementationOnce(async () => {
+    const getTask = session.env.store.getTask.bind(session.env.store);
+    vi.spyOn(session.env.store, 'getTask').mockImplementationOnce(async () => {
       throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
     });
     client.send({ type: 'subscribe', id: 'first', taskId: task.id, afterSeq: 0 });
@@ -249,32 +231,32 @@ describe('store failures', () => {
       requestId: 'first',
       taskId: task.id,
     });
-    vi.spyOn(env.store, 'getTask').mockImplementation(getTask);
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(getTask);
     client.send({ type: 'subscribe', id: 'second', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
   });
 
   it('retries a failed live read and then delivers the events in order', async () => {
-    env = await startServer({ storeRetryDelayMs: 20 });
-    const created = await env.store.createTask({ owner: 'alice', kind: 'k' });
+    await session.start({ storeRetryDelayMs: 20 });
+    const created = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: created.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
-    vi.spyOn(env.store, 'readEvents').mockRejectedValueOnce(
+    vi.spyOn(session.env.store, 'readEvents').mockRejectedValueOnce(
       new ProgressError(ErrorCode.StoreUnavailable, 'blip'),
     );
-    await env.store.append(created.id, { type: 'progress', done: 1 });
-    await env.store.append(created.id, { type: 'completed' });
+    await session.env.store.append(created.id, { type: 'progress', done: 1 });
+    await session.env.store.append(created.id, { type: 'completed' });
     await client.next(isEvent(created.id, 'completed'));
     expect(client.about(created.id).map(seqOf)).toEqual([0, 1, 2]);
-    expect((await env.server.metrics.storeErrors.get()).values[0]?.value).toBe(1);
+    expect((await session.env.server.metrics.storeErrors.get()).values[0]?.value).toBe(1);
   });
 });
 
 describe('terminal retries and acks', () => {
   it('does not retry a terminal snapshot for a client that resumed from the terminal seq', async () => {
-    env = await startServer({ terminalRetry: { initialDelayMs: 5, maxDelayMs: 10 } });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ terminalRetry: { initialDelayMs: 5, maxDelayMs: 10 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
     await task.complete();
     const client = await connect();
@@ -290,15 +272,15 @@ describe('terminal retries and acks', () => {
   });
 
   it('re-sends an unacknowledged terminal event with backoff, and stops once it is acked', async () => {
-    env = await startServer({ terminalRetry: { initialDelayMs: 10, multiplier: 2, maxDelayMs: 40 } });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ terminalRetry: { initialDelayMs: 10, multiplier: 2, maxDelayMs: 40 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
     await task.complete({ result: { ok: true } });
     const terminalCount = () => client.frames.filter(isEvent(task.id, 'completed')).length;
     await client.next(() => terminalCount() >= 3);
-    expect(await env.server.metrics.unackedTerminals.get()).toMatchObject({ values: [{ value: 1 }] });
+    expect(await session.env.server.metrics.unackedTerminals.get()).toMatchObject({ values: [{ value: 1 }] });
 
     client.send({ type: 'ack', taskId: task.id, seq: 1 });
     await client.sync();
@@ -307,27 +289,29 @@ describe('terminal retries and acks', () => {
     await sleep(200);
     await client.sync();
     expect(terminalCount()).toBe(afterAck);
-    expect(await env.server.metrics.unackedTerminals.get()).toMatchObject({ values: [{ value: 0 }] });
-    const latency = await env.server.metrics.terminalAckLatency.get();
+    expect(await session.env.server.metrics.unackedTerminals.get()).toMatchObject({ values: [{ value: 0 }] });
+    const latency = await session.env.server.metrics.terminalAckLatency.get();
     expect(latency.values.find((value) => value.metricName?.endsWith('_count'))?.value).toBe(1);
-    await expect.poll(async () => (await env?.store.getTask(task.id))?.ackedSeq).toBe(1);
-    expect((await env.server.metrics.terminalRetries.get()).values[0]?.value).toBeGreaterThanOrEqual(2);
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(1);
+    expect((await session.env.server.metrics.terminalRetries.get()).values[0]?.value).toBeGreaterThanOrEqual(
+      2,
+    );
   });
 
   it('pushes a locally committed terminal event before the append promise is observed by the caller', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
     // Reads of the store are slowed down: only the direct local path can deliver within the tick.
-    const store = env.store;
+    const store = session.env.store;
     const read = store.readEvents.bind(store);
     vi.spyOn(store, 'readEvents').mockImplementation(async (...args) => {
       await sleep(100);
       return read(...args);
     });
-    const sent = vi.spyOn(env.server.metrics.eventsSent, 'inc');
+    const sent = vi.spyOn(session.env.server.metrics.eventsSent, 'inc');
     await task.complete();
     // No timer and no poll in between: the frame was handed to the socket in the tick the append resolved.
     expect(sent).toHaveBeenCalledTimes(1);
@@ -335,11 +319,11 @@ describe('terminal retries and acks', () => {
   });
 
   it('refuses an ack beyond what the socket was sent, and ignores acks of unfollowed tasks', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
-    const other = await env.store.createTask({ owner: 'bob', kind: 'k' });
-    await env.store.append(other.id, { type: 'progress', done: 1 });
+    const other = await session.env.store.createTask({ owner: 'bob', kind: 'k' });
+    await session.env.store.append(other.id, { type: 'progress', done: 1 });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
@@ -348,16 +332,16 @@ describe('terminal retries and acks', () => {
     expect(error).toMatchObject({ code: 'invalid_input', taskId: task.id });
     client.send({ type: 'ack', taskId: other.id, seq: 1 });
     await client.sync();
-    expect((await env.store.getTask(other.id))?.ackedSeq).toBe(0);
-    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(0);
+    expect((await session.env.store.getTask(other.id))?.ackedSeq).toBe(0);
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(0);
   });
 });
 
 describe('heartbeats', () => {
   it('carries the seq of every followed task, as sent on this socket', async () => {
-    env = await startServer({ heartbeatIntervalMs: 30 });
-    const first = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
-    const second = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ heartbeatIntervalMs: 30 });
+    const first = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const second = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await first.progress({ done: 1 });
     await first.progress({ done: 2 });
     const client = await connect();
@@ -376,11 +360,11 @@ describe('heartbeats', () => {
   });
 
   it('lists a task still being loaded with the seq the client resumed from', async () => {
-    env = await startServer({ heartbeatIntervalMs: 20 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ heartbeatIntervalMs: 20 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 3; i++) await task.progress({ done: i });
-    const getTask = env.store.getTask.bind(env.store);
-    vi.spyOn(env.store, 'getTask').mockImplementation(async (taskId) => {
+    const getTask = session.env.store.getTask.bind(session.env.store);
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(async (taskId) => {
       await sleep(150);
       return getTask(taskId);
     });
@@ -394,12 +378,11 @@ describe('heartbeats', () => {
   });
 
   it('terminates a socket that stops answering pings', async () => {
-    env = await startServer({ heartbeatIntervalMs: 20 });
+    await session.start({ heartbeatIntervalMs: 20 });
     // A client that never answers pings: the server must see a dead peer.
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice', autoPong: false });
-    clients.push(client);
+    const client = await session.connect({ user: 'alice', autoPong: false });
     const closed = await client.closed;
     expect(closed.code).toBe(1006);
-    await expect.poll(() => env?.server.connectionCount).toBe(0);
+    await expect.poll(() => session.env.server.connectionCount).toBe(0);
   });
 });

@@ -1,3 +1,8 @@
+/**
+ * The encoded `event` frame of each event, computed once per process for every socket.
+ *
+ * @module
+ */
 import type { TaskEvent } from '@finishline/core';
 import { encodeFrame } from '@finishline/core/internal';
 

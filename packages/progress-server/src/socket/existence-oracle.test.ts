@@ -1,5 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
+import { describe, expect, it } from 'vitest';
+import { useServerSession } from '../testing/session.js';
 
 /**
  * Issue 10, item 6: a missing task and another owner's task got different answers (`task_not_found` vs
@@ -7,29 +7,18 @@ import { RawClient, serverFrameViolations, startServer, type TestServer } from '
  * must be indistinguishable; `revealTaskExistence` restores distinct answers.
  */
 
-let env: TestServer | undefined;
-const clients: RawClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((client) => client.close()));
-  await env?.close();
-  env = undefined;
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 /** What a subscribe to `taskId` is answered, with the id replaced so two answers can be compared. */
 async function wsAnswer(taskId: string): Promise<unknown> {
-  if (env === undefined) throw new Error('no server');
-  const client = await RawClient.connect(env.wsUrl, { user: 'mallory' });
-  clients.push(client);
+  const client = await session.connect({ user: 'mallory' });
   client.send({ type: 'subscribe', id: 'q', taskId, afterSeq: 0 });
   const frame = await client.next((f) => f.type === 'error');
   return JSON.parse(JSON.stringify(frame).replaceAll(taskId, '<id>'));
 }
 
 async function httpAnswer(path: string, taskId: string, method = 'GET'): Promise<unknown> {
-  if (env === undefined) throw new Error('no server');
-  const response = await fetch(`${env.httpUrl}${path}`, {
+  const response = await fetch(`${session.env.httpUrl}${path}`, {
     method,
     headers: { 'x-user': 'mallory', 'content-type': 'application/json' },
     ...(method === 'POST' ? { body: '{}' } : {}),
@@ -40,8 +29,8 @@ async function httpAnswer(path: string, taskId: string, method = 'GET'): Promise
 
 describe('existence oracle', () => {
   it("answers another owner's task exactly like a missing one, over WebSocket and HTTP", async () => {
-    env = await startServer();
-    await env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
+    await session.start();
+    await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
     const missing = 'taint-43';
     const existing = 'taint-42';
     const ws = await wsAnswer(existing);
@@ -57,12 +46,12 @@ describe('existence oracle', () => {
       expect(a, suffix).toEqual(b);
       expect(a, suffix).toMatchObject({ status: 404 });
     }
-    expect((await env.store.getTask(existing))?.status).toBe('running');
+    expect((await session.env.store.getTask(existing))?.status).toBe('running');
   });
 
   it('gives distinct answers with revealTaskExistence', async () => {
-    env = await startServer({ revealTaskExistence: true });
-    await env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
+    await session.start({ revealTaskExistence: true });
+    await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
     expect(await wsAnswer('taint-42')).toMatchObject({ code: 'forbidden' });
     expect(await wsAnswer('taint-43')).toMatchObject({ code: 'task_not_found' });
     expect(await httpAnswer('/progress/tasks/taint-42', 'taint-42')).toMatchObject({ status: 403 });
@@ -70,8 +59,8 @@ describe('existence oracle', () => {
   });
 
   it('answers 403 to a principal who may watch but not cancel (the task is no secret to it)', async () => {
-    env = await startServer({ authorize: (_principal, _task, action) => action === 'watch' });
-    await env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
+    await session.start({ authorize: (_principal, _task, action) => action === 'watch' });
+    await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
     expect(await httpAnswer('/progress/tasks/taint-42/cancel', 'taint-42', 'POST')).toMatchObject({
       status: 403,
     });

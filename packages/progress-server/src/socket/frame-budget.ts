@@ -1,7 +1,9 @@
 /**
- * @module The frame budget of one socket: its own token bucket, its principal's shared frame rate, the
- * streak of refused frames that closes a flooder, and the count of invalid frames that closes a broken
+ * The frame budget of one socket: its own token bucket, its principal's shared frame rate, the streak
+ * of refused frames that closes a flooder, and the count of invalid frames that closes a broken
  * client.
+ *
+ * @module
  */
 import { CloseCode, ErrorCode } from '@finishline/core';
 import type { ServerMetrics } from '../metrics.js';

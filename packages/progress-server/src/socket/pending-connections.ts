@@ -1,3 +1,8 @@
+/**
+ * Connections not authenticated yet, capped per remote address (the oldest goes first).
+ *
+ * @module
+ */
 import type { Duplex } from 'node:stream';
 
 /** A socket as the tracker needs it: its peer address (a `net.Socket` has one) and a way to end it. */

@@ -1,32 +1,16 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import {
-  RawClient,
-  type Received,
-  serverFrameViolations,
-  sleep,
-  startServer,
-  type TestServer,
-} from '../testing/harness.js';
+import { describe, expect, it } from 'vitest';
+import { type RawClient, type Received, sleep } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
 
 /**
  * Issue 14, found #2–#12: what the server answers where docs/protocol.md and the server used to part
  * ways. Each test pins the documented behaviour.
  */
 
-let env: TestServer | undefined;
-const clients: RawClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((client) => client.close()));
-  await env?.close();
-  env = undefined;
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 async function connect(options: { user?: string; hello?: boolean } = {}): Promise<RawClient> {
-  if (env === undefined) throw new Error('no server');
-  const client = await RawClient.connect(env.wsUrl, { user: 'alice', ...options });
-  clients.push(client);
+  const client = await session.connect({ user: 'alice', ...options });
   return client;
 }
 
@@ -34,7 +18,7 @@ const errors = (client: RawClient) => client.frames.filter((frame) => frame.type
 
 describe('answers the protocol documents', () => {
   it('#7: unknown frame types are answered and never count toward the invalid-frame limit', async () => {
-    env = await startServer({ maxInvalidFrames: 3 });
+    await session.start({ maxInvalidFrames: 3 });
     const client = await connect();
     for (let i = 0; i < 10; i++) client.send({ type: 'from-the-future', id: `f${i}` });
     client.send({ type: 'ping', id: 'still-here' });
@@ -46,8 +30,8 @@ describe('answers the protocol documents', () => {
   });
 
   it('#6: every rate-limited frame is answered, subscribes included', async () => {
-    env = await startServer({ rateLimitPerSecond: 1, rateLimitBurst: 2, maxRateLimitViolations: 50 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ rateLimitPerSecond: 1, rateLimitBurst: 2, maxRateLimitViolations: 50 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'ping', id: 'a' });
     client.send({ type: 'ping', id: 'b' });
@@ -61,8 +45,8 @@ describe('answers the protocol documents', () => {
   });
 
   it('#12: an ack for a task the socket does not follow is answered, and not counted as invalid', async () => {
-    env = await startServer({ maxInvalidFrames: 2 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ maxInvalidFrames: 2 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
     const client = await connect();
     for (let i = 0; i < 3; i++) client.send({ type: 'ack', taskId: task.id, seq: 1 });
@@ -72,7 +56,7 @@ describe('answers the protocol documents', () => {
     );
     await client.sync();
     expect(client.ws.readyState).toBe(client.ws.OPEN);
-    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(0);
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(0);
     // After an unsubscribe, a late ack is the expected race: silent.
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
     client.send({ type: 'unsubscribe', taskId: task.id });
@@ -82,8 +66,8 @@ describe('answers the protocol documents', () => {
   });
 
   it('#2: an ack above the task’s seq is refused with invalid_input and records nothing', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
     await task.progress({ done: 2 });
     const client = await connect();
@@ -93,12 +77,12 @@ describe('answers the protocol documents', () => {
     expect(error).toMatchObject({ code: 'invalid_input', taskId: task.id });
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     await client.sync();
-    await expect.poll(async () => (await env?.store.getTask(task.id))?.ackedSeq).toBe(2);
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(2);
   });
 
   it('#3: a terminal snapshot is re-sent until acknowledged, then no more', async () => {
-    env = await startServer({ terminalRetry: { initialDelayMs: 20, maxDelayMs: 40 } });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ terminalRetry: { initialDelayMs: 20, maxDelayMs: 40 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.complete({ result: { ok: true } });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -112,7 +96,7 @@ describe('answers the protocol documents', () => {
   });
 
   it('#5: an oversized client frame closes with 1009 and no error frame (frame_too_large is never sent)', async () => {
-    env = await startServer({ maxPayloadBytes: 2048 });
+    await session.start({ maxPayloadBytes: 2048 });
     const client = await connect();
     client.sendRaw(JSON.stringify({ type: 'ping', id: 'x'.repeat(4096) }));
     expect((await client.closed).code).toBe(1009);
@@ -120,34 +104,31 @@ describe('answers the protocol documents', () => {
   });
 
   it('#11: shutdown closes with 1001 and sends no `closed` error frame', async () => {
-    env = await startServer();
+    await session.start();
     const client = await connect();
-    const closing = env.close();
+    const closing = session.env.close();
     expect((await client.closed).code).toBe(1001);
     await closing;
-    env = undefined;
     expect(errors(client)).toEqual([]);
   });
 
   it('#8: before authentication, any first frame but a valid auth gets unauthenticated + 4001', async () => {
-    env = await startServer({
+    await session.start({
       authenticate: () => null,
       authenticateToken: (token) => (token === 't' ? { id: 'alice' } : null),
     });
-    const client = await RawClient.connect(env.wsUrl, { hello: false });
-    clients.push(client);
+    const client = await session.connect({ hello: false });
     client.sendRaw('{"type":"ping"');
     expect((await client.closed).code).toBe(4001);
     expect(errors(client)).toEqual([expect.objectContaining({ code: 'unauthenticated' })]);
   });
 
   it('#8: after authentication, an auth frame renews the credential (v2: a new hello; v1: invalid_frame)', async () => {
-    env = await startServer({
+    await session.start({
       authenticate: () => null,
       authenticateToken: (token) => (token === 't' ? { id: 'alice' } : null),
     });
-    const client = await RawClient.connect(env.wsUrl, { hello: false });
-    clients.push(client);
+    const client = await session.connect({ hello: false });
     client.send({ type: 'auth', token: 't', protocol: 2 });
     await client.next((frame: Received) => frame.type === 'hello');
     const from = client.frames.length;
@@ -158,13 +139,13 @@ describe('answers the protocol documents', () => {
   });
 
   it('#10: the HTTP API answers with the documented routes, shapes and statuses', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
     await task.progress({ done: 2 });
-    const other = await env.server.tasks.create({ owner: 'bob', kind: 'k' });
+    const other = await session.env.server.tasks.create({ owner: 'bob', kind: 'k' });
     const get = (path: string, user = 'alice') =>
-      fetch(`${env?.httpUrl}/progress${path}`, { headers: { 'x-user': user } });
+      fetch(`${session.env.httpUrl}/progress${path}`, { headers: { 'x-user': user } });
     const list = await get('/tasks?status=running&limit=10');
     expect(list.status).toBe(200);
     expect(list.headers.get('cache-control')).toBe('no-store');
@@ -177,12 +158,12 @@ describe('answers the protocol documents', () => {
     expect([missing.status, hidden.status]).toEqual([404, 404]);
     expect(((await hidden.json()) as { error: { code: string } }).error.code).toBe('task_not_found');
     expect((await get('/tasks', '')).status).toBe(401);
-    const wrongMethod = await fetch(`${env.httpUrl}/progress/tasks/${task.id}`, {
+    const wrongMethod = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}`, {
       method: 'DELETE',
       headers: { 'x-user': 'alice' },
     });
     expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'GET']);
-    const notJson = await fetch(`${env.httpUrl}/progress/tasks/${task.id}/cancel`, {
+    const notJson = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}/cancel`, {
       method: 'POST',
       headers: { 'x-user': 'alice', 'content-type': 'text/plain' },
       body: '{}',

@@ -1,3 +1,8 @@
+/**
+ * A token bucket on an injected clock, the unit of every frame rate limit.
+ *
+ * @module
+ */
 import type { Clock } from '@finishline/core';
 
 /**

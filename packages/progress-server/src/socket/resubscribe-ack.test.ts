@@ -1,5 +1,6 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
+import { describe, expect, it } from 'vitest';
+import type { RawClient } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
 
 /**
  * Regression (found by the client's end-to-end fault-schedule test): a client that resubscribes while
@@ -9,27 +10,17 @@ import { RawClient, serverFrameViolations, startServer, type TestServer } from '
  * sent on this socket (0)"), although it had sent that seq on this very socket.
  */
 
-let env: TestServer | undefined;
-const clients: RawClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((client) => client.close()));
-  await env?.close();
-  env = undefined;
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 async function connect(): Promise<RawClient> {
-  if (env === undefined) throw new Error('no server');
-  const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
-  clients.push(client);
+  const client = await session.connect({ user: 'alice' });
   return client;
 }
 
 describe('acks across a resubscribe', () => {
   it('accepts an ack of a seq sent on the socket by the previous stream, before the new subscribe is answered', async () => {
-    env = await startServer({ heartbeatIntervalMs: 60_000 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
     await task.item({ key: 'a', ok: true });
     await task.complete();
     const client = await connect();
@@ -41,12 +32,12 @@ describe('acks across a resubscribe', () => {
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     await client.sync();
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
-    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(2);
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(2);
   });
 
   it('still refuses an ack beyond anything sent on the socket', async () => {
-    env = await startServer({ heartbeatIntervalMs: 60_000 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -55,6 +46,6 @@ describe('acks across a resubscribe', () => {
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     const error = await client.next((frame) => frame.type === 'error');
     expect(error).toMatchObject({ code: 'invalid_input', taskId: task.id });
-    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(0);
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(0);
   });
 });

@@ -1,7 +1,9 @@
 /**
- * @module Connection routing: the WebSocket upgrades (checked, authenticated, refused with an HTTP
- * status) and the caller's `WebSocketServer` sockets (refused with close codes), each accepted one
- * becoming a {@link Connection}; the set of open connections, their heartbeat and their shutdown.
+ * Connection routing: the WebSocket upgrades (checked, authenticated, refused with an HTTP status) and
+ * the caller's `WebSocketServer` sockets (refused with close codes), each accepted one becoming a
+ * {@link Connection}; the set of open connections, their heartbeat and their shutdown.
+ *
+ * @module
  */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';

@@ -1,6 +1,8 @@
 /**
- * @module Everything one socket writes: the send queue and its drain under backpressure, the terminal
- * re-send timer, and `error` frames. It decides how and when bytes go out, never what a subscription is.
+ * Everything one socket writes: the send queue and its drain under backpressure, the terminal re-send
+ * timer, and `error` frames. It decides how and when bytes go out, never what a subscription is.
+ *
+ * @module
  */
 import type {
   ErrorCode,

@@ -1,7 +1,9 @@
 /**
- * @module One followed task on one socket: its cursor, what the client may acknowledge, its terminal
- * frame's re-send state, and its current stream from the hub. One staleness check
- * ({@link Subscription.isCurrent}) says whether async work started for it still applies.
+ * One followed task on one socket: its cursor, what the client may acknowledge, its terminal frame's
+ * re-send state, and its current stream from the hub. One staleness check ({@link
+ * Subscription.isCurrent}) says whether async work started for it still applies.
+ *
+ * @module
  */
 import type { TaskEvent, TaskView } from '@finishline/core';
 import type { StreamSink, TaskStream } from '../hub/task-stream.js';

@@ -1,6 +1,8 @@
 /**
- * @module The subscriptions of one socket: subscribe (caps, load, authorization, where the stream
- * starts), unsubscribe, acks, and the re-check of every subscription after a token renewal.
+ * The subscriptions of one socket: subscribe (caps, load, authorization, where the stream starts),
+ * unsubscribe, acks, and the re-check of every subscription after a token renewal.
+ *
+ * @module
  */
 import type { AckFrame, ProtocolVersion, SubscribeFrame, Task } from '@finishline/core';
 import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';

@@ -1,30 +1,15 @@
 import { PROTOCOL_NAME_V1 } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Principal } from '../auth.js';
-import {
-  RawClient,
-  type Received,
-  seqOf,
-  serverFrameViolations,
-  sleep,
-  startServer,
-  type TestServer,
-} from '../testing/harness.js';
+import { type RawClient, type Received, seqOf, sleep, type TestServer } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
 
 /**
  * Issue 14, what-to-build 5: a credential that expires mid-task, renewed with an `auth` frame on the
  * open socket (protocol version 2), or ending the socket with `token_expired` and close 4011.
  */
 
-let env: TestServer | undefined;
-const clients: RawClient[] = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((client) => client.close()));
-  await env?.close();
-  env = undefined;
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 /** Tokens `<user>:<ms of validity>`; the principal expires that long after the token is checked. */
 const expiringTokens = (token: string): Principal | null => {
@@ -37,19 +22,16 @@ let revoked = new Set<string>();
 
 async function start(): Promise<TestServer> {
   revoked = new Set();
-  env = await startServer({
+  return session.start({
     authenticate: () => null,
     authenticateToken: expiringTokens,
     authorize: (principal, task) => task.owner === principal.id && !revoked.has(task.id),
     heartbeatIntervalMs: 60_000,
   });
-  return env;
 }
 
 async function authed(token: string, protocols?: string[]): Promise<RawClient> {
-  if (env === undefined) throw new Error('no server');
-  const client = await RawClient.connect(env.wsUrl, { hello: false, ...(protocols ? { protocols } : {}) });
-  clients.push(client);
+  const client = await session.connect({ hello: false, ...(protocols ? { protocols } : {}) });
   client.send({ type: 'auth', token, protocol: protocols === undefined ? 2 : 1 });
   await client.next((frame) => frame.type === 'hello');
   return client;
@@ -119,9 +101,7 @@ describe('token expiry and renewal', () => {
 
   it('an already expired credential is refused at once with 4011', async () => {
     await start();
-    if (env === undefined) throw new Error('no server');
-    const client = await RawClient.connect(env.wsUrl, { hello: false });
-    clients.push(client);
+    const client = await session.connect({ hello: false });
     client.send({ type: 'auth', token: 'alice:-1', protocol: 2 });
     expect((await client.closed).code).toBe(4011);
   });

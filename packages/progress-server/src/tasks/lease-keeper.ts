@@ -1,3 +1,8 @@
+/**
+ * Leases of the tasks this replica runs: renewing its own, reaping other replicas' expired ones.
+ *
+ * @module
+ */
 import type { AppendResult, ProgressStore } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';

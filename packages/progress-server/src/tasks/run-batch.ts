@@ -1,3 +1,9 @@
+/**
+ * `runBatch`: runs a worker over items with bounded concurrency, reporting through a narrow task
+ * interface.
+ *
+ * @module
+ */
 import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
 import { exhaustive } from '@finishline/core/internal';

@@ -1,3 +1,8 @@
+/**
+ * The task API (`server.tasks`): create, resume and look up the tasks this replica runs.
+ *
+ * @module
+ */
 import type {
   AppendInput,
   AppendResult,

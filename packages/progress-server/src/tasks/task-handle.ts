@@ -1,3 +1,8 @@
+/**
+ * The handle of one running task: progress, items, logs and its one terminal event.
+ *
+ * @module
+ */
 import type {
   AppendInput,
   CancelledEvent,
