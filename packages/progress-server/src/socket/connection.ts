@@ -13,36 +13,19 @@ import type { DecodeResult } from '@finishline/core/internal';
 import { decodeClientFrame } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { Principal } from '../auth.js';
-import type { Authenticator } from '../authenticator.js';
-import type { AckWriter } from '../hub/ack-writer.js';
-import type { StoreEpoch } from '../hub/store-epoch.js';
-import type { TaskHub } from '../hub/task-hub.js';
-import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
-import type { ServerMetrics } from '../metrics.js';
 import type { ResolvedServerOptions } from '../options.js';
-import type { PrincipalLimits } from '../principal-limits.js';
 import { delay, waitAtMost } from '../wait.js';
 import type { SocketState } from './auth-gate.js';
 import { AuthGate } from './auth-gate.js';
 import { FrameBudget } from './frame-budget.js';
 import { versionOfSubprotocol } from './protocol-version.js';
+import type { SocketServices } from './services.js';
 import { SocketWriter } from './socket-writer.js';
 import { Subscriptions } from './subscriptions.js';
 
 /** What a connection needs from its server. */
-export interface ConnectionContext<P extends Principal> {
-  readonly options: ResolvedServerOptions<P>;
-  readonly auth: Authenticator<P>;
-  /** The hub: every subscription's events (backlog, gap repair, live) come from it. */
-  readonly hub: TaskHub;
-  readonly acks: AckWriter;
-  readonly metrics: ServerMetrics;
-  readonly logger: ProgressLogger;
-  /** Per-principal socket and subscription counts, shared by the server's connections. */
-  readonly limits: PrincipalLimits;
-  /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
-  readonly epoch: StoreEpoch;
+export interface ConnectionContext<P extends Principal> extends SocketServices<P> {
   /** Number of open connections of the server (for the reconnect hint in `hello`). */
   socketCount(): number;
   /** Called once, when the socket has closed and the connection released everything. */

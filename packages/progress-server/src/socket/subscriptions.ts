@@ -7,27 +7,14 @@
 import type { AckFrame, ProtocolVersion, SubscribeFrame, Task } from '@finishline/core';
 import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';
 import type { Principal } from '../auth.js';
-import type { Authenticator } from '../authenticator.js';
-import type { AckWriter } from '../hub/ack-writer.js';
-import type { TaskHub } from '../hub/task-hub.js';
-import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
-import type { ServerMetrics } from '../metrics.js';
-import type { ResolvedServerOptions } from '../options.js';
-import type { PrincipalLimits } from '../principal-limits.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import type { SocketServices } from './services.js';
 import type { FrameRefs, SocketWriter } from './socket-writer.js';
 import { Subscription } from './subscription.js';
 
 /** What the subscriptions need from their socket. */
-export interface SubscriptionsContext<P extends Principal> {
-  readonly options: ResolvedServerOptions<P>;
-  readonly auth: Authenticator<P>;
-  readonly hub: TaskHub;
-  readonly acks: AckWriter;
-  readonly metrics: ServerMetrics;
-  readonly logger: ProgressLogger;
-  readonly limits: PrincipalLimits;
+export interface SubscriptionsContext<P extends Principal> extends Omit<SocketServices<P>, 'epoch'> {
   readonly writer: SocketWriter;
   readonly connectionId: number;
   readonly version: ProtocolVersion;

@@ -1,33 +1,21 @@
 import { ErrorCode, MemoryProgressStore } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
 
 /**
  * Leases with a manual clock. The keepers' timers are set far in the future; the tests call
  * `renewAll()` and `reap()` themselves, as the timers would.
  */
 
-const servers: ProgressServer[] = [];
-let env: TestServer | undefined;
-let client: RawClient | undefined;
-
-afterEach(async () => {
-  await client?.close();
-  client = undefined;
-  await env?.close();
-  env = undefined;
-  await Promise.all(servers.splice(0).map((server) => server.close({ timeoutMs: 200 })));
-  // Checked last, once every frame arrived and the cleanup ran.
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 const quiet = { leaseTtlMs: 1000, leaseRenewIntervalMs: 999, reapIntervalMs: 0 };
 
 function replica(store: MemoryProgressStore, serverId: string): ProgressServer {
   const server = new ProgressServer({ store, authenticate: () => null, serverId, ...quiet });
-  servers.push(server);
+  session.onCleanup(() => server.close({ timeoutMs: 200 }));
   return server;
 }
 
@@ -80,10 +68,10 @@ describe('leases', () => {
   it("delivers a reaped task's interrupted event to the reaper's local watchers", async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });
-    env = await startServer({ store, ...quiet, serverId: 'replica-b' });
+    const env = await session.start({ store, ...quiet, serverId: 'replica-b' });
     const dead = replica(store, 'replica-dead');
     const task = await dead.tasks.create({ owner: 'alice', kind: 'k' });
-    client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    const client = await session.connect({ user: 'alice' });
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
     clock.advance(5000);

@@ -1,8 +1,8 @@
 import type { TaskEvent } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
 
 /**
  * Guarantee 3 at the server, on real timers: nobody calls `reap()`. A worker replica stops renewing its
@@ -17,19 +17,7 @@ const REAP_MS = 300;
 /** Scheduling and delivery slack on a loaded 2-core machine. */
 const MARGIN_MS = 1_000;
 
-let worker: ProgressServer | undefined;
-let env: TestServer | undefined;
-let client: RawClient | undefined;
-
-afterEach(async () => {
-  await client?.close();
-  client = undefined;
-  await env?.close();
-  env = undefined;
-  await worker?.close({ timeoutMs: 200 });
-  worker = undefined;
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 describe('lease reaping on the timer', () => {
   it('a watcher on another replica gets interrupted within TTL + reap interval of the last renewal', async ({
@@ -37,7 +25,7 @@ describe('lease reaping on the timer', () => {
   }) => {
     const store = new MemoryProgressStore();
     // The worker never reaps: only the other replica's timer can end the task.
-    worker = new ProgressServer({
+    const worker = new ProgressServer({
       store,
       authenticate: () => null,
       serverId: 'replica-worker',
@@ -45,7 +33,8 @@ describe('lease reaping on the timer', () => {
       leaseRenewIntervalMs: RENEW_MS,
       reapIntervalMs: 0,
     });
-    env = await startServer({
+    session.onCleanup(() => worker.close({ timeoutMs: 200 }));
+    const env = await session.start({
       store,
       serverId: 'replica-reaper',
       leaseTtlMs: TTL_MS,
@@ -54,7 +43,7 @@ describe('lease reaping on the timer', () => {
     });
     const task = await worker.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1, message: 'working' });
-    client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    const client = await session.connect({ user: 'alice' });
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
     // The worker renews on its timer: after two TTLs the task is still running.
