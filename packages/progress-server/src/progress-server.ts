@@ -1,3 +1,10 @@
+/**
+ * The composition root: `ProgressServer` builds the hub, the fair reads, the ack writer, the task API,
+ * the lease keeper and the socket acceptor from the resolved options, and owns their start and graceful
+ * shutdown.
+ *
+ * @module
+ */
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, ProgressError } from '@finishline/core';
