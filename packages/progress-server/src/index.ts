@@ -14,10 +14,9 @@ export type {
   TaskAction,
 } from './auth.js';
 export { ownerOnly } from './auth.js';
-export type { ServerHealth, StoreHealth } from './health.js';
-export type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
-export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http-handler.js';
-export type { LeaseKeeper } from './lease-keeper.js';
+export type { ServerHealth, StoreHealth } from './http/health.js';
+export type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
+export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http/http-handler.js';
 export type { LogMethod, ProgressLogger } from './logger.js';
 export { silentLogger } from './logger.js';
 export type { ResyncReason, SafetyNetStats, ServerMetrics } from './metrics.js';
@@ -25,7 +24,8 @@ export type { ProgressServerOptions } from './options.js';
 export { PROGRESS_SERVER_DEFAULTS } from './options.js';
 export type { CloseOptions, ListenOptions } from './progress-server.js';
 export { CLOSE_DEFAULTS, ProgressServer } from './progress-server.js';
-export type { BatchResult, BatchWorker, BatchWorkerContext, RunBatchOptions } from './run-batch.js';
-export { RUN_BATCH_DEFAULTS } from './run-batch.js';
-export type { CreateTaskOptions, TaskApi } from './task-api.js';
-export type { CompleteOptions, ItemUpdate, ProgressUpdate, TaskHandle } from './task-handle.js';
+export type { LeaseKeeper } from './tasks/lease-keeper.js';
+export type { BatchResult, BatchWorker, BatchWorkerContext, RunBatchOptions } from './tasks/run-batch.js';
+export { RUN_BATCH_DEFAULTS } from './tasks/run-batch.js';
+export type { CreateTaskOptions, TaskApi } from './tasks/task-api.js';
+export type { CompleteOptions, ItemUpdate, ProgressUpdate, TaskHandle } from './tasks/task-handle.js';

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { FairReads } from './fair-reads.js';
+import { FairReads } from './hub/fair-reads.js';
 import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
 
 /**

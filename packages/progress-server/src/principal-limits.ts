@@ -1,5 +1,5 @@
 import type { Clock } from '@finishline/core';
-import { TokenBucket } from './rate-limiter.js';
+import { TokenBucket } from './socket/rate-limiter.js';
 
 /**
  * Per-principal counts of open sockets and followed tasks across this replica, against their caps. A

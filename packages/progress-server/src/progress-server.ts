@@ -1,30 +1,32 @@
+/**
+ * The composition root: `ProgressServer` builds the hub, the fair reads, the ack writer, the task API,
+ * the lease keeper and the socket acceptor from the resolved options, and owns their start and graceful
+ * shutdown.
+ *
+ * @module
+ */
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { CloseCode, ErrorCode, ProgressError } from '@finishline/core';
-import WebSocket, { WebSocketServer } from 'ws';
-import { AckWriter } from './ack-writer.js';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import type { Principal } from './auth.js';
-import { isOriginAllowed, pathOf } from './auth.js';
+import { pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
-import { Connection } from './connection.js';
-import { FairReads } from './fair-reads.js';
-import type { ServerHealth } from './health.js';
-import { readStoreHealth } from './health.js';
-import type { HttpHandler, HttpHandlerOptions } from './http-handler.js';
-import { createHttpHandler } from './http-handler.js';
-import { LeaseKeeper } from './lease-keeper.js';
+import type { ServerHealth } from './http/health.js';
+import { readStoreHealth } from './http/health.js';
+import type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
+import { createHttpHandler } from './http/http-handler.js';
+import { AckWriter } from './hub/ack-writer.js';
+import { FairReads } from './hub/fair-reads.js';
+import { StoreEpoch } from './hub/store-epoch.js';
+import { TaskHub } from './hub/task-hub.js';
 import type { ProgressLogger } from './logger.js';
-import { describeError } from './logger.js';
 import { ServerMetrics } from './metrics.js';
 import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
 import { resolveServerOptions } from './options.js';
-import { PendingConnections } from './pending-connections.js';
 import { PrincipalLimits } from './principal-limits.js';
-import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
-import { StoreEpoch } from './store-epoch.js';
-import { TaskApi } from './task-api.js';
-import { TaskHub } from './task-hub.js';
-import { offeredProtocols, rejectUpgrade } from './upgrade.js';
+import { SocketAcceptor } from './socket/socket-acceptor.js';
+import { LeaseKeeper } from './tasks/lease-keeper.js';
+import { TaskApi } from './tasks/task-api.js';
 import { waitAtMost } from './wait.js';
 
 /** Options of {@link ProgressServer.close}. */
@@ -114,10 +116,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #auth: Authenticator<P>;
   readonly #hub: TaskHub;
   readonly #acks: AckWriter;
-  readonly #wss: WebSocketServer;
-  readonly #ownsWss: boolean;
-  readonly #connections = new Set<Connection<P>>();
-  readonly #pending: PendingConnections;
+  /** The sockets: upgrades, accepted connections, their heartbeat and shutdown. */
+  readonly #sockets: SocketAcceptor<P>;
   readonly #limits: PrincipalLimits;
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
@@ -125,7 +125,6 @@ export class ProgressServer<P extends Principal = Principal> {
   /** Open Server-Sent Events streams (their `end`), ended at shutdown. */
   readonly #streams = new Set<() => void>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
-  readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
   #ownedHttpServer: HttpServer | undefined;
   #closing = false;
   #closed: Promise<void> | undefined;
@@ -149,7 +148,16 @@ export class ProgressServer<P extends Principal = Principal> {
       logger: resolved.logger,
     });
     const shared = { store: resolved.store, logger: resolved.logger, metrics: this.metrics };
-    this.#hub = new TaskHub({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
+    this.#reads = new FairReads({
+      maxConcurrent: resolved.catchUpReadConcurrency,
+      maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
+    });
+    this.#hub = new TaskHub({
+      ...shared,
+      retryDelayMs: resolved.storeRetryDelayMs,
+      reads: this.#reads,
+      maxReplayEvents: resolved.maxReplayEvents,
+    });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.
     this.leases = new LeaseKeeper({
@@ -175,16 +183,16 @@ export class ProgressServer<P extends Principal = Principal> {
       ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
       clock: resolved.clock,
     });
-    this.#reads = new FairReads({
-      maxConcurrent: resolved.catchUpReadConcurrency,
-      maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
-    });
-    this.#pending = new PendingConnections({
-      maxPerAddress: resolved.maxPendingConnectionsPerAddress,
-      onEvict: (address) => {
-        this.metrics.connectionsDropped.inc({ reason: 'pending_cap' });
-        this.#logger.debug({ address }, 'too many unauthenticated connections; dropped the oldest');
-      },
+    this.#epoch = new StoreEpoch(resolved.store, this.#logger);
+    this.#sockets = new SocketAcceptor<P>({
+      options: resolved,
+      auth: this.#auth,
+      hub: this.#hub,
+      acks: this.#acks,
+      metrics: this.metrics,
+      logger: this.#logger,
+      limits: this.#limits,
+      epoch: this.#epoch,
     });
     this.#onUpgrade = (request, socket, head) => {
       if (pathOf(request.url) !== resolved.path) {
@@ -193,40 +201,25 @@ export class ProgressServer<P extends Principal = Principal> {
         const server = this.#ownedHttpServer ?? resolved.server;
         if (server?.listenerCount('upgrade') === 1) {
           socket.on('error', () => {});
-          this.#refuse(socket, { status: 404, code: ErrorCode.InvalidInput, message: 'No WebSocket here' });
+          this.#sockets.refuse(socket, {
+            status: 404,
+            code: ErrorCode.InvalidInput,
+            message: 'No WebSocket here',
+          });
         }
         return;
       }
       this.handleUpgrade(request, socket, head);
     };
-    this.#onConnection = (ws, request) => this.#acceptExternal(ws, request);
-    if (resolved.wss !== undefined) {
-      this.#wss = resolved.wss;
-      this.#ownsWss = false;
-      this.#wss.on('connection', this.#onConnection);
-    } else {
-      this.#wss = new WebSocketServer({
-        noServer: true,
-        maxPayload: resolved.maxPayloadBytes,
-        perMessageDeflate: false,
-        clientTracking: false,
-        handleProtocols: (protocols) => selectSubprotocol(protocols),
-      });
-      this.#ownsWss = true;
-      this.#wss.on('error', (error) =>
-        this.#logger.warn({ err: describeError(error) }, 'WebSocket server error'),
-      );
-    }
     resolved.server?.on('upgrade', this.#onUpgrade);
 
     this.#hub.start();
     this.tasks.start();
     this.leases.start();
-    this.#epoch = new StoreEpoch(resolved.store, this.#logger);
     void this.#epoch.refresh();
     this.#heartbeatTimer = setInterval(() => {
       void this.#epoch.refresh();
-      for (const connection of this.#connections) connection.tick();
+      this.#sockets.tick();
     }, resolved.heartbeatIntervalMs);
     this.#heartbeatTimer.unref();
   }
@@ -264,10 +257,10 @@ export class ProgressServer<P extends Principal = Principal> {
     progress.#ownedHttpServer = httpServer;
     // A connection counts as unauthenticated from its accept until it sends an ordinary request or its
     // WebSocket authenticates: silent connections are then capped per address.
-    httpServer.on('connection', (socket) => progress.#pending.add(socket));
+    httpServer.on('connection', (socket) => progress.#sockets.pending.add(socket));
     const handler = progress.httpHandler({ basePath: listenOptions.httpBasePath ?? progress.#options.path });
     httpServer.on('request', (request, response) => {
-      progress.#pending.release(request.socket);
+      progress.#sockets.pending.release(request.socket);
       handler(request, response);
     });
     try {
@@ -292,7 +285,7 @@ export class ProgressServer<P extends Principal = Principal> {
 
   /** Number of open WebSocket connections. */
   get connectionCount(): number {
-    return this.#connections.size;
+    return this.#sockets.size;
   }
 
   /**
@@ -314,7 +307,7 @@ export class ProgressServer<P extends Principal = Principal> {
       serverId: this.serverId,
       closing: this.#closing,
       store,
-      sockets: this.#connections.size,
+      sockets: this.#sockets.size,
       ownedTasks: this.tasks.running.length,
       followedTasks: this.#hub.size,
     };
@@ -326,23 +319,7 @@ export class ProgressServer<P extends Principal = Principal> {
    * HTTP error (400, 401, 403, 500, 503) on the raw socket. Never throws.
    */
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
-    // A client that vanishes during authentication must not crash the process.
-    socket.on('error', (error) => this.#logger.debug({ err: describeError(error) }, 'upgrade socket error'));
-    this.#pending.add(socket);
-    const deadline = setTimeout(() => {
-      if (socket.destroyed) return;
-      this.metrics.connectionsDropped.inc({ reason: 'upgrade_timeout' });
-      this.#logger.debug({}, 'upgrade did not complete in time; destroying the socket');
-      socket.destroy();
-    }, this.#options.upgradeTimeoutMs);
-    deadline.unref();
-    // Refused, accepted or gone: the deadline no longer applies once the upgrade is settled.
-    socket.once('close', () => clearTimeout(deadline));
-    this.#upgrade(request, socket, head, () => clearTimeout(deadline)).catch((error: unknown) => {
-      this.metrics.handlerErrors.inc();
-      this.#logger.error({ err: describeError(error) }, 'upgrade failed');
-      this.#refuse(socket, { status: 500, code: ErrorCode.Internal, message: 'Upgrade failed' });
-    });
+    this.#sockets.handleUpgrade(request, socket, head);
   }
 
   /**
@@ -406,20 +383,20 @@ export class ProgressServer<P extends Principal = Principal> {
     const deadline = start + timeoutMs;
     this.#options.server?.off('upgrade', this.#onUpgrade);
     this.#ownedHttpServer?.off('upgrade', this.#onUpgrade);
-    if (!this.#ownsWss) this.#wss.off('connection', this.#onConnection);
+    this.#sockets.stopAccepting();
 
     await this.tasks.shutdown(start + Math.floor(timeoutMs * 0.75), deadline);
     // Timers stop at once; only an in-flight renewal or reap is waited for, and not past the deadline.
     await waitAtMost(this.leases.close(), deadline - Date.now());
     clearInterval(this.#heartbeatTimer);
-    await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
+    await this.#sockets.close(deadline);
     // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.
     for (const end of [...this.#streams]) end();
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();
     this.#reads.close();
-    if (this.#ownsWss) this.#wss.close();
+    this.#sockets.closeServer();
     const httpServer = this.#ownedHttpServer;
     if (httpServer !== undefined) {
       await new Promise<void>((resolve) => {
@@ -429,140 +406,5 @@ export class ProgressServer<P extends Principal = Principal> {
     }
     if (this.#options.registry !== undefined) this.metrics.unregister();
     this.#logger.info({ serverId: this.serverId }, 'progress server closed');
-  }
-
-  async #upgrade(request: IncomingMessage, socket: Duplex, head: Buffer, settled: () => void): Promise<void> {
-    const checked = await this.#checkUpgrade(request);
-    if (checked.kind === 'refused') {
-      settled();
-      this.#refuse(socket, checked);
-      return;
-    }
-    if (socket.destroyed) return;
-    if (this.#closing) {
-      settled();
-      this.#refuse(socket, { status: 503, code: ErrorCode.Closed, message: 'Server is shutting down' });
-      return;
-    }
-    this.#wss.handleUpgrade(request, socket, head, (ws) => {
-      settled();
-      this.#accept(ws, request, checked.principal, socket);
-    });
-  }
-
-  /** Origin, subprotocol and credentials of an upgrade: the principal (or none yet), or why to refuse. */
-  async #checkUpgrade(
-    request: IncomingMessage,
-  ): Promise<
-    | { kind: 'accepted'; principal: P | undefined }
-    | { kind: 'refused'; status: number; code: ErrorCode; message: string }
-  > {
-    const refused = (status: number, code: ErrorCode, message: string) =>
-      ({ kind: 'refused', status, code, message }) as const;
-    if (this.#closing) return refused(503, ErrorCode.Closed, 'Server is shutting down');
-    if (!isOriginAllowed(request, this.#options.allowedOrigins)) {
-      return refused(403, ErrorCode.Forbidden, 'Origin not allowed');
-    }
-    const protocols = offeredProtocols(request);
-    if (protocols.length > 0 && selectSubprotocol(protocols) === false) {
-      return refused(
-        400,
-        ErrorCode.UnsupportedProtocol,
-        `Subprotocol ${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
-      );
-    }
-    const auth = await this.#auth.fromUpgrade(request);
-    if (auth.kind === 'refused')
-      return refused(401, ErrorCode.Unauthenticated, 'Missing or invalid credentials');
-    return { kind: 'accepted', principal: auth.kind === 'principal' ? auth.principal : undefined };
-  }
-
-  #refuse(socket: Duplex, refusal: { status: number; code: ErrorCode; message: string }): void {
-    const { status, code, message } = refusal;
-    this.metrics.upgradesRejected.inc({ code });
-    this.#logger.debug({ status, code }, `upgrade refused: ${message}`);
-    rejectUpgrade(socket, refusal);
-  }
-
-  /** A socket from the caller's `WebSocketServer`: the checks of an upgrade, answered with close codes. */
-  #acceptExternal(ws: WebSocket, request: IncomingMessage): void {
-    const refuse = (close: number, code: ErrorCode, reason: string): void => {
-      this.metrics.upgradesRejected.inc({ code });
-      // A paused socket would never read the peer's close frame, leaving the handshake hanging.
-      ws.resume();
-      ws.close(close, reason);
-    };
-    ws.on('error', (error) => this.#logger.debug({ err: describeError(error) }, 'socket error'));
-    const refusal = this.#checkExternal(ws, request);
-    if (refusal !== undefined) {
-      refuse(...refusal);
-      return;
-    }
-    // Frames that arrive while the hooks run stay in the socket until the connection takes over.
-    ws.pause();
-    this.#auth.fromUpgrade(request).then(
-      (auth) => {
-        if (ws.readyState !== WebSocket.OPEN) return;
-        if (this.#closing) {
-          refuse(CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down');
-        } else if (auth.kind === 'refused') {
-          refuse(CloseCode.Unauthenticated, ErrorCode.Unauthenticated, 'invalid credentials');
-        } else {
-          this.#accept(ws, request, auth.kind === 'principal' ? auth.principal : undefined);
-          ws.resume();
-        }
-      },
-      (error: unknown) => {
-        this.metrics.handlerErrors.inc();
-        this.#logger.error({ err: describeError(error) }, 'authenticate hook threw');
-        refuse(CloseCode.InternalError, ErrorCode.Internal, 'authentication failed');
-      },
-    );
-  }
-
-  /** The synchronous checks of a caller's socket: why to refuse it, if at all. */
-  #checkExternal(ws: WebSocket, request: IncomingMessage): [number, ErrorCode, string] | undefined {
-    if (this.#closing) return [CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down'];
-    if (!isOriginAllowed(request, this.#options.allowedOrigins)) {
-      return [CloseCode.ForbiddenOrigin, ErrorCode.Forbidden, 'origin not allowed'];
-    }
-    if (offeredProtocols(request).length > 0 && !SUPPORTED_SUBPROTOCOLS.includes(ws.protocol)) {
-      return [
-        CloseCode.UnsupportedProtocol,
-        ErrorCode.UnsupportedProtocol,
-        `${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
-      ];
-    }
-    return undefined;
-  }
-
-  #accept(ws: WebSocket, request: IncomingMessage, principal: P | undefined, raw?: Duplex): void {
-    if (this.#closing) {
-      ws.close(CloseCode.GoingAway, 'server shutting down');
-      return;
-    }
-    let added = false;
-    const connection = new Connection<P>(
-      { ws, request, principal },
-      {
-        options: this.#options,
-        auth: this.#auth,
-        hub: this.#hub,
-        acks: this.#acks,
-        metrics: this.metrics,
-        logger: this.#logger,
-        limits: this.#limits,
-        reads: this.#reads,
-        epoch: this.#epoch,
-        // Counting the one being constructed too: it may say hello before it is added below.
-        socketCount: () => this.#connections.size + (added ? 0 : 1),
-        onClose: (closed) => this.#connections.delete(closed),
-        onAuthenticated: () => {
-          if (raw !== undefined) this.#pending.release(raw);
-        },
-      },
-    );
-    this.#connections.add(connection);
-    added = true;
   }
 }

@@ -1,49 +1,26 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
-import {
-  headerAuth,
-  RawClient,
-  type Received,
-  seqOf,
-  serverFrameViolations,
-  startServer,
-  type TestServer,
-  tokenAuth,
-  upgradeStatus,
-} from './testing/harness.js';
+import { headerAuth, RawClient, type Received, seqOf, tokenAuth, upgradeStatus } from './testing/harness.js';
+import { useServerSession } from './testing/session.js';
 
 /** Guarantee 4: nobody sees another owner's task, and bad input never disturbs other sockets. */
 
-let env: TestServer | undefined;
-const clients: RawClient[] = [];
-const cleanups: Array<() => Promise<void> | void> = [];
-
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((client) => client.close()));
-  await env?.close();
-  env = undefined;
-  for (const cleanup of cleanups.splice(0)) await cleanup();
-  // Checked last, once every frame arrived and the cleanup ran.
-  expect(serverFrameViolations.splice(0)).toEqual([]);
-});
+const session = useServerSession();
 
 async function connect(
   options: Parameters<typeof RawClient.connect>[1] = { user: 'alice' },
 ): Promise<RawClient> {
-  if (env === undefined) throw new Error('no server');
-  const client = await RawClient.connect(env.wsUrl, options);
-  clients.push(client);
+  const client = await session.connect(options);
   return client;
 }
 
 /** A second socket watching a task that keeps progressing: it must not notice the misbehaving one. */
 async function bystander(): Promise<{ client: RawClient; step: (n: number) => Promise<void> }> {
-  if (env === undefined) throw new Error('no server');
-  const task = await env.server.tasks.create({ owner: 'carol', kind: 'k' });
+  const task = await session.env.server.tasks.create({ owner: 'carol', kind: 'k' });
   const client = await connect({ user: 'carol' });
   client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
   await client.next((frame) => frame.type === 'snapshot');
@@ -58,57 +35,54 @@ async function bystander(): Promise<{ client: RawClient; step: (n: number) => Pr
 
 describe('authentication at the upgrade', () => {
   it('refuses an upgrade without credentials with HTTP 401 and a JSON error', async () => {
-    env = await startServer();
-    const refused = await upgradeStatus(env.wsUrl, {});
+    await session.start();
+    const refused = await upgradeStatus(session.env.wsUrl, {});
     expect(refused.status).toBe(401);
     expect(JSON.parse(refused.body)).toEqual({
       error: { code: 'unauthenticated', message: expect.any(String) },
     });
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'alice' })).status).toBe(101);
+    expect((await upgradeStatus(session.env.wsUrl, { 'x-user': 'alice' })).status).toBe(101);
   });
 
   it('answers 500 when the authenticate hook throws, and keeps serving', async () => {
-    env = await startServer({
+    await session.start({
       authenticate: (request) => {
         if (request.headers['x-user'] === 'boom') throw new Error('session store down');
         return headerAuth(request);
       },
     });
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'boom' })).status).toBe(500);
+    expect((await upgradeStatus(session.env.wsUrl, { 'x-user': 'boom' })).status).toBe(500);
     await connect();
   });
 
   it('ignores a token in the URL unless tokenQueryParam names it', async () => {
-    env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 50 });
+    await session.start({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 50 });
     // The upgrade is accepted (first-frame mode) but the URL token is not read: the socket times out.
-    const client = new RawClient(`${env.wsUrl}?token=token-alice`);
-    clients.push(client);
+    const client = session.track(new RawClient(`${session.env.wsUrl}?token=token-alice`));
     expect((await client.closed).code).toBe(4004);
     expect(client.frames).toEqual([]);
-    await env.close();
-    env = await startServer({
+    await session.env.close();
+    await session.start({
       authenticate: () => null,
       authenticateToken: tokenAuth,
       tokenQueryParam: 'token',
     });
-    const allowed = await RawClient.connect(`${env.wsUrl}?token=token-alice`);
-    clients.push(allowed);
-    expect((await upgradeStatus(`${env.wsUrl}?token=nope`, {})).status).toBe(401);
+    const _allowed = session.track(await RawClient.connect(`${session.env.wsUrl}?token=token-alice`));
+    expect((await upgradeStatus(`${session.env.wsUrl}?token=nope`, {})).status).toBe(401);
   });
 
   it('accepts a bearer token at the upgrade through authenticateToken', async () => {
-    env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
+    await session.start({ authenticate: () => null, authenticateToken: tokenAuth });
     await connect({ headers: { authorization: 'Bearer token-alice' } });
-    expect((await upgradeStatus(env.wsUrl, { authorization: 'Bearer wrong' })).status).toBe(401);
+    expect((await upgradeStatus(session.env.wsUrl, { authorization: 'Bearer wrong' })).status).toBe(401);
   });
 });
 
 describe('first-frame authentication', () => {
   it('sends hello only after a valid auth frame, and runs frames pipelined behind it', async () => {
-    env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = new RawClient(env.wsUrl);
-    clients.push(client);
+    await session.start({ authenticate: () => null, authenticateToken: tokenAuth });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = session.track(new RawClient(session.env.wsUrl));
     await client.opened;
     client.send({ type: 'auth', token: 'token-alice', protocol: 1 });
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -121,9 +95,8 @@ describe('first-frame authentication', () => {
     ['another frame first', { type: 'ping' }, 4001],
     ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 3 }, 4002],
   ])('answers %s with an error frame, then closes', async (_name, frame, code) => {
-    env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
-    const client = new RawClient(env.wsUrl);
-    clients.push(client);
+    await session.start({ authenticate: () => null, authenticateToken: tokenAuth });
+    const client = session.track(new RawClient(session.env.wsUrl));
     await client.opened;
     client.send(frame);
     expect((await client.closed).code).toBe(code);
@@ -137,64 +110,69 @@ describe('first-frame authentication', () => {
   });
 
   it('closes with 4004 when no auth frame arrives in time', async () => {
-    env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 30 });
-    const client = new RawClient(env.wsUrl);
-    clients.push(client);
+    await session.start({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 30 });
+    const client = session.track(new RawClient(session.env.wsUrl));
     expect((await client.closed).code).toBe(4004);
   });
 });
 
 describe('origins and subprotocols', () => {
   it('allows same-origin and Origin-less clients by default and refuses other origins with 403', async () => {
-    env = await startServer();
-    const host = `127.0.0.1:${env.port}`;
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: 'https://evil.example' })).status).toBe(
-      403,
+    await session.start();
+    const host = `127.0.0.1:${session.env.port}`;
+    expect(
+      (await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: 'https://evil.example' })).status,
+    ).toBe(403);
+    expect((await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: `http://${host}` })).status).toBe(
+      101,
     );
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: `http://${host}` })).status).toBe(101);
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a' })).status).toBe(101);
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: 'not a url' })).status).toBe(403);
+    expect((await upgradeStatus(session.env.wsUrl, { 'x-user': 'a' })).status).toBe(101);
+    expect((await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: 'not a url' })).status).toBe(403);
   });
 
   it('uses an explicit allow-list or predicate when given', async () => {
-    env = await startServer({ allowedOrigins: ['https://app.example'] });
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: 'https://app.example' })).status).toBe(
-      101,
-    );
+    await session.start({ allowedOrigins: ['https://app.example'] });
     expect(
-      (await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: 'https://app.example.evil' })).status,
+      (await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: 'https://app.example' })).status,
+    ).toBe(101);
+    expect(
+      (await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: 'https://app.example.evil' })).status,
     ).toBe(403);
-    await env.close();
-    env = await startServer({ allowedOrigins: (origin) => origin.endsWith('.trusted') });
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: 'https://x.trusted' })).status).toBe(101);
-    expect((await upgradeStatus(env.wsUrl, { 'x-user': 'a', origin: 'https://x.other' })).status).toBe(403);
+    await session.env.close();
+    await session.start({ allowedOrigins: (origin) => origin.endsWith('.trusted') });
+    expect(
+      (await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: 'https://x.trusted' })).status,
+    ).toBe(101);
+    expect(
+      (await upgradeStatus(session.env.wsUrl, { 'x-user': 'a', origin: 'https://x.other' })).status,
+    ).toBe(403);
   });
 
   it('refuses a client that offers only other subprotocols', async () => {
-    env = await startServer();
-    const refused = await upgradeStatus(env.wsUrl, {
+    await session.start();
+    const refused = await upgradeStatus(session.env.wsUrl, {
       'x-user': 'a',
       'sec-websocket-protocol': 'finishline.v9',
     });
     expect(refused.status).toBe(400);
     expect(JSON.parse(refused.body).error.code).toBe('unsupported_protocol');
-    const accepted = await RawClient.connect(env.wsUrl, {
+    const accepted = await session.connect({
       user: 'a',
       protocols: ['finishline.v9', PROTOCOL_NAME],
     });
-    clients.push(accepted);
     expect(accepted.ws.protocol).toBe(PROTOCOL_NAME);
   });
 
   it('leaves upgrades on other paths to their own listeners', async () => {
-    env = await startServer();
+    await session.start();
     const other = new WebSocketServer({ noServer: true });
-    cleanups.push(() => other.close());
-    env.server.httpServer?.on('upgrade', (request, socket, head) => {
+    session.onCleanup(() => other.close());
+    session.env.server.httpServer?.on('upgrade', (request, socket, head) => {
       if (request.url === '/other') other.handleUpgrade(request, socket, head, (ws) => ws.send('other'));
     });
-    const client = new RawClient(`ws://127.0.0.1:${env.port}/other`, { protocols: [] });
-    clients.push(client);
+    const client = session.track(
+      new RawClient(`ws://127.0.0.1:${session.env.port}/other`, { protocols: [] }),
+    );
     await client.opened;
     expect(await client.next((frame) => frame.type === ('raw' as string))).toMatchObject({ data: 'other' });
   });
@@ -202,8 +180,8 @@ describe('origins and subprotocols', () => {
 
 describe('authorization', () => {
   it("answers another owner's task with forbidden (revealTaskExistence) and never sends its data", async () => {
-    env = await startServer({ revealTaskExistence: true });
-    const bobs = await env.server.tasks.create({ owner: 'bob', kind: 'secret' });
+    await session.start({ revealTaskExistence: true });
+    const bobs = await session.env.server.tasks.create({ owner: 'bob', kind: 'secret' });
     const client = await connect({ user: 'alice' });
     client.send({ type: 'subscribe', id: 'req-1', taskId: bobs.id, afterSeq: 0 });
     const error = await client.next((frame) => frame.type === 'error');
@@ -220,12 +198,12 @@ describe('authorization', () => {
     client.send({ type: 'ack', taskId: bobs.id, seq: 2 });
     await client.sync();
     expect(client.frames.filter((frame) => frame.type === 'snapshot' || frame.type === 'event')).toEqual([]);
-    expect((await env.store.getTask(bobs.id))?.ackedSeq).toBe(0);
-    expect(await env.server.metrics.subscriptions.get()).toMatchObject({ values: [{ value: 0 }] });
+    expect((await session.env.store.getTask(bobs.id))?.ackedSeq).toBe(0);
+    expect(await session.env.server.metrics.subscriptions.get()).toMatchObject({ values: [{ value: 0 }] });
   });
 
   it('answers an unknown task with task_not_found', async () => {
-    env = await startServer();
+    await session.start();
     const client = await connect();
     client.send({ type: 'subscribe', id: 'r', taskId: 'no-such-task', afterSeq: 0 });
     expect(await client.next((frame) => frame.type === 'error')).toMatchObject({
@@ -237,7 +215,7 @@ describe('authorization', () => {
 
   it('calls a custom authorize hook with the principal, task and action; a throwing hook refuses', async () => {
     const calls: string[] = [];
-    env = await startServer({
+    await session.start({
       revealTaskExistence: true,
       authorize: (principal, task, action) => {
         calls.push(`${principal.id}:${task.id}:${action}`);
@@ -245,8 +223,8 @@ describe('authorization', () => {
         return principal.id === 'admin' || task.owner === principal.id;
       },
     });
-    const task = await env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'task-1' });
-    await env.server.tasks.create({ owner: 'admin', kind: 'explode', id: 'task-2' });
+    const task = await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'task-1' });
+    await session.env.server.tasks.create({ owner: 'admin', kind: 'explode', id: 'task-2' });
     const admin = await connect({ user: 'admin' });
     admin.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await admin.next((frame) => frame.type === 'snapshot');
@@ -259,8 +237,8 @@ describe('authorization', () => {
   });
 
   it('allows several sockets per principal and per task (below maxSocketsPerPrincipal)', async () => {
-    env = await startServer();
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const sockets = await Promise.all([connect(), connect(), connect(), connect()]);
     for (const socket of sockets) socket.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await Promise.all(sockets.map((socket) => socket.next((frame) => frame.type === 'snapshot')));
@@ -275,7 +253,7 @@ describe('authorization', () => {
 
 describe('bad input', () => {
   it('answers malformed frames with typed errors echoing the request id, then closes with 1008 while others keep receiving', async () => {
-    env = await startServer({ maxInvalidFrames: 4 });
+    await session.start({ maxInvalidFrames: 4 });
     const other = await bystander();
     const client = await connect();
     client.sendRaw('{not json');
@@ -295,7 +273,7 @@ describe('bad input', () => {
     client.sendRaw('[]');
     expect((await client.closed).code).toBe(1008);
     await other.step(2);
-    const rejected = await env.server.metrics.framesRejected.get();
+    const rejected = await session.env.server.metrics.framesRejected.get();
     expect(rejected.values).toContainEqual(
       expect.objectContaining({ labels: { code: 'invalid_frame' }, value: 4 }),
     );
@@ -305,7 +283,7 @@ describe('bad input', () => {
   });
 
   it('closes a socket that sends an oversized frame with 1009 while others keep receiving', async () => {
-    env = await startServer({ maxPayloadBytes: 2048 });
+    await session.start({ maxPayloadBytes: 2048 });
     const other = await bystander();
     const client = await connect();
     client.sendRaw(JSON.stringify({ type: 'ping', id: 'x'.repeat(4096) }));
@@ -314,7 +292,7 @@ describe('bad input', () => {
   });
 
   it('accepts frames sent as binary messages, as the protocol allows', async () => {
-    env = await startServer();
+    await session.start();
     const client = await connect();
     client.sendRaw(Buffer.from(JSON.stringify({ type: 'ping', id: 'bin' })), { binary: true });
     expect(await client.next((frame) => frame.type === 'pong')).toMatchObject({ requestId: 'bin' });
@@ -323,7 +301,7 @@ describe('bad input', () => {
   });
 
   it('rate-limits a flooding socket, answering every refused frame, then closes it with 4008; others keep receiving', async () => {
-    env = await startServer({ rateLimitPerSecond: 10, rateLimitBurst: 5, maxRateLimitViolations: 20 });
+    await session.start({ rateLimitPerSecond: 10, rateLimitBurst: 5, maxRateLimitViolations: 20 });
     const other = await bystander();
     const client = await connect();
     for (let i = 0; i < 100; i++) client.send({ type: 'ping', id: `p${i}` });
@@ -341,8 +319,8 @@ describe('bad input', () => {
   });
 
   it('does not charge acks that acknowledge new events', async () => {
-    env = await startServer({ rateLimitPerSecond: 1, rateLimitBurst: 2 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await session.start({ rateLimitPerSecond: 1, rateLimitBurst: 2 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.next((frame) => frame.type === 'snapshot');
@@ -354,13 +332,14 @@ describe('bad input', () => {
     client.send({ type: 'ping', id: 'last' });
     await client.next((frame: Received) => frame.type === 'pong');
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
-    await expect.poll(async () => (await env?.store.getTask(task.id))?.ackedSeq).toBe(10);
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(10);
   });
 
   it('caps the subscriptions of one socket', async () => {
-    env = await startServer({ maxSubscriptionsPerSocket: 2 });
+    await session.start({ maxSubscriptionsPerSocket: 2 });
     const ids = [];
-    for (let i = 0; i < 3; i++) ids.push((await env.server.tasks.create({ owner: 'alice', kind: 'k' })).id);
+    for (let i = 0; i < 3; i++)
+      ids.push((await session.env.server.tasks.create({ owner: 'alice', kind: 'k' })).id);
     const client = await connect();
     for (const [index, taskId] of ids.entries())
       client.send({ type: 'subscribe', id: `s${index}`, taskId, afterSeq: 0 });
@@ -380,19 +359,18 @@ describe("the caller's WebSocketServer", () => {
     await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
     const store = new MemoryProgressStore();
     const progress = new ProgressServer({ store, wss, authenticate: headerAuth });
-    cleanups.push(async () => {
+    session.onCleanup(async () => {
       await progress.close({ timeoutMs: 500 });
       wss.close();
       await new Promise((resolve) => httpServer.close(resolve));
     });
     const url = `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/anything`;
-    const ok = await RawClient.connect(url, { user: 'alice' });
-    clients.push(ok);
-    const anonymous = new RawClient(url);
-    clients.push(anonymous);
+    const _ok = session.track(await RawClient.connect(url, { user: 'alice' }));
+    const anonymous = session.track(new RawClient(url));
     expect((await anonymous.closed).code).toBe(4001);
-    const foreign = new RawClient(url, { user: 'alice', headers: { origin: 'https://evil.example' } });
-    clients.push(foreign);
+    const foreign = session.track(
+      new RawClient(url, { user: 'alice', headers: { origin: 'https://evil.example' } }),
+    );
     expect((await foreign.closed).code).toBe(4003);
   });
 });

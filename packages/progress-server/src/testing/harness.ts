@@ -1,3 +1,9 @@
+/**
+ * Test support for the server's own tests: a real server over a memory store and a recording raw
+ * client.
+ *
+ * @module
+ */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ServerFrame } from '@finishline/core';

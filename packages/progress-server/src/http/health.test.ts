@@ -1,0 +1,120 @@
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { RawClient, startServer, type TestServer } from '../testing/harness.js';
+import { readStoreHealth } from './health.js';
+
+/** `server.health()` and `GET {base}/healthz`: what a Kubernetes readiness probe sees. */
+
+let env: TestServer | undefined;
+
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+/** A memory store whose feed reports a switchable `health()`, like the Postgres feed does. */
+function storeWithFeedHealth(): {
+  store: MemoryProgressStore;
+  state: { connected: boolean; lastError: Error | null };
+} {
+  const store = new MemoryProgressStore();
+  const state = { connected: true, lastError: null as Error | null };
+  Object.assign(store.changes, { health: () => ({ ...state, listenerPid: null }) });
+  return { store, state };
+}
+
+async function probe(
+  path = '/progress/healthz',
+  method = 'GET',
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  if (env === undefined) throw new Error('no server');
+  const response = await fetch(`${env.httpUrl}${path}`, { method });
+  const text = await response.text();
+  return { status: response.status, body: text === '' ? {} : JSON.parse(text) };
+}
+
+describe('health', () => {
+  it('reports the feed state, sockets and owned tasks, and flips the probe to 503 while the feed is down', async () => {
+    const { store, state } = storeWithFeedHealth();
+    env = await startServer({ store, healthDetails: 'public' });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+
+    expect(env.server.health()).toMatchObject({
+      ok: true,
+      closing: false,
+      store: { connected: true, lastError: null },
+      sockets: 1,
+      ownedTasks: 1,
+    });
+    const up = await probe();
+    expect(up.status).toBe(200);
+    expect(up.body).toMatchObject({ ok: true, sockets: 1, ownedTasks: 1 });
+
+    state.connected = false;
+    state.lastError = new Error('connection terminated');
+    const down = await probe();
+    expect(down.status).toBe(503);
+    expect(down.body).toMatchObject({
+      ok: false,
+      store: { connected: false, lastError: 'connection terminated' },
+    });
+    // The replica keeps its sockets while the database is away.
+    expect(env.server.health().sockets).toBe(1);
+
+    state.connected = true;
+    expect((await probe()).status).toBe(200);
+    await task.complete();
+    expect(env.server.health().ownedTasks).toBe(0);
+    client.close();
+  });
+
+  it('needs no credentials, carries no task data, answers HEAD, and leaves other paths alone', async () => {
+    env = await startServer({ healthDetails: 'public' });
+    await env.server.tasks.create({ owner: 'alice', kind: 'secret_kind' });
+    const response = await probe();
+    expect(response.status).toBe(200);
+    expect(JSON.stringify(response.body)).not.toContain('secret_kind');
+    expect(JSON.stringify(response.body)).not.toContain('alice');
+    expect((await probe('/progress/healthz', 'HEAD')).status).toBe(200);
+    expect((await probe('/progress/healthz', 'POST')).status).toBe(404);
+    expect((await probe('/healthz')).status).toBe(404);
+  });
+
+  it('answers only { ok } without credentials by default, details to an authenticated caller', async () => {
+    const { store, state } = storeWithFeedHealth();
+    env = await startServer({ store });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    const anonymous = await probe();
+    expect(anonymous).toEqual({ status: 200, body: { ok: true } });
+    const authenticated = await fetch(`${env.httpUrl}/progress/healthz`, { headers: { 'x-user': 'ops' } });
+    expect(await authenticated.json()).toMatchObject({
+      ok: true,
+      serverId: env.server.serverId,
+      sockets: 1,
+      store: { connected: true },
+    });
+    state.connected = false;
+    state.lastError = new Error('password authentication failed for user "finishline"');
+    expect(await probe()).toEqual({ status: 503, body: { ok: false } });
+    await client.close();
+  });
+
+  it('is unhealthy once closing', async () => {
+    env = await startServer();
+    const closing = env.server.close({ timeoutMs: 100 });
+    expect(env.server.health()).toMatchObject({ ok: false, closing: true });
+    await closing;
+  });
+
+  it('treats a feed without health() as connected and one whose health() throws as down', () => {
+    expect(readStoreHealth(new MemoryProgressStore().changes)).toEqual({ connected: true, lastError: null });
+    const broken = {
+      subscribe: () => () => {},
+      health: () => {
+        throw new Error('boom');
+      },
+    };
+    expect(readStoreHealth(broken)).toEqual({ connected: false, lastError: 'boom' });
+  });
+});

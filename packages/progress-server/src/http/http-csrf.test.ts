@@ -1,0 +1,119 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { AllowedOrigins } from '../auth.js';
+import { serverFrameViolations, startServer, type TestServer, upgradeStatus } from '../testing/harness.js';
+
+/**
+ * Issue 10, items 2 and 3: `POST {basePath}/tasks/:id/cancel` was open to cross-site requests under
+ * cookie authentication (an empty or `text/plain` body from `https://evil.example` cancelled the
+ * task), and same-origin compared only the host.
+ */
+
+let env: TestServer | undefined;
+
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+  expect(serverFrameViolations.splice(0)).toEqual([]);
+});
+
+/** Cookie authentication, as in the README's quick start: `cookie: session=<user>`. */
+async function cookieServer(allowedOrigins?: AllowedOrigins): Promise<TestServer> {
+  return startServer({
+    authenticate: (request) => {
+      const match = /(?:^|;\s*)session=([a-z]+)/.exec(request.headers.cookie ?? '');
+      return match?.[1] === undefined ? null : { id: match[1] };
+    },
+    ...(allowedOrigins === undefined ? {} : { allowedOrigins }),
+  });
+}
+
+async function post(
+  path: string,
+  headers: Record<string, string>,
+  body?: string,
+): Promise<{ status: number; body: { error?: { code: string } } }> {
+  if (env === undefined) throw new Error('no server');
+  const response = await fetch(`${env.httpUrl}${path}`, {
+    method: 'POST',
+    headers,
+    ...(body === undefined ? {} : { body }),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text === '' ? {} : JSON.parse(text) };
+}
+
+describe('cross-site requests to the mutating HTTP routes', () => {
+  it('refuses forged cancels and leaves the task running', async () => {
+    env = await cookieServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const path = `/progress/tasks/${task.id}/cancel`;
+    const cookie = 'session=alice';
+    const self = env.httpUrl;
+    const json = 'application/json';
+    const forged: Array<[string, Record<string, string>, string | undefined, number]> = [
+      ['empty body, no content type', { cookie, origin: self }, undefined, 415],
+      ['text/plain', { cookie, origin: self, 'content-type': 'text/plain' }, '{"reason":"x"}', 415],
+      [
+        'form-encoded',
+        { cookie, origin: self, 'content-type': 'application/x-www-form-urlencoded' },
+        'reason=x',
+        415,
+      ],
+      ['foreign Origin', { cookie, origin: 'https://evil.example', 'content-type': json }, '{}', 403],
+      ['Origin: null', { cookie, origin: 'null', 'content-type': json }, '{}', 403],
+      ['no Origin with a cookie', { cookie, 'content-type': json }, '{}', 403],
+      ['foreign Origin, text/plain', { cookie, origin: 'https://evil.example' }, 'x', 403],
+    ];
+    for (const [name, headers, body, status] of forged) {
+      const answer = await post(path, headers, body);
+      expect(answer.status, name).toBe(status);
+      expect(answer.body.error?.code, name).toBe(status === 403 ? 'forbidden' : 'invalid_input');
+      expect((await env.store.getTask(task.id))?.status, name).toBe('running');
+    }
+    // The legitimate request: same origin, JSON.
+    const ok = await post(path, { cookie, origin: self, 'content-type': json }, '{"reason":"mine"}');
+    expect(ok.status).toBe(200);
+    expect((await env.store.getTask(task.id))?.status).toBe('cancelled');
+  });
+
+  it('accepts a non-browser client (no Origin, no cookie) sending JSON', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const answer = await post(
+      `/progress/tasks/${task.id}/cancel`,
+      { 'x-user': 'alice', 'content-type': 'application/json; charset=utf-8' },
+      '{}',
+    );
+    expect(answer.status).toBe(200);
+  });
+
+  it('uses the same allow-list as the upgrade', async () => {
+    env = await cookieServer(['https://app.example']);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const path = `/progress/tasks/${task.id}/cancel`;
+    const headers = { cookie: 'session=alice', 'content-type': 'application/json' };
+    expect((await post(path, { ...headers, origin: env.httpUrl }, '{}')).status).toBe(403);
+    expect((await post(path, { ...headers, origin: 'https://app.example' }, '{}')).status).toBe(200);
+  });
+});
+
+describe('same-origin', () => {
+  it('compares scheme, host and port', async () => {
+    env = await startServer();
+    const host = `127.0.0.1:${env.port}`;
+    const status = async (origin: string) =>
+      (await upgradeStatus(env!.wsUrl, { 'x-user': 'a', origin })).status;
+    expect(await status(`http://${host}`)).toBe(101);
+    expect(await status(`http://localhost:${env.port}`)).toBe(403);
+    expect(await status(`https://${host}`)).toBe(403);
+    expect(await status(`http://127.0.0.1:${env.port + 1}`)).toBe(403);
+    expect(await status('http://127.0.0.1')).toBe(403);
+    expect(await status(`ftp://${host}`)).toBe(403);
+    // And the same rule on the HTTP routes.
+    const task = await env.server.tasks.create({ owner: 'a', kind: 'k' });
+    const headers = { 'x-user': 'a', 'content-type': 'application/json' };
+    const path = `/progress/tasks/${task.id}/cancel`;
+    expect((await post(path, { ...headers, origin: `https://${host}` }, '{}')).status).toBe(403);
+    expect((await post(path, { ...headers, origin: `http://${host}` }, '{}')).status).toBe(200);
+  });
+});

@@ -1,0 +1,237 @@
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ProgressServer } from '../progress-server.js';
+import {
+  RawClient,
+  serverFrameViolations,
+  startServer,
+  type TestServer,
+  tokenAuth,
+} from '../testing/harness.js';
+
+/** The HTTP API: same authentication and authorization as the socket, JSON errors, no leaks. */
+
+let env: TestServer | undefined;
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0)) await cleanup();
+  await env?.close();
+  env = undefined;
+  // Checked last, once every frame arrived and the cleanup ran.
+  expect(serverFrameViolations.splice(0)).toEqual([]);
+});
+
+async function call(
+  path: string,
+  options: { user?: string; method?: string; body?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; body: Record<string, unknown>; headers: Headers }> {
+  if (env === undefined) throw new Error('no server');
+  const response = await fetch(`${env.httpUrl}${path}`, {
+    method: options.method ?? 'GET',
+    headers: { ...(options.user === undefined ? {} : { 'x-user': options.user }), ...options.headers },
+    ...(options.body === undefined ? {} : { body: options.body }),
+  });
+  const text = await response.text();
+  return { status: response.status, body: text === '' ? {} : JSON.parse(text), headers: response.headers };
+}
+
+describe('HTTP handler', () => {
+  it("serves a task's snapshot to its owner, without owner, acks or lease", async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
+    await task.item({ key: 'n1', ok: true });
+    const response = await call(`/progress/tasks/${task.id}`, { user: 'alice' });
+    expect(response.status).toBe(200);
+    expect(response.headers.get('content-type')).toContain('application/json');
+    expect(response.headers.get('cache-control')).toBe('no-store');
+    expect(response.body.task).toMatchObject({
+      id: task.id,
+      kind: 'batch_taint',
+      seq: 1,
+      done: 1,
+      status: 'running',
+    });
+    for (const hidden of ['owner', 'ackedSeq', 'leaseOwner', 'leaseExpiresAt']) {
+      expect(response.body.task).not.toHaveProperty(hidden);
+    }
+  });
+
+  it('answers 401 without credentials, 403 for another owner (revealTaskExistence) and 404 for an unknown task, with no data', async () => {
+    env = await startServer({ revealTaskExistence: true });
+    const task = await env.server.tasks.create({
+      owner: 'bob',
+      kind: 'secret-kind',
+      message: 'secret message',
+    });
+    const anonymous = await call(`/progress/tasks/${task.id}`);
+    expect(anonymous).toMatchObject({ status: 401, body: { error: { code: 'unauthenticated' } } });
+    const forbidden = await call(`/progress/tasks/${task.id}`, { user: 'alice' });
+    expect(forbidden).toMatchObject({ status: 403, body: { error: { code: 'forbidden' } } });
+    expect(JSON.stringify(forbidden.body)).not.toMatch(/secret/);
+    const events = await call(`/progress/tasks/${task.id}/events`, { user: 'alice' });
+    expect(events.status).toBe(403);
+    expect(Object.keys(events.body)).toEqual(['error']);
+    const missing = await call('/progress/tasks/nope', { user: 'alice' });
+    expect(missing).toMatchObject({ status: 404, body: { error: { code: 'task_not_found' } } });
+    const cancel = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(cancel.status).toBe(403);
+    expect((await env.store.getTask(task.id))?.status).toBe('running');
+  });
+
+  it('pages events after a seq', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await task.progress({ done: i });
+    const page = await call(`/progress/tasks/${task.id}/events?afterSeq=1&limit=2`, { user: 'alice' });
+    expect(page.status).toBe(200);
+    expect((page.body.events as Array<{ seq: number }>).map((event) => event.seq)).toEqual([2, 3]);
+    expect(page.body.hasMore).toBe(true);
+    expect(page.body.task).toMatchObject({ seq: 5 });
+    const rest = await call(`/progress/tasks/${task.id}/events?afterSeq=3`, { user: 'alice' });
+    expect((rest.body.events as Array<{ seq: number }>).map((event) => event.seq)).toEqual([4, 5]);
+    expect(rest.body.hasMore).toBe(false);
+    for (const query of ['afterSeq=-1', 'afterSeq=abc', 'limit=0', 'limit=100000', 'afterSeq=1.5']) {
+      const bad = await call(`/progress/tasks/${task.id}/events?${query}`, { user: 'alice' });
+      expect(bad, query).toMatchObject({ status: 400, body: { error: { code: 'invalid_input' } } });
+    }
+  });
+
+  it("lists only the principal's own recent tasks, filtered by status", async () => {
+    env = await startServer();
+    const mine = await env.server.tasks.create({ owner: 'alice', kind: 'k', id: 'alice-1' });
+    await env.server.tasks.create({ owner: 'alice', kind: 'k', id: 'alice-2' });
+    await env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'bob-1' });
+    await mine.complete();
+    const all = await call('/progress/tasks', { user: 'alice' });
+    expect((all.body.tasks as Array<{ id: string }>).map((task) => task.id).sort()).toEqual([
+      'alice-1',
+      'alice-2',
+    ]);
+    const running = await call('/progress/tasks?status=running', { user: 'alice' });
+    expect((running.body.tasks as Array<{ id: string }>).map((task) => task.id)).toEqual(['alice-2']);
+    expect((await call('/progress/tasks?status=bogus', { user: 'alice' })).status).toBe(400);
+  });
+
+  it('cancels a task, delivers the cancellation to watchers, and answers 409 the second time', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(() => client.close());
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const response = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      body: JSON.stringify({ reason: 'wrong nodes' }),
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(response).toMatchObject({ status: 200, body: { task: { status: 'cancelled' } } });
+    const event = await client.next((frame) => frame.type === 'event');
+    expect(event.event).toMatchObject({ type: 'cancelled', reason: 'wrong nodes' });
+    expect(task.signal.aborted).toBe(true);
+    const again = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(again).toMatchObject({ status: 409, body: { error: { code: 'task_finished' } } });
+    const badBody = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      body: '{oops',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(badBody.status).toBe(400);
+  });
+
+  it('answers 405 for a wrong method and 404 for unknown routes without next', async () => {
+    env = await startServer();
+    const wrong = await call('/progress/tasks/x/cancel', { user: 'alice' });
+    expect(wrong.status).toBe(405);
+    expect(wrong.headers.get('allow')).toBe('POST');
+    expect((await call('/progress/elsewhere', { user: 'alice' })).status).toBe(404);
+    expect((await call('/other', { user: 'alice' })).status).toBe(404);
+  });
+
+  it('decodes percent-encoded ids and accepts a bearer token', async () => {
+    env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', id: 'team/batch:1' });
+    const response = await call(`/progress/tasks/${encodeURIComponent(task.id)}`, {
+      headers: { authorization: 'Bearer token-alice' },
+    });
+    expect(response).toMatchObject({ status: 200, body: { task: { id: 'team/batch:1' } } });
+    expect(
+      (
+        await call(`/progress/tasks/${encodeURIComponent(task.id)}`, {
+          headers: { authorization: 'Bearer x' },
+        })
+      ).status,
+    ).toBe(401);
+  });
+
+  it('works as connect/Express middleware: mounted paths via originalUrl, unknown routes to next()', async () => {
+    const store = new MemoryProgressStore();
+    const progress = new ProgressServer({
+      store,
+      authenticate: (request) => ({ id: String(request.headers['x-user']) }),
+    });
+    const handler = progress.httpHandler({ basePath: '/api/progress' });
+    const passed: string[] = [];
+    // A minimal Express-like app: `app.use('/api', handler)` strips '/api' from `url`.
+    const httpServer = createServer((request: IncomingMessage, response: ServerResponse) => {
+      const original = request.url ?? '/';
+      Object.assign(request, { originalUrl: original, url: original.replace(/^\/api/, '') });
+      handler(request, response, () => {
+        passed.push(original);
+        response.writeHead(418).end();
+      });
+    });
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      await progress.close({ timeoutMs: 200 });
+      await new Promise((resolve) => httpServer.close(resolve));
+    });
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    const base = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+    const ok = await fetch(`${base}/api/progress/tasks/${task.id}`, { headers: { 'x-user': 'alice' } });
+    expect(ok.status).toBe(200);
+    const other = await fetch(`${base}/api/users`);
+    expect(other.status).toBe(418);
+    expect(passed).toEqual(['/api/users']);
+  });
+
+  it('uses a body already parsed by a framework', async () => {
+    const store = new MemoryProgressStore();
+    const progress = new ProgressServer({ store, authenticate: () => ({ id: 'alice' }) });
+    const handler = progress.httpHandler();
+    const httpServer = createServer((request, response) => {
+      Object.assign(request, { body: { reason: 'parsed upstream' } });
+      request.resume();
+      handler(request, response);
+    });
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      await progress.close({ timeoutMs: 200 });
+      await new Promise((resolve) => httpServer.close(resolve));
+    });
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    const base = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+    const response = await fetch(`${base}/progress/tasks/${task.id}/cancel`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: 'ignored',
+    });
+    expect(response.status).toBe(200);
+    expect((await store.readEvents(task.id, 0)).at(-1)).toMatchObject({
+      type: 'cancelled',
+      reason: 'parsed upstream',
+    });
+  });
+});

@@ -1,0 +1,404 @@
+/**
+ * The HTTP API's routes: matching, authentication and per-task authorization, and the answer of each
+ * route (list, task, events, cancel, SSE stream, ack, health).
+ *
+ * @module
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ProgressStore, Task } from '@finishline/core';
+import {
+  ErrorCode,
+  ID_PATTERN,
+  isProgressError,
+  LIMITS,
+  ProgressError,
+  STORE_DEFAULTS,
+  toTaskView,
+} from '@finishline/core';
+import type { AllowedOrigins, Principal } from '../auth.js';
+import { pathOf } from '../auth.js';
+import type { Authenticator } from '../authenticator.js';
+import type { AckWriter } from '../hub/ack-writer.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { TaskApi } from '../tasks/task-api.js';
+import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import type { ServerHealth } from './health.js';
+import {
+  checkMutation,
+  errorBody,
+  fromCode,
+  HTTP_STATUS,
+  HttpError,
+  parseInteger,
+  parseStatuses,
+  readJsonBody,
+  send,
+} from './http-request.js';
+import type { StreamContext } from './sse-stream.js';
+import { streamTask } from './sse-stream.js';
+
+export { HTTP_STATUS } from './http-request.js';
+
+/**
+ * A request handler in the shape node `http`, Express and Connect share. Requests outside `basePath` (or
+ * to unknown routes under it) are passed to `next` when there is one, else answered with 404.
+ */
+export type HttpHandler = (
+  request: IncomingMessage,
+  response: ServerResponse,
+  next?: (error?: unknown) => void,
+) => void;
+
+/** Options of {@link ProgressServer.httpHandler}. */
+export interface HttpHandlerOptions {
+  /**
+   * Path prefix of the routes, without a trailing slash.
+   * @default '/progress'
+   */
+  basePath?: string;
+}
+
+/** The defaults of {@link HttpHandlerOptions}. */
+export const HTTP_HANDLER_DEFAULTS = Object.freeze({ basePath: '/progress' });
+
+/** Default and largest page of `GET …/events`. */
+const EVENTS_DEFAULT_LIMIT = 100;
+const EVENTS_MAX_LIMIT = 1000;
+
+/** @internal */
+export interface HttpHandlerContext<P extends Principal> {
+  auth: Authenticator<P>;
+  /** The server's `allowedOrigins`: mutating routes check the request's Origin against it. */
+  allowedOrigins: AllowedOrigins;
+  /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
+  revealTaskExistence: boolean;
+  tasks: TaskApi;
+  store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
+  metrics: ServerMetrics;
+  logger: ProgressLogger;
+  /** The replica's health, served unauthenticated at `{basePath}/healthz`; the route is absent without it. */
+  health?: () => ServerHealth;
+  /** The WebSocket path: a plain request to it is answered 426 rather than passed on or left hanging. */
+  webSocketPath?: string;
+  /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
+  healthDetails?: 'authenticated' | 'public';
+  /** Serves `GET …/stream` (Server-Sent Events) and `POST …/ack`; both routes are absent without it. */
+  streams?: StreamContext & { acks: Pick<AckWriter, 'ack'>; maxSocketsPerPrincipal: number };
+}
+
+/** `serve` wrote the response itself (an event stream). */
+const STREAMED = Symbol('streamed');
+
+type Route =
+  | { name: 'list' }
+  | { name: 'task'; taskId: string }
+  | { name: 'events'; taskId: string }
+  | { name: 'cancel'; taskId: string }
+  | { name: 'stream'; taskId: string }
+  | { name: 'ack'; taskId: string };
+
+const ALLOWED: Record<Route['name'], string> = {
+  list: 'GET',
+  task: 'GET',
+  events: 'GET',
+  cancel: 'POST',
+  stream: 'GET',
+  ack: 'POST',
+};
+
+/**
+ * Builds the HTTP API (see the package README for the routes). Every route authenticates like the
+ * upgrade does (`authenticate(request)`, else an `Authorization: Bearer` token through
+ * `authenticateToken`) and authorizes per task; a refused request gets no task data.
+ *
+ * @internal
+ */
+export function createHttpHandler<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  options: HttpHandlerOptions = {},
+): HttpHandler {
+  if (typeof options !== 'object' || options === null) {
+    throw new ProgressError(ErrorCode.InvalidInput, 'httpHandler: options must be an object');
+  }
+  const basePath = options.basePath ?? HTTP_HANDLER_DEFAULTS.basePath;
+  if (
+    typeof basePath !== 'string' ||
+    !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))
+  ) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `httpHandler: basePath must be '' or start with '/' and not end with '/', got ${JSON.stringify(basePath)}`,
+    );
+  }
+
+  return (request, response, next) => {
+    let route: Route | undefined;
+    let url: URL;
+    try {
+      // Express strips a mount path from `url`; `originalUrl` keeps it.
+      const raw = (request as { originalUrl?: string }).originalUrl ?? request.url ?? '/';
+      url = new URL(raw, 'http://localhost');
+      route = matchRoute(pathOf(raw), basePath);
+    } catch {
+      route = undefined;
+      url = new URL('http://localhost/');
+    }
+    if (route === undefined && ctx.health !== undefined && isHealthRoute(request, url, basePath)) {
+      void serveHealth(ctx, ctx.health, request, response);
+      return;
+    }
+    if (route === undefined && ctx.webSocketPath !== undefined && url.pathname === ctx.webSocketPath) {
+      send(response, {
+        status: 426,
+        body: errorBody(ErrorCode.InvalidInput, 'This path only speaks WebSocket: send an upgrade request'),
+        headers: { upgrade: 'websocket', connection: 'Upgrade' },
+      });
+      return;
+    }
+    if (route === undefined) {
+      if (next !== undefined) next();
+      else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
+      return;
+    }
+    const matched = route;
+    if ((matched.name === 'stream' || matched.name === 'ack') && ctx.streams === undefined) {
+      if (next !== undefined) next();
+      else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
+      return;
+    }
+    serve(ctx, matched, url, request, response).then(
+      (body) => {
+        if (body !== STREAMED) send(response, { status: 200, body });
+      },
+      (error: unknown) => {
+        if (error instanceof HttpError) {
+          send(response, {
+            status: error.status,
+            body: errorBody(error.code, error.message),
+            headers: error.headers,
+          });
+          return;
+        }
+        if (isProgressError(error)) {
+          if (error.code === ErrorCode.StoreUnavailable || error.code === ErrorCode.Internal) {
+            ctx.metrics.storeErrors.inc();
+          }
+          send(response, { status: HTTP_STATUS[error.code], body: errorBody(error.code, error.message) });
+          return;
+        }
+        ctx.metrics.handlerErrors.inc();
+        ctx.logger.error({ err: describeError(error), route: matched.name }, 'HTTP handler failed');
+        send(response, { status: 500, body: errorBody(ErrorCode.Internal, 'Internal error') });
+      },
+    );
+  };
+}
+
+/** `GET` / `HEAD {basePath}/healthz`: the probe route (no authentication, no task data). */
+function isHealthRoute(request: IncomingMessage, url: URL, basePath: string): boolean {
+  const method = request.method ?? 'GET';
+  return (method === 'GET' || method === 'HEAD') && url.pathname === `${basePath}/healthz`;
+}
+
+/**
+ * 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. The body is `{ ok }`
+ * unless details are public or the request authenticates: the details name the host and pid (in
+ * `serverId`) and the store's last error, which an anonymous caller has no use for. Never rejects.
+ */
+async function serveHealth<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  health: () => ServerHealth,
+  request: IncomingMessage,
+  response: ServerResponse,
+): Promise<void> {
+  let report: ServerHealth | undefined;
+  try {
+    report = health();
+  } catch {
+    report = undefined;
+  }
+  if (report === undefined) {
+    send(response, { status: 503, body: { ok: false } });
+    return;
+  }
+  const status = report.ok ? 200 : 503;
+  let detailed = ctx.healthDetails === 'public';
+  if (!detailed) {
+    try {
+      detailed = (await ctx.auth.fromHttp(request)) !== undefined;
+    } catch (error) {
+      ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
+    }
+  }
+  send(response, { status, body: detailed ? report : { ok: report.ok } });
+}
+
+function matchRoute(path: string, basePath: string): Route | undefined {
+  if (!path.startsWith(`${basePath}/`)) return undefined;
+  const segments = path.slice(basePath.length + 1).split('/');
+  if (segments[0] !== 'tasks') return undefined;
+  if (segments.length === 1) return { name: 'list' };
+  // Ids may contain '/', so clients percent-encode them (encodeURIComponent) into one segment.
+  const taskId = decodeURIComponent(segments[1] ?? '');
+  if (segments.length === 2) return { name: 'task', taskId };
+  if (segments.length === 3 && segments[2] === 'events') return { name: 'events', taskId };
+  if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', taskId };
+  if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', taskId };
+  if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', taskId };
+  return undefined;
+}
+
+async function serve<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  route: Route,
+  url: URL,
+  request: IncomingMessage,
+  response: ServerResponse,
+): Promise<unknown> {
+  const method = request.method ?? 'GET';
+  const allowed = ALLOWED[route.name];
+  if (method !== allowed && !(allowed === 'GET' && method === 'HEAD')) {
+    throw new HttpError(ErrorCode.InvalidInput, `Use ${allowed} on this route`, {
+      status: 405,
+      headers: { allow: allowed },
+    });
+  }
+  // Before authentication: a forged request is refused without running the application's hooks.
+  if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
+  let principal: P | undefined;
+  try {
+    principal = await ctx.auth.fromHttp(request);
+  } catch (error) {
+    ctx.metrics.handlerErrors.inc();
+    ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
+    throw fromCode(ErrorCode.Internal, 'Authentication failed');
+  }
+  if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+
+  switch (route.name) {
+    case 'list': {
+      const statuses = parseStatuses(url.searchParams.get('status'));
+      const limit = parseInteger(url.searchParams.get('limit'), {
+        name: 'limit',
+        fallback: STORE_DEFAULTS.listLimit,
+        min: 1,
+        max: 1000,
+      });
+      const tasks = await ctx.store.listTasks({
+        owner: principal.id,
+        limit,
+        ...(statuses === undefined ? {} : { statuses }),
+      });
+      return { tasks: tasks.map(toTaskView) };
+    }
+    case 'task': {
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      return { task: toTaskView(task) };
+    }
+    case 'events': {
+      const afterSeq = parseInteger(url.searchParams.get('afterSeq'), {
+        name: 'afterSeq',
+        fallback: 0,
+        min: 0,
+        max: LIMITS.maxCount,
+      });
+      const limit = parseInteger(url.searchParams.get('limit'), {
+        name: 'limit',
+        fallback: EVENTS_DEFAULT_LIMIT,
+        min: 1,
+        max: EVENTS_MAX_LIMIT,
+      });
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      const events = await ctx.store.readEvents(task.id, afterSeq, limit);
+      const last = events.at(-1)?.seq ?? afterSeq;
+      return { task: toTaskView(task), events, hasMore: last < task.seq };
+    }
+    case 'cancel': {
+      const body = await readJsonBody(request);
+      const reason = body.reason;
+      if (
+        reason !== undefined &&
+        reason !== null &&
+        (typeof reason !== 'string' || reason.length > LIMITS.maxKeyLength)
+      ) {
+        throw fromCode(
+          ErrorCode.InvalidInput,
+          `reason must be a string of at most ${LIMITS.maxKeyLength} characters`,
+        );
+      }
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel');
+      await ctx.tasks.cancel(task.id, typeof reason === 'string' ? reason : null);
+      const after = await ctx.store.getTask(task.id);
+      return { task: toTaskView(after ?? task) };
+    }
+    case 'stream': {
+      const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
+      // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
+      const lastEventId = request.headers['last-event-id'];
+      const afterSeq = parseInteger(
+        typeof lastEventId === 'string' ? lastEventId : url.searchParams.get('afterSeq'),
+        { name: 'Last-Event-ID (afterSeq)', fallback: 0, min: 0, max: LIMITS.maxCount },
+      );
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      // A stream costs what a socket costs: it counts against the principal's socket cap.
+      if (!streams.limits.openSocket(principal.id)) {
+        ctx.metrics.principalLimits.inc({ limit: 'sockets' });
+        throw fromCode(
+          ErrorCode.TooManySockets,
+          `A principal may have at most ${streams.maxSocketsPerPrincipal} sockets and streams open`,
+        );
+      }
+      let released = false;
+      streamTask(streams, task, afterSeq, request, response, () => {
+        if (released) return;
+        released = true;
+        streams.limits.closeSocket(principal.id);
+      });
+      return STREAMED;
+    }
+    case 'ack': {
+      const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
+      const body = await readJsonBody(request);
+      const seq = body.seq;
+      if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
+        throw fromCode(ErrorCode.InvalidInput, 'seq must be an integer >= 1');
+      }
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      if (seq > task.seq) {
+        throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
+      }
+      streams.acks.ack(task.id, seq);
+      return { taskId: task.id, seq };
+    }
+    default: {
+      const unreachable: never = route;
+      throw new TypeError(`Unknown route ${String(unreachable)}`);
+    }
+  }
+}
+
+/**
+ * The task, if the principal may `action` it. A task the principal may not watch answers exactly like a
+ * missing one (404, same body) unless `revealTaskExistence` is on; one it may watch but not cancel is a
+ * 403, since its existence is no secret to that principal. Neither answer carries task data.
+ */
+async function loadAuthorized<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  principal: P,
+  taskId: string,
+  action: 'watch' | 'cancel',
+): Promise<Task> {
+  if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
+    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
+  }
+  const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
+  const task = await ctx.store.getTask(taskId);
+  if (task === undefined) throw notFound();
+  if (await ctx.auth.authorize(principal, task, action)) return task;
+  const known =
+    ctx.revealTaskExistence || (action !== 'watch' && (await ctx.auth.authorize(principal, task, 'watch')));
+  if (!known) throw notFound();
+  throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
+}

@@ -1,0 +1,203 @@
+/**
+ * The HTTP plumbing of the API: error codes to statuses, the refusal type, the CSRF check of mutating
+ * requests, query and body parsing, and JSON replies.
+ *
+ * @module
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TaskStatus } from '@finishline/core';
+import { ErrorCode, TASK_STATUSES } from '@finishline/core';
+import type { AllowedOrigins } from '../auth.js';
+import { isOriginAllowed } from '../auth.js';
+
+/** HTTP status of each error code (docs/errors.md). */
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
+  invalid_frame: 400,
+  frame_too_large: 413,
+  unknown_frame: 400,
+  unsupported_protocol: 400,
+  unauthenticated: 401,
+  token_expired: 401,
+  forbidden: 403,
+  rate_limited: 429,
+  too_many_subscriptions: 429,
+  too_many_sockets: 429,
+  invalid_input: 400,
+  task_not_found: 404,
+  task_finished: 409,
+  lease_held: 409,
+  store_unavailable: 503,
+  closed: 503,
+  unreachable: 502,
+  timeout: 504,
+  internal: 500,
+});
+
+/** Largest request body read (the cancel route's `{ reason }`). */
+const MAX_BODY_BYTES = 16 * 1024;
+
+/** A refusal with its HTTP status (and extra headers, e.g. `Allow`). */
+export class HttpError extends Error {
+  readonly status: number;
+  readonly code: ErrorCode;
+  readonly headers: Record<string, string>;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    http: { status?: number; headers?: Record<string, string> } = {},
+  ) {
+    super(message);
+    this.code = code;
+    this.status = http.status ?? HTTP_STATUS[code];
+    this.headers = http.headers ?? {};
+  }
+}
+
+export function fromCode(code: ErrorCode, message: string): HttpError {
+  return new HttpError(code, message);
+}
+
+/** The JSON error body every refusal carries. */
+export function errorBody(code: ErrorCode, message: string): { error: { code: ErrorCode; message: string } } {
+  return { error: { code, message } };
+}
+
+/**
+ * Refuses a state-changing request a web page on another site could have made with the user's cookies
+ * (cross-site request forgery):
+ * - an `Origin` not allowed by `allowedOrigins` (the upgrade's allow-list, same-origin by default),
+ *   `Origin: null` included;
+ * - no `Origin` at all on a request carrying cookies (browsers send one on every `POST`; its absence
+ *   with a cookie means an old or unusual browser we cannot vouch for);
+ * - a body that is not `application/json`: only `text/plain`, form and multipart bodies can be sent
+ *   cross-site without a CORS preflight, so requiring JSON puts every such request behind one.
+ */
+export function checkMutation(request: IncomingMessage, allowedOrigins: AllowedOrigins): void {
+  const origin = request.headers.origin;
+  if (allowedOrigins !== '*') {
+    if (origin === undefined && request.headers.cookie !== undefined) {
+      throw new HttpError(ErrorCode.Forbidden, 'A request with cookies must carry an Origin header');
+    }
+  }
+  if (!isOriginAllowed(request, allowedOrigins)) {
+    throw new HttpError(ErrorCode.Forbidden, 'Origin not allowed');
+  }
+  const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new HttpError(ErrorCode.InvalidInput, 'The body must be sent as Content-Type: application/json', {
+      status: 415,
+    });
+  }
+}
+
+export function parseInteger(
+  raw: string | null,
+  rule: { name: string; fallback: number; min: number; max: number },
+): number {
+  const { name, fallback, min, max } = rule;
+  if (raw === null || raw === '') return fallback;
+  const value = /^\d{1,16}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw fromCode(ErrorCode.InvalidInput, `${name} must be an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+export function parseStatuses(raw: string | null): TaskStatus[] | undefined {
+  if (raw === null || raw === '') return undefined;
+  const statuses = raw.split(',');
+  for (const status of statuses) {
+    if (!(TASK_STATUSES as readonly string[]).includes(status)) {
+      throw fromCode(
+        ErrorCode.InvalidInput,
+        `status must be a comma-separated list of ${TASK_STATUSES.join(', ')}`,
+      );
+    }
+  }
+  return statuses as TaskStatus[];
+}
+
+/**
+ * The request's JSON object body: one a framework already parsed (`request.body`), or read from the
+ * stream (at most 16 KiB). An empty body is `{}`.
+ */
+export async function readJsonBody(request: IncomingMessage): Promise<Record<string, unknown>> {
+  const parsed = (request as { body?: unknown }).body;
+  let value: unknown;
+  if (parsed !== undefined && !(typeof parsed === 'string' || parsed instanceof Uint8Array)) {
+    value = parsed;
+  } else {
+    const text =
+      typeof parsed === 'string'
+        ? parsed
+        : parsed instanceof Uint8Array
+          ? Buffer.from(parsed).toString('utf8')
+          : await readStream(request);
+    if (text.trim() === '') return {};
+    try {
+      value = JSON.parse(text);
+    } catch {
+      throw fromCode(ErrorCode.InvalidInput, 'The body must be JSON');
+    }
+  }
+  if (value === null || value === undefined) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw fromCode(ErrorCode.InvalidInput, 'The body must be a JSON object');
+  }
+  return value as Record<string, unknown>;
+}
+
+function readStream(request: IncomingMessage): Promise<string> {
+  if (request.readableEnded) return Promise.resolve('');
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        cleanup();
+        request.resume();
+        reject(
+          new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
+            status: 413,
+          }),
+        );
+        return;
+      }
+      chunks.push(chunk);
+    };
+    const onEnd = () => {
+      cleanup();
+      resolve(Buffer.concat(chunks).toString('utf8'));
+    };
+    const onError = (error: Error) => {
+      cleanup();
+      reject(error);
+    };
+    const cleanup = () => {
+      request.off('data', onData);
+      request.off('end', onEnd);
+      request.off('error', onError);
+    };
+    request.on('data', onData);
+    request.on('end', onEnd);
+    request.on('error', onError);
+  });
+}
+
+export function send(
+  response: ServerResponse,
+  reply: { status: number; body: unknown; headers?: Record<string, string> },
+): void {
+  if (response.headersSent || response.writableEnded || response.destroyed) return;
+  const { status, body, headers = {} } = reply;
+  const text = JSON.stringify(body);
+  response.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  });
+  response.end(text);
+}

@@ -1,0 +1,194 @@
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startServer, type TestServer } from '../testing/harness.js';
+
+/** Issue 14, what-to-build 3: `GET {basePath}/tasks/:id/stream` (Server-Sent Events) and `POST …/ack`. */
+
+let env: TestServer | undefined;
+const open: IncomingMessage[] = [];
+
+afterEach(async () => {
+  for (const response of open.splice(0)) response.destroy();
+  await env?.close();
+  env = undefined;
+});
+
+interface SseMessage {
+  id?: string;
+  data?: string;
+  comment?: string;
+}
+
+/** An event stream read the way `curl -N` shows it: raw text, split into SSE messages as it arrives. */
+class Stream {
+  readonly messages: SseMessage[] = [];
+  readonly ended: Promise<void>;
+  #buffer = '';
+  #waiters: Array<() => void> = [];
+
+  constructor(readonly response: IncomingMessage) {
+    open.push(response);
+    response.setEncoding('utf8');
+    response.on('data', (chunk: string) => {
+      this.#buffer += chunk;
+      let cut = this.#buffer.indexOf('\n\n');
+      while (cut >= 0) {
+        const block = this.#buffer.slice(0, cut);
+        this.#buffer = this.#buffer.slice(cut + 2);
+        const message: SseMessage = {};
+        for (const line of block.split('\n')) {
+          if (line.startsWith(':')) message.comment = line.slice(1).trim();
+          else if (line.startsWith('id: ')) message.id = line.slice(4);
+          else if (line.startsWith('data: ')) message.data = line.slice(6);
+        }
+        this.messages.push(message);
+        cut = this.#buffer.indexOf('\n\n');
+      }
+      for (const wake of this.#waiters.splice(0)) wake();
+    });
+    this.ended = new Promise((resolve) => response.on('end', () => resolve()));
+  }
+
+  frames(): Array<{ id: string; frame: Record<string, unknown> }> {
+    return this.messages
+      .filter((message) => message.data !== undefined)
+      .map((message) => ({ id: message.id ?? '', frame: JSON.parse(message.data as string) }));
+  }
+
+  async until(predicate: () => boolean, timeoutMs = 5000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!predicate()) {
+      if (Date.now() > deadline) throw new Error(`timed out; got ${JSON.stringify(this.messages)}`);
+      await new Promise<void>((resolve) => {
+        this.#waiters.push(resolve);
+        setTimeout(resolve, 50);
+      });
+    }
+  }
+}
+
+function get(path: string, headers: Record<string, string> = {}): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${env?.httpUrl}/progress${path}`, { headers }, resolve);
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
+  frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
+
+describe('GET /tasks/:id/stream', () => {
+  it('streams a job live: snapshot, events with id = seq, heartbeat comments, the terminal event, then the end', async () => {
+    env = await startServer({ heartbeatIntervalMs: 100 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 2 });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    expect(response.statusCode).toBe(200);
+    expect(response.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    const stream = new Stream(response);
+    await stream.until(() => stream.frames().length === 1);
+    await task.item({ key: 'a', ok: true });
+    await task.item({ key: 'b', ok: true });
+    await stream.until(() => stream.messages.some((message) => message.comment?.startsWith('heartbeat')));
+    await task.complete({ result: { done: true } });
+    await stream.ended;
+    const frames = stream.frames();
+    expect(frames.map((entry) => [entry.id, entry.frame.type])).toEqual([
+      ['0', 'snapshot'],
+      ['1', 'event'],
+      ['2', 'event'],
+      ['3', 'event'],
+    ]);
+    expect(frames.map(seqOf)).toEqual([0, 1, 2, 3]);
+    expect(frames[3]?.frame).toMatchObject({ event: { type: 'completed', result: { done: true } } });
+    expect(frames[0]?.frame).toMatchObject({ epoch: await env.store.getEpoch() });
+  });
+
+  it('a stream cut mid-task resumes from Last-Event-ID with nothing lost or repeated', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const first = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    await task.progress({ done: 2 });
+    await first.until(() => first.frames().some((entry) => seqOf(entry) === 2));
+    first.response.destroy(); // the cut
+    await task.progress({ done: 3 });
+    await task.progress({ done: 4 });
+    const lastId = first.frames().at(-1)?.id as string;
+    expect(lastId).toBe('2');
+    const second = new Stream(
+      await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': lastId }),
+    );
+    await task.complete();
+    await second.ended;
+    expect(second.frames().map((entry) => [entry.frame.type, seqOf(entry)])).toEqual([
+      ['event', 3],
+      ['event', 4],
+      ['event', 5],
+    ]);
+  });
+
+  it('a Last-Event-ID ahead of the task gets a reset snapshot (found #1 over SSE)', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.complete();
+    const stream = new Stream(
+      await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': '9' }),
+    );
+    await stream.ended;
+    expect(stream.frames()).toEqual([
+      expect.objectContaining({ id: '1', frame: expect.objectContaining({ type: 'snapshot', reset: true }) }),
+    ]);
+  });
+
+  it('respects authentication, the same not-found answer, and the per-principal cap', async () => {
+    env = await startServer({ maxSocketsPerPrincipal: 1 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    expect((await get(`/tasks/${task.id}/stream`)).statusCode).toBe(401);
+    const hidden = await get(`/tasks/${task.id}/stream`, { 'x-user': 'bob' });
+    const missing = await get('/tasks/nope/stream', { 'x-user': 'bob' });
+    const body = (response: IncomingMessage) =>
+      new Promise<string>((resolve) => {
+        let text = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => {
+          text += chunk;
+        });
+        response.on('end', () => resolve(text));
+      });
+    expect([hidden.statusCode, missing.statusCode]).toEqual([404, 404]);
+    expect(JSON.parse(await body(hidden)).error.code).toBe('task_not_found');
+    await body(missing);
+    const held = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    await held.until(() => held.frames().length === 1);
+    const refused = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    expect(refused.statusCode).toBe(429);
+    expect(JSON.parse(await body(refused)).error.code).toBe('too_many_sockets');
+    // Ending the stream gives the slot back.
+    held.response.destroy();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const again = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    expect(again.response.statusCode).toBe(200);
+  });
+});
+
+describe('POST /tasks/:id/ack', () => {
+  it('records an ack over HTTP, refusing one above the task’s seq', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const post = (seq: number) =>
+      fetch(`${env?.httpUrl}/progress/tasks/${task.id}/ack`, {
+        method: 'POST',
+        headers: { 'x-user': 'alice', 'content-type': 'application/json' },
+        body: JSON.stringify({ seq }),
+      });
+    const refused = await post(5);
+    expect(refused.status).toBe(400);
+    expect(((await refused.json()) as { error: { code: string } }).error.code).toBe('invalid_input');
+    const accepted = await post(1);
+    expect(accepted.status).toBe(200);
+    expect(await accepted.json()).toEqual({ taskId: task.id, seq: 1 });
+    await expect.poll(async () => (await env?.store.getTask(task.id))?.ackedSeq).toBe(1);
+  });
+});

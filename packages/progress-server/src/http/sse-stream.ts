@@ -1,0 +1,156 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ProgressStore, ServerFrame, Task, TaskEvent, Unsubscribe } from '@finishline/core';
+import { isTerminalType, toTaskView } from '@finishline/core';
+import { encodeFrame } from '@finishline/core/internal';
+import type { StoreEpoch } from '../hub/store-epoch.js';
+import type { TaskHub } from '../hub/task-hub.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { PrincipalLimits } from '../principal-limits.js';
+
+/**
+ * `GET {basePath}/tasks/:id/stream`: one task over Server-Sent Events, for networks whose proxies refuse
+ * WebSocket upgrades. The same JSON frames as the socket (version 2: snapshots carry the epoch, and a
+ * cursor ahead of the task gets a `reset` snapshot); each frame's SSE `id` is its seq, so a browser's
+ * `EventSource` (or any client sending `Last-Event-ID`) resumes where it was cut; heartbeats are comments;
+ * the stream ends after the terminal frame. Acknowledgements go over `POST …/ack`.
+ *
+ * The stream reads the store: on subscribe, and whenever the hub announces a commit of the task (one
+ * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq.
+ *
+ * @module
+ */
+
+/** What a stream needs from its server. @internal */
+export interface StreamContext {
+  readonly hub: TaskHub;
+  readonly epoch: StoreEpoch;
+  readonly limits: PrincipalLimits;
+  readonly store: Pick<ProgressStore, 'readEvents' | 'getTask'>;
+  readonly logger: ProgressLogger;
+  readonly heartbeatIntervalMs: number;
+  readonly maxReplayEvents: number;
+  readonly clock: () => number;
+  /** Open streams, ended by the server's shutdown. */
+  readonly open: Set<() => void>;
+}
+
+/**
+ * Streams `task` to `response` from `afterSeq` until its terminal frame, the client leaving, or the
+ * server's shutdown. The caller authenticated, authorized and counted the stream (`limits`); `release`
+ * is called once when it ends.
+ */
+export function streamTask(
+  ctx: StreamContext,
+  task: Task,
+  afterSeq: number,
+  request: IncomingMessage,
+  response: ServerResponse,
+  release: () => void,
+): void {
+  const taskId = task.id;
+  let cursor = afterSeq;
+  let ended = false;
+  let reading = false;
+  let again = false;
+  let unfollow: Unsubscribe | undefined;
+
+  response.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-store',
+    connection: 'keep-alive',
+    // nginx buffers proxied responses unless told not to: events would arrive in bursts.
+    'x-accel-buffering': 'no',
+  });
+  // Tells EventSource how long to wait before reconnecting after a cut (ms).
+  response.write('retry: 1000\n\n');
+
+  const end = () => {
+    if (ended) return;
+    ended = true;
+    clearInterval(heartbeat);
+    unfollow?.();
+    ctx.open.delete(end);
+    release();
+    if (!response.writableEnded) response.end();
+  };
+  ctx.open.add(end);
+  request.on('close', end);
+  response.on('close', end);
+  response.on('error', end);
+
+  const write = (seq: number, frame: ServerFrame) => {
+    if (ended) return;
+    response.write(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`);
+  };
+  const epochField = () => {
+    const epoch = ctx.epoch.current;
+    return epoch === undefined ? {} : { epoch };
+  };
+  const snapshot = (current: Task, reset: boolean) => {
+    write(current.seq, {
+      type: 'snapshot',
+      task: toTaskView(current),
+      ...epochField(),
+      ...(reset ? { reset: true as const } : {}),
+    });
+    cursor = current.seq;
+    if (current.status !== 'running') end();
+  };
+
+  const heartbeat = setInterval(() => {
+    // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic.
+    if (!ended) response.write(`: heartbeat ${ctx.clock()}\n\n`);
+  }, ctx.heartbeatIntervalMs);
+  heartbeat.unref();
+
+  /** Reads and writes everything after the cursor; re-runs once if a commit was announced meanwhile. */
+  const pump = async (): Promise<void> => {
+    if (reading) {
+      again = true;
+      return;
+    }
+    reading = true;
+    try {
+      do {
+        again = false;
+        for (;;) {
+          if (ended) return;
+          const events = await ctx.store.readEvents(taskId, cursor, ctx.maxReplayEvents);
+          if (ended || events.length === 0) break;
+          if ((events[0] as TaskEvent).seq !== cursor + 1) {
+            // Retention removed the events after the cursor: the snapshot stands for them.
+            const current = await ctx.store.getTask(taskId);
+            if (current !== undefined) snapshot(current, false);
+            else end();
+            return;
+          }
+          for (const event of events) {
+            write(event.seq, { type: 'event', event });
+            cursor = event.seq;
+            if (isTerminalType(event.type)) {
+              end();
+              return;
+            }
+          }
+        }
+      } while (again && !ended);
+    } catch (error) {
+      ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
+      // The client reconnects with Last-Event-ID and loses nothing.
+      end();
+    } finally {
+      reading = false;
+    }
+  };
+
+  // Follow before the first read, so a commit after it is announced.
+  unfollow = ctx.hub.follow(taskId, { deliver: () => void pump() });
+  // Where the hub's own reads of a newly followed task start (as a socket's subscribe does).
+  ctx.hub.observe(taskId, task.seq);
+  const backlog = task.seq - afterSeq;
+  if (afterSeq === 0 || backlog <= 0 || backlog > ctx.maxReplayEvents) {
+    snapshot(task, backlog < 0);
+  }
+  void pump();
+}

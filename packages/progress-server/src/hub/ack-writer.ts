@@ -1,0 +1,134 @@
+/**
+ * Persists watchers' acknowledgements to the store, batched, deduplicated and retried.
+ *
+ * @module
+ */
+import type { ProgressStore } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import { waitAtMost } from '../wait.js';
+
+interface AckState {
+  /** Highest seq written to the store by this process. */
+  written: number;
+  /** Highest seq acknowledged by a local watcher and not yet written. */
+  pending: number;
+  inFlight: Promise<void> | undefined;
+  /** Failed writes of `pending` in a row (store down). */
+  failures: number;
+  retryTimer: NodeJS.Timeout | undefined;
+}
+
+/** Writes of one ack retried at most this many times when the store fails. */
+const MAX_ATTEMPTS = 3;
+/** Tasks whose written ack is remembered (to skip duplicate writes from several watchers). */
+const MAX_REMEMBERED = 10_000;
+
+/**
+ * Persists watchers' acknowledgements (`store.ack`), which is what makes events *processed* for an
+ * operator. Acks of many sockets for one task are coalesced: at most one write per task is in flight,
+ * and when it lands the highest seq acknowledged meanwhile is written next. Nothing waits on a timer,
+ * so the ack of a terminal event is written as soon as the previous write of that task returns.
+ */
+export class AckWriter {
+  readonly #store: ProgressStore;
+  readonly #logger: ProgressLogger;
+  readonly #metrics: ServerMetrics;
+  readonly #retryDelayMs: number;
+  readonly #tasks = new Map<string, AckState>();
+  #closed = false;
+
+  constructor(options: {
+    store: ProgressStore;
+    logger: ProgressLogger;
+    metrics: ServerMetrics;
+    retryDelayMs: number;
+  }) {
+    this.#store = options.store;
+    this.#logger = options.logger;
+    this.#metrics = options.metrics;
+    this.#retryDelayMs = options.retryDelayMs;
+  }
+
+  /** A local watcher acknowledged `taskId` up to `seq`. */
+  ack(taskId: string, seq: number): void {
+    if (this.#closed) return;
+    let state = this.#tasks.get(taskId);
+    if (state === undefined) {
+      state = { written: 0, pending: 0, inFlight: undefined, failures: 0, retryTimer: undefined };
+      this.#tasks.set(taskId, state);
+      this.#evictOld();
+    }
+    if (seq <= state.written || seq <= state.pending) return;
+    state.pending = seq;
+    state.failures = 0;
+    this.#write(taskId, state);
+  }
+
+  /** Waits for in-flight writes (at most until `deadline`, epoch ms of the real clock). */
+  async flush(deadline: number): Promise<void> {
+    const inFlight = [...this.#tasks.values()].flatMap((state) => (state.inFlight ? [state.inFlight] : []));
+    if (inFlight.length === 0) return;
+    await waitAtMost(Promise.allSettled(inFlight), deadline - Date.now());
+  }
+
+  /** Stops writing and clears retry timers. */
+  close(): void {
+    this.#closed = true;
+    for (const state of this.#tasks.values()) {
+      if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
+      state.retryTimer = undefined;
+    }
+  }
+
+  #write(taskId: string, state: AckState): void {
+    if (state.inFlight !== undefined || state.retryTimer !== undefined || this.#closed) return;
+    if (state.pending <= state.written) return;
+    const seq = state.pending;
+    state.inFlight = this.#store.ack(taskId, seq).then(
+      (acked) => {
+        state.written = Math.max(state.written, acked, seq);
+        state.failures = 0;
+      },
+      (error: unknown) => this.#failed(taskId, state, seq, error),
+    );
+    void state.inFlight.finally(() => {
+      state.inFlight = undefined;
+      this.#write(taskId, state);
+    });
+  }
+
+  #failed(taskId: string, state: AckState, seq: number, error: unknown): void {
+    if (isProgressError(error, ErrorCode.TaskNotFound) || isProgressError(error, ErrorCode.InvalidInput)) {
+      // Purged task, or an ack the store refuses: retrying cannot help.
+      this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack not recorded');
+      state.written = Math.max(state.written, seq);
+      return;
+    }
+    this.#metrics.storeErrors.inc();
+    state.failures += 1;
+    if (state.failures >= MAX_ATTEMPTS || this.#closed) {
+      this.#logger.warn({ err: describeError(error), taskId, seq }, 'ack could not be recorded; giving up');
+      state.written = Math.max(state.written, seq);
+      return;
+    }
+    this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack write failed; retrying');
+    state.retryTimer = setTimeout(() => {
+      state.retryTimer = undefined;
+      this.#write(taskId, state);
+    }, this.#retryDelayMs);
+    state.retryTimer.unref();
+  }
+
+  #evictOld(): void {
+    if (this.#tasks.size <= MAX_REMEMBERED) return;
+    for (const [taskId, state] of this.#tasks) {
+      if (this.#tasks.size <= MAX_REMEMBERED) return;
+      if (state.inFlight === undefined && state.retryTimer === undefined && state.pending <= state.written) {
+        this.#tasks.delete(taskId);
+      }
+    }
+  }
+}

@@ -1,0 +1,174 @@
+/**
+ * The fair scheduler of subscription reads: bounds per principal and in total, round-robin turns.
+ *
+ * @module
+ */
+/** One queued read. */
+interface Job {
+  readonly read: () => Promise<unknown>;
+  /** The caller no longer needs the result (a resubscribe superseded it): run at once, uncounted. */
+  readonly stale: () => boolean;
+  readonly resolve: (value: unknown) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/** The reads of one principal. */
+interface Lane {
+  readonly queue: Job[];
+  active: number;
+}
+
+/**
+ * Schedules the store reads that sockets make for their own subscriptions (the task load of a
+ * subscribe, catch-up reads) so that one principal cannot crowd out the others:
+ *
+ * - at most `maxConcurrent` such reads are in flight at once, all principals together, which leaves
+ *   the store's pool (Postgres) free for appends and for the hub's live reads, which do not queue here;
+ * - at most `maxPerPrincipal` of them belong to one principal;
+ * - in one turn of the event loop at most one read of a principal starts; the next waits for the next
+ *   turn (`setImmediate`), after pending I/O such as other principals' frames and live events. A turn
+ *   then holds at most one read per principal together with what its caller does with the result (a
+ *   synchronous store like SQLite resolves at once, and the catch-up that follows — queueing and
+ *   sending up to a hundred events — runs in the same turn). An earlier budget of 1 ms of read time
+ *   per turn left that processing out, and a principal resubscribing at its frame budget still held
+ *   the loop for several milliseconds at a time;
+ * - principals take turns (round-robin), and a read whose subscription was superseded while it waited
+ *   is answered at once without I/O, so resubscribing cannot pile up work.
+ *
+ * Unloaded, a principal's first read starts at once, in the same turn; its pipelined subscribes follow
+ * one per turn, which an idle loop turns over in microseconds.
+ */
+export class FairReads {
+  readonly #maxConcurrent: number;
+  readonly #maxPerPrincipal: number;
+  /** Lanes with work, in turn order (a `Map` iterates in insertion order; a served lane moves last). */
+  readonly #lanes = new Map<string, Lane>();
+  /** Principals that started a read in the current turn of the loop. */
+  readonly #servedThisTurn = new Set<string>();
+  #active = 0;
+  #nextTurn: NodeJS.Immediate | undefined;
+  #closed = false;
+
+  constructor(options: { maxConcurrent: number; maxPerPrincipal: number }) {
+    this.#maxConcurrent = options.maxConcurrent;
+    this.#maxPerPrincipal = options.maxPerPrincipal;
+  }
+
+  /** Reads waiting for their turn, all principals together. */
+  get queued(): number {
+    let total = 0;
+    for (const lane of this.#lanes.values()) total += lane.queue.length;
+    return total;
+  }
+
+  /**
+   * Runs `read` on behalf of `principalId` when its turn comes; settles as `read` does. A job that
+   * became `stale` while queued is run (its `read` is expected to answer at once, without I/O) ahead of
+   * its turn and outside the limits.
+   */
+  run<T>(principalId: string, read: () => Promise<T>, stale: () => boolean = () => false): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      let lane = this.#lanes.get(principalId);
+      if (lane === undefined) {
+        lane = { queue: [], active: 0 };
+        this.#lanes.set(principalId, lane);
+      }
+      lane.queue.push({ read, stale, resolve: resolve as (value: unknown) => void, reject });
+      this.#pump();
+    });
+  }
+
+  /** Stops starting reads; queued ones never run (their sockets are closing). */
+  close(): void {
+    this.#closed = true;
+    if (this.#nextTurn !== undefined) clearImmediate(this.#nextTurn);
+    this.#nextTurn = undefined;
+  }
+
+  /** Starts what the limits allow now, in turn order; leaves the rest for a completion or the next turn. */
+  #pump(): void {
+    if (this.#closed) return;
+    let waitingForTurn = false;
+    let progressed = true;
+    while (progressed && this.#active < this.#maxConcurrent) {
+      progressed = false;
+      for (const [principalId, lane] of [...this.#lanes]) {
+        // Superseded reads at the head go at once; the rest of the queue is swept once per turn.
+        while (lane.queue[0]?.stale() === true) this.#settle(lane.queue.shift() as Job);
+        if (lane.queue.length === 0) {
+          if (lane.active === 0) this.#lanes.delete(principalId);
+          continue;
+        }
+        if (this.#active >= this.#maxConcurrent) break;
+        if (lane.active >= this.#maxPerPrincipal) continue;
+        if (this.#servedThisTurn.has(principalId)) {
+          waitingForTurn = true;
+          continue;
+        }
+        const job = lane.queue.shift() as Job;
+        // Served: to the back of the turn order.
+        this.#lanes.delete(principalId);
+        this.#lanes.set(principalId, lane);
+        this.#start(principalId, lane, job);
+        progressed = true;
+      }
+    }
+    if (waitingForTurn) this.#scheduleTurn();
+  }
+
+  /** A new turn of the loop: every principal may start a read again. */
+  #scheduleTurn(): void {
+    if (this.#nextTurn !== undefined || this.#closed) return;
+    this.#nextTurn = setImmediate(() => {
+      this.#nextTurn = undefined;
+      this.#servedThisTurn.clear();
+      for (const lane of this.#lanes.values()) this.#settleStale(lane);
+      this.#pump();
+    });
+  }
+
+  /** Answers the lane's stale jobs now (their reads do no I/O) and keeps the others in order. */
+  #settleStale(lane: Lane): void {
+    if (!lane.queue.some((job) => job.stale())) return;
+    const live: Job[] = [];
+    for (const job of lane.queue) {
+      if (!job.stale()) {
+        live.push(job);
+        continue;
+      }
+      this.#settle(job);
+    }
+    lane.queue.splice(0, lane.queue.length, ...live);
+  }
+
+  /** Runs a stale job's read, which answers without I/O, outside the limits. */
+  #settle(job: Job): void {
+    try {
+      job.read().then(job.resolve, job.reject);
+    } catch (error) {
+      job.reject(error);
+    }
+  }
+
+  #start(principalId: string, lane: Lane, job: Job): void {
+    this.#active += 1;
+    lane.active += 1;
+    this.#servedThisTurn.add(principalId);
+    // The mark is per turn: a turn boundary clears it (cheap: one setImmediate per turn at most).
+    this.#scheduleTurn();
+    let reading: Promise<unknown>;
+    try {
+      reading = job.read();
+    } catch (error) {
+      reading = Promise.reject(error);
+    }
+    reading.then(job.resolve, job.reject).finally(() => {
+      this.#active -= 1;
+      lane.active -= 1;
+      if (lane.active === 0 && lane.queue.length === 0 && this.#lanes.get(principalId) === lane) {
+        this.#lanes.delete(principalId);
+      }
+      this.#pump();
+    });
+  }
+}

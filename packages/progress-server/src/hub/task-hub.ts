@@ -1,0 +1,298 @@
+/**
+ * The per-process hub of live events: one store read per change, fanned out to every local subscriber,
+ * and the owner of each socket subscription's stream ({@link TaskStream}: backlog, gap repair, live
+ * events).
+ *
+ * @module
+ */
+import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { FairReads } from './fair-reads.js';
+import type { StreamHub, StreamSink } from './task-stream.js';
+import { TaskStream } from './task-stream.js';
+
+/** A local consumer of a task's live events (one per socket subscription). */
+export interface HubSubscriber {
+  /**
+   * New events of the task: contiguous, in seq order, each handed to every subscriber once. A subscriber
+   * that missed earlier ones (it was still loading) catches up from the store: a {@link TaskStream} does
+   * that for it.
+   */
+  deliver(events: readonly TaskEvent[]): void;
+}
+
+interface Followed {
+  readonly taskId: string;
+  readonly subscribers: Set<HubSubscriber>;
+  /** Highest seq read and dispatched; `undefined` until the first subscriber learned the task's seq. */
+  readSeq: number | undefined;
+  /** Highest seq known to be committed (from the feed, local appends and subscribers' reads). */
+  latestSeq: number;
+  reading: boolean;
+  /** Appends to this task in flight in this process (see {@link TaskHub.localAppend}). */
+  localAppends: number;
+  retryTimer: NodeJS.Timeout | undefined;
+  stopFeed: Unsubscribe | undefined;
+  closed: boolean;
+}
+
+const noop = (): void => undefined;
+
+/** Events read per store call when catching up. */
+const READ_LIMIT = 1000;
+
+/**
+ * Per-process fan-out of live events. Whatever the number of local sockets following a task, a change
+ * on the feed costs one store read, and its events go to every subscriber in seq order. Events appended
+ * through this process are dispatched directly, in the tick their append resolves, without a read.
+ *
+ * A socket subscription gets one unbroken stream from its cursor through {@link TaskHub.stream}: the hub
+ * reads its backlog (through {@link FairReads}, in its principal's turn), repairs gaps and hands it the
+ * live events, so a socket never reads the store for events.
+ *
+ * The hub only remembers seqs (for subscribers' catch-up checks); it holds no event payloads.
+ */
+export class TaskHub {
+  readonly #store: ProgressStore;
+  readonly #feed: ChangeFeed;
+  readonly #logger: ProgressLogger;
+  readonly #metrics: ServerMetrics;
+  readonly #retryDelayMs: number;
+  readonly #followed = new Map<string, Followed>();
+  /** What the streams of socket subscriptions use of the hub. */
+  readonly #streamHub: StreamHub;
+  #stopFeed: Unsubscribe | undefined;
+
+  constructor(options: {
+    store: ProgressStore;
+    logger: ProgressLogger;
+    metrics: ServerMetrics;
+    retryDelayMs: number;
+    /** The fair scheduler of subscription reads (task loads, backlogs, gap repairs). */
+    reads: FairReads;
+    /** A backlog longer than this is replaced by a snapshot. */
+    maxReplayEvents: number;
+  }) {
+    this.#store = options.store;
+    this.#feed = options.store.changes;
+    this.#logger = options.logger;
+    this.#metrics = options.metrics;
+    this.#retryDelayMs = options.retryDelayMs;
+    this.#streamHub = {
+      store: options.store,
+      reads: options.reads,
+      metrics: options.metrics,
+      logger: options.logger,
+      maxReplayEvents: options.maxReplayEvents,
+      retryDelayMs: options.retryDelayMs,
+      latestSeq: (taskId) => this.latestSeq(taskId),
+      observe: (taskId, seq) => this.observe(taskId, seq),
+    };
+  }
+
+  /**
+   * Opens a subscriber's stream of `taskId`. It follows the task at once, before its first read, so no
+   * commit after that read goes unnoticed; reads run in `principalId`'s turn.
+   */
+  stream(taskId: string, principalId: string, sink: StreamSink): TaskStream {
+    return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink }, (stream) =>
+      this.follow(taskId, stream),
+    );
+  }
+
+  /** Starts listening to the store's change feed. */
+  start(): void {
+    if (this.#stopFeed !== undefined) return;
+    this.#stopFeed = this.#feed.subscribe((change) => this.#onChange(change));
+  }
+
+  /** Number of tasks followed by at least one local subscriber. */
+  get size(): number {
+    return this.#followed.size;
+  }
+
+  /**
+   * Adds a subscriber of `taskId`. Call it *before* reading the task, so no commit after the read can go
+   * unnoticed. Returns the function that removes it.
+   */
+  follow(taskId: string, subscriber: HubSubscriber): Unsubscribe {
+    let entry = this.#followed.get(taskId);
+    if (entry === undefined) {
+      entry = {
+        taskId,
+        subscribers: new Set(),
+        readSeq: undefined,
+        latestSeq: 0,
+        reading: false,
+        localAppends: 0,
+        retryTimer: undefined,
+        stopFeed: undefined,
+        closed: false,
+      };
+      this.#followed.set(taskId, entry);
+      try {
+        entry.stopFeed = this.#feed.follow?.(taskId);
+      } catch (error) {
+        this.#logger.warn({ err: describeError(error), taskId }, 'change feed follow() failed');
+      }
+    }
+    entry.subscribers.add(subscriber);
+    const followed = entry;
+    return () => {
+      followed.subscribers.delete(subscriber);
+      if (followed.subscribers.size === 0 && this.#followed.get(taskId) === followed) this.#drop(followed);
+    };
+  }
+
+  /**
+   * A subscriber read the task at `seq`. The first such read fixes where the hub's own reads start; any
+   * later one only raises the latest known seq.
+   */
+  observe(taskId: string, seq: number): void {
+    const entry = this.#followed.get(taskId);
+    if (entry === undefined) return;
+    if (entry.readSeq === undefined) entry.readSeq = seq;
+    if (seq > entry.latestSeq) entry.latestSeq = seq;
+    this.#pump(entry);
+  }
+
+  /** The highest seq of `taskId` known to be committed, for a followed task. */
+  latestSeq(taskId: string): number | undefined {
+    return this.#followed.get(taskId)?.latestSeq;
+  }
+
+  /**
+   * An append to `taskId` starts in this process. The feed's notice of that very commit may arrive
+   * before the append resolves (stores publish it from inside the commit; Postgres's `NOTIFY` can beat
+   * the `COMMIT` reply), and reading then would fetch the event {@link publishLocal} is about to hand
+   * over. So while appends are in flight, the hub reads only when more seqs are missing than there are
+   * appends in flight (some must come from elsewhere, or resolved out of order). Call the returned
+   * function once the append settled, after `publishLocal`; it reads whatever is still missing.
+   */
+  localAppend(taskId: string): () => void {
+    const entry = this.#followed.get(taskId);
+    if (entry === undefined) return noop;
+    entry.localAppends += 1;
+    let settled = false;
+    return () => {
+      if (settled) return;
+      settled = true;
+      entry.localAppends -= 1;
+      this.#pump(entry);
+    };
+  }
+
+  /**
+   * An event this process just committed: dispatched synchronously when it is the next one, so a local
+   * terminal event reaches local sockets in the same tick its append resolves.
+   */
+  publishLocal(event: TaskEvent): void {
+    const entry = this.#followed.get(event.taskId);
+    if (entry === undefined) return;
+    if (event.seq > entry.latestSeq) entry.latestSeq = event.seq;
+    if (entry.readSeq !== undefined && event.seq === entry.readSeq + 1) {
+      entry.readSeq = event.seq;
+      this.#dispatch(entry, [event]);
+      return;
+    }
+    this.#pump(entry);
+  }
+
+  /** Stops listening and forgets every task (their subscribers are being closed). */
+  close(): void {
+    this.#stopFeed?.();
+    this.#stopFeed = undefined;
+    for (const entry of [...this.#followed.values()]) this.#drop(entry);
+  }
+
+  #onChange(change: TaskChange): void {
+    const entry = this.#followed.get(change.taskId);
+    if (entry === undefined) return;
+    if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
+    this.#pump(entry);
+  }
+
+  #drop(entry: Followed): void {
+    entry.closed = true;
+    if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
+    entry.retryTimer = undefined;
+    this.#followed.delete(entry.taskId);
+    try {
+      entry.stopFeed?.();
+    } catch (error) {
+      this.#logger.warn({ err: describeError(error), taskId: entry.taskId }, 'change feed unfollow failed');
+    }
+  }
+
+  /** Reads and dispatches everything between `readSeq` and `latestSeq`; one read loop per task at a time. */
+  #pump(entry: Followed): void {
+    if (entry.reading || entry.closed || entry.retryTimer !== undefined) return;
+    if (entry.readSeq === undefined || entry.latestSeq <= entry.readSeq) return;
+    if (entry.localAppends > 0 && entry.latestSeq - entry.readSeq <= entry.localAppends) return;
+    entry.reading = true;
+    void this.#readLoop(entry);
+  }
+
+  async #readLoop(entry: Followed): Promise<void> {
+    try {
+      while (!entry.closed && entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) {
+        const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
+        if (entry.closed) return;
+        // Local appends may have advanced readSeq while the read was in flight.
+        const fresh: TaskEvent[] = [];
+        let next = (entry.readSeq ?? 0) + 1;
+        for (const event of events) {
+          if (event.seq < next) continue;
+          if (event.seq !== next) break;
+          fresh.push(event);
+          next += 1;
+        }
+        if (events.length === 0) {
+          // The feed announced a seq the store does not show yet: try again later rather than spin.
+          this.#scheduleRetry(entry);
+          return;
+        }
+        if (fresh.length === 0) continue;
+        entry.readSeq = next - 1;
+        if (entry.readSeq > entry.latestSeq) entry.latestSeq = entry.readSeq;
+        this.#dispatch(entry, fresh);
+      }
+    } catch (error) {
+      this.#metrics.storeErrors.inc();
+      this.#logger.warn(
+        { err: describeError(error), taskId: entry.taskId },
+        'reading live events failed; retrying',
+      );
+      this.#scheduleRetry(entry);
+    } finally {
+      // Cleared in the same synchronous step as the loop's last check: a change announced after that
+      // check finds the flag down and starts a new read.
+      entry.reading = false;
+    }
+  }
+
+  #scheduleRetry(entry: Followed): void {
+    if (entry.closed || entry.retryTimer !== undefined) return;
+    entry.retryTimer = setTimeout(() => {
+      entry.retryTimer = undefined;
+      this.#pump(entry);
+    }, this.#retryDelayMs);
+    entry.retryTimer.unref();
+  }
+
+  #dispatch(entry: Followed, events: readonly TaskEvent[]): void {
+    for (const subscriber of [...entry.subscribers]) {
+      try {
+        subscriber.deliver(events);
+      } catch (error) {
+        this.#metrics.handlerErrors.inc();
+        this.#logger.error(
+          { err: describeError(error), taskId: entry.taskId },
+          'subscriber failed to take events',
+        );
+      }
+    }
+  }
+}

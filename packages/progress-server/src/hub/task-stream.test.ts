@@ -1,0 +1,151 @@
+import type { ProgressStore, TaskEvent, TaskView } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../logger.js';
+import { ServerMetrics } from '../metrics.js';
+import { FairReads } from './fair-reads.js';
+import { TaskHub } from './task-hub.js';
+import type { StreamSink } from './task-stream.js';
+
+/**
+ * The hub owns catch-up (issue 13 item 1): a subscriber's stream is one unbroken run of events from its
+ * cursor, whether they come from the backlog, a gap repair or the live feed.
+ */
+
+const closers: Array<() => void | Promise<void>> = [];
+afterEach(async () => {
+  for (const close of closers.splice(0)) await close();
+});
+
+function setup(options: { maxReplayEvents?: number } = {}) {
+  const store = new MemoryProgressStore();
+  const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
+  const hub = new TaskHub({
+    store,
+    logger: silentLogger,
+    metrics,
+    retryDelayMs: 10,
+    reads,
+    maxReplayEvents: options.maxReplayEvents ?? 100,
+  });
+  hub.start();
+  closers.push(() => {
+    hub.close();
+    reads.close();
+  });
+  return { store, hub, reads };
+}
+
+/** A sink that records what it is handed, in order. */
+function recorder() {
+  const seqs: number[] = [];
+  const snapshots: TaskView[] = [];
+  const calls: string[] = [];
+  let caughtUp = 0;
+  const sink: StreamSink = {
+    events: (events: readonly TaskEvent[]) => {
+      for (const event of events) seqs.push(event.seq);
+    },
+    snapshot: (view) => {
+      snapshots.push(view);
+      calls.push(`snapshot@${view.seq}`);
+    },
+    gone: () => calls.push('gone'),
+    failed: () => calls.push('failed'),
+    caughtUp: () => {
+      caughtUp += 1;
+    },
+    internalError: (error) => calls.push(`internal:${String(error)}`),
+    isOpen: () => true,
+  };
+  return { sink, seqs, snapshots, calls, caughtUp: () => caughtUp };
+}
+
+async function until(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  expect(condition()).toBe(true);
+}
+
+describe('TaskStream', () => {
+  it('reads the backlog after the cursor, then takes live events, with no gap and no repeat', async () => {
+    const { store, hub } = setup();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await store.append(task.id, { type: 'progress', done: i });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    const loaded = await stream.load();
+    expect(loaded?.seq).toBe(5);
+    stream.start(2, false, 5);
+    await until(() => rec.caughtUp() > 0);
+    expect(rec.seqs).toEqual([3, 4, 5]);
+    for (let i = 6; i <= 8; i++) await store.append(task.id, { type: 'progress', done: i });
+    await until(() => rec.seqs.length === 6);
+    expect(rec.seqs).toEqual([3, 4, 5, 6, 7, 8]);
+    expect(rec.calls).toEqual([]);
+  });
+
+  it('replaces a backlog longer than the replay limit by a snapshot, then goes on from its seq', async () => {
+    const { store, hub } = setup({ maxReplayEvents: 3 });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 10; i++) await store.append(task.id, { type: 'progress', done: i });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    // Ten events behind with a limit of three: one snapshot stands for them.
+    stream.start(0, false, 10);
+    await until(() => rec.caughtUp() > 0);
+    expect(rec.calls).toEqual(['snapshot@10']);
+    expect(rec.seqs).toEqual([]);
+    await store.append(task.id, { type: 'progress', done: 11 });
+    await until(() => rec.seqs.length > 0);
+    expect(rec.seqs).toEqual([11]);
+  });
+
+  it('stops at the terminal event and delivers nothing after a close', async () => {
+    const { store, hub } = setup();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    stream.start(0, false, 0);
+    await store.append(task.id, { type: 'progress', done: 1 });
+    await store.append(task.id, { type: 'completed' });
+    await until(() => rec.seqs.length === 2);
+    stream.close();
+    expect(hub.size).toBe(0);
+    expect(await stream.load()).toBeNull();
+    expect(rec.seqs).toEqual([1, 2]);
+  });
+
+  it('answers a first catch-up that fails with failed(), and says gone() for a task that vanished', async () => {
+    const { store, hub } = setup({ maxReplayEvents: 1 });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await store.append(task.id, { type: 'progress', done: i });
+    const broken = recorder();
+    // Only what the hub uses of a store: its feed, task loads, and event reads (failing here).
+    const failing = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: () => Promise.reject(new Error('disk on fire')),
+    } as unknown as ProgressStore;
+    const other = new TaskHub({
+      store: failing,
+      logger: silentLogger,
+      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
+      retryDelayMs: 10,
+      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
+      maxReplayEvents: 10,
+    });
+    closers.push(() => other.close());
+    other.stream(task.id, 'alice', broken.sink).start(0, false, 3);
+    await until(() => broken.calls.length > 0);
+    expect(broken.calls).toEqual(['failed']);
+
+    // Purged under a stream that is far behind: the replay-limit load finds nothing.
+    const rec = recorder();
+    const stream = hub.stream('missing-task', 'alice', rec.sink);
+    hub.observe('missing-task', 5);
+    stream.start(0, false, 5);
+    await until(() => rec.calls.length > 0);
+    expect(rec.calls).toEqual(['gone']);
+  });
+});

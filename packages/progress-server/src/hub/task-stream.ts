@@ -1,0 +1,218 @@
+/**
+ * One subscriber's unbroken stream of a task's events, owned by the hub: the task load, the backlog
+ * read from the subscriber's cursor, gap repair and the live events, all in order. Store reads go
+ * through {@link FairReads} in the subscriber's principal's turn.
+ *
+ * @module
+ */
+import type { ProgressStore, Task, TaskEvent, TaskView, Unsubscribe } from '@finishline/core';
+import { isTerminalType, toTaskView } from '@finishline/core';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { FairReads } from './fair-reads.js';
+
+/** Where a stream's events go (a socket subscription). Every call is synchronous and in seq order. */
+export interface StreamSink {
+  /** Events that extend the stream's position without a gap. */
+  events(events: readonly TaskEvent[]): void;
+  /** The backlog was longer than the replay limit: the task's current view stands for it. */
+  snapshot(view: TaskView): void;
+  /** The task no longer exists (found while catching up). */
+  gone(): void;
+  /** The first catch-up read failed: the subscribe is answered with this error. */
+  failed(error: unknown): void;
+  /** The stream caught up with everything known: what was queued may go out now. */
+  caughtUp(): void;
+  /** A bug while handing something over (not a store failure): reported to the client as internal. */
+  internalError(error: unknown): void;
+  /** `false` once the sink can take nothing more (its socket is closing): reads are skipped. */
+  isOpen(): boolean;
+}
+
+/** What a stream needs from its hub. */
+export interface StreamHub {
+  readonly store: ProgressStore;
+  readonly reads: FairReads;
+  readonly metrics: ServerMetrics;
+  readonly logger: ProgressLogger;
+  readonly maxReplayEvents: number;
+  readonly retryDelayMs: number;
+  /** The highest seq of the task known to be committed. */
+  latestSeq(taskId: string): number | undefined;
+  /** A read of the task at `seq`: where the hub's own live reads start. */
+  observe(taskId: string, seq: number): void;
+}
+
+/**
+ * One subscriber's stream. It follows the hub from its creation, so no commit after its first read goes
+ * unnoticed; {@link TaskStream.start} begins the delivery from a cursor. A closed stream does nothing
+ * more: a resubscribe closes the old stream and opens a new one.
+ */
+export class TaskStream {
+  readonly taskId: string;
+  readonly #principalId: string;
+  readonly #hub: StreamHub;
+  readonly #sink: StreamSink;
+  readonly #unfollow: Unsubscribe;
+  /** Highest seq handed to the sink (event or snapshot). */
+  #position = 0;
+  /** The terminal event (or a terminal snapshot) was handed over: nothing can follow it. */
+  #ended = false;
+  /** Caught up: live events from the hub are taken. */
+  #live = false;
+  #closed = false;
+  #retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    init: { taskId: string; principalId: string; hub: StreamHub; sink: StreamSink },
+    follow: (stream: TaskStream) => Unsubscribe,
+  ) {
+    this.taskId = init.taskId;
+    this.#principalId = init.principalId;
+    this.#hub = init.hub;
+    this.#sink = init.sink;
+    this.#unfollow = follow(this);
+  }
+
+  /** The stream was closed or its sink can take nothing more: work started for it is dropped. */
+  get stale(): boolean {
+    return this.#closed || !this.#sink.isOpen();
+  }
+
+  /**
+   * Reads the task in the principal's turn (for the subscribe's authorization, or a re-check). Resolves
+   * `null` when the stream went stale before or during the read.
+   */
+  async load(): Promise<Task | undefined | null> {
+    const task = await this.#read(() => this.#hub.store.getTask(this.taskId), null);
+    return this.stale ? null : task;
+  }
+
+  /**
+   * Starts delivering after `from` (the client's cursor, or the seq of the snapshot it was just given),
+   * `ended` when that snapshot was terminal. `taskSeq` is the seq of the load that authorized it.
+   */
+  start(from: number, ended: boolean, taskSeq: number): void {
+    if (this.stale) return;
+    this.#position = from;
+    this.#ended = ended;
+    this.#hub.observe(this.taskId, taskSeq);
+    void this.#catchUp(true).catch((error: unknown) => this.#lost(error));
+  }
+
+  /** Live events from the hub (contiguous, in order). */
+  deliver(events: readonly TaskEvent[]): void {
+    if (!this.#live || this.stale) return;
+    const first = events.find((event) => event.seq > this.#position);
+    if (first !== undefined && first.seq !== this.#position + 1) {
+      // Missed events (a failed catch-up, a hub restart): fetch them rather than skip ahead.
+      this.#hub.metrics.resyncs.inc({ reason: 'gap' });
+      void this.#catchUp(false).catch((error: unknown) => this.#lost(error));
+      return;
+    }
+    this.#push(events);
+  }
+
+  /** Stops the stream: no read starts for it and nothing reaches its sink any more. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#unfollow();
+  }
+
+  /**
+   * Reads the events between the position and the latest seq the hub knows, until none is missing, then
+   * takes live events. Events the hub dispatched meanwhile were ignored, but the hub's latest seq covers
+   * them, so the loop reads them too. A failure of the first catch-up answers the subscribe; a later one
+   * is retried.
+   */
+  async #catchUp(first: boolean): Promise<void> {
+    this.#live = false;
+    try {
+      for (;;) {
+        const target = this.#hub.latestSeq(this.taskId) ?? this.#position;
+        if (this.#ended || this.#position >= target) break;
+        if (target - this.#position > this.#hub.maxReplayEvents) {
+          const task = await this.#read(() => this.#hub.store.getTask(this.taskId), undefined);
+          if (this.stale) return;
+          if (task === undefined) {
+            this.#sink.gone();
+            return;
+          }
+          this.#hub.metrics.resyncs.inc({ reason: 'replay_limit' });
+          this.#hub.observe(this.taskId, task.seq);
+          this.#snapshot(toTaskView(task));
+          continue;
+        }
+        const events = await this.#read(
+          () => this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents),
+          [],
+        );
+        if (this.stale) return;
+        const before = this.#position;
+        this.#push(events);
+        if (this.#position === before) break;
+      }
+    } catch (error) {
+      if (this.stale) return;
+      if (first) {
+        this.#sink.failed(error);
+        return;
+      }
+      this.#hub.metrics.storeErrors.inc();
+      this.#hub.logger.warn(
+        { err: describeError(error), taskId: this.taskId },
+        'catch-up read failed; retrying',
+      );
+      this.#retryTimer = setTimeout(() => {
+        this.#retryTimer = undefined;
+        if (!this.stale) void this.#catchUp(false).catch((e: unknown) => this.#lost(e));
+      }, this.#hub.retryDelayMs);
+      this.#retryTimer.unref();
+      return;
+    }
+    this.#live = true;
+    this.#sink.caughtUp();
+  }
+
+  /**
+   * A store read in the principal's turn (see {@link FairReads}). It checks staleness when it starts: a
+   * stream closed while its read was queued costs no read and gets `whenStale`.
+   */
+  #read<T, S>(read: () => Promise<T>, whenStale: S): Promise<T | S> {
+    const stale = (): boolean => this.stale;
+    return this.#hub.reads.run<T | S>(
+      this.#principalId,
+      () => (stale() ? Promise.resolve(whenStale) : read()),
+      stale,
+    );
+  }
+
+  /** Hands over the events that extend the position without a gap, up to a terminal one. */
+  #push(events: readonly TaskEvent[]): void {
+    const fresh: TaskEvent[] = [];
+    for (const event of events) {
+      if (this.#ended) break;
+      if (event.seq <= this.#position) continue;
+      if (event.seq !== this.#position + 1) break;
+      fresh.push(event);
+      this.#position = event.seq;
+      if (isTerminalType(event.type)) this.#ended = true;
+    }
+    if (fresh.length > 0) this.#sink.events(fresh);
+  }
+
+  #snapshot(view: TaskView): void {
+    if (view.seq > this.#position) this.#position = view.seq;
+    if (view.status !== 'running') this.#ended = true;
+    this.#sink.snapshot(view);
+  }
+
+  /** A bug, not a store failure: the sink reports it; the stream waits for the next event. */
+  #lost(error: unknown): void {
+    this.#sink.internalError(error);
+  }
+}

@@ -1,0 +1,243 @@
+/**
+ * The authentication gate of one socket: the first `auth` frame (with the frames pipelined behind it),
+ * token renewal on an open socket (protocol 2), and the end of the socket when its credential expires.
+ * It owns the socket's principal.
+ *
+ * @module
+ */
+import type { IncomingMessage } from 'node:http';
+import type { ClientFrame, ProtocolVersion } from '@finishline/core';
+import { CloseCode, ErrorCode } from '@finishline/core';
+import type { DecodeResult } from '@finishline/core/internal';
+import type { Principal } from '../auth.js';
+import type { Authenticator } from '../authenticator.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { ResolvedServerOptions } from '../options.js';
+import type { SocketWriter } from './socket-writer.js';
+
+/** The life of a socket, as its connection tracks it. */
+export type SocketState = 'authenticating' | 'open' | 'closing' | 'closed';
+
+/** What the gate needs from its connection. */
+export interface GateHost<P extends Principal> {
+  readonly connectionId: number;
+  readonly request: IncomingMessage;
+  readonly version: ProtocolVersion;
+  readonly options: ResolvedServerOptions<P>;
+  readonly auth: Authenticator<P>;
+  readonly metrics: ServerMetrics;
+  readonly logger: ProgressLogger;
+  readonly writer: SocketWriter;
+  state(): SocketState;
+  /** Opens the socket for `principal` (caps, `hello`); `false` when it was refused and is closing. */
+  open(principal: P): boolean;
+  /** Handles a frame that waited for the first `auth` frame's check. */
+  replay(frame: DecodeResult<ClientFrame>): void;
+  /** The credential was renewed for the same principal: answer `hello` and re-check subscriptions. */
+  renewed(principal: P): void;
+  close(code: number, reason: string): void;
+  /** Runs a callback so that nothing it throws reaches `ws`. */
+  guard(fn: () => void): void;
+}
+
+/** setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** Authentication of one socket, from its first frame to its credential's expiry. */
+export class AuthGate<P extends Principal> {
+  readonly #host: GateHost<P>;
+  /** Frames that arrived while an `auth` frame was being checked; replayed once it succeeds. */
+  readonly #pending: DecodeResult<ClientFrame>[] = [];
+  #principal: P | undefined;
+  #checking = false;
+  #authTimer: NodeJS.Timeout | undefined;
+  /** Ends the socket when its principal's credential expires (`Principal.expiresAt`). */
+  #expiryTimer: NodeJS.Timeout | undefined;
+
+  constructor(host: GateHost<P>) {
+    this.#host = host;
+  }
+
+  /** The authenticated principal, once there is one. */
+  get principal(): P | undefined {
+    return this.#principal;
+  }
+
+  /**
+   * Starts the gate: a socket authenticated at the upgrade opens at once; any other must send an `auth`
+   * frame within `authTimeoutMs`.
+   */
+  begin(principal: P | undefined): void {
+    if (principal !== undefined) {
+      this.#admit(principal);
+      return;
+    }
+    this.#authTimer = setTimeout(
+      () => this.#host.guard(() => this.#host.close(CloseCode.AuthTimeout, 'no auth frame in time')),
+      this.#host.options.authTimeoutMs,
+    );
+    this.#authTimer.unref();
+  }
+
+  /** A frame on a socket that is not authenticated yet. */
+  beforeAuth(decoded: DecodeResult<ClientFrame>): void {
+    if (this.#checking) {
+      // A client may pipeline its subscribes behind the auth frame; keep a bounded number of them.
+      if (this.#pending.length >= this.#host.options.rateLimitBurst) {
+        this.#host.close(CloseCode.PolicyViolation, 'too many frames before authentication completed');
+        return;
+      }
+      this.#pending.push(decoded);
+      return;
+    }
+    if (!decoded.ok && decoded.error.code === ErrorCode.UnsupportedProtocol) {
+      this.refuse(ErrorCode.UnsupportedProtocol, CloseCode.UnsupportedProtocol, decoded.error.message);
+      return;
+    }
+    if (!decoded.ok || decoded.frame.type !== 'auth') {
+      this.refuse(
+        ErrorCode.Unauthenticated,
+        CloseCode.Unauthenticated,
+        'Authenticate first: the first frame must be a valid auth frame',
+      );
+      return;
+    }
+    this.#check(decoded.frame.token, (principal) => {
+      if (this.#host.state() !== 'authenticating') return;
+      if (principal === undefined) {
+        this.refuse(ErrorCode.Unauthenticated, CloseCode.Unauthenticated, 'Invalid credentials');
+        return;
+      }
+      this.#admit(principal);
+      for (const pending of this.#pending.splice(0)) {
+        if (this.#host.state() !== 'open') break;
+        this.#host.replay(pending);
+      }
+    });
+  }
+
+  /**
+   * Protocol version 2: an `auth` frame on an open socket renews its credential. The new one must stand
+   * for the same principal; every subscription's authorization is checked again with it, and a task it
+   * may no longer watch is dropped with the subscribe's refusal. Answered with a new `hello`.
+   */
+  renew(token: string): void {
+    if (this.#checking) {
+      this.#host.writer.sendError(ErrorCode.RateLimited, 'An auth frame is already being checked', {});
+      return;
+    }
+    this.#check(token, (principal) => {
+      if (this.#host.state() !== 'open') return;
+      if (principal === undefined || principal.id !== (this.#principal as P).id) {
+        this.refuse(
+          ErrorCode.Unauthenticated,
+          CloseCode.Unauthenticated,
+          principal === undefined ? 'Invalid credentials' : 'auth must keep the principal of the socket',
+        );
+        return;
+      }
+      if (this.#expired(principal)) {
+        this.#expire();
+        return;
+      }
+      this.#principal = principal;
+      this.#armExpiry(principal);
+      this.#host.renewed(principal);
+    });
+  }
+
+  /** Ends the socket: an `error` frame saying why, then the matching close code. */
+  refuse(code: ErrorCode, closeCode: number, message: string): void {
+    this.#host.metrics.framesRejected.inc({ code });
+    this.#host.writer.sendError(code, message, {});
+    this.#host.close(closeCode, message);
+  }
+
+  /** The socket is closing: no auth frame is awaited any more. */
+  stopWaiting(): void {
+    if (this.#authTimer !== undefined) clearTimeout(this.#authTimer);
+    this.#authTimer = undefined;
+  }
+
+  /** The socket closed: every timer is cleared and waiting frames are dropped. */
+  stop(): void {
+    this.stopWaiting();
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    this.#pending.length = 0;
+  }
+
+  /**
+   * Checks `token` with the application's hook, one check at a time. A hook that throws is a server
+   * fault, whether at the first frame or at a renewal: logged, counted, and the socket closes 1011.
+   */
+  #check(token: string, then: (principal: P | undefined) => void): void {
+    this.#checking = true;
+    this.#host.auth.fromToken(token, this.#host.request).then(
+      (principal) =>
+        this.#host.guard(() => {
+          this.#checking = false;
+          then(principal);
+        }),
+      (error: unknown) =>
+        this.#host.guard(() => {
+          this.#checking = false;
+          this.#host.metrics.handlerErrors.inc();
+          this.#host.logger.error(
+            { err: describeError(error), connection: this.#host.connectionId },
+            'authenticateToken hook threw',
+          );
+          this.#host.close(CloseCode.InternalError, 'authentication failed');
+        }),
+    );
+  }
+
+  #admit(principal: P): void {
+    this.stopWaiting();
+    if (this.#expired(principal)) {
+      this.#expire();
+      return;
+    }
+    // Set before opening: the server's `onAuthenticated` and the `hello` may read it.
+    this.#principal = principal;
+    if (!this.#host.open(principal)) {
+      this.#principal = undefined;
+      return;
+    }
+    this.#armExpiry(principal);
+  }
+
+  #expired(principal: P): boolean {
+    return principal.expiresAt !== undefined && principal.expiresAt <= this.#host.options.clock();
+  }
+
+  /** (Re)sets the timer that ends the socket when its credential expires. */
+  #armExpiry(principal: P): void {
+    if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
+    this.#expiryTimer = undefined;
+    if (principal.expiresAt === undefined) return;
+    const delayMs = Math.min(Math.max(0, principal.expiresAt - this.#host.options.clock()), MAX_TIMER_MS);
+    this.#expiryTimer = setTimeout(
+      () =>
+        this.#host.guard(() => {
+          this.#expiryTimer = undefined;
+          if (this.#host.state() !== 'open' || this.#principal !== principal) return;
+          if (this.#expired(principal)) this.#expire();
+          else this.#armExpiry(principal);
+        }),
+      delayMs,
+    );
+    this.#expiryTimer.unref();
+  }
+
+  /**
+   * The credential expired: `token_expired` (version 1 does not know the code: `unauthenticated`) and
+   * close 4011, which a client answers by fetching a fresh credential and reconnecting.
+   */
+  #expire(): void {
+    const code = this.#host.version >= 2 ? ErrorCode.TokenExpired : ErrorCode.Unauthenticated;
+    this.refuse(code, CloseCode.TokenExpired, 'The credential expired; reconnect with a fresh one');
+  }
+}

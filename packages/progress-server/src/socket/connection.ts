@@ -1,0 +1,397 @@
+/**
+ * One WebSocket's routing: frames in (decode, rate limit, dispatch), liveness, close and shutdown. The
+ * frame budget is {@link FrameBudget}'s, authentication is the {@link AuthGate}'s, subscriptions are
+ * {@link Subscriptions}', and all writing is the {@link SocketWriter}'s; this file only ties them to
+ * the socket.
+ *
+ * @module
+ */
+import type { IncomingMessage } from 'node:http';
+import type { ClientFrame, ProtocolVersion } from '@finishline/core';
+import { CloseCode, ErrorCode } from '@finishline/core';
+import type { DecodeResult } from '@finishline/core/internal';
+import { decodeClientFrame } from '@finishline/core/internal';
+import WebSocket from 'ws';
+import type { Principal } from '../auth.js';
+import { describeError } from '../logger.js';
+import type { ResolvedServerOptions } from '../options.js';
+import { delay, waitAtMost } from '../wait.js';
+import type { SocketState } from './auth-gate.js';
+import { AuthGate } from './auth-gate.js';
+import { FrameBudget } from './frame-budget.js';
+import { versionOfSubprotocol } from './protocol-version.js';
+import type { SocketServices } from './services.js';
+import { SocketWriter } from './socket-writer.js';
+import { Subscriptions } from './subscriptions.js';
+
+/** What a connection needs from its server. */
+export interface ConnectionContext<P extends Principal> extends SocketServices<P> {
+  /** Number of open connections of the server (for the reconnect hint in `hello`). */
+  socketCount(): number;
+  /** Called once, when the socket has closed and the connection released everything. */
+  onClose(connection: Connection<P>): void;
+  /** Called once, when the socket has a principal (at once, or after its `auth` frame). */
+  onAuthenticated?(connection: Connection<P>): void;
+}
+
+/** Longest close reason RFC 6455 allows (123 bytes); ours are ASCII. */
+const MAX_CLOSE_REASON = 123;
+/** How long a peer gets to complete the closing handshake before the socket is destroyed. */
+const CLOSE_GRACE_MS = 2000;
+
+let nextConnectionId = 1;
+
+/**
+ * One WebSocket. Everything that happens on it is confined to it: a handler that fails logs, counts,
+ * answers with an `error` frame or closes this socket, and never throws into `ws` or touches other sockets.
+ */
+export class Connection<P extends Principal> {
+  /** Process-unique id, for logs. */
+  readonly id = nextConnectionId++;
+  readonly #ws: WebSocket;
+  readonly #ctx: ConnectionContext<P>;
+  readonly #options: ResolvedServerOptions<P>;
+  readonly #budget: FrameBudget;
+  /** The protocol version of this socket, from the subprotocol selected at the upgrade. */
+  readonly #version: ProtocolVersion;
+  readonly #writer: SocketWriter;
+  readonly #gate: AuthGate<P>;
+  readonly #subs: Subscriptions<P>;
+  #state: SocketState = 'authenticating';
+  /** This socket counts against its principal's socket cap (released on close). */
+  #countedSocket = false;
+  #closeTimer: NodeJS.Timeout | undefined;
+  #alive = true;
+  readonly #closed: Promise<void>;
+  #resolveClosed: () => void = () => {};
+
+  /**
+   * @param socket - the accepted socket, its upgrade request, and the principal established at the
+   *   upgrade (`undefined` when the socket must authenticate with a first `auth` frame).
+   */
+  constructor(
+    socket: { ws: WebSocket; request: IncomingMessage; principal: P | undefined },
+    ctx: ConnectionContext<P>,
+  ) {
+    const { ws, request, principal } = socket;
+    this.#ws = ws;
+    this.#ctx = ctx;
+    this.#options = ctx.options;
+    this.#version = versionOfSubprotocol(ws.protocol);
+    this.#closed = new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+    const isOpen = (): boolean => this.#state === 'open';
+    const guard = (fn: () => void): void => this.#guard(fn);
+    const common = {
+      metrics: ctx.metrics,
+      logger: ctx.logger,
+      connectionId: this.id,
+      version: this.#version,
+    };
+    this.#writer = new SocketWriter({
+      ...common,
+      ws,
+      options: this.#options,
+      epoch: ctx.epoch,
+      isOpen,
+      guard,
+      log: (taskId) => this.#subs.get(taskId),
+    });
+    this.#budget = new FrameBudget({
+      options: this.#options,
+      metrics: ctx.metrics,
+      limits: ctx.limits,
+      writer: this.#writer,
+      principalId: () => (this.#gate.principal as P).id,
+      close: (code, reason) => this.close(code, reason),
+    });
+    this.#subs = new Subscriptions<P>({
+      ...common,
+      options: this.#options,
+      auth: ctx.auth,
+      hub: ctx.hub,
+      acks: ctx.acks,
+      limits: ctx.limits,
+      writer: this.#writer,
+      principal: () => this.#gate.principal as P,
+      isOpen,
+      invalid: (code, message, refs) => this.#budget.invalid(code, message, refs),
+      internalError: (error, requestId, taskId) => this.#internalError(error, requestId, taskId),
+    });
+    this.#gate = new AuthGate<P>({
+      ...common,
+      request,
+      options: this.#options,
+      auth: ctx.auth,
+      writer: this.#writer,
+      state: () => this.#state,
+      open: (authenticated) => this.#open(authenticated),
+      replay: (frame) => this.#onDecoded(frame),
+      renewed: (renewed) => {
+        this.#sendHello();
+        void this.#subs.recheck(renewed).catch((error: unknown) => this.#internalError(error));
+      },
+      close: (code, reason) => this.close(code, reason),
+      guard,
+    });
+    ctx.metrics.sockets.inc();
+
+    ws.on('message', (data) => this.#guard(() => this.#onMessage(data)));
+    ws.on('pong', () => {
+      this.#alive = true;
+    });
+    ws.on('error', (error) => {
+      this.#ctx.logger.debug({ err: describeError(error), connection: this.id }, 'socket error');
+    });
+    ws.on('close', () => this.#guard(() => this.#onClose()));
+    this.#gate.begin(principal);
+  }
+
+  /** The authenticated principal, once there is one. */
+  get principal(): P | undefined {
+    return this.#gate.principal;
+  }
+
+  /** Number of tasks this socket follows. */
+  get subscriptionCount(): number {
+    return this.#subs.size;
+  }
+
+  /** Resolves once the socket closed and everything was released. */
+  get closed(): Promise<void> {
+    return this.#closed;
+  }
+
+  /**
+   * Periodic liveness work, called by the server every `heartbeatIntervalMs`: terminate a socket that did
+   * not answer the previous ping, ping again, and send a heartbeat frame.
+   */
+  tick(): void {
+    this.#guard(() => {
+      if (this.#state !== 'open' || this.#ws.readyState !== WebSocket.OPEN) return;
+      if (!this.#alive) {
+        this.#ctx.logger.info(
+          { connection: this.id },
+          'no pong within a heartbeat interval; terminating socket',
+        );
+        this.#ws.terminate();
+        return;
+      }
+      this.#alive = false;
+      this.#ws.ping();
+      // Only when everything queued went out, with the seq of the last frame sent per task: a client that
+      // sees a seq above its cursor really lost a frame (no false alarm while a backlog drains or a
+      // commit is still being read). A subscription still loading reports no more than what the client
+      // resumed from, so it never triggers a needless resync.
+      if (!this.#writer.idle) return;
+      this.#writer.send({ type: 'heartbeat', time: this.#options.clock(), seqs: this.#subs.heartbeatSeqs() });
+    });
+  }
+
+  /** Closes the socket with `code` (idempotent); destroys it if the peer does not finish the handshake. */
+  close(code: number, reason: string): void {
+    if (this.#state === 'closing' || this.#state === 'closed') return;
+    this.#state = 'closing';
+    this.#gate.stopWaiting();
+    try {
+      this.#ws.close(code, reason.slice(0, MAX_CLOSE_REASON));
+    } catch (error) {
+      this.#ctx.logger.debug({ err: describeError(error), connection: this.id }, 'close failed; terminating');
+      this.#ws.terminate();
+      return;
+    }
+    this.#closeTimer = setTimeout(() => this.#ws.terminate(), CLOSE_GRACE_MS);
+    this.#closeTimer.unref();
+  }
+
+  /**
+   * Graceful shutdown: writes what is queued (until `deadline`, epoch ms of the real clock), closes with
+   * 1001 and waits for the close, terminating the socket at the deadline.
+   */
+  async shutdown(deadline: number): Promise<void> {
+    if (this.#state === 'closed') return;
+    while (
+      this.#state === 'open' &&
+      this.#ws.readyState === WebSocket.OPEN &&
+      this.#writer.flushing &&
+      Date.now() < deadline
+    ) {
+      this.#writer.drain();
+      await delay(Math.min(this.#options.backpressurePollMs, deadline - Date.now()));
+    }
+    this.close(CloseCode.GoingAway, 'server shutting down');
+    await waitAtMost(this.#closed, deadline - Date.now());
+    // close() changed the state behind the compiler's narrowing.
+    if (this.#stateNow() !== 'closed') this.#ws.terminate();
+    await waitAtMost(this.#closed, CLOSE_GRACE_MS);
+  }
+
+  // ── incoming frames ───────────────────────────────────────────────────────────────────────────
+
+  #onMessage(data: WebSocket.RawData): void {
+    this.#alive = true;
+    if (this.#state === 'closing' || this.#state === 'closed') return;
+    // Text and binary messages alike: the protocol accepts its UTF-8 JSON in either.
+    const decoded = decodeClientFrame(data, { maxBytes: this.#options.maxPayloadBytes });
+    if (this.#state === 'authenticating') {
+      this.#gate.beforeAuth(decoded);
+      return;
+    }
+    this.#onDecoded(decoded);
+  }
+
+  #onDecoded(decoded: DecodeResult<ClientFrame>): void {
+    if (!decoded.ok) {
+      if (!this.#budget.take(decoded.requestId)) return;
+      const { code, message, taskId } = decoded.error;
+      const refs = {
+        ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
+        ...(taskId === undefined ? {} : { taskId }),
+      };
+      if (code === ErrorCode.UnknownFrame) {
+        // A client newer than this server, not a broken one: answered, and never a reason to disconnect
+        // (a client closed for it would reconnect and send it again). The rate limit still bounds it.
+        this.#ctx.metrics.framesRejected.inc({ code });
+        this.#writer.sendError(code, message, refs);
+        return;
+      }
+      this.#budget.invalid(code, message, refs);
+      return;
+    }
+    const frame = decoded.frame;
+    // Acks of new events are bounded by what the server sends, so they need no budget; anything else
+    // (including repeated or bogus acks) pays one token.
+    const free = frame.type === 'ack' && this.#subs.ackAdvances(frame);
+    if (!free && !this.#budget.take(frame.type === 'ack' || frame.type === 'auth' ? undefined : frame.id))
+      return;
+    this.#handle(frame);
+  }
+
+  #handle(frame: ClientFrame): void {
+    switch (frame.type) {
+      case 'auth':
+        if (this.#version >= 2) {
+          this.#gate.renew(frame.token);
+          return;
+        }
+        this.#writer.sendError(
+          ErrorCode.InvalidFrame,
+          'Already authenticated: auth is only valid as the first frame',
+          {},
+        );
+        return;
+      case 'subscribe':
+        void this.#subs
+          .subscribe(frame)
+          .catch((error: unknown) => this.#internalError(error, frame.id, frame.taskId));
+        return;
+      case 'unsubscribe':
+        this.#subs.unsubscribe(frame.taskId);
+        return;
+      case 'ack':
+        this.#subs.ack(frame);
+        return;
+      case 'ping':
+        this.#writer.send({
+          type: 'pong',
+          ...(frame.id === undefined ? {} : { requestId: frame.id }),
+          time: this.#options.clock(),
+        });
+        return;
+      default: {
+        const unreachable: never = frame;
+        this.#writer.sendError(ErrorCode.UnknownFrame, `Unknown frame ${String(unreachable)}`, {});
+      }
+    }
+  }
+
+  /** Opens the socket for an authenticated principal; `false` when its socket cap refused it. */
+  #open(principal: P): boolean {
+    if (!this.#ctx.limits.openSocket(principal.id)) {
+      this.#ctx.metrics.principalLimits.inc({ limit: 'sockets' });
+      this.#gate.refuse(
+        ErrorCode.TooManySockets,
+        CloseCode.TooManySockets,
+        `A principal may have at most ${this.#options.maxSocketsPerPrincipal} sockets open`,
+      );
+      return false;
+    }
+    this.#countedSocket = true;
+    this.#state = 'open';
+    this.#ctx.onAuthenticated?.(this);
+    this.#sendHello();
+    return true;
+  }
+
+  #sendHello(): void {
+    this.#writer.send({
+      type: 'hello',
+      protocol: this.#version,
+      serverId: this.#options.serverId,
+      heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+      ...this.#writer.epochField(),
+      ...reconnectHint(this.#ctx.socketCount(), this.#options.reconnectsPerSecond),
+    });
+  }
+
+  // ── failures and teardown ─────────────────────────────────────────────────────────────────────
+
+  /** Runs `fn`, turning anything it throws into a log line and a metric: `ws` never sees it. */
+  #guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (error) {
+      this.#internalError(error);
+    }
+  }
+
+  #internalError(error: unknown, requestId?: string, taskId?: string): void {
+    this.#ctx.metrics.handlerErrors.inc();
+    this.#ctx.logger.error(
+      { err: describeError(error), connection: this.id, taskId },
+      'connection handler failed',
+    );
+    try {
+      if (this.#state === 'open') {
+        this.#writer.sendError(ErrorCode.Internal, 'The server failed to handle this frame', {
+          ...(requestId === undefined ? {} : { requestId }),
+          ...(taskId === undefined ? {} : { taskId }),
+        });
+      }
+    } catch {
+      // The socket is unusable; its close event cleans up.
+    }
+  }
+
+  /** The state, read without the compiler's narrowing (handlers called in between may change it). */
+  #stateNow(): SocketState {
+    return this.#state;
+  }
+
+  #onClose(): void {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    this.#gate.stop();
+    if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
+    this.#closeTimer = undefined;
+    this.#subs.removeAll();
+    this.#writer.stop();
+    this.#ctx.metrics.sockets.dec();
+    const principal = this.#gate.principal;
+    if (this.#countedSocket && principal !== undefined) this.#ctx.limits.closeSocket(principal.id);
+    this.#resolveClosed();
+    this.#ctx.onClose(this);
+  }
+}
+
+/**
+ * The spread a client should jitter its first retry over, should it lose this socket: every socket of
+ * this replica coming back within it arrives at about `perSecond`. Omitted when small enough that the
+ * client's own setting decides anyway (and when disabled), to keep `hello` as it was.
+ */
+function reconnectHint(sockets: number, perSecond: number): { reconnectDelayMs?: number } {
+  if (perSecond === 0) return {};
+  const spreadMs = Math.ceil((sockets * 1000) / perSecond);
+  return spreadMs > 100 ? { reconnectDelayMs: Math.min(spreadMs, 30_000) } : {};
+}

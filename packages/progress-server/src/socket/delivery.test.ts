@@ -1,0 +1,388 @@
+import { ErrorCode, PROTOCOL_NAME, PROTOCOL_VERSION, ProgressError } from '@finishline/core';
+import { describe, expect, it, vi } from 'vitest';
+import { type RawClient, type Received, seqOf, sleep } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
+
+/** Delivery over real sockets: subscribe, snapshot, replay, live, terminal retries, acks, heartbeats. */
+
+const session = useServerSession();
+
+async function connect(user = 'alice'): Promise<RawClient> {
+  const client = await session.connect({ user });
+  return client;
+}
+
+const isEvent = (taskId: string, type?: string) => (frame: Received) =>
+  frame.type === 'event' &&
+  (frame.event as { taskId: string }).taskId === taskId &&
+  (type === undefined || (frame.event as { type: string }).type === type);
+
+describe('subscribe and live delivery', () => {
+  it('hands events appended in this process to local watchers without reading them back from the store', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 5 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The memory store announces each commit on its feed before the append resolves, as Postgres's
+    // NOTIFY can: the hub must not read what the append is about to hand over.
+    const readEvents = vi.spyOn(session.env.store, 'readEvents');
+    for (let i = 1; i <= 5; i++) {
+      const event = await task.item({ key: `node-${i}`, ok: true });
+      await client.next(
+        (frame) => frame.type === 'event' && (frame.event as { seq: number }).seq === event.seq,
+      );
+    }
+    expect(readEvents).not.toHaveBeenCalled();
+    await client.close();
+  });
+
+  it('asks its clients in hello to spread their first retry over open sockets / reconnectsPerSecond', async () => {
+    await session.start({ reconnectsPerSecond: 10 });
+    const first = await connect();
+    const second = await connect();
+    const third = await connect();
+    // No hint while the spread would be under the clients' own 100 ms; then 2 and 3 sockets at 10/s.
+    expect(first.frames[0]).not.toHaveProperty('reconnectDelayMs');
+    expect(second.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 200 });
+    expect(third.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 300 });
+    for (const client of [first, second, third]) await client.close();
+  });
+
+  it('says hello with the negotiated subprotocol, then answers afterSeq 0 with a snapshot and streams live events', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
+    await task.progress({ message: 'starting' });
+    const client = await connect();
+    expect(client.ws.protocol).toBe(PROTOCOL_NAME);
+    expect(client.frames[0]).toMatchObject({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      serverId: session.env.server.serverId,
+      heartbeatIntervalMs: 60_000,
+    });
+
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    const snapshot = await client.next((frame) => frame.type === 'snapshot');
+    expect(snapshot.task).toMatchObject({
+      id: task.id,
+      seq: 1,
+      status: 'running',
+      message: 'starting',
+      total: 2,
+    });
+    expect(snapshot.task).not.toHaveProperty('owner');
+
+    await task.item({ key: 'node-1', ok: true });
+    await task.item({ key: 'node-2', ok: false, error: 'conflict' });
+    await task.complete();
+    await client.next(isEvent(task.id, 'completed'));
+    const stream = client.about(task.id);
+    expect(stream.map((frame) => [frame.type, seqOf(frame)])).toEqual([
+      ['snapshot', 1],
+      ['event', 2],
+      ['event', 3],
+      ['event', 4],
+    ]);
+    expect((stream[2]!.event as { item: unknown }).item).toEqual({
+      key: 'node-2',
+      ok: false,
+      error: 'conflict',
+      detail: null,
+    });
+  });
+
+  it('replays the events after afterSeq, then continues live', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await task.progress({ done: i });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    await client.next(isEvent(task.id), { from: 0 });
+    await task.progress({ done: 6 });
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 6);
+    expect(client.about(task.id).map((frame) => [frame.type, seqOf(frame)])).toEqual([
+      ['event', 3],
+      ['event', 4],
+      ['event', 5],
+      ['event', 6],
+    ]);
+    expect(await session.env.server.metrics.resumes.get()).toMatchObject({ values: [{ value: 1 }] });
+  });
+
+  it('answers a backlog longer than maxReplayEvents with a snapshot', async () => {
+    await session.start({ maxReplayEvents: 3 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 6; i++) await task.progress({ done: i });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    const snapshot = await client.next((frame) => frame.type === 'snapshot');
+    expect(seqOf(snapshot)).toBe(6);
+    await client.sync();
+    expect(client.about(task.id)).toHaveLength(1);
+    const resyncs = await session.env.server.metrics.resyncs.get();
+    expect(resyncs.values).toContainEqual(
+      expect.objectContaining({ labels: { reason: 'replay_limit' }, value: 1 }),
+    );
+  });
+
+  it('delivers events appended by another writer of the store (the change feed path)', async () => {
+    await session.start();
+    const created = await session.env.store.createTask({ owner: 'alice', kind: 'external' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: created.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await session.env.store.append(created.id, { type: 'item', key: 'a', ok: true });
+    await session.env.store.append(created.id, { type: 'completed' });
+    await client.next(isEvent(created.id, 'completed'));
+    expect(client.about(created.id).map(seqOf)).toEqual([0, 1, 2]);
+  });
+
+  it('reads the store once per change however many local sockets follow the task', async () => {
+    await session.start();
+    const created = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
+    const watchers = await Promise.all([connect(), connect(), connect()]);
+    for (const watcher of watchers) watcher.send({ type: 'subscribe', taskId: created.id, afterSeq: 0 });
+    await Promise.all(watchers.map((watcher) => watcher.next((frame) => frame.type === 'snapshot')));
+    const reads = vi.spyOn(session.env.store, 'readEvents');
+    for (let i = 1; i <= 4; i++) {
+      await session.env.store.append(created.id, { type: 'progress', done: i });
+      await Promise.all(
+        watchers.map((watcher) => watcher.next((frame) => frame.type === 'event' && seqOf(frame) === i)),
+      );
+    }
+    expect(reads).toHaveBeenCalledTimes(4);
+    for (const watcher of watchers) expect(watcher.about(created.id).map(seqOf)).toEqual([0, 1, 2, 3, 4]);
+  });
+
+  it('resyncs a resubscribed task from the new afterSeq', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3, { from });
+    expect(client.frames.slice(from).map((frame) => [frame.type, seqOf(frame)])).toEqual([
+      ['event', 2],
+      ['event', 3],
+    ]);
+    const resyncs = await session.env.server.metrics.resyncs.get();
+    expect(resyncs.values).toContainEqual(
+      expect.objectContaining({ labels: { reason: 'resubscribe' }, value: 1 }),
+    );
+  });
+
+  it('stops delivering after unsubscribe', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    await client.sync();
+    await task.progress({ done: 1 });
+    await task.complete();
+    await client.sync();
+    expect(client.about(task.id)).toHaveLength(1);
+    expect(await session.env.server.metrics.subscriptions.get()).toMatchObject({ values: [{ value: 0 }] });
+  });
+
+  it('answers a ping with a pong echoing its id', async () => {
+    await session.start();
+    const client = await connect();
+    client.send({ type: 'ping', id: 'p-1' });
+    const pong = await client.next((frame) => frame.type === 'pong');
+    expect(pong).toMatchObject({ type: 'pong', requestId: 'p-1' });
+    expect(typeof pong.time).toBe('number');
+  });
+
+  it('sends a snapshot of an already finished task and a terminal snapshot is retried until acked', async () => {
+    await session.start({ terminalRetry: { initialDelayMs: 10, maxDelayMs: 20 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.fail({ code: 'boom', message: 'exploded' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next(() => client.about(task.id).length >= 2);
+    expect(client.about(task.id).every((frame) => frame.type === 'snapshot' && seqOf(frame) === 1)).toBe(
+      true,
+    );
+    expect((client.about(task.id)[0]!.task as { status: string }).status).toBe('failed');
+    client.send({ type: 'ack', taskId: task.id, seq: 1 });
+    await client.sync();
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(1);
+  });
+});
+
+describe('store failures', () => {
+  it('answers a subscribe the store cannot serve with its error code, and the socket stays usable', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    const getTask = session.env.store.getTask.bind(session.env.store);
+    vi.spyOn(session.env.store, 'getTask').mockImplementationOnce(async () => {
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+    });
+    client.send({ type: 'subscribe', id: 'first', taskId: task.id, afterSeq: 0 });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({
+      code: 'store_unavailable',
+      requestId: 'first',
+      taskId: task.id,
+    });
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(getTask);
+    client.send({ type: 'subscribe', id: 'second', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+  });
+
+  it('retries a failed live read and then delivers the events in order', async () => {
+    await session.start({ storeRetryDelayMs: 20 });
+    const created = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: created.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    vi.spyOn(session.env.store, 'readEvents').mockRejectedValueOnce(
+      new ProgressError(ErrorCode.StoreUnavailable, 'blip'),
+    );
+    await session.env.store.append(created.id, { type: 'progress', done: 1 });
+    await session.env.store.append(created.id, { type: 'completed' });
+    await client.next(isEvent(created.id, 'completed'));
+    expect(client.about(created.id).map(seqOf)).toEqual([0, 1, 2]);
+    expect((await session.env.server.metrics.storeErrors.get()).values[0]?.value).toBe(1);
+  });
+});
+
+describe('terminal retries and acks', () => {
+  it('does not retry a terminal snapshot for a client that resumed from the terminal seq', async () => {
+    await session.start({ terminalRetry: { initialDelayMs: 5, maxDelayMs: 10 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    // An ack of the client's own cursor is valid at once, even while the task is being loaded.
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    const snapshot = await client.next((frame) => frame.type === 'snapshot');
+    expect(snapshot.task).toMatchObject({ seq: 2, status: 'completed' });
+    await sleep(60);
+    await client.sync();
+    expect(client.about(task.id)).toHaveLength(1);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
+  it('re-sends an unacknowledged terminal event with backoff, and stops once it is acked', async () => {
+    await session.start({ terminalRetry: { initialDelayMs: 10, multiplier: 2, maxDelayMs: 40 } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.complete({ result: { ok: true } });
+    const terminalCount = () => client.frames.filter(isEvent(task.id, 'completed')).length;
+    await client.next(() => terminalCount() >= 3);
+    expect(await session.env.server.metrics.unackedTerminals.get()).toMatchObject({ values: [{ value: 1 }] });
+
+    client.send({ type: 'ack', taskId: task.id, seq: 1 });
+    await client.sync();
+    const afterAck = terminalCount();
+    // Several retry periods: a tracker that kept retrying would add frames here.
+    await sleep(200);
+    await client.sync();
+    expect(terminalCount()).toBe(afterAck);
+    expect(await session.env.server.metrics.unackedTerminals.get()).toMatchObject({ values: [{ value: 0 }] });
+    const latency = await session.env.server.metrics.terminalAckLatency.get();
+    expect(latency.values.find((value) => value.metricName?.endsWith('_count'))?.value).toBe(1);
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(1);
+    expect((await session.env.server.metrics.terminalRetries.get()).values[0]?.value).toBeGreaterThanOrEqual(
+      2,
+    );
+  });
+
+  it('pushes a locally committed terminal event before the append promise is observed by the caller', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // Reads of the store are slowed down: only the direct local path can deliver within the tick.
+    const store = session.env.store;
+    const read = store.readEvents.bind(store);
+    vi.spyOn(store, 'readEvents').mockImplementation(async (...args) => {
+      await sleep(100);
+      return read(...args);
+    });
+    const sent = vi.spyOn(session.env.server.metrics.eventsSent, 'inc');
+    await task.complete();
+    // No timer and no poll in between: the frame was handed to the socket in the tick the append resolved.
+    expect(sent).toHaveBeenCalledTimes(1);
+    await client.next(isEvent(task.id, 'completed'));
+  });
+
+  it('refuses an ack beyond what the socket was sent, and ignores acks of unfollowed tasks', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const other = await session.env.store.createTask({ owner: 'bob', kind: 'k' });
+    await session.env.store.append(other.id, { type: 'progress', done: 1 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    client.send({ type: 'ack', taskId: task.id, seq: 5 });
+    const error = await client.next((frame) => frame.type === 'error');
+    expect(error).toMatchObject({ code: 'invalid_input', taskId: task.id });
+    client.send({ type: 'ack', taskId: other.id, seq: 1 });
+    await client.sync();
+    expect((await session.env.store.getTask(other.id))?.ackedSeq).toBe(0);
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(0);
+  });
+});
+
+describe('heartbeats', () => {
+  it('carries the seq of every followed task, as sent on this socket', async () => {
+    await session.start({ heartbeatIntervalMs: 30 });
+    const first = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const second = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await first.progress({ done: 1 });
+    await first.progress({ done: 2 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: first.id, afterSeq: 0 });
+    client.send({ type: 'subscribe', taskId: second.id, afterSeq: 0 });
+    await client.next(() => client.frames.filter((frame) => frame.type === 'snapshot').length === 2);
+    const from = client.frames.length;
+    const heartbeat = await client.next((frame) => frame.type === 'heartbeat', { from });
+    expect(heartbeat.seqs).toEqual({ [first.id]: 2, [second.id]: 0 });
+    await first.progress({ done: 3 });
+    const later = await client.next(
+      (frame) => frame.type === 'heartbeat' && (frame.seqs as Record<string, number>)[first.id] === 3,
+      { from },
+    );
+    expect(later.seqs).toEqual({ [first.id]: 3, [second.id]: 0 });
+  });
+
+  it('lists a task still being loaded with the seq the client resumed from', async () => {
+    await session.start({ heartbeatIntervalMs: 20 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const getTask = session.env.store.getTask.bind(session.env.store);
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(async (taskId) => {
+      await sleep(150);
+      return getTask(taskId);
+    });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    const from = client.frames.length;
+    const heartbeat = await client.next((frame) => frame.type === 'heartbeat', { from });
+    expect(heartbeat.seqs).toEqual({ [task.id]: 2 });
+    expect(client.about(task.id)).toEqual([]);
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
+  });
+
+  it('terminates a socket that stops answering pings', async () => {
+    await session.start({ heartbeatIntervalMs: 20 });
+    // A client that never answers pings: the server must see a dead peer.
+    const client = await session.connect({ user: 'alice', autoPong: false });
+    const closed = await client.closed;
+    expect(closed.code).toBe(1006);
+    await expect.poll(() => session.env.server.connectionCount).toBe(0);
+  });
+});

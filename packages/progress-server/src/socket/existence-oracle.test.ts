@@ -1,0 +1,68 @@
+import { describe, expect, it } from 'vitest';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * Issue 10, item 6: a missing task and another owner's task got different answers (`task_not_found` vs
+ * `forbidden`, 404 vs 403), which with application-chosen ids leaks which jobs exist. By default they
+ * must be indistinguishable; `revealTaskExistence` restores distinct answers.
+ */
+
+const session = useServerSession();
+
+/** What a subscribe to `taskId` is answered, with the id replaced so two answers can be compared. */
+async function wsAnswer(taskId: string): Promise<unknown> {
+  const client = await session.connect({ user: 'mallory' });
+  client.send({ type: 'subscribe', id: 'q', taskId, afterSeq: 0 });
+  const frame = await client.next((f) => f.type === 'error');
+  return JSON.parse(JSON.stringify(frame).replaceAll(taskId, '<id>'));
+}
+
+async function httpAnswer(path: string, taskId: string, method = 'GET'): Promise<unknown> {
+  const response = await fetch(`${session.env.httpUrl}${path}`, {
+    method,
+    headers: { 'x-user': 'mallory', 'content-type': 'application/json' },
+    ...(method === 'POST' ? { body: '{}' } : {}),
+  });
+  const body = (await response.text()).replaceAll(taskId, '<id>');
+  return { status: response.status, body, type: response.headers.get('content-type') };
+}
+
+describe('existence oracle', () => {
+  it("answers another owner's task exactly like a missing one, over WebSocket and HTTP", async () => {
+    await session.start();
+    await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
+    const missing = 'taint-43';
+    const existing = 'taint-42';
+    const ws = await wsAnswer(existing);
+    expect(ws).toEqual(await wsAnswer(missing));
+    expect(ws).toMatchObject({ code: 'task_not_found' });
+    for (const [suffix, method] of [
+      ['', 'GET'],
+      ['/events?afterSeq=0', 'GET'],
+      ['/cancel', 'POST'],
+    ] as const) {
+      const a = await httpAnswer(`/progress/tasks/${existing}${suffix}`, existing, method);
+      const b = await httpAnswer(`/progress/tasks/${missing}${suffix}`, missing, method);
+      expect(a, suffix).toEqual(b);
+      expect(a, suffix).toMatchObject({ status: 404 });
+    }
+    expect((await session.env.store.getTask(existing))?.status).toBe('running');
+  });
+
+  it('gives distinct answers with revealTaskExistence', async () => {
+    await session.start({ revealTaskExistence: true });
+    await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
+    expect(await wsAnswer('taint-42')).toMatchObject({ code: 'forbidden' });
+    expect(await wsAnswer('taint-43')).toMatchObject({ code: 'task_not_found' });
+    expect(await httpAnswer('/progress/tasks/taint-42', 'taint-42')).toMatchObject({ status: 403 });
+    expect(await httpAnswer('/progress/tasks/taint-43', 'taint-43')).toMatchObject({ status: 404 });
+  });
+
+  it('answers 403 to a principal who may watch but not cancel (the task is no secret to it)', async () => {
+    await session.start({ authorize: (_principal, _task, action) => action === 'watch' });
+    await session.env.server.tasks.create({ owner: 'bob', kind: 'k', id: 'taint-42' });
+    expect(await httpAnswer('/progress/tasks/taint-42/cancel', 'taint-42', 'POST')).toMatchObject({
+      status: 403,
+    });
+  });
+});

@@ -1,0 +1,83 @@
+/**
+ * The frame budget of one socket: its own token bucket, its principal's shared frame rate, the streak
+ * of refused frames that closes a flooder, and the count of invalid frames that closes a broken
+ * client.
+ *
+ * @module
+ */
+import { CloseCode, ErrorCode } from '@finishline/core';
+import type { ServerMetrics } from '../metrics.js';
+import type { ResolvedServerOptions } from '../options.js';
+import type { PrincipalLimits } from '../principal-limits.js';
+import { TokenBucket } from './rate-limiter.js';
+import type { FrameRefs, SocketWriter } from './socket-writer.js';
+
+/** A rate-limit violation streak ends after this long without a refused frame. */
+const VIOLATION_STREAK_MS = 1000;
+
+/** What the budget needs from its socket. */
+export interface FrameBudgetContext {
+  readonly options: Pick<
+    ResolvedServerOptions<never>,
+    'clock' | 'rateLimitBurst' | 'rateLimitPerSecond' | 'maxRateLimitViolations' | 'maxInvalidFrames'
+  >;
+  readonly metrics: ServerMetrics;
+  readonly limits: PrincipalLimits;
+  readonly writer: SocketWriter;
+  /** The socket's principal id (the socket is open). */
+  principalId(): string;
+  close(code: number, reason: string): void;
+}
+
+/** Decides which frames of one socket are handled, and when the socket has misbehaved enough to close. */
+export class FrameBudget {
+  readonly #ctx: FrameBudgetContext;
+  readonly #bucket: TokenBucket;
+  #invalidFrames = 0;
+  #violations = 0;
+  #lastViolationAt = Number.NEGATIVE_INFINITY;
+
+  constructor(ctx: FrameBudgetContext) {
+    this.#ctx = ctx;
+    this.#bucket = new TokenBucket({
+      capacity: ctx.options.rateLimitBurst,
+      refillPerSecond: ctx.options.rateLimitPerSecond,
+      clock: ctx.options.clock,
+    });
+  }
+
+  /** Takes one rate-limit token; on refusal answers every refused frame and closes a persistent flooder. */
+  take(requestId: string | undefined): boolean {
+    const { options, metrics } = this.#ctx;
+    // The socket's own budget first, then its principal's, shared with the principal's other sockets.
+    if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame(this.#ctx.principalId())) return true;
+    const now = options.clock();
+    if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
+    this.#lastViolationAt = now;
+    this.#violations += 1;
+    metrics.framesRejected.inc({ code: ErrorCode.RateLimited });
+    if (this.#violations >= options.maxRateLimitViolations) {
+      this.#ctx.close(CloseCode.RateLimited, 'rate limit exceeded');
+    } else {
+      // Every refused frame is answered, so a client never waits for the reply to a request that was
+      // dropped. No amplification: one small frame per refused one, and a streak of
+      // `maxRateLimitViolations` closes the socket.
+      this.#ctx.writer.sendError(
+        ErrorCode.RateLimited,
+        `Rate limit exceeded (${options.rateLimitPerSecond} frames/s); frames are being dropped`,
+        requestId === undefined ? {} : { requestId },
+      );
+    }
+    return false;
+  }
+
+  /** An invalid frame: answered, counted, and the socket closes after `maxInvalidFrames` of them. */
+  invalid(code: ErrorCode, message: string, refs: FrameRefs): void {
+    this.#ctx.metrics.framesRejected.inc({ code });
+    this.#invalidFrames += 1;
+    this.#ctx.writer.sendError(code, message, refs);
+    if (this.#invalidFrames >= this.#ctx.options.maxInvalidFrames) {
+      this.#ctx.close(CloseCode.PolicyViolation, 'too many invalid frames');
+    }
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * Connections not authenticated yet, capped per remote address (the oldest goes first).
+ *
+ * @module
+ */
+import type { Duplex } from 'node:stream';
+
+/** A socket as the tracker needs it: its peer address (a `net.Socket` has one) and a way to end it. */
+type TrackedSocket = Duplex & { remoteAddress?: string | undefined };
+
+/**
+ * Connections that have not authenticated yet (TCP accepted but no request, an upgrade being checked, a
+ * WebSocket waiting for its `auth` frame), grouped by remote address. When an address goes over its
+ * cap, its **oldest** pending connection is destroyed: a client that opens sockets and stays silent
+ * (slowloris) can then hold at most `maxPerAddress` descriptors, and a new client, even from the same
+ * address, still gets in instead of being refused by a full table.
+ */
+export class PendingConnections {
+  readonly #maxPerAddress: number;
+  readonly #onEvict: (address: string) => void;
+  /** Per address, in arrival order (a `Set` iterates in insertion order): the first is the oldest. */
+  readonly #byAddress = new Map<string, Set<TrackedSocket>>();
+  readonly #addressOf = new WeakMap<TrackedSocket, string>();
+
+  constructor(options: { maxPerAddress: number; onEvict: (address: string) => void }) {
+    this.#maxPerAddress = options.maxPerAddress;
+    this.#onEvict = options.onEvict;
+  }
+
+  /** Number of pending connections, all addresses together. */
+  get size(): number {
+    let total = 0;
+    for (const sockets of this.#byAddress.values()) total += sockets.size;
+    return total;
+  }
+
+  /** Starts tracking `socket` (idempotent); it stops being tracked when released or closed. */
+  add(socket: TrackedSocket): void {
+    if (this.#addressOf.has(socket) || socket.destroyed) return;
+    const address = socket.remoteAddress ?? 'unknown';
+    let sockets = this.#byAddress.get(address);
+    if (sockets === undefined) {
+      sockets = new Set();
+      this.#byAddress.set(address, sockets);
+    }
+    sockets.add(socket);
+    this.#addressOf.set(socket, address);
+    socket.once('close', () => this.release(socket));
+    while (sockets.size > this.#maxPerAddress) {
+      const oldest = sockets.values().next().value as TrackedSocket;
+      this.release(oldest);
+      this.#onEvict(address);
+      oldest.destroy();
+    }
+  }
+
+  /** The socket authenticated (or sent an ordinary HTTP request): it no longer counts. */
+  release(socket: TrackedSocket): void {
+    const address = this.#addressOf.get(socket);
+    if (address === undefined) return;
+    this.#addressOf.delete(socket);
+    const sockets = this.#byAddress.get(address);
+    if (sockets === undefined) return;
+    sockets.delete(socket);
+    if (sockets.size === 0) this.#byAddress.delete(address);
+  }
+}

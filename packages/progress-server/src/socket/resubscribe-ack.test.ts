@@ -1,0 +1,51 @@
+import { describe, expect, it } from 'vitest';
+import type { RawClient } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * Regression (found by the client's end-to-end fault-schedule test): a client that resubscribes while
+ * the answer to its previous subscribe is still in flight cannot tell the old stream's frames from the
+ * new one's. When it acknowledged the old stream's terminal snapshot before the server had loaded the
+ * task for the new subscribe, the server refused the ack with `invalid_input` ("beyond the last seq
+ * sent on this socket (0)"), although it had sent that seq on this very socket.
+ */
+
+const session = useServerSession();
+
+async function connect(): Promise<RawClient> {
+  const client = await session.connect({ user: 'alice' });
+  return client;
+}
+
+describe('acks across a resubscribe', () => {
+  it('accepts an ack of a seq sent on the socket by the previous stream, before the new subscribe is answered', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
+    await task.item({ key: 'a', ok: true });
+    await task.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The resubscribe resets the stream; the ack follows at once, as when the client received the first
+    // answer after it sent the resubscribe. The server reads the task for the new subscribe in between.
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(2);
+  });
+
+  it('still refuses an ack beyond anything sent on the socket', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    const error = await client.next((frame) => frame.type === 'error');
+    expect(error).toMatchObject({ code: 'invalid_input', taskId: task.id });
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(0);
+  });
+});

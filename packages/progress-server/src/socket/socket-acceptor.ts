@@ -1,0 +1,247 @@
+/**
+ * Connection routing: the WebSocket upgrades (checked, authenticated, refused with an HTTP status) and
+ * the caller's `WebSocketServer` sockets (refused with close codes), each accepted one becoming a
+ * {@link Connection}; the set of open connections, their heartbeat and their shutdown.
+ *
+ * @module
+ */
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { CloseCode, ErrorCode } from '@finishline/core';
+import WebSocket, { WebSocketServer } from 'ws';
+import type { Principal } from '../auth.js';
+import { isOriginAllowed } from '../auth.js';
+import { offeredProtocols, rejectUpgrade } from '../http/upgrade.js';
+import { describeError } from '../logger.js';
+import type { ConnectionContext } from './connection.js';
+import { Connection } from './connection.js';
+import { PendingConnections } from './pending-connections.js';
+import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
+
+/** What every connection shares, less what the acceptor itself provides. */
+export type AcceptorContext<P extends Principal> = Omit<
+  ConnectionContext<P>,
+  'socketCount' | 'onClose' | 'onAuthenticated'
+>;
+
+/** Accepts the server's sockets and holds its open connections. */
+export class SocketAcceptor<P extends Principal> {
+  readonly #ctx: AcceptorContext<P>;
+  readonly #connections = new Set<Connection<P>>();
+  /** Connections not authenticated yet, capped per address. */
+  readonly pending: PendingConnections;
+  readonly #wss: WebSocketServer;
+  readonly #ownsWss: boolean;
+  readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
+  #closing = false;
+
+  constructor(ctx: AcceptorContext<P>) {
+    this.#ctx = ctx;
+    const { options, metrics, logger } = ctx;
+    this.pending = new PendingConnections({
+      maxPerAddress: options.maxPendingConnectionsPerAddress,
+      onEvict: (address) => {
+        metrics.connectionsDropped.inc({ reason: 'pending_cap' });
+        logger.debug({ address }, 'too many unauthenticated connections; dropped the oldest');
+      },
+    });
+    this.#onConnection = (ws, request) => this.#acceptExternal(ws, request);
+    if (options.wss !== undefined) {
+      this.#wss = options.wss;
+      this.#ownsWss = false;
+      this.#wss.on('connection', this.#onConnection);
+    } else {
+      this.#wss = new WebSocketServer({
+        noServer: true,
+        maxPayload: options.maxPayloadBytes,
+        perMessageDeflate: false,
+        clientTracking: false,
+        handleProtocols: (protocols) => selectSubprotocol(protocols),
+      });
+      this.#ownsWss = true;
+      this.#wss.on('error', (error) => logger.warn({ err: describeError(error) }, 'WebSocket server error'));
+    }
+  }
+
+  /** Number of open connections. */
+  get size(): number {
+    return this.#connections.size;
+  }
+
+  /** Liveness work on every connection (see {@link Connection.tick}). */
+  tick(): void {
+    for (const connection of this.#connections) connection.tick();
+  }
+
+  /** Stops accepting: new upgrades and sockets are refused as the server shuts down. */
+  stopAccepting(): void {
+    this.#closing = true;
+    if (!this.#ownsWss) this.#wss.off('connection', this.#onConnection);
+  }
+
+  /** Shuts every connection down by `deadline` (see {@link Connection.shutdown}) and closes an owned `wss`. */
+  async close(deadline: number): Promise<void> {
+    this.stopAccepting();
+    await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
+  }
+
+  /** Closes the `WebSocketServer` when the acceptor created it. */
+  closeServer(): void {
+    if (this.#ownsWss) this.#wss.close();
+  }
+
+  /**
+   * Handles one upgrade request, whatever its path (for routers that dispatch upgrades themselves):
+   * checks the Origin and subprotocol, authenticates, and either accepts the socket or answers with an
+   * HTTP error (400, 401, 403, 500, 503) on the raw socket. Never throws.
+   */
+  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // A client that vanishes during authentication must not crash the process.
+    socket.on('error', (error) =>
+      this.#ctx.logger.debug({ err: describeError(error) }, 'upgrade socket error'),
+    );
+    this.pending.add(socket);
+    const deadline = setTimeout(() => {
+      if (socket.destroyed) return;
+      this.#ctx.metrics.connectionsDropped.inc({ reason: 'upgrade_timeout' });
+      this.#ctx.logger.debug({}, 'upgrade did not complete in time; destroying the socket');
+      socket.destroy();
+    }, this.#ctx.options.upgradeTimeoutMs);
+    deadline.unref();
+    // Refused, accepted or gone: the deadline no longer applies once the upgrade is settled.
+    socket.once('close', () => clearTimeout(deadline));
+    this.#upgrade(request, socket, head, () => clearTimeout(deadline)).catch((error: unknown) => {
+      this.#ctx.metrics.handlerErrors.inc();
+      this.#ctx.logger.error({ err: describeError(error) }, 'upgrade failed');
+      this.refuse(socket, { status: 500, code: ErrorCode.Internal, message: 'Upgrade failed' });
+    });
+  }
+
+  async #upgrade(request: IncomingMessage, socket: Duplex, head: Buffer, settled: () => void): Promise<void> {
+    const checked = await this.#checkUpgrade(request);
+    if (checked.kind === 'refused') {
+      settled();
+      this.refuse(socket, checked);
+      return;
+    }
+    if (socket.destroyed) return;
+    if (this.#closing) {
+      settled();
+      this.refuse(socket, { status: 503, code: ErrorCode.Closed, message: 'Server is shutting down' });
+      return;
+    }
+    this.#wss.handleUpgrade(request, socket, head, (ws) => {
+      settled();
+      this.#accept(ws, request, checked.principal, socket);
+    });
+  }
+
+  /** Origin, subprotocol and credentials of an upgrade: the principal (or none yet), or why to refuse. */
+  async #checkUpgrade(
+    request: IncomingMessage,
+  ): Promise<
+    | { kind: 'accepted'; principal: P | undefined }
+    | { kind: 'refused'; status: number; code: ErrorCode; message: string }
+  > {
+    const refused = (status: number, code: ErrorCode, message: string) =>
+      ({ kind: 'refused', status, code, message }) as const;
+    if (this.#closing) return refused(503, ErrorCode.Closed, 'Server is shutting down');
+    if (!isOriginAllowed(request, this.#ctx.options.allowedOrigins)) {
+      return refused(403, ErrorCode.Forbidden, 'Origin not allowed');
+    }
+    const protocols = offeredProtocols(request);
+    if (protocols.length > 0 && selectSubprotocol(protocols) === false) {
+      return refused(
+        400,
+        ErrorCode.UnsupportedProtocol,
+        `Subprotocol ${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
+      );
+    }
+    const auth = await this.#ctx.auth.fromUpgrade(request);
+    if (auth.kind === 'refused')
+      return refused(401, ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+    return { kind: 'accepted', principal: auth.kind === 'principal' ? auth.principal : undefined };
+  }
+
+  /** Refuses an upgrade with an HTTP status on the raw socket (counted and logged). */
+  refuse(socket: Duplex, refusal: { status: number; code: ErrorCode; message: string }): void {
+    const { status, code, message } = refusal;
+    this.#ctx.metrics.upgradesRejected.inc({ code });
+    this.#ctx.logger.debug({ status, code }, `upgrade refused: ${message}`);
+    rejectUpgrade(socket, refusal);
+  }
+
+  /** A socket from the caller's `WebSocketServer`: the checks of an upgrade, answered with close codes. */
+  #acceptExternal(ws: WebSocket, request: IncomingMessage): void {
+    const refuse = (close: number, code: ErrorCode, reason: string): void => {
+      this.#ctx.metrics.upgradesRejected.inc({ code });
+      // A paused socket would never read the peer's close frame, leaving the handshake hanging.
+      ws.resume();
+      ws.close(close, reason);
+    };
+    ws.on('error', (error) => this.#ctx.logger.debug({ err: describeError(error) }, 'socket error'));
+    const refusal = this.#checkExternal(ws, request);
+    if (refusal !== undefined) {
+      refuse(...refusal);
+      return;
+    }
+    // Frames that arrive while the hooks run stay in the socket until the connection takes over.
+    ws.pause();
+    this.#ctx.auth.fromUpgrade(request).then(
+      (auth) => {
+        if (ws.readyState !== WebSocket.OPEN) return;
+        if (this.#closing) {
+          refuse(CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down');
+        } else if (auth.kind === 'refused') {
+          refuse(CloseCode.Unauthenticated, ErrorCode.Unauthenticated, 'invalid credentials');
+        } else {
+          this.#accept(ws, request, auth.kind === 'principal' ? auth.principal : undefined);
+          ws.resume();
+        }
+      },
+      (error: unknown) => {
+        this.#ctx.metrics.handlerErrors.inc();
+        this.#ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
+        refuse(CloseCode.InternalError, ErrorCode.Internal, 'authentication failed');
+      },
+    );
+  }
+
+  /** The synchronous checks of a caller's socket: why to refuse it, if at all. */
+  #checkExternal(ws: WebSocket, request: IncomingMessage): [number, ErrorCode, string] | undefined {
+    if (this.#closing) return [CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down'];
+    if (!isOriginAllowed(request, this.#ctx.options.allowedOrigins)) {
+      return [CloseCode.ForbiddenOrigin, ErrorCode.Forbidden, 'origin not allowed'];
+    }
+    if (offeredProtocols(request).length > 0 && !SUPPORTED_SUBPROTOCOLS.includes(ws.protocol)) {
+      return [
+        CloseCode.UnsupportedProtocol,
+        ErrorCode.UnsupportedProtocol,
+        `${SUPPORTED_SUBPROTOCOLS.join(' or ')} required`,
+      ];
+    }
+    return undefined;
+  }
+
+  #accept(ws: WebSocket, request: IncomingMessage, principal: P | undefined, raw?: Duplex): void {
+    if (this.#closing) {
+      ws.close(CloseCode.GoingAway, 'server shutting down');
+      return;
+    }
+    let added = false;
+    const connection = new Connection<P>(
+      { ws, request, principal },
+      {
+        ...this.#ctx,
+        // Counting the one being constructed too: it may say hello before it is added below.
+        socketCount: () => this.#connections.size + (added ? 0 : 1),
+        onClose: (closed) => this.#connections.delete(closed),
+        onAuthenticated: () => {
+          if (raw !== undefined) this.pending.release(raw);
+        },
+      },
+    );
+    this.#connections.add(connection);
+    added = true;
+  }
+}

@@ -1,0 +1,257 @@
+/**
+ * Everything one socket writes: the send queue and its drain under backpressure, the terminal re-send
+ * timer, and `error` frames. It decides how and when bytes go out, never what a subscription is.
+ *
+ * @module
+ */
+import type {
+  ErrorCode,
+  ProtocolVersion,
+  ServerFrame,
+  TaskEvent,
+  TaskMeta,
+  TaskView,
+} from '@finishline/core';
+import { isTerminalType, LIMITS } from '@finishline/core';
+import type { OutgoingEntry } from '@finishline/core/internal';
+import { encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
+import WebSocket from 'ws';
+import type { StoreEpoch } from '../hub/store-epoch.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { ResolvedServerOptions } from '../options.js';
+import { eventFrameText } from './event-frame-text.js';
+
+/** The request and task a frame answers, echoed in its `error` frame. */
+export interface FrameRefs {
+  requestId?: string;
+  taskId?: string;
+}
+
+/** What the writer records on a subscription as its frames go out. */
+export interface WrittenLog {
+  /** A frame of the task up to `seq` went out on this socket. */
+  wrote(seq: number): void;
+  /**
+   * A terminal frame went out: `true` when the client still needs it, and it is to be re-sent until
+   * acknowledged.
+   */
+  terminalSent(seq: number, text: string): boolean;
+  /** The terminal frame to re-send for `seq`, or `undefined` when it is no longer due. */
+  terminalFrame(seq: number): string | undefined;
+}
+
+/** What a writer needs from its connection. */
+export interface WriterContext {
+  readonly ws: WebSocket;
+  readonly options: Pick<
+    ResolvedServerOptions<never>,
+    'clock' | 'terminalRetry' | 'highWaterMarkBytes' | 'backpressurePollMs'
+  >;
+  readonly metrics: ServerMetrics;
+  readonly logger: ProgressLogger;
+  readonly connectionId: number;
+  readonly version: ProtocolVersion;
+  readonly epoch: StoreEpoch;
+  /** The connection is open: writing and timers are allowed. */
+  isOpen(): boolean;
+  /** Runs a timer callback so that nothing it throws reaches `ws`. */
+  guard(fn: () => void): void;
+  /** The written-frame log of the subscription of `taskId`, if the socket follows it. */
+  log(taskId: string): WrittenLog | undefined;
+}
+
+/**
+ * Writes one socket's frames. Queued entries go out while the socket's buffer is below the high-water
+ * mark; above it, writing pauses (polled on a short timer) and runs of progress are coalesced into
+ * snapshots until the queue is empty again. Terminal frames are re-sent on one timer until acknowledged.
+ */
+export class SocketWriter {
+  readonly #ctx: WriterContext;
+  readonly #queue = new SendQueue();
+  readonly #retries: TerminalRetryTracker;
+  #retryTimer: NodeJS.Timeout | undefined;
+  #retryDueAt: number | undefined;
+  #drainTimer: NodeJS.Timeout | undefined;
+  #congested = false;
+
+  constructor(ctx: WriterContext) {
+    this.#ctx = ctx;
+    this.#retries = new TerminalRetryTracker(ctx.options.clock, ctx.options.terminalRetry);
+  }
+
+  /** Everything queued went out and no paused drain is pending (a heartbeat may report seqs now). */
+  get idle(): boolean {
+    return this.#queue.size === 0 && this.#drainTimer === undefined;
+  }
+
+  /** Frames are still queued here or buffered in the socket (a graceful shutdown waits for them). */
+  get flushing(): boolean {
+    return this.#queue.size > 0 || this.#ctx.ws.bufferedAmount > 0;
+  }
+
+  /** Starts a task's stream in the queue (its metadata, for coalesced snapshots). */
+  track(meta: TaskMeta): void {
+    this.#queue.track(meta);
+  }
+
+  /** Drops what is queued and due for re-send of a task whose stream starts over or ends. */
+  forget(taskId: string): void {
+    this.#queue.untrack(taskId);
+    this.#retries.forget(taskId);
+  }
+
+  pushEvent(event: TaskEvent): void {
+    this.#queue.pushEvent(event);
+  }
+
+  pushSnapshot(view: TaskView): void {
+    this.#queue.pushSnapshot(view);
+  }
+
+  /**
+   * Sends a snapshot at once, ahead of the queue (a `reset`: the subscription was just reset, so nothing
+   * of the task is queued; the events after it go through the queue as usual).
+   */
+  sendReset(view: TaskView): void {
+    const text = encodeFrame({ type: 'snapshot', task: view, ...this.epochField(), reset: true });
+    this.sendText(text);
+    this.#ctx.metrics.snapshotsSent.inc();
+    this.#wrote(view.id, view.seq, view.status !== 'running' ? text : undefined);
+  }
+
+  /** The client acknowledged `seq` of `taskId`: re-sends up to it stop. */
+  acked(taskId: string, seq: number): void {
+    this.#retries.acked(taskId, seq);
+    this.#scheduleRetry();
+  }
+
+  /** Writes queued entries while the socket's buffer allows (see the class). */
+  drain(): void {
+    if (!this.#ctx.isOpen() || this.#drainTimer !== undefined) return;
+    if (this.#ctx.ws.readyState !== WebSocket.OPEN) return;
+    while (this.#queue.size > 0) {
+      if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
+        this.#congested = true;
+        this.#drainTimer = setTimeout(() => {
+          this.#drainTimer = undefined;
+          this.#ctx.guard(() => this.drain());
+        }, this.#ctx.options.backpressurePollMs);
+        this.#drainTimer.unref();
+        return;
+      }
+      const entry = this.#queue.shift(this.#congested);
+      if (entry === undefined) break;
+      this.#sendEntry(entry);
+    }
+    this.#congested = false;
+  }
+
+  send(frame: ServerFrame): void {
+    this.sendText(encodeFrame(frame));
+  }
+
+  sendText(text: string): void {
+    const ws = this.#ctx.ws;
+    if (ws.readyState !== WebSocket.OPEN) return;
+    ws.send(text, (error) => {
+      if (error)
+        this.#ctx.logger.debug(
+          { err: describeError(error), connection: this.#ctx.connectionId },
+          'send failed',
+        );
+    });
+  }
+
+  sendError(code: ErrorCode, message: string, refs: FrameRefs): void {
+    // Clipped so the frame stays valid for a strict client whatever a store's message says.
+    const text =
+      message.length <= LIMITS.maxMessageLength
+        ? message
+        : `${message.slice(0, LIMITS.maxMessageLength - 1)}…`;
+    this.send({ type: 'error', code, message: text, ...refs });
+  }
+
+  /** `{ epoch }` for a version-2 socket once the store's epoch is known, else nothing. */
+  epochField(): { epoch?: string } {
+    const epoch = this.#ctx.epoch.current;
+    return this.#ctx.version >= 2 && epoch !== undefined ? { epoch } : {};
+  }
+
+  /** Clears the timers and the queue (the socket closed). */
+  stop(): void {
+    for (const timer of [this.#retryTimer, this.#drainTimer]) {
+      if (timer !== undefined) clearTimeout(timer);
+    }
+    this.#retryTimer = undefined;
+    this.#drainTimer = undefined;
+    this.#queue.clear();
+  }
+
+  #sendEntry(entry: OutgoingEntry): void {
+    switch (entry.kind) {
+      case 'event': {
+        const text = eventFrameText(entry.event);
+        this.sendText(text);
+        this.#ctx.metrics.eventsSent.inc();
+        this.#wrote(entry.event.taskId, entry.event.seq, isTerminalType(entry.event.type) ? text : undefined);
+        return;
+      }
+      case 'snapshot': {
+        const text = encodeFrame({ type: 'snapshot', task: entry.task, ...this.epochField() });
+        this.sendText(text);
+        this.#ctx.metrics.snapshotsSent.inc();
+        this.#wrote(entry.task.id, entry.task.seq, entry.task.status !== 'running' ? text : undefined);
+        return;
+      }
+      default: {
+        const unreachable: never = entry;
+        throw new TypeError(`Unknown outgoing entry ${String(unreachable)}`);
+      }
+    }
+  }
+
+  /** Records a written frame; a terminal one (`terminal` is its text) is re-sent until acknowledged. */
+  #wrote(taskId: string, seq: number, terminal: string | undefined): void {
+    const log = this.#ctx.log(taskId);
+    if (log === undefined) return;
+    log.wrote(seq);
+    if (terminal === undefined || !log.terminalSent(seq, terminal)) return;
+    this.#retries.sent(taskId, seq);
+    this.#scheduleRetry();
+  }
+
+  /** Keeps the socket's one retry timer set for the earliest due re-send (or cleared when none). */
+  #scheduleRetry(): void {
+    const dueAt = this.#retries.nextDueAt();
+    if (dueAt === this.#retryDueAt && (dueAt === undefined || this.#retryTimer !== undefined)) return;
+    if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
+    this.#retryTimer = undefined;
+    this.#retryDueAt = dueAt;
+    if (dueAt === undefined || !this.#ctx.isOpen()) return;
+    this.#retryTimer = setTimeout(
+      () => this.#ctx.guard(() => this.#onRetryTimer()),
+      Math.max(1, dueAt - this.#ctx.options.clock()),
+    );
+    this.#retryTimer.unref();
+  }
+
+  #onRetryTimer(): void {
+    this.#retryTimer = undefined;
+    this.#retryDueAt = undefined;
+    if (!this.#ctx.isOpen()) return;
+    for (const { taskId, seq } of this.#retries.due()) {
+      const frame = this.#ctx.log(taskId)?.terminalFrame(seq);
+      if (frame === undefined) {
+        this.#retries.forget(taskId);
+        continue;
+      }
+      // Straight to the socket: the frame already went through the queue once, after everything before it.
+      this.sendText(frame);
+      this.#ctx.metrics.terminalRetries.inc();
+      this.#retries.sent(taskId, seq);
+    }
+    this.#scheduleRetry();
+  }
+}

@@ -1,0 +1,271 @@
+/**
+ * One followed task on one socket: its cursor, what the client may acknowledge, its terminal frame's
+ * re-send state, and its current stream from the hub. One staleness check ({@link
+ * Subscription.isCurrent}) says whether async work started for it still applies.
+ *
+ * @module
+ */
+import type { TaskEvent, TaskView } from '@finishline/core';
+import type { StreamSink, TaskStream } from '../hub/task-stream.js';
+import type { ServerMetrics } from '../metrics.js';
+import type { SocketWriter, WrittenLog } from './socket-writer.js';
+
+/** What a subscription needs from its socket. */
+export interface SubscriptionContext {
+  readonly writer: SocketWriter;
+  readonly metrics: ServerMetrics;
+  readonly clock: () => number;
+  /** Opens the hub stream of the task for this socket's principal. */
+  openStream(taskId: string, sink: StreamSink): TaskStream;
+  /** The socket is open: a stream's reads and frames still matter. */
+  isOpen(): boolean;
+  /** The task vanished while the stream caught up. */
+  onGone(sub: Subscription): void;
+  /** The first catch-up failed: the subscribe is answered with the error. */
+  onFailed(sub: Subscription, error: unknown): void;
+  /** A bug while handling the stream. */
+  onInternalError(error: unknown): void;
+}
+
+/** What an ack frame did to a subscription. */
+export type AckOutcome =
+  /** Held until the subscription is authorized and loaded (issue 10 item 1). */
+  | 'held'
+  /** Beyond anything sent on this socket: an invalid frame. */
+  | 'beyond'
+  /** At or below what was already acknowledged: nothing to do. */
+  | 'repeated'
+  /** A new acknowledgement, to be recorded. */
+  | 'advanced';
+
+/**
+ * One followed task on one socket. Each (re)subscribe starts a new {@link TaskStream}; work started for
+ * an older stream, or after removal, is stale and dropped.
+ */
+export class Subscription implements WrittenLog {
+  readonly taskId: string;
+  readonly #ctx: SubscriptionContext;
+  #stream: TaskStream | undefined;
+  #removed = false;
+  /**
+   * The principal may watch the task and it is loaded. Until then no frame of this subscription acts:
+   * an ack is only remembered (its highest seq) and applied once this turns true.
+   */
+  #authorized = false;
+  /** Highest seq acknowledged while the subscription was not yet authorized. */
+  #pendingAck = 0;
+  /** Highest seq queued to this socket (event or snapshot). */
+  #cursor = 0;
+  /** Highest seq the client may acknowledge: what it was sent, or what it said it had. */
+  #ackable = 0;
+  /**
+   * Highest seq written to this socket for this task, across resubscribes. A resubscribe resets
+   * `ackable`, but frames of the previous stream may still be in flight to the client, which cannot
+   * tell them from the answer to its new subscribe; acking them is legitimate (they were sent here).
+   */
+  #written = 0;
+  /** Highest seq the client acknowledged. */
+  #acked = 0;
+  /** The `afterSeq` of the subscribe: the client already has everything up to it. */
+  #claimed = 0;
+  #terminalSeq: number | undefined;
+  /** The encoded terminal frame, re-sent until acknowledged. */
+  #terminalFrame: string | undefined;
+  /** Clock time of the first send of the terminal frame, for the push→ack latency. */
+  #terminalSentAt: number | undefined;
+  #terminalAcked = false;
+
+  constructor(taskId: string, ctx: SubscriptionContext) {
+    this.taskId = taskId;
+    this.#ctx = ctx;
+  }
+
+  /** `true` while `stream` is this subscription's live stream: async work started under it still applies. */
+  isCurrent(stream: TaskStream): boolean {
+    return !this.#removed && this.#stream === stream && !stream.stale;
+  }
+
+  /** The stream the last (re)subscribe opened; `undefined` once removed. */
+  get currentStream(): TaskStream | undefined {
+    return this.#stream;
+  }
+
+  get authorized(): boolean {
+    return this.#authorized;
+  }
+
+  /** What a heartbeat reports: the client has at least what it resumed from and what was sent. */
+  get heartbeatSeq(): number {
+    return Math.max(this.#cursor, this.#claimed);
+  }
+
+  /**
+   * Starts a fresh stream from the client's `afterSeq` (a subscribe or resubscribe): the queue and
+   * retry state of the task start over. Returns the stream, the token of this attempt.
+   */
+  restart(afterSeq: number): TaskStream {
+    this.#reset();
+    // Acks up to the client's own cursor become valid once the task is loaded and the principal may
+    // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
+    this.#claimed = afterSeq;
+    const previous = this.#stream;
+    // The new stream follows the task before the old one lets go, so the hub keeps its place.
+    const stream = this.#ctx.openStream(
+      this.taskId,
+      this.#sinkOf(() => stream),
+    );
+    this.#stream = stream;
+    previous?.close();
+    return stream;
+  }
+
+  /**
+   * The load of `stream` found the task and the principal may watch it, at `taskSeq`. Returns the held
+   * ack to apply now (0 when none).
+   */
+  authorize(taskSeq: number): number {
+    this.#authorized = true;
+    // Nothing beyond the task's last seq exists to acknowledge, whatever the client claimed.
+    this.#ackable = Math.min(this.#claimed, taskSeq);
+    const held = this.#pendingAck;
+    this.#pendingAck = 0;
+    return held;
+  }
+
+  /**
+   * The cursor is beyond the task's log (a restored store, a purged id reused): the client must drop
+   * it, and its claim is void too. The snapshot goes out at once, ahead of the queue.
+   */
+  reset(view: TaskView): void {
+    this.#claimed = 0;
+    this.#cursor = view.seq;
+    this.#ackable = view.seq;
+    this.#ctx.writer.sendReset(view);
+  }
+
+  /** Queues a snapshot that stands for everything up to its seq. */
+  snapshot(view: TaskView): void {
+    this.#ctx.writer.pushSnapshot(view);
+    if (view.seq > this.#cursor) this.#cursor = view.seq;
+    if (this.#cursor > this.#ackable) this.#ackable = this.#cursor;
+  }
+
+  /** The client resumes from its own cursor: events after it follow. */
+  resumeAt(afterSeq: number): void {
+    this.#cursor = afterSeq;
+  }
+
+  /** A free ack: it acknowledges new events of an authorized subscription (no rate-limit token). */
+  ackAdvances(seq: number): boolean {
+    return this.#authorized && seq > this.#acked && seq <= this.ackLimit;
+  }
+
+  /** The highest seq the client may acknowledge on this socket. */
+  get ackLimit(): number {
+    return Math.max(this.#ackable, this.#written);
+  }
+
+  /** Applies an ack frame's seq to the subscription's state (the caller records an advanced one). */
+  ack(seq: number): AckOutcome {
+    if (!this.#authorized) {
+      // Authorization or the load is still running: remember it, act on it only once both succeeded.
+      if (seq > this.#pendingAck) this.#pendingAck = seq;
+      return 'held';
+    }
+    if (seq > this.ackLimit) return 'beyond';
+    if (seq <= this.#acked) return 'repeated';
+    this.#acked = seq;
+    if (
+      this.#terminalSeq !== undefined &&
+      seq >= this.#terminalSeq &&
+      this.#terminalSentAt !== undefined &&
+      !this.#terminalAcked
+    ) {
+      this.#terminalAcked = true;
+      this.#ctx.metrics.unackedTerminals.dec();
+      const seconds = Math.max(0, this.#ctx.clock() - this.#terminalSentAt) / 1000;
+      this.#ctx.metrics.terminalAckLatency.observe(seconds);
+    }
+    return 'advanced';
+  }
+
+  wrote(seq: number): void {
+    if (seq > this.#written) this.#written = seq;
+  }
+
+  terminalSent(seq: number, text: string): boolean {
+    // A client that acknowledged it, or resumed from it, has it: a snapshot re-stating it needs no retry.
+    if (this.#removed || this.#acked >= seq || this.#claimed >= seq) return false;
+    this.#terminalSeq = seq;
+    this.#terminalFrame = text;
+    if (this.#terminalSentAt === undefined) {
+      this.#terminalSentAt = this.#ctx.clock();
+      this.#ctx.metrics.unackedTerminals.inc();
+    }
+    return true;
+  }
+
+  terminalFrame(seq: number): string | undefined {
+    return this.#terminalSeq === seq ? this.#terminalFrame : undefined;
+  }
+
+  /** Ends the subscription: its stream closes and nothing of it is sent or re-sent any more. */
+  remove(): void {
+    if (this.#removed) return;
+    this.#reset();
+    this.#removed = true;
+    this.#stream?.close();
+    this.#stream = undefined;
+  }
+
+  /** Back to a fresh stream: the queue and retry state of the task start over. */
+  #reset(): void {
+    this.#authorized = false;
+    this.#pendingAck = 0;
+    this.#cursor = 0;
+    this.#ackable = 0;
+    this.#acked = 0;
+    this.#claimed = 0;
+    if (this.#terminalSentAt !== undefined && !this.#terminalAcked) this.#ctx.metrics.unackedTerminals.dec();
+    this.#terminalSeq = undefined;
+    this.#terminalFrame = undefined;
+    this.#terminalSentAt = undefined;
+    this.#terminalAcked = false;
+    this.#ctx.writer.forget(this.taskId);
+  }
+
+  /** The sink of one stream: it acts only while that stream is current. */
+  #sinkOf(stream: () => TaskStream): StreamSink {
+    const current = (): boolean => this.isCurrent(stream());
+    return {
+      events: (events) => {
+        if (current()) this.#events(events);
+      },
+      snapshot: (view) => {
+        if (!current()) return;
+        this.snapshot(view);
+        this.#ctx.writer.drain();
+      },
+      caughtUp: () => {
+        if (current()) this.#ctx.writer.drain();
+      },
+      gone: () => {
+        if (current()) this.#ctx.onGone(this);
+      },
+      failed: (error) => {
+        if (current()) this.#ctx.onFailed(this, error);
+      },
+      internalError: (error) => this.#ctx.onInternalError(error),
+      isOpen: () => this.#ctx.isOpen(),
+    };
+  }
+
+  #events(events: readonly TaskEvent[]): void {
+    for (const event of events) {
+      this.#ctx.writer.pushEvent(event);
+      this.#cursor = event.seq;
+    }
+    if (this.#cursor > this.#ackable) this.#ackable = this.#cursor;
+    this.#ctx.writer.drain();
+  }
+}

@@ -1,0 +1,251 @@
+/**
+ * The subscriptions of one socket: subscribe (caps, load, authorization, where the stream starts),
+ * unsubscribe, acks, and the re-check of every subscription after a token renewal.
+ *
+ * @module
+ */
+import type { AckFrame, ProtocolVersion, SubscribeFrame, Task } from '@finishline/core';
+import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';
+import type { Principal } from '../auth.js';
+import { describeError } from '../logger.js';
+import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import type { SocketServices } from './services.js';
+import type { FrameRefs, SocketWriter } from './socket-writer.js';
+import { Subscription } from './subscription.js';
+
+/** What the subscriptions need from their socket. */
+export interface SubscriptionsContext<P extends Principal> extends Omit<SocketServices<P>, 'epoch'> {
+  readonly writer: SocketWriter;
+  readonly connectionId: number;
+  readonly version: ProtocolVersion;
+  /** The socket's principal (the socket is open). */
+  principal(): P;
+  isOpen(): boolean;
+  /** An invalid frame: answered and counted towards the socket's invalid-frame limit. */
+  invalid(code: ErrorCode, message: string, refs: FrameRefs): void;
+  /** A handler failed: logged, counted and answered as internal. */
+  internalError(error: unknown, requestId?: string, taskId?: string): void;
+}
+
+/** The subscriptions of one socket, keyed by task id. */
+export class Subscriptions<P extends Principal> {
+  readonly #ctx: SubscriptionsContext<P>;
+  readonly #subs = new Map<string, Subscription>();
+  /** Tasks this socket unsubscribed from lately: a late ack of theirs is expected, not an error. */
+  readonly #unfollowed = new Set<string>();
+  /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
+  readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
+
+  constructor(ctx: SubscriptionsContext<P>) {
+    this.#ctx = ctx;
+  }
+
+  get size(): number {
+    return this.#subs.size;
+  }
+
+  /** The subscription of `taskId`, if the socket follows it. */
+  get(taskId: string): Subscription | undefined {
+    return this.#subs.get(taskId);
+  }
+
+  /** The seqs a heartbeat reports, per followed task. */
+  heartbeatSeqs(): Record<string, number> {
+    const seqs: Record<string, number> = {};
+    for (const sub of this.#subs.values()) seqs[sub.taskId] = sub.heartbeatSeq;
+    return seqs;
+  }
+
+  async subscribe(frame: SubscribeFrame): Promise<void> {
+    const { taskId, afterSeq } = frame;
+    const { options, metrics, writer } = this.#ctx;
+    const refs = { ...(frame.id === undefined ? {} : { requestId: frame.id }), taskId };
+    let sub = this.#subs.get(taskId);
+    if (sub === undefined) {
+      sub = this.#add(taskId, refs);
+      if (sub === undefined) return;
+    } else {
+      // A resubscribe restarts the stream from the client's new cursor.
+      metrics.resyncs.inc({ reason: 'resubscribe' });
+    }
+    this.#refs.set(sub, refs);
+    const current = sub;
+    const stream = current.restart(afterSeq);
+    const task = await stream.load().catch((error: unknown) => {
+      if (current.isCurrent(stream)) this.#fail(current, error);
+      return null;
+    });
+    if (task === null || !current.isCurrent(stream)) return;
+    // Not found and not allowed cost the same single read and carry no task data; unless the
+    // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
+    if (task === undefined || !(await this.#ctx.auth.authorize(this.#ctx.principal(), task, 'watch'))) {
+      if (current.isCurrent(stream)) this.#refuse(current, task, refs);
+      return;
+    }
+    if (!current.isCurrent(stream)) return;
+    const held = current.authorize(task.seq);
+    if (held > 0) this.ack({ type: 'ack', taskId, seq: held });
+    writer.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
+    if (afterSeq > 0) metrics.resumes.inc();
+    const backlog = task.seq - afterSeq;
+    const view = toTaskView(task);
+    if (backlog < 0 && this.#ctx.version >= 2) {
+      // No event will ever be above the client's cursor: it must drop it.
+      metrics.resyncs.inc({ reason: 'cursor_ahead' });
+      current.reset(view);
+      stream.start(view.seq, view.status !== 'running', task.seq);
+    } else if (afterSeq === 0 || backlog <= 0 || backlog > options.maxReplayEvents) {
+      if (afterSeq > 0 && backlog > options.maxReplayEvents) metrics.resyncs.inc({ reason: 'replay_limit' });
+      current.snapshot(view);
+      stream.start(view.seq, view.status !== 'running', task.seq);
+    } else {
+      current.resumeAt(afterSeq);
+      stream.start(afterSeq, false, task.seq);
+    }
+  }
+
+  unsubscribe(taskId: string): void {
+    const sub = this.#subs.get(taskId);
+    if (sub === undefined) return;
+    this.remove(sub);
+    // Bounded: the oldest unsubscribed id goes first once the socket's subscription cap is reached.
+    this.#unfollowed.delete(taskId);
+    this.#unfollowed.add(taskId);
+    if (this.#unfollowed.size > this.#ctx.options.maxSubscriptionsPerSocket) {
+      const oldest = this.#unfollowed.values().next().value;
+      if (oldest !== undefined) this.#unfollowed.delete(oldest);
+    }
+  }
+
+  /** A free ack: it acknowledges new events of an authorized subscription (no rate-limit token). */
+  ackAdvances(frame: AckFrame): boolean {
+    return this.#subs.get(frame.taskId)?.ackAdvances(frame.seq) === true;
+  }
+
+  ack(frame: AckFrame): void {
+    const sub = this.#subs.get(frame.taskId);
+    if (sub === undefined) {
+      // Acks never reach the store for unfollowed tasks, so a socket cannot mark another owner's events
+      // processed. A late ack after an unsubscribe is a normal race (the re-ack of a terminal frame
+      // re-sent before the unsubscribe arrived): silent. Any other is answered, not counted as invalid,
+      // so the client learns that nothing was recorded.
+      if (this.#unfollowed.has(frame.taskId)) return;
+      this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
+      this.#ctx.writer.sendError(
+        ErrorCode.InvalidInput,
+        `ack ignored: this socket does not follow task ${frame.taskId}`,
+        { taskId: frame.taskId },
+      );
+      return;
+    }
+    const limit = sub.ackLimit;
+    switch (sub.ack(frame.seq)) {
+      case 'beyond':
+        this.#ctx.invalid(
+          ErrorCode.InvalidInput,
+          `ack of seq ${frame.seq} is beyond the last seq sent on this socket (${limit})`,
+          { taskId: frame.taskId },
+        );
+        return;
+      case 'advanced':
+        this.#ctx.writer.acked(frame.taskId, frame.seq);
+        this.#ctx.acks.ack(frame.taskId, frame.seq);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. */
+  async recheck(principal: P): Promise<void> {
+    for (const sub of [...this.#subs.values()]) {
+      if (!sub.authorized) continue;
+      const stream = sub.currentStream;
+      if (stream === undefined) continue;
+      const task = await stream.load();
+      if (task === null || !sub.isCurrent(stream)) continue;
+      if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) continue;
+      if (sub.isCurrent(stream)) this.#refuse(sub, task, { taskId: sub.taskId });
+    }
+  }
+
+  /** Removes every subscription (the socket closed). */
+  removeAll(): void {
+    for (const sub of [...this.#subs.values()]) this.remove(sub);
+  }
+
+  remove(sub: Subscription): void {
+    if (this.#subs.get(sub.taskId) !== sub) return;
+    sub.remove();
+    this.#subs.delete(sub.taskId);
+    this.#ctx.metrics.subscriptions.dec();
+    this.#ctx.limits.removeSubscription(this.#ctx.principal().id);
+  }
+
+  /** A new subscription within the socket's and the principal's caps, or `undefined` (answered). */
+  #add(taskId: string, refs: FrameRefs): Subscription | undefined {
+    const { options, metrics, writer } = this.#ctx;
+    const capped = (message: string): undefined => {
+      metrics.framesRejected.inc({ code: ErrorCode.TooManySubscriptions });
+      writer.sendError(ErrorCode.TooManySubscriptions, message, refs);
+      return undefined;
+    };
+    if (this.#subs.size >= options.maxSubscriptionsPerSocket) {
+      return capped(`A socket may follow at most ${options.maxSubscriptionsPerSocket} tasks`);
+    }
+    if (!this.#ctx.limits.addSubscription(this.#ctx.principal().id)) {
+      metrics.principalLimits.inc({ limit: 'subscriptions' });
+      return capped(`A principal may follow at most ${options.maxSubscriptionsPerPrincipal} tasks`);
+    }
+    this.#unfollowed.delete(taskId);
+    const sub = new Subscription(taskId, {
+      writer,
+      metrics,
+      clock: options.clock,
+      openStream: (id, sink) => this.#ctx.hub.stream(id, this.#ctx.principal().id, sink),
+      isOpen: () => this.#ctx.isOpen(),
+      onGone: (gone) => {
+        this.remove(gone);
+        writer.sendError(ErrorCode.TaskNotFound, `Task ${gone.taskId} no longer exists`, {
+          taskId: gone.taskId,
+        });
+      },
+      onFailed: (failed, error) => this.#fail(failed, error),
+      onInternalError: (error) => this.#ctx.internalError(error),
+    });
+    this.#subs.set(taskId, sub);
+    metrics.subscriptions.inc();
+    return sub;
+  }
+
+  /** The principal may not watch the task (or it does not exist): the subscription ends, answered. */
+  #refuse(sub: Subscription, task: Task | undefined, refs: FrameRefs): void {
+    this.remove(sub);
+    const forbidden = task !== undefined && this.#ctx.options.revealTaskExistence;
+    const code = forbidden ? ErrorCode.Forbidden : ErrorCode.TaskNotFound;
+    this.#ctx.metrics.framesRejected.inc({ code });
+    this.#ctx.writer.sendError(
+      code,
+      forbidden ? `You may not watch task ${sub.taskId}` : taskNotFoundMessage(sub.taskId),
+      refs,
+    );
+  }
+
+  /** The subscribe's load or first catch-up failed: the subscription ends with the error's code. */
+  #fail(sub: Subscription, error: unknown): void {
+    const refs = this.#refs.get(sub) ?? { taskId: sub.taskId };
+    this.remove(sub);
+    const code = isProgressError(error) ? error.code : ErrorCode.Internal;
+    if (code === ErrorCode.StoreUnavailable || code === ErrorCode.Internal)
+      this.#ctx.metrics.storeErrors.inc();
+    this.#ctx.logger.warn(
+      { err: describeError(error), connection: this.#ctx.connectionId, taskId: sub.taskId },
+      'subscribe failed',
+    );
+    this.#ctx.writer.sendError(
+      code,
+      isProgressError(error) ? error.message : 'The task could not be loaded; try again',
+      refs,
+    );
+  }
+}

@@ -1,0 +1,117 @@
+import { PROTOCOL_NAME_V1 } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import type { Principal } from '../auth.js';
+import { type RawClient, type Received, seqOf, sleep, type TestServer } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * Issue 14, what-to-build 5: a credential that expires mid-task, renewed with an `auth` frame on the
+ * open socket (protocol version 2), or ending the socket with `token_expired` and close 4011.
+ */
+
+const session = useServerSession();
+
+/** Tokens `<user>:<ms of validity>`; the principal expires that long after the token is checked. */
+const expiringTokens = (token: string): Principal | null => {
+  const [id, validMs] = token.split(':');
+  if (id === undefined || id === '' || validMs === undefined) return null;
+  return { id, expiresAt: Date.now() + Number(validMs) };
+};
+
+let revoked = new Set<string>();
+
+async function start(): Promise<TestServer> {
+  revoked = new Set();
+  return session.start({
+    authenticate: () => null,
+    authenticateToken: expiringTokens,
+    authorize: (principal, task) => task.owner === principal.id && !revoked.has(task.id),
+    heartbeatIntervalMs: 60_000,
+  });
+}
+
+async function authed(token: string, protocols?: string[]): Promise<RawClient> {
+  const client = await session.connect({ hello: false, ...(protocols ? { protocols } : {}) });
+  client.send({ type: 'auth', token, protocol: protocols === undefined ? 2 : 1 });
+  await client.next((frame) => frame.type === 'hello');
+  return client;
+}
+
+const isEventAt = (seq: number) => (frame: Received) => frame.type === 'event' && seqOf(frame) === seq;
+
+describe('token expiry and renewal', () => {
+  it('a credential that expires mid-task ends the socket with token_expired and 4011', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:300');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1));
+    const closed = await client.closed;
+    expect(closed.code).toBe(4011);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([
+      expect.objectContaining({ code: 'token_expired' }),
+    ]);
+  });
+
+  it('an auth frame on the open socket renews the credential: answered by hello, the socket lives on', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:300');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    await sleep(500); // well past the first credential's expiry
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1));
+    await task.complete();
+    await client.next(isEventAt(2));
+    expect(client.ws.readyState).toBe(client.ws.OPEN);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
+  it('re-checks every subscription with the renewed credential', async () => {
+    const { server } = await start();
+    const kept = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const lost = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000');
+    for (const task of [kept, lost]) client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next(() => client.frames.filter((frame) => frame.type === 'snapshot').length === 2);
+    revoked.add(lost.id);
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    const error = await client.next((frame) => frame.type === 'error');
+    expect(error).toMatchObject({ code: 'task_not_found', taskId: lost.id });
+    await lost.progress({ done: 1 });
+    await kept.progress({ done: 1 });
+    await client.next(isEventAt(1));
+    await client.sync();
+    expect(client.about(lost.id).filter((frame) => frame.type === 'event')).toEqual([]);
+  });
+
+  it('refuses a renewal for another principal with unauthenticated and 4001', async () => {
+    await start();
+    const client = await authed('alice:60000');
+    client.send({ type: 'auth', token: 'mallory:60000', protocol: 2 });
+    expect((await client.closed).code).toBe(4001);
+    expect(client.frames.at(-1)).toMatchObject({ type: 'error', code: 'unauthenticated' });
+  });
+
+  it('an already expired credential is refused at once with 4011', async () => {
+    await start();
+    const client = await session.connect({ hello: false });
+    client.send({ type: 'auth', token: 'alice:-1', protocol: 2 });
+    expect((await client.closed).code).toBe(4011);
+  });
+
+  it('version 1: a second auth stays invalid_frame, and expiry says unauthenticated (a code it knows)', async () => {
+    await start();
+    const client = await authed('alice:400', [PROTOCOL_NAME_V1]);
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 1 });
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_frame' });
+    expect((await client.closed).code).toBe(4011);
+    expect(client.frames.at(-1)).toMatchObject({ type: 'error', code: 'unauthenticated' });
+  });
+});

@@ -1,0 +1,113 @@
+import { ErrorCode, MemoryProgressStore } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { describe, expect, it } from 'vitest';
+import { ProgressServer } from '../progress-server.js';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * Leases with a manual clock. The keepers' timers are set far in the future; the tests call
+ * `renewAll()` and `reap()` themselves, as the timers would.
+ */
+
+const session = useServerSession();
+
+const quiet = { leaseTtlMs: 1000, leaseRenewIntervalMs: 999, reapIntervalMs: 0 };
+
+function replica(store: MemoryProgressStore, serverId: string): ProgressServer {
+  const server = new ProgressServer({ store, authenticate: () => null, serverId, ...quiet });
+  session.onCleanup(() => server.close({ timeoutMs: 200 }));
+  return server;
+}
+
+describe('leases', () => {
+  it('creates tasks with a lease owned by the server and renews it while they run', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = replica(store, 'replica-a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    expect(task.task).toMatchObject({ leaseOwner: 'replica-a', leaseExpiresAt: clock.now() + 1000 });
+    expect([...server.leases.owned]).toEqual([task.id]);
+    clock.advance(600);
+    await server.leases.renewAll();
+    expect((await store.getTask(task.id))?.leaseExpiresAt).toBe(clock.now() + 1000);
+    clock.advance(900);
+    // Renewed 900 ms ago with a 1000 ms lease: not reaped.
+    expect(await replica(store, 'replica-b').leases.reap()).toEqual([]);
+    await task.complete();
+    expect(server.leases.owned.size).toBe(0);
+    expect(await store.getTask(task.id)).toMatchObject({ leaseOwner: null, leaseExpiresAt: null });
+  });
+
+  it('lets any replica interrupt the tasks of a replica that stopped renewing', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const dead = replica(store, 'replica-dead');
+    const task = await dead.tasks.create({ owner: 'alice', kind: 'k' });
+    const survivor = replica(store, 'replica-b');
+    clock.advance(999);
+    expect(await survivor.leases.reap()).toEqual([]);
+    clock.advance(1);
+    const reaped = await survivor.leases.reap();
+    expect(reaped.map((result) => result.event)).toEqual([
+      expect.objectContaining({
+        taskId: task.id,
+        type: 'interrupted',
+        reason: 'lease of worker replica-dead expired',
+      }),
+    ]);
+    expect(await survivor.metrics.leasesReaped.get()).toMatchObject({ values: [{ value: 1 }] });
+    // The old owner learns it on its next renewal: its handle stops and refuses further appends.
+    await dead.leases.renewAll();
+    expect(task.signal.aborted).toBe(true);
+    await expect(task.item({ key: 'late', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.TaskFinished,
+    });
+    expect(dead.leases.owned.size).toBe(0);
+  });
+
+  it("delivers a reaped task's interrupted event to the reaper's local watchers", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const env = await session.start({ store, ...quiet, serverId: 'replica-b' });
+    const dead = replica(store, 'replica-dead');
+    const task = await dead.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await session.connect({ user: 'alice' });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    clock.advance(5000);
+    await env.server.leases.reap();
+    const event = await client.next((frame) => frame.type === 'event');
+    expect(event.event).toMatchObject({ type: 'interrupted', seq: 1 });
+  });
+
+  it('stops renewing when the store says another worker holds the lease', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = replica(store, 'replica-a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    clock.advance(1000);
+    await store.renewLease(task.id, 'replica-thief', 5000);
+    await server.leases.renewAll();
+    expect(server.leases.owned.size).toBe(0);
+    expect(task.signal.aborted).toBe(true);
+  });
+
+  it('keeps the lease across a store outage shorter than the lease', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = replica(store, 'replica-a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const renew = store.renewLease.bind(store);
+    store.renewLease = async () => {
+      throw Object.assign(new Error('connection reset'), { code: 'ECONNRESET' });
+    };
+    clock.advance(400);
+    await server.leases.renewAll();
+    expect(server.leases.owned.has(task.id)).toBe(true);
+    store.renewLease = renew;
+    clock.advance(400);
+    await server.leases.renewAll();
+    expect((await store.getTask(task.id))?.leaseExpiresAt).toBe(clock.now() + 1000);
+    expect(task.signal.aborted).toBe(false);
+  });
+});

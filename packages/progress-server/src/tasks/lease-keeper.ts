@@ -1,0 +1,171 @@
+/**
+ * Leases of the tasks this replica runs: renewing its own, reaping other replicas' expired ones.
+ *
+ * @module
+ */
+import type { AppendResult, ProgressStore } from '@finishline/core';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+
+/** What {@link LeaseKeeper} needs. */
+export interface LeaseKeeperOptions {
+  store: ProgressStore;
+  /** Lease owner: the server id. */
+  serverId: string;
+  ttlMs: number;
+  renewIntervalMs: number;
+  /** 0 disables periodic reaping. */
+  reapIntervalMs: number;
+  logger: ProgressLogger;
+  metrics: ServerMetrics;
+  /** A lease could not be renewed because the task ended elsewhere or another worker took it. */
+  onLost(taskId: string, error: unknown): void;
+  /** This replica reaped an expired lease: publish the `interrupted` event locally. */
+  onReaped(result: AppendResult): void;
+}
+
+/**
+ * Keeps the leases of the tasks this server runs alive, and turns the expired leases of any replica into
+ * `interrupted` events. Both run on unref'd timers; {@link renewAll} and {@link reap} can also be called
+ * directly (tests drive them with a manual clock, operators may force a reap).
+ *
+ * A renewal that fails because the store is down is retried at the next interval; the lease lasts
+ * `ttlMs`, so a store outage shorter than `ttlMs - renewIntervalMs` loses nothing.
+ */
+export class LeaseKeeper {
+  readonly #options: LeaseKeeperOptions;
+  readonly #owned = new Set<string>();
+  #renewTimer: NodeJS.Timeout | undefined;
+  #reapTimer: NodeJS.Timeout | undefined;
+  #renewing: Promise<void> | undefined;
+  #reaping: Promise<AppendResult[]> | undefined;
+  #closed = false;
+
+  constructor(options: LeaseKeeperOptions) {
+    this.#options = options;
+  }
+
+  /** Starts the renewal and reaping timers. */
+  start(): void {
+    if (this.#closed || this.#renewTimer !== undefined) return;
+    this.#renewTimer = setInterval(() => void this.renewAll(), this.#options.renewIntervalMs);
+    this.#renewTimer.unref();
+    if (this.#options.reapIntervalMs > 0) {
+      this.#reapTimer = setInterval(() => void this.reap(), this.#options.reapIntervalMs);
+      this.#reapTimer.unref();
+    }
+  }
+
+  /** Ids of the tasks whose leases this server renews. */
+  get owned(): ReadonlySet<string> {
+    return this.#owned;
+  }
+
+  /** Renew `taskId`'s lease from now on (the task was created with a lease owned by this server). */
+  add(taskId: string): void {
+    if (!this.#closed) this.#owned.add(taskId);
+  }
+
+  /** Stop renewing `taskId` (it ended, or its worker gave up so that reaping can end it). */
+  remove(taskId: string): void {
+    this.#owned.delete(taskId);
+  }
+
+  /** Renews every owned lease once. Never rejects; concurrent calls share one run. */
+  renewAll(): Promise<void> {
+    this.#renewing ??= this.#renewAll().finally(() => {
+      this.#renewing = undefined;
+    });
+    return this.#renewing;
+  }
+
+  /**
+   * Reaps expired leases (of any replica) once and publishes the resulting `interrupted` events.
+   * Never rejects: returns what was reaped, `[]` on failure. Concurrent calls share one run.
+   */
+  reap(): Promise<AppendResult[]> {
+    this.#reaping ??= this.#reap().finally(() => {
+      this.#reaping = undefined;
+    });
+    return this.#reaping;
+  }
+
+  /** Stops the timers; waits for a running renewal or reap to finish. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#renewTimer !== undefined) clearInterval(this.#renewTimer);
+    if (this.#reapTimer !== undefined) clearInterval(this.#reapTimer);
+    this.#renewTimer = undefined;
+    this.#reapTimer = undefined;
+    await Promise.allSettled([this.#renewing, this.#reaping]);
+  }
+
+  async #renewAll(): Promise<void> {
+    const { store, serverId, ttlMs, logger, metrics } = this.#options;
+    await Promise.all(
+      [...this.#owned].map(async (taskId) => {
+        try {
+          await store.renewLease(taskId, serverId, ttlMs);
+        } catch (error) {
+          if (!this.#owned.has(taskId)) return; // ended while the renewal was in flight
+          if (
+            isProgressError(error, ErrorCode.TaskFinished) ||
+            isProgressError(error, ErrorCode.LeaseHeld) ||
+            isProgressError(error, ErrorCode.TaskNotFound)
+          ) {
+            this.#owned.delete(taskId);
+            logger.warn(
+              { err: describeError(error), taskId },
+              'lease lost; the task ended or moved elsewhere',
+            );
+            this.#notifyLost(taskId, error);
+            return;
+          }
+          metrics.storeErrors.inc();
+          logger.warn(
+            { err: describeError(error), taskId },
+            'lease renewal failed; retrying at the next interval',
+          );
+        }
+      }),
+    );
+  }
+
+  async #reap(): Promise<AppendResult[]> {
+    const { store, logger, metrics } = this.#options;
+    let results: AppendResult[];
+    try {
+      results = await store.reapExpiredLeases();
+    } catch (error) {
+      metrics.storeErrors.inc();
+      logger.warn({ err: describeError(error) }, 'reaping expired leases failed');
+      return [];
+    }
+    for (const result of results) {
+      metrics.leasesReaped.inc();
+      logger.info(
+        { taskId: result.event.taskId, seq: result.event.seq },
+        'expired lease reaped: task interrupted',
+      );
+      if (this.#owned.delete(result.event.taskId)) this.#notifyLost(result.event.taskId, undefined);
+      try {
+        this.#options.onReaped(result);
+      } catch (error) {
+        metrics.handlerErrors.inc();
+        logger.error({ err: describeError(error) }, 'publishing a reaped task failed');
+      }
+    }
+    return results;
+  }
+
+  #notifyLost(taskId: string, error: unknown): void {
+    try {
+      this.#options.onLost(taskId, error);
+    } catch (failure) {
+      this.#options.metrics.handlerErrors.inc();
+      this.#options.logger.error({ err: describeError(failure), taskId }, 'lease-lost handler failed');
+    }
+  }
+}

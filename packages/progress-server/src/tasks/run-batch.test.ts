@@ -1,0 +1,277 @@
+import type { ItemEvent, TaskEvent } from '@finishline/core';
+import { ErrorCode, isTerminalEvent, MemoryProgressStore, ProgressError } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ProgressServer } from '../progress-server.js';
+
+/** runBatch: counts finished items, reports each one, and always ends the task exactly once. */
+
+const servers: ProgressServer[] = [];
+
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((server) => server.close({ timeoutMs: 500 })));
+});
+
+function setup(store = new MemoryProgressStore()) {
+  const server = new ProgressServer({ store, authenticate: () => null });
+  servers.push(server);
+  return { server, store };
+}
+
+async function log(store: MemoryProgressStore, taskId: string): Promise<TaskEvent[]> {
+  return store.readEvents(taskId, 0);
+}
+
+/** A promise and its resolver, to hold workers at a known point. */
+function gate<T = void>(): { promise: Promise<T>; open: (value: T) => void } {
+  let open: (value: T) => void = () => {};
+  const promise = new Promise<T>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
+/** Checks the invariants every batch log must satisfy, whatever happened. */
+function checkLog(events: TaskEvent[]): void {
+  expect(events.map((event) => event.seq)).toEqual(events.map((_, index) => index + 1));
+  expect(events.filter(isTerminalEvent)).toHaveLength(1);
+  expect(isTerminalEvent(events.at(-1) as TaskEvent)).toBe(true);
+  let finished = 0;
+  for (const event of events) {
+    if (event.type === 'item') finished += 1;
+    // `done` counts finished items, never started ones.
+    expect(event.progress.done).toBe(finished);
+  }
+}
+
+describe('runBatch', () => {
+  it('reports every item and completes with the counts', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'batch_taint' });
+    const result = await task.runBatch(['node-1', 'node-2', 'node-3'], (node) => ({ tainted: node }));
+    expect(result).toEqual({
+      taskId: task.id,
+      status: 'completed',
+      succeeded: 3,
+      failed: 0,
+      skipped: 0,
+      endedElsewhere: false,
+    });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events[0]).toMatchObject({ type: 'progress', progress: { total: 3, done: 0 } });
+    expect(
+      events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item),
+    ).toEqual([
+      { key: 'node-1', ok: true, error: null, detail: { tainted: 'node-1' } },
+      { key: 'node-2', ok: true, error: null, detail: { tainted: 'node-2' } },
+      { key: 'node-3', ok: true, error: null, detail: { tainted: 'node-3' } },
+    ]);
+    expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 3, failed: 0 } });
+    expect(task.finished).toBe(true);
+    expect(server.tasks.running).toEqual([]);
+  });
+
+  it('counts a throwing worker as a failed item and still completes', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const result = await task.runBatch([1, 2, 3, 4], (n) => {
+      if (n % 2 === 0) throw new Error(`node ${n} refused`);
+    });
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 2 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    const failed = events.filter((event): event is ItemEvent => event.type === 'item' && !event.item.ok);
+    expect(failed.map((event) => [event.item.key, event.item.error])).toEqual([
+      ['2', 'node 2 refused'],
+      ['4', 'node 4 refused'],
+    ]);
+    expect(events.at(-1)?.progress).toMatchObject({ done: 4, succeeded: 2, failed: 2 });
+  });
+
+  it('ends as failed when every item failed', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const result = await task.runBatch(['a', 'b'], async () => {
+      throw 'nope';
+    });
+    expect(result).toMatchObject({ status: 'failed', succeeded: 0, failed: 2 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({ type: 'failed', error: { code: 'all_items_failed' } });
+  });
+
+  it('completes an empty batch', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    expect(await task.runBatch([], () => {})).toMatchObject({ status: 'completed' });
+    checkLog(await log(store, task.id));
+  });
+
+  it('stops on its signal and ends cancelled, without counting interrupted items', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const controller = new AbortController();
+    const started: number[] = [];
+    const result = await task.runBatch(
+      [0, 1, 2, 3, 4, 5],
+      async (n, { signal }) => {
+        started.push(n);
+        if (n === 2) {
+          controller.abort(new Error('user pressed stop'));
+          // A well-behaved worker gives up when its signal aborts.
+          if (signal.aborted) throw signal.reason;
+        }
+      },
+      { signal: controller.signal },
+    );
+    expect(started).toEqual([0, 1, 2]);
+    expect(result).toMatchObject({ status: 'cancelled', succeeded: 2, failed: 0, skipped: 4 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({ type: 'cancelled', reason: 'user pressed stop' });
+  });
+
+  it('stops when the task is cancelled from elsewhere and appends nothing after it', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const held = gate();
+    const batch = task.runBatch([1, 2, 3], async (n, { signal }) => {
+      if (n === 2) {
+        // Cancelled by a direct append to the store (another replica, the HTTP API).
+        await store.append(task.id, { type: 'cancelled', reason: 'from the UI' });
+        held.open();
+        if (signal.aborted) throw signal.reason;
+      }
+    });
+    await held.promise;
+    const result = await batch;
+    expect(result).toMatchObject({ status: 'cancelled', succeeded: 1, endedElsewhere: true, skipped: 2 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({ type: 'cancelled', reason: 'from the UI' });
+    await expect(task.progress({ done: 9 })).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+  });
+
+  it('stops when cancel() is called on the task', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const result = await task.runBatch([1, 2, 3, 4], async (n) => {
+      if (n === 2) await server.tasks.cancel(task.id, 'changed my mind');
+    });
+    expect(result).toMatchObject({ status: 'cancelled', endedElsewhere: true });
+    // The item whose worker returned after the cancel could not be reported: the task had ended.
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.filter((event) => event.type === 'item')).toHaveLength(1);
+  });
+
+  it('ends interrupted when the server shuts down, waiting for workers that honour their signal', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const inside = gate();
+    const batch = task.runBatch([1, 2, 3], async (n, { signal }) => {
+      if (n === 2) {
+        inside.open();
+        await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)));
+      }
+    });
+    await inside.promise;
+    await server.close({ timeoutMs: 2000 });
+    expect(await batch).toMatchObject({
+      status: 'interrupted',
+      succeeded: 1,
+      skipped: 2,
+      endedElsewhere: false,
+    });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({ type: 'interrupted', reason: 'server shutting down' });
+  });
+
+  it('interrupts the task at the shutdown deadline when a worker ignores its signal', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const stuck = gate();
+    const inside = gate();
+    const batch = task.runBatch(['x'], async () => {
+      inside.open();
+      await stuck.promise;
+    });
+    await inside.promise;
+    await server.close({ timeoutMs: 100 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({ type: 'interrupted', reason: 'server shutting down' });
+    stuck.open();
+    // The late worker finds its task over: its item is not appended after the terminal event.
+    expect(await batch).toMatchObject({ status: 'interrupted', endedElsewhere: true });
+    checkLog(await log(store, task.id));
+  });
+
+  it('never runs more workers at once than its concurrency, and uses all of it', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    let running = 0;
+    let peak = 0;
+    const result = await task.runBatch(
+      Array.from({ length: 12 }, (_, i) => i),
+      async () => {
+        running += 1;
+        peak = Math.max(peak, running);
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        running -= 1;
+      },
+      { concurrency: 3 },
+    );
+    expect(peak).toBe(3);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 12 });
+    checkLog(await log(store, task.id));
+  });
+
+  it('fails the task when reporting an item fails, and still writes a terminal event', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    let itemAppends = 0;
+    store.append = async (taskId, input) => {
+      if (input.type === 'item' && ++itemAppends === 2) {
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+      }
+      return append(taskId, input);
+    };
+    const result = await task.runBatch(['a', 'b', 'c'], () => {});
+    expect(result).toMatchObject({ status: 'failed', succeeded: 1, skipped: 2 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({
+      type: 'failed',
+      error: { code: 'batch_error', message: 'database restarting' },
+    });
+  });
+
+  it('keeps an item whose worker returned something the store refuses as detail', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const result = await task.runBatch(['a'], () => ({ huge: 'x'.repeat(20_000) }));
+    expect(result).toMatchObject({ status: 'completed', succeeded: 1 });
+    const events = await log(store, task.id);
+    expect(events.find((event) => event.type === 'item')).toMatchObject({
+      item: { key: 'a', ok: true, detail: null },
+    });
+  });
+
+  it('rejects bad arguments and a second batch on the same task', async () => {
+    const { server } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await expect(task.runBatch([1], () => {}, { concurrency: 0 })).rejects.toMatchObject({
+      code: 'invalid_input',
+    });
+    const other = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const held = gate();
+    const first = other.runBatch([1], () => held.promise);
+    await expect(other.runBatch([1], () => {})).rejects.toMatchObject({ code: 'invalid_input' });
+    held.open();
+    await first;
+  });
+});

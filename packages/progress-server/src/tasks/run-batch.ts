@@ -1,0 +1,318 @@
+/**
+ * `runBatch`: runs a worker over items with bounded concurrency, reporting through a narrow task
+ * interface.
+ *
+ * @module
+ */
+import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
+import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
+import { exhaustive } from '@finishline/core/internal';
+import { delay } from '../wait.js';
+
+/** What a batch worker receives besides its item. */
+export interface BatchWorkerContext {
+  /**
+   * Aborted when the batch stops early: the caller's signal, `cancel()` or any other end of the task,
+   * a failure of the batch machinery, or server shutdown. Honour it: an item whose worker throws after
+   * the abort is not counted (it did not finish), one that returns is.
+   */
+  readonly signal: AbortSignal;
+  /** The item's position in `items`. */
+  readonly index: number;
+  /** The item's key, as reported in its `item` event. */
+  readonly key: string;
+}
+
+/**
+ * Processes one item. Return (or resolve) normally for success: a JSON value (at most 16 KiB) becomes the
+ * item's `detail`, anything else is dropped. Throw (or reject) for failure: the error's message becomes
+ * the item's `error`.
+ */
+export type BatchWorker<T> = (item: T, context: BatchWorkerContext) => unknown;
+
+/**
+ * What the batch runner needs of a task: the part of `TaskHandle` it calls, so that the handle can offer
+ * `runBatch` without the two modules importing each other.
+ */
+export interface BatchTaskHandle {
+  readonly id: string;
+  readonly task: Pick<Task, 'total'>;
+  readonly status: TaskStatus;
+  readonly finished: boolean;
+  readonly signal: AbortSignal;
+  item(result: {
+    key: string;
+    ok: boolean;
+    error: string | null;
+    detail: JsonValue | null;
+  }): Promise<unknown>;
+  progress(update: { total: number }): Promise<unknown>;
+  complete(options: { result: JsonValue }): Promise<unknown>;
+  fail(error: TaskFailure): Promise<unknown>;
+  cancel(reason: string | null): Promise<unknown>;
+  interrupt(reason: string): Promise<unknown>;
+}
+
+/** Options of `TaskHandle.runBatch`. */
+export interface RunBatchOptions<T> {
+  /**
+   * Items processed at the same time (an integer from 1 to 1000).
+   * @default 1
+   */
+  concurrency?: number;
+  /**
+   * Cancels the batch: no new item starts, and the task ends `cancelled` with the signal's reason
+   * (unless every item had already finished).
+   * @default none
+   */
+  signal?: AbortSignal;
+  /**
+   * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped).
+   * @default the item itself for strings, `String(item)` for numbers, else `item-<index + 1>`
+   */
+  key?: (item: T, index: number) => string;
+}
+
+/** The defaults of {@link RunBatchOptions}. */
+export const RUN_BATCH_DEFAULTS = Object.freeze({ concurrency: 1 });
+
+/** How a batch ended. */
+export interface BatchResult {
+  taskId: string;
+  /** The task's terminal status. */
+  status: TerminalType;
+  /** Items finished successfully by this batch. */
+  succeeded: number;
+  /** Items finished with an error by this batch. */
+  failed: number;
+  /** Items not finished because the batch stopped early: never started, or stopped by the abort. */
+  skipped: number;
+  /**
+   * True when the task was ended by someone else (cancelled over HTTP, interrupted by a reaper) and the
+   * batch stopped because of it.
+   */
+  endedElsewhere: boolean;
+}
+
+/** @internal */
+export interface BatchHooks {
+  /** Stop renewing the task's lease, so that reaping ends it if no terminal event can be written. */
+  abandon(): void;
+  /** Re-read the task's row (to learn the status it was ended with elsewhere). Never rejects. */
+  refresh(): Promise<void>;
+}
+
+/** Attempts at writing the terminal event before giving up (the store may be briefly unavailable). */
+const TERMINAL_ATTEMPTS = 4;
+const TERMINAL_RETRY_BASE_MS = 100;
+
+type StopReason = 'cancel' | 'shutdown' | 'ended' | 'error';
+
+function clip(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+function describe(error: unknown): string {
+  if (error instanceof Error) return error.message || error.name;
+  return String(error);
+}
+
+function defaultKey(item: unknown, index: number): string {
+  if (typeof item === 'string' && item !== '') return item;
+  if (typeof item === 'number' && Number.isFinite(item)) return String(item);
+  return `item-${index + 1}`;
+}
+
+function validate<T>(items: readonly T[], worker: unknown, options: RunBatchOptions<T>): number {
+  const invalid = (message: string) => new ProgressError(ErrorCode.InvalidInput, `runBatch: ${message}`);
+  if (!Array.isArray(items)) throw invalid('items must be an array');
+  if (typeof worker !== 'function') throw invalid('worker must be a function');
+  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
+  const concurrency = options.concurrency ?? RUN_BATCH_DEFAULTS.concurrency;
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 1000) {
+    throw invalid(`concurrency must be an integer from 1 to 1000, got ${String(concurrency)}`);
+  }
+  if (options.key !== undefined && typeof options.key !== 'function') throw invalid('key must be a function');
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+    throw invalid('signal must be an AbortSignal');
+  }
+  return concurrency;
+}
+
+/**
+ * The batch runner behind `TaskHandle.runBatch`. Counts *finished* items (one `item` event per
+ * item, success or failure), stops early on cancellation, and always ends the task:
+ *
+ * | how it stops | terminal event |
+ * |---|---|
+ * | every item finished, at least one succeeded (or no items) | `completed`, result `{ succeeded, failed }` |
+ * | every item finished and every one failed | `failed`, code `all_items_failed` |
+ * | the caller's `signal` aborted | `cancelled` with the signal's reason |
+ * | the server shuts down | `interrupted`, reason `server shutting down` |
+ * | reporting an item failed (store error) or the runner itself broke | `failed`, code `batch_error` |
+ * | the task was ended elsewhere (cancelled, reaped) | none: it already has its terminal event |
+ *
+ * If even the terminal event cannot be written (store down), the lease is no longer renewed, so a reaper
+ * interrupts the task within the lease timeout, and the returned promise rejects with the store's error.
+ *
+ * @internal
+ */
+export async function runBatch<T>(batch: {
+  handle: BatchTaskHandle;
+  items: readonly T[];
+  worker: BatchWorker<T>;
+  options: RunBatchOptions<T>;
+  hooks: BatchHooks;
+}): Promise<BatchResult> {
+  const { handle, items, worker, options, hooks } = batch;
+  const concurrency = validate(items, worker, options);
+  const keyOf = options.key ?? defaultKey;
+  const controller = new AbortController();
+  let stop: StopReason | undefined;
+  let failure: unknown;
+  let succeeded = 0;
+  let failed = 0;
+  let next = 0;
+
+  const halt = (why: StopReason, reason: unknown) => {
+    stop ??= why;
+    if (!controller.signal.aborted) controller.abort(reason);
+  };
+  const onCancel = () => halt('cancel', options.signal?.reason);
+  const onTaskSignal = () =>
+    halt(
+      isProgressError(handle.signal.reason, ErrorCode.Closed) ? 'shutdown' : 'ended',
+      handle.signal.reason,
+    );
+  if (options.signal?.aborted) onCancel();
+  else options.signal?.addEventListener('abort', onCancel, { once: true });
+  if (handle.signal.aborted) onTaskSignal();
+  else handle.signal.addEventListener('abort', onTaskSignal, { once: true });
+
+  const classify = (error: unknown) => {
+    if (isProgressError(error, ErrorCode.TaskFinished)) halt('ended', error);
+    else {
+      failure ??= error;
+      halt('error', error);
+    }
+  };
+
+  const report = async (key: string, ok: boolean, error: string | null, detail: JsonValue | null) => {
+    try {
+      await handle.item({ key, ok, error, detail });
+    } catch (cause) {
+      // A worker's return value the store refuses as `detail` must not cost the item.
+      if (!isProgressError(cause, ErrorCode.InvalidInput) || detail === null) throw cause;
+      await handle.item({ key, ok, error, detail: null });
+    }
+    if (ok) succeeded += 1;
+    else failed += 1;
+  };
+
+  const lane = async () => {
+    try {
+      while (!controller.signal.aborted) {
+        const index = next++;
+        if (index >= items.length) return;
+        const item = items[index] as T;
+        const key = clip(keyOf(item, index) || `item-${index + 1}`, LIMITS.maxKeyLength);
+        let ok = true;
+        let error: string | null = null;
+        let detail: JsonValue | null = null;
+        try {
+          const value = await worker(item, { signal: controller.signal, index, key });
+          detail = value === undefined ? null : (value as JsonValue);
+        } catch (thrown) {
+          // Thrown because the batch stopped: the item did not finish, so it is not counted.
+          if (controller.signal.aborted) return;
+          ok = false;
+          error = clip(describe(thrown), LIMITS.maxMessageLength);
+        }
+        await report(key, ok, error, detail);
+      }
+    } catch (error) {
+      classify(error);
+    }
+  };
+
+  try {
+    if (stop === undefined && handle.task.total !== items.length)
+      await handle.progress({ total: items.length });
+    const lanes = Array.from({ length: Math.min(concurrency, items.length) }, lane);
+    await Promise.all(lanes);
+  } catch (error) {
+    classify(error);
+  } finally {
+    options.signal?.removeEventListener('abort', onCancel);
+    handle.signal.removeEventListener('abort', onTaskSignal);
+  }
+
+  const finished = succeeded + failed;
+  const result = (status: TerminalType, endedElsewhere: boolean): BatchResult => ({
+    taskId: handle.id,
+    status,
+    succeeded,
+    failed,
+    skipped: items.length - finished,
+    endedElsewhere,
+  });
+
+  if (stop === 'ended' || handle.finished) {
+    if (handle.status === 'running') await hooks.refresh();
+    return result(terminalStatus(handle.status), true);
+  }
+  const end = (): Promise<unknown> => {
+    if (finished === items.length && stop !== 'error') {
+      if (failed > 0 && failed === items.length) {
+        return handle.fail({ code: 'all_items_failed', message: `All ${items.length} items failed` });
+      }
+      return handle.complete({ result: { succeeded, failed } });
+    }
+    switch (stop) {
+      case 'error':
+        return handle.fail({
+          code: 'batch_error',
+          message: clip(describe(failure), LIMITS.maxMessageLength),
+        });
+      case 'shutdown':
+        return handle.interrupt('server shutting down');
+      case 'cancel':
+        return handle.cancel(cancelReason(options.signal?.reason));
+      case 'ended':
+      case undefined:
+        // Unreachable: lanes only return early after a stop, and 'ended' returned above.
+        return handle.fail({ code: 'batch_error', message: 'batch stopped without a reason' });
+      default:
+        exhaustive(stop, 'stop reason');
+    }
+  };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await end();
+      return result(terminalStatus(handle.status), false);
+    } catch (error) {
+      if (isProgressError(error, ErrorCode.TaskFinished) || handle.finished) {
+        if (handle.status === 'running') await hooks.refresh();
+        return result(terminalStatus(handle.status), true);
+      }
+      if (attempt >= TERMINAL_ATTEMPTS) {
+        hooks.abandon();
+        throw error;
+      }
+      await delay(TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1));
+    }
+  }
+}
+
+function terminalStatus(status: TaskStatus): TerminalType {
+  // A task ended elsewhere whose row was not re-read yet still reads `running`: it was ended by someone
+  // else, which from this batch's point of view is an interruption.
+  return status === 'running' ? 'interrupted' : status;
+}
+
+function cancelReason(reason: unknown): string {
+  if (reason instanceof Error && reason.name !== 'AbortError')
+    return clip(describe(reason), LIMITS.maxKeyLength);
+  if (typeof reason === 'string' && reason !== '') return clip(reason, LIMITS.maxKeyLength);
+  return 'cancelled';
+}

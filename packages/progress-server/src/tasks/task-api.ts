@@ -1,0 +1,278 @@
+/**
+ * The task API (`server.tasks`): create, resume and look up the tasks this replica runs.
+ *
+ * @module
+ */
+import type {
+  AppendInput,
+  AppendResult,
+  CancelledEvent,
+  ProgressStore,
+  Task,
+  TaskEvent,
+  Unsubscribe,
+} from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalEvent, LIMITS, ProgressError } from '@finishline/core';
+import type { TaskHub } from '../hub/task-hub.js';
+import type { ProgressLogger } from '../logger.js';
+import { describeError } from '../logger.js';
+import type { ServerMetrics } from '../metrics.js';
+import { waitAtMost } from '../wait.js';
+import type { LeaseKeeper } from './lease-keeper.js';
+import type { TaskHandleControl, TaskHost } from './task-handle.js';
+import { TaskHandle } from './task-handle.js';
+
+/** What {@link TaskApi.create} needs. */
+export interface CreateTaskOptions {
+  /** The principal allowed to watch the task (by the default authorization). */
+  owner: string;
+  /** What the task does, e.g. `batch_taint`. */
+  kind: string;
+  /** Number of items, or `null`/omitted while unknown (`runBatch` sets it). */
+  total?: number | null;
+  /** Initial status line. */
+  message?: string | null;
+  /** The task id; a random UUID when omitted. */
+  id?: string;
+}
+
+interface Owned {
+  handle: TaskHandle;
+  control: TaskHandleControl;
+  stopFollow: Unsubscribe | undefined;
+}
+
+/**
+ * The task API of a server (`server.tasks`): creates tasks leased to this server and publishes every
+ * event it commits to local watchers at once. Tasks it created are *owned*: their leases are renewed
+ * while they run, their handles learn when someone else ends them, and shutdown ends them honestly.
+ */
+export class TaskApi {
+  readonly #store: ProgressStore;
+  readonly #hub: TaskHub;
+  readonly #leases: LeaseKeeper;
+  readonly #serverId: string;
+  readonly #leaseTtlMs: number;
+  readonly #logger: ProgressLogger;
+  readonly #metrics: ServerMetrics;
+  readonly #owned = new Map<string, Owned>();
+  readonly #batches = new Set<Promise<unknown>>();
+  readonly #host: TaskHost;
+  /** Every handle's control, for as long as the caller keeps the handle. */
+  readonly #controls = new WeakMap<TaskHandle, TaskHandleControl>();
+  #stopFeed: Unsubscribe | undefined;
+  #closing = false;
+
+  /** @internal Created by the server. */
+  constructor(options: {
+    store: ProgressStore;
+    hub: TaskHub;
+    leases: LeaseKeeper;
+    serverId: string;
+    leaseTtlMs: number;
+    logger: ProgressLogger;
+    metrics: ServerMetrics;
+  }) {
+    this.#store = options.store;
+    this.#hub = options.hub;
+    this.#leases = options.leases;
+    this.#serverId = options.serverId;
+    this.#leaseTtlMs = options.leaseTtlMs;
+    this.#logger = options.logger;
+    this.#metrics = options.metrics;
+    this.#host = {
+      append: (taskId, input) => this.#append(taskId, input),
+      abandon: (taskId) => this.#leases.remove(taskId),
+      trackBatch: (batch) => {
+        this.#batches.add(batch);
+        const untrack = () => this.#batches.delete(batch);
+        batch.then(untrack, untrack);
+      },
+      refresh: (handle) => this.#refresh(this.#controls.get(handle), handle.id),
+    };
+  }
+
+  /** @internal Starts watching the change feed for owned tasks ended elsewhere. */
+  start(): void {
+    this.#stopFeed ??= this.#store.changes.subscribe((change) => {
+      if (!change.terminal) return;
+      const owned = this.#owned.get(change.taskId);
+      if (owned === undefined) return;
+      this.#ended(change.taskId);
+      void this.#refresh(owned.control, change.taskId);
+    });
+  }
+
+  /**
+   * Creates a running task leased to this server and returns its handle.
+   *
+   * @throws ProgressError `invalid_input` (bad fields, taken id), `closed` during shutdown, or a store error.
+   */
+  async create(options: CreateTaskOptions): Promise<TaskHandle> {
+    if (this.#closing) throw new ProgressError(ErrorCode.Closed, 'The server is shutting down');
+    if (typeof options !== 'object' || options === null) {
+      throw new ProgressError(ErrorCode.InvalidInput, 'tasks.create: options must be an object');
+    }
+    const task = await this.#store.createTask({
+      ...(options.id === undefined ? {} : { id: options.id }),
+      owner: options.owner,
+      kind: options.kind,
+      ...(options.total === undefined ? {} : { total: options.total }),
+      ...(options.message === undefined ? {} : { message: options.message }),
+      lease: { owner: this.#serverId, ttlMs: this.#leaseTtlMs },
+    });
+    let control: TaskHandleControl | undefined;
+    const handle = new TaskHandle(task, this.#host, (attached) => {
+      control = attached;
+    });
+    if (control === undefined) throw new ProgressError(ErrorCode.Internal, 'TaskHandle did not attach');
+    this.#controls.set(handle, control);
+    let stopFollow: Unsubscribe | undefined;
+    try {
+      // Cross-process feeds only announce followed tasks: follow ours to hear a cancel from another replica.
+      stopFollow = this.#store.changes.follow?.(task.id);
+    } catch (error) {
+      this.#logger.warn({ err: describeError(error), taskId: task.id }, 'change feed follow() failed');
+    }
+    this.#owned.set(task.id, { handle, control, stopFollow });
+    this.#leases.add(task.id);
+    if (this.#closing) control.abort(shutdownReason());
+    return handle;
+  }
+
+  /** The task row, or `undefined`. Not authorization-checked: this is the server-side API. */
+  get(taskId: string): Promise<Task | undefined> {
+    return this.#store.getTask(taskId);
+  }
+
+  /** The handles of the running tasks this server owns. */
+  get running(): TaskHandle[] {
+    return [...this.#owned.values()].map((owned) => owned.handle);
+  }
+
+  /**
+   * Cancels any task (owned here or not): appends `cancelled` and publishes it to local watchers. An owned
+   * task's handle and batch stop. Not authorization-checked (the HTTP handler checks before calling).
+   *
+   * @throws ProgressError `task_finished` when it already ended, `task_not_found`, or a store error.
+   */
+  cancel(taskId: string, reason?: string | null): Promise<CancelledEvent> {
+    const owned = this.#owned.get(taskId);
+    if (owned !== undefined) return owned.handle.cancel(reason);
+    const text = typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : null;
+    return this.#append(taskId, { type: 'cancelled', reason: text }) as Promise<CancelledEvent>;
+  }
+
+  /** @internal Publishes an event this process obtained (a reaped lease) to local watchers. */
+  published(result: AppendResult): void {
+    this.#hub.publishLocal(result.event);
+    if (isTerminalEvent(result.event)) {
+      const owned = this.#owned.get(result.event.taskId);
+      owned?.control.update(result.task);
+      this.#ended(result.event.taskId);
+    }
+  }
+
+  /** @internal A lease of an owned task was lost: the task ended or moved elsewhere. */
+  leaseLost(taskId: string): void {
+    const owned = this.#owned.get(taskId);
+    if (owned === undefined) return;
+    this.#ended(taskId);
+    void this.#refresh(owned.control, taskId);
+  }
+
+  /**
+   * @internal Graceful shutdown: signals every owned task, waits for batches until `batchDeadline`, then
+   * interrupts the owned tasks still running, giving up at `deadline` (epoch ms of the real clock).
+   *
+   * A task that cannot be interrupted (store down) keeps its lease on purpose: releasing it would exempt
+   * the task from reaping, while an expiring lease lets another replica interrupt it.
+   */
+  async shutdown(batchDeadline: number, deadline: number): Promise<void> {
+    this.#closing = true;
+    for (const owned of this.#owned.values()) owned.control.abort(shutdownReason());
+    await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
+    const interrupts = [...this.#owned.values()].map(async ({ handle }) => {
+      if (handle.finished) return;
+      try {
+        await handle.interrupt('server shutting down');
+      } catch (error) {
+        if (isProgressError(error, ErrorCode.TaskFinished)) return;
+        this.#metrics.storeErrors.inc();
+        this.#logger.error(
+          { err: describeError(error), taskId: handle.id },
+          'could not interrupt a task at shutdown; its lease will expire and a reaper will end it',
+        );
+      }
+    });
+    await waitAtMost(Promise.all(interrupts), deadline - Date.now());
+    this.#stopFeed?.();
+    this.#stopFeed = undefined;
+    for (const taskId of [...this.#owned.keys()]) this.#forget(taskId);
+  }
+
+  async #append(taskId: string, input: AppendInput): Promise<TaskEvent> {
+    let result: AppendResult;
+    const settled = this.#hub.localAppend(taskId);
+    try {
+      result = await this.#store.append(taskId, input);
+    } catch (error) {
+      settled();
+      if (isProgressError(error, ErrorCode.TaskFinished)) {
+        const owned = this.#owned.get(taskId);
+        this.#ended(taskId);
+        void this.#refresh(owned?.control, taskId);
+      }
+      throw error;
+    }
+    try {
+      this.#owned.get(taskId)?.control.update(result.task);
+      // Same tick as the commit: local watchers get it without waiting for the feed.
+      this.#hub.publishLocal(result.event);
+    } finally {
+      settled();
+    }
+    if (isTerminalEvent(result.event)) this.#ended(taskId);
+    return result.event;
+  }
+
+  /** The owned task ended: stop renewing, abort its handle's signal, forget it. */
+  #ended(taskId: string): void {
+    const owned = this.#owned.get(taskId);
+    if (owned === undefined) return;
+    owned.control.ended();
+    owned.control.abort(new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
+    this.#forget(taskId);
+  }
+
+  #forget(taskId: string): void {
+    const owned = this.#owned.get(taskId);
+    if (owned === undefined) return;
+    this.#owned.delete(taskId);
+    this.#leases.remove(taskId);
+    try {
+      owned.stopFollow?.();
+    } catch (error) {
+      this.#logger.warn({ err: describeError(error), taskId }, 'change feed unfollow failed');
+    }
+  }
+
+  /** Re-reads an ended task's row into its handle, so `status` tells how it ended. Never rejects. */
+  async #refresh(control: TaskHandleControl | undefined, taskId: string): Promise<void> {
+    if (control === undefined) return;
+    try {
+      const task = await this.#store.getTask(taskId);
+      if (task !== undefined) control.update(task);
+    } catch (error) {
+      this.#logger.debug({ err: describeError(error), taskId }, 'refreshing a task failed');
+    }
+  }
+}
+
+function shutdownReason(): ProgressError {
+  return new ProgressError(ErrorCode.Closed, 'server shutting down');
+}
+
+function clip(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}

@@ -1,0 +1,258 @@
+/**
+ * The handle of one running task: progress, items, logs and its one terminal event.
+ *
+ * @module
+ */
+import type {
+  AppendInput,
+  CancelledEvent,
+  CompletedEvent,
+  FailedEvent,
+  InterruptedEvent,
+  ItemEvent,
+  JsonValue,
+  ProgressEvent,
+  Task,
+  TaskEvent,
+  TaskFailure,
+  TaskStatus,
+} from '@finishline/core';
+import { ErrorCode, LIMITS, ProgressError } from '@finishline/core';
+import type { BatchResult, BatchWorker, RunBatchOptions } from './run-batch.js';
+import { runBatch } from './run-batch.js';
+
+/** Absolute progress values to set; omitted fields keep their value. */
+export interface ProgressUpdate {
+  /** Number of items, or `null` while unknown. */
+  total?: number | null;
+  /** Items *finished* (never items started). */
+  done?: number;
+  /** The item being worked on, for display. */
+  current?: string | null;
+  /** A status line. */
+  message?: string | null;
+}
+
+/** One finished item. */
+export interface ItemUpdate {
+  key: string;
+  ok: boolean;
+  /** Why it failed (when `ok` is false). */
+  error?: string | null;
+  /** Application data about the item (JSON, at most 16 KiB). */
+  detail?: JsonValue | null;
+  /** Move `current` to the next item in the same event. */
+  current?: string | null;
+}
+
+/** What `complete()` records. */
+export interface CompleteOptions {
+  /** The task's result (JSON, at most 16 KiB). */
+  result?: JsonValue | null;
+  message?: string | null;
+}
+
+/**
+ * The link between a handle and the task API that created it.
+ *
+ * @internal
+ */
+export interface TaskHost {
+  append(taskId: string, input: AppendInput): Promise<TaskEvent>;
+  /** Stop renewing the lease (the worker gave up; reaping will end the task). */
+  abandon(taskId: string): void;
+  trackBatch(batch: Promise<unknown>): void;
+  /** Re-reads the task's row into the handle. Never rejects. */
+  refresh(handle: TaskHandle): Promise<void>;
+}
+
+/**
+ * Controls the API keeps over a handle's state.
+ *
+ * @internal
+ */
+export interface TaskHandleControl {
+  /** The store's row after an append or a read. */
+  update(task: Task): void;
+  /** The task ended (or the server is shutting down): abort the handle's signal with `reason`. */
+  abort(reason: ProgressError): void;
+  /** The task is known to have ended, whoever ended it. */
+  ended(): void;
+}
+
+function clip(text: string, max: number): string {
+  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
+}
+
+/**
+ * A running task owned by this server: report progress and items, then end it exactly once. Every
+ * method appends one event and resolves with it once committed; local watchers receive it in the same
+ * tick. After the task ended (here or elsewhere: cancelled over HTTP, interrupted by a reaper) every
+ * append rejects with `task_finished`.
+ *
+ * `signal` aborts when the task ends for any reason or the server starts shutting down; long-running
+ * work should honour it.
+ *
+ * @example
+ * ```ts
+ * const task = await server.tasks.create({ owner: user.id, kind: 'batch_taint', total: nodes.length });
+ * for (const node of nodes) {
+ *   if (task.signal.aborted) break;
+ *   try { await taint(node); await task.item({ key: node, ok: true }); }
+ *   catch (error) { await task.item({ key: node, ok: false, error: String(error) }); }
+ * }
+ * await task.complete();
+ * ```
+ */
+export class TaskHandle {
+  /** The task id. */
+  readonly id: string;
+  /** The principal allowed to watch it. */
+  readonly owner: string;
+  readonly kind: string;
+  readonly #host: TaskHost;
+  readonly #controller = new AbortController();
+  #task: Task;
+  #ended = false;
+  #batch: Promise<BatchResult> | undefined;
+
+  /**
+   * Created by `server.tasks.create`, not directly.
+   *
+   * @internal
+   */
+  constructor(task: Task, host: TaskHost, attach: (control: TaskHandleControl) => void) {
+    this.id = task.id;
+    this.owner = task.owner;
+    this.kind = task.kind;
+    this.#task = task;
+    this.#host = host;
+    attach({
+      update: (next) => {
+        if (next.seq >= this.#task.seq) this.#task = next;
+        if (next.status !== 'running') this.#ended = true;
+      },
+      abort: (reason) => {
+        if (!this.#controller.signal.aborted) this.#controller.abort(reason);
+      },
+      ended: () => {
+        this.#ended = true;
+      },
+    });
+  }
+
+  /** The task row as last seen by this server (a copy). */
+  get task(): Task {
+    return { ...this.#task };
+  }
+
+  /** The last known status. */
+  get status(): TaskStatus {
+    return this.#task.status;
+  }
+
+  /** True once the task is known to have ended. */
+  get finished(): boolean {
+    return this.#ended || this.#task.status !== 'running';
+  }
+
+  /**
+   * Aborted when the task ended (reason: ProgressError `task_finished`) or the server is shutting down
+   * (reason: ProgressError `closed`).
+   */
+  get signal(): AbortSignal {
+    return this.#controller.signal;
+  }
+
+  /** Sets absolute progress values. */
+  progress(update: ProgressUpdate): Promise<ProgressEvent> {
+    return this.#append({ type: 'progress', ...update }) as Promise<ProgressEvent>;
+  }
+
+  /** Records one finished item: counts it in `done` and in `succeeded` or `failed`. */
+  item(result: ItemUpdate): Promise<ItemEvent> {
+    return this.#append({ type: 'item', ...result }) as Promise<ItemEvent>;
+  }
+
+  /** Ends the task as `completed` (failed items, if any, stay counted in `failed`). */
+  complete(options: CompleteOptions = {}): Promise<CompletedEvent> {
+    return this.#append({ type: 'completed', ...options }) as Promise<CompletedEvent>;
+  }
+
+  /**
+   * Ends the task as `failed`. Takes a `{ code, message }`, an `Error` (its string `code` if it has one,
+   * else `error`) or a message.
+   */
+  fail(error: TaskFailure | Error | string): Promise<FailedEvent> {
+    return this.#append({ type: 'failed', error: toFailure(error) }) as Promise<FailedEvent>;
+  }
+
+  /** Ends the task as `cancelled`. */
+  cancel(reason?: string | null): Promise<CancelledEvent> {
+    const input: AppendInput = {
+      type: 'cancelled',
+      reason: reason == null ? null : clip(reason, LIMITS.maxKeyLength),
+    };
+    return this.#append(input) as Promise<CancelledEvent>;
+  }
+
+  /** Ends the task as `interrupted` (the work stopped without an outcome, e.g. shutdown). */
+  interrupt(reason: string): Promise<InterruptedEvent> {
+    return this.#append({
+      type: 'interrupted',
+      reason: clip(reason, LIMITS.maxKeyLength),
+    }) as Promise<InterruptedEvent>;
+  }
+
+  /**
+   * Runs `worker` over `items` with bounded concurrency and always ends the task; see
+   * {@link RunBatchOptions} and {@link BatchResult}. First sets the task's `total` to `items.length` (when
+   * it differs). One batch per task.
+   *
+   * @throws ProgressError `invalid_input` for bad arguments or when a batch already runs on this task.
+   */
+  runBatch<T>(
+    items: readonly T[],
+    worker: BatchWorker<T>,
+    options: RunBatchOptions<T> = {},
+  ): Promise<BatchResult> {
+    if (this.#batch !== undefined) {
+      return Promise.reject(
+        new ProgressError(ErrorCode.InvalidInput, `A batch already runs on task ${this.id}`),
+      );
+    }
+    const batch = runBatch({
+      handle: this,
+      items,
+      worker,
+      options,
+      hooks: { abandon: () => this.#host.abandon(this.id), refresh: () => this.#host.refresh(this) },
+    });
+    this.#batch = batch;
+    this.#host.trackBatch(batch);
+    return batch;
+  }
+
+  #append(input: AppendInput): Promise<TaskEvent> {
+    if (this.finished) {
+      return Promise.reject(
+        new ProgressError(ErrorCode.TaskFinished, `Task ${this.id} already ended (${this.#task.status})`, {
+          taskId: this.id,
+        }),
+      );
+    }
+    return this.#host.append(this.id, input);
+  }
+}
+
+function toFailure(error: TaskFailure | Error | string): TaskFailure {
+  if (typeof error === 'string') return { code: 'error', message: clip(error, LIMITS.maxMessageLength) };
+  if (error instanceof Error) {
+    const code = (error as { code?: unknown }).code;
+    return {
+      code: typeof code === 'string' && code !== '' ? clip(code, LIMITS.maxKeyLength) : 'error',
+      message: clip(error.message || error.name, LIMITS.maxMessageLength),
+    };
+  }
+  return { code: error.code, message: error.message };
+}
