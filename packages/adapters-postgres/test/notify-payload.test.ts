@@ -98,9 +98,26 @@ describe('NOTIFY payloads', () => {
     )
     .map(([id, firstSeq, texts, terminal]) => withEvents(id, firstSeq, texts, terminal));
 
-  it('carry the events when they fit, within the byte budget, and decode to the same changes and events', () => {
+  // Ids-only changes of a few seqs, so that comparing seq by seq stays small.
+  const narrow: fc.Arbitrary<ChangeNotice> = fc
+    .tuple(taskId, fc.integer({ min: 1, max: LIMITS.maxCount - 5 }), fc.nat({ max: 5 }), fc.boolean())
+    .map(([id, firstSeq, width, terminal]) => ({ taskId: id, firstSeq, seq: firstSeq + width, terminal }));
+
+  /** A change as the seqs it announces: `[taskId, seq, terminal, event or undefined]` each. */
+  function perSeq(changes: readonly ChangeNotice[]) {
+    return changes.flatMap((c) =>
+      Array.from({ length: c.seq - c.firstSeq + 1 }, (_, i) => ({
+        taskId: c.taskId,
+        seq: c.firstSeq + i,
+        terminal: c.terminal && c.firstSeq + i === c.seq,
+        event: c.events?.[i],
+      })),
+    );
+  }
+
+  it('carry the events when they fit, cut into runs when needed, within the byte budget, in order', () => {
     fc.assert(
-      fc.property(fc.array(fc.oneof(change, eventful), { maxLength: 40 }), (changes) => {
+      fc.property(fc.array(fc.oneof(narrow, eventful), { maxLength: 40 }), (changes) => {
         const payloads = encodeChangeNotices(changes);
         const decoded: ChangeNotice[] = [];
         for (const payload of payloads) {
@@ -112,24 +129,68 @@ describe('NOTIFY payloads', () => {
           if (notice.kind !== 'changes') throw new Error(`payload ${payload} decoded as ${notice.kind}`);
           decoded.push(...notice.changes);
         }
-        expect(decoded.map(({ events: _events, ...ids }) => ids)).toEqual(
-          changes.map(({ events: _events, ...ids }) => ids),
+        const sent = perSeq(changes);
+        const received = perSeq(decoded);
+        // The same seqs, terminal flags and order, whatever the cutting.
+        expect(received.map(({ event: _event, ...ids }) => ids)).toEqual(
+          sent.map(({ event: _event, ...ids }) => ids),
         );
-        changes.forEach((sent, index) => {
-          const received = decoded[index];
-          if (received?.events !== undefined) {
-            expect(received.events).toEqual(sent.events);
-            expect(Object.isFrozen(received.events[0]?.progress)).toBe(true);
+        sent.forEach((one, index) => {
+          const got = received[index]?.event;
+          if (got !== undefined) {
+            expect(got).toEqual(one.event);
+            expect(Object.isFrozen(got.progress)).toBe(true);
             return;
           }
-          // Sent ids-only: it had no events, or they could not fit a payload on their own.
-          if (sent.events === undefined) return;
-          const alone = encodeChangeNotices([sent])[0] ?? '';
-          expect(alone.includes('\n'), 'events that fit travel with their change').toBe(false);
+          // Arrived ids-only: it had no event, or that event alone could not fit a payload.
+          if (one.event === undefined) return;
+          const [alone] = encodeChangeNotices([
+            {
+              taskId: one.taskId,
+              firstSeq: one.seq,
+              seq: one.seq,
+              terminal: one.terminal,
+              events: [one.event],
+            },
+          ]);
+          expect(alone?.includes('\n'), `an event that fits travels with its change (seq ${one.seq})`).toBe(
+            false,
+          );
         });
       }),
       propertyParams(200),
     );
+  });
+
+  it('fill payloads with events up to the byte budget, never past it', () => {
+    let fullest = 0;
+    for (let pad = 0; pad < 400; pad++) {
+      // Events whose sizes sweep byte by byte across the budget boundary, in multi-byte characters too.
+      const texts =
+        pad % 2 === 0
+          ? ['a'.repeat(2500 + pad), 'b'.repeat(4200)]
+          : ['é'.repeat(1500 + pad), 'a'.repeat(2000 + pad * 3), '€'.repeat(400 + pad)];
+      for (const payload of encodeChangeNotices([withEvents('edge', 1, texts, false)])) {
+        const bytes = Buffer.byteLength(payload);
+        expect(bytes, `payload with padding ${pad}`).toBeLessThanOrEqual(NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES);
+        if (payload.includes('\n')) fullest = Math.max(fullest, bytes);
+      }
+    }
+    expect(fullest).toBeGreaterThan(NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES - 100);
+  });
+
+  it('cut a large transaction of one task into runs that each carry their events', () => {
+    const texts = Array.from({ length: 120 }, (_, i) => `event ${i} ${'z'.repeat(150)}`);
+    const big = withEvents('hot', 1, texts, true);
+    const payloads = encodeChangeNotices([big]);
+    expect(payloads.length).toBeGreaterThan(2);
+    const decoded = payloads.flatMap((payload) => {
+      const notice = decodeNotice(payload);
+      return notice.kind === 'changes' ? notice.changes : [];
+    });
+    expect(decoded.every((c) => c.events !== undefined)).toBe(true);
+    expect(decoded.flatMap((c) => c.events ?? [])).toEqual(big.events);
+    expect(decoded.map((c) => c.terminal)).toEqual(decoded.map((_, i) => i === decoded.length - 1));
   });
 
   it('parse the events only when some change is wanted, and drop events that do not match their entries', () => {
