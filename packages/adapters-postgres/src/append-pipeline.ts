@@ -5,21 +5,15 @@ import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import {
   type ChangeNotice,
   encodeChangeNotices,
+  encodeEvent,
+  frozenEvent,
   MAX_CHANGE_ENTRY_BYTES,
+  NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES,
   NOTIFY_PAYLOAD_BUDGET_BYTES,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
 import { isDataException, toProgressError } from './pg-errors.js';
-import {
-  changeOf,
-  detached,
-  eventRecord,
-  jsonCopy,
-  type TaskRow,
-  taskColumns,
-  taskRecord,
-  toTask,
-} from './row-codec.js';
+import { detached, jsonCopy, type TaskRow, taskColumns, taskRecord, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 
 /**
@@ -32,10 +26,11 @@ import type { ProgressDatabase } from './schema.js';
  * @module
  */
 
-// Payloads are ids only; refuse to load if one could ever come near Postgres's limit.
+// Refuse to load if a payload could ever reach Postgres's limit: an oversized one would fail its transaction.
 if (
   MAX_CHANGE_ENTRY_BYTES + 2 > NOTIFY_PAYLOAD_BUDGET_BYTES ||
-  NOTIFY_PAYLOAD_BUDGET_BYTES * 4 > PG_NOTIFY_PAYLOAD_LIMIT_BYTES
+  NOTIFY_PAYLOAD_BUDGET_BYTES * 4 > PG_NOTIFY_PAYLOAD_LIMIT_BYTES ||
+  NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES >= PG_NOTIFY_PAYLOAD_LIMIT_BYTES
 ) {
   throw new ProgressError(ErrorCode.Internal, 'NOTIFY payloads could come near the 8000-byte limit');
 }
@@ -82,27 +77,42 @@ export interface AppendPipelineOptions {
 
 /**
  * Writes planned appends: the final row of each task, every event, and notifications of which tasks
- * gained which seqs (ids only, packed) — one statement, inside the caller's transaction, so the
- * notifications are sent if and only if the appends commit.
+ * gained which seqs, with the events when they fit (see `notify-payload.ts`) — one statement, inside the
+ * caller's transaction, so the notifications are sent if and only if the appends commit. Returns the
+ * changes to publish once the transaction committed, in the order of `events`, each with its event.
  */
 export async function writeAppends(
   trx: Transaction<ProgressDatabase>,
   target: AppendTarget,
   tasks: Task[],
   events: TaskEvent[],
-): Promise<void> {
-  const notices = new Map<string, ChangeNotice>();
+): Promise<TaskChange[]> {
+  const notices = new Map<string, ChangeNotice & { events: TaskEvent[] }>();
+  // Each body is serialized once, for the events table, the notification and the published change alike.
+  const bodies = new Map<TaskEvent, string>();
+  const rows: string[] = [];
+  const changes: TaskChange[] = [];
   for (const event of events) {
-    const notice = notices.get(event.taskId);
-    const terminal = isTerminalType(event.type);
+    const { taskId, seq, type, time, ...body } = event;
+    const bodyJson = JSON.stringify(body);
+    bodies.set(event, bodyJson);
+    rows.push(
+      `{"task_id":${JSON.stringify(taskId)},"seq":${seq},"type":${JSON.stringify(type)},"time":${time},"body":${bodyJson}}`,
+    );
+    const terminal = isTerminalType(type);
+    changes.push(committedChange(taskId, seq, terminal, type, time, bodyJson));
+    const notice = notices.get(taskId);
     if (notice === undefined) {
-      notices.set(event.taskId, { taskId: event.taskId, firstSeq: event.seq, seq: event.seq, terminal });
+      notices.set(taskId, { taskId, firstSeq: seq, seq, terminal, events: [event] });
     } else {
-      notice.seq = event.seq;
+      notice.seq = seq;
       notice.terminal = terminal;
+      notice.events.push(event);
     }
   }
-  const payloads = encodeChangeNotices([...notices.values()]);
+  const payloads = encodeChangeNotices([...notices.values()], (event) =>
+    encodeEvent(event, bodies.get(event)),
+  );
   // Rows travel as one JSON document each for tasks and events: one serialization in JS, one parse in
   // Postgres, instead of a text[] of JSON strings that both sides escape and unescape element by element.
   await sql`
@@ -121,10 +131,40 @@ export async function writeAppends(
     ), inserted AS (
       INSERT INTO ${target.events} (task_id, seq, type, time, body)
       SELECT task_id, seq, type, time, body
-      FROM json_to_recordset(${JSON.stringify(events.map(eventRecord))}::json)
+      FROM json_to_recordset(${`[${rows.join(',')}]`}::json)
         AS e(task_id text, seq int8, type text, time int8, body json)
     )
-    SELECT pg_notify(${target.channel}, payload) FROM unnest(${payloads}::text[]) AS payload`.execute(trx);
+    -- Payloads as one JSON array: JSON.stringify escapes them natively, where a text[] is escaped in JS.
+    SELECT pg_notify(${target.channel}, payload)
+    FROM json_array_elements_text(${JSON.stringify(payloads)}::json) AS payload`.execute(trx);
+  return changes;
+}
+
+/**
+ * The change of a committed event. Its `events` are built on first read, from the text the table
+ * stores (a fresh, frozen copy: what any other replica rebuilds from the notification): a store with no
+ * subscriber that reads them, like a writer-only process, never pays for the copy.
+ */
+function committedChange(
+  taskId: string,
+  seq: number,
+  terminal: boolean,
+  type: string,
+  time: number,
+  bodyJson: string,
+): TaskChange {
+  let events: readonly TaskEvent[] | undefined;
+  return Object.freeze({
+    taskId,
+    seq,
+    terminal,
+    get events(): readonly TaskEvent[] {
+      events ??= Object.freeze([
+        frozenEvent(taskId, seq, type, time, JSON.parse(bodyJson) as Record<string, unknown>),
+      ]);
+      return events;
+    },
+  });
 }
 
 /** Queues appends and commits them in batches; see the module documentation. */
@@ -156,9 +196,9 @@ export class AppendPipeline {
   }
 
   /** Counts and publishes appends another transaction committed (the reaper's interruptions). */
-  committedElsewhere(events: readonly TaskEvent[]): void {
-    this.#stats.appends += events.length;
-    for (const event of events) this.#options.publish(changeOf(event));
+  committedElsewhere(changes: readonly TaskChange[]): void {
+    this.#stats.appends += changes.length;
+    for (const change of changes) this.#options.publish(change);
   }
 
   /** Resolves once every queued append has been committed or rejected. */
@@ -220,6 +260,7 @@ export class AppendPipeline {
     const now = clock();
     const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
     let outcomes: (AppendResult | ProgressError)[];
+    let changes: TaskChange[] = [];
     try {
       outcomes = await db.transaction().execute(async (trx) => {
         // Locks in id order, so two batches (in any processes) never wait for each other in a cycle.
@@ -253,7 +294,7 @@ export class AppendPipeline {
             results.push(error);
           }
         }
-        if (planned.length > 0) await writeAppends(trx, target, [...changed.values()], planned);
+        if (planned.length > 0) changes = await writeAppends(trx, target, [...changed.values()], planned);
         return results;
       });
     } catch (error) {
@@ -267,13 +308,8 @@ export class AppendPipeline {
       for (const entry of batch) entry.reject(failure);
       return;
     }
-    let committed = 0;
-    for (const outcome of outcomes) {
-      if (!isProgressError(outcome)) {
-        committed += 1;
-        publish(changeOf(outcome.event));
-      }
-    }
+    const committed = changes.length;
+    for (const change of changes) publish(change);
     if (committed > 0) {
       this.#stats.appends += committed;
       this.#stats.batches += 1;

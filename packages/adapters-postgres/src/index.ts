@@ -18,7 +18,11 @@ export {
   SCHEMA_NAME_PATTERN,
 } from './migrations.js';
 export type { ChangeNotice } from './notify-payload.js';
-export { NOTIFY_PAYLOAD_BUDGET_BYTES, PG_NOTIFY_PAYLOAD_LIMIT_BYTES } from './notify-payload.js';
+export {
+  NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES,
+  NOTIFY_PAYLOAD_BUDGET_BYTES,
+  PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
+} from './notify-payload.js';
 export type { ChangeFeedHealth, ChangeFeedStats, PostgresChangeFeed } from './postgres-change-feed.js';
 export type { PostgresStoreStats } from './postgres-progress-store.js';
 export { PostgresProgressStore } from './postgres-progress-store.js';

@@ -1,4 +1,4 @@
-import type { AppendResult, Clock, Task } from '@finishline/core';
+import type { AppendResult, Clock, Task, TaskChange } from '@finishline/core';
 import {
   isLeaseExpired,
   leaseExpiredReason,
@@ -63,13 +63,13 @@ export async function releaseLease(
 
 /**
  * Interrupts up to `limit` running tasks whose lease expired at `now`, in one transaction; returns the
- * appends it committed (the caller publishes them).
+ * appends it committed and the changes to publish once the caller is told (each with its event).
  */
 export async function reapExpiredLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   { limit, now }: { limit: number; now: number },
-): Promise<AppendResult[]> {
+): Promise<{ results: AppendResult[]; changes: TaskChange[] }> {
   return db.transaction().execute(async (trx) => {
     // SKIP LOCKED: a task another reaper (or an append) holds is left to it; the reaper that holds
     // it either interrupts it or sees it was renewed, so each expired lease ends exactly once.
@@ -85,14 +85,15 @@ export async function reapExpiredLeases(
       if (!isLeaseExpired(task, now)) continue;
       planned.push(planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now));
     }
+    let changes: TaskChange[] = [];
     if (planned.length > 0) {
-      await writeAppends(
+      changes = await writeAppends(
         trx,
         target,
         planned.map((entry) => entry.task),
         planned.map((entry) => entry.event),
       );
     }
-    return planned;
+    return { results: planned, changes };
   });
 }

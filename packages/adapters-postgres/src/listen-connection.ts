@@ -76,7 +76,7 @@ const MIN_BARRIER_TIMEOUT_MS = 1000;
 /** What {@link ListenConnection} needs. */
 export interface ListenConnectionOptions {
   /** Where what the connection finds is reported. */
-  hub: Pick<ChangeFeedHub, 'report'>;
+  hub: Pick<ChangeFeedHub, 'report' | 'isNew'>;
   /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
   db: Kysely<ProgressDatabase>;
   /** The `NOTIFY` channel of the store's schema. */
@@ -244,7 +244,9 @@ export class ListenConnection {
     if (message.channel !== this.#options.channel) return;
     const { hub } = this.#options;
     this.#stats.notifications += 1;
-    const notice = decodeNotice(message.payload);
+    // The events a payload carries are parsed only when some change of it is new here: a store hears
+    // its own commits, which it published already, and most of a busy channel is those.
+    const notice = decodeNotice(message.payload, (change) => hub.isNew(change));
     switch (notice.kind) {
       case 'changes':
         for (const change of notice.changes) {

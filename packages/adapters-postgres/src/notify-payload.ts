@@ -1,14 +1,21 @@
-import { ID_PATTERN, LIMITS } from '@finishline/core';
+import type { TaskEvent } from '@finishline/core';
+import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/core';
 
 /**
- * The payloads the store sends with `pg_notify` on its channel. They carry ids only, never an event's
- * content: a receiver reads the events from the table, so a payload stays small whatever the events
- * hold — at most {@link NOTIFY_PAYLOAD_BUDGET_BYTES}, an eighth of Postgres's 8000-byte limit.
+ * The payloads the store sends with `pg_notify` on its channel.
  *
  * - Changes: `[["<taskId>",3,5,0],["<taskId>",1,1,1]]` — per task, the seqs `firstSeq..seq` it gained in
  *   the transaction and whether `seq` is terminal (1) or not (0). A group commit that touches many tasks
  *   packs several into one payload: each notification costs Postgres and every listener far more than
  *   its bytes, so fewer, fuller ones keep the feed cheap at tens of thousands of appends per second.
+ *   Ids-only payloads stay within {@link NOTIFY_PAYLOAD_BUDGET_BYTES}, an eighth of Postgres's limit.
+ * - Changes with their events: the same list, a newline, then per entry the events `firstSeq..seq` as
+ *   `[type,time,body]` (`body` is the event without its ids, type and time, as the events table stores
+ *   it): `[["<taskId>",4,5,0]]\n[[["item",1700000000000,{…}],["progress",1700000000001,{…}]]]`. Receivers
+ *   hand the events to their subscribers without reading the table. A task whose events of the
+ *   transaction do not fit {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on their own travels ids-only,
+ *   and the receiver reads them. The list comes first so a receiver can tell from it alone whether it needs the events at all
+ *   (a store hears its own commits, which it published already) and skip parsing them.
  * - A barrier: `{"barrier":"<listener id>","xmin":"<xid8>"}` — sent by a listener to itself to advance
  *   its high-water mark (see `postgres-change-feed.ts`).
  *
@@ -25,6 +32,8 @@ export interface ChangeNotice {
   seq: number;
   /** True when `seq` is the task's terminal event. */
   terminal: boolean;
+  /** The events `firstSeq..seq`, in order, when the payload carried them (or the writer has them). */
+  events?: readonly TaskEvent[];
 }
 
 /** The changes of one notification. */
@@ -48,8 +57,17 @@ export interface MalformedNotice {
 /** What {@link decodeNotice} returns. */
 export type Notice = ChangesNotice | BarrierNotice | MalformedNotice;
 
-/** The most bytes of one change payload; changes beyond it go into another notification. */
+/** The most bytes of one ids-only change payload; changes beyond it go into another notification. */
 export const NOTIFY_PAYLOAD_BUDGET_BYTES = 1000;
+
+/**
+ * The most bytes (UTF-8) of one payload that carries events: well under the 8000-byte limit, so a
+ * payload never fails the transaction that sends it. Events beyond it go into another notification.
+ */
+export const NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES = 7000;
+
+/** Splits a payload's ids from its events. JSON text never contains a raw newline. */
+const EVENTS_SEPARATOR = '\n';
 
 function encodeEntry(change: ChangeNotice): string {
   return JSON.stringify([change.taskId, change.firstSeq, change.seq, change.terminal ? 1 : 0]);
@@ -66,25 +84,109 @@ export const MAX_CHANGE_ENTRY_BYTES = encodeEntry({
   terminal: false,
 }).length;
 
+/** One event as a payload carries it: `[type,time,body]`, the ids being implied by its entry. */
+export function encodeEvent(event: TaskEvent, bodyJson?: string): string {
+  if (bodyJson === undefined) {
+    const { taskId: _taskId, seq: _seq, type: _type, time: _time, ...body } = event;
+    bodyJson = JSON.stringify(body);
+  }
+  return `[${JSON.stringify(event.type)},${event.time},${bodyJson}]`;
+}
+
+/** Freezes a JSON value and everything in it. */
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    for (const inner of Object.values(value)) deepFreeze(inner);
+    Object.freeze(value);
+  }
+  return value;
+}
+
 /**
- * Packs changes into as few payloads as fit {@link NOTIFY_PAYLOAD_BUDGET_BYTES} each, keeping their
- * order (a receiver publishes one task's changes in the order they come).
+ * An event built from its parts as the store builds one from its row (ids, type and time, then the
+ * body's fields) and frozen through: a change feed hands the same object to every subscriber.
  */
-export function encodeChangeNotices(changes: readonly ChangeNotice[]): string[] {
+export function frozenEvent(
+  taskId: string,
+  seq: number,
+  type: string,
+  time: number,
+  body: Record<string, unknown>,
+): TaskEvent {
+  return deepFreeze({ taskId, seq, type, time, ...body }) as TaskEvent;
+}
+
+/** One task's seqs as one payload entry, with its events' text when they travel along. */
+interface Unit {
+  entry: string;
+  /** `[event,…]` of the entry, or `undefined` for an ids-only entry. */
+  events: string | undefined;
+}
+
+/**
+ * A change as one entry: with its events when they fit a payload on their own, ids-only otherwise. A
+ * task with more events in one transaction than one payload holds costs receivers a single read of all
+ * of them, cheap per event; carrying them over several notifications would instead cost the writer and
+ * every listener (measured: a hot task's group commits lost about a fifth of their rate).
+ */
+function unitOf(change: ChangeNotice, encode: (event: TaskEvent) => string): Unit {
+  const entry = encodeEntry(change);
+  const { events } = change;
+  if (events === undefined || events.length !== change.seq - change.firstSeq + 1) {
+    return { entry, events: undefined };
+  }
+  // `[entry]\n[[events]]`: three bracket pairs and the separator around the entry and the events.
+  let bytes = entry.length + 7 + events.length - 1;
+  const texts: string[] = [];
+  for (const event of events) {
+    const text = encode(event);
+    bytes += Buffer.byteLength(text);
+    if (bytes > NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES) return { entry, events: undefined };
+    texts.push(text);
+  }
+  return { entry, events: `[${texts.join(',')}]` };
+}
+
+/**
+ * Packs changes into as few payloads as fit their budget each, keeping their order (a receiver
+ * publishes one task's changes in the order they come). Changes that carry `events` go into payloads
+ * with events when they fit {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on their own (see
+ * {@link unitOf}); changes without `events`, or with too many, go ids-only within
+ * {@link NOTIFY_PAYLOAD_BUDGET_BYTES}.
+ */
+export function encodeChangeNotices(
+  changes: readonly ChangeNotice[],
+  encode: (event: TaskEvent) => string = (event) => encodeEvent(event),
+): string[] {
   const payloads: string[] = [];
   let entries: string[] = [];
-  let bytes = 2;
+  let eventLists: string[] | undefined;
+  let bytes = 0;
+  const flush = () => {
+    if (entries.length === 0) return;
+    const ids = `[${entries.join(',')}]`;
+    payloads.push(eventLists === undefined ? ids : `${ids}${EVENTS_SEPARATOR}[${eventLists.join(',')}]`);
+    entries = [];
+    eventLists = undefined;
+    bytes = 0;
+  };
   for (const change of changes) {
-    const entry = encodeEntry(change);
-    if (entries.length > 0 && bytes + entry.length + 1 > NOTIFY_PAYLOAD_BUDGET_BYTES) {
-      payloads.push(`[${entries.join(',')}]`);
-      entries = [];
-      bytes = 2;
+    const { entry, events } = unitOf(change, encode);
+    const withEvents = events !== undefined;
+    // Payload bytes after adding this entry: its comma, and with events theirs and the list's comma.
+    const added = entry.length + 1 + (withEvents ? Buffer.byteLength(events) + 1 : 0);
+    const budget = withEvents ? NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES : NOTIFY_PAYLOAD_BUDGET_BYTES;
+    if (entries.length > 0 && ((eventLists !== undefined) !== withEvents || bytes + added > budget)) flush();
+    if (entries.length === 0) {
+      // The opening brackets (one pair for ids, another and the separator for events), no comma yet.
+      bytes = withEvents ? 4 : 1;
+      if (withEvents) eventLists = [];
     }
     entries.push(entry);
-    bytes += entry.length + (entries.length > 1 ? 1 : 0);
+    if (withEvents) eventLists?.push(events);
+    bytes += added;
   }
-  if (entries.length > 0) payloads.push(`[${entries.join(',')}]`);
+  flush();
   return payloads;
 }
 
@@ -94,14 +196,24 @@ function isSeq(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 1;
 }
 
-/** Parses a payload received on the channel; anything unexpected is `malformed`, never an exception. */
-export function decodeNotice(payload: string | undefined): Notice {
+/**
+ * Parses a payload received on the channel; anything unexpected is `malformed`, never an exception.
+ * When the payload carries events, they are parsed only if `wants` (default: always) says some change
+ * of the list is needed, and attached to the changes; events that do not match their entries are
+ * dropped (the changes stay, ids-only: the receiver reads the events instead).
+ */
+export function decodeNotice(
+  payload: string | undefined,
+  wants: (change: ChangeNotice) => boolean = () => true,
+): Notice {
   if (payload === undefined || payload.length === 0 || payload.length > PG_NOTIFY_PAYLOAD_LIMIT_BYTES) {
     return MALFORMED;
   }
+  const separator = payload.indexOf(EVENTS_SEPARATOR);
+  const head = separator === -1 ? payload : payload.slice(0, separator);
   let value: unknown;
   try {
-    value = JSON.parse(payload);
+    value = JSON.parse(head);
   } catch {
     return MALFORMED;
   }
@@ -113,9 +225,10 @@ export function decodeNotice(payload: string | undefined): Notice {
       if (change === undefined) return MALFORMED;
       changes.push(change);
     }
+    if (separator !== -1 && changes.some(wants)) attachEvents(changes, payload.slice(separator + 1));
     return { kind: 'changes', changes };
   }
-  if (typeof value !== 'object' || value === null) return MALFORMED;
+  if (separator !== -1 || typeof value !== 'object' || value === null) return MALFORMED;
   const record = value as Record<string, unknown>;
   if (typeof record.barrier === 'string') {
     if (typeof record.xmin !== 'string' || !/^[0-9]{1,20}$/.test(record.xmin)) return MALFORMED;
@@ -123,6 +236,60 @@ export function decodeNotice(payload: string | undefined): Notice {
   }
   return MALFORMED;
 }
+
+/** Parses a payload's events and attaches each entry's to its change, if all of them check out. */
+function attachEvents(changes: ChangeNotice[], text: string): void {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return;
+  }
+  if (!Array.isArray(value) || value.length !== changes.length) return;
+  const decoded: TaskEvent[][] = [];
+  for (let index = 0; index < changes.length; index++) {
+    const events = decodeEvents(changes[index] as ChangeNotice, value[index]);
+    if (events === undefined) return;
+    decoded.push(events);
+  }
+  changes.forEach((change, index) => {
+    change.events = Object.freeze(decoded[index] as TaskEvent[]);
+  });
+}
+
+/**
+ * The events `firstSeq..seq` of one entry, built as the store builds them from rows (ids, type and
+ * time, then the body's fields), or `undefined` when they do not match the entry: a wrong count, an
+ * unknown type, a terminal event anywhere but last (or missing there), a body that is not an object.
+ */
+function decodeEvents(change: ChangeNotice, value: unknown): TaskEvent[] | undefined {
+  if (!Array.isArray(value) || value.length !== change.seq - change.firstSeq + 1) return undefined;
+  const events: TaskEvent[] = [];
+  for (let index = 0; index < value.length; index++) {
+    const item: unknown = value[index];
+    if (!Array.isArray(item) || item.length !== 3) return undefined;
+    const [type, time, body] = item as unknown[];
+    const last = index === value.length - 1;
+    if (
+      typeof type !== 'string' ||
+      !EVENT_TYPE_NAMES.has(type) ||
+      isTerminalType(type) !== (last && change.terminal) ||
+      typeof time !== 'number' ||
+      !Number.isSafeInteger(time) ||
+      typeof body !== 'object' ||
+      body === null ||
+      Array.isArray(body)
+    ) {
+      return undefined;
+    }
+    events.push(
+      frozenEvent(change.taskId, change.firstSeq + index, type, time, body as Record<string, unknown>),
+    );
+  }
+  return events;
+}
+
+const EVENT_TYPE_NAMES: ReadonlySet<string> = new Set(EVENT_TYPES);
 
 function decodeEntry(entry: unknown): ChangeNotice | undefined {
   if (!Array.isArray(entry) || entry.length !== 4) return undefined;

@@ -191,7 +191,8 @@ export class ChangeFeedHub {
 
   /**
    * Reports that `change.taskId` has the committed seqs `firstSeq..seq`, `seq` being terminal when
-   * `terminal`. Publishes what was not published yet; returns how many changes that was.
+   * `terminal`. Publishes what was not published yet, each change with its event when the report
+   * carries `events` (`firstSeq..seq`); returns how many changes that was.
    */
   report(change: ChangeNotice, source: ChangeSource): number {
     const { taskId, firstSeq, seq, terminal } = change;
@@ -207,8 +208,18 @@ export class ChangeFeedHub {
     let from = known === undefined ? firstSeq : known.seq + 1;
     if (seq - from + 1 > MAX_FILL) from = seq - MAX_FILL + 1;
     this.#remember(taskId, { seq, terminalAt: terminal ? this.#clock() : undefined });
+    // The report's events cover firstSeq..seq; seqs filled in below firstSeq go without one.
+    const events = change.events?.length === seq - firstSeq + 1 ? change.events : undefined;
     for (let current = from; current <= seq; current++) {
-      this.#local.publish(Object.freeze({ taskId, seq: current, terminal: terminal && current === seq }));
+      const isTerminal = terminal && current === seq;
+      const event = current >= firstSeq ? events?.[current - firstSeq] : undefined;
+      this.#local.publish(
+        Object.freeze(
+          event === undefined
+            ? { taskId, seq: current, terminal: isTerminal }
+            : { taskId, seq: current, terminal: isTerminal, events: Object.freeze([event]) },
+        ),
+      );
     }
     const count = seq - from + 1;
     this.#counters.published += count;
@@ -232,12 +243,35 @@ export class ChangeFeedHub {
     return count;
   }
 
-  /** Publishes one of this store's own committed events. */
+  /** True when reporting `change` would publish something (its last seq was not published yet). */
+  isNew(change: ChangeNotice): boolean {
+    const known = this.#published.get(change.taskId);
+    return known === undefined || change.seq > known.seq;
+  }
+
+  /** Publishes one of this store's own committed events, with the event when it is given. */
   publishCommitted(change: TaskChange): void {
-    this.report(
-      { taskId: change.taskId, firstSeq: change.seq, seq: change.seq, terminal: change.terminal },
-      'commit',
-    );
+    const known = this.#published.get(change.taskId);
+    if (change.seq >= 1 && (known === undefined || known.seq === change.seq - 1)) {
+      // The next seq, as a report of it alone would publish it: the change itself goes out, so events it
+      // builds on demand (see `append-pipeline.ts`) are built only if a subscriber reads them.
+      this.#remember(change.taskId, {
+        seq: change.seq,
+        terminalAt: change.terminal ? this.#clock() : undefined,
+      });
+      this.#local.publish(Object.isFrozen(change) ? change : Object.freeze({ ...change }));
+      this.#counters.published += 1;
+      this.#counters.fromCommits += 1;
+      return;
+    }
+    const notice: ChangeNotice = {
+      taskId: change.taskId,
+      firstSeq: change.seq - (change.events?.length ?? 1) + 1,
+      seq: change.seq,
+      terminal: change.terminal,
+    };
+    if (change.events !== undefined) notice.events = change.events;
+    this.report(notice, 'commit');
   }
 
   /** Forgets terminal tasks past {@link TERMINAL_MEMORY_MS}, unless followed. Called by the poll. */

@@ -358,10 +358,10 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { limit } = parseReapOptions(options);
     const now = this.#clock();
-    const results = await this.#run('reapExpiredLeases', undefined, () =>
+    const { results, changes } = await this.#run('reapExpiredLeases', undefined, () =>
       reapExpiredLeases(this.#db, this.#target, { limit, now }),
     );
-    this.#appends.committedElsewhere(results.map((result) => result.event));
+    this.#appends.committedElsewhere(changes);
     return results;
   }
 

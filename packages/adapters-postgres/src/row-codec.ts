@@ -1,5 +1,4 @@
-import type { Task, TaskChange, TaskEvent, TaskStatus } from '@finishline/core';
-import { isTerminalType } from '@finishline/core';
+import type { Task, TaskEvent, TaskStatus } from '@finishline/core';
 import { exhaustive } from '@finishline/core/internal';
 import { sql } from 'kysely';
 
@@ -145,9 +144,4 @@ export function taskRecord(task: Task): Record<string, unknown> {
     lease_owner: task.leaseOwner,
     lease_expires_at: task.leaseExpiresAt,
   };
-}
-
-/** The change a committed event makes, as the change feed publishes it. */
-export function changeOf(event: TaskEvent): TaskChange {
-  return { taskId: event.taskId, seq: event.seq, terminal: isTerminalType(event.type) };
 }

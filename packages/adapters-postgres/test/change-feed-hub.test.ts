@@ -1,4 +1,4 @@
-import type { TaskChange } from '@finishline/core';
+import type { TaskChange, TaskEvent } from '@finishline/core';
 import { ManualClock, propertyParams } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -80,6 +80,42 @@ describe('ChangeFeedHub', () => {
       }),
       propertyParams(500),
     );
+  });
+
+  it('hands each published change its own event when the report carries them, and none to filled-in seqs', () => {
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const seen: TaskChange[] = [];
+    hub.subscribe((change) => seen.push(change));
+    hub.resetTask('x');
+    const event = (seq: number): TaskEvent => ({
+      taskId: 'x',
+      seq,
+      time: seq,
+      type: 'progress',
+      progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message: null },
+    });
+    hub.report(
+      { taskId: 'x', firstSeq: 1, seq: 2, terminal: false, events: [event(1), event(2)] },
+      'notification',
+    );
+    // Seq 3 was never reported: filled in without an event; 4..5 duplicate-free with theirs.
+    hub.report(
+      { taskId: 'x', firstSeq: 4, seq: 5, terminal: false, events: [event(4), event(5)] },
+      'notification',
+    );
+    expect(hub.isNew({ taskId: 'x', firstSeq: 5, seq: 5, terminal: false })).toBe(false);
+    expect(hub.isNew({ taskId: 'x', firstSeq: 6, seq: 6, terminal: false })).toBe(true);
+    // Own commits carry their event through publishCommitted.
+    hub.publishCommitted({ taskId: 'x', seq: 6, terminal: false, events: [event(6)] });
+    expect(seen.map((change) => [change.seq, change.events?.map((e) => e.seq)])).toEqual([
+      [1, [1]],
+      [2, [2]],
+      [3, undefined],
+      [4, [4]],
+      [5, [5]],
+      [6, [6]],
+    ]);
+    expect(seen.every((change) => Object.isFrozen(change))).toBe(true);
   });
 
   it('publishes a task it knows nothing about from the first reported seq, and a first poll is no miss', () => {

@@ -1,4 +1,4 @@
-import { LIMITS } from '@finishline/core';
+import { LIMITS, type TaskEvent } from '@finishline/core';
 import { propertyParams } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -7,6 +7,7 @@ import {
   decodeNotice,
   encodeChangeNotices,
   MAX_CHANGE_ENTRY_BYTES,
+  NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES,
   NOTIFY_PAYLOAD_BUDGET_BYTES,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from '../src/notify-payload.js';
@@ -57,6 +58,176 @@ describe('NOTIFY payloads', () => {
       }),
       propertyParams(300),
     );
+  });
+
+  /** A change of `count` events from `firstSeq`, the last terminal when `terminal`; `text` sizes them. */
+  function withEvents(id: string, firstSeq: number, texts: string[], terminal: boolean): ChangeNotice {
+    const seq = firstSeq + texts.length - 1;
+    const events = texts.map((text, index): TaskEvent => {
+      const progress = {
+        total: null,
+        done: index,
+        succeeded: index,
+        failed: 0,
+        current: null,
+        message: text,
+      };
+      return terminal && index === texts.length - 1
+        ? {
+            taskId: id,
+            seq: firstSeq + index,
+            time: 1_700_000_000_000 + index,
+            type: 'completed',
+            result: { text },
+            progress,
+          }
+        : { taskId: id, seq: firstSeq + index, time: 1_700_000_000_000 + index, type: 'progress', progress };
+    });
+    return { taskId: id, firstSeq, seq, terminal, events };
+  }
+  const eventful: fc.Arbitrary<ChangeNotice> = fc
+    .tuple(
+      taskId,
+      fc.integer({ min: 1, max: 1000 }),
+      // Non-ASCII text too: the budget is in bytes, and such characters take two to four.
+      fc.array(fc.string({ maxLength: 1500, unit: fc.constantFrom('a', '"', '\\', 'é', '€', '😀', '\n') }), {
+        minLength: 1,
+        maxLength: 4,
+      }),
+      fc.boolean(),
+    )
+    .map(([id, firstSeq, texts, terminal]) => withEvents(id, firstSeq, texts, terminal));
+
+  // Ids-only changes of a few seqs, so that comparing seq by seq stays small.
+  const narrow: fc.Arbitrary<ChangeNotice> = fc
+    .tuple(taskId, fc.integer({ min: 1, max: LIMITS.maxCount - 5 }), fc.nat({ max: 5 }), fc.boolean())
+    .map(([id, firstSeq, width, terminal]) => ({ taskId: id, firstSeq, seq: firstSeq + width, terminal }));
+
+  /** A change as the seqs it announces: `[taskId, seq, terminal, event or undefined]` each. */
+  function perSeq(changes: readonly ChangeNotice[]) {
+    return changes.flatMap((c) =>
+      Array.from({ length: c.seq - c.firstSeq + 1 }, (_, i) => ({
+        taskId: c.taskId,
+        seq: c.firstSeq + i,
+        terminal: c.terminal && c.firstSeq + i === c.seq,
+        event: c.events?.[i],
+        change: c,
+      })),
+    );
+  }
+
+  it('carry the events when they fit, within the byte budget, and decode to the same changes in order', () => {
+    fc.assert(
+      fc.property(fc.array(fc.oneof(narrow, eventful), { maxLength: 40 }), (changes) => {
+        const payloads = encodeChangeNotices(changes);
+        const decoded: ChangeNotice[] = [];
+        for (const payload of payloads) {
+          const withContent = payload.includes('\n');
+          expect(Buffer.byteLength(payload)).toBeLessThanOrEqual(
+            withContent ? NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES : NOTIFY_PAYLOAD_BUDGET_BYTES,
+          );
+          const notice = decodeNotice(payload);
+          if (notice.kind !== 'changes') throw new Error(`payload ${payload} decoded as ${notice.kind}`);
+          decoded.push(...notice.changes);
+        }
+        const sent = perSeq(changes);
+        const received = perSeq(decoded);
+        // The same entries, seqs, terminal flags and order.
+        expect(decoded.map(({ events: _events, ...ids }) => ids)).toEqual(
+          changes.map(({ events: _events, ...ids }) => ids),
+        );
+        sent.forEach((one, index) => {
+          const got = received[index]?.event;
+          if (got !== undefined) {
+            expect(got).toEqual(one.event);
+            expect(Object.isFrozen(got.progress)).toBe(true);
+            return;
+          }
+          // Arrived ids-only: it had no event, or its change's events could not fit a payload on their own.
+          if (one.event === undefined) return;
+          const [alone] = encodeChangeNotices([one.change]);
+          expect(alone?.includes('\n'), `events that fit travel with their change (seq ${one.seq})`).toBe(
+            false,
+          );
+        });
+      }),
+      propertyParams(200),
+    );
+  });
+
+  it('fill payloads with events up to the byte budget, never past it', () => {
+    let fullest = 0;
+    for (let pad = 0; pad < 400; pad++) {
+      // Events whose sizes sweep byte by byte across the budget boundary, in multi-byte characters too.
+      const texts =
+        pad % 2 === 0
+          ? ['a'.repeat(2500 + pad), 'b'.repeat(4200)]
+          : ['é'.repeat(1500 + pad), 'a'.repeat(2000 + pad * 3), '€'.repeat(400 + pad)];
+      for (const payload of encodeChangeNotices([withEvents('edge', 1, texts, false)])) {
+        const bytes = Buffer.byteLength(payload);
+        expect(bytes, `payload with padding ${pad}`).toBeLessThanOrEqual(NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES);
+        if (payload.includes('\n')) fullest = Math.max(fullest, bytes);
+      }
+    }
+    expect(fullest).toBeGreaterThan(NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES - 100);
+  });
+
+  it('send a task whose events of one transaction exceed a payload ids-only, in one entry', () => {
+    const texts = Array.from({ length: 120 }, (_, i) => `event ${i} ${'z'.repeat(150)}`);
+    const big = withEvents('hot', 1, texts, true);
+    expect(encodeChangeNotices([big])).toEqual(['[["hot",1,120,1]]']);
+    // Fewer of the same events fit, and travel with their change.
+    const fits = withEvents('hot', 1, texts.slice(0, 20), false);
+    const notice = decodeNotice(encodeChangeNotices([fits])[0]);
+    expect(notice.kind === 'changes' && notice.changes[0]?.events).toEqual(fits.events);
+  });
+
+  it('parse the events only when some change is wanted, and drop events that do not match their entries', () => {
+    const [payload] = encodeChangeNotices([withEvents('t', 3, ['a', 'b'], true)]);
+    const skipped = decodeNotice(payload, () => false);
+    expect(skipped).toEqual({
+      kind: 'changes',
+      changes: [{ taskId: 't', firstSeq: 3, seq: 4, terminal: true }],
+    });
+    const full = decodeNotice(payload);
+    if (full.kind !== 'changes') throw new Error('not changes');
+    expect(full.changes[0]?.events?.map((event) => [event.seq, event.type])).toEqual([
+      [3, 'progress'],
+      [4, 'completed'],
+    ]);
+    const ids = '[["t",3,4,1]]';
+    const progress =
+      '{"progress":{"total":null,"done":0,"succeeded":0,"failed":0,"current":null,"message":null}}';
+    const wrong = [
+      `${ids}\nnot json`,
+      `${ids}\n[]`,
+      `${ids}\n[[["progress",1,${progress}]]]`, // one event for two seqs
+      `${ids}\n[[["progress",1,${progress}],["progress",2,${progress}]]]`, // the terminal flag lies
+      `${ids}\n[[["completed",1,${progress}],["completed",2,${progress}]]]`, // terminal before the last
+      `${ids}\n[[["progress",1,${progress}],["bogus",2,${progress}]]]`,
+      `${ids}\n[[["progress",1.5,${progress}],["completed",2,${progress}]]]`,
+      `${ids}\n[[["progress",1,[]],["completed",2,${progress}]]]`,
+      `${ids}\n[[["progress",1,null],["completed",2,${progress}]]]`,
+    ];
+    for (const text of wrong) {
+      expect(decodeNotice(text), text).toEqual({
+        kind: 'changes',
+        changes: [{ taskId: 't', firstSeq: 3, seq: 4, terminal: true }],
+      });
+    }
+    expect(decodeNotice(`${ids}\n[[["progress",1,${progress}],["completed",2,${progress}]]]`)).toMatchObject({
+      kind: 'changes',
+      changes: [
+        {
+          events: [
+            { taskId: 't', seq: 3, time: 1 },
+            { taskId: 't', seq: 4, time: 2 },
+          ],
+        },
+      ],
+    });
+    expect(decodeNotice('[["t",3,4,1]x\n[]')).toEqual({ kind: 'malformed' });
+    expect(decodeNotice('{"barrier":"abc","xmin":"1"}\n[]')).toEqual({ kind: 'malformed' });
   });
 
   it('decode barriers, and anything else as malformed without throwing', () => {

@@ -122,7 +122,7 @@ describe('migrations', () => {
 });
 
 describe('appends', () => {
-  it('notify in the same transaction with ids only, far below the payload limit', async () => {
+  it('notify in the same transaction with ids only when the events do not fit, far below the payload limit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
     const listener = new pg.Client({ connectionString: pgUrl() });
@@ -138,7 +138,7 @@ describe('appends', () => {
       await store.append('big', { type: 'item', key: 'node-1', ok: true, detail });
       await store.append('big', { type: 'completed', result: { blob: 'y'.repeat(15_000) } });
       await eventually('two notifications', () => payloads.length >= 2);
-      expect(payloads.map(decodeNotice)).toEqual([
+      expect(payloads.map((payload) => decodeNotice(payload))).toEqual([
         { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 1, seq: 1, terminal: false }] },
         { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 2, seq: 2, terminal: true }] },
       ]);
@@ -506,7 +506,13 @@ describe('clients', () => {
     await writer.append('k', { type: 'cancelled' });
     await eventually('the observer sees all six', () => recorder.has('k', 6));
     expect(recorder.seqs('k')).toEqual(oneTo(6));
-    expect(recorder.changes.at(-1)).toEqual({ taskId: 'k', seq: 6, terminal: true });
+    const { events: lastEvents, ...last } = recorder.changes.at(-1) ?? {};
+    expect(last).toEqual({ taskId: 'k', seq: 6, terminal: true });
+    // The notifications carried the events: each change holds its own, as the table has it.
+    expect(lastEvents?.map((event) => event.seq)).toEqual([6]);
+    expect(recorder.changes.flatMap((change) => change.events ?? [])).toEqual(
+      await observer.readEvents('k', 0),
+    );
     expect(observer.changes.stats()).toMatchObject({ fromNotifications: 6, fromCommits: 0, replayed: 0 });
     await writer.close();
     expect((await sql<{ one: number }>`SELECT 1 AS one`.execute(db)).rows).toEqual([{ one: 1 }]);

@@ -65,6 +65,12 @@ interface TransactionLog {
   lastEventId: number;
 }
 
+/**
+ * The most running tasks whose rows the store keeps in memory between append batches; past it the
+ * least recently written are dropped (and read again when next appended to).
+ */
+const TASK_CACHE_CAPACITY = 10_000;
+
 const SYNCHRONOUS_PRAGMA: Readonly<Record<SqliteSynchronous, string>> = Object.freeze({
   normal: 'PRAGMA synchronous = NORMAL',
   full: 'PRAGMA synchronous = FULL',
@@ -114,6 +120,14 @@ export class SqliteProgressStore implements ProgressStore {
   readonly #watcher: DataVersionWatcher | undefined;
   /** Id of the newest event this store has published (or written). */
   #highWaterMark = 0;
+  /**
+   * The rows of running tasks as this store's last append batches left them, so the next batch need not
+   * read them back: valid only while nothing else wrote, which {@link #writeMark} tells (it is checked
+   * inside each transaction, under the write lock, so no other writer can slip in after the check).
+   */
+  readonly #taskCache = new Map<string, Task>();
+  /** The write mark right after this store's last commit; `undefined` when unknown. */
+  #writeMark: string | undefined;
   #outbox: TaskChange[] = [];
   #draining = false;
   #closed = false;
@@ -182,6 +196,7 @@ export class SqliteProgressStore implements ProgressStore {
       this.#appends.flush();
       const id = parsed.id ?? globalThis.crypto.randomUUID();
       const task = newTask({ ...parsed, id }, this.#clock());
+      this.#taskCache.delete(id);
       const { changes } = this.#q.insertTask.run(taskToRow(task));
       if (Number(changes) === 0) {
         throw taskAlreadyExists(id);
@@ -280,6 +295,7 @@ export class SqliteProgressStore implements ProgressStore {
           );
         }
         if (seq <= task.ackedSeq) return task.ackedSeq;
+        this.#taskCache.delete(taskId);
         this.#q.updateAckedSeq.run({ id: taskId, ackedSeq: seq });
         return seq;
       });
@@ -293,6 +309,7 @@ export class SqliteProgressStore implements ProgressStore {
       this.#appends.flush();
       return this.#transaction(() => {
         const task = planLease(this.#requireTask(taskId), lease.owner, lease.ttlMs, this.#clock());
+        this.#taskCache.delete(taskId);
         this.#q.updateLease.run({
           id: taskId,
           leaseOwner: task.leaseOwner,
@@ -312,6 +329,7 @@ export class SqliteProgressStore implements ProgressStore {
         const task = this.#requireTask(taskId);
         // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
         if (task.status === 'running' && task.leaseOwner === owner) {
+          this.#taskCache.delete(taskId);
           this.#q.updateLease.run({ id: taskId, leaseOwner: null, leaseExpiresAt: null });
         }
       });
@@ -335,6 +353,7 @@ export class SqliteProgressStore implements ProgressStore {
             continue;
           }
           if (!isLeaseExpired(task, now)) continue;
+          this.#taskCache.delete(task.id);
           results.push(planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now));
         }
         this.#writeAppends(results, log);
@@ -353,6 +372,7 @@ export class SqliteProgressStore implements ProgressStore {
         const cutoff = this.#clock() - olderThanMs;
         const rows = this.#q.finishedBefore.all({ cutoff, limit }) as Pick<TaskRow, 'id'>[];
         if (rows.length === 0) return 0;
+        for (const row of rows) this.#taskCache.delete(String(row.id));
         const ids = JSON.stringify(rows.map((row) => row.id));
         this.#q.deleteEventsOfTasks.run({ ids });
         this.#q.deleteTasks.run({ ids });
@@ -416,22 +436,46 @@ export class SqliteProgressStore implements ProgressStore {
   #transaction<T>(work: (log: TransactionLog) => T): T {
     this.#q.begin.run();
     try {
+      // Anything written since this store's last commit (another connection, or this connection used
+      // directly or by createTask) may have changed cached rows: forget them all.
+      if (this.#readWriteMark() !== this.#writeMark) this.#taskCache.clear();
       const log: TransactionLog = { changes: [], lastEventId: this.#highWaterMark };
       this.#readEventsSince(log);
       const result = work(log);
       this.#q.commit.run();
+      this.#writeMark = this.#readWriteMark();
       this.#highWaterMark = log.lastEventId;
       for (const change of log.changes) this.#outbox.push(change);
       return result;
     } catch (error) {
       rollbackQuietly(this.#database);
+      // What was planned in the rolled-back transaction may already be in the cache: start afresh.
+      this.#taskCache.clear();
+      this.#writeMark = undefined;
       throw error;
+    }
+  }
+
+  #readWriteMark(): string {
+    const row = this.#q.writeMark.get() as { changes: number | bigint; version: number | bigint };
+    return `${row.changes}:${row.version}`;
+  }
+
+  /** Keeps `task` (a running task's row as just committed) for the next batch. */
+  #cacheTask(task: Task): void {
+    this.#taskCache.delete(task.id);
+    if (task.status !== 'running') return;
+    this.#taskCache.set(task.id, task);
+    if (this.#taskCache.size > TASK_CACHE_CAPACITY) {
+      const oldest = this.#taskCache.keys().next();
+      if (oldest.done !== true) this.#taskCache.delete(oldest.value);
     }
   }
 
   /** Commits one batch of appends and settles each one. Never throws. */
   #commitAppends(batch: PendingAppend[]): void {
     const outcomes: (AppendResult | ProgressError)[] = new Array(batch.length);
+    let batchTasks: Map<string, Task | ProgressError> | undefined;
     try {
       this.#transaction((log) => {
         const now = this.#clock();
@@ -455,12 +499,18 @@ export class SqliteProgressStore implements ProgressStore {
           }
         }
         this.#writeAppends(planned, log);
+        batchTasks = tasks;
       });
     } catch (error) {
       // The transaction rolled back: nothing of the batch was written.
       const failure = toProgressError(error, 'commit appends');
       for (const entry of batch) entry.reject(failure);
       return;
+    }
+    // Committed: these rows are the tasks' state now. A copy, since the callers get the planned rows.
+    if (batchTasks !== undefined) {
+      for (const task of batchTasks.values())
+        if (!(task instanceof ProgressError)) this.#cacheTask({ ...task });
     }
     this.#drainOutbox();
     for (let index = 0; index < batch.length; index++) {
@@ -476,13 +526,20 @@ export class SqliteProgressStore implements ProgressStore {
    * would otherwise pay one call per task). A missing or damaged row becomes that task's error.
    */
   #loadBatchTasks(batch: readonly PendingAppend[]): Map<string, Task | ProgressError> {
+    const tasks = new Map<string, Task | ProgressError>();
     const ids = new Set<string>();
-    for (const { taskId } of batch) ids.add(taskId);
+    for (const { taskId } of batch) {
+      if (tasks.has(taskId) || ids.has(taskId)) continue;
+      // Planning copies the row before changing it, so a cached row is never modified in place.
+      const cached = this.#taskCache.get(taskId);
+      if (cached !== undefined) tasks.set(taskId, cached);
+      else ids.add(taskId);
+    }
+    if (ids.size === 0) return tasks;
     const rows =
       ids.size === 1
-        ? [this.#q.selectTask.get({ id: batch[0]!.taskId })]
+        ? [this.#q.selectTask.get({ id: ids.values().next().value })]
         : this.#q.selectTasks.all({ ids: JSON.stringify([...ids]) });
-    const tasks = new Map<string, Task | ProgressError>();
     for (const row of rows) {
       if (row === undefined) continue;
       const id = String((row as TaskRow).id);

@@ -58,6 +58,11 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
     begin: raw('BEGIN IMMEDIATE'),
     commit: raw('COMMIT'),
     dataVersion: raw('PRAGMA data_version'),
+    // What tells whether anything but this store's appends wrote since: other connections' commits move
+    // data_version, any write on this connection (this store's other calls included) moves total_changes.
+    writeMark: raw(
+      'SELECT total_changes() AS changes, (SELECT data_version FROM pragma_data_version) AS version',
+    ),
 
     selectTask: new PreparedQuery(
       database,

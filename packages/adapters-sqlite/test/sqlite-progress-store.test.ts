@@ -256,6 +256,56 @@ describe('two stores on one file (one process, two connections)', () => {
   });
 });
 
+describe('rows remembered between append batches', () => {
+  it('never outlive a write by another connection, another store on the same connection, or this store', async () => {
+    const clock = new ManualClock();
+    const db = tempDatabase();
+    const shared = new Database(db.file);
+    const a = new SqliteProgressStore({ database: shared, clock: clock.now, dataVersionPollMs: 0 });
+    const sameConnection = new SqliteProgressStore({
+      database: shared,
+      clock: clock.now,
+      dataVersionPollMs: 0,
+    });
+    const other = new SqliteProgressStore({ database: db.file, clock: clock.now, dataVersionPollMs: 0 });
+    try {
+      await a.createTask({ id: 'job', owner: 'alice', kind: 'k', total: 10 });
+      const item = (key: string) => ({ type: 'item' as const, key, ok: true });
+      expect((await a.append('job', item('n-1'))).task.done).toBe(1);
+      // Another connection appends and takes a lease: a's next append must build on both.
+      await other.append('job', item('n-2'));
+      await other.renewLease('job', 'worker-1', 60_000);
+      let result = await a.append('job', item('n-3'));
+      expect(result.event.seq).toBe(3);
+      expect(result.task).toEqual(await other.getTask('job'));
+      expect(result.task).toMatchObject({ done: 3, succeeded: 3, leaseOwner: 'worker-1' });
+      // Another store on the very same connection (data_version does not move for it).
+      await sameConnection.append('job', item('n-4'));
+      await sameConnection.ack('job', 4);
+      result = await a.append('job', item('n-5'));
+      expect(result.event.seq).toBe(5);
+      expect(result.task).toMatchObject({ done: 5, ackedSeq: 4 });
+      // This store's own acks and lease changes.
+      await a.ack('job', 5);
+      await a.releaseLease('job', 'worker-1');
+      result = await a.append('job', item('n-6'));
+      expect(result.task).toMatchObject({ seq: 6, done: 6, ackedSeq: 5, leaseOwner: null });
+      expect(result.task).toEqual(await other.getTask('job'));
+      // A caller mutating what it got back does not reach the next append.
+      (result.task as { done: number }).done = 1000;
+      result = await a.append('job', item('n-7'));
+      expect(result.task.done).toBe(7);
+      expect((await other.readEvents('job', 0)).map((event) => event.seq)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    } finally {
+      await a.close();
+      await sameConnection.close();
+      await other.close();
+      shared.close();
+      db.remove();
+    }
+  });
+});
+
 describe('retention', () => {
   it('deletes finished tasks and their events for real, oldest first, in batches', async () => {
     const db = tempDatabase();

@@ -1,7 +1,11 @@
+import type { TaskEvent } from '../model.js';
+
 /**
  * "Task X is now at seq N." Stores publish one change per committed event; servers use it to wake the
- * watchers of that task instead of polling. A change carries ids only, never the payload: the receiver
- * reads the events from the store, so a lost or duplicated change costs at most a read.
+ * watchers of that task instead of polling. A change always carries the ids; it may also carry the
+ * committed events themselves (`events`), when the feed had them at hand — then a receiver whose cursor
+ * is right before them can deliver them without reading the store. A lost or duplicated change costs at
+ * most a read either way.
  */
 export interface TaskChange {
   taskId: string;
@@ -9,6 +13,13 @@ export interface TaskChange {
   seq: number;
   /** True when that event is the task's terminal event. */
   terminal: boolean;
+  /**
+   * The committed events ending at `seq`, in seq order and without gaps (the last one has seq `seq`),
+   * exactly as `readEvents` returns them; absent when the feed has only the ids (for example a change
+   * found by a re-read or a poll, or one too large to travel in a notification). Frozen: shared by every
+   * listener, so never mutate it.
+   */
+  events?: readonly TaskEvent[];
 }
 
 /** Stops a listener. Calling it twice is harmless. */

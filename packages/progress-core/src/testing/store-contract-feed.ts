@@ -108,5 +108,39 @@ export function describeFeedContract(ctx: ContractContext): void {
         recorder.stop();
       }
     });
+
+    it('a change that carries events carries the committed ones ending at its seq, as readEvents returns them', async () => {
+      const received: TaskChange[] = [];
+      const stop = ctx.store.changes.subscribe((change) => received.push(change));
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        await ctx.store.append('task-1', { type: 'progress', total: 2, message: 'starting' });
+        const item = await ctx.store.append('task-1', {
+          type: 'item',
+          key: 'node-1',
+          ok: false,
+          error: 'drain timed out',
+          detail: { pods: ['a', 'b'], nested: { n: 1 } },
+        });
+        await ctx.store.append('task-1', { type: 'completed', result: { drained: 1 } });
+        // Neither the caller's copy nor the input may be what the feed hands out.
+        (item.event as { item: { detail: unknown } }).item.detail = 'mutated by the caller';
+        await recorder.waitFor('task-1', 3);
+        const log = await ctx.store.readEvents('task-1', 0);
+        for (const change of received) {
+          if (change.events === undefined) continue;
+          expect(change.events.length, 'events of a change').toBeGreaterThan(0);
+          expect(change.events.at(-1)?.seq, 'the last event of a change is its seq').toBe(change.seq);
+          const first = change.seq - change.events.length;
+          expect(change.events, `events of the change at seq ${change.seq}`).toEqual(
+            log.slice(first, change.seq),
+          );
+        }
+      } finally {
+        stop();
+        recorder.stop();
+      }
+    });
   });
 }
