@@ -1,5 +1,6 @@
 /**
- * The per-process hub of live events: one store read per change, fanned out to every local subscriber,
+ * The per-process hub of live events: at most one store read per change (none when the change feed
+ * carried the events, or the events were committed here), fanned out to every local subscriber,
  * and the owner of each socket subscription's stream ({@link TaskStream}: backlog, gap repair, live
  * events).
  *
@@ -192,11 +193,7 @@ export class TaskHub {
     const entry = this.#followed.get(event.taskId);
     if (entry === undefined) return;
     if (event.seq > entry.latestSeq) entry.latestSeq = event.seq;
-    if (entry.readSeq !== undefined && event.seq === entry.readSeq + 1) {
-      entry.readSeq = event.seq;
-      this.#dispatch(entry, [event]);
-      return;
-    }
+    if (this.#dispatchNext(entry, [event])) return;
     this.#pump(entry);
   }
 
@@ -211,6 +208,9 @@ export class TaskHub {
     const entry = this.#followed.get(change.taskId);
     if (entry === undefined) return;
     if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
+    // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
+    // was dispatched go out without a read. The rest, if any, is read as usual.
+    if (change.events !== undefined) this.#dispatchNext(entry, change.events);
     this.#pump(entry);
   }
 
@@ -240,24 +240,13 @@ export class TaskHub {
       while (!entry.closed && entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) {
         const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
         if (entry.closed) return;
-        // Local appends may have advanced readSeq while the read was in flight.
-        const fresh: TaskEvent[] = [];
-        let next = (entry.readSeq ?? 0) + 1;
-        for (const event of events) {
-          if (event.seq < next) continue;
-          if (event.seq !== next) break;
-          fresh.push(event);
-          next += 1;
-        }
         if (events.length === 0) {
           // The feed announced a seq the store does not show yet: try again later rather than spin.
           this.#scheduleRetry(entry);
           return;
         }
-        if (fresh.length === 0) continue;
-        entry.readSeq = next - 1;
-        if (entry.readSeq > entry.latestSeq) entry.latestSeq = entry.readSeq;
-        this.#dispatch(entry, fresh);
+        // Local appends and the feed's own events may have advanced readSeq while the read was in flight.
+        this.#dispatchNext(entry, events);
       }
     } catch (error) {
       this.#metrics.storeErrors.inc();
@@ -280,6 +269,25 @@ export class TaskHub {
       this.#pump(entry);
     }, this.#retryDelayMs);
     entry.retryTimer.unref();
+  }
+
+  /**
+   * Dispatches the run of `events` (in seq order) that continues right after `readSeq`, skipping those
+   * already dispatched and stopping at a gap; returns whether anything went out.
+   */
+  #dispatchNext(entry: Followed, events: readonly TaskEvent[]): boolean {
+    if (entry.readSeq === undefined || entry.closed) return false;
+    const first = entry.readSeq + 1;
+    let start = 0;
+    while (start < events.length && (events[start] as TaskEvent).seq < first) start += 1;
+    let end = start;
+    while (end < events.length && (events[end] as TaskEvent).seq === first + (end - start)) end += 1;
+    if (end === start) return false;
+    const fresh = start === 0 && end === events.length ? events : events.slice(start, end);
+    entry.readSeq = first + (end - start) - 1;
+    if (entry.readSeq > entry.latestSeq) entry.latestSeq = entry.readSeq;
+    this.#dispatch(entry, fresh);
+    return true;
   }
 
   #dispatch(entry: Followed, events: readonly TaskEvent[]): void {

@@ -1,4 +1,4 @@
-import type { ProgressStore, TaskEvent, TaskView } from '@finishline/core';
+import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../logger.js';
@@ -147,5 +147,66 @@ describe('TaskStream', () => {
     stream.start(0, false, 5);
     await until(() => rec.calls.length > 0);
     expect(rec.calls).toEqual(['gone']);
+  });
+});
+
+describe('TaskHub with a feed that carries events', () => {
+  it('dispatches the events a change carries without a read, and reads only what a change left out', async () => {
+    const store = new MemoryProgressStore();
+    const listeners = new Set<ChangeListener>();
+    const emit = (change: TaskChange) => {
+      for (const listener of listeners) listener(change);
+    };
+    let reads = 0;
+    // The store as the hub sees it, with a feed driven by the test (as Postgres's NOTIFY with events).
+    const wrapped = {
+      changes: {
+        subscribe: (listener: ChangeListener) => {
+          listeners.add(listener);
+          return () => listeners.delete(listener);
+        },
+      },
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: (taskId: string, afterSeq: number, limit?: number) => {
+        reads += 1;
+        return store.readEvents(taskId, afterSeq, limit);
+      },
+    } as unknown as ProgressStore;
+    const hub = new TaskHub({
+      store: wrapped,
+      logger: silentLogger,
+      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
+      retryDelayMs: 10,
+      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
+      maxReplayEvents: 10,
+    });
+    hub.start();
+    closers.push(() => hub.close());
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    const seen: number[] = [];
+    hub.follow(task.id, { deliver: (events) => seen.push(...events.map((event) => event.seq)) });
+    hub.observe(task.id, 1);
+    const appendAndRead = async (done: number) =>
+      (await store.append(task.id, { type: 'progress', done })).event;
+
+    const second = await appendAndRead(2);
+    emit({ taskId: task.id, seq: 2, terminal: false, events: [second] });
+    expect(seen).toEqual([2]);
+    expect(reads).toBe(0);
+
+    // A change whose events start after a gap (3 is missing): nothing from it goes out unread.
+    await appendAndRead(3);
+    const fourth = await appendAndRead(4);
+    emit({ taskId: task.id, seq: 4, terminal: false, events: [fourth] });
+    await until(() => seen.length === 3);
+    expect(seen).toEqual([2, 3, 4]);
+    expect(reads).toBe(1);
+
+    // A repeated change (at-least-once feeds) delivers nothing twice.
+    emit({ taskId: task.id, seq: 4, terminal: false, events: [fourth] });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(seen).toEqual([2, 3, 4]);
+    expect(reads).toBe(1);
   });
 });
