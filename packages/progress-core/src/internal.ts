@@ -10,7 +10,7 @@
 
 // Delivery logic (pure, time injected)
 export type { BackoffOptions } from './delivery/backoff.js';
-export { BACKOFF_DEFAULTS, backoffDelayMs } from './delivery/backoff.js';
+export { BACKOFF_DEFAULTS, BACKOFF_OPTIONS, backoffDelayMs } from './delivery/backoff.js';
 export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
 export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
 export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
@@ -24,8 +24,26 @@ export {
 export type { ApplyResult, Delivery, WatchCursorOptions } from './delivery/watch-cursor.js';
 export { WATCH_CURSOR_DEFAULTS, WatchCursor, watchViewOfTask } from './delivery/watch-cursor.js';
 export { allItemsFinished, Priority, priorityOf } from './model.js';
-// Helpers the stores and option resolvers share
-export { exhaustive, invalidOption, stripUndefined } from './option-helpers.js';
+// The options toolkit and the helpers the stores and option resolvers share
+export type { OptionSpec, OptionSpecs, ResolvedOptionsOf } from './options.js';
+export {
+  boolean,
+  defaultsOf,
+  exhaustive,
+  finite,
+  func,
+  integer,
+  invalidOption,
+  nearestName,
+  nested,
+  oneOf,
+  option,
+  optional,
+  required,
+  requireNumber,
+  resolveOptions,
+  stripUndefined,
+} from './options.js';
 // Protocol codecs
 export { decodeClientFrame } from './protocol/codec.js';
 export type { DecodeOptions, DecodeResult } from './protocol/frame-text.js';

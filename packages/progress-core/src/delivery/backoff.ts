@@ -1,6 +1,6 @@
 import { ErrorCode } from '../codes.js';
+import { defaultsOf, finite, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
  * Exponential backoff with full jitter, as used by the client's reconnect loop and the Postgres
@@ -30,12 +30,22 @@ export interface BackoffOptions {
   multiplier?: number;
 }
 
+/**
+ * One description per option of {@link BackoffOptions}. Exported so that a package nesting backoff
+ * options (`reconnect: { … }`) checks them with the same rules and its own defaults.
+ *
+ * @internal
+ */
+export const BACKOFF_OPTIONS = {
+  initialDelayMs: finite(1000, 0),
+  maxDelayMs: finite(30_000, 0),
+  multiplier: finite(2, 1),
+};
+
 /** Defaults of {@link BackoffOptions}: 1 s, doubling, capped at 30 s. */
-export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freeze({
-  initialDelayMs: 1000,
-  maxDelayMs: 30_000,
-  multiplier: 2,
-});
+export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freeze(
+  defaultsOf(BACKOFF_OPTIONS),
+);
 
 /**
  * The delay before retry number `attempt` (0 = the first retry): an integer drawn uniformly from
@@ -75,10 +85,7 @@ export function backoffDelayMs(
 }
 
 function resolveBackoffOptions(options: BackoffOptions | undefined): Required<BackoffOptions> {
-  const merged = mergeOptions(BACKOFF_DEFAULTS, options);
-  requireNumber('Backoff: initialDelayMs', merged.initialDelayMs, { min: 0 });
-  requireNumber('Backoff: maxDelayMs', merged.maxDelayMs, { min: 0 });
-  requireNumber('Backoff: multiplier', merged.multiplier, { min: 1 });
+  const merged = resolveOptions('Backoff', BACKOFF_OPTIONS, options);
   if (merged.initialDelayMs > merged.maxDelayMs) {
     throw new ProgressError(
       ErrorCode.InvalidInput,

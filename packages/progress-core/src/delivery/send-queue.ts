@@ -1,7 +1,6 @@
 import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
 import { Priority, priorityOf, progressOf } from '../model.js';
-import { exhaustive } from '../option-helpers.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
+import { defaultsOf, exhaustive, integer, resolveOptions } from '../options.js';
 
 /**
  * The server's outgoing queue for one socket. Frames wait here while the socket's buffer drains; the
@@ -28,10 +27,12 @@ export interface SendQueueOptions {
   maxProgressRun?: number;
 }
 
+const SEND_QUEUE_OPTIONS = /* @__PURE__ */ { maxProgressRun: integer(64, 1) };
+
 /** Defaults of {@link SendQueueOptions}. */
-export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze({
-  maxProgressRun: 64,
-});
+export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze(
+  /* @__PURE__ */ defaultsOf(SEND_QUEUE_OPTIONS),
+);
 
 type QueuedEntry =
   | { kind: 'event'; event: TaskEvent; order: number }
@@ -104,11 +105,7 @@ export class SendQueue {
    * @throws ProgressError `invalid_input` for invalid options.
    */
   constructor(options?: SendQueueOptions) {
-    const merged = mergeOptions(SEND_QUEUE_DEFAULTS, options);
-    this.#maxProgressRun = requireNumber('SendQueue: maxProgressRun', merged.maxProgressRun, {
-      min: 1,
-      integer: true,
-    });
+    this.#maxProgressRun = resolveOptions('SendQueue', SEND_QUEUE_OPTIONS, options).maxProgressRun;
   }
 
   /** Number of queued entries (a collapsed progress run counts as one). */

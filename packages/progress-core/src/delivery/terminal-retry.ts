@@ -1,7 +1,7 @@
 import type { Clock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
+import { defaultsOf, finite, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
  * Re-sending unacknowledged terminal events on the same connection. A terminal event is the one frame a
@@ -34,21 +34,21 @@ export interface TerminalRetryOptions {
   maxDelayMs?: number;
 }
 
+/** One description per option of {@link TerminalRetryOptions} (0 ms would re-send in a tight loop). */
+const TERMINAL_RETRY_OPTIONS = /* @__PURE__ */ {
+  initialDelayMs: finite(100, 1),
+  multiplier: finite(2, 1),
+  maxDelayMs: finite(5000, 1),
+};
+
 /** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */
 export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> =
-  /* @__PURE__ */ Object.freeze({
-    initialDelayMs: 100,
-    multiplier: 2,
-    maxDelayMs: 5000,
-  });
+  /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(TERMINAL_RETRY_OPTIONS));
 
 function resolveTerminalRetryOptions(
   options: TerminalRetryOptions | undefined,
 ): Required<TerminalRetryOptions> {
-  const merged = mergeOptions(TERMINAL_RETRY_DEFAULTS, options);
-  requireNumber('TerminalRetry: initialDelayMs', merged.initialDelayMs, { min: 1 });
-  requireNumber('TerminalRetry: multiplier', merged.multiplier, { min: 1 });
-  requireNumber('TerminalRetry: maxDelayMs', merged.maxDelayMs, { min: 1 });
+  const merged = resolveOptions('TerminalRetry', TERMINAL_RETRY_OPTIONS, options);
   if (merged.initialDelayMs > merged.maxDelayMs) {
     throw new ProgressError(
       ErrorCode.InvalidInput,

@@ -1,7 +1,7 @@
 import type { JsonValue, ProgressState, TaskEvent, TaskFailure, TaskStatus, TaskView } from '../model.js';
 import { isTerminalEvent, isTerminalType, progressOf } from '../model.js';
+import { defaultsOf, integer, resolveOptions } from '../options.js';
 import { assertTaskId } from '../value-checks.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
  * The client's apply step for one watched task: it turns whatever the network delivers (duplicates,
@@ -86,11 +86,12 @@ export interface WatchCursorOptions {
   maxBuffered?: number;
 }
 
+const WATCH_CURSOR_OPTIONS = { afterSeq: integer(0, 0), maxBuffered: integer(256, 0) };
+
 /** Defaults of {@link WatchCursorOptions}. */
-export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = Object.freeze({
-  afterSeq: 0,
-  maxBuffered: 256,
-});
+export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = Object.freeze(
+  defaultsOf(WATCH_CURSOR_OPTIONS),
+);
 
 const NOTHING: Omit<ApplyResult, 'delivered'> = Object.freeze({
   duplicate: false,
@@ -137,12 +138,8 @@ export class WatchCursor {
    */
   constructor(taskId: string, options?: WatchCursorOptions) {
     assertTaskId(taskId);
-    const merged = mergeOptions(WATCH_CURSOR_DEFAULTS, options);
-    const afterSeq = requireNumber('WatchCursor: afterSeq', merged.afterSeq, { min: 0, integer: true });
-    this.#maxBuffered = requireNumber('WatchCursor: maxBuffered', merged.maxBuffered, {
-      min: 0,
-      integer: true,
-    });
+    const { afterSeq, maxBuffered } = resolveOptions('WatchCursor', WATCH_CURSOR_OPTIONS, options);
+    this.#maxBuffered = maxBuffered;
     this.#taskId = taskId;
     this.#view = Object.freeze({
       taskId,

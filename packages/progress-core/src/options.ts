@@ -1,0 +1,239 @@
+import { ErrorCode } from './codes.js';
+import { ProgressError } from './progress-error.js';
+
+/**
+ * The options toolkit every package's resolver uses: one description per option (its default and its
+ * check), the resolved type derived from the descriptions, and one rule for unknown keys (refused, naming
+ * the nearest known option). TSDoc stays on each package's public options interface.
+ *
+ * @module
+ */
+
+/** One option: its default and how a value the caller passed is checked. @internal */
+export interface OptionSpec<T> {
+  /** The value when the caller passes `undefined` or leaves the option out. */
+  readonly default: T;
+  /** Leaving the option out is an error (its default is never used). */
+  readonly required?: boolean;
+  /**
+   * The accepted value, or throws `invalid_input` naming `where` (for example `ProgressServer:
+   * leaseTtlMs`). Never called with `undefined`.
+   */
+  readonly read: (value: unknown, where: string) => T;
+}
+
+/** A table of option descriptions, keyed by option name. @internal */
+export type OptionSpecs = { readonly [name: string]: OptionSpec<unknown> };
+
+/** The options a table of descriptions resolves to. @internal */
+export type ResolvedOptionsOf<S extends OptionSpecs> = {
+  -readonly [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never;
+};
+
+/** The `invalid_input` error of a bad option, prefixed with the component that refused it. @internal */
+export function invalidOption(component: string, message: string): ProgressError {
+  return new ProgressError(ErrorCode.InvalidInput, `${component}: ${message}`);
+}
+
+/** A value for an error message: functions and objects by their type only (no source, no secrets). */
+function shown(value: unknown): string {
+  return typeof value === 'object' && value !== null
+    ? 'an object'
+    : typeof value === 'function'
+      ? 'a function'
+      : String(value);
+}
+
+/**
+ * An option checked by `test`; a refused value gets `<where> must be <expected>, got <value>`.
+ * @internal
+ */
+export function option<T>(def: T, expected: string, test: (value: unknown) => boolean): OptionSpec<T> {
+  return {
+    default: def,
+    read(value, where) {
+      if (!test(value)) {
+        throw new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${shown(value)}`);
+      }
+      return value as T;
+    },
+  };
+}
+
+/** Throws `invalid_input` unless `value` is a number meeting the bounds; returns it. @internal */
+export function requireNumber(
+  where: string,
+  value: unknown,
+  { min, max, integer = false }: { min?: number; max?: number | undefined; integer?: boolean } = {},
+): number {
+  const ok =
+    typeof value === 'number' &&
+    (integer ? Number.isSafeInteger(value) : Number.isFinite(value)) &&
+    (min === undefined || value >= min) &&
+    (max === undefined || value <= max);
+  if (!ok) {
+    const kind = integer ? 'an integer' : 'a finite number';
+    const bound =
+      min !== undefined && max !== undefined
+        ? ` from ${min} to ${max}`
+        : min !== undefined
+          ? ` >= ${min}`
+          : max !== undefined
+            ? ` <= ${max}`
+            : '';
+    throw new ProgressError(ErrorCode.InvalidInput, `${where} must be ${kind}${bound}, got ${shown(value)}`);
+  }
+  return value;
+}
+
+/** A safe integer from `min` to `max` (counts, sizes, millisecond durations). @internal */
+export function integer(def: number, min: number, max?: number): OptionSpec<number> {
+  return { default: def, read: (value, where) => requireNumber(where, value, { min, max, integer: true }) };
+}
+
+/** A finite number of at least `min` (durations that may be fractional, factors). @internal */
+export function finite(def: number, min: number): OptionSpec<number> {
+  return { default: def, read: (value, where) => requireNumber(where, value, { min }) };
+}
+
+/** `true` or `false`. @internal */
+export function boolean(def: boolean): OptionSpec<boolean> {
+  return option(def, 'a boolean', (value) => typeof value === 'boolean');
+}
+
+/** One of a few strings. @internal */
+export function oneOf<const V extends string>(def: V, values: readonly V[]): OptionSpec<V> {
+  return option(def, `one of '${values.join("', '")}'`, (value) => values.includes(value as V));
+}
+
+/** A function (hooks, clocks, factories). @internal */
+export function func<F>(def: F): OptionSpec<F> {
+  return option(def, 'a function', (value) => typeof value === 'function');
+}
+
+/** `spec` with no default: the resolved value is `undefined` when the caller leaves it out. @internal */
+export function optional<T>(spec: OptionSpec<T>): OptionSpec<T | undefined> {
+  return { default: undefined, read: spec.read };
+}
+
+/** `spec` that the caller must pass. @internal */
+export function required<T>(spec: OptionSpec<T | undefined>): OptionSpec<T> {
+  return { default: undefined as T, required: true, read: spec.read as OptionSpec<T>['read'] };
+}
+
+/** A nested group of options (`reconnect: { … }`), resolved by the same rules as the top level. @internal */
+export function nested<S extends OptionSpecs>(specs: S): OptionSpec<ResolvedOptionsOf<S>> {
+  return {
+    default: Object.freeze(defaultsOf(specs)),
+    read: (value, where) => readOptions(specs, value, where, `${where}.`, `${where} must be an object`),
+  };
+}
+
+/** The defaults of a table of descriptions, as a fresh object. @internal */
+export function defaultsOf<S extends OptionSpecs>(specs: S): ResolvedOptionsOf<S> {
+  const defaults: Record<string, unknown> = {};
+  for (const name of Object.keys(specs)) defaults[name] = specs[name]?.default;
+  return defaults as ResolvedOptionsOf<S>;
+}
+
+/**
+ * Checks `options` against `specs` and lays what the caller passed over the defaults, without building
+ * anything else. Unknown keys are refused, naming the nearest known option; `undefined` values take the
+ * default.
+ *
+ * @param component - prefixes every message, for example `ProgressServer`.
+ * @throws ProgressError `invalid_input` naming the first bad option.
+ * @internal
+ */
+export function resolveOptions<S extends OptionSpecs>(
+  component: string,
+  specs: S,
+  options: unknown,
+): ResolvedOptionsOf<S> {
+  const notObject = `${component}: options must be an object`;
+  return readOptions(specs, options === undefined ? {} : options, component, `${component}: `, notObject);
+}
+
+function readOptions<S extends OptionSpecs>(
+  specs: S,
+  options: unknown,
+  where: string,
+  prefix: string,
+  notObject: string,
+): ResolvedOptionsOf<S> {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new ProgressError(ErrorCode.InvalidInput, `${notObject}, got ${shown(options)}`);
+  }
+  const given = options as Record<string, unknown>;
+  const names = Object.keys(specs);
+  for (const key of Object.keys(given)) {
+    if (!Object.hasOwn(specs, key)) {
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        `${where}: unknown option "${key}" (did you mean \`${nearestName(key, names)}\`?)`,
+      );
+    }
+  }
+  const resolved: Record<string, unknown> = {};
+  for (const name of names) {
+    const spec = specs[name] as OptionSpec<unknown>;
+    const value = given[name];
+    if (value !== undefined) resolved[name] = spec.read(value, prefix + name);
+    else if (spec.required === true) {
+      throw new ProgressError(ErrorCode.InvalidInput, `${prefix}${name} is required`);
+    } else resolved[name] = spec.default;
+  }
+  return resolved as ResolvedOptionsOf<S>;
+}
+
+/**
+ * The known name closest to `name`, ignoring case: one that contains it or that it contains (a
+ * truncated or over-long name) first, else the smallest edit distance; the first of equals. @internal
+ */
+export function nearestName(name: string, known: readonly string[]): string {
+  const target = name.toLowerCase();
+  let best = known[0] ?? '';
+  let bestDistance = Number.POSITIVE_INFINITY;
+  for (const candidate of known) {
+    const lower = candidate.toLowerCase();
+    const distance =
+      lower.includes(target) || target.includes(lower)
+        ? Math.abs(lower.length - target.length) / 1000
+        : editDistance(target, lower);
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance, one row at a time. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) {
+      row[j] = Math.min(
+        (previous[j] as number) + 1,
+        (row[j - 1] as number) + 1,
+        (previous[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+    }
+    previous = row;
+  }
+  return previous[b.length] as number;
+}
+
+/** A copy of `value` without its `undefined` entries, so that spreading it over defaults keeps them. */
+export function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
+}
+
+/**
+ * The `default` branch of an exhaustive `switch`: the compiler proves it unreachable, and a value from
+ * outside the types (a newer peer, a cast) gets an `internal` error naming it instead of going unnoticed.
+ */
+export function exhaustive(value: never, what = 'value'): never {
+  throw new ProgressError(ErrorCode.Internal, `Unknown ${what} ${String(value)}`);
+}
