@@ -10,7 +10,13 @@
 
 // Delivery logic (pure, time injected)
 export type { BackoffOptions } from './delivery/backoff.js';
-export { BACKOFF_DEFAULTS, BACKOFF_OPTIONS, backoffDelayMs } from './delivery/backoff.js';
+export {
+  BACKOFF_DEFAULTS,
+  backoffDelayMs,
+  backoffInOrder,
+  backoffOption,
+  backoffOptionSpecs,
+} from './delivery/backoff.js';
 export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
 export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
 export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
@@ -18,6 +24,7 @@ export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
 export type { DueTerminalRetry, TerminalRetryOptions } from './delivery/terminal-retry.js';
 export {
   TERMINAL_RETRY_DEFAULTS,
+  TERMINAL_RETRY_OPTION,
   TerminalRetryTracker,
   terminalRetryDelayMs,
 } from './delivery/terminal-retry.js';
@@ -36,9 +43,11 @@ export {
   invalidOption,
   nearestName,
   nested,
+  ofType,
   oneOf,
   option,
   optional,
+  refine,
   required,
   requireNumber,
   resolveOptions,

@@ -116,6 +116,16 @@ export function optional<T>(spec: OptionSpec<T>): OptionSpec<T | undefined> {
   return { default: undefined, read: spec.read };
 }
 
+/** An option with no default, checked by `test` (objects with a shape, unions). @internal */
+export function ofType<T>(expected: string, test: (value: unknown) => boolean): OptionSpec<T | undefined> {
+  return option<T | undefined>(undefined, expected, test);
+}
+
+/** `spec` with a further check of the value it read (a rule between the fields of a group). @internal */
+export function refine<T>(spec: OptionSpec<T>, check: (value: T, where: string) => T): OptionSpec<T> {
+  return { ...spec, read: (value, where) => check(spec.read(value, where), where) };
+}
+
 /** `spec` that the caller must pass. @internal */
 export function required<T>(spec: OptionSpec<T | undefined>): OptionSpec<T> {
   return { default: undefined as T, required: true, read: spec.read as OptionSpec<T>['read'] };

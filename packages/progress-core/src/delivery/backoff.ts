@@ -1,5 +1,6 @@
 import { ErrorCode } from '../codes.js';
-import { defaultsOf, finite, requireNumber, resolveOptions } from '../options.js';
+import type { OptionSpec } from '../options.js';
+import { finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
 
 /**
@@ -30,22 +31,49 @@ export interface BackoffOptions {
   multiplier?: number;
 }
 
+/** Defaults of {@link BackoffOptions}: 1 s, doubling, capped at 30 s. */
+export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freeze({
+  initialDelayMs: 1000,
+  maxDelayMs: 30_000,
+  multiplier: 2,
+});
+
 /**
- * One description per option of {@link BackoffOptions}. Exported so that a package nesting backoff
- * options (`reconnect: { … }`) checks them with the same rules and its own defaults.
+ * One description per option of {@link BackoffOptions}, with the given defaults: a package nesting
+ * backoff options (`reconnect: { … }`) checks them with the same rules and its own defaults.
  *
  * @internal
  */
-export const BACKOFF_OPTIONS = {
-  initialDelayMs: finite(1000, 0),
-  maxDelayMs: finite(30_000, 0),
-  multiplier: finite(2, 1),
-};
+export function backoffOptionSpecs(defaults: Readonly<Required<BackoffOptions>> = BACKOFF_DEFAULTS) {
+  return {
+    initialDelayMs: finite(defaults.initialDelayMs, 0),
+    maxDelayMs: finite(defaults.maxDelayMs, 0),
+    multiplier: finite(defaults.multiplier, 1),
+  };
+}
 
-/** Defaults of {@link BackoffOptions}: 1 s, doubling, capped at 30 s. */
-export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freeze(
-  defaultsOf(BACKOFF_OPTIONS),
-);
+/** Refuses a first ceiling above the cap; `where` names the group for the message. @internal */
+export function backoffInOrder<T extends Required<BackoffOptions>>(options: T, where: string): T {
+  if (options.initialDelayMs > options.maxDelayMs) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `${where}: initialDelayMs (${options.initialDelayMs}) must not exceed maxDelayMs (${options.maxDelayMs})`,
+    );
+  }
+  return options;
+}
+
+/**
+ * A nested `reconnect: { … }` group of backoff options with the given defaults, checked field by field
+ * and for order. @internal
+ */
+export function backoffOption(
+  defaults: Readonly<Required<BackoffOptions>>,
+): OptionSpec<Required<BackoffOptions>> {
+  return refine(nested(backoffOptionSpecs(defaults)), backoffInOrder);
+}
+
+const BACKOFF_OPTIONS = backoffOptionSpecs();
 
 /**
  * The delay before retry number `attempt` (0 = the first retry): an integer drawn uniformly from
@@ -85,12 +113,5 @@ export function backoffDelayMs(
 }
 
 function resolveBackoffOptions(options: BackoffOptions | undefined): Required<BackoffOptions> {
-  const merged = resolveOptions('Backoff', BACKOFF_OPTIONS, options);
-  if (merged.initialDelayMs > merged.maxDelayMs) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `Backoff: initialDelayMs (${merged.initialDelayMs}) must not exceed maxDelayMs (${merged.maxDelayMs})`,
-    );
-  }
-  return merged;
+  return backoffInOrder(resolveOptions('Backoff', BACKOFF_OPTIONS, options), 'Backoff');
 }

@@ -1,6 +1,7 @@
 import type { Clock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
-import { defaultsOf, finite, requireNumber, resolveOptions } from '../options.js';
+import type { OptionSpec } from '../options.js';
+import { defaultsOf, finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
 
 /**
@@ -48,15 +49,27 @@ export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> =
 function resolveTerminalRetryOptions(
   options: TerminalRetryOptions | undefined,
 ): Required<TerminalRetryOptions> {
-  const merged = resolveOptions('TerminalRetry', TERMINAL_RETRY_OPTIONS, options);
-  if (merged.initialDelayMs > merged.maxDelayMs) {
+  return inOrder(resolveOptions('TerminalRetry', TERMINAL_RETRY_OPTIONS, options), 'TerminalRetry');
+}
+
+function inOrder(options: Required<TerminalRetryOptions>, where: string): Required<TerminalRetryOptions> {
+  if (options.initialDelayMs > options.maxDelayMs) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
-      `TerminalRetry: initialDelayMs (${merged.initialDelayMs}) must not exceed maxDelayMs (${merged.maxDelayMs})`,
+      `${where}: initialDelayMs (${options.initialDelayMs}) must not exceed maxDelayMs (${options.maxDelayMs})`,
     );
   }
-  return merged;
+  return options;
 }
+
+/**
+ * The `terminalRetry: { … }` option of a component that re-sends terminal events (the server), checked
+ * by the rules of {@link TerminalRetryTracker} without building one. @internal
+ */
+export const TERMINAL_RETRY_OPTION: OptionSpec<Required<TerminalRetryOptions>> = /* @__PURE__ */ refine(
+  /* @__PURE__ */ nested(TERMINAL_RETRY_OPTIONS),
+  inOrder,
+);
 
 function delayFor(attempt: number, options: Required<TerminalRetryOptions>): number {
   // multiplier ** (attempt - 1) may overflow to Infinity; min() then yields the cap.
