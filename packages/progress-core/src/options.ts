@@ -197,8 +197,9 @@ function readOptions<S extends OptionSpecs>(
 }
 
 /**
- * The known name closest to `name`, ignoring case: one that contains it or that it contains (a
- * truncated or over-long name) first, else the smallest edit distance; the first of equals. @internal
+ * The known name closest to `name`, ignoring case: one whose letters it keeps in order or that keeps its
+ * letters in order (`heartbeatMs` for `heartbeatIntervalMs`, a truncated or over-long name) first, else
+ * the smallest edit distance; the first of equals. @internal
  */
 export function nearestName(name: string, known: readonly string[]): string {
   const target = name.toLowerCase();
@@ -207,7 +208,7 @@ export function nearestName(name: string, known: readonly string[]): string {
   for (const candidate of known) {
     const lower = candidate.toLowerCase();
     const distance =
-      lower.includes(target) || target.includes(lower)
+      isSubsequence(target, lower) || isSubsequence(lower, target)
         ? Math.abs(lower.length - target.length) / 1000
         : editDistance(target, lower);
     if (distance < bestDistance) {
@@ -216,6 +217,13 @@ export function nearestName(name: string, known: readonly string[]): string {
     }
   }
   return best;
+}
+
+/** True when every character of `short` appears in `long` in the same order. */
+function isSubsequence(short: string, long: string): boolean {
+  let at = 0;
+  for (const char of long) if (char === short[at]) at++;
+  return at === short.length;
 }
 
 /** Levenshtein distance, one row at a time. */
