@@ -9,6 +9,7 @@ import {
   nearestName,
   nested,
   oneOf,
+  option,
   optional,
   required,
   requireNumber,
@@ -107,7 +108,14 @@ describe('resolveOptions', () => {
 
   it('refuses a missing required option', () => {
     const withStore = { store: required(optional(func<() => void>(() => {}))) };
-    expect(invalidMessage(() => resolveOptions('C', withStore, {}))).toBe('C: store is required');
+    expect(invalidMessage(() => resolveOptions('C', withStore, {}))).toBe(
+      'C: store must be a function, got undefined',
+    );
+    expect(invalidMessage(() => resolveOptions('C', withStore, undefined))).toBe(
+      'C: options must be an object, got undefined',
+    );
+    const lenient = { store: required(optional(option<unknown>(0, 'anything', () => true))) };
+    expect(invalidMessage(() => resolveOptions('C', lenient, {}))).toBe('C: store is required');
     const store = () => {};
     expect(resolveOptions('C', withStore, { store }).store).toBe(store);
   });

@@ -17,7 +17,7 @@ export interface OptionSpec<T> {
   readonly required?: boolean;
   /**
    * The accepted value, or throws `invalid_input` naming `where` (for example `ProgressServer:
-   * leaseTtlMs`). Never called with `undefined`.
+   * leaseTtlMs`). Called with `undefined` only for a required option the caller left out.
    */
   readonly read: (value: unknown, where: string) => T;
 }
@@ -161,7 +161,10 @@ export function resolveOptions<S extends OptionSpecs>(
   options: unknown,
 ): ResolvedOptionsOf<S> {
   const notObject = `${component}: options must be an object`;
-  return readOptions(specs, options === undefined ? {} : options, component, `${component}: `, notObject);
+  // Leaving out the whole object is fine only when no option is required (delivery components).
+  const anyRequired = Object.values(specs).some((spec) => spec.required === true);
+  const given = options === undefined && !anyRequired ? {} : options;
+  return readOptions(specs, given, component, `${component}: `, notObject);
 }
 
 function readOptions<S extends OptionSpecs>(
@@ -190,7 +193,12 @@ function readOptions<S extends OptionSpecs>(
     const value = given[name];
     if (value !== undefined) resolved[name] = spec.read(value, prefix + name);
     else if (spec.required === true) {
-      throw new ProgressError(ErrorCode.InvalidInput, `${prefix}${name} is required`);
+      // The check's own message says what the option must be; a check that lets undefined pass still
+      // cannot make a required option optional.
+      resolved[name] = spec.read(undefined, prefix + name);
+      if (resolved[name] === undefined) {
+        throw new ProgressError(ErrorCode.InvalidInput, `${prefix}${name} is required`);
+      }
     } else resolved[name] = spec.default;
   }
   return resolved as ResolvedOptionsOf<S>;
