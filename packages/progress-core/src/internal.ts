@@ -17,6 +17,15 @@ export {
   backoffOption,
   backoffOptionSpecs,
 } from './delivery/backoff.js';
+// The event → view rule
+export type { TerminalFields } from './delivery/event-view.js';
+export {
+  taskViewAtProgress,
+  terminalEventOfView,
+  terminalFields,
+  watchViewAfter,
+  watchViewOfTask,
+} from './delivery/event-view.js';
 export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
 export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
 export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
@@ -29,7 +38,7 @@ export {
   terminalRetryDelayMs,
 } from './delivery/terminal-retry.js';
 export type { ApplyResult, Delivery, WatchCursorOptions } from './delivery/watch-cursor.js';
-export { WATCH_CURSOR_DEFAULTS, WatchCursor, watchViewOfTask } from './delivery/watch-cursor.js';
+export { WATCH_CURSOR_DEFAULTS, WatchCursor } from './delivery/watch-cursor.js';
 export { allItemsFinished, Priority, priorityOf } from './model.js';
 // The options toolkit and the helpers the stores and option resolvers share
 export type { OptionSpec, OptionSpecs, ResolvedOptionsOf } from './options.js';

@@ -1,6 +1,7 @@
 import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
-import { Priority, priorityOf, progressOf } from '../model.js';
+import { Priority, priorityOf } from '../model.js';
 import { defaultsOf, exhaustive, integer, resolveOptions } from '../options.js';
+import { taskViewAtProgress } from './event-view.js';
 
 /**
  * The server's outgoing queue for one socket. Frames wait here while the socket's buffer drains; the
@@ -298,7 +299,7 @@ export class SendQueue {
       }
     }
     if (end.seq === firstSeq) return { kind: 'event', event: end };
-    return { kind: 'snapshot', task: snapshotAt(meta, end) };
+    return { kind: 'snapshot', task: taskViewAtProgress(meta, end) };
   }
 
   /** The task to serve next: highest queued priority, then oldest queued entry. */
@@ -362,22 +363,6 @@ function oldestOrder(queue: TaskQueue): number {
   const first = queue.entries.at(0)?.order ?? Number.POSITIVE_INFINITY;
   const second = queue.entries.at(1)?.order ?? Number.POSITIVE_INFINITY;
   return Math.min(first, second);
-}
-
-/** The task as it stood after a progress event: still running, nothing final yet. */
-function snapshotAt(meta: TaskMeta, event: ProgressEvent): TaskView {
-  return {
-    id: meta.id,
-    kind: meta.kind,
-    status: 'running',
-    ...progressOf(event.progress),
-    result: null,
-    error: null,
-    seq: event.seq,
-    createdAt: meta.createdAt,
-    updatedAt: event.time,
-    finishedAt: null,
-  };
 }
 
 /** A growable ring buffer: O(1) at both ends, where an array's `shift`/`unshift` are O(n). */
