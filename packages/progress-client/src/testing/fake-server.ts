@@ -12,6 +12,12 @@ import { PROTOCOL_VERSION } from '@finishline/core';
 import type { WebSocketConstructorLike, WebSocketLike } from '../options.js';
 
 /**
+ * Test support: an in-process fake of the server side of the socket, driven frame by frame by the test.
+ *
+ * @module
+ */
+
+/**
  * An in-process fake of the server side of the socket (centrifuge-js style): the client under test gets
  * `server.WebSocket`, and the test drives every socket by hand — open it, push frames, close it with a
  * code — and reads what the client sent. For exact protocol edge cases; the real server is tested

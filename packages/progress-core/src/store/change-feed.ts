@@ -1,4 +1,11 @@
 /**
+ * The change feed a store publishes (task X is at seq N) and the in-process feed the memory and SQLite
+ * stores use.
+ *
+ * @module
+ */
+
+/**
  * "Task X is now at seq N." Stores publish one change per committed event; servers use it to wake the
  * watchers of that task instead of polling. A change carries ids only, never the payload: the receiver
  * reads the events from the store, so a lost or duplicated change costs at most a read.

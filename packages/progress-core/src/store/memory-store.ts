@@ -26,6 +26,12 @@ import { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './stor
 import type { AppendResult } from './task-transitions.js';
 import { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './task-transitions.js';
 
+/**
+ * `MemoryProgressStore`: the in-process store for tests and single-process apps.
+ *
+ * @module
+ */
+
 /** Options for {@link MemoryProgressStore}. */
 export interface MemoryProgressStoreOptions {
   /**

@@ -17,6 +17,12 @@ import { describeModelContract } from './store-model.js';
 
 export type { ProgressStoreHarness, ProgressStoreHarnessFactory } from './store-contract-support.js';
 
+/**
+ * `describeProgressStoreContract`: the suite every store adapter runs, assembled from its parts.
+ *
+ * @module
+ */
+
 /** Options for {@link describeProgressStoreContract}. */
 export interface StoreContractOptions {
   /**
