@@ -141,9 +141,10 @@ const POSTGRES_STORE_OPTIONS = {
   // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
   db: ofType<Kysely<any>>(
     'a Kysely instance',
-    // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
     (value) =>
-      typeof value === 'object' && value !== null && typeof (value as Kysely<any>).transaction === 'function',
+      typeof value === 'object' &&
+      value !== null &&
+      typeof (value as { transaction?: unknown }).transaction === 'function',
   ),
   schema: option<string>('finishline', SCHEMA_RULE, isSchemaName),
   migrate: boolean(true),
@@ -173,10 +174,6 @@ export type ResolvedStoreOptions = Omit<ResolvedOptionsOf<typeof POSTGRES_STORE_
   createListenClient: () => PgListenClient | Promise<PgListenClient>;
 };
 
-function invalid(message: string): ProgressError {
-  return invalidOption('PostgresProgressStore', message);
-}
-
 type ClientClass = new (config: object) => PgListenClient;
 
 async function importPgClient(): Promise<ClientClass> {
@@ -185,7 +182,7 @@ async function importPgClient(): Promise<ClientClass> {
     Client?: ClientClass;
   };
   const Client = module.default?.Client ?? module.Client;
-  if (Client === undefined) throw invalid('the pg module has no Client class');
+  if (Client === undefined) throw invalidOption('PostgresProgressStore', 'the pg module has no Client class');
   return Client;
 }
 
@@ -204,7 +201,8 @@ function listenClientFactory(
     const Client = pool?.Client;
     const config = pool?.options;
     if (typeof Client !== 'function' || typeof config !== 'object' || config === null) {
-      throw invalid(
+      throw invalidOption(
+        'PostgresProgressStore',
         pool === undefined
           ? 'listenClient is required with db (the store cannot see the connection settings)'
           : 'cannot derive a LISTEN client from this pool (no Client or options); pass listenClient',
@@ -213,7 +211,10 @@ function listenClientFactory(
     return () => new Client(withName(config));
   }
   if (typeof source !== 'string' && (typeof source !== 'object' || source === null)) {
-    throw invalid('listenClient must be a connection string, a pg.Client config or a factory');
+    throw invalidOption(
+      'PostgresProgressStore',
+      'listenClient must be a connection string, a pg.Client config or a factory',
+    );
   }
   const config = typeof source === 'string' ? { connectionString: source } : source;
   const PoolClient = pool?.Client;
@@ -229,13 +230,14 @@ function listenClientFactory(
  * @throws ProgressError `invalid_input` naming the offending option.
  */
 export function resolveStoreOptions(options: PostgresProgressStoreOptions): ResolvedStoreOptions {
-  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
+  if (typeof options !== 'object' || options === null)
+    throw invalidOption('PostgresProgressStore', 'options must be an object');
   const { listenClient, ...resolved } = resolveOptions(
     'PostgresProgressStore',
     POSTGRES_STORE_OPTIONS,
     options,
   );
   if ((resolved.pool === undefined) === (resolved.db === undefined))
-    throw invalid('give exactly one of pool and db');
+    throw invalidOption('PostgresProgressStore', 'give exactly one of pool and db');
   return { ...resolved, createListenClient: listenClientFactory(listenClient, resolved.pool) };
 }

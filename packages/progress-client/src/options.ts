@@ -402,10 +402,6 @@ export interface ResolvedOptions
   reconnectFirstDelayMs: number;
 }
 
-function invalid(message: string): ProgressError {
-  return invalidOption('ProgressClient', message);
-}
-
 function parseUrl(name: string, value: unknown, base?: string): URL {
   try {
     return new URL(String(value), base);
@@ -425,7 +421,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   const { firstDelayMs, ...reconnect } = o.reconnect;
   if (firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
     // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
-    throw invalid('reconnect.firstDelayMs must not exceed reconnect.maxDelayMs');
+    throw invalidOption('ProgressClient', 'reconnect.firstDelayMs must not exceed reconnect.maxDelayMs');
   }
 
   // Relative URLs resolve against the page, and an http(s) URL names the same server's socket.
@@ -433,8 +429,9 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   const url = parseUrl('url', o.url, base);
   url.protocol = url.protocol.replace(/^http/, 'ws');
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:')
-    throw invalid(`url must be a ws: or wss: URL, got ${url.protocol}`);
-  if (url.username !== '' || url.password !== '') throw invalid('url must not carry credentials');
+    throw invalidOption('ProgressClient', `url must be a ws: or wss: URL, got ${url.protocol}`);
+  if (url.username !== '' || url.password !== '')
+    throw invalidOption('ProgressClient', 'url must not carry credentials');
 
   let httpUrl: URL;
   if (o.httpUrl === undefined) {
@@ -445,27 +442,30 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   } else {
     httpUrl = parseUrl('httpUrl', o.httpUrl, base);
     if (httpUrl.protocol !== 'http:' && httpUrl.protocol !== 'https:')
-      throw invalid('httpUrl must be an http(s) URL');
+      throw invalidOption('ProgressClient', 'httpUrl must be an http(s) URL');
   }
   httpUrl.hash = '';
 
   const WebSocketImpl = o.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructorLike }).WebSocket;
   if (typeof WebSocketImpl !== 'function') {
-    throw invalid(
+    throw invalidOption(
+      'ProgressClient',
       'no WebSocket implementation: pass the `WebSocket` option (for example WebSocket from "ws")',
     );
   }
   if (isNodeBuiltinWebSocket(WebSocketImpl) && Object.keys(o.headers).length > 0) {
-    throw invalid(
+    throw invalidOption(
+      'ProgressClient',
       `Node's built-in WebSocket cannot send upgrade headers (${Object.keys(o.headers).join(', ')}): ` +
         'pass `WebSocket` from the "ws" package (npm install ws), or authenticate with the `token` option ' +
         '(sent in the first frame)',
     );
   }
   const fetchImpl = o.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
-  if (fetchImpl !== undefined && typeof fetchImpl !== 'function') throw invalid('fetch must be a function');
+  if (fetchImpl !== undefined && typeof fetchImpl !== 'function')
+    throw invalidOption('ProgressClient', 'fetch must be a function');
   if (o.preferFallback && o.fallbackTransport === undefined) {
-    throw invalid('preferFallback needs a fallbackTransport');
+    throw invalidOption('ProgressClient', 'preferFallback needs a fallbackTransport');
   }
 
   const { persistence, shareAcrossTabs: sharing, pageEvents } = o;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
-import type { Clock, ProgressError, ProgressStore } from '@finishline/core';
+import type { Clock, ProgressStore } from '@finishline/core';
 import { ID_PATTERN, LIMITS, systemClock } from '@finishline/core';
 import type { ResolvedOptionsOf, TerminalRetryOptions } from '@finishline/core/internal';
 import {
@@ -381,10 +381,6 @@ export type ResolvedServerOptions<P extends Principal> = Omit<
   terminalRetry: TerminalRetryOptions;
 };
 
-function invalid(message: string): ProgressError {
-  return invalidOption('ProgressServer', message);
-}
-
 function defaultServerId(): string {
   const host =
     hostname()
@@ -404,17 +400,24 @@ export function resolveServerOptions<P extends Principal>(
 ): ResolvedServerOptions<P> {
   const o = resolveOptions('ProgressServer', SERVER_OPTIONS, options);
   if (o.authenticate === undefined && o.authenticateToken === undefined) {
-    throw invalid('authenticate or authenticateToken is required (every socket needs a principal)');
+    throw invalidOption(
+      'ProgressServer',
+      'authenticate or authenticateToken is required (every socket needs a principal)',
+    );
   }
   if (o.server !== undefined && o.wss !== undefined) {
-    throw invalid('pass either server (attach at path) or wss (your WebSocketServer), not both');
+    throw invalidOption(
+      'ProgressServer',
+      'pass either server (attach at path) or wss (your WebSocketServer), not both',
+    );
   }
   if (o.tokenQueryParam !== false && o.authenticateToken === undefined) {
-    throw invalid('tokenQueryParam needs authenticateToken');
+    throw invalidOption('ProgressServer', 'tokenQueryParam needs authenticateToken');
   }
   const leaseRenewIntervalMs = o.leaseRenewIntervalMs ?? Math.max(1, Math.floor(o.leaseTtlMs / 3));
   if (leaseRenewIntervalMs >= o.leaseTtlMs) {
-    throw invalid(
+    throw invalidOption(
+      'ProgressServer',
       `leaseRenewIntervalMs (${leaseRenewIntervalMs}) must be below leaseTtlMs (${o.leaseTtlMs})`,
     );
   }
