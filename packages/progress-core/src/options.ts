@@ -9,7 +9,7 @@ import { ProgressError } from './progress-error.js';
  * @module
  */
 
-/** One option: its default and how a value the caller passed is checked. @internal */
+/** One option: its default and how a value the caller passed is checked. */
 export interface OptionSpec<T> {
   /** The value when the caller passes `undefined` or leaves the option out. */
   readonly default: T;
@@ -22,15 +22,15 @@ export interface OptionSpec<T> {
   readonly read: (value: unknown, where: string) => T;
 }
 
-/** A table of option descriptions, keyed by option name. @internal */
+/** A table of option descriptions, keyed by option name. */
 export type OptionSpecs = { readonly [name: string]: OptionSpec<unknown> };
 
-/** The options a table of descriptions resolves to. @internal */
+/** The options a table of descriptions resolves to. */
 export type ResolvedOptionsOf<S extends OptionSpecs> = {
   -readonly [K in keyof S]: S[K] extends OptionSpec<infer T> ? T : never;
 };
 
-/** The `invalid_input` error of a bad option, prefixed with the component that refused it. @internal */
+/** The `invalid_input` error of a bad option, prefixed with the component that refused it. */
 export function invalidOption(component: string, message: string): ProgressError {
   return new ProgressError(ErrorCode.InvalidInput, `${component}: ${message}`);
 }
@@ -46,7 +46,6 @@ function shown(value: unknown): string {
 
 /**
  * An option checked by `test`; a refused value gets `<where> must be <expected>, got <value>`.
- * @internal
  */
 export function option<T>(def: T, expected: string, test: (value: unknown) => boolean): OptionSpec<T> {
   return {
@@ -60,7 +59,7 @@ export function option<T>(def: T, expected: string, test: (value: unknown) => bo
   };
 }
 
-/** Throws `invalid_input` unless `value` is a number meeting the bounds; returns it. @internal */
+/** Throws `invalid_input` unless `value` is a number meeting the bounds; returns it. */
 export function requireNumber(
   where: string,
   value: unknown,
@@ -86,52 +85,52 @@ export function requireNumber(
   return value;
 }
 
-/** A safe integer from `min` to `max` (counts, sizes, millisecond durations). @internal */
+/** A safe integer from `min` to `max` (counts, sizes, millisecond durations). */
 export function integer(def: number, min: number, max?: number): OptionSpec<number> {
   return { default: def, read: (value, where) => requireNumber(where, value, { min, max, integer: true }) };
 }
 
-/** A finite number of at least `min` (durations that may be fractional, factors). @internal */
+/** A finite number of at least `min` (durations that may be fractional, factors). */
 export function finite(def: number, min: number): OptionSpec<number> {
   return { default: def, read: (value, where) => requireNumber(where, value, { min }) };
 }
 
-/** `true` or `false`. @internal */
+/** `true` or `false`. */
 export function boolean(def: boolean): OptionSpec<boolean> {
   return option(def, 'a boolean', (value) => typeof value === 'boolean');
 }
 
-/** One of a few strings. @internal */
+/** One of a few strings. */
 export function oneOf<const V extends string>(def: V, values: readonly V[]): OptionSpec<V> {
   return option(def, `one of '${values.join("', '")}'`, (value) => values.includes(value as V));
 }
 
-/** A function (hooks, clocks, factories). @internal */
+/** A function (hooks, clocks, factories). */
 export function func<F>(def: F): OptionSpec<F> {
   return option(def, 'a function', (value) => typeof value === 'function');
 }
 
-/** `spec` with no default: the resolved value is `undefined` when the caller leaves it out. @internal */
+/** `spec` with no default: the resolved value is `undefined` when the caller leaves it out. */
 export function optional<T>(spec: OptionSpec<T>): OptionSpec<T | undefined> {
   return { default: undefined, read: spec.read };
 }
 
-/** An option with no default, checked by `test` (objects with a shape, unions). @internal */
+/** An option with no default, checked by `test` (objects with a shape, unions). */
 export function ofType<T>(expected: string, test: (value: unknown) => boolean): OptionSpec<T | undefined> {
   return option<T | undefined>(undefined, expected, test);
 }
 
-/** `spec` with a further check of the value it read (a rule between the fields of a group). @internal */
+/** `spec` with a further check of the value it read (a rule between the fields of a group). */
 export function refine<T>(spec: OptionSpec<T>, check: (value: T, where: string) => T): OptionSpec<T> {
   return { ...spec, read: (value, where) => check(spec.read(value, where), where) };
 }
 
-/** `spec` that the caller must pass. @internal */
+/** `spec` that the caller must pass. */
 export function required<T>(spec: OptionSpec<T | undefined>): OptionSpec<T> {
   return { default: undefined as T, required: true, read: spec.read as OptionSpec<T>['read'] };
 }
 
-/** A nested group of options (`reconnect: { … }`), resolved by the same rules as the top level. @internal */
+/** A nested group of options (`reconnect: { … }`), resolved by the same rules as the top level. */
 export function nested<S extends OptionSpecs>(specs: S): OptionSpec<ResolvedOptionsOf<S>> {
   return {
     default: Object.freeze(defaultsOf(specs)),
@@ -139,7 +138,7 @@ export function nested<S extends OptionSpecs>(specs: S): OptionSpec<ResolvedOpti
   };
 }
 
-/** The defaults of a table of descriptions, as a fresh object. @internal */
+/** The defaults of a table of descriptions, as a fresh object. */
 export function defaultsOf<S extends OptionSpecs>(specs: S): ResolvedOptionsOf<S> {
   const defaults: Record<string, unknown> = {};
   for (const name of Object.keys(specs)) defaults[name] = specs[name]?.default;
@@ -153,7 +152,6 @@ export function defaultsOf<S extends OptionSpecs>(specs: S): ResolvedOptionsOf<S
  *
  * @param component - prefixes every message, for example `ProgressServer`.
  * @throws ProgressError `invalid_input` naming the first bad option.
- * @internal
  */
 export function resolveOptions<S extends OptionSpecs>(
   component: string,
@@ -207,7 +205,7 @@ function readOptions<S extends OptionSpecs>(
 /**
  * The known name closest to `name`, ignoring case: one whose letters it keeps in order or that keeps its
  * letters in order (`heartbeatMs` for `heartbeatIntervalMs`, a truncated or over-long name) first, else
- * the smallest edit distance; the first of equals. @internal
+ * the smallest edit distance; the first of equals.
  */
 export function nearestName(name: string, known: readonly string[]): string {
   const target = name.toLowerCase();

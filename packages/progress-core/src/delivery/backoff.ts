@@ -41,8 +41,6 @@ export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freez
 /**
  * One description per option of {@link BackoffOptions}, with the given defaults: a package nesting
  * backoff options (`reconnect: { … }`) checks them with the same rules and its own defaults.
- *
- * @internal
  */
 export function backoffOptionSpecs(defaults: Readonly<Required<BackoffOptions>> = BACKOFF_DEFAULTS) {
   return {
@@ -52,7 +50,7 @@ export function backoffOptionSpecs(defaults: Readonly<Required<BackoffOptions>> 
   };
 }
 
-/** Refuses a first ceiling above the cap; `where` names the group for the message. @internal */
+/** Refuses a first ceiling above the cap; `where` names the group for the message. */
 export function backoffInOrder<T extends Required<BackoffOptions>>(options: T, where: string): T {
   if (options.initialDelayMs > options.maxDelayMs) {
     throw new ProgressError(
@@ -65,7 +63,7 @@ export function backoffInOrder<T extends Required<BackoffOptions>>(options: T, w
 
 /**
  * A nested `reconnect: { … }` group of backoff options with the given defaults, checked field by field
- * and for order. @internal
+ * and for order.
  */
 export function backoffOption(
   defaults: Readonly<Required<BackoffOptions>>,

@@ -64,7 +64,7 @@ function inOrder(options: Required<TerminalRetryOptions>, where: string): Requir
 
 /**
  * The `terminalRetry: { … }` option of a component that re-sends terminal events (the server), checked
- * by the rules of {@link TerminalRetryTracker} without building one. @internal
+ * by the rules of {@link TerminalRetryTracker} without building one.
  */
 export const TERMINAL_RETRY_OPTION: OptionSpec<Required<TerminalRetryOptions>> = /* @__PURE__ */ refine(
   /* @__PURE__ */ nested(TERMINAL_RETRY_OPTIONS),
