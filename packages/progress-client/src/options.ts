@@ -26,7 +26,9 @@ import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
 /**
- * Options of {@link ProgressClient}, their defaults and their validation.
+ * Options of {@link ProgressClient}: the public interfaces carry their documentation, one table their
+ * defaults and checks (the options toolkit of `@finishline/core/internal`), and the resolver derives the
+ * URLs and implementations. Over 400 lines because the interfaces document some forty options.
  *
  * @module
  */
