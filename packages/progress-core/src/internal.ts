@@ -20,6 +20,7 @@ export {
 // The event → view rule
 export type { TerminalFields } from './delivery/event-view.js';
 export {
+  EMPTY_PROGRESS,
   taskViewAtProgress,
   terminalEventOfView,
   terminalFields,

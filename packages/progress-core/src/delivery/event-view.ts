@@ -128,7 +128,8 @@ export function taskViewAtProgress(meta: TaskMeta, event: ProgressEvent): TaskVi
   };
 }
 
-const NO_PROGRESS: ProgressState = Object.freeze({
+/** The progress of a task before anything happened: nothing done, total unknown. */
+export const EMPTY_PROGRESS: Readonly<ProgressState> = Object.freeze({
   total: null,
   done: 0,
   succeeded: 0,
@@ -145,7 +146,7 @@ export function terminalEventOfView(view: WatchView): TerminalEvent {
   const taskId = view.taskId;
   const seq = view.seq;
   const time = view.finishedAt ?? view.updatedAt ?? 0;
-  const progress = view.progress ?? { ...NO_PROGRESS };
+  const progress = view.progress ?? { ...EMPTY_PROGRESS };
   const message = view.error?.message;
   switch (view.status) {
     case 'failed':
