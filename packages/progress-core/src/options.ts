@@ -35,13 +35,11 @@ export function invalidOption(component: string, message: string): ProgressError
   return new ProgressError(ErrorCode.InvalidInput, `${component}: ${message}`);
 }
 
-/** A value for an error message: functions and objects by their type only (no source, no secrets). */
-function shown(value: unknown): string {
-  return typeof value === 'object' && value !== null
-    ? 'an object'
-    : typeof value === 'function'
-      ? 'a function'
-      : String(value);
+/** `<where> must be <expected>, got <value>`; functions and objects shown by their type only. */
+function refused(where: string, expected: string, value: unknown): ProgressError {
+  const shown =
+    typeof value === 'function' ? 'a function' : value && typeof value === 'object' ? 'an object' : value;
+  return new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${shown}`);
 }
 
 /**
@@ -51,36 +49,26 @@ export function option<T>(def: T, expected: string, test: (value: unknown) => bo
   return {
     default: def,
     read(value, where) {
-      if (!test(value)) {
-        throw new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${shown(value)}`);
-      }
+      if (!test(value)) throw refused(where, expected, value);
       return value as T;
     },
   };
 }
 
-/** Throws `invalid_input` unless `value` is a number meeting the bounds; returns it. */
+/** Throws `invalid_input` unless `value` is a number from `min` (to `max`); returns it. */
 export function requireNumber(
   where: string,
   value: unknown,
   { min, max, integer = false }: { min?: number; max?: number | undefined; integer?: boolean } = {},
 ): number {
-  const ok =
-    typeof value === 'number' &&
-    (integer ? Number.isSafeInteger(value) : Number.isFinite(value)) &&
-    (min === undefined || value >= min) &&
-    (max === undefined || value <= max);
-  if (!ok) {
-    const kind = integer ? 'an integer' : 'a finite number';
-    const bound =
-      min !== undefined && max !== undefined
-        ? ` from ${min} to ${max}`
-        : min !== undefined
-          ? ` >= ${min}`
-          : max !== undefined
-            ? ` <= ${max}`
-            : '';
-    throw new ProgressError(ErrorCode.InvalidInput, `${where} must be ${kind}${bound}, got ${shown(value)}`);
+  if (
+    typeof value !== 'number' ||
+    !(integer ? Number.isSafeInteger(value) : Number.isFinite(value)) ||
+    value < (min ?? value) ||
+    value > (max ?? value)
+  ) {
+    const bound = min === undefined ? '' : max === undefined ? ` >= ${min}` : ` from ${min} to ${max}`;
+    throw refused(where, (integer ? 'an integer' : 'a finite number') + bound, value);
   }
   return value;
 }
@@ -134,7 +122,7 @@ export function required<T>(spec: OptionSpec<T | undefined>): OptionSpec<T> {
 export function nested<S extends OptionSpecs>(specs: S): OptionSpec<ResolvedOptionsOf<S>> {
   return {
     default: Object.freeze(defaultsOf(specs)),
-    read: (value, where) => readOptions(specs, value, where, `${where}.`, `${where} must be an object`),
+    read: (value, where) => readOptions(specs, value, where, `${where}.`, where),
   };
 }
 
@@ -158,11 +146,10 @@ export function resolveOptions<S extends OptionSpecs>(
   specs: S,
   options: unknown,
 ): ResolvedOptionsOf<S> {
-  const notObject = `${component}: options must be an object`;
   // Leaving out the whole object is fine only when no option is required (delivery components).
   const anyRequired = Object.values(specs).some((spec) => spec.required === true);
   const given = options === undefined && !anyRequired ? {} : options;
-  return readOptions(specs, given, component, `${component}: `, notObject);
+  return readOptions(specs, given, component, `${component}: `, `${component}: options`);
 }
 
 function readOptions<S extends OptionSpecs>(
@@ -170,10 +157,11 @@ function readOptions<S extends OptionSpecs>(
   options: unknown,
   where: string,
   prefix: string,
-  notObject: string,
+  /** Names the object itself in the message when it is not one. */
+  objectName: string,
 ): ResolvedOptionsOf<S> {
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new ProgressError(ErrorCode.InvalidInput, `${notObject}, got ${shown(options)}`);
+    throw refused(objectName, 'an object', options);
   }
   const given = options as Record<string, unknown>;
   const names = Object.keys(specs);
