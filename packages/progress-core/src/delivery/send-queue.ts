@@ -28,7 +28,7 @@ export interface SendQueueOptions {
   maxProgressRun?: number;
 }
 
-const SEND_QUEUE_OPTIONS = /* @__PURE__ */ { maxProgressRun: integer(64, 1) };
+const SEND_QUEUE_OPTIONS = { maxProgressRun: /* @__PURE__ */ integer(64, 1) };
 
 /** Defaults of {@link SendQueueOptions}. */
 export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze(

@@ -36,10 +36,10 @@ export interface TerminalRetryOptions {
 }
 
 /** One description per option of {@link TerminalRetryOptions} (0 ms would re-send in a tight loop). */
-const TERMINAL_RETRY_OPTIONS = /* @__PURE__ */ {
-  initialDelayMs: finite(100, 1),
-  multiplier: finite(2, 1),
-  maxDelayMs: finite(5000, 1),
+const TERMINAL_RETRY_OPTIONS = {
+  initialDelayMs: /* @__PURE__ */ finite(100, 1),
+  multiplier: /* @__PURE__ */ finite(2, 1),
+  maxDelayMs: /* @__PURE__ */ finite(5000, 1),
 };
 
 /** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */

@@ -48,9 +48,9 @@ export interface MemoryProgressStoreOptions {
   onListenerError?: (error: unknown) => void;
 }
 
-const MEMORY_STORE_OPTIONS = /* @__PURE__ */ {
-  clock: func<Clock>(systemClock),
-  onListenerError: func<(error: unknown) => void>(() => {}),
+const MEMORY_STORE_OPTIONS = {
+  clock: /* @__PURE__ */ func<Clock>(systemClock),
+  onListenerError: /* @__PURE__ */ func<(error: unknown) => void>(() => {}),
 };
 
 /** The defaults of {@link MemoryProgressStoreOptions}. */
