@@ -382,7 +382,7 @@ class ClientSlot {
       headers: { 'x-user': 'chaos', 'x-chaos-tag': `slot${this.index}` },
       persistence: this.storage,
       // Faster than browser defaults so a test run with a cut every second stays quick (see docs/operations.md).
-      reconnectMaxDelayMs: 4000,
+      reconnect: { maxDelayMs: 4000 },
       stableConnectionMs: 3000,
     });
     client.on('state', (change) => {

@@ -23,7 +23,7 @@ const STABLE_WAIT_MS = 1500;
 const DEADLINE_MS = 30_000;
 const MODES = {
   current: {},
-  'before issue 12': { reconnectFirstDelayMs: 1000, stableConnectionMs: 10_000 },
+  'before issue 12': { reconnect: { firstDelayMs: 1000 }, stableConnectionMs: 10_000 },
 };
 
 const now = () => performance.now();

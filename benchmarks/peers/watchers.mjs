@@ -31,7 +31,7 @@ function recordingWebSocket(slot) {
  */
 const RECONNECT_OPTIONS =
   process.env.PEERS_CLIENT_RECONNECT === 'legacy'
-    ? { reconnectFirstDelayMs: 1000, stableConnectionMs: 10_000 }
+    ? { reconnect: { firstDelayMs: 1000 }, stableConnectionMs: 10_000 }
     : {};
 
 let watcherCount = 0;

@@ -76,8 +76,7 @@ describe('SSE fallback through a proxy that refuses WebSocket upgrades', () => {
       headers: { 'x-user': 'alice' },
       fallbackTransport: sseFallback(),
       httpFallbackAfterAttempts: 2,
-      reconnectInitialDelayMs: 20,
-      reconnectMaxDelayMs: 50,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
       pageEvents: false,
     });
     client.on('error', () => {});

@@ -2,6 +2,13 @@ import type { PostgresPool } from 'kysely';
 import type { PgPool } from './postgres-store-options.js';
 
 /**
+ * The caller's `pg` pool wrapped for kysely: never ended by the store, every client guarded against `error`
+ * crashes.
+ *
+ * @module
+ */
+
+/**
  * The caller's pool as kysely sees it. `end` does nothing: the pool is the caller's, whatever happens to
  * the Kysely instance. And each client gets an `error` listener while the store holds it: a pg client
  * whose connection dies between two queries of a transaction emits `error`, which without a listener

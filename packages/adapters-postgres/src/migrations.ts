@@ -19,12 +19,20 @@ export const SCHEMA_NAME_PATTERN = /^[a-z_][a-z0-9_]{0,47}$/;
 
 /** Throws `invalid_input` unless `schema` matches {@link SCHEMA_NAME_PATTERN} and is not `pg_…`. */
 export function assertSchemaName(schema: unknown): asserts schema is string {
-  if (typeof schema !== 'string' || !SCHEMA_NAME_PATTERN.test(schema) || schema.startsWith('pg_')) {
+  if (!isSchemaName(schema)) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
-      `Invalid schema name ${JSON.stringify(schema)}: use 1-48 lower-case letters, digits and _, starting with a letter or _, not pg_`,
+      `Invalid schema name ${JSON.stringify(schema)}: use ${SCHEMA_RULE}`,
     );
   }
+}
+
+/** What a schema name must be, for messages. */
+export const SCHEMA_RULE = '1-48 lower-case letters, digits and _, starting with a letter or _, not pg_';
+
+/** True for a schema name the store accepts (see {@link SCHEMA_RULE}). */
+export function isSchemaName(schema: unknown): schema is string {
+  return typeof schema === 'string' && SCHEMA_NAME_PATTERN.test(schema) && !schema.startsWith('pg_');
 }
 
 /**

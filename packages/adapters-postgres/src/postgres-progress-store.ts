@@ -47,6 +47,13 @@ import { type EventRow, int, type TaskRow, taskColumns, toEvent, toTask } from '
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 
+/**
+ * The Postgres `ProgressStore`: opening, the store methods, and the wiring of its append pipeline, ack
+ * batcher and change feed.
+ *
+ * @module
+ */
+
 /** Counters of the append pipeline since the store opened. */
 export interface PostgresStoreStats extends AppendStats {
   /** Ack statements run (each writes every ack of one flush; see `maxAckBatchSize`). */

@@ -1,10 +1,28 @@
 import type { Clock, ProgressError } from '@finishline/core';
-import { isProgressError, systemClock } from '@finishline/core';
-import type { BackoffOptions } from '@finishline/core/internal';
-import { backoffDelayMs, invalidOption } from '@finishline/core/internal';
+import { systemClock } from '@finishline/core';
+import type { BackoffOptions, ResolvedOptionsOf } from '@finishline/core/internal';
+import {
+  backoffOption,
+  boolean,
+  defaultsOf,
+  func,
+  integer,
+  invalidOption,
+  ofType,
+  option,
+  resolveOptions,
+} from '@finishline/core/internal';
 import type { Kysely, PostgresPool } from 'kysely';
 import type { PgListenClient } from './listen-connection.js';
-import { assertSchemaName } from './migrations.js';
+import { isSchemaName, SCHEMA_RULE } from './migrations.js';
+
+/**
+ * The Postgres store's options: the public interface carries their documentation, one table their
+ * defaults and checks (the options toolkit of `@finishline/core/internal`), and the `LISTEN` client
+ * factory derived from them.
+ *
+ * @module
+ */
 
 /**
  * The part of a `pg.Pool` the store uses: kysely's `PostgresPool` (`connect`, `end` — the store never
@@ -114,59 +132,47 @@ export interface PostgresProgressStoreOptions {
   onListenerError?: (error: unknown) => void;
 }
 
+/** One description per option of {@link PostgresProgressStoreOptions}: its default and its check. */
+const POSTGRES_STORE_OPTIONS = {
+  pool: ofType<PgPool>(
+    'a pg.Pool',
+    (value) => typeof value === 'object' && value !== null && typeof (value as PgPool).connect === 'function',
+  ),
+  // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
+  db: ofType<Kysely<any>>(
+    'a Kysely instance',
+    (value) =>
+      typeof value === 'object' &&
+      value !== null &&
+      typeof (value as { transaction?: unknown }).transaction === 'function',
+  ),
+  schema: option<string>('finishline', SCHEMA_RULE, isSchemaName),
+  migrate: boolean(true),
+  clock: func<Clock>(systemClock),
+  listenClient: ofType<ListenClientSource>(
+    'a connection string, a pg.Client config or a factory',
+    (value) =>
+      typeof value === 'string' ||
+      typeof value === 'function' ||
+      (typeof value === 'object' && value !== null),
+  ),
+  pollIntervalMs: integer(500, 1, 3_600_000),
+  watermarkIntervalMs: integer(1000, 1, 3_600_000),
+  reconnect: backoffOption({ initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 }),
+  maxBatchSize: integer(500, 1, 10_000),
+  maxConcurrentBatches: integer(2, 1, 64),
+  maxAckBatchSize: integer(1000, 1, 10_000),
+  onError: func<(error: ProgressError) => void>(() => {}),
+  onListenerError: func<(error: unknown) => void>(() => {}),
+} satisfies { [K in keyof Required<PostgresProgressStoreOptions>]: unknown };
+
 /** The defaults of {@link PostgresProgressStoreOptions}. */
-export const POSTGRES_STORE_DEFAULTS = Object.freeze({
-  schema: 'finishline',
-  migrate: true,
-  clock: systemClock,
-  pollIntervalMs: 500,
-  watermarkIntervalMs: 1000,
-  reconnect: Object.freeze({ initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 }) as Readonly<
-    Required<BackoffOptions>
-  >,
-  maxBatchSize: 500,
-  maxConcurrentBatches: 2,
-  maxAckBatchSize: 1000,
-  onError: (_error: ProgressError): void => {},
-  onListenerError: (_error: unknown): void => {},
-});
+export const POSTGRES_STORE_DEFAULTS = Object.freeze(defaultsOf(POSTGRES_STORE_OPTIONS));
 
 /** The options after merging the defaults and checking them. */
-export interface ResolvedStoreOptions {
-  pool: PgPool | undefined;
-  // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
-  db: Kysely<any> | undefined;
-  schema: string;
-  migrate: boolean;
-  clock: Clock;
+export type ResolvedStoreOptions = Omit<ResolvedOptionsOf<typeof POSTGRES_STORE_OPTIONS>, 'listenClient'> & {
   createListenClient: () => PgListenClient | Promise<PgListenClient>;
-  pollIntervalMs: number;
-  watermarkIntervalMs: number;
-  reconnect: BackoffOptions;
-  maxBatchSize: number;
-  maxConcurrentBatches: number;
-  maxAckBatchSize: number;
-  onError: (error: ProgressError) => void;
-  onListenerError: (error: unknown) => void;
-}
-
-const OPTION_NAMES = new Set(['pool', 'db', 'listenClient', ...Object.keys(POSTGRES_STORE_DEFAULTS)]);
-
-function invalid(message: string): ProgressError {
-  return invalidOption('PostgresProgressStore', message);
-}
-
-function requireInteger(name: string, value: unknown, { min, max }: { min: number; max: number }): number {
-  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
-    throw invalid(`${name} must be an integer from ${min} to ${max}, got ${String(value)}`);
-  }
-  return value;
-}
-
-function requireFunction<T>(name: string, value: unknown): T {
-  if (typeof value !== 'function') throw invalid(`${name} must be a function`);
-  return value as T;
-}
+};
 
 type ClientClass = new (config: object) => PgListenClient;
 
@@ -176,7 +182,7 @@ async function importPgClient(): Promise<ClientClass> {
     Client?: ClientClass;
   };
   const Client = module.default?.Client ?? module.Client;
-  if (Client === undefined) throw invalid('the pg module has no Client class');
+  if (Client === undefined) throw invalidOption('PostgresProgressStore', 'the pg module has no Client class');
   return Client;
 }
 
@@ -195,7 +201,8 @@ function listenClientFactory(
     const Client = pool?.Client;
     const config = pool?.options;
     if (typeof Client !== 'function' || typeof config !== 'object' || config === null) {
-      throw invalid(
+      throw invalidOption(
+        'PostgresProgressStore',
         pool === undefined
           ? 'listenClient is required with db (the store cannot see the connection settings)'
           : 'cannot derive a LISTEN client from this pool (no Client or options); pass listenClient',
@@ -204,7 +211,10 @@ function listenClientFactory(
     return () => new Client(withName(config));
   }
   if (typeof source !== 'string' && (typeof source !== 'object' || source === null)) {
-    throw invalid('listenClient must be a connection string, a pg.Client config or a factory');
+    throw invalidOption(
+      'PostgresProgressStore',
+      'listenClient must be a connection string, a pg.Client config or a factory',
+    );
   }
   const config = typeof source === 'string' ? { connectionString: source } : source;
   const PoolClient = pool?.Client;
@@ -220,53 +230,14 @@ function listenClientFactory(
  * @throws ProgressError `invalid_input` naming the offending option.
  */
 export function resolveStoreOptions(options: PostgresProgressStoreOptions): ResolvedStoreOptions {
-  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
-  for (const name of Object.keys(options)) {
-    if (!OPTION_NAMES.has(name)) throw invalid(`unknown option "${name}"`);
-  }
-  const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
-  const merged = { ...POSTGRES_STORE_DEFAULTS, ...defined } as typeof POSTGRES_STORE_DEFAULTS &
-    PostgresProgressStoreOptions;
-  const { pool, db } = merged;
-  if ((pool === undefined) === (db === undefined)) throw invalid('give exactly one of pool and db');
-  if (pool !== undefined && (typeof pool !== 'object' || typeof pool.connect !== 'function')) {
-    throw invalid('pool must be a pg.Pool');
-  }
-  if (db !== undefined && (typeof db !== 'object' || typeof db.transaction !== 'function')) {
-    throw invalid('db must be a Kysely instance');
-  }
-  try {
-    assertSchemaName(merged.schema);
-  } catch (error) {
-    throw isProgressError(error) ? invalid(error.message) : error;
-  }
-  if (typeof merged.migrate !== 'boolean') throw invalid('migrate must be a boolean');
-  const reconnect = { ...POSTGRES_STORE_DEFAULTS.reconnect, ...(merged.reconnect ?? {}) };
-  try {
-    backoffDelayMs(0, reconnect, () => 0);
-  } catch (error) {
-    throw invalid(`reconnect: ${error instanceof Error ? error.message : String(error)}`);
-  }
-  return {
-    pool,
-    db,
-    schema: merged.schema,
-    migrate: merged.migrate,
-    clock: requireFunction('clock', merged.clock),
-    createListenClient: listenClientFactory(merged.listenClient, pool),
-    pollIntervalMs: requireInteger('pollIntervalMs', merged.pollIntervalMs, { min: 1, max: 3_600_000 }),
-    watermarkIntervalMs: requireInteger('watermarkIntervalMs', merged.watermarkIntervalMs, {
-      min: 1,
-      max: 3_600_000,
-    }),
-    reconnect,
-    maxBatchSize: requireInteger('maxBatchSize', merged.maxBatchSize, { min: 1, max: 10_000 }),
-    maxConcurrentBatches: requireInteger('maxConcurrentBatches', merged.maxConcurrentBatches, {
-      min: 1,
-      max: 64,
-    }),
-    maxAckBatchSize: requireInteger('maxAckBatchSize', merged.maxAckBatchSize, { min: 1, max: 10_000 }),
-    onError: requireFunction('onError', merged.onError),
-    onListenerError: requireFunction('onListenerError', merged.onListenerError),
-  };
+  if (typeof options !== 'object' || options === null)
+    throw invalidOption('PostgresProgressStore', 'options must be an object');
+  const { listenClient, ...resolved } = resolveOptions(
+    'PostgresProgressStore',
+    POSTGRES_STORE_OPTIONS,
+    options,
+  );
+  if ((resolved.pool === undefined) === (resolved.db === undefined))
+    throw invalidOption('PostgresProgressStore', 'give exactly one of pool and db');
+  return { ...resolved, createListenClient: listenClientFactory(listenClient, resolved.pool) };
 }

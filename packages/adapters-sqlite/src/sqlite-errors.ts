@@ -1,5 +1,11 @@
 import { ErrorCode, ProgressError } from '@finishline/core';
 
+/**
+ * Maps what better-sqlite3 throws to Finishline's error codes (busy and I/O become `store_unavailable`).
+ *
+ * @module
+ */
+
 /** SQLite result codes after which the same call may succeed later: the database is busy or unreachable. */
 const TRANSIENT = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL|NOMEM|INTERRUPT)/;
 

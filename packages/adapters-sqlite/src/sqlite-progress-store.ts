@@ -49,6 +49,13 @@ import { EVENT_INSERT_ROWS, prepareStatements } from './sqlite-statements.js';
 import type { SqliteProgressStoreOptions, SqliteSynchronous } from './sqlite-store-options.js';
 import { resolveSqliteStoreOptions } from './sqlite-store-options.js';
 
+/**
+ * The SQLite `ProgressStore`: the store methods on one better-sqlite3 connection, with group commit and the
+ * cross-process change watcher.
+ *
+ * @module
+ */
+
 /** An append waiting for its batch. */
 interface PendingAppend {
   taskId: string;

@@ -6,6 +6,12 @@ import type { SqliteSchema, TasksTable } from './schema.js';
 import { TABLES } from './schema.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
 
+/**
+ * The SQLite store's prepared statements and the column lists they read and write.
+ *
+ * @module
+ */
+
 /** Rows per multi-row event insert; a batch's remainder is inserted row by row. */
 export const EVENT_INSERT_ROWS = 32;
 

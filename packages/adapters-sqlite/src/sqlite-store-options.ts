@@ -1,7 +1,23 @@
-import type { Clock, ProgressError } from '@finishline/core';
+import type { Clock } from '@finishline/core';
 import { systemClock } from '@finishline/core';
-import { invalidOption } from '@finishline/core/internal';
+import type { ResolvedOptionsOf } from '@finishline/core/internal';
+import {
+  defaultsOf,
+  func,
+  integer,
+  ofType,
+  oneOf,
+  required,
+  resolveOptions,
+} from '@finishline/core/internal';
 import type { SqliteDatabase } from './sqlite-driver.js';
+
+/**
+ * The SQLite store's options: the public interface carries their documentation, one table their
+ * defaults and checks (the options toolkit of `@finishline/core/internal`).
+ *
+ * @module
+ */
 
 /**
  * SQLite's `synchronous` setting in WAL mode — what a commit survives:
@@ -61,32 +77,33 @@ export interface SqliteProgressStoreOptions {
   onError?: (error: unknown) => void;
 }
 
+/** One description per option of {@link SqliteProgressStoreOptions}: its default and its check. */
+const SQLITE_STORE_OPTIONS = {
+  database: required(
+    ofType<string | SqliteDatabase>('a non-empty path or a better-sqlite3 Database', (value) =>
+      typeof value === 'string'
+        ? value !== '' && !value.includes('\0')
+        : typeof value === 'object' &&
+          value !== null &&
+          typeof (value as SqliteDatabase).prepare === 'function',
+    ),
+  ),
+  clock: func<Clock>(systemClock),
+  synchronous: oneOf<SqliteSynchronous>('normal', ['normal', 'full', 'extra']),
+  busyTimeoutMs: integer(5000, 0, 2_147_483_647),
+  dataVersionPollMs: integer(50, 0, 3_600_000),
+  maxBatchSize: integer(1000, 1, 100_000),
+  onError: func<(error: unknown) => void>(() => {}),
+} satisfies { [K in keyof Required<SqliteProgressStoreOptions>]: unknown };
+
 /** The defaults of {@link SqliteProgressStoreOptions}, merged once at construction. */
-export const SQLITE_STORE_DEFAULTS: Readonly<Required<Omit<SqliteProgressStoreOptions, 'database'>>> =
-  Object.freeze({
-    clock: systemClock,
-    synchronous: 'normal',
-    busyTimeoutMs: 5000,
-    dataVersionPollMs: 50,
-    maxBatchSize: 1000,
-    onError: () => {},
-  });
+export const SQLITE_STORE_DEFAULTS: Readonly<Required<Omit<SqliteProgressStoreOptions, 'database'>>> = (({
+  database: _,
+  ...defaults
+}) => Object.freeze(defaults))(defaultsOf(SQLITE_STORE_OPTIONS));
 
 /** Options with every default applied and checked. */
-export type ResolvedSqliteStoreOptions = Required<SqliteProgressStoreOptions>;
-
-const OPTION_NAMES: ReadonlySet<string> = new Set(['database', ...Object.keys(SQLITE_STORE_DEFAULTS)]);
-const SYNCHRONOUS: ReadonlySet<string> = new Set(['normal', 'full', 'extra']);
-
-function invalid(message: string): ProgressError {
-  return invalidOption('SqliteProgressStore', message);
-}
-
-function checkInteger(name: string, value: number, min: number, max: number): void {
-  if (!Number.isSafeInteger(value) || value < min || value > max) {
-    throw invalid(`${name} must be an integer from ${min} to ${max}, got ${String(value)}`);
-  }
-}
+export type ResolvedSqliteStoreOptions = ResolvedOptionsOf<typeof SQLITE_STORE_OPTIONS>;
 
 /**
  * Merges `options` over {@link SQLITE_STORE_DEFAULTS} and validates the result.
@@ -94,25 +111,5 @@ function checkInteger(name: string, value: number, min: number, max: number): vo
  * @throws ProgressError `invalid_input` naming the first bad option.
  */
 export function resolveSqliteStoreOptions(options: SqliteProgressStoreOptions): ResolvedSqliteStoreOptions {
-  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
-  for (const name of Object.keys(options)) {
-    if (!OPTION_NAMES.has(name)) throw invalid(`unknown option "${name}"`);
-  }
-  const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
-  const resolved = { ...SQLITE_STORE_DEFAULTS, ...defined } as ResolvedSqliteStoreOptions;
-  const { database } = resolved;
-  if (typeof database === 'string') {
-    if (database === '' || database.includes('\0')) throw invalid('database must be a non-empty path');
-  } else if (typeof database !== 'object' || database === null || typeof database.prepare !== 'function') {
-    throw invalid('database must be a file path or a better-sqlite3 Database');
-  }
-  if (typeof resolved.clock !== 'function') throw invalid('clock must be a function');
-  if (typeof resolved.onError !== 'function') throw invalid('onError must be a function');
-  if (!SYNCHRONOUS.has(resolved.synchronous)) {
-    throw invalid(`synchronous must be 'normal', 'full' or 'extra', got ${String(resolved.synchronous)}`);
-  }
-  checkInteger('busyTimeoutMs', resolved.busyTimeoutMs, 0, 2_147_483_647);
-  checkInteger('dataVersionPollMs', resolved.dataVersionPollMs, 0, 3_600_000);
-  checkInteger('maxBatchSize', resolved.maxBatchSize, 1, 100_000);
-  return resolved;
+  return resolveOptions('SqliteProgressStore', SQLITE_STORE_OPTIONS, options);
 }

@@ -38,8 +38,7 @@ function client(url: string, extra: Record<string, unknown> = {}): ProgressClien
   const c = new ProgressClient({
     url,
     WebSocket: WebSocket as unknown as WebSocketConstructorLike,
-    reconnectInitialDelayMs: 5,
-    reconnectMaxDelayMs: 10,
+    reconnect: { initialDelayMs: 5, maxDelayMs: 10 },
     httpFallbackAfterAttempts: 0,
     errorAfterAttempts: 2,
     ...extra,
@@ -200,8 +199,7 @@ describe("Node's built-in WebSocket", () => {
       url: 'ws://127.0.0.1:1/progress',
       token: 't',
       connectTimeoutMs: 60_000,
-      reconnectInitialDelayMs: 5,
-      reconnectMaxDelayMs: 10,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 10 },
       httpFallbackAfterAttempts: 0,
       errorAfterAttempts: 2,
     });

@@ -467,16 +467,12 @@ export class Connection {
     if (this.#lostReady && this.#failures === 0 && !this.#quickRetryUsed) {
       this.#quickRetryUsed = true;
       const ceiling = Math.min(
-        this.#o.reconnectMaxDelayMs,
+        this.#o.reconnect.maxDelayMs,
         Math.max(this.#o.reconnectFirstDelayMs, this.#serverFirstDelayMs),
       );
       return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
     }
-    const delayMs = backoffDelayMs(
-      this.#failures,
-      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
-      this.#o.random,
-    );
+    const delayMs = backoffDelayMs(this.#failures, this.#o.reconnect, this.#o.random);
     this.#failures++;
     return delayMs;
   }

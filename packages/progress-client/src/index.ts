@@ -12,6 +12,7 @@ export type {
   FetchLike,
   HttpCredentials,
   ProgressClientOptions,
+  ReconnectOptions,
   TokenSource,
   WebSocketConstructorLike,
   WebSocketLike,

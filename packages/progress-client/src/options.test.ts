@@ -8,11 +8,20 @@ const WebSocket = new FakeServer().WebSocket;
 const base: ProgressClientOptions = { url: 'wss://app.test/progress', WebSocket };
 
 describe('client options', () => {
-  it('lowers the default first-retry ceiling to a smaller reconnectMaxDelayMs instead of refusing it', () => {
-    expect(resolveOptions({ ...base, reconnectInitialDelayMs: 20, reconnectMaxDelayMs: 50 })).toMatchObject({
+  it('lowers the default first-retry ceiling to a smaller reconnect.maxDelayMs instead of refusing it', () => {
+    expect(resolveOptions({ ...base, reconnect: { initialDelayMs: 20, maxDelayMs: 50 } })).toMatchObject({
       reconnectFirstDelayMs: 50,
-      reconnectMaxDelayMs: 50,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50, multiplier: 2 },
     });
+  });
+
+  it('refuses an unknown option, naming the nearest one (the flat reconnect options of old included)', () => {
+    expect(() => resolveOptions({ ...base, reconnectMaxDelayMs: 50 } as ProgressClientOptions)).toThrow(
+      'ProgressClient: unknown option "reconnectMaxDelayMs" (did you mean `reconnect`?)',
+    );
+    expect(() => resolveOptions({ ...base, heartbeatTimeout: 5 } as ProgressClientOptions)).toThrow(
+      'ProgressClient: unknown option "heartbeatTimeout" (did you mean `heartbeatTimeoutMs`?)',
+    );
   });
 
   it('exports frozen defaults, and merges them once', () => {
@@ -37,9 +46,13 @@ describe('client options', () => {
     [{ ackEvery: Number.NaN }, /ackEvery/],
     [{ finishTimeoutMs: -1 }, /finishTimeoutMs/],
     [{ heartbeatTimeoutMs: 0 }, /heartbeatTimeoutMs must be null or a number >= 1/],
-    [{ reconnectInitialDelayMs: 5000, reconnectMaxDelayMs: 1000 }, /must not exceed reconnectMaxDelayMs/],
-    [{ reconnectFirstDelayMs: 40_000 }, /reconnectFirstDelayMs must not exceed reconnectMaxDelayMs/],
-    [{ reconnectFirstDelayMs: -1 }, /reconnectFirstDelayMs must be a finite number >= 0/],
+    [
+      { reconnect: { initialDelayMs: 5000, maxDelayMs: 1000 } },
+      /initialDelayMs \(5000\) must not exceed maxDelayMs/,
+    ],
+    [{ reconnect: { firstDelayMs: 40_000 } }, /reconnect.firstDelayMs must not exceed reconnect.maxDelayMs/],
+    [{ reconnect: { firstDelayMs: -1 } }, /reconnect.firstDelayMs must be a finite number >= 0/],
+    [{ reconnect: { multiplier: 0.5 } }, /reconnect.multiplier must be a finite number >= 1/],
     [{ url: 'not a url' }, /url is not a valid URL/],
     [{ url: 'ftp://app.test/' }, /ws: or wss:/],
     [{ url: 'wss://user:secret@app.test/' }, /must not carry credentials/],

@@ -1,6 +1,24 @@
 import type { Clock } from '@finishline/core';
 import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
-import { invalidOption } from '@finishline/core/internal';
+import type { BackoffOptions, OptionSpec, ResolvedOptionsOf } from '@finishline/core/internal';
+import {
+  BACKOFF_DEFAULTS,
+  backoffInOrder,
+  backoffOptionSpecs,
+  boolean,
+  defaultsOf,
+  finite,
+  func,
+  invalidOption,
+  nested,
+  ofType,
+  oneOf,
+  option,
+  optional,
+  refine,
+  required,
+  resolveOptions as resolveOptions_,
+} from '@finishline/core/internal';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import type { FallbackTransport } from './sse.js';
@@ -8,7 +26,9 @@ import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
 /**
- * Options of {@link ProgressClient}, their defaults and their validation.
+ * Options of {@link ProgressClient}: the public interfaces carry their documentation, one table their
+ * defaults and checks (the options toolkit of `@finishline/core/internal`), and the resolver derives the
+ * URLs and implementations. Over 400 lines because the interfaces document some forty options.
  *
  * @module
  */
@@ -57,6 +77,34 @@ export type HttpCredentials = 'include' | 'same-origin' | 'omit';
 
 /** A credential, or a function returning one; called on every connection and HTTP request. */
 export type TokenSource = string | (() => string | Promise<string>);
+
+/** The `reconnect` option of {@link ProgressClientOptions}: full-jitter exponential backoff. */
+export interface ReconnectOptions {
+  /**
+   * Ceiling of the first retry after losing a connection that was healthy (it got `hello`, and no
+   * attempt has failed since the last stable connection): the delay is uniform below it, so a watcher
+   * whose socket was cut is back in milliseconds while a crowd that lost the same replica still spreads
+   * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins.
+   * @default 100 (or `maxDelayMs` when that is smaller)
+   */
+  firstDelayMs?: number;
+  /**
+   * Ceiling of the delay after the first failed attempt (full jitter: the delay is uniform below the
+   * ceiling); it grows by `multiplier` with every further failed attempt.
+   * @default 1000
+   */
+  initialDelayMs?: number;
+  /**
+   * Largest reconnect delay ceiling.
+   * @default 30000
+   */
+  maxDelayMs?: number;
+  /**
+   * Factor by which the ceiling grows per failed attempt. At least 1.
+   * @default 2
+   */
+  multiplier?: number;
+}
 
 /** Options of {@link ProgressClient}. Only `url` is required. */
 export interface ProgressClientOptions {
@@ -155,27 +203,15 @@ export interface ProgressClientOptions {
    */
   ackEvery?: number;
   /**
-   * Ceiling of the first retry after losing a connection that was healthy (it got `hello`, and no
-   * attempt has failed since the last stable connection): the delay is uniform below it, so a watcher
-   * whose socket was cut is back in milliseconds while a crowd that lost the same replica still spreads
-   * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins.
-   * @default 100 (or `reconnectMaxDelayMs` when that is smaller)
+   * Backoff of reconnects (and of re-subscribing after the server refused a subscription); see
+   * {@link ReconnectOptions}. Replaces the flat `reconnectFirstDelayMs`, `reconnectInitialDelayMs` and
+   * `reconnectMaxDelayMs` of earlier versions.
+   * @default { firstDelayMs: 100, initialDelayMs: 1000, maxDelayMs: 30000, multiplier: 2 }
    */
-  reconnectFirstDelayMs?: number;
-  /**
-   * Ceiling of the delay after the first failed attempt (full jitter: the delay is uniform below the
-   * ceiling); it doubles with every further failed attempt.
-   * @default 1000
-   */
-  reconnectInitialDelayMs?: number;
-  /**
-   * Largest reconnect delay ceiling.
-   * @default 30000
-   */
-  reconnectMaxDelayMs?: number;
+  reconnect?: ReconnectOptions;
   /**
    * A connection that stayed up this long resets the reconnect backoff (its loss is retried within
-   * `reconnectFirstDelayMs` again); shorter ones keep growing it, so a flapping server is not hammered.
+   * `reconnect.firstDelayMs` again); shorter ones keep growing it, so a flapping server is not hammered.
    * @default 1000
    */
   stableConnectionMs?: number;
@@ -262,64 +298,110 @@ export interface ProgressClientOptions {
   random?: () => number;
 }
 
-type Defaulted = Omit<
-  Required<ProgressClientOptions>,
-  | 'url'
-  | 'WebSocket'
-  | 'fetch'
-  | 'token'
-  | 'httpUrl'
-  | 'httpPath'
-  | 'persistence'
-  | 'pageEvents'
-  | 'shareAcrossTabs'
-  | 'fallbackTransport'
-> & { persistence: false };
+const isFunction = (value: unknown): boolean => typeof value === 'function';
+const isObject = (value: unknown): boolean => typeof value === 'object' && value !== null;
+
+/** Headers: an object of string values, each bad value named by the message. */
+const HEADERS: OptionSpec<Readonly<Record<string, string>>> = {
+  default: Object.freeze({}),
+  read(value, where) {
+    if (!isObject(value)) throw new ProgressError(ErrorCode.InvalidInput, `${where} must be an object`);
+    for (const entry of Object.values(value as object))
+      if (typeof entry !== 'string')
+        throw new ProgressError(ErrorCode.InvalidInput, `${where}: header values must be strings`);
+    return value as Readonly<Record<string, string>>;
+  },
+};
+
+/** One description per option of {@link ProgressClientOptions}: its default and its check. */
+const CLIENT_OPTIONS = {
+  url: required(ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL)),
+  // null is taken as "not given" (the global WebSocket), as before.
+  WebSocket: ofType<WebSocketConstructorLike | null>(
+    'a WebSocket constructor',
+    (value) => value === null || isFunction(value),
+  ),
+  fetch: ofType<FetchLike>('a function', isFunction),
+  headers: HEADERS,
+  token: ofType<TokenSource>(
+    'a string or a function',
+    (value) => typeof value === 'string' || isFunction(value),
+  ),
+  httpUrl: ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL),
+  httpPath: ofType<string>('a path', (value) => typeof value === 'string'),
+  httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
+  persistence: option<'session' | CursorStorage | false>(
+    false,
+    "'session', a CursorStorage or false",
+    (value) =>
+      value === 'session' ||
+      value === false ||
+      (isObject(value) && isFunction((value as CursorStorage).load)),
+  ),
+  persistenceKeyPrefix: option('finishline:', 'a string', (value) => typeof value === 'string'),
+  connectTimeoutMs: finite(10_000, 1),
+  heartbeatTimeoutMs: option<number | null>(
+    null,
+    'null or a number >= 1',
+    (value) => value === null || (typeof value === 'number' && value >= 1),
+  ),
+  heartbeatMarginMs: finite(2000, 0),
+  behindGraceMs: finite(1000, 0),
+  finishTimeoutMs: finite(3000, 1),
+  ackDelayMs: finite(200, 0),
+  ackEvery: finite(32, 1),
+  reconnect: refine(
+    nested({ firstDelayMs: optional(finite(100, 0)), ...backoffOptionSpecs(BACKOFF_DEFAULTS) }),
+    backoffInOrder,
+  ),
+  stableConnectionMs: finite(1000, 0),
+  httpFallbackAfterAttempts: finite(3, 0),
+  errorAfterAttempts: finite(3, 0),
+  fallbackTransport: ofType<FallbackTransport>(
+    'sseFallback() from @finishline/client/sse',
+    (value) => isObject(value) && isFunction((value as FallbackTransport).follow),
+  ),
+  preferFallback: boolean(false),
+  httpPollIntervalMs: finite(2000, 1),
+  rateWindowMs: finite(10_000, 1),
+  shareAcrossTabs: option<TabSharing | false>(
+    false,
+    'tabSharing() from @finishline/client/tabs, or false',
+    (value) => value === false || (isObject(value) && isFunction((value as TabSharing).wrap)),
+  ),
+  pageEvents: ofType<PageEventSources | false>(
+    'an object ({ document, window }) or false',
+    (value) => value === false || isObject(value),
+  ),
+  wakePingTimeoutMs: finite(2000, 1),
+  clockCheckIntervalMs: finite(2000, 0),
+  clockJumpMs: finite(5000, 1),
+  timers: option<TimerApi>(systemTimers, 'a timer API', (value) => isObject(value) || isFunction(value)),
+  clock: func<Clock>(systemClock),
+  random: func<() => number>(Math.random),
+} satisfies { [K in keyof Required<ProgressClientOptions>]: unknown };
+
+type Described = ResolvedOptionsOf<typeof CLIENT_OPTIONS>;
 
 /** Defaults of {@link ProgressClientOptions}, merged once at construction. */
-export const PROGRESS_CLIENT_DEFAULTS: Readonly<Defaulted> = Object.freeze({
-  headers: Object.freeze({}),
-  httpCredentials: 'include',
-  persistence: false,
-  persistenceKeyPrefix: 'finishline:',
-  preferFallback: false,
-  connectTimeoutMs: 10_000,
-  heartbeatTimeoutMs: null,
-  heartbeatMarginMs: 2000,
-  behindGraceMs: 1000,
-  finishTimeoutMs: 3000,
-  ackDelayMs: 200,
-  ackEvery: 32,
-  reconnectFirstDelayMs: 100,
-  reconnectInitialDelayMs: 1000,
-  reconnectMaxDelayMs: 30_000,
-  stableConnectionMs: 1000,
-  httpFallbackAfterAttempts: 3,
-  errorAfterAttempts: 3,
-  httpPollIntervalMs: 2000,
-  rateWindowMs: 10_000,
-  wakePingTimeoutMs: 2000,
-  clockCheckIntervalMs: 2000,
-  clockJumpMs: 5000,
-  timers: systemTimers,
-  clock: systemClock,
-  random: Math.random,
-} satisfies Defaulted);
+export const PROGRESS_CLIENT_DEFAULTS = Object.freeze(defaultsOf(CLIENT_OPTIONS));
 
 /** The options after merging and validation. @internal */
-export interface ResolvedOptions extends Omit<Defaulted, 'persistence'> {
+export interface ResolvedOptions
+  extends Omit<
+    Described,
+    'url' | 'WebSocket' | 'persistence' | 'pageEvents' | 'shareAcrossTabs' | 'reconnect'
+  > {
   url: string;
   httpUrl: string;
   WebSocket: WebSocketConstructorLike;
   fetch: FetchLike | undefined;
-  token: TokenSource | undefined;
   storage: CursorStorage | undefined;
   pageEvents: PageEventSources | undefined;
-  fallbackTransport: FallbackTransport | undefined;
-}
-
-function invalid(message: string): ProgressError {
-  return invalidOption('ProgressClient', message);
+  /** The backoff of reconnects and re-subscriptions, as `backoffDelayMs` takes it. */
+  reconnect: Required<BackoffOptions>;
+  /** `reconnect.firstDelayMs`, lowered to `reconnect.maxDelayMs` when only the default exceeds it. */
+  reconnectFirstDelayMs: number;
 }
 
 function parseUrl(name: string, value: unknown, base?: string): URL {
@@ -330,26 +412,6 @@ function parseUrl(name: string, value: unknown, base?: string): URL {
   }
 }
 
-const NUMBERS: readonly [keyof Defaulted, number][] = [
-  ['connectTimeoutMs', 1],
-  ['heartbeatMarginMs', 0],
-  ['behindGraceMs', 0],
-  ['finishTimeoutMs', 1],
-  ['ackDelayMs', 0],
-  ['ackEvery', 1],
-  ['reconnectFirstDelayMs', 0],
-  ['reconnectInitialDelayMs', 0],
-  ['reconnectMaxDelayMs', 0],
-  ['stableConnectionMs', 0],
-  ['httpFallbackAfterAttempts', 0],
-  ['errorAfterAttempts', 0],
-  ['httpPollIntervalMs', 1],
-  ['rateWindowMs', 1],
-  ['wakePingTimeoutMs', 1],
-  ['clockCheckIntervalMs', 0],
-  ['clockJumpMs', 1],
-];
-
 /**
  * Merges `options` over {@link PROGRESS_CLIENT_DEFAULTS} and validates the result.
  *
@@ -357,32 +419,11 @@ const NUMBERS: readonly [keyof Defaulted, number][] = [
  * @internal
  */
 export function resolveOptions(options: ProgressClientOptions): ResolvedOptions {
-  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
-  const merged: Record<string, unknown> = { ...PROGRESS_CLIENT_DEFAULTS };
-  for (const [key, value] of Object.entries(options)) if (value !== undefined) merged[key] = value;
-  const o = merged as unknown as Defaulted & ProgressClientOptions;
-
-  for (const [name, min] of NUMBERS) {
-    const value = o[name];
-    if (typeof value !== 'number' || !Number.isFinite(value) || value < min) {
-      throw invalid(`${name} must be a finite number >= ${min}, got ${String(value)}`);
-    }
-  }
-  if (
-    o.heartbeatTimeoutMs !== null &&
-    !(typeof o.heartbeatTimeoutMs === 'number' && o.heartbeatTimeoutMs >= 1)
-  ) {
-    throw invalid(`heartbeatTimeoutMs must be null or a number >= 1, got ${String(o.heartbeatTimeoutMs)}`);
-  }
-  if (o.reconnectInitialDelayMs > o.reconnectMaxDelayMs) {
-    throw invalid('reconnectInitialDelayMs must not exceed reconnectMaxDelayMs');
-  }
-  if (o.reconnectFirstDelayMs > o.reconnectMaxDelayMs) {
+  const o = resolveOptions_('ProgressClient', CLIENT_OPTIONS, options);
+  const { firstDelayMs, ...reconnect } = o.reconnect;
+  if (firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
     // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
-    if (options.reconnectFirstDelayMs !== undefined) {
-      throw invalid('reconnectFirstDelayMs must not exceed reconnectMaxDelayMs');
-    }
-    o.reconnectFirstDelayMs = o.reconnectMaxDelayMs;
+    throw invalidOption('ProgressClient', 'reconnect.firstDelayMs must not exceed reconnect.maxDelayMs');
   }
 
   // Relative URLs resolve against the page, and an http(s) URL names the same server's socket.
@@ -390,8 +431,9 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   const url = parseUrl('url', o.url, base);
   url.protocol = url.protocol.replace(/^http/, 'ws');
   if (url.protocol !== 'ws:' && url.protocol !== 'wss:')
-    throw invalid(`url must be a ws: or wss: URL, got ${url.protocol}`);
-  if (url.username !== '' || url.password !== '') throw invalid('url must not carry credentials');
+    throw invalidOption('ProgressClient', `url must be a ws: or wss: URL, got ${url.protocol}`);
+  if (url.username !== '' || url.password !== '')
+    throw invalidOption('ProgressClient', 'url must not carry credentials');
 
   let httpUrl: URL;
   if (o.httpUrl === undefined) {
@@ -402,80 +444,44 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   } else {
     httpUrl = parseUrl('httpUrl', o.httpUrl, base);
     if (httpUrl.protocol !== 'http:' && httpUrl.protocol !== 'https:')
-      throw invalid('httpUrl must be an http(s) URL');
+      throw invalidOption('ProgressClient', 'httpUrl must be an http(s) URL');
   }
   httpUrl.hash = '';
 
   const WebSocketImpl = o.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructorLike }).WebSocket;
   if (typeof WebSocketImpl !== 'function') {
-    throw invalid(
+    throw invalidOption(
+      'ProgressClient',
       'no WebSocket implementation: pass the `WebSocket` option (for example WebSocket from "ws")',
     );
   }
   if (isNodeBuiltinWebSocket(WebSocketImpl) && Object.keys(o.headers).length > 0) {
-    throw invalid(
+    throw invalidOption(
+      'ProgressClient',
       `Node's built-in WebSocket cannot send upgrade headers (${Object.keys(o.headers).join(', ')}): ` +
         'pass `WebSocket` from the "ws" package (npm install ws), or authenticate with the `token` option ' +
         '(sent in the first frame)',
     );
   }
   const fetchImpl = o.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
-  if (fetchImpl !== undefined && typeof fetchImpl !== 'function') throw invalid('fetch must be a function');
-  if (o.token !== undefined && typeof o.token !== 'string' && typeof o.token !== 'function') {
-    throw invalid('token must be a string or a function');
-  }
-  if (!['include', 'same-origin', 'omit'].includes(o.httpCredentials)) {
-    throw invalid("httpCredentials must be 'include', 'same-origin' or 'omit'");
-  }
-  if (typeof o.headers !== 'object' || o.headers === null) throw invalid('headers must be an object');
-  for (const value of Object.values(o.headers))
-    if (typeof value !== 'string') throw invalid('header values must be strings');
-  for (const name of ['timers', 'clock', 'random'] as const) {
-    if (o[name] === null || (typeof o[name] !== 'object' && typeof o[name] !== 'function')) {
-      throw invalid(`${name} is invalid`);
-    }
+  if (fetchImpl !== undefined && typeof fetchImpl !== 'function')
+    throw invalidOption('ProgressClient', 'fetch must be a function');
+  if (o.preferFallback && o.fallbackTransport === undefined) {
+    throw invalidOption('ProgressClient', 'preferFallback needs a fallbackTransport');
   }
 
-  const persistence = (o as { persistence: unknown }).persistence;
-  let storage: CursorStorage | undefined;
-  if (persistence === 'session') storage = sessionCursorStorage(o.persistenceKeyPrefix);
-  else if (
-    typeof persistence === 'object' &&
-    persistence !== null &&
-    typeof (persistence as CursorStorage).load === 'function'
-  ) {
-    storage = persistence as CursorStorage;
-  } else if (persistence !== false) throw invalid("persistence must be 'session', a CursorStorage or false");
-
-  const sharing = (o as { shareAcrossTabs?: unknown }).shareAcrossTabs;
-  if (sharing !== undefined && sharing !== false && typeof (sharing as TabSharing)?.wrap !== 'function')
-    throw invalid('shareAcrossTabs must be tabSharing() from @finishline/client/tabs, or false');
-
-  const fallback = (o as { fallbackTransport?: unknown }).fallbackTransport;
-  if (fallback !== undefined && typeof (fallback as FallbackTransport)?.follow !== 'function')
-    throw invalid('fallbackTransport must be sseFallback() from @finishline/client/sse');
-  if (typeof o.preferFallback !== 'boolean') throw invalid('preferFallback must be a boolean');
-  if (o.preferFallback && fallback === undefined) throw invalid('preferFallback needs a fallbackTransport');
-
-  const pageEvents = (o as { pageEvents?: unknown }).pageEvents;
-  if (
-    pageEvents !== undefined &&
-    pageEvents !== false &&
-    (typeof pageEvents !== 'object' || pageEvents === null)
-  )
-    throw invalid('pageEvents must be an object ({ document, window }) or false');
-
+  const { persistence, shareAcrossTabs: sharing, pageEvents } = o;
   return {
     ...o,
-    pageEvents:
-      pageEvents === false ? undefined : ((pageEvents as PageEventSources) ?? defaultPageEventSources()),
+    reconnect,
+    reconnectFirstDelayMs: Math.min(firstDelayMs ?? 100, reconnect.maxDelayMs),
+    pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
-    WebSocket: sharing ? (sharing as TabSharing).wrap(WebSocketImpl) : WebSocketImpl,
+    WebSocket: sharing ? sharing.wrap(WebSocketImpl) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
-    token: o.token,
-    storage,
-    fallbackTransport: fallback as FallbackTransport | undefined,
+    storage:
+      persistence === 'session' ? sessionCursorStorage(o.persistenceKeyPrefix) : persistence || undefined,
   };
 }
 

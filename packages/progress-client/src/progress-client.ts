@@ -577,11 +577,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.emitError(error);
     // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
     task.resyncPendingFrom = undefined;
-    const delayMs = backoffDelayMs(
-      task.retries++,
-      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
-      this.#o.random,
-    );
+    const delayMs = backoffDelayMs(task.retries++, this.#o.reconnect, this.#o.random);
     task.retryTimer.set(delayMs, () => this.#resync(task));
   }
 

@@ -10,9 +10,16 @@ import type {
   TerminalEvent,
   WatchView,
 } from '@finishline/core';
-import { ErrorCode, ProgressError, progressOf } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import type { Delivery } from '@finishline/core/internal';
-import { exhaustive, FinishWatchdog, WatchCursor, watchViewOfTask } from '@finishline/core/internal';
+import {
+  exhaustive,
+  FinishWatchdog,
+  terminalEventOfView,
+  WatchCursor,
+  watchViewAfter,
+  watchViewOfTask,
+} from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import type { StoredTask } from './cursor-storage.js';
 import { RateEstimator } from './rate-estimator.js';
@@ -451,13 +458,7 @@ export class WatchedTask {
       if (index === delivered.length - 1) view = this.cursor.view;
       else if (delivery.kind === 'snapshot') view = watchViewOfTask(delivery.task);
       // Only the last delivery can be terminal, so a middle one is progress or an item.
-      else
-        view = {
-          ...view,
-          seq: delivery.event.seq,
-          progress: progressOf(delivery.event.progress),
-          updatedAt: delivery.event.time,
-        };
+      else view = watchViewAfter(view, delivery.event);
       const state = this.#buildState(view, null);
       this.state = state;
       if (delivery.kind === 'snapshot') {
@@ -544,7 +545,7 @@ export class WatchedTask {
   }
 
   #emitTerminal(watch: Watch, state: WatchState): void {
-    const event = this.#terminal ?? terminalFromView(state);
+    const event = this.#terminal ?? terminalEventOfView(state);
     this.#terminal = event;
     switch (event.type) {
       case 'completed':
@@ -592,36 +593,5 @@ export class WatchedTask {
       eta: finished || progress === null ? null : this.#rate.eta(progress.total, progress.done),
       fatalError,
     });
-  }
-}
-
-/** The terminal event a terminal view stands for (when it came from a snapshot). */
-function terminalFromView(view: WatchView): TerminalEvent {
-  const base = {
-    taskId: view.taskId,
-    seq: view.seq,
-    time: view.finishedAt ?? view.updatedAt ?? 0,
-    progress: view.progress ?? {
-      total: null,
-      done: 0,
-      succeeded: 0,
-      failed: 0,
-      current: null,
-      message: null,
-    },
-  };
-  const message = view.error?.message;
-  switch (view.status) {
-    case 'completed':
-    case 'running':
-      return { ...base, type: 'completed', result: view.result };
-    case 'failed':
-      return { ...base, type: 'failed', error: view.error ?? { code: 'failed', message: 'failed' } };
-    case 'cancelled':
-      return { ...base, type: 'cancelled', reason: message ?? null };
-    case 'interrupted':
-      return { ...base, type: 'interrupted', reason: message ?? 'interrupted' };
-    default:
-      return exhaustive(view.status);
   }
 }

@@ -205,8 +205,7 @@ class Watcher {
       behindGraceMs: 50,
       finishTimeoutMs: 300,
       ackDelayMs: 20,
-      reconnectInitialDelayMs: 40,
-      reconnectMaxDelayMs: 150,
+      reconnect: { initialDelayMs: 40, maxDelayMs: 150 },
       httpPollIntervalMs: 100,
     });
     client.on('error', () => undefined);

@@ -12,7 +12,7 @@
 export type { Clock } from './clock.js';
 export { systemClock } from './clock.js';
 export { CloseCode, ERROR_CODES, ErrorCode, FATAL_CLOSE_CODES } from './codes.js';
-export type { WatchView } from './delivery/watch-cursor.js';
+export type { WatchView } from './delivery/event-view.js';
 export { ID_PATTERN, LIMITS } from './limits.js';
 export type {
   CancelledEvent,

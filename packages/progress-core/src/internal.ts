@@ -10,7 +10,23 @@
 
 // Delivery logic (pure, time injected)
 export type { BackoffOptions } from './delivery/backoff.js';
-export { BACKOFF_DEFAULTS, backoffDelayMs } from './delivery/backoff.js';
+export {
+  BACKOFF_DEFAULTS,
+  backoffDelayMs,
+  backoffInOrder,
+  backoffOption,
+  backoffOptionSpecs,
+} from './delivery/backoff.js';
+// The event → view rule
+export type { TerminalFields } from './delivery/event-view.js';
+export {
+  EMPTY_PROGRESS,
+  taskViewAtProgress,
+  terminalEventOfView,
+  terminalFields,
+  watchViewAfter,
+  watchViewOfTask,
+} from './delivery/event-view.js';
 export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
 export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
 export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
@@ -18,14 +34,35 @@ export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
 export type { DueTerminalRetry, TerminalRetryOptions } from './delivery/terminal-retry.js';
 export {
   TERMINAL_RETRY_DEFAULTS,
+  TERMINAL_RETRY_OPTION,
   TerminalRetryTracker,
   terminalRetryDelayMs,
 } from './delivery/terminal-retry.js';
 export type { ApplyResult, Delivery, WatchCursorOptions } from './delivery/watch-cursor.js';
-export { WATCH_CURSOR_DEFAULTS, WatchCursor, watchViewOfTask } from './delivery/watch-cursor.js';
+export { WATCH_CURSOR_DEFAULTS, WatchCursor } from './delivery/watch-cursor.js';
 export { allItemsFinished, Priority, priorityOf } from './model.js';
-// Helpers the stores and option resolvers share
-export { exhaustive, invalidOption, stripUndefined } from './option-helpers.js';
+// The options toolkit and the helpers the stores and option resolvers share
+export type { OptionSpec, OptionSpecs, ResolvedOptionsOf } from './options.js';
+export {
+  boolean,
+  defaultsOf,
+  exhaustive,
+  finite,
+  func,
+  integer,
+  invalidOption,
+  nearestName,
+  nested,
+  ofType,
+  oneOf,
+  option,
+  optional,
+  refine,
+  required,
+  requireNumber,
+  resolveOptions,
+  stripUndefined,
+} from './options.js';
 // Protocol codecs
 export { decodeClientFrame } from './protocol/codec.js';
 export type { DecodeOptions, DecodeResult } from './protocol/frame-text.js';

@@ -1,4 +1,10 @@
 /**
+ * The size limits shared by the protocol, the stores and the server, and the id pattern.
+ *
+ * @module
+ */
+
+/**
  * Size limits shared by the protocol, the stores and the server. They keep one caller's input from
  * exhausting memory or storage that others share. Each value is the default; where a component lets you
  * change one, its options say so.

@@ -4,6 +4,12 @@ import type { JsonValue } from './model.js';
 import { CHECK_MESSAGES, fitsJsonLimit, isJsonValue, isReservedId, isStorableText } from './value-checks.js';
 
 /**
+ * The valibot schemas of the values that recur in frames and store inputs (ids, counts, texts, JSON).
+ *
+ * @module
+ */
+
+/**
  * Valibot schemas for the values that recur in frames and store inputs. Kept in one place so the wire
  * and the stores agree on what a valid id, count or JSON payload is.
  */

@@ -1,5 +1,11 @@
 import type { ErrorCode } from './codes.js';
 
+/**
+ * `ProgressError`, the one error class of Finishline, and its type guard.
+ *
+ * @module
+ */
+
 /** Options for {@link ProgressError}. */
 export interface ProgressErrorOptions {
   /** The error that caused this one, kept for logs. */

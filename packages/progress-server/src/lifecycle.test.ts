@@ -114,6 +114,17 @@ describe('options', () => {
     });
   });
 
+  it('names the nearest known option when refusing an unknown one', () => {
+    expect(
+      () =>
+        new ProgressServer({
+          store: new MemoryProgressStore(),
+          authenticate: noAuth,
+          heartbeatMs: 5,
+        } as never),
+    ).toThrow('ProgressServer: unknown option "heartbeatMs" (did you mean `heartbeatIntervalMs`?)');
+  });
+
   it.each([
     ['no authentication hook', {}],
     ['an unknown option', { authenticate: noAuth, heartbeatMs: 5 }],

@@ -2,9 +2,21 @@ import { randomUUID } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import type { Clock, ProgressStore } from '@finishline/core';
-import { ErrorCode, ID_PATTERN, LIMITS, ProgressError, systemClock } from '@finishline/core';
-import type { TerminalRetryOptions } from '@finishline/core/internal';
-import { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker } from '@finishline/core/internal';
+import { ID_PATTERN, LIMITS, systemClock } from '@finishline/core';
+import type { ResolvedOptionsOf, TerminalRetryOptions } from '@finishline/core/internal';
+import {
+  boolean,
+  defaultsOf,
+  func,
+  integer,
+  invalidOption,
+  ofType,
+  oneOf,
+  option,
+  required,
+  resolveOptions,
+  TERMINAL_RETRY_OPTION,
+} from '@finishline/core/internal';
 import type { Registry } from 'prom-client';
 import type { WebSocketServer } from 'ws';
 import type {
@@ -17,6 +29,15 @@ import type {
 import { ownerOnly } from './auth.js';
 import type { ProgressLogger } from './logger.js';
 import { guardLogger, silentLogger } from './logger.js';
+
+/**
+ * The server's options: the public interface below carries their documentation, the table after it
+ * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
+ * because the interface documents forty options (docs/api.md is generated from it); the code is the
+ * table and one resolver.
+ *
+ * @module
+ */
 
 /**
  * Options of {@link ProgressServer}. Only `store` and one of `authenticate` / `authenticateToken` are
@@ -261,113 +282,106 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   storeRetryDelayMs?: number | undefined;
 }
 
-/** The defaults of {@link ProgressServerOptions}. `leaseRenewIntervalMs` defaults to `leaseTtlMs / 3`. */
-export const PROGRESS_SERVER_DEFAULTS = Object.freeze({
-  path: '/progress',
-  allowedOrigins: 'same-origin' as AllowedOrigins,
-  tokenQueryParam: false as string | false,
-  revealTaskExistence: false,
-  upgradeTimeoutMs: 10_000,
-  maxPendingConnectionsPerAddress: 100,
-  healthDetails: 'authenticated' as 'authenticated' | 'public',
-  authTimeoutMs: 10_000,
-  metricsPrefix: 'finishline_',
-  maxPayloadBytes: 64 * 1024,
-  maxSubscriptionsPerSocket: 100,
-  maxSocketsPerPrincipal: 100,
-  maxSubscriptionsPerPrincipal: 1000,
-  rateLimitPerPrincipalPerSecond: 500,
-  catchUpReadConcurrency: 4,
-  catchUpReadsPerPrincipal: 1,
-  rateLimitPerSecond: 100,
-  rateLimitBurst: 200,
-  maxRateLimitViolations: 50,
-  maxInvalidFrames: 10,
-  maxReplayEvents: 1000,
-  heartbeatIntervalMs: 15_000,
-  reconnectsPerSecond: 20_000,
-  highWaterMarkBytes: 1024 * 1024,
-  backpressurePollMs: 10,
-  terminalRetry: TERMINAL_RETRY_DEFAULTS as Readonly<Required<TerminalRetryOptions>>,
-  leaseTtlMs: 15_000,
-  leaseRenewIntervalMs: 5_000,
-  reapIntervalMs: 5_000,
-  storeRetryDelayMs: 1_000,
-});
+const isObjectWith =
+  (method: string) =>
+  (value: unknown): boolean =>
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as Record<string, unknown>)[method] === 'function';
+
+const isFunction = (value: unknown): boolean => typeof value === 'function';
+
+/** One description per option of {@link ProgressServerOptions}: its default and its check. */
+const SERVER_OPTIONS = {
+  store: required(ofType<ProgressStore>('a ProgressStore', isObjectWith('getTask'))),
+  authenticate: ofType<AuthenticateHook<Principal>>('a function', isFunction),
+  authenticateToken: ofType<AuthenticateTokenHook<Principal>>('a function', isFunction),
+  authorize: func<AuthorizeHook<Principal>>(ownerOnly),
+  server: ofType<HttpServer>('an http.Server', isObjectWith('on')),
+  path: option(
+    '/progress',
+    'a path starting with "/" and without a query',
+    (value) => typeof value === 'string' && value.startsWith('/') && !value.includes('?'),
+  ),
+  wss: ofType<WebSocketServer>('a WebSocketServer', isObjectWith('on')),
+  allowedOrigins: option<AllowedOrigins>(
+    'same-origin',
+    "'same-origin', '*', an array of origins or a predicate",
+    (value) =>
+      value === '*' ||
+      value === 'same-origin' ||
+      typeof value === 'function' ||
+      (Array.isArray(value) && value.every((origin) => typeof origin === 'string')),
+  ),
+  tokenQueryParam: option<string | false>(
+    false,
+    'false or a parameter name',
+    (value) => value === false || (typeof value === 'string' && value !== ''),
+  ),
+  revealTaskExistence: boolean(false),
+  healthDetails: oneOf('authenticated', ['authenticated', 'public']),
+  authTimeoutMs: integer(10_000, 1),
+  upgradeTimeoutMs: integer(10_000, 1),
+  maxPendingConnectionsPerAddress: integer(100, 1),
+  serverId: ofType<string>(
+    `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
+    (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),
+  ),
+  clock: func<Clock>(systemClock),
+  logger: option<ProgressLogger>(silentLogger, 'a logger with debug, info, warn and error methods', (value) =>
+    ['debug', 'info', 'warn', 'error'].every((method) => isObjectWith(method)(value)),
+  ),
+  registry: ofType<Registry>('a prom-client Registry', isObjectWith('registerMetric')),
+  metricsPrefix: option(
+    'finishline_',
+    'a valid Prometheus name prefix',
+    (value) => typeof value === 'string' && /^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(value),
+  ),
+  maxPayloadBytes: integer(64 * 1024, 1024),
+  maxSubscriptionsPerSocket: integer(100, 1),
+  maxSocketsPerPrincipal: integer(100, 1),
+  maxSubscriptionsPerPrincipal: integer(1000, 1),
+  rateLimitPerPrincipalPerSecond: integer(500, 1),
+  catchUpReadConcurrency: integer(4, 1),
+  catchUpReadsPerPrincipal: integer(1, 1),
+  rateLimitPerSecond: integer(100, 1),
+  rateLimitBurst: integer(200, 1),
+  maxRateLimitViolations: integer(50, 1),
+  maxInvalidFrames: integer(10, 1),
+  maxReplayEvents: integer(1000, 1, 10_000),
+  heartbeatIntervalMs: integer(15_000, 10),
+  reconnectsPerSecond: integer(20_000, 0),
+  highWaterMarkBytes: integer(1024 * 1024, 0),
+  backpressurePollMs: integer(10, 1),
+  terminalRetry: TERMINAL_RETRY_OPTION,
+  leaseTtlMs: integer(15_000, 3, 86_400_000),
+  // No fixed default: it follows leaseTtlMs (a third of it), computed in resolveServerOptions.
+  leaseRenewIntervalMs: ofType<number>(
+    'an integer >= 1',
+    (value) => Number.isSafeInteger(value) && (value as number) >= 1,
+  ),
+  reapIntervalMs: integer(5_000, 0),
+  storeRetryDelayMs: integer(1_000, 1),
+} satisfies { [K in keyof Required<ProgressServerOptions>]: unknown };
+
+/**
+ * The defaults of {@link ProgressServerOptions}. `serverId` defaults to `${hostname}-${pid}-${random}` and
+ * `leaseRenewIntervalMs` to `leaseTtlMs / 3`, both computed at construction.
+ */
+export const PROGRESS_SERVER_DEFAULTS = Object.freeze(defaultsOf(SERVER_OPTIONS));
 
 /** The options after merging defaults and validation. */
-export interface ResolvedServerOptions<P extends Principal> {
-  store: ProgressStore;
+export type ResolvedServerOptions<P extends Principal> = Omit<
+  ResolvedOptionsOf<typeof SERVER_OPTIONS>,
+  'authenticate' | 'authenticateToken' | 'authorize' | 'serverId' | 'leaseRenewIntervalMs' | 'terminalRetry'
+> & {
   authenticate: AuthenticateHook<P> | undefined;
   authenticateToken: AuthenticateTokenHook<P> | undefined;
   authorize: AuthorizeHook<P>;
-  server: HttpServer | undefined;
-  path: string;
-  wss: WebSocketServer | undefined;
-  allowedOrigins: AllowedOrigins;
-  tokenQueryParam: string | false;
-  revealTaskExistence: boolean;
-  upgradeTimeoutMs: number;
-  maxPendingConnectionsPerAddress: number;
-  healthDetails: 'authenticated' | 'public';
-  authTimeoutMs: number;
   serverId: string;
-  clock: Clock;
-  logger: ProgressLogger;
-  registry: Registry | undefined;
-  metricsPrefix: string;
-  maxPayloadBytes: number;
-  maxSubscriptionsPerSocket: number;
-  maxSocketsPerPrincipal: number;
-  maxSubscriptionsPerPrincipal: number;
-  rateLimitPerPrincipalPerSecond: number;
-  catchUpReadConcurrency: number;
-  catchUpReadsPerPrincipal: number;
-  rateLimitPerSecond: number;
-  rateLimitBurst: number;
-  maxRateLimitViolations: number;
-  maxInvalidFrames: number;
-  maxReplayEvents: number;
-  heartbeatIntervalMs: number;
-  reconnectsPerSecond: number;
-  highWaterMarkBytes: number;
-  backpressurePollMs: number;
-  terminalRetry: TerminalRetryOptions;
-  leaseTtlMs: number;
   leaseRenewIntervalMs: number;
-  reapIntervalMs: number;
-  storeRetryDelayMs: number;
-}
-
-const KNOWN_OPTIONS: ReadonlySet<string> = new Set([
-  'store',
-  'authenticate',
-  'authenticateToken',
-  'authorize',
-  'server',
-  'wss',
-  'clock',
-  'logger',
-  'registry',
-  'serverId',
-  ...Object.keys(PROGRESS_SERVER_DEFAULTS),
-]);
-
-function invalid(message: string): ProgressError {
-  return new ProgressError(ErrorCode.InvalidInput, `ProgressServer: ${message}`);
-}
-
-function integerOption(name: string, value: number, range: { min: number; max?: number }): number {
-  const { min, max = Number.MAX_SAFE_INTEGER } = range;
-  if (!Number.isSafeInteger(value) || value < min || value > max) {
-    throw invalid(`${name} must be an integer between ${min} and ${max}, got ${String(value)}`);
-  }
-  return value;
-}
-
-function optionalFunction(name: string, value: unknown): void {
-  if (value !== undefined && typeof value !== 'function') throw invalid(`${name} must be a function`);
-}
+  terminalRetry: TerminalRetryOptions;
+};
 
 function defaultServerId(): string {
   const host =
@@ -378,207 +392,44 @@ function defaultServerId(): string {
 }
 
 /**
- * Merges `options` over {@link PROGRESS_SERVER_DEFAULTS} once and validates the result.
+ * Checks `options` against the option table once (unknown keys refused, naming the nearest option),
+ * applies the defaults, then the rules between options.
  *
  * @throws ProgressError `invalid_input` naming the offending option.
  */
 export function resolveServerOptions<P extends Principal>(
   options: ProgressServerOptions<P>,
 ): ResolvedServerOptions<P> {
-  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
-  for (const key of Object.keys(options)) {
-    if (!KNOWN_OPTIONS.has(key)) throw invalid(`unknown option "${key}"`);
+  const o = resolveOptions('ProgressServer', SERVER_OPTIONS, options);
+  if (o.authenticate === undefined && o.authenticateToken === undefined) {
+    throw invalidOption(
+      'ProgressServer',
+      'authenticate or authenticateToken is required (every socket needs a principal)',
+    );
   }
-  const d = PROGRESS_SERVER_DEFAULTS;
-  const store = options.store;
-  if (typeof store !== 'object' || store === null || typeof store.getTask !== 'function') {
-    throw invalid('store must be a ProgressStore');
+  if (o.server !== undefined && o.wss !== undefined) {
+    throw invalidOption(
+      'ProgressServer',
+      'pass either server (attach at path) or wss (your WebSocketServer), not both',
+    );
   }
-  optionalFunction('authenticate', options.authenticate);
-  optionalFunction('authenticateToken', options.authenticateToken);
-  optionalFunction('authorize', options.authorize);
-  if (options.authenticate === undefined && options.authenticateToken === undefined) {
-    throw invalid('authenticate or authenticateToken is required (every socket needs a principal)');
+  if (o.tokenQueryParam !== false && o.authenticateToken === undefined) {
+    throw invalidOption('ProgressServer', 'tokenQueryParam needs authenticateToken');
   }
-  if (options.server !== undefined && options.wss !== undefined) {
-    throw invalid('pass either server (attach at path) or wss (your WebSocketServer), not both');
+  const leaseRenewIntervalMs = o.leaseRenewIntervalMs ?? Math.max(1, Math.floor(o.leaseTtlMs / 3));
+  if (leaseRenewIntervalMs >= o.leaseTtlMs) {
+    throw invalidOption(
+      'ProgressServer',
+      `leaseRenewIntervalMs (${leaseRenewIntervalMs}) must be below leaseTtlMs (${o.leaseTtlMs})`,
+    );
   }
-  if (options.server !== undefined && typeof options.server.on !== 'function') {
-    throw invalid('server must be an http.Server');
-  }
-  if (options.wss !== undefined && typeof options.wss.on !== 'function') {
-    throw invalid('wss must be a WebSocketServer');
-  }
-  const path = options.path ?? d.path;
-  if (typeof path !== 'string' || !path.startsWith('/') || path.includes('?')) {
-    throw invalid(`path must start with "/" and have no query, got ${JSON.stringify(path)}`);
-  }
-  const allowedOrigins = options.allowedOrigins ?? d.allowedOrigins;
-  if (
-    allowedOrigins !== '*' &&
-    allowedOrigins !== 'same-origin' &&
-    typeof allowedOrigins !== 'function' &&
-    !(Array.isArray(allowedOrigins) && allowedOrigins.every((origin) => typeof origin === 'string'))
-  ) {
-    throw invalid("allowedOrigins must be 'same-origin', '*', an array of origins or a predicate");
-  }
-  const tokenQueryParam = options.tokenQueryParam ?? d.tokenQueryParam;
-  if (tokenQueryParam !== false && (typeof tokenQueryParam !== 'string' || tokenQueryParam === '')) {
-    throw invalid('tokenQueryParam must be false or a parameter name');
-  }
-  if (tokenQueryParam !== false && options.authenticateToken === undefined) {
-    throw invalid('tokenQueryParam needs authenticateToken');
-  }
-  const revealTaskExistence = options.revealTaskExistence ?? d.revealTaskExistence;
-  if (typeof revealTaskExistence !== 'boolean') throw invalid('revealTaskExistence must be a boolean');
-  const healthDetails = options.healthDetails ?? d.healthDetails;
-  if (healthDetails !== 'authenticated' && healthDetails !== 'public') {
-    throw invalid("healthDetails must be 'authenticated' or 'public'");
-  }
-  const serverId = options.serverId ?? defaultServerId();
-  if (typeof serverId !== 'string' || serverId.length > LIMITS.maxIdLength || !ID_PATTERN.test(serverId)) {
-    throw invalid(`serverId must be 1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`);
-  }
-  const clock = options.clock ?? systemClock;
-  if (typeof clock !== 'function') throw invalid('clock must be a function');
-  const logger = options.logger ?? silentLogger;
-  for (const method of ['debug', 'info', 'warn', 'error'] as const) {
-    if (typeof logger?.[method] !== 'function') throw invalid(`logger.${method} must be a function`);
-  }
-  const registry = options.registry;
-  if (
-    registry !== undefined &&
-    (typeof registry !== 'object' || typeof registry.registerMetric !== 'function')
-  ) {
-    throw invalid('registry must be a prom-client Registry');
-  }
-  const metricsPrefix = options.metricsPrefix ?? d.metricsPrefix;
-  if (typeof metricsPrefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(metricsPrefix)) {
-    throw invalid('metricsPrefix must be a valid Prometheus name prefix');
-  }
-  const leaseTtlMs = integerOption('leaseTtlMs', options.leaseTtlMs ?? d.leaseTtlMs, {
-    min: 3,
-    max: 86_400_000,
-  });
-  const leaseRenewIntervalMs = integerOption(
-    'leaseRenewIntervalMs',
-    options.leaseRenewIntervalMs ?? Math.max(1, Math.floor(leaseTtlMs / 3)),
-    { min: 1 },
-  );
-  if (leaseRenewIntervalMs >= leaseTtlMs) {
-    throw invalid(`leaseRenewIntervalMs (${leaseRenewIntervalMs}) must be below leaseTtlMs (${leaseTtlMs})`);
-  }
-  const terminalRetry = { ...d.terminalRetry, ...stripUndefined(options.terminalRetry ?? {}) };
-  // The tracker validates its own options; building one here reports a bad schedule at construction.
-  new TerminalRetryTracker(clock, terminalRetry);
   return {
-    store,
-    authenticate: options.authenticate,
-    authenticateToken: options.authenticateToken,
-    authorize: options.authorize ?? ownerOnly,
-    server: options.server,
-    path,
-    wss: options.wss,
-    allowedOrigins,
-    tokenQueryParam,
-    revealTaskExistence,
-    healthDetails,
-    upgradeTimeoutMs: integerOption('upgradeTimeoutMs', options.upgradeTimeoutMs ?? d.upgradeTimeoutMs, {
-      min: 1,
-    }),
-    maxPendingConnectionsPerAddress: integerOption(
-      'maxPendingConnectionsPerAddress',
-      options.maxPendingConnectionsPerAddress ?? d.maxPendingConnectionsPerAddress,
-      { min: 1 },
-    ),
-    authTimeoutMs: integerOption('authTimeoutMs', options.authTimeoutMs ?? d.authTimeoutMs, { min: 1 }),
-    serverId,
-    clock,
-    logger: guardLogger(logger),
-    registry,
-    metricsPrefix,
-    maxPayloadBytes: integerOption('maxPayloadBytes', options.maxPayloadBytes ?? d.maxPayloadBytes, {
-      min: 1024,
-    }),
-    maxSubscriptionsPerSocket: integerOption(
-      'maxSubscriptionsPerSocket',
-      options.maxSubscriptionsPerSocket ?? d.maxSubscriptionsPerSocket,
-      { min: 1 },
-    ),
-    maxSocketsPerPrincipal: integerOption(
-      'maxSocketsPerPrincipal',
-      options.maxSocketsPerPrincipal ?? d.maxSocketsPerPrincipal,
-      { min: 1 },
-    ),
-    maxSubscriptionsPerPrincipal: integerOption(
-      'maxSubscriptionsPerPrincipal',
-      options.maxSubscriptionsPerPrincipal ?? d.maxSubscriptionsPerPrincipal,
-      { min: 1 },
-    ),
-    rateLimitPerPrincipalPerSecond: integerOption(
-      'rateLimitPerPrincipalPerSecond',
-      options.rateLimitPerPrincipalPerSecond ?? d.rateLimitPerPrincipalPerSecond,
-      { min: 1 },
-    ),
-    catchUpReadConcurrency: integerOption(
-      'catchUpReadConcurrency',
-      options.catchUpReadConcurrency ?? d.catchUpReadConcurrency,
-      { min: 1 },
-    ),
-    catchUpReadsPerPrincipal: integerOption(
-      'catchUpReadsPerPrincipal',
-      options.catchUpReadsPerPrincipal ?? d.catchUpReadsPerPrincipal,
-      { min: 1 },
-    ),
-    rateLimitPerSecond: integerOption(
-      'rateLimitPerSecond',
-      options.rateLimitPerSecond ?? d.rateLimitPerSecond,
-      { min: 1 },
-    ),
-    rateLimitBurst: integerOption('rateLimitBurst', options.rateLimitBurst ?? d.rateLimitBurst, { min: 1 }),
-    maxRateLimitViolations: integerOption(
-      'maxRateLimitViolations',
-      options.maxRateLimitViolations ?? d.maxRateLimitViolations,
-      { min: 1 },
-    ),
-    maxInvalidFrames: integerOption('maxInvalidFrames', options.maxInvalidFrames ?? d.maxInvalidFrames, {
-      min: 1,
-    }),
-    maxReplayEvents: integerOption('maxReplayEvents', options.maxReplayEvents ?? d.maxReplayEvents, {
-      min: 1,
-      max: 10_000,
-    }),
-    heartbeatIntervalMs: integerOption(
-      'heartbeatIntervalMs',
-      options.heartbeatIntervalMs ?? d.heartbeatIntervalMs,
-      { min: 10 },
-    ),
-    reconnectsPerSecond: integerOption(
-      'reconnectsPerSecond',
-      options.reconnectsPerSecond ?? d.reconnectsPerSecond,
-      { min: 0 },
-    ),
-    highWaterMarkBytes: integerOption(
-      'highWaterMarkBytes',
-      options.highWaterMarkBytes ?? d.highWaterMarkBytes,
-      { min: 0 },
-    ),
-    backpressurePollMs: integerOption(
-      'backpressurePollMs',
-      options.backpressurePollMs ?? d.backpressurePollMs,
-      { min: 1 },
-    ),
-    terminalRetry,
-    leaseTtlMs,
+    ...o,
+    authenticate: o.authenticate as AuthenticateHook<P> | undefined,
+    authenticateToken: o.authenticateToken as AuthenticateTokenHook<P> | undefined,
+    authorize: o.authorize as AuthorizeHook<P>,
+    serverId: o.serverId ?? defaultServerId(),
+    logger: guardLogger(o.logger),
     leaseRenewIntervalMs,
-    reapIntervalMs: integerOption('reapIntervalMs', options.reapIntervalMs ?? d.reapIntervalMs, { min: 0 }),
-    storeRetryDelayMs: integerOption('storeRetryDelayMs', options.storeRetryDelayMs ?? d.storeRetryDelayMs, {
-      min: 1,
-    }),
   };
-}
-
-function stripUndefined<T extends object>(value: T): Partial<T> {
-  if (typeof value !== 'object' || value === null) throw invalid('terminalRetry must be an object');
-  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as Partial<T>;
 }

@@ -9,7 +9,14 @@ import type {
   TerminalType,
 } from '@finishline/core';
 import { PROTOCOL_VERSION } from '@finishline/core';
+import { EMPTY_PROGRESS } from '@finishline/core/internal';
 import type { WebSocketConstructorLike, WebSocketLike } from '../options.js';
+
+/**
+ * Test support: an in-process fake of the server side of the socket, driven frame by frame by the test.
+ *
+ * @module
+ */
 
 /**
  * An in-process fake of the server side of the socket (centrifuge-js style): the client under test gets
@@ -111,15 +118,6 @@ export class FakeSocket implements WebSocketLike {
     this.onclose?.({ code, reason });
   }
 }
-
-const EMPTY_PROGRESS: ProgressState = {
-  total: null,
-  done: 0,
-  succeeded: 0,
-  failed: 0,
-  current: null,
-  message: null,
-};
 
 /**
  * A task's log as a test server keeps it: appends events with gap-free seqs and renders snapshots.

@@ -7,6 +7,12 @@ import { FakeServer, type FakeTask } from './fake-server.js';
 import { ManualScheduler } from './manual-scheduler.js';
 
 /**
+ * Test support: a client wired to a fake server and a manual scheduler, its events recorded.
+ *
+ * @module
+ */
+
+/**
  * Wiring shared by the client's unit tests: a client on a {@link FakeServer} and a
  * {@link ManualScheduler}, with its state changes and errors recorded.
  *

@@ -2,6 +2,12 @@ import type { Clock } from '@finishline/core';
 import type { TimerApi } from '../timers.js';
 
 /**
+ * Test support: a clock and timer functions that move only when a test says so.
+ *
+ * @module
+ */
+
+/**
  * A clock and timer functions that move only when a test says so. Pass it as both `timers` and (its
  * `now`) `clock`; `pending` counts live timers, which is how tests prove `close()` leaves none.
  *

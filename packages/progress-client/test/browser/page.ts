@@ -36,7 +36,7 @@ const client = new ProgressClient({
   // Chromium fires no `resume` for a visible page thawed over CDP: the clock check is what notices.
   clockCheckIntervalMs: 500,
   clockJumpMs: 1000,
-  reconnectMaxDelayMs: 8000,
+  reconnect: { maxDelayMs: 8000 },
 });
 client.on('state', (change) =>
   log.states.push({ state: change.state, reason: change.reason, at: Date.now() }),

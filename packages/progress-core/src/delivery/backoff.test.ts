@@ -100,6 +100,11 @@ describe('backoffDelayMs', () => {
     expectInvalid(() => backoffDelayMs(0, { initialDelayMs: -1 }), /initialDelayMs/);
     expectInvalid(() => backoffDelayMs(0, { maxDelayMs: Number.POSITIVE_INFINITY }), /maxDelayMs/);
     expectInvalid(() => backoffDelayMs(0, { initialDelayMs: 500, maxDelayMs: 100 }), /must not exceed/);
+    // Unknown keys are refused like everywhere else (they used to be ignored), naming the nearest option.
+    expectInvalid(
+      () => backoffDelayMs(0, { maxDelay: 100 } as BackoffOptions),
+      /Backoff: unknown option "maxDelay" \(did you mean `maxDelayMs`\?\)/,
+    );
     expectInvalid(() => backoffDelayMs(0, undefined, () => 1), /random/);
     expectInvalid(() => backoffDelayMs(0, undefined, () => Number.NaN), /random/);
     // Below the range too, not only at or above 1 (a mutant dropping `unit >= 0` survived without it).

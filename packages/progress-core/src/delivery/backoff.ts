@@ -1,6 +1,7 @@
 import { ErrorCode } from '../codes.js';
+import type { OptionSpec } from '../options.js';
+import { finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
  * Exponential backoff with full jitter, as used by the client's reconnect loop and the Postgres
@@ -36,6 +37,41 @@ export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freez
   maxDelayMs: 30_000,
   multiplier: 2,
 });
+
+/**
+ * One description per option of {@link BackoffOptions}, with the given defaults: a package nesting
+ * backoff options (`reconnect: { … }`) checks them with the same rules and its own defaults.
+ */
+export function backoffOptionSpecs(defaults: Readonly<Required<BackoffOptions>> = BACKOFF_DEFAULTS) {
+  return {
+    initialDelayMs: finite(defaults.initialDelayMs, 0),
+    maxDelayMs: finite(defaults.maxDelayMs, 0),
+    multiplier: finite(defaults.multiplier, 1),
+  };
+}
+
+/** Refuses a first ceiling above the cap; `where` names the group for the message. */
+export function backoffInOrder<T extends Required<BackoffOptions>>(options: T, where: string): T {
+  if (options.initialDelayMs > options.maxDelayMs) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `${where}: initialDelayMs (${options.initialDelayMs}) must not exceed maxDelayMs (${options.maxDelayMs})`,
+    );
+  }
+  return options;
+}
+
+/**
+ * A nested `reconnect: { … }` group of backoff options with the given defaults, checked field by field
+ * and for order.
+ */
+export function backoffOption(
+  defaults: Readonly<Required<BackoffOptions>>,
+): OptionSpec<Required<BackoffOptions>> {
+  return refine(nested(backoffOptionSpecs(defaults)), backoffInOrder);
+}
+
+const BACKOFF_OPTIONS = backoffOptionSpecs();
 
 /**
  * The delay before retry number `attempt` (0 = the first retry): an integer drawn uniformly from
@@ -75,15 +111,5 @@ export function backoffDelayMs(
 }
 
 function resolveBackoffOptions(options: BackoffOptions | undefined): Required<BackoffOptions> {
-  const merged = mergeOptions(BACKOFF_DEFAULTS, options);
-  requireNumber('Backoff: initialDelayMs', merged.initialDelayMs, { min: 0 });
-  requireNumber('Backoff: maxDelayMs', merged.maxDelayMs, { min: 0 });
-  requireNumber('Backoff: multiplier', merged.multiplier, { min: 1 });
-  if (merged.initialDelayMs > merged.maxDelayMs) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `Backoff: initialDelayMs (${merged.initialDelayMs}) must not exceed maxDelayMs (${merged.maxDelayMs})`,
-    );
-  }
-  return merged;
+  return backoffInOrder(resolveOptions('Backoff', BACKOFF_OPTIONS, options), 'Backoff');
 }

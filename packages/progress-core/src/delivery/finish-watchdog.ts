@@ -2,8 +2,8 @@ import type { Clock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
 import type { ProgressState, TaskStatus } from '../model.js';
 import { allItemsFinished } from '../model.js';
+import { defaultsOf, finite, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
  * The client's "stuck at 100%" watchdog. The failure Finishline was born from is a bar that reaches 100%
@@ -24,10 +24,12 @@ export interface FinishWatchdogOptions {
   stuckAfterMs?: number;
 }
 
+const FINISH_WATCHDOG_OPTIONS = { stuckAfterMs: finite(3000, 1) };
+
 /** Defaults of {@link FinishWatchdogOptions}. */
-export const FINISH_WATCHDOG_DEFAULTS: Readonly<Required<FinishWatchdogOptions>> = Object.freeze({
-  stuckAfterMs: 3000,
-});
+export const FINISH_WATCHDOG_DEFAULTS: Readonly<Required<FinishWatchdogOptions>> = Object.freeze(
+  defaultsOf(FINISH_WATCHDOG_OPTIONS),
+);
 
 /**
  * What {@link FinishWatchdog.check} asks the client to do:
@@ -80,8 +82,7 @@ export class FinishWatchdog {
     if (typeof clock !== 'function') {
       throw new ProgressError(ErrorCode.InvalidInput, 'FinishWatchdog: clock must be a function');
     }
-    const merged = mergeOptions(FINISH_WATCHDOG_DEFAULTS, options);
-    this.#stuckAfterMs = requireNumber('FinishWatchdog: stuckAfterMs', merged.stuckAfterMs, { min: 1 });
+    this.#stuckAfterMs = resolveOptions('FinishWatchdog', FINISH_WATCHDOG_OPTIONS, options).stuckAfterMs;
     this.#clock = clock;
   }
 

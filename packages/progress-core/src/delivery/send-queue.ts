@@ -1,7 +1,7 @@
 import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
-import { Priority, priorityOf, progressOf } from '../model.js';
-import { exhaustive } from '../option-helpers.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
+import { Priority, priorityOf } from '../model.js';
+import { defaultsOf, exhaustive, integer, resolveOptions } from '../options.js';
+import { taskViewAtProgress } from './event-view.js';
 
 /**
  * The server's outgoing queue for one socket. Frames wait here while the socket's buffer drains; the
@@ -28,10 +28,12 @@ export interface SendQueueOptions {
   maxProgressRun?: number;
 }
 
+const SEND_QUEUE_OPTIONS = { maxProgressRun: /* @__PURE__ */ integer(64, 1) };
+
 /** Defaults of {@link SendQueueOptions}. */
-export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze({
-  maxProgressRun: 64,
-});
+export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze(
+  /* @__PURE__ */ defaultsOf(SEND_QUEUE_OPTIONS),
+);
 
 type QueuedEntry =
   | { kind: 'event'; event: TaskEvent; order: number }
@@ -104,11 +106,7 @@ export class SendQueue {
    * @throws ProgressError `invalid_input` for invalid options.
    */
   constructor(options?: SendQueueOptions) {
-    const merged = mergeOptions(SEND_QUEUE_DEFAULTS, options);
-    this.#maxProgressRun = requireNumber('SendQueue: maxProgressRun', merged.maxProgressRun, {
-      min: 1,
-      integer: true,
-    });
+    this.#maxProgressRun = resolveOptions('SendQueue', SEND_QUEUE_OPTIONS, options).maxProgressRun;
   }
 
   /** Number of queued entries (a collapsed progress run counts as one). */
@@ -301,7 +299,7 @@ export class SendQueue {
       }
     }
     if (end.seq === firstSeq) return { kind: 'event', event: end };
-    return { kind: 'snapshot', task: snapshotAt(meta, end) };
+    return { kind: 'snapshot', task: taskViewAtProgress(meta, end) };
   }
 
   /** The task to serve next: highest queued priority, then oldest queued entry. */
@@ -365,22 +363,6 @@ function oldestOrder(queue: TaskQueue): number {
   const first = queue.entries.at(0)?.order ?? Number.POSITIVE_INFINITY;
   const second = queue.entries.at(1)?.order ?? Number.POSITIVE_INFINITY;
   return Math.min(first, second);
-}
-
-/** The task as it stood after a progress event: still running, nothing final yet. */
-function snapshotAt(meta: TaskMeta, event: ProgressEvent): TaskView {
-  return {
-    id: meta.id,
-    kind: meta.kind,
-    status: 'running',
-    ...progressOf(event.progress),
-    result: null,
-    error: null,
-    seq: event.seq,
-    createdAt: meta.createdAt,
-    updatedAt: event.time,
-    finishedAt: null,
-  };
 }
 
 /** A growable ring buffer: O(1) at both ends, where an array's `shift`/`unshift` are O(n). */

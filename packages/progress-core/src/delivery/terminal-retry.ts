@@ -1,7 +1,8 @@
 import type { Clock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
+import type { OptionSpec } from '../options.js';
+import { defaultsOf, finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
 
 /**
  * Re-sending unacknowledged terminal events on the same connection. A terminal event is the one frame a
@@ -34,29 +35,41 @@ export interface TerminalRetryOptions {
   maxDelayMs?: number;
 }
 
+/** One description per option of {@link TerminalRetryOptions} (0 ms would re-send in a tight loop). */
+const TERMINAL_RETRY_OPTIONS = {
+  initialDelayMs: /* @__PURE__ */ finite(100, 1),
+  multiplier: /* @__PURE__ */ finite(2, 1),
+  maxDelayMs: /* @__PURE__ */ finite(5000, 1),
+};
+
 /** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */
 export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> =
-  /* @__PURE__ */ Object.freeze({
-    initialDelayMs: 100,
-    multiplier: 2,
-    maxDelayMs: 5000,
-  });
+  /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(TERMINAL_RETRY_OPTIONS));
 
 function resolveTerminalRetryOptions(
   options: TerminalRetryOptions | undefined,
 ): Required<TerminalRetryOptions> {
-  const merged = mergeOptions(TERMINAL_RETRY_DEFAULTS, options);
-  requireNumber('TerminalRetry: initialDelayMs', merged.initialDelayMs, { min: 1 });
-  requireNumber('TerminalRetry: multiplier', merged.multiplier, { min: 1 });
-  requireNumber('TerminalRetry: maxDelayMs', merged.maxDelayMs, { min: 1 });
-  if (merged.initialDelayMs > merged.maxDelayMs) {
+  return inOrder(resolveOptions('TerminalRetry', TERMINAL_RETRY_OPTIONS, options), 'TerminalRetry');
+}
+
+function inOrder(options: Required<TerminalRetryOptions>, where: string): Required<TerminalRetryOptions> {
+  if (options.initialDelayMs > options.maxDelayMs) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
-      `TerminalRetry: initialDelayMs (${merged.initialDelayMs}) must not exceed maxDelayMs (${merged.maxDelayMs})`,
+      `${where}: initialDelayMs (${options.initialDelayMs}) must not exceed maxDelayMs (${options.maxDelayMs})`,
     );
   }
-  return merged;
+  return options;
 }
+
+/**
+ * The `terminalRetry: { … }` option of a component that re-sends terminal events (the server), checked
+ * by the rules of {@link TerminalRetryTracker} without building one.
+ */
+export const TERMINAL_RETRY_OPTION: OptionSpec<Required<TerminalRetryOptions>> = /* @__PURE__ */ refine(
+  /* @__PURE__ */ nested(TERMINAL_RETRY_OPTIONS),
+  inOrder,
+);
 
 function delayFor(attempt: number, options: Required<TerminalRetryOptions>): number {
   // multiplier ** (attempt - 1) may overflow to Infinity; min() then yields the cap.

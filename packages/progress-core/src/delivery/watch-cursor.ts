@@ -1,7 +1,9 @@
-import type { JsonValue, ProgressState, TaskEvent, TaskFailure, TaskStatus, TaskView } from '../model.js';
-import { isTerminalEvent, isTerminalType, progressOf } from '../model.js';
+import type { TaskEvent, TaskView } from '../model.js';
+import { isTerminalEvent, isTerminalType } from '../model.js';
+import { defaultsOf, integer, resolveOptions } from '../options.js';
 import { assertTaskId } from '../value-checks.js';
-import { mergeOptions, requireNumber } from './option-checks.js';
+import type { WatchView } from './event-view.js';
+import { watchViewAfter, watchViewOfTask } from './event-view.js';
 
 /**
  * The client's apply step for one watched task: it turns whatever the network delivers (duplicates,
@@ -14,27 +16,6 @@ import { mergeOptions, requireNumber } from './option-checks.js';
 
 /** What the application is handed: an event, or a snapshot that moves the cursor forward explicitly. */
 export type Delivery = { kind: 'event'; event: TaskEvent } | { kind: 'snapshot'; task: TaskView };
-
-/** What the client knows of a watched task, built from the snapshots and events applied so far. */
-export interface WatchView {
-  readonly taskId: string;
-  /** The cursor: seq of the last event applied (or of the last snapshot accepted). */
-  readonly seq: number;
-  /** `running` until a terminal event or terminal snapshot was applied. */
-  readonly status: TaskStatus;
-  /** Known once a snapshot was applied (events do not carry it). */
-  readonly kind: string | null;
-  /** Absolute progress after the last delivery; `null` before the first. */
-  readonly progress: ProgressState | null;
-  /** The `completed` event's result, else `null`. */
-  readonly result: JsonValue | null;
-  /** Why the task did not complete (`failed`, `cancelled`, `interrupted`), else `null`. */
-  readonly error: TaskFailure | null;
-  /** Epoch ms of the last delivery's event or snapshot; `null` before the first. */
-  readonly updatedAt: number | null;
-  /** Epoch ms of the terminal event, else `null`. */
-  readonly finishedAt: number | null;
-}
 
 /** What one `apply*` call did. */
 export interface ApplyResult {
@@ -55,21 +36,6 @@ export interface ApplyResult {
   foreign: boolean;
 }
 
-/** The view a snapshot stands for: everything the watcher can know of the task at `task.seq`. */
-export function watchViewOfTask(task: TaskView): WatchView {
-  return {
-    taskId: task.id,
-    seq: task.seq,
-    status: task.status,
-    kind: task.kind,
-    progress: progressOf(task),
-    result: task.result,
-    error: task.error,
-    updatedAt: task.updatedAt,
-    finishedAt: task.finishedAt,
-  };
-}
-
 /** Options of {@link WatchCursor}. */
 export interface WatchCursorOptions {
   /**
@@ -86,11 +52,12 @@ export interface WatchCursorOptions {
   maxBuffered?: number;
 }
 
+const WATCH_CURSOR_OPTIONS = { afterSeq: integer(0, 0), maxBuffered: integer(256, 0) };
+
 /** Defaults of {@link WatchCursorOptions}. */
-export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = Object.freeze({
-  afterSeq: 0,
-  maxBuffered: 256,
-});
+export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = Object.freeze(
+  defaultsOf(WATCH_CURSOR_OPTIONS),
+);
 
 const NOTHING: Omit<ApplyResult, 'delivered'> = Object.freeze({
   duplicate: false,
@@ -137,12 +104,8 @@ export class WatchCursor {
    */
   constructor(taskId: string, options?: WatchCursorOptions) {
     assertTaskId(taskId);
-    const merged = mergeOptions(WATCH_CURSOR_DEFAULTS, options);
-    const afterSeq = requireNumber('WatchCursor: afterSeq', merged.afterSeq, { min: 0, integer: true });
-    this.#maxBuffered = requireNumber('WatchCursor: maxBuffered', merged.maxBuffered, {
-      min: 0,
-      integer: true,
-    });
+    const { afterSeq, maxBuffered } = resolveOptions('WatchCursor', WATCH_CURSOR_OPTIONS, options);
+    this.#maxBuffered = maxBuffered;
     this.#taskId = taskId;
     this.#view = Object.freeze({
       taskId,
@@ -265,7 +228,7 @@ export class WatchCursor {
   #deliverEvent(event: TaskEvent, delivered: Delivery[]): void {
     delivered.push({ kind: 'event', event });
     this.#fresh = false;
-    this.#view = Object.freeze(viewAfter(this.#view, event));
+    this.#view = Object.freeze(watchViewAfter(this.#view, event));
     if (isTerminalEvent(event)) this.#finish();
   }
 
@@ -273,53 +236,4 @@ export class WatchCursor {
     this.#finished = true;
     this.#buffer.clear();
   }
-}
-
-/** The view after `event`, mirroring what `planAppend` does to the task row. */
-function viewAfter(view: WatchView, event: TaskEvent): WatchView {
-  const base: WatchView = {
-    ...view,
-    seq: event.seq,
-    progress: progressOf(event.progress),
-    updatedAt: event.time,
-  };
-  switch (event.type) {
-    case 'progress':
-    case 'item':
-      return base;
-    case 'completed':
-      return { ...base, status: 'completed', result: event.result, error: null, finishedAt: event.time };
-    case 'failed':
-      return {
-        ...base,
-        status: 'failed',
-        result: null,
-        error: { code: event.error.code, message: event.error.message },
-        finishedAt: event.time,
-      };
-    case 'cancelled':
-      return {
-        ...base,
-        status: 'cancelled',
-        result: null,
-        error: { code: 'cancelled', message: event.reason ?? 'cancelled' },
-        finishedAt: event.time,
-      };
-    case 'interrupted':
-      return {
-        ...base,
-        status: 'interrupted',
-        result: null,
-        error: { code: 'interrupted', message: event.reason },
-        finishedAt: event.time,
-      };
-    default:
-      // Frames are validated before they reach the cursor; should an unknown type slip through, it is
-      // treated as progress rather than thrown at the socket handler.
-      return exhaustive(event, base);
-  }
-}
-
-function exhaustive(_unknown: never, fallback: WatchView): WatchView {
-  return fallback;
 }

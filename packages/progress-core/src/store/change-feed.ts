@@ -1,6 +1,13 @@
 import type { TaskEvent } from '../model.js';
 
 /**
+ * The change feed a store publishes (task X is at seq N) and the in-process feed the memory and SQLite
+ * stores use.
+ *
+ * @module
+ */
+
+/**
  * "Task X is now at seq N." Stores publish one change per committed event; servers use it to wake the
  * watchers of that task instead of polling. A change always carries the ids; it may also carry the
  * committed events themselves (`events`), when the feed had them at hand — then a receiver whose cursor

@@ -13,6 +13,13 @@ import {
 import { ProgressError } from '../progress-error.js';
 import { STORE_DEFAULTS } from './store-defaults.js';
 
+/**
+ * The parsers that validate what callers pass to a store (task creation, appends, leases, queries) once,
+ * for every store.
+ *
+ * @module
+ */
+
 /** A lease request: the worker `owner` holds the task for `ttlMs` unless it renews. */
 export interface LeaseInput {
   /** Identifies the worker or replica, for example its server id. */

@@ -3,7 +3,7 @@ import { systemClock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
 import type { Task, TaskEvent } from '../model.js';
 import { isTerminalEvent } from '../model.js';
-import { stripUndefined } from '../option-helpers.js';
+import { defaultsOf, func, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
 import type { ChangeFeed } from './change-feed.js';
 import { LocalChangeFeed } from './change-feed.js';
@@ -26,6 +26,12 @@ import { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './stor
 import type { AppendResult } from './task-transitions.js';
 import { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './task-transitions.js';
 
+/**
+ * `MemoryProgressStore`: the in-process store for tests and single-process apps.
+ *
+ * @module
+ */
+
 /** Options for {@link MemoryProgressStore}. */
 export interface MemoryProgressStoreOptions {
   /**
@@ -42,36 +48,14 @@ export interface MemoryProgressStoreOptions {
   onListenerError?: (error: unknown) => void;
 }
 
+const MEMORY_STORE_OPTIONS = {
+  clock: /* @__PURE__ */ func<Clock>(systemClock),
+  onListenerError: /* @__PURE__ */ func<(error: unknown) => void>(() => {}),
+};
+
 /** The defaults of {@link MemoryProgressStoreOptions}. */
 export const MEMORY_PROGRESS_STORE_DEFAULTS: Readonly<Required<MemoryProgressStoreOptions>> =
-  /* @__PURE__ */ Object.freeze({
-    clock: systemClock,
-    onListenerError: () => {},
-  });
-
-const OPTION_NAMES = /* @__PURE__ */ new Set(/* @__PURE__ */ Object.keys(MEMORY_PROGRESS_STORE_DEFAULTS));
-
-function resolveOptions(options: MemoryProgressStoreOptions): Required<MemoryProgressStoreOptions> {
-  if (typeof options !== 'object' || options === null) {
-    throw new ProgressError(ErrorCode.InvalidInput, 'MemoryProgressStore options must be an object');
-  }
-  for (const name of Object.keys(options)) {
-    if (!OPTION_NAMES.has(name)) {
-      throw new ProgressError(ErrorCode.InvalidInput, `MemoryProgressStore: unknown option "${name}"`);
-    }
-  }
-  const resolved = { ...MEMORY_PROGRESS_STORE_DEFAULTS, ...stripUndefined(options) };
-  if (typeof resolved.clock !== 'function') {
-    throw new ProgressError(ErrorCode.InvalidInput, 'MemoryProgressStore: clock must be a function');
-  }
-  if (typeof resolved.onListenerError !== 'function') {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      'MemoryProgressStore: onListenerError must be a function',
-    );
-  }
-  return resolved;
-}
+  /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(MEMORY_STORE_OPTIONS));
 
 interface Entry {
   task: Task;
@@ -115,7 +99,7 @@ export class MemoryProgressStore implements ProgressStore {
 
   /** @throws ProgressError `invalid_input` for bad options. */
   constructor(options: MemoryProgressStoreOptions = {}) {
-    const resolved = resolveOptions(options);
+    const resolved = resolveOptions('MemoryProgressStore', MEMORY_STORE_OPTIONS, options);
     this.#clock = resolved.clock;
     this.#changes = new LocalChangeFeed(resolved.onListenerError);
   }

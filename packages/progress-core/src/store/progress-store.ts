@@ -3,6 +3,12 @@ import type { ChangeFeed } from './change-feed.js';
 import type { AppendInput, CreateTaskInput } from './inputs.js';
 import type { AppendResult } from './task-transitions.js';
 
+/**
+ * The `ProgressStore` contract every store implements, with its query and option types.
+ *
+ * @module
+ */
+
 /** What {@link ProgressStore.listTasks} filters on. */
 export interface ListTasksQuery {
   /** Only this principal's tasks. */

@@ -1,5 +1,6 @@
 import { ErrorCode } from '../codes.js';
-import type { Task, TaskEvent, TaskFailure } from '../model.js';
+import { terminalFields } from '../delivery/event-view.js';
+import type { ProgressState, Task, TaskEvent, TerminalEvent } from '../model.js';
 import { progressOf } from '../model.js';
 import { ProgressError } from '../progress-error.js';
 import type { AppendInput, CreateTaskInput } from './inputs.js';
@@ -7,7 +8,10 @@ import type { AppendInput, CreateTaskInput } from './inputs.js';
 /**
  * The pure state transitions of a task, shared by every store so that SQLite, Postgres and memory agree
  * to the field: a store loads the row (locked), calls these, and writes the results in one transaction.
- * Inputs must already be validated (see `inputs.ts`).
+ * Inputs must already be validated (see `inputs.ts`). What a terminal event sets on the row is the
+ * event → view rule of `delivery/event-view.ts`, the same the clients apply.
+ *
+ * @module
  */
 
 /** The row of a new task. */
@@ -81,58 +85,18 @@ export function planAppend(task: Task, input: AppendInput, now: number): AppendR
       event = { taskId: task.id, seq: next.seq, time: now, type: 'item', item, progress: progressOf(next) };
       break;
     }
-    case 'completed': {
-      finish(next, 'completed', now);
-      next.result = input.result ?? null;
-      if (input.message !== undefined) next.message = input.message;
-      event = {
-        taskId: task.id,
-        seq: next.seq,
-        time: now,
-        type: 'completed',
-        result: next.result,
-        progress: progressOf(next),
-      };
-      break;
-    }
-    case 'failed': {
-      finish(next, 'failed', now);
-      next.error = { code: input.error.code, message: input.error.message };
-      event = {
-        taskId: task.id,
-        seq: next.seq,
-        time: now,
-        type: 'failed',
-        error: next.error,
-        progress: progressOf(next),
-      };
-      break;
-    }
-    case 'cancelled': {
-      finish(next, 'cancelled', now);
-      const reason = input.reason ?? null;
-      next.error = failure('cancelled', reason ?? 'cancelled');
-      event = {
-        taskId: task.id,
-        seq: next.seq,
-        time: now,
-        type: 'cancelled',
-        reason,
-        progress: progressOf(next),
-      };
-      break;
-    }
+    case 'completed':
+    case 'failed':
+    case 'cancelled':
     case 'interrupted': {
-      finish(next, 'interrupted', now);
-      next.error = failure('interrupted', input.reason);
-      event = {
-        taskId: task.id,
-        seq: next.seq,
-        time: now,
-        type: 'interrupted',
-        reason: input.reason,
-        progress: progressOf(next),
-      };
+      finish(next, now);
+      if (input.type === 'completed' && input.message !== undefined) next.message = input.message;
+      const terminal = terminalEvent(input, task.id, next.seq, now, progressOf(next));
+      const fields = terminalFields(terminal);
+      next.status = fields.status;
+      next.result = fields.result;
+      next.error = fields.error;
+      event = terminal;
       break;
     }
     default: {
@@ -172,16 +136,34 @@ function copyTask(task: Task): Task {
   };
 }
 
-function finish(task: Task, status: Task['status'], now: number): void {
-  task.status = status;
+/** The terminal event an append input asks for (its fields in the order the other events have). */
+function terminalEvent(
+  input: Extract<AppendInput, { type: TerminalEvent['type'] }>,
+  taskId: string,
+  seq: number,
+  time: number,
+  progress: ProgressState,
+): TerminalEvent {
+  switch (input.type) {
+    case 'completed':
+      return { taskId, seq, time, type: 'completed', result: input.result ?? null, progress };
+    case 'failed': {
+      const error = { code: input.error.code, message: input.error.message };
+      return { taskId, seq, time, type: 'failed', error, progress };
+    }
+    case 'cancelled':
+      return { taskId, seq, time, type: 'cancelled', reason: input.reason ?? null, progress };
+    case 'interrupted':
+      return { taskId, seq, time, type: 'interrupted', reason: input.reason, progress };
+  }
+}
+
+/** What ending does to the row besides the terminal fields: no current item, no lease. */
+function finish(task: Task, now: number): void {
   task.finishedAt = now;
   task.current = null;
   task.leaseOwner = null;
   task.leaseExpiresAt = null;
-}
-
-function failure(code: string, message: string): TaskFailure {
-  return { code, message };
 }
 
 /** The reason recorded when reaping turns an expired lease into `interrupted`. */

@@ -1,6 +1,12 @@
 import type { Clock } from '../clock.js';
 
 /**
+ * `ManualClock`: a clock that moves only when a test says so.
+ *
+ * @module
+ */
+
+/**
  * A clock that moves only when told: stores and delivery logic take a {@link Clock}, so tests control
  * lease expiry and retry schedules without sleeping.
  */

@@ -1,6 +1,12 @@
 import type { Parameters as FcParameters } from 'fast-check';
 
 /**
+ * The fast-check settings every property test shares (seed, run count).
+ *
+ * @module
+ */
+
+/**
  * fast-check settings shared by every property test of the project: a fixed seed that is printed once
  * per process and can be overridden to replay a failure, and a run count that CI can raise.
  *

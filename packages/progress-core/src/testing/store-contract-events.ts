@@ -17,6 +17,12 @@ import {
 } from './store-contract-support.js';
 import { INVALID_IDS } from './store-contract-tasks.js';
 
+/**
+ * Store contract: appends of every event type and what they do to the task.
+ *
+ * @module
+ */
+
 /** One input per terminal type, with its optional fields set. */
 export const TERMINAL_INPUTS: Readonly<Record<TerminalType, AppendInput>> = Object.freeze({
   completed: { type: 'completed', result: { tainted: ['node-1'], count: 1 }, message: 'all done' },

@@ -6,6 +6,12 @@ import type { ContractContext } from './store-contract-support.js';
 import { ChangeRecorder, changeOf, expectRejection, taskInput } from './store-contract-support.js';
 
 /**
+ * Store contract: the change feed (order, no loss, no foreign changes).
+ *
+ * @module
+ */
+
+/**
  * The change feed. A store may deliver changes asynchronously (Postgres `NOTIFY`), so every test waits,
  * boundedly, for a sentinel change that must come after the ones it checks: changes of one task arrive in
  * commit order, so once its later seq has arrived, any earlier change (or duplicate) has too.

@@ -7,6 +7,12 @@ import { leaseExpiredReason, planAppend, planLease } from '../store/task-transit
 import type { ContractContext } from './store-contract-support.js';
 import { bad, expectRejection, mustGet, seqsOf, show, taskInput } from './store-contract-support.js';
 
+/**
+ * Store contract: leases, reaping of expired leases, and retention.
+ *
+ * @module
+ */
+
 const TTL = 1000;
 const DAY_MS = 86_400_000;
 

@@ -5,6 +5,12 @@ import type { JsonValue } from '../model.js';
 import type { ContractContext } from './store-contract-support.js';
 import { expectRejection, mustGet, taskInput } from './store-contract-support.js';
 
+/**
+ * Store contract: returned objects are copies, inputs are not kept, `close` ends every method.
+ *
+ * @module
+ */
+
 /** Scribbles over every field of a returned object, recursively. */
 function scribble(value: unknown): void {
   if (Array.isArray(value)) {

@@ -17,6 +17,12 @@ import {
   taskInput,
 } from './store-contract-support.js';
 
+/**
+ * Store contract: reading the event log, latest seqs, acks and concurrent writers.
+ *
+ * @module
+ */
+
 /** Reading the log, latest seqs, acks and concurrent writers. */
 export function describeLogContract(ctx: ContractContext): void {
   describe('readEvents', () => {

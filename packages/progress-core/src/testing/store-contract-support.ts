@@ -7,6 +7,12 @@ import type { ProgressStore } from '../store/progress-store.js';
 import type { ManualClock } from './manual-clock.js';
 
 /**
+ * Store contract: the harness types and the assertion helpers the parts share.
+ *
+ * @module
+ */
+
+/**
  * Internal helpers of the store contract suite. Failure messages name the call that misbehaved and what
  * came back, so a red adapter run says what broke without a debugger.
  */

@@ -18,6 +18,12 @@ import {
   taskInput,
 } from './store-contract-support.js';
 
+/**
+ * Store contract: task creation, lookup and listing.
+ *
+ * @module
+ */
+
 /** For the one test that creates a thousand tasks: a database store may need more than vitest's 5 s. */
 const BULK_TIMEOUT_MS = 60_000;
 

@@ -1,6 +1,5 @@
 import { afterEach, beforeEach, describe } from 'vitest';
-import { ErrorCode } from '../codes.js';
-import { ProgressError } from '../progress-error.js';
+import { defaultsOf, integer, resolveOptions } from '../options.js';
 import type { ProgressStore } from '../store/progress-store.js';
 import { describeEventContract } from './store-contract-events.js';
 import { describeFeedContract } from './store-contract-feed.js';
@@ -16,6 +15,12 @@ import { describeTaskContract } from './store-contract-tasks.js';
 import { describeModelContract } from './store-model.js';
 
 export type { ProgressStoreHarness, ProgressStoreHarnessFactory } from './store-contract-support.js';
+
+/**
+ * `describeProgressStoreContract`: the suite every store adapter runs, assembled from its parts.
+ *
+ * @module
+ */
 
 /** Options for {@link describeProgressStoreContract}. */
 export interface StoreContractOptions {
@@ -33,31 +38,12 @@ export interface StoreContractOptions {
   concurrency?: number;
 }
 
-/** The defaults of {@link StoreContractOptions}. */
-export const STORE_CONTRACT_DEFAULTS: Readonly<Required<StoreContractOptions>> = Object.freeze({
-  numRuns: 100,
-  concurrency: 50,
-});
+const STORE_CONTRACT_OPTIONS = { numRuns: integer(100, 1), concurrency: integer(50, 2) };
 
-function resolveOptions(options: StoreContractOptions): Required<StoreContractOptions> {
-  const resolved = {
-    numRuns: options.numRuns ?? STORE_CONTRACT_DEFAULTS.numRuns,
-    concurrency: options.concurrency ?? STORE_CONTRACT_DEFAULTS.concurrency,
-  };
-  if (!Number.isSafeInteger(resolved.numRuns) || resolved.numRuns < 1) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `numRuns must be an integer >= 1, got ${resolved.numRuns}`,
-    );
-  }
-  if (!Number.isSafeInteger(resolved.concurrency) || resolved.concurrency < 2) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `concurrency must be an integer >= 2, got ${resolved.concurrency}`,
-    );
-  }
-  return resolved;
-}
+/** The defaults of {@link StoreContractOptions}. */
+export const STORE_CONTRACT_DEFAULTS: Readonly<Required<StoreContractOptions>> = Object.freeze(
+  defaultsOf(STORE_CONTRACT_OPTIONS),
+);
 
 /**
  * Declares the {@link ProgressStore} contract as a vitest `describe` block: focused tests (one behaviour
@@ -85,7 +71,7 @@ export function describeProgressStoreContract(
   harness: ProgressStoreHarnessFactory,
   options: StoreContractOptions = {},
 ): void {
-  const resolved = resolveOptions(options);
+  const resolved = resolveOptions('describeProgressStoreContract', STORE_CONTRACT_OPTIONS, options);
   describe(`ProgressStore contract: ${name}`, () => {
     describe('behaviours', () => {
       let current: ProgressStoreHarness | undefined;

@@ -15,6 +15,12 @@ import type { ProgressStoreHarnessFactory } from './store-contract-support.js';
 import { expectRejected, expectRejection, fulfilled, range, seqsOf, show } from './store-contract-support.js';
 
 /**
+ * Store contract: the model-based test, random command sequences checked against a simple model.
+ *
+ * @module
+ */
+
+/**
  * The model-based test of the store contract (design guarantee 3 and the log invariants behind 1 and 2):
  * random sequences of creates, appends, concurrent bursts, acks, lease renewals, clock jumps, reaps and
  * purges, each checked against a model simple enough to be obviously right. After every command the

@@ -1,0 +1,164 @@
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from './codes.js';
+import {
+  boolean,
+  defaultsOf,
+  finite,
+  func,
+  integer,
+  nearestName,
+  nested,
+  oneOf,
+  option,
+  optional,
+  required,
+  requireNumber,
+  resolveOptions,
+} from './options.js';
+import { isProgressError } from './progress-error.js';
+
+/** The message of the invalid_input ProgressError `run` throws. */
+function invalidMessage(run: () => unknown): string {
+  try {
+    run();
+  } catch (error) {
+    expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
+    return (error as Error).message;
+  }
+  return expect.fail('expected an invalid_input ProgressError');
+}
+
+describe('resolveOptions', () => {
+  const specs = {
+    heartbeatIntervalMs: integer(15_000, 1),
+    ratio: finite(0.5, 0),
+    verbose: boolean(false),
+    mode: oneOf('fast', ['fast', 'safe']),
+    hook: optional(func<() => void>(() => {})),
+    reconnect: nested({ initialDelayMs: finite(250, 0), maxDelayMs: finite(10_000, 0) }),
+  };
+
+  it('gives the defaults for undefined or empty options, in a fresh object', () => {
+    const defaults = defaultsOf(specs);
+    expect(defaults).toEqual({
+      heartbeatIntervalMs: 15_000,
+      ratio: 0.5,
+      verbose: false,
+      mode: 'fast',
+      hook: undefined,
+      reconnect: { initialDelayMs: 250, maxDelayMs: 10_000 },
+    });
+    expect(resolveOptions('C', specs, undefined)).toEqual(defaults);
+    expect(resolveOptions('C', specs, {})).not.toBe(resolveOptions('C', specs, {}));
+  });
+
+  it('lays defined values over the defaults, undefined ones keeping the default, nested ones merged', () => {
+    const hook = () => {};
+    expect(
+      resolveOptions('C', specs, {
+        heartbeatIntervalMs: 5,
+        ratio: undefined,
+        mode: 'safe',
+        hook,
+        reconnect: { maxDelayMs: 500 },
+      }),
+    ).toEqual({
+      heartbeatIntervalMs: 5,
+      ratio: 0.5,
+      verbose: false,
+      mode: 'safe',
+      hook,
+      reconnect: { initialDelayMs: 250, maxDelayMs: 500 },
+    });
+  });
+
+  it('refuses an unknown key, naming the nearest known option, at the top and nested', () => {
+    expect(invalidMessage(() => resolveOptions('C', specs, { heartbeatMs: 5 }))).toBe(
+      'C: unknown option "heartbeatMs" (did you mean `heartbeatIntervalMs`?)',
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, { reconnect: { maxDelay: 5 } }))).toBe(
+      'C: reconnect: unknown option "maxDelay" (did you mean `maxDelayMs`?)',
+    );
+  });
+
+  it('names the option, what it must be and the value it got', () => {
+    expect(invalidMessage(() => resolveOptions('C', specs, { heartbeatIntervalMs: 0 }))).toBe(
+      'C: heartbeatIntervalMs must be an integer >= 1, got 0',
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, { verbose: 'yes' }))).toBe(
+      'C: verbose must be a boolean, got yes',
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, { mode: 'slow' }))).toBe(
+      "C: mode must be one of 'fast', 'safe', got slow",
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, { hook: {} }))).toBe(
+      'C: hook must be a function, got an object',
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, { reconnect: { maxDelayMs: -1 } }))).toBe(
+      'C: reconnect.maxDelayMs must be a finite number >= 0, got -1',
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, { reconnect: 5 }))).toBe(
+      'C: reconnect must be an object, got 5',
+    );
+    expect(invalidMessage(() => resolveOptions('C', specs, 42))).toBe('C: options must be an object, got 42');
+    expect(invalidMessage(() => resolveOptions('C', specs, null))).toBe(
+      'C: options must be an object, got null',
+    );
+  });
+
+  it('refuses a missing required option', () => {
+    const withStore = { store: required(optional(func<() => void>(() => {}))) };
+    expect(invalidMessage(() => resolveOptions('C', withStore, {}))).toBe(
+      'C: store must be a function, got undefined',
+    );
+    expect(invalidMessage(() => resolveOptions('C', withStore, undefined))).toBe(
+      'C: options must be an object, got undefined',
+    );
+    const lenient = { store: required(optional(option<unknown>(0, 'anything', () => true))) };
+    expect(invalidMessage(() => resolveOptions('C', lenient, {}))).toBe('C: store is required');
+    const store = () => {};
+    expect(resolveOptions('C', withStore, { store }).store).toBe(store);
+  });
+});
+
+describe('nearestName', () => {
+  it('picks the known name with the smallest edit distance, ignoring case', () => {
+    const known = ['pollIntervalMs', 'watermarkIntervalMs', 'maxBatchSize'];
+    expect(nearestName('pollIntervalMS', known)).toBe('pollIntervalMs');
+    expect(nearestName('maxbatch', known)).toBe('maxBatchSize');
+    expect(nearestName('watermark', known)).toBe('watermarkIntervalMs');
+  });
+});
+
+describe('requireNumber', () => {
+  it('returns a value that meets the constraint, the bound included', () => {
+    expect(requireNumber('X', 0, { min: 0, integer: true })).toBe(0);
+    expect(requireNumber('X', 2.5, { min: 1 })).toBe(2.5);
+    expect(requireNumber('X', -3)).toBe(-3);
+  });
+
+  it('names the option, the expected kind and bound, and the value', () => {
+    expect(invalidMessage(() => requireNumber('W: n', -1, { min: 0, integer: true }))).toBe(
+      'W: n must be an integer >= 0, got -1',
+    );
+    expect(invalidMessage(() => requireNumber('W: n', 1.5, { integer: true }))).toBe(
+      'W: n must be an integer, got 1.5',
+    );
+    expect(invalidMessage(() => requireNumber('W: x', 0.5, { min: 1 }))).toBe(
+      'W: x must be a finite number >= 1, got 0.5',
+    );
+    expect(invalidMessage(() => requireNumber('W: x', Number.NaN))).toBe(
+      'W: x must be a finite number, got NaN',
+    );
+    expect(invalidMessage(() => requireNumber('W: x', Number.POSITIVE_INFINITY))).toBe(
+      'W: x must be a finite number, got Infinity',
+    );
+    expect(invalidMessage(() => requireNumber('W: x', '3'))).toBe('W: x must be a finite number, got 3');
+    expect(invalidMessage(() => requireNumber('W: n', 2 ** 53, { integer: true }))).toBe(
+      `W: n must be an integer, got ${2 ** 53}`,
+    );
+    expect(invalidMessage(() => requireNumber('W: n', 11, { min: 1, max: 10, integer: true }))).toBe(
+      'W: n must be an integer from 1 to 10, got 11',
+    );
+  });
+});
