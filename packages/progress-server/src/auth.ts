@@ -1,3 +1,9 @@
+/**
+ * The authentication and authorization hooks an application plugs in (`authenticate`, `authenticateToken`,
+ * `authorize`), the `Principal` they produce, and the default token extraction from headers and query.
+ *
+ * @module
+ */
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
 

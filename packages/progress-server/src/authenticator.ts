@@ -1,3 +1,9 @@
+/**
+ * Runs the application's auth hooks for the server: credentials from an upgrade or an `auth` frame, the
+ * default owner-only authorization, and a hook that throws treated as a refusal.
+ *
+ * @module
+ */
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
 import { LIMITS } from '@finishline/core';

@@ -1,3 +1,9 @@
+/**
+ * The server's Prometheus metrics (prom-client): one registry per server, counters and gauges named in
+ * docs/operations.md.
+ *
+ * @module
+ */
 import type { ChangeFeed } from '@finishline/core';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 

@@ -1,3 +1,8 @@
+/**
+ * Per-principal caps across one replica: open sockets, followed tasks and a shared frame budget.
+ *
+ * @module
+ */
 import type { Clock } from '@finishline/core';
 import { TokenBucket } from './socket/rate-limiter.js';
 

@@ -1,4 +1,9 @@
 /**
+ * Bounded waiting for shutdown paths: a promise or a deadline, whichever comes first, with no timer left.
+ *
+ * @module
+ */
+/**
  * Resolves when `promise` settles (fulfilled or rejected) or after `ms` milliseconds, whichever comes
  * first, and leaves no timer behind either way. Used by graceful shutdown, which must never hang.
  */

@@ -3,6 +3,8 @@
  * (Node 20 runs no TypeScript) and starts it under `ulimit -n 1024`. It prints one JSON line
  * `{ "port": n }` once listening, then answers each `stats` line on stdin with
  * `{ "connections", "sockets", "dropped" }`, and exits on `exit`.
+ *
+ * @module
  */
 import { createInterface } from 'node:readline';
 import { MemoryProgressStore } from '@finishline/core';
