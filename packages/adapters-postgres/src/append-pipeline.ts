@@ -100,9 +100,7 @@ export async function writeAppends(
       `{"task_id":${JSON.stringify(taskId)},"seq":${seq},"type":${JSON.stringify(type)},"time":${time},"body":${bodyJson}}`,
     );
     const terminal = isTerminalType(type);
-    // A fresh copy, parsed from the text the table stores: what any other replica rebuilds from it.
-    const copy = frozenEvent(taskId, seq, type, time, JSON.parse(bodyJson) as Record<string, unknown>);
-    changes.push(Object.freeze({ taskId, seq, terminal, events: Object.freeze([copy]) }));
+    changes.push(committedChange(taskId, seq, terminal, type, time, bodyJson));
     const notice = notices.get(taskId);
     if (notice === undefined) {
       notices.set(taskId, { taskId, firstSeq: seq, seq, terminal, events: [event] });
@@ -136,8 +134,37 @@ export async function writeAppends(
       FROM json_to_recordset(${`[${rows.join(',')}]`}::json)
         AS e(task_id text, seq int8, type text, time int8, body json)
     )
-    SELECT pg_notify(${target.channel}, payload) FROM unnest(${payloads}::text[]) AS payload`.execute(trx);
+    -- Payloads as one JSON array: JSON.stringify escapes them natively, where a text[] is escaped in JS.
+    SELECT pg_notify(${target.channel}, payload)
+    FROM json_array_elements_text(${JSON.stringify(payloads)}::json) AS payload`.execute(trx);
   return changes;
+}
+
+/**
+ * The change of a committed event. Its `events` are built on first read, from the text the table
+ * stores (a fresh, frozen copy: what any other replica rebuilds from the notification): a store with no
+ * subscriber that reads them, like a writer-only process, never pays for the copy.
+ */
+function committedChange(
+  taskId: string,
+  seq: number,
+  terminal: boolean,
+  type: string,
+  time: number,
+  bodyJson: string,
+): TaskChange {
+  let events: readonly TaskEvent[] | undefined;
+  return Object.freeze({
+    taskId,
+    seq,
+    terminal,
+    get events(): readonly TaskEvent[] {
+      events ??= Object.freeze([
+        frozenEvent(taskId, seq, type, time, JSON.parse(bodyJson) as Record<string, unknown>),
+      ]);
+      return events;
+    },
+  });
 }
 
 /** Queues appends and commits them in batches; see the module documentation. */

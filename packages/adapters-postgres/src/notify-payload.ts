@@ -12,10 +12,9 @@ import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/cor
  * - Changes with their events: the same list, a newline, then per entry the events `firstSeq..seq` as
  *   `[type,time,body]` (`body` is the event without its ids, type and time, as the events table stores
  *   it): `[["<taskId>",4,5,0]]\n[[["item",1700000000000,{…}],["progress",1700000000001,{…}]]]`. Receivers
- *   hand the events to their subscribers without reading the table. A task's events that do not fit
- *   one payload are cut into runs of seqs over several; only an event that does not fit
- *   {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on its own travels ids-only, and the receiver reads it.
- *   The list comes first so a receiver can tell from it alone whether it needs the events at all
+ *   hand the events to their subscribers without reading the table. A task whose events of the
+ *   transaction do not fit {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on their own travels ids-only,
+ *   and the receiver reads them. The list comes first so a receiver can tell from it alone whether it needs the events at all
  *   (a store hears its own commits, which it published already) and skip parsing them.
  * - A barrier: `{"barrier":"<listener id>","xmin":"<xid8>"}` — sent by a listener to itself to advance
  *   its high-water mark (see `postgres-change-feed.ts`).
@@ -117,72 +116,43 @@ export function frozenEvent(
   return deepFreeze({ taskId, seq, type, time, ...body }) as TaskEvent;
 }
 
-/** A run of one task's seqs as one payload entry, with its events' text when they travel along. */
+/** One task's seqs as one payload entry, with its events' text when they travel along. */
 interface Unit {
   entry: string;
-  /** `[event,…]` of the run, or `undefined` for an ids-only entry. */
+  /** `[event,…]` of the entry, or `undefined` for an ids-only entry. */
   events: string | undefined;
 }
 
 /**
- * Cuts a change into entries: runs of consecutive events that fit a payload on their own carry them
- * (a large transaction on one task still reaches receivers with its events, over several
- * notifications); an event too large for any payload travels ids-only. Only the last run can be terminal.
+ * A change as one entry: with its events when they fit a payload on their own, ids-only otherwise. A
+ * task with more events in one transaction than one payload holds costs receivers a single read of all
+ * of them, cheap per event; carrying them over several notifications would instead cost the writer and
+ * every listener (measured: a hot task's group commits lost about a fifth of their rate).
  */
-function unitsOf(change: ChangeNotice, encode: (event: TaskEvent) => string): Unit[] {
+function unitOf(change: ChangeNotice, encode: (event: TaskEvent) => string): Unit {
+  const entry = encodeEntry(change);
   const { events } = change;
   if (events === undefined || events.length !== change.seq - change.firstSeq + 1) {
-    return [{ entry: encodeEntry(change), events: undefined }];
+    return { entry, events: undefined };
   }
-  // An entry's length never exceeds that of the whole change's (its seqs have at most as many digits).
-  const entryBytes = encodeEntry(change).length;
-  const units: Unit[] = [];
-  let run: string[] = [];
-  let runBytes = 0;
-  let runFirst = change.firstSeq;
-  const push = (first: number, last: number, text: string | undefined) => {
-    const terminal = change.terminal && last === change.seq;
-    units.push({
-      entry: encodeEntry({ taskId: change.taskId, firstSeq: first, seq: last, terminal }),
-      events: text,
-    });
-  };
-  const flushRun = (last: number) => {
-    if (run.length > 0) push(runFirst, last, `[${run.join(',')}]`);
-    run = [];
-    runBytes = 0;
-  };
-  events.forEach((event, index) => {
-    const seq = change.firstSeq + index;
+  // `[entry]\n[[events]]`: three bracket pairs and the separator around the entry and the events.
+  let bytes = entry.length + 7 + events.length - 1;
+  const texts: string[] = [];
+  for (const event of events) {
     const text = encode(event);
-    const bytes = Buffer.byteLength(text);
-    // A payload of this entry alone, `[entry]\n[[events]]`: three bracket pairs, the separator, the entry,
-    // and `extra` bytes of events and their commas.
-    const alone = (extra: number) => entryBytes + 7 + extra;
-    if (alone(bytes) > NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES) {
-      flushRun(seq - 1);
-      push(seq, seq, undefined);
-      runFirst = seq + 1;
-      return;
-    }
-    if (run.length > 0 && alone(runBytes + 1 + bytes) > NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES) {
-      flushRun(seq - 1);
-      runFirst = seq;
-    }
-    if (run.length === 0) runFirst = seq;
-    runBytes += (run.length > 0 ? 1 : 0) + bytes;
-    run.push(text);
-  });
-  flushRun(change.seq);
-  return units;
+    bytes += Buffer.byteLength(text);
+    if (bytes > NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES) return { entry, events: undefined };
+    texts.push(text);
+  }
+  return { entry, events: `[${texts.join(',')}]` };
 }
 
 /**
  * Packs changes into as few payloads as fit their budget each, keeping their order (a receiver
  * publishes one task's changes in the order they come). Changes that carry `events` go into payloads
- * with events (cut into runs of seqs when they do not fit one payload, see {@link unitsOf}, within
- * {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES}); changes without `events`, and events too large for any
- * payload, go ids-only within {@link NOTIFY_PAYLOAD_BUDGET_BYTES}.
+ * with events when they fit {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on their own (see
+ * {@link unitOf}); changes without `events`, or with too many, go ids-only within
+ * {@link NOTIFY_PAYLOAD_BUDGET_BYTES}.
  */
 export function encodeChangeNotices(
   changes: readonly ChangeNotice[],
@@ -201,22 +171,20 @@ export function encodeChangeNotices(
     bytes = 0;
   };
   for (const change of changes) {
-    for (const { entry, events } of unitsOf(change, encode)) {
-      const withEvents = events !== undefined;
-      // Payload bytes after adding this entry: its comma, and with events theirs and the list's comma.
-      const added = entry.length + 1 + (withEvents ? Buffer.byteLength(events) + 1 : 0);
-      const budget = withEvents ? NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES : NOTIFY_PAYLOAD_BUDGET_BYTES;
-      if (entries.length > 0 && ((eventLists !== undefined) !== withEvents || bytes + added > budget))
-        flush();
-      if (entries.length === 0) {
-        // The opening brackets (one pair for ids, another and the separator for events), no comma yet.
-        bytes = withEvents ? 4 : 1;
-        if (withEvents) eventLists = [];
-      }
-      entries.push(entry);
-      if (withEvents) eventLists?.push(events);
-      bytes += added;
+    const { entry, events } = unitOf(change, encode);
+    const withEvents = events !== undefined;
+    // Payload bytes after adding this entry: its comma, and with events theirs and the list's comma.
+    const added = entry.length + 1 + (withEvents ? Buffer.byteLength(events) + 1 : 0);
+    const budget = withEvents ? NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES : NOTIFY_PAYLOAD_BUDGET_BYTES;
+    if (entries.length > 0 && ((eventLists !== undefined) !== withEvents || bytes + added > budget)) flush();
+    if (entries.length === 0) {
+      // The opening brackets (one pair for ids, another and the separator for events), no comma yet.
+      bytes = withEvents ? 4 : 1;
+      if (withEvents) eventLists = [];
     }
+    entries.push(entry);
+    if (withEvents) eventLists?.push(events);
+    bytes += added;
   }
   flush();
   return payloads;

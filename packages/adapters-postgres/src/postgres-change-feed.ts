@@ -251,6 +251,19 @@ export class ChangeFeedHub {
 
   /** Publishes one of this store's own committed events, with the event when it is given. */
   publishCommitted(change: TaskChange): void {
+    const known = this.#published.get(change.taskId);
+    if (change.seq >= 1 && (known === undefined || known.seq === change.seq - 1)) {
+      // The next seq, as a report of it alone would publish it: the change itself goes out, so events it
+      // builds on demand (see `append-pipeline.ts`) are built only if a subscriber reads them.
+      this.#remember(change.taskId, {
+        seq: change.seq,
+        terminalAt: change.terminal ? this.#clock() : undefined,
+      });
+      this.#local.publish(Object.isFrozen(change) ? change : Object.freeze({ ...change }));
+      this.#counters.published += 1;
+      this.#counters.fromCommits += 1;
+      return;
+    }
     const notice: ChangeNotice = {
       taskId: change.taskId,
       firstSeq: change.seq - (change.events?.length ?? 1) + 1,

@@ -111,11 +111,12 @@ describe('NOTIFY payloads', () => {
         seq: c.firstSeq + i,
         terminal: c.terminal && c.firstSeq + i === c.seq,
         event: c.events?.[i],
+        change: c,
       })),
     );
   }
 
-  it('carry the events when they fit, cut into runs when needed, within the byte budget, in order', () => {
+  it('carry the events when they fit, within the byte budget, and decode to the same changes in order', () => {
     fc.assert(
       fc.property(fc.array(fc.oneof(narrow, eventful), { maxLength: 40 }), (changes) => {
         const payloads = encodeChangeNotices(changes);
@@ -131,9 +132,9 @@ describe('NOTIFY payloads', () => {
         }
         const sent = perSeq(changes);
         const received = perSeq(decoded);
-        // The same seqs, terminal flags and order, whatever the cutting.
-        expect(received.map(({ event: _event, ...ids }) => ids)).toEqual(
-          sent.map(({ event: _event, ...ids }) => ids),
+        // The same entries, seqs, terminal flags and order.
+        expect(decoded.map(({ events: _events, ...ids }) => ids)).toEqual(
+          changes.map(({ events: _events, ...ids }) => ids),
         );
         sent.forEach((one, index) => {
           const got = received[index]?.event;
@@ -142,18 +143,10 @@ describe('NOTIFY payloads', () => {
             expect(Object.isFrozen(got.progress)).toBe(true);
             return;
           }
-          // Arrived ids-only: it had no event, or that event alone could not fit a payload.
+          // Arrived ids-only: it had no event, or its change's events could not fit a payload on their own.
           if (one.event === undefined) return;
-          const [alone] = encodeChangeNotices([
-            {
-              taskId: one.taskId,
-              firstSeq: one.seq,
-              seq: one.seq,
-              terminal: one.terminal,
-              events: [one.event],
-            },
-          ]);
-          expect(alone?.includes('\n'), `an event that fits travels with its change (seq ${one.seq})`).toBe(
+          const [alone] = encodeChangeNotices([one.change]);
+          expect(alone?.includes('\n'), `events that fit travel with their change (seq ${one.seq})`).toBe(
             false,
           );
         });
@@ -179,18 +172,14 @@ describe('NOTIFY payloads', () => {
     expect(fullest).toBeGreaterThan(NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES - 100);
   });
 
-  it('cut a large transaction of one task into runs that each carry their events', () => {
+  it('send a task whose events of one transaction exceed a payload ids-only, in one entry', () => {
     const texts = Array.from({ length: 120 }, (_, i) => `event ${i} ${'z'.repeat(150)}`);
     const big = withEvents('hot', 1, texts, true);
-    const payloads = encodeChangeNotices([big]);
-    expect(payloads.length).toBeGreaterThan(2);
-    const decoded = payloads.flatMap((payload) => {
-      const notice = decodeNotice(payload);
-      return notice.kind === 'changes' ? notice.changes : [];
-    });
-    expect(decoded.every((c) => c.events !== undefined)).toBe(true);
-    expect(decoded.flatMap((c) => c.events ?? [])).toEqual(big.events);
-    expect(decoded.map((c) => c.terminal)).toEqual(decoded.map((_, i) => i === decoded.length - 1));
+    expect(encodeChangeNotices([big])).toEqual(['[["hot",1,120,1]]']);
+    // Fewer of the same events fit, and travel with their change.
+    const fits = withEvents('hot', 1, texts.slice(0, 20), false);
+    const notice = decodeNotice(encodeChangeNotices([fits])[0]);
+    expect(notice.kind === 'changes' && notice.changes[0]?.events).toEqual(fits.events);
   });
 
   it('parse the events only when some change is wanted, and drop events that do not match their entries', () => {
