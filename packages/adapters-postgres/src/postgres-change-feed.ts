@@ -252,6 +252,11 @@ export class ChangeFeedHub {
   /** Publishes one of this store's own committed events, with the event when it is given. */
   publishCommitted(change: TaskChange): void {
     const known = this.#published.get(change.taskId);
+    if (known !== undefined && change.seq <= known.seq) {
+      // Its notification came first (it may outrun the COMMIT's reply): a duplicate, events left unbuilt.
+      this.#counters.duplicates += 1;
+      return;
+    }
     if (change.seq >= 1 && (known === undefined || known.seq === change.seq - 1)) {
       // The next seq, as a report of it alone would publish it: the change itself goes out, so events it
       // builds on demand (see `append-pipeline.ts`) are built only if a subscriber reads them.

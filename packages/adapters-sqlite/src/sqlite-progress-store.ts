@@ -586,7 +586,15 @@ export class SqliteProgressStore implements ProgressStore {
         Object.freeze({ taskId: event.taskId, seq: event.seq, terminal: isTerminalType(event.type) }),
       );
     }
-    for (const task of finalTasks.values()) this.#q.updateTaskAfterAppend.run(taskToRow(task));
+    for (const task of finalTasks.values()) {
+      // A task still running changed only its counters, texts, seq and time (see `planAppend`).
+      const statement =
+        task.status === 'running' ? this.#q.updateRunningTaskAfterAppend : this.#q.updateTaskAfterAppend;
+      const { changes } = statement.run(taskToRow(task));
+      // The row was loaded (or remembered) running in this transaction; anything else is a bug, not data.
+      if (Number(changes) !== 1)
+        throw new ProgressError(ErrorCode.Internal, `Task ${task.id} was not updated`);
+    }
     log.lastEventId = lastId;
   }
 

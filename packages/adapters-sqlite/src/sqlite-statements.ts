@@ -34,6 +34,21 @@ const APPEND_COLUMNS = [
   'lease_expires_at',
 ] as const satisfies readonly (keyof TasksTable)[];
 
+/**
+ * The columns an append that leaves its task running can change: status, result, error, finish time and
+ * lease stay as they were, so the partial indexes on them (lease expiry, finished) are not touched.
+ */
+const RUNNING_APPEND_COLUMNS = [
+  'total',
+  'done',
+  'succeeded',
+  'failed',
+  'current',
+  'message',
+  'seq',
+  'updated_at',
+] as const satisfies readonly (typeof APPEND_COLUMNS)[number][];
+
 const TASK_COLUMNS = [
   'id',
   'owner',
@@ -92,6 +107,15 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
       database,
       builder.updateTable(TABLES.tasks).set(placeholders(APPEND_COLUMNS)).where('id', '=', param('id')),
       [...APPEND_COLUMNS, 'id'],
+    ),
+    updateRunningTaskAfterAppend: new PreparedQuery(
+      database,
+      builder
+        .updateTable(TABLES.tasks)
+        .set(placeholders(RUNNING_APPEND_COLUMNS))
+        .where('id', '=', param('id'))
+        .where(sql.ref('status'), '=', running),
+      [...RUNNING_APPEND_COLUMNS, 'id'],
     ),
     updateLease: new PreparedQuery(
       database,
