@@ -2,7 +2,7 @@ import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/internal';
-import { EventEmitter } from 'eventemitter3';
+import { EventEmitter } from './event-emitter.js';
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';
 import { HttpFallback } from './http-fallback.js';

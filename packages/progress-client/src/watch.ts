@@ -13,7 +13,7 @@ import type {
 import { ErrorCode, ProgressError, progressOf } from '@finishline/core';
 import type { Delivery } from '@finishline/core/internal';
 import { exhaustive, FinishWatchdog, WatchCursor, watchViewOfTask } from '@finishline/core/internal';
-import { EventEmitter } from 'eventemitter3';
+import { EventEmitter } from './event-emitter.js';
 import type { StoredTask } from './cursor-storage.js';
 import { RateEstimator } from './rate-estimator.js';
 import { Timeout, type TimerSet } from './timers.js';
