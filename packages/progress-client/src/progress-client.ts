@@ -2,14 +2,15 @@ import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/internal';
-import { EventEmitter } from './event-emitter.js';
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';
+import { EventEmitter } from './event-emitter.js';
 import { HttpFallback } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
+import { TaskSubscription } from './task-subscription.js';
 import { Timeout, TimerSet } from './timers.js';
-import { Watch, WatchedTask, type WatchOptions } from './watch.js';
+import { Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync, acks), and the
@@ -71,7 +72,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #connection: Connection;
   readonly #http: HttpFallback;
   readonly #abort = new AbortController();
-  readonly #tasks = new Map<string, WatchedTask>();
+  readonly #tasks = new Map<string, TaskSubscription>();
   readonly #ackTimer: Timeout;
   readonly #pollTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
@@ -140,7 +141,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     assertTaskId(taskId);
     let task = this.#tasks.get(taskId);
     if (task === undefined) {
-      task = new WatchedTask(taskId, {
+      task = new TaskSubscription(taskId, {
         clock: this.#o.clock,
         timers: this.#timers,
         finishTimeoutMs: this.#o.finishTimeoutMs,
@@ -157,8 +158,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
-    const watch = new Watch(task, (handle) => this.#release(task, handle));
-    task.attach(watch);
+    const sub = task;
+    const watch = new Watch(sub.task, (handle) => this.#release(sub, handle));
+    sub.task.attach(watch);
     const signal = options.signal;
     if (signal !== undefined) {
       if (signal.aborted) watch.close();
@@ -228,10 +230,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       },
       onFrame: (frame) => this.#onFrame(frame),
       onDown: () => {
-        for (const task of this.#tasks.values()) {
-          task.resyncPendingFrom = undefined;
-          task.behindTimer.clear();
-        }
+        for (const task of this.#tasks.values()) task.down();
       },
       onFatal: (error) => {
         this.#closing ??= this.#shutdown(error, true);
@@ -286,7 +285,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         if (task === undefined) return;
         // The server found the cursor outside the task's log: start over from this snapshot.
         if (frame.reset === true) task.startOver();
-        if (frame.epoch !== undefined) task.epoch = frame.epoch;
+        if (frame.epoch !== undefined) task.setEpoch(frame.epoch);
         // A terminal snapshot is re-sent until acknowledged, like a terminal event. (The first answer to
         // a subscribe takes the usual path: its ack also unsubscribes.)
         const resent = frame.task.status !== 'running' && task.answered;
@@ -306,8 +305,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
           if (latest === undefined) {
             // The server does not (or no longer) follow this task for us: subscribe again, unless a
             // subscribe just went out and the heartbeat crossed it.
-            if (this.#o.clock() - task.resyncSentAt >= this.#o.behindGraceMs) this.#subscribe(task);
-          } else if (task.cursor.isBehind(latest)) this.#behind(task, latest);
+            if (task.subscribeOlderThan(this.#o.behindGraceMs)) this.#subscribe(task);
+          } else if (task.cursor.isBehind(latest))
+            task.behind(latest, this.#o.behindGraceMs, () => this.#resync(task));
         }
         return;
       case 'error':
@@ -319,40 +319,29 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   }
 
   /** A snapshot or event about a watched task arrived on the socket. */
-  #onTaskFrame(task: WatchedTask, result: ApplyResult, terminal: boolean): void {
-    const answered = task.answered;
-    task.answered = true;
+  #onTaskFrame(task: TaskSubscription, result: ApplyResult, terminal: boolean): void {
+    const first = task.answer();
     this.#apply(task, result);
     if (this.#tasks.get(task.taskId) !== task) return;
     if (result.duplicate && terminal && task.cursor.finished) {
       // The server re-sends a terminal event until it hears an ack: the previous ack may have been lost.
       this.#connection.send({ type: 'ack', taskId: task.taskId, seq: task.cursor.seq });
-    } else if (!answered) this.#scheduleAck(task);
+    } else if (first) this.#scheduleAck(task);
   }
 
-  #apply(task: WatchedTask, result: ApplyResult): void {
-    // Frames already in flight when a resync went out arrive with the same gap: one resync per gap, unless
-    // its answer is overdue (lost too).
-    if (
-      result.gap &&
-      !(
-        task.resyncPendingFrom === result.resyncFrom &&
-        this.#o.clock() - task.resyncSentAt < this.#o.behindGraceMs
-      )
-    ) {
-      this.#resync(task);
-    }
+  #apply(task: TaskSubscription, result: ApplyResult): void {
+    if (task.needsResync(result, this.#o.behindGraceMs)) this.#resync(task);
     if (result.delivered.length === 0) return;
-    task.resyncPendingFrom = undefined;
-    task.deliver(result.delivered);
+    task.delivered();
+    task.task.deliver(result.delivered, task.cursor.view);
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
     this.#armWatchdog(task);
     this.#scheduleAck(task);
   }
 
   /** Terminal acks go at once (the server re-sends the terminal event until it hears one); others coalesce. */
-  #scheduleAck(task: WatchedTask): void {
-    if (task.cursor.finished || task.cursor.seq - task.ackedSeq >= this.#o.ackEvery) this.#flushAck(task);
+  #scheduleAck(task: TaskSubscription): void {
+    if (task.ackDue(this.#o.ackEvery)) this.#flushAck(task);
     else if (!this.#ackTimer.pending) {
       this.#ackTimer.set(this.#o.ackDelayMs, () => {
         for (const each of this.#tasks.values()) this.#flushAck(each);
@@ -360,74 +349,42 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     }
   }
 
-  #subscribe(task: WatchedTask): void {
-    if (task.socketDone || task.failed) return;
-    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.cursor.seq })) {
-      task.resyncPendingFrom = task.cursor.seq;
-      task.resyncSentAt = this.#o.clock();
-      task.answered = false;
-    }
+  #subscribe(task: TaskSubscription): void {
+    if (!task.wantsSocket) return;
+    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.cursor.seq }))
+      task.subscribed();
   }
 
   /** Restarts delivery from the cursor: the server replays (or snapshots) what this watch missed. */
-  #resync(task: WatchedTask): void {
+  #resync(task: TaskSubscription): void {
     if (task.cursor.finished) return;
     this.#subscribe(task);
   }
 
   /** Seqs of another epoch mean nothing in this one: such a cursor starts over before it subscribes. */
-  #adoptEpoch(task: WatchedTask): void {
-    if (this.#epoch === undefined) return;
-    if (task.epoch !== undefined && task.epoch !== this.#epoch) task.startOver();
-    task.epoch = this.#epoch;
-  }
-
-  /** A heartbeat says the task is ahead: give in-flight frames a moment, then resync. */
-  #behind(task: WatchedTask, latest: number): void {
-    task.behindTarget = Math.max(task.behindTarget, latest);
-    if (task.behindTimer.pending) return;
-    task.behindTimer.set(this.#o.behindGraceMs, () => {
-      if (task.cursor.isBehind(task.behindTarget)) this.#resync(task);
-    });
+  #adoptEpoch(task: TaskSubscription): void {
+    if (this.#epoch !== undefined) task.adoptEpoch(this.#epoch);
   }
 
   /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
-  #flushAck(task: WatchedTask): void {
-    const seq = task.cursor.seq;
+  #flushAck(task: TaskSubscription): void {
     const storage = this.#o.storage;
-    if (storage !== undefined && seq > task.savedSeq) {
-      const view = task.toTaskView();
-      if (view !== undefined) {
-        storage.save(view, task.epoch);
-        task.savedSeq = seq;
-      }
-    }
-    // Until the server answered the latest subscribe, it may not yet accept acks up to the cursor.
-    if (task.socketDone || !task.answered || (seq <= task.ackedSeq && !task.cursor.finished)) return;
-    if (seq > task.ackedSeq) {
+    if (storage !== undefined) task.save(storage);
+    const seq = task.ackable();
+    if (seq !== undefined) {
       if (!this.#connection.send({ type: 'ack', taskId: task.taskId, seq })) return;
-      task.ackedSeq = seq;
+      task.acked(seq);
     }
-    if (task.cursor.finished) {
+    if (task.readyToUnsubscribe) {
       this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
-      task.socketDone = true;
-      task.clearTimers();
+      task.done();
       storage?.remove(task.taskId);
     }
   }
 
-  #armWatchdog(task: WatchedTask): void {
-    task.watchdog.observe(task.cursor.view);
-    const at = task.watchdog.nextCheckAt();
-    if (at === undefined) {
-      task.watchdogTimer.clear();
-      return;
-    }
-    task.watchdogTimer.set(at - this.#o.clock(), () => {
-      const action = task.watchdog.check();
+  #armWatchdog(task: TaskSubscription): void {
+    task.armWatchdog((action) => {
       switch (action) {
-        case 'none':
-          break;
         case 'resync':
           this.#resync(task);
           break;
@@ -440,7 +397,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         default:
           exhaustive(action);
       }
-      if (this.#tasks.get(task.taskId) === task) this.#armWatchdog(task);
     });
   }
 
@@ -448,12 +404,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
    * Brings a task up to date over HTTP: its snapshot if nothing is known yet, then its events after the
    * cursor, applied through the cursor like socket frames. Rejects when HTTP failed.
    */
-  async #catchUp(task: WatchedTask): Promise<void> {
+  async #catchUp(task: TaskSubscription): Promise<void> {
     if (task.httpBusy || task.failed || task.cursor.finished) return;
     task.httpBusy = true;
     const current = () => !this.#closed && this.#tasks.get(task.taskId) === task;
     try {
-      if (task.state.progress === null) {
+      if (task.task.state.progress === null) {
         const view = await this.#http.getTask(task.taskId);
         if (!current()) return;
         this.#apply(task, task.cursor.applySnapshot(view));
@@ -485,7 +441,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         return;
       }
       if (FATAL_TASK_ERRORS.has(problem.code)) this.#failTask(task, problem);
-      else task.emitError(problem);
+      else task.task.emitError(problem);
       throw problem;
     } finally {
       task.httpBusy = false;
@@ -504,7 +460,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#streams.clear();
   }
 
-  #openStream(task: WatchedTask): void {
+  #openStream(task: TaskSubscription): void {
     const transport = this.#o.fallbackTransport;
     if (transport === undefined || this.#closed || task.cursor.finished || this.#streams.has(task.taskId))
       return;
@@ -527,7 +483,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       }
       // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
       if (this.#streaming && !task.cursor.finished && this.#tasks.get(task.taskId) === task) {
-        task.retryTimer.set(this.#o.httpPollIntervalMs, () => this.#openStream(task));
+        task.retryLater(this.#o.httpPollIntervalMs, () => this.#openStream(task));
       }
     };
     stop = transport.follow({
@@ -574,30 +530,32 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#failTask(task, error);
       return;
     }
-    task.emitError(error);
+    task.task.emitError(error);
     // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
-    task.resyncPendingFrom = undefined;
-    const delayMs = backoffDelayMs(
-      task.retries++,
-      { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
-      this.#o.random,
+    task.retryAfterError(
+      (retries) =>
+        backoffDelayMs(
+          retries,
+          { initialDelayMs: this.#o.reconnectInitialDelayMs, maxDelayMs: this.#o.reconnectMaxDelayMs },
+          this.#o.random,
+        ),
+      () => this.#resync(task),
     );
-    task.retryTimer.set(delayMs, () => this.#resync(task));
   }
 
-  #failTask(task: WatchedTask, error: ProgressError): void {
+  #failTask(task: TaskSubscription, error: ProgressError): void {
     this.#tasks.delete(task.taskId);
     this.#o.storage?.remove(task.taskId);
     task.fail(error, true);
   }
 
   /** A handle closed: the last one takes the subscription with it. */
-  #release(task: WatchedTask, watch: Watch): void {
-    task.handles.delete(watch);
-    if (task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
+  #release(task: TaskSubscription, watch: Watch): void {
+    task.task.handles.delete(watch);
+    if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
     this.#flushAck(task);
     this.#tasks.delete(task.taskId);
-    task.clearTimers();
+    task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
   }
 }
