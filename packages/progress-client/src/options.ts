@@ -2,6 +2,7 @@ import type { Clock } from '@finishline/core';
 import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
 import { invalidOption } from '@finishline/core/internal';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
+import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
@@ -72,7 +73,7 @@ export interface ProgressClientOptions {
    */
   WebSocket?: WebSocketConstructorLike;
   /**
-   * The fetch implementation for the HTTP fallback.
+   * The fetch implementation of the HTTP fallback and the SSE transport.
    * @default globalThis.fetch
    */
   fetch?: FetchLike;
@@ -205,6 +206,15 @@ export interface ProgressClientOptions {
    */
   preferFallback?: boolean;
   /**
+   * Polls every unfinished watch over the HTTP API once `httpFallbackAfterAttempts` connection attempts
+   * failed in a row (unless `fallbackTransport` is set), and takes the 100% watchdog's last step over
+   * HTTP: pass `httpFallback()` from `@finishline/client/http` (a separate entry, so pages that do not
+   * want it do not load it). Without it the client keeps retrying the socket, and that last step is one
+   * more resync.
+   * @default undefined
+   */
+  httpFallback?: HttpFallback | false;
+  /**
    * Interval of that polling (longer, with backoff, while HTTP fails too).
    * @default 2000
    */
@@ -274,6 +284,7 @@ type Defaulted = Omit<
   | 'pageEvents'
   | 'shareAcrossTabs'
   | 'fallbackTransport'
+  | 'httpFallback'
 > & { persistence: false };
 
 /** Defaults of {@link ProgressClientOptions}, merged once at construction. */
@@ -316,6 +327,7 @@ export interface ResolvedOptions extends Omit<Defaulted, 'persistence'> {
   storage: CursorStorage | undefined;
   pageEvents: PageEventSources | undefined;
   fallbackTransport: FallbackTransport | undefined;
+  httpFallback: HttpFallback | undefined;
 }
 
 function invalid(message: string): ProgressError {
@@ -454,6 +466,9 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   const fallback = (o as { fallbackTransport?: unknown }).fallbackTransport;
   if (fallback !== undefined && typeof (fallback as FallbackTransport)?.follow !== 'function')
     throw invalid('fallbackTransport must be sseFallback() from @finishline/client/sse');
+  const http = (o as { httpFallback?: unknown }).httpFallback;
+  if (http !== undefined && http !== false && typeof (http as HttpFallback)?.attach !== 'function')
+    throw invalid('httpFallback must be httpFallback() from @finishline/client/http, or false');
   if (typeof o.preferFallback !== 'boolean') throw invalid('preferFallback must be a boolean');
   if (o.preferFallback && fallback === undefined) throw invalid('preferFallback needs a fallbackTransport');
 
@@ -476,6 +491,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     token: o.token,
     storage,
     fallbackTransport: fallback as FallbackTransport | undefined,
+    httpFallback: http ? (http as HttpFallback) : undefined,
   };
 }
 

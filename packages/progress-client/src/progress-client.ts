@@ -5,7 +5,7 @@ import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/inter
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';
 import { EventEmitter } from './event-emitter.js';
-import { HttpFallback } from './http-fallback.js';
+import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
 import { TaskSubscription } from './task-subscription.js';
@@ -36,12 +36,6 @@ const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   ErrorCode.TaskNotFound,
 ]);
 
-/** Most pages of events one HTTP catch-up reads before leaving the rest to the next one. */
-const MAX_HTTP_PAGES = 20;
-
-/** Ceiling of the HTTP poll's backoff while HTTP fails too. */
-const MAX_POLL_DELAY_MS = 30_000;
-
 /**
  * Watches tasks of a Finishline server and guarantees that each watch sees its task's final state:
  * resumes after reconnects from its cursor, drops duplicates, resyncs on gaps, detects silent sockets,
@@ -70,13 +64,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #o: ResolvedOptions;
   readonly #timers: TimerSet;
   readonly #connection: Connection;
-  readonly #http: HttpFallback;
+  /** The HTTP fallback, when the `httpFallback` option brought one. */
+  readonly #http: HttpFallbackRuntime | undefined;
   readonly #abort = new AbortController();
   readonly #tasks = new Map<string, TaskSubscription>();
   readonly #ackTimer: Timeout;
-  readonly #pollTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
-  #polling = false;
   /** Watches follow the fallback transport (SSE) instead of polling: task id → stop function. */
   readonly #streams = new Map<string, () => void>();
   #streaming = false;
@@ -84,7 +77,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #fallbackAcked = new Set<string>();
   /** The store epoch of the latest `hello` that carried one. */
   #epoch: string | undefined;
-  #pollFailures = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -96,14 +88,17 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#o = resolveOptions(options);
     this.#timers = new TimerSet(this.#o.timers);
     this.#ackTimer = new Timeout(this.#timers);
-    this.#pollTimer = new Timeout(this.#timers);
-    this.#http = new HttpFallback({
-      baseUrl: this.#o.httpUrl,
-      fetch: this.#o.fetch,
-      headers: this.#o.headers,
-      token: this.#o.token,
-      credentials: this.#o.httpCredentials,
+    this.#http = this.#o.httpFallback?.attach({
+      options: this.#o,
+      timers: this.#timers,
       signal: this.#abort.signal,
+      tasks: () => this.#tasks.values(),
+      current: (task) => !this.#closed && this.#tasks.get(task.taskId) === task,
+      apply: (task, result) => this.#apply(task, result),
+      fatal: (error) => {
+        this.#closing ??= this.#shutdown(error, true);
+      },
+      failTask: (task, error) => this.#failTask(task, error),
     });
     this.#connection = new Connection(this.#o, this.#timers, this.#handler());
     const sources = this.#o.pageEvents;
@@ -200,7 +195,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
-    this.#polling = false;
+    this.#http?.stop();
     this.#stopFallback();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
@@ -217,8 +212,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #handler(): ConnectionHandler {
     return {
       onHello: (hello) => {
-        this.#polling = false;
-        this.#pollTimer.clear();
+        this.#http?.stop();
         this.#stopFallback();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
@@ -240,10 +234,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
           this.#startFallback();
           return;
         }
-        if (this.#polling) return;
-        this.#polling = true;
-        this.#pollFailures = 0;
-        this.#pollTimer.set(0, () => void this.#poll());
+        this.#http?.start();
       },
       onState: (change) => {
         // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy.
@@ -272,7 +263,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (this.#connection.check(reason, this.#o.wakePingTimeoutMs)) {
       for (const task of this.#tasks.values()) this.#resync(task);
     }
-    if (this.#polling) this.#pollTimer.set(0, () => void this.#poll());
+    this.#http?.wake();
   }
 
   #onFrame(frame: ServerFrame): void {
@@ -392,60 +383,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
           this.#connection.reconnectNow('finish watchdog');
           break;
         case 'http':
-          void this.#catchUp(task).catch(() => undefined);
+          // Without the HTTP fallback the last step is one more resync (a fresh read of the store).
+          if (this.#http === undefined) this.#resync(task);
+          else void this.#http.catchUp(task).catch(() => undefined);
           break;
         default:
           exhaustive(action);
       }
     });
-  }
-
-  /**
-   * Brings a task up to date over HTTP: its snapshot if nothing is known yet, then its events after the
-   * cursor, applied through the cursor like socket frames. Rejects when HTTP failed.
-   */
-  async #catchUp(task: TaskSubscription): Promise<void> {
-    if (task.httpBusy || task.failed || task.cursor.finished) return;
-    task.httpBusy = true;
-    const current = () => !this.#closed && this.#tasks.get(task.taskId) === task;
-    try {
-      if (task.task.state.progress === null) {
-        const view = await this.#http.getTask(task.taskId);
-        if (!current()) return;
-        this.#apply(task, task.cursor.applySnapshot(view));
-      }
-      for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
-        const before = task.cursor.seq;
-        const events = await this.#http.getEvents(task.taskId, before);
-        if (!current() || events.length === 0) return;
-        for (const event of events) this.#apply(task, task.cursor.applyEvent(event));
-        if (task.cursor.seq === before) {
-          // The log does not continue from the cursor (events removed by retention): take the snapshot.
-          const view = await this.#http.getTask(task.taskId);
-          if (current()) this.#apply(task, task.cursor.applySnapshot(view));
-          return;
-        }
-      }
-    } catch (error) {
-      const problem =
-        error instanceof ProgressError
-          ? error
-          : new ProgressError(ErrorCode.Internal, 'HTTP catch-up failed', {
-              cause: error,
-              taskId: task.taskId,
-            });
-      if (!current()) return;
-      if (problem.code === ErrorCode.Unauthenticated) {
-        // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help.
-        this.#closing ??= this.#shutdown(problem, true);
-        return;
-      }
-      if (FATAL_TASK_ERRORS.has(problem.code)) this.#failTask(task, problem);
-      else task.task.emitError(problem);
-      throw problem;
-    } finally {
-      task.httpBusy = false;
-    }
   }
 
   /** Follows every unfinished watch over the fallback transport until a socket says `hello`. */
@@ -493,26 +438,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       onEnd,
     });
     this.#streams.set(task.taskId, stop);
-  }
-
-  /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
-  async #poll(): Promise<void> {
-    if (!this.#polling) return;
-    const tasks = [...this.#tasks.values()].filter((task) => !task.cursor.finished);
-    const results = await Promise.allSettled(tasks.map((task) => this.#catchUp(task)));
-    if (!this.#polling || this.#closed) return;
-    const failed = results.some((result) => result.status === 'rejected');
-    this.#pollFailures = failed ? this.#pollFailures + 1 : 0;
-    const interval = this.#o.httpPollIntervalMs;
-    const delayMs = failed
-      ? interval +
-        backoffDelayMs(
-          this.#pollFailures - 1,
-          { initialDelayMs: interval, maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS) },
-          this.#o.random,
-        )
-      : interval;
-    this.#pollTimer.set(delayMs, () => void this.#poll());
   }
 
   #onErrorFrame(frame: ErrorFrame): void {
