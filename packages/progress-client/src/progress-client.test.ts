@@ -562,7 +562,7 @@ describe('HTTP fallback', () => {
 
   it('without the httpFallback option: no request ever, the socket is retried, and the watchdog resyncs', async () => {
     const { client, server, scheduler, http } = setup({
-      httpFallback: undefined,
+      httpFallback: false,
       httpFallbackAfterAttempts: 1,
       finishTimeoutMs: 3000,
     });
