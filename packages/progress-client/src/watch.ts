@@ -220,8 +220,24 @@ export class Watch extends EventEmitter<WatchEvents> {
     }
   }
 
+  /**
+   * @internal The per-frame path of {@link deliver}: one event with its state, without a closure per
+   * event and handle.
+   */
+  deliverEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
+    if (this.#closed) return;
+    this.flushReplay();
+    try {
+      (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
+    } catch (error) {
+      report(error);
+    }
+  }
+
   /** @internal Tells this handle's `subscribe` listeners that the state changed. */
   notify(): void {
+    // Copied only when there is someone to call: a listener may unsubscribe (or subscribe) while called.
+    if (this.#listeners.size === 0) return;
     for (const listener of [...this.#listeners]) {
       try {
         listener();
@@ -399,7 +415,8 @@ export class WatchedTask {
   deliver(delivered: readonly Delivery[], last: WatchView): void {
     if (delivered.length === 0) return;
     let view: WatchView = this.#state;
-    for (const [index, delivery] of delivered.entries()) {
+    for (let index = 0; index < delivered.length; index++) {
+      const delivery = delivered[index] as Delivery;
       this.#sample(delivery);
       if (index === delivered.length - 1) view = last;
       else if (delivery.kind === 'snapshot') view = watchViewOfTask(delivery.task);
@@ -421,10 +438,8 @@ export class WatchedTask {
       const event = delivery.event;
       switch (event.type) {
         case 'progress':
-          this.#emit((watch) => watch.emit('progress', event, state));
-          break;
         case 'item':
-          this.#emit((watch) => watch.emit('item', event, state));
+          this.#emitEvent(event.type, event, state);
           break;
         case 'completed':
         case 'failed':
@@ -485,6 +500,19 @@ export class WatchedTask {
 
   #emit(emit: (watch: Watch) => void): void {
     for (const watch of [...this.handles]) watch.deliver(emit);
+  }
+
+  /**
+   * One progress or item event to every handle. The handles are copied first (a listener may open or
+   * close one), except in the common case of a single handle.
+   */
+  #emitEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
+    if (this.handles.size === 1) {
+      // Only the first: a handle opened by its listener must not get this event after its replay.
+      (this.handles.values().next().value as Watch).deliverEvent(name, event, state);
+      return;
+    }
+    for (const watch of [...this.handles]) watch.deliverEvent(name, event, state);
   }
 
   #emitTerminal(watch: Watch, state: WatchState): void {
