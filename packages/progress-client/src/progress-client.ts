@@ -8,7 +8,7 @@ import { EventEmitter } from './event-emitter.js';
 import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
-import { TaskSubscription } from './task-subscription.js';
+import { type StuckAction, TaskSubscription } from './task-subscription.js';
 import { Timeout, TimerSet } from './timers.js';
 import { Watch, type WatchOptions } from './watch.js';
 
@@ -143,10 +143,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         rateWindowMs: this.#o.rateWindowMs,
         closedError: () => new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId }),
         restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
+        onStuck: (stuck, action) => this.#stuck(stuck, action),
       });
       this.#tasks.set(taskId, task);
       this.#adoptEpoch(task);
-      this.#armWatchdog(task);
+      task.armWatchdog();
       this.#subscribe(task);
       if (this.#streaming) this.#openStream(task);
       if (this.#o.preferFallback) this.#startFallback();
@@ -326,7 +327,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.delivered();
     task.task.deliver(result.delivered, task.cursor.view);
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
-    this.#armWatchdog(task);
+    task.armWatchdog();
     this.#scheduleAck(task);
   }
 
@@ -373,24 +374,23 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     }
   }
 
-  #armWatchdog(task: TaskSubscription): void {
-    task.armWatchdog((action) => {
-      switch (action) {
-        case 'resync':
-          this.#resync(task);
-          break;
-        case 'reconnect':
-          this.#connection.reconnectNow('finish watchdog');
-          break;
-        case 'http':
-          // Without the HTTP fallback the last step is one more resync (a fresh read of the store).
-          if (this.#http === undefined) this.#resync(task);
-          else void this.#http.catchUp(task).catch(() => undefined);
-          break;
-        default:
-          exhaustive(action);
-      }
-    });
+  /** The 100% watchdog of `task` fired: take its next step. */
+  #stuck(task: TaskSubscription, action: StuckAction): void {
+    switch (action) {
+      case 'resync':
+        this.#resync(task);
+        break;
+      case 'reconnect':
+        this.#connection.reconnectNow('finish watchdog');
+        break;
+      case 'http':
+        // Without the HTTP fallback the last step is one more resync (a fresh read of the store).
+        if (this.#http === undefined) this.#resync(task);
+        else void this.#http.catchUp(task).catch(() => undefined);
+        break;
+      default:
+        exhaustive(action);
+    }
   }
 
   /** Follows every unfinished watch over the fallback transport until a socket says `hello`. */

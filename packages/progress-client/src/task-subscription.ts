@@ -25,7 +25,12 @@ export interface TaskSubscriptionOptions {
   closedError: () => ProgressError;
   /** A view saved before a page reload, already validated, with its epoch. */
   restored: StoredTask | undefined;
+  /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
+  onStuck: (task: TaskSubscription, action: StuckAction) => void;
 }
+
+/** The 100% watchdog's escalation steps. @internal */
+export type StuckAction = 'resync' | 'reconnect' | 'http';
 
 /** @internal */
 export class TaskSubscription {
@@ -38,6 +43,13 @@ export class TaskSubscription {
   readonly #watchdogTimer: Timeout;
   readonly #behindTimer: Timeout;
   readonly #retryTimer: Timeout;
+  readonly #onStuck: (task: TaskSubscription, action: StuckAction) => void;
+  /** Bound once: the watchdog is re-armed after every delivered frame. */
+  readonly #checkWatchdog = (): void => {
+    const action = this.#watchdog.check();
+    if (action !== 'none') this.#onStuck(this, action);
+    if (!this.#failed && !this.#released) this.armWatchdog();
+  };
   /** Highest seq acknowledged to a server. */
   #ackedSeq = 0;
   /** Highest seq saved to the cursor storage. */
@@ -71,6 +83,7 @@ export class TaskSubscription {
     this.#watchdogTimer = new Timeout(options.timers);
     this.#behindTimer = new Timeout(options.timers);
     this.#retryTimer = new Timeout(options.timers);
+    this.#onStuck = options.onStuck;
     this.task = new WatchedTask(taskId, options, this.cursor.view);
     const restored = options.restored;
     if (restored !== undefined) {
@@ -229,21 +242,14 @@ export class TaskSubscription {
   }
 
   /**
-   * Re-arms the 100% watchdog after a change: `escalate` runs with the watchdog's action when the task
+   * Re-arms the 100% watchdog after a change: `onStuck` runs with the watchdog's action when the task
    * sits at 100% without a terminal state for too long, and again at every later step.
    */
-  armWatchdog(escalate: (action: 'resync' | 'reconnect' | 'http') => void): void {
+  armWatchdog(): void {
     this.#watchdog.observe(this.cursor.view);
     const at = this.#watchdog.nextCheckAt();
-    if (at === undefined) {
-      this.#watchdogTimer.clear();
-      return;
-    }
-    this.#watchdogTimer.set(at - this.#clock(), () => {
-      const action = this.#watchdog.check();
-      if (action !== 'none') escalate(action);
-      if (!this.#failed && !this.#released) this.armWatchdog(escalate);
-    });
+    if (at === undefined) this.#watchdogTimer.clear();
+    else this.#watchdogTimer.set(at - this.#clock(), this.#checkWatchdog);
   }
 
   /** Ends every handle with a fatal error. */
