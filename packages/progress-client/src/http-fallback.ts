@@ -3,7 +3,7 @@ import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { backoffDelayMs, decodeServerFrame } from '@finishline/core/internal';
 import type { FetchLike, HttpCredentials, ResolvedOptions, TokenSource } from './options.js';
-import type { TaskSubscription } from './task-subscription.js';
+import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**
@@ -136,12 +136,6 @@ const MAX_HTTP_PAGES = 20;
 
 /** Ceiling of the HTTP poll's backoff while HTTP fails too. */
 const MAX_POLL_DELAY_MS = 30_000;
-
-/** Error codes after which a watch cannot go on: the task is not there, or not for this principal. */
-const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  ErrorCode.Forbidden,
-  ErrorCode.TaskNotFound,
-]);
 
 /** What the client gives its HTTP fallback. @internal */
 export interface HttpHost {

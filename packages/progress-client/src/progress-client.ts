@@ -8,7 +8,7 @@ import { EventEmitter } from './event-emitter.js';
 import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
-import { type StuckAction, TaskSubscription } from './task-subscription.js';
+import { FATAL_TASK_ERRORS, type StuckAction, TaskSubscription } from './task-subscription.js';
 import { Timeout, TimerSet } from './timers.js';
 import { Watch, type WatchOptions } from './watch.js';
 
@@ -29,12 +29,6 @@ export interface ProgressClientEvents {
    */
   error: [error: ProgressError];
 }
-
-/** Error codes after which a watch cannot go on: the task is not there, or not for this principal. */
-const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  ErrorCode.Forbidden,
-  ErrorCode.TaskNotFound,
-]);
 
 /**
  * Watches tasks of a Finishline server and guarantees that each watch sees its task's final state:

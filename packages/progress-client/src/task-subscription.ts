@@ -1,4 +1,5 @@
 import type { Clock, ProgressError } from '@finishline/core';
+import { ErrorCode } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
 import type { CursorStorage, StoredTask } from './cursor-storage.js';
@@ -28,6 +29,15 @@ export interface TaskSubscriptionOptions {
   /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
   onStuck: (task: TaskSubscription, action: StuckAction) => void;
 }
+
+/**
+ * Error codes after which a watch cannot go on: the task is not there, or not for this principal.
+ * @internal
+ */
+export const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.Forbidden,
+  ErrorCode.TaskNotFound,
+]);
 
 /** The 100% watchdog's escalation steps. @internal */
 export type StuckAction = 'resync' | 'reconnect' | 'http';
