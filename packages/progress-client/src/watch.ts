@@ -12,7 +12,7 @@ import type {
 import { ErrorCode, ProgressError, progressOf } from '@finishline/core';
 import type { Delivery } from '@finishline/core/internal';
 import { exhaustive, watchViewOfTask } from '@finishline/core/internal';
-import { EventEmitter } from './event-emitter.js';
+import { EventEmitter } from 'eventemitter3';
 import { RateEstimator } from './rate-estimator.js';
 import type { TimerSet } from './timers.js';
 
