@@ -13,6 +13,7 @@ import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { MemoryCursorStorage, ProgressClient } from '@finishline/client';
+import { httpFallback } from '@finishline/client/http';
 import { PostgresProgressStore } from '@finishline/postgres';
 import pg from 'pg';
 import WebSocket from 'ws';
@@ -381,6 +382,7 @@ class ClientSlot {
       WebSocket,
       headers: { 'x-user': 'chaos', 'x-chaos-tag': `slot${this.index}` },
       persistence: this.storage,
+      httpFallback: httpFallback(),
       // Faster than browser defaults so a test run with a cut every second stays quick (see docs/operations.md).
       reconnect: { maxDelayMs: 4000 },
       stableConnectionMs: 3000,

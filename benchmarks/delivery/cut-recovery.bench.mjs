@@ -13,6 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProgressClient } from '@finishline/client';
+import { httpFallback } from '@finishline/client/http';
 import { ProgressServer } from '@finishline/server';
 import { SqliteProgressStore } from '@finishline/sqlite';
 import { WebSocket } from 'ws';
@@ -74,6 +75,7 @@ try {
       url,
       WebSocket: recordingWebSocket(slot),
       headers: { 'x-user': `user-${i}` },
+      httpFallback: httpFallback(),
       ...MODES[mode],
     });
     client.on('error', () => undefined);

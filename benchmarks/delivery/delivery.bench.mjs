@@ -21,6 +21,7 @@ import { createRequire } from 'node:module';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ProgressClient } from '@finishline/client';
+import { httpFallback } from '@finishline/client/http';
 import { PROTOCOL_NAME } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
 import { SqliteProgressStore } from '@finishline/sqlite';
@@ -112,7 +113,12 @@ async function finishline() {
   const url = `ws://127.0.0.1:${port}/progress`;
   const clients = [];
   const newClient = () => {
-    const client = new ProgressClient({ url, WebSocket, headers: { 'x-user': `bench-${clients.length}` } });
+    const client = new ProgressClient({
+      url,
+      WebSocket,
+      headers: { 'x-user': `bench-${clients.length}` },
+      httpFallback: httpFallback(),
+    });
     client.on('error', () => undefined);
     clients.push(client);
     return client;

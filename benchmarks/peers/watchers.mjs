@@ -7,6 +7,7 @@
 //   onMessage  optional hook, called with (watcher) on each delivered message
 //   close()    stops it (clears every timer, closes the socket)
 import { ProgressClient } from '@finishline/client';
+import { httpFallback } from '@finishline/client/http';
 import { io as ioClient } from 'socket.io-client';
 import { WebSocket } from 'ws';
 
@@ -43,6 +44,7 @@ export function finishlineWatcher(url, taskId) {
     WebSocket: recordingWebSocket(slot),
     // Its own principal (see replica.mjs), as each browser user would be.
     headers: { 'x-watcher': String(++watcherCount) },
+    httpFallback: httpFallback(),
     ...RECONNECT_OPTIONS,
   });
   client.on('error', () => undefined);

@@ -2,7 +2,13 @@ import { defineConfig } from 'tsup';
 
 export default defineConfig([
   {
-    entry: { index: 'src/index.ts', react: 'src/react.ts', tabs: 'src/tab-sharing.ts', sse: 'src/sse.ts' },
+    entry: {
+      index: 'src/index.ts',
+      react: 'src/react.ts',
+      tabs: 'src/tab-sharing.ts',
+      sse: 'src/sse.ts',
+      http: 'src/http-fallback.ts',
+    },
     format: ['esm', 'cjs'],
     // The package's tsconfig is a composite project for `tsc -b`; a declaration bundle is not one.
     dts: { compilerOptions: { composite: false } },

@@ -77,7 +77,16 @@ const FATAL_ERRORS: Readonly<Record<number, ErrorCode>> = {
 export class Connection {
   readonly #o: ResolvedOptions;
   readonly #handler: ConnectionHandler;
+  /**
+   * The one deadline of the current socket: the connect timeout, a ping's deadline, or the heartbeat
+   * watchdog. Set through {@link #deadline} (or cleared through {@link #noDeadline}), never directly,
+   * so `#watchingHeartbeat` stays true.
+   */
   readonly #liveness: Timeout;
+  /** The deadline is the heartbeat watchdog, which frames push back through `#lastFrameAt`. */
+  #watchingHeartbeat = false;
+  /** When the ready socket last delivered a frame (clock ms). */
+  #lastFrameAt = 0;
   readonly #reconnect: Timeout;
   #socket: WebSocketLike | undefined;
   #ready = false;
@@ -170,7 +179,7 @@ export class Connection {
     if (this.#state === 'closed' || this.#state === 'idle') return false;
     if (this.#ready) {
       this.send({ type: 'ping' });
-      this.#liveness.set(deadlineMs, () => {
+      this.#deadline(deadlineMs, () => {
         this.#drop(CloseCode.HeartbeatTimeout, `no answer after ${reason}`);
         this.#down();
         this.#connect(reason);
@@ -186,7 +195,7 @@ export class Connection {
     const socket = this.#socket;
     this.#socket = undefined;
     this.#ready = false;
-    this.#liveness.clear();
+    this.#noDeadline();
     this.#reconnect.clear();
     this.#setState({ state: 'closed', reason: 'client closed' });
     if (socket === undefined || socket.readyState === CLOSED) return Promise.resolve();
@@ -200,6 +209,27 @@ export class Connection {
       } catch {
         resolve();
       }
+    });
+  }
+
+  #deadline(delayMs: number, callback: () => void): void {
+    this.#watchingHeartbeat = false;
+    this.#liveness.set(delayMs, callback);
+  }
+
+  #noDeadline(): void {
+    this.#watchingHeartbeat = false;
+    this.#liveness.clear();
+  }
+
+  /** Fires `heartbeatTimeoutMs` after the latest frame, re-arming itself for what is left until then. */
+  #watchHeartbeat(delayMs: number): void {
+    this.#watchingHeartbeat = true;
+    this.#liveness.set(delayMs, () => {
+      this.#watchingHeartbeat = false;
+      const left = this.#lastFrameAt + this.#heartbeatTimeoutMs - this.#o.clock();
+      if (left > 0) this.#watchHeartbeat(left);
+      else this.#timeout('heartbeat timeout');
     });
   }
 
@@ -234,7 +264,7 @@ export class Connection {
     this.#socket = socket;
     this.#ready = false;
     this.#attemptFailure = undefined;
-    this.#liveness.set(this.#o.connectTimeoutMs, () => {
+    this.#deadline(this.#o.connectTimeoutMs, () => {
       this.#attemptFailure = {
         detail: `no hello from the server within connectTimeoutMs (${this.#o.connectTimeoutMs} ms)`,
       };
@@ -257,7 +287,7 @@ export class Connection {
       this.#attemptFailure = failure;
       // Node's built-in WebSocket (undici) may fire `error` without a `close` when the upgrade is
       // refused: without this the attempt would only end at connectTimeoutMs.
-      this.#liveness.set(0, () => this.#closed(socket, 1006, ''));
+      this.#deadline(0, () => this.#closed(socket, 1006, ''));
     };
   }
 
@@ -288,7 +318,12 @@ export class Connection {
 
   #message(socket: WebSocketLike, data: unknown): void {
     if (socket !== this.#socket) return;
-    if (this.#ready) this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
+    if (this.#ready) {
+      // Every frame pushes the heartbeat deadline back: noted here, checked when the timer fires, so a
+      // busy socket costs no timer per frame. Any frame also answers a pending ping.
+      this.#lastFrameAt = this.#o.clock();
+      if (!this.#watchingHeartbeat) this.#watchHeartbeat(this.#heartbeatTimeoutMs);
+    }
     const decoded = decodeServerFrame(data);
     if (!decoded.ok) {
       const error = decoded.error;
@@ -319,7 +354,8 @@ export class Connection {
     this.#serverFirstDelayMs = frame.reconnectDelayMs ?? 0;
     this.#heartbeatTimeoutMs =
       this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
-    this.#liveness.set(this.#heartbeatTimeoutMs, () => this.#timeout('heartbeat timeout'));
+    this.#lastFrameAt = this.#readyAt;
+    this.#watchHeartbeat(this.#heartbeatTimeoutMs);
     this.#setState({ state: 'open', reason: `hello from ${frame.serverId}` });
     this.#handler.onHello(frame);
   }
@@ -373,7 +409,7 @@ export class Connection {
     }
     this.#retriedExpiredToken = true;
     if (this.#ready) this.#down();
-    this.#liveness.clear();
+    this.#noDeadline();
     if (this.#state === 'closed') return;
     this.#setState({ state: 'reconnecting', reason: why, closeCode: code, delayMs: 0 }, true);
     this.#connect('token expired');
@@ -381,7 +417,7 @@ export class Connection {
 
   #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {
     this.#ready = false;
-    this.#liveness.clear();
+    this.#noDeadline();
     this.#setState({ state: 'closed', reason, error, ...(closeCode === undefined ? {} : { closeCode }) });
     this.#handler.onFatal(error);
   }
@@ -412,7 +448,7 @@ export class Connection {
   #down(): void {
     if (!this.#ready) return;
     this.#ready = false;
-    this.#liveness.clear();
+    this.#noDeadline();
     // A connection that stayed up long enough proves the server healthy: start the backoff over.
     if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) {
       this.#failures = 0;
@@ -429,7 +465,7 @@ export class Connection {
     this.#lostReady = false;
     if (this.#ready) this.#down();
     else this.#unreachable++;
-    this.#liveness.clear();
+    this.#noDeadline();
     const failure = this.#attemptFailure ?? { detail: reason };
     this.#attemptFailure = undefined;
     if (this.#state === 'closed') return;

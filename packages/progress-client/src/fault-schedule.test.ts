@@ -4,6 +4,7 @@ import { propertyParams, propertyTimeoutMs } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { MemoryCursorStorage } from './cursor-storage.js';
+import { httpFallback } from './http-fallback.js';
 import { ProgressClient } from './progress-client.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
 import { FakeHttp } from './testing/harness.js';
@@ -335,6 +336,7 @@ describe('random fault schedules', () => {
                 url: 'ws://model.test/progress',
                 WebSocket: fake.WebSocket,
                 fetch: http.fetch,
+                httpFallback: httpFallback(),
                 timers: scheduler,
                 clock: scheduler.now,
                 random: () => 0.5,

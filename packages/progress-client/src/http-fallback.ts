@@ -1,11 +1,16 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
-import { decodeServerFrame } from '@finishline/core/internal';
-import type { FetchLike, HttpCredentials, TokenSource } from './options.js';
+import type { ApplyResult } from '@finishline/core/internal';
+import { backoffDelayMs, decodeServerFrame } from '@finishline/core/internal';
+import type { FetchLike, HttpCredentials, ResolvedOptions, TokenSource } from './options.js';
+import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
+import { Timeout, type TimerSet } from './timers.js';
 
 /**
- * The client side of the server's HTTP API, used when the socket cannot deliver: by the 100% watchdog's
- * last step, and while the socket cannot connect at all.
+ * `@finishline/client/http`: the client side of the server's HTTP API, used when the socket cannot
+ * deliver: by the 100% watchdog's last step, and while the socket cannot connect at all. A separate
+ * entry, so pages that do not want it do not load it: pass `httpFallback()` as the client's
+ * `httpFallback` option.
  *
  * - `GET {httpUrl}/tasks/:id` → `200 { "task": TaskView }`
  * - `GET {httpUrl}/tasks/:id/events?afterSeq=N` → `200 { "events": TaskEvent[] }` (seq order, a page)
@@ -18,8 +23,8 @@ import type { FetchLike, HttpCredentials, TokenSource } from './options.js';
  * @module
  */
 
-/** What {@link HttpFallback} needs. @internal */
-export interface HttpFallbackOptions {
+/** What {@link HttpApi} needs. @internal */
+export interface HttpApiOptions {
   baseUrl: string;
   fetch: FetchLike | undefined;
   headers: Readonly<Record<string, string>>;
@@ -38,10 +43,10 @@ const STATUS_CODES: Readonly<Record<number, ErrorCode>> = {
 };
 
 /** @internal */
-export class HttpFallback {
-  readonly #options: HttpFallbackOptions;
+export class HttpApi {
+  readonly #options: HttpApiOptions;
 
-  constructor(options: HttpFallbackOptions) {
+  constructor(options: HttpApiOptions) {
     this.#options = options;
   }
 
@@ -124,4 +129,173 @@ function errorFromResponse(taskId: string, status: number, text: string): Progre
     // Not JSON (a proxy's error page): the status says enough.
   }
   return new ProgressError(code, message, { taskId });
+}
+
+/** Most pages of events one HTTP catch-up reads before leaving the rest to the next one. */
+const MAX_HTTP_PAGES = 20;
+
+/** Ceiling of the HTTP poll's backoff while HTTP fails too. */
+const MAX_POLL_DELAY_MS = 30_000;
+
+/** What the client gives its HTTP fallback. @internal */
+export interface HttpHost {
+  readonly options: ResolvedOptions;
+  readonly timers: TimerSet;
+  /** Aborted when the client closes. */
+  readonly signal: AbortSignal;
+  /** Every followed task. */
+  tasks(): Iterable<TaskSubscription>;
+  /** True while the client is open and still follows this very subscription. */
+  current(task: TaskSubscription): boolean;
+  /** Applies a delivery result the way a socket frame's is applied. */
+  apply(task: TaskSubscription, result: ApplyResult): void;
+  /** Retrying cannot help (the credentials are refused): close the client with this error. */
+  fatal(error: ProgressError): void;
+  /** The task cannot be watched (not found, forbidden): end its watches. */
+  failTask(task: TaskSubscription, error: ProgressError): void;
+}
+
+/** The HTTP fallback bound to one client. @internal */
+export interface HttpFallbackRuntime {
+  /** Brings a task up to date over HTTP; rejects when HTTP failed. */
+  catchUp(task: TaskSubscription): Promise<void>;
+  /** Starts polling every unfinished watch (no-op when already polling). */
+  start(): void;
+  /** Stops polling (a socket said `hello`, or the client closed). */
+  stop(): void;
+  /** A page-life wake-up: poll now if polling. */
+  wake(): void;
+}
+
+/**
+ * The HTTP fallback of a {@link ProgressClient}, from `httpFallback()`. Opaque: pass it as the
+ * `httpFallback` option.
+ */
+export interface HttpFallback {
+  /** @internal Binds the fallback to one client. */
+  attach(host: HttpHost): HttpFallbackRuntime;
+}
+
+/**
+ * The HTTP fallback: while WebSocket connection attempts keep failing (`httpFallbackAfterAttempts`), every
+ * unfinished watch is polled over the server's HTTP API (`GET {httpUrl}/tasks/:id` and
+ * `…/events?afterSeq=`) every `httpPollIntervalMs`, with backoff while HTTP fails too; and the 100%
+ * watchdog's last step reads the task over HTTP. Uses the client's `fetch`, `headers`, `token` and
+ * `httpCredentials`.
+ *
+ * @example
+ * ```ts
+ * import { ProgressClient } from '@finishline/client';
+ * import { httpFallback } from '@finishline/client/http';
+ * const client = new ProgressClient({ url: '/progress', httpFallback: httpFallback() });
+ * ```
+ */
+export function httpFallback(): HttpFallback {
+  return { attach: (host) => new HttpPoller(host) };
+}
+
+class HttpPoller implements HttpFallbackRuntime {
+  readonly #host: HttpHost;
+  readonly #api: HttpApi;
+  readonly #timer: Timeout;
+  #polling = false;
+  #failures = 0;
+
+  constructor(host: HttpHost) {
+    this.#host = host;
+    const o = host.options;
+    this.#api = new HttpApi({
+      baseUrl: o.httpUrl,
+      fetch: o.fetch,
+      headers: o.headers,
+      token: o.token,
+      credentials: o.httpCredentials,
+      signal: host.signal,
+    });
+    this.#timer = new Timeout(host.timers);
+  }
+
+  start(): void {
+    if (this.#polling) return;
+    this.#polling = true;
+    this.#failures = 0;
+    this.#timer.set(0, () => void this.#poll());
+  }
+
+  stop(): void {
+    this.#polling = false;
+    this.#timer.clear();
+  }
+
+  wake(): void {
+    if (this.#polling) this.#timer.set(0, () => void this.#poll());
+  }
+
+  /**
+   * Its snapshot if nothing is known yet, then its events after the cursor, applied through the cursor
+   * like socket frames.
+   */
+  async catchUp(task: TaskSubscription): Promise<void> {
+    if (task.httpBusy || task.failed || task.cursor.finished) return;
+    const host = this.#host;
+    task.httpBusy = true;
+    try {
+      if (task.task.state.progress === null) {
+        const view = await this.#api.getTask(task.taskId);
+        if (!host.current(task)) return;
+        host.apply(task, task.cursor.applySnapshot(view));
+      }
+      for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
+        const before = task.cursor.seq;
+        const events = await this.#api.getEvents(task.taskId, before);
+        if (!host.current(task) || events.length === 0) return;
+        for (const event of events) host.apply(task, task.cursor.applyEvent(event));
+        if (task.cursor.seq === before) {
+          // The log does not continue from the cursor (events removed by retention): take the snapshot.
+          const view = await this.#api.getTask(task.taskId);
+          if (host.current(task)) host.apply(task, task.cursor.applySnapshot(view));
+          return;
+        }
+      }
+    } catch (error) {
+      const problem =
+        error instanceof ProgressError
+          ? error
+          : new ProgressError(ErrorCode.Internal, 'HTTP catch-up failed', {
+              cause: error,
+              taskId: task.taskId,
+            });
+      if (!host.current(task)) return;
+      if (problem.code === ErrorCode.Unauthenticated) {
+        // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help.
+        host.fatal(problem);
+        return;
+      }
+      if (FATAL_TASK_ERRORS.has(problem.code)) host.failTask(task, problem);
+      else task.task.emitError(problem);
+      throw problem;
+    } finally {
+      task.httpBusy = false;
+    }
+  }
+
+  /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
+  async #poll(): Promise<void> {
+    if (!this.#polling) return;
+    const tasks = [...this.#host.tasks()].filter((task) => !task.cursor.finished);
+    const results = await Promise.allSettled(tasks.map((task) => this.catchUp(task)));
+    if (!this.#polling || this.#host.signal.aborted) return;
+    const failed = results.some((result) => result.status === 'rejected');
+    this.#failures = failed ? this.#failures + 1 : 0;
+    const interval = this.#host.options.httpPollIntervalMs;
+    const delayMs = failed
+      ? interval +
+        backoffDelayMs(
+          this.#failures - 1,
+          { initialDelayMs: interval, maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS) },
+          this.#host.options.random,
+        )
+      : interval;
+    this.#timer.set(delayMs, () => void this.#poll());
+  }
 }

@@ -8,6 +8,7 @@
 export type { ConnectionState, StateChange } from './connection.js';
 export type { CursorStorage, WebStorageLike } from './cursor-storage.js';
 export { MemoryCursorStorage, sessionCursorStorage, WebStorageCursorStorage } from './cursor-storage.js';
+export type { HttpFallback } from './http-fallback.js';
 export type {
   FetchLike,
   HttpCredentials,

@@ -64,6 +64,7 @@ describe('client options', () => {
     [{ clockCheckIntervalMs: -1 }, /clockCheckIntervalMs/],
     [{ pageEvents: 'window' }, /pageEvents must be an object/],
     [{ shareAcrossTabs: true }, /shareAcrossTabs must be tabSharing\(\)/],
+    [{ httpFallback: true }, /httpFallback must be httpFallback\(\) from @finishline\/client\/http/],
     [{ httpCredentials: 'always' }, /httpCredentials/],
     [{ WebSocket: null }, /no WebSocket implementation/],
   ] as [Record<string, unknown>, RegExp][])('refuses %j with invalid_input', (bad, message) => {

@@ -20,6 +20,7 @@ import {
   resolveOptions as resolveOptions_,
 } from '@finishline/core/internal';
 import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
+import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
@@ -120,7 +121,7 @@ export interface ProgressClientOptions {
    */
   WebSocket?: WebSocketConstructorLike;
   /**
-   * The fetch implementation for the HTTP fallback.
+   * The fetch implementation of the HTTP fallback and the SSE transport.
    * @default globalThis.fetch
    */
   fetch?: FetchLike;
@@ -240,6 +241,15 @@ export interface ProgressClientOptions {
    * @default false
    */
   preferFallback?: boolean;
+  /**
+   * Polls every unfinished watch over the HTTP API once `httpFallbackAfterAttempts` connection attempts
+   * failed in a row (unless `fallbackTransport` is set), and takes the 100% watchdog's last step over
+   * HTTP: pass `httpFallback()` from `@finishline/client/http` (a separate entry, so pages that do not
+   * want it do not load it). Without it the client keeps retrying the socket, and that last step is one
+   * more resync.
+   * @default undefined
+   */
+  httpFallback?: HttpFallback | false;
   /**
    * Interval of that polling (longer, with backoff, while HTTP fails too).
    * @default 2000
@@ -362,6 +372,10 @@ const CLIENT_OPTIONS = {
     (value) => isObject(value) && isFunction((value as FallbackTransport).follow),
   ),
   preferFallback: boolean(false),
+  httpFallback: ofType<HttpFallback | false>(
+    'httpFallback() from @finishline/client/http, or false',
+    (value) => value === false || (isObject(value) && isFunction((value as HttpFallback).attach)),
+  ),
   httpPollIntervalMs: finite(2000, 1),
   rateWindowMs: finite(10_000, 1),
   shareAcrossTabs: option<TabSharing | false>(
@@ -390,7 +404,7 @@ export const PROGRESS_CLIENT_DEFAULTS = Object.freeze(defaultsOf(CLIENT_OPTIONS)
 export interface ResolvedOptions
   extends Omit<
     Described,
-    'url' | 'WebSocket' | 'persistence' | 'pageEvents' | 'shareAcrossTabs' | 'reconnect'
+    'url' | 'WebSocket' | 'persistence' | 'pageEvents' | 'shareAcrossTabs' | 'reconnect' | 'httpFallback'
   > {
   url: string;
   httpUrl: string;
@@ -398,6 +412,7 @@ export interface ResolvedOptions
   fetch: FetchLike | undefined;
   storage: CursorStorage | undefined;
   pageEvents: PageEventSources | undefined;
+  httpFallback: HttpFallback | undefined;
   /** The backoff of reconnects and re-subscriptions, as `backoffDelayMs` takes it. */
   reconnect: Required<BackoffOptions>;
   /** `reconnect.firstDelayMs`, lowered to `reconnect.maxDelayMs` when only the default exceeds it. */
@@ -482,6 +497,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     storage:
       persistence === 'session' ? sessionCursorStorage(o.persistenceKeyPrefix) : persistence || undefined,
+    httpFallback: o.httpFallback || undefined,
   };
 }
 

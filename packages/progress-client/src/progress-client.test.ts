@@ -560,6 +560,34 @@ describe('HTTP fallback', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('without the httpFallback option: no request ever, the socket is retried, and the watchdog resyncs', async () => {
+    const { client, server, scheduler, http } = setup({
+      httpFallback: false,
+      httpFallbackAfterAttempts: 1,
+      finishTimeoutMs: 3000,
+    });
+    const task = new FakeTask('t1', 5);
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(10_000);
+    expect(http.requests).toEqual([]);
+    const socket = server.accept();
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    socket.push(snap(task.view()));
+    for (const key of ['a', 'b', 'c', 'd', 'e']) socket.push(ev(task.item(key)));
+    task.end(); // the terminal frame is never delivered on the socket
+    await scheduler.advance(6000); // resync, then reconnect
+    const second = server.accept();
+    second.sent.length = 0;
+    await scheduler.advance(3000); // the last step: one more resync instead of HTTP
+    expect(http.requests).toEqual([]);
+    expect(second.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 5 }]);
+    second.push(ev(task.events[5] as TaskEvent));
+    expect((await watch.done).status).toBe('completed');
+    await client.close();
+  });
+
   it('backs off while HTTP fails too, and reports the failures on the watch', async () => {
     const { client, server, scheduler, http } = setup({
       httpFallbackAfterAttempts: 1,

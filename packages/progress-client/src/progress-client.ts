@@ -5,11 +5,12 @@ import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/inter
 import { EventEmitter } from 'eventemitter3';
 import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
 import { readStoredTask } from './cursor-storage.js';
-import { HttpFallback } from './http-fallback.js';
+import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
+import { FATAL_TASK_ERRORS, type StuckAction, TaskSubscription } from './task-subscription.js';
 import { Timeout, TimerSet } from './timers.js';
-import { Watch, WatchedTask, type WatchOptions } from './watch.js';
+import { Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync, acks), and the
@@ -28,18 +29,6 @@ export interface ProgressClientEvents {
    */
   error: [error: ProgressError];
 }
-
-/** Error codes after which a watch cannot go on: the task is not there, or not for this principal. */
-const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  ErrorCode.Forbidden,
-  ErrorCode.TaskNotFound,
-]);
-
-/** Most pages of events one HTTP catch-up reads before leaving the rest to the next one. */
-const MAX_HTTP_PAGES = 20;
-
-/** Ceiling of the HTTP poll's backoff while HTTP fails too. */
-const MAX_POLL_DELAY_MS = 30_000;
 
 /**
  * Watches tasks of a Finishline server and guarantees that each watch sees its task's final state:
@@ -69,13 +58,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #o: ResolvedOptions;
   readonly #timers: TimerSet;
   readonly #connection: Connection;
-  readonly #http: HttpFallback;
+  /** The HTTP fallback, when the `httpFallback` option brought one. */
+  readonly #http: HttpFallbackRuntime | undefined;
   readonly #abort = new AbortController();
-  readonly #tasks = new Map<string, WatchedTask>();
+  readonly #tasks = new Map<string, TaskSubscription>();
   readonly #ackTimer: Timeout;
-  readonly #pollTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
-  #polling = false;
   /** Watches follow the fallback transport (SSE) instead of polling: task id → stop function. */
   readonly #streams = new Map<string, () => void>();
   #streaming = false;
@@ -83,7 +71,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #fallbackAcked = new Set<string>();
   /** The store epoch of the latest `hello` that carried one. */
   #epoch: string | undefined;
-  #pollFailures = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -95,14 +82,17 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#o = resolveOptions(options);
     this.#timers = new TimerSet(this.#o.timers);
     this.#ackTimer = new Timeout(this.#timers);
-    this.#pollTimer = new Timeout(this.#timers);
-    this.#http = new HttpFallback({
-      baseUrl: this.#o.httpUrl,
-      fetch: this.#o.fetch,
-      headers: this.#o.headers,
-      token: this.#o.token,
-      credentials: this.#o.httpCredentials,
+    this.#http = this.#o.httpFallback?.attach({
+      options: this.#o,
+      timers: this.#timers,
       signal: this.#abort.signal,
+      tasks: () => this.#tasks.values(),
+      current: (task) => !this.#closed && this.#tasks.get(task.taskId) === task,
+      apply: (task, result) => this.#apply(task, result),
+      fatal: (error) => {
+        this.#closing ??= this.#shutdown(error, true);
+      },
+      failTask: (task, error) => this.#failTask(task, error),
     });
     this.#connection = new Connection(this.#o, this.#timers, this.#handler());
     const sources = this.#o.pageEvents;
@@ -140,25 +130,27 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     assertTaskId(taskId);
     let task = this.#tasks.get(taskId);
     if (task === undefined) {
-      task = new WatchedTask(taskId, {
+      task = new TaskSubscription(taskId, {
         clock: this.#o.clock,
         timers: this.#timers,
         finishTimeoutMs: this.#o.finishTimeoutMs,
         rateWindowMs: this.#o.rateWindowMs,
         closedError: () => new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId }),
         restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
+        onStuck: (stuck, action) => this.#stuck(stuck, action),
       });
       this.#tasks.set(taskId, task);
       this.#adoptEpoch(task);
-      this.#armWatchdog(task);
+      task.armWatchdog();
       this.#subscribe(task);
       if (this.#streaming) this.#openStream(task);
       if (this.#o.preferFallback) this.#startFallback();
       else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
-    const watch = new Watch(task, (handle) => this.#release(task, handle));
-    task.attach(watch);
+    const sub = task;
+    const watch = new Watch(sub.task, (handle) => this.#release(sub, handle));
+    sub.task.attach(watch);
     const signal = options.signal;
     if (signal !== undefined) {
       if (signal.aborted) watch.close();
@@ -198,7 +190,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
-    this.#polling = false;
+    this.#http?.stop();
     this.#stopFallback();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
@@ -215,8 +207,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #handler(): ConnectionHandler {
     return {
       onHello: (hello) => {
-        this.#polling = false;
-        this.#pollTimer.clear();
+        this.#http?.stop();
         this.#stopFallback();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
@@ -228,10 +219,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       },
       onFrame: (frame) => this.#onFrame(frame),
       onDown: () => {
-        for (const task of this.#tasks.values()) {
-          task.resyncPendingFrom = undefined;
-          task.behindTimer.clear();
-        }
+        for (const task of this.#tasks.values()) task.down();
       },
       onFatal: (error) => {
         this.#closing ??= this.#shutdown(error, true);
@@ -241,10 +229,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
           this.#startFallback();
           return;
         }
-        if (this.#polling) return;
-        this.#polling = true;
-        this.#pollFailures = 0;
-        this.#pollTimer.set(0, () => void this.#poll());
+        this.#http?.start();
       },
       onState: (change) => {
         // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy.
@@ -273,7 +258,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (this.#connection.check(reason, this.#o.wakePingTimeoutMs)) {
       for (const task of this.#tasks.values()) this.#resync(task);
     }
-    if (this.#polling) this.#pollTimer.set(0, () => void this.#poll());
+    this.#http?.wake();
   }
 
   #onFrame(frame: ServerFrame): void {
@@ -286,7 +271,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         if (task === undefined) return;
         // The server found the cursor outside the task's log: start over from this snapshot.
         if (frame.reset === true) task.startOver();
-        if (frame.epoch !== undefined) task.epoch = frame.epoch;
+        if (frame.epoch !== undefined) task.setEpoch(frame.epoch);
         // A terminal snapshot is re-sent until acknowledged, like a terminal event. (The first answer to
         // a subscribe takes the usual path: its ack also unsubscribes.)
         const resent = frame.task.status !== 'running' && task.answered;
@@ -306,8 +291,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
           if (latest === undefined) {
             // The server does not (or no longer) follow this task for us: subscribe again, unless a
             // subscribe just went out and the heartbeat crossed it.
-            if (this.#o.clock() - task.resyncSentAt >= this.#o.behindGraceMs) this.#subscribe(task);
-          } else if (task.cursor.isBehind(latest)) this.#behind(task, latest);
+            if (task.subscribeOlderThan(this.#o.behindGraceMs)) this.#subscribe(task);
+          } else if (task.cursor.isBehind(latest))
+            task.behind(latest, this.#o.behindGraceMs, () => this.#resync(task));
         }
         return;
       case 'error':
@@ -319,40 +305,29 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   }
 
   /** A snapshot or event about a watched task arrived on the socket. */
-  #onTaskFrame(task: WatchedTask, result: ApplyResult, terminal: boolean): void {
-    const answered = task.answered;
-    task.answered = true;
+  #onTaskFrame(task: TaskSubscription, result: ApplyResult, terminal: boolean): void {
+    const first = task.answer();
     this.#apply(task, result);
     if (this.#tasks.get(task.taskId) !== task) return;
     if (result.duplicate && terminal && task.cursor.finished) {
       // The server re-sends a terminal event until it hears an ack: the previous ack may have been lost.
       this.#connection.send({ type: 'ack', taskId: task.taskId, seq: task.cursor.seq });
-    } else if (!answered) this.#scheduleAck(task);
+    } else if (first) this.#scheduleAck(task);
   }
 
-  #apply(task: WatchedTask, result: ApplyResult): void {
-    // Frames already in flight when a resync went out arrive with the same gap: one resync per gap, unless
-    // its answer is overdue (lost too).
-    if (
-      result.gap &&
-      !(
-        task.resyncPendingFrom === result.resyncFrom &&
-        this.#o.clock() - task.resyncSentAt < this.#o.behindGraceMs
-      )
-    ) {
-      this.#resync(task);
-    }
+  #apply(task: TaskSubscription, result: ApplyResult): void {
+    if (task.needsResync(result, this.#o.behindGraceMs)) this.#resync(task);
     if (result.delivered.length === 0) return;
-    task.resyncPendingFrom = undefined;
-    task.deliver(result.delivered);
+    task.delivered();
+    task.task.deliver(result.delivered, task.cursor.view);
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
-    this.#armWatchdog(task);
+    task.armWatchdog();
     this.#scheduleAck(task);
   }
 
   /** Terminal acks go at once (the server re-sends the terminal event until it hears one); others coalesce. */
-  #scheduleAck(task: WatchedTask): void {
-    if (task.cursor.finished || task.cursor.seq - task.ackedSeq >= this.#o.ackEvery) this.#flushAck(task);
+  #scheduleAck(task: TaskSubscription): void {
+    if (task.ackDue(this.#o.ackEvery)) this.#flushAck(task);
     else if (!this.#ackTimer.pending) {
       this.#ackTimer.set(this.#o.ackDelayMs, () => {
         for (const each of this.#tasks.values()) this.#flushAck(each);
@@ -360,135 +335,55 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     }
   }
 
-  #subscribe(task: WatchedTask): void {
-    if (task.socketDone || task.failed) return;
-    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.cursor.seq })) {
-      task.resyncPendingFrom = task.cursor.seq;
-      task.resyncSentAt = this.#o.clock();
-      task.answered = false;
-    }
+  #subscribe(task: TaskSubscription): void {
+    if (!task.wantsSocket) return;
+    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.cursor.seq }))
+      task.subscribed();
   }
 
   /** Restarts delivery from the cursor: the server replays (or snapshots) what this watch missed. */
-  #resync(task: WatchedTask): void {
+  #resync(task: TaskSubscription): void {
     if (task.cursor.finished) return;
     this.#subscribe(task);
   }
 
   /** Seqs of another epoch mean nothing in this one: such a cursor starts over before it subscribes. */
-  #adoptEpoch(task: WatchedTask): void {
-    if (this.#epoch === undefined) return;
-    if (task.epoch !== undefined && task.epoch !== this.#epoch) task.startOver();
-    task.epoch = this.#epoch;
-  }
-
-  /** A heartbeat says the task is ahead: give in-flight frames a moment, then resync. */
-  #behind(task: WatchedTask, latest: number): void {
-    task.behindTarget = Math.max(task.behindTarget, latest);
-    if (task.behindTimer.pending) return;
-    task.behindTimer.set(this.#o.behindGraceMs, () => {
-      if (task.cursor.isBehind(task.behindTarget)) this.#resync(task);
-    });
+  #adoptEpoch(task: TaskSubscription): void {
+    if (this.#epoch !== undefined) task.adoptEpoch(this.#epoch);
   }
 
   /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
-  #flushAck(task: WatchedTask): void {
-    const seq = task.cursor.seq;
+  #flushAck(task: TaskSubscription): void {
     const storage = this.#o.storage;
-    if (storage !== undefined && seq > task.savedSeq) {
-      const view = task.toTaskView();
-      if (view !== undefined) {
-        storage.save(view, task.epoch);
-        task.savedSeq = seq;
-      }
-    }
-    // Until the server answered the latest subscribe, it may not yet accept acks up to the cursor.
-    if (task.socketDone || !task.answered || (seq <= task.ackedSeq && !task.cursor.finished)) return;
-    if (seq > task.ackedSeq) {
+    if (storage !== undefined) task.save(storage);
+    const seq = task.ackable();
+    if (seq !== undefined) {
       if (!this.#connection.send({ type: 'ack', taskId: task.taskId, seq })) return;
-      task.ackedSeq = seq;
+      task.acked(seq);
     }
-    if (task.cursor.finished) {
+    if (task.readyToUnsubscribe) {
       this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
-      task.socketDone = true;
-      task.clearTimers();
+      task.done();
       storage?.remove(task.taskId);
     }
   }
 
-  #armWatchdog(task: WatchedTask): void {
-    task.watchdog.observe(task.cursor.view);
-    const at = task.watchdog.nextCheckAt();
-    if (at === undefined) {
-      task.watchdogTimer.clear();
-      return;
-    }
-    task.watchdogTimer.set(at - this.#o.clock(), () => {
-      const action = task.watchdog.check();
-      switch (action) {
-        case 'none':
-          break;
-        case 'resync':
-          this.#resync(task);
-          break;
-        case 'reconnect':
-          this.#connection.reconnectNow('finish watchdog');
-          break;
-        case 'http':
-          void this.#catchUp(task).catch(() => undefined);
-          break;
-        default:
-          exhaustive(action);
-      }
-      if (this.#tasks.get(task.taskId) === task) this.#armWatchdog(task);
-    });
-  }
-
-  /**
-   * Brings a task up to date over HTTP: its snapshot if nothing is known yet, then its events after the
-   * cursor, applied through the cursor like socket frames. Rejects when HTTP failed.
-   */
-  async #catchUp(task: WatchedTask): Promise<void> {
-    if (task.httpBusy || task.failed || task.cursor.finished) return;
-    task.httpBusy = true;
-    const current = () => !this.#closed && this.#tasks.get(task.taskId) === task;
-    try {
-      if (task.state.progress === null) {
-        const view = await this.#http.getTask(task.taskId);
-        if (!current()) return;
-        this.#apply(task, task.cursor.applySnapshot(view));
-      }
-      for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
-        const before = task.cursor.seq;
-        const events = await this.#http.getEvents(task.taskId, before);
-        if (!current() || events.length === 0) return;
-        for (const event of events) this.#apply(task, task.cursor.applyEvent(event));
-        if (task.cursor.seq === before) {
-          // The log does not continue from the cursor (events removed by retention): take the snapshot.
-          const view = await this.#http.getTask(task.taskId);
-          if (current()) this.#apply(task, task.cursor.applySnapshot(view));
-          return;
-        }
-      }
-    } catch (error) {
-      const problem =
-        error instanceof ProgressError
-          ? error
-          : new ProgressError(ErrorCode.Internal, 'HTTP catch-up failed', {
-              cause: error,
-              taskId: task.taskId,
-            });
-      if (!current()) return;
-      if (problem.code === ErrorCode.Unauthenticated) {
-        // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help.
-        this.#closing ??= this.#shutdown(problem, true);
-        return;
-      }
-      if (FATAL_TASK_ERRORS.has(problem.code)) this.#failTask(task, problem);
-      else task.emitError(problem);
-      throw problem;
-    } finally {
-      task.httpBusy = false;
+  /** The 100% watchdog of `task` fired: take its next step. */
+  #stuck(task: TaskSubscription, action: StuckAction): void {
+    switch (action) {
+      case 'resync':
+        this.#resync(task);
+        break;
+      case 'reconnect':
+        this.#connection.reconnectNow('finish watchdog');
+        break;
+      case 'http':
+        // Without the HTTP fallback the last step is one more resync (a fresh read of the store).
+        if (this.#http === undefined) this.#resync(task);
+        else void this.#http.catchUp(task).catch(() => undefined);
+        break;
+      default:
+        exhaustive(action);
     }
   }
 
@@ -504,7 +399,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#streams.clear();
   }
 
-  #openStream(task: WatchedTask): void {
+  #openStream(task: TaskSubscription): void {
     const transport = this.#o.fallbackTransport;
     if (transport === undefined || this.#closed || task.cursor.finished || this.#streams.has(task.taskId))
       return;
@@ -527,7 +422,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       }
       // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
       if (this.#streaming && !task.cursor.finished && this.#tasks.get(task.taskId) === task) {
-        task.retryTimer.set(this.#o.httpPollIntervalMs, () => this.#openStream(task));
+        task.retryLater(this.#o.httpPollIntervalMs, () => this.#openStream(task));
       }
     };
     stop = transport.follow({
@@ -537,26 +432,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       onEnd,
     });
     this.#streams.set(task.taskId, stop);
-  }
-
-  /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
-  async #poll(): Promise<void> {
-    if (!this.#polling) return;
-    const tasks = [...this.#tasks.values()].filter((task) => !task.cursor.finished);
-    const results = await Promise.allSettled(tasks.map((task) => this.#catchUp(task)));
-    if (!this.#polling || this.#closed) return;
-    const failed = results.some((result) => result.status === 'rejected');
-    this.#pollFailures = failed ? this.#pollFailures + 1 : 0;
-    const interval = this.#o.httpPollIntervalMs;
-    const delayMs = failed
-      ? interval +
-        backoffDelayMs(
-          this.#pollFailures - 1,
-          { initialDelayMs: interval, maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS) },
-          this.#o.random,
-        )
-      : interval;
-    this.#pollTimer.set(delayMs, () => void this.#poll());
   }
 
   #onErrorFrame(frame: ErrorFrame): void {
@@ -574,26 +449,27 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#failTask(task, error);
       return;
     }
-    task.emitError(error);
+    task.task.emitError(error);
     // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
-    task.resyncPendingFrom = undefined;
-    const delayMs = backoffDelayMs(task.retries++, this.#o.reconnect, this.#o.random);
-    task.retryTimer.set(delayMs, () => this.#resync(task));
+    task.retryAfterError(
+      (retries) => backoffDelayMs(retries, this.#o.reconnect, this.#o.random),
+      () => this.#resync(task),
+    );
   }
 
-  #failTask(task: WatchedTask, error: ProgressError): void {
+  #failTask(task: TaskSubscription, error: ProgressError): void {
     this.#tasks.delete(task.taskId);
     this.#o.storage?.remove(task.taskId);
     task.fail(error, true);
   }
 
   /** A handle closed: the last one takes the subscription with it. */
-  #release(task: WatchedTask, watch: Watch): void {
-    task.handles.delete(watch);
-    if (task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
+  #release(task: TaskSubscription, watch: Watch): void {
+    task.task.handles.delete(watch);
+    if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
     this.#flushAck(task);
     this.#tasks.delete(task.taskId);
-    task.clearTimers();
+    task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
   }
 }

@@ -9,15 +9,12 @@
  * @module
  */
 
-interface Sample {
-  time: number;
-  done: number;
-}
-
 /** @internal */
 export class RateEstimator {
   readonly #windowMs: number;
-  #samples: Sample[] = [];
+  // Two parallel arrays of numbers rather than one object per sample: one sample per delivered event.
+  #times: number[] = [];
+  #done: number[] = [];
 
   /** @param windowMs - how far back samples count, in milliseconds (> 0). */
   constructor(windowMs: number) {
@@ -26,25 +23,35 @@ export class RateEstimator {
 
   /** Records that `done` items were finished at `time` (epoch ms). */
   add(time: number, done: number): void {
-    const last = this.#samples[this.#samples.length - 1];
+    const times = this.#times;
+    const n = times.length;
     // A count or a clock that goes backwards (a snapshot from a replica with another clock, a restored
     // cursor) makes every older sample meaningless: start over rather than report a negative rate.
-    if (last !== undefined && (done < last.done || time < last.time)) this.#samples = [];
-    this.#samples.push({ time, done });
+    if (n > 0 && (done < (this.#done[n - 1] as number) || time < (times[n - 1] as number))) {
+      times.length = 0;
+      this.#done.length = 0;
+    }
+    times.push(time);
+    this.#done.push(done);
     const horizon = time - this.#windowMs;
     // Keep the newest sample at or before the horizon as the window's anchor, so a slow task (one item
     // per window) still has two samples to measure.
     let drop = 0;
-    while (drop + 1 < this.#samples.length && (this.#samples[drop + 1] as Sample).time <= horizon) drop++;
-    if (drop > 0) this.#samples.splice(0, drop);
+    while (drop + 1 < times.length && (times[drop + 1] as number) <= horizon) drop++;
+    if (drop > 0) {
+      times.splice(0, drop);
+      this.#done.splice(0, drop);
+    }
   }
 
-  /** Finished items per second, or `null` until two samples at different times exist. */
   rate(): number | null {
-    const first = this.#samples[0];
-    const last = this.#samples[this.#samples.length - 1];
-    if (first === undefined || last === undefined || last.time <= first.time) return null;
-    return ((last.done - first.done) * 1000) / (last.time - first.time);
+    const times = this.#times;
+    const last = times.length - 1;
+    if (last < 1 || (times[last] as number) <= (times[0] as number)) return null;
+    return (
+      (((this.#done[last] as number) - (this.#done[0] as number)) * 1000) /
+      ((times[last] as number) - (times[0] as number))
+    );
   }
 
   /**

@@ -1,6 +1,5 @@
 import type {
   CancelledEvent,
-  Clock,
   CompletedEvent,
   FailedEvent,
   InterruptedEvent,
@@ -12,18 +11,10 @@ import type {
 } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { Delivery } from '@finishline/core/internal';
-import {
-  exhaustive,
-  FinishWatchdog,
-  terminalEventOfView,
-  WatchCursor,
-  watchViewAfter,
-  watchViewOfTask,
-} from '@finishline/core/internal';
+import { exhaustive, terminalEventOfView, watchViewAfter, watchViewOfTask } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
-import type { StoredTask } from './cursor-storage.js';
 import { RateEstimator } from './rate-estimator.js';
-import { Timeout, type TimerSet } from './timers.js';
+import type { TimerSet } from './timers.js';
 
 /**
  * One watched task: the state store the UI reads, the typed events, the `done` promise, rate and ETA.
@@ -229,8 +220,24 @@ export class Watch extends EventEmitter<WatchEvents> {
     }
   }
 
+  /**
+   * @internal The per-frame path of {@link deliver}: one event with its state, without a closure per
+   * event and handle.
+   */
+  deliverEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
+    if (this.#closed) return;
+    this.flushReplay();
+    try {
+      (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
+    } catch (error) {
+      report(error);
+    }
+  }
+
   /** @internal Tells this handle's `subscribe` listeners that the state changed. */
   notify(): void {
+    // Copied only when there is someone to call: a listener may unsubscribe (or subscribe) while called.
+    if (this.#listeners.size === 0) return;
     for (const listener of [...this.#listeners]) {
       try {
         listener();
@@ -339,90 +346,46 @@ function bounded(done: Promise<WatchState>, task: WatchedTask): WatchDone {
 
 /** What a {@link WatchedTask} needs from its client. @internal */
 export interface WatchedTaskOptions {
-  clock: Clock;
   timers: TimerSet;
-  finishTimeoutMs: number;
   rateWindowMs: number;
   closedError: () => ProgressError;
-  /** A view saved before a page reload, already validated, with its epoch. */
-  restored: StoredTask | undefined;
 }
 
 /**
- * The shared part of every handle on one task: cursor, state, watchdog, timers and ack bookkeeping. The
- * client drives the protocol; this class turns applied deliveries into state and events.
+ * The shared part of every handle on one task: the state the application reads, its events, rate and
+ * ETA. Read-only to everything but its `TaskSubscription`, which feeds it what the cursor delivered
+ * (the protocol bookkeeping lives there).
  *
  * @internal
  */
 export class WatchedTask {
   readonly taskId: string;
-  readonly cursor: WatchCursor;
-  readonly watchdog: FinishWatchdog;
   readonly handles = new Set<Watch>();
-  readonly watchdogTimer: Timeout;
-  readonly behindTimer: Timeout;
-  readonly retryTimer: Timeout;
   /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
   readonly timers: TimerSet;
-  state: WatchState;
-  /** Highest seq acknowledged to a server. */
-  ackedSeq = 0;
-  /** Highest seq saved to the cursor storage. */
-  savedSeq = 0;
-  /** The store epoch the cursor's seq belongs to, when known (from `hello`, or saved with the cursor). */
-  epoch: string | undefined;
-  /** The `afterSeq` of a resync sent and not yet answered; suppresses repeats for the same gap. */
-  resyncPendingFrom: number | undefined;
-  /** When that resync was sent (clock ms). */
-  resyncSentAt = 0;
-  /** Latest seq a heartbeat reported. */
-  behindTarget = 0;
-  /** A frame about this task arrived since the latest subscribe went out. */
-  answered = false;
-  /** Consecutive error frames about this task, for the retry backoff. */
-  retries = 0;
-  /** Terminal acknowledged and unsubscribed: the socket has nothing more to do for this task. */
-  socketDone = false;
-  /** Ended by a fatal error. */
-  failed = false;
-  /** An HTTP catch-up is running. */
-  httpBusy = false;
+  #state: WatchState;
   readonly #rate: RateEstimator;
   readonly #closedError: () => ProgressError;
   #terminal: TerminalEvent | undefined;
 
-  /**
-   * The cursor is meaningless (another epoch, or the server reset it): back to seq 0, with the ack and
-   * save bookkeeping, so the next snapshot is accepted and its seq acknowledged and saved even if lower.
-   */
-  startOver(): void {
-    if (this.cursor.finished) return;
-    this.cursor.restart();
-    this.ackedSeq = 0;
-    this.savedSeq = 0;
-    this.behindTarget = 0;
-    this.resyncPendingFrom = undefined;
-  }
-
-  constructor(taskId: string, options: WatchedTaskOptions) {
+  /** `view` is the cursor's view before anything was delivered. */
+  constructor(taskId: string, options: WatchedTaskOptions, view: WatchView) {
     this.taskId = taskId;
-    this.cursor = new WatchCursor(taskId);
-    this.watchdog = new FinishWatchdog(options.clock, { stuckAfterMs: options.finishTimeoutMs });
-    this.watchdogTimer = new Timeout(options.timers);
-    this.behindTimer = new Timeout(options.timers);
-    this.retryTimer = new Timeout(options.timers);
     this.timers = options.timers;
     this.#rate = new RateEstimator(options.rateWindowMs);
     this.#closedError = options.closedError;
-    this.state = this.#buildState(this.cursor.view, null);
-    this.epoch = options.restored?.epoch;
-    if (options.restored !== undefined) {
-      // Silent: the handles do not exist yet; they get the restored state through their replay.
-      for (const delivery of this.cursor.applySnapshot(options.restored.task).delivered)
-        this.#sample(delivery);
-      this.state = this.#buildState(this.cursor.view, null);
-      this.savedSeq = this.cursor.seq;
-    }
+    this.#state = this.#buildState(view, null);
+  }
+
+  /** The current state: immutable, replaced on every change. */
+  get state(): WatchState {
+    return this.#state;
+  }
+
+  /** Takes a state restored from storage, silently: handles get it through their replay. */
+  restore(delivered: readonly Delivery[], view: WatchView): void {
+    for (const delivery of delivered) this.#sample(delivery);
+    this.#state = this.#buildState(view, null);
   }
 
   /** The error a handle closed before the end rejects with. */
@@ -449,18 +412,18 @@ export class WatchedTask {
    * events in the same apply), set before its listeners run; `subscribe` listeners are told once, at the
    * end.
    */
-  deliver(delivered: readonly Delivery[]): void {
+  deliver(delivered: readonly Delivery[], last: WatchView): void {
     if (delivered.length === 0) return;
-    this.retries = 0;
-    let view: WatchView = this.state;
-    for (const [index, delivery] of delivered.entries()) {
+    let view: WatchView = this.#state;
+    for (let index = 0; index < delivered.length; index++) {
+      const delivery = delivered[index] as Delivery;
       this.#sample(delivery);
-      if (index === delivered.length - 1) view = this.cursor.view;
+      if (index === delivered.length - 1) view = last;
       else if (delivery.kind === 'snapshot') view = watchViewOfTask(delivery.task);
       // Only the last delivery can be terminal, so a middle one is progress or an item.
       else view = watchViewAfter(view, delivery.event);
       const state = this.#buildState(view, null);
-      this.state = state;
+      this.#state = state;
       if (delivery.kind === 'snapshot') {
         this.#emit((watch) => watch.emit('snapshot', state));
         if (state.finished) this.#emit((watch) => this.#emitTerminal(watch, state));
@@ -469,10 +432,8 @@ export class WatchedTask {
       const event = delivery.event;
       switch (event.type) {
         case 'progress':
-          this.#emit((watch) => watch.emit('progress', event, state));
-          break;
         case 'item':
-          this.#emit((watch) => watch.emit('item', event, state));
+          this.#emitEvent(event.type, event, state);
           break;
         case 'completed':
         case 'failed':
@@ -486,14 +447,12 @@ export class WatchedTask {
       }
     }
     for (const watch of this.handles) watch.notify();
-    if (this.state.finished) for (const watch of this.handles) watch.settleIfFinished();
+    if (this.#state.finished) for (const watch of this.handles) watch.settleIfFinished();
   }
 
   /** Ends every handle with a fatal error. */
   fail(error: ProgressError, emitError: boolean): void {
-    this.failed = true;
-    this.clearTimers();
-    if (!this.state.finished) this.state = this.#buildState(this.state, error);
+    if (!this.#state.finished) this.#state = this.#buildState(this.#state, error);
     const handles = [...this.handles];
     this.handles.clear();
     for (const watch of handles) {
@@ -506,13 +465,6 @@ export class WatchedTask {
   /** Emits a non-fatal error to every handle. */
   emitError(error: ProgressError): void {
     this.#emit((watch) => watch.emit('error', error));
-  }
-
-  /** Cancels this task's timers. */
-  clearTimers(): void {
-    this.watchdogTimer.clear();
-    this.behindTimer.clear();
-    this.retryTimer.clear();
   }
 
   /** The saved form of the state: a `TaskView`, or `undefined` before the task's kind is known. */
@@ -542,6 +494,19 @@ export class WatchedTask {
 
   #emit(emit: (watch: Watch) => void): void {
     for (const watch of [...this.handles]) watch.deliver(emit);
+  }
+
+  /**
+   * One progress or item event to every handle. The handles are copied first (a listener may open or
+   * close one), except in the common case of a single handle.
+   */
+  #emitEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
+    if (this.handles.size === 1) {
+      // Only the first: a handle opened by its listener must not get this event after its replay.
+      (this.handles.values().next().value as Watch).deliverEvent(name, event, state);
+      return;
+    }
+    for (const watch of [...this.handles]) watch.deliverEvent(name, event, state);
   }
 
   #emitTerminal(watch: Watch, state: WatchState): void {

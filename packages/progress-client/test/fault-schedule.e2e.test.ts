@@ -9,6 +9,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { MemoryCursorStorage } from '../src/cursor-storage.js';
+import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import type { Watch } from '../src/watch.js';
 import { FaultProxy, type FrameVerdict } from './fault-proxy.js';
@@ -197,6 +198,7 @@ class Watcher {
     const client = new ProgressClient({
       url: this.proxy.url,
       httpUrl: this.httpUrl,
+      httpFallback: httpFallback(),
       WebSocket,
       headers: { 'x-user': 'alice' },
       persistence: this.storage,

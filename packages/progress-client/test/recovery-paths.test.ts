@@ -4,6 +4,7 @@ import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import { FaultProxy } from './fault-proxy.js';
 
@@ -70,6 +71,7 @@ async function rig(paths: Paths) {
   const client = new ProgressClient({
     url: proxy.url,
     httpUrl: `http://127.0.0.1:${port}/progress`,
+    httpFallback: httpFallback(),
     WebSocket,
     headers: { 'x-user': 'alice' },
     random: () => 0,

@@ -4,6 +4,7 @@ import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import type { Watch } from '../src/watch.js';
 import { FaultProxy } from './fault-proxy.js';
@@ -47,6 +48,7 @@ async function rig(serverOptions: { terminalRetryInitialMs?: number } = {}): Pro
   const client = new ProgressClient({
     url: proxy.url,
     httpUrl: `http://127.0.0.1:${port}/progress`,
+    httpFallback: httpFallback(),
     WebSocket,
     headers: { 'x-user': 'alice' },
     random: () => 0, // reconnect at once: the tests are about what is delivered, not when

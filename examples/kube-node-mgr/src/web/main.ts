@@ -1,4 +1,5 @@
 import { ProgressClient, type Watch, type WatchState } from '@finishline/client';
+import { httpFallback } from '@finishline/client/http';
 
 interface NodeView {
   name: string;
@@ -581,7 +582,12 @@ const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.hos
 // a reload resumes from where this page was instead of starting over.
 // Reconnect attempts back off to 5 s at most (the library's default is 30 s): an operator watching a server
 // restart should see the page come back within seconds.
-const client = new ProgressClient({ url: wsUrl, persistence: 'session', reconnect: { maxDelayMs: 5000 } });
+const client = new ProgressClient({
+  url: wsUrl,
+  persistence: 'session',
+  httpFallback: httpFallback(),
+  reconnect: { maxDelayMs: 5000 },
+});
 let wasOpen = false;
 client.on('state', ({ state }) => {
   const conn = $('#connection');

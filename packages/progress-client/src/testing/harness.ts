@@ -1,5 +1,6 @@
 import type { ProgressError } from '@finishline/core';
 import type { StateChange } from '../connection.js';
+import { httpFallback } from '../http-fallback.js';
 import type { FetchLike, ProgressClientOptions } from '../options.js';
 import { ProgressClient } from '../progress-client.js';
 import type { Watch } from '../watch.js';
@@ -26,6 +27,7 @@ export function setup(overrides: Partial<ProgressClientOptions> = {}) {
     url: 'ws://example.test/progress',
     WebSocket: server.WebSocket,
     fetch: http.fetch,
+    httpFallback: httpFallback(),
     timers: scheduler,
     clock: scheduler.now,
     random: () => 0.5,

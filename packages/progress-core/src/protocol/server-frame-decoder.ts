@@ -96,21 +96,24 @@ const requestId: Check = (value) => {
  * with `?`), then no other key. Arrays count as objects here, as they do for valibot's `strictObject`.
  */
 function object(fields: Record<string, Check>): Check {
+  // Parsed once per schema, not per frame: the check runs for every object of every frame, and building
+  // `?key` strings there cost an allocation per key.
+  const names = Object.keys(fields);
+  const keys = names.map((name) => (name.startsWith('?') ? name.slice(1) : name));
+  const optional = names.map((name) => name.startsWith('?'));
+  const checks = names.map((name) => fields[name] as Check);
+  const known = new Set(keys);
   return (value) => {
     if (typeof value !== 'object' || value === null) return ': must be an object';
-    for (const name in fields) {
-      const optional = name.startsWith('?');
-      const key = optional ? name.slice(1) : name;
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i] as string;
       if (key in value) {
-        const tail = nested(key, (fields[name] as Check)((value as FrameObject)[key]));
+        const tail = nested(key, (checks[i] as Check)((value as FrameObject)[key]));
         if (tail !== undefined) return tail;
-      } else if (!optional) return nested(key, ': is required');
+      } else if (!optional[i]) return nested(key, ': is required');
     }
     for (const key in value) {
-      const known = Object.hasOwn(fields, `?${key}`) || (!key.startsWith('?') && Object.hasOwn(fields, key));
-      if (!known) {
-        return nested(key, ': is not a known field');
-      }
+      if (!known.has(key)) return nested(key, ': is not a known field');
     }
     return undefined;
   };

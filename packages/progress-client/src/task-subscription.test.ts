@@ -1,0 +1,94 @@
+import { ErrorCode, ProgressError } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { type StuckAction, TaskSubscription } from './task-subscription.js';
+import { FakeTask } from './testing/fake-server.js';
+import { ManualScheduler } from './testing/manual-scheduler.js';
+import { TimerSet } from './timers.js';
+
+function subscription(stuck: StuckAction[] = []) {
+  const scheduler = new ManualScheduler();
+  const sub = new TaskSubscription('t1', {
+    clock: scheduler.now,
+    timers: new TimerSet(scheduler),
+    finishTimeoutMs: 3000,
+    rateWindowMs: 10_000,
+    closedError: () => new ProgressError(ErrorCode.Closed, 'closed'),
+    restored: undefined,
+    onStuck: (_task, action) => stuck.push(action),
+  });
+  return { sub, scheduler, task: new FakeTask('t1', 3) };
+}
+
+describe('TaskSubscription', () => {
+  it('acks nothing before the subscribe is answered, then the cursor, then unsubscribes after the terminal ack', () => {
+    const { sub, task } = subscription();
+    sub.subscribed();
+    sub.task.deliver(sub.cursor.applySnapshot(task.view()).delivered, sub.cursor.view);
+    sub.task.deliver(sub.cursor.applyEvent(task.item('a')).delivered, sub.cursor.view);
+    expect(sub.ackable()).toBeUndefined(); // no frame answered the subscribe yet
+    expect(sub.answer()).toBe(true);
+    expect(sub.answer()).toBe(false);
+    expect(sub.ackable()).toBe(1);
+    sub.acked(1);
+    expect(sub.ackable()).toBeUndefined();
+    expect(sub.ackDue(32)).toBe(false);
+    expect(sub.readyToUnsubscribe).toBe(false);
+    sub.cursor.applyEvent(task.end());
+    expect(sub.ackDue(32)).toBe(true); // terminal: at once
+    expect(sub.ackable()).toBe(2);
+    expect(sub.readyToUnsubscribe).toBe(false); // not before the terminal seq is acked
+    sub.acked(2);
+    expect(sub.readyToUnsubscribe).toBe(true);
+    sub.done();
+    expect(sub.socketDone).toBe(true);
+    expect(sub.wantsSocket).toBe(false);
+    expect(sub.readyToUnsubscribe).toBe(false);
+    expect(sub.ackable()).toBeUndefined();
+  });
+
+  it('a new subscribe needs a new answer before acks, and the same gap resyncs once until it is overdue', async () => {
+    const { sub, scheduler, task } = subscription();
+    sub.subscribed();
+    sub.answer();
+    task.item('a');
+    const gap = sub.cursor.applyEvent(task.item('b')); // seq 2 while the cursor is at 0
+    expect(gap.gap).toBe(true);
+    expect(sub.needsResync(gap, 1000)).toBe(false); // the subscribe from 0 is pending and recent
+    await scheduler.advance(1000);
+    expect(sub.needsResync(gap, 1000)).toBe(true); // overdue: its answer was lost too
+    sub.subscribed();
+    expect(sub.ackable()).toBeUndefined();
+    expect(sub.subscribeOlderThan(1)).toBe(false);
+  });
+
+  it('another epoch starts the cursor over, with its ack bookkeeping', () => {
+    const { sub, task } = subscription();
+    sub.adoptEpoch('e1');
+    sub.subscribed();
+    sub.answer();
+    sub.task.deliver(sub.cursor.applySnapshot(task.view()).delivered, sub.cursor.view);
+    sub.task.deliver(sub.cursor.applyEvent(task.item('a')).delivered, sub.cursor.view);
+    sub.acked(1);
+    sub.adoptEpoch('e1');
+    expect(sub.cursor.seq).toBe(1);
+    sub.adoptEpoch('e2');
+    expect(sub.epoch).toBe('e2');
+    expect(sub.cursor.seq).toBe(0);
+    expect(sub.ackedSeq).toBe(0);
+  });
+
+  it('escalates a task stuck at 100% through onStuck, and stops once released', async () => {
+    const stuck: StuckAction[] = [];
+    const { sub, scheduler, task } = subscription(stuck);
+    sub.cursor.applySnapshot(task.view());
+    for (const key of ['a', 'b', 'c']) sub.cursor.applyEvent(task.item(key));
+    sub.armWatchdog();
+    await scheduler.advance(3000);
+    await scheduler.advance(3000);
+    expect(stuck).toEqual(['resync', 'reconnect']);
+    sub.release();
+    await scheduler.advance(30_000);
+    expect(stuck).toEqual(['resync', 'reconnect']);
+    expect(scheduler.pending).toBe(0);
+  });
+});

@@ -1,0 +1,284 @@
+import type { Clock, ProgressError } from '@finishline/core';
+import { ErrorCode } from '@finishline/core';
+import type { ApplyResult } from '@finishline/core/internal';
+import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
+import type { CursorStorage, StoredTask } from './cursor-storage.js';
+import { Timeout, type TimerSet } from './timers.js';
+import { WatchedTask } from './watch.js';
+
+/**
+ * One task followed by the client: the protocol bookkeeping (cursor, epoch, acks, the resubscribe state,
+ * the watchdog and retry timers) behind the read-only state its {@link WatchedTask} shows the handles.
+ * `ProgressClient` decides what to send; each step it takes goes through a method here, so the rules of
+ * one subscription (when a gap needs a resync, which seq may be acknowledged, when the socket is done
+ * with the task) sit in one place.
+ *
+ * @internal
+ * @module
+ */
+
+/** What a {@link TaskSubscription} needs from its client. @internal */
+export interface TaskSubscriptionOptions {
+  clock: Clock;
+  timers: TimerSet;
+  finishTimeoutMs: number;
+  rateWindowMs: number;
+  closedError: () => ProgressError;
+  /** A view saved before a page reload, already validated, with its epoch. */
+  restored: StoredTask | undefined;
+  /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
+  onStuck: (task: TaskSubscription, action: StuckAction) => void;
+}
+
+/**
+ * Error codes after which a watch cannot go on: the task is not there, or not for this principal.
+ * @internal
+ */
+export const FATAL_TASK_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  ErrorCode.Forbidden,
+  ErrorCode.TaskNotFound,
+]);
+
+/** The 100% watchdog's escalation steps. @internal */
+export type StuckAction = 'resync' | 'reconnect' | 'http';
+
+/** @internal */
+export class TaskSubscription {
+  readonly taskId: string;
+  /** The state and handles the application sees. */
+  readonly task: WatchedTask;
+  readonly cursor: WatchCursor;
+  readonly #clock: Clock;
+  readonly #watchdog: FinishWatchdog;
+  readonly #watchdogTimer: Timeout;
+  readonly #behindTimer: Timeout;
+  readonly #retryTimer: Timeout;
+  readonly #onStuck: (task: TaskSubscription, action: StuckAction) => void;
+  /** Bound once: the watchdog is re-armed after every delivered frame. */
+  readonly #checkWatchdog = (): void => {
+    const action = this.#watchdog.check();
+    if (action !== 'none') this.#onStuck(this, action);
+    if (!this.#failed && !this.#released) this.armWatchdog();
+  };
+  /** Highest seq acknowledged to a server. */
+  #ackedSeq = 0;
+  /** Highest seq saved to the cursor storage. */
+  #savedSeq = 0;
+  /** The store epoch the cursor's seq belongs to, when known (from `hello`, or saved with the cursor). */
+  #epoch: string | undefined;
+  /** The `afterSeq` of a subscribe sent and not yet answered; suppresses repeats for the same gap. */
+  #resyncFrom: number | undefined;
+  /** When that subscribe was sent (clock ms). */
+  #resyncSentAt = 0;
+  /** Latest seq a heartbeat reported. */
+  #behindTarget = 0;
+  /** A frame about this task arrived since the latest subscribe went out. */
+  #answered = false;
+  /** Consecutive error frames about this task, for the retry backoff. */
+  #retries = 0;
+  /** Terminal acknowledged and unsubscribed: the socket has nothing more to do for this task. */
+  #socketDone = false;
+  /** Ended by a fatal error. */
+  #failed = false;
+  /** The last handle closed: the client follows the task no more. */
+  #released = false;
+  /** An HTTP catch-up is running. */
+  httpBusy = false;
+
+  constructor(taskId: string, options: TaskSubscriptionOptions) {
+    this.taskId = taskId;
+    this.#clock = options.clock;
+    this.cursor = new WatchCursor(taskId);
+    this.#watchdog = new FinishWatchdog(options.clock, { stuckAfterMs: options.finishTimeoutMs });
+    this.#watchdogTimer = new Timeout(options.timers);
+    this.#behindTimer = new Timeout(options.timers);
+    this.#retryTimer = new Timeout(options.timers);
+    this.#onStuck = options.onStuck;
+    this.task = new WatchedTask(taskId, options, this.cursor.view);
+    const restored = options.restored;
+    if (restored !== undefined) {
+      this.#epoch = restored.epoch;
+      // Silent: no handle exists yet; each gets the restored state through its replay.
+      this.task.restore(this.cursor.applySnapshot(restored.task).delivered, this.cursor.view);
+      this.#savedSeq = this.cursor.seq;
+    }
+  }
+
+  get finished(): boolean {
+    return this.cursor.finished;
+  }
+  get epoch(): string | undefined {
+    return this.#epoch;
+  }
+  get ackedSeq(): number {
+    return this.#ackedSeq;
+  }
+  /** Terminal acknowledged and unsubscribed. */
+  get socketDone(): boolean {
+    return this.#socketDone;
+  }
+  /** A frame about this task arrived since the latest subscribe went out. */
+  get answered(): boolean {
+    return this.#answered;
+  }
+  get failed(): boolean {
+    return this.#failed;
+  }
+  /** The socket still has work for this task (it is neither done nor failed). */
+  get wantsSocket(): boolean {
+    return !this.#socketDone && !this.#failed;
+  }
+
+  /** A subscribe from the cursor went out: until a frame answers it, acks above it may be refused. */
+  subscribed(): void {
+    this.#resyncFrom = this.cursor.seq;
+    this.#resyncSentAt = this.#clock();
+    this.#answered = false;
+  }
+
+  /** True when the latest subscribe went out at least `graceMs` ago (a heartbeat did not cross it). */
+  subscribeOlderThan(graceMs: number): boolean {
+    return this.#clock() - this.#resyncSentAt >= graceMs;
+  }
+
+  /** A frame about this task arrived; true when it is the first since the latest subscribe. */
+  answer(): boolean {
+    const first = !this.#answered;
+    this.#answered = true;
+    return first;
+  }
+
+  /**
+   * Frames already in flight when a resync went out arrive with the same gap: one resync per gap, unless
+   * its answer is overdue (lost too).
+   */
+  needsResync(result: ApplyResult, graceMs: number): boolean {
+    return result.gap && !(this.#resyncFrom === result.resyncFrom && !this.subscribeOlderThan(graceMs));
+  }
+
+  /** Something was delivered: the pending resync (if any) was answered, and the error backoff resets. */
+  delivered(): void {
+    this.#resyncFrom = undefined;
+    this.#retries = 0;
+  }
+
+  /** The socket was lost: nothing sent on it is pending any more. */
+  down(): void {
+    this.#resyncFrom = undefined;
+    this.#behindTimer.clear();
+  }
+
+  /** An epoch announced by a snapshot for this task. */
+  setEpoch(epoch: string): void {
+    this.#epoch = epoch;
+  }
+
+  /** Seqs of another epoch mean nothing in this one: such a cursor starts over. */
+  adoptEpoch(epoch: string): void {
+    if (this.#epoch !== undefined && this.#epoch !== epoch) this.startOver();
+    this.#epoch = epoch;
+  }
+
+  /**
+   * The cursor is meaningless (another epoch, or the server reset it): back to seq 0, with the ack and
+   * save bookkeeping, so the next snapshot is accepted and its seq acknowledged and saved even if lower.
+   */
+  startOver(): void {
+    if (this.cursor.finished) return;
+    this.cursor.restart();
+    this.#ackedSeq = 0;
+    this.#savedSeq = 0;
+    this.#behindTarget = 0;
+    this.#resyncFrom = undefined;
+  }
+
+  /** A heartbeat says the task is at `latest`: give in-flight frames `graceMs`, then `resync` if behind. */
+  behind(latest: number, graceMs: number, resync: () => void): void {
+    this.#behindTarget = Math.max(this.#behindTarget, latest);
+    if (this.#behindTimer.pending) return;
+    this.#behindTimer.set(graceMs, () => {
+      if (this.cursor.isBehind(this.#behindTarget)) resync();
+    });
+  }
+
+  /** Terminal acks go at once; others once `every` events wait, or when the ack timer fires. */
+  ackDue(every: number): boolean {
+    return this.cursor.finished || this.cursor.seq - this.#ackedSeq >= every;
+  }
+
+  /**
+   * The seq to acknowledge now, if any: nothing while the server has not answered the latest subscribe
+   * (it may not accept acks up to the cursor yet), nor once the socket is done with the task.
+   */
+  ackable(): number | undefined {
+    if (this.#socketDone || !this.#answered || this.cursor.seq <= this.#ackedSeq) return undefined;
+    return this.cursor.seq;
+  }
+
+  /** `seq` was sent in an ack. */
+  acked(seq: number): void {
+    this.#ackedSeq = seq;
+  }
+
+  /** The terminal seq is acknowledged (or the server stopped following): unsubscribe-ready. */
+  get readyToUnsubscribe(): boolean {
+    return !this.#socketDone && this.#answered && this.cursor.finished && this.cursor.seq <= this.#ackedSeq;
+  }
+
+  /** Saves the cursor when it moved since the last save. */
+  save(storage: CursorStorage): void {
+    if (this.cursor.seq <= this.#savedSeq) return;
+    const view = this.task.toTaskView();
+    if (view === undefined) return;
+    storage.save(view, this.#epoch);
+    this.#savedSeq = this.cursor.seq;
+  }
+
+  /** The terminal ack and the unsubscribe went out: the socket has nothing more to do here. */
+  done(): void {
+    this.#socketDone = true;
+    this.clearTimers();
+  }
+
+  /** An error frame about this task: retry after the delay `delayOf(retries so far)` gives. */
+  retryAfterError(delayOf: (retries: number) => number, retry: () => void): void {
+    this.#resyncFrom = undefined;
+    this.#retryTimer.set(delayOf(this.#retries++), retry);
+  }
+
+  /** Runs `callback` after `delayMs` on the retry timer (a fallback stream reopened after a cut). */
+  retryLater(delayMs: number, callback: () => void): void {
+    this.#retryTimer.set(delayMs, callback);
+  }
+
+  /**
+   * Re-arms the 100% watchdog after a change: `onStuck` runs with the watchdog's action when the task
+   * sits at 100% without a terminal state for too long, and again at every later step.
+   */
+  armWatchdog(): void {
+    this.#watchdog.observe(this.cursor.view);
+    const at = this.#watchdog.nextCheckAt();
+    if (at === undefined) this.#watchdogTimer.clear();
+    else this.#watchdogTimer.set(at - this.#clock(), this.#checkWatchdog);
+  }
+
+  /** Ends every handle with a fatal error. */
+  fail(error: ProgressError, emitError: boolean): void {
+    this.#failed = true;
+    this.clearTimers();
+    this.task.fail(error, emitError);
+  }
+
+  /** The last handle closed: no timer of this task runs again. */
+  release(): void {
+    this.#released = true;
+    this.clearTimers();
+  }
+
+  /** Cancels this task's timers. */
+  clearTimers(): void {
+    this.#watchdogTimer.clear();
+    this.#behindTimer.clear();
+    this.#retryTimer.clear();
+  }
+}
