@@ -70,17 +70,32 @@ export class CreateTaskCommand implements StoreCommand {
   }
 }
 
-export class AppendCommand implements StoreCommand {
-  constructor(
-    readonly index: number,
-    readonly input: AppendInput,
-  ) {}
+/**
+ * A command on one task the model already holds: its random `index` picks the task (see `pick`), so it
+ * can run only once a task exists. Subclasses say in `runOn` what they do to the picked task; `label`
+ * names the command and the task for failure messages.
+ */
+abstract class TaskCommand implements StoreCommand {
+  constructor(readonly index: number) {}
   check(model: Readonly<StoreModel>): boolean {
     return model.tasks.length > 0;
   }
   async run(model: StoreModel, real: ModelReal): Promise<void> {
     const task = pick(model, this.index);
-    const label = `${this} on ${task.id}`;
+    await this.runOn(task, `${this} on ${task.id}`, model, real);
+  }
+  protected abstract runOn(task: ModelTask, label: string, model: StoreModel, real: ModelReal): Promise<void>;
+  abstract toString(): string;
+}
+
+export class AppendCommand extends TaskCommand {
+  constructor(
+    index: number,
+    readonly input: AppendInput,
+  ) {
+    super(index);
+  }
+  protected async runOn(task: ModelTask, label: string, model: StoreModel, real: ModelReal): Promise<void> {
     const failure = finishedOrGone(task);
     const now = real.clock.now();
     if (failure !== undefined) {
@@ -95,17 +110,14 @@ export class AppendCommand implements StoreCommand {
   }
 }
 
-export class BurstCommand implements StoreCommand {
+export class BurstCommand extends TaskCommand {
   constructor(
-    readonly index: number,
+    index: number,
     readonly inputs: readonly AppendInput[],
-  ) {}
-  check(model: Readonly<StoreModel>): boolean {
-    return model.tasks.length > 0;
+  ) {
+    super(index);
   }
-  async run(model: StoreModel, real: ModelReal): Promise<void> {
-    const task = pick(model, this.index);
-    const label = `${this} on ${task.id}`;
+  protected async runOn(task: ModelTask, label: string, model: StoreModel, real: ModelReal): Promise<void> {
     const failure = finishedOrGone(task);
     const now = real.clock.now();
     const settled = await Promise.allSettled(this.inputs.map((input) => real.store.append(task.id, input)));
@@ -158,19 +170,17 @@ export class BurstCommand implements StoreCommand {
   }
 }
 
-export class AckCommand implements StoreCommand {
+export class AckCommand extends TaskCommand {
   constructor(
-    readonly index: number,
+    index: number,
     readonly seqPick: number,
-  ) {}
-  check(model: Readonly<StoreModel>): boolean {
-    return model.tasks.length > 0;
+  ) {
+    super(index);
   }
-  async run(model: StoreModel, real: ModelReal): Promise<void> {
-    const task = pick(model, this.index);
+  protected async runOn(task: ModelTask, on: string, model: StoreModel, real: ModelReal): Promise<void> {
     // One past the task's seq now and then, which must be refused.
     const seq = this.seqPick % (task.seq + 2);
-    const label = `${this} on ${task.id} (seq ${seq} of ${task.seq})`;
+    const label = `${on} (seq ${seq} of ${task.seq})`;
     if (task.purged) {
       await expectRejection(label, ErrorCode.TaskNotFound, () => real.store.ack(task.id, seq));
     } else if (seq > task.seq) {
@@ -187,18 +197,15 @@ export class AckCommand implements StoreCommand {
   }
 }
 
-export class RenewLeaseCommand implements StoreCommand {
+export class RenewLeaseCommand extends TaskCommand {
   constructor(
-    readonly index: number,
+    index: number,
     readonly owner: string,
     readonly ttlMs: number,
-  ) {}
-  check(model: Readonly<StoreModel>): boolean {
-    return model.tasks.length > 0;
+  ) {
+    super(index);
   }
-  async run(model: StoreModel, real: ModelReal): Promise<void> {
-    const task = pick(model, this.index);
-    const label = `${this} on ${task.id}`;
+  protected async runOn(task: ModelTask, label: string, model: StoreModel, real: ModelReal): Promise<void> {
     const now = real.clock.now();
     const held =
       task.leaseOwner !== null &&
@@ -221,17 +228,14 @@ export class RenewLeaseCommand implements StoreCommand {
   }
 }
 
-export class ReleaseLeaseCommand implements StoreCommand {
+export class ReleaseLeaseCommand extends TaskCommand {
   constructor(
-    readonly index: number,
+    index: number,
     readonly owner: string,
-  ) {}
-  check(model: Readonly<StoreModel>): boolean {
-    return model.tasks.length > 0;
+  ) {
+    super(index);
   }
-  async run(model: StoreModel, real: ModelReal): Promise<void> {
-    const task = pick(model, this.index);
-    const label = `${this} on ${task.id}`;
+  protected async runOn(task: ModelTask, label: string, model: StoreModel, real: ModelReal): Promise<void> {
     if (task.purged) {
       await expectRejection(label, ErrorCode.TaskNotFound, () =>
         real.store.releaseLease(task.id, this.owner),
