@@ -5,8 +5,13 @@ import { defineConfig } from 'tsup';
 
 // The contract suite runs inside the adapter's own vitest; never bundle the test tools.
 const external = ['vitest', 'fast-check'];
-// The task-log arbitrary serves core's own delivery tests only: not shipped.
-const sources = ['src/**/*.ts', '!src/**/*.test.ts', '!src/testing/task-log-arbitrary.ts'];
+// The task-log arbitrary and the invalid-input check serve core's own tests only: not shipped.
+const sources = [
+  'src/**/*.ts',
+  '!src/**/*.test.ts',
+  '!src/testing/task-log-arbitrary.ts',
+  '!src/testing/invalid-input.ts',
+];
 
 /**
  * Declarations, one file per module (`dist/store/progress-store.d.ts`, not a hashed chunk), so "go to

@@ -1,5 +1,4 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from './codes.js';
 import {
   boolean,
   defaultsOf,
@@ -15,18 +14,7 @@ import {
   requireNumber,
   resolveOptions,
 } from './options.js';
-import { isProgressError } from './progress-error.js';
-
-/** The message of the invalid_input ProgressError `run` throws. */
-function invalidMessage(run: () => unknown): string {
-  try {
-    run();
-  } catch (error) {
-    expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-    return (error as Error).message;
-  }
-  return expect.fail('expected an invalid_input ProgressError');
-}
+import { invalidInputMessage } from './testing/invalid-input.js';
 
 describe('resolveOptions', () => {
   const specs = {
@@ -73,49 +61,51 @@ describe('resolveOptions', () => {
   });
 
   it('refuses an unknown key, naming the nearest known option, at the top and nested', () => {
-    expect(invalidMessage(() => resolveOptions('C', specs, { heartbeatMs: 5 }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { heartbeatMs: 5 }))).toBe(
       'C: unknown option "heartbeatMs" (did you mean `heartbeatIntervalMs`?)',
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, { reconnect: { maxDelay: 5 } }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { reconnect: { maxDelay: 5 } }))).toBe(
       'C: reconnect: unknown option "maxDelay" (did you mean `maxDelayMs`?)',
     );
   });
 
   it('names the option, what it must be and the value it got', () => {
-    expect(invalidMessage(() => resolveOptions('C', specs, { heartbeatIntervalMs: 0 }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { heartbeatIntervalMs: 0 }))).toBe(
       'C: heartbeatIntervalMs must be an integer >= 1, got 0',
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, { verbose: 'yes' }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { verbose: 'yes' }))).toBe(
       'C: verbose must be a boolean, got yes',
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, { mode: 'slow' }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { mode: 'slow' }))).toBe(
       "C: mode must be one of 'fast', 'safe', got slow",
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, { hook: {} }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { hook: {} }))).toBe(
       'C: hook must be a function, got an object',
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, { reconnect: { maxDelayMs: -1 } }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { reconnect: { maxDelayMs: -1 } }))).toBe(
       'C: reconnect.maxDelayMs must be a finite number >= 0, got -1',
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, { reconnect: 5 }))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { reconnect: 5 }))).toBe(
       'C: reconnect must be an object, got 5',
     );
-    expect(invalidMessage(() => resolveOptions('C', specs, 42))).toBe('C: options must be an object, got 42');
-    expect(invalidMessage(() => resolveOptions('C', specs, null))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', specs, 42))).toBe(
+      'C: options must be an object, got 42',
+    );
+    expect(invalidInputMessage(() => resolveOptions('C', specs, null))).toBe(
       'C: options must be an object, got null',
     );
   });
 
   it('refuses a missing required option', () => {
     const withStore = { store: required(optional(func<() => void>(() => {}))) };
-    expect(invalidMessage(() => resolveOptions('C', withStore, {}))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', withStore, {}))).toBe(
       'C: store must be a function, got undefined',
     );
-    expect(invalidMessage(() => resolveOptions('C', withStore, undefined))).toBe(
+    expect(invalidInputMessage(() => resolveOptions('C', withStore, undefined))).toBe(
       'C: options must be an object, got undefined',
     );
     const lenient = { store: required(optional(option<unknown>(0, 'anything', () => true))) };
-    expect(invalidMessage(() => resolveOptions('C', lenient, {}))).toBe('C: store is required');
+    expect(invalidInputMessage(() => resolveOptions('C', lenient, {}))).toBe('C: store is required');
     const store = () => {};
     expect(resolveOptions('C', withStore, { store }).store).toBe(store);
   });
@@ -138,26 +128,26 @@ describe('requireNumber', () => {
   });
 
   it('names the option, the expected kind and bound, and the value', () => {
-    expect(invalidMessage(() => requireNumber('W: n', -1, { min: 0, integer: true }))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: n', -1, { min: 0, integer: true }))).toBe(
       'W: n must be an integer >= 0, got -1',
     );
-    expect(invalidMessage(() => requireNumber('W: n', 1.5, { integer: true }))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: n', 1.5, { integer: true }))).toBe(
       'W: n must be an integer, got 1.5',
     );
-    expect(invalidMessage(() => requireNumber('W: x', 0.5, { min: 1 }))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: x', 0.5, { min: 1 }))).toBe(
       'W: x must be a finite number >= 1, got 0.5',
     );
-    expect(invalidMessage(() => requireNumber('W: x', Number.NaN))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: x', Number.NaN))).toBe(
       'W: x must be a finite number, got NaN',
     );
-    expect(invalidMessage(() => requireNumber('W: x', Number.POSITIVE_INFINITY))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: x', Number.POSITIVE_INFINITY))).toBe(
       'W: x must be a finite number, got Infinity',
     );
-    expect(invalidMessage(() => requireNumber('W: x', '3'))).toBe('W: x must be a finite number, got 3');
-    expect(invalidMessage(() => requireNumber('W: n', 2 ** 53, { integer: true }))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: x', '3'))).toBe('W: x must be a finite number, got 3');
+    expect(invalidInputMessage(() => requireNumber('W: n', 2 ** 53, { integer: true }))).toBe(
       `W: n must be an integer, got ${2 ** 53}`,
     );
-    expect(invalidMessage(() => requireNumber('W: n', 11, { min: 1, max: 10, integer: true }))).toBe(
+    expect(invalidInputMessage(() => requireNumber('W: n', 11, { min: 1, max: 10, integer: true }))).toBe(
       'W: n must be an integer from 1 to 10, got 11',
     );
   });

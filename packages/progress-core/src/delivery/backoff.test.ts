@@ -1,23 +1,11 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from '../codes.js';
-import { isProgressError } from '../progress-error.js';
+import { expectInvalidInput } from '../testing/invalid-input.js';
 import { propertyParams } from '../testing/property-config.js';
 import { BACKOFF_DEFAULTS, type BackoffOptions, backoffDelayMs } from './backoff.js';
 
 const almostOne = () => 0.999_999_999;
 const zero = () => 0;
-
-function expectInvalid(run: () => unknown, pattern: RegExp): void {
-  try {
-    run();
-  } catch (error) {
-    expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-    expect((error as Error).message).toMatch(pattern);
-    return;
-  }
-  expect.fail('expected an invalid_input ProgressError');
-}
 
 /** The ceiling computed the slow way: grow step by step, capping as we go (no overflow possible). */
 function ceilingOracle(attempt: number, options: Required<BackoffOptions>): number {
@@ -93,23 +81,23 @@ describe('backoffDelayMs', () => {
   });
 
   it('rejects bad attempts, contradictory options and a broken random source', () => {
-    expectInvalid(() => backoffDelayMs(-1), /attempt/);
-    expectInvalid(() => backoffDelayMs(1.5), /attempt/);
-    expectInvalid(() => backoffDelayMs(Number.NaN), /attempt/);
-    expectInvalid(() => backoffDelayMs(0, { multiplier: 0.5 }), /multiplier/);
-    expectInvalid(() => backoffDelayMs(0, { initialDelayMs: -1 }), /initialDelayMs/);
-    expectInvalid(() => backoffDelayMs(0, { maxDelayMs: Number.POSITIVE_INFINITY }), /maxDelayMs/);
-    expectInvalid(() => backoffDelayMs(0, { initialDelayMs: 500, maxDelayMs: 100 }), /must not exceed/);
+    expectInvalidInput(() => backoffDelayMs(-1), /attempt/);
+    expectInvalidInput(() => backoffDelayMs(1.5), /attempt/);
+    expectInvalidInput(() => backoffDelayMs(Number.NaN), /attempt/);
+    expectInvalidInput(() => backoffDelayMs(0, { multiplier: 0.5 }), /multiplier/);
+    expectInvalidInput(() => backoffDelayMs(0, { initialDelayMs: -1 }), /initialDelayMs/);
+    expectInvalidInput(() => backoffDelayMs(0, { maxDelayMs: Number.POSITIVE_INFINITY }), /maxDelayMs/);
+    expectInvalidInput(() => backoffDelayMs(0, { initialDelayMs: 500, maxDelayMs: 100 }), /must not exceed/);
     // Unknown keys are refused like everywhere else (they used to be ignored), naming the nearest option.
-    expectInvalid(
+    expectInvalidInput(
       () => backoffDelayMs(0, { maxDelay: 100 } as BackoffOptions),
       /Backoff: unknown option "maxDelay" \(did you mean `maxDelayMs`\?\)/,
     );
-    expectInvalid(() => backoffDelayMs(0, undefined, () => 1), /random/);
-    expectInvalid(() => backoffDelayMs(0, undefined, () => Number.NaN), /random/);
+    expectInvalidInput(() => backoffDelayMs(0, undefined, () => 1), /random/);
+    expectInvalidInput(() => backoffDelayMs(0, undefined, () => Number.NaN), /random/);
     // Below the range too, not only at or above 1 (a mutant dropping `unit >= 0` survived without it).
-    expectInvalid(() => backoffDelayMs(0, undefined, () => -0.25), /random/);
+    expectInvalidInput(() => backoffDelayMs(0, undefined, () => -0.25), /random/);
     // A negative cap is refused by its own check, naming it (not only as a contradiction with the initial delay).
-    expectInvalid(() => backoffDelayMs(0, { initialDelayMs: 0, maxDelayMs: -1 }), /Backoff: maxDelayMs/);
+    expectInvalidInput(() => backoffDelayMs(0, { initialDelayMs: 0, maxDelayMs: -1 }), /Backoff: maxDelayMs/);
   });
 });

@@ -1,7 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from '../codes.js';
 import type { ProgressState, TaskStatus } from '../model.js';
-import { isProgressError } from '../progress-error.js';
+import { expectInvalidInput } from '../testing/invalid-input.js';
 import { ManualClock } from '../testing/manual-clock.js';
 import { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog, type WatchdogAction } from './finish-watchdog.js';
 
@@ -175,23 +174,11 @@ describe('FinishWatchdog', () => {
 
   it('rejects invalid options', () => {
     for (const stuckAfterMs of [0, -5, Number.NaN, Number.POSITIVE_INFINITY]) {
-      try {
-        new FinishWatchdog(() => 0, { stuckAfterMs });
-        expect.fail(`accepted stuckAfterMs ${stuckAfterMs}`);
-      } catch (error) {
-        expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-        expect((error as Error).message).toMatch(/stuckAfterMs/);
-      }
+      expectInvalidInput(() => new FinishWatchdog(() => 0, { stuckAfterMs }), /stuckAfterMs/);
     }
   });
 
   it('rejects a clock that is not a function', () => {
-    try {
-      new FinishWatchdog(1000 as unknown as () => number);
-      expect.fail('accepted a number as the clock');
-    } catch (error) {
-      expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-      expect((error as Error).message).toMatch(/clock must be a function/);
-    }
+    expectInvalidInput(() => new FinishWatchdog(1000 as unknown as () => number), /clock must be a function/);
   });
 });

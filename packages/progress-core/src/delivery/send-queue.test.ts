@@ -1,8 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from '../codes.js';
 import type { TaskEvent } from '../model.js';
-import { isProgressError } from '../progress-error.js';
 import type { AppendInput } from '../store/inputs.js';
+import { expectInvalidInput } from '../testing/invalid-input.js';
 import { buildTaskLog, type TaskLog, viewAt } from '../testing/task-log-arbitrary.js';
 import { type OutgoingEntry, SEND_QUEUE_DEFAULTS, SendQueue } from './send-queue.js';
 
@@ -310,13 +309,7 @@ describe('SendQueue', () => {
 
   it('rejects invalid options', () => {
     for (const maxProgressRun of [0, 1.5, -1, Number.NaN]) {
-      try {
-        new SendQueue({ maxProgressRun });
-        expect.fail(`accepted maxProgressRun ${maxProgressRun}`);
-      } catch (error) {
-        expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-        expect((error as Error).message).toMatch(/maxProgressRun/);
-      }
+      expectInvalidInput(() => new SendQueue({ maxProgressRun }), /maxProgressRun/);
     }
   });
 });

@@ -1,6 +1,7 @@
 import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
 import { Priority, priorityOf } from '../model.js';
 import { defaultsOf, exhaustive, integer, resolveOptions } from '../options.js';
+import { Deque } from './deque.js';
 import { taskViewAtProgress } from './event-view.js';
 
 /**
@@ -9,6 +10,13 @@ import { taskViewAtProgress } from './event-view.js';
  * terminal states), and, when the socket is congested, folds runs of `progress` events into one snapshot
  * (progress is absolute, so only the last one of a run carries information). A task's own entries keep
  * their seq order; `item` and terminal events are never dropped or merged.
+ *
+ * Why the coalescing and the priority picking stay in this one file: both rest on one invariant, that a
+ * task's per-priority `counts` and the queue's `size` always match its queued entries. Every change to the
+ * entries (pushing, collapsing a run, a snapshot replacing what it covers, folding at send time) goes
+ * through `#append`/`#removeHead` or adjusts the counts beside them, and `#pick` reads those counts; split
+ * apart, the invariant could no longer be checked by reading one class. The ring buffer under each task's
+ * entries has no such tie and lives in `deque.ts`.
  *
  * @module
  */
@@ -363,60 +371,4 @@ function oldestOrder(queue: TaskQueue): number {
   const first = queue.entries.at(0)?.order ?? Number.POSITIVE_INFINITY;
   const second = queue.entries.at(1)?.order ?? Number.POSITIVE_INFINITY;
   return Math.min(first, second);
-}
-
-/** A growable ring buffer: O(1) at both ends, where an array's `shift`/`unshift` are O(n). */
-class Deque<T> {
-  #items: Array<T | undefined> = new Array(8);
-  #head = 0;
-  #length = 0;
-
-  get length(): number {
-    return this.#length;
-  }
-
-  /** The element at `index` from the head, or `undefined` out of range. */
-  at(index: number): T | undefined {
-    if (index < 0 || index >= this.#length) return undefined;
-    return this.#items[(this.#head + index) % this.#items.length];
-  }
-
-  push(item: T): void {
-    this.#grow();
-    this.#items[(this.#head + this.#length) % this.#items.length] = item;
-    this.#length += 1;
-  }
-
-  unshift(item: T): void {
-    this.#grow();
-    this.#head = (this.#head - 1 + this.#items.length) % this.#items.length;
-    this.#items[this.#head] = item;
-    this.#length += 1;
-  }
-
-  shift(): T | undefined {
-    if (this.#length === 0) return undefined;
-    const item = this.#items[this.#head];
-    this.#items[this.#head] = undefined;
-    this.#head = (this.#head + 1) % this.#items.length;
-    this.#length -= 1;
-    return item;
-  }
-
-  pop(): T | undefined {
-    if (this.#length === 0) return undefined;
-    const index = (this.#head + this.#length - 1) % this.#items.length;
-    const item = this.#items[index];
-    this.#items[index] = undefined;
-    this.#length -= 1;
-    return item;
-  }
-
-  #grow(): void {
-    if (this.#length < this.#items.length) return;
-    const next: Array<T | undefined> = new Array(this.#items.length * 2);
-    for (let i = 0; i < this.#length; i++) next[i] = this.#items[(this.#head + i) % this.#items.length];
-    this.#items = next;
-    this.#head = 0;
-  }
 }

@@ -1,21 +1,9 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from '../codes.js';
-import { isProgressError } from '../progress-error.js';
+import { expectInvalidInput } from '../testing/invalid-input.js';
 import { ManualClock } from '../testing/manual-clock.js';
 import { propertyParams } from '../testing/property-config.js';
 import { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker, terminalRetryDelayMs } from './terminal-retry.js';
-
-function expectInvalid(run: () => unknown, pattern: RegExp): void {
-  try {
-    run();
-  } catch (error) {
-    expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-    expect((error as Error).message).toMatch(pattern);
-    return;
-  }
-  expect.fail('expected an invalid_input ProgressError');
-}
 
 describe('terminalRetryDelayMs', () => {
   it('has frozen defaults of 100 ms, doubling, capped at 5 s', () => {
@@ -40,12 +28,15 @@ describe('terminalRetryDelayMs', () => {
   });
 
   it('rejects attempt 0, fractions and bad options', () => {
-    expectInvalid(() => terminalRetryDelayMs(0), /attempt/);
-    expectInvalid(() => terminalRetryDelayMs(2.5), /attempt/);
-    expectInvalid(() => terminalRetryDelayMs(1, { initialDelayMs: 0 }), /initialDelayMs/);
-    expectInvalid(() => terminalRetryDelayMs(1, { multiplier: 0.9 }), /multiplier/);
-    expectInvalid(() => terminalRetryDelayMs(1, { initialDelayMs: 200, maxDelayMs: 100 }), /must not exceed/);
-    expectInvalid(() => new TerminalRetryTracker(() => 0, { maxDelayMs: Number.NaN }), /maxDelayMs/);
+    expectInvalidInput(() => terminalRetryDelayMs(0), /attempt/);
+    expectInvalidInput(() => terminalRetryDelayMs(2.5), /attempt/);
+    expectInvalidInput(() => terminalRetryDelayMs(1, { initialDelayMs: 0 }), /initialDelayMs/);
+    expectInvalidInput(() => terminalRetryDelayMs(1, { multiplier: 0.9 }), /multiplier/);
+    expectInvalidInput(
+      () => terminalRetryDelayMs(1, { initialDelayMs: 200, maxDelayMs: 100 }),
+      /must not exceed/,
+    );
+    expectInvalidInput(() => new TerminalRetryTracker(() => 0, { maxDelayMs: Number.NaN }), /maxDelayMs/);
   });
 });
 
@@ -182,9 +173,9 @@ describe('TerminalRetryTracker', () => {
 
   it('rejects a bad seq or clock', () => {
     const tracker = new TerminalRetryTracker(() => 0);
-    expectInvalid(() => tracker.sent('t1', 0), /seq/);
-    expectInvalid(() => tracker.sent('t1', 1.5), /seq/);
-    expectInvalid(() => new TerminalRetryTracker(undefined as unknown as () => number), /clock/);
+    expectInvalidInput(() => tracker.sent('t1', 0), /seq/);
+    expectInvalidInput(() => tracker.sent('t1', 1.5), /seq/);
+    expectInvalidInput(() => new TerminalRetryTracker(undefined as unknown as () => number), /clock/);
   });
 
   it('matches a simple model under any mix of sends, acks, forgets and time (oracle)', () => {

@@ -1,9 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ErrorCode } from '../codes.js';
 import type { TaskEvent } from '../model.js';
 import { progressOf } from '../model.js';
-import { isProgressError } from '../progress-error.js';
 import type { AppendInput } from '../store/inputs.js';
+import { invalidInputMessage } from '../testing/invalid-input.js';
 import { buildTaskLog, type TaskLog, viewAt } from '../testing/task-log-arbitrary.js';
 import { type Delivery, WATCH_CURSOR_DEFAULTS, WatchCursor } from './watch-cursor.js';
 
@@ -275,13 +274,6 @@ describe('WatchCursor', () => {
       () => new WatchCursor('task-1', { maxBuffered: -1 }),
       () => new WatchCursor('task-1', { maxBuffered: 1.5 }),
     ];
-    for (const run of bad) {
-      expect(run).toThrow();
-      try {
-        run();
-      } catch (error) {
-        expect(isProgressError(error, ErrorCode.InvalidInput)).toBe(true);
-      }
-    }
+    for (const run of bad) invalidInputMessage(run);
   });
 });
