@@ -17,7 +17,7 @@ export default {
     'packages/progress-server/src/socket/**/*.ts',
     'packages/progress-server/src/hub/task-stream.ts',
     '!**/*.test.ts',
-    '!packages/progress-core/src/delivery/task-log-arbitrary.ts',
+    '!packages/progress-core/src/testing/task-log-arbitrary.ts',
   ],
   concurrency: 1,
   incremental: true,
