@@ -104,7 +104,11 @@ export class Subscription implements WrittenLog {
    * retry state of the task start over. Returns the stream, the token of this attempt.
    */
   restart(afterSeq: number): TaskStream {
+    // A held ack survives: it is applied, through the usual checks, once the new stream is authorized.
+    // Dropping it lost it for good when a (duplicated) subscribe overtook the first one's authorization.
+    const held = this.#pendingAck;
     this.#reset();
+    this.#pendingAck = held;
     // Acks up to the client's own cursor become valid once the task is loaded and the principal may
     // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     this.#claimed = afterSeq;
@@ -167,8 +171,10 @@ export class Subscription implements WrittenLog {
 
   /** Applies an ack frame's seq to the subscription's state (the caller records an advanced one). */
   ack(seq: number): AckOutcome {
-    if (!this.#authorized) {
+    if (!this.#authorized && seq > this.#written) {
       // Authorization or the load is still running: remember it, act on it only once both succeeded.
+      // A seq this socket was already sent (under an earlier, authorized stream) needs no wait: holding
+      // it would lose it if an unsubscribe came before the new stream's authorization.
       if (seq > this.#pendingAck) this.#pendingAck = seq;
       return 'held';
     }
