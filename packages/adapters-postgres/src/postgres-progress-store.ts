@@ -28,7 +28,7 @@ import {
   taskAlreadyExists,
   taskNotFound,
 } from '@finishline/core/internal';
-import { Kysely, PostgresDialect, type RawBuilder, sql } from 'kysely';
+import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 'kysely';
 import { AckBatcher } from './ack-batcher.js';
 import { AppendPipeline, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { guardedPool } from './guarded-pool.js';
@@ -231,9 +231,7 @@ export class PostgresProgressStore implements ProgressStore {
     const parsed = parseCreateTaskInput(input);
     const id = parsed.id ?? globalThis.crypto.randomUUID();
     const task = newTask({ ...parsed, id }, this.#clock());
-    const inserted = await this.#run('createTask', id, () =>
-      insertTask(this.#target, task).execute(this.#db),
-    );
+    const inserted = await this.#query('createTask', id, insertTask(this.#target, task));
     if (inserted.rows.length === 0) {
       throw taskAlreadyExists(id);
     }
@@ -244,16 +242,14 @@ export class PostgresProgressStore implements ProgressStore {
   async getTask(taskId: string): Promise<Task | undefined> {
     this.#assertOpen();
     assertTaskId(taskId);
-    const { rows } = await this.#run('getTask', taskId, () =>
-      selectTask(this.#target, taskId).execute(this.#db),
-    );
+    const { rows } = await this.#query('getTask', taskId, selectTask(this.#target, taskId));
     const row = rows[0];
     return row === undefined ? undefined : toTask(row);
   }
 
   async getEpoch(): Promise<string> {
     this.#assertOpen();
-    const { rows } = await this.#run('getEpoch', undefined, () => selectEpoch(this.#meta).execute(this.#db));
+    const { rows } = await this.#query('getEpoch', undefined, selectEpoch(this.#meta));
     const row = rows[0];
     // Migration 0002 inserts the row; a schema without it was altered by hand.
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
@@ -262,7 +258,7 @@ export class PostgresProgressStore implements ProgressStore {
 
   async renewEpoch(): Promise<string> {
     this.#assertOpen();
-    const { rows } = await this.#run('renewEpoch', undefined, () => renewEpoch(this.#meta).execute(this.#db));
+    const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta));
     const row = rows[0];
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
     return row.value;
@@ -270,11 +266,9 @@ export class PostgresProgressStore implements ProgressStore {
 
   async listTasks(query: ListTasksQuery): Promise<Task[]> {
     this.#assertOpen();
-    const { owner, statuses, limit } = parseListTasksQuery(query);
-    if (statuses !== undefined && statuses.length === 0) return [];
-    const { rows } = await this.#run('listTasks', undefined, () =>
-      listTasks(this.#target, { owner, statuses, limit }).execute(this.#db),
-    );
+    const parsed = parseListTasksQuery(query);
+    if (parsed.statuses !== undefined && parsed.statuses.length === 0) return [];
+    const { rows } = await this.#query('listTasks', undefined, listTasks(this.#target, parsed));
     return rows.map(toTask);
   }
 
@@ -294,11 +288,9 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     assertTaskId(taskId);
     assertCount(afterSeq, 'afterSeq');
-    const resolvedLimit = parseReadLimit(limit);
+    const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
-    const { rows } = await this.#run('readEvents', taskId, () =>
-      readEvents(this.#target, { taskId, afterSeq, limit: resolvedLimit }).execute(this.#db),
-    );
+    const { rows } = await this.#query('readEvents', taskId, readEvents(this.#target, read));
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
     for (const row of rows) if (row.task_id !== null) events.push(toEvent(row));
@@ -357,10 +349,8 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { olderThanMs, limit } = parsePurgeOptions(options);
     const cutoff = this.#clock() - olderThanMs;
-    // Events first (there is no foreign key to cascade), then their tasks, in one statement.
-    const { rows } = await this.#run('purgeFinished', undefined, () =>
-      purgeFinished(this.#target, { cutoff, limit }).execute(this.#db),
-    );
+    const doomed = purgeFinished(this.#target, { cutoff, limit });
+    const { rows } = await this.#query('purgeFinished', undefined, doomed);
     this.#hub.forget(rows.map((row) => row.id));
     return rows.length;
   }
@@ -393,12 +383,15 @@ export class PostgresProgressStore implements ProgressStore {
     }
   }
 
+  /** Runs one of the task statements, turning driver errors into typed ones. */
+  #query<R>(what: string, taskId: string | undefined, query: RawBuilder<R>): Promise<QueryResult<R>> {
+    return this.#run(what, taskId, () => query.execute(this.#db));
+  }
+
   async #readLatest(taskIds: readonly string[]): Promise<Map<string, LatestState>> {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
-    const { rows } = await this.#run('latestSeqs', undefined, () =>
-      selectLatest(this.#target, taskIds).execute(this.#db),
-    );
+    const { rows } = await this.#query('latestSeqs', undefined, selectLatest(this.#target, taskIds));
     for (const row of rows) latest.set(row.id, { seq: int(row.seq), terminal: row.status !== 'running' });
     return latest;
   }
