@@ -28,7 +28,7 @@ import {
   taskAlreadyExists,
   taskNotFound,
 } from '@finishline/core/internal';
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 'kysely';
 import { AckBatcher } from './ack-batcher.js';
 import { AppendPipeline, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { guardedPool } from './guarded-pool.js';
@@ -43,9 +43,19 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { type EventRow, int, type TaskRow, taskColumns, toEvent, toTask } from './row-codec.js';
+import { int, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
+import {
+  insertTask,
+  listTasks,
+  purgeFinished,
+  readEvents,
+  renewEpoch,
+  selectEpoch,
+  selectLatest,
+  selectTask,
+} from './task-statements.js';
 
 /**
  * The Postgres `ProgressStore`: opening, the store methods, and the wiring of its append pipeline, ack
@@ -97,6 +107,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #db: Kysely<ProgressDatabase>;
   readonly #clock: Clock;
   readonly #schema: string;
+  /** The schema's `meta` table (the epoch). */
+  readonly #meta: RawBuilder<unknown>;
   readonly #target: AppendTarget;
   readonly #hub: ChangeFeedHub;
   readonly #feed: StoreChangeFeed;
@@ -136,6 +148,7 @@ export class PostgresProgressStore implements ProgressStore {
     this.#options = options;
     this.#clock = options.clock;
     this.#schema = options.schema;
+    this.#meta = sql.id(options.schema, 'meta');
     this.#db =
       options.db ??
       new Kysely<ProgressDatabase>({
@@ -218,17 +231,7 @@ export class PostgresProgressStore implements ProgressStore {
     const parsed = parseCreateTaskInput(input);
     const id = parsed.id ?? globalThis.crypto.randomUUID();
     const task = newTask({ ...parsed, id }, this.#clock());
-    const inserted = await this.#run('createTask', id, () =>
-      sql<{ id: string }>`
-        INSERT INTO ${this.#target.tasks} (id, owner, kind, status, total, done, succeeded, failed, current, message,
-          result, error_code, error_message, seq, acked_seq, created_at, updated_at, finished_at, lease_owner,
-          lease_expires_at)
-        VALUES (${task.id}, ${task.owner}, ${task.kind}, ${task.status}, ${task.total}, ${task.done},
-          ${task.succeeded}, ${task.failed}, ${task.current}, ${task.message}, NULL, NULL, NULL, ${task.seq},
-          ${task.ackedSeq}, ${task.createdAt}, ${task.updatedAt}, NULL, ${task.leaseOwner}, ${task.leaseExpiresAt})
-        ON CONFLICT (id) DO NOTHING
-        RETURNING id`.execute(this.#db),
-    );
+    const inserted = await this.#query('createTask', id, insertTask(this.#target, task));
     if (inserted.rows.length === 0) {
       throw taskAlreadyExists(id);
     }
@@ -239,20 +242,14 @@ export class PostgresProgressStore implements ProgressStore {
   async getTask(taskId: string): Promise<Task | undefined> {
     this.#assertOpen();
     assertTaskId(taskId);
-    const { rows } = await this.#run('getTask', taskId, () =>
-      sql<TaskRow>`SELECT ${taskColumns} FROM ${this.#target.tasks} WHERE id = ${taskId}`.execute(this.#db),
-    );
+    const { rows } = await this.#query('getTask', taskId, selectTask(this.#target, taskId));
     const row = rows[0];
     return row === undefined ? undefined : toTask(row);
   }
 
   async getEpoch(): Promise<string> {
     this.#assertOpen();
-    const { rows } = await this.#run('getEpoch', undefined, () =>
-      sql<{ value: string }>`SELECT value FROM ${sql.id(this.#schema, 'meta')} WHERE key = 'epoch'`.execute(
-        this.#db,
-      ),
-    );
+    const { rows } = await this.#query('getEpoch', undefined, selectEpoch(this.#meta));
     const row = rows[0];
     // Migration 0002 inserts the row; a schema without it was altered by hand.
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
@@ -261,12 +258,7 @@ export class PostgresProgressStore implements ProgressStore {
 
   async renewEpoch(): Promise<string> {
     this.#assertOpen();
-    const { rows } = await this.#run('renewEpoch', undefined, () =>
-      sql<{ value: string }>`
-        UPDATE ${sql.id(this.#schema, 'meta')}
-        SET value = md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
-        WHERE key = 'epoch' RETURNING value`.execute(this.#db),
-    );
+    const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta));
     const row = rows[0];
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
     return row.value;
@@ -274,16 +266,9 @@ export class PostgresProgressStore implements ProgressStore {
 
   async listTasks(query: ListTasksQuery): Promise<Task[]> {
     this.#assertOpen();
-    const { owner, statuses, limit } = parseListTasksQuery(query);
-    if (statuses !== undefined && statuses.length === 0) return [];
-    const statusFilter = statuses === undefined ? sql`` : sql`AND status = ANY(${[...statuses]}::text[])`;
-    const { rows } = await this.#run('listTasks', undefined, () =>
-      sql<TaskRow>`
-        SELECT ${taskColumns} FROM ${this.#target.tasks}
-        WHERE owner = ${owner} ${statusFilter}
-        ORDER BY created_at DESC, id DESC
-        LIMIT ${limit}`.execute(this.#db),
-    );
+    const parsed = parseListTasksQuery(query);
+    if (parsed.statuses !== undefined && parsed.statuses.length === 0) return [];
+    const { rows } = await this.#query('listTasks', undefined, listTasks(this.#target, parsed));
     return rows.map(toTask);
   }
 
@@ -303,21 +288,9 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     assertTaskId(taskId);
     assertCount(afterSeq, 'afterSeq');
-    const resolvedLimit = parseReadLimit(limit);
+    const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
-    const { rows } = await this.#run('readEvents', taskId, () =>
-      sql<EventRow | { task_id: null }>`
-        SELECT e.task_id, e.seq, e.type, e.time, e.body
-        FROM ${this.#target.tasks} t
-        LEFT JOIN LATERAL (
-          SELECT task_id, seq, type, time, body::text AS body FROM ${this.#target.events}
-          WHERE task_id = t.id AND seq > ${afterSeq}
-          ORDER BY seq
-          LIMIT ${resolvedLimit}
-        ) e ON true
-        WHERE t.id = ${taskId}
-        ORDER BY e.seq`.execute(this.#db),
-    );
+    const { rows } = await this.#query('readEvents', taskId, readEvents(this.#target, read));
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
     for (const row of rows) if (row.task_id !== null) events.push(toEvent(row));
@@ -376,21 +349,8 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { olderThanMs, limit } = parsePurgeOptions(options);
     const cutoff = this.#clock() - olderThanMs;
-    // Events first (there is no foreign key to cascade), then their tasks, in one statement.
-    const { rows } = await this.#run('purgeFinished', undefined, () =>
-      sql<{ id: string }>`
-        WITH doomed AS (
-          SELECT id FROM ${this.#target.tasks}
-          WHERE status <> 'running' AND finished_at IS NOT NULL AND finished_at <= ${cutoff}
-          ORDER BY finished_at, id
-          LIMIT ${limit}
-          FOR UPDATE SKIP LOCKED
-        ), purged_events AS (
-          DELETE FROM ${this.#target.events} WHERE task_id IN (SELECT id FROM doomed)
-        )
-        DELETE FROM ${this.#target.tasks} WHERE id IN (SELECT id FROM doomed)
-        RETURNING id`.execute(this.#db),
-    );
+    const doomed = purgeFinished(this.#target, { cutoff, limit });
+    const { rows } = await this.#query('purgeFinished', undefined, doomed);
     this.#hub.forget(rows.map((row) => row.id));
     return rows.length;
   }
@@ -423,15 +383,15 @@ export class PostgresProgressStore implements ProgressStore {
     }
   }
 
+  /** Runs one of the task statements, turning driver errors into typed ones. */
+  #query<R>(what: string, taskId: string | undefined, query: RawBuilder<R>): Promise<QueryResult<R>> {
+    return this.#run(what, taskId, () => query.execute(this.#db));
+  }
+
   async #readLatest(taskIds: readonly string[]): Promise<Map<string, LatestState>> {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
-    const { rows } = await this.#run('latestSeqs', undefined, () =>
-      sql<{ id: string; seq: string; status: string }>`
-        SELECT id, seq, status FROM ${this.#target.tasks} WHERE id = ANY(${[...taskIds]}::text[])`.execute(
-        this.#db,
-      ),
-    );
+    const { rows } = await this.#query('latestSeqs', undefined, selectLatest(this.#target, taskIds));
     for (const row of rows) latest.set(row.id, { seq: int(row.seq), terminal: row.status !== 'running' });
     return latest;
   }

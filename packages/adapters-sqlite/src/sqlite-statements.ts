@@ -1,13 +1,17 @@
+import type { Task } from '@finishline/core';
+import { taskNotFound } from '@finishline/core/internal';
 import type { Kysely } from 'kysely';
 import { sql } from 'kysely';
 import { PreparedInsert, PreparedQuery, param } from './query-builder.js';
-import { EVENT_COLUMNS } from './row-codec.js';
+import type { TaskRow } from './row-codec.js';
+import { EVENT_COLUMNS, rowToTask } from './row-codec.js';
 import type { SqliteSchema, TasksTable } from './schema.js';
 import { TABLES } from './schema.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
 
 /**
- * The SQLite store's prepared statements and the column lists they read and write.
+ * The SQLite store's prepared statements, the column lists they read and write, and the task reads
+ * every role shares.
  *
  * @module
  */
@@ -258,3 +262,16 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
 
 /** The store's prepared statements. */
 export type SqliteStatements = ReturnType<typeof prepareStatements>;
+
+/** The task's row, or `undefined` when there is none. */
+export function loadTask(q: SqliteStatements, taskId: string): Task | undefined {
+  const row = q.selectTask.get({ id: taskId });
+  return row === undefined ? undefined : rowToTask(row as TaskRow);
+}
+
+/** The task's row; `task_not_found` when there is none. */
+export function requireTask(q: SqliteStatements, taskId: string): Task {
+  const task = loadTask(q, taskId);
+  if (task === undefined) throw taskNotFound(taskId);
+  return task;
+}

@@ -1,0 +1,111 @@
+import type { Task } from '@finishline/core';
+import { type RawBuilder, sql } from 'kysely';
+import type { AppendTarget } from './append-pipeline.js';
+import { type EventRow, type TaskRow, taskColumns } from './row-codec.js';
+
+/**
+ * The task statements of the Postgres store that run outside the append pipeline and the lease
+ * statements: create, read, list, the epoch, latest seqs and retention. Each returns the query unrun;
+ * the store runs it and types its driver errors, and decodes the rows.
+ *
+ * @module
+ */
+
+/** Inserts a new task's row; returns its id, or no row when the id is taken. */
+export function insertTask(target: AppendTarget, task: Task): RawBuilder<{ id: string }> {
+  return sql<{ id: string }>`
+    INSERT INTO ${target.tasks} (id, owner, kind, status, total, done, succeeded, failed, current, message,
+      result, error_code, error_message, seq, acked_seq, created_at, updated_at, finished_at, lease_owner,
+      lease_expires_at)
+    VALUES (${task.id}, ${task.owner}, ${task.kind}, ${task.status}, ${task.total}, ${task.done},
+      ${task.succeeded}, ${task.failed}, ${task.current}, ${task.message}, NULL, NULL, NULL, ${task.seq},
+      ${task.ackedSeq}, ${task.createdAt}, ${task.updatedAt}, NULL, ${task.leaseOwner}, ${task.leaseExpiresAt})
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id`;
+}
+
+/** The task's row (no row when there is none). */
+export function selectTask(target: AppendTarget, taskId: string): RawBuilder<TaskRow> {
+  return sql<TaskRow>`SELECT ${taskColumns} FROM ${target.tasks} WHERE id = ${taskId}`;
+}
+
+/** The store's epoch (no row when the schema was altered by hand). */
+export function selectEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: string }> {
+  return sql<{ value: string }>`SELECT value FROM ${meta} WHERE key = 'epoch'`;
+}
+
+/** Replaces the store's epoch with a fresh random value and returns it. */
+export function renewEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: string }> {
+  return sql<{ value: string }>`
+    UPDATE ${meta}
+    SET value = md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
+    WHERE key = 'epoch' RETURNING value`;
+}
+
+/** An owner's tasks, newest first, optionally only those with one of `statuses` (never empty). */
+export function listTasks(
+  target: AppendTarget,
+  query: { owner: string; statuses: readonly string[] | undefined; limit: number },
+): RawBuilder<TaskRow> {
+  const { owner, statuses, limit } = query;
+  const statusFilter = statuses === undefined ? sql`` : sql`AND status = ANY(${[...statuses]}::text[])`;
+  return sql<TaskRow>`
+    SELECT ${taskColumns} FROM ${target.tasks}
+    WHERE owner = ${owner} ${statusFilter}
+    ORDER BY created_at DESC, id DESC
+    LIMIT ${limit}`;
+}
+
+/**
+ * A task's events past `afterSeq`, in one statement with the task's existence, from the same snapshot:
+ * no row means no task; a row with a null `task_id` means a task without such events.
+ */
+export function readEvents(
+  target: AppendTarget,
+  read: { taskId: string; afterSeq: number; limit: number },
+): RawBuilder<EventRow | { task_id: null }> {
+  const { taskId, afterSeq, limit } = read;
+  return sql<EventRow | { task_id: null }>`
+    SELECT e.task_id, e.seq, e.type, e.time, e.body
+    FROM ${target.tasks} t
+    LEFT JOIN LATERAL (
+      SELECT task_id, seq, type, time, body::text AS body FROM ${target.events}
+      WHERE task_id = t.id AND seq > ${afterSeq}
+      ORDER BY seq
+      LIMIT ${limit}
+    ) e ON true
+    WHERE t.id = ${taskId}
+    ORDER BY e.seq`;
+}
+
+/** The seq and status of each of `taskIds` that exists (at least one id). */
+export function selectLatest(
+  target: AppendTarget,
+  taskIds: readonly string[],
+): RawBuilder<{ id: string; seq: string; status: string }> {
+  return sql<{ id: string; seq: string; status: string }>`
+    SELECT id, seq, status FROM ${target.tasks} WHERE id = ANY(${[...taskIds]}::text[])`;
+}
+
+/**
+ * Deletes up to `limit` tasks finished at or before `cutoff` and their events, in one statement; returns
+ * the deleted ids. Events first (there is no foreign key to cascade), then their tasks; `SKIP LOCKED`
+ * leaves a task another transaction holds for a later purge.
+ */
+export function purgeFinished(
+  target: AppendTarget,
+  { cutoff, limit }: { cutoff: number; limit: number },
+): RawBuilder<{ id: string }> {
+  return sql<{ id: string }>`
+    WITH doomed AS (
+      SELECT id FROM ${target.tasks}
+      WHERE status <> 'running' AND finished_at IS NOT NULL AND finished_at <= ${cutoff}
+      ORDER BY finished_at, id
+      LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED
+    ), purged_events AS (
+      DELETE FROM ${target.events} WHERE task_id IN (SELECT id FROM doomed)
+    )
+    DELETE FROM ${target.tasks} WHERE id IN (SELECT id FROM doomed)
+    RETURNING id`;
+}

@@ -1,0 +1,217 @@
+import type { AppendInput, AppendResult, Clock, Task } from '@finishline/core';
+import { ErrorCode, isTerminalType, ProgressError } from '@finishline/core';
+import { planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
+import { GroupCommitQueue } from './group-commit.js';
+import type { TaskRow } from './row-codec.js';
+import { pushEventValues, rowToTask, taskToRow } from './row-codec.js';
+import type { RunningTaskCache } from './running-task-cache.js';
+import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
+import { toProgressError } from './sqlite-errors.js';
+import type { SqliteStatements } from './sqlite-statements.js';
+import { EVENT_INSERT_ROWS } from './sqlite-statements.js';
+import type { WriteTransactions } from './write-transaction.js';
+
+/**
+ * The SQLite append pipeline: appends issued in the same event-loop turn are committed in one
+ * transaction (group commit), each planned by the shared `planAppend` in call order, so a task's seq
+ * stays gap-free; an append that is rejected (unknown task, task already finished) rejects only its own
+ * promise. Running tasks' rows are kept between batches ({@link RunningTaskCache}).
+ *
+ * @module
+ */
+
+/** An append waiting for its batch. */
+interface PendingAppend {
+  taskId: string;
+  input: AppendInput;
+  resolve: (result: AppendResult) => void;
+  reject: (error: ProgressError) => void;
+}
+
+/** Options of {@link AppendPipeline}. */
+export interface AppendPipelineOptions {
+  statements: SqliteStatements;
+  transactions: WriteTransactions;
+  cache: RunningTaskCache;
+  publisher: ChangePublisher;
+  clock: Clock;
+  maxBatchSize: number;
+}
+
+/** Queues appends and commits them batch by batch. */
+export class AppendPipeline {
+  readonly #q: SqliteStatements;
+  readonly #transactions: WriteTransactions;
+  readonly #cache: RunningTaskCache;
+  readonly #publisher: ChangePublisher;
+  readonly #clock: Clock;
+  readonly #queue: GroupCommitQueue<PendingAppend>;
+
+  constructor(options: AppendPipelineOptions) {
+    this.#q = options.statements;
+    this.#transactions = options.transactions;
+    this.#cache = options.cache;
+    this.#publisher = options.publisher;
+    this.#clock = options.clock;
+    this.#queue = new GroupCommitQueue<PendingAppend>({
+      maxBatchSize: options.maxBatchSize,
+      timing: 'immediate',
+      commit: (batch) => this.#commit(batch),
+    });
+  }
+
+  /** Queues a parsed and {@link detach}ed append; settles once its batch committed or failed. */
+  enqueue(taskId: string, input: AppendInput): Promise<AppendResult> {
+    return new Promise((resolve, reject) => this.#queue.enqueue({ taskId, input, resolve, reject }));
+  }
+
+  /** Commits every queued append now, so a later operation sees them. */
+  flush(): void {
+    this.#queue.flush();
+  }
+
+  /** Cancels the scheduled commit and rejects what is still queued (`closed`); call `flush()` first. */
+  close(): void {
+    this.#queue.cancel();
+    // Only appends queued by a listener while close() ran inside a commit can be left here.
+    for (const entry of this.#queue.clear()) entry.reject(storeClosed());
+  }
+
+  /** Commits one batch of appends and settles each one. Never throws. */
+  #commit(batch: PendingAppend[]): void {
+    const outcomes: (AppendResult | ProgressError)[] = new Array(batch.length);
+    let batchTasks: Map<string, Task | ProgressError> | undefined;
+    try {
+      this.#transactions.run((log) => {
+        const now = this.#clock();
+        // The batch's view of each task: loaded once, then advanced by each planned append.
+        const tasks = this.#loadBatchTasks(batch);
+        const planned: AppendResult[] = [];
+        for (let index = 0; index < batch.length; index++) {
+          const { taskId, input } = batch[index]!;
+          const task = tasks.get(taskId)!;
+          if (task instanceof ProgressError) {
+            outcomes[index] = task;
+            continue;
+          }
+          try {
+            const result = planAppend(task, input, now);
+            tasks.set(taskId, result.task);
+            planned.push(result);
+            outcomes[index] = result;
+          } catch (error) {
+            outcomes[index] = toProgressError(error, 'append');
+          }
+        }
+        writeAppends(this.#q, planned, log);
+        batchTasks = tasks;
+      });
+    } catch (error) {
+      // The transaction rolled back: nothing of the batch was written.
+      const failure = toProgressError(error, 'commit appends');
+      for (const entry of batch) entry.reject(failure);
+      return;
+    }
+    // Committed: these rows are the tasks' state now. A copy, since the callers get the planned rows.
+    if (batchTasks !== undefined) {
+      for (const task of batchTasks.values())
+        if (!(task instanceof ProgressError)) this.#cache.keep({ ...task });
+    }
+    this.#publisher.drain();
+    for (let index = 0; index < batch.length; index++) {
+      const outcome = outcomes[index]!;
+      const entry = batch[index]!;
+      if (outcome instanceof ProgressError) entry.reject(outcome);
+      else entry.resolve(outcome);
+    }
+  }
+
+  /**
+   * The rows of every task a batch appends to, read in one statement (a batch spread over many tasks
+   * would otherwise pay one call per task). A missing or damaged row becomes that task's error.
+   */
+  #loadBatchTasks(batch: readonly PendingAppend[]): Map<string, Task | ProgressError> {
+    const tasks = new Map<string, Task | ProgressError>();
+    const ids = new Set<string>();
+    for (const { taskId } of batch) {
+      if (tasks.has(taskId) || ids.has(taskId)) continue;
+      // Planning copies the row before changing it, so a cached row is never modified in place.
+      const cached = this.#cache.get(taskId);
+      if (cached !== undefined) tasks.set(taskId, cached);
+      else ids.add(taskId);
+    }
+    if (ids.size === 0) return tasks;
+    const rows =
+      ids.size === 1
+        ? [this.#q.selectTask.get({ id: ids.values().next().value })]
+        : this.#q.selectTasks.all({ ids: JSON.stringify([...ids]) });
+    for (const row of rows) {
+      if (row === undefined) continue;
+      const id = String((row as TaskRow).id);
+      try {
+        tasks.set(id, rowToTask(row as TaskRow));
+      } catch (error) {
+        tasks.set(id, toProgressError(error, 'read a task'));
+      }
+    }
+    // Errors capture a stack trace: build them only for the ids that are really missing.
+    for (const id of ids) if (!tasks.has(id)) tasks.set(id, taskNotFound(id));
+    return tasks;
+  }
+}
+
+/**
+ * Inserts the events of `results` in order and writes each touched task's final row once, inside the
+ * caller's transaction (appends, and the lease reaper's interruptions).
+ */
+export function writeAppends(
+  q: SqliteStatements,
+  results: readonly AppendResult[],
+  log: TransactionLog,
+): void {
+  if (results.length === 0) return;
+  const finalTasks = new Map<string, Task>();
+  const { insertEvents, insertEvent } = q;
+  const values: unknown[] = [];
+  let index = 0;
+  let lastId = log.lastEventId;
+  for (; index + EVENT_INSERT_ROWS <= results.length; index += EVENT_INSERT_ROWS) {
+    values.length = 0;
+    for (let row = index; row < index + EVENT_INSERT_ROWS; row++)
+      pushEventValues(values, results[row]!.event);
+    lastId = Number(insertEvents.run(values).lastInsertRowid);
+  }
+  for (; index < results.length; index++) {
+    values.length = 0;
+    pushEventValues(values, results[index]!.event);
+    lastId = Number(insertEvent.run(values).lastInsertRowid);
+  }
+  for (const { event, task } of results) {
+    finalTasks.set(task.id, task);
+    log.changes.push(
+      Object.freeze({ taskId: event.taskId, seq: event.seq, terminal: isTerminalType(event.type) }),
+    );
+  }
+  for (const task of finalTasks.values()) {
+    // A task still running changed only its counters, texts, seq and time (see `planAppend`).
+    const statement = task.status === 'running' ? q.updateRunningTaskAfterAppend : q.updateTaskAfterAppend;
+    const { changes } = statement.run(taskToRow(task));
+    // The row was loaded (or remembered) running in this transaction; anything else is a bug, not data.
+    if (Number(changes) !== 1) throw new ProgressError(ErrorCode.Internal, `Task ${task.id} was not updated`);
+  }
+  log.lastEventId = lastId;
+}
+
+/**
+ * The input with its JSON values copied: the append is committed later (group commit), and the
+ * caller may reuse or change its objects as soon as `append` returned.
+ */
+export function detach(input: AppendInput): AppendInput {
+  if (input.type === 'item' && typeof input.detail === 'object' && input.detail !== null) {
+    return { ...input, detail: structuredClone(input.detail) };
+  }
+  if (input.type === 'completed' && typeof input.result === 'object' && input.result !== null) {
+    return { ...input, result: structuredClone(input.result) };
+  }
+  return input;
+}

@@ -1,0 +1,55 @@
+import { ErrorCode, ProgressError } from '@finishline/core';
+import BetterSqlite3 from 'better-sqlite3';
+import type { Kysely } from 'kysely';
+import { sql } from 'kysely';
+import type { SqliteSchema } from './schema.js';
+import type { SqliteDatabase } from './sqlite-driver.js';
+import type { SqliteSynchronous } from './sqlite-store-options.js';
+
+/**
+ * Opening and configuring the SQLite store's connection: the file, WAL, `synchronous` and
+ * `busy_timeout`.
+ *
+ * @module
+ */
+
+const SYNCHRONOUS_PRAGMA: Readonly<Record<SqliteSynchronous, string>> = Object.freeze({
+  normal: 'PRAGMA synchronous = NORMAL',
+  full: 'PRAGMA synchronous = FULL',
+  extra: 'PRAGMA synchronous = EXTRA',
+});
+
+/** Opens the database file; a file that cannot be opened is `store_unavailable`. */
+export function openDatabase(path: string, busyTimeoutMs: number): SqliteDatabase {
+  try {
+    return new BetterSqlite3(path, { timeout: busyTimeoutMs });
+  } catch (error) {
+    // better-sqlite3 reports a missing directory as a TypeError without a SQLite code.
+    throw new ProgressError(
+      ErrorCode.StoreUnavailable,
+      `Cannot open SQLite database ${JSON.stringify(path)}: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** Sets the busy timeout, WAL (for a file) and `synchronous` on the store's connection. */
+export function configureDatabase(
+  database: SqliteDatabase,
+  builder: Kysely<SqliteSchema>,
+  options: { synchronous: SqliteSynchronous; busyTimeoutMs: number },
+): void {
+  // PRAGMA arguments cannot be bound: the timeout is a validated integer rendered by kysely's literal
+  // compiler, the other settings constant text.
+  database.prepare(sql`PRAGMA busy_timeout = ${sql.lit(options.busyTimeoutMs)}`.compile(builder).sql).get();
+  if (database.memory !== true) {
+    const row = database.prepare('PRAGMA journal_mode = WAL').get() as { journal_mode?: string } | undefined;
+    if (row?.journal_mode?.toLowerCase() !== 'wal') {
+      throw new ProgressError(
+        ErrorCode.StoreUnavailable,
+        `SQLite refused WAL mode (journal_mode is ${String(row?.journal_mode)})`,
+      );
+    }
+  }
+  database.prepare(SYNCHRONOUS_PRAGMA[options.synchronous]).run();
+}

@@ -1,0 +1,67 @@
+import { rollbackQuietly } from './migrations.js';
+import type { RunningTaskCache } from './running-task-cache.js';
+import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
+import type { SqliteDatabase } from './sqlite-driver.js';
+import type { SqliteStatements } from './sqlite-statements.js';
+
+/**
+ * The SQLite store's write transaction: `BEGIN IMMEDIATE`, the running-row cache checked against the
+ * write mark, other connections' events read first, and changes handed to the publisher only once the
+ * commit succeeded.
+ *
+ * @module
+ */
+
+/** Options of {@link WriteTransactions}. */
+export interface WriteTransactionsOptions {
+  database: SqliteDatabase;
+  statements: SqliteStatements;
+  cache: RunningTaskCache;
+  publisher: ChangePublisher;
+}
+
+/** Runs the store's write transactions on its one connection. */
+export class WriteTransactions {
+  readonly #database: SqliteDatabase;
+  readonly #q: SqliteStatements;
+  readonly #cache: RunningTaskCache;
+  readonly #publisher: ChangePublisher;
+
+  constructor(options: WriteTransactionsOptions) {
+    this.#database = options.database;
+    this.#q = options.statements;
+    this.#cache = options.cache;
+    this.#publisher = options.publisher;
+  }
+
+  /**
+   * Runs `work` in a `BEGIN IMMEDIATE` transaction (the write lock is taken up front, so the
+   * transaction never has to upgrade a read lock and fail with SQLITE_BUSY_SNAPSHOT). Before `work`, it
+   * reads the events other connections committed past the high-water mark, so they are published before
+   * this transaction's own. Changes go to the outbox only once the commit succeeded; publishing them is
+   * the caller's (`ChangePublisher.drain`).
+   */
+  run<T>(work: (log: TransactionLog) => T): T {
+    this.#q.begin.run();
+    try {
+      // Checked under the write lock, so no other writer can slip in after the check.
+      this.#cache.validate(this.#readWriteMark());
+      const log = this.#publisher.startLog();
+      this.#publisher.readSince(log);
+      const result = work(log);
+      this.#q.commit.run();
+      this.#cache.committed(this.#readWriteMark());
+      this.#publisher.committed(log);
+      return result;
+    } catch (error) {
+      rollbackQuietly(this.#database);
+      this.#cache.reset();
+      throw error;
+    }
+  }
+
+  #readWriteMark(): string {
+    const row = this.#q.writeMark.get() as { changes: number | bigint; version: number | bigint };
+    return `${row.changes}:${row.version}`;
+  }
+}
