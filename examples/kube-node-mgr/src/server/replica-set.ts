@@ -37,17 +37,38 @@ export async function startEmbeddedPostgres(): Promise<EmbeddedPg> {
  * the next backend in turn, so a page's requests and its socket land on different replicas — the
  * original app's hard case. The `Host` header is passed through unchanged (the Origin check compares them).
  */
+/** One routing decision of {@link RoundRobinProxy}, as reported to {@link ProxyOptions.onRoute}. */
+export interface ProxyRoute {
+  kind: 'http' | 'upgrade';
+  method: string;
+  path: string;
+  backend: string;
+}
+
+/** Options of {@link RoundRobinProxy}. */
+export interface ProxyOptions {
+  /** Told of every request and upgrade and the backend it went to (tests find the replica holding a socket). */
+  onRoute?: (route: ProxyRoute) => void;
+  /**
+   * Picks the backend of one request instead of the rotation (tests pin a batch to a replica); `undefined`
+   * keeps the rotation.
+   */
+  choose?: (route: Omit<ProxyRoute, 'backend'>, backends: readonly string[]) => string | undefined;
+}
+
 export class RoundRobinProxy {
   #backends: string[];
   readonly #server: http.Server;
   readonly #sockets = new Set<net.Socket>();
+  readonly #options: ProxyOptions;
   #next = 0;
 
   /** `backends` may be empty at first (see {@link RoundRobinProxy.setBackends}): requests then get a 503. */
-  constructor(backends: string[] = []) {
+  constructor(backends: string[] = [], options: ProxyOptions = {}) {
     this.#backends = backends;
+    this.#options = options;
     this.#server = http.createServer((req, res) => {
-      const backend = this.#pick();
+      const backend = this.#pick('http', req);
       if (backend === undefined) {
         res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' });
         res.end(JSON.stringify({ error: { code: 'starting', message: 'the replicas are starting' } }));
@@ -68,7 +89,7 @@ export class RoundRobinProxy {
       req.pipe(upstream);
     });
     this.#server.on('upgrade', (req, socket, head) => {
-      const backend = this.#pick();
+      const backend = this.#pick('upgrade', req);
       if (backend === undefined) {
         socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
         return;
@@ -102,10 +123,15 @@ export class RoundRobinProxy {
     this.#backends = [...backends];
   }
 
-  #pick(): string | undefined {
+  #pick(kind: ProxyRoute['kind'], req: http.IncomingMessage): string | undefined {
     if (this.#backends.length === 0) return undefined;
-    const backend = this.#backends[this.#next % this.#backends.length];
-    this.#next++;
+    const request = { kind, method: req.method ?? 'GET', path: req.url ?? '/' };
+    let backend = this.#options.choose?.(request, this.#backends);
+    if (backend === undefined) {
+      backend = this.#backends[this.#next % this.#backends.length];
+      this.#next++;
+    }
+    if (backend !== undefined) this.#options.onRoute?.({ ...request, backend });
     return backend;
   }
 
@@ -218,6 +244,8 @@ export interface ReplicaSetOptions {
   /** Use this Postgres instead of starting an embedded one. */
   databaseUrl?: string;
   onOutput?: (text: string) => void;
+  /** Hooks of the proxy (tests). */
+  proxy?: ProxyOptions;
 }
 
 /** A running replica set: Postgres, one demo cluster, N server processes and the proxy in front. */
@@ -247,7 +275,7 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
     for (const stop of stops.reverse()) await stop().catch(() => {});
   };
   try {
-    const proxy = new RoundRobinProxy();
+    const proxy = new RoundRobinProxy([], options.proxy);
     const url = await proxy.listen(options.port ?? 3000, options.host);
     stops.push(() => proxy.close());
     let databaseUrl = options.databaseUrl;
