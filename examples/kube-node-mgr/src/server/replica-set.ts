@@ -47,7 +47,7 @@ export interface ProxyRoute {
 
 /** Options of {@link RoundRobinProxy}. */
 export interface ProxyOptions {
-  /** Told of every request and upgrade and the backend it went to (tests find the replica holding a socket). */
+  /** Told of every request and upgrade and the backend that took it (tests find the replica holding a socket). */
   onRoute?: (route: ProxyRoute) => void;
   /**
    * Picks the backend of one request instead of the rotation (tests pin a batch to a replica); `undefined`
@@ -56,11 +56,20 @@ export interface ProxyOptions {
   choose?: (route: Omit<ProxyRoute, 'backend'>, backends: readonly string[]) => string | undefined;
 }
 
+/**
+ * How long a backend that refused a connection is skipped by the rotation (a passive health check, as
+ * nginx's `max_fails` / `fail_timeout`): a replica killed with -9 refuses at once, and without this every
+ * third request and socket would get a 502 until it is restarted or removed.
+ */
+const DOWN_MS = 3000;
+
 export class RoundRobinProxy {
   #backends: string[];
   readonly #server: http.Server;
   readonly #sockets = new Set<net.Socket>();
   readonly #options: ProxyOptions;
+  /** Backend → when it last refused a connection. */
+  readonly #refusedAt = new Map<string, number>();
   #next = 0;
 
   /** `backends` may be empty at first (see {@link RoundRobinProxy.setBackends}): requests then get a 503. */
@@ -74,19 +83,29 @@ export class RoundRobinProxy {
         res.end(JSON.stringify({ error: { code: 'starting', message: 'the replicas are starting' } }));
         return;
       }
-      const target = new URL(backend);
-      const upstream = http.request(
-        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
-        (response) => {
-          res.writeHead(response.statusCode ?? 502, response.rawHeaders);
-          response.pipe(res);
-        },
-      );
-      upstream.on('error', () => {
-        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
-        res.end('bad gateway');
+      // Until a backend accepts the connection nothing of the request was sent, so a refusal is retried on
+      // the next backend (the body waits, paused, in `req`).
+      this.#connect(backend, req, 'http', (connection) => {
+        if (connection === undefined) {
+          res.writeHead(502, { 'content-type': 'text/plain' });
+          res.end('bad gateway');
+          return;
+        }
+        const upstream = http.request(
+          { method: req.method, path: req.url, headers: req.headers, createConnection: () => connection },
+          (response) => {
+            res.writeHead(response.statusCode ?? 502, response.rawHeaders);
+            response.pipe(res);
+          },
+        );
+        upstream.on('error', () => {
+          // Deliberately plain text, as many real proxies answer: the page must cope with bodies that are
+          // not JSON.
+          if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
+          res.end('bad gateway');
+        });
+        req.pipe(upstream);
       });
-      req.pipe(upstream);
     });
     this.#server.on('upgrade', (req, socket, head) => {
       const backend = this.#pick('upgrade', req);
@@ -94,8 +113,14 @@ export class RoundRobinProxy {
         socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
         return;
       }
-      const target = new URL(backend);
-      const upstream = net.connect(Number(target.port), target.hostname, () => {
+      this.#track(socket as net.Socket);
+      socket.on('error', () => {});
+      this.#connect(backend, req, 'upgrade', (upstream) => {
+        if (upstream === undefined || socket.destroyed) {
+          upstream?.destroy();
+          socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+          return;
+        }
         const lines = [`${req.method} ${req.url} HTTP/1.1`];
         for (let i = 0; i < req.rawHeaders.length; i += 2)
           lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
@@ -103,14 +128,55 @@ export class RoundRobinProxy {
         if (head.length > 0) upstream.write(head);
         upstream.pipe(socket);
         socket.pipe(upstream);
+        upstream.on('error', () => socket.destroy());
+        socket.on('error', () => upstream.destroy());
+        upstream.on('close', () => socket.destroy());
+        socket.on('close', () => upstream.destroy());
       });
-      this.#track(upstream);
-      this.#track(socket as net.Socket);
-      upstream.on('error', () => socket.destroy());
-      socket.on('error', () => upstream.destroy());
-      upstream.on('close', () => socket.destroy());
-      socket.on('close', () => upstream.destroy());
     });
+  }
+
+  /**
+   * Opens a TCP connection to `first`, or, if it refuses, to the next backends in turn (each at most once);
+   * calls `done` with the connected socket, or with `undefined` when every backend refused.
+   */
+  #connect(
+    first: string,
+    req: http.IncomingMessage,
+    kind: ProxyRoute['kind'],
+    done: (socket: net.Socket | undefined) => void,
+  ): void {
+    const tried = new Set<string>();
+    const attempt = (backend: string) => {
+      tried.add(backend);
+      const target = new URL(backend);
+      const socket = net.connect(Number(target.port), target.hostname);
+      const refused = () => {
+        socket.destroy();
+        this.#refusedAt.set(backend, Date.now());
+        const next = this.#rotation().find((b) => !tried.has(b));
+        if (next === undefined) done(undefined);
+        else attempt(next);
+      };
+      socket.once('error', refused);
+      socket.once('connect', () => {
+        socket.off('error', refused);
+        this.#refusedAt.delete(backend);
+        this.#track(socket);
+        this.#options.onRoute?.({ kind, method: req.method ?? 'GET', path: req.url ?? '/', backend });
+        done(socket);
+      });
+    };
+    attempt(first);
+  }
+
+  /** The backends in rotation order from the next one, those that refused lately last. */
+  #rotation(): string[] {
+    const n = this.#backends.length;
+    const order = Array.from({ length: n }, (_, i) => this.#backends[(this.#next + i) % n] as string);
+    const now = Date.now();
+    const down = (b: string) => now - (this.#refusedAt.get(b) ?? -Infinity) < DOWN_MS;
+    return [...order.filter((b) => !down(b)), ...order.filter(down)];
   }
 
   #track(socket: net.Socket): void {
@@ -128,10 +194,9 @@ export class RoundRobinProxy {
     const request = { kind, method: req.method ?? 'GET', path: req.url ?? '/' };
     let backend = this.#options.choose?.(request, this.#backends);
     if (backend === undefined) {
-      backend = this.#backends[this.#next % this.#backends.length];
+      backend = this.#rotation()[0];
       this.#next++;
     }
-    if (backend !== undefined) this.#options.onRoute?.({ ...request, backend });
     return backend;
   }
 

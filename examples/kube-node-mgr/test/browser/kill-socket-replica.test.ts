@@ -48,7 +48,8 @@ beforeAll(async () => {
         if (routes.length < 10_000) routes.push(route);
       },
       choose: (route, backends) => {
-        if (route.kind === 'http' && route.method === 'POST' && route.path === '/api/batch') return backends[0];
+        if (route.kind === 'http' && route.method === 'POST' && route.path === '/api/batch')
+          return backends[0];
         if (route.kind === 'upgrade' && pinSockets) return backends[1];
         return undefined;
       },
@@ -124,7 +125,10 @@ describe('kill -9 of the replica holding the browser socket (3 replicas, Postgre
     });
     await page.screenshot({ path: path.join(artifacts, 'kill-socket-replica.png') });
     if (screensDir !== undefined)
-      copyFileSync(path.join(artifacts, 'kill-socket-replica.png'), path.join(screensDir, 'kill-socket-replica.png'));
+      copyFileSync(
+        path.join(artifacts, 'kill-socket-replica.png'),
+        path.join(screensDir, 'kill-socket-replica.png'),
+      );
 
     expect(finalState).toBe('complete');
     expect(await page.textContent('#progress-count')).toBe('7 / 7');
