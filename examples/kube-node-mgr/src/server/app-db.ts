@@ -1,10 +1,11 @@
 /**
  * The example's own tables, beside Finishline's in the same database (SQLite file or Postgres): sessions
  * (revocable, so logout means logout on every replica), the audit record of every batch, the per-node locks
- * that keep two batches off the same node, and the reason of each cordon.
+ * that keep two batches off the same node, and the reason of each cordon. Batches, locks and cordon notes
+ * belong to one cluster (kubeconfig context): the same node name in two clusters is two nodes.
  */
 import type BetterSqlite3 from 'better-sqlite3';
-import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
+import { type Generated, Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type pg from 'pg';
 
 interface SessionRow {
@@ -16,6 +17,8 @@ interface SessionRow {
 }
 interface TaskRow {
   task_id: string;
+  /** The cluster (kubeconfig context) the batch changed; '' in rows written before clusters existed. */
+  cluster: string;
   username: string;
   /** The validated operation, JSON. */
   operation: string;
@@ -28,12 +31,14 @@ interface TaskRow {
   created_at: number;
 }
 interface LockRow {
+  cluster: string;
   node: string;
   task_id: string;
   username: string;
   acquired_at: number;
 }
 interface CordonRow {
+  cluster: string;
   node: string;
   reason: string;
   username: string;
@@ -53,8 +58,20 @@ interface Tables {
   knm_templates: TemplateRow;
   knm_sessions: SessionRow;
   knm_tasks: TaskRow;
-  knm_node_locks: LockRow;
-  knm_cordons: CordonRow;
+  knm_cluster_locks: LockRow;
+  knm_cluster_cordons: CordonRow;
+  /** Before clusters: locks and cordon notes keyed by node alone (copied, then dropped, by the migration). */
+  knm_node_locks: Omit<LockRow, 'cluster'>;
+  knm_cordons: Omit<CordonRow, 'cluster'>;
+  knm_audit_events: AuditEventRow;
+}
+interface AuditEventRow {
+  id: Generated<number>;
+  username: string;
+  /** `login`, `logout` or `cancel`. */
+  action: string;
+  task_id: string | null;
+  at: number;
 }
 
 /** Key of the advisory lock under which a replica creates the tables. */
@@ -63,6 +80,8 @@ const MIGRATION_LOCK = 7_215_001;
 /** A batch as the audit page shows it. */
 export interface TaskRecord {
   taskId: string;
+  /** The cluster (kubeconfig context) it changed. */
+  cluster: string;
   username: string;
   operation: Record<string, unknown>;
   nodes: string[];
@@ -73,6 +92,7 @@ export interface TaskRecord {
 
 /** Who cordoned a node, when and why. */
 export interface CordonNote {
+  cluster: string;
   node: string;
   reason: string;
   username: string;
@@ -92,10 +112,19 @@ export interface Template {
 
 /** A lock held on a node by a running batch. */
 export interface NodeLock {
+  cluster: string;
   node: string;
   taskId: string;
   username: string;
   acquiredAt: number;
+}
+
+/** A sign-in, sign-out or cancel, for the audit page (batches are in the task records). */
+export interface AuditEvent {
+  username: string;
+  action: 'login' | 'logout' | 'cancel';
+  taskId: string | null;
+  at: number;
 }
 
 /** The example's tables on SQLite or Postgres, through one kysely query builder. */
@@ -153,6 +182,7 @@ export class AppDb {
       .createTable('knm_tasks')
       .ifNotExists()
       .addColumn('task_id', 'text', (c) => c.primaryKey())
+      .addColumn('cluster', 'text', (c) => c.notNull().defaultTo(''))
       .addColumn('username', 'text', (c) => c.notNull())
       .addColumn('operation', 'text', (c) => c.notNull())
       .addColumn('nodes', 'text', (c) => c.notNull())
@@ -166,22 +196,61 @@ export class AppDb {
       .on('knm_tasks')
       .column('created_at')
       .execute();
+    // A database from before clusters has knm_tasks without the column (CREATE … IF NOT EXISTS kept it).
+    const columns = await sql<{ n: number }>`select count(*) as n from ${sql.raw(
+      this.#dialect === 'postgres'
+        ? "information_schema.columns where table_schema = current_schema() and table_name = 'knm_tasks' and column_name = 'cluster'"
+        : "pragma_table_info('knm_tasks') where name = 'cluster'",
+    )}`.execute(db);
+    if (Number(columns.rows[0]?.n ?? 0) === 0) {
+      await schema
+        .alterTable('knm_tasks')
+        .addColumn('cluster', 'text', (c) => c.notNull().defaultTo(''))
+        .execute();
+    }
     await schema
-      .createTable('knm_node_locks')
+      .createTable('knm_cluster_locks')
       .ifNotExists()
-      .addColumn('node', 'text', (c) => c.primaryKey())
+      .addColumn('cluster', 'text', (c) => c.notNull())
+      .addColumn('node', 'text', (c) => c.notNull())
       .addColumn('task_id', 'text', (c) => c.notNull())
       .addColumn('username', 'text', (c) => c.notNull())
       .addColumn('acquired_at', big, (c) => c.notNull())
+      .addPrimaryKeyConstraint('knm_cluster_locks_pk', ['cluster', 'node'])
       .execute();
     await schema
-      .createTable('knm_cordons')
+      .createTable('knm_cluster_cordons')
       .ifNotExists()
-      .addColumn('node', 'text', (c) => c.primaryKey())
+      .addColumn('cluster', 'text', (c) => c.notNull())
+      .addColumn('node', 'text', (c) => c.notNull())
       .addColumn('reason', 'text', (c) => c.notNull())
       .addColumn('username', 'text', (c) => c.notNull())
       .addColumn('at', big, (c) => c.notNull())
+      .addPrimaryKeyConstraint('knm_cluster_cordons_pk', ['cluster', 'node'])
       .execute();
+    await schema
+      .createTable('knm_audit_events')
+      .ifNotExists()
+      // Postgres numbers rows with its serial type; SQLite with AUTOINCREMENT.
+      .addColumn('id', this.#dialect === 'postgres' ? 'bigserial' : 'integer', (c) =>
+        this.#dialect === 'postgres' ? c.primaryKey() : c.primaryKey().autoIncrement(),
+      )
+      .addColumn('username', 'text', (c) => c.notNull())
+      .addColumn('action', 'text', (c) => c.notNull())
+      .addColumn('task_id', 'text')
+      .addColumn('at', big, (c) => c.notNull())
+      .execute();
+    // Locks and cordon notes of a database from before clusters move to the keyed tables with cluster ''
+    // ({@link AppDb.adoptUnassigned} gives them to the default cluster).
+    const tables = new Set((await db.introspection.getTables()).map((t) => t.name));
+    for (const [from, to] of [
+      ['knm_node_locks', 'knm_cluster_locks'],
+      ['knm_cordons', 'knm_cluster_cordons'],
+    ] as const) {
+      if (!tables.has(from)) continue;
+      await sql`insert into ${sql.table(to)} select '' as cluster, * from ${sql.table(from)}`.execute(db);
+      await schema.dropTable(from).execute();
+    }
     await schema
       .createTable('knm_templates')
       .ifNotExists()
@@ -240,6 +309,7 @@ export class AppDb {
       .insertInto('knm_tasks')
       .values({
         task_id: record.taskId,
+        cluster: record.cluster,
         username: record.username,
         operation: JSON.stringify(record.operation),
         nodes: JSON.stringify(record.nodes),
@@ -259,10 +329,19 @@ export class AppDb {
     return row === undefined ? undefined : toRecord(row);
   }
 
-  /** Newest first; only `username`'s when given; older than `before` (epoch ms) when given. */
-  async tasks(options: { username?: string; limit: number; before?: number }): Promise<TaskRecord[]> {
+  /**
+   * Newest first; only `username`'s when given; only those of `cluster` when given; older than `before`
+   * (epoch ms) when given.
+   */
+  async tasks(options: {
+    username?: string;
+    cluster?: string;
+    limit: number;
+    before?: number;
+  }): Promise<TaskRecord[]> {
     let query = this.#db.selectFrom('knm_tasks').selectAll();
     if (options.username !== undefined) query = query.where('username', '=', options.username);
+    if (options.cluster !== undefined) query = query.where('cluster', '=', options.cluster);
     if (options.before !== undefined) query = query.where('created_at', '<', options.before);
     const rows = await query.orderBy('created_at', 'desc').orderBy('task_id').limit(options.limit).execute();
     return rows.map(toRecord);
@@ -276,11 +355,12 @@ export class AppDb {
    * in the way, empty on success.
    */
   async lockNodes(
+    cluster: string,
     nodes: readonly string[],
     owner: { taskId: string; username: string },
     isStale: (lock: NodeLock) => Promise<boolean>,
   ): Promise<NodeLock[]> {
-    const held = await this.locks(nodes);
+    const held = await this.locks(cluster, nodes);
     const blocking: NodeLock[] = [];
     const stale: NodeLock[] = [];
     for (const lock of held) ((await isStale(lock)) ? stale : blocking).push(lock);
@@ -289,16 +369,18 @@ export class AppDb {
       await this.#db.transaction().execute(async (trx) => {
         for (const lock of stale) {
           await trx
-            .deleteFrom('knm_node_locks')
+            .deleteFrom('knm_cluster_locks')
+            .where('cluster', '=', cluster)
             .where('node', '=', lock.node)
             .where('task_id', '=', lock.taskId)
             .execute();
         }
         const now = Date.now();
         await trx
-          .insertInto('knm_node_locks')
+          .insertInto('knm_cluster_locks')
           .values(
             nodes.map((node) => ({
+              cluster,
               node,
               task_id: owner.taskId,
               username: owner.username,
@@ -310,20 +392,22 @@ export class AppDb {
       return [];
     } catch (error) {
       // A unique violation: another batch took one of the nodes between our read and our insert.
-      const now = await this.locks(nodes);
+      const now = await this.locks(cluster, nodes);
       if (now.length > 0) return now.filter((l) => l.taskId !== owner.taskId);
       throw error;
     }
   }
 
-  async locks(nodes?: readonly string[]): Promise<NodeLock[]> {
-    let query = this.#db.selectFrom('knm_node_locks').selectAll();
+  /** The locks held in `cluster` (on `nodes` only, when given). */
+  async locks(cluster: string, nodes?: readonly string[]): Promise<NodeLock[]> {
+    let query = this.#db.selectFrom('knm_cluster_locks').selectAll().where('cluster', '=', cluster);
     if (nodes !== undefined) {
       if (nodes.length === 0) return [];
       query = query.where('node', 'in', [...nodes]);
     }
     const rows = await query.orderBy('node').execute();
     return rows.map((r) => ({
+      cluster: r.cluster,
       node: r.node,
       taskId: r.task_id,
       username: r.username,
@@ -332,28 +416,82 @@ export class AppDb {
   }
 
   async unlockTask(taskId: string): Promise<void> {
-    await this.#db.deleteFrom('knm_node_locks').where('task_id', '=', taskId).execute();
+    await this.#db.deleteFrom('knm_cluster_locks').where('task_id', '=', taskId).execute();
   }
 
   // ------------------------------------------------------------ cordon notes
 
   async setCordon(note: CordonNote): Promise<void> {
     await this.#db
-      .insertInto('knm_cordons')
-      .values({ node: note.node, reason: note.reason, username: note.username, at: note.at })
+      .insertInto('knm_cluster_cordons')
+      .values({
+        cluster: note.cluster,
+        node: note.node,
+        reason: note.reason,
+        username: note.username,
+        at: note.at,
+      })
       .onConflict((oc) =>
-        oc.column('node').doUpdateSet({ reason: note.reason, username: note.username, at: note.at }),
+        oc
+          .columns(['cluster', 'node'])
+          .doUpdateSet({ reason: note.reason, username: note.username, at: note.at }),
       )
       .execute();
   }
 
-  async clearCordon(node: string): Promise<void> {
-    await this.#db.deleteFrom('knm_cordons').where('node', '=', node).execute();
+  async clearCordon(cluster: string, node: string): Promise<void> {
+    await this.#db
+      .deleteFrom('knm_cluster_cordons')
+      .where('cluster', '=', cluster)
+      .where('node', '=', node)
+      .execute();
   }
 
-  async cordons(): Promise<CordonNote[]> {
-    const rows = await this.#db.selectFrom('knm_cordons').selectAll().execute();
-    return rows.map((r) => ({ node: r.node, reason: r.reason, username: r.username, at: Number(r.at) }));
+  async cordons(cluster: string): Promise<CordonNote[]> {
+    const rows = await this.#db
+      .selectFrom('knm_cluster_cordons')
+      .selectAll()
+      .where('cluster', '=', cluster)
+      .execute();
+    return rows.map((r) => ({
+      cluster: r.cluster,
+      node: r.node,
+      reason: r.reason,
+      username: r.username,
+      at: Number(r.at),
+    }));
+  }
+
+  /**
+   * Gives the batches, locks and cordon notes written before clusters existed (cluster '') to `cluster`,
+   * the default one: an upgraded single-cluster install keeps its history where it was.
+   */
+  async adoptUnassigned(cluster: string): Promise<void> {
+    await this.#db.updateTable('knm_tasks').set({ cluster }).where('cluster', '=', '').execute();
+    await this.#db.updateTable('knm_cluster_locks').set({ cluster }).where('cluster', '=', '').execute();
+    await this.#db.updateTable('knm_cluster_cordons').set({ cluster }).where('cluster', '=', '').execute();
+  }
+
+  // ------------------------------------------------------------ audit events (sign-ins, cancels)
+
+  async recordEvent(event: AuditEvent): Promise<void> {
+    await this.#db
+      .insertInto('knm_audit_events')
+      .values({ username: event.username, action: event.action, task_id: event.taskId, at: event.at })
+      .execute();
+  }
+
+  /** Newest first; only `username`'s when given. */
+  async events(options: { username?: string; limit: number }): Promise<AuditEvent[]> {
+    let query = this.#db.selectFrom('knm_audit_events').selectAll();
+    if (options.username !== undefined) query = query.where('username', '=', options.username);
+    const rows = await query.orderBy('at', 'desc').orderBy('id', 'desc').limit(options.limit).execute();
+    return rows.map((r) => ({
+      username: r.username,
+      action: r.action as AuditEvent['action'],
+      taskId: r.task_id,
+      at: Number(r.at),
+    }));
   }
 
   // ------------------------------------------------------------ templates
@@ -407,6 +545,7 @@ export class AppDb {
 function toRecord(row: TaskRow): TaskRecord {
   return {
     taskId: row.task_id,
+    cluster: row.cluster,
     username: row.username,
     operation: JSON.parse(row.operation) as Record<string, unknown>,
     nodes: JSON.parse(row.nodes) as string[],

@@ -6,8 +6,9 @@ import type { Duplex } from 'node:stream';
 import type { ProgressStore, Task } from '@finishline/core';
 import { type ProgressLogger, ProgressServer, type ProgressServerOptions } from '@finishline/server';
 import express, { type NextFunction, type Request, type Response } from 'express';
-import type { AppDb, NodeLock, TaskRecord } from './app-db.js';
+import type { AppDb, AuditEvent, NodeLock, TaskRecord } from './app-db.js';
 import { ROLES, type Role, type Session, type SessionManager } from './auth.js';
+import { type Cluster, ClusterSet } from './clusters.js';
 import { KubeApiError, type KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
 import { drainNode } from './node-drain.js';
@@ -31,7 +32,10 @@ export interface Principal {
 /** Options of {@link createApp}. */
 export interface AppOptions {
   store: ProgressStore;
-  nodes: KubeNodes;
+  /** The clusters (kubeconfig contexts) to manage, the first the default; or {@link AppOptions.nodes}. */
+  clusters?: Cluster[];
+  /** One cluster's node API (a cluster named `default`), when {@link AppOptions.clusters} is not given. */
+  nodes?: KubeNodes;
   sessions: SessionManager;
   /** The example's own tables (sessions, audit, node locks, cordon notes). */
   db: AppDb;
@@ -122,7 +126,11 @@ export function createApp(options: AppOptions): App {
     if (!Number.isInteger(value) || value < 1 || value > max)
       throw new Error(`createApp: ${name} must be an integer from 1 to ${max} (got ${value})`);
   }
-  const { sessions, nodes, db, store } = config;
+  const { sessions, db, store } = config;
+  const clusters = new ClusterSet(
+    config.clusters ??
+      (config.nodes === undefined ? [] : [{ name: 'default', nodes: config.nodes } satisfies Cluster]),
+  );
   const throttle = new LoginThrottle(config.loginThrottle);
   const app = express();
   app.disable('x-powered-by');
@@ -241,6 +249,22 @@ export function createApp(options: AppOptions): App {
     next();
   };
   const secure = (req: Request) => req.secure;
+  /** Records a sign-in, sign-out or cancel; a failed write is logged, never fails the request itself. */
+  const audit = (event: Omit<AuditEvent, 'at'>) =>
+    db
+      .recordEvent({ ...event, at: Date.now() })
+      .catch((error: unknown) => config.logger?.warn({ err: String(error) }, 'audit event not saved'));
+  /** The cluster a request names (`?cluster=` or the body's `cluster`); answers 400 and `undefined` if unknown. */
+  const clusterOf = (res: Response, name: unknown): Cluster | undefined => {
+    const cluster = clusters.resolve(name);
+    if (cluster === undefined) {
+      fail(res, 400, 'unknown_cluster', `unknown cluster: ${String(name).slice(0, 100)}`, {
+        field: 'cluster',
+        clusters: clusters.list().map((c) => c.name),
+      });
+    }
+    return cluster;
+  };
 
   app.use('/api', express.json({ limit: '256kb' }));
   app.use('/api', (req, res, next) => {
@@ -281,6 +305,7 @@ export function createApp(options: AppOptions): App {
       return fail(res, 401, 'bad_credentials', 'wrong username or password');
     }
     throttle.succeeded(username);
+    await audit({ username: session.username, action: 'login', taskId: null });
     res.setHeader('set-cookie', sessions.cookie(session, secure(req)));
     res.json(sessionBody(session));
   });
@@ -293,17 +318,31 @@ export function createApp(options: AppOptions): App {
     const session = req.session as Session;
     await sessions.logout(session);
     dropSockets(session.sid);
+    await audit({ username: session.username, action: 'logout', taskId: null });
     res.setHeader('set-cookie', sessions.clearCookie(secure(req)));
     res.json({ ok: true });
   });
 
+  // The clusters to pick from (kubeconfig contexts), the default first.
+  app.get('/api/clusters', requireSession, (_req: Request, res: Response) => {
+    res.json({
+      clusters: clusters.list().map((c) => ({ name: c.name, default: c === clusters.default })),
+    });
+  });
+
   app.get('/api/nodes', requireSession, async (req: Request, res: Response) => {
+    const cluster = clusterOf(res, req.query.cluster);
+    if (cluster === undefined) return;
     const selector =
       typeof req.query.labelSelector === 'string' && req.query.labelSelector !== ''
         ? req.query.labelSelector
         : undefined;
     try {
-      const [list, cordons, locks] = await Promise.all([nodes.list(selector), db.cordons(), db.locks()]);
+      const [list, cordons, locks] = await Promise.all([
+        cluster.nodes.list(selector),
+        db.cordons(cluster.name),
+        db.locks(cluster.name),
+      ]);
       const cordonOf = new Map(cordons.map((c) => [c.node, c]));
       // Only locks of running tasks: a lock outlives its task for a moment (released after the terminal
       // event) and for good when its replica died (taken over by the next batch).
@@ -362,6 +401,7 @@ export function createApp(options: AppOptions): App {
   /** Checks the cap and the node locks, creates the task, records it and runs the batch in the background. */
   const startBatch = (
     session: Session,
+    cluster: Cluster,
     op: Operation,
     names: string[],
     link: { parentTaskId: string; relation: 'retry_failed' | 'resume_remaining' } | null,
@@ -383,7 +423,12 @@ export function createApp(options: AppOptions): App {
         };
       }
       const taskId = randomUUID();
-      const blocking = await db.lockNodes(names, { taskId, username: session.username }, lockIsStale);
+      const blocking = await db.lockNodes(
+        cluster.name,
+        names,
+        { taskId, username: session.username },
+        lockIsStale,
+      );
       if (blocking.length > 0) {
         const byTask = new Map<string, NodeLock[]>();
         for (const lock of blocking) byTask.set(lock.taskId, [...(byTask.get(lock.taskId) ?? []), lock]);
@@ -410,6 +455,7 @@ export function createApp(options: AppOptions): App {
         });
         await db.recordTask({
           taskId,
+          cluster: cluster.name,
           username: session.username,
           operation: { ...op, ...(reason === undefined ? {} : { reason }) },
           nodes: names,
@@ -428,7 +474,7 @@ export function createApp(options: AppOptions): App {
             await task.progress({ current: name });
             const result =
               op.type === 'drain'
-                ? await drainNode(nodes, name, {
+                ? await drainNode(cluster.nodes, name, {
                     maxAttempts: config.maxAttempts,
                     signal,
                     ...(config.evictionTimeoutMs === undefined
@@ -440,8 +486,8 @@ export function createApp(options: AppOptions): App {
                         .progress({ current: `${name}: evicted ${evicted} of ${total} pods` })
                         .then(() => undefined),
                   })
-                : await applyToNode(nodes, name, op, { maxAttempts: config.maxAttempts, signal });
-            await noteCordon(op, name, session.username, reason);
+                : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
+            await noteCordon(cluster.name, op, name, session.username, reason);
             return { ...result };
           },
           { concurrency: config.concurrency, key: (name) => name },
@@ -456,11 +502,17 @@ export function createApp(options: AppOptions): App {
     });
 
   /** Who cordoned a node and why, kept beside the node (the API has no field for it). */
-  const noteCordon = async (op: Operation, node: string, username: string, reason: string | undefined) => {
+  const noteCordon = async (
+    cluster: string,
+    op: Operation,
+    node: string,
+    username: string,
+    reason: string | undefined,
+  ) => {
     try {
       if (op.type === 'cordon' || op.type === 'drain') {
-        await db.setCordon({ node, reason: reason ?? '', username, at: Date.now() });
-      } else if (op.type === 'uncordon') await db.clearCordon(node);
+        await db.setCordon({ cluster, node, reason: reason ?? '', username, at: Date.now() });
+      } else if (op.type === 'uncordon') await db.clearCordon(cluster, node);
     } catch (error) {
       // The node is cordoned all the same; only the note is missing.
       config.logger?.warn({ err: String(error), node }, 'cordon note not saved');
@@ -484,6 +536,8 @@ export function createApp(options: AppOptions): App {
     requireRole('operator'),
     async (req: Authed, res: Response) => {
       const session = req.session as Session;
+      const cluster = clusterOf(res, (req.body as { cluster?: unknown } | undefined)?.cluster);
+      if (cluster === undefined) return;
       let op: Operation;
       let names: string[];
       let reason: string | undefined;
@@ -498,7 +552,7 @@ export function createApp(options: AppOptions): App {
       }
       let known: Set<string>;
       try {
-        known = new Set((await nodes.list()).map((n) => n.name));
+        known = new Set((await cluster.nodes.list()).map((n) => n.name));
       } catch (error) {
         return kubeFailure(res, error);
       }
@@ -515,7 +569,7 @@ export function createApp(options: AppOptions): App {
           },
         );
       }
-      answerStart(res, op, names, await startBatch(session, op, names, null, reason));
+      answerStart(res, op, names, await startBatch(session, cluster, op, names, null, reason));
     },
   );
 
@@ -544,6 +598,11 @@ export function createApp(options: AppOptions): App {
         return fail(res, 404, 'task_not_found', 'no such task');
       }
       if (task.status === 'running') return fail(res, 409, 'task_running', 'the task is still running');
+      // The old task's cluster, which this server may no longer manage (its kubeconfig changed).
+      const cluster = clusters.resolve(record.cluster);
+      if (cluster === undefined) {
+        return fail(res, 409, 'unknown_cluster', `this server no longer manages cluster ${record.cluster}`);
+      }
       const outcome = await itemOutcomes(store, id);
       const names =
         mode === 'retry_failed'
@@ -570,7 +629,7 @@ export function createApp(options: AppOptions): App {
         res,
         op,
         names,
-        await startBatch(session, op, names, { parentTaskId: id, relation: mode }, reason),
+        await startBatch(session, cluster, op, names, { parentTaskId: id, relation: mode }, reason),
       );
     },
   );
@@ -654,14 +713,28 @@ export function createApp(options: AppOptions): App {
 
   // The task list and the audit log: the example's record of each batch joined with its live state in the
   // store. Operators see their own; viewers and admins everyone's.
+  // Sign-ins, sign-outs and cancels for the audit page: everyone's for admins and viewers, operators their own.
+  app.get('/api/audit-events', requireSession, async (req: Authed, res: Response) => {
+    const session = req.session as Session;
+    const limit = Math.min(Math.max(Number(req.query.limit) || 50, 1), 200);
+    const events = await db.events({
+      limit,
+      ...(req.role === 'operator' ? { username: session.username } : {}),
+    });
+    res.json({ events });
+  });
+
   app.get('/api/tasks', requireSession, async (req: Authed, res: Response) => {
     const session = req.session as Session;
     const limit = Math.min(Math.max(Number(req.query.limit) || 20, 1), 200);
     const before = Number(req.query.before);
     const mine = req.query.scope === 'mine' || req.role === 'operator';
+    const cluster =
+      typeof req.query.cluster === 'string' && req.query.cluster !== '' ? req.query.cluster : undefined;
     const records = await db.tasks({
       limit,
       ...(mine ? { username: session.username } : {}),
+      ...(cluster === undefined ? {} : { cluster }),
       ...(Number.isFinite(before) && before > 0 ? { before } : {}),
     });
     const tasks = await Promise.all(records.map((r) => store.getTask(r.taskId)));
@@ -674,7 +747,20 @@ export function createApp(options: AppOptions): App {
   const progressHttp = progress.httpHandler({ basePath: '/progress' });
   app.use('/progress', (req: Authed, res: Response, next: NextFunction) => {
     if (req.method === 'GET' || req.method === 'HEAD') return next();
-    requireSession(req, res, () => requireCsrf(req, res, next));
+    requireSession(req, res, () =>
+      requireCsrf(req, res, () => {
+        // A cancel the library accepted goes to the audit log (who cancelled which task).
+        const cancel = /^\/tasks\/([^/]+)\/cancel$/.exec(req.path);
+        const session = req.session;
+        if (cancel?.[1] !== undefined && session !== undefined) {
+          const taskId = decodeURIComponent(cancel[1]);
+          res.once('finish', () => {
+            if (res.statusCode < 300) void audit({ username: session.username, action: 'cancel', taskId });
+          });
+        }
+        next();
+      }),
+    );
   });
   app.use((req: Request, res: Response, next: NextFunction) => progressHttp(req, res, next));
 
@@ -739,6 +825,7 @@ async function itemOutcomes(store: ProgressStore, taskId: string): Promise<Map<s
 function auditEntry(record: TaskRecord, task: Task | undefined) {
   return {
     id: record.taskId,
+    cluster: record.cluster,
     username: record.username,
     operation: record.operation,
     nodes: record.nodes,

@@ -12,7 +12,9 @@ import type { NodeState } from './operations.js';
 export type KubeSource =
   | { type: 'kubeconfig'; path: string | undefined; context: string | undefined }
   | { type: 'in-cluster' }
-  | { type: 'server'; url: string };
+  | { type: 'server'; url: string }
+  /** Several API servers without credentials, each a context of its name (e.g. the demo clusters). */
+  | { type: 'servers'; servers: { name: string; url: string }[] };
 
 /** What the node table shows of a node. */
 export interface NodeView extends NodeState {
@@ -48,11 +50,13 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
       kc.loadFromCluster();
       break;
     case 'server':
+      return loadKubeConfig({ type: 'servers', servers: [{ name: 'demo', url: source.url }] });
+    case 'servers':
       kc.loadFromOptions({
-        clusters: [{ name: 'demo', server: source.url, skipTLSVerify: true }],
-        users: [{ name: 'demo' }],
-        contexts: [{ name: 'demo', cluster: 'demo', user: 'demo' }],
-        currentContext: 'demo',
+        clusters: source.servers.map((s) => ({ name: s.name, server: s.url, skipTLSVerify: true })),
+        users: [{ name: 'anonymous' }],
+        contexts: source.servers.map((s) => ({ name: s.name, cluster: s.name, user: 'anonymous' })),
+        currentContext: source.servers[0]?.name ?? '',
       });
       break;
     default: {

@@ -3,7 +3,8 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
 import { startEmbeddedPostgres as startRepoEmbeddedPostgres } from '../../../../scripts/embedded-postgres.mjs';
-import { DemoCluster, type DemoClusterOptions } from './demo-cluster.js';
+import type { DemoCluster, DemoClusterOptions } from './demo-cluster.js';
+import { type DemoClusters, startDemoClusters } from './demo-clusters.js';
 
 /** A running embedded Postgres. */
 export interface EmbeddedPg {
@@ -297,6 +298,8 @@ export interface ReplicaSetOptions {
   demoPort?: number;
   /** Options of the shared demo cluster. */
   demo?: DemoClusterOptions;
+  /** How many demo clusters (contexts `demo`, `demo-east`); every replica manages each. @default 2 */
+  demoClusters?: number;
   /**
    * Flags that point every replica at a real Kubernetes (e.g. `['--kubeconfig', file]`) instead of a shared
    * demo cluster; when given, no demo cluster is started.
@@ -322,6 +325,8 @@ export interface ReplicaSet {
   replicas: ServerProcess[];
   /** The shared demo cluster (undefined with {@link ReplicaSetOptions.kubeArgs}). */
   cluster: DemoCluster | undefined;
+  /** Every demo cluster by context name (empty with {@link ReplicaSetOptions.kubeArgs}). */
+  demoClusters: { name: string; url: string; cluster: DemoCluster }[];
   stop(): Promise<void>;
 }
 
@@ -349,22 +354,20 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
       stops.push(pg.stop);
       databaseUrl = pg.url;
     }
-    let cluster: DemoCluster | undefined;
-    let demoUrl: string | undefined;
+    let demoClusters: DemoClusters['clusters'] = [];
     let kubeArgs = options.kubeArgs;
     if (kubeArgs === undefined) {
-      const demo = new DemoCluster(options.demo);
-      cluster = demo;
-      const demoPort = options.demoPort ?? 8001;
-      try {
-        demoUrl = await demo.listen(demoPort);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || demoPort === 0) throw error;
-        demoUrl = await demo.listen(0);
-      }
-      stops.push(() => demo.close());
-      kubeArgs = ['--kube-server', demoUrl];
+      const demos = await startDemoClusters(
+        options.demoClusters ?? 2,
+        options.demoPort ?? 8001,
+        options.demo,
+      );
+      stops.push(() => demos.close());
+      demoClusters = demos.clusters;
+      kubeArgs = ['--kube-server', demoClusters.map((c) => `${c.name}=${c.url}`).join(',')];
     }
+    const cluster = demoClusters[0]?.cluster;
+    const demoUrl = demoClusters[0]?.url;
     const secret = randomBytes(32).toString('base64url');
     const replicas: ServerProcess[] = [];
     const count = options.replicas ?? 3;
@@ -391,7 +394,7 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
       stops.push(replica.stop);
     }
     proxy.setBackends(replicas.map((r) => r.url));
-    return { url, demoUrl, databaseUrl, replicas, cluster, stop: stopAll };
+    return { url, demoUrl, databaseUrl, replicas, cluster, demoClusters, stop: stopAll };
   } catch (error) {
     await stopAll();
     throw error;
