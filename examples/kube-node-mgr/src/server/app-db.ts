@@ -7,6 +7,7 @@
 import type BetterSqlite3 from 'better-sqlite3';
 import { type Generated, Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type pg from 'pg';
+import type { AuditEventView, TemplateView } from '../shared/api-types.js';
 
 interface SessionRow {
   sid: string;
@@ -83,12 +84,15 @@ export interface TaskRecord {
   /** The cluster (kubeconfig context) it changed. */
   cluster: string;
   username: string;
-  operation: Record<string, unknown>;
+  operation: Record<string, unknown> & { type: string };
   nodes: string[];
   parentTaskId: string | null;
   relation: 'retry_failed' | 'resume_remaining' | null;
   createdAt: number;
 }
+
+/** A sign-in, sign-out or cancel, for the audit page (batches are in the task records). */
+export type AuditEvent = AuditEventView;
 
 /** Who cordoned a node, when and why. */
 export interface CordonNote {
@@ -100,15 +104,7 @@ export interface CordonNote {
 }
 
 /** A saved label or taint, to apply again by name. */
-export interface Template {
-  name: string;
-  kind: 'label' | 'taint';
-  key: string;
-  value: string | null;
-  effect: string | null;
-  createdBy: string;
-  createdAt: number;
-}
+export type Template = TemplateView;
 
 /** A lock held on a node by a running batch. */
 export interface NodeLock {
@@ -117,14 +113,6 @@ export interface NodeLock {
   taskId: string;
   username: string;
   acquiredAt: number;
-}
-
-/** A sign-in, sign-out or cancel, for the audit page (batches are in the task records). */
-export interface AuditEvent {
-  username: string;
-  action: 'login' | 'logout' | 'cancel';
-  taskId: string | null;
-  at: number;
 }
 
 /** The example's tables on SQLite or Postgres, through one kysely query builder. */
@@ -547,7 +535,7 @@ function toRecord(row: TaskRow): TaskRecord {
     taskId: row.task_id,
     cluster: row.cluster,
     username: row.username,
-    operation: JSON.parse(row.operation) as Record<string, unknown>,
+    operation: JSON.parse(row.operation) as TaskRecord['operation'],
     nodes: JSON.parse(row.nodes) as string[],
     parentTaskId: row.parent_task_id,
     relation: row.relation as TaskRecord['relation'],

@@ -6,6 +6,7 @@ import type { Duplex } from 'node:stream';
 import type { ProgressStore, Task } from '@finishline/core';
 import { type ProgressLogger, ProgressServer, type ProgressServerOptions } from '@finishline/server';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import type { ClusterView, NodeRow, SessionView, TaskEntry } from '../shared/api-types.js';
 import type { AppDb, AuditEvent, NodeLock, TaskRecord } from './app-db.js';
 import { ROLES, type Role, type Session, type SessionManager } from './auth.js';
 import { type Cluster, ClusterSet } from './clusters.js';
@@ -278,7 +279,7 @@ export function createApp(options: AppOptions): App {
     res.json({ ok: true });
   });
 
-  const sessionBody = (session: Session) => ({
+  const sessionBody = (session: Session): SessionView => ({
     username: session.username,
     role: sessions.role(session),
     csrfToken: sessions.csrfToken(session),
@@ -326,7 +327,7 @@ export function createApp(options: AppOptions): App {
   // The clusters to pick from (kubeconfig contexts), the default first.
   app.get('/api/clusters', requireSession, (_req: Request, res: Response) => {
     res.json({
-      clusters: clusters.list().map((c) => ({ name: c.name, default: c === clusters.default })),
+      clusters: clusters.list().map((c): ClusterView => ({ name: c.name, default: c === clusters.default })),
     });
   });
 
@@ -354,7 +355,7 @@ export function createApp(options: AppOptions): App {
       );
       const lockOf = new Map(locks.filter((l) => running.has(l.taskId)).map((l) => [l.node, l]));
       res.json({
-        nodes: list.map((n) => {
+        nodes: list.map((n): NodeRow => {
           const note = cordonOf.get(n.name);
           const lock = lockOf.get(n.name);
           return {
@@ -822,7 +823,7 @@ async function itemOutcomes(store: ProgressStore, taskId: string): Promise<Map<s
 }
 
 /** One row of the task list / audit log. */
-function auditEntry(record: TaskRecord, task: Task | undefined) {
+function auditEntry(record: TaskRecord, task: Task | undefined): TaskEntry {
   return {
     id: record.taskId,
     cluster: record.cluster,

@@ -6,7 +6,7 @@ import {
   type V1Node,
   type V1Pod,
 } from '@kubernetes/client-node';
-import type { NodeState } from './operations.js';
+import type { NodeView } from '../shared/api-types.js';
 
 /** How the app reaches Kubernetes. */
 export type KubeSource =
@@ -16,14 +16,7 @@ export type KubeSource =
   /** Several API servers without credentials, each a context of its name (e.g. the demo clusters). */
   | { type: 'servers'; servers: { name: string; url: string }[] };
 
-/** What the node table shows of a node. */
-export interface NodeView extends NodeState {
-  roles: string[];
-  zone: string | null;
-  instanceType: string | null;
-  ready: boolean;
-  kubeletVersion: string | null;
-}
+export type { NodeView };
 
 /** An error from the Kubernetes API, with its HTTP status and the `Status` message. */
 export class KubeApiError extends Error {
