@@ -14,6 +14,8 @@ let auditRows: TaskEntry[] = [];
 
 export async function loadAudit(more: boolean): Promise<void> {
   const before = more ? auditRows[auditRows.length - 1]?.createdAt : undefined;
+  // Read on their own: a failure of one list does not hide the other.
+  if (!more) void loadAuditEvents();
   try {
     const page = (
       await api<{ tasks: TaskEntry[] }>(
@@ -29,7 +31,6 @@ export async function loadAudit(more: boolean): Promise<void> {
   }
   const who = state.me.role === 'operator' ? 'your batches' : 'every user';
   $('#audit-scope').textContent = `(${who}, cluster ${state.cluster})`;
-  if (!more) void loadAuditEvents();
   $('#audit tbody').replaceChildren(
     ...auditRows.map((t) => {
       const label = statusLabel(t.task);

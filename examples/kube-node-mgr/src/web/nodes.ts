@@ -27,9 +27,12 @@ export async function loadClusters(changed: () => void): Promise<void> {
     clusters = (await api<{ clusters: ClusterView[] }>('/api/clusters')).clusters;
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) return showLogin();
-    $('#nodes-error').textContent = `Could not load the clusters: ${(error as Error).message}`;
+    // The server's default cluster is still shown (requests without a cluster get it).
+    $('#clusters-error').textContent =
+      `Could not load the clusters (showing the default one): ${(error as Error).message}`;
     return;
   }
+  $('#clusters-error').textContent = '';
   const saved = localStorage.getItem(CLUSTER_KEY);
   const chosen = clusters.find((c) => c.name === saved) ?? clusters.find((c) => c.default) ?? clusters[0];
   state.cluster = chosen?.name ?? '';

@@ -173,6 +173,7 @@ $('#template-save').addEventListener('click', async () => {
     });
     await loadTemplates(kind);
     $<HTMLSelectElement>('#template-select').value = saved.template.name;
+    updateTemplateDelete();
     $<HTMLInputElement>('#op-form input[name=template-name]').value = '';
   } catch (error) {
     $('#op-error').textContent = (error as Error).message;
