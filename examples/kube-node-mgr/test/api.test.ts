@@ -1,7 +1,7 @@
 // biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
 import http from 'node:http';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type Harness, login, startHarness, waitForTask } from './harness.js';
+import { type Harness, login, postLogin, startHarness, waitForTask } from './harness.js';
 
 let h: Harness;
 afterEach(async () => {
@@ -419,11 +419,7 @@ describe('authentication, CSRF and per-user tasks', () => {
   });
 
   it('refuses wrong passwords and requests without a session', async () => {
-    const bad = await fetch(`${h.base}/api/login`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ username: 'alice', password: 'bob' }),
-    });
+    const bad = await postLogin(h.base, 'alice', 'bob');
     expect(bad.status).toBe(401);
     expect(bad.headers.get('set-cookie')).toBeNull();
     expect((await fetch(`${h.base}/api/nodes`)).status).toBe(401);
@@ -437,22 +433,14 @@ describe('authentication, CSRF and per-user tasks', () => {
   });
 
   it('sets an HttpOnly SameSite cookie, Secure only behind https', async () => {
-    const res = await fetch(`${h.base}/api/login`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ username: 'alice', password: 'alice' }),
-    });
+    const res = await postLogin(h.base, 'alice', 'alice');
     const cookie = res.headers.get('set-cookie') ?? '';
     expect(cookie).toMatch(/HttpOnly/);
     expect(cookie).toMatch(/SameSite=Lax/);
     expect(cookie).not.toMatch(/Secure/);
     await h.close();
     h = await startHarness({ app: { trustProxy: true } });
-    const https = await fetch(`${h.base}/api/login`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json', 'x-forwarded-proto': 'https' },
-      body: JSON.stringify({ username: 'alice', password: 'alice' }),
-    });
+    const https = await postLogin(h.base, 'alice', 'alice', { 'x-forwarded-proto': 'https' });
     expect(https.headers.get('set-cookie')).toMatch(/; Secure/);
   });
 

@@ -61,32 +61,37 @@ describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
   it.runIf(enabled)('locks nodes all or none, exclusively, and takes over stale locks', async () => {
     const [a, b] = (await open()) as [AppDb, AppDb];
     const never = async () => false;
-    expect(await a.lockNodes(['n1', 'n2'], { taskId: 't1', username: 'alice' }, never)).toEqual([]);
-    const blocked = await b.lockNodes(['n2', 'n3'], { taskId: 't2', username: 'bob' }, never);
+    expect(await a.lockNodes('c1', ['n1', 'n2'], { taskId: 't1', username: 'alice' }, never)).toEqual([]);
+    const blocked = await b.lockNodes('c1', ['n2', 'n3'], { taskId: 't2', username: 'bob' }, never);
     expect(blocked.map((l) => [l.node, l.taskId, l.username])).toEqual([['n2', 't1', 'alice']]);
     // All or none: n3 was not taken.
-    expect((await a.locks(['n3'])).length).toBe(0);
+    expect((await a.locks('c1', ['n3'])).length).toBe(0);
     // Racing for the same free node: exactly one wins.
     const race = await Promise.all([
-      a.lockNodes(['n9'], { taskId: 'ta', username: 'alice' }, never),
-      b.lockNodes(['n9'], { taskId: 'tb', username: 'bob' }, never),
+      a.lockNodes('c1', ['n9'], { taskId: 'ta', username: 'alice' }, never),
+      b.lockNodes('c1', ['n9'], { taskId: 'tb', username: 'bob' }, never),
     ]);
     expect(race.filter((r) => r.length === 0).length).toBe(1);
     // t1 ended without unlocking: its locks are taken over.
     const stale = async (lock: { taskId: string }) => lock.taskId === 't1';
-    expect(await b.lockNodes(['n2', 'n3'], { taskId: 't2', username: 'bob' }, stale)).toEqual([]);
-    expect((await a.locks(['n1', 'n2', 'n3'])).map((l) => `${l.node}:${l.taskId}`)).toEqual([
+    expect(await b.lockNodes('c1', ['n2', 'n3'], { taskId: 't2', username: 'bob' }, stale)).toEqual([]);
+    expect((await a.locks('c1', ['n1', 'n2', 'n3'])).map((l) => `${l.node}:${l.taskId}`)).toEqual([
       'n1:t1',
       'n2:t2',
       'n3:t2',
     ]);
     await a.unlockTask('t2');
-    expect((await b.locks(['n2', 'n3'])).length).toBe(0);
+    expect((await b.locks('c1', ['n2', 'n3'])).length).toBe(0);
+    // Another cluster's n1 is another node: t1's lock on c1/n1 is not in its way.
+    expect(await b.lockNodes('c2', ['n1'], { taskId: 't3', username: 'bob' }, never)).toEqual([]);
+    expect((await a.locks('c2')).map((l) => `${l.cluster}/${l.node}:${l.taskId}`)).toEqual(['c2/n1:t3']);
+    expect((await a.locks('c1', ['n1'])).map((l) => l.taskId)).toEqual(['t1']);
   });
 
   it.runIf(enabled)('keeps task records newest first with their links, per user and paged', async () => {
     const [a, b] = (await open()) as [AppDb, AppDb];
     const base = {
+      cluster: 'c1',
       operation: { type: 'cordon' },
       nodes: ['n1'],
       parentTaskId: null,
@@ -110,8 +115,64 @@ describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
       relation: 'retry_failed',
       createdAt: 3000,
     });
-    await b.setCordon({ node: 'n1', reason: 'r', username: 'alice', at: 5 });
-    await a.setCordon({ node: 'n1', reason: 'r2', username: 'bob', at: 6 });
-    expect(await b.cordons()).toEqual([{ node: 'n1', reason: 'r2', username: 'bob', at: 6 }]);
+    await a.recordTask({ ...base, cluster: 'c2', taskId: 'y1', username: 'alice', createdAt: 4000 });
+    expect((await b.tasks({ limit: 10, cluster: 'c2' })).map((t) => t.taskId)).toEqual(['y1']);
+    expect((await b.tasks({ limit: 10, cluster: 'c1' })).map((t) => t.taskId)).toEqual(['x3', 'x2', 'x1']);
+    await b.setCordon({ cluster: 'c1', node: 'n1', reason: 'r', username: 'alice', at: 5 });
+    await a.setCordon({ cluster: 'c1', node: 'n1', reason: 'r2', username: 'bob', at: 6 });
+    await a.setCordon({ cluster: 'c2', node: 'n1', reason: 'other', username: 'bob', at: 7 });
+    expect(await b.cordons('c1')).toEqual([
+      { cluster: 'c1', node: 'n1', reason: 'r2', username: 'bob', at: 6 },
+    ]);
+    await a.clearCordon('c2', 'n1');
+    expect(await b.cordons('c2')).toEqual([]);
+    expect((await b.cordons('c1')).length).toBe(1);
+  });
+
+  it.runIf(enabled)('keeps sign-ins, sign-outs and cancels newest first, per user', async () => {
+    const [a, b] = (await open()) as [AppDb, AppDb];
+    await a.recordEvent({ username: 'alice', action: 'login', taskId: null, at: 1 });
+    await b.recordEvent({ username: 'bob', action: 'login', taskId: null, at: 2 });
+    await a.recordEvent({ username: 'alice', action: 'cancel', taskId: 't1', at: 3 });
+    expect((await b.events({ limit: 10 })).map((e) => `${e.username} ${e.action}`)).toEqual([
+      'alice cancel',
+      'bob login',
+      'alice login',
+    ]);
+    expect(await b.events({ limit: 10, username: 'alice' })).toEqual([
+      { username: 'alice', action: 'cancel', taskId: 't1', at: 3 },
+      { username: 'alice', action: 'login', taskId: null, at: 1 },
+    ]);
+  });
+});
+
+describe('AppDb migration from before clusters (SQLite)', () => {
+  it('moves locks and cordon notes to the keyed tables and gives old rows to the default cluster', async () => {
+    const database = new Database(':memory:');
+    database.exec(`
+      create table knm_tasks (task_id text primary key, username text not null, operation text not null,
+        nodes text not null, parent_task_id text, relation text, created_at integer not null);
+      create table knm_node_locks (node text primary key, task_id text not null, username text not null,
+        acquired_at integer not null);
+      create table knm_cordons (node text primary key, reason text not null, username text not null,
+        at integer not null);
+      insert into knm_tasks values ('old', 'alice', '{"type":"cordon"}', '["n1"]', null, null, 1);
+      insert into knm_node_locks values ('n1', 'old', 'alice', 1);
+      insert into knm_cordons values ('n1', 'kernel', 'alice', 1);
+    `);
+    const db = await AppDb.sqlite(database);
+    cleanups.push(() => db.close());
+    await db.adoptUnassigned('prod');
+    expect((await db.tasks({ limit: 5, cluster: 'prod' })).map((t) => t.taskId)).toEqual(['old']);
+    expect((await db.locks('prod')).map((l) => `${l.node}:${l.taskId}`)).toEqual(['n1:old']);
+    expect(await db.cordons('prod')).toEqual([
+      { cluster: 'prod', node: 'n1', reason: 'kernel', username: 'alice', at: 1 },
+    ]);
+    const tables = database
+      .prepare(
+        "select name from sqlite_master where type = 'table' and name in ('knm_node_locks', 'knm_cordons')",
+      )
+      .all();
+    expect(tables).toEqual([]);
   });
 });

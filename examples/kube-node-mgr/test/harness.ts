@@ -65,12 +65,22 @@ export interface Client {
   post(path: string, body: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any }>;
 }
 
-export async function login(base: string, username: string, password = username): Promise<Client> {
-  const res = await fetch(`${base}/api/login`, {
+/** The raw login request (tests of refusals and cookies look at the response itself). */
+export function postLogin(
+  base: string,
+  username: string,
+  password: string,
+  headers: Record<string, string> = {},
+): Promise<globalThis.Response> {
+  return fetch(`${base}/api/login`, {
     method: 'POST',
-    headers: { 'content-type': 'application/json' },
+    headers: { 'content-type': 'application/json', ...headers },
     body: JSON.stringify({ username, password }),
   });
+}
+
+export async function login(base: string, username: string, password = username): Promise<Client> {
+  const res = await postLogin(base, username, password);
   if (res.status !== 200) throw new Error(`login ${username}: ${res.status}`);
   const setCookie = res.headers.get('set-cookie') ?? '';
   const cookie = setCookie.split(';')[0] ?? '';

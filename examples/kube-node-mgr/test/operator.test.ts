@@ -52,7 +52,7 @@ describe('per-node locks', () => {
     // As soon as the task ended the table stops showing the lock (even before it is released).
     const after = (await bob.get('/api/nodes')).body.nodes;
     expect(after.find((n: any) => n.name === 'worker-1').lock).toBeNull();
-    for (let i = 0; i < 100 && (await h.db.locks()).length > 0; i++)
+    for (let i = 0; i < 100 && (await h.db.locks('default')).length > 0; i++)
       await new Promise((r) => setTimeout(r, 10));
     const third = await bob.post('/api/batch', {
       operation: 'taint_add',
@@ -70,7 +70,12 @@ describe('per-node locks', () => {
     const done = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-4'] });
     await waitForTask(alice, done.body.taskId);
     // As if the replica running it had died before unlocking.
-    await h.db.lockNodes(['worker-5'], { taskId: done.body.taskId, username: 'alice' }, async () => false);
+    await h.db.lockNodes(
+      'default',
+      ['worker-5'],
+      { taskId: done.body.taskId, username: 'alice' },
+      async () => false,
+    );
     // The table does not show a lock whose task has ended.
     const table = (await alice.get('/api/nodes')).body.nodes;
     expect(table.find((n: any) => n.name === 'worker-5').lock).toBeNull();

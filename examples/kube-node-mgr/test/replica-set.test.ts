@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, type ReplicaSet, RoundRobinProxy, startReplicaSet } from '../src/server/replica-set.js';
@@ -115,6 +117,65 @@ describe('RoundRobinProxy', () => {
       const res = await fetch(`${url}/api/session`);
       expect(res.status).toBe(503);
       expect(await res.json()).toEqual({ error: { code: 'starting', message: 'the replicas are starting' } });
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('sends requests, bodies and upgrades to a live backend when one refuses (a replica killed with -9)', async () => {
+    const live = http.createServer((req, res) => {
+      let body = '';
+      req.on('data', (c: Buffer) => {
+        body += c.toString('utf8');
+      });
+      req.on('end', () => res.end(`live ${req.method} ${body}`));
+    });
+    live.on('upgrade', (_req, socket) => {
+      socket.end('HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\nhello');
+    });
+    await new Promise<void>((resolve) => live.listen(0, '127.0.0.1', resolve));
+    const livePort = (live.address() as net.AddressInfo).port;
+    const deadPort = await freePort();
+    const routes: string[] = [];
+    const proxy = new RoundRobinProxy([`http://127.0.0.1:${deadPort}`, `http://127.0.0.1:${livePort}`], {
+      onRoute: (r) => routes.push(`${r.kind} ${new URL(r.backend).port}`),
+    });
+    const url = await proxy.listen(0);
+    try {
+      for (let i = 0; i < 4; i++) {
+        const res = await fetch(`${url}/x`, { method: 'POST', body: `n${i}` });
+        expect(res.status).toBe(200);
+        expect(await res.text()).toBe(`live POST n${i}`);
+      }
+      const text = await new Promise<string>((resolve, reject) => {
+        const socket = net.connect(Number(new URL(url).port), '127.0.0.1', () => {
+          socket.write('GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n');
+        });
+        let got = '';
+        socket.on('data', (c) => {
+          got += c.toString('utf8');
+        });
+        socket.on('close', () => resolve(got));
+        socket.on('error', reject);
+      });
+      expect(text).toContain('101 Switching Protocols');
+      expect(text).toContain('hello');
+      // Every request and the upgrade ended on the live backend.
+      expect(routes).toEqual([...Array(4).fill(`http ${livePort}`), `upgrade ${livePort}`]);
+    } finally {
+      await proxy.close();
+      live.closeAllConnections();
+      await new Promise<void>((resolve) => live.close(() => resolve()));
+    }
+  });
+
+  it('answers a plain-text 502 when every backend refuses', async () => {
+    const proxy = new RoundRobinProxy([`http://127.0.0.1:${await freePort()}`]);
+    const url = await proxy.listen(0);
+    try {
+      const res = await fetch(`${url}/api/session`);
+      expect(res.status).toBe(502);
+      expect(await res.text()).toBe('bad gateway');
     } finally {
       await proxy.close();
     }

@@ -12,19 +12,12 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { hashPassword, verifyPassword } from '../src/server/auth.js';
-import { type Harness, login, startHarness, waitForTask } from './harness.js';
+import { type Harness, login, postLogin, startHarness, waitForTask } from './harness.js';
 
 let h: Harness;
 afterEach(async () => {
   await h?.close();
 });
-
-const postLogin = (base: string, username: string, password: string) =>
-  fetch(`${base}/api/login`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ username, password }),
-  });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

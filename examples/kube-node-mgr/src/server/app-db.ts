@@ -1,61 +1,14 @@
 /**
  * The example's own tables, beside Finishline's in the same database (SQLite file or Postgres): sessions
  * (revocable, so logout means logout on every replica), the audit record of every batch, the per-node locks
- * that keep two batches off the same node, and the reason of each cordon.
+ * that keep two batches off the same node, and the reason of each cordon. Batches, locks and cordon notes
+ * belong to one cluster (kubeconfig context): the same node name in two clusters is two nodes.
  */
 import type BetterSqlite3 from 'better-sqlite3';
 import { Kysely, PostgresDialect, SqliteDialect, sql } from 'kysely';
 import type pg from 'pg';
-
-interface SessionRow {
-  sid: string;
-  username: string;
-  created_at: number;
-  expires_at: number;
-  revoked_at: number | null;
-}
-interface TaskRow {
-  task_id: string;
-  username: string;
-  /** The validated operation, JSON. */
-  operation: string;
-  /** The node names, JSON. */
-  nodes: string;
-  /** The task this one retries or resumes, if any. */
-  parent_task_id: string | null;
-  /** `retry_failed` / `resume_remaining` when it has a parent. */
-  relation: string | null;
-  created_at: number;
-}
-interface LockRow {
-  node: string;
-  task_id: string;
-  username: string;
-  acquired_at: number;
-}
-interface CordonRow {
-  node: string;
-  reason: string;
-  username: string;
-  at: number;
-}
-interface TemplateRow {
-  name: string;
-  /** `label` or `taint`. */
-  kind: string;
-  key: string;
-  value: string | null;
-  effect: string | null;
-  created_by: string;
-  created_at: number;
-}
-interface Tables {
-  knm_templates: TemplateRow;
-  knm_sessions: SessionRow;
-  knm_tasks: TaskRow;
-  knm_node_locks: LockRow;
-  knm_cordons: CordonRow;
-}
+import type { AuditEventView, TemplateView } from '../shared/api-types.js';
+import { createTables, type Dialect, type Tables, type TaskRow } from './app-db-schema.js';
 
 /** Key of the advisory lock under which a replica creates the tables. */
 const MIGRATION_LOCK = 7_215_001;
@@ -63,16 +16,22 @@ const MIGRATION_LOCK = 7_215_001;
 /** A batch as the audit page shows it. */
 export interface TaskRecord {
   taskId: string;
+  /** The cluster (kubeconfig context) it changed. */
+  cluster: string;
   username: string;
-  operation: Record<string, unknown>;
+  operation: Record<string, unknown> & { type: string };
   nodes: string[];
   parentTaskId: string | null;
   relation: 'retry_failed' | 'resume_remaining' | null;
   createdAt: number;
 }
 
+/** A sign-in, sign-out or cancel, for the audit page (batches are in the task records). */
+export type AuditEvent = AuditEventView;
+
 /** Who cordoned a node, when and why. */
 export interface CordonNote {
+  cluster: string;
   node: string;
   reason: string;
   username: string;
@@ -80,18 +39,11 @@ export interface CordonNote {
 }
 
 /** A saved label or taint, to apply again by name. */
-export interface Template {
-  name: string;
-  kind: 'label' | 'taint';
-  key: string;
-  value: string | null;
-  effect: string | null;
-  createdBy: string;
-  createdAt: number;
-}
+export type Template = TemplateView;
 
 /** A lock held on a node by a running batch. */
 export interface NodeLock {
+  cluster: string;
   node: string;
   taskId: string;
   username: string;
@@ -101,9 +53,9 @@ export interface NodeLock {
 /** The example's tables on SQLite or Postgres, through one kysely query builder. */
 export class AppDb {
   readonly #db: Kysely<Tables>;
-  readonly #dialect: 'sqlite' | 'postgres';
+  readonly #dialect: Dialect;
 
-  private constructor(db: Kysely<Tables>, dialect: 'sqlite' | 'postgres') {
+  private constructor(db: Kysely<Tables>, dialect: Dialect) {
     this.#db = db;
     this.#dialect = dialect;
   }
@@ -124,75 +76,17 @@ export class AppDb {
   }
 
   async #migrate(): Promise<void> {
-    if (this.#dialect === 'sqlite') return this.#createTables(this.#db);
+    if (this.#dialect === 'sqlite') return createTables(this.#db, this.#dialect);
     // Replicas start together: concurrent CREATE TABLE IF NOT EXISTS can still collide in Postgres's
     // catalog, so they take turns under an advisory lock held on one pinned connection.
     await this.#db.connection().execute(async (conn) => {
       await sql`select pg_advisory_lock(${MIGRATION_LOCK})`.execute(conn);
       try {
-        await this.#createTables(conn);
+        await createTables(conn, this.#dialect);
       } finally {
         await sql`select pg_advisory_unlock(${MIGRATION_LOCK})`.execute(conn);
       }
     });
-  }
-
-  async #createTables(db: Kysely<Tables>): Promise<void> {
-    const big = this.#dialect === 'postgres' ? 'bigint' : 'integer';
-    const schema = db.schema;
-    await schema
-      .createTable('knm_sessions')
-      .ifNotExists()
-      .addColumn('sid', 'text', (c) => c.primaryKey())
-      .addColumn('username', 'text', (c) => c.notNull())
-      .addColumn('created_at', big, (c) => c.notNull())
-      .addColumn('expires_at', big, (c) => c.notNull())
-      .addColumn('revoked_at', big)
-      .execute();
-    await schema
-      .createTable('knm_tasks')
-      .ifNotExists()
-      .addColumn('task_id', 'text', (c) => c.primaryKey())
-      .addColumn('username', 'text', (c) => c.notNull())
-      .addColumn('operation', 'text', (c) => c.notNull())
-      .addColumn('nodes', 'text', (c) => c.notNull())
-      .addColumn('parent_task_id', 'text')
-      .addColumn('relation', 'text')
-      .addColumn('created_at', big, (c) => c.notNull())
-      .execute();
-    await schema
-      .createIndex('knm_tasks_created')
-      .ifNotExists()
-      .on('knm_tasks')
-      .column('created_at')
-      .execute();
-    await schema
-      .createTable('knm_node_locks')
-      .ifNotExists()
-      .addColumn('node', 'text', (c) => c.primaryKey())
-      .addColumn('task_id', 'text', (c) => c.notNull())
-      .addColumn('username', 'text', (c) => c.notNull())
-      .addColumn('acquired_at', big, (c) => c.notNull())
-      .execute();
-    await schema
-      .createTable('knm_cordons')
-      .ifNotExists()
-      .addColumn('node', 'text', (c) => c.primaryKey())
-      .addColumn('reason', 'text', (c) => c.notNull())
-      .addColumn('username', 'text', (c) => c.notNull())
-      .addColumn('at', big, (c) => c.notNull())
-      .execute();
-    await schema
-      .createTable('knm_templates')
-      .ifNotExists()
-      .addColumn('name', 'text', (c) => c.primaryKey())
-      .addColumn('kind', 'text', (c) => c.notNull())
-      .addColumn('key', 'text', (c) => c.notNull())
-      .addColumn('value', 'text')
-      .addColumn('effect', 'text')
-      .addColumn('created_by', 'text', (c) => c.notNull())
-      .addColumn('created_at', big, (c) => c.notNull())
-      .execute();
   }
 
   // ------------------------------------------------------------ sessions
@@ -240,6 +134,7 @@ export class AppDb {
       .insertInto('knm_tasks')
       .values({
         task_id: record.taskId,
+        cluster: record.cluster,
         username: record.username,
         operation: JSON.stringify(record.operation),
         nodes: JSON.stringify(record.nodes),
@@ -259,10 +154,19 @@ export class AppDb {
     return row === undefined ? undefined : toRecord(row);
   }
 
-  /** Newest first; only `username`'s when given; older than `before` (epoch ms) when given. */
-  async tasks(options: { username?: string; limit: number; before?: number }): Promise<TaskRecord[]> {
+  /**
+   * Newest first; only `username`'s when given; only those of `cluster` when given; older than `before`
+   * (epoch ms) when given.
+   */
+  async tasks(options: {
+    username?: string;
+    cluster?: string;
+    limit: number;
+    before?: number;
+  }): Promise<TaskRecord[]> {
     let query = this.#db.selectFrom('knm_tasks').selectAll();
     if (options.username !== undefined) query = query.where('username', '=', options.username);
+    if (options.cluster !== undefined) query = query.where('cluster', '=', options.cluster);
     if (options.before !== undefined) query = query.where('created_at', '<', options.before);
     const rows = await query.orderBy('created_at', 'desc').orderBy('task_id').limit(options.limit).execute();
     return rows.map(toRecord);
@@ -276,11 +180,12 @@ export class AppDb {
    * in the way, empty on success.
    */
   async lockNodes(
+    cluster: string,
     nodes: readonly string[],
     owner: { taskId: string; username: string },
     isStale: (lock: NodeLock) => Promise<boolean>,
   ): Promise<NodeLock[]> {
-    const held = await this.locks(nodes);
+    const held = await this.locks(cluster, nodes);
     const blocking: NodeLock[] = [];
     const stale: NodeLock[] = [];
     for (const lock of held) ((await isStale(lock)) ? stale : blocking).push(lock);
@@ -289,16 +194,18 @@ export class AppDb {
       await this.#db.transaction().execute(async (trx) => {
         for (const lock of stale) {
           await trx
-            .deleteFrom('knm_node_locks')
+            .deleteFrom('knm_cluster_locks')
+            .where('cluster', '=', cluster)
             .where('node', '=', lock.node)
             .where('task_id', '=', lock.taskId)
             .execute();
         }
         const now = Date.now();
         await trx
-          .insertInto('knm_node_locks')
+          .insertInto('knm_cluster_locks')
           .values(
             nodes.map((node) => ({
+              cluster,
               node,
               task_id: owner.taskId,
               username: owner.username,
@@ -310,20 +217,22 @@ export class AppDb {
       return [];
     } catch (error) {
       // A unique violation: another batch took one of the nodes between our read and our insert.
-      const now = await this.locks(nodes);
+      const now = await this.locks(cluster, nodes);
       if (now.length > 0) return now.filter((l) => l.taskId !== owner.taskId);
       throw error;
     }
   }
 
-  async locks(nodes?: readonly string[]): Promise<NodeLock[]> {
-    let query = this.#db.selectFrom('knm_node_locks').selectAll();
+  /** The locks held in `cluster` (on `nodes` only, when given). */
+  async locks(cluster: string, nodes?: readonly string[]): Promise<NodeLock[]> {
+    let query = this.#db.selectFrom('knm_cluster_locks').selectAll().where('cluster', '=', cluster);
     if (nodes !== undefined) {
       if (nodes.length === 0) return [];
       query = query.where('node', 'in', [...nodes]);
     }
     const rows = await query.orderBy('node').execute();
     return rows.map((r) => ({
+      cluster: r.cluster,
       node: r.node,
       taskId: r.task_id,
       username: r.username,
@@ -332,28 +241,82 @@ export class AppDb {
   }
 
   async unlockTask(taskId: string): Promise<void> {
-    await this.#db.deleteFrom('knm_node_locks').where('task_id', '=', taskId).execute();
+    await this.#db.deleteFrom('knm_cluster_locks').where('task_id', '=', taskId).execute();
   }
 
   // ------------------------------------------------------------ cordon notes
 
   async setCordon(note: CordonNote): Promise<void> {
     await this.#db
-      .insertInto('knm_cordons')
-      .values({ node: note.node, reason: note.reason, username: note.username, at: note.at })
+      .insertInto('knm_cluster_cordons')
+      .values({
+        cluster: note.cluster,
+        node: note.node,
+        reason: note.reason,
+        username: note.username,
+        at: note.at,
+      })
       .onConflict((oc) =>
-        oc.column('node').doUpdateSet({ reason: note.reason, username: note.username, at: note.at }),
+        oc
+          .columns(['cluster', 'node'])
+          .doUpdateSet({ reason: note.reason, username: note.username, at: note.at }),
       )
       .execute();
   }
 
-  async clearCordon(node: string): Promise<void> {
-    await this.#db.deleteFrom('knm_cordons').where('node', '=', node).execute();
+  async clearCordon(cluster: string, node: string): Promise<void> {
+    await this.#db
+      .deleteFrom('knm_cluster_cordons')
+      .where('cluster', '=', cluster)
+      .where('node', '=', node)
+      .execute();
   }
 
-  async cordons(): Promise<CordonNote[]> {
-    const rows = await this.#db.selectFrom('knm_cordons').selectAll().execute();
-    return rows.map((r) => ({ node: r.node, reason: r.reason, username: r.username, at: Number(r.at) }));
+  async cordons(cluster: string): Promise<CordonNote[]> {
+    const rows = await this.#db
+      .selectFrom('knm_cluster_cordons')
+      .selectAll()
+      .where('cluster', '=', cluster)
+      .execute();
+    return rows.map((r) => ({
+      cluster: r.cluster,
+      node: r.node,
+      reason: r.reason,
+      username: r.username,
+      at: Number(r.at),
+    }));
+  }
+
+  /**
+   * Gives the batches, locks and cordon notes written before clusters existed (cluster '') to `cluster`,
+   * the default one: an upgraded single-cluster install keeps its history where it was.
+   */
+  async adoptUnassigned(cluster: string): Promise<void> {
+    await this.#db.updateTable('knm_tasks').set({ cluster }).where('cluster', '=', '').execute();
+    await this.#db.updateTable('knm_cluster_locks').set({ cluster }).where('cluster', '=', '').execute();
+    await this.#db.updateTable('knm_cluster_cordons').set({ cluster }).where('cluster', '=', '').execute();
+  }
+
+  // ------------------------------------------------------------ audit events (sign-ins, cancels)
+
+  async recordEvent(event: AuditEvent): Promise<void> {
+    await this.#db
+      .insertInto('knm_audit_events')
+      .values({ username: event.username, action: event.action, task_id: event.taskId, at: event.at })
+      .execute();
+  }
+
+  /** Newest first; only `username`'s when given. */
+  async events(options: { username?: string; limit: number }): Promise<AuditEvent[]> {
+    let query = this.#db.selectFrom('knm_audit_events').selectAll();
+    if (options.username !== undefined) query = query.where('username', '=', options.username);
+    const rows = await query.orderBy('at', 'desc').orderBy('id', 'desc').limit(options.limit).execute();
+    return rows.map((r) => ({
+      username: r.username,
+      action: r.action as AuditEvent['action'],
+      taskId: r.task_id,
+      at: Number(r.at),
+    }));
   }
 
   // ------------------------------------------------------------ templates
@@ -407,8 +370,9 @@ export class AppDb {
 function toRecord(row: TaskRow): TaskRecord {
   return {
     taskId: row.task_id,
+    cluster: row.cluster,
     username: row.username,
-    operation: JSON.parse(row.operation) as Record<string, unknown>,
+    operation: JSON.parse(row.operation) as TaskRecord['operation'],
     nodes: JSON.parse(row.nodes) as string[],
     parentTaskId: row.parent_task_id,
     relation: row.relation as TaskRecord['relation'],

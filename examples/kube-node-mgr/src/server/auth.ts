@@ -8,6 +8,7 @@ import {
 } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
+import { ROLE_ORDER, type Role } from '../shared/api-types.js';
 import type { AppDb } from './app-db.js';
 
 /** scrypt parameters of new hashes (N = 2^14, r = 8, p = 1: ~16 MiB, tens of ms). */
@@ -100,9 +101,9 @@ export function loadUsersFile(path: string): UserRecord[] {
 
 /** What a user may do: a viewer watches every task and changes nothing; an operator runs batches and
  * cancels its own; an admin also cancels anyone's. */
-export type Role = 'admin' | 'operator' | 'viewer';
+export type { Role };
 /** The roles, weakest first. */
-export const ROLES: readonly Role[] = ['viewer', 'operator', 'admin'];
+export const ROLES: readonly Role[] = ROLE_ORDER;
 
 /** The session carried by the signed cookie. */
 export interface Session {

@@ -10,7 +10,15 @@ export interface Config {
   port: number;
   /** Where Kubernetes is; `demo` starts the built-in demo cluster. */
   kube: KubeSource | { type: 'demo' };
-  demo: { port: number; latencyMs: number; failureRate: number; seed: number; failNodes: string[] };
+  demo: {
+    port: number;
+    /** How many demo clusters (contexts `demo`, `demo-east`). */
+    clusters: number;
+    latencyMs: number;
+    failureRate: number;
+    seed: number;
+    failNodes: string[];
+  };
   dataDir: string;
   databaseUrl: string | undefined;
   usersFile: string | undefined;
@@ -31,11 +39,13 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --port N                 HTTP port (PORT, default 3000)
   --host H                 listen address (HOST, default 127.0.0.1; 0.0.0.0 in a container)
   --kubeconfig FILE        use this kubeconfig (KUBECONFIG)
-  --context NAME           kubeconfig context (KUBE_CONTEXT)
+  --context NAME           the default kubeconfig context (KUBE_CONTEXT); every context is selectable in the UI
   --in-cluster             use the service account (default when KUBERNETES_SERVICE_HOST is set)
-  --kube-server URL        talk to an API server without credentials (KUBE_SERVER; e.g. a shared demo cluster)
+  --kube-server URL        talk to an API server without credentials (KUBE_SERVER; e.g. a shared demo cluster);
+                           NAME=URL,NAME=URL: several, each a cluster of that name (the first the default)
   --demo                   force the built-in demo cluster (the default when nothing else is given)
   --demo-port N            demo cluster port (DEMO_PORT, default 8001, 0 = any)
+  --demo-clusters N        1 or 2 demo clusters, contexts demo and demo-east (DEMO_CLUSTERS, default 2)
   --demo-latency-ms N      delay of every demo API call (DEMO_LATENCY_MS, default 150)
   --demo-failure-rate X    probability 0..1 that a demo PATCH fails (DEMO_FAILURE_RATE, default 0)
   --demo-seed N            seed of the injected failures (DEMO_SEED, default 1)
@@ -62,6 +72,7 @@ export const SERVER_OPTIONS = {
   'kube-server': { type: 'string' },
   demo: { type: 'boolean' },
   'demo-port': { type: 'string' },
+  'demo-clusters': { type: 'string' },
   'demo-latency-ms': { type: 'string' },
   'demo-failure-rate': { type: 'string' },
   'demo-seed': { type: 'string' },
@@ -131,10 +142,26 @@ export function readKube(values: ServerFlags, env: NodeJS.ProcessEnv): Config['k
   const kubeServer = values['kube-server'] ?? env.KUBE_SERVER;
   const context = values.context ?? env.KUBE_CONTEXT;
   if (values.demo) return { type: 'demo' };
-  if (kubeServer) return { type: 'server', url: kubeServer };
+  if (kubeServer)
+    return kubeServer.includes('=') ? parseServers(kubeServer) : { type: 'server', url: kubeServer };
   if (kubeconfig) return { type: 'kubeconfig', path: kubeconfig, context };
   if (values['in-cluster'] || env.KUBERNETES_SERVICE_HOST) return { type: 'in-cluster' };
   return { type: 'demo' };
+}
+
+/** `NAME=URL,NAME=URL` → several named API servers. */
+function parseServers(text: string): Config['kube'] {
+  const servers = text.split(',').map((part) => {
+    const at = part.indexOf('=');
+    const name = part.slice(0, at).trim();
+    const url = part.slice(at + 1).trim();
+    if (at < 1 || !/^[\w.:@/-]{1,253}$/.test(name) || !/^https?:\/\//.test(url))
+      throw new Error(`--kube-server: "${part}" is not NAME=URL (or give one URL)`);
+    return { name, url };
+  });
+  if (new Set(servers.map((s) => s.name)).size !== servers.length)
+    throw new Error('--kube-server: a cluster name is given twice');
+  return { type: 'servers', servers };
 }
 
 /** The built-in demo cluster's settings, from the `--demo-*` flags and variables. */
@@ -143,6 +170,7 @@ export function readDemo(values: ServerFlags, env: NodeJS.ProcessEnv): Config['d
   if (!(failureRate >= 0 && failureRate <= 1)) throw new Error('--demo-failure-rate must be between 0 and 1');
   return {
     port: intFlag('--demo-port', values['demo-port'] ?? env.DEMO_PORT, 8001, 0),
+    clusters: demoClusters(values['demo-clusters'] ?? env.DEMO_CLUSTERS),
     latencyMs: intFlag('--demo-latency-ms', values['demo-latency-ms'] ?? env.DEMO_LATENCY_MS, 150, 0),
     failureRate,
     seed: intFlag('--demo-seed', values['demo-seed'] ?? env.DEMO_SEED, 1, 0),
@@ -151,6 +179,12 @@ export function readDemo(values: ServerFlags, env: NodeJS.ProcessEnv): Config['d
       .map((n) => n.trim())
       .filter(Boolean),
   };
+}
+
+function demoClusters(value: string | undefined): number {
+  const n = intFlag('--demo-clusters', value, 2, 1);
+  if (n > 2) throw new Error(`--demo-clusters must be 1 or 2 (got "${value}")`);
+  return n;
 }
 
 /** A secret generated once into the data folder, so restarts keep sessions valid. */

@@ -1,30 +1,30 @@
+/**
+ * The demo cluster: an in-process Kubernetes API server for nodes, pods and evictions. Its nodes are in
+ * `demo-nodes.ts`, the API's wire rules (Status errors, patches, selectors, tables, discovery) in
+ * `demo-api.ts`, its pods and budgets in `demo-workloads.ts`.
+ */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import {
+  badRequest,
+  discovery,
+  HttpStatusError,
+  isRecord,
+  jsonMergePatch,
+  labelMatcher,
+  notFound,
+  readBody,
+  status,
+  strategicMergePatch,
+  table,
+  validateNode,
+  wantsTable,
+} from './demo-api.js';
+import { type DemoNode, initialNodes, seededRandom } from './demo-nodes.js';
 import { type DemoPod, DemoWorkloads } from './demo-workloads.js';
 
-/** A taint as the Kubernetes API stores it. */
-export interface Taint {
-  key: string;
-  value?: string;
-  effect: string;
-  timeAdded?: string;
-}
-
-/** The parts of a `v1.Node` the demo cluster keeps. */
-export interface DemoNode {
-  apiVersion: 'v1';
-  kind: 'Node';
-  metadata: {
-    name: string;
-    uid: string;
-    resourceVersion: string;
-    creationTimestamp: string;
-    labels: Record<string, string>;
-    annotations: Record<string, string>;
-  };
-  spec: { podCIDR?: string; providerID?: string; taints?: Taint[]; unschedulable?: boolean };
-  status: Record<string, unknown>;
-}
+export { jsonMergePatch, strategicMergePatch } from './demo-api.js';
+export type { DemoNode, Taint } from './demo-nodes.js';
 
 /** What a test hook sees of each request. */
 export interface DemoRequestInfo {
@@ -88,233 +88,6 @@ export const DEMO_CLUSTER_DEFAULTS = Object.freeze({
   podTerminationMs: 300,
   podReadyMs: 1000,
 });
-
-const GIT_VERSION = 'v1.31.0';
-
-/** mulberry32: small, fast and good enough to make injected failures reproducible. */
-function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const ZONES = ['eu-west-1a', 'eu-west-1b', 'eu-west-1c'] as const;
-
-/** Builds the initial fleet: 3 control-plane nodes, general workers, GPU and spot pools. */
-function initialNodes(count: number): DemoNode[] {
-  const created = '2026-01-12T09:30:00Z';
-  const nodes: DemoNode[] = [];
-  const add = (
-    name: string,
-    index: number,
-    extra: { labels: Record<string, string>; taints?: Taint[]; type: string },
-  ) => {
-    const zone = ZONES[index % ZONES.length] ?? 'eu-west-1a';
-    nodes.push({
-      apiVersion: 'v1',
-      kind: 'Node',
-      metadata: {
-        name,
-        uid: `6f1c0d4e-0000-4000-8000-${String(nodes.length + 1).padStart(12, '0')}`,
-        resourceVersion: '0',
-        creationTimestamp: created,
-        labels: {
-          'beta.kubernetes.io/arch': 'amd64',
-          'beta.kubernetes.io/os': 'linux',
-          'kubernetes.io/arch': 'amd64',
-          'kubernetes.io/hostname': name,
-          'kubernetes.io/os': 'linux',
-          'node.kubernetes.io/instance-type': extra.type,
-          'topology.kubernetes.io/region': 'eu-west-1',
-          'topology.kubernetes.io/zone': zone,
-          ...extra.labels,
-        },
-        annotations: { 'node.alpha.kubernetes.io/ttl': '0' },
-      },
-      spec: {
-        podCIDR: `10.244.${nodes.length}.0/24`,
-        providerID: `aws:///${zone}/i-0${(0x5a3c1d00 + nodes.length).toString(16)}`,
-        ...(extra.taints === undefined ? {} : { taints: extra.taints }),
-      },
-      status: {
-        addresses: [
-          { type: 'InternalIP', address: `10.0.${index % 3}.${10 + nodes.length}` },
-          { type: 'Hostname', address: name },
-        ],
-        conditions: [
-          {
-            type: 'Ready',
-            status: 'True',
-            reason: 'KubeletReady',
-            message: 'kubelet is posting ready status',
-            lastHeartbeatTime: created,
-            lastTransitionTime: created,
-          },
-        ],
-        nodeInfo: {
-          kubeletVersion: GIT_VERSION,
-          kubeProxyVersion: GIT_VERSION,
-          osImage: 'Ubuntu 22.04.4 LTS',
-          kernelVersion: '6.5.0-1020-aws',
-          containerRuntimeVersion: 'containerd://1.7.13',
-          architecture: 'amd64',
-          operatingSystem: 'linux',
-        },
-        capacity: { cpu: '8', memory: '32Gi', pods: '110' },
-        allocatable: { cpu: '7910m', memory: '31Gi', pods: '110' },
-      },
-    });
-  };
-  for (let i = 0; i < 3; i++) {
-    add(`cp-${i + 1}`, i, {
-      type: 'm6i.large',
-      labels: { 'node-role.kubernetes.io/control-plane': '' },
-      taints: [{ key: 'node-role.kubernetes.io/control-plane', effect: 'NoSchedule' }],
-    });
-  }
-  for (let i = 0; i < 2; i++) {
-    add(`gpu-${i + 1}`, i, {
-      type: 'g5.2xlarge',
-      labels: { 'node-role.kubernetes.io/gpu': '', 'nvidia.com/gpu.present': 'true', pool: 'gpu' },
-      taints: [{ key: 'nvidia.com/gpu', value: 'present', effect: 'NoSchedule' }],
-    });
-  }
-  for (let i = 0; i < 2; i++) {
-    add(`spot-${i + 1}`, i + 1, {
-      type: 'c6i.2xlarge',
-      labels: { 'node-role.kubernetes.io/worker': '', 'node.kubernetes.io/lifecycle': 'spot', pool: 'spot' },
-      taints: [{ key: 'node.kubernetes.io/lifecycle', value: 'spot', effect: 'PreferNoSchedule' }],
-    });
-  }
-  const workers = Math.max(count, 12) - nodes.length;
-  for (let i = 0; i < workers; i++) {
-    add(`worker-${i + 1}`, i, {
-      type: i % 2 === 0 ? 'm6i.2xlarge' : 'm6i.4xlarge',
-      labels: { 'node-role.kubernetes.io/worker': '', pool: 'general' },
-    });
-  }
-  return nodes;
-}
-
-type Status = { code: number; reason: string; message: string; details?: Record<string, unknown> };
-
-function status({ code, reason, message, details }: Status): Record<string, unknown> {
-  return {
-    kind: 'Status',
-    apiVersion: 'v1',
-    metadata: {},
-    status: 'Failure',
-    message,
-    reason,
-    ...(details === undefined ? {} : { details }),
-    code,
-  };
-}
-
-class HttpStatusError extends Error {
-  readonly status: Status;
-  constructor(s: Status) {
-    super(s.message);
-    this.status = s;
-  }
-}
-
-const notFound = (name: string) =>
-  new HttpStatusError({
-    code: 404,
-    reason: 'NotFound',
-    message: `nodes "${name}" not found`,
-    details: { name, kind: 'nodes' },
-  });
-
-const badRequest = (message: string) => new HttpStatusError({ code: 400, reason: 'BadRequest', message });
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
-/** RFC 7386 JSON merge patch: objects merge, `null` deletes, everything else (arrays too) replaces. */
-export function jsonMergePatch(target: unknown, patch: unknown): unknown {
-  if (!isRecord(patch)) return structuredClone(patch);
-  const result: Record<string, unknown> = isRecord(target) ? { ...target } : {};
-  for (const [key, value] of Object.entries(patch)) {
-    if (value === null) delete result[key];
-    else result[key] = jsonMergePatch(result[key], value);
-  }
-  return result;
-}
-
-/**
- * The strategic merge patch of a Node, for the fields this app and `kubectl taint` / `cordon` / `label`
- * touch. Maps merge as in a JSON merge patch (`null` deletes a key). Lists are replaced as a whole: the
- * real API declares `spec.taints` `listType=atomic` (no patch merge key), which is why `kubectl taint`
- * sends the complete new list. The directives `$patch: replace` / `$patch: delete` on a map, `$retainKeys`
- * and `$setElementOrder/<list>` are understood (the last two carry nothing for atomic lists and are
- * dropped).
- */
-export function strategicMergePatch(target: unknown, patch: unknown): unknown {
-  if (!isRecord(patch)) return structuredClone(patch);
-  if (patch.$patch === 'delete') return undefined;
-  const replace = patch.$patch === 'replace';
-  const result: Record<string, unknown> = isRecord(target) && !replace ? { ...target } : {};
-  const retain = Array.isArray(patch.$retainKeys) ? (patch.$retainKeys as unknown[]) : undefined;
-  for (const [key, value] of Object.entries(patch)) {
-    if (
-      key === '$patch' ||
-      key === '$retainKeys' ||
-      key.startsWith('$setElementOrder/') ||
-      key.startsWith('$deleteFromPrimitiveList/')
-    ) {
-      continue;
-    }
-    if (value === null) delete result[key];
-    else {
-      const merged = strategicMergePatch(result[key], value);
-      if (merged === undefined) delete result[key];
-      else result[key] = merged;
-    }
-  }
-  if (retain !== undefined)
-    for (const key of Object.keys(result)) if (!retain.includes(key)) delete result[key];
-  return result;
-}
-
-/** Parses `a=b,c!=d,e,!f,g in (x,y)` the way the API server does for the forms this app uses. */
-function labelMatcher(selector: string): (labels: Record<string, string>) => boolean {
-  const tests: ((labels: Record<string, string>) => boolean)[] = [];
-  // Split on commas outside parentheses.
-  const parts = selector.match(/[^,(]+(\([^)]*\))?[^,]*/g) ?? [];
-  for (const raw of parts) {
-    const part = raw.trim();
-    if (part === '') continue;
-    const equality = part.match(/^([^!=\s]+)\s*(==|=|!=)\s*(\S*)$/);
-    const set = part.match(/^(\S+)\s+(in|notin)\s+\(([^)]*)\)$/);
-    const absent = part.match(/^!(\S+)$/);
-    if (equality) {
-      const [, key = '', op, value = ''] = equality;
-      tests.push(op === '!=' ? (l) => l[key] !== value : (l) => l[key] === value);
-    } else if (set) {
-      const [, key = '', op, list = ''] = set;
-      const values = list.split(',').map((v) => v.trim());
-      tests.push(
-        op === 'in' ? (l) => values.includes(l[key] ?? '\0') : (l) => !values.includes(l[key] ?? '\0'),
-      );
-    } else if (absent) {
-      const key = absent[1] ?? '';
-      tests.push((l) => !(key in l));
-    } else if (/^\S+$/.test(part)) {
-      tests.push((l) => part in l);
-    } else {
-      throw badRequest(`unable to parse requirement: ${part}`);
-    }
-  }
-  return (labels) => tests.every((t) => t(labels));
-}
 
 /**
  * An in-process HTTP server that speaks the Kubernetes API for nodes, as the real one does for the calls
@@ -438,8 +211,8 @@ export class DemoCluster {
       const body = await readBody(req);
       await this.#options.onRequest?.({ method, path, node: nodeName });
       if (this.#options.latencyMs > 0) await new Promise((r) => setTimeout(r, this.#options.latencyMs));
-      const discovery = this.#discovery(path);
-      if (discovery !== undefined && method === 'GET') return send(200, discovery);
+      const doc = discovery(path);
+      if (doc !== undefined && method === 'GET') return send(200, doc);
       const workload = this.#workloads.handle(
         method,
         path,
@@ -578,201 +351,4 @@ export class DemoCluster {
     this.#nodes.set(name, next);
     return structuredClone(next);
   }
-
-  #discovery(path: string): unknown {
-    switch (path) {
-      case '/version':
-        return {
-          major: '1',
-          minor: '31',
-          gitVersion: GIT_VERSION,
-          gitCommit: '0000000000000000000000000000000000000000',
-          gitTreeState: 'clean',
-          buildDate: '2026-01-01T00:00:00Z',
-          goVersion: 'go1.22.5',
-          compiler: 'gc',
-          platform: 'linux/amd64',
-        };
-      case '/api':
-        return {
-          kind: 'APIVersions',
-          versions: ['v1'],
-          serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: '127.0.0.1' }],
-        };
-      case '/apis':
-        return {
-          kind: 'APIGroupList',
-          apiVersion: 'v1',
-          groups: ['apps', 'policy'].map((name) => ({
-            name,
-            versions: [{ groupVersion: `${name}/v1`, version: 'v1' }],
-            preferredVersion: { groupVersion: `${name}/v1`, version: 'v1' },
-          })),
-        };
-      case '/apis/apps/v1':
-        return {
-          kind: 'APIResourceList',
-          apiVersion: 'v1',
-          groupVersion: 'apps/v1',
-          resources: [
-            {
-              name: 'daemonsets',
-              singularName: 'daemonset',
-              namespaced: true,
-              kind: 'DaemonSet',
-              verbs: ['get'],
-              shortNames: ['ds'],
-            },
-          ],
-        };
-      case '/apis/policy/v1':
-        return {
-          kind: 'APIResourceList',
-          apiVersion: 'v1',
-          groupVersion: 'policy/v1',
-          resources: [
-            {
-              name: 'poddisruptionbudgets',
-              singularName: 'poddisruptionbudget',
-              namespaced: true,
-              kind: 'PodDisruptionBudget',
-              verbs: ['list'],
-              shortNames: ['pdb'],
-            },
-          ],
-        };
-      case '/api/v1':
-        return {
-          kind: 'APIResourceList',
-          groupVersion: 'v1',
-          resources: [
-            {
-              name: 'nodes',
-              singularName: 'node',
-              namespaced: false,
-              kind: 'Node',
-              verbs: ['get', 'list', 'patch'],
-              shortNames: ['no'],
-            },
-            {
-              name: 'pods',
-              singularName: 'pod',
-              namespaced: true,
-              kind: 'Pod',
-              verbs: ['get', 'list'],
-              shortNames: ['po'],
-            },
-            {
-              name: 'pods/eviction',
-              singularName: '',
-              namespaced: true,
-              group: 'policy',
-              version: 'v1',
-              kind: 'Eviction',
-              verbs: ['create'],
-            },
-          ],
-        };
-      default:
-        return undefined;
-    }
-  }
-}
-
-const TAINT_EFFECTS = ['NoSchedule', 'PreferNoSchedule', 'NoExecute'];
-
-/** The server-side validation kubectl would otherwise meet on a real cluster, for what a patch can break. */
-function validateNode(node: DemoNode): void {
-  if (!isRecord(node.spec)) throw badRequest('spec must be an object');
-  const taints = node.spec.taints ?? [];
-  if (!Array.isArray(taints)) throw badRequest('spec.taints must be a list');
-  const seen = new Set<string>();
-  for (const taint of taints) {
-    if (!isRecord(taint) || typeof taint.key !== 'string' || taint.key === '') {
-      throw invalid(node.metadata.name, 'spec.taints[].key: Required value');
-    }
-    if (!TAINT_EFFECTS.includes(taint.effect)) {
-      throw invalid(
-        node.metadata.name,
-        `spec.taints[].effect: Unsupported value: "${String(taint.effect)}": supported values: "NoSchedule", "PreferNoSchedule", "NoExecute"`,
-      );
-    }
-    const id = `${taint.key}:${taint.effect}`;
-    if (seen.has(id)) throw invalid(node.metadata.name, `spec.taints: Duplicate value: "${id}"`);
-    seen.add(id);
-  }
-  for (const [key, value] of Object.entries(node.metadata.labels ?? {})) {
-    if (typeof value !== 'string')
-      throw invalid(node.metadata.name, `metadata.labels: Invalid value: ${key}`);
-  }
-}
-
-function invalid(name: string, message: string): HttpStatusError {
-  return new HttpStatusError({
-    code: 422,
-    reason: 'Invalid',
-    message: `Node "${name}" is invalid: ${message}`,
-    details: { name, kind: 'Node' },
-  });
-}
-
-function wantsTable(accept: string): boolean {
-  return accept.includes('as=Table');
-}
-
-/** The server-side printing kubectl asks for (`Accept: …;as=Table;g=meta.k8s.io;v=v1`). */
-function table(nodes: DemoNode[]): unknown {
-  const now = Date.now();
-  return {
-    kind: 'Table',
-    apiVersion: 'meta.k8s.io/v1',
-    metadata: {},
-    columnDefinitions: [
-      { name: 'Name', type: 'string', format: 'name', description: 'Name', priority: 0 },
-      { name: 'Status', type: 'string', format: '', description: 'Node status', priority: 0 },
-      { name: 'Roles', type: 'string', format: '', description: 'Node roles', priority: 0 },
-      { name: 'Age', type: 'string', format: '', description: 'Age', priority: 0 },
-      { name: 'Version', type: 'string', format: '', description: 'Kubelet version', priority: 0 },
-      { name: 'Zone', type: 'string', format: '', description: 'Zone', priority: 1 },
-      { name: 'Taints', type: 'string', format: '', description: 'Taints', priority: 1 },
-    ],
-    rows: nodes.map((n) => {
-      const roles = Object.keys(n.metadata.labels)
-        .filter((k) => k.startsWith('node-role.kubernetes.io/'))
-        .map((k) => k.slice('node-role.kubernetes.io/'.length))
-        .join(',');
-      const days = Math.floor((now - Date.parse(n.metadata.creationTimestamp)) / 86_400_000);
-      return {
-        cells: [
-          n.metadata.name,
-          n.spec.unschedulable ? 'Ready,SchedulingDisabled' : 'Ready',
-          roles || '<none>',
-          `${days}d`,
-          GIT_VERSION,
-          n.metadata.labels['topology.kubernetes.io/zone'] ?? '',
-          (n.spec.taints ?? []).map((t) => `${t.key}${t.value ? `=${t.value}` : ''}:${t.effect}`).join(',') ||
-            '<none>',
-        ],
-        object: { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: n.metadata },
-      };
-    }),
-  };
-}
-
-function readBody(req: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > 1024 * 1024) {
-        reject(badRequest('request body too large'));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    req.on('error', reject);
-  });
 }

@@ -6,22 +6,17 @@ import {
   type V1Node,
   type V1Pod,
 } from '@kubernetes/client-node';
-import type { NodeState } from './operations.js';
+import type { NodeView } from '../shared/api-types.js';
 
 /** How the app reaches Kubernetes. */
 export type KubeSource =
   | { type: 'kubeconfig'; path: string | undefined; context: string | undefined }
   | { type: 'in-cluster' }
-  | { type: 'server'; url: string };
+  | { type: 'server'; url: string }
+  /** Several API servers without credentials, each a context of its name (e.g. the demo clusters). */
+  | { type: 'servers'; servers: { name: string; url: string }[] };
 
-/** What the node table shows of a node. */
-export interface NodeView extends NodeState {
-  roles: string[];
-  zone: string | null;
-  instanceType: string | null;
-  ready: boolean;
-  kubeletVersion: string | null;
-}
+export type { NodeView };
 
 /** An error from the Kubernetes API, with its HTTP status and the `Status` message. */
 export class KubeApiError extends Error {
@@ -48,11 +43,13 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
       kc.loadFromCluster();
       break;
     case 'server':
+      return loadKubeConfig({ type: 'servers', servers: [{ name: 'demo', url: source.url }] });
+    case 'servers':
       kc.loadFromOptions({
-        clusters: [{ name: 'demo', server: source.url, skipTLSVerify: true }],
-        users: [{ name: 'demo' }],
-        contexts: [{ name: 'demo', cluster: 'demo', user: 'demo' }],
-        currentContext: 'demo',
+        clusters: source.servers.map((s) => ({ name: s.name, server: s.url, skipTLSVerify: true })),
+        users: [{ name: 'anonymous' }],
+        contexts: source.servers.map((s) => ({ name: s.name, cluster: s.name, user: 'anonymous' })),
+        currentContext: source.servers[0]?.name ?? '',
       });
       break;
     default: {

@@ -2,9 +2,10 @@
 import { fileURLToPath } from 'node:url';
 import { createApp } from './app.js';
 import { hashPassword, loadUsersFile, SessionManager, type UserRecord } from './auth.js';
+import { type Cluster, clustersOfKubeConfig } from './clusters.js';
 import { loadConfig, USAGE } from './config.js';
-import { DemoCluster } from './demo-cluster.js';
-import { KubeNodes, loadKubeConfig } from './kube-nodes.js';
+import { type DemoClusters, startDemoClusters } from './demo-clusters.js';
+import { loadKubeConfig } from './kube-nodes.js';
 import { openStore } from './store.js';
 
 const log = (message: string) => process.stdout.write(`${message}\n`);
@@ -36,28 +37,28 @@ async function main(): Promise<void> {
       process.stderr.write(`[${config.name}] error ${msg ?? ''} ${JSON.stringify(obj)}\n`),
   };
 
-  let demo: DemoCluster | undefined;
+  let demo: DemoClusters | undefined;
   let kubeDescription: string;
-  let nodes: KubeNodes;
+  let clusters: Cluster[];
   if (config.kube.type === 'demo') {
-    demo = new DemoCluster({
+    demo = await startDemoClusters(config.demo.clusters, config.demo.port, {
       latencyMs: config.demo.latencyMs,
       failureRate: config.demo.failureRate,
       seed: config.demo.seed,
       failNodes: config.demo.failNodes,
     });
-    let url: string;
-    try {
-      url = await demo.listen(config.demo.port);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || config.demo.port === 0) throw error;
-      url = await demo.listen(0);
-    }
-    nodes = new KubeNodes(loadKubeConfig({ type: 'server', url }));
-    kubeDescription = `demo cluster at ${url} (try: kubectl --server=${url} get nodes)`;
+    clusters = clustersOfKubeConfig(
+      loadKubeConfig({ type: 'servers', servers: demo.clusters.map(({ name, url }) => ({ name, url })) }),
+    );
+    kubeDescription = demo.clusters
+      .map((c) => `${c.name} demo cluster at ${c.url} (try: kubectl --server=${c.url} get nodes)`)
+      .join('\n    ');
   } else {
-    nodes = new KubeNodes(loadKubeConfig(config.kube));
-    kubeDescription = `${config.kube.type} → ${nodes.server}`;
+    clusters = clustersOfKubeConfig(
+      loadKubeConfig(config.kube),
+      config.kube.type === 'kubeconfig' ? config.kube.context : undefined,
+    );
+    kubeDescription = clusters.map((c) => `${c.name} → ${c.nodes.server}`).join('\n    ');
   }
 
   let users: UserRecord[];
@@ -77,6 +78,8 @@ async function main(): Promise<void> {
     dataDir: config.dataDir,
     onError: (error) => logger.warn({ err: String(error) }, 'store background error'),
   });
+  // Batches, locks and cordon notes written before this server knew several clusters belong to the default.
+  await opened.db.adoptUnassigned(clusters[0]?.name ?? 'default');
   const sessions = new SessionManager({
     secret: config.sessionSecret,
     ttlMs: 12 * 3600_000,
@@ -86,7 +89,7 @@ async function main(): Promise<void> {
   const app = createApp({
     store: opened.store,
     db: opened.db,
-    nodes,
+    clusters,
     sessions,
     concurrency: config.concurrency,
     progress: {

@@ -3,6 +3,8 @@
  * merge patch turns a node's current state into the wanted one.
  */
 
+import type { OpType } from '../shared/api-types.js';
+
 /** Taint effects the API accepts. */
 export const TAINT_EFFECTS = ['NoSchedule', 'PreferNoSchedule', 'NoExecute'] as const;
 /** A taint effect. */
@@ -18,8 +20,11 @@ export type Operation =
   | { type: 'uncordon' }
   | { type: 'drain' };
 
-/** The task kind of each operation (what the task list shows). */
-export const OPERATION_KIND: Readonly<Record<Operation['type'], string>> = Object.freeze({
+/**
+ * The task kind of each operation (what the task list shows). Keyed by the shared {@link OpType}, so the
+ * web UI's list of operations and this one cannot drift apart (a missing or extra key fails to compile).
+ */
+export const OPERATION_KIND: Readonly<Record<OpType, string>> = Object.freeze({
   taint_add: 'batch_taint',
   taint_remove: 'batch_untaint',
   label_add: 'batch_label',

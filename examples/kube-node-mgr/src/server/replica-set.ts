@@ -1,9 +1,13 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import http from 'node:http';
 import net from 'node:net';
 import { startEmbeddedPostgres as startRepoEmbeddedPostgres } from '../../../../scripts/embedded-postgres.mjs';
-import { DemoCluster, type DemoClusterOptions } from './demo-cluster.js';
+import type { DemoCluster, DemoClusterOptions } from './demo-cluster.js';
+import { type ProxyOptions, RoundRobinProxy } from './round-robin-proxy.js';
+
+export { type ProxyOptions, type ProxyRoute, RoundRobinProxy } from './round-robin-proxy.js';
+
+import { type DemoClusters, startDemoClusters } from './demo-clusters.js';
 
 /** A running embedded Postgres. */
 export interface EmbeddedPg {
@@ -30,102 +34,6 @@ export function freePort(): Promise<number> {
  */
 export async function startEmbeddedPostgres(): Promise<EmbeddedPg> {
   return startRepoEmbeddedPostgres({ name: 'kube-node-mgr-pg' });
-}
-
-/**
- * A round-robin reverse proxy without affinity: every HTTP request and every WebSocket upgrade goes to
- * the next backend in turn, so a page's requests and its socket land on different replicas — the
- * original app's hard case. The `Host` header is passed through unchanged (the Origin check compares them).
- */
-export class RoundRobinProxy {
-  #backends: string[];
-  readonly #server: http.Server;
-  readonly #sockets = new Set<net.Socket>();
-  #next = 0;
-
-  /** `backends` may be empty at first (see {@link RoundRobinProxy.setBackends}): requests then get a 503. */
-  constructor(backends: string[] = []) {
-    this.#backends = backends;
-    this.#server = http.createServer((req, res) => {
-      const backend = this.#pick();
-      if (backend === undefined) {
-        res.writeHead(503, { 'content-type': 'application/json', 'retry-after': '1' });
-        res.end(JSON.stringify({ error: { code: 'starting', message: 'the replicas are starting' } }));
-        return;
-      }
-      const target = new URL(backend);
-      const upstream = http.request(
-        { host: target.hostname, port: target.port, method: req.method, path: req.url, headers: req.headers },
-        (response) => {
-          res.writeHead(response.statusCode ?? 502, response.rawHeaders);
-          response.pipe(res);
-        },
-      );
-      upstream.on('error', () => {
-        if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
-        res.end('bad gateway');
-      });
-      req.pipe(upstream);
-    });
-    this.#server.on('upgrade', (req, socket, head) => {
-      const backend = this.#pick();
-      if (backend === undefined) {
-        socket.end('HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
-        return;
-      }
-      const target = new URL(backend);
-      const upstream = net.connect(Number(target.port), target.hostname, () => {
-        const lines = [`${req.method} ${req.url} HTTP/1.1`];
-        for (let i = 0; i < req.rawHeaders.length; i += 2)
-          lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
-        upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
-        if (head.length > 0) upstream.write(head);
-        upstream.pipe(socket);
-        socket.pipe(upstream);
-      });
-      this.#track(upstream);
-      this.#track(socket as net.Socket);
-      upstream.on('error', () => socket.destroy());
-      socket.on('error', () => upstream.destroy());
-      upstream.on('close', () => socket.destroy());
-      socket.on('close', () => upstream.destroy());
-    });
-  }
-
-  #track(socket: net.Socket): void {
-    this.#sockets.add(socket);
-    socket.on('close', () => this.#sockets.delete(socket));
-  }
-
-  /** Replaces the backends (the launcher binds the proxy first and adds the replicas once they listen). */
-  setBackends(backends: string[]): void {
-    this.#backends = [...backends];
-  }
-
-  #pick(): string | undefined {
-    if (this.#backends.length === 0) return undefined;
-    const backend = this.#backends[this.#next % this.#backends.length];
-    this.#next++;
-    return backend;
-  }
-
-  /** Listens; resolves with the proxy's URL. */
-  listen(port: number, host = '127.0.0.1'): Promise<string> {
-    return new Promise((resolve, reject) => {
-      this.#server.once('error', reject);
-      this.#server.listen(port, host, () => {
-        const address = this.#server.address() as net.AddressInfo;
-        resolve(`http://${host === '0.0.0.0' ? 'localhost' : host}:${address.port}`);
-      });
-    });
-  }
-
-  /** Closes the listener and every proxied connection. */
-  async close(): Promise<void> {
-    for (const socket of this.#sockets) socket.destroy();
-    this.#server.closeAllConnections();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
-  }
 }
 
 /** A server child process started by {@link spawnServer}. */
@@ -206,6 +114,8 @@ export interface ReplicaSetOptions {
   demoPort?: number;
   /** Options of the shared demo cluster. */
   demo?: DemoClusterOptions;
+  /** How many demo clusters (contexts `demo`, `demo-east`); every replica manages each. @default 2 */
+  demoClusters?: number;
   /**
    * Flags that point every replica at a real Kubernetes (e.g. `['--kubeconfig', file]`) instead of a shared
    * demo cluster; when given, no demo cluster is started.
@@ -218,6 +128,8 @@ export interface ReplicaSetOptions {
   /** Use this Postgres instead of starting an embedded one. */
   databaseUrl?: string;
   onOutput?: (text: string) => void;
+  /** Hooks of the proxy (tests). */
+  proxy?: ProxyOptions;
 }
 
 /** A running replica set: Postgres, one demo cluster, N server processes and the proxy in front. */
@@ -229,6 +141,8 @@ export interface ReplicaSet {
   replicas: ServerProcess[];
   /** The shared demo cluster (undefined with {@link ReplicaSetOptions.kubeArgs}). */
   cluster: DemoCluster | undefined;
+  /** Every demo cluster by context name (empty with {@link ReplicaSetOptions.kubeArgs}). */
+  demoClusters: { name: string; url: string; cluster: DemoCluster }[];
   stop(): Promise<void>;
 }
 
@@ -247,7 +161,7 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
     for (const stop of stops.reverse()) await stop().catch(() => {});
   };
   try {
-    const proxy = new RoundRobinProxy();
+    const proxy = new RoundRobinProxy([], options.proxy);
     const url = await proxy.listen(options.port ?? 3000, options.host);
     stops.push(() => proxy.close());
     let databaseUrl = options.databaseUrl;
@@ -256,22 +170,20 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
       stops.push(pg.stop);
       databaseUrl = pg.url;
     }
-    let cluster: DemoCluster | undefined;
-    let demoUrl: string | undefined;
+    let demoClusters: DemoClusters['clusters'] = [];
     let kubeArgs = options.kubeArgs;
     if (kubeArgs === undefined) {
-      const demo = new DemoCluster(options.demo);
-      cluster = demo;
-      const demoPort = options.demoPort ?? 8001;
-      try {
-        demoUrl = await demo.listen(demoPort);
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || demoPort === 0) throw error;
-        demoUrl = await demo.listen(0);
-      }
-      stops.push(() => demo.close());
-      kubeArgs = ['--kube-server', demoUrl];
+      const demos = await startDemoClusters(
+        options.demoClusters ?? 2,
+        options.demoPort ?? 8001,
+        options.demo,
+      );
+      stops.push(() => demos.close());
+      demoClusters = demos.clusters;
+      kubeArgs = ['--kube-server', demoClusters.map((c) => `${c.name}=${c.url}`).join(',')];
     }
+    const cluster = demoClusters[0]?.cluster;
+    const demoUrl = demoClusters[0]?.url;
     const secret = randomBytes(32).toString('base64url');
     const replicas: ServerProcess[] = [];
     const count = options.replicas ?? 3;
@@ -298,7 +210,7 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
       stops.push(replica.stop);
     }
     proxy.setBackends(replicas.map((r) => r.url));
-    return { url, demoUrl, databaseUrl, replicas, cluster, stop: stopAll };
+    return { url, demoUrl, databaseUrl, replicas, cluster, demoClusters, stop: stopAll };
   } catch (error) {
     await stopAll();
     throw error;

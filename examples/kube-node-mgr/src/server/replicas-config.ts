@@ -9,7 +9,7 @@ export interface ReplicasConfig {
   port: number;
   host: string;
   /** The shared demo cluster, or `undefined` when the flags point at a real Kubernetes. */
-  demo: { port: number; options: DemoClusterOptions } | undefined;
+  demo: { port: number; clusters: number; options: DemoClusterOptions } | undefined;
   /** Flags pointing every replica at a real Kubernetes (empty with the demo cluster). */
   kubeArgs: string[];
   /** The other server flags, passed to every replica as given. */
@@ -59,9 +59,11 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   let demo: ReplicasConfig['demo'];
   let kubeArgs: string[] = [];
   if (kube.type === 'demo') {
-    const { port, ...options } = readDemo(values, env);
-    demo = { port, options };
+    const { port, clusters, ...options } = readDemo(values, env);
+    demo = { port, clusters, options };
   } else if (kube.type === 'server') kubeArgs = ['--kube-server', kube.url];
+  else if (kube.type === 'servers')
+    kubeArgs = ['--kube-server', kube.servers.map((s) => `${s.name}=${s.url}`).join(',')];
   else if (kube.type === 'kubeconfig')
     kubeArgs = [
       ...(kube.path === undefined ? [] : ['--kubeconfig', kube.path]),

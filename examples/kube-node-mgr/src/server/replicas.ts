@@ -23,7 +23,7 @@ async function main(): Promise<void> {
     host: config.host,
     ...(config.demo === undefined
       ? { kubeArgs: config.kubeArgs }
-      : { demoPort: config.demo.port, demo: config.demo.options }),
+      : { demoPort: config.demo.port, demo: config.demo.options, demoClusters: config.demo.clusters }),
     serverArgs: config.serverArgs,
     namePrefix: config.namePrefix,
     // Replicas print their banner lines prefixed with their name; the rest (warnings) too.

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startReplicaSet } from '../../src/server/replica-set.js';
+import { loginPage } from './login.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const serverScript = path.join(root, 'dist/server.mjs');
@@ -38,16 +39,8 @@ afterAll(async () => {
   await set?.stop();
 });
 
-async function login(user: string): Promise<Page> {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  await page.goto(set.url);
-  await page.fill('#login-form input[name=username]', user);
-  await page.fill('#login-form input[name=password]', user);
-  await page.click('#login-form button[type=submit]');
-  await page.waitForSelector('#nodes tbody tr[data-node="worker-7"]');
-  return page;
-}
+/** The shared login, against this file's replica set. */
+const login = (user: string) => loginPage(browser, set.url, user);
 
 async function select(page: Page, names: string[]): Promise<void> {
   for (const name of names) await page.check(`tr[data-node="${name}"] input[type=checkbox]`);

@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { type Browser, chromium, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ServerProcess, spawnServer } from '../../src/server/replica-set.js';
+import { loginPage } from './login.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 const serverScript = path.join(root, 'dist/server.mjs');
@@ -47,16 +48,9 @@ async function shot(page: Page, name: string): Promise<void> {
   if (screensDir !== undefined) copyFileSync(file, path.join(screensDir, `${name}.png`));
 }
 
-async function login(user: string, viewport = { width: 1280, height: 900 }): Promise<Page> {
-  const context = await browser.newContext({ viewport });
-  const page = await context.newPage();
-  await page.goto(server.url);
-  await page.fill('#login-form input[name=username]', user);
-  await page.fill('#login-form input[name=password]', user);
-  await page.click('#login-form button[type=submit]');
-  await page.waitForSelector('#nodes tbody tr[data-node="worker-7"]');
-  return page;
-}
+/** The shared login, against this file's server. */
+const login = (user: string, viewport = { width: 1280, height: 900 }) =>
+  loginPage(browser, server.url, user, viewport);
 
 async function select(page: Page, names: string[]): Promise<void> {
   for (const name of names) await page.check(`tr[data-node="${name}"] input[type=checkbox]`);

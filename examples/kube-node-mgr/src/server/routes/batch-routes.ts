@@ -1,0 +1,292 @@
+/** Starting batches (and reruns of an old one): the running cap, the node locks, the audit record, the run. */
+
+import { randomUUID } from 'node:crypto';
+import type { ProgressStore } from '@finishline/core';
+import type { Response } from 'express';
+import type { NodeLock } from '../app-db.js';
+import type { Session } from '../auth.js';
+import type { Cluster } from '../clusters.js';
+import { drainNode } from '../node-drain.js';
+import { applyToNode } from '../node-worker.js';
+import {
+  BadRequestError,
+  describeOperation,
+  OPERATION_KIND,
+  type Operation,
+  parseOperation,
+  parseSelection,
+} from '../operations.js';
+import { kubeFailure, type RouteContext } from './context.js';
+
+/** A lock whose task is not in the store yet is in the way this long (the task is being created). */
+const LOCK_CREATE_GRACE_MS = 30_000;
+
+export function registerBatchRoutes(ctx: RouteContext): void {
+  const { config, store, db, clusters, progress, fail, route, clusterOf } = ctx;
+  /** Whether a lock's task has ended (or never got created), so the lock may be taken over. */
+  const lockIsStale = async (lock: NodeLock): Promise<boolean> => {
+    const task = await store.getTask(lock.taskId);
+    if (task === undefined) return Date.now() - lock.acquiredAt > LOCK_CREATE_GRACE_MS;
+    return task.status !== 'running';
+  };
+
+  // One batch start at a time per user in this process, so the running-batches cap cannot be raced by
+  // requests sent back to back.
+  const startQueues = new Map<string, Promise<unknown>>();
+  const serialized = <T>(user: string, fn: () => Promise<T>): Promise<T> => {
+    const previous = startQueues.get(user) ?? Promise.resolve();
+    const next = previous.then(fn, fn);
+    const settled = next.catch(() => undefined);
+    startQueues.set(user, settled);
+    void settled.then(() => {
+      if (startQueues.get(user) === settled) startQueues.delete(user);
+    });
+    return next;
+  };
+
+  type StartResult =
+    | { ok: true; taskId: string; description: string }
+    | { ok: false; status: number; code: string; message: string; extra?: Record<string, unknown> };
+
+  /** Checks the cap and the node locks, creates the task, records it and runs the batch in the background. */
+  const startBatch = (
+    session: Session,
+    cluster: Cluster,
+    op: Operation,
+    names: string[],
+    link: { parentTaskId: string; relation: 'retry_failed' | 'resume_remaining' } | null,
+    reason: string | undefined,
+  ): Promise<StartResult> =>
+    serialized(session.username, async () => {
+      const running = await store.listTasks({
+        owner: session.username,
+        statuses: ['running'],
+        limit: config.maxRunningBatchesPerUser,
+      });
+      if (running.length >= config.maxRunningBatchesPerUser) {
+        return {
+          ok: false,
+          status: 429,
+          code: 'too_many_batches',
+          message: `you already have ${running.length} batches running (at most ${config.maxRunningBatchesPerUser}); wait for one to finish`,
+          extra: { running: running.map((t) => t.id) },
+        };
+      }
+      const taskId = randomUUID();
+      const blocking = await db.lockNodes(
+        cluster.name,
+        names,
+        { taskId, username: session.username },
+        lockIsStale,
+      );
+      if (blocking.length > 0) {
+        const byTask = new Map<string, NodeLock[]>();
+        for (const lock of blocking) byTask.set(lock.taskId, [...(byTask.get(lock.taskId) ?? []), lock]);
+        const parts = [...byTask].map(
+          ([id, locks]) => `${locks.map((l) => l.node).join(', ')} (task ${id} by ${locks[0]?.username})`,
+        );
+        return {
+          ok: false,
+          status: 409,
+          code: 'nodes_locked',
+          message: `another batch is changing ${parts.join('; ')}; wait for it to finish`,
+          extra: { locks: blocking.map((l) => ({ node: l.node, taskId: l.taskId, username: l.username })) },
+        };
+      }
+      const description = `${describeOperation(op)} on ${names.length} node${names.length > 1 ? 's' : ''}`;
+      let task: Awaited<ReturnType<typeof progress.tasks.create>>;
+      try {
+        task = await progress.tasks.create({
+          id: taskId,
+          owner: session.username,
+          kind: OPERATION_KIND[op.type],
+          total: names.length,
+          message: description,
+        });
+        await db.recordTask({
+          taskId,
+          cluster: cluster.name,
+          username: session.username,
+          operation: { ...op, ...(reason === undefined ? {} : { reason }) },
+          nodes: names,
+          parentTaskId: link?.parentTaskId ?? null,
+          relation: link?.relation ?? null,
+          createdAt: Date.now(),
+        });
+      } catch (error) {
+        await db.unlockTask(taskId).catch(() => undefined);
+        throw error;
+      }
+      void task
+        .runBatch(
+          names,
+          async (name, { signal }) => {
+            await task.progress({ current: name });
+            const result =
+              op.type === 'drain'
+                ? await drainNode(cluster.nodes, name, {
+                    maxAttempts: config.maxAttempts,
+                    signal,
+                    ...(config.evictionTimeoutMs === undefined
+                      ? {}
+                      : { evictionTimeoutMs: config.evictionTimeoutMs }),
+                    // Each node's evictions show inside its item's progress: "worker-3: evicted 2 of 5 pods".
+                    onProgress: (evicted, total) =>
+                      task
+                        .progress({ current: `${name}: evicted ${evicted} of ${total} pods` })
+                        .then(() => undefined),
+                  })
+                : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
+            await noteCordon(cluster.name, op, name, session.username, reason);
+            return { ...result };
+          },
+          { concurrency: config.concurrency, key: (name) => name },
+        )
+        .catch((error: unknown) => config.logger?.error({ err: String(error), taskId }, 'batch failed'))
+        .finally(() =>
+          db
+            .unlockTask(taskId)
+            .catch((error: unknown) => config.logger?.warn({ err: String(error), taskId }, 'unlock failed')),
+        );
+      return { ok: true, taskId, description };
+    });
+
+  /** Who cordoned a node and why, kept beside the node (the API has no field for it). */
+  const noteCordon = async (
+    cluster: string,
+    op: Operation,
+    node: string,
+    username: string,
+    reason: string | undefined,
+  ) => {
+    try {
+      if (op.type === 'cordon' || op.type === 'drain') {
+        await db.setCordon({ cluster, node, reason: reason ?? '', username, at: Date.now() });
+      } else if (op.type === 'uncordon') await db.clearCordon(cluster, node);
+    } catch (error) {
+      // The node is cordoned all the same; only the note is missing.
+      config.logger?.warn({ err: String(error), node }, 'cordon note not saved');
+    }
+  };
+
+  const answerStart = (res: Response, op: Operation, names: string[], started: StartResult) => {
+    if (!started.ok) return fail(res, started.status, started.code, started.message, started.extra);
+    res.status(202).json({
+      taskId: started.taskId,
+      kind: OPERATION_KIND[op.type],
+      description: started.description,
+      nodes: names,
+    });
+  };
+
+  route('post', '/api/batch', { role: 'operator' }, async (req, res, session) => {
+    const cluster = clusterOf(res, (req.body as { cluster?: unknown } | undefined)?.cluster);
+    if (cluster === undefined) return;
+    let op: Operation;
+    let names: string[];
+    let reason: string | undefined;
+    try {
+      op = parseOperation(req.body);
+      names = parseSelection((req.body as { nodes?: unknown }).nodes, config.maxNodesPerBatch);
+      reason = parseReason((req.body as { reason?: unknown }).reason);
+    } catch (error) {
+      if (error instanceof BadRequestError)
+        return fail(res, 400, 'invalid_input', error.message, { field: error.field });
+      throw error;
+    }
+    let known: Set<string>;
+    try {
+      known = new Set((await cluster.nodes.list()).map((n) => n.name));
+    } catch (error) {
+      return kubeFailure(res, error);
+    }
+    const unknown = names.filter((n) => !known.has(n));
+    if (unknown.length > 0) {
+      return fail(
+        res,
+        400,
+        'unknown_nodes',
+        `unknown node${unknown.length > 1 ? 's' : ''}: ${unknown.join(', ')}`,
+        {
+          field: 'nodes',
+          nodes: unknown,
+        },
+      );
+    }
+    answerStart(res, op, names, await startBatch(session, cluster, op, names, null, reason));
+  });
+
+  // "Retry failed" / "resume remaining": a new task on the failed nodes, or on the nodes the old task never
+  // finished (an interrupted or cancelled batch), linked to the old one.
+  route('post', '/api/tasks/:id/rerun', { role: 'operator' }, async (req, res, session) => {
+    const mode = (req.body as { mode?: unknown }).mode;
+    if (mode !== 'retry_failed' && mode !== 'resume_remaining') {
+      return fail(res, 400, 'invalid_input', 'mode must be retry_failed or resume_remaining', {
+        field: 'mode',
+      });
+    }
+    const id = String(req.params.id);
+    const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
+    if (
+      record === undefined ||
+      task === undefined ||
+      (task.owner !== session.username && req.role !== 'admin')
+    ) {
+      return fail(res, 404, 'task_not_found', 'no such task');
+    }
+    if (task.status === 'running') return fail(res, 409, 'task_running', 'the task is still running');
+    // The old task's cluster, which this server may no longer manage (its kubeconfig changed).
+    const cluster = clusters.resolve(record.cluster);
+    if (cluster === undefined) {
+      return fail(res, 409, 'unknown_cluster', `this server no longer manages cluster ${record.cluster}`);
+    }
+    const outcome = await itemOutcomes(store, id);
+    const names =
+      mode === 'retry_failed'
+        ? record.nodes.filter((n) => outcome.get(n) === false)
+        : record.nodes.filter((n) => !outcome.has(n));
+    if (names.length === 0) {
+      return fail(
+        res,
+        400,
+        'nothing_to_rerun',
+        mode === 'retry_failed' ? 'no node failed in that task' : 'every node of that task was processed',
+      );
+    }
+    let op: Operation;
+    try {
+      // Validated again: the record is data from the database, and the rules may have changed since.
+      const { type, ...fields } = record.operation;
+      op = parseOperation({ ...fields, operation: type });
+    } catch {
+      return fail(res, 400, 'invalid_input', 'the old task’s operation cannot be rerun');
+    }
+    const reason = typeof record.operation.reason === 'string' ? record.operation.reason : undefined;
+    answerStart(
+      res,
+      op,
+      names,
+      await startBatch(session, cluster, op, names, { parentTaskId: id, relation: mode }, reason),
+    );
+  });
+}
+
+/** The optional free-text reason of a cordon (shown per node). */
+function parseReason(value: unknown): string | undefined {
+  if (value === undefined || value === null || value === '') return undefined;
+  if (typeof value !== 'string') throw new BadRequestError('reason', 'reason must be a string');
+  if (value.length > 500) throw new BadRequestError('reason', 'reason must be at most 500 characters');
+  return value;
+}
+
+/** Each finished node of a task: `true` succeeded, `false` failed; absent: never finished. */
+async function itemOutcomes(store: ProgressStore, taskId: string): Promise<Map<string, boolean>> {
+  const outcome = new Map<string, boolean>();
+  for (let after = 0; ; ) {
+    const events = await store.readEvents(taskId, after, 1000);
+    for (const event of events) if (event.type === 'item') outcome.set(event.item.key, event.item.ok);
+    if (events.length < 1000) break;
+    after = events[events.length - 1]?.seq ?? after;
+  }
+  return outcome;
+}

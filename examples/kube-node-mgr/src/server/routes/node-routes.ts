@@ -1,0 +1,57 @@
+/** The clusters and the node table of one. */
+
+import type { ClusterView, NodeRow } from '../../shared/api-types.js';
+import { kubeFailure, type RouteContext } from './context.js';
+
+export function registerNodeRoutes(ctx: RouteContext): void {
+  const { store, db, clusters, route, clusterOf } = ctx;
+  // The clusters to pick from (kubeconfig contexts), the default first.
+  route('get', '/api/clusters', {}, (_req, res) => {
+    res.json({
+      clusters: clusters.list().map((c): ClusterView => ({ name: c.name, default: c === clusters.default })),
+    });
+  });
+
+  route('get', '/api/nodes', {}, async (req, res) => {
+    const cluster = clusterOf(res, req.query.cluster);
+    if (cluster === undefined) return;
+    const selector =
+      typeof req.query.labelSelector === 'string' && req.query.labelSelector !== ''
+        ? req.query.labelSelector
+        : undefined;
+    try {
+      const [list, cordons, locks] = await Promise.all([
+        cluster.nodes.list(selector),
+        db.cordons(cluster.name),
+        db.locks(cluster.name),
+      ]);
+      const cordonOf = new Map(cordons.map((c) => [c.node, c]));
+      // Only locks of running tasks: a lock outlives its task for a moment (released after the terminal
+      // event) and for good when its replica died (taken over by the next batch).
+      const holders = [...new Set(locks.map((l) => l.taskId))];
+      const running = new Set(
+        (await Promise.all(holders.map((id) => store.getTask(id))))
+          .filter((t) => t?.status === 'running')
+          .map((t) => t?.id),
+      );
+      const lockOf = new Map(locks.filter((l) => running.has(l.taskId)).map((l) => [l.node, l]));
+      res.json({
+        nodes: list.map((n): NodeRow => {
+          const note = cordonOf.get(n.name);
+          const lock = lockOf.get(n.name);
+          return {
+            ...n,
+            // A note outlives a cordon done outside the app (kubectl uncordon): shown only while cordoned.
+            cordon:
+              n.unschedulable && note !== undefined
+                ? { reason: note.reason, by: note.username, at: note.at }
+                : null,
+            lock: lock === undefined ? null : { taskId: lock.taskId, by: lock.username },
+          };
+        }),
+      });
+    } catch (error) {
+      kubeFailure(res, error);
+    }
+  });
+}

@@ -1,0 +1,55 @@
+/** Sign-in, the session, sign-out. */
+
+import type { Request, Response } from 'express';
+import type { SessionView } from '../../shared/api-types.js';
+import type { Session } from '../auth.js';
+import type { LoginThrottle } from '../login-throttle.js';
+import type { RouteContext } from './context.js';
+
+export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle): void {
+  const { app, sessions, fail, originAllowed, route, audit, dropSockets } = ctx;
+  const secure = (req: Request) => req.secure;
+  const sessionBody = (session: Session): SessionView => ({
+    username: session.username,
+    role: sessions.role(session),
+    csrfToken: sessions.csrfToken(session),
+  });
+
+  app.post('/api/login', async (req: Request, res: Response) => {
+    if (!originAllowed(req)) return fail(res, 403, 'forbidden_origin', 'origin not allowed');
+    const { username, password } = (req.body ?? {}) as { username?: unknown; password?: unknown };
+    if (typeof username !== 'string' || typeof password !== 'string' || username.length > 256) {
+      return fail(res, 400, 'invalid_input', 'username and password are required');
+    }
+    const address = req.ip ?? req.socket.remoteAddress ?? 'unknown';
+    const waitMs = throttle.retryAfterMs(username, address);
+    if (waitMs > 0) {
+      const seconds = Math.ceil(waitMs / 1000);
+      res.setHeader('retry-after', String(seconds));
+      return fail(res, 429, 'too_many_attempts', `too many failed logins: try again in ${seconds} s`, {
+        retryAfterS: seconds,
+      });
+    }
+    const session = await sessions.login(username, password);
+    if (session === null) {
+      throttle.failed(username, address);
+      return fail(res, 401, 'bad_credentials', 'wrong username or password');
+    }
+    throttle.succeeded(username);
+    await audit({ username: session.username, action: 'login', taskId: null });
+    res.setHeader('set-cookie', sessions.cookie(session, secure(req)));
+    res.json(sessionBody(session));
+  });
+
+  route('get', '/api/session', {}, (_req, res, session) => {
+    res.json(sessionBody(session));
+  });
+
+  route('post', '/api/logout', {}, async (req, res, session) => {
+    await sessions.logout(session);
+    dropSockets(session.sid);
+    await audit({ username: session.username, action: 'logout', taskId: null });
+    res.setHeader('set-cookie', sessions.clearCookie(secure(req)));
+    res.json({ ok: true });
+  });
+}

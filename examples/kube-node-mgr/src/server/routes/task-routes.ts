@@ -1,0 +1,99 @@
+/** The task list, one task's record, the audit events, and the audit of cancels sent to the Finishline HTTP API. */
+
+import type { Task } from '@finishline/core';
+import type { NextFunction, Request, Response } from 'express';
+import type { TaskEntry } from '../../shared/api-types.js';
+import type { TaskRecord } from '../app-db.js';
+import type { Authed, RouteContext } from './context.js';
+
+export function registerTaskRoutes(ctx: RouteContext): void {
+  const { app, store, db, progress, fail, requireSession, requireCsrf, route, audit } = ctx;
+  // One batch's record (its nodes, its link) for the progress dialog; same visibility as watching it.
+  route('get', '/api/tasks/:id', {}, async (req, res, session) => {
+    const id = String(req.params.id);
+    const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
+    if (record === undefined || (req.role === 'operator' && record.username !== session.username)) {
+      return fail(res, 404, 'task_not_found', 'no such task');
+    }
+    res.json({ task: auditEntry(record, task) });
+  });
+
+  // The task list and the audit log: the example's record of each batch joined with its live state in the
+  // store. Operators see their own; viewers and admins everyone's.
+  // Sign-ins, sign-outs and cancels for the audit page: everyone's for admins and viewers, operators their own.
+  route('get', '/api/audit-events', {}, async (req, res, session) => {
+    const limit = Math.min(Math.max(Number(req.query.limit) || 50, 1), 200);
+    const events = await db.events({
+      limit,
+      ...(req.role === 'operator' ? { username: session.username } : {}),
+    });
+    res.json({ events });
+  });
+
+  route('get', '/api/tasks', {}, async (req, res, session) => {
+    const limit = Math.min(Math.max(Number(req.query.limit) || 20, 1), 200);
+    const before = Number(req.query.before);
+    const mine = req.query.scope === 'mine' || req.role === 'operator';
+    const cluster =
+      typeof req.query.cluster === 'string' && req.query.cluster !== '' ? req.query.cluster : undefined;
+    const records = await db.tasks({
+      limit,
+      ...(mine ? { username: session.username } : {}),
+      ...(cluster === undefined ? {} : { cluster }),
+      ...(Number.isFinite(before) && before > 0 ? { before } : {}),
+    });
+    const tasks = await Promise.all(records.map((r) => store.getTask(r.taskId)));
+    res.json({
+      tasks: records.map((record, i) => auditEntry(record, tasks[i])),
+    });
+  });
+  // The Finishline HTTP API (snapshots, events after a seq, the user's own recent tasks, cancel). Cancel is
+  // state-changing: it needs the CSRF token like the rest.
+  const progressHttp = progress.httpHandler({ basePath: '/progress' });
+  app.use('/progress', (req: Authed, res: Response, next: NextFunction) => {
+    if (req.method === 'GET' || req.method === 'HEAD') return next();
+    requireSession(req, res, () =>
+      requireCsrf(req, res, () => {
+        // A cancel the library accepted goes to the audit log (who cancelled which task).
+        const cancel = /^\/tasks\/([^/]+)\/cancel$/.exec(req.path);
+        const session = req.session;
+        if (cancel?.[1] !== undefined && session !== undefined) {
+          const taskId = decodeURIComponent(cancel[1]);
+          res.once('finish', () => {
+            if (res.statusCode < 300) void audit({ username: session.username, action: 'cancel', taskId });
+          });
+        }
+        next();
+      }),
+    );
+  });
+  app.use((req: Request, res: Response, next: NextFunction) => progressHttp(req, res, next));
+}
+
+/** One row of the task list / audit log. */
+function auditEntry(record: TaskRecord, task: Task | undefined): TaskEntry {
+  return {
+    id: record.taskId,
+    cluster: record.cluster,
+    username: record.username,
+    operation: record.operation,
+    nodes: record.nodes,
+    parentTaskId: record.parentTaskId,
+    relation: record.relation,
+    createdAt: record.createdAt,
+    task:
+      task === undefined
+        ? null
+        : {
+            status: task.status,
+            kind: task.kind,
+            message: task.message,
+            total: task.total,
+            done: task.done,
+            succeeded: task.succeeded,
+            failed: task.failed,
+            error: task.error,
+            finishedAt: task.finishedAt,
+          },
+  };
+}

@@ -1,0 +1,55 @@
+/** The page's one way to call the server: every answer handled, JSON or not. */
+import { state } from './state.js';
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Calls the API. Every answer is handled, JSON or not: a proxy's `502 bad gateway` in plain text becomes
+ * "the server is unavailable (HTTP 502: bad gateway)", never a JSON parse error.
+ */
+export async function api<T>(path: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
+  let response: Response;
+  try {
+    response = await fetch(path, {
+      method: init.method ?? 'GET',
+      credentials: 'same-origin',
+      headers:
+        init.body === undefined
+          ? {}
+          : { 'content-type': 'application/json', 'x-csrf-token': state.csrfToken },
+      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body) }),
+    });
+  } catch {
+    throw new ApiError(0, 'network', 'the server cannot be reached (network error); try again');
+  }
+  const text = await response.text().catch(() => '');
+  let body: unknown;
+  try {
+    body = text === '' ? {} : JSON.parse(text);
+  } catch {
+    body = undefined;
+  }
+  if (!response.ok) {
+    const error = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+    if (typeof error?.message === 'string') {
+      throw new ApiError(response.status, String(error.code ?? 'error'), error.message);
+    }
+    const snippet = text.replace(/\s+/g, ' ').trim().slice(0, 80);
+    const what = response.status >= 500 ? 'the server is unavailable' : 'the request was refused';
+    throw new ApiError(
+      response.status,
+      'http',
+      `${what} (HTTP ${response.status}${snippet ? `: ${snippet}` : ''}); try again`,
+    );
+  }
+  if (body === undefined) throw new ApiError(response.status, 'http', 'the server sent an unreadable answer');
+  return body as T;
+}

@@ -1,0 +1,335 @@
+/** The progress dialog of one batch: live state, per-node results, final state in operator words, reruns. */
+import type { Watch, WatchState } from '@finishline/client';
+import type { TaskEntry } from '../shared/api-types.js';
+import { ApiError, api } from './api.js';
+import { client } from './connection.js';
+import { $, duration, el, plural } from './dom.js';
+import { loadNodes } from './nodes.js';
+import { AUTO_CLOSE_MS, canCancel, RUNNING_TASK_KEY, state } from './state.js';
+import { loadTasks } from './task-list.js';
+
+type ItemResult = { ok: boolean; error: string | null; detail?: unknown };
+
+export let watch: Watch | undefined;
+let unsubscribe: (() => void) | undefined;
+let closeTimer: ReturnType<typeof setTimeout> | undefined;
+let elapsedTimer: ReturnType<typeof setInterval> | undefined;
+let entry: TaskEntry | null = null;
+let lastState: WatchState | null = null;
+const results = new Map<string, ItemResult>();
+
+export function openProgress(taskId: string): void {
+  closeProgressWatch();
+  results.clear();
+  entry = null;
+  lastState = null;
+  sessionStorage.setItem(RUNNING_TASK_KEY, taskId);
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  dialog.dataset.taskId = taskId;
+  dialog.dataset.state = 'running';
+  $('#progress-title').textContent = 'Batch operation';
+  $('#progress-status').textContent = 'Starting…';
+  $('#progress-status').className = '';
+  $('#progress-explain').hidden = true;
+  $('#progress-link').hidden = true;
+  $('#progress-count').textContent = '…';
+  $('#progress-current').textContent = '';
+  $('#progress-rate').textContent = '—';
+  $('#progress-eta').textContent = '—';
+  $('#progress-elapsed').textContent = '—';
+  $<HTMLButtonElement>('#progress-cancel').hidden = true;
+  $<HTMLButtonElement>('#progress-retry').hidden = true;
+  $<HTMLButtonElement>('#progress-resume').hidden = true;
+  loadProblems.clear();
+  renderLoadProblems();
+  $('#progress-rerun-error').hidden = true;
+  renderResults();
+  if (!dialog.open) dialog.showModal();
+
+  const w = client.watch(taskId);
+  watch = w;
+  void loadEntry(w, taskId);
+  void loadHistory(w, taskId);
+  w.on('item', (event) => {
+    results.set(event.item.key, event.item);
+    renderResults();
+  });
+  unsubscribe = w.subscribe(() => renderState(w.getSnapshot()));
+  renderState(w.getSnapshot());
+  elapsedTimer = setInterval(renderElapsed, 1000);
+  w.done.then(
+    (snap) => finished(w, snap),
+    (error: unknown) => {
+      if (watch !== w) return;
+      $('#progress-status').textContent = `Lost track of the task: ${(error as Error).message}`;
+      $('#progress-status').className = 'failed';
+      dialog.dataset.state = 'error';
+      sessionStorage.removeItem(RUNNING_TASK_KEY);
+    },
+  );
+}
+
+/** Reads of the open dialog that are failing (what → why), shown together in `#progress-load-warning`. */
+const loadProblems = new Map<string, string>();
+
+function renderLoadProblems(): void {
+  const box = $('#progress-load-warning');
+  box.hidden = loadProblems.size === 0;
+  box.textContent = [...loadProblems.values()].join(' ');
+}
+
+/** Retries a read with a growing pause, showing why meanwhile; gives up after `attempts`. */
+async function withRetry<T>(w: Watch, what: string, read: () => Promise<T>, attempts = 6): Promise<T | null> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const value = await read();
+      if (watch === w && loadProblems.delete(what)) renderLoadProblems();
+      return value;
+    } catch (error) {
+      if (watch !== w) return null;
+      if (
+        error instanceof ApiError &&
+        (error.status === 401 || error.status === 404 || error.status === 403)
+      ) {
+        throw error;
+      }
+      const last = attempt >= attempts;
+      loadProblems.set(
+        what,
+        `Could not load ${what}: ${(error as Error).message}${last ? '. Reopen the task to try again.' : '. Retrying…'}`,
+      );
+      renderLoadProblems();
+      if (last) return null;
+      await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** (attempt - 1), 8000)));
+      if (watch !== w) return null;
+    }
+  }
+}
+
+async function loadEntry(w: Watch, taskId: string): Promise<void> {
+  try {
+    const got = await withRetry(w, 'the task’s node list', () =>
+      api<{ task: TaskEntry }>(`/api/tasks/${encodeURIComponent(taskId)}`),
+    );
+    if (got === null || watch !== w) return;
+    entry = got.task;
+    if (entry.task?.message) $('#progress-title').textContent = entry.task.message;
+    if (entry.parentTaskId !== null) {
+      const link = $('#progress-link');
+      link.hidden = false;
+      link.textContent = `${entry.relation === 'retry_failed' ? 'Retry of the failed nodes' : 'Resumes the remaining nodes'} of task ${entry.parentTaskId.slice(0, 8)}`;
+    }
+    $<HTMLButtonElement>('#progress-cancel').hidden = !(
+      canCancel(entry.username) && !w.getSnapshot().finished
+    );
+    renderResults();
+    renderElapsed();
+    if (lastState?.finished) finished(w, lastState);
+  } catch (error) {
+    if (watch === w) {
+      loadProblems.set('entry', (error as Error).message);
+      renderLoadProblems();
+    }
+  }
+}
+
+/** Items finished before this page (or before a reload) come from the HTTP API; later ones from the socket. */
+async function loadHistory(w: Watch, taskId: string): Promise<void> {
+  let after = 0;
+  for (;;) {
+    const page = await withRetry(w, 'the nodes finished before this page opened', () =>
+      api<{
+        events: { seq: number; type: string; item?: { key: string; ok: boolean; error: string | null } }[];
+      }>(`/progress/tasks/${encodeURIComponent(taskId)}/events?afterSeq=${after}&limit=1000`),
+    ).catch(() => null);
+    if (page === null || watch !== w) return;
+    for (const event of page.events) if (event.item) results.set(event.item.key, event.item);
+    renderResults();
+    if (page.events.length < 1000) return;
+    after = page.events[page.events.length - 1]?.seq ?? after;
+  }
+}
+
+function renderElapsed(): void {
+  if (entry === null) return;
+  const end = lastState?.finishedAt ?? entry.task?.finishedAt ?? (lastState?.finished ? Date.now() : null);
+  $('#progress-elapsed').textContent = duration((end ?? Date.now()) - entry.createdAt);
+}
+
+function renderState(snap: WatchState): void {
+  lastState = snap;
+  // No progress yet: the first snapshot has not arrived.
+  if (snap.progress === null) return;
+  const { done, total, current } = snap.progress;
+  $<HTMLProgressElement>('#progress-bar').value = snap.fraction ?? 0;
+  $('#progress-count').textContent = `${done} / ${total ?? '?'}`;
+  $('#progress-current').textContent = snap.finished ? '' : current ? ` · processing ${current}` : '';
+  $('#progress-rate').textContent =
+    snap.rate === null ? '—' : `${snap.rate.toFixed(snap.rate < 10 ? 1 : 0)} nodes/s`;
+  $('#progress-eta').textContent = snap.finished ? 'done' : snap.eta === null ? '—' : duration(snap.eta);
+  if (!snap.finished) {
+    $('#progress-status').textContent = `Running… ${Math.round((snap.fraction ?? 0) * 100)}%`;
+  }
+  renderElapsed();
+}
+
+/** Nodes of the batch without a result yet: pending while it runs, not changed once it ended. */
+function untouched(): string[] {
+  return (entry?.nodes ?? []).filter((n) => !results.has(n));
+}
+
+function renderResults(): void {
+  const ok = [...results]
+    .filter(([, r]) => r.ok)
+    .map(([key]) => key)
+    .sort();
+  const failed = [...results].filter(([, r]) => !r.ok).sort(([a], [b]) => a.localeCompare(b));
+  $('#ok-count').textContent = String(ok.length);
+  $('#fail-count').textContent = String(failed.length);
+  $('#ok-list').replaceChildren(
+    ...ok.map((key) => {
+      // A drained node says what moved: "worker-3 · 3 pods evicted, 2 DaemonSet pods left".
+      const detail = results.get(key)?.detail as { evicted?: unknown; skipped?: unknown } | null | undefined;
+      const evicted = Array.isArray(detail?.evicted) ? detail.evicted : null;
+      const skipped = Array.isArray(detail?.skipped) ? detail.skipped : [];
+      return evicted === null
+        ? el('li', { 'data-node': key }, key)
+        : el(
+            'li',
+            { 'data-node': key, title: evicted.join('\n') },
+            key,
+            el(
+              'small',
+              {},
+              ` · ${plural(evicted.length, 'pod')} evicted, ${plural(skipped.length, 'DaemonSet pod')} left`,
+            ),
+          );
+    }),
+  );
+  $('#fail-list').replaceChildren(
+    ...failed.map(([key, r]) => el('li', { 'data-node': key }, key, el('small', {}, r.error ?? 'failed'))),
+  );
+  const pending = untouched();
+  const ended = lastState?.finished === true;
+  $('#pending-title').textContent = ended ? 'Not changed' : 'Pending';
+  // A finished batch that reached every node has nothing to list here.
+  ($('#pending-list').parentElement as HTMLElement).hidden = ended && entry !== null && pending.length === 0;
+  $('#pending-count').textContent = entry === null ? '…' : String(pending.length);
+  const current = lastState?.progress?.current ?? null;
+  $('#pending-list').replaceChildren(
+    ...pending.map((key) =>
+      el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
+    ),
+  );
+}
+
+function finished(w: Watch, snap: WatchState): void {
+  if (watch !== w) return;
+  lastState = snap;
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  const status = $('#progress-status');
+  const explain = $('#progress-explain');
+  renderState(snap);
+  renderResults();
+  $<HTMLButtonElement>('#progress-cancel').hidden = true;
+  const failures = snap.progress?.failed ?? 0;
+  const left = entry === null ? null : untouched();
+  const leftText =
+    left === null
+      ? ''
+      : left.length === 0
+        ? ' Every node was processed.'
+        : ` ${plural(left.length, 'node was', 'nodes were')} not changed: ${left.join(', ')}.`;
+  explain.hidden = true;
+  if (snap.status === 'completed' && failures === 0) {
+    status.textContent = 'batch operation complete';
+    status.className = 'complete';
+    dialog.dataset.state = 'complete';
+    sessionStorage.removeItem(RUNNING_TASK_KEY);
+    closeTimer = setTimeout(() => closeProgress(), AUTO_CLOSE_MS);
+  } else {
+    const state2 = snap.status === 'completed' ? 'partial' : snap.status;
+    dialog.dataset.state = state2;
+    status.className = state2 === 'partial' || state2 === 'cancelled' ? 'partial' : 'failed';
+    if (snap.status === 'completed') {
+      status.textContent = `completed, ${failures} failed`;
+      explain.textContent = `${plural(failures, 'node')} could not be changed; the reasons are listed below. The others were changed.`;
+    } else if (snap.status === 'interrupted') {
+      status.textContent = 'interrupted: the server running this job stopped';
+      explain.textContent = `The server process running this batch stopped before it finished (it crashed, was restarted or lost its database), so no one is changing these nodes any more.${leftText}`;
+    } else if (snap.status === 'cancelled') {
+      status.textContent = 'cancelled';
+      explain.textContent = `The batch was cancelled${snap.error?.message ? ` (${snap.error.message})` : ''}.${leftText}`;
+    } else {
+      status.textContent = `batch operation ${snap.status}`;
+      explain.textContent = `${snap.error?.code === 'all_items_failed' ? 'No node could be changed; the reasons are listed below.' : (snap.error?.message ?? '')}${left !== null && left.length > 0 ? leftText : ''}`;
+    }
+    explain.hidden = false;
+    explain.dataset.detail = snap.error?.message ?? '';
+    explain.title = snap.error ? `${snap.error.code}: ${snap.error.message}` : '';
+    const mayRerun = entry !== null && canCancel(entry.username) && state.me.role !== 'viewer';
+    const retry = $<HTMLButtonElement>('#progress-retry');
+    retry.hidden = !(mayRerun && failures > 0);
+    retry.textContent = `Retry failed (${failures})`;
+    const resume = $<HTMLButtonElement>('#progress-resume');
+    resume.hidden = !(mayRerun && left !== null && left.length > 0);
+    resume.textContent = `Resume remaining (${left?.length ?? 0})`;
+  }
+  void loadTasks();
+  // Not debounced away by a read already scheduled before the end: the locks and results must show now.
+  setTimeout(() => void loadNodes(), 300);
+}
+
+function closeProgressWatch(): void {
+  if (closeTimer !== undefined) clearTimeout(closeTimer);
+  closeTimer = undefined;
+  if (elapsedTimer !== undefined) clearInterval(elapsedTimer);
+  elapsedTimer = undefined;
+  unsubscribe?.();
+  unsubscribe = undefined;
+  watch?.close();
+  watch = undefined;
+}
+
+function closeProgress(): void {
+  closeProgressWatch();
+  sessionStorage.removeItem(RUNNING_TASK_KEY);
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  dialog.dataset.state = 'closed';
+  dialog.close();
+}
+
+async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
+  const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;
+  if (id === undefined) return;
+  try {
+    const started = await api<{ taskId: string }>(`/api/tasks/${encodeURIComponent(id)}/rerun`, {
+      method: 'POST',
+      body: { mode },
+    });
+    openProgress(started.taskId);
+    void loadTasks();
+  } catch (error) {
+    const box = $('#progress-rerun-error');
+    box.hidden = false;
+    box.textContent = (error as Error).message;
+  }
+}
+
+$('#progress-close').addEventListener('click', closeProgress);
+$('#progress-retry').addEventListener('click', () => void rerun('retry_failed'));
+$('#progress-resume').addEventListener('click', () => void rerun('resume_remaining'));
+$<HTMLDialogElement>('#progress-dialog').addEventListener('cancel', (event) => {
+  event.preventDefault();
+  closeProgress();
+});
+$('#progress-cancel').addEventListener('click', async () => {
+  const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;
+  if (id === undefined) return;
+  await api(`/progress/tasks/${encodeURIComponent(id)}/cancel`, {
+    method: 'POST',
+    body: { reason: `cancelled by ${state.me.username}` },
+  }).catch((error: unknown) => {
+    $('#progress-status').textContent = (error as Error).message;
+  });
+});

@@ -1,0 +1,144 @@
+/** "Recent tasks": the list, kept live by watching its running tasks and by re-reading it. */
+import type { Watch, WatchState } from '@finishline/client';
+import type { TaskEntry, TaskState } from '../shared/api-types.js';
+import { ApiError, api } from './api.js';
+import { client } from './connection.js';
+import { $, ago, el, statusLabel } from './dom.js';
+import { showLogin } from './main.js';
+import { clusterQuery, loadNodes, refreshNodesSoon } from './nodes.js';
+import { openProgress } from './progress-dialog.js';
+import { MAX_LIVE_WATCHES, NODE_POLL_MS, state, TASK_LIST_POLL_MS } from './state.js';
+
+/**
+ * The list is live by two means (see the README, "Live task list and node table"): each running task in
+ * it is watched over the page's one socket (gap-free, and its final state always arrives), and the list
+ * itself is re-read every few seconds and after a reconnect, for batches started elsewhere.
+ */
+const liveWatches = new Map<string, { watch: Watch; off: () => void }>();
+export let tasks: TaskEntry[] = [];
+
+export async function loadTasks(): Promise<void> {
+  const scope = state.me.role === 'operator' ? 'mine' : 'all';
+  const cluster = state.cluster;
+  try {
+    const read = (await api<{ tasks: TaskEntry[] }>(`/api/tasks?scope=${scope}&limit=15&${clusterQuery()}`))
+      .tasks;
+    // The picker moved on while this was read: that list belongs to the other cluster.
+    if (cluster !== state.cluster) return;
+    tasks = read;
+    $('#tasks-error').textContent = '';
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return showLogin();
+    $('#tasks-error').textContent = `Could not load tasks: ${(error as Error).message}`;
+    return;
+  }
+  $('#tasks-live').textContent = scope === 'all' ? '(everyone’s, live)' : '(live)';
+  const running = new Set(
+    tasks
+      .filter((t) => t.task?.status === 'running')
+      .slice(0, MAX_LIVE_WATCHES)
+      .map((t) => t.id),
+  );
+  for (const [id, live] of liveWatches) {
+    if (!running.has(id)) {
+      live.off();
+      live.watch.close();
+      liveWatches.delete(id);
+    }
+  }
+  for (const id of running) {
+    if (liveWatches.has(id)) continue;
+    const w = client.watch(id);
+    const offState = w.subscribe(() => updateTaskRow(id, w.getSnapshot()));
+    const onItem = () => refreshNodesSoon();
+    w.on('item', onItem);
+    w.done.then(
+      () => {
+        void loadTasks();
+        refreshNodesSoon();
+      },
+      () => undefined,
+    );
+    liveWatches.set(id, {
+      watch: w,
+      off: () => {
+        offState();
+        w.off('item', onItem);
+      },
+    });
+  }
+  renderTasks();
+  for (const [id, live] of liveWatches) updateTaskRow(id, live.watch.getSnapshot());
+}
+
+function describeEntry(t: TaskEntry): string {
+  const what = t.task?.message ?? String(t.operation.type);
+  const by = t.username === state.me.username ? '' : ` — ${t.username}`;
+  const link =
+    t.parentTaskId === null
+      ? ''
+      : ` (${t.relation === 'retry_failed' ? 'retry' : 'resume'} of ${t.parentTaskId.slice(0, 8)})`;
+  return `${what}${link}${by}`;
+}
+
+export function resultText(task: TaskState | null): string {
+  if (task === null) return '—';
+  if (task.status === 'running') return `${task.done} / ${task.total ?? '?'}`;
+  return `${task.succeeded} ok${task.failed ? `, ${task.failed} failed` : ''}${task.status === 'interrupted' ? `, ${(task.total ?? 0) - task.done} not changed` : ''}`;
+}
+
+function renderTasks(): void {
+  $('#tasks tbody').replaceChildren(
+    ...tasks.map((t) => {
+      const open = el('button', { type: 'button' }, t.task?.status === 'running' ? 'Watch' : 'Details');
+      open.addEventListener('click', () => openProgress(t.id));
+      const label = statusLabel(t.task);
+      return el(
+        'tr',
+        { 'data-task': t.id },
+        el('td', { title: new Date(t.createdAt).toLocaleString() }, ago(t.createdAt)),
+        el('td', {}, describeEntry(t)),
+        el('td', { class: `status ${label.cls}` }, label.text),
+        el('td', { class: 'result' }, resultText(t.task)),
+        el('td', {}, open),
+      );
+    }),
+  );
+}
+
+/** Moves one row forward from its watch (the list itself is not re-read for every item). */
+function updateTaskRow(id: string, snap: WatchState): void {
+  const t = tasks.find((x) => x.id === id);
+  if (t === undefined || t.task === null || snap.progress === null) return;
+  t.task = {
+    ...t.task,
+    status: snap.status,
+    done: snap.progress.done,
+    total: snap.progress.total,
+    succeeded: snap.progress.succeeded,
+    failed: snap.progress.failed,
+    error: snap.error,
+  };
+  const row = document.querySelector(`#tasks tr[data-task="${CSS.escape(id)}"]`);
+  if (row === null) return;
+  const label = statusLabel(t.task);
+  const statusCell = row.querySelector('td.status');
+  if (statusCell) {
+    statusCell.textContent = label.text;
+    statusCell.className = `status ${label.cls}`;
+  }
+  const resultCell = row.querySelector('td.result');
+  if (resultCell) resultCell.textContent = resultText(t.task);
+}
+
+let polling = false;
+export function startPolling(): void {
+  if (polling) return;
+  polling = true;
+  setInterval(() => {
+    if (document.visibilityState === 'visible') void loadTasks();
+  }, TASK_LIST_POLL_MS);
+  setInterval(() => {
+    if (document.visibilityState === 'visible') void loadNodes();
+  }, NODE_POLL_MS);
+}
