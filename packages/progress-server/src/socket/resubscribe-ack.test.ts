@@ -81,4 +81,26 @@ describe('acks across a resubscribe', () => {
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
     expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(2);
   });
+
+  // Found by the full chaos run (2 of 8,802 tasks checked, replicas restarted gracefully): an ack that
+  // crossed the server's close frame was dropped, and the client never sends it again.
+  it('records an ack that arrives after the server started closing the socket', async () => {
+    const env = await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
+    await task.item({ key: 'a', ok: true });
+    await task.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The client does not read the close frame yet, so its socket is still open for sending.
+    const socket = (client.ws as unknown as { _socket: import('node:net').Socket })._socket;
+    socket.pause();
+    const closed = env.server.close({ timeoutMs: 3000 });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    socket.resume();
+    await closed;
+    expect((await env.store.getTask(task.id))?.ackedSeq).toBe(2);
+  });
 });
