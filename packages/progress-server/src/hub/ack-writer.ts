@@ -67,11 +67,18 @@ export class AckWriter {
     this.#write(taskId, state);
   }
 
-  /** Waits for in-flight writes (at most until `deadline`, epoch ms of the real clock). */
+  /**
+   * Waits until every acknowledgement received so far is written (at most until `deadline`, epoch ms of
+   * the real clock). A write in flight may have a newer ack queued behind it, which starts when it lands:
+   * those are waited for too. (Waiting for the first round only let a graceful shutdown drop the queued
+   * one — the full chaos run found the terminal ack of a task lost that way.)
+   */
   async flush(deadline: number): Promise<void> {
-    const inFlight = [...this.#tasks.values()].flatMap((state) => (state.inFlight ? [state.inFlight] : []));
-    if (inFlight.length === 0) return;
-    await waitAtMost(Promise.allSettled(inFlight), deadline - Date.now());
+    for (;;) {
+      const inFlight = [...this.#tasks.values()].flatMap((state) => (state.inFlight ? [state.inFlight] : []));
+      if (inFlight.length === 0 || Date.now() >= deadline) return;
+      await waitAtMost(Promise.allSettled(inFlight), deadline - Date.now());
+    }
   }
 
   /** Stops writing and clears retry timers. */
