@@ -10,6 +10,7 @@
 import { createServer, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 
+let nextConnId = 1;
 const TERMINAL = new Set(['completed', 'failed', 'cancelled', 'interrupted']);
 /** Frames the balancer may tamper with: never the handshake's `hello` (that is a connect failure, not a lost frame). */
 const TAMPERABLE = new Set(['event', 'snapshot', 'heartbeat', 'pong', 'error']);
@@ -181,7 +182,7 @@ class Relay {
   opened = false;
   onClose = () => {};
   /** Shared with the acks it relayed, so the harness knows whether the connection outlived them. */
-  conn = { closedAt: undefined };
+  conn = { id: nextConnId++, closedAt: undefined, openedAt: Date.now() };
   #backend;
   #balancer;
   #client;
@@ -278,6 +279,17 @@ class Relay {
       }
     }
     const kind = message?.type;
+    // Every subscribe, unsubscribe and ack seen, for explaining a violation (chaos/run.mjs prints them).
+    if (message?.taskId !== undefined) {
+      balancer.onClientFrame?.({
+        type: kind,
+        taskId: message.taskId,
+        seq: message.seq ?? message.afterSeq,
+        at: Date.now(),
+        conn: this.conn,
+        backend: this.#backend,
+      });
+    }
     if (!CLIENT_TAMPERABLE.has(kind)) {
       this.#writeUp(bytes);
       return;

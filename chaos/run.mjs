@@ -237,6 +237,7 @@ class Replica {
   /** A rolling restart: SIGTERM, the replica closes gracefully (its tasks end honestly) and exits 0. */
   restartGracefully() {
     this.termIncarnation = this.incarnation;
+    this.terms = [...(this.terms ?? []), { at: Date.now(), incarnation: this.incarnation }];
     // As Kubernetes does with a terminating pod: out of the load balancer first, then SIGTERM.
     this.draining = true;
     updateBackends();
@@ -582,6 +583,8 @@ async function verifyTask(task) {
 // Faults, each on its own bounded loop.
 const ackLog = [];
 balancer.onAck = (ack) => ackLog.push(ack);
+const clientFrameLog = [];
+balancer.onClientFrame = (frame) => clientFrameLog.push(frame);
 
 async function faultLoop(everyMs, inject) {
   if (everyMs <= 0) return;
@@ -693,7 +696,38 @@ for (const task of tasks) {
   const row = await store.getTask(task.id);
   ackChecked += 1;
   if (row.ackedSeq < acked)
-    violation('acknowledged seq lost', { taskId: task.id, acked, stored: row.ackedSeq });
+    violation('acknowledged seq lost', {
+      taskId: task.id,
+      acked,
+      stored: row.ackedSeq,
+      // What reached a replica, for the explanation: when, where, and how long the connection lived on.
+      acks: ackLog
+        .filter((ack) => ack.taskId === task.id)
+        .map((ack) => ({
+          seq: ack.seq,
+          backend: ack.backend,
+          conn: ack.conn.id ?? null,
+          openForMs: (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) - ack.at,
+        })),
+      // Replica deaths and graceful restarts after the first ack, relative to it (ms).
+      replicaEnds: replicas
+        .flatMap((r) => [
+          ...r.kills.map((k) => ({ backend: `r${r.index}#${k.incarnation}`, how: 'kill -9', at: k.at })),
+          ...(r.terms ?? []).map((k) => ({
+            backend: `r${r.index}#${k.incarnation}`,
+            how: 'SIGTERM',
+            at: k.at,
+          })),
+        ])
+        .filter((end) => ackLog.some((ack) => ack.taskId === task.id && ack.backend === end.backend))
+        .map((end) => `${end.backend} ${end.how} at ${end.at % 100000}`),
+      frames: clientFrameLog
+        .filter((frame) => frame.taskId === task.id)
+        .map(
+          (frame) =>
+            `${frame.at % 100000} ${frame.type}:${frame.seq} conn ${frame.conn.id} ${frame.backend} closes +${(frame.conn.closedAt ?? Number.POSITIVE_INFINITY) - frame.at}`,
+        ),
+    });
 }
 
 // Shut down: clients, then replicas gracefully (SIGTERM), the balancer, the store.
