@@ -4,7 +4,7 @@ import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
 import type { CursorStorage, StoredTask } from './cursor-storage.js';
 import { Timeout, type TimerSet } from './timers.js';
-import { WatchedTask } from './watch.js';
+import { WatchedTask } from './watched-task.js';
 
 /**
  * One task followed by the client: the protocol bookkeeping (cursor, epoch, acks, the resubscribe state,
