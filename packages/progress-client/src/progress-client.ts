@@ -6,6 +6,7 @@ import { EventEmitter } from 'eventemitter3';
 import { Connection } from './connection.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { readStoredTask } from './cursor-storage.js';
+import { FallbackStreams } from './fallback-streams.js';
 import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
@@ -65,11 +66,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #tasks = new Map<string, TaskSubscription>();
   readonly #ackTimer: Timeout;
   readonly #pageLife: PageLife | undefined;
-  /** Watches follow the fallback transport (SSE) instead of polling: task id → stop function. */
-  readonly #streams = new Map<string, () => void>();
-  #streaming = false;
-  /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
-  readonly #fallbackAcked = new Set<string>();
+  /** Watches follow the fallback transport (SSE) instead of polling while the socket cannot connect. */
+  readonly #fallback: FallbackStreams;
   /** The store epoch of the latest `hello` that carried one. */
   #epoch: string | undefined;
   #closed = false;
@@ -83,6 +81,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#o = resolveOptions(options);
     this.#timers = new TimerSet(this.#o.timers);
     this.#ackTimer = new Timeout(this.#timers);
+    this.#fallback = new FallbackStreams(this.#o, {
+      closed: () => this.#closed,
+      current: (task) => this.#tasks.get(task.taskId) === task,
+      onFrame: (frame) => this.#onFrame(frame),
+    });
     this.#http = this.#o.httpFallback?.attach({
       options: this.#o,
       timers: this.#timers,
@@ -144,8 +147,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#adoptEpoch(task);
       task.armWatchdog();
       this.#subscribe(task);
-      if (this.#streaming) this.#openStream(task);
-      if (this.#o.preferFallback) this.#startFallback();
+      if (this.#fallback.streaming) this.#fallback.open(task);
+      if (this.#o.preferFallback) this.#fallback.start(this.#tasks.values());
       else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
@@ -192,7 +195,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
     this.#http?.stop();
-    this.#stopFallback();
+    this.#fallback.stop();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
@@ -209,7 +212,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     return {
       onHello: (hello) => {
         this.#http?.stop();
-        this.#stopFallback();
+        this.#fallback.stop();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         for (const task of this.#tasks.values()) {
@@ -227,7 +230,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       },
       onUnreachable: () => {
         if (this.#o.fallbackTransport !== undefined) {
-          this.#startFallback();
+          this.#fallback.start(this.#tasks.values());
           return;
         }
         this.#http?.start();
@@ -386,53 +389,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       default:
         exhaustive(action);
     }
-  }
-
-  /** Follows every unfinished watch over the fallback transport until a socket says `hello`. */
-  #startFallback(): void {
-    this.#streaming = true;
-    for (const task of this.#tasks.values()) this.#openStream(task);
-  }
-
-  #stopFallback(): void {
-    this.#streaming = false;
-    for (const stop of [...this.#streams.values()]) stop();
-    this.#streams.clear();
-  }
-
-  #openStream(task: TaskSubscription): void {
-    const transport = this.#o.fallbackTransport;
-    if (transport === undefined || this.#closed || task.cursor.finished || this.#streams.has(task.taskId))
-      return;
-    const common = {
-      httpUrl: this.#o.httpUrl,
-      headers: this.#o.headers,
-      credential: async () => {
-        const token = this.#o.token;
-        return typeof token === 'function' ? await token() : token;
-      },
-      credentials: this.#o.httpCredentials,
-      taskId: task.taskId,
-    };
-    let stop: (() => void) | undefined;
-    const onEnd = () => {
-      if (this.#streams.get(task.taskId) === stop) this.#streams.delete(task.taskId);
-      if (task.cursor.finished && !this.#fallbackAcked.has(task.taskId)) {
-        this.#fallbackAcked.add(task.taskId);
-        transport.ack({ ...common, seq: task.cursor.seq });
-      }
-      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
-      if (this.#streaming && !task.cursor.finished && this.#tasks.get(task.taskId) === task) {
-        task.retryLater(this.#o.httpPollIntervalMs, () => this.#openStream(task));
-      }
-    };
-    stop = transport.follow({
-      ...common,
-      afterSeq: task.cursor.seq,
-      onFrame: (frame) => this.#onFrame(frame),
-      onEnd,
-    });
-    this.#streams.set(task.taskId, stop);
   }
 
   #onErrorFrame(frame: ErrorFrame): void {
