@@ -5,18 +5,20 @@ import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/inter
 import { EventEmitter } from 'eventemitter3';
 import { Connection } from './connection.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
+import { Acks } from './acks.js';
 import { readStoredTask } from './cursor-storage.js';
 import { FallbackStreams } from './fallback-streams.js';
 import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
 import { FATAL_TASK_ERRORS, type StuckAction, TaskSubscription } from './task-subscription.js';
-import { Timeout, TimerSet } from './timers.js';
+import { TimerSet } from './timers.js';
 import { Watch, type WatchOptions } from './watch.js';
 
 /**
- * The client: one socket shared by every watch, the protocol (subscribe, resume, resync, acks), and the
- * fallbacks that make sure every watch sees its task's final state.
+ * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
+ * `acks.ts`), and the fallbacks that make sure every watch sees its task's final state (the fallback
+ * transport's streams in `fallback-streams.ts`).
  *
  * @module
  */
@@ -64,7 +66,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #http: HttpFallbackRuntime | undefined;
   readonly #abort = new AbortController();
   readonly #tasks = new Map<string, TaskSubscription>();
-  readonly #ackTimer: Timeout;
+  readonly #acks: Acks;
   readonly #pageLife: PageLife | undefined;
   /** Watches follow the fallback transport (SSE) instead of polling while the socket cannot connect. */
   readonly #fallback: FallbackStreams;
@@ -80,7 +82,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     super();
     this.#o = resolveOptions(options);
     this.#timers = new TimerSet(this.#o.timers);
-    this.#ackTimer = new Timeout(this.#timers);
+    this.#acks = new Acks(
+      this.#o,
+      this.#timers,
+      (frame) => this.#connection.send(frame),
+      () => this.#tasks.values(),
+    );
     this.#fallback = new FallbackStreams(this.#o, {
       closed: () => this.#closed,
       current: (task) => this.#tasks.get(task.taskId) === task,
@@ -186,7 +193,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
    */
   close(): Promise<void> {
     if (this.#closing === undefined) {
-      for (const task of this.#tasks.values()) this.#flushAck(task);
+      for (const task of this.#tasks.values()) this.#acks.flush(task);
       this.#closing = this.#shutdown(new ProgressError(ErrorCode.Closed, 'ProgressClient was closed'), false);
     }
     return this.#closing;
@@ -218,7 +225,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         for (const task of this.#tasks.values()) {
           this.#adoptEpoch(task);
           this.#subscribe(task);
-          this.#flushAck(task);
+          this.#acks.flush(task);
         }
       },
       onFrame: (frame) => this.#onFrame(frame),
@@ -289,16 +296,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         return;
       }
       case 'heartbeat':
-        for (const task of this.#tasks.values()) {
-          if (task.cursor.finished || task.socketDone) continue;
-          const latest = frame.seqs[task.taskId];
-          if (latest === undefined) {
-            // The server does not (or no longer) follow this task for us: subscribe again, unless a
-            // subscribe just went out and the heartbeat crossed it.
-            if (task.subscribeOlderThan(this.#o.behindGraceMs)) this.#subscribe(task);
-          } else if (task.cursor.isBehind(latest))
-            task.behind(latest, this.#o.behindGraceMs, () => this.#resync(task));
-        }
+        // (Each task's `resync` is its subscribe: the heartbeat is ignored for a finished cursor.)
+        for (const task of this.#tasks.values())
+          task.heartbeat(frame.seqs[task.taskId], this.#o.behindGraceMs, () => this.#resync(task));
         return;
       case 'error':
         this.#onErrorFrame(frame);
@@ -316,7 +316,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (result.duplicate && terminal && task.cursor.finished) {
       // The server re-sends a terminal event until it hears an ack: the previous ack may have been lost.
       this.#connection.send({ type: 'ack', taskId: task.taskId, seq: task.cursor.seq });
-    } else if (first) this.#scheduleAck(task);
+    } else if (first) this.#acks.schedule(task);
   }
 
   #apply(task: TaskSubscription, result: ApplyResult): void {
@@ -326,17 +326,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.task.deliver(result.delivered, task.cursor.view);
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
     task.armWatchdog();
-    this.#scheduleAck(task);
-  }
-
-  /** Terminal acks go at once (the server re-sends the terminal event until it hears one); others coalesce. */
-  #scheduleAck(task: TaskSubscription): void {
-    if (task.ackDue(this.#o.ackEvery)) this.#flushAck(task);
-    else if (!this.#ackTimer.pending) {
-      this.#ackTimer.set(this.#o.ackDelayMs, () => {
-        for (const each of this.#tasks.values()) this.#flushAck(each);
-      });
-    }
+    this.#acks.schedule(task);
   }
 
   #subscribe(task: TaskSubscription): void {
@@ -354,22 +344,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   /** Seqs of another epoch mean nothing in this one: such a cursor starts over before it subscribes. */
   #adoptEpoch(task: TaskSubscription): void {
     if (this.#epoch !== undefined) task.adoptEpoch(this.#epoch);
-  }
-
-  /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
-  #flushAck(task: TaskSubscription): void {
-    const storage = this.#o.storage;
-    if (storage !== undefined) task.save(storage);
-    const seq = task.ackable();
-    if (seq !== undefined) {
-      if (!this.#connection.send({ type: 'ack', taskId: task.taskId, seq })) return;
-      task.acked(seq);
-    }
-    if (task.readyToUnsubscribe) {
-      this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
-      task.done();
-      storage?.remove(task.taskId);
-    }
   }
 
   /** The 100% watchdog of `task` fired: take its next step. */
@@ -424,7 +398,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #release(task: TaskSubscription, watch: Watch): void {
     task.task.handles.delete(watch);
     if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
-    this.#flushAck(task);
+    this.#acks.flush(task);
     this.#tasks.delete(task.taskId);
     task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
