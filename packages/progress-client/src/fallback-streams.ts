@@ -55,7 +55,12 @@ export class FallbackStreams {
   /** Opens the stream of one watch, unless it has one, is finished, or there is no fallback transport. */
   open(task: TaskSubscription): void {
     const transport = this.#o.fallbackTransport;
-    if (transport === undefined || this.#host.closed() || task.cursor.finished || this.#streams.has(task.taskId))
+    if (
+      transport === undefined ||
+      this.#host.closed() ||
+      task.cursor.finished ||
+      this.#streams.has(task.taskId)
+    )
       return;
     const common = {
       httpUrl: this.#o.httpUrl,
