@@ -1,4 +1,4 @@
-import type { ClientFrame, HelloFrame, ServerFrame } from '@finishline/core';
+import type { ClientFrame } from '@finishline/core';
 import {
   CloseCode,
   ErrorCode,
@@ -8,58 +8,28 @@ import {
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
-import { backoffDelayMs, decodeServerFrame, encodeFrame } from '@finishline/core/internal';
+import { decodeServerFrame, encodeFrame } from '@finishline/core/internal';
+import {
+  type AttemptFailure,
+  describeEarlyClose,
+  describeSocketError,
+  frameError,
+  unreachableError,
+} from './connect-errors.js';
+import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
+import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
+import { ReconnectPacing } from './reconnect-pacing.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**
- * The socket's lifecycle: lazy connect, authentication, the heartbeat watchdog, reconnects with
- * full-jitter backoff, and the fatal close codes that end it all.
+ * The socket's lifecycle: lazy connect, authentication, what ends a socket (its deadline in
+ * `liveness.ts`, a close, an expired credential) and what follows (a reconnect paced by
+ * `reconnect-pacing.ts`, or the fatal close codes that end it all). Why an attempt failed is worded in
+ * `connect-errors.ts`.
  *
  * @module
  */
-
-/**
- * The client's connection state:
- * - `idle`: no socket and none needed (no unfinished watch);
- * - `connecting`: the first socket is opening;
- * - `open`: the server said `hello`; watches are subscribed;
- * - `reconnecting`: the socket was lost; waiting for the backoff delay or opening a new one;
- * - `closed`: `close()` was called, or the server refused the client for good (a fatal close code).
- */
-export type ConnectionState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
-
-/** The payload of the client's `state` event. */
-export interface StateChange {
-  state: ConnectionState;
-  /** Why, for logs: `watch`, `hello`, `closed by server (1001)`, `heartbeat timeout`, … */
-  reason: string;
-  /** The close code of the socket that was lost, if any. */
-  closeCode?: number;
-  /** For `reconnecting` after a loss: the backoff delay before the next attempt. */
-  delayMs?: number;
-  /** For a fatal `closed`: the error every watch ended with. */
-  error?: ProgressError;
-}
-
-/** What the connection reports to its owner. @internal */
-export interface ConnectionHandler {
-  /** A socket is ready (after `hello`): subscribe. */
-  onHello(hello: HelloFrame): void;
-  /** Any frame but `hello`. */
-  onFrame(frame: ServerFrame): void;
-  /** The ready socket was lost; a reconnect follows if {@link wantsSocket}. */
-  onDown(): void;
-  /** The server closed with a fatal code: nothing will work with these credentials. */
-  onFatal(error: ProgressError): void;
-  /** Connection attempts keep failing: serve the watches over HTTP meanwhile. */
-  onUnreachable(): void;
-  onState(change: StateChange): void;
-  /** A recoverable problem (an invalid frame, a token provider that threw), for the `error` event. */
-  onError(error: ProgressError): void;
-  /** True while some watch needs a socket. */
-  wantsSocket(): boolean;
-}
 
 const OPEN = 1;
 /** Newest first: a server selects the newest it speaks, an older one still finds version 1. */
@@ -77,34 +47,17 @@ const FATAL_ERRORS: Readonly<Record<number, ErrorCode>> = {
 export class Connection {
   readonly #o: ResolvedOptions;
   readonly #handler: ConnectionHandler;
-  /**
-   * The one deadline of the current socket: the connect timeout, a ping's deadline, or the heartbeat
-   * watchdog. Set through {@link #deadline} (or cleared through {@link #noDeadline}), never directly,
-   * so `#watchingHeartbeat` stays true.
-   */
-  readonly #liveness: Timeout;
-  /** The deadline is the heartbeat watchdog, which frames push back through `#lastFrameAt`. */
-  #watchingHeartbeat = false;
-  /** When the ready socket last delivered a frame (clock ms). */
-  #lastFrameAt = 0;
+  /** The one deadline of the current socket: connect timeout, a ping's deadline, or heartbeat watchdog. */
+  readonly #liveness: Liveness;
   readonly #reconnect: Timeout;
+  readonly #pacing: ReconnectPacing;
   #socket: WebSocketLike | undefined;
   #ready = false;
   #state: ConnectionState = 'idle';
-  /** Reconnects since the last stable connection: the backoff exponent. */
-  #failures = 0;
-  /** The quick first retry was spent since the last stable connection (so flapping backs off). */
-  #quickRetryUsed = false;
-  /** The current socket's `hello` asked for this spread of the first retry after a loss. */
-  #serverFirstDelayMs = 0;
-  /** The socket that was just lost had said `hello`: its loss may be retried quickly. */
-  #lostReady = false;
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
   /** A socket was closed for an expired credential and no `hello` came since: the next one is fatal. */
   #retriedExpiredToken = false;
-  #readyAt = 0;
-  #heartbeatTimeoutMs = 0;
   /** The close code an upgrade refused with HTTP 401/403 stands for. */
   #refusedWith: number | undefined;
   /** Why the current attempt failed, as far as the WebSocket implementation tells. */
@@ -113,8 +66,9 @@ export class Connection {
   constructor(options: ResolvedOptions, timers: TimerSet, handler: ConnectionHandler) {
     this.#o = options;
     this.#handler = handler;
-    this.#liveness = new Timeout(timers);
+    this.#liveness = new Liveness(timers, options, () => this.#timeout('heartbeat timeout'));
     this.#reconnect = new Timeout(timers);
+    this.#pacing = new ReconnectPacing(options);
   }
 
   get state(): ConnectionState {
@@ -179,7 +133,7 @@ export class Connection {
     if (this.#state === 'closed' || this.#state === 'idle') return false;
     if (this.#ready) {
       this.send({ type: 'ping' });
-      this.#deadline(deadlineMs, () => {
+      this.#liveness.deadline(deadlineMs, () => {
         this.#drop(CloseCode.HeartbeatTimeout, `no answer after ${reason}`);
         this.#down();
         this.#connect(reason);
@@ -195,7 +149,7 @@ export class Connection {
     const socket = this.#socket;
     this.#socket = undefined;
     this.#ready = false;
-    this.#noDeadline();
+    this.#liveness.clear();
     this.#reconnect.clear();
     this.#setState({ state: 'closed', reason: 'client closed' });
     if (socket === undefined || socket.readyState === CLOSED) return Promise.resolve();
@@ -209,27 +163,6 @@ export class Connection {
       } catch {
         resolve();
       }
-    });
-  }
-
-  #deadline(delayMs: number, callback: () => void): void {
-    this.#watchingHeartbeat = false;
-    this.#liveness.set(delayMs, callback);
-  }
-
-  #noDeadline(): void {
-    this.#watchingHeartbeat = false;
-    this.#liveness.clear();
-  }
-
-  /** Fires `heartbeatTimeoutMs` after the latest frame, re-arming itself for what is left until then. */
-  #watchHeartbeat(delayMs: number): void {
-    this.#watchingHeartbeat = true;
-    this.#liveness.set(delayMs, () => {
-      this.#watchingHeartbeat = false;
-      const left = this.#lastFrameAt + this.#heartbeatTimeoutMs - this.#o.clock();
-      if (left > 0) this.#watchHeartbeat(left);
-      else this.#timeout('heartbeat timeout');
     });
   }
 
@@ -264,7 +197,7 @@ export class Connection {
     this.#socket = socket;
     this.#ready = false;
     this.#attemptFailure = undefined;
-    this.#deadline(this.#o.connectTimeoutMs, () => {
+    this.#liveness.deadline(this.#o.connectTimeoutMs, () => {
       this.#attemptFailure = {
         detail: `no hello from the server within connectTimeoutMs (${this.#o.connectTimeoutMs} ms)`,
       };
@@ -287,7 +220,7 @@ export class Connection {
       this.#attemptFailure = failure;
       // Node's built-in WebSocket (undici) may fire `error` without a `close` when the upgrade is
       // refused: without this the attempt would only end at connectTimeoutMs.
-      this.#deadline(0, () => this.#closed(socket, 1006, ''));
+      this.#liveness.deadline(0, () => this.#closed(socket, 1006, ''));
     };
   }
 
@@ -318,12 +251,8 @@ export class Connection {
 
   #message(socket: WebSocketLike, data: unknown): void {
     if (socket !== this.#socket) return;
-    if (this.#ready) {
-      // Every frame pushes the heartbeat deadline back: noted here, checked when the timer fires, so a
-      // busy socket costs no timer per frame. Any frame also answers a pending ping.
-      this.#lastFrameAt = this.#o.clock();
-      if (!this.#watchingHeartbeat) this.#watchHeartbeat(this.#heartbeatTimeoutMs);
-    }
+    // Every frame pushes the heartbeat deadline back (and answers a pending ping).
+    if (this.#ready) this.#liveness.frame();
     const decoded = decodeServerFrame(data);
     if (!decoded.ok) {
       const error = decoded.error;
@@ -334,11 +263,7 @@ export class Connection {
         this.#fatal(error, 'unsupported protocol', undefined);
         return;
       }
-      this.#handler.onError(
-        error.taskId === undefined && error.code === ErrorCode.InvalidFrame
-          ? new ProgressError(error.code, error.message, { cause: error, ...taskIdOf(data) })
-          : error,
-      );
+      this.#handler.onError(frameError(error, data));
       return;
     }
     const frame = decoded.frame;
@@ -348,14 +273,14 @@ export class Connection {
     }
     if (this.#ready) return;
     this.#ready = true;
-    this.#readyAt = this.#o.clock();
+    const now = this.#o.clock();
     this.#unreachable = 0;
     this.#retriedExpiredToken = false;
-    this.#serverFirstDelayMs = frame.reconnectDelayMs ?? 0;
-    this.#heartbeatTimeoutMs =
-      this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs;
-    this.#lastFrameAt = this.#readyAt;
-    this.#watchHeartbeat(this.#heartbeatTimeoutMs);
+    this.#pacing.ready(now, frame.reconnectDelayMs ?? 0);
+    this.#liveness.watch(
+      now,
+      this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs,
+    );
     this.#setState({ state: 'open', reason: `hello from ${frame.serverId}` });
     this.#handler.onHello(frame);
   }
@@ -369,16 +294,8 @@ export class Connection {
       this.#tokenExpired(why, code);
       return;
     }
-    if (!this.#ready && this.#attemptFailure === undefined) {
-      this.#attemptFailure = {
-        detail:
-          code === 1006
-            ? 'the socket closed (1006) before the server said hello; this WebSocket implementation does not ' +
-              'say why (browsers never do): check the scheme (ws:// for plain HTTP), host, port and path, and ' +
-              "the server's allowedOrigins"
-            : `the server closed the socket before its hello (${code}${reason === '' ? '' : `: ${reason}`})`,
-      };
-    }
+    if (!this.#ready && this.#attemptFailure === undefined)
+      this.#attemptFailure = describeEarlyClose(code, reason);
     const fatal = FATAL_ERRORS[code];
     if (fatal !== undefined && FATAL_CLOSE_CODES.has(code)) {
       this.#socket = undefined;
@@ -388,7 +305,7 @@ export class Connection {
       return;
     }
     // A client closed for flooding waits longer: the same pace would only get it closed again.
-    if (code === CloseCode.RateLimited) this.#failures += 2;
+    if (code === CloseCode.RateLimited) this.#pacing.slowDown();
     this.#lost(why, code);
   }
 
@@ -409,7 +326,7 @@ export class Connection {
     }
     this.#retriedExpiredToken = true;
     if (this.#ready) this.#down();
-    this.#noDeadline();
+    this.#liveness.clear();
     if (this.#state === 'closed') return;
     this.#setState({ state: 'reconnecting', reason: why, closeCode: code, delayMs: 0 }, true);
     this.#connect('token expired');
@@ -417,7 +334,7 @@ export class Connection {
 
   #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {
     this.#ready = false;
-    this.#noDeadline();
+    this.#liveness.clear();
     this.#setState({ state: 'closed', reason, error, ...(closeCode === undefined ? {} : { closeCode }) });
     this.#handler.onFatal(error);
   }
@@ -448,24 +365,19 @@ export class Connection {
   #down(): void {
     if (!this.#ready) return;
     this.#ready = false;
-    this.#noDeadline();
-    // A connection that stayed up long enough proves the server healthy: start the backoff over.
-    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) {
-      this.#failures = 0;
-      this.#quickRetryUsed = false;
-    }
-    this.#lostReady = true;
+    this.#liveness.clear();
+    this.#pacing.down();
     this.#handler.onDown();
   }
 
   /** The current socket is gone (or never opened): schedule the next attempt. */
   #lost(reason: string, closeCode: number | undefined): void {
     this.#socket = undefined;
+    // The loss of a ready socket may be retried quickly; a failed attempt counts towards HTTP and the error.
     const attemptFailed = !this.#ready;
-    this.#lostReady = false;
     if (this.#ready) this.#down();
     else this.#unreachable++;
-    this.#noDeadline();
+    this.#liveness.clear();
     const failure = this.#attemptFailure ?? { detail: reason };
     this.#attemptFailure = undefined;
     if (this.#state === 'closed') return;
@@ -475,118 +387,15 @@ export class Connection {
     }
     const threshold = this.#o.httpFallbackAfterAttempts;
     if (threshold > 0 && this.#unreachable >= threshold) this.#handler.onUnreachable();
-    const delayMs = this.#nextDelayMs();
+    const delayMs = this.#pacing.nextDelayMs(!attemptFailed);
     const errorAfter = this.#o.errorAfterAttempts;
     if (attemptFailed && errorAfter > 0 && this.#unreachable >= errorAfter) {
-      this.#handler.onError(
-        new ProgressError(
-          ErrorCode.Unreachable,
-          `ProgressClient: cannot connect to ${this.#o.url} (${this.#unreachable} failed attempts in a row): ` +
-            `${failure.detail}. Retrying in ${Math.round(delayMs)} ms.`,
-          failure.cause === undefined ? {} : { cause: failure.cause },
-        ),
-      );
+      this.#handler.onError(unreachableError(this.#o.url, this.#unreachable, failure, delayMs));
     }
     this.#setState(
       { state: 'reconnecting', reason, ...(closeCode === undefined ? {} : { closeCode }), delayMs },
       true,
     );
     this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
-  }
-
-  /**
-   * The first loss of a healthy connection is retried at once, within a small jitter (the server's hint
-   * when it asks for more, so a replica's whole crowd does not land in the same instant); the
-   * exponential backoff only grows over attempts that failed (or connections that did not stay up).
-   */
-  #nextDelayMs(): number {
-    if (this.#lostReady && this.#failures === 0 && !this.#quickRetryUsed) {
-      this.#quickRetryUsed = true;
-      const ceiling = Math.min(
-        this.#o.reconnect.maxDelayMs,
-        Math.max(this.#o.reconnectFirstDelayMs, this.#serverFirstDelayMs),
-      );
-      return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
-    }
-    const delayMs = backoffDelayMs(this.#failures, this.#o.reconnect, this.#o.random);
-    this.#failures++;
-    return delayMs;
-  }
-}
-
-/** Why one connection attempt failed. */
-interface AttemptFailure {
-  /** For the error message: what happened and, where it can be told, what to check. */
-  detail: string;
-  /** The HTTP status a refused upgrade was answered with. */
-  status?: number;
-  /** The WebSocket implementation's own error. */
-  cause?: unknown;
-}
-
-/** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
-const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;
-
-/**
- * Reads what a WebSocket implementation says about a failed attempt: `ws` gives the HTTP status of a
- * refused upgrade in its message and the network error (with its `code`) in `error`; browsers and
- * Node's built-in WebSocket say nothing useful.
- */
-function describeSocketError(event: { message?: unknown; error?: unknown }): AttemptFailure {
-  const error = event?.error instanceof Error ? event.error : undefined;
-  const message = String(event?.message ?? error?.message ?? '');
-  const status = /Unexpected server response: (\d{3})\b/.exec(message)?.[1];
-  if (status !== undefined) {
-    const hint =
-      status === '404'
-        ? " (check the URL's path: it must be the server's `path`, /progress by default)"
-        : status === '403'
-          ? " (the Origin is not in the server's allowedOrigins: behind a dev proxy, add the page's origin)"
-          : status === '401'
-            ? ' (no valid credentials at the upgrade)'
-            : '';
-    return {
-      detail: `the server answered the WebSocket upgrade with HTTP ${status}${hint}`,
-      status: Number(status),
-      cause: error ?? new Error(message),
-    };
-  }
-  const code = (error as { code?: unknown } | undefined)?.code;
-  if (typeof code === 'string') {
-    if (code === 'ECONNREFUSED')
-      return {
-        detail: 'connection refused (ECONNREFUSED): nothing listens on that host and port',
-        cause: error,
-      };
-    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
-      return { detail: `DNS lookup failed (${code}): check the host name`, cause: error };
-    if (TLS_CODE.test(code))
-      return {
-        detail: `TLS handshake failed (${code}): a wss:// URL needs an HTTPS server; use ws:// (or a relative URL) for plain HTTP`,
-        cause: error,
-      };
-    return { detail: `network error (${code}): ${error?.message ?? ''}`, cause: error };
-  }
-  return {
-    detail:
-      message === ''
-        ? 'the WebSocket failed before the server said hello; this implementation does not say why ' +
-          "(browsers never do): check the scheme (ws:// for plain HTTP), host, port and path, and the server's allowedOrigins"
-        : `the WebSocket failed: ${message}`,
-    ...(error === undefined ? {} : { cause: error }),
-  };
-}
-
-/**
- * The task an undecodable frame was about, if it can be told, so the client can resync that task: the
- * lost frame may have been one of its events.
- */
-function taskIdOf(data: unknown): { taskId?: string } {
-  try {
-    const frame = JSON.parse(String(data)) as { event?: { taskId?: unknown }; task?: { id?: unknown } };
-    const taskId = frame.event?.taskId ?? frame.task?.id;
-    return typeof taskId === 'string' ? { taskId } : {};
-  } catch {
-    return {};
   }
 }

@@ -5,7 +5,7 @@
  * @packageDocumentation
  */
 
-export type { ConnectionState, StateChange } from './connection.js';
+export type { ConnectionState, StateChange } from './connection-state.js';
 export type { CursorStorage, WebStorageLike } from './cursor-storage.js';
 export { MemoryCursorStorage, sessionCursorStorage, WebStorageCursorStorage } from './cursor-storage.js';
 export type { HttpFallback } from './http-fallback.js';

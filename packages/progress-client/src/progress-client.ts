@@ -3,18 +3,22 @@ import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
-import { Connection, type ConnectionHandler, type ConnectionState, type StateChange } from './connection.js';
+import { Acks } from './acks.js';
+import { Connection } from './connection.js';
+import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { readStoredTask } from './cursor-storage.js';
+import { FallbackStreams } from './fallback-streams.js';
 import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
 import { FATAL_TASK_ERRORS, type StuckAction, TaskSubscription } from './task-subscription.js';
-import { Timeout, TimerSet } from './timers.js';
+import { TimerSet } from './timers.js';
 import { Watch, type WatchOptions } from './watch.js';
 
 /**
- * The client: one socket shared by every watch, the protocol (subscribe, resume, resync, acks), and the
- * fallbacks that make sure every watch sees its task's final state.
+ * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
+ * `acks.ts`), and the fallbacks that make sure every watch sees its task's final state (the fallback
+ * transport's streams in `fallback-streams.ts`).
  *
  * @module
  */
@@ -62,13 +66,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #http: HttpFallbackRuntime | undefined;
   readonly #abort = new AbortController();
   readonly #tasks = new Map<string, TaskSubscription>();
-  readonly #ackTimer: Timeout;
+  readonly #acks: Acks;
   readonly #pageLife: PageLife | undefined;
-  /** Watches follow the fallback transport (SSE) instead of polling: task id → stop function. */
-  readonly #streams = new Map<string, () => void>();
-  #streaming = false;
-  /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
-  readonly #fallbackAcked = new Set<string>();
+  /** Watches follow the fallback transport (SSE) instead of polling while the socket cannot connect. */
+  readonly #fallback: FallbackStreams;
   /** The store epoch of the latest `hello` that carried one. */
   #epoch: string | undefined;
   #closed = false;
@@ -81,7 +82,17 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     super();
     this.#o = resolveOptions(options);
     this.#timers = new TimerSet(this.#o.timers);
-    this.#ackTimer = new Timeout(this.#timers);
+    this.#acks = new Acks(
+      this.#o,
+      this.#timers,
+      (frame) => this.#connection.send(frame),
+      () => this.#tasks.values(),
+    );
+    this.#fallback = new FallbackStreams(this.#o, {
+      closed: () => this.#closed,
+      current: (task) => this.#tasks.get(task.taskId) === task,
+      onFrame: (frame) => this.#onFrame(frame),
+    });
     this.#http = this.#o.httpFallback?.attach({
       options: this.#o,
       timers: this.#timers,
@@ -143,8 +154,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#adoptEpoch(task);
       task.armWatchdog();
       this.#subscribe(task);
-      if (this.#streaming) this.#openStream(task);
-      if (this.#o.preferFallback) this.#startFallback();
+      if (this.#fallback.streaming) this.#fallback.open(task);
+      if (this.#o.preferFallback) this.#fallback.start(this.#tasks.values());
       else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
@@ -182,7 +193,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
    */
   close(): Promise<void> {
     if (this.#closing === undefined) {
-      for (const task of this.#tasks.values()) this.#flushAck(task);
+      for (const task of this.#tasks.values()) this.#acks.flush(task);
       this.#closing = this.#shutdown(new ProgressError(ErrorCode.Closed, 'ProgressClient was closed'), false);
     }
     return this.#closing;
@@ -191,7 +202,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
     this.#http?.stop();
-    this.#stopFallback();
+    this.#fallback.stop();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
@@ -208,13 +219,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     return {
       onHello: (hello) => {
         this.#http?.stop();
-        this.#stopFallback();
+        this.#fallback.stop();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         for (const task of this.#tasks.values()) {
           this.#adoptEpoch(task);
           this.#subscribe(task);
-          this.#flushAck(task);
+          this.#acks.flush(task);
         }
       },
       onFrame: (frame) => this.#onFrame(frame),
@@ -226,7 +237,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       },
       onUnreachable: () => {
         if (this.#o.fallbackTransport !== undefined) {
-          this.#startFallback();
+          this.#fallback.start(this.#tasks.values());
           return;
         }
         this.#http?.start();
@@ -285,16 +296,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         return;
       }
       case 'heartbeat':
-        for (const task of this.#tasks.values()) {
-          if (task.cursor.finished || task.socketDone) continue;
-          const latest = frame.seqs[task.taskId];
-          if (latest === undefined) {
-            // The server does not (or no longer) follow this task for us: subscribe again, unless a
-            // subscribe just went out and the heartbeat crossed it.
-            if (task.subscribeOlderThan(this.#o.behindGraceMs)) this.#subscribe(task);
-          } else if (task.cursor.isBehind(latest))
-            task.behind(latest, this.#o.behindGraceMs, () => this.#resync(task));
-        }
+        // (Each task's `resync` is its subscribe: the heartbeat is ignored for a finished cursor.)
+        for (const task of this.#tasks.values())
+          task.heartbeat(frame.seqs[task.taskId], this.#o.behindGraceMs, () => this.#resync(task));
         return;
       case 'error':
         this.#onErrorFrame(frame);
@@ -312,7 +316,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (result.duplicate && terminal && task.cursor.finished) {
       // The server re-sends a terminal event until it hears an ack: the previous ack may have been lost.
       this.#connection.send({ type: 'ack', taskId: task.taskId, seq: task.cursor.seq });
-    } else if (first) this.#scheduleAck(task);
+    } else if (first) this.#acks.schedule(task);
   }
 
   #apply(task: TaskSubscription, result: ApplyResult): void {
@@ -322,17 +326,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.task.deliver(result.delivered, task.cursor.view);
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
     task.armWatchdog();
-    this.#scheduleAck(task);
-  }
-
-  /** Terminal acks go at once (the server re-sends the terminal event until it hears one); others coalesce. */
-  #scheduleAck(task: TaskSubscription): void {
-    if (task.ackDue(this.#o.ackEvery)) this.#flushAck(task);
-    else if (!this.#ackTimer.pending) {
-      this.#ackTimer.set(this.#o.ackDelayMs, () => {
-        for (const each of this.#tasks.values()) this.#flushAck(each);
-      });
-    }
+    this.#acks.schedule(task);
   }
 
   #subscribe(task: TaskSubscription): void {
@@ -352,22 +346,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (this.#epoch !== undefined) task.adoptEpoch(this.#epoch);
   }
 
-  /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
-  #flushAck(task: TaskSubscription): void {
-    const storage = this.#o.storage;
-    if (storage !== undefined) task.save(storage);
-    const seq = task.ackable();
-    if (seq !== undefined) {
-      if (!this.#connection.send({ type: 'ack', taskId: task.taskId, seq })) return;
-      task.acked(seq);
-    }
-    if (task.readyToUnsubscribe) {
-      this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
-      task.done();
-      storage?.remove(task.taskId);
-    }
-  }
-
   /** The 100% watchdog of `task` fired: take its next step. */
   #stuck(task: TaskSubscription, action: StuckAction): void {
     switch (action) {
@@ -385,53 +363,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       default:
         exhaustive(action);
     }
-  }
-
-  /** Follows every unfinished watch over the fallback transport until a socket says `hello`. */
-  #startFallback(): void {
-    this.#streaming = true;
-    for (const task of this.#tasks.values()) this.#openStream(task);
-  }
-
-  #stopFallback(): void {
-    this.#streaming = false;
-    for (const stop of [...this.#streams.values()]) stop();
-    this.#streams.clear();
-  }
-
-  #openStream(task: TaskSubscription): void {
-    const transport = this.#o.fallbackTransport;
-    if (transport === undefined || this.#closed || task.cursor.finished || this.#streams.has(task.taskId))
-      return;
-    const common = {
-      httpUrl: this.#o.httpUrl,
-      headers: this.#o.headers,
-      credential: async () => {
-        const token = this.#o.token;
-        return typeof token === 'function' ? await token() : token;
-      },
-      credentials: this.#o.httpCredentials,
-      taskId: task.taskId,
-    };
-    let stop: (() => void) | undefined;
-    const onEnd = () => {
-      if (this.#streams.get(task.taskId) === stop) this.#streams.delete(task.taskId);
-      if (task.cursor.finished && !this.#fallbackAcked.has(task.taskId)) {
-        this.#fallbackAcked.add(task.taskId);
-        transport.ack({ ...common, seq: task.cursor.seq });
-      }
-      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
-      if (this.#streaming && !task.cursor.finished && this.#tasks.get(task.taskId) === task) {
-        task.retryLater(this.#o.httpPollIntervalMs, () => this.#openStream(task));
-      }
-    };
-    stop = transport.follow({
-      ...common,
-      afterSeq: task.cursor.seq,
-      onFrame: (frame) => this.#onFrame(frame),
-      onEnd,
-    });
-    this.#streams.set(task.taskId, stop);
   }
 
   #onErrorFrame(frame: ErrorFrame): void {
@@ -467,7 +398,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #release(task: TaskSubscription, watch: Watch): void {
     task.task.handles.delete(watch);
     if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
-    this.#flushAck(task);
+    this.#acks.flush(task);
     this.#tasks.delete(task.taskId);
     task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });

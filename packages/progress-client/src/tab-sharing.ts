@@ -12,7 +12,10 @@ import type { WebSocketConstructorLike, WebSocketLike } from './options.js';
  * announces itself; every tab's virtual socket then closes, and its client reconnects and resumes from
  * its cursor through the new leader, as after any reconnect: nothing lost, nothing twice.
  *
- * This module is a separate entry so pages that do not share pay nothing for it.
+ * This module is a separate entry so pages that do not share pay nothing for it. It stays one file over
+ * 400 lines on purpose: it is one leader/follower protocol, read as a whole. Every tab's hub handles
+ * both sides' messages (the `Message` union) in one switch, and the leader part acts on what the
+ * follower part posts to itself, so splitting the two would scatter each message's round trip.
  *
  * @module
  */

@@ -4,7 +4,7 @@ import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
 import type { CursorStorage, StoredTask } from './cursor-storage.js';
 import { Timeout, type TimerSet } from './timers.js';
-import { WatchedTask } from './watch.js';
+import { WatchedTask } from './watched-task.js';
 
 /**
  * One task followed by the client: the protocol bookkeeping (cursor, epoch, acks, the resubscribe state,
@@ -192,8 +192,21 @@ export class TaskSubscription {
     this.#resyncFrom = undefined;
   }
 
+  /**
+   * A heartbeat from the server, which lists the task at seq `latest`. `undefined`: the server does not
+   * (or no longer) follow the task for this client, so `resync` (subscribe again from the cursor), unless
+   * a subscribe went out less than `graceMs` ago and the heartbeat crossed it. A cursor behind gets
+   * `graceMs` for the frames in flight, then `resync`.
+   */
+  heartbeat(latest: number | undefined, graceMs: number, resync: () => void): void {
+    if (this.cursor.finished || this.#socketDone) return;
+    if (latest === undefined) {
+      if (this.subscribeOlderThan(graceMs)) resync();
+    } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs, resync);
+  }
+
   /** A heartbeat says the task is at `latest`: give in-flight frames `graceMs`, then `resync` if behind. */
-  behind(latest: number, graceMs: number, resync: () => void): void {
+  #behind(latest: number, graceMs: number, resync: () => void): void {
     this.#behindTarget = Math.max(this.#behindTarget, latest);
     if (this.#behindTimer.pending) return;
     this.#behindTimer.set(graceMs, () => {

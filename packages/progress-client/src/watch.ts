@@ -5,19 +5,15 @@ import type {
   InterruptedEvent,
   ItemEvent,
   ProgressEvent,
-  TaskView,
-  TerminalEvent,
   WatchView,
 } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
-import type { Delivery } from '@finishline/core/internal';
-import { exhaustive, terminalEventOfView, watchViewAfter, watchViewOfTask } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
-import { RateEstimator } from './rate-estimator.js';
 import type { TimerSet } from './timers.js';
 
 /**
- * One watched task: the state store the UI reads, the typed events, the `done` promise, rate and ETA.
+ * The application's side of a watched task: the state it reads, the typed events, the {@link Watch}
+ * handle and its `done` promise. The state shared by a task's handles is kept in `watched-task.ts`.
  *
  * @module
  */
@@ -110,6 +106,21 @@ export interface WatchDone extends Promise<WatchState> {
   (options: DoneOptions): Promise<WatchState>;
 }
 
+/**
+ * What a handle reads from the task it watches (a `WatchedTask`).
+ *
+ * @internal
+ */
+export interface WatchSource {
+  readonly taskId: string;
+  /** The current state: immutable, replaced on every change. */
+  readonly state: WatchState;
+  /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
+  readonly timers: TimerSet;
+  /** The error a handle closed before the end rejects with. */
+  closedError(): ProgressError;
+}
+
 /** Reports an exception thrown by application code without breaking delivery to the other listeners. */
 function report(error: unknown): void {
   queueMicrotask(() => {
@@ -140,7 +151,7 @@ export class Watch extends EventEmitter<WatchEvents> {
    * or `closed` when the deadline or the signal comes first, and leaves the watch running.
    */
   readonly done: WatchDone;
-  readonly #task: WatchedTask;
+  readonly #task: WatchSource;
   readonly #release: (watch: Watch) => void;
   readonly #listeners = new Set<() => void>();
   #settle: ((error: ProgressError | undefined) => void) | undefined;
@@ -149,7 +160,7 @@ export class Watch extends EventEmitter<WatchEvents> {
   #closed = false;
 
   /** @internal Created by {@link ProgressClient.watch}. */
-  constructor(task: WatchedTask, release: (watch: Watch) => void) {
+  constructor(task: WatchSource, release: (watch: Watch) => void) {
     super();
     this.taskId = task.taskId;
     this.#task = task;
@@ -276,7 +287,7 @@ export class Watch extends EventEmitter<WatchEvents> {
  * Makes `done` callable: a function that is also a thenable of the same promise, so the plain
  * `await watch.done` of earlier releases keeps working.
  */
-function bounded(done: Promise<WatchState>, task: WatchedTask): WatchDone {
+function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
   const wait = (options: DoneOptions): Promise<WatchState> => {
     const { signal, timeoutMs } = options ?? {};
     if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs >= 0)) {
@@ -342,221 +353,4 @@ function bounded(done: Promise<WatchState>, task: WatchedTask): WatchDone {
     finally: done.finally.bind(done),
     [Symbol.toStringTag]: 'Promise',
   }) as unknown as WatchDone;
-}
-
-/** What a {@link WatchedTask} needs from its client. @internal */
-export interface WatchedTaskOptions {
-  timers: TimerSet;
-  rateWindowMs: number;
-  closedError: () => ProgressError;
-}
-
-/**
- * The shared part of every handle on one task: the state the application reads, its events, rate and
- * ETA. Read-only to everything but its `TaskSubscription`, which feeds it what the cursor delivered
- * (the protocol bookkeeping lives there).
- *
- * @internal
- */
-export class WatchedTask {
-  readonly taskId: string;
-  readonly handles = new Set<Watch>();
-  /** The client's timers (cleared when it closes), for the deadlines of `watch.done({ timeoutMs })`. */
-  readonly timers: TimerSet;
-  #state: WatchState;
-  readonly #rate: RateEstimator;
-  readonly #closedError: () => ProgressError;
-  #terminal: TerminalEvent | undefined;
-
-  /** `view` is the cursor's view before anything was delivered. */
-  constructor(taskId: string, options: WatchedTaskOptions, view: WatchView) {
-    this.taskId = taskId;
-    this.timers = options.timers;
-    this.#rate = new RateEstimator(options.rateWindowMs);
-    this.#closedError = options.closedError;
-    this.#state = this.#buildState(view, null);
-  }
-
-  /** The current state: immutable, replaced on every change. */
-  get state(): WatchState {
-    return this.#state;
-  }
-
-  /** Takes a state restored from storage, silently: handles get it through their replay. */
-  restore(delivered: readonly Delivery[], view: WatchView): void {
-    for (const delivery of delivered) this.#sample(delivery);
-    this.#state = this.#buildState(view, null);
-  }
-
-  /** The error a handle closed before the end rejects with. */
-  closedError(): ProgressError {
-    return this.#closedError();
-  }
-
-  /** Adds a handle, owing it the state so far (and the terminal event if the task already ended). */
-  attach(watch: Watch): void {
-    this.handles.add(watch);
-    // The state as of now: anything newer reaches the handle as its own events, after the replay.
-    const state = this.state;
-    if (state.progress !== null || state.finished) {
-      watch.scheduleReplay((handle) => {
-        handle.emit('snapshot', state);
-        if (state.finished) this.#emitTerminal(handle, state);
-      });
-      watch.settleIfFinished();
-    }
-  }
-
-  /**
-   * Applies what the cursor delivered. Each delivery gets its own state (a snapshot may release buffered
-   * events in the same apply), set before its listeners run; `subscribe` listeners are told once, at the
-   * end.
-   */
-  deliver(delivered: readonly Delivery[], last: WatchView): void {
-    if (delivered.length === 0) return;
-    let view: WatchView = this.#state;
-    for (let index = 0; index < delivered.length; index++) {
-      const delivery = delivered[index] as Delivery;
-      this.#sample(delivery);
-      if (index === delivered.length - 1) view = last;
-      else if (delivery.kind === 'snapshot') view = watchViewOfTask(delivery.task);
-      // Only the last delivery can be terminal, so a middle one is progress or an item.
-      else view = watchViewAfter(view, delivery.event);
-      const state = this.#buildState(view, null);
-      this.#state = state;
-      if (delivery.kind === 'snapshot') {
-        this.#emit((watch) => watch.emit('snapshot', state));
-        if (state.finished) this.#emit((watch) => this.#emitTerminal(watch, state));
-        continue;
-      }
-      const event = delivery.event;
-      switch (event.type) {
-        case 'progress':
-        case 'item':
-          this.#emitEvent(event.type, event, state);
-          break;
-        case 'completed':
-        case 'failed':
-        case 'cancelled':
-        case 'interrupted':
-          this.#terminal = event;
-          this.#emit((watch) => this.#emitTerminal(watch, state));
-          break;
-        default:
-          exhaustive(event);
-      }
-    }
-    for (const watch of this.handles) watch.notify();
-    if (this.#state.finished) for (const watch of this.handles) watch.settleIfFinished();
-  }
-
-  /** Ends every handle with a fatal error. */
-  fail(error: ProgressError, emitError: boolean): void {
-    if (!this.#state.finished) this.#state = this.#buildState(this.#state, error);
-    const handles = [...this.handles];
-    this.handles.clear();
-    for (const watch of handles) {
-      if (emitError) watch.deliver((handle) => handle.emit('error', error));
-      watch.notify();
-      watch.end(this.state.finished ? undefined : error);
-    }
-  }
-
-  /** Emits a non-fatal error to every handle. */
-  emitError(error: ProgressError): void {
-    this.#emit((watch) => watch.emit('error', error));
-  }
-
-  /** The saved form of the state: a `TaskView`, or `undefined` before the task's kind is known. */
-  toTaskView(): TaskView | undefined {
-    const { progress, kind } = this.state;
-    if (progress === null || kind === null) return undefined;
-    const view = this.state;
-    return {
-      id: this.taskId,
-      kind,
-      status: view.status,
-      ...progress,
-      result: view.result,
-      error: view.error,
-      seq: view.seq,
-      // Not tracked by the cursor; nothing in the client reads it back.
-      createdAt: view.updatedAt ?? 0,
-      updatedAt: view.updatedAt ?? 0,
-      finishedAt: view.finishedAt,
-    };
-  }
-
-  #sample(delivery: Delivery): void {
-    if (delivery.kind === 'snapshot') this.#rate.add(delivery.task.updatedAt, delivery.task.done);
-    else this.#rate.add(delivery.event.time, delivery.event.progress.done);
-  }
-
-  #emit(emit: (watch: Watch) => void): void {
-    for (const watch of [...this.handles]) watch.deliver(emit);
-  }
-
-  /**
-   * One progress or item event to every handle. The handles are copied first (a listener may open or
-   * close one), except in the common case of a single handle.
-   */
-  #emitEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
-    if (this.handles.size === 1) {
-      // Only the first: a handle opened by its listener must not get this event after its replay.
-      (this.handles.values().next().value as Watch).deliverEvent(name, event, state);
-      return;
-    }
-    for (const watch of [...this.handles]) watch.deliverEvent(name, event, state);
-  }
-
-  #emitTerminal(watch: Watch, state: WatchState): void {
-    const event = this.#terminal ?? terminalEventOfView(state);
-    this.#terminal = event;
-    switch (event.type) {
-      case 'completed':
-        watch.emit('completed', event, state);
-        break;
-      case 'failed':
-        watch.emit('failed', event, state);
-        break;
-      case 'cancelled':
-        watch.emit('cancelled', event, state);
-        break;
-      case 'interrupted':
-        watch.emit('interrupted', event, state);
-        break;
-      default:
-        exhaustive(event);
-    }
-    watch.emit('finished', state);
-  }
-
-  #buildState(source: WatchView, fatalError: ProgressError | null): WatchState {
-    // One literal with the view's own fields (`source` may be a previous state with derived fields): it
-    // runs once per delivered frame, and an intermediate view plus a spread cost a second allocation.
-    const progress = source.progress;
-    const status = source.status;
-    const finished = status !== 'running';
-    let fraction: number | null = null;
-    if (status === 'completed') fraction = 1;
-    else if (progress !== null && progress.total !== null) {
-      fraction = progress.total === 0 ? 1 : Math.min(1, progress.done / progress.total);
-    }
-    return Object.freeze({
-      taskId: source.taskId,
-      seq: source.seq,
-      status,
-      kind: source.kind,
-      progress,
-      result: source.result,
-      error: source.error,
-      updatedAt: source.updatedAt,
-      finishedAt: source.finishedAt,
-      finished,
-      fraction,
-      rate: progress === null ? null : this.#rate.rate(),
-      eta: finished || progress === null ? null : this.#rate.eta(progress.total, progress.done),
-      fatalError,
-    });
-  }
 }

@@ -1,5 +1,5 @@
 import type { ProgressError } from '@finishline/core';
-import type { StateChange } from '../connection.js';
+import type { StateChange } from '../connection-state.js';
 import { httpFallback } from '../http-fallback.js';
 import type { FetchLike, ProgressClientOptions } from '../options.js';
 import { ProgressClient } from '../progress-client.js';

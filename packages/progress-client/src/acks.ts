@@ -1,0 +1,60 @@
+import type { ClientFrame } from '@finishline/core';
+import type { ResolvedOptions } from './options.js';
+import type { TaskSubscription } from './task-subscription.js';
+import { Timeout, type TimerSet } from './timers.js';
+
+/**
+ * The client's acknowledgements: when an ack goes (a terminal one at once, others coalesced over
+ * `ackDelayMs` or every `ackEvery` events), the cursor persisted with it, and the unsubscribe that
+ * follows the terminal ack.
+ *
+ * @module
+ */
+
+/** @internal */
+export class Acks {
+  readonly #o: ResolvedOptions;
+  readonly #timer: Timeout;
+  /** Sends on the ready socket; false when there is none (the next `hello` flushes again). */
+  readonly #send: (frame: ClientFrame) => boolean;
+  /** The client's watched tasks, all flushed when the coalescing delay is over. */
+  readonly #tasks: () => Iterable<TaskSubscription>;
+
+  constructor(
+    options: ResolvedOptions,
+    timers: TimerSet,
+    send: (frame: ClientFrame) => boolean,
+    tasks: () => Iterable<TaskSubscription>,
+  ) {
+    this.#o = options;
+    this.#timer = new Timeout(timers);
+    this.#send = send;
+    this.#tasks = tasks;
+  }
+
+  /** Terminal acks go at once (the server re-sends the terminal event until it hears one); others coalesce. */
+  schedule(task: TaskSubscription): void {
+    if (task.ackDue(this.#o.ackEvery)) this.flush(task);
+    else if (!this.#timer.pending) {
+      this.#timer.set(this.#o.ackDelayMs, () => {
+        for (const each of this.#tasks()) this.flush(each);
+      });
+    }
+  }
+
+  /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
+  flush(task: TaskSubscription): void {
+    const storage = this.#o.storage;
+    if (storage !== undefined) task.save(storage);
+    const seq = task.ackable();
+    if (seq !== undefined) {
+      if (!this.#send({ type: 'ack', taskId: task.taskId, seq })) return;
+      task.acked(seq);
+    }
+    if (task.readyToUnsubscribe) {
+      this.#send({ type: 'unsubscribe', taskId: task.taskId });
+      task.done();
+      storage?.remove(task.taskId);
+    }
+  }
+}

@@ -1,0 +1,69 @@
+import { backoffDelayMs } from '@finishline/core/internal';
+import type { ResolvedOptions } from './options.js';
+
+/**
+ * The pace of reconnects: a quick first retry after the loss of a healthy connection (within the
+ * server's hint), full-jitter exponential backoff over attempts that fail, and the reset once a
+ * connection stayed up.
+ *
+ * @module
+ */
+
+/** @internal */
+export class ReconnectPacing {
+  readonly #o: ResolvedOptions;
+  /** Reconnects since the last stable connection: the backoff exponent. */
+  #failures = 0;
+  /** The quick first retry was spent since the last stable connection (so flapping backs off). */
+  #quickRetryUsed = false;
+  /** The current socket's `hello` asked for this spread of the first retry after a loss. */
+  #serverFirstDelayMs = 0;
+  /** When the current socket said `hello` (clock ms). */
+  #readyAt = 0;
+
+  constructor(options: ResolvedOptions) {
+    this.#o = options;
+  }
+
+  /** A socket said `hello` at `now`, asking for `serverFirstDelayMs` of spread on the first retry. */
+  ready(now: number, serverFirstDelayMs: number): void {
+    this.#readyAt = now;
+    this.#serverFirstDelayMs = serverFirstDelayMs;
+  }
+
+  /**
+   * The ready socket went away. A connection that stayed up long enough proves the server healthy: the
+   * backoff starts over.
+   */
+  down(): void {
+    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) {
+      this.#failures = 0;
+      this.#quickRetryUsed = false;
+    }
+  }
+
+  /** The server closed the client for flooding: wait longer, the same pace would only get it closed again. */
+  slowDown(): void {
+    this.#failures += 2;
+  }
+
+  /**
+   * The delay before the next attempt. The first loss of a healthy connection (`lostReady`: the socket
+   * just lost had said `hello`) is retried at once, within a small jitter (the server's hint when it asks
+   * for more, so a replica's whole crowd does not land in the same instant); the exponential backoff only
+   * grows over attempts that failed (or connections that did not stay up).
+   */
+  nextDelayMs(lostReady: boolean): number {
+    if (lostReady && this.#failures === 0 && !this.#quickRetryUsed) {
+      this.#quickRetryUsed = true;
+      const ceiling = Math.min(
+        this.#o.reconnect.maxDelayMs,
+        Math.max(this.#o.reconnectFirstDelayMs, this.#serverFirstDelayMs),
+      );
+      return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
+    }
+    const delayMs = backoffDelayMs(this.#failures, this.#o.reconnect, this.#o.random);
+    this.#failures++;
+    return delayMs;
+  }
+}
