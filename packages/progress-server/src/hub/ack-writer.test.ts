@@ -1,4 +1,5 @@
 import type { ProgressStore } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
@@ -15,7 +16,11 @@ describe('AckWriter', () => {
         return stored.get(taskId) as number;
       },
     } as unknown as ProgressStore;
-    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_' });
+    const metrics = new ServerMetrics({
+      registry: undefined,
+      prefix: 'test_',
+      feed: new MemoryProgressStore().changes,
+    });
     const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
     acks.ack('t', 10);
     // The terminal ack arrives while 10 is being written: it is queued behind it.
