@@ -11,6 +11,7 @@ import { WebSocket } from 'ws';
 import { MemoryCursorStorage } from '../src/cursor-storage.js';
 import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
+import { WatchLog } from '../src/testing/watch-log.js';
 import type { Watch } from '../src/watch.js';
 import { FaultProxy, type FrameVerdict } from './fault-proxy.js';
 
@@ -136,52 +137,6 @@ const taskArbitrary: fc.Arbitrary<TaskSpec> = fc.record({
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
-/** What one watch's application callbacks saw, checked as it happens. */
-class WatchLog {
-  /** Seq of the last delivery. */
-  last = 0;
-  delivered = false;
-  /** Seq of the first snapshot (a restored cursor shows up as one). */
-  firstSnapshot: number | undefined;
-  terminals: string[] = [];
-  finished = 0;
-  readonly problems: string[] = [];
-
-  constructor(watch: Watch) {
-    const fail = (problem: string) => this.problems.push(problem);
-    watch.on('snapshot', (state) => {
-      if (this.finished > 0) fail('snapshot after finished');
-      if (state.seq < this.last || (state.seq === this.last && this.delivered)) {
-        fail(`snapshot@${state.seq} after ${this.last}`);
-      }
-      this.firstSnapshot ??= state.seq;
-      this.last = state.seq;
-      this.delivered = true;
-    });
-    const onEvent = (event: { seq: number }) => {
-      if (this.finished > 0) fail(`event@${event.seq} after finished`);
-      if (event.seq !== this.last + 1) fail(`event@${event.seq} after ${this.last}`);
-      this.last = event.seq;
-      this.delivered = true;
-    };
-    watch.on('progress', onEvent);
-    watch.on('item', onEvent);
-    for (const type of ['completed', 'failed', 'cancelled', 'interrupted'] as const) {
-      watch.on(type, (event: { seq: number }, _state: unknown) => {
-        this.terminals.push(`${type}@${event.seq}`);
-        // A terminal state from a snapshot comes with the snapshot's own seq.
-        if (this.last !== event.seq || !this.delivered) onEvent(event);
-      });
-    }
-    watch.on('finished', () => {
-      this.finished++;
-    });
-    watch.on('error', (error) => {
-      if (watch.getSnapshot().fatalError !== null) fail(`fatal ${error.code}: ${error.message}`);
-    });
-  }
-}
-
 /** One watcher: a slot that holds successive pages (ProgressClients) sharing one cursor storage. */
 class Watcher {
   readonly storage = new MemoryCursorStorage();
@@ -221,7 +176,7 @@ class Watcher {
         this.restoredAhead.push(`${taskId}: restored @${stored.seq}, earlier pages showed @${shown}`);
       }
       const watch = client.watch(taskId);
-      const log = new WatchLog(watch);
+      const log = new WatchLog(watch, { failOnFatal: true });
       logs.set(taskId, log);
       watches.set(taskId, watch);
     }
