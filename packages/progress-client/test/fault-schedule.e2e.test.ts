@@ -1,4 +1,4 @@
-import type { IncomingMessage, Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ProgressStore, Task, TerminalType } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
@@ -14,6 +14,7 @@ import { ProgressClient } from '../src/progress-client.js';
 import { WatchLog } from '../src/testing/watch-log.js';
 import type { Watch } from '../src/watch.js';
 import { FaultProxy, type FrameVerdict } from './fault-proxy.js';
+import { users } from './users.js';
 
 /**
  * Guarantees 1 and 2 of the design end to end, under random fault schedules: the REAL server (memory or
@@ -32,11 +33,6 @@ import { FaultProxy, type FrameVerdict } from './fault-proxy.js';
  * Real timers, short settings (heartbeat 100 ms, terminal re-send 20 ms, 100% watchdog 300 ms) so a run
  * takes well under 2 s.
  */
-
-const users = (request: IncomingMessage) => {
-  const user = request.headers['x-user'];
-  return typeof user === 'string' ? { id: user } : null;
-};
 
 /** How one task is driven. */
 interface TaskSpec {

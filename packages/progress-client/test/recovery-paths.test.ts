@@ -1,4 +1,4 @@
-import type { IncomingMessage, Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
@@ -7,6 +7,7 @@ import { WebSocket } from 'ws';
 import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import { FaultProxy } from './fault-proxy.js';
+import { users } from './users.js';
 
 /**
  * Each recovery path alone: the other three are switched off, and the one left must bring the watcher to
@@ -24,11 +25,6 @@ const OFF_MS = 600_000;
 /** Scheduling slack on a loaded 2-core machine. */
 const MARGIN_MS = 1_500;
 const ITEMS = ['node-1', 'node-2', 'node-3', 'node-4', 'node-5'];
-
-const users = (request: IncomingMessage) => {
-  const user = request.headers['x-user'];
-  return typeof user === 'string' ? { id: user } : null;
-};
 
 interface Paths {
   terminalRetryMs: number;

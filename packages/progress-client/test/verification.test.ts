@@ -1,4 +1,4 @@
-import type { IncomingMessage, Server } from 'node:http';
+import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
@@ -8,16 +8,12 @@ import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import type { Watch } from '../src/watch.js';
 import { FaultProxy } from './fault-proxy.js';
+import { users } from './users.js';
 
 /**
  * The original system's three manual verification cases, automated end to end: a real server on port 0,
  * the real client in Node, and a fault-injecting proxy between them.
  */
-
-const users = (request: IncomingMessage) => {
-  const user = request.headers['x-user'];
-  return typeof user === 'string' ? { id: user } : null;
-};
 
 interface Rig {
   server: ProgressServer;
