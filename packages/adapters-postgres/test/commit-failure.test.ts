@@ -4,7 +4,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import type pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
-import { dropSchema, eventually, freshSchema, newPool, Recorder } from './support.js';
+import { commitHookedPool, dropSchema, eventually, freshSchema, newPool, Recorder } from './support.js';
 
 /**
  * COMMIT itself fails. Known outcome (the server refused it, or the backend died before it committed):
@@ -14,53 +14,16 @@ import { dropSchema, eventually, freshSchema, newPool, Recorder } from './suppor
  * then every change feed still publishes it (its NOTIFY committed with it).
  */
 
-type CommitHook = (client: pg.PoolClient, commit: () => Promise<unknown>) => Promise<unknown>;
-
 const admin = newPool(4);
 const pools: pg.Pool[] = [];
 const stores: PostgresProgressStore[] = [];
 const schemas: string[] = [];
 
 /** A pool whose next COMMIT is replaced by `hook` (which may run the real one). */
-function commitHookPool(): { pool: pg.Pool; onNextCommit(hook: CommitHook): void } {
+function commitHookPool(): ReturnType<typeof commitHookedPool> {
   const real = newPool(5);
   pools.push(real);
-  let next: CommitHook | undefined;
-  const proxies = new WeakMap<pg.PoolClient, pg.PoolClient>();
-  const pool = {
-    options: real.options,
-    Client: (real as unknown as { Client: unknown }).Client,
-    async connect() {
-      const client = await real.connect();
-      const known = proxies.get(client);
-      if (known !== undefined) return known;
-      const proxy = new Proxy(client, {
-        get(target, property) {
-          if (property === 'query') {
-            return (text: unknown, values?: unknown[]) => {
-              const hook = next;
-              if (hook !== undefined && typeof text === 'string' && text.trim().toLowerCase() === 'commit') {
-                next = undefined;
-                return hook(target, () => target.query(text, values));
-              }
-              return target.query(text as string, values);
-            };
-          }
-          const value = Reflect.get(target, property, target);
-          return typeof value === 'function' ? value.bind(target) : value;
-        },
-      });
-      proxies.set(client, proxy);
-      return proxy;
-    },
-    end: () => real.end(),
-  };
-  return {
-    pool: pool as unknown as pg.Pool,
-    onNextCommit(hook) {
-      next = hook;
-    },
-  };
+  return commitHookedPool(real);
 }
 
 async function setup() {

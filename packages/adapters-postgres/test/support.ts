@@ -85,29 +85,15 @@ export function gate(): Gate {
   return { promise, open };
 }
 
-/**
- * Wraps a pool so a test can stop an append transaction just before its COMMIT: `arm()` makes the next
- * `commit` wait; `reached` resolves (with the backend pid) when one is waiting; `release()` lets it go on.
- */
-export function commitGatedPool(real: pg.Pool) {
-  let armed = false;
-  let reached = gate();
-  let release = gate();
-  let pid = 0;
-  const control = {
-    arm() {
-      armed = true;
-      reached = gate();
-      release = gate();
-    },
-    async reached(): Promise<number> {
-      await reached.promise;
-      return pid;
-    },
-    release() {
-      release.open();
-    },
-  };
+/** Replaces a COMMIT: `commit` runs the real one; the hook decides when, whether, and what comes back. */
+export type CommitHook = (client: pg.PoolClient, commit: () => Promise<unknown>) => Promise<unknown>;
+
+/** Wraps a pool so that the next COMMIT sent on any of its clients goes through `onNextCommit`'s hook. */
+export function commitHookedPool(real: pg.Pool): {
+  pool: pg.Pool;
+  onNextCommit(hook: CommitHook): void;
+} {
+  let next: CommitHook | undefined;
   // One proxy per client, as a pool hands out the same client object again and again.
   const proxies = new WeakMap<pg.PoolClient, pg.PoolClient>();
   const pool = {
@@ -120,12 +106,11 @@ export function commitGatedPool(real: pg.Pool) {
       const proxy = new Proxy(client, {
         get(target, property) {
           if (property === 'query') {
-            return async (text: unknown, values?: unknown[]) => {
-              if (armed && typeof text === 'string' && text.trim().toLowerCase() === 'commit') {
-                armed = false;
-                pid = (target as unknown as { processID: number }).processID;
-                reached.open();
-                await release.promise;
+            return (text: unknown, values?: unknown[]) => {
+              const hook = next;
+              if (hook !== undefined && typeof text === 'string' && text.trim().toLowerCase() === 'commit') {
+                next = undefined;
+                return hook(target, () => target.query(text, values));
               }
               return target.query(text as string, values);
             };
@@ -139,5 +124,41 @@ export function commitGatedPool(real: pg.Pool) {
     },
     end: () => real.end(),
   };
-  return { pool: pool as unknown as pg.Pool, control };
+  return {
+    pool: pool as unknown as pg.Pool,
+    onNextCommit(hook) {
+      next = hook;
+    },
+  };
+}
+
+/**
+ * Wraps a pool so a test can stop an append transaction just before its COMMIT: `arm()` makes the next
+ * `commit` wait; `reached` resolves (with the backend pid) when one is waiting; `release()` lets it go on.
+ */
+export function commitGatedPool(real: pg.Pool) {
+  const hooked = commitHookedPool(real);
+  let reached = gate();
+  let release = gate();
+  let pid = 0;
+  const control = {
+    arm() {
+      reached = gate();
+      release = gate();
+      hooked.onNextCommit(async (client, commit) => {
+        pid = (client as unknown as { processID: number }).processID;
+        reached.open();
+        await release.promise;
+        return commit();
+      });
+    },
+    async reached(): Promise<number> {
+      await reached.promise;
+      return pid;
+    },
+    release() {
+      release.open();
+    },
+  };
+  return { pool: hooked.pool, control };
 }
