@@ -32,16 +32,22 @@ async function upgradeRefusingProxy(targetPort: number) {
     const upstream = httpRequest(
       { host: '127.0.0.1', port: targetPort, path: req.url, method: req.method, headers: req.headers },
       (response) => {
+        // A stream cut at either end resets the other: a proxy swallows that (CI once saw an unhandled
+        // ECONNRESET here fail the run after every test had passed).
+        response.on('error', () => res.destroy());
         res.writeHead(response.statusCode ?? 502, response.headers);
         response.pipe(res);
       },
     );
     upstream.on('error', () => res.destroy());
+    req.on('error', () => upstream.destroy());
+    res.on('error', () => upstream.destroy());
     res.on('close', () => upstream.destroy());
     req.pipe(upstream);
   });
   proxy.on('upgrade', (_req, socket) => {
     seen.upgrades += 1;
+    socket.on('error', () => socket.destroy());
     socket.end('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n');
   });
   const port = await listen(proxy);
