@@ -363,4 +363,27 @@ describe('guarantee 2: the send queue', () => {
       maxProgressRun: 1,
     });
   });
+
+  it('replays seed 1055625773: a snapshot queued in front of another snapshot keeps the oldest arrival of its task', () => {
+    // The shrunk counterexample. task-0 gets snapshots at seq 2, then 1, then 0, each put at the head, so
+    // its oldest entry (the snapshot at 2, arrival 0) sits third; task-1 has its terminal (arrival 1) and a
+    // snapshot at 0 (arrival 3). Both tie on priority; task-0 arrived first and must be served first.
+    const logs = [
+      buildTaskLog('task-0', [{ type: 'progress' }, { type: 'progress' }, { type: 'interrupted' }], null),
+      buildTaskLog('task-1', [{ type: 'interrupted' }], null),
+    ];
+    checkScenario({
+      logs,
+      tracked: [false, false],
+      commands: [
+        { kind: 'snapshot', task: 0, pick: 420217418 },
+        { kind: 'next', task: 1 },
+        { kind: 'snapshot', task: 0, pick: 494400969 },
+        { kind: 'snapshot', task: 1, pick: 0 },
+        { kind: 'snapshot', task: 0, pick: 0 },
+      ],
+      finalCongestion: [false],
+      maxProgressRun: 1,
+    });
+  });
 });
