@@ -369,8 +369,12 @@ describe('guarantee 2: the send queue', () => {
     // its oldest entry (the snapshot at 2, arrival 0) sits third; task-1 has its terminal (arrival 1) and a
     // snapshot at 0 (arrival 3). Both tie on priority; task-0 arrived first and must be served first.
     const logs = [
-      buildTaskLog('task-0', [{ type: 'progress' }, { type: 'progress' }, { type: 'interrupted' }], null),
-      buildTaskLog('task-1', [{ type: 'interrupted' }], null),
+      buildTaskLog(
+        'task-0',
+        [{ type: 'progress' }, { type: 'progress' }, { type: 'interrupted', reason: '' }],
+        null,
+      ),
+      buildTaskLog('task-1', [{ type: 'interrupted', reason: '' }], null),
     ];
     checkScenario({
       logs,
