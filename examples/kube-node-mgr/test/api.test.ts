@@ -1,7 +1,6 @@
 // biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
-import http from 'node:http';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type Harness, login, postLogin, startHarness, waitForTask } from './harness.js';
+import { type Harness, login, postLogin, startHarness, upgradeStatus, waitForTask } from './harness.js';
 
 let h: Harness;
 afterEach(async () => {
@@ -387,31 +386,6 @@ describe('validation: 400 before any node is touched', () => {
     expect(((await res.json()) as any).error.code).toBe('invalid_json');
   });
 });
-
-/** A raw WebSocket upgrade request; resolves with the HTTP status (101 when accepted). */
-function upgradeStatus(base: string, headers: Record<string, string>): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${base}/progress`, {
-      headers: {
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-version': '13',
-        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-        ...headers,
-      },
-    });
-    req.on('upgrade', (res, socket) => {
-      socket.destroy();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('response', (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 describe('authentication, CSRF and per-user tasks', () => {
   beforeEach(async () => {

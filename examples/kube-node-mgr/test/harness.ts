@@ -1,4 +1,5 @@
 // biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TaskView } from '@finishline/core';
 import { SqliteProgressStore } from '@finishline/sqlite';
@@ -122,4 +123,29 @@ export async function waitForTask(client: Client, taskId: string): Promise<{ tas
     `/progress/tasks/${encodeURIComponent(taskId)}/events?afterSeq=0&limit=1000`,
   );
   return { task: body.task, items: body.events.filter((e: { type: string }) => e.type === 'item') };
+}
+
+/** A raw WebSocket upgrade request; resolves with the HTTP status (101 when accepted). */
+export function upgradeStatus(base: string, headers: Record<string, string>): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(`${base}/progress`, {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        ...headers,
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      socket.destroy();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('response', (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('error', reject);
+    req.end();
+  });
 }

@@ -5,14 +5,13 @@
  */
 import { scryptSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { hashPassword, verifyPassword } from '../src/server/auth.js';
-import { type Harness, login, postLogin, startHarness, waitForTask } from './harness.js';
+import { type Harness, login, postLogin, startHarness, upgradeStatus, waitForTask } from './harness.js';
 
 let h: Harness;
 afterEach(async () => {
@@ -20,31 +19,6 @@ afterEach(async () => {
 });
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A raw WebSocket upgrade request; resolves with the HTTP status (101 when accepted). */
-function upgradeStatus(base: string, headers: Record<string, string>): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${base}/progress`, {
-      headers: {
-        connection: 'Upgrade',
-        upgrade: 'websocket',
-        'sec-websocket-version': '13',
-        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
-        ...headers,
-      },
-    });
-    req.on('upgrade', (res, socket) => {
-      socket.destroy();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('response', (res) => {
-      res.resume();
-      resolve(res.statusCode ?? 0);
-    });
-    req.on('error', reject);
-    req.end();
-  });
-}
 
 function openSocket(base: string, cookie: string): Promise<WebSocket> {
   return new Promise((resolve, reject) => {

@@ -17,15 +17,21 @@ async function connect(): Promise<RawClient> {
   return client;
 }
 
+/** A server, a task finished at seq 2 (one item, then completed), and a client that has its snapshot. */
+async function watchingFinishedTask() {
+  await session.start({ heartbeatIntervalMs: 60_000 });
+  const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
+  await task.item({ key: 'a', ok: true });
+  await task.complete();
+  const client = await connect();
+  client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+  await client.next((frame) => frame.type === 'snapshot');
+  return { task, client };
+}
+
 describe('acks across a resubscribe', () => {
   it('accepts an ack of a seq sent on the socket by the previous stream, before the new subscribe is answered', async () => {
-    await session.start({ heartbeatIntervalMs: 60_000 });
-    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
-    await task.item({ key: 'a', ok: true });
-    await task.complete();
-    const client = await connect();
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
+    const { task, client } = await watchingFinishedTask();
     // The resubscribe resets the stream; the ack follows at once, as when the client received the first
     // answer after it sent the resubscribe. The server reads the task for the new subscribe in between.
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -67,13 +73,7 @@ describe('acks across a resubscribe', () => {
   });
 
   it('records an ack of a seq sent on the socket even when an unsubscribe follows before the resubscribe is answered', async () => {
-    await session.start({ heartbeatIntervalMs: 60_000 });
-    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
-    await task.item({ key: 'a', ok: true });
-    await task.complete();
-    const client = await connect();
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
+    const { task, client } = await watchingFinishedTask();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     client.send({ type: 'unsubscribe', taskId: task.id });
@@ -85,13 +85,8 @@ describe('acks across a resubscribe', () => {
   // Found by the full chaos run (2 of 8,802 tasks checked, replicas restarted gracefully): an ack that
   // crossed the server's close frame was dropped, and the client never sends it again.
   it('records an ack that arrives after the server started closing the socket', async () => {
-    const env = await session.start({ heartbeatIntervalMs: 60_000 });
-    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
-    await task.item({ key: 'a', ok: true });
-    await task.complete();
-    const client = await connect();
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
+    const { task, client } = await watchingFinishedTask();
+    const env = session.env;
     // The client does not read the close frame yet, so its socket is still open for sending.
     const socket = (client.ws as unknown as { _socket: import('node:net').Socket })._socket;
     socket.pause();

@@ -104,11 +104,9 @@ export class Subscription implements WrittenLog {
    * retry state of the task start over. Returns the stream, the token of this attempt.
    */
   restart(afterSeq: number): TaskStream {
-    // A held ack survives: it is applied, through the usual checks, once the new stream is authorized.
-    // Dropping it lost it for good when a (duplicated) subscribe overtook the first one's authorization.
-    const held = this.#pendingAck;
+    // A held ack survives (#reset keeps it): it is applied, through the usual checks, once the new stream
+    // is authorized. Dropping it lost it for good when a duplicated subscribe overtook the first one.
     this.#reset();
-    this.#pendingAck = held;
     // Acks up to the client's own cursor become valid once the task is loaded and the principal may
     // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     this.#claimed = afterSeq;
@@ -219,15 +217,15 @@ export class Subscription implements WrittenLog {
   remove(): void {
     if (this.#removed) return;
     this.#reset();
+    this.#pendingAck = 0;
     this.#removed = true;
     this.#stream?.close();
     this.#stream = undefined;
   }
 
-  /** Back to a fresh stream: the queue and retry state of the task start over. */
+  /** Back to a fresh stream: the queue and retry state of the task start over (a held ack stays). */
   #reset(): void {
     this.#authorized = false;
-    this.#pendingAck = 0;
     this.#cursor = 0;
     this.#ackable = 0;
     this.#acked = 0;
