@@ -11,6 +11,7 @@
 // orchestrator can subtract them from its own clock on the same machine.
 import { createServer } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { toggleWindowProfile } from './window-profile.mjs';
 
 const SYSTEM = process.env.PEER_SYSTEM;
 const INDEX = Number(process.env.PEER_INDEX ?? 0);
@@ -338,6 +339,7 @@ process.on('message', async (message) => {
         send({ type: 'bumped', seq: (await system.bump(message.id, message.n)) ?? null, t: now() });
         break;
       case 'stats':
+        await toggleWindowProfile(`replica-${SYSTEM}`);
         if (message.gc && global.gc) global.gc();
         send({ type: 'stats', ...stats() });
         break;

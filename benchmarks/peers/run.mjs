@@ -24,6 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { baselineWatcher, finishlineWatcher, socketioWatcher } from './watchers.mjs';
+import { toggleWindowProfile } from './window-profile.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const QUICK = process.argv.includes('--quick');
@@ -299,6 +300,7 @@ async function runScenario(systemSpec, config, disconnects) {
         cutTimers.push(setTimeout(() => watcher.cut(), startOf.get(watcher.taskId) + Math.random() * runMs));
       }
     }
+    await toggleWindowProfile(`host-${system}`);
     const hostCpuBefore = process.cpuUsage();
     const runStart = now();
     await replicas[0].request({ type: 'run', ids, items: M, paceMs: PACE_MS, startsMs }, 'ran', 120_000);
@@ -309,6 +311,7 @@ async function runScenario(systemSpec, config, disconnects) {
     for (const timer of cutTimers) clearTimeout(timer);
     const after = await Promise.all(replicas.map((r) => r.request({ type: 'stats' }, 'stats')));
     const hostCpu = process.cpuUsage(hostCpuBefore);
+    await toggleWindowProfile(`host-${system}`);
 
     const latencies = [];
     const byReplica = replicas.map(() => []);

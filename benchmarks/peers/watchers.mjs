@@ -46,6 +46,7 @@ export function finishlineWatcher(url, taskId) {
     headers: { 'x-watcher': String(++watcherCount) },
     httpFallback: httpFallback(),
     ...RECONNECT_OPTIONS,
+    ...(process.env.PEERS_ACK_DELAY_MS ? { ackDelayMs: Number(process.env.PEERS_ACK_DELAY_MS) } : {}),
   });
   client.on('error', () => undefined);
   const watch = client.watch(taskId);

@@ -11,6 +11,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { FairReads } from './fair-reads.js';
+import { RecentEvents } from './recent-events.js';
 import type { StreamHub, StreamSink } from './task-stream.js';
 import { TaskStream } from './task-stream.js';
 
@@ -53,7 +54,8 @@ const READ_LIMIT = 1000;
  * reads its backlog (through {@link FairReads}, in its principal's turn), repairs gaps and hands it the
  * live events, so a socket never reads the store for events.
  *
- * The hub only remembers seqs (for subscribers' catch-up checks); it holds no event payloads.
+ * The hub remembers each followed task's latest events ({@link RecentEvents}): a stream catching up
+ * over them reads nothing.
  */
 export class TaskHub {
   readonly #store: ProgressStore;
@@ -62,6 +64,7 @@ export class TaskHub {
   readonly #metrics: ServerMetrics;
   readonly #retryDelayMs: number;
   readonly #followed = new Map<string, Followed>();
+  readonly #recent = new RecentEvents();
   /** What the streams of socket subscriptions use of the hub. */
   readonly #streamHub: StreamHub;
   #stopFeed: Unsubscribe | undefined;
@@ -90,6 +93,11 @@ export class TaskHub {
       retryDelayMs: options.retryDelayMs,
       latestSeq: (taskId) => this.latestSeq(taskId),
       observe: (taskId, seq) => this.observe(taskId, seq),
+      recent: (taskId, fromSeq, toSeq) => this.#recent.between(taskId, fromSeq, toSeq),
+      readBack: (taskId, events) => {
+        const readSeq = this.#followed.get(taskId)?.readSeq;
+        if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq);
+      },
     };
   }
 
@@ -219,6 +227,7 @@ export class TaskHub {
     if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
     entry.retryTimer = undefined;
     this.#followed.delete(entry.taskId);
+    this.#recent.drop(entry.taskId);
     try {
       entry.stopFeed?.();
     } catch (error) {
@@ -291,6 +300,7 @@ export class TaskHub {
   }
 
   #dispatch(entry: Followed, events: readonly TaskEvent[]): void {
+    this.#recent.extend(entry.taskId, events);
     for (const subscriber of [...entry.subscribers]) {
       try {
         subscriber.deliver(events);

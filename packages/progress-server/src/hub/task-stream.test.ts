@@ -210,3 +210,65 @@ describe('TaskHub with a feed that carries events', () => {
     expect(reads).toBe(1);
   });
 });
+
+describe('TaskHub recent events', () => {
+  it('serves a catch-up over events it holds without a store read, and reads what it does not hold', async () => {
+    const store = new MemoryProgressStore();
+    let reads = 0;
+    const counting = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: (taskId: string, afterSeq: number, limit?: number) => {
+        reads += 1;
+        return store.readEvents(taskId, afterSeq, limit);
+      },
+    } as unknown as ProgressStore;
+    const hub = new TaskHub({
+      store: counting,
+      logger: silentLogger,
+      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
+      retryDelayMs: 10,
+      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
+      maxReplayEvents: 100,
+    });
+    hub.start();
+    closers.push(() => hub.close());
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 20; i++) await store.append(task.id, { type: 'progress', done: i });
+
+    // A watcher that stays: its backlog read (10..20) is what the hub keeps.
+    const stays = recorder();
+    hub.stream(task.id, 'alice', stays.sink).start(10, false, 20);
+    await until(() => stays.caughtUp() > 0);
+    expect(reads).toBe(1);
+    // Live events join the window (this store's feed carries no events: the hub reads them, once each).
+    for (let i = 21; i <= 25; i++) await store.append(task.id, { type: 'progress', done: i });
+    await until(() => stays.seqs.length === 15);
+    const afterLive = reads;
+
+    // Resubscribes within the window read nothing, however often they come.
+    for (let round = 0; round < 5; round++) {
+      const again = recorder();
+      const stream = hub.stream(task.id, 'mallory', again.sink);
+      stream.start(12, false, 25);
+      await until(() => again.caughtUp() > 0);
+      expect(again.seqs).toEqual(Array.from({ length: 13 }, (_, i) => 13 + i));
+      stream.close();
+    }
+    expect(reads).toBe(afterLive);
+
+    // A cursor before the window reads the store, and what it reads joins the window's front.
+    const behind = recorder();
+    const first = hub.stream(task.id, 'alice', behind.sink);
+    first.start(2, false, 25);
+    await until(() => behind.caughtUp() > 0);
+    expect(behind.seqs).toEqual(Array.from({ length: 23 }, (_, i) => 3 + i));
+    expect(reads).toBe(afterLive + 1);
+    first.close();
+    const behindAgain = recorder();
+    hub.stream(task.id, 'alice', behindAgain.sink).start(5, false, 25);
+    await until(() => behindAgain.caughtUp() > 0);
+    expect(behindAgain.seqs).toHaveLength(20);
+    expect(reads).toBe(afterLive + 1);
+  });
+});

@@ -42,6 +42,10 @@ export interface StreamHub {
   latestSeq(taskId: string): number | undefined;
   /** A read of the task at `seq`: where the hub's own live reads start. */
   observe(taskId: string, seq: number): void;
+  /** The task's events after `fromSeq` up to `toSeq` when the hub holds them all in memory. */
+  recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
+  /** Events a stream read from the store, for the hub to keep if they join what it holds. */
+  readBack(taskId: string, events: readonly TaskEvent[]): void;
 }
 
 /**
@@ -124,8 +128,8 @@ export class TaskStream {
   }
 
   /**
-   * Reads the events between the position and the latest seq the hub knows, until none is missing, then
-   * takes live events. Events the hub dispatched meanwhile were ignored, but the hub's latest seq covers
+   * Reads the events between the position and the latest seq the hub knows (from the hub's memory when
+   * it holds them all, else from the store), until none is missing, then takes live events. Events the hub dispatched meanwhile were ignored, but the hub's latest seq covers
    * them, so the loop reads them too. A failure of the first catch-up answers the subscribe; a later one
    * is retried.
    */
@@ -147,11 +151,15 @@ export class TaskStream {
           this.#snapshot(toTaskView(task));
           continue;
         }
-        const events = await this.#read(
-          () => this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents),
-          [],
-        );
+        const held = this.#hub.recent(this.taskId, this.#position, target);
+        const events =
+          held ??
+          (await this.#read(
+            () => this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents),
+            [],
+          ));
         if (this.stale) return;
+        if (held === undefined) this.#hub.readBack(this.taskId, events);
         const before = this.#position;
         this.#push(events);
         if (this.#position === before) break;
