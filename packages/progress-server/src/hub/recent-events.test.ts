@@ -3,7 +3,13 @@ import { describe, expect, it } from 'vitest';
 import { RecentEvents } from './recent-events.js';
 
 const event = (taskId: string, seq: number): TaskEvent =>
-  Object.freeze({ taskId, seq, type: 'progress', time: seq, done: seq }) as TaskEvent;
+  Object.freeze({
+    taskId,
+    seq,
+    type: 'progress' as const,
+    time: seq,
+    progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message: null },
+  });
 const run = (taskId: string, from: number, to: number): TaskEvent[] =>
   Array.from({ length: to - from + 1 }, (_, i) => event(taskId, from + i));
 const seqs = (events: readonly TaskEvent[] | undefined) => events?.map((e) => e.seq);

@@ -7,6 +7,7 @@
  * @module
  */
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { ClientFrame, ProtocolVersion } from '@finishline/core';
 import { CloseCode, ErrorCode } from '@finishline/core';
 import type { DecodeResult } from '@finishline/core/internal';
@@ -67,13 +68,19 @@ export class Connection<P extends Principal> {
 
   /**
    * @param socket - the accepted socket, its upgrade request, and the principal established at the
-   *   upgrade (`undefined` when the socket must authenticate with a first `auth` frame).
+   *   upgrade (`undefined` when the socket must authenticate with a first `auth` frame); `transport` is
+   *   the TCP socket under `ws` when the server upgraded it itself (see {@link WriterContext.transport}).
    */
   constructor(
-    socket: { ws: WebSocket; request: IncomingMessage; principal: P | undefined },
+    socket: {
+      ws: WebSocket;
+      request: IncomingMessage;
+      principal: P | undefined;
+      transport?: Duplex | undefined;
+    },
     ctx: ConnectionContext<P>,
   ) {
-    const { ws, request, principal } = socket;
+    const { ws, request, principal, transport } = socket;
     this.#ws = ws;
     this.#ctx = ctx;
     this.#options = ctx.options;
@@ -92,6 +99,7 @@ export class Connection<P extends Principal> {
     this.#writer = new SocketWriter({
       ...common,
       ws,
+      transport,
       options: this.#options,
       epoch: ctx.epoch,
       isOpen,

@@ -230,7 +230,7 @@ export class SocketAcceptor<P extends Principal> {
     }
     let added = false;
     const connection = new Connection<P>(
-      { ws, request, principal },
+      { ws, request, principal, transport: raw },
       {
         ...this.#ctx,
         // Counting the one being constructed too: it may say hello before it is added below.

@@ -4,6 +4,8 @@
  *
  * @module
  */
+
+import type { Duplex } from 'node:stream';
 import type {
   ErrorCode,
   ProtocolVersion,
@@ -45,6 +47,12 @@ export interface WrittenLog {
 /** What a writer needs from its connection. */
 export interface WriterContext {
   readonly ws: WebSocket;
+  /**
+   * The TCP socket under `ws`, when known (sockets this server upgraded; not those handed over by a
+   * user's own `WebSocketServer`): the writer corks it for the rest of the tick at its first frame, so
+   * everything written to one socket in one tick leaves in one system call.
+   */
+  readonly transport?: Duplex | undefined;
   readonly options: Pick<
     ResolvedServerOptions<never>,
     'clock' | 'terminalRetry' | 'highWaterMarkBytes' | 'backpressurePollMs'
@@ -75,6 +83,7 @@ export class SocketWriter {
   #retryDueAt: number | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
   #congested = false;
+  #corked = false;
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
@@ -155,6 +164,7 @@ export class SocketWriter {
   sendText(text: string): void {
     const ws = this.#ctx.ws;
     if (ws.readyState !== WebSocket.OPEN) return;
+    this.#corkForTick();
     ws.send(text, (error) => {
       if (error)
         this.#ctx.logger.debug(
@@ -177,6 +187,23 @@ export class SocketWriter {
   epochField(): { epoch?: string } {
     const epoch = this.#ctx.epoch.current;
     return this.#ctx.version >= 2 && epoch !== undefined ? { epoch } : {};
+  }
+
+  /**
+   * Holds the socket's writes until the end of the tick (Node's own pattern for batched writes). Each
+   * frame `ws` sends is otherwise a `writev` of its own: a catch-up of a hundred events was a hundred
+   * system calls, and at load the server's time went to them (docs/benchmarks.md, profile). The bytes
+   * held count in `ws.bufferedAmount`, so the high-water mark still pauses the drain.
+   */
+  #corkForTick(): void {
+    const transport = this.#ctx.transport;
+    if (transport === undefined || this.#corked) return;
+    this.#corked = true;
+    transport.cork();
+    process.nextTick(() => {
+      this.#corked = false;
+      transport.uncork();
+    });
   }
 
   /** Clears the timers and the queue (the socket closed). */
