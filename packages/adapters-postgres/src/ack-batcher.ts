@@ -99,7 +99,11 @@ export class AckBatcher {
     const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
     const rows = new Map<string, { seq: number; ackedSeq: number }>();
     try {
-      const { rows: updated } = await sql<{ id: string; seq: string; acked_seq: string }>`
+      // The rows the statement did not move (acked already, by this replica or another) come back in
+      // the same round trip (a second query for them was a third of the ack statements at load). They
+      // are as the statement's snapshot saw them, so an ack that a concurrent statement got in first
+      // reads as the batch's own seq: the task's acked seq is at least that.
+      const { rows: result } = await sql<{ id: string; seq: string; acked_seq: string }>`
         WITH v AS (
           SELECT * FROM unnest(${batch.map((entry) => entry.taskId)}::text[], ${batch.map((entry) => entry.seq)}::int8[])
             AS v(id, seq)
@@ -109,21 +113,24 @@ export class AckBatcher {
             AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
           ORDER BY t.id
           FOR UPDATE
+        ), updated AS (
+          UPDATE ${tasks} AS t
+          SET acked_seq = (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq)
+          FROM locked
+          WHERE t.id = locked.id
+            AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+          RETURNING t.id, t.seq, t.acked_seq
         )
-        UPDATE ${tasks} AS t
-        SET acked_seq = (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq)
-        FROM locked
-        WHERE t.id = locked.id
-          AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
-        RETURNING t.id, t.seq, t.acked_seq`.execute(db);
+        SELECT id, seq, acked_seq FROM updated
+        UNION ALL
+        SELECT t.id, t.seq,
+          GREATEST(t.acked_seq, (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq))
+        FROM ${tasks} t
+        WHERE t.id = ANY(${taskIds}::text[]) AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = t.id)`.execute(
+        db,
+      );
       this.#batches += 1;
-      for (const row of updated) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
-      const unchanged = taskIds.filter((taskId) => !rows.has(taskId));
-      if (unchanged.length > 0) {
-        const { rows: current } = await sql<{ id: string; seq: string; acked_seq: string }>`
-          SELECT id, seq, acked_seq FROM ${tasks} WHERE id = ANY(${unchanged}::text[])`.execute(db);
-        for (const row of current) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
-      }
+      for (const row of result) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
     } catch (error) {
       const failure = toProgressError(error, 'ack', taskIds.length === 1 ? taskIds[0] : undefined);
       for (const entry of batch) entry.reject(failure);
