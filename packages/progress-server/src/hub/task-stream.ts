@@ -151,15 +151,17 @@ export class TaskStream {
           this.#snapshot(toTaskView(task));
           continue;
         }
-        const held = this.#hub.recent(this.taskId, this.#position, target);
-        const events =
-          held ??
-          (await this.#read(
-            () => this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents),
-            [],
-          ));
+        // From the hub's memory when it holds them all, in the principal's turn all the same: what a
+        // catch-up costs is also the sending, and a burst of resubscribes must not take a turn at once.
+        let fromStore = false;
+        const events = await this.#read(() => {
+          const held = this.#hub.recent(this.taskId, this.#position, target);
+          if (held !== undefined) return Promise.resolve(held);
+          fromStore = true;
+          return this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents);
+        }, []);
         if (this.stale) return;
-        if (held === undefined) this.#hub.readBack(this.taskId, events);
+        if (fromStore) this.#hub.readBack(this.taskId, events);
         const before = this.#position;
         this.#push(events);
         if (this.#position === before) break;
