@@ -8,6 +8,7 @@ export default defineConfig([
       tabs: 'src/tab-sharing.ts',
       sse: 'src/sse.ts',
       http: 'src/http-fallback.ts',
+      persist: 'src/persist.ts',
     },
     format: ['esm', 'cjs'],
     // The package's tsconfig is a composite project for `tsc -b`; a declaration bundle is not one.

@@ -30,6 +30,7 @@ const ENTRIES = [
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },
   { name: '@finishline/client/sse', source: 'sse.ts', budget: 1 * KB },
   { name: '@finishline/client/http', source: 'http-fallback.ts', budget: 2 * KB },
+  { name: '@finishline/client/persist', source: 'persist.ts', budget: 1 * KB },
 ];
 
 async function bundle(sources, { meta = false } = {}) {

@@ -3,7 +3,7 @@ import { ErrorCode, PROTOCOL_VERSION } from '@finishline/core';
 import { propertyParams, propertyTimeoutMs } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { MemoryCursorStorage } from './cursor-storage.js';
+import { MemoryCursorStorage } from './persist.js';
 import { httpFallback } from './http-fallback.js';
 import { ProgressClient } from './progress-client.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';

@@ -19,7 +19,7 @@ import {
   required,
   resolveOptions as resolveOptions_,
 } from '@finishline/core/internal';
-import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
+import type { CursorStorage } from './cursor-storage.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import type { FallbackTransport } from './sse.js';
@@ -158,16 +158,13 @@ export interface ProgressClientOptions {
    */
   httpCredentials?: HttpCredentials;
   /**
-   * Cursor persistence across page reloads: `'session'` (the tab's `sessionStorage`), a
-   * {@link CursorStorage}, or `false`.
+   * Cursor persistence across page reloads: a {@link CursorStorage} — in a browser
+   * `sessionCursorStorage()` from `@finishline/client/persist` (the tab's `sessionStorage`; a separate
+   * entry, so pages that do not persist do not load it) — or `false`. Replaces the `'session'` value and
+   * `persistenceKeyPrefix` of earlier versions (now `sessionCursorStorage(keyPrefix)`).
    * @default false
    */
-  persistence?: 'session' | CursorStorage | false;
-  /**
-   * Key prefix of the `'session'` persistence.
-   * @default 'finishline:'
-   */
-  persistenceKeyPrefix?: string;
+  persistence?: CursorStorage | false;
   /**
    * Longest wait from opening a socket to the server's `hello`; then the attempt counts as failed.
    * @default 10000
@@ -343,15 +340,11 @@ const CLIENT_OPTIONS = {
   httpUrl: ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL),
   httpPath: ofType<string>('a path', (value) => typeof value === 'string'),
   httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
-  persistence: option<'session' | CursorStorage | false>(
+  persistence: option<CursorStorage | false>(
     false,
-    "'session', a CursorStorage or false",
-    (value) =>
-      value === 'session' ||
-      value === false ||
-      (isObject(value) && isFunction((value as CursorStorage).load)),
+    'a CursorStorage (sessionCursorStorage() from @finishline/client/persist) or false',
+    (value) => value === false || (isObject(value) && isFunction((value as CursorStorage).load)),
   ),
-  persistenceKeyPrefix: option('finishline:', 'a string', (value) => typeof value === 'string'),
   connectTimeoutMs: finite(10_000, 1),
   heartbeatTimeoutMs: option<number | null>(
     null,
@@ -498,8 +491,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
     WebSocket: sharing ? sharing.wrap(WebSocketImpl) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
-    storage:
-      persistence === 'session' ? sessionCursorStorage(o.persistenceKeyPrefix) : persistence || undefined,
+    storage: persistence || undefined,
     httpFallback: o.httpFallback || undefined,
   };
 }

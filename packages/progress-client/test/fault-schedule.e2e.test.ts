@@ -8,7 +8,7 @@ import { SqliteProgressStore } from '@finishline/sqlite';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
-import { MemoryCursorStorage } from '../src/cursor-storage.js';
+import { MemoryCursorStorage } from '../src/persist.js';
 import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import { WatchLog } from '../src/testing/watch-log.js';
