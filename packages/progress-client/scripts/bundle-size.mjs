@@ -1,5 +1,6 @@
 // Measures what each browser entry of @finishline/client costs a page: bundled for the browser with
-// esbuild (with @finishline/core, as an app's bundler would), minified, then gzipped with node:zlib.
+// esbuild (with @finishline/core, as an app's bundler would, and the browser variants of the package's
+// `browser` export condition), minified, then gzipped with node:zlib.
 // The core entry is measured alone; every other entry as what it adds to a page that already has the
 // core (the gzip of core + entry, minus the gzip of the core), since no page loads it without the core.
 // Prints one line per entry; exits 1 when any is over its budget, or, for an entry whose budget is an aim
@@ -14,6 +15,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { build } from 'esbuild';
+import { browserVariants } from './browser-variants.mjs';
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const KB = 1024;
@@ -50,6 +52,8 @@ async function bundle(sources, { meta = false } = {}) {
     // React is the app's, not ours: a page using the hook already has it.
     external: ['react', 'react-dom'],
     plugins: [
+      // What the package's `browser` export condition gives a page (socket-diagnostics.browser.ts, …).
+      browserVariants,
       {
         // The workspace package is resolved to its sources, as the tests do (no build needed first).
         name: 'finishline-core-source',

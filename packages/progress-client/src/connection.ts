@@ -9,17 +9,12 @@ import {
   ProgressError,
 } from '@finishline/core';
 import { decodeServerFrame, encodeFrame } from '@finishline/core/internal';
-import {
-  type AttemptFailure,
-  describeEarlyClose,
-  describeSocketError,
-  frameError,
-  unreachableError,
-} from './connect-errors.js';
+import { type AttemptFailure, describeEarlyClose, frameError, unreachableError } from './connect-errors.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
+import { describeSocketError } from './socket-diagnostics.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**

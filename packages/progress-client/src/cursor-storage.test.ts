@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
 import { readStoredTask } from './cursor-storage.js';
 import {
   MemoryCursorStorage,
@@ -75,7 +75,10 @@ describe('cursor storage', () => {
 
   it('refuses sessionCursorStorage() where there is no sessionStorage, and uses it where there is one', () => {
     expect(() => sessionCursorStorage()).toThrow(
-      expect.objectContaining({ code: ErrorCode.InvalidInput, message: expect.stringMatching(/sessionStorage/) }),
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: expect.stringMatching(/sessionStorage/),
+      }),
     );
     const backing = new MapStorage();
     (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage = backing;

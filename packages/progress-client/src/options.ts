@@ -22,6 +22,7 @@ import {
 import type { CursorStorage } from './cursor-storage.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
+import { headersProblem } from './socket-diagnostics.js';
 import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
@@ -466,14 +467,8 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
       'no WebSocket implementation: pass the `WebSocket` option (for example WebSocket from "ws")',
     );
   }
-  if (isNodeBuiltinWebSocket(WebSocketImpl) && Object.keys(o.headers).length > 0) {
-    throw invalidOption(
-      'ProgressClient',
-      `Node's built-in WebSocket cannot send upgrade headers (${Object.keys(o.headers).join(', ')}): ` +
-        'pass `WebSocket` from the "ws" package (npm install ws), or authenticate with the `token` option ' +
-        '(sent in the first frame)',
-    );
-  }
+  const headersRefused = headersProblem(WebSocketImpl, Object.keys(o.headers));
+  if (headersRefused !== undefined) throw invalidOption('ProgressClient', headersRefused);
   const fetchImpl = o.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
   if (fetchImpl !== undefined && typeof fetchImpl !== 'function')
     throw invalidOption('ProgressClient', 'fetch must be a function');
@@ -494,23 +489,4 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     storage: persistence || undefined,
     httpFallback: o.httpFallback || undefined,
   };
-}
-
-/**
- * True for Node's own `WebSocket` (undici: global from Node 22, behind `--experimental-websocket` in Node
- * 20), which ignores the third constructor argument and so never sends `headers`. `ws` is told apart by
- * its static `Server`; a browser has a `document`.
- */
-function isNodeBuiltinWebSocket(impl: WebSocketConstructorLike): boolean {
-  const g = globalThis as {
-    process?: { versions?: { node?: string } };
-    document?: unknown;
-    WebSocket?: unknown;
-  };
-  return (
-    typeof g.process?.versions?.node === 'string' &&
-    g.document === undefined &&
-    impl === g.WebSocket &&
-    !('Server' in impl)
-  );
 }

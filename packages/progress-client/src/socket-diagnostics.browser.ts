@@ -1,0 +1,21 @@
+import { unexplainedFailure } from './connect-errors.js';
+import type * as Node from './socket-diagnostics.js';
+
+/**
+ * socket-diagnostics.ts for browser builds (the package's `browser` export condition): the same exports,
+ * typed from it, without what only Node reaches. A browser's WebSocket `error` event carries no message,
+ * no HTTP status and no error code, and there is no Node built-in WebSocket to refuse headers to; so for
+ * everything a browser can produce these answer as the Node module does (a test checks it), in a
+ * fraction of the bytes.
+ *
+ * @module
+ */
+
+/** As in socket-diagnostics.ts, without the `ws` messages and Node error codes a browser never has. @internal */
+export const describeSocketError: typeof Node.describeSocketError = (event) => {
+  const error = event?.error instanceof Error ? event.error : undefined;
+  return unexplainedFailure(String(event?.message ?? error?.message ?? ''), error);
+};
+
+/** A browser has no WebSocket that drops headers (it sends none: cookies authenticate). @internal */
+export const headersProblem: typeof Node.headersProblem = () => undefined;
