@@ -52,7 +52,7 @@ async function bundle(sources, { meta = false } = {}) {
     // React is the app's, not ours: a page using the hook already has it.
     external: ['react', 'react-dom'],
     plugins: [
-      // What the package's `browser` export condition gives a page (socket-diagnostics.browser.ts, …).
+      // What the package's `browser` export condition gives a page (socket-platform.browser.ts, …).
       browserVariants,
       {
         // The workspace package is resolved to its sources, as the tests do (no build needed first).

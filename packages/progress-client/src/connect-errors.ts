@@ -3,7 +3,7 @@ import { ErrorCode, ProgressError } from '@finishline/core';
 /**
  * The errors the client's connection reports, worded: the text for a socket closed before the server's
  * `hello` and the `unreachable` error (what the WebSocket implementation's own error tells is read in
- * socket-diagnostics.ts); and the error of a frame that could not be decoded, naming its task when it can
+ * socket-platform.ts); and the error of a frame that could not be decoded, naming its task when it can
  * be told.
  *
  * @module

@@ -1,5 +1,5 @@
 import type { TaskView } from '@finishline/core';
-import { decodeServerFrame } from '@finishline/core/internal';
+import { decodeServerText } from '@finishline/core/internal';
 
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.
@@ -65,7 +65,7 @@ export function readStoredTask(storage: CursorStorage, taskId: string): StoredTa
   } catch {
     return undefined;
   }
-  const decoded = decodeServerFrame(text);
+  const decoded = decodeServerText(text);
   if (!decoded.ok || decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) return undefined;
   return { task: decoded.frame.task, epoch: decoded.frame.epoch };
 }

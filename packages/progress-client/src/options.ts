@@ -22,7 +22,7 @@ import {
 import type { CursorStorage } from './cursor-storage.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
-import { headersProblem } from './socket-diagnostics.js';
+import { headersProblem } from './socket-platform.js';
 import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';

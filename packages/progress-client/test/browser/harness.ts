@@ -26,7 +26,7 @@ export async function bundlePage(): Promise<string> {
     target: 'es2022',
     write: false,
     plugins: [
-      // The page gets what the package's `browser` export condition gives (socket-diagnostics.browser.ts).
+      // The page gets what the package's `browser` export condition gives (socket-platform.browser.ts).
       browserVariants,
       {
         name: 'finishline-core-source',

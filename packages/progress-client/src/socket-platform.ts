@@ -1,13 +1,24 @@
 /**
- * What a WebSocket implementation tells about a failure, read where only Node can tell it: `ws` gives the
- * HTTP status of a refused upgrade and the network error (with its `code`), and Node's built-in WebSocket
- * cannot send upgrade headers. Browsers tell nothing of the kind, so browser builds use
- * socket-diagnostics.browser.ts instead (the package's `browser` export condition): the same functions
+ * What only Node's WebSocket implementations need: reading what `ws` tells about a failure (the HTTP
+ * status of a refused upgrade, the network error with its `code`), refusing headers to Node's built-in
+ * WebSocket (which cannot send them), and decoding frames handed over as bytes. A browser tells nothing
+ * of the kind, sends no headers and hands a binary frame over as a `Blob`, so browser builds use
+ * socket-platform.browser.ts instead (the package's `browser` export condition): the same functions
  * without the parts only Node reaches, which keeps them out of a page's bundle.
  *
  * @module
  */
+import { decodeServerFrame } from '@finishline/core/internal';
 import { type AttemptFailure, unexplainedFailure } from './connect-errors.js';
+
+/**
+ * Decodes what the socket's `message` event carries: a string, or with some implementations UTF-8 bytes
+ * (the protocol lets a receiver accept JSON in a binary frame).
+ *
+ * @internal
+ */
+export const decodeSocketData: (data: unknown) => ReturnType<typeof decodeServerFrame> = (data) =>
+  decodeServerFrame(data);
 
 /** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
 const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;

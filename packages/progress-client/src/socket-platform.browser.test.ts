@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import * as browser from './socket-diagnostics.browser.js';
-import * as node from './socket-diagnostics.js';
+import * as browser from './socket-platform.browser.js';
+import * as node from './socket-platform.js';
 
 describe('socket diagnostics in browser builds', () => {
   // What a browser's WebSocket `error` event can be: a plain Event (no message, no error), or what a
@@ -44,5 +44,20 @@ describe('socket diagnostics in browser builds', () => {
       page.WebSocket = saved.WebSocket;
       if (saved.document === undefined) delete page.document;
     }
+  });
+
+  it('decodes what a browser hands over as the Node module does: strings, and a binary frame as a Blob', () => {
+    const frames: unknown[] = [
+      '{"type":"pong","time":1}',
+      '{"type":"pong","time":-1}',
+      'not json',
+      new Blob(['{"type":"pong","time":1}']),
+    ];
+    for (const data of frames)
+      expect(browser.decodeSocketData(data)).toStrictEqual(node.decodeSocketData(data));
+    // What only Node hands over: bytes, which the protocol lets a receiver accept.
+    const bytes = new TextEncoder().encode('{"type":"pong","time":1}');
+    expect(node.decodeSocketData(bytes).ok).toBe(true);
+    expect(browser.decodeSocketData(bytes).ok).toBe(false);
   });
 });
