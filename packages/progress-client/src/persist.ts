@@ -52,7 +52,7 @@ export interface WebStorageLike {
 }
 
 /**
- * A {@link CursorStorage} over Web Storage (`sessionStorage` by default in the client): one JSON entry per
+ * A {@link CursorStorage} over Web Storage (`sessionStorage` from {@link sessionCursorStorage}): one JSON entry per
  * task under `keyPrefix + taskId`. sessionStorage is per tab, which is what a resume needs: two tabs
  * watching one task keep separate cursors.
  */
