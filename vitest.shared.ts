@@ -15,5 +15,6 @@ export const workspaceAliases = [
   { find: /^@finishline\/server$/, replacement: src('progress-server/src/index.ts') },
   { find: /^@finishline\/client\/sse$/, replacement: src('progress-client/src/sse.ts') },
   { find: /^@finishline\/client\/http$/, replacement: src('progress-client/src/http-fallback.ts') },
+  { find: /^@finishline\/client\/persist$/, replacement: src('progress-client/src/persist.ts') },
   { find: /^@finishline\/client$/, replacement: src('progress-client/src/index.ts') },
 ];

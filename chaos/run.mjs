@@ -12,8 +12,9 @@
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { MemoryCursorStorage, ProgressClient } from '@finishline/client';
+import { ProgressClient } from '@finishline/client';
 import { httpFallback } from '@finishline/client/http';
+import { MemoryCursorStorage } from '@finishline/client/persist';
 import { PostgresProgressStore } from '@finishline/postgres';
 import pg from 'pg';
 import WebSocket from 'ws';

@@ -1,5 +1,6 @@
 // Measures what each browser entry of @finishline/client costs a page: bundled for the browser with
-// esbuild (with @finishline/core, as an app's bundler would), minified, then gzipped with node:zlib.
+// esbuild (with @finishline/core, as an app's bundler would, and the browser variants of the package's
+// `browser` export condition), minified, then gzipped with node:zlib.
 // The core entry is measured alone; every other entry as what it adds to a page that already has the
 // core (the gzip of core + entry, minus the gzip of the core), since no page loads it without the core.
 // Prints one line per entry; exits 1 when any is over its budget, or, for an entry whose budget is an aim
@@ -14,6 +15,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { build } from 'esbuild';
+import { browserVariants } from './browser-variants.mjs';
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const KB = 1024;
@@ -22,14 +24,16 @@ const KB = 1024;
  * name, source (from src/), budget in bytes min+gzip; the first entry is the core. An entry whose budget is
  * an aim not met yet has a `ceiling` too: it is reported as over budget, and fails only above the ceiling,
  * so it cannot grow while the work towards the budget is open. The core entry is that case (issue 14 item
- * 8: 8 KB asked, 16,450 B measured on 2 December 2026; what it is made of: docs/client.md, bundle entries).
+ * 8: 8 KB asked; 16,450 B measured on 2 December 2026 before that item's work, 15,379 B after, so the ceiling is
+ * that plus about 300 B; what it is made of: docs/client.md, bundle entries).
  */
 const ENTRIES = [
-  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 16_800 },
+  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 15_680 },
   { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },
   { name: '@finishline/client/sse', source: 'sse.ts', budget: 1 * KB },
   { name: '@finishline/client/http', source: 'http-fallback.ts', budget: 2 * KB },
+  { name: '@finishline/client/persist', source: 'persist.ts', budget: 1 * KB },
 ];
 
 async function bundle(sources, { meta = false } = {}) {
@@ -49,6 +53,8 @@ async function bundle(sources, { meta = false } = {}) {
     // React is the app's, not ours: a page using the hook already has it.
     external: ['react', 'react-dom'],
     plugins: [
+      // What the package's `browser` export condition gives a page (socket-platform.browser.ts, …).
+      browserVariants,
       {
         // The workspace package is resolved to its sources, as the tests do (no build needed first).
         name: 'finishline-core-source',

@@ -1,10 +1,10 @@
 import { ErrorCode, ProgressError } from '@finishline/core';
 
 /**
- * The errors the client's connection reports, worded. Mostly what it can tell about a failed connection
- * attempt, for the `unreachable` error: the WebSocket implementation's error read into a cause and a hint
- * of what to check, the text for a socket closed before the server's `hello`, and the error itself; and
- * the error of a frame that could not be decoded, naming its task when it can be told.
+ * The errors the client's connection reports, worded: the text for a socket closed before the server's
+ * `hello` and the `unreachable` error (what the WebSocket implementation's own error tells is read in
+ * socket-platform.ts); and the error of a frame that could not be decoded, naming its task when it can
+ * be told.
  *
  * @module
  */
@@ -19,51 +19,13 @@ export interface AttemptFailure {
   cause?: unknown;
 }
 
-/** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
-const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;
-
 /**
- * Reads what a WebSocket implementation says about a failed attempt: `ws` gives the HTTP status of a
- * refused upgrade in its message and the network error (with its `code`) in `error`; browsers and
- * Node's built-in WebSocket say nothing useful.
+ * A failed attempt the implementation gave no reason for that the client can read: its message if it
+ * has one, else what to check.
  *
  * @internal
  */
-export function describeSocketError(event: { message?: unknown; error?: unknown }): AttemptFailure {
-  const error = event?.error instanceof Error ? event.error : undefined;
-  const message = String(event?.message ?? error?.message ?? '');
-  const status = /Unexpected server response: (\d{3})\b/.exec(message)?.[1];
-  if (status !== undefined) {
-    const hint =
-      status === '404'
-        ? " (check the URL's path: it must be the server's `path`, /progress by default)"
-        : status === '403'
-          ? " (the Origin is not in the server's allowedOrigins: behind a dev proxy, add the page's origin)"
-          : status === '401'
-            ? ' (no valid credentials at the upgrade)'
-            : '';
-    return {
-      detail: `the server answered the WebSocket upgrade with HTTP ${status}${hint}`,
-      status: Number(status),
-      cause: error ?? new Error(message),
-    };
-  }
-  const code = (error as { code?: unknown } | undefined)?.code;
-  if (typeof code === 'string') {
-    if (code === 'ECONNREFUSED')
-      return {
-        detail: 'connection refused (ECONNREFUSED): nothing listens on that host and port',
-        cause: error,
-      };
-    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN')
-      return { detail: `DNS lookup failed (${code}): check the host name`, cause: error };
-    if (TLS_CODE.test(code))
-      return {
-        detail: `TLS handshake failed (${code}): a wss:// URL needs an HTTPS server; use ws:// (or a relative URL) for plain HTTP`,
-        cause: error,
-      };
-    return { detail: `network error (${code}): ${error?.message ?? ''}`, cause: error };
-  }
+export function unexplainedFailure(message: string, error: Error | undefined): AttemptFailure {
   return {
     detail:
       message === ''

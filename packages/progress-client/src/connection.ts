@@ -8,18 +8,13 @@ import {
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
-import { decodeServerFrame, encodeFrame } from '@finishline/core/internal';
-import {
-  type AttemptFailure,
-  describeEarlyClose,
-  describeSocketError,
-  frameError,
-  unreachableError,
-} from './connect-errors.js';
+import { encodeFrame } from '@finishline/core/internal';
+import { type AttemptFailure, describeEarlyClose, frameError, unreachableError } from './connect-errors.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
+import { decodeSocketData, describeSocketError } from './socket-platform.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**
@@ -253,7 +248,7 @@ export class Connection {
     if (socket !== this.#socket) return;
     // Every frame pushes the heartbeat deadline back (and answers a pending ping).
     if (this.#ready) this.#liveness.frame();
-    const decoded = decodeServerFrame(data);
+    const decoded = decodeSocketData(data);
     if (!decoded.ok) {
       const error = decoded.error;
       if (error.code === ErrorCode.UnsupportedProtocol) {

@@ -1,10 +1,12 @@
+import { ErrorCode } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
+import { readStoredTask } from './cursor-storage.js';
 import {
   MemoryCursorStorage,
-  readStoredTask,
+  sessionCursorStorage,
   WebStorageCursorStorage,
   type WebStorageLike,
-} from './cursor-storage.js';
+} from './persist.js';
 import { FakeTask } from './testing/fake-server.js';
 
 class MapStorage implements WebStorageLike {
@@ -69,5 +71,22 @@ describe('cursor storage', () => {
     expect(readStoredTask(storage, 't1')).toEqual({ task: task.view(), epoch: 'epoch-1' });
     backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), epoch: 'not an id!' }));
     expect(readStoredTask(storage, 't1')).toBeUndefined();
+  });
+
+  it('refuses sessionCursorStorage() where there is no sessionStorage, and uses it where there is one', () => {
+    expect(() => sessionCursorStorage()).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: expect.stringMatching(/sessionStorage/),
+      }),
+    );
+    const backing = new MapStorage();
+    (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage = backing;
+    try {
+      sessionCursorStorage('s:').save(task.view());
+      expect([...backing.map.keys()]).toEqual(['s:t1']);
+    } finally {
+      delete (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
+    }
   });
 });

@@ -1,11 +1,11 @@
 import type { TaskView } from '@finishline/core';
-import { ErrorCode, ProgressError } from '@finishline/core';
-import { decodeServerFrame } from '@finishline/core/internal';
+import { decodeServerText } from '@finishline/core/internal';
 
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.
  * The client saves the task's view (a `TaskView`, whose `seq` is the cursor) when it acknowledges, and
- * removes it once the task's terminal event is delivered and acknowledged.
+ * removes it once the task's terminal event is delivered and acknowledged. The storages themselves are in
+ * `@finishline/client/persist` (persist.ts), so pages that do not persist do not load them.
  *
  * @module
  */
@@ -17,7 +17,9 @@ import { decodeServerFrame } from '@finishline/core/internal';
  *
  * @example
  * ```ts
- * const client = new ProgressClient({ url, persistence: new MemoryCursorStorage() });
+ * import { sessionCursorStorage } from '@finishline/client/persist';
+ *
+ * const client = new ProgressClient({ url, persistence: sessionCursorStorage() });
  * ```
  */
 export interface CursorStorage {
@@ -32,102 +34,6 @@ export interface CursorStorage {
   save(task: TaskView, epoch?: string): void;
   /** Forgets `taskId`. */
   remove(taskId: string): void;
-}
-
-/** A {@link CursorStorage} in memory: survives a client, not a page reload. Useful in tests and Node. */
-export class MemoryCursorStorage implements CursorStorage {
-  readonly #entries = new Map<string, string>();
-
-  /** Number of saved cursors. */
-  get size(): number {
-    return this.#entries.size;
-  }
-
-  load(taskId: string): unknown {
-    const text = this.#entries.get(taskId);
-    return text === undefined ? undefined : JSON.parse(text);
-  }
-
-  save(task: TaskView, epoch?: string): void {
-    // A copy, so later changes to the caller's object cannot alter what was saved.
-    this.#entries.set(task.id, JSON.stringify(withEpoch(task, epoch)));
-  }
-
-  remove(taskId: string): void {
-    this.#entries.delete(taskId);
-  }
-}
-
-/** The part of the Web Storage API that {@link WebStorageCursorStorage} uses. */
-export interface WebStorageLike {
-  getItem(key: string): string | null;
-  setItem(key: string, value: string): void;
-  removeItem(key: string): void;
-}
-
-/**
- * A {@link CursorStorage} over Web Storage (`sessionStorage` by default in the client): one JSON entry per
- * task under `keyPrefix + taskId`. sessionStorage is per tab, which is what a resume needs: two tabs
- * watching one task keep separate cursors.
- */
-export class WebStorageCursorStorage implements CursorStorage {
-  readonly #storage: WebStorageLike;
-  readonly #prefix: string;
-
-  /**
-   * @param storage - `sessionStorage`, `localStorage` or anything with the same three methods.
-   * @param keyPrefix - prepended to the task id to form the key.
-   */
-  constructor(storage: WebStorageLike, keyPrefix = 'finishline:') {
-    this.#storage = storage;
-    this.#prefix = keyPrefix;
-  }
-
-  load(taskId: string): unknown {
-    try {
-      const text = this.#storage.getItem(this.#prefix + taskId);
-      return text === null ? undefined : JSON.parse(text);
-    } catch {
-      // Storage disabled (Safari private mode, a sandboxed iframe) or a corrupt entry: start over.
-      return undefined;
-    }
-  }
-
-  save(task: TaskView, epoch?: string): void {
-    try {
-      this.#storage.setItem(this.#prefix + task.id, JSON.stringify(withEpoch(task, epoch)));
-    } catch {
-      // Quota exceeded or storage disabled: the only loss is the resume after a reload.
-    }
-  }
-
-  remove(taskId: string): void {
-    try {
-      this.#storage.removeItem(this.#prefix + taskId);
-    } catch {
-      // As in save().
-    }
-  }
-}
-
-/**
- * The `sessionStorage` cursor storage of the current page.
- *
- * @throws ProgressError `invalid_input` where there is no `sessionStorage` (Node, a worker).
- */
-export function sessionCursorStorage(keyPrefix?: string): WebStorageCursorStorage {
-  const storage = (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
-  if (storage === undefined) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      "ProgressClient: persistence 'session' needs globalThis.sessionStorage; pass a CursorStorage instead",
-    );
-  }
-  return new WebStorageCursorStorage(storage, keyPrefix);
-}
-
-function withEpoch(task: TaskView, epoch: string | undefined): TaskView | (TaskView & { epoch: string }) {
-  return epoch === undefined ? task : { ...task, epoch };
 }
 
 /** A view read back from a {@link CursorStorage}, with the epoch of its seq when one was saved. */
@@ -159,7 +65,7 @@ export function readStoredTask(storage: CursorStorage, taskId: string): StoredTa
   } catch {
     return undefined;
   }
-  const decoded = decodeServerFrame(text);
+  const decoded = decodeServerText(text);
   if (!decoded.ok || decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) return undefined;
   return { task: decoded.frame.task, epoch: decoded.frame.epoch };
 }

@@ -1,7 +1,7 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { backoffDelayMs, decodeServerFrame } from '@finishline/core/internal';
+import { backoffDelayMs, decodeServerText } from '@finishline/core/internal';
 import type { FetchLike, HttpCredentials, ResolvedOptions, TokenSource } from './options.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';
@@ -54,7 +54,7 @@ export class HttpApi {
   async getTask(taskId: string): Promise<TaskView> {
     const body = await this.#get(taskId, `/tasks/${encodeURIComponent(taskId)}`);
     const task = readField(body, 'task');
-    const decoded = decodeServerFrame(JSON.stringify({ type: 'snapshot', task }));
+    const decoded = decodeServerText(JSON.stringify({ type: 'snapshot', task }));
     if (!decoded.ok) throw badBody(taskId, decoded.error);
     if (decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) throw badBody(taskId);
     return decoded.frame.task;
@@ -66,7 +66,7 @@ export class HttpApi {
     const events = readField(body, 'events');
     if (!Array.isArray(events)) throw badBody(taskId);
     return events.map((event: unknown) => {
-      const decoded = decodeServerFrame(JSON.stringify({ type: 'event', event }));
+      const decoded = decodeServerText(JSON.stringify({ type: 'event', event }));
       if (!decoded.ok) throw badBody(taskId, decoded.error);
       if (decoded.frame.type !== 'event' || decoded.frame.event.taskId !== taskId) throw badBody(taskId);
       return decoded.frame.event;

@@ -6,8 +6,7 @@
  */
 
 export type { ConnectionState, StateChange } from './connection-state.js';
-export type { CursorStorage, WebStorageLike } from './cursor-storage.js';
-export { MemoryCursorStorage, sessionCursorStorage, WebStorageCursorStorage } from './cursor-storage.js';
+export type { CursorStorage } from './cursor-storage.js';
 export type { HttpFallback } from './http-fallback.js';
 export type {
   FetchLike,

@@ -1,7 +1,7 @@
 import { ErrorCode } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
-import { MemoryCursorStorage } from './cursor-storage.js';
 import { PROGRESS_CLIENT_DEFAULTS, type ProgressClientOptions, resolveOptions } from './options.js';
+import { MemoryCursorStorage } from './persist.js';
 import { FakeServer } from './testing/fake-server.js';
 
 const WebSocket = new FakeServer().WebSocket;

@@ -19,9 +19,10 @@ import {
   required,
   resolveOptions as resolveOptions_,
 } from '@finishline/core/internal';
-import { type CursorStorage, sessionCursorStorage } from './cursor-storage.js';
+import type { CursorStorage } from './cursor-storage.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
+import { headersProblem } from './socket-platform.js';
 import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
@@ -158,16 +159,13 @@ export interface ProgressClientOptions {
    */
   httpCredentials?: HttpCredentials;
   /**
-   * Cursor persistence across page reloads: `'session'` (the tab's `sessionStorage`), a
-   * {@link CursorStorage}, or `false`.
+   * Cursor persistence across page reloads: a {@link CursorStorage} — in a browser
+   * `sessionCursorStorage()` from `@finishline/client/persist` (the tab's `sessionStorage`; a separate
+   * entry, so pages that do not persist do not load it) — or `false`. Replaces the `'session'` value and
+   * `persistenceKeyPrefix` of earlier versions (now `sessionCursorStorage(keyPrefix)`).
    * @default false
    */
-  persistence?: 'session' | CursorStorage | false;
-  /**
-   * Key prefix of the `'session'` persistence.
-   * @default 'finishline:'
-   */
-  persistenceKeyPrefix?: string;
+  persistence?: CursorStorage | false;
   /**
    * Longest wait from opening a socket to the server's `hello`; then the attempt counts as failed.
    * @default 10000
@@ -343,15 +341,11 @@ const CLIENT_OPTIONS = {
   httpUrl: ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL),
   httpPath: ofType<string>('a path', (value) => typeof value === 'string'),
   httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
-  persistence: option<'session' | CursorStorage | false>(
+  persistence: option<CursorStorage | false>(
     false,
-    "'session', a CursorStorage or false",
-    (value) =>
-      value === 'session' ||
-      value === false ||
-      (isObject(value) && isFunction((value as CursorStorage).load)),
+    'a CursorStorage (sessionCursorStorage() from @finishline/client/persist) or false',
+    (value) => value === false || (isObject(value) && isFunction((value as CursorStorage).load)),
   ),
-  persistenceKeyPrefix: option('finishline:', 'a string', (value) => typeof value === 'string'),
   connectTimeoutMs: finite(10_000, 1),
   heartbeatTimeoutMs: option<number | null>(
     null,
@@ -473,14 +467,8 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
       'no WebSocket implementation: pass the `WebSocket` option (for example WebSocket from "ws")',
     );
   }
-  if (isNodeBuiltinWebSocket(WebSocketImpl) && Object.keys(o.headers).length > 0) {
-    throw invalidOption(
-      'ProgressClient',
-      `Node's built-in WebSocket cannot send upgrade headers (${Object.keys(o.headers).join(', ')}): ` +
-        'pass `WebSocket` from the "ws" package (npm install ws), or authenticate with the `token` option ' +
-        '(sent in the first frame)',
-    );
-  }
+  const headersRefused = headersProblem(WebSocketImpl, Object.keys(o.headers));
+  if (headersRefused !== undefined) throw invalidOption('ProgressClient', headersRefused);
   const fetchImpl = o.fetch ?? (globalThis as { fetch?: FetchLike }).fetch;
   if (fetchImpl !== undefined && typeof fetchImpl !== 'function')
     throw invalidOption('ProgressClient', 'fetch must be a function');
@@ -498,27 +486,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
     WebSocket: sharing ? sharing.wrap(WebSocketImpl) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
-    storage:
-      persistence === 'session' ? sessionCursorStorage(o.persistenceKeyPrefix) : persistence || undefined,
+    storage: persistence || undefined,
     httpFallback: o.httpFallback || undefined,
   };
-}
-
-/**
- * True for Node's own `WebSocket` (undici: global from Node 22, behind `--experimental-websocket` in Node
- * 20), which ignores the third constructor argument and so never sends `headers`. `ws` is told apart by
- * its static `Server`; a browser has a `document`.
- */
-function isNodeBuiltinWebSocket(impl: WebSocketConstructorLike): boolean {
-  const g = globalThis as {
-    process?: { versions?: { node?: string } };
-    document?: unknown;
-    WebSocket?: unknown;
-  };
-  return (
-    typeof g.process?.versions?.node === 'string' &&
-    g.document === undefined &&
-    impl === g.WebSocket &&
-    !('Server' in impl)
-  );
 }

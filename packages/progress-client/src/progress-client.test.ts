@@ -8,7 +8,7 @@ import {
   PROTOCOL_VERSION,
 } from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { MemoryCursorStorage } from './cursor-storage.js';
+import { MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
@@ -728,15 +728,15 @@ describe('cursor persistence', () => {
     await client.close();
   });
 
-  it("refuses persistence 'session' where there is no sessionStorage", () => {
+  it("refuses the 'session' of earlier versions, naming the entry that replaces it", () => {
     expect(
       () =>
         new ProgressClient({
           url: 'ws://h.test',
           WebSocket: new FakeServer().WebSocket,
-          persistence: 'session',
+          persistence: 'session' as never,
         }),
-    ).toThrow(/sessionStorage/);
+    ).toThrow(/sessionCursorStorage\(\) from @finishline\/client\/persist/);
   });
 });
 

@@ -1,5 +1,5 @@
 import type { ServerFrame } from '@finishline/core';
-import { decodeServerFrame } from '@finishline/core/internal';
+import { decodeServerText } from '@finishline/core/internal';
 import type { HttpCredentials } from './options.js';
 
 /**
@@ -116,7 +116,7 @@ export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport
               .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5))
               .join('\n');
             if (data !== '' && !ended) {
-              const decoded = decodeServerFrame(data);
+              const decoded = decodeServerText(data);
               if (decoded.ok) params.onFrame(decoded.frame);
             }
             cut = buffer.indexOf('\n\n');

@@ -187,22 +187,12 @@ export class WatchedTask implements WatchSource {
   #emitTerminal(watch: Watch, state: WatchState): void {
     const event = this.#terminal ?? terminalEventOfView(state);
     this.#terminal = event;
-    switch (event.type) {
-      case 'completed':
-        watch.emit('completed', event, state);
-        break;
-      case 'failed':
-        watch.emit('failed', event, state);
-        break;
-      case 'cancelled':
-        watch.emit('cancelled', event, state);
-        break;
-      case 'interrupted':
-        watch.emit('interrupted', event, state);
-        break;
-      default:
-        exhaustive(event);
-    }
+    // The event's type is the name of its event in WatchEvents, which pairs it with that event's type.
+    (watch.emit as (name: TerminalEvent['type'], event: TerminalEvent, state: WatchState) => boolean)(
+      event.type,
+      event,
+      state,
+    );
     watch.emit('finished', state);
   }
 

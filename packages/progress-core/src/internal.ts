@@ -67,7 +67,7 @@ export {
 export { decodeClientFrame } from './protocol/codec.js';
 export type { DecodeOptions, DecodeResult } from './protocol/frame-text.js';
 export { encodeFrame } from './protocol/frame-text.js';
-export { decodeServerFrame } from './protocol/server-frame-decoder.js';
+export { decodeServerFrame, decodeServerText } from './protocol/server-frame-decoder.js';
 // What a store applies
 export type { ParsedListTasksQuery } from './store/inputs.js';
 export {

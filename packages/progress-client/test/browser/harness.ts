@@ -6,6 +6,7 @@ import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
 import { build } from 'esbuild';
 import { type Browser, chromium } from 'playwright-core';
+import { browserVariants } from '../../scripts/browser-variants.mjs';
 
 /**
  * What the Chromium tests run on: the real server (memory store) on port 0, serving the test page (bundled
@@ -25,6 +26,8 @@ export async function bundlePage(): Promise<string> {
     target: 'es2022',
     write: false,
     plugins: [
+      // The page gets what the package's `browser` export condition gives (socket-platform.browser.ts).
+      browserVariants,
       {
         name: 'finishline-core-source',
         setup(b) {

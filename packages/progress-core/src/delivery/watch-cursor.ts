@@ -55,8 +55,9 @@ export interface WatchCursorOptions {
 const WATCH_CURSOR_OPTIONS = { afterSeq: integer(0, 0), maxBuffered: integer(256, 0) };
 
 /** Defaults of {@link WatchCursorOptions}. */
-export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = Object.freeze(
-  defaultsOf(WATCH_CURSOR_OPTIONS),
+// Marked pure so that bundles that never read it (the browser client's) leave it out.
+export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = /* @__PURE__ */ Object.freeze(
+  /* @__PURE__ */ defaultsOf(WATCH_CURSOR_OPTIONS),
 );
 
 const NOTHING: Omit<ApplyResult, 'delivered'> = Object.freeze({

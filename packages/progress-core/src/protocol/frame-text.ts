@@ -70,9 +70,33 @@ export function decodeFrameWith<F>(
   options: DecodeOptions | undefined,
   validate: (value: FrameObject) => DecodeResult<F>,
 ): DecodeResult<F> {
+  return decodeWith(readText, input, options, validate);
+}
+
+/**
+ * {@link decodeFrameWith} for text alone: bytes are refused as any other input that is not a string, and
+ * the byte reader (UTF-8 decoding, `ws` fragments) stays out of bundles that never get bytes (the browser
+ * client: a browser hands a binary frame over as a `Blob`, which no reader takes).
+ *
+ * @internal
+ */
+export function decodeTextWith<F>(
+  input: unknown,
+  options: DecodeOptions | undefined,
+  validate: (value: FrameObject) => DecodeResult<F>,
+): DecodeResult<F> {
+  return decodeWith(readString, input, options, validate);
+}
+
+function decodeWith<F>(
+  read: (input: unknown, maxBytes: number) => string | ProgressError,
+  input: unknown,
+  options: DecodeOptions | undefined,
+  validate: (value: FrameObject) => DecodeResult<F>,
+): DecodeResult<F> {
   const maxBytes = resolveMaxBytes(options);
   try {
-    const text = readText(input, maxBytes);
+    const text = read(input, maxBytes);
     if (typeof text !== 'string') return { ok: false, error: text };
     let value: unknown;
     try {
@@ -107,15 +131,23 @@ function resolveMaxBytes(options: DecodeOptions | undefined): number {
   return maxBytes;
 }
 
+/** A string frame, or the error that stops decoding (not a string, too large). */
+function readString(input: unknown, maxBytes: number): string | ProgressError {
+  if (typeof input !== 'string') {
+    return new ProgressError(
+      ErrorCode.InvalidFrame,
+      `A frame must be a string or UTF-8 bytes, got ${input === null ? 'null' : typeof input}`,
+    );
+  }
+  // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds.
+  if (input.length > maxBytes || (input.length * 3 > maxBytes && utf8Length(input) > maxBytes)) {
+    return tooLarge(maxBytes);
+  }
+  return input;
+}
+
 /** The frame's text, or the error that stops decoding (wrong input kind, too large, not UTF-8). */
 function readText(input: unknown, maxBytes: number): string | ProgressError {
-  if (typeof input === 'string') {
-    // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds.
-    if (input.length > maxBytes || (input.length * 3 > maxBytes && utf8Length(input) > maxBytes)) {
-      return tooLarge(maxBytes);
-    }
-    return input;
-  }
   let bytes: Uint8Array;
   if (input instanceof Uint8Array) {
     if (input.byteLength > maxBytes) return tooLarge(maxBytes);
@@ -128,10 +160,7 @@ function readText(input: unknown, maxBytes: number): string | ProgressError {
     if (!(joined instanceof Uint8Array)) return joined;
     bytes = joined;
   } else {
-    return new ProgressError(
-      ErrorCode.InvalidFrame,
-      `A frame must be a string or UTF-8 bytes, got ${input === null ? 'null' : typeof input}`,
-    );
+    return readString(input, maxBytes);
   }
   try {
     return utf8Decoder.decode(bytes);

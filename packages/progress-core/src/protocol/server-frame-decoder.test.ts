@@ -8,7 +8,7 @@ import { decodeServerFrameWithSchemas } from './codec.js';
 import type { DecodeResult } from './frame-text.js';
 import type { ServerFrame } from './frames.js';
 import { SERVER_FRAME_TYPES } from './frames.js';
-import { decodeServerFrame } from './server-frame-decoder.js';
+import { decodeServerFrame, decodeServerText } from './server-frame-decoder.js';
 
 // Frames reach the size limits: room for a loaded CI machine (a timeout, never a timed assertion).
 vi.setConfig({ testTimeout: 60_000 });
@@ -271,5 +271,43 @@ describe('decodeServerFrame agrees with the valibot schemas', () => {
   ])('on %s', (text) => {
     const result = expectSameOutcome(text);
     expect(result.ok).toBe(false);
+  });
+});
+
+describe('decodeServerText', () => {
+  it('decodes every string as decodeServerFrame does, valid frames and others', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          serverFrameArbitrary.map((frame) => JSON.stringify(frame)),
+          fc.string(),
+          fc.json(),
+        ),
+        (text) => {
+          expect(decodeServerText(text)).toStrictEqual(decodeServerFrame(text));
+        },
+      ),
+      propertyParams(1000),
+    );
+    const tooLarge = JSON.stringify({ type: 'pong', time: 1, pad: 'x'.repeat(LIMITS.maxFrameBytes) });
+    expect(decodeServerText(tooLarge)).toStrictEqual(decodeServerFrame(tooLarge));
+    expect(decodeServerText('{"type":"pong","time":1}', { maxBytes: 5 })).toMatchObject({
+      ok: false,
+      error: { code: 'frame_too_large' },
+    });
+  });
+
+  it('refuses bytes, and any other input that is not a string, with invalid_frame', () => {
+    const bytes = new TextEncoder().encode('{"type":"pong","time":1}');
+    expect(decodeServerFrame(bytes).ok).toBe(true);
+    for (const input of [bytes, bytes.buffer, [bytes], null, 42, {}]) {
+      expect(decodeServerText(input)).toMatchObject({
+        ok: false,
+        error: {
+          code: 'invalid_frame',
+          message: expect.stringMatching(/^A frame must be a string or UTF-8 bytes, got /),
+        },
+      });
+    }
   });
 });

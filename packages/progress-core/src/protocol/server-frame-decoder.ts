@@ -6,6 +6,7 @@ import {
   type DecodeOptions,
   type DecodeResult,
   decodeFrameWith,
+  decodeTextWith,
   type FrameObject,
   frameError,
   pathSegment,
@@ -251,6 +252,17 @@ const FRAMES = new Map<string, Check>([
  */
 export function decodeServerFrame(input: unknown, options?: DecodeOptions): DecodeResult<ServerFrame> {
   return decodeFrameWith(input, options, validate);
+}
+
+/**
+ * {@link decodeServerFrame} for text frames only: a string decodes exactly as there, anything else
+ * (bytes included) fails with `invalid_frame`. For callers that only ever hold strings (HTTP bodies, SSE
+ * data, stored cursors, a browser's WebSocket), so their bundles leave out the byte reader.
+ *
+ * @throws ProgressError `invalid_input` only for invalid `options` (a programming error).
+ */
+export function decodeServerText(input: unknown, options?: DecodeOptions): DecodeResult<ServerFrame> {
+  return decodeTextWith(input, options, validate);
 }
 
 function validate(value: FrameObject): DecodeResult<ServerFrame> {
