@@ -27,7 +27,7 @@ describe('client options', () => {
   it('exports frozen defaults, and merges them once', () => {
     expect(Object.isFrozen(PROGRESS_CLIENT_DEFAULTS)).toBe(true);
     const resolved = resolveOptions(base);
-    expect(resolved).toMatchObject({ finishTimeoutMs: 3000, ackDelayMs: 200, httpFallbackAfterAttempts: 3 });
+    expect(resolved).toMatchObject({ finishTimeoutMs: 3000, ackDelayMs: 1000, httpFallbackAfterAttempts: 3 });
     expect(resolved.storage).toBeUndefined();
     expect(
       resolveOptions({
@@ -37,7 +37,7 @@ describe('client options', () => {
       } as unknown as ProgressClientOptions),
     ).toMatchObject({
       finishTimeoutMs: 500,
-      ackDelayMs: 200,
+      ackDelayMs: 1000,
     });
   });
 

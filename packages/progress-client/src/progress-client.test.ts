@@ -8,6 +8,7 @@ import {
   PROTOCOL_VERSION,
 } from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
@@ -243,7 +244,7 @@ describe('reconnect', () => {
     for (const event of task.events) second.push(ev(event)); // a replay from further back: duplicates
     second.push(ev(task.item('c')));
     expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'item@3']);
-    await scheduler.advance(200);
+    await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
     expect(second.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
     other.close();
     await client.close();
@@ -631,7 +632,7 @@ describe('cursor persistence', () => {
     socket.push(snap(task.view()));
     socket.push(ev(task.item('a')));
     socket.push(ev(task.item('b')));
-    await first.scheduler.advance(200); // the ack (and the save) go out
+    await first.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs); // the ack (and the save) go out
     expect(storage.load('t1')).toMatchObject({ id: 't1', seq: 2, done: 2 });
     // The page reloads: the old client is gone without a goodbye.
     const second = setup({ persistence: storage });
@@ -713,7 +714,7 @@ describe('cursor persistence', () => {
     });
     socket.push(snap(task.view()));
     socket.push(ev(task.item('a')));
-    await scheduler.advance(200);
+    await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
     expect(storage.load('t1')).toMatchObject({ id: 't1', seq: 1, epoch: 'e7' });
     await client.close();
   });
