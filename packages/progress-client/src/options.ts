@@ -216,7 +216,9 @@ export interface ProgressClientOptions {
   reconnect?: ReconnectOptions;
   /**
    * A connection that stayed up this long resets the reconnect backoff (its loss is retried within
-   * `reconnect.firstDelayMs` again); shorter ones keep growing it, so a flapping server is not hammered.
+   * `reconnect.firstDelayMs` again, and failed attempts back off from the start). The loss of a shorter
+   * one that said `hello` waits one step (`reconnect.initialDelayMs`, or the server's spread), so a
+   * flapping server sees each client at most about once a second, never in a tight loop.
    * @default 1000
    */
   stableConnectionMs?: number;

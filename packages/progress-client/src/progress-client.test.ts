@@ -287,7 +287,10 @@ describe('reconnect', () => {
     expect(delays()).toEqual([500, 1000, 2000, 4000]);
     server.accept();
     await scheduler.advance(9_999);
-    server.last.serverClose(1006); // up < 10 s: not stable
+    server.last.serverClose(1006); // up < 10 s: not stable, but the server greeted: one step, no more
+    expect(delays().at(-1)).toBe(500);
+    await scheduler.advance(500);
+    server.last.serverClose(1006); // the next upgrade fails: the backoff goes on where it was
     expect(delays().at(-1)).toBe(8000);
     await scheduler.advance(8000);
     server.accept();
@@ -297,7 +300,7 @@ describe('reconnect', () => {
     await client.close();
   });
 
-  it('retries a lost healthy connection within the small jitter, then backs off over failed attempts', async () => {
+  it('retries a lost healthy connection within the small jitter, waits one step after a short one, and backs off over failed attempts', async () => {
     const { client, server, scheduler, states } = setup({ httpFallbackAfterAttempts: 0 });
     client.watch('t1');
     const delays = (): number[] =>
@@ -314,9 +317,14 @@ describe('reconnect', () => {
     await scheduler.advance(2000);
     server.accept();
     await scheduler.advance(200);
-    server.last.serverClose(1006); // up 0.2 s (< stableConnectionMs): flapping keeps backing off
-    expect(delays().at(-1)).toBe(4000);
-    await scheduler.advance(4000);
+    server.last.serverClose(1006); // up 0.2 s (< stableConnectionMs): one backoff step, not a longer wait
+    expect(delays().at(-1)).toBe(500);
+    await scheduler.advance(500);
+    server.accept();
+    await scheduler.advance(200);
+    server.last.serverClose(1006); // and again: a chain of cuts costs a step each
+    expect(delays().at(-1)).toBe(500);
+    await scheduler.advance(500);
     server.accept();
     await scheduler.advance(1000);
     server.last.serverClose(1006); // up 1 s: healthy again

@@ -3,8 +3,8 @@ import type { ResolvedOptions } from './options.js';
 
 /**
  * The pace of reconnects: a quick first retry after the loss of a healthy connection (within the
- * server's hint), full-jitter exponential backoff over attempts that fail, and the reset once a
- * connection stayed up.
+ * server's hint), at most one backoff step after the loss of any other connection that said `hello`,
+ * full-jitter exponential backoff over attempts that fail, and the reset once a connection stayed up.
  *
  * @module
  */
@@ -20,6 +20,8 @@ export class ReconnectPacing {
   #serverFirstDelayMs = 0;
   /** When the current socket said `hello` (clock ms). */
   #readyAt = 0;
+  /** The server closed the client for flooding: the next delay backs off whatever was lost. */
+  #slowedDown = false;
 
   constructor(options: ResolvedOptions) {
     this.#o = options;
@@ -45,20 +47,32 @@ export class ReconnectPacing {
   /** The server closed the client for flooding: wait longer, the same pace would only get it closed again. */
   slowDown(): void {
     this.#failures += 2;
+    this.#slowedDown = true;
   }
 
   /**
    * The delay before the next attempt. The first loss of a healthy connection (`lostReady`: the socket
    * just lost had said `hello`) is retried at once, within a small jitter (the server's hint when it asks
-   * for more, so a replica's whole crowd does not land in the same instant); the exponential backoff only
-   * grows over attempts that failed (or connections that did not stay up).
+   * for more, so a replica's whole crowd does not land in the same instant). Any later loss of a socket
+   * that said `hello` waits one backoff step (`reconnect.initialDelayMs`, or the server's hint when
+   * larger), never more: a server that greets is up, and a chain of cuts (a flaky network, a proxy
+   * recycling connections) must cost a second each, not ever longer waits — the full chaos run showed
+   * watchers waiting 3–4 s per cut, 9.9 s in all, after three short connections in a row. The
+   * exponential backoff grows only over attempts that fail to reach `hello`, and after a close for
+   * flooding.
    */
   nextDelayMs(lostReady: boolean): number {
-    if (lostReady && this.#failures === 0 && !this.#quickRetryUsed) {
+    const slowedDown = this.#slowedDown;
+    this.#slowedDown = false;
+    if (lostReady && !slowedDown) {
+      const quick = this.#failures === 0 && !this.#quickRetryUsed;
       this.#quickRetryUsed = true;
       const ceiling = Math.min(
         this.#o.reconnect.maxDelayMs,
-        Math.max(this.#o.reconnectFirstDelayMs, this.#serverFirstDelayMs),
+        Math.max(
+          quick ? this.#o.reconnectFirstDelayMs : this.#o.reconnect.initialDelayMs,
+          this.#serverFirstDelayMs,
+        ),
       );
       return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
     }
