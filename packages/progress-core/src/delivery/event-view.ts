@@ -90,26 +90,36 @@ export function watchViewOfTask(task: TaskView): WatchView {
 
 /** The view after `event` (the next one in seq order): what `planAppend` does to the task row. */
 export function watchViewAfter(view: WatchView, event: TaskEvent): WatchView {
-  const base: WatchView = {
-    ...view,
-    seq: event.seq,
-    progress: progressOf(event.progress),
-    updatedAt: event.time,
-  };
+  let { status, result, error, finishedAt } = view;
   switch (event.type) {
     case 'progress':
     case 'item':
-      return base;
+      break;
     case 'completed':
     case 'failed':
     case 'cancelled':
     case 'interrupted':
-      return { ...base, ...terminalFields(event), finishedAt: event.time };
+      ({ status, result, error } = terminalFields(event));
+      finishedAt = event.time;
+      break;
     default:
       // Frames are validated before they reach the cursor; should an unknown type slip through, it is
       // treated as progress rather than thrown at the socket handler.
-      return base;
+      break;
   }
+  // One literal of the view's own fields, no spread: it runs for every event a client applies (twice:
+  // the cursor's view and the handles' state), and `view` may be a client state with more fields.
+  return {
+    taskId: view.taskId,
+    seq: event.seq,
+    status,
+    kind: view.kind,
+    progress: progressOf(event.progress),
+    result,
+    error,
+    updatedAt: event.time,
+    finishedAt,
+  };
 }
 
 /** The task as it stood after a progress event: still running, nothing final yet. */
