@@ -38,7 +38,7 @@ interface Followed {
   retryTimer: NodeJS.Timeout | undefined;
   stopFeed: Unsubscribe | undefined;
   closed: boolean;
-  /** Events dispatched (`readSeq` is past them), held until the tick's microtasks end (see `#dispatch`). */
+  /** Events dispatched (`readSeq` is past them) and held, not yet handed over (see `#dispatch`). */
   pending: TaskEvent[];
 }
 
@@ -67,10 +67,7 @@ export class TaskHub {
   readonly #retryDelayMs: number;
   readonly #followed = new Map<string, Followed>();
   readonly #recent = new RecentEvents();
-  /**
-   * Something was dispatched in this tick: later dispatches are held until its microtasks end (see
-   * `#dispatch`).
-   */
+  /** A dispatch went out and its hold is queued: later dispatches wait for it (see `#dispatch`). */
   #holding = false;
   /** Tasks holding events, in the order their first one was held. */
   #due: Followed[] = [];
@@ -310,13 +307,14 @@ export class TaskHub {
   }
 
   /**
-   * Hands `events` to the subscribers: at once when nothing else was dispatched in this tick, else with
-   * everything else the tick dispatches for the task, at the end of its microtasks. A group commit resolves
-   * many appends in one tick, each dispatched on its own; handed over one by one, every event walked every
-   * subscriber's socket state (stream, subscription, writer, queue), which a thousand sockets do not keep
-   * in the CPU's caches, and that walk was most of the fan-out's cost (docs/benchmarks.md). A lone event
-   * still goes out synchronously. The recent events and `readSeq` move now: a stream catching up meanwhile
-   * reads the held events from memory, and drops them when they come live.
+   * Hands `events` to the subscribers: at once when nothing is held, else held with whatever else is
+   * dispatched for the task until the microtasks queued before the hold have run (still in this tick), then
+   * handed over in one call. A group commit resolves many appends in one tick, each dispatched on its own;
+   * handed over one by one, every event walked every subscriber's socket state (stream, subscription,
+   * writer, queue), which a thousand sockets do not keep in the CPU's caches, and that walk was most of
+   * the fan-out's cost (docs/benchmarks.md, issue 12 session 4). A lone event still goes out synchronously.
+   * The recent events and `readSeq` move now: a stream catching up meanwhile reads the held events from
+   * memory, and drops them when they come live.
    */
   #dispatch(entry: Followed, events: readonly TaskEvent[]): void {
     this.#recent.extend(entry.taskId, events);
@@ -330,7 +328,7 @@ export class TaskHub {
     this.#handOver(entry, events);
   }
 
-  /** The end of the tick's dispatches: the held events go out, one call per task and subscriber. */
+  /** The end of a hold: the held events go out, one call per task and subscriber. */
   readonly #flush = (): void => {
     const due = this.#due;
     this.#due = [];
