@@ -93,8 +93,8 @@ export function watchViewAfter(view: WatchView, event: TaskEvent): WatchView {
   // Frames are validated before they reach the cursor; should an unknown type slip through, it is treated
   // as progress rather than thrown at the socket handler.
   const fields = isTerminalEvent(event) ? terminalFields(event) : view;
-  // One literal of the view's own fields, no spread: it runs for every event a client applies (twice:
-  // the cursor's view and the handles' state), and `view` may be a client state with more fields.
+  // One literal of the view's own fields, no spread: it runs for every event a client applies, and `view`
+  // may be a client state with more fields.
   return {
     taskId: view.taskId,
     seq: event.seq,
