@@ -12,11 +12,14 @@
 //   BENCH_WATCHERS (1000)          watchers of the fan-out phase
 //   BENCH_FANOUT_TASKS (10)        tasks each watcher follows
 //   BENCH_EVENTS (20)              item events per task in the fan-out phase (plus its completion)
+//   BENCH_PROFILE_DIR (unset)      write a CPU profile of each fan-out phase's measured part alone (from
+//                                  the first append to the last delivery) to this directory
 //
 // Both systems run in this one process (server, writers and all clients share one event loop and the
 // machine's cores): the absolute numbers are pessimistic, the comparison is like for like.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { Session } from 'node:inspector/promises';
 import { createRequire } from 'node:module';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -45,6 +48,28 @@ const EVENTS = env('BENCH_EVENTS', 20);
 const WAIT_MS = 60_000;
 const WATCHDOG_MS = 300_000;
 const WARMUP = 50;
+
+const PROFILE_DIR = process.env.BENCH_PROFILE_DIR;
+
+/**
+ * Profiles `phase` (a fan-out's measured part) when BENCH_PROFILE_DIR is set: `node --cpu-prof` covers the
+ * whole run, where setup and the other phases blur the shares of the fan-out itself.
+ */
+async function profiled(name, phase) {
+  if (PROFILE_DIR === undefined) return phase();
+  const session = new Session();
+  session.connect();
+  await session.post('Profiler.enable');
+  await session.post('Profiler.start');
+  try {
+    return await phase();
+  } finally {
+    const { profile } = await session.post('Profiler.stop');
+    mkdirSync(PROFILE_DIR, { recursive: true });
+    writeFileSync(join(PROFILE_DIR, `${name}.cpuprofile`), JSON.stringify(profile));
+    session.disconnect();
+  }
+}
 
 const BASELINE_POLL_MS = 500;
 const BASELINE_RETRY_MS = 100;
@@ -202,16 +227,20 @@ async function finishline() {
       }
       // Every watch has its snapshot before the writers start.
       await until(() => snapshots === WATCHERS * FANOUT_TASKS, 'fan-out snapshots', WAIT_MS, 20);
-      const start = now();
-      // Writers append as fast as the store takes them (appends of a task are committed in call order).
-      const appends = [];
-      for (let e = 0; e < EVENTS; e++) {
-        for (const handle of handles) appends.push(handle.item({ key: `node-${e}`, ok: true }));
-      }
-      for (const handle of handles) appends.push(handle.complete());
-      await within(Promise.all(appends), 'fan-out appends');
-      const written = now();
-      await until(() => finished === WATCHERS * FANOUT_TASKS, 'fan-out completions', WAIT_MS, 20);
+      let start = 0;
+      let written = 0;
+      await profiled('fanout-client', async () => {
+        start = now();
+        // Writers append as fast as the store takes them (appends of a task are committed in call order).
+        const appends = [];
+        for (let e = 0; e < EVENTS; e++) {
+          for (const handle of handles) appends.push(handle.item({ key: `node-${e}`, ok: true }));
+        }
+        for (const handle of handles) appends.push(handle.complete());
+        await within(Promise.all(appends), 'fan-out appends');
+        written = now();
+        await until(() => finished === WATCHERS * FANOUT_TASKS, 'fan-out completions', WAIT_MS, 20);
+      });
       const seconds = (lastAt - start) / 1000;
       const row = await store.getTask(handles[0].id);
       if (row.status !== 'completed' || row.done !== EVENTS)
@@ -278,20 +307,24 @@ async function rawFanout(server, url) {
       if (w % 100 === 99) await until(() => snapshots === (w + 1) * FANOUT_TASKS, 'raw subscriptions');
     }
     await until(() => snapshots === WATCHERS * FANOUT_TASKS, 'raw subscriptions');
-    const start = now();
-    const appends = [];
-    for (let e = 0; e < EVENTS; e++) {
-      for (const handle of handles) appends.push(handle.item({ key: `node-${e}`, ok: true }));
-    }
-    for (const handle of handles) appends.push(handle.complete());
-    await within(Promise.all(appends), 'raw fan-out appends');
-    const written = now();
-    await until(
-      () => finished === WATCHERS * FANOUT_TASKS,
-      () => `raw fan-out completions (${finished} completions, ${delivered} events, ${errors.join(', ')})`,
-      WAIT_MS,
-      20,
-    );
+    let start = 0;
+    let written = 0;
+    await profiled('fanout-raw', async () => {
+      start = now();
+      const appends = [];
+      for (let e = 0; e < EVENTS; e++) {
+        for (const handle of handles) appends.push(handle.item({ key: `node-${e}`, ok: true }));
+      }
+      for (const handle of handles) appends.push(handle.complete());
+      await within(Promise.all(appends), 'raw fan-out appends');
+      written = now();
+      await until(
+        () => finished === WATCHERS * FANOUT_TASKS,
+        () => `raw fan-out completions (${finished} completions, ${delivered} events, ${errors.join(', ')})`,
+        WAIT_MS,
+        20,
+      );
+    });
     const seconds = (lastAt - start) / 1000;
     return {
       watchers: WATCHERS,

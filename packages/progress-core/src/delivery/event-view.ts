@@ -9,7 +9,7 @@ import type {
   TaskView,
   TerminalEvent,
 } from '../model.js';
-import { progressOf } from '../model.js';
+import { isTerminalEvent, progressOf } from '../model.js';
 import { exhaustive } from '../options.js';
 
 /**
@@ -90,26 +90,22 @@ export function watchViewOfTask(task: TaskView): WatchView {
 
 /** The view after `event` (the next one in seq order): what `planAppend` does to the task row. */
 export function watchViewAfter(view: WatchView, event: TaskEvent): WatchView {
-  const base: WatchView = {
-    ...view,
+  // Frames are validated before they reach the cursor; should an unknown type slip through, it is treated
+  // as progress rather than thrown at the socket handler.
+  const fields = isTerminalEvent(event) ? terminalFields(event) : view;
+  // One literal of the view's own fields, no spread: it runs for every event a client applies, and `view`
+  // may be a client state with more fields.
+  return {
+    taskId: view.taskId,
     seq: event.seq,
+    status: fields.status,
+    kind: view.kind,
     progress: progressOf(event.progress),
+    result: fields.result,
+    error: fields.error,
     updatedAt: event.time,
+    finishedAt: fields === view ? view.finishedAt : event.time,
   };
-  switch (event.type) {
-    case 'progress':
-    case 'item':
-      return base;
-    case 'completed':
-    case 'failed':
-    case 'cancelled':
-    case 'interrupted':
-      return { ...base, ...terminalFields(event), finishedAt: event.time };
-    default:
-      // Frames are validated before they reach the cursor; should an unknown type slip through, it is
-      // treated as progress rather than thrown at the socket handler.
-      return base;
-  }
 }
 
 /** The task as it stood after a progress event: still running, nothing final yet. */

@@ -1,8 +1,10 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { TaskEvent } from '../model.js';
 import type { AppendInput } from '../store/inputs.js';
 import { expectInvalidInput } from '../testing/invalid-input.js';
-import { buildTaskLog, type TaskLog, viewAt } from '../testing/task-log-arbitrary.js';
+import { propertyParams } from '../testing/property-config.js';
+import { buildTaskLog, type TaskLog, taskLogArb, viewAt } from '../testing/task-log-arbitrary.js';
 import { type OutgoingEntry, SEND_QUEUE_DEFAULTS, SendQueue } from './send-queue.js';
 
 const progress = (done: number): AppendInput => ({ type: 'progress', done });
@@ -305,6 +307,71 @@ describe('SendQueue', () => {
     const out = drain(queue, true);
     expect(out[0]).toBe('long:s10');
     expect(out.slice(1)).toEqual(Array.from({ length: 90 }, (_, i) => `long${i + 11}`));
+  });
+
+  it('passEvent on an empty queue does what pushEvent then shift do, and later entries see no difference', () => {
+    // Two queues fed the same commands; `direct` hands each event that meets it empty to passEvent.
+    const commandArb = fc.oneof(
+      fc.record({ kind: fc.constant('next' as const), task: fc.nat(1) }),
+      fc.record({ kind: fc.constant('again' as const), task: fc.nat(1), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('snapshot' as const), task: fc.nat(1), pick: fc.nat() }),
+      fc.record({ kind: fc.constant('shift' as const), congested: fc.boolean() }),
+    );
+    const scenarioArb = fc.record({
+      logs: fc.tuple(taskLogArb('t0', 12), taskLogArb('t1', 12)),
+      tracked: fc.tuple(fc.boolean(), fc.boolean()),
+      commands: fc.array(commandArb, { maxLength: 80 }),
+    });
+    fc.assert(
+      fc.property(scenarioArb, ({ logs, tracked, commands }) => {
+        const queued = new SendQueue({ maxProgressRun: 2 });
+        const direct = new SendQueue({ maxProgressRun: 2 });
+        logs.forEach((log, i) => {
+          if (!tracked[i]) return;
+          queued.track(meta(log));
+          direct.track(meta(log));
+        });
+        const next = [1, 1];
+        const push = (event: TaskEvent): void => {
+          if (direct.size > 0) {
+            expect(direct.pushEvent(event)).toBe(queued.pushEvent(event));
+            return;
+          }
+          const passed = direct.passEvent(event);
+          queued.pushEvent(event);
+          expect(passed ? { kind: 'event', event } : undefined).toEqual(queued.shift(false));
+        };
+        for (const command of commands) {
+          if (command.kind === 'shift') {
+            expect(direct.shift(command.congested)).toEqual(queued.shift(command.congested));
+          } else {
+            const log = logs[command.task] as TaskLog;
+            const last = log.events.length;
+            if (command.kind === 'snapshot') {
+              const view = viewAt(log, command.pick % (last + 1));
+              expect(direct.pushSnapshot(view)).toBe(queued.pushSnapshot(view));
+            } else {
+              const seq = next[command.task] as number;
+              if (command.kind === 'again') {
+                if (seq > 1) push(ev(log, 1 + (command.pick % (seq - 1))));
+              } else if (seq <= last) {
+                push(ev(log, seq));
+                next[command.task] = seq + 1;
+              }
+            }
+          }
+          expect(direct.size).toBe(queued.size);
+        }
+        expect(drain(direct, true)).toEqual(drain(queued, true));
+      }),
+      propertyParams(300),
+    );
+  });
+
+  it('passEvent refuses to jump entries already queued', () => {
+    const queue = new SendQueue();
+    queue.pushEvent(ev(logA, 1));
+    expect(() => queue.passEvent(ev(logA, 2))).toThrow(RangeError);
   });
 
   it('rejects invalid options', () => {

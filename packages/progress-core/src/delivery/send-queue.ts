@@ -155,6 +155,24 @@ export class SendQueue {
   }
 
   /**
+   * {@link pushEvent} then {@link shift} in one step, for an empty queue: `true` when `event` is to be
+   * sent now (the queue records it as pushed and sent), `false` for a duplicate (ignored, as `pushEvent`
+   * ignores it). A socket's live events usually meet an empty queue; this spares them the queueing.
+   *
+   * @throws RangeError when entries are queued: they go first, so the event must be pushed.
+   */
+  passEvent(event: TaskEvent): boolean {
+    if (this.#size > 0) throw new RangeError('SendQueue: passEvent with entries queued');
+    const queue = this.#queueOf(event.taskId);
+    if (!(event.seq > queue.lastPushedSeq)) return false;
+    // Alone in the queue, an event goes out as itself whatever its type and the congestion: a run of one
+    // progress event is sent as the event.
+    queue.lastPushedSeq = event.seq;
+    queue.lastEmittedSeq = event.seq;
+    return true;
+  }
+
+  /**
    * Queues a snapshot of a task, replacing that task's queued entries it covers (seq <= `task.seq`).
    * It goes out before the task's remaining (later) entries. A snapshot not newer than what was already
    * sent for the task is ignored.

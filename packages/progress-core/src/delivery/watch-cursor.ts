@@ -68,6 +68,11 @@ const NOTHING: Omit<ApplyResult, 'delivered'> = Object.freeze({
   foreign: false,
 });
 
+/** The result of an apply that delivered something: a literal, not a spread of NOTHING (every frame). */
+function delivery(delivered: Delivery[], finished: boolean): ApplyResult {
+  return { delivered, duplicate: false, gap: false, resyncFrom: null, finished, foreign: false };
+}
+
 /**
  * One watched task's cursor and view.
  *
@@ -166,7 +171,7 @@ export class WatchCursor {
     const delivered: Delivery[] = [];
     this.#deliverEvent(event, delivered);
     this.#drain(delivered);
-    return { ...NOTHING, delivered, finished: this.#finished };
+    return delivery(delivered, this.#finished);
   }
 
   /**
@@ -188,7 +193,7 @@ export class WatchCursor {
     }
     if (isTerminalType(task.status)) this.#finish();
     else this.#drain(delivered);
-    return { ...NOTHING, delivered, finished: this.#finished };
+    return delivery(delivered, this.#finished);
   }
 
   /**
@@ -218,7 +223,7 @@ export class WatchCursor {
   }
 
   #drain(delivered: Delivery[]): void {
-    while (!this.#finished) {
+    while (!this.#finished && this.#buffer.size > 0) {
       const next = this.#buffer.get(this.#view.seq + 1);
       if (next === undefined) return;
       this.#buffer.delete(next.seq);

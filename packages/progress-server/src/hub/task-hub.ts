@@ -38,6 +38,8 @@ interface Followed {
   retryTimer: NodeJS.Timeout | undefined;
   stopFeed: Unsubscribe | undefined;
   closed: boolean;
+  /** Events dispatched (`readSeq` is past them) and held, not yet handed over (see `#dispatch`). */
+  pending: TaskEvent[];
 }
 
 const noop = (): void => undefined;
@@ -65,6 +67,10 @@ export class TaskHub {
   readonly #retryDelayMs: number;
   readonly #followed = new Map<string, Followed>();
   readonly #recent = new RecentEvents();
+  /** A dispatch went out and its hold is queued: later dispatches wait for it (see `#dispatch`). */
+  #holding = false;
+  /** Tasks holding events, in the order their first one was held. */
+  #due: Followed[] = [];
   /** What the streams of socket subscriptions use of the hub. */
   readonly #streamHub: StreamHub;
   #stopFeed: Unsubscribe | undefined;
@@ -139,6 +145,7 @@ export class TaskHub {
         retryTimer: undefined,
         stopFeed: undefined,
         closed: false,
+        pending: [],
       };
       this.#followed.set(taskId, entry);
       try {
@@ -194,8 +201,8 @@ export class TaskHub {
   }
 
   /**
-   * An event this process just committed: dispatched synchronously when it is the next one, so a local
-   * terminal event reaches local sockets in the same tick its append resolves.
+   * An event this process just committed: dispatched at once when it is the next one, so a local terminal
+   * event reaches local sockets in the same tick its append resolves.
    */
   publishLocal(event: TaskEvent): void {
     const entry = this.#followed.get(event.taskId);
@@ -299,8 +306,43 @@ export class TaskHub {
     return true;
   }
 
+  /**
+   * Hands `events` to the subscribers: at once when nothing is held, else held with whatever else is
+   * dispatched for the task until the microtasks queued before the hold have run (still in this tick), then
+   * handed over in one call. A group commit resolves many appends in one tick, each dispatched on its own;
+   * handed over one by one, every event walked every subscriber's socket state (stream, subscription,
+   * writer, queue), which a thousand sockets do not keep in the CPU's caches, and that walk was most of
+   * the fan-out's cost (docs/benchmarks.md, issue 12 session 4). A lone event still goes out synchronously.
+   * The recent events and `readSeq` move now: a stream catching up meanwhile reads the held events from
+   * memory, and drops them when they come live.
+   */
   #dispatch(entry: Followed, events: readonly TaskEvent[]): void {
     this.#recent.extend(entry.taskId, events);
+    if (this.#holding) {
+      if (entry.pending.length === 0) this.#due.push(entry);
+      for (const event of events) entry.pending.push(event);
+      return;
+    }
+    this.#holding = true;
+    queueMicrotask(this.#flush);
+    this.#handOver(entry, events);
+  }
+
+  /** The end of a hold: the held events go out, one call per task and subscriber. */
+  readonly #flush = (): void => {
+    const due = this.#due;
+    this.#due = [];
+    for (const entry of due) {
+      const events = entry.pending;
+      entry.pending = [];
+      if (!entry.closed) this.#handOver(entry, events);
+    }
+    // Anything dispatched while handing over (nothing does so today) waits for one more round.
+    if (this.#due.length > 0) queueMicrotask(this.#flush);
+    else this.#holding = false;
+  };
+
+  #handOver(entry: Followed, events: readonly TaskEvent[]): void {
     for (const subscriber of [...entry.subscribers]) {
       try {
         subscriber.deliver(events);

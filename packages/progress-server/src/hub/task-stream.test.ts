@@ -211,6 +211,50 @@ describe('TaskHub with a feed that carries events', () => {
   });
 });
 
+describe('TaskHub dispatches of one tick', () => {
+  it('hands a lone event over at once, and what follows in the same tick in one call per task', async () => {
+    const store = new MemoryProgressStore();
+    // No feed (start() is not called): only publishLocal dispatches, as for appends made in this process.
+    const hub = new TaskHub({
+      store,
+      logger: silentLogger,
+      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
+      retryDelayMs: 10,
+      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
+      maxReplayEvents: 10,
+    });
+    closers.push(() => hub.close());
+    const a = await store.createTask({ owner: 'alice', kind: 'k' });
+    const b = await store.createTask({ owner: 'alice', kind: 'k' });
+    const calls: string[][] = [];
+    for (const task of [a, b]) {
+      const name = task === a ? 'a' : 'b';
+      hub.follow(task.id, { deliver: (events) => calls.push(events.map((event) => `${name}${event.seq}`)) });
+      hub.observe(task.id, 0);
+    }
+    const append = async (taskId: string, done: number) =>
+      (await store.append(taskId, { type: 'progress', done })).event;
+    const [a1, a2, a3, a4] = [
+      await append(a.id, 1),
+      await append(a.id, 2),
+      await append(a.id, 3),
+      await append(a.id, 4),
+    ];
+    const [b1, b2] = [await append(b.id, 1), await append(b.id, 2)];
+
+    hub.publishLocal(a1 as TaskEvent);
+    expect(calls).toEqual([['a1']]);
+    for (const event of [a2, b1, a3, b2]) hub.publishLocal(event as TaskEvent);
+    expect(calls).toEqual([['a1']]);
+    // One microtask later, still in this tick: each task's held events, in order, in one call.
+    await Promise.resolve();
+    expect(calls).toEqual([['a1'], ['a2', 'a3'], ['b1', 'b2']]);
+    // The held events were handed over: the next dispatch is a lone one again.
+    hub.publishLocal(a4 as TaskEvent);
+    expect(calls).toEqual([['a1'], ['a2', 'a3'], ['b1', 'b2'], ['a4']]);
+  });
+});
+
 describe('TaskHub recent events', () => {
   it('serves a catch-up over events it holds without a store read, and reads what it does not hold', async () => {
     const store = new MemoryProgressStore();

@@ -108,8 +108,9 @@ export class TaskStream {
   /** Live events from the hub (contiguous, in order). */
   deliver(events: readonly TaskEvent[]): void {
     if (!this.#live || this.stale) return;
-    const first = events.find((event) => event.seq > this.#position);
-    if (first !== undefined && first.seq !== this.#position + 1) {
+    for (const event of events) {
+      if (event.seq <= this.#position) continue;
+      if (event.seq === this.#position + 1) break;
       // Missed events (a failed catch-up, a hub restart): fetch them rather than skip ahead.
       this.#hub.metrics.resyncs.inc({ reason: 'gap' });
       void this.#catchUp(false).catch((error: unknown) => this.#lost(error));
@@ -203,16 +204,19 @@ export class TaskStream {
 
   /** Hands over the events that extend the position without a gap, up to a terminal one. */
   #push(events: readonly TaskEvent[]): void {
-    const fresh: TaskEvent[] = [];
-    for (const event of events) {
-      if (this.#ended) break;
-      if (event.seq <= this.#position) continue;
-      if (event.seq !== this.#position + 1) break;
-      fresh.push(event);
+    // `events` are in seq order: skip those already handed over, take the run that follows on.
+    let start = 0;
+    while (start < events.length && (events[start] as TaskEvent).seq <= this.#position) start++;
+    let end = start;
+    while (!this.#ended && end < events.length && (events[end] as TaskEvent).seq === this.#position + 1) {
+      const event = events[end] as TaskEvent;
       this.#position = event.seq;
       if (isTerminalType(event.type)) this.#ended = true;
+      end++;
     }
-    if (fresh.length > 0) this.#sink.events(fresh);
+    if (end === start) return;
+    // All of them (the hub's usual live event): the same array, not a copy per subscriber.
+    this.#sink.events(start === 0 && end === events.length ? events : events.slice(start, end));
   }
 
   #snapshot(view: TaskView): void {

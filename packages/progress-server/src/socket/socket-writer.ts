@@ -111,8 +111,19 @@ export class SocketWriter {
     this.#retries.forget(taskId);
   }
 
-  pushEvent(event: TaskEvent): void {
-    this.#queue.pushEvent(event);
+  /**
+   * Queues an event, or writes it at once when nothing is queued and the socket takes more: exactly what
+   * queueing it and {@link drain} would do, without the queue's bookkeeping per frame (a live event
+   * usually meets an empty queue). `log` is the subscription pushing it, which records the frame.
+   */
+  pushEvent(event: TaskEvent, log: WrittenLog): void {
+    if (this.#queue.size > 0 || !this.#writable()) {
+      this.#queue.pushEvent(event);
+      return;
+    }
+    // As at the end of a drain: whatever was congested has gone out.
+    this.#congested = false;
+    if (this.#queue.passEvent(event)) this.#sendEvent(event, log);
   }
 
   pushSnapshot(view: TaskView): void {
@@ -165,13 +176,26 @@ export class SocketWriter {
     const ws = this.#ctx.ws;
     if (ws.readyState !== WebSocket.OPEN) return;
     this.#corkForTick();
-    ws.send(text, (error) => {
-      if (error)
-        this.#ctx.logger.debug(
-          { err: describeError(error), connection: this.#ctx.connectionId },
-          'send failed',
-        );
-    });
+    ws.send(text, this.#onSent);
+  }
+
+  /** One callback for every frame of the socket, not a closure per frame. */
+  readonly #onSent = (error?: Error | null): void => {
+    if (error)
+      this.#ctx.logger.debug(
+        { err: describeError(error), connection: this.#ctx.connectionId },
+        'send failed',
+      );
+  };
+
+  /** What {@link drain} checks before it writes: the socket is open, not paused, below the high-water mark. */
+  #writable(): boolean {
+    return (
+      this.#drainTimer === undefined &&
+      this.#ctx.ws.readyState === WebSocket.OPEN &&
+      this.#ctx.ws.bufferedAmount <= this.#ctx.options.highWaterMarkBytes &&
+      this.#ctx.isOpen()
+    );
   }
 
   sendError(code: ErrorCode, message: string, refs: FrameRefs): void {
@@ -219,10 +243,7 @@ export class SocketWriter {
   #sendEntry(entry: OutgoingEntry): void {
     switch (entry.kind) {
       case 'event': {
-        const text = eventFrameText(entry.event);
-        this.sendText(text);
-        this.#ctx.metrics.eventsSent.inc();
-        this.#wrote(entry.event.taskId, entry.event.seq, isTerminalType(entry.event.type) ? text : undefined);
+        this.#sendEvent(entry.event, this.#ctx.log(entry.event.taskId));
         return;
       }
       case 'snapshot': {
@@ -239,10 +260,21 @@ export class SocketWriter {
     }
   }
 
+  #sendEvent(event: TaskEvent, log: WrittenLog | undefined): void {
+    const text = eventFrameText(event);
+    this.sendText(text);
+    this.#ctx.metrics.eventsSent.inc();
+    if (log !== undefined)
+      this.#logWrote(log, event.taskId, event.seq, isTerminalType(event.type) ? text : undefined);
+  }
+
   /** Records a written frame; a terminal one (`terminal` is its text) is re-sent until acknowledged. */
   #wrote(taskId: string, seq: number, terminal: string | undefined): void {
     const log = this.#ctx.log(taskId);
-    if (log === undefined) return;
+    if (log !== undefined) this.#logWrote(log, taskId, seq, terminal);
+  }
+
+  #logWrote(log: WrittenLog, taskId: string, seq: number, terminal: string | undefined): void {
     log.wrote(seq);
     if (terminal === undefined || !log.terminalSent(seq, terminal)) return;
     this.#retries.sent(taskId, seq);

@@ -266,7 +266,7 @@ export class Subscription implements WrittenLog {
 
   #events(events: readonly TaskEvent[]): void {
     for (const event of events) {
-      this.#ctx.writer.pushEvent(event);
+      this.#ctx.writer.pushEvent(event, this);
       this.#cursor = event.seq;
     }
     if (this.#cursor > this.#ackable) this.#ackable = this.#cursor;
