@@ -219,6 +219,8 @@ export class Connection<P extends Principal> {
    */
   async shutdown(deadline: number): Promise<void> {
     if (this.#state === 'closed') return;
+    // What this tick wrote is still corked: out with it, so it is measured as sent or buffered.
+    this.#writer.flushNow();
     while (
       this.#state === 'open' &&
       this.#ws.readyState === WebSocket.OPEN &&
@@ -226,6 +228,7 @@ export class Connection<P extends Principal> {
       Date.now() < deadline
     ) {
       this.#writer.drain();
+      this.#writer.flushNow();
       await delay(Math.min(this.#options.backpressurePollMs, deadline - Date.now()));
     }
     this.close(CloseCode.GoingAway, 'server shutting down');

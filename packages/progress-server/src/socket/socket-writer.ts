@@ -224,10 +224,17 @@ export class SocketWriter {
     if (transport === undefined || this.#corked) return;
     this.#corked = true;
     transport.cork();
-    process.nextTick(() => {
-      this.#corked = false;
-      transport.uncork();
-    });
+    process.nextTick(() => this.flushNow());
+  }
+
+  /**
+   * Lets the writes held since the tick's first frame go out now, not at the end of the tick (a graceful
+   * shutdown measures what is still buffered before it closes the socket).
+   */
+  flushNow(): void {
+    if (!this.#corked) return;
+    this.#corked = false;
+    this.#ctx.transport?.uncork();
   }
 
   /** Clears the timers and the queue (the socket closed). */
