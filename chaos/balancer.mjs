@@ -390,11 +390,20 @@ class Relay {
     const faults = balancer.faults;
     let kind;
     let terminal = false;
+    /** This frame as the violation report shows it, when it is about a task (its fate is set below). */
+    let seen;
     if (frame.opcode === 1 && frame.fin) {
       try {
         const message = JSON.parse(frame.payload);
         kind = message.type;
         if (kind === 'hello') this.conn.helloAt = Date.now();
+        const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
+        if (taskId !== undefined) {
+          seen = { type: kind, taskId, seq: message.event?.seq ?? message.task?.seq, code: message.code };
+          seen.at = Date.now();
+          seen.conn = this.conn;
+          balancer.onServerFrame?.(seen);
+        }
         terminal =
           (kind === 'event' && TERMINAL.has(message.event?.type)) ||
           (kind === 'snapshot' && message.task?.status !== undefined && message.task.status !== 'running');
@@ -410,6 +419,7 @@ class Relay {
     let edge = faults.cut;
     if (roll < edge) {
       counts.cutByFrame += 1;
+      if (seen) seen.fate = 'cut';
       this.cut('frame cut');
       return;
     }
@@ -417,12 +427,14 @@ class Relay {
     if (roll < edge) {
       counts.dropped += 1;
       if (terminal) counts.droppedTerminal += 1;
+      if (seen) seen.fate = 'dropped';
       return;
     }
     edge += faults.duplicate;
     if (roll < edge) {
       counts.duplicated += 1;
       if (terminal) counts.duplicatedTerminal += 1;
+      if (seen) seen.fate = 'duplicated';
       this.#write(bytes);
       this.#write(bytes);
       return;
@@ -432,6 +444,7 @@ class Relay {
       counts.delayed += 1;
       if (terminal) counts.delayedTerminal += 1;
       const ms = faults.delayMinMs + Math.floor(balancer.random() * (faults.delayMaxMs - faults.delayMinMs));
+      if (seen) seen.fate = `delayed ${ms} ms`;
       // Held `ms` from now; frames behind it wait too (order is kept), but delays do not add up.
       this.#holdUntil = Math.max(this.#holdUntil, Date.now() + ms);
     }

@@ -586,6 +586,9 @@ const ackLog = [];
 balancer.onAck = (ack) => ackLog.push(ack);
 const clientFrameLog = [];
 balancer.onClientFrame = (frame) => clientFrameLog.push(frame);
+// Every server → client frame about a task (event, snapshot, error) and what the faults did to it.
+const serverFrameLog = [];
+balancer.onServerFrame = (frame) => serverFrameLog.push(frame);
 
 async function faultLoop(everyMs, inject) {
   if (everyMs <= 0) return;
@@ -727,6 +730,12 @@ for (const task of tasks) {
         .map(
           (frame) =>
             `${frame.at % 100000} ${frame.type}:${frame.seq} conn ${frame.conn.id} ${frame.backend} closes +${(frame.conn.closedAt ?? Number.POSITIVE_INFINITY) - frame.at}`,
+        ),
+      served: serverFrameLog
+        .filter((frame) => frame.taskId === task.id)
+        .map(
+          (frame) =>
+            `${frame.at % 100000} ${frame.type}${frame.seq === undefined ? '' : `:${frame.seq}`}${frame.code === undefined ? '' : ` ${frame.code}`} conn ${frame.conn.id}${frame.fate === undefined ? '' : ` ${frame.fate}`}`,
         ),
     });
 }
