@@ -99,3 +99,40 @@ describe('acks across a resubscribe', () => {
     expect((await env.store.getTask(task.id))?.ackedSeq).toBe(2);
   });
 });
+
+describe('acks after an unsubscribe', () => {
+  // Found by the full chaos run (two "acknowledged seq lost" in one run): the client's terminal ack was
+  // dropped, the server re-sent the terminal frame, and the client's re-ack came behind its unsubscribe.
+  it('records an ack that arrives after the unsubscribe, up to what the socket was sent', async () => {
+    const { task, client } = await watchingFinishedTask();
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(2);
+  });
+
+  it('records nothing beyond what the socket was sent, and nothing of a task it never followed', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const other = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await other.progress({ done: 1 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.progress({ done: 2 }); // seq 2, sent on the socket
+    await client.next((frame) => frame.type === 'event');
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    await client.sync();
+    await task.progress({ done: 3 }); // seq 3, never sent here
+    client.send({ type: 'ack', taskId: task.id, seq: 3 });
+    client.send({ type: 'ack', taskId: other.id, seq: 1 });
+    await client.sync();
+    expect((await session.env.store.getTask(task.id))?.ackedSeq).toBe(0);
+    expect((await session.env.store.getTask(other.id))?.ackedSeq).toBe(0);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toMatchObject([
+      { code: 'invalid_input', taskId: other.id },
+    ]);
+  });
+});

@@ -31,8 +31,12 @@ export interface SubscriptionsContext<P extends Principal> extends Omit<SocketSe
 export class Subscriptions<P extends Principal> {
   readonly #ctx: SubscriptionsContext<P>;
   readonly #subs = new Map<string, Subscription>();
-  /** Tasks this socket unsubscribed from lately: a late ack of theirs is expected, not an error. */
-  readonly #unfollowed = new Set<string>();
+  /**
+   * Tasks this socket unsubscribed from lately, each with the highest seq it may still acknowledge (what
+   * it was sent, when the subscription was authorized; else 0). A late ack of theirs is expected, not an
+   * error, and one up to that seq is recorded.
+   */
+  readonly #unfollowed = new Map<string, number>();
   /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
   readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
 
@@ -107,12 +111,14 @@ export class Subscriptions<P extends Principal> {
   unsubscribe(taskId: string): void {
     const sub = this.#subs.get(taskId);
     if (sub === undefined) return;
+    // Taken before the removal resets the subscription.
+    const ackLimit = sub.authorized ? sub.ackLimit : 0;
     this.remove(sub);
     // Bounded: the oldest unsubscribed id goes first once the socket's subscription cap is reached.
     this.#unfollowed.delete(taskId);
-    this.#unfollowed.add(taskId);
+    this.#unfollowed.set(taskId, ackLimit);
     if (this.#unfollowed.size > this.#ctx.options.maxSubscriptionsPerSocket) {
-      const oldest = this.#unfollowed.values().next().value;
+      const oldest = this.#unfollowed.keys().next().value;
       if (oldest !== undefined) this.#unfollowed.delete(oldest);
     }
   }
@@ -125,11 +131,17 @@ export class Subscriptions<P extends Principal> {
   ack(frame: AckFrame): void {
     const sub = this.#subs.get(frame.taskId);
     if (sub === undefined) {
-      // Acks never reach the store for unfollowed tasks, so a socket cannot mark another owner's events
-      // processed. A late ack after an unsubscribe is a normal race (the re-ack of a terminal frame
-      // re-sent before the unsubscribe arrived): silent. Any other is answered, not counted as invalid,
-      // so the client learns that nothing was recorded.
-      if (this.#unfollowed.has(frame.taskId)) return;
+      // Acks of tasks the socket never followed never reach the store, so a socket cannot mark another
+      // owner's events processed; they are answered (not counted as invalid), so the client learns that
+      // nothing was recorded. A late ack after an unsubscribe is a normal race (the re-ack of a terminal
+      // frame re-sent before the unsubscribe arrived): silent, and recorded up to what this socket was
+      // sent while authorized. It can be the only ack that arrives: the full chaos run lost terminal acks
+      // whose first copy was dropped and whose re-ack came behind the unsubscribe.
+      const limit = this.#unfollowed.get(frame.taskId);
+      if (limit !== undefined) {
+        if (frame.seq <= limit) this.#ctx.acks.ack(frame.taskId, frame.seq);
+        return;
+      }
       this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
       this.#ctx.writer.sendError(
         ErrorCode.InvalidInput,
