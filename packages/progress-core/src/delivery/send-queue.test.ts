@@ -320,7 +320,7 @@ describe('SendQueue', () => {
     const scenarioArb = fc.record({
       logs: fc.tuple(taskLogArb('t0', 12), taskLogArb('t1', 12)),
       tracked: fc.tuple(fc.boolean(), fc.boolean()),
-      commands: fc.array(commandArb, { maxLength: 80 }),
+      commands: fc.array(commandArb, { maxLength: 80, size: 'max' }),
     });
     fc.assert(
       fc.property(scenarioArb, ({ logs, tracked, commands }) => {
