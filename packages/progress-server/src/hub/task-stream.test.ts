@@ -17,24 +17,54 @@ afterEach(async () => {
   for (const close of closers.splice(0)) await close();
 });
 
-function setup(options: { maxReplayEvents?: number } = {}) {
-  const store = new MemoryProgressStore();
-  const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
-  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
+/**
+ * A hub over `store` (only what the hub uses of it), closed after the test: started on the store's feed
+ * unless `start` is false. `metricsFeed` is a real store's feed for the metrics when `store` is a stand-in.
+ */
+function hubOver(
+  store: ProgressStore,
+  options: {
+    maxReplayEvents?: number;
+    metricsFeed?: ProgressStore['changes'];
+    fairReads?: { maxConcurrent: number; maxPerPrincipal: number };
+    start?: boolean;
+  } = {},
+) {
+  const feed = options.metricsFeed ?? store.changes;
+  const reads = new FairReads(options.fairReads ?? { maxConcurrent: 4, maxPerPrincipal: 2 });
   const hub = new TaskHub({
     store,
     logger: silentLogger,
-    metrics,
+    metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed }),
     retryDelayMs: 10,
     reads,
     maxReplayEvents: options.maxReplayEvents ?? 100,
   });
-  hub.start();
+  if (options.start !== false) hub.start();
   closers.push(() => {
     hub.close();
     reads.close();
   });
-  return { store, hub, reads };
+  return hub;
+}
+
+/** `store` as the hub sees it, counting its event reads; `changes` stands in for its feed when given. */
+function countingReads(store: MemoryProgressStore, changes: unknown = store.changes) {
+  const counted = { reads: 0, store: undefined as unknown as ProgressStore };
+  counted.store = {
+    changes,
+    getTask: (taskId: string) => store.getTask(taskId),
+    readEvents: (taskId: string, afterSeq: number, limit?: number) => {
+      counted.reads += 1;
+      return store.readEvents(taskId, afterSeq, limit);
+    },
+  } as unknown as ProgressStore;
+  return counted;
+}
+
+function setup(options: { maxReplayEvents?: number } = {}) {
+  const store = new MemoryProgressStore();
+  return { store, hub: hubOver(store, options) };
 }
 
 /** A sink that records what it is handed, in order. */
@@ -127,15 +157,12 @@ describe('TaskStream', () => {
       getTask: (taskId: string) => store.getTask(taskId),
       readEvents: () => Promise.reject(new Error('disk on fire')),
     } as unknown as ProgressStore;
-    const other = new TaskHub({
-      store: failing,
-      logger: silentLogger,
-      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-      retryDelayMs: 10,
-      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
+    const other = hubOver(failing, {
       maxReplayEvents: 10,
+      metricsFeed: store.changes,
+      fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
+      start: false,
     });
-    closers.push(() => other.close());
     other.stream(task.id, 'alice', broken.sink).start(0, false, 3);
     await until(() => broken.calls.length > 0);
     expect(broken.calls).toEqual(['failed']);
@@ -157,31 +184,18 @@ describe('TaskHub with a feed that carries events', () => {
     const emit = (change: TaskChange) => {
       for (const listener of listeners) listener(change);
     };
-    let reads = 0;
     // The store as the hub sees it, with a feed driven by the test (as Postgres's NOTIFY with events).
-    const wrapped = {
-      changes: {
-        subscribe: (listener: ChangeListener) => {
-          listeners.add(listener);
-          return () => listeners.delete(listener);
-        },
+    const counted = countingReads(store, {
+      subscribe: (listener: ChangeListener) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
       },
-      getTask: (taskId: string) => store.getTask(taskId),
-      readEvents: (taskId: string, afterSeq: number, limit?: number) => {
-        reads += 1;
-        return store.readEvents(taskId, afterSeq, limit);
-      },
-    } as unknown as ProgressStore;
-    const hub = new TaskHub({
-      store: wrapped,
-      logger: silentLogger,
-      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-      retryDelayMs: 10,
-      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
-      maxReplayEvents: 10,
     });
-    hub.start();
-    closers.push(() => hub.close());
+    const hub = hubOver(counted.store, {
+      maxReplayEvents: 10,
+      metricsFeed: store.changes,
+      fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
+    });
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
     await store.append(task.id, { type: 'progress', done: 1 });
     const seen: number[] = [];
@@ -193,7 +207,7 @@ describe('TaskHub with a feed that carries events', () => {
     const second = await appendAndRead(2);
     emit({ taskId: task.id, seq: 2, terminal: false, events: [second] });
     expect(seen).toEqual([2]);
-    expect(reads).toBe(0);
+    expect(counted.reads).toBe(0);
 
     // A change whose events start after a gap (3 is missing): nothing from it goes out unread.
     await appendAndRead(3);
@@ -201,13 +215,13 @@ describe('TaskHub with a feed that carries events', () => {
     emit({ taskId: task.id, seq: 4, terminal: false, events: [fourth] });
     await until(() => seen.length === 3);
     expect(seen).toEqual([2, 3, 4]);
-    expect(reads).toBe(1);
+    expect(counted.reads).toBe(1);
 
     // A repeated change (at-least-once feeds) delivers nothing twice.
     emit({ taskId: task.id, seq: 4, terminal: false, events: [fourth] });
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(seen).toEqual([2, 3, 4]);
-    expect(reads).toBe(1);
+    expect(counted.reads).toBe(1);
   });
 });
 
@@ -215,15 +229,11 @@ describe('TaskHub dispatches of one tick', () => {
   it('hands a lone event over at once, and what follows in the same tick in one call per task', async () => {
     const store = new MemoryProgressStore();
     // No feed (start() is not called): only publishLocal dispatches, as for appends made in this process.
-    const hub = new TaskHub({
-      store,
-      logger: silentLogger,
-      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-      retryDelayMs: 10,
-      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
+    const hub = hubOver(store, {
       maxReplayEvents: 10,
+      fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
+      start: false,
     });
-    closers.push(() => hub.close());
     const a = await store.createTask({ owner: 'alice', kind: 'k' });
     const b = await store.createTask({ owner: 'alice', kind: 'k' });
     const calls: string[][] = [];
@@ -258,25 +268,11 @@ describe('TaskHub dispatches of one tick', () => {
 describe('TaskHub recent events', () => {
   it('serves a catch-up over events it holds without a store read, and reads what it does not hold', async () => {
     const store = new MemoryProgressStore();
-    let reads = 0;
-    const counting = {
-      changes: store.changes,
-      getTask: (taskId: string) => store.getTask(taskId),
-      readEvents: (taskId: string, afterSeq: number, limit?: number) => {
-        reads += 1;
-        return store.readEvents(taskId, afterSeq, limit);
-      },
-    } as unknown as ProgressStore;
-    const hub = new TaskHub({
-      store: counting,
-      logger: silentLogger,
-      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-      retryDelayMs: 10,
-      reads: new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 }),
-      maxReplayEvents: 100,
+    const counted = countingReads(store);
+    const hub = hubOver(counted.store, {
+      metricsFeed: store.changes,
+      fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
     });
-    hub.start();
-    closers.push(() => hub.close());
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 20; i++) await store.append(task.id, { type: 'progress', done: i });
 
@@ -284,11 +280,11 @@ describe('TaskHub recent events', () => {
     const stays = recorder();
     hub.stream(task.id, 'alice', stays.sink).start(10, false, 20);
     await until(() => stays.caughtUp() > 0);
-    expect(reads).toBe(1);
+    expect(counted.reads).toBe(1);
     // Live events join the window (this store's feed carries no events: the hub reads them, once each).
     for (let i = 21; i <= 25; i++) await store.append(task.id, { type: 'progress', done: i });
     await until(() => stays.seqs.length === 15);
-    const afterLive = reads;
+    const afterLive = counted.reads;
 
     // Resubscribes within the window read nothing, however often they come.
     for (let round = 0; round < 5; round++) {
@@ -299,7 +295,7 @@ describe('TaskHub recent events', () => {
       expect(again.seqs).toEqual(Array.from({ length: 13 }, (_, i) => 13 + i));
       stream.close();
     }
-    expect(reads).toBe(afterLive);
+    expect(counted.reads).toBe(afterLive);
 
     // A cursor before the window reads the store, and what it reads joins the window's front.
     const behind = recorder();
@@ -307,12 +303,12 @@ describe('TaskHub recent events', () => {
     first.start(2, false, 25);
     await until(() => behind.caughtUp() > 0);
     expect(behind.seqs).toEqual(Array.from({ length: 23 }, (_, i) => 3 + i));
-    expect(reads).toBe(afterLive + 1);
+    expect(counted.reads).toBe(afterLive + 1);
     first.close();
     const behindAgain = recorder();
     hub.stream(task.id, 'alice', behindAgain.sink).start(5, false, 25);
     await until(() => behindAgain.caughtUp() > 0);
     expect(behindAgain.seqs).toHaveLength(20);
-    expect(reads).toBe(afterLive + 1);
+    expect(counted.reads).toBe(afterLive + 1);
   });
 });
