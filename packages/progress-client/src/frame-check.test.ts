@@ -186,6 +186,27 @@ describe("the client's frame check", () => {
     expect({ code: decoded.error.code, message: decoded.error.message }).toEqual({ code, message });
   });
 
+  it("reads text as core's decoder does: the same outcome for anything that is not a JSON object", () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.anything(),
+          fc.string(),
+          fc.jsonValue().map((value) => JSON.stringify(value)),
+          fc.uint8Array({ maxLength: 40 }),
+        ),
+        (input) => {
+          const core = coreDecodeServerText(input);
+          if (core.ok || core.error.message.startsWith('Invalid')) return;
+          expect(decodeServerText(input)).toStrictEqual(core);
+        },
+      ),
+      propertyParams(1000),
+    );
+    const large = `"${'é'.repeat(LIMITS.maxFrameBytes / 2)}"`;
+    expect(decodeServerText(large)).toStrictEqual(coreDecodeServerText(large));
+  });
+
   it('names the task of a refused frame with a valid top-level taskId', () => {
     const decoded = decodeServerText('{"type":"error","code":"nope","message":"m","taskId":"t1"}');
     expect(decoded.ok || decoded.error.taskId).toBe('t1');

@@ -4,19 +4,21 @@ import {
   ErrorCode,
   EVENT_TYPES,
   isProtocolVersion,
+  LIMITS,
   PROTOCOL_VERSION,
   PROTOCOL_VERSIONS,
+  ProgressError,
   SERVER_FRAME_TYPES,
   TASK_STATUSES,
 } from '@finishline/core';
 import {
   type DecodeResult,
-  decodeTextWith,
   type FrameObject,
   frameError,
   idProblem,
   pathSegment,
   quote,
+  utf8Length,
 } from '@finishline/core/internal';
 
 /**
@@ -218,11 +220,40 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
 
 /**
  * Decodes a server frame handed over as text (a browser's WebSocket message, SSE data, an HTTP body, a
- * stored cursor); anything else fails with `invalid_frame`, a text over `LIMITS.maxFrameBytes` with
- * `frame_too_large`, before it is parsed. Never throws.
+ * stored cursor) exactly as core's `decodeTextWith` reads text, with {@link checkServerFrame}: anything
+ * but a string fails with `invalid_frame`, a text over `LIMITS.maxFrameBytes` UTF-8 bytes with
+ * `frame_too_large` before it is parsed. Never throws. Written out here (the same few rules, the same
+ * messages) so that a page's bundle leaves out core's reader, its options and its byte decoding.
  *
  * @internal
  */
 export function decodeServerText(input: unknown): DecodeResult<ServerFrame> {
-  return decodeTextWith(input, undefined, checkServerFrame);
+  const max = LIMITS.maxFrameBytes;
+  const fail = (code: ErrorCode, message: string, cause?: unknown): DecodeResult<ServerFrame> => ({
+    ok: false,
+    error: new ProgressError(code, message, { cause }),
+  });
+  if (typeof input !== 'string') {
+    return fail(
+      ErrorCode.InvalidFrame,
+      `A frame must be a string or UTF-8 bytes, got ${input === null ? 'null' : typeof input}`,
+    );
+  }
+  // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds.
+  if (input.length > max || (input.length * 3 > max && utf8Length(input) > max))
+    return fail(ErrorCode.FrameTooLarge, `Frame is larger than ${max} bytes`);
+  let value: unknown;
+  try {
+    value = JSON.parse(input);
+  } catch (cause) {
+    // The SyntaxError quotes the input; it stays in `cause` for logs, out of the message.
+    return fail(ErrorCode.InvalidFrame, 'Frame is not valid JSON', cause);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return fail(
+      ErrorCode.InvalidFrame,
+      `A frame must be a JSON object, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`}`,
+    );
+  }
+  return checkServerFrame(value as FrameObject);
 }

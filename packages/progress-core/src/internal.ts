@@ -98,4 +98,4 @@ export {
   planAppend,
   planLease,
 } from './store/task-transitions.js';
-export { assertTaskId, idProblem } from './value-checks.js';
+export { assertTaskId, idProblem, utf8Length } from './value-checks.js';
