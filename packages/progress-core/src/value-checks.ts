@@ -90,7 +90,7 @@ export function assertTaskId(taskId: unknown): asserts taskId is string {
   }
 }
 
-/** UTF-8 byte length of a string, without allocating a buffer. */
+/** UTF-8 byte length of a string, without allocating a buffer. @internal */
 export function utf8Length(text: string): number {
   let bytes = 0;
   for (let i = 0; i < text.length; i++) {
