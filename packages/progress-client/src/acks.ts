@@ -17,6 +17,8 @@ export class Acks {
   readonly #timer: Timeout;
   /** Sends on the ready socket; false when there is none (the next `hello` flushes again). */
   readonly #send: (frame: ClientFrame) => boolean;
+  /** Runs its argument; what that sends leaves in one write where the socket allows it. */
+  readonly #batch: (run: () => void) => void;
   /** The client's watched tasks, all flushed when the coalescing delay is over. */
   readonly #tasks: () => Iterable<TaskSubscription>;
 
@@ -24,11 +26,13 @@ export class Acks {
     options: ResolvedOptions,
     timers: TimerSet,
     send: (frame: ClientFrame) => boolean,
+    batch: (run: () => void) => void,
     tasks: () => Iterable<TaskSubscription>,
   ) {
     this.#o = options;
     this.#timer = new Timeout(timers);
     this.#send = send;
+    this.#batch = batch;
     this.#tasks = tasks;
   }
 
@@ -42,10 +46,18 @@ export class Acks {
     }
   }
 
-  /** Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes. */
+  /**
+   * Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes, in the same
+   * write as the ack where the socket allows it (one send less per finished task).
+   */
   flush(task: TaskSubscription): void {
     const storage = this.#o.storage;
     if (storage !== undefined) task.save(storage);
+    if (task.finished) this.#batch(() => this.#ack(task));
+    else this.#ack(task);
+  }
+
+  #ack(task: TaskSubscription): void {
     const seq = task.ackable();
     if (seq !== undefined) {
       if (!this.#send({ type: 'ack', taskId: task.taskId, seq })) return;
@@ -54,7 +66,7 @@ export class Acks {
     if (task.readyToUnsubscribe) {
       this.#send({ type: 'unsubscribe', taskId: task.taskId });
       task.done();
-      storage?.remove(task.taskId);
+      this.#o.storage?.remove(task.taskId);
     }
   }
 }

@@ -14,7 +14,7 @@ import type { ConnectionHandler, ConnectionState, StateChange } from './connecti
 import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
-import { decodeSocketData, describeSocketError } from './socket-platform.js';
+import { batchSends, decodeSocketData, describeSocketError } from './socket-platform.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**
@@ -107,6 +107,13 @@ export class Connection {
     } catch {
       return false;
     }
+  }
+
+  /** Runs `run`; the frames it sends leave in one write where the socket allows it (`batchSends`). */
+  batch(run: () => void): void {
+    const socket = this.#socket;
+    if (socket === undefined) run();
+    else batchSends(socket, run);
   }
 
   /** Drops the socket and opens a new one at once (the 100% watchdog suspects this replica). */

@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { ClientFrame, ServerFrame } from '@finishline/core';
 import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
@@ -87,6 +87,51 @@ describe('in Node with the real ws', () => {
     }
     // Nothing above what the test runner itself had before the test.
     expect(leftover()).toEqual([]);
+  });
+});
+
+describe('writes to the network with the real ws', () => {
+  it('sends the terminal ack and the unsubscribe after it in one write', async () => {
+    const task = new FakeTask('node-batch', 1);
+    task.item('a');
+    task.end();
+    const server = await startServer(task);
+    // Chunks per write the client's TCP socket made to the network, counted from the WebSocket's `open`.
+    const writes: number[] = [];
+    class CountingWebSocket extends WebSocket {
+      constructor(...args: ConstructorParameters<typeof WebSocket>) {
+        super(...args);
+        this.once('open', () => {
+          const tcp = (this as unknown as { _socket: Socket })._socket;
+          const write = tcp._write.bind(tcp);
+          const writev = tcp._writev?.bind(tcp);
+          tcp._write = (chunk, encoding, callback) => {
+            writes.push(1);
+            write(chunk, encoding, callback);
+          };
+          if (writev !== undefined) {
+            tcp._writev = (chunks, callback) => {
+              writes.push(chunks.length);
+              writev(chunks, callback);
+            };
+          }
+        });
+      }
+    }
+    // No ack timer within the test: the only acks are the terminal one and what it carries.
+    const client = new ProgressClient({
+      url: `ws://127.0.0.1:${server.port}/progress`,
+      WebSocket: CountingWebSocket,
+      ackDelayMs: 60_000,
+    });
+    const watch = client.watch('node-batch');
+    await watch.done;
+    await waitFor(() => server.received.some((frame) => frame.type === 'unsubscribe'));
+    expect(server.received.map((frame) => frame.type)).toEqual(['subscribe', 'ack', 'unsubscribe']);
+    // The subscribe, then the ack and the unsubscribe together (without batching: three writes).
+    expect(writes).toHaveLength(2);
+    await client.close();
+    await server.close();
   });
 });
 

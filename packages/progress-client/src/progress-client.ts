@@ -86,6 +86,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#o,
       this.#timers,
       (frame) => this.#connection.send(frame),
+      (run) => this.#connection.batch(run),
       () => this.#tasks.values(),
     );
     this.#fallback = new FallbackStreams(this.#o, {
@@ -222,11 +223,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         this.#fallback.stop();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
-        for (const task of this.#tasks.values()) {
-          this.#adoptEpoch(task);
-          this.#subscribe(task);
-          this.#acks.flush(task);
-        }
+        // One write for all the subscribes and acks where the socket allows it.
+        this.#connection.batch(() => {
+          for (const task of this.#tasks.values()) {
+            this.#adoptEpoch(task);
+            this.#subscribe(task);
+            this.#acks.flush(task);
+          }
+        });
       },
       onFrame: (frame) => this.#onFrame(frame),
       onDown: () => {

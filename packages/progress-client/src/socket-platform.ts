@@ -11,6 +11,7 @@
 import { decodeFrameWith } from '@finishline/core/internal';
 import { type AttemptFailure, unexplainedFailure } from './connect-errors.js';
 import { checkServerFrame } from './frame-check.js';
+import type { WebSocketLike } from './options.js';
 
 /**
  * Decodes what the socket's `message` event carries: a string, or with some implementations UTF-8 bytes
@@ -20,6 +21,29 @@ import { checkServerFrame } from './frame-check.js';
  */
 export const decodeSocketData = (data: unknown): ReturnType<typeof checkServerFrame> =>
   decodeFrameWith(data, undefined, checkServerFrame);
+
+/**
+ * Runs `run`, whose sends on `socket` leave in one write to the network where the implementation allows
+ * it: `ws` keeps its TCP socket in `_socket`, and corking that turns the frames sent meanwhile into one
+ * `writev` instead of one each (the terminal ack and the unsubscribe after it; the subscribes after a
+ * `hello`). On loopback each write also runs the receiver's TCP path, charged to the writer. Any other
+ * implementation just runs `run`.
+ *
+ * @internal
+ */
+export function batchSends(socket: WebSocketLike, run: () => void): void {
+  const tcp = (socket as { _socket?: { cork?: unknown; uncork?: unknown } })._socket;
+  if (typeof tcp?.cork !== 'function' || typeof tcp.uncork !== 'function') {
+    run();
+    return;
+  }
+  (tcp.cork as () => void).call(tcp);
+  try {
+    run();
+  } finally {
+    (tcp.uncork as () => void).call(tcp);
+  }
+}
 
 /** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
 const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;
