@@ -67,6 +67,15 @@ export class Acks {
       this.#send({ type: 'unsubscribe', taskId: task.taskId });
       task.done();
       this.#o.storage?.remove(task.taskId);
+      // The coalescing timer would fire for nothing (a watch that ended leaves nothing to ack): one
+      // timer less per finished watch when it was the last with something to acknowledge or save.
+      if (this.#timer.pending && this.#settled()) this.#timer.clear();
     }
+  }
+
+  /** No task has a seq beyond what it acknowledged (so nothing to save either: a flush saves first). */
+  #settled(): boolean {
+    for (const each of this.#tasks()) if (!each.socketDone && each.cursor.seq > each.ackedSeq) return false;
+    return true;
   }
 }

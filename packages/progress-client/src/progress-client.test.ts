@@ -205,6 +205,29 @@ describe('acks', () => {
     await client.close();
   });
 
+  it('leaves no ack timer behind once the last watch with something to acknowledge ended', async () => {
+    const { client, socket, task, scheduler } = subscribed({ ackDelayMs: 777 });
+    const other = client.watch('t2');
+    const otherTask = new FakeTask('t2', 2);
+    socket.push(snap(task.view()));
+    socket.push(snap(otherTask.view()));
+    socket.push(ev(otherTask.item('x')));
+    socket.push(ev(task.item('a')));
+    expect(scheduler.delays).toContain(777);
+    socket.push(ev(task.end()));
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    // t2 still has an event to acknowledge: the timer stays, and acks it.
+    expect(scheduler.delays).toContain(777);
+    await scheduler.advance(777);
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't2', seq: 1 });
+    socket.push(ev(otherTask.item('y')));
+    socket.push(ev(otherTask.end()));
+    expect(socket.frames('unsubscribe')).toHaveLength(2);
+    expect(scheduler.delays).not.toContain(777);
+    other.close();
+    await client.close();
+  });
+
   it('acks at once every ackEvery events, and the terminal event immediately', async () => {
     const { client, socket, scheduler } = subscribed({ ackEvery: 2 });
     const task = new FakeTask('t1', 3);
