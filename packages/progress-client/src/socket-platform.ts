@@ -11,7 +11,6 @@
 import { decodeFrameWith } from '@finishline/core/internal';
 import { type AttemptFailure, unexplainedFailure } from './connect-errors.js';
 import { checkServerFrame } from './frame-check.js';
-import type { WebSocketLike } from './options.js';
 
 /**
  * Decodes what the socket's `message` event carries: a string, or with some implementations UTF-8 bytes
@@ -31,7 +30,7 @@ export const decodeSocketData = (data: unknown): ReturnType<typeof checkServerFr
  *
  * @internal
  */
-export function batchSends(socket: WebSocketLike, run: () => void): void {
+export function batchSends(socket: object, run: () => void): void {
   const tcp = (socket as { _socket?: { cork?: unknown; uncork?: unknown } })._socket;
   if (typeof tcp?.cork !== 'function' || typeof tcp.uncork !== 'function') {
     run();
