@@ -39,6 +39,8 @@ export class Subscriptions<P extends Principal> {
   readonly #unfollowed = new Map<string, number>();
   /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
   readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
+  /** The `afterSeq` of each subscription's latest (re)start. */
+  readonly #startedFrom = new WeakMap<Subscription, number>();
 
   constructor(ctx: SubscriptionsContext<P>) {
     this.#ctx = ctx;
@@ -68,11 +70,20 @@ export class Subscriptions<P extends Principal> {
     if (sub === undefined) {
       sub = this.#add(taskId, refs);
       if (sub === undefined) return;
+    } else if (this.#stillLoading(sub, afterSeq)) {
+      // The same subscribe again while the task is still being loaded for the previous one (a client
+      // repeating a subscribe it got no answer to yet, or a duplicated frame): nothing was sent for it
+      // yet, so that load's answer is this one's too. A restart would drop the load's place in the
+      // principal's read queue and queue it again at the back, so under load a client that repeats its
+      // subscribe would only wait longer (the full chaos run saw subscribes unanswered for over 3 s).
+      this.#refs.set(sub, refs);
+      return;
     } else {
       // A resubscribe restarts the stream from the client's new cursor.
       metrics.resyncs.inc({ reason: 'resubscribe' });
     }
     this.#refs.set(sub, refs);
+    this.#startedFrom.set(sub, afterSeq);
     const current = sub;
     const stream = current.restart(afterSeq);
     const task = await stream.load().catch((error: unknown) => {
@@ -106,6 +117,17 @@ export class Subscriptions<P extends Principal> {
       current.resumeAt(afterSeq);
       stream.start(afterSeq, false, task.seq);
     }
+  }
+
+  /** `sub` was (re)started from `afterSeq` and its task is still loading: nothing was sent for it yet. */
+  #stillLoading(sub: Subscription, afterSeq: number): boolean {
+    const stream = sub.currentStream;
+    return (
+      !sub.authorized &&
+      stream !== undefined &&
+      sub.isCurrent(stream) &&
+      this.#startedFrom.get(sub) === afterSeq
+    );
   }
 
   unsubscribe(taskId: string): void {
