@@ -860,7 +860,27 @@ if (flag('explain')) {
     }
   }
   slowest.sort((x, y) => y.delay - x.delay);
-  for (const { task, w, delay } of slowest.slice(0, 8)) {
+  // The three slowest kill -9 → shown too (their commit is the reaper's, so they may not be among the above).
+  const killedSlowest = slowest
+    .filter(({ task }) => killedWorker(task))
+    .map((entry) => ({
+      ...entry,
+      fromKill:
+        entry.w.callbackAt -
+        (entry.task.replica.kills.find((k) => k.incarnation === entry.task.incarnation)?.at ?? 0),
+    }))
+    .sort((x, y) => y.fromKill - x.fromKill)
+    .slice(0, 3);
+  for (const { task, fromKill, w } of killedSlowest)
+    process.stdout.write(
+      `  kill -9 → shown ${fromKill} ms: task ${task.id.slice(0, 8)}, commit (reaper) ${w.final.finishedAt - (w.callbackAt - fromKill)} ms after the kill, shown ${w.callbackAt - w.final.finishedAt} ms after the commit\n`,
+    );
+  const shownSlow = new Set(killedSlowest.map((entry) => entry.w));
+  for (const { task, w, delay } of [
+    ...slowest.slice(0, 8),
+    ...killedSlowest.filter((entry) => !slowest.slice(0, 8).some((s) => s.w === entry.w)),
+  ]) {
+    if (shownSlow.has(w)) process.stdout.write('  (kill -9 case)\n');
     const from = w.final.finishedAt - 2000;
     const log = w.slot.log
       .filter((entry) => entry.at >= from && entry.at <= w.callbackAt)
@@ -889,7 +909,11 @@ if (flag('explain')) {
     const frames = [
       ...serverFrameLog
         .filter((f) => f.taskId === task.id && ofSlot(f))
-        .map((f) => ({ at: f.at, text: `<${f.type}${f.seq === undefined ? '' : `:${f.seq}`}${f.code === undefined ? '' : ` ${f.code}`}`, f })),
+        .map((f) => ({
+          at: f.at,
+          text: `<${f.type}${f.seq === undefined ? '' : `:${f.seq}`}${f.code === undefined ? '' : ` ${f.code}`}`,
+          f,
+        })),
       ...clientFrameLog
         .filter((f) => f.taskId === task.id && ofSlot(f))
         .map((f) => ({ at: f.at, text: `>${f.type}:${f.seq}`, f })),
@@ -905,12 +929,18 @@ if (flag('explain')) {
     process.stdout.write(`      frames: ${frames.join(' ')}\n`);
     // When the terminal seq first went out anywhere (any slot, any replica): late everywhere means a late
     // commit or a late read, not a lost frame; and the replica ends near it.
-    const firstOut = serverFrameLog.find((f) => f.taskId === task.id && f.seq !== undefined && f.seq >= w.final.seq);
-    const ends = replicas.flatMap((r) => [
-      ...r.kills.map((k) => `kill -9 r${r.index}#${k.incarnation}@${k.at - t0}`),
-      ...(r.terms ?? []).map((k) => `SIGTERM r${r.index}#${k.incarnation}@${k.at - t0}`),
-    ]).filter((text) => Math.abs(Number(text.split('@')[1])) < 15000);
-    const stalled = stalls.filter((x) => x.at >= from && x.at <= w.callbackAt).map((x) => `${x.ms}ms@${x.at - t0}`);
+    const firstOut = serverFrameLog.find(
+      (f) => f.taskId === task.id && f.seq !== undefined && f.seq >= w.final.seq,
+    );
+    const ends = replicas
+      .flatMap((r) => [
+        ...r.kills.map((k) => `kill -9 r${r.index}#${k.incarnation}@${k.at - t0}`),
+        ...(r.terms ?? []).map((k) => `SIGTERM r${r.index}#${k.incarnation}@${k.at - t0}`),
+      ])
+      .filter((text) => Math.abs(Number(text.split('@')[1])) < 15000);
+    const stalled = stalls
+      .filter((x) => x.at >= from && x.at <= w.callbackAt)
+      .map((x) => `${x.ms}ms@${x.at - t0}`);
     process.stdout.write(`      harness stalls > 50 ms: ${stalled.join(' ') || 'none'}\n`);
     process.stdout.write(
       `      terminal seq ${w.final.seq} first relayed @${firstOut === undefined ? '-' : firstOut.at - t0} (slot ${firstOut?.conn.tag}); replica ends: ${ends.join(' ') || 'none'}\n`,
