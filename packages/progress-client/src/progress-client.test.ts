@@ -460,6 +460,13 @@ describe('lost frames on a healthy connection', () => {
     await client.close();
   });
 
+  it('never repeats an unanswered subscribe with behindGraceMs 0 (it would every turn)', async () => {
+    const { client, socket, scheduler } = subscribed({ behindGraceMs: 0 });
+    await scheduler.advance(60_000);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await client.close();
+  });
+
   it('resyncs at once when a heartbeat shows the task ahead and no subscribe is recent', async () => {
     const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
     socket.push(snap(task.view()));

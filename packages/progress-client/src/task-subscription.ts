@@ -30,7 +30,7 @@ export interface TaskSubscriptionOptions {
   onStuck: (task: TaskSubscription, action: StuckAction) => void;
   /**
    * How long a subscribe may go without any frame about the task before it is sent again (doubling for
-   * each further one that goes unanswered): the client's `behindGraceMs`.
+   * each further one that goes unanswered; 0: never): the client's `behindGraceMs`.
    */
   answerWaitMs: number;
   /** A subscribe got no answer within its wait: subscribe again from the cursor. */
@@ -161,6 +161,8 @@ export class TaskSubscription {
     this.#resyncFrom = this.cursor.seq;
     this.#resyncSentAt = this.#clock();
     this.#answered = false;
+    // 0 turns the repeat off (it would otherwise repeat the subscribe every turn until answered).
+    if (this.#answerWaitMs <= 0) return;
     const waitMs = this.#answerWaitMs * 2 ** Math.min(this.#unanswered, MAX_ANSWER_WAIT_DOUBLINGS);
     this.#answerTimer.set(waitMs, () => {
       if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
