@@ -4,7 +4,7 @@ import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect } from 'kysely';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
-import { dropSchema, freshSchema, newPool } from './support.js';
+import { commitHookedPool, dropSchema, eventually, freshSchema, newPool, Recorder } from './support.js';
 
 /**
  * Writes that save round trips: appends planned from the rows a store last wrote (one statement, no
@@ -176,5 +176,85 @@ describe('lease renewals', () => {
       expect(await store.getTask(id)).toMatchObject({ leaseOwner: 'w', leaseExpiresAt: clock.now() + 1000 });
     }
     expect(await store.getTask('theirs')).toMatchObject({ leaseOwner: 'v' });
+  });
+});
+
+describe('an append written in one statement', () => {
+  /** The one-statement append (append-pipeline.ts, `writeAppendsIfUnchanged`) commits by itself. */
+  const isOneStatementAppend = (text: string) => text.includes('-- Rows locked in id order first');
+
+  async function hookedStores() {
+    const schema = freshSchema('lastw');
+    schemas.push(schema);
+    await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) }), { schema });
+    const real = newPool(5);
+    const hooked = commitHookedPool(real, isOneStatementAppend);
+    const store = await PostgresProgressStore.open({
+      pool: hooked.pool,
+      schema,
+      migrate: false,
+      clock: clock.now,
+    });
+    const observer = await PostgresProgressStore.open({ pool, schema, migrate: false, clock: clock.now });
+    stores.push(store, observer);
+    const own = new Recorder(store);
+    const other = new Recorder(observer);
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', item('first'));
+    await eventually('both feeds publish seq 1', () => own.has('t', 1) && other.has('t', 1));
+    const stored = async () => (await observer.readEvents('t', 0)).length;
+    return { store, hooked, own, other, stored, real, end: () => real.end() };
+  }
+
+  it('with an unknown outcome (the connection drops after it committed) is rejected, stored, published by every feed, and the next append follows it', async () => {
+    const { store, hooked, own, other, stored, end } = await hookedStores();
+    try {
+      hooked.onNextCommit(async (client, commit) => {
+        const socket = (client as unknown as { connection: { stream: import('node:net').Socket } }).connection
+          .stream;
+        socket.pause();
+        const pending = commit();
+        await eventually('the statement is applied', async () => (await stored()) === 2, 5_000);
+        socket.destroy();
+        return pending;
+      });
+      await expect(store.append('t', item('lost answer'))).rejects.toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+      });
+      await eventually('both feeds publish seq 2', () => own.has('t', 2) && other.has('t', 2));
+      const next = await store.append('t', item('next'));
+      expect(next.event.seq).toBe(3);
+      expect(await itemKeys(store, 't')).toEqual(['first', 'lost answer', 'next']);
+      expect(await store.getTask('t')).toMatchObject({ seq: 3, done: 3 });
+    } finally {
+      await end();
+    }
+  });
+
+  it('that fails (the backend killed as it is sent) stores and publishes nothing, and the next append commits', async () => {
+    const { store, hooked, own, other, real, end } = await hookedStores();
+    try {
+      const connections = real.totalCount;
+      hooked.onNextCommit(async (client, commit) => {
+        const pid = (client as unknown as { processID: number }).processID;
+        await pool.query('SELECT pg_terminate_backend($1)', [pid]);
+        return commit();
+      });
+      await expect(store.append('t', item('never'))).rejects.toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+      });
+      // The pool drops the dead connection once it sees it end (a call before that could draw it again).
+      await eventually('the pool dropped the dead connection', () => real.totalCount < connections);
+      const next = await store.append('t', item('next'));
+      expect(next.event.seq).toBe(2);
+      expect(await itemKeys(store, 't')).toEqual(['first', 'next']);
+      await eventually('both feeds publish seq 2', () => own.has('t', 2) && other.has('t', 2));
+      expect([own.seqs('t'), other.seqs('t')]).toEqual([
+        [1, 2],
+        [1, 2],
+      ]);
+    } finally {
+      await end();
+    }
   });
 });
