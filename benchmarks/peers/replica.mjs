@@ -43,6 +43,8 @@ async function finishline() {
   } else {
     const pg = (await import('pg')).default;
     const { PostgresProgressStore } = await import('@finishline/postgres');
+    // PEER_DIAG_COUNTS=1 (diagnostic): count the replica's Postgres statements by their text, printed at stop.
+    if (process.env.PEER_DIAG_COUNTS === '1') countStatements(pg.Client.prototype);
     pool = new pg.Pool({ connectionString: PG_URL, max: Number(process.env.PEER_PG_POOL_MAX ?? 10) });
     pool.on('error', () => undefined);
     store = await PostgresProgressStore.open({ pool, schema: SCHEMA });
@@ -88,11 +90,35 @@ async function finishline() {
     },
     sockets: () => server.health().sockets,
     async stop() {
+      if (process.env.PEER_DIAG_COUNTS === '1') await printCounts(server);
       await server.close({ timeoutMs: 2000 });
       await store.close();
       await pool?.end();
     },
   };
+}
+
+/** Wraps `query` to count statements by their first 90 characters (PEER_DIAG_COUNTS). */
+const statementCounts = new Map();
+function countStatements(clientPrototype) {
+  const query = clientPrototype.query;
+  clientPrototype.query = function (config, ...rest) {
+    const text = typeof config === 'string' ? config : (config?.text ?? '?');
+    const key = text.replace(/\s+/g, ' ').trim().slice(0, 90);
+    statementCounts.set(key, (statementCounts.get(key) ?? 0) + 1);
+    return query.call(this, config, ...rest);
+  };
+}
+
+/** Frames sent and re-sent, terminal-ack latency and statements of this replica, on stderr. */
+async function printCounts(server) {
+  const wanted =
+    /^finishline_(events_sent|snapshots_sent|terminal_retries|terminal_ack_latency_seconds_(sum|count))/;
+  const metrics = (await server.metrics.registry.metrics()).split('\n').filter((line) => wanted.test(line));
+  const statements = [...statementCounts]
+    .sort((a, b) => b[1] - a[1])
+    .map(([text, count]) => `${String(count).padStart(7)}  ${text}`);
+  process.stderr.write(`counts of ${SYSTEM}#${INDEX}:\n${[...metrics, ...statements].join('\n')}\n`);
 }
 
 // ── The original design, rebuilt small ──────────────────────────────────────────────────────────

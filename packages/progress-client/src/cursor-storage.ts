@@ -1,5 +1,5 @@
 import type { TaskView } from '@finishline/core';
-import { decodeServerText } from '@finishline/core/internal';
+import { decodeServerText } from './frame-check.js';
 
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.

@@ -1,7 +1,8 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { backoffDelayMs, decodeServerText } from '@finishline/core/internal';
+import { backoffDelayMs } from '@finishline/core/internal';
+import { decodeServerText } from './frame-check.js';
 import type { FetchLike, HttpCredentials, ResolvedOptions, TokenSource } from './options.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';

@@ -1,5 +1,5 @@
-import { decodeServerText } from '@finishline/core/internal';
 import { unexplainedFailure } from './connect-errors.js';
+import { decodeServerText } from './frame-check.js';
 import type * as Node from './socket-platform.js';
 
 /**

@@ -8,8 +8,9 @@
  *
  * @module
  */
-import { decodeServerFrame } from '@finishline/core/internal';
+import { decodeFrameWith } from '@finishline/core/internal';
 import { type AttemptFailure, unexplainedFailure } from './connect-errors.js';
+import { checkServerFrame } from './frame-check.js';
 
 /**
  * Decodes what the socket's `message` event carries: a string, or with some implementations UTF-8 bytes
@@ -17,8 +18,8 @@ import { type AttemptFailure, unexplainedFailure } from './connect-errors.js';
  *
  * @internal
  */
-export const decodeSocketData: (data: unknown) => ReturnType<typeof decodeServerFrame> = (data) =>
-  decodeServerFrame(data);
+export const decodeSocketData = (data: unknown): ReturnType<typeof checkServerFrame> =>
+  decodeFrameWith(data, undefined, checkServerFrame);
 
 /** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
 const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;

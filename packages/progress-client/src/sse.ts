@@ -1,5 +1,5 @@
 import type { ServerFrame } from '@finishline/core';
-import { decodeServerText } from '@finishline/core/internal';
+import { decodeServerText } from './frame-check.js';
 import type { HttpCredentials } from './options.js';
 
 /**

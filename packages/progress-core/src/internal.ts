@@ -29,6 +29,7 @@ export {
 } from './delivery/event-view.js';
 export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
 export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
+export { RoundTripEstimate } from './delivery/round-trip-estimate.js';
 export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
 export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
 export type { DueTerminalRetry, TerminalRetryOptions } from './delivery/terminal-retry.js';
@@ -65,8 +66,16 @@ export {
 } from './options.js';
 // Protocol codecs
 export { decodeClientFrame } from './protocol/codec.js';
-export type { DecodeOptions, DecodeResult } from './protocol/frame-text.js';
-export { encodeFrame } from './protocol/frame-text.js';
+export type { DecodeOptions, DecodeResult, FrameObject } from './protocol/frame-text.js';
+// The reading and error helpers of both decoders, for a decoder with its own checks (the client's).
+export {
+  decodeFrameWith,
+  decodeTextWith,
+  encodeFrame,
+  frameError,
+  pathSegment,
+  quote,
+} from './protocol/frame-text.js';
 export { decodeServerFrame, decodeServerText } from './protocol/server-frame-decoder.js';
 // What a store applies
 export type { ParsedListTasksQuery } from './store/inputs.js';
@@ -90,4 +99,4 @@ export {
   planAppend,
   planLease,
 } from './store/task-transitions.js';
-export { assertTaskId } from './value-checks.js';
+export { assertTaskId, idProblem, utf8Length } from './value-checks.js';

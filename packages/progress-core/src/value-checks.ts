@@ -20,22 +20,31 @@ import { ProgressError } from './progress-error.js';
  */
 const RESERVED_IDS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
 
+// The messages of an id, apart: the client checks ids and nothing else here, so a browser bundle that
+// does not reference CHECK_MESSAGES leaves the others out.
+const EMPTY = 'must not be empty';
+const ID_TOO_LONG = `must be at most ${LIMITS.maxIdLength} characters`;
+const ID_PATTERN_MESSAGE = 'may contain only letters, digits and _ . : @ / -';
+const ID_RESERVED = 'must not be __proto__, constructor or prototype';
+
 /** Messages shared by the schemas and the hand-written decoder. @internal */
-export const CHECK_MESSAGES = Object.freeze({
-  empty: 'must not be empty',
-  idTooLong: `must be at most ${LIMITS.maxIdLength} characters`,
-  idPattern: 'may contain only letters, digits and _ . : @ / -',
-  idReserved: 'must not be __proto__, constructor or prototype',
-  nul: 'must not contain U+0000 or an unpaired surrogate',
-  keyTooLong: `must be at most ${LIMITS.maxKeyLength} characters`,
-  messageTooLong: `must be at most ${LIMITS.maxMessageLength} characters`,
-  integer: 'must be an integer',
-  negative: 'must not be negative',
-  tooLarge: 'is too large',
-  atLeastOne: 'must be at least 1',
-  json: 'must be a plain JSON value (at most 64 levels deep, no __proto__ key, no U+0000 or unpaired surrogate)',
-  jsonTooLarge: `must serialize to at most ${LIMITS.maxJsonBytes} bytes`,
-});
+// (Built in a pure call: templates of LIMITS fields would otherwise count as side effects.)
+export const CHECK_MESSAGES = /* @__PURE__ */ (() =>
+  Object.freeze({
+    empty: EMPTY,
+    idTooLong: ID_TOO_LONG,
+    idPattern: ID_PATTERN_MESSAGE,
+    idReserved: ID_RESERVED,
+    nul: 'must not contain U+0000 or an unpaired surrogate',
+    keyTooLong: `must be at most ${LIMITS.maxKeyLength} characters`,
+    messageTooLong: `must be at most ${LIMITS.maxMessageLength} characters`,
+    integer: 'must be an integer',
+    negative: 'must not be negative',
+    tooLarge: 'is too large',
+    atLeastOne: 'must be at least 1',
+    json: 'must be a plain JSON value (at most 64 levels deep, no __proto__ key, no U+0000 or unpaired surrogate)',
+    jsonTooLarge: `must serialize to at most ${LIMITS.maxJsonBytes} bytes`,
+  }))();
 
 /** A UTF-16 surrogate without its partner: not valid Unicode, so not storable as UTF-8 text. */
 const UNPAIRED_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
@@ -62,10 +71,10 @@ export function isReservedId(id: string): boolean {
  */
 export function idProblem(id: unknown): string | undefined {
   if (typeof id !== 'string') return 'must be string';
-  if (id.length < 1) return CHECK_MESSAGES.empty;
-  if (id.length > LIMITS.maxIdLength) return CHECK_MESSAGES.idTooLong;
-  if (!ID_PATTERN.test(id)) return CHECK_MESSAGES.idPattern;
-  if (RESERVED_IDS.has(id)) return CHECK_MESSAGES.idReserved;
+  if (id.length < 1) return EMPTY;
+  if (id.length > LIMITS.maxIdLength) return ID_TOO_LONG;
+  if (!ID_PATTERN.test(id)) return ID_PATTERN_MESSAGE;
+  if (RESERVED_IDS.has(id)) return ID_RESERVED;
   return undefined;
 }
 
@@ -81,7 +90,7 @@ export function assertTaskId(taskId: unknown): asserts taskId is string {
   }
 }
 
-/** UTF-8 byte length of a string, without allocating a buffer. */
+/** UTF-8 byte length of a string, without allocating a buffer. @internal */
 export function utf8Length(text: string): number {
   let bytes = 0;
   for (let i = 0; i < text.length; i++) {

@@ -256,7 +256,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   backpressurePollMs?: number | undefined;
   /**
-   * Re-send schedule of unacknowledged terminal events.
+   * Re-send schedule of unacknowledged terminal events. The first delay is `initialDelayMs` or, when
+   * longer, the round-trip timeout the server learnt from its terminal acks (TCP's SRTT + 4·RTTVAR).
    * @default TERMINAL_RETRY_DEFAULTS (100 ms, doubling, capped at 5 s)
    */
   terminalRetry?: TerminalRetryOptions | undefined;

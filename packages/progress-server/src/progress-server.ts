@@ -8,6 +8,7 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, ProgressError } from '@finishline/core';
+import { RoundTripEstimate } from '@finishline/core/internal';
 import type { Principal } from './auth.js';
 import { pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
@@ -193,6 +194,7 @@ export class ProgressServer<P extends Principal = Principal> {
       logger: this.#logger,
       limits: this.#limits,
       epoch: this.#epoch,
+      roundTrips: new RoundTripEstimate(),
     });
     this.#onUpgrade = (request, socket, head) => {
       if (pathOf(request.url) !== resolved.path) {

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { expectInvalidInput } from '../testing/invalid-input.js';
 import { ManualClock } from '../testing/manual-clock.js';
 import { propertyParams } from '../testing/property-config.js';
+import { RoundTripEstimate } from './round-trip-estimate.js';
 import { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker, terminalRetryDelayMs } from './terminal-retry.js';
 
 describe('terminalRetryDelayMs', () => {
@@ -61,6 +62,47 @@ describe('TerminalRetryTracker', () => {
     }
     expect(resends).toEqual([100, 300, 700, 1500, 3100, 6300, 11_300, 16_300, 21_300]);
     expect(attempts).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('waits the shared round-trip timeout when it is longer than 100 ms, and feeds it each ack', () => {
+    const clock = new ManualClock(0);
+    const roundTrips = new RoundTripEstimate();
+    const tracker = new TerminalRetryTracker(clock.now, undefined, roundTrips);
+    const other = new TerminalRetryTracker(clock.now, undefined, roundTrips);
+    // No sample yet: the 100 ms floor.
+    tracker.sent('t1', 4);
+    expect(tracker.nextDueAt()).toBe(100);
+    // Acked 250 ms after its first send, one re-send in between: the sample counts from the first send.
+    clock.set(100);
+    tracker.sent('t1', 4);
+    clock.set(250);
+    tracker.acked('t1', 4);
+    expect(roundTrips.timeoutMs).toBe(750);
+    // Another socket's tracker sharing the estimate waits 750 ms, then doubles from there, capped at 5 s.
+    other.sent('t2', 9);
+    const resends: number[] = [];
+    while (resends.length < 4) {
+      const at = other.nextDueAt() as number;
+      clock.set(at);
+      resends.push(at - 250);
+      other.sent('t2', 9);
+    }
+    expect(resends).toEqual([750, 750 + 1500, 750 + 1500 + 3000, 750 + 1500 + 3000 + 5000]);
+    // Acks quicker than the floor bring the timeout down, never the delay below 100 ms.
+    for (let i = 0; i < 60; i++) {
+      tracker.sent(`fast-${i}`, 1);
+      clock.advance(2);
+      tracker.acked(`fast-${i}`, 1);
+    }
+    expect(roundTrips.timeoutMs).toBeLessThan(100);
+    tracker.sent('t3', 2);
+    expect(tracker.nextDueAt()).toBe(clock.now() + 100);
+    // An ack that clears nothing (already acked, or below the terminal seq) is not a sample.
+    const before = roundTrips.timeoutMs;
+    clock.advance(10_000);
+    tracker.acked('t3', 1);
+    tracker.acked('fast-0', 1);
+    expect(roundTrips.timeoutMs).toBe(before);
   });
 
   it('is not due a millisecond early and stays due until the re-send is reported', () => {

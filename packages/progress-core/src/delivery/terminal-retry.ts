@@ -3,11 +3,14 @@ import { ErrorCode } from '../codes.js';
 import type { OptionSpec } from '../options.js';
 import { defaultsOf, finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
+import type { RoundTripEstimate } from './round-trip-estimate.js';
 
 /**
  * Re-sending unacknowledged terminal events on the same connection. A terminal event is the one frame a
  * watcher must not miss, and the acknowledgement is how the server learns it arrived; until then the
  * server re-sends it after 100 ms, then 200 ms, 400 ms … capped, for as long as the connection lives.
+ * With a {@link RoundTripEstimate}, the first delay is the estimate's timeout when that is longer than
+ * 100 ms (acks are slow under load), and the later ones double from it.
  * There is deliberately no attempt limit: the connection closing (after which the client resumes from its
  * cursor) is the only other way out. The schedule is deterministic, not jittered: retries are per socket,
  * so there is no crowd to spread out.
@@ -71,9 +74,10 @@ export const TERMINAL_RETRY_OPTION: OptionSpec<Required<TerminalRetryOptions>> =
   inOrder,
 );
 
-function delayFor(attempt: number, options: Required<TerminalRetryOptions>): number {
+function delayFor(attempt: number, options: Required<TerminalRetryOptions>, firstDelayMs?: number): number {
+  const first = Math.max(options.initialDelayMs, firstDelayMs ?? 0);
   // multiplier ** (attempt - 1) may overflow to Infinity; min() then yields the cap.
-  return Math.min(options.maxDelayMs, options.initialDelayMs * options.multiplier ** (attempt - 1));
+  return Math.min(options.maxDelayMs, first * options.multiplier ** (attempt - 1));
 }
 
 /**
@@ -99,6 +103,8 @@ export interface DueTerminalRetry {
 
 interface PendingTerminal {
   seq: number;
+  /** When it was first sent: the round-trip sample its ack gives. */
+  firstSentAt: number;
   /** The re-send that comes next (1 after the original send). */
   attempt: number;
   dueAt: number;
@@ -129,6 +135,7 @@ interface PendingTerminal {
 export class TerminalRetryTracker {
   readonly #clock: Clock;
   readonly #options: Required<TerminalRetryOptions>;
+  readonly #roundTrips: RoundTripEstimate | undefined;
   readonly #pending = new Map<string, PendingTerminal>();
   // Highest cumulative ack seen per task, so a send reported after its ack does not re-arm a retry.
   readonly #ackedSeq = new Map<string, number>();
@@ -137,14 +144,17 @@ export class TerminalRetryTracker {
   /**
    * @param clock - the time source.
    * @param options - merged over {@link TERMINAL_RETRY_DEFAULTS} and validated here.
+   * @param roundTrips - fed each acknowledged event's time from first send to ack; its timeout, when
+   *   longer than `initialDelayMs`, is the first re-send's delay. May be shared by many trackers.
    * @throws ProgressError `invalid_input` for invalid options.
    */
-  constructor(clock: Clock, options?: TerminalRetryOptions) {
+  constructor(clock: Clock, options?: TerminalRetryOptions, roundTrips?: RoundTripEstimate) {
     if (typeof clock !== 'function') {
       throw new ProgressError(ErrorCode.InvalidInput, 'TerminalRetryTracker: clock must be a function');
     }
     this.#clock = clock;
     this.#options = resolveTerminalRetryOptions(options);
+    this.#roundTrips = roundTrips;
   }
 
   /** Number of terminal events awaiting an acknowledgement. */
@@ -167,13 +177,14 @@ export class TerminalRetryTracker {
     if (existing !== undefined && seq < existing.seq) return;
     if (existing !== undefined && seq === existing.seq) {
       existing.attempt += 1;
-      existing.dueAt = now + delayFor(existing.attempt, this.#options);
+      existing.dueAt = now + delayFor(existing.attempt, this.#options, this.#roundTrips?.timeoutMs);
       return;
     }
     this.#pending.set(taskId, {
       seq,
+      firstSentAt: now,
       attempt: 1,
-      dueAt: now + delayFor(1, this.#options),
+      dueAt: now + delayFor(1, this.#options, this.#roundTrips?.timeoutMs),
       order: this.#order++,
     });
   }
@@ -186,7 +197,10 @@ export class TerminalRetryTracker {
     if (!Number.isFinite(seq)) return;
     if (seq > (this.#ackedSeq.get(taskId) ?? 0)) this.#ackedSeq.set(taskId, seq);
     const entry = this.#pending.get(taskId);
-    if (entry !== undefined && seq >= entry.seq) this.#pending.delete(taskId);
+    if (entry !== undefined && seq >= entry.seq) {
+      this.#pending.delete(taskId);
+      this.#roundTrips?.sample(this.#clock() - entry.firstSentAt);
+    }
   }
 
   /** Stop tracking `taskId` (the socket unsubscribed from it). */

@@ -54,7 +54,8 @@ export type FrameObject = Record<string, unknown>;
 // Fatal: invalid UTF-8 is an invalid frame, not silently replaced. ignoreBOM keeps a BOM in the text so
 // bytes and the equivalent string decode alike (JSON.parse refuses both). Reusable: decode() without
 // `stream` carries no state from one call to the next.
-const utf8Decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+// Pure: bundles that only read text (the browser client) leave it out.
+const utf8Decoder = /* @__PURE__ */ new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 /** Longest piece of peer-controlled text (a type, a key) quoted in an error message. @internal */
 export const MAX_QUOTED_LENGTH = 64;

@@ -16,8 +16,10 @@ import type { ServerFrame } from './frames.js';
 import { isProtocolVersion, PROTOCOL_VERSION, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES } from './frames.js';
 
 /**
- * The client's decoder of server frames, written by hand so that a browser bundle carries a few
- * hundred bytes of checks instead of a validation library. It enforces exactly the rules of the
+ * The decoder of server frames for a client written against core, by hand so that a browser bundle
+ * carries a few hundred bytes of checks instead of a validation library. (`@finishline/client` has a
+ * smaller check of its own, `frame-check.ts`, which leaves the store's text and payload limits to the
+ * server.) It enforces exactly the rules of the
  * valibot schemas in `frame-schemas.ts`, which stay the specification: a property test
  * (`server-frame-decoder.test.ts`) checks that both accept the same inputs, return the same frames and
  * fail with the same code and message, issue for issue in the schemas' order (abort early).

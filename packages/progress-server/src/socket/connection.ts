@@ -102,6 +102,7 @@ export class Connection<P extends Principal> {
       transport,
       options: this.#options,
       epoch: ctx.epoch,
+      roundTrips: ctx.roundTrips,
       isOpen,
       guard,
       log: (taskId) => this.#subs.get(taskId),

@@ -298,6 +298,35 @@ describe('terminal retries and acks', () => {
     );
   });
 
+  it('waits as long as terminal acks take on this server before a first re-send (its round-trip timeout)', async () => {
+    await session.start({ terminalRetry: { initialDelayMs: 10, multiplier: 2, maxDelayMs: 5000 } });
+    const slow = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const next = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const first = await connect();
+    const second = await connect();
+    first.send({ type: 'subscribe', taskId: slow.id, afterSeq: 0 });
+    second.send({ type: 'subscribe', taskId: next.id, afterSeq: 0 });
+    await first.next((frame) => frame.type === 'snapshot');
+    await second.next((frame) => frame.type === 'snapshot');
+    // A client that takes 300 ms to acknowledge: with nothing learnt yet, the 10 ms schedule re-sends.
+    await slow.complete();
+    await first.next(isEvent(slow.id, 'completed'));
+    await sleep(300);
+    first.send({ type: 'ack', taskId: slow.id, seq: 1 });
+    await first.sync();
+    const retriesBefore = (await session.env.server.metrics.terminalRetries.get()).values[0]?.value ?? 0;
+    expect(retriesBefore).toBeGreaterThanOrEqual(3);
+    // Another socket's terminal event now waits the learnt timeout (3 × 300 ms) instead of 10 ms.
+    await next.complete();
+    await second.next(isEvent(next.id, 'completed'));
+    await sleep(150);
+    await second.sync();
+    expect(second.frames.filter(isEvent(next.id, 'completed'))).toHaveLength(1);
+    expect((await session.env.server.metrics.terminalRetries.get()).values[0]?.value).toBe(retriesBefore);
+    second.send({ type: 'ack', taskId: next.id, seq: 1 });
+    await second.sync();
+  });
+
   it('pushes a locally committed terminal event before the append promise is observed by the caller', async () => {
     await session.start();
     const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -15,7 +15,7 @@ import type {
   TaskView,
 } from '@finishline/core';
 import { isTerminalType, LIMITS } from '@finishline/core';
-import type { OutgoingEntry } from '@finishline/core/internal';
+import type { OutgoingEntry, RoundTripEstimate } from '@finishline/core/internal';
 import { encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { StoreEpoch } from '../hub/store-epoch.js';
@@ -62,6 +62,8 @@ export interface WriterContext {
   readonly connectionId: number;
   readonly version: ProtocolVersion;
   readonly epoch: StoreEpoch;
+  /** The server's estimate of terminal-ack round trips, shared by its sockets (terminal-retry.ts). */
+  readonly roundTrips?: RoundTripEstimate | undefined;
   /** The connection is open: writing and timers are allowed. */
   isOpen(): boolean;
   /** Runs a timer callback so that nothing it throws reaches `ws`. */
@@ -87,7 +89,7 @@ export class SocketWriter {
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
-    this.#retries = new TerminalRetryTracker(ctx.options.clock, ctx.options.terminalRetry);
+    this.#retries = new TerminalRetryTracker(ctx.options.clock, ctx.options.terminalRetry, ctx.roundTrips);
   }
 
   /** Everything queued went out and no paused drain is pending (a heartbeat may report seqs now). */

@@ -14,7 +14,8 @@ import type { FrameRefs, SocketWriter } from './socket-writer.js';
 import { Subscription } from './subscription.js';
 
 /** What the subscriptions need from their socket. */
-export interface SubscriptionsContext<P extends Principal> extends Omit<SocketServices<P>, 'epoch'> {
+export interface SubscriptionsContext<P extends Principal>
+  extends Omit<SocketServices<P>, 'epoch' | 'roundTrips'> {
   readonly writer: SocketWriter;
   readonly connectionId: number;
   readonly version: ProtocolVersion;

@@ -1,0 +1,259 @@
+import type { ServerFrame } from '@finishline/core';
+import {
+  ERROR_CODES,
+  ErrorCode,
+  EVENT_TYPES,
+  isProtocolVersion,
+  LIMITS,
+  PROTOCOL_VERSION,
+  PROTOCOL_VERSIONS,
+  ProgressError,
+  SERVER_FRAME_TYPES,
+  TASK_STATUSES,
+} from '@finishline/core';
+import {
+  type DecodeResult,
+  type FrameObject,
+  frameError,
+  idProblem,
+  pathSegment,
+  quote,
+  utf8Length,
+} from '@finishline/core/internal';
+
+/**
+ * The client's check of server frames: what the client relies on, in fewer bytes than core's
+ * `decodeServerFrame` (whose full rules are the server's, mirrored from the frame schemas). Every field
+ * the client reads is checked for its type and range: frame and event types, the protocol version, ids,
+ * seqs and counts (non-negative safe integers), statuses, error codes, the heartbeat's map of seqs, and
+ * no field beyond the known ones. Left to the server, which enforces them when a value is stored: the
+ * length limits of texts, U+0000 and unpaired surrogates in them, and the depth and size limits of JSON
+ * payloads (`result`, an item's `detail`), which reach the application as `JSON.parse` made them.
+ *
+ * A check returns `undefined` for a valid value, else the tail of the error message (the path below the
+ * checked value, then `: ` and what is wrong), as in core's decoder.
+ *
+ * @module
+ */
+
+/** `undefined` when valid, else `<path below the value>: <problem>`. */
+type Check = (value: unknown) => string | undefined;
+
+const any: Check = () => undefined;
+
+const count: Check = (value) =>
+  Number.isSafeInteger(value) && (value as number) >= 0 ? undefined : ': must be an integer >= 0';
+
+/** Seqs of events and heartbeat intervals. */
+const positive: Check = (value) =>
+  Number.isSafeInteger(value) && (value as number) >= 1 ? undefined : ': must be an integer >= 1';
+
+const id: Check = (value) => {
+  const problem = idProblem(value);
+  return problem && `: ${problem}`;
+};
+
+const text: Check = (value) => (typeof value === 'string' ? undefined : ': must be string');
+
+/** Item keys and request ids. */
+const nonEmpty: Check = (value) => (value === '' ? ': must not be empty' : text(value));
+
+const nullable =
+  (check: Check): Check =>
+  (value) =>
+    value === null ? undefined : check(value);
+
+const oneOf =
+  (allowed: readonly unknown[]): Check =>
+  (value) =>
+    allowed.includes(value) ? undefined : `: must be one of ${allowed.join(', ')}`;
+
+/**
+ * A strict object: each field in order (a missing one is required unless its name starts with `?`),
+ * then no other key. Field names are parsed once per shape, not per frame.
+ */
+function object(fields: Record<string, Check>): Check {
+  const shape = Object.entries(fields).map(
+    ([name, check]) => [name.replace('?', ''), name[0] === '?', check] as const,
+  );
+  return (value) => {
+    if (typeof value !== 'object' || value === null) return ': must be an object';
+    // A value from JSON.parse is never `undefined`: `undefined` means the key is absent.
+    let present = 0;
+    for (const [key, optional, check] of shape) {
+      const field = (value as FrameObject)[key];
+      if (field === undefined) {
+        if (!optional) return `${pathSegment(key)}: is required`;
+        continue;
+      }
+      present++;
+      const tail = check(field);
+      if (tail !== undefined) return pathSegment(key) + tail;
+    }
+    const keys = Object.keys(value);
+    if (keys.length === present) return undefined;
+    const unknown = keys.find((key) => !shape.some(([known]) => known === key));
+    return unknown && `${pathSegment(unknown)}: is not a known field`;
+  };
+}
+
+const progressFields = {
+  total: nullable(count),
+  done: count,
+  succeeded: count,
+  failed: count,
+  current: nullable(text),
+  message: nullable(text),
+};
+
+const failure = object({ code: text, message: text });
+
+const eventBase = { type: any, taskId: id, seq: positive, time: count, progress: object(progressFields) };
+
+const EVENTS = new Map<unknown, Check>([
+  ['progress', object(eventBase)],
+  [
+    'item',
+    object({
+      ...eventBase,
+      item: object({
+        key: nonEmpty,
+        ok: (value) => (typeof value === 'boolean' ? undefined : ': must be boolean'),
+        error: nullable(text),
+        detail: any,
+      }),
+    }),
+  ],
+  ['completed', object({ ...eventBase, result: any })],
+  ['failed', object({ ...eventBase, error: failure })],
+  ['cancelled', object({ ...eventBase, reason: nullable(text) })],
+  ['interrupted', object({ ...eventBase, reason: text })],
+]);
+
+const event: Check = (value) => {
+  const check = EVENTS.get((value as FrameObject | null)?.type);
+  return check === undefined ? `.type: must be an event of type ${EVENT_TYPES.join(', ')}` : check(value);
+};
+
+/** Task ids to seqs; ids cannot be `__proto__`, `constructor` or `prototype`, so no key misbehaves. */
+const seqs: Check = (value) => {
+  if (typeof value !== 'object' || value === null || Array.isArray(value))
+    return ': must be an object mapping task ids to seqs';
+  for (const key of Object.keys(value)) {
+    const tail = id(key) ?? count((value as FrameObject)[key]);
+    if (tail !== undefined) return pathSegment(key) + tail;
+  }
+  return undefined;
+};
+
+const FRAMES = new Map<unknown, Check>([
+  [
+    'hello',
+    object({
+      type: any,
+      protocol: oneOf(PROTOCOL_VERSIONS),
+      serverId: id,
+      heartbeatIntervalMs: positive,
+      '?epoch': id,
+      '?reconnectDelayMs': count,
+    }),
+  ],
+  [
+    'snapshot',
+    object({
+      type: any,
+      task: object({
+        id,
+        kind: id,
+        status: oneOf(TASK_STATUSES),
+        ...progressFields,
+        result: any,
+        error: nullable(failure),
+        seq: count,
+        createdAt: count,
+        updatedAt: count,
+        finishedAt: nullable(count),
+      }),
+      '?epoch': id,
+      '?reset': (value) => (value === true ? undefined : ': must be true'),
+    }),
+  ],
+  ['event', object({ type: any, event })],
+  ['heartbeat', object({ type: any, time: count, seqs })],
+  [
+    'error',
+    object({ type: any, code: oneOf(ERROR_CODES), message: text, '?requestId': nonEmpty, '?taskId': id }),
+  ],
+  ['pong', object({ type: any, '?requestId': nonEmpty, time: count })],
+]);
+
+/**
+ * Checks a server frame already parsed as a JSON object: the frame as parsed, or a typed error
+ * (`invalid_frame`, `unknown_frame`, `unsupported_protocol`) naming the offending field.
+ *
+ * @internal
+ */
+export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> {
+  const type = value.type;
+  const check = FRAMES.get(type);
+  let code: ErrorCode = ErrorCode.InvalidFrame;
+  let message: string;
+  if (typeof type !== 'string') message = 'Invalid frame: type: must be a string';
+  else if (check === undefined) {
+    code = ErrorCode.UnknownFrame;
+    message = `Unknown server frame type ${quote(type)}; expected one of ${SERVER_FRAME_TYPES.join(', ')}`;
+  } else if (
+    type === 'hello' &&
+    Number.isSafeInteger(value.protocol) &&
+    (value.protocol as number) >= 1 &&
+    !isProtocolVersion(value.protocol)
+  ) {
+    code = ErrorCode.UnsupportedProtocol;
+    message = `Protocol version ${String(value.protocol)} is not supported; this side speaks ${PROTOCOL_VERSION}`;
+  } else {
+    const tail = check(value);
+    if (tail === undefined) return { ok: true, frame: value as unknown as ServerFrame };
+    message = `Invalid ${type} frame: ${tail.replace(/^\./, '')}`;
+  }
+  return { ok: false, error: frameError(code, message, value) };
+}
+
+/**
+ * Decodes a server frame handed over as text (a browser's WebSocket message, SSE data, an HTTP body, a
+ * stored cursor) exactly as core's `decodeTextWith` reads text, with {@link checkServerFrame}: anything
+ * but a string fails with `invalid_frame`, a text over `LIMITS.maxFrameBytes` UTF-8 bytes with
+ * `frame_too_large` before it is parsed. Never throws. Written out here (the same few rules, the same
+ * messages) so that a page's bundle leaves out core's reader, its options and its byte decoding.
+ *
+ * @internal
+ */
+export function decodeServerText(input: unknown): DecodeResult<ServerFrame> {
+  const max = LIMITS.maxFrameBytes;
+  const fail = (code: ErrorCode, message: string, cause?: unknown): DecodeResult<ServerFrame> => ({
+    ok: false,
+    error: new ProgressError(code, message, { cause }),
+  });
+  if (typeof input !== 'string') {
+    return fail(
+      ErrorCode.InvalidFrame,
+      `A frame must be a string or UTF-8 bytes, got ${input === null ? 'null' : typeof input}`,
+    );
+  }
+  // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds.
+  if (input.length > max || (input.length * 3 > max && utf8Length(input) > max))
+    return fail(ErrorCode.FrameTooLarge, `Frame is larger than ${max} bytes`);
+  let value: unknown;
+  try {
+    value = JSON.parse(input);
+  } catch (cause) {
+    // The SyntaxError quotes the input; it stays in `cause` for logs, out of the message.
+    return fail(ErrorCode.InvalidFrame, 'Frame is not valid JSON', cause);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return fail(
+      ErrorCode.InvalidFrame,
+      `A frame must be a JSON object, got ${value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`}`,
+    );
+  }
+  return checkServerFrame(value as FrameObject);
+}
