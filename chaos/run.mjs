@@ -589,6 +589,21 @@ balancer.onClientFrame = (frame) => clientFrameLog.push(frame);
 // Every server → client frame about a task (event, snapshot, error) and what the faults did to it.
 const serverFrameLog = [];
 balancer.onServerFrame = (frame) => serverFrameLog.push(frame);
+// The harness's own event-loop stalls (clients, balancer and checks share this process) with --explain:
+// a stall delays every client's frames here, which no library change can shorten.
+const stalls = [];
+if (flag('explain')) {
+  let expected = Date.now() + 20;
+  const probe = setInterval(() => {
+    const now = Date.now();
+    if (now - expected > 50) stalls.push({ at: expected, ms: now - expected });
+    expected = now + 20;
+  }, 20);
+  probe.unref();
+}
+// Heartbeats too with --explain (they decide when a client notices a lost frame).
+const heartbeatLog = [];
+if (flag('explain')) balancer.onHeartbeat = (frame) => heartbeatLog.push(frame);
 
 async function faultLoop(everyMs, inject) {
   if (everyMs <= 0) return;
@@ -817,7 +832,7 @@ const out = [
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
-  `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}`,
+  `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}; longest hold of a frame ${b.maxHeldMs} ms, ${b.heldOver400} held over 400 ms`,
   `  client frames dropped: ${JSON.stringify(b.clientDropped)}, duplicated: ${JSON.stringify(b.clientDuplicated)}, delayed: ${JSON.stringify(b.clientDelayed)} (of ${b.clientFramesRelayed})`,
   `  (of ${b.framesRelayed} frames relayed over ${b.upgrades} connections; ${b.upgradeFailures} upgrades failed; ${b.httpRequests} HTTP requests)`,
   `resyncs by reason (servers): ${
@@ -833,6 +848,10 @@ const out = [
 ];
 process.stdout.write(`${out.join('\n')}\n`);
 if (flag('explain')) {
+  const stalledMs = stalls.reduce((sum, x) => sum + x.ms, 0);
+  process.stdout.write(
+    `harness stalls > 50 ms: ${stalls.length}, ${stalledMs} ms in all, longest ${Math.max(0, ...stalls.map((x) => x.ms))} ms\n`,
+  );
   const slowest = [];
   for (const task of tasks) {
     for (const w of task.watchers ?? []) {
@@ -841,7 +860,27 @@ if (flag('explain')) {
     }
   }
   slowest.sort((x, y) => y.delay - x.delay);
-  for (const { task, w, delay } of slowest.slice(0, 8)) {
+  // The three slowest kill -9 → shown too (their commit is the reaper's, so they may not be among the above).
+  const killedSlowest = slowest
+    .filter(({ task }) => killedWorker(task))
+    .map((entry) => ({
+      ...entry,
+      fromKill:
+        entry.w.callbackAt -
+        (entry.task.replica.kills.find((k) => k.incarnation === entry.task.incarnation)?.at ?? 0),
+    }))
+    .sort((x, y) => y.fromKill - x.fromKill)
+    .slice(0, 3);
+  for (const { task, fromKill, w } of killedSlowest)
+    process.stdout.write(
+      `  kill -9 → shown ${fromKill} ms: task ${task.id.slice(0, 8)}, commit (reaper) ${w.final.finishedAt - (w.callbackAt - fromKill)} ms after the kill, shown ${w.callbackAt - w.final.finishedAt} ms after the commit\n`,
+    );
+  const shownSlow = new Set(killedSlowest.map((entry) => entry.w));
+  for (const { task, w, delay } of [
+    ...slowest.slice(0, 8),
+    ...killedSlowest.filter((entry) => !slowest.slice(0, 8).some((s) => s.w === entry.w)),
+  ]) {
+    if (shownSlow.has(w)) process.stdout.write('  (kill -9 case)\n');
     const from = w.final.finishedAt - 2000;
     const log = w.slot.log
       .filter((entry) => entry.at >= from && entry.at <= w.callbackAt)
@@ -863,6 +902,49 @@ if (flag('explain')) {
           `[${c.backend} open@${c.openedAt - t0}${c.helloAt === undefined ? ' no-hello' : ` hello@${c.helloAt - t0}`} ${c.status ?? 'no-response'} end:${c.end ?? 'open'}@${c.closedAt === undefined ? '-' : c.closedAt - t0}]`,
       );
     process.stdout.write(`      connections: ${conns.join(' ')}\n`);
+    // The task's frames both ways on this slot's connections, and the heartbeats that listed it (times
+    // relative to the terminal commit, as the balancer relayed them; `<` server → client, `>` back).
+    const ofSlot = (frame) =>
+      frame.conn.tag === `slot${w.slot.index}` && frame.at >= from && frame.at <= w.callbackAt;
+    const frames = [
+      ...serverFrameLog
+        .filter((f) => f.taskId === task.id && ofSlot(f))
+        .map((f) => ({
+          at: f.at,
+          text: `<${f.type}${f.seq === undefined ? '' : `:${f.seq}`}${f.code === undefined ? '' : ` ${f.code}`}`,
+          f,
+        })),
+      ...clientFrameLog
+        .filter((f) => f.taskId === task.id && ofSlot(f))
+        .map((f) => ({ at: f.at, text: `>${f.type}:${f.seq}`, f })),
+      ...heartbeatLog
+        .filter((f) => ofSlot(f) && f.seqs[task.id] !== undefined)
+        .map((f) => ({ at: f.at, text: `<hb:${f.seqs[task.id]}`, f })),
+    ]
+      .sort((x, y) => x.at - y.at)
+      .map(
+        ({ at, text, f }) =>
+          `${text}@${at - t0}${f.held ? `→${f.outAt === undefined ? 'never' : f.outAt - t0}` : ''}#${f.conn.id}${f.fate === undefined ? '' : `(${f.fate})`}`,
+      );
+    process.stdout.write(`      frames: ${frames.join(' ')}\n`);
+    // When the terminal seq first went out anywhere (any slot, any replica): late everywhere means a late
+    // commit or a late read, not a lost frame; and the replica ends near it.
+    const firstOut = serverFrameLog.find(
+      (f) => f.taskId === task.id && f.seq !== undefined && f.seq >= w.final.seq,
+    );
+    const ends = replicas
+      .flatMap((r) => [
+        ...r.kills.map((k) => `kill -9 r${r.index}#${k.incarnation}@${k.at - t0}`),
+        ...(r.terms ?? []).map((k) => `SIGTERM r${r.index}#${k.incarnation}@${k.at - t0}`),
+      ])
+      .filter((text) => Math.abs(Number(text.split('@')[1])) < 15000);
+    const stalled = stalls
+      .filter((x) => x.at >= from && x.at <= w.callbackAt)
+      .map((x) => `${x.ms}ms@${x.at - t0}`);
+    process.stdout.write(`      harness stalls > 50 ms: ${stalled.join(' ') || 'none'}\n`);
+    process.stdout.write(
+      `      terminal seq ${w.final.seq} first relayed @${firstOut === undefined ? '-' : firstOut.at - t0} (slot ${firstOut?.conn.tag}); replica ends: ${ends.join(' ') || 'none'}\n`,
+    );
   }
 }
 const byKind = {};

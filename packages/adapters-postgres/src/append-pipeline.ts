@@ -2,6 +2,7 @@ import type { AppendInput, AppendResult, Clock, Task, TaskChange, TaskEvent } fr
 import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
 import { compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
+import { LastWrittenRows } from './last-written-rows.js';
 import {
   type ChangeNotice,
   encodeChangeNotices,
@@ -12,8 +13,8 @@ import {
   NOTIFY_PAYLOAD_BUDGET_BYTES,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
-import { isDataException, toProgressError } from './pg-errors.js';
-import { detached, jsonCopy, type TaskRow, taskColumns, taskRecord, toTask } from './row-codec.js';
+import { isDatabaseError, isDataException, toProgressError } from './pg-errors.js';
+import { detached, int, jsonCopy, type TaskRow, taskColumns, taskRecord, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 
 /**
@@ -35,6 +36,12 @@ if (
   throw new ProgressError(ErrorCode.Internal, 'NOTIFY payloads could come near the 8000-byte limit');
 }
 
+/**
+ * Most rows the pipeline keeps of the tasks it writes to (see `last-written-rows.ts`): about 1 KB each, and
+ * more running tasks than this per store process is beyond what one process drives.
+ */
+const LAST_WRITTEN_ROWS = 10_000;
+
 /** Where appends are written: the schema's tables and its `NOTIFY` channel. */
 export interface AppendTarget {
   tasks: RawBuilder<unknown>;
@@ -52,6 +59,11 @@ export interface AppendStats {
   largestBatch: number;
   /** Append transactions that failed (their appends rejected, or retried one by one after a data error). */
   failedBatches: number;
+  /**
+   * Committed batches that locked and read their rows first. The others were planned from the rows this
+   * store last wrote and written in one statement; a batch whose rows moved on meanwhile is counted here.
+   */
+  lockedBatches: number;
 }
 
 /** An append waiting for (or in) a group-commit transaction. */
@@ -75,18 +87,20 @@ export interface AppendPipelineOptions {
   publish: (change: TaskChange) => void;
 }
 
-/**
- * Writes planned appends: the final row of each task, every event, and notifications of which tasks
- * gained which seqs, with the events when they fit (see `notify-payload.ts`) — one statement, inside the
- * caller's transaction, so the notifications are sent if and only if the appends commit. Returns the
- * changes to publish once the transaction committed, in the order of `events`, each with its event.
- */
-export async function writeAppends(
-  trx: Transaction<ProgressDatabase>,
-  target: AppendTarget,
-  tasks: Task[],
-  events: TaskEvent[],
-): Promise<TaskChange[]> {
+/** Planned appends as the write statements take them: one JSON document each, serialized once. */
+interface EncodedAppends {
+  /** The tasks' final rows (`taskRecord`), a JSON array. */
+  tasks: string;
+  ids: string[];
+  /** The events as rows of the events table, a JSON array. */
+  events: string;
+  /** The `pg_notify` payloads, a JSON array of strings. */
+  payloads: string;
+  /** The changes to publish once committed, in the order of the events. */
+  changes: TaskChange[];
+}
+
+function encodeAppends(tasks: Task[], events: TaskEvent[]): EncodedAppends {
   const notices = new Map<string, ChangeNotice & { events: TaskEvent[] }>();
   // Each body is serialized once, for the events table, the notification and the published change alike.
   const bodies = new Map<TaskEvent, string>();
@@ -113,6 +127,28 @@ export async function writeAppends(
   const payloads = encodeChangeNotices([...notices.values()], (event) =>
     encodeEvent(event, bodies.get(event)),
   );
+  return {
+    tasks: JSON.stringify(tasks.map(taskRecord)),
+    ids: tasks.map((task) => task.id),
+    events: `[${rows.join(',')}]`,
+    payloads: JSON.stringify(payloads),
+    changes,
+  };
+}
+
+/**
+ * Writes planned appends: the final row of each task, every event, and notifications of which tasks
+ * gained which seqs, with the events when they fit (see `notify-payload.ts`) — one statement, inside the
+ * caller's transaction, so the notifications are sent if and only if the appends commit. Returns the
+ * changes to publish once the transaction committed, in the order of `events`, each with its event.
+ */
+export async function writeAppends(
+  trx: Transaction<ProgressDatabase>,
+  target: AppendTarget,
+  tasks: Task[],
+  events: TaskEvent[],
+): Promise<TaskChange[]> {
+  const encoded = encodeAppends(tasks, events);
   // Rows travel as one JSON document each for tasks and events: one serialization in JS, one parse in
   // Postgres, instead of a text[] of JSON strings that both sides escape and unescape element by element.
   await sql`
@@ -122,22 +158,118 @@ export async function writeAppends(
         current = v.current, message = v.message, result = v.result, error_code = v.error_code,
         error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
         lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at
-      FROM json_to_recordset(${JSON.stringify(tasks.map(taskRecord))}::json) AS v(
+      FROM json_to_recordset(${encoded.tasks}::json) AS v(
         id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
         result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
         lease_owner text, lease_expires_at int8)
       -- The id list lets the planner reach the rows by primary key whatever it guesses of the JSON.
-      WHERE t.id = v.id AND t.id = ANY(${tasks.map((task) => task.id)}::text[])
+      WHERE t.id = v.id AND t.id = ANY(${encoded.ids}::text[])
     ), inserted AS (
       INSERT INTO ${target.events} (task_id, seq, type, time, body)
       SELECT task_id, seq, type, time, body
-      FROM json_to_recordset(${`[${rows.join(',')}]`}::json)
+      FROM json_to_recordset(${encoded.events}::json)
         AS e(task_id text, seq int8, type text, time int8, body json)
     )
     -- Payloads as one JSON array: JSON.stringify escapes them natively, where a text[] is escaped in JS.
     SELECT pg_notify(${target.channel}, payload)
-    FROM json_array_elements_text(${JSON.stringify(payloads)}::json) AS payload`.execute(trx);
-  return changes;
+    FROM json_array_elements_text(${encoded.payloads}::json) AS payload`.execute(trx);
+  return encoded.changes;
+}
+
+/** The columns of a task row that leases and acks write, which a remembered row may have stale. */
+type OthersColumns = Pick<Task, 'leaseOwner' | 'leaseExpiresAt' | 'ackedSeq'>;
+
+interface OthersColumnsRow {
+  id: string;
+  lease_owner: string | null;
+  lease_expires_at: string | number | null;
+  acked_seq: string | number;
+}
+
+/** The SQLSTATE of the guard in {@link writeAppendsIfUnchanged} (division by zero): a row moved on. */
+const ROW_MOVED_ON = '22012';
+
+/** A row that moved on since it was planned from: the caller plans again from the locked rows. */
+export class RowMovedOn extends Error {}
+
+/**
+ * {@link writeAppends} without a transaction around it, for appends planned from rows as this store last
+ * wrote them (`planned`: each task's seq and creation time then): one autocommit statement, one round
+ * trip instead of four (BEGIN, the locking read, the write, COMMIT), which at tens of appends per
+ * batch is most of what an append costs the process. Each row is written only if its seq and creation
+ * time are still the planned ones — nothing else changes a running task's row but an append (leases and
+ * acks touch only their own columns, which this write leaves alone except that an ending clears the lease,
+ * as `planAppend` does) — and if any row moved on (another writer, the reaper, a purge and a new task of
+ * the same id), the guard fails the whole statement and nothing is written: it throws {@link RowMovedOn}.
+ * Returns the changes to publish and, per task, the columns others write as the row has them now.
+ */
+export async function writeAppendsIfUnchanged(
+  db: Kysely<ProgressDatabase>,
+  target: AppendTarget,
+  tasks: Task[],
+  planned: ReadonlyMap<string, { seq: number; createdAt: number }>,
+  events: TaskEvent[],
+): Promise<{ changes: TaskChange[]; current: Map<string, OthersColumns> }> {
+  const encoded = encodeAppends(tasks, events);
+  const expected = JSON.stringify(
+    tasks.map((task) => {
+      const from = planned.get(task.id);
+      return { id: task.id, seq: from?.seq, created_at: from?.createdAt };
+    }),
+  );
+  let rows: OthersColumnsRow[];
+  try {
+    ({ rows } = await sql<OthersColumnsRow>`
+      -- Rows locked in id order first, as every statement of the store locks them, so that this one and
+      -- an ack or a locking append over the same tasks never wait for each other in a cycle.
+      WITH locked AS MATERIALIZED (
+        SELECT id FROM ${target.tasks} WHERE id = ANY(${encoded.ids}::text[]) ORDER BY id FOR UPDATE
+      ), updated AS (
+        UPDATE ${target.tasks} AS t SET
+          status = v.status, total = v.total, done = v.done, succeeded = v.succeeded, failed = v.failed,
+          current = v.current, message = v.message, result = v.result, error_code = v.error_code,
+          error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
+          lease_owner = CASE WHEN v.status = 'running' THEN t.lease_owner END,
+          lease_expires_at = CASE WHEN v.status = 'running' THEN t.lease_expires_at END
+        FROM locked,
+          json_to_recordset(${encoded.tasks}::json) AS v(
+            id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
+            result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8),
+          json_to_recordset(${expected}::json) AS x(id text, seq int8, created_at int8)
+        WHERE t.id = locked.id AND v.id = locked.id AND x.id = locked.id
+          AND t.seq = x.seq AND t.created_at = x.created_at
+        RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
+      ), guard AS (
+        -- Every row or none: a row that moved on divides by zero, which undoes the whole statement.
+        SELECT 1 / (CASE WHEN count(*) = ${tasks.length} THEN 1 ELSE 0 END) AS ok FROM updated
+      ), inserted AS (
+        INSERT INTO ${target.events} (task_id, seq, type, time, body)
+        SELECT task_id, seq, type, time, body
+        FROM json_to_recordset(${encoded.events}::json)
+          AS e(task_id text, seq int8, type text, time int8, body json)
+        WHERE (SELECT ok FROM guard) = 1
+      )
+      SELECT u.id, u.lease_owner, u.lease_expires_at, u.acked_seq
+      FROM updated AS u CROSS JOIN (
+        SELECT count(pg_notify(${target.channel}, payload)) AS sent
+        FROM json_array_elements_text(${encoded.payloads}::json) AS payload
+        WHERE (SELECT ok FROM guard) = 1
+      ) AS notified`.execute(db));
+  } catch (error) {
+    if (isDatabaseError(error) && error.code === ROW_MOVED_ON) throw new RowMovedOn();
+    throw error;
+  }
+  const current = new Map(
+    rows.map((row) => [
+      row.id,
+      {
+        leaseOwner: row.lease_owner,
+        leaseExpiresAt: row.lease_expires_at === null ? null : int(row.lease_expires_at),
+        ackedSeq: int(row.acked_seq),
+      },
+    ]),
+  );
+  return { changes: encoded.changes, current };
 }
 
 /**
@@ -167,6 +299,51 @@ function committedChange(
   });
 }
 
+/** What a committed batch gives back: each append's outcome, the changes to publish, the rows written. */
+interface WrittenBatch {
+  outcomes: (AppendResult | ProgressError)[];
+  changes: TaskChange[];
+  tasks: Task[];
+  /** Planned from rows read under lock (not from the rows last written). */
+  locked: boolean;
+}
+
+/**
+ * Plans a batch's appends in order from `rows` (taken over: each plan moves its task on), with the shared
+ * pure transitions. A refused append is its error; the rest go on.
+ */
+function planBatch(
+  batch: readonly PendingAppend[],
+  rows: Map<string, Task>,
+  now: number,
+): { outcomes: (AppendResult | ProgressError)[]; tasks: Task[]; events: TaskEvent[] } {
+  const changed = new Map<string, Task>();
+  const events: TaskEvent[] = [];
+  const outcomes: (AppendResult | ProgressError)[] = [];
+  for (const { taskId, input } of batch) {
+    const task = rows.get(taskId);
+    if (task === undefined) {
+      outcomes.push(taskNotFound(taskId));
+      continue;
+    }
+    try {
+      const next = planAppend(task, input, now);
+      rows.set(taskId, next.task);
+      changed.set(taskId, next.task);
+      events.push(next.event);
+      // Returned objects must not share the caller's `detail`/`result` objects.
+      outcomes.push({
+        event: detached(next.event),
+        task: { ...next.task, result: jsonCopy(next.task.result) },
+      });
+    } catch (error) {
+      if (!isProgressError(error)) throw error;
+      outcomes.push(error);
+    }
+  }
+  return { outcomes, tasks: [...changed.values()], events };
+}
+
 /** Queues appends and commits them in batches; see the module documentation. */
 export class AppendPipeline {
   readonly #options: AppendPipelineOptions;
@@ -174,13 +351,22 @@ export class AppendPipeline {
   readonly #busyTasks = new Set<string>();
   readonly #idleWaiters: (() => void)[] = [];
   readonly #minConcurrentBatch: number;
-  readonly #stats: AppendStats = { appends: 0, batches: 0, largestBatch: 0, failedBatches: 0 };
+  readonly #stats: AppendStats = {
+    appends: 0,
+    batches: 0,
+    largestBatch: 0,
+    failedBatches: 0,
+    lockedBatches: 0,
+  };
+  /** The rows of running tasks as this pipeline last committed them: a batch of those skips the locking read. */
+  readonly #lastWritten: LastWrittenRows;
   #activeBatches = 0;
   #flushScheduled = false;
 
   constructor(options: AppendPipelineOptions) {
     this.#options = options;
     this.#minConcurrentBatch = Math.ceil(options.maxBatchSize / 4);
+    this.#lastWritten = new LastWrittenRows(LAST_WRITTEN_ROWS);
   }
 
   stats(): AppendStats {
@@ -198,6 +384,7 @@ export class AppendPipeline {
   /** Counts and publishes appends another transaction committed (the reaper's interruptions). */
   committedElsewhere(changes: readonly TaskChange[]): void {
     this.#stats.appends += changes.length;
+    for (const change of changes) this.#lastWritten.delete(change.taskId);
     for (const change of changes) this.#options.publish(change);
   }
 
@@ -254,51 +441,17 @@ export class AppendPipeline {
     return batch;
   }
 
-  /** Commits a batch of appends in one transaction; settles every append's promise. Never rejects. */
+  /**
+   * Commits a batch of appends (from the rows this store last wrote when it has them all, else in a
+   * locking transaction); settles every append's promise. Never rejects.
+   */
   async #commitBatch(batch: PendingAppend[]): Promise<void> {
-    const { db, target, clock, publish } = this.#options;
-    const now = clock();
-    const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
-    let outcomes: (AppendResult | ProgressError)[];
-    let changes: TaskChange[] = [];
+    let written: WrittenBatch;
     try {
-      outcomes = await db.transaction().execute(async (trx) => {
-        // Locks in id order, so two batches (in any processes) never wait for each other in a cycle.
-        const { rows } = await sql<TaskRow>`
-          SELECT ${taskColumns} FROM ${target.tasks}
-          WHERE id = ANY(${taskIds}::text[])
-          ORDER BY id
-          FOR UPDATE`.execute(trx);
-        const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
-        const changed = new Map<string, Task>();
-        const planned: TaskEvent[] = [];
-        const results: (AppendResult | ProgressError)[] = [];
-        for (const { taskId, input } of batch) {
-          const task = tasks.get(taskId);
-          if (task === undefined) {
-            results.push(taskNotFound(taskId));
-            continue;
-          }
-          try {
-            const next = planAppend(task, input, now);
-            tasks.set(taskId, next.task);
-            changed.set(taskId, next.task);
-            planned.push(next.event);
-            // Returned objects must not share the caller's `detail`/`result` objects.
-            results.push({
-              event: detached(next.event),
-              task: { ...next.task, result: jsonCopy(next.task.result) },
-            });
-          } catch (error) {
-            if (!isProgressError(error)) throw error;
-            results.push(error);
-          }
-        }
-        if (planned.length > 0) changes = await writeAppends(trx, target, [...changed.values()], planned);
-        return results;
-      });
+      written = (await this.#writeFromLastWritten(batch)) ?? (await this.#writeLocked(batch));
     } catch (error) {
       this.#stats.failedBatches += 1;
+      for (const entry of batch) this.#lastWritten.delete(entry.taskId);
       if (batch.length > 1 && isDataException(error)) {
         // One append carried a value Postgres refuses; commit the others and let that one fail alone.
         for (const entry of batch) await this.#commitBatch([entry]);
@@ -308,18 +461,76 @@ export class AppendPipeline {
       for (const entry of batch) entry.reject(failure);
       return;
     }
-    const committed = changes.length;
-    for (const change of changes) publish(change);
+    for (const task of written.tasks) this.#lastWritten.remember(task);
+    const committed = written.changes.length;
+    for (const change of written.changes) this.#options.publish(change);
     if (committed > 0) {
       this.#stats.appends += committed;
       this.#stats.batches += 1;
+      if (written.locked) this.#stats.lockedBatches += 1;
       this.#stats.largestBatch = Math.max(this.#stats.largestBatch, committed);
     }
-    outcomes.forEach((outcome, index) => {
+    written.outcomes.forEach((outcome, index) => {
       const entry = batch[index];
       if (entry === undefined) return;
       if (isProgressError(outcome)) entry.reject(outcome);
       else entry.resolve(outcome);
+    });
+  }
+
+  /**
+   * The batch planned from the rows this store last wrote and written in one statement, when it has
+   * them all, every append plans, and no row moved on since; otherwise `undefined` (nothing written).
+   */
+  async #writeFromLastWritten(batch: PendingAppend[]): Promise<WrittenBatch | undefined> {
+    const from = new Map<string, Task>();
+    for (const { taskId } of batch) {
+      const task = this.#lastWritten.get(taskId);
+      if (task === undefined) return undefined;
+      from.set(taskId, task);
+    }
+    const planned = new Map(
+      [...from].map(([id, task]) => [id, { seq: task.seq, createdAt: task.createdAt }]),
+    );
+    const plan = planBatch(batch, from, this.#options.clock());
+    // A refusal planned from a remembered row is not trusted: the locked row decides it.
+    if (plan.outcomes.some((outcome) => isProgressError(outcome))) return undefined;
+    const { db, target } = this.#options;
+    let written: Awaited<ReturnType<typeof writeAppendsIfUnchanged>>;
+    try {
+      written = await writeAppendsIfUnchanged(db, target, plan.tasks, planned, plan.events);
+    } catch (error) {
+      if (!(error instanceof RowMovedOn)) throw error;
+      for (const taskId of from.keys()) this.#lastWritten.delete(taskId);
+      return undefined;
+    }
+    // Lease and ack columns as the row has them (a renewal or an ack since the remembered row moved them).
+    const leased = (task: Task): Task => ({ ...task, ...written.current.get(task.id) });
+    return {
+      outcomes: plan.outcomes.map((outcome) =>
+        isProgressError(outcome) ? outcome : { ...outcome, task: leased(outcome.task) },
+      ),
+      changes: written.changes,
+      tasks: plan.tasks.map(leased),
+      locked: false,
+    };
+  }
+
+  /** The batch in a transaction that locks its rows (in id order), plans from them and writes. */
+  async #writeLocked(batch: PendingAppend[]): Promise<WrittenBatch> {
+    const { db, target, clock } = this.#options;
+    const now = clock();
+    const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
+    return db.transaction().execute(async (trx) => {
+      // Locks in id order, so two batches (in any processes) never wait for each other in a cycle.
+      const { rows } = await sql<TaskRow>`
+        SELECT ${taskColumns} FROM ${target.tasks}
+        WHERE id = ANY(${taskIds}::text[])
+        ORDER BY id
+        FOR UPDATE`.execute(trx);
+      const plan = planBatch(batch, new Map(rows.map((row) => [row.id, toTask(row)])), now);
+      const changes = plan.events.length > 0 ? await writeAppends(trx, target, plan.tasks, plan.events) : [];
+      return { outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true };
     });
   }
 }

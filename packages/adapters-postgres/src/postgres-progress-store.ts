@@ -29,10 +29,10 @@ import {
   taskNotFound,
 } from '@finishline/core/internal';
 import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 'kysely';
-import { AckBatcher } from './ack-batcher.js';
+import { type AckCall, writeAcks } from './ack-statement.js';
 import { AppendPipeline, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { guardedPool } from './guarded-pool.js';
-import { reapExpiredLeases, releaseLease, renewLease } from './lease-statements.js';
+import { type LeaseCall, reapExpiredLeases, releaseLease, renewLeases } from './lease-statements.js';
 import { ListenConnection } from './listen-connection.js';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
 import { toProgressError } from './pg-errors.js';
@@ -46,6 +46,7 @@ import {
 import { int, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
+import { StatementBatcher } from './statement-batcher.js';
 import {
   insertTask,
   listTasks,
@@ -68,6 +69,8 @@ import {
 export interface PostgresStoreStats extends AppendStats {
   /** Ack statements run (each writes every ack of one flush; see `maxAckBatchSize`). */
   ackBatches: number;
+  /** Lease-renewal transactions run (each renews the leases asked in one flush; up to `maxBatchSize`). */
+  renewalBatches: number;
 }
 
 /** Proves a construction came from {@link PostgresProgressStore.open}. */
@@ -80,7 +83,8 @@ const OPENING = Symbol('PostgresProgressStore.open');
  *   transitions, and write the snapshot, the event and a `pg_notify` in one transaction, so a task's
  *   `seq` is gap-free under any number of writers in any number of processes. Appends that arrive while a
  *   transaction is in flight are committed together by the next one (group commit), in call order per
- *   task; see `append-pipeline.ts`. Acks are batched likewise (`ack-batcher.ts`).
+ *   task; see `append-pipeline.ts`. Acks are batched likewise (`ack-statement.ts`), and so are lease
+ *   renewals (`lease-statements.ts`): the calls of one I/O phase in one round trip or transaction.
  * - **Changes** of this store's own commits are published right after the commit; other processes'
  *   arrive by `NOTIFY` on a dedicated `LISTEN` connection that re-reads what it missed after every
  *   reconnect (`listen-connection.ts`); a safety-net poll asks about followed tasks only. See
@@ -115,7 +119,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #listener: ListenConnection;
   readonly #poll: SafetyNetPoll;
   readonly #appends: AppendPipeline;
-  readonly #acks: AckBatcher;
+  readonly #acks: StatementBatcher<AckCall, number>;
+  readonly #renewals: StatementBatcher<LeaseCall, Task>;
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -187,11 +192,14 @@ export class PostgresProgressStore implements ProgressStore {
       maxConcurrentBatches: options.maxConcurrentBatches,
       publish: (change) => this.#hub.publishCommitted(change),
     });
-    this.#acks = new AckBatcher({
-      db: this.#db,
-      tasks: this.#target.tasks,
-      maxBatchSize: options.maxAckBatchSize,
-    });
+    this.#acks = new StatementBatcher(
+      (batch) => writeAcks(this.#db, this.#target.tasks, batch),
+      options.maxAckBatchSize,
+    );
+    this.#renewals = new StatementBatcher(
+      (batch) => renewLeases(this.#db, this.#target, this.#clock, batch),
+      options.maxBatchSize,
+    );
   }
 
   async #start(): Promise<void> {
@@ -214,7 +222,11 @@ export class PostgresProgressStore implements ProgressStore {
 
   /** Counters of the append pipeline (see {@link PostgresStoreStats}). */
   stats(): PostgresStoreStats {
-    return { ...this.#appends.stats(), ackBatches: this.#acks.batches };
+    return {
+      ...this.#appends.stats(),
+      ackBatches: this.#acks.batches,
+      renewalBatches: this.#renewals.batches,
+    };
   }
 
   /**
@@ -312,16 +324,14 @@ export class PostgresProgressStore implements ProgressStore {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#acks.enqueue(taskId, seq);
+    return this.#acks.enqueue({ taskId, seq });
   }
 
   async renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {
     this.#assertOpen();
     assertTaskId(taskId);
     const lease = parseLeaseInput({ owner, ttlMs });
-    return this.#run('renewLease', taskId, () =>
-      renewLease(this.#db, this.#target, { taskId, ...lease, clock: this.#clock }),
-    );
+    return this.#renewals.enqueue({ taskId, ...lease });
   }
 
   async releaseLease(taskId: string, owner: string): Promise<void> {
@@ -362,7 +372,7 @@ export class PostgresProgressStore implements ProgressStore {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
-      await this.#acks.close();
+      await Promise.all([this.#acks.close(), this.#renewals.close()]);
       await this.#appends.whenIdle();
       await this.#poll.stop();
       await this.#listener.close();

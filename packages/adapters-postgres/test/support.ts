@@ -88,8 +88,15 @@ export function gate(): Gate {
 /** Replaces a COMMIT: `commit` runs the real one; the hook decides when, whether, and what comes back. */
 export type CommitHook = (client: pg.PoolClient, commit: () => Promise<unknown>) => Promise<unknown>;
 
-/** Wraps a pool so that the next COMMIT sent on any of its clients goes through `onNextCommit`'s hook. */
-export function commitHookedPool(real: pg.Pool): {
+/**
+ * Wraps a pool so that the next COMMIT sent on any of its clients goes through `onNextCommit`'s hook.
+ * `commits` tells which statements commit (by default `COMMIT` itself; an append written in one autocommit
+ * statement is its own commit).
+ */
+export function commitHookedPool(
+  real: pg.Pool,
+  commits: (text: string) => boolean = (text) => text.trim().toLowerCase() === 'commit',
+): {
   pool: pg.Pool;
   onNextCommit(hook: CommitHook): void;
 } {
@@ -108,7 +115,7 @@ export function commitHookedPool(real: pg.Pool): {
           if (property === 'query') {
             return (text: unknown, values?: unknown[]) => {
               const hook = next;
-              if (hook !== undefined && typeof text === 'string' && text.trim().toLowerCase() === 'commit') {
+              if (hook !== undefined && typeof text === 'string' && commits(text)) {
                 next = undefined;
                 return hook(target, () => target.query(text, values));
               }

@@ -131,6 +131,8 @@ describe('page life', () => {
     const client = ctx.client;
     client.watch('t1');
     const socket = ctx.server.accept();
+    // Answered, as a server answers every subscribe (an unanswered one is sent again after behindGraceMs).
+    socket.push({ type: 'snapshot', task: new FakeTask('t1', 5).view() });
     socket.sent.length = 0;
     await ctx.scheduler.advance(10_000); // ticks on time: nothing
     expect(socket.frames('ping')).toHaveLength(0);

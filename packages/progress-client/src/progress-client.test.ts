@@ -466,6 +466,76 @@ describe('lost frames on a healthy connection', () => {
     await client.close();
   });
 
+  it('subscribes again when a subscribe gets no answer within behindGraceMs, waiting twice as long each time', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    // The subscribe of the hello was lost (or its answer was): the server answers every subscribe.
+    await scheduler.advance(999);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    await scheduler.advance(1999);
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toHaveLength(3);
+    socket.push(snap(task.view())); // answered: no more repeats, and the next wait starts over
+    await scheduler.advance(60_000);
+    expect(socket.frames('subscribe')).toHaveLength(3);
+    await client.close();
+  });
+
+  it('never repeats an unanswered subscribe with behindGraceMs 0 (it would every turn)', async () => {
+    const { client, socket, scheduler } = subscribed({ behindGraceMs: 0 });
+    await scheduler.advance(60_000);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await client.close();
+  });
+
+  it('resyncs at once when a heartbeat shows the task ahead and no subscribe is recent', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push(snap(task.view()));
+    await scheduler.advance(5000);
+    task.item('a'); // this frame is lost
+    socket.sent.length = 0;
+    // The heartbeat follows every frame sent before it: nothing is on its way any more.
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } });
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+
+  it('after a recent subscribe, resyncs a task a heartbeat shows ahead once that subscribe is behindGraceMs old', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push(snap(task.view()));
+    await scheduler.advance(600);
+    task.item('a'); // this frame is lost
+    socket.sent.length = 0;
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } }); // it may have crossed the subscribe
+    await scheduler.advance(399);
+    expect(socket.frames('subscribe')).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+
+  it('resyncs a gap that waited for a recent subscribe once that subscribe is overdue, without another frame', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    for (const key of ['a', 'b', 'c']) task.item(key);
+    socket.push(snap(task.view(1)));
+    socket.sent.length = 0;
+    socket.push(ev(task.events[2] as TaskEvent)); // seq 3: 2 is missing
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+    await scheduler.advance(300);
+    socket.push(ev(task.events[2] as TaskEvent)); // the same gap again (a re-send): the resync is recent
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await scheduler.advance(699);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await scheduler.advance(1); // its answer is overdue, and nothing else is coming
+    expect(socket.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 1 },
+      { type: 'subscribe', taskId: 't1', afterSeq: 1 },
+    ]);
+    await client.close();
+  });
+
   it('resyncs a task when a frame about it cannot be decoded', async () => {
     const { client, socket, task, errors } = subscribed();
     socket.push(snap(task.view()));
@@ -597,6 +667,9 @@ describe('HTTP fallback', () => {
       httpFallback: false,
       httpFallbackAfterAttempts: 1,
       finishTimeoutMs: 3000,
+      // This server never answers the subscribes after the reconnect: the watchdog's steps alone are
+      // under test, not the repeat of an unanswered subscribe (which waits behindGraceMs).
+      behindGraceMs: 60_000,
     });
     const task = new FakeTask('t1', 5);
     http.tasks.set('t1', task);

@@ -150,6 +150,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         closedError: () => new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId }),
         restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
         onStuck: (stuck, action) => this.#stuck(stuck, action),
+        answerWaitMs: this.#o.behindGraceMs,
+        onUnanswered: (unanswered) => this.#resync(unanswered),
       });
       this.#tasks.set(taskId, task);
       this.#adoptEpoch(task);
@@ -324,7 +326,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   }
 
   #apply(task: TaskSubscription, result: ApplyResult): void {
-    if (task.needsResync(result, this.#o.behindGraceMs)) this.#resync(task);
+    task.onGap(result, this.#o.behindGraceMs, () => this.#resync(task));
     if (result.delivered.length === 0) return;
     task.delivered();
     task.task.deliver(result.delivered, task.cursor.view);

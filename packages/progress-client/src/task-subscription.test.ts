@@ -7,6 +7,8 @@ import { TimerSet } from './timers.js';
 
 function subscription(stuck: StuckAction[] = []) {
   const scheduler = new ManualScheduler();
+  /** Clock times at which the subscription asked to subscribe again for want of an answer. */
+  const unanswered: number[] = [];
   const sub = new TaskSubscription('t1', {
     clock: scheduler.now,
     timers: new TimerSet(scheduler),
@@ -15,8 +17,10 @@ function subscription(stuck: StuckAction[] = []) {
     closedError: () => new ProgressError(ErrorCode.Closed, 'closed'),
     restored: undefined,
     onStuck: (_task, action) => stuck.push(action),
+    answerWaitMs: 1000,
+    onUnanswered: () => unanswered.push(scheduler.now()),
   });
-  return { sub, scheduler, task: new FakeTask('t1', 3) };
+  return { sub, scheduler, unanswered, task: new FakeTask('t1', 3) };
 }
 
 describe('TaskSubscription', () => {

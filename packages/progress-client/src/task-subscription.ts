@@ -28,7 +28,20 @@ export interface TaskSubscriptionOptions {
   restored: StoredTask | undefined;
   /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
   onStuck: (task: TaskSubscription, action: StuckAction) => void;
+  /**
+   * How long a subscribe may go without any frame about the task before it is sent again (doubling for
+   * each further one that goes unanswered; 0: never): the client's `behindGraceMs`.
+   */
+  answerWaitMs: number;
+  /** A subscribe got no answer within its wait: subscribe again from the cursor. */
+  onUnanswered: (task: TaskSubscription) => void;
 }
+
+/**
+ * How many times the wait for a subscribe's answer doubles while subscribes go unanswered (16 × the
+ * first wait at most): a server too busy to answer within the wait is not asked ever more often.
+ */
+const MAX_ANSWER_WAIT_DOUBLINGS = 4;
 
 /**
  * Error codes after which a watch cannot go on: the task is not there, or not for this principal.
@@ -53,6 +66,9 @@ export class TaskSubscription {
   readonly #watchdogTimer: Timeout;
   readonly #behindTimer: Timeout;
   readonly #retryTimer: Timeout;
+  readonly #answerTimer: Timeout;
+  readonly #answerWaitMs: number;
+  readonly #onUnanswered: (task: TaskSubscription) => void;
   readonly #onStuck: (task: TaskSubscription, action: StuckAction) => void;
   /** Bound once: the watchdog is re-armed after every delivered frame. */
   readonly #checkWatchdog = (): void => {
@@ -76,6 +92,8 @@ export class TaskSubscription {
   #answered = false;
   /** Consecutive error frames about this task, for the retry backoff. */
   #retries = 0;
+  /** Subscribes in a row that went unanswered for their whole wait: the next wait is 2^this longer. */
+  #unanswered = 0;
   /** Terminal acknowledged and unsubscribed: the socket has nothing more to do for this task. */
   #socketDone = false;
   /** Ended by a fatal error. */
@@ -93,6 +111,9 @@ export class TaskSubscription {
     this.#watchdogTimer = new Timeout(options.timers);
     this.#behindTimer = new Timeout(options.timers);
     this.#retryTimer = new Timeout(options.timers);
+    this.#answerTimer = new Timeout(options.timers);
+    this.#answerWaitMs = options.answerWaitMs;
+    this.#onUnanswered = options.onUnanswered;
     this.#onStuck = options.onStuck;
     this.task = new WatchedTask(taskId, options, this.cursor.view);
     const restored = options.restored;
@@ -129,11 +150,25 @@ export class TaskSubscription {
     return !this.#socketDone && !this.#failed;
   }
 
-  /** A subscribe from the cursor went out: until a frame answers it, acks above it may be refused. */
+  /**
+   * A subscribe from the cursor went out: until a frame answers it, acks above it may be refused. The
+   * server answers every subscribe (a snapshot, events, or an error), so one that stays unanswered for
+   * the wait was lost, or its answer was: it is sent again then, not only after a heartbeat that no
+   * longer lists the task (1–2 heartbeat intervals later: 2 s in the chaos suite, up to 30 s with the
+   * production default of 15 s).
+   */
   subscribed(): void {
     this.#resyncFrom = this.cursor.seq;
     this.#resyncSentAt = this.#clock();
     this.#answered = false;
+    // 0 turns the repeat off (it would otherwise repeat the subscribe every turn until answered).
+    if (this.#answerWaitMs <= 0) return;
+    const waitMs = this.#answerWaitMs * 2 ** Math.min(this.#unanswered, MAX_ANSWER_WAIT_DOUBLINGS);
+    this.#answerTimer.set(waitMs, () => {
+      if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
+      this.#unanswered += 1;
+      this.#onUnanswered(this);
+    });
   }
 
   /** True when the latest subscribe went out at least `graceMs` ago (a heartbeat did not cross it). */
@@ -145,6 +180,10 @@ export class TaskSubscription {
   answer(): boolean {
     const first = !this.#answered;
     this.#answered = true;
+    if (first) {
+      this.#unanswered = 0;
+      this.#answerTimer.clear();
+    }
     return first;
   }
 
@@ -156,16 +195,32 @@ export class TaskSubscription {
     return result.gap && !(this.#resyncFrom === result.resyncFrom && !this.subscribeOlderThan(graceMs));
   }
 
+  /**
+   * Applies the gap rule of {@link needsResync} to `result`: `resync` now, or, when the gap waits for the
+   * answer of a recent subscribe, once that answer is overdue if the gap is still there. Waiting for the
+   * next gapped frame instead left the watch stuck until the server's next terminal re-send (700 ms,
+   * then 1.5 s after the first send) or the next heartbeat.
+   */
+  onGap(result: ApplyResult, graceMs: number, resync: () => void): void {
+    if (!result.gap) return;
+    if (this.needsResync(result, graceMs)) {
+      resync();
+      return;
+    }
+    this.#behind((result.resyncFrom ?? this.cursor.seq) + 1, graceMs, resync);
+  }
+
   /** Something was delivered: the pending resync (if any) was answered, and the error backoff resets. */
   delivered(): void {
     this.#resyncFrom = undefined;
     this.#retries = 0;
   }
 
-  /** The socket was lost: nothing sent on it is pending any more. */
+  /** The socket was lost: nothing sent on it is pending any more (the next `hello` subscribes again). */
   down(): void {
     this.#resyncFrom = undefined;
     this.#behindTimer.clear();
+    this.#answerTimer.clear();
   }
 
   /** An epoch announced by a snapshot for this task. */
@@ -205,11 +260,22 @@ export class TaskSubscription {
     } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs, resync);
   }
 
-  /** A heartbeat says the task is at `latest`: give in-flight frames `graceMs`, then `resync` if behind. */
+  /**
+   * The server has the task at `latest`, ahead of the cursor. A heartbeat follows every frame the server
+   * sent before it (it is sent only when nothing is queued), so without a subscribe of the last
+   * `graceMs` the missing frames were lost: `resync` at once. A recent subscribe's answer may still be on
+   * its way (the heartbeat may have crossed it): `resync` when that answer is overdue, if the cursor is
+   * still behind. (A fixed `graceMs` from the heartbeat cost up to a second more per lost frame.)
+   */
   #behind(latest: number, graceMs: number, resync: () => void): void {
     this.#behindTarget = Math.max(this.#behindTarget, latest);
     if (this.#behindTimer.pending) return;
-    this.#behindTimer.set(graceMs, () => {
+    const overdueInMs = this.#resyncSentAt + graceMs - this.#clock();
+    if (overdueInMs <= 0) {
+      resync();
+      return;
+    }
+    this.#behindTimer.set(overdueInMs, () => {
       if (this.cursor.isBehind(this.#behindTarget)) resync();
     });
   }
@@ -256,6 +322,8 @@ export class TaskSubscription {
   /** An error frame about this task: retry after the delay `delayOf(retries so far)` gives. */
   retryAfterError(delayOf: (retries: number) => number, retry: () => void): void {
     this.#resyncFrom = undefined;
+    // The error answered the subscribe; the retry below paces the next one.
+    this.#answerTimer.clear();
     this.#retryTimer.set(delayOf(this.#retries++), retry);
   }
 
@@ -293,5 +361,6 @@ export class TaskSubscription {
     this.#watchdogTimer.clear();
     this.#behindTimer.clear();
     this.#retryTimer.clear();
+    this.#answerTimer.clear();
   }
 }

@@ -194,9 +194,11 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   catchUpReadConcurrency?: number | undefined;
   /**
-   * Most of those reads one principal may have in flight; principals take turns, so one at its caps only
-   * slows itself. With a synchronous store (SQLite) a read blocks the event loop, so this is also how
-   * many of one principal's reads can run between two turns of the loop.
+   * Most of those reads one principal may have in flight while another principal has reads queued or in
+   * flight; principals take turns, so one at its caps only slows itself. A principal alone may use the
+   * idle slots but one (`catchUpReadConcurrency - 1`), so a newcomer's first read still starts at once.
+   * With a synchronous store (SQLite) a read blocks the event loop, so at most one read of a principal
+   * starts per turn of the loop whatever this says.
    * @default 1
    */
   catchUpReadsPerPrincipal?: number | undefined;

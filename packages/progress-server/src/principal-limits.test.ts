@@ -105,6 +105,39 @@ describe('FairReads', () => {
     reads.close();
   });
 
+  it('lets a principal alone use the idle slots but one, and keeps it to its cap once another principal reads', async () => {
+    const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 1 });
+    const inFlight = new Map<string, number>();
+    const peaks = new Map<string, number>();
+    const gates: Array<() => void> = [];
+    const gated = (who: string) => async () => {
+      inFlight.set(who, (inFlight.get(who) ?? 0) + 1);
+      peaks.set(who, Math.max(peaks.get(who) ?? 0, inFlight.get(who) ?? 0));
+      await new Promise<void>((resolve) => gates.push(resolve));
+      inFlight.set(who, (inFlight.get(who) ?? 0) - 1);
+    };
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    // One principal with a backlog (a failover's resubscribes) and nobody else: three reads at once.
+    const backlog = Array.from({ length: 10 }, () => reads.run('chaos', gated('chaos')));
+    for (let i = 0; i < 5; i++) await turn();
+    expect(inFlight.get('chaos')).toBe(3);
+    // Another principal arrives: its first read starts at once, in the slot left free.
+    const other = reads.run('alice', gated('alice'));
+    expect(inFlight.get('alice')).toBe(1);
+    // From now on the first principal is held to its cap: as its reads end, none starts while it has one.
+    for (const open of gates.splice(0, 3)) open();
+    for (let i = 0; i < 5; i++) await turn();
+    expect(inFlight.get('chaos')).toBe(1);
+    while (gates.length > 0) {
+      for (const open of gates.splice(0)) open();
+      await turn();
+      await turn();
+    }
+    await Promise.all([...backlog, other]);
+    expect(peaks.get('chaos')).toBe(3);
+    reads.close();
+  });
+
   it('starts one read per principal per turn of the loop, so other I/O runs between them', async () => {
     const reads = new FairReads({ maxConcurrent: 100, maxPerPrincipal: 100 });
     const started: string[] = [];

@@ -1,5 +1,5 @@
-import { describe, expect, it } from 'vitest';
-import type { RawClient } from '../testing/harness.js';
+import { describe, expect, it, vi } from 'vitest';
+import { type RawClient, seqOf } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /**
@@ -134,5 +134,65 @@ describe('acks after an unsubscribe', () => {
     expect(client.frames.filter((frame) => frame.type === 'error')).toMatchObject([
       { code: 'invalid_input', taskId: other.id },
     ]);
+  });
+});
+
+describe('a subscribe repeated while the first is still loading', () => {
+  it('is answered by the load already running: one read, one snapshot, the place in the read queue kept', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const client = await connect();
+    const store = session.env.store;
+    const getTask = store.getTask.bind(store);
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const reads = vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+      await gate; // a slow store: the client repeats its subscribe before the first is answered
+      return getTask(id);
+    });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await expect.poll(() => reads.mock.calls.length).toBe(1);
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    client.send({ type: 'ping', id: 'p' });
+    await client.next((frame) => frame.type === 'pong');
+    release();
+    await client.next((frame) => frame.type === 'snapshot');
+    await client.sync();
+    expect(reads.mock.calls.length).toBe(1);
+    expect(client.about(task.id).map((frame) => frame.type)).toEqual(['snapshot']);
+    // A subscribe from another cursor is a real resubscribe: it restarts the stream.
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    await client.sync();
+    expect(reads.mock.calls.length).toBe(2);
+  });
+
+  it('is answered by the catch-up already running when it resumes and no event was sent yet', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const store = session.env.store;
+    const created = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await store.append(created.id, { type: 'progress', done: i });
+    const client = await connect();
+    const readEvents = store.readEvents.bind(store);
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const reads = vi.spyOn(store, 'readEvents').mockImplementation(async (...args) => {
+      await gate; // the catch-up is slow: the client repeats its subscribe meanwhile
+      return readEvents(...args);
+    });
+    client.send({ type: 'subscribe', taskId: created.id, afterSeq: 1 });
+    await expect.poll(() => reads.mock.calls.length).toBe(1);
+    client.send({ type: 'subscribe', taskId: created.id, afterSeq: 1 });
+    client.send({ type: 'ping', id: 'p' });
+    await client.next((frame) => frame.type === 'pong');
+    release();
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
+    await client.sync();
+    expect(reads.mock.calls.length).toBe(1);
+    expect(client.about(created.id).map(seqOf)).toEqual([2, 3]);
   });
 });

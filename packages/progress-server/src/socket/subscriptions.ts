@@ -40,6 +40,10 @@ export class Subscriptions<P extends Principal> {
   readonly #unfollowed = new Map<string, number>();
   /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
   readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
+  /** The `afterSeq` of each subscription's latest (re)start. */
+  readonly #startedFrom = new WeakMap<Subscription, number>();
+  /** Subscriptions whose latest start resumed from the client's cursor (no snapshot answered it). */
+  readonly #resumed = new WeakSet<Subscription>();
 
   constructor(ctx: SubscriptionsContext<P>) {
     this.#ctx = ctx;
@@ -69,11 +73,21 @@ export class Subscriptions<P extends Principal> {
     if (sub === undefined) {
       sub = this.#add(taskId, refs);
       if (sub === undefined) return;
+    } else if (this.#stillLoading(sub, afterSeq)) {
+      // The same subscribe again before anything was sent for the previous one (a client repeating a
+      // subscribe it got no answer to yet, or a duplicated frame): the answer under way is this one's
+      // too. A restart would drop its place in the principal's read queue and queue it again at the
+      // back, so under load a client that repeats its subscribe would only wait longer (loaded chaos
+      // runs saw subscribes unanswered for up to 4.9 s).
+      this.#refs.set(sub, refs);
+      return;
     } else {
       // A resubscribe restarts the stream from the client's new cursor.
       metrics.resyncs.inc({ reason: 'resubscribe' });
     }
     this.#refs.set(sub, refs);
+    this.#startedFrom.set(sub, afterSeq);
+    this.#resumed.delete(sub);
     const current = sub;
     const stream = current.restart(afterSeq);
     const task = await stream.load().catch((error: unknown) => {
@@ -104,9 +118,22 @@ export class Subscriptions<P extends Principal> {
       current.snapshot(view);
       stream.start(view.seq, view.status !== 'running', task.seq);
     } else {
+      this.#resumed.add(current);
       current.resumeAt(afterSeq);
       stream.start(afterSeq, false, task.seq);
     }
+  }
+
+  /**
+   * `sub` was (re)started from `afterSeq` and nothing was sent for it yet: its task is still loading, or
+   * it resumed from the client's cursor and its catch-up has not queued an event yet (a resume always
+   * has events to send; its snapshot-less start sends nothing before them).
+   */
+  #stillLoading(sub: Subscription, afterSeq: number): boolean {
+    const stream = sub.currentStream;
+    if (stream === undefined || !sub.isCurrent(stream) || this.#startedFrom.get(sub) !== afterSeq)
+      return false;
+    return !sub.authorized || (this.#resumed.has(sub) && sub.heartbeatSeq === afterSeq);
   }
 
   unsubscribe(taskId: string): void {

@@ -1,0 +1,90 @@
+import { ErrorCode, ProgressError } from '@finishline/core';
+import { compareIds, taskNotFound } from '@finishline/core/internal';
+import { type Kysely, type RawBuilder, sql } from 'kysely';
+import { toProgressError } from './pg-errors.js';
+import { int } from './row-codec.js';
+import type { ProgressDatabase } from './schema.js';
+import type { BatchedCall } from './statement-batcher.js';
+
+/**
+ * The ack statement: the acks of one I/O phase, gathered by a `StatementBatcher`, in one statement.
+ *
+ * @module
+ */
+
+/** One ack: move `taskId`'s acked seq up to `seq`; the call resolves with the task's acked seq. */
+export interface AckCall {
+  taskId: string;
+  seq: number;
+}
+
+/**
+ * Writes a batch of acks in one statement and settles each ack's promise. Never rejects.
+ *
+ * Per task, the ack moves to the highest of the batch's seqs that the task has reached, so an
+ * out-of-range ack in the batch neither blocks nor spoils a valid one. Rows are locked in id order
+ * first, the order append transactions lock them, so an ack statement and an append transaction never
+ * wait for each other in a cycle (a plain multi-row UPDATE locks in whatever order the plan visits).
+ */
+export async function writeAcks(
+  db: Kysely<ProgressDatabase>,
+  tasks: RawBuilder<unknown>,
+  batch: BatchedCall<AckCall, number>[],
+): Promise<void> {
+  const taskIds = [...new Set(batch.map((entry) => entry.input.taskId))].sort(compareIds);
+  const rows = new Map<string, { seq: number; ackedSeq: number }>();
+  try {
+    // The rows the statement did not move (acked already, by this replica or another) come back in
+    // the same round trip (a second query for them was a third of the ack statements at load). They
+    // are as the statement's snapshot saw them, so an ack that a concurrent statement got in first
+    // reads as the batch's own seq: the task's acked seq is at least that.
+    const { rows: result } = await sql<{ id: string; seq: string; acked_seq: string }>`
+        WITH v AS (
+          SELECT * FROM unnest(${batch.map((entry) => entry.input.taskId)}::text[], ${batch.map((entry) => entry.input.seq)}::int8[])
+            AS v(id, seq)
+        ), locked AS MATERIALIZED (
+          SELECT t.id FROM ${tasks} t
+          WHERE t.id = ANY(${taskIds}::text[])
+            AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+          ORDER BY t.id
+          FOR UPDATE
+        ), updated AS (
+          UPDATE ${tasks} AS t
+          SET acked_seq = (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq)
+          FROM locked
+          WHERE t.id = locked.id
+            AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+          RETURNING t.id, t.seq, t.acked_seq
+        )
+        SELECT id, seq, acked_seq FROM updated
+        UNION ALL
+        SELECT t.id, t.seq,
+          GREATEST(t.acked_seq, (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq))
+        FROM ${tasks} t
+        WHERE t.id = ANY(${taskIds}::text[]) AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = t.id)`.execute(
+      db,
+    );
+    for (const row of result) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
+  } catch (error) {
+    const failure = toProgressError(error, 'ack', taskIds.length === 1 ? taskIds[0] : undefined);
+    for (const entry of batch) entry.reject(failure);
+    return;
+  }
+  for (const {
+    input: { taskId, seq },
+    resolve,
+    reject,
+  } of batch) {
+    const task = rows.get(taskId);
+    if (task === undefined) reject(taskNotFound(taskId));
+    else if (seq > task.seq) {
+      reject(
+        new ProgressError(
+          ErrorCode.InvalidInput,
+          `Cannot ack seq ${seq} of task ${taskId}: its latest seq is ${task.seq}`,
+          { taskId },
+        ),
+      );
+    } else resolve(task.ackedSeq);
+  }
+}

@@ -1,0 +1,79 @@
+import { storeClosed } from '@finishline/core/internal';
+
+/**
+ * Gathers the calls of one event-loop I/O phase into one database round trip: acks (one per incoming
+ * message, from every watcher of every task) and lease renewals (one per running task, all due at the
+ * same tick) would otherwise take a statement, and a pool connection, each. One batch is written at a
+ * time, so a batcher holds at most one connection; calls that arrive meanwhile go in the next batch.
+ *
+ * @module
+ */
+
+/** A call waiting for (or in) a batch. */
+export interface BatchedCall<I, O> {
+  readonly input: I;
+  resolve(output: O): void;
+  reject(error: unknown): void;
+}
+
+/**
+ * Batches calls into one write per event-loop turn. `write` settles every call of its batch and never
+ * rejects (a failure is each call's rejection).
+ */
+export class StatementBatcher<I, O> {
+  readonly #write: (batch: BatchedCall<I, O>[]) => Promise<void>;
+  readonly #maxBatchSize: number;
+  readonly #queue: BatchedCall<I, O>[] = [];
+  #flushTimer: ReturnType<typeof setImmediate> | undefined;
+  #inFlight: Promise<void> | undefined;
+  #closed = false;
+  #batches = 0;
+
+  constructor(write: (batch: BatchedCall<I, O>[]) => Promise<void>, maxBatchSize: number) {
+    this.#write = write;
+    this.#maxBatchSize = maxBatchSize;
+  }
+
+  /** Batches written. */
+  get batches(): number {
+    return this.#batches;
+  }
+
+  /** Queues a validated call; settles once its batch was written. */
+  enqueue(input: I): Promise<O> {
+    return new Promise<O>((resolve, reject) => {
+      this.#queue.push({ input, resolve, reject });
+      this.#scheduleFlush();
+    });
+  }
+
+  /** Rejects the calls not yet written with `closed` and waits for the batch in flight. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    if (this.#flushTimer !== undefined) clearImmediate(this.#flushTimer);
+    this.#flushTimer = undefined;
+    const closed = storeClosed();
+    for (const call of this.#queue.splice(0)) call.reject(closed);
+    await this.#inFlight;
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushTimer !== undefined || this.#inFlight !== undefined) return;
+    // setImmediate rather than a microtask: the calls made while handling one I/O phase (the acks read
+    // from the sockets, the renewals of one timer) join one batch.
+    this.#flushTimer = setImmediate(() => {
+      this.#flushTimer = undefined;
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    if (this.#inFlight !== undefined || this.#queue.length === 0) return;
+    const batch = this.#queue.splice(0, this.#maxBatchSize);
+    this.#batches += 1;
+    this.#inFlight = this.#write(batch).finally(() => {
+      this.#inFlight = undefined;
+      if (!this.#closed) this.#flush();
+    });
+  }
+}

@@ -1,0 +1,260 @@
+import type { TaskEvent } from '@finishline/core';
+import { ErrorCode } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { Kysely, PostgresDialect } from 'kysely';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
+import { commitHookedPool, dropSchema, eventually, freshSchema, newPool, Recorder } from './support.js';
+
+/**
+ * Writes that save round trips: appends planned from the rows a store last wrote (one statement, no
+ * locking read; used whenever the store has the rows, never written over anything another writer, the
+ * reaper, a purge, a lease or an ack did to them since: `writeAppendsIfUnchanged` in append-pipeline.ts),
+ * and lease renewals of one tick in one transaction (`renewLeases` in lease-statements.ts).
+ */
+
+const pool = newPool(10);
+const schemas: string[] = [];
+const stores: PostgresProgressStore[] = [];
+const clock = new ManualClock(1_000_000);
+
+async function twoStores(): Promise<[PostgresProgressStore, PostgresProgressStore]> {
+  const schema = freshSchema('lastw');
+  schemas.push(schema);
+  await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) }), { schema });
+  const open = async () => {
+    const store = await PostgresProgressStore.open({ pool, schema, migrate: false, clock: clock.now });
+    stores.push(store);
+    return store;
+  };
+  return [await open(), await open()];
+}
+
+const item = (key: string) => ({ type: 'item' as const, key, ok: true });
+
+async function itemKeys(store: PostgresProgressStore, taskId: string): Promise<string[]> {
+  const events = await store.readEvents(taskId, 0);
+  expect(events.map((event) => event.seq)).toEqual(events.map((_, index) => index + 1));
+  return events.map((event) =>
+    event.type === 'item' ? (event as Extract<TaskEvent, { type: 'item' }>).item.key : event.type,
+  );
+}
+
+afterEach(async () => {
+  await Promise.all(stores.splice(0).map((store) => store.close()));
+});
+
+afterAll(async () => {
+  for (const schema of schemas) await dropSchema(pool, schema);
+  await pool.end();
+});
+
+describe('appends planned from the rows a store last wrote', () => {
+  it("skip the locking read after a task's first append", async () => {
+    const [store] = await twoStores();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k', total: 3 });
+    for (const key of ['a', 'b', 'c']) await store.append('t', item(key));
+    expect(store.stats()).toMatchObject({ appends: 3, batches: 3, lockedBatches: 1 });
+    expect(await itemKeys(store, 't')).toEqual(['a', 'b', 'c']);
+    expect(await store.getTask('t')).toMatchObject({ seq: 3, done: 3, succeeded: 3 });
+  });
+
+  it('are planned again from the locked row when another writer appended meanwhile', async () => {
+    const [a, b] = await twoStores();
+    await a.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await a.append('t', item('a1'));
+    await a.append('t', item('a2'));
+    await b.append('t', item('b3'));
+    const result = await a.append('t', item('a4'));
+    expect(result.event.seq).toBe(4);
+    expect(result.task).toMatchObject({ seq: 4, done: 4 });
+    expect(await itemKeys(a, 't')).toEqual(['a1', 'a2', 'b3', 'a4']);
+    expect(a.stats()).toMatchObject({ batches: 3, lockedBatches: 2 });
+  });
+
+  it('write nothing of a batch from its remembered rows when one of them moved on', async () => {
+    const [a, b] = await twoStores();
+    for (const id of ['t1', 't2']) {
+      await a.createTask({ id, owner: 'alice', kind: 'k' });
+      await a.append(id, item(`${id}-1`));
+    }
+    await b.append('t2', item('t2-b'));
+    // One tick: one batch for both tasks; t2's row moved on, so t1's part must not be written either.
+    const [one, two] = await Promise.all([a.append('t1', item('t1-2')), a.append('t2', item('t2-3'))]);
+    expect([one.event.seq, two.event.seq]).toEqual([2, 3]);
+    expect(await itemKeys(a, 't1')).toEqual(['t1-1', 't1-2']);
+    expect(await itemKeys(a, 't2')).toEqual(['t2-1', 't2-b', 't2-3']);
+    expect(await a.getTask('t1')).toMatchObject({ seq: 2, done: 2 });
+    expect(await a.getTask('t2')).toMatchObject({ seq: 3, done: 3 });
+  });
+
+  it("do not write over an interruption by another store's reaper", async () => {
+    const [a, b] = await twoStores();
+    await a.createTask({ id: 't', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
+    await a.append('t', item('a1'));
+    clock.advance(2000);
+    expect(await b.reapExpiredLeases()).toHaveLength(1);
+    await expect(a.append('t', item('a2'))).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+    expect(await itemKeys(a, 't')).toEqual(['a1', 'interrupted']);
+    expect(await a.getTask('t')).toMatchObject({ status: 'interrupted', seq: 2 });
+  });
+
+  it('do not write over a task purged and created again under the same id at the same seq', async () => {
+    const [a, b] = await twoStores();
+    await a.createTask({ id: 't', owner: 'alice', kind: 'k', total: 10, lease: { owner: 'w', ttlMs: 1000 } });
+    await a.append('t', item('old-1'));
+    clock.advance(2000);
+    await b.reapExpiredLeases();
+    clock.advance(1000);
+    expect(await b.purgeFinished({ olderThanMs: 500 })).toBe(1);
+    await b.createTask({ id: 't', owner: 'alice', kind: 'k', total: 50 });
+    // The new task at seq 1 too: only its creation time tells it from the row store `a` remembers.
+    await b.append('t', item('new-1'));
+    const result = await a.append('t', item('new-2'));
+    expect(result.task).toMatchObject({ seq: 2, total: 50, done: 2 });
+    expect(await itemKeys(a, 't')).toEqual(['new-1', 'new-2']);
+    expect(await a.getTask('t')).toMatchObject({ seq: 2, total: 50, done: 2 });
+  });
+
+  it('keep a lease renewed and an ack written since, and return the row as stored', async () => {
+    const [store] = await twoStores();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
+    await store.append('t', item('a'));
+    clock.advance(500);
+    const renewed = await store.renewLease('t', 'w', 1000);
+    await store.ack('t', 1);
+    const result = await store.append('t', item('b'));
+    expect(store.stats().lockedBatches).toBe(1);
+    const stored = await store.getTask('t');
+    expect(stored).toMatchObject({ leaseOwner: 'w', leaseExpiresAt: renewed.leaseExpiresAt, ackedSeq: 1 });
+    expect(result.task).toEqual(stored);
+  });
+
+  it('clear the lease with the terminal event, as a locked append does', async () => {
+    const [store] = await twoStores();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
+    await store.append('t', item('a'));
+    const result = await store.append('t', { type: 'completed' });
+    expect(store.stats().lockedBatches).toBe(1);
+    expect(result.task).toMatchObject({ status: 'completed', leaseOwner: null, leaseExpiresAt: null });
+    expect(await store.getTask('t')).toEqual(result.task);
+    // An ended task is not remembered: a later append is refused from the locked row.
+    await expect(store.append('t', item('late'))).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+    expect(store.stats().lockedBatches).toBe(1);
+  });
+});
+
+describe('lease renewals', () => {
+  it('of one tick go in one transaction, each with its own outcome', async () => {
+    const [store, other] = await twoStores();
+    const lease = { owner: 'w', ttlMs: 1000 };
+    for (const id of ['r1', 'r2', 'r3']) await store.createTask({ id, owner: 'alice', kind: 'k', lease });
+    await store.createTask({ id: 'ended', owner: 'alice', kind: 'k', lease });
+    await store.append('ended', { type: 'completed' });
+    await other.createTask({ id: 'theirs', owner: 'alice', kind: 'k', lease: { owner: 'v', ttlMs: 5000 } });
+    clock.advance(400);
+    const before = store.stats().renewalBatches;
+    const outcomes = await Promise.allSettled(
+      ['r1', 'r2', 'ended', 'theirs', 'missing', 'r3', 'r1'].map((id) => store.renewLease(id, 'w', 1000)),
+    );
+    expect(store.stats().renewalBatches - before).toBe(1);
+    const codes = outcomes.map((outcome) =>
+      outcome.status === 'fulfilled'
+        ? outcome.value.leaseExpiresAt
+        : (outcome.reason as { code: string }).code,
+    );
+    expect(codes).toEqual([
+      clock.now() + 1000,
+      clock.now() + 1000,
+      ErrorCode.TaskFinished,
+      ErrorCode.LeaseHeld,
+      ErrorCode.TaskNotFound,
+      clock.now() + 1000,
+      clock.now() + 1000,
+    ]);
+    for (const id of ['r1', 'r2', 'r3']) {
+      expect(await store.getTask(id)).toMatchObject({ leaseOwner: 'w', leaseExpiresAt: clock.now() + 1000 });
+    }
+    expect(await store.getTask('theirs')).toMatchObject({ leaseOwner: 'v' });
+  });
+});
+
+describe('an append written in one statement', () => {
+  /** The one-statement append (append-pipeline.ts, `writeAppendsIfUnchanged`) commits by itself. */
+  const isOneStatementAppend = (text: string) => text.includes('-- Rows locked in id order first');
+
+  async function hookedStores() {
+    const schema = freshSchema('lastw');
+    schemas.push(schema);
+    await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) }), { schema });
+    const real = newPool(5);
+    const hooked = commitHookedPool(real, isOneStatementAppend);
+    const store = await PostgresProgressStore.open({
+      pool: hooked.pool,
+      schema,
+      migrate: false,
+      clock: clock.now,
+    });
+    const observer = await PostgresProgressStore.open({ pool, schema, migrate: false, clock: clock.now });
+    stores.push(store, observer);
+    const own = new Recorder(store);
+    const other = new Recorder(observer);
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', item('first'));
+    await eventually('both feeds publish seq 1', () => own.has('t', 1) && other.has('t', 1));
+    const stored = async () => (await observer.readEvents('t', 0)).length;
+    return { store, hooked, own, other, stored, real, end: () => real.end() };
+  }
+
+  it('with an unknown outcome (the connection drops after it committed) is rejected, stored, published by every feed, and the next append follows it', async () => {
+    const { store, hooked, own, other, stored, end } = await hookedStores();
+    try {
+      hooked.onNextCommit(async (client, commit) => {
+        const socket = (client as unknown as { connection: { stream: import('node:net').Socket } }).connection
+          .stream;
+        socket.pause();
+        const pending = commit();
+        await eventually('the statement is applied', async () => (await stored()) === 2, 5_000);
+        socket.destroy();
+        return pending;
+      });
+      await expect(store.append('t', item('lost answer'))).rejects.toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+      });
+      await eventually('both feeds publish seq 2', () => own.has('t', 2) && other.has('t', 2));
+      const next = await store.append('t', item('next'));
+      expect(next.event.seq).toBe(3);
+      expect(await itemKeys(store, 't')).toEqual(['first', 'lost answer', 'next']);
+      expect(await store.getTask('t')).toMatchObject({ seq: 3, done: 3 });
+    } finally {
+      await end();
+    }
+  });
+
+  it('that fails (the backend killed as it is sent) stores and publishes nothing, and the next append commits', async () => {
+    const { store, hooked, own, other, real, end } = await hookedStores();
+    try {
+      const connections = real.totalCount;
+      hooked.onNextCommit(async (client, commit) => {
+        const pid = (client as unknown as { processID: number }).processID;
+        await pool.query('SELECT pg_terminate_backend($1)', [pid]);
+        return commit();
+      });
+      await expect(store.append('t', item('never'))).rejects.toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+      });
+      // The pool drops the dead connection once it sees it end (a call before that could draw it again).
+      await eventually('the pool dropped the dead connection', () => real.totalCount < connections);
+      const next = await store.append('t', item('next'));
+      expect(next.event.seq).toBe(2);
+      expect(await itemKeys(store, 't')).toEqual(['first', 'next']);
+      await eventually('both feeds publish seq 2', () => own.has('t', 2) && other.has('t', 2));
+      expect([own.seqs('t'), other.seqs('t')]).toEqual([
+        [1, 2],
+        [1, 2],
+      ]);
+    } finally {
+      await end();
+    }
+  });
+});
