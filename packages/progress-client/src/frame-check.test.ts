@@ -92,7 +92,6 @@ describe("the client's frame check", () => {
 
   it("refuses what core's decoder refuses, with the same code and task, except the server's own store rules", () => {
     let refused = 0;
-    let leftToServer = 0;
     fc.assert(
       fc.property(mutatedFrameText, (text) => {
         const client = decodeServerText(text);
@@ -104,7 +103,6 @@ describe("the client's frame check", () => {
         if (client.ok) {
           // Accepted only when core refused it for a rule the client leaves to the server.
           expect(core.error.message).toMatch(SERVER_ONLY_RULE);
-          leftToServer++;
           return;
         }
         refused++;
@@ -115,9 +113,30 @@ describe("the client's frame check", () => {
       }),
       propertyParams(2000),
     );
-    // The mutations must reach both kinds of rule, or the comparison above proves little.
+    // The mutations must reach the client's own rules, or the comparison above proves little. Whether they
+    // also reach a store rule depends on the seed (the deep run's seed 1030506005 reached none in 2,000
+    // runs): the next test covers those rules with fixed frames instead.
     expect(refused).toBeGreaterThan(0);
-    expect(leftToServer).toBeGreaterThan(0);
+  });
+
+  it("accepts what core's decoder refuses only for the server's own store rules, each of them", () => {
+    const progress = { total: null, done: 0, succeeded: 0, failed: 0, current: null, message: null };
+    const event = (extra: Json) => ({
+      type: 'event',
+      event: { type: 'progress', taskId: 't', seq: 1, time: 1, progress: { ...progress, ...extra } },
+    });
+    const frames = [
+      event({ message: 'm'.repeat(LIMITS.maxMessageLength + 1) }),
+      event({ message: 'x\u0000y' }),
+      event({ current: 'k'.repeat(LIMITS.maxKeyLength + 1) }),
+    ];
+    for (const frame of frames) {
+      const text = JSON.stringify(frame);
+      const core = coreDecodeServerText(text);
+      expect(core.ok, text.slice(0, 120)).toBe(false);
+      if (!core.ok) expect(core.error.message).toMatch(SERVER_ONLY_RULE);
+      expect(decodeServerText(text)).toStrictEqual({ ok: true, frame });
+    }
   });
 
   it.each([
