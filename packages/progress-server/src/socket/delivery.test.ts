@@ -393,16 +393,27 @@ describe('heartbeats', () => {
     const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 3; i++) await task.progress({ done: i });
     const getTask = session.env.store.getTask.bind(session.env.store);
+    // The load is held until the heartbeat has been seen, not for a fixed time: at load 11 a 150 ms hold
+    // ended before the first heartbeat came (this test failed once that way).
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
     vi.spyOn(session.env.store, 'getTask').mockImplementation(async (taskId) => {
-      await sleep(150);
+      await held;
       return getTask(taskId);
     });
     const client = await connect();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
     const from = client.frames.length;
-    const heartbeat = await client.next((frame) => frame.type === 'heartbeat', { from });
+    // A heartbeat sent before the subscribe arrived lists nothing: wait for one that lists the task.
+    const heartbeat = await client.next(
+      (frame) => frame.type === 'heartbeat' && task.id in (frame.seqs as Record<string, number>),
+      { from },
+    );
     expect(heartbeat.seqs).toEqual({ [task.id]: 2 });
     expect(client.about(task.id)).toEqual([]);
+    release();
     await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
   });
 
