@@ -67,9 +67,9 @@ import {
 
 /** Counters of the append pipeline since the store opened. */
 export interface PostgresStoreStats extends AppendStats {
-  /** Ack statements run (each writes every ack of one flush; see `maxAckBatchSize`). */
+  /** Ack statements run, failed ones included (each writes every ack of one flush; see `maxAckBatchSize`). */
   ackBatches: number;
-  /** Lease-renewal transactions run (each renews the leases asked in one flush; up to `maxBatchSize`). */
+  /** Lease-renewal transactions run, failed ones included (each renews the leases of one flush; up to `maxBatchSize`). */
   renewalBatches: number;
 }
 

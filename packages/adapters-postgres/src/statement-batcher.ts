@@ -34,7 +34,7 @@ export class StatementBatcher<I, O> {
     this.#maxBatchSize = maxBatchSize;
   }
 
-  /** Batches written. */
+  /** Batches sent to the database, whether their statement succeeded or failed (a round-trip count). */
   get batches(): number {
     return this.#batches;
   }
