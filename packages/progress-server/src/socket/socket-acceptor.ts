@@ -13,20 +13,14 @@ import type { Principal } from '../auth.js';
 import { isOriginAllowed } from '../auth.js';
 import { offeredProtocols, rejectUpgrade } from '../http/upgrade.js';
 import { describeError } from '../logger.js';
-import type { ConnectionContext } from './connection.js';
 import { Connection } from './connection.js';
 import { PendingConnections } from './pending-connections.js';
 import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
-
-/** What every connection shares, less what the acceptor itself provides. */
-export type AcceptorContext<P extends Principal> = Omit<
-  ConnectionContext<P>,
-  'socketCount' | 'onClose' | 'onAuthenticated'
->;
+import type { SocketServices } from './services.js';
 
 /** Accepts the server's sockets and holds its open connections. */
 export class SocketAcceptor<P extends Principal> {
-  readonly #ctx: AcceptorContext<P>;
+  readonly #ctx: SocketServices<P>;
   readonly #connections = new Set<Connection<P>>();
   /** Connections not authenticated yet, capped per address. */
   readonly pending: PendingConnections;
@@ -35,7 +29,7 @@ export class SocketAcceptor<P extends Principal> {
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
   #closing = false;
 
-  constructor(ctx: AcceptorContext<P>) {
+  constructor(ctx: SocketServices<P>) {
     this.#ctx = ctx;
     const { options, metrics, logger } = ctx;
     this.pending = new PendingConnections({
@@ -229,18 +223,14 @@ export class SocketAcceptor<P extends Principal> {
       return;
     }
     let added = false;
-    const connection = new Connection<P>(
-      { ws, request, principal, transport: raw },
-      {
-        ...this.#ctx,
-        // Counting the one being constructed too: it may say hello before it is added below.
-        socketCount: () => this.#connections.size + (added ? 0 : 1),
-        onClose: (closed) => this.#connections.delete(closed),
-        onAuthenticated: () => {
-          if (raw !== undefined) this.pending.release(raw);
-        },
+    const connection = new Connection<P>({ ws, request, principal, transport: raw }, this.#ctx, {
+      // Counting the one being constructed too: it may say hello before it is added below.
+      socketCount: () => this.#connections.size + (added ? 0 : 1),
+      onClose: (closed) => this.#connections.delete(closed),
+      onAuthenticated: () => {
+        if (raw !== undefined) this.pending.release(raw);
       },
-    );
+    });
     this.#connections.add(connection);
     added = true;
   }
