@@ -484,8 +484,10 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
   }
 
   const { persistence, shareAcrossTabs: sharing, pageEvents } = o;
-  return {
-    ...o,
+  // Into the object just resolved rather than `{ ...o, … }`: in a process holding thousands of clients
+  // (a bench host, a fan-out service), V8 gave every spread copy a hidden class of its own, and every
+  // read of an option then missed the inline caches.
+  return Object.assign(o, {
     reconnect,
     reconnectFirstDelayMs: Math.min(firstDelayMs ?? 100, reconnect.maxDelayMs),
     pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
@@ -495,5 +497,5 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     storage: persistence || undefined,
     httpFallback: o.httpFallback || undefined,
-  };
+  });
 }
