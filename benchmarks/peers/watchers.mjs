@@ -15,15 +15,22 @@ const now = () => performance.timeOrigin + performance.now();
 
 // ── Finishline ────────────────────────────────────────────────────────────────────────────────────
 
-/** A `ws` WebSocket that remembers the last instance each client made, so the bench can cut it. */
-function recordingWebSocket(slot) {
-  return class RecordingWebSocket extends WebSocket {
-    constructor(...args) {
-      super(...args);
-      slot.socket = this;
-      this.on('error', () => undefined);
-    }
-  };
+/** Each Finishline watcher's current socket, by its `x-watcher` header (so the bench can cut it). */
+const socketSlots = new Map();
+
+/**
+ * A `ws` WebSocket that records itself in its watcher's slot. One class for every watcher: a class made per
+ * watcher (as this bench did until 2 December 2026) gave each of the 4,000 sockets its own hidden classes, so
+ * every property read in `ws` and in the client went megamorphic, and the watcher host's CPU measured the
+ * harness as much as the library.
+ */
+class RecordingWebSocket extends WebSocket {
+  constructor(url, protocols, options) {
+    super(url, protocols, options);
+    const slot = socketSlots.get(options?.headers?.['x-watcher']);
+    if (slot !== undefined) slot.socket = this;
+    this.on('error', () => undefined);
+  }
 }
 
 /**
@@ -39,11 +46,13 @@ let watcherCount = 0;
 
 export function finishlineWatcher(url, taskId) {
   const slot = { socket: null };
+  const id = String(++watcherCount);
+  socketSlots.set(id, slot);
   const client = new ProgressClient({
     url,
-    WebSocket: recordingWebSocket(slot),
+    WebSocket: RecordingWebSocket,
     // Its own principal (see replica.mjs), as each browser user would be.
-    headers: { 'x-watcher': String(++watcherCount) },
+    headers: { 'x-watcher': id },
     httpFallback: httpFallback(),
     ...RECONNECT_OPTIONS,
     ...(process.env.PEERS_ACK_DELAY_MS ? { ackDelayMs: Number(process.env.PEERS_ACK_DELAY_MS) } : {}),
@@ -64,6 +73,7 @@ export function finishlineWatcher(url, taskId) {
     async close() {
       watch.close();
       await client.close();
+      socketSlots.delete(id);
     },
   };
   client.on('state', (change) => {
