@@ -14,7 +14,16 @@ import {
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
 import { isDatabaseError, isDataException, toProgressError } from './pg-errors.js';
-import { detached, int, jsonCopy, type TaskRow, taskColumns, taskRecord, toTask } from './row-codec.js';
+import {
+  detached,
+  int,
+  jsonCopy,
+  type PlannedFrom,
+  type TaskRow,
+  taskColumns,
+  taskRecordJson,
+  toTask,
+} from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 
 /**
@@ -89,7 +98,7 @@ export interface AppendPipelineOptions {
 
 /** Planned appends as the write statements take them: one JSON document each, serialized once. */
 interface EncodedAppends {
-  /** The tasks' final rows (`taskRecord`), a JSON array. */
+  /** The tasks' final rows (`taskRecordJson`, with what each was planned from if given), a JSON array. */
   tasks: string;
   ids: string[];
   /** The events as rows of the events table, a JSON array. */
@@ -100,7 +109,11 @@ interface EncodedAppends {
   changes: TaskChange[];
 }
 
-function encodeAppends(tasks: Task[], events: TaskEvent[]): EncodedAppends {
+function encodeAppends(
+  tasks: Task[],
+  events: TaskEvent[],
+  planned?: ReadonlyMap<string, PlannedFrom>,
+): EncodedAppends {
   const notices = new Map<string, ChangeNotice & { events: TaskEvent[] }>();
   // Each body is serialized once, for the events table, the notification and the published change alike.
   const bodies = new Map<TaskEvent, string>();
@@ -128,7 +141,7 @@ function encodeAppends(tasks: Task[], events: TaskEvent[]): EncodedAppends {
     encodeEvent(event, bodies.get(event)),
   );
   return {
-    tasks: JSON.stringify(tasks.map(taskRecord)),
+    tasks: `[${tasks.map((task) => taskRecordJson(task, planned?.get(task.id))).join(',')}]`,
     ids: tasks.map((task) => task.id),
     events: `[${rows.join(',')}]`,
     payloads: JSON.stringify(payloads),
@@ -207,16 +220,10 @@ export async function writeAppendsIfUnchanged(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   tasks: Task[],
-  planned: ReadonlyMap<string, { seq: number; createdAt: number }>,
+  planned: ReadonlyMap<string, PlannedFrom>,
   events: TaskEvent[],
 ): Promise<{ changes: TaskChange[]; current: Map<string, OthersColumns> }> {
-  const encoded = encodeAppends(tasks, events);
-  const expected = JSON.stringify(
-    tasks.map((task) => {
-      const from = planned.get(task.id);
-      return { id: task.id, seq: from?.seq, created_at: from?.createdAt };
-    }),
-  );
+  const encoded = encodeAppends(tasks, events, planned);
   let rows: OthersColumnsRow[];
   try {
     ({ rows } = await sql<OthersColumnsRow>`
@@ -234,10 +241,10 @@ export async function writeAppendsIfUnchanged(
         FROM locked,
           json_to_recordset(${encoded.tasks}::json) AS v(
             id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
-            result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8),
-          json_to_recordset(${expected}::json) AS x(id text, seq int8, created_at int8)
-        WHERE t.id = locked.id AND v.id = locked.id AND x.id = locked.id
-          AND t.seq = x.seq AND t.created_at = x.created_at
+            result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
+            from_seq int8, created_at int8)
+        WHERE t.id = locked.id AND v.id = locked.id
+          AND t.seq = v.from_seq AND t.created_at = v.created_at
         RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
       ), guard AS (
         -- Every row or none: a row that moved on divides by zero, which undoes the whole statement.
