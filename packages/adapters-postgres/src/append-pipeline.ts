@@ -11,6 +11,7 @@ import {
   MAX_CHANGE_ENTRY_BYTES,
   NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES,
   NOTIFY_PAYLOAD_BUDGET_BYTES,
+  PAYLOADS_SEPARATOR,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
 import { isDatabaseError, isDataException, toProgressError } from './pg-errors.js';
@@ -103,7 +104,7 @@ interface EncodedAppends {
   ids: string[];
   /** The events as rows of the events table, a JSON array. */
   events: string;
-  /** The `pg_notify` payloads, a JSON array of strings. */
+  /** The `pg_notify` payloads joined by {@link PAYLOADS_SEPARATOR} (`chr(1)` in SQL). */
   payloads: string;
   /** The changes to publish once committed, in the order of the events. */
   changes: TaskChange[];
@@ -144,7 +145,7 @@ function encodeAppends(
     tasks: `[${tasks.map((task) => taskRecordJson(task, planned?.get(task.id))).join(',')}]`,
     ids: tasks.map((task) => task.id),
     events: `[${rows.join(',')}]`,
-    payloads: JSON.stringify(payloads),
+    payloads: payloads.join(PAYLOADS_SEPARATOR),
     changes,
   };
 }
@@ -183,9 +184,9 @@ export async function writeAppends(
       FROM json_to_recordset(${encoded.events}::json)
         AS e(task_id text, seq int8, type text, time int8, body json)
     )
-    -- Payloads as one JSON array: JSON.stringify escapes them natively, where a text[] is escaped in JS.
+    -- Payloads as one text split on U+0001: no escaping on either side, unlike a JSON array or a text[].
     SELECT pg_notify(${target.channel}, payload)
-    FROM json_array_elements_text(${encoded.payloads}::json) AS payload`.execute(trx);
+    FROM unnest(string_to_array(${encoded.payloads}::text, chr(1))) AS payload`.execute(trx);
   return encoded.changes;
 }
 
@@ -260,7 +261,7 @@ export async function writeAppendsIfUnchanged(
         -- (a nested loop rescans its inner side), calling pg_notify rows × payloads times. Postgres drops
         -- the duplicates, but finding them cost a third of the statement at 500 tasks a batch.
         SELECT count(pg_notify(${target.channel}, payload)) AS sent
-        FROM json_array_elements_text(${encoded.payloads}::json) AS payload
+        FROM unnest(string_to_array(${encoded.payloads}::text, chr(1))) AS payload
         WHERE (SELECT ok FROM guard) = 1
       )
       SELECT u.id, u.lease_owner, u.lease_expires_at, u.acked_seq
