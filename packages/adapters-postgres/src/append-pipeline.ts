@@ -95,6 +95,13 @@ export interface AppendPipelineOptions {
   maxConcurrentBatches: number;
   /** Called once per committed event, right after its transaction committed. */
   publish: (change: TaskChange) => void;
+  /**
+   * Called before a transaction is sent that would commit `taskId`'s seqs up to `seq` (see
+   * `ChangeFeedHub.expectCommit`).
+   */
+  expectCommit: (taskId: string, seq: number) => void;
+  /** Called once a batch's transaction ended, after its changes were published or its appends rejected. */
+  settled: (taskIds: Iterable<string>) => void;
 }
 
 /** Planned appends as the write statements take them: one JSON document each, serialized once. */
@@ -457,6 +464,14 @@ export class AppendPipeline {
    * locking transaction); settles every append's promise. Never rejects.
    */
   async #commitBatch(batch: PendingAppend[]): Promise<void> {
+    try {
+      await this.#commitBatchOnce(batch);
+    } finally {
+      this.#options.settled(new Set(batch.map((entry) => entry.taskId)));
+    }
+  }
+
+  async #commitBatchOnce(batch: PendingAppend[]): Promise<void> {
     let written: WrittenBatch;
     try {
       written = (await this.#writeFromLastWritten(batch)) ?? (await this.#writeLocked(batch));
@@ -506,7 +521,8 @@ export class AppendPipeline {
     const plan = planBatch(batch, from, this.#options.clock());
     // A refusal planned from a remembered row is not trusted: the locked row decides it.
     if (plan.outcomes.some((outcome) => isProgressError(outcome))) return undefined;
-    const { db, target } = this.#options;
+    const { db, target, expectCommit } = this.#options;
+    for (const task of plan.tasks) expectCommit(task.id, task.seq);
     let written: Awaited<ReturnType<typeof writeAppendsIfUnchanged>>;
     try {
       written = await writeAppendsIfUnchanged(db, target, plan.tasks, planned, plan.events);
@@ -529,7 +545,7 @@ export class AppendPipeline {
 
   /** The batch in a transaction that locks its rows (in id order), plans from them and writes. */
   async #writeLocked(batch: PendingAppend[]): Promise<WrittenBatch> {
-    const { db, target, clock } = this.#options;
+    const { db, target, clock, expectCommit } = this.#options;
     const now = clock();
     const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
     return db.transaction().execute(async (trx) => {
@@ -540,6 +556,7 @@ export class AppendPipeline {
         ORDER BY id
         FOR UPDATE`.execute(trx);
       const plan = planBatch(batch, new Map(rows.map((row) => [row.id, toTask(row)])), now);
+      for (const task of plan.tasks) expectCommit(task.id, task.seq);
       const changes = plan.events.length > 0 ? await writeAppends(trx, target, plan.tasks, plan.events) : [];
       return { outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true };
     });
