@@ -69,6 +69,13 @@ export const NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES = 7000;
 /** Splits a payload's ids from its events. JSON text never contains a raw newline. */
 const EVENTS_SEPARATOR = '\n';
 
+/**
+ * Joins the payloads of one transaction into the single text parameter its statement splits (on `chr(1)`).
+ * No payload contains it: payloads are JSON text, where a control character is always escaped, and the
+ * newline of {@link EVENTS_SEPARATOR}.
+ */
+export const PAYLOADS_SEPARATOR = '\u0001';
+
 function encodeEntry(change: ChangeNotice): string {
   return JSON.stringify([change.taskId, change.firstSeq, change.seq, change.terminal ? 1 : 0]);
 }

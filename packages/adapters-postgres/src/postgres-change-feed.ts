@@ -129,6 +129,10 @@ export class ChangeFeedHub {
   readonly #clock: Clock;
   readonly #published = new Map<string, Published>();
   readonly #followed = new Map<string, number>();
+  /** Per task, the last seq of this store's own append transaction in flight (see {@link expectCommit}). */
+  readonly #pending = new Map<string, number>();
+  /** Notifications of pending seqs, held until their transaction settles (see {@link expectCommit}). */
+  readonly #held = new Map<string, ChangeNotice[]>();
   readonly #counters: PublicationStats = {
     published: 0,
     fromCommits: 0,
@@ -190,12 +194,63 @@ export class ChangeFeedHub {
   }
 
   /**
+   * This store is about to send a transaction that commits `taskId`'s seqs up to `seq`. Until
+   * {@link settled}, a notification of those seqs is held, not published: its own commit's reply usually
+   * follows within the same I/O turn and publishes the change itself, with its events built only if a
+   * subscriber reads them, where publishing from the notification parses and freezes every event of the
+   * payload first (a store hears its own commits, and at hundreds of tasks per transaction the
+   * notifications often arrive before the reply). A held notification is never dropped: once the
+   * transaction settled it is reported, a duplicate if the commit published it.
+   */
+  expectCommit(taskId: string, seq: number): void {
+    this.#pending.set(taskId, seq);
+  }
+
+  /**
+   * The transaction that was to commit `taskIds`' pending seqs ended: committed (and its changes
+   * published), failed, or unknown. Reports the notifications held for them.
+   */
+  settled(taskIds: Iterable<string>): void {
+    for (const taskId of taskIds) {
+      this.#pending.delete(taskId);
+      const held = this.#held.get(taskId);
+      if (held === undefined) continue;
+      this.#held.delete(taskId);
+      for (const change of held) this.report(change, 'notification');
+    }
+  }
+
+  /**
+   * How many of `taskId`'s seqs `from..to` a held notification reported: those up to the highest held
+   * seq (a report of `..seq` stands for every seq before it, as {@link report} fills them in).
+   */
+  #heldAmong(taskId: string, from: number, to: number): number {
+    const held = this.#held.get(taskId);
+    if (held === undefined) return 0;
+    const top = Math.max(...held.map((change) => change.seq));
+    return Math.max(0, Math.min(to, top) - from + 1);
+  }
+
+  /** True when `change` is within seqs this store's own transaction in flight is committing. */
+  #isPending(change: ChangeNotice): boolean {
+    const pending = this.#pending.get(change.taskId);
+    return pending !== undefined && change.seq <= pending;
+  }
+
+  /**
    * Reports that `change.taskId` has the committed seqs `firstSeq..seq`, `seq` being terminal when
    * `terminal`. Publishes what was not published yet, each change with its event when the report
-   * carries `events` (`firstSeq..seq`); returns how many changes that was.
+   * carries `events` (`firstSeq..seq`); returns how many changes that was. A notification of seqs this
+   * store is committing itself is held until that transaction settles (see {@link expectCommit}).
    */
   report(change: ChangeNotice, source: ChangeSource): number {
     const { taskId, firstSeq, seq, terminal } = change;
+    if (source === 'notification' && this.#isPending(change)) {
+      const held = this.#held.get(taskId);
+      if (held === undefined) this.#held.set(taskId, [change]);
+      else held.push(change);
+      return 0;
+    }
     const known = this.#published.get(taskId);
     if (known !== undefined && seq <= known.seq) {
       this.#counters.duplicates += 1;
@@ -234,8 +289,10 @@ export class ChangeFeedHub {
         this.#counters.replayed += count;
         break;
       case 'poll':
-        // A poll that sees a task for the first time has nothing to compare with: not counted as a miss.
-        if (known !== undefined) this.#counters.missedByNotifications += count;
+        // A poll that sees a task for the first time has nothing to compare with: not counted as a miss;
+        // nor are seqs whose notification arrived and is held (see expectCommit).
+        if (known !== undefined)
+          this.#counters.missedByNotifications += count - this.#heldAmong(taskId, from, seq);
         break;
       default:
         exhaustive(source, 'change source');
@@ -243,8 +300,12 @@ export class ChangeFeedHub {
     return count;
   }
 
-  /** True when reporting `change` would publish something (its last seq was not published yet). */
+  /**
+   * True when reporting `change` would publish something now (its last seq was not published yet, and
+   * it is not held for this store's own transaction in flight): whether its events are worth parsing.
+   */
   isNew(change: ChangeNotice): boolean {
+    if (this.#isPending(change)) return false;
     const known = this.#published.get(change.taskId);
     return known === undefined || change.seq > known.seq;
   }

@@ -191,6 +191,8 @@ export class PostgresProgressStore implements ProgressStore {
       maxBatchSize: options.maxBatchSize,
       maxConcurrentBatches: options.maxConcurrentBatches,
       publish: (change) => this.#hub.publishCommitted(change),
+      expectCommit: (taskId, seq) => this.#hub.expectCommit(taskId, seq),
+      settled: (taskIds) => this.#hub.settled(taskIds),
     });
     this.#acks = new StatementBatcher(
       (batch) => writeAcks(this.#db, this.#target.tasks, batch),

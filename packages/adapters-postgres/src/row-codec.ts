@@ -124,24 +124,34 @@ export function eventRecord(event: TaskEvent): Record<string, unknown> {
   return { task_id: taskId, seq, type, time, body };
 }
 
-/** The written columns of a task for `json_to_recordset`. */
-export function taskRecord(task: Task): Record<string, unknown> {
-  return {
-    id: task.id,
-    status: task.status,
-    total: task.total,
-    done: task.done,
-    succeeded: task.succeeded,
-    failed: task.failed,
-    current: task.current,
-    message: task.message,
-    result: task.result,
-    error_code: task.error?.code ?? null,
-    error_message: task.error?.message ?? null,
-    seq: task.seq,
-    updated_at: task.updatedAt,
-    finished_at: task.finishedAt,
-    lease_owner: task.leaseOwner,
-    lease_expires_at: task.leaseExpiresAt,
-  };
+/**
+ * What a conditional write checks a task row against: the seq and creation time it was planned from.
+ * Carried in the task's own record, so the statement reads one JSON document per task, not two.
+ */
+export interface PlannedFrom {
+  seq: number;
+  createdAt: number;
+}
+
+/**
+ * The written columns of a task as one JSON record for `json_to_recordset`. Null columns are left out:
+ * `json_to_recordset` reads a missing key as `NULL`, as it reads a JSON `null`, and a running task's row
+ * is mostly nulls, so this halves what a batch over many tasks sends. With `from` (a conditional write),
+ * the record carries the planned-from seq and creation time, and not the lease columns, which that write
+ * keeps from the row.
+ */
+export function taskRecordJson(task: Task, from?: PlannedFrom): string {
+  let json = `{"id":${JSON.stringify(task.id)},"status":${JSON.stringify(task.status)},"done":${task.done},"succeeded":${task.succeeded},"failed":${task.failed},"seq":${task.seq},"updated_at":${task.updatedAt}`;
+  if (task.total !== null) json += `,"total":${task.total}`;
+  if (task.current !== null) json += `,"current":${JSON.stringify(task.current)}`;
+  if (task.message !== null) json += `,"message":${JSON.stringify(task.message)}`;
+  if (task.result !== null) json += `,"result":${JSON.stringify(task.result)}`;
+  if (task.error !== null) {
+    json += `,"error_code":${JSON.stringify(task.error.code)},"error_message":${JSON.stringify(task.error.message)}`;
+  }
+  if (task.finishedAt !== null) json += `,"finished_at":${task.finishedAt}`;
+  if (from !== undefined) return `${json},"from_seq":${from.seq},"created_at":${from.createdAt}}`;
+  if (task.leaseOwner !== null) json += `,"lease_owner":${JSON.stringify(task.leaseOwner)}`;
+  if (task.leaseExpiresAt !== null) json += `,"lease_expires_at":${task.leaseExpiresAt}`;
+  return `${json}}`;
 }

@@ -15,7 +15,10 @@ const SOURCES: readonly ChangeSource[] = ['commit', 'notification', 'replay', 'p
 
 type Step =
   | { kind: 'commit'; task: number; count: number; terminal: boolean }
-  | { kind: 'report'; task: number; source: ChangeSource; back: number; width: number };
+  | { kind: 'report'; task: number; source: ChangeSource; back: number; width: number }
+  // This store's own transaction in flight up to `ahead` seqs past what is committed, then its end.
+  | { kind: 'expect'; task: number; ahead: number }
+  | { kind: 'settle'; task: number };
 
 const step: fc.Arbitrary<Step> = fc.oneof(
   fc.record({
@@ -31,6 +34,12 @@ const step: fc.Arbitrary<Step> = fc.oneof(
     back: fc.nat({ max: 5 }),
     width: fc.nat({ max: 5 }),
   }),
+  fc.record({
+    kind: fc.constant('expect' as const),
+    task: fc.nat({ max: TASKS.length - 1 }),
+    ahead: fc.integer({ min: 0, max: 4 }),
+  }),
+  fc.record({ kind: fc.constant('settle' as const), task: fc.nat({ max: TASKS.length - 1 }) }),
 );
 
 describe('ChangeFeedHub', () => {
@@ -50,6 +59,14 @@ describe('ChangeFeedHub', () => {
           const state = truth[s.task];
           const taskId = TASKS[s.task];
           if (state === undefined || taskId === undefined) throw new Error('bad index');
+          if (s.kind === 'expect') {
+            hub.expectCommit(taskId, state.seq + s.ahead);
+            continue;
+          }
+          if (s.kind === 'settle') {
+            hub.settled([taskId]);
+            continue;
+          }
           if (s.kind === 'commit') {
             if (state.terminal) continue;
             state.seq += s.count;
@@ -65,6 +82,8 @@ describe('ChangeFeedHub', () => {
           if (s.source === 'poll' && seq > before) missed += seq - before;
           reported[s.task] = Math.max(before, seq);
         }
+        // Every transaction ends: what was held for one is reported then.
+        hub.settled(TASKS);
         TASKS.forEach((taskId, index) => {
           const seqs = seen.filter((change) => change.taskId === taskId).map((change) => change.seq);
           const highest = reported[index] ?? 0;
@@ -116,6 +135,53 @@ describe('ChangeFeedHub', () => {
       [6, [6]],
     ]);
     expect(seen.every((change) => Object.isFrozen(change))).toBe(true);
+  });
+
+  it('holds a notification of seqs its own transaction is committing until that settles, and never drops it', () => {
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const seen: TaskChange[] = [];
+    hub.subscribe((change) => seen.push(change));
+    hub.resetTask('x');
+    const event = (seq: number): TaskEvent => ({
+      taskId: 'x',
+      seq,
+      time: seq,
+      type: 'progress',
+      progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message: null },
+    });
+    const own = (seq: number): TaskChange => Object.freeze({ taskId: 'x', seq, terminal: false });
+
+    // The notification outruns the commit's reply: held, and its events are not worth parsing.
+    hub.expectCommit('x', 2);
+    const notice = { taskId: 'x', firstSeq: 1, seq: 2, terminal: false };
+    expect(hub.isNew(notice)).toBe(false);
+    expect(hub.report({ ...notice, events: [event(1), event(2)] }, 'notification')).toBe(0);
+    expect(seen).toEqual([]);
+    // The reply comes: the pipeline publishes its own changes, then settles; the held report is a duplicate.
+    const first = own(1);
+    const second = own(2);
+    hub.publishCommitted(first);
+    hub.publishCommitted(second);
+    hub.settled(['x']);
+    expect(seen).toEqual([first, second]);
+    expect(seen[0]).toBe(first);
+    expect(hub.stats()).toMatchObject({ published: 2, fromCommits: 2, fromNotifications: 0, duplicates: 1 });
+
+    // The transaction failed from here (say the connection dropped after COMMIT): the held report publishes.
+    hub.expectCommit('x', 3);
+    expect(hub.report({ taskId: 'x', firstSeq: 3, seq: 3, terminal: false }, 'notification')).toBe(0);
+    hub.settled(['x']);
+    expect(seen.map((change) => change.seq)).toEqual([1, 2, 3]);
+
+    // Only notifications within the pending seqs are held: another writer's later seqs, and re-reads, publish.
+    hub.expectCommit('x', 4);
+    expect(hub.report({ taskId: 'x', firstSeq: 5, seq: 5, terminal: false }, 'notification')).toBe(2);
+    expect(hub.report({ taskId: 'x', firstSeq: 6, seq: 6, terminal: false }, 'replay')).toBe(1);
+    hub.publishCommitted(own(4));
+    hub.settled(['x']);
+    expect(seen.map((change) => change.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    // Settled: nothing is held any more.
+    expect(hub.report({ taskId: 'x', firstSeq: 7, seq: 7, terminal: false }, 'notification')).toBe(1);
   });
 
   it('publishes a task it knows nothing about from the first reported seq, and a first poll is no miss', () => {

@@ -9,6 +9,7 @@ import {
   MAX_CHANGE_ENTRY_BYTES,
   NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES,
   NOTIFY_PAYLOAD_BUDGET_BYTES,
+  PAYLOADS_SEPARATOR,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from '../src/notify-payload.js';
 
@@ -90,10 +91,14 @@ describe('NOTIFY payloads', () => {
       taskId,
       fc.integer({ min: 1, max: 1000 }),
       // Non-ASCII text too: the budget is in bytes, and such characters take two to four.
-      fc.array(fc.string({ maxLength: 1500, unit: fc.constantFrom('a', '"', '\\', 'é', '€', '😀', '\n') }), {
-        minLength: 1,
-        maxLength: 4,
-      }),
+      // U+0001 too: it joins a statement's payloads (PAYLOADS_SEPARATOR), so it must never occur raw in one.
+      fc.array(
+        fc.string({ maxLength: 1500, unit: fc.constantFrom('a', '"', '\\', 'é', '€', '😀', '\n', '\u0001') }),
+        {
+          minLength: 1,
+          maxLength: 4,
+        },
+      ),
       fc.boolean(),
     )
     .map(([id, firstSeq, texts, terminal]) => withEvents(id, firstSeq, texts, terminal));
@@ -122,6 +127,7 @@ describe('NOTIFY payloads', () => {
         const payloads = encodeChangeNotices(changes);
         const decoded: ChangeNotice[] = [];
         for (const payload of payloads) {
+          expect(payload.includes(PAYLOADS_SEPARATOR)).toBe(false);
           const withContent = payload.includes('\n');
           expect(Buffer.byteLength(payload)).toBeLessThanOrEqual(
             withContent ? NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES : NOTIFY_PAYLOAD_BUDGET_BYTES,

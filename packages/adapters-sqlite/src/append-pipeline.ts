@@ -193,9 +193,22 @@ export function writeAppends(
     );
   }
   for (const task of finalTasks.values()) {
-    // A task still running changed only its counters, texts, seq and time (see `planAppend`).
-    const statement = task.status === 'running' ? q.updateRunningTaskAfterAppend : q.updateTaskAfterAppend;
-    const { changes } = statement.run(taskToRow(task));
+    // A task still running changed only its counters, texts, seq and time (see `planAppend`): bound
+    // from just those, not from a whole row (`taskToRow`), once per task of the batch.
+    const { changes } =
+      task.status === 'running'
+        ? q.updateRunningTaskAfterAppend.run({
+            total: task.total,
+            done: task.done,
+            succeeded: task.succeeded,
+            failed: task.failed,
+            current: task.current,
+            message: task.message,
+            seq: task.seq,
+            updated_at: task.updatedAt,
+            id: task.id,
+          })
+        : q.updateTaskAfterAppend.run(taskToRow(task));
     // The row was loaded (or remembered) running in this transaction; anything else is a bug, not data.
     if (Number(changes) !== 1) throw new ProgressError(ErrorCode.Internal, `Task ${task.id} was not updated`);
   }

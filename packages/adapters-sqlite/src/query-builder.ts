@@ -53,7 +53,10 @@ function isPlaceholder(value: unknown): value is Placeholder {
 export class PreparedQuery<P extends string = never> {
   readonly sql: string;
   readonly #statement: SqliteStatement;
-  readonly #slots: readonly (Placeholder | { constant: unknown })[];
+  /** Per parameter, the placeholder name to look up, or `undefined` for a constant. */
+  readonly #names: readonly (string | undefined)[];
+  /** Per parameter, the constant bound there (`undefined` for a placeholder). */
+  readonly #constants: readonly unknown[];
 
   /**
    * @param names the placeholder names the query must use, checked here so a typo fails at
@@ -62,8 +65,9 @@ export class PreparedQuery<P extends string = never> {
   constructor(database: SqliteDatabase, query: Compilable | CompiledQuery, names: readonly P[]) {
     const compiled = 'compile' in query ? query.compile() : query;
     this.sql = compiled.sql;
-    this.#slots = compiled.parameters.map((value) => (isPlaceholder(value) ? value : { constant: value }));
-    const used = new Set(this.#slots.filter(isPlaceholder).map((slot) => slot.name));
+    this.#names = compiled.parameters.map((value) => (isPlaceholder(value) ? value.name : undefined));
+    this.#constants = compiled.parameters.map((value) => (isPlaceholder(value) ? undefined : value));
+    const used = new Set(this.#names.filter((name) => name !== undefined));
     const expected = new Set<string>(names);
     if (used.size !== expected.size || [...used].some((name) => !expected.has(name))) {
       throw new Error(`Placeholders [${[...used]}] do not match [${[...expected]}] in: ${compiled.sql}`);
@@ -83,10 +87,17 @@ export class PreparedQuery<P extends string = never> {
     return this.#statement.all(this.#bind(values));
   }
 
+  // A plain loop over precomputed names: this runs once per task row an append batch writes (a thousand
+  // times per batch over a thousand tasks), where a map() with a class check per slot showed in profiles.
   #bind(values: Readonly<Record<P, unknown>> | undefined): unknown[] {
-    return this.#slots.map((slot) =>
-      isPlaceholder(slot) ? (values as Record<string, unknown> | undefined)?.[slot.name] : slot.constant,
-    );
+    const names = this.#names;
+    const bound = new Array<unknown>(names.length);
+    const record = values as Record<string, unknown> | undefined;
+    for (let index = 0; index < names.length; index++) {
+      const name = names[index];
+      bound[index] = name === undefined ? this.#constants[index] : record?.[name];
+    }
+    return bound;
   }
 }
 
