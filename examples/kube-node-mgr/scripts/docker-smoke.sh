@@ -13,7 +13,8 @@
 #      removes the container.
 #
 # Environment: NODE_VERSION, NPM_VERSION, DEBIAN_MIRROR, DOCKER_SMOKE_DIR (work folder), APP_IMAGE,
-# REBUILD_BASE=1 (rebuild the base images even when present).
+# REBUILD_BASE=1 (rebuild the base images even when present), KEEP_DOCKERD=1 (leave running a dockerd this
+# script started; by default it stops what it started, and never one it found running).
 set -euo pipefail
 example=$(cd "$(dirname "$0")/.." && pwd)
 repo=$(cd "$example/../.." && pwd)
@@ -38,10 +39,21 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
 fi
+started_dockerd=
+stop_dockerd() {
+  [ -n "$started_dockerd" ] && [ "${KEEP_DOCKERD:-0}" != 1 ] || return 0
+  kill "$started_dockerd" 2>/dev/null || true
+  for _ in $(seq 1 30); do
+    kill -0 "$started_dockerd" 2>/dev/null || return 0
+    sleep 1
+  done
+}
+trap stop_dockerd EXIT
 if ! docker info >/dev/null 2>&1; then
   phase "starting dockerd (log: $work/dockerd.log)"
   # No bridge: every container here runs with --network host, so nothing leaves loopback.
   nohup dockerd --bridge=none --iptables=false >"$work/dockerd.log" 2>&1 &
+  started_dockerd=$!
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
     sleep 1
@@ -114,8 +126,8 @@ phase "built $app_image ($(docker image inspect --format '{{.Size}}' "$app_image
 # 4. Run it and drive it over HTTP.
 port=$(node -e 'const s=require("net").createServer().listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')
 name="kube-node-mgr-smoke-$$"
-cleanup() { docker rm -f "$name" >/dev/null 2>&1 || true; }
-trap cleanup EXIT
+remove_container() { docker rm -f "$name" >/dev/null 2>&1 || true; }
+trap 'remove_container; stop_dockerd' EXIT
 # Loopback only, on a free port; DEMO_PORT=0 so the built-in demo cluster takes any free port too.
 docker run -d --name "$name" --network host \
   -e HOST=127.0.0.1 -e PORT="$port" -e DEMO_PORT=0 -e DEMO_LATENCY_MS=20 "$app_image" >/dev/null
@@ -153,5 +165,5 @@ done
   exit 1
 }
 phase "container healthy, running as $user"
-cleanup
+remove_container
 phase "docker smoke ok"
