@@ -3,7 +3,7 @@ import { ErrorCode, isTerminalType, ProgressError } from '@finishline/core';
 import { planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
 import { GroupCommitQueue } from './group-commit.js';
 import type { TaskRow } from './row-codec.js';
-import { pushEventValues, rowToTask, taskToRow } from './row-codec.js';
+import { pushEventValues, rowToTask, runningTaskToRow, taskToRow } from './row-codec.js';
 import type { RunningTaskCache } from './running-task-cache.js';
 import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
 import { toProgressError } from './sqlite-errors.js';
@@ -193,21 +193,10 @@ export function writeAppends(
     );
   }
   for (const task of finalTasks.values()) {
-    // A task still running changed only its counters, texts, seq and time (see `planAppend`): bound
-    // from just those, not from a whole row (`taskToRow`), once per task of the batch.
+    // Once per task of the batch; a task still running is bound from the columns an append changes.
     const { changes } =
       task.status === 'running'
-        ? q.updateRunningTaskAfterAppend.run({
-            total: task.total,
-            done: task.done,
-            succeeded: task.succeeded,
-            failed: task.failed,
-            current: task.current,
-            message: task.message,
-            seq: task.seq,
-            updated_at: task.updatedAt,
-            id: task.id,
-          })
+        ? q.updateRunningTaskAfterAppend.run(runningTaskToRow(task))
         : q.updateTaskAfterAppend.run(taskToRow(task));
     // The row was loaded (or remembered) running in this transaction; anything else is a bug, not data.
     if (Number(changes) !== 1) throw new ProgressError(ErrorCode.Internal, `Task ${task.id} was not updated`);

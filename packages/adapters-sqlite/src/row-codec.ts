@@ -99,6 +99,24 @@ export function taskToRow(task: Task): TasksTable {
   };
 }
 
+/**
+ * The values of a running task's row after an append: a task still running changed only its counters,
+ * texts, seq and time (see `planAppend`), so it is bound from those, not from a whole row ({@link taskToRow}).
+ */
+export function runningTaskToRow(task: Task) {
+  return {
+    total: task.total,
+    done: task.done,
+    succeeded: task.succeeded,
+    failed: task.failed,
+    current: task.current,
+    message: task.message,
+    seq: task.seq,
+    updated_at: task.updatedAt,
+    id: task.id,
+  };
+}
+
 class Reader {
   constructor(
     readonly taskId: string,
