@@ -101,18 +101,26 @@ describe('ChangeFeedHub', () => {
     );
   });
 
-  it('hands each published change its own event when the report carries them, and none to filled-in seqs', () => {
+  /** A hub with task `x` reset and a subscriber recording what it publishes. */
+  function hubOfTaskX() {
     const hub = new ChangeFeedHub(new ManualClock().now, () => {});
     const seen: TaskChange[] = [];
     hub.subscribe((change) => seen.push(change));
     hub.resetTask('x');
-    const event = (seq: number): TaskEvent => ({
-      taskId: 'x',
-      seq,
-      time: seq,
-      type: 'progress',
-      progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message: null },
-    });
+    return { hub, seen };
+  }
+
+  /** A progress event of task `x` at `seq`. */
+  const event = (seq: number): TaskEvent => ({
+    taskId: 'x',
+    seq,
+    time: seq,
+    type: 'progress',
+    progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message: null },
+  });
+
+  it('hands each published change its own event when the report carries them, and none to filled-in seqs', () => {
+    const { hub, seen } = hubOfTaskX();
     hub.report(
       { taskId: 'x', firstSeq: 1, seq: 2, terminal: false, events: [event(1), event(2)] },
       'notification',
@@ -138,17 +146,7 @@ describe('ChangeFeedHub', () => {
   });
 
   it('holds a notification of seqs its own transaction is committing until that settles, and never drops it', () => {
-    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
-    const seen: TaskChange[] = [];
-    hub.subscribe((change) => seen.push(change));
-    hub.resetTask('x');
-    const event = (seq: number): TaskEvent => ({
-      taskId: 'x',
-      seq,
-      time: seq,
-      type: 'progress',
-      progress: { total: null, done: seq, succeeded: 0, failed: 0, current: null, message: null },
-    });
+    const { hub, seen } = hubOfTaskX();
     const own = (seq: number): TaskChange => Object.freeze({ taskId: 'x', seq, terminal: false });
 
     // The notification outruns the commit's reply: held, and its events are not worth parsing.
