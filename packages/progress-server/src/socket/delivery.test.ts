@@ -1,6 +1,6 @@
 import { ErrorCode, PROTOCOL_NAME, PROTOCOL_VERSION, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
-import { type RawClient, type Received, seqOf, sleep } from '../testing/harness.js';
+import { gate, type RawClient, type Received, seqOf, sleep } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /** Delivery over real sockets: subscribe, snapshot, replay, live, terminal retries, acks, heartbeats. */
@@ -395,12 +395,9 @@ describe('heartbeats', () => {
     const getTask = session.env.store.getTask.bind(session.env.store);
     // The load is held until the heartbeat has been seen, not for a fixed time: at load 11 a 150 ms hold
     // ended before the first heartbeat came (this test failed once that way).
-    let release!: () => void;
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const held = gate();
     vi.spyOn(session.env.store, 'getTask').mockImplementation(async (taskId) => {
-      await held;
+      await held.promise;
       return getTask(taskId);
     });
     const client = await connect();
@@ -413,7 +410,7 @@ describe('heartbeats', () => {
     );
     expect(heartbeat.seqs).toEqual({ [task.id]: 2 });
     expect(client.about(task.id)).toEqual([]);
-    release();
+    held.open();
     await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
   });
 

@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { type RawClient, seqOf } from '../testing/harness.js';
+import { gate, type RawClient, seqOf } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /**
@@ -145,12 +145,9 @@ describe('a subscribe repeated while the first is still loading', () => {
     const client = await connect();
     const store = session.env.store;
     const getTask = store.getTask.bind(store);
-    let release: () => void = () => {};
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const held = gate();
     const reads = vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
-      await gate; // a slow store: the client repeats its subscribe before the first is answered
+      await held.promise; // a slow store: the client repeats its subscribe before the first is answered
       return getTask(id);
     });
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
@@ -158,7 +155,7 @@ describe('a subscribe repeated while the first is still loading', () => {
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     client.send({ type: 'ping', id: 'p' });
     await client.next((frame) => frame.type === 'pong');
-    release();
+    held.open();
     await client.next((frame) => frame.type === 'snapshot');
     await client.sync();
     expect(reads.mock.calls.length).toBe(1);
@@ -176,12 +173,9 @@ describe('a subscribe repeated while the first is still loading', () => {
     for (let i = 1; i <= 3; i++) await store.append(created.id, { type: 'progress', done: i });
     const client = await connect();
     const readEvents = store.readEvents.bind(store);
-    let release: () => void = () => {};
-    const gate = new Promise<void>((resolve) => {
-      release = resolve;
-    });
+    const held = gate();
     const reads = vi.spyOn(store, 'readEvents').mockImplementation(async (...args) => {
-      await gate; // the catch-up is slow: the client repeats its subscribe meanwhile
+      await held.promise; // the catch-up is slow: the client repeats its subscribe meanwhile
       return readEvents(...args);
     });
     client.send({ type: 'subscribe', taskId: created.id, afterSeq: 1 });
@@ -189,7 +183,7 @@ describe('a subscribe repeated while the first is still loading', () => {
     client.send({ type: 'subscribe', taskId: created.id, afterSeq: 1 });
     client.send({ type: 'ping', id: 'p' });
     await client.next((frame) => frame.type === 'pong');
-    release();
+    held.open();
     await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
     await client.sync();
     expect(reads.mock.calls.length).toBe(1);

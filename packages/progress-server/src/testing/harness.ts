@@ -249,6 +249,15 @@ export function upgradeStatus(
   });
 }
 
+/** A promise and the function that resolves it: holds a mocked store call until the test lets it go. */
+export function gate(): { promise: Promise<void>; open(): void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
 /** Resolves after `ms` (for "nothing more arrives" checks, never for timing assertions). */
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
