@@ -201,7 +201,7 @@ export class Connection<P extends Principal> {
         return;
       }
       this.#alive = false;
-      this.#ws.ping();
+      this.#writer.ping();
       // Only when everything queued went out, with the seq of the last frame sent per task: a client that
       // sees a seq above its cursor really lost a frame (no false alarm while a backlog drains or a
       // commit is still being read). A subscription still loading reports no more than what the client
