@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { seqOf } from '../testing/harness.js';
 import type { TestServer } from '../testing/harness.js';
+import { seqOf } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /**
@@ -49,7 +49,7 @@ describe('socket writes', () => {
     expect(writes.count - before).toBeLessThanOrEqual(5);
   });
 
-  it('sends the heartbeat tick\'s ping and heartbeat frame in one write', async () => {
+  it("sends the heartbeat tick's ping and heartbeat frame in one write", async () => {
     const env = await session.start({ heartbeatIntervalMs: 30 });
     const writes = countWrites(env);
     const client = await session.connect({ user: 'alice' });
