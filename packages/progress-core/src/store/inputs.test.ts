@@ -1,0 +1,134 @@
+import fc from 'fast-check';
+import * as v from 'valibot';
+import { describe, expect, it } from 'vitest';
+import { ErrorCode } from '../codes.js';
+import { LIMITS } from '../limits.js';
+import { appendSchema, commonAppend, parseAppendInput } from './inputs.js';
+
+const KEY_MAX = LIMITS.maxKeyLength;
+const MESSAGE_MAX = LIMITS.maxMessageLength;
+/** Texts at and across the limits and the storable-text rule, built outright (no size cap applies). */
+const anyText = fc.constantFrom(
+  '',
+  'node-7',
+  'a'.repeat(KEY_MAX),
+  'a'.repeat(KEY_MAX + 1),
+  'b'.repeat(MESSAGE_MAX),
+  'b'.repeat(MESSAGE_MAX + 1),
+  'nul\u0000inside',
+  'lone \ud800 surrogate',
+  'pair \ud83d\ude00 ok',
+);
+const anyCount = fc.constantFrom(
+  0,
+  7,
+  LIMITS.maxCount,
+  LIMITS.maxCount + 1,
+  -1,
+  -0,
+  1.5,
+  Number.NaN,
+  Infinity,
+);
+const anyValue = fc.oneof(
+  anyText,
+  anyCount,
+  fc.constantFrom(undefined, null, true, 'item', {}, [], { a: 1 }),
+);
+
+/** Optional fields: absent, undefined, null or a valid value (the record leaves optional keys out at random). */
+const optional = <T>(values: fc.Arbitrary<T>) => fc.oneof(values, fc.constantFrom(undefined, null));
+const key = fc.constantFrom('node-7', 'a'.repeat(KEY_MAX), 'pair \ud83d\ude00 ok');
+const shortText = fc.constantFrom('', 'node-8', 'a'.repeat(KEY_MAX));
+const message = fc.constantFrom('', 'halfway', 'b'.repeat(MESSAGE_MAX));
+const count = fc.constantFrom(0, 7, LIMITS.maxCount);
+
+const item = fc.record(
+  {
+    type: fc.constant('item'),
+    key,
+    ok: fc.boolean(),
+    error: optional(message),
+    detail: fc.constantFrom(undefined, null),
+    current: optional(shortText),
+  },
+  { requiredKeys: ['type', 'key', 'ok'] },
+);
+const progress = fc.record(
+  {
+    type: fc.constant('progress'),
+    total: optional(count),
+    done: fc.oneof(count, fc.constant(undefined)),
+    current: optional(shortText),
+    message: optional(message),
+  },
+  { requiredKeys: ['type'] },
+);
+const fieldNames = ['type', 'key', 'ok', 'error', 'detail', 'current', 'total', 'done', 'message', 'stray'];
+
+/** A valid common append, or one with a field set to any value (right or wrong, the other shape's, a stray key) or removed. */
+const nearCommon = fc.oneof(
+  fc.oneof(item, progress),
+  fc
+    .tuple(fc.oneof(item, progress), fc.constantFrom(...fieldNames), anyValue, fc.boolean())
+    .map(([input, name, value, remove]) => {
+      const changed: Record<string, unknown> = { ...input };
+      if (remove) delete changed[name];
+      else changed[name] = value;
+      return changed;
+    }),
+);
+
+describe('commonAppend (the fast path of parseAppendInput)', () => {
+  it('accepts only what the schema accepts, and returns what the schema returns', () => {
+    let taken = 0;
+    let valid = 0;
+    fc.assert(
+      fc.property(nearCommon, (input) => {
+        const fast = commonAppend(input);
+        const parsed = v.safeParse(appendSchema, input);
+        if (parsed.success) valid += 1;
+        if (fast === undefined) {
+          // The only valid inputs of these shapes it leaves to the schema: items with JSON in `detail`.
+          if (parsed.success) expect((input as { detail?: unknown }).detail ?? null).not.toBeNull();
+          return;
+        }
+        taken += 1;
+        expect(parsed.success).toBe(true);
+        // Same keys in the same order, same values (an undefined value kept as the schema keeps it).
+        expect(Object.keys(fast)).toEqual(Object.keys(parsed.output as object));
+        expect(fast).toStrictEqual(parsed.output);
+      }),
+      { numRuns: 5000 },
+    );
+    // Not vacuous: most runs take the fast path.
+    expect(taken).toBeGreaterThan(2000);
+    expect(taken).toBeGreaterThan(valid * 0.95);
+  });
+
+  it('takes the appends a running task makes, and copies them', () => {
+    const item = { type: 'item', key: 'node-1', ok: true, current: 'node-2' };
+    expect(commonAppend(item)).toEqual(item);
+    expect(commonAppend(item)).not.toBe(item);
+    expect(commonAppend({ type: 'progress', done: 3, total: 10, message: 'halfway' })).toBeDefined();
+    // Left to the schema: JSON, terminal events.
+    expect(commonAppend({ type: 'item', key: 'k', ok: true, detail: { a: 1 } })).toBeUndefined();
+    expect(commonAppend({ type: 'completed' })).toBeUndefined();
+    // An object without a prototype, as the schema takes it (fast-check's records include some).
+    expect(
+      commonAppend(Object.assign(Object.create(null), { type: 'item', key: 'k', ok: true })),
+    ).toBeDefined();
+  });
+
+  it('leaves the refusal and its message to the schema', () => {
+    expect(() => parseAppendInput({ type: 'item', key: '', ok: true })).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: 'Invalid event: key: must not be empty',
+      }),
+    );
+    expect(() => parseAppendInput({ type: 'item', key: 'k', ok: true, stray: 1 })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidInput }),
+    );
+  });
+});
