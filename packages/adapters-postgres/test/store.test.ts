@@ -441,6 +441,29 @@ describe('connection failures', () => {
   });
 });
 
+describe("the caller's pool", () => {
+  it('gets one error listener per client however many stores used it', async () => {
+    const schema = await migrated();
+    const single = new pg.Pool({ connectionString: pgUrl(), max: 1 });
+    const clients = new Set<pg.PoolClient>();
+    single.on('connect', (client) => clients.add(client));
+    try {
+      // More stores than Node's listener warning threshold (10), one after the other, as tests and
+      // short-lived scripts open them.
+      for (let i = 0; i < 12; i++) {
+        const store = await PostgresProgressStore.open({ pool: single, schema, migrate: false });
+        await store.getTask('any');
+        await store.close();
+      }
+      expect(clients.size).toBe(1);
+      // The store's guard and the pool's own idle listener.
+      for (const client of clients) expect(client.listenerCount('error')).toBe(2);
+    } finally {
+      await single.end();
+    }
+  });
+});
+
 describe('operator view and retention', () => {
   it('<schema>.unprocessed_events lists exactly the events past each task acked seq', async () => {
     const schema = await migrated();
