@@ -1,7 +1,7 @@
 import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/internal';
+import { assertTaskId, exhaustive, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { Acks } from './acks.js';
 import { Connection } from './connection.js';
@@ -389,7 +389,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.task.emitError(error);
     // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
     task.retryAfterError(
-      (retries) => backoffDelayMs(retries, this.#o.reconnect, this.#o.random),
+      (retries) => resolvedBackoffDelayMs(retries, this.#o.reconnect, this.#o.random),
       () => this.#resync(task),
     );
   }
