@@ -119,7 +119,7 @@ describe('resolvedBackoffDelayMs', () => {
           );
         },
       ),
-      propertyParams(),
+      propertyParams(300),
     );
   });
 
