@@ -107,18 +107,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       failTask: (task, error) => this.#failTask(task, error),
     });
     this.#connection = new Connection(this.#o, this.#timers, this.#handler());
-    const sources = this.#o.pageEvents;
     this.#pageLife =
-      sources === undefined
+      this.#o.pageEvents === undefined
         ? undefined
-        : new PageLife({
-            sources,
-            timers: this.#timers,
-            clock: this.#o.clock,
-            clockCheckIntervalMs: this.#o.clockCheckIntervalMs,
-            clockJumpMs: this.#o.clockJumpMs,
-            onWake: (reason) => this.#wake(reason),
-          });
+        : new PageLife(this.#o, this.#timers, (reason) => this.#wake(reason));
   }
 
   /** The connection state. */
