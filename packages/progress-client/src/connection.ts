@@ -53,8 +53,6 @@ export class Connection {
   #unreachable = 0;
   /** A socket was closed for an expired credential and no `hello` came since: the next one is fatal. */
   #retriedExpiredToken = false;
-  /** The close code an upgrade refused with HTTP 401/403 stands for. */
-  #refusedWith: number | undefined;
   /** Why the current attempt failed, as far as the WebSocket implementation tells. */
   #attemptFailure: AttemptFailure | undefined;
 
@@ -212,14 +210,11 @@ export class Connection {
     socket.onclose = (event: { code: number; reason: string }) =>
       this.#closed(socket, event.code, event.reason);
     // An `error` is always followed by a `close`; a listener is still needed, or `ws` throws it. `ws`
-    // says why an upgrade was refused (browsers never do): 401 and 403 are as fatal as 4001 and 4003.
+    // says why an upgrade was refused (browsers never do): the status, kept with the attempt's failure,
+    // makes 401 and 403 as fatal as 4001 and 4003 when the socket closes (see `#closed`).
     socket.onerror = (event: { message?: unknown; error?: unknown }) => {
-      if (socket !== this.#socket) return;
-      const failure = describeSocketError(event);
-      if (failure.status === 401 || failure.status === 403)
-        this.#refusedWith = failure.status === 401 ? 4001 : 4003;
-      if (this.#ready) return;
-      this.#attemptFailure = failure;
+      if (socket !== this.#socket || this.#ready) return;
+      this.#attemptFailure = describeSocketError(event);
       // Node's built-in WebSocket (undici) may fire `error` without a `close` when the upgrade is
       // refused: without this the attempt would only end at connectTimeoutMs.
       this.#liveness.deadline(0, () => this.#closed(socket, 1006, ''));
@@ -289,8 +284,9 @@ export class Connection {
 
   #closed(socket: WebSocketLike, closeCode: number, reason: string): void {
     if (socket !== this.#socket) return;
-    const code = this.#refusedWith ?? closeCode;
-    this.#refusedWith = undefined;
+    // An upgrade refused with HTTP 401/403 (only before `hello`, where `onerror` keeps the status).
+    const status = this.#attemptFailure?.status;
+    const code = status === 401 ? 4001 : status === 403 ? 4003 : closeCode;
     const why = `closed by server (${code}${reason === '' ? '' : `: ${reason}`})`;
     if (code === CloseCode.TokenExpired) {
       this.#tokenExpired(why, code);

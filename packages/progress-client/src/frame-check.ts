@@ -18,7 +18,6 @@ import {
   idProblem,
   pathSegment,
   quote,
-  utf8Length,
 } from '@finishline/core/internal';
 
 /**
@@ -243,8 +242,9 @@ export function decodeServerText(input: unknown): DecodeResult<ServerFrame> {
       `A frame must be a string or UTF-8 bytes, got ${input === null ? 'null' : typeof input}`,
     );
   }
-  // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds.
-  if (input.length > max || (input.length * 3 > max && utf8Length(input) > max))
+  // A UTF-16 unit is 1 to 3 UTF-8 bytes: the exact count is only needed between the two bounds, rare
+  // enough to encode the text for it (a lone surrogate becomes U+FFFD, 3 bytes, as core's count says).
+  if (input.length > max || (input.length * 3 > max && new TextEncoder().encode(input).length > max))
     return fail(ErrorCode.FrameTooLarge, `Frame is larger than ${max} bytes`);
   let value: unknown;
   try {

@@ -1,7 +1,7 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { backoffDelayMs } from '@finishline/core/internal';
+import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { decodeServerText } from './frame-check.js';
 import type { FetchLike, HttpCredentials, ResolvedOptions, TokenSource } from './options.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
@@ -291,9 +291,13 @@ class HttpPoller implements HttpFallbackRuntime {
     const interval = this.#host.options.httpPollIntervalMs;
     const delayMs = failed
       ? interval +
-        backoffDelayMs(
+        resolvedBackoffDelayMs(
           this.#failures - 1,
-          { initialDelayMs: interval, maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS) },
+          {
+            initialDelayMs: interval,
+            maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS),
+            multiplier: BACKOFF_DEFAULTS.multiplier,
+          },
           this.#host.options.random,
         )
       : interval;

@@ -27,16 +27,18 @@ export interface PageEventSources {
 /** Why the client checked its connection: the event that suggested the socket may be dead. */
 export type WakeReason = 'visible' | 'online' | 'pageshow' | 'resume' | 'clock jump';
 
-/** @internal */
+/**
+ * The client's options that {@link PageLife} reads (the resolved options fit): where the events come
+ * from, the clock, the period of the clock-jump check (0 turns it off) and how late a tick must be to
+ * count as a jump (the machine slept, or the page was frozen).
+ *
+ * @internal
+ */
 export interface PageLifeOptions {
-  sources: PageEventSources;
-  timers: TimerSet;
+  pageEvents: PageEventSources | undefined;
   clock: Clock;
-  /** Period of the clock-jump check; 0 turns it off. */
   clockCheckIntervalMs: number;
-  /** How late a tick must be to count as a jump (the machine slept, or the page was frozen). */
   clockJumpMs: number;
-  onWake(reason: WakeReason): void;
 }
 
 /**
@@ -52,10 +54,11 @@ export interface PageLifeOptions {
 export class PageLife {
   readonly #o: PageLifeOptions;
   readonly #tick: Timeout;
+  readonly #onWake: (reason: WakeReason) => void;
   #started = false;
   #lastTickAt = 0;
   readonly #onVisibility = (): void => {
-    if (this.#o.sources.document?.visibilityState !== 'hidden') this.#wake('visible');
+    if (this.#o.pageEvents?.document?.visibilityState !== 'hidden') this.#wake('visible');
   };
   readonly #onResume = (): void => this.#wake('resume');
   readonly #onOnline = (): void => this.#wake('online');
@@ -64,16 +67,17 @@ export class PageLife {
     if ((event as { persisted?: unknown }).persisted === true) this.#wake('pageshow');
   };
 
-  constructor(options: PageLifeOptions) {
+  constructor(options: PageLifeOptions, timers: TimerSet, onWake: (reason: WakeReason) => void) {
     this.#o = options;
-    this.#tick = new Timeout(options.timers);
+    this.#tick = new Timeout(timers);
+    this.#onWake = onWake;
   }
 
   /** Starts listening (idempotent). */
   start(): void {
     if (this.#started) return;
     this.#started = true;
-    const { document, window } = this.#o.sources;
+    const { document, window } = this.#o.pageEvents ?? {};
     document?.addEventListener('visibilitychange', this.#onVisibility);
     document?.addEventListener('resume', this.#onResume);
     window?.addEventListener('online', this.#onOnline);
@@ -85,7 +89,7 @@ export class PageLife {
   stop(): void {
     if (!this.#started) return;
     this.#started = false;
-    const { document, window } = this.#o.sources;
+    const { document, window } = this.#o.pageEvents ?? {};
     document?.removeEventListener('visibilitychange', this.#onVisibility);
     document?.removeEventListener('resume', this.#onResume);
     window?.removeEventListener('online', this.#onOnline);
@@ -108,7 +112,7 @@ export class PageLife {
     if (!this.#started) return;
     // Ticks measured across the pause would report it again.
     if (reason !== 'clock jump') this.#armTick();
-    this.#o.onWake(reason);
+    this.#onWake(reason);
   }
 }
 

@@ -1,17 +1,21 @@
 import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { assertTaskId, backoffDelayMs, exhaustive } from '@finishline/core/internal';
+import { assertTaskId, exhaustive, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { Acks } from './acks.js';
 import { Connection } from './connection.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
-import { readStoredTask } from './cursor-storage.js';
 import { FallbackStreams } from './fallback-streams.js';
 import type { HttpFallbackRuntime } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
-import { FATAL_TASK_ERRORS, type StuckAction, TaskSubscription } from './task-subscription.js';
+import {
+  FATAL_TASK_ERRORS,
+  type StuckAction,
+  TaskSubscription,
+  type TaskSubscriptionHost,
+} from './task-subscription.js';
 import { TimerSet } from './timers.js';
 import { Watch, type WatchOptions } from './watch.js';
 
@@ -70,6 +74,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #pageLife: PageLife | undefined;
   /** Watches follow the fallback transport (SSE) instead of polling while the socket cannot connect. */
   readonly #fallback: FallbackStreams;
+  /** What every watched task shares with the client: made once, not per watch. */
+  readonly #taskHost: TaskSubscriptionHost;
   /** The store epoch of the latest `hello` that carried one. */
   #epoch: string | undefined;
   #closed = false;
@@ -82,6 +88,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     super();
     this.#o = resolveOptions(options);
     this.#timers = new TimerSet(this.#o.timers);
+    this.#taskHost = {
+      timers: this.#timers,
+      onStuck: (task, action) => this.#stuck(task, action),
+      onUnanswered: (task) => this.#resync(task),
+    };
     this.#acks = new Acks(
       this.#o,
       this.#timers,
@@ -107,18 +118,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       failTask: (task, error) => this.#failTask(task, error),
     });
     this.#connection = new Connection(this.#o, this.#timers, this.#handler());
-    const sources = this.#o.pageEvents;
     this.#pageLife =
-      sources === undefined
+      this.#o.pageEvents === undefined
         ? undefined
-        : new PageLife({
-            sources,
-            timers: this.#timers,
-            clock: this.#o.clock,
-            clockCheckIntervalMs: this.#o.clockCheckIntervalMs,
-            clockJumpMs: this.#o.clockJumpMs,
-            onWake: (reason) => this.#wake(reason),
-          });
+        : new PageLife(this.#o, this.#timers, (reason) => this.#wake(reason));
   }
 
   /** The connection state. */
@@ -142,17 +145,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     assertTaskId(taskId);
     let task = this.#tasks.get(taskId);
     if (task === undefined) {
-      task = new TaskSubscription(taskId, {
-        clock: this.#o.clock,
-        timers: this.#timers,
-        finishTimeoutMs: this.#o.finishTimeoutMs,
-        rateWindowMs: this.#o.rateWindowMs,
-        closedError: () => new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId }),
-        restored: this.#o.storage === undefined ? undefined : readStoredTask(this.#o.storage, taskId),
-        onStuck: (stuck, action) => this.#stuck(stuck, action),
-        answerWaitMs: this.#o.behindGraceMs,
-        onUnanswered: (unanswered) => this.#resync(unanswered),
-      });
+      task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
       this.#adoptEpoch(task);
       task.armWatchdog();
@@ -389,7 +382,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     task.task.emitError(error);
     // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
     task.retryAfterError(
-      (retries) => backoffDelayMs(retries, this.#o.reconnect, this.#o.random),
+      (retries) => resolvedBackoffDelayMs(retries, this.#o.reconnect, this.#o.random),
       () => this.#resync(task),
     );
   }

@@ -1,4 +1,4 @@
-import { backoffDelayMs } from '@finishline/core/internal';
+import { resolvedBackoffDelayMs } from '@finishline/core/internal';
 import type { ResolvedOptions } from './options.js';
 
 /**
@@ -74,9 +74,13 @@ export class ReconnectPacing {
           this.#serverFirstDelayMs,
         ),
       );
-      return backoffDelayMs(0, { initialDelayMs: ceiling, maxDelayMs: ceiling }, this.#o.random);
+      return resolvedBackoffDelayMs(
+        0,
+        { initialDelayMs: ceiling, maxDelayMs: ceiling, multiplier: 1 },
+        this.#o.random,
+      );
     }
-    const delayMs = backoffDelayMs(this.#failures, this.#o.reconnect, this.#o.random);
+    const delayMs = resolvedBackoffDelayMs(this.#failures, this.#o.reconnect, this.#o.random);
     this.#failures++;
     return delayMs;
   }

@@ -1,4 +1,3 @@
-import { ErrorCode, ProgressError } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { type StuckAction, TaskSubscription } from './task-subscription.js';
 import { FakeTask } from './testing/fake-server.js';
@@ -9,17 +8,21 @@ function subscription(stuck: StuckAction[] = []) {
   const scheduler = new ManualScheduler();
   /** Clock times at which the subscription asked to subscribe again for want of an answer. */
   const unanswered: number[] = [];
-  const sub = new TaskSubscription('t1', {
-    clock: scheduler.now,
-    timers: new TimerSet(scheduler),
-    finishTimeoutMs: 3000,
-    rateWindowMs: 10_000,
-    closedError: () => new ProgressError(ErrorCode.Closed, 'closed'),
-    restored: undefined,
-    onStuck: (_task, action) => stuck.push(action),
-    answerWaitMs: 1000,
-    onUnanswered: () => unanswered.push(scheduler.now()),
-  });
+  const sub = new TaskSubscription(
+    't1',
+    {
+      clock: scheduler.now,
+      finishTimeoutMs: 3000,
+      rateWindowMs: 10_000,
+      behindGraceMs: 1000,
+      storage: undefined,
+    },
+    {
+      timers: new TimerSet(scheduler),
+      onStuck: (_task, action) => stuck.push(action),
+      onUnanswered: () => unanswered.push(scheduler.now()),
+    },
+  );
   return { sub, scheduler, unanswered, task: new FakeTask('t1', 3) };
 }
 

@@ -2,7 +2,7 @@ import type { Clock, ProgressError } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
-import type { CursorStorage, StoredTask } from './cursor-storage.js';
+import { type CursorStorage, readStoredTask } from './cursor-storage.js';
 import { Timeout, type TimerSet } from './timers.js';
 import { WatchedTask } from './watched-task.js';
 
@@ -17,24 +17,29 @@ import { WatchedTask } from './watched-task.js';
  * @module
  */
 
-/** What a {@link TaskSubscription} needs from its client. @internal */
+/**
+ * The client's options a {@link TaskSubscription} reads (its resolved options fit): the clock, the 100%
+ * watchdog's `finishTimeoutMs`, the rate window, `behindGraceMs` (also how long a subscribe may go
+ * without any frame about the task before it is sent again, doubling for each further one that goes
+ * unanswered; 0: never), and the cursor storage a view saved before a page reload is read from.
+ *
+ * @internal
+ */
 export interface TaskSubscriptionOptions {
   clock: Clock;
-  timers: TimerSet;
   finishTimeoutMs: number;
   rateWindowMs: number;
-  closedError: () => ProgressError;
-  /** A view saved before a page reload, already validated, with its epoch. */
-  restored: StoredTask | undefined;
+  behindGraceMs: number;
+  storage: CursorStorage | undefined;
+}
+
+/** What every {@link TaskSubscription} of one client shares with it, made once per client. @internal */
+export interface TaskSubscriptionHost {
+  timers: TimerSet;
   /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
-  onStuck: (task: TaskSubscription, action: StuckAction) => void;
-  /**
-   * How long a subscribe may go without any frame about the task before it is sent again (doubling for
-   * each further one that goes unanswered; 0: never): the client's `behindGraceMs`.
-   */
-  answerWaitMs: number;
+  onStuck(task: TaskSubscription, action: StuckAction): void;
   /** A subscribe got no answer within its wait: subscribe again from the cursor. */
-  onUnanswered: (task: TaskSubscription) => void;
+  onUnanswered(task: TaskSubscription): void;
 }
 
 /**
@@ -68,12 +73,11 @@ export class TaskSubscription {
   readonly #retryTimer: Timeout;
   readonly #answerTimer: Timeout;
   readonly #answerWaitMs: number;
-  readonly #onUnanswered: (task: TaskSubscription) => void;
-  readonly #onStuck: (task: TaskSubscription, action: StuckAction) => void;
+  readonly #host: TaskSubscriptionHost;
   /** Bound once: the watchdog is re-armed after every delivered frame. */
   readonly #checkWatchdog = (): void => {
     const action = this.#watchdog.check();
-    if (action !== 'none') this.#onStuck(this, action);
+    if (action !== 'none') this.#host.onStuck(this, action);
     if (!this.#failed && !this.#released) this.armWatchdog();
   };
   /** Highest seq acknowledged to a server. */
@@ -103,20 +107,20 @@ export class TaskSubscription {
   /** An HTTP catch-up is running. */
   httpBusy = false;
 
-  constructor(taskId: string, options: TaskSubscriptionOptions) {
+  constructor(taskId: string, options: TaskSubscriptionOptions, host: TaskSubscriptionHost) {
     this.taskId = taskId;
     this.#clock = options.clock;
+    this.#host = host;
     this.cursor = new WatchCursor(taskId);
     this.#watchdog = new FinishWatchdog(options.clock, { stuckAfterMs: options.finishTimeoutMs });
-    this.#watchdogTimer = new Timeout(options.timers);
-    this.#behindTimer = new Timeout(options.timers);
-    this.#retryTimer = new Timeout(options.timers);
-    this.#answerTimer = new Timeout(options.timers);
-    this.#answerWaitMs = options.answerWaitMs;
-    this.#onUnanswered = options.onUnanswered;
-    this.#onStuck = options.onStuck;
-    this.task = new WatchedTask(taskId, options, this.cursor.view);
-    const restored = options.restored;
+    this.#watchdogTimer = new Timeout(host.timers);
+    this.#behindTimer = new Timeout(host.timers);
+    this.#retryTimer = new Timeout(host.timers);
+    this.#answerTimer = new Timeout(host.timers);
+    this.#answerWaitMs = options.behindGraceMs;
+    this.task = new WatchedTask(this.cursor, options, host.timers);
+    // A view saved before a page reload, already validated, with its epoch.
+    const restored = options.storage === undefined ? undefined : readStoredTask(options.storage, taskId);
     if (restored !== undefined) {
       this.#epoch = restored.epoch;
       // Silent: no handle exists yet; each gets the restored state through its replay.
@@ -167,7 +171,7 @@ export class TaskSubscription {
     this.#answerTimer.set(waitMs, () => {
       if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
       this.#unanswered += 1;
-      this.#onUnanswered(this);
+      this.#host.onUnanswered(this);
     });
   }
 

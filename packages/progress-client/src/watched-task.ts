@@ -1,12 +1,13 @@
-import type {
-  ItemEvent,
+import {
+  ErrorCode,
+  type ItemEvent,
   ProgressError,
-  ProgressEvent,
-  TaskView,
-  TerminalEvent,
-  WatchView,
+  type ProgressEvent,
+  type TaskView,
+  type TerminalEvent,
+  type WatchView,
 } from '@finishline/core';
-import type { Delivery } from '@finishline/core/internal';
+import type { Delivery, WatchCursor } from '@finishline/core/internal';
 import { exhaustive, terminalEventOfView, watchViewAfter, watchViewOfTask } from '@finishline/core/internal';
 import { RateEstimator } from './rate-estimator.js';
 import type { TimerSet } from './timers.js';
@@ -18,13 +19,6 @@ import type { Watch, WatchSource, WatchState } from './watch.js';
  *
  * @module
  */
-
-/** What a {@link WatchedTask} needs from its client. @internal */
-export interface WatchedTaskOptions {
-  timers: TimerSet;
-  rateWindowMs: number;
-  closedError: () => ProgressError;
-}
 
 /**
  * The shared part of every handle on one task: the state the application reads, its events, rate and
@@ -40,16 +34,14 @@ export class WatchedTask implements WatchSource {
   readonly timers: TimerSet;
   #state: WatchState;
   readonly #rate: RateEstimator;
-  readonly #closedError: () => ProgressError;
   #terminal: TerminalEvent | undefined;
 
-  /** `view` is the cursor's view before anything was delivered. */
-  constructor(taskId: string, options: WatchedTaskOptions, view: WatchView) {
-    this.taskId = taskId;
-    this.timers = options.timers;
+  /** Starts from the view of `cursor`, before anything was delivered. */
+  constructor(cursor: WatchCursor, options: { rateWindowMs: number }, timers: TimerSet) {
+    this.taskId = cursor.taskId;
+    this.timers = timers;
     this.#rate = new RateEstimator(options.rateWindowMs);
-    this.#closedError = options.closedError;
-    this.#state = this.#buildState(view, null);
+    this.#state = this.#buildState(cursor.view, null);
   }
 
   /** The current state: immutable, replaced on every change. */
@@ -65,7 +57,7 @@ export class WatchedTask implements WatchSource {
 
   /** The error a handle closed before the end rejects with. */
   closedError(): ProgressError {
-    return this.#closedError();
+    return new ProgressError(ErrorCode.Closed, 'The watch was closed', { taskId: this.taskId });
   }
 
   /** Adds a handle, owing it the state so far (and the terminal event if the task already ended). */

@@ -16,6 +16,7 @@ export {
   backoffInOrder,
   backoffOption,
   backoffOptionSpecs,
+  resolvedBackoffDelayMs,
 } from './delivery/backoff.js';
 // The event → view rule
 export type { TerminalFields } from './delivery/event-view.js';

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { expectInvalidInput } from '../testing/invalid-input.js';
 import { propertyParams } from '../testing/property-config.js';
-import { BACKOFF_DEFAULTS, type BackoffOptions, backoffDelayMs } from './backoff.js';
+import { BACKOFF_DEFAULTS, type BackoffOptions, backoffDelayMs, resolvedBackoffDelayMs } from './backoff.js';
 
 const almostOne = () => 0.999_999_999;
 const zero = () => 0;
@@ -99,5 +99,32 @@ describe('backoffDelayMs', () => {
     expectInvalidInput(() => backoffDelayMs(0, undefined, () => -0.25), /random/);
     // A negative cap is refused by its own check, naming it (not only as a contradiction with the initial delay).
     expectInvalidInput(() => backoffDelayMs(0, { initialDelayMs: 0, maxDelayMs: -1 }), /Backoff: maxDelayMs/);
+  });
+});
+
+describe('resolvedBackoffDelayMs', () => {
+  it('gives the delay backoffDelayMs gives for the same resolved options and draw (oracle)', () => {
+    fc.assert(
+      fc.property(
+        fc.nat(60),
+        fc.record({
+          initialDelayMs: fc.integer({ min: 0, max: 10_000 }),
+          maxDelayMs: fc.integer({ min: 10_000, max: 100_000 }),
+          multiplier: fc.double({ min: 1, max: 4, noNaN: true }),
+        }),
+        fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+        (attempt, options, unit) => {
+          expect(resolvedBackoffDelayMs(attempt, options, () => unit)).toBe(
+            backoffDelayMs(attempt, options, () => unit),
+          );
+        },
+      ),
+      propertyParams(300),
+    );
+  });
+
+  it('still refuses a broken random source', () => {
+    expectInvalidInput(() => resolvedBackoffDelayMs(0, BACKOFF_DEFAULTS, () => 1), /random/);
+    expectInvalidInput(() => resolvedBackoffDelayMs(0, BACKOFF_DEFAULTS, () => -0.25), /random/);
   });
 });

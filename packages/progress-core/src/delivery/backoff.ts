@@ -71,7 +71,7 @@ export function backoffOption(
   return refine(nested(backoffOptionSpecs(defaults)), backoffInOrder);
 }
 
-const BACKOFF_OPTIONS = backoffOptionSpecs();
+const BACKOFF_OPTIONS = /* @__PURE__ */ backoffOptionSpecs();
 
 /**
  * The delay before retry number `attempt` (0 = the first retry): an integer drawn uniformly from
@@ -97,7 +97,21 @@ export function backoffDelayMs(
   random: () => number = Math.random,
 ): number {
   requireNumber('backoffDelayMs: attempt', attempt, { min: 0, integer: true });
-  const { initialDelayMs, maxDelayMs, multiplier } = resolveBackoffOptions(options);
+  return resolvedBackoffDelayMs(attempt, resolveBackoffOptions(options), random);
+}
+
+/**
+ * {@link backoffDelayMs} for options a caller resolved once (checked by {@link backoffOptionSpecs} and
+ * {@link backoffInOrder}) and an `attempt` it counts itself: the same delay, without merging and checking
+ * the options again on every retry (a page's bundle then leaves that out). `random` is still checked.
+ *
+ * @throws ProgressError `invalid_input` for a `random` that returns a value outside `[0, 1)`.
+ */
+export function resolvedBackoffDelayMs(
+  attempt: number,
+  { initialDelayMs, maxDelayMs, multiplier }: Readonly<Required<BackoffOptions>>,
+  random: () => number,
+): number {
   // initialDelayMs 0 would give 0 * Infinity = NaN once multiplier ** attempt overflows.
   const ceiling = initialDelayMs === 0 ? 0 : Math.min(maxDelayMs, initialDelayMs * multiplier ** attempt);
   const unit = random();
