@@ -60,6 +60,10 @@ export class TaskApi {
   readonly #host: TaskHost;
   /** Every handle's control, for as long as the caller keeps the handle. */
   readonly #controls = new WeakMap<TaskHandle, TaskHandleControl>();
+  /** This server's appends in flight, per task. */
+  readonly #appending = new Map<string, number>();
+  /** Owned tasks whose terminal change the feed reported while one of those appends was in flight. */
+  readonly #terminalWhileAppending = new Set<string>();
   #stopFeed: Unsubscribe | undefined;
   #closing = false;
 
@@ -98,6 +102,12 @@ export class TaskApi {
       if (!change.terminal) return;
       const owned = this.#owned.get(change.taskId);
       if (owned === undefined) return;
+      if (this.#appending.has(change.taskId)) {
+        // Most often the terminal this server is appending: its result updates the handle, with no read
+        // of the row (a store publishes a commit before the append resolves). Decided when it settles.
+        this.#terminalWhileAppending.add(change.taskId);
+        return;
+      }
       this.#ended(change.taskId);
       void this.#refresh(owned.control, change.taskId);
     });
@@ -212,6 +222,34 @@ export class TaskApi {
   }
 
   async #append(taskId: string, input: AppendInput): Promise<TaskEvent> {
+    this.#appending.set(taskId, (this.#appending.get(taskId) ?? 0) + 1);
+    try {
+      return await this.#appendOnce(taskId, input);
+    } finally {
+      this.#appendSettled(taskId);
+    }
+  }
+
+  /**
+   * One of this server's appends to `taskId` settled. Once none is left, a terminal the feed reported
+   * meanwhile that did not end the handle (it came from elsewhere, committed after this server's last
+   * append, or that append failed) is handled as the feed listener would have.
+   */
+  #appendSettled(taskId: string): void {
+    const left = (this.#appending.get(taskId) ?? 1) - 1;
+    if (left > 0) {
+      this.#appending.set(taskId, left);
+      return;
+    }
+    this.#appending.delete(taskId);
+    if (!this.#terminalWhileAppending.delete(taskId)) return;
+    const owned = this.#owned.get(taskId);
+    if (owned === undefined) return;
+    this.#ended(taskId);
+    void this.#refresh(owned.control, taskId);
+  }
+
+  async #appendOnce(taskId: string, input: AppendInput): Promise<TaskEvent> {
     let result: AppendResult;
     const settled = this.#hub.localAppend(taskId);
     try {

@@ -1,0 +1,85 @@
+import type { AppendInput } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ProgressServer } from '../progress-server.js';
+import { gate } from '../testing/harness.js';
+
+/**
+ * How an owned task's handle learns that the task ended: from its own terminal append's result, or from
+ * the change feed when the terminal came from elsewhere, even while one of its own appends is in flight.
+ */
+
+const servers: ProgressServer[] = [];
+
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((server) => server.close({ timeoutMs: 500 })));
+});
+
+/** A server on a memory store whose task reads are counted and whose appends can be held after commit. */
+function setup() {
+  const store = new MemoryProgressStore();
+  const counts = { getTask: 0 };
+  const getTask = store.getTask.bind(store);
+  store.getTask = (taskId) => {
+    counts.getTask += 1;
+    return getTask(taskId);
+  };
+  const commit = store.append.bind(store);
+  let hold: Promise<void> | undefined;
+  store.append = async (taskId: string, input: AppendInput) => {
+    const result = await commit(taskId, input);
+    // Committed and published to the feed, but the caller does not have the result yet.
+    if (hold !== undefined) await hold;
+    return result;
+  };
+  const server = new ProgressServer({ store, authenticate: () => null });
+  servers.push(server);
+  return {
+    server,
+    counts,
+    /** Appends straight to the store, as another replica would, never held. */
+    appendElsewhere: commit,
+    holdAppends: (until: Promise<void>) => {
+      hold = until;
+    },
+  };
+}
+
+describe('an owned task ending', () => {
+  it('by its own terminal append: the handle ends from the result, without reading the task again', async () => {
+    const { server, counts } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    await task.complete();
+    expect(task.status).toBe('completed');
+    expect(task.finished).toBe(true);
+    expect(task.signal.aborted).toBe(true);
+    expect(counts.getTask).toBe(0);
+  });
+
+  it('elsewhere while none of its appends is in flight: the handle ends and reads the row', async () => {
+    const { server, counts, appendElsewhere } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await appendElsewhere(task.id, { type: 'cancelled', reason: 'from the UI' });
+    await expect.poll(() => task.status).toBe('cancelled');
+    expect(task.signal.aborted).toBe(true);
+    expect(counts.getTask).toBe(1);
+  });
+
+  it('elsewhere after its own append committed, before that append returned: the handle still ends', async () => {
+    const { server, appendElsewhere, holdAppends } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const held = gate();
+    holdAppends(held.promise);
+    const own = task.progress({ done: 1 });
+    // The own append committed (seq 1); the cancel commits after it and the feed reports it now.
+    await expect.poll(async () => (await server.tasks.get(task.id))?.seq).toBe(1);
+    await appendElsewhere(task.id, { type: 'cancelled', reason: 'from the UI' });
+    // The case under test: the feed's terminal waits for the append in flight (it may be this server's own).
+    expect(task.finished).toBe(false);
+    held.open();
+    expect((await own).seq).toBe(1);
+    await expect.poll(() => task.status).toBe('cancelled');
+    expect(task.signal.aborted).toBe(true);
+  });
+});
