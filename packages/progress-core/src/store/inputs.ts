@@ -114,8 +114,12 @@ const createTaskSchema = v.strictObject({
 
 const failureSchema = v.strictObject({ code: shortTextSchema, message: messageSchema });
 
-/** The schema of {@link AppendInput}; exported for the test that holds {@link commonAppend} to it. @internal */
-export const appendSchema = v.variant('type', [
+/**
+ * The schema of {@link AppendInput}; exported for the test that holds {@link commonAppend} to it. Typed
+ * loosely on purpose: its full valibot type in the declarations made a consumer's `tsc` give up (TS2589).
+ * @internal
+ */
+export const appendSchema: v.GenericSchema = v.variant('type', [
   v.strictObject({
     type: v.literal('progress'),
     total: v.optional(v.nullable(countSchema)),
