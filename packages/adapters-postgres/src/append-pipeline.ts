@@ -399,15 +399,6 @@ export class AppendPipeline {
     });
   }
 
-  /**
-   * A task this store just inserted: its row is known, so its first append is planned from it like any
-   * later one (one statement instead of a transaction with a locking read; at 200 tasks a run, that was a
-   * third of a replica's append statements). Kept as a copy: the caller owns the object it was given.
-   */
-  created(task: Task): void {
-    this.#lastWritten.remember({ ...task });
-  }
-
   /** Counts and publishes appends another transaction committed (the reaper's interruptions). */
   committedElsewhere(changes: readonly TaskChange[]): void {
     this.#stats.appends += changes.length;

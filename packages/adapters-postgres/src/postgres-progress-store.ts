@@ -249,7 +249,6 @@ export class PostgresProgressStore implements ProgressStore {
     if (inserted.rows.length === 0) {
       throw taskAlreadyExists(id);
     }
-    this.#appends.created(task);
     this.#hub.resetTask(id);
     return task;
   }

@@ -183,8 +183,7 @@ describe('the LISTEN connection', () => {
     const slow = await open({ schema, pool: gated.pool });
     const fast = await open({ schema });
     const recorder = new Recorder(observer);
-    // Created by another store, so that the slow store's append takes a transaction (with a COMMIT to hold).
-    await fast.createTask({ id: 'late', owner: 'alice', kind: 'k' });
+    await slow.createTask({ id: 'late', owner: 'alice', kind: 'k' });
     await fast.createTask({ id: 'early', owner: 'alice', kind: 'k' });
     gated.control.arm();
     const lateAppend = slow.append('late', { type: 'progress', done: 1 });
@@ -329,8 +328,7 @@ describe('a backend killed mid-transaction', () => {
     const store = await open({ schema, pool: gated.pool });
     const observer = await open({ schema });
     const recorder = new Recorder(observer);
-    // Created by the observer, so that the store's append takes a transaction (with a COMMIT to hold).
-    await observer.createTask({ id: 'victim', owner: 'alice', kind: 'k' });
+    await store.createTask({ id: 'victim', owner: 'alice', kind: 'k' });
     await store.createTask({ id: 'sentinel', owner: 'alice', kind: 'k' });
     gated.control.arm();
     const append = store.append('victim', { type: 'item', key: 'node-1', ok: true });
