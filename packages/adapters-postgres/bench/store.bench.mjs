@@ -4,9 +4,10 @@
 //   node bench/store.bench.mjs
 //
 // Env: FINISHLINE_TEST_PG_URL (default postgres://postgres@127.0.0.1:5432/postgres), BENCH_EVENTS (appends
-// per throughput scenario, default 20000), BENCH_WINDOW (appends in flight on the hot task, default 512; the
+// per throughput run, default 20000), BENCH_WINDOW (appends in flight on the hot task, default 512; the
 // 1,000-task scenario runs one worker per task), BENCH_SAMPLES
-// (latency samples, default 1000). Works in a scratch schema that it drops at the end. Bounded: every
+// (latency samples, default 1000), BENCH_RUNS (timed runs per throughput figure after one untimed warm-up,
+// default 3; the figure is their median). Works in a scratch schema that it drops at the end. Bounded: every
 // scenario has a fixed count, and the whole run aborts after BENCH_TIMEOUT_MS (default 180000).
 import { randomBytes } from 'node:crypto';
 import { cpus, loadavg } from 'node:os';
@@ -18,6 +19,7 @@ const url = process.env.FINISHLINE_TEST_PG_URL || 'postgres://postgres@127.0.0.1
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 20_000);
 const WINDOW = Number(process.env.BENCH_WINDOW ?? 512);
 const SAMPLES = Number(process.env.BENCH_SAMPLES ?? 1000);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
 const TASKS = 1000;
 const BATCH = 500;
 const TIMEOUT_MS = Number(process.env.BENCH_TIMEOUT_MS ?? 180_000);
@@ -229,6 +231,23 @@ async function latencies() {
   };
 }
 
+/**
+ * Runs `measure` (which returns a rate) once untimed to warm up, then RUNS times; returns the median and
+ * notes every run in `notes`.
+ */
+async function steadyRate(label, measure, notes) {
+  const warmUp = await measure();
+  const rates = [];
+  for (let run = 0; run < RUNS; run++) rates.push(await measure());
+  const sorted = [...rates].sort((a, b) => a - b);
+  notes.push(`${label}: warm-up ${fmtRate(warmUp)}, runs ${rates.map(fmtRate).join(', ')}`);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+function statsSince(before, after) {
+  return { batches: after.batches - before.batches, largestBatch: after.largestBatch };
+}
+
 function fmtRate(value) {
   return `${Math.round(value).toLocaleString('en-US')} /s`;
 }
@@ -250,15 +269,21 @@ async function main() {
       .join(' ')} (1, 5, 15 min)`,
   );
   console.log(
-    `Postgres ${server}; ${EVENTS} appends per scenario (hot task: ${WINDOW} in flight; ${TASKS} tasks: one worker each); ${SAMPLES} latency samples`,
+    `Postgres ${server}; ${EVENTS} appends per run (hot task: ${WINDOW} in flight; ${TASKS} tasks: one worker each); ${SAMPLES} latency samples`,
   );
 
   const rows = [];
-  const rawHot = await rawInsertRate(() => 'hot');
+  const runsNote = [];
   const store = await PostgresProgressStore.open({ pool: poolA, schema, migrate: false });
-  const hot = await store.createTask({ owner: 'bench', kind: 'hot' });
-  const hotRate = await storeAppendRate(store, [hot.id], WINDOW);
-  const hotStats = store.stats();
+  const rawHot = await steadyRate('raw hot', () => rawInsertRate(() => 'hot'), runsNote);
+  const hotBefore = store.stats();
+  const hotRate = await steadyRate(
+    'store hot',
+    async () =>
+      storeAppendRate(store, [(await store.createTask({ owner: 'bench', kind: 'hot' })).id], WINDOW),
+    runsNote,
+  );
+  const hotStats = statsSince(hotBefore, store.stats());
   rows.push([
     'appends/s, one hot task',
     fmtRate(hotRate),
@@ -266,19 +291,28 @@ async function main() {
     `${(hotRate / rawHot).toFixed(2)}×`,
   ]);
 
-  const tasks = [];
-  for (let i = 0; i < TASKS; i += 100) {
-    const created = await Promise.all(
-      Array.from({ length: 100 }, (_, k) =>
-        store.createTask({ id: `t-${i + k}`, owner: 'bench', kind: 'many' }),
-      ),
-    );
-    tasks.push(...created.map((task) => task.id));
-  }
-  const rawMany = await rawInsertRate((i) => `t-${i % TASKS}`);
-  const before = store.stats();
-  const manyRate = await storeAppendRate(store, tasks, TASKS);
-  const after = store.stats();
+  let taskSet = 0;
+  const rawMany = await steadyRate('raw many', () => rawInsertRate((i) => `t-${i % TASKS}`), runsNote);
+  const manyBefore = store.stats();
+  const manyRate = await steadyRate(
+    `store ${TASKS} tasks`,
+    async () => {
+      // A fresh set of tasks per run, created before the clock starts, so every run appends to new rows.
+      const set = taskSet++;
+      const tasks = [];
+      for (let i = 0; i < TASKS; i += 100) {
+        const created = await Promise.all(
+          Array.from({ length: 100 }, (_, k) =>
+            store.createTask({ id: `t${set}-${i + k}`, owner: 'bench', kind: 'many' }),
+          ),
+        );
+        tasks.push(...created.map((task) => task.id));
+      }
+      return storeAppendRate(store, tasks, TASKS);
+    },
+    runsNote,
+  );
+  const manyStats = statsSince(manyBefore, store.stats());
   rows.push([
     `appends/s, ${TASKS} tasks in parallel`,
     fmtRate(manyRate),
@@ -338,8 +372,13 @@ async function main() {
   );
   console.log('append costs. Latency samples of all kinds are interleaved, so they see the same machine.');
   console.log(
-    `group commit: hot task ${hotStats.batches} transactions (largest ${hotStats.largestBatch}); ` +
-      `${TASKS} tasks ${after.batches - before.batches} transactions (largest ${after.largestBatch})`,
+    `throughput: the median of ${RUNS} timed runs after one untimed warm-up run (a cold process's first appends ` +
+      'measure V8 compiling the code, not the store); every run:',
+  );
+  for (const note of runsNote) console.log(`  ${note}`);
+  console.log(
+    `group commit: hot task ${hotStats.batches} transactions over ${RUNS + 1} runs; ` +
+      `${TASKS} tasks ${manyStats.batches}; largest ${manyStats.largestBatch} appends`,
   );
   console.log(
     `observer feed: ${latency.stats.fromNotifications} by NOTIFY, ${latency.stats.duplicates} duplicates dropped, ` +
