@@ -144,7 +144,7 @@ function encodeAppends(
     times.push(time);
     bodyTexts.push(bodyJson);
     const terminal = isTerminalType(type);
-    changes.push(committedChange(taskId, seq, terminal, type, time, bodyJson));
+    changes.push(new CommittedChange(taskId, seq, terminal, type, time, bodyJson));
     const notice = notices.get(taskId);
     if (notice === undefined) {
       notices.set(taskId, { taskId, firstSeq: seq, seq, terminal, events: [event] });
@@ -310,28 +310,41 @@ export async function writeAppendsIfUnchanged(
 /**
  * The change of a committed event. Its `events` are built on first read, from the text the table
  * stores (a fresh, frozen copy: what any other replica rebuilds from the notification): a store with no
- * subscriber that reads them, like a writer-only process, never pays for the copy.
+ * subscriber that reads them, like a writer-only process, never pays for the copy. A class, so the getter
+ * is shared on the prototype instead of a closure and an accessor made for every event.
  */
-function committedChange(
-  taskId: string,
-  seq: number,
-  terminal: boolean,
-  type: string,
-  time: number,
-  bodyJson: string,
-): TaskChange {
-  let events: readonly TaskEvent[] | undefined;
-  return Object.freeze({
-    taskId,
-    seq,
-    terminal,
-    get events(): readonly TaskEvent[] {
-      events ??= Object.freeze([
-        frozenEvent(taskId, seq, type, time, JSON.parse(bodyJson) as Record<string, unknown>),
-      ]);
-      return events;
-    },
-  });
+class CommittedChange implements TaskChange {
+  readonly taskId: string;
+  readonly seq: number;
+  readonly terminal: boolean;
+  readonly #type: string;
+  readonly #time: number;
+  readonly #bodyJson: string;
+  #events: readonly TaskEvent[] | undefined;
+
+  constructor(taskId: string, seq: number, terminal: boolean, type: string, time: number, bodyJson: string) {
+    this.taskId = taskId;
+    this.seq = seq;
+    this.terminal = terminal;
+    this.#type = type;
+    this.#time = time;
+    this.#bodyJson = bodyJson;
+    // Frozen like every change the feed shares; the private fields stay writable, so `events` can be cached.
+    Object.freeze(this);
+  }
+
+  get events(): readonly TaskEvent[] {
+    this.#events ??= Object.freeze([
+      frozenEvent(
+        this.taskId,
+        this.seq,
+        this.#type,
+        this.#time,
+        JSON.parse(this.#bodyJson) as Record<string, unknown>,
+      ),
+    ]);
+    return this.#events;
+  }
 }
 
 /** What a committed batch gives back: each append's outcome, the changes to publish, the rows written. */
@@ -366,7 +379,8 @@ function planBatch(
       rows.set(taskId, next.task);
       changed.set(taskId, next.task);
       events.push(next.event);
-      // Returned objects must not share the caller's `detail`/`result` objects.
+      // Returned objects must not share the caller's `detail`/`result` objects, nor the planning rows
+      // (the task is a copy of its own, which the caller of planBatch may complete in place).
       outcomes.push({
         event: detached(next.event),
         task: { ...next.task, result: jsonCopy(next.task.result) },
@@ -549,13 +563,14 @@ export class AppendPipeline {
       return undefined;
     }
     // Lease and ack columns as the row has them (a renewal or an ack since the remembered row moved them).
-    const leased = (task: Task): Task => ({ ...task, ...written.current.get(task.id) });
+    // Written into the outcomes' tasks in place: planBatch made them for this batch alone.
+    for (const outcome of plan.outcomes) {
+      if (!isProgressError(outcome)) Object.assign(outcome.task, written.current.get(outcome.task.id));
+    }
     return {
-      outcomes: plan.outcomes.map((outcome) =>
-        isProgressError(outcome) ? outcome : { ...outcome, task: leased(outcome.task) },
-      ),
+      outcomes: plan.outcomes,
       changes: written.changes,
-      tasks: plan.tasks.map(leased),
+      tasks: plan.tasks.map((task) => ({ ...task, ...written.current.get(task.id) })),
       locked: false,
     };
   }
