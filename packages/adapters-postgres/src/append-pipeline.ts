@@ -265,12 +265,15 @@ export async function writeAppendsIfUnchanged(
           error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
           lease_owner = CASE WHEN v.status = 'running' THEN t.lease_owner END,
           lease_expires_at = CASE WHEN v.status = 'running' THEN t.lease_expires_at END
-        FROM locked,
-          json_to_recordset(${encoded.tasks}::json) AS v(
+        FROM json_to_recordset(${encoded.tasks}::json) AS v(
             id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
             result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
             from_seq int8, created_at int8)
-        WHERE t.id = locked.id AND v.id = locked.id
+        -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
+        -- Joining \`locked\` instead let the planner, which guesses 100 rows for the JSON, pick a nested loop
+        -- over it: quadratic in the batch, 45 of a statement's 50 ms at 500 tasks.
+        WHERE (SELECT count(*) FROM locked) = ${tasks.length}
+          AND t.id = v.id AND t.id = ANY(${encoded.ids}::text[])
           AND t.seq = v.from_seq AND t.created_at = v.created_at
         RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
       ), guard AS (

@@ -88,6 +88,24 @@ describe('appends planned from the rows a store last wrote', () => {
     expect(await a.getTask('t2')).toMatchObject({ seq: 3, done: 3 });
   });
 
+  it('write the rest of a batch when one of its remembered rows is gone (purged by another store)', async () => {
+    const [a, b] = await twoStores();
+    await a.createTask({ id: 't1', owner: 'alice', kind: 'k' });
+    await a.createTask({ id: 't2', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
+    await Promise.all([a.append('t1', item('t1-1')), a.append('t2', item('t2-1'))]);
+    clock.advance(2000);
+    await b.reapExpiredLeases();
+    clock.advance(1000);
+    expect(await b.purgeFinished({ olderThanMs: 500 })).toBe(1);
+    // One batch for both: t2's row is gone, so the statement from remembered rows locks one row of two
+    // and writes nothing; the locked path then commits t1 and finds t2 missing.
+    const [one, two] = await Promise.allSettled([a.append('t1', item('t1-2')), a.append('t2', item('t2-2'))]);
+    expect(one).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+    expect(two).toMatchObject({ status: 'rejected', reason: { code: ErrorCode.TaskNotFound } });
+    expect(await itemKeys(a, 't1')).toEqual(['t1-1', 't1-2']);
+    expect(a.stats()).toMatchObject({ lockedBatches: 2 });
+  });
+
   it("do not write over an interruption by another store's reaper", async () => {
     const [a, b] = await twoStores();
     await a.createTask({ id: 't', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
