@@ -40,27 +40,35 @@ export async function writeAcks(
     // reads as the batch's own seq: the task's acked seq is at least that.
     const { rows: result } = await sql<{ id: string; seq: string; acked_seq: string }>`
         WITH v AS (
-          SELECT * FROM unnest(${batch.map((entry) => entry.input.taskId)}::text[], ${batch.map((entry) => entry.input.seq)}::int8[])
-            AS v(id, seq)
+          -- Each task's acked seqs of the batch as one array, so that a row looks at its own seqs only
+          -- (a subquery over all the batch's acks for every row was quadratic: 57 ms at 1,000 acks).
+          SELECT id, array_agg(seq) AS seqs
+          FROM unnest(${batch.map((entry) => entry.input.taskId)}::text[], ${batch.map((entry) => entry.input.seq)}::int8[])
+            AS a(id, seq)
+          GROUP BY id
         ), locked AS MATERIALIZED (
-          SELECT t.id FROM ${tasks} t
+          SELECT t.id FROM ${tasks} t JOIN v ON v.id = t.id
           WHERE t.id = ANY(${taskIds}::text[])
-            AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+            AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
           ORDER BY t.id
-          FOR UPDATE
+          FOR UPDATE OF t
         ), updated AS (
           UPDATE ${tasks} AS t
-          SET acked_seq = (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq)
-          FROM locked
-          WHERE t.id = locked.id
-            AND EXISTS (SELECT 1 FROM v WHERE v.id = t.id AND v.seq <= t.seq AND v.seq > t.acked_seq)
+          SET acked_seq = (SELECT max(s) FROM unnest(v.seqs) AS s WHERE s <= t.seq)
+          FROM v
+          -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
+          -- The rows updated are the rows locked without a join on \`locked\`: the same condition, checked
+          -- on the same snapshot, and on the newest version of a row that changed since (as FOR UPDATE did).
+          WHERE (SELECT count(*) FROM locked) >= 0
+            AND t.id = ANY(${taskIds}::text[]) AND v.id = t.id
+            AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
           RETURNING t.id, t.seq, t.acked_seq
         )
         SELECT id, seq, acked_seq FROM updated
         UNION ALL
         SELECT t.id, t.seq,
-          GREATEST(t.acked_seq, (SELECT max(v.seq) FROM v WHERE v.id = t.id AND v.seq <= t.seq))
-        FROM ${tasks} t
+          GREATEST(t.acked_seq, (SELECT max(s) FROM unnest(v.seqs) AS s WHERE s <= t.seq))
+        FROM ${tasks} t JOIN v ON v.id = t.id
         WHERE t.id = ANY(${taskIds}::text[]) AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = t.id)`.execute(
       db,
     );
