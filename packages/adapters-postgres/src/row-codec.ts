@@ -4,7 +4,7 @@ import { sql } from 'kysely';
 
 /**
  * Conversion between the model and Postgres rows: rows as `pg` returns them (`int8` as text unless the
- * caller installed a parser, `json` selected as text), and the JSON records the write statements unpack
+ * caller installed a parser, `json` selected as text), and the JSON records of task rows the write statements unpack
  * with `json_to_recordset`.
  *
  * @module
@@ -116,12 +116,6 @@ export function detached(event: TaskEvent): TaskEvent {
     default:
       exhaustive(event, 'event');
   }
-}
-
-/** The row of an event for `json_to_recordset`: its content goes into `body` as JSON. */
-export function eventRecord(event: TaskEvent): Record<string, unknown> {
-  const { taskId, seq, type, time, ...body } = event;
-  return { task_id: taskId, seq, type, time, body };
 }
 
 /**
