@@ -83,3 +83,35 @@ describe('an owned task ending', () => {
     expect(task.signal.aborted).toBe(true);
   });
 });
+
+describe("an owned task's signal", () => {
+  it('read before the end: aborts once, with task_finished, and its listeners run', async () => {
+    const { server } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const signal = task.signal;
+    const reasons: unknown[] = [];
+    signal.addEventListener('abort', () => reasons.push(signal.reason));
+    expect(signal.aborted).toBe(false);
+    await task.complete();
+    expect(reasons).toHaveLength(1);
+    expect(reasons[0]).toMatchObject({ code: 'task_finished', taskId: task.id });
+    expect(task.signal).toBe(signal);
+  });
+
+  it('first read after the end (made then): already aborted, with task_finished', async () => {
+    const { server } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.fail({ code: 'E', message: 'boom' });
+    expect(task.signal.aborted).toBe(true);
+    expect(task.signal.reason).toMatchObject({ code: 'task_finished', taskId: task.id });
+  });
+
+  it('read after the server began shutting down: aborted with closed', async () => {
+    const { server } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const closing = server.close({ timeoutMs: 500 });
+    expect(task.signal.aborted).toBe(true);
+    expect(task.signal.reason).toMatchObject({ code: 'closed' });
+    await closing;
+  });
+});

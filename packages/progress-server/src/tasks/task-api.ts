@@ -146,7 +146,7 @@ export class TaskApi {
     }
     this.#owned.set(task.id, { handle, control, stopFollow });
     this.#leases.add(task.id);
-    if (this.#closing) control.abort(shutdownReason());
+    if (this.#closing) control.abort(shutdownReason);
     return handle;
   }
 
@@ -200,7 +200,7 @@ export class TaskApi {
    */
   async shutdown(batchDeadline: number, deadline: number): Promise<void> {
     this.#closing = true;
-    for (const owned of this.#owned.values()) owned.control.abort(shutdownReason());
+    for (const owned of this.#owned.values()) owned.control.abort(shutdownReason);
     await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
     const interrupts = [...this.#owned.values()].map(async ({ handle }) => {
       if (handle.finished) return;
@@ -279,7 +279,7 @@ export class TaskApi {
     const owned = this.#owned.get(taskId);
     if (owned === undefined) return;
     owned.control.ended();
-    owned.control.abort(new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
+    owned.control.abort(() => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
     this.#forget(taskId);
   }
 
