@@ -1,4 +1,4 @@
-import type { TaskEvent } from '@finishline/core';
+import type { TaskChange, TaskEvent } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect, sql } from 'kysely';
@@ -540,6 +540,20 @@ describe('clients', () => {
     await writer.close();
     expect((await sql<{ one: number }>`SELECT 1 AS one`.execute(db)).rows).toEqual([{ one: 1 }]);
     expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+  });
+
+  it('publishes its own commits with their events, which a spread or JSON of the change keeps', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    const changes: TaskChange[] = [];
+    const stop = store.changes.subscribe((change) => changes.push(change));
+    await store.createTask({ id: 'k', owner: 'alice', kind: 'k' });
+    const { event } = await store.append('k', { type: 'item', key: 'n-1', ok: true });
+    stop();
+    const own = changes.find((change) => change.taskId === 'k' && change.seq === 1);
+    expect(own?.events).toEqual([event]);
+    expect({ ...own }.events).toEqual([event]);
+    expect(JSON.parse(JSON.stringify(own)).events).toEqual([JSON.parse(JSON.stringify(event))]);
   });
 
   it('publishes each own commit once although it also comes back by NOTIFY', async () => {
