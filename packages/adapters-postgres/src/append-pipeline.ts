@@ -144,7 +144,7 @@ function encodeAppends(
     times.push(time);
     bodyTexts.push(bodyJson);
     const terminal = isTerminalType(type);
-    changes.push(committedChange(taskId, seq, terminal, type, time, bodyJson));
+    changes.push(new CommittedChange(taskId, seq, terminal, type, time, bodyJson));
     const notice = notices.get(taskId);
     if (notice === undefined) {
       notices.set(taskId, { taskId, firstSeq: seq, seq, terminal, events: [event] });
@@ -313,30 +313,50 @@ export async function writeAppendsIfUnchanged(
 /**
  * The change of a committed event. Its `events` are built on first read, from the text the table
  * stores (a fresh, frozen copy: what any other replica rebuilds from the notification): a store with no
- * subscriber that reads them, like a writer-only process, never pays for the copy. An own, enumerable
- * getter (not a class with the getter on its prototype): a subscriber that spreads or serializes a change
- * gets its events, as it does for a change decoded from a notification.
+ * subscriber that reads them, like a writer-only process, never pays for the copy.
+ *
+ * `events` is an own, enumerable getter, so a subscriber that spreads or serializes a change gets them,
+ * as it does for a change decoded from a notification; one descriptor shared by every instance, because a
+ * literal with its own getter closure per event cost 0.9 µs against 0.15 µs (micro-benchmark), which
+ * `bench:store` showed as 10–15 % of the appends/s.
  */
-function committedChange(
-  taskId: string,
-  seq: number,
-  terminal: boolean,
-  type: string,
-  time: number,
-  bodyJson: string,
-): TaskChange {
-  let events: readonly TaskEvent[] | undefined;
-  return Object.freeze({
-    taskId,
-    seq,
-    terminal,
-    get events(): readonly TaskEvent[] {
-      events ??= Object.freeze([
-        frozenEvent(taskId, seq, type, time, JSON.parse(bodyJson) as Record<string, unknown>),
+class CommittedChange implements TaskChange {
+  static readonly #eventsProperty: PropertyDescriptor = {
+    enumerable: true,
+    get(this: CommittedChange): readonly TaskEvent[] {
+      this.#events ??= Object.freeze([
+        frozenEvent(
+          this.taskId,
+          this.seq,
+          this.#type,
+          this.#time,
+          JSON.parse(this.#bodyJson) as Record<string, unknown>,
+        ),
       ]);
-      return events;
+      return this.#events;
     },
-  });
+  };
+
+  readonly taskId: string;
+  readonly seq: number;
+  readonly terminal: boolean;
+  declare readonly events: readonly TaskEvent[];
+  readonly #type: string;
+  readonly #time: number;
+  readonly #bodyJson: string;
+  #events: readonly TaskEvent[] | undefined;
+
+  constructor(taskId: string, seq: number, terminal: boolean, type: string, time: number, bodyJson: string) {
+    this.taskId = taskId;
+    this.seq = seq;
+    this.terminal = terminal;
+    this.#type = type;
+    this.#time = time;
+    this.#bodyJson = bodyJson;
+    Object.defineProperty(this, 'events', CommittedChange.#eventsProperty);
+    // Frozen like every change the feed shares; private fields stay writable, so `events` is cached.
+    Object.freeze(this);
+  }
 }
 
 /** What a committed batch gives back: each append's outcome, the changes to publish, the rows written. */
