@@ -244,10 +244,6 @@ async function steadyRate(label, measure, notes) {
   return sorted[Math.floor(sorted.length / 2)];
 }
 
-function statsSince(before, after) {
-  return { batches: after.batches - before.batches, largestBatch: after.largestBatch };
-}
-
 function fmtRate(value) {
   return `${Math.round(value).toLocaleString('en-US')} /s`;
 }
@@ -276,14 +272,14 @@ async function main() {
   const runsNote = [];
   const store = await PostgresProgressStore.open({ pool: poolA, schema, migrate: false });
   const rawHot = await steadyRate('raw hot', () => rawInsertRate(() => 'hot'), runsNote);
-  const hotBefore = store.stats();
+  const hotBefore = store.stats().batches;
   const hotRate = await steadyRate(
     'store hot',
     async () =>
       storeAppendRate(store, [(await store.createTask({ owner: 'bench', kind: 'hot' })).id], WINDOW),
     runsNote,
   );
-  const hotStats = statsSince(hotBefore, store.stats());
+  const hotBatches = store.stats().batches - hotBefore;
   rows.push([
     'appends/s, one hot task',
     fmtRate(hotRate),
@@ -293,7 +289,7 @@ async function main() {
 
   let taskSet = 0;
   const rawMany = await steadyRate('raw many', () => rawInsertRate((i) => `t-${i % TASKS}`), runsNote);
-  const manyBefore = store.stats();
+  const manyBefore = store.stats().batches;
   const manyRate = await steadyRate(
     `store ${TASKS} tasks`,
     async () => {
@@ -312,7 +308,8 @@ async function main() {
     },
     runsNote,
   );
-  const manyStats = statsSince(manyBefore, store.stats());
+  const manyBatches = store.stats().batches - manyBefore;
+  const { largestBatch } = store.stats();
   rows.push([
     `appends/s, ${TASKS} tasks in parallel`,
     fmtRate(manyRate),
@@ -377,8 +374,8 @@ async function main() {
   );
   for (const note of runsNote) console.log(`  ${note}`);
   console.log(
-    `group commit: hot task ${hotStats.batches} transactions over ${RUNS + 1} runs; ` +
-      `${TASKS} tasks ${manyStats.batches}; largest ${manyStats.largestBatch} appends`,
+    `group commit: hot task ${hotBatches} transactions over ${RUNS + 1} runs; ` +
+      `${TASKS} tasks ${manyBatches}; largest ${largestBatch} appends`,
   );
   console.log(
     `observer feed: ${latency.stats.fromNotifications} by NOTIFY, ${latency.stats.duplicates} duplicates dropped, ` +

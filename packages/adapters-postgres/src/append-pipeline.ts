@@ -132,7 +132,6 @@ function encodeAppends(
   const seqs: number[] = [];
   const types: string[] = [];
   const times: number[] = [];
-  const bodyTexts: string[] = [];
   const changes: TaskChange[] = [];
   for (const event of events) {
     const { taskId, seq, type, time, ...body } = event;
@@ -142,7 +141,6 @@ function encodeAppends(
     seqs.push(seq);
     types.push(type);
     times.push(time);
-    bodyTexts.push(bodyJson);
     const terminal = isTerminalType(type);
     changes.push(new CommittedChange(taskId, seq, terminal, type, time, bodyJson));
     const notice = notices.get(taskId);
@@ -160,8 +158,9 @@ function encodeAppends(
   return {
     tasks: `[${tasks.map((task) => taskRecordJson(task, planned?.get(task.id))).join(',')}]`,
     ids: tasks.map((task) => task.id),
-    // JSON.stringify escapes every control character, so U+0001 never occurs inside a body.
-    events: { taskIds, seqs, types, times, bodies: bodyTexts.join(PAYLOADS_SEPARATOR) },
+    // In event order (a Map iterates in insertion order). JSON.stringify escapes every control character,
+    // so U+0001 never occurs inside a body.
+    events: { taskIds, seqs, types, times, bodies: [...bodies.values()].join(PAYLOADS_SEPARATOR) },
     payloads: payloads.join(PAYLOADS_SEPARATOR),
     changes,
   };
