@@ -483,6 +483,42 @@ describe('lost frames on a healthy connection', () => {
     await client.close();
   });
 
+  it('learns how long to wait for an answer from answered subscribes, and backs off while they go unanswered', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push(snap(task.view())); // answered at once
+    const lostFrame = async (): Promise<void> => {
+      task.item(String(task.seq)); // lost
+      await scheduler.advance(5000);
+      socket.sent.length = 0;
+      socket.push({ type: 'heartbeat', time: task.seq, seqs: { t1: task.seq } }); // resync at once
+      expect(socket.frames('subscribe')).toHaveLength(1);
+    };
+    // A fast server: the floor (250 ms) rather than behindGraceMs, then twice as long while unanswered.
+    await lostFrame();
+    await scheduler.advance(249);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    await scheduler.advance(500);
+    expect(socket.frames('subscribe')).toHaveLength(3);
+    // Answered after a repeat: which copy was answered is unknown, so the wait learns nothing from it.
+    await scheduler.advance(100);
+    socket.push(ev(task.events[0] as TaskEvent));
+    // The server has become slow: the next subscribe keeps the backoff (4 × 250 ms), so its answer,
+    // 400 ms later, arrives before any repeat and is timed.
+    await lostFrame();
+    await scheduler.advance(400);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    socket.push(ev(task.events[1] as TaskEvent));
+    // Smoothed over 0 and 400 ms (RFC 6298: 50 ms + 4 × 100 ms deviation), and the backoff is over.
+    await lostFrame();
+    await scheduler.advance(449);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    await client.close();
+  });
+
   it('never repeats an unanswered subscribe with behindGraceMs 0 (it would every turn)', async () => {
     const { client, socket, scheduler } = subscribed({ behindGraceMs: 0 });
     await scheduler.advance(60_000);
@@ -523,10 +559,11 @@ describe('lost frames on a healthy connection', () => {
     socket.sent.length = 0;
     socket.push(ev(task.events[2] as TaskEvent)); // seq 3: 2 is missing
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
-    await scheduler.advance(300);
-    socket.push(ev(task.events[2] as TaskEvent)); // the same gap again (a re-send): the resync is recent
+    // The same gap again (a re-send, within the learned 250 ms wait for an answer): the resync is recent.
+    await scheduler.advance(200);
+    socket.push(ev(task.events[2] as TaskEvent));
     expect(socket.frames('subscribe')).toHaveLength(1);
-    await scheduler.advance(699);
+    await scheduler.advance(799);
     expect(socket.frames('subscribe')).toHaveLength(1);
     await scheduler.advance(1); // its answer is overdue, and nothing else is coming
     expect(socket.frames('subscribe')).toEqual([
@@ -668,8 +705,8 @@ describe('HTTP fallback', () => {
       httpFallbackAfterAttempts: 1,
       finishTimeoutMs: 3000,
       // This server never answers the subscribes after the reconnect: the watchdog's steps alone are
-      // under test, not the repeat of an unanswered subscribe (which waits behindGraceMs).
-      behindGraceMs: 60_000,
+      // under test, not the repeat of an unanswered subscribe (0 turns it off).
+      behindGraceMs: 0,
     });
     const task = new FakeTask('t1', 5);
     http.tasks.set('t1', task);

@@ -4,6 +4,7 @@ import type { ApplyResult } from '@finishline/core/internal';
 import { assertTaskId, exhaustive, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { Acks } from './acks.js';
+import { AnswerWait } from './answer-wait.js';
 import { Connection } from './connection.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { FallbackStreams } from './fallback-streams.js';
@@ -90,6 +91,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#timers = new TimerSet(this.#o.timers);
     this.#taskHost = {
       timers: this.#timers,
+      answerWait: new AnswerWait(this.#o.behindGraceMs),
       onStuck: (task, action) => this.#stuck(task, action),
       onUnanswered: (task) => this.#resync(task),
     };

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { AnswerWait } from './answer-wait.js';
 import { type StuckAction, TaskSubscription } from './task-subscription.js';
 import { FakeTask } from './testing/fake-server.js';
 import { ManualScheduler } from './testing/manual-scheduler.js';
@@ -19,6 +20,7 @@ function subscription(stuck: StuckAction[] = []) {
     },
     {
       timers: new TimerSet(scheduler),
+      answerWait: new AnswerWait(1000),
       onStuck: (_task, action) => stuck.push(action),
       onUnanswered: () => unanswered.push(scheduler.now()),
     },

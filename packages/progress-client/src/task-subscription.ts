@@ -2,6 +2,7 @@ import type { Clock, ProgressError } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
+import type { AnswerWait } from './answer-wait.js';
 import { type CursorStorage, readStoredTask } from './cursor-storage.js';
 import { Timeout, type TimerSet } from './timers.js';
 import { WatchedTask } from './watched-task.js';
@@ -36,17 +37,13 @@ export interface TaskSubscriptionOptions {
 /** What every {@link TaskSubscription} of one client shares with it, made once per client. @internal */
 export interface TaskSubscriptionHost {
   timers: TimerSet;
+  /** How long a subscribe may go unanswered, learned from the client's answered subscribes. */
+  answerWait: AnswerWait;
   /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
   onStuck(task: TaskSubscription, action: StuckAction): void;
   /** A subscribe got no answer within its wait: subscribe again from the cursor. */
   onUnanswered(task: TaskSubscription): void;
 }
-
-/**
- * How many times the wait for a subscribe's answer doubles while subscribes go unanswered (16 × the
- * first wait at most): a server too busy to answer within the wait is not asked ever more often.
- */
-const MAX_ANSWER_WAIT_DOUBLINGS = 4;
 
 /**
  * Error codes after which a watch cannot go on: the task is not there, or not for this principal.
@@ -72,7 +69,8 @@ export class TaskSubscription {
   readonly #behindTimer: Timeout;
   readonly #retryTimer: Timeout;
   readonly #answerTimer: Timeout;
-  readonly #answerWaitMs: number;
+  /** `behindGraceMs`: 0 turns the repeat of an unanswered subscribe off. */
+  readonly #repeatUnanswered: boolean;
   readonly #host: TaskSubscriptionHost;
   /** Bound once: the watchdog is re-armed after every delivered frame. */
   readonly #checkWatchdog = (): void => {
@@ -96,7 +94,7 @@ export class TaskSubscription {
   #answered = false;
   /** Consecutive error frames about this task, for the retry backoff. */
   #retries = 0;
-  /** Subscribes in a row that went unanswered for their whole wait: the next wait is 2^this longer. */
+  /** Subscribes in a row that went unanswered for their whole wait: the next waits 2^this longer. */
   #unanswered = 0;
   /** Terminal acknowledged and unsubscribed: the socket has nothing more to do for this task. */
   #socketDone = false;
@@ -117,7 +115,7 @@ export class TaskSubscription {
     this.#behindTimer = new Timeout(host.timers);
     this.#retryTimer = new Timeout(host.timers);
     this.#answerTimer = new Timeout(host.timers);
-    this.#answerWaitMs = options.behindGraceMs;
+    this.#repeatUnanswered = options.behindGraceMs > 0;
     this.task = new WatchedTask(this.cursor, options, host.timers);
     // A view saved before a page reload, already validated, with its epoch.
     const restored = options.storage === undefined ? undefined : readStoredTask(options.storage, taskId);
@@ -166,11 +164,13 @@ export class TaskSubscription {
     this.#resyncSentAt = this.#clock();
     this.#answered = false;
     // 0 turns the repeat off (it would otherwise repeat the subscribe every turn until answered).
-    if (this.#answerWaitMs <= 0) return;
-    const waitMs = this.#answerWaitMs * 2 ** Math.min(this.#unanswered, MAX_ANSWER_WAIT_DOUBLINGS);
-    this.#answerTimer.set(waitMs, () => {
+    if (!this.#repeatUnanswered) return;
+    const wait = this.#host.answerWait;
+    const doublings = wait.doublings(this.#unanswered);
+    this.#answerTimer.set(wait.ms(doublings), () => {
       if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
       this.#unanswered += 1;
+      wait.unanswered(doublings);
       this.#host.onUnanswered(this);
     });
   }
@@ -185,6 +185,9 @@ export class TaskSubscription {
     const first = !this.#answered;
     this.#answered = true;
     if (first) {
+      // Only a subscribe sent once times the answer: after a repeat, which copy was answered is unknown.
+      if (this.#unanswered === 0 && this.#resyncFrom !== undefined)
+        this.#host.answerWait.answered(this.#clock() - this.#resyncSentAt);
       this.#unanswered = 0;
       this.#answerTimer.clear();
     }
