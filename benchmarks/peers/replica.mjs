@@ -113,7 +113,7 @@ function countStatements(clientPrototype) {
 /** Frames sent and re-sent, terminal-ack latency and statements of this replica, on stderr. */
 async function printCounts(server) {
   const wanted =
-    /^finishline_(events_sent|snapshots_sent|terminal_retries|terminal_ack_latency_seconds_(sum|count))/;
+    /^finishline_(events_sent|snapshots_sent|resyncs_total|terminal_retries|terminal_ack_latency_seconds_(sum|count))/;
   const metrics = (await server.metrics.registry.metrics()).split('\n').filter((line) => wanted.test(line));
   const statements = [...statementCounts]
     .sort((a, b) => b[1] - a[1])
