@@ -441,6 +441,14 @@ export class AppendPipeline {
     });
   }
 
+  /**
+   * A task this store just inserted, as its row is: the task's first batch of appends can then be planned
+   * from it and written in one statement, like every later one, instead of in a locking transaction.
+   */
+  created(task: Task): void {
+    this.#lastWritten.remember(task);
+  }
+
   /** Counts and publishes appends another transaction committed (the reaper's interruptions). */
   committedElsewhere(changes: readonly TaskChange[]): void {
     this.#stats.appends += changes.length;

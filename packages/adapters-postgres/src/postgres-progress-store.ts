@@ -249,6 +249,8 @@ export class PostgresProgressStore implements ProgressStore {
     if (inserted.rows.length === 0) {
       throw taskAlreadyExists(id);
     }
+    // A copy: the caller owns the returned object, and may change it.
+    this.#appends.created({ ...task });
     this.#hub.resetTask(id);
     return task;
   }

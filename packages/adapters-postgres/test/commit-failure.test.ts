@@ -38,7 +38,9 @@ async function setup() {
   pools.push(observerPool);
   const observer = await PostgresProgressStore.open({ pool: observerPool, migrate: false, schema });
   stores.push(store, observer);
-  for (const id of ['a', 'b', 'sentinel']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+  // Created through the observer: the store under test then plans its first batch in a locking
+  // transaction, whose COMMIT the hook replaces (a store's own new tasks take one autocommit statement).
+  for (const id of ['a', 'b', 'sentinel']) await observer.createTask({ id, owner: 'alice', kind: 'k' });
   return { schema, store, observer, hooked, own: new Recorder(store), other: new Recorder(observer) };
 }
 

@@ -183,7 +183,8 @@ describe('the LISTEN connection', () => {
     const slow = await open({ schema, pool: gated.pool });
     const fast = await open({ schema });
     const recorder = new Recorder(observer);
-    await slow.createTask({ id: 'late', owner: 'alice', kind: 'k' });
+    // Created by another store, so that `slow` appends in a locking transaction, held at its COMMIT.
+    await fast.createTask({ id: 'late', owner: 'alice', kind: 'k' });
     await fast.createTask({ id: 'early', owner: 'alice', kind: 'k' });
     gated.control.arm();
     const lateAppend = slow.append('late', { type: 'progress', done: 1 });
@@ -328,8 +329,9 @@ describe('a backend killed mid-transaction', () => {
     const store = await open({ schema, pool: gated.pool });
     const observer = await open({ schema });
     const recorder = new Recorder(observer);
-    await store.createTask({ id: 'victim', owner: 'alice', kind: 'k' });
-    await store.createTask({ id: 'sentinel', owner: 'alice', kind: 'k' });
+    // Created by another store, so that `store` appends in a locking transaction, held at its COMMIT.
+    await observer.createTask({ id: 'victim', owner: 'alice', kind: 'k' });
+    await observer.createTask({ id: 'sentinel', owner: 'alice', kind: 'k' });
     gated.control.arm();
     const append = store.append('victim', { type: 'item', key: 'node-1', ok: true });
     releases.push(() => gated.control.release());

@@ -7,8 +7,8 @@ import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
 import { commitHookedPool, dropSchema, eventually, freshSchema, newPool, Recorder } from './support.js';
 
 /**
- * Writes that save round trips: appends planned from the rows a store last wrote (one statement, no
- * locking read; used whenever the store has the rows, never written over anything another writer, the
+ * Writes that save round trips: appends planned from the rows a store last wrote or created (one
+ * statement, no locking read; used whenever the store has the rows, never written over anything another writer, the
  * reaper, a purge, a lease or an ack did to them since: `writeAppendsIfUnchanged` in append-pipeline.ts),
  * and lease renewals of one tick in one transaction (`renewLeases` in lease-statements.ts).
  */
@@ -50,13 +50,29 @@ afterAll(async () => {
 });
 
 describe('appends planned from the rows a store last wrote', () => {
-  it("skip the locking read after a task's first append", async () => {
+  it('skip the locking read from the creation of the task on', async () => {
     const [store] = await twoStores();
     await store.createTask({ id: 't', owner: 'alice', kind: 'k', total: 3 });
     for (const key of ['a', 'b', 'c']) await store.append('t', item(key));
-    expect(store.stats()).toMatchObject({ appends: 3, batches: 3, lockedBatches: 1 });
+    expect(store.stats()).toMatchObject({ appends: 3, batches: 3, lockedBatches: 0 });
     expect(await itemKeys(store, 't')).toEqual(['a', 'b', 'c']);
     expect(await store.getTask('t')).toMatchObject({ seq: 3, done: 3, succeeded: 3 });
+  });
+
+  it("plan a task's first append from the row the store inserted, not from the object its caller got", async () => {
+    const [a, b] = await twoStores();
+    const created = await a.createTask({ id: 't', owner: 'alice', kind: 'k', total: 5 });
+    Object.assign(created, { total: 99, done: 42 }); // the caller's object, the caller's business
+    const first = await a.append('t', item('a'));
+    expect(first.task).toMatchObject({ seq: 1, total: 5, done: 1 });
+    expect(a.stats().lockedBatches).toBe(0);
+    // Another store appends from its locked row (it did not create the task); `a`'s row moved on.
+    await b.append('t', item('b'));
+    expect(b.stats().lockedBatches).toBe(1);
+    const third = await a.append('t', item('c'));
+    expect(third.task).toMatchObject({ seq: 3, total: 5, done: 3 });
+    expect(a.stats().lockedBatches).toBe(1);
+    expect(await itemKeys(a, 't')).toEqual(['a', 'b', 'c']);
   });
 
   it('are planned again from the locked row when another writer appended meanwhile', async () => {
@@ -69,7 +85,7 @@ describe('appends planned from the rows a store last wrote', () => {
     expect(result.event.seq).toBe(4);
     expect(result.task).toMatchObject({ seq: 4, done: 4 });
     expect(await itemKeys(a, 't')).toEqual(['a1', 'a2', 'b3', 'a4']);
-    expect(a.stats()).toMatchObject({ batches: 3, lockedBatches: 2 });
+    expect(a.stats()).toMatchObject({ batches: 3, lockedBatches: 1 });
   });
 
   it('write nothing of a batch from its remembered rows when one of them moved on', async () => {
@@ -103,7 +119,7 @@ describe('appends planned from the rows a store last wrote', () => {
     expect(one).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
     expect(two).toMatchObject({ status: 'rejected', reason: { code: ErrorCode.TaskNotFound } });
     expect(await itemKeys(a, 't1')).toEqual(['t1-1', 't1-2']);
-    expect(a.stats()).toMatchObject({ lockedBatches: 2 });
+    expect(a.stats()).toMatchObject({ lockedBatches: 1 });
   });
 
   it("do not write over an interruption by another store's reaper", async () => {
@@ -142,7 +158,7 @@ describe('appends planned from the rows a store last wrote', () => {
     const renewed = await store.renewLease('t', 'w', 1000);
     await store.ack('t', 1);
     const result = await store.append('t', item('b'));
-    expect(store.stats().lockedBatches).toBe(1);
+    expect(store.stats().lockedBatches).toBe(0);
     const stored = await store.getTask('t');
     expect(stored).toMatchObject({ leaseOwner: 'w', leaseExpiresAt: renewed.leaseExpiresAt, ackedSeq: 1 });
     expect(result.task).toEqual(stored);
@@ -153,12 +169,12 @@ describe('appends planned from the rows a store last wrote', () => {
     await store.createTask({ id: 't', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
     await store.append('t', item('a'));
     const result = await store.append('t', { type: 'completed' });
-    expect(store.stats().lockedBatches).toBe(1);
+    expect(store.stats().lockedBatches).toBe(0);
     expect(result.task).toMatchObject({ status: 'completed', leaseOwner: null, leaseExpiresAt: null });
     expect(await store.getTask('t')).toEqual(result.task);
     // An ended task is not remembered: a later append is refused from the locked row.
     await expect(store.append('t', item('late'))).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
-    expect(store.stats().lockedBatches).toBe(1);
+    expect(store.stats().lockedBatches).toBe(0);
   });
 });
 
