@@ -71,7 +71,8 @@ export interface AppendStats {
   failedBatches: number;
   /**
    * Committed batches that locked and read their rows first. The others were planned from the rows this
-   * store last wrote and written in one statement; a batch whose rows moved on meanwhile is counted here.
+   * store last wrote or created and written in one statement; a batch whose rows moved on meanwhile is
+   * counted here.
    */
   lockedBatches: number;
 }
