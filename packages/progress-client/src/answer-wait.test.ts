@@ -18,6 +18,20 @@ describe('AnswerWait', () => {
     expect(wait.ms(0)).toBe(1000);
   });
 
+  it('takes an answer timed across a clock set back as immediate', () => {
+    const wait = new AnswerWait(1000);
+    wait.answered(-5000);
+    expect(wait.ms(0)).toBe(250);
+    wait.answered(-5000);
+    expect(wait.ms(0)).toBe(250);
+  });
+
+  it('never waits longer than the longest wait when that is below 250 ms', () => {
+    const wait = new AnswerWait(100);
+    wait.answered(1);
+    expect(wait.ms(0)).toBe(100);
+  });
+
   it('follows a server that slows down within a few answers', () => {
     const wait = new AnswerWait(10_000);
     for (let i = 0; i < 20; i++) wait.answered(10);

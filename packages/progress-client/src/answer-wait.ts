@@ -65,9 +65,11 @@ export class AnswerWait {
 
   /**
    * A subscribe sent once (never a repeat: which of the copies was answered is unknown) was answered
-   * `ms` after it went out.
+   * `ms` after it went out. The clock is the wall clock: set back meanwhile, it gives a negative time,
+   * taken as 0.
    */
-  answered(ms: number): void {
+  answered(elapsedMs: number): void {
+    const ms = Math.max(0, elapsedMs);
     this.#backoff = 0;
     if (this.#smoothed < 0) {
       this.#smoothed = ms;

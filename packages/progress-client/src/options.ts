@@ -187,8 +187,8 @@ export interface ProgressClientOptions {
    * how long after that subscribe to wait for the missing events before resyncing (later, a resync goes
    * at once). Also the longest a subscribe may go without an answer (the server answers every one) before
    * it is sent again: the wait is learned from how fast subscribes were answered (as TCP learns its
-   * retransmission timeout; 250 ms at least, this before any answer was timed), doubling while they go
-   * unanswered; 0 turns that repeat off.
+   * retransmission timeout; 250 ms at least unless this is less, this before any answer was timed),
+   * doubling while they go unanswered; 0 turns that repeat off.
    * @default 1000
    */
   behindGraceMs?: number;
