@@ -15,7 +15,6 @@ function subscription(stuck: StuckAction[] = []) {
       clock: scheduler.now,
       finishTimeoutMs: 3000,
       rateWindowMs: 10_000,
-      behindGraceMs: 1000,
       storage: undefined,
     },
     {

@@ -20,9 +20,8 @@ import { WatchedTask } from './watched-task.js';
 
 /**
  * The client's options a {@link TaskSubscription} reads (its resolved options fit): the clock, the 100%
- * watchdog's `finishTimeoutMs`, the rate window, `behindGraceMs` (also how long a subscribe may go
- * without any frame about the task before it is sent again, doubling for each further one that goes
- * unanswered; 0: never), and the cursor storage a view saved before a page reload is read from.
+ * watchdog's `finishTimeoutMs`, the rate window, and the cursor storage a view saved before a page reload
+ * is read from. (How long a subscribe may go unanswered comes from the host's {@link AnswerWait}.)
  *
  * @internal
  */
@@ -30,7 +29,6 @@ export interface TaskSubscriptionOptions {
   clock: Clock;
   finishTimeoutMs: number;
   rateWindowMs: number;
-  behindGraceMs: number;
   storage: CursorStorage | undefined;
 }
 
@@ -69,8 +67,6 @@ export class TaskSubscription {
   readonly #behindTimer: Timeout;
   readonly #retryTimer: Timeout;
   readonly #answerTimer: Timeout;
-  /** `behindGraceMs`: 0 turns the repeat of an unanswered subscribe off. */
-  readonly #repeatUnanswered: boolean;
   readonly #host: TaskSubscriptionHost;
   /** Bound once: the watchdog is re-armed after every delivered frame. */
   readonly #checkWatchdog = (): void => {
@@ -115,7 +111,6 @@ export class TaskSubscription {
     this.#behindTimer = new Timeout(host.timers);
     this.#retryTimer = new Timeout(host.timers);
     this.#answerTimer = new Timeout(host.timers);
-    this.#repeatUnanswered = options.behindGraceMs > 0;
     this.task = new WatchedTask(this.cursor, options, host.timers);
     // A view saved before a page reload, already validated, with its epoch.
     const restored = options.storage === undefined ? undefined : readStoredTask(options.storage, taskId);
@@ -163,11 +158,12 @@ export class TaskSubscription {
     this.#resyncFrom = this.cursor.seq;
     this.#resyncSentAt = this.#clock();
     this.#answered = false;
-    // 0 turns the repeat off (it would otherwise repeat the subscribe every turn until answered).
-    if (!this.#repeatUnanswered) return;
     const wait = this.#host.answerWait;
     const doublings = wait.doublings(this.#unanswered);
-    this.#answerTimer.set(wait.ms(doublings), () => {
+    const waitMs = wait.ms(doublings);
+    // 0 (`behindGraceMs: 0`) turns the repeat off: it would repeat the subscribe every turn until answered.
+    if (waitMs <= 0) return;
+    this.#answerTimer.set(waitMs, () => {
       if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
       this.#unanswered += 1;
       wait.unanswered(doublings);
