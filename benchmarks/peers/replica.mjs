@@ -260,6 +260,23 @@ async function baseline() {
 // Note: the adapter's README lists connection-state recovery as unsupported, so the option is accepted
 // and silently has no effect across this adapter; watchers re-join their room on every `connect`.
 
+/**
+ * PEERS_SIO_PAYLOAD=full (diagnostic, not the published rows): Socket.IO sends what a Finishline `item` event
+ * carries (seq, type, time, the whole progress, the item), to see how much of the gap is the message's size.
+ */
+const SIO_FULL_PAYLOAD = process.env.PEERS_SIO_PAYLOAD === 'full';
+
+function fullItem(id, i) {
+  return {
+    taskId: id,
+    seq: i + 1,
+    type: 'item',
+    time: Date.now(),
+    item: { key: `item-${i}`, ok: true, error: null, detail: null },
+    progress: { total: 10, done: i + 1, succeeded: i + 1, failed: 0, current: null, message: null },
+  };
+}
+
 async function socketio() {
   const pg = (await import('pg')).default;
   const { Server } = await import('socket.io');
@@ -294,7 +311,7 @@ async function socketio() {
       return ids;
     },
     async item(id, i) {
-      io.to(`task:${id}`).emit('item', { taskId: id, done: i + 1 });
+      io.to(`task:${id}`).emit('item', SIO_FULL_PAYLOAD ? fullItem(id, i) : { taskId: id, done: i + 1 });
     },
     async terminal(id) {
       // Nothing is committed anywhere: the emit is the terminal write.
@@ -325,6 +342,8 @@ const stats = () => {
   const memory = process.memoryUsage();
   return {
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    // The kernel's share (system calls: socket writes and reads) apart from the process's own code.
+    systemCpuSeconds: cpu.system / 1e6,
     peakRssMb: usage.maxRSS / 1024,
     rssMb: memory.rss / 2 ** 20,
     heapUsedMb: memory.heapUsed / 2 ** 20,

@@ -351,8 +351,10 @@ async function runScenario(systemSpec, config, disconnects) {
       deliverySeconds: Math.max(0.001, (lastDelivery - runStart) / 1000),
       messagesPerSecond: delivered / Math.max(0.001, (lastDelivery - runStart) / 1000),
       watcherHostCpuSeconds: (hostCpu.user + hostCpu.system) / 1e6,
+      watcherHostSystemCpuSeconds: hostCpu.system / 1e6,
       replicaStats: after.map((a, i) => ({
         cpuSeconds: a.cpuSeconds - before[i].cpuSeconds,
+        systemCpuSeconds: a.systemCpuSeconds - before[i].systemCpuSeconds,
         cpuSecondsTotal: a.cpuSeconds,
         peakRssMb: a.peakRssMb,
         sockets: a.sockets,
