@@ -5,45 +5,73 @@ import type { TaskSubscription } from './task-subscription.js';
 /**
  * The watches followed over the fallback transport (SSE) while the socket cannot connect (or with
  * `preferFallback`): one stream per unfinished watch, resumed from its cursor when cut, and the terminal
- * seq acknowledged over the same transport.
+ * seq acknowledged over the same transport. Part of the `@finishline/client/sse` entry (the transport
+ * brings it to the client through {@link FallbackTransport.attach}), so pages without SSE do not load it.
  *
  * @module
  */
 
-/** What the streams need from their client. @internal */
-export interface FallbackStreamsHost {
-  /** True once the client is closed: no stream opens any more. */
-  closed(): boolean;
-  /** True while `task` is still the client's subscription of its task (no handle closed it). */
+/** What the fallback transport is given by the client it is attached to. @internal */
+export interface FallbackHost {
+  readonly options: ResolvedOptions;
+  /** Every followed task. */
+  tasks(): Iterable<TaskSubscription>;
+  /** True while the client is open and still follows this very subscription (no handle closed it). */
   current(task: TaskSubscription): boolean;
   /** A frame a stream delivered, handled as one from the socket. */
   onFrame(frame: ServerFrame): void;
 }
 
+/** The fallback transport bound to one client. @internal */
+export interface FallbackRuntime {
+  /** Follows every unfinished watch over the fallback transport, until {@link stop}. */
+  start(): void;
+  /** Stops every stream (a socket said `hello`, or the client closed). */
+  stop(): void;
+  /** A new watch: followed over a stream too while the transport is in use. */
+  open(task: TaskSubscription): void;
+}
+
+/**
+ * A transport the client uses for unfinished watches while WebSocket upgrades keep failing (after
+ * `httpFallbackAfterAttempts` attempts, or at once with `preferFallback`). Opaque: `sseFallback()` from
+ * `@finishline/client/sse` makes one; pass it as the `fallbackTransport` option.
+ */
+export interface FallbackTransport {
+  /** @internal Binds the transport to one client. */
+  attach(host: FallbackHost): FallbackRuntime;
+}
+
+/** How a fallback transport reaches the server about one task (the SSE requests of `sse.ts`). @internal */
+export interface FallbackWire {
+  /**
+   * Follows a task from after `afterSeq`, handing every frame to the host's `onFrame`; `onEnd` is called
+   * once when the stream ends for any reason (terminal frame, cut, refusal, stop). Returns the function
+   * that stops it.
+   */
+  follow(taskId: string, afterSeq: number, onEnd: () => void): () => void;
+  /** Acknowledges `seq` of a task (cumulative), best effort. */
+  ack(taskId: string, seq: number): void;
+}
+
 /** @internal */
-export class FallbackStreams {
-  readonly #o: ResolvedOptions;
-  readonly #host: FallbackStreamsHost;
+export class FallbackStreams implements FallbackRuntime {
+  readonly #host: FallbackHost;
+  readonly #wire: FallbackWire;
   /** Task id → stop function of its stream. */
   readonly #streams = new Map<string, () => void>();
   #streaming = false;
   /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
   readonly #acked = new Set<string>();
 
-  constructor(options: ResolvedOptions, host: FallbackStreamsHost) {
-    this.#o = options;
+  constructor(host: FallbackHost, wire: FallbackWire) {
     this.#host = host;
+    this.#wire = wire;
   }
 
-  /** True between {@link start} and {@link stop}: a new watch is followed over a stream too. */
-  get streaming(): boolean {
-    return this.#streaming;
-  }
-
-  /** Follows every unfinished watch over the fallback transport, until {@link stop} (a `hello`). */
-  start(tasks: Iterable<TaskSubscription>): void {
+  start(): void {
     this.#streaming = true;
-    for (const task of tasks) this.open(task);
+    for (const task of this.#host.tasks()) this.open(task);
   }
 
   stop(): void {
@@ -52,44 +80,23 @@ export class FallbackStreams {
     this.#streams.clear();
   }
 
-  /** Opens the stream of one watch, unless it has one, is finished, or there is no fallback transport. */
+  /** Opens the stream of one watch, unless streams are off, it has one, or it is finished or released. */
   open(task: TaskSubscription): void {
-    const transport = this.#o.fallbackTransport;
-    if (
-      transport === undefined ||
-      this.#host.closed() ||
-      task.cursor.finished ||
-      this.#streams.has(task.taskId)
-    )
+    const taskId = task.taskId;
+    if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
       return;
-    const common = {
-      httpUrl: this.#o.httpUrl,
-      headers: this.#o.headers,
-      credential: async () => {
-        const token = this.#o.token;
-        return typeof token === 'function' ? await token() : token;
-      },
-      credentials: this.#o.httpCredentials,
-      taskId: task.taskId,
-    };
     let stop: (() => void) | undefined;
-    const onEnd = () => {
-      if (this.#streams.get(task.taskId) === stop) this.#streams.delete(task.taskId);
-      if (task.cursor.finished && !this.#acked.has(task.taskId)) {
-        this.#acked.add(task.taskId);
-        transport.ack({ ...common, seq: task.cursor.seq });
+    stop = this.#wire.follow(taskId, task.cursor.seq, () => {
+      if (this.#streams.get(taskId) === stop) this.#streams.delete(taskId);
+      if (task.cursor.finished && !this.#acked.has(taskId)) {
+        this.#acked.add(taskId);
+        this.#wire.ack(taskId, task.cursor.seq);
       }
       // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
       if (this.#streaming && !task.cursor.finished && this.#host.current(task)) {
-        task.retryLater(this.#o.httpPollIntervalMs, () => this.open(task));
+        task.retryLater(this.#host.options.httpPollIntervalMs, () => this.open(task));
       }
-    };
-    stop = transport.follow({
-      ...common,
-      afterSeq: task.cursor.seq,
-      onFrame: (frame) => this.#host.onFrame(frame),
-      onEnd,
     });
-    this.#streams.set(task.taskId, stop);
+    this.#streams.set(taskId, stop);
   }
 }

@@ -7,6 +7,7 @@
 
 export type { ConnectionState, StateChange } from './connection-state.js';
 export type { CursorStorage } from './cursor-storage.js';
+export type { FallbackTransport } from './fallback-streams.js';
 export type { HttpFallback } from './http-fallback.js';
 export type {
   FetchLike,
@@ -21,7 +22,6 @@ export { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 export type { PageEventSources, PageEventTarget, WakeReason } from './page-life.js';
 export type { ProgressClientEvents } from './progress-client.js';
 export { ProgressClient } from './progress-client.js';
-export type { FallbackFollow, FallbackTransport } from './sse.js';
 export type { TabSharing } from './tab-sharing.js';
 export type { TimerApi } from './timers.js';
 export type { DoneOptions, WatchDone, WatchEvents, WatchOptions, WatchState } from './watch.js';

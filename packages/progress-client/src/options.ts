@@ -20,10 +20,10 @@ import {
   resolveOptions as resolveOptions_,
 } from '@finishline/core/internal';
 import type { CursorStorage } from './cursor-storage.js';
+import type { FallbackTransport } from './fallback-streams.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import { headersProblem } from './socket-platform.js';
-import type { FallbackTransport } from './sse.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 
@@ -375,7 +375,7 @@ const CLIENT_OPTIONS = {
   errorAfterAttempts: finite(3, 0),
   fallbackTransport: ofType<FallbackTransport>(
     'sseFallback() from @finishline/client/sse',
-    (value) => isObject(value) && isFunction((value as FallbackTransport).follow),
+    (value) => isObject(value) && isFunction((value as FallbackTransport).attach),
   ),
   preferFallback: boolean(false),
   httpFallback: ofType<HttpFallback | false>(

@@ -7,8 +7,8 @@ import { Acks } from './acks.js';
 import { AnswerWait } from './answer-wait.js';
 import { Connection } from './connection.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
-import { FallbackStreams } from './fallback-streams.js';
-import type { HttpFallbackRuntime } from './http-fallback.js';
+import type { FallbackHost, FallbackRuntime } from './fallback-streams.js';
+import type { HttpFallbackRuntime, HttpHost } from './http-fallback.js';
 import { type ProgressClientOptions, type ResolvedOptions, resolveOptions } from './options.js';
 import { PageLife, type WakeReason } from './page-life.js';
 import {
@@ -22,8 +22,8 @@ import { Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
- * `acks.ts`), and the fallbacks that make sure every watch sees its task's final state (the fallback
- * transport's streams in `fallback-streams.ts`).
+ * `acks.ts`), and the fallbacks that make sure every watch sees its task's final state (the HTTP
+ * fallback and the fallback transport, each brought by its own entry and attached here).
  *
  * @module
  */
@@ -73,8 +73,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   readonly #tasks = new Map<string, TaskSubscription>();
   readonly #acks: Acks;
   readonly #pageLife: PageLife | undefined;
-  /** Watches follow the fallback transport (SSE) instead of polling while the socket cannot connect. */
-  readonly #fallback: FallbackStreams;
+  /**
+   * The fallback transport (SSE), when the `fallbackTransport` option brought one: watches follow it
+   * instead of polling while the socket cannot connect.
+   */
+  readonly #fallback: FallbackRuntime | undefined;
   /** What every watched task shares with the client: made once, not per watch. */
   readonly #taskHost: TaskSubscriptionHost;
   /** The store epoch of the latest `hello` that carried one. */
@@ -102,12 +105,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       (run) => this.#connection.batch(run),
       () => this.#tasks.values(),
     );
-    this.#fallback = new FallbackStreams(this.#o, {
-      closed: () => this.#closed,
-      current: (task) => this.#tasks.get(task.taskId) === task,
-      onFrame: (frame) => this.#onFrame(frame),
-    });
-    this.#http = this.#o.httpFallback?.attach({
+    // One host for both fallbacks, each of which reads only its own part.
+    const host: HttpHost & FallbackHost = {
       options: this.#o,
       timers: this.#timers,
       signal: this.#abort.signal,
@@ -118,7 +117,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         this.#closing ??= this.#shutdown(error, true);
       },
       failTask: (task, error) => this.#failTask(task, error),
-    });
+      onFrame: (frame) => this.#onFrame(frame),
+    };
+    this.#http = this.#o.httpFallback?.attach(host);
+    this.#fallback = this.#o.fallbackTransport?.attach(host);
     this.#connection = new Connection(this.#o, this.#timers, this.#handler());
     this.#pageLife =
       this.#o.pageEvents === undefined
@@ -152,8 +154,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       this.#adoptEpoch(task);
       task.armWatchdog();
       this.#subscribe(task);
-      if (this.#fallback.streaming) this.#fallback.open(task);
-      if (this.#o.preferFallback) this.#fallback.start(this.#tasks.values());
+      this.#fallback?.open(task);
+      // (preferFallback is refused without a fallbackTransport.)
+      if (this.#o.preferFallback) this.#fallback?.start();
       else this.#connection.ensure('watch');
       this.#pageLife?.start();
     }
@@ -200,7 +203,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
     this.#http?.stop();
-    this.#fallback.stop();
+    this.#fallback?.stop();
     this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
@@ -217,7 +220,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     return {
       onHello: (hello) => {
         this.#http?.stop();
-        this.#fallback.stop();
+        this.#fallback?.stop();
         // A server without epochs (version 1, or a store without them) keeps the last one known.
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         // One write for all the subscribes and acks where the socket allows it.
@@ -237,11 +240,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         this.#closing ??= this.#shutdown(error, true);
       },
       onUnreachable: () => {
-        if (this.#o.fallbackTransport !== undefined) {
-          this.#fallback.start(this.#tasks.values());
-          return;
-        }
-        this.#http?.start();
+        if (this.#fallback === undefined) this.#http?.start();
+        else this.#fallback.start();
       },
       onState: (change) => {
         // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy.

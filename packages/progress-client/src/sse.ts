@@ -1,42 +1,22 @@
-import type { ServerFrame } from '@finishline/core';
+import {
+  type FallbackHost,
+  FallbackStreams,
+  type FallbackTransport,
+  type FallbackWire,
+} from './fallback-streams.js';
 import { decodeServerText } from './frame-check.js';
 import type { HttpCredentials } from './options.js';
+
+export type { FallbackTransport } from './fallback-streams.js';
 
 /**
  * `@finishline/client/sse`: follow watches over Server-Sent Events (`GET {basePath}/tasks/:id/stream`)
  * when a proxy refuses WebSocket upgrades. A separate entry, so pages that never need it do not load
- * it: pass `sseFallback()` as the client's `fallbackTransport`.
+ * it: pass `sseFallback()` as the client's `fallbackTransport`. The streams' bookkeeping (one per
+ * unfinished watch, reopened when cut) is `fallback-streams.ts`, part of this entry too.
  *
  * @module
  */
-
-/** What a fallback transport is given to follow one task. */
-export interface FallbackFollow {
-  /** The HTTP API base, e.g. `https://app.example.com/progress`. */
-  httpUrl: string;
-  /** Extra request headers (the client's `headers`) and the bearer credential, if any. */
-  headers: Record<string, string>;
-  credential: () => Promise<string | undefined>;
-  credentials: HttpCredentials;
-  taskId: string;
-  /** The watch's cursor: the stream resumes after it (`Last-Event-ID`). */
-  afterSeq: number;
-  /** Every frame of the stream, decoded and validated like a socket frame. */
-  onFrame(frame: ServerFrame): void;
-  /** Called once when the stream ends for any reason (terminal frame, cut, refusal, stop). */
-  onEnd(): void;
-}
-
-/**
- * A transport the client uses for unfinished watches while WebSocket upgrades keep failing (after
- * `httpFallbackAfterAttempts` attempts, or at once with `preferFallback`).
- */
-export interface FallbackTransport {
-  /** Follows one task; returns the function that stops it. */
-  follow(params: FallbackFollow): () => void;
-  /** Acknowledges `seq` of a task (cumulative), best effort. */
-  ack(params: Omit<FallbackFollow, 'afterSeq' | 'onFrame' | 'onEnd'> & { seq: number }): void;
-}
 
 /** The part of `fetch` the SSE transport uses: a streaming response body. */
 export type StreamingFetch = (
@@ -69,32 +49,44 @@ export interface SseFallbackOptions {
  */
 export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport {
   const fetchImpl = (options.fetch ?? (globalThis as { fetch?: StreamingFetch }).fetch)?.bind(globalThis);
-  const headersOf = async (params: Pick<FallbackFollow, 'headers' | 'credential'>) => {
-    const headers: Record<string, string> = { ...params.headers };
-    const credential = await params.credential();
+  return { attach: (host) => new FallbackStreams(host, sseWire(host, fetchImpl)) };
+}
+
+/** The SSE requests about one task, with the client's `httpUrl`, `headers`, `token` and `httpCredentials`. */
+function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): FallbackWire {
+  const o = host.options;
+  const request = async (
+    fetch: StreamingFetch,
+    taskId: string,
+    tail: string,
+    init: { method: 'GET' | 'POST'; headers: Record<string, string>; signal?: AbortSignal; body?: string },
+  ) => {
+    const token = o.token;
+    const credential = typeof token === 'function' ? await token() : token;
+    const headers: Record<string, string> = { ...o.headers };
     if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
-    return headers;
+    return fetch(`${o.httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`, {
+      ...init,
+      headers: Object.assign(headers, init.headers),
+      credentials: o.httpCredentials,
+    });
   };
-  const taskUrl = (httpUrl: string, taskId: string, tail: string) =>
-    `${httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`;
   return {
-    follow(params) {
+    follow(taskId, afterSeq, onEnd) {
       const abort = new AbortController();
       let ended = false;
       const end = () => {
         if (ended) return;
         ended = true;
-        params.onEnd();
+        onEnd();
       };
       void (async () => {
         if (fetchImpl === undefined) return end();
-        const headers = await headersOf(params);
-        headers.accept = 'text/event-stream';
-        if (params.afterSeq > 0) headers['last-event-id'] = String(params.afterSeq);
-        const response = await fetchImpl(taskUrl(params.httpUrl, params.taskId, 'stream'), {
+        const headers: Record<string, string> = { accept: 'text/event-stream' };
+        if (afterSeq > 0) headers['last-event-id'] = String(afterSeq);
+        const response = await request(fetchImpl, taskId, 'stream', {
           method: 'GET',
           headers,
-          credentials: params.credentials,
           signal: abort.signal,
         });
         if (!response.ok || response.body === null) return end();
@@ -117,7 +109,7 @@ export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport
               .join('\n');
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
-              if (decoded.ok) params.onFrame(decoded.frame);
+              if (decoded.ok) host.onFrame(decoded.frame);
             }
             cut = buffer.indexOf('\n\n');
           }
@@ -130,18 +122,13 @@ export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport
         end();
       };
     },
-    ack(params) {
+    ack(taskId, seq) {
       if (fetchImpl === undefined) return;
-      void headersOf(params)
-        .then((headers) =>
-          fetchImpl(taskUrl(params.httpUrl, params.taskId, 'ack'), {
-            method: 'POST',
-            headers: { ...headers, 'content-type': 'application/json' },
-            credentials: params.credentials,
-            body: JSON.stringify({ seq: params.seq }),
-          }),
-        )
-        .catch(() => undefined);
+      void request(fetchImpl, taskId, 'ack', {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ seq }),
+      }).catch(() => undefined);
     },
   };
 }

@@ -1,0 +1,190 @@
+import type { ServerFrame } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { type StreamingFetch, sseFallback } from './sse.js';
+import { FakeTask } from './testing/fake-server.js';
+import { record, setup } from './testing/harness.js';
+import { flush } from './testing/manual-scheduler.js';
+
+/** One request the SSE transport made; a stream's body is fed by the test. */
+interface SseRequest {
+  url: string;
+  method: string;
+  headers: Record<string, string>;
+  credentials: string;
+  body: string | undefined;
+  /** Writes one SSE block carrying `frame` (with its `id:` line, as the server sends it). */
+  send(frame: ServerFrame, id?: number): void;
+  /** The server ends the stream. */
+  end(): void;
+  aborted(): boolean;
+}
+
+/** The server's SSE routes as a `fetch`: every GET a stream the test feeds, every POST a 204. */
+class FakeSse {
+  readonly requests: SseRequest[] = [];
+
+  readonly fetch: StreamingFetch = async (url, init) => {
+    let controller: ReadableStreamDefaultController<Uint8Array> | undefined;
+    const body =
+      init.method === 'GET'
+        ? new ReadableStream<Uint8Array>({
+            start(c) {
+              controller = c;
+            },
+          })
+        : null;
+    const encoder = new TextEncoder();
+    const write = (text: string) => {
+      try {
+        controller?.enqueue(encoder.encode(text));
+      } catch {
+        // Closed already: a stream the client stopped.
+      }
+    };
+    init.signal?.addEventListener('abort', () => {
+      try {
+        controller?.error(new Error('aborted'));
+      } catch {
+        // Closed already.
+      }
+    });
+    this.requests.push({
+      url,
+      method: init.method,
+      headers: init.headers,
+      credentials: init.credentials,
+      body: init.body,
+      send: (frame, id) =>
+        write(`${id === undefined ? '' : `id: ${id}\n`}data: ${JSON.stringify(frame)}\n\n`),
+      end: () => {
+        try {
+          controller?.close();
+        } catch {
+          // Closed already.
+        }
+      },
+      aborted: () => init.signal?.aborted === true,
+    });
+    return { ok: true, body };
+  };
+
+  get streams(): SseRequest[] {
+    return this.requests.filter((request) => request.method === 'GET');
+  }
+
+  get acks(): SseRequest[] {
+    return this.requests.filter((request) => request.method === 'POST');
+  }
+}
+
+/** Waits (on the manual clock) for the client's next socket. */
+async function nextSocket(ctx: ReturnType<typeof setup>, count: number): Promise<void> {
+  for (let ms = 0; ctx.server.sockets.length < count; ms += 10) {
+    if (ms > 60_000) throw new Error('no new socket');
+    await ctx.scheduler.advance(10);
+  }
+}
+
+function sseSetup(overrides: Parameters<typeof setup>[0] = {}) {
+  const sse = new FakeSse();
+  const ctx = setup({ fallbackTransport: sseFallback({ fetch: sse.fetch }), ...overrides });
+  return { ...ctx, sse };
+}
+
+describe('the SSE fallback transport', () => {
+  it('follows a watch over a stream, reopens a cut one from the cursor and acknowledges the end once', async () => {
+    const { client, server, scheduler, http, sse } = sseSetup({
+      preferFallback: true,
+      token: async () => 'tok',
+      httpPollIntervalMs: 1000,
+    });
+    const task = new FakeTask('t1', 3);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    expect(server.sockets).toHaveLength(0);
+    expect(sse.streams).toHaveLength(1);
+    const first = sse.streams[0] as SseRequest;
+    expect(first.url).toBe('http://example.test/progress/tasks/t1/stream');
+    expect(first.headers).toEqual({ authorization: 'Bearer tok', accept: 'text/event-stream' });
+    expect(first.credentials).toBe('include');
+
+    first.send({ type: 'snapshot', task: task.view() });
+    first.send({ type: 'event', event: task.item('a') }, 1);
+    first.send({ type: 'event', event: task.item('b') }, 2);
+    await flush();
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+
+    first.end(); // a proxy timeout: reopened from the cursor after httpPollIntervalMs
+    await scheduler.advance(999);
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(sse.streams).toHaveLength(2);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBe('2');
+
+    second.send({ type: 'event', event: task.item('c') }, 3);
+    second.send({ type: 'event', event: task.end() }, 4);
+    second.end();
+    expect((await watch.done).status).toBe('completed');
+    await scheduler.advance(10_000);
+    expect(sse.streams).toHaveLength(2);
+    expect(sse.acks).toHaveLength(1);
+    const ack = sse.acks[0] as SseRequest;
+    expect(ack.url).toBe('http://example.test/progress/tasks/t1/ack');
+    expect(ack.headers).toEqual({ authorization: 'Bearer tok', 'content-type': 'application/json' });
+    expect(JSON.parse(ack.body ?? '')).toEqual({ seq: 4 });
+    expect(http.requests).toEqual([]);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it('takes over from HTTP polling once the socket fails, and leaves at the first hello', async () => {
+    const ctx = sseSetup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 1000,
+      headers: { 'x-app': 'a' },
+    });
+    const { client, server, scheduler, http, sse } = ctx;
+    client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    expect(sse.streams).toHaveLength(1);
+    expect(sse.streams[0]?.headers).toEqual({ 'x-app': 'a', accept: 'text/event-stream' });
+    expect(http.requests).toEqual([]);
+
+    await nextSocket(ctx, 2);
+    (sse.streams[0] as SseRequest).end(); // cut: a reopen is due in 1000 ms
+    await flush();
+    const socket = server.accept(); // the socket comes back before it
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    client.watch('t2');
+    await scheduler.advance(5000);
+    // Neither the due reopen nor the new watch opened a stream: the socket serves both.
+    expect(sse.streams).toHaveLength(1);
+    await client.close();
+  });
+
+  it('stops its streams at a hello and when the client closes', async () => {
+    const ctx = sseSetup({ httpFallbackAfterAttempts: 1 });
+    const { client, server, scheduler, sse } = ctx;
+    client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    const stream = sse.streams[0] as SseRequest;
+    await nextSocket(ctx, 2);
+    expect(stream.aborted()).toBe(false);
+    server.accept();
+    expect(stream.aborted()).toBe(true);
+
+    server.last.serverClose(1006); // the open socket lost, then an attempt that fails
+    await nextSocket(ctx, 3);
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    const again = sse.streams[1] as SseRequest;
+    expect(again.aborted()).toBe(false);
+    await client.close();
+    expect(again.aborted()).toBe(true);
+    expect(scheduler.pending).toBe(0);
+  });
+});
