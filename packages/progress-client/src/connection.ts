@@ -2,7 +2,6 @@ import type { ClientFrame } from '@finishline/core';
 import {
   CloseCode,
   ErrorCode,
-  FATAL_CLOSE_CODES,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
@@ -32,7 +31,13 @@ const OFFERED_PROTOCOLS = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 const CLOSED = 3;
 const noop = (): void => undefined;
 
-const FATAL_ERRORS: Readonly<Record<number, ErrorCode>> = {
+/**
+ * The error each of core's `FATAL_CLOSE_CODES` ends the client with (a test checks that the keys are
+ * exactly that set), so a close code is fatal when it has an entry here.
+ *
+ * @internal
+ */
+export const FATAL_ERRORS: Readonly<Record<number, ErrorCode>> = {
   [CloseCode.Unauthenticated]: ErrorCode.Unauthenticated,
   [CloseCode.UnsupportedProtocol]: ErrorCode.UnsupportedProtocol,
   [CloseCode.ForbiddenOrigin]: ErrorCode.Forbidden,
@@ -295,7 +300,7 @@ export class Connection {
     if (!this.#ready && this.#attemptFailure === undefined)
       this.#attemptFailure = describeEarlyClose(code, reason);
     const fatal = FATAL_ERRORS[code];
-    if (fatal !== undefined && FATAL_CLOSE_CODES.has(code)) {
+    if (fatal !== undefined) {
       this.#socket = undefined;
       // A refused upgrade says more than the close code it stands for (which status, and what to check).
       const refused = this.#attemptFailure?.status === undefined ? why : this.#attemptFailure.detail;
