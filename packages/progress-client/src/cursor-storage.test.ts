@@ -2,7 +2,9 @@ import { ErrorCode } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { readStoredTask } from './cursor-storage.js';
 import {
+  type CursorStorage,
   MemoryCursorStorage,
+  persistCursors,
   sessionCursorStorage,
   WebStorageCursorStorage,
   type WebStorageLike,
@@ -71,6 +73,47 @@ describe('cursor storage', () => {
     expect(readStoredTask(storage, 't1')).toEqual({ task: task.view(), epoch: 'epoch-1' });
     backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), epoch: 'not an id!' }));
     expect(readStoredTask(storage, 't1')).toBeUndefined();
+  });
+
+  it('binds a storage of your own with persistCursors(): validated reads, views saved as TaskViews', () => {
+    const entries = new Map<string, unknown>();
+    const own: CursorStorage = {
+      load: (taskId) => entries.get(taskId),
+      save: (view, epoch) => entries.set(view.id, { ...view, epoch }),
+      remove: (taskId) => entries.delete(taskId),
+    };
+    const persistence = persistCursors(own);
+    const view = task.view();
+    const watchView = {
+      taskId: 't1',
+      seq: view.seq,
+      status: view.status,
+      kind: view.kind,
+      progress: {
+        total: view.total,
+        done: view.done,
+        succeeded: view.succeeded,
+        failed: view.failed,
+        current: view.current,
+        message: view.message,
+      },
+      result: view.result,
+      error: view.error,
+      updatedAt: view.updatedAt,
+      finishedAt: view.finishedAt,
+    };
+    // Nothing to save before the task's kind is known.
+    expect(persistence.saveView({ ...watchView, kind: null }, undefined)).toBe(false);
+    expect(entries.size).toBe(0);
+    expect(persistence.saveView(watchView, 'epoch-1')).toBe(true);
+    expect(persistence.restore('t1')).toEqual({
+      task: { ...view, createdAt: view.updatedAt },
+      epoch: 'epoch-1',
+    });
+    entries.set('t1', { ...view, extra: 1 });
+    expect(persistence.restore('t1')).toBeUndefined();
+    persistence.remove('t1');
+    expect(entries.size).toBe(0);
   });
 
   it('refuses sessionCursorStorage() where there is no sessionStorage, and uses it where there is one', () => {

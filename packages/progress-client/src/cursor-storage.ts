@@ -1,19 +1,22 @@
-import type { TaskView } from '@finishline/core';
+import type { TaskView, WatchView } from '@finishline/core';
 import { decodeServerText } from './frame-check.js';
 
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.
  * The client saves the task's view (a `TaskView`, whose `seq` is the cursor) when it acknowledges, and
- * removes it once the task's terminal event is delivered and acknowledged. The storages themselves are in
- * `@finishline/client/persist` (persist.ts), so pages that do not persist do not load them.
+ * removes it once the task's terminal event is delivered and acknowledged. The storages, and the reading
+ * back and saving below, are part of `@finishline/client/persist` (persist.ts), so pages that do not
+ * persist do not load them: the core entry only knows the {@link CursorPersistence} seam.
  *
  * @module
  */
 
 /**
  * Where the client keeps cursors. Implementations should not throw: persistence is best effort, and a
- * full or disabled storage only costs the resume after a reload. Whatever `load` returns is validated by
- * the client, so a tampered or outdated entry is ignored, never trusted.
+ * full or disabled storage only costs the resume after a reload. Whatever `load` returns is validated
+ * before use, so a tampered or outdated entry is ignored, never trusted. The storages of
+ * `@finishline/client/persist` can be passed as `persistence` as they are; bind your own implementation
+ * with `persistCursors(storage)` from that entry.
  *
  * @example
  * ```ts
@@ -32,6 +35,20 @@ export interface CursorStorage {
    * ahead of the task still applies.
    */
   save(task: TaskView, epoch?: string): void;
+  /** Forgets `taskId`. */
+  remove(taskId: string): void;
+}
+
+/**
+ * What the client's `persistence` option takes: a {@link CursorStorage} bound by
+ * `@finishline/client/persist` (its storages, such as `sessionCursorStorage()`, or
+ * `persistCursors(storage)` for your own), which validates what it reads back.
+ */
+export interface CursorPersistence {
+  /** @internal The saved view of `taskId` if it is a valid snapshot of that task. */
+  restore(taskId: string): StoredTask | undefined;
+  /** @internal Saves a watch's view with its epoch; false when there is nothing to save yet. */
+  saveView(view: WatchView, epoch: string | undefined): boolean;
   /** Forgets `taskId`. */
   remove(taskId: string): void;
 }
@@ -68,4 +85,32 @@ export function readStoredTask(storage: CursorStorage, taskId: string): StoredTa
   const decoded = decodeServerText(text);
   if (!decoded.ok || decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) return undefined;
   return { task: decoded.frame.task, epoch: decoded.frame.epoch };
+}
+
+/**
+ * Saves a watch's view as the `TaskView` a storage keeps; false (nothing saved) before the task's kind is
+ * known.
+ *
+ * @internal
+ */
+export function saveView(storage: CursorStorage, view: WatchView, epoch: string | undefined): boolean {
+  const { progress, kind } = view;
+  if (progress === null || kind === null) return false;
+  storage.save(
+    {
+      id: view.taskId,
+      kind,
+      status: view.status,
+      ...progress,
+      result: view.result,
+      error: view.error,
+      seq: view.seq,
+      // Not tracked by the cursor; nothing in the client reads it back.
+      createdAt: view.updatedAt ?? 0,
+      updatedAt: view.updatedAt ?? 0,
+      finishedAt: view.finishedAt,
+    },
+    epoch,
+  );
+  return true;
 }

@@ -81,8 +81,12 @@ describe('client options', () => {
     expect(resolveOptions({ ...base, url: 'ws://app.test:8080/' }).httpUrl).toBe('http://app.test:8080');
   });
 
-  it('takes a CursorStorage as persistence', () => {
+  it('takes a storage of @finishline/client/persist as persistence, and refuses an unbound CursorStorage', () => {
     const storage = new MemoryCursorStorage();
     expect(resolveOptions({ ...base, persistence: storage }).storage).toBe(storage);
+    const own = { load: () => undefined, save: () => undefined, remove: () => undefined };
+    expect(() => resolveOptions({ ...base, persistence: own } as unknown as ProgressClientOptions)).toThrow(
+      /persistence must be sessionCursorStorage\(\) from @finishline\/client\/persist \(or your own CursorStorage bound with persistCursors\(storage\) from there\) or false, got an object/,
+    );
   });
 });

@@ -19,7 +19,7 @@ import {
   required,
   resolveOptions as resolveOptions_,
 } from '@finishline/core/internal';
-import type { CursorStorage } from './cursor-storage.js';
+import type { CursorPersistence } from './cursor-storage.js';
 import type { FallbackTransport } from './fallback-streams.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
@@ -159,13 +159,14 @@ export interface ProgressClientOptions {
    */
   httpCredentials?: HttpCredentials;
   /**
-   * Cursor persistence across page reloads: a {@link CursorStorage} — in a browser
-   * `sessionCursorStorage()` from `@finishline/client/persist` (the tab's `sessionStorage`; a separate
-   * entry, so pages that do not persist do not load it) — or `false`. Replaces the `'session'` value and
-   * `persistenceKeyPrefix` of earlier versions (now `sessionCursorStorage(keyPrefix)`).
+   * Cursor persistence across page reloads: a {@link CursorPersistence} from `@finishline/client/persist`
+   * — in a browser `sessionCursorStorage()` (the tab's `sessionStorage`), or your own `CursorStorage`
+   * bound with `persistCursors(storage)`; a separate entry, so pages that do not persist do not load it —
+   * or `false`. Replaces the `'session'` value and `persistenceKeyPrefix` of earlier versions (now
+   * `sessionCursorStorage(keyPrefix)`).
    * @default false
    */
-  persistence?: CursorStorage | false;
+  persistence?: CursorPersistence | false;
   /**
    * Longest wait from opening a socket to the server's `hello`; then the attempt counts as failed.
    * @default 10000
@@ -350,10 +351,10 @@ const CLIENT_OPTIONS = {
   httpUrl: ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL),
   httpPath: ofType<string>('a path', (value) => typeof value === 'string'),
   httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
-  persistence: option<CursorStorage | false>(
+  persistence: option<CursorPersistence | false>(
     false,
-    'a CursorStorage (sessionCursorStorage() from @finishline/client/persist) or false',
-    (value) => value === false || (isObject(value) && isFunction((value as CursorStorage).load)),
+    'sessionCursorStorage() from @finishline/client/persist (or your own CursorStorage bound with persistCursors(storage) from there) or false',
+    (value) => value === false || (isObject(value) && isFunction((value as CursorPersistence).restore)),
   ),
   connectTimeoutMs: finite(10_000, 1),
   heartbeatTimeoutMs: option<number | null>(
@@ -416,7 +417,7 @@ export interface ResolvedOptions
   httpUrl: string;
   WebSocket: WebSocketConstructorLike;
   fetch: FetchLike | undefined;
-  storage: CursorStorage | undefined;
+  storage: CursorPersistence | undefined;
   pageEvents: PageEventSources | undefined;
   httpFallback: HttpFallback | undefined;
   /** The backoff of reconnects and re-subscriptions, as `backoffDelayMs` takes it. */

@@ -1,11 +1,18 @@
-import type { TaskView } from '@finishline/core';
+import type { TaskView, WatchView } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
-import type { CursorStorage } from './cursor-storage.js';
+import {
+  type CursorPersistence,
+  type CursorStorage,
+  readStoredTask,
+  type StoredTask,
+  saveView,
+} from './cursor-storage.js';
 
 /**
  * `@finishline/client/persist`: the cursor storages, for the client's `persistence` option — a separate
- * entry, so pages that do not persist cursors do not load them. The client reads back and validates
- * whatever a storage returns (cursor-storage.ts); these only keep it.
+ * entry, so pages that do not persist cursors do not load them. Whatever a storage returns is read back
+ * and validated here (cursor-storage.ts) before the client uses it; the storages only keep it. Your own
+ * {@link CursorStorage} gets the same through {@link persistCursors}.
  *
  * @example
  * ```ts
@@ -18,10 +25,31 @@ import type { CursorStorage } from './cursor-storage.js';
  * @module
  */
 
-export type { CursorStorage } from './cursor-storage.js';
+export type { CursorPersistence, CursorStorage } from './cursor-storage.js';
+
+/**
+ * Binds your own {@link CursorStorage} for the client's `persistence` option: what it loads is validated
+ * as the built-in storages' is (a tampered or outdated entry is ignored, never trusted).
+ *
+ * @example
+ * ```ts
+ * import { ProgressClient } from '@finishline/client';
+ * import { type CursorStorage, persistCursors } from '@finishline/client/persist';
+ *
+ * declare const myStorage: CursorStorage; // load, save, remove: over IndexedDB, say
+ * const client = new ProgressClient({ url: '/progress', persistence: persistCursors(myStorage) });
+ * ```
+ */
+export function persistCursors(storage: CursorStorage): CursorPersistence {
+  return {
+    restore: (taskId) => readStoredTask(storage, taskId),
+    saveView: (view, epoch) => saveView(storage, view, epoch),
+    remove: (taskId) => storage.remove(taskId),
+  };
+}
 
 /** A {@link CursorStorage} in memory: survives a client, not a page reload. Useful in tests and Node. */
-export class MemoryCursorStorage implements CursorStorage {
+export class MemoryCursorStorage implements CursorStorage, CursorPersistence {
   readonly #entries = new Map<string, string>();
 
   /** Number of saved cursors. */
@@ -37,6 +65,16 @@ export class MemoryCursorStorage implements CursorStorage {
   save(task: TaskView, epoch?: string): void {
     // A copy, so later changes to the caller's object cannot alter what was saved.
     this.#entries.set(task.id, JSON.stringify(withEpoch(task, epoch)));
+  }
+
+  /** @internal */
+  restore(taskId: string): StoredTask | undefined {
+    return readStoredTask(this, taskId);
+  }
+
+  /** @internal */
+  saveView(view: WatchView, epoch: string | undefined): boolean {
+    return saveView(this, view, epoch);
   }
 
   remove(taskId: string): void {
@@ -56,7 +94,7 @@ export interface WebStorageLike {
  * task under `keyPrefix + taskId`. sessionStorage is per tab, which is what a resume needs: two tabs
  * watching one task keep separate cursors.
  */
-export class WebStorageCursorStorage implements CursorStorage {
+export class WebStorageCursorStorage implements CursorStorage, CursorPersistence {
   readonly #storage: WebStorageLike;
   readonly #prefix: string;
 
@@ -85,6 +123,16 @@ export class WebStorageCursorStorage implements CursorStorage {
     } catch {
       // Quota exceeded or storage disabled: the only loss is the resume after a reload.
     }
+  }
+
+  /** @internal */
+  restore(taskId: string): StoredTask | undefined {
+    return readStoredTask(this, taskId);
+  }
+
+  /** @internal */
+  saveView(view: WatchView, epoch: string | undefined): boolean {
+    return saveView(this, view, epoch);
   }
 
   remove(taskId: string): void {

@@ -3,7 +3,7 @@ import { ErrorCode } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
 import type { AnswerWait } from './answer-wait.js';
-import { type CursorStorage, readStoredTask } from './cursor-storage.js';
+import type { CursorPersistence } from './cursor-storage.js';
 import { Timeout, type TimerSet } from './timers.js';
 import { WatchedTask } from './watched-task.js';
 
@@ -29,7 +29,7 @@ export interface TaskSubscriptionOptions {
   clock: Clock;
   finishTimeoutMs: number;
   rateWindowMs: number;
-  storage: CursorStorage | undefined;
+  storage: CursorPersistence | undefined;
 }
 
 /** What every {@link TaskSubscription} of one client shares with it, made once per client. @internal */
@@ -113,7 +113,7 @@ export class TaskSubscription {
     this.#answerTimer = new Timeout(host.timers);
     this.task = new WatchedTask(this.cursor, options, host.timers);
     // A view saved before a page reload, already validated, with its epoch.
-    const restored = options.storage === undefined ? undefined : readStoredTask(options.storage, taskId);
+    const restored = options.storage?.restore(taskId);
     if (restored !== undefined) {
       this.#epoch = restored.epoch;
       // Silent: no handle exists yet; each gets the restored state through its replay.
@@ -308,12 +308,9 @@ export class TaskSubscription {
   }
 
   /** Saves the cursor when it moved since the last save. */
-  save(storage: CursorStorage): void {
-    if (this.cursor.seq <= this.#savedSeq) return;
-    const view = this.task.toTaskView();
-    if (view === undefined) return;
-    storage.save(view, this.#epoch);
-    this.#savedSeq = this.cursor.seq;
+  save(storage: CursorPersistence): void {
+    if (this.cursor.seq > this.#savedSeq && storage.saveView(this.task.state, this.#epoch))
+      this.#savedSeq = this.cursor.seq;
   }
 
   /** The terminal ack and the unsubscribe went out: the socket has nothing more to do here. */

@@ -3,7 +3,6 @@ import {
   type ItemEvent,
   ProgressError,
   type ProgressEvent,
-  type TaskView,
   type TerminalEvent,
   type WatchView,
 } from '@finishline/core';
@@ -132,26 +131,6 @@ export class WatchedTask implements WatchSource {
   /** Emits a non-fatal error to every handle. */
   emitError(error: ProgressError): void {
     this.#emit((watch) => watch.emit('error', error));
-  }
-
-  /** The saved form of the state: a `TaskView`, or `undefined` before the task's kind is known. */
-  toTaskView(): TaskView | undefined {
-    const { progress, kind } = this.state;
-    if (progress === null || kind === null) return undefined;
-    const view = this.state;
-    return {
-      id: this.taskId,
-      kind,
-      status: view.status,
-      ...progress,
-      result: view.result,
-      error: view.error,
-      seq: view.seq,
-      // Not tracked by the cursor; nothing in the client reads it back.
-      createdAt: view.updatedAt ?? 0,
-      updatedAt: view.updatedAt ?? 0,
-      finishedAt: view.finishedAt,
-    };
   }
 
   #sample(delivery: Delivery): void {
