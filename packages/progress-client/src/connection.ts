@@ -73,11 +73,6 @@ export class Connection {
     return this.#state;
   }
 
-  /** True after `hello` on the current socket. */
-  get ready(): boolean {
-    return this.#ready;
-  }
-
   /**
    * Renews the credential of the open socket without reconnecting (protocol version 2): calls the token
    * function and sends an `auth` frame; the server answers with a new `hello`. Resolves `false` when

@@ -61,12 +61,23 @@ describe('TaskSubscription', () => {
     task.item('a');
     const gap = sub.cursor.applyEvent(task.item('b')); // seq 2 while the cursor is at 0
     expect(gap.gap).toBe(true);
-    expect(sub.needsResync(gap, 1000)).toBe(false); // the subscribe from 0 is pending and recent
-    await scheduler.advance(1000);
-    expect(sub.needsResync(gap, 1000)).toBe(true); // overdue: its answer was lost too
+    const resyncs: number[] = [];
+    const resync = () => resyncs.push(scheduler.now());
+    sub.onGap(gap, 1000, resync);
+    expect(resyncs).toEqual([]); // the subscribe from 0 is pending and recent
+    await scheduler.advance(999);
+    expect(resyncs).toEqual([]);
+    await scheduler.advance(1); // overdue with the gap still there: its answer was lost too
+    expect(resyncs).toHaveLength(1);
+    sub.onGap(gap, 1000, resync); // the same gap again, its subscribe overdue: at once
+    expect(resyncs).toHaveLength(2);
     sub.subscribed();
     expect(sub.ackable()).toBeUndefined();
-    expect(sub.subscribeOlderThan(1)).toBe(false);
+    sub.heartbeat(undefined, 1, resync); // crossed the subscribe that just went out
+    expect(resyncs).toHaveLength(2);
+    await scheduler.advance(1);
+    sub.heartbeat(undefined, 1, resync); // the server no longer lists the task: subscribe again
+    expect(resyncs).toHaveLength(3);
   });
 
   it('another epoch starts the cursor over, with its ack bookkeeping', () => {

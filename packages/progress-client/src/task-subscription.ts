@@ -172,7 +172,7 @@ export class TaskSubscription {
   }
 
   /** True when the latest subscribe went out at least `graceMs` ago (a heartbeat did not cross it). */
-  subscribeOlderThan(graceMs: number): boolean {
+  #subscribeOlderThan(graceMs: number): boolean {
     return this.#clock() - this.#resyncSentAt >= graceMs;
   }
 
@@ -194,19 +194,19 @@ export class TaskSubscription {
    * Frames already in flight when a resync went out arrive with the same gap: one resync per gap, unless
    * its answer is overdue (lost too).
    */
-  needsResync(result: ApplyResult, graceMs: number): boolean {
-    return result.gap && !(this.#resyncFrom === result.resyncFrom && !this.subscribeOlderThan(graceMs));
+  #needsResync(result: ApplyResult, graceMs: number): boolean {
+    return result.gap && !(this.#resyncFrom === result.resyncFrom && !this.#subscribeOlderThan(graceMs));
   }
 
   /**
-   * Applies the gap rule of {@link needsResync} to `result`: `resync` now, or, when the gap waits for the
+   * Applies the gap rule of {@link #needsResync} to `result`: `resync` now, or, when the gap waits for the
    * answer of a recent subscribe, once that answer is overdue if the gap is still there. Waiting for the
    * next gapped frame instead left the watch stuck until the server's next terminal re-send (700 ms,
    * then 1.5 s after the first send) or the next heartbeat.
    */
   onGap(result: ApplyResult, graceMs: number, resync: () => void): void {
     if (!result.gap) return;
-    if (this.needsResync(result, graceMs)) {
+    if (this.#needsResync(result, graceMs)) {
       resync();
       return;
     }
@@ -259,7 +259,7 @@ export class TaskSubscription {
   heartbeat(latest: number | undefined, graceMs: number, resync: () => void): void {
     if (this.cursor.finished || this.#socketDone) return;
     if (latest === undefined) {
-      if (this.subscribeOlderThan(graceMs)) resync();
+      if (this.#subscribeOlderThan(graceMs)) resync();
     } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs, resync);
   }
 
@@ -316,7 +316,7 @@ export class TaskSubscription {
   /** The terminal ack and the unsubscribe went out: the socket has nothing more to do here. */
   done(): void {
     this.#socketDone = true;
-    this.clearTimers();
+    this.#clearTimers();
   }
 
   /** An error frame about this task: retry after the delay `delayOf(retries so far)` gives. */
@@ -346,18 +346,18 @@ export class TaskSubscription {
   /** Ends every handle with a fatal error. */
   fail(error: ProgressError, emitError: boolean): void {
     this.#failed = true;
-    this.clearTimers();
+    this.#clearTimers();
     this.task.fail(error, emitError);
   }
 
   /** The last handle closed: no timer of this task runs again. */
   release(): void {
     this.#released = true;
-    this.clearTimers();
+    this.#clearTimers();
   }
 
   /** Cancels this task's timers. */
-  clearTimers(): void {
+  #clearTimers(): void {
     this.#watchdogTimer.clear();
     this.#behindTimer.clear();
     this.#retryTimer.clear();

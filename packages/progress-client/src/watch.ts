@@ -223,7 +223,7 @@ export class Watch extends EventEmitter<WatchEvents> {
   /** @internal Emits one event to this handle's listeners, after anything it is still owed. */
   deliver(emit: (watch: Watch) => void): void {
     if (this.#closed) return;
-    this.flushReplay();
+    this.#flushReplay();
     try {
       emit(this);
     } catch (error) {
@@ -237,7 +237,7 @@ export class Watch extends EventEmitter<WatchEvents> {
    */
   deliverEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
     if (this.#closed) return;
-    this.flushReplay();
+    this.#flushReplay();
     try {
       (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
     } catch (error) {
@@ -274,11 +274,11 @@ export class Watch extends EventEmitter<WatchEvents> {
       }
     };
     // Listeners are attached right after `watch()` returns: give them that chance first.
-    queueMicrotask(() => this.flushReplay());
+    queueMicrotask(() => this.#flushReplay());
   }
 
-  /** @internal */
-  flushReplay(): void {
+  /** Sends what this handle is still owed, unless it closed. */
+  #flushReplay(): void {
     if (!this.#closed) this.#replay?.();
   }
 }
