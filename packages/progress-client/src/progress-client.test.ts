@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import {
   CloseCode,
@@ -899,6 +900,35 @@ describe('shared watches', () => {
     third.close();
     expect(socket.frames('unsubscribe')).toEqual([]);
     await client.close();
+  });
+
+  it('lets go of its AbortSignal once the handle is closed, however it closes', async () => {
+    // One long-lived signal for many watches (a page's, a service's): each watch's listener must go with
+    // the handle, or the signal keeps every closed watch alive and Node warns past 10 listeners.
+    const { client, socket, task } = subscribed();
+    const controller = new AbortController();
+    const listeners = () => getEventListeners(controller.signal, 'abort').length;
+    const watches = Array.from({ length: 12 }, (_, i) =>
+      client.watch(`other-${i}`, { signal: controller.signal }),
+    );
+    const finishing = client.watch('t1', { signal: controller.signal });
+    expect(listeners()).toBe(13);
+    for (const watch of watches) watch.close();
+    expect(listeners()).toBe(1);
+    // A finished handle keeps its listener: aborting then still closes it and releases the task.
+    socket.push(ev(task.end()));
+    await expect(finishing.done).resolves.toMatchObject({ status: 'completed' });
+    expect(listeners()).toBe(1);
+    controller.abort();
+    expect(finishing.closed).toBe(true);
+    expect(listeners()).toBe(0);
+    // Closed by the client's own close, and already aborted: no listener left either.
+    const other = new AbortController();
+    client.watch('t3', { signal: other.signal });
+    const late = client.watch('t2', { signal: AbortSignal.abort() });
+    expect(late.closed).toBe(true);
+    await client.close();
+    expect(getEventListeners(other.signal, 'abort')).toHaveLength(0);
   });
 
   it('unsubscribes when the last handle closes, or its AbortSignal aborts', async () => {

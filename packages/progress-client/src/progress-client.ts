@@ -163,11 +163,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     const sub = task;
     const watch = new Watch(sub.task, (handle) => this.#release(sub, handle));
     sub.task.attach(watch);
-    const signal = options.signal;
-    if (signal !== undefined) {
-      if (signal.aborted) watch.close();
-      else signal.addEventListener('abort', () => watch.close(), { once: true });
-    }
+    if (options.signal !== undefined) watch.closeOn(options.signal);
     return watch;
   }
 

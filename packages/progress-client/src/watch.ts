@@ -77,7 +77,8 @@ export interface WatchEvents {
 /** Options of {@link ProgressClient.watch}. */
 export interface WatchOptions {
   /**
-   * Closes the watch when aborted (for example a React effect's cleanup, or a component unmount).
+   * Closes the watch when aborted (for example a React effect's cleanup, or a component unmount). The
+   * watch's listener leaves the signal when the watch closes, so one signal may serve many watches.
    * @default undefined
    */
   signal?: AbortSignal;
@@ -157,6 +158,8 @@ export class Watch extends EventEmitter<WatchEvents> {
   #settle: ((error: ProgressError | undefined) => void) | undefined;
   /** Events owed to a handle that joined after the task had state; sent before anything newer. */
   #replay: (() => void) | undefined;
+  /** Removes the listener of the `signal` option, once this handle ended (see {@link closeOn}). */
+  #unlisten: (() => void) | undefined;
   #closed = false;
 
   /** @internal Created by {@link ProgressClient.watch}. */
@@ -206,6 +209,20 @@ export class Watch extends EventEmitter<WatchEvents> {
     this.#release(this);
   }
 
+  /**
+   * @internal Closes this handle when `signal` aborts (the `signal` option of `watch()`). The listener
+   * goes when the handle ends, however it ends: one signal shared by many watches must not keep each
+   * ended watch alive.
+   */
+  closeOn(signal: AbortSignal): void {
+    const onAbort = () => this.close();
+    if (signal.aborted) onAbort();
+    else {
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.#unlisten = () => signal.removeEventListener('abort', onAbort);
+    }
+  }
+
   /** @internal Ends the handle after the task ended or failed. */
   end(error: ProgressError | undefined): void {
     this.#end(error);
@@ -215,6 +232,8 @@ export class Watch extends EventEmitter<WatchEvents> {
     if (this.#closed) return;
     this.#closed = true;
     this.#replay = undefined;
+    this.#unlisten?.();
+    this.#unlisten = undefined;
     this.#settle?.(error);
     this.#listeners.clear();
     this.removeAllListeners();
