@@ -27,18 +27,28 @@ export interface DrainResult extends NodeResult {
   skipped: string[];
 }
 
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        reject(signal.reason);
-      },
-      { once: true },
-    );
+/**
+ * Waits `ms`, or rejects with the signal's reason once it aborts. The abort listener goes when the wait
+ * ends: a drain polls one batch's signal up to `evictionTimeoutMs / pollMs` times per pod, and listeners
+ * left behind would pile up on it for the whole batch.
+ */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
+}
 
 /**
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, then evicts every pod that is
