@@ -1,4 +1,4 @@
-import { getEventListeners } from 'node:events';
+import { getEventListeners, setMaxListeners } from 'node:events';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import {
   CloseCode,
@@ -907,6 +907,8 @@ describe('shared watches', () => {
     // the handle, or the signal keeps every closed watch alive and Node warns past 10 listeners.
     const { client, socket, task } = subscribed();
     const controller = new AbortController();
+    // 13 live watches on one signal at once, on purpose: above Node's default warning threshold of 10.
+    setMaxListeners(13, controller.signal);
     const listeners = () => getEventListeners(controller.signal, 'abort').length;
     const watches = Array.from({ length: 12 }, (_, i) =>
       client.watch(`other-${i}`, { signal: controller.signal }),
