@@ -48,8 +48,28 @@ export function persistCursors(storage: CursorStorage): CursorPersistence {
   };
 }
 
+/**
+ * What makes each storage of this entry a {@link CursorPersistence} as it is: reading back and validating,
+ * and saving a watch's view, over the storage's own `load`, `save` and `remove`.
+ */
+abstract class ValidatedCursorStorage implements CursorStorage, CursorPersistence {
+  abstract load(taskId: string): unknown;
+  abstract save(task: TaskView, epoch?: string): void;
+  abstract remove(taskId: string): void;
+
+  /** @internal */
+  restore(taskId: string): StoredTask | undefined {
+    return readStoredTask(this, taskId);
+  }
+
+  /** @internal */
+  saveView(view: WatchView, epoch: string | undefined): boolean {
+    return saveView(this, view, epoch);
+  }
+}
+
 /** A {@link CursorStorage} in memory: survives a client, not a page reload. Useful in tests and Node. */
-export class MemoryCursorStorage implements CursorStorage, CursorPersistence {
+export class MemoryCursorStorage extends ValidatedCursorStorage {
   readonly #entries = new Map<string, string>();
 
   /** Number of saved cursors. */
@@ -65,16 +85,6 @@ export class MemoryCursorStorage implements CursorStorage, CursorPersistence {
   save(task: TaskView, epoch?: string): void {
     // A copy, so later changes to the caller's object cannot alter what was saved.
     this.#entries.set(task.id, JSON.stringify(withEpoch(task, epoch)));
-  }
-
-  /** @internal */
-  restore(taskId: string): StoredTask | undefined {
-    return readStoredTask(this, taskId);
-  }
-
-  /** @internal */
-  saveView(view: WatchView, epoch: string | undefined): boolean {
-    return saveView(this, view, epoch);
   }
 
   remove(taskId: string): void {
@@ -94,7 +104,7 @@ export interface WebStorageLike {
  * task under `keyPrefix + taskId`. sessionStorage is per tab, which is what a resume needs: two tabs
  * watching one task keep separate cursors.
  */
-export class WebStorageCursorStorage implements CursorStorage, CursorPersistence {
+export class WebStorageCursorStorage extends ValidatedCursorStorage {
   readonly #storage: WebStorageLike;
   readonly #prefix: string;
 
@@ -103,6 +113,7 @@ export class WebStorageCursorStorage implements CursorStorage, CursorPersistence
    * @param keyPrefix - prepended to the task id to form the key.
    */
   constructor(storage: WebStorageLike, keyPrefix = 'finishline:') {
+    super();
     this.#storage = storage;
     this.#prefix = keyPrefix;
   }
@@ -123,16 +134,6 @@ export class WebStorageCursorStorage implements CursorStorage, CursorPersistence
     } catch {
       // Quota exceeded or storage disabled: the only loss is the resume after a reload.
     }
-  }
-
-  /** @internal */
-  restore(taskId: string): StoredTask | undefined {
-    return readStoredTask(this, taskId);
-  }
-
-  /** @internal */
-  saveView(view: WatchView, epoch: string | undefined): boolean {
-    return saveView(this, view, epoch);
   }
 
   remove(taskId: string): void {
