@@ -298,6 +298,31 @@ describe('terminal retries and acks', () => {
     );
   });
 
+  it('does not re-send a terminal event whose ack arrived while the server was busy past the retry delay', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The client acks at once; then the process (the server with it) is busy for longer than the first
+    // re-send's 100 ms, so the ack is in the server's socket, unread, when that re-send falls due.
+    client.ws.once('message', (data) => {
+      if (!String(data).includes('"completed"')) return;
+      client.send({ type: 'ack', taskId: task.id, seq: 1 });
+      const until = performance.now() + 200;
+      while (performance.now() < until) {
+        // busy, as a server writing a burst of completions is
+      }
+    });
+    await task.complete();
+    await client.next(isEvent(task.id, 'completed'));
+    await expect.poll(async () => (await session.env.store.getTask(task.id))?.ackedSeq).toBe(1);
+    await sleep(300);
+    await client.sync();
+    expect(client.frames.filter(isEvent(task.id, 'completed'))).toHaveLength(1);
+    expect((await session.env.server.metrics.terminalRetries.get()).values[0]?.value ?? 0).toBe(0);
+  });
+
   it('waits as long as terminal acks take on this server before a first re-send (its round-trip timeout)', async () => {
     await session.start({ terminalRetry: { initialDelayMs: 10, multiplier: 2, maxDelayMs: 5000 } });
     const slow = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -83,6 +83,8 @@ export class SocketWriter {
   readonly #retries: TerminalRetryTracker;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryDueAt: number | undefined;
+  /** The re-send of what fell due, waiting for this turn's socket reads (see `#onRetryTimer`). */
+  #retryImmediate: NodeJS.Immediate | undefined;
   #drainTimer: NodeJS.Timeout | undefined;
   #congested = false;
   #corked = false;
@@ -256,6 +258,8 @@ export class SocketWriter {
     for (const timer of [this.#retryTimer, this.#drainTimer]) {
       if (timer !== undefined) clearTimeout(timer);
     }
+    if (this.#retryImmediate !== undefined) clearImmediate(this.#retryImmediate);
+    this.#retryImmediate = undefined;
     this.#retryTimer = undefined;
     this.#drainTimer = undefined;
     this.#queue.clear();
@@ -320,6 +324,18 @@ export class SocketWriter {
   #onRetryTimer(): void {
     this.#retryTimer = undefined;
     this.#retryDueAt = undefined;
+    // Timers run before the event loop reads its sockets: after a busy stretch (a burst of completions)
+    // the ack of a terminal event can be waiting unread when its re-send falls due. The re-send waits for
+    // this turn's reads (setImmediate runs after them), so an ack already received is not answered with a
+    // duplicate frame, a duplicate decode on the client, and its duplicate ack.
+    if (this.#retryImmediate !== undefined) return;
+    this.#retryImmediate = setImmediate(() => {
+      this.#retryImmediate = undefined;
+      this.#ctx.guard(() => this.#resendDue());
+    });
+  }
+
+  #resendDue(): void {
     if (!this.#ctx.isOpen()) return;
     for (const { taskId, seq } of this.#retries.due()) {
       const frame = this.#ctx.log(taskId)?.terminalFrame(seq);
