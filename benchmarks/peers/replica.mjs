@@ -89,6 +89,8 @@ async function finishline() {
       return (await handles.get(id).progress({ message: `bump ${i}` })).seq;
     },
     sockets: () => server.health().sockets,
+    // Terminal frames re-sent for want of an ack (each one more frame written, decoded, and acked).
+    terminalResends: async () => (await server.metrics.terminalRetries.get()).values[0]?.value ?? 0,
     async stop() {
       if (process.env.PEER_DIAG_COUNTS === '1') await printCounts(server);
       await server.close({ timeoutMs: 2000 });
@@ -386,7 +388,7 @@ process.on('message', async (message) => {
       case 'stats':
         await toggleWindowProfile(`replica-${SYSTEM}`);
         if (message.gc && global.gc) global.gc();
-        send({ type: 'stats', ...stats() });
+        send({ type: 'stats', ...stats(), terminalResends: (await system.terminalResends?.()) ?? null });
         break;
       case 'stop':
         await system.stop();

@@ -355,6 +355,8 @@ async function runScenario(systemSpec, config, disconnects) {
       replicaStats: after.map((a, i) => ({
         cpuSeconds: a.cpuSeconds - before[i].cpuSeconds,
         systemCpuSeconds: a.systemCpuSeconds - before[i].systemCpuSeconds,
+        // Finishline: terminal frames re-sent in the window for want of an ack (not counted as delivered).
+        terminalResends: a.terminalResends === null ? null : a.terminalResends - before[i].terminalResends,
         cpuSecondsTotal: a.cpuSeconds,
         peakRssMb: a.peakRssMb,
         sockets: a.sockets,

@@ -8,6 +8,7 @@
 //   close()    stops it (clears every timer, closes the socket)
 import { ProgressClient } from '@finishline/client';
 import { httpFallback } from '@finishline/client/http';
+import { PROTOCOL_NAME } from '@finishline/core';
 import { io as ioClient } from 'socket.io-client';
 import { WebSocket } from 'ws';
 
@@ -45,6 +46,7 @@ const RECONNECT_OPTIONS =
 let watcherCount = 0;
 
 export function finishlineWatcher(url, taskId) {
+  if (process.env.PEERS_FINISHLINE_WATCHERS === 'raw') return rawFinishlineWatcher(url, taskId);
   const slot = { socket: null };
   const id = String(++watcherCount);
   socketSlots.set(id, slot);
@@ -196,6 +198,58 @@ export function socketioWatcher(url, taskId) {
     watcher.finishedAt ??= now();
     watcher.messages++;
     watcher.onMessage?.(watcher);
+  });
+  return watcher;
+}
+
+/**
+ * PEERS_FINISHLINE_WATCHERS=raw (diagnostic, never for published figures): each Finishline watcher is a
+ * bare `ws` socket that speaks the protocol itself (subscribe, count the events, ack the terminal one and
+ * unsubscribe, as the client does) instead of a ProgressClient, so that the watcher host's CPU shows what
+ * the client library costs. It does not reconnect: runs without cuts only (PEERS_CUTS=0).
+ */
+function rawFinishlineWatcher(url, taskId) {
+  const id = String(++watcherCount);
+  const socket = new WebSocket(url, [PROTOCOL_NAME], { headers: { 'x-watcher': id } });
+  let resolveReady;
+  const watcher = {
+    finishedAt: null,
+    messages: 0,
+    lastSeq: 0,
+    opens: 0,
+    onMessage: null,
+    ready: new Promise((resolve) => {
+      resolveReady = resolve;
+    }),
+    cut() {
+      socket.terminate();
+    },
+    async close() {
+      socket.terminate();
+    },
+  };
+  socket.on('error', () => undefined);
+  socket.on('message', (data) => {
+    const frame = JSON.parse(String(data));
+    if (frame.type === 'hello') {
+      socket.send(JSON.stringify({ type: 'subscribe', taskId, afterSeq: 0 }));
+    } else if (frame.type === 'snapshot') {
+      watcher.lastSeq = Math.max(watcher.lastSeq, frame.task.seq);
+      watcher.messages++;
+      resolveReady();
+    } else if (frame.type === 'event') {
+      const { seq, type } = frame.event;
+      // A terminal event is re-sent until its ack arrives: count each seq once.
+      if (seq <= watcher.lastSeq) return;
+      watcher.lastSeq = seq;
+      watcher.messages++;
+      watcher.onMessage?.(watcher);
+      if (type === 'completed') {
+        watcher.finishedAt ??= now();
+        socket.send(JSON.stringify({ type: 'ack', taskId, seq }));
+        socket.send(JSON.stringify({ type: 'unsubscribe', taskId }));
+      }
+    }
   });
   return watcher;
 }
