@@ -4,7 +4,6 @@ import {
   ErrorCode,
   EVENT_TYPES,
   isProtocolVersion,
-  LIMITS,
   PROTOCOL_VERSION,
   PROTOCOL_VERSIONS,
   ProgressError,
@@ -16,6 +15,7 @@ import {
   type FrameObject,
   frameError,
   idProblem,
+  MAX_FRAME_BYTES,
   pathSegment,
   quote,
 } from '@finishline/core/internal';
@@ -231,7 +231,7 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
  * @internal
  */
 export function decodeServerText(input: unknown): DecodeResult<ServerFrame> {
-  const max = LIMITS.maxFrameBytes;
+  const max = MAX_FRAME_BYTES;
   const fail = (code: ErrorCode, message: string, cause?: unknown): DecodeResult<ServerFrame> => ({
     ok: false,
     error: new ProgressError(code, message, { cause }),

@@ -5,17 +5,28 @@
  */
 
 /**
+ * Three of the {@link LIMITS} as constants of their own, which a bundler inlines: the browser client uses
+ * only these, so its bundle leaves the limits object out (it is built in a pure call for that).
+ * @internal
+ */
+export const MAX_ID_LENGTH = 128;
+/** `LIMITS.maxMessageLength`. @internal */
+export const MAX_MESSAGE_LENGTH = 4096;
+/** `LIMITS.maxFrameBytes` (128 KiB). @internal */
+export const MAX_FRAME_BYTES: number = 131_072;
+
+/**
  * Size limits shared by the protocol, the stores and the server. They keep one caller's input from
  * exhausting memory or storage that others share. Each value is the default; where a component lets you
  * change one, its options say so.
  */
-export const LIMITS = Object.freeze({
+export const LIMITS = /* @__PURE__ */ Object.freeze({
   /** Longest task id, owner, kind or server id, in characters. */
-  maxIdLength: 128,
+  maxIdLength: MAX_ID_LENGTH,
   /** Longest item key, `current` or `reason`, in characters. */
   maxKeyLength: 512,
   /** Longest `message` or error message, in characters. */
-  maxMessageLength: 4096,
+  maxMessageLength: MAX_MESSAGE_LENGTH,
   /** Largest JSON `result` or item `detail`, in UTF-8 bytes once serialized. */
   maxJsonBytes: 16 * 1024,
   /**
@@ -24,13 +35,14 @@ export const LIMITS = Object.freeze({
    * must be escaped (`\u0001` takes 6 bytes): a frame the store can produce must never be refused by a
    * client, or that client could not see the task finish.
    */
-  maxFrameBytes: 128 * 1024,
+  maxFrameBytes: MAX_FRAME_BYTES,
   /** Longest request `id` in a client frame, in characters. */
   maxRequestIdLength: 64,
   /** Longest credential in an `auth` frame, in characters. */
   maxTokenLength: 8192,
   /** Largest item count or `seq`: integers above it lose precision in JSON. */
-  maxCount: Number.MAX_SAFE_INTEGER,
+  // Number.MAX_SAFE_INTEGER, written out: a property read in it would keep the whole object in a bundle.
+  maxCount: 9_007_199_254_740_991 as number,
 });
 
 /**

@@ -1,5 +1,5 @@
 import { ErrorCode } from './codes.js';
-import { ID_PATTERN, LIMITS } from './limits.js';
+import { ID_PATTERN, LIMITS, MAX_ID_LENGTH } from './limits.js';
 import type { JsonValue } from './model.js';
 import { ProgressError } from './progress-error.js';
 
@@ -23,7 +23,7 @@ const RESERVED_IDS: ReadonlySet<string> = new Set(['__proto__', 'constructor', '
 // The messages of an id, apart: the client checks ids and nothing else here, so a browser bundle that
 // does not reference CHECK_MESSAGES leaves the others out.
 const EMPTY = 'must not be empty';
-const ID_TOO_LONG = `must be at most ${LIMITS.maxIdLength} characters`;
+const ID_TOO_LONG = `must be at most ${MAX_ID_LENGTH} characters`;
 const ID_PATTERN_MESSAGE = 'may contain only letters, digits and _ . : @ / -';
 const ID_RESERVED = 'must not be __proto__, constructor or prototype';
 
@@ -72,7 +72,7 @@ export function isReservedId(id: string): boolean {
 export function idProblem(id: unknown): string | undefined {
   if (typeof id !== 'string') return 'must be string';
   if (id.length < 1) return EMPTY;
-  if (id.length > LIMITS.maxIdLength) return ID_TOO_LONG;
+  if (id.length > MAX_ID_LENGTH) return ID_TOO_LONG;
   if (!ID_PATTERN.test(id)) return ID_PATTERN_MESSAGE;
   if (RESERVED_IDS.has(id)) return ID_RESERVED;
   return undefined;

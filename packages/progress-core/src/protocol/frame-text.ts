@@ -1,5 +1,5 @@
 import { ErrorCode } from '../codes.js';
-import { LIMITS } from '../limits.js';
+import { LIMITS, MAX_MESSAGE_LENGTH } from '../limits.js';
 import { ProgressError } from '../progress-error.js';
 import { idProblem, utf8Length } from '../value-checks.js';
 import type { ClientFrame, ServerFrame } from './frames.js';
@@ -213,7 +213,7 @@ export function frameError(code: ErrorCode, message: string, value: FrameObject)
   const taskId = value.taskId;
   return new ProgressError(
     code,
-    clip(message, LIMITS.maxMessageLength),
+    clip(message, MAX_MESSAGE_LENGTH),
     idProblem(taskId) === undefined ? { taskId: taskId as string } : {},
   );
 }
