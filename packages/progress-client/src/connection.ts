@@ -1,13 +1,21 @@
 import type { ClientFrame } from '@finishline/core';
 import {
-  CloseCode,
   ErrorCode,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
   ProgressError,
 } from '@finishline/core';
-import { encodeFrame } from '@finishline/core/internal';
+import {
+  CLOSE_FORBIDDEN_ORIGIN,
+  CLOSE_HEARTBEAT_TIMEOUT,
+  CLOSE_NORMAL,
+  CLOSE_RATE_LIMITED,
+  CLOSE_TOKEN_EXPIRED,
+  CLOSE_UNAUTHENTICATED,
+  CLOSE_UNSUPPORTED_PROTOCOL,
+  encodeFrame,
+} from '@finishline/core/internal';
 import { type AttemptFailure, describeEarlyClose, frameError, unreachableError } from './connect-errors.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { Liveness } from './liveness.js';
@@ -38,9 +46,9 @@ const noop = (): void => undefined;
  * @internal
  */
 export const FATAL_ERRORS: Readonly<Record<number, ErrorCode>> = {
-  [CloseCode.Unauthenticated]: ErrorCode.Unauthenticated,
-  [CloseCode.UnsupportedProtocol]: ErrorCode.UnsupportedProtocol,
-  [CloseCode.ForbiddenOrigin]: ErrorCode.Forbidden,
+  [CLOSE_UNAUTHENTICATED]: ErrorCode.Unauthenticated,
+  [CLOSE_UNSUPPORTED_PROTOCOL]: ErrorCode.UnsupportedProtocol,
+  [CLOSE_FORBIDDEN_ORIGIN]: ErrorCode.Forbidden,
 };
 
 /** @internal */
@@ -118,7 +126,7 @@ export class Connection {
   reconnectNow(reason: string): void {
     if (this.#state === 'closed') return;
     if (this.#socket !== undefined && !this.#ready) return; // already opening a fresh one
-    this.#drop(CloseCode.Normal, reason);
+    this.#drop(CLOSE_NORMAL, reason);
     this.#down();
     this.#connect(reason);
   }
@@ -134,7 +142,7 @@ export class Connection {
     if (this.#ready) {
       this.send({ type: 'ping' });
       this.#liveness.deadline(deadlineMs, () => {
-        this.#drop(CloseCode.HeartbeatTimeout, `no answer after ${reason}`);
+        this.#drop(CLOSE_HEARTBEAT_TIMEOUT, `no answer after ${reason}`);
         this.#down();
         this.#connect(reason);
       });
@@ -159,7 +167,7 @@ export class Connection {
       socket.onerror = noop;
       socket.onclose = () => resolve();
       try {
-        socket.close(CloseCode.Normal, 'client closed');
+        socket.close(CLOSE_NORMAL, 'client closed');
       } catch {
         resolve();
       }
@@ -232,7 +240,7 @@ export class Connection {
       this.#handler.onError(
         new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause }),
       );
-      this.#drop(CloseCode.Normal, 'token provider failed');
+      this.#drop(CLOSE_NORMAL, 'token provider failed');
       this.#lost('token provider failed', undefined);
       return;
     }
@@ -256,7 +264,7 @@ export class Connection {
       if (error.code === ErrorCode.UnsupportedProtocol) {
         // A hello in another version: reconnecting would only meet the same server again. (4002, not
         // 1002: browsers only let a page close with 1000 or 3000-4999.)
-        this.#drop(CloseCode.UnsupportedProtocol, 'unsupported protocol');
+        this.#drop(CLOSE_UNSUPPORTED_PROTOCOL, 'unsupported protocol');
         this.#fatal(error, 'unsupported protocol', undefined);
         return;
       }
@@ -288,7 +296,7 @@ export class Connection {
     const status = this.#attemptFailure?.status;
     const code = status === 401 ? 4001 : status === 403 ? 4003 : closeCode;
     const why = `closed by server (${code}${reason === '' ? '' : `: ${reason}`})`;
-    if (code === CloseCode.TokenExpired) {
+    if (code === CLOSE_TOKEN_EXPIRED) {
       this.#tokenExpired(why, code);
       return;
     }
@@ -303,7 +311,7 @@ export class Connection {
       return;
     }
     // A client closed for flooding waits longer: the same pace would only get it closed again.
-    if (code === CloseCode.RateLimited) this.#pacing.slowDown();
+    if (code === CLOSE_RATE_LIMITED) this.#pacing.slowDown();
     this.#lost(why, code);
   }
 
@@ -339,8 +347,8 @@ export class Connection {
 
   /** The current socket said nothing for too long: give up on it with 4010. */
   #timeout(reason: string): void {
-    this.#drop(CloseCode.HeartbeatTimeout, reason);
-    this.#lost(reason, CloseCode.HeartbeatTimeout);
+    this.#drop(CLOSE_HEARTBEAT_TIMEOUT, reason);
+    this.#lost(reason, CLOSE_HEARTBEAT_TIMEOUT);
   }
 
   /** Detaches and closes the current socket without waiting for its close handshake. */

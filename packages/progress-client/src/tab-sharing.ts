@@ -1,4 +1,5 @@
-import { CloseCode, ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
+import { ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
+import { CLOSE_HEARTBEAT_TIMEOUT } from '@finishline/core/internal';
 import type { WebSocketConstructorLike, WebSocketLike } from './options.js';
 
 /**
@@ -247,9 +248,9 @@ class TabHub {
         this.#forget([message.id]);
         // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
         // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
-        if (message.code === CloseCode.HeartbeatTimeout || message.reason === 'finish watchdog') {
-          this.#closeReal(CloseCode.HeartbeatTimeout, message.reason);
-          this.#failReal(CloseCode.HeartbeatTimeout, message.reason);
+        if (message.code === CLOSE_HEARTBEAT_TIMEOUT || message.reason === 'finish watchdog') {
+          this.#closeReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
+          this.#failReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
         }
         return;
       case 'open': {

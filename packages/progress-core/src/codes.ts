@@ -62,13 +62,33 @@ export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 /** All error codes, for validation and documentation. */
 export const ERROR_CODES: readonly ErrorCode[] = Object.freeze(Object.values(ErrorCode));
 
+/*
+ * The close codes the client uses, as constants of their own that a bundler inlines: `CloseCode` and
+ * `FATAL_CLOSE_CODES` are made of them, and a page's client, which reads only these, leaves both out of
+ * its bundle (a property read of `CloseCode` would keep the object and the set). Documented at `CloseCode`.
+ */
+/** `CloseCode.Normal`. @internal */
+export const CLOSE_NORMAL = 1000;
+/** `CloseCode.Unauthenticated`. @internal */
+export const CLOSE_UNAUTHENTICATED = 4001;
+/** `CloseCode.UnsupportedProtocol`. @internal */
+export const CLOSE_UNSUPPORTED_PROTOCOL = 4002;
+/** `CloseCode.ForbiddenOrigin`. @internal */
+export const CLOSE_FORBIDDEN_ORIGIN = 4003;
+/** `CloseCode.RateLimited`. @internal */
+export const CLOSE_RATE_LIMITED = 4008;
+/** `CloseCode.HeartbeatTimeout`. @internal */
+export const CLOSE_HEARTBEAT_TIMEOUT = 4010;
+/** `CloseCode.TokenExpired`. @internal */
+export const CLOSE_TOKEN_EXPIRED = 4011;
+
 /**
  * WebSocket close codes. 1000–1011 are the RFC 6455 codes Finishline uses with their standard
  * meaning; 4000–4999 is the range RFC 6455 leaves to applications.
  */
 export const CloseCode = {
   /** Normal closure: the client or server closed on purpose. */
-  Normal: 1000,
+  Normal: CLOSE_NORMAL,
   /** The server is shutting down; reconnect (to another replica) and resume. */
   GoingAway: 1001,
   /** The peer broke the protocol in a way that makes continuing pointless. */
@@ -80,21 +100,21 @@ export const CloseCode = {
   /** The server hit an unexpected condition. */
   InternalError: 1011,
   /** No valid credentials at the upgrade or in the first frame; do not reconnect without new ones. */
-  Unauthenticated: 4001,
+  Unauthenticated: CLOSE_UNAUTHENTICATED,
   /** The client's protocol version is not supported by this server. */
-  UnsupportedProtocol: 4002,
+  UnsupportedProtocol: CLOSE_UNSUPPORTED_PROTOCOL,
   /** The request's Origin is not on the server's allow-list. */
-  ForbiddenOrigin: 4003,
+  ForbiddenOrigin: CLOSE_FORBIDDEN_ORIGIN,
   /** The client did not authenticate within the server's deadline. */
   AuthTimeout: 4004,
   /** The client kept exceeding its rate limit. */
-  RateLimited: 4008,
+  RateLimited: CLOSE_RATE_LIMITED,
   /** The principal already has as many sockets open as the server allows. */
   TooManySockets: 4009,
   /** The client saw no frame for longer than its heartbeat deadline and gave up on the socket. */
-  HeartbeatTimeout: 4010,
+  HeartbeatTimeout: CLOSE_HEARTBEAT_TIMEOUT,
   /** The socket's credential expired; reconnect once with a fresh one (not fatal). */
-  TokenExpired: 4011,
+  TokenExpired: CLOSE_TOKEN_EXPIRED,
 } as const;
 
 /** One of the {@link CloseCode} values. */
@@ -105,7 +125,7 @@ export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
  * retrying and reports the failure instead.
  */
 export const FATAL_CLOSE_CODES: ReadonlySet<number> = new Set<number>([
-  CloseCode.Unauthenticated,
-  CloseCode.UnsupportedProtocol,
-  CloseCode.ForbiddenOrigin,
+  CLOSE_UNAUTHENTICATED,
+  CLOSE_UNSUPPORTED_PROTOCOL,
+  CLOSE_FORBIDDEN_ORIGIN,
 ]);

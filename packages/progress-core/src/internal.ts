@@ -8,6 +8,16 @@
  * @packageDocumentation
  */
 
+// Close codes as constants a bundler inlines
+export {
+  CLOSE_FORBIDDEN_ORIGIN,
+  CLOSE_HEARTBEAT_TIMEOUT,
+  CLOSE_NORMAL,
+  CLOSE_RATE_LIMITED,
+  CLOSE_TOKEN_EXPIRED,
+  CLOSE_UNAUTHENTICATED,
+  CLOSE_UNSUPPORTED_PROTOCOL,
+} from './codes.js';
 // Delivery logic (pure, time injected)
 export type { BackoffOptions } from './delivery/backoff.js';
 export {
