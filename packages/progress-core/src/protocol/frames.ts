@@ -26,10 +26,14 @@ export function protocolName(version: ProtocolVersion): string {
  * WebSocket subprotocol name carrying the newest version, offered by clients in `Sec-WebSocket-Protocol`
  * (before {@link PROTOCOL_NAME_V1}, so an older server still selects a version it speaks).
  */
-export const PROTOCOL_NAME = protocolName(PROTOCOL_VERSION);
+export const PROTOCOL_NAME: string = `finishline.v${PROTOCOL_VERSION}`;
 
-/** The subprotocol of version 1, still spoken to older clients. */
-export const PROTOCOL_NAME_V1 = protocolName(1);
+/**
+ * The subprotocol of version 1, still spoken to older clients. (These two are written out rather than
+ * made by {@link protocolName}: a call would keep that function in a page's bundle; a test checks they
+ * agree.)
+ */
+export const PROTOCOL_NAME_V1: string = 'finishline.v1';
 
 /** True for a version this build speaks. */
 export function isProtocolVersion(value: unknown): value is ProtocolVersion {
