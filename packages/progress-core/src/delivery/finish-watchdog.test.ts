@@ -35,7 +35,6 @@ describe('FinishWatchdog', () => {
     const clock = new ManualClock(10_000);
     const watchdog = new FinishWatchdog(clock.now);
     watchdog.observe(view('running', 40, 40));
-    expect(watchdog.armed).toBe(true);
     expect(watchdog.nextCheckAt()).toBe(13_000);
     const actions = timeline(
       watchdog,
@@ -104,7 +103,6 @@ describe('FinishWatchdog', () => {
     clock.set(3000);
     expect(watchdog.check()).toBe('resync');
     watchdog.observe(view('running', 5, 8)); // total grew
-    expect(watchdog.armed).toBe(false);
     expect(watchdog.nextCheckAt()).toBeUndefined();
     clock.set(7000);
     expect(watchdog.check()).toBe('none');
@@ -135,7 +133,7 @@ describe('FinishWatchdog', () => {
     watchdog.observe(view('running', 10, null));
     watchdog.observe({ status: 'running', progress: null });
     watchdog.observe(view('running', 9, 10));
-    expect(watchdog.armed).toBe(false);
+    expect(watchdog.nextCheckAt()).toBeUndefined();
     expect(timeline(watchdog, clock, 0, [3000, 9000])).toEqual(['none', 'none']);
   });
 

@@ -86,11 +86,6 @@ export class FinishWatchdog {
     this.#clock = clock;
   }
 
-  /** True while the task is running with every item finished. */
-  get armed(): boolean {
-    return this.#anchor !== undefined;
-  }
-
   /**
    * Reports the task's state after a delivery was applied. Arms when the task is running and every item
    * is finished; disarms when it is terminal, or when progress is unknown or below total. Staying at
