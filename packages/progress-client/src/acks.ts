@@ -53,7 +53,7 @@ export class Acks {
   flush(task: TaskSubscription): void {
     const storage = this.#o.storage;
     if (storage !== undefined) task.save(storage);
-    if (task.finished) this.#batch(() => this.#ack(task));
+    if (task.cursor.finished) this.#batch(() => this.#ack(task));
     else this.#ack(task);
   }
 

@@ -122,9 +122,6 @@ export class TaskSubscription {
     }
   }
 
-  get finished(): boolean {
-    return this.cursor.finished;
-  }
   get epoch(): string | undefined {
     return this.#epoch;
   }
