@@ -4,11 +4,11 @@
  * @module
  */
 
-/**
+/*
  * Three of the {@link LIMITS} as constants of their own, which a bundler inlines: the browser client uses
  * only these, so its bundle leaves the limits object out (it is built in a pure call for that).
- * @internal
  */
+/** `LIMITS.maxIdLength`. @internal */
 export const MAX_ID_LENGTH = 128;
 /** `LIMITS.maxMessageLength`. @internal */
 export const MAX_MESSAGE_LENGTH = 4096;
@@ -40,8 +40,8 @@ export const LIMITS = /* @__PURE__ */ Object.freeze({
   maxRequestIdLength: 64,
   /** Longest credential in an `auth` frame, in characters. */
   maxTokenLength: 8192,
+  // Number.MAX_SAFE_INTEGER, written out: a property read here would keep the whole object in a bundle.
   /** Largest item count or `seq`: integers above it lose precision in JSON. */
-  // Number.MAX_SAFE_INTEGER, written out: a property read in it would keep the whole object in a bundle.
   maxCount: 9_007_199_254_740_991 as number,
 });
 
