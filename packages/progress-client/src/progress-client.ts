@@ -317,7 +317,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   }
 
   #apply(task: TaskSubscription, result: ApplyResult): void {
-    task.onGap(result, this.#o.behindGraceMs, () => this.#resync(task));
+    // Checked here, not only inside: the resync closure is then made for a gap alone, not for every frame.
+    if (result.gap) task.onGap(result, this.#o.behindGraceMs, () => this.#resync(task));
     if (result.delivered.length === 0) return;
     task.delivered();
     task.task.deliver(result.delivered, task.cursor.view);
