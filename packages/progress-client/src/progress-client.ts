@@ -96,7 +96,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       timers: this.#timers,
       answerWait: new AnswerWait(this.#o.behindGraceMs),
       onStuck: (task, action) => this.#stuck(task, action),
-      onUnanswered: (task) => this.#resync(task),
+      resync: (task) => this.#resync(task),
     };
     this.#acks = new Acks(
       this.#o,
@@ -295,7 +295,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       case 'heartbeat':
         // (Each task's `resync` is its subscribe: the heartbeat is ignored for a finished cursor.)
         for (const task of this.#tasks.values())
-          task.heartbeat(frame.seqs[task.taskId], this.#o.behindGraceMs, () => this.#resync(task));
+          task.heartbeat(frame.seqs[task.taskId], this.#o.behindGraceMs);
         return;
       case 'error':
         this.#onErrorFrame(frame);
@@ -317,8 +317,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   }
 
   #apply(task: TaskSubscription, result: ApplyResult): void {
-    // Checked here, not only inside: the resync closure is then made for a gap alone, not for every frame.
-    if (result.gap) task.onGap(result, this.#o.behindGraceMs, () => this.#resync(task));
+    task.onGap(result, this.#o.behindGraceMs);
     if (result.delivered.length === 0) return;
     task.delivered();
     task.task.deliver(result.delivered, task.cursor.view);

@@ -7,8 +7,8 @@ import { TimerSet } from './timers.js';
 
 function subscription(stuck: StuckAction[] = []) {
   const scheduler = new ManualScheduler();
-  /** Clock times at which the subscription asked to subscribe again for want of an answer. */
-  const unanswered: number[] = [];
+  /** Clock times at which the subscription asked to subscribe again (no answer, a gap, a heartbeat). */
+  const resyncs: number[] = [];
   const sub = new TaskSubscription(
     't1',
     {
@@ -21,10 +21,10 @@ function subscription(stuck: StuckAction[] = []) {
       timers: new TimerSet(scheduler),
       answerWait: new AnswerWait(1000),
       onStuck: (_task, action) => stuck.push(action),
-      onUnanswered: () => unanswered.push(scheduler.now()),
+      resync: () => resyncs.push(scheduler.now()),
     },
   );
-  return { sub, scheduler, unanswered, task: new FakeTask('t1', 3) };
+  return { sub, scheduler, resyncs, task: new FakeTask('t1', 3) };
 }
 
 describe('TaskSubscription', () => {
@@ -55,28 +55,26 @@ describe('TaskSubscription', () => {
   });
 
   it('a new subscribe needs a new answer before acks, and the same gap resyncs once until it is overdue', async () => {
-    const { sub, scheduler, task } = subscription();
+    const { sub, scheduler, resyncs, task } = subscription();
     sub.subscribed();
     sub.answer();
     task.item('a');
     const gap = sub.cursor.applyEvent(task.item('b')); // seq 2 while the cursor is at 0
     expect(gap.gap).toBe(true);
-    const resyncs: number[] = [];
-    const resync = () => resyncs.push(scheduler.now());
-    sub.onGap(gap, 1000, resync);
+    sub.onGap(gap, 1000);
     expect(resyncs).toEqual([]); // the subscribe from 0 is pending and recent
     await scheduler.advance(999);
     expect(resyncs).toEqual([]);
     await scheduler.advance(1); // overdue with the gap still there: its answer was lost too
     expect(resyncs).toHaveLength(1);
-    sub.onGap(gap, 1000, resync); // the same gap again, its subscribe overdue: at once
+    sub.onGap(gap, 1000); // the same gap again, its subscribe overdue: at once
     expect(resyncs).toHaveLength(2);
     sub.subscribed();
     expect(sub.ackable()).toBeUndefined();
-    sub.heartbeat(undefined, 1, resync); // crossed the subscribe that just went out
+    sub.heartbeat(undefined, 1); // crossed the subscribe that just went out
     expect(resyncs).toHaveLength(2);
     await scheduler.advance(1);
-    sub.heartbeat(undefined, 1, resync); // the server no longer lists the task: subscribe again
+    sub.heartbeat(undefined, 1); // the server no longer lists the task: subscribe again
     expect(resyncs).toHaveLength(3);
   });
 

@@ -39,8 +39,11 @@ export interface TaskSubscriptionHost {
   answerWait: AnswerWait;
   /** The 100% watchdog fired: the task sits at 100% without a terminal state (see {@link armWatchdog}). */
   onStuck(task: TaskSubscription, action: StuckAction): void;
-  /** A subscribe got no answer within its wait: subscribe again from the cursor. */
-  onUnanswered(task: TaskSubscription): void;
+  /**
+   * Subscribe again from the cursor: a subscribe got no answer within its wait, a gap was not filled by
+   * the answer it was waiting for, or a heartbeat shows the cursor behind (or the task no longer followed).
+   */
+  resync(task: TaskSubscription): void;
 }
 
 /**
@@ -164,7 +167,7 @@ export class TaskSubscription {
       if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
       this.#unanswered += 1;
       wait.unanswered(doublings);
-      this.#host.onUnanswered(this);
+      this.#host.resync(this);
     });
   }
 
@@ -196,18 +199,18 @@ export class TaskSubscription {
   }
 
   /**
-   * Applies the gap rule of {@link #needsResync} to `result`: `resync` now, or, when the gap waits for the
+   * Applies the gap rule of {@link #needsResync} to `result`: resync now, or, when the gap waits for the
    * answer of a recent subscribe, once that answer is overdue if the gap is still there. Waiting for the
    * next gapped frame instead left the watch stuck until the server's next terminal re-send (700 ms,
    * then 1.5 s after the first send) or the next heartbeat.
    */
-  onGap(result: ApplyResult, graceMs: number, resync: () => void): void {
+  onGap(result: ApplyResult, graceMs: number): void {
     if (!result.gap) return;
     if (this.#needsResync(result, graceMs)) {
-      resync();
+      this.#host.resync(this);
       return;
     }
-    this.#behind((result.resyncFrom ?? this.cursor.seq) + 1, graceMs, resync);
+    this.#behind((result.resyncFrom ?? this.cursor.seq) + 1, graceMs);
   }
 
   /** Something was delivered: the pending resync (if any) was answered, and the error backoff resets. */
@@ -249,34 +252,34 @@ export class TaskSubscription {
 
   /**
    * A heartbeat from the server, which lists the task at seq `latest`. `undefined`: the server does not
-   * (or no longer) follow the task for this client, so `resync` (subscribe again from the cursor), unless
+   * (or no longer) follow the task for this client, so resync (subscribe again from the cursor), unless
    * a subscribe went out less than `graceMs` ago and the heartbeat crossed it. A cursor behind gets
-   * `graceMs` for the frames in flight, then `resync`.
+   * `graceMs` for the frames in flight, then a resync.
    */
-  heartbeat(latest: number | undefined, graceMs: number, resync: () => void): void {
+  heartbeat(latest: number | undefined, graceMs: number): void {
     if (this.cursor.finished || this.#socketDone) return;
     if (latest === undefined) {
-      if (this.#subscribeOlderThan(graceMs)) resync();
-    } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs, resync);
+      if (this.#subscribeOlderThan(graceMs)) this.#host.resync(this);
+    } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs);
   }
 
   /**
    * The server has the task at `latest`, ahead of the cursor. A heartbeat follows every frame the server
    * sent before it (it is sent only when nothing is queued), so without a subscribe of the last
-   * `graceMs` the missing frames were lost: `resync` at once. A recent subscribe's answer may still be on
-   * its way (the heartbeat may have crossed it): `resync` when that answer is overdue, if the cursor is
+   * `graceMs` the missing frames were lost: resync at once. A recent subscribe's answer may still be on
+   * its way (the heartbeat may have crossed it): resync when that answer is overdue, if the cursor is
    * still behind. (A fixed `graceMs` from the heartbeat cost up to a second more per lost frame.)
    */
-  #behind(latest: number, graceMs: number, resync: () => void): void {
+  #behind(latest: number, graceMs: number): void {
     this.#behindTarget = Math.max(this.#behindTarget, latest);
     if (this.#behindTimer.pending) return;
     const overdueInMs = this.#resyncSentAt + graceMs - this.#clock();
     if (overdueInMs <= 0) {
-      resync();
+      this.#host.resync(this);
       return;
     }
     this.#behindTimer.set(overdueInMs, () => {
-      if (this.cursor.isBehind(this.#behindTarget)) resync();
+      if (this.cursor.isBehind(this.#behindTarget)) this.#host.resync(this);
     });
   }
 
