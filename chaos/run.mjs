@@ -385,9 +385,9 @@ class ClientSlot {
       headers: { 'x-user': 'chaos', 'x-chaos-tag': `slot${this.index}` },
       persistence: this.storage,
       httpFallback: httpFallback(),
-      // Faster than browser defaults so a test run with a cut every second stays quick (see docs/operations.md).
+      // A shorter backoff cap than browsers get, so a run with a cut every second stays quick (chaos/README.md
+      // lists every setting that differs from the defaults, and why).
       reconnect: { maxDelayMs: 4000 },
-      stableConnectionMs: 3000,
     });
     client.on('state', (change) => {
       if (change.state !== 'open')
