@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { FairReads } from './hub/fair-reads.js';
+import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
 import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
 
 /**
@@ -157,6 +157,48 @@ describe('FairReads', () => {
     expect(seenAtNextTurn.filter((name) => name.startsWith('m')).length).toBeLessThanOrEqual(2);
     expect(await Promise.all(all)).toHaveLength(10);
     expect(await victim).toBe('a0');
+    reads.close();
+  });
+
+  it('sweeps a long queue for superseded reads at most every STALE_SWEEP_INTERVAL_MS, and then answers them without their turn', async () => {
+    let now = 0;
+    const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 1, clock: () => now });
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    // 1,000 reads of one principal (a reconnect storm), answered at once: one starts per turn of the loop.
+    let staleChecks = 0;
+    const superseded = new Set<number>();
+    const ran: number[] = [];
+    const queued = Array.from({ length: 1000 }, (_, i) =>
+      reads.run(
+        'storm',
+        () => {
+          if (superseded.has(i)) return Promise.resolve('stale');
+          ran.push(i);
+          return Promise.resolve(`read ${i}`);
+        },
+        () => {
+          staleChecks += 1;
+          return superseded.has(i);
+        },
+      ),
+    );
+    for (let i = 0; i < 5; i++) await turn();
+    const started = ran.length;
+    expect(started).toBeLessThan(20);
+    // Reads far back in the queue are superseded; once the interval has passed, a turn answers them.
+    for (let i = 900; i < 910; i++) superseded.add(i);
+    now += STALE_SWEEP_INTERVAL_MS;
+    await turn();
+    await turn();
+    expect(await Promise.all(queued.slice(900, 910))).toEqual(Array(10).fill('stale'));
+    expect(ran.length).toBeLessThan(started + 5);
+    // The rest drains one per turn while the clock stands still: the queue is not swept at every turn
+    // (which asked each queued read about 500,000 times in all).
+    staleChecks = 0;
+    const results = await Promise.all(queued);
+    expect(staleChecks).toBeLessThan(3000);
+    expect(results.filter((r) => r === 'stale')).toHaveLength(10);
+    expect(ran).toHaveLength(990);
     reads.close();
   });
 });

@@ -152,6 +152,7 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#reads = new FairReads({
       maxConcurrent: resolved.catchUpReadConcurrency,
       maxPerPrincipal: resolved.catchUpReadsPerPrincipal,
+      clock: resolved.clock,
     });
     this.#hub = new TaskHub({
       ...shared,
