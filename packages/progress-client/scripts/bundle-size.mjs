@@ -1,6 +1,6 @@
-// Measures what each browser entry of @finishline/client costs a page: bundled for the browser with
-// esbuild (with @finishline/core, as an app's bundler would, and the browser variants of the package's
-// `browser` export condition), minified, then gzipped with node:zlib.
+// Measures what each browser entry of @finishline/client costs a page: bundled as browser-bundle.mjs says
+// (esbuild, with @finishline/core as an app's bundler would, the package's browser variants), minified, then
+// gzipped with node:zlib.
 // The core entry is measured alone; every other entry as what it adds to a page that already has the
 // core (the gzip of core + entry, minus the gzip of the core), since no page loads it without the core.
 // Prints one line per entry; exits 1 when any is over its budget, or, for an entry whose budget is an aim
@@ -13,9 +13,7 @@
 
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { gzipSync } from 'node:zlib';
-import { build } from 'esbuild';
-import { browserVariants } from './browser-variants.mjs';
+import { bundleForBrowser } from './browser-bundle.mjs';
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const KB = 1024;
@@ -51,52 +49,11 @@ const ENTRIES = [
   { name: '@finishline/client/persist', source: 'persist.ts', budget: 1 * KB },
 ];
 
-async function bundle(sources, { meta = false } = {}) {
-  const contents = sources
-    .map((source) => `export * from ${JSON.stringify(here(`../src/${source}`))};`)
-    .join('\n');
-  const result = await build({
-    stdin: { contents, resolveDir: here('../src'), loader: 'ts' },
-    bundle: true,
-    minify: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    metafile: meta,
-    legalComments: 'none',
-    // React is the app's, not ours: a page using the hook already has it.
-    external: ['react', 'react-dom'],
-    plugins: [
-      // What the package's `browser` export condition gives a page (socket-platform.browser.ts, …).
-      browserVariants,
-      {
-        // The workspace package is resolved to its sources, as the tests do (no build needed first).
-        name: 'finishline-core-source',
-        setup(b) {
-          b.onResolve({ filter: /^@finishline\/core$/ }, () => ({
-            path: here('../../progress-core/src/index.ts'),
-          }));
-          b.onResolve({ filter: /^@finishline\/core\/internal$/ }, () => ({
-            path: here('../../progress-core/src/internal.ts'),
-          }));
-        },
-      },
-    ],
-  });
-  const code = result.outputFiles[0].contents;
-  return {
-    minified: code.byteLength,
-    gzipped: gzipSync(code, { level: 9 }).byteLength,
-    metafile: result.metafile,
-  };
-}
-
 const [core, ...others] = ENTRIES.filter((entry) => existsSync(here(`../src/${entry.source}`)));
-const base = await bundle([core.source], { meta: process.argv.includes('--meta') });
+const base = await bundleForBrowser([core.source], { meta: process.argv.includes('--meta') });
 const rows = [{ ...core, ...base, added: false }];
 for (const entry of others) {
-  const both = await bundle([core.source, entry.source]);
+  const both = await bundleForBrowser([core.source, entry.source]);
   rows.push({
     ...entry,
     minified: both.minified - base.minified,

@@ -1,6 +1,6 @@
 // What the core browser entry would weigh without one part or another: a diagnostic for issue 14 item 8
 // (8 KB asked), to tell what reaching the budget would take. Each row bundles the entry as
-// bundle-size.mjs does (esbuild, the browser variants, minified, gzip level 9) with some source files
+// bundle-size.mjs does (browser-bundle.mjs) with some source files
 // patched in memory: nothing on disk changes, and a patch that no longer matches its source stops the
 // script, so a row never silently measures the unpatched code.
 //
@@ -11,9 +11,7 @@
 
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { gzipSync } from 'node:zlib';
-import { build } from 'esbuild';
-import { browserVariants } from './browser-variants.mjs';
+import { bundleForBrowser } from './browser-bundle.mjs';
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 const src = (path) => here(`../src/${path}`);
@@ -90,55 +88,28 @@ const ROWS = {
   ROWS['all of the above'] = { ...merged, emitter: true };
 }
 
-async function measure(row) {
+/** The core entry with `row`'s patches applied as esbuild loads the files. */
+function measure(row) {
   const patchedFiles = new Map(
     Object.entries(row)
       .filter(([file]) => file !== 'emitter')
       .map(([file, patches]) => [src(file), patches]),
   );
-  const result = await build({
-    stdin: {
-      contents: `export * from ${JSON.stringify(src('index.ts'))};`,
-      resolveDir: src('.'),
-      loader: 'ts',
+  const ablation = {
+    name: 'ablation',
+    setup(b) {
+      if (row.emitter === true)
+        b.onResolve({ filter: /^eventemitter3$/ }, () => ({ path: 'tiny-emitter', namespace: 'ablation' }));
+      b.onLoad({ filter: /.*/, namespace: 'ablation' }, () => ({ contents: TINY_EMITTER, loader: 'js' }));
+      b.onLoad({ filter: /\.ts$/ }, (args) => {
+        const patches = patchedFiles.get(args.path);
+        if (patches === undefined) return undefined;
+        const text = patches.reduce((t, patch) => patch(t, args.path), readFileSync(args.path, 'utf8'));
+        return { contents: text, loader: 'ts' };
+      });
     },
-    bundle: true,
-    minify: true,
-    format: 'esm',
-    platform: 'browser',
-    target: 'es2022',
-    write: false,
-    legalComments: 'none',
-    logLevel: 'error',
-    plugins: [
-      browserVariants,
-      {
-        name: 'ablation',
-        setup(b) {
-          b.onResolve({ filter: /^@finishline\/core$/ }, () => ({
-            path: here('../../progress-core/src/index.ts'),
-          }));
-          b.onResolve({ filter: /^@finishline\/core\/internal$/ }, () => ({
-            path: here('../../progress-core/src/internal.ts'),
-          }));
-          if (row.emitter === true)
-            b.onResolve({ filter: /^eventemitter3$/ }, () => ({
-              path: 'tiny-emitter',
-              namespace: 'ablation',
-            }));
-          b.onLoad({ filter: /.*/, namespace: 'ablation' }, () => ({ contents: TINY_EMITTER, loader: 'js' }));
-          b.onLoad({ filter: /\.ts$/ }, (args) => {
-            const patches = patchedFiles.get(args.path);
-            if (patches === undefined) return undefined;
-            const text = patches.reduce((t, patch) => patch(t, args.path), readFileSync(args.path, 'utf8'));
-            return { contents: text, loader: 'ts' };
-          });
-        },
-      },
-    ],
-  });
-  const code = result.outputFiles[0].contents;
-  return { minified: code.byteLength, gzipped: gzipSync(code, { level: 9 }).byteLength };
+  };
+  return bundleForBrowser(['index.ts'], { plugins: [ablation] });
 }
 
 const shipped = await measure(ROWS['as shipped']);
