@@ -9,6 +9,7 @@
 // `bump` (one progress event on one task), `stats` (CPU seconds, peak RSS, heap, sockets), `stop`.
 // Times are epoch milliseconds with sub-millisecond resolution (performance.timeOrigin + now()), so the
 // orchestrator can subtract them from its own clock on the same machine.
+import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { toggleWindowProfile } from './window-profile.mjs';
@@ -350,8 +351,26 @@ const stats = () => {
     rssMb: memory.rss / 2 ** 20,
     heapUsedMb: memory.heapUsed / 2 ** 20,
     sockets: system.sockets(),
+    threads: process.env.PEER_DIAG_THREADS === '1' ? threadCpu() : undefined,
   };
 };
+
+/**
+ * PEER_DIAG_THREADS=1 (Linux): CPU seconds per thread of this process from /proc, the main thread apart
+ * from V8's and libuv's helpers (concurrent GC marking and sweeping, parallel scavenges, compilation).
+ */
+function threadCpu() {
+  const ticksPerSecond = 100; // USER_HZ, 100 on every Linux this runs on
+  const seconds = { main: 0, helpers: 0 };
+  for (const tid of readdirSync('/proc/self/task')) {
+    const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const cpu = (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+    seconds[tid === String(process.pid) ? 'main' : 'helpers'] += cpu;
+  }
+  return seconds;
+}
 
 async function runTasks(ids, items, paceMs, startsMs) {
   await Promise.all(

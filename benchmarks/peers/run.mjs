@@ -358,6 +358,11 @@ async function runScenario(systemSpec, config, disconnects) {
         // Finishline: terminal frames re-sent in the window for want of an ack (not counted as delivered).
         terminalResends: a.terminalResends === null ? null : a.terminalResends - before[i].terminalResends,
         cpuSecondsTotal: a.cpuSeconds,
+        // PEER_DIAG_THREADS=1: the window's CPU of the main thread and of the helper threads apart.
+        threads: a.threads && {
+          main: a.threads.main - before[i].threads.main,
+          helpers: a.threads.helpers - before[i].threads.helpers,
+        },
         peakRssMb: a.peakRssMb,
         sockets: a.sockets,
       })),
