@@ -145,6 +145,7 @@ class Replica {
       // PEERS_CPU_PROF=<dir> writes a V8 CPU profile per replica there (docs/benchmarks.md, profiling).
       execArgv: [
         '--expose-gc',
+        ...(process.env.PEERS_REPLICA_FLAGS?.split(' ').filter(Boolean) ?? []),
         ...(process.env.PEERS_CPU_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PEERS_CPU_PROF}`] : []),
       ],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
