@@ -142,7 +142,7 @@ class Replica {
   constructor(system, index, env) {
     this.child = fork(join(HERE, 'replica.mjs'), [], {
       env: { ...process.env, PEER_SYSTEM: system, PEER_INDEX: String(index), ...env },
-      // PEERS_CPU_PROF=<dir> writes a V8 CPU profile per replica there (docs/benchmarks.md, profiling).
+      // PEERS_CPU_PROF=<dir> writes a V8 CPU profile per replica there (docs/benchmarks.md, Reproduce).
       execArgv: [
         '--expose-gc',
         ...(process.env.PEERS_REPLICA_FLAGS?.split(' ').filter(Boolean) ?? []),

@@ -203,7 +203,7 @@ export interface ProgressClientOptions {
    * Non-terminal acks are coalesced: sent at most this long after the event (terminal acks go at once).
    * A longer window only delays the store's `ackedSeq` (the processed mark) and the cursor persisted
    * with each ack; it costs nothing in delivery. At x10 in `npm run bench` the 1 s default (200 ms
-   * before) took a tenth off the CPU per delivered message (docs/benchmarks.md).
+   * before) took a tenth off the CPU per delivered message (docs/benchmarks-history.md).
    * @default 1000
    */
   ackDelayMs?: number;

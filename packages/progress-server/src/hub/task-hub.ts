@@ -312,7 +312,7 @@ export class TaskHub {
    * handed over in one call. A group commit resolves many appends in one tick, each dispatched on its own;
    * handed over one by one, every event walked every subscriber's socket state (stream, subscription,
    * writer, queue), which a thousand sockets do not keep in the CPU's caches, and that walk was most of
-   * the fan-out's cost (docs/benchmarks.md, issue 12 session 4). A lone event still goes out synchronously.
+   * the fan-out's cost (docs/benchmarks-history.md, session 4). A lone event still goes out synchronously.
    * The recent events and `readSeq` move now: a stream catching up meanwhile reads the held events from
    * memory, and drops them when they come live.
    */

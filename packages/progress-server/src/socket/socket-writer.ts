@@ -232,7 +232,7 @@ export class SocketWriter {
   /**
    * Holds the socket's writes until the end of the tick (Node's own pattern for batched writes). Each
    * frame `ws` sends is otherwise a `writev` of its own: a catch-up of a hundred events was a hundred
-   * system calls, and at load the server's time went to them (docs/benchmarks.md, profile). The bytes
+   * system calls, and at load the server's time went to them (docs/benchmarks-history.md, profile). The bytes
    * held count in `ws.bufferedAmount`, so the high-water mark still pauses the drain.
    */
   #corkForTick(): void {
