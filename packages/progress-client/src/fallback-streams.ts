@@ -1,6 +1,6 @@
 import type { ServerFrame } from '@finishline/core';
-import type { ResolvedOptions } from './options.js';
 import type { TaskSubscription } from './task-subscription.js';
+import type { FallbackOptions } from './transport-types.js';
 
 /**
  * The watches followed over the fallback transport (SSE) while the socket cannot connect (or with
@@ -13,7 +13,7 @@ import type { TaskSubscription } from './task-subscription.js';
 
 /** What the fallback transport is given by the client it is attached to. @internal */
 export interface FallbackHost {
-  readonly options: ResolvedOptions;
+  readonly options: FallbackOptions;
   /** Every followed task. */
   tasks(): Iterable<TaskSubscription>;
   /** True while the client is open and still follows this very subscription (no handle closed it). */

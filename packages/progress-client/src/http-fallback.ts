@@ -3,9 +3,9 @@ import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { decodeServerText } from './frame-check.js';
-import type { FetchLike, HttpCredentials, ResolvedOptions, TokenSource } from './options.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';
+import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from './transport-types.js';
 
 /**
  * `@finishline/client/http`: the client side of the server's HTTP API, used when the socket cannot
@@ -140,7 +140,7 @@ const MAX_POLL_DELAY_MS = 30_000;
 
 /** What the client gives its HTTP fallback. @internal */
 export interface HttpHost {
-  readonly options: ResolvedOptions;
+  readonly options: FallbackOptions;
   readonly timers: TimerSet;
   /** Aborted when the client closes. */
   readonly signal: AbortSignal;

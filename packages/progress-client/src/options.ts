@@ -26,6 +26,15 @@ import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import { headersProblem } from './socket-platform.js';
 import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
+import type { FetchLike, HttpCredentials, TokenSource, WebSocketConstructorLike } from './transport-types.js';
+
+export type {
+  FetchLike,
+  HttpCredentials,
+  TokenSource,
+  WebSocketConstructorLike,
+  WebSocketLike,
+} from './transport-types.js';
 
 /**
  * Options of {@link ProgressClient}: the public interfaces carry their documentation, one table their
@@ -37,51 +46,6 @@ import { systemTimers, type TimerApi } from './timers.js';
  *
  * @module
  */
-
-/**
- * The part of a WebSocket the client uses: the browser's `WebSocket` and `ws` both fit. The handlers'
- * parameters are typed `never` so that any implementation's own event types are accepted; the client
- * reads `data` from a message event and `code`/`reason` from a close event.
- */
-export interface WebSocketLike {
-  /** 0 connecting, 1 open, 2 closing, 3 closed. */
-  readonly readyState: number;
-  /** The subprotocol the server selected (`''` or absent when unknown: taken as the newest version). */
-  readonly protocol?: string;
-  onopen: ((event: never) => void) | null;
-  onmessage: ((event: never) => void) | null;
-  onclose: ((event: never) => void) | null;
-  onerror: ((event: never) => void) | null;
-  send(data: string): void;
-  close(code?: number, reason?: string): void;
-}
-
-/**
- * A WebSocket constructor: the global `WebSocket` of browsers, or `WebSocket` from `ws` in Node, whose
- * third argument carries the upgrade `headers`.
- */
-export type WebSocketConstructorLike = new (
-  url: string,
-  protocols?: string | string[],
-  options?: { headers: Record<string, string> },
-) => WebSocketLike;
-
-/** The part of `fetch` the client uses. */
-export type FetchLike = (
-  url: string,
-  init: {
-    method: 'GET';
-    headers: Record<string, string>;
-    credentials: HttpCredentials;
-    signal: AbortSignal;
-  },
-) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
-
-/** The `credentials` mode of HTTP requests (as in `fetch`). */
-export type HttpCredentials = 'include' | 'same-origin' | 'omit';
-
-/** A credential, or a function returning one; called on every connection and HTTP request. */
-export type TokenSource = string | (() => string | Promise<string>);
 
 /** The `reconnect` option of {@link ProgressClientOptions}: full-jitter exponential backoff. */
 export interface ReconnectOptions {

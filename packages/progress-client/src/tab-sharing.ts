@@ -1,6 +1,6 @@
 import { ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { CLOSE_HEARTBEAT_TIMEOUT } from '@finishline/core/internal';
-import type { WebSocketConstructorLike, WebSocketLike } from './options.js';
+import type { WebSocketConstructorLike, WebSocketLike } from './transport-types.js';
 
 /**
  * `@finishline/client/tabs`: one WebSocket per browser instead of one per tab.

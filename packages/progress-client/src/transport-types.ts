@@ -1,0 +1,66 @@
+/**
+ * The types the client's transports share with its options: what a WebSocket, `fetch` and a token look
+ * like to the client, and the options a fallback transport reads. A leaf module, so the transports
+ * (tab sharing, the HTTP and SSE fallbacks) and `options.ts` do not import each other's types.
+ *
+ * @module
+ */
+
+/**
+ * The part of a WebSocket the client uses: the browser's `WebSocket` and `ws` both fit. The handlers'
+ * parameters are typed `never` so that any implementation's own event types are accepted; the client
+ * reads `data` from a message event and `code`/`reason` from a close event.
+ */
+export interface WebSocketLike {
+  /** 0 connecting, 1 open, 2 closing, 3 closed. */
+  readonly readyState: number;
+  /** The subprotocol the server selected (`''` or absent when unknown: taken as the newest version). */
+  readonly protocol?: string;
+  onopen: ((event: never) => void) | null;
+  onmessage: ((event: never) => void) | null;
+  onclose: ((event: never) => void) | null;
+  onerror: ((event: never) => void) | null;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+}
+
+/**
+ * A WebSocket constructor: the global `WebSocket` of browsers, or `WebSocket` from `ws` in Node, whose
+ * third argument carries the upgrade `headers`.
+ */
+export type WebSocketConstructorLike = new (
+  url: string,
+  protocols?: string | string[],
+  options?: { headers: Record<string, string> },
+) => WebSocketLike;
+
+/** The part of `fetch` the client uses. */
+export type FetchLike = (
+  url: string,
+  init: {
+    method: 'GET';
+    headers: Record<string, string>;
+    credentials: HttpCredentials;
+    signal: AbortSignal;
+  },
+) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
+
+/** The `credentials` mode of HTTP requests (as in `fetch`). */
+export type HttpCredentials = 'include' | 'same-origin' | 'omit';
+
+/** A credential, or a function returning one; called on every connection and HTTP request. */
+export type TokenSource = string | (() => string | Promise<string>);
+
+/**
+ * The resolved options a fallback transport (HTTP polling, SSE) reads: a part of the client's resolved
+ * options, described here so the transports need nothing else from `options.ts`. @internal
+ */
+export interface FallbackOptions {
+  readonly httpUrl: string;
+  readonly fetch: FetchLike | undefined;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly token: TokenSource | undefined;
+  readonly httpCredentials: HttpCredentials;
+  readonly httpPollIntervalMs: number;
+  readonly random: () => number;
+}
