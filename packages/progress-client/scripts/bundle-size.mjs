@@ -37,14 +37,19 @@ process.stdout.on('error', (error) => {
  * became constants a bundler inlines, so the LIMITS and CloseCode objects and the fatal set leave the page;
  * the subprotocol names are written out; two getters went), so the ceiling is that plus 30 B (fewer
  * allocations per event on the frame path then added 4 B, one host method for resyncs took 9 off:
- * 14,019 B); what it is
- * made of: docs/client.md, bundle entries).
+ * 14,019 B); the fixes of session 13's review of the client (page life stopped once every watch is
+ * finished, a stuck watch's stream started over under preferFallback, long timer delays waited out in
+ * steps, a failing token function in renewToken reported, heartbeats read by own keys, one list of handles
+ * for a snapshot and its terminal state) added 157 B (14,176 B), and the ceiling moved with them to that
+ * plus 30 B; what it is made of: docs/client.md, bundle entries). The SSE entry's budget went from 1 KB to
+ * 1.25 KB the same day: a refused stream is now answered as over HTTP (the error mapping it shares with
+ * the HTTP entry, +300 B: 1,054 B).
  */
 const ENTRIES = [
-  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_054 },
+  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_206 },
   { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },
-  { name: '@finishline/client/sse', source: 'sse.ts', budget: 1 * KB },
+  { name: '@finishline/client/sse', source: 'sse.ts', budget: 1.25 * KB },
   { name: '@finishline/client/http', source: 'http-fallback.ts', budget: 2 * KB },
   { name: '@finishline/client/persist', source: 'persist.ts', budget: 1 * KB },
 ];

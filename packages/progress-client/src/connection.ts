@@ -85,17 +85,31 @@ export class Connection {
    * Renews the credential of the open socket without reconnecting (protocol version 2): calls the token
    * function and sends an `auth` frame; the server answers with a new `hello`. Resolves `false` when
    * there is no open version-2 socket or no token function (the next connection uses a fresh token
-   * anyway).
+   * anyway), and when the token function fails: that is reported as an `unauthenticated` error, and the
+   * socket keeps its current credential (if it expires, the server's 4011 starts the usual fresh-token
+   * reconnect). Never rejects: callers fire and forget it from a token-refresh hook.
    */
   async renewToken(): Promise<boolean> {
     const token = this.#o.token;
     const socket = this.#socket;
     if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
     if (socket.protocol === PROTOCOL_NAME_V1) return false;
-    const credential = await token();
+    let credential: string;
+    try {
+      credential = await token();
+    } catch (cause) {
+      if (this.#state !== 'closed') {
+        this.#handler.onError(tokenProviderFailed(cause));
+      }
+      return false;
+    }
     if (socket !== this.#socket || socket.readyState !== OPEN) return false;
-    socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
-    return true;
+    try {
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+      return true;
+    } catch {
+      return false; // the socket is going; the reconnect authenticates with a fresh token
+    }
   }
 
   /** Opens a socket if there is none and none is scheduled (connect lazily, on the first watch). */
@@ -237,9 +251,7 @@ export class Connection {
       credential = typeof token === 'function' ? await token() : token;
     } catch (cause) {
       if (socket !== this.#socket) return;
-      this.#handler.onError(
-        new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause }),
-      );
+      this.#handler.onError(tokenProviderFailed(cause));
       this.#drop(CLOSE_NORMAL, 'token provider failed');
       this.#lost('token provider failed', undefined);
       return;
@@ -404,4 +416,9 @@ export class Connection {
     );
     this.#reconnect.set(delayMs, () => this.#connect('reconnect'));
   }
+}
+
+/** The token function threw or rejected: `cause` is what it threw. */
+function tokenProviderFailed(cause: unknown): ProgressError {
+  return new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause });
 }

@@ -1,5 +1,6 @@
-import type { ServerFrame } from '@finishline/core';
-import type { TaskSubscription } from './task-subscription.js';
+import type { ProgressError, ServerFrame } from '@finishline/core';
+import { ErrorCode } from '@finishline/core';
+import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import type { FallbackOptions } from './transport-types.js';
 
 /**
@@ -20,6 +21,10 @@ export interface FallbackHost {
   current(task: TaskSubscription): boolean;
   /** A frame a stream delivered, handled as one from the socket. */
   onFrame(frame: ServerFrame): void;
+  /** Retrying cannot help (the credentials are refused): close the client with this error. */
+  fatal(error: ProgressError): void;
+  /** The task cannot be watched (not found, forbidden): end its watches. */
+  failTask(task: TaskSubscription, error: ProgressError): void;
 }
 
 /** The fallback transport bound to one client. @internal */
@@ -30,6 +35,10 @@ export interface FallbackRuntime {
   stop(): void;
   /** A new watch: followed over a stream too while the transport is in use. */
   open(task: TaskSubscription): void;
+  /** The last handle of a watch closed: its stream goes. */
+  close(task: TaskSubscription): void;
+  /** The watch looks stuck (the 100% watchdog): its stream, if it has one, starts over from its cursor. */
+  restart(task: TaskSubscription): void;
 }
 
 /**
@@ -46,10 +55,10 @@ export interface FallbackTransport {
 export interface FallbackWire {
   /**
    * Follows a task from after `afterSeq`, handing every frame to the host's `onFrame`; `onEnd` is called
-   * once when the stream ends for any reason (terminal frame, cut, refusal, stop). Returns the function
-   * that stops it.
+   * once when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
+   * refused the stream (401, 403, 404). Returns the function that stops it.
    */
-  follow(taskId: string, afterSeq: number, onEnd: () => void): () => void;
+  follow(taskId: string, afterSeq: number, onEnd: (refusal?: ProgressError) => void): () => void;
   /** Acknowledges `seq` of a task (cumulative), best effort. */
   ack(taskId: string, seq: number): void;
 }
@@ -80,14 +89,32 @@ export class FallbackStreams implements FallbackRuntime {
     this.#streams.clear();
   }
 
+  close(task: TaskSubscription): void {
+    const stop = this.#streams.get(task.taskId);
+    this.#streams.delete(task.taskId);
+    stop?.();
+  }
+
+  restart(task: TaskSubscription): void {
+    if (!this.#streams.has(task.taskId)) return;
+    this.close(task);
+    this.open(task);
+  }
+
   /** Opens the stream of one watch, unless streams are off, it has one, or it is finished or released. */
   open(task: TaskSubscription): void {
     const taskId = task.taskId;
     if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
       return;
     let stop: (() => void) | undefined;
-    stop = this.#wire.follow(taskId, task.cursor.seq, () => {
+    stop = this.#wire.follow(taskId, task.cursor.seq, (refusal) => {
       if (this.#streams.get(taskId) === stop) this.#streams.delete(taskId);
+      if (refusal !== undefined && this.#host.current(task)) {
+        // Answered as the HTTP fallback answers the same refusal.
+        if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
+        if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
+        task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
+      }
       if (task.cursor.finished && !this.#acked.has(taskId)) {
         this.#acked.add(taskId);
         this.#wire.ack(taskId, task.cursor.seq);

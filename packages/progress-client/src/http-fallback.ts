@@ -1,8 +1,9 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
-import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { decodeServerText } from './frame-check.js';
+import { errorFromResponse, readField } from './http-errors.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';
 import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from './transport-types.js';
@@ -33,15 +34,6 @@ export interface HttpApiOptions {
   credentials: HttpCredentials;
   signal: AbortSignal;
 }
-
-const STATUS_CODES: Readonly<Record<number, ErrorCode>> = {
-  400: ErrorCode.InvalidInput,
-  401: ErrorCode.Unauthenticated,
-  403: ErrorCode.Forbidden,
-  404: ErrorCode.TaskNotFound,
-  429: ErrorCode.RateLimited,
-  503: ErrorCode.StoreUnavailable,
-};
 
 /** @internal */
 export class HttpApi {
@@ -107,29 +99,11 @@ export class HttpApi {
   }
 }
 
-function readField(body: unknown, name: string): unknown {
-  return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[name] : undefined;
-}
-
 function badBody(taskId: string, cause?: unknown): ProgressError {
   return new ProgressError(ErrorCode.InvalidFrame, `HTTP response for task ${taskId} is not valid`, {
     cause,
     taskId,
   });
-}
-
-/** The error an HTTP error response stands for: the body's code when it is one of ours, else by status. */
-function errorFromResponse(taskId: string, status: number, text: string): ProgressError {
-  let code: ErrorCode = STATUS_CODES[status] ?? ErrorCode.Internal;
-  let message = `HTTP ${status} for task ${taskId}`;
-  try {
-    const error = readField(JSON.parse(text), 'error') as { code?: unknown; message?: unknown } | undefined;
-    if ((ERROR_CODES as readonly unknown[]).includes(error?.code)) code = error?.code as ErrorCode;
-    if (typeof error?.message === 'string') message = error.message.slice(0, 500);
-  } catch {
-    // Not JSON (a proxy's error page): the status says enough.
-  }
-  return new ProgressError(code, message, { taskId });
 }
 
 /** Most pages of events one HTTP catch-up reads before leaving the rest to the next one. */

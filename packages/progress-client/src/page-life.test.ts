@@ -185,4 +185,33 @@ describe('page life', () => {
     expect(socket.sent).toEqual([]);
     await off.client.close();
   });
+
+  it('removes its listeners and clock check once no watch is unfinished, though the socket stays open', async () => {
+    const listening = new Set<string>();
+    const target = () => ({
+      addEventListener: (type: string) => listening.add(type),
+      removeEventListener: (type: string) => listening.delete(type),
+    });
+    const { client, server, scheduler } = setup({
+      pageEvents: { document: { ...target(), visibilityState: 'visible' }, window: target() },
+    });
+    const watch = client.watch('t1');
+    expect(listening.size).toBe(4);
+    const socket = server.accept(15_000);
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    task.end();
+    socket.push({ type: 'snapshot', task: task.view() });
+    await watch.done;
+    expect([...listening]).toEqual([]);
+    watch.close();
+    await scheduler.advance(10_000);
+    // Left: the open socket's heartbeat watchdog only (no clock check every 2 s).
+    expect(scheduler.delays).toHaveLength(1);
+    expect([...listening]).toEqual([]);
+    // A new watch brings page life back.
+    client.watch('t2');
+    expect(listening.size).toBe(4);
+    await client.close();
+  });
 });

@@ -188,6 +188,23 @@ describe('delivery', () => {
     expect(await late.done).toBe(watch.getSnapshot());
     await client.close();
   });
+
+  it('a watch opened in a snapshot listener of a terminal snapshot gets the terminal state once', async () => {
+    const { client, server } = setup();
+    const first = client.watch('t1');
+    const socket = server.accept();
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    task.end();
+    let log: string[] = [];
+    first.once('snapshot', () => {
+      log = record(client.watch('t1'));
+    });
+    socket.push(snap(task.view()));
+    await flush();
+    expect(log).toEqual(['snapshot@2', 'completed@2', 'finished@2']);
+    await client.close();
+  });
 });
 
 describe('acks', () => {
@@ -585,6 +602,21 @@ describe('lost frames on a healthy connection', () => {
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     await client.close();
   });
+
+  it.each(['toString', 'valueOf', 'hasOwnProperty'])(
+    'reads a heartbeat by its own keys: one not listing a watch of task %s subscribes again',
+    async (taskId) => {
+      const { client, server, scheduler } = setup({ behindGraceMs: 1000 });
+      client.watch(taskId);
+      const socket = server.accept();
+      socket.push(snap(new FakeTask(taskId, 5).view()));
+      await scheduler.advance(5000);
+      socket.sent.length = 0;
+      socket.push({ type: 'heartbeat', time: 1, seqs: {} });
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId, afterSeq: 0 }]);
+      await client.close();
+    },
+  );
 });
 
 describe('the 100% watchdog', () => {

@@ -171,8 +171,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
    * Renews the socket's credential without reconnecting: calls the `token` function and sends it in an
    * `auth` frame (protocol version 2). Call it when the application's token is refreshed, before the
    * old one expires. Resolves `false` when there is nothing to renew (no open socket, a version-1
-   * server, or a static token). A token that expires anyway closes the socket with 4011; the client
-   * then fetches a fresh token and reconnects once by itself.
+   * server, or a static token) and when the token function fails (then an `unauthenticated` error is
+   * emitted, with the failure as its `cause`); never rejects. A token that expires anyway closes the
+   * socket with 4011; the client then fetches a fresh token and reconnects once by itself.
    *
    * @example
    * ```ts
@@ -294,8 +295,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       }
       case 'heartbeat':
         // (Each task's `resync` is its subscribe: the heartbeat is ignored for a finished cursor.)
+        // Own keys only: a task id such as `toString` would otherwise read Object.prototype's.
         for (const task of this.#tasks.values())
-          task.heartbeat(frame.seqs[task.taskId], this.#o.behindGraceMs);
+          task.heartbeat(
+            Object.hasOwn(frame.seqs, task.taskId) ? frame.seqs[task.taskId] : undefined,
+            this.#o.behindGraceMs,
+          );
         return;
       case 'error':
         this.#onErrorFrame(frame);
@@ -324,6 +329,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
     task.armWatchdog();
     this.#acks.schedule(task);
+    if (task.cursor.finished) this.#stopPageLifeIfAllFinished();
   }
 
   #subscribe(task: TaskSubscription): void {
@@ -348,9 +354,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     switch (action) {
       case 'resync':
         this.#resync(task);
+        this.#fallback?.restart(task);
         break;
       case 'reconnect':
-        this.#connection.reconnectNow('finish watchdog');
+        // preferFallback keeps off the socket altogether: the stream starts over instead.
+        if (this.#o.preferFallback) this.#fallback?.restart(task);
+        else this.#connection.reconnectNow('finish watchdog');
         break;
       case 'http':
         // Without the HTTP fallback the last step is one more resync (a fresh read of the store).
@@ -389,6 +398,16 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     this.#tasks.delete(task.taskId);
     this.#o.storage?.remove(task.taskId);
     task.fail(error, true);
+    this.#stopPageLifeIfAllFinished();
+  }
+
+  /**
+   * Page life serves unfinished watches only: once none is left, its listeners and clock check go (an
+   * open socket alone does not keep them; the next new watch starts them again).
+   */
+  #stopPageLifeIfAllFinished(): void {
+    for (const task of this.#tasks.values()) if (!task.cursor.finished) return;
+    this.#pageLife?.stop();
   }
 
   /** A handle closed: the last one takes the subscription with it. */
@@ -397,7 +416,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
     this.#acks.flush(task);
     this.#tasks.delete(task.taskId);
+    this.#fallback?.close(task);
     task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
+    this.#stopPageLifeIfAllFinished();
   }
 }

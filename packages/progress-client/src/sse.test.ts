@@ -22,11 +22,14 @@ interface SseRequest {
 /** The server's SSE routes as a `fetch`: every GET a stream the test feeds, every POST a 204. */
 class FakeSse {
   readonly requests: SseRequest[] = [];
+  /** Set: every stream is refused with this status and body (`withStatus: false` as a fetch without one). */
+  refusal: { status: number; text: string; withStatus?: boolean } | undefined;
 
   readonly fetch: StreamingFetch = async (url, init) => {
+    const refusal = init.method === 'GET' ? this.refusal : undefined;
     let controller: ReadableStreamDefaultController<Uint8Array> | undefined;
     const body =
-      init.method === 'GET'
+      init.method === 'GET' && refusal === undefined
         ? new ReadableStream<Uint8Array>({
             start(c) {
               controller = c;
@@ -65,6 +68,9 @@ class FakeSse {
       },
       aborted: () => init.signal?.aborted === true,
     });
+    if (refusal?.withStatus === false) return { ok: false, body: null };
+    if (refusal !== undefined)
+      return { ok: false, status: refusal.status, body: null, text: async () => refusal.text };
     return { ok: true, body };
   };
 
@@ -186,5 +192,92 @@ describe('the SSE fallback transport', () => {
     await client.close();
     expect(again.aborted()).toBe(true);
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('stops the stream of a watch whose last handle closed, and a new watch of the task gets its own', async () => {
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 3);
+    const first = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.send({ type: 'snapshot', task: task.view() }, 0);
+    stream.send({ type: 'event', event: task.item('a') }, 1);
+    await flush();
+    first.close();
+    await flush();
+    expect(stream.aborted()).toBe(true);
+
+    const second = client.watch('t1');
+    const log = record(second);
+    await flush();
+    expect(sse.streams).toHaveLength(2);
+    const fresh = sse.streams[1] as SseRequest;
+    task.item('b');
+    task.item('c');
+    task.end();
+    fresh.send({ type: 'snapshot', task: task.view() }, task.seq);
+    fresh.end();
+    await scheduler.advance(5000);
+    expect(second.getSnapshot()).toMatchObject({ seq: 4, finished: true });
+    expect(log).toEqual(['snapshot@4', 'completed@4', 'finished@4']);
+    await client.close();
+  });
+
+  it.each([
+    [404, 'task_not_found'],
+    [403, 'forbidden'],
+  ])(
+    'ends a watch whose stream the server refuses with %i (%s), without asking again',
+    async (status, code) => {
+      const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+      sse.refusal = { status, text: JSON.stringify({ error: { code, message: 'no' } }) };
+      const watch = client.watch('t1');
+      const outcome = watch.done.then(
+        () => 'resolved',
+        (error: { code?: string }) => `rejected:${error.code}`,
+      );
+      await scheduler.advance(60_000);
+      expect(await outcome).toBe(`rejected:${code}`);
+      expect(sse.streams).toHaveLength(1);
+      await client.close();
+    },
+  );
+
+  it('closes the client when the stream is refused for lack of credentials (401), as the HTTP fallback does', async () => {
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true });
+    sse.refusal = { status: 401, text: '' };
+    const errors: string[] = [];
+    client.on('error', (error) => errors.push(error.code));
+    const watch = client.watch('t1');
+    const outcome = watch.done.catch((error: { code?: string }) => error.code);
+    await scheduler.advance(1000);
+    expect(client.state).toBe('closed');
+    expect(errors).toContain('unauthenticated');
+    expect(await outcome).toBeDefined();
+  });
+
+  it('takes a refusal without a status (a fetch that gives none) for a cut, and asks again', async () => {
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    sse.refusal = { status: 404, text: '', withStatus: false };
+    client.watch('t1');
+    await scheduler.advance(5500);
+    expect(sse.streams.length).toBeGreaterThan(3);
+    await client.close();
+  });
+
+  it('with preferFallback, the 100% watchdog starts the stream over instead of opening a socket', async () => {
+    const { client, server, sse, scheduler } = sseSetup({ preferFallback: true, finishTimeoutMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    client.watch('t1');
+    await flush();
+    (sse.streams[0] as SseRequest).send({ type: 'snapshot', task: task.view() }, 1);
+    await scheduler.advance(10_000);
+    expect(server.sockets).toHaveLength(0);
+    // Its steps (resync, then what would have been a reconnect) each started the stream over.
+    expect(sse.streams.length).toBeGreaterThanOrEqual(3);
+    expect((sse.streams[0] as SseRequest).aborted()).toBe(true);
+    expect(sse.streams.at(-1)?.headers['last-event-id']).toBe('1');
+    await client.close();
   });
 });

@@ -1,3 +1,4 @@
+import type { ProgressError } from '@finishline/core';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -5,7 +6,8 @@ import {
   type FallbackWire,
 } from './fallback-streams.js';
 import { decodeServerText } from './frame-check.js';
-import type { HttpCredentials } from './options.js';
+import { errorFromResponse } from './http-errors.js';
+import type { HttpCredentials } from './transport-types.js';
 
 export type { FallbackTransport } from './fallback-streams.js';
 
@@ -28,7 +30,20 @@ export type StreamingFetch = (
     signal?: AbortSignal;
     body?: string;
   },
-) => Promise<{ ok: boolean; body: ReadableStream<Uint8Array> | null }>;
+) => Promise<{
+  ok: boolean;
+  body: ReadableStream<Uint8Array> | null;
+  /**
+   * The HTTP status (`fetch` has it): a refused stream (401, 403, 404) then ends the watch as the HTTP
+   * fallback would. Without it a refusal is taken for a cut, and the stream is tried again.
+   */
+  status?: number;
+  /** The body as text (`fetch` has it): the server's error code and message in a refusal. */
+  text?(): Promise<string>;
+}>;
+
+/** Statuses that refuse the stream for good (anything else is taken for a cut and retried). */
+const REFUSALS = new Set([401, 403, 404]);
 
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
@@ -75,10 +90,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
     follow(taskId, afterSeq, onEnd) {
       const abort = new AbortController();
       let ended = false;
-      const end = () => {
+      const end = (refusal?: ProgressError) => {
         if (ended) return;
         ended = true;
-        onEnd();
+        onEnd(refusal);
       };
       void (async () => {
         if (fetchImpl === undefined) return end();
@@ -89,6 +104,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           headers,
           signal: abort.signal,
         });
+        if (!response.ok && response.status !== undefined && REFUSALS.has(response.status)) {
+          const text = (await response.text?.().catch(() => '')) ?? '';
+          return end(errorFromResponse(taskId, response.status, text));
+        }
         if (!response.ok || response.body === null) return end();
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
@@ -116,7 +135,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         }
       })()
         .catch(() => undefined)
-        .finally(end);
+        .finally(() => end());
       return () => {
         abort.abort();
         end();

@@ -1,5 +1,5 @@
 import type { TaskEvent } from '@finishline/core';
-import { PROTOCOL_VERSION } from '@finishline/core';
+import { PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
@@ -204,5 +204,57 @@ describe('tab sharing', () => {
     const scope = globalThis as { navigator?: unknown };
     if (scope.navigator !== undefined && (scope.navigator as { locks?: unknown }).locks !== undefined) return;
     expect(() => tabSharing()).toThrow(expect.objectContaining({ code: 'invalid_input' }));
+  });
+
+  it('renewToken() in a tab reaches the server through the leader, and each tab speaks the selected version', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const issued: string[] = [];
+    const clients = [browser.tab(), browser.tab()].map(
+      (tab, index) =>
+        new ProgressClient({
+          url: 'ws://example.test/progress',
+          WebSocket: server.WebSocket,
+          token: () => {
+            const token = `tab${index}-${issued.filter((t) => t.startsWith(`tab${index}`)).length + 1}`;
+            issued.push(token);
+            return token;
+          },
+          pageEvents: false,
+          shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
+        }),
+    );
+    for (const client of clients) client.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    await vi.waitFor(() => {
+      for (const client of clients) expect(client.state).toBe('open');
+    });
+    // One authentication opened the socket for both tabs; a renewal in either goes to the server.
+    expect(real.frames('auth')).toHaveLength(1);
+    expect(await (clients[1] as ProgressClient).renewToken()).toBe(true);
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(2));
+    expect(real.frames('auth').at(-1)).toEqual({ type: 'auth', token: 'tab1-2', protocol: PROTOCOL_VERSION });
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('a tab behind a leader whose server selected version 1 speaks version 1', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const client = new ProgressClient({
+      url: 'ws://example.test/progress',
+      WebSocket: server.WebSocket,
+      token: () => 'tok',
+      pageEvents: false,
+      shareAcrossTabs: tabSharing({ channel: browser.tab().channel, locks: browser.tab().locks }),
+    });
+    client.watch('t1');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(1));
+    server.last.protocol = PROTOCOL_NAME_V1;
+    server.last.open();
+    await vi.waitFor(() =>
+      expect(server.last.frames('auth')).toEqual([{ type: 'auth', token: 'tok', protocol: 1 }]),
+    );
+    await client.close();
   });
 });

@@ -116,7 +116,7 @@ type Message =
   | { t: 'connect'; from: string; id: string }
   | { t: 'send'; from: string; id: string; data: string }
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
-  | { t: 'open'; from: string; id: string }
+  | { t: 'open'; from: string; id: string; protocol: string }
   | { t: 'frame'; from: string; data: string; hello?: true; to?: string }
   | { t: 'close'; from: string; code: number; reason: string };
 
@@ -130,6 +130,8 @@ const noop = (): void => undefined;
 /** A socket as the client sees it; the leader tab carries its frames. @internal */
 class VirtualSocket implements WebSocketLike {
   readyState = CONNECTING;
+  /** The real socket's subprotocol, so the client speaks the version the server selected. */
+  protocol = '';
   onopen: ((event: object) => void) | null = null;
   onmessage: ((event: { data: unknown }) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;
@@ -168,6 +170,8 @@ class VirtualSocket implements WebSocketLike {
 /** What the leader knows of one virtual socket. */
 interface Peer {
   opened: boolean;
+  /** Its first `auth` went by: any later one is a renewal (`renewToken()`), for the server. */
+  authed: boolean;
   tasks: Set<string>;
 }
 
@@ -258,6 +262,7 @@ class TabHub {
         if (socket === undefined || socket.readyState !== CONNECTING) return;
         this.#leader = message.from;
         socket.leader = message.from;
+        socket.protocol = message.protocol;
         socket.readyState = OPEN;
         socket.onopen?.({});
         return;
@@ -300,7 +305,7 @@ class TabHub {
   // ---- Leader part -------------------------------------------------------------------------------
 
   #onConnect(id: string): void {
-    this.#peers.set(id, { opened: false, tasks: new Set() });
+    this.#peers.set(id, { opened: false, authed: false, tasks: new Set() });
     this.#watchTab(id.slice(0, id.indexOf('/')));
     if (this.#real === undefined) this.#openReal();
     else if (this.#real.readyState === OPEN) this.#openPeer(id);
@@ -310,7 +315,7 @@ class TabHub {
     const peer = this.#peers.get(id);
     if (peer === undefined || peer.opened) return;
     peer.opened = true;
-    this.post({ t: 'open', from: this.tab, id });
+    this.post({ t: 'open', from: this.tab, id, protocol: this.#real?.protocol ?? '' });
     if (this.#hello !== undefined)
       this.post({ t: 'frame', from: this.tab, data: this.#hello, hello: true, to: id });
   }
@@ -328,8 +333,12 @@ class TabHub {
     const taskId = typeof frame.taskId === 'string' ? frame.taskId : '';
     switch (frame.type) {
       case 'auth':
-        // One authentication per real socket: the first tab's credential opens it for all.
-        if (this.#authSent) return;
+        // One authentication per real socket: the first tab's credential opens it for all. A tab's
+        // later `auth` renews the credential (renewToken) and goes to the server.
+        if (!peer.authed) {
+          peer.authed = true;
+          if (this.#authSent) return;
+        }
         this.#authSent = true;
         break;
       case 'subscribe':

@@ -29,6 +29,9 @@ export const systemTimers: TimerApi = Object.freeze({
   clearTimeout: (handle: unknown): void => globalThis.clearTimeout(handle as ReturnType<typeof setTimeout>),
 });
 
+/** The longest delay setTimeout takes; a longer one fires at once. */
+const MAX_DELAY_MS = 2 ** 31 - 1;
+
 /**
  * The set of live timers of one client.
  *
@@ -48,18 +51,26 @@ export class TimerSet {
     return this.#live.size;
   }
 
-  /** Starts a one-shot timer; returns its cancel function. */
+  /**
+   * Starts a one-shot timer; returns its cancel function. A delay longer than `setTimeout` can hold
+   * (2^31 - 1 ms, about 24.8 days: a longer one fires at once) is waited out in steps.
+   */
   start(callback: () => void, delayMs: number): () => void {
     // After dispose() a late callback (a fetch settling after close) must not start anything again.
     if (this.#disposed) return () => undefined;
     const entry = { handle: undefined as unknown };
-    entry.handle = this.#api.setTimeout(
-      () => {
-        if (!this.#live.delete(entry)) return;
-        callback();
-      },
-      Math.max(0, delayMs),
-    );
+    const arm = (remainingMs: number): void => {
+      entry.handle = this.#api.setTimeout(
+        () => {
+          if (!this.#live.has(entry)) return;
+          if (remainingMs > MAX_DELAY_MS) return arm(remainingMs - MAX_DELAY_MS);
+          this.#live.delete(entry);
+          callback();
+        },
+        Math.min(MAX_DELAY_MS, remainingMs),
+      );
+    };
+    arm(Math.max(0, delayMs));
     this.#live.add(entry);
     return () => {
       if (this.#live.delete(entry)) this.#api.clearTimeout(entry.handle);

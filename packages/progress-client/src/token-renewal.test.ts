@@ -88,4 +88,29 @@ describe('renewToken()', () => {
     expect(await client.renewToken()).toBe(false);
     await client.close();
   });
+
+  it('reports a failing token function as an unauthenticated error and resolves false, keeping the socket', async () => {
+    let calls = 0;
+    const { client, server } = setup({
+      token: async () => {
+        calls += 1;
+        if (calls > 1) throw new TypeError('refresh endpoint down');
+        return 'tok-1';
+      },
+    });
+    const errors: unknown[] = [];
+    client.on('error', (error) => errors.push(error));
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    expect(await client.renewToken()).toBe(false);
+    expect(errors).toEqual([
+      expect.objectContaining({ code: ErrorCode.Unauthenticated, cause: expect.any(TypeError) }),
+    ]);
+    expect(socket.frames('auth')).toHaveLength(1);
+    expect(client.state).toBe('open');
+    await client.close();
+  });
 });

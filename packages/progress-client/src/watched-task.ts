@@ -91,8 +91,11 @@ export class WatchedTask implements WatchSource {
       const state = this.#buildState(view, null);
       this.#state = state;
       if (delivery.kind === 'snapshot') {
-        this.#emit((watch) => watch.emit('snapshot', state));
-        if (state.finished) this.#emit((watch) => this.#emitTerminal(watch, state));
+        // One list for both: a handle opened by a snapshot listener gets the terminal from its replay.
+        const handles = [...this.handles];
+        for (const watch of handles) watch.deliver((handle) => handle.emit('snapshot', state));
+        if (state.finished)
+          for (const watch of handles) watch.deliver((handle) => this.#emitTerminal(handle, state));
         continue;
       }
       const event = delivery.event;

@@ -62,6 +62,8 @@ export class FakeServer {
 /** One fake socket. The client calls `send`/`close`; the test calls the rest. */
 export class FakeSocket implements WebSocketLike {
   readyState = 0;
+  /** The subprotocol the server selected; set it before `open()` (`''`: unknown, taken as the newest). */
+  protocol = '';
   onopen: ((event: object) => void) | null = null;
   onmessage: ((event: { data: unknown }) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;

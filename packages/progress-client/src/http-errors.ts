@@ -1,0 +1,37 @@
+import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
+
+/**
+ * What an HTTP error response of the server's API means to the client, shared by the HTTP fallback and the
+ * SSE transport (a refused stream is answered like a refused request).
+ *
+ * @internal
+ * @module
+ */
+
+const STATUS_CODES: Readonly<Record<number, ErrorCode>> = {
+  400: ErrorCode.InvalidInput,
+  401: ErrorCode.Unauthenticated,
+  403: ErrorCode.Forbidden,
+  404: ErrorCode.TaskNotFound,
+  429: ErrorCode.RateLimited,
+  503: ErrorCode.StoreUnavailable,
+};
+
+/** `body[name]` when `body` is an object. */
+export function readField(body: unknown, name: string): unknown {
+  return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[name] : undefined;
+}
+
+/** The error an HTTP error response stands for: the body's code when it is one of ours, else by status. */
+export function errorFromResponse(taskId: string, status: number, text: string): ProgressError {
+  let code: ErrorCode = STATUS_CODES[status] ?? ErrorCode.Internal;
+  let message = `HTTP ${status} for task ${taskId}`;
+  try {
+    const error = readField(JSON.parse(text), 'error') as { code?: unknown; message?: unknown } | undefined;
+    if ((ERROR_CODES as readonly unknown[]).includes(error?.code)) code = error?.code as ErrorCode;
+    if (typeof error?.message === 'string') message = error.message.slice(0, 500);
+  } catch {
+    // Not JSON (a proxy's error page): the status says enough.
+  }
+  return new ProgressError(code, message, { taskId });
+}

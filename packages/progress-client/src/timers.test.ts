@@ -1,0 +1,70 @@
+import { describe, expect, it } from 'vitest';
+import { type TimerApi, TimerSet } from './timers.js';
+
+/** A TimerApi that records each timer and fires it on demand, as a host would after its delay. */
+function recordingTimers() {
+  const timers: { callback: () => void; delayMs: number; cleared: boolean }[] = [];
+  const api: TimerApi = {
+    setTimeout: (callback, delayMs) => {
+      const timer = { callback, delayMs, cleared: false };
+      timers.push(timer);
+      return timer;
+    },
+    clearTimeout: (handle) => {
+      (handle as { cleared: boolean }).cleared = true;
+    },
+  };
+  const fireLast = (): void => {
+    const timer = timers.at(-1);
+    if (timer === undefined || timer.cleared) throw new Error('no live timer');
+    timer.callback();
+  };
+  return { api, timers, fireLast };
+}
+
+describe('TimerSet', () => {
+  const MAX = 2 ** 31 - 1;
+
+  it('waits out a delay longer than setTimeout can hold in steps, and fires once at its end', () => {
+    const { api, timers, fireLast } = recordingTimers();
+    const set = new TimerSet(api);
+    let fired = 0;
+    set.start(() => {
+      fired += 1;
+    }, 2.5 * MAX);
+    expect(timers.map((timer) => timer.delayMs)).toEqual([MAX]);
+    fireLast();
+    fireLast();
+    expect(timers.map((timer) => timer.delayMs)).toEqual([MAX, MAX, 0.5 * MAX]);
+    expect(fired).toBe(0);
+    expect(set.size).toBe(1);
+    fireLast();
+    expect(fired).toBe(1);
+    expect(set.size).toBe(0);
+  });
+
+  it('cancels a long wait between its steps', () => {
+    const { api, timers, fireLast } = recordingTimers();
+    const set = new TimerSet(api);
+    let fired = 0;
+    const cancel = set.start(() => {
+      fired += 1;
+    }, 3 * MAX);
+    fireLast();
+    cancel();
+    expect(timers.at(-1)?.cleared).toBe(true);
+    expect(set.size).toBe(0);
+    expect(fired).toBe(0);
+  });
+
+  it('passes delays up to the limit through as they are, negative ones as 0', () => {
+    const { api, timers } = recordingTimers();
+    const set = new TimerSet(api);
+    set.start(() => undefined, MAX);
+    set.start(() => undefined, 250);
+    set.start(() => undefined, -5);
+    expect(timers.map((timer) => timer.delayMs)).toEqual([MAX, 250, 0]);
+    set.dispose();
+    expect(timers.every((timer) => timer.cleared)).toBe(true);
+  });
+});
