@@ -18,8 +18,12 @@ export class PrincipalLimits {
   readonly #clock: Clock;
   readonly #sockets = new Map<string, number>();
   readonly #subscriptions = new Map<string, number>();
-  /** One frame budget per principal with a socket open, shared by its sockets. */
+  /**
+   * One frame budget per principal, shared by its sockets. Kept after its last socket closes until it has
+   * refilled (a principal that reconnected at once would otherwise get a full budget per reconnect).
+   */
   readonly #buckets = new Map<string, TokenBucket>();
+  #sweptAt = Number.NEGATIVE_INFINITY;
 
   constructor(options: {
     maxSockets: number;
@@ -67,8 +71,21 @@ export class PrincipalLimits {
 
   closeSocket(principalId: string): void {
     give(this.#sockets, principalId);
-    // A principal that comes back later starts with a full budget, as a new socket would.
-    if (!this.#sockets.has(principalId)) this.#buckets.delete(principalId);
+    this.#forgetRefilledBuckets();
+  }
+
+  /**
+   * Drops the budgets of principals without a socket once they have refilled: forgetting a full budget
+   * changes nothing, and the map stays bounded by the principals active within one refill time. At most
+   * every `BUCKET_SWEEP_INTERVAL_MS`, so a storm of closes does not walk the map at every close.
+   */
+  #forgetRefilledBuckets(): void {
+    const now = this.#clock();
+    if (now - this.#sweptAt < BUCKET_SWEEP_INTERVAL_MS) return;
+    this.#sweptAt = now;
+    for (const [principalId, bucket] of this.#buckets) {
+      if (!this.#sockets.has(principalId) && bucket.full) this.#buckets.delete(principalId);
+    }
   }
 
   /** Counts one more followed task of `principalId`, unless it is at its cap. */
@@ -88,6 +105,9 @@ export class PrincipalLimits {
     };
   }
 }
+
+/** How often, at most, the budgets of principals without sockets are looked at for forgetting. */
+const BUCKET_SWEEP_INTERVAL_MS = 1000;
 
 function take(counts: Map<string, number>, key: string, max: number): boolean {
   const current = counts.get(key) ?? 0;

@@ -344,6 +344,8 @@ export class ProgressServer<P extends Principal = Principal> {
         health: () => this.health(),
         healthDetails: this.#options.healthDetails,
         webSocketPath: this.#options.path,
+        closing: () => this.#closing,
+        clock: this.#options.clock,
         streams: {
           hub: this.#hub,
           epoch: this.#epoch,

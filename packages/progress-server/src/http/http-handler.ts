@@ -84,6 +84,10 @@ export interface HttpHandlerContext<P extends Principal> {
   webSocketPath?: string;
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
   healthDetails?: 'authenticated' | 'public';
+  /** `true` once the server is shutting down: requests are refused with 503 `closed`. */
+  closing?: () => boolean;
+  /** The server's clock, for `Principal.expiresAt`. @default Date.now */
+  clock?: () => number;
   /** Serves `GET …/stream` (Server-Sent Events) and `POST …/ack`; both routes are absent without it. */
   streams?: StreamContext & { acks: Pick<AckWriter, 'ack'>; maxSocketsPerPrincipal: number };
 }
@@ -265,6 +269,9 @@ async function serve<P extends Principal>(
       headers: { allow: allowed },
     });
   }
+  // docs/protocol.md: `closed` is "the code of the HTTP 503 refusing an upgrade or request during
+  // shutdown". A stream started now would follow a hub that is closing and never end.
+  if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
   // Before authentication: a forged request is refused without running the application's hooks.
   if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
   let principal: P | undefined;
@@ -276,6 +283,10 @@ async function serve<P extends Principal>(
     throw fromCode(ErrorCode.Internal, 'Authentication failed');
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+  // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
+  if (principal.expiresAt !== undefined && principal.expiresAt <= (ctx.clock ?? Date.now)()) {
+    throw fromCode(ErrorCode.TokenExpired, 'The credential expired; send a fresh one');
+  }
 
   switch (route.name) {
     case 'list': {
@@ -351,7 +362,7 @@ async function serve<P extends Principal>(
         );
       }
       let released = false;
-      streamTask(streams, task, afterSeq, request, response, () => {
+      streamTask(streams, task, afterSeq, principal.expiresAt, request, response, () => {
         if (released) return;
         released = true;
         streams.limits.closeSocket(principal.id);

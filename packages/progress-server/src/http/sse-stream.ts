@@ -22,6 +22,9 @@ import type { PrincipalLimits } from '../principal-limits.js';
  */
 
 /** What a stream needs from its server. @internal */
+/** The longest delay `setTimeout` takes (a longer one fires at once). */
+const MAX_TIMER_MS = 2_147_483_647;
+
 export interface StreamContext {
   readonly hub: TaskHub;
   readonly epoch: StoreEpoch;
@@ -44,10 +47,18 @@ export function streamTask(
   ctx: StreamContext,
   task: Task,
   afterSeq: number,
+  expiresAt: number | undefined,
   request: IncomingMessage,
   response: ServerResponse,
   release: () => void,
 ): void {
+  // The client may have left while the request was authenticated and authorized: its 'close' events
+  // fired before any listener below, so nothing would ever end the stream (its socket slot, hub follow
+  // and heartbeat timer).
+  if (response.destroyed || request.socket.destroyed) {
+    release();
+    return;
+  }
   const taskId = task.id;
   let cursor = afterSeq;
   let ended = false;
@@ -69,6 +80,7 @@ export function streamTask(
     if (ended) return;
     ended = true;
     clearInterval(heartbeat);
+    clearTimeout(expiry);
     unfollow?.();
     ctx.open.delete(end);
     release();
@@ -103,6 +115,13 @@ export function streamTask(
     if (!ended) response.write(`: heartbeat ${ctx.clock()}\n\n`);
   }, ctx.heartbeatIntervalMs);
   heartbeat.unref();
+  // The stream ends when its credential expires, as a socket is closed then (4011): the client's next
+  // request, from its cursor, carries a fresh credential. (A wait beyond a timer's range ends it early.)
+  const expiry =
+    expiresAt === undefined
+      ? undefined
+      : setTimeout(end, Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
+  expiry?.unref();
 
   /** Reads and writes everything after the cursor; re-runs once if a commit was announced meanwhile. */
   const pump = async (): Promise<void> => {

@@ -1,27 +1,36 @@
 import type { ProgressStore } from '@finishline/core';
-import { MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
+import { sleep } from '../testing/harness.js';
 import { AckWriter } from './ack-writer.js';
+
+/** An AckWriter over a store whose `ack` is `write` (the stored seqs kept in `stored`). */
+function writerOver(
+  write: (stored: Map<string, number>, taskId: string, seq: number) => Promise<void>,
+  retryDelayMs: number,
+): { acks: AckWriter; stored: Map<string, number> } {
+  const stored = new Map<string, number>();
+  const store = {
+    ack: async (taskId: string, seq: number) => {
+      await write(stored, taskId, seq);
+      stored.set(taskId, Math.max(stored.get(taskId) ?? 0, seq));
+      return stored.get(taskId) as number;
+    },
+  } as unknown as ProgressStore;
+  const metrics = new ServerMetrics({
+    registry: undefined,
+    prefix: 'test_',
+    feed: new MemoryProgressStore().changes,
+  });
+  return { acks: new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs }), stored };
+}
 
 describe('AckWriter', () => {
   it('flush waits for an ack queued behind the write in flight, not only for that write', async () => {
-    const stored = new Map<string, number>();
     // A store whose ack writes take a while, as under load.
-    const store = {
-      ack: async (taskId: string, seq: number) => {
-        await new Promise((resolve) => setTimeout(resolve, 30));
-        stored.set(taskId, Math.max(stored.get(taskId) ?? 0, seq));
-        return stored.get(taskId) as number;
-      },
-    } as unknown as ProgressStore;
-    const metrics = new ServerMetrics({
-      registry: undefined,
-      prefix: 'test_',
-      feed: new MemoryProgressStore().changes,
-    });
-    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const { acks, stored } = writerOver(() => new Promise((resolve) => setTimeout(resolve, 30)), 10);
     acks.ack('t', 10);
     // The terminal ack arrives while 10 is being written: it is queued behind it.
     acks.ack('t', 13);
@@ -29,5 +38,22 @@ describe('AckWriter', () => {
     // What a graceful shutdown relies on: after flush, nothing acknowledged is left unwritten.
     expect(stored.get('t')).toBe(13);
     acks.close();
+  });
+
+  it('flush() writes an ack waiting on its retry timer instead of losing it at close()', async () => {
+    let calls = 0;
+    // One transient failure (a Postgres failover, SQLITE_BUSY): the writer retries after retryDelayMs.
+    const { acks, stored } = writerOver(async () => {
+      calls += 1;
+      if (calls === 1) throw new ProgressError(ErrorCode.StoreUnavailable, 'store hiccup');
+    }, 50);
+    acks.ack('t', 7);
+    // The failed write settled; the retry is on its timer.
+    await sleep(5);
+    // ProgressServer.#close: flush(deadline) then close().
+    await acks.flush(Date.now() + 2000);
+    acks.close();
+    await sleep(100);
+    expect(stored.get('t')).toBe(7);
   });
 });

@@ -75,6 +75,14 @@ export class AckWriter {
    */
   async flush(deadline: number): Promise<void> {
     for (;;) {
+      // An ack whose write failed waits on its retry timer, with nothing in flight: write it now, or the
+      // shutdown's close() clears the timer and the acknowledgement is lost.
+      for (const [taskId, state] of this.#tasks) {
+        if (state.retryTimer === undefined) continue;
+        clearTimeout(state.retryTimer);
+        state.retryTimer = undefined;
+        this.#write(taskId, state);
+      }
       const inFlight = [...this.#tasks.values()].flatMap((state) => (state.inFlight ? [state.inFlight] : []));
       if (inFlight.length === 0 || Date.now() >= deadline) return;
       await waitAtMost(Promise.allSettled(inFlight), deadline - Date.now());

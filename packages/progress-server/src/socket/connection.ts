@@ -284,6 +284,12 @@ export class Connection<P extends Principal> {
         ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
         ...(taskId === undefined ? {} : { taskId }),
       };
+      if (code === ErrorCode.UnsupportedProtocol) {
+        // A version this server does not speak (an `auth` renewal claiming one): as before authentication,
+        // the socket cannot go on in it (docs/protocol.md, Versioning).
+        this.#gate.refuse(code, CloseCode.UnsupportedProtocol, message);
+        return;
+      }
       if (code === ErrorCode.UnknownFrame) {
         // A client newer than this server, not a broken one: answered, and never a reason to disconnect
         // (a client closed for it would reconnect and send it again). The rate limit still bounds it.

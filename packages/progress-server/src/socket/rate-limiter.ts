@@ -46,6 +46,11 @@ export class TokenBucket {
     return this.#tokens;
   }
 
+  /** True when the bucket is as a new one would be: forgetting it changes nothing. */
+  get full(): boolean {
+    return this.tokens >= this.#capacity;
+  }
+
   #refill(): void {
     const now = this.#clock();
     // A clock that steps backwards (wall-clock adjustment) must not drain the bucket.

@@ -66,6 +66,8 @@ export class Subscription implements WrittenLog {
   #written = 0;
   /** Highest seq the client acknowledged. */
   #acked = 0;
+  /** Free acks left: each frame written buys one, each ack that advances uses one. */
+  #freeAcks = 0;
   /** The `afterSeq` of the subscribe: the client already has everything up to it. */
   #claimed = 0;
   #terminalSeq: number | undefined;
@@ -159,7 +161,10 @@ export class Subscription implements WrittenLog {
 
   /** A free ack: it acknowledges new events of an authorized subscription (no rate-limit token). */
   ackAdvances(seq: number): boolean {
-    return this.#authorized && seq > this.#acked && seq <= this.ackLimit;
+    // Bounded by what this socket was sent, not by the cursor the client claimed in its subscribe, and one
+    // per frame written: a claimed `afterSeq` of a million, or one snapshot at seq a million, would
+    // otherwise buy a million acks (1, 2, 3 …) outside the frame budget.
+    return this.#authorized && seq > this.#acked && seq <= this.#written && this.#freeAcks > 0;
   }
 
   /** The highest seq the client may acknowledge on this socket. */
@@ -179,6 +184,7 @@ export class Subscription implements WrittenLog {
     if (seq > this.ackLimit) return 'beyond';
     if (seq <= this.#acked) return 'repeated';
     this.#acked = seq;
+    if (this.#freeAcks > 0) this.#freeAcks -= 1;
     if (
       this.#terminalSeq !== undefined &&
       seq >= this.#terminalSeq &&
@@ -195,6 +201,7 @@ export class Subscription implements WrittenLog {
 
   wrote(seq: number): void {
     if (seq > this.#written) this.#written = seq;
+    this.#freeAcks += 1;
   }
 
   terminalSent(seq: number, text: string): boolean {

@@ -202,7 +202,15 @@ export class Subscriptions<P extends Principal> {
       if (!sub.authorized) continue;
       const stream = sub.currentStream;
       if (stream === undefined) continue;
-      const task = await stream.load();
+      let task: Task | undefined | null;
+      try {
+        task = await stream.load();
+      } catch (error) {
+        // Fail closed, one subscription at a time: the others are still re-checked. The client resubscribes
+        // (store_unavailable is retried with backoff) and is authorized again then.
+        if (sub.isCurrent(stream)) this.#fail(sub, error);
+        continue;
+      }
       if (task === null || !sub.isCurrent(stream)) continue;
       if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) continue;
       if (sub.isCurrent(stream)) this.#refuse(sub, task, { taskId: sub.taskId });
