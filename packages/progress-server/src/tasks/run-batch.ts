@@ -8,6 +8,7 @@ import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@fi
 import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
 import { exhaustive } from '@finishline/core/internal';
 import { delay } from '../wait.js';
+import { clip } from './clip.js';
 
 /** What a batch worker receives besides its item. */
 export interface BatchWorkerContext {
@@ -107,10 +108,6 @@ const TERMINAL_ATTEMPTS = 4;
 const TERMINAL_RETRY_BASE_MS = 100;
 
 type StopReason = 'cancel' | 'shutdown' | 'ended' | 'error';
-
-function clip(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
-}
 
 function describe(error: unknown): string {
   if (error instanceof Error) return error.message || error.name;

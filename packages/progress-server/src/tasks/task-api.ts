@@ -18,6 +18,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import { waitAtMost } from '../wait.js';
+import { clip } from './clip.js';
 import type { LeaseKeeper } from './lease-keeper.js';
 import type { TaskHandleControl, TaskHost } from './task-handle.js';
 import { TaskHandle } from './task-handle.js';
@@ -309,8 +310,4 @@ export class TaskApi {
 
 function shutdownReason(): ProgressError {
   return new ProgressError(ErrorCode.Closed, 'server shutting down');
-}
-
-function clip(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
 }

@@ -18,6 +18,7 @@ import type {
   TaskStatus,
 } from '@finishline/core';
 import { ErrorCode, LIMITS, ProgressError } from '@finishline/core';
+import { clip } from './clip.js';
 import type { BatchResult, BatchWorker, RunBatchOptions } from './run-batch.js';
 import { runBatch } from './run-batch.js';
 
@@ -81,10 +82,6 @@ export interface TaskHandleControl {
   abort(reason: () => ProgressError): void;
   /** The task is known to have ended, whoever ended it. */
   ended(): void;
-}
-
-function clip(text: string, max: number): string {
-  return text.length <= max ? text : `${text.slice(0, max - 1)}…`;
 }
 
 /**
