@@ -1,4 +1,5 @@
 import { ErrorCode } from '../codes.js';
+import { LIMITS } from '../limits.js';
 import { terminalFields } from '../delivery/event-view.js';
 import type { ProgressState, Task, TaskEvent, TerminalEvent } from '../model.js';
 import { progressOf } from '../model.js';
@@ -72,6 +73,14 @@ export function planAppend(task: Task, input: AppendInput, now: number): AppendR
       break;
     }
     case 'item': {
+      // Every count stays a count (≤ LIMITS.maxCount, what readers accept): refused, not stored past it.
+      if (task.done >= LIMITS.maxCount || (input.ok ? task.succeeded : task.failed) >= LIMITS.maxCount) {
+        throw new ProgressError(
+          ErrorCode.InvalidInput,
+          `Task ${task.id} cannot count another item: its counts are at the limit (${LIMITS.maxCount})`,
+          { taskId: task.id },
+        );
+      }
       next.done += 1;
       if (input.ok) next.succeeded += 1;
       else next.failed += 1;

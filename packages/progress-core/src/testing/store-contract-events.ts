@@ -250,6 +250,17 @@ export function describeEventContract(ctx: ContractContext): void {
       expect(await ctx.store.readEvents('task-1', 0), 'log after rejected appends').toEqual([]);
     });
 
+    it('refuses an item that would count past LIMITS.maxCount, and the task stays readable and endable', async () => {
+      await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      await ctx.store.append('task-1', { type: 'progress', done: LIMITS.maxCount });
+      await expectRejection('an item at done = maxCount', ErrorCode.InvalidInput, () =>
+        ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true }),
+      );
+      expect((await mustGet(ctx.store, 'task-1')).done).toBe(LIMITS.maxCount);
+      await ctx.store.append('task-1', { type: 'completed' });
+      expect((await mustGet(ctx.store, 'task-1')).status).toBe('completed');
+    });
+
     it('rejects an invalid task id with invalid_input', async () => {
       for (const value of INVALID_IDS) {
         await expectRejection(`append to task id ${show(value)}`, ErrorCode.InvalidInput, () =>
