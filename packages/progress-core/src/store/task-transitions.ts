@@ -1,6 +1,6 @@
 import { ErrorCode } from '../codes.js';
-import { LIMITS } from '../limits.js';
 import { terminalFields } from '../delivery/event-view.js';
+import { LIMITS } from '../limits.js';
 import type { ProgressState, Task, TaskEvent, TerminalEvent } from '../model.js';
 import { progressOf } from '../model.js';
 import { ProgressError } from '../progress-error.js';
