@@ -76,7 +76,7 @@ const MIN_BARRIER_TIMEOUT_MS = 1000;
 /** What {@link ListenConnection} needs. */
 export interface ListenConnectionOptions {
   /** Where what the connection finds is reported. */
-  hub: Pick<ChangeFeedHub, 'report' | 'isNew'>;
+  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget'>;
   /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
   db: Kysely<ProgressDatabase>;
   /** The `NOTIFY` channel of the store's schema. */
@@ -252,6 +252,10 @@ export class ListenConnection {
         for (const change of notice.changes) {
           hub.report(change, 'notification');
         }
+        break;
+      case 'purged':
+        // Retention deleted them (in any store on the channel): a new task may take one of the ids.
+        hub.forget(notice.taskIds);
         break;
       case 'barrier':
         // Other stores' barriers say nothing about what this connection received.

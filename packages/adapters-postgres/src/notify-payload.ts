@@ -16,6 +16,8 @@ import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/cor
  *   transaction do not fit {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on their own travels ids-only,
  *   and the receiver reads them. The list comes first so a receiver can tell from it alone whether it needs the events at all
  *   (a store hears its own commits, which it published already) and skip parsing them.
+ * - Purged tasks: `{"purged":["<taskId>",…]}` — sent by `purgeFinished` in its statement: every listener
+ *   forgets what it published of them, so a new task with one of those ids is published from seq 1.
  * - A barrier: `{"barrier":"<listener id>","xmin":"<xid8>"}` — sent by a listener to itself to advance
  *   its high-water mark (see `postgres-change-feed.ts`).
  *
@@ -49,13 +51,19 @@ export interface BarrierNotice {
   xmin: bigint;
 }
 
+/** Tasks deleted by retention: their ids may be used again by new tasks. */
+export interface PurgedNotice {
+  kind: 'purged';
+  taskIds: string[];
+}
+
 /** A payload this store did not write (another program notifying on the channel, or garbage). */
 export interface MalformedNotice {
   kind: 'malformed';
 }
 
 /** What {@link decodeNotice} returns. */
-export type Notice = ChangesNotice | BarrierNotice | MalformedNotice;
+export type Notice = ChangesNotice | BarrierNotice | PurgedNotice | MalformedNotice;
 
 /** The most bytes of one ids-only change payload; changes beyond it go into another notification. */
 export const NOTIFY_PAYLOAD_BUDGET_BYTES = 1000;
@@ -241,6 +249,11 @@ export function decodeNotice(
     if (typeof record.xmin !== 'string' || !/^[0-9]{1,20}$/.test(record.xmin)) return MALFORMED;
     return { kind: 'barrier', listenerId: record.barrier, xmin: BigInt(record.xmin) };
   }
+  if (Array.isArray(record.purged)) {
+    const taskIds = record.purged;
+    if (!taskIds.every(isTaskId)) return MALFORMED;
+    return { kind: 'purged', taskIds };
+  }
   return MALFORMED;
 }
 
@@ -298,13 +311,15 @@ function decodeEvents(change: ChangeNotice, value: unknown): TaskEvent[] | undef
 
 const EVENT_TYPE_NAMES: ReadonlySet<string> = new Set(EVENT_TYPES);
 
+function isTaskId(value: unknown): value is string {
+  return typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value);
+}
+
 function decodeEntry(entry: unknown): ChangeNotice | undefined {
   if (!Array.isArray(entry) || entry.length !== 4) return undefined;
   const [taskId, firstSeq, seq, terminal] = entry as unknown[];
   if (
-    typeof taskId !== 'string' ||
-    taskId.length > LIMITS.maxIdLength ||
-    !ID_PATTERN.test(taskId) ||
+    !isTaskId(taskId) ||
     !isSeq(firstSeq) ||
     !isSeq(seq) ||
     firstSeq > seq ||

@@ -92,6 +92,12 @@ export function selectLatest(
  * the deleted ids. Events first (there is no foreign key to cascade), then their tasks; `SKIP LOCKED`
  * leaves a task another transaction holds for a later purge.
  */
+/**
+ * Ids per purge notice: ids are at most 128 characters from `ID_PATTERN`, which JSON leaves unescaped, so
+ * 50 of them (about 6,600 bytes) stay under Postgres's 8000-byte payload limit.
+ */
+const PURGE_NOTICE_IDS = 50;
+
 export function purgeFinished(
   target: AppendTarget,
   { cutoff, limit }: { cutoff: number; limit: number },
@@ -105,7 +111,17 @@ export function purgeFinished(
       FOR UPDATE SKIP LOCKED
     ), purged_events AS (
       DELETE FROM ${target.events} WHERE task_id IN (SELECT id FROM doomed)
+    ), purged AS (
+      DELETE FROM ${target.tasks} WHERE id IN (SELECT id FROM doomed)
+      RETURNING id
+    ), notified AS (
+      -- Every listener forgets the purged ids (notify-payload.ts, purge notices), so a new task with the
+      -- same id is published from seq 1 everywhere, not only in this store: Postgres delivers it in commit
+      -- order, before any notification of such a new task. PURGE_NOTICE_IDS ids per notification.
+      SELECT pg_notify(${target.channel}, json_build_object('purged', json_agg(id))::text)
+      FROM (SELECT id, (row_number() OVER () - 1) / ${sql.lit(PURGE_NOTICE_IDS)} AS chunk FROM purged) AS numbered
+      GROUP BY chunk
     )
-    DELETE FROM ${target.tasks} WHERE id IN (SELECT id FROM doomed)
-    RETURNING id`;
+    -- The count is a one-time filter that makes the notifications run (an unreferenced CTE would not).
+    SELECT id FROM purged WHERE (SELECT count(*) FROM notified) >= 0`;
 }

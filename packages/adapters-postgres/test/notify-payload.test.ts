@@ -240,11 +240,15 @@ describe('NOTIFY payloads', () => {
     expect(decodeNotice('{"barrier":"abc","xmin":"1"}\n[]')).toEqual({ kind: 'malformed' });
   });
 
-  it('decode barriers, and anything else as malformed without throwing', () => {
+  it('decode barriers and purge notices, and anything else as malformed without throwing', () => {
     expect(decodeNotice('{"barrier":"abc","xmin":"12345678901234"}')).toEqual({
       kind: 'barrier',
       listenerId: 'abc',
       xmin: 12345678901234n,
+    });
+    expect(decodeNotice('{"purged":["taint-42","a/b"]}')).toEqual({
+      kind: 'purged',
+      taskIds: ['taint-42', 'a/b'],
     });
     const malformed = [
       undefined,
@@ -263,6 +267,10 @@ describe('NOTIFY payloads', () => {
       '[["t",1,9007199254740993,0]]',
       '{"barrier":"abc","xmin":"-1"}',
       '{"barrier":"abc"}',
+      '{"purged":[1]}',
+      '{"purged":["bad id!"]}',
+      `{"purged":["${'x'.repeat(LIMITS.maxIdLength + 1)}"]}`,
+      '{"purged":"t"}',
       'x'.repeat(PG_NOTIFY_PAYLOAD_LIMIT_BYTES + 1),
     ];
     for (const payload of malformed)
@@ -272,7 +280,7 @@ describe('NOTIFY payloads', () => {
   it('never throw on arbitrary text', () => {
     fc.assert(
       fc.property(fc.oneof(fc.string(), fc.json()), (payload) => {
-        expect(['changes', 'barrier', 'malformed']).toContain(decodeNotice(payload).kind);
+        expect(['changes', 'barrier', 'purged', 'malformed']).toContain(decodeNotice(payload).kind);
       }),
       propertyParams(500),
     );

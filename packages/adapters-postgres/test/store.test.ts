@@ -34,6 +34,18 @@ async function open(
   return store;
 }
 
+/** A plain client listening on the store's channel, collecting every payload. */
+async function listenTo(schema: string): Promise<{ listener: pg.Client; payloads: string[] }> {
+  const listener = new pg.Client({ connectionString: pgUrl() });
+  await listener.connect();
+  const payloads: string[] = [];
+  listener.on('notification', (message) => {
+    if (message.channel === changeChannel(schema)) payloads.push(message.payload ?? '');
+  });
+  await listener.query(`LISTEN ${pg.escapeIdentifier(changeChannel(schema))}`);
+  return { listener, payloads };
+}
+
 async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
   try {
     await promise;
@@ -125,14 +137,8 @@ describe('appends', () => {
   it('notify in the same transaction with ids only when the events do not fit, far below the payload limit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
-    const listener = new pg.Client({ connectionString: pgUrl() });
-    await listener.connect();
-    const payloads: string[] = [];
-    listener.on('notification', (message) => {
-      if (message.channel === changeChannel(schema)) payloads.push(message.payload ?? '');
-    });
+    const { listener, payloads } = await listenTo(schema);
     try {
-      await listener.query(`LISTEN ${pg.escapeIdentifier(changeChannel(schema))}`);
       await store.createTask({ id: 'big', owner: 'alice', kind: 'k' });
       const detail = { blob: 'x'.repeat(15_000) };
       await store.append('big', { type: 'item', key: 'node-1', ok: true, detail });
@@ -513,6 +519,52 @@ describe('operator view and retention', () => {
     await store.append('f1', { type: 'progress' });
     expect(recorder.seqs('f1')).toEqual([1]);
     recorder.stop();
+  });
+
+  it('purgeFinished tells every store on the channel: another replica publishes a reused id from seq 1', async () => {
+    const schema = await migrated();
+    const a = await open({ schema, pollIntervalMs: 20 });
+    const b = await open({ schema, pollIntervalMs: 20 });
+    const recorder = new Recorder(b);
+    // A watcher on B follows the task (as TaskHub.follow does for a subscribed socket).
+    b.changes.follow('taint-42');
+    await a.createTask({ id: 'taint-42', owner: 'alice', kind: 'k' });
+    await a.append('taint-42', { type: 'item', key: 'n1', ok: true });
+    await a.append('taint-42', { type: 'item', key: 'n2', ok: true });
+    await a.append('taint-42', { type: 'completed' });
+    await eventually('B sees the first run end', () => recorder.has('taint-42', 3));
+    // Retention on A removes it; the application runs the same job again under the same id. (Before the
+    // purge notice, B remembered seq 3 and dropped the new run's seqs 1 and 2 as duplicates for ever.)
+    expect(await a.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    const before = recorder.changes.length;
+    await a.createTask({ id: 'taint-42', owner: 'alice', kind: 'k' });
+    await a.append('taint-42', { type: 'item', key: 'n1', ok: true });
+    await a.append('taint-42', { type: 'completed' });
+    await eventually('B publishes the second run', () => recorder.changes.length - before >= 2);
+    await b.pollNow();
+    const after = recorder.changes
+      .slice(before)
+      .map((change) => `${change.seq}${change.terminal ? 'T' : ''}`);
+    expect(after).toEqual(['1', '2T']);
+    recorder.stop();
+  });
+
+  it('sends purge notices of at most 50 ids each, within the payload limit', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    const listening = await listenTo(schema);
+    const purges = () => listening.payloads.filter((payload) => payload.startsWith('{"purged"'));
+    const longId = (i: number) => `${String(i).padStart(3, '0')}-${'x'.repeat(124)}`;
+    for (let i = 0; i < 120; i++) {
+      await store.createTask({ id: longId(i), owner: 'alice', kind: 'k' });
+      await store.append(longId(i), { type: 'completed' });
+    }
+    expect(await store.purgeFinished({ olderThanMs: 0, limit: 1000 })).toBe(120);
+    await eventually('three purge notices', () => purges().length === 3);
+    const ids = purges().flatMap((payload) => (decodeNotice(payload) as { taskIds: string[] }).taskIds);
+    expect(ids.sort()).toEqual(Array.from({ length: 120 }, (_, i) => longId(i)));
+    expect(Math.max(...purges().map((payload) => Buffer.byteLength(payload)))).toBeLessThan(8000);
+    await listening.listener.end();
   });
 });
 
