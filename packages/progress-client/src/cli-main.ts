@@ -1,5 +1,6 @@
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
+import { assertTaskId } from '@finishline/core/internal';
 import { CLI_EXIT_CODES, exitCodeOf, finalLine, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
@@ -113,6 +114,7 @@ function parse(argv: readonly string[]) {
     throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
   if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
+  assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
   const headers: Record<string, string> = {};
   for (const header of values.header ?? []) {
     const colon = header.indexOf(':');

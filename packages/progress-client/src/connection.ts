@@ -7,6 +7,7 @@ import {
   ProgressError,
 } from '@finishline/core';
 import {
+  CLOSE_AUTH_TIMEOUT,
   CLOSE_FORBIDDEN_ORIGIN,
   CLOSE_HEARTBEAT_TIMEOUT,
   CLOSE_NORMAL,
@@ -314,7 +315,11 @@ export class Connection {
     }
     if (!this.#ready && this.#attemptFailure === undefined)
       this.#attemptFailure = describeEarlyClose(code, reason);
-    const fatal = FATAL_ERRORS[code];
+    // The server waited for an auth frame a client without a token never sends: retrying cannot help.
+    const fatal =
+      code === CLOSE_AUTH_TIMEOUT && !this.#ready && this.#o.token === undefined
+        ? ErrorCode.Unauthenticated
+        : FATAL_ERRORS[code];
     if (fatal !== undefined) {
       this.#socket = undefined;
       // A refused upgrade says more than the close code it stands for (which status, and what to check).

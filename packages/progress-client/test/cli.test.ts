@@ -14,9 +14,13 @@ afterEach(async () => {
 });
 
 /** A real server with bearer tokens: the token is the user id. */
-async function start() {
+async function start(authTimeoutMs?: number) {
   const server = await ProgressServer.listen(
-    { store: new MemoryProgressStore(), authenticateToken: (token) => ({ id: token }) },
+    {
+      store: new MemoryProgressStore(),
+      authenticateToken: (token) => ({ id: token }),
+      ...(authTimeoutMs === undefined ? {} : { authTimeoutMs }),
+    },
     { port: 0, host: '127.0.0.1' },
   );
   servers.push(server);
@@ -82,4 +86,28 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain('finishline: watch needs <url> and <taskId>');
     expect(run.err.join('')).toContain('exit codes: 0 completed, 1 failed');
   });
+
+  it('exits 64 for a task id the protocol refuses (a bad command line, not a crash of the bin)', async () => {
+    for (const id of ['', 'a b\n']) {
+      const run = io();
+      const result = await runCli(['watch', 'ws://127.0.0.1:1/progress', id], run.io).then(
+        (code) => code,
+        (error: unknown) => `rejected: ${String(error)}`,
+      );
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toContain('Invalid task id');
+    }
+  });
+
+  it('exits 4 without a token against a server that waits for one (closed with 4004), instead of retrying for ever', async () => {
+    const { server, url } = await start(200);
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 2 });
+    const run = io();
+    const result = await Promise.race([
+      runCli(['watch', url, task.id], run.io),
+      new Promise((resolve) => setTimeout(() => resolve('still running after 6 s'), 6000)),
+    ]);
+    expect(result).toBe(CLI_EXIT_CODES.watchFailed);
+    expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
+  }, 10_000);
 });

@@ -75,6 +75,8 @@ export const CLOSE_UNAUTHENTICATED = 4001;
 export const CLOSE_UNSUPPORTED_PROTOCOL = 4002;
 /** `CloseCode.ForbiddenOrigin`. @internal */
 export const CLOSE_FORBIDDEN_ORIGIN = 4003;
+/** `CloseCode.AuthTimeout`. @internal */
+export const CLOSE_AUTH_TIMEOUT = 4004;
 /** `CloseCode.RateLimited`. @internal */
 export const CLOSE_RATE_LIMITED = 4008;
 /** `CloseCode.HeartbeatTimeout`. @internal */
@@ -106,7 +108,7 @@ export const CloseCode = {
   /** The request's Origin is not on the server's allow-list. */
   ForbiddenOrigin: CLOSE_FORBIDDEN_ORIGIN,
   /** The client did not authenticate within the server's deadline. */
-  AuthTimeout: 4004,
+  AuthTimeout: CLOSE_AUTH_TIMEOUT,
   /** The client kept exceeding its rate limit. */
   RateLimited: CLOSE_RATE_LIMITED,
   /** The principal already has as many sockets open as the server allows. */

@@ -10,6 +10,7 @@
 
 // Close codes as constants a bundler inlines
 export {
+  CLOSE_AUTH_TIMEOUT,
   CLOSE_FORBIDDEN_ORIGIN,
   CLOSE_HEARTBEAT_TIMEOUT,
   CLOSE_NORMAL,

@@ -48,6 +48,8 @@ interface Entry {
   failures: number;
   lockedUntil: number;
   lastFailure: number;
+  /** Attempts begun and not yet ended: each may still turn out a failure. */
+  inFlight: number;
 }
 
 /**
@@ -70,32 +72,66 @@ export class LoginThrottle {
     this.#now = now ?? Date.now;
   }
 
-  /** Milliseconds until the account or the address may try again; 0 when it may now. */
-  retryAfterMs(account: string, address: string): number {
+  /**
+   * Begins a login attempt: resolves 0 and counts it in flight when the account and the address may try
+   * now, else the milliseconds until they may (nothing counted). Every attempt begun must be ended with
+   * {@link end}. Attempts in flight count as possible failures, so guesses sent in parallel get no more
+   * hashes than guesses sent one after another: while an account has `f` failures, at most
+   * `free + 1 - f` attempts (at least one) may be in flight.
+   */
+  begin(account: string, address: string): number {
     const now = this.#now();
+    const keys: [string, number][] = [
+      [accountKey(account), this.#options.accountFreeFailures],
+      [addressKey(address), this.#options.addressFreeFailures],
+    ];
     let wait = 0;
-    for (const key of [accountKey(account), addressKey(address)]) {
+    for (const [key, free] of keys) {
       const entry = this.#live(key, now);
-      if (entry !== undefined && entry.lockedUntil > now) wait = Math.max(wait, entry.lockedUntil - now);
+      if (entry === undefined) continue;
+      if (entry.lockedUntil > now) wait = Math.max(wait, entry.lockedUntil - now);
+      // Not locked, but as many attempts in flight as could still fail freely: wait for one to end.
+      else if (entry.inFlight >= Math.max(1, free + 1 - entry.failures))
+        wait = Math.max(wait, IN_FLIGHT_RETRY_MS);
     }
-    return wait;
+    if (wait > 0) return wait;
+    for (const [key] of keys) this.#entry(key, now).inFlight++;
+    return 0;
   }
 
-  /** Records a failed login. */
-  failed(account: string, address: string): void {
+  /** Ends an attempt {@link begin} let through: a failure counts (and may lock); a success clears the account. */
+  end(account: string, address: string, ok: boolean): void {
     const now = this.#now();
+    const byAccount = this.#entry(accountKey(account), now);
+    const byAddress = this.#entry(addressKey(address), now);
+    byAccount.inFlight = Math.max(0, byAccount.inFlight - 1);
+    byAddress.inFlight = Math.max(0, byAddress.inFlight - 1);
+    if (ok) {
+      // Not the address's count: one valid account must not launder guesses at others.
+      byAccount.failures = 0;
+      byAccount.lockedUntil = 0;
+      return;
+    }
     this.#bump(accountKey(account), this.#options.accountFreeFailures, now);
     this.#bump(addressKey(address), this.#options.addressFreeFailures, now);
   }
 
-  /** Records a successful login: the account starts afresh. */
-  succeeded(account: string): void {
-    this.#entries.delete(accountKey(account));
+  #entry(key: string, now: number): Entry {
+    let entry = this.#live(key, now);
+    if (entry === undefined) {
+      entry = { failures: 0, lockedUntil: 0, lastFailure: now, inFlight: 0 };
+      this.#entries.set(key, entry);
+    }
+    return entry;
   }
 
   #live(key: string, now: number): Entry | undefined {
     const entry = this.#entries.get(key);
-    if (entry !== undefined && now - entry.lastFailure > this.#options.forgetAfterMs) {
+    if (
+      entry !== undefined &&
+      entry.inFlight === 0 &&
+      now - entry.lastFailure > this.#options.forgetAfterMs
+    ) {
       this.#entries.delete(key);
       return undefined;
     }
@@ -103,7 +139,7 @@ export class LoginThrottle {
   }
 
   #bump(key: string, free: number, now: number): void {
-    const entry = this.#live(key, now) ?? { failures: 0, lockedUntil: 0, lastFailure: now };
+    const entry = this.#entry(key, now);
     entry.failures++;
     entry.lastFailure = now;
     if (entry.failures > free) {
@@ -113,13 +149,15 @@ export class LoginThrottle {
     // Re-inserting keeps the Map in last-failure order, so the first key is the one to forget.
     this.#entries.delete(key);
     this.#entries.set(key, entry);
-    while (this.#entries.size > this.#options.maxEntries) {
-      const oldest = this.#entries.keys().next().value;
-      if (oldest === undefined) break;
-      this.#entries.delete(oldest);
+    for (const [oldest, candidate] of this.#entries) {
+      if (this.#entries.size <= this.#options.maxEntries) break;
+      if (candidate.inFlight === 0) this.#entries.delete(oldest);
     }
   }
 }
+
+/** How soon an attempt refused for attempts in flight may try again: they end within one hash. */
+const IN_FLIGHT_RETRY_MS = 1000;
 
 const accountKey = (account: string) => `u:${account.toLowerCase()}`;
 const addressKey = (address: string) => `a:${address}`;

@@ -69,38 +69,47 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   const movable = pods.filter((p) => !skipped.includes(p));
   const evicted: string[] = [];
   await options.onProgress?.(0, movable.length);
+  // The first pod that fails the node stops the others: no eviction after the node's item is reported.
+  const stop = new AbortController();
+  const signal = AbortSignal.any([options.signal, stop.signal]);
   await Promise.all(
     movable.map(async (pod) => {
-      const id = `${pod.namespace}/${pod.name}`;
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        options.signal.throwIfAborted();
-        try {
-          await nodes.evict(pod.namespace, pod.name);
-          break;
-        } catch (error) {
-          if (error instanceof KubeApiError && error.status === 404) break; // already gone
-          if (error instanceof KubeApiError && error.status === 429 && Date.now() < deadline) {
-            await sleep(pollMs, options.signal);
-            continue;
-          }
-          const why =
-            error instanceof KubeApiError
-              ? `${error.status} ${error.reason}: ${error.message}`
-              : String(error);
-          throw new Error(`evicting ${id}: ${why}`);
-        }
+      try {
+        await evictOne(pod);
+      } catch (error) {
+        stop.abort(error);
+        throw error;
       }
-      for (;;) {
-        const now = await nodes.pod(pod.namespace, pod.name);
-        if (now === null || now.uid !== pod.uid) break;
-        if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
-        await sleep(pollMs, options.signal);
-      }
-      evicted.push(id);
-      await options.onProgress?.(evicted.length, movable.length);
     }),
   );
+  async function evictOne(pod: PodRef): Promise<void> {
+    const id = `${pod.namespace}/${pod.name}`;
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      signal.throwIfAborted();
+      try {
+        await nodes.evict(pod.namespace, pod.name);
+        break;
+      } catch (error) {
+        if (error instanceof KubeApiError && error.status === 404) break; // already gone
+        if (error instanceof KubeApiError && error.status === 429 && Date.now() < deadline) {
+          await sleep(pollMs, signal);
+          continue;
+        }
+        const why =
+          error instanceof KubeApiError ? `${error.status} ${error.reason}: ${error.message}` : String(error);
+        throw new Error(`evicting ${id}: ${why}`);
+      }
+    }
+    for (;;) {
+      const now = await nodes.pod(pod.namespace, pod.name);
+      if (now === null || now.uid !== pod.uid) break;
+      if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
+      await sleep(pollMs, signal);
+    }
+    evicted.push(id);
+    await options.onProgress?.(evicted.length, movable.length);
+  }
   return {
     ...cordon,
     evicted: evicted.sort(),

@@ -239,7 +239,7 @@ export function patchFor(op: Operation, node: NodeState, now: Date): Record<stri
       if (node.labels[op.key] === op.value) return null;
       return { metadata: { ...meta, labels: { [op.key]: op.value } } };
     case 'label_remove':
-      if (!(op.key in node.labels)) return null;
+      if (!Object.hasOwn(node.labels, op.key)) return null;
       return { metadata: { ...meta, labels: { [op.key]: null } } };
     case 'cordon':
     case 'drain':

@@ -22,7 +22,7 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
       return fail(res, 400, 'invalid_input', 'username and password are required');
     }
     const address = req.ip ?? req.socket.remoteAddress ?? 'unknown';
-    const waitMs = throttle.retryAfterMs(username, address);
+    const waitMs = throttle.begin(username, address);
     if (waitMs > 0) {
       const seconds = Math.ceil(waitMs / 1000);
       res.setHeader('retry-after', String(seconds));
@@ -30,12 +30,13 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
         retryAfterS: seconds,
       });
     }
-    const session = await sessions.login(username, password);
-    if (session === null) {
-      throttle.failed(username, address);
-      return fail(res, 401, 'bad_credentials', 'wrong username or password');
+    let session: Session | null = null;
+    try {
+      session = await sessions.login(username, password);
+    } finally {
+      throttle.end(username, address, session !== null);
     }
-    throttle.succeeded(username);
+    if (session === null) return fail(res, 401, 'bad_credentials', 'wrong username or password');
     await audit({ username: session.username, action: 'login', taskId: null });
     res.setHeader('set-cookie', sessions.cookie(session, secure(req)));
     res.json(sessionBody(session));

@@ -57,8 +57,13 @@ export function registerTaskRoutes(ctx: RouteContext): void {
         // A cancel the library accepted goes to the audit log (who cancelled which task).
         const cancel = /^\/tasks\/([^/]+)\/cancel$/.exec(req.path);
         const session = req.session;
-        if (cancel?.[1] !== undefined && session !== undefined) {
-          const taskId = decodeURIComponent(cancel[1]);
+        let taskId: string | undefined;
+        try {
+          taskId = cancel?.[1] === undefined ? undefined : decodeURIComponent(cancel[1]);
+        } catch {
+          taskId = undefined; // malformed %-encoding: the library answers 404 for it
+        }
+        if (taskId !== undefined && session !== undefined) {
           res.once('finish', () => {
             if (res.statusCode < 300) void audit({ username: session.username, action: 'cancel', taskId });
           });
