@@ -276,4 +276,32 @@ describe('WatchCursor', () => {
     ];
     for (const run of bad) invalidInputMessage(run);
   });
+
+  it('drops events held from the old log when a reset snapshot moves the cursor back', () => {
+    const items = Array.from({ length: 12 }, (_, i) => ({ type: 'item' as const, key: `k${i}`, ok: true }));
+    const oldLog = buildTaskLog('task-1', items, 1);
+    const newLog = buildTaskLog(
+      'task-1',
+      items.map((item) => ({ ...item, key: `new-${item.key}` })),
+      2,
+    );
+    const cursor = new WatchCursor('task-1', { afterSeq: 10 });
+    // Event 12 of the old log arrives out of order: held, gap reported.
+    expect(cursor.applyEvent(oldLog.events[11] as TaskEvent).gap).toBe(true);
+    // The store was restored: the server answers the resync with a reset snapshot at seq 3 of the new log.
+    cursor.applySnapshot(viewAt(newLog, 3), true);
+    const delivered: number[] = [];
+    const keys: string[] = [];
+    for (let seq = 4; seq <= 12; seq++) {
+      for (const d of cursor.applyEvent(newLog.events[seq - 1] as TaskEvent).delivered) {
+        if (d.kind === 'event') {
+          delivered.push(d.event.seq);
+          keys.push(d.event.type === 'item' ? d.event.item.key : '');
+        }
+      }
+    }
+    expect(delivered).toEqual([4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    // Seq 12 must be the new log's event, not the one held from the old log.
+    expect(keys.at(-1)).toBe('new-k11');
+  });
 });

@@ -189,6 +189,8 @@ export class WatchCursor {
     const delivered: Delivery[] = [{ kind: 'snapshot', task }];
     this.#fresh = false;
     this.#view = Object.freeze(watchViewOfTask(task));
+    // A reset says the held events belong to another log (rule 3: discard anything held).
+    if (reset) this.#buffer.clear();
     for (const seq of this.#buffer.keys()) {
       if (seq <= task.seq) this.#buffer.delete(seq);
     }

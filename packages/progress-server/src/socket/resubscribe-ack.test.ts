@@ -1,3 +1,5 @@
+import type { Task } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { gate, type RawClient, seqOf } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
@@ -188,5 +190,42 @@ describe('a subscribe repeated while the first is still loading', () => {
     await client.sync();
     expect(reads.mock.calls.length).toBe(1);
     expect(client.about(created.id).map(seqOf)).toEqual([2, 3]);
+  });
+});
+
+/** A memory store whose next `getTask` calls can be made to fail. */
+class FlakyStore extends MemoryProgressStore {
+  failGetTask = 0;
+  override async getTask(taskId: string): Promise<Task | undefined> {
+    if (this.failGetTask > 0) {
+      this.failGetTask -= 1;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'injected');
+    }
+    return super.getTask(taskId);
+  }
+}
+
+describe('acks after the server dropped a subscription', () => {
+  it('records a late ack of a terminal frame sent on this socket after a failed resubscribe removed the subscription', async () => {
+    const store = new FlakyStore();
+    await session.start({ store, heartbeatIntervalMs: 60_000 });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
+    await task.item({ key: 'a', ok: true });
+    await task.complete();
+    const client = await session.connect({ user: 'alice' });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    // The terminal snapshot (seq 2) goes out on this socket.
+    await client.next((frame) => frame.type === 'snapshot');
+    // Crossing it, the client had sent a resync; its load fails and the server drops the subscription.
+    store.failGetTask = 1;
+    client.send({ type: 'subscribe', id: 'r1', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'error' && frame.requestId === 'r1');
+    // Now the client processes the terminal snapshot it received and acknowledges it (then, finished, it
+    // never subscribes again).
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    const errors = client.frames.filter((frame) => frame.type === 'error' && frame.requestId !== 'r1');
+    expect(errors).toEqual([]);
+    expect((await store.getTask(task.id))?.ackedSeq).toBe(2);
   });
 });

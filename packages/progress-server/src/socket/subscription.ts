@@ -167,6 +167,11 @@ export class Subscription implements WrittenLog {
     return this.#authorized && seq > this.#acked && seq <= this.#written && this.#freeAcks > 0;
   }
 
+  /** Highest seq written to this socket for this task, across resubscribes. */
+  get writtenSeq(): number {
+    return this.#written;
+  }
+
   /** The highest seq the client may acknowledge on this socket. */
   get ackLimit(): number {
     return Math.max(this.#ackable, this.#written);

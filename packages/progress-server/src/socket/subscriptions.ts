@@ -139,8 +139,18 @@ export class Subscriptions<P extends Principal> {
   unsubscribe(taskId: string): void {
     const sub = this.#subs.get(taskId);
     if (sub === undefined) return;
+    this.#removeKeepingLateAcks(sub);
+  }
+
+  /**
+   * Removes `sub` but keeps accepting (silently, recorded) acks of what this socket was sent for it: frames
+   * already in flight may be acknowledged after the removal (a client `unsubscribe`, or a resubscribe whose
+   * load failed while the previous answer was on its way).
+   */
+  #removeKeepingLateAcks(sub: Subscription): void {
+    const taskId = sub.taskId;
     // Taken before the removal resets the subscription.
-    const ackLimit = sub.authorized ? sub.ackLimit : 0;
+    const ackLimit = sub.authorized ? sub.ackLimit : sub.writtenSeq;
     this.remove(sub);
     // Bounded: the oldest unsubscribed id goes first once the socket's subscription cap is reached.
     this.#unfollowed.delete(taskId);
@@ -282,7 +292,7 @@ export class Subscriptions<P extends Principal> {
   /** The subscribe's load or first catch-up failed: the subscription ends with the error's code. */
   #fail(sub: Subscription, error: unknown): void {
     const refs = this.#refs.get(sub) ?? { taskId: sub.taskId };
-    this.remove(sub);
+    this.#removeKeepingLateAcks(sub);
     const code = isProgressError(error) ? error.code : ErrorCode.Internal;
     if (code === ErrorCode.StoreUnavailable || code === ErrorCode.Internal)
       this.#ctx.metrics.storeErrors.inc();
