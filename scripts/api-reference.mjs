@@ -26,6 +26,11 @@ const ENTRIES = {
   'progress-server/src/index': ['@finishline/server', 'semver'],
   'progress-client/src': ['@finishline/client', 'semver'],
   'progress-client/src/index': ['@finishline/client', 'semver'],
+  'progress-client/src/sse': ['@finishline/client/sse', 'semver'],
+  'progress-client/src/tab-sharing': ['@finishline/client/tabs', 'semver'],
+  'progress-client/src/http-fallback': ['@finishline/client/http', 'semver'],
+  'progress-client/src/persist': ['@finishline/client/persist', 'semver'],
+  'progress-client/src/react': ['@finishline/client/react', 'semver'],
 };
 const KINDS = { 8: 'enum', 32: 'const', 64: 'function', 128: 'class', 256: 'interface', 2097152: 'type' };
 
@@ -57,6 +62,14 @@ const ORDER = [
   '@finishline/core/testing',
   '@finishline/server',
 ];
+// An export that re-exports another entry's declaration is a reference: describe it by its target.
+const byId = new Map();
+for (const module of project.children ?? [])
+  for (const child of module.children ?? []) byId.set(child.id, child);
+const REFERENCE = 4194304;
+const resolved = (reflection) =>
+  reflection.kind === REFERENCE ? (byId.get(reflection.target) ?? reflection) : reflection;
+
 const modules = [...(project.children ?? [])].sort((a, b) => {
   const rank = (module) => {
     const index = ORDER.indexOf((ENTRIES[module.name] ?? [module.name])[0]);
@@ -75,8 +88,10 @@ for (const module of modules) {
     '|---|---|---|',
   );
   const exports = [...(module.children ?? [])].sort((a, b) => a.name.localeCompare(b.name));
-  for (const reflection of exports)
-    lines.push(`| \`${reflection.name}\` | ${KINDS[reflection.kind] ?? 'other'} | ${summary(reflection)} |`);
+  for (const reflection of exports) {
+    const target = resolved(reflection);
+    lines.push(`| \`${reflection.name}\` | ${KINDS[target.kind] ?? 'other'} | ${summary(target)} |`);
+  }
   lines.push('');
 }
 const output = `${lines.join('\n')}`;

@@ -143,7 +143,7 @@ export interface HttpFallbackRuntime {
 }
 
 /**
- * The HTTP fallback of a {@link ProgressClient}, from `httpFallback()`. Opaque: pass it as the
+ * The HTTP fallback of a `ProgressClient`, from `httpFallback()`. Opaque: pass it as the
  * `httpFallback` option.
  */
 export interface HttpFallback {

@@ -51,7 +51,7 @@ export interface TabSharingOptions {
   locks?: LockManagerLike;
 }
 
-/** What the `shareAcrossTabs` option of {@link ProgressClientOptions} takes. */
+/** What the `shareAcrossTabs` option of `ProgressClientOptions` takes. */
 export interface TabSharing {
   /** Wraps the real WebSocket constructor in one whose sockets go through the leader tab. */
   wrap(WebSocket: WebSocketConstructorLike): WebSocketConstructorLike;
