@@ -182,7 +182,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxSubscriptionsPerPrincipal?: number | undefined;
   /**
    * Sustained frames per second one principal may send over all its sockets together (each frame also
-   * pays the per-socket limit); the burst is `maxSubscriptionsPerPrincipal`. Refusals count as rate-limit
+   * pays the per-socket limit); the burst is the larger of `maxSubscriptionsPerPrincipal` and one second of
+   * this rate. Refusals count as rate-limit
    * violations of the socket that sent them (4008 if they go on).
    * @default 500
    */
