@@ -106,6 +106,18 @@ async function acceptReal(server: FakeServer, count: number): Promise<FakeSocket
   return socket;
 }
 
+function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> = {}) {
+  return new ProgressClient({
+    url: 'ws://example.test/progress',
+    WebSocket: server.WebSocket,
+    token: 'tok',
+    random: () => 0,
+    pageEvents: false,
+    ...extra,
+    shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
+  });
+}
+
 describe('tab sharing', () => {
   it('one real socket for every tab; each tab gets every event once; a dead leader is replaced without loss', async () => {
     const browser = new Browser();
@@ -256,5 +268,48 @@ describe('tab sharing', () => {
       expect(server.last.frames('auth')).toEqual([{ type: 'auth', token: 'tok', protocol: 1 }]),
     );
     await client.close();
+  });
+
+  it('a real socket that fails before it opens closes the virtual sockets at once (clients retry, not wait connectTimeoutMs)', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map((tab) =>
+      clientIn(tab, server, { connectTimeoutMs: 60_000 }),
+    );
+    for (const client of clients) client.watch('t1');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(1));
+    // Let both tabs' connects reach the leader, then the upgrade fails (server down, 1006).
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    server.last.serverClose(1006);
+    // Every client should notice and reconnect (first retry below reconnect.firstDelayMs, 100 ms).
+    await vi.waitFor(() => expect(server.sockets.length).toBeGreaterThanOrEqual(2), { timeout: 3000 });
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('a malformed message on the channel neither throws in a tab nor pins the real socket open', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tab = browser.tab();
+    const client = clientIn(tab, server);
+    // Another page on the channel (another client version, or a bug) posts what this one cannot read.
+    const stranger = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+    client.watch('t1');
+    const real = await acceptReal(server, 1);
+    const errors: unknown[] = [];
+    const onError = (error: unknown) => errors.push(error);
+    process.on('uncaughtException', onError);
+    try {
+      stranger.postMessage(null);
+      stranger.postMessage({ t: 'connect', from: 'x9' }); // no id
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await client.close();
+      // The only tab gone, the leader closes the real socket.
+      await vi.waitFor(() => expect(real.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]), {
+        timeout: 1000,
+      });
+    } finally {
+      process.off('uncaughtException', onError);
+    }
+    expect(errors).toEqual([]);
   });
 });

@@ -118,7 +118,7 @@ type Message =
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
   | { t: 'frame'; from: string; data: string; hello?: true; to?: string }
-  | { t: 'close'; from: string; code: number; reason: string };
+  | { t: 'close'; from: string; code: number; reason: string; ids?: string[] };
 
 const CONNECTING = 0;
 const OPEN = 1;
@@ -201,7 +201,10 @@ class TabHub {
     this.#WebSocket = WebSocket;
     this.#env = env;
     this.#channel = env.channel(`${env.prefix}${url}`);
-    this.#channel.onmessage = (event) => this.#receive(event.data as Message);
+    this.#channel.onmessage = (event) => {
+      // Another page on the channel (another version, a bug) may post anything: drop what is not ours.
+      if (isMessage(event.data)) this.#receive(event.data);
+    };
     this.#alive = new Promise<void>((held) => {
       void env.locks.request(`${env.prefix}tab:${this.tab}`, () => {
         held();
@@ -278,7 +281,8 @@ class TabHub {
         return;
       case 'close':
         for (const socket of [...this.#sockets.values()]) {
-          if (socket.leader !== message.from) continue;
+          // Sockets still connecting through it have no leader yet: the leader names them.
+          if (socket.leader !== message.from && !(message.ids?.includes(socket.id) ?? false)) continue;
           this.#sockets.delete(socket.id);
           socket.closed(message.code, message.reason);
         }
@@ -433,8 +437,9 @@ class TabHub {
   /** The real socket is gone: so are the virtual ones; their clients reconnect (and reopen it). */
   #failReal(code: number, reason: string): void {
     this.#real = undefined;
+    const ids = [...this.#peers.keys()];
     this.#peers.clear();
-    this.post({ t: 'close', from: this.tab, code, reason });
+    this.post({ t: 'close', from: this.tab, code, reason, ids });
   }
 
   #closeReal(code: number, reason: string): void {
@@ -448,6 +453,29 @@ class TabHub {
     } catch {
       // Already closing.
     }
+  }
+}
+
+function isMessage(data: unknown): data is Message {
+  if (typeof data !== 'object' || data === null) return false;
+  const m = data as Record<string, unknown>;
+  if (typeof m.t !== 'string' || typeof m.from !== 'string') return false;
+  switch (m.t) {
+    case 'leader':
+      return true;
+    case 'connect':
+      return typeof m.id === 'string' && m.id.startsWith(`${m.from}/`);
+    case 'send':
+    case 'frame':
+      return typeof m.data === 'string' && (m.t === 'frame' || typeof m.id === 'string');
+    case 'bye':
+      return typeof m.code === 'number' && typeof m.id === 'string';
+    case 'close':
+      return typeof m.code === 'number' && (m.ids === undefined || Array.isArray(m.ids));
+    case 'open':
+      return typeof m.id === 'string';
+    default:
+      return false;
   }
 }
 
