@@ -233,7 +233,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   maxReplayEvents?: number | undefined;
   /**
    * Interval of heartbeat frames (sent in `hello`) and of WebSocket pings; a socket that misses a pong
-   * for one interval is terminated.
+   * for one interval is terminated (unless its send buffer shrank meanwhile: it is still reading a backlog).
    * @default 15000
    */
   heartbeatIntervalMs?: number | undefined;

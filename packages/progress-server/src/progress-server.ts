@@ -263,7 +263,13 @@ export class ProgressServer<P extends Principal = Principal> {
     httpServer.on('connection', (socket) => progress.#sockets.pending.add(socket));
     const handler = progress.httpHandler({ basePath: listenOptions.httpBasePath ?? progress.#options.path });
     httpServer.on('request', (request, response) => {
-      progress.#sockets.pending.release(request.socket);
+      // A request with a body counts until its body is in: otherwise headers followed by a body that
+      // trickles (or never comes) hold a descriptor uncapped until requestTimeout.
+      const hasBody =
+        request.headers['transfer-encoding'] !== undefined ||
+        (request.headers['content-length'] !== undefined && request.headers['content-length'] !== '0');
+      if (!hasBody) progress.#sockets.pending.release(request.socket);
+      else request.once('end', () => progress.#sockets.pending.release(request.socket));
       handler(request, response);
     });
     try {

@@ -65,6 +65,8 @@ export class Connection<P extends Principal> {
   #countedSocket = false;
   #closeTimer: NodeJS.Timeout | undefined;
   #alive = true;
+  /** `bufferedAmount` when the last ping was sent: a peer that reads makes it shrink. */
+  #bufferedAtPing = 0;
   readonly #closed: Promise<void>;
   #resolveClosed: () => void = () => {};
 
@@ -192,7 +194,11 @@ export class Connection<P extends Principal> {
   tick(): void {
     this.#guard(() => {
       if (this.#state !== 'open' || this.#ws.readyState !== WebSocket.OPEN) return;
-      if (!this.#alive) {
+      // Only a pong proves the peer reads (a peer that keeps sending frames but stops reading would
+      // otherwise stay for ever, with everything sent to it buffered here). A peer still working through
+      // a backlog has not reached the ping yet: its buffer shrank since, so it is spared another interval.
+      const buffered = this.#ws.bufferedAmount;
+      if (!this.#alive && !(buffered < this.#bufferedAtPing)) {
         this.#ctx.logger.info(
           { connection: this.id },
           'no pong within a heartbeat interval; terminating socket',
@@ -201,6 +207,7 @@ export class Connection<P extends Principal> {
         return;
       }
       this.#alive = false;
+      this.#bufferedAtPing = buffered;
       this.#writer.ping();
       // Only when everything queued went out, with the seq of the last frame sent per task: a client that
       // sees a seq above its cursor really lost a frame (no false alarm while a backlog drains or a
@@ -255,7 +262,6 @@ export class Connection<P extends Principal> {
   // ── incoming frames ───────────────────────────────────────────────────────────────────────────
 
   #onMessage(data: WebSocket.RawData): void {
-    this.#alive = true;
     if (this.#state === 'closed') return;
     // Text and binary messages alike: the protocol accepts its UTF-8 JSON in either.
     const decoded = decodeClientFrame(data, { maxBytes: this.#options.maxPayloadBytes });

@@ -337,6 +337,17 @@ export class SocketWriter {
 
   #resendDue(): void {
     if (!this.#ctx.isOpen()) return;
+    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
+      // The previous copies have not even left the buffer: a re-send now only piles up duplicates behind
+      // them. Checked again after the drain's poll interval.
+      this.#retryDueAt = undefined;
+      this.#retryTimer = setTimeout(
+        () => this.#ctx.guard(() => this.#onRetryTimer()),
+        this.#ctx.options.backpressurePollMs,
+      );
+      this.#retryTimer.unref();
+      return;
+    }
     for (const { taskId, seq } of this.#retries.due()) {
       const frame = this.#ctx.log(taskId)?.terminalFrame(seq);
       if (frame === undefined) {

@@ -1,0 +1,97 @@
+/**
+ * Clients that stop reading (terminal re-sends piling up behind a full buffer; a peer that sends but never
+ * answers pings) and the per-address cap on unauthenticated connections (a request whose body never
+ * comes). Each was a bug found by a review on 3 December 2026; each test failed before its fix.
+ */
+import type { Socket } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { RawClient, sleep, startServer, type TestServer } from './testing/harness.js';
+
+let env: TestServer | undefined;
+const cleanups: Array<() => unknown> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  await env?.close();
+  env = undefined;
+});
+
+/** The server side of every upgraded TCP socket (same object the acceptor gets). */
+function captureUpgradedSockets(server: TestServer): Socket[] {
+  const sockets: Socket[] = [];
+  server.server.httpServer!.on('upgrade', (_request, socket) => sockets.push(socket as Socket));
+  return sockets;
+}
+
+describe('clients that stop reading', () => {
+  it('does not re-send terminal frames into a socket that is above the high-water mark', async () => {
+    const highWaterMarkBytes = 64 * 1024;
+    env = await startServer({
+      highWaterMarkBytes,
+      terminalRetry: { initialDelayMs: 20, maxDelayMs: 20 },
+    });
+    const raw = captureUpgradedSockets(env);
+    const big = 'x'.repeat(15_000);
+    const ids: string[] = [];
+    for (let i = 0; i < 50; i += 1) {
+      const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+      await task.complete({ result: { big } });
+      ids.push(task.id);
+    }
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(() => client.ws.terminate());
+    for (const [index, taskId] of ids.entries())
+      client.send({ type: 'subscribe', id: `s${index}`, taskId, afterSeq: 0 });
+    // The client stops reading (but keeps its socket open and keeps talking, as a stuck tab does).
+    (client.ws as unknown as { _socket: Socket })._socket.pause();
+    const keepTalking = setInterval(() => client.send({ type: 'ping', id: 'p' }), 100);
+    cleanups.push(() => clearInterval(keepTalking));
+    await sleep(1500);
+    const first = raw[0]!.writableLength;
+    await sleep(1500);
+    const second = raw[0]!.writableLength;
+    process.stdout.write(
+      `[terminal re-sends] server-side buffered: ${first} B at 1.5 s, ${second} B at 3 s (HWM ${highWaterMarkBytes})\n`,
+    );
+    // Above the mark the writer must stop writing; re-sends of frames still sitting in the buffer are
+    // duplicates that only grow it.
+    expect(second).toBeLessThan(4 * highWaterMarkBytes + 512 * 1024);
+  }, 20_000);
+
+  it('terminates a peer that stops reading (no pong) even if it keeps sending frames', async () => {
+    env = await startServer({ heartbeatIntervalMs: 100 });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice', autoPong: false });
+    cleanups.push(() => client.ws.terminate());
+    const keepTalking = setInterval(() => client.send({ type: 'ping', id: 'p' }), 30);
+    cleanups.push(() => clearInterval(keepTalking));
+    await sleep(1500);
+    // docs/protocol.md (Transport): "terminates a socket that misses a pong for one interval".
+    expect(env.server.connectionCount).toBe(0);
+  }, 20_000);
+});
+
+describe('the per-address cap on unauthenticated connections', () => {
+  it('keeps counting a connection whose unauthenticated request never finishes its body', async () => {
+    const { connect } = await import('node:net');
+    env = await startServer({ maxPendingConnectionsPerAddress: 3 });
+    const sockets: Socket[] = [];
+    for (let i = 0; i < 10; i += 1) {
+      const socket = await new Promise<Socket>((resolve, reject) => {
+        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+      });
+      socket.on('error', () => {});
+      socket.resume();
+      // Headers of a request with a body that then trickles (or never comes): no credentials at all.
+      socket.write('POST /progress/tasks/t1/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{');
+      sockets.push(socket);
+    }
+    cleanups.push(() => {
+      for (const socket of sockets) socket.destroy();
+    });
+    await sleep(1500);
+    const open = sockets.filter((socket) => !socket.destroyed && socket.readyState === 'open').length;
+    process.stdout.write(`[slow body] unauthenticated connections still open: ${open}/10 (cap 3)\n`);
+    expect(open).toBeLessThanOrEqual(3);
+  }, 20_000);
+});
