@@ -13,7 +13,7 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
 describe('Deque', () => {
   it('behaves like an array under any mix of push, unshift, shift and pop (through growth and wrap-around)', () => {
     fc.assert(
-      fc.property(fc.array(opArbitrary, { maxLength: 200 }), (ops) => {
+      fc.property(fc.array(opArbitrary, { maxLength: 200, size: 'max' }), (ops) => {
         const deque = new Deque<number>();
         const model: number[] = [];
         for (const step of ops) {

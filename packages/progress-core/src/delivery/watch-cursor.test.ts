@@ -304,4 +304,11 @@ describe('WatchCursor', () => {
     // Seq 12 must be the new log's event, not the one held from the old log.
     expect(keys.at(-1)).toBe('new-k11');
   });
+
+  it('ignores a reset snapshot once the terminal state was delivered (it is never delivered twice)', () => {
+    const log = buildTaskLog('task-1', [{ type: 'completed' }], 1);
+    const cursor = new WatchCursor('task-1');
+    expect(cursor.applySnapshot(viewAt(log, 1)).finished).toBe(true);
+    expect(cursor.applySnapshot(viewAt(log, 1), true)).toMatchObject({ delivered: [], duplicate: true });
+  });
 });

@@ -672,7 +672,7 @@ describe('totality (properties)', () => {
   });
 
   it.each(DECODERS)('$name never throws on arbitrary bytes and fragments', ({ decode, types }) => {
-    const bytes = fc.uint8Array({ maxLength: 200 });
+    const bytes = fc.uint8Array({ maxLength: 200, size: 'max' });
     fc.assert(
       fc.property(
         fc.oneof(
@@ -822,8 +822,8 @@ describe('frame_too_large (property)', () => {
     '$name: any content over maxBytes is frame_too_large, in every input form',
     ({ decode }) => {
       const content = fc.oneof(
-        fc.string({ unit: 'binary', maxLength: 120 }),
-        fc.string({ unit: 'grapheme', maxLength: 80 }),
+        fc.string({ unit: 'binary', maxLength: 120, size: 'max' }),
+        fc.string({ unit: 'grapheme', maxLength: 80, size: 'max' }),
         fc.json(),
       );
       fc.assert(

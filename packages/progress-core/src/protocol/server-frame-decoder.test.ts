@@ -242,7 +242,7 @@ describe('decodeServerFrame agrees with the valibot schemas', () => {
         fc.oneof(
           fc.anything(),
           fc.string(),
-          fc.uint8Array({ maxLength: 40 }),
+          fc.uint8Array({ maxLength: 40, size: 'max' }),
           fc.jsonValue().map((protocol) => JSON.stringify({ type: 'hello', protocol })),
         ),
         (input) => {

@@ -86,8 +86,14 @@ function textArbitrary(maxLength: number, minLength = 0): fc.Arbitrary<string> {
   // Mostly short strings (fast to generate and to shrink), sometimes exactly the limit.
   const shortMax = Math.max(minLength, Math.min(maxLength, 40));
   return fc.oneof(
-    { weight: 6, arbitrary: fc.string({ unit: 'binary', minLength, maxLength: shortMax }).map(fit) },
-    { weight: 2, arbitrary: fc.string({ unit: NASTY_UNIT, minLength, maxLength: shortMax }).map(fit) },
+    {
+      weight: 6,
+      arbitrary: fc.string({ unit: 'binary', minLength, maxLength: shortMax, size: 'max' }).map(fit),
+    },
+    {
+      weight: 2,
+      arbitrary: fc.string({ unit: NASTY_UNIT, minLength, maxLength: shortMax, size: 'max' }).map(fit),
+    },
     { weight: 1, arbitrary: fc.string({ unit: 'grapheme-ascii', minLength: maxLength, maxLength }) },
     { weight: 1, arbitrary: fc.string({ unit: NASTY_UNIT, minLength: maxLength, maxLength }).map(fit) },
   );
@@ -279,7 +285,7 @@ export const heartbeatFrameArbitrary: fc.Arbitrary<HeartbeatFrame> = fc.record(
   {
     type: fc.constant('heartbeat' as const),
     time: timeArbitrary,
-    seqs: fc.dictionary(idArbitrary, countArbitrary, { maxKeys: 30, noNullPrototype: true }),
+    seqs: fc.dictionary(idArbitrary, countArbitrary, { maxKeys: 30, size: 'max', noNullPrototype: true }),
   },
   { noNullPrototype: true },
 );
