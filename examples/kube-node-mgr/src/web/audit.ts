@@ -14,6 +14,7 @@ let auditRows: TaskEntry[] = [];
 
 export async function loadAudit(more: boolean): Promise<void> {
   const before = more ? auditRows[auditRows.length - 1]?.createdAt : undefined;
+  const cluster = state.cluster;
   // Read on their own: a failure of one list does not hide the other.
   if (!more) void loadAuditEvents();
   try {
@@ -22,6 +23,8 @@ export async function loadAudit(more: boolean): Promise<void> {
         `/api/tasks?scope=all&limit=50&${clusterQuery()}${before ? `&before=${before}` : ''}`,
       )
     ).tasks;
+    // The picker moved on while this was read: that page belongs to the other cluster.
+    if (cluster !== state.cluster) return;
     auditRows = more ? [...auditRows, ...page] : page;
     $('#audit-error').textContent = '';
     $('#audit-more').hidden = page.length < 50;

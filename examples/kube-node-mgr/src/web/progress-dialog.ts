@@ -33,6 +33,7 @@ export function openProgress(taskId: string): void {
   $('#progress-explain').hidden = true;
   $('#progress-link').hidden = true;
   $('#progress-count').textContent = '…';
+  $<HTMLProgressElement>('#progress-bar').value = 0;
   $('#progress-current').textContent = '';
   $('#progress-rate').textContent = '—';
   $('#progress-eta').textContent = '—';
@@ -246,6 +247,8 @@ function finished(w: Watch, snap: WatchState): void {
     status.className = 'complete';
     dialog.dataset.state = 'complete';
     sessionStorage.removeItem(RUNNING_TASK_KEY);
+    // finished() runs again when the task's record arrives after its end: one timer, not one per call.
+    if (closeTimer !== undefined) clearTimeout(closeTimer);
     closeTimer = setTimeout(() => closeProgress(), AUTO_CLOSE_MS);
   } else {
     const state2 = snap.status === 'completed' ? 'partial' : snap.status;

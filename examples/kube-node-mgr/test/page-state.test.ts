@@ -1,0 +1,189 @@
+// @vitest-environment happy-dom
+// The page's state across jobs and clusters: the browser modules rendered in happy-dom with a fake progress
+// client and a fake fetch. Each case was a bug found by a review on 3 December 2026; each failed before its fix.
+import { readFileSync } from 'node:fs';
+import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+
+type Snap = Record<string, unknown>;
+class FakeWatch {
+  listeners = new Map<string, Set<(e: unknown) => void>>();
+  subs = new Set<() => void>();
+  closed = false;
+  resolveDone!: (s: Snap) => void;
+  done: Promise<Snap>;
+  constructor(
+    readonly taskId: string,
+    public snap: Snap,
+  ) {
+    this.done = new Promise((r) => {
+      this.resolveDone = r;
+    });
+    this.done.catch(() => undefined);
+    // The task's final state already arrived (a finished task): done settles at once.
+    if (snap.finished) this.resolveDone(snap);
+  }
+  on(ev: string, fn: (e: unknown) => void) {
+    if (!this.listeners.has(ev)) this.listeners.set(ev, new Set());
+    this.listeners.get(ev)?.add(fn);
+    return this;
+  }
+  off(ev: string, fn: (e: unknown) => void) {
+    this.listeners.get(ev)?.delete(fn);
+    return this;
+  }
+  subscribe(fn: () => void) {
+    this.subs.add(fn);
+    return () => this.subs.delete(fn);
+  }
+  getSnapshot() {
+    return this.snap;
+  }
+  close() {
+    this.closed = true;
+  }
+  push(snap: Snap) {
+    this.snap = snap;
+    for (const f of this.subs) f();
+    if (snap.finished) this.resolveDone(snap);
+  }
+}
+
+const watches: FakeWatch[] = [];
+const nextSnap = new Map<string, Snap>();
+vi.mock('../src/web/connection.js', () => ({
+  client: {
+    watch(id: string) {
+      const w = new FakeWatch(id, nextSnap.get(id) ?? idle);
+      watches.push(w);
+      return w;
+    },
+  },
+}));
+
+const idle: Snap = {
+  progress: null,
+  fraction: null,
+  rate: null,
+  eta: null,
+  finished: false,
+  status: 'running',
+  error: null,
+  finishedAt: null,
+};
+const completed = (n: number): Snap => ({
+  progress: { done: n, total: n, current: null, succeeded: n, failed: 0 },
+  fraction: 1,
+  rate: 5,
+  eta: 0,
+  finished: true,
+  status: 'completed',
+  error: null,
+  finishedAt: Date.now(),
+});
+
+/** Per-path delays (ms) for the fake fetch. */
+const delays = new Map<string, number>();
+const entry = (id: string) => ({
+  task: {
+    id,
+    cluster: 'default',
+    username: 'ada',
+    operation: { type: 'cordon' },
+    nodes: ['worker-1', 'worker-2'],
+    parentTaskId: null,
+    relation: null,
+    createdAt: Date.now() - 1000,
+    task: null,
+  },
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+let pd: typeof import('../src/web/progress-dialog.js');
+
+beforeAll(async () => {
+  const html = readFileSync(`${import.meta.dirname}/../src/web/index.html`, 'utf8');
+  const body = /<body>([\s\S]*)<\/body>/.exec(html)?.[1] ?? '';
+  document.body.innerHTML = body.replace(/<script[\s\S]*?<\/script>/g, '');
+  globalThis.fetch = vi.fn(async (input: RequestInfo | URL) => {
+    const path = String(input);
+    const json = (status: number, value: unknown) =>
+      new Response(JSON.stringify(value), { status, headers: { 'content-type': 'application/json' } });
+    for (const [prefix, ms] of delays) if (path.startsWith(prefix)) await sleep(ms);
+    if (path === '/api/session')
+      return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
+    let m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
+    if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
+    m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
+    if (m) return json(200, { events: [] });
+    m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
+    if (m) {
+      const row = { ...entry(`audit-${m[1]}`).task, cluster: m[1], nodes: [`${m[1]}-node`] };
+      return json(200, { tasks: [row] });
+    }
+    if (path.startsWith('/api/tasks')) return json(200, { tasks: [] });
+    if (path.startsWith('/api/nodes')) return json(200, { nodes: [] });
+    return json(404, { error: { code: 'not_found', message: 'no such route' } });
+  }) as typeof fetch;
+  await import('../src/web/main.js');
+  pd = await import('../src/web/progress-dialog.js');
+  const { state } = await import('../src/web/state.js');
+  state.me = { username: 'ada', role: 'admin' };
+});
+
+afterEach(() => {
+  (document.querySelector('#progress-close') as HTMLButtonElement).click();
+  delays.clear();
+});
+
+describe('progress dialog', () => {
+  it('opening another task resets the progress bar (not left at the previous task’s 100 %)', async () => {
+    nextSnap.set('task-a', completed(2));
+    pd.openProgress('task-a');
+    await sleep(50);
+    const bar = document.querySelector('#progress-bar') as HTMLProgressElement;
+    expect(bar.value).toBe(1);
+    (document.querySelector('#progress-close') as HTMLButtonElement).click();
+    // task B: its first snapshot has not arrived yet (socket reconnecting)
+    pd.openProgress('task-b');
+    expect(document.querySelector('#progress-count')?.textContent).toBe('…');
+    expect(bar.value).toBe(0);
+  });
+
+  it('the auto-close timer of a finished task does not close the next task’s dialog', async () => {
+    // The socket's final state arrives before the task's record (GET /api/tasks/:id is slower).
+    delays.set('/api/tasks/task-c', 100);
+    nextSnap.set('task-c', completed(2));
+    pd.openProgress('task-c');
+    await sleep(200); // done → finished(); then the entry → finished() again
+    (document.querySelector('#progress-close') as HTMLButtonElement).click();
+    const dialog = document.querySelector('#progress-dialog') as HTMLDialogElement;
+    expect(dialog.open).toBe(false);
+    // The operator opens a running task right away.
+    pd.openProgress('task-d');
+    const d = watches.at(-1) as FakeWatch;
+    expect(d.taskId).toBe('task-d');
+    await sleep(3300);
+    expect(dialog.dataset.taskId).toBe('task-d');
+    expect(d.closed).toBe(false);
+    expect(dialog.open).toBe(true);
+  });
+});
+
+describe('audit page', () => {
+  it('an answer for the cluster the picker left is not shown under the new cluster', async () => {
+    const { state } = await import('../src/web/state.js');
+    const { loadAudit } = await import('../src/web/audit.js');
+    // Cluster "east" is read slowly; the operator picks "west" meanwhile.
+    delays.set('/api/tasks?scope=all&limit=50&cluster=east', 150);
+    state.cluster = 'east';
+    const slow = loadAudit(false);
+    state.cluster = 'west';
+    await loadAudit(false);
+    await slow;
+    expect(document.querySelector('#audit-scope')?.textContent).toContain('cluster west');
+    const nodes = [...document.querySelectorAll('#audit tbody tr td:nth-child(4)')].map(
+      (td) => td.textContent,
+    );
+    expect(nodes).toEqual(['west-node']);
+  });
+});
