@@ -39,7 +39,8 @@ export class LeaseKeeper {
   readonly #owned = new Set<string>();
   #renewTimer: NodeJS.Timeout | undefined;
   #reapTimer: NodeJS.Timeout | undefined;
-  #renewing: Promise<void> | undefined;
+  /** Renewals in flight, per task: a hung one must not hold back the renewal of the others. */
+  readonly #renewals = new Map<string, Promise<void>>();
   #reaping: Promise<AppendResult[]> | undefined;
   #closed = false;
 
@@ -73,12 +74,12 @@ export class LeaseKeeper {
     this.#owned.delete(taskId);
   }
 
-  /** Renews every owned lease once. Never rejects; concurrent calls share one run. */
+  /**
+   * Renews every owned lease once. Never rejects; a task's renewal still in flight is shared, not
+   * repeated, and never holds back the other tasks' renewals.
+   */
   renewAll(): Promise<void> {
-    this.#renewing ??= this.#renewAll().finally(() => {
-      this.#renewing = undefined;
-    });
-    return this.#renewing;
+    return this.#renewAll();
   }
 
   /**
@@ -99,38 +100,44 @@ export class LeaseKeeper {
     if (this.#reapTimer !== undefined) clearInterval(this.#reapTimer);
     this.#renewTimer = undefined;
     this.#reapTimer = undefined;
-    await Promise.allSettled([this.#renewing, this.#reaping]);
+    await Promise.allSettled([...this.#renewals.values(), this.#reaping]);
   }
 
   async #renewAll(): Promise<void> {
-    const { store, serverId, ttlMs, logger, metrics } = this.#options;
     await Promise.all(
-      [...this.#owned].map(async (taskId) => {
-        try {
-          await store.renewLease(taskId, serverId, ttlMs);
-        } catch (error) {
-          if (!this.#owned.has(taskId)) return; // ended while the renewal was in flight
-          if (
-            isProgressError(error, ErrorCode.TaskFinished) ||
-            isProgressError(error, ErrorCode.LeaseHeld) ||
-            isProgressError(error, ErrorCode.TaskNotFound)
-          ) {
-            this.#owned.delete(taskId);
-            logger.warn(
-              { err: describeError(error), taskId },
-              'lease lost; the task ended or moved elsewhere',
-            );
-            this.#notifyLost(taskId, error);
-            return;
-          }
-          metrics.storeErrors.inc();
-          logger.warn(
-            { err: describeError(error), taskId },
-            'lease renewal failed; retrying at the next interval',
-          );
+      [...this.#owned].map((taskId) => {
+        let renewal = this.#renewals.get(taskId);
+        if (renewal === undefined) {
+          renewal = this.#renewOne(taskId).finally(() => this.#renewals.delete(taskId));
+          this.#renewals.set(taskId, renewal);
         }
+        return renewal;
       }),
     );
+  }
+
+  async #renewOne(taskId: string): Promise<void> {
+    const { store, serverId, ttlMs, logger, metrics } = this.#options;
+    try {
+      await store.renewLease(taskId, serverId, ttlMs);
+    } catch (error) {
+      if (!this.#owned.has(taskId)) return; // ended while the renewal was in flight
+      if (
+        isProgressError(error, ErrorCode.TaskFinished) ||
+        isProgressError(error, ErrorCode.LeaseHeld) ||
+        isProgressError(error, ErrorCode.TaskNotFound)
+      ) {
+        this.#owned.delete(taskId);
+        logger.warn({ err: describeError(error), taskId }, 'lease lost; the task ended or moved elsewhere');
+        this.#notifyLost(taskId, error);
+        return;
+      }
+      metrics.storeErrors.inc();
+      logger.warn(
+        { err: describeError(error), taskId },
+        'lease renewal failed; retrying at the next interval',
+      );
+    }
   }
 
   async #reap(): Promise<AppendResult[]> {

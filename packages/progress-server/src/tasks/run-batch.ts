@@ -110,8 +110,13 @@ const TERMINAL_RETRY_BASE_MS = 100;
 type StopReason = 'cancel' | 'shutdown' | 'ended' | 'error';
 
 function describe(error: unknown): string {
-  if (error instanceof Error) return error.message || error.name;
-  return String(error);
+  try {
+    if (error instanceof Error) return String(error.message || error.name);
+    return String(error);
+  } catch {
+    // A thrown value without a usable toString (Object.create(null), a throwing getter).
+    return 'error';
+  }
 }
 
 function defaultKey(item: unknown, index: number): string {
@@ -120,7 +125,8 @@ function defaultKey(item: unknown, index: number): string {
   return `item-${index + 1}`;
 }
 
-function validate<T>(items: readonly T[], worker: unknown, options: RunBatchOptions<T>): number {
+/** @internal Checks `runBatch`'s arguments; returns the concurrency. */
+export function validate<T>(items: readonly T[], worker: unknown, options: RunBatchOptions<T>): number {
   const invalid = (message: string) => new ProgressError(ErrorCode.InvalidInput, `runBatch: ${message}`);
   if (!Array.isArray(items)) throw invalid('items must be an array');
   if (typeof worker !== 'function') throw invalid('worker must be a function');

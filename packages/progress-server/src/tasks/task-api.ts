@@ -147,7 +147,20 @@ export class TaskApi {
     }
     this.#owned.set(task.id, { handle, control, stopFollow });
     this.#leases.add(task.id);
-    if (this.#closing) control.abort(shutdownReason);
+    if (this.#closing) {
+      // The row came back after shutdown() listed the tasks to interrupt: nobody else will end it (the
+      // lease keeper is closing too), so end it here, as shutdown ends the others, and refuse the handle.
+      control.abort(shutdownReason);
+      await handle.interrupt('server shutting down').catch((error: unknown) => {
+        if (isProgressError(error, ErrorCode.TaskFinished)) return;
+        this.#logger.error(
+          { err: describeError(error), taskId: task.id },
+          'could not interrupt a task created during shutdown; its lease will expire and a reaper will end it',
+        );
+      });
+      this.#forget(task.id);
+      throw new ProgressError(ErrorCode.Closed, 'The server is shutting down');
+    }
     return handle;
   }
 

@@ -20,7 +20,7 @@ import type {
 import { ErrorCode, LIMITS, ProgressError } from '@finishline/core';
 import { clip } from './clip.js';
 import type { BatchResult, BatchWorker, RunBatchOptions } from './run-batch.js';
-import { runBatch } from './run-batch.js';
+import { runBatch, validate } from './run-batch.js';
 
 /** Absolute progress values to set; omitted fields keep their value. */
 export interface ProgressUpdate {
@@ -233,6 +233,12 @@ export class TaskHandle {
       return Promise.reject(
         new ProgressError(ErrorCode.InvalidInput, `A batch already runs on task ${this.id}`),
       );
+    }
+    try {
+      // Bad arguments start no batch, so they must not take the task's one batch.
+      validate(items, worker, options);
+    } catch (error) {
+      return Promise.reject(error);
     }
     const batch = runBatch({
       handle: this,

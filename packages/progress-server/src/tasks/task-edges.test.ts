@@ -1,0 +1,106 @@
+import type { Task } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ProgressServer } from '../progress-server.js';
+
+const servers: ProgressServer[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((server) => server.close({ timeoutMs: 300 })));
+});
+const quiet = { leaseTtlMs: 1000, leaseRenewIntervalMs: 999, reapIntervalMs: 0 };
+function replica(store: MemoryProgressStore, serverId: string, extra: object = {}): ProgressServer {
+  const server = new ProgressServer({ store, authenticate: () => null, serverId, ...quiet, ...extra });
+  servers.push(server);
+  return server;
+}
+
+/**
+ * The task side's edge cases: a batch refused for bad arguments, workers returning or throwing odd values,
+ * one hung lease renewal, a create() in flight at shutdown. Each but the non-JSON case was a bug found by a
+ * review on 3 December 2026, and its test failed before the fix.
+ */
+describe('tasks at the edges', () => {
+  it('runBatch rejected for bad arguments does not block a corrected runBatch', async () => {
+    const server = replica(new MemoryProgressStore(), 'a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await expect(task.runBatch(['x'], () => {}, { concurrency: 0 })).rejects.toMatchObject({
+      code: ErrorCode.InvalidInput,
+    });
+    // Nothing ran: the corrected call should run the batch.
+    const result = await task.runBatch(['x'], () => {}, { concurrency: 1 });
+    expect(result).toMatchObject({ status: 'completed', succeeded: 1 });
+  });
+
+  it('a worker returning non-JSON values keeps its items (detail dropped)', async () => {
+    const server = replica(new MemoryProgressStore(), 'a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const circular: Record<string, unknown> = {};
+    circular.self = circular;
+    const values: unknown[] = [10n, circular, new Date(0), new Map(), () => 1, Symbol('s'), NaN];
+    const result = await task.runBatch(values, (v) => v);
+    expect(result).toMatchObject({ status: 'completed', succeeded: values.length, failed: 0 });
+  });
+
+  it('a worker throwing a value without toString counts as a failed item', async () => {
+    const server = replica(new MemoryProgressStore(), 'a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const result = await task.runBatch([1, 2], (n) => {
+      if (n === 1) throw Object.create(null);
+    });
+    expect(result).toMatchObject({ status: 'completed', succeeded: 1, failed: 1 });
+  });
+
+  it('one hung renewal does not stop the renewal of the other tasks', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = replica(store, 'replica-a');
+    const stuck = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const alive = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const renew = store.renewLease.bind(store);
+    store.renewLease = (taskId, owner, ttl): Promise<Task> =>
+      taskId === stuck.id ? new Promise<Task>(() => {}) : renew(taskId, owner, ttl);
+    clock.advance(600);
+    void server.leases.renewAll(); // hangs on `stuck`
+    await new Promise((r) => setTimeout(r, 10));
+    clock.advance(600);
+    void server.leases.renewAll(); // the next interval, at 1200 ms
+    await new Promise((r) => setTimeout(r, 10));
+    clock.advance(600);
+    void server.leases.renewAll(); // at 1800 ms
+    await new Promise((r) => setTimeout(r, 10));
+    // `alive` (worker alive, store answering its renewals) was due renewals at 600, 1200 and 1800 ms.
+    const reaped = await replica(store, 'replica-b').leases.reap();
+    expect(reaped.map((r) => r.event.taskId)).not.toContain(alive.id);
+  });
+
+  it('a task whose create() was in flight at close() is not left running', async () => {
+    const store = new MemoryProgressStore();
+    const create = store.createTask.bind(store);
+    let release: () => void = () => {};
+    const held = new Promise<void>((r) => {
+      release = r;
+    });
+    store.createTask = async (input) => {
+      const task = await create(input);
+      await held;
+      return task;
+    };
+    const server = new ProgressServer({ store, authenticate: () => null, serverId: 'a' });
+    const creating = server.tasks.create({ owner: 'alice', kind: 'k' });
+    await new Promise((r) => setTimeout(r, 5));
+    const closing = server.close({ timeoutMs: 200 });
+    await new Promise((r) => setTimeout(r, 250));
+    release();
+    await closing;
+    const outcome = await creating.then(
+      (handle) => ({ ok: true as const, handle }),
+      (error: unknown) => ({ ok: false as const, error }),
+    );
+    await new Promise((r) => setTimeout(r, 50));
+    // create() refused the handle, and the task it made did not stay running with nobody renewing it.
+    expect(outcome).toMatchObject({ ok: false, error: { code: 'closed' } });
+    const [row] = await store.listTasks({ owner: 'alice' });
+    expect(row?.status).toBe('interrupted');
+  });
+});
