@@ -306,8 +306,11 @@ export class SocketWriter {
     this.#scheduleRetry();
   }
 
-  /** Keeps the socket's one retry timer set for the earliest due re-send (or cleared when none). */
-  #scheduleRetry(): void {
+  /**
+   * Keeps the socket's one retry timer set for the earliest due re-send (or cleared when none), and no
+   * sooner than `notBeforeMs` from now.
+   */
+  #scheduleRetry(notBeforeMs = 0): void {
     const dueAt = this.#retries.nextDueAt();
     if (dueAt === this.#retryDueAt && (dueAt === undefined || this.#retryTimer !== undefined)) return;
     if (this.#retryTimer !== undefined) clearTimeout(this.#retryTimer);
@@ -316,7 +319,7 @@ export class SocketWriter {
     if (dueAt === undefined || !this.#ctx.isOpen()) return;
     this.#retryTimer = setTimeout(
       () => this.#ctx.guard(() => this.#onRetryTimer()),
-      Math.max(1, dueAt - this.#ctx.options.clock()),
+      Math.max(1, notBeforeMs, dueAt - this.#ctx.options.clock()),
     );
     this.#retryTimer.unref();
   }
@@ -340,12 +343,7 @@ export class SocketWriter {
     if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
       // The previous copies have not even left the buffer: a re-send now only piles up duplicates behind
       // them. Checked again after the drain's poll interval.
-      this.#retryDueAt = undefined;
-      this.#retryTimer = setTimeout(
-        () => this.#ctx.guard(() => this.#onRetryTimer()),
-        this.#ctx.options.backpressurePollMs,
-      );
-      this.#retryTimer.unref();
+      this.#scheduleRetry(this.#ctx.options.backpressurePollMs);
       return;
     }
     for (const { taskId, seq } of this.#retries.due()) {

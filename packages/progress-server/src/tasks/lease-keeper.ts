@@ -78,8 +78,17 @@ export class LeaseKeeper {
    * Renews every owned lease once. Never rejects; a task's renewal still in flight is shared, not
    * repeated, and never holds back the other tasks' renewals.
    */
-  renewAll(): Promise<void> {
-    return this.#renewAll();
+  async renewAll(): Promise<void> {
+    await Promise.all(
+      [...this.#owned].map((taskId) => {
+        let renewal = this.#renewals.get(taskId);
+        if (renewal === undefined) {
+          renewal = this.#renewOne(taskId).finally(() => this.#renewals.delete(taskId));
+          this.#renewals.set(taskId, renewal);
+        }
+        return renewal;
+      }),
+    );
   }
 
   /**
@@ -101,19 +110,6 @@ export class LeaseKeeper {
     this.#renewTimer = undefined;
     this.#reapTimer = undefined;
     await Promise.allSettled([...this.#renewals.values(), this.#reaping]);
-  }
-
-  async #renewAll(): Promise<void> {
-    await Promise.all(
-      [...this.#owned].map((taskId) => {
-        let renewal = this.#renewals.get(taskId);
-        if (renewal === undefined) {
-          renewal = this.#renewOne(taskId).finally(() => this.#renewals.delete(taskId));
-          this.#renewals.set(taskId, renewal);
-        }
-        return renewal;
-      }),
-    );
   }
 
   async #renewOne(taskId: string): Promise<void> {

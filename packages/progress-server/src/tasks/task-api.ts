@@ -151,13 +151,7 @@ export class TaskApi {
       // The row came back after shutdown() listed the tasks to interrupt: nobody else will end it (the
       // lease keeper is closing too), so end it here, as shutdown ends the others, and refuse the handle.
       control.abort(shutdownReason);
-      await handle.interrupt('server shutting down').catch((error: unknown) => {
-        if (isProgressError(error, ErrorCode.TaskFinished)) return;
-        this.#logger.error(
-          { err: describeError(error), taskId: task.id },
-          'could not interrupt a task created during shutdown; its lease will expire and a reaper will end it',
-        );
-      });
+      await this.#interruptAtShutdown(handle);
       this.#forget(task.id);
       throw new ProgressError(ErrorCode.Closed, 'The server is shutting down');
     }
@@ -216,23 +210,26 @@ export class TaskApi {
     this.#closing = true;
     for (const owned of this.#owned.values()) owned.control.abort(shutdownReason);
     await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
-    const interrupts = [...this.#owned.values()].map(async ({ handle }) => {
-      if (handle.finished) return;
-      try {
-        await handle.interrupt('server shutting down');
-      } catch (error) {
-        if (isProgressError(error, ErrorCode.TaskFinished)) return;
-        this.#metrics.storeErrors.inc();
-        this.#logger.error(
-          { err: describeError(error), taskId: handle.id },
-          'could not interrupt a task at shutdown; its lease will expire and a reaper will end it',
-        );
-      }
-    });
+    const interrupts = [...this.#owned.values()].map(({ handle }) => this.#interruptAtShutdown(handle));
     await waitAtMost(Promise.all(interrupts), deadline - Date.now());
     this.#stopFeed?.();
     this.#stopFeed = undefined;
     for (const taskId of [...this.#owned.keys()]) this.#forget(taskId);
+  }
+
+  /** Ends an owned task as `interrupted` at shutdown; a task that cannot be keeps its lease for a reaper. */
+  async #interruptAtShutdown(handle: TaskHandle): Promise<void> {
+    if (handle.finished) return;
+    try {
+      await handle.interrupt('server shutting down');
+    } catch (error) {
+      if (isProgressError(error, ErrorCode.TaskFinished)) return;
+      this.#metrics.storeErrors.inc();
+      this.#logger.error(
+        { err: describeError(error), taskId: handle.id },
+        'could not interrupt a task at shutdown; its lease will expire and a reaper will end it',
+      );
+    }
   }
 
   async #append(taskId: string, input: AppendInput): Promise<TaskEvent> {
