@@ -247,7 +247,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   reconnectsPerSecond?: number | undefined;
   /**
    * While a socket's `bufferedAmount` is above this many bytes, the server stops writing to it and
-   * coalesces its queued progress events into snapshots.
+   * coalesces its queued progress events into snapshots; answers (`pong`, `error`) and heartbeats
+   * falling due meanwhile are dropped.
    * @default 1048576
    */
   highWaterMarkBytes?: number | undefined;

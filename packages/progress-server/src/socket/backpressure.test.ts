@@ -1,5 +1,5 @@
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
@@ -10,6 +10,7 @@ import {
   type Received,
   seqOf,
   serverFrameViolations,
+  sleep,
   startServer,
   type TestServer,
 } from '../testing/harness.js';
@@ -127,4 +128,78 @@ describe('backpressure', () => {
     }
     expect(client.about(task.id).filter((frame) => frame.type === 'snapshot')).toHaveLength(1);
   });
+});
+
+describe('a client that stops reading', () => {
+  /** The server side of every upgraded TCP socket (what `ws.bufferedAmount` measures, less the kernel's). */
+  function serverSockets(server: TestServer): Socket[] {
+    const sockets: Socket[] = [];
+    server.server.httpServer!.on('upgrade', (_request, socket) => sockets.push(socket as Socket));
+    return sockets;
+  }
+
+  /** A server whose only bound on a socket's buffer is the high-water mark, and a client that stops reading. */
+  async function stalledClient(
+    highWaterMarkBytes: number,
+  ): Promise<{ paused: RawClient; buffered: () => number }> {
+    env = await startServer({
+      highWaterMarkBytes,
+      // No liveness check and no rate limit within the test.
+      heartbeatIntervalMs: 600_000,
+      rateLimitPerSecond: 1_000_000,
+      rateLimitBurst: 1_000_000,
+      rateLimitPerPrincipalPerSecond: 1_000_000,
+      maxSubscriptionsPerSocket: 1000,
+      maxSubscriptionsPerPrincipal: 1000,
+    });
+    const raw = serverSockets(env);
+    const paused = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    // Not `client`: closing it would wait for a close handshake the paused client never reads.
+    cleanups.push(async () => paused.ws.terminate());
+    (paused.ws as unknown as { _socket: Socket })._socket.pause();
+    return { paused, buffered: () => raw[0]!.writableLength };
+  }
+
+  // Found by a review: pong, error and hello frames went straight to the socket, past the high-water mark,
+  // so a client that stopped reading but kept sending pings (or frames answered with an error) had the
+  // server buffer every answer until the liveness check ended the socket, a heartbeat interval or two later.
+  it('writes no pong or error into a socket above the high-water mark', async () => {
+    const highWaterMarkBytes = 64 * 1024;
+    const { paused, buffered } = await stalledClient(highWaterMarkBytes);
+    const id = 'p'.repeat(64);
+    // Far more answers than the kernel's socket buffers hold on loopback (about 7 MB of them).
+    for (let round = 0; round < 10; round += 1) {
+      for (let i = 0; i < 2000; i += 1) {
+        paused.send({ type: 'ping', id });
+        paused.send({ type: 'nonsense', id });
+      }
+      await sleep(10);
+    }
+    await sleep(200);
+    expect(env!.server.connectionCount).toBe(1);
+    process.stdout.write(`[answers] server-side buffered: ${buffered()} B (HWM ${highWaterMarkBytes})\n`);
+    // Past the mark by at most the one frame that crossed it.
+    expect(buffered()).toBeLessThan(highWaterMarkBytes + 8 * 1024);
+  }, 30_000);
+
+  // Found with the above: the reset snapshot answering a subscribe whose cursor is ahead of the task went
+  // out at once whatever the buffer held, up to 128 KiB per subscribe.
+  it('holds reset snapshots while the socket is above the high-water mark', async () => {
+    const highWaterMarkBytes = 64 * 1024;
+    const { paused, buffered } = await stalledClient(highWaterMarkBytes);
+    const ids: string[] = [];
+    for (let i = 0; i < 500; i += 1) {
+      const task = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
+      await task.progress({ message: 'm'.repeat(4000) });
+      ids.push(task.id);
+    }
+    // Each round restarts every subscription: 500 reset snapshots of 4 KB (10 MB in all).
+    for (let round = 0; round < 5; round += 1) {
+      for (const taskId of ids) paused.send({ type: 'subscribe', taskId, afterSeq: 1000 + round });
+      await sleep(300);
+    }
+    expect(env!.server.connectionCount).toBe(1);
+    process.stdout.write(`[resets] server-side buffered: ${buffered()} B (HWM ${highWaterMarkBytes})\n`);
+    expect(buffered()).toBeLessThan(highWaterMarkBytes + 8 * 1024);
+  }, 30_000);
 });

@@ -76,10 +76,17 @@ export interface WriterContext {
  * Writes one socket's frames. Queued entries go out while the socket's buffer is below the high-water
  * mark; above it, writing pauses (polled on a short timer) and runs of progress are coalesced into
  * snapshots until the queue is empty again. Terminal frames are re-sent on one timer until acknowledged.
+ * Nothing is written above the mark: answers and heartbeats ({@link SocketWriter.send}) are dropped
+ * there, so a peer that stops reading never makes the server buffer more than the mark and a frame.
  */
 export class SocketWriter {
   readonly #ctx: WriterContext;
   readonly #queue = new SendQueue();
+  /**
+   * Reset snapshots that met the socket above the high-water mark, by task: written first when it
+   * drains. A task's next reset replaces its waiting one.
+   */
+  readonly #resets = new Map<string, TaskView>();
   readonly #retries: TerminalRetryTracker;
   #retryTimer: NodeJS.Timeout | undefined;
   #retryDueAt: number | undefined;
@@ -96,12 +103,12 @@ export class SocketWriter {
 
   /** Everything queued went out and no paused drain is pending (a heartbeat may report seqs now). */
   get idle(): boolean {
-    return this.#queue.size === 0 && this.#drainTimer === undefined;
+    return this.#queue.size === 0 && this.#resets.size === 0 && this.#drainTimer === undefined;
   }
 
   /** Frames are still queued here or buffered in the socket (a graceful shutdown waits for them). */
   get flushing(): boolean {
-    return this.#queue.size > 0 || this.#ctx.ws.bufferedAmount > 0;
+    return this.#queue.size > 0 || this.#resets.size > 0 || this.#ctx.ws.bufferedAmount > 0;
   }
 
   /** Starts a task's stream in the queue (its metadata, for coalesced snapshots). */
@@ -112,6 +119,7 @@ export class SocketWriter {
   /** Drops what is queued and due for re-send of a task whose stream starts over or ends. */
   forget(taskId: string): void {
     this.#queue.untrack(taskId);
+    this.#resets.delete(taskId);
     this.#retries.forget(taskId);
   }
 
@@ -121,7 +129,7 @@ export class SocketWriter {
    * usually meets an empty queue). `log` is the subscription pushing it, which records the frame.
    */
   pushEvent(event: TaskEvent, log: WrittenLog): void {
-    if (this.#queue.size > 0 || !this.#writable()) {
+    if (this.#queue.size > 0 || this.#resets.size > 0 || !this.#writable()) {
       this.#queue.pushEvent(event);
       return;
     }
@@ -135,12 +143,23 @@ export class SocketWriter {
   }
 
   /**
-   * Sends a snapshot at once, ahead of the queue (a `reset`: the subscription was just reset, so nothing
-   * of the task is queued; the events after it go through the queue as usual).
+   * Sends a snapshot ahead of the queue (a `reset`: the subscription was just reset, so nothing of the
+   * task is queued; the events after it go through the queue as usual): at once, or first thing when the
+   * socket drains below the high-water mark. Written at once whatever the buffer said, a client that
+   * stopped reading could have a snapshot of up to 128 KiB buffered per subscribe it sent.
    */
   sendReset(view: TaskView): void {
+    if (this.#resets.size === 0 && this.#writable()) {
+      this.#writeReset(view);
+      return;
+    }
+    this.#resets.set(view.id, view);
+    this.drain();
+  }
+
+  #writeReset(view: TaskView): void {
     const text = encodeFrame({ type: 'snapshot', task: view, ...this.epochField(), reset: true });
-    this.sendText(text);
+    this.#write(text);
     this.#ctx.metrics.snapshotsSent.inc();
     this.#wrote(view.id, view.seq, view.status !== 'running' ? text : undefined);
   }
@@ -155,7 +174,7 @@ export class SocketWriter {
   drain(): void {
     if (!this.#ctx.isOpen() || this.#drainTimer !== undefined) return;
     if (this.#ctx.ws.readyState !== WebSocket.OPEN) return;
-    while (this.#queue.size > 0) {
+    while (this.#queue.size > 0 || this.#resets.size > 0) {
       if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
         this.#congested = true;
         this.#drainTimer = setTimeout(() => {
@@ -165,6 +184,12 @@ export class SocketWriter {
         this.#drainTimer.unref();
         return;
       }
+      const reset = this.#resets.values().next().value;
+      if (reset !== undefined) {
+        this.#resets.delete(reset.id);
+        this.#writeReset(reset);
+        continue;
+      }
       const entry = this.#queue.shift(this.#congested);
       if (entry === undefined) break;
       this.#sendEntry(entry);
@@ -172,11 +197,21 @@ export class SocketWriter {
     this.#congested = false;
   }
 
-  send(frame: ServerFrame): void {
-    this.sendText(encodeFrame(frame));
+  /**
+   * Writes an answer (`pong`, `error`, `hello`) or a heartbeat, unless the socket's buffer is above the
+   * high-water mark: then it is dropped, since holding answers for a peer that does not read would
+   * buffer without bound (each costs a client frame, which the rate limit allows a hundred a second).
+   * A peer that reads that slowly receives the backlog meanwhile and repeats what it still needs (a
+   * subscribe goes unanswered: it is sent again). Returns whether it was written.
+   */
+  send(frame: ServerFrame): boolean {
+    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) return false;
+    this.#write(encodeFrame(frame));
+    return true;
   }
 
-  sendText(text: string): void {
+  /** Writes a frame of the queue or a re-send (each already past its own high-water-mark check). */
+  #write(text: string): void {
     const ws = this.#ctx.ws;
     if (ws.readyState !== WebSocket.OPEN) return;
     this.#corkForTick();
@@ -214,6 +249,7 @@ export class SocketWriter {
     );
   }
 
+  /** An `error` frame: an answer, dropped above the high-water mark like every answer ({@link send}). */
   sendError(code: ErrorCode, message: string, refs: FrameRefs): void {
     // Clipped so the frame stays valid for a strict client whatever a store's message says.
     const text =
@@ -263,6 +299,7 @@ export class SocketWriter {
     this.#retryTimer = undefined;
     this.#drainTimer = undefined;
     this.#queue.clear();
+    this.#resets.clear();
   }
 
   #sendEntry(entry: OutgoingEntry): void {
@@ -273,7 +310,7 @@ export class SocketWriter {
       }
       case 'snapshot': {
         const text = encodeFrame({ type: 'snapshot', task: entry.task, ...this.epochField() });
-        this.sendText(text);
+        this.#write(text);
         this.#ctx.metrics.snapshotsSent.inc();
         this.#wrote(entry.task.id, entry.task.seq, entry.task.status !== 'running' ? text : undefined);
         return;
@@ -287,7 +324,7 @@ export class SocketWriter {
 
   #sendEvent(event: TaskEvent, log: WrittenLog | undefined): void {
     const text = eventFrameText(event);
-    this.sendText(text);
+    this.#write(text);
     this.#ctx.metrics.eventsSent.inc();
     if (log !== undefined)
       this.#logWrote(log, event.taskId, event.seq, isTerminalType(event.type) ? text : undefined);
@@ -353,7 +390,7 @@ export class SocketWriter {
         continue;
       }
       // Straight to the socket: the frame already went through the queue once, after everything before it.
-      this.sendText(frame);
+      this.#write(frame);
       this.#ctx.metrics.terminalRetries.inc();
       this.#retries.sent(taskId, seq);
     }
