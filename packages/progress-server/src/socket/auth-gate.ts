@@ -52,6 +52,11 @@ export class AuthGate<P extends Principal> {
   readonly #pending: DecodeResult<ClientFrame>[] = [];
   #principal: P | undefined;
   #checking = false;
+  /**
+   * The token of a renewal that arrived while another `auth` frame was being checked: checked next. Only
+   * the newest waits (each paid its frame's rate-limit token), so at most one token is held.
+   */
+  #nextRenewal: string | undefined;
   #authTimer: NodeJS.Timeout | undefined;
   /** Ends the socket when its principal's credential expires (`Principal.expiresAt`). */
   #expiryTimer: NodeJS.Timeout | undefined;
@@ -121,11 +126,13 @@ export class AuthGate<P extends Principal> {
   /**
    * Protocol version 2: an `auth` frame on an open socket renews its credential. The new one must stand
    * for the same principal; every subscription's authorization is checked again with it, and a task it
-   * may no longer watch is dropped with the subscribe's refusal. Answered with a new `hello`.
+   * may no longer watch is dropped with the subscribe's refusal. Answered with a new `hello`. A renewal
+   * that arrives while one is being checked is checked after it, so the newest credential is the one
+   * in force (several tabs sharing one socket may renew at once); one superseded while waiting is not.
    */
   renew(token: string): void {
     if (this.#checking) {
-      this.#host.writer.sendError(ErrorCode.RateLimited, 'An auth frame is already being checked', {});
+      this.#nextRenewal = token;
       return;
     }
     this.#check(token, (principal) => {
@@ -145,6 +152,9 @@ export class AuthGate<P extends Principal> {
       this.#principal = principal;
       this.#armExpiry(principal);
       this.#host.renewed(principal);
+      const next = this.#nextRenewal;
+      this.#nextRenewal = undefined;
+      if (next !== undefined && this.#host.state() === 'open') this.renew(next);
     });
   }
 
@@ -167,6 +177,7 @@ export class AuthGate<P extends Principal> {
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
     this.#pending.length = 0;
+    this.#nextRenewal = undefined;
   }
 
   /**

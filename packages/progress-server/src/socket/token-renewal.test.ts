@@ -1,7 +1,7 @@
 import { PROTOCOL_NAME_V1 } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import type { Principal } from '../auth.js';
-import { type RawClient, type Received, seqOf, sleep, type TestServer } from '../testing/harness.js';
+import { gate, type RawClient, type Received, seqOf, sleep, type TestServer } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /**
@@ -89,6 +89,37 @@ describe('token expiry and renewal', () => {
     await client.next(isEventAt(1));
     await client.sync();
     expect(client.about(lost.id).filter((frame) => frame.type === 'event')).toEqual([]);
+  });
+
+  // Found by a review: a second auth while the first renewal was being checked was refused with
+  // rate_limited (a code that says the client sent too much, which it had not), and its credential was
+  // lost: the socket ended at the first one's expiry. Several tabs sharing one socket renew at once.
+  it('checks an auth sent while a renewal is being checked next, and keeps the newest credential', async () => {
+    const held = gate();
+    const { server } = await session.start({
+      authenticate: () => null,
+      authenticateToken: async (token) => {
+        if (token === 'alice:400') await held.promise;
+        return expiringTokens(token);
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:300');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:400', protocol: 2 });
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    await sleep(100);
+    held.open();
+    // One hello per check, the second once the newest credential is in force.
+    await client.next(() => client.frames.slice(from).filter((frame) => frame.type === 'hello').length === 2);
+    await sleep(600); // past both earlier credentials' expiry
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1));
+    expect(client.ws.readyState).toBe(client.ws.OPEN);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
 
   it('refuses a renewal for another principal with unauthenticated and 4001', async () => {
