@@ -439,6 +439,43 @@ describe('heartbeats', () => {
     await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
   });
 
+  // Found by a review: the snapshot answering a subscribe waited in the queue for the task's first
+  // catch-up read, and a heartbeat goes only when nothing is queued. With that read slow (here: queued
+  // behind another subscribe's load that hangs), the socket went silent, and the client's watchdog
+  // (twice the interval) closed it and reconnected into the same wait.
+  it('sends a snapshot, and heartbeats, while the catch-up read after it waits', async () => {
+    await session.start({ heartbeatIntervalMs: 30, catchUpReadConcurrency: 2 });
+    const store = session.env.store;
+    const answered = await store.createTask({ owner: 'alice', kind: 'k' });
+    const stuck = await store.createTask({ owner: 'alice', kind: 'k' });
+    const getTask = store.getTask.bind(store);
+    const held = gate();
+    vi.spyOn(store, 'getTask').mockImplementation(async (taskId) => {
+      if (taskId === stuck.id) {
+        await held.promise;
+        return getTask(taskId);
+      }
+      // A commit lands between the load and the catch-up: the catch-up has a read to make.
+      const task = await getTask(taskId);
+      if (taskId === answered.id && task?.seq === 0)
+        await store.append(taskId, { type: 'progress', done: 1 });
+      return task;
+    });
+    const client = await connect();
+    // The principal may have one read in flight (catchUpReadConcurrency - 1): the stuck load takes it
+    // right after the first load, and the first subscription's catch-up read queues behind it.
+    client.send({ type: 'subscribe', taskId: answered.id, afterSeq: 0 });
+    client.send({ type: 'subscribe', taskId: stuck.id, afterSeq: 0 });
+    const snapshot = await client.next((frame) => frame.type === 'snapshot', { timeoutMs: 2000 });
+    expect(seqOf(snapshot)).toBe(0);
+    const from = client.frames.length;
+    const heartbeat = await client.next((frame) => frame.type === 'heartbeat', { from, timeoutMs: 2000 });
+    // It lists what was sent, not the event the catch-up has yet to read.
+    expect(heartbeat.seqs).toEqual({ [answered.id]: 0, [stuck.id]: 0 });
+    held.open();
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 1);
+  });
+
   it('terminates a socket that stops answering pings', async () => {
     await session.start({ heartbeatIntervalMs: 20 });
     // A client that never answers pings: the server must see a dead peer.

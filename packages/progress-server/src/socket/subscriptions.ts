@@ -122,6 +122,10 @@ export class Subscriptions<P extends Principal> {
       current.resumeAt(afterSeq);
       stream.start(afterSeq, false, task.seq);
     }
+    // The snapshot goes now, not when the catch-up just started has read what followed it: a slow read
+    // held it in the queue, and with it every heartbeat (sent only when nothing is queued), until the
+    // client's watchdog closed the socket. A catch-up with nothing to read has drained already.
+    writer.drain();
   }
 
   /**
