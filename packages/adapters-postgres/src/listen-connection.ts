@@ -32,6 +32,9 @@ import type { ProgressDatabase } from './schema.js';
  *    order, and every transaction below that `xmin` queued its notification before the barrier's, so
  *    once the barrier comes back all of them were delivered: `mark := xmin`. A barrier lost with the
  *    connection simply leaves the mark where it was — the next re-read covers a bit more.
+ *    Each barrier names the connection that sent it, not only the store: one from a replaced connection
+ *    (its socket dead, its backend committing late) says nothing about what the new one received, and
+ *    arriving before the re-read it would move the re-read past commits that only the re-read can find.
  *
  * A transaction left open for hours holds every snapshot's `xmin` back, and with it the mark; a re-read
  * then covers more events (more work, never a miss). Re-reads are grouped per task, so their size is
@@ -97,7 +100,7 @@ interface ListenStatements {
   listen: string;
   /** The re-read; `$1` and `$2` are both the mark (text) or `NULL`. */
   replay: string;
-  /** The barrier; `$1` is the channel, `$2` the listener id. */
+  /** The barrier; `$1` is the channel, `$2` the connection's barrier id ({@link ListenConnection}). */
   barrier: string;
 }
 
@@ -208,7 +211,7 @@ export class ListenConnection {
     }
     this.#client = client;
     client.on('notification', (message) => {
-      if (generation === this.#generation) this.#onNotification(message);
+      if (generation === this.#generation) this.#onNotification(message, generation);
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
@@ -240,7 +243,8 @@ export class ListenConnection {
     this.#scheduleBarrier(generation);
   }
 
-  #onNotification(message: PgNotification): void {
+  /** A notification received by the connection of `generation`, the current one. */
+  #onNotification(message: PgNotification, generation: number): void {
     if (message.channel !== this.#options.channel) return;
     const { hub } = this.#options;
     this.#stats.notifications += 1;
@@ -258,8 +262,9 @@ export class ListenConnection {
         hub.forget(notice.taskIds);
         break;
       case 'barrier':
-        // Other stores' barriers say nothing about what this connection received.
-        if (notice.listenerId === this.#listenerId) this.#advance(notice.xmin);
+        // Other stores' barriers, and this store's earlier connections', say nothing about what this
+        // connection received.
+        if (notice.listenerId === this.#barrierId(generation)) this.#advance(notice.xmin);
         break;
       case 'malformed':
         this.#stats.malformedNotifications += 1;
@@ -267,6 +272,11 @@ export class ListenConnection {
       default:
         exhaustive(notice, 'notice');
     }
+  }
+
+  /** Whom the barriers of the connection of `generation` are addressed to: this store's listener, that connection. */
+  #barrierId(generation: number): string {
+    return `${this.#listenerId}/${generation}`;
   }
 
   #advance(xmin: bigint): void {
@@ -286,7 +296,7 @@ export class ListenConnection {
         this.#lost(generation, new Error(`The LISTEN connection did not answer within ${timeoutMs} ms`));
       }, timeoutMs);
       this.#barrierWatchdog.unref?.();
-      client.query(this.#statements.barrier, [this.#options.channel, this.#listenerId]).then(
+      client.query(this.#statements.barrier, [this.#options.channel, this.#barrierId(generation)]).then(
         () => {
           if (generation !== this.#generation) return;
           this.#clearWatchdog();

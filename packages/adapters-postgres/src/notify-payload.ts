@@ -18,8 +18,8 @@ import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/cor
  *   (a store hears its own commits, which it published already) and skip parsing them.
  * - Purged tasks: `{"purged":["<taskId>",…]}` — sent by `purgeFinished` in its statement: every listener
  *   forgets what it published of them, so a new task with one of those ids is published from seq 1.
- * - A barrier: `{"barrier":"<listener id>","xmin":"<xid8>"}` — sent by a listener to itself to advance
- *   its high-water mark (see `postgres-change-feed.ts`).
+ * - A barrier: `{"barrier":"<listener id>/<connection>","xmin":"<xid8>"}` — sent by a listener's
+ *   connection to itself to advance its high-water mark (see `listen-connection.ts`).
  *
  * @module
  */
@@ -47,6 +47,7 @@ export interface ChangesNotice {
 /** A listener's self-addressed marker: every commit with an xid below `xmin` was delivered before it. */
 export interface BarrierNotice {
   kind: 'barrier';
+  /** Who sent it: the listener and its connection (`<listener id>/<connection>`), matched as a whole. */
   listenerId: string;
   xmin: bigint;
 }

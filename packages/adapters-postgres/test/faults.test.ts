@@ -251,6 +251,79 @@ describe('the LISTEN connection', () => {
     await eventually('changes flow again', () => recorder.has('x', 2));
     expect(recorder.seqs('x')).toEqual([1, 2]);
   });
+
+  it("ignores a late barrier of its replaced connection, which would move the new one's re-read past a commit", async () => {
+    const schema = await migrated();
+    // The old connection's socket is dead but its backend is not: the backend ran the barrier statement
+    // (its snapshot taken after a commit the dead socket never delivered) and commits it late, once the
+    // new connection listens. `lateBarrier` is that backend's transaction.
+    const lateBarrier = new pg.Client({ connectionString: pgUrl() });
+    await lateBarrier.connect();
+    releases.push(() => void lateBarrier.end().catch(() => {}));
+    let deaf = false;
+    let barrier: { text: string; values: unknown[] | undefined } | undefined;
+    let created = 0;
+    const factory = (): PgListenClient => {
+      const client = new pg.Client({ connectionString: pgUrl() });
+      const first = created++ === 0;
+      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+      const on = client.on.bind(client) as (event: string, listener: (...args: unknown[]) => void) => unknown;
+      let heard: (() => void) | undefined;
+      Object.assign(client, {
+        // The first connection's socket dies: nothing reaches it any more, its barriers get no answer.
+        on: (event: string, listener: (...args: unknown[]) => void) =>
+          on(event, (...args) => {
+            if (!(first && deaf && event === 'notification')) listener(...args);
+          }),
+        query: async (text: string, values?: unknown[]) => {
+          if (first && deaf && text.includes("'barrier'")) {
+            barrier ??= { text, values };
+            return new Promise(() => {});
+          }
+          if (first || !text.startsWith('LISTEN') || barrier === undefined) return query(text, values);
+          // The new connection listens; the old barrier commits and reaches it before LISTEN's answer is
+          // read (Postgres sends pending notifications ahead of ReadyForQuery).
+          const result = await query(text, values);
+          const arrived = new Promise<void>((resolve) => {
+            heard = resolve;
+          });
+          await lateBarrier.query('COMMIT');
+          await arrived;
+          return result;
+        },
+      });
+      on('notification', () => heard?.());
+      return client as unknown as PgListenClient;
+    };
+    const observer = await open({
+      schema,
+      listenClient: factory,
+      watermarkIntervalMs: 20,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    await writer.append('x', { type: 'progress' });
+    await eventually('the first change', () => recorder.has('x', 1));
+    const afterFirst = await currentXmin();
+    await eventually('the mark passes the first change', () => {
+      const mark = observer.changes.health().watermark;
+      return mark !== null && BigInt(mark) >= afterFirst;
+    });
+    deaf = true;
+    await eventually('the old connection sends a barrier', () => barrier !== undefined);
+    // Committed while the socket is dead: only the new connection's re-read can find it.
+    await writer.append('x', { type: 'progress' });
+    await lateBarrier.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+    await lateBarrier.query(barrier?.text ?? '', barrier?.values);
+    await eventually(
+      'a new connection replaces the dead one',
+      () => observer.changes.stats().reconnects >= 1,
+    );
+    await eventually('the re-read finds the commit the dead socket missed', () => recorder.has('x', 2), 3000);
+    expect(recorder.seqs('x')).toEqual([1, 2]);
+  });
 });
 
 describe('concurrent writers and reapers', () => {
