@@ -21,7 +21,7 @@ export interface SafetyNetStats {
 }
 
 /** Why the server restarted a subscription's stream (label `reason` of the resync counter). */
-export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahead';
+export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahead' | 'epoch';
 
 /**
  * The server's Prometheus metrics, on the caller's registry or a new one. Names carry the configured
@@ -32,7 +32,7 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahea
  * | `sockets` | gauge | open WebSocket connections |
  * | `subscriptions` | gauge | tasks followed, summed over sockets |
  * | `resumes_total` | counter | subscribes with `afterSeq > 0` (a watcher resuming) |
- * | `resyncs_total{reason}` | counter | streams restarted: `resubscribe` (client asked again), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent) |
+ * | `resyncs_total{reason}` | counter | streams restarted: `resubscribe` (client asked again), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent), `epoch` (the store's epoch changed under the server: a reset snapshot sent) |
  * | `events_sent_total` | counter | event frames written |
  * | `snapshots_sent_total` | counter | snapshot frames written (coalesced progress included) |
  * | `terminal_retries_total` | counter | terminal frames re-sent for lack of an ack |

@@ -16,6 +16,7 @@ import type { ServerHealth } from './http/health.js';
 import { readStoreHealth } from './http/health.js';
 import type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
 import { createHttpHandler } from './http/http-handler.js';
+import type { OpenStream } from './http/sse-stream.js';
 import { AckWriter } from './hub/ack-writer.js';
 import { FairReads } from './hub/fair-reads.js';
 import { StoreEpoch } from './hub/store-epoch.js';
@@ -123,8 +124,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #epoch: StoreEpoch;
-  /** Open Server-Sent Events streams (their `end`), ended at shutdown. */
-  readonly #streams = new Set<() => void>();
+  /** Open Server-Sent Events streams: ended at shutdown, restarted when the store epoch changes. */
+  readonly #streams = new Set<OpenStream>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   #ownedHttpServer: HttpServer | undefined;
   #closing = false;
@@ -185,7 +186,12 @@ export class ProgressServer<P extends Principal = Principal> {
       ratePerSecond: resolved.rateLimitPerPrincipalPerSecond,
       clock: resolved.clock,
     });
-    this.#epoch = new StoreEpoch(resolved.store, this.#logger);
+    // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.
+    this.#epoch = new StoreEpoch(resolved.store, this.#logger, () => {
+      this.#hub.forgetSeqs();
+      this.#sockets.epochRenewed();
+      for (const stream of this.#streams) stream.epochRenewed();
+    });
     this.#sockets = new SocketAcceptor<P>({
       options: resolved,
       auth: this.#auth,
@@ -402,7 +408,7 @@ export class ProgressServer<P extends Principal = Principal> {
     clearInterval(this.#heartbeatTimer);
     await this.#sockets.close(deadline);
     // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.
-    for (const end of [...this.#streams]) end();
+    for (const stream of [...this.#streams]) stream.end();
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();

@@ -1,6 +1,6 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startServer, type TestServer } from '../testing/harness.js';
+import { restorableStore, startServer, type TestServer } from '../testing/harness.js';
 
 /** Issue 14, what-to-build 3: `GET {basePath}/tasks/:id/stream` (Server-Sent Events) and `POST …/ack`. */
 
@@ -139,6 +139,32 @@ describe('GET /tasks/:id/stream', () => {
     expect(stream.frames()).toEqual([
       expect.objectContaining({ id: '1', frame: expect.objectContaining({ type: 'snapshot', reset: true }) }),
     ]);
+  });
+
+  it('starts over with a reset snapshot of the new epoch when the store is restored and renewed under it', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    env = await startServer({ store, heartbeatIntervalMs: 50 });
+    // The backup copy is taken at seq 1; the live store goes on to seq 4.
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
+    for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 4));
+    restorable.restore();
+    const epoch = await store.renewEpoch();
+    await stream.until(() => stream.frames().some((entry) => entry.frame.reset === true));
+    // The task ends in the restored store at seq 3, below the stream's 4.
+    await store.append('t', { type: 'progress', message: 'restored 2' });
+    await store.append('t', { type: 'completed', result: null });
+    await stream.ended;
+    const after = stream.frames().slice(stream.frames().findIndex((entry) => entry.frame.reset === true));
+    expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
+      ['1', 'snapshot'],
+      ['2', 'event'],
+      ['3', 'event'],
+    ]);
+    expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
   });
 
   it('respects authentication, the same not-found answer, and the per-principal cap', async () => {

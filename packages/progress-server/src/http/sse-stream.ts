@@ -25,6 +25,14 @@ import type { PrincipalLimits } from '../principal-limits.js';
 /** The longest delay `setTimeout` takes (a longer one fires at once). */
 const MAX_TIMER_MS = 2_147_483_647;
 
+/** An open stream, as the server sees it. @internal */
+export interface OpenStream {
+  /** Ends it (the server shuts down). */
+  end(): void;
+  /** The store's epoch changed: the stream starts over from a reset snapshot of the new epoch. */
+  epochRenewed(): void;
+}
+
 export interface StreamContext {
   readonly hub: TaskHub;
   readonly epoch: StoreEpoch;
@@ -34,8 +42,8 @@ export interface StreamContext {
   readonly heartbeatIntervalMs: number;
   readonly maxReplayEvents: number;
   readonly clock: () => number;
-  /** Open streams, ended by the server's shutdown. */
-  readonly open: Set<() => void>;
+  /** Open streams, ended by the server's shutdown and restarted by an epoch change. */
+  readonly open: Set<OpenStream>;
 }
 
 /**
@@ -82,11 +90,30 @@ export function streamTask(
     clearInterval(heartbeat);
     clearTimeout(expiry);
     unfollow?.();
-    ctx.open.delete(end);
+    ctx.open.delete(opened);
     release();
     if (!response.writableEnded) response.end();
   };
-  ctx.open.add(end);
+  // The cursor and the hub's seqs are of the old epoch: re-read the task, and a reset snapshot of it
+  // replaces the cursor, as for a Last-Event-ID ahead of the task.
+  const restart = async (): Promise<void> => {
+    try {
+      const current = await ctx.store.getTask(taskId);
+      if (ended) return;
+      if (current === undefined) {
+        end();
+        return;
+      }
+      ctx.hub.observe(taskId, current.seq);
+      snapshot(current, true);
+      void pump();
+    } catch (error) {
+      ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream restart failed; ending the stream');
+      end();
+    }
+  };
+  const opened: OpenStream = { end, epochRenewed: () => void restart() };
+  ctx.open.add(opened);
   request.on('close', end);
   response.on('close', end);
   response.on('error', end);

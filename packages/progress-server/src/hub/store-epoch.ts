@@ -9,18 +9,21 @@ import { describeError } from '../logger.js';
 
 /**
  * The store's epoch as this replica last read it. Read at start and again on every heartbeat tick, so a
- * store renewed under a running server (`renewEpoch` after a restore) is announced within one interval.
- * `undefined` until the first read, or for a store without epochs: `hello` then carries none.
+ * store renewed under a running server (`renewEpoch` after a restore) is noticed within one interval:
+ * `onRenewed` is then called, once per change, for the server to drop what it knows of the old epoch's
+ * seqs. `undefined` until the first read, or for a store without epochs: `hello` then carries none.
  */
 export class StoreEpoch {
   readonly #store: ProgressStore;
   readonly #logger: ProgressLogger;
+  readonly #onRenewed: (epoch: string) => void;
   #current: string | undefined;
   #reading = false;
 
-  constructor(store: ProgressStore, logger: ProgressLogger) {
+  constructor(store: ProgressStore, logger: ProgressLogger, onRenewed: (epoch: string) => void = () => {}) {
     this.#store = store;
     this.#logger = logger;
+    this.#onRenewed = onRenewed;
   }
 
   /** The last epoch read. */
@@ -32,12 +35,18 @@ export class StoreEpoch {
   async refresh(): Promise<void> {
     if (this.#reading || this.#store.getEpoch === undefined) return;
     this.#reading = true;
+    const previous = this.#current;
     try {
       this.#current = await this.#store.getEpoch();
     } catch (error) {
       this.#logger.debug({ err: describeError(error) }, 'reading the store epoch failed');
     } finally {
       this.#reading = false;
+    }
+    // The first read is no change: a server starts with the store's epoch, whatever it is.
+    if (previous !== undefined && this.#current !== undefined && this.#current !== previous) {
+      this.#logger.info({ previous, epoch: this.#current }, 'the store epoch changed; watchers start over');
+      this.#onRenewed(this.#current);
     }
   }
 }

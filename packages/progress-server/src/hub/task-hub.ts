@@ -67,6 +67,8 @@ export class TaskHub {
   readonly #retryDelayMs: number;
   readonly #followed = new Map<string, Followed>();
   readonly #recent = new RecentEvents();
+  /** Bumped when the store's epoch changes: a read started before belongs to the old epoch. */
+  #epochs = 0;
   /** A dispatch went out and its hold is queued: later dispatches wait for it (see `#dispatch`). */
   #holding = false;
   /** Tasks holding events, in the order their first one was held. */
@@ -212,6 +214,24 @@ export class TaskHub {
     this.#pump(entry);
   }
 
+  /**
+   * The store's epoch changed (restored from a backup): every seq the hub knows belongs to the old
+   * epoch, and the restored tasks' seqs may be lower. Each followed task starts again from the next
+   * subscriber's read ({@link observe}); the caller restarts every subscriber's stream.
+   */
+  forgetSeqs(): void {
+    this.#epochs += 1;
+    for (const entry of this.#followed.values()) {
+      entry.readSeq = undefined;
+      entry.latestSeq = 0;
+      entry.pending = [];
+      if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
+      entry.retryTimer = undefined;
+      this.#recent.drop(entry.taskId);
+    }
+    this.#due = [];
+  }
+
   /** Stops listening and forgets every task (their subscribers are being closed). */
   close(): void {
     this.#stopFeed?.();
@@ -254,8 +274,11 @@ export class TaskHub {
   async #readLoop(entry: Followed): Promise<void> {
     try {
       while (!entry.closed && entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) {
+        const epochs = this.#epochs;
         const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
         if (entry.closed) return;
+        // Read in the old epoch: its events mean nothing now; the loop goes on from the new position.
+        if (epochs !== this.#epochs) continue;
         if (events.length === 0) {
           // The feed announced a seq the store does not show yet: try again later rather than spin.
           this.#scheduleRetry(entry);

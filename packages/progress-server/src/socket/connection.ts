@@ -187,6 +187,13 @@ export class Connection<P extends Principal> {
     return this.#closed;
   }
 
+  /** The store's epoch changed: each subscription starts over with a reset snapshot of the new epoch. */
+  epochRenewed(): void {
+    this.#guard(() => {
+      if (this.#state === 'open') this.#subs.epochRenewed();
+    });
+  }
+
   /**
    * Periodic liveness work, called by the server every `heartbeatIntervalMs`: terminate a socket that did
    * not answer the previous ping, ping again, and send a heartbeat frame.

@@ -67,6 +67,11 @@ export class SocketAcceptor<P extends Principal> {
     for (const connection of this.#connections) connection.tick();
   }
 
+  /** The store's epoch changed: every subscription of every socket starts over (see {@link Connection.epochRenewed}). */
+  epochRenewed(): void {
+    for (const connection of this.#connections) connection.epochRenewed();
+  }
+
   /** Stops accepting: new upgrades and sockets are refused as the server shuts down. */
   stopAccepting(): void {
     this.#closing = true;

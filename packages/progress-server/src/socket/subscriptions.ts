@@ -67,7 +67,7 @@ export class Subscriptions<P extends Principal> {
 
   async subscribe(frame: SubscribeFrame): Promise<void> {
     const { taskId, afterSeq } = frame;
-    const { options, metrics, writer } = this.#ctx;
+    const { metrics } = this.#ctx;
     const refs = { ...(frame.id === undefined ? {} : { requestId: frame.id }), taskId };
     let sub = this.#subs.get(taskId);
     if (sub === undefined) {
@@ -85,7 +85,32 @@ export class Subscriptions<P extends Principal> {
       // A resubscribe restarts the stream from the client's new cursor.
       metrics.resyncs.inc({ reason: 'resubscribe' });
     }
-    this.#refs.set(sub, refs);
+    await this.#start(sub, afterSeq, refs, false);
+  }
+
+  /**
+   * The store's epoch changed under the server (restored from a backup): every cursor and every seq this
+   * socket was told belong to the old epoch. Each subscription starts over, as a subscribe from seq 0
+   * would, answered by a snapshot of the task in the new epoch marked `reset` (version 2), so the client
+   * drops its cursor whatever the seqs. Call it after the hub forgot the old seqs.
+   */
+  epochRenewed(): void {
+    for (const sub of [...this.#subs.values()]) {
+      this.#ctx.metrics.resyncs.inc({ reason: 'epoch' });
+      this.#start(sub, 0, { taskId: sub.taskId }, true).catch((error: unknown) =>
+        this.#ctx.internalError(error, undefined, sub.taskId),
+      );
+    }
+  }
+
+  /**
+   * (Re)starts `sub`'s stream from `afterSeq`: load, authorization, then where the stream starts. `renewed`:
+   * the server restarts it because the store's epoch changed, and the answer is a reset snapshot.
+   */
+  async #start(sub: Subscription, afterSeq: number, refs: FrameRefs, renewed: boolean): Promise<void> {
+    const { options, metrics, writer } = this.#ctx;
+    const taskId = sub.taskId;
+    this.#refs.set(sub, { ...refs, taskId });
     this.#startedFrom.set(sub, afterSeq);
     this.#resumed.delete(sub);
     const current = sub;
@@ -103,14 +128,15 @@ export class Subscriptions<P extends Principal> {
     }
     if (!current.isCurrent(stream)) return;
     const held = current.authorize(task.seq);
-    if (held > 0) this.ack({ type: 'ack', taskId, seq: held });
+    // An ack held across an epoch change acknowledges a seq of the old epoch: nothing to record.
+    if (held > 0 && !renewed) this.ack({ type: 'ack', taskId, seq: held });
     writer.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
     if (afterSeq > 0) metrics.resumes.inc();
     const backlog = task.seq - afterSeq;
     const view = toTaskView(task);
-    if (backlog < 0 && this.#ctx.version >= 2) {
-      // No event will ever be above the client's cursor: it must drop it.
-      metrics.resyncs.inc({ reason: 'cursor_ahead' });
+    if ((backlog < 0 || renewed) && this.#ctx.version >= 2) {
+      // No event will ever be above the client's cursor, or its seqs are of another epoch: it must drop it.
+      if (!renewed) metrics.resyncs.inc({ reason: 'cursor_ahead' });
       current.reset(view);
       stream.start(view.seq, view.status !== 'running', task.seq);
     } else if (afterSeq === 0 || backlog <= 0 || backlog > options.maxReplayEvents) {

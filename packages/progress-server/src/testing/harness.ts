@@ -6,7 +6,7 @@
  */
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { ServerFrame } from '@finishline/core';
+import type { ChangeFeed, ChangeListener, ServerFrame } from '@finishline/core';
 import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1 } from '@finishline/core';
 import { decodeServerFrame } from '@finishline/core/internal';
 import WebSocket from 'ws';
@@ -66,6 +66,47 @@ export async function startServer(
     wsUrl: `ws://127.0.0.1:${port}/progress`,
     httpUrl: `http://127.0.0.1:${port}`,
     close: () => server.close({ timeoutMs: 1000 }),
+  };
+}
+
+/**
+ * A memory store and its backup: writes given to `both` go to the two (the backup is a copy up to
+ * there), later ones to the live store only; `restore()` puts the backup in the live store's place, as
+ * an operator restoring a database would. The server sees one store throughout.
+ */
+export function restorableStore() {
+  const live = new MemoryProgressStore();
+  const backup = new MemoryProgressStore();
+  let current = live;
+  const listeners = new Set<ChangeListener>();
+  for (const store of [live, backup]) {
+    store.changes.subscribe((change) => {
+      if (store === current) for (const listener of listeners) listener(change);
+    });
+  }
+  const changes: ChangeFeed = {
+    subscribe(listener) {
+      const own = (change: Parameters<ChangeListener>[0]) => listener(change);
+      listeners.add(own);
+      return () => listeners.delete(own);
+    },
+  };
+  const store: MemoryProgressStore = new Proxy(live, {
+    get(_target, property) {
+      if (property === 'changes') return changes;
+      const value = Reflect.get(current, property, current);
+      return typeof value === 'function' ? value.bind(current) : value;
+    },
+  });
+  return {
+    store,
+    async both(write: (store: MemoryProgressStore) => Promise<unknown>): Promise<void> {
+      await write(live);
+      await write(backup);
+    },
+    restore() {
+      current = backup;
+    },
   };
 }
 

@@ -1,0 +1,138 @@
+import type { TaskEvent, TaskView } from '@finishline/core';
+import { WatchCursor } from '@finishline/core/internal';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  RawClient,
+  type Received,
+  restorableStore,
+  serverFrameViolations,
+  startServer,
+  type TestServer,
+} from '../testing/harness.js';
+
+/**
+ * A store restored from an older copy under a running server, then renewed (`renewEpoch`) without a
+ * restart: the server notices the new epoch at a heartbeat tick, and every watcher already subscribed
+ * must still reach the task's terminal state in the new epoch.
+ */
+
+const cleanups: (() => Promise<void>)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  expect(serverFrameViolations).toEqual([]);
+});
+
+/** A watcher on its own socket applying the client rules (WatchCursor) to every frame about the task. */
+class Watcher {
+  readonly cursor: WatchCursor;
+  /** The epoch of each reset snapshot received. */
+  readonly resetEpochs: string[] = [];
+  /** Frames received about the task: the subscribe was answered once there is one. */
+  answers = 0;
+  readonly #client: RawClient;
+  readonly #taskId: string;
+
+  constructor(client: RawClient, taskId: string, afterSeq: number) {
+    this.#client = client;
+    this.#taskId = taskId;
+    this.cursor = new WatchCursor(taskId, { afterSeq });
+    client.ws.on('message', (data) => this.#onFrame(JSON.parse(data.toString()) as Received));
+    this.#subscribe();
+  }
+
+  #subscribe(): void {
+    this.#client.send({ type: 'subscribe', taskId: this.#taskId, afterSeq: this.cursor.seq });
+  }
+
+  #onFrame(frame: Received): void {
+    let applied: ReturnType<WatchCursor['applyEvent']> | undefined;
+    let terminalSeq: number | undefined;
+    if (frame.type === 'snapshot') {
+      const task = frame.task as TaskView;
+      if (frame.reset === true) this.resetEpochs.push(frame.epoch as string);
+      applied = this.cursor.applySnapshot(task, frame.reset === true);
+      if (task.status !== 'running') terminalSeq = task.seq;
+    } else if (frame.type === 'event') {
+      const event = frame.event as TaskEvent;
+      applied = this.cursor.applyEvent(event);
+      if (['completed', 'failed', 'cancelled', 'interrupted'].includes(event.type)) terminalSeq = event.seq;
+    } else if (frame.type === 'heartbeat') {
+      const seqs = frame.seqs as Record<string, number>;
+      if (!this.cursor.finished && (seqs[this.#taskId] ?? 0) > this.cursor.seq) this.#subscribe();
+      return;
+    }
+    if (applied === undefined) return;
+    this.answers += 1;
+    if (applied.resyncFrom !== null) this.#subscribe();
+    if (terminalSeq !== undefined && this.cursor.finished)
+      this.#client.send({ type: 'ack', taskId: this.#taskId, seq: this.cursor.seq });
+  }
+}
+
+async function until(what: string, condition: () => boolean, limitMs = 3000): Promise<void> {
+  const deadline = Date.now() + limitMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`${what}: still not true after ${limitMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+async function watchers(env: TestServer, taskId: string, afterSeqs: number[]): Promise<Watcher[]> {
+  const opened: Watcher[] = [];
+  for (const afterSeq of afterSeqs) {
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(async () => client.ws.close());
+    opened.push(new Watcher(client, taskId, afterSeq));
+  }
+  return opened;
+}
+
+/**
+ * Watchers follow a task to seq 6; the store is restored to a copy at seq 2 and renewed; the task runs to
+ * its end at seq 5 in the restored store, right away or once the watchers were reset (`settle`).
+ */
+async function restoredUnderWatchers(settle: boolean): Promise<void> {
+  const restorable = restorableStore();
+  const env = await startServer({ store: restorable.store, heartbeatIntervalMs: 50 });
+  cleanups.push(() => env.close());
+  const store = restorable.store;
+  // The backup copy is taken at seq 2; the live store goes on to seq 6.
+  await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
+  await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
+  await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
+  for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `live ${i}` });
+  // Watchers from scratch, and watchers holding cursors from before (a resumed page).
+  const watching = await watchers(env, 't', [0, 0, 4, 6]);
+  await until('every watcher is answered, at seq 6', () =>
+    watching.every((w) => w.answers > 0 && w.cursor.seq === 6),
+  );
+
+  restorable.restore();
+  const epoch = await store.renewEpoch();
+  if (settle) {
+    await until('every watcher starts over at the restored seq 2', () =>
+      watching.every((w) => w.cursor.seq === 2 && !w.cursor.finished),
+    );
+    for (const watcher of watching) expect(watcher.resetEpochs).toEqual([epoch]);
+  }
+  // The task runs to its end in the restored store: its seqs go 3, 4, 5, all below the watchers' 6.
+  await store.append('t', { type: 'item', key: 'a', ok: true });
+  await store.append('t', { type: 'item', key: 'b', ok: true });
+  await store.append('t', { type: 'completed', result: null });
+
+  await until('every watcher reaches the terminal state', () => watching.every((w) => w.cursor.finished));
+  for (const watcher of watching) {
+    expect(watcher.cursor.view).toMatchObject({ seq: 5, status: 'completed', progress: { done: 2 } });
+  }
+}
+
+describe('the store epoch renewed under a running server', () => {
+  it('brings every subscribed watcher to the terminal state of a task that ends at once', async () => {
+    await restoredUnderWatchers(false);
+  });
+
+  it('resets every subscribed watcher in the new epoch, then streams the task to its end', async () => {
+    await restoredUnderWatchers(true);
+  });
+});
