@@ -93,6 +93,8 @@ export interface PostgresChangeFeed extends ChangeFeed {
   follow(taskId: string): Unsubscribe;
   /** Ids of the tasks followed now (what the safety-net poll asks about). */
   followedTaskIds(): string[];
+  /** The store's epoch changed: what was published of each task is forgotten (see {@link ChangeFeed}). */
+  forgetSeqs(): void;
   health(): ChangeFeedHealth;
   stats(): ChangeFeedStats;
 }
@@ -186,6 +188,11 @@ export class ChangeFeedHub {
     const known = this.#published.get(taskId);
     if (known === undefined || known.terminalAt !== undefined)
       this.#remember(taskId, { seq: 0, terminalAt: undefined });
+  }
+
+  /** The store's epoch changed (a restore): forget every task's published seqs, which may now be too high. */
+  forgetAll(): void {
+    this.#published.clear();
   }
 
   /** Tasks were deleted by retention: forget them, so a new task with the same id starts from seq 1. */
@@ -387,6 +394,10 @@ export class StoreChangeFeed implements PostgresChangeFeed {
 
   followedTaskIds(): string[] {
     return this.#parts.hub.followedTaskIds();
+  }
+
+  forgetSeqs(): void {
+    this.#parts.hub.forgetAll();
   }
 
   health(): ChangeFeedHealth {

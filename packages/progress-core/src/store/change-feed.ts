@@ -55,6 +55,13 @@ export interface ChangeFeed {
    * Reference-counted: following a task twice needs both returned functions called.
    */
   follow?(taskId: string): Unsubscribe;
+  /**
+   * Optional: the store's epoch changed under the feed (restored from a backup and renewed while it
+   * ran), as a server finds when it reads the epoch. A feed that skips seqs it already published (so
+   * each reaches its listeners once) forgets them: the restored tasks' seqs, lower than those, are
+   * published again. Feeds that remember nothing may omit it.
+   */
+  forgetSeqs?(): void;
 }
 
 /**

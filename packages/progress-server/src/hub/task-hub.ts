@@ -221,6 +221,12 @@ export class TaskHub {
    */
   forgetSeqs(): void {
     this.#epochs += 1;
+    // A feed that publishes each seq once would skip the restored tasks' lower seqs.
+    try {
+      this.#feed.forgetSeqs?.();
+    } catch (error) {
+      this.#logger.warn({ err: describeError(error) }, 'change feed forgetSeqs() failed');
+    }
     for (const entry of this.#followed.values()) {
       entry.readSeq = undefined;
       entry.latestSeq = 0;
