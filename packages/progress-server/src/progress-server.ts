@@ -189,6 +189,7 @@ export class ProgressServer<P extends Principal = Principal> {
     // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.
     this.#epoch = new StoreEpoch(resolved.store, this.#logger, () => {
       this.#hub.forgetSeqs();
+      this.#acks.forgetSeqs();
       this.#sockets.epochRenewed();
       for (const stream of this.#streams) stream.epochRenewed();
     });

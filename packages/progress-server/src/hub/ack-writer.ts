@@ -89,6 +89,20 @@ export class AckWriter {
     }
   }
 
+  /**
+   * The store's epoch changed (a restore): the seqs written and waiting belong to the old epoch, and the
+   * restored tasks' acks, lower, would be skipped as already written. A write in flight finishes, but
+   * what waited behind it is dropped.
+   */
+  forgetSeqs(): void {
+    for (const state of this.#tasks.values()) {
+      if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
+      state.retryTimer = undefined;
+      state.pending = 0;
+    }
+    this.#tasks.clear();
+  }
+
   /** Stops writing and clears retry timers. */
   close(): void {
     this.#closed = true;

@@ -65,16 +65,25 @@ class Watcher {
     if (applied === undefined) return;
     this.answers += 1;
     if (applied.resyncFrom !== null) this.#subscribe();
-    if (terminalSeq !== undefined && this.cursor.finished)
+    // Acks as it goes (a real client batches them), and every terminal frame again.
+    if (applied.delivered.length > 0 || (terminalSeq !== undefined && this.cursor.finished))
       this.#client.send({ type: 'ack', taskId: this.#taskId, seq: this.cursor.seq });
   }
 }
 
-async function until(what: string, condition: () => boolean, limitMs = 3000): Promise<void> {
+/** Waits until `condition()` holds; `refresh` runs before each check. */
+async function until(
+  what: string,
+  condition: () => boolean,
+  limitMs = 3000,
+  refresh: () => Promise<void> = async () => {},
+): Promise<void> {
   const deadline = Date.now() + limitMs;
+  await refresh();
   while (!condition()) {
     if (Date.now() > deadline) throw new Error(`${what}: still not true after ${limitMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 5));
+    await refresh();
   }
 }
 
@@ -107,6 +116,15 @@ async function restoredUnderWatchers(settle: boolean): Promise<void> {
   await until('every watcher is answered, at seq 6', () =>
     watching.every((w) => w.answers > 0 && w.cursor.seq === 6),
   );
+  let acked: number | undefined;
+  await until(
+    'the watchers acknowledged seq 6',
+    () => acked === 6,
+    3000,
+    async () => {
+      acked = (await store.getTask('t'))?.ackedSeq;
+    },
+  );
 
   restorable.restore();
   const epoch = await store.renewEpoch();
@@ -125,6 +143,15 @@ async function restoredUnderWatchers(settle: boolean): Promise<void> {
   for (const watcher of watching) {
     expect(watcher.cursor.view).toMatchObject({ seq: 5, status: 'completed', progress: { done: 2 } });
   }
+  // The acks of the new epoch are recorded, though the watchers had acknowledged seq 6 before.
+  await until(
+    'the terminal ack is recorded',
+    () => acked === 5,
+    3000,
+    async () => {
+      acked = (await store.getTask('t'))?.ackedSeq;
+    },
+  );
 }
 
 describe('the store epoch renewed under a running server', () => {
