@@ -24,7 +24,7 @@ import type { FallbackTransport } from './fallback-streams.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import { headersProblem } from './socket-platform.js';
-import type { TabSharing } from './tab-sharing.js';
+import type { SharingClient, TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 import type { FetchLike, HttpCredentials, TokenSource, WebSocketConstructorLike } from './transport-types.js';
 
@@ -399,12 +399,13 @@ function parseUrl(name: string, value: unknown, base?: string): URL {
 }
 
 /**
- * Merges `options` over {@link PROGRESS_CLIENT_DEFAULTS} and validates the result.
+ * Merges `options` over {@link PROGRESS_CLIENT_DEFAULTS} and validates the result. `client`, the client
+ * being built, is handed to `shareAcrossTabs` so its tab can leave the sharing when it closes.
  *
  * @throws ProgressError `invalid_input` naming the offending option.
  * @internal
  */
-export function resolveOptions(options: ProgressClientOptions): ResolvedOptions {
+export function resolveOptions(options: ProgressClientOptions, client?: SharingClient): ResolvedOptions {
   const o = resolveOptions_('ProgressClient', CLIENT_OPTIONS, options);
   const { firstDelayMs, ...reconnect } = o.reconnect;
   if (firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
@@ -460,7 +461,7 @@ export function resolveOptions(options: ProgressClientOptions): ResolvedOptions 
     pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
-    WebSocket: sharing ? sharing.wrap(WebSocketImpl) : WebSocketImpl,
+    WebSocket: sharing ? sharing.wrap(WebSocketImpl, client) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     storage: persistence || undefined,
     httpFallback: o.httpFallback || undefined,

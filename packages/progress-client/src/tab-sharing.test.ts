@@ -8,8 +8,9 @@ import { record } from './testing/harness.js';
 
 /**
  * Tabs in one process: a channel bus and a lock manager that behave like a browser's (messages reach
- * the other tabs asynchronously; a lock passes to the next waiter when its tab dies), and a tab can be
- * killed: it stops hearing and speaking, and its locks are released.
+ * the other tabs asynchronously; a lock passes to the next waiter when its tab dies or its callback's
+ * promise settles; an aborted request leaves the queue; a closed channel neither hears nor may speak),
+ * and a tab can be killed: it stops hearing and speaking, and its locks are released.
  */
 class Browser {
   readonly #channels = new Map<string, Set<{ tab: Tab; channel: BroadcastChannelLike }>>();
@@ -22,28 +23,57 @@ class Browser {
   channel(tab: Tab, name: string): BroadcastChannelLike {
     const members = this.#channels.get(name) ?? new Set();
     this.#channels.set(name, members);
+    const entry = { tab, channel: undefined as unknown as BroadcastChannelLike };
     const channel: BroadcastChannelLike = {
       onmessage: null,
       postMessage: (message) => {
+        if (!members.has(entry)) throw new Error('InvalidStateError: the channel is closed');
         if (tab.dead) return;
         const copy = structuredClone(message);
         for (const other of members) {
           if (other.channel === channel) continue;
           setTimeout(() => {
-            if (!other.tab.dead) other.channel.onmessage?.({ data: copy });
+            if (!other.tab.dead && members.has(other)) other.channel.onmessage?.({ data: copy });
           }, 0);
         }
       },
+      close: () => {
+        members.delete(entry);
+      },
     };
-    members.add({ tab, channel });
+    entry.channel = channel;
+    members.add(entry);
     return channel;
   }
 
-  request(tab: Tab, name: string, callback: () => Promise<unknown>): Promise<unknown> {
+  /** The channels `tab` has open. */
+  channelsOf(tab: Tab): number {
+    let count = 0;
+    for (const members of this.#channels.values())
+      for (const entry of members) if (entry.tab === tab) count++;
+    return count;
+  }
+
+  /** The locks `tab` holds or waits for. */
+  locksOf(tab: Tab): string[] {
+    const names: string[] = [];
+    for (const [name, lock] of this.#locks) {
+      if (lock.holder === tab) names.push(`held ${name}`);
+      for (const entry of lock.queue) if (entry.tab === tab) names.push(`waits ${name}`);
+    }
+    return names;
+  }
+
+  /** Who holds the lock `name`. */
+  holder(name: string): Tab | undefined {
+    return this.#locks.get(name)?.holder;
+  }
+
+  request(tab: Tab, name: string, signal: AbortSignal, callback: () => Promise<unknown>): Promise<unknown> {
     const lock = this.#locks.get(name) ?? { holder: undefined, queue: [] };
     this.#locks.set(name, lock);
-    return new Promise((resolve) => {
-      lock.queue.push({
+    return new Promise((resolve, reject) => {
+      const entry = {
         tab,
         grant: () => {
           if (lock.holder !== tab) return; // its tab died while the grant was on its way
@@ -53,6 +83,12 @@ class Browser {
             resolve(value);
           });
         },
+      };
+      lock.queue.push(entry);
+      signal.addEventListener('abort', () => {
+        if (!lock.queue.includes(entry)) return; // granted: a signal no longer matters
+        lock.queue = lock.queue.filter((other) => other !== entry);
+        reject(signal.reason);
       });
       this.#next(lock);
     });
@@ -84,7 +120,15 @@ class Tab {
   readonly channel: (name: string) => BroadcastChannelLike;
 
   constructor(browser: Browser) {
-    this.locks = { request: (name, callback) => browser.request(this, name, callback) };
+    // Both forms of the real `request`, (name, callback) and (name, options, callback).
+    const request = (name: string, ...args: unknown[]) => {
+      const [options, callback] = (args.length === 1 ? [{}, args[0]] : args) as [
+        { signal?: AbortSignal },
+        () => Promise<unknown>,
+      ];
+      return browser.request(this, name, options.signal ?? new AbortController().signal, callback);
+    };
+    this.locks = { request };
     this.channel = (name) => browser.channel(this, name);
   }
 }
@@ -184,8 +228,99 @@ describe('tab sharing', () => {
     }
     expect(server.sockets).toHaveLength(2);
     await Promise.all(clients.slice(1).map((client) => client.close()));
-    // The last tab gone, the leader closes the real socket.
-    await vi.waitFor(() => expect(second.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]));
+    // The leader tab's client closed first, with two tabs still watching: it closed the real socket as it left.
+    await vi.waitFor(() => expect(second.closedWith).toEqual([{ code: 1000, reason: 'leader tab left' }]));
+  });
+
+  it('a leader tab whose client closes (the page stays open) hands the socket to another tab, nothing lost or twice, and keeps no lock or channel', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [leaderTab, followerTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const leader = clientIn(leaderTab, server, { ackDelayMs: 0 });
+    const follower = clientIn(followerTab, server, { ackDelayMs: 0 });
+    leader.watch('t1');
+    const watch = follower.watch('t1');
+    const log = record(watch);
+    const first = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(first.frames('subscribe')).toHaveLength(2));
+    const task = new FakeTask('t1', 3);
+    first.push({ type: 'snapshot', task: task.view() });
+    first.push({ type: 'event', event: task.item('a') });
+    await vi.waitFor(() => expect(watch.getSnapshot().seq).toBe(1));
+    expect(browser.holder('finishline:leader:ws://example.test/progress')).toBe(leaderTab);
+
+    await leader.close();
+    // The tab left: the real socket closed, the lock went to the follower's tab, which opens a new one.
+    expect(first.closedWith).toEqual([{ code: 1000, reason: 'leader tab left' }]);
+    task.item('b'); // into the void, between the two sockets
+    const second = await acceptReal(server, 2);
+    await vi.waitFor(() =>
+      expect(second.frames('subscribe')).toEqual([expect.objectContaining({ afterSeq: 1 })]),
+    );
+    second.push({ type: 'event', event: task.events[1] as TaskEvent });
+    second.push({ type: 'event', event: task.end('completed') });
+    await watch.done;
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    expect(browser.holder('finishline:leader:ws://example.test/progress')).toBe(followerTab);
+    expect(browser.locksOf(leaderTab)).toEqual([]);
+    expect(browser.channelsOf(leaderTab)).toBe(0);
+    expect(server.sockets).toHaveLength(2);
+    await follower.close();
+    expect(second.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]);
+    expect(browser.locksOf(followerTab)).toEqual([]);
+  });
+
+  it('a follower tab whose client closes stops waiting for the lead, releases its own lock and closes its channel', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [leaderTab, followerTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const leader = clientIn(leaderTab, server);
+    const follower = clientIn(followerTab, server);
+    leader.watch('t1');
+    follower.watch('t2');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    expect(browser.locksOf(followerTab)).toHaveLength(2); // its tab lock, and its place in the leader queue
+
+    await follower.close();
+    expect(browser.locksOf(followerTab)).toEqual([]);
+    expect(browser.channelsOf(followerTab)).toBe(0);
+    // Its bye reached the leader, which unsubscribed what only that tab watched.
+    await vi.waitFor(() =>
+      expect(real.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't2' }]),
+    );
+    await leader.close();
+  });
+
+  it('a tab stays in the sharing while another of its clients on the URL is open', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tab = browser.tab();
+    const sharing = tabSharing({ channel: tab.channel, locks: tab.locks });
+    const [one, two] = [0, 1].map(
+      () =>
+        new ProgressClient({
+          url: 'ws://example.test/progress',
+          WebSocket: server.WebSocket,
+          token: 'tok',
+          pageEvents: false,
+          shareAcrossTabs: sharing,
+        }),
+    ) as [ProgressClient, ProgressClient];
+    one.watch('t1');
+    const watch = two.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    await one.close();
+    const task = new FakeTask('t1', 1);
+    real.push({ type: 'snapshot', task: task.view() });
+    real.push({ type: 'event', event: task.end('completed') });
+    await watch.done;
+    expect(real.closedWith).toEqual([]);
+    expect(browser.channelsOf(tab)).toBe(1);
+    await two.close();
+    expect(browser.locksOf(tab)).toEqual([]);
+    expect(browser.channelsOf(tab)).toBe(0);
   });
 
   it('a tab that finds the socket silent has the leader replace the real socket', async () => {

@@ -11,7 +11,9 @@ import type { WebSocketConstructorLike, WebSocketLike } from './transport-types.
  * tab keeps its own cursors, so a frame meant for another tab, or replayed for another tab's resync, is
  * dropped by seq like any duplicate. When the leader tab goes away its lock passes to another tab, which
  * announces itself; every tab's virtual socket then closes, and its client reconnects and resumes from
- * its cursor through the new leader, as after any reconnect: nothing lost, nothing twice.
+ * its cursor through the new leader, as after any reconnect: nothing lost, nothing twice. A tab whose
+ * clients are all closed leaves the same way while the page stays open: it lets go of its locks and
+ * closes its channel.
  *
  * This module is a separate entry so pages that do not share pay nothing for it. It stays one file over
  * 400 lines on purpose: it is one leader/follower protocol, read as a whole. Every tab's hub handles
@@ -25,11 +27,15 @@ import type { WebSocketConstructorLike, WebSocketLike } from './transport-types.
 export interface BroadcastChannelLike {
   onmessage: ((event: { data: unknown }) => void) | null;
   postMessage(message: unknown): void;
+  close(): void;
 }
 
-/** The part of `navigator.locks` (Web Locks) used. */
+/**
+ * The part of `navigator.locks` (Web Locks) used. A request whose `signal` aborts before the lock is
+ * granted leaves the queue (its promise rejects).
+ */
 export interface LockManagerLike {
-  request(name: string, callback: () => Promise<unknown>): Promise<unknown>;
+  request(name: string, options: { signal: AbortSignal }, callback: () => Promise<unknown>): Promise<unknown>;
 }
 
 /** Options of {@link tabSharing}. */
@@ -51,10 +57,21 @@ export interface TabSharingOptions {
   locks?: LockManagerLike;
 }
 
+/** The part of a `ProgressClient` tab sharing watches: its `state` event says when it closed. */
+export interface SharingClient {
+  on(event: 'state', listener: (change: { state: string }) => void): unknown;
+  off(event: 'state', listener: (change: { state: string }) => void): unknown;
+}
+
 /** What the `shareAcrossTabs` option of `ProgressClientOptions` takes. */
 export interface TabSharing {
-  /** Wraps the real WebSocket constructor in one whose sockets go through the leader tab. */
-  wrap(WebSocket: WebSocketConstructorLike): WebSocketConstructorLike;
+  /**
+   * Wraps the real WebSocket constructor in one whose sockets go through the leader tab. Once `client`
+   * (the one the sockets are for; `ProgressClient` passes itself) is `closed`, the constructor refuses
+   * new sockets, and when no other client of the tab uses the URL the tab leaves: its locks are released
+   * (a leader's lead passes to another tab) and its channel is closed.
+   */
+  wrap(WebSocket: WebSocketConstructorLike, client?: SharingClient): WebSocketConstructorLike;
 }
 
 /**
@@ -89,13 +106,34 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
   return {
-    wrap(WebSocket) {
+    wrap(WebSocket, client) {
+      // The hubs this client's sockets went through: each is left when its last client closes.
+      const used = new Set<TabHub>();
+      let closed = false;
+      const onState = (change: { state: string }): void => {
+        if (change.state !== 'closed') return;
+        closed = true;
+        client?.off('state', onState);
+        for (const hub of used) {
+          if (--hub.users > 0) continue;
+          hubs.delete(hub.url);
+          hub.leave();
+        }
+        used.clear();
+      };
+      client?.on('state', onState);
       return class SharedWebSocket extends VirtualSocket {
         constructor(url: string) {
+          if (closed)
+            throw new ProgressError(ErrorCode.Closed, 'tabSharing: the client of this socket is closed');
           let hub = hubs.get(url);
           if (hub === undefined) {
             hub = new TabHub(url, WebSocket, env);
             hubs.set(url, hub);
+          }
+          if (!used.has(hub)) {
+            used.add(hub);
+            hub.users++;
           }
           super(hub);
         }
@@ -178,7 +216,17 @@ interface Peer {
 /** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
 class TabHub {
   readonly tab = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
-  readonly #url: string;
+  readonly url: string;
+  /** Clients whose sockets use it; the tab leaves when the last one closes. */
+  users = 0;
+  /** Aborts the lock requests still waiting; held locks are let go by `#left` settling. */
+  readonly #requests = new AbortController();
+  #leave: () => void = noop;
+  /** What every lock callback returns: the lock is held until the tab leaves. */
+  readonly #left = new Promise<void>((resolve) => {
+    this.#leave = resolve;
+  });
+  #gone = false;
   readonly #WebSocket: WebSocketConstructorLike;
   readonly #env: HubEnv;
   readonly #channel: BroadcastChannelLike;
@@ -197,7 +245,7 @@ class TabHub {
   readonly #watchedTabs = new Set<string>();
 
   constructor(url: string, WebSocket: WebSocketConstructorLike, env: HubEnv) {
-    this.#url = url;
+    this.url = url;
     this.#WebSocket = WebSocket;
     this.#env = env;
     this.#channel = env.channel(`${env.prefix}${url}`);
@@ -206,17 +254,46 @@ class TabHub {
       if (isMessage(event.data)) this.#receive(event.data);
     };
     this.#alive = new Promise<void>((held) => {
-      void env.locks.request(`${env.prefix}tab:${this.tab}`, () => {
+      this.#lock(`tab:${this.tab}`, () => {
         held();
-        return new Promise<never>(noop);
+        return this.#left;
       });
     });
-    // Held for the tab's life: when the tab goes, the browser hands the lock to another tab.
-    void env.locks.request(`${env.prefix}leader:${url}`, () => {
-      this.#leading = true;
-      this.post({ t: 'leader', from: this.tab });
-      return new Promise<never>(noop);
+    // Held until the tab leaves or goes: then the browser hands the lock to another tab.
+    this.#lock(`leader:${url}`, () => {
+      if (!this.#gone) {
+        this.#leading = true;
+        this.post({ t: 'leader', from: this.tab });
+      }
+      return this.#left;
     });
+  }
+
+  /** Requests a lock that a leaving tab stops waiting for. */
+  #lock(name: string, callback: () => Promise<unknown>): void {
+    this.#env.locks
+      .request(`${this.#env.prefix}${name}`, { signal: this.#requests.signal }, callback)
+      .catch(noop);
+  }
+
+  /**
+   * The tab leaves (its last client closed, the page stays): its sockets close, a leader closes the real
+   * socket and sends the other tabs' sockets to the next leader, and the tab's locks and channel go.
+   */
+  leave(): void {
+    for (const socket of [...this.#sockets.values()]) socket.close(1000, 'client closed');
+    if (this.#leading) {
+      this.#leading = false;
+      const others = [...this.#peers.keys()].filter((id) => !id.startsWith(`${this.tab}/`));
+      this.#closeReal(1000, others.length === 0 ? 'no tab watching' : 'leader tab left');
+      this.#peers.clear();
+      this.post({ t: 'close', from: this.tab, code: LEADER_GONE, reason: 'leader tab left', ids: others });
+    }
+    this.#gone = true;
+    this.#requests.abort();
+    this.#leave();
+    this.#channel.onmessage = null;
+    this.#channel.close();
   }
 
   attach(socket: VirtualSocket): string {
@@ -240,6 +317,7 @@ class TabHub {
   }
 
   #receive(message: Message): void {
+    if (this.#gone) return;
     switch (message.t) {
       case 'leader':
         this.#onLeader(message.from);
@@ -397,7 +475,7 @@ class TabHub {
   #watchTab(tab: string): void {
     if (tab === this.tab || this.#watchedTabs.has(tab)) return;
     this.#watchedTabs.add(tab);
-    void this.#env.locks.request(`${this.#env.prefix}tab:${tab}`, async () => {
+    this.#lock(`tab:${tab}`, async () => {
       this.#watchedTabs.delete(tab);
       if (!this.#leading) return;
       this.#forget([...this.#peers.keys()].filter((id) => id.startsWith(`${tab}/`)));
@@ -407,7 +485,7 @@ class TabHub {
   #openReal(): void {
     let real: WebSocketLike;
     try {
-      real = new this.#WebSocket(this.#url, [PROTOCOL_NAME, PROTOCOL_NAME_V1]);
+      real = new this.#WebSocket(this.url, [PROTOCOL_NAME, PROTOCOL_NAME_V1]);
     } catch {
       this.#failReal(1006, 'could not create a WebSocket');
       return;

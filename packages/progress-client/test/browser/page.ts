@@ -21,7 +21,6 @@ interface PageLog {
 
 const params = new URLSearchParams(location.search);
 const log: PageLog = { wakes: [], seqs: [], items: [], states: [], finished: null, errors: [] };
-(globalThis as { finishline?: unknown }).finishline = { log };
 
 for (const type of ['resume', 'visibilitychange', 'freeze'])
   document.addEventListener(type, () => log.wakes.push({ type, at: Date.now() }));
@@ -38,6 +37,8 @@ const client = new ProgressClient({
   clockJumpMs: 1000,
   reconnect: { maxDelayMs: 8000 },
 });
+// The test reads the log, and may close the client while the page stays open.
+(globalThis as { finishline?: unknown }).finishline = { log, client };
 client.on('state', (change) =>
   log.states.push({ state: change.state, reason: change.reason, at: Date.now() }),
 );

@@ -99,4 +99,67 @@ describe('tab sharing in Chromium', () => {
     );
     await context.close();
   });
+
+  it("the leader tab's client closed, the page open: another tab takes the lock and the socket, and every other tab reaches the end", async () => {
+    const handle = await stack.server.tasks.create({ owner: 'alice', kind: 'tabs', total: 20 });
+    const context = await browser.newContext();
+    const url = stack.pageUrl(handle.id, ['share']);
+    let item = 0;
+    const next = async () => (await handle.item({ key: `k${item++}`, ok: true })).seq;
+    const pages: Page[] = [];
+    for (let i = 0; i < 3; i++) {
+      const page = await context.newPage();
+      await page.goto(url);
+      pages.push(page);
+    }
+    const [leader, ...followers] = pages as [Page, ...Page[]];
+    let seq = await next();
+    await Promise.all(pages.map((page) => waitShown(page, seq)));
+    expect(stack.server.connectionCount).toBe(1);
+    // Web Locks name the page (its clientId) that holds or waits for each lock.
+    const locks = () =>
+      leader.evaluate(async () => {
+        const { held = [], pending = [] } = await navigator.locks.query();
+        return {
+          held: held.map((l) => [l.name, l.clientId]),
+          pending: pending.map((l) => [l.name, l.clientId]),
+        };
+      });
+    const leadOf = (state: Awaited<ReturnType<typeof locks>>) =>
+      state.held.find(([name]) => name?.startsWith('finishline:leader:'))?.[1];
+    const before = await locks();
+    const leaderId = leadOf(before);
+    expect(leaderId).toBeDefined();
+
+    await leader.evaluate(() =>
+      (
+        globalThis as unknown as { finishline: { client: { close(): Promise<void> } } }
+      ).finishline.client.close(),
+    );
+    for (let i = 0; i < 5; i++) seq = await next();
+    await Promise.all(followers.map((page) => waitShown(page, seq)));
+    const after = await locks();
+    expect(leadOf(after)).toBeDefined();
+    expect(leadOf(after)).not.toBe(leaderId);
+    expect([...after.held, ...after.pending].filter(([, clientId]) => clientId === leaderId)).toEqual([]);
+    expect(stack.server.connectionCount).toBe(1);
+
+    const end = (await handle.complete()).seq;
+    await Promise.all(
+      followers.map((page) =>
+        page.waitForFunction(
+          () => (globalThis as unknown as { finishline: { log: PageLog } }).finishline.log.finished !== null,
+          undefined,
+          { timeout: 30_000 },
+        ),
+      ),
+    );
+    for (const log of await Promise.all(followers.map(readLog))) {
+      expect(log.finished).toMatchObject({ status: 'completed', seq: end });
+      const firstItem = log.items[0] as number;
+      expect(log.items).toEqual(Array.from({ length: end - firstItem }, (_, i) => firstItem + i));
+      expect(log.errors).toEqual([]);
+    }
+    await context.close();
+  });
 });
