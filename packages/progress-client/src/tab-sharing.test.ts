@@ -323,6 +323,41 @@ describe('tab sharing', () => {
     expect(browser.channelsOf(tab)).toBe(0);
   });
 
+  it("a late open or close from a former leader does not take over or close a tab's socket", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [leader, follower] = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server)) as [
+      ProgressClient,
+      ProgressClient,
+    ];
+    const states: string[] = [];
+    follower.on('state', (change) => states.push(change.state));
+    // A tab that led before, whose messages arrive late, replays what it said to the follower.
+    const former = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+    let current: string | undefined;
+    let followerSocket: string | undefined;
+    former.onmessage = ({ data }) => {
+      const message = data as { t: string; from: string; id?: string };
+      if (message.t === 'leader') current = message.from;
+      else if (message.t === 'connect' && message.from !== current) followerSocket = message.id;
+    };
+    leader.watch('t1');
+    follower.watch('t1');
+    await vi.waitFor(() => expect(followerSocket).toBeDefined());
+    former.postMessage({ t: 'open', from: 'former', id: followerSocket, protocol: '' });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const real = await acceptReal(server, 1);
+    // The follower's socket opened through the leader, so its subscribe reached the server.
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    await vi.waitFor(() => expect(follower.state).toBe('open'));
+
+    former.postMessage({ t: 'close', from: 'former', code: 1001, reason: 'late', ids: [followerSocket] });
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(states).not.toContain('reconnecting');
+    expect(real.frames('subscribe')).toHaveLength(2);
+    await Promise.all([leader, follower].map((client) => client.close()));
+  });
+
   it('a tab that finds the socket silent has the leader replace the real socket', async () => {
     const browser = new Browser();
     const server = new FakeServer();

@@ -340,7 +340,9 @@ class TabHub {
         return;
       case 'open': {
         const socket = this.#sockets.get(message.id);
-        if (socket === undefined || socket.readyState !== CONNECTING) return;
+        // Only the leader this tab knows (or, before it knows one, any) opens a socket: a late `open`
+        // from a former leader would tie the socket to a tab that no longer forwards its frames.
+        if (socket === undefined || socket.readyState !== CONNECTING || !this.#fromLeader(message)) return;
         this.#leader = message.from;
         socket.leader = message.from;
         socket.protocol = message.protocol;
@@ -357,17 +359,24 @@ class TabHub {
           socket.onmessage?.({ data: message.data });
         }
         return;
-      case 'close':
+      case 'close': {
+        // Sockets still connecting through it have no leader yet: the leader names them. A former
+        // leader's list is stale: those sockets connect through the new leader now.
+        const named = this.#fromLeader(message) ? (message.ids ?? []) : [];
         for (const socket of [...this.#sockets.values()]) {
-          // Sockets still connecting through it have no leader yet: the leader names them.
-          if (socket.leader !== message.from && !(message.ids?.includes(socket.id) ?? false)) continue;
+          if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
           socket.closed(message.code, message.reason);
         }
         return;
+      }
       default:
         message satisfies never;
     }
+  }
+
+  #fromLeader(message: Message): boolean {
+    return this.#leader === undefined || this.#leader === message.from;
   }
 
   /** A new leader: sockets through the old one are cut (their clients resume through the new one). */
