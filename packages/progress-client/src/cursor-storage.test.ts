@@ -1,8 +1,10 @@
+import type { TaskView, WatchView } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { readStoredTask } from './cursor-storage.js';
 import {
   type CursorStorage,
+  cursorKey,
   MemoryCursorStorage,
   persistCursors,
   sessionCursorStorage,
@@ -28,92 +30,163 @@ class MapStorage implements WebStorageLike {
   }
 }
 
+/** A watch's view of `task`, as the client hands it to `saveView`. */
+function watchViewOf(task: FakeTask): WatchView {
+  const view = task.view();
+  return {
+    taskId: view.id,
+    seq: view.seq,
+    status: view.status,
+    kind: view.kind,
+    progress: {
+      total: view.total,
+      done: view.done,
+      succeeded: view.succeeded,
+      failed: view.failed,
+      current: view.current,
+      message: view.message,
+    },
+    result: view.result,
+    error: view.error,
+    updatedAt: view.updatedAt,
+    finishedAt: view.finishedAt,
+  };
+}
+
+/** What a restore returns of a view saved from {@link watchViewOf} (the cursor does not keep `createdAt`). */
+const restoredOf = (task: FakeTask, epoch?: string) => ({
+  task: { ...task.view(), createdAt: task.view().updatedAt },
+  epoch,
+});
+
+const A = 'ws://a.test/progress';
+const B = 'ws://b.test/progress';
+
 describe('cursor storage', () => {
   const task = new FakeTask('t1', 3);
   task.item('a');
+  /** The entry a client of server `A` saves for `task`. */
+  const entryOf = (view: TaskView, scope = A) => ({ ...view, id: cursorKey(view.id, scope) });
 
-  it('round-trips a view through Web Storage under the key prefix', () => {
+  it('round-trips a view through Web Storage under the key prefix, the task id and the server', () => {
     const backing = new MapStorage();
     const storage = new WebStorageCursorStorage(backing, 'p:');
-    storage.save(task.view());
-    expect([...backing.map.keys()]).toEqual(['p:t1']);
-    expect(readStoredTask(storage, 't1')).toEqual({ task: task.view(), epoch: undefined });
-    storage.remove('t1');
-    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    const cursors = storage.forServer(A);
+    expect(cursors.saveView(watchViewOf(task), undefined)).toBe(true);
+    expect([...backing.map.keys()]).toEqual(['p:t1 ws://a.test/progress']);
+    expect(cursors.restore('t1')).toEqual(restoredOf(task));
+    cursors.remove('t1');
+    expect(backing.map.size).toBe(0);
+    expect(cursors.restore('t1')).toBeUndefined();
   });
 
   it('never throws when the storage does, and ignores corrupt or foreign entries', () => {
     const backing = new MapStorage();
     const storage = new WebStorageCursorStorage(backing);
-    backing.map.set('finishline:t1', '{not json');
-    expect(readStoredTask(storage, 't1')).toBeUndefined();
-    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), id: 't2' }));
-    expect(readStoredTask(storage, 't1')).toBeUndefined();
-    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), extra: 1 }));
-    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    const cursors = storage.forServer(A);
+    const key = `finishline:${cursorKey('t1', A)}`;
+    backing.map.set(key, '{not json');
+    expect(cursors.restore('t1')).toBeUndefined();
+    backing.map.set(key, JSON.stringify({ ...task.view(), id: cursorKey('t2', A) }));
+    expect(cursors.restore('t1')).toBeUndefined();
+    backing.map.set(key, JSON.stringify({ ...entryOf(task.view()), extra: 1 }));
+    expect(cursors.restore('t1')).toBeUndefined();
     backing.broken = true;
-    expect(() => storage.save(task.view())).not.toThrow();
-    expect(() => storage.remove('t1')).not.toThrow();
-    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    expect(() => cursors.saveView(watchViewOf(task), undefined)).not.toThrow();
+    expect(() => cursors.remove('t1')).not.toThrow();
+    expect(cursors.restore('t1')).toBeUndefined();
   });
 
   it('keeps a copy in memory, not the caller’s object', () => {
     const storage = new MemoryCursorStorage();
-    const view = task.view();
-    storage.save(view);
-    view.done = 99;
-    expect(readStoredTask(storage, 't1')?.task.done).toBe(1);
+    const entry = entryOf(task.view());
+    storage.save(entry);
+    entry.done = 99;
+    expect(readStoredTask(storage, 't1', cursorKey('t1', A))?.task.done).toBe(1);
     expect(storage.size).toBe(1);
   });
 
   it('keeps the epoch with the cursor, validated like a snapshot frame', () => {
     const backing = new MapStorage();
-    const storage = new WebStorageCursorStorage(backing);
-    storage.save(task.view(), 'epoch-1');
-    expect(readStoredTask(storage, 't1')).toEqual({ task: task.view(), epoch: 'epoch-1' });
-    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), epoch: 'not an id!' }));
-    expect(readStoredTask(storage, 't1')).toBeUndefined();
+    const cursors = new WebStorageCursorStorage(backing).forServer(A);
+    cursors.saveView(watchViewOf(task), 'epoch-1');
+    expect(cursors.restore('t1')).toEqual(restoredOf(task, 'epoch-1'));
+    backing.map.set(
+      `finishline:${cursorKey('t1', A)}`,
+      JSON.stringify({ ...entryOf(task.view()), epoch: 'not an id!' }),
+    );
+    expect(cursors.restore('t1')).toBeUndefined();
   });
 
-  it('binds a storage of your own with persistCursors(): validated reads, views saved as TaskViews', () => {
+  it('keeps the cursors of two servers apart when their tasks share an id', () => {
+    const other = new FakeTask('t1', 9);
+    for (const key of ['x', 'y', 'z']) other.item(key);
+    for (const storage of [new MemoryCursorStorage(), new WebStorageCursorStorage(new MapStorage())]) {
+      const [onA, onB] = [storage.forServer(A), storage.forServer(B)];
+      onA.saveView(watchViewOf(task), undefined);
+      expect(onB.restore('t1')).toBeUndefined();
+      onB.saveView(watchViewOf(other), undefined);
+      expect(onA.restore('t1')).toEqual(restoredOf(task));
+      expect(onB.restore('t1')).toEqual(restoredOf(other));
+      // The terminal of one server's task forgets its cursor only.
+      onA.remove('t1');
+      expect(onA.restore('t1')).toBeUndefined();
+      expect(onB.restore('t1')).toEqual(restoredOf(other));
+      // A client of the same URL (the page reloaded) finds the cursor again.
+      expect(storage.forServer(B).restore('t1')).toEqual(restoredOf(other));
+    }
+  });
+
+  it('reads no entry of an earlier version: saved under the bare task id, it does not say which server it came from', () => {
+    const backing = new MapStorage();
+    const cursors = new WebStorageCursorStorage(backing).forServer(A);
+    backing.map.set('finishline:t1', JSON.stringify({ ...task.view(), epoch: 'epoch-1' }));
+    expect(cursors.restore('t1')).toBeUndefined();
+  });
+
+  it('binds a storage of your own with persistCursors(): validated reads, views saved as TaskViews under their key', () => {
     const entries = new Map<string, unknown>();
     const own: CursorStorage = {
-      load: (taskId) => entries.get(taskId),
-      save: (view, epoch) => entries.set(view.id, { ...view, epoch }),
-      remove: (taskId) => entries.delete(taskId),
+      load: (key) => entries.get(key),
+      save: (entry, epoch) => entries.set(entry.id, { ...entry, epoch }),
+      remove: (key) => entries.delete(key),
     };
-    const persistence = persistCursors(own);
-    const view = task.view();
-    const watchView = {
-      taskId: 't1',
-      seq: view.seq,
-      status: view.status,
-      kind: view.kind,
-      progress: {
-        total: view.total,
-        done: view.done,
-        succeeded: view.succeeded,
-        failed: view.failed,
-        current: view.current,
-        message: view.message,
-      },
-      result: view.result,
-      error: view.error,
-      updatedAt: view.updatedAt,
-      finishedAt: view.finishedAt,
-    };
+    const cursors = persistCursors(own).forServer(A);
     // Nothing to save before the task's kind is known.
-    expect(persistence.saveView({ ...watchView, kind: null }, undefined)).toBe(false);
+    expect(cursors.saveView({ ...watchViewOf(task), kind: null }, undefined)).toBe(false);
     expect(entries.size).toBe(0);
-    expect(persistence.saveView(watchView, 'epoch-1')).toBe(true);
-    expect(persistence.restore('t1')).toEqual({
-      task: { ...view, createdAt: view.updatedAt },
-      epoch: 'epoch-1',
-    });
-    entries.set('t1', { ...view, extra: 1 });
-    expect(persistence.restore('t1')).toBeUndefined();
-    persistence.remove('t1');
+    expect(cursors.saveView(watchViewOf(task), 'epoch-1')).toBe(true);
+    expect([...entries.keys()]).toEqual([cursorKey('t1', A)]);
+    expect(cursors.restore('t1')).toEqual(restoredOf(task, 'epoch-1'));
+    expect(persistCursors(own).forServer(B).restore('t1')).toBeUndefined();
+    entries.set(cursorKey('t1', A), { ...entryOf(task.view()), extra: 1 });
+    expect(cursors.restore('t1')).toBeUndefined();
+    cursors.remove('t1');
     expect(entries.size).toBe(0);
+  });
+
+  it('refuses another scope’s entry from a storage of your own that ignores keys', () => {
+    let slot: unknown;
+    const oneSlot: CursorStorage = {
+      load: () => slot,
+      save: (entry, epoch) => {
+        slot = { ...entry, epoch };
+      },
+      remove: () => {
+        slot = undefined;
+      },
+    };
+    persistCursors(oneSlot).forServer(A).saveView(watchViewOf(task), undefined);
+    expect(persistCursors(oneSlot).forServer(B).restore('t1')).toBeUndefined();
+    expect(persistCursors(oneSlot).forServer(A).restore('t1')).toEqual(restoredOf(task));
+  });
+
+  it('shares the cursors of clients given one scope, whatever their URLs', () => {
+    const storage = new MemoryCursorStorage();
+    persistCursors(storage, 'orders').forServer(A).saveView(watchViewOf(task), undefined);
+    expect(storage.load(cursorKey('t1', 'orders'))).toMatchObject({ seq: 1 });
+    expect(persistCursors(storage, 'orders').forServer(B).restore('t1')).toEqual(restoredOf(task));
+    expect(storage.forServer(B).restore('t1')).toBeUndefined();
   });
 
   it('refuses sessionCursorStorage() where there is no sessionStorage, and uses it where there is one', () => {
@@ -126,8 +199,8 @@ describe('cursor storage', () => {
     const backing = new MapStorage();
     (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage = backing;
     try {
-      sessionCursorStorage('s:').save(task.view());
-      expect([...backing.map.keys()]).toEqual(['s:t1']);
+      sessionCursorStorage('s:').forServer(A).saveView(watchViewOf(task), undefined);
+      expect([...backing.map.keys()]).toEqual([`s:${cursorKey('t1', A)}`]);
     } finally {
       delete (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
     }

@@ -3,8 +3,9 @@ import { decodeServerText } from './frame-check.js';
 
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.
- * The client saves the task's view (a `TaskView`, whose `seq` is the cursor) when it acknowledges, and
- * removes it once the task's terminal event is delivered and acknowledged. The storages, and the reading
+ * The client saves the task's view (a `TaskView`, whose `seq` is the cursor) when it acknowledges, under a
+ * key of the task id and the client's scope (its server's URL unless given), and removes it once the
+ * task's terminal event is delivered and acknowledged. The storages, and the reading
  * back and saving below, are part of `@finishline/client/persist` (persist.ts), so pages that do not
  * persist do not load them: the core entry only knows the {@link CursorPersistence} seam.
  *
@@ -12,11 +13,13 @@ import { decodeServerText } from './frame-check.js';
  */
 
 /**
- * Where the client keeps cursors. Implementations should not throw: persistence is best effort, and a
- * full or disabled storage only costs the resume after a reload. Whatever `load` returns is validated
- * before use, so a tampered or outdated entry is ignored, never trusted. The storages of
- * `@finishline/client/persist` can be passed as `persistence` as they are; bind your own implementation
- * with `persistCursors(storage)` from that entry.
+ * Where the client keeps cursors: entries by key. A key is the task's id and the client's scope (by default
+ * the server's URL, see {@link cursorKey}), so the clients of two servers on one page never read each
+ * other's cursor of two tasks that share an id. Implementations should not throw: persistence is best
+ * effort, and a full or disabled storage only costs the resume after a reload. Whatever `load` returns
+ * is validated before use, so a tampered, outdated or foreign entry is ignored, never trusted. The
+ * storages of `@finishline/client/persist` can be passed as `persistence` as they are; bind your own
+ * implementation with `persistCursors(storage)` from that entry.
  *
  * @example
  * ```ts
@@ -26,17 +29,18 @@ import { decodeServerText } from './frame-check.js';
  * ```
  */
 export interface CursorStorage {
-  /** The saved view of `taskId`, or `undefined`. */
-  load(taskId: string): unknown;
+  /** The entry saved under `key`, or `undefined`. */
+  load(key: string): unknown;
   /**
-   * Saves (replaces) the view of `task.id`, with the store epoch its seq belongs to when known. `load`
-   * must return what was saved: the view's fields, plus `epoch` when one was given. A storage that drops
-   * the epoch still works: its cursors are trusted in any epoch, and the server's reset of a cursor
-   * ahead of the task still applies.
+   * Saves (replaces) an entry under its key, which is `entry.id` — the task's id with the client's scope
+   * (see {@link cursorKey}), not the bare task id — with the store epoch its seq belongs to when known.
+   * `load` must return what was saved: the entry's fields, plus `epoch` when one was given. A storage
+   * that drops the epoch still works: its cursors are trusted in any epoch, and the server's reset of a
+   * cursor ahead of the task still applies.
    */
-  save(task: TaskView, epoch?: string): void;
-  /** Forgets `taskId`. */
-  remove(taskId: string): void;
+  save(entry: TaskView, epoch?: string): void;
+  /** Forgets the entry under `key`. */
+  remove(key: string): void;
 }
 
 /**
@@ -45,9 +49,18 @@ export interface CursorStorage {
  * `persistCursors(storage)` for your own), which validates what it reads back.
  */
 export interface CursorPersistence {
-  /** @internal The saved view of `taskId` if it is a valid snapshot of that task. */
+  /**
+   * @internal The cursors of one client, under its scope: the one given to `persistCursors`, else
+   * `server`, the client's resolved `url`.
+   */
+  forServer(server: string): ServerCursors;
+}
+
+/** The cursors of one client, by task id. @internal */
+export interface ServerCursors {
+  /** The saved view of `taskId` if it is a valid snapshot of that task, saved under this scope. */
   restore(taskId: string): StoredTask | undefined;
-  /** @internal Saves a watch's view with its epoch; false when there is nothing to save yet. */
+  /** Saves a watch's view with its epoch; false when there is nothing to save yet. */
   saveView(view: WatchView, epoch: string | undefined): boolean;
   /** Forgets `taskId`. */
   remove(taskId: string): void;
@@ -60,45 +73,83 @@ export interface StoredTask {
 }
 
 /**
- * The saved view of `taskId` if it is a valid snapshot of that task, else `undefined`. Validated with
- * the protocol's own snapshot schema (epoch included), so a restored view is exactly as trustworthy as
- * a received one.
+ * The key a task's cursor is kept under: the task id, a space, the client's scope. Task ids contain no
+ * space (`ID_PATTERN`), so the key names one pair; and keys of earlier versions (the bare task id) are
+ * never read back as one, since those entries do not say which server their seq came from.
+ *
+ * @example
+ * ```ts
+ * cursorKey('taint-42', 'wss://example.com/progress'); // 'taint-42 wss://example.com/progress'
+ * ```
+ */
+export function cursorKey(taskId: string, scope: string): string {
+  return `${taskId} ${scope}`;
+}
+
+/**
+ * The cursors of `storage` under `scope`, validated as they are read back.
  *
  * @internal
  */
-export function readStoredTask(storage: CursorStorage, taskId: string): StoredTask | undefined {
+export function bindCursors(storage: CursorStorage, scope: string): ServerCursors {
+  return {
+    restore: (taskId) => readStoredTask(storage, taskId, cursorKey(taskId, scope)),
+    saveView: (view, epoch) => saveView(storage, cursorKey(view.taskId, scope), view, epoch),
+    remove: (taskId) => storage.remove(cursorKey(taskId, scope)),
+  };
+}
+
+/**
+ * The entry under `key` if it is a valid snapshot of `taskId` saved under that key, else `undefined`.
+ * Validated with the protocol's own snapshot schema (epoch included), so a restored view is exactly as
+ * trustworthy as a received one.
+ *
+ * @internal
+ */
+export function readStoredTask(storage: CursorStorage, taskId: string, key: string): StoredTask | undefined {
   let stored: unknown;
   try {
-    stored = storage.load(taskId);
+    stored = storage.load(key);
   } catch {
     return undefined;
   }
   if (typeof stored !== 'object' || stored === null) return undefined;
   let text: string;
   try {
-    // Views saved before epochs have none: they decode as before.
-    const { epoch, ...task } = stored as { epoch?: unknown };
-    text = JSON.stringify({ type: 'snapshot', task, ...(epoch === undefined ? {} : { epoch }) });
+    // Views saved before epochs have none: they decode as before. The id is the key: a storage that
+    // ignores keys (one entry per task id) returns another scope's entry, which this check refuses.
+    const { epoch, id, ...task } = stored as { epoch?: unknown; id?: unknown };
+    if (id !== key) return undefined;
+    text = JSON.stringify({
+      type: 'snapshot',
+      task: { ...task, id: taskId },
+      ...(epoch === undefined ? {} : { epoch }),
+    });
   } catch {
     return undefined;
   }
   const decoded = decodeServerText(text);
-  if (!decoded.ok || decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) return undefined;
+  if (!decoded.ok || decoded.frame.type !== 'snapshot') return undefined;
   return { task: decoded.frame.task, epoch: decoded.frame.epoch };
 }
 
 /**
- * Saves a watch's view as the `TaskView` a storage keeps; false (nothing saved) before the task's kind is
- * known.
+ * Saves a watch's view under `key` as the entry a storage keeps (a `TaskView` whose `id` is the key);
+ * false (nothing saved) before the task's kind is known.
  *
  * @internal
  */
-export function saveView(storage: CursorStorage, view: WatchView, epoch: string | undefined): boolean {
+export function saveView(
+  storage: CursorStorage,
+  key: string,
+  view: WatchView,
+  epoch: string | undefined,
+): boolean {
   const { progress, kind } = view;
   if (progress === null || kind === null) return false;
   storage.save(
     {
-      id: view.taskId,
+      id: key,
       kind,
       status: view.status,
       ...progress,

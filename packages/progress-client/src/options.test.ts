@@ -1,5 +1,5 @@
 import { ErrorCode } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { PROGRESS_CLIENT_DEFAULTS, type ProgressClientOptions, resolveOptions } from './options.js';
 import { MemoryCursorStorage } from './persist.js';
 import { FakeServer } from './testing/fake-server.js';
@@ -83,10 +83,15 @@ describe('client options', () => {
 
   it('takes a storage of @finishline/client/persist as persistence, and refuses an unbound CursorStorage', () => {
     const storage = new MemoryCursorStorage();
-    expect(resolveOptions({ ...base, persistence: storage }).storage).toBe(storage);
+    const bound = vi.spyOn(storage, 'forServer');
+    const { storage: cursors, url } = resolveOptions({ ...base, persistence: storage });
+    // Bound to the client's resolved URL, which keys its cursors.
+    expect(bound).toHaveBeenCalledWith(url);
+    expect(url).toBe('wss://app.test/progress');
+    expect(cursors).toBe(bound.mock.results[0]?.value);
     const own = { load: () => undefined, save: () => undefined, remove: () => undefined };
     expect(() => resolveOptions({ ...base, persistence: own } as unknown as ProgressClientOptions)).toThrow(
-      /persistence must be sessionCursorStorage\(\) from @finishline\/client\/persist \(or your own CursorStorage bound with persistCursors\(storage\) from there\) or false, got an object/,
+      /persistence must be sessionCursorStorage\(\) or persistCursors\(storage\) from @finishline\/client\/persist, or false, got an object/,
     );
   });
 });

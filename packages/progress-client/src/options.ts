@@ -19,7 +19,7 @@ import {
   required,
   resolveOptions as resolveOptions_,
 } from '@finishline/core/internal';
-import type { CursorPersistence } from './cursor-storage.js';
+import type { CursorPersistence, ServerCursors } from './cursor-storage.js';
 import type { FallbackTransport } from './fallback-streams.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
@@ -126,7 +126,8 @@ export interface ProgressClientOptions {
    * Cursor persistence across page reloads: a {@link CursorPersistence} from `@finishline/client/persist`
    * — in a browser `sessionCursorStorage()` (the tab's `sessionStorage`), or your own `CursorStorage`
    * bound with `persistCursors(storage)`; a separate entry, so pages that do not persist do not load it —
-   * or `false`. Replaces the `'session'` value and `persistenceKeyPrefix` of earlier versions (now
+   * or `false`. Cursors are kept under this client's `url` (or the scope given to `persistCursors`), so the
+   * clients of two servers sharing one storage keep apart tasks that share an id. Replaces the `'session'` value and `persistenceKeyPrefix` of earlier versions (now
    * `sessionCursorStorage(keyPrefix)`).
    * @default false
    */
@@ -317,8 +318,8 @@ const CLIENT_OPTIONS = {
   httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
   persistence: option<CursorPersistence | false>(
     false,
-    'sessionCursorStorage() from @finishline/client/persist (or your own CursorStorage bound with persistCursors(storage) from there) or false',
-    (value) => value === false || (isObject(value) && isFunction((value as CursorPersistence).restore)),
+    'sessionCursorStorage() or persistCursors(storage) from @finishline/client/persist, or false',
+    (value) => value === false || (isObject(value) && isFunction((value as CursorPersistence).forServer)),
   ),
   connectTimeoutMs: finite(10_000, 1),
   heartbeatTimeoutMs: option<number | null>(
@@ -381,7 +382,8 @@ export interface ResolvedOptions
   httpUrl: string;
   WebSocket: WebSocketConstructorLike;
   fetch: FetchLike | undefined;
-  storage: CursorPersistence | undefined;
+  /** The cursors of this client (`persistence` bound to its `url`). */
+  storage: ServerCursors | undefined;
   pageEvents: PageEventSources | undefined;
   httpFallback: HttpFallback | undefined;
   /** The backoff of reconnects and re-subscriptions, as `backoffDelayMs` takes it. */
@@ -463,7 +465,7 @@ export function resolveOptions(options: ProgressClientOptions, client?: SharingC
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
     WebSocket: sharing ? sharing.wrap(WebSocketImpl, client) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
-    storage: persistence || undefined,
+    storage: persistence ? persistence.forServer(url.href) : undefined,
     httpFallback: o.httpFallback || undefined,
   });
 }

@@ -1,11 +1,10 @@
-import type { TaskView, WatchView } from '@finishline/core';
+import type { TaskView } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import {
+  bindCursors,
   type CursorPersistence,
   type CursorStorage,
-  readStoredTask,
-  type StoredTask,
-  saveView,
+  type ServerCursors,
 } from './cursor-storage.js';
 
 /**
@@ -26,45 +25,49 @@ import {
  */
 
 export type { CursorPersistence, CursorStorage } from './cursor-storage.js';
+export { cursorKey } from './cursor-storage.js';
 
 /**
  * Binds your own {@link CursorStorage} for the client's `persistence` option: what it loads is validated
- * as the built-in storages' is (a tampered or outdated entry is ignored, never trusted).
+ * as the built-in storages' is (a tampered, outdated or foreign entry is ignored, never trusted).
+ *
+ * @param scope - what tells this client's cursors from those of other clients sharing the storage.
+ *   Default: each client's resolved `url`, so the clients of two servers on one page keep two cursors of
+ *   tasks that share an id, and a reload of the page finds each client's own again. Give one when the URL
+ *   changes between loads of the page for the same store (a query string that varies, one host per
+ *   replica); clients given one scope must be clients of one store.
  *
  * @example
  * ```ts
  * import { ProgressClient } from '@finishline/client';
- * import { type CursorStorage, persistCursors } from '@finishline/client/persist';
+ * import { type CursorStorage, persistCursors, sessionCursorStorage } from '@finishline/client/persist';
  *
  * declare const myStorage: CursorStorage; // load, save, remove: over IndexedDB, say
+ * declare function pickReplica(): number;
  * const client = new ProgressClient({ url: '/progress', persistence: persistCursors(myStorage) });
+ * // One scope for the replicas' own URLs, which differ from one load of the page to the next:
+ * const replica = new ProgressClient({
+ *   url: `wss://replica-${pickReplica()}.example.com/progress`,
+ *   persistence: persistCursors(sessionCursorStorage(), 'orders'),
+ * });
  * ```
  */
-export function persistCursors(storage: CursorStorage): CursorPersistence {
-  return {
-    restore: (taskId) => readStoredTask(storage, taskId),
-    saveView: (view, epoch) => saveView(storage, view, epoch),
-    remove: (taskId) => storage.remove(taskId),
-  };
+export function persistCursors(storage: CursorStorage, scope?: string): CursorPersistence {
+  return { forServer: (server) => bindCursors(storage, scope ?? server) };
 }
 
 /**
- * What makes each storage of this entry a {@link CursorPersistence} as it is: reading back and validating,
- * and saving a watch's view, over the storage's own `load`, `save` and `remove`.
+ * What makes each storage of this entry a {@link CursorPersistence} as it is: each client reads and saves
+ * its cursors under its own URL, validated, over the storage's own `load`, `save` and `remove`.
  */
 abstract class ValidatedCursorStorage implements CursorStorage, CursorPersistence {
-  abstract load(taskId: string): unknown;
-  abstract save(task: TaskView, epoch?: string): void;
-  abstract remove(taskId: string): void;
+  abstract load(key: string): unknown;
+  abstract save(entry: TaskView, epoch?: string): void;
+  abstract remove(key: string): void;
 
   /** @internal */
-  restore(taskId: string): StoredTask | undefined {
-    return readStoredTask(this, taskId);
-  }
-
-  /** @internal */
-  saveView(view: WatchView, epoch: string | undefined): boolean {
-    return saveView(this, view, epoch);
+  forServer(server: string): ServerCursors {
+    return bindCursors(this, server);
   }
 }
 
@@ -77,18 +80,18 @@ export class MemoryCursorStorage extends ValidatedCursorStorage {
     return this.#entries.size;
   }
 
-  load(taskId: string): unknown {
-    const text = this.#entries.get(taskId);
+  load(key: string): unknown {
+    const text = this.#entries.get(key);
     return text === undefined ? undefined : JSON.parse(text);
   }
 
-  save(task: TaskView, epoch?: string): void {
+  save(entry: TaskView, epoch?: string): void {
     // A copy, so later changes to the caller's object cannot alter what was saved.
-    this.#entries.set(task.id, JSON.stringify(withEpoch(task, epoch)));
+    this.#entries.set(entry.id, JSON.stringify(withEpoch(entry, epoch)));
   }
 
-  remove(taskId: string): void {
-    this.#entries.delete(taskId);
+  remove(key: string): void {
+    this.#entries.delete(key);
   }
 }
 
@@ -101,8 +104,9 @@ export interface WebStorageLike {
 
 /**
  * A {@link CursorStorage} over Web Storage (`sessionStorage` from {@link sessionCursorStorage}): one JSON entry per
- * task under `keyPrefix + taskId`. sessionStorage is per tab, which is what a resume needs: two tabs
- * watching one task keep separate cursors.
+ * task and client under `keyPrefix + key` (`finishline:taint-42 wss://example.com/progress`, see
+ * {@link cursorKey}). sessionStorage is per tab, which is what a resume needs: two tabs watching one task
+ * keep separate cursors.
  */
 export class WebStorageCursorStorage extends ValidatedCursorStorage {
   readonly #storage: WebStorageLike;
@@ -110,7 +114,7 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
 
   /**
    * @param storage - `sessionStorage`, `localStorage` or anything with the same three methods.
-   * @param keyPrefix - prepended to the task id to form the key.
+   * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}).
    */
   constructor(storage: WebStorageLike, keyPrefix = 'finishline:') {
     super();
@@ -118,9 +122,9 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
     this.#prefix = keyPrefix;
   }
 
-  load(taskId: string): unknown {
+  load(key: string): unknown {
     try {
-      const text = this.#storage.getItem(this.#prefix + taskId);
+      const text = this.#storage.getItem(this.#prefix + key);
       return text === null ? undefined : JSON.parse(text);
     } catch {
       // Storage disabled (Safari private mode, a sandboxed iframe) or a corrupt entry: start over.
@@ -128,17 +132,17 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
     }
   }
 
-  save(task: TaskView, epoch?: string): void {
+  save(entry: TaskView, epoch?: string): void {
     try {
-      this.#storage.setItem(this.#prefix + task.id, JSON.stringify(withEpoch(task, epoch)));
+      this.#storage.setItem(this.#prefix + entry.id, JSON.stringify(withEpoch(entry, epoch)));
     } catch {
       // Quota exceeded or storage disabled: the only loss is the resume after a reload.
     }
   }
 
-  remove(taskId: string): void {
+  remove(key: string): void {
     try {
-      this.#storage.removeItem(this.#prefix + taskId);
+      this.#storage.removeItem(this.#prefix + key);
     } catch {
       // As in save().
     }
@@ -149,7 +153,7 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
  * The `sessionStorage` cursor storage of the current page: what `persistence` wants in a browser, so a
  * reload resumes each watch from its cursor.
  *
- * @param keyPrefix - prepended to the task id to form the key. Default `'finishline:'`.
+ * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}). Default `'finishline:'`.
  * @throws ProgressError `invalid_input` where there is no `sessionStorage` (Node, a worker).
  *
  * @example
@@ -170,6 +174,6 @@ export function sessionCursorStorage(keyPrefix?: string): WebStorageCursorStorag
   return new WebStorageCursorStorage(storage, keyPrefix);
 }
 
-function withEpoch(task: TaskView, epoch: string | undefined): TaskView | (TaskView & { epoch: string }) {
-  return epoch === undefined ? task : { ...task, epoch };
+function withEpoch(entry: TaskView, epoch: string | undefined): TaskView | (TaskView & { epoch: string }) {
+  return epoch === undefined ? entry : { ...entry, epoch };
 }

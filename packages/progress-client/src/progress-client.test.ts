@@ -10,13 +10,17 @@ import {
 } from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
-import { MemoryCursorStorage } from './persist.js';
+import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
 import { flush } from './testing/manual-scheduler.js';
 
 const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+/** The entry the client of `setup()` (its URL) saves for `view`'s task. */
+const saved = (view: TaskView) => ({ ...view, id: cursorKey(view.id, 'ws://example.test/progress') });
+/** The key of that entry. */
+const keyOf = (taskId: string) => cursorKey(taskId, 'ws://example.test/progress');
 const snap = (task: TaskView) => ({ type: 'snapshot' as const, task });
 
 /** A client watching `t1`, its socket open and subscribed. */
@@ -807,7 +811,7 @@ describe('cursor persistence', () => {
     socket.push(ev(task.item('a')));
     socket.push(ev(task.item('b')));
     await first.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs); // the ack (and the save) go out
-    expect(storage.load('t1')).toMatchObject({ id: 't1', seq: 2, done: 2 });
+    expect(storage.load(keyOf('t1'))).toMatchObject({ seq: 2, done: 2 });
     // The page reloads: the old client is gone without a goodbye.
     const second = setup({ persistence: storage });
     const watch = second.client.watch('t1');
@@ -823,11 +827,46 @@ describe('cursor persistence', () => {
     await second.client.close();
   });
 
+  it('keeps apart the cursors of two clients of two servers on one page whose tasks share an id; each finds its own after a reload', async () => {
+    // Both stores have no epoch (the fake server's hello carries none), so nothing else tells the seqs apart.
+    const storage = new MemoryCursorStorage();
+    const page = (url: string) => setup({ url, persistence: storage });
+    const a = page('ws://a.test/progress');
+    const b = page('ws://b.test/progress');
+    const onA = new FakeTask('t1', 5);
+    a.client.watch('t1');
+    const socketA = a.server.accept();
+    socketA.push(snap(onA.view()));
+    for (const item of ['a', 'b', 'c']) socketA.push(ev(onA.item(item)));
+    await a.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
+    // The other server's t1 is another task: nothing of a's is restored, and it is followed from the start.
+    const onB = new FakeTask('t1', 2);
+    const watchB = b.client.watch('t1');
+    expect(watchB.getSnapshot().progress).toBeNull();
+    const socketB = b.server.accept();
+    expect(socketB.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    socketB.push(snap(onB.view()));
+    socketB.push(ev(onB.item('x')));
+    await b.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
+    // The page reloads: each client resumes from its own cursor, not from the one saved last.
+    const reloaded = [
+      [page('ws://a.test/progress'), 3],
+      [page('ws://b.test/progress'), 1],
+    ] as const;
+    for (const [{ client, server }, seq] of reloaded) {
+      expect(client.watch('t1').getSnapshot()).toMatchObject({ seq, progress: { done: seq } });
+      expect(server.accept().frames('subscribe')).toEqual([
+        { type: 'subscribe', taskId: 't1', afterSeq: seq },
+      ]);
+    }
+    await Promise.all([a, b, ...reloaded.map(([ctx]) => ctx)].map(({ client }) => client.close()));
+  });
+
   it('found #1: a reset snapshot replaces a cursor ahead of the task, and the watch reaches the end', async () => {
     const storage = new MemoryCursorStorage();
     const before = new FakeTask('t1', 20);
     for (let done = 1; done <= 9; done += 1) before.progress(done);
-    storage.save(before.view());
+    storage.save(saved(before.view()));
     const { client, server } = setup({ persistence: storage });
     const watch = client.watch('t1');
     const log = record(watch);
@@ -855,7 +894,7 @@ describe('cursor persistence', () => {
       const task = new FakeTask('t1', 3);
       task.item('a');
       task.item('b');
-      storage.save(task.view(), 'epoch-a');
+      storage.save(saved(task.view()), 'epoch-a');
       const { client, server } = setup({ persistence: storage });
       client.watch('t1');
       const socket = server.last;
@@ -889,13 +928,13 @@ describe('cursor persistence', () => {
     socket.push(snap(task.view()));
     socket.push(ev(task.item('a')));
     await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
-    expect(storage.load('t1')).toMatchObject({ id: 't1', seq: 1, epoch: 'e7' });
+    expect(storage.load(keyOf('t1'))).toMatchObject({ seq: 1, epoch: 'e7' });
     await client.close();
   });
 
   it('ignores a tampered entry', async () => {
     const storage = new MemoryCursorStorage();
-    storage.save({ ...new FakeTask('t1', 3).view(), seq: -1 });
+    storage.save(saved({ ...new FakeTask('t1', 3).view(), seq: -1 }));
     const { client, server } = setup({ persistence: storage });
     const watch = client.watch('t1');
     expect(watch.getSnapshot().progress).toBeNull();
@@ -911,7 +950,7 @@ describe('cursor persistence', () => {
           WebSocket: new FakeServer().WebSocket,
           persistence: 'session' as never,
         }),
-    ).toThrow(/sessionCursorStorage\(\) from @finishline\/client\/persist/);
+    ).toThrow(/sessionCursorStorage\(\) or persistCursors\(storage\) from @finishline\/client\/persist/);
   });
 });
 

@@ -3,7 +3,7 @@ import { ErrorCode } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
 import type { AnswerWait } from './answer-wait.js';
-import type { CursorPersistence } from './cursor-storage.js';
+import type { ServerCursors } from './cursor-storage.js';
 import { Timeout, type TimerSet } from './timers.js';
 import { WatchedTask } from './watched-task.js';
 
@@ -29,7 +29,7 @@ export interface TaskSubscriptionOptions {
   clock: Clock;
   finishTimeoutMs: number;
   rateWindowMs: number;
-  storage: CursorPersistence | undefined;
+  storage: ServerCursors | undefined;
 }
 
 /** What every {@link TaskSubscription} of one client shares with it, made once per client. @internal */
@@ -308,7 +308,7 @@ export class TaskSubscription {
   }
 
   /** Saves the cursor when it moved since the last save. */
-  save(storage: CursorPersistence): void {
+  save(storage: ServerCursors): void {
     if (this.cursor.seq > this.#savedSeq && storage.saveView(this.task.state, this.#epoch))
       this.#savedSeq = this.cursor.seq;
   }
