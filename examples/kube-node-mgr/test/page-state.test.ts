@@ -83,6 +83,10 @@ const completed = (n: number): Snap => ({
 
 /** Per-path delays (ms) for the fake fetch. */
 const delays = new Map<string, number>();
+/** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
+let signedIn = true;
+/** The task list the fake server answers (the rows of the user signed in). */
+let taskList: unknown[] = [];
 const entry = (id: string) => ({
   task: {
     id,
@@ -108,8 +112,15 @@ beforeAll(async () => {
     const path = String(input);
     const json = (status: number, value: unknown) =>
       new Response(JSON.stringify(value), { status, headers: { 'content-type': 'application/json' } });
+    // The server decides when the request arrives; the delay is the answer's way back.
+    const answer = route(path, json);
     for (const [prefix, ms] of delays) if (path.startsWith(prefix)) await sleep(ms);
-    if (path === '/api/session')
+    return answer;
+  }) as typeof fetch;
+  const route = (path: string, json: (status: number, value: unknown) => Response): Response => {
+    if (path === '/api/login') return json(200, { username: 'ada', role: 'admin', csrfToken: 'csrf-ada' });
+    if (path === '/api/clusters') return json(200, { clusters: [{ name: 'default', default: true }] });
+    if (path === '/api/session' || !signedIn)
       return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
     let m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
@@ -120,19 +131,26 @@ beforeAll(async () => {
       const row = { ...entry(`audit-${m[1]}`).task, cluster: m[1], nodes: [`${m[1]}-node`] };
       return json(200, { tasks: [row] });
     }
-    if (path.startsWith('/api/tasks')) return json(200, { tasks: [] });
+    if (path.startsWith('/api/tasks')) return json(200, { tasks: taskList });
     if (path.startsWith('/api/nodes')) return json(200, { nodes: [] });
+    if (path.startsWith('/api/audit-events')) {
+      return json(200, { events: [{ at: Date.now(), username: 'ada', action: 'login', taskId: null }] });
+    }
     return json(404, { error: { code: 'not_found', message: 'no such route' } });
-  }) as typeof fetch;
+  };
   await import('../src/web/main.js');
   pd = await import('../src/web/progress-dialog.js');
   const { state } = await import('../src/web/state.js');
   state.me = { username: 'ada', role: 'admin' };
 });
 
-afterEach(() => {
+afterEach(async () => {
   (document.querySelector('#progress-close') as HTMLButtonElement).click();
   delays.clear();
+  signedIn = true;
+  taskList = [];
+  const { state } = await import('../src/web/state.js');
+  state.me = { username: 'ada', role: 'admin' };
 });
 
 describe('progress dialog', () => {
@@ -185,5 +203,101 @@ describe('audit page', () => {
       (td) => td.textContent,
     );
     expect(nodes).toEqual(['west-node']);
+  });
+});
+
+describe('a 401 (session expired or logged out elsewhere)', () => {
+  const running = (id: string) => ({ ...entry(id).task, task: { status: 'running', done: 0, total: 2 } });
+  const rows = (selector: string) => document.querySelectorAll(`${selector} tbody tr`).length;
+
+  it('drops the previous user’s rows and dialog and closes the watches of the old session', async () => {
+    const { loadTasks } = await import('../src/web/task-list.js');
+    const { loadAudit } = await import('../src/web/audit.js');
+    const { RUNNING_TASK_KEY } = await import('../src/web/state.js');
+    taskList = [running('job-1')];
+    await loadTasks();
+    await loadAudit(false);
+    await sleep(20); // the sign-ins list is read on its own
+    pd.openProgress('job-2');
+    await sleep(20);
+    const opened = watches.filter((w) => w.taskId === 'job-1' || w.taskId === 'job-2');
+    expect(opened.length).toBe(2);
+    expect(rows('#tasks')).toBe(1);
+    expect(rows('#audit')).toBe(1);
+    expect(rows('#audit-events')).toBe(1);
+
+    signedIn = false;
+    await loadTasks();
+
+    expect(document.querySelector<HTMLElement>('#login-view')?.hidden).toBe(false);
+    expect(rows('#tasks')).toBe(0);
+    expect(rows('#audit')).toBe(0);
+    expect(rows('#audit-events')).toBe(0);
+    expect(document.querySelector<HTMLDialogElement>('#progress-dialog')?.open).toBe(false);
+    expect(opened.every((w) => w.closed)).toBe(true);
+    // The next user to sign in in this tab is not shown the old dialog again.
+    expect(sessionStorage.getItem(RUNNING_TASK_KEY)).toBeNull();
+  });
+
+  it('an answer of the old session that arrives after the 401 is not shown', async () => {
+    const { loadTasks } = await import('../src/web/task-list.js');
+    const { loadNodes } = await import('../src/web/nodes.js');
+    taskList = [running('job-3')];
+    delays.set('/api/tasks?scope=all&limit=15', 100);
+    const slow = loadTasks(); // sent while the session was valid
+    signedIn = false;
+    await loadNodes(); // 401
+    await slow;
+    expect(rows('#tasks')).toBe(0);
+    expect(watches.some((w) => w.taskId === 'job-3')).toBe(false);
+    expect(document.querySelector('#tasks-error')?.textContent).toBe('');
+  });
+
+  it('the old user’s views are not shown again by a change of the address’s #', async () => {
+    const { loadNodes } = await import('../src/web/nodes.js');
+    signedIn = false;
+    await loadNodes();
+    location.hash = '#audit';
+    window.dispatchEvent(new Event('hashchange'));
+    await sleep(20);
+    expect(document.querySelector<HTMLElement>('#audit-view')?.hidden).toBe(true);
+    expect(document.querySelector<HTMLElement>('#app-view')?.hidden).toBe(true);
+    location.hash = '';
+  });
+
+  it('the list polling stops: it does not move the focus to the username every 5 s', async () => {
+    const { startPolling } = await import('../src/web/task-list.js');
+    const { TASK_LIST_POLL_MS } = await import('../src/web/state.js');
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    try {
+      startPolling();
+      signedIn = false;
+      vi.advanceTimersByTime(TASK_LIST_POLL_MS); // the poll meets the 401: the login form is shown
+      await sleep(20);
+      const password = document.querySelector('#login-form input[name=password]') as HTMLInputElement;
+      password.focus();
+      const calls = vi.mocked(fetch).mock.calls.length;
+      vi.advanceTimersByTime(TASK_LIST_POLL_MS * 3);
+      await sleep(20);
+      expect(document.activeElement).toBe(password);
+      expect(vi.mocked(fetch).mock.calls.length).toBe(calls);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+  // Last: signing in starts the page's real polling (startPolling then does nothing in the case above).
+  it('the next person at the login form does not find the previous user’s password in it', async () => {
+    const { loadTasks } = await import('../src/web/task-list.js');
+    const form = document.querySelector('#login-form') as HTMLFormElement;
+    const field = (name: string) => form.querySelector(`input[name=${name}]`) as HTMLInputElement;
+    field('username').value = 'ada';
+    field('password').value = 'ada-secret';
+    form.dispatchEvent(new Event('submit', { cancelable: true }));
+    await sleep(50);
+    expect(document.querySelector('#whoami')?.textContent).toBe('ada (admin)');
+    signedIn = false;
+    await loadTasks();
+    expect(document.querySelector<HTMLElement>('#login-view')?.hidden).toBe(false);
+    expect(field('password').value).toBe('');
   });
 });

@@ -1,5 +1,6 @@
 /** The page's one way to call the server: every answer handled, JSON or not. */
-import { state } from './state.js';
+import { endSession } from './session.js';
+import { signedIn, state } from './state.js';
 
 export class ApiError extends Error {
   constructor(
@@ -13,7 +14,8 @@ export class ApiError extends Error {
 
 /**
  * Calls the API. Every answer is handled, JSON or not: a proxy's `502 bad gateway` in plain text becomes
- * "the server is unavailable (HTTP 502: bad gateway)", never a JSON parse error.
+ * "the server is unavailable (HTTP 502: bad gateway)", never a JSON parse error. A 401 while signed in ends
+ * the session on the page ({@link endSession}) before the error is thrown.
  */
 export async function api<T>(path: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
   let response: Response;
@@ -38,6 +40,7 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
     body = undefined;
   }
   if (!response.ok) {
+    if (response.status === 401 && signedIn()) endSession();
     const error = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
     if (typeof error?.message === 'string') {
       throw new ApiError(response.status, String(error.code ?? 'error'), error.message);

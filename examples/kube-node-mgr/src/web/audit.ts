@@ -7,14 +7,17 @@ import { api } from './api.js';
 import { $, el, statusLabel } from './dom.js';
 import { clusterQuery } from './nodes.js';
 import { openProgress } from './progress-dialog.js';
-import { state } from './state.js';
+import { onSessionEnd, sameSession, sessionMark } from './session.js';
+import { signedIn, state } from './state.js';
 import { resultText } from './task-list.js';
 
 let auditRows: TaskEntry[] = [];
 
 export async function loadAudit(more: boolean): Promise<void> {
+  if (!signedIn()) return;
   const before = more ? auditRows[auditRows.length - 1]?.createdAt : undefined;
   const cluster = state.cluster;
+  const session = sessionMark();
   // Read on their own: a failure of one list does not hide the other.
   if (!more) void loadAuditEvents();
   try {
@@ -23,12 +26,13 @@ export async function loadAudit(more: boolean): Promise<void> {
         `/api/tasks?scope=all&limit=50&${clusterQuery()}${before ? `&before=${before}` : ''}`,
       )
     ).tasks;
-    // The picker moved on while this was read: that page belongs to the other cluster.
-    if (cluster !== state.cluster) return;
+    // The picker moved on while this was read (that page belongs to the other cluster), or the session ended.
+    if (cluster !== state.cluster || !sameSession(session)) return;
     auditRows = more ? [...auditRows, ...page] : page;
     $('#audit-error').textContent = '';
     $('#audit-more').hidden = page.length < 50;
   } catch (error) {
+    if (!sameSession(session)) return;
     $('#audit-error').textContent = `Could not load the audit log: ${(error as Error).message}`;
     return;
   }
@@ -83,11 +87,14 @@ const ACTION_WORDS: Record<AuditEventView['action'], string> = {
 
 /** Sign-ins, sign-outs and cancels (not per cluster: a session spans every cluster). */
 async function loadAuditEvents(): Promise<void> {
+  const session = sessionMark();
   let events: AuditEventView[];
   try {
     events = (await api<{ events: AuditEventView[] }>('/api/audit-events?limit=50')).events;
+    if (!sameSession(session)) return;
     $('#audit-events-error').textContent = '';
   } catch (error) {
+    if (!sameSession(session)) return;
     $('#audit-events-error').textContent = `Could not load sign-ins and cancels: ${(error as Error).message}`;
     return;
   }
@@ -111,3 +118,14 @@ async function loadAuditEvents(): Promise<void> {
     }),
   );
 }
+
+// Both lists were read with the old session's rights (an admin's every batch and sign-in).
+onSessionEnd(() => {
+  auditRows = [];
+  $('#audit tbody').replaceChildren();
+  $('#audit-events tbody').replaceChildren();
+  $('#audit-scope').textContent = '';
+  $('#audit-error').textContent = '';
+  $('#audit-events-error').textContent = '';
+  $('#audit-more').hidden = true;
+});

@@ -7,7 +7,8 @@ import { loadClusters, loadNodes } from './nodes.js';
 // The operation dialog wires its buttons when loaded.
 import './operation-dialog.js';
 import { openProgress } from './progress-dialog.js';
-import { canChange, RUNNING_TASK_KEY, state } from './state.js';
+import { onSessionEnd } from './session.js';
+import { canChange, RUNNING_TASK_KEY, signedIn, state } from './state.js';
 import { loadTasks, startPolling } from './task-list.js';
 
 // ---------------------------------------------------------------- login
@@ -21,6 +22,13 @@ export function showLogin(): void {
   $('#login-view').hidden = false;
   $<HTMLInputElement>('#login-form input[name=username]').focus();
 }
+
+// The other modules drop their rows, dialogs and watches; this one forgets who was signed in and shows the form.
+onSessionEnd(() => {
+  state.me = { username: '', role: 'viewer' };
+  state.csrfToken = '';
+  showLogin();
+});
 
 async function showApp(session: { username: string; role: Role; csrfToken: string }): Promise<void> {
   state.csrfToken = session.csrfToken;
@@ -52,6 +60,8 @@ $<HTMLFormElement>('#login-form').addEventListener('submit', async (event) => {
       method: 'POST',
       body: { username: form.get('username'), password: form.get('password') },
     });
+    // Not left in the hidden form: after a 401 the next person at this browser would sign in with it.
+    (event.target as HTMLFormElement).reset();
     await showApp(session);
   } catch (error) {
     $('#login-error').textContent = (error as Error).message;
@@ -75,7 +85,7 @@ function route(): void {
   if (audit) void loadAudit(false);
 }
 window.addEventListener('hashchange', () => {
-  if (state.me.username !== '') route();
+  if (signedIn()) route();
 });
 
 // ---------------------------------------------------------------- start

@@ -1,9 +1,9 @@
 /** The node table: loading (of the cluster shown), filtering, selecting. */
 import type { ClusterView, NodeRow } from '../shared/api-types.js';
-import { ApiError, api } from './api.js';
+import { api } from './api.js';
 import { $, ago, el } from './dom.js';
-import { showLogin } from './main.js';
-import { canChange, selected, state } from './state.js';
+import { onSessionEnd, sameSession, sessionMark } from './session.js';
+import { canChange, selected, signedIn, state } from './state.js';
 
 const STANDARD_LABEL =
   /^(kubernetes\.io|beta\.kubernetes\.io|node\.kubernetes\.io\/instance-type|topology\.kubernetes\.io|node-role\.kubernetes\.io)/;
@@ -22,11 +22,13 @@ export const clusterQuery = () => `cluster=${encodeURIComponent(state.cluster)}`
  */
 export async function loadClusters(changed: () => void): Promise<void> {
   onClusterChange = changed;
+  const session = sessionMark();
   let clusters: ClusterView[];
   try {
     clusters = (await api<{ clusters: ClusterView[] }>('/api/clusters')).clusters;
+    if (!sameSession(session)) return;
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return showLogin();
+    if (!sameSession(session)) return;
     // The server's default cluster is still shown (requests without a cluster get it).
     $('#clusters-error').textContent =
       `Could not load the clusters (showing the default one): ${(error as Error).message}`;
@@ -54,15 +56,18 @@ $<HTMLSelectElement>('#cluster').addEventListener('change', (event) => {
 });
 
 export async function loadNodes(): Promise<void> {
+  if (!signedIn()) return;
   const cluster = state.cluster;
+  const session = sessionMark();
   try {
     const read = (await api<{ nodes: NodeRow[] }>(`/api/nodes?${clusterQuery()}`)).nodes;
-    // The picker moved on while this was read: that cluster's answer is not this one's.
-    if (cluster !== state.cluster) return;
+    // The picker moved on while this was read (that cluster's answer is not this one's), or the session ended.
+    if (cluster !== state.cluster || !sameSession(session)) return;
     state.nodes = read;
     $('#nodes-error').textContent = '';
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return showLogin();
+    // A 401 has ended the session (api.ts).
+    if (!sameSession(session)) return;
     $('#nodes-error').textContent = `Could not load nodes: ${(error as Error).message}`;
     return;
   }
@@ -187,6 +192,17 @@ function renderNodes(): void {
   for (const button of document.querySelectorAll<HTMLButtonElement>('button[data-op]'))
     button.disabled = selected.size === 0;
 }
+
+// A selection and the locks shown (whose batches, by whom) were the old session's.
+onSessionEnd(() => {
+  if (nodesTimer !== undefined) clearTimeout(nodesTimer);
+  nodesTimer = undefined;
+  selected.clear();
+  state.nodes = [];
+  renderNodes();
+  $('#nodes-error').textContent = '';
+  $('#clusters-error').textContent = '';
+});
 
 $<HTMLInputElement>('#select-all').addEventListener('change', (event) => {
   const on = (event.target as HTMLInputElement).checked;

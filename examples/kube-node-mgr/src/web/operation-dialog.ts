@@ -4,6 +4,7 @@ import { api } from './api.js';
 import { $, el, plural } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
 import { openProgress } from './progress-dialog.js';
+import { onSessionEnd } from './session.js';
 import { selected, state } from './state.js';
 import { loadTasks } from './task-list.js';
 
@@ -190,6 +191,13 @@ $('#template-delete').addEventListener('click', async () => {
   } catch (error) {
     $('#op-error').textContent = (error as Error).message;
   }
+});
+
+// A half-filled operation on the old user's selection is not left for the next one.
+onSessionEnd(() => {
+  $<HTMLDialogElement>('#op-dialog').close();
+  $<HTMLFormElement>('#op-form').reset();
+  templates = [];
 });
 
 $('#op-form select[name=effect]').addEventListener('change', updateConfirm);

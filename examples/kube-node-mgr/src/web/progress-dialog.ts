@@ -5,6 +5,7 @@ import { ApiError, api } from './api.js';
 import { client } from './connection.js';
 import { $, duration, el, plural } from './dom.js';
 import { loadNodes } from './nodes.js';
+import { onSessionEnd } from './session.js';
 import { AUTO_CLOSE_MS, canCancel, RUNNING_TASK_KEY, state } from './state.js';
 import { loadTasks } from './task-list.js';
 
@@ -301,6 +302,17 @@ function closeProgress(): void {
   dialog.dataset.state = 'closed';
   dialog.close();
 }
+
+// The dialog and its watch were the old session's; the task is not reopened for the next user who signs in.
+onSessionEnd(() => {
+  closeProgress();
+  results.clear();
+  entry = null;
+  lastState = null;
+  loadProblems.clear();
+  renderLoadProblems();
+  renderResults();
+});
 
 async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
   const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;

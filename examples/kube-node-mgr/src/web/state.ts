@@ -24,6 +24,8 @@ export const state = {
 /** The selected node names (of {@link state.cluster}). */
 export const selected = new Set<string>();
 
+/** Whether a user is signed in on this page (`me` is cleared when the session ends). */
+export const signedIn = () => state.me.username !== '';
 export const canChange = () => state.me.role !== 'viewer';
 export const canCancel = (owner: string) =>
   state.me.role === 'admin' || (state.me.role === 'operator' && owner === state.me.username);

@@ -1,13 +1,13 @@
 /** "Recent tasks": the list, kept live by watching its running tasks and by re-reading it. */
 import type { Watch, WatchState } from '@finishline/client';
 import type { TaskEntry, TaskState } from '../shared/api-types.js';
-import { ApiError, api } from './api.js';
+import { api } from './api.js';
 import { client } from './connection.js';
 import { $, ago, el, statusLabel } from './dom.js';
-import { showLogin } from './main.js';
 import { clusterQuery, loadNodes, refreshNodesSoon } from './nodes.js';
 import { openProgress } from './progress-dialog.js';
-import { MAX_LIVE_WATCHES, NODE_POLL_MS, state, TASK_LIST_POLL_MS } from './state.js';
+import { onSessionEnd, sameSession, sessionMark } from './session.js';
+import { MAX_LIVE_WATCHES, NODE_POLL_MS, signedIn, state, TASK_LIST_POLL_MS } from './state.js';
 
 /**
  * The list is live by two means (see the README, "Live task list and node table"): each running task in
@@ -18,17 +18,20 @@ const liveWatches = new Map<string, { watch: Watch; off: () => void }>();
 export let tasks: TaskEntry[] = [];
 
 export async function loadTasks(): Promise<void> {
+  if (!signedIn()) return;
   const scope = state.me.role === 'operator' ? 'mine' : 'all';
   const cluster = state.cluster;
+  const session = sessionMark();
   try {
     const read = (await api<{ tasks: TaskEntry[] }>(`/api/tasks?scope=${scope}&limit=15&${clusterQuery()}`))
       .tasks;
-    // The picker moved on while this was read: that list belongs to the other cluster.
-    if (cluster !== state.cluster) return;
+    // The picker moved on while this was read (that list belongs to the other cluster), or the session ended.
+    if (cluster !== state.cluster || !sameSession(session)) return;
     tasks = read;
     $('#tasks-error').textContent = '';
   } catch (error) {
-    if (error instanceof ApiError && error.status === 401) return showLogin();
+    // A 401 has ended the session (api.ts): nothing of it is shown any more.
+    if (!sameSession(session)) return;
     $('#tasks-error').textContent = `Could not load tasks: ${(error as Error).message}`;
     return;
   }
@@ -39,13 +42,7 @@ export async function loadTasks(): Promise<void> {
       .slice(0, MAX_LIVE_WATCHES)
       .map((t) => t.id),
   );
-  for (const [id, live] of liveWatches) {
-    if (!running.has(id)) {
-      live.off();
-      live.watch.close();
-      liveWatches.delete(id);
-    }
-  }
+  for (const id of liveWatches.keys()) if (!running.has(id)) stopLiveWatch(id);
   for (const id of running) {
     if (liveWatches.has(id)) continue;
     const w = client.watch(id);
@@ -69,6 +66,14 @@ export async function loadTasks(): Promise<void> {
   }
   renderTasks();
   for (const [id, live] of liveWatches) updateTaskRow(id, live.watch.getSnapshot());
+}
+
+function stopLiveWatch(id: string): void {
+  const live = liveWatches.get(id);
+  if (live === undefined) return;
+  live.off();
+  live.watch.close();
+  liveWatches.delete(id);
 }
 
 function describeEntry(t: TaskEntry): string {
@@ -131,14 +136,27 @@ function updateTaskRow(id: string, snap: WatchState): void {
   if (resultCell) resultCell.textContent = resultText(t.task);
 }
 
-let polling = false;
+let polling: ReturnType<typeof setInterval>[] = [];
 export function startPolling(): void {
-  if (polling) return;
-  polling = true;
-  setInterval(() => {
-    if (document.visibilityState === 'visible') void loadTasks();
-  }, TASK_LIST_POLL_MS);
-  setInterval(() => {
-    if (document.visibilityState === 'visible') void loadNodes();
-  }, NODE_POLL_MS);
+  if (polling.length > 0) return;
+  polling = [
+    setInterval(() => {
+      if (document.visibilityState === 'visible') void loadTasks();
+    }, TASK_LIST_POLL_MS),
+    setInterval(() => {
+      if (document.visibilityState === 'visible') void loadNodes();
+    }, NODE_POLL_MS),
+  ];
 }
+
+// The old session's watches closed (the socket would resubscribe them for the next user), its rows gone, and
+// no polling while signed out (each poll's 401 would show the login form again, moving the focus).
+onSessionEnd(() => {
+  for (const id of [...liveWatches.keys()]) stopLiveWatch(id);
+  tasks = [];
+  renderTasks();
+  $('#tasks-live').textContent = '';
+  $('#tasks-error').textContent = '';
+  for (const timer of polling) clearInterval(timer);
+  polling = [];
+});
