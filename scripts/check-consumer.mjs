@@ -7,7 +7,7 @@
 //   2. type-checks the snippets and a file using every entry with `strict` and `skipLibCheck: false`,
 //      under `node16` and under `bundler` resolution;
 //   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
-//      ESM-only: `import` only);
+//      ESM-only: `import` only), and runs `npx finishline --help` (exit 0, the usage);
 //   4. bundles getting-started's browser snippet for the browser with esbuild and fails if the bundle
 //      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
 // docs/consumer-check.md says what this proves and what it does not. Run after `npm run build`.
@@ -399,6 +399,15 @@ async function main() {
     );
     if (testing.trim() !== 'function') fail(`@finishline/core/testing: ${testing}`);
     log(`imports: ${entries.length} entries from ESM and CJS, @finishline/core/testing from ESM: ok`);
+    // The `finishline` bin as the install linked it (a bin npm found no file for is silently not linked).
+    let help;
+    try {
+      help = run('npx', ['--no-install', 'finishline', '--help'], { cwd: app });
+    } catch (error) {
+      fail(`npx finishline --help exited ${error.status}:\n${error.stdout}${error.stderr}`);
+    }
+    if (!help.startsWith('usage: finishline watch')) fail(`npx finishline --help printed:\n${help}`);
+    log('bin: npx finishline --help exits 0 with the usage');
 
     // 6. The browser bundle: no server code.
     const bundle = await build({

@@ -1,5 +1,8 @@
+import { execFileSync } from 'node:child_process';
+import { readFileSync, realpathSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -110,4 +113,27 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(result).toBe(CLI_EXIT_CODES.watchFailed);
     expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
   }, 10_000);
+});
+
+describe('the finishline bin', () => {
+  const pkg = join(import.meta.dirname, '..');
+  const manifest = JSON.parse(readFileSync(join(pkg, 'package.json'), 'utf8')) as {
+    bin: Record<string, string>;
+    files: string[];
+  };
+  const target = manifest.bin.finishline ?? '';
+
+  // npm links a bin at install only if its file is there; a clone's `npm ci` runs before the build, so a
+  // bin under dist/ was skipped and `npx finishline` failed until something re-linked it.
+  it('is an executable file of the repository with a shebang, shipped in the package', () => {
+    const staged = execFileSync('git', ['ls-files', '--stage', '--', target], { cwd: pkg, encoding: 'utf8' });
+    expect(staged).toMatch(/^100755 /);
+    expect(readFileSync(join(pkg, target), 'utf8').startsWith('#!/usr/bin/env node\n')).toBe(true);
+    expect(manifest.files).toContain(target.replace(/^\.\//, '').split('/')[0]);
+  });
+
+  it('is linked into the workspace root by npm ci, before any build', () => {
+    const link = join(pkg, '../../node_modules/.bin/finishline');
+    expect(realpathSync(link)).toBe(realpathSync(join(pkg, target)));
+  });
 });
