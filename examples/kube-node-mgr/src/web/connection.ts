@@ -4,36 +4,55 @@ import { httpFallback } from '@finishline/client/http';
 import { sessionCursorStorage } from '@finishline/client/persist';
 import { $ } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
+import { onSessionEnd } from './session.js';
 import { loadTasks } from './task-list.js';
 
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/progress`;
+
 // The session cookie authenticates the socket; the sessionStorage persistence saves the cursor with each ack, so
 // a reload resumes from where this page was instead of starting over.
 // Reconnect attempts back off to 5 s at most (the library's default is 30 s): an operator watching a server
 // restart should see the page come back within seconds.
 // The HTTP fallback polls while no socket opens (a proxy that refuses upgrades).
-export const client = new ProgressClient({
-  url: wsUrl,
-  persistence: sessionCursorStorage(),
-  httpFallback: httpFallback(),
-  reconnect: { maxDelayMs: 5000 },
-});
-let wasOpen = false;
-client.on('state', ({ state }) => {
-  const conn = $('#connection');
-  const lost = wasOpen && (state === 'reconnecting' || state === 'connecting');
-  if (state === 'open') {
-    // Back after a loss: what changed meanwhile outside the watched tasks comes from the HTTP API.
-    if (wasOpen && !conn.hidden) {
-      void loadTasks();
-      refreshNodesSoon();
+function connect(): ProgressClient {
+  const made = new ProgressClient({
+    url: wsUrl,
+    persistence: sessionCursorStorage(),
+    httpFallback: httpFallback(),
+    reconnect: { maxDelayMs: 5000 },
+  });
+  let wasOpen = false;
+  made.on('state', ({ state }) => {
+    // A client closed at the end of a session says nothing more (its 'closed' is not this page's).
+    if (made !== client) return;
+    const conn = $('#connection');
+    const lost = wasOpen && (state === 'reconnecting' || state === 'connecting');
+    if (state === 'open') {
+      // Back after a loss: what changed meanwhile outside the watched tasks comes from the HTTP API.
+      if (wasOpen && !conn.hidden) {
+        void loadTasks();
+        refreshNodesSoon();
+      }
+      wasOpen = true;
     }
-    wasOpen = true;
-  }
-  conn.hidden = !lost && state !== 'closed';
-  conn.textContent = state === 'closed' ? 'disconnected' : 'reconnecting…';
-  conn.className = `conn ${state}`;
-  const warning = $('#progress-warning');
-  warning.hidden = !lost;
-  warning.textContent = lost ? 'Reconnecting… the progress shown may be behind; nothing is lost.' : '';
+    conn.hidden = !lost && state !== 'closed';
+    conn.textContent = state === 'closed' ? 'disconnected' : 'reconnecting…';
+    conn.className = `conn ${state}`;
+    const warning = $('#progress-warning');
+    warning.hidden = !lost;
+    warning.textContent = lost ? 'Reconnecting… the progress shown may be behind; nothing is lost.' : '';
+  });
+  return made;
+}
+
+export let client = connect();
+
+// The socket was authenticated by the old session's cookie, and the server closes it only at its next session
+// check (up to 10 s later): the next user's watches would go through it with the previous user's rights.
+onSessionEnd(() => {
+  const old = client;
+  client = connect();
+  void old.close();
+  $('#connection').hidden = true;
+  $('#progress-warning').hidden = true;
 });
