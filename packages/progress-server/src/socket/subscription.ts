@@ -103,12 +103,20 @@ export class Subscription implements WrittenLog {
 
   /**
    * Starts a fresh stream from the client's `afterSeq` (a subscribe or resubscribe): the queue and
-   * retry state of the task start over. Returns the stream, the token of this attempt.
+   * retry state of the task start over. Returns the stream, the token of this attempt. `newEpoch`: the
+   * store's epoch changed, so the seqs written to this socket before and a held ack are of the old epoch.
    */
-  restart(afterSeq: number): TaskStream {
+  restart(afterSeq: number, newEpoch = false): TaskStream {
     // A held ack survives (#reset keeps it): it is applied, through the usual checks, once the new stream
     // is authorized. Dropping it lost it for good when a duplicated subscribe overtook the first one.
     this.#reset();
+    if (newEpoch) {
+      // An old epoch's seq must not pass as sent here: a late ack of it would stand above the restored
+      // task's seq, refused by the store, and make every real ack after it look repeated.
+      this.#written = 0;
+      this.#pendingAck = 0;
+      this.#freeAcks = 0;
+    }
     // Acks up to the client's own cursor become valid once the task is loaded and the principal may
     // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     this.#claimed = afterSeq;

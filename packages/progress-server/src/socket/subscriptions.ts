@@ -95,6 +95,8 @@ export class Subscriptions<P extends Principal> {
    * drops its cursor whatever the seqs. Call it after the hub forgot the old seqs.
    */
   epochRenewed(): void {
+    // What this socket may still acknowledge of tasks it left was counted in the old epoch's seqs.
+    this.#unfollowed.clear();
     for (const sub of [...this.#subs.values()]) {
       this.#ctx.metrics.resyncs.inc({ reason: 'epoch' });
       this.#start(sub, 0, { taskId: sub.taskId }, true).catch((error: unknown) =>
@@ -114,7 +116,7 @@ export class Subscriptions<P extends Principal> {
     this.#startedFrom.set(sub, afterSeq);
     this.#resumed.delete(sub);
     const current = sub;
-    const stream = current.restart(afterSeq);
+    const stream = current.restart(afterSeq, renewed);
     const task = await stream.load().catch((error: unknown) => {
       if (current.isCurrent(stream)) this.#fail(current, error);
       return null;
