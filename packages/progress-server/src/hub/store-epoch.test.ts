@@ -175,3 +175,57 @@ describe('the store epoch renewed under a running server', () => {
     await restoredUnderWatchers(true, true);
   });
 });
+
+describe('a subscribe of the old epoch crossing the server-side reset', () => {
+  it('is answered with the reset, not resumed from its old-epoch cursor', async () => {
+    const restorable = restorableStore();
+    // Task loads wait at `gate` while it is closed: the reset's load is in flight when the subscribe comes.
+    let gate: Promise<void> | undefined;
+    let gated = 0;
+    const store = new Proxy(restorable.store, {
+      get(target, property) {
+        if (property === 'getTask')
+          return async (id: string) => {
+            if (gate !== undefined) {
+              gated += 1;
+              await gate;
+            }
+            return target.getTask(id);
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    const env = await startServer({ store, heartbeatIntervalMs: 50 });
+    cleanups.push(() => env.close());
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
+    for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `old ${i}` });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(async () => client.ws.close());
+    const watcher = new Watcher(client, 't', 0);
+    await until('the watcher is at seq 6', () => watcher.cursor.seq === 6);
+
+    // The restored copy goes on past the watcher's cursor with other events: seqs 3 to 7 of the new epoch.
+    restorable.restore();
+    for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    let open: () => void = () => {};
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    const epoch = await store.renewEpoch();
+    await until('the server restarts the subscription in the new epoch', () => gated > 0);
+    // A resubscribe the client sent before it could know (its watchdog, a gap): its cursor is of the old epoch.
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 6 });
+    // Its answer, if any, waits at the gate too; a pong says the server has read it.
+    client.send({ type: 'ping' });
+    await client.next((frame) => frame.type === 'pong');
+    gate = undefined;
+    open();
+
+    await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
+    expect(watcher.resetEpochs).toEqual([epoch]);
+    await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
+    expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
+  });
+});

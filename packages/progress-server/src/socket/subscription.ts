@@ -76,6 +76,11 @@ export class Subscription implements WrittenLog {
   /** Clock time of the first send of the terminal frame, for the push→ack latency. */
   #terminalSentAt: number | undefined;
   #terminalAcked = false;
+  /**
+   * The server restarted the subscription for a new store epoch and no frame of it went out since: the
+   * client still holds a cursor of the old epoch, so its subscribes meanwhile are answered by the reset.
+   */
+  #epochResetDue = false;
 
   constructor(taskId: string, ctx: SubscriptionContext) {
     this.taskId = taskId;
@@ -111,6 +116,7 @@ export class Subscription implements WrittenLog {
     // is authorized. Dropping it lost it for good when a duplicated subscribe overtook the first one.
     this.#reset();
     if (newEpoch) {
+      this.#epochResetDue = true;
       // An old epoch's seq must not pass as sent here: a late ack of it would stand above the restored
       // task's seq, refused by the store, and make every real ack after it look repeated.
       this.#written = 0;
@@ -212,7 +218,14 @@ export class Subscription implements WrittenLog {
     return 'advanced';
   }
 
+  /** See `#epochResetDue`: the reset of a new epoch is still to reach the client. */
+  get epochResetDue(): boolean {
+    return this.#epochResetDue;
+  }
+
   wrote(seq: number): void {
+    // The first frame after an epoch restart is its reset (the task's queue was dropped with the restart).
+    this.#epochResetDue = false;
     if (seq > this.#written) this.#written = seq;
     this.#freeAcks += 1;
   }

@@ -73,6 +73,17 @@ export class Subscriptions<P extends Principal> {
     if (sub === undefined) {
       sub = this.#add(taskId, refs);
       if (sub === undefined) return;
+    } else if (sub.epochResetDue) {
+      // The server restarted it for a new epoch and the reset has not gone out: this subscribe was sent
+      // before the client could know, its cursor is of the old epoch. Resumed from it, the new epoch's
+      // events would land on the old epoch's state; the reset answers it instead (the one under way, if
+      // it is still loading).
+      if (this.#stillLoading(sub, 0)) {
+        this.#refs.set(sub, refs);
+        return;
+      }
+      await this.#start(sub, 0, refs, true);
+      return;
     } else if (this.#stillLoading(sub, afterSeq)) {
       // The same subscribe again before anything was sent for the previous one (a client repeating a
       // subscribe it got no answer to yet, or a duplicated frame): the answer under way is this one's
