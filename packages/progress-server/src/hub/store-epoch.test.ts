@@ -1,4 +1,5 @@
 import type { TaskEvent, TaskView } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -222,6 +223,49 @@ describe('a subscribe of the old epoch crossing the server-side reset', () => {
     await client.next((frame) => frame.type === 'pong');
     gate = undefined;
     open();
+
+    await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
+    expect(watcher.resetEpochs).toEqual([epoch]);
+    await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
+    expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
+  });
+});
+
+describe('a failed load of the server-side reset', () => {
+  it("still answers the client's next subscribe, sent with its old-epoch cursor, with the reset", async () => {
+    const restorable = restorableStore();
+    let failNext = false;
+    const store = new Proxy(restorable.store, {
+      get(target, property) {
+        if (property === 'getTask')
+          return async (id: string) => {
+            if (failNext) {
+              failNext = false;
+              throw new ProgressError(ErrorCode.StoreUnavailable, 'the restored database is starting');
+            }
+            return target.getTask(id);
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    const env = await startServer({ store, heartbeatIntervalMs: 50 });
+    cleanups.push(() => env.close());
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
+    for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `old ${i}` });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(async () => client.ws.close());
+    const watcher = new Watcher(client, 't', 0);
+    await until('the watcher is at seq 6', () => watcher.cursor.seq === 6);
+
+    restorable.restore();
+    for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    failNext = true;
+    const epoch = await store.renewEpoch();
+    // The reset's load fails: the subscription ends with store_unavailable, which a client retries.
+    await client.next((frame) => frame.type === 'error' && frame.code === ErrorCode.StoreUnavailable);
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 6 });
 
     await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
     expect(watcher.resetEpochs).toEqual([epoch]);

@@ -38,6 +38,12 @@ export class Subscriptions<P extends Principal> {
    * error, and one up to that seq is recorded.
    */
   readonly #unfollowed = new Map<string, number>();
+  /**
+   * Tasks whose subscription ended (a failed or refused load, an unsubscribe) while its epoch reset was
+   * still due: the client's cursor is of the old epoch, so its next subscribe is answered by the reset.
+   * Bounded like `#unfollowed`.
+   */
+  readonly #resetDue = new Set<string>();
   /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
   readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
   /** The `afterSeq` of each subscription's latest (re)start. */
@@ -73,6 +79,10 @@ export class Subscriptions<P extends Principal> {
     if (sub === undefined) {
       sub = this.#add(taskId, refs);
       if (sub === undefined) return;
+      if (this.#resetDue.delete(taskId)) {
+        await this.#start(sub, 0, refs, true);
+        return;
+      }
     } else if (sub.epochResetDue) {
       // The server restarted it for a new epoch and the reset has not gone out: this subscribe was sent
       // before the client could know, its cursor is of the old epoch. Resumed from it, the new epoch's
@@ -277,6 +287,13 @@ export class Subscriptions<P extends Principal> {
 
   remove(sub: Subscription): void {
     if (this.#subs.get(sub.taskId) !== sub) return;
+    if (sub.epochResetDue) {
+      this.#resetDue.add(sub.taskId);
+      if (this.#resetDue.size > this.#ctx.options.maxSubscriptionsPerSocket) {
+        const oldest = this.#resetDue.values().next().value;
+        if (oldest !== undefined) this.#resetDue.delete(oldest);
+      }
+    }
     sub.remove();
     this.#subs.delete(sub.taskId);
     this.#ctx.metrics.subscriptions.dec();
