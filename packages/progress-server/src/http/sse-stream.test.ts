@@ -167,6 +167,58 @@ describe('GET /tasks/:id/stream', () => {
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
   });
 
+  it('drops a read of the old epoch still in flight when it starts over in the new one', async () => {
+    const restorable = restorableStore();
+    // The stream's own reads (limit 500, its maxReplayEvents; the hub reads 1000) read the store at once
+    // but answer only when `hold` opens: a read of the old epoch answering after the reset.
+    let hold: Promise<void> | undefined;
+    let held = 0;
+    const store = new Proxy(restorable.store, {
+      get(target, property) {
+        if (property === 'readEvents')
+          return async (id: string, afterSeq: number, limit: number) => {
+            const events = await target.readEvents(id, afterSeq, limit);
+            if (hold !== undefined && limit === 500) {
+              held += 1;
+              await hold;
+            }
+            return events;
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 500 });
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
+    for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 4));
+    let open: () => void = () => {};
+    hold = new Promise((resolve) => {
+      open = resolve;
+    });
+    // Seq 5 of the old epoch is read, and its answer waits.
+    await store.append('t', { type: 'progress', message: 'live 5' });
+    await stream.until(() => held > 0);
+    restorable.restore();
+    for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `restored ${i}` });
+    const epoch = await store.renewEpoch();
+    await stream.until(() => stream.frames().some((entry) => entry.frame.reset === true));
+    hold = undefined;
+    open();
+    await store.append('t', { type: 'progress', message: 'restored 5' });
+    await store.append('t', { type: 'completed', result: null });
+    await stream.ended;
+    const after = stream.frames().slice(stream.frames().findIndex((entry) => entry.frame.reset === true));
+    expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
+      ['4', 'snapshot'],
+      ['5', 'event'],
+      ['6', 'event'],
+    ]);
+    expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
+    expect(after[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
+  });
+
   it('respects authentication, the same not-found answer, and the per-principal cap', async () => {
     env = await startServer({ maxSocketsPerPrincipal: 1 });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -72,6 +72,13 @@ export function streamTask(
   let ended = false;
   let reading = false;
   let again = false;
+  /**
+   * Bumped by each epoch restart: a read started before it is of the old epoch, and its answer (events
+   * continuing the old cursor) must not follow the reset snapshot.
+   */
+  let generation = 0;
+  /** An epoch restart is reading the task: the pump waits for its snapshot, which sets the cursor. */
+  let restarting = false;
   let unfollow: Unsubscribe | undefined;
 
   response.writeHead(200, {
@@ -97,9 +104,14 @@ export function streamTask(
   // The cursor and the hub's seqs are of the old epoch: re-read the task, and a reset snapshot of it
   // replaces the cursor, as for a Last-Event-ID ahead of the task.
   const restart = async (): Promise<void> => {
+    generation += 1;
+    const mine = generation;
+    restarting = true;
     try {
       const current = await ctx.store.getTask(taskId);
-      if (ended) return;
+      // A later restart (another renewal) supersedes this one.
+      if (ended || mine !== generation) return;
+      restarting = false;
       if (current === undefined) {
         end();
         return;
@@ -108,6 +120,7 @@ export function streamTask(
       snapshot(current, true);
       void pump();
     } catch (error) {
+      if (mine !== generation) return;
       ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream restart failed; ending the stream');
       end();
     }
@@ -161,12 +174,23 @@ export function streamTask(
       do {
         again = false;
         for (;;) {
-          if (ended) return;
+          // The restart calls the pump again once its snapshot set the cursor.
+          if (ended || restarting) return;
+          const readIn = generation;
           const events = await ctx.store.readEvents(taskId, cursor, ctx.maxReplayEvents);
-          if (ended || events.length === 0) break;
+          if (ended) return;
+          if (readIn !== generation) {
+            again = true;
+            break;
+          }
+          if (events.length === 0) break;
           if ((events[0] as TaskEvent).seq !== cursor + 1) {
             // Retention removed the events after the cursor: the snapshot stands for them.
             const current = await ctx.store.getTask(taskId);
+            if (readIn !== generation) {
+              again = true;
+              break;
+            }
             if (current !== undefined) snapshot(current, false);
             else end();
             return;
