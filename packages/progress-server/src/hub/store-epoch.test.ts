@@ -273,3 +273,33 @@ describe('a failed load of the server-side reset', () => {
     expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
   });
 });
+
+describe('a socket whose hello announced the old epoch', () => {
+  it('answers a subscribe with a cursor of a task it did not follow at the renewal with a reset', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    const env = await startServer({ store, heartbeatIntervalMs: 50 });
+    cleanups.push(() => env.close());
+    await restorable.both((copy) => copy.createTask({ id: 'u', owner: 'alice', kind: 'k' }));
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
+    for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `old ${i}` });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(async () => client.ws.close());
+    // The socket follows another task; the client holds a cursor of `t` at 6 (persisted with its hello's epoch).
+    const other = new Watcher(client, 'u', 0);
+    await until('the other watch is answered', () => other.answers > 0);
+
+    restorable.restore();
+    for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    const epoch = await store.renewEpoch();
+    await until('the server found the new epoch', () => other.resetEpochs.length > 0);
+    const watcher = new Watcher(client, 't', 6);
+
+    await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
+    expect(watcher.resetEpochs).toEqual([epoch]);
+    await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
+    expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
+  });
+});

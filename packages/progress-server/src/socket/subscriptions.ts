@@ -39,11 +39,17 @@ export class Subscriptions<P extends Principal> {
    */
   readonly #unfollowed = new Map<string, number>();
   /**
-   * Tasks whose subscription ended (a failed or refused load, an unsubscribe) while its epoch reset was
-   * still due: the client's cursor is of the old epoch, so its next subscribe is answered by the reset.
-   * Bounded like `#unfollowed`.
+   * The store's epoch changed since this socket's `hello`: the client holds cursors of the old epoch,
+   * except for the tasks in `#told`.
    */
-  readonly #resetDue = new Set<string>();
+  #renewed = false;
+  /**
+   * Tasks whose ended subscription had written a frame of the new epoch (the client adopted it from the
+   * snapshot). Any other task's next subscribe with a cursor is answered by a reset: its cursor may be
+   * of the old epoch (a subscription whose reset never went out, a cursor the client persisted). Bounded
+   * like `#unfollowed`; a task dropped from it only costs a needless reset.
+   */
+  readonly #told = new Set<string>();
   /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
   readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
   /** The `afterSeq` of each subscription's latest (re)start. */
@@ -79,7 +85,7 @@ export class Subscriptions<P extends Principal> {
     if (sub === undefined) {
       sub = this.#add(taskId, refs);
       if (sub === undefined) return;
-      if (this.#resetDue.delete(taskId)) {
+      if (afterSeq > 0 && this.#renewed && !this.#told.has(taskId)) {
         await this.#start(sub, 0, refs, true);
         return;
       }
@@ -118,6 +124,8 @@ export class Subscriptions<P extends Principal> {
   epochRenewed(): void {
     // What this socket may still acknowledge of tasks it left was counted in the old epoch's seqs.
     this.#unfollowed.clear();
+    this.#renewed = true;
+    this.#told.clear();
     for (const sub of [...this.#subs.values()]) {
       this.#ctx.metrics.resyncs.inc({ reason: 'epoch' });
       this.#start(sub, 0, { taskId: sub.taskId }, true).catch((error: unknown) =>
@@ -287,11 +295,12 @@ export class Subscriptions<P extends Principal> {
 
   remove(sub: Subscription): void {
     if (this.#subs.get(sub.taskId) !== sub) return;
-    if (sub.epochResetDue) {
-      this.#resetDue.add(sub.taskId);
-      if (this.#resetDue.size > this.#ctx.options.maxSubscriptionsPerSocket) {
-        const oldest = this.#resetDue.values().next().value;
-        if (oldest !== undefined) this.#resetDue.delete(oldest);
+    if (this.#renewed) {
+      this.#told.delete(sub.taskId);
+      if (!sub.epochResetDue) this.#told.add(sub.taskId);
+      if (this.#told.size > this.#ctx.options.maxSubscriptionsPerSocket) {
+        const oldest = this.#told.values().next().value;
+        if (oldest !== undefined) this.#told.delete(oldest);
       }
     }
     sub.remove();
