@@ -280,7 +280,8 @@ describe('tab sharing', () => {
     follower.watch('t2');
     const real = await acceptReal(server, 1);
     await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
-    expect(browser.locksOf(followerTab)).toHaveLength(2); // its tab lock, and its place in the leader queue
+    // Its tab lock, its place in the leader queue, and the watch on the leader's tab lock.
+    expect(browser.locksOf(followerTab)).toHaveLength(3);
 
     await follower.close();
     expect(browser.locksOf(followerTab)).toEqual([]);
@@ -356,6 +357,86 @@ describe('tab sharing', () => {
     expect(states).not.toContain('reconnecting');
     expect(real.frames('subscribe')).toHaveLength(2);
     await Promise.all([leader, follower].map((client) => client.close()));
+  });
+
+  it('a tab that believed a late leader message from a tab that is gone takes the opens of the tab that leads', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const leader = clientIn(browser.tab(), server);
+    const follower = clientIn(browser.tab(), server, { connectTimeoutMs: 1000 });
+    leader.watch('t1');
+    follower.watch('t2');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    // A tab that led for a moment and is gone (its lock free): its announcement arrives late.
+    const former = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+    former.postMessage({ t: 'leader', from: 'gone' });
+    // The follower's socket closes (the leader changed, it believes) and reconnects through the tab that
+    // leads; before, it refused that tab's `open` for good, and each connect timeout (4010) made the
+    // leader replace the real socket of every tab.
+    await vi.waitFor(
+      () => expect(real.frames('subscribe').filter((frame) => frame.taskId === 't2')).toHaveLength(2),
+      { timeout: 2500 },
+    );
+    await vi.waitFor(() => expect(follower.state).toBe('open'));
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    expect(follower.state).toBe('open');
+    expect(real.closedWith).toEqual([]);
+    expect(server.sockets).toHaveLength(1);
+    await Promise.all([leader, follower].map((client) => client.close()));
+  });
+
+  it('a bye about a socket the leader does not serve leaves the real socket open', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const client = clientIn(browser.tab(), server);
+    client.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(client.state).toBe('open'));
+    // A tab whose socket went through a former leader gives up on it (silent: 4010) after the handover.
+    const late = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+    late.postMessage({ t: 'bye', from: 'late', id: 'late/0', code: 4010, reason: 'heartbeat timeout' });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(real.closedWith).toEqual([]);
+    expect(client.state).toBe('open');
+    await client.close();
+  });
+
+  it('two clients of one tab on one URL: one whose listener throws does not keep frames from the other', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tab = browser.tab();
+    const sharing = tabSharing({ channel: tab.channel, locks: tab.locks });
+    const [faulty, other] = [0, 1].map(
+      () =>
+        new ProgressClient({
+          url: 'ws://example.test/progress',
+          WebSocket: server.WebSocket,
+          token: 'tok',
+          pageEvents: false,
+          shareAcrossTabs: sharing,
+        }),
+    ) as [ProgressClient, ProgressClient];
+    faulty.on('state', (change) => {
+      if (change.state === 'open') throw new Error('a bug of the page');
+    });
+    const errors: unknown[] = [];
+    const onError = (error: unknown) => errors.push(error);
+    process.on('uncaughtException', onError);
+    try {
+      faulty.watch('t1');
+      other.watch('t2');
+      const real = await acceptReal(server, 1);
+      // With a socket each, only the faulty client would miss its hello; sharing one, so did the other.
+      await vi.waitFor(() => expect(other.state).toBe('open'));
+      await vi.waitFor(() =>
+        expect(real.frames('subscribe')).toContainEqual(expect.objectContaining({ taskId: 't2' })),
+      );
+    } finally {
+      process.off('uncaughtException', onError);
+    }
+    expect(errors).toEqual([new Error('a bug of the page')]);
+    await Promise.all([faulty, other].map((client) => client.close()));
   });
 
   it('a tab that finds the socket silent has the leader replace the real socket', async () => {

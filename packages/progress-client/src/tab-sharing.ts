@@ -329,7 +329,8 @@ class TabHub {
         if (this.#leading) this.#onSend(message.id, message.data);
         return;
       case 'bye':
-        if (!this.#leading) return;
+        // Only a socket of this leader's may give up on its real socket.
+        if (!this.#leading || !this.#peers.has(message.id)) return;
         this.#forget([message.id]);
         // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
         // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
@@ -356,7 +357,8 @@ class TabHub {
           if (message.to === undefined ? !socket.helloed && message.hello !== true : message.to !== socket.id)
             continue;
           if (message.hello === true) socket.helloed = true;
-          socket.onmessage?.({ data: message.data });
+          // Each on its own, as a browser dispatches: a client that throws does not starve the others.
+          queueMicrotask(() => socket.onmessage?.({ data: message.data }));
         }
         return;
       case 'close': {
@@ -379,10 +381,15 @@ class TabHub {
     return this.#leader === undefined || this.#leader === message.from;
   }
 
-  /** A new leader: sockets through the old one are cut (their clients resume through the new one). */
-  #onLeader(leader: string): void {
+  /**
+   * A new leader: sockets through the old one are cut (their clients resume through the new one). The
+   * leader's tab is watched: a tab that is gone (it left, or its `leader` came late) is forgotten, and
+   * the sockets still connecting ask again, so an `open` from the tab that leads is believed.
+   */
+  #onLeader(leader: string | undefined): void {
     if (leader === this.#leader) return;
     this.#leader = leader;
+    if (leader !== undefined) this.#watchTab(leader);
     for (const socket of [...this.#sockets.values()]) {
       if (socket.readyState === CONNECTING) {
         this.post({ t: 'connect', from: this.tab, id: socket.id });
@@ -480,12 +487,16 @@ class TabHub {
     }
   }
 
-  /** A tab that dies cannot say bye; its lock, released by the browser, says it instead. */
+  /**
+   * A tab that dies cannot say bye; its lock, released by the browser, says it instead: to the leader,
+   * of a tab it serves, and to every tab, of the leader it knows.
+   */
   #watchTab(tab: string): void {
     if (tab === this.tab || this.#watchedTabs.has(tab)) return;
     this.#watchedTabs.add(tab);
     this.#lock(`tab:${tab}`, async () => {
       this.#watchedTabs.delete(tab);
+      if (tab === this.#leader) this.#onLeader(undefined);
       if (!this.#leading) return;
       this.#forget([...this.#peers.keys()].filter((id) => id.startsWith(`${tab}/`)));
     });
