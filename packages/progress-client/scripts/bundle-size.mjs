@@ -42,7 +42,7 @@ process.stdout.on('error', (error) => {
  * steps, a failing token function in renewToken reported, heartbeats read by own keys, one list of handles
  * for a snapshot and its terminal state) added 157 B (14,176 B), and the ceiling moved with them to that
  * plus 30 B; a tokenless client closed with 4004 before hello now stops (unauthenticated) instead of
- * reconnecting for ever: +20 B (14,196 B); a reset snapshot in the watch cursor drops every held event: +1 B; the client hands itself to `shareAcrossTabs` so that a tab whose client closed leaves the sharing: +9 B (14,206 B, the ceiling); what it is made of: docs/client.md, bundle entries). The SSE entry's budget went from 1 KB to
+ * reconnecting for ever: +20 B (14,196 B); a reset snapshot in the watch cursor drops every held event: +1 B; the client hands itself to `shareAcrossTabs` so that a tab whose client closed leaves the sharing: +9 B (14,206 B, the ceiling), then its close signal instead (a page's removeAllListeners() cannot unhook it): +3 B; what it is made of: docs/client.md, bundle entries). The SSE entry's budget went from 1 KB to
  * 1.25 KB the same day: a refused stream is now answered as over HTTP (the error mapping it shares with
  * the HTTP entry, +300 B: 1,054 B).
  */

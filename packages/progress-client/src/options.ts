@@ -24,7 +24,7 @@ import type { FallbackTransport } from './fallback-streams.js';
 import type { HttpFallback } from './http-fallback.js';
 import { defaultPageEventSources, type PageEventSources } from './page-life.js';
 import { headersProblem } from './socket-platform.js';
-import type { SharingClient, TabSharing } from './tab-sharing.js';
+import type { TabSharing } from './tab-sharing.js';
 import { systemTimers, type TimerApi } from './timers.js';
 import type { FetchLike, HttpCredentials, TokenSource, WebSocketConstructorLike } from './transport-types.js';
 
@@ -401,13 +401,13 @@ function parseUrl(name: string, value: unknown, base?: string): URL {
 }
 
 /**
- * Merges `options` over {@link PROGRESS_CLIENT_DEFAULTS} and validates the result. `client`, the client
- * being built, is handed to `shareAcrossTabs` so its tab can leave the sharing when it closes.
+ * Merges `options` over {@link PROGRESS_CLIENT_DEFAULTS} and validates the result. `closed`, aborted when
+ * the client being built closes, is handed to `shareAcrossTabs` so its tab can leave the sharing then.
  *
  * @throws ProgressError `invalid_input` naming the offending option.
  * @internal
  */
-export function resolveOptions(options: ProgressClientOptions, client?: SharingClient): ResolvedOptions {
+export function resolveOptions(options: ProgressClientOptions, closed?: AbortSignal): ResolvedOptions {
   const o = resolveOptions_('ProgressClient', CLIENT_OPTIONS, options);
   const { firstDelayMs, ...reconnect } = o.reconnect;
   if (firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
@@ -463,7 +463,7 @@ export function resolveOptions(options: ProgressClientOptions, client?: SharingC
     pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
-    WebSocket: sharing ? sharing.wrap(WebSocketImpl, client) : WebSocketImpl,
+    WebSocket: sharing ? sharing.wrap(WebSocketImpl, closed) : WebSocketImpl,
     fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
     storage: persistence ? persistence.forServer(url.href) : undefined,
     httpFallback: o.httpFallback || undefined,

@@ -90,7 +90,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
    */
   constructor(options: ProgressClientOptions) {
     super();
-    this.#o = resolveOptions(options, this);
+    this.#o = resolveOptions(options, this.#abort.signal);
     this.#timers = new TimerSet(this.#o.timers);
     this.#taskHost = {
       timers: this.#timers,

@@ -293,6 +293,22 @@ describe('tab sharing', () => {
     await leader.close();
   });
 
+  it("a tab whose page removed the client's listeners before closing it still leaves the sharing", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tab = browser.tab();
+    const client = clientIn(tab, server);
+    client.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(client.state).toBe('open'));
+    // A common teardown: the page unhooks its listeners, then closes the client.
+    client.removeAllListeners();
+    await client.close();
+    expect(browser.locksOf(tab)).toEqual([]);
+    expect(browser.channelsOf(tab)).toBe(0);
+    expect(real.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]);
+  });
+
   it('a tab stays in the sharing while another of its clients on the URL is open', async () => {
     const browser = new Browser();
     const server = new FakeServer();

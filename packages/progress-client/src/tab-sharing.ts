@@ -57,21 +57,15 @@ export interface TabSharingOptions {
   locks?: LockManagerLike;
 }
 
-/** The part of a `ProgressClient` tab sharing watches: its `state` event says when it closed. */
-export interface SharingClient {
-  on(event: 'state', listener: (change: { state: string }) => void): unknown;
-  off(event: 'state', listener: (change: { state: string }) => void): unknown;
-}
-
 /** What the `shareAcrossTabs` option of `ProgressClientOptions` takes. */
 export interface TabSharing {
   /**
-   * Wraps the real WebSocket constructor in one whose sockets go through the leader tab. Once `client`
-   * (the one the sockets are for; `ProgressClient` passes itself) is `closed`, the constructor refuses
+   * Wraps the real WebSocket constructor in one whose sockets go through the leader tab. Once `closed`
+   * aborts (`ProgressClient` passes a signal it aborts when it closes, for good), the constructor refuses
    * new sockets, and when no other client of the tab uses the URL the tab leaves: its locks are released
    * (a leader's lead passes to another tab) and its channel is closed.
    */
-  wrap(WebSocket: WebSocketConstructorLike, client?: SharingClient): WebSocketConstructorLike;
+  wrap(WebSocket: WebSocketConstructorLike, closed?: AbortSignal): WebSocketConstructorLike;
 }
 
 /**
@@ -106,25 +100,21 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
   return {
-    wrap(WebSocket, client) {
-      // The hubs this client's sockets went through: each is left when its last client closes.
+    wrap(WebSocket, closed) {
+      // The hubs this client's sockets went through: each is left when its last client closes. A signal,
+      // not the client's `state` event: a page's `removeAllListeners()` cannot unhook it.
       const used = new Set<TabHub>();
-      let closed = false;
-      const onState = (change: { state: string }): void => {
-        if (change.state !== 'closed') return;
-        closed = true;
-        client?.off('state', onState);
+      closed?.addEventListener('abort', () => {
         for (const hub of used) {
           if (--hub.users > 0) continue;
           hubs.delete(hub.url);
           hub.leave();
         }
         used.clear();
-      };
-      client?.on('state', onState);
+      });
       return class SharedWebSocket extends VirtualSocket {
         constructor(url: string) {
-          if (closed)
+          if (closed?.aborted)
             throw new ProgressError(ErrorCode.Closed, 'tabSharing: the client of this socket is closed');
           let hub = hubs.get(url);
           if (hub === undefined) {
