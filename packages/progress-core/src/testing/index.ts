@@ -21,6 +21,7 @@ export {
   propertySeed,
   propertyTimeoutMs,
 } from './property-config.js';
+export { expectSameData } from './same-data.js';
 export type {
   ProgressStoreHarness,
   ProgressStoreHarnessFactory,
