@@ -93,6 +93,34 @@ async function until(
   }
 }
 
+/**
+ * Task `t` at seq 2 in both the live store and its backup copy, then at seq 6 in the live one only: a
+ * restore takes it back to seq 2, below what its watchers saw. `label` names the live-only events.
+ */
+async function taskAheadOfItsCopy(restorable: Restorable, label: string): Promise<void> {
+  await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
+  await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
+  await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
+  for (let i = 3; i <= 6; i++)
+    await restorable.store.append('t', { type: 'progress', done: 0, message: `${label} ${i}` });
+}
+
+/** The restorable store with `before(id)` awaited ahead of every `getTask` (to hold or fail the server's loads). */
+function beforeGetTask(restorable: Restorable, before: (id: string) => Promise<void>): Restorable['store'] {
+  return new Proxy(restorable.store, {
+    get(target, property) {
+      if (property === 'getTask')
+        return async (id: string) => {
+          await before(id);
+          return target.getTask(id);
+        };
+      return Reflect.get(target, property);
+    },
+  });
+}
+
+type Restorable = ReturnType<typeof restorableStore>;
+
 async function watchers(env: TestServer, taskId: string, afterSeqs: number[]): Promise<Watcher[]> {
   const opened: Watcher[] = [];
   for (const afterSeq of afterSeqs) {
@@ -113,10 +141,7 @@ async function restoredUnderWatchers(settle: boolean, staleAck = false): Promise
   cleanups.push(() => env.close());
   const store = restorable.store;
   // The backup copy is taken at seq 2; the live store goes on to seq 6.
-  await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
-  await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
-  await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
-  for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `live ${i}` });
+  await taskAheadOfItsCopy(restorable, 'live');
   // Watchers from scratch, and watchers holding cursors from before (a resumed page).
   const watching = await watchers(env, 't', [0, 0, 4, 6]);
   await until('every watcher is answered, at seq 6', () =>
@@ -183,25 +208,15 @@ describe('a subscribe of the old epoch crossing the server-side reset', () => {
     // Task loads wait at `gate` while it is closed: the reset's load is in flight when the subscribe comes.
     let gate: Promise<void> | undefined;
     let gated = 0;
-    const store = new Proxy(restorable.store, {
-      get(target, property) {
-        if (property === 'getTask')
-          return async (id: string) => {
-            if (gate !== undefined) {
-              gated += 1;
-              await gate;
-            }
-            return target.getTask(id);
-          };
-        return Reflect.get(target, property);
-      },
+    const store = beforeGetTask(restorable, async () => {
+      if (gate !== undefined) {
+        gated += 1;
+        await gate;
+      }
     });
     const env = await startServer({ store, heartbeatIntervalMs: 50 });
     cleanups.push(() => env.close());
-    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
-    for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `old ${i}` });
+    await taskAheadOfItsCopy(restorable, 'old');
     const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
     cleanups.push(async () => client.ws.close());
     const watcher = new Watcher(client, 't', 0);
@@ -235,25 +250,15 @@ describe('a failed load of the server-side reset', () => {
   it("still answers the client's next subscribe, sent with its old-epoch cursor, with the reset", async () => {
     const restorable = restorableStore();
     let failNext = false;
-    const store = new Proxy(restorable.store, {
-      get(target, property) {
-        if (property === 'getTask')
-          return async (id: string) => {
-            if (failNext) {
-              failNext = false;
-              throw new ProgressError(ErrorCode.StoreUnavailable, 'the restored database is starting');
-            }
-            return target.getTask(id);
-          };
-        return Reflect.get(target, property);
-      },
+    const store = beforeGetTask(restorable, async () => {
+      if (failNext) {
+        failNext = false;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'the restored database is starting');
+      }
     });
     const env = await startServer({ store, heartbeatIntervalMs: 50 });
     cleanups.push(() => env.close());
-    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
-    for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `old ${i}` });
+    await taskAheadOfItsCopy(restorable, 'old');
     const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
     cleanups.push(async () => client.ws.close());
     const watcher = new Watcher(client, 't', 0);
@@ -281,10 +286,7 @@ describe('a socket whose hello announced the old epoch', () => {
     const env = await startServer({ store, heartbeatIntervalMs: 50 });
     cleanups.push(() => env.close());
     await restorable.both((copy) => copy.createTask({ id: 'u', owner: 'alice', kind: 'k' }));
-    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'one' }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', done: 0, message: 'two' }));
-    for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `old ${i}` });
+    await taskAheadOfItsCopy(restorable, 'old');
     const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
     cleanups.push(async () => client.ws.close());
     // The socket follows another task; the client holds a cursor of `t` at 6 (persisted with its hello's epoch).
