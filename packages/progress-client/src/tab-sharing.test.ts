@@ -157,8 +157,8 @@ function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> =
     token: 'tok',
     random: () => 0,
     pageEvents: false,
-    ...extra,
     shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
+    ...extra,
   });
 }
 
@@ -314,16 +314,10 @@ describe('tab sharing', () => {
     const server = new FakeServer();
     const tab = browser.tab();
     const sharing = tabSharing({ channel: tab.channel, locks: tab.locks });
-    const [one, two] = [0, 1].map(
-      () =>
-        new ProgressClient({
-          url: 'ws://example.test/progress',
-          WebSocket: server.WebSocket,
-          token: 'tok',
-          pageEvents: false,
-          shareAcrossTabs: sharing,
-        }),
-    ) as [ProgressClient, ProgressClient];
+    const [one, two] = [0, 1].map(() => clientIn(tab, server, { shareAcrossTabs: sharing })) as [
+      ProgressClient,
+      ProgressClient,
+    ];
     one.watch('t1');
     const watch = two.watch('t1');
     const real = await acceptReal(server, 1);
@@ -423,16 +417,10 @@ describe('tab sharing', () => {
     const server = new FakeServer();
     const tab = browser.tab();
     const sharing = tabSharing({ channel: tab.channel, locks: tab.locks });
-    const [faulty, other] = [0, 1].map(
-      () =>
-        new ProgressClient({
-          url: 'ws://example.test/progress',
-          WebSocket: server.WebSocket,
-          token: 'tok',
-          pageEvents: false,
-          shareAcrossTabs: sharing,
-        }),
-    ) as [ProgressClient, ProgressClient];
+    const [faulty, other] = [0, 1].map(() => clientIn(tab, server, { shareAcrossTabs: sharing })) as [
+      ProgressClient,
+      ProgressClient,
+    ];
     faulty.on('state', (change) => {
       if (change.state === 'open') throw new Error('a bug of the page');
     });
