@@ -40,6 +40,24 @@ import type { ProgressDatabase } from './schema.js';
  * then covers more events (more work, never a miss). Re-reads are grouped per task, so their size is
  * the number of tasks that changed, not the number of events.
  *
+ * ## After a restore
+ *
+ * The mark only holds within one run of transaction ids. A physical restore, a restore into another
+ * cluster, or a failover that lost transactions starts the ids again below it, and a re-read "from the
+ * mark" would skip every commit of the restored database until its ids pass the old mark (barriers,
+ * whose `xmin` is lower, never move a mark down). No xid bounds what the restored database committed
+ * that this listener may not have heard of, so the mark goes back to 0: the next re-read reads every
+ * event the store holds, once, and publishes only each task's latest seq (its earlier ones are older
+ * than the restore, or filled in from what was published since). That happens:
+ *
+ * - when the store's epoch is renewed ({@link ListenConnection.rereadAll}, from the feed's `forgetSeqs()`):
+ *   the connection is replaced at once, so the re-read runs now and no barrier of the old connection
+ *   (matched by connection) can move the new mark;
+ * - when a (re)connect's snapshot `xmin` is below the mark, which within one run of ids cannot happen
+ *   (`xmin` never decreases): the restore is seen even when the epoch was kept. It is not seen when the
+ *   restored cluster's ids passed the old mark before the listener reconnected; renewing the epoch is
+ *   what covers that.
+ *
  * @module
  */
 
@@ -217,19 +235,27 @@ export class ListenConnection {
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
     await client.connect();
     await client.query(this.#statements.listen);
-    const mark = this.#watermark === undefined ? null : this.#watermark.toString();
-    const { rows } = await client.query(this.#statements.replay, [mark, mark]);
+    let mark = this.#watermark;
+    let rows = await this.#replay(client, mark);
+    let xmin = rows[0] === undefined ? undefined : BigInt(rows[0].xmin);
+    if (mark !== undefined && xmin !== undefined && xmin < mark) {
+      // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
+      // the mark. Read again from the start, on the same connection, which already listens.
+      mark = 0n;
+      this.#watermark = mark;
+      rows = await this.#replay(client, mark);
+      xmin = rows[0] === undefined ? undefined : BigInt(rows[0].xmin);
+    }
     if (generation !== this.#generation)
       throw new Error('The LISTEN connection was replaced while connecting');
-    let xmin: bigint | undefined;
-    for (const row of rows as ReplayRow[]) {
-      xmin = BigInt(row.xmin);
+    for (const row of rows) {
       if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
       const lastSeq = Number(row.last_seq);
       this.#options.hub.report(
         {
           taskId: row.task_id,
-          firstSeq: Number(row.first_seq),
+          // A full re-read reports each task's latest seq alone, not every seq the store holds.
+          firstSeq: mark === 0n ? lastSeq : Number(row.first_seq),
           seq: lastSeq,
           terminal: row.terminal === true,
         },
@@ -241,6 +267,34 @@ export class ListenConnection {
     this.#failedAttempts = 0;
     this.#lastConnectedAt = this.#options.clock();
     this.#scheduleBarrier(generation);
+  }
+
+  /** The re-read from `mark` (`undefined`: nothing, only the snapshot's `xmin`); see the module doc. */
+  async #replay(client: PgListenClient, mark: bigint | undefined): Promise<ReplayRow[]> {
+    const text = mark === undefined ? null : mark.toString();
+    const { rows } = await client.query(this.#statements.replay, [text, text]);
+    return rows as ReplayRow[];
+  }
+
+  /**
+   * The store's epoch was renewed (a restore): what it committed may lie below the mark, which is of
+   * the old run of transaction ids. Resets the mark to 0 and replaces the connection, whose re-read then
+   * reads every event the store holds (see the module doc); while it is down, the pending reconnect
+   * does. The connection counts one more reconnect, with no error.
+   */
+  rereadAll(): void {
+    if (this.#closed) return;
+    this.#watermark = 0n;
+    if (!this.#started || this.#retryTimer !== undefined) return;
+    // Connected, or connecting with a re-read that may have used the old mark: a new generation
+    // discards that re-read and every barrier the old connection sent, and reconnects.
+    this.#generation++;
+    this.#connected = false;
+    clearTimeout(this.#barrierTimer);
+    this.#barrierTimer = undefined;
+    this.#clearWatchdog();
+    void this.#endClient();
+    this.#scheduleReconnect();
   }
 
   /** A notification received by the connection of `generation`, the current one. */

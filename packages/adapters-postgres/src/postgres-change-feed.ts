@@ -93,7 +93,11 @@ export interface PostgresChangeFeed extends ChangeFeed {
   follow(taskId: string): Unsubscribe;
   /** Ids of the tasks followed now (what the safety-net poll asks about). */
   followedTaskIds(): string[];
-  /** The store's epoch changed: what was published of each task is forgotten (see {@link ChangeFeed}). */
+  /**
+   * The store's epoch changed: what was published of each task is forgotten (see {@link ChangeFeed}),
+   * and the `LISTEN` connection is replaced, its re-read reading every event the store holds once (the
+   * restored database's transaction ids may be below its mark; see `listen-connection.ts`).
+   */
   forgetSeqs(): void;
   health(): ChangeFeedHealth;
   stats(): ChangeFeedStats;
@@ -372,7 +376,7 @@ export class ChangeFeedHub {
 /** The parts of the feed that {@link StoreChangeFeed} reads. */
 export interface ChangeFeedParts {
   hub: ChangeFeedHub;
-  listener: { health(): ChangeFeedHealth; stats(): ListenStats };
+  listener: { health(): ChangeFeedHealth; stats(): ListenStats; rereadAll(): void };
   poll: { stats(): PollStats };
 }
 
@@ -398,6 +402,8 @@ export class StoreChangeFeed implements PostgresChangeFeed {
 
   forgetSeqs(): void {
     this.#parts.hub.forgetAll();
+    // The restored database's transaction ids may be below the mark the re-read starts from.
+    this.#parts.listener.rereadAll();
   }
 
   health(): ChangeFeedHealth {

@@ -88,6 +88,66 @@ function gatedListenClients(): { factory: () => PgListenClient; block(): void; u
   };
 }
 
+/**
+ * LISTEN clients (gated like {@link gatedListenClients}) that see transaction ids `offset` higher than the
+ * server's: the xmin of each re-read and of each barrier is raised by `offset`, and the mark a re-read
+ * sends is lowered by as much. The feed's mark so grows far above the server's xids; `restore()` then
+ * stops the shift, and the server's xids are far below the mark the feed remembers — as after a
+ * physical restore, or a restore into a new cluster, whose transaction ids start again lower.
+ * `deafen()` drops every change notification from then on (barriers still arrive): only a re-read can
+ * find a change committed after it.
+ */
+function restorableListenClients(offset: bigint) {
+  const gated = gatedListenClients();
+  let shift = offset;
+  let deaf = false;
+  const factory = (): PgListenClient => {
+    const client = gated.factory() as unknown as pg.Client;
+    const query = client.query.bind(client) as (
+      text: string,
+      values?: unknown[],
+    ) => Promise<{ rows: Array<Record<string, unknown>> }>;
+    const on = client.on.bind(client) as (event: string, listener: (...args: unknown[]) => void) => unknown;
+    Object.assign(client, {
+      query: async (text: string, values?: unknown[]) => {
+        if (!text.includes('pg_snapshot_xmin') || text.includes("'barrier'")) return query(text, values);
+        // The re-read: its mark from the feed's ids to the server's, its xmin back.
+        const at = shift;
+        const given = values?.[0];
+        const mark = typeof given === 'string' ? String(BigInt(given) > at ? BigInt(given) - at : 0n) : null;
+        const result = await query(text, [mark, mark]);
+        return {
+          ...result,
+          rows: result.rows.map((row) => ({ ...row, xmin: String(BigInt(String(row.xmin)) + at) })),
+        };
+      },
+      on: (event: string, listener: (...args: unknown[]) => void) =>
+        on(event, (...args) => {
+          if (event !== 'notification') return listener(...args);
+          const message = args[0] as { channel: string; payload?: string };
+          const payload = message.payload ?? '';
+          if (payload.startsWith('[')) return deaf ? undefined : listener(message);
+          const parsed = JSON.parse(payload) as { barrier?: string; xmin?: string };
+          if (parsed.barrier === undefined || parsed.xmin === undefined) return listener(message);
+          const xmin = String(BigInt(parsed.xmin) + shift);
+          return listener({ ...message, payload: JSON.stringify({ barrier: parsed.barrier, xmin }) });
+        }),
+    });
+    return client as unknown as PgListenClient;
+  };
+  return {
+    factory,
+    block: gated.block,
+    unblock: gated.unblock,
+    restore() {
+      shift = 0n;
+    },
+    deafen() {
+      deaf = true;
+    },
+  };
+}
+
 /** Waits until `condition()` holds, turning the event loop with setImmediate (timers are faked), up to 10 s. */
 async function eventuallyWithFakeTimers(condition: () => boolean): Promise<void> {
   const deadline = Date.now() + 10_000;
@@ -323,6 +383,62 @@ describe('the LISTEN connection', () => {
     );
     await eventually('the re-read finds the commit the dead socket missed', () => recorder.has('x', 2), 3000);
     expect(recorder.seqs('x')).toEqual([1, 2]);
+  });
+});
+
+describe('the watermark after a restore', () => {
+  // Transaction ids the feed saw before the simulated restore, above the server's.
+  const offset = 1_000_000_000n;
+
+  async function highMarkedObserver(schema: string) {
+    const listen = restorableListenClients(offset);
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      watermarkIntervalMs: 10,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      // No safety net: a change must come by notification or by a re-read.
+      pollIntervalMs: 3_600_000,
+    });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    await writer.append('x', { type: 'progress' });
+    await eventually('the first change', () => recorder.has('x', 1));
+    const high = offset + (await currentXmin());
+    const mark = () => BigInt(observer.changes.health().watermark ?? '0');
+    await eventually('the mark passes the first change', () => mark() >= high);
+    return { listen, observer, writer, recorder, high, mark };
+  }
+
+  it("forgetSeqs() resets it: the restored cluster's commits below the old mark are re-read", async () => {
+    const schema = await migrated();
+    const { listen, observer, writer, recorder, high, mark } = await highMarkedObserver(schema);
+    listen.restore();
+    // A change of the restored store whose notification this listener never got (committed while it
+    // was away, its re-read then skipped by the old mark): only a re-read from a reset mark finds it.
+    listen.deafen();
+    await writer.append('x', { type: 'progress' });
+    observer.changes.forgetSeqs(); // the server found the renewed epoch
+    await eventually('the re-read finds the change below the old mark', () => recorder.has('x', 2), 3000);
+    // The full re-read publishes each task's latest seq only: the rest were forgotten, not missed.
+    expect(recorder.seqs('x')).toEqual([1, 2]);
+    expect(observer.changes.stats().replayed).toBe(1);
+    await eventually('the mark follows the restored cluster', () => mark() < high);
+  });
+
+  it('a reconnect whose snapshot is below the mark re-reads from the start, even with the epoch kept', async () => {
+    const schema = await migrated();
+    const { listen, observer, writer, recorder, high, mark } = await highMarkedObserver(schema);
+    listen.block();
+    await terminate(observer.changes.health().listenerPid ?? 0);
+    await eventually('the observer notices', () => !observer.changes.health().connected);
+    listen.restore();
+    await writer.append('x', { type: 'progress' }); // while the listener is away: no notification
+    listen.unblock();
+    await eventually('the re-read finds the change below the old mark', () => recorder.has('x', 2), 3000);
+    expect(recorder.seqs('x')).toEqual([1, 2]);
+    expect(mark() < high, `mark ${mark()} must follow the restored cluster, below ${high}`).toBe(true);
   });
 });
 
