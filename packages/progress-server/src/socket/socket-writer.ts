@@ -202,10 +202,14 @@ export class SocketWriter {
    * high-water mark: then it is dropped, since holding answers for a peer that does not read would
    * buffer without bound (each costs a client frame, which the rate limit allows a hundred a second).
    * A peer that reads that slowly receives the backlog meanwhile and repeats what it still needs (a
-   * subscribe goes unanswered: it is sent again). Returns whether it was written.
+   * subscribe goes unanswered: it is sent again). Each drop is counted in `frames_dropped_total{type}`.
+   * Returns whether it was written.
    */
   send(frame: ServerFrame): boolean {
-    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) return false;
+    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
+      this.#ctx.metrics.framesDropped.inc({ type: frame.type });
+      return false;
+    }
     this.#write(encodeFrame(frame));
     return true;
   }
