@@ -226,6 +226,12 @@ export class SocketWriter {
    * A WebSocket ping, held with the tick's frames like they are, so the heartbeat frame that follows it
    * leaves in the same system call. Sent on its own, it was a second write per socket at every heartbeat
    * tick, which showed in the replicas' profiles whenever a tick fell in a measured window.
+   *
+   * Written whatever the high-water mark, unlike answers: a peer reading through a backlog keeps the
+   * buffer just above the mark (the drain refills it), so a ping held there would never go out, and the
+   * liveness check (connection.ts, `tick`) would terminate a peer that reads, whenever its buffer
+   * happened not to shrink between two ticks. It costs two bytes per heartbeat interval, and a peer
+   * that stops reading is terminated at the next tick.
    */
   ping(): void {
     const ws = this.#ctx.ws;
