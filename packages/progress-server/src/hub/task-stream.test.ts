@@ -361,3 +361,42 @@ describe('TaskHub after the store epoch changed', () => {
     }
   });
 });
+
+describe('TaskStream behind a seq the store does not hold', () => {
+  it('answers with one snapshot, not a snapshot per turn until the hub gives the seq up', async () => {
+    const store = new MemoryProgressStore();
+    const listeners = new Set<ChangeListener>();
+    const counted = countingReads(store, {
+      subscribe: (listener: ChangeListener) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    });
+    let loads = 0;
+    // Counting its task loads too (the replay-limit snapshots).
+    const loading = {
+      ...counted.store,
+      getTask: (taskId: string) => {
+        loads += 1;
+        return store.getTask(taskId);
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(loading, {
+      maxReplayEvents: 3,
+      metricsFeed: store.changes,
+      fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
+    });
+    // The restored store holds the task at seq 2; a late notice of the old epoch claims 100.
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    await store.append(task.id, { type: 'progress', done: 2 });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    for (const listener of listeners) listener({ taskId: task.id, seq: 100, terminal: false });
+    stream.start(0, false, 2);
+    await until(() => rec.caughtUp() > 0);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(rec.calls).toEqual(['snapshot@2']);
+    expect(loads).toBe(1);
+  });
+});
