@@ -39,6 +39,7 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahea
  * | `terminal_ack_latency_seconds` | histogram | first send of a terminal frame → its ack, per socket |
  * | `unacked_terminal_events` | gauge | terminal frames sent and not yet acknowledged |
  * | `frames_rejected_total{code}` | counter | client frames refused, by error code |
+ * | `frames_dropped_total{type}` | counter | answers and heartbeats not written because the socket's buffer was above `highWaterMarkBytes` (a peer that stopped reading or reads too slowly), by frame type: `pong`, `error`, `hello`, `heartbeat` |
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
  * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`) |
@@ -60,6 +61,7 @@ export class ServerMetrics {
   readonly terminalAckLatency: Histogram;
   readonly unackedTerminals: Gauge;
   readonly framesRejected: Counter<'code'>;
+  readonly framesDropped: Counter<'type'>;
   readonly upgradesRejected: Counter<'code'>;
   readonly connectionsDropped: Counter<'reason'>;
   readonly principalLimits: Counter<'limit'>;
@@ -115,6 +117,15 @@ export class ServerMetrics {
         registers,
       }),
       `${p}frames_rejected_total`,
+    );
+    this.framesDropped = track(
+      new Counter({
+        name: `${p}frames_dropped_total`,
+        help: 'Answers and heartbeats not written to a socket above the high-water mark, by frame type',
+        labelNames: ['type'] as const,
+        registers,
+      }),
+      `${p}frames_dropped_total`,
     );
     this.upgradesRejected = track(
       new Counter({

@@ -281,7 +281,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   reapIntervalMs?: number | undefined;
   /**
-   * After a failed store read for live delivery, wait this long before reading again.
+   * After a failed store read for live delivery, wait this long before reading again. Also the wait
+   * before reading again when the change feed announced a seq the store does not show; after three such
+   * retries the announced seq is given up (a late notice of a restored store's previous epoch).
    * @default 1000
    */
   storeRetryDelayMs?: number | undefined;

@@ -56,4 +56,37 @@ describe('AckWriter', () => {
     await sleep(100);
     expect(stored.get('t')).toBe(7);
   });
+
+  it('flush() after forgetSeqs() still waits for the write that was in flight, and records the new epoch acks', async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const writes: [string, number][] = [];
+    // The old epoch's write of 5 is held by the store; the restored store's acks go through at once.
+    const { acks, stored } = writerOver(async (_stored, taskId, seq) => {
+      writes.push([taskId, seq]);
+      if (seq === 5) await held;
+    }, 10);
+    acks.ack('t', 5);
+    // The store's epoch changed while that write runs (ProgressServer's StoreEpoch callback).
+    acks.forgetSeqs();
+    // The restored task is at a lower seq: its ack must not be skipped as already written.
+    acks.ack('t', 2);
+    let flushed = false;
+    const flush = acks.flush(Date.now() + 5000).then(() => {
+      flushed = true;
+    });
+    await sleep(30);
+    // A graceful shutdown now would close the writer with the acknowledged 5 still being written.
+    expect(flushed).toBe(false);
+    release();
+    await flush;
+    expect(stored.get('t')).toBe(5);
+    expect(writes).toEqual([
+      ['t', 5],
+      ['t', 2],
+    ]);
+    acks.close();
+  });
 });

@@ -38,6 +38,11 @@ export class AckWriter {
   readonly #metrics: ServerMetrics;
   readonly #retryDelayMs: number;
   readonly #tasks = new Map<string, AckState>();
+  /**
+   * Writes that were in flight when the seqs were forgotten ({@link forgetSeqs}): no task's state any
+   * more, but still acknowledgements on their way to the store, which {@link flush} waits for.
+   */
+  readonly #forgottenInFlight = new Set<Promise<void>>();
   #closed = false;
 
   constructor(options: {
@@ -84,6 +89,7 @@ export class AckWriter {
         this.#write(taskId, state);
       }
       const inFlight = [...this.#tasks.values()].flatMap((state) => (state.inFlight ? [state.inFlight] : []));
+      inFlight.push(...this.#forgottenInFlight);
       if (inFlight.length === 0 || Date.now() >= deadline) return;
       await waitAtMost(Promise.allSettled(inFlight), deadline - Date.now());
     }
@@ -91,14 +97,23 @@ export class AckWriter {
 
   /**
    * The store's epoch changed (a restore): the seqs written and waiting belong to the old epoch, and the
-   * restored tasks' acks, lower, would be skipped as already written. A write in flight finishes, but
-   * what waited behind it is dropped.
+   * restored tasks' acks, lower, would be skipped as already written. A write in flight finishes, and
+   * {@link flush} still waits for it (a shutdown right after a restore closed the writer under it, losing
+   * that acknowledgement); what waited behind it is dropped.
    */
   forgetSeqs(): void {
     for (const state of this.#tasks.values()) {
       if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
       state.retryTimer = undefined;
       state.pending = 0;
+      const write = state.inFlight;
+      if (write !== undefined) {
+        this.#forgottenInFlight.add(write);
+        const settled = (): void => {
+          this.#forgottenInFlight.delete(write);
+        };
+        void write.then(settled, settled);
+      }
     }
     this.#tasks.clear();
   }

@@ -33,6 +33,8 @@ interface Followed {
   /** Highest seq known to be committed (from the feed, local appends and subscribers' reads). */
   latestSeq: number;
   reading: boolean;
+  /** Reads in a row that found nothing after `readSeq` although `latestSeq` is above it. */
+  emptyReads: number;
   /** Appends to this task in flight in this process (see {@link TaskHub.localAppend}). */
   localAppends: number;
   retryTimer: NodeJS.Timeout | undefined;
@@ -46,6 +48,12 @@ const noop = (): void => undefined;
 
 /** Events read per store call when catching up. */
 const READ_LIMIT = 1000;
+
+/**
+ * Retries of a read that found nothing after `readSeq`, after which the seq the feed announced is given
+ * up (see `#readLoop`).
+ */
+const MAX_EMPTY_RETRIES = 3;
 
 /**
  * Per-process fan-out of live events. Whatever the number of local sockets following a task, a change
@@ -143,6 +151,7 @@ export class TaskHub {
         readSeq: undefined,
         latestSeq: 0,
         reading: false,
+        emptyReads: 0,
         localAppends: 0,
         retryTimer: undefined,
         stopFeed: undefined,
@@ -230,6 +239,7 @@ export class TaskHub {
     for (const entry of this.#followed.values()) {
       entry.readSeq = undefined;
       entry.latestSeq = 0;
+      entry.emptyReads = 0;
       entry.pending = [];
       if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
       entry.retryTimer = undefined;
@@ -281,15 +291,32 @@ export class TaskHub {
     try {
       while (!entry.closed && entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) {
         const epochs = this.#epochs;
+        const claimed = entry.latestSeq;
         const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
         if (entry.closed) return;
         // Read in the old epoch: its events mean nothing now; the loop goes on from the new position.
         if (epochs !== this.#epochs) continue;
         if (events.length === 0) {
+          // Announced while the read ran: committed after what it saw, maybe. Read again.
+          if (entry.latestSeq > claimed) continue;
+          entry.emptyReads += 1;
+          if (entry.emptyReads > MAX_EMPTY_RETRIES) {
+            // The store does not hold the seq announced: a late notice of the store's previous epoch
+            // (a restore took the task back below it) claims what no read will ever find, and retrying
+            // re-read the task every retryDelayMs for ever. The next notice of a commit reads again.
+            this.#logger.warn(
+              { taskId: entry.taskId, announcedSeq: entry.latestSeq, storeSeq: entry.readSeq },
+              'the change feed announced a seq the store does not hold; giving it up',
+            );
+            entry.latestSeq = entry.readSeq;
+            entry.emptyReads = 0;
+            return;
+          }
           // The feed announced a seq the store does not show yet: try again later rather than spin.
           this.#scheduleRetry(entry);
           return;
         }
+        entry.emptyReads = 0;
         // Local appends and the feed's own events may have advanced readSeq while the read was in flight.
         this.#dispatchNext(entry, events);
       }

@@ -1,6 +1,6 @@
 import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
 import { FairReads } from './fair-reads.js';
@@ -310,5 +310,93 @@ describe('TaskHub recent events', () => {
     await until(() => behindAgain.caughtUp() > 0);
     expect(behindAgain.seqs).toHaveLength(20);
     expect(counted.reads).toBe(afterLive + 1);
+  });
+});
+
+describe('TaskHub after the store epoch changed', () => {
+  it('gives up a seq a late notice of the old epoch claims, instead of re-reading the task for ever', async () => {
+    vi.useFakeTimers();
+    try {
+      const store = new MemoryProgressStore();
+      const listeners = new Set<ChangeListener>();
+      const emit = (change: TaskChange) => {
+        for (const listener of listeners) listener(change);
+      };
+      const counted = countingReads(store, {
+        subscribe: (listener: ChangeListener) => {
+          listeners.add(listener);
+          return () => listeners.delete(listener);
+        },
+      });
+      // retryDelayMs: 10.
+      const hub = hubOver(counted.store, {
+        metricsFeed: store.changes,
+        fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
+      });
+      // The restored store holds the task at seq 2; the old epoch had reached 6.
+      const task = await store.createTask({ owner: 'alice', kind: 'k' });
+      await store.append(task.id, { type: 'progress', done: 1 });
+      await store.append(task.id, { type: 'progress', done: 2 });
+      const seen: number[] = [];
+      hub.follow(task.id, { deliver: (events) => seen.push(...events.map((event) => event.seq)) });
+      hub.observe(task.id, 6);
+      hub.forgetSeqs();
+      // The old epoch's notice of 6, delivered after the reset, then the restarted stream's read of the task.
+      emit({ taskId: task.id, seq: 6, terminal: false });
+      hub.observe(task.id, 2);
+      await vi.advanceTimersByTimeAsync(1000);
+      const settled = counted.reads;
+      await vi.advanceTimersByTimeAsync(1000);
+      // No seq above 2 exists: a hundred retry delays later the hub no longer reads the task.
+      expect(counted.reads).toBe(settled);
+      expect(hub.latestSeq(task.id)).toBe(2);
+
+      // The new epoch's commits are read and delivered as usual.
+      await store.append(task.id, { type: 'progress', done: 3 });
+      emit({ taskId: task.id, seq: 3, terminal: false });
+      await vi.advanceTimersByTimeAsync(0);
+      expect(seen).toEqual([3]);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('TaskStream behind a seq the store does not hold', () => {
+  it('answers with one snapshot, not a snapshot per turn until the hub gives the seq up', async () => {
+    const store = new MemoryProgressStore();
+    const listeners = new Set<ChangeListener>();
+    const counted = countingReads(store, {
+      subscribe: (listener: ChangeListener) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    });
+    let loads = 0;
+    // Counting its task loads too (the replay-limit snapshots).
+    const loading = {
+      ...counted.store,
+      getTask: (taskId: string) => {
+        loads += 1;
+        return store.getTask(taskId);
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(loading, {
+      maxReplayEvents: 3,
+      metricsFeed: store.changes,
+      fairReads: { maxConcurrent: 1, maxPerPrincipal: 1 },
+    });
+    // The restored store holds the task at seq 2; a late notice of the old epoch claims 100.
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    await store.append(task.id, { type: 'progress', done: 2 });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    for (const listener of listeners) listener({ taskId: task.id, seq: 100, terminal: false });
+    stream.start(0, false, 2);
+    await until(() => rec.caughtUp() > 0);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(rec.calls).toEqual(['snapshot@2']);
+    expect(loads).toBe(1);
   });
 });

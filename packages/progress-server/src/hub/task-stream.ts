@@ -150,6 +150,10 @@ export class TaskStream {
           this.#hub.metrics.resyncs.inc({ reason: 'replay_limit' });
           this.#hub.observe(this.taskId, task.seq);
           this.#snapshot(toTaskView(task));
+          // The store holds less than the hub was told (a late change notice of a restored store's old
+          // epoch): loading again would find the same, and sent a snapshot per turn until the hub gave
+          // that seq up. Live events, and their gap repair, take it from here.
+          if (task.seq < target) break;
           continue;
         }
         // From the hub's memory when it holds them all, in the principal's turn all the same: what a

@@ -202,10 +202,14 @@ export class SocketWriter {
    * high-water mark: then it is dropped, since holding answers for a peer that does not read would
    * buffer without bound (each costs a client frame, which the rate limit allows a hundred a second).
    * A peer that reads that slowly receives the backlog meanwhile and repeats what it still needs (a
-   * subscribe goes unanswered: it is sent again). Returns whether it was written.
+   * subscribe goes unanswered: it is sent again). Each drop is counted in `frames_dropped_total{type}`.
+   * Returns whether it was written.
    */
   send(frame: ServerFrame): boolean {
-    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) return false;
+    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
+      this.#ctx.metrics.framesDropped.inc({ type: frame.type });
+      return false;
+    }
     this.#write(encodeFrame(frame));
     return true;
   }
@@ -222,6 +226,12 @@ export class SocketWriter {
    * A WebSocket ping, held with the tick's frames like they are, so the heartbeat frame that follows it
    * leaves in the same system call. Sent on its own, it was a second write per socket at every heartbeat
    * tick, which showed in the replicas' profiles whenever a tick fell in a measured window.
+   *
+   * Written whatever the high-water mark, unlike answers: a peer reading through a backlog keeps the
+   * buffer just above the mark (the drain refills it), so a ping held there would never go out, and the
+   * liveness check (connection.ts, `tick`) would terminate a peer that reads, whenever its buffer
+   * happened not to shrink between two ticks. It costs two bytes per heartbeat interval, and a peer
+   * that stops reading is terminated at the next tick.
    */
   ping(): void {
     const ws = this.#ctx.ws;
