@@ -8,8 +8,10 @@ import type { TaskEvent } from '../model.js';
  */
 
 /**
- * "Task X is now at seq N." Stores publish one change per committed event; servers use it to wake the
- * watchers of that task instead of polling. A change always carries the ids; it may also carry the
+ * "Task X is now at seq N." Stores publish one change per committed event, once `readEvents` shows it
+ * (a server that reads nothing at the announced seq a few times over takes the change for a stale one, of
+ * a store restored since, and waits for the next); servers use it to wake the watchers of that task
+ * instead of polling. A change always carries the ids; it may also carry the
  * committed events themselves (`events`), when the feed had them at hand — then a receiver whose cursor
  * is right before them can deliver them without reading the store. A lost or duplicated change costs at
  * most a read either way.
