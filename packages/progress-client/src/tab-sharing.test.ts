@@ -162,6 +162,27 @@ function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> =
   });
 }
 
+/** Makes `socket.close()` refuse a reason past 123 bytes of UTF-8, as a browser's WebSocket does. */
+function closeLikeABrowser(socket: FakeSocket): void {
+  const close = socket.close.bind(socket);
+  socket.close = (code, reason) => {
+    if (new TextEncoder().encode(reason ?? '').length > 123)
+      throw new DOMException('The close reason must not be greater than 123 UTF-8 bytes.', 'SyntaxError');
+    close(code, reason);
+  };
+}
+
+/** Watches the channel of the URL from a tab of its own: the ids of the sockets that asked to connect. */
+function spy(browser: Browser): { channel: BroadcastChannelLike; connects: { from: string; id: string }[] } {
+  const channel = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+  const connects: { from: string; id: string }[] = [];
+  channel.onmessage = ({ data }) => {
+    const message = data as { t: string; from: string; id: string };
+    if (message.t === 'connect') connects.push({ from: message.from, id: message.id });
+  };
+  return { channel, connects };
+}
+
 describe('tab sharing', () => {
   it('one real socket for every tab; each tab gets every event once; a dead leader is replaced without loss', async () => {
     const browser = new Browser();
@@ -566,5 +587,66 @@ describe('tab sharing', () => {
       process.off('uncaughtException', onError);
     }
     expect(errors).toEqual([]);
+  });
+  it("a wrapped socket refuses close() with a reason past 123 bytes or a code a page may not use, as a browser's does, and posts nothing", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const leader = clientIn(browser.tab(), server);
+    leader.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    const tab = browser.tab();
+    const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
+    const socket = new Shared('ws://example.test/progress');
+    await vi.waitFor(() => expect(socket.readyState).toBe(1));
+    // 62 two-byte characters: 124 bytes, though 62 UTF-16 units.
+    expect(() => socket.close(4010, 'é'.repeat(62))).toThrow(
+      expect.objectContaining({ name: 'SyntaxError' }),
+    );
+    expect(() => socket.close(1001)).toThrow(expect.objectContaining({ name: 'InvalidAccessError' }));
+    expect(() => socket.close(5000, 'x')).toThrow(expect.objectContaining({ name: 'InvalidAccessError' }));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Nothing reached the leader: the socket and the real one are open.
+    expect(socket.readyState).toBe(1);
+    expect(real.closedWith).toEqual([]);
+    socket.close(3000, 'é'.repeat(61));
+    expect(socket.readyState).toBe(3);
+    await leader.close();
+  });
+
+  it('a bye from another tab whose reason the real socket refuses still closes the real socket (the leader throws nothing), and every tab reconnects', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const { channel, connects } = spy(browser);
+    const [leaderTab, followerTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const clients = [clientIn(leaderTab, server), clientIn(followerTab, server)];
+    for (const client of clients) client.watch('t1');
+    const real = await acceptReal(server, 1);
+    closeLikeABrowser(real);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const follower = connects.find(
+      (connect) => browser.holder(`finishline:tab:${connect.from}`) === followerTab,
+    ) as { from: string; id: string };
+    const errors: unknown[] = [];
+    const onError = (error: unknown) => errors.push(error);
+    process.on('uncaughtException', onError);
+    try {
+      // Another version of the client, or a page's own use of the wrapped socket, gives up on its socket
+      // (4010, which replaces the real socket) with a reason over 123 bytes.
+      channel.postMessage({
+        t: 'bye',
+        from: follower.from,
+        id: follower.id,
+        code: 4010,
+        reason: 'x'.repeat(200),
+      });
+      await vi.waitFor(() => expect(real.closedWith).toEqual([{ code: 4010, reason: undefined }]));
+      const second = await acceptReal(server, 2);
+      await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(2));
+    } finally {
+      process.off('uncaughtException', onError);
+    }
+    expect(errors).toEqual([]);
+    await Promise.all(clients.map((client) => client.close()));
   });
 });

@@ -180,6 +180,11 @@ class VirtualSocket implements WebSocketLike {
   }
 
   close(code = 1000, reason = ''): void {
+    // Refused to the caller, as a browser's WebSocket does, before the leader would pass them on to the
+    // real socket, whose close() would throw there.
+    const badCode = !(code === 1000 || (code >= 3000 && code < 5000));
+    if (badCode || new TextEncoder().encode(reason).length > 123)
+      throw new DOMException(`close(${code}, reason)`, badCode ? 'InvalidAccessError' : 'SyntaxError');
     if (this.readyState === CLOSED) return;
     this.#hub.detach(this, code, reason);
     this.closed(code, reason);
@@ -535,7 +540,8 @@ class TabHub {
     try {
       real.close(code, reason);
     } catch {
-      // Already closing.
+      // A reason it refuses (another tab's, past 123 bytes): the code alone, always valid, still closes it.
+      real.close(code);
     }
   }
 }
