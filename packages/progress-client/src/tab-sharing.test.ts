@@ -649,4 +649,33 @@ describe('tab sharing', () => {
     expect(errors).toEqual([]);
     await Promise.all(clients.map((client) => client.close()));
   });
+
+  it('a tab whose Web Locks are refused (a sandboxed frame, an opaque origin) opens a socket of its own and says why once', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tab = browser.tab();
+    const refused = new DOMException('The request was denied.', 'SecurityError');
+    const locks: LockManagerLike = { request: () => Promise.reject(refused) };
+    const client = clientIn(tab, server, { shareAcrossTabs: tabSharing({ channel: tab.channel, locks }) });
+    const errors: unknown[] = [];
+    client.on('error', (error) => errors.push(error));
+    client.watch('t1');
+    // Before, the tab waited for the lock for ever: no socket, and the client stuck at connecting.
+    const first = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(client.state).toBe('open'));
+    expect(first.url).toBe('ws://example.test/progress');
+    expect(errors).toEqual([
+      expect.objectContaining({
+        code: 'internal',
+        cause: expect.objectContaining({ message: 'tabSharing: Web Locks refused', cause: refused }),
+      }),
+    ]);
+    expect(browser.channelsOf(tab)).toBe(0);
+    // Its sockets stay its own, and the refusal is not said again.
+    first.serverClose(1006);
+    await acceptReal(server, 2);
+    await vi.waitFor(() => expect(client.state).toBe('open'));
+    expect(errors).toHaveLength(1);
+    await client.close();
+  });
 });

@@ -108,21 +108,31 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
         }
         used.clear();
       });
-      return class SharedWebSocket extends VirtualSocket {
-        constructor(url: string) {
-          if (closed?.aborted) throw new ProgressError(ErrorCode.Closed, 'tabSharing: client closed');
-          let hub = hubs.get(url);
-          if (hub === undefined) {
-            hub = new TabHub(url, WebSocket, env);
-            hubs.set(url, hub);
-          }
-          if (!used.has(hub)) {
-            used.add(hub);
-            hub.users++;
-          }
-          super(hub);
+      // A function, not a class: once the locks were refused it returns a real socket instead.
+      function SharedWebSocket(
+        url: string,
+        ...rest: [protocols?: string | string[], options?: { headers: Record<string, string> }]
+      ): WebSocketLike {
+        if (closed?.aborted) throw new ProgressError(ErrorCode.Closed, 'tabSharing: client closed');
+        const refused = env.refused;
+        if (refused !== undefined) {
+          if (refused === true) return new WebSocket(url, ...rest);
+          // Said once, through the client's `error` event (a socket it could not create); it retries.
+          env.refused = true;
+          throw refused;
         }
-      } as unknown as WebSocketConstructorLike;
+        let hub = hubs.get(url);
+        if (hub === undefined) {
+          hub = new TabHub(url, WebSocket, env);
+          hubs.set(url, hub);
+        }
+        if (!used.has(hub)) {
+          used.add(hub);
+          hub.users++;
+        }
+        return new VirtualSocket(hub);
+      }
+      return SharedWebSocket as unknown as WebSocketConstructorLike;
     },
   };
 }
@@ -131,6 +141,8 @@ interface HubEnv {
   prefix: string;
   channel: (name: string) => BroadcastChannelLike;
   locks: LockManagerLike;
+  /** The locks were refused: why, until it was said once; then `true` (every socket is a real one). */
+  refused?: ProgressError | true;
 }
 
 /** Messages on the channel. `from` is the sending tab; socket ids start with their tab's id. */
@@ -262,19 +274,29 @@ class TabHub {
     });
   }
 
-  /** Requests a lock that a leaving tab stops waiting for. */
+  /**
+   * Requests a lock that a leaving tab stops waiting for. A request that fails otherwise was refused (a
+   * sandboxed frame or an opaque origin rejects with a SecurityError): no sharing then, or the tab would
+   * wait for ever. Its sockets close at once, and the client's next ones are real (see `wrap`).
+   */
   #lock(name: string, callback: () => Promise<unknown>): void {
     this.#env.locks
       .request(`${this.#env.prefix}${name}`, { signal: this.#requests.signal }, callback)
-      .catch(noop);
+      .catch((cause: unknown) => {
+        if (this.#gone) return;
+        this.#env.refused ??= new ProgressError(ErrorCode.Internal, 'tabSharing: Web Locks refused', {
+          cause,
+        });
+        this.leave('tabSharing: Web Locks refused');
+      });
   }
 
   /**
    * The tab leaves (its last client closed, the page stays): its sockets close, a leader closes the real
    * socket and sends the other tabs' sockets to the next leader, and the tab's locks and channel go.
    */
-  leave(): void {
-    for (const socket of this.#sockets.values()) socket.close(1000, 'client closed');
+  leave(reason = 'client closed'): void {
+    for (const socket of this.#sockets.values()) socket.close(1000, reason);
     if (this.#leading) {
       this.#leading = false;
       const others = [...this.#peers.keys()].filter((id) => !id.startsWith(`${this.tab}/`));
