@@ -678,4 +678,30 @@ describe('tab sharing', () => {
     expect(errors).toHaveLength(1);
     await client.close();
   });
+
+  it('a socket asked for again (a connect repeated on a leader change) gets one hello', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const leader = clientIn(browser.tab(), server);
+    leader.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    const tab = browser.tab();
+    const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
+    const socket = new Shared('ws://example.test/progress');
+    const received: string[] = [];
+    socket.onmessage = ({ data }: { data: string }) =>
+      received.push((JSON.parse(data) as { type: string }).type);
+    // A late announcement from a tab that is gone: the tab asks again for its socket, then again once it
+    // finds that tab's lock free; the leader answers each connect with an open and the cached hello.
+    const late = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+    late.postMessage({ t: 'leader', from: 'gone' });
+    await vi.waitFor(() => expect(socket.readyState).toBe(1));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(received).toEqual(['hello']);
+    real.push('{"type":"heartbeat","tasks":{}}');
+    await vi.waitFor(() => expect(received).toEqual(['hello', 'heartbeat']));
+    socket.close();
+    await leader.close();
+  });
 });

@@ -370,9 +370,11 @@ class TabHub {
       case 'frame':
         for (const socket of this.#sockets.values()) {
           if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
-          if (message.to === undefined ? !socket.helloed && !message.hello : message.to !== socket.id)
+          // A hello (broadcast, or to one socket) only to a socket without one: a socket asked for again
+          // (a `connect` repeated on a leader change) is opened, and sent the cached hello, again.
+          if (message.hello ? socket.helloed || (message.to ?? socket.id) !== socket.id : !socket.helloed)
             continue;
-          if (message.hello) socket.helloed = true;
+          socket.helloed ||= message.hello;
           // Each on its own, as a browser dispatches: a client that throws does not starve the others.
           queueMicrotask(() => socket.onmessage?.({ data: message.data }));
         }
