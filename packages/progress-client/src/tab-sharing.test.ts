@@ -5,6 +5,7 @@ import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
 import { record } from './testing/harness.js';
+import type { Watch } from './watch.js';
 
 /**
  * Tabs in one process: a channel bus and a lock manager that behave like a browser's (messages reach
@@ -703,5 +704,35 @@ describe('tab sharing', () => {
     await vi.waitFor(() => expect(received).toEqual(['hello', 'heartbeat']));
     socket.close();
     await leader.close();
+  });
+
+  it("the leader forgets a socket's task once it is unsubscribed: the last tab to let go of a task unsubscribes the real socket", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server, { ackDelayMs: 0 }));
+    const [first, second] = clients.map((client) => client.watch('t1')) as [Watch, Watch];
+    const other = (clients[0] as ProgressClient).watch('t2');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    // One tab lets go of t1: the other still watches it, so the server hears nothing.
+    first.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(real.frames('unsubscribe')).toEqual([]);
+    second.close();
+    await vi.waitFor(() =>
+      expect(real.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]),
+    );
+    // A task that finishes is unsubscribed by each tab after its terminal ack: the last one reaches the server.
+    const again = clients.map((client) => client.watch('t3'));
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(5));
+    const task = new FakeTask('t3', 1);
+    real.push({ type: 'snapshot', task: task.view() });
+    real.push({ type: 'event', event: task.end('completed') });
+    await Promise.all(again.map((watch) => watch.done));
+    await vi.waitFor(() =>
+      expect(real.frames('unsubscribe').filter((frame) => frame.taskId === 't3')).toHaveLength(1),
+    );
+    other.close();
+    await Promise.all(clients.map((client) => client.close()));
   });
 });
