@@ -382,7 +382,7 @@ class TabHub {
       case 'close': {
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
-        const named = this.#fromLeader(message) ? (message.ids ?? []) : [];
+        const named = (this.#fromLeader(message) && message.ids) || [];
         for (const socket of this.#sockets.values()) {
           if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
@@ -585,7 +585,7 @@ function isMessage(data: unknown): data is Message {
     case 'frame':
       return typeof m.data === 'string';
     case 'close':
-      return typeof m.code === 'number' && (m.ids === undefined || Array.isArray(m.ids));
+      return typeof m.code === 'number' && Array.isArray(m.ids ?? []);
     default:
       return false;
   }
