@@ -5,6 +5,7 @@ import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
 import { record } from './testing/harness.js';
+import type { Watch } from './watch.js';
 
 /**
  * Tabs in one process: a channel bus and a lock manager that behave like a browser's (messages reach
@@ -160,6 +161,27 @@ function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> =
     shareAcrossTabs: tabSharing({ channel: tab.channel, locks: tab.locks }),
     ...extra,
   });
+}
+
+/** Makes `socket.close()` refuse a reason past 123 bytes of UTF-8, as a browser's WebSocket does. */
+function closeLikeABrowser(socket: FakeSocket): void {
+  const close = socket.close.bind(socket);
+  socket.close = (code, reason) => {
+    if (new TextEncoder().encode(reason ?? '').length > 123)
+      throw new DOMException('The close reason must not be greater than 123 UTF-8 bytes.', 'SyntaxError');
+    close(code, reason);
+  };
+}
+
+/** Watches the channel of the URL from a tab of its own: the ids of the sockets that asked to connect. */
+function spy(browser: Browser): { channel: BroadcastChannelLike; connects: { from: string; id: string }[] } {
+  const channel = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+  const connects: { from: string; id: string }[] = [];
+  channel.onmessage = ({ data }) => {
+    const message = data as { t: string; from: string; id: string };
+    if (message.t === 'connect') connects.push({ from: message.from, id: message.id });
+  };
+  return { channel, connects };
 }
 
 describe('tab sharing', () => {
@@ -566,5 +588,151 @@ describe('tab sharing', () => {
       process.off('uncaughtException', onError);
     }
     expect(errors).toEqual([]);
+  });
+  it("a wrapped socket refuses close() with a reason past 123 bytes or a code a page may not use, as a browser's does, and posts nothing", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const leader = clientIn(browser.tab(), server);
+    leader.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    const tab = browser.tab();
+    const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
+    const socket = new Shared('ws://example.test/progress');
+    await vi.waitFor(() => expect(socket.readyState).toBe(1));
+    // 62 two-byte characters: 124 bytes, though 62 UTF-16 units.
+    expect(() => socket.close(4010, 'é'.repeat(62))).toThrow(
+      expect.objectContaining({ name: 'SyntaxError' }),
+    );
+    expect(() => socket.close(1001)).toThrow(expect.objectContaining({ name: 'InvalidAccessError' }));
+    expect(() => socket.close(5000, 'x')).toThrow(expect.objectContaining({ name: 'InvalidAccessError' }));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Nothing reached the leader: the socket and the real one are open.
+    expect(socket.readyState).toBe(1);
+    expect(real.closedWith).toEqual([]);
+    socket.close(3000, 'é'.repeat(61));
+    expect(socket.readyState).toBe(3);
+    await leader.close();
+  });
+
+  it('a bye from another tab whose reason the real socket refuses still closes the real socket (the leader throws nothing), and every tab reconnects', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const { channel, connects } = spy(browser);
+    const [leaderTab, followerTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const clients = [clientIn(leaderTab, server), clientIn(followerTab, server)];
+    for (const client of clients) client.watch('t1');
+    const real = await acceptReal(server, 1);
+    closeLikeABrowser(real);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const follower = connects.find(
+      (connect) => browser.holder(`finishline:tab:${connect.from}`) === followerTab,
+    ) as { from: string; id: string };
+    const errors: unknown[] = [];
+    const onError = (error: unknown) => errors.push(error);
+    process.on('uncaughtException', onError);
+    try {
+      // Another version of the client, or a page's own use of the wrapped socket, gives up on its socket
+      // (4010, which replaces the real socket) with a reason over 123 bytes.
+      channel.postMessage({
+        t: 'bye',
+        from: follower.from,
+        id: follower.id,
+        code: 4010,
+        reason: 'x'.repeat(200),
+      });
+      await vi.waitFor(() => expect(real.closedWith).toEqual([{ code: 4010, reason: undefined }]));
+      const second = await acceptReal(server, 2);
+      await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(2));
+    } finally {
+      process.off('uncaughtException', onError);
+    }
+    expect(errors).toEqual([]);
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('a tab whose Web Locks are refused (a sandboxed frame, an opaque origin) opens a socket of its own and says why once', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tab = browser.tab();
+    const refused = new DOMException('The request was denied.', 'SecurityError');
+    const locks: LockManagerLike = { request: () => Promise.reject(refused) };
+    const client = clientIn(tab, server, { shareAcrossTabs: tabSharing({ channel: tab.channel, locks }) });
+    const errors: unknown[] = [];
+    client.on('error', (error) => errors.push(error));
+    client.watch('t1');
+    // Before, the tab waited for the lock for ever: no socket, and the client stuck at connecting.
+    const first = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(client.state).toBe('open'));
+    expect(first.url).toBe('ws://example.test/progress');
+    expect(errors).toEqual([
+      expect.objectContaining({
+        code: 'internal',
+        cause: expect.objectContaining({ message: 'tabSharing: Web Locks refused', cause: refused }),
+      }),
+    ]);
+    expect(browser.channelsOf(tab)).toBe(0);
+    // Its sockets stay its own, and the refusal is not said again.
+    first.serverClose(1006);
+    await acceptReal(server, 2);
+    await vi.waitFor(() => expect(client.state).toBe('open'));
+    expect(errors).toHaveLength(1);
+    await client.close();
+  });
+
+  it('a socket asked for again (a connect repeated on a leader change) gets one hello', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const leader = clientIn(browser.tab(), server);
+    leader.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    const tab = browser.tab();
+    const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
+    const socket = new Shared('ws://example.test/progress');
+    const received: string[] = [];
+    socket.onmessage = ({ data }: { data: string }) =>
+      received.push((JSON.parse(data) as { type: string }).type);
+    // A late announcement from a tab that is gone: the tab asks again for its socket, then again once it
+    // finds that tab's lock free; the leader answers each connect with an open and the cached hello.
+    const late = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
+    late.postMessage({ t: 'leader', from: 'gone' });
+    await vi.waitFor(() => expect(socket.readyState).toBe(1));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(received).toEqual(['hello']);
+    real.push('{"type":"heartbeat","tasks":{}}');
+    await vi.waitFor(() => expect(received).toEqual(['hello', 'heartbeat']));
+    socket.close();
+    await leader.close();
+  });
+
+  it("the leader forgets a socket's task once it is unsubscribed: the last tab to let go of a task unsubscribes the real socket", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server, { ackDelayMs: 0 }));
+    const [first, second] = clients.map((client) => client.watch('t1')) as [Watch, Watch];
+    const other = (clients[0] as ProgressClient).watch('t2');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    // One tab lets go of t1: the other still watches it, so the server hears nothing.
+    first.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(real.frames('unsubscribe')).toEqual([]);
+    second.close();
+    await vi.waitFor(() =>
+      expect(real.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]),
+    );
+    // A task that finishes is unsubscribed by each tab after its terminal ack: the last one reaches the server.
+    const again = clients.map((client) => client.watch('t3'));
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(5));
+    const task = new FakeTask('t3', 1);
+    real.push({ type: 'snapshot', task: task.view() });
+    real.push({ type: 'event', event: task.end('completed') });
+    await Promise.all(again.map((watch) => watch.done));
+    await vi.waitFor(() =>
+      expect(real.frames('unsubscribe').filter((frame) => frame.taskId === 't3')).toHaveLength(1),
+    );
+    other.close();
+    await Promise.all(clients.map((client) => client.close()));
   });
 });

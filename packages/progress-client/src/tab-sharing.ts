@@ -88,14 +88,10 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
     navigator?: { locks?: LockManagerLike };
   };
   const Channel = scope.BroadcastChannel;
-  const channel =
-    options.channel ?? (Channel === undefined ? undefined : (name: string) => new Channel(name));
+  const channel = options.channel ?? (Channel && ((name: string) => new Channel(name)));
   const locks = options.locks ?? scope.navigator?.locks;
   if (channel === undefined || locks === undefined) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      'tabSharing: BroadcastChannel and navigator.locks are required (or pass `channel` and `locks`)',
-    );
+    throw new ProgressError(ErrorCode.InvalidInput, 'tabSharing: no BroadcastChannel or navigator.locks');
   }
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
@@ -112,22 +108,31 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
         }
         used.clear();
       });
-      return class SharedWebSocket extends VirtualSocket {
-        constructor(url: string) {
-          if (closed?.aborted)
-            throw new ProgressError(ErrorCode.Closed, 'tabSharing: the client of this socket is closed');
-          let hub = hubs.get(url);
-          if (hub === undefined) {
-            hub = new TabHub(url, WebSocket, env);
-            hubs.set(url, hub);
-          }
-          if (!used.has(hub)) {
-            used.add(hub);
-            hub.users++;
-          }
-          super(hub);
+      // A function, not a class: once the locks were refused it returns a real socket instead.
+      function SharedWebSocket(
+        url: string,
+        ...rest: [protocols?: string | string[], options?: { headers: Record<string, string> }]
+      ): WebSocketLike {
+        if (closed?.aborted) throw new ProgressError(ErrorCode.Closed, 'tabSharing: client closed');
+        const refused = env.refused;
+        if (refused !== undefined) {
+          if (refused === true) return new WebSocket(url, ...rest);
+          // Said once, through the client's `error` event (a socket it could not create); it retries.
+          env.refused = true;
+          throw refused;
         }
-      } as unknown as WebSocketConstructorLike;
+        let hub = hubs.get(url);
+        if (hub === undefined) {
+          hub = new TabHub(url, WebSocket, env);
+          hubs.set(url, hub);
+        }
+        if (!used.has(hub)) {
+          used.add(hub);
+          hub.users++;
+        }
+        return new VirtualSocket(hub);
+      }
+      return SharedWebSocket as unknown as WebSocketConstructorLike;
     },
   };
 }
@@ -136,6 +141,8 @@ interface HubEnv {
   prefix: string;
   channel: (name: string) => BroadcastChannelLike;
   locks: LockManagerLike;
+  /** The locks were refused: why, until it was said once; then `true` (every socket is a real one). */
+  refused?: ProgressError | true;
 }
 
 /** Messages on the channel. `from` is the sending tab; socket ids start with their tab's id. */
@@ -145,8 +152,11 @@ type Message =
   | { t: 'send'; from: string; id: string; data: string }
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
-  | { t: 'frame'; from: string; data: string; hello?: true; to?: string }
+  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string }
   | { t: 'close'; from: string; code: number; reason: string; ids?: string[] };
+
+/** A message as posted: `post` says which tab it is from. */
+type Unsent = Message extends infer M ? (M extends Message ? Omit<M, 'from'> : never) : never;
 
 const CONNECTING = 0;
 const OPEN = 1;
@@ -168,7 +178,7 @@ class VirtualSocket implements WebSocketLike {
   /** The leader that opened it. */
   leader: string | undefined;
   /** It got its `hello`: broadcast frames are for it from now on. */
-  helloed = false;
+  helloed?: boolean;
   readonly #hub: TabHub;
 
   constructor(hub: TabHub) {
@@ -178,10 +188,15 @@ class VirtualSocket implements WebSocketLike {
 
   send(data: string): void {
     if (this.readyState !== OPEN) throw new Error('WebSocket is not open');
-    this.#hub.post({ t: 'send', from: this.#hub.tab, id: this.id, data });
+    this.#hub.post({ t: 'send', id: this.id, data });
   }
 
   close(code = 1000, reason = ''): void {
+    // Refused to the caller, as a browser's WebSocket does, before the leader would pass them on to the
+    // real socket, whose close() would throw there.
+    const badCode = !(code === 1000 || (code >= 3000 && code < 5000));
+    if (badCode || new TextEncoder().encode(reason).length > 123)
+      throw new DOMException(`close(${code}, reason)`, badCode ? 'InvalidAccessError' : 'SyntaxError');
     if (this.readyState === CLOSED) return;
     this.#hub.detach(this, code, reason);
     this.closed(code, reason);
@@ -197,15 +212,15 @@ class VirtualSocket implements WebSocketLike {
 
 /** What the leader knows of one virtual socket. */
 interface Peer {
-  opened: boolean;
+  opened?: boolean;
   /** Its first `auth` went by: any later one is a renewal (`renewToken()`), for the server. */
-  authed: boolean;
+  authed?: boolean;
   tasks: Set<string>;
 }
 
 /** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
 class TabHub {
-  readonly tab = `${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
+  readonly tab = Math.random().toString(36).slice(2);
   readonly url: string;
   /** Clients whose sockets use it; the tab leaves when the last one closes. */
   users = 0;
@@ -253,31 +268,41 @@ class TabHub {
     this.#lock(`leader:${url}`, () => {
       if (!this.#gone) {
         this.#leading = true;
-        this.post({ t: 'leader', from: this.tab });
+        this.post({ t: 'leader' });
       }
       return this.#left;
     });
   }
 
-  /** Requests a lock that a leaving tab stops waiting for. */
+  /**
+   * Requests a lock that a leaving tab stops waiting for. A request that fails otherwise was refused (a
+   * sandboxed frame or an opaque origin rejects with a SecurityError): no sharing then, or the tab would
+   * wait for ever. Its sockets close at once, and the client's next ones are real (see `wrap`).
+   */
   #lock(name: string, callback: () => Promise<unknown>): void {
     this.#env.locks
       .request(`${this.#env.prefix}${name}`, { signal: this.#requests.signal }, callback)
-      .catch(noop);
+      .catch((cause: unknown) => {
+        if (this.#gone) return;
+        this.#env.refused ??= new ProgressError(ErrorCode.Internal, 'tabSharing: Web Locks refused', {
+          cause,
+        });
+        this.leave('tabSharing: Web Locks refused');
+      });
   }
 
   /**
    * The tab leaves (its last client closed, the page stays): its sockets close, a leader closes the real
    * socket and sends the other tabs' sockets to the next leader, and the tab's locks and channel go.
    */
-  leave(): void {
-    for (const socket of [...this.#sockets.values()]) socket.close(1000, 'client closed');
+  leave(reason = 'client closed'): void {
+    for (const socket of this.#sockets.values()) socket.close(1000, reason);
     if (this.#leading) {
       this.#leading = false;
       const others = [...this.#peers.keys()].filter((id) => !id.startsWith(`${this.tab}/`));
       this.#closeReal(1000, others.length === 0 ? 'no tab watching' : 'leader tab left');
       this.#peers.clear();
-      this.post({ t: 'close', from: this.tab, code: LEADER_GONE, reason: 'leader tab left', ids: others });
+      this.post({ t: 'close', code: LEADER_GONE, reason: 'leader tab left', ids: others });
     }
     this.#gone = true;
     this.#requests.abort();
@@ -290,20 +315,21 @@ class TabHub {
     const id = `${this.tab}/${this.#next++}`;
     this.#sockets.set(id, socket);
     void this.#alive.then(() => {
-      if (socket.readyState === CONNECTING) this.post({ t: 'connect', from: this.tab, id });
+      if (socket.readyState === CONNECTING) this.post({ t: 'connect', id });
     });
     return id;
   }
 
   detach(socket: VirtualSocket, code: number, reason: string): void {
     this.#sockets.delete(socket.id);
-    this.post({ t: 'bye', from: this.tab, id: socket.id, code, reason });
+    this.post({ t: 'bye', id: socket.id, code, reason });
   }
 
-  /** To every tab, this one included (a channel does not deliver to its sender). */
-  post(message: Message): void {
+  /** To every tab, this one included (a channel does not deliver to its sender), from this tab. */
+  post(message: Unsent): void {
+    (message as Message).from = this.tab;
     this.#channel.postMessage(message);
-    queueMicrotask(() => this.#receive(message));
+    queueMicrotask(() => this.#receive(message as Message));
   }
 
   #receive(message: Message): void {
@@ -344,9 +370,11 @@ class TabHub {
       case 'frame':
         for (const socket of this.#sockets.values()) {
           if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
-          if (message.to === undefined ? !socket.helloed && message.hello !== true : message.to !== socket.id)
+          // A hello (broadcast, or to one socket) only to a socket without one: a socket asked for again
+          // (a `connect` repeated on a leader change) is opened, and sent the cached hello, again.
+          if (message.hello ? socket.helloed || (message.to ?? socket.id) !== socket.id : !socket.helloed)
             continue;
-          if (message.hello === true) socket.helloed = true;
+          socket.helloed ||= message.hello;
           // Each on its own, as a browser dispatches: a client that throws does not starve the others.
           queueMicrotask(() => socket.onmessage?.({ data: message.data }));
         }
@@ -354,8 +382,8 @@ class TabHub {
       case 'close': {
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
-        const named = this.#fromLeader(message) ? (message.ids ?? []) : [];
-        for (const socket of [...this.#sockets.values()]) {
+        const named = (this.#fromLeader(message) && message.ids) || [];
+        for (const socket of this.#sockets.values()) {
           if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
           socket.closed(message.code, message.reason);
@@ -380,9 +408,9 @@ class TabHub {
     if (leader === this.#leader) return;
     this.#leader = leader;
     if (leader !== undefined) this.#watchTab(leader);
-    for (const socket of [...this.#sockets.values()]) {
+    for (const socket of this.#sockets.values()) {
       if (socket.readyState === CONNECTING) {
-        this.post({ t: 'connect', from: this.tab, id: socket.id });
+        this.post({ t: 'connect', id: socket.id });
       } else {
         this.#sockets.delete(socket.id);
         socket.closed(LEADER_GONE, 'leader tab changed');
@@ -393,8 +421,8 @@ class TabHub {
   // ---- Leader part -------------------------------------------------------------------------------
 
   #onConnect(id: string): void {
-    this.#peers.set(id, { opened: false, authed: false, tasks: new Set() });
-    this.#watchTab(id.slice(0, id.indexOf('/')));
+    this.#peers.set(id, { tasks: new Set() });
+    this.#watchTab(id.split('/')[0] as string);
     if (this.#real === undefined) this.#openReal();
     else if (this.#real.readyState === OPEN) this.#openPeer(id);
   }
@@ -403,9 +431,8 @@ class TabHub {
     const peer = this.#peers.get(id);
     if (peer === undefined || peer.opened) return;
     peer.opened = true;
-    this.post({ t: 'open', from: this.tab, id, protocol: this.#real?.protocol ?? '' });
-    if (this.#hello !== undefined)
-      this.post({ t: 'frame', from: this.tab, data: this.#hello, hello: true, to: id });
+    this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
+    if (this.#hello !== undefined) this.post({ t: 'frame', data: this.#hello, hello: true, to: id });
   }
 
   #onSend(id: string, data: string): void {
@@ -509,12 +536,10 @@ class TabHub {
     };
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
-      if (this.#hello === undefined && data.includes('"hello"') && isHello(data)) {
-        this.#hello = data;
-        this.post({ t: 'frame', from: this.tab, data, hello: true });
-        return;
-      }
-      this.post({ t: 'frame', from: this.tab, data });
+      // Parsed only until the hello: the first frame, from a server that works.
+      const hello = this.#hello === undefined && isHello(data);
+      if (hello) this.#hello = data;
+      this.post({ t: 'frame', data, hello });
     };
     real.onclose = (event: { code: number; reason: string }) => {
       if (real === this.#real) this.#failReal(event.code, event.reason);
@@ -527,7 +552,7 @@ class TabHub {
     this.#real = undefined;
     const ids = [...this.#peers.keys()];
     this.#peers.clear();
-    this.post({ t: 'close', from: this.tab, code, reason, ids });
+    this.post({ t: 'close', code, reason, ids });
   }
 
   #closeReal(code: number, reason: string): void {
@@ -539,29 +564,28 @@ class TabHub {
     try {
       real.close(code, reason);
     } catch {
-      // Already closing.
+      // A reason it refuses (another tab's, past 123 bytes): the code alone, always valid, still closes it.
+      real.close(code);
     }
   }
 }
 
 function isMessage(data: unknown): data is Message {
-  if (typeof data !== 'object' || data === null) return false;
-  const m = data as Record<string, unknown>;
-  if (typeof m.t !== 'string' || typeof m.from !== 'string') return false;
+  const m = data as Record<string, unknown> | null | undefined;
+  if (typeof m?.from !== 'string') return false;
+  // Only what would throw or mislead is checked: an id that names no socket is dropped by its lookup.
   switch (m.t) {
     case 'leader':
+    case 'open':
+    case 'bye':
       return true;
     case 'connect':
       return typeof m.id === 'string' && m.id.startsWith(`${m.from}/`);
     case 'send':
     case 'frame':
-      return typeof m.data === 'string' && (m.t === 'frame' || typeof m.id === 'string');
-    case 'bye':
-      return typeof m.code === 'number' && typeof m.id === 'string';
+      return typeof m.data === 'string';
     case 'close':
-      return typeof m.code === 'number' && (m.ids === undefined || Array.isArray(m.ids));
-    case 'open':
-      return typeof m.id === 'string';
+      return typeof m.code === 'number' && Array.isArray(m.ids ?? []);
     default:
       return false;
   }
