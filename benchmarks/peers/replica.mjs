@@ -65,6 +65,11 @@ async function finishline() {
       // meant for many addresses, and would evict the bench's own reconnects after a cut.
       maxPendingConnectionsPerAddress: 100_000,
       serverId: `${SYSTEM}-${INDEX}`,
+      // PEER_DIAG_HEARTBEAT_MS (diagnostic, never for published figures): another heartbeat interval, to see
+      // what the sweep (a ping, its pong and a heartbeat frame per socket) costs when it falls in the window.
+      ...(process.env.PEER_DIAG_HEARTBEAT_MS
+        ? { heartbeatIntervalMs: Number(process.env.PEER_DIAG_HEARTBEAT_MS) }
+        : {}),
     },
     { port: 0, host: '127.0.0.1' },
   );
