@@ -62,6 +62,24 @@ function countingReads(store: MemoryProgressStore, changes: unknown = store.chan
   return counted;
 }
 
+/**
+ * `store` as the hub sees it ({@link countingReads}) with a change feed the test drives through `emit`
+ * instead of the store's own (as Postgres's `NOTIFY` would, with or without events, late or stale).
+ */
+function drivenFeed(store: MemoryProgressStore) {
+  const listeners = new Set<ChangeListener>();
+  const counted = countingReads(store, {
+    subscribe: (listener: ChangeListener) => {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+  });
+  const emit = (change: TaskChange) => {
+    for (const listener of listeners) listener(change);
+  };
+  return { counted, emit };
+}
+
 function setup(options: { maxReplayEvents?: number } = {}) {
   const store = new MemoryProgressStore();
   return { store, hub: hubOver(store, options) };
@@ -180,17 +198,8 @@ describe('TaskStream', () => {
 describe('TaskHub with a feed that carries events', () => {
   it('dispatches the events a change carries without a read, and reads only what a change left out', async () => {
     const store = new MemoryProgressStore();
-    const listeners = new Set<ChangeListener>();
-    const emit = (change: TaskChange) => {
-      for (const listener of listeners) listener(change);
-    };
     // The store as the hub sees it, with a feed driven by the test (as Postgres's NOTIFY with events).
-    const counted = countingReads(store, {
-      subscribe: (listener: ChangeListener) => {
-        listeners.add(listener);
-        return () => listeners.delete(listener);
-      },
-    });
+    const { counted, emit } = drivenFeed(store);
     const hub = hubOver(counted.store, {
       maxReplayEvents: 10,
       metricsFeed: store.changes,
@@ -318,16 +327,7 @@ describe('TaskHub after the store epoch changed', () => {
     vi.useFakeTimers();
     try {
       const store = new MemoryProgressStore();
-      const listeners = new Set<ChangeListener>();
-      const emit = (change: TaskChange) => {
-        for (const listener of listeners) listener(change);
-      };
-      const counted = countingReads(store, {
-        subscribe: (listener: ChangeListener) => {
-          listeners.add(listener);
-          return () => listeners.delete(listener);
-        },
-      });
+      const { counted, emit } = drivenFeed(store);
       // retryDelayMs: 10.
       const hub = hubOver(counted.store, {
         metricsFeed: store.changes,
@@ -365,13 +365,7 @@ describe('TaskHub after the store epoch changed', () => {
 describe('TaskStream behind a seq the store does not hold', () => {
   it('answers with one snapshot, not a snapshot per turn until the hub gives the seq up', async () => {
     const store = new MemoryProgressStore();
-    const listeners = new Set<ChangeListener>();
-    const counted = countingReads(store, {
-      subscribe: (listener: ChangeListener) => {
-        listeners.add(listener);
-        return () => listeners.delete(listener);
-      },
-    });
+    const { counted, emit } = drivenFeed(store);
     let loads = 0;
     // Counting its task loads too (the replay-limit snapshots).
     const loading = {
@@ -392,7 +386,7 @@ describe('TaskStream behind a seq the store does not hold', () => {
     await store.append(task.id, { type: 'progress', done: 2 });
     const rec = recorder();
     const stream = hub.stream(task.id, 'alice', rec.sink);
-    for (const listener of listeners) listener({ taskId: task.id, seq: 100, terminal: false });
+    emit({ taskId: task.id, seq: 100, terminal: false });
     stream.start(0, false, 2);
     await until(() => rec.caughtUp() > 0);
     await new Promise((resolve) => setTimeout(resolve, 100));
