@@ -163,6 +163,34 @@ function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> =
   });
 }
 
+/**
+ * Runs `run`, collecting what reaches `uncaughtException` meanwhile (a throw out of a channel or socket
+ * handler), and returns it.
+ */
+async function uncaughtDuring(run: () => Promise<void>): Promise<unknown[]> {
+  const errors: unknown[] = [];
+  const onError = (error: unknown) => errors.push(error);
+  process.on('uncaughtException', onError);
+  try {
+    await run();
+  } finally {
+    process.off('uncaughtException', onError);
+  }
+  return errors;
+}
+
+/** A leader tab's client with its real socket open, and a wrapped socket of a second tab, open too. */
+async function leaderAndWrappedSocket(browser: Browser, server: FakeServer) {
+  const leader = clientIn(browser.tab(), server);
+  leader.watch('t1');
+  const real = await acceptReal(server, 1);
+  await vi.waitFor(() => expect(leader.state).toBe('open'));
+  const tab = browser.tab();
+  const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
+  const socket = new Shared('ws://example.test/progress');
+  return { leader, real, socket };
+}
+
 /** Makes `socket.close()` refuse a reason past 123 bytes of UTF-8, as a browser's WebSocket does. */
 function closeLikeABrowser(socket: FakeSocket): void {
   const close = socket.close.bind(socket);
@@ -446,10 +474,7 @@ describe('tab sharing', () => {
     faulty.on('state', (change) => {
       if (change.state === 'open') throw new Error('a bug of the page');
     });
-    const errors: unknown[] = [];
-    const onError = (error: unknown) => errors.push(error);
-    process.on('uncaughtException', onError);
-    try {
+    const errors = await uncaughtDuring(async () => {
       faulty.watch('t1');
       other.watch('t2');
       const real = await acceptReal(server, 1);
@@ -458,9 +483,7 @@ describe('tab sharing', () => {
       await vi.waitFor(() =>
         expect(real.frames('subscribe')).toContainEqual(expect.objectContaining({ taskId: 't2' })),
       );
-    } finally {
-      process.off('uncaughtException', onError);
-    }
+    });
     expect(errors).toEqual([new Error('a bug of the page')]);
     await Promise.all([faulty, other].map((client) => client.close()));
   });
@@ -572,10 +595,7 @@ describe('tab sharing', () => {
     const stranger = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');
     client.watch('t1');
     const real = await acceptReal(server, 1);
-    const errors: unknown[] = [];
-    const onError = (error: unknown) => errors.push(error);
-    process.on('uncaughtException', onError);
-    try {
+    const errors = await uncaughtDuring(async () => {
       stranger.postMessage(null);
       stranger.postMessage({ t: 'connect', from: 'x9' }); // no id
       await new Promise((resolve) => setTimeout(resolve, 50));
@@ -584,21 +604,13 @@ describe('tab sharing', () => {
       await vi.waitFor(() => expect(real.closedWith).toEqual([{ code: 1000, reason: 'no tab watching' }]), {
         timeout: 1000,
       });
-    } finally {
-      process.off('uncaughtException', onError);
-    }
+    });
     expect(errors).toEqual([]);
   });
   it("a wrapped socket refuses close() with a reason past 123 bytes or a code a page may not use, as a browser's does, and posts nothing", async () => {
     const browser = new Browser();
     const server = new FakeServer();
-    const leader = clientIn(browser.tab(), server);
-    leader.watch('t1');
-    const real = await acceptReal(server, 1);
-    await vi.waitFor(() => expect(leader.state).toBe('open'));
-    const tab = browser.tab();
-    const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
-    const socket = new Shared('ws://example.test/progress');
+    const { leader, real, socket } = await leaderAndWrappedSocket(browser, server);
     await vi.waitFor(() => expect(socket.readyState).toBe(1));
     // 62 two-byte characters: 124 bytes, though 62 UTF-16 units.
     expect(() => socket.close(4010, 'é'.repeat(62))).toThrow(
@@ -628,10 +640,7 @@ describe('tab sharing', () => {
     const follower = connects.find(
       (connect) => browser.holder(`finishline:tab:${connect.from}`) === followerTab,
     ) as { from: string; id: string };
-    const errors: unknown[] = [];
-    const onError = (error: unknown) => errors.push(error);
-    process.on('uncaughtException', onError);
-    try {
+    const errors = await uncaughtDuring(async () => {
       // Another version of the client, or a page's own use of the wrapped socket, gives up on its socket
       // (4010, which replaces the real socket) with a reason over 123 bytes.
       channel.postMessage({
@@ -644,9 +653,7 @@ describe('tab sharing', () => {
       await vi.waitFor(() => expect(real.closedWith).toEqual([{ code: 4010, reason: undefined }]));
       const second = await acceptReal(server, 2);
       await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(2));
-    } finally {
-      process.off('uncaughtException', onError);
-    }
+    });
     expect(errors).toEqual([]);
     await Promise.all(clients.map((client) => client.close()));
   });
@@ -683,13 +690,7 @@ describe('tab sharing', () => {
   it('a socket asked for again (a connect repeated on a leader change) gets one hello', async () => {
     const browser = new Browser();
     const server = new FakeServer();
-    const leader = clientIn(browser.tab(), server);
-    leader.watch('t1');
-    const real = await acceptReal(server, 1);
-    await vi.waitFor(() => expect(leader.state).toBe('open'));
-    const tab = browser.tab();
-    const Shared = tabSharing({ channel: tab.channel, locks: tab.locks }).wrap(server.WebSocket);
-    const socket = new Shared('ws://example.test/progress');
+    const { leader, real, socket } = await leaderAndWrappedSocket(browser, server);
     const received: string[] = [];
     socket.onmessage = ({ data }: { data: string }) =>
       received.push((JSON.parse(data) as { type: string }).type);
