@@ -39,10 +39,10 @@ export class AckWriter {
   readonly #retryDelayMs: number;
   readonly #tasks = new Map<string, AckState>();
   /**
-   * Writes that were in flight when the seqs were forgotten ({@link forgetSeqs}): no task's state any
-   * more, but still acknowledgements on their way to the store, which {@link flush} waits for.
+   * Every write on its way to the store, whether or not its task's state is still kept: {@link flush}
+   * waits for these, so a state dropped meanwhile ({@link forgetSeqs} after a restore) cannot hide one.
    */
-  readonly #forgottenInFlight = new Set<Promise<void>>();
+  readonly #inFlight = new Set<Promise<void>>();
   #closed = false;
 
   constructor(options: {
@@ -88,10 +88,8 @@ export class AckWriter {
         state.retryTimer = undefined;
         this.#write(taskId, state);
       }
-      const inFlight = [...this.#tasks.values()].flatMap((state) => (state.inFlight ? [state.inFlight] : []));
-      inFlight.push(...this.#forgottenInFlight);
-      if (inFlight.length === 0 || Date.now() >= deadline) return;
-      await waitAtMost(Promise.allSettled(inFlight), deadline - Date.now());
+      if (this.#inFlight.size === 0 || Date.now() >= deadline) return;
+      await waitAtMost(Promise.allSettled([...this.#inFlight]), deadline - Date.now());
     }
   }
 
@@ -106,14 +104,6 @@ export class AckWriter {
       if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
       state.retryTimer = undefined;
       state.pending = 0;
-      const write = state.inFlight;
-      if (write !== undefined) {
-        this.#forgottenInFlight.add(write);
-        const settled = (): void => {
-          this.#forgottenInFlight.delete(write);
-        };
-        void write.then(settled, settled);
-      }
     }
     this.#tasks.clear();
   }
@@ -131,16 +121,20 @@ export class AckWriter {
     if (state.inFlight !== undefined || state.retryTimer !== undefined || this.#closed) return;
     if (state.pending <= state.written) return;
     const seq = state.pending;
-    state.inFlight = this.#store.ack(taskId, seq).then(
+    const write = this.#store.ack(taskId, seq).then(
       (acked) => {
         state.written = Math.max(state.written, acked, seq);
         state.failures = 0;
       },
       (error: unknown) => this.#failed(taskId, state, seq, error),
     );
-    void state.inFlight.finally(() => {
+    state.inFlight = write;
+    this.#inFlight.add(write);
+    void write.finally(() => {
       state.inFlight = undefined;
+      // Before the next write starts: flush's loop then finds that one in the set, not a gap between them.
       this.#write(taskId, state);
+      this.#inFlight.delete(write);
     });
   }
 
