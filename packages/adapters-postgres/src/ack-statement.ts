@@ -2,6 +2,7 @@ import { ErrorCode, ProgressError } from '@finishline/core';
 import { compareIds, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import { toProgressError } from './pg-errors.js';
+import { PreparedStatement, param } from './prepared-statement.js';
 import { int } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
@@ -18,37 +19,31 @@ export interface AckCall {
   seq: number;
 }
 
+/** The ack statement of one store's tasks table (see `prepared-statement.ts`). */
+export type AckStatement = PreparedStatement<
+  { ackTaskIds: string[]; ackSeqs: number[]; taskIds: string[] },
+  { id: string; seq: string; acked_seq: string }
+>;
+
 /**
- * Writes a batch of acks in one statement and settles each ack's promise. Never rejects.
- *
- * Per task, the ack moves to the highest of the batch's seqs that the task has reached, so an
- * out-of-range ack in the batch neither blocks nor spoils a valid one. Rows are locked in id order
- * first, the order append transactions lock them, so an ack statement and an append transaction never
- * wait for each other in a cycle (a plain multi-row UPDATE locks in whatever order the plan visits).
+ * The ack statement. The rows the statement did not move (acked already, by this replica or another) come
+ * back in the same round trip (a second query for them was a third of the ack statements at load). They
+ * are as the statement's snapshot saw them, so an ack that a concurrent statement got in first reads as
+ * the batch's own seq: the task's acked seq is at least that.
  */
-export async function writeAcks(
-  db: Kysely<ProgressDatabase>,
-  tasks: RawBuilder<unknown>,
-  batch: BatchedCall<AckCall, number>[],
-): Promise<void> {
-  const taskIds = [...new Set(batch.map((entry) => entry.input.taskId))].sort(compareIds);
-  const rows = new Map<string, { seq: number; ackedSeq: number }>();
-  try {
-    // The rows the statement did not move (acked already, by this replica or another) come back in
-    // the same round trip (a second query for them was a third of the ack statements at load). They
-    // are as the statement's snapshot saw them, so an ack that a concurrent statement got in first
-    // reads as the batch's own seq: the task's acked seq is at least that.
-    const { rows: result } = await sql<{ id: string; seq: string; acked_seq: string }>`
+export function ackStatement(db: Kysely<ProgressDatabase>, tasks: RawBuilder<unknown>): AckStatement {
+  return new PreparedStatement(
+    db,
+    sql<{ id: string; seq: string; acked_seq: string }>`
         WITH v AS (
           -- Each task's acked seqs of the batch as one array, so that a row looks at its own seqs only
           -- (a subquery over all the batch's acks for every row was quadratic: 57 ms at 1,000 acks).
           SELECT id, array_agg(seq) AS seqs
-          FROM unnest(${batch.map((entry) => entry.input.taskId)}::text[], ${batch.map((entry) => entry.input.seq)}::int8[])
-            AS a(id, seq)
+          FROM unnest(${param('ackTaskIds')}::text[], ${param('ackSeqs')}::int8[]) AS a(id, seq)
           GROUP BY id
         ), locked AS MATERIALIZED (
           SELECT t.id FROM ${tasks} t JOIN v ON v.id = t.id
-          WHERE t.id = ANY(${taskIds}::text[])
+          WHERE t.id = ANY(${param('taskIds')}::text[])
             AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
           ORDER BY t.id
           FOR UPDATE OF t
@@ -60,7 +55,7 @@ export async function writeAcks(
           -- The rows updated are the rows locked without a join on \`locked\`: the same condition, checked
           -- on the same snapshot, and on the newest version of a row that changed since (as FOR UPDATE did).
           WHERE (SELECT count(*) FROM locked) >= 0
-            AND t.id = ANY(${taskIds}::text[]) AND v.id = t.id
+            AND t.id = ANY(${param('taskIds')}::text[]) AND v.id = t.id
             AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
           RETURNING t.id, t.seq, t.acked_seq
         )
@@ -69,9 +64,31 @@ export async function writeAcks(
         SELECT t.id, t.seq,
           GREATEST(t.acked_seq, (SELECT max(s) FROM unnest(v.seqs) AS s WHERE s <= t.seq))
         FROM ${tasks} t JOIN v ON v.id = t.id
-        WHERE t.id = ANY(${taskIds}::text[]) AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = t.id)`.execute(
-      db,
-    );
+        WHERE t.id = ANY(${param('taskIds')}::text[]) AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = t.id)`,
+  );
+}
+
+/**
+ * Writes a batch of acks in one statement and settles each ack's promise. Never rejects.
+ *
+ * Per task, the ack moves to the highest of the batch's seqs that the task has reached, so an
+ * out-of-range ack in the batch neither blocks nor spoils a valid one. Rows are locked in id order
+ * first, the order append transactions lock them, so an ack statement and an append transaction never
+ * wait for each other in a cycle (a plain multi-row UPDATE locks in whatever order the plan visits).
+ */
+export async function writeAcks(
+  db: Kysely<ProgressDatabase>,
+  statement: AckStatement,
+  batch: BatchedCall<AckCall, number>[],
+): Promise<void> {
+  const taskIds = [...new Set(batch.map((entry) => entry.input.taskId))].sort(compareIds);
+  const rows = new Map<string, { seq: number; ackedSeq: number }>();
+  try {
+    const { rows: result } = await statement.run(db, {
+      ackTaskIds: batch.map((entry) => entry.input.taskId),
+      ackSeqs: batch.map((entry) => entry.input.seq),
+      taskIds,
+    });
     for (const row of result) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
   } catch (error) {
     const failure = toProgressError(error, 'ack', taskIds.length === 1 ? taskIds[0] : undefined);

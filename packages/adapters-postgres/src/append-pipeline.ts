@@ -15,6 +15,7 @@ import {
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
 import { isDatabaseError, isDataException, toProgressError } from './pg-errors.js';
+import { PreparedStatement, param } from './prepared-statement.js';
 import {
   detached,
   int,
@@ -88,7 +89,7 @@ interface PendingAppend {
 /** What {@link AppendPipeline} needs. */
 export interface AppendPipelineOptions {
   db: Kysely<ProgressDatabase>;
-  target: AppendTarget;
+  statements: AppendStatements;
   clock: Clock;
   /** Most appends per transaction. */
   maxBatchSize: number;
@@ -172,10 +173,104 @@ function encodeAppends(
  * than one JSON document of rows: Postgres then parses each body once (as it stores it) instead of the
  * whole document first, which halved the insert's execution time at 500 events a statement.
  */
-function eventColumns(events: EncodedAppends['events']): RawBuilder<unknown> {
-  return sql`unnest(${events.taskIds}::text[], ${events.seqs}::int8[], ${events.types}::text[],
-    ${events.times}::int8[], string_to_array(${events.bodies}::text, chr(1)))
+const eventColumns = sql`unnest(${param('taskIds')}::text[], ${param('seqs')}::int8[], ${param('types')}::text[],
+    ${param('times')}::int8[], string_to_array(${param('bodies')}::text, chr(1)))
     AS e(task_id, seq, type, time, body)`;
+
+/**
+ * The statements of the append pipeline (and of the reaper, which writes its interruptions as appends),
+ * compiled once per store: see `prepared-statement.ts`. Each runs with the {@link AppendArguments} of one
+ * batch.
+ */
+export class AppendStatements {
+  /**
+   * Writes planned appends (see {@link writeAppends}). Task rows travel as one JSON document (one
+   * serialization in JS, one parse in Postgres, instead of a text[] of JSON strings that both sides escape
+   * element by element); events as columns (`eventColumns`).
+   */
+  readonly write: PreparedStatement<AppendArguments, unknown>;
+  /** Writes appends planned from the rows last written, if those rows did not move on (see {@link writeAppendsIfUnchanged}). */
+  readonly writeIfUnchanged: PreparedStatement<AppendArguments, OthersColumnsRow>;
+  /** Locks the rows of `ids` in id order and reads them. */
+  readonly lockRows: PreparedStatement<{ ids: string[] }, TaskRow>;
+
+  constructor(db: Kysely<ProgressDatabase>, target: AppendTarget) {
+    this.write = new PreparedStatement(
+      db,
+      sql`
+    WITH updated AS (
+      UPDATE ${target.tasks} AS t SET
+        status = v.status, total = v.total, done = v.done, succeeded = v.succeeded, failed = v.failed,
+        current = v.current, message = v.message, result = v.result, error_code = v.error_code,
+        error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
+        lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at
+      FROM json_to_recordset(${param('tasks')}::json) AS v(
+        id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
+        result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
+        lease_owner text, lease_expires_at int8)
+      -- The id list lets the planner reach the rows by primary key whatever it guesses of the JSON.
+      WHERE t.id = v.id AND t.id = ANY(${param('ids')}::text[])
+    ), inserted AS (
+      INSERT INTO ${target.events} (task_id, seq, type, time, body)
+      SELECT task_id, seq, type, time, body::json FROM ${eventColumns}
+    )
+    -- Payloads as one text split on U+0001: no escaping on either side, unlike a JSON array or a text[].
+    SELECT pg_notify(${sql.lit(target.channel)}, payload)
+    FROM unnest(string_to_array(${param('payloads')}::text, chr(1))) AS payload`,
+    );
+    this.writeIfUnchanged = new PreparedStatement(
+      db,
+      sql<OthersColumnsRow>`
+      -- Rows locked in id order first, as every statement of the store locks them, so that this one and
+      -- an ack or a locking append over the same tasks never wait for each other in a cycle.
+      WITH locked AS MATERIALIZED (
+        SELECT id FROM ${target.tasks} WHERE id = ANY(${param('ids')}::text[]) ORDER BY id FOR UPDATE
+      ), updated AS (
+        UPDATE ${target.tasks} AS t SET
+          status = v.status, total = v.total, done = v.done, succeeded = v.succeeded, failed = v.failed,
+          current = v.current, message = v.message, result = v.result, error_code = v.error_code,
+          error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
+          lease_owner = CASE WHEN v.status = 'running' THEN t.lease_owner END,
+          lease_expires_at = CASE WHEN v.status = 'running' THEN t.lease_expires_at END
+        FROM json_to_recordset(${param('tasks')}::json) AS v(
+            id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
+            result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
+            from_seq int8, created_at int8)
+        -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
+        -- Joining \`locked\` instead let the planner, which guesses 100 rows for the JSON, pick a nested loop
+        -- over it: quadratic in the batch, 45 of a statement's 50 ms at 500 tasks.
+        WHERE (SELECT count(*) FROM locked) = ${param('count')}
+          AND t.id = v.id AND t.id = ANY(${param('ids')}::text[])
+          AND t.seq = v.from_seq AND t.created_at = v.created_at
+        RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
+      ), guard AS (
+        -- Every row or none: a row that moved on divides by zero, which undoes the whole statement.
+        SELECT 1 / (CASE WHEN count(*) = ${param('count')} THEN 1 ELSE 0 END) AS ok FROM updated
+      ), inserted AS (
+        INSERT INTO ${target.events} (task_id, seq, type, time, body)
+        SELECT task_id, seq, type, time, body::json FROM ${eventColumns}
+        WHERE (SELECT ok FROM guard) = 1
+      ), notified AS MATERIALIZED (
+        -- Materialized so that it runs once: joined as a subquery, it ran again for every updated row
+        -- (a nested loop rescans its inner side), calling pg_notify rows × payloads times. Postgres drops
+        -- the duplicates, but finding them cost a third of the statement at 500 tasks a batch.
+        SELECT count(pg_notify(${sql.lit(target.channel)}, payload)) AS sent
+        FROM unnest(string_to_array(${param('payloads')}::text, chr(1))) AS payload
+        WHERE (SELECT ok FROM guard) = 1
+      )
+      SELECT u.id, u.lease_owner, u.lease_expires_at, u.acked_seq
+      FROM updated AS u CROSS JOIN notified`,
+    );
+    // Locks in id order, so two batches (in any processes) never wait for each other in a cycle.
+    this.lockRows = new PreparedStatement(
+      db,
+      sql<TaskRow>`
+        SELECT ${taskColumns} FROM ${target.tasks}
+        WHERE id = ANY(${param('ids')}::text[])
+        ORDER BY id
+        FOR UPDATE`,
+    );
+  }
 }
 
 /**
@@ -186,34 +281,32 @@ function eventColumns(events: EncodedAppends['events']): RawBuilder<unknown> {
  */
 export async function writeAppends(
   trx: Transaction<ProgressDatabase>,
-  target: AppendTarget,
+  statements: AppendStatements,
   tasks: Task[],
   events: TaskEvent[],
 ): Promise<TaskChange[]> {
   const encoded = encodeAppends(tasks, events);
-  // Task rows travel as one JSON document (one serialization in JS, one parse in Postgres, instead of a
-  // text[] of JSON strings that both sides escape element by element); events as columns (`eventColumns`).
-  await sql`
-    WITH updated AS (
-      UPDATE ${target.tasks} AS t SET
-        status = v.status, total = v.total, done = v.done, succeeded = v.succeeded, failed = v.failed,
-        current = v.current, message = v.message, result = v.result, error_code = v.error_code,
-        error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
-        lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at
-      FROM json_to_recordset(${encoded.tasks}::json) AS v(
-        id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
-        result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
-        lease_owner text, lease_expires_at int8)
-      -- The id list lets the planner reach the rows by primary key whatever it guesses of the JSON.
-      WHERE t.id = v.id AND t.id = ANY(${encoded.ids}::text[])
-    ), inserted AS (
-      INSERT INTO ${target.events} (task_id, seq, type, time, body)
-      SELECT task_id, seq, type, time, body::json FROM ${eventColumns(encoded.events)}
-    )
-    -- Payloads as one text split on U+0001: no escaping on either side, unlike a JSON array or a text[].
-    SELECT pg_notify(${target.channel}, payload)
-    FROM unnest(string_to_array(${encoded.payloads}::text, chr(1))) AS payload`.execute(trx);
+  await statements.write.run(trx, encodedArguments(encoded));
   return encoded.changes;
+}
+
+/** The arguments of the write statements, from the encoded appends. */
+function encodedArguments(encoded: EncodedAppends): AppendArguments {
+  const { tasks, ids, events, payloads } = encoded;
+  return { ...events, tasks, ids, payloads, count: ids.length };
+}
+
+/** The arguments the append statements bind (see {@link AppendStatements}). */
+interface AppendArguments extends Record<string, unknown> {
+  tasks: string;
+  ids: string[];
+  count: number;
+  taskIds: string[];
+  seqs: number[];
+  types: string[];
+  times: number[];
+  bodies: string;
+  payloads: string;
 }
 
 /** The columns of a task row that leases and acks write, which a remembered row may have stale. */
@@ -245,7 +338,7 @@ export class RowMovedOn extends Error {}
  */
 export async function writeAppendsIfUnchanged(
   db: Kysely<ProgressDatabase>,
-  target: AppendTarget,
+  statements: AppendStatements,
   tasks: Task[],
   planned: ReadonlyMap<string, PlannedFrom>,
   events: TaskEvent[],
@@ -253,46 +346,7 @@ export async function writeAppendsIfUnchanged(
   const encoded = encodeAppends(tasks, events, planned);
   let rows: OthersColumnsRow[];
   try {
-    ({ rows } = await sql<OthersColumnsRow>`
-      -- Rows locked in id order first, as every statement of the store locks them, so that this one and
-      -- an ack or a locking append over the same tasks never wait for each other in a cycle.
-      WITH locked AS MATERIALIZED (
-        SELECT id FROM ${target.tasks} WHERE id = ANY(${encoded.ids}::text[]) ORDER BY id FOR UPDATE
-      ), updated AS (
-        UPDATE ${target.tasks} AS t SET
-          status = v.status, total = v.total, done = v.done, succeeded = v.succeeded, failed = v.failed,
-          current = v.current, message = v.message, result = v.result, error_code = v.error_code,
-          error_message = v.error_message, seq = v.seq, updated_at = v.updated_at, finished_at = v.finished_at,
-          lease_owner = CASE WHEN v.status = 'running' THEN t.lease_owner END,
-          lease_expires_at = CASE WHEN v.status = 'running' THEN t.lease_expires_at END
-        FROM json_to_recordset(${encoded.tasks}::json) AS v(
-            id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
-            result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
-            from_seq int8, created_at int8)
-        -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
-        -- Joining \`locked\` instead let the planner, which guesses 100 rows for the JSON, pick a nested loop
-        -- over it: quadratic in the batch, 45 of a statement's 50 ms at 500 tasks.
-        WHERE (SELECT count(*) FROM locked) = ${tasks.length}
-          AND t.id = v.id AND t.id = ANY(${encoded.ids}::text[])
-          AND t.seq = v.from_seq AND t.created_at = v.created_at
-        RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
-      ), guard AS (
-        -- Every row or none: a row that moved on divides by zero, which undoes the whole statement.
-        SELECT 1 / (CASE WHEN count(*) = ${tasks.length} THEN 1 ELSE 0 END) AS ok FROM updated
-      ), inserted AS (
-        INSERT INTO ${target.events} (task_id, seq, type, time, body)
-        SELECT task_id, seq, type, time, body::json FROM ${eventColumns(encoded.events)}
-        WHERE (SELECT ok FROM guard) = 1
-      ), notified AS MATERIALIZED (
-        -- Materialized so that it runs once: joined as a subquery, it ran again for every updated row
-        -- (a nested loop rescans its inner side), calling pg_notify rows × payloads times. Postgres drops
-        -- the duplicates, but finding them cost a third of the statement at 500 tasks a batch.
-        SELECT count(pg_notify(${target.channel}, payload)) AS sent
-        FROM unnest(string_to_array(${encoded.payloads}::text, chr(1))) AS payload
-        WHERE (SELECT ok FROM guard) = 1
-      )
-      SELECT u.id, u.lease_owner, u.lease_expires_at, u.acked_seq
-      FROM updated AS u CROSS JOIN notified`.execute(db));
+    ({ rows } = await statements.writeIfUnchanged.run(db, encodedArguments(encoded)));
   } catch (error) {
     if (isDatabaseError(error) && error.code === ROW_MOVED_ON) throw new RowMovedOn();
     throw error;
@@ -572,11 +626,11 @@ export class AppendPipeline {
     const plan = planBatch(batch, from, this.#options.clock());
     // A refusal planned from a remembered row is not trusted: the locked row decides it.
     if (plan.outcomes.some((outcome) => isProgressError(outcome))) return undefined;
-    const { db, target, expectCommit } = this.#options;
+    const { db, statements, expectCommit } = this.#options;
     for (const task of plan.tasks) expectCommit(task.id, task.seq);
     let written: Awaited<ReturnType<typeof writeAppendsIfUnchanged>>;
     try {
-      written = await writeAppendsIfUnchanged(db, target, plan.tasks, planned, plan.events);
+      written = await writeAppendsIfUnchanged(db, statements, plan.tasks, planned, plan.events);
     } catch (error) {
       if (!(error instanceof RowMovedOn)) throw error;
       for (const taskId of from.keys()) this.#lastWritten.delete(taskId);
@@ -597,19 +651,15 @@ export class AppendPipeline {
 
   /** The batch in a transaction that locks its rows (in id order), plans from them and writes. */
   async #writeLocked(batch: PendingAppend[]): Promise<WrittenBatch> {
-    const { db, target, clock, expectCommit } = this.#options;
+    const { db, statements, clock, expectCommit } = this.#options;
     const now = clock();
-    const taskIds = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
+    const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
     return db.transaction().execute(async (trx) => {
-      // Locks in id order, so two batches (in any processes) never wait for each other in a cycle.
-      const { rows } = await sql<TaskRow>`
-        SELECT ${taskColumns} FROM ${target.tasks}
-        WHERE id = ANY(${taskIds}::text[])
-        ORDER BY id
-        FOR UPDATE`.execute(trx);
+      const { rows } = await statements.lockRows.run(trx, { ids });
       const plan = planBatch(batch, new Map(rows.map((row) => [row.id, toTask(row)])), now);
       for (const task of plan.tasks) expectCommit(task.id, task.seq);
-      const changes = plan.events.length > 0 ? await writeAppends(trx, target, plan.tasks, plan.events) : [];
+      const changes =
+        plan.events.length > 0 ? await writeAppends(trx, statements, plan.tasks, plan.events) : [];
       return { outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true };
     });
   }

@@ -9,7 +9,7 @@ import {
   taskNotFound,
 } from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
-import { type AppendTarget, writeAppends } from './append-pipeline.js';
+import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { toProgressError } from './pg-errors.js';
 import { type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
@@ -123,6 +123,7 @@ export async function releaseLease(
 export async function reapExpiredLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
+  statements: AppendStatements,
   { limit, now }: { limit: number; now: number },
 ): Promise<{ results: AppendResult[]; changes: TaskChange[] }> {
   return db.transaction().execute(async (trx) => {
@@ -144,7 +145,7 @@ export async function reapExpiredLeases(
     if (planned.length > 0) {
       changes = await writeAppends(
         trx,
-        target,
+        statements,
         planned.map((entry) => entry.task),
         planned.map((entry) => entry.event),
       );

@@ -29,8 +29,8 @@ import {
   taskNotFound,
 } from '@finishline/core/internal';
 import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 'kysely';
-import { type AckCall, writeAcks } from './ack-statement.js';
-import { AppendPipeline, type AppendStats, type AppendTarget } from './append-pipeline.js';
+import { type AckCall, ackStatement, writeAcks } from './ack-statement.js';
+import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { guardedPool } from './guarded-pool.js';
 import { type LeaseCall, reapExpiredLeases, releaseLease, renewLeases } from './lease-statements.js';
 import { ListenConnection } from './listen-connection.js';
@@ -51,11 +51,9 @@ import {
   insertTask,
   listTasks,
   purgeFinished,
-  readEvents,
   renewEpoch,
   selectEpoch,
-  selectLatest,
-  selectTask,
+  TaskReads,
 } from './task-statements.js';
 
 /**
@@ -118,6 +116,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #feed: StoreChangeFeed;
   readonly #listener: ListenConnection;
   readonly #poll: SafetyNetPoll;
+  readonly #appendStatements: AppendStatements;
+  readonly #reads: TaskReads;
   readonly #appends: AppendPipeline;
   readonly #acks: StatementBatcher<AckCall, number>;
   readonly #renewals: StatementBatcher<LeaseCall, Task>;
@@ -157,7 +157,9 @@ export class PostgresProgressStore implements ProgressStore {
     this.#db =
       options.db ??
       new Kysely<ProgressDatabase>({
-        dialect: new PostgresDialect({ pool: guardedPool(options.pool as PgPool) }),
+        dialect: new PostgresDialect({
+          pool: guardedPool(options.pool as PgPool, { preparedStatements: options.preparedStatements }),
+        }),
       });
     const channel = changeChannel(options.schema);
     this.#target = {
@@ -184,9 +186,10 @@ export class PostgresProgressStore implements ProgressStore {
       onError: options.onError,
     });
     this.#feed = new StoreChangeFeed({ hub: this.#hub, listener: this.#listener, poll: this.#poll });
+    this.#appendStatements = new AppendStatements(this.#db, this.#target);
     this.#appends = new AppendPipeline({
       db: this.#db,
-      target: this.#target,
+      statements: this.#appendStatements,
       clock: options.clock,
       maxBatchSize: options.maxBatchSize,
       maxConcurrentBatches: options.maxConcurrentBatches,
@@ -194,10 +197,9 @@ export class PostgresProgressStore implements ProgressStore {
       expectCommit: (taskId, seq) => this.#hub.expectCommit(taskId, seq),
       settled: (taskIds) => this.#hub.settled(taskIds),
     });
-    this.#acks = new StatementBatcher(
-      (batch) => writeAcks(this.#db, this.#target.tasks, batch),
-      options.maxAckBatchSize,
-    );
+    this.#reads = new TaskReads(this.#db, this.#target);
+    const acks = ackStatement(this.#db, this.#target.tasks);
+    this.#acks = new StatementBatcher((batch) => writeAcks(this.#db, acks, batch), options.maxAckBatchSize);
     this.#renewals = new StatementBatcher(
       (batch) => renewLeases(this.#db, this.#target, this.#clock, batch),
       options.maxBatchSize,
@@ -258,7 +260,7 @@ export class PostgresProgressStore implements ProgressStore {
   async getTask(taskId: string): Promise<Task | undefined> {
     this.#assertOpen();
     assertTaskId(taskId);
-    const { rows } = await this.#query('getTask', taskId, selectTask(this.#target, taskId));
+    const { rows } = await this.#run('getTask', taskId, () => this.#reads.task.run(this.#db, { taskId }));
     const row = rows[0];
     return row === undefined ? undefined : toTask(row);
   }
@@ -306,7 +308,7 @@ export class PostgresProgressStore implements ProgressStore {
     assertCount(afterSeq, 'afterSeq');
     const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
-    const { rows } = await this.#query('readEvents', taskId, readEvents(this.#target, read));
+    const { rows } = await this.#run('readEvents', taskId, () => this.#reads.events.run(this.#db, read));
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
     for (const row of rows) if (row.task_id !== null) events.push(toEvent(row));
@@ -353,7 +355,7 @@ export class PostgresProgressStore implements ProgressStore {
     const { limit } = parseReapOptions(options);
     const now = this.#clock();
     const { results, changes } = await this.#run('reapExpiredLeases', undefined, () =>
-      reapExpiredLeases(this.#db, this.#target, { limit, now }),
+      reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, now }),
     );
     this.#appends.committedElsewhere(changes);
     return results;
@@ -405,7 +407,9 @@ export class PostgresProgressStore implements ProgressStore {
   async #readLatest(taskIds: readonly string[]): Promise<Map<string, LatestState>> {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
-    const { rows } = await this.#query('latestSeqs', undefined, selectLatest(this.#target, taskIds));
+    const { rows } = await this.#run('latestSeqs', undefined, () =>
+      this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }),
+    );
     for (const row of rows) latest.set(row.id, { seq: int(row.seq), terminal: row.status !== 'running' });
     return latest;
   }

@@ -119,6 +119,17 @@ export interface PostgresProgressStoreOptions {
    */
   maxAckBatchSize?: number;
   /**
+   * Run the store's frequent statements (appends, acks, task and event reads) as named prepared
+   * statements on the pool's connections: Postgres parses and plans each once per connection instead of
+   * on every call, which halves an append's round trip. Set `false` behind a pooler that hands one
+   * session's statements to several server connections without tracking prepared statements (PgBouncer
+   * in transaction mode before 1.21, or with `max_prepared_statements = 0`), and if your own code runs
+   * `DEALLOCATE ALL` or `DISCARD ALL` on the pool's connections. With `db` instead of `pool` the store does
+   * not own the connections and never prepares: this option is then ignored.
+   * @default true
+   */
+  preparedStatements?: boolean;
+  /**
    * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
    * (reconnecting, polling again); this hook is for logs and alerts.
    * @default ignores the error
@@ -162,6 +173,7 @@ const POSTGRES_STORE_OPTIONS = {
   maxBatchSize: integer(500, 1, 10_000),
   maxConcurrentBatches: integer(2, 1, 64),
   maxAckBatchSize: integer(1000, 1, 10_000),
+  preparedStatements: boolean(true),
   onError: func<(error: ProgressError) => void>(() => {}),
   onListenerError: func<(error: unknown) => void>(() => {}),
 } satisfies { [K in keyof Required<PostgresProgressStoreOptions>]: unknown };

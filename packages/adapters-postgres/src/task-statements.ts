@@ -1,7 +1,9 @@
 import type { Task } from '@finishline/core';
-import { type RawBuilder, sql } from 'kysely';
+import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
+import { PreparedStatement, param } from './prepared-statement.js';
 import { type EventRow, type TaskRow, taskColumns } from './row-codec.js';
+import type { ProgressDatabase } from './schema.js';
 
 /**
  * The task statements of the Postgres store that run outside the append pipeline and the lease
@@ -22,11 +24,6 @@ export function insertTask(target: AppendTarget, task: Task): RawBuilder<{ id: s
       ${task.ackedSeq}, ${task.createdAt}, ${task.updatedAt}, NULL, ${task.leaseOwner}, ${task.leaseExpiresAt})
     ON CONFLICT (id) DO NOTHING
     RETURNING id`;
-}
-
-/** The task's row (no row when there is none). */
-export function selectTask(target: AppendTarget, taskId: string): RawBuilder<TaskRow> {
-  return sql<TaskRow>`SELECT ${taskColumns} FROM ${target.tasks} WHERE id = ${taskId}`;
 }
 
 /** The store's epoch (no row when the schema was altered by hand). */
@@ -57,34 +54,48 @@ export function listTasks(
 }
 
 /**
- * A task's events past `afterSeq`, in one statement with the task's existence, from the same snapshot:
- * no row means no task; a row with a null `task_id` means a task without such events.
+ * The task statements a server runs for every subscriber and every change: a task's row, its events past a
+ * seq, the latest seqs of many. Compiled once per store (see `prepared-statement.ts`).
  */
-export function readEvents(
-  target: AppendTarget,
-  read: { taskId: string; afterSeq: number; limit: number },
-): RawBuilder<EventRow | { task_id: null }> {
-  const { taskId, afterSeq, limit } = read;
-  return sql<EventRow | { task_id: null }>`
+export class TaskReads {
+  /** The task's row (no row when there is none). */
+  readonly task: PreparedStatement<{ taskId: string }, TaskRow>;
+  /**
+   * A task's events past `afterSeq`, in one statement with the task's existence, from the same snapshot:
+   * no row means no task; a row with a null `task_id` means a task without such events.
+   */
+  readonly events: PreparedStatement<
+    { taskId: string; afterSeq: number; limit: number },
+    EventRow | { task_id: null }
+  >;
+  /** The seq and status of each of `taskIds` that exists (at least one id). */
+  readonly latest: PreparedStatement<{ taskIds: string[] }, { id: string; seq: string; status: string }>;
+
+  constructor(db: Kysely<ProgressDatabase>, target: AppendTarget) {
+    this.task = new PreparedStatement(
+      db,
+      sql<TaskRow>`SELECT ${taskColumns} FROM ${target.tasks} WHERE id = ${param('taskId')}`,
+    );
+    this.events = new PreparedStatement(
+      db,
+      sql<EventRow | { task_id: null }>`
     SELECT e.task_id, e.seq, e.type, e.time, e.body
     FROM ${target.tasks} t
     LEFT JOIN LATERAL (
       SELECT task_id, seq, type, time, body::text AS body FROM ${target.events}
-      WHERE task_id = t.id AND seq > ${afterSeq}
+      WHERE task_id = t.id AND seq > ${param('afterSeq')}
       ORDER BY seq
-      LIMIT ${limit}
+      LIMIT ${param('limit')}
     ) e ON true
-    WHERE t.id = ${taskId}
-    ORDER BY e.seq`;
-}
-
-/** The seq and status of each of `taskIds` that exists (at least one id). */
-export function selectLatest(
-  target: AppendTarget,
-  taskIds: readonly string[],
-): RawBuilder<{ id: string; seq: string; status: string }> {
-  return sql<{ id: string; seq: string; status: string }>`
-    SELECT id, seq, status FROM ${target.tasks} WHERE id = ANY(${[...taskIds]}::text[])`;
+    WHERE t.id = ${param('taskId')}
+    ORDER BY e.seq`,
+    );
+    this.latest = new PreparedStatement(
+      db,
+      sql<{ id: string; seq: string; status: string }>`
+    SELECT id, seq, status FROM ${target.tasks} WHERE id = ANY(${param('taskIds')}::text[])`,
+    );
+  }
 }
 
 /**

@@ -113,13 +113,16 @@ export function commitHookedPool(
       const proxy = new Proxy(client, {
         get(target, property) {
           if (property === 'query') {
-            return (text: unknown, values?: unknown[]) => {
+            // A statement comes as its text, or (a prepared one) as `{ name, text, values }`.
+            return (config: unknown, values?: unknown[]) => {
+              const query = () => target.query(config as string, values);
+              const text = typeof config === 'string' ? config : (config as { text?: unknown } | null)?.text;
               const hook = next;
               if (hook !== undefined && typeof text === 'string' && commits(text)) {
                 next = undefined;
-                return hook(target, () => target.query(text, values));
+                return hook(target, query);
               }
-              return target.query(text as string, values);
+              return query();
             };
           }
           const value = Reflect.get(target, property, target);
