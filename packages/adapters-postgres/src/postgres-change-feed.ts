@@ -139,6 +139,11 @@ export class ChangeFeedHub {
   readonly #pending = new Map<string, number>();
   /** Notifications of pending seqs, held until their transaction settles (see {@link expectCommit}). */
   readonly #held = new Map<string, ChangeNotice[]>();
+  /**
+   * Tasks whose transaction in flight was sent before the last {@link forgetAll}, until it settles: what
+   * it committed may be of the old epoch, so its own changes are not published (see {@link forgetAll}).
+   */
+  readonly #sentBefore = new Set<string>();
   readonly #counters: PublicationStats = {
     published: 0,
     fromCommits: 0,
@@ -194,9 +199,17 @@ export class ChangeFeedHub {
       this.#remember(taskId, { seq: 0, terminalAt: undefined });
   }
 
-  /** The store's epoch changed (a restore): forget every task's published seqs, which may now be too high. */
+  /**
+   * The store's epoch changed (a restore): forget every task's published seqs, which may now be too high.
+   * Nothing received or sent before is published after it: a notification held for this store's own
+   * transaction, or that transaction's own changes, may be of the old epoch (committed before the restore,
+   * its reply late), and its events would pass for the restored task's. Whatever of them the restored
+   * store holds, the `LISTEN` connection's re-read from the start, which follows this call, reports.
+   */
   forgetAll(): void {
     this.#published.clear();
+    this.#held.clear();
+    for (const taskId of this.#pending.keys()) this.#sentBefore.add(taskId);
   }
 
   /** Tasks were deleted by retention: forget them, so a new task with the same id starts from seq 1. */
@@ -211,7 +224,8 @@ export class ChangeFeedHub {
    * subscriber reads them, where publishing from the notification parses and freezes every event of the
    * payload first (a store hears its own commits, and at hundreds of tasks per transaction the
    * notifications often arrive before the reply). A held notification is never dropped: once the
-   * transaction settled it is reported, a duplicate if the commit published it.
+   * transaction settled it is reported, a duplicate if the commit published it (unless a restore was
+   * noticed meanwhile: see {@link forgetAll}).
    */
   expectCommit(taskId: string, seq: number): void {
     this.#pending.set(taskId, seq);
@@ -224,6 +238,7 @@ export class ChangeFeedHub {
   settled(taskIds: Iterable<string>): void {
     for (const taskId of taskIds) {
       this.#pending.delete(taskId);
+      if (this.#sentBefore.size > 0) this.#sentBefore.delete(taskId);
       const held = this.#held.get(taskId);
       if (held === undefined) continue;
       this.#held.delete(taskId);
@@ -323,6 +338,8 @@ export class ChangeFeedHub {
 
   /** Publishes one of this store's own committed events, with the event when it is given. */
   publishCommitted(change: TaskChange): void {
+    // Sent before a restore was noticed: possibly of the old epoch (see forgetAll).
+    if (this.#sentBefore.size > 0 && this.#sentBefore.has(change.taskId)) return;
     const known = this.#published.get(change.taskId);
     if (known !== undefined && change.seq <= known.seq) {
       // Its notification came first (it may outrun the COMMIT's reply): a duplicate, events left unbuilt.

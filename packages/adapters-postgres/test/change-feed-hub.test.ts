@@ -182,6 +182,30 @@ describe('ChangeFeedHub', () => {
     expect(hub.report({ taskId: 'x', firstSeq: 7, seq: 7, terminal: false }, 'notification')).toBe(1);
   });
 
+  it('publishes nothing of a transaction sent before forgetAll (a restore), held notification or own commit', () => {
+    const { hub, seen } = hubOfTaskX();
+    hub.report({ taskId: 'x', firstSeq: 1, seq: 4, terminal: false }, 'notification');
+    // This store's transaction commits seq 5 in the old epoch; its notification outruns the reply, which
+    // is lost. The server finds the store restored (to seq 2) and renewed before the transaction settles.
+    hub.expectCommit('x', 5);
+    hub.report({ taskId: 'x', firstSeq: 5, seq: 5, terminal: false, events: [event(5)] }, 'notification');
+    hub.forgetAll();
+    hub.settled(['x']);
+    expect(seen.map((change) => change.seq)).toEqual([1, 2, 3, 4]);
+    // The same, the reply coming after the reset.
+    hub.expectCommit('x', 5);
+    hub.forgetAll();
+    hub.publishCommitted(Object.freeze({ taskId: 'x', seq: 5, terminal: false, events: [event(5)] }));
+    hub.settled(['x']);
+    expect(seen.map((change) => change.seq)).toEqual([1, 2, 3, 4]);
+
+    // The restored store's own seq 3, from a transaction sent after the reset, is published as usual.
+    hub.expectCommit('x', 3);
+    hub.publishCommitted(Object.freeze({ taskId: 'x', seq: 3, terminal: false, events: [event(3)] }));
+    hub.settled(['x']);
+    expect(seen.map((change) => change.seq)).toEqual([1, 2, 3, 4, 3]);
+  });
+
   it('publishes a task it knows nothing about from the first reported seq, and a first poll is no miss', () => {
     const hub = new ChangeFeedHub(new ManualClock().now, () => {});
     const seen: number[] = [];

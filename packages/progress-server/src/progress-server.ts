@@ -160,6 +160,8 @@ export class ProgressServer<P extends Principal = Principal> {
       retryDelayMs: resolved.storeRetryDelayMs,
       reads: this.#reads,
       maxReplayEvents: resolved.maxReplayEvents,
+      // Assigned below, read only when a change arrives.
+      epoch: () => this.#epoch.current,
     });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.

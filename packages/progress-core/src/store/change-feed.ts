@@ -29,6 +29,15 @@ export interface TaskChange {
    * listener, so never mutate it.
    */
   events?: readonly TaskEvent[];
+  /**
+   * The store epoch (`ProgressStore.getEpoch`) the change was committed under, for feeds that know it;
+   * absent otherwise (the built-in stores leave it out). A server drops a change whose epoch is not the
+   * one it read last, events and all: a change of the old epoch delivered after a restore (late, or
+   * re-published) names seqs and events of the old log, which would pass for the restored task's. A
+   * feed that cannot stamp its changes should implement {@link ChangeFeed.forgetSeqs} so that it
+   * publishes nothing committed before it.
+   */
+  epoch?: string;
 }
 
 /** Stops a listener. Calling it twice is harmless. */
@@ -61,7 +70,10 @@ export interface ChangeFeed {
    * Optional: the store's epoch changed under the feed (restored from a backup and renewed while it
    * ran), as a server finds when it reads the epoch. A feed that skips seqs it already published (so
    * each reaches its listeners once) forgets them: the restored tasks' seqs, lower than those, are
-   * published again. Feeds that remember nothing may omit it.
+   * published again. A feed that may deliver a change late (from another process, after a reconnect)
+   * and does not stamp its changes with their {@link TaskChange.epoch} publishes nothing received or
+   * committed before the call after it returns: its events would pass for the restored tasks'. Feeds
+   * that remember nothing and deliver nothing late may omit it.
    */
   forgetSeqs?(): void;
 }

@@ -1,6 +1,6 @@
 import type { ProgressStore } from '@finishline/core';
 import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
 import { sleep } from '../testing/harness.js';
@@ -88,5 +88,35 @@ describe('AckWriter', () => {
       ['t', 2],
     ]);
     acks.close();
+  });
+
+  it('leaves no retry timer behind for a write of the old epoch that fails after forgetSeqs()', async () => {
+    vi.useFakeTimers();
+    try {
+      let fail: (error: unknown) => void = () => {};
+      const failing = new Promise<void>((_resolve, reject) => {
+        fail = reject;
+      });
+      const writes: number[] = [];
+      // The old epoch's write of 5 is in flight when the restore is noticed, and fails (the database was
+      // being restored); the restored store takes the new epoch's acks.
+      const { acks, stored } = writerOver(async (_stored, _taskId, seq) => {
+        writes.push(seq);
+        if (seq === 5) await failing;
+      }, 10);
+      acks.ack('t', 5);
+      acks.forgetSeqs();
+      acks.ack('t', 2);
+      fail(new ProgressError(ErrorCode.StoreUnavailable, 'the database is being restored'));
+      await vi.advanceTimersByTimeAsync(0);
+      acks.close();
+      // A retry of the dropped state would run after close(), for an ack of the old epoch.
+      expect(vi.getTimerCount()).toBe(0);
+      await vi.advanceTimersByTimeAsync(100);
+      expect(writes).toEqual([5, 2]);
+      expect(stored.get('t')).toBe(2);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -97,7 +97,7 @@ export class AckWriter {
    * The store's epoch changed (a restore): the seqs written and waiting belong to the old epoch, and the
    * restored tasks' acks, lower, would be skipped as already written. A write in flight finishes, and
    * {@link flush} still waits for it (a shutdown right after a restore closed the writer under it, losing
-   * that acknowledgement); what waited behind it is dropped.
+   * that acknowledgement); what waited behind it is dropped, and it is not retried if it fails.
    */
   forgetSeqs(): void {
     for (const state of this.#tasks.values()) {
@@ -146,6 +146,13 @@ export class AckWriter {
       return;
     }
     this.#metrics.storeErrors.inc();
+    if (this.#tasks.get(taskId) !== state) {
+      // forgetSeqs() dropped the state while this write ran: its seq is of the old epoch, a retry has
+      // nothing to write (what waited was dropped too), and its timer, on a state close() no longer
+      // sees, outlived the writer.
+      this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack of the old epoch not recorded');
+      return;
+    }
     state.failures += 1;
     if (state.failures >= MAX_ATTEMPTS || this.#closed) {
       this.#logger.warn({ err: describeError(error), taskId, seq }, 'ack could not be recorded; giving up');

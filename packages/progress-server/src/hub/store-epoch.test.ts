@@ -305,3 +305,49 @@ describe('a socket whose hello announced the old epoch', () => {
     expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
   });
 });
+
+describe('a terminal re-send armed in the old epoch', () => {
+  it('re-sends nothing of the old epoch once the subscription started over, and the new terminal as usual', async () => {
+    const restorable = restorableStore();
+    // The first re-send is due 300 ms after the terminal went out; the epoch is noticed within 50 ms.
+    const env = await startServer({
+      store: restorable.store,
+      heartbeatIntervalMs: 50,
+      terminalRetry: { initialDelayMs: 300, multiplier: 1, maxDelayMs: 300 },
+    });
+    cleanups.push(() => env.close());
+    await taskAheadOfItsCopy(restorable, 'old');
+    await restorable.store.append('t', { type: 'completed', result: 'old' });
+    // A client that never acknowledges: every terminal frame it gets is re-sent until the socket closes.
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    cleanups.push(async () => client.ws.close());
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
+    await client.next(
+      (frame) => frame.type === 'snapshot' && (frame.task as TaskView).status === 'completed',
+    );
+
+    restorable.restore();
+    await restorable.store.renewEpoch();
+    await client.next((frame) => frame.type === 'snapshot' && frame.reset === true);
+    const from = client.frames.length;
+    // The restored task ends differently, at seq 4, below the old terminal's 7: a re-send still tracked
+    // for 7 would both re-send the old frame and stand in the way of the new one's re-sends.
+    await restorable.store.append('t', { type: 'progress', done: 0, message: 'new 3' });
+    await restorable.store.append('t', { type: 'failed', error: { code: 'x', message: 'new' } });
+    await new Promise((resolve) => setTimeout(resolve, 700));
+
+    const terminals = client.frames
+      .slice(from)
+      .flatMap((frame) =>
+        frame.type === 'event'
+          ? [(frame.event as TaskEvent).type]
+          : frame.type === 'snapshot'
+            ? [(frame.task as TaskView).status]
+            : [],
+      )
+      .filter((type) => type !== 'progress' && type !== 'running');
+    // The new terminal and its re-sends (at 300 and 600 ms), never the old epoch's `completed`.
+    expect(terminals.length).toBeGreaterThanOrEqual(2);
+    expect(new Set(terminals)).toEqual(new Set(['failed']));
+  });
+});

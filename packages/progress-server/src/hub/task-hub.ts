@@ -73,6 +73,7 @@ export class TaskHub {
   readonly #logger: ProgressLogger;
   readonly #metrics: ServerMetrics;
   readonly #retryDelayMs: number;
+  readonly #epoch: () => string | undefined;
   readonly #followed = new Map<string, Followed>();
   readonly #recent = new RecentEvents();
   /** Bumped when the store's epoch changes: a read started before belongs to the old epoch. */
@@ -94,12 +95,18 @@ export class TaskHub {
     reads: FairReads;
     /** A backlog longer than this is replaced by a snapshot. */
     maxReplayEvents: number;
+    /**
+     * The store epoch the server read last (`undefined` before the first read, or for a store without
+     * epochs): a change stamped with another one is dropped (see {@link TaskChange.epoch}).
+     */
+    epoch?: () => string | undefined;
   }) {
     this.#store = options.store;
     this.#feed = options.store.changes;
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#retryDelayMs = options.retryDelayMs;
+    this.#epoch = options.epoch ?? (() => undefined);
     this.#streamHub = {
       store: options.store,
       reads: options.reads,
@@ -258,11 +265,20 @@ export class TaskHub {
   #onChange(change: TaskChange): void {
     const entry = this.#followed.get(change.taskId);
     if (entry === undefined) return;
+    // Of another epoch: the old one's, delivered after the restore was noticed, its seq and events of the
+    // old log; or a new one this server is yet to notice, whose restart reads the store. Either way it
+    // says nothing of the log the hub follows.
+    if (change.epoch !== undefined && this.#isForeign(change.epoch)) return;
     if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
     // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
     // was dispatched go out without a read. The rest, if any, is read as usual.
     if (change.events !== undefined) this.#dispatchNext(entry, change.events);
     this.#pump(entry);
+  }
+
+  #isForeign(epoch: string): boolean {
+    const current = this.#epoch();
+    return current !== undefined && epoch !== current;
   }
 
   #drop(entry: Followed): void {

@@ -28,6 +28,8 @@ function hubOver(
     metricsFeed?: ProgressStore['changes'];
     fairReads?: { maxConcurrent: number; maxPerPrincipal: number };
     start?: boolean;
+    /** The store epoch the hub takes as current (the server's last read of it). */
+    epoch?: () => string | undefined;
   } = {},
 ) {
   const feed = options.metricsFeed ?? store.changes;
@@ -39,6 +41,7 @@ function hubOver(
     retryDelayMs: 10,
     reads,
     maxReplayEvents: options.maxReplayEvents ?? 100,
+    ...(options.epoch === undefined ? {} : { epoch: options.epoch }),
   });
   if (options.start !== false) hub.start();
   closers.push(() => {
@@ -359,6 +362,38 @@ describe('TaskHub after the store epoch changed', () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+  it("drops a late change of the old epoch, events and all, and delivers the new epoch's own", async () => {
+    const store = new MemoryProgressStore();
+    const { counted, emit } = drivenFeed(store);
+    let epoch = 'old';
+    const hub = hubOver(counted.store, { metricsFeed: store.changes, epoch: () => epoch });
+    // The restored store holds the task at seq 2; the old epoch had reached 6.
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    await store.append(task.id, { type: 'progress', done: 2 });
+    const seen: TaskEvent[] = [];
+    hub.follow(task.id, { deliver: (events) => seen.push(...events) });
+    hub.observe(task.id, 6);
+    epoch = 'new';
+    hub.forgetSeqs();
+    hub.observe(task.id, 2);
+    // The old epoch's seq 3, committed before the restore, its notice (with the event) delivered late.
+    const stale = Object.freeze({
+      taskId: task.id,
+      seq: 3,
+      type: 'progress',
+      time: 0,
+      progress: { done: 0, succeeded: 0, failed: 0, total: null, current: null, message: 'old 3' },
+    }) as TaskEvent;
+    emit({ taskId: task.id, seq: 3, terminal: false, epoch: 'old', events: [stale] });
+    // The new epoch's own seq 3.
+    const { event } = await store.append(task.id, { type: 'progress', done: 3, message: 'new 3' });
+    emit({ taskId: task.id, seq: 3, terminal: false, epoch: 'new', events: [event] });
+    await until(() => seen.length > 0);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(seen).toEqual([event]);
+    expect(hub.latestSeq(task.id)).toBe(3);
   });
 });
 
