@@ -51,6 +51,7 @@ import {
   insertTask,
   listTasks,
   purgeFinished,
+  readTasks,
   renewEpoch,
   selectEpoch,
   TaskReads,
@@ -69,6 +70,8 @@ export interface PostgresStoreStats extends AppendStats {
   ackBatches: number;
   /** Lease-renewal transactions run, failed ones included (each renews the leases of one flush; up to `maxBatchSize`). */
   renewalBatches: number;
+  /** Task-read statements run, failed ones included (each reads the tasks of one flush's `getTask` calls; up to `maxBatchSize`). */
+  taskReadBatches: number;
 }
 
 /** Proves a construction came from {@link PostgresProgressStore.open}. */
@@ -82,7 +85,8 @@ const OPENING = Symbol('PostgresProgressStore.open');
  *   `seq` is gap-free under any number of writers in any number of processes. Appends that arrive while a
  *   transaction is in flight are committed together by the next one (group commit), in call order per
  *   task; see `append-pipeline.ts`. Acks are batched likewise (`ack-statement.ts`), and so are lease
- *   renewals (`lease-statements.ts`): the calls of one I/O phase in one round trip or transaction.
+ *   renewals (`lease-statements.ts`) and task reads (`readTasks`, `task-statements.ts`): the calls of
+ *   one I/O phase in one round trip or transaction.
  * - **Changes** of this store's own commits are published right after the commit; other processes'
  *   arrive by `NOTIFY` on a dedicated `LISTEN` connection that re-reads what it missed after every
  *   reconnect (`listen-connection.ts`); a safety-net poll asks about followed tasks only. See
@@ -118,6 +122,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #poll: SafetyNetPoll;
   readonly #appendStatements: AppendStatements;
   readonly #reads: TaskReads;
+  /** `getTask` calls of one I/O phase, read in one statement (subscribes come in bursts, per task). */
+  readonly #taskReads: StatementBatcher<string, Task | undefined>;
   readonly #appends: AppendPipeline;
   readonly #acks: StatementBatcher<AckCall, number>;
   readonly #renewals: StatementBatcher<LeaseCall, Task>;
@@ -198,6 +204,11 @@ export class PostgresProgressStore implements ProgressStore {
       settled: (taskIds) => this.#hub.settled(taskIds),
     });
     this.#reads = new TaskReads(this.#db, this.#target);
+    const reads = this.#reads;
+    this.#taskReads = new StatementBatcher(
+      (batch) => readTasks(this.#db, reads, batch),
+      options.maxBatchSize,
+    );
     const acks = ackStatement(this.#db, this.#target.tasks);
     this.#acks = new StatementBatcher((batch) => writeAcks(this.#db, acks, batch), options.maxAckBatchSize);
     this.#renewals = new StatementBatcher(
@@ -230,6 +241,7 @@ export class PostgresProgressStore implements ProgressStore {
       ...this.#appends.stats(),
       ackBatches: this.#acks.batches,
       renewalBatches: this.#renewals.batches,
+      taskReadBatches: this.#taskReads.batches,
     };
   }
 
@@ -257,12 +269,14 @@ export class PostgresProgressStore implements ProgressStore {
     return task;
   }
 
-  async getTask(taskId: string): Promise<Task | undefined> {
-    this.#assertOpen();
-    assertTaskId(taskId);
-    const { rows } = await this.#run('getTask', taskId, () => this.#reads.task.run(this.#db, { taskId }));
-    const row = rows[0];
-    return row === undefined ? undefined : toTask(row);
+  getTask(taskId: string): Promise<Task | undefined> {
+    try {
+      this.#assertOpen();
+      assertTaskId(taskId);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    return this.#taskReads.enqueue(taskId);
   }
 
   async getEpoch(): Promise<string> {
@@ -378,7 +392,7 @@ export class PostgresProgressStore implements ProgressStore {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
-      await Promise.all([this.#acks.close(), this.#renewals.close()]);
+      await Promise.all([this.#acks.close(), this.#renewals.close(), this.#taskReads.close()]);
       await this.#appends.whenIdle();
       await this.#poll.stop();
       await this.#listener.close();

@@ -100,7 +100,8 @@ export interface PostgresProgressStoreOptions {
   reconnect?: BackoffOptions;
   /**
    * Most appends committed in one transaction (group commit: appends that arrive while a transaction is
-   * in flight are committed together by the next one); also the most lease renewals per transaction.
+   * in flight are committed together by the next one); also the most lease renewals per transaction and
+   * the most `getTask` calls per statement.
    * @default 500
    */
   maxBatchSize?: number;

@@ -2,8 +2,9 @@ import { storeClosed } from '@finishline/core/internal';
 
 /**
  * Gathers the calls of one event-loop I/O phase into one database round trip: acks (one per incoming
- * message, from every watcher of every task) and lease renewals (one per running task, all due at the
- * same tick) would otherwise take a statement, and a pool connection, each. One batch is written at a
+ * message, from every watcher of every task), lease renewals (one per running task, all due at the
+ * same tick) and task reads (one per subscribe: a reconnect storm brings thousands at once, many of one
+ * task) would otherwise take a statement, and a pool connection, each. One batch is written at a
  * time, so a batcher holds at most one connection; calls that arrive meanwhile go in the next batch.
  *
  * @module

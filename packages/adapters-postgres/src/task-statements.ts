@@ -1,9 +1,11 @@
 import type { Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
+import { toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
-import { type EventRow, type TaskRow, taskColumns } from './row-codec.js';
+import { type EventRow, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
+import type { BatchedCall } from './statement-batcher.js';
 
 /**
  * The task statements of the Postgres store that run outside the append pipeline and the lease
@@ -54,12 +56,12 @@ export function listTasks(
 }
 
 /**
- * The task statements a server runs for every subscriber and every change: a task's row, its events past a
- * seq, the latest seqs of many. Compiled once per store (see `prepared-statement.ts`).
+ * The task statements a server runs for every subscriber and every change: tasks' rows, a task's events
+ * past a seq, the latest seqs of many. Compiled once per store (see `prepared-statement.ts`).
  */
 export class TaskReads {
-  /** The task's row (no row when there is none). */
-  readonly task: PreparedStatement<{ taskId: string }, TaskRow>;
+  /** The rows of those of `taskIds` that exist. */
+  readonly tasks: PreparedStatement<{ taskIds: string[] }, TaskRow>;
   /**
    * A task's events past `afterSeq`, in one statement with the task's existence, from the same snapshot:
    * no row means no task; a row with a null `task_id` means a task without such events.
@@ -72,9 +74,9 @@ export class TaskReads {
   readonly latest: PreparedStatement<{ taskIds: string[] }, { id: string; seq: string; status: string }>;
 
   constructor(db: Kysely<ProgressDatabase>, target: AppendTarget) {
-    this.task = new PreparedStatement(
+    this.tasks = new PreparedStatement(
       db,
-      sql<TaskRow>`SELECT ${taskColumns} FROM ${target.tasks} WHERE id = ${param('taskId')}`,
+      sql<TaskRow>`SELECT ${taskColumns} FROM ${target.tasks} WHERE id = ANY(${param('taskIds')}::text[])`,
     );
     this.events = new PreparedStatement(
       db,
@@ -135,4 +137,29 @@ export function purgeFinished(
     )
     -- The count is a one-time filter that makes the notifications run (an unreferenced CTE would not).
     SELECT id FROM purged WHERE (SELECT count(*) FROM notified) >= 0`;
+}
+
+/**
+ * Reads the tasks of a batch of `getTask` calls (gathered by a `StatementBatcher`: the subscribes of one
+ * I/O phase, often many watchers of one task) in one statement, and settles each call with its own copy
+ * (a caller owns the task it gets). Never rejects.
+ */
+export async function readTasks(
+  db: Kysely<ProgressDatabase>,
+  reads: TaskReads,
+  batch: BatchedCall<string, Task | undefined>[],
+): Promise<void> {
+  const taskIds = [...new Set(batch.map((call) => call.input))];
+  let rows: TaskRow[];
+  try {
+    ({ rows } = await reads.tasks.run(db, { taskIds }));
+  } catch (error) {
+    for (const call of batch) call.reject(toProgressError(error, 'getTask', call.input));
+    return;
+  }
+  const byId = new Map(rows.map((row) => [row.id, row]));
+  for (const call of batch) {
+    const row = byId.get(call.input);
+    call.resolve(row === undefined ? undefined : toTask(row));
+  }
 }

@@ -292,3 +292,37 @@ describe('an append written in one statement', () => {
     }
   });
 });
+
+describe('task reads', () => {
+  it('of one tick go in one statement, one row per task, each caller with its own copy', async () => {
+    const [store, other] = await twoStores();
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k', total: 2 });
+    await other.createTask({ id: 'b', owner: 'bob', kind: 'k' });
+    await other.append('b', { type: 'progress', done: 1 });
+    const before = store.stats().taskReadBatches;
+    const tasks = await Promise.all(['a', 'b', 'missing', 'a', 'a'].map((id) => store.getTask(id)));
+    expect(store.stats().taskReadBatches - before).toBe(1);
+    expect(tasks.map((task) => task?.seq)).toEqual([0, 1, undefined, 0, 0]);
+    expect(tasks[1]).toMatchObject({ id: 'b', owner: 'bob', done: 1 });
+    // The same task for three callers: three objects, so one caller's changes stay its own.
+    expect(tasks[0]).not.toBe(tasks[3]);
+    (tasks[0] as { message: string | null }).message = 'mine';
+    expect(tasks[3]?.message).toBeNull();
+    // Calls of later ticks make later statements.
+    expect(await store.getTask('a')).toMatchObject({ id: 'a', seq: 0 });
+    expect(store.stats().taskReadBatches - before).toBe(2);
+  });
+
+  it('refused before the batch (a bad id) fail alone, and those not sent when the store closes are refused', async () => {
+    const [store] = await twoStores();
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const outcomes = await Promise.allSettled([store.getTask('a'), store.getTask('bad id!'), store.getTask('a')]);
+    expect(outcomes.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ code: ErrorCode.InvalidInput });
+    // Not sent yet when the store closes: refused like every later call (as queued acks are).
+    const unsent = expect(store.getTask('a')).rejects.toMatchObject({ code: ErrorCode.Closed });
+    await store.close();
+    await unsent;
+    await expect(store.getTask('a')).rejects.toMatchObject({ code: ErrorCode.Closed });
+  });
+});
