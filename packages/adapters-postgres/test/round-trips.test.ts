@@ -316,7 +316,11 @@ describe('task reads', () => {
   it('refused before the batch (a bad id) fail alone, and those not sent when the store closes are refused', async () => {
     const [store] = await twoStores();
     await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
-    const outcomes = await Promise.allSettled([store.getTask('a'), store.getTask('bad id!'), store.getTask('a')]);
+    const outcomes = await Promise.allSettled([
+      store.getTask('a'),
+      store.getTask('bad id!'),
+      store.getTask('a'),
+    ]);
     expect(outcomes.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
     expect((outcomes[1] as PromiseRejectedResult).reason).toMatchObject({ code: ErrorCode.InvalidInput });
     // Not sent yet when the store closes: refused like every later call (as queued acks are).
