@@ -95,7 +95,7 @@ export interface PostgresChangeFeed extends ChangeFeed {
   followedTaskIds(): string[];
   /**
    * The store's epoch changed: what was published of each task is forgotten (see {@link ChangeFeed}),
-   * and the `LISTEN` connection is replaced, its re-read reading every event the store holds once (the
+   * and the `LISTEN` connection is replaced, its re-read reporting every task the store holds once (the
    * restored database's transaction ids may be below its mark; see `listen-connection.ts`).
    */
   forgetSeqs(): void;
