@@ -63,6 +63,13 @@ import type { ProgressDatabase } from './schema.js';
  *   restored cluster's ids passed the old mark before the listener reconnected; renewing the epoch is
  *   what covers that.
  *
+ * The connection counts as connected ({@link ChangeFeedHealth}) during such a re-read, as soon as it
+ * listens, where a re-read from a mark must end first. Nothing committed from then on is missed (the
+ * notifications are published as they arrive, while the re-read runs), the safety-net poll keeps asking
+ * about every followed task meanwhile, and a server that renewed its epoch answers every subscription
+ * from the store anyway. Holding the replica unhealthy would instead take every replica out of its load
+ * balancer at the same moment, right after a restore, for as long as the re-read takes.
+ *
  * @module
  */
 
@@ -213,6 +220,7 @@ export class ListenConnection {
       await this.#open(generation);
     } catch (error) {
       this.#generation++;
+      this.#connected = false;
       await this.#endClient();
       throw toProgressError(error, 'Opening the LISTEN connection failed');
     }
@@ -253,7 +261,7 @@ export class ListenConnection {
     const mark = this.#watermark;
     let rows: ReplayRow[];
     if (mark === 0n) {
-      rows = await this.#replayAll(client);
+      rows = await this.#replayAll(client, generation);
     } else {
       rows = await this.#replay(client, mark);
       const xmin = rows[0] === undefined ? undefined : BigInt(rows[0].xmin);
@@ -261,7 +269,7 @@ export class ListenConnection {
         // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
         // the mark. Read again from the start, on the same connection, which already listens.
         this.#watermark = 0n;
-        rows = await this.#replayAll(client);
+        rows = await this.#replayAll(client, generation);
       }
     }
     if (generation !== this.#generation)
@@ -293,8 +301,15 @@ export class ListenConnection {
     return rows as ReplayRow[];
   }
 
-  /** The re-read from the start (a mark of 0): each task's latest seq, from the tasks table. */
-  async #replayAll(client: PgListenClient): Promise<ReplayRow[]> {
+  /**
+   * The re-read from the start, on the connection of `generation`, which listens already: it counts as
+   * connected while this runs (see the module doc), unless it was replaced meanwhile. The failed attempts
+   * are reset only once it succeeded, so a re-read that keeps failing backs off like a failed connect.
+   */
+  async #replayAll(client: PgListenClient, generation: number): Promise<ReplayRow[]> {
+    if (generation !== this.#generation)
+      throw new Error('The LISTEN connection was replaced while connecting');
+    this.#connected = true;
     const { rows } = await client.query(this.#statements.replayAll);
     return rows as ReplayRow[];
   }

@@ -23,7 +23,11 @@ import type { ChangeNotice } from './notify-payload.js';
 
 /** The state of the `LISTEN` connection, for health checks. */
 export interface ChangeFeedHealth {
-  /** True while the `LISTEN` connection is up and has re-read what it missed. */
+  /**
+   * True while the `LISTEN` connection is up and has re-read what it missed since its mark. A re-read
+   * from the start (after a restore) counts as connected as soon as the connection listens: nothing
+   * committed since is missed meanwhile (see `listen-connection.ts`).
+   */
   connected: boolean;
   /** Backend process id of the `LISTEN` connection (for `pg_stat_activity`), or `null`. */
   listenerPid: number | null;

@@ -1,3 +1,5 @@
+import type { AddressInfo } from 'node:net';
+import { ProgressServer } from '@finishline/server';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
@@ -73,12 +75,14 @@ function isReread(text: string): boolean {
 /**
  * `LISTEN` clients that record the re-reads they run once `arm()` was called (that is, those of the
  * connection `forgetSeqs()` opens), and hold each of them until `release()` when `hold()` was called.
+ * After `failNext(error)`, the next one recorded fails with `error` instead of running.
  */
 function recordingListenClients() {
   const reread: Ran[] = [];
   let armed = false;
   let held: Gate | undefined;
   let waiting = 0;
+  let failing: Error | undefined;
   const factory = (): PgListenClient => {
     const client = new pg.Client({ connectionString: pgUrl() });
     const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
@@ -92,6 +96,9 @@ function recordingListenClients() {
             await wait;
             waiting -= 1;
           }
+          const error = failing;
+          failing = undefined;
+          if (error !== undefined) throw error;
         }
         return query(text, values);
       },
@@ -110,6 +117,9 @@ function recordingListenClients() {
       releases.push(closed.open);
     },
     waiting: () => waiting,
+    failNext(error: Error) {
+      failing = error;
+    },
     release() {
       held?.open();
       held = undefined;
@@ -203,6 +213,103 @@ describe('the re-read from a mark of 0', () => {
         total,
         `one row per task (and the fresh one); rows read per table: ${perTable}`,
       ).toBeLessThanOrEqual(tasks + 1);
+    }
+  });
+
+  it('counts as connected while it runs: LISTEN is on, so commits made meanwhile are published', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const writer = await open({ schema });
+    await fill(schema, 10, 3);
+    const recorder = new Recorder(observer);
+    listen.hold();
+    listen.arm();
+    observer.changes.forgetSeqs();
+    await eventually('the new connection runs its full re-read', () => listen.waiting() > 0);
+
+    const during = observer.changes.health();
+    expect(during).toMatchObject({ connected: true, lastError: null });
+    expect(typeof during.listenerPid).toBe('number');
+    // Committed while the re-read is held: its notification is published at once, not after the re-read.
+    await writer.createTask({ id: 'meanwhile', owner: 'alice', kind: 'k' });
+    await writer.append('meanwhile', { type: 'progress' });
+    await eventually('the commit made during the re-read is published', () => recorder.has('meanwhile', 1));
+    expect(recorder.changes.filter((change) => change.taskId.startsWith('task-'))).toEqual([]);
+
+    listen.release();
+    await eventually('the re-read reports the stored tasks', () => recorder.has('task-10', 3));
+    expect(observer.changes.health().connected).toBe(true);
+    expect(recorder.seqs('meanwhile')).toEqual([1]);
+  });
+
+  it('counts as disconnected again when it fails, and is retried until it reports every task', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    let observer: PostgresProgressStore | undefined;
+    const failures: Array<{ message: string; connected: boolean | undefined }> = [];
+    observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      onError: (error) =>
+        failures.push({ message: error.message, connected: observer?.changes.health().connected }),
+    });
+    await fill(schema, 10, 3);
+    const recorder = new Recorder(observer);
+    listen.hold();
+    listen.arm();
+    listen.failNext(new Error('statement timeout (simulated)'));
+    observer.changes.forgetSeqs();
+    await eventually('the new connection runs its full re-read', () => listen.waiting() > 0);
+    expect(observer.changes.health().connected).toBe(true);
+
+    listen.release();
+    await eventually('the failure is reported', () => failures.length > 0);
+    expect(failures[0]).toEqual({ message: expect.stringContaining('statement timeout'), connected: false });
+    await eventually('a new connection re-reads every task', () => recorder.changes.length >= 10);
+    await eventually('the feed is connected again', () => observer?.changes.health().connected === true);
+    expect(recorder.changes.map((change) => change.seq)).toEqual(Array(10).fill(3));
+    expect(observer.changes.health().failedAttempts).toBe(0);
+  });
+});
+
+describe('a server on the store while the re-read from a mark of 0 runs', () => {
+  it('stays ready: GET /healthz answers 200 after the epoch was renewed, until and after the re-read', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const store = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const server = await ProgressServer.listen(
+      { store, authenticate: () => ({ id: 'alice' }), heartbeatIntervalMs: 50, healthDetails: 'public' },
+      { port: 0, host: '127.0.0.1' },
+    );
+    try {
+      const { port } = server.httpServer!.address() as AddressInfo;
+      const probe = async () => {
+        const answer = await fetch(`http://127.0.0.1:${port}/progress/healthz`);
+        return { status: answer.status, body: (await answer.json()) as { store: { connected: boolean } } };
+      };
+      expect((await probe()).status).toBe(200);
+      await fill(schema, 10, 3);
+      const recorder = new Recorder(store);
+      listen.hold();
+      listen.arm();
+      await store.renewEpoch(); // a restore: the server notices at its next heartbeat and resets the feed
+      await eventually('the new connection runs its full re-read', () => listen.waiting() > 0, 3000);
+      expect(await probe()).toMatchObject({ status: 200, body: { store: { connected: true } } });
+      listen.release();
+      await eventually('the re-read reports the stored tasks', () => recorder.has('task-10', 3));
+      expect((await probe()).status).toBe(200);
+    } finally {
+      await server.close({ timeoutMs: 500 });
     }
   });
 });
