@@ -23,7 +23,11 @@ import type { ChangeNotice } from './notify-payload.js';
 
 /** The state of the `LISTEN` connection, for health checks. */
 export interface ChangeFeedHealth {
-  /** True while the `LISTEN` connection is up and has re-read what it missed. */
+  /**
+   * True while the `LISTEN` connection is up and has re-read what it missed since its mark. A re-read
+   * from the start (after a restore) counts as connected as soon as the connection listens: nothing
+   * committed since is missed meanwhile (see `listen-connection.ts`).
+   */
   connected: boolean;
   /** Backend process id of the `LISTEN` connection (for `pg_stat_activity`), or `null`. */
   listenerPid: number | null;
@@ -95,7 +99,7 @@ export interface PostgresChangeFeed extends ChangeFeed {
   followedTaskIds(): string[];
   /**
    * The store's epoch changed: what was published of each task is forgotten (see {@link ChangeFeed}),
-   * and the `LISTEN` connection is replaced, its re-read reading every event the store holds once (the
+   * and the `LISTEN` connection is replaced, its re-read reporting every task the store holds once (the
    * restored database's transaction ids may be below its mark; see `listen-connection.ts`).
    */
   forgetSeqs(): void;
@@ -119,6 +123,13 @@ interface Published {
  * which is still correct, only less complete.
  */
 const PUBLISHED_CAPACITY = 50_000;
+/**
+ * Past {@link PUBLISHED_CAPACITY}, the feed forgets down to this many at once. Forgetting one task per
+ * change instead walked the Map from its start every time, over the entries deleted before it, which
+ * Map iteration skips one by one until the table is rehashed: a re-read from the start reporting 200,000
+ * tasks took 7.8 s of one event-loop turn (0.3 s in batches).
+ */
+const PUBLISHED_LOW_WATER = 45_000;
 /** Terminal tasks are forgotten this long after their terminal change (ids may be reused after retention). */
 const TERMINAL_MEMORY_MS = 60_000;
 /** The longest run of seqs filled in at once; beyond it only the latest ones are published. */
@@ -384,7 +395,7 @@ export class ChangeFeedHub {
     this.#published.set(taskId, entry);
     if (this.#published.size <= PUBLISHED_CAPACITY) return;
     for (const key of this.#published.keys()) {
-      if (this.#published.size <= PUBLISHED_CAPACITY) break;
+      if (this.#published.size <= PUBLISHED_LOW_WATER) break;
       if (!this.#followed.has(key)) this.#published.delete(key);
     }
   }

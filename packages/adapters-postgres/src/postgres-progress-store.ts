@@ -179,6 +179,7 @@ export class PostgresProgressStore implements ProgressStore {
       db: this.#db,
       channel,
       events: this.#target.events,
+      tasks: this.#target.tasks,
       createClient: options.createListenClient,
       watermarkIntervalMs: options.watermarkIntervalMs,
       reconnect: options.reconnect,

@@ -272,4 +272,33 @@ describe('ChangeFeedHub', () => {
     ]);
     unfollow();
   });
+
+  it('past its capacity forgets the least recently changed unfollowed tasks in a batch, not one per change', () => {
+    // A re-read from the start reports every task of the store at once (see listen-connection.ts):
+    // forgetting one per change walked the remembered tasks from the start each time, over the entries
+    // deleted before (quadratic: 200,000 reports took seconds of one event-loop turn).
+    const hub = new ChangeFeedHub(
+      () => 0,
+      () => {},
+    );
+    const unfollow = hub.follow('task-1');
+    const tasks = 50_001; // one past the capacity
+    for (let i = 1; i <= tasks; i++) {
+      hub.report({ taskId: `task-${i}`, firstSeq: 3, seq: 3, terminal: true }, 'replay');
+    }
+    const remembered = (i: number) => hub.publishedSeq(`task-${i}`) !== undefined;
+    expect(remembered(1), 'followed: kept').toBe(true);
+    expect([remembered(2), remembered(3), remembered(1000)], 'the oldest: forgotten together').toEqual([
+      false,
+      false,
+      false,
+    ]);
+    expect(remembered(tasks - 40_000) && remembered(tasks), 'the latest: kept').toBe(true);
+    // A forgotten task's next change is published from the seq it carries.
+    const seen: number[] = [];
+    hub.subscribe((change) => seen.push(change.seq));
+    hub.report({ taskId: 'task-2', firstSeq: 4, seq: 4, terminal: false }, 'notification');
+    expect(seen).toEqual([4]);
+    unfollow();
+  });
 });

@@ -111,11 +111,12 @@ function restorableListenClients(offset: bigint) {
     Object.assign(client, {
       query: async (text: string, values?: unknown[]) => {
         if (!text.includes('pg_snapshot_xmin') || text.includes("'barrier'")) return query(text, values);
-        // The re-read: its mark from the feed's ids to the server's, its xmin back.
+        // The re-read: its mark (if it takes one; not from the start) from the feed's ids to the
+        // server's, its xmin back.
         const at = shift;
         const given = values?.[0];
         const mark = typeof given === 'string' ? String(BigInt(given) > at ? BigInt(given) - at : 0n) : null;
-        const result = await query(text, [mark, mark]);
+        const result = await query(text, values === undefined ? undefined : [mark, mark]);
         return {
           ...result,
           rows: result.rows.map((row) => ({ ...row, xmin: String(BigInt(String(row.xmin)) + at) })),

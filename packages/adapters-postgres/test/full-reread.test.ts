@@ -1,0 +1,315 @@
+import type { AddressInfo } from 'node:net';
+import { ProgressServer } from '@finishline/server';
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import {
+  migrateProgressSchema,
+  type PgListenClient,
+  PostgresProgressStore,
+  type PostgresProgressStoreOptions,
+} from '../src/index.js';
+import { dropSchema, eventually, freshSchema, type Gate, gate, newPool, pgUrl, Recorder } from './support.js';
+
+/**
+ * The re-read from a mark of 0 (after `forgetSeqs()`, when the store's epoch was renewed by a restore):
+ * what it reads, what it reports, and how the feed's health looks while it runs. A store keeps finished
+ * tasks until retention purges them, so its events table can hold millions of rows, and every replica
+ * runs this re-read at the same time right after a restore.
+ */
+
+const admin = newPool(4);
+const pools: pg.Pool[] = [];
+const stores: PostgresProgressStore[] = [];
+const schemas: string[] = [];
+/** Opens the gates a test left closed (when it failed), so closing the stores never waits for them. */
+const releases: (() => void)[] = [];
+
+afterEach(async () => {
+  for (const release of releases.splice(0)) release();
+  await Promise.all(stores.splice(0).map((store) => store.close()));
+  await Promise.all(pools.splice(0).map((created) => created.end()));
+});
+
+afterAll(async () => {
+  for (const schema of schemas) await dropSchema(admin, schema);
+  await admin.end();
+});
+
+async function migrated(): Promise<string> {
+  const schema = freshSchema('reread');
+  schemas.push(schema);
+  await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool: admin }) }), {
+    schema,
+  });
+  return schema;
+}
+
+async function open(
+  options: Partial<PostgresProgressStoreOptions> & { schema: string },
+): Promise<PostgresProgressStore> {
+  const pool = newPool(5);
+  pools.push(pool);
+  // No safety net: what the feed publishes comes from notifications and re-reads only.
+  const store = await PostgresProgressStore.open({
+    pool,
+    migrate: false,
+    pollIntervalMs: 3_600_000,
+    ...options,
+  });
+  stores.push(store);
+  return store;
+}
+
+/** A statement a `LISTEN` client ran. */
+interface Ran {
+  text: string;
+  values: unknown[] | undefined;
+}
+
+/** True for the re-read (its snapshot's `xmin` and what changed), false for the barrier and the rest. */
+function isReread(text: string): boolean {
+  return text.includes('pg_snapshot_xmin') && !text.includes("'barrier'");
+}
+
+/**
+ * `LISTEN` clients that record the re-reads they run once `arm()` was called (that is, those of the
+ * connection `forgetSeqs()` opens), and hold each of them until `release()` when `hold()` was called.
+ * After `failNext(error)`, the next one recorded fails with `error` instead of running.
+ */
+function recordingListenClients() {
+  const reread: Ran[] = [];
+  let armed = false;
+  let held: Gate | undefined;
+  let waiting = 0;
+  let failing: Error | undefined;
+  const factory = (): PgListenClient => {
+    const client = new pg.Client({ connectionString: pgUrl() });
+    const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+    Object.assign(client, {
+      query: async (text: string, values?: unknown[]) => {
+        if (armed && isReread(text)) {
+          reread.push({ text, values });
+          const wait = held?.promise;
+          if (wait !== undefined) {
+            waiting += 1;
+            await wait;
+            waiting -= 1;
+          }
+          const error = failing;
+          failing = undefined;
+          if (error !== undefined) throw error;
+        }
+        return query(text, values);
+      },
+    });
+    return client as unknown as PgListenClient;
+  };
+  return {
+    factory,
+    reread,
+    arm() {
+      armed = true;
+    },
+    hold() {
+      const closed = gate();
+      held = closed;
+      releases.push(closed.open);
+    },
+    waiting: () => waiting,
+    failNext(error: Error) {
+      failing = error;
+    },
+    release() {
+      held?.open();
+      held = undefined;
+    },
+  };
+}
+
+/** A node of `EXPLAIN (ANALYZE, FORMAT JSON)`, the parts read here. */
+interface PlanNode {
+  'Node Type': string;
+  'Relation Name'?: string;
+  'Actual Rows': number;
+  'Actual Loops': number;
+  'Rows Removed by Filter'?: number;
+  Plans?: PlanNode[];
+}
+
+/** Rows each table scan of `plan` read (returned or filtered out), per table. */
+function rowsReadPerTable(plan: PlanNode, into = new Map<string, number>()): Map<string, number> {
+  const table = plan['Relation Name'];
+  if (table !== undefined) {
+    const read = plan['Actual Rows'] * plan['Actual Loops'] + (plan['Rows Removed by Filter'] ?? 0);
+    into.set(table, (into.get(table) ?? 0) + read);
+  }
+  for (const child of plan.Plans ?? []) rowsReadPerTable(child, into);
+  return into;
+}
+
+/**
+ * Fills a schema as the store would have written it (each task's row and its events), `perTask` events
+ * for each of `tasks` tasks, in two statements: even tasks completed (their last event terminal), odd
+ * ones still running.
+ */
+async function fill(schema: string, tasks: number, perTask: number): Promise<void> {
+  const name = (table: string) => `${pg.escapeIdentifier(schema)}.${table}`;
+  await admin.query(
+    `INSERT INTO ${name('tasks')} (id, owner, kind, status, total, done, succeeded, failed, seq, acked_seq,
+       created_at, updated_at, finished_at)
+     SELECT 'task-' || t, 'alice', 'k', CASE WHEN t % 2 = 0 THEN 'completed' ELSE 'running' END, $2, $2, $2, 0,
+       $2, 0, 1000, 2000, CASE WHEN t % 2 = 0 THEN 2000 END
+     FROM generate_series(1, $1::int) AS t`,
+    [tasks, perTask],
+  );
+  await admin.query(
+    `INSERT INTO ${name('events')} (task_id, seq, type, time, body)
+     SELECT 'task-' || t, s, CASE WHEN s = $2 AND t % 2 = 0 THEN 'completed' ELSE 'item' END, 1000 + s, '{}'
+     FROM generate_series(1, $1::int) AS t, generate_series(1, $2::int) AS s`,
+    [tasks, perTask],
+  );
+  await admin.query(`ANALYZE ${name('tasks')}; ANALYZE ${name('events')}`);
+}
+
+describe('the re-read from a mark of 0', () => {
+  it("reads one row per task, not one per event, and reports each task's latest seq and end", async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    // Created, never appended to: nothing to report (seq 0), as before.
+    await observer.createTask({ id: 'fresh', owner: 'alice', kind: 'k' });
+    const tasks = 200;
+    const perTask = 100;
+    // Written without notifications: only the re-read can find them.
+    await fill(schema, tasks, perTask);
+    const recorder = new Recorder(observer);
+    listen.arm();
+    observer.changes.forgetSeqs();
+    await eventually('the full re-read reports every task', () => recorder.changes.length >= tasks);
+    await eventually('the feed is connected again', () => observer.changes.health().connected);
+
+    const byTask = new Map(recorder.changes.map((change) => [change.taskId, change]));
+    expect(recorder.changes).toHaveLength(tasks);
+    for (let t = 1; t <= tasks; t++) {
+      expect(byTask.get(`task-${t}`), `task-${t}`).toMatchObject({ seq: perTask, terminal: t % 2 === 0 });
+    }
+    expect(byTask.has('fresh')).toBe(false);
+
+    // What the re-read statement reads, as Postgres runs it on this table.
+    expect(listen.reread.length).toBeGreaterThan(0);
+    for (const { text, values } of listen.reread) {
+      const { rows } = await admin.query(`EXPLAIN (ANALYZE, FORMAT JSON) ${text}`, values);
+      const [explained] = rows[0]['QUERY PLAN'] as [{ Plan: PlanNode }];
+      const read = rowsReadPerTable(explained.Plan);
+      const total = [...read.values()].reduce((sum, rowsRead) => sum + rowsRead, 0);
+      const perTable = JSON.stringify(Object.fromEntries(read));
+      expect(read.get('events') ?? 0, `no event read; rows read per table: ${perTable}`).toBe(0);
+      expect(
+        total,
+        `one row per task (and the fresh one); rows read per table: ${perTable}`,
+      ).toBeLessThanOrEqual(tasks + 1);
+    }
+  });
+
+  it('counts as connected while it runs: LISTEN is on, so commits made meanwhile are published', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const writer = await open({ schema });
+    await fill(schema, 10, 3);
+    const recorder = new Recorder(observer);
+    listen.hold();
+    listen.arm();
+    observer.changes.forgetSeqs();
+    await eventually('the new connection runs its full re-read', () => listen.waiting() > 0);
+
+    const during = observer.changes.health();
+    expect(during).toMatchObject({ connected: true, lastError: null });
+    expect(typeof during.listenerPid).toBe('number');
+    // Committed while the re-read is held: its notification is published at once, not after the re-read.
+    await writer.createTask({ id: 'meanwhile', owner: 'alice', kind: 'k' });
+    await writer.append('meanwhile', { type: 'progress' });
+    await eventually('the commit made during the re-read is published', () => recorder.has('meanwhile', 1));
+    expect(recorder.changes.filter((change) => change.taskId.startsWith('task-'))).toEqual([]);
+
+    listen.release();
+    await eventually('the re-read reports the stored tasks', () => recorder.has('task-10', 3));
+    expect(observer.changes.health().connected).toBe(true);
+    expect(recorder.seqs('meanwhile')).toEqual([1]);
+  });
+
+  it('counts as disconnected again when it fails, and is retried until it reports every task', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    let observer: PostgresProgressStore | undefined;
+    const failures: Array<{ message: string; connected: boolean | undefined }> = [];
+    observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      onError: (error) =>
+        failures.push({ message: error.message, connected: observer?.changes.health().connected }),
+    });
+    await fill(schema, 10, 3);
+    const recorder = new Recorder(observer);
+    listen.hold();
+    listen.arm();
+    listen.failNext(new Error('statement timeout (simulated)'));
+    observer.changes.forgetSeqs();
+    await eventually('the new connection runs its full re-read', () => listen.waiting() > 0);
+    expect(observer.changes.health().connected).toBe(true);
+
+    listen.release();
+    await eventually('the failure is reported', () => failures.length > 0);
+    expect(failures[0]).toEqual({ message: expect.stringContaining('statement timeout'), connected: false });
+    await eventually('a new connection re-reads every task', () => recorder.changes.length >= 10);
+    await eventually('the feed is connected again', () => observer?.changes.health().connected === true);
+    expect(recorder.changes.map((change) => change.seq)).toEqual(Array(10).fill(3));
+    expect(observer.changes.health().failedAttempts).toBe(0);
+  });
+});
+
+describe('a server on the store while the re-read from a mark of 0 runs', () => {
+  it('stays ready: GET /healthz answers 200 after the epoch was renewed, until and after the re-read', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const store = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const server = await ProgressServer.listen(
+      { store, authenticate: () => ({ id: 'alice' }), heartbeatIntervalMs: 50, healthDetails: 'public' },
+      { port: 0, host: '127.0.0.1' },
+    );
+    try {
+      const { port } = server.httpServer!.address() as AddressInfo;
+      const probe = async () => {
+        const answer = await fetch(`http://127.0.0.1:${port}/progress/healthz`);
+        return { status: answer.status, body: (await answer.json()) as { store: { connected: boolean } } };
+      };
+      expect((await probe()).status).toBe(200);
+      await fill(schema, 10, 3);
+      const recorder = new Recorder(store);
+      listen.hold();
+      listen.arm();
+      await store.renewEpoch(); // a restore: the server notices at its next heartbeat and resets the feed
+      await eventually('the new connection runs its full re-read', () => listen.waiting() > 0, 3000);
+      expect(await probe()).toMatchObject({ status: 200, body: { store: { connected: true } } });
+      listen.release();
+      await eventually('the re-read reports the stored tasks', () => recorder.has('task-10', 3));
+      expect((await probe()).status).toBe(200);
+    } finally {
+      await server.close({ timeoutMs: 500 });
+    }
+  });
+});
