@@ -1,4 +1,4 @@
-import type { TaskChange } from '@finishline/core';
+import type { ChangeFeed, TaskChange } from '@finishline/core';
 import { isTerminalType, LocalChangeFeed } from '@finishline/core';
 import { DataVersionWatcher } from './data-version-watcher.js';
 import type { SqliteStatements } from './sqlite-statements.js';
@@ -8,6 +8,13 @@ import type { SqliteStatements } from './sqlite-statements.js';
  * other connections to the same file are found by polling `PRAGMA data_version` and read from the event
  * log past a high-water mark (the `AUTOINCREMENT` event id, which SQLite's single writer makes commit
  * order), so every event, from any process, is published once and in order.
+ *
+ * ## After a restore
+ *
+ * A server that reads a renewed epoch (a restore) calls `forgetSeqs()` and reads every task it follows
+ * again. The feed then drops what it had not published yet (changes read or committed before the call)
+ * and takes the file's largest event id as the mark: the restore may have taken the ids below the old
+ * one, and every commit after the call gets an id above the new one.
  *
  * @module
  */
@@ -40,7 +47,8 @@ export interface ChangePublisherOptions {
  */
 export class ChangePublisher {
   /** The feed subscribers see. */
-  readonly feed: LocalChangeFeed;
+  readonly feed: ChangeFeed;
+  readonly #local: LocalChangeFeed;
   readonly #q: SqliteStatements;
   readonly #watcher: DataVersionWatcher | undefined;
   /** Id of the newest event this store has published (or written). */
@@ -55,7 +63,12 @@ export class ChangePublisher {
    * @throws whatever reading the database throws, with the watcher stopped again.
    */
   constructor(options: ChangePublisherOptions) {
-    this.feed = new LocalChangeFeed(options.onListenerError);
+    const local = new LocalChangeFeed(options.onListenerError);
+    this.#local = local;
+    this.feed = {
+      subscribe: (listener) => local.subscribe(listener),
+      forgetSeqs: () => this.forgetSeqs(),
+    };
     this.#q = options.statements;
     let watcher: DataVersionWatcher | undefined;
     try {
@@ -103,6 +116,21 @@ export class ChangePublisher {
     }
   }
 
+  /**
+   * The store's epoch was renewed (a restore, noticed by a server): drops the changes not published yet
+   * and takes the file's largest event id as the mark, so nothing committed before the call is published
+   * after it and every commit after it is, even when the restore took its ids below the old mark.
+   *
+   * @throws whatever reading the database throws; the outbox is dropped all the same.
+   */
+  forgetSeqs(): void {
+    // A new array, so that a drain in progress (a listener calling this) drops the rest of the old one.
+    this.#outbox = [];
+    // Stopped: the store may have closed its database, and nothing is published any more.
+    if (this.#stopped) return;
+    this.#highWaterMark = this.#readMaxEventId();
+  }
+
   /** Takes a committed log: its changes go to the outbox, its last id becomes the high-water mark. */
   committed(log: TransactionLog): void {
     this.#highWaterMark = log.lastEventId;
@@ -117,7 +145,15 @@ export class ChangePublisher {
     if (this.#draining) return;
     this.#draining = true;
     try {
-      for (let index = 0; index < this.#outbox.length; index++) this.feed.publish(this.#outbox[index]!);
+      let outbox = this.#outbox;
+      for (let index = 0; index < outbox.length; index++) {
+        this.#local.publish(outbox[index]!);
+        // A listener called forgetSeqs(): the rest was committed before it; what came since is new.
+        if (this.#outbox !== outbox) {
+          outbox = this.#outbox;
+          index = -1;
+        }
+      }
     } finally {
       this.#outbox = [];
       this.#draining = false;

@@ -155,7 +155,11 @@ export class SqliteProgressStore implements ProgressStore {
     };
   }
 
-  /** Every committed event, this process's and (when polling) other processes' on the same file. */
+  /**
+   * Every committed event, this process's and (when polling) other processes' on the same file.
+   * `forgetSeqs()` (after a restore and `renewEpoch()`): nothing committed before the call is published
+   * after it, and every commit after it is, even when the restore took the event ids back.
+   */
   get changes(): ChangeFeed {
     return this.#publisher.feed;
   }
