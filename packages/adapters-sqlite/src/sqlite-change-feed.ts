@@ -11,10 +11,24 @@ import type { SqliteStatements } from './sqlite-statements.js';
  *
  * ## After a restore
  *
- * A server that reads a renewed epoch (a restore) calls `forgetSeqs()` and reads every task it follows
- * again. The feed then drops what it had not published yet (changes read or committed before the call)
- * and takes the file's largest event id as the mark: the restore may have taken the ids below the old
- * one, and every commit after the call gets an id above the new one.
+ * The mark only holds within one run of event ids. A database file restored from an older backup under
+ * a running store (SQLite's backup API, `sqlite3 progress.db ".restore backup.db"`) takes the ids, and
+ * `sqlite_sequence` with them, back below the mark: reading "past the mark" would skip every commit to
+ * the restored file until its ids passed the old mark, and this store's own next append, whose ids are
+ * below it too, would move the mark over other processes' commits it never read. No id tells what the
+ * restored file received since, so the feed then re-reads the tasks, not the events: it publishes
+ * every task's latest seq once (a hint that costs a read) and takes the file's largest id as the mark.
+ * The file going back is seen:
+ *
+ * - by a poll: `sqlite_sequence` is below the mark, which within one run of ids cannot happen (it never
+ *   decreases; retention deletes rows, never lowers it). Read once per poll that found a commit;
+ * - by this store's append: the ids its inserts got are not above the mark (a comparison; the hot
+ *   path runs no extra statement);
+ * - not when other processes' appends took the ids past the old mark before either looked (within
+ *   one poll interval of the restore): renewing the epoch covers that. The server that notices the
+ *   renewed epoch calls `forgetSeqs()` and reads every task it follows again; the feed then drops what it
+ *   had not published yet and takes the file's largest id as the mark, so it publishes nothing
+ *   committed before the call and every commit after it, whatever their ids.
  *
  * @module
  */
@@ -25,6 +39,11 @@ export interface TransactionLog {
   changes: TaskChange[];
   /** Highest event id seen or written. */
   lastEventId: number;
+  /**
+   * Set when this transaction's own inserts got ids not above the mark: the file went back (a restore),
+   * and the events other connections committed to it may lie below the mark too. See the module doc.
+   */
+  idsWentBack: boolean;
 }
 
 /** Page size when reading other connections' events past the high-water mark. */
@@ -94,7 +113,7 @@ export class ChangePublisher {
 
   /** A log for a transaction starting now: past the high-water mark, nothing to publish yet. */
   startLog(): TransactionLog {
-    return { changes: [], lastEventId: this.#highWaterMark };
+    return { changes: [], lastEventId: this.#highWaterMark, idsWentBack: false };
   }
 
   /** Adds the events committed past `log.lastEventId` (by other connections) to `log`. */
@@ -114,6 +133,28 @@ export class ChangePublisher {
       }
       if (rows.length < CATCH_UP_PAGE) return;
     }
+  }
+
+  /**
+   * Adds every task's latest seq to `log` and takes the file's largest event id as its last: the file
+   * went back (see the module doc), so what other connections committed to it cannot be told apart by
+   * id. Run inside the write transaction that found it, or on its own by a poll.
+   */
+  readAll(log: TransactionLog): void {
+    const rows = this.#q.latestOfEveryTask.all() as {
+      max_id: number | bigint | null;
+      task_id: string | null;
+      seq: number | bigint | null;
+      status: string | null;
+    }[];
+    for (const row of rows) {
+      if (row.task_id === null) continue;
+      log.changes.push(
+        Object.freeze({ taskId: row.task_id, seq: Number(row.seq), terminal: isTerminalType(row.status!) }),
+      );
+    }
+    const maxId = rows[0]?.max_id;
+    log.lastEventId = maxId == null ? 0 : Number(maxId);
   }
 
   /**
@@ -170,10 +211,17 @@ export class ChangePublisher {
   #catchUp(): void {
     if (this.#stopped) return;
     const log = this.startLog();
-    // Ids only grow in commit order, so reading page by page outside a transaction never skips a row.
-    this.readSince(log);
+    // Ids only grow in commit order, so reading page by page outside a transaction never skips a row;
+    // unless the file went back (see the module doc).
+    if (this.#readIdSequence() < this.#highWaterMark) this.readAll(log);
+    else this.readSince(log);
     this.committed(log);
     this.drain();
+  }
+
+  #readIdSequence(): number {
+    const row = this.#q.eventIdSequence.get() as { seq: number | bigint } | undefined;
+    return row === undefined ? 0 : Number(row.seq);
   }
 
   #readMaxEventId(): number {

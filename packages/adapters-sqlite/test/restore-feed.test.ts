@@ -76,6 +76,57 @@ async function runPastTheBackup(setup: ReturnType<typeof setUp>, pollMs: number)
 }
 
 describe('a database file restored from an older backup under a running store', () => {
+  it("publishes other processes' commits to the restored file, whose ids are below the mark", async () => {
+    const setup = setUp(5);
+    await runPastTheBackup(setup, 5);
+    const { worker, seen, restore } = setup;
+
+    await restore();
+    await worker.createTask({ id: 'new', owner: 'alice', kind: 'batch_taint' });
+    await worker.append('new', { type: 'progress', done: 1 });
+    await worker.append('new', { type: 'completed' });
+
+    await eventually(
+      'the terminal change of the task written to the restored file',
+      () => seen.some((change) => change.taskId === 'new' && change.terminal),
+      2_000,
+    );
+    // Read past the mark once a poll found the file gone back, or re-read as the task's latest seq (a
+    // hint to read it) by the poll that found it: either way the last change names the end.
+    expect(seen.filter((change) => change.taskId === 'new').at(-1)).toEqual({
+      taskId: 'new',
+      seq: 2,
+      terminal: true,
+    });
+  });
+
+  it("does not let its own append move the mark past other processes' commits below it", async () => {
+    // The server's poll never runs: only its own write transaction can find the worker's commits.
+    const setup = setUp(NEVER_POLLS_MS);
+    await runPastTheBackup(setup, NEVER_POLLS_MS);
+    const { server, worker, seen, restore } = setup;
+
+    await restore();
+    const restoredAt = seen.length;
+    await worker.createTask({ id: 'new', owner: 'alice', kind: 'batch_taint' });
+    await worker.append('new', { type: 'progress', done: 1 });
+    await server.append('mine', { type: 'progress', done: 1 });
+    // The append's transaction found the worker's commit, though its id is below the mark: the ids its
+    // own insert got showed that the file had gone back, and the worker's task was reported.
+    const after = seen.slice(restoredAt);
+    expect(after).toContainEqual({ taskId: 'new', seq: 1, terminal: false });
+    expect(after).toContainEqual({ taskId: 'mine', seq: 1, terminal: false });
+
+    // And the mark follows the restored file: the worker's next commit is found by the next write.
+    const before = seen.length;
+    await worker.append('new', { type: 'completed' });
+    await server.append('mine', { type: 'progress', done: 2 });
+    expect(seen.slice(before)).toEqual([
+      { taskId: 'new', seq: 2, terminal: true },
+      { taskId: 'mine', seq: 2, terminal: false },
+    ]);
+  });
+
   it('forgetSeqs(): publishes nothing committed before it, and every commit after it', async () => {
     const setup = setUp(NEVER_POLLS_MS);
     await runPastTheBackup(setup, NEVER_POLLS_MS);
