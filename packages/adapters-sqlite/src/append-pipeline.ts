@@ -174,7 +174,8 @@ export function writeAppends(
   const { insertEvents, insertEvent } = q;
   const values: unknown[] = [];
   let index = 0;
-  let lastId = log.lastEventId;
+  const markBefore = log.lastEventId;
+  let lastId = markBefore;
   for (; index + EVENT_INSERT_ROWS <= results.length; index += EVENT_INSERT_ROWS) {
     values.length = 0;
     for (let row = index; row < index + EVENT_INSERT_ROWS; row++)
@@ -201,6 +202,8 @@ export function writeAppends(
     // The row was loaded (or remembered) running in this transaction; anything else is a bug, not data.
     if (Number(changes) !== 1) throw new ProgressError(ErrorCode.Internal, `Task ${task.id} was not updated`);
   }
+  // One transaction's ids are consecutive and, within one run of ids, all above the mark.
+  if (lastId - results.length < markBefore) log.idsWentBack = true;
   log.lastEventId = lastId;
 }
 

@@ -66,7 +66,11 @@ import { WriteTransactions } from './write-transaction.js';
  * - **Change feed.** Local commits are published right after they commit. Commits by other connections
  *   to the same file are found by polling `PRAGMA data_version` and read from the event log past a
  *   high-water mark (the `AUTOINCREMENT` event id, which SQLite's single writer makes commit order), so
- *   every event, from any process, is published once and in order. See `sqlite-change-feed.ts`.
+ *   every event, from any process, is published once and in order. A file restored from an older
+ *   backup under the store takes the ids back below the mark: the feed notices it (a poll, or its own
+ *   append) and publishes every task's latest seq once, and `changes.forgetSeqs()` (called by a server
+ *   that read the renewed epoch) drops what was not published yet and moves the mark to the restored
+ *   file. See `sqlite-change-feed.ts`.
  * - **Leases.** Reaping reads and interrupts expired tasks inside one `BEGIN IMMEDIATE` transaction;
  *   SQLite serializes writers, so two stores on one file never interrupt a task twice. See
  *   `lease-statements.ts`.
@@ -155,7 +159,11 @@ export class SqliteProgressStore implements ProgressStore {
     };
   }
 
-  /** Every committed event, this process's and (when polling) other processes' on the same file. */
+  /**
+   * Every committed event, this process's and (when polling) other processes' on the same file.
+   * `forgetSeqs()` (after a restore and `renewEpoch()`): nothing committed before the call is published
+   * after it, and every commit after it is, even when the restore took the event ids back.
+   */
   get changes(): ChangeFeed {
     return this.#publisher.feed;
   }

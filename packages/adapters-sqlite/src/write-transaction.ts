@@ -49,6 +49,9 @@ export class WriteTransactions {
       const log = this.#publisher.startLog();
       this.#publisher.readSince(log);
       const result = work(log);
+      // The file went back under the mark (a restore): read what other connections committed to it
+      // before the commit, so a failure rolls the work back instead of losing their changes.
+      if (log.idsWentBack) this.#publisher.readAll(log);
       this.#q.commit.run();
       this.#cache.committed(this.#readWriteMark());
       this.#publisher.committed(log);

@@ -1,0 +1,183 @@
+import type { TaskChange } from '@finishline/core';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SqliteProgressStore } from '../src/index.js';
+import { eventually, tempDatabase } from './support/temp-database.js';
+
+/**
+ * A database file restored from an older backup while stores run on it. Two stores on one file stand
+ * for two processes: `server` watches the feed, `worker` writes. The restore goes through SQLite's
+ * online backup API into the live file (what `sqlite3 progress.db ".restore backup.db"` does), so every
+ * open connection sees the older content, and the event ids start again below the ones `server` saw.
+ */
+
+/** A poll interval no test waits for: the store then learns other commits only in its own writes. */
+const NEVER_POLLS_MS = 3_600_000;
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+function setUp(serverPollMs: number) {
+  const db = tempDatabase();
+  const backup = `${db.file}.backup`;
+  const server = new SqliteProgressStore({ database: db.file, dataVersionPollMs: serverPollMs });
+  const worker = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
+  cleanups.push(
+    db.remove,
+    () => server.close(),
+    () => worker.close(),
+  );
+  const seen: TaskChange[] = [];
+  server.changes.subscribe((change) => seen.push({ ...change }));
+  return {
+    server,
+    worker,
+    seen,
+    /** Copies the database as it is now. */
+    async takeBackup(): Promise<void> {
+      const source = new Database(db.file, { readonly: true });
+      try {
+        await source.backup(backup);
+      } finally {
+        source.close();
+      }
+    },
+    /** Writes the backup over the live database. */
+    async restore(): Promise<void> {
+      const source = new Database(backup, { readonly: true });
+      try {
+        await source.backup(db.file);
+      } finally {
+        source.close();
+      }
+    },
+  };
+}
+
+/**
+ * The worker's task `old` at seq 1 and the server's task `mine` at seq 0 in the backup; then `old` at
+ * seq 31 in the live file, all of it published to the server: the server's mark is far above the ids
+ * the restored file assigns next.
+ */
+async function runPastTheBackup(setup: ReturnType<typeof setUp>, pollMs: number): Promise<void> {
+  const { server, worker, seen, takeBackup } = setup;
+  await worker.createTask({ id: 'old', owner: 'alice', kind: 'batch_taint' });
+  await worker.append('old', { type: 'progress', done: 1 });
+  await server.createTask({ id: 'mine', owner: 'bob', kind: 'batch_taint' });
+  await takeBackup();
+  for (let done = 2; done <= 31; done++) await worker.append('old', { type: 'progress', done });
+  // Without polls, the server finds them in its own write transaction.
+  if (pollMs === NEVER_POLLS_MS) await server.append('mine', { type: 'progress', done: 1 });
+  await eventually('the server saw the worker reach seq 31', () =>
+    seen.some((change) => change.taskId === 'old' && change.seq === 31),
+  );
+}
+
+describe('a database file restored from an older backup under a running store', () => {
+  it("publishes other processes' commits to the restored file, whose ids are below the mark", async () => {
+    const setup = setUp(5);
+    await runPastTheBackup(setup, 5);
+    const { worker, seen, restore } = setup;
+
+    await restore();
+    await worker.createTask({ id: 'new', owner: 'alice', kind: 'batch_taint' });
+    await worker.append('new', { type: 'progress', done: 1 });
+    await worker.append('new', { type: 'completed' });
+
+    await eventually(
+      'the terminal change of the task written to the restored file',
+      () => seen.some((change) => change.taskId === 'new' && change.terminal),
+      2_000,
+    );
+    // Read past the mark once a poll found the file gone back, or re-read as the task's latest seq (a
+    // hint to read it) by the poll that found it: either way the last change names the end.
+    expect(seen.filter((change) => change.taskId === 'new').at(-1)).toEqual({
+      taskId: 'new',
+      seq: 2,
+      terminal: true,
+    });
+  });
+
+  it("does not let its own append move the mark past other processes' commits below it", async () => {
+    // The server's poll never runs: only its own write transaction can find the worker's commits.
+    const setup = setUp(NEVER_POLLS_MS);
+    await runPastTheBackup(setup, NEVER_POLLS_MS);
+    const { server, worker, seen, restore } = setup;
+
+    await restore();
+    const restoredAt = seen.length;
+    await worker.createTask({ id: 'new', owner: 'alice', kind: 'batch_taint' });
+    await worker.append('new', { type: 'progress', done: 1 });
+    await server.append('mine', { type: 'progress', done: 1 });
+    // The append's transaction found the worker's commit, though its id is below the mark: the ids its
+    // own insert got showed that the file had gone back, and the worker's task was reported.
+    const after = seen.slice(restoredAt);
+    expect(after).toContainEqual({ taskId: 'new', seq: 1, terminal: false });
+    expect(after).toContainEqual({ taskId: 'mine', seq: 1, terminal: false });
+
+    // And the mark follows the restored file: the worker's next commit is found by the next write.
+    const before = seen.length;
+    await worker.append('new', { type: 'completed' });
+    await server.append('mine', { type: 'progress', done: 2 });
+    expect(seen.slice(before)).toEqual([
+      { taskId: 'new', seq: 2, terminal: true },
+      { taskId: 'mine', seq: 2, terminal: false },
+    ]);
+  });
+
+  it('forgetSeqs(): publishes nothing committed before it, and every commit after it', async () => {
+    const setup = setUp(NEVER_POLLS_MS);
+    await runPastTheBackup(setup, NEVER_POLLS_MS);
+    const { server, worker, seen, restore } = setup;
+
+    // A commit of the old epoch that the server's ack transaction reads but does not publish yet.
+    await worker.append('old', { type: 'progress', done: 32 });
+    await server.ack('mine', 0);
+    await restore();
+    await worker.renewEpoch();
+    // Committed to the restored file before the server noticed the new epoch.
+    await worker.createTask({ id: 'new', owner: 'alice', kind: 'batch_taint' });
+    await worker.append('new', { type: 'progress', done: 1 });
+
+    const before = seen.length;
+    server.changes.forgetSeqs?.(); // what the server does once it read the renewed epoch
+    await worker.append('new', { type: 'progress', done: 2 });
+    await server.append('mine', { type: 'progress', done: 1 });
+    // The restarted streams read what came before; the feed reports only what came after, in order.
+    expect(seen.slice(before)).toEqual([
+      { taskId: 'new', seq: 2, terminal: false },
+      { taskId: 'mine', seq: 1, terminal: false },
+    ]);
+  });
+});
+
+describe('forgetSeqs() called by a listener while the feed publishes', () => {
+  it('drops the changes queued before the call and publishes those committed after it', async () => {
+    const setup = setUp(NEVER_POLLS_MS);
+    const { server, worker, seen } = setup;
+    await server.createTask({ id: 'mine', owner: 'bob', kind: 'batch_taint' });
+    await worker.createTask({ id: 'theirs', owner: 'alice', kind: 'batch_taint' });
+    let forgotten = false;
+    server.changes.subscribe((change) => {
+      if (forgotten || change.taskId !== 'mine') return;
+      forgotten = true;
+      server.changes.forgetSeqs?.();
+      // Committed after the call (getTask commits the queued append now), and read into the outbox by
+      // the server's ack transaction while the drain that called this listener still runs.
+      void worker.append('theirs', { type: 'progress', done: 1 });
+      void worker.getTask('theirs');
+      void server.ack('mine', 0);
+    });
+    // One batch, two changes: the second one is still queued when the listener forgets.
+    await Promise.all([
+      server.append('mine', { type: 'progress', done: 1 }),
+      server.append('mine', { type: 'progress', done: 2 }),
+    ]);
+    expect(seen).toEqual([
+      { taskId: 'mine', seq: 1, terminal: false },
+      { taskId: 'theirs', seq: 1, terminal: false },
+    ]);
+  });
+});

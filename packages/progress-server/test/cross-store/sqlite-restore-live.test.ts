@@ -1,0 +1,77 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TaskEvent } from '@finishline/core';
+import { SqliteProgressStore } from '@finishline/sqlite';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { RawClient, serverFrameViolations } from '../../src/testing/harness.js';
+import { listenOn } from './stores.js';
+
+/**
+ * A SQLite file restored from an older backup while a server runs on it and another process writes to
+ * it (SQLite's backup API into the live file, as `sqlite3 progress.db ".restore backup.db"` does). The
+ * restored file assigns event ids below the ones the server's change feed already passed; a watcher of
+ * a task the other process writes must still be told of its events, before any epoch is renewed.
+ */
+
+const cleanups: Array<() => Promise<void> | void> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  expect(serverFrameViolations.splice(0)).toEqual([]);
+});
+
+async function copyDatabase(from: string, to: string): Promise<void> {
+  const source = new Database(from, { readonly: true });
+  try {
+    await source.backup(to);
+  } finally {
+    source.close();
+  }
+}
+
+describe('a SQLite file restored under a running server', () => {
+  it("brings a watcher of another process's task, written after the restore, to its terminal state", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'finishline-live-restore-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'progress.db');
+    const backup = join(dir, 'backup.db');
+    const store = new SqliteProgressStore({ database: file, dataVersionPollMs: 5 });
+    cleanups.push(() => store.close());
+    // The other process: it writes, the server only watches.
+    const other = new SqliteProgressStore({ database: file, dataVersionPollMs: 0 });
+    cleanups.push(() => other.close());
+    const { server, wsUrl } = await listenOn(store, { heartbeatIntervalMs: 200 });
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+
+    await other.createTask({ id: 'earlier', owner: 'alice', kind: 'job' });
+    await other.append('earlier', { type: 'progress', done: 1 });
+    await copyDatabase(file, backup);
+    // Past the backup: the server's feed publishes these, and its mark passes their ids.
+    const client = await RawClient.connect(wsUrl, { user: 'alice' });
+    cleanups.push(async () => {
+      await client.close();
+    });
+    client.send({ type: 'subscribe', taskId: 'earlier', afterSeq: 0 });
+    for (let done = 2; done <= 30; done++) await other.append('earlier', { type: 'progress', done });
+    await client.next((frame) => frame.type === 'event' && (frame.event as TaskEvent).seq === 30);
+
+    await copyDatabase(backup, file);
+    await other.createTask({ id: 'later', owner: 'alice', kind: 'job', total: 1 });
+    const from = client.frames.length;
+    client.send({ type: 'subscribe', taskId: 'later', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot', { from });
+    await other.append('later', { type: 'item', key: 'node-1', ok: true });
+    await other.append('later', { type: 'completed' });
+
+    const terminal = await client.next(
+      (frame) =>
+        frame.type === 'event' &&
+        (frame.event as TaskEvent).taskId === 'later' &&
+        (frame.event as TaskEvent).type === 'completed',
+      { from, timeoutMs: 3000 },
+    );
+    expect(terminal.event).toMatchObject({ taskId: 'later', seq: 2, type: 'completed' });
+  });
+});
