@@ -212,6 +212,7 @@ interface Peer {
   opened?: boolean;
   /** Its first `auth` went by: any later one is a renewal (`renewToken()`), for the server. */
   authed?: boolean;
+  /** The tasks it subscribed to and has not let go of: unsubscribed, or refused by the server. */
   tasks: Set<string>;
 }
 
@@ -531,9 +532,21 @@ class TabHub {
     };
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
-      // Parsed only until the hello: the first frame, from a server that works (never empty).
-      const hello = !this.#hello && parse(data)?.type === 'hello';
+      // Parsed until the hello (the first frame, from a server that works; never empty), then only what
+      // names a code that ends a watch (the client's FATAL_TASK_ERRORS): quoted, a code matches only
+      // when it is one of the two.
+      const frame = !this.#hello || /"(task_not_found|forbidden)"/.test(data) ? parse(data) : undefined;
+      const hello = frame?.type === 'hello' && !this.#hello;
       if (hello) this.#hello = data;
+      // After such an error the server follows the task no more, and every client watching it drops it
+      // without an unsubscribe, so the sockets let go of it here. Kept, it would grow a socket's set for
+      // as long as the socket lives (a page trying many ids), and make the task look wanted after the
+      // last unsubscribe of a later watch of it (once created, from another tab): the server would go
+      // on sending it.
+      if (frame?.type === 'error' && /"(task_not_found|forbidden)"/.test(`"${frame.code}"`)) {
+        this.#acked.delete(frame.taskId as string);
+        for (const peer of this.#peers.values()) peer.tasks.delete(frame.taskId as string);
+      }
       this.post({ t: 'frame', data, hello });
     };
     real.onclose = (event: { code: number; reason: string }) => {
@@ -566,7 +579,9 @@ class TabHub {
 }
 
 /** A frame's fields the leader reads; `undefined` for what is not JSON, or `null`. */
-function parse(data: string): { type?: unknown; taskId?: unknown; seq?: unknown } | undefined {
+function parse(
+  data: string,
+): { type?: unknown; taskId?: unknown; seq?: unknown; code?: unknown } | undefined {
   try {
     return JSON.parse(data) ?? undefined;
   } catch {
