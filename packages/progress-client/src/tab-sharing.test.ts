@@ -736,4 +736,94 @@ describe('tab sharing', () => {
     other.close();
     await Promise.all(clients.map((client) => client.close()));
   });
+
+  it('the leader forgets a task the server refused once the refusal is relayed: a tab trying many ids keeps none of them', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [leader, follower] = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server)) as [
+      ProgressClient,
+      ProgressClient,
+    ];
+    leader.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    // A dashboard paging through tasks that are gone, or not the user's: each watch fails, and its
+    // client sends no unsubscribe (the server follows a refused task no more).
+    const ids = Array.from({ length: 20 }, (_, i) => `gone${i}`);
+    const failed = ids.map((id) =>
+      follower.watch(id).done.then(
+        () => 'done',
+        (error: { code: string }) => error.code,
+      ),
+    );
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(21));
+    for (const [i, id] of ids.entries()) {
+      real.push({ type: 'error', code: i % 2 ? 'forbidden' : 'task_not_found', message: 'no', taskId: id });
+    }
+    expect(new Set(await Promise.all(failed))).toEqual(new Set(['forbidden', 'task_not_found']));
+    // What the leader kept shows when the tab's socket goes: it unsubscribes what only that tab watched.
+    // Before, it still held every refused id, and sent an unsubscribe for each.
+    await follower.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(real.frames('unsubscribe')).toEqual([]);
+    expect(real.closedWith).toEqual([]);
+    await leader.close();
+  });
+
+  it('a task refused to one tab, then created and watched by another, is unsubscribed when that tab lets go of it', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [early, late] = [browser.tab(), browser.tab()].map((tab) =>
+      clientIn(tab, server, { ackDelayMs: 0 }),
+    ) as [ProgressClient, ProgressClient];
+    const keep = early.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(early.state).toBe('open'));
+    const refused = early.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    real.push({ type: 'error', code: 'task_not_found', message: 'no', taskId: 't2' });
+    await expect(refused.done).rejects.toMatchObject({ code: 'task_not_found' });
+    // The task is created; the other tab watches it, then lets go of it.
+    const watch = late.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    const task = new FakeTask('t2', 2);
+    real.push({ type: 'snapshot', task: task.view() });
+    real.push({ type: 'event', event: task.item('a') });
+    await vi.waitFor(() => expect(watch.getSnapshot().seq).toBe(1));
+    watch.close();
+    // Before, the refused tab's stale entry made the leader believe t2 still wanted, and it swallowed the
+    // unsubscribe: the server went on sending t2 to every tab.
+    await vi.waitFor(() =>
+      expect(real.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't2' }]),
+    );
+    keep.close();
+    await Promise.all([early, late].map((client) => client.close()));
+  });
+
+  it("a task found gone, then created again under its id, has its acks reach the server (the leader's ack record of it went with the refusal)", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const client = clientIn(browser.tab(), server, { ackDelayMs: 0 });
+    const first = client.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(1));
+    const old = new FakeTask('t1', 3);
+    real.push({ type: 'snapshot', task: old.view() });
+    real.push({ type: 'event', event: old.item('a') });
+    real.push({ type: 'event', event: old.item('b') });
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(2));
+    // Retention deletes it: the server says so, and follows it no more.
+    real.push({ type: 'error', code: 'task_not_found', message: 'gone', taskId: 't1' });
+    await expect(first.done).rejects.toMatchObject({ code: 'task_not_found' });
+    // A new task under the same id: its seqs start again.
+    const watch = client.watch('t1');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const task = new FakeTask('t1', 3);
+    real.push({ type: 'snapshot', task: task.view() });
+    real.push({ type: 'event', event: task.item('a') });
+    await vi.waitFor(() => expect(watch.getSnapshot().seq).toBe(1));
+    // Before, the leader still held seq 2 as acknowledged for t1 and dropped this ack as a repeat.
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)).toMatchObject({ taskId: 't1', seq: 1 }));
+    await client.close();
+  });
 });

@@ -115,17 +115,14 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
       ): WebSocketLike {
         if (closed?.aborted) throw new ProgressError(ErrorCode.Closed, 'tabSharing: client closed');
         const refused = env.refused;
-        if (refused !== undefined) {
+        if (refused) {
           if (refused === true) return new WebSocket(url, ...rest);
           // Said once, through the client's `error` event (a socket it could not create); it retries.
           env.refused = true;
           throw refused;
         }
-        let hub = hubs.get(url);
-        if (hub === undefined) {
-          hub = new TabHub(url, WebSocket, env);
-          hubs.set(url, hub);
-        }
+        const hub = hubs.get(url) ?? new TabHub(url, WebSocket, env);
+        hubs.set(url, hub);
         if (!used.has(hub)) {
           used.add(hub);
           hub.users++;
@@ -174,11 +171,11 @@ class VirtualSocket implements WebSocketLike {
   onmessage: ((event: { data: unknown }) => void) | null = null;
   onclose: ((event: { code: number; reason: string }) => void) | null = null;
   onerror: ((event: object) => void) | null = null;
-  readonly id: string;
+  declare readonly id: string;
   /** The leader that opened it. */
-  leader: string | undefined;
+  declare leader: string | undefined;
   /** It got its `hello`: broadcast frames are for it from now on. */
-  helloed?: boolean;
+  declare helloed?: boolean;
   readonly #hub: TabHub;
 
   constructor(hub: TabHub) {
@@ -215,13 +212,14 @@ interface Peer {
   opened?: boolean;
   /** Its first `auth` went by: any later one is a renewal (`renewToken()`), for the server. */
   authed?: boolean;
+  /** The tasks it subscribed to and has not let go of: unsubscribed, or refused by the server. */
   tasks: Set<string>;
 }
 
 /** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
 class TabHub {
   readonly tab = Math.random().toString(36).slice(2);
-  readonly url: string;
+  declare readonly url: string;
   /** Clients whose sockets use it; the tab leaves when the last one closes. */
   users = 0;
   /** Aborts the lock requests still waiting; held locks are let go by `#left` settling. */
@@ -254,10 +252,7 @@ class TabHub {
     this.#WebSocket = WebSocket;
     this.#env = env;
     this.#channel = env.channel(`${env.prefix}${url}`);
-    this.#channel.onmessage = (event) => {
-      // Another page on the channel (another version, a bug) may post anything: drop what is not ours.
-      if (isMessage(event.data)) this.#receive(event.data);
-    };
+    this.#channel.onmessage = (event) => this.#receive(event.data as Message | null);
     this.#alive = new Promise<void>((held) => {
       this.#lock(`tab:${this.tab}`, () => {
         held();
@@ -299,10 +294,10 @@ class TabHub {
     for (const socket of this.#sockets.values()) socket.close(1000, reason);
     if (this.#leading) {
       this.#leading = false;
-      const others = [...this.#peers.keys()].filter((id) => !id.startsWith(`${this.tab}/`));
-      this.#closeReal(1000, others.length === 0 ? 'no tab watching' : 'leader tab left');
-      this.#peers.clear();
-      this.post({ t: 'close', code: LEADER_GONE, reason: 'leader tab left', ids: others });
+      const others = [...this.#peers.keys()].some((id) => !id.startsWith(`${this.tab}/`));
+      this.#closeReal(1000, others ? 'leader tab left' : 'no tab watching');
+      // Its list names this tab's sockets too, already closed: no other tab has them.
+      this.#failReal(LEADER_GONE, 'leader tab left');
     }
     this.#gone = true;
     this.#requests.abort();
@@ -314,9 +309,7 @@ class TabHub {
   attach(socket: VirtualSocket): string {
     const id = `${this.tab}/${this.#next++}`;
     this.#sockets.set(id, socket);
-    void this.#alive.then(() => {
-      if (socket.readyState === CONNECTING) this.post({ t: 'connect', id });
-    });
+    void this.#alive.then(() => socket.readyState === CONNECTING && this.post({ t: 'connect', id }));
     return id;
   }
 
@@ -332,17 +325,22 @@ class TabHub {
     queueMicrotask(() => this.#receive(message as Message));
   }
 
-  #receive(message: Message): void {
-    if (this.#gone) return;
+  /**
+   * Another page on the channel (another version, a bug) may post anything: what would throw or mislead
+   * is dropped here (an id that names no socket is dropped by its lookup).
+   */
+  #receive(message: Message | null): void {
+    if (this.#gone || typeof message?.from !== 'string') return;
     switch (message.t) {
       case 'leader':
         this.#onLeader(message.from);
         return;
       case 'connect':
-        if (this.#leading) this.#onConnect(message.id);
+        if (this.#leading && typeof message.id === 'string' && message.id.startsWith(`${message.from}/`))
+          this.#onConnect(message.id);
         return;
       case 'send':
-        if (this.#leading) this.#onSend(message.id, message.data);
+        if (this.#leading && typeof message.data === 'string') this.#onSend(message.id, message.data);
         return;
       case 'bye':
         // Only a socket of this leader's may give up on its real socket.
@@ -368,6 +366,7 @@ class TabHub {
         return;
       }
       case 'frame':
+        if (typeof message.data !== 'string') return;
         for (const socket of this.#sockets.values()) {
           if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
           // A hello (broadcast, or to one socket) only to a socket without one: a socket asked for again
@@ -380,6 +379,7 @@ class TabHub {
         }
         return;
       case 'close': {
+        if (typeof message.code !== 'number' || !Array.isArray(message.ids ?? [])) return;
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
         const named = (this.#fromLeader(message) && message.ids) || [];
@@ -423,28 +423,24 @@ class TabHub {
   #onConnect(id: string): void {
     this.#peers.set(id, { tasks: new Set() });
     this.#watchTab(id.split('/')[0] as string);
-    if (this.#real === undefined) this.#openReal();
+    if (!this.#real) this.#openReal();
     else if (this.#real.readyState === OPEN) this.#openPeer(id);
   }
 
   #openPeer(id: string): void {
     const peer = this.#peers.get(id);
-    if (peer === undefined || peer.opened) return;
+    if (!peer || peer.opened) return;
     peer.opened = true;
     this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
-    if (this.#hello !== undefined) this.post({ t: 'frame', data: this.#hello, hello: true, to: id });
+    if (this.#hello) this.post({ t: 'frame', data: this.#hello, hello: true, to: id });
   }
 
   #onSend(id: string, data: string): void {
     const peer = this.#peers.get(id);
     const real = this.#real;
-    if (peer === undefined || !peer.opened || real === undefined || real.readyState !== OPEN) return;
-    let frame: { type?: unknown; taskId?: unknown; seq?: unknown };
-    try {
-      frame = JSON.parse(data) as typeof frame;
-    } catch {
-      return;
-    }
+    if (!peer?.opened || real?.readyState !== OPEN) return;
+    const frame = parse(data);
+    if (frame === undefined) return;
     const taskId = typeof frame.taskId === 'string' ? frame.taskId : '';
     switch (frame.type) {
       case 'auth':
@@ -491,14 +487,14 @@ class TabHub {
       for (const task of this.#peers.get(id)?.tasks ?? []) tasks.add(task);
       this.#peers.delete(id);
     }
-    const real = this.#real;
-    if (real === undefined) return;
     if (this.#peers.size === 0) {
       this.#closeReal(1000, 'no tab watching');
       return;
     }
+    const real = this.#real;
+    if (real?.readyState !== OPEN) return;
     for (const taskId of tasks) {
-      if (this.#wanted(taskId) || real.readyState !== OPEN) continue;
+      if (this.#wanted(taskId)) continue;
       this.#acked.delete(taskId);
       real.send(JSON.stringify({ type: 'unsubscribe', taskId }));
     }
@@ -536,9 +532,21 @@ class TabHub {
     };
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
-      // Parsed only until the hello: the first frame, from a server that works.
-      const hello = this.#hello === undefined && isHello(data);
+      // Parsed until the hello (the first frame, from a server that works; never empty), then only what
+      // names a code that ends a watch (the client's FATAL_TASK_ERRORS): quoted, a code matches only
+      // when it is one of the two.
+      const frame = !this.#hello || /"(task_not_found|forbidden)"/.test(data) ? parse(data) : undefined;
+      const hello = frame?.type === 'hello' && !this.#hello;
       if (hello) this.#hello = data;
+      // After such an error the server follows the task no more, and every client watching it drops it
+      // without an unsubscribe, so the sockets let go of it here. Kept, it would grow a socket's set for
+      // as long as the socket lives (a page trying many ids), and make the task look wanted after the
+      // last unsubscribe of a later watch of it (once created, from another tab): the server would go
+      // on sending it.
+      if (frame?.type === 'error' && /"(task_not_found|forbidden)"/.test(`"${frame.code}"`)) {
+        this.#acked.delete(frame.taskId as string);
+        for (const peer of this.#peers.values()) peer.tasks.delete(frame.taskId as string);
+      }
       this.post({ t: 'frame', data, hello });
     };
     real.onclose = (event: { code: number; reason: string }) => {
@@ -558,8 +566,8 @@ class TabHub {
   #closeReal(code: number, reason: string): void {
     const real = this.#real;
     this.#real = undefined;
-    if (real === undefined) return;
-    real.onclose = null;
+    if (!real) return;
+    // Its close event, later, finds it no longer the real socket; a frame would still be relayed.
     real.onmessage = null;
     try {
       real.close(code, reason);
@@ -570,31 +578,13 @@ class TabHub {
   }
 }
 
-function isMessage(data: unknown): data is Message {
-  const m = data as Record<string, unknown> | null | undefined;
-  if (typeof m?.from !== 'string') return false;
-  // Only what would throw or mislead is checked: an id that names no socket is dropped by its lookup.
-  switch (m.t) {
-    case 'leader':
-    case 'open':
-    case 'bye':
-      return true;
-    case 'connect':
-      return typeof m.id === 'string' && m.id.startsWith(`${m.from}/`);
-    case 'send':
-    case 'frame':
-      return typeof m.data === 'string';
-    case 'close':
-      return typeof m.code === 'number' && Array.isArray(m.ids ?? []);
-    default:
-      return false;
-  }
-}
-
-function isHello(data: string): boolean {
+/** A frame's fields the leader reads; `undefined` for what is not JSON, or `null`. */
+function parse(
+  data: string,
+): { type?: unknown; taskId?: unknown; seq?: unknown; code?: unknown } | undefined {
   try {
-    return (JSON.parse(data) as { type?: unknown }).type === 'hello';
+    return JSON.parse(data) ?? undefined;
   } catch {
-    return false;
+    return undefined;
   }
 }
