@@ -4,7 +4,8 @@ import { ErrorCode, isProgressError, ProgressError } from '@finishline/core';
  * Maps what the driver throws to the store's typed errors. A `ProgressError` passes through; a value
  * Postgres refused (SQLSTATE class 22, "data exception", for example a NUL character in a text column) is
  * the caller's `invalid_input`; everything else — refused connections, terminated backends, pool
- * timeouts, deadlocks — is `store_unavailable` with the original error as `cause`, so callers can retry.
+ * timeouts, deadlocks — is `store_unavailable` with the original error as `cause`, so callers can retry
+ * (with a hint to `preparedStatements: false` when the connection lost the store's prepared statements).
  *
  * @module
  */
@@ -34,6 +35,13 @@ export function isDataException(error: unknown): boolean {
   return isDatabaseError(error) && error.code.startsWith('22');
 }
 
+/**
+ * SQLSTATEs of a named prepared statement that the connection does not have (26000) or already has under
+ * that name (42P05): what a pooler in transaction mode that does not track prepared statements produces,
+ * or a `DEALLOCATE ALL` / `DISCARD ALL` run on the pool's connections.
+ */
+const LOST_PREPARED_STATEMENT = new Set(['26000', '42P05']);
+
 /** Converts anything thrown by a database call into a {@link ProgressError}. */
 export function toProgressError(error: unknown, what: string, taskId?: string): ProgressError {
   if (isProgressError(error)) return error;
@@ -43,6 +51,13 @@ export function toProgressError(error: unknown, what: string, taskId?: string): 
     return new ProgressError(
       ErrorCode.InvalidInput,
       `${what}: Postgres rejected a value (${detail})`,
+      options,
+    );
+  }
+  if (isDatabaseError(error) && LOST_PREPARED_STATEMENT.has(error.code)) {
+    return new ProgressError(
+      ErrorCode.StoreUnavailable,
+      `${what}: ${detail}. The store runs its frequent statements as named prepared statements; a pooler in transaction mode that does not track them (PgBouncer before 1.21), or DEALLOCATE ALL / DISCARD ALL on the pool's connections, loses them: open the store with preparedStatements: false`,
       options,
     );
   }

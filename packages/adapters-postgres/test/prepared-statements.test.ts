@@ -1,3 +1,4 @@
+import { ErrorCode } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import type pg from 'pg';
@@ -148,6 +149,29 @@ describe('prepared statements', () => {
       }
     }
     expect(done).toBe(true);
+  });
+
+  it('lost by the connection (DEALLOCATE ALL, a transaction-mode pooler) fail with a hint to turn them off', async () => {
+    const single = newPool(1);
+    try {
+      const store = await openStore({ pool: single });
+      await exercise(store, 'before');
+      await store.createTask({ id: 'next', owner: 'alice', kind: 'k' });
+      await single.query('DEALLOCATE ALL');
+      const failure = await store
+        .append('next', { type: 'progress', done: 1 })
+        .catch((error: unknown) => error);
+      expect(failure).toMatchObject({
+        code: ErrorCode.StoreUnavailable,
+        message: expect.stringContaining('open the store with preparedStatements: false'),
+      });
+      // Turned off, the same pool works.
+      const plain = await openStore({ pool: single, preparedStatements: false });
+      await exercise(plain, 'after');
+    } finally {
+      await Promise.all(stores.splice(0).map((store) => store.close()));
+      await single.end();
+    }
   });
 
   it('refuse a template with a plain value, which would be bound once for every run', () => {
