@@ -318,7 +318,9 @@ export class ListenConnection {
    * The store's epoch was renewed (a restore): what it committed may lie below the mark, which is of
    * the old run of transaction ids. Resets the mark to 0 and replaces the connection, whose re-read then
    * reports every task the store holds (see the module doc); while it is down, the pending reconnect
-   * does. The connection counts one more reconnect, with no error.
+   * does. The connection counts one more reconnect, with no error, and no failed attempt: it reconnects at
+   * once, not after a backoff delay, since nothing failed (the feed is unhealthy only while it connects,
+   * and replicas notice a renewed epoch at different moments, so they do not reconnect all at once).
    */
   rereadAll(): void {
     if (this.#closed) return;
@@ -332,7 +334,7 @@ export class ListenConnection {
     this.#barrierTimer = undefined;
     this.#clearWatchdog();
     void this.#endClient();
-    this.#scheduleReconnect();
+    this.#scheduleReconnect(0);
   }
 
   /** A notification received by the connection of `generation`, the current one. */
@@ -427,10 +429,13 @@ export class ListenConnection {
     this.#scheduleReconnect();
   }
 
-  #scheduleReconnect(): void {
+  /** Reconnects after `delay`, by default a backoff delay for one more failed attempt. */
+  #scheduleReconnect(delay?: number): void {
     if (this.#closed || this.#retryTimer !== undefined) return;
-    const delay = backoffDelayMs(this.#failedAttempts, this.#options.reconnect);
-    this.#failedAttempts += 1;
+    if (delay === undefined) {
+      delay = backoffDelayMs(this.#failedAttempts, this.#options.reconnect);
+      this.#failedAttempts += 1;
+    }
     this.#retryTimer = setTimeout(() => {
       this.#retryTimer = undefined;
       this.#connecting = this.#reconnect().finally(() => {

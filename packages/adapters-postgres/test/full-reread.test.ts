@@ -173,6 +173,17 @@ async function fill(schema: string, tasks: number, perTask: number): Promise<voi
 }
 
 describe('the re-read from a mark of 0', () => {
+  it('starts at once after forgetSeqs(), not after a backoff delay, and counts no failed attempt', async () => {
+    const schema = await migrated();
+    // A backoff of a minute: a reconnect scheduled as after a failure would most likely wait seconds.
+    const observer = await open({ schema, reconnect: { initialDelayMs: 60_000, maxDelayMs: 60_000 } });
+    expect(observer.changes.health()).toMatchObject({ connected: true, failedAttempts: 0 });
+    observer.changes.forgetSeqs();
+    expect(observer.changes.health()).toMatchObject({ connected: false, failedAttempts: 0 });
+    await eventually('the feed is connected again', () => observer.changes.health().connected, 1000);
+    expect(observer.changes.health()).toMatchObject({ failedAttempts: 0, lastError: null });
+  });
+
   it("reads one row per task, not one per event, and reports each task's latest seq and end", async () => {
     const schema = await migrated();
     const listen = recordingListenClients();
