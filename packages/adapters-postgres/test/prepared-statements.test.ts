@@ -6,7 +6,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
 import { PreparedStatement, param } from '../src/prepared-statement.js';
 import type { ProgressDatabase } from '../src/schema.js';
-import { dropSchema, freshSchema, newPool } from './support.js';
+import { dropSchema, freshSchema, newPool, queryHookedPool, type SentStatement } from './support.js';
 
 /**
  * The store's frequent statements run as named prepared statements on a pool it was given
@@ -19,39 +19,13 @@ const stores: PostgresProgressStore[] = [];
 const clock = new ManualClock(1_000_000);
 
 /** `pool`, recording how each statement was sent: by name (a prepared statement) or as text. */
-function recordingPool(): { pool: pg.Pool; sent: { name: string | undefined; text: string }[] } {
-  const sent: { name: string | undefined; text: string }[] = [];
-  const proxies = new WeakMap<pg.PoolClient, pg.PoolClient>();
-  const recording = {
-    options: pool.options,
-    Client: (pool as unknown as { Client: unknown }).Client,
-    async connect() {
-      const client = await pool.connect();
-      let proxy = proxies.get(client);
-      if (proxy === undefined) {
-        proxy = new Proxy(client, {
-          get(target, property) {
-            if (property === 'query') {
-              return (config: unknown, values?: unknown[]) => {
-                if (typeof config === 'string') sent.push({ name: undefined, text: config });
-                else {
-                  const { name, text } = config as { name?: string; text: string };
-                  sent.push({ name, text });
-                }
-                return target.query(config as string, values);
-              };
-            }
-            const value = Reflect.get(target, property, target);
-            return typeof value === 'function' ? value.bind(target) : value;
-          },
-        });
-        proxies.set(client, proxy);
-      }
-      return proxy;
-    },
-    end: async () => {},
-  };
-  return { pool: recording as unknown as pg.Pool, sent };
+function recordingPool(): { pool: pg.Pool; sent: SentStatement[] } {
+  const sent: SentStatement[] = [];
+  const recording = queryHookedPool(pool, (_client, statement, run) => {
+    sent.push(statement);
+    return run();
+  });
+  return { pool: recording, sent };
 }
 
 async function openStore(options: { pool: pg.Pool; preparedStatements?: boolean; schema?: string }) {

@@ -88,6 +88,54 @@ export function gate(): Gate {
 /** Replaces a COMMIT: `commit` runs the real one; the hook decides when, whether, and what comes back. */
 export type CommitHook = (client: pg.PoolClient, commit: () => Promise<unknown>) => Promise<unknown>;
 
+/** A statement as a pool client's `query` gets it: its text, or (a prepared one) `{ name, text, values }`. */
+export interface SentStatement {
+  /** The statement's name when it runs as a prepared statement. */
+  name: string | undefined;
+  text: string;
+}
+
+/**
+ * `real` as a pool whose clients' `query` calls go through `hook(client, statement, run)` (`run` sends the
+ * call as it was made). One proxy per client, as a pool hands out the same client object again and again.
+ */
+export function queryHookedPool(
+  real: pg.Pool,
+  hook: (client: pg.PoolClient, statement: SentStatement, run: () => Promise<unknown>) => unknown,
+): pg.Pool {
+  const proxies = new WeakMap<pg.PoolClient, pg.PoolClient>();
+  const pool = {
+    options: real.options,
+    Client: (real as unknown as { Client: unknown }).Client,
+    async connect() {
+      const client = await real.connect();
+      const known = proxies.get(client);
+      if (known !== undefined) return known;
+      const proxy = new Proxy(client, {
+        get(target, property) {
+          if (property === 'query') {
+            return (config: unknown, values?: unknown[]) => {
+              const named =
+                typeof config === 'string' ? undefined : (config as { name?: string; text: string });
+              const statement = {
+                name: named?.name,
+                text: named === undefined ? (config as string) : named.text,
+              };
+              return hook(target, statement, () => target.query(config as string, values));
+            };
+          }
+          const value = Reflect.get(target, property, target);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      });
+      proxies.set(client, proxy);
+      return proxy;
+    },
+    end: () => real.end(),
+  };
+  return pool as unknown as pg.Pool;
+}
+
 /**
  * Wraps a pool so that the next COMMIT sent on any of its clients goes through `onNextCommit`'s hook.
  * `commits` tells which statements commit (by default `COMMIT` itself; an append written in one autocommit
@@ -101,41 +149,14 @@ export function commitHookedPool(
   onNextCommit(hook: CommitHook): void;
 } {
   let next: CommitHook | undefined;
-  // One proxy per client, as a pool hands out the same client object again and again.
-  const proxies = new WeakMap<pg.PoolClient, pg.PoolClient>();
-  const pool = {
-    options: real.options,
-    Client: (real as unknown as { Client: unknown }).Client,
-    async connect() {
-      const client = await real.connect();
-      const known = proxies.get(client);
-      if (known !== undefined) return known;
-      const proxy = new Proxy(client, {
-        get(target, property) {
-          if (property === 'query') {
-            // A statement comes as its text, or (a prepared one) as `{ name, text, values }`.
-            return (config: unknown, values?: unknown[]) => {
-              const query = () => target.query(config as string, values);
-              const text = typeof config === 'string' ? config : (config as { text?: unknown } | null)?.text;
-              const hook = next;
-              if (hook !== undefined && typeof text === 'string' && commits(text)) {
-                next = undefined;
-                return hook(target, query);
-              }
-              return query();
-            };
-          }
-          const value = Reflect.get(target, property, target);
-          return typeof value === 'function' ? value.bind(target) : value;
-        },
-      });
-      proxies.set(client, proxy);
-      return proxy;
-    },
-    end: () => real.end(),
-  };
+  const pool = queryHookedPool(real, (client, { text }, run) => {
+    const hook = next;
+    if (hook === undefined || !commits(text)) return run();
+    next = undefined;
+    return hook(client, run);
+  });
   return {
-    pool: pool as unknown as pg.Pool,
+    pool,
     onNextCommit(hook) {
       next = hook;
     },
