@@ -1,27 +1,18 @@
 import type { AppendResult } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
-import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
-import {
-  migrateProgressSchema,
-  type PgListenClient,
-  POSTGRES_STORE_DEFAULTS,
-  PostgresProgressStore,
-  type PostgresProgressStoreOptions,
-} from '../src/index.js';
+import { describe, expect, it, vi } from 'vitest';
+import { type PgListenClient, POSTGRES_STORE_DEFAULTS, PostgresProgressStore } from '../src/index.js';
 import {
   commitGatedPool,
-  dropSchema,
   eventually,
-  freshSchema,
   type Gate,
   gate,
-  newPool,
   oneTo,
   pgUrl,
   Recorder,
+  storeFixtures,
 } from './support.js';
 
 /**
@@ -29,35 +20,7 @@ import {
  * suppressed notifications. Each builds what it needs and checks the guarantee against the database.
  */
 
-const admin = newPool(4);
-const pools: pg.Pool[] = [];
-const stores: PostgresProgressStore[] = [];
-const schemas: string[] = [];
-/** Releases transactions a test held at their COMMIT, so closing the stores never waits for them. */
-const releases: (() => void)[] = [];
-
-async function migrated(): Promise<string> {
-  const schema = freshSchema('fault');
-  schemas.push(schema);
-  await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool: admin }) }), {
-    schema,
-  });
-  return schema;
-}
-
-function pool(max = 5): pg.Pool {
-  const created = newPool(max);
-  pools.push(created);
-  return created;
-}
-
-async function open(
-  options: Partial<PostgresProgressStoreOptions> & { schema: string },
-): Promise<PostgresProgressStore> {
-  const store = await PostgresProgressStore.open({ pool: pool(), migrate: false, ...options });
-  stores.push(store);
-  return store;
-}
+const { admin, releases, pool, migrated, open } = storeFixtures('fault');
 
 /**
  * A LISTEN client factory whose reconnects wait while `blocked` holds a closed gate: lets a test keep a
@@ -165,17 +128,6 @@ async function currentXmin(): Promise<bigint> {
   const { rows } = await admin.query('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin');
   return BigInt(rows[0].xmin);
 }
-
-afterEach(async () => {
-  for (const release of releases.splice(0)) release();
-  await Promise.all(stores.splice(0).map((store) => store.close()));
-  await Promise.all(pools.splice(0).map((created) => created.end()));
-});
-
-afterAll(async () => {
-  for (const schema of schemas) await dropSchema(admin, schema);
-  await admin.end();
-});
 
 describe('the LISTEN connection', () => {
   it('killed in the middle of a stream of appends: every change still arrives, seqs 1..n per task', async () => {

@@ -1,15 +1,9 @@
 import type { AddressInfo } from 'node:net';
 import { ProgressServer } from '@finishline/server';
-import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import {
-  migrateProgressSchema,
-  type PgListenClient,
-  PostgresProgressStore,
-  type PostgresProgressStoreOptions,
-} from '../src/index.js';
-import { dropSchema, eventually, freshSchema, type Gate, gate, newPool, pgUrl, Recorder } from './support.js';
+import { describe, expect, it } from 'vitest';
+import type { PgListenClient, PostgresProgressStore } from '../src/index.js';
+import { eventually, type Gate, gate, pgUrl, Recorder, storeFixtures } from './support.js';
 
 /**
  * The re-read from a mark of 0 (after `forgetSeqs()`, when the store's epoch was renewed by a restore):
@@ -18,48 +12,8 @@ import { dropSchema, eventually, freshSchema, type Gate, gate, newPool, pgUrl, R
  * runs this re-read at the same time right after a restore.
  */
 
-const admin = newPool(4);
-const pools: pg.Pool[] = [];
-const stores: PostgresProgressStore[] = [];
-const schemas: string[] = [];
-/** Opens the gates a test left closed (when it failed), so closing the stores never waits for them. */
-const releases: (() => void)[] = [];
-
-afterEach(async () => {
-  for (const release of releases.splice(0)) release();
-  await Promise.all(stores.splice(0).map((store) => store.close()));
-  await Promise.all(pools.splice(0).map((created) => created.end()));
-});
-
-afterAll(async () => {
-  for (const schema of schemas) await dropSchema(admin, schema);
-  await admin.end();
-});
-
-async function migrated(): Promise<string> {
-  const schema = freshSchema('reread');
-  schemas.push(schema);
-  await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool: admin }) }), {
-    schema,
-  });
-  return schema;
-}
-
-async function open(
-  options: Partial<PostgresProgressStoreOptions> & { schema: string },
-): Promise<PostgresProgressStore> {
-  const pool = newPool(5);
-  pools.push(pool);
-  // No safety net: what the feed publishes comes from notifications and re-reads only.
-  const store = await PostgresProgressStore.open({
-    pool,
-    migrate: false,
-    pollIntervalMs: 3_600_000,
-    ...options,
-  });
-  stores.push(store);
-  return store;
-}
+// No safety net: what the feed publishes comes from notifications and re-reads only.
+const { admin, releases, migrated, open } = storeFixtures('reread', { pollIntervalMs: 3_600_000 });
 
 /** A statement a `LISTEN` client ran. */
 interface Ran {
@@ -263,29 +217,30 @@ describe('the re-read from a mark of 0', () => {
     const listen = recordingListenClients();
     let observer: PostgresProgressStore | undefined;
     const failures: Array<{ message: string; connected: boolean | undefined }> = [];
-    observer = await open({
+    const store = await open({
       schema,
       listenClient: listen.factory,
       reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
       onError: (error) =>
         failures.push({ message: error.message, connected: observer?.changes.health().connected }),
     });
+    observer = store;
     await fill(schema, 10, 3);
-    const recorder = new Recorder(observer);
+    const recorder = new Recorder(store);
     listen.hold();
     listen.arm();
     listen.failNext(new Error('statement timeout (simulated)'));
-    observer.changes.forgetSeqs();
+    store.changes.forgetSeqs();
     await eventually('the new connection runs its full re-read', () => listen.waiting() > 0);
-    expect(observer.changes.health().connected).toBe(true);
+    expect(store.changes.health().connected).toBe(true);
 
     listen.release();
     await eventually('the failure is reported', () => failures.length > 0);
     expect(failures[0]).toEqual({ message: expect.stringContaining('statement timeout'), connected: false });
     await eventually('a new connection re-reads every task', () => recorder.changes.length >= 10);
-    await eventually('the feed is connected again', () => observer?.changes.health().connected === true);
+    await eventually('the feed is connected again', () => store.changes.health().connected === true);
     expect(recorder.changes.map((change) => change.seq)).toEqual(Array(10).fill(3));
-    expect(observer.changes.health().failedAttempts).toBe(0);
+    expect(store.changes.health().failedAttempts).toBe(0);
   });
 });
 

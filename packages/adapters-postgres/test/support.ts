@@ -1,7 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import type { ProgressStore, TaskChange } from '@finishline/core';
+import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import { inject } from 'vitest';
+import { afterAll, afterEach, inject } from 'vitest';
+import {
+  migrateProgressSchema,
+  PostgresProgressStore,
+  type PostgresProgressStoreOptions,
+} from '../src/index.js';
 
 /** Helpers shared by the Postgres tests. */
 
@@ -192,4 +198,65 @@ export function commitGatedPool(real: pg.Pool) {
     },
   };
   return { pool: hooked.pool, control };
+}
+
+/**
+ * What a test file of stores on fresh schemas needs, with its cleanup registered (`afterEach`: the gates a
+ * failed test left closed are released, then its stores closed and its pools ended; `afterAll`: the schemas
+ * dropped). `defaults` go under each `open`'s options.
+ */
+export function storeFixtures(prefix: string, defaults: Partial<PostgresProgressStoreOptions> = {}) {
+  const admin = newPool(4);
+  const pools: pg.Pool[] = [];
+  const stores: PostgresProgressStore[] = [];
+  const schemas: string[] = [];
+  /** Opens what a test held (a transaction at its COMMIT, a gate), so closing the stores never waits for it. */
+  const releases: (() => void)[] = [];
+
+  afterEach(async () => {
+    for (const release of releases.splice(0)) release();
+    await Promise.all(stores.splice(0).map((store) => store.close()));
+    await Promise.all(pools.splice(0).map((created) => created.end()));
+  });
+
+  afterAll(async () => {
+    for (const schema of schemas) await dropSchema(admin, schema);
+    await admin.end();
+  });
+
+  const pool = (max = 5): pg.Pool => {
+    const created = newPool(max);
+    pools.push(created);
+    return created;
+  };
+
+  return {
+    /** A pool for the test's own statements, ended after the file. */
+    admin,
+    releases,
+    /** A new pool, ended after the test. */
+    pool,
+    /** A fresh schema with the store's tables. */
+    async migrated(): Promise<string> {
+      const schema = freshSchema(prefix);
+      schemas.push(schema);
+      await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool: admin }) }), {
+        schema,
+      });
+      return schema;
+    },
+    /** A store on a new pool, on a schema `migrated()` made, closed after the test. */
+    async open(
+      options: Partial<PostgresProgressStoreOptions> & { schema: string },
+    ): Promise<PostgresProgressStore> {
+      const store = await PostgresProgressStore.open({
+        pool: pool(),
+        migrate: false,
+        ...defaults,
+        ...options,
+      });
+      stores.push(store);
+      return store;
+    },
+  };
 }
