@@ -74,6 +74,12 @@ export interface PostgresStoreStats extends AppendStats {
   taskReadBatches: number;
 }
 
+/**
+ * Task-read statements in flight at once: as many as the subscribes of a few ticks need, and few enough to
+ * leave most of a default pool (10 connections) to appends and acks.
+ */
+const TASK_READS_IN_FLIGHT = 4;
+
 /** Proves a construction came from {@link PostgresProgressStore.open}. */
 const OPENING = Symbol('PostgresProgressStore.open');
 
@@ -206,9 +212,11 @@ export class PostgresProgressStore implements ProgressStore {
     });
     this.#reads = new TaskReads(this.#db, this.#target);
     const reads = this.#reads;
+    // Reads lock nothing: a few batches at once, so one slow read does not hold up the next ticks' subscribes.
     this.#taskReads = new StatementBatcher(
       (batch) => readTasks(this.#db, reads, batch),
       options.maxBatchSize,
+      TASK_READS_IN_FLIGHT,
     );
     const acks = ackStatement(this.#db, this.#target.tasks);
     this.#acks = new StatementBatcher((batch) => writeAcks(this.#db, acks, batch), options.maxAckBatchSize);

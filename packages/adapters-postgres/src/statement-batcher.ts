@@ -4,8 +4,10 @@ import { storeClosed } from '@finishline/core/internal';
  * Gathers the calls of one event-loop I/O phase into one database round trip: acks (one per incoming
  * message, from every watcher of every task), lease renewals (one per running task, all due at the
  * same tick) and task reads (one per subscribe: a reconnect storm brings thousands at once, many of one
- * task) would otherwise take a statement, and a pool connection, each. One batch is written at a
- * time, so a batcher holds at most one connection; calls that arrive meanwhile go in the next batch.
+ * task) would otherwise take a statement, and a pool connection, each. Writes go one batch at a time,
+ * so a batcher holds at most one connection and its statements lock rows in one order; calls that arrive
+ * meanwhile go in the next batch. Reads, which lock nothing, may run several batches at once
+ * (`maxInFlight`), so a slow one does not hold up the calls of the next ticks.
  *
  * @module
  */
@@ -24,15 +26,18 @@ export interface BatchedCall<I, O> {
 export class StatementBatcher<I, O> {
   readonly #write: (batch: BatchedCall<I, O>[]) => Promise<void>;
   readonly #maxBatchSize: number;
+  readonly #maxInFlight: number;
   readonly #queue: BatchedCall<I, O>[] = [];
+  readonly #inFlight = new Set<Promise<void>>();
   #flushTimer: ReturnType<typeof setImmediate> | undefined;
-  #inFlight: Promise<void> | undefined;
   #closed = false;
   #batches = 0;
 
-  constructor(write: (batch: BatchedCall<I, O>[]) => Promise<void>, maxBatchSize: number) {
+  /** `maxInFlight`: batches written at once (1 for writes, which must lock rows in one order). */
+  constructor(write: (batch: BatchedCall<I, O>[]) => Promise<void>, maxBatchSize: number, maxInFlight = 1) {
     this.#write = write;
     this.#maxBatchSize = maxBatchSize;
+    this.#maxInFlight = maxInFlight;
   }
 
   /** Batches sent to the database, whether their statement succeeded or failed (a round-trip count). */
@@ -48,18 +53,18 @@ export class StatementBatcher<I, O> {
     });
   }
 
-  /** Rejects the calls not yet written with `closed` and waits for the batch in flight. */
+  /** Rejects the calls not yet written with `closed` and waits for the batches in flight. */
   async close(): Promise<void> {
     this.#closed = true;
     if (this.#flushTimer !== undefined) clearImmediate(this.#flushTimer);
     this.#flushTimer = undefined;
     const closed = storeClosed();
     for (const call of this.#queue.splice(0)) call.reject(closed);
-    await this.#inFlight;
+    await Promise.all(this.#inFlight);
   }
 
   #scheduleFlush(): void {
-    if (this.#flushTimer !== undefined || this.#inFlight !== undefined) return;
+    if (this.#flushTimer !== undefined || this.#inFlight.size >= this.#maxInFlight) return;
     // setImmediate rather than a microtask: the calls made while handling one I/O phase (the acks read
     // from the sockets, the renewals of one timer) join one batch.
     this.#flushTimer = setImmediate(() => {
@@ -69,12 +74,13 @@ export class StatementBatcher<I, O> {
   }
 
   #flush(): void {
-    if (this.#inFlight !== undefined || this.#queue.length === 0) return;
+    if (this.#inFlight.size >= this.#maxInFlight || this.#queue.length === 0) return;
     const batch = this.#queue.splice(0, this.#maxBatchSize);
     this.#batches += 1;
-    this.#inFlight = this.#write(batch).finally(() => {
-      this.#inFlight = undefined;
+    const written: Promise<void> = this.#write(batch).finally(() => {
+      this.#inFlight.delete(written);
       if (!this.#closed) this.#flush();
     });
+    this.#inFlight.add(written);
   }
 }

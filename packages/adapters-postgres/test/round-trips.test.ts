@@ -4,7 +4,17 @@ import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect } from 'kysely';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { migrateProgressSchema, PostgresProgressStore } from '../src/index.js';
-import { commitHookedPool, dropSchema, eventually, freshSchema, newPool, Recorder } from './support.js';
+import {
+  commitHookedPool,
+  dropSchema,
+  eventually,
+  freshSchema,
+  type Gate,
+  gate,
+  newPool,
+  queryHookedPool,
+  Recorder,
+} from './support.js';
 
 /**
  * Writes that save round trips: appends planned from the rows a store last wrote or created (one
@@ -311,6 +321,41 @@ describe('task reads', () => {
     // Calls of later ticks make later statements.
     expect(await store.getTask('a')).toMatchObject({ id: 'a', seq: 0 });
     expect(store.stats().taskReadBatches - before).toBe(2);
+  });
+
+  it('of a later tick do not wait for a slow read in flight', async () => {
+    const schema = freshSchema('lastw');
+    schemas.push(schema);
+    await migrateProgressSchema(new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) }), { schema });
+    let held: Gate | undefined;
+    const hooked = queryHookedPool(pool, async (_client, { text }, run) => {
+      const hold = held;
+      if (hold !== undefined && text.includes('WHERE id = ANY(') && text.includes('result::text')) {
+        held = undefined;
+        await hold.promise;
+      }
+      return run();
+    });
+    const store = await PostgresProgressStore.open({
+      pool: hooked,
+      schema,
+      migrate: false,
+      clock: clock.now,
+    });
+    stores.push(store);
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const slow = gate();
+    held = slow;
+    const first = store.getTask('a');
+    await eventually('the first read is held', () => held === undefined);
+    try {
+      // Another tick's read: before, it waited for the held one (one batch at a time).
+      const waited = new Promise((resolve) => setTimeout(() => resolve('still waiting after 2 s'), 2000));
+      await expect(Promise.race([store.getTask('a'), waited])).resolves.toMatchObject({ id: 'a' });
+    } finally {
+      slow.open();
+    }
+    await expect(first).resolves.toMatchObject({ id: 'a' });
   });
 
   it('refused before the batch (a bad id) fail alone, and those not sent when the store closes are refused', async () => {
