@@ -48,7 +48,8 @@ process.stdout.on('error', (error) => {
  */
 const ENTRIES = [
   { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_206 },
-  { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2 * KB },
+  // 2 KB until a refusal went to the one tab whose subscribe it answers, not to all (+34 B: 2,081 B).
+  { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2.25 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },
   { name: '@finishline/client/sse', source: 'sse.ts', budget: 1.25 * KB },
   { name: '@finishline/client/http', source: 'http-fallback.ts', budget: 2 * KB },

@@ -800,6 +800,69 @@ describe('tab sharing', () => {
     await Promise.all([early, late].map((client) => client.close()));
   });
 
+  it("a refusal goes to the tab whose subscribe it answers: a tab that subscribed a task just after another tab's subscribe of it was refused still watches it", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [early, late] = [browser.tab(), browser.tab()].map((tab) =>
+      clientIn(tab, server, { ackDelayMs: 0 }),
+    ) as [ProgressClient, ProgressClient];
+    const keep = early.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(early.state).toBe('open'));
+    // One tab subscribes before the task exists; the task is created; the other tab subscribes it, and its
+    // subscribe reaches the server after the first one was refused there.
+    const refused = early.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const watch = late.watch('t2');
+    const log = record(watch);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    // The server answers each subscribe in turn; a refusal echoes its subscribe's id, when it had one.
+    const { id } = real.frames('subscribe')[1] as { id?: string };
+    real.push({
+      type: 'error',
+      code: 'task_not_found',
+      message: 'no',
+      taskId: 't2',
+      ...(id && { requestId: id }),
+    });
+    const task = new FakeTask('t2', 1);
+    real.push({ type: 'snapshot', task: task.view() });
+    await expect(refused.done).rejects.toMatchObject({ code: 'task_not_found' });
+    // Before, the refusal went to every tab: the late tab's watch failed with task_not_found before its
+    // own snapshot arrived, which it then ignored.
+    await vi.waitFor(() => expect(log).toEqual(['snapshot@0']));
+    // The refused tab watches it again (it exists now) and lets go of it: the other tab still wants it, so
+    // the server hears no unsubscribe. (Before, the refusal took t2 from every tab's socket at the leader.)
+    const again = early.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(4));
+    real.push({ type: 'snapshot', task: task.view() });
+    await vi.waitFor(() => expect(again.getSnapshot().status).toBe('running'));
+    again.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(real.frames('unsubscribe')).toEqual([]);
+    real.push({ type: 'event', event: task.end('completed') });
+    await watch.done;
+    expect(log).toEqual(['snapshot@0', 'completed@1', 'finished@1']);
+    keep.close();
+    await Promise.all([early, late].map((client) => client.close()));
+  });
+
+  it('a refusal that answers no subscribe (a task found gone, a renewal re-check) still goes to every tab watching the task', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server));
+    const watches = clients.map((client) => client.watch('t1'));
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    real.push({ type: 'snapshot', task: new FakeTask('t1', 3).view() });
+    await vi.waitFor(() => {
+      for (const watch of watches) expect(watch.getSnapshot().status).toBe('running');
+    });
+    real.push({ type: 'error', code: 'forbidden', message: 'no longer yours', taskId: 't1' });
+    for (const watch of watches) await expect(watch.done).rejects.toMatchObject({ code: 'forbidden' });
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
   it("a task found gone, then created again under its id, has its acks reach the server (the leader's ack record of it went with the refusal)", async () => {
     const browser = new Browser();
     const server = new FakeServer();

@@ -149,7 +149,7 @@ type Message =
   | { t: 'send'; from: string; id: string; data: string }
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
-  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string }
+  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined }
   | { t: 'close'; from: string; code: number; reason: string; ids?: string[] };
 
 /** A message as posted: `post` says which tab it is from. */
@@ -369,10 +369,10 @@ class TabHub {
         if (typeof message.data !== 'string') return;
         for (const socket of this.#sockets.values()) {
           if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
-          // A hello (broadcast, or to one socket) only to a socket without one: a socket asked for again
-          // (a `connect` repeated on a leader change) is opened, and sent the cached hello, again.
-          if (message.hello ? socket.helloed || (message.to ?? socket.id) !== socket.id : !socket.helloed)
-            continue;
+          // A hello only to a socket without one (a socket asked for again, a `connect` repeated on a leader
+          // change, is opened, and sent the cached hello, again), any other frame to one with one; either
+          // broadcast, or to one socket.
+          if (!message.hello === !socket.helloed || (message.to ?? socket.id) !== socket.id) continue;
           socket.helloed ||= message.hello;
           // Each on its own, as a browser dispatches: a client that throws does not starve the others.
           queueMicrotask(() => socket.onmessage?.({ data: message.data }));
@@ -454,6 +454,9 @@ class TabHub {
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
+        // Its socket's id as the request id, which the server echoes in a refusal: the refusal then goes
+        // to this socket alone (see `real.onmessage`).
+        data = JSON.stringify({ ...frame, id });
         break;
       case 'unsubscribe':
         peer.tasks.delete(taskId);
@@ -538,16 +541,22 @@ class TabHub {
       const frame = !this.#hello || /"(task_not_found|forbidden)"/.test(data) ? parse(data) : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
       if (hello) this.#hello = data;
-      // After such an error the server follows the task no more, and every client watching it drops it
-      // without an unsubscribe, so the sockets let go of it here. Kept, it would grow a socket's set for
-      // as long as the socket lives (a page trying many ids), and make the task look wanted after the
+      // After such an error the server follows the task no more, and every client it reaches drops it
+      // without an unsubscribe, so their sockets let go of it here. Kept, it would grow a socket's set
+      // for as long as the socket lives (a page trying many ids), and make the task look wanted after the
       // last unsubscribe of a later watch of it (once created, from another tab): the server would go
-      // on sending it.
+      // on sending it. A refusal naming a request answers one socket's subscribe and goes to that socket
+      // alone: another tab's subscribe, sent after it was refused (the task created meanwhile), is
+      // answered on its own. One naming none (a task found gone, a renewal's re-check) goes to all.
+      let to: string | undefined;
       if (frame?.type === 'error' && /"(task_not_found|forbidden)"/.test(`"${frame.code}"`)) {
+        // Anything but a string matches no socket: the client would have dropped such a frame.
+        to = frame.requestId as string | undefined;
         this.#acked.delete(frame.taskId as string);
-        for (const peer of this.#peers.values()) peer.tasks.delete(frame.taskId as string);
+        for (const [id, peer] of this.#peers)
+          if ((to ?? id) === id) peer.tasks.delete(frame.taskId as string);
       }
-      this.post({ t: 'frame', data, hello });
+      this.post({ t: 'frame', data, hello, to });
     };
     real.onclose = (event: { code: number; reason: string }) => {
       if (real === this.#real) this.#failReal(event.code, event.reason);
@@ -581,7 +590,7 @@ class TabHub {
 /** A frame's fields the leader reads; `undefined` for what is not JSON, or `null`. */
 function parse(
   data: string,
-): { type?: unknown; taskId?: unknown; seq?: unknown; code?: unknown } | undefined {
+): { type?: unknown; taskId?: unknown; seq?: unknown; code?: unknown; requestId?: unknown } | undefined {
   try {
     return JSON.parse(data) ?? undefined;
   } catch {
