@@ -3,7 +3,12 @@ import { ErrorCode, isProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import pg from 'pg';
 import { describe, expect, it, vi } from 'vitest';
-import { type PgListenClient, POSTGRES_STORE_DEFAULTS, PostgresProgressStore } from '../src/index.js';
+import {
+  type PgListenClient,
+  POSTGRES_STORE_DEFAULTS,
+  PostgresProgressStore,
+  type PostgresProgressStoreOptions,
+} from '../src/index.js';
 import {
   commitGatedPool,
   eventually,
@@ -129,16 +134,56 @@ async function currentXmin(): Promise<bigint> {
   return BigInt(rows[0].xmin);
 }
 
+/** A store whose LISTEN connection reconnects within 5-20 ms (plus `options`): the fault tests wait for that. */
+function openObserver(
+  schema: string,
+  options: Partial<PostgresProgressStoreOptions>,
+): Promise<PostgresProgressStore> {
+  return open({ schema, reconnect: { initialDelayMs: 5, maxDelayMs: 20 }, ...options });
+}
+
+/**
+ * An observer ({@link openObserver} with `observerOptions`), a writer store and a recorder of the
+ * observer's feed, once the writer's first change to task 'x' has reached the observer: the steady start
+ * from which the LISTEN fault tests break something.
+ */
+async function observingFirstChange(
+  schema: string,
+  observerOptions: Partial<PostgresProgressStoreOptions>,
+): Promise<{ observer: PostgresProgressStore; writer: PostgresProgressStore; recorder: Recorder }> {
+  const observer = await openObserver(schema, observerOptions);
+  const writer = await open({ schema });
+  const recorder = new Recorder(observer);
+  await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+  await writer.append('x', { type: 'progress' });
+  await eventually('the first change', () => recorder.has('x', 1));
+  return { observer, writer, recorder };
+}
+
+/**
+ * A store on a commit-gated pool. `holdAtCommit(start)` runs `start` (an append of this store, which takes
+ * a locking transaction when another store created its task) and resolves once that transaction is held
+ * just before its COMMIT, with the pending append and the backend's pid; `release()` lets it commit.
+ */
+async function commitHoldingStore(schema: string) {
+  const gated = commitGatedPool(pool());
+  const store = await open({ schema, pool: gated.pool });
+  const release = () => gated.control.release();
+  const holdAtCommit = async <T>(start: () => Promise<T>): Promise<{ pending: Promise<T>; pid: number }> => {
+    gated.control.arm();
+    const pending = start();
+    // Whatever fails below, afterEach lets the held transaction go before closing the stores.
+    releases.push(release);
+    return { pending, pid: await gated.control.reached() };
+  };
+  return { store, holdAtCommit, release };
+}
+
 describe('the LISTEN connection', () => {
   it('killed in the middle of a stream of appends: every change still arrives, seqs 1..n per task', async () => {
     const schema = await migrated();
     const listen = gatedListenClients();
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-      watermarkIntervalMs: 10,
-    });
+    const observer = await openObserver(schema, { listenClient: listen.factory, watermarkIntervalMs: 10 });
     const writer = await open({ schema });
     const recorder = new Recorder(observer);
     const tasks = ['s1', 's2', 's3'];
@@ -186,24 +231,16 @@ describe('the LISTEN connection', () => {
   it('does not skip a transaction that took its id before, and committed after, ones it already saw', async () => {
     const schema = await migrated();
     const listen = gatedListenClients();
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-      watermarkIntervalMs: 10,
-    });
-    const gated = commitGatedPool(pool());
-    const slow = await open({ schema, pool: gated.pool });
+    const observer = await openObserver(schema, { listenClient: listen.factory, watermarkIntervalMs: 10 });
+    const { store: slow, holdAtCommit, release } = await commitHoldingStore(schema);
     const fast = await open({ schema });
     const recorder = new Recorder(observer);
     // Created by another store, so that `slow` appends in a locking transaction, held at its COMMIT.
     await fast.createTask({ id: 'late', owner: 'alice', kind: 'k' });
     await fast.createTask({ id: 'early', owner: 'alice', kind: 'k' });
-    gated.control.arm();
-    const lateAppend = slow.append('late', { type: 'progress', done: 1 });
-    // Whatever fails below, afterEach lets the held transaction go before closing the stores.
-    releases.push(() => gated.control.release());
-    const pid = await gated.control.reached();
+    const { pending: lateAppend, pid } = await holdAtCommit(() =>
+      slow.append('late', { type: 'progress', done: 1 }),
+    );
     const { rows } = await admin.query(
       'SELECT backend_xid::text AS xid FROM pg_stat_activity WHERE pid = $1',
       [pid],
@@ -221,7 +258,7 @@ describe('the LISTEN connection', () => {
     listen.block();
     await terminate(observer.changes.health().listenerPid ?? 0);
     await eventually('the observer notices', () => !observer.changes.health().connected);
-    gated.control.release();
+    release();
     expect((await lateAppend).event.seq).toBe(1);
     expect(recorder.has('late', 1)).toBe(false);
     listen.unblock();
@@ -243,17 +280,10 @@ describe('the LISTEN connection', () => {
       });
       return client as unknown as PgListenClient;
     };
-    const observer = await open({
-      schema,
+    const { observer, writer, recorder } = await observingFirstChange(schema, {
       listenClient: factory,
       watermarkIntervalMs: 20,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
     });
-    const writer = await open({ schema });
-    const recorder = new Recorder(observer);
-    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
-    await writer.append('x', { type: 'progress' });
-    await eventually('the first change', () => recorder.has('x', 1));
     deaf = true;
     await eventually(
       'a new connection replaces the deaf one',
@@ -308,17 +338,10 @@ describe('the LISTEN connection', () => {
       on('notification', () => heard?.());
       return client as unknown as PgListenClient;
     };
-    const observer = await open({
-      schema,
+    const { observer, writer, recorder } = await observingFirstChange(schema, {
       listenClient: factory,
       watermarkIntervalMs: 20,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
     });
-    const writer = await open({ schema });
-    const recorder = new Recorder(observer);
-    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
-    await writer.append('x', { type: 'progress' });
-    await eventually('the first change', () => recorder.has('x', 1));
     const afterFirst = await currentXmin();
     await eventually('the mark passes the first change', () => {
       const mark = observer.changes.health().watermark;
@@ -345,19 +368,12 @@ describe('the watermark after a restore', () => {
 
   async function highMarkedObserver(schema: string) {
     const listen = restorableListenClients(offset);
-    const observer = await open({
-      schema,
+    const { observer, writer, recorder } = await observingFirstChange(schema, {
       listenClient: listen.factory,
       watermarkIntervalMs: 10,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
       // No safety net: a change must come by notification or by a re-read.
       pollIntervalMs: 3_600_000,
     });
-    const writer = await open({ schema });
-    const recorder = new Recorder(observer);
-    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
-    await writer.append('x', { type: 'progress' });
-    await eventually('the first change', () => recorder.has('x', 1));
     const high = offset + (await currentXmin());
     const mark = () => BigInt(observer.changes.health().watermark ?? '0');
     await eventually('the mark passes the first change', () => mark() >= high);
@@ -467,22 +483,20 @@ describe('concurrent writers and reapers', () => {
 describe('a backend killed mid-transaction', () => {
   it('leaves no partial append visible, sends no notification, and releases the task', async () => {
     const schema = await migrated();
-    const gated = commitGatedPool(pool());
-    const store = await open({ schema, pool: gated.pool });
+    const { store, holdAtCommit, release } = await commitHoldingStore(schema);
     const observer = await open({ schema });
     const recorder = new Recorder(observer);
     // Created by another store, so that `store` appends in a locking transaction, held at its COMMIT.
     await observer.createTask({ id: 'victim', owner: 'alice', kind: 'k' });
     await observer.createTask({ id: 'sentinel', owner: 'alice', kind: 'k' });
-    gated.control.arm();
-    const append = store.append('victim', { type: 'item', key: 'node-1', ok: true });
-    releases.push(() => gated.control.release());
-    const pid = await gated.control.reached();
+    const { pending: append, pid } = await holdAtCommit(() =>
+      store.append('victim', { type: 'item', key: 'node-1', ok: true }),
+    );
     // The transaction wrote its rows and is about to commit; nobody else sees them.
     const before = await admin.query(`SELECT seq::int AS seq FROM ${schema}.tasks WHERE id = 'victim'`);
     expect(before.rows).toEqual([{ seq: 0 }]);
     await terminate(pid);
-    gated.control.release();
+    release();
     const error = await append.then(
       () => undefined,
       (reason: unknown) => reason,
