@@ -93,6 +93,19 @@ async function until(
   }
 }
 
+/** Waits until `store` records `seq` as task `t`'s acknowledged seq (reading the task before each check). */
+async function untilAcked(store: Restorable['store'], what: string, seq: number): Promise<void> {
+  let acked: number | undefined;
+  await until(
+    what,
+    () => acked === seq,
+    3000,
+    async () => {
+      acked = (await store.getTask('t'))?.ackedSeq;
+    },
+  );
+}
+
 /**
  * Task `t` at seq 2 in both the live store and its backup copy, then at seq 6 in the live one only: a
  * restore takes it back to seq 2, below what its watchers saw. `label` names the live-only events.
@@ -121,14 +134,60 @@ function beforeGetTask(restorable: Restorable, before: (id: string) => Promise<v
 
 type Restorable = ReturnType<typeof restorableStore>;
 
+/**
+ * A server that notices a renewed epoch within 50 ms (its heartbeat, unless `options` say otherwise),
+ * closed after the test.
+ */
+async function serve(options: Parameters<typeof startServer>[0]): Promise<TestServer> {
+  const env = await startServer({ heartbeatIntervalMs: 50, ...options });
+  cleanups.push(() => env.close());
+  return env;
+}
+
+/** A socket of alice's, closed after the test. */
+async function connect(env: TestServer): Promise<RawClient> {
+  const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+  cleanups.push(async () => client.ws.close());
+  return client;
+}
+
 async function watchers(env: TestServer, taskId: string, afterSeqs: number[]): Promise<Watcher[]> {
   const opened: Watcher[] = [];
-  for (const afterSeq of afterSeqs) {
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
-    cleanups.push(async () => client.ws.close());
-    opened.push(new Watcher(client, taskId, afterSeq));
-  }
+  for (const afterSeq of afterSeqs) opened.push(new Watcher(await connect(env), taskId, afterSeq));
   return opened;
+}
+
+/**
+ * Task `t` ahead of its copy ({@link taskAheadOfItsCopy}, the live-only events labelled 'old') under a
+ * server on `store`, and a socket whose watcher has followed it to seq 6.
+ */
+async function watchedToSeq6(
+  restorable: Restorable,
+  store: Restorable['store'],
+): Promise<{ client: RawClient; watcher: Watcher }> {
+  const env = await serve({ store });
+  await taskAheadOfItsCopy(restorable, 'old');
+  const client = await connect(env);
+  const watcher = new Watcher(client, 't', 0);
+  await until('the watcher is at seq 6', () => watcher.cursor.seq === 6);
+  return { client, watcher };
+}
+
+/**
+ * Restores the copy (task `t` back at seq 2) and goes on past the watchers' cursors with other events,
+ * through `store`: seqs 3 to 7 of the new epoch, the last one's message 'new 7'.
+ */
+async function restoreAndAppendNewEvents(restorable: Restorable, store: Restorable['store']): Promise<void> {
+  restorable.restore();
+  for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+}
+
+/** `watcher` is reset once, into `epoch`, and then follows the new epoch's events to seq 7. */
+async function expectFollowsNewEpoch(watcher: Watcher, epoch: string): Promise<void> {
+  await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
+  expect(watcher.resetEpochs).toEqual([epoch]);
+  await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
+  expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
 }
 
 /**
@@ -137,8 +196,7 @@ async function watchers(env: TestServer, taskId: string, afterSeqs: number[]): P
  */
 async function restoredUnderWatchers(settle: boolean, staleAck = false): Promise<void> {
   const restorable = restorableStore();
-  const env = await startServer({ store: restorable.store, heartbeatIntervalMs: 50 });
-  cleanups.push(() => env.close());
+  const env = await serve({ store: restorable.store });
   const store = restorable.store;
   // The backup copy is taken at seq 2; the live store goes on to seq 6.
   await taskAheadOfItsCopy(restorable, 'live');
@@ -147,15 +205,7 @@ async function restoredUnderWatchers(settle: boolean, staleAck = false): Promise
   await until('every watcher is answered, at seq 6', () =>
     watching.every((w) => w.answers > 0 && w.cursor.seq === 6),
   );
-  let acked: number | undefined;
-  await until(
-    'the watchers acknowledged seq 6',
-    () => acked === 6,
-    3000,
-    async () => {
-      acked = (await store.getTask('t'))?.ackedSeq;
-    },
-  );
+  await untilAcked(store, 'the watchers acknowledged seq 6', 6);
 
   restorable.restore();
   const epoch = await store.renewEpoch();
@@ -178,14 +228,7 @@ async function restoredUnderWatchers(settle: boolean, staleAck = false): Promise
     expect(watcher.cursor.view).toMatchObject({ seq: 5, status: 'completed', progress: { done: 2 } });
   }
   // The acks of the new epoch are recorded, though the watchers had acknowledged seq 6 before.
-  await until(
-    'the terminal ack is recorded',
-    () => acked === 5,
-    3000,
-    async () => {
-      acked = (await store.getTask('t'))?.ackedSeq;
-    },
-  );
+  await untilAcked(store, 'the terminal ack is recorded', 5);
 }
 
 describe('the store epoch renewed under a running server', () => {
@@ -214,17 +257,9 @@ describe('a subscribe of the old epoch crossing the server-side reset', () => {
         await gate;
       }
     });
-    const env = await startServer({ store, heartbeatIntervalMs: 50 });
-    cleanups.push(() => env.close());
-    await taskAheadOfItsCopy(restorable, 'old');
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
-    cleanups.push(async () => client.ws.close());
-    const watcher = new Watcher(client, 't', 0);
-    await until('the watcher is at seq 6', () => watcher.cursor.seq === 6);
+    const { client, watcher } = await watchedToSeq6(restorable, store);
 
-    // The restored copy goes on past the watcher's cursor with other events: seqs 3 to 7 of the new epoch.
-    restorable.restore();
-    for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    await restoreAndAppendNewEvents(restorable, store);
     let open: () => void = () => {};
     gate = new Promise((resolve) => {
       open = resolve;
@@ -239,10 +274,7 @@ describe('a subscribe of the old epoch crossing the server-side reset', () => {
     gate = undefined;
     open();
 
-    await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
-    expect(watcher.resetEpochs).toEqual([epoch]);
-    await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
-    expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
+    await expectFollowsNewEpoch(watcher, epoch);
   });
 });
 
@@ -256,26 +288,16 @@ describe('a failed load of the server-side reset', () => {
         throw new ProgressError(ErrorCode.StoreUnavailable, 'the restored database is starting');
       }
     });
-    const env = await startServer({ store, heartbeatIntervalMs: 50 });
-    cleanups.push(() => env.close());
-    await taskAheadOfItsCopy(restorable, 'old');
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
-    cleanups.push(async () => client.ws.close());
-    const watcher = new Watcher(client, 't', 0);
-    await until('the watcher is at seq 6', () => watcher.cursor.seq === 6);
+    const { client, watcher } = await watchedToSeq6(restorable, store);
 
-    restorable.restore();
-    for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    await restoreAndAppendNewEvents(restorable, store);
     failNext = true;
     const epoch = await store.renewEpoch();
     // The reset's load fails: the subscription ends with store_unavailable, which a client retries.
     await client.next((frame) => frame.type === 'error' && frame.code === ErrorCode.StoreUnavailable);
     client.send({ type: 'subscribe', taskId: 't', afterSeq: 6 });
 
-    await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
-    expect(watcher.resetEpochs).toEqual([epoch]);
-    await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
-    expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
+    await expectFollowsNewEpoch(watcher, epoch);
   });
 });
 
@@ -283,26 +305,20 @@ describe('a socket whose hello announced the old epoch', () => {
   it('answers a subscribe with a cursor of a task it did not follow at the renewal with a reset', async () => {
     const restorable = restorableStore();
     const store = restorable.store;
-    const env = await startServer({ store, heartbeatIntervalMs: 50 });
-    cleanups.push(() => env.close());
+    const env = await serve({ store });
     await restorable.both((copy) => copy.createTask({ id: 'u', owner: 'alice', kind: 'k' }));
     await taskAheadOfItsCopy(restorable, 'old');
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
-    cleanups.push(async () => client.ws.close());
+    const client = await connect(env);
     // The socket follows another task; the client holds a cursor of `t` at 6 (persisted with its hello's epoch).
     const other = new Watcher(client, 'u', 0);
     await until('the other watch is answered', () => other.answers > 0);
 
-    restorable.restore();
-    for (let i = 3; i <= 7; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    await restoreAndAppendNewEvents(restorable, store);
     const epoch = await store.renewEpoch();
     await until('the server found the new epoch', () => other.resetEpochs.length > 0);
     const watcher = new Watcher(client, 't', 6);
 
-    await until('the watcher is reset into the new epoch', () => watcher.resetEpochs.length > 0);
-    expect(watcher.resetEpochs).toEqual([epoch]);
-    await until('the watcher follows the new epoch', () => watcher.cursor.seq === 7);
-    expect(watcher.cursor.view).toMatchObject({ seq: 7, progress: { message: 'new 7' } });
+    await expectFollowsNewEpoch(watcher, epoch);
   });
 });
 
@@ -310,17 +326,14 @@ describe('a terminal re-send armed in the old epoch', () => {
   it('re-sends nothing of the old epoch once the subscription started over, and the new terminal as usual', async () => {
     const restorable = restorableStore();
     // The first re-send is due 300 ms after the terminal went out; the epoch is noticed within 50 ms.
-    const env = await startServer({
+    const env = await serve({
       store: restorable.store,
-      heartbeatIntervalMs: 50,
       terminalRetry: { initialDelayMs: 300, multiplier: 1, maxDelayMs: 300 },
     });
-    cleanups.push(() => env.close());
     await taskAheadOfItsCopy(restorable, 'old');
     await restorable.store.append('t', { type: 'completed', result: 'old' });
     // A client that never acknowledges: every terminal frame it gets is re-sent until the socket closes.
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
-    cleanups.push(async () => client.ws.close());
+    const client = await connect(env);
     client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
     await client.next(
       (frame) => frame.type === 'snapshot' && (frame.task as TaskView).status === 'completed',
