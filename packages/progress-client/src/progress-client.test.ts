@@ -476,6 +476,21 @@ describe('reconnect', () => {
 });
 
 describe('lost frames on a healthy connection', () => {
+  /**
+   * A client watching `t1` (behindGraceMs 1000), answered with its snapshot; `msBeforeLoss` later the
+   * frame of item 'a' (seq 1) is lost, what the client sent so far is cleared, and a heartbeat shows t1
+   * at seq 1.
+   */
+  async function heartbeatAfterLostFrame(msBeforeLoss: number) {
+    const ctx = subscribed({ behindGraceMs: 1000 });
+    ctx.socket.push(snap(ctx.task.view()));
+    await ctx.scheduler.advance(msBeforeLoss);
+    ctx.task.item('a'); // this frame is lost
+    ctx.socket.sent.length = 0;
+    ctx.socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } });
+    return ctx;
+  }
+
   it('subscribes again when a heartbeat no longer lists an unfinished watch', async () => {
     const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
     socket.push(snap(task.view()));
@@ -549,24 +564,15 @@ describe('lost frames on a healthy connection', () => {
   });
 
   it('resyncs at once when a heartbeat shows the task ahead and no subscribe is recent', async () => {
-    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
-    socket.push(snap(task.view()));
-    await scheduler.advance(5000);
-    task.item('a'); // this frame is lost
-    socket.sent.length = 0;
     // The heartbeat follows every frame sent before it: nothing is on its way any more.
-    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } });
+    const { client, socket } = await heartbeatAfterLostFrame(5000);
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     await client.close();
   });
 
   it('after a recent subscribe, resyncs a task a heartbeat shows ahead once that subscribe is behindGraceMs old', async () => {
-    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
-    socket.push(snap(task.view()));
-    await scheduler.advance(600);
-    task.item('a'); // this frame is lost
-    socket.sent.length = 0;
-    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } }); // it may have crossed the subscribe
+    // The heartbeat comes 600 ms after the subscribe: it may have crossed it.
+    const { client, socket, scheduler } = await heartbeatAfterLostFrame(600);
     await scheduler.advance(399);
     expect(socket.frames('subscribe')).toEqual([]);
     await scheduler.advance(1);
@@ -801,6 +807,21 @@ describe('HTTP fallback', () => {
 });
 
 describe('cursor persistence', () => {
+  /** Watches `t1` on `ctx`'s client and opens its socket with a hello announcing the store's `epoch`. */
+  function watchWithEpochHello(ctx: ReturnType<typeof setup>, epoch: string) {
+    ctx.client.watch('t1');
+    const socket = ctx.server.last;
+    socket.open();
+    socket.push({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      serverId: 'r1',
+      heartbeatIntervalMs: 15_000,
+      epoch,
+    });
+    return socket;
+  }
+
   it('resumes after a simulated reload from the saved cursor, and forgets it once the end is acked', async () => {
     const storage = new MemoryCursorStorage();
     const first = setup({ persistence: storage });
@@ -895,36 +916,19 @@ describe('cursor persistence', () => {
       task.item('a');
       task.item('b');
       storage.save(saved(task.view()), 'epoch-a');
-      const { client, server } = setup({ persistence: storage });
-      client.watch('t1');
-      const socket = server.last;
-      socket.open();
-      socket.push({
-        type: 'hello',
-        protocol: PROTOCOL_VERSION,
-        serverId: 'r1',
-        heartbeatIntervalMs: 15_000,
-        epoch: announced,
-      });
+      const ctx = setup({ persistence: storage });
+      const socket = watchWithEpochHello(ctx, announced);
       expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq }]);
-      await client.close();
+      await ctx.client.close();
     }
   });
 
   it('saves the epoch of the latest hello with the cursor', async () => {
     const storage = new MemoryCursorStorage();
-    const { client, server, scheduler } = setup({ persistence: storage });
+    const ctx = setup({ persistence: storage });
+    const { client, scheduler } = ctx;
     const task = new FakeTask('t1', 3);
-    client.watch('t1');
-    const socket = server.last;
-    socket.open();
-    socket.push({
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      serverId: 'r1',
-      heartbeatIntervalMs: 15_000,
-      epoch: 'e7',
-    });
+    const socket = watchWithEpochHello(ctx, 'e7');
     socket.push(snap(task.view()));
     socket.push(ev(task.item('a')));
     await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
