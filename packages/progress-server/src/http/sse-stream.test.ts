@@ -78,6 +78,28 @@ function get(path: string, headers: Record<string, string> = {}): Promise<Incomi
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
 
+type Restorable = ReturnType<typeof restorableStore>;
+
+/**
+ * Task `t` at seq 1 in both the live store and its backup copy, then at seq 4 in the live one only
+ * (appended through `store`), and alice's stream of it, read up to seq 4.
+ */
+async function streamAheadOfTheCopy(restorable: Restorable, store: Restorable['store']): Promise<Stream> {
+  await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+  await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
+  for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+  const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+  await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 4));
+  return stream;
+}
+
+/** Completes `t` in `store`, waits for the stream to end, and returns its frames from the reset snapshot on. */
+async function framesFromResetToEnd(stream: Stream, store: Restorable['store']) {
+  await store.append('t', { type: 'completed', result: null });
+  await stream.ended;
+  return stream.frames().slice(stream.frames().findIndex((entry) => entry.frame.reset === true));
+}
+
 describe('GET /tasks/:id/stream', () => {
   it('streams a job live: snapshot, events with id = seq, heartbeat comments, the terminal event, then the end', async () => {
     env = await startServer({ heartbeatIntervalMs: 100 });
@@ -146,19 +168,13 @@ describe('GET /tasks/:id/stream', () => {
     const store = restorable.store;
     env = await startServer({ store, heartbeatIntervalMs: 50 });
     // The backup copy is taken at seq 1; the live store goes on to seq 4.
-    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
-    for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
-    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
-    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 4));
+    const stream = await streamAheadOfTheCopy(restorable, store);
     restorable.restore();
     const epoch = await store.renewEpoch();
     await stream.until(() => stream.frames().some((entry) => entry.frame.reset === true));
     // The task ends in the restored store at seq 3, below the stream's 4.
     await store.append('t', { type: 'progress', message: 'restored 2' });
-    await store.append('t', { type: 'completed', result: null });
-    await stream.ended;
-    const after = stream.frames().slice(stream.frames().findIndex((entry) => entry.frame.reset === true));
+    const after = await framesFromResetToEnd(stream, store);
     expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
       ['1', 'snapshot'],
       ['2', 'event'],
@@ -188,11 +204,7 @@ describe('GET /tasks/:id/stream', () => {
       },
     });
     env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 500 });
-    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
-    await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
-    for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
-    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
-    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 4));
+    const stream = await streamAheadOfTheCopy(restorable, store);
     let open: () => void = () => {};
     hold = new Promise((resolve) => {
       open = resolve;
@@ -207,9 +219,7 @@ describe('GET /tasks/:id/stream', () => {
     hold = undefined;
     open();
     await store.append('t', { type: 'progress', message: 'restored 5' });
-    await store.append('t', { type: 'completed', result: null });
-    await stream.ended;
-    const after = stream.frames().slice(stream.frames().findIndex((entry) => entry.frame.reset === true));
+    const after = await framesFromResetToEnd(stream, store);
     expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
       ['4', 'snapshot'],
       ['5', 'event'],
