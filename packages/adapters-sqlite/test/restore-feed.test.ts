@@ -1,6 +1,6 @@
 import type { TaskChange } from '@finishline/core';
 import Database from 'better-sqlite3';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { SqliteProgressStore } from '../src/index.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
@@ -150,6 +150,71 @@ describe('a database file restored from an older backup under a running store', 
       { taskId: 'new', seq: 2, terminal: false },
       { taskId: 'mine', seq: 1, terminal: false },
     ]);
+  });
+});
+
+/**
+ * After the restore the worker commits task `quiet` (created, one progress, completed: ids at or below
+ * the server's mark, which the server never reads past) and then enough events of task `busy` to take
+ * the ids past the server's mark before the server looks. Neither `sqlite_sequence` (above the mark by
+ * then) nor the server's own insert ids (above it too) show that the file went back.
+ */
+async function passTheMarkAfterRestore(setup: ReturnType<typeof setUp>): Promise<void> {
+  const { worker, restore } = setup;
+  await restore();
+  await worker.createTask({ id: 'quiet', owner: 'alice', kind: 'batch_taint' });
+  await worker.append('quiet', { type: 'progress', done: 1 });
+  await worker.append('quiet', { type: 'completed' });
+  await worker.createTask({ id: 'busy', owner: 'alice', kind: 'batch_taint' });
+  for (let done = 1; done <= 40; done++) await worker.append('busy', { type: 'progress', done });
+}
+
+describe("a restored file whose ids passed the store's mark before the store looked", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('is found by the next poll, which publishes the commits at or below the old mark', async () => {
+    // Only the poll timer is fake: the server polls when the test says so, and never in between.
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    const setup = setUp(NEVER_POLLS_MS);
+    // The server's own append is last: its mark is an event it wrote.
+    await runPastTheBackup(setup, NEVER_POLLS_MS);
+    const { seen } = setup;
+
+    await passTheMarkAfterRestore(setup);
+    const restoredAt = seen.length;
+    vi.advanceTimersByTime(NEVER_POLLS_MS);
+
+    const after = seen.slice(restoredAt);
+    expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
+    expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
+      taskId: 'busy',
+      seq: 40,
+      terminal: false,
+    });
+  });
+
+  it("is found by the store's next write transaction, which publishes them", async () => {
+    const setup = setUp(NEVER_POLLS_MS);
+    await runPastTheBackup(setup, NEVER_POLLS_MS);
+    const { server, worker, seen } = setup;
+    // The server's ack transaction reads the worker's commit: its mark is an event it read.
+    await worker.append('old', { type: 'progress', done: 32 });
+    await server.ack('mine', 0);
+
+    await passTheMarkAfterRestore(setup);
+    const restoredAt = seen.length;
+    await server.append('mine', { type: 'progress', done: 1 });
+
+    const after = seen.slice(restoredAt);
+    expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
+    expect(after).toContainEqual({ taskId: 'mine', seq: 1, terminal: false });
+    expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
+      taskId: 'busy',
+      seq: 40,
+      terminal: false,
+    });
   });
 });
 
