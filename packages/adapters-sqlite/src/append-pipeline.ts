@@ -205,6 +205,9 @@ export function writeAppends(
   // One transaction's ids are consecutive and, within one run of ids, all above the mark.
   if (lastId - results.length < markBefore) log.idsWentBack = true;
   log.lastEventId = lastId;
+  // A copy: the caller gets the event and may change it, which would look like a restore.
+  const { taskId, seq, time } = results[results.length - 1]!.event;
+  log.lastEvent = { taskId, seq, time };
 }
 
 /**

@@ -31,9 +31,9 @@ describe('RunningTaskCache', () => {
     const cache = new RunningTaskCache();
     cache.committed('5:1');
     cache.keep(running('t1'));
-    cache.validate('5:1');
+    expect(cache.validate('5:1')).toBe(true);
     expect(cache.get('t1')).toBeDefined();
-    cache.validate('6:1');
+    expect(cache.validate('6:1')).toBe(false);
     expect(cache.get('t1')).toBeUndefined();
   });
 
@@ -44,7 +44,7 @@ describe('RunningTaskCache', () => {
     cache.reset();
     expect(cache.get('t1')).toBeUndefined();
     cache.keep(running('t2'));
-    cache.validate('5:1');
+    expect(cache.validate('5:1')).toBe(false);
     expect(cache.get('t2')).toBeUndefined();
   });
 

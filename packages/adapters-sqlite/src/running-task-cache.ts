@@ -45,10 +45,12 @@ export class RunningTaskCache {
   /**
    * Called inside a write transaction with the current write mark: anything written since this store's
    * last commit (another connection, or this connection used directly or by `createTask`) may have
-   * changed remembered rows, so they are all forgotten.
+   * changed remembered rows, so they are all forgotten. Returns whether nothing else wrote.
    */
-  validate(writeMark: string): void {
-    if (writeMark !== this.#writeMark) this.#tasks.clear();
+  validate(writeMark: string): boolean {
+    if (writeMark === this.#writeMark) return true;
+    this.#tasks.clear();
+    return false;
   }
 
   /** Records the write mark this store's commit just left. */

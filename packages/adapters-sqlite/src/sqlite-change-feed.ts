@@ -1,4 +1,4 @@
-import type { ChangeFeed, TaskChange } from '@finishline/core';
+import type { ChangeFeed, TaskChange, TaskEvent } from '@finishline/core';
 import { isTerminalType, LocalChangeFeed } from '@finishline/core';
 import { DataVersionWatcher } from './data-version-watcher.js';
 import type { SqliteStatements } from './sqlite-statements.js';
@@ -20,18 +20,28 @@ import type { SqliteStatements } from './sqlite-statements.js';
  * every task's latest seq once (a hint that costs a read) and takes the file's largest id as the mark.
  * The file going back is seen:
  *
- * - by a poll: `sqlite_sequence` is below the mark, which within one run of ids cannot happen (it never
- *   decreases; retention deletes rows, never lowers it). Read once per poll that found a commit;
+ * - by a poll that found a commit, and by a write transaction that starts after another connection
+ *   wrote (the write mark tells, see `RunningTaskCache`): the row at the mark is not the one the feed
+ *   read or wrote there (its task, seq and time differ). Within one run of ids a row is never changed
+ *   and its id never reused, so only a file gone back holds another row at that id; this also finds the
+ *   restored file when other processes' appends took its ids past the old mark before this store looked.
+ *   One lookup by id; a missing row proves nothing (retention deletes finished tasks' rows), and then
+ *   `sqlite_sequence` below the mark does, which within one run of ids cannot happen (it never
+ *   decreases; retention never lowers it);
  * - by this store's append: the ids its inserts got are not above the mark (a comparison; the hot
  *   path runs no extra statement);
- * - not when other processes' appends took the ids past the old mark before either looked (within
- *   one poll interval of the restore): renewing the epoch covers that. The server that notices the
- *   renewed epoch calls `forgetSeqs()` and reads every task it follows again; the feed then drops what it
- *   had not published yet and takes the file's largest id as the mark, so it publishes nothing
- *   committed before the call and every commit after it, whatever their ids.
+ * - not when the mark's row is gone from the restored file too (retention deleted it there before this
+ *   store looked) and other processes' appends took the ids past the old mark: renewing the epoch covers
+ *   that. The server that notices the renewed epoch calls `forgetSeqs()` and reads every task it follows
+ *   again; the feed then drops what it had not published yet and takes the file's largest id as the
+ *   mark, so it publishes nothing committed before the call and every commit after it, whatever their
+ *   ids.
  *
  * @module
  */
+
+/** What tells the event at the mark from another event that a file gone back gave the same id. */
+export type MarkedEvent = Pick<TaskEvent, 'taskId' | 'seq' | 'time'>;
 
 /** What one write transaction publishes once it committed. */
 export interface TransactionLog {
@@ -39,9 +49,12 @@ export interface TransactionLog {
   changes: TaskChange[];
   /** Highest event id seen or written. */
   lastEventId: number;
+  /** The event at `lastEventId`; `undefined` when there is none or it is not known. */
+  lastEvent: MarkedEvent | undefined;
   /**
-   * Set when this transaction's own inserts got ids not above the mark: the file went back (a restore),
-   * and the events other connections committed to it may lie below the mark too. See the module doc.
+   * Set when the file went back under the mark (a restore): found by {@link ChangePublisher.checkMark},
+   * or this transaction's own inserts got ids not above the mark. The events other connections committed
+   * to it may lie below the mark too. See the module doc.
    */
   idsWentBack: boolean;
 }
@@ -72,6 +85,8 @@ export class ChangePublisher {
   readonly #watcher: DataVersionWatcher | undefined;
   /** Id of the newest event this store has published (or written). */
   #highWaterMark = 0;
+  /** The event at `#highWaterMark`, when known. */
+  #markEvent: MarkedEvent | undefined;
   #outbox: TaskChange[] = [];
   #draining = false;
   #stopped = false;
@@ -103,7 +118,7 @@ export class ChangePublisher {
         // first poll instead of being hidden behind the baseline.
         watcher.start();
       }
-      this.#highWaterMark = this.#readMaxEventId();
+      this.#takeNewestEventAsMark();
     } catch (error) {
       watcher?.stop();
       throw error;
@@ -113,7 +128,27 @@ export class ChangePublisher {
 
   /** A log for a transaction starting now: past the high-water mark, nothing to publish yet. */
   startLog(): TransactionLog {
-    return { changes: [], lastEventId: this.#highWaterMark, idsWentBack: false };
+    return { changes: [], lastEventId: this.#highWaterMark, lastEvent: this.#markEvent, idsWentBack: false };
+  }
+
+  /**
+   * Sets `log.idsWentBack` when the file went back under the log's mark (see the module doc): the row at
+   * the mark is another event, or, when it is missing, `sqlite_sequence` is below the mark. One lookup
+   * by id, two when the row is missing. Run before reading past the mark.
+   */
+  checkMark(log: TransactionLog): void {
+    const mark = log.lastEventId;
+    if (mark === 0) return;
+    const expected = log.lastEvent;
+    if (expected !== undefined) {
+      const found = this.#readEventAt(mark);
+      if (found !== undefined) {
+        if (found.taskId !== expected.taskId || found.seq !== expected.seq || found.time !== expected.time)
+          log.idsWentBack = true;
+        return;
+      }
+    }
+    if (this.#readIdSequence() < mark) log.idsWentBack = true;
   }
 
   /** Adds the events committed past `log.lastEventId` (by other connections) to `log`. */
@@ -124,12 +159,17 @@ export class ChangePublisher {
         task_id: string;
         seq: number | bigint;
         type: string;
+        time: number | bigint;
       }[];
       for (const row of rows) {
         log.changes.push(
           Object.freeze({ taskId: row.task_id, seq: Number(row.seq), terminal: isTerminalType(row.type) }),
         );
-        log.lastEventId = Number(row.id);
+      }
+      const last = rows.at(-1);
+      if (last !== undefined) {
+        log.lastEventId = Number(last.id);
+        log.lastEvent = toMarkedEvent(last);
       }
       if (rows.length < CATCH_UP_PAGE) return;
     }
@@ -155,6 +195,9 @@ export class ChangePublisher {
     }
     const maxId = rows[0]?.max_id;
     log.lastEventId = maxId == null ? 0 : Number(maxId);
+    // By id, not "the newest": a poll reads outside a transaction, and a newer event would be past the
+    // tasks just read.
+    log.lastEvent = maxId == null ? undefined : this.#readEventAt(log.lastEventId);
   }
 
   /**
@@ -169,12 +212,13 @@ export class ChangePublisher {
     this.#outbox = [];
     // Stopped: the store may have closed its database, and nothing is published any more.
     if (this.#stopped) return;
-    this.#highWaterMark = this.#readMaxEventId();
+    this.#takeNewestEventAsMark();
   }
 
   /** Takes a committed log: its changes go to the outbox, its last id becomes the high-water mark. */
   committed(log: TransactionLog): void {
     this.#highWaterMark = log.lastEventId;
+    this.#markEvent = log.lastEvent;
     for (const change of log.changes) this.#outbox.push(change);
   }
 
@@ -213,7 +257,8 @@ export class ChangePublisher {
     const log = this.startLog();
     // Ids only grow in commit order, so reading page by page outside a transaction never skips a row;
     // unless the file went back (see the module doc).
-    if (this.#readIdSequence() < this.#highWaterMark) this.readAll(log);
+    this.checkMark(log);
+    if (log.idsWentBack) this.readAll(log);
     else this.readSince(log);
     this.committed(log);
     this.drain();
@@ -224,8 +269,25 @@ export class ChangePublisher {
     return row === undefined ? 0 : Number(row.seq);
   }
 
-  #readMaxEventId(): number {
-    const row = this.#q.maxEventId.get() as { id: number | bigint | null } | undefined;
-    return row?.id == null ? 0 : Number(row.id);
+  #readEventAt(id: number): MarkedEvent | undefined {
+    const row = this.#q.eventAt.get({ id }) as MarkedEventRow | undefined;
+    return row === undefined ? undefined : toMarkedEvent(row);
   }
+
+  #takeNewestEventAsMark(): void {
+    const row = this.#q.lastEvent.get() as (MarkedEventRow & { id: number | bigint }) | undefined;
+    this.#highWaterMark = row === undefined ? 0 : Number(row.id);
+    this.#markEvent = row === undefined ? undefined : toMarkedEvent(row);
+  }
+}
+
+/** The columns of an event row that tell it from another with the same id. */
+interface MarkedEventRow {
+  task_id: string;
+  seq: number | bigint;
+  time: number | bigint;
+}
+
+function toMarkedEvent(row: MarkedEventRow): MarkedEvent {
+  return { taskId: row.task_id, seq: Number(row.seq), time: Number(row.time) };
 }

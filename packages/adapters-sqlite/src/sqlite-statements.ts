@@ -233,7 +233,7 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
       database,
       builder
         .selectFrom(TABLES.events)
-        .select(['id', 'task_id', 'seq', 'type'])
+        .select(['id', 'task_id', 'seq', 'type', 'time'])
         .where('id', '>', param('afterId'))
         .orderBy('id')
         .limit(param('limit')),
@@ -252,10 +252,20 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
         .where('key', '=', sql.lit('epoch')),
       [],
     ),
-    maxEventId: new PreparedQuery(
+    // The newest event and what tells it from another event that a restored file gave its id.
+    lastEvent: new PreparedQuery(
       database,
-      builder.selectFrom(TABLES.events).select((eb) => eb.fn.max('id').as('id')),
+      builder
+        .selectFrom(TABLES.events)
+        .select(['id', 'task_id', 'seq', 'time'])
+        .orderBy('id', 'desc')
+        .limit(1),
       [],
+    ),
+    eventAt: new PreparedQuery(
+      database,
+      builder.selectFrom(TABLES.events).select(['task_id', 'seq', 'time']).where('id', '=', param('id')),
+      ['id'],
     ),
     // The largest event id ever assigned (AUTOINCREMENT keeps it, deletes never lower it); no row until
     // the first event. sqlite_sequence is SQLite's own table, outside the schema kysely knows.

@@ -45,9 +45,12 @@ export class WriteTransactions {
     this.#q.begin.run();
     try {
       // Checked under the write lock, so no other writer can slip in after the check.
-      this.#cache.validate(this.#readWriteMark());
+      const nothingElseWrote = this.#cache.validate(this.#readWriteMark());
       const log = this.#publisher.startLog();
-      this.#publisher.readSince(log);
+      // Only another writer (a restore included) can have taken the file back under the mark.
+      if (!nothingElseWrote) this.#publisher.checkMark(log);
+      // Gone back: what came past the mark is read with the rest after the work (readAll).
+      if (!log.idsWentBack) this.#publisher.readSince(log);
       const result = work(log);
       // The file went back under the mark (a restore): read what other connections committed to it
       // before the commit, so a failure rolls the work back instead of losing their changes.
