@@ -63,12 +63,34 @@ import type { ProgressDatabase } from './schema.js';
  *   restored cluster's ids passed the old mark before the listener reconnected; renewing the epoch is
  *   what covers that.
  *
+ * The re-read from the start reads the tasks in pages of {@link REREAD_CHUNK_ROWS} rows by id (the
+ * primary key), so what it holds in memory at once does not grow with the store. Only the first page's
+ * statement reads the snapshot's `xmin`, the new mark; each later page runs in a later snapshot, which
+ * sees every commit the first one saw (a task's seq may have grown since, which reports no less), and a
+ * task committed after the first snapshot, whose id may sort before the page being read, is delivered by
+ * its notification: `LISTEN` ran before. One transaction around all pages would keep one snapshot, but a
+ * session inside a transaction receives no notifications until it ends, and a long one holds back every
+ * vacuum of the cluster. Between pages the connection is idle, so notifications are published as they
+ * arrive. Every re-read (from a mark too, which is one statement: its size is the number of tasks that
+ * changed while the connection was away) is published {@link REREAD_CHUNK_ROWS} rows per event-loop
+ * turn, stopping if the connection is replaced meanwhile, so sockets and timers are served during it.
+ *
  * The connection counts as connected ({@link ChangeFeedHealth}) during such a re-read, as soon as it
  * listens, where a re-read from a mark must end first. Nothing committed from then on is missed (the
  * notifications are published as they arrive, while the re-read runs), the safety-net poll keeps asking
  * about every followed task meanwhile, and a server that renewed its epoch answers every subscription
  * from the store anyway. Holding the replica unhealthy would instead take every replica out of its load
  * balancer at the same moment, right after a restore, for as long as the re-read takes.
+ *
+ * For the same reason, when {@link ListenConnection.rereadAll} replaces a connected connection, the feed
+ * counts as connected while the replacement connects, until it listens, fails, or has not listened
+ * within the barrier timeout (a live connection silent that long would be deemed dead). Nothing is missed
+ * in that gap either: what is committed before the replacement listens, its re-read from the start reads,
+ * as its snapshot is taken after `LISTEN`. The old connection is not kept listening until then
+ * (make-before-break): what it delivers after the epoch changed may be of the old one (sent before the
+ * restore, or by the old cluster after a restore into another), and published after the feed forgot its
+ * seqs it would pass for the restored task's and hide the restored seqs up to it. Its notifications are
+ * dropped from the moment it is replaced, so kept open it would deliver nothing.
  *
  * @module
  */
@@ -96,15 +118,29 @@ export interface PgListenClient {
 
 /** A row of the re-read statement: the snapshot's xmin, and one task that changed since the mark. */
 interface ReplayRow {
-  xmin: string;
+  /** `null` on the later pages of the re-read from the start, whose mark is the first page's. */
+  xmin: string | null;
   task_id: string | null;
   first_seq: string | number | null;
   last_seq: string | number | null;
   terminal: boolean | null;
 }
 
+/** The `xmin` of a re-read's snapshot (its rows always include one, with or without a task). */
+function snapshotXmin(rows: readonly ReplayRow[]): bigint | undefined {
+  const xmin = rows[0]?.xmin;
+  return xmin === undefined || xmin === null ? undefined : BigInt(xmin);
+}
+
 /** The shortest wait for a barrier's answer before the `LISTEN` connection is deemed dead. */
 const MIN_BARRIER_TIMEOUT_MS = 1000;
+
+/**
+ * Rows of a re-read published in one event-loop turn, and rows per page of the re-read from the start
+ * (see the module doc). 200,000 tasks published in one loop held the event loop for 0.1–0.6 s; a chunk
+ * of 1,000 holds it for about 200 times less, and a page that size is a short index range scan.
+ */
+export const REREAD_CHUNK_ROWS = 1000;
 
 /** What {@link ListenConnection} needs. */
 export interface ListenConnectionOptions {
@@ -132,8 +168,10 @@ interface ListenStatements {
   listen: string;
   /** The re-read; `$1` and `$2` are both the mark (text) or `NULL`. */
   replay: string;
-  /** The re-read from the start (a mark of 0), from the tasks table; no parameters. */
+  /** The re-read from the start (a mark of 0), from the tasks table: its first page; no parameters. */
   replayAll: string;
+  /** A later page of the re-read from the start: `$1` is the last task id of the page before. */
+  replayAllAfter: string;
   /** The barrier; `$1` is the channel, `$2` the connection's barrier id ({@link ListenConnection}). */
   barrier: string;
 }
@@ -155,11 +193,19 @@ function compileStatements({ db, channel, events, tasks }: ListenConnectionOptio
         GROUP BY task_id
       ) e ON true`.compile(db).sql,
     // Each task's latest seq alone, from its row (see the module doc); a task without events is left out.
+    // Paged by id (the primary key), the first page with the snapshot's xmin that becomes the mark.
     replayAll: sql`
       SELECT s.xmin::text AS xmin, t.id AS task_id, t.seq AS first_seq, t.seq AS last_seq,
              t.status <> 'running' AS terminal
       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
-      LEFT JOIN LATERAL (SELECT id, seq, status FROM ${tasks} WHERE seq > 0) t ON true`.compile(db).sql,
+      LEFT JOIN LATERAL (
+        SELECT id, seq, status FROM ${tasks} WHERE seq > 0 ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}
+      ) t ON true
+      ORDER BY t.id`.compile(db).sql,
+    replayAllAfter: sql`
+      SELECT NULL AS xmin, id AS task_id, seq AS first_seq, seq AS last_seq, status <> 'running' AS terminal
+      FROM ${tasks} WHERE seq > 0 AND id > ${placeholder}
+      ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}`.compile(db).sql,
     barrier: sql`
       SELECT pg_notify(${channel}, json_build_object(
         'barrier', ${placeholder}::text, 'xmin', pg_snapshot_xmin(pg_current_snapshot())::text)::text)`.compile(
@@ -183,6 +229,11 @@ export class ListenConnection {
   #started = false;
   #closed = false;
   #connected = false;
+  /**
+   * Clock time at which {@link rereadAll} replaced a connected connection, until the replacement listens
+   * or fails: it counts as connected meanwhile (see the module doc).
+   */
+  #replacedAt: number | undefined;
   #failedAttempts = 0;
   #lastError: ProgressError | null = null;
   #lastConnectedAt: number | null = null;
@@ -202,9 +253,10 @@ export class ListenConnection {
   }
 
   health(): ChangeFeedHealth {
-    const pid = this.#connected ? this.#client?.processID : undefined;
+    const connected = this.#connected || this.#replacing();
+    const pid = connected ? this.#client?.processID : undefined;
     return {
-      connected: this.#connected,
+      connected,
       listenerPid: typeof pid === 'number' ? pid : null,
       lastError: this.#lastError,
       lastConnectedAt: this.#lastConnectedAt,
@@ -232,6 +284,7 @@ export class ListenConnection {
     this.#closed = true;
     this.#generation++;
     this.#connected = false;
+    this.#replacedAt = undefined;
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#barrierTimer);
     this.#clearWatchdog();
@@ -259,36 +312,25 @@ export class ListenConnection {
     await client.connect();
     await client.query(this.#statements.listen);
     const mark = this.#watermark;
-    let rows: ReplayRow[];
+    let xmin: bigint | undefined;
     if (mark === 0n) {
-      rows = await this.#replayAll(client, generation);
+      xmin = await this.#replayAll(client, generation);
     } else {
-      rows = await this.#replay(client, mark);
-      const xmin = rows[0] === undefined ? undefined : BigInt(rows[0].xmin);
+      const rows = await this.#replay(client, mark);
+      xmin = snapshotXmin(rows);
       if (mark !== undefined && xmin !== undefined && xmin < mark) {
         // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
         // the mark. Read again from the start, on the same connection, which already listens.
         this.#watermark = 0n;
-        rows = await this.#replayAll(client, generation);
+        xmin = await this.#replayAll(client, generation);
+      } else {
+        await this.#publish(rows, generation);
       }
     }
-    if (generation !== this.#generation)
-      throw new Error('The LISTEN connection was replaced while connecting');
-    for (const row of rows) {
-      if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
-      this.#options.hub.report(
-        {
-          taskId: row.task_id,
-          firstSeq: Number(row.first_seq),
-          seq: Number(row.last_seq),
-          terminal: row.terminal === true,
-        },
-        'replay',
-      );
-    }
-    const xmin = rows[0] === undefined ? undefined : BigInt(rows[0].xmin);
+    this.#assertCurrent(generation);
     if (xmin !== undefined) this.#advance(xmin);
     this.#connected = true;
+    this.#replacedAt = undefined;
     this.#failedAttempts = 0;
     this.#lastConnectedAt = this.#options.clock();
     this.#scheduleBarrier(generation);
@@ -305,13 +347,54 @@ export class ListenConnection {
    * The re-read from the start, on the connection of `generation`, which listens already: it counts as
    * connected while this runs (see the module doc), unless it was replaced meanwhile. The failed attempts
    * are reset only once it succeeded, so a re-read that keeps failing backs off like a failed connect.
+   * Reads and publishes page by page; returns the first page's snapshot `xmin`, the new mark.
    */
-  async #replayAll(client: PgListenClient, generation: number): Promise<ReplayRow[]> {
+  async #replayAll(client: PgListenClient, generation: number): Promise<bigint | undefined> {
+    this.#assertCurrent(generation);
+    this.#connected = true;
+    this.#replacedAt = undefined;
+    let { rows } = (await client.query(this.#statements.replayAll)) as { rows: ReplayRow[] };
+    const xmin = snapshotXmin(rows);
+    for (;;) {
+      await this.#publish(rows, generation);
+      const last = rows.at(-1)?.task_id;
+      if (rows.length < REREAD_CHUNK_ROWS || last === null || last === undefined) return xmin;
+      this.#assertCurrent(generation);
+      // Each page has its own snapshot, later than the first page's (see the module doc).
+      ({ rows } = (await client.query(this.#statements.replayAllAfter, [last])) as { rows: ReplayRow[] });
+    }
+  }
+
+  /**
+   * Reports the rows of a re-read, {@link REREAD_CHUNK_ROWS} per event-loop turn, so a large re-read
+   * does not hold the process; stops if the connection of `generation` was replaced meanwhile (its
+   * re-read reports them, and after a renewed epoch these may be of the old one).
+   */
+  async #publish(rows: readonly ReplayRow[], generation: number): Promise<void> {
+    for (let start = 0; start < rows.length; start += REREAD_CHUNK_ROWS) {
+      if (start > 0) await new Promise((resolve) => setImmediate(resolve));
+      this.#assertCurrent(generation);
+      const end = Math.min(start + REREAD_CHUNK_ROWS, rows.length);
+      for (let index = start; index < end; index++) {
+        const row = rows[index] as ReplayRow;
+        if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
+        this.#options.hub.report(
+          {
+            taskId: row.task_id,
+            firstSeq: Number(row.first_seq),
+            seq: Number(row.last_seq),
+            terminal: row.terminal === true,
+          },
+          'replay',
+        );
+      }
+    }
+  }
+
+  /** Throws when the connection of `generation` is no longer the current one (replaced, lost or closed). */
+  #assertCurrent(generation: number): void {
     if (generation !== this.#generation)
       throw new Error('The LISTEN connection was replaced while connecting');
-    this.#connected = true;
-    const { rows } = await client.query(this.#statements.replayAll);
-    return rows as ReplayRow[];
   }
 
   /**
@@ -319,8 +402,9 @@ export class ListenConnection {
    * the old run of transaction ids. Resets the mark to 0 and replaces the connection, whose re-read then
    * reports every task the store holds (see the module doc); while it is down, the pending reconnect
    * does. The connection counts one more reconnect, with no error, and no failed attempt: it reconnects at
-   * once, not after a backoff delay, since nothing failed (the feed is unhealthy only while it connects,
-   * and replicas notice a renewed epoch at different moments, so they do not reconnect all at once).
+   * once, not after a backoff delay, since nothing failed (replicas notice a renewed epoch at different
+   * moments, so they do not reconnect all at once). A connection that was connected still counts as
+   * connected while its replacement connects (see the module doc).
    */
   rereadAll(): void {
     if (this.#closed) return;
@@ -329,6 +413,7 @@ export class ListenConnection {
     // Connected, or connecting with a re-read that may have used the old mark: a new generation
     // discards that re-read and every barrier the old connection sent, and reconnects.
     this.#generation++;
+    if (this.#connected) this.#replacedAt = this.#options.clock();
     this.#connected = false;
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;
@@ -384,7 +469,7 @@ export class ListenConnection {
       if (generation !== this.#generation || client === undefined) return;
       // The barrier doubles as a liveness check: a socket that died silently (no RST, for example behind
       // a NAT or after a failover) would otherwise look connected forever while notifications stop.
-      const timeoutMs = Math.max(5 * this.#options.watermarkIntervalMs, MIN_BARRIER_TIMEOUT_MS);
+      const timeoutMs = this.#barrierTimeoutMs();
       this.#barrierWatchdog = setTimeout(() => {
         this.#barrierWatchdog = undefined;
         this.#lost(generation, new Error(`The LISTEN connection did not answer within ${timeoutMs} ms`));
@@ -409,6 +494,21 @@ export class ListenConnection {
     this.#barrierTimer.unref?.();
   }
 
+  /** How long a barrier may go unanswered before the connection is deemed dead. */
+  #barrierTimeoutMs(): number {
+    return Math.max(5 * this.#options.watermarkIntervalMs, MIN_BARRIER_TIMEOUT_MS);
+  }
+
+  /**
+   * True while a connected connection is being replaced on purpose ({@link rereadAll}), for as long as
+   * a live connection may leave a barrier unanswered: a replacement that takes longer counts as down.
+   */
+  #replacing(): boolean {
+    return (
+      this.#replacedAt !== undefined && this.#options.clock() - this.#replacedAt < this.#barrierTimeoutMs()
+    );
+  }
+
   #clearWatchdog(): void {
     clearTimeout(this.#barrierWatchdog);
     this.#barrierWatchdog = undefined;
@@ -419,6 +519,7 @@ export class ListenConnection {
     if (generation !== this.#generation || this.#closed) return;
     this.#generation++;
     this.#connected = false;
+    this.#replacedAt = undefined;
     this.#lastError = toProgressError(error, 'The LISTEN connection failed');
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;

@@ -25,8 +25,10 @@ import type { ChangeNotice } from './notify-payload.js';
 export interface ChangeFeedHealth {
   /**
    * True while the `LISTEN` connection is up and has re-read what it missed since its mark. A re-read
-   * from the start (after a restore) counts as connected as soon as the connection listens: nothing
-   * committed since is missed meanwhile (see `listen-connection.ts`).
+   * from the start (after a restore) counts as connected as soon as the connection listens, and a
+   * connected connection replaced for it (`forgetSeqs()`) still counts as connected while the new one
+   * connects (at most the barrier timeout: 5 × `watermarkIntervalMs`, 1 s at least): nothing committed
+   * meanwhile is missed (see `listen-connection.ts`). `listenerPid` is `null` until the new one connects.
    */
   connected: boolean;
   /** Backend process id of the `LISTEN` connection (for `pg_stat_activity`), or `null`. */

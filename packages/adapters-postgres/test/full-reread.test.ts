@@ -1,8 +1,10 @@
 import type { AddressInfo } from 'node:net';
+import { ManualClock } from '@finishline/core/testing';
 import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import type { PgListenClient, PostgresProgressStore } from '../src/index.js';
+import { REREAD_CHUNK_ROWS } from '../src/listen-connection.js';
 import { eventually, type Gate, gate, pgUrl, Recorder, storeFixtures } from './support.js';
 
 /**
@@ -21,15 +23,20 @@ interface Ran {
   values: unknown[] | undefined;
 }
 
-/** True for the re-read (its snapshot's `xmin` and what changed), false for the barrier and the rest. */
+/**
+ * True for the re-read (its snapshot's `xmin` and what changed, or a later page of the tasks table), false
+ * for the barrier and the rest.
+ */
 function isReread(text: string): boolean {
-  return text.includes('pg_snapshot_xmin') && !text.includes("'barrier'");
+  return (text.includes('pg_snapshot_xmin') && !text.includes("'barrier'")) || text.includes('"tasks"');
 }
 
 /**
  * `LISTEN` clients that record the re-reads they run once `arm()` was called (that is, those of the
  * connection `forgetSeqs()` opens), and hold each of them until `release()` when `hold()` was called.
- * After `failNext(error)`, the next one recorded fails with `error` instead of running.
+ * After `failNext(error)`, the next one recorded fails with `error` instead of running. After
+ * `holdConnect()`, the clients made once armed wait in `connect()` until `releaseConnect(error?)`, which lets
+ * them connect, or fails them with `error`.
  */
 function recordingListenClients() {
   const reread: Ran[] = [];
@@ -37,10 +44,32 @@ function recordingListenClients() {
   let held: Gate | undefined;
   let waiting = 0;
   let failing: Error | undefined;
+  let connectHeld: Gate | undefined;
+  let connectFailure: Error | undefined;
+  let connecting = 0;
   const factory = (): PgListenClient => {
     const client = new pg.Client({ connectionString: pgUrl() });
     const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+    const connect = client.connect.bind(client) as () => Promise<void>;
+    const end = client.end.bind(client) as () => Promise<void>;
+    const connectGate = armed ? connectHeld : undefined;
+    let ended = false;
     Object.assign(client, {
+      connect: async () => {
+        if (connectGate !== undefined) {
+          connecting += 1;
+          await connectGate.promise;
+          connecting -= 1;
+          if (connectFailure !== undefined) throw connectFailure;
+          // Ended while held: a real connect in progress would have failed.
+          if (ended) throw new Error('The client was ended while connecting');
+        }
+        return connect();
+      },
+      end: async () => {
+        ended = true;
+        return end();
+      },
       query: async (text: string, values?: unknown[]) => {
         if (armed && isReread(text)) {
           reread.push({ text, values });
@@ -71,6 +100,23 @@ function recordingListenClients() {
       releases.push(closed.open);
     },
     waiting: () => waiting,
+    holdConnect() {
+      const closed = gate();
+      connectHeld = closed;
+      // A failed test's cleanup fails the held connect: a real connect that close() then ends never
+      // settles (pg 8 calls back no connect that end() interrupted), and the close would wait for it.
+      releases.push(() => {
+        if (connectHeld !== closed) return;
+        connectFailure = new Error('Released by the cleanup of a failed test');
+        closed.open();
+      });
+    },
+    connecting: () => connecting,
+    releaseConnect(error?: Error) {
+      connectFailure = error;
+      connectHeld?.open();
+      connectHeld = undefined;
+    },
     failNext(error: Error) {
       failing = error;
     },
@@ -132,10 +178,83 @@ describe('the re-read from a mark of 0', () => {
     // A backoff of a minute: a reconnect scheduled as after a failure would most likely wait seconds.
     const observer = await open({ schema, reconnect: { initialDelayMs: 60_000, maxDelayMs: 60_000 } });
     expect(observer.changes.health()).toMatchObject({ connected: true, failedAttempts: 0 });
+    const reconnects = observer.changes.stats().reconnects;
     observer.changes.forgetSeqs();
+    await eventually(
+      'the connection is replaced',
+      () => observer.changes.stats().reconnects > reconnects,
+      1000,
+    );
+    expect(observer.changes.health()).toMatchObject({ connected: true, failedAttempts: 0, lastError: null });
+  });
+
+  it('counts as connected while the replacement of a healthy connection connects, until it fails', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const errors: string[] = [];
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      onError: (error) => errors.push(error.message),
+    });
+    listen.holdConnect();
+    listen.arm();
+    observer.changes.forgetSeqs();
+    expect(observer.changes.health()).toMatchObject({ connected: true, failedAttempts: 0, lastError: null });
+    await eventually('the replacement connects', () => listen.connecting() > 0);
+    expect(observer.changes.health()).toMatchObject({ connected: true, failedAttempts: 0, lastError: null });
+
+    // Nothing deliberate about a failed connect: unhealthy, as after any failure.
+    listen.releaseConnect(new Error('connection refused (simulated)'));
+    await eventually('the failure is reported', () => errors.length > 0);
+    expect(errors[0]).toContain('connection refused');
+    expect(observer.changes.health()).toMatchObject({ connected: false, failedAttempts: 1 });
+    await eventually('a later attempt connects', () => observer.changes.health().connected);
+  });
+
+  it('counts as disconnected once the replacement has not listened within the barrier timeout', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const clock = new ManualClock(1_000_000);
+    const observer = await open({
+      schema,
+      clock: clock.now,
+      listenClient: listen.factory,
+      watermarkIntervalMs: 1000,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    listen.holdConnect();
+    listen.arm();
+    observer.changes.forgetSeqs();
+    await eventually('the replacement connects', () => listen.connecting() > 0);
+    // A live connection that left a barrier unanswered this long would be deemed dead (5 intervals).
+    clock.advance(4999);
+    expect(observer.changes.health().connected).toBe(true);
+    clock.advance(1);
     expect(observer.changes.health()).toMatchObject({ connected: false, failedAttempts: 0 });
-    await eventually('the feed is connected again', () => observer.changes.health().connected, 1000);
-    expect(observer.changes.health()).toMatchObject({ failedAttempts: 0, lastError: null });
+    listen.releaseConnect();
+    await eventually('the replacement listens', () => observer.changes.health().connected);
+  });
+
+  it('stays disconnected when the connection it replaces was down', async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    listen.holdConnect();
+    listen.arm();
+    const pid = observer.changes.health().listenerPid;
+    await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    await eventually('the reconnect connects', () => listen.connecting() > 0);
+    expect(observer.changes.health().connected).toBe(false);
+    observer.changes.forgetSeqs();
+    expect(observer.changes.health().connected).toBe(false);
+    listen.releaseConnect();
+    await eventually('the feed is connected again', () => observer.changes.health().connected);
   });
 
   it("reads one row per task, not one per event, and reports each task's latest seq and end", async () => {
@@ -180,6 +299,73 @@ describe('the re-read from a mark of 0', () => {
       ).toBeLessThanOrEqual(tasks + 1);
     }
   });
+
+  it(`reads the tasks in pages of at most ${REREAD_CHUNK_ROWS} rows, so its memory stays bounded`, async () => {
+    const schema = await migrated();
+    const listen = recordingListenClients();
+    const observer = await open({
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const tasks = 2 * REREAD_CHUNK_ROWS + 500;
+    await fill(schema, tasks, 1);
+    const recorder = new Recorder(observer);
+    listen.arm();
+    observer.changes.forgetSeqs();
+    await eventually('the full re-read reports every task', () => recorder.changes.length >= tasks);
+    await eventually('the feed is connected again', () => observer.changes.health().connected);
+    expect(new Set(recorder.changes.map((change) => change.taskId)).size).toBe(tasks);
+    expect(recorder.changes).toHaveLength(tasks);
+
+    // What each statement hands the client at once, as Postgres runs it on this table.
+    expect(listen.reread.length).toBe(3);
+    for (const { text, values } of listen.reread) {
+      const { rows } = await admin.query(text, values);
+      expect(rows.length, text).toBeLessThanOrEqual(REREAD_CHUNK_ROWS);
+    }
+  });
+
+  it.each(['forgetSeqs()', 'a reconnect'])(
+    'publishes a large re-read after %s in chunks, the event loop turning in between, in order',
+    async (cause) => {
+      const schema = await migrated();
+      const listen = recordingListenClients();
+      const observer = await open({
+        schema,
+        listenClient: listen.factory,
+        reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      });
+      const tasks = 3 * REREAD_CHUNK_ROWS + 1;
+      // Written without notifications: only the re-read can find them.
+      await fill(schema, tasks, 2);
+      const recorder = new Recorder(observer);
+      let publishedAtTurn: number | undefined;
+      const stop = observer.changes.subscribe(() => {
+        if (publishedAtTurn !== undefined || recorder.changes.length !== 1) return;
+        setImmediate(() => {
+          publishedAtTurn = recorder.changes.length;
+        });
+      });
+      if (cause === 'a reconnect') {
+        await admin.query('SELECT pg_terminate_backend($1)', [observer.changes.health().listenerPid]);
+      } else {
+        observer.changes.forgetSeqs();
+      }
+      await eventually(
+        'the re-read reports every task',
+        () => recorder.changes.length >= tasks * (cause === 'a reconnect' ? 2 : 1),
+      );
+      stop();
+      expect(publishedAtTurn, 'changes published when a setImmediate after the first one ran').toBeLessThan(
+        recorder.changes.length,
+      );
+      // Each task's seqs in order, each once.
+      const perTask = cause === 'a reconnect' ? [1, 2] : [2];
+      for (const t of [1, REREAD_CHUNK_ROWS + 1, tasks]) expect(recorder.seqs(`task-${t}`)).toEqual(perTask);
+      expect(recorder.changes).toHaveLength(tasks * perTask.length);
+    },
+  );
 
   it('counts as connected while it runs: LISTEN is on, so commits made meanwhile are published', async () => {
     const schema = await migrated();
@@ -245,7 +431,7 @@ describe('the re-read from a mark of 0', () => {
 });
 
 describe('a server on the store while the re-read from a mark of 0 runs', () => {
-  it('stays ready: GET /healthz answers 200 after the epoch was renewed, until and after the re-read', async () => {
+  it('stays ready: GET /healthz answers 200 after the epoch was renewed, while the new connection connects, until and after the re-read', async () => {
     const schema = await migrated();
     const listen = recordingListenClients();
     const store = await open({
@@ -266,9 +452,13 @@ describe('a server on the store while the re-read from a mark of 0 runs', () => 
       expect((await probe()).status).toBe(200);
       await fill(schema, 10, 3);
       const recorder = new Recorder(store);
+      listen.holdConnect();
       listen.hold();
       listen.arm();
       await store.renewEpoch(); // a restore: the server notices at its next heartbeat and resets the feed
+      await eventually('the new connection connects', () => listen.connecting() > 0, 3000);
+      expect(await probe()).toMatchObject({ status: 200, body: { store: { connected: true } } });
+      listen.releaseConnect();
       await eventually('the new connection runs its full re-read', () => listen.waiting() > 0, 3000);
       expect(await probe()).toMatchObject({ status: 200, body: { store: { connected: true } } });
       listen.release();
