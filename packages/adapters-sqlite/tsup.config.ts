@@ -7,4 +7,6 @@ export default defineConfig({
   dts: { compilerOptions: { composite: false } },
   clean: true,
   target: 'node20',
+  // import.meta.url in the CommonJS build too (background-checkpoints.ts resolves better-sqlite3 with it).
+  shims: true,
 });

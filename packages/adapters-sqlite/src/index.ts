@@ -5,6 +5,7 @@
  * @packageDocumentation
  */
 
+export type { CheckpointStats } from './background-checkpoints.js';
 export { SQLITE_SCHEMA_VERSION } from './migrations.js';
 export type {
   EventLogView,
@@ -17,5 +18,9 @@ export type {
 export { TABLES } from './schema.js';
 export type { SqliteDatabase, SqliteRunResult, SqliteStatement } from './sqlite-driver.js';
 export { SqliteProgressStore } from './sqlite-progress-store.js';
-export type { SqliteProgressStoreOptions, SqliteSynchronous } from './sqlite-store-options.js';
+export type {
+  SqliteCheckpoints,
+  SqliteProgressStoreOptions,
+  SqliteSynchronous,
+} from './sqlite-store-options.js';
 export { SQLITE_STORE_DEFAULTS } from './sqlite-store-options.js';

@@ -30,6 +30,7 @@ import {
   taskNotFound,
 } from '@finishline/core/internal';
 import { AppendPipeline, detach } from './append-pipeline.js';
+import { BackgroundCheckpoints, type CheckpointStats } from './background-checkpoints.js';
 import type { LeaseContext } from './lease-statements.js';
 import { reapExpiredLeases, releaseLease, renewLease } from './lease-statements.js';
 import { migrate } from './migrations.js';
@@ -98,6 +99,8 @@ export class SqliteProgressStore implements ProgressStore {
   readonly #transactions: WriteTransactions;
   readonly #appends: AppendPipeline;
   readonly #leases: LeaseContext;
+  /** The worker that checkpoints the WAL, when `checkpoints` is `'background'` and the database is a file. */
+  readonly #checkpoints: BackgroundCheckpoints | undefined;
   #closed = false;
 
   /**
@@ -131,6 +134,10 @@ export class SqliteProgressStore implements ProgressStore {
         onPollError: (error) =>
           resolved.onError(toProgressError(error, 'poll for other connections’ commits')),
       });
+      this.#checkpoints =
+        resolved.checkpoints === 'background'
+          ? BackgroundCheckpoints.start({ database, onError: resolved.onError })
+          : undefined;
     } catch (error) {
       if (this.#ownsDatabase) database.close();
       throw toProgressError(error, 'open the database');
@@ -141,6 +148,7 @@ export class SqliteProgressStore implements ProgressStore {
       statements: this.#q,
       cache: this.#cache,
       publisher: this.#publisher,
+      onCommitted: this.#checkpoints?.committed.bind(this.#checkpoints),
     });
     this.#appends = new AppendPipeline({
       statements: this.#q,
@@ -179,6 +187,8 @@ export class SqliteProgressStore implements ProgressStore {
       if (Number(changes) === 0) {
         throw taskAlreadyExists(id);
       }
+      // A commit of its own (one statement, outside the write transactions).
+      this.#checkpoints?.committed();
       return task;
     });
   }
@@ -329,15 +339,25 @@ export class SqliteProgressStore implements ProgressStore {
    */
   close(): Promise<void> {
     if (this.#closed) return Promise.resolve();
+    let stopped: Promise<void> | undefined;
     try {
       this.#appends.flush();
     } finally {
       this.#closed = true;
       this.#appends.close();
       this.#publisher.stop();
+      stopped = this.#checkpoints?.stop();
       if (this.#ownsDatabase) this.#database.close();
     }
-    return Promise.resolve();
+    return stopped ?? Promise.resolve();
+  }
+
+  /**
+   * What the background checkpoints did since the store opened (see the `checkpoints` option);
+   * `undefined` when the store checkpoints inline (`checkpoints: 'inline'`, or a database in memory).
+   */
+  checkpointStats(): CheckpointStats | undefined {
+    return this.#checkpoints?.stats;
   }
 
   /** Runs `work` now (better-sqlite3 is synchronous) and maps whatever it throws to a ProgressError. */

@@ -30,6 +30,9 @@ import type { SqliteDatabase } from './sqlite-driver.js';
  */
 export type SqliteSynchronous = 'normal' | 'full' | 'extra';
 
+/** Where the store's WAL checkpoints run; see {@link SqliteProgressStoreOptions.checkpoints}. */
+export type SqliteCheckpoints = 'background' | 'inline';
+
 /** Options of {@link SqliteProgressStore}. */
 export interface SqliteProgressStoreOptions {
   /**
@@ -70,6 +73,21 @@ export interface SqliteProgressStoreOptions {
    */
   maxBatchSize?: number;
   /**
+   * Where WAL checkpoints run (copying the WAL back into the database file):
+   * - `'background'`: on a worker thread with its own connection, started by the first commit, at most
+   *   every 20 ms while commits come (`PRAGMA wal_checkpoint(PASSIVE)`, which blocks neither the
+   *   store's reads nor its writes). The store's commits then never stall the event loop for a
+   *   checkpoint; measured with 1,000 tasks appending at once, 96–103k appends/s against 81–88k
+   *   inline (see the README). The store's connection keeps `wal_autocheckpoint` at 10,000 pages as a safety net, and
+   *   goes back to checkpointing inline (reported on `onError`) if the worker fails.
+   * - `'inline'`: in the commit that takes the WAL past SQLite's `wal_autocheckpoint` (1,000 pages),
+   *   on the event loop, as SQLite does by default.
+   * A database in memory has no WAL; a temporary one (`''`) cannot be opened by a second connection:
+   * both are checkpointed inline whatever this says.
+   * @default 'background'
+   */
+  checkpoints?: SqliteCheckpoints;
+  /**
    * Receives what a change listener throws and what goes wrong while polling for other processes'
    * commits (the store keeps working either way). Use it to log.
    * @default ignores the error
@@ -93,6 +111,7 @@ const SQLITE_STORE_OPTIONS = {
   busyTimeoutMs: integer(5000, 0, 2_147_483_647),
   dataVersionPollMs: integer(50, 0, 3_600_000),
   maxBatchSize: integer(1000, 1, 100_000),
+  checkpoints: oneOf<SqliteCheckpoints>('background', ['background', 'inline']),
   onError: func<(error: unknown) => void>(() => {}),
 } satisfies { [K in keyof Required<SqliteProgressStoreOptions>]: unknown };
 

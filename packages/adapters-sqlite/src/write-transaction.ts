@@ -18,6 +18,8 @@ export interface WriteTransactionsOptions {
   statements: SqliteStatements;
   cache: RunningTaskCache;
   publisher: ChangePublisher;
+  /** Called after each commit (background checkpoints: the WAL grew). */
+  onCommitted?: (() => void) | undefined;
 }
 
 /** Runs the store's write transactions on its one connection. */
@@ -26,12 +28,14 @@ export class WriteTransactions {
   readonly #q: SqliteStatements;
   readonly #cache: RunningTaskCache;
   readonly #publisher: ChangePublisher;
+  readonly #onCommitted: (() => void) | undefined;
 
   constructor(options: WriteTransactionsOptions) {
     this.#database = options.database;
     this.#q = options.statements;
     this.#cache = options.cache;
     this.#publisher = options.publisher;
+    this.#onCommitted = options.onCommitted;
   }
 
   /**
@@ -58,6 +62,7 @@ export class WriteTransactions {
       this.#q.commit.run();
       this.#cache.committed(this.#readWriteMark());
       this.#publisher.committed(log);
+      this.#onCommitted?.();
       return result;
     } catch (error) {
       rollbackQuietly(this.#database);

@@ -1,0 +1,231 @@
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
+import { ErrorCode, ProgressError } from '@finishline/core';
+import type { SqliteDatabase } from './sqlite-driver.js';
+
+/**
+ * WAL checkpoints on a worker thread instead of in the store's commits.
+ *
+ * In WAL mode, SQLite copies the WAL back into the database file (a checkpoint) inside the commit that
+ * takes the WAL past `wal_autocheckpoint` pages (1,000 by default). better-sqlite3 is synchronous, so
+ * that copy runs on the event loop: measured on 1,000 tasks appending at once, about a quarter of the
+ * store's time went to checkpoints (a store without any ran 108–127k appends/s against 84–88k; with this
+ * worker, 96–103k against 81–88k), and every thousandth page stalls whatever else the process was doing
+ * for the length of the copy.
+ *
+ * Here a worker thread with its own connection to the file runs `PRAGMA wal_checkpoint(PASSIVE)` at
+ * most every {@link CHECKPOINT_INTERVAL_MS} after a commit. A passive checkpoint never blocks the
+ * store's readers or writers (it copies what no reader still needs and stops there), and a writer
+ * restarts the WAL from its start once everything was copied, so the file stays small. The store's
+ * own connection keeps `wal_autocheckpoint` as a safety net at {@link FALLBACK_AUTOCHECKPOINT_PAGES}
+ * (the WAL stays bounded even if the worker falls behind), and gets its own setting back (SQLite's
+ * default is 1,000 pages) when the worker fails or the store closes.
+ *
+ * The worker is started by the first commit, not when the store opens: a store that never writes
+ * never starts a thread. It holds nothing alive (`unref`), and `stop()` ends it.
+ *
+ * @module
+ */
+
+/**
+ * Least time between two background checkpoints, in milliseconds: a commit marks the WAL dirty and the
+ * worker checkpoints this long after the first mark, so a burst of commits costs one checkpoint per
+ * interval, and an idle store none.
+ */
+export const CHECKPOINT_INTERVAL_MS = 20;
+
+/**
+ * `wal_autocheckpoint` of the store's connection while the worker checkpoints: the WAL grows past it
+ * (about 40 MB with 4 KB pages) only if the worker falls behind, and then the store checkpoints inline,
+ * as without a worker.
+ */
+export const FALLBACK_AUTOCHECKPOINT_PAGES = 10_000;
+
+/**
+ * The worker's code, run with `eval` (CommonJS): a file would need its own build entry, and the tests
+ * run the sources, where a worker cannot load TypeScript. It gets better-sqlite3's path, the database
+ * file and a shared flag: 1 while a commit is waiting for a checkpoint. A busy checkpoint (another
+ * connection's checkpoint running) is skipped; any other failure is reported, and the worker ends.
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.betterSqlite3);
+const db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
+const flag = new Int32Array(workerData.flag);
+let scheduled = false;
+function checkpoint() {
+  scheduled = false;
+  Atomics.store(flag, 0, 0);
+  try {
+    const [row] = db.pragma('wal_checkpoint(PASSIVE)');
+    parentPort.postMessage({ frames: row.checkpointed });
+  } catch (error) {
+    if (error && error.code === 'SQLITE_BUSY') return;
+    throw error;
+  }
+}
+parentPort.on('message', (message) => {
+  if (message === 'stop') {
+    db.close();
+    process.exit(0);
+  }
+  if (!scheduled) {
+    scheduled = true;
+    setTimeout(checkpoint, workerData.intervalMs);
+  }
+});
+`;
+
+/** The background checkpoints since the store opened. */
+export interface CheckpointStats {
+  /**
+   * The worker: `'idle'` before the first commit started it, `'running'`, `'failed'` (the store
+   * checkpoints inline since; the failure went to `onError`), `'stopped'` once `close()` ended it.
+   */
+  worker: 'idle' | 'running' | 'failed' | 'stopped';
+  /** Checkpoints the worker ran. */
+  checkpoints: number;
+  /** WAL frames (pages) they copied into the database file. */
+  framesCheckpointed: number;
+}
+
+/** What {@link BackgroundCheckpoints} needs. */
+export interface BackgroundCheckpointsOptions {
+  /** The store's connection, in WAL mode. */
+  database: SqliteDatabase;
+  /** Receives the worker's failure (the store then checkpoints inline, as without a worker). */
+  onError: (error: unknown) => void;
+}
+
+function autocheckpoint(database: SqliteDatabase): number {
+  const row = database.prepare('PRAGMA wal_autocheckpoint').get() as { wal_autocheckpoint: number };
+  return row.wal_autocheckpoint;
+}
+
+// An integer read from SQLite or a constant, not input: PRAGMA arguments cannot be bound.
+function setAutocheckpoint(database: SqliteDatabase, pages: number): void {
+  database.prepare(`PRAGMA wal_autocheckpoint = ${Math.trunc(pages)}`).get();
+}
+
+/** @internal */
+export class BackgroundCheckpoints {
+  readonly #database: SqliteDatabase;
+  /** The database file's absolute path, which the worker opens. */
+  readonly #file: string;
+  /**
+   * The connection's `wal_autocheckpoint` before the store raised it (SQLite's default is 1,000 pages),
+   * given back when the worker fails or stops: a connection the caller owns outlives the store.
+   */
+  readonly #ownAutocheckpoint: number;
+  readonly #onError: (error: unknown) => void;
+  /** `[0]` is 1 from a commit until the worker's next checkpoint starts. */
+  readonly #flag = new Int32Array(new SharedArrayBuffer(4));
+  #worker: Worker | undefined;
+  /** No worker any more: it failed, or `stop()` was called. Commits then mark nothing. */
+  #ended = false;
+  readonly #stats: CheckpointStats = { worker: 'idle', checkpoints: 0, framesCheckpointed: 0 };
+
+  constructor(options: BackgroundCheckpointsOptions, file: string) {
+    this.#database = options.database;
+    this.#file = file;
+    this.#onError = options.onError;
+    this.#ownAutocheckpoint = autocheckpoint(this.#database);
+    setAutocheckpoint(this.#database, FALLBACK_AUTOCHECKPOINT_PAGES);
+  }
+
+  /**
+   * Background checkpoints for `options.database`, or `undefined` when it has no file another
+   * connection can open (in memory, or a temporary database): those are checkpointed inline.
+   */
+  static start(options: BackgroundCheckpointsOptions): BackgroundCheckpoints | undefined {
+    if (options.database.memory === true) return undefined;
+    const rows = options.database.prepare('PRAGMA database_list').all() as { name: string; file: string }[];
+    const file = rows.find((row) => row.name === 'main')?.file ?? '';
+    return file === '' ? undefined : new BackgroundCheckpoints(options, file);
+  }
+
+  get stats(): CheckpointStats {
+    return { ...this.#stats };
+  }
+
+  /** Called after each commit: asks the worker for a checkpoint unless one is already asked for. */
+  committed(): void {
+    if (this.#ended) return;
+    if (Atomics.exchange(this.#flag, 0, 1) === 1) return;
+    this.#worker ??= this.#start();
+    this.#worker?.postMessage('checkpoint');
+  }
+
+  /**
+   * Ends the worker and gives the connection its own `wal_autocheckpoint` back (call it before closing the
+   * connection); resolves once the worker exited.
+   */
+  async stop(): Promise<void> {
+    if (!this.#ended) {
+      this.#stats.worker = 'stopped';
+      setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
+    }
+    this.#ended = true;
+    const worker = this.#worker;
+    this.#worker = undefined;
+    if (worker === undefined) return;
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    // Held alive until it exited: unref'd, a process with nothing else to do would end before `exit`,
+    // and whoever awaits close() would never resume.
+    worker.ref();
+    worker.postMessage('stop');
+    await exited;
+  }
+
+  #start(): Worker | undefined {
+    try {
+      const worker = new Worker(WORKER_SOURCE, {
+        eval: true,
+        workerData: {
+          betterSqlite3: createRequire(import.meta.url).resolve('better-sqlite3'),
+          file: this.#file,
+          flag: this.#flag.buffer,
+          intervalMs: CHECKPOINT_INTERVAL_MS,
+        },
+      });
+      worker.unref();
+      this.#stats.worker = 'running';
+      worker.on('message', (message: { frames: number }) => {
+        this.#stats.checkpoints += 1;
+        this.#stats.framesCheckpointed += Math.max(0, message.frames);
+      });
+      worker.on('error', (error) => this.#failed(worker, error));
+      worker.on('exit', (code) => {
+        if (code !== 0) this.#failed(worker, new Error(`the checkpoint worker exited with code ${code}`));
+      });
+      return worker;
+    } catch (error) {
+      this.#failed(undefined, error);
+      return undefined;
+    }
+  }
+
+  /**
+   * The worker is gone: the store's connection checkpoints inline again (at its own `wal_autocheckpoint`),
+   * and the failure is reported once.
+   */
+  #failed(worker: Worker | undefined, cause: unknown): void {
+    if (this.#ended || worker !== this.#worker) return;
+    this.#ended = true;
+    this.#worker = undefined;
+    this.#stats.worker = 'failed';
+    try {
+      setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
+    } finally {
+      this.#onError(
+        new ProgressError(
+          ErrorCode.StoreUnavailable,
+          `Background WAL checkpoints stopped (the store checkpoints in its commits from now on): ${
+            cause instanceof Error ? cause.message : String(cause)
+          }`,
+          { cause },
+        ),
+      );
+    }
+  }
+}

@@ -1,0 +1,106 @@
+import { rmSync } from 'node:fs';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { FALLBACK_AUTOCHECKPOINT_PAGES } from '../src/background-checkpoints.js';
+import { SqliteProgressStore } from '../src/index.js';
+import { eventually, tempDatabase } from './support/temp-database.js';
+
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** A store on its own connection to a fresh file (the connection is the test's, to read its pragmas). */
+function storeOnFile(
+  options: { checkpoints?: 'background' | 'inline'; onError?: (error: unknown) => void } = {},
+) {
+  const temp = tempDatabase();
+  const database = new Database(temp.file);
+  const store = new SqliteProgressStore({ database, dataVersionPollMs: 0, ...options });
+  cleanups.push(
+    temp.remove,
+    () => {
+      database.close();
+    },
+    () => store.close(),
+  );
+  return { store, database, file: temp.file };
+}
+
+const autocheckpoint = (database: Database.Database) =>
+  database.pragma('wal_autocheckpoint', { simple: true });
+
+/** Enough appends to put a few hundred pages in the WAL. */
+async function appendSome(store: SqliteProgressStore, count = 300): Promise<void> {
+  const task = await store.createTask({ owner: 'o', kind: 'k' });
+  for (let i = 0; i < count; i++) await store.append(task.id, { type: 'item', key: `item-${i}`, ok: true });
+}
+
+describe("checkpoints: 'background' (the default)", () => {
+  it('copies the WAL into the file on a worker thread after commits; the store’s connection keeps a high fallback', async () => {
+    const { store, database } = storeOnFile();
+    expect(autocheckpoint(database)).toBe(FALLBACK_AUTOCHECKPOINT_PAGES);
+    expect(store.checkpointStats()).toEqual({ worker: 'idle', checkpoints: 0, framesCheckpointed: 0 });
+    await appendSome(store);
+    await eventually('a background checkpoint', () => (store.checkpointStats()?.framesCheckpointed ?? 0) > 0);
+    // What the worker copied is all there was: a checkpoint on the store's connection finds nothing left.
+    await eventually('the WAL fully copied', () => {
+      const [row] = database.pragma('wal_checkpoint(PASSIVE)') as { log: number; checkpointed: number }[];
+      return row !== undefined && row.log === row.checkpointed;
+    });
+  });
+
+  it('starts no worker before the first commit, and close() ends it', async () => {
+    const { store, database } = storeOnFile();
+    await store.getTask('nothing-written');
+    expect(store.checkpointStats()?.worker).toBe('idle');
+    await appendSome(store, 10);
+    expect(store.checkpointStats()?.worker).toBe('running');
+    await eventually('a background checkpoint', () => (store.checkpointStats()?.checkpoints ?? 0) > 0);
+    // Resolves once the worker exited.
+    await store.close();
+    expect(store.checkpointStats()?.worker).toBe('stopped');
+    // The connection is the test's, and outlives the store: its own setting is back.
+    expect(autocheckpoint(database)).toBe(1000);
+  });
+
+  it('goes back to inline checkpoints, and says so on onError, when the worker cannot open the file', async () => {
+    const errors: unknown[] = [];
+    const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
+    // The store's connection keeps the file it opened; the worker, opening it by name, finds none.
+    rmSync(file);
+    await appendSome(store, 20);
+    await eventually('the worker’s failure reported', () => errors.length > 0);
+    expect(errors).toHaveLength(1);
+    expect(isProgressError(errors[0]) && errors[0].code).toBe(ErrorCode.StoreUnavailable);
+    expect(String((errors[0] as Error).message)).toMatch(/Background WAL checkpoints stopped/);
+    expect(autocheckpoint(database)).toBe(1000);
+    expect(store.checkpointStats()?.worker).toBe('failed');
+    // The store goes on working.
+    await appendSome(store, 5);
+    expect(errors).toHaveLength(1);
+  });
+});
+
+describe("checkpoints: 'inline'", () => {
+  it('leaves SQLite’s own checkpoints in the commits and starts no worker', async () => {
+    const { store, database } = storeOnFile({ checkpoints: 'inline' });
+    expect(autocheckpoint(database)).toBe(1000);
+    await appendSome(store, 20);
+    expect(store.checkpointStats()).toBeUndefined();
+  });
+
+  it('is what a database in memory gets whatever the option says', async () => {
+    const store = new SqliteProgressStore({ database: ':memory:' });
+    cleanups.push(() => store.close());
+    await appendSome(store, 5);
+    expect(store.checkpointStats()).toBeUndefined();
+  });
+
+  it('refuses an unknown value with invalid_input', () => {
+    expect(
+      () => new SqliteProgressStore({ database: ':memory:', checkpoints: 'never' as 'inline' }),
+    ).toThrowError(expect.objectContaining({ code: ErrorCode.InvalidInput }));
+  });
+});
