@@ -10,27 +10,35 @@ import type { SqliteDatabase } from './sqlite-driver.js';
  * takes the WAL past `wal_autocheckpoint` pages (1,000 by default). better-sqlite3 is synchronous, so
  * that copy runs on the event loop: measured on 1,000 tasks appending at once, about a quarter of the
  * store's time went to checkpoints (a store without any ran 108–127k appends/s against 84–88k; with this
- * worker, 96–103k against 81–88k), and every thousandth page stalls whatever else the process was doing
+ * worker, `bench:store` ran 105–117k against 86–92k), and every thousandth page stalls whatever else the process was doing
  * for the length of the copy.
  *
- * Here a worker thread with its own connection to the file runs `PRAGMA wal_checkpoint(PASSIVE)` at
- * most every {@link CHECKPOINT_INTERVAL_MS} after a commit. A passive checkpoint never blocks the
+ * Here a worker thread with its own connection to the file runs `PRAGMA wal_checkpoint(PASSIVE)` once
+ * {@link CHECKPOINT_AFTER_ROWS} rows changed, at most every {@link CHECKPOINT_INTERVAL_MS}. A passive checkpoint never blocks the
  * store's readers or writers (it copies what no reader still needs and stops there), and a writer
  * restarts the WAL from its start once everything was copied, so the file stays small. The store's
  * own connection keeps `wal_autocheckpoint` as a safety net at {@link FALLBACK_AUTOCHECKPOINT_PAGES}
  * (the WAL stays bounded even if the worker falls behind), and gets its own setting back (SQLite's
  * default is 1,000 pages) when the worker fails or the store closes.
  *
- * The worker is started by the first commit, not when the store opens: a store that never writes
- * never starts a thread. It holds nothing alive (`unref`), and `stop()` ends it.
+ * The worker is started the first time it is asked for a checkpoint, not when the store opens: a store
+ * that writes little never starts a thread. It holds nothing alive (`unref`), and `stop()` ends it.
  *
  * @module
  */
 
 /**
- * Least time between two background checkpoints, in milliseconds: a commit marks the WAL dirty and the
- * worker checkpoints this long after the first mark, so a burst of commits costs one checkpoint per
- * interval, and an idle store none.
+ * Rows changed (inserted, updated, deleted) on the store's connection after which it asks the worker for
+ * a checkpoint. A row dirties about one page of each B-tree it is in, so this is SQLite's own threshold
+ * (1,000 pages) counted in rows: a thousand single-event commits (a task's progress, at its pace) ask for
+ * one checkpoint, not a thousand (measured: a checkpoint per commit, each with its sync, cost the x10
+ * benchmark's SQLite replica 15 % more CPU), while a batch of a thousand appends asks for one at once.
+ */
+export const CHECKPOINT_AFTER_ROWS = 1000;
+
+/**
+ * Least time between two background checkpoints, in milliseconds: the worker checkpoints this long after
+ * it was asked, so commits that keep asking cost one checkpoint per interval.
  */
 export const CHECKPOINT_INTERVAL_MS = 20;
 
@@ -79,7 +87,7 @@ parentPort.on('message', (message) => {
 /** The background checkpoints since the store opened. */
 export interface CheckpointStats {
   /**
-   * The worker: `'idle'` before the first commit started it, `'running'`, `'failed'` (the store
+   * The worker: `'idle'` before the first checkpoint started it, `'running'`, `'failed'` (the store
    * checkpoints inline since; the failure went to `onError`), `'stopped'` once `close()` ended it.
    */
   worker: 'idle' | 'running' | 'failed' | 'stopped';
@@ -121,6 +129,8 @@ export class BackgroundCheckpoints {
   /** `[0]` is 1 from a commit until the worker's next checkpoint starts. */
   readonly #flag = new Int32Array(new SharedArrayBuffer(4));
   #worker: Worker | undefined;
+  /** The connection's `total_changes()` when it last asked for a checkpoint. */
+  #changesAtLastAsk = 0;
   /** No worker any more: it failed, or `stop()` was called. Commits then mark nothing. */
   #ended = false;
   readonly #stats: CheckpointStats = { worker: 'idle', checkpoints: 0, framesCheckpointed: 0 };
@@ -148,9 +158,14 @@ export class BackgroundCheckpoints {
     return { ...this.#stats };
   }
 
-  /** Called after each commit: asks the worker for a checkpoint unless one is already asked for. */
-  committed(): void {
-    if (this.#ended) return;
+  /**
+   * Called after each commit with the connection's `total_changes()`: asks the worker for a checkpoint
+   * once {@link CHECKPOINT_AFTER_ROWS} rows changed since the last time it asked, unless one is already
+   * asked for. (Commits outside the write transactions, a task's creation, are counted by the next one.)
+   */
+  committed(totalChanges: number): void {
+    if (this.#ended || totalChanges - this.#changesAtLastAsk < CHECKPOINT_AFTER_ROWS) return;
+    this.#changesAtLastAsk = totalChanges;
     if (Atomics.exchange(this.#flag, 0, 1) === 1) return;
     this.#worker ??= this.#start();
     this.#worker?.postMessage('checkpoint');

@@ -187,8 +187,6 @@ export class SqliteProgressStore implements ProgressStore {
       if (Number(changes) === 0) {
         throw taskAlreadyExists(id);
       }
-      // A commit of its own (one statement, outside the write transactions).
-      this.#checkpoints?.committed();
       return task;
     });
   }

@@ -18,8 +18,11 @@ export interface WriteTransactionsOptions {
   statements: SqliteStatements;
   cache: RunningTaskCache;
   publisher: ChangePublisher;
-  /** Called after each commit (background checkpoints: the WAL grew). */
-  onCommitted?: (() => void) | undefined;
+  /**
+   * Called after each commit with the connection's `total_changes()` (rows it inserted, updated or
+   * deleted since it opened): background checkpoints count the WAL's growth by it.
+   */
+  onCommitted?: ((totalChanges: number) => void) | undefined;
 }
 
 /** Runs the store's write transactions on its one connection. */
@@ -28,7 +31,7 @@ export class WriteTransactions {
   readonly #q: SqliteStatements;
   readonly #cache: RunningTaskCache;
   readonly #publisher: ChangePublisher;
-  readonly #onCommitted: (() => void) | undefined;
+  readonly #onCommitted: ((totalChanges: number) => void) | undefined;
 
   constructor(options: WriteTransactionsOptions) {
     this.#database = options.database;
@@ -49,7 +52,7 @@ export class WriteTransactions {
     this.#q.begin.run();
     try {
       // Checked under the write lock, so no other writer can slip in after the check.
-      const nothingElseWrote = this.#cache.validate(this.#readWriteMark());
+      const nothingElseWrote = this.#cache.validate(this.#readWriteMark().text);
       const log = this.#publisher.startLog();
       // Only another writer (a restore included) can have taken the file back under the mark.
       if (!nothingElseWrote) this.#publisher.checkMark(log);
@@ -60,9 +63,10 @@ export class WriteTransactions {
       // before the commit, so a failure rolls the work back instead of losing their changes.
       if (log.idsWentBack) this.#publisher.readAll(log);
       this.#q.commit.run();
-      this.#cache.committed(this.#readWriteMark());
+      const mark = this.#readWriteMark();
+      this.#cache.committed(mark.text);
       this.#publisher.committed(log);
-      this.#onCommitted?.();
+      this.#onCommitted?.(mark.changes);
       return result;
     } catch (error) {
       rollbackQuietly(this.#database);
@@ -71,8 +75,9 @@ export class WriteTransactions {
     }
   }
 
-  #readWriteMark(): string {
+  /** The write mark as `RunningTaskCache` compares it, and the connection's `total_changes()` in it. */
+  #readWriteMark(): { text: string; changes: number } {
     const row = this.#q.writeMark.get() as { changes: number | bigint; version: number | bigint };
-    return `${row.changes}:${row.version}`;
+    return { text: `${row.changes}:${row.version}`, changes: Number(row.changes) };
   }
 }

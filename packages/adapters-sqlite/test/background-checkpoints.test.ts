@@ -31,8 +31,11 @@ function storeOnFile(
 const autocheckpoint = (database: Database.Database) =>
   database.pragma('wal_autocheckpoint', { simple: true });
 
-/** Enough appends to put a few hundred pages in the WAL. */
-async function appendSome(store: SqliteProgressStore, count = 300): Promise<void> {
+/**
+ * `count` appends to a new task: about twice as many rows changed (the event, the task's row), so the
+ * default asks for a checkpoint (CHECKPOINT_AFTER_ROWS, 1,000).
+ */
+async function appendSome(store: SqliteProgressStore, count = 600): Promise<void> {
   const task = await store.createTask({ owner: 'o', kind: 'k' });
   for (let i = 0; i < count; i++) await store.append(task.id, { type: 'item', key: `item-${i}`, ok: true });
 }
@@ -55,7 +58,10 @@ describe("checkpoints: 'background' (the default)", () => {
     const { store, database } = storeOnFile();
     await store.getTask('nothing-written');
     expect(store.checkpointStats()?.worker).toBe('idle');
-    await appendSome(store, 10);
+    // Fewer rows than ask for a checkpoint: still no thread.
+    await appendSome(store, 100);
+    expect(store.checkpointStats()?.worker).toBe('idle');
+    await appendSome(store);
     expect(store.checkpointStats()?.worker).toBe('running');
     await eventually('a background checkpoint', () => (store.checkpointStats()?.checkpoints ?? 0) > 0);
     // Resolves once the worker exited.
@@ -70,7 +76,7 @@ describe("checkpoints: 'background' (the default)", () => {
     const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
     // The store's connection keeps the file it opened; the worker, opening it by name, finds none.
     rmSync(file);
-    await appendSome(store, 20);
+    await appendSome(store);
     await eventually('the worker’s failure reported', () => errors.length > 0);
     expect(errors).toHaveLength(1);
     expect(isProgressError(errors[0]) && errors[0].code).toBe(ErrorCode.StoreUnavailable);
