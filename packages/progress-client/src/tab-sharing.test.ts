@@ -164,6 +164,22 @@ function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> =
 }
 
 /**
+ * Two tabs of one browser, each with a client acking at once; the first (the leader) watches `t1`, so the
+ * real socket is open and stays open while the tests' watches of other tasks come and go.
+ */
+async function twoTabsOnOneSocket() {
+  const browser = new Browser();
+  const server = new FakeServer();
+  const [early, late] = [browser.tab(), browser.tab()].map((tab) =>
+    clientIn(tab, server, { ackDelayMs: 0 }),
+  ) as [ProgressClient, ProgressClient];
+  const keep = early.watch('t1');
+  const real = await acceptReal(server, 1);
+  await vi.waitFor(() => expect(early.state).toBe('open'));
+  return { early, late, keep, real };
+}
+
+/**
  * Runs `run`, collecting what reaches `uncaughtException` meanwhile (a throw out of a channel or socket
  * handler), and returns it.
  */
@@ -771,14 +787,7 @@ describe('tab sharing', () => {
   });
 
   it('a task refused to one tab, then created and watched by another, is unsubscribed when that tab lets go of it', async () => {
-    const browser = new Browser();
-    const server = new FakeServer();
-    const [early, late] = [browser.tab(), browser.tab()].map((tab) =>
-      clientIn(tab, server, { ackDelayMs: 0 }),
-    ) as [ProgressClient, ProgressClient];
-    const keep = early.watch('t1');
-    const real = await acceptReal(server, 1);
-    await vi.waitFor(() => expect(early.state).toBe('open'));
+    const { early, late, keep, real } = await twoTabsOnOneSocket();
     const refused = early.watch('t2');
     await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
     real.push({ type: 'error', code: 'task_not_found', message: 'no', taskId: 't2' });
@@ -801,14 +810,7 @@ describe('tab sharing', () => {
   });
 
   it("a refusal goes to the tab whose subscribe it answers: a tab that subscribed a task just after another tab's subscribe of it was refused still watches it", async () => {
-    const browser = new Browser();
-    const server = new FakeServer();
-    const [early, late] = [browser.tab(), browser.tab()].map((tab) =>
-      clientIn(tab, server, { ackDelayMs: 0 }),
-    ) as [ProgressClient, ProgressClient];
-    const keep = early.watch('t1');
-    const real = await acceptReal(server, 1);
-    await vi.waitFor(() => expect(early.state).toBe('open'));
+    const { early, late, keep, real } = await twoTabsOnOneSocket();
     // One tab subscribes before the task exists; the task is created; the other tab subscribes it, and its
     // subscribe reaches the server after the first one was refused there.
     const refused = early.watch('t2');
