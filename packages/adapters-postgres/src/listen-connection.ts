@@ -1,4 +1,4 @@
-import type { Clock, ProgressError } from '@finishline/core';
+import { type Clock, ErrorCode, ProgressError } from '@finishline/core';
 import type { BackoffOptions } from '@finishline/core/internal';
 import { backoffDelayMs, exhaustive } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
@@ -242,6 +242,11 @@ export class ListenConnection {
   #barrierTimer: ReturnType<typeof setTimeout> | undefined;
   #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
   #connecting: Promise<void> | undefined;
+  /**
+   * Gives up the wait for the current client's `connect()`, while it runs: pg 8 never settles a connect
+   * that `end()` interrupted, so {@link #endClient} settles the wait instead (see {@link #connect}).
+   */
+  #abandonConnect: ((reason: ProgressError) => void) | undefined;
 
   constructor(options: ListenConnectionOptions) {
     this.#options = options;
@@ -309,7 +314,7 @@ export class ListenConnection {
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
-    await client.connect();
+    await this.#connect(client);
     await client.query(this.#statements.listen);
     const mark = this.#watermark;
     let xmin: bigint | undefined;
@@ -334,6 +339,27 @@ export class ListenConnection {
     this.#failedAttempts = 0;
     this.#lastConnectedAt = this.#options.clock();
     this.#scheduleBarrier(generation);
+  }
+
+  /**
+   * `client.connect()`, given up when the client is ended first ({@link #endClient}: the store closes, the
+   * connection is replaced, or the client failed or ended, which {@link #lost} handles). In pg 8, `end()`
+   * during a connect marks the socket's end as deliberate, and the connect is then called back neither
+   * with an error nor without: awaited alone, it held `close()` forever, and left every connect that a
+   * replacement interrupted pending. The client's own 'error' and 'end' listeners ({@link #open}) end it,
+   * so nothing more is registered per attempt.
+   */
+  async #connect(client: PgListenClient): Promise<void> {
+    let abandon!: (reason: ProgressError) => void;
+    const abandoned = new Promise<never>((_, reject) => {
+      abandon = reject;
+    });
+    this.#abandonConnect = abandon;
+    try {
+      await Promise.race([client.connect(), abandoned]);
+    } finally {
+      if (this.#abandonConnect === abandon) this.#abandonConnect = undefined;
+    }
   }
 
   /** The re-read from `mark` (`undefined`: nothing, only the snapshot's `xmin`); see the module doc. */
@@ -524,7 +550,7 @@ export class ListenConnection {
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;
     this.#clearWatchdog();
-    void this.#endClient();
+    void this.#endClient(this.#lastError);
     if (!this.#started) return; // start() reports the failure itself
     this.#options.onError(this.#lastError);
     this.#scheduleReconnect();
@@ -558,9 +584,24 @@ export class ListenConnection {
     }
   }
 
-  async #endClient(): Promise<void> {
+  /**
+   * Ends the current client; a wait for its `connect()` fails with `reason`, by default `closed` once the
+   * store closes and `store_unavailable` otherwise (the connection was replaced).
+   */
+  async #endClient(reason?: ProgressError): Promise<void> {
     const client = this.#client;
     this.#client = undefined;
+    const abandon = this.#abandonConnect;
+    this.#abandonConnect = undefined;
+    abandon?.(
+      reason ??
+        (this.#closed
+          ? new ProgressError(ErrorCode.Closed, 'The store closed while the LISTEN connection was connecting')
+          : new ProgressError(
+              ErrorCode.StoreUnavailable,
+              'The LISTEN connection was replaced while connecting',
+            )),
+    );
     if (client === undefined) return;
     try {
       await client.end();

@@ -61,7 +61,7 @@ function recordingListenClients() {
           await connectGate.promise;
           connecting -= 1;
           if (connectFailure !== undefined) throw connectFailure;
-          // Ended while held: a real connect in progress would have failed.
+          // Ended while held: connecting now would open a connection that nobody ends.
           if (ended) throw new Error('The client was ended while connecting');
         }
         return connect();
@@ -103,8 +103,8 @@ function recordingListenClients() {
     holdConnect() {
       const closed = gate();
       connectHeld = closed;
-      // A failed test's cleanup fails the held connect: a real connect that close() then ends never
-      // settles (pg 8 calls back no connect that end() interrupted), and the close would wait for it.
+      // A failed test's cleanup fails the held connect, so nothing is left waiting on its gate (close()
+      // does not wait for a connect it interrupted: listen-connect-interrupted.test.ts).
       releases.push(() => {
         if (connectHeld !== closed) return;
         connectFailure = new Error('Released by the cleanup of a failed test');

@@ -1,0 +1,122 @@
+import { type AddressInfo, createServer, type Socket } from 'node:net';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
+import { eventually, pgUrl, storeFixtures } from './support.js';
+
+/**
+ * A `LISTEN` connect that the store interrupts: `close()`, or `forgetSeqs()` replacing the connection,
+ * while the client's `connect()` is in progress. pg 8 never settles a connect that `end()` interrupted
+ * (the socket's end is then deliberate, so it calls the connect back neither with an error nor
+ * without), so whatever waits for that connect alone waits forever. A server that accepted the
+ * connection and has not answered yet (a failover, a restart, an overloaded host) keeps the connect in
+ * progress for as long as a test needs, with a real `pg.Client`.
+ */
+
+const { admin, pool, migrated } = storeFixtures('connect');
+
+/**
+ * A TCP server that accepts connections, reads what they send and never answers; it closes a
+ * connection when the client ends it, as Postgres does.
+ */
+async function silentServer() {
+  const sockets = new Set<Socket>();
+  let startups = 0;
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.once('data', () => {
+      startups += 1;
+    });
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = new URL(pgUrl());
+  url.hostname = '127.0.0.1';
+  url.port = String((server.address() as AddressInfo).port);
+  return {
+    url: url.toString(),
+    /** Clients whose startup message arrived: their `connect()` is in progress. */
+    startups: () => startups,
+    /** Connections not closed yet. */
+    open: () => sockets.size,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+const servers: Array<{ close(): Promise<void> }> = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((server) => server.close()));
+});
+
+/**
+ * A store whose `LISTEN` clients connect to the test server until `silence()` is called, and to a
+ * silent server from then on. Not closed by the fixtures: a close that never returns would hold the
+ * cleanup too.
+ */
+async function storeWithSilenceableListener() {
+  const schema = await migrated();
+  const silent = await silentServer();
+  servers.push(silent);
+  let silenced = false;
+  const factory = (): PgListenClient =>
+    new pg.Client({ connectionString: silenced ? silent.url : pgUrl() }) as unknown as PgListenClient;
+  const store = await PostgresProgressStore.open({
+    pool: pool(),
+    migrate: false,
+    schema,
+    listenClient: factory,
+    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+  });
+  return {
+    store,
+    silent,
+    /** Makes the listener reconnect to the silent server, and resolves once that connect is in progress. */
+    async reconnectToSilence() {
+      silenced = true;
+      await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
+      await eventually('the reconnect is connecting to the silent server', () => silent.startups() > 0);
+    },
+  };
+}
+
+/**
+ * Whether `closing` settled within `limitMs`: a liveness bound (a close that is waiting for nothing
+ * returns in milliseconds), so a close that never returns fails the test with a message instead of
+ * the test's timeout.
+ */
+async function settlesWithin(closing: Promise<void>, limitMs = 5000): Promise<'closed' | 'still waiting'> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const waited = new Promise<'still waiting'>((resolve) => {
+    timer = setTimeout(() => resolve('still waiting'), limitMs);
+  });
+  try {
+    return await Promise.race([closing.then(() => 'closed' as const), waited]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe('a LISTEN connect in progress', () => {
+  it('does not hold close(): it returns, and the client of the connect is ended', async () => {
+    const { store, silent, reconnectToSilence } = await storeWithSilenceableListener();
+    await reconnectToSilence();
+
+    expect(await settlesWithin(store.close()), 'store.close() during the connect').toBe('closed');
+    await eventually('the interrupted client closes its connection', () => silent.open() === 0);
+  });
+
+  it('replaced by forgetSeqs() is not left pending: a close() right after returns', async () => {
+    const { store, silent, reconnectToSilence } = await storeWithSilenceableListener();
+    await reconnectToSilence();
+
+    // The replaced connect's client is ended at once; close() runs before the replacement starts, so
+    // the only connect it could wait for is the replaced one.
+    store.changes.forgetSeqs();
+    expect(await settlesWithin(store.close()), 'store.close() after the connect was replaced').toBe('closed');
+    await eventually('the replaced client closes its connection', () => silent.open() === 0);
+  });
+});
