@@ -127,6 +127,22 @@ function recordingListenClients() {
   };
 }
 
+/**
+ * A migrated schema and a store on it whose `LISTEN` clients `listen` records, reconnecting within 5–20 ms,
+ * with `extra` options.
+ */
+async function observedStore(extra: Partial<Parameters<typeof open>[0]> = {}) {
+  const schema = await migrated();
+  const listen = recordingListenClients();
+  const observer = await open({
+    schema,
+    listenClient: listen.factory,
+    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    ...extra,
+  });
+  return { schema, listen, observer };
+}
+
 /** A node of `EXPLAIN (ANALYZE, FORMAT JSON)`, the parts read here. */
 interface PlanNode {
   'Node Type': string;
@@ -189,15 +205,8 @@ describe('the re-read from a mark of 0', () => {
   });
 
   it('counts as connected while the replacement of a healthy connection connects, until it fails', async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
     const errors: string[] = [];
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-      onError: (error) => errors.push(error.message),
-    });
+    const { listen, observer } = await observedStore({ onError: (error) => errors.push(error.message) });
     listen.holdConnect();
     listen.arm();
     observer.changes.forgetSeqs();
@@ -214,16 +223,8 @@ describe('the re-read from a mark of 0', () => {
   });
 
   it('counts as disconnected once the replacement has not listened within the barrier timeout', async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
     const clock = new ManualClock(1_000_000);
-    const observer = await open({
-      schema,
-      clock: clock.now,
-      listenClient: listen.factory,
-      watermarkIntervalMs: 1000,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
+    const { listen, observer } = await observedStore({ clock: clock.now, watermarkIntervalMs: 1000 });
     listen.holdConnect();
     listen.arm();
     observer.changes.forgetSeqs();
@@ -238,13 +239,7 @@ describe('the re-read from a mark of 0', () => {
   });
 
   it('stays disconnected when the connection it replaces was down', async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
+    const { listen, observer } = await observedStore();
     listen.holdConnect();
     listen.arm();
     const pid = observer.changes.health().listenerPid;
@@ -258,13 +253,7 @@ describe('the re-read from a mark of 0', () => {
   });
 
   it("reads one row per task, not one per event, and reports each task's latest seq and end", async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
+    const { schema, listen, observer } = await observedStore();
     // Created, never appended to: nothing to report (seq 0), as before.
     await observer.createTask({ id: 'fresh', owner: 'alice', kind: 'k' });
     const tasks = 200;
@@ -301,13 +290,7 @@ describe('the re-read from a mark of 0', () => {
   });
 
   it(`reads the tasks in pages of at most ${REREAD_CHUNK_ROWS} rows, so its memory stays bounded`, async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
+    const { schema, listen, observer } = await observedStore();
     const tasks = 2 * REREAD_CHUNK_ROWS + 500;
     await fill(schema, tasks, 1);
     const recorder = new Recorder(observer);
@@ -329,13 +312,7 @@ describe('the re-read from a mark of 0', () => {
   it.each(['forgetSeqs()', 'a reconnect'])(
     'publishes a large re-read after %s in chunks, the event loop turning in between, in order',
     async (cause) => {
-      const schema = await migrated();
-      const listen = recordingListenClients();
-      const observer = await open({
-        schema,
-        listenClient: listen.factory,
-        reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-      });
+      const { schema, observer } = await observedStore();
       const tasks = 3 * REREAD_CHUNK_ROWS + 1;
       // Written without notifications: only the re-read can find them.
       await fill(schema, tasks, 2);
@@ -368,13 +345,7 @@ describe('the re-read from a mark of 0', () => {
   );
 
   it('counts as connected while it runs: LISTEN is on, so commits made meanwhile are published', async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
-    const observer = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
+    const { schema, listen, observer } = await observedStore();
     const writer = await open({ schema });
     await fill(schema, 10, 3);
     const recorder = new Recorder(observer);
@@ -432,13 +403,7 @@ describe('the re-read from a mark of 0', () => {
 
 describe('a server on the store while the re-read from a mark of 0 runs', () => {
   it('stays ready: GET /healthz answers 200 after the epoch was renewed, while the new connection connects, until and after the re-read', async () => {
-    const schema = await migrated();
-    const listen = recordingListenClients();
-    const store = await open({
-      schema,
-      listenClient: listen.factory,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    });
+    const { schema, listen, observer: store } = await observedStore();
     const server = await ProgressServer.listen(
       { store, authenticate: () => ({ id: 'alice' }), heartbeatIntervalMs: 50, healthDetails: 'public' },
       { port: 0, host: '127.0.0.1' },
