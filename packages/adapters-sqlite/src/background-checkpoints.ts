@@ -51,19 +51,17 @@ export const FALLBACK_AUTOCHECKPOINT_PAGES = 10_000;
 
 /**
  * The worker's code, run with `eval` (CommonJS): a file would need its own build entry, and the tests
- * run the sources, where a worker cannot load TypeScript. It gets better-sqlite3's path, the database
- * file and a shared flag: 1 while a commit is waiting for a checkpoint. A busy checkpoint (another
+ * run the sources, where a worker cannot load TypeScript. It gets better-sqlite3's path and the database
+ * file; requests that come while a checkpoint is already scheduled join it. A busy checkpoint (another
  * connection's checkpoint running) is skipped; any other failure is reported, and the worker ends.
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.betterSqlite3);
 const db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
-const flag = new Int32Array(workerData.flag);
 let scheduled = false;
 function checkpoint() {
   scheduled = false;
-  Atomics.store(flag, 0, 0);
   try {
     const [row] = db.pragma('wal_checkpoint(PASSIVE)');
     parentPort.postMessage({ frames: row.checkpointed });
@@ -126,13 +124,9 @@ export class BackgroundCheckpoints {
    */
   readonly #ownAutocheckpoint: number;
   readonly #onError: (error: unknown) => void;
-  /** `[0]` is 1 from a commit until the worker's next checkpoint starts. */
-  readonly #flag = new Int32Array(new SharedArrayBuffer(4));
   #worker: Worker | undefined;
   /** The connection's `total_changes()` when it last asked for a checkpoint. */
   #changesAtLastAsk = 0;
-  /** No worker any more: it failed, or `stop()` was called. Commits then mark nothing. */
-  #ended = false;
   readonly #stats: CheckpointStats = { worker: 'idle', checkpoints: 0, framesCheckpointed: 0 };
 
   constructor(options: BackgroundCheckpointsOptions, file: string) {
@@ -160,13 +154,12 @@ export class BackgroundCheckpoints {
 
   /**
    * Called after each commit with the connection's `total_changes()`: asks the worker for a checkpoint
-   * once {@link CHECKPOINT_AFTER_ROWS} rows changed since the last time it asked, unless one is already
-   * asked for. (Commits outside the write transactions, a task's creation, are counted by the next one.)
+   * once {@link CHECKPOINT_AFTER_ROWS} rows changed since the last time it asked (the worker joins requests
+   * that come while one is scheduled). (Commits outside the write transactions, a task's creation, are counted by the next one.)
    */
   committed(totalChanges: number): void {
-    if (this.#ended || totalChanges - this.#changesAtLastAsk < CHECKPOINT_AFTER_ROWS) return;
+    if (this.#ended() || totalChanges - this.#changesAtLastAsk < CHECKPOINT_AFTER_ROWS) return;
     this.#changesAtLastAsk = totalChanges;
-    if (Atomics.exchange(this.#flag, 0, 1) === 1) return;
     this.#worker ??= this.#start();
     this.#worker?.postMessage('checkpoint');
   }
@@ -176,11 +169,10 @@ export class BackgroundCheckpoints {
    * connection); resolves once the worker exited.
    */
   async stop(): Promise<void> {
-    if (!this.#ended) {
+    if (!this.#ended()) {
       this.#stats.worker = 'stopped';
       setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
     }
-    this.#ended = true;
     const worker = this.#worker;
     this.#worker = undefined;
     if (worker === undefined) return;
@@ -192,6 +184,11 @@ export class BackgroundCheckpoints {
     await exited;
   }
 
+  /** No worker any more: it failed, or `stop()` was called. Commits then ask for nothing. */
+  #ended(): boolean {
+    return this.#stats.worker === 'failed' || this.#stats.worker === 'stopped';
+  }
+
   #start(): Worker | undefined {
     try {
       const worker = new Worker(WORKER_SOURCE, {
@@ -199,7 +196,6 @@ export class BackgroundCheckpoints {
         workerData: {
           betterSqlite3: createRequire(import.meta.url).resolve('better-sqlite3'),
           file: this.#file,
-          flag: this.#flag.buffer,
           intervalMs: CHECKPOINT_INTERVAL_MS,
         },
       });
@@ -225,8 +221,7 @@ export class BackgroundCheckpoints {
    * and the failure is reported once.
    */
   #failed(worker: Worker | undefined, cause: unknown): void {
-    if (this.#ended || worker !== this.#worker) return;
-    this.#ended = true;
+    if (this.#ended() || worker !== this.#worker) return;
     this.#worker = undefined;
     this.#stats.worker = 'failed';
     try {
