@@ -187,6 +187,7 @@ export class SqliteProgressStore implements ProgressStore {
       if (Number(changes) === 0) {
         throw taskAlreadyExists(id);
       }
+      this.#transactions.autocommitted();
       return task;
     });
   }
@@ -206,6 +207,7 @@ export class SqliteProgressStore implements ProgressStore {
   renewEpoch(): Promise<string> {
     return this.#call('renew the epoch', () => {
       this.#q.updateEpoch.run();
+      this.#transactions.autocommitted();
       return this.#readEpoch();
     });
   }

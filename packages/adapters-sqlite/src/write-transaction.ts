@@ -75,6 +75,16 @@ export class WriteTransactions {
     }
   }
 
+  /**
+   * Reports a write that committed on its own, outside {@link run} (a task's insert), to `onCommitted`:
+   * background checkpoints count every row the connection wrote, and a store that only created tasks would
+   * otherwise never ask for one. The running-row cache keeps its mark: its next check sees the write and
+   * re-reads, as it must (another connection may have written in between).
+   */
+  autocommitted(): void {
+    if (this.#onCommitted !== undefined) this.#onCommitted(this.#readWriteMark().changes);
+  }
+
   /** The write mark as `RunningTaskCache` compares it, and the connection's `total_changes()` in it. */
   #readWriteMark(): { text: string; changes: number } {
     const row = this.#q.writeMark.get() as { changes: number | bigint; version: number | bigint };

@@ -54,6 +54,13 @@ describe("checkpoints: 'background' (the default)", () => {
     });
   });
 
+  it('counts the rows that task inserts wrote: a store that only creates tasks gets its checkpoints too', async () => {
+    const { store } = storeOnFile();
+    // One row each, committed on its own (outside the append transactions): 1,000 ask for a checkpoint.
+    for (let i = 0; i < 1_100; i++) await store.createTask({ owner: 'o', kind: 'k' });
+    await eventually('a background checkpoint', () => (store.checkpointStats()?.framesCheckpointed ?? 0) > 0);
+  });
+
   it('starts no worker before the first commit, and close() ends it', async () => {
     const { store, database } = storeOnFile();
     await store.getTask('nothing-written');
