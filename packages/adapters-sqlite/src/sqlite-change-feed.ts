@@ -178,7 +178,7 @@ export class ChangePublisher {
   /**
    * Adds every task's latest seq to `log` and takes the file's largest event id as its last: the file
    * went back (see the module doc), so what other connections committed to it cannot be told apart by
-   * id. Run inside the write transaction that found it, or on its own by a poll.
+   * id. Run inside the write transaction that found it, or in the snapshot of the poll that did.
    */
   readAll(log: TransactionLog): void {
     const rows = this.#q.latestOfEveryTask.all() as {
@@ -195,8 +195,7 @@ export class ChangePublisher {
     }
     const maxId = rows[0]?.max_id;
     log.lastEventId = maxId == null ? 0 : Number(maxId);
-    // By id, not "the newest": a poll reads outside a transaction, and a newer event would be past the
-    // tasks just read.
+    // The event the statement above counted to, read in the same transaction or snapshot.
     log.lastEvent = maxId == null ? undefined : this.#readEventAt(log.lastEventId);
   }
 
@@ -255,11 +254,23 @@ export class ChangePublisher {
   #catchUp(): void {
     if (this.#stopped) return;
     const log = this.startLog();
-    // Ids only grow in commit order, so reading page by page outside a transaction never skips a row;
-    // unless the file went back (see the module doc).
-    this.checkMark(log);
-    if (log.idsWentBack) this.readAll(log);
-    else this.readSince(log);
+    // The check and the reads see one snapshot: a restore landing between them would pass the check,
+    // then be read past the mark as new commits, and move the mark into the restored file without the
+    // commits made to it below the old mark ever being published.
+    this.#q.pollSnapshot.run();
+    try {
+      this.checkMark(log);
+      if (log.idsWentBack) this.readAll(log);
+      else this.readSince(log);
+    } catch (error) {
+      try {
+        this.#q.endPollSnapshot.run();
+      } catch {
+        // SQLite rolled the transaction back for the error already; the read's error is the one to report.
+      }
+      throw error;
+    }
+    this.#q.endPollSnapshot.run();
     this.committed(log);
     this.drain();
   }

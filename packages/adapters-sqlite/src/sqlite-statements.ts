@@ -82,6 +82,10 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
     // Transactions and pragmas have no kysely builder; they are constant text.
     begin: raw('BEGIN IMMEDIATE'),
     commit: raw('COMMIT'),
+    // A poll's reads in one snapshot (see ChangePublisher): a savepoint rather than BEGIN, so that it also
+    // works on a connection the caller left inside a transaction of its own.
+    pollSnapshot: raw('SAVEPOINT finishline_poll'),
+    endPollSnapshot: raw('RELEASE finishline_poll'),
     dataVersion: raw('PRAGMA data_version'),
     // What tells whether anything but this store's appends wrote since: other connections' commits move
     // data_version, any write on this connection (this store's other calls included) moves total_changes.

@@ -19,13 +19,24 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-function setUp(serverPollMs: number) {
+/**
+ * `openServer` opens the server's connection when the test needs a hand in it (the file's path by default:
+ * the store opens and closes its own).
+ */
+function setUp(serverPollMs: number, openServer?: (file: string) => Database.Database) {
   const db = tempDatabase();
   const backup = `${db.file}.backup`;
-  const server = new SqliteProgressStore({ database: db.file, dataVersionPollMs: serverPollMs });
+  const serverDatabase = openServer?.(db.file);
+  const server = new SqliteProgressStore({
+    database: serverDatabase ?? db.file,
+    dataVersionPollMs: serverPollMs,
+  });
   const worker = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
   cleanups.push(
     db.remove,
+    () => {
+      serverDatabase?.close();
+    },
     () => server.close(),
     () => worker.close(),
   );
@@ -42,6 +53,28 @@ function setUp(serverPollMs: number) {
         await source.backup(backup);
       } finally {
         source.close();
+      }
+    },
+    /**
+     * Writes the backup's rows over the live database's in one transaction on a connection of its own: the
+     * same content as {@link restore}, synchronously, so that a test can land it between two statements.
+     */
+    restoreNow(): void {
+      const restorer = new Database(db.file);
+      try {
+        restorer.prepare('ATTACH ? AS backup').run(backup);
+        restorer.transaction(() => {
+          for (const table of ['finishline_events', 'finishline_tasks']) {
+            restorer.exec(
+              `DELETE FROM main.${table}; INSERT INTO main.${table} SELECT * FROM backup.${table}`,
+            );
+          }
+          restorer.exec(`UPDATE main.sqlite_sequence
+            SET seq = (SELECT seq FROM backup.sqlite_sequence WHERE name = 'finishline_events')
+            WHERE name = 'finishline_events'`);
+        })();
+      } finally {
+        restorer.close();
       }
     },
     /** Writes the backup over the live database. */
@@ -244,5 +277,61 @@ describe('forgetSeqs() called by a listener while the feed publishes', () => {
       { taskId: 'mine', seq: 1, terminal: false },
       { taskId: 'theirs', seq: 1, terminal: false },
     ]);
+  });
+});
+
+describe('a restore landing inside a poll, after its check of the mark and before its read past it', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('reads one snapshot: the next poll finds the restore and publishes the commits below the old mark', async () => {
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    // The server's look-up of the event at its mark (the check's first read) runs `afterCheck` once.
+    let afterCheck: (() => void) | undefined;
+    const setup = setUp(NEVER_POLLS_MS, (file) => {
+      const database = new Database(file);
+      const prepare = database.prepare.bind(database);
+      database.prepare = ((source: string) => {
+        const statement = prepare(source);
+        if (!/from "finishline_events" where "id" = \?$/.test(source)) return statement;
+        const get = statement.get.bind(statement);
+        statement.get = ((...values: unknown[]) => {
+          const row = get(...values);
+          const run = afterCheck;
+          afterCheck = undefined;
+          run?.();
+          return row;
+        }) as typeof statement.get;
+        return statement;
+      }) as typeof database.prepare;
+      return database;
+    });
+    await runPastTheBackup(setup, NEVER_POLLS_MS);
+    const { worker, seen } = setup;
+
+    // passTheMarkAfterRestore, synchronously: each store call below does its writes when it is called,
+    // and createTask() and getTask() commit the appends queued before them.
+    afterCheck = () => {
+      setup.restoreNow();
+      void worker.createTask({ id: 'quiet', owner: 'alice', kind: 'batch_taint' });
+      void worker.append('quiet', { type: 'progress', done: 1 });
+      void worker.append('quiet', { type: 'completed' });
+      void worker.createTask({ id: 'busy', owner: 'alice', kind: 'batch_taint' });
+      for (let done = 1; done <= 40; done++) void worker.append('busy', { type: 'progress', done });
+      void worker.getTask('busy');
+    };
+    const restoredAt = seen.length;
+    vi.advanceTimersByTime(NEVER_POLLS_MS);
+    expect(afterCheck).toBeUndefined();
+    vi.advanceTimersByTime(NEVER_POLLS_MS);
+
+    const after = seen.slice(restoredAt);
+    expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
+    expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
+      taskId: 'busy',
+      seq: 40,
+      terminal: false,
+    });
   });
 });
