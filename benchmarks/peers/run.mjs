@@ -58,6 +58,8 @@ const ALL_SYSTEMS = [
 const ONLY = process.env.PEERS_ONLY?.split(',');
 const SYSTEMS = ONLY ? ALL_SYSTEMS.filter((s) => ONLY.includes(s.name)) : ALL_SYSTEMS;
 const SKIP_CAPACITY = process.env.PEERS_SKIP_CAPACITY === '1';
+/** Unmeasured passes of each scenario before the measured one, on the same replica processes. */
+const WARMUP_PASSES = Number(process.env.PEERS_WARMUP_PASSES ?? 0);
 /** Pause between two items of a task: a task lasts items × PACE_MS, long enough to cut sockets in it. */
 const PACE_MS = 50;
 /**
@@ -243,7 +245,6 @@ function latencySummary(samples) {
 
 async function runScenario(systemSpec, config, disconnects) {
   const { name: system, replicas: replicaCount } = systemSpec;
-  const { tasks: T, watchers: W, items: M } = config;
   const env = {};
   let directory = null;
   if (system === 'finishline-sqlite') {
@@ -254,6 +255,25 @@ async function runScenario(systemSpec, config, disconnects) {
     env.PEER_SCHEMA = await newSchema(system);
   }
   const replicas = await startReplicas(system, replicaCount, env);
+  try {
+    // Warm-up passes: the same scenario on the same replicas, figures discarded, so that the measured
+    // pass sees processes whose hot paths are compiled, as a server that has run for a while does.
+    for (let i = 0; i < WARMUP_PASSES; i++) await measurePass(system, replicas, config, disconnects);
+    return await measurePass(system, replicas, config, disconnects);
+  } finally {
+    await Promise.all(replicas.map((r) => r.stop()));
+    if (env.PEER_SCHEMA) {
+      await sql(`DROP SCHEMA IF EXISTS ${env.PEER_SCHEMA} CASCADE`).catch((e) => log(`drop: ${e.message}`));
+      schemas.delete(env.PEER_SCHEMA);
+    }
+    if (directory) rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+/** One pass of the scenario on running replicas: new tasks, new watchers (closed at the end), figures. */
+async function measurePass(system, replicas, config, disconnects) {
+  const { tasks: T, watchers: W, items: M } = config;
+  const replicaCount = replicas.length;
   const urls = replicas.map((r) => urlOf(system, r.port));
   const watchers = [];
   try {
@@ -371,12 +391,6 @@ async function runScenario(systemSpec, config, disconnects) {
     return result;
   } finally {
     await Promise.all(watchers.map((w) => w.close().catch(() => undefined)));
-    await Promise.all(replicas.map((r) => r.stop()));
-    if (env.PEER_SCHEMA) {
-      await sql(`DROP SCHEMA IF EXISTS ${env.PEER_SCHEMA} CASCADE`).catch((e) => log(`drop: ${e.message}`));
-      schemas.delete(env.PEER_SCHEMA);
-    }
-    if (directory) rmSync(directory, { recursive: true, force: true });
   }
 }
 
