@@ -2,7 +2,7 @@ import { type AddressInfo, createServer, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
-import { eventually, pgUrl, storeFixtures } from './support.js';
+import { eventually, pgUrl, settlesWithin, storeFixtures } from './support.js';
 
 /**
  * A `LISTEN` connect that the store interrupts: `close()`, or `forgetSeqs()` replacing the connection,
@@ -81,23 +81,6 @@ async function storeWithSilenceableListener() {
       await eventually('the reconnect is connecting to the silent server', () => silent.startups() > 0);
     },
   };
-}
-
-/**
- * Whether `closing` settled within `limitMs`: a liveness bound (a close that is waiting for nothing
- * returns in milliseconds), so a close that never returns fails the test with a message instead of
- * the test's timeout.
- */
-async function settlesWithin(closing: Promise<void>, limitMs = 5000): Promise<'closed' | 'still waiting'> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const waited = new Promise<'still waiting'>((resolve) => {
-    timer = setTimeout(() => resolve('still waiting'), limitMs);
-  });
-  try {
-    return await Promise.race([closing.then(() => 'closed' as const), waited]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 describe('a LISTEN connect in progress', () => {

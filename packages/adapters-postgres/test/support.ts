@@ -53,6 +53,26 @@ export async function eventually(
   }
 }
 
+/**
+ * Whether `closing` settled within `limitMs`: a liveness bound (a close that is waiting for nothing
+ * returns in milliseconds), so a close that never returns fails the test with a message instead of
+ * the test's timeout.
+ */
+export async function settlesWithin(
+  closing: Promise<void>,
+  limitMs = 5000,
+): Promise<'closed' | 'still waiting'> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const waited = new Promise<'still waiting'>((resolve) => {
+    timer = setTimeout(() => resolve('still waiting'), limitMs);
+  });
+  try {
+    return await Promise.race([closing.then(() => 'closed' as const), waited]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Records what a store's change feed publishes. */
 export class Recorder {
   readonly changes: TaskChange[] = [];
