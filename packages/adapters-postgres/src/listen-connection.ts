@@ -2,6 +2,7 @@ import { type Clock, ErrorCode, ProgressError } from '@finishline/core';
 import type { BackoffOptions } from '@finishline/core/internal';
 import { backoffDelayMs, exhaustive } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
+import { type EndableClient, endWithin } from './bounded-end.js';
 import { decodeNotice } from './notify-payload.js';
 import { toProgressError } from './pg-errors.js';
 import type { ChangeFeedHealth, ChangeFeedHub, ListenStats } from './postgres-change-feed.js';
@@ -114,6 +115,11 @@ export interface PgListenClient {
   on(event: 'end', listener: () => void): unknown;
   /** The backend's process id once connected (`pg` sets it); reported in {@link ChangeFeedHealth}. */
   readonly processID?: number | null | undefined;
+  /**
+   * pg's connection, whose socket is destroyed when `end()` has not finished within a second (see
+   * `bounded-end.ts`: on a black-holed network it would wait for TCP to give up).
+   */
+  readonly connection?: EndableClient['connection'];
 }
 
 /** A row of the re-read statement: the snapshot's xmin, and one task that changed since the mark. */
@@ -284,7 +290,10 @@ export class ListenConnection {
     this.#started = true;
   }
 
-  /** Ends the connection and its timers; no reconnect follows. */
+  /**
+   * Ends the connection and its timers; no reconnect follows. Waits for each client it ends at most
+   * `END_TIMEOUT_MS` (a second), however the network behaves, then destroys its socket (see `bounded-end.ts`).
+   */
   async close(): Promise<void> {
     this.#closed = true;
     this.#generation++;
@@ -305,7 +314,7 @@ export class ListenConnection {
   async #open(generation: number): Promise<void> {
     const client = await this.#options.createClient();
     if (generation !== this.#generation) {
-      await client.end().catch(() => {});
+      await endWithin(client);
       throw new Error('The store closed while the LISTEN connection was being created');
     }
     this.#client = client;
@@ -603,10 +612,7 @@ export class ListenConnection {
             )),
     );
     if (client === undefined) return;
-    try {
-      await client.end();
-    } catch {
-      // Ending a broken connection may fail; it is gone either way.
-    }
+    // Bounded: close() must not wait for a server that no longer answers (see `bounded-end.ts`).
+    await endWithin(client);
   }
 }
