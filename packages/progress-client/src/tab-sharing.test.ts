@@ -1,10 +1,15 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { TaskEvent } from '@finishline/core';
-import { PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
-import { describe, expect, it, vi } from 'vitest';
+import { MemoryProgressStore, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
+import { ProgressServer } from '@finishline/server';
+import { describe, expect, it, onTestFinished, vi } from 'vitest';
+import { WebSocket } from 'ws';
 import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
 import { record } from './testing/harness.js';
+import type { WebSocketConstructorLike } from './transport-types.js';
 import type { Watch } from './watch.js';
 
 /**
@@ -134,6 +139,8 @@ class Tab {
   }
 }
 
+const noop = (): void => undefined;
+
 const hello = {
   type: 'hello',
   protocol: PROTOCOL_VERSION,
@@ -151,7 +158,11 @@ async function acceptReal(server: FakeServer, count: number): Promise<FakeSocket
   return socket;
 }
 
-function clientIn(tab: Tab, server: FakeServer, extra: Record<string, unknown> = {}) {
+function clientIn(
+  tab: Tab,
+  server: { WebSocket: WebSocketConstructorLike },
+  extra: Record<string, unknown> = {},
+) {
   return new ProgressClient({
     url: 'ws://example.test/progress',
     WebSocket: server.WebSocket,
@@ -177,6 +188,87 @@ async function twoTabsOnOneSocket() {
   const real = await acceptReal(server, 1);
   await vi.waitFor(() => expect(early.state).toBe('open'));
   return { early, late, keep, real };
+}
+
+/**
+ * A real server (a fake one answers whatever the test pushes: only a real one merges the subscribes it is
+ * still loading) whose task reads wait while `hold()` holds them, and a leader tab watching `keep` (the
+ * real socket open). `sent(taskId)` counts the subscribes of a task the real socket sent; `settled()`
+ * resolves once the server has handled everything sent so far (the server answers a socket's frames in
+ * order: a ping's pong comes after them).
+ */
+async function tabsOnARealServer() {
+  const store = new MemoryProgressStore();
+  const server = await ProgressServer.listen(
+    {
+      store,
+      authenticateToken: (token) => (token === 'tok' ? { id: 'alice' } : null),
+      heartbeatIntervalMs: 60_000,
+    },
+    { port: 0, host: '127.0.0.1' },
+  );
+  onTestFinished(() => server.close({ timeoutMs: 1000 }));
+  const { port } = (server.httpServer as Server).address() as AddressInfo;
+  const url = `ws://127.0.0.1:${port}/progress`;
+  const sent: string[] = [];
+  let real: WebSocket | undefined;
+  const RealWebSocket = function (this: unknown, address: string, protocols?: string | string[]) {
+    const socket = new WebSocket(address, protocols);
+    const send = socket.send.bind(socket) as (data: string) => void;
+    socket.send = ((data: string) => {
+      sent.push(data);
+      send(data);
+    }) as typeof socket.send;
+    real = socket;
+    return socket;
+  } as unknown as WebSocketConstructorLike;
+  const browser = new Browser();
+  // No answer wait (a subscribe is never repeated): only the server's answers bring what a tab waits for.
+  const clientOf = (tab: Tab) => clientIn(tab, { WebSocket: RealWebSocket }, { url, behindGraceMs: 0 });
+  const leader = clientOf(browser.tab());
+  onTestFinished(() => leader.close());
+  const keep = await server.tasks.create({ owner: 'alice', kind: 'k' });
+  const kept = leader.watch(keep.id);
+  await vi.waitFor(() => expect(kept.getSnapshot().status).toBe('running'));
+  const getTask = store.getTask.bind(store);
+  let held: Promise<void> | undefined;
+  const reads = vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+    await held;
+    return getTask(id);
+  });
+  return {
+    server,
+    reads,
+    /** A follower tab's client, open. */
+    async follower(): Promise<ProgressClient> {
+      const client = clientOf(browser.tab());
+      onTestFinished(() => client.close());
+      client.watch(keep.id);
+      await vi.waitFor(() => expect(client.state).toBe('open'));
+      return client;
+    },
+    /** Holds the server's task reads until the returned function is called. */
+    hold(): () => void {
+      let release: () => void = noop;
+      held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      return release;
+    },
+    sent: (taskId: string) =>
+      sent.filter((data) => data.includes('"subscribe"') && data.includes(`"${taskId}"`)).length,
+    settled: () =>
+      new Promise<void>((resolve) => {
+        const socket = real as WebSocket;
+        const onMessage = (data: unknown) => {
+          if (!String(data).includes('"requestId":"settled"')) return;
+          socket.off('message', onMessage);
+          resolve();
+        };
+        socket.on('message', onMessage);
+        socket.send(JSON.stringify({ type: 'ping', id: 'settled' }));
+      }),
+  };
 }
 
 /**
@@ -847,6 +939,35 @@ describe('tab sharing', () => {
     expect(log).toEqual(['snapshot@0', 'completed@1', 'finished@1']);
     keep.close();
     await Promise.all([early, late].map((client) => client.close()));
+  });
+
+  it('tabs that subscribe a task the server is still loading for another tab each get its snapshot, or their own refusal, as soon as the server has it', async () => {
+    const rig = await tabsOnARealServer();
+    const followers = await Promise.all([rig.follower(), rig.follower(), rig.follower()]);
+    const made = await rig.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const release = rig.hold();
+    // Every tab asks for both tasks in the same tick; the server merges the subscribes it is still loading.
+    const found = followers.map((client) => client.watch(made.id));
+    const refused = followers.map((client) =>
+      client.watch('missing').done.then(
+        () => 'done',
+        (error: { code: string }) => error.code,
+      ),
+    );
+    const outcomes: string[] = [];
+    for (const outcome of refused) void outcome.then((code) => outcomes.push(code));
+    await vi.waitFor(() => expect([rig.sent(made.id), rig.sent('missing')]).toEqual([3, 3]));
+    await rig.settled();
+    release();
+    // No tab asks twice (the answer wait is off): each is answered by the one read.
+    await vi.waitFor(() => {
+      for (const watch of found) expect(watch.getSnapshot().status).toBe('running');
+      expect(outcomes).toEqual(['task_not_found', 'task_not_found', 'task_not_found']);
+    });
+    // Before, the refusal named the first tab's subscribe alone: the other two waited for their answer
+    // wait (250 ms at least) to ask again, and, without it, for ever.
+    expect([rig.sent(made.id), rig.sent('missing')]).toEqual([3, 3]);
+    expect(rig.reads.mock.calls.filter(([id]) => id === 'missing')).toHaveLength(1);
   });
 
   it('a refusal that answers no subscribe (a task found gone, a renewal re-check) still goes to every tab watching the task', async () => {

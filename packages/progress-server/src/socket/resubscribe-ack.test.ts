@@ -191,6 +191,34 @@ describe('a subscribe repeated while the first is still loading', () => {
     expect(reads.mock.calls.length).toBe(1);
     expect(client.about(created.id).map(seqOf)).toEqual([2, 3]);
   });
+
+  it('from another requester (another id: tabs sharing the socket) is refused with its own id too, at once', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const client = await connect();
+    const store = session.env.store;
+    const getTask = store.getTask.bind(store);
+    const held = gate();
+    const reads = vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+      await held.promise;
+      return getTask(id);
+    });
+    // A tab-sharing leader gives each tab's subscribe its socket's id; three tabs ask in the same tick.
+    for (const id of ['tab-a/0', 'tab-b/0', 'tab-b/0', 'tab-c/0'])
+      client.send({ type: 'subscribe', id, taskId: 'missing', afterSeq: 0 });
+    client.send({ type: 'ping', id: 'p' });
+    await client.next((frame) => frame.type === 'pong');
+    held.open();
+    await client.next((frame) => frame.type === 'error' && frame.requestId === 'tab-c/0');
+    await client.sync();
+    expect(reads.mock.calls.length).toBe(1);
+    // One refusal per requester (a repeat with the same id is answered once). Before, only the first id
+    // was refused: the other tabs heard nothing until they asked again.
+    expect(client.about('missing').map((frame) => [frame.code, frame.requestId])).toEqual([
+      ['task_not_found', 'tab-a/0'],
+      ['task_not_found', 'tab-b/0'],
+      ['task_not_found', 'tab-c/0'],
+    ]);
+  });
 });
 
 /** A memory store whose next `getTask` calls can be made to fail. */

@@ -50,8 +50,11 @@ export class Subscriptions<P extends Principal> {
    * like `#unfollowed`; a task dropped from it only costs a needless reset.
    */
   readonly #told = new Set<string>();
-  /** The refs of each subscription's last subscribe frame, for the answer to a failed first catch-up. */
-  readonly #refs = new WeakMap<Subscription, FrameRefs & { taskId: string }>();
+  /**
+   * The refs of the subscribe frames each subscription's latest (re)start answers, the latest last: the
+   * one that started it, and each one that joined it while it loaded (see `#join`).
+   */
+  readonly #refs = new WeakMap<Subscription, (FrameRefs & { taskId: string })[]>();
   /** The `afterSeq` of each subscription's latest (re)start. */
   readonly #startedFrom = new WeakMap<Subscription, number>();
   /** Subscriptions whose latest start resumed from the client's cursor (no snapshot answered it). */
@@ -95,7 +98,7 @@ export class Subscriptions<P extends Principal> {
       // events would land on the old epoch's state; the reset answers it instead (the one under way, if
       // it is still loading).
       if (this.#stillLoading(sub, 0)) {
-        this.#refs.set(sub, refs);
+        this.#join(sub, refs);
         return;
       }
       await this.#start(sub, 0, refs, true);
@@ -106,13 +109,25 @@ export class Subscriptions<P extends Principal> {
       // too. A restart would drop its place in the principal's read queue and queue it again at the
       // back, so under load a client that repeats its subscribe would only wait longer (loaded chaos
       // runs saw subscribes unanswered for up to 4.9 s).
-      this.#refs.set(sub, refs);
+      this.#join(sub, refs);
       return;
     } else {
       // A resubscribe restarts the stream from the client's new cursor.
       metrics.resyncs.inc({ reason: 'resubscribe' });
     }
     await this.#start(sub, afterSeq, refs, false);
+  }
+
+  /**
+   * A subscribe answered by the (re)start under way. Its id joins the ids that start answers, once: a
+   * tab-sharing leader sends each tab's subscribe with that tab's id on one socket, and routes a refusal
+   * to the tab it names, so a refusal naming only the first would leave the other tabs unanswered until
+   * they asked again.
+   */
+  #join(sub: Subscription, refs: FrameRefs & { taskId: string }): void {
+    const waiting = (this.#refs.get(sub) ?? []).filter((other) => other.requestId !== refs.requestId);
+    waiting.push(refs);
+    this.#refs.set(sub, waiting);
   }
 
   /**
@@ -141,7 +156,7 @@ export class Subscriptions<P extends Principal> {
   async #start(sub: Subscription, afterSeq: number, refs: FrameRefs, renewed: boolean): Promise<void> {
     const { options, metrics, writer } = this.#ctx;
     const taskId = sub.taskId;
-    this.#refs.set(sub, { ...refs, taskId });
+    this.#refs.set(sub, [{ ...refs, taskId }]);
     this.#startedFrom.set(sub, afterSeq);
     this.#resumed.delete(sub);
     const current = sub;
@@ -154,7 +169,7 @@ export class Subscriptions<P extends Principal> {
     // Not found and not allowed cost the same single read and carry no task data; unless the
     // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
     if (task === undefined || !(await this.#ctx.auth.authorize(this.#ctx.principal(), task, 'watch'))) {
-      if (current.isCurrent(stream)) this.#refuse(current, task, refs);
+      if (current.isCurrent(stream)) this.#refuse(current, task, this.#refs.get(current) ?? [refs]);
       return;
     }
     if (!current.isCurrent(stream)) return;
@@ -284,7 +299,7 @@ export class Subscriptions<P extends Principal> {
       }
       if (task === null || !sub.isCurrent(stream)) continue;
       if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) continue;
-      if (sub.isCurrent(stream)) this.#refuse(sub, task, { taskId: sub.taskId });
+      if (sub.isCurrent(stream)) this.#refuse(sub, task, [{ taskId: sub.taskId }]);
     }
   }
 
@@ -345,22 +360,31 @@ export class Subscriptions<P extends Principal> {
     return sub;
   }
 
-  /** The principal may not watch the task (or it does not exist): the subscription ends, answered. */
-  #refuse(sub: Subscription, task: Task | undefined, refs: FrameRefs): void {
+  /**
+   * The principal may not watch the task (or it does not exist): the subscription ends, and each
+   * subscribe in `answers` is refused.
+   */
+  #refuse(sub: Subscription, task: Task | undefined, answers: FrameRefs[]): void {
     this.remove(sub);
     const forbidden = task !== undefined && this.#ctx.options.revealTaskExistence;
     const code = forbidden ? ErrorCode.Forbidden : ErrorCode.TaskNotFound;
-    this.#ctx.metrics.framesRejected.inc({ code });
-    this.#ctx.writer.sendError(
-      code,
-      forbidden ? `You may not watch task ${sub.taskId}` : taskNotFoundMessage(sub.taskId),
-      refs,
-    );
+    for (const refs of answers) {
+      this.#ctx.metrics.framesRejected.inc({ code });
+      this.#ctx.writer.sendError(
+        code,
+        forbidden ? `You may not watch task ${sub.taskId}` : taskNotFoundMessage(sub.taskId),
+        refs,
+      );
+    }
   }
 
-  /** The subscribe's load or first catch-up failed: the subscription ends with the error's code. */
+  /**
+   * The subscribe's load or first catch-up failed: the subscription ends with the error's code, answered
+   * once, to the latest subscribe. Not to each one that joined: the error is not final (the client asks
+   * again), and a tab-sharing leader relays it to every tab, so each tab would hear it once per tab.
+   */
   #fail(sub: Subscription, error: unknown): void {
-    const refs = this.#refs.get(sub) ?? { taskId: sub.taskId };
+    const refs = this.#refs.get(sub)?.at(-1) ?? { taskId: sub.taskId };
     this.#removeKeepingLateAcks(sub);
     const code = isProgressError(error) ? error.code : ErrorCode.Internal;
     if (code === ErrorCode.StoreUnavailable || code === ErrorCode.Internal)
