@@ -192,9 +192,8 @@ describe('a subscribe repeated while the first is still loading', () => {
     expect(client.about(created.id).map(seqOf)).toEqual([2, 3]);
   });
 
-  it('from another requester (another id: tabs sharing the socket) is refused with its own id too, at once', async () => {
-    await session.start({ heartbeatIntervalMs: 60_000 });
-    const client = await connect();
+  /** The store's task reads, each waiting until `open()`. */
+  function holdTaskReads() {
     const store = session.env.store;
     const getTask = store.getTask.bind(store);
     const held = gate();
@@ -202,18 +201,52 @@ describe('a subscribe repeated while the first is still loading', () => {
       await held.promise;
       return getTask(id);
     });
-    // A tab-sharing leader gives each tab's subscribe its socket's id; three tabs ask in the same tick.
-    for (const id of ['tab-a/0', 'tab-b/0', 'tab-b/0', 'tab-c/0'])
-      client.send({ type: 'subscribe', id, taskId: 'missing', afterSeq: 0 });
+    return { reads, open: () => held.open() };
+  }
+
+  /** Sends `subscribes` for task `missing` while its reads are held, then lets them go. */
+  async function refusedWhileHeld(subscribes: { id: string; afterSeq: number }[]) {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const client = await connect();
+    const held = holdTaskReads();
+    for (const { id, afterSeq } of subscribes)
+      client.send({ type: 'subscribe', id, taskId: 'missing', afterSeq });
     client.send({ type: 'ping', id: 'p' });
     await client.next((frame) => frame.type === 'pong');
     held.open();
-    await client.next((frame) => frame.type === 'error' && frame.requestId === 'tab-c/0');
+    await client.next((frame) => frame.type === 'error' && frame.requestId === subscribes.at(-1)?.id);
     await client.sync();
+    const refused = client.about('missing').map((frame) => [frame.code, frame.requestId]);
+    return { reads: held.reads, refused };
+  }
+
+  it('from requesters with other cursors: the restart answers the subscribes still waiting too', async () => {
+    // A tab resuming from its saved cursor and one starting fresh: the second restarts the load.
+    const { refused } = await refusedWhileHeld([
+      { id: 'tab-a/0', afterSeq: 12 },
+      { id: 'tab-b/0', afterSeq: 0 },
+    ]);
+    expect(refused).toEqual([
+      ['task_not_found', 'tab-a/0'],
+      ['task_not_found', 'tab-b/0'],
+    ]);
+  });
+
+  it('answers at most 64 requesters of one load, the latest ones', async () => {
+    const ids = Array.from({ length: 70 }, (_, i) => `tab-${i}/0`);
+    const { refused } = await refusedWhileHeld(ids.map((id) => ({ id, afterSeq: 0 })));
+    expect(refused.map(([, requestId]) => requestId)).toEqual(ids.slice(6));
+  });
+
+  it('from another requester (another id: tabs sharing the socket) is refused with its own id too, at once', async () => {
+    // A tab-sharing leader gives each tab's subscribe its socket's id; three tabs ask in the same tick.
+    const { reads, refused } = await refusedWhileHeld(
+      ['tab-a/0', 'tab-b/0', 'tab-b/0', 'tab-c/0'].map((id) => ({ id, afterSeq: 0 })),
+    );
     expect(reads.mock.calls.length).toBe(1);
     // One refusal per requester (a repeat with the same id is answered once). Before, only the first id
     // was refused: the other tabs heard nothing until they asked again.
-    expect(client.about('missing').map((frame) => [frame.code, frame.requestId])).toEqual([
+    expect(refused).toEqual([
       ['task_not_found', 'tab-a/0'],
       ['task_not_found', 'tab-b/0'],
       ['task_not_found', 'tab-c/0'],

@@ -13,6 +13,16 @@ import type { SocketServices } from './services.js';
 import type { FrameRefs, SocketWriter } from './socket-writer.js';
 import { Subscription } from './subscription.js';
 
+/**
+ * Most subscribes one start answers (see `#join`): a tab-sharing leader sends one per tab that watches the
+ * task, and no browser runs this many tabs of one app; a client sending more (distinct ids for one task
+ * while it loads) is broken or hostile, and its oldest ids go unanswered, to be asked again.
+ */
+const MAX_WAITING_SUBSCRIBES = 64;
+
+/** The subscribes a start answers, by their id (insertion order: the latest last). */
+type WaitingSubscribes = Map<string | undefined, FrameRefs & { taskId: string }>;
+
 /** What the subscriptions need from their socket. */
 export interface SubscriptionsContext<P extends Principal>
   extends Omit<SocketServices<P>, 'epoch' | 'roundTrips'> {
@@ -51,10 +61,11 @@ export class Subscriptions<P extends Principal> {
    */
   readonly #told = new Set<string>();
   /**
-   * The refs of the subscribe frames each subscription's latest (re)start answers, the latest last: the
-   * one that started it, and each one that joined it while it loaded (see `#join`).
+   * The subscribe frames each subscription's latest (re)start answers, the latest last: the one that
+   * started it, each one that joined it while it loaded (see `#join`), and those an unanswered earlier
+   * start carried over (see `#start`).
    */
-  readonly #refs = new WeakMap<Subscription, (FrameRefs & { taskId: string })[]>();
+  readonly #refs = new WeakMap<Subscription, WaitingSubscribes>();
   /** The `afterSeq` of each subscription's latest (re)start. */
   readonly #startedFrom = new WeakMap<Subscription, number>();
   /** Subscriptions whose latest start resumed from the client's cursor (no snapshot answered it). */
@@ -125,9 +136,17 @@ export class Subscriptions<P extends Principal> {
    * they asked again.
    */
   #join(sub: Subscription, refs: FrameRefs & { taskId: string }): void {
-    const waiting = (this.#refs.get(sub) ?? []).filter((other) => other.requestId !== refs.requestId);
-    waiting.push(refs);
+    const waiting: WaitingSubscribes = this.#refs.get(sub) ?? new Map();
     this.#refs.set(sub, waiting);
+    // Deleted first, so that a repeated id moves to the end (the latest).
+    waiting.delete(refs.requestId);
+    waiting.set(refs.requestId, refs);
+    if (waiting.size > MAX_WAITING_SUBSCRIBES) waiting.delete(waiting.keys().next().value);
+  }
+
+  /** The subscribes `sub`'s latest start answers, the latest last. */
+  #waiting(sub: Subscription): (FrameRefs & { taskId: string })[] {
+    return [...(this.#refs.get(sub)?.values() ?? [])];
   }
 
   /**
@@ -156,7 +175,12 @@ export class Subscriptions<P extends Principal> {
   async #start(sub: Subscription, afterSeq: number, refs: FrameRefs, renewed: boolean): Promise<void> {
     const { options, metrics, writer } = this.#ctx;
     const taskId = sub.taskId;
-    this.#refs.set(sub, [{ ...refs, taskId }]);
+    // Nothing goes out before a start is authorized, and a refusal only before: the subscribes an
+    // unauthorized start was answering are still waiting, and this start answers them too (a tab whose
+    // cursor differs from the one that restarted it would otherwise hear its refusal only when it asked
+    // again). Once authorized, they had their answer.
+    if (sub.authorized) this.#refs.delete(sub);
+    this.#join(sub, { ...refs, taskId });
     this.#startedFrom.set(sub, afterSeq);
     this.#resumed.delete(sub);
     const current = sub;
@@ -169,7 +193,7 @@ export class Subscriptions<P extends Principal> {
     // Not found and not allowed cost the same single read and carry no task data; unless the
     // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
     if (task === undefined || !(await this.#ctx.auth.authorize(this.#ctx.principal(), task, 'watch'))) {
-      if (current.isCurrent(stream)) this.#refuse(current, task, this.#refs.get(current) ?? [refs]);
+      if (current.isCurrent(stream)) this.#refuse(current, task, this.#waiting(current));
       return;
     }
     if (!current.isCurrent(stream)) return;
@@ -384,7 +408,7 @@ export class Subscriptions<P extends Principal> {
    * again), and a tab-sharing leader relays it to every tab, so each tab would hear it once per tab.
    */
   #fail(sub: Subscription, error: unknown): void {
-    const refs = this.#refs.get(sub)?.at(-1) ?? { taskId: sub.taskId };
+    const refs = this.#waiting(sub).at(-1) ?? { taskId: sub.taskId };
     this.#removeKeepingLateAcks(sub);
     const code = isProgressError(error) ? error.code : ErrorCode.Internal;
     if (code === ErrorCode.StoreUnavailable || code === ErrorCode.Internal)
