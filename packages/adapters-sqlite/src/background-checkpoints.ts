@@ -155,13 +155,19 @@ export class BackgroundCheckpoints {
   /**
    * Called after each commit with the connection's `total_changes()`: asks the worker for a checkpoint
    * once {@link CHECKPOINT_AFTER_ROWS} rows changed since the last time it asked (the worker joins requests
-   * that come while one is scheduled). (Commits outside the write transactions, a task's creation, are counted by the next one.)
+   * that come while one is scheduled). Never throws: it runs after a commit, which must not be reported as
+   * failed (a worker that cannot start is reported on `onError`).
    */
   committed(totalChanges: number): void {
     if (this.#ended() || totalChanges - this.#changesAtLastAsk < CHECKPOINT_AFTER_ROWS) return;
     this.#changesAtLastAsk = totalChanges;
-    this.#worker ??= this.#start();
-    this.#worker?.postMessage('checkpoint');
+    try {
+      this.#worker ??= this.#start();
+      this.#worker?.postMessage('checkpoint');
+    } catch {
+      // #start reports its own failures; what throws here is the caller's onError, or restoring the
+      // connection's wal_autocheckpoint after that: nothing more this can do or tell.
+    }
   }
 
   /**

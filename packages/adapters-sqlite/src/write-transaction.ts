@@ -63,10 +63,7 @@ export class WriteTransactions {
       // before the commit, so a failure rolls the work back instead of losing their changes.
       if (log.idsWentBack) this.#publisher.readAll(log);
       this.#q.commit.run();
-      const mark = this.#readWriteMark();
-      this.#cache.committed(mark.text);
-      this.#publisher.committed(log);
-      this.#onCommitted?.(mark.changes);
+      this.#afterCommit(log);
       return result;
     } catch (error) {
       rollbackQuietly(this.#database);
@@ -76,13 +73,40 @@ export class WriteTransactions {
   }
 
   /**
+   * What follows a commit, none of which may report the committed work as failed: its changes go to the
+   * outbox, and the write mark is read for the running-row cache and the checkpoints. A mark that cannot
+   * be read leaves the cache empty (the next transaction re-reads its rows) and asks for no checkpoint
+   * (the next commit does).
+   */
+  #afterCommit(log: TransactionLog): void {
+    this.#publisher.committed(log);
+    let mark: { text: string; changes: number };
+    try {
+      mark = this.#readWriteMark();
+    } catch {
+      this.#cache.reset();
+      return;
+    }
+    this.#cache.committed(mark.text);
+    this.#onCommitted?.(mark.changes);
+  }
+
+  /**
    * Reports a write that committed on its own, outside {@link run} (a task's insert), to `onCommitted`:
    * background checkpoints count every row the connection wrote, and a store that only created tasks would
    * otherwise never ask for one. The running-row cache keeps its mark: its next check sees the write and
    * re-reads, as it must (another connection may have written in between).
    */
   autocommitted(): void {
-    if (this.#onCommitted !== undefined) this.#onCommitted(this.#readWriteMark().changes);
+    if (this.#onCommitted === undefined) return;
+    let changes: number;
+    try {
+      changes = this.#readWriteMark().changes;
+    } catch {
+      // The write committed: a missed ask only waits for the next commit's.
+      return;
+    }
+    this.#onCommitted(changes);
   }
 
   /** The write mark as `RunningTaskCache` compares it, and the connection's `total_changes()` in it. */

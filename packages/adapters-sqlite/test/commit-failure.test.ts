@@ -69,3 +69,26 @@ describe('COMMIT failure', () => {
     },
   );
 });
+
+describe('reading the write mark after COMMIT fails', () => {
+  it('still resolves the committed appends and publishes them; the next transaction re-reads its rows', async () => {
+    const db = spyDatabase(new Database(':memory:'));
+    const store = new SqliteProgressStore({ database: db });
+    try {
+      await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+      await store.append('a', { type: 'progress', done: 1 });
+      const seen: TaskChange[] = [];
+      store.changes.subscribe((change) => seen.push(change));
+      // The write mark (total_changes, data_version), read by a write transaction after BEGIN and again
+      // after its COMMIT: the second read fails.
+      db.failNext('SELECT total_changes()', sqliteError('SQLITE_IOERR', 'disk I/O error'), 1);
+      const committed = await store.append('a', { type: 'progress', done: 2 });
+      expect(committed.event.seq).toBe(2);
+      expect(seen).toEqual([{ taskId: 'a', seq: 2, terminal: false }]);
+      expect((await store.append('a', { type: 'completed' })).event.seq).toBe(3);
+      expect((await store.readEvents('a', 0)).map((event) => event.seq)).toEqual([1, 2, 3]);
+    } finally {
+      await store.close();
+    }
+  });
+});

@@ -5,8 +5,11 @@ import type { SqliteDatabase, SqliteStatement } from '../../src/index.js';
 export interface SpyDatabase extends SqliteDatabase {
   /** How many times a statement whose SQL starts with `prefix` ran. */
   runs(prefix: string): number;
-  /** Makes the next run of a statement starting with `prefix` throw `error`. */
-  failNext(prefix: string, error: Error): void;
+  /**
+   * Makes the next run or read of a statement starting with `prefix` throw `error`; with `skip`, the one
+   * after `skip` more that go through.
+   */
+  failNext(prefix: string, error: Error, skip?: number): void;
 }
 
 /**
@@ -15,16 +18,31 @@ export interface SpyDatabase extends SqliteDatabase {
  */
 export function spyDatabase(raw: Database.Database): SpyDatabase {
   const counts = new Map<string, number>();
-  const failures: { prefix: string; error: Error }[] = [];
+  const failures: { prefix: string; error: Error; skip: number }[] = [];
+  const failIfDue = (sql: string): void => {
+    const failure = failures.find(({ prefix }) => sql.startsWith(prefix));
+    if (failure === undefined) return;
+    if (failure.skip > 0) {
+      failure.skip -= 1;
+      return;
+    }
+    failures.splice(failures.indexOf(failure), 1);
+    throw failure.error;
+  };
   const wrap = (sql: string, statement: SqliteStatement): SqliteStatement => ({
     run: (...parameters) => {
       counts.set(sql, (counts.get(sql) ?? 0) + 1);
-      const failure = failures.findIndex(({ prefix }) => sql.startsWith(prefix));
-      if (failure >= 0) throw failures.splice(failure, 1)[0]!.error;
+      failIfDue(sql);
       return statement.run(...parameters);
     },
-    get: (...parameters) => statement.get(...parameters),
-    all: (...parameters) => statement.all(...parameters),
+    get: (...parameters) => {
+      failIfDue(sql);
+      return statement.get(...parameters);
+    },
+    all: (...parameters) => {
+      failIfDue(sql);
+      return statement.all(...parameters);
+    },
   });
   return {
     get memory() {
@@ -34,8 +52,8 @@ export function spyDatabase(raw: Database.Database): SpyDatabase {
     prepare: (sql) => wrap(sql, raw.prepare(sql)),
     runs: (prefix) =>
       [...counts].filter(([sql]) => sql.startsWith(prefix)).reduce((sum, [, n]) => sum + n, 0),
-    failNext: (prefix, error) => {
-      failures.push({ prefix, error });
+    failNext: (prefix, error, skip = 0) => {
+      failures.push({ prefix, error, skip });
     },
   };
 }
