@@ -44,6 +44,29 @@ describe('DataVersionWatcher', () => {
     expect(changes).toEqual([1]);
   });
 
+  it('calls onChange again at the next poll when it threw, though the version did not move again', () => {
+    let version = 1;
+    let failing = true;
+    const errors: unknown[] = [];
+    let changes = 0;
+    const instance = new DataVersionWatcher({
+      intervalMs: 60_000,
+      readVersion: () => version,
+      onChange: () => {
+        changes += 1;
+        if (failing) throw new Error('SQLITE_IOERR');
+      },
+      onError: (error) => errors.push(error),
+    });
+    instance.start();
+    version = 2;
+    expect(instance.check()).toBe(false);
+    failing = false;
+    expect(instance.check()).toBe(true);
+    expect(instance.check()).toBe(false);
+    expect([changes, errors.length]).toEqual([2, 1]);
+  });
+
   it('polls on one interval timer that stop() clears', () => {
     vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
     try {

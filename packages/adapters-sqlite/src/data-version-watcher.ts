@@ -60,6 +60,9 @@ export class DataVersionWatcher {
       this.#options.onChange();
       return true;
     } catch (error) {
+      // The next poll tries again, whether or not another commit comes: what `onChange` failed to read
+      // would otherwise wait for one.
+      this.#version = undefined;
       this.#options.onError(error);
       return false;
     }

@@ -266,7 +266,8 @@ export class ChangePublisher {
       try {
         this.#q.endPollSnapshot.run();
       } catch {
-        // SQLite rolled the transaction back for the error already; the read's error is the one to report.
+        // Only if SQLite rolled the transaction back for the error (a full disk, an I/O error): the read's
+        // error is the one to report either way.
       }
       throw error;
     }

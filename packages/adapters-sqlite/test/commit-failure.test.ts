@@ -1,9 +1,10 @@
 import type { AppendResult, TaskChange } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import Database from 'better-sqlite3';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { SqliteProgressStore } from '../src/index.js';
 import { spyDatabase, sqliteError } from './support/spy-database.js';
+import { tempDatabase } from './support/temp-database.js';
 
 /**
  * COMMIT itself fails (the last statement of a group-commit batch). An append must not resolve until its
@@ -89,6 +90,51 @@ describe('reading the write mark after COMMIT fails', () => {
       expect((await store.readEvents('a', 0)).map((event) => event.seq)).toEqual([1, 2, 3]);
     } finally {
       await store.close();
+    }
+  });
+});
+
+describe("a poll's read failing", () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('is reported, ends its snapshot, and the next poll reads what it could not', async () => {
+    // Only the poll timer is fake: the store polls when the test says so.
+    vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval'] });
+    const file = tempDatabase();
+    const db = spyDatabase(new Database(file.file));
+    const errors: unknown[] = [];
+    const store = new SqliteProgressStore({
+      database: db,
+      dataVersionPollMs: 1000,
+      onError: (e) => errors.push(e),
+    });
+    const other = new SqliteProgressStore({ database: file.file, dataVersionPollMs: 0 });
+    try {
+      await other.createTask({ id: 'theirs', owner: 'alice', kind: 'k' });
+      await store.createTask({ id: 'mine', owner: 'bob', kind: 'k' });
+      const seen: TaskChange[] = [];
+      store.changes.subscribe((change) => seen.push({ ...change }));
+      await other.append('theirs', { type: 'progress', done: 1 });
+      // The poll's read past its mark (the events other connections committed).
+      db.failNext(
+        'select "id", "task_id", "seq", "type", "time" from "finishline_events"',
+        sqliteError('SQLITE_IOERR', 'disk I/O error'),
+      );
+      vi.advanceTimersByTime(1000);
+      expect(errors).toHaveLength(1);
+      expect(seen).toEqual([]);
+      // No other commit since: the next poll reads it all the same.
+      vi.advanceTimersByTime(1000);
+      expect(seen).toEqual([{ taskId: 'theirs', seq: 1, terminal: false }]);
+      // The snapshot ended: this connection's own write transactions still begin.
+      expect((await store.append('mine', { type: 'progress', done: 1 })).event.seq).toBe(1);
+    } finally {
+      await store.close();
+      await other.close();
+      db.close();
+      file.remove();
     }
   });
 });
