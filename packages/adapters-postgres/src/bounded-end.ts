@@ -32,29 +32,34 @@ export interface EndableClient {
 
 /**
  * `client.end()`, raced against `timeoutMs`: if it has not resolved by then, the client's socket is
- * destroyed, so neither a socket nor a timer outlives the returned promise. Never rejects (ending a
- * broken connection may fail; it is gone either way).
+ * destroyed, and `end()` given as long again to settle (pg's does at once: it resolves on the socket's
+ * close); a client whose `end()` is not tied to that socket is then no longer waited for. Neither a socket
+ * destroyed here nor a timer outlives the returned promise. Never rejects (ending a broken connection may
+ * fail; it is gone either way).
  */
 export async function endWithin(client: EndableClient, timeoutMs = END_TIMEOUT_MS): Promise<void> {
   const ended = client.end().then(
-    () => 'ended' as const,
-    () => 'ended' as const,
+    () => true,
+    () => true,
   );
+  if (await settlesWithin(ended, timeoutMs)) return;
+  const stream = client.connection?.stream;
+  if (stream === undefined) return;
+  stream.destroy();
+  await settlesWithin(ended, timeoutMs);
+}
+
+/** Whether `settled` (which never rejects) settles within `timeoutMs`; the timer is cleared either way. */
+async function settlesWithin(settled: Promise<boolean>, timeoutMs: number): Promise<boolean> {
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<'late'>((resolve) => {
-    timer = setTimeout(() => resolve('late'), timeoutMs);
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), timeoutMs);
     // Never what keeps a process alive: the socket it guards does that until it is closed.
     timer.unref?.();
   });
   try {
-    if ((await Promise.race([ended, late])) === 'ended') return;
+    return await Promise.race([settled, late]);
   } finally {
     clearTimeout(timer);
   }
-  const stream = client.connection?.stream;
-  if (stream === undefined) return;
-  stream.destroy();
-  // pg resolves end() on the socket's 'close', which a destroyed socket emits at once: waiting for it
-  // means the socket is really released when this returns.
-  await ended;
 }

@@ -292,7 +292,8 @@ export class ListenConnection {
 
   /**
    * Ends the connection and its timers; no reconnect follows. Waits for each client it ends at most
-   * `END_TIMEOUT_MS` (a second), however the network behaves, then destroys its socket (see `bounded-end.ts`).
+   * `END_TIMEOUT_MS` (a second) however the network behaves, then destroys its socket, and gives `end()`
+   * as long again to settle (see `bounded-end.ts`).
    */
   async close(): Promise<void> {
     this.#closed = true;

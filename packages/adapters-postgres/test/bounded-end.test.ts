@@ -64,6 +64,21 @@ describe('endWithin', () => {
     expect(vi.getTimerCount()).toBe(0);
   });
 
+  it('gives up on an end() that the destroyed socket does not settle, one more deadline later', async () => {
+    const destroy = vi.fn();
+    const client = { end: () => new Promise<void>(() => {}), connection: { stream: { destroy } } };
+    let returned = false;
+    const ending = endWithin(client, 50).then(() => {
+      returned = true;
+    });
+    await vi.advanceTimersByTimeAsync(50);
+    expect(destroy).toHaveBeenCalledTimes(1);
+    expect(returned).toBe(false);
+    await vi.advanceTimersByTimeAsync(50);
+    await ending;
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
   it('never rejects when end() fails', async () => {
     await expect(endWithin({ end: () => Promise.reject(new Error('broken')) })).resolves.toBeUndefined();
     expect(vi.getTimerCount()).toBe(0);
