@@ -8,6 +8,7 @@ import { EVENT_TYPES, TASK_STATUSES } from '../model.js';
 import { ProgressError } from '../progress-error.js';
 import {
   clientFrameArbitrary,
+  errorFrameArbitrary,
   serverFrameArbitrary,
   taskEventArbitrary,
   taskViewArbitrary,
@@ -864,7 +865,10 @@ describe('arbitraries', () => {
     expect(new Set(server.map((frame) => frame.type))).toEqual(new Set(SERVER_FRAME_TYPES));
     const client = sample(clientFrameArbitrary, 200);
     expect(new Set(client.map((frame) => frame.type))).toEqual(new Set(CLIENT_FRAME_TYPES));
-    const codes = new Set(server.flatMap((frame) => (frame.type === 'error' ? [frame.code] : [])));
+    // From the error frames themselves: the sixth of 1,000 server frames that are errors left one of the
+    // 19 codes out for 1 seed in 300 measured (test:deep draws a new seed each run; FC_SEED=175133209 is
+    // one); 1,000 error frames miss one with a chance under 1e-15.
+    const codes = new Set(sample(errorFrameArbitrary, 1000).map((frame) => frame.code));
     expect(codes).toEqual(new Set(ERROR_CODES));
   });
 });
