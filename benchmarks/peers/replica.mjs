@@ -410,7 +410,8 @@ process.on('message', async (message) => {
         send({ type: 'bumped', seq: (await system.bump(message.id, message.n)) ?? null, t: now() });
         break;
       case 'stats':
-        await toggleWindowProfile(`replica-${SYSTEM}`);
+        // A warm-up pass's window is not profiled (run.mjs, PEERS_WARMUP_PASSES).
+        if (message.profile !== false) await toggleWindowProfile(`replica-${SYSTEM}`);
         if (message.gc && global.gc) global.gc();
         send({ type: 'stats', ...stats(), terminalResends: (await system.terminalResends?.()) ?? null });
         break;

@@ -60,6 +60,9 @@ const SYSTEMS = ONLY ? ALL_SYSTEMS.filter((s) => ONLY.includes(s.name)) : ALL_SY
 const SKIP_CAPACITY = process.env.PEERS_SKIP_CAPACITY === '1';
 /** Unmeasured passes of each scenario before the measured one, on the same replica processes. */
 const WARMUP_PASSES = Number(process.env.PEERS_WARMUP_PASSES ?? 0);
+if (!Number.isSafeInteger(WARMUP_PASSES) || WARMUP_PASSES < 0) {
+  throw new Error(`PEERS_WARMUP_PASSES must be an integer ≥ 0, got ${process.env.PEERS_WARMUP_PASSES}`);
+}
 /** Pause between two items of a task: a task lasts items × PACE_MS, long enough to cut sockets in it. */
 const PACE_MS = 50;
 /**
@@ -258,8 +261,8 @@ async function runScenario(systemSpec, config, disconnects) {
   try {
     // Warm-up passes: the same scenario on the same replicas, figures discarded, so that the measured
     // pass sees processes whose hot paths are compiled, as a server that has run for a while does.
-    for (let i = 0; i < WARMUP_PASSES; i++) await measurePass(system, replicas, config, disconnects);
-    return await measurePass(system, replicas, config, disconnects);
+    for (let i = 0; i < WARMUP_PASSES; i++) await measurePass(system, replicas, config, disconnects, false);
+    return await measurePass(system, replicas, config, disconnects, true);
   } finally {
     await Promise.all(replicas.map((r) => r.stop()));
     if (env.PEER_SCHEMA) {
@@ -270,8 +273,11 @@ async function runScenario(systemSpec, config, disconnects) {
   }
 }
 
-/** One pass of the scenario on running replicas: new tasks, new watchers (closed at the end), figures. */
-async function measurePass(system, replicas, config, disconnects) {
+/**
+ * One pass of the scenario on running replicas: new tasks, new watchers (closed at the end), figures. A
+ * warm-up pass (`measured` false) writes no window profiles.
+ */
+async function measurePass(system, replicas, config, disconnects, measured) {
   const { tasks: T, watchers: W, items: M } = config;
   const replicaCount = replicas.length;
   const urls = replicas.map((r) => urlOf(system, r.port));
@@ -309,7 +315,9 @@ async function measurePass(system, replicas, config, disconnects) {
       terminalAt.set(id, t);
       writeMs.push(t - called);
     };
-    const before = await Promise.all(replicas.map((r) => r.request({ type: 'stats' }, 'stats')));
+    const before = await Promise.all(
+      replicas.map((r) => r.request({ type: 'stats', profile: measured }, 'stats')),
+    );
 
     // Cuts: each watcher once, uniformly within the task's running time.
     const cutTimers = [];
@@ -321,7 +329,7 @@ async function measurePass(system, replicas, config, disconnects) {
         cutTimers.push(setTimeout(() => watcher.cut(), startOf.get(watcher.taskId) + Math.random() * runMs));
       }
     }
-    await toggleWindowProfile(`host-${system}`);
+    if (measured) await toggleWindowProfile(`host-${system}`);
     const hostCpuBefore = process.cpuUsage();
     const runStart = now();
     await replicas[0].request({ type: 'run', ids, items: M, paceMs: PACE_MS, startsMs }, 'ran', 120_000);
@@ -330,9 +338,11 @@ async function measurePass(system, replicas, config, disconnects) {
     const deadline = lastTerminal + GRACE_MS;
     while (now() < deadline && watchers.some((w) => w.finishedAt === null)) await sleep(20);
     for (const timer of cutTimers) clearTimeout(timer);
-    const after = await Promise.all(replicas.map((r) => r.request({ type: 'stats' }, 'stats')));
+    const after = await Promise.all(
+      replicas.map((r) => r.request({ type: 'stats', profile: measured }, 'stats')),
+    );
     const hostCpu = process.cpuUsage(hostCpuBefore);
-    await toggleWindowProfile(`host-${system}`);
+    if (measured) await toggleWindowProfile(`host-${system}`);
 
     const latencies = [];
     const byReplica = replicas.map(() => []);
