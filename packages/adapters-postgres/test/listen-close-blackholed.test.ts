@@ -1,8 +1,8 @@
-import { type AddressInfo, connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
-import { eventually, pgUrl, settlesWithin, storeFixtures } from './support.js';
+import { eventually, loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
 
 /**
  * `close()` while the network to Postgres drops every packet (a firewall, a dead host, a severed link).
@@ -23,21 +23,14 @@ async function blackHoleProxy() {
   const target = new URL(pgUrl());
   /** The proxy's ends of the connections clients opened to it. */
   const inbound = new Set<Socket>();
-  const sockets = new Set<Socket>();
   let blackHoled = false;
-  const track = (socket: Socket) => {
-    sockets.add(socket);
-    socket.on('error', () => {});
-    socket.on('close', () => sockets.delete(socket));
-  };
-  const server = createServer({ allowHalfOpen: true }, (client) => {
+  const proxy = await loopbackServer({ allowHalfOpen: true }, (client) => {
     const upstream = connect({
       host: target.hostname,
       port: Number(target.port || 5432),
       allowHalfOpen: true,
     });
-    track(client);
-    track(upstream);
+    proxy.track(upstream);
     inbound.add(client);
     client.on('close', () => inbound.delete(client));
     client.on('data', (chunk) => {
@@ -53,21 +46,14 @@ async function blackHoleProxy() {
       if (!blackHoled) client.end();
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const url = new URL(pgUrl());
-  url.hostname = '127.0.0.1';
-  url.port = String((server.address() as AddressInfo).port);
   return {
-    url: url.toString(),
+    url: proxy.url,
     /** Connections from clients that are open on the proxy's side. */
     inbound: () => [...inbound],
     blackHole() {
       blackHoled = true;
     },
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(resolve));
-    },
+    close: () => proxy.close(),
   };
 }
 

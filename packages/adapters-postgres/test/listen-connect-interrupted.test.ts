@@ -1,8 +1,7 @@
-import { type AddressInfo, createServer, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
-import { eventually, pgUrl, settlesWithin, storeFixtures } from './support.js';
+import { eventually, loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
 
 /**
  * A `LISTEN` connect that the store interrupts: `close()`, or `forgetSeqs()` replacing the connection,
@@ -20,30 +19,19 @@ const { admin, pool, migrated } = storeFixtures('connect');
  * connection when the client ends it, as Postgres does.
  */
 async function silentServer() {
-  const sockets = new Set<Socket>();
   let startups = 0;
-  const server = createServer((socket) => {
-    sockets.add(socket);
+  const server = await loopbackServer({}, (socket) => {
     socket.once('data', () => {
       startups += 1;
     });
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => {});
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const url = new URL(pgUrl());
-  url.hostname = '127.0.0.1';
-  url.port = String((server.address() as AddressInfo).port);
   return {
-    url: url.toString(),
+    url: server.url,
     /** Clients whose startup message arrived: their `connect()` is in progress. */
     startups: () => startups,
     /** Connections not closed yet. */
-    open: () => sockets.size,
-    async close() {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => server.close(resolve));
-    },
+    open: () => server.sockets.size,
+    close: () => server.close(),
   };
 }
 

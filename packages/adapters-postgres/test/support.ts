@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { type AddressInfo, createServer, type ServerOpts, type Socket } from 'node:net';
 import type { ProgressStore, TaskChange } from '@finishline/core';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
@@ -277,6 +278,48 @@ export function storeFixtures(prefix: string, defaults: Partial<PostgresProgress
       });
       stores.push(store);
       return store;
+    },
+  };
+}
+
+/** A loopback TCP server of a test, standing in for Postgres (see {@link loopbackServer}). */
+export interface LoopbackServer {
+  /** The test server's URL with this server's address: what a pg client connects to. */
+  url: string;
+  /** Sockets still open on this server's side, accepted or added by the test (`track`). */
+  sockets: Set<Socket>;
+  /** Counts `socket` among {@link sockets} until it closes, its errors ignored. */
+  track(socket: Socket): void;
+  /** Destroys every socket still open (a silent or black-holed peer never ends one), then closes. */
+  close(): Promise<void>;
+}
+
+/** Listens on 127.0.0.1 and hands each accepted socket, tracked, to `accepted`. */
+export async function loopbackServer(
+  options: ServerOpts,
+  accepted: (socket: Socket) => void,
+): Promise<LoopbackServer> {
+  const sockets = new Set<Socket>();
+  const track = (socket: Socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+    socket.on('close', () => sockets.delete(socket));
+  };
+  const server = createServer(options, (socket) => {
+    track(socket);
+    accepted(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = new URL(pgUrl());
+  url.hostname = '127.0.0.1';
+  url.port = String((server.address() as AddressInfo).port);
+  return {
+    url: url.toString(),
+    sockets,
+    track,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
     },
   };
 }

@@ -202,6 +202,16 @@ async function passTheMarkAfterRestore(setup: ReturnType<typeof setUp>): Promise
   for (let done = 1; done <= 40; done++) await worker.append('busy', { type: 'progress', done });
 }
 
+/** What {@link passTheMarkAfterRestore} committed, among the changes the server published after it. */
+function expectPassedTheMark(after: TaskChange[]): void {
+  expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
+  expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
+    taskId: 'busy',
+    seq: 40,
+    terminal: false,
+  });
+}
+
 describe("a restored file whose ids passed the store's mark before the store looked", () => {
   afterEach(() => {
     vi.useRealTimers();
@@ -220,12 +230,7 @@ describe("a restored file whose ids passed the store's mark before the store loo
     vi.advanceTimersByTime(NEVER_POLLS_MS);
 
     const after = seen.slice(restoredAt);
-    expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
-    expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
-      taskId: 'busy',
-      seq: 40,
-      terminal: false,
-    });
+    expectPassedTheMark(after);
   });
 
   it("is found by the store's next write transaction, which publishes them", async () => {
@@ -241,13 +246,8 @@ describe("a restored file whose ids passed the store's mark before the store loo
     await server.append('mine', { type: 'progress', done: 1 });
 
     const after = seen.slice(restoredAt);
-    expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
+    expectPassedTheMark(after);
     expect(after).toContainEqual({ taskId: 'mine', seq: 1, terminal: false });
-    expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
-      taskId: 'busy',
-      seq: 40,
-      terminal: false,
-    });
   });
 });
 
@@ -327,11 +327,6 @@ describe('a restore landing inside a poll, after its check of the mark and befor
     vi.advanceTimersByTime(NEVER_POLLS_MS);
 
     const after = seen.slice(restoredAt);
-    expect(after).toContainEqual({ taskId: 'quiet', seq: 2, terminal: true });
-    expect(after.filter((change) => change.taskId === 'busy').at(-1)).toEqual({
-      taskId: 'busy',
-      seq: 40,
-      terminal: false,
-    });
+    expectPassedTheMark(after);
   });
 });
