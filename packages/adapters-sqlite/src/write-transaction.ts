@@ -80,10 +80,8 @@ export class WriteTransactions {
    */
   #afterCommit(log: TransactionLog): void {
     this.#publisher.committed(log);
-    let mark: { text: string; changes: number };
-    try {
-      mark = this.#readWriteMark();
-    } catch {
+    const mark = this.#writeMarkAfterCommit();
+    if (mark === undefined) {
       this.#cache.reset();
       return;
     }
@@ -99,14 +97,18 @@ export class WriteTransactions {
    */
   autocommitted(): void {
     if (this.#onCommitted === undefined) return;
-    let changes: number;
+    // Unreadable: a missed ask only waits for the next commit's.
+    const mark = this.#writeMarkAfterCommit();
+    if (mark !== undefined) this.#onCommitted(mark.changes);
+  }
+
+  /** The write mark, read after a commit, which a failure to read it must not undo: `undefined` then. */
+  #writeMarkAfterCommit(): { text: string; changes: number } | undefined {
     try {
-      changes = this.#readWriteMark().changes;
+      return this.#readWriteMark();
     } catch {
-      // The write committed: a missed ask only waits for the next commit's.
-      return;
+      return undefined;
     }
-    this.#onCommitted(changes);
   }
 
   /** The write mark as `RunningTaskCache` compares it, and the connection's `total_changes()` in it. */
