@@ -12,6 +12,7 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { loopDelayMeter } from './stalls.mjs';
 import { toggleWindowProfile } from './window-profile.mjs';
 
 const SYSTEM = process.env.PEER_SYSTEM;
@@ -344,6 +345,8 @@ const factory = factories[SYSTEM];
 if (!factory) throw new Error(`unknown PEER_SYSTEM ${SYSTEM}`);
 const system = await factory();
 
+const loopDelayMaxMs = loopDelayMeter();
+
 const stats = () => {
   const cpu = process.cpuUsage();
   const usage = process.resourceUsage();
@@ -357,6 +360,8 @@ const stats = () => {
     heapUsedMb: memory.heapUsed / 2 ** 20,
     sockets: system.sockets(),
     threads: process.env.PEER_DIAG_THREADS === '1' ? threadCpu() : undefined,
+    // The longest event-loop delay since the previous `stats` (the window's, in the one after it).
+    loopDelayMaxMs: loopDelayMaxMs(),
   };
 };
 

@@ -23,6 +23,7 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { collectHostGarbage, loopDelayMeter, machineStealMs } from './stalls.mjs';
 import { baselineWatcher, finishlineWatcher, socketioWatcher } from './watchers.mjs';
 import { toggleWindowProfile } from './window-profile.mjs';
 
@@ -58,6 +59,8 @@ const ALL_SYSTEMS = [
 const ONLY = process.env.PEERS_ONLY?.split(',');
 const SYSTEMS = ONLY ? ALL_SYSTEMS.filter((s) => ONLY.includes(s.name)) : ALL_SYSTEMS;
 const SKIP_CAPACITY = process.env.PEERS_SKIP_CAPACITY === '1';
+/** The watcher host's longest event-loop delay since the previous call (see stalls.mjs). */
+const hostLoopDelayMaxMs = loopDelayMeter();
 /** Unmeasured passes of each scenario before the measured one, on the same replica processes. */
 const WARMUP_PASSES = Number(process.env.PEERS_WARMUP_PASSES ?? 0);
 if (!Number.isSafeInteger(WARMUP_PASSES) || WARMUP_PASSES < 0) {
@@ -315,6 +318,10 @@ async function measurePass(system, replicas, config, disconnects, measured) {
       terminalAt.set(id, t);
       writeMs.push(t - called);
     };
+    // The watcher host's garbage (earlier scenarios' clients, this one's set-up) collected now rather than
+    // in a major GC inside the window: such a pause (62–125 ms measured) stalls every watcher at once and
+    // lands in whichever system's row it falls, though no browser shares one heap with 4,000 others.
+    collectHostGarbage();
     const before = await Promise.all(
       replicas.map((r) => r.request({ type: 'stats', profile: measured }, 'stats')),
     );
@@ -331,6 +338,8 @@ async function measurePass(system, replicas, config, disconnects, measured) {
     }
     if (measured) await toggleWindowProfile(`host-${system}`);
     const hostCpuBefore = process.cpuUsage();
+    const stealBefore = machineStealMs();
+    hostLoopDelayMaxMs();
     const runStart = now();
     await replicas[0].request({ type: 'run', ids, items: M, paceMs: PACE_MS, startsMs }, 'ran', 120_000);
     const lastTerminal = Math.max(...terminalAt.values());
@@ -342,6 +351,8 @@ async function measurePass(system, replicas, config, disconnects, measured) {
       replicas.map((r) => r.request({ type: 'stats', profile: measured }, 'stats')),
     );
     const hostCpu = process.cpuUsage(hostCpuBefore);
+    const hostLoopDelayMs = hostLoopDelayMaxMs();
+    const stealAfter = machineStealMs();
     if (measured) await toggleWindowProfile(`host-${system}`);
 
     const latencies = [];
@@ -383,6 +394,10 @@ async function measurePass(system, replicas, config, disconnects, measured) {
       messagesPerSecond: delivered / Math.max(0.001, (lastDelivery - runStart) / 1000),
       watcherHostCpuSeconds: (hostCpu.user + hostCpu.system) / 1e6,
       watcherHostSystemCpuSeconds: hostCpu.system / 1e6,
+      // Stalls that no system's code accounts for: the longest event-loop delay of the watcher host, and
+      // the CPU time the machine's hypervisor took away (steal, every CPU) in the window; see stalls.mjs.
+      watcherHostLoopDelayMaxMs: hostLoopDelayMs,
+      machineStealMs: stealBefore === null || stealAfter === null ? null : stealAfter - stealBefore,
       replicaStats: after.map((a, i) => ({
         cpuSeconds: a.cpuSeconds - before[i].cpuSeconds,
         systemCpuSeconds: a.systemCpuSeconds - before[i].systemCpuSeconds,
@@ -396,6 +411,7 @@ async function measurePass(system, replicas, config, disconnects, measured) {
         },
         peakRssMb: a.peakRssMb,
         sockets: a.sockets,
+        loopDelayMaxMs: a.loopDelayMaxMs,
       })),
     };
     return result;
@@ -576,7 +592,9 @@ async function main() {
           log(
             `${label}: p50 ${fmt(result.latencyMs.p50)} p99 ${fmt(result.latencyMs.p99)} max ${fmt(result.latencyMs.max)} ms, ` +
               `${(100 * result.completionShare).toFixed(1)}% tasks, ${fmt(result.messagesPerSecond, 0)} msg/s, load ${fmt(result.loadAverage)} ` +
-              `(${((now() - started) / 1000).toFixed(1)} s)`,
+              `(${((now() - started) / 1000).toFixed(1)} s); longest event-loop delay: replicas ` +
+              `${result.replicaStats.map((r) => fmt(r.loopDelayMaxMs)).join(' / ')} ms, watcher host ` +
+              `${fmt(result.watcherHostLoopDelayMaxMs)} ms; machine steal ${result.machineStealMs ?? 'n/a'} ms`,
           );
         } catch (error) {
           failures.push({ label, error: String(error?.message ?? error) });
