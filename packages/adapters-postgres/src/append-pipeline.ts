@@ -2,6 +2,7 @@ import type { AppendInput, AppendResult, Clock, Task, TaskChange, TaskEvent } fr
 import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
 import { compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
+import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { LastWrittenRows } from './last-written-rows.js';
 import {
   type ChangeNotice,
@@ -108,14 +109,20 @@ export interface AppendPipelineOptions {
 
 /**
  * Planned appends as the write statements take them, serialized once: the task rows as one JSON document,
- * the events as one array per column with the bodies as one text.
+ * the events as one array literal per column (`array-literal.ts`) with the bodies as one text.
  */
 interface EncodedAppends {
   /** The tasks' final rows (`taskRecordJson`, with what each was planned from if given), a JSON array. */
   tasks: string;
-  ids: string[];
-  /** The events as columns of the events table: `bodies` joined by {@link PAYLOADS_SEPARATOR}. */
-  events: { taskIds: string[]; seqs: number[]; types: string[]; times: number[]; bodies: string };
+  /** The tasks' ids, a `text[]` literal. */
+  ids: string;
+  /** How many tasks. */
+  count: number;
+  /**
+   * The events as columns of the events table, each an array literal, and `bodies` joined by
+   * {@link PAYLOADS_SEPARATOR}.
+   */
+  events: { taskIds: string; seqs: string; types: string; times: string; bodies: string };
   /** The `pg_notify` payloads joined by {@link PAYLOADS_SEPARATOR} (`chr(1)` in SQL). */
   payloads: string;
   /** The changes to publish once committed, in the order of the events. */
@@ -159,10 +166,17 @@ function encodeAppends(
   );
   return {
     tasks: `[${tasks.map((task) => taskRecordJson(task, planned?.get(task.id))).join(',')}]`,
-    ids: tasks.map((task) => task.id),
-    // In event order (a Map iterates in insertion order). JSON.stringify escapes every control character,
-    // so U+0001 never occurs inside a body.
-    events: { taskIds, seqs, types, times, bodies: [...bodies.values()].join(PAYLOADS_SEPARATOR) },
+    ids: textArrayLiteral(tasks.map((task) => task.id)),
+    count: tasks.length,
+    events: {
+      taskIds: textArrayLiteral(taskIds),
+      seqs: integerArrayLiteral(seqs),
+      types: textArrayLiteral(types),
+      times: integerArrayLiteral(times),
+      // In event order (a Map iterates in insertion order). JSON.stringify escapes every control
+      // character, so U+0001 never occurs inside a body.
+      bodies: [...bodies.values()].join(PAYLOADS_SEPARATOR),
+    },
     payloads: payloads.join(PAYLOADS_SEPARATOR),
     changes,
   };
@@ -292,19 +306,20 @@ export async function writeAppends(
 
 /** The arguments of the write statements, from the encoded appends. */
 function encodedArguments(encoded: EncodedAppends): AppendArguments {
-  const { tasks, ids, events, payloads } = encoded;
-  return { ...events, tasks, ids, payloads, count: ids.length };
+  const { tasks, ids, count, events, payloads } = encoded;
+  return { ...events, tasks, ids, payloads, count };
 }
 
 /** The arguments the append statements bind (see {@link AppendStatements}). */
 interface AppendArguments extends Record<string, unknown> {
   tasks: string;
-  ids: string[];
+  /** Array literals (`array-literal.ts`), as the statements cast them. */
+  ids: string;
   count: number;
-  taskIds: string[];
-  seqs: number[];
-  types: string[];
-  times: number[];
+  taskIds: string;
+  seqs: string;
+  types: string;
+  times: string;
   bodies: string;
   payloads: string;
 }
