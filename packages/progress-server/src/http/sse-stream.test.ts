@@ -1,6 +1,6 @@
-import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { restorableStore, startServer, type TestServer } from '../testing/harness.js';
+import { restorableStore, sleep, startServer, type TestServer } from '../testing/harness.js';
 
 /** Issue 14, what-to-build 3: `GET {basePath}/tasks/:id/stream` (Server-Sent Events) and `POST …/ack`. */
 
@@ -227,6 +227,46 @@ describe('GET /tasks/:id/stream', () => {
     ]);
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
     expect(after[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
+  });
+
+  it('a reader that stops reading holds the server to a bounded buffer, then gets every seq once, in order, to the end', async () => {
+    env = await startServer({ heartbeatIntervalMs: 60_000 });
+    let held: ServerResponse | undefined;
+    env.server.httpServer?.on('request', (request: IncomingMessage, response: ServerResponse) => {
+      if (request.url?.endsWith('/stream') === true) held = response;
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    // The client stops reading: its socket buffer, then both kernels' buffers fill, then the server's
+    // writes are refused (write() returns false) and whatever it writes next stays in its own memory.
+    response.pause();
+    const server = held as ServerResponse;
+    // About 4 KiB per frame, 12 MiB in all: well beyond what loopback's kernel buffers absorb.
+    const message = 'x'.repeat(4000);
+    const count = 3000;
+    let most = 0;
+    const measure = () => {
+      most = Math.max(most, server.writableLength);
+    };
+    for (let done = 1; done <= count; done++) {
+      await task.progress({ done, message });
+      measure();
+    }
+    await task.complete();
+    // The stream's reads of the last commits are asynchronous: give them turns to write (or not).
+    for (let turn = 0; turn < 20; turn++) {
+      await sleep(5);
+      measure();
+    }
+    expect(server.socket?.writableNeedDrain).toBe(true); // the stall is real
+    // What one frame past the socket's high-water mark (16 KiB) can hold; the unbounded stream held MiBs.
+    expect(most).toBeLessThan(64 * 1024);
+    const stream = new Stream(response);
+    response.resume();
+    await stream.ended;
+    const seqs = stream.frames().map(seqOf);
+    expect(seqs).toEqual(Array.from({ length: count + 2 }, (_, seq) => seq));
+    expect(stream.frames().at(-1)?.frame).toMatchObject({ type: 'event', event: { type: 'completed' } });
   });
 
   it('respects authentication, the same not-found answer, and the per-principal cap', async () => {

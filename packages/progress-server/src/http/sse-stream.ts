@@ -16,7 +16,9 @@ import type { PrincipalLimits } from '../principal-limits.js';
  * the stream ends after the terminal frame. Acknowledgements go over `POST …/ack`.
  *
  * The stream reads the store: on subscribe, and whenever the hub announces a commit of the task (one
- * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq.
+ * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq. A
+ * reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false the
+ * stream writes nothing more until 'drain', then reads on from its cursor what was committed meanwhile.
  *
  * @module
  */
@@ -79,6 +81,8 @@ export function streamTask(
   let generation = 0;
   /** An epoch restart is reading the task: the pump waits for its snapshot, which sets the cursor. */
   let restarting = false;
+  /** The response's buffer is full: nothing is written until 'drain'. */
+  let draining = false;
   let unfollow: Unsubscribe | undefined;
 
   response.writeHead(200, {
@@ -96,6 +100,7 @@ export function streamTask(
     ended = true;
     clearInterval(heartbeat);
     clearTimeout(expiry);
+    response.off('drain', drained);
     unfollow?.();
     ctx.open.delete(opened);
     release();
@@ -133,7 +138,10 @@ export function streamTask(
 
   const write = (seq: number, frame: ServerFrame) => {
     if (ended) return;
-    response.write(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`);
+    if (!response.write(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`) && !draining) {
+      draining = true;
+      response.once('drain', drained);
+    }
   };
   const epochField = () => {
     const epoch = ctx.epoch.current;
@@ -151,8 +159,9 @@ export function streamTask(
   };
 
   const heartbeat = setInterval(() => {
-    // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic.
-    if (!ended) response.write(`: heartbeat ${ctx.clock()}\n\n`);
+    // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic. A full
+    // buffer is traffic enough, and a stalled reader's buffer must not grow by one comment per interval.
+    if (!ended && !draining) response.write(`: heartbeat ${ctx.clock()}\n\n`);
   }, ctx.heartbeatIntervalMs);
   heartbeat.unref();
   // The stream ends when its credential expires, as a socket is closed then (4011): the client's next
@@ -174,8 +183,9 @@ export function streamTask(
       do {
         again = false;
         for (;;) {
-          // The restart calls the pump again once its snapshot set the cursor.
-          if (ended || restarting) return;
+          // The restart calls the pump again once its snapshot set the cursor; 'drain' calls it again
+          // once the reader caught up.
+          if (ended || restarting || draining) return;
           const readIn = generation;
           const events = await ctx.store.readEvents(taskId, cursor, ctx.maxReplayEvents);
           if (ended) return;
@@ -202,6 +212,9 @@ export function streamTask(
               end();
               return;
             }
+            // The rest of this page is read again from the cursor after 'drain': holding it here would
+            // be the unbounded buffer this avoids.
+            if (draining) return;
           }
         }
       } while (again && !ended);
@@ -213,6 +226,11 @@ export function streamTask(
       reading = false;
     }
   };
+
+  function drained(): void {
+    draining = false;
+    void pump();
+  }
 
   // Follow before the first read, so a commit after it is announced.
   unfollow = ctx.hub.follow(taskId, { deliver: () => void pump() });
