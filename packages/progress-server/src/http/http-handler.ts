@@ -37,7 +37,7 @@ import {
   send,
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
-import { streamTask } from './sse-stream.js';
+import { answerStreamHead, streamTask } from './sse-stream.js';
 
 export { HTTP_STATUS } from './http-request.js';
 
@@ -353,6 +353,11 @@ async function serve<P extends Principal>(
         { name: 'Last-Event-ID (afterSeq)', fallback: 0, min: 0, max: LIMITS.maxCount },
       );
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
+      if (method === 'HEAD') {
+        answerStreamHead(response);
+        return STREAMED;
+      }
       // A stream costs what a socket costs: it counts against the principal's socket cap.
       if (!streams.limits.openSocket(principal.id)) {
         ctx.metrics.principalLimits.inc({ limit: 'sockets' });

@@ -75,6 +75,19 @@ function get(path: string, headers: Record<string, string> = {}): Promise<Incomi
   });
 }
 
+/** `promise`, or a rejection naming `what` after `ms`: a hang fails with its cause, not the test's timeout. */
+async function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
 
@@ -267,6 +280,31 @@ describe('GET /tasks/:id/stream', () => {
     const seqs = stream.frames().map(seqOf);
     expect(seqs).toEqual(Array.from({ length: count + 2 }, (_, seq) => seq));
     expect(stream.frames().at(-1)?.frame).toMatchObject({ type: 'event', event: { type: 'completed' } });
+  });
+
+  it('answers HEAD at once with the stream’s headers and an end, holding no stream slot', async () => {
+    env = await startServer({ maxSocketsPerPrincipal: 1 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const head = await within(
+      new Promise<IncomingMessage>((resolve, reject) => {
+        const req = httpRequest(
+          `${env?.httpUrl}/progress/tasks/${task.id}/stream`,
+          { method: 'HEAD', headers: { 'x-user': 'alice' } },
+          resolve,
+        );
+        req.on('error', reject);
+        req.end();
+      }),
+      'the HEAD response headers',
+    );
+    open.push(head);
+    expect(head.statusCode).toBe(200);
+    expect(head.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    head.resume();
+    await within(new Promise((resolve) => head.on('end', resolve)), 'the end of the HEAD response');
+    // The HEAD's connection is still open (keep-alive): the principal's one slot must be free.
+    const stream = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    expect(stream.response.statusCode).toBe(200);
   });
 
   it('respects authentication, the same not-found answer, and the per-principal cap', async () => {

@@ -23,7 +23,6 @@ import type { PrincipalLimits } from '../principal-limits.js';
  * @module
  */
 
-/** What a stream needs from its server. @internal */
 /** The longest delay `setTimeout` takes (a longer one fires at once). */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -35,6 +34,7 @@ export interface OpenStream {
   epochRenewed(): void;
 }
 
+/** What a stream needs from its server. @internal */
 export interface StreamContext {
   readonly hub: TaskHub;
   readonly epoch: StoreEpoch;
@@ -46,6 +46,25 @@ export interface StreamContext {
   readonly clock: () => number;
   /** Open streams, ended by the server's shutdown and restarted by an epoch change. */
   readonly open: Set<OpenStream>;
+}
+
+/** The headers of an event stream, and of the answer to a `HEAD` of one. */
+const STREAM_HEADERS = Object.freeze({
+  'content-type': 'text/event-stream; charset=utf-8',
+  'cache-control': 'no-store',
+  connection: 'keep-alive',
+  // nginx buffers proxied responses unless told not to: events would arrive in bursts.
+  'x-accel-buffering': 'no',
+});
+
+/**
+ * Answers `HEAD …/stream`: the headers a `GET` would get, then the end. A `HEAD` response has no body, so
+ * a stream opened for one would write nothing (not even its headers, which node sends with the first
+ * body byte) while holding the principal's stream slot, a hub follow and a timer until the client left.
+ */
+export function answerStreamHead(response: ServerResponse): void {
+  response.writeHead(200, STREAM_HEADERS);
+  response.end();
 }
 
 /**
@@ -85,13 +104,7 @@ export function streamTask(
   let draining = false;
   let unfollow: Unsubscribe | undefined;
 
-  response.writeHead(200, {
-    'content-type': 'text/event-stream; charset=utf-8',
-    'cache-control': 'no-store',
-    connection: 'keep-alive',
-    // nginx buffers proxied responses unless told not to: events would arrive in bursts.
-    'x-accel-buffering': 'no',
-  });
+  response.writeHead(200, STREAM_HEADERS);
   // Tells EventSource how long to wait before reconnecting after a cut (ms).
   response.write('retry: 1000\n\n');
 
