@@ -1,5 +1,5 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
@@ -149,6 +149,37 @@ describe('HTTP handler', () => {
       headers: { 'content-type': 'application/json' },
     });
     expect(badBody.status).toBe(400);
+  });
+
+  it('a client leaving in the middle of a POST body is neither logged nor counted as a handler failure', async () => {
+    const errors: unknown[] = [];
+    const noop = () => {};
+    env = await startServer({
+      logger: { debug: noop, info: noop, warn: noop, error: (...args: unknown[]) => errors.push(args) },
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const route of ['ack', 'cancel']) {
+      const arrived = new Promise<IncomingMessage>((resolve) =>
+        env?.server.httpServer?.once('request', resolve),
+      );
+      const client = connect(env.port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      client.write(
+        `POST /progress/tasks/${task.id}/${route} HTTP/1.1\r\nHost: test\r\nX-User: alice\r\n` +
+          'Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"seq":',
+      );
+      const request = await arrived;
+      // Leaves once the handler is reading the body (it starts within the turn the request arrived in).
+      await new Promise((resolve) => setImmediate(resolve));
+      const closed = new Promise((resolve) => request.once('close', resolve));
+      client.destroy();
+      await closed;
+      // The handler's answer to the failed read runs in the turns after the request's close.
+      for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
+    }
+    expect(errors).toEqual([]);
+    expect((await env.server.metrics.handlerErrors.get()).values.map((value) => value.value)).toEqual([0]);
+    expect((await env.store.getTask(task.id))?.status).toBe('running');
   });
 
   it('answers 405 for a wrong method and 404 for unknown routes without next', async () => {

@@ -45,9 +45,9 @@ export class HttpError extends Error {
   constructor(
     code: ErrorCode,
     message: string,
-    http: { status?: number; headers?: Record<string, string> } = {},
+    http: { status?: number; headers?: Record<string, string>; cause?: unknown } = {},
   ) {
-    super(message);
+    super(message, http.cause === undefined ? undefined : { cause: http.cause });
     this.code = code;
     this.status = http.status ?? HTTP_STATUS[code];
     this.headers = http.headers ?? {};
@@ -148,8 +148,19 @@ export async function readJsonBody(request: IncomingMessage): Promise<Record<str
   return value as Record<string, unknown>;
 }
 
+/**
+ * A client that left before sending its whole body sent a bad request, not one the handler failed: it is
+ * refused as `invalid_input` (which no one receives), not logged or counted as an internal error.
+ */
+function clientLeft(cause?: unknown): HttpError {
+  return new HttpError(ErrorCode.InvalidInput, 'The client left before sending the whole body', { cause });
+}
+
 function readStream(request: IncomingMessage): Promise<string> {
   if (request.readableEnded) return Promise.resolve('');
+  // It left while the request was authenticated: its 'error' and 'close' were emitted already (the
+  // 'error' only to listeners, and there were none), so nothing would ever settle the read.
+  if (request.destroyed) return Promise.reject(clientLeft());
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -171,18 +182,26 @@ function readStream(request: IncomingMessage): Promise<string> {
       cleanup();
       resolve(Buffer.concat(chunks).toString('utf8'));
     };
+    // Node emits 'error' (ECONNRESET "aborted") then 'close' when the client leaves mid-body; 'close'
+    // alone ends the read should an 'error' not come.
     const onError = (error: Error) => {
       cleanup();
-      reject(error);
+      reject(clientLeft(error));
+    };
+    const onClose = () => {
+      cleanup();
+      reject(clientLeft());
     };
     const cleanup = () => {
       request.off('data', onData);
       request.off('end', onEnd);
       request.off('error', onError);
+      request.off('close', onClose);
     };
     request.on('data', onData);
     request.on('end', onEnd);
     request.on('error', onError);
+    request.on('close', onClose);
   });
 }
 
