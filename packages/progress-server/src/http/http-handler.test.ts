@@ -207,6 +207,20 @@ describe('HTTP handler', () => {
     ).toBe(401);
   });
 
+  it('answers 400 invalid_input for a task id that is not valid percent-encoding', async () => {
+    env = await startServer();
+    for (const path of [
+      '/progress/tasks/%E0%A4%A/stream',
+      '/progress/tasks/%E0%A4%A',
+      '/progress/tasks/%zz/events',
+    ]) {
+      const response = await call(path, { user: 'alice' });
+      expect(response, path).toMatchObject({ status: 400, body: { error: { code: 'invalid_input' } } });
+    }
+    // Not one of the API's routes whatever its id: still 404 (or the framework's next()).
+    expect((await call('/progress/tasks/%E0%A4%A/elsewhere', { user: 'alice' })).status).toBe(404);
+  });
+
   it('works as connect/Express middleware: mounted paths via originalUrl, unknown routes to next()', async () => {
     const store = new MemoryProgressStore();
     const progress = new ProgressServer({

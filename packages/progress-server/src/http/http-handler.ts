@@ -244,14 +244,26 @@ function matchRoute(path: string, basePath: string): Route | undefined {
   const segments = path.slice(basePath.length + 1).split('/');
   if (segments[0] !== 'tasks') return undefined;
   if (segments.length === 1) return { name: 'list' };
-  // Ids may contain '/', so clients percent-encode them (encodeURIComponent) into one segment.
-  const taskId = decodeURIComponent(segments[1] ?? '');
+  const taskId = decodeTaskId(segments[1] ?? '');
   if (segments.length === 2) return { name: 'task', taskId };
   if (segments.length === 3 && segments[2] === 'events') return { name: 'events', taskId };
   if (segments.length === 3 && segments[2] === 'cancel') return { name: 'cancel', taskId };
   if (segments.length === 3 && segments[2] === 'stream') return { name: 'stream', taskId };
   if (segments.length === 3 && segments[2] === 'ack') return { name: 'ack', taskId };
   return undefined;
+}
+
+/**
+ * Ids may contain '/', so clients percent-encode them (encodeURIComponent) into one segment. A segment
+ * that is not valid percent-encoding decodes to '': the route still matches, and '' is refused like any
+ * invalid id (400 `invalid_input`), where a throw here would have made it an unknown route (404).
+ */
+function decodeTaskId(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return '';
+  }
 }
 
 async function serve<P extends Principal>(
