@@ -59,18 +59,19 @@ export class Acks {
 
   #ack(task: TaskSubscription): void {
     const seq = task.ackable();
-    if (seq !== undefined) {
-      if (!this.#send({ type: 'ack', taskId: task.taskId, seq })) return;
-      task.acked(seq);
-    }
+    // An ack that found no ready socket is not recorded (the next `hello` flushes again): the task is then
+    // not ready to unsubscribe, but the timer check below still runs (a watch released while the socket
+    // is down leaves nothing to acknowledge either).
+    if (seq !== undefined && this.#send({ type: 'ack', taskId: task.taskId, seq })) task.acked(seq);
     if (task.readyToUnsubscribe) {
       this.#send({ type: 'unsubscribe', taskId: task.taskId });
       task.done();
       this.#o.storage?.remove(task.taskId);
-      // The coalescing timer would fire for nothing (a watch that ended leaves nothing to ack): one
-      // timer less per finished watch when it was the last with something to acknowledge or save.
-      if (this.#timer.pending && this.#settled()) this.#timer.clear();
     }
+    // The coalescing timer would fire for nothing once no followed task has anything left to acknowledge
+    // or save: a watch that ended, or whose last handle closed (the client lets go of it before this
+    // last flush), was the last one with something.
+    if (this.#timer.pending && this.#settled()) this.#timer.clear();
   }
 
   /** No task has a seq beyond what it acknowledged (so nothing to save either: a flush saves first). */

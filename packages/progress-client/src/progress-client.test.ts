@@ -250,6 +250,21 @@ describe('acks', () => {
     await client.close();
   });
 
+  it('leaves no ack timer behind when the last handle of a watch with events to acknowledge closes', async () => {
+    for (const socketUp of [true, false]) {
+      const { client, socket, task, watch, scheduler } = subscribed({ ackDelayMs: 777 });
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('a')));
+      expect(scheduler.delays).toContain(777);
+      if (!socketUp) socket.serverClose(1006);
+      watch.close();
+      // The close acknowledged what it could at once, and no watch is left: the timer has nothing to do.
+      expect(socket.frames('ack')).toEqual(socketUp ? [{ type: 'ack', taskId: 't1', seq: 1 }] : []);
+      expect(scheduler.delays).not.toContain(777);
+      await client.close();
+    }
+  });
+
   it('acks at once every ackEvery events, and the terminal event immediately', async () => {
     const { client, socket, scheduler } = subscribed({ ackEvery: 2 });
     const task = new FakeTask('t1', 3);

@@ -414,8 +414,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #release(task: TaskSubscription, watch: Watch): void {
     task.task.handles.delete(watch);
     if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
-    this.#acks.flush(task);
+    // Let go of it first: its last flush then finds whether another task still needs the ack timer.
     this.#tasks.delete(task.taskId);
+    this.#acks.flush(task);
     this.#fallback?.close(task);
     task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
