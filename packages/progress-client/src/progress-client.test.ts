@@ -1056,6 +1056,27 @@ describe('error frames', () => {
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     await client.close();
   });
+
+  it('ignores a non-fatal error frame about a task the socket is done with, or that nobody watches any more', async () => {
+    const { client, socket, task, watch, log, errors, scheduler } = subscribed();
+    socket.push(snap(task.view()));
+    socket.push(ev(task.end()));
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    const pending = scheduler.pending;
+    // Terminal acknowledged and unsubscribed, the handle still open: say the answer to a resubscribe that
+    // crossed the terminal event (the store failed while loading it) comes now.
+    socket.push({ type: 'error', code: ErrorCode.StoreUnavailable, message: 'store down', taskId: 't1' });
+    expect(log).toEqual(['snapshot@0', 'completed@1', 'finished@1']);
+    expect(scheduler.pending).toBe(pending); // no retry timer for a subscription that is over
+    // The handle closed: an error about the task (the answer to a late re-ack) concerns no one here.
+    watch.close();
+    socket.push({ type: 'error', code: ErrorCode.InvalidInput, message: 'ack ignored', taskId: 't1' });
+    expect(errors).toEqual([]);
+    expect(scheduler.pending).toBe(pending);
+    await scheduler.advance(60_000);
+    expect(socket.frames('subscribe')).toHaveLength(1);
+    await client.close();
+  });
 });
 
 describe('useSyncExternalStore semantics', () => {

@@ -373,15 +373,17 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   #onErrorFrame(frame: ErrorFrame): void {
     const taskId = frame.taskId;
-    const error = new ProgressError(frame.code, frame.message, taskId === undefined ? {} : { taskId });
-    const task = taskId === undefined ? undefined : this.#tasks.get(taskId);
-    // The re-ack of a terminal frame re-sent before the unsubscribe arrived: the server answers that it
-    // follows the task no more, which is exactly what was asked.
-    if (task?.socketDone === true && frame.code === ErrorCode.InvalidInput) return;
-    if (task === undefined) {
-      this.emit('error', error);
+    if (taskId === undefined) {
+      this.emit('error', new ProgressError(frame.code, frame.message));
       return;
     }
+    const task = this.#tasks.get(taskId);
+    // Nobody here watches the task any more, or the socket is done with it (terminal acknowledged and
+    // unsubscribed): what the server still says about it (the answer to the re-ack of a terminal frame
+    // re-sent before the unsubscribe arrived, to a resubscribe that crossed the terminal event) concerns
+    // no watch, and a retry timer would wait for nothing (a finished watch does not resubscribe).
+    if (task === undefined || task.socketDone) return;
+    const error = new ProgressError(frame.code, frame.message, { taskId });
     if (FATAL_TASK_ERRORS.has(frame.code)) {
       this.#failTask(task, error);
       return;
