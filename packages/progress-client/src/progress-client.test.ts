@@ -265,6 +265,43 @@ describe('acks', () => {
     }
   });
 
+  it("re-acks a terminal frame re-sent in a renewed epoch with that frame's own seq, not the finished cursor's", async () => {
+    // The store is restored from a backup while the watch is finished at seq 3: the server renews the epoch
+    // and restarts the subscription (version 2) before the client's unsubscribe reaches it. In the new
+    // epoch the task ends at seq 2, and the server re-sends that terminal frame until it hears an ack >= 2;
+    // an ack of 3 is beyond what exists there (refused as invalid_input, and never recorded in the store).
+    for (const via of ['terminal snapshot', 'terminal event'] as const) {
+      const { client, socket, task, log, errors } = subscribed();
+      socket.push({ ...snap(task.view()), epoch: 'e1' });
+      socket.push(ev(task.item('a')));
+      socket.push(ev(task.item('b')));
+      socket.push(ev(task.end()));
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      const restored = new FakeTask('t1', 5);
+      restored.item('a');
+      if (via === 'terminal snapshot') {
+        restored.end();
+        const reset = { type: 'snapshot' as const, task: restored.view(), reset: true as const, epoch: 'e2' };
+        socket.push(reset);
+        socket.push(reset);
+      } else {
+        socket.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e2' });
+        const end = restored.end();
+        socket.push(ev(end));
+        socket.push(ev(end));
+      }
+      expect(socket.frames('ack').slice(1)).toEqual([
+        { type: 'ack', taskId: 't1', seq: 2 },
+        { type: 'ack', taskId: 't1', seq: 2 },
+      ]);
+      // The watch had its end already: nothing more is delivered.
+      expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+      expect(errors).toEqual([]);
+      await client.close();
+    }
+  });
+
   it('acks at once every ackEvery events, and the terminal event immediately', async () => {
     const { client, socket, scheduler } = subscribed({ ackEvery: 2 });
     const task = new FakeTask('t1', 3);

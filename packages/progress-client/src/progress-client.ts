@@ -284,13 +284,21 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         // A terminal snapshot is re-sent until acknowledged, like a terminal event. (The first answer to
         // a subscribe takes the usual path: its ack also unsubscribes.)
         const resent = frame.task.status !== 'running' && task.answered;
-        this.#onTaskFrame(task, task.cursor.applySnapshot(frame.task, frame.reset === true), resent);
+        this.#onTaskFrame(
+          task,
+          task.cursor.applySnapshot(frame.task, frame.reset === true),
+          resent ? frame.task.seq : undefined,
+        );
         return;
       }
       case 'event': {
         const task = this.#tasks.get(frame.event.taskId);
         if (task !== undefined)
-          this.#onTaskFrame(task, task.cursor.applyEvent(frame.event), isTerminalEvent(frame.event));
+          this.#onTaskFrame(
+            task,
+            task.cursor.applyEvent(frame.event),
+            isTerminalEvent(frame.event) ? frame.event.seq : undefined,
+          );
         return;
       }
       case 'heartbeat':
@@ -310,14 +318,20 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     }
   }
 
-  /** A snapshot or event about a watched task arrived on the socket. */
-  #onTaskFrame(task: TaskSubscription, result: ApplyResult, terminal: boolean): void {
+  /**
+   * A snapshot or event about a watched task arrived on the socket; `terminalSeq` is its seq when it is a
+   * terminal frame the server re-sends until acknowledged.
+   */
+  #onTaskFrame(task: TaskSubscription, result: ApplyResult, terminalSeq: number | undefined): void {
     const first = task.answer();
     this.#apply(task, result);
     if (this.#tasks.get(task.taskId) !== task) return;
-    if (result.duplicate && terminal && task.cursor.finished) {
-      // The server re-sends a terminal event until it hears an ack: the previous ack may have been lost.
-      this.#connection.send({ type: 'ack', taskId: task.taskId, seq: task.cursor.seq });
+    if (result.duplicate && terminalSeq !== undefined && task.cursor.finished) {
+      // The server re-sends a terminal frame until it hears an ack: the previous ack may have been lost.
+      // Its own seq, not the cursor's: after the store's epoch was renewed, a finished cursor still holds
+      // the old epoch's seq, which may stand above the task's seq now (an ack the server refuses, and
+      // whose re-sends go on) or below it (an ack too low to stop them).
+      this.#connection.send({ type: 'ack', taskId: task.taskId, seq: terminalSeq });
     } else if (first) this.#acks.schedule(task);
   }
 
