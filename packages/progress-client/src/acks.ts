@@ -76,7 +76,7 @@ export class Acks {
 
   /** No task has a seq beyond what it acknowledged (so nothing to save either: a flush saves first). */
   #settled(): boolean {
-    for (const each of this.#tasks()) if (!each.socketDone && each.cursor.seq > each.ackedSeq) return false;
+    for (const each of this.#tasks()) if (!each.socketDone && each.seq > each.ackedSeq) return false;
     return true;
   }
 }

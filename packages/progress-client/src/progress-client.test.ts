@@ -771,6 +771,49 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it("a watch that finished over HTTP acks the new epoch's terminal seq once a socket of a renewed store is back", async () => {
+    const { client, server, scheduler, http, errors } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    const hello = (epoch: string) =>
+      ({
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        serverId: 'r1',
+        heartbeatIntervalMs: 15_000,
+        epoch,
+      }) as const;
+    const task = new FakeTask('t1', 3);
+    http.tasks.set('t1', task);
+    const log = record(client.watch('t1'));
+    server.last.open();
+    server.last.push(hello('e1'));
+    server.last.push(snap(task.view()));
+    server.last.serverClose(1006);
+    await scheduler.advance(1000);
+    server.last.serverClose(1006); // the next attempt fails too: HTTP takes over, and sees the end
+    for (const key of ['a', 'b']) task.item(key);
+    task.end();
+    await scheduler.advance(2000);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    // The store was restored meanwhile: in epoch e2 the task ended at seq 2, where an ack of 3 is refused.
+    const restored = new FakeTask('t1', 3);
+    restored.item('a');
+    restored.end();
+    expect(server.sockets).toHaveLength(3); // the third attempt is still opening
+    const socket = server.last;
+    socket.open();
+    socket.push(hello('e2'));
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    socket.push({ ...snap(restored.view()), epoch: 'e2' });
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
+    expect(socket.frames('unsubscribe')).toHaveLength(1);
+    expect(log).toHaveLength(5);
+    expect(errors).toEqual([]);
+    await client.close();
+  });
+
   it('rejects done when HTTP says the task does not exist', async () => {
     const { client, server, scheduler } = setup({ httpFallbackAfterAttempts: 1 });
     const watch = client.watch('gone');
@@ -971,6 +1014,44 @@ describe('cursor persistence', () => {
       const ctx = setup({ persistence: storage });
       const socket = watchWithEpochHello(ctx, announced);
       expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq }]);
+      await ctx.client.close();
+    }
+  });
+
+  it("a finished watch whose ack never reached the server acks the new epoch's terminal seq after a reload", async () => {
+    // The page reloads after the watch finished at seq 3 in epoch e1 but before its ack went out, and the
+    // store was restored meanwhile: in epoch e2 the task ended at seq 2 (or at seq 5). Seq 3 means nothing
+    // there: an ack of 3 is refused above seq 2 (invalid_input, nothing recorded) and stops nothing at 5.
+    // The entry saved without an epoch (an older client) is answered by the server's reset instead.
+    for (const [savedEpoch, restoredItems, afterSeq] of [
+      ['e1', 1, 0],
+      ['e1', 4, 0],
+      [undefined, 1, 3],
+    ] as const) {
+      const storage = new MemoryCursorStorage();
+      const before = new FakeTask('t1', 5);
+      for (const key of ['a', 'b']) before.item(key);
+      before.end();
+      storage.save(saved(before.view()), savedEpoch);
+      const ctx = setup({ persistence: storage });
+      const socket = watchWithEpochHello(ctx, 'e2');
+      const log = record(ctx.client.watch('t1'));
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq }]);
+      const restored = new FakeTask('t1', 5);
+      for (let item = 0; item < restoredItems; item += 1) restored.item(`r${item}`);
+      restored.end();
+      socket.push({
+        type: 'snapshot',
+        task: restored.view(),
+        epoch: 'e2',
+        ...(afterSeq > 0 && { reset: true as const }),
+      });
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      // The watch had its end already: nothing more is delivered.
+      await flush();
+      expect(log).toEqual(['snapshot@3', 'completed@3', 'finished@3']);
+      expect(ctx.errors).toEqual([]);
       await ctx.client.close();
     }
   });

@@ -151,7 +151,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (task === undefined) {
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
-      this.#adoptEpoch(task);
+      task.adoptEpoch(this.#epoch);
       task.armWatchdog();
       this.#subscribe(task);
       this.#fallback?.open(task);
@@ -223,7 +223,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
         // One write for all the subscribes and acks where the socket allows it.
         this.#connection.batch(() => {
           for (const task of this.#tasks.values()) {
-            this.#adoptEpoch(task);
+            task.adoptEpoch(this.#epoch);
             this.#subscribe(task);
             this.#acks.flush(task);
           }
@@ -278,9 +278,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       case 'snapshot': {
         const task = this.#tasks.get(frame.task.id);
         if (task === undefined) return;
-        // The server found the cursor outside the task's log: start over from this snapshot.
-        if (frame.reset === true) task.startOver();
-        if (frame.epoch !== undefined) task.setEpoch(frame.epoch);
+        // A reset: the server found the cursor outside the task's log, so it starts over from this snapshot.
+        task.snapshot(frame);
         // A terminal snapshot is re-sent until acknowledged, like a terminal event. (The first answer to
         // a subscribe takes the usual path: its ack also unsubscribes.)
         const resent = frame.task.status !== 'running' && task.answered;
@@ -348,7 +347,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   #subscribe(task: TaskSubscription): void {
     if (!task.wantsSocket) return;
-    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.cursor.seq }))
+    if (this.#connection.send({ type: 'subscribe', taskId: task.taskId, afterSeq: task.seq }))
       task.subscribed();
   }
 
@@ -356,11 +355,6 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #resync(task: TaskSubscription): void {
     if (task.cursor.finished) return;
     this.#subscribe(task);
-  }
-
-  /** Seqs of another epoch mean nothing in this one: such a cursor starts over before it subscribes. */
-  #adoptEpoch(task: TaskSubscription): void {
-    if (this.#epoch !== undefined) task.adoptEpoch(this.#epoch);
   }
 
   /** The 100% watchdog of `task` fired: take its next step. */

@@ -1,4 +1,4 @@
-import type { Clock, ProgressError } from '@finishline/core';
+import type { Clock, ProgressError, SnapshotFrame } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
@@ -83,6 +83,12 @@ export class TaskSubscription {
   #savedSeq = 0;
   /** The store epoch the cursor's seq belongs to, when known (from `hello`, or saved with the cursor). */
   #epoch: string | undefined;
+  /**
+   * Set once the epoch is renewed after the watch finished: its seq in the new epoch, 0 until a snapshot
+   * gives it. The cursor stays finished at the old epoch's seq, which the server no longer knows: an ack
+   * of it would be refused (above the task's seq) or too low to stop the terminal frame's re-sends.
+   */
+  #renewedSeq: number | undefined;
   /** The `afterSeq` of a subscribe sent and not yet answered; suppresses repeats for the same gap. */
   #resyncFrom: number | undefined;
   /** When that subscribe was sent (clock ms). */
@@ -130,6 +136,10 @@ export class TaskSubscription {
   }
   get ackedSeq(): number {
     return this.#ackedSeq;
+  }
+  /** The seq the server knows this watch at: what it subscribes from and acknowledges. */
+  get seq(): number {
+    return this.#renewedSeq ?? this.cursor.seq;
   }
   /** Terminal acknowledged and unsubscribed. */
   get socketDone(): boolean {
@@ -226,13 +236,22 @@ export class TaskSubscription {
     this.#answerTimer.clear();
   }
 
-  /** An epoch announced by a snapshot for this task. */
-  setEpoch(epoch: string): void {
-    this.#epoch = epoch;
+  /**
+   * A snapshot arrived: a reset starts over; the epoch it announces (if any) is the cursor's; a watch
+   * finished before the epoch was renewed takes its seq as its seq in the new epoch.
+   */
+  snapshot(frame: SnapshotFrame): void {
+    if (frame.reset) this.startOver();
+    if (frame.epoch !== undefined) this.#epoch = frame.epoch;
+    if (this.#renewedSeq !== undefined) this.#renewedSeq = frame.task.seq;
   }
 
-  /** Seqs of another epoch mean nothing in this one: such a cursor starts over. */
-  adoptEpoch(epoch: string): void {
+  /**
+   * The store epoch of the latest `hello` (`undefined` before one carried an epoch: nothing to adopt).
+   * Seqs of another epoch mean nothing in this one: such a cursor starts over.
+   */
+  adoptEpoch(epoch: string | undefined): void {
+    if (epoch === undefined) return;
     if (this.#epoch !== undefined && this.#epoch !== epoch) this.startOver();
     this.#epoch = epoch;
   }
@@ -240,14 +259,17 @@ export class TaskSubscription {
   /**
    * The cursor is meaningless (another epoch, or the server reset it): back to seq 0, with the ack and
    * save bookkeeping, so the next snapshot is accepted and its seq acknowledged and saved even if lower.
+   * A finished watch stays finished (and keeps what it saved): only the seq it gives the server restarts.
    */
   startOver(): void {
-    if (this.cursor.finished) return;
-    this.cursor.restart();
     this.#ackedSeq = 0;
-    this.#savedSeq = 0;
-    this.#behindTarget = 0;
-    this.#resyncFrom = undefined;
+    if (this.cursor.finished) this.#renewedSeq = 0;
+    else {
+      this.cursor.restart();
+      this.#savedSeq = 0;
+      this.#behindTarget = 0;
+      this.#resyncFrom = undefined;
+    }
   }
 
   /**
@@ -293,8 +315,8 @@ export class TaskSubscription {
    * (it may not accept acks up to the cursor yet), nor once the socket is done with the task.
    */
   ackable(): number | undefined {
-    if (this.#socketDone || !this.#answered || this.cursor.seq <= this.#ackedSeq) return undefined;
-    return this.cursor.seq;
+    if (this.#socketDone || !this.#answered || this.seq <= this.#ackedSeq) return undefined;
+    return this.seq;
   }
 
   /** `seq` was sent in an ack. */
@@ -304,7 +326,7 @@ export class TaskSubscription {
 
   /** The terminal seq is acknowledged (or the server stopped following): unsubscribe-ready. */
   get readyToUnsubscribe(): boolean {
-    return !this.#socketDone && this.#answered && this.cursor.finished && this.cursor.seq <= this.#ackedSeq;
+    return !this.#socketDone && this.#answered && this.cursor.finished && this.seq <= this.#ackedSeq;
   }
 
   /** Saves the cursor when it moved since the last save. */
