@@ -1012,4 +1012,31 @@ describe('tab sharing', () => {
     await vi.waitFor(() => expect(real.frames('ack').at(-1)).toMatchObject({ taskId: 't1', seq: 1 }));
     await client.close();
   });
+
+  it("a store epoch renewed while the real socket stays open has a shared task's acks of the new epoch reach the server, the terminal one included", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const clients = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server, { ackDelayMs: 0 }));
+    const watches = clients.map((client) => client.watch('t1'));
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const old = new FakeTask('t1', 5);
+    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
+    for (const key of ['a', 'b', 'c']) real.push({ type: 'event', event: old.item(key) });
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(3));
+    const acked = real.frames('ack').length;
+    // The store is restored from a backup and its epoch renewed: the server restarts the subscription with
+    // a reset snapshot of the new epoch, where the task is at seq 1 and ends at seq 2.
+    const restored = new FakeTask('t1', 5);
+    restored.item('a');
+    real.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e2' });
+    real.push({ type: 'event', event: restored.end() });
+    await Promise.all(watches.map((watch) => watch.done));
+    // Before, the leader held seq 3 (of the old epoch) as acknowledged and dropped every ack of the new
+    // epoch as a repeat: the server never heard the terminal one.
+    await vi.waitFor(() =>
+      expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
+    );
+    await Promise.all(clients.map((client) => client.close()));
+  });
 });

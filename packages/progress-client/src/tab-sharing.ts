@@ -536,9 +536,9 @@ class TabHub {
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
       // Parsed until the hello (the first frame, from a server that works; never empty), then only what
-      // names a code that ends a watch (the client's FATAL_TASK_ERRORS): quoted, a code matches only
-      // when it is one of the two.
-      const frame = !this.#hello || /"(task_not_found|forbidden)"/.test(data) ? parse(data) : undefined;
+      // names a code that ends a watch (the client's FATAL_TASK_ERRORS; quoted, a code matches only when
+      // it is one of the two) or may be a reset snapshot (a `"reset"` key).
+      const frame = !this.#hello || /"(task_not_found|forbidden|reset)"/.test(data) ? parse(data) : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
       if (hello) this.#hello = data;
       // After such an error the server follows the task no more, and every client it reaches drops it
@@ -556,6 +556,10 @@ class TabHub {
         for (const [id, peer] of this.#peers)
           if ((to ?? id) === id) peer.tasks.delete(frame.taskId as string);
       }
+      // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
+      // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
+      // which would drop them as repeats, the terminal ack of the new log included.
+      if (frame?.type === 'snapshot' && frame.reset === true) this.#acked.delete(frame.task?.id as string);
       this.post({ t: 'frame', data, hello, to });
     };
     real.onclose = (event: { code: number; reason: string }) => {
@@ -588,9 +592,17 @@ class TabHub {
 }
 
 /** A frame's fields the leader reads; `undefined` for what is not JSON, or `null`. */
-function parse(
-  data: string,
-): { type?: unknown; taskId?: unknown; seq?: unknown; code?: unknown; requestId?: unknown } | undefined {
+function parse(data: string):
+  | {
+      type?: unknown;
+      taskId?: unknown;
+      seq?: unknown;
+      code?: unknown;
+      requestId?: unknown;
+      reset?: unknown;
+      task?: { id?: unknown } | null;
+    }
+  | undefined {
   try {
     return JSON.parse(data) ?? undefined;
   } catch {
