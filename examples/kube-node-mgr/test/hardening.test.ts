@@ -40,7 +40,8 @@ describe('hardening of the example', () => {
       ]);
       await sleep(50);
       expect(rejections.map(String)).toEqual([]);
-      expect(answer).toBe(404);
+      // The server refuses an id that is not valid percent-encoding as a bad request (docs/protocol.md).
+      expect(answer).toBe(400);
     } finally {
       process.off('unhandledRejection', onRejection);
     }
