@@ -33,7 +33,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty options (docs/api.md is generated from it); the code is the
+ * because the interface documents forty-one options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -238,6 +238,16 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   heartbeatIntervalMs?: number | undefined;
   /**
+   * Longest time a Server-Sent Events stream may wait for its reader: once the connection's buffers are
+   * full the stream writes nothing until they drain, and one whose buffers stay full this long is
+   * destroyed (the client, if alive, reconnects with `Last-Event-ID`), so a reader that stopped reading
+   * for good frees its stream slot (`maxSocketsPerPrincipal`) and connection instead of holding them
+   * until it leaves or its credential expires. The default gives a slow mobile reader time to take in
+   * one socket buffer (some 16 KiB) while freeing a dead reader's slot within half a minute.
+   * @default 30000
+   */
+  sseStallTimeoutMs?: number | undefined;
+  /**
    * Reconnect pace the server asks for: its `hello` tells each client to spread its first retry after
    * a loss over `open sockets / reconnectsPerSecond` seconds (`reconnectDelayMs`), so if this replica
    * dies (or drops every socket at once) its clients reach the survivors at about this rate instead of
@@ -357,6 +367,9 @@ const SERVER_OPTIONS = {
   maxInvalidFrames: integer(10, 1),
   maxReplayEvents: integer(1000, 1, 10_000),
   heartbeatIntervalMs: integer(15_000, 10),
+  // Long enough for a slow mobile reader to take in one socket buffer, short enough to free a dead
+  // reader's stream slot soon; at most the longest delay setTimeout takes (a longer one fires at once).
+  sseStallTimeoutMs: integer(30_000, 1, 2_147_483_647),
   reconnectsPerSecond: integer(20_000, 0),
   highWaterMarkBytes: integer(1024 * 1024, 0),
   backpressurePollMs: integer(10, 1),

@@ -368,6 +368,7 @@ export class ProgressServer<P extends Principal = Principal> {
           store: this.#options.store,
           logger: this.#logger,
           heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
+          sseStallTimeoutMs: this.#options.sseStallTimeoutMs,
           maxReplayEvents: this.#options.maxReplayEvents,
           clock: this.#options.clock,
           open: this.#streams,

@@ -1,5 +1,9 @@
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { PROGRESS_SERVER_DEFAULTS } from '../options.js';
+import { ProgressServer } from '../progress-server.js';
+import type { TaskHandle } from '../tasks/task-handle.js';
 import { restorableStore, sleep, startServer, type TestServer } from '../testing/harness.js';
 
 /** Issue 14, what-to-build 3: `GET {basePath}/tasks/:id/stream` (Server-Sent Events) and `POST …/ack`. */
@@ -90,6 +94,36 @@ async function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<
 
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
+
+/** The server's side of the first stream opened on `server`, to watch its buffer. */
+function serverSideOfStream(server: TestServer): () => ServerResponse {
+  let held: ServerResponse | undefined;
+  server.server.httpServer?.on('request', (request: IncomingMessage, response: ServerResponse) => {
+    if (request.url?.endsWith('/stream') === true) held ??= response;
+  });
+  return () => held as ServerResponse;
+}
+
+/** About 4 KiB per event: loopback's kernel buffers fill after some thousands. */
+const BIG_MESSAGE = 'x'.repeat(4000);
+
+/**
+ * Commits ~4 KiB progress events after seq `after` until the stream of a client that stopped reading has
+ * its writes refused for good (both kernels' buffers full), or is dropped; returns the last seq committed.
+ * In batches: until the receiving kernel's buffer is full, a refused write is taken a moment later.
+ */
+async function fillUntilStalled(task: TaskHandle, server: () => ServerResponse, after = 0): Promise<number> {
+  let done = after;
+  while (done < after + 20_000) {
+    for (const end = done + 200; done < end; ) {
+      done += 1;
+      await task.progress({ done, message: BIG_MESSAGE });
+    }
+    await sleep(20);
+    if (server().writableNeedDrain || server().destroyed) return done;
+  }
+  throw new Error('the stream never stalled: 80 MB went through a paused reader');
+}
 
 type Restorable = ReturnType<typeof restorableStore>;
 
@@ -280,6 +314,68 @@ describe('GET /tasks/:id/stream', () => {
     const seqs = stream.frames().map(seqOf);
     expect(seqs).toEqual(Array.from({ length: count + 2 }, (_, seq) => seq));
     expect(stream.frames().at(-1)?.frame).toMatchObject({ type: 'event', event: { type: 'completed' } });
+  });
+
+  it('drops a stream whose reader stopped reading after sseStallTimeoutMs, freeing its slot', async () => {
+    env = await startServer({
+      heartbeatIntervalMs: 60_000,
+      maxSocketsPerPrincipal: 1,
+      sseStallTimeoutMs: 300,
+    });
+    const server = serverSideOfStream(env);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    open.push(response);
+    response.pause(); // and never reads again
+    // Filled until the server's writes stay refused; should the kernel take a little more later, the
+    // stream drains and is filled again, so the stall ends only with the drop (or the deadline).
+    let seq = 0;
+    const deadline = Date.now() + 10_000;
+    while (!server().destroyed && Date.now() < deadline) {
+      if (server().writableNeedDrain) await sleep(50);
+      else seq = await fillUntilStalled(task, server, seq);
+    }
+    expect(server().destroyed).toBe(true);
+    // The stalled reader's connection is still open on its side: only the drop freed the one slot.
+    const next = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    open.push(next);
+    expect(next.statusCode).toBe(200);
+  });
+
+  it('keeps a reader that is only slow: it reads again before the timeout and gets every seq once to the end', async () => {
+    env = await startServer({ heartbeatIntervalMs: 60_000, sseStallTimeoutMs: 2000 });
+    const server = serverSideOfStream(env);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    response.pause();
+    const last = await fillUntilStalled(task, server);
+    await sleep(500); // stalled for a quarter of the timeout
+    const stream = new Stream(response);
+    response.resume();
+    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === last), 10_000);
+    // Longer than the timeout since the stall: a stall timer that 'drain' left running drops it now.
+    await sleep(2500);
+    await task.complete();
+    await within(stream.ended, 'the end of the stream', 10_000);
+    expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: last + 2 }, (_, seq) => seq));
+    expect(stream.frames().at(-1)?.frame).toMatchObject({ type: 'event', event: { type: 'completed' } });
+  });
+
+  it.each([0, -1, 1.5, 2 ** 31, '30000'])('refuses sseStallTimeoutMs %s with invalid_input', (value) => {
+    expect(PROGRESS_SERVER_DEFAULTS.sseStallTimeoutMs).toBe(30_000);
+    expect(
+      () =>
+        new ProgressServer({
+          store: new MemoryProgressStore(),
+          authenticate: () => null,
+          sseStallTimeoutMs: value as number,
+        }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringContaining('sseStallTimeoutMs'),
+      }),
+    );
   });
 
   it('answers HEAD at once with the stream’s headers and an end, holding no stream slot', async () => {

@@ -19,6 +19,8 @@ import type { PrincipalLimits } from '../principal-limits.js';
  * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq. A
  * reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false the
  * stream writes nothing more until 'drain', then reads on from its cursor what was committed meanwhile.
+ * One that waits for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads
+ * again would otherwise hold its stream slot, hub follow and connection until it left.
  *
  * @module
  */
@@ -42,6 +44,7 @@ export interface StreamContext {
   readonly store: Pick<ProgressStore, 'readEvents' | 'getTask'>;
   readonly logger: ProgressLogger;
   readonly heartbeatIntervalMs: number;
+  readonly sseStallTimeoutMs: number;
   readonly maxReplayEvents: number;
   readonly clock: () => number;
   /** Open streams, ended by the server's shutdown and restarted by an epoch change. */
@@ -102,6 +105,8 @@ export function streamTask(
   let restarting = false;
   /** The response's buffer is full: nothing is written until 'drain'. */
   let draining = false;
+  /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
+  let stall: NodeJS.Timeout | undefined;
   let unfollow: Unsubscribe | undefined;
 
   response.writeHead(200, STREAM_HEADERS);
@@ -113,6 +118,7 @@ export function streamTask(
     ended = true;
     clearInterval(heartbeat);
     clearTimeout(expiry);
+    clearTimeout(stall);
     response.off('drain', drained);
     unfollow?.();
     ctx.open.delete(opened);
@@ -149,12 +155,24 @@ export function streamTask(
   response.on('close', end);
   response.on('error', end);
 
+  /** Writes `chunk`; when the buffer is full, waits for 'drain', but only until the stall timeout. */
+  const send = (chunk: string) => {
+    if (response.write(chunk) || draining) return;
+    draining = true;
+    response.once('drain', drained);
+    stall = setTimeout(() => {
+      ctx.logger.info(
+        { taskId, stalledMs: ctx.sseStallTimeoutMs },
+        'SSE reader stopped reading; dropping the stream',
+      );
+      // Destroyed, not ended: an end would wait behind the full buffer the reader is not reading.
+      response.destroy();
+      end();
+    }, ctx.sseStallTimeoutMs);
+    stall.unref();
+  };
   const write = (seq: number, frame: ServerFrame) => {
-    if (ended) return;
-    if (!response.write(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`) && !draining) {
-      draining = true;
-      response.once('drain', drained);
-    }
+    if (!ended) send(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`);
   };
   const epochField = () => {
     const epoch = ctx.epoch.current;
@@ -173,8 +191,9 @@ export function streamTask(
 
   const heartbeat = setInterval(() => {
     // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic. A full
-    // buffer is traffic enough, and a stalled reader's buffer must not grow by one comment per interval.
-    if (!ended && !draining) response.write(`: heartbeat ${ctx.clock()}\n\n`);
+    // buffer is traffic enough, and a stalled reader's buffer must not grow by one comment per interval
+    // (a refused heartbeat starts the wait for 'drain' and its stall timeout, as a refused frame does).
+    if (!ended && !draining) send(`: heartbeat ${ctx.clock()}\n\n`);
   }, ctx.heartbeatIntervalMs);
   heartbeat.unref();
   // The stream ends when its credential expires, as a socket is closed then (4011): the client's next
@@ -242,6 +261,7 @@ export function streamTask(
 
   function drained(): void {
     draining = false;
+    clearTimeout(stall);
     void pump();
   }
 
