@@ -426,7 +426,6 @@ describe('GET /tasks/:id/stream', () => {
     const refused = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     expect(refused.statusCode).toBe(429);
     expect(JSON.parse(await body(refused)).error.code).toBe('too_many_sockets');
-    // Ending the stream gives the slot back.
     // Ending the stream gives the slot back, once the server has seen the close: asked until then, not
     // after a fixed sleep (a loaded machine can take longer than any sleep).
     held.response.destroy();
