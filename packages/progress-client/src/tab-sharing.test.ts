@@ -5,6 +5,7 @@ import { MemoryProgressStore, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finish
 import { ProgressServer } from '@finishline/server';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { WebSocket } from 'ws';
+import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
@@ -1038,5 +1039,37 @@ describe('tab sharing', () => {
       expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
     );
     await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('a tab that joins after a store epoch renewal on the open real socket is handed the new epoch: its cursor saved in the old epoch starts over', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const early = clientIn(browser.tab(), server, { ackDelayMs: 0 });
+    const first = early.watch('t1');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(1));
+    const real = server.last;
+    real.open();
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(1));
+    real.push({ ...hello, epoch: 'e1' });
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(1));
+    const old = new FakeTask('t1', 5);
+    for (const key of ['a', 'b', 'c']) old.item(key);
+    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
+    // The other tab's page saved its cursor (seq 3) in the old epoch.
+    const storage = new MemoryCursorStorage();
+    storage.save({ ...old.view(), id: cursorKey('t1', 'ws://example.test/progress') }, 'e1');
+    // The store is restored and its epoch renewed: the server restarts the subscription with a reset
+    // snapshot of the new epoch, where the task is at seq 4.
+    const restored = new FakeTask('t1', 5);
+    for (const key of ['w', 'x', 'y', 'z']) restored.item(key);
+    real.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e2' });
+    await vi.waitFor(() => expect(first.getSnapshot().seq).toBe(4));
+    const late = clientIn(browser.tab(), server, { persistence: storage });
+    late.watch('t1');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    // Before, the leader handed it the socket's first hello (epoch e1): the tab kept its cursor, and the
+    // server, which sent this socket the task in e2, would have taken seq 3 as one of e2 and resumed there.
+    expect(real.frames('subscribe')[1]).toMatchObject({ taskId: 't1', afterSeq: 0 });
+    await Promise.all([early, late].map((client) => client.close()));
   });
 });

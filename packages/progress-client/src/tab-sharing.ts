@@ -241,7 +241,8 @@ class TabHub {
   // Leader part.
   #leading = false;
   #real: WebSocketLike | undefined;
-  #hello: string | undefined;
+  /** The real socket's `hello`, handed to each socket that joins it, with the store's current epoch. */
+  #hello: Frame | undefined;
   #authSent = false;
   readonly #peers = new Map<string, Peer>();
   readonly #acked = new Map<string, number>();
@@ -432,7 +433,7 @@ class TabHub {
     if (!peer || peer.opened) return;
     peer.opened = true;
     this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
-    if (this.#hello) this.post({ t: 'frame', data: this.#hello, hello: true, to: id });
+    if (this.#hello) this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id });
   }
 
   #onSend(id: string, data: string): void {
@@ -540,7 +541,7 @@ class TabHub {
       // it is one of the two) or may be a reset snapshot (a `"reset"` key).
       const frame = !this.#hello || /"(task_not_found|forbidden|reset)"/.test(data) ? parse(data) : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
-      if (hello) this.#hello = data;
+      if (hello) this.#hello = frame;
       // After such an error the server follows the task no more, and every client it reaches drops it
       // without an unsubscribe, so their sockets let go of it here. Kept, it would grow a socket's set
       // for as long as the socket lives (a page trying many ids), and make the task look wanted after the
@@ -559,7 +560,13 @@ class TabHub {
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
       // which would drop them as repeats, the terminal ack of the new log included.
-      if (frame?.type === 'snapshot' && frame.reset === true) this.#acked.delete(frame.task?.id as string);
+      // Its epoch is the store's from now on: the hello handed to a tab that joins later says so, and a
+      // cursor the tab saved in the old epoch starts over. The server cannot tell that cursor's seq from
+      // one of the new epoch once it sent this socket the task in the new epoch: it would resume there.
+      if (frame?.type === 'snapshot' && frame.reset === true) {
+        this.#acked.delete(frame.task?.id as string);
+        if (this.#hello && frame.epoch) this.#hello.epoch = frame.epoch;
+      }
       this.post({ t: 'frame', data, hello, to });
     };
     real.onclose = (event: { code: number; reason: string }) => {
@@ -591,18 +598,20 @@ class TabHub {
   }
 }
 
-/** A frame's fields the leader reads; `undefined` for what is not JSON, or `null`. */
-function parse(data: string):
-  | {
-      type?: unknown;
-      taskId?: unknown;
-      seq?: unknown;
-      code?: unknown;
-      requestId?: unknown;
-      reset?: unknown;
-      task?: { id?: unknown } | null;
-    }
-  | undefined {
+/** A frame's fields the leader reads. */
+interface Frame {
+  type?: unknown;
+  taskId?: unknown;
+  seq?: unknown;
+  code?: unknown;
+  requestId?: unknown;
+  reset?: unknown;
+  epoch?: unknown;
+  task?: { id?: unknown } | null;
+}
+
+/** The frame `data` holds; `undefined` for what is not JSON, or `null`. */
+function parse(data: string): Frame | undefined {
   try {
     return JSON.parse(data) ?? undefined;
   } catch {
