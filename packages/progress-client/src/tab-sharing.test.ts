@@ -1072,4 +1072,56 @@ describe('tab sharing', () => {
     expect(real.frames('subscribe')[1]).toMatchObject({ taskId: 't1', afterSeq: 0 });
     await Promise.all([early, late].map((client) => client.close()));
   });
+
+  it("an ack of the old epoch a follower sent before it saw the task's reset, reaching the leader after it, does not keep the new epoch's acks from the server", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    // The follower's acks can be held on their way to the leader.
+    const follower = browser.tab();
+    const held: (() => void)[] = [];
+    let holding = false;
+    const channel = (name: string) => {
+      const opened = follower.channel(name);
+      const post = opened.postMessage.bind(opened);
+      opened.postMessage = (message) => {
+        const isAck = (message as { t?: string; data?: string }).data?.includes('"type":"ack"') === true;
+        if (holding && isAck) held.push(() => post(message));
+        else post(message);
+      };
+      return opened;
+    };
+    const clients = [browser.tab(), { locks: follower.locks, channel } as Tab].map((tab) =>
+      clientIn(tab, server, { ackDelayMs: 0 }),
+    );
+    const watches = clients.map((client) => client.watch('t1'));
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const old = new FakeTask('t1', 5);
+    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
+    for (const key of ['a', 'b', 'c']) real.push({ type: 'event', event: old.item(key) });
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(3));
+    // The follower's ack of seq 4 is slow to reach the leader; the leader's own goes out at once.
+    holding = true;
+    real.push({ type: 'event', event: old.item('d') });
+    await vi.waitFor(() => expect(held).toHaveLength(1));
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(4));
+    const acked = real.frames('ack').length;
+    // The store is restored and its epoch renewed: the task is at seq 1 in the new epoch. Once the leader
+    // relayed the reset, the follower's old ack reaches it, then what the follower sends after.
+    const restored = new FakeTask('t1', 5);
+    restored.item('a');
+    real.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e2' });
+    await vi.waitFor(() => expect(watches[0]?.getSnapshot().seq).toBe(1));
+    holding = false;
+    for (const release of held.splice(0)) release();
+    real.push({ type: 'event', event: restored.end() });
+    await Promise.all(watches.map((watch) => watch.done));
+    // Before, the leader forwarded the old ack (which the server refuses: above the task's seq) and held
+    // seq 4 as acknowledged, dropping the new epoch's acks as repeats, the terminal one included.
+    await vi.waitFor(() =>
+      expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
+    );
+    expect(real.frames('ack').slice(acked)).not.toContainEqual({ type: 'ack', taskId: 't1', seq: 4 });
+    await Promise.all(clients.map((client) => client.close()));
+  });
 });
