@@ -5,6 +5,7 @@ import { MemoryProgressStore, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finish
 import { ProgressServer } from '@finishline/server';
 import { describe, expect, it, onTestFinished, vi } from 'vitest';
 import { WebSocket } from 'ws';
+import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { type BroadcastChannelLike, type LockManagerLike, tabSharing } from './tab-sharing.js';
 import { FakeServer, type FakeSocket, FakeTask } from './testing/fake-server.js';
@@ -1037,6 +1038,90 @@ describe('tab sharing', () => {
     await vi.waitFor(() =>
       expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
     );
+    await Promise.all(clients.map((client) => client.close()));
+  });
+
+  it('a tab that joins after a store epoch renewal on the open real socket is handed the new epoch: its cursor saved in the old epoch starts over', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const early = clientIn(browser.tab(), server, { ackDelayMs: 0 });
+    const first = early.watch('t1');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(1));
+    const real = server.last;
+    real.open();
+    await vi.waitFor(() => expect(real.frames('auth')).toHaveLength(1));
+    real.push({ ...hello, epoch: 'e1' });
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(1));
+    const old = new FakeTask('t1', 5);
+    for (const key of ['a', 'b', 'c']) old.item(key);
+    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
+    // The other tab's page saved its cursor (seq 3) in the old epoch.
+    const storage = new MemoryCursorStorage();
+    storage.save({ ...old.view(), id: cursorKey('t1', 'ws://example.test/progress') }, 'e1');
+    // The store is restored and its epoch renewed: the server restarts the subscription with a reset
+    // snapshot of the new epoch, where the task is at seq 4.
+    const restored = new FakeTask('t1', 5);
+    for (const key of ['w', 'x', 'y', 'z']) restored.item(key);
+    real.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e2' });
+    await vi.waitFor(() => expect(first.getSnapshot().seq).toBe(4));
+    const late = clientIn(browser.tab(), server, { persistence: storage });
+    late.watch('t1');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    // Before, the leader handed it the socket's first hello (epoch e1): the tab kept its cursor, and the
+    // server, which sent this socket the task in e2, would have taken seq 3 as one of e2 and resumed there.
+    expect(real.frames('subscribe')[1]).toMatchObject({ taskId: 't1', afterSeq: 0 });
+    await Promise.all([early, late].map((client) => client.close()));
+  });
+
+  it("an ack of the old epoch a follower sent before it saw the task's reset, reaching the leader after it, does not keep the new epoch's acks from the server", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    // The follower's acks can be held on their way to the leader.
+    const follower = browser.tab();
+    const held: (() => void)[] = [];
+    let holding = false;
+    const channel = (name: string) => {
+      const opened = follower.channel(name);
+      const post = opened.postMessage.bind(opened);
+      opened.postMessage = (message) => {
+        const isAck = (message as { t?: string; data?: string }).data?.includes('"type":"ack"') === true;
+        if (holding && isAck) held.push(() => post(message));
+        else post(message);
+      };
+      return opened;
+    };
+    const clients = [browser.tab(), { locks: follower.locks, channel } as Tab].map((tab) =>
+      clientIn(tab, server, { ackDelayMs: 0 }),
+    );
+    const watches = clients.map((client) => client.watch('t1'));
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const old = new FakeTask('t1', 5);
+    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
+    for (const key of ['a', 'b', 'c']) real.push({ type: 'event', event: old.item(key) });
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(3));
+    // The follower's ack of seq 4 is slow to reach the leader; the leader's own goes out at once.
+    holding = true;
+    real.push({ type: 'event', event: old.item('d') });
+    await vi.waitFor(() => expect(held).toHaveLength(1));
+    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(4));
+    const acked = real.frames('ack').length;
+    // The store is restored and its epoch renewed: the task is at seq 1 in the new epoch. Once the leader
+    // relayed the reset, the follower's old ack reaches it, then what the follower sends after.
+    const restored = new FakeTask('t1', 5);
+    restored.item('a');
+    real.push({ type: 'snapshot', task: restored.view(), reset: true, epoch: 'e2' });
+    await vi.waitFor(() => expect(watches[0]?.getSnapshot().seq).toBe(1));
+    holding = false;
+    for (const release of held.splice(0)) release();
+    real.push({ type: 'event', event: restored.end() });
+    await Promise.all(watches.map((watch) => watch.done));
+    // Before, the leader forwarded the old ack (which the server refuses: above the task's seq) and held
+    // seq 4 as acknowledged, dropping the new epoch's acks as repeats, the terminal one included.
+    await vi.waitFor(() =>
+      expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
+    );
+    expect(real.frames('ack').slice(acked)).not.toContainEqual({ type: 'ack', taskId: 't1', seq: 4 });
     await Promise.all(clients.map((client) => client.close()));
   });
 });

@@ -146,10 +146,10 @@ interface HubEnv {
 type Message =
   | { t: 'leader'; from: string }
   | { t: 'connect'; from: string; id: string }
-  | { t: 'send'; from: string; id: string; data: string }
+  | { t: 'send'; from: string; id: string; data: string; seen?: number | undefined }
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
-  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined }
+  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined; i: number }
   | { t: 'close'; from: string; code: number; reason: string; ids?: string[] };
 
 /** A message as posted: `post` says which tab it is from. */
@@ -176,6 +176,8 @@ class VirtualSocket implements WebSocketLike {
   declare leader: string | undefined;
   /** It got its `hello`: broadcast frames are for it from now on. */
   declare helloed?: boolean;
+  /** The index of the last frame its client was handed: the leader tells by it what a send followed. */
+  declare seen?: number;
   readonly #hub: TabHub;
 
   constructor(hub: TabHub) {
@@ -185,7 +187,7 @@ class VirtualSocket implements WebSocketLike {
 
   send(data: string): void {
     if (this.readyState !== OPEN) throw new Error('WebSocket is not open');
-    this.#hub.post({ t: 'send', id: this.id, data });
+    this.#hub.post({ t: 'send', id: this.id, data, seen: this.seen });
   }
 
   close(code = 1000, reason = ''): void {
@@ -241,10 +243,17 @@ class TabHub {
   // Leader part.
   #leading = false;
   #real: WebSocketLike | undefined;
-  #hello: string | undefined;
+  /** The real socket's `hello`, handed to each socket that joins it, with the store's current epoch. */
+  #hello: Frame | undefined;
   #authSent = false;
   readonly #peers = new Map<string, Peer>();
-  readonly #acked = new Map<string, number>();
+  /**
+   * Per task, the highest ack seq forwarded, and the index of the last reset snapshot of it relayed: a
+   * tab's ack sent before its client was handed that frame is of the log the reset replaced.
+   */
+  readonly #acked = new Map<string, [seq: number, reset: number]>();
+  /** The index of the next frame relayed (see `VirtualSocket.seen`). */
+  #frames = 0;
   readonly #watchedTabs = new Set<string>();
 
   constructor(url: string, WebSocket: WebSocketConstructorLike, env: HubEnv) {
@@ -340,7 +349,8 @@ class TabHub {
           this.#onConnect(message.id);
         return;
       case 'send':
-        if (this.#leading && typeof message.data === 'string') this.#onSend(message.id, message.data);
+        if (this.#leading && typeof message.data === 'string')
+          this.#onSend(message.id, message.data, message.seen);
         return;
       case 'bye':
         // Only a socket of this leader's may give up on its real socket.
@@ -374,8 +384,12 @@ class TabHub {
           // broadcast, or to one socket.
           if (!message.hello === !socket.helloed || (message.to ?? socket.id) !== socket.id) continue;
           socket.helloed ||= message.hello;
-          // Each on its own, as a browser dispatches: a client that throws does not starve the others.
-          queueMicrotask(() => socket.onmessage?.({ data: message.data }));
+          // Each on its own, as a browser dispatches: a client that throws does not starve the others. Seen
+          // once handed over, not when it arrives: what the client sends meanwhile followed the frames before.
+          queueMicrotask(() => {
+            socket.seen = message.i;
+            socket.onmessage?.({ data: message.data });
+          });
         }
         return;
       case 'close': {
@@ -432,10 +446,12 @@ class TabHub {
     if (!peer || peer.opened) return;
     peer.opened = true;
     this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
-    if (this.#hello) this.post({ t: 'frame', data: this.#hello, hello: true, to: id });
+    if (this.#hello)
+      this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id, i: this.#frames++ });
   }
 
-  #onSend(id: string, data: string): void {
+  /** `seen`: see `VirtualSocket.seen`; a tab of a version that does not say counts as having seen all. */
+  #onSend(id: string, data: string, seen = Infinity): void {
     const peer = this.#peers.get(id);
     const real = this.#real;
     if (!peer?.opened || real?.readyState !== OPEN) return;
@@ -464,10 +480,14 @@ class TabHub {
         this.#acked.delete(taskId);
         break;
       case 'ack': {
-        // Every tab acks the same events: the server needs to hear each seq once.
+        // Every tab acks the same events: the server needs to hear each seq once. An ack sent before its
+        // tab saw the task's reset is of the old log: the server would refuse it (above the task's seq) or
+        // take it for one of the new log, and recorded here it would drop the new log's acks as repeats,
+        // the terminal one included (its tab unsubscribes before the refusal could come back).
         const seq = typeof frame.seq === 'number' ? frame.seq : 0;
-        if (seq <= (this.#acked.get(taskId) ?? 0)) return;
-        this.#acked.set(taskId, seq);
+        const [acked, reset] = this.#acked.get(taskId) ?? [0, 0];
+        if (seq <= acked || seen < reset) return;
+        this.#acked.set(taskId, [seq, reset]);
         break;
       }
     }
@@ -540,7 +560,7 @@ class TabHub {
       // it is one of the two) or may be a reset snapshot (a `"reset"` key).
       const frame = !this.#hello || /"(task_not_found|forbidden|reset)"/.test(data) ? parse(data) : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
-      if (hello) this.#hello = data;
+      if (hello) this.#hello = frame;
       // After such an error the server follows the task no more, and every client it reaches drops it
       // without an unsubscribe, so their sockets let go of it here. Kept, it would grow a socket's set
       // for as long as the socket lives (a page trying many ids), and make the task look wanted after the
@@ -558,9 +578,16 @@ class TabHub {
       }
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
-      // which would drop them as repeats, the terminal ack of the new log included.
-      if (frame?.type === 'snapshot' && frame.reset === true) this.#acked.delete(frame.task?.id as string);
-      this.post({ t: 'frame', data, hello, to });
+      // which would drop them as repeats, the terminal ack of the new log included. Its index (this frame's)
+      // tells the acks of the new log from those a tab sent before it saw it.
+      // Its epoch is the store's from now on: the hello handed to a tab that joins later says so, and a
+      // cursor the tab saved in the old epoch starts over. The server cannot tell that cursor's seq from
+      // one of the new epoch once it sent this socket the task in the new epoch: it would resume there.
+      if (frame?.type === 'snapshot' && frame.reset === true) {
+        this.#acked.set(frame.task?.id as string, [0, this.#frames]);
+        if (this.#hello && frame.epoch) this.#hello.epoch = frame.epoch;
+      }
+      this.post({ t: 'frame', data, hello, to, i: this.#frames++ });
     };
     real.onclose = (event: { code: number; reason: string }) => {
       if (real === this.#real) this.#failReal(event.code, event.reason);
@@ -591,18 +618,20 @@ class TabHub {
   }
 }
 
-/** A frame's fields the leader reads; `undefined` for what is not JSON, or `null`. */
-function parse(data: string):
-  | {
-      type?: unknown;
-      taskId?: unknown;
-      seq?: unknown;
-      code?: unknown;
-      requestId?: unknown;
-      reset?: unknown;
-      task?: { id?: unknown } | null;
-    }
-  | undefined {
+/** A frame's fields the leader reads. */
+interface Frame {
+  type?: unknown;
+  taskId?: unknown;
+  seq?: unknown;
+  code?: unknown;
+  requestId?: unknown;
+  reset?: unknown;
+  epoch?: unknown;
+  task?: { id?: unknown } | null;
+}
+
+/** The frame `data` holds; `undefined` for what is not JSON, or `null`. */
+function parse(data: string): Frame | undefined {
   try {
     return JSON.parse(data) ?? undefined;
   } catch {
