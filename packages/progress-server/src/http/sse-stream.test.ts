@@ -276,6 +276,55 @@ describe('GET /tasks/:id/stream', () => {
     expect(after[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
   });
 
+  it('reads on after the snapshot that stands for trimmed events: a terminal committed during that read still arrives', async () => {
+    const memory = new MemoryProgressStore();
+    // Once armed, one read of the stream answers as if retention had removed the event after its cursor,
+    // and the task read that follows answers only when `release` is called, with the task as it was.
+    let trim = false;
+    let release: (() => void) | undefined;
+    let taskReadHeld = false;
+    const store = new Proxy(memory, {
+      get(target, property) {
+        if (property === 'readEvents')
+          return async (id: string, afterSeq: number, limit: number) => {
+            // The stream's reads only (limit 500, its maxReplayEvents; the hub reads 1000).
+            if (!trim || limit !== 500) return target.readEvents(id, afterSeq, limit);
+            const events = await target.readEvents(id, afterSeq + 1, limit);
+            if (events.length > 0) trim = false;
+            return events;
+          };
+        if (property === 'getTask')
+          return async (id: string) => {
+            const task = await target.getTask(id);
+            if (release === undefined) return task;
+            taskReadHeld = true;
+            await new Promise<void>((resolve) => {
+              release = resolve;
+            });
+            return task;
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 500 });
+    await memory.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await memory.append('t', { type: 'progress', message: 'one' });
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 1));
+    trim = true;
+    release = () => {};
+    await memory.append('t', { type: 'progress', message: 'two' });
+    await memory.append('t', { type: 'progress', message: 'three' });
+    await stream.until(() => taskReadHeld);
+    // Announced while the stream waits for the task: the read that follows the snapshot must include it.
+    await memory.append('t', { type: 'completed', result: null });
+    release();
+    await within(stream.ended, 'the end of the stream');
+    const frames = stream.frames();
+    expect(frames.at(-2)).toMatchObject({ id: '3', frame: { type: 'snapshot', task: { status: 'running' } } });
+    expect(frames.at(-1)).toMatchObject({ id: '4', frame: { type: 'event', event: { type: 'completed' } } });
+  });
+
   it('a reader that stops reading holds the server to a bounded buffer, then gets every seq once, in order, to the end', async () => {
     env = await startServer({ heartbeatIntervalMs: 60_000 });
     let held: ServerResponse | undefined;

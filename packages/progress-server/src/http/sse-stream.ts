@@ -227,7 +227,8 @@ export function streamTask(
           }
           if (events.length === 0) break;
           if ((events[0] as TaskEvent).seq !== cursor + 1) {
-            // Retention removed the events after the cursor: the snapshot stands for them.
+            // Retention removed the events after the cursor: the snapshot stands for them. Then read on
+            // from its seq: a commit announced while the task was read (its terminal, say) only set `again`.
             const current = await ctx.store.getTask(taskId);
             if (readIn !== generation) {
               again = true;
@@ -235,7 +236,7 @@ export function streamTask(
             }
             if (current !== undefined) snapshot(current, false);
             else end();
-            return;
+            continue;
           }
           for (const event of events) {
             write(event.seq, { type: 'event', event });
