@@ -1056,6 +1056,39 @@ describe('cursor persistence', () => {
     }
   });
 
+  it("a finished watch that owes the renewed epoch its seq asks again when that subscribe is lost or refused for a while", async () => {
+    // Finished at seq 3 in epoch e1, its ack never sent; the socket's hello says e2, so the watch subscribes
+    // from 0 to learn its seq there. That subscribe must be repeated like any other until answered.
+    for (const answer of ['lost', 'store_unavailable'] as const) {
+      const storage = new MemoryCursorStorage();
+      const before = new FakeTask('t1', 5);
+      for (const key of ['a', 'b']) before.item(key);
+      before.end();
+      storage.save(saved(before.view()), 'e1');
+      const ctx = setup({ persistence: storage });
+      const socket = watchWithEpochHello(ctx, 'e2');
+      const log = record(ctx.client.watch('t1'));
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+      if (answer === 'store_unavailable')
+        socket.push({ type: 'error', code: ErrorCode.StoreUnavailable, message: 'store down', taskId: 't1' });
+      await ctx.scheduler.advance(10_000);
+      expect(socket.frames('subscribe').length).toBeGreaterThan(1);
+      expect(socket.frames('subscribe').at(-1)).toEqual({ type: 'subscribe', taskId: 't1', afterSeq: 0 });
+      const restored = new FakeTask('t1', 5);
+      restored.item('r0');
+      restored.end();
+      socket.push({ type: 'snapshot', task: restored.view(), epoch: 'e2' });
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      expect(log.filter((entry) => !entry.startsWith('error:'))).toEqual([
+        'snapshot@3',
+        'completed@3',
+        'finished@3',
+      ]);
+      await ctx.client.close();
+    }
+  });
+
   it('saves the epoch of the latest hello with the cursor', async () => {
     const storage = new MemoryCursorStorage();
     const ctx = setup({ persistence: storage });

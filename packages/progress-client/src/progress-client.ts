@@ -353,7 +353,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   /** Restarts delivery from the cursor: the server replays (or snapshots) what this watch missed. */
   #resync(task: TaskSubscription): void {
-    if (task.cursor.finished) return;
+    if (task.settled) return;
     this.#subscribe(task);
   }
 

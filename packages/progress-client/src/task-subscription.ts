@@ -141,6 +141,13 @@ export class TaskSubscription {
   get seq(): number {
     return this.#renewedSeq ?? this.cursor.seq;
   }
+  /**
+   * Nothing left to subscribe for: finished, unless it finished before its epoch was renewed, when its
+   * subscribe (to learn its seq there, and ack it) is repeated like any other until answered.
+   */
+  get settled(): boolean {
+    return this.cursor.finished && this.#renewedSeq === undefined;
+  }
   /** Terminal acknowledged and unsubscribed. */
   get socketDone(): boolean {
     return this.#socketDone;
@@ -174,7 +181,7 @@ export class TaskSubscription {
     // 0 (`behindGraceMs: 0`) turns the repeat off: it would repeat the subscribe every turn until answered.
     if (waitMs <= 0) return;
     this.#answerTimer.set(waitMs, () => {
-      if (this.#answered || !this.wantsSocket || this.cursor.finished) return;
+      if (this.#answered || !this.wantsSocket || this.settled) return;
       this.#unanswered += 1;
       wait.unanswered(doublings);
       this.#host.resync(this);
