@@ -1056,7 +1056,7 @@ describe('cursor persistence', () => {
     }
   });
 
-  it("a finished watch that owes the renewed epoch its seq asks again when that subscribe is lost or refused for a while", async () => {
+  it('a finished watch that owes the renewed epoch its seq asks again when that subscribe is lost or refused for a while', async () => {
     // Finished at seq 3 in epoch e1, its ack never sent; the socket's hello says e2, so the watch subscribes
     // from 0 to learn its seq there. That subscribe must be repeated like any other until answered.
     for (const answer of ['lost', 'store_unavailable'] as const) {

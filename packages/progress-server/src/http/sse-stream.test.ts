@@ -321,7 +321,10 @@ describe('GET /tasks/:id/stream', () => {
     release();
     await within(stream.ended, 'the end of the stream');
     const frames = stream.frames();
-    expect(frames.at(-2)).toMatchObject({ id: '3', frame: { type: 'snapshot', task: { status: 'running' } } });
+    expect(frames.at(-2)).toMatchObject({
+      id: '3',
+      frame: { type: 'snapshot', task: { status: 'running' } },
+    });
     expect(frames.at(-1)).toMatchObject({ id: '4', frame: { type: 'event', event: { type: 'completed' } } });
   });
 
