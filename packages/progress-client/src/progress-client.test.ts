@@ -814,6 +814,45 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('a watch that finished over HTTP repeats its lost subscribe once a socket is back, until answered and acked', async () => {
+    const { client, server, scheduler, http, errors } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    const hello = {
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      serverId: 'r1',
+      heartbeatIntervalMs: 15_000,
+    } as const;
+    const task = new FakeTask('t1', 3);
+    http.tasks.set('t1', task);
+    const log = record(client.watch('t1'));
+    server.last.open();
+    server.last.push(hello);
+    server.last.push(snap(task.view()));
+    server.last.serverClose(1006);
+    await scheduler.advance(1000);
+    server.last.serverClose(1006); // the next attempt fails too: HTTP takes over, and sees the end
+    for (const key of ['a', 'b']) task.item(key);
+    task.end();
+    await scheduler.advance(2000);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    const socket = server.last;
+    socket.open();
+    socket.push(hello);
+    // The subscribe that lets the watch ack its terminal over the socket is lost: it is sent again.
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
+    await scheduler.advance(10_000);
+    expect(socket.frames('subscribe').length).toBeGreaterThan(1);
+    socket.push(snap(task.view()));
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    expect(socket.frames('unsubscribe')).toHaveLength(1);
+    expect(log).toHaveLength(5);
+    expect(errors).toEqual([]);
+    await client.close();
+  });
+
   it('rejects done when HTTP says the task does not exist', async () => {
     const { client, server, scheduler } = setup({ httpFallbackAfterAttempts: 1 });
     const watch = client.watch('gone');

@@ -142,11 +142,12 @@ export class TaskSubscription {
     return this.#renewedSeq ?? this.cursor.seq;
   }
   /**
-   * Nothing left to subscribe for: finished, unless it finished before its epoch was renewed, when its
-   * subscribe (to learn its seq there, and ack it) is repeated like any other until answered.
+   * Nothing left to subscribe for: finished, and its latest subscribe answered. A finished watch still
+   * subscribes to acknowledge its terminal (it finished over HTTP, or before its ack went out, or before
+   * its epoch was renewed); that subscribe is repeated like any other until answered.
    */
   get settled(): boolean {
-    return this.cursor.finished && this.#renewedSeq === undefined;
+    return this.cursor.finished && this.#answered;
   }
   /** Terminal acknowledged and unsubscribed. */
   get socketDone(): boolean {
