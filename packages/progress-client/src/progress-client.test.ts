@@ -23,6 +23,40 @@ const saved = (view: TaskView) => ({ ...view, id: cursorKey(view.id, 'ws://examp
 const keyOf = (taskId: string) => cursorKey(taskId, 'ws://example.test/progress');
 const snap = (task: TaskView) => ({ type: 'snapshot' as const, task });
 
+/** A `hello` of server r1, with the store's `epoch` when given. */
+function helloWith(epoch?: string) {
+  return {
+    type: 'hello',
+    protocol: PROTOCOL_VERSION,
+    serverId: 'r1',
+    heartbeatIntervalMs: 15_000,
+    ...(epoch !== undefined && { epoch }),
+  } as const;
+}
+
+/**
+ * A client watching `t1` whose socket (its `hello` with `epoch`) is cut and whose next attempt fails, so
+ * that HTTP takes over and sees the task end at seq 3; its third socket is still opening.
+ */
+async function finishedOverHttp(epoch?: string) {
+  const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000 });
+  const { client, server, scheduler, http } = ctx;
+  const task = new FakeTask('t1', 3);
+  http.tasks.set('t1', task);
+  const log = record(client.watch('t1'));
+  server.last.open();
+  server.last.push(helloWith(epoch));
+  server.last.push(snap(task.view()));
+  server.last.serverClose(1006);
+  await scheduler.advance(1000);
+  server.last.serverClose(1006); // the next attempt fails too: HTTP takes over, and sees the end
+  for (const key of ['a', 'b']) task.item(key);
+  task.end();
+  await scheduler.advance(2000);
+  expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+  return { ...ctx, task, log };
+}
+
 /** A client watching `t1`, its socket open and subscribed. */
 function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
   const ctx = setup(overrides);
@@ -772,31 +806,7 @@ describe('HTTP fallback', () => {
   });
 
   it("a watch that finished over HTTP acks the new epoch's terminal seq once a socket of a renewed store is back", async () => {
-    const { client, server, scheduler, http, errors } = setup({
-      httpFallbackAfterAttempts: 1,
-      httpPollIntervalMs: 2000,
-    });
-    const hello = (epoch: string) =>
-      ({
-        type: 'hello',
-        protocol: PROTOCOL_VERSION,
-        serverId: 'r1',
-        heartbeatIntervalMs: 15_000,
-        epoch,
-      }) as const;
-    const task = new FakeTask('t1', 3);
-    http.tasks.set('t1', task);
-    const log = record(client.watch('t1'));
-    server.last.open();
-    server.last.push(hello('e1'));
-    server.last.push(snap(task.view()));
-    server.last.serverClose(1006);
-    await scheduler.advance(1000);
-    server.last.serverClose(1006); // the next attempt fails too: HTTP takes over, and sees the end
-    for (const key of ['a', 'b']) task.item(key);
-    task.end();
-    await scheduler.advance(2000);
-    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    const { client, server, log, errors } = await finishedOverHttp('e1');
     // The store was restored meanwhile: in epoch e2 the task ended at seq 2, where an ack of 3 is refused.
     const restored = new FakeTask('t1', 3);
     restored.item('a');
@@ -804,7 +814,7 @@ describe('HTTP fallback', () => {
     expect(server.sockets).toHaveLength(3); // the third attempt is still opening
     const socket = server.last;
     socket.open();
-    socket.push(hello('e2'));
+    socket.push(helloWith('e2'));
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     socket.push({ ...snap(restored.view()), epoch: 'e2' });
     expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
@@ -815,32 +825,10 @@ describe('HTTP fallback', () => {
   });
 
   it('a watch that finished over HTTP repeats its lost subscribe once a socket is back, until answered and acked', async () => {
-    const { client, server, scheduler, http, errors } = setup({
-      httpFallbackAfterAttempts: 1,
-      httpPollIntervalMs: 2000,
-    });
-    const hello = {
-      type: 'hello',
-      protocol: PROTOCOL_VERSION,
-      serverId: 'r1',
-      heartbeatIntervalMs: 15_000,
-    } as const;
-    const task = new FakeTask('t1', 3);
-    http.tasks.set('t1', task);
-    const log = record(client.watch('t1'));
-    server.last.open();
-    server.last.push(hello);
-    server.last.push(snap(task.view()));
-    server.last.serverClose(1006);
-    await scheduler.advance(1000);
-    server.last.serverClose(1006); // the next attempt fails too: HTTP takes over, and sees the end
-    for (const key of ['a', 'b']) task.item(key);
-    task.end();
-    await scheduler.advance(2000);
-    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    const { client, server, scheduler, task, log, errors } = await finishedOverHttp();
     const socket = server.last;
     socket.open();
-    socket.push(hello);
+    socket.push(helloWith());
     // The subscribe that lets the watch ack its terminal over the socket is lost: it is sent again.
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
     await scheduler.advance(10_000);

@@ -1018,13 +1018,7 @@ describe('tab sharing', () => {
     const browser = new Browser();
     const server = new FakeServer();
     const clients = [browser.tab(), browser.tab()].map((tab) => clientIn(tab, server, { ackDelayMs: 0 }));
-    const watches = clients.map((client) => client.watch('t1'));
-    const real = await acceptReal(server, 1);
-    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
-    const old = new FakeTask('t1', 5);
-    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
-    for (const key of ['a', 'b', 'c']) real.push({ type: 'event', event: old.item(key) });
-    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(3));
+    const { watches, real } = await sharedAtSeq3(server, clients);
     const acked = real.frames('ack').length;
     // The store is restored from a backup and its epoch renewed: the server restarts the subscription with
     // a reset snapshot of the new epoch, where the task is at seq 1 and ends at seq 2.
@@ -1093,13 +1087,7 @@ describe('tab sharing', () => {
     const clients = [browser.tab(), { locks: follower.locks, channel } as Tab].map((tab) =>
       clientIn(tab, server, { ackDelayMs: 0 }),
     );
-    const watches = clients.map((client) => client.watch('t1'));
-    const real = await acceptReal(server, 1);
-    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
-    const old = new FakeTask('t1', 5);
-    real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
-    for (const key of ['a', 'b', 'c']) real.push({ type: 'event', event: old.item(key) });
-    await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(3));
+    const { watches, real, old } = await sharedAtSeq3(server, clients);
     // The follower's ack of seq 4 is slow to reach the leader; the leader's own goes out at once.
     holding = true;
     real.push({ type: 'event', event: old.item('d') });
@@ -1125,3 +1113,15 @@ describe('tab sharing', () => {
     await Promise.all(clients.map((client) => client.close()));
   });
 });
+
+/** The two tabs' watches of `t1` on one real socket, the task at seq 3 of epoch e1, acknowledged. */
+async function sharedAtSeq3(server: FakeServer, clients: ReturnType<typeof clientIn>[]) {
+  const watches = clients.map((client) => client.watch('t1'));
+  const real = await acceptReal(server, 1);
+  await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+  const old = new FakeTask('t1', 5);
+  real.push({ type: 'snapshot', task: old.view(), epoch: 'e1' });
+  for (const key of ['a', 'b', 'c']) real.push({ type: 'event', event: old.item(key) });
+  await vi.waitFor(() => expect(real.frames('ack').at(-1)?.seq).toBe(3));
+  return { watches, real, old };
+}
