@@ -12,6 +12,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
+import { sseFallback } from './sse.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
 import { flush } from './testing/manual-scheduler.js';
@@ -43,7 +44,8 @@ async function finishedOverHttp(epoch?: string) {
   const { client, server, scheduler, http } = ctx;
   const task = new FakeTask('t1', 3);
   http.tasks.set('t1', task);
-  const log = record(client.watch('t1'));
+  const watch = client.watch('t1');
+  const log = record(watch);
   server.last.open();
   server.last.push(helloWith(epoch));
   server.last.push(snap(task.view()));
@@ -54,7 +56,7 @@ async function finishedOverHttp(epoch?: string) {
   task.end();
   await scheduler.advance(2000);
   expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
-  return { ...ctx, task, log };
+  return { ...ctx, task, watch, log };
 }
 
 /** A client watching `t1`, its socket open and subscribed. */
@@ -1107,11 +1109,9 @@ describe('cursor persistence', () => {
       socket.push({ type: 'snapshot', task: restored.view(), epoch: 'e2' });
       expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
       expect(socket.frames('unsubscribe')).toHaveLength(1);
-      expect(log.filter((entry) => !entry.startsWith('error:'))).toEqual([
-        'snapshot@3',
-        'completed@3',
-        'finished@3',
-      ]);
+      // The refusal is the client's business alone: the watch had its end already.
+      expect(log).toEqual(['snapshot@3', 'completed@3', 'finished@3']);
+      expect(ctx.errors).toEqual([]);
       await ctx.client.close();
     }
   });
@@ -1255,6 +1255,150 @@ describe('error frames', () => {
     expect(socket.frames('subscribe')).toHaveLength(1);
     await client.close();
   });
+});
+
+describe('a watch that has finished emits nothing more', () => {
+  // Once `finished` fired, the application has shown the task's end. What the client still does for the
+  // task (subscribing to acknowledge its terminal, a fallback's request still on its way) is its own
+  // business: however the server or the client refuses it, the handle hears nothing more.
+  type Reply = { ok: boolean; status: number; body: null; text(): Promise<string> };
+  const reply = (status: number, text = ''): Reply => ({
+    ok: false,
+    status,
+    body: null,
+    text: async () => text,
+  });
+
+  it.each([ErrorCode.StoreUnavailable, ErrorCode.RateLimited])(
+    'a %s refusal of the subscribe that owes a renewed epoch the terminal ack: retried, and heard by no one',
+    async (code) => {
+      const { client, server, scheduler, watch, log, errors } = await finishedOverHttp('e1');
+      const socket = server.last;
+      socket.open();
+      socket.push(helloWith('e2'));
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+      socket.push({ type: 'error', code, message: 'refused', taskId: 't1' });
+      await scheduler.advance(10_000);
+      expect(socket.frames('subscribe').length).toBeGreaterThan(1);
+      const restored = new FakeTask('t1', 3);
+      restored.item('a');
+      restored.end();
+      socket.push({ ...snap(restored.view()), epoch: 'e2' });
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+      expect(errors).toEqual([]);
+      expect(watch.closed).toBe(false);
+      await client.close();
+    },
+  );
+
+  it.each([ErrorCode.Forbidden, ErrorCode.TaskNotFound])(
+    'a %s refusal of that subscribe drops the bookkeeping: heard by no one, done stays resolved',
+    async (code) => {
+      const { client, server, scheduler, watch, log, errors } = await finishedOverHttp('e1');
+      const socket = server.last;
+      socket.open();
+      socket.push(helloWith('e2'));
+      socket.push({ type: 'error', code, message: 'refused', taskId: 't1' });
+      expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+      expect(errors).toEqual([]);
+      await expect(watch.done).resolves.toMatchObject({ status: 'completed', seq: 3, fatalError: null });
+      // Nothing left to acknowledge: no subscribe again, no ack.
+      await scheduler.advance(60_000);
+      expect(socket.frames('subscribe')).toHaveLength(1);
+      expect(socket.frames('ack')).toEqual([]);
+      await client.close();
+    },
+  );
+
+  it('the fatal close that stops the client reaches the client and the unfinished watches, not the finished one', async () => {
+    const { client, socket, task, watch, log, errors } = subscribed();
+    const other = client.watch('t2');
+    const otherLog = record(other);
+    socket.push(snap(task.view()));
+    socket.push(ev(task.end()));
+    let notified = 0;
+    watch.subscribe(() => notified++);
+    socket.serverClose(CloseCode.Unauthenticated, 'credentials revoked');
+    expect(log).toEqual(['snapshot@0', 'completed@1', 'finished@1']);
+    expect(notified).toBe(0); // its state did not change either
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    expect(otherLog).toEqual(['error:unauthenticated']);
+    await expect(other.done).rejects.toMatchObject({ code: ErrorCode.Unauthenticated });
+    expect(errors.map((error) => error.code)).toEqual([ErrorCode.Unauthenticated]);
+  });
+
+  it.each([
+    [503, 'store_unavailable'],
+    [404, 'task_not_found'],
+  ])(
+    'an HTTP catch-up that was on its way when the socket delivered the end, answered %i (%s): heard by no one',
+    async (status) => {
+      const replies: ((answer: Reply) => void)[] = [];
+      const { client, server, scheduler, errors } = setup({
+        httpFallbackAfterAttempts: 1,
+        fetch: () => new Promise<Reply>((resolve) => replies.push(resolve)),
+      });
+      const task = new FakeTask('t1', 3);
+      task.item('a');
+      task.end();
+      const watch = client.watch('t1');
+      const log = record(watch);
+      server.last.serverClose(1006); // the first attempt fails: HTTP takes over
+      await scheduler.advance(0);
+      expect(replies).toHaveLength(1);
+      await scheduler.advance(1000); // the next attempt, the socket open again
+      expect(server.sockets).toHaveLength(2);
+      const socket = server.accept();
+      socket.push(snap(task.view()));
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
+      replies[0]?.(reply(status));
+      await flush();
+      expect(log).toEqual(['snapshot@2', 'completed@2', 'finished@2']);
+      expect(errors).toEqual([]);
+      await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+      await client.close();
+    },
+  );
+
+  it.each([
+    [404, ''],
+    [401, '{"error":{"code":"token_expired","message":"expired"}}'],
+  ])(
+    'an SSE stream refused (%i %s) after the watch finished over HTTP: heard by no one',
+    async (status, text) => {
+      // preferFallback: the watch follows a stream. Restored at 100% without its end, it is stuck: the
+      // watchdog starts the stream over twice, then reads the end over HTTP while the third stream's
+      // request is still on its way.
+      const streams: ((answer: Reply) => void)[] = [];
+      const storage = new MemoryCursorStorage();
+      const task = new FakeTask('t1', 2);
+      for (const key of ['a', 'b']) task.item(key);
+      storage.save(saved(task.view()));
+      task.end();
+      const { client, scheduler, http, errors } = setup({
+        persistence: storage,
+        preferFallback: true,
+        finishTimeoutMs: 3000,
+        fallbackTransport: sseFallback({
+          fetch: () => new Promise<Reply>((resolve) => streams.push(resolve)),
+        }),
+      });
+      http.tasks.set('t1', task);
+      const watch = client.watch('t1');
+      const log = record(watch);
+      await scheduler.advance(9000);
+      expect(streams).toHaveLength(3);
+      expect(log).toEqual(['snapshot@2', 'completed@3', 'finished@3']);
+      streams[2]?.(reply(status, text));
+      await flush();
+      expect(log).toEqual(['snapshot@2', 'completed@3', 'finished@3']);
+      expect(errors).toEqual([]);
+      await expect(watch.done).resolves.toMatchObject({ status: 'completed', seq: 3 });
+      await client.close();
+    },
+  );
 });
 
 describe('useSyncExternalStore semantics', () => {

@@ -119,21 +119,38 @@ export class WatchedTask implements WatchSource {
     if (this.#state.finished) for (const watch of this.handles) watch.settleIfFinished();
   }
 
-  /** Ends every handle with a fatal error. */
+  /**
+   * Ends every handle with a fatal error; once the task is over, quietly: `done` resolved already, and
+   * nothing is emitted or notified (the state does not change), for the reasons of {@link emitError}.
+   */
   fail(error: ProgressError, emitError: boolean): void {
-    if (!this.#state.finished) this.#state = this.#buildState(this.#state, error);
+    const fatal = this.#state.finished ? undefined : error;
+    if (fatal) this.#state = this.#buildState(this.#state, fatal);
     const handles = [...this.handles];
     this.handles.clear();
     for (const watch of handles) {
-      if (emitError) watch.deliver((handle) => handle.emit('error', error));
-      watch.notify();
-      watch.end(this.state.finished ? undefined : error);
+      if (fatal) {
+        if (emitError) watch.deliver((handle) => handle.emit('error', fatal));
+        watch.notify();
+      }
+      watch.end(fatal);
     }
   }
 
-  /** Emits a non-fatal error to every handle. */
+  /**
+   * Emits a non-fatal error to every handle, unless the task is over: a handle's last event is
+   * `finished`. A finished watch may still subscribe to acknowledge its terminal (after the store's
+   * epoch was renewed, or when it finished over HTTP), and a fallback's request may still be on its way
+   * when the end came another way; what refuses them (a `store_unavailable` retried, a `forbidden` that
+   * just drops the bookkeeping, the close that stops the client, which the client's `error` reports
+   * anyway) changes nothing the application showed. Nor is a refusal raised on the client's `error`
+   * instead: after a store restore, every watch that finished before its ack went out subscribes again,
+   * and the browsers of all its users would report a failure nobody saw; the server already counts each
+   * refusal it sends (`finishline_frames_rejected_total` by code, `finishline_store_errors_total`) and
+   * logs a failed subscribe, which is where an operator looks for them (docs/operations.md).
+   */
   emitError(error: ProgressError): void {
-    this.#emit((watch) => watch.emit('error', error));
+    if (!this.#state.finished) this.#emit((watch) => watch.emit('error', error));
   }
 
   #sample(delivery: Delivery): void {

@@ -1,6 +1,7 @@
 /**
  * Test-only: what one watch's application callbacks saw, checked as it happens — deliveries strictly
- * one seq after the other (a snapshot may jump forward), nothing after `finished`, at most one terminal.
+ * one seq after the other (a snapshot may jump forward), nothing after `finished` (no `error` either), at
+ * most one terminal.
  * Shared by the fault-schedule property tests (model server and real server). Not shipped.
  *
  * @module
@@ -49,10 +50,10 @@ export class WatchLog {
     watch.on('finished', () => {
       this.finished++;
     });
-    if (options.failOnFatal === true) {
-      watch.on('error', (error) => {
-        if (watch.getSnapshot().fatalError !== null) fail(`fatal ${error.code}: ${error.message}`);
-      });
-    }
+    watch.on('error', (error) => {
+      if (this.finished > 0) fail(`error ${error.code} after finished`);
+      if (options.failOnFatal === true && watch.getSnapshot().fatalError !== null)
+        fail(`fatal ${error.code}: ${error.message}`);
+    });
   }
 }
