@@ -69,7 +69,8 @@ export interface WatchEvents {
   finished: [state: WatchState];
   /**
    * Something went wrong. When `state.fatalError` is set the watch is over (`done` rejected); otherwise
-   * the client recovers by itself and this is for logs.
+   * the client recovers by itself and this is for logs. Never after `finished`: a handle whose task
+   * ended emits nothing more, whatever the client still does to acknowledge that end.
    */
   error: [error: ProgressError];
 }
