@@ -27,6 +27,7 @@ import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import type { ServerHealth } from './health.js';
 import {
   checkMutation,
+  checkOrigin,
   errorBody,
   fromCode,
   HTTP_STATUS,
@@ -70,7 +71,7 @@ const EVENTS_MAX_LIMIT = 1000;
 /** @internal */
 export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
-  /** The server's `allowedOrigins`: mutating routes check the request's Origin against it. */
+  /** The server's `allowedOrigins`: every route checks the request's Origin against it. */
   allowedOrigins: AllowedOrigins;
   /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
   revealTaskExistence: boolean;
@@ -284,8 +285,10 @@ async function serve<P extends Principal>(
   // docs/protocol.md: `closed` is "the code of the HTTP 503 refusing an upgrade or request during
   // shutdown". A stream started now would follow a hub that is closing and never end.
   if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
-  // Before authentication: a forged request is refused without running the application's hooks.
+  // Before authentication: a forged request is refused without running the application's hooks, and
+  // so before any store read or stream slot.
   if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
+  else checkOrigin(request, ctx.allowedOrigins);
   let principal: P | undefined;
   try {
     principal = await ctx.auth.fromHttp(request);
