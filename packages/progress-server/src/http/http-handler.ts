@@ -240,8 +240,15 @@ async function serveHealth<P extends Principal>(
   send(response, { status, body: detailed ? report : { ok: report.ok } });
 }
 
+/**
+ * The route `path` names exactly, if any. A path with a trailing slash names none: it is answered 404 (or
+ * passed to `next`) like any other path that is not a route. Routing `…/tasks/x/` as `…/tasks/x` would
+ * give each route a second URL, against which relative URLs resolve differently. Left to the split below,
+ * `…/tasks/` was the task with the id '' (400 "Invalid task id", an id the caller never sent) while every
+ * other trailing slash was already a 404.
+ */
 function matchRoute(path: string, basePath: string): Route | undefined {
-  if (!path.startsWith(`${basePath}/`)) return undefined;
+  if (!path.startsWith(`${basePath}/`) || path.endsWith('/')) return undefined;
   const segments = path.slice(basePath.length + 1).split('/');
   if (segments[0] !== 'tasks') return undefined;
   if (segments.length === 1) return { name: 'list' };
