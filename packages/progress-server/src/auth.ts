@@ -54,7 +54,7 @@ export type AuthorizeHook<P extends Principal> = (
 ) => boolean | Promise<boolean>;
 
 /**
- * Which browser origins may open a socket:
+ * Which browser origins may open a socket or call the HTTP API (every route but `healthz`):
  * - `'same-origin'` (the default): the `Origin` header's scheme, host and port must equal the request's:
  *   its `Host` header, and `https` when the connection is TLS, else `http`. Behind a proxy that
  *   terminates TLS the request arrives as `http`, so list the public origin explicitly there;
@@ -65,7 +65,9 @@ export type AuthorizeHook<P extends Principal> = (
  *   cookies.
  *
  * Requests without an `Origin` header (non-browser clients: Node, curl) are always allowed: browsers
- * always send one on WebSocket upgrades, so its absence cannot be forged by a web page.
+ * always send one on WebSocket upgrades and on cross-origin requests (a same-origin `GET` carries none),
+ * so its absence cannot be forged by a page on another origin. The mutating HTTP routes are stricter:
+ * with a cookie they require an `Origin`.
  */
 export type AllowedOrigins =
   | 'same-origin'

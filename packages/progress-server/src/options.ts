@@ -85,7 +85,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   wss?: WebSocketServer | undefined;
   /**
-   * Browser origins allowed to connect; see {@link AllowedOrigins}. `'*'` is insecure with cookies.
+   * Browser origins allowed to connect and to call the HTTP API; see {@link AllowedOrigins}. `'*'` is
+   * insecure with cookies.
    * @default 'same-origin'
    */
   allowedOrigins?: AllowedOrigins | undefined;

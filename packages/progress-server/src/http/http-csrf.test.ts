@@ -1,3 +1,4 @@
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { AllowedOrigins } from '../auth.js';
 import { serverFrameViolations, startServer, type TestServer, upgradeStatus } from '../testing/harness.js';
@@ -9,20 +10,25 @@ import { serverFrameViolations, startServer, type TestServer, upgradeStatus } fr
  */
 
 let env: TestServer | undefined;
+/** Event streams a test opened: destroyed after it. */
+const streams: IncomingMessage[] = [];
 
 afterEach(async () => {
+  for (const stream of streams.splice(0)) stream.destroy();
   await env?.close();
   env = undefined;
   expect(serverFrameViolations.splice(0)).toEqual([]);
 });
 
 /** Cookie authentication, as in the README's quick start: `cookie: session=<user>`. */
+const fromCookie = (request: IncomingMessage) => {
+  const match = /(?:^|;\s*)session=([a-z]+)/.exec(request.headers.cookie ?? '');
+  return match?.[1] === undefined ? null : { id: match[1] };
+};
+
 async function cookieServer(allowedOrigins?: AllowedOrigins): Promise<TestServer> {
   return startServer({
-    authenticate: (request) => {
-      const match = /(?:^|;\s*)session=([a-z]+)/.exec(request.headers.cookie ?? '');
-      return match?.[1] === undefined ? null : { id: match[1] };
-    },
+    authenticate: fromCookie,
     ...(allowedOrigins === undefined ? {} : { allowedOrigins }),
   });
 }
@@ -94,6 +100,98 @@ describe('cross-site requests to the mutating HTTP routes', () => {
     const headers = { cookie: 'session=alice', 'content-type': 'application/json' };
     expect((await post(path, { ...headers, origin: env.httpUrl }, '{}')).status).toBe(403);
     expect((await post(path, { ...headers, origin: 'https://app.example' }, '{}')).status).toBe(200);
+  });
+});
+
+/**
+ * A GET or HEAD as a browser's `fetch` or `EventSource` sends it. An event stream that was served is
+ * left open (as a page would leave it) and answers with its content type only; any other answer with
+ * its JSON body.
+ */
+function read(
+  path: string,
+  options: { method?: 'GET' | 'HEAD'; headers: Record<string, string> },
+): Promise<{ status: number; type: string; body: { error?: { code: string } } }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(
+      `${env?.httpUrl}${path}`,
+      { method: options.method ?? 'GET', headers: options.headers },
+      (response) => {
+        const status = response.statusCode ?? 0;
+        const type = response.headers['content-type'] ?? '';
+        if (type.startsWith('text/event-stream') && options.method !== 'HEAD') {
+          streams.push(response);
+          resolve({ status, type, body: {} });
+          return;
+        }
+        let text = '';
+        response.setEncoding('utf8');
+        response.on('data', (chunk: string) => {
+          text += chunk;
+        });
+        response.on('end', () => resolve({ status, type, body: text === '' ? {} : JSON.parse(text) }));
+      },
+    );
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('cross-site requests to the GET routes', () => {
+  it('refuses a foreign Origin on every GET and HEAD route before authentication, holding no stream slot', async () => {
+    let authentications = 0;
+    env = await startServer({
+      authenticate: (request) => {
+        authentications += 1;
+        return fromCookie(request);
+      },
+      maxSocketsPerPrincipal: 1,
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const routes = [
+      '/progress/tasks',
+      `/progress/tasks/${task.id}`,
+      `/progress/tasks/${task.id}/events`,
+      `/progress/tasks/${task.id}/stream`,
+    ];
+    const foreign = ['https://evil.example', 'null', `https://127.0.0.1:${env.port}`];
+    for (const origin of foreign) {
+      for (const method of ['GET', 'HEAD'] as const) {
+        for (const path of routes) {
+          const answer = await read(path, { method, headers: { cookie: 'session=alice', origin } });
+          const name = `${method} ${path} from ${origin}`;
+          expect(answer.status, name).toBe(403);
+          expect(answer.type, name).toBe('application/json; charset=utf-8');
+          if (method === 'GET') expect(answer.body.error?.code, name).toBe('forbidden');
+        }
+      }
+    }
+    // Refused before the application's hook ran, so before any store read.
+    expect(authentications).toBe(0);
+    // None of the twelve refused streams took the principal's one slot: the page's own stream gets it.
+    const own = await read(`/progress/tasks/${task.id}/stream`, {
+      headers: { cookie: 'session=alice', origin: env.httpUrl },
+    });
+    expect(own).toMatchObject({ status: 200, type: 'text/event-stream; charset=utf-8' });
+  });
+
+  it('serves the allowed origins and requests without Origin, cookies or not', async () => {
+    env = await cookieServer(['https://app.example']);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const cookie = 'session=alice';
+    const path = `/progress/tasks/${task.id}`;
+    expect((await read(path, { headers: { cookie, origin: 'https://app.example' } })).status).toBe(200);
+    expect(
+      (await read(path, { method: 'HEAD', headers: { cookie, origin: 'https://app.example' } })).status,
+    ).toBe(200);
+    // Browsers send no Origin on a same-origin GET (nor does curl): unlike a POST, that is no sign of forgery.
+    expect((await read(path, { headers: { cookie } })).status).toBe(200);
+    expect((await read(`${path}/stream`, { headers: { cookie } })).status).toBe(200);
+    expect(
+      (await read(`${path}/stream`, { headers: { cookie, origin: 'https://app.example' } })).status,
+    ).toBe(200);
+    // The allow-list replaces same-origin, as on the upgrade and the POST routes.
+    expect((await read(path, { headers: { cookie, origin: env.httpUrl } })).status).toBe(403);
   });
 });
 

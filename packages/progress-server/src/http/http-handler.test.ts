@@ -191,6 +191,41 @@ describe('HTTP handler', () => {
     expect((await call('/other', { user: 'alice' })).status).toBe(404);
   });
 
+  it('answers a trailing slash on any route like an unknown route: 404 No such route, or next()', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const json = { 'content-type': 'application/json' };
+    const requests: Array<[string, string]> = [
+      ['GET', '/progress/tasks/'],
+      ['HEAD', '/progress/tasks/'],
+      ['GET', `/progress/tasks/${task.id}/`],
+      ['GET', `/progress/tasks/${task.id}/events/`],
+      ['GET', `/progress/tasks/${task.id}/stream/`],
+      ['HEAD', `/progress/tasks/${task.id}/stream/`],
+      ['POST', `/progress/tasks/${task.id}/cancel/`],
+      ['POST', `/progress/tasks/${task.id}/ack/`],
+      ['GET', '/progress/healthz/'],
+    ];
+    for (const [method, path] of requests) {
+      const answer = await call(path, {
+        user: 'alice',
+        method,
+        headers: json,
+        ...(method === 'POST' ? { body: '{"seq":1}' } : {}),
+      });
+      expect(answer.status, `${method} ${path}`).toBe(404);
+      if (method !== 'HEAD') {
+        expect(answer.body, `${method} ${path}`).toEqual({
+          error: { code: 'invalid_input', message: 'No such route' },
+        });
+      }
+    }
+    expect((await env.store.getTask(task.id))?.status).toBe('running');
+    // Without the slash, the same requests are routed.
+    expect((await call(`/progress/tasks/${task.id}`, { user: 'alice' })).status).toBe(200);
+    expect((await call('/progress/tasks', { user: 'alice' })).status).toBe(200);
+  });
+
   it('decodes percent-encoded ids and accepts a bearer token', async () => {
     env = await startServer({ authenticate: () => null, authenticateToken: tokenAuth });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', id: 'team/batch:1' });
@@ -249,7 +284,10 @@ describe('HTTP handler', () => {
     expect(ok.status).toBe(200);
     const other = await fetch(`${base}/api/users`);
     expect(other.status).toBe(418);
-    expect(passed).toEqual(['/api/users']);
+    // A trailing slash is no route of the API either: the application's own routing decides.
+    const slash = await fetch(`${base}/api/progress/tasks/`, { headers: { 'x-user': 'alice' } });
+    expect(slash.status).toBe(418);
+    expect(passed).toEqual(['/api/users', '/api/progress/tasks/']);
   });
 
   it('uses a body already parsed by a framework', async () => {

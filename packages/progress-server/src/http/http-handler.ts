@@ -27,6 +27,7 @@ import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import type { ServerHealth } from './health.js';
 import {
   checkMutation,
+  checkOrigin,
   errorBody,
   fromCode,
   HTTP_STATUS,
@@ -70,7 +71,7 @@ const EVENTS_MAX_LIMIT = 1000;
 /** @internal */
 export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
-  /** The server's `allowedOrigins`: mutating routes check the request's Origin against it. */
+  /** The server's `allowedOrigins`: every route checks the request's Origin against it. */
   allowedOrigins: AllowedOrigins;
   /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
   revealTaskExistence: boolean;
@@ -239,8 +240,15 @@ async function serveHealth<P extends Principal>(
   send(response, { status, body: detailed ? report : { ok: report.ok } });
 }
 
+/**
+ * The route `path` names exactly, if any. A path with a trailing slash names none: it is answered 404 (or
+ * passed to `next`) like any other path that is not a route. Routing `…/tasks/x/` as `…/tasks/x` would
+ * give each route a second URL, against which relative URLs resolve differently. Left to the split below,
+ * `…/tasks/` was the task with the id '' (400 "Invalid task id", an id the caller never sent) while every
+ * other trailing slash was already a 404.
+ */
 function matchRoute(path: string, basePath: string): Route | undefined {
-  if (!path.startsWith(`${basePath}/`)) return undefined;
+  if (!path.startsWith(`${basePath}/`) || path.endsWith('/')) return undefined;
   const segments = path.slice(basePath.length + 1).split('/');
   if (segments[0] !== 'tasks') return undefined;
   if (segments.length === 1) return { name: 'list' };
@@ -284,8 +292,10 @@ async function serve<P extends Principal>(
   // docs/protocol.md: `closed` is "the code of the HTTP 503 refusing an upgrade or request during
   // shutdown". A stream started now would follow a hub that is closing and never end.
   if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
-  // Before authentication: a forged request is refused without running the application's hooks.
+  // Before authentication: a forged request is refused without running the application's hooks, and
+  // so before any store read or stream slot.
   if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
+  else checkOrigin(request, ctx.allowedOrigins);
   let principal: P | undefined;
   try {
     principal = await ctx.auth.fromHttp(request);

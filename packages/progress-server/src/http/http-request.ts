@@ -1,6 +1,6 @@
 /**
- * The HTTP plumbing of the API: error codes to statuses, the refusal type, the CSRF check of mutating
- * requests, query and body parsing, and JSON replies.
+ * The HTTP plumbing of the API: error codes to statuses, the refusal type, the Origin check of every
+ * route and the CSRF check of mutating requests, query and body parsing, and JSON replies.
  *
  * @module
  */
@@ -80,14 +80,26 @@ export function checkMutation(request: IncomingMessage, allowedOrigins: AllowedO
       throw new HttpError(ErrorCode.Forbidden, 'A request with cookies must carry an Origin header');
     }
   }
-  if (!isOriginAllowed(request, allowedOrigins)) {
-    throw new HttpError(ErrorCode.Forbidden, 'Origin not allowed');
-  }
+  checkOrigin(request, allowedOrigins);
   const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json') {
     throw new HttpError(ErrorCode.InvalidInput, 'The body must be sent as Content-Type: application/json', {
       status: 415,
     });
+  }
+}
+
+/**
+ * Refuses a request whose `Origin` is not allowed by `allowedOrigins` (`Origin: null` included), as the
+ * upgrade does; one without `Origin` passes. The read routes need this too: a page on another origin of
+ * the same site sends the user's cookies with its `EventSource`, and its streams would use up the
+ * principal's stream slots (a denial of service against the user's own page) while each held a hub
+ * follow and store reads. Unlike {@link checkMutation} it does not require an `Origin` with a cookie:
+ * browsers send none on a same-origin `GET`.
+ */
+export function checkOrigin(request: IncomingMessage, allowedOrigins: AllowedOrigins): void {
+  if (!isOriginAllowed(request, allowedOrigins)) {
+    throw new HttpError(ErrorCode.Forbidden, 'Origin not allowed');
   }
 }
 

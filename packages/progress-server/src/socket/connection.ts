@@ -22,6 +22,7 @@ import { AuthGate } from './auth-gate.js';
 import { FrameBudget } from './frame-budget.js';
 import { versionOfSubprotocol } from './protocol-version.js';
 import type { SocketServices } from './services.js';
+import type { FrameRefs } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
 import { Subscriptions } from './subscriptions.js';
 
@@ -291,7 +292,7 @@ export class Connection<P extends Principal> {
 
   #onDecoded(decoded: DecodeResult<ClientFrame>): void {
     if (!decoded.ok) {
-      if (!this.#budget.take(decoded.requestId)) return;
+      if (!this.#budget.take(decoded.requestId === undefined ? {} : { requestId: decoded.requestId })) return;
       const { code, message, taskId } = decoded.error;
       const refs = {
         ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
@@ -314,11 +315,15 @@ export class Connection<P extends Principal> {
       return;
     }
     const frame = decoded.frame;
-    // Acks of new events are bounded by what the server sends, so they need no budget; anything else
-    // (including repeated or bogus acks) pays one token.
-    const free = frame.type === 'ack' && this.#subs.ackAdvances(frame);
-    if (!free && !this.#budget.take(frame.type === 'ack' || frame.type === 'auth' ? undefined : frame.id))
-      return;
+    // Acks of new events are bounded by what the server sends, and unsubscribes that end a subscription
+    // by the subscribes that paid for it, so neither needs a budget. A refused unsubscribe would leave the
+    // server pushing the task's frames for the rest of its life: its error names no task, and a client
+    // drops errors about tasks it left. Anything else (repeated or bogus acks, an unsubscribe of a task
+    // the socket does not follow) pays one token.
+    const free =
+      (frame.type === 'ack' && this.#subs.ackAdvances(frame)) ||
+      (frame.type === 'unsubscribe' && this.#subs.get(frame.taskId) !== undefined);
+    if (!free && !this.#budget.take(refusalRefs(frame))) return;
     this.#handle(frame);
   }
 
@@ -436,6 +441,30 @@ export class Connection<P extends Principal> {
     if (this.#countedSocket && principal !== undefined) this.#ctx.limits.closeSocket(principal.id);
     this.#resolveClosed();
     this.#hooks.onClose(this);
+  }
+}
+
+/**
+ * What the answer to a rate-limited `frame` names. A refused subscribe names its task, so that the client
+ * retries the subscribe of the watch it belongs to; without it the error reaches only the client's
+ * general error handler. A refused ack does not: it acknowledged nothing new (an ack that does is free),
+ * and a client answers an error about a watched task by subscribing again, one frame more from a socket
+ * already over its budget.
+ */
+function refusalRefs(frame: ClientFrame): FrameRefs {
+  switch (frame.type) {
+    case 'subscribe':
+      return { ...(frame.id === undefined ? {} : { requestId: frame.id }), taskId: frame.taskId };
+    case 'unsubscribe':
+    case 'ping':
+      return frame.id === undefined ? {} : { requestId: frame.id };
+    case 'ack':
+    case 'auth':
+      return {};
+    default: {
+      const unreachable: never = frame;
+      throw new TypeError(`Unknown frame ${String(unreachable)}`);
+    }
   }
 }
 

@@ -46,8 +46,11 @@ export class FrameBudget {
     });
   }
 
-  /** Takes one rate-limit token; on refusal answers every refused frame and closes a persistent flooder. */
-  take(requestId: string | undefined): boolean {
+  /**
+   * Takes one rate-limit token; on refusal answers every refused frame (its error carrying `refs`) and
+   * closes a persistent flooder.
+   */
+  take(refs: FrameRefs): boolean {
     const { options, metrics } = this.#ctx;
     // The socket's own budget first, then its principal's, shared with the principal's other sockets.
     if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame(this.#ctx.principalId())) return true;
@@ -65,7 +68,7 @@ export class FrameBudget {
       this.#ctx.writer.sendError(
         ErrorCode.RateLimited,
         `Rate limit exceeded (${options.rateLimitPerSecond} frames/s); frames are being dropped`,
-        requestId === undefined ? {} : { requestId },
+        refs,
       );
     }
     return false;

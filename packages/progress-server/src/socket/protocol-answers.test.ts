@@ -1,3 +1,4 @@
+import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it } from 'vitest';
 import { type RawClient, type Received, sleep } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
@@ -29,18 +30,78 @@ describe('answers the protocol documents', () => {
     expect(client.ws.readyState).toBe(client.ws.OPEN);
   });
 
-  it('#6: every rate-limited frame is answered, subscribes included', async () => {
-    await session.start({ rateLimitPerSecond: 1, rateLimitBurst: 2, maxRateLimitViolations: 50 });
+  it('#6: every rate-limited frame is answered, subscribes included, with the task they name', async () => {
+    // A clock that stands still: the bucket never refills, so which frame is refused is exact.
+    await session.start({
+      rateLimitPerSecond: 1,
+      rateLimitBurst: 2,
+      maxRateLimitViolations: 50,
+      clock: new ManualClock().now,
+    });
     const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
     client.send({ type: 'ping', id: 'a' });
     client.send({ type: 'ping', id: 'b' });
     for (let i = 0; i < 3; i++) client.send({ type: 'subscribe', id: `s${i}`, taskId: task.id, afterSeq: 0 });
-    await client.next(() => errors(client).length === 3);
+    client.send({ type: 'ping', id: 'c' });
+    await client.next(() => errors(client).length === 4);
+    // The taskId lets a client retry the subscribe of the watch it belongs to (one without it only
+    // reaches the client's general error handler, and the watch waits for its watchdog).
+    expect(errors(client).map((frame) => [frame.code, frame.requestId, frame.taskId])).toEqual([
+      ['rate_limited', 's0', task.id],
+      ['rate_limited', 's1', task.id],
+      ['rate_limited', 's2', task.id],
+      ['rate_limited', 'c', undefined],
+    ]);
+  });
+
+  it('an unsubscribe that ends a subscription is never rate-limited: the task’s frames stop', async () => {
+    // A clock that stands still: the bucket never refills, so which frame is refused is exact.
+    await session.start({
+      rateLimitPerSecond: 1,
+      rateLimitBurst: 2,
+      maxRateLimitViolations: 50,
+      clock: new ManualClock().now,
+    });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const leaving = await connect();
+    // Another socket of alice follows the task too: once it has an event, the first socket would have it.
+    const staying = await connect();
+    for (const client of [leaving, staying]) {
+      client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+      await client.next((frame) => frame.type === 'snapshot');
+    }
+    leaving.send({ type: 'ping', id: 'last-token' });
+    await leaving.next((frame) => frame.type === 'pong');
+    leaving.send({ type: 'ping', id: 'refused' });
+    await leaving.next((frame) => frame.type === 'error' && frame.requestId === 'refused');
+    // The budget is spent: the unsubscribe goes through anyway.
+    leaving.send({ type: 'unsubscribe', id: 'bye', taskId: task.id });
+    await sleep(50);
+    await task.progress({ done: 1 });
+    await staying.next((frame) => frame.type === 'event');
+    await sleep(100);
+    expect(leaving.frames.filter((frame) => frame.type === 'event')).toEqual([]);
+    expect(errors(leaving).map((frame) => frame.requestId)).toEqual(['refused']);
+  });
+
+  it('an unsubscribe of a task the socket does not follow costs a token like any frame', async () => {
+    // A clock that stands still: the bucket never refills, so which frame is refused is exact.
+    await session.start({
+      rateLimitPerSecond: 1,
+      rateLimitBurst: 2,
+      maxRateLimitViolations: 50,
+      clock: new ManualClock().now,
+    });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    // Free only when it undoes a subscribe that paid: else a flood of them would cost nothing.
+    for (let i = 0; i < 3; i++) client.send({ type: 'unsubscribe', id: `u${i}`, taskId: task.id });
+    client.send({ type: 'ping', id: 'after' });
+    await client.next((frame) => frame.requestId === 'after');
     expect(errors(client).map((frame) => [frame.code, frame.requestId])).toEqual([
-      ['rate_limited', 's0'],
-      ['rate_limited', 's1'],
-      ['rate_limited', 's2'],
+      ['rate_limited', 'u2'],
+      ['rate_limited', 'after'],
     ]);
   });
 
