@@ -436,6 +436,9 @@ describe('authentication, CSRF and per-user tasks', () => {
     expect((await alice.post('/api/batch', request, { 'x-csrf-token': '' })).status).toBe(403);
     expect((await alice.post('/api/batch', request, { 'x-csrf-token': bob.csrf })).status).toBe(403);
     expect((await alice.post('/api/batch', request, { origin: 'https://evil.example' })).status).toBe(403);
+    // Same host and port, another scheme: another origin (the page served over plain http cannot be it).
+    const https = h.base.replace(/^http:/, 'https:');
+    expect((await alice.post('/api/batch', request, { origin: https })).status).toBe(403);
     const form = await fetch(`${h.base}/api/batch`, {
       method: 'POST',
       headers: {

@@ -91,7 +91,12 @@ export function createGuards(parts: {
     if (origin === undefined) return true; // non-browser clients; the CSRF token still applies
     if (Array.isArray(allowedOrigins)) return allowedOrigins.includes(origin);
     try {
-      return new URL(origin).host === req.headers.host;
+      // Scheme too, not only the host: `https://host` is another origin than `http://host`, and comparing
+      // hosts alone let it through. `req.protocol` reads X-Forwarded-Proto under `--trust-proxy`, so a
+      // proxy that terminates TLS still passes its `https` pages. Default ports are elided by URL.
+      const from = new URL(origin);
+      const to = new URL(`${req.protocol}://${req.headers.host ?? ''}`);
+      return from.protocol === to.protocol && from.host === to.host;
     } catch {
       return false;
     }
