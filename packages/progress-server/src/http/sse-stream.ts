@@ -1,19 +1,23 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProgressStore, ServerFrame, Task, TaskEvent, Unsubscribe } from '@finishline/core';
-import { isTerminalType, toTaskView } from '@finishline/core';
-import { encodeFrame } from '@finishline/core/internal';
+import { ErrorCode, isTerminalType, LIMITS, SSE_ID_SEPARATOR, toTaskView } from '@finishline/core';
+import type { SseCursor } from '@finishline/core/internal';
+import { encodeFrame, parseSseEventId, sseEventId } from '@finishline/core/internal';
 import type { StoreEpoch } from '../hub/store-epoch.js';
 import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { PrincipalLimits } from '../principal-limits.js';
+import { fromCode } from './http-request.js';
 
 /**
  * `GET {basePath}/tasks/:id/stream`: one task over Server-Sent Events, for networks whose proxies refuse
  * WebSocket upgrades. The same JSON frames as the socket (version 2: snapshots carry the epoch, and a
- * cursor ahead of the task gets a `reset` snapshot); each frame's SSE `id` is its seq, so a browser's
- * `EventSource` (or any client sending `Last-Event-ID`) resumes where it was cut; heartbeats are comments;
- * the stream ends after the terminal frame. Acknowledgements go over `POST …/ack`.
+ * cursor ahead of the task gets a `reset` snapshot); each frame's SSE `id` is its seq and the store's
+ * epoch (`<seq>~<epoch>`), so a browser's `EventSource` (or any client sending `Last-Event-ID`) resumes
+ * where it was cut, and one cut before a restore of the store starts over instead of resuming in another
+ * log; heartbeats are comments; the stream ends after the terminal frame. Acknowledgements go over
+ * `POST …/ack`.
  *
  * The stream reads the store: on subscribe, and whenever the hub announces a commit of the task (one
  * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq. A
@@ -71,14 +75,33 @@ export function answerStreamHead(response: ServerResponse): void {
 }
 
 /**
- * Streams `task` to `response` from `afterSeq` until its terminal frame, the client leaving, or the
- * server's shutdown. The caller authenticated, authorized and counted the stream (`limits`); `release`
- * is called once when it ends.
+ * Where a stream starts: the `Last-Event-ID` header (what `EventSource` sends when it reconnects), else the
+ * `afterSeq` query parameter, else 0; either an event id as the stream writes them or a seq alone (an
+ * older client, a hand-written header), taken as a seq of the current epoch. Refuses anything else with
+ * `invalid_input`.
+ */
+export function streamCursor(lastEventId: string | string[] | undefined, afterSeq: string | null): SseCursor {
+  const text = typeof lastEventId === 'string' ? lastEventId : afterSeq;
+  if (text === null || text === '') return { seq: 0 };
+  const cursor = parseSseEventId(text);
+  if (cursor === undefined) {
+    throw fromCode(
+      ErrorCode.InvalidInput,
+      `Last-Event-ID (afterSeq) must be <seq> or <seq>${SSE_ID_SEPARATOR}<epoch>, seq an integer from 0 to ${LIMITS.maxCount} and epoch an id`,
+    );
+  }
+  return cursor;
+}
+
+/**
+ * Streams `task` to `response` from the client's cursor `from` until its terminal frame, the client
+ * leaving, or the server's shutdown. The caller authenticated, authorized and counted the stream
+ * (`limits`); `release` is called once when it ends.
  */
 export function streamTask(
   ctx: StreamContext,
   task: Task,
-  afterSeq: number,
+  from: SseCursor,
   expiresAt: number | undefined,
   request: IncomingMessage,
   response: ServerResponse,
@@ -92,7 +115,7 @@ export function streamTask(
     return;
   }
   const taskId = task.id;
-  let cursor = afterSeq;
+  let cursor = from.seq;
   let ended = false;
   let reading = false;
   let again = false;
@@ -171,8 +194,10 @@ export function streamTask(
     }, ctx.sseStallTimeoutMs);
     stall.unref();
   };
+  // Each id names the epoch its seq is of: frames of an old epoch are written only before the renewal is
+  // noticed, and the restart's reset snapshot, the first frame after it, already carries the new one.
   const write = (seq: number, frame: ServerFrame) => {
-    if (!ended) send(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`);
+    if (!ended) send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${encodeFrame(frame)}\n\n`);
   };
   const epochField = () => {
     const epoch = ctx.epoch.current;
@@ -270,9 +295,14 @@ export function streamTask(
   unfollow = ctx.hub.follow(taskId, { deliver: () => void pump() });
   // Where the hub's own reads of a newly followed task start (as a socket's subscribe does).
   ctx.hub.observe(taskId, task.seq);
-  const backlog = task.seq - afterSeq;
-  if (afterSeq === 0 || backlog <= 0 || backlog > ctx.maxReplayEvents) {
-    snapshot(task, backlog < 0);
+  // A cursor of another epoch (the store was restored since the client's last frame) means nothing here,
+  // whatever its seq: it starts over as one ahead of the task does. One without an epoch, or met by a
+  // server that knows none (a store without epochs, or its first read not answered yet), is trusted.
+  const epoch = ctx.epoch.current;
+  const otherEpoch = from.epoch !== undefined && epoch !== undefined && from.epoch !== epoch;
+  const backlog = task.seq - from.seq;
+  if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
+    snapshot(task, from.seq > 0 && (otherEpoch || backlog < 0));
   }
   void pump();
 }
