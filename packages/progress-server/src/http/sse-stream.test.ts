@@ -465,6 +465,31 @@ describe('GET /tasks/:id/stream', () => {
     expect(next.statusCode).toBe(200);
   });
 
+  it('drops the stalled reader of a quiet task: a refused heartbeat starts the stall wait, and no more heartbeats are written', async () => {
+    env = await startServer({ heartbeatIntervalMs: 20, maxSocketsPerPrincipal: 1, sseStallTimeoutMs: 300 });
+    const server = serverSideOfStream(env);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const stream = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    // Nothing is committed from here: only heartbeats are written. The connection takes no more: each
+    // write is refused, as once both kernels' buffers are full (simulated: a paused reader on loopback
+    // took 4.1 MB before the first refusal, some 125,000 heartbeats of 33 bytes, three weeks at 15 s).
+    const response = server();
+    const refused: string[] = [];
+    response.write = ((chunk: string) => {
+      refused.push(chunk);
+      return false;
+    }) as typeof response.write;
+    await within(new Promise((resolve) => response.once('close', resolve)), 'the drop of the stalled stream');
+    expect(response.destroyed).toBe(true);
+    // One refused heartbeat started the wait; none was written after it, while the stream waited.
+    expect(refused).toEqual([expect.stringMatching(/^: heartbeat \d+\n\n$/)]);
+    // The drop freed the principal's one slot, though the reader's side never closed.
+    const next = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    open.push(next);
+    expect(next.statusCode).toBe(200);
+  });
+
   it('keeps a reader that is only slow: it reads again before the timeout and gets every seq once to the end', async () => {
     env = await startServer({ heartbeatIntervalMs: 60_000, sseStallTimeoutMs: 2000 });
     const server = serverSideOfStream(env);
