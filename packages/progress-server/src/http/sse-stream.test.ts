@@ -92,6 +92,12 @@ async function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<
   }
 }
 
+/** The server's `sse_streams_closed_total`, by reason. */
+async function streamsClosed(server: TestServer): Promise<Record<string, number>> {
+  const { values } = await server.server.metrics.sseStreamsClosed.get();
+  return Object.fromEntries(values.map((value) => [String(value.labels.reason), value.value]));
+}
+
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
 
@@ -463,6 +469,7 @@ describe('GET /tasks/:id/stream', () => {
     const next = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     open.push(next);
     expect(next.statusCode).toBe(200);
+    expect(await streamsClosed(env)).toEqual({ stalled: 1 });
   });
 
   it('drops the stalled reader of a quiet task: a refused heartbeat starts the stall wait, and no more heartbeats are written', async () => {
@@ -488,6 +495,44 @@ describe('GET /tasks/:id/stream', () => {
     const next = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     open.push(next);
     expect(next.statusCode).toBe(200);
+    expect(await streamsClosed(env)).toEqual({ stalled: 1 });
+  });
+
+  it('counts every end of a stream once, by reason: finished, client_left, expired, shutdown', async () => {
+    env = await startServer({
+      heartbeatIntervalMs: 60_000,
+      // carol's credential expires 300 ms after each request; the others' never.
+      authenticate: (request) => {
+        const user = request.headers['x-user'];
+        if (typeof user !== 'string' || user === '') return null;
+        return user === 'carol' ? { id: user, expiresAt: Date.now() + 300 } : { id: user };
+      },
+    });
+    const server = env;
+    const open = async (owner: string) => {
+      const task = await server.server.tasks.create({ owner, kind: 'k' });
+      return { task, stream: await follow(task.id, owner) };
+    };
+    const follow = async (taskId: string, owner: string) => {
+      const stream = new Stream(await get(`/tasks/${taskId}/stream`, { 'x-user': owner }));
+      await stream.until(() => stream.frames().length === 1);
+      return stream;
+    };
+    const finished = await open('alice');
+    const left = await open('bob');
+    const expiring = await open('carol');
+    // Not this server's own task: its shutdown would interrupt that one, and the stream end 'finished'.
+    await server.store.createTask({ id: 'elsewhere', owner: 'dave', kind: 'k' });
+    const atShutdown = await follow('elsewhere', 'dave');
+
+    await finished.task.complete();
+    await within(finished.stream.ended, 'the end after the terminal frame');
+    left.stream.response.destroy();
+    await within(expiring.stream.ended, 'the end at the credential’s expiry');
+    await expect.poll(() => streamsClosed(server)).toEqual({ finished: 1, client_left: 1, expired: 1 });
+    await server.close();
+    await within(atShutdown.ended, 'the end at shutdown');
+    expect(await streamsClosed(server)).toEqual({ finished: 1, client_left: 1, expired: 1, shutdown: 1 });
   });
 
   it('keeps a reader that is only slow: it reads again before the timeout and gets every seq once to the end', async () => {

@@ -7,6 +7,7 @@ import type { StoreEpoch } from '../hub/store-epoch.js';
 import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
+import type { ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
 import { fromCode } from './http-request.js';
 
@@ -24,7 +25,8 @@ import { fromCode } from './http-request.js';
  * reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false the
  * stream writes nothing more until 'drain', then reads on from its cursor what was committed meanwhile.
  * One that waits for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads
- * again would otherwise hold its stream slot, hub follow and connection until it left.
+ * again would otherwise hold its stream slot, hub follow and connection until it left. Every end is
+ * counted once, by reason, in `sse_streams_closed_total`.
  *
  * @module
  */
@@ -47,6 +49,7 @@ export interface StreamContext {
   readonly limits: PrincipalLimits;
   readonly store: Pick<ProgressStore, 'readEvents' | 'getTask'>;
   readonly logger: ProgressLogger;
+  readonly metrics: Pick<ServerMetrics, 'sseStreamsClosed'>;
   readonly heartbeatIntervalMs: number;
   readonly sseStallTimeoutMs: number;
   readonly maxReplayEvents: number;
@@ -111,6 +114,7 @@ export function streamTask(
   // fired before any listener below, so nothing would ever end the stream (its socket slot, hub follow
   // and heartbeat timer).
   if (response.destroyed || request.socket.destroyed) {
+    ctx.metrics.sseStreamsClosed.inc({ reason: 'client_left' });
     release();
     return;
   }
@@ -136,9 +140,10 @@ export function streamTask(
   // Tells EventSource how long to wait before reconnecting after a cut (ms).
   response.write('retry: 1000\n\n');
 
-  const end = () => {
+  const end = (reason: SseStreamEndReason) => {
     if (ended) return;
     ended = true;
+    ctx.metrics.sseStreamsClosed.inc({ reason });
     clearInterval(heartbeat);
     clearTimeout(expiry);
     clearTimeout(stall);
@@ -160,7 +165,7 @@ export function streamTask(
       if (ended || mine !== generation) return;
       restarting = false;
       if (current === undefined) {
-        end();
+        end('task_gone');
         return;
       }
       ctx.hub.observe(taskId, current.seq);
@@ -169,14 +174,16 @@ export function streamTask(
     } catch (error) {
       if (mine !== generation) return;
       ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream restart failed; ending the stream');
-      end();
+      end('read_failed');
     }
   };
-  const opened: OpenStream = { end, epochRenewed: () => void restart() };
+  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: () => void restart() };
   ctx.open.add(opened);
-  request.on('close', end);
-  response.on('close', end);
-  response.on('error', end);
+  // Once the stream ended itself these come too, and count nothing: `end` runs once.
+  const left = () => end('client_left');
+  request.on('close', left);
+  response.on('close', left);
+  response.on('error', left);
 
   /** Writes `chunk`; when the buffer is full, waits for 'drain', but only until the stall timeout. */
   const send = (chunk: string) => {
@@ -190,7 +197,7 @@ export function streamTask(
       );
       // Destroyed, not ended: an end would wait behind the full buffer the reader is not reading.
       response.destroy();
-      end();
+      end('stalled');
     }, ctx.sseStallTimeoutMs);
     stall.unref();
   };
@@ -211,7 +218,7 @@ export function streamTask(
       ...(reset ? { reset: true as const } : {}),
     });
     cursor = current.seq;
-    if (current.status !== 'running') end();
+    if (current.status !== 'running') end('finished');
   };
 
   const heartbeat = setInterval(() => {
@@ -226,7 +233,7 @@ export function streamTask(
   const expiry =
     expiresAt === undefined
       ? undefined
-      : setTimeout(end, Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
+      : setTimeout(() => end('expired'), Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
   expiry?.unref();
 
   /** Reads and writes everything after the cursor; re-runs once if a commit was announced meanwhile. */
@@ -260,14 +267,14 @@ export function streamTask(
               break;
             }
             if (current !== undefined) snapshot(current, false);
-            else end();
+            else end('task_gone');
             continue;
           }
           for (const event of events) {
             write(event.seq, { type: 'event', event });
             cursor = event.seq;
             if (isTerminalType(event.type)) {
-              end();
+              end('finished');
               return;
             }
             // The rest of this page is read again from the cursor after 'drain': holding it here would
@@ -279,7 +286,7 @@ export function streamTask(
     } catch (error) {
       ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
       // The client reconnects with Last-Event-ID and loses nothing.
-      end();
+      end('read_failed');
     } finally {
       reading = false;
     }
