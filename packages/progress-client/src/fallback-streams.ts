@@ -51,14 +51,23 @@ export interface FallbackTransport {
   attach(host: FallbackHost): FallbackRuntime;
 }
 
+/**
+ * Where a stream resumes: a watch's cursor, with the store epoch its seq is of when the watch knows it (from
+ * a snapshot, a `hello`, or a saved cursor). @internal
+ */
+export interface FallbackCursor {
+  readonly seq: number;
+  readonly epoch: string | undefined;
+}
+
 /** How a fallback transport reaches the server about one task (the SSE requests of `sse.ts`). @internal */
 export interface FallbackWire {
   /**
-   * Follows a task from after `afterSeq`, handing every frame to the host's `onFrame`; `onEnd` is called
-   * once when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
+   * Follows a task from after `from`, handing every frame to the host's `onFrame`; `onEnd` is called once
+   * when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
    * refused the stream (401, 403, 404). Returns the function that stops it.
    */
-  follow(taskId: string, afterSeq: number, onEnd: (refusal?: ProgressError) => void): () => void;
+  follow(taskId: string, from: FallbackCursor, onEnd: (refusal?: ProgressError) => void): () => void;
   /** Acknowledges `seq` of a task (cumulative), best effort. */
   ack(taskId: string, seq: number): void;
 }
@@ -107,7 +116,8 @@ export class FallbackStreams implements FallbackRuntime {
     if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
       return;
     let stop: (() => void) | undefined;
-    stop = this.#wire.follow(taskId, task.cursor.seq, (refusal) => {
+    // With its epoch: a server whose store was restored since must not resume that seq in another log.
+    stop = this.#wire.follow(taskId, { seq: task.cursor.seq, epoch: task.epoch }, (refusal) => {
       if (this.#streams.get(taskId) === stop) this.#streams.delete(taskId);
       if (refusal !== undefined && this.#host.current(task)) {
         // Answered as the HTTP fallback answers the same refusal.

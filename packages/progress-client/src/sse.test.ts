@@ -1,5 +1,7 @@
 import type { ServerFrame } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
+import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
+import { MemoryCursorStorage } from './persist.js';
 import { type StreamingFetch, sseFallback } from './sse.js';
 import { FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
@@ -143,6 +145,52 @@ describe('the SSE fallback transport', () => {
     expect(http.requests).toEqual([]);
     await client.close();
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('resumes with the epoch of the watch’s cursor in Last-Event-ID, the new one after a reset snapshot', async () => {
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 5);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.send({ type: 'snapshot', task: task.view(), epoch: 'epoch-1' });
+    first.send({ type: 'event', event: task.item('a') });
+    first.send({ type: 'event', event: task.item('b') });
+    first.end();
+    await scheduler.advance(1000);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBe('2~epoch-1');
+
+    // The store was restored (epoch-2): the server starts the watch over, at seq 1 of the new log.
+    const restored = new FakeTask('t1', 5);
+    restored.item('x');
+    second.send({ type: 'snapshot', task: restored.view(), epoch: 'epoch-2', reset: true });
+    second.end();
+    await scheduler.advance(1000);
+    expect(sse.streams[2]?.headers['last-event-id']).toBe('1~epoch-2');
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'snapshot@1']);
+    await client.close();
+  });
+
+  it('after a reload, resumes a saved cursor with the epoch saved with it', async () => {
+    const storage = new MemoryCursorStorage();
+    const first = sseSetup({ preferFallback: true, persistence: storage });
+    const task = new FakeTask('t1', 5);
+    first.client.watch('t1');
+    await flush();
+    const stream = first.sse.streams[0] as SseRequest;
+    stream.send({ type: 'snapshot', task: task.view(), epoch: 'epoch-1' });
+    stream.send({ type: 'event', event: task.item('a') });
+    stream.send({ type: 'event', event: task.item('b') });
+    await first.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs); // the save
+    // The page reloads: the old client is gone without a goodbye.
+    const second = sseSetup({ preferFallback: true, persistence: storage });
+    second.client.watch('t1');
+    await flush();
+    expect(second.sse.streams[0]?.headers['last-event-id']).toBe('2~epoch-1');
+    await first.client.close();
+    await second.client.close();
   });
 
   it('takes over from HTTP polling once the socket fails, and leaves at the first hello', async () => {

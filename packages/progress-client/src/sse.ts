@@ -1,4 +1,5 @@
 import type { ProgressError } from '@finishline/core';
+import { sseEventId } from '@finishline/core/internal';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -87,7 +88,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
     });
   };
   return {
-    follow(taskId, afterSeq, onEnd) {
+    follow(taskId, from, onEnd) {
       const abort = new AbortController();
       let ended = false;
       const end = (refusal?: ProgressError) => {
@@ -98,7 +99,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       void (async () => {
         if (fetchImpl === undefined) return end();
         const headers: Record<string, string> = { accept: 'text/event-stream' };
-        if (afterSeq > 0) headers['last-event-id'] = String(afterSeq);
+        // The id of the last frame applied, as the server wrote it: `<seq>~<epoch>` when the epoch is known.
+        if (from.seq > 0) headers['last-event-id'] = sseEventId(from.seq, from.epoch);
         const response = await request(fetchImpl, taskId, 'stream', {
           method: 'GET',
           headers,
@@ -120,7 +122,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           while (cut >= 0) {
             const block = buffer.slice(0, cut);
             buffer = buffer.slice(cut + 2);
-            // Only `data:` lines matter: `id:` repeats the frame's seq, comments are heartbeats.
+            // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
+            // and the watch keeps), comments are heartbeats.
             const data = block
               .split('\n')
               .filter((line) => line.startsWith('data:'))

@@ -72,6 +72,7 @@ export {
   protocolName,
   SERVER_FRAME_TYPES,
 } from './protocol/frames.js';
+export { SSE_ID_SEPARATOR } from './protocol/sse-event-id.js';
 // Store seam
 export type { ChangeFeed, ChangeListener, TaskChange, Unsubscribe } from './store/change-feed.js';
 export { LocalChangeFeed } from './store/change-feed.js';

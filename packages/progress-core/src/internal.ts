@@ -91,6 +91,9 @@ export {
   quote,
 } from './protocol/frame-text.js';
 export { decodeServerFrame, decodeServerText } from './protocol/server-frame-decoder.js';
+// The cursor in a Server-Sent Events id (`Last-Event-ID`)
+export type { SseCursor } from './protocol/sse-event-id.js';
+export { parseSseEventId, sseEventId } from './protocol/sse-event-id.js';
 // What a store applies
 export type { ParsedListTasksQuery } from './store/inputs.js';
 export {

@@ -24,6 +24,24 @@ export interface SafetyNetStats {
 export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahead' | 'epoch';
 
 /**
+ * Why a Server-Sent Events stream ended (label `reason` of `sse_streams_closed_total`).
+ *
+ * `finished`: its terminal frame was written; `client_left`: the connection closed or failed from the
+ * client's side (also before the stream started); `stalled`: its reader stopped reading for
+ * `sseStallTimeoutMs`; `expired`: its credential's `expiresAt` passed; `shutdown`: the server's `close()`;
+ * `task_gone`: the task is no longer in the store (after a restore, say); `read_failed`: a store read
+ * failed (the client resumes).
+ */
+export type SseStreamEndReason =
+  | 'finished'
+  | 'client_left'
+  | 'stalled'
+  | 'expired'
+  | 'shutdown'
+  | 'task_gone'
+  | 'read_failed';
+
+/**
  * The server's Prometheus metrics, on the caller's registry or a new one. Names carry the configured
  * prefix (default `finishline_`):
  *
@@ -43,6 +61,7 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahea
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
  * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`) |
+ * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `shutdown`, `task_gone`, `read_failed` |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
  * | `store_errors_total` | counter | store calls that failed |
  * | `leases_reaped_total` | counter | expired leases turned into `interrupted` by this replica |
@@ -65,6 +84,7 @@ export class ServerMetrics {
   readonly upgradesRejected: Counter<'code'>;
   readonly connectionsDropped: Counter<'reason'>;
   readonly principalLimits: Counter<'limit'>;
+  readonly sseStreamsClosed: Counter<'reason'>;
   readonly handlerErrors: Counter;
   readonly storeErrors: Counter;
   readonly leasesReaped: Counter;
@@ -153,6 +173,15 @@ export class ServerMetrics {
         registers,
       }),
       `${p}principal_limits_total`,
+    );
+    this.sseStreamsClosed = track(
+      new Counter({
+        name: `${p}sse_streams_closed_total`,
+        help: 'Server-Sent Events streams ended, by reason',
+        labelNames: ['reason'] as const,
+        registers,
+      }),
+      `${p}sse_streams_closed_total`,
     );
     this.handlerErrors = counter('handler_errors_total', 'Unexpected errors caught in a handler');
     this.storeErrors = counter('store_errors_total', 'Store calls that failed');

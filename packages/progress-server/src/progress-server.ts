@@ -367,6 +367,7 @@ export class ProgressServer<P extends Principal = Principal> {
           limits: this.#limits,
           store: this.#options.store,
           logger: this.#logger,
+          metrics: this.metrics,
           heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
           sseStallTimeoutMs: this.#options.sseStallTimeoutMs,
           maxReplayEvents: this.#options.maxReplayEvents,

@@ -38,7 +38,7 @@ import {
   send,
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
-import { answerStreamHead, streamTask } from './sse-stream.js';
+import { answerStreamHead, streamCursor, streamTask } from './sse-stream.js';
 
 export { HTTP_STATUS } from './http-request.js';
 
@@ -369,11 +369,7 @@ async function serve<P extends Principal>(
     case 'stream': {
       const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
-      const lastEventId = request.headers['last-event-id'];
-      const afterSeq = parseInteger(
-        typeof lastEventId === 'string' ? lastEventId : url.searchParams.get('afterSeq'),
-        { name: 'Last-Event-ID (afterSeq)', fallback: 0, min: 0, max: LIMITS.maxCount },
-      );
+      const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
       if (method === 'HEAD') {
@@ -389,7 +385,7 @@ async function serve<P extends Principal>(
         );
       }
       let released = false;
-      streamTask(streams, task, afterSeq, principal.expiresAt, request, response, () => {
+      streamTask(streams, task, from, principal.expiresAt, request, response, () => {
         if (released) return;
         released = true;
         streams.limits.closeSocket(principal.id);

@@ -92,6 +92,12 @@ async function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<
   }
 }
 
+/** The server's `sse_streams_closed_total`, by reason. */
+async function streamsClosed(server: TestServer): Promise<Record<string, number>> {
+  const { values } = await server.server.metrics.sseStreamsClosed.get();
+  return Object.fromEntries(values.map((value) => [String(value.labels.reason), value.value]));
+}
+
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
 
@@ -148,7 +154,7 @@ async function framesFromResetToEnd(stream: Stream, store: Restorable['store']) 
 }
 
 describe('GET /tasks/:id/stream', () => {
-  it('streams a job live: snapshot, events with id = seq, heartbeat comments, the terminal event, then the end', async () => {
+  it('streams a job live: snapshot, events with id = seq~epoch, heartbeat comments, the terminal event, then the end', async () => {
     env = await startServer({ heartbeatIntervalMs: 100 });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', total: 2 });
     const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
@@ -162,15 +168,16 @@ describe('GET /tasks/:id/stream', () => {
     await task.complete({ result: { done: true } });
     await stream.ended;
     const frames = stream.frames();
+    const epoch = await env.store.getEpoch();
     expect(frames.map((entry) => [entry.id, entry.frame.type])).toEqual([
-      ['0', 'snapshot'],
-      ['1', 'event'],
-      ['2', 'event'],
-      ['3', 'event'],
+      [`0~${epoch}`, 'snapshot'],
+      [`1~${epoch}`, 'event'],
+      [`2~${epoch}`, 'event'],
+      [`3~${epoch}`, 'event'],
     ]);
     expect(frames.map(seqOf)).toEqual([0, 1, 2, 3]);
     expect(frames[3]?.frame).toMatchObject({ event: { type: 'completed', result: { done: true } } });
-    expect(frames[0]?.frame).toMatchObject({ epoch: await env.store.getEpoch() });
+    expect(frames[0]?.frame).toMatchObject({ epoch });
   });
 
   it('a stream cut mid-task resumes from Last-Event-ID with nothing lost or repeated', async () => {
@@ -184,17 +191,78 @@ describe('GET /tasks/:id/stream', () => {
     await task.progress({ done: 3 });
     await task.progress({ done: 4 });
     const lastId = first.frames().at(-1)?.id as string;
-    expect(lastId).toBe('2');
+    expect(lastId).toBe(`2~${await env.store.getEpoch()}`);
     const second = new Stream(
       await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': lastId }),
     );
+    // A seq alone (a client written before ids carried the epoch, a hand-written header) is a seq of the
+    // current epoch, as before.
+    const bare = new Stream(
+      await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': '2' }),
+    );
     await task.complete();
     await second.ended;
-    expect(second.frames().map((entry) => [entry.frame.type, seqOf(entry)])).toEqual([
-      ['event', 3],
-      ['event', 4],
-      ['event', 5],
+    await bare.ended;
+    for (const stream of [second, bare]) {
+      expect(stream.frames().map((entry) => [entry.frame.type, seqOf(entry)])).toEqual([
+        ['event', 3],
+        ['event', 4],
+        ['event', 5],
+      ]);
+    }
+  });
+
+  it('a Last-Event-ID of the epoch before a restore gets a reset snapshot, even with a seq below the task’s, then every later event once', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    env = await startServer({ store, heartbeatIntervalMs: 50 });
+    // The backup copy is taken at seq 1; the live store goes on to seq 5, and the stream with it.
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
+    for (let i = 2; i <= 5; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+    const first = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+    await first.until(() => first.frames().some((entry) => seqOf(entry) === 5));
+    // Open across the restore: its reset tells when the server has read the new epoch.
+    const probe = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+    first.response.destroy(); // the cut, before the restore
+    const lastId = first.frames().at(-1)?.id as string;
+
+    // Restored from the copy, which goes on to seq 8 with other events than the lost log had.
+    restorable.restore();
+    for (let i = 2; i <= 8; i++) await store.append('t', { type: 'progress', message: `restored ${i}` });
+    const epoch = await store.renewEpoch();
+    await probe.until(() => probe.frames().some((entry) => entry.frame.reset === true));
+
+    // What EventSource sends when it reconnects: the last id it saw, of the old epoch, seq 5 < 8.
+    const second = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', 'last-event-id': lastId }));
+    await second.until(() => second.frames().length > 0);
+    await store.append('t', { type: 'progress', message: 'restored 9' });
+    await store.append('t', { type: 'completed', result: null });
+    await within(second.ended, 'the end of the stream');
+    const frames = second.frames();
+    expect(frames.map((entry) => [entry.id, entry.frame.type])).toEqual([
+      [`8~${epoch}`, 'snapshot'],
+      [`9~${epoch}`, 'event'],
+      [`10~${epoch}`, 'event'],
     ]);
+    expect(frames[0]?.frame).toMatchObject({ epoch, reset: true, task: { seq: 8 } });
+    expect(frames[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 9' } } });
+  });
+
+  it.each([
+    ['x', 'not a seq'],
+    ['-1', 'a negative seq'],
+    ['5~', 'an empty epoch'],
+    ['5~not an id', 'an epoch that is not an id'],
+    ['~5', 'no seq'],
+  ])('refuses Last-Event-ID %j (%s) with 400 invalid_input, before the stream starts', async (id) => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await fetch(`${env.httpUrl}/progress/tasks/${task.id}/stream`, {
+      headers: { 'x-user': 'alice', 'last-event-id': id },
+    });
+    expect(response.status).toBe(400);
+    expect(((await response.json()) as { error: { code: string } }).error.code).toBe('invalid_input');
   });
 
   it('a Last-Event-ID ahead of the task gets a reset snapshot (found #1 over SSE)', async () => {
@@ -206,7 +274,10 @@ describe('GET /tasks/:id/stream', () => {
     );
     await stream.ended;
     expect(stream.frames()).toEqual([
-      expect.objectContaining({ id: '1', frame: expect.objectContaining({ type: 'snapshot', reset: true }) }),
+      expect.objectContaining({
+        id: `1~${await env.store.getEpoch()}`,
+        frame: expect.objectContaining({ type: 'snapshot', reset: true }),
+      }),
     ]);
   });
 
@@ -223,9 +294,9 @@ describe('GET /tasks/:id/stream', () => {
     await store.append('t', { type: 'progress', message: 'restored 2' });
     const after = await framesFromResetToEnd(stream, store);
     expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
-      ['1', 'snapshot'],
-      ['2', 'event'],
-      ['3', 'event'],
+      [`1~${epoch}`, 'snapshot'],
+      [`2~${epoch}`, 'event'],
+      [`3~${epoch}`, 'event'],
     ]);
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
   });
@@ -268,9 +339,9 @@ describe('GET /tasks/:id/stream', () => {
     await store.append('t', { type: 'progress', message: 'restored 5' });
     const after = await framesFromResetToEnd(stream, store);
     expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
-      ['4', 'snapshot'],
-      ['5', 'event'],
-      ['6', 'event'],
+      [`4~${epoch}`, 'snapshot'],
+      [`5~${epoch}`, 'event'],
+      [`6~${epoch}`, 'event'],
     ]);
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
     expect(after[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
@@ -303,7 +374,9 @@ describe('GET /tasks/:id/stream', () => {
             });
             return task;
           };
-        return Reflect.get(target, property);
+        // Bound: the store's own methods (getEpoch among them) read its private fields.
+        const value = Reflect.get(target, property);
+        return typeof value === 'function' ? value.bind(target) : value;
       },
     });
     env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 500 });
@@ -321,11 +394,15 @@ describe('GET /tasks/:id/stream', () => {
     release();
     await within(stream.ended, 'the end of the stream');
     const frames = stream.frames();
+    const epoch = await memory.getEpoch();
     expect(frames.at(-2)).toMatchObject({
-      id: '3',
+      id: `3~${epoch}`,
       frame: { type: 'snapshot', task: { status: 'running' } },
     });
-    expect(frames.at(-1)).toMatchObject({ id: '4', frame: { type: 'event', event: { type: 'completed' } } });
+    expect(frames.at(-1)).toMatchObject({
+      id: `4~${epoch}`,
+      frame: { type: 'event', event: { type: 'completed' } },
+    });
   });
 
   it('a reader that stops reading holds the server to a bounded buffer, then gets every seq once, in order, to the end', async () => {
@@ -392,6 +469,70 @@ describe('GET /tasks/:id/stream', () => {
     const next = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     open.push(next);
     expect(next.statusCode).toBe(200);
+    expect(await streamsClosed(env)).toEqual({ stalled: 1 });
+  });
+
+  it('drops the stalled reader of a quiet task: a refused heartbeat starts the stall wait, and no more heartbeats are written', async () => {
+    env = await startServer({ heartbeatIntervalMs: 20, maxSocketsPerPrincipal: 1, sseStallTimeoutMs: 300 });
+    const server = serverSideOfStream(env);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const stream = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    // Nothing is committed from here: only heartbeats are written. The connection takes no more: each
+    // write is refused, as once both kernels' buffers are full (simulated: a paused reader on loopback
+    // took 4.1 MB before the first refusal, some 125,000 heartbeats of 33 bytes, three weeks at 15 s).
+    const response = server();
+    const refused: string[] = [];
+    response.write = ((chunk: string) => {
+      refused.push(chunk);
+      return false;
+    }) as typeof response.write;
+    await within(new Promise((resolve) => response.once('close', resolve)), 'the drop of the stalled stream');
+    expect(response.destroyed).toBe(true);
+    // One refused heartbeat started the wait; none was written after it, while the stream waited.
+    expect(refused).toEqual([expect.stringMatching(/^: heartbeat \d+\n\n$/)]);
+    // The drop freed the principal's one slot, though the reader's side never closed.
+    const next = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    open.push(next);
+    expect(next.statusCode).toBe(200);
+    expect(await streamsClosed(env)).toEqual({ stalled: 1 });
+  });
+
+  it('counts every end of a stream once, by reason: finished, client_left, expired, shutdown', async () => {
+    env = await startServer({
+      heartbeatIntervalMs: 60_000,
+      // carol's credential expires 300 ms after each request; the others' never.
+      authenticate: (request) => {
+        const user = request.headers['x-user'];
+        if (typeof user !== 'string' || user === '') return null;
+        return user === 'carol' ? { id: user, expiresAt: Date.now() + 300 } : { id: user };
+      },
+    });
+    const server = env;
+    const open = async (owner: string) => {
+      const task = await server.server.tasks.create({ owner, kind: 'k' });
+      return { task, stream: await follow(task.id, owner) };
+    };
+    const follow = async (taskId: string, owner: string) => {
+      const stream = new Stream(await get(`/tasks/${taskId}/stream`, { 'x-user': owner }));
+      await stream.until(() => stream.frames().length === 1);
+      return stream;
+    };
+    const finished = await open('alice');
+    const left = await open('bob');
+    const expiring = await open('carol');
+    // Not this server's own task: its shutdown would interrupt that one, and the stream end 'finished'.
+    await server.store.createTask({ id: 'elsewhere', owner: 'dave', kind: 'k' });
+    const atShutdown = await follow('elsewhere', 'dave');
+
+    await finished.task.complete();
+    await within(finished.stream.ended, 'the end after the terminal frame');
+    left.stream.response.destroy();
+    await within(expiring.stream.ended, 'the end at the credential’s expiry');
+    await expect.poll(() => streamsClosed(server)).toEqual({ finished: 1, client_left: 1, expired: 1 });
+    await server.close();
+    await within(atShutdown.ended, 'the end at shutdown');
+    expect(await streamsClosed(server)).toEqual({ finished: 1, client_left: 1, expired: 1, shutdown: 1 });
   });
 
   it('keeps a reader that is only slow: it reads again before the timeout and gets every seq once to the end', async () => {

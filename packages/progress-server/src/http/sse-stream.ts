@@ -1,26 +1,32 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProgressStore, ServerFrame, Task, TaskEvent, Unsubscribe } from '@finishline/core';
-import { isTerminalType, toTaskView } from '@finishline/core';
-import { encodeFrame } from '@finishline/core/internal';
+import { ErrorCode, isTerminalType, LIMITS, SSE_ID_SEPARATOR, toTaskView } from '@finishline/core';
+import type { SseCursor } from '@finishline/core/internal';
+import { encodeFrame, parseSseEventId, sseEventId } from '@finishline/core/internal';
 import type { StoreEpoch } from '../hub/store-epoch.js';
 import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
+import type { ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
+import { fromCode } from './http-request.js';
 
 /**
  * `GET {basePath}/tasks/:id/stream`: one task over Server-Sent Events, for networks whose proxies refuse
  * WebSocket upgrades. The same JSON frames as the socket (version 2: snapshots carry the epoch, and a
- * cursor ahead of the task gets a `reset` snapshot); each frame's SSE `id` is its seq, so a browser's
- * `EventSource` (or any client sending `Last-Event-ID`) resumes where it was cut; heartbeats are comments;
- * the stream ends after the terminal frame. Acknowledgements go over `POST …/ack`.
+ * cursor ahead of the task gets a `reset` snapshot); each frame's SSE `id` is its seq and the store's
+ * epoch (`<seq>~<epoch>`), so a browser's `EventSource` (or any client sending `Last-Event-ID`) resumes
+ * where it was cut, and one cut before a restore of the store starts over instead of resuming in another
+ * log; heartbeats are comments; the stream ends after the terminal frame. Acknowledgements go over
+ * `POST …/ack`.
  *
  * The stream reads the store: on subscribe, and whenever the hub announces a commit of the task (one
  * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq. A
  * reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false the
  * stream writes nothing more until 'drain', then reads on from its cursor what was committed meanwhile.
  * One that waits for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads
- * again would otherwise hold its stream slot, hub follow and connection until it left.
+ * again would otherwise hold its stream slot, hub follow and connection until it left. Every end is
+ * counted once, by reason, in `sse_streams_closed_total`.
  *
  * @module
  */
@@ -43,6 +49,7 @@ export interface StreamContext {
   readonly limits: PrincipalLimits;
   readonly store: Pick<ProgressStore, 'readEvents' | 'getTask'>;
   readonly logger: ProgressLogger;
+  readonly metrics: Pick<ServerMetrics, 'sseStreamsClosed'>;
   readonly heartbeatIntervalMs: number;
   readonly sseStallTimeoutMs: number;
   readonly maxReplayEvents: number;
@@ -71,14 +78,33 @@ export function answerStreamHead(response: ServerResponse): void {
 }
 
 /**
- * Streams `task` to `response` from `afterSeq` until its terminal frame, the client leaving, or the
- * server's shutdown. The caller authenticated, authorized and counted the stream (`limits`); `release`
- * is called once when it ends.
+ * Where a stream starts: the `Last-Event-ID` header (what `EventSource` sends when it reconnects), else the
+ * `afterSeq` query parameter, else 0; either an event id as the stream writes them or a seq alone (an
+ * older client, a hand-written header), taken as a seq of the current epoch. Refuses anything else with
+ * `invalid_input`.
+ */
+export function streamCursor(lastEventId: string | string[] | undefined, afterSeq: string | null): SseCursor {
+  const text = typeof lastEventId === 'string' ? lastEventId : afterSeq;
+  if (text === null || text === '') return { seq: 0 };
+  const cursor = parseSseEventId(text);
+  if (cursor === undefined) {
+    throw fromCode(
+      ErrorCode.InvalidInput,
+      `Last-Event-ID (afterSeq) must be <seq> or <seq>${SSE_ID_SEPARATOR}<epoch>, seq an integer from 0 to ${LIMITS.maxCount} and epoch an id`,
+    );
+  }
+  return cursor;
+}
+
+/**
+ * Streams `task` to `response` from the client's cursor `from` until its terminal frame, the client
+ * leaving, or the server's shutdown. The caller authenticated, authorized and counted the stream
+ * (`limits`); `release` is called once when it ends.
  */
 export function streamTask(
   ctx: StreamContext,
   task: Task,
-  afterSeq: number,
+  from: SseCursor,
   expiresAt: number | undefined,
   request: IncomingMessage,
   response: ServerResponse,
@@ -88,11 +114,12 @@ export function streamTask(
   // fired before any listener below, so nothing would ever end the stream (its socket slot, hub follow
   // and heartbeat timer).
   if (response.destroyed || request.socket.destroyed) {
+    ctx.metrics.sseStreamsClosed.inc({ reason: 'client_left' });
     release();
     return;
   }
   const taskId = task.id;
-  let cursor = afterSeq;
+  let cursor = from.seq;
   let ended = false;
   let reading = false;
   let again = false;
@@ -113,9 +140,10 @@ export function streamTask(
   // Tells EventSource how long to wait before reconnecting after a cut (ms).
   response.write('retry: 1000\n\n');
 
-  const end = () => {
+  const end = (reason: SseStreamEndReason) => {
     if (ended) return;
     ended = true;
+    ctx.metrics.sseStreamsClosed.inc({ reason });
     clearInterval(heartbeat);
     clearTimeout(expiry);
     clearTimeout(stall);
@@ -137,7 +165,7 @@ export function streamTask(
       if (ended || mine !== generation) return;
       restarting = false;
       if (current === undefined) {
-        end();
+        end('task_gone');
         return;
       }
       ctx.hub.observe(taskId, current.seq);
@@ -146,14 +174,16 @@ export function streamTask(
     } catch (error) {
       if (mine !== generation) return;
       ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream restart failed; ending the stream');
-      end();
+      end('read_failed');
     }
   };
-  const opened: OpenStream = { end, epochRenewed: () => void restart() };
+  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: () => void restart() };
   ctx.open.add(opened);
-  request.on('close', end);
-  response.on('close', end);
-  response.on('error', end);
+  // Once the stream ended itself these come too, and count nothing: `end` runs once.
+  const left = () => end('client_left');
+  request.on('close', left);
+  response.on('close', left);
+  response.on('error', left);
 
   /** Writes `chunk`; when the buffer is full, waits for 'drain', but only until the stall timeout. */
   const send = (chunk: string) => {
@@ -167,12 +197,14 @@ export function streamTask(
       );
       // Destroyed, not ended: an end would wait behind the full buffer the reader is not reading.
       response.destroy();
-      end();
+      end('stalled');
     }, ctx.sseStallTimeoutMs);
     stall.unref();
   };
+  // Each id names the epoch its seq is of: frames of an old epoch are written only before the renewal is
+  // noticed, and the restart's reset snapshot, the first frame after it, already carries the new one.
   const write = (seq: number, frame: ServerFrame) => {
-    if (!ended) send(`id: ${seq}\ndata: ${encodeFrame(frame)}\n\n`);
+    if (!ended) send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${encodeFrame(frame)}\n\n`);
   };
   const epochField = () => {
     const epoch = ctx.epoch.current;
@@ -186,7 +218,7 @@ export function streamTask(
       ...(reset ? { reset: true as const } : {}),
     });
     cursor = current.seq;
-    if (current.status !== 'running') end();
+    if (current.status !== 'running') end('finished');
   };
 
   const heartbeat = setInterval(() => {
@@ -201,7 +233,7 @@ export function streamTask(
   const expiry =
     expiresAt === undefined
       ? undefined
-      : setTimeout(end, Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
+      : setTimeout(() => end('expired'), Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
   expiry?.unref();
 
   /** Reads and writes everything after the cursor; re-runs once if a commit was announced meanwhile. */
@@ -235,14 +267,14 @@ export function streamTask(
               break;
             }
             if (current !== undefined) snapshot(current, false);
-            else end();
+            else end('task_gone');
             continue;
           }
           for (const event of events) {
             write(event.seq, { type: 'event', event });
             cursor = event.seq;
             if (isTerminalType(event.type)) {
-              end();
+              end('finished');
               return;
             }
             // The rest of this page is read again from the cursor after 'drain': holding it here would
@@ -254,7 +286,7 @@ export function streamTask(
     } catch (error) {
       ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
       // The client reconnects with Last-Event-ID and loses nothing.
-      end();
+      end('read_failed');
     } finally {
       reading = false;
     }
@@ -270,9 +302,14 @@ export function streamTask(
   unfollow = ctx.hub.follow(taskId, { deliver: () => void pump() });
   // Where the hub's own reads of a newly followed task start (as a socket's subscribe does).
   ctx.hub.observe(taskId, task.seq);
-  const backlog = task.seq - afterSeq;
-  if (afterSeq === 0 || backlog <= 0 || backlog > ctx.maxReplayEvents) {
-    snapshot(task, backlog < 0);
+  // A cursor of another epoch (the store was restored since the client's last frame) means nothing here,
+  // whatever its seq: it starts over as one ahead of the task does. One without an epoch, or met by a
+  // server that knows none (a store without epochs, or its first read not answered yet), is trusted.
+  const epoch = ctx.epoch.current;
+  const otherEpoch = from.epoch !== undefined && epoch !== undefined && from.epoch !== epoch;
+  const backlog = task.seq - from.seq;
+  if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
+    snapshot(task, from.seq > 0 && (otherEpoch || backlog < 0));
   }
   void pump();
 }

@@ -1,0 +1,54 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { ID_PATTERN, LIMITS, MAX_ID_LENGTH } from '../limits.js';
+import { propertyParams } from '../testing/property-config.js';
+import { parseSseEventId, SSE_ID_SEPARATOR, sseEventId } from './sse-event-id.js';
+
+const seqs = fc.oneof(fc.nat(), fc.constant(LIMITS.maxCount));
+/** Ids as the stores make epochs (a UUID, an md5) and anything else ID_PATTERN allows. */
+const epochs = fc.oneof(
+  fc.uuid(),
+  fc.stringMatching(/^[0-9a-f]{32}$/),
+  fc
+    .stringMatching(/^[A-Za-z0-9_.:@/-]{1,128}$/)
+    .filter((id) => !['__proto__', 'constructor', 'prototype'].includes(id)),
+);
+
+describe('SSE event ids', () => {
+  it('cannot meet its separator in an epoch', () => {
+    expect(ID_PATTERN.test(`a${SSE_ID_SEPARATOR}b`)).toBe(false);
+  });
+
+  it('round-trips every seq, with and without an epoch', () => {
+    fc.assert(
+      fc.property(seqs, fc.option(epochs, { nil: undefined }), (seq, epoch) => {
+        const id = sseEventId(seq, epoch);
+        expect(parseSseEventId(id)).toEqual(epoch === undefined ? { seq } : { seq, epoch });
+      }),
+      propertyParams(1000),
+    );
+  });
+
+  it('reads an id of a seq alone (older clients, a hand-written header) as a seq without an epoch', () => {
+    expect(parseSseEventId('0')).toEqual({ seq: 0 });
+    expect(parseSseEventId('42')).toEqual({ seq: 42 });
+  });
+
+  it.each([
+    ['', 'empty'],
+    ['x', 'not a number'],
+    ['-1', 'negative'],
+    ['1.5', 'not an integer'],
+    [' 5', 'a space'],
+    ['9007199254740992', 'above maxCount'],
+    ['12345678901234567', 'more than 16 digits'],
+    ['~e', 'no seq'],
+    ['5~', 'an empty epoch'],
+    ['5~a b', 'an epoch that is not an id'],
+    ['5~a~b', 'a second separator'],
+    ['5~__proto__', 'a reserved id'],
+    [`5~${'e'.repeat(MAX_ID_LENGTH + 1)}`, 'an epoch above the id length limit'],
+  ])('refuses %j (%s)', (text) => {
+    expect(parseSseEventId(text)).toBeUndefined();
+  });
+});

@@ -1,0 +1,47 @@
+import { LIMITS } from '../limits.js';
+import { idProblem } from '../value-checks.js';
+
+/**
+ * The `id:` of a Server-Sent Events message, which `EventSource` sends back verbatim as `Last-Event-ID`
+ * when it reconnects: the frame's seq, then {@link SSE_ID_SEPARATOR} and the store's epoch when the server
+ * has one. A seq alone would resume a stream in whatever epoch the store is in by then: after a restore,
+ * the events after that seq of another log, applied on top of the old one.
+ *
+ * @module
+ */
+
+/**
+ * Separates the seq from the epoch in an SSE event id (`42~5f0c…`). Epochs are ids (`ID_PATTERN`), which
+ * never contain `~`, and `~` needs no escaping in a header or a URL.
+ */
+export const SSE_ID_SEPARATOR = '~';
+
+/** A stream's cursor as an SSE event id carries it. @internal */
+export interface SseCursor {
+  readonly seq: number;
+  /** Absent in an id of a seq alone (a server without epochs, an older client, a hand-written header). */
+  readonly epoch?: string;
+}
+
+/** The SSE event id of `seq` in `epoch` (a seq alone without an epoch). @internal */
+export function sseEventId(seq: number, epoch: string | undefined): string {
+  return epoch === undefined ? String(seq) : seq + SSE_ID_SEPARATOR + epoch;
+}
+
+/**
+ * Reads an SSE event id (a `Last-Event-ID`): `<seq>` or `<seq>~<epoch>`, the seq a count, the epoch an id.
+ * `undefined` when it is neither.
+ *
+ * @internal
+ */
+export function parseSseEventId(text: string): SseCursor | undefined {
+  const cut = text.indexOf(SSE_ID_SEPARATOR);
+  const digits = cut < 0 ? text : text.slice(0, cut);
+  // At most 16 digits: a longer run is above maxCount anyway, and Number() of it would round.
+  if (!/^\d{1,16}$/.test(digits)) return undefined;
+  const seq = Number(digits);
+  if (seq > LIMITS.maxCount) return undefined;
+  if (cut < 0) return { seq };
+  const epoch = text.slice(cut + 1);
+  return idProblem(epoch) === undefined ? { seq, epoch } : undefined;
+}
