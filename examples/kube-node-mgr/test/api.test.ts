@@ -484,4 +484,24 @@ describe('authentication, CSRF and per-user tasks', () => {
     expect(await upgradeStatus(h.base, { cookie: alice.cookie, origin: h.base })).toBe(101);
     expect(await upgradeStatus(h.base, { cookie: alice.cookie, origin: 'https://evil.example' })).toBe(403);
   });
+
+  it('behind a TLS proxy (--trust-proxy), same-origin takes the https pages on the WebSocket and /progress too', async () => {
+    await h.close();
+    h = await startHarness({ app: { trustProxy: true } });
+    const alice = await login(h.base, 'alice');
+    // What the proxy passes on: the page's https Origin, its Host, and X-Forwarded-Proto.
+    const page = { origin: h.base.replace(/^http:/, 'https:'), 'x-forwarded-proto': 'https' };
+    const started = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'] }, page);
+    expect(started.status).toBe(202);
+    // Before, the library's own same-origin check (the socket's scheme, never the proxy's) refused the
+    // upgrade with 403, which the client takes as fatal: no progress at all behind the documented ingress.
+    expect(await upgradeStatus(h.base, { cookie: alice.cookie, ...page })).toBe(101);
+    const cancel = await alice.post(`/progress/tasks/${started.body.taskId}/cancel`, {}, page);
+    expect(cancel.status).not.toBe(403);
+    // The proxy's word is the scheme's only when it is trusted: an http page is another origin there.
+    expect(
+      await upgradeStatus(h.base, { cookie: alice.cookie, origin: h.base, 'x-forwarded-proto': 'https' }),
+    ).toBe(403);
+    await waitForTask(alice, started.body.taskId);
+  });
 });

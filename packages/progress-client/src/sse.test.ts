@@ -26,9 +26,11 @@ class FakeSse {
   readonly requests: SseRequest[] = [];
   /** Set: every stream is refused with this status and body (`withStatus: false` as a fetch without one). */
   refusal: { status: number; text: string; withStatus?: boolean } | undefined;
+  /** Set: refuses the streams whose request headers it answers with a refusal for. */
+  refuses: ((headers: Record<string, string>) => FakeSse['refusal']) | undefined;
 
   readonly fetch: StreamingFetch = async (url, init) => {
-    const refusal = init.method === 'GET' ? this.refusal : undefined;
+    const refusal = init.method === 'GET' ? (this.refuses?.(init.headers) ?? this.refusal) : undefined;
     let controller: ReadableStreamDefaultController<Uint8Array> | undefined;
     const body =
       init.method === 'GET' && refusal === undefined
@@ -170,6 +172,40 @@ describe('the SSE fallback transport', () => {
     await scheduler.advance(1000);
     expect(sse.streams[2]?.headers['last-event-id']).toBe('1~epoch-2');
     expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'snapshot@1']);
+    await client.close();
+  });
+
+  it('resumes through a server older than epochs in ids (400 for `<seq>~<epoch>`) by asking again with the seq alone', async () => {
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    // The first servers of the route wrote ids of the seq alone, and read Last-Event-ID as an integer.
+    sse.refuses = (headers) =>
+      headers['last-event-id']?.includes('~')
+        ? {
+            status: 400,
+            text: JSON.stringify({
+              error: { code: 'invalid_input', message: 'Last-Event-ID (afterSeq) must be an integer' },
+            }),
+          }
+        : undefined;
+    const task = new FakeTask('t1', 3);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.send({ type: 'snapshot', task: task.view(), epoch: 'e1' }, 0);
+    first.send({ type: 'event', event: task.item('a') }, 1);
+    first.end();
+    await scheduler.advance(1000);
+    await flush();
+    // Before, the 400 was taken for a cut: the same id again every httpPollIntervalMs, and the watch never
+    // got past seq 1.
+    expect(sse.streams.map((request) => request.headers['last-event-id'])).toEqual([undefined, '1~e1', '1']);
+    const resumed = sse.streams[2] as SseRequest;
+    resumed.send({ type: 'event', event: task.item('b') }, 2);
+    resumed.send({ type: 'event', event: task.end() }, 3);
+    resumed.end();
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
     await client.close();
   });
 

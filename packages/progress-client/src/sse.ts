@@ -98,14 +98,21 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       };
       void (async () => {
         if (fetchImpl === undefined) return end();
-        const headers: Record<string, string> = { accept: 'text/event-stream' };
-        // The id of the last frame applied, as the server wrote it: `<seq>~<epoch>` when the epoch is known.
-        if (from.seq > 0) headers['last-event-id'] = sseEventId(from.seq, from.epoch);
-        const response = await request(fetchImpl, taskId, 'stream', {
-          method: 'GET',
-          headers,
-          signal: abort.signal,
-        });
+        const open = (epoch: string | undefined) =>
+          request(fetchImpl, taskId, 'stream', {
+            method: 'GET',
+            headers: {
+              accept: 'text/event-stream',
+              // The id of the last frame applied, as the server wrote it: `<seq>~<epoch>` when the epoch is known.
+              ...(from.seq > 0 && { 'last-event-id': sseEventId(from.seq, epoch) }),
+            },
+            signal: abort.signal,
+          });
+        let response = await open(from.epoch);
+        // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
+        // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
+        if (response.status === 400 && from.seq > 0 && from.epoch !== undefined)
+          response = await open(undefined);
         if (!response.ok && response.status !== undefined && REFUSALS.has(response.status)) {
           const text = (await response.text?.().catch(() => '')) ?? '';
           return end(errorFromResponse(taskId, response.status, text));

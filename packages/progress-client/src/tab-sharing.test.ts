@@ -942,6 +942,36 @@ describe('tab sharing', () => {
     await Promise.all([early, late].map((client) => client.close()));
   });
 
+  it('a rate-limited subscribe goes back to the tab that sent it: the other tabs watching the task hear no error and send nothing more', async () => {
+    const { early, late, keep, real } = await twoTabsOnOneSocket();
+    const mine = early.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    const theirs = late.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    const heard = { mine: [] as string[], theirs: [] as string[] };
+    mine.on('error', (error) => heard.mine.push(error.code));
+    theirs.on('error', (error) => heard.theirs.push(error.code));
+    // The server answers the first tab's subscribe and refuses the second's for the socket's rate limit:
+    // the refusal names the task and the subscribe's id (the leader's id for that tab's socket).
+    const task = new FakeTask('t2', 3);
+    real.push({ type: 'snapshot', task: task.view() });
+    const { id } = real.frames('subscribe')[2] as { id: string };
+    real.push({ type: 'error', code: 'rate_limited', message: 'slow down', taskId: 't2', requestId: id });
+    const sentBy = (tab: string) =>
+      real.frames('subscribe').filter((frame) => frame.taskId === 't2' && String(frame.id).startsWith(tab));
+    const [lateTab] = id.split('/') as [string];
+    // The refused tab retries (at once here: random() is 0).
+    await vi.waitFor(() => expect(sentBy(lateTab)).toHaveLength(2));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(heard).toEqual({ mine: [], theirs: ['rate_limited'] });
+    // Before, the refusal went to every tab: the first tab's watch, answered, reported a rate limit it
+    // never hit and subscribed again, one frame more from a socket already over its budget (N tabs
+    // watching a task: N subscribes per refusal).
+    expect(real.frames('subscribe').filter((frame) => frame.taskId === 't2')).toHaveLength(3);
+    keep.close();
+    await Promise.all([early, late].map((client) => client.close()));
+  });
+
   it('tabs that subscribe a task the server is still loading for another tab each get its snapshot, or their own refusal, as soon as the server has it', async () => {
     const rig = await tabsOnARealServer();
     const followers = await Promise.all([rig.follower(), rig.follower(), rig.follower()]);

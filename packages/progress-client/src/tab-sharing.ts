@@ -557,8 +557,12 @@ class TabHub {
       const data = String(event.data);
       // Parsed until the hello (the first frame, from a server that works; never empty), then only what
       // names a code that ends a watch (the client's FATAL_TASK_ERRORS; quoted, a code matches only when
-      // it is one of the two) or may be a reset snapshot (a `"reset"` key).
-      const frame = !this.#hello || /"(task_not_found|forbidden|reset)"/.test(data) ? parse(data) : undefined;
+      // it is one of the two) or refuses one tab's subscribe (`rate_limited`), or may be a reset snapshot
+      // (a `"reset"` key).
+      const frame =
+        !this.#hello || /"(task_not_found|forbidden|rate_limited|reset)"/.test(data)
+          ? parse(data)
+          : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
       if (hello) this.#hello = frame;
       // After such an error the server follows the task no more, and every client it reaches drops it
@@ -575,6 +579,11 @@ class TabHub {
         this.#acked.delete(frame.taskId as string);
         for (const [id, peer] of this.#peers)
           if ((to ?? id) === id) peer.tasks.delete(frame.taskId as string);
+      } else if (frame?.type === 'error' && frame.code === 'rate_limited' && frame.taskId !== undefined) {
+        // A refused subscribe (the only refusal naming a task) was one tab's, and the task's subscription,
+        // if the socket has one, goes on: only that tab retries. Relayed to all, every tab watching the
+        // task would report it and subscribe again, N frames more from a socket already over its budget.
+        to = frame.requestId as string | undefined;
       }
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,

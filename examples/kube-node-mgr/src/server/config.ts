@@ -56,7 +56,7 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --concurrency N          nodes patched at once per batch (BATCH_CONCURRENCY, default 4)
   --lease-ttl-ms N         a dead replica's running batches end "interrupted" this long after (LEASE_TTL_MS, default 15000)
   --static-dir DIR         built web UI (STATIC_DIR, default: dist/web beside the server bundle)
-  --trust-proxy            trust X-Forwarded-Proto for Secure cookies (TRUST_PROXY=1)
+  --trust-proxy            trust X-Forwarded-Proto for Secure cookies and Origin checks (TRUST_PROXY=1)
   --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
   SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
 `;
