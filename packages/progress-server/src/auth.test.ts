@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
+import { ErrorCode, isProgressError } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
-import { bearerToken, isOriginAllowed, queryToken } from './auth.js';
+import { bearerToken, isOriginAllowed, queryToken, sameOrigin } from './auth.js';
 
 const request = (headers: Record<string, string>, url = '/progress') =>
   ({ headers, url }) as unknown as IncomingMessage;
@@ -73,6 +74,56 @@ describe('isOriginAllowed', () => {
       }),
     ).toBe(false);
     expect(isOriginAllowed(request({ origin: 'https://anything' }), '*')).toBe(true);
+  });
+});
+
+describe('sameOrigin', () => {
+  const https = 'https://app.example';
+  const proxied = (proto: string) =>
+    request({ host: 'app.example', origin: https, 'x-forwarded-proto': proto });
+
+  it('behind a proxy that terminates TLS, takes the scheme from X-Forwarded-Proto when told to trust it', () => {
+    // The plain rule refuses the https page: the request reached the server over http.
+    expect(isOriginAllowed(proxied('https'), 'same-origin')).toBe(false);
+    expect(isOriginAllowed(proxied('https'), sameOrigin())).toBe(false);
+    expect(isOriginAllowed(proxied('https'), sameOrigin({ trustProxy: true }))).toBe(true);
+    // A chain of proxies: the first value is the client's side. Case is not significant.
+    expect(isOriginAllowed(proxied('HTTPS, http'), sameOrigin({ trustProxy: true }))).toBe(true);
+  });
+
+  it('still compares host, port and the forwarded scheme itself', () => {
+    const trusted = sameOrigin({ trustProxy: true });
+    expect(isOriginAllowed(proxied('http'), trusted)).toBe(false);
+    expect(
+      isOriginAllowed(
+        request({ host: 'app.example', origin: 'https://evil.example', 'x-forwarded-proto': 'https' }),
+        trusted,
+      ),
+    ).toBe(false);
+    expect(
+      isOriginAllowed(
+        request({ host: 'app.example:8443', origin: https, 'x-forwarded-proto': 'https' }),
+        trusted,
+      ),
+    ).toBe(false);
+    // A value that is no scheme is ignored: the connection's scheme (http here) decides.
+    expect(isOriginAllowed(proxied('wss'), trusted)).toBe(false);
+    expect(
+      isOriginAllowed(
+        request({ host: 'app.example', origin: 'http://app.example', 'x-forwarded-proto': 'ftp' }),
+        trusted,
+      ),
+    ).toBe(true);
+  });
+
+  it('refuses an option of the wrong type', () => {
+    let caught: unknown;
+    try {
+      sameOrigin({ trustProxy: 'yes' as unknown as boolean });
+    } catch (error) {
+      caught = error;
+    }
+    expect(isProgressError(caught) && caught.code === ErrorCode.InvalidInput).toBe(true);
   });
 });
 

@@ -6,6 +6,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 
 /**
  * Who is asking. Finishline only reads `id` (the default authorization compares it with a task's
@@ -57,7 +58,8 @@ export type AuthorizeHook<P extends Principal> = (
  * Which browser origins may open a socket or call the HTTP API (every route but `healthz`):
  * - `'same-origin'` (the default): the `Origin` header's scheme, host and port must equal the request's:
  *   its `Host` header, and `https` when the connection is TLS, else `http`. Behind a proxy that
- *   terminates TLS the request arrives as `http`, so list the public origin explicitly there;
+ *   terminates TLS the request arrives as `http`: use {@link sameOrigin}`({ trustProxy: true })` there,
+ *   or list the public origins;
  * - a list of exact origins, e.g. `['https://app.example.com']`;
  * - a predicate;
  * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
@@ -101,17 +103,56 @@ function portOf(url: URL): string {
   return url.protocol === 'https:' ? '443' : '80';
 }
 
+/** Options of {@link sameOrigin}. */
+export interface SameOriginOptions {
+  /**
+   * Take the request's scheme from the first value of its `X-Forwarded-Proto` header (`http` or `https`;
+   * any other value is ignored) instead of from the connection. Set it only behind a proxy that sets that
+   * header: one that terminates TLS hands the server plain `http` requests while browsers send
+   * `Origin: https://…`, so plain `'same-origin'` refuses every page there. A page cannot forge the header
+   * on a WebSocket upgrade (browsers let scripts set no header on it) nor on a cross-origin request
+   * without a CORS preflight the server does not answer.
+   * @default false
+   */
+  trustProxy?: boolean | undefined;
+}
+
 /**
- * Whether `origin` is the origin the request was made to: same scheme (`https` only over TLS), same
- * host and same port. Comparing only the host let `https://host:port` through to an `http` server.
+ * The `'same-origin'` rule as a predicate for `allowedOrigins`, with options: `sameOrigin({ trustProxy:
+ * true })` behind a proxy that terminates TLS.
+ *
+ * @throws ProgressError `invalid_input` when `trustProxy` is not a boolean.
  */
-function isSameOrigin(origin: string, request: IncomingMessage): boolean {
+export function sameOrigin(
+  options: SameOriginOptions = {},
+): (origin: string, request: IncomingMessage) => boolean {
+  const trustProxy = options.trustProxy ?? false;
+  if (typeof trustProxy !== 'boolean') {
+    throw new ProgressError(ErrorCode.InvalidInput, 'sameOrigin: trustProxy must be a boolean');
+  }
+  return (origin, request) => isSameOrigin(origin, request, trustProxy);
+}
+
+/** The scheme a proxy says the request came over: the first `X-Forwarded-Proto` value, if it is one. */
+function forwardedScheme(request: IncomingMessage): 'http:' | 'https:' | undefined {
+  const header = request.headers['x-forwarded-proto'];
+  const first = (Array.isArray(header) ? header[0] : header)?.split(',')[0]?.trim().toLowerCase();
+  return first === 'http' || first === 'https' ? `${first}:` : undefined;
+}
+
+/**
+ * Whether `origin` is the origin the request was made to: same scheme (`https` only over TLS, or as the
+ * trusted proxy says), same host and same port. Comparing only the host let `https://host:port` through to
+ * an `http` server.
+ */
+function isSameOrigin(origin: string, request: IncomingMessage, trustProxy = false): boolean {
   const host = request.headers.host;
   if (host === undefined || host === '') return false;
   const from = new URL(origin);
   if (from.protocol !== 'http:' && from.protocol !== 'https:') return false;
   const scheme =
-    (request.socket as { encrypted?: boolean } | undefined)?.encrypted === true ? 'https:' : 'http:';
+    (trustProxy ? forwardedScheme(request) : undefined) ??
+    ((request.socket as { encrypted?: boolean } | undefined)?.encrypted === true ? 'https:' : 'http:');
   // A Host header is a name (or IP literal) and an optional port: nothing `new URL` could read as a path.
   if (!/^[A-Za-z0-9.\-[\]:]+$/.test(host)) return false;
   const to = new URL(`${scheme}//${host}`);

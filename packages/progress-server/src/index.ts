@@ -11,9 +11,10 @@ export type {
   AuthenticateTokenHook,
   AuthorizeHook,
   Principal,
+  SameOriginOptions,
   TaskAction,
 } from './auth.js';
-export { ownerOnly } from './auth.js';
+export { ownerOnly, sameOrigin } from './auth.js';
 export type { ServerHealth, StoreHealth } from './http/health.js';
 export type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
 export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http/http-handler.js';

@@ -3,7 +3,12 @@ import http from 'node:http';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import type { ProgressStore } from '@finishline/core';
-import { type ProgressLogger, ProgressServer, type ProgressServerOptions } from '@finishline/server';
+import {
+  type ProgressLogger,
+  ProgressServer,
+  type ProgressServerOptions,
+  sameOrigin,
+} from '@finishline/server';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
@@ -11,7 +16,7 @@ import { type Cluster, ClusterSet } from './clusters.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
 import { registerBatchRoutes } from './routes/batch-routes.js';
-import { createGuards, isSameOrigin, type Principal, type RouteContext } from './routes/context.js';
+import { createGuards, type Principal, type RouteContext } from './routes/context.js';
 import { registerNodeRoutes } from './routes/node-routes.js';
 import { registerSessionRoutes } from './routes/session-routes.js';
 import { registerTaskRoutes } from './routes/task-routes.js';
@@ -133,13 +138,12 @@ export function createApp(options: AppOptions): App {
     store,
     server,
     path: '/progress',
-    // The library's 'same-origin' takes the scheme from the connection, and behind a proxy that terminates
-    // TLS every request arrives over http: the https pages' socket would be refused (403, which the client
-    // takes as fatal), and their POSTs to /progress. Under --trust-proxy the scheme is the proxy's
-    // X-Forwarded-Proto, as `req.protocol` reads it for the app's own routes.
+    // Behind a proxy that terminates TLS every request arrives over http: under --trust-proxy the scheme is
+    // the proxy's X-Forwarded-Proto, as `req.protocol` reads it for the app's own routes (else the https
+    // pages' socket would be refused with 403, which the client takes as fatal, and their POSTs to /progress).
     allowedOrigins:
       allowedOrigins === 'same-origin' && config.trustProxy
-        ? (origin, request) => isSameOrigin(origin, forwardedScheme(request), request.headers.host)
+        ? sameOrigin({ trustProxy: true })
         : allowedOrigins,
     // The same cookie as the rest of the app, checked against the stored session at the WebSocket upgrade
     // and on /progress HTTP: a cookie replayed after logout gets 401 on both.
@@ -266,15 +270,4 @@ export function createApp(options: AppOptions): App {
 
 function noCacheHtml(res: http.ServerResponse, file: string): void {
   if (file.endsWith('.html')) res.setHeader('cache-control', 'no-cache');
-}
-
-/**
- * The scheme of a request that came through the one trusted proxy: the first value of its
- * X-Forwarded-Proto (as Express's `req.protocol` with `trust proxy` 1), else the connection's.
- */
-function forwardedScheme(request: http.IncomingMessage): string {
-  const header = request.headers['x-forwarded-proto'];
-  const first = (Array.isArray(header) ? header[0] : header)?.split(',')[0]?.trim();
-  if (first) return first;
-  return (request.socket as { encrypted?: boolean }).encrypted === true ? 'https' : 'http';
 }

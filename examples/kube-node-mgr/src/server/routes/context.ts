@@ -78,7 +78,7 @@ type Guards = Pick<
  * header). Scheme too, not only the host: `https://host` is another origin than `http://host`, and
  * comparing hosts alone let it through. Default ports are elided by URL.
  */
-export function isSameOrigin(origin: string, scheme: string, host: string | undefined): boolean {
+function isSameOrigin(origin: string, scheme: string, host: string | undefined): boolean {
   try {
     const from = new URL(origin);
     const to = new URL(`${scheme}://${host ?? ''}`);
