@@ -98,6 +98,16 @@ async function streamsClosed(server: TestServer): Promise<Record<string, number>
   return Object.fromEntries(values.map((value) => [String(value.labels.reason), value.value]));
 }
 
+/** The server's `resumes_total`, and its `resyncs_total` by reason. */
+async function resumesAndResyncs(server: TestServer) {
+  const resumes = (await server.server.metrics.resumes.get()).values[0]?.value ?? 0;
+  const { values } = await server.server.metrics.resyncs.get();
+  return {
+    resumes,
+    resyncs: Object.fromEntries(values.map((value) => [String(value.labels.reason), value.value])),
+  };
+}
+
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
 
@@ -478,6 +488,46 @@ describe('GET /tasks/:id/stream', () => {
     // whatever the number of streams (none for a commit of its own).
     expect(reads.server).toBeLessThanOrEqual(M);
     expect(reads.feed).toBeLessThanOrEqual(M);
+  });
+
+  it('counts resumes in resumes_total and resets in resyncs_total, as a socket’s subscribes are', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 2 });
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    for (let i = 1; i <= 5; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+    const epoch = await store.getEpoch();
+    const open = async (lastEventId?: string) => {
+      const headers = lastEventId === undefined ? {} : { 'last-event-id': lastEventId };
+      const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', ...headers }));
+      await stream.until(() => stream.frames().length > 0);
+      return stream;
+    };
+    const streams = [
+      await open(), // no cursor: a new watch, not a resume
+      await open(`4~${epoch}`), // one event behind: a resume, nothing reset
+      await open(`1~${epoch}`), // four behind, above maxReplayEvents: a snapshot stands for them
+      await open('9'), // ahead of the task: a reset snapshot
+      await open('3~an-epoch-before-a-restore'), // of another epoch: a reset snapshot
+    ];
+    expect(await resumesAndResyncs(env)).toEqual({
+      resumes: 4,
+      resyncs: { replay_limit: 1, cursor_ahead: 1, epoch: 1 },
+    });
+    // The store is restored and its epoch renewed: every open stream starts over with a reset snapshot.
+    restorable.restore();
+    const renewed = await store.renewEpoch();
+    for (const stream of streams) {
+      await stream.until(() =>
+        stream.frames().some((entry) => entry.frame.reset === true && entry.frame.epoch === renewed),
+      );
+    }
+    await expect
+      .poll(() => resumesAndResyncs(env as TestServer))
+      .toEqual({
+        resumes: 4,
+        resyncs: { replay_limit: 1, cursor_ahead: 1, epoch: 1 + streams.length },
+      });
   });
 
   it('a reader that stops reading holds the server to a bounded buffer, then gets every seq once, in order, to the end', async () => {

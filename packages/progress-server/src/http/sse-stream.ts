@@ -40,7 +40,8 @@ import { fromCode } from './http-request.js';
  * connection until it left. A failed read of the task or of a backlog ends the stream (`read_failed`: the
  * client resumes with `Last-Event-ID`); one repairing a gap in the live events is retried every
  * `storeRetryDelayMs`, as a socket's is. Every end is counted once, by reason, in
- * `sse_streams_closed_total`.
+ * `sse_streams_closed_total`; resumes and resets are counted as a socket's are (`resumes_total`,
+ * `resyncs_total`).
  *
  * @module
  */
@@ -62,7 +63,10 @@ export interface StreamContext {
   readonly epoch: StoreEpoch;
   readonly limits: PrincipalLimits;
   readonly logger: ProgressLogger;
-  readonly metrics: Pick<ServerMetrics, 'sseStreamsClosed' | 'storeErrors' | 'handlerErrors'>;
+  readonly metrics: Pick<
+    ServerMetrics,
+    'sseStreamsClosed' | 'resumes' | 'resyncs' | 'storeErrors' | 'handlerErrors'
+  >;
   readonly heartbeatIntervalMs: number;
   readonly sseStallTimeoutMs: number;
   readonly maxReplayEvents: number;
@@ -189,6 +193,7 @@ export function streamTask(
   // at once: its reads in flight are dropped.
   const restart = () => {
     if (ended) return;
+    ctx.metrics.resyncs.inc({ reason: 'epoch' });
     load = 'reset';
     begin();
   };
@@ -238,7 +243,7 @@ export function streamTask(
 
   /**
    * Where the stream starts, from the client's cursor and the task as loaded once followed, as a socket's
-   * subscribe decides it. A cursor of another epoch (the store was restored since the client's last frame)
+   * subscribe decides it (and counted as one is: a cursor above 0 is a resume). A cursor of another epoch (the store was restored since the client's last frame)
    * means nothing here, whatever its seq: it starts over as one ahead of the task does. One without an
    * epoch, or met by a server that knows none (a store without epochs, or its first read not answered
    * yet), is trusted.
@@ -247,6 +252,12 @@ export function streamTask(
     const epoch = ctx.epoch.current;
     const otherEpoch = from.epoch !== undefined && epoch !== undefined && from.epoch !== epoch;
     const backlog = task.seq - from.seq;
+    if (from.seq > 0) {
+      ctx.metrics.resumes.inc();
+      if (otherEpoch) ctx.metrics.resyncs.inc({ reason: 'epoch' });
+      else if (backlog < 0) ctx.metrics.resyncs.inc({ reason: 'cursor_ahead' });
+      else if (backlog > ctx.maxReplayEvents) ctx.metrics.resyncs.inc({ reason: 'replay_limit' });
+    }
     if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
       snapshot(toTaskView(task), from.seq > 0 && (otherEpoch || backlog < 0));
     }
