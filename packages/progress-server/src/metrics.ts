@@ -49,8 +49,8 @@ export type SseStreamEndReason =
  * |---|---|---|
  * | `sockets` | gauge | open WebSocket connections |
  * | `subscriptions` | gauge | tasks followed, summed over sockets |
- * | `resumes_total` | counter | subscribes with `afterSeq > 0` (a watcher resuming) |
- * | `resyncs_total{reason}` | counter | streams restarted: `resubscribe` (client asked again), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent), `epoch` (the store's epoch changed under the server: a reset snapshot sent) |
+ * | `resumes_total` | counter | subscribes with `afterSeq > 0`, and Server-Sent Events streams opened with a cursor above 0 (`Last-Event-ID` or `afterSeq`): a watcher resuming |
+ * | `resyncs_total{reason}` | counter | streams restarted, socket subscriptions and Server-Sent Events streams alike: `resubscribe` (client asked again; sockets only), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent), `epoch` (the store's epoch changed under the server, or an SSE stream resumed from an id of another epoch: a reset snapshot sent) |
  * | `events_sent_total` | counter | event frames written |
  * | `snapshots_sent_total` | counter | snapshot frames written (coalesced progress included) |
  * | `terminal_retries_total` | counter | terminal frames re-sent for lack of an ack |

@@ -365,7 +365,6 @@ export class ProgressServer<P extends Principal = Principal> {
           hub: this.#hub,
           epoch: this.#epoch,
           limits: this.#limits,
-          store: this.#options.store,
           logger: this.#logger,
           metrics: this.metrics,
           heartbeatIntervalMs: this.#options.heartbeatIntervalMs,

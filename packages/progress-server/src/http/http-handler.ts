@@ -385,10 +385,17 @@ async function serve<P extends Principal>(
         );
       }
       let released = false;
-      streamTask(streams, task, from, principal.expiresAt, request, response, () => {
-        if (released) return;
-        released = true;
-        streams.limits.closeSocket(principal.id);
+      streamTask(streams, {
+        taskId: task.id,
+        from,
+        principal,
+        request,
+        response,
+        release: () => {
+          if (released) return;
+          released = true;
+          streams.limits.closeSocket(principal.id);
+        },
       });
       return STREAMED;
     }

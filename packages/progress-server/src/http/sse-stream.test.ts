@@ -98,6 +98,16 @@ async function streamsClosed(server: TestServer): Promise<Record<string, number>
   return Object.fromEntries(values.map((value) => [String(value.labels.reason), value.value]));
 }
 
+/** The server's `resumes_total`, and its `resyncs_total` by reason. */
+async function resumesAndResyncs(server: TestServer) {
+  const resumes = (await server.server.metrics.resumes.get()).values[0]?.value ?? 0;
+  const { values } = await server.server.metrics.resyncs.get();
+  return {
+    resumes,
+    resyncs: Object.fromEntries(values.map((value) => [String(value.labels.reason), value.value])),
+  };
+}
+
 const seqOf = ({ frame }: { frame: Record<string, unknown> }) =>
   frame.type === 'event' ? (frame.event as { seq: number }).seq : (frame.task as { seq: number }).seq;
 
@@ -303,7 +313,7 @@ describe('GET /tasks/:id/stream', () => {
 
   it('drops a read of the old epoch still in flight when it starts over in the new one', async () => {
     const restorable = restorableStore();
-    // The stream's own reads (limit 500, its maxReplayEvents; the hub reads 1000) read the store at once
+    // The streams' own reads (limit 500, its maxReplayEvents; the hub reads 1000) read the store at once
     // but answer only when `hold` opens: a read of the old epoch answering after the reset.
     let hold: Promise<void> | undefined;
     let held = 0;
@@ -322,13 +332,18 @@ describe('GET /tasks/:id/stream', () => {
       },
     });
     env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 500 });
-    const stream = await streamAheadOfTheCopy(restorable, store);
+    // A stream at seq 4 keeps the hub following the task; live events reach it without a read.
+    await streamAheadOfTheCopy(restorable, store);
     let open: () => void = () => {};
     hold = new Promise((resolve) => {
       open = resolve;
     });
-    // Seq 5 of the old epoch is read, and its answer waits.
-    await store.append('t', { type: 'progress', message: 'live 5' });
+    // Resumed from seq 1: the hub holds none of seqs 2–4 (it learned seq 4 from a load), so this stream
+    // reads them from the store, seqs of the old epoch, and the answer waits.
+    const oldEpoch = await store.getEpoch();
+    const stream = new Stream(
+      await get('/tasks/t/stream', { 'x-user': 'alice', 'last-event-id': `1~${oldEpoch}` }),
+    );
     await stream.until(() => held > 0);
     restorable.restore();
     for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `restored ${i}` });
@@ -337,14 +352,16 @@ describe('GET /tasks/:id/stream', () => {
     hold = undefined;
     open();
     await store.append('t', { type: 'progress', message: 'restored 5' });
-    const after = await framesFromResetToEnd(stream, store);
-    expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
+    await store.append('t', { type: 'completed', result: null });
+    await within(stream.ended, 'the end of the stream');
+    // Nothing of the old read: the reset is the stream's first frame.
+    expect(stream.frames().map((entry) => [entry.id, entry.frame.type])).toEqual([
       [`4~${epoch}`, 'snapshot'],
       [`5~${epoch}`, 'event'],
       [`6~${epoch}`, 'event'],
     ]);
-    expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
-    expect(after[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
+    expect(stream.frames()[0]?.frame).toMatchObject({ epoch, reset: true });
+    expect(stream.frames()[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
   });
 
   it('reads on after the snapshot that stands for trimmed events: a terminal committed during that read still arrives', async () => {
@@ -352,7 +369,8 @@ describe('GET /tasks/:id/stream', () => {
     // Once armed, one read of the stream answers as if retention had removed the event after its cursor,
     // and the task read that follows answers only when `release` is called, with the task as it was.
     let trim = false;
-    let release: (() => void) | undefined;
+    let holdTaskRead = false;
+    let release: () => void = () => {};
     let taskReadHeld = false;
     const store = new Proxy(memory, {
       get(target, property) {
@@ -361,13 +379,17 @@ describe('GET /tasks/:id/stream', () => {
             // The stream's reads only (limit 500, its maxReplayEvents; the hub reads 1000).
             if (!trim || limit !== 500) return target.readEvents(id, afterSeq, limit);
             const events = await target.readEvents(id, afterSeq + 1, limit);
-            if (events.length > 0) trim = false;
+            if (events.length > 0) {
+              trim = false;
+              holdTaskRead = true;
+            }
             return events;
           };
         if (property === 'getTask')
           return async (id: string) => {
             const task = await target.getTask(id);
-            if (release === undefined) return task;
+            if (!holdTaskRead) return task;
+            holdTaskRead = false;
             taskReadHeld = true;
             await new Promise<void>((resolve) => {
               release = resolve;
@@ -381,28 +403,131 @@ describe('GET /tasks/:id/stream', () => {
     });
     env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 500 });
     await memory.createTask({ id: 't', owner: 'alice', kind: 'k' });
-    await memory.append('t', { type: 'progress', message: 'one' });
-    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
-    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 1));
+    for (const message of ['one', 'two', 'three']) await memory.append('t', { type: 'progress', message });
     trim = true;
-    release = () => {};
-    await memory.append('t', { type: 'progress', message: 'two' });
-    await memory.append('t', { type: 'progress', message: 'three' });
+    // Resumed from seq 1 with nothing else following the task: its backlog is read from the store.
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', 'last-event-id': '1' }));
     await stream.until(() => taskReadHeld);
-    // Announced while the stream waits for the task: the read that follows the snapshot must include it.
+    // Committed while the stream waits for the task: the read that follows the snapshot must include it.
     await memory.append('t', { type: 'completed', result: null });
     release();
     await within(stream.ended, 'the end of the stream');
-    const frames = stream.frames();
     const epoch = await memory.getEpoch();
-    expect(frames.at(-2)).toMatchObject({
-      id: `3~${epoch}`,
-      frame: { type: 'snapshot', task: { status: 'running' } },
+    expect(stream.frames()).toEqual([
+      {
+        id: `3~${epoch}`,
+        frame: expect.objectContaining({
+          type: 'snapshot',
+          task: expect.objectContaining({ status: 'running' }),
+        }),
+      },
+      {
+        id: `4~${epoch}`,
+        frame: expect.objectContaining({
+          type: 'event',
+          event: expect.objectContaining({ type: 'completed' }),
+        }),
+      },
+    ]);
+  });
+
+  it('K streams of one task cost the replica no store read per stream and commit: the hub hands them its events', async () => {
+    const memory = new MemoryProgressStore();
+    const calls = { readEvents: 0, getTask: 0 };
+    const store = new Proxy(memory, {
+      get(target, property) {
+        if (property === 'readEvents' || property === 'getTask') {
+          const read = Reflect.get(target, property).bind(target) as (...args: unknown[]) => unknown;
+          return (...args: unknown[]) => {
+            calls[property] += 1;
+            return read(...args);
+          };
+        }
+        // Bound: the store's own methods (getEpoch among them) read its private fields.
+        const value = Reflect.get(target, property);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
     });
-    expect(frames.at(-1)).toMatchObject({
-      id: `4~${epoch}`,
-      frame: { type: 'event', event: { type: 'completed' } },
+    env = await startServer({ store, heartbeatIntervalMs: 60_000 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const K = 20;
+    const M = 10;
+    const streams: Stream[] = [];
+    for (let i = 0; i < K; i++) {
+      const stream = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+      await stream.until(() => stream.frames().length === 1);
+      streams.push(stream);
+    }
+    const readsAt = () => calls.readEvents + calls.getTask;
+    // One commit at a time, each written to every stream before the next: a stream that reads the store
+    // for each commit it is told of reads at least once per commit, K × M reads in all. M commits through
+    // the server's task API (the hub hands them over as their appends resolve), then M through the store
+    // (the hub learns of them from the change feed, as of another process's commits).
+    const commitThrough = {
+      server: (done: number) => task.progress({ done }),
+      feed: (done: number) => memory.append(task.id, { type: 'progress', done }),
+    };
+    const reads: Record<string, number> = {};
+    let seq = 0;
+    for (const [path, commit] of Object.entries(commitThrough)) {
+      const before = readsAt();
+      for (let i = 1; i <= M; i++) {
+        seq += 1;
+        await commit(i);
+        for (const stream of streams)
+          await stream.until(() => stream.frames().some((entry) => seqOf(entry) === seq));
+      }
+      reads[path] = readsAt() - before;
+    }
+    await task.complete();
+    await within(Promise.all(streams.map((stream) => stream.ended)), 'the end of every stream');
+    for (const stream of streams) {
+      expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: 2 * M + 2 }, (_, seq) => seq));
+    }
+    // The hub's promise for sockets, now for streams too: at most one read per commit on the replica,
+    // whatever the number of streams (none for a commit of its own).
+    expect(reads.server).toBeLessThanOrEqual(M);
+    expect(reads.feed).toBeLessThanOrEqual(M);
+  });
+
+  it('counts resumes in resumes_total and resets in resyncs_total, as a socket’s subscribes are', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    env = await startServer({ store, heartbeatIntervalMs: 50, maxReplayEvents: 2 });
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    for (let i = 1; i <= 5; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+    const epoch = await store.getEpoch();
+    const open = async (lastEventId?: string) => {
+      const headers = lastEventId === undefined ? {} : { 'last-event-id': lastEventId };
+      const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', ...headers }));
+      await stream.until(() => stream.frames().length > 0);
+      return stream;
+    };
+    const streams = [
+      await open(), // no cursor: a new watch, not a resume
+      await open(`4~${epoch}`), // one event behind: a resume, nothing reset
+      await open(`1~${epoch}`), // four behind, above maxReplayEvents: a snapshot stands for them
+      await open('9'), // ahead of the task: a reset snapshot
+      await open('3~an-epoch-before-a-restore'), // of another epoch: a reset snapshot
+    ];
+    expect(await resumesAndResyncs(env)).toEqual({
+      resumes: 4,
+      resyncs: { replay_limit: 1, cursor_ahead: 1, epoch: 1 },
     });
+    // The store is restored and its epoch renewed: every open stream starts over with a reset snapshot.
+    restorable.restore();
+    const renewed = await store.renewEpoch();
+    for (const stream of streams) {
+      await stream.until(() =>
+        stream.frames().some((entry) => entry.frame.reset === true && entry.frame.epoch === renewed),
+      );
+    }
+    await expect
+      .poll(() => resumesAndResyncs(env as TestServer))
+      .toEqual({
+        resumes: 4,
+        resyncs: { replay_limit: 1, cursor_ahead: 1, epoch: 1 + streams.length },
+      });
   });
 
   it('a reader that stops reading holds the server to a bounded buffer, then gets every seq once, in order, to the end', async () => {
@@ -434,7 +559,9 @@ describe('GET /tasks/:id/stream', () => {
       await sleep(5);
       measure();
     }
-    expect(server.socket?.writableNeedDrain).toBe(true); // the stall is real
+    // The stall is real: the server's writes are refused. (After each 'drain' the stream reads on in its
+    // principal's next turn, so one look may fall between the two.)
+    await expect.poll(() => server.socket?.writableNeedDrain, { timeout: 5000 }).toBe(true);
     // What one frame past the socket's high-water mark (16 KiB) can hold; the unbounded stream held MiBs.
     expect(most).toBeLessThan(64 * 1024);
     const stream = new Stream(response);

@@ -1,14 +1,17 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { ProgressStore, ServerFrame, Task, TaskEvent, Unsubscribe } from '@finishline/core';
+import type { Task, TaskView } from '@finishline/core';
 import { ErrorCode, isTerminalType, LIMITS, SSE_ID_SEPARATOR, toTaskView } from '@finishline/core';
 import type { SseCursor } from '@finishline/core/internal';
 import { encodeFrame, parseSseEventId, sseEventId } from '@finishline/core/internal';
+import type { Principal } from '../auth.js';
 import type { StoreEpoch } from '../hub/store-epoch.js';
 import type { TaskHub } from '../hub/task-hub.js';
+import type { StreamSink, TaskStream } from '../hub/task-stream.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
+import { eventFrameText } from '../socket/event-frame-text.js';
 import { fromCode } from './http-request.js';
 
 /**
@@ -20,13 +23,25 @@ import { fromCode } from './http-request.js';
  * log; heartbeats are comments; the stream ends after the terminal frame. Acknowledgements go over
  * `POST …/ack`.
  *
- * The stream reads the store: on subscribe, and whenever the hub announces a commit of the task (one
- * read per announcement, serialized), so it needs no per-stream event buffer and never skips a seq. A
- * reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false the
- * stream writes nothing more until 'drain', then reads on from its cursor what was committed meanwhile.
- * One that waits for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads
- * again would otherwise hold its stream slot, hub follow and connection until it left. Every end is
- * counted once, by reason, in `sse_streams_closed_total`.
+ * The stream gets its events as a socket subscription does, from a hub {@link TaskStream}: the live
+ * events the hub hands every local subscriber (committed in this process, carried by the change feed, or
+ * read once for all of them), and a backlog from the hub's recent events, or, when the hub does not hold
+ * it, from the store in the principal's turn. So N streams of one task cost the replica the hub's one
+ * read per commit (none for a commit of this process), not N, and no frame text is encoded twice. The
+ * stream loads the task once it follows it (a commit between the handler's authorizing load and the
+ * follow would otherwise go unnoticed until the next one), and again after an epoch change.
+ *
+ * A reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false
+ * the stream writes nothing more, and its hub stream goes stale (no read starts for it, live events pass
+ * it by), until 'drain'; then a new hub stream reads on from the cursor what was committed meanwhile,
+ * page by page however far behind, from memory while the hub still holds it. It needs no per-stream
+ * event buffer and never skips a seq. One that waits for 'drain' longer than `sseStallTimeoutMs` is
+ * destroyed: a reader that never reads again would otherwise hold its stream slot, hub follow and
+ * connection until it left. A failed read of the task or of a backlog ends the stream (`read_failed`: the
+ * client resumes with `Last-Event-ID`); one repairing a gap in the live events is retried every
+ * `storeRetryDelayMs`, as a socket's is. Every end is counted once, by reason, in
+ * `sse_streams_closed_total`; resumes and resets are counted as a socket's are (`resumes_total`,
+ * `resyncs_total`).
  *
  * @module
  */
@@ -47,9 +62,11 @@ export interface StreamContext {
   readonly hub: TaskHub;
   readonly epoch: StoreEpoch;
   readonly limits: PrincipalLimits;
-  readonly store: Pick<ProgressStore, 'readEvents' | 'getTask'>;
   readonly logger: ProgressLogger;
-  readonly metrics: Pick<ServerMetrics, 'sseStreamsClosed'>;
+  readonly metrics: Pick<
+    ServerMetrics,
+    'sseStreamsClosed' | 'resumes' | 'resyncs' | 'storeErrors' | 'handlerErrors'
+  >;
   readonly heartbeatIntervalMs: number;
   readonly sseStallTimeoutMs: number;
   readonly maxReplayEvents: number;
@@ -96,19 +113,28 @@ export function streamCursor(lastEventId: string | string[] | undefined, afterSe
   return cursor;
 }
 
+/** One stream to start: what {@link streamTask} takes. @internal */
+export interface StreamRequest {
+  /** The task, authorized for the principal. */
+  readonly taskId: string;
+  /** The client's cursor ({@link streamCursor}). */
+  readonly from: SseCursor;
+  /** Whose stream it is: its reads run in this principal's turn, and it ends when the credential expires. */
+  readonly principal: Principal;
+  readonly request: IncomingMessage;
+  readonly response: ServerResponse;
+  /** Called once, when the stream ends. */
+  readonly release: () => void;
+}
+
 /**
- * Streams `task` to `response` from the client's cursor `from` until its terminal frame, the client
+ * Streams a task to `response` from the client's cursor `from` until its terminal frame, the client
  * leaving, or the server's shutdown. The caller authenticated, authorized and counted the stream
  * (`limits`); `release` is called once when it ends.
  */
 export function streamTask(
   ctx: StreamContext,
-  task: Task,
-  from: SseCursor,
-  expiresAt: number | undefined,
-  request: IncomingMessage,
-  response: ServerResponse,
-  release: () => void,
+  { taskId, from, principal, request, response, release }: StreamRequest,
 ): void {
   // The client may have left while the request was authenticated and authorized: its 'close' events
   // fired before any listener below, so nothing would ever end the stream (its socket slot, hub follow
@@ -118,23 +144,26 @@ export function streamTask(
     release();
     return;
   }
-  const taskId = task.id;
+  /** Highest seq written (event or snapshot). */
   let cursor = from.seq;
   let ended = false;
-  let reading = false;
-  let again = false;
   /**
-   * Bumped by each epoch restart: a read started before it is of the old epoch, and its answer (events
-   * continuing the old cursor) must not follow the reset snapshot.
+   * The next hub stream loads the task before it starts: at first (`open`: where it starts follows from
+   * the client's cursor) and after an epoch change (`reset`: a reset snapshot of the new epoch). Once a
+   * load answered, `undefined`: a new stream (after 'drain') reads on from the cursor.
    */
-  let generation = 0;
-  /** An epoch restart is reading the task: the pump waits for its snapshot, which sets the cursor. */
-  let restarting = false;
+  let load: 'open' | 'reset' | undefined = 'open';
+  /** The task's seq at the latest load: where the hub's own reads of the task start. */
+  let loadedSeq = 0;
   /** The response's buffer is full: nothing is written until 'drain'. */
   let draining = false;
   /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
   let stall: NodeJS.Timeout | undefined;
-  let unfollow: Unsubscribe | undefined;
+  /**
+   * The hub stream: replaced at each start (the first, after an epoch change, after 'drain'), so work
+   * started for an older one is dropped.
+   */
+  let stream: TaskStream | undefined;
 
   response.writeHead(200, STREAM_HEADERS);
   // Tells EventSource how long to wait before reconnecting after a cut (ms).
@@ -148,36 +177,27 @@ export function streamTask(
     clearTimeout(expiry);
     clearTimeout(stall);
     response.off('drain', drained);
-    unfollow?.();
+    stream?.close();
     ctx.open.delete(opened);
     release();
     if (!response.writableEnded) response.end();
   };
-  // The cursor and the hub's seqs are of the old epoch: re-read the task, and a reset snapshot of it
-  // replaces the cursor, as for a Last-Event-ID ahead of the task.
-  const restart = async (): Promise<void> => {
-    generation += 1;
-    const mine = generation;
-    restarting = true;
-    try {
-      const current = await ctx.store.getTask(taskId);
-      // A later restart (another renewal) supersedes this one.
-      if (ended || mine !== generation) return;
-      restarting = false;
-      if (current === undefined) {
-        end('task_gone');
-        return;
-      }
-      ctx.hub.observe(taskId, current.seq);
-      snapshot(current, true);
-      void pump();
-    } catch (error) {
-      if (mine !== generation) return;
-      ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream restart failed; ending the stream');
-      end('read_failed');
-    }
+  const readFailed = (error: unknown) => {
+    ctx.metrics.storeErrors.inc();
+    ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
+    // The client reconnects with Last-Event-ID and loses nothing.
+    end('read_failed');
   };
-  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: () => void restart() };
+  // The cursor and the hub's seqs are of the old epoch: the task is loaded again, and a reset snapshot of
+  // it replaces the cursor, as for a Last-Event-ID ahead of the task. The old epoch's hub stream closes
+  // at once: its reads in flight are dropped.
+  const restart = () => {
+    if (ended) return;
+    ctx.metrics.resyncs.inc({ reason: 'epoch' });
+    load = 'reset';
+    begin();
+  };
+  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: restart };
   ctx.open.add(opened);
   // Once the stream ended itself these come too, and count nothing: `end` runs once.
   const left = () => end('client_left');
@@ -203,23 +223,133 @@ export function streamTask(
   };
   // Each id names the epoch its seq is of: frames of an old epoch are written only before the renewal is
   // noticed, and the restart's reset snapshot, the first frame after it, already carries the new one.
-  const write = (seq: number, frame: ServerFrame) => {
-    if (!ended) send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${encodeFrame(frame)}\n\n`);
+  const write = (seq: number, data: string) => {
+    if (!ended) send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${data}\n\n`);
   };
-  const epochField = () => {
+  const snapshot = (view: TaskView, reset: boolean) => {
     const epoch = ctx.epoch.current;
-    return epoch === undefined ? {} : { epoch };
+    write(
+      view.seq,
+      encodeFrame({
+        type: 'snapshot',
+        task: view,
+        ...(epoch === undefined ? {} : { epoch }),
+        ...(reset ? { reset: true as const } : {}),
+      }),
+    );
+    cursor = view.seq;
+    if (view.status !== 'running') end('finished');
   };
-  const snapshot = (current: Task, reset: boolean) => {
-    write(current.seq, {
-      type: 'snapshot',
-      task: toTaskView(current),
-      ...epochField(),
-      ...(reset ? { reset: true as const } : {}),
-    });
-    cursor = current.seq;
-    if (current.status !== 'running') end('finished');
+
+  /**
+   * Where the stream starts, from the client's cursor and the task as loaded once followed, as a socket's
+   * subscribe decides it (and counted as one is: a cursor above 0 is a resume). A cursor of another epoch (the store was restored since the client's last frame)
+   * means nothing here, whatever its seq: it starts over as one ahead of the task does. One without an
+   * epoch, or met by a server that knows none (a store without epochs, or its first read not answered
+   * yet), is trusted.
+   */
+  const open = (task: Task) => {
+    const epoch = ctx.epoch.current;
+    const otherEpoch = from.epoch !== undefined && epoch !== undefined && from.epoch !== epoch;
+    const backlog = task.seq - from.seq;
+    if (from.seq > 0) {
+      ctx.metrics.resumes.inc();
+      if (otherEpoch) ctx.metrics.resyncs.inc({ reason: 'epoch' });
+      else if (backlog < 0) ctx.metrics.resyncs.inc({ reason: 'cursor_ahead' });
+      else if (backlog > ctx.maxReplayEvents) ctx.metrics.resyncs.inc({ reason: 'replay_limit' });
+    }
+    if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
+      snapshot(toTaskView(task), from.seq > 0 && (otherEpoch || backlog < 0));
+    }
   };
+
+  /** What the hub stream `own()` hands over, taken only while it is the current one. */
+  const sinkOf = (own: () => TaskStream): StreamSink => {
+    const current = () => !ended && stream === own();
+    return {
+      replaysAll: true,
+      events: (events) => {
+        if (!current()) return;
+        for (const event of events) {
+          write(event.seq, eventFrameText(event));
+          cursor = event.seq;
+          if (isTerminalType(event.type)) {
+            end('finished');
+            return;
+          }
+          // The rest is read again from the cursor after 'drain' (from the hub's memory while it holds
+          // it): holding it here would be the unbounded buffer this avoids.
+          if (draining) return;
+        }
+      },
+      snapshot: (view) => {
+        if (current()) snapshot(view, false);
+      },
+      gone: () => {
+        if (current()) end('task_gone');
+      },
+      failed: (error) => {
+        if (current()) readFailed(error);
+      },
+      caughtUp: () => undefined,
+      // A bug, not a store failure: ended all the same, since the hub stream's position may be past what
+      // was written. The client resumes from its Last-Event-ID.
+      internalError: (error) => {
+        if (!current()) return;
+        ctx.metrics.handlerErrors.inc();
+        ctx.logger.error({ err: describeError(error), taskId }, 'SSE stream failed; ending the stream');
+        end('read_failed');
+      },
+      // Stale while the buffer is full: no read starts for the hub stream, and live events pass it by.
+      isOpen: () => !ended && !draining,
+    };
+  };
+
+  /**
+   * Opens a hub stream in place of the current one, which lets go only once the new one follows the
+   * task (so the hub keeps its place and its recent events), and starts it: from the cursor, or after a
+   * load. A full buffer waits for 'drain', which begins again.
+   */
+  const begin = () => {
+    if (ended || draining) return;
+    const previous = stream;
+    const next: TaskStream = ctx.hub.stream(
+      taskId,
+      principal.id,
+      sinkOf(() => next),
+    );
+    stream = next;
+    previous?.close();
+    if (load === undefined) next.start(cursor, false, loadedSeq);
+    else void loadAndStart(next, load);
+  };
+  const loadAndStart = async (next: TaskStream, kind: 'open' | 'reset'): Promise<void> => {
+    let task: Task | undefined | null;
+    try {
+      task = await next.load();
+    } catch (error) {
+      if (stream === next) readFailed(error);
+      return;
+    }
+    // `null`: ended, superseded by an epoch change, or the buffer filled meanwhile ('drain' loads again).
+    if (task === null || stream !== next || ended) return;
+    load = undefined;
+    if (task === undefined) {
+      end('task_gone');
+      return;
+    }
+    loadedSeq = task.seq;
+    if (kind === 'reset') snapshot(toTaskView(task), true);
+    else open(task);
+    // A snapshot that filled the buffer left `next` stale: 'drain' starts a new one from the cursor.
+    if (!ended) next.start(cursor, false, task.seq);
+  };
+
+  function drained(): void {
+    draining = false;
+    clearTimeout(stall);
+    begin();
+  }
 
   const heartbeat = setInterval(() => {
     // A comment: EventSource ignores it, but proxies and the client's liveness timer see traffic. A full
@@ -230,86 +360,12 @@ export function streamTask(
   heartbeat.unref();
   // The stream ends when its credential expires, as a socket is closed then (4011): the client's next
   // request, from its cursor, carries a fresh credential. (A wait beyond a timer's range ends it early.)
+  const expiresAt = principal.expiresAt;
   const expiry =
     expiresAt === undefined
       ? undefined
       : setTimeout(() => end('expired'), Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
   expiry?.unref();
 
-  /** Reads and writes everything after the cursor; re-runs once if a commit was announced meanwhile. */
-  const pump = async (): Promise<void> => {
-    if (reading) {
-      again = true;
-      return;
-    }
-    reading = true;
-    try {
-      do {
-        again = false;
-        for (;;) {
-          // The restart calls the pump again once its snapshot set the cursor; 'drain' calls it again
-          // once the reader caught up.
-          if (ended || restarting || draining) return;
-          const readIn = generation;
-          const events = await ctx.store.readEvents(taskId, cursor, ctx.maxReplayEvents);
-          if (ended) return;
-          if (readIn !== generation) {
-            again = true;
-            break;
-          }
-          if (events.length === 0) break;
-          if ((events[0] as TaskEvent).seq !== cursor + 1) {
-            // Retention removed the events after the cursor: the snapshot stands for them. Then read on
-            // from its seq: a commit announced while the task was read (its terminal, say) only set `again`.
-            const current = await ctx.store.getTask(taskId);
-            if (readIn !== generation) {
-              again = true;
-              break;
-            }
-            if (current !== undefined) snapshot(current, false);
-            else end('task_gone');
-            continue;
-          }
-          for (const event of events) {
-            write(event.seq, { type: 'event', event });
-            cursor = event.seq;
-            if (isTerminalType(event.type)) {
-              end('finished');
-              return;
-            }
-            // The rest of this page is read again from the cursor after 'drain': holding it here would
-            // be the unbounded buffer this avoids.
-            if (draining) return;
-          }
-        }
-      } while (again && !ended);
-    } catch (error) {
-      ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
-      // The client reconnects with Last-Event-ID and loses nothing.
-      end('read_failed');
-    } finally {
-      reading = false;
-    }
-  };
-
-  function drained(): void {
-    draining = false;
-    clearTimeout(stall);
-    void pump();
-  }
-
-  // Follow before the first read, so a commit after it is announced.
-  unfollow = ctx.hub.follow(taskId, { deliver: () => void pump() });
-  // Where the hub's own reads of a newly followed task start (as a socket's subscribe does).
-  ctx.hub.observe(taskId, task.seq);
-  // A cursor of another epoch (the store was restored since the client's last frame) means nothing here,
-  // whatever its seq: it starts over as one ahead of the task does. One without an epoch, or met by a
-  // server that knows none (a store without epochs, or its first read not answered yet), is trusted.
-  const epoch = ctx.epoch.current;
-  const otherEpoch = from.epoch !== undefined && epoch !== undefined && from.epoch !== epoch;
-  const backlog = task.seq - from.seq;
-  if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
-    snapshot(task, from.seq > 0 && (otherEpoch || backlog < 0));
-  }
-  void pump();
+  begin();
 }

@@ -29,8 +29,9 @@ interface Lane {
 }
 
 /**
- * Schedules the store reads that sockets make for their own subscriptions (the task load of a
- * subscribe, catch-up reads) so that one principal cannot crowd out the others:
+ * Schedules the store reads that sockets make for their own subscriptions and Server-Sent Events streams
+ * for themselves (the task load of a subscribe or a stream, catch-up reads) so that one principal cannot
+ * crowd out the others:
  *
  * - at most `maxConcurrent` such reads are in flight at once, all principals together, which leaves
  *   the store's pool (Postgres) free for appends and for the hub's live reads, which do not queue here;

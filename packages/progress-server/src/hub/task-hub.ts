@@ -1,8 +1,8 @@
 /**
  * The per-process hub of live events: at most one store read per change (none when the change feed
  * carried the events, or the events were committed here), fanned out to every local subscriber,
- * and the owner of each socket subscription's stream ({@link TaskStream}: backlog, gap repair, live
- * events).
+ * and the owner of each subscriber's stream ({@link TaskStream}: backlog, gap repair, live events) for
+ * socket subscriptions and Server-Sent Events streams.
  *
  * @module
  */
@@ -15,7 +15,7 @@ import { RecentEvents } from './recent-events.js';
 import type { StreamHub, StreamSink } from './task-stream.js';
 import { TaskStream } from './task-stream.js';
 
-/** A local consumer of a task's live events (one per socket subscription). */
+/** A local consumer of a task's live events (a {@link TaskStream}, one per subscription or SSE stream). */
 export interface HubSubscriber {
   /**
    * New events of the task: contiguous, in seq order, each handed to every subscriber once. A subscriber
@@ -60,9 +60,9 @@ const MAX_EMPTY_RETRIES = 3;
  * on the feed costs one store read, and its events go to every subscriber in seq order. Events appended
  * through this process are dispatched directly, in the tick their append resolves, without a read.
  *
- * A socket subscription gets one unbroken stream from its cursor through {@link TaskHub.stream}: the hub
- * reads its backlog (through {@link FairReads}, in its principal's turn), repairs gaps and hands it the
- * live events, so a socket never reads the store for events.
+ * A socket subscription or a Server-Sent Events stream gets one unbroken stream from its cursor through
+ * {@link TaskHub.stream}: the hub reads its backlog (through {@link FairReads}, in its principal's turn),
+ * repairs gaps and hands it the live events, so neither reads the store for events.
  *
  * The hub remembers each followed task's latest events ({@link RecentEvents}): a stream catching up
  * over them reads nothing.
@@ -82,7 +82,7 @@ export class TaskHub {
   #holding = false;
   /** Tasks holding events, in the order their first one was held. */
   #due: Followed[] = [];
-  /** What the streams of socket subscriptions use of the hub. */
+  /** What the subscribers' streams use of the hub. */
   readonly #streamHub: StreamHub;
   #stopFeed: Unsubscribe | undefined;
 

@@ -152,6 +152,49 @@ describe('TaskStream', () => {
     expect(rec.seqs).toEqual([11]);
   });
 
+  it('reads every event of a backlog longer than the replay limit, page by page, for a sink that replays all', async () => {
+    const store = new MemoryProgressStore();
+    const counted = countingReads(store);
+    const hub = hubOver(counted.store, { maxReplayEvents: 3, metricsFeed: store.changes });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 10; i++) await store.append(task.id, { type: 'progress', done: i });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', { ...rec.sink, replaysAll: true });
+    stream.start(0, false, 10);
+    await until(() => rec.caughtUp() > 0);
+    expect(rec.seqs).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    expect(rec.calls).toEqual([]);
+    // Pages of the replay limit: 3 + 3 + 3 + 1.
+    expect(counted.reads).toBe(4);
+  });
+
+  it('stands for events a store read skips with a snapshot of the task, then reads on from its seq', async () => {
+    const store = new MemoryProgressStore();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await store.append(task.id, { type: 'progress', done: i });
+    // The first read after seq 1 answers as a store that trimmed seq 2 would: from seq 3.
+    let trimmed = false;
+    const trimming = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: (taskId: string, afterSeq: number, limit?: number) => {
+        if (afterSeq !== 1 || trimmed) return store.readEvents(taskId, afterSeq, limit);
+        trimmed = true;
+        return store.readEvents(taskId, afterSeq + 1, limit);
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(trimming, { metricsFeed: store.changes });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    stream.start(1, false, 3);
+    await until(() => rec.caughtUp() > 0);
+    expect(rec.calls).toEqual(['snapshot@3']);
+    expect(rec.seqs).toEqual([]);
+    await store.append(task.id, { type: 'completed' });
+    await until(() => rec.seqs.length > 0);
+    expect(rec.seqs).toEqual([4]);
+  });
+
   it('stops at the terminal event and delivers nothing after a close', async () => {
     const { store, hub } = setup();
     const task = await store.createTask({ owner: 'alice', kind: 'k' });

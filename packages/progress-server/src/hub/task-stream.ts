@@ -1,7 +1,8 @@
 /**
  * One subscriber's unbroken stream of a task's events, owned by the hub: the task load, the backlog
  * read from the subscriber's cursor, gap repair and the live events, all in order. Store reads go
- * through {@link FairReads} in the subscriber's principal's turn.
+ * through {@link FairReads} in the subscriber's principal's turn. Its subscribers are socket
+ * subscriptions and Server-Sent Events streams.
  *
  * @module
  */
@@ -12,11 +13,17 @@ import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { FairReads } from './fair-reads.js';
 
-/** Where a stream's events go (a socket subscription). Every call is synchronous and in seq order. */
+/**
+ * Where a stream's events go (a socket subscription, a Server-Sent Events stream). Every call is
+ * synchronous and in seq order.
+ */
 export interface StreamSink {
   /** Events that extend the stream's position without a gap. */
   events(events: readonly TaskEvent[]): void;
-  /** The backlog was longer than the replay limit: the task's current view stands for it. */
+  /**
+   * The task's current view stands for the backlog: it was longer than the replay limit, or the store no
+   * longer holds the events after the position.
+   */
   snapshot(view: TaskView): void;
   /** The task no longer exists (found while catching up). */
   gone(): void;
@@ -28,6 +35,14 @@ export interface StreamSink {
   internalError(error: unknown): void;
   /** `false` once the sink can take nothing more (its socket is closing): reads are skipped. */
   isOpen(): boolean;
+  /**
+   * Every event is wanted, however long the backlog: it is read page by page (`maxReplayEvents` a page),
+   * never replaced by a snapshot for its length. A Server-Sent Events stream paces itself this way: its
+   * sink stops taking events when the connection's buffer is full (`isOpen()` turns false), and a new
+   * stream reads on from its position once the buffer drained. Absent: a backlog longer than
+   * `maxReplayEvents` is replaced by a snapshot (a socket subscription's subscribe).
+   */
+  readonly replaysAll?: boolean;
 }
 
 /** What a stream needs from its hub. */
@@ -130,9 +145,9 @@ export class TaskStream {
 
   /**
    * Reads the events between the position and the latest seq the hub knows (from the hub's memory when
-   * it holds them all, else from the store), until none is missing, then takes live events. Events the hub dispatched meanwhile were ignored, but the hub's latest seq covers
-   * them, so the loop reads them too. A failure of the first catch-up answers the subscribe; a later one
-   * is retried.
+   * it holds them all, else from the store), until none is missing, then takes live events. Events the
+   * hub dispatched meanwhile were ignored, but the hub's latest seq covers them, so the loop reads them
+   * too. A failure of the first catch-up answers the subscribe; a later one is retried.
    */
   async #catchUp(first: boolean): Promise<void> {
     this.#live = false;
@@ -140,36 +155,47 @@ export class TaskStream {
       for (;;) {
         const target = this.#hub.latestSeq(this.taskId) ?? this.#position;
         if (this.#ended || this.#position >= target) break;
-        if (target - this.#position > this.#hub.maxReplayEvents) {
-          const task = await this.#read(() => this.#hub.store.getTask(this.taskId), undefined);
+        const tooLong = target - this.#position > this.#hub.maxReplayEvents && this.#sink.replaysAll !== true;
+        if (!tooLong) {
+          // From the hub's memory when it holds them all, in the principal's turn all the same: what a
+          // catch-up costs is also the sending, and a burst of resubscribes must not take a turn at once.
+          let fromStore = false;
+          const events = await this.#read(() => {
+            const held = this.#hub.recent(this.taskId, this.#position, target);
+            if (held !== undefined) return Promise.resolve(held);
+            fromStore = true;
+            return this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents);
+          }, []);
           if (this.stale) return;
-          if (task === undefined) {
-            this.#sink.gone();
-            return;
+          if (fromStore) this.#hub.readBack(this.taskId, events);
+          // A log has no gap (1..n), so a read that starts past the position means the store no longer
+          // holds what follows it (a store that trims its logs): the task's snapshot stands for it. Pushed
+          // as they are, those events would be skipped, and the catch-up read the same page again at the
+          // next live event, for ever.
+          if (((events[0] as TaskEvent | undefined)?.seq ?? 0) <= this.#position + 1) {
+            const before = this.#position;
+            this.#push(events);
+            if (this.#position === before) break;
+            continue;
           }
-          this.#hub.metrics.resyncs.inc({ reason: 'replay_limit' });
-          this.#hub.observe(this.taskId, task.seq);
-          this.#snapshot(toTaskView(task));
-          // The store holds less than the hub was told (a late change notice of a restored store's old
-          // epoch): loading again would find the same, and sent a snapshot per turn until the hub gave
-          // that seq up. Live events, and their gap repair, take it from here.
-          if (task.seq < target) break;
-          continue;
         }
-        // From the hub's memory when it holds them all, in the principal's turn all the same: what a
-        // catch-up costs is also the sending, and a burst of resubscribes must not take a turn at once.
-        let fromStore = false;
-        const events = await this.#read(() => {
-          const held = this.#hub.recent(this.taskId, this.#position, target);
-          if (held !== undefined) return Promise.resolve(held);
-          fromStore = true;
-          return this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents);
-        }, []);
+        const task = await this.#read(() => this.#hub.store.getTask(this.taskId), undefined);
         if (this.stale) return;
-        if (fromStore) this.#hub.readBack(this.taskId, events);
-        const before = this.#position;
-        this.#push(events);
-        if (this.#position === before) break;
+        if (task === undefined) {
+          this.#sink.gone();
+          return;
+        }
+        this.#hub.observe(this.taskId, task.seq);
+        // The task went back since the read (a restore under way): its snapshot would stand for nothing
+        // past the position. Live events, and their gap repair, take it from here.
+        if (!tooLong && task.seq <= this.#position) break;
+        this.#hub.metrics.resyncs.inc({ reason: tooLong ? 'replay_limit' : 'gap' });
+        this.#snapshot(toTaskView(task));
+        // The store holds less than the hub was told (a late change notice of a restored store's old
+        // epoch): loading again would find the same, and sent a snapshot per turn until the hub gave
+        // that seq up. Live events, and their gap repair, take it from here. Anything committed since
+        // `target` was taken raised the hub's latest seq: the next turn of the loop reads it.
+        if (task.seq < target) break;
       }
     } catch (error) {
       if (this.stale) return;
