@@ -98,9 +98,11 @@ export class FallbackStreams implements FallbackRuntime {
     this.#streams.clear();
   }
 
+  /** Stops the stream of a watch, and forgets its ack when the client let go of it (bounded by what it holds). */
   close(task: TaskSubscription): void {
     const stop = this.#streams.get(task.taskId);
     this.#streams.delete(task.taskId);
+    if (!this.#host.current(task)) this.#acked.delete(task.taskId);
     stop?.();
   }
 

@@ -307,6 +307,27 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('forgets a finished watch whose last handle closed: a new watch of the task acknowledges its own end', async () => {
+    // The set of tasks acknowledged over the fallback held every finished task for the client's life
+    // (a page watching many jobs one after another); a new watch of one of them never acknowledged.
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.end();
+    for (const round of [1, 2]) {
+      const watch = client.watch('t1');
+      await flush();
+      const stream = sse.streams[round - 1] as SseRequest;
+      stream.send({ type: 'snapshot', task: task.view() }, task.seq);
+      stream.end();
+      expect((await watch.done).status).toBe('completed');
+      await scheduler.advance(5000);
+      expect(sse.acks, `acks after watch ${round}`).toHaveLength(round);
+      watch.close();
+      await flush();
+    }
+    await client.close();
+  });
+
   it.each([
     [404, 'task_not_found'],
     [403, 'forbidden'],
