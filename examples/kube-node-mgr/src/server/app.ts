@@ -132,19 +132,19 @@ export function createApp(options: AppOptions): App {
   if (config.trustProxy) app.set('trust proxy', 1);
   app.use(securityHeaders);
   const server = http.createServer(app);
-  const allowedOrigins = config.allowedOrigins ?? 'same-origin';
+  // One Origin rule for the app's routes, the WebSocket and /progress. Behind a proxy that terminates TLS
+  // every request arrives over http: under --trust-proxy same-origin takes the scheme from the proxy's
+  // X-Forwarded-Proto (else the https pages' socket would be refused with 403, which the client takes as
+  // fatal, and their POSTs).
+  const allowedOrigins = Array.isArray(config.allowedOrigins)
+    ? config.allowedOrigins
+    : sameOrigin({ trustProxy: config.trustProxy === true });
   const progress = new ProgressServer<Principal>({
     ...config.progress,
     store,
     server,
     path: '/progress',
-    // Behind a proxy that terminates TLS every request arrives over http: under --trust-proxy the scheme is
-    // the proxy's X-Forwarded-Proto, as `req.protocol` reads it for the app's own routes (else the https
-    // pages' socket would be refused with 403, which the client takes as fatal, and their POSTs to /progress).
-    allowedOrigins:
-      allowedOrigins === 'same-origin' && config.trustProxy
-        ? sameOrigin({ trustProxy: true })
-        : allowedOrigins,
+    allowedOrigins,
     // The same cookie as the rest of the app, checked against the stored session at the WebSocket upgrade
     // and on /progress HTTP: a cookie replayed after logout gets 401 on both.
     authenticate: async (request) => {

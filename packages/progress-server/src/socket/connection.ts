@@ -22,8 +22,7 @@ import { AuthGate } from './auth-gate.js';
 import { FrameBudget } from './frame-budget.js';
 import { versionOfSubprotocol } from './protocol-version.js';
 import type { SocketServices } from './services.js';
-import type { FrameRefs } from './socket-writer.js';
-import { SocketWriter } from './socket-writer.js';
+import { type FrameRefs, SocketWriter } from './socket-writer.js';
 import { Subscriptions } from './subscriptions.js';
 
 /** What the acceptor tells a connection, and wants to hear from it. */
@@ -292,12 +291,10 @@ export class Connection<P extends Principal> {
 
   #onDecoded(decoded: DecodeResult<ClientFrame>): void {
     if (!decoded.ok) {
-      if (!this.#budget.take(decoded.requestId === undefined ? {} : { requestId: decoded.requestId })) return;
+      const byRequest: FrameRefs = decoded.requestId === undefined ? {} : { requestId: decoded.requestId };
+      if (!this.#budget.take(byRequest)) return;
       const { code, message, taskId } = decoded.error;
-      const refs = {
-        ...(decoded.requestId === undefined ? {} : { requestId: decoded.requestId }),
-        ...(taskId === undefined ? {} : { taskId }),
-      };
+      const refs = { ...byRequest, ...(taskId === undefined ? {} : { taskId }) };
       if (code === ErrorCode.UnsupportedProtocol) {
         // A version this server does not speak (an `auth` renewal claiming one): as before authentication,
         // the socket cannot go on in it (docs/protocol.md, Versioning).

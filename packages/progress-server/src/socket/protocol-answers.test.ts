@@ -30,15 +30,22 @@ describe('answers the protocol documents', () => {
     expect(client.ws.readyState).toBe(client.ws.OPEN);
   });
 
-  it('#6: every rate-limited frame is answered, subscribes included, with the task they name', async () => {
-    // A clock that stands still: the bucket never refills, so which frame is refused is exact.
+  /**
+   * A server with two tokens per socket and a clock that stands still: the bucket never refills, so which
+   * frame is refused is exact. Returns a task of alice's.
+   */
+  async function startRateLimited() {
     await session.start({
       rateLimitPerSecond: 1,
       rateLimitBurst: 2,
       maxRateLimitViolations: 50,
       clock: new ManualClock().now,
     });
-    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    return session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+  }
+
+  it('#6: every rate-limited frame is answered, subscribes included, with the task they name', async () => {
+    const task = await startRateLimited();
     const client = await connect();
     client.send({ type: 'ping', id: 'a' });
     client.send({ type: 'ping', id: 'b' });
@@ -56,14 +63,7 @@ describe('answers the protocol documents', () => {
   });
 
   it('an unsubscribe that ends a subscription is never rate-limited: the task’s frames stop', async () => {
-    // A clock that stands still: the bucket never refills, so which frame is refused is exact.
-    await session.start({
-      rateLimitPerSecond: 1,
-      rateLimitBurst: 2,
-      maxRateLimitViolations: 50,
-      clock: new ManualClock().now,
-    });
-    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const task = await startRateLimited();
     const leaving = await connect();
     // Another socket of alice follows the task too: once it has an event, the first socket would have it.
     const staying = await connect();
@@ -86,14 +86,7 @@ describe('answers the protocol documents', () => {
   });
 
   it('an unsubscribe of a task the socket does not follow costs a token like any frame', async () => {
-    // A clock that stands still: the bucket never refills, so which frame is refused is exact.
-    await session.start({
-      rateLimitPerSecond: 1,
-      rateLimitBurst: 2,
-      maxRateLimitViolations: 50,
-      clock: new ManualClock().now,
-    });
-    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const task = await startRateLimited();
     const client = await connect();
     // Free only when it undoes a subscribe that paid: else a flood of them would cost nothing.
     for (let i = 0; i < 3; i++) client.send({ type: 'unsubscribe', id: `u${i}`, taskId: task.id });

@@ -73,28 +73,14 @@ type Guards = Pick<
   'fail' | 'originAllowed' | 'requireSession' | 'requireCsrf' | 'route' | 'audit' | 'clusterOf'
 >;
 
-/**
- * Whether `origin` is the origin of a request made over `scheme` (`http` or `https`) to `host` (its Host
- * header). Scheme too, not only the host: `https://host` is another origin than `http://host`, and
- * comparing hosts alone let it through. Default ports are elided by URL.
- */
-function isSameOrigin(origin: string, scheme: string, host: string | undefined): boolean {
-  try {
-    const from = new URL(origin);
-    const to = new URL(`${scheme}://${host ?? ''}`);
-    return from.protocol === to.protocol && from.host === to.host;
-  } catch {
-    return false;
-  }
-}
-
 /** Builds the request guards and helpers on the app's sessions, tables and clusters. */
 export function createGuards(parts: {
   app: Express;
   sessions: SessionManager;
   db: AppDb;
   clusters: ClusterSet;
-  allowedOrigins: 'same-origin' | string[];
+  /** A list of origins, or a rule such as `sameOrigin()` of `@finishline/server`. */
+  allowedOrigins: string[] | ((origin: string, req: Request) => boolean);
   logger: ProgressLogger | undefined;
 }): Guards {
   const { app, sessions, db, clusters, allowedOrigins, logger } = parts;
@@ -105,9 +91,7 @@ export function createGuards(parts: {
     const origin = req.headers.origin;
     if (origin === undefined) return true; // non-browser clients; the CSRF token still applies
     if (Array.isArray(allowedOrigins)) return allowedOrigins.includes(origin);
-    // `req.protocol` reads X-Forwarded-Proto under `--trust-proxy`, so a proxy that terminates TLS still
-    // passes its `https` pages.
-    return isSameOrigin(origin, req.protocol, req.headers.host);
+    return allowedOrigins(origin, req);
   };
   const requireSession = (req: Authed, res: Response, next: NextFunction) => {
     sessions.fromRequest(req).then((session) => {
