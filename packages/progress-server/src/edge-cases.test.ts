@@ -65,6 +65,12 @@ describe('the HTTP API during shutdown (an application http.Server)', () => {
 
     const answer = await get(`http://127.0.0.1:${port}/progress/tasks/${task.id}`, { 'x-user': 'alice' });
     expect(answer.status).toBe(503);
+    // A page on another site is refused as at any other time: it does not learn of the shutdown.
+    const forged = await get(`http://127.0.0.1:${port}/progress/tasks/${task.id}`, {
+      'x-user': 'alice',
+      origin: 'https://evil.example',
+    });
+    expect(forged.status).toBe(403);
   });
 
   it('refuses an SSE stream after close() (it would follow a closed hub and never end)', async () => {

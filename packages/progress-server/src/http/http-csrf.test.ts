@@ -195,6 +195,36 @@ describe('cross-site requests to the GET routes', () => {
   });
 });
 
+describe('a foreign Origin is refused before any other answer', () => {
+  it('gets 403 rather than the 405 of a wrong method, before authentication', async () => {
+    let authentications = 0;
+    env = await startServer({
+      authenticate: (request) => {
+        authentications += 1;
+        return fromCookie(request);
+      },
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const origin = 'https://evil.example';
+    const cookie = 'session=alice';
+    const wrongMethods: Array<[string, string]> = [
+      ['POST', `/progress/tasks/${task.id}`],
+      ['DELETE', `/progress/tasks/${task.id}/events`],
+      ['GET', `/progress/tasks/${task.id}/cancel`],
+      ['PUT', '/progress/tasks'],
+    ];
+    for (const [method, path] of wrongMethods) {
+      const answer = await fetch(`${env.httpUrl}${path}`, { method, headers: { cookie, origin } });
+      expect(answer.status, `${method} ${path}`).toBe(403);
+      expect(((await answer.json()) as { error: { code: string } }).error.code).toBe('forbidden');
+      // The same request from the page's own origin learns the method.
+      const own = await fetch(`${env.httpUrl}${path}`, { method, headers: { cookie, origin: env.httpUrl } });
+      expect(own.status, `${method} ${path} same-origin`).toBe(405);
+    }
+    expect(authentications).toBe(0);
+  });
+});
+
 describe('same-origin', () => {
   it('compares scheme, host and port', async () => {
     env = await startServer();

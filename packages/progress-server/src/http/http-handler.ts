@@ -71,7 +71,11 @@ const EVENTS_MAX_LIMIT = 1000;
 /** @internal */
 export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
-  /** The server's `allowedOrigins`: every route checks the request's Origin against it. */
+  /**
+   * The server's `allowedOrigins`: every route but `healthz` checks the request's Origin against it, before
+   * any other answer. (A page on another origin cannot read a health answer without CORS headers, which
+   * this handler never sends, and probes send no Origin.)
+   */
   allowedOrigins: AllowedOrigins;
   /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
   revealTaskExistence: boolean;
@@ -281,6 +285,10 @@ async function serve<P extends Principal>(
   request: IncomingMessage,
   response: ServerResponse,
 ): Promise<unknown> {
+  // The Origin first, before any other answer: a forged request learns nothing from this server, not
+  // even which method a route takes (405) or that it is shutting down (503), and it runs none of the
+  // application's hooks, so it reaches no store read or stream slot.
+  checkOrigin(request, ctx.allowedOrigins);
   const method = request.method ?? 'GET';
   const allowed = ALLOWED[route.name];
   if (method !== allowed && !(allowed === 'GET' && method === 'HEAD')) {
@@ -292,10 +300,9 @@ async function serve<P extends Principal>(
   // docs/protocol.md: `closed` is "the code of the HTTP 503 refusing an upgrade or request during
   // shutdown". A stream started now would follow a hub that is closing and never end.
   if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
-  // Before authentication: a forged request is refused without running the application's hooks, and
-  // so before any store read or stream slot.
+  // Before authentication, like the Origin above: a mutation also needs an Origin with its cookies and
+  // a JSON body, which a form on another site cannot send.
   if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
-  else checkOrigin(request, ctx.allowedOrigins);
   let principal: P | undefined;
   try {
     principal = await ctx.auth.fromHttp(request);
