@@ -30,7 +30,8 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahea
  * client's side (also before the stream started); `stalled`: its reader stopped reading for
  * `sseStallTimeoutMs`; `expired`: its credential's `expiresAt` passed; `shutdown`: the server's `close()`;
  * `task_gone`: the task is no longer in the store (after a restore, say); `read_failed`: a store read
- * failed (the client resumes).
+ * failed (the client resumes); `internal`: a bug in the server, logged at `error` and counted in
+ * `handler_errors_total` (the client resumes).
  */
 export type SseStreamEndReason =
   | 'finished'
@@ -39,7 +40,8 @@ export type SseStreamEndReason =
   | 'expired'
   | 'shutdown'
   | 'task_gone'
-  | 'read_failed';
+  | 'read_failed'
+  | 'internal';
 
 /**
  * The server's Prometheus metrics, on the caller's registry or a new one. Names carry the configured
@@ -51,8 +53,8 @@ export type SseStreamEndReason =
  * | `subscriptions` | gauge | tasks followed, summed over sockets |
  * | `resumes_total` | counter | subscribes with `afterSeq > 0`, and Server-Sent Events streams opened with a cursor above 0 (`Last-Event-ID` or `afterSeq`): a watcher resuming |
  * | `resyncs_total{reason}` | counter | streams restarted, socket subscriptions and Server-Sent Events streams alike: `resubscribe` (client asked again; sockets only), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent), `epoch` (the store's epoch changed under the server, or an SSE stream resumed from an id of another epoch: a reset snapshot sent) |
- * | `events_sent_total` | counter | event frames written |
- * | `snapshots_sent_total` | counter | snapshot frames written (coalesced progress included) |
+ * | `events_sent_total` | counter | event frames written, to sockets and Server-Sent Events streams |
+ * | `snapshots_sent_total` | counter | snapshot frames written, to sockets (coalesced progress included) and Server-Sent Events streams |
  * | `terminal_retries_total` | counter | terminal frames re-sent for lack of an ack |
  * | `terminal_ack_latency_seconds` | histogram | first send of a terminal frame → its ack, per socket |
  * | `unacked_terminal_events` | gauge | terminal frames sent and not yet acknowledged |
@@ -61,7 +63,7 @@ export type SseStreamEndReason =
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
  * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`) |
- * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `shutdown`, `task_gone`, `read_failed` |
+ * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `shutdown`, `task_gone`, `read_failed`, `internal` (a bug: see the error log) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
  * | `store_errors_total` | counter | store calls that failed |
  * | `leases_reaped_total` | counter | expired leases turned into `interrupted` by this replica |
@@ -116,8 +118,14 @@ export class ServerMetrics {
       }),
       `${p}resyncs_total`,
     );
-    this.eventsSent = counter('events_sent_total', 'Event frames written to sockets');
-    this.snapshotsSent = counter('snapshots_sent_total', 'Snapshot frames written to sockets');
+    this.eventsSent = counter(
+      'events_sent_total',
+      'Event frames written to sockets and Server-Sent Events streams',
+    );
+    this.snapshotsSent = counter(
+      'snapshots_sent_total',
+      'Snapshot frames written to sockets and Server-Sent Events streams',
+    );
     this.terminalRetries = counter('terminal_retries_total', 'Terminal frames re-sent for lack of an ack');
     this.terminalAckLatency = track(
       new Histogram({

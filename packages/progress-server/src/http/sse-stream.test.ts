@@ -188,6 +188,13 @@ describe('GET /tasks/:id/stream', () => {
     expect(frames.map(seqOf)).toEqual([0, 1, 2, 3]);
     expect(frames[3]?.frame).toMatchObject({ event: { type: 'completed', result: { done: true } } });
     expect(frames[0]?.frame).toMatchObject({ epoch });
+    // Counted with a socket's frames: an operator's frame rates include the streams.
+    const sent = async (counter: 'eventsSent' | 'snapshotsSent') =>
+      (await env!.server.metrics[counter].get()).values[0]?.value ?? 0;
+    expect({ events: await sent('eventsSent'), snapshots: await sent('snapshotsSent') }).toEqual({
+      events: 3,
+      snapshots: 1,
+    });
   });
 
   it('a stream cut mid-task resumes from Last-Event-ID with nothing lost or repeated', async () => {

@@ -65,7 +65,13 @@ export interface StreamContext {
   readonly logger: ProgressLogger;
   readonly metrics: Pick<
     ServerMetrics,
-    'sseStreamsClosed' | 'resumes' | 'resyncs' | 'storeErrors' | 'handlerErrors'
+    | 'sseStreamsClosed'
+    | 'resumes'
+    | 'resyncs'
+    | 'storeErrors'
+    | 'handlerErrors'
+    | 'eventsSent'
+    | 'snapshotsSent'
   >;
   readonly heartbeatIntervalMs: number;
   readonly sseStallTimeoutMs: number;
@@ -223,8 +229,11 @@ export function streamTask(
   };
   // Each id names the epoch its seq is of: frames of an old epoch are written only before the renewal is
   // noticed, and the restart's reset snapshot, the first frame after it, already carries the new one.
-  const write = (seq: number, data: string) => {
-    if (!ended) send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${data}\n\n`);
+  // Counted as a socket's frames are (`events_sent_total`, `snapshots_sent_total`).
+  const write = (seq: number, data: string, sent: { inc(): void }) => {
+    if (ended) return;
+    sent.inc();
+    send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${data}\n\n`);
   };
   const snapshot = (view: TaskView, reset: boolean) => {
     const epoch = ctx.epoch.current;
@@ -236,6 +245,7 @@ export function streamTask(
         ...(epoch === undefined ? {} : { epoch }),
         ...(reset ? { reset: true as const } : {}),
       }),
+      ctx.metrics.snapshotsSent,
     );
     cursor = view.seq;
     if (view.status !== 'running') end('finished');
@@ -271,7 +281,7 @@ export function streamTask(
       events: (events) => {
         if (!current()) return;
         for (const event of events) {
-          write(event.seq, eventFrameText(event));
+          write(event.seq, eventFrameText(event), ctx.metrics.eventsSent);
           cursor = event.seq;
           if (isTerminalType(event.type)) {
             end('finished');
@@ -298,7 +308,7 @@ export function streamTask(
         if (!current()) return;
         ctx.metrics.handlerErrors.inc();
         ctx.logger.error({ err: describeError(error), taskId }, 'SSE stream failed; ending the stream');
-        end('read_failed');
+        end('internal');
       },
       // Stale while the buffer is full: no read starts for the hub stream, and live events pass it by.
       isOpen: () => !ended && !draining,
