@@ -43,7 +43,7 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { int, toEvent, toTask } from './row-codec.js';
+import { detachedInput, int, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { StatementBatcher } from './statement-batcher.js';
@@ -318,7 +318,8 @@ export class PostgresProgressStore implements ProgressStore {
     try {
       this.#assertOpen();
       assertTaskId(taskId);
-      parsed = parseAppendInput(input);
+      // Copied now: the pipeline writes it later, and the caller may change its objects once we return.
+      parsed = detachedInput(parseAppendInput(input));
     } catch (error) {
       return Promise.reject(error);
     }
