@@ -166,8 +166,11 @@ export class PostgresProgressStore implements ProgressStore {
     this.#clock = options.clock;
     this.#schema = options.schema;
     this.#meta = sql.id(options.schema, 'meta');
+    // Without the caller's plugins: they may rewrite result rows (CamelCasePlugin renames task_id to taskId,
+    // ParseJSONResultsPlugin parses the JSON the store selects as text), which the store's raw statements
+    // read by their own column names and types.
     this.#db =
-      options.db ??
+      options.db?.withoutPlugins() ??
       new Kysely<ProgressDatabase>({
         dialect: new PostgresDialect({
           pool: guardedPool(options.pool as PgPool, { preparedStatements: options.preparedStatements }),
