@@ -18,7 +18,6 @@ import {
 import { isDatabaseError, isDataException, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import {
-  detached,
   int,
   jsonCopy,
   type PlannedFrom,
@@ -460,12 +459,10 @@ function planBatch(
       rows.set(taskId, next.task);
       changed.set(taskId, next.task);
       events.push(next.event);
-      // Returned objects must not share the caller's `detail`/`result` objects, nor the planning rows
-      // (the task is a copy of its own, which the caller of planBatch may complete in place).
-      outcomes.push({
-        event: detached(next.event),
-        task: { ...next.task, result: jsonCopy(next.task.result) },
-      });
+      // Returned objects must not share the planning rows (the task is a copy of its own, which the caller
+      // of planBatch may complete in place); the input's `detail`/`result` are the pipeline's own copies
+      // already (`detachedInput`), which the event may keep.
+      outcomes.push({ event: next.event, task: { ...next.task, result: jsonCopy(next.task.result) } });
     } catch (error) {
       if (!isProgressError(error)) throw error;
       outcomes.push(error);

@@ -43,7 +43,7 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { int, toEvent, toTask } from './row-codec.js';
+import { detachedInput, int, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { StatementBatcher } from './statement-batcher.js';
@@ -166,8 +166,11 @@ export class PostgresProgressStore implements ProgressStore {
     this.#clock = options.clock;
     this.#schema = options.schema;
     this.#meta = sql.id(options.schema, 'meta');
+    // Without the caller's plugins: they may rewrite result rows (CamelCasePlugin renames task_id to taskId,
+    // ParseJSONResultsPlugin parses the JSON the store selects as text), which the store's raw statements
+    // read by their own column names and types.
     this.#db =
-      options.db ??
+      options.db?.withoutPlugins() ??
       new Kysely<ProgressDatabase>({
         dialect: new PostgresDialect({
           pool: guardedPool(options.pool as PgPool, { preparedStatements: options.preparedStatements }),
@@ -318,7 +321,8 @@ export class PostgresProgressStore implements ProgressStore {
     try {
       this.#assertOpen();
       assertTaskId(taskId);
-      parsed = parseAppendInput(input);
+      // Copied now: the pipeline writes it later, and the caller may change its objects once we return.
+      parsed = detachedInput(parseAppendInput(input));
     } catch (error) {
       return Promise.reject(error);
     }

@@ -51,8 +51,9 @@ export interface PostgresProgressStoreOptions {
    */
   pool?: PgPool;
   /**
-   * A Kysely instance on Postgres to use instead of `pool`. The store never destroys it. With `db`, the
-   * store cannot see the pool's settings, so `listenClient` is required.
+   * A Kysely instance on Postgres to use instead of `pool`. The store never destroys it, and runs its
+   * statements without the instance's plugins (`withoutPlugins()`). With `db`, the store cannot see the
+   * pool's settings, so `listenClient` is required.
    * @default undefined (then `pool` is required)
    */
   // biome-ignore lint/suspicious/noExplicitAny: any database type; the store only uses its own schema.

@@ -1,5 +1,4 @@
-import type { Task, TaskEvent, TaskStatus } from '@finishline/core';
-import { exhaustive } from '@finishline/core/internal';
+import type { AppendInput, Task, TaskEvent, TaskStatus } from '@finishline/core';
 import { sql } from 'kysely';
 
 /**
@@ -97,25 +96,19 @@ export function jsonCopy<T>(value: T): T {
 }
 
 /**
- * The event as returned to the caller: a planned event shares only the caller's `detail` or `result`
- * object with the input (everything else is fresh), so only those are copied.
+ * The input with its JSON values (`detail`, `result`) copied, normalized as the database will return
+ * them: an append is planned and written later (group commit: a microtask later, or after the transaction
+ * in flight), and the caller may reuse or change its objects as soon as `append` returned. The copies are
+ * the pipeline's own, so the event and task it returns share nothing with the caller either.
  */
-export function detached(event: TaskEvent): TaskEvent {
-  switch (event.type) {
-    case 'item':
-      return event.item.detail === null
-        ? event
-        : { ...event, item: { ...event.item, detail: jsonCopy(event.item.detail) } };
-    case 'completed':
-      return event.result === null ? event : { ...event, result: jsonCopy(event.result) };
-    case 'progress':
-    case 'failed':
-    case 'cancelled':
-    case 'interrupted':
-      return event;
-    default:
-      exhaustive(event, 'event');
+export function detachedInput(input: AppendInput): AppendInput {
+  if (input.type === 'item' && input.detail !== undefined && input.detail !== null) {
+    return { ...input, detail: jsonCopy(input.detail) };
   }
+  if (input.type === 'completed' && input.result !== undefined && input.result !== null) {
+    return { ...input, result: jsonCopy(input.result) };
+  }
+  return input;
 }
 
 /**

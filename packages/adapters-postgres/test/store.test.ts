@@ -1,7 +1,7 @@
 import type { TaskChange, TaskEvent } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
-import { Kysely, PostgresDialect, sql } from 'kysely';
+import { CamelCasePlugin, Kysely, ParseJSONResultsPlugin, PostgresDialect, sql } from 'kysely';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import {
@@ -592,6 +592,44 @@ describe('clients', () => {
     await writer.close();
     expect((await sql<{ one: number }>`SELECT 1 AS one`.execute(db)).rows).toEqual([{ one: 1 }]);
     expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+  });
+
+  it("reads its rows as it wrote them on a caller's Kysely with result plugins (CamelCasePlugin, ParseJSONResultsPlugin)", async () => {
+    const schema = await migrated();
+    const reference = await open({ schema });
+    for (const plugin of [new CamelCasePlugin(), new ParseJSONResultsPlugin()]) {
+      const what = plugin.constructor.name;
+      const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }), plugins: [plugin] });
+      const store = await PostgresProgressStore.open({ db, schema, migrate: false, listenClient: pgUrl() });
+      stores.push(store);
+      const id = `with-${what}`;
+      const created = await store.createTask({
+        id,
+        owner: 'alice',
+        kind: 'k',
+        lease: { owner: 'w', ttlMs: 1000 },
+      });
+      const appended = [
+        await store.append(id, { type: 'item', key: 'n-1', ok: false, error: 'no', detail: { a: [1] } }),
+        await store.append(id, { type: 'completed', result: { drained: 1 } }),
+      ];
+      expect(appended[0]?.task, `${what}: the running task returned`).toMatchObject({
+        ackedSeq: 0,
+        createdAt: created.createdAt,
+        leaseOwner: 'w',
+        error: null,
+      });
+      expect(await store.getTask(id), `${what}: getTask`).toEqual(await reference.getTask(id));
+      expect(await store.getTask(id), `${what}: getTask as returned`).toEqual(appended[1]?.task);
+      expect(await store.readEvents(id, 0), `${what}: readEvents`).toEqual(
+        appended.map(({ event }) => event),
+      );
+      expect(await store.listTasks({ owner: 'alice' }), `${what}: listTasks`).toEqual(
+        await reference.listTasks({ owner: 'alice' }),
+      );
+      expect(await store.ack(id, 2), `${what}: ack`).toBe(2);
+      expect(await store.latestSeqs([id]), `${what}: latestSeqs`).toEqual(new Map([[id, 2]]));
+    }
   });
 
   it('publishes its own commits with their events, which a spread or JSON of the change keeps', async () => {

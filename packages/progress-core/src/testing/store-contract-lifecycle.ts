@@ -91,6 +91,35 @@ export function describeLifecycleContract(ctx: ContractContext): void {
         result: { nodes: ['node-1'] },
       });
     });
+
+    it('keeps no reference to an append input once append returned, before its promise settles', async () => {
+      await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      // One object reused for every call, changed right after each: a store that commits later (group
+      // commit) must not write, nor return, what the caller made of it after the call.
+      const detail: { node: JsonValue } = { node: 'node-1' };
+      const first = ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true, detail });
+      detail.node = 'node-2';
+      const second = ctx.store.append('task-1', { type: 'item', key: 'node-2', ok: true, detail });
+      detail.node = ['scribbled'];
+      const result: { nodes: JsonValue[] } = { nodes: ['node-1', 'node-2'] };
+      const done = ctx.store.append('task-1', { type: 'completed', result });
+      result.nodes.push('scribbled');
+      const appended = await Promise.all([first, second, done]);
+      expect(
+        appended.map(({ event }) => (event.type === 'item' ? event.item.detail : event)),
+        'details returned',
+      ).toEqual([{ node: 'node-1' }, { node: 'node-2' }, expect.objectContaining({ type: 'completed' })]);
+      expect(appended[2]?.task.result, 'result returned').toEqual({ nodes: ['node-1', 'node-2'] });
+      const log = await ctx.store.readEvents('task-1', 0);
+      expect(
+        log.map((event) => (event.type === 'item' ? event.item.detail : null)),
+        'details stored',
+      ).toEqual([{ node: 'node-1' }, { node: 'node-2' }, null]);
+      expect(log, 'events stored').toEqual(appended.map(({ event }) => event));
+      expect((await ctx.store.getTask('task-1'))?.result, 'result stored').toEqual({
+        nodes: ['node-1', 'node-2'],
+      });
+    });
   });
 
   describe('epoch', () => {
