@@ -77,10 +77,17 @@ export class StatementBatcher<I, O> {
     if (this.#inFlight.size >= this.#maxInFlight || this.#queue.length === 0) return;
     const batch = this.#queue.splice(0, this.#maxBatchSize);
     this.#batches += 1;
-    const written: Promise<void> = this.#write(batch).finally(() => {
-      this.#inFlight.delete(written);
-      if (!this.#closed) this.#flush();
-    });
+    const written: Promise<void> = this.#write(batch)
+      // `write` settles its calls and never rejects; if a bug made it reject, its calls would never settle
+      // (a caller waiting for ever) and the rejection, unhandled, would take the process down. Settling an
+      // already settled call does nothing.
+      .catch((error: unknown) => {
+        for (const call of batch) call.reject(error);
+      })
+      .finally(() => {
+        this.#inFlight.delete(written);
+        if (!this.#closed) this.#flush();
+      });
     this.#inFlight.add(written);
   }
 }
