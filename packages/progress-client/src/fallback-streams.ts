@@ -1,6 +1,7 @@
 import type { ProgressError, ServerFrame } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
+import type { TimerSet } from './timers.js';
 import type { FallbackOptions } from './transport-types.js';
 
 /**
@@ -15,6 +16,8 @@ import type { FallbackOptions } from './transport-types.js';
 /** What the fallback transport is given by the client it is attached to. @internal */
 export interface FallbackHost {
   readonly options: FallbackOptions;
+  /** The client's timers (cleared when it closes): a stream's silence deadline. */
+  readonly timers: TimerSet;
   /** Every followed task. */
   tasks(): Iterable<TaskSubscription>;
   /** True while the client is open and still follows this very subscription (no handle closed it). */

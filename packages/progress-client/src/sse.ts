@@ -43,6 +43,12 @@ export type StreamingFetch = (
   text?(): Promise<string>;
 }>;
 
+/**
+ * `@finishline/server`'s default `heartbeatIntervalMs`: a stream, unlike a socket's `hello`, does not say
+ * how often its heartbeats come.
+ */
+const SERVER_HEARTBEAT_MS = 15_000;
+
 /** Statuses that refuse the stream for good (anything else is taken for a cut and retried). */
 const REFUSALS = new Set([401, 403, 404]);
 
@@ -91,11 +97,27 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
     follow(taskId, from, onEnd) {
       const abort = new AbortController();
       let ended = false;
+      // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) is never
+      // ended by `fetch`: its read would wait for the system's TCP timeout, minutes or more, and the watch
+      // with it. Like the socket, a stream silent (no frame, no heartbeat) for 2 × the heartbeat interval
+      // plus the margin is dropped, as a cut: it is reopened from the cursor.
+      let quiet = () => {};
+      const heard = () => {
+        quiet();
+        // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
+        if (!ended)
+          quiet = host.timers.start(
+            () => abort.abort(),
+            o.heartbeatTimeoutMs ?? 2 * SERVER_HEARTBEAT_MS + o.heartbeatMarginMs,
+          );
+      };
       const end = (refusal?: ProgressError) => {
         if (ended) return;
         ended = true;
+        quiet();
         onEnd(refusal);
       };
+      heard();
       void (async () => {
         if (fetchImpl === undefined) return end();
         const open = (epoch: string | undefined) =>
@@ -124,6 +146,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
+          heard();
           buffer += decoder.decode(value, { stream: true });
           let cut = buffer.indexOf('\n\n');
           while (cut >= 0) {
