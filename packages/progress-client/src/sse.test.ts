@@ -406,6 +406,34 @@ describe('the SSE fallback transport', () => {
     expect(await outcome).toBeDefined();
   });
 
+  it('asks again for a stream the server refuses for now (503, 429) with backoff, as the HTTP fallback polls, and reports it', async () => {
+    // Asked again every httpPollIntervalMs whatever the refusal, a watch sent a server out of store or
+    // over its socket cap a request every 2 s for ever, and every watch of the page did the same.
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true });
+    sse.refusal = {
+      status: 503,
+      text: JSON.stringify({ error: { code: 'store_unavailable', message: 'down' } }),
+    };
+    const task = new FakeTask('t1', 3);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await scheduler.advance(60_000);
+    // 2 s + a full-jitter step of 2 s doubling, below 30 s (random 0.5): at 0, 3, 7, 13, 23, 41 and 58 s.
+    expect(sse.streams).toHaveLength(7);
+    expect(log).toEqual(Array(7).fill('error:store_unavailable'));
+    // Served again (the next request at 75 s): the stream delivers, and the count starts over, so a
+    // later cut is reopened after httpPollIntervalMs.
+    sse.refusal = undefined;
+    await scheduler.advance(20_000);
+    expect(sse.streams).toHaveLength(8);
+    const served = sse.streams[7] as SseRequest;
+    served.send({ type: 'snapshot', task: task.view() }, 0);
+    served.end();
+    await scheduler.advance(2000);
+    expect(sse.streams).toHaveLength(9);
+    await client.close();
+  });
+
   it('takes a refusal without a status (a fetch that gives none) for a cut, and asks again', async () => {
     const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
     sse.refusal = { status: 404, text: '', withStatus: false };

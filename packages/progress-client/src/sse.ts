@@ -35,8 +35,9 @@ export type StreamingFetch = (
   ok: boolean;
   body: ReadableStream<Uint8Array> | null;
   /**
-   * The HTTP status (`fetch` has it): a refused stream (401, 403, 404) then ends the watch as the HTTP
-   * fallback would. Without it a refusal is taken for a cut, and the stream is tried again.
+   * The HTTP status (`fetch` has it): a refused stream is then answered as the HTTP fallback answers the
+   * same refusal (401, 403, 404 end the watch; others are asked again with backoff). Without it a refusal
+   * is taken for a cut, and the stream is tried again after `httpPollIntervalMs`.
    */
   status?: number;
   /** The body as text (`fetch` has it): the server's error code and message in a refusal. */
@@ -48,9 +49,6 @@ export type StreamingFetch = (
  * how often its heartbeats come.
  */
 const SERVER_HEARTBEAT_MS = 15_000;
-
-/** Statuses that refuse the stream for good (anything else is taken for a cut and retried). */
-const REFUSALS = new Set([401, 403, 404]);
 
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
@@ -135,7 +133,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
         if (response.status === 400 && from.seq > 0 && from.epoch !== undefined)
           response = await open(undefined);
-        if (!response.ok && response.status !== undefined && REFUSALS.has(response.status)) {
+        // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
+        if (!response.ok && response.status !== undefined) {
           const text = (await response.text?.().catch(() => '')) ?? '';
           return end(errorFromResponse(taskId, response.status, text));
         }
