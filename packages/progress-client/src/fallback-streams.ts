@@ -1,6 +1,8 @@
 import type { ProgressError, ServerFrame } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
+import { retryDelayMs } from './http-errors.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
+import type { TimerSet } from './timers.js';
 import type { FallbackOptions } from './transport-types.js';
 
 /**
@@ -15,6 +17,8 @@ import type { FallbackOptions } from './transport-types.js';
 /** What the fallback transport is given by the client it is attached to. @internal */
 export interface FallbackHost {
   readonly options: FallbackOptions;
+  /** The client's timers (cleared when it closes): a stream's silence deadline. */
+  readonly timers: TimerSet;
   /** Every followed task. */
   tasks(): Iterable<TaskSubscription>;
   /** True while the client is open and still follows this very subscription (no handle closed it). */
@@ -131,9 +135,16 @@ export class FallbackStreams implements FallbackRuntime {
         this.#acked.add(taskId);
         this.#wire.ack(taskId, task.cursor.seq);
       }
-      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly.
+      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly. Refused for
+      // now (503, 429, an expired token): later each time, as the HTTP fallback polls, until a stream
+      // delivers again (the task's error count starts over then); asked every interval, every watch of
+      // every page would keep a server that is out of store or over its cap busy answering them.
       if (this.#streaming && !task.cursor.finished && this.#host.current(task)) {
-        task.retryLater(this.#host.options.httpPollIntervalMs, () => this.open(task));
+        const o = this.#host.options;
+        const reopen = () => this.open(task);
+        if (refusal === undefined) task.retryLater(o.httpPollIntervalMs, reopen);
+        else
+          task.retryAfterError((failures) => retryDelayMs(failures, o.httpPollIntervalMs, o.random), reopen);
       }
     });
     this.#streams.set(taskId, stop);

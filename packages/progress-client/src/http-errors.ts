@@ -1,4 +1,5 @@
 import { ERROR_CODES, ErrorCode, ProgressError } from '@finishline/core';
+import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/internal';
 
 /**
  * What an HTTP error response of the server's API means to the client, shared by the HTTP fallback and the
@@ -34,4 +35,28 @@ export function errorFromResponse(taskId: string, status: number, text: string):
     // Not JSON (a proxy's error page): the status says enough.
   }
   return new ProgressError(code, message, { taskId });
+}
+
+/** Ceiling of the backoff while the server keeps refusing (or HTTP keeps failing). */
+const MAX_RETRY_DELAY_MS = 30_000;
+
+/**
+ * The wait before asking again after `failures` requests in a row failed (0 for the first): the interval,
+ * then a full-jitter step growing from it, so a server that refuses for now (out of store, over a cap) is
+ * not asked as often by every watch of every page. The SSE transport's; the HTTP fallback's polls wait
+ * the same (written out there, which keeps that entry smaller).
+ */
+export function retryDelayMs(failures: number, intervalMs: number, random: () => number): number {
+  return (
+    intervalMs +
+    resolvedBackoffDelayMs(
+      failures,
+      {
+        initialDelayMs: intervalMs,
+        maxDelayMs: Math.max(intervalMs, MAX_RETRY_DELAY_MS),
+        multiplier: BACKOFF_DEFAULTS.multiplier,
+      },
+      random,
+    )
+  );
 }

@@ -139,7 +139,10 @@ export interface ProgressClientOptions {
   connectTimeoutMs?: number;
   /**
    * Longest silence on an open socket before it is considered dead (closed with 4010, then reconnected).
-   * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` + `heartbeatMarginMs`.
+   * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` + `heartbeatMarginMs`. Also the
+   * longest silence of a Server-Sent Events stream of `fallbackTransport` (then reopened from the cursor),
+   * where `null` takes the server's default interval, 15 s, since a stream does not say its own: set it
+   * against a server whose `heartbeatIntervalMs` is longer.
    * @default null
    */
   heartbeatTimeoutMs?: number | null;

@@ -16,6 +16,8 @@ interface SseRequest {
   body: string | undefined;
   /** Writes one SSE block carrying `frame` (with its `id:` line, as the server sends it). */
   send(frame: ServerFrame, id?: number): void;
+  /** Writes a heartbeat comment, as the server does every `heartbeatIntervalMs`. */
+  heartbeat(): void;
   /** The server ends the stream. */
   end(): void;
   aborted(): boolean;
@@ -63,6 +65,7 @@ class FakeSse {
       body: init.body,
       send: (frame, id) =>
         write(`${id === undefined ? '' : `id: ${id}\n`}data: ${JSON.stringify(frame)}\n\n`),
+      heartbeat: () => write(': heartbeat 1767225615000\n\n'),
       end: () => {
         try {
           controller?.close();
@@ -147,6 +150,48 @@ describe('the SSE fallback transport', () => {
     expect(http.requests).toEqual([]);
     await client.close();
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('gives up on a stream silent past the heartbeat timeout and resumes from the cursor, as on a socket', async () => {
+    // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) never ends
+    // for `fetch`: its read waits for the operating system's TCP timeout, and the watch stood still.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    const task = new FakeTask('t1', 3);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.send({ type: 'snapshot', task: task.view(), epoch: 'e1' }, 0);
+    first.send({ type: 'event', event: task.item('a') }, 1);
+    await scheduler.advance(20_000);
+    first.heartbeat(); // a quiet task: heartbeats alone keep the stream
+    await scheduler.advance(31_000);
+    expect(first.aborted()).toBe(false);
+    // Silent from here on: 2 × the server's default heartbeat interval (15 s) + heartbeatMarginMs (2 s).
+    await scheduler.advance(1000);
+    expect(first.aborted()).toBe(true);
+    await scheduler.advance(1000);
+    expect(sse.streams).toHaveLength(2);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBe('1~e1');
+    second.send({ type: 'event', event: task.item('b') }, 2);
+    second.send({ type: 'event', event: task.end() }, 3);
+    second.end();
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it('takes heartbeatTimeoutMs as the longest silence of a stream when it is given', async () => {
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, heartbeatTimeoutMs: 5000 });
+    client.watch('t1');
+    await flush();
+    await scheduler.advance(4999);
+    expect((sse.streams[0] as SseRequest).aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect((sse.streams[0] as SseRequest).aborted()).toBe(true);
+    await client.close();
   });
 
   it('resumes with the epoch of the watch’s cursor in Last-Event-ID, the new one after a reset snapshot', async () => {
@@ -359,6 +404,34 @@ describe('the SSE fallback transport', () => {
     expect(client.state).toBe('closed');
     expect(errors).toContain('unauthenticated');
     expect(await outcome).toBeDefined();
+  });
+
+  it('asks again for a stream the server refuses for now (503, 429) with backoff, as the HTTP fallback polls, and reports it', async () => {
+    // Asked again every httpPollIntervalMs whatever the refusal, a watch sent a server out of store or
+    // over its socket cap a request every 2 s for ever, and every watch of the page did the same.
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true });
+    sse.refusal = {
+      status: 503,
+      text: JSON.stringify({ error: { code: 'store_unavailable', message: 'down' } }),
+    };
+    const task = new FakeTask('t1', 3);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await scheduler.advance(60_000);
+    // 2 s + a full-jitter step of 2 s doubling, below 30 s (random 0.5): at 0, 3, 7, 13, 23, 41 and 58 s.
+    expect(sse.streams).toHaveLength(7);
+    expect(log).toEqual(Array(7).fill('error:store_unavailable'));
+    // Served again (the next request at 75 s): the stream delivers, and the count starts over, so a
+    // later cut is reopened after httpPollIntervalMs.
+    sse.refusal = undefined;
+    await scheduler.advance(20_000);
+    expect(sse.streams).toHaveLength(8);
+    const served = sse.streams[7] as SseRequest;
+    served.send({ type: 'snapshot', task: task.view() }, 0);
+    served.end();
+    await scheduler.advance(2000);
+    expect(sse.streams).toHaveLength(9);
+    await client.close();
   });
 
   it('takes a refusal without a status (a fetch that gives none) for a cut, and asks again', async () => {

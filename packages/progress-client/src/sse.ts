@@ -35,16 +35,20 @@ export type StreamingFetch = (
   ok: boolean;
   body: ReadableStream<Uint8Array> | null;
   /**
-   * The HTTP status (`fetch` has it): a refused stream (401, 403, 404) then ends the watch as the HTTP
-   * fallback would. Without it a refusal is taken for a cut, and the stream is tried again.
+   * The HTTP status (`fetch` has it): a refused stream is then answered as the HTTP fallback answers the
+   * same refusal (401, 403, 404 end the watch; others are asked again with backoff). Without it a refusal
+   * is taken for a cut, and the stream is tried again after `httpPollIntervalMs`.
    */
   status?: number;
   /** The body as text (`fetch` has it): the server's error code and message in a refusal. */
   text?(): Promise<string>;
 }>;
 
-/** Statuses that refuse the stream for good (anything else is taken for a cut and retried). */
-const REFUSALS = new Set([401, 403, 404]);
+/**
+ * `@finishline/server`'s default `heartbeatIntervalMs`: a stream, unlike a socket's `hello`, does not say
+ * how often its heartbeats come.
+ */
+const SERVER_HEARTBEAT_MS = 15_000;
 
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
@@ -91,11 +95,27 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
     follow(taskId, from, onEnd) {
       const abort = new AbortController();
       let ended = false;
+      // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) is never
+      // ended by `fetch`: its read would wait for the system's TCP timeout, minutes or more, and the watch
+      // with it. Like the socket, a stream silent (no frame, no heartbeat) for 2 × the heartbeat interval
+      // plus the margin is dropped, as a cut: it is reopened from the cursor.
+      let quiet = () => {};
+      const heard = () => {
+        quiet();
+        // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
+        if (!ended)
+          quiet = host.timers.start(
+            () => abort.abort(),
+            o.heartbeatTimeoutMs ?? 2 * SERVER_HEARTBEAT_MS + o.heartbeatMarginMs,
+          );
+      };
       const end = (refusal?: ProgressError) => {
         if (ended) return;
         ended = true;
+        quiet();
         onEnd(refusal);
       };
+      heard();
       void (async () => {
         if (fetchImpl === undefined) return end();
         const open = (epoch: string | undefined) =>
@@ -113,7 +133,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
         if (response.status === 400 && from.seq > 0 && from.epoch !== undefined)
           response = await open(undefined);
-        if (!response.ok && response.status !== undefined && REFUSALS.has(response.status)) {
+        // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
+        if (!response.ok && response.status !== undefined) {
           const text = (await response.text?.().catch(() => '')) ?? '';
           return end(errorFromResponse(taskId, response.status, text));
         }
@@ -124,6 +145,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
+          heard();
           buffer += decoder.decode(value, { stream: true });
           let cut = buffer.indexOf('\n\n');
           while (cut >= 0) {

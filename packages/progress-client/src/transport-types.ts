@@ -63,4 +63,7 @@ export interface FallbackOptions {
   readonly httpCredentials: HttpCredentials;
   readonly httpPollIntervalMs: number;
   readonly random: () => number;
+  /** The longest silence of a Server-Sent Events stream, when given (`null`: see `sse.ts`). */
+  readonly heartbeatTimeoutMs: number | null;
+  readonly heartbeatMarginMs: number;
 }
