@@ -141,8 +141,8 @@ export interface ProgressClientOptions {
    * Longest silence on an open socket before it is considered dead (closed with 4010, then reconnected).
    * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` + `heartbeatMarginMs`. Also the
    * longest silence of a Server-Sent Events stream of `fallbackTransport` (then reopened from the cursor),
-   * where `null` takes the server's default interval, 15 s, since a stream does not say its own: set it
-   * against a server whose `heartbeatIntervalMs` is longer.
+   * where `null` takes the interval the stream states when it opens (15 s, the server's default, from a
+   * server too old to state it).
    * @default null
    */
   heartbeatTimeoutMs?: number | null;

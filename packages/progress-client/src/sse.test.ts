@@ -18,6 +18,8 @@ interface SseRequest {
   send(frame: ServerFrame, id?: number): void;
   /** Writes a heartbeat comment, as the server does every `heartbeatIntervalMs`. */
   heartbeat(): void;
+  /** Writes raw text (the stream's opening block, say). */
+  write(text: string): void;
   /** The server ends the stream. */
   end(): void;
   aborted(): boolean;
@@ -66,6 +68,7 @@ class FakeSse {
       send: (frame, id) =>
         write(`${id === undefined ? '' : `id: ${id}\n`}data: ${JSON.stringify(frame)}\n\n`),
       heartbeat: () => write(': heartbeat 1767225615000\n\n'),
+      write,
       end: () => {
         try {
           controller?.close();
@@ -179,6 +182,22 @@ describe('the SSE fallback transport', () => {
     second.end();
     expect((await watch.done).status).toBe('completed');
     expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it('takes the heartbeat interval a stream states when it opens: 2 × it + heartbeatMarginMs of silence', async () => {
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    // What @finishline/server writes first, with `heartbeatIntervalMs: 60_000`.
+    stream.write('retry: 1000\n: hello heartbeatIntervalMs=60000\n\n');
+    await flush();
+    await scheduler.advance(121_999);
+    expect(stream.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(stream.aborted()).toBe(true);
     await client.close();
     expect(scheduler.pending).toBe(0);
   });

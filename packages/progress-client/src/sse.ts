@@ -45,10 +45,13 @@ export type StreamingFetch = (
 }>;
 
 /**
- * `@finishline/server`'s default `heartbeatIntervalMs`: a stream, unlike a socket's `hello`, does not say
- * how often its heartbeats come.
+ * `@finishline/server`'s default `heartbeatIntervalMs`, for a stream that does not say how often its
+ * heartbeats come (`: hello heartbeatIntervalMs=<ms>`, which servers older than 4 December 2026 do not send).
  */
 const SERVER_HEARTBEAT_MS = 15_000;
+
+/** The comment a stream opens with to say how often its heartbeats come. */
+const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
 
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
@@ -100,13 +103,14 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // with it. Like the socket, a stream silent (no frame, no heartbeat) for 2 × the heartbeat interval
       // plus the margin is dropped, as a cut: it is reopened from the cursor.
       let quiet = () => {};
+      let intervalMs = SERVER_HEARTBEAT_MS;
       const heard = () => {
         quiet();
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
         if (!ended)
           quiet = host.timers.start(
             () => abort.abort(),
-            o.heartbeatTimeoutMs ?? 2 * SERVER_HEARTBEAT_MS + o.heartbeatMarginMs,
+            o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs,
           );
       };
       const end = (refusal?: ProgressError) => {
@@ -151,6 +155,11 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           while (cut >= 0) {
             const block = buffer.slice(0, cut);
             buffer = buffer.slice(cut + 2);
+            const stated = HEARTBEAT_INTERVAL.exec(block);
+            if (stated) {
+              intervalMs = Number(stated[1]);
+              heard();
+            }
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
             const data = block

@@ -188,6 +188,9 @@ describe('GET /tasks/:id/stream', () => {
     expect(frames.map(seqOf)).toEqual([0, 1, 2, 3]);
     expect(frames[3]?.frame).toMatchObject({ event: { type: 'completed', result: { done: true } } });
     expect(frames[0]?.frame).toMatchObject({ epoch });
+    // The stream opens saying how often heartbeats come, as a socket's hello does: a client takes a
+    // stream silent for about twice that for dead.
+    expect(stream.messages[0]?.comment).toBe('hello heartbeatIntervalMs=100');
     // Counted with a socket's frames: an operator's frame rates include the streams.
     const sent = async (counter: 'eventsSent' | 'snapshotsSent') =>
       (await env!.server.metrics[counter].get()).values[0]?.value ?? 0;

@@ -172,8 +172,9 @@ export function streamTask(
   let stream: TaskStream | undefined;
 
   response.writeHead(200, STREAM_HEADERS);
-  // Tells EventSource how long to wait before reconnecting after a cut (ms).
-  response.write('retry: 1000\n\n');
+  // Tells EventSource how long to wait before reconnecting after a cut (ms), and any client how often
+  // heartbeats come, as a socket's `hello` does: a stream silent for about twice that is dead.
+  response.write(`retry: 1000\n: hello heartbeatIntervalMs=${ctx.heartbeatIntervalMs}\n\n`);
 
   const end = (reason: SseStreamEndReason) => {
     if (ended) return;
