@@ -1,4 +1,4 @@
-import type { TaskEvent, TaskView } from '@finishline/core';
+import type { SnapshotFrame, TaskEvent } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/internal';
@@ -14,8 +14,9 @@ import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from '.
  * entry, so pages that do not want it do not load it: pass `httpFallback()` as the client's
  * `httpFallback` option.
  *
- * - `GET {httpUrl}/tasks/:id` → `200 { "task": TaskView }`
- * - `GET {httpUrl}/tasks/:id/events?afterSeq=N` → `200 { "events": TaskEvent[] }` (seq order, a page)
+ * - `GET {httpUrl}/tasks/:id` → `200 { "task": TaskView, "epoch"? }`
+ * - `GET {httpUrl}/tasks/:id/events?afterSeq=N` → `200 { "task": TaskView, "events": TaskEvent[], "epoch"? }`
+ *   (seq order, a page)
  * - errors: `{ "error": { "code", "message" } }` with the status of `docs/errors.md`
  *
  * Bodies are validated with the protocol's frame schemas, so HTTP data is exactly as trusted as socket
@@ -43,27 +44,31 @@ export class HttpApi {
     this.#options = options;
   }
 
-  /** The task's snapshot. */
-  async getTask(taskId: string): Promise<TaskView> {
-    const body = await this.#get(taskId, `/tasks/${encodeURIComponent(taskId)}`);
-    const task = readField(body, 'task');
-    const decoded = decodeServerText(JSON.stringify({ type: 'snapshot', task }));
-    if (!decoded.ok) throw badBody(taskId, decoded.error);
-    if (decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) throw badBody(taskId);
-    return decoded.frame.task;
+  /** The task's snapshot, as a snapshot frame with the store's epoch when the server states it. */
+  async getTask(taskId: string): Promise<SnapshotFrame> {
+    return snapshotOf(taskId, await this.#get(taskId, `/tasks/${encodeURIComponent(taskId)}`));
   }
 
-  /** One page of the task's events after `afterSeq`, in seq order. */
-  async getEvents(taskId: string, afterSeq: number): Promise<TaskEvent[]> {
+  /**
+   * One page of the task's events after `afterSeq`, in seq order, and the task's snapshot as the server
+   * read it before them (none from a server that does not send it).
+   */
+  async getEvents(
+    taskId: string,
+    afterSeq: number,
+  ): Promise<{ events: TaskEvent[]; snapshot: SnapshotFrame | undefined }> {
     const body = await this.#get(taskId, `/tasks/${encodeURIComponent(taskId)}/events?afterSeq=${afterSeq}`);
     const events = readField(body, 'events');
     if (!Array.isArray(events)) throw badBody(taskId);
-    return events.map((event: unknown) => {
-      const decoded = decodeServerText(JSON.stringify({ type: 'event', event }));
-      if (!decoded.ok) throw badBody(taskId, decoded.error);
-      if (decoded.frame.type !== 'event' || decoded.frame.event.taskId !== taskId) throw badBody(taskId);
-      return decoded.frame.event;
-    });
+    return {
+      events: events.map((event: unknown) => {
+        const decoded = decodeServerText(JSON.stringify({ type: 'event', event }));
+        if (!decoded.ok) throw badBody(taskId, decoded.error);
+        if (decoded.frame.type !== 'event' || decoded.frame.event.taskId !== taskId) throw badBody(taskId);
+        return decoded.frame.event;
+      }),
+      snapshot: readField(body, 'task') === undefined ? undefined : snapshotOf(taskId, body),
+    };
   }
 
   async #get(taskId: string, path: string): Promise<unknown> {
@@ -97,6 +102,21 @@ export class HttpApi {
     }
     throw errorFromResponse(taskId, status, text);
   }
+}
+
+/** The `task` (and `epoch`) of an answer, checked as the snapshot frame they make. */
+function snapshotOf(taskId: string, body: unknown): SnapshotFrame {
+  const epoch = readField(body, 'epoch');
+  const decoded = decodeServerText(
+    JSON.stringify({
+      type: 'snapshot',
+      task: readField(body, 'task'),
+      ...(epoch !== undefined && { epoch }),
+    }),
+  );
+  if (!decoded.ok) throw badBody(taskId, decoded.error);
+  if (decoded.frame.type !== 'snapshot' || decoded.frame.task.id !== taskId) throw badBody(taskId);
+  return decoded.frame;
 }
 
 function badBody(taskId: string, cause?: unknown): ProgressError {
@@ -216,19 +236,34 @@ class HttpPoller implements HttpFallbackRuntime {
     task.httpBusy = true;
     try {
       if (task.task.state.progress === null) {
-        const view = await this.#api.getTask(task.taskId);
+        const frame = await this.#api.getTask(task.taskId);
         if (!host.current(task)) return;
-        host.apply(task, task.cursor.applySnapshot(view));
+        this.#snapshot(task, frame);
       }
       for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
         const before = task.cursor.seq;
-        const events = await this.#api.getEvents(task.taskId, before);
-        if (!host.current(task) || events.length === 0) return;
+        const { events, snapshot } = await this.#api.getEvents(task.taskId, before);
+        if (!host.current(task)) return;
+        if (snapshot !== undefined) {
+          // The cursor is not in the task's log (the store was restored since: another epoch, or the task
+          // behind the cursor): events after its seq would belong to another history, or never come (a
+          // watch waiting for ever). As the socket's reset snapshot does: start over from the task's.
+          const { epoch } = snapshot;
+          if (
+            (epoch !== undefined && task.epoch !== undefined && epoch !== task.epoch) ||
+            snapshot.task.seq < before
+          ) {
+            this.#snapshot(task, { ...snapshot, reset: true });
+            continue;
+          }
+          task.adoptEpoch(epoch);
+        }
+        if (events.length === 0) return;
         for (const event of events) host.apply(task, task.cursor.applyEvent(event));
         if (task.cursor.seq === before) {
           // The log does not continue from the cursor (events removed by retention): take the snapshot.
-          const view = await this.#api.getTask(task.taskId);
-          if (host.current(task)) host.apply(task, task.cursor.applySnapshot(view));
+          const frame = await this.#api.getTask(task.taskId);
+          if (host.current(task)) this.#snapshot(task, frame);
           return;
         }
       }
@@ -252,6 +287,12 @@ class HttpPoller implements HttpFallbackRuntime {
     } finally {
       task.httpBusy = false;
     }
+  }
+
+  /** Applies a snapshot as a socket's is applied (its epoch learnt, a reset starting the watch over). */
+  #snapshot(task: TaskSubscription, frame: SnapshotFrame): void {
+    task.snapshot(frame);
+    this.#host.apply(task, task.cursor.applySnapshot(frame.task, frame.reset === true));
   }
 
   /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */

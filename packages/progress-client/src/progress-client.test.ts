@@ -843,6 +843,63 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('starts over from the task over HTTP when the store was restored under the cursor: ahead of the task, or of another epoch', async () => {
+    // The socket's cursor reached seq 4 of epoch e1; then no socket can open, and HTTP takes over.
+    const scenario = async (restored: FakeTask, epoch: string | undefined) => {
+      const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000 });
+      const { client, server, scheduler, http } = ctx;
+      const before = new FakeTask('t1', 5);
+      const watch = client.watch('t1');
+      const log = record(watch);
+      server.last.open();
+      server.last.push(helloWith('e1'));
+      server.last.push({ ...snap(before.view()), epoch: 'e1' });
+      for (const key of ['a', 'b', 'c', 'd']) server.last.push(ev(before.item(key)));
+      http.tasks.set('t1', restored);
+      http.epoch = epoch;
+      server.last.serverClose(1006);
+      await scheduler.advance(1000);
+      server.last.serverClose(1006);
+      await scheduler.advance(0);
+      restored.end();
+      await scheduler.advance(2000);
+      return { client, log, watch };
+    };
+    // A store restored from a copy at seq 1 (a server that states no epoch): the cursor, at 4, is ahead of
+    // the task. Before, the events after 4 never came, and the watch waited for ever.
+    const behind = new FakeTask('t1', 5);
+    behind.item('x');
+    const a = await scenario(behind, undefined);
+    expect(a.log).toEqual([
+      'snapshot@0',
+      'item@1',
+      'item@2',
+      'item@3',
+      'item@4',
+      'snapshot@1',
+      'completed@2',
+      'finished@2',
+    ]);
+    await a.client.close();
+    // Restored and renewed (epoch e2), the task ahead of the cursor: before, its events 5 and 6 were
+    // applied on top of the old history's four.
+    const ahead = new FakeTask('t1', 5);
+    for (const key of ['v', 'w', 'x', 'y', 'z']) ahead.item(key);
+    const b = await scenario(ahead, 'e2');
+    expect(b.log).toEqual([
+      'snapshot@0',
+      'item@1',
+      'item@2',
+      'item@3',
+      'item@4',
+      'snapshot@5',
+      'completed@6',
+      'finished@6',
+    ]);
+    expect(await b.watch.done).toMatchObject({ status: 'completed', seq: 6 });
+    await b.client.close();
+  });
+
   it('rejects done when HTTP says the task does not exist', async () => {
     const { client, server, scheduler } = setup({ httpFallbackAfterAttempts: 1 });
     const watch = client.watch('gone');

@@ -361,6 +361,7 @@ export class ProgressServer<P extends Principal = Principal> {
         webSocketPath: this.#options.path,
         closing: () => this.#closing,
         clock: this.#options.clock,
+        epoch: this.#epoch,
         streams: {
           hub: this.#hub,
           epoch: this.#epoch,

@@ -64,6 +64,8 @@ export class FakeHttp {
   failWith: number | undefined;
   /** Largest page of events returned. */
   pageSize = 1000;
+  /** The store's epoch, sent with every answer when set (as `@finishline/server` does). */
+  epoch: string | undefined;
 
   readonly fetch: FetchLike = async (url, init) => {
     this.requests.push({ url, headers: init.headers, credentials: init.credentials });
@@ -83,9 +85,11 @@ export class FakeHttp {
     const match = /\/tasks\/([^/]+)(\/events)?$/.exec(parsed.pathname);
     const task = match === null ? undefined : this.tasks.get(decodeURIComponent(match[1] ?? ''));
     if (task === undefined) return reply(404, { error: { code: 'task_not_found', message: 'no such task' } });
-    if (match?.[2] === undefined) return reply(200, { task: task.view() });
+    const epoch = this.epoch === undefined ? {} : { epoch: this.epoch };
+    if (match?.[2] === undefined) return reply(200, { task: task.view(), ...epoch });
     const afterSeq = Number(parsed.searchParams.get('afterSeq') ?? '0');
-    return reply(200, { events: task.events.slice(afterSeq, afterSeq + this.pageSize) });
+    const events = task.events.slice(afterSeq, afterSeq + this.pageSize);
+    return reply(200, { task: task.view(), events, hasMore: afterSeq + events.length < task.seq, ...epoch });
   };
 
   /** Requests whose path ends with `suffix` (before the query). */

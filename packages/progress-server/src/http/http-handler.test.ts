@@ -94,6 +94,12 @@ describe('HTTP handler', () => {
     expect((page.body.events as Array<{ seq: number }>).map((event) => event.seq)).toEqual([2, 3]);
     expect(page.body.hasMore).toBe(true);
     expect(page.body.task).toMatchObject({ seq: 5 });
+    // The store's epoch, as a snapshot frame carries it: an HTTP client tells a restored store's old
+    // cursor by it.
+    const epoch = await env.store.getEpoch?.();
+    expect(epoch).toEqual(expect.any(String));
+    expect(page.body.epoch).toBe(epoch);
+    expect((await call(`/progress/tasks/${task.id}`, { user: 'alice' })).body.epoch).toBe(epoch);
     const rest = await call(`/progress/tasks/${task.id}/events?afterSeq=3`, { user: 'alice' });
     expect((rest.body.events as Array<{ seq: number }>).map((event) => event.seq)).toEqual([4, 5]);
     expect(rest.body.hasMore).toBe(false);

@@ -89,6 +89,11 @@ export interface HttpHandlerContext<P extends Principal> {
   webSocketPath?: string;
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
   healthDetails?: 'authenticated' | 'public';
+  /**
+   * The store's epoch as the server last read it, sent with a task's answers (as `hello` and snapshots
+   * carry it), so an HTTP client can tell a cursor of a restored store's old log; none when unknown.
+   */
+  epoch?: { readonly current: string | undefined };
   /** `true` once the server is shutting down: requests are refused with 503 `closed`. */
   closing?: () => boolean;
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
@@ -335,7 +340,7 @@ async function serve<P extends Principal>(
     }
     case 'task': {
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
-      return { task: toTaskView(task) };
+      return { task: toTaskView(task), ...epochOf(ctx) };
     }
     case 'events': {
       const afterSeq = parseInteger(url.searchParams.get('afterSeq'), {
@@ -353,7 +358,7 @@ async function serve<P extends Principal>(
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
       const last = events.at(-1)?.seq ?? afterSeq;
-      return { task: toTaskView(task), events, hasMore: last < task.seq };
+      return { task: toTaskView(task), events, hasMore: last < task.seq, ...epochOf(ctx) };
     }
     case 'cancel': {
       const body = await readJsonBody(request);
@@ -425,6 +430,12 @@ async function serve<P extends Principal>(
       throw new TypeError(`Unknown route ${String(unreachable)}`);
     }
   }
+}
+
+/** `{ epoch }` when the server knows its store's epoch, else nothing. */
+function epochOf<P extends Principal>(ctx: HttpHandlerContext<P>): { epoch?: string } {
+  const epoch = ctx.epoch?.current;
+  return epoch === undefined ? {} : { epoch };
 }
 
 /**
