@@ -47,7 +47,7 @@ process.stdout.on('error', (error) => {
  * the HTTP entry, +300 B: 1,054 B).
  */
 const ENTRIES = [
-  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_210 },
+  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_211 },
   // 2 KB until a refusal went to the one tab whose subscribe it answers, not to all (+34 B: 2,081 B).
   { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2.25 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },

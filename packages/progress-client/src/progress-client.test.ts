@@ -900,6 +900,33 @@ describe('HTTP fallback', () => {
     await b.client.close();
   });
 
+  it('keeps the epoch a watch learnt from a reset when the next hello names none', async () => {
+    // A reset snapshot of epoch e2 (the store renewed under the server) moved the watch to e2; the next
+    // socket's hello carries no epoch (a replica that has not read it yet). Before, the watch took the
+    // client's last hello epoch (e1) for its own, and so started over from 0 with a healthy cursor.
+    const { client, server, scheduler } = setup({ reconnect: { initialDelayMs: 10, maxDelayMs: 10 } });
+    const task = new FakeTask('t1', 5);
+    const watch = client.watch('t1');
+    const events = record(watch);
+    server.last.open();
+    server.last.push(helloWith('e1'));
+    server.last.push({ ...snap(task.view()), epoch: 'e1' });
+    server.last.push(ev(task.item('a')));
+    const restored = new FakeTask('t1', 5);
+    for (const key of ['x', 'y']) restored.item(key);
+    server.last.push({ ...snap(restored.view()), epoch: 'e2', reset: true });
+    server.last.push(ev(restored.item('z')));
+    server.last.serverClose(1006);
+    await scheduler.advance(1000);
+    const socket = server.last;
+    socket.open();
+    socket.push(helloWith());
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
+    socket.push(ev(restored.end()));
+    expect(events).toEqual(['snapshot@0', 'item@1', 'snapshot@2', 'item@3', 'completed@4', 'finished@4']);
+    await client.close();
+  });
+
   it('rejects done when HTTP says the task does not exist', async () => {
     const { client, server, scheduler } = setup({ httpFallbackAfterAttempts: 1 });
     const watch = client.watch('gone');

@@ -218,12 +218,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       onHello: (hello) => {
         this.#http?.stop();
         this.#fallback?.stop();
-        // A server without epochs (version 1, or a store without them) keeps the last one known.
+        // A server without epochs (version 1, or a store without them) keeps the last one known, for the
+        // watches made later; the watches keep their own (a reset may have moved one to a newer epoch).
         if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         // One write for all the subscribes and acks where the socket allows it.
         this.#connection.batch(() => {
           for (const task of this.#tasks.values()) {
-            task.adoptEpoch(this.#epoch);
+            task.adoptEpoch(hello.epoch);
             this.#subscribe(task);
             this.#acks.flush(task);
           }
