@@ -192,7 +192,7 @@ export class Subscriptions<P extends Principal> {
     if (task === null || !current.isCurrent(stream)) return;
     // Not found and not allowed cost the same single read and carry no task data; unless the
     // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
-    if (task === undefined || !(await this.#ctx.auth.authorize(this.#ctx.principal(), task, 'watch'))) {
+    if (task === undefined || !(await this.#mayWatch(task))) {
       if (current.isCurrent(stream)) this.#refuse(current, task, this.#waiting(current));
       return;
     }
@@ -222,6 +222,20 @@ export class Subscriptions<P extends Principal> {
     // held it in the queue, and with it every heartbeat (sent only when nothing is queued), until the
     // client's watchdog closed the socket. A catch-up with nothing to read has drained already.
     writer.drain();
+  }
+
+  /**
+   * Whether the socket's principal may watch `task`, with the credential in force once the check ends. A
+   * renewal's re-check skips the subscriptions not authorized yet, so a check that ran with the credential
+   * it replaced is made again with the new one: otherwise the renewal left the subscription followed
+   * under a credential that may not watch the task.
+   */
+  async #mayWatch(task: Task): Promise<boolean> {
+    for (;;) {
+      const principal = this.#ctx.principal();
+      const allowed = await this.#ctx.auth.authorize(principal, task, 'watch');
+      if (!allowed || this.#ctx.principal() === principal) return allowed;
+    }
   }
 
   /**

@@ -146,3 +146,43 @@ describe('token expiry and renewal', () => {
     expect(client.frames.at(-1)).toMatchObject({ type: 'error', code: 'unauthenticated' });
   });
 });
+
+describe('token renewal racing a subscribe', () => {
+  // Found by a review: the re-check of a renewal skips subscriptions not authorized yet, expecting their
+  // own check to use the new credential; but a check already running with the old one went on, and the
+  // subscription it authorized was followed under a credential that may not watch the task.
+  it('a subscribe being authorized while the credential is renewed is checked with the new one', async () => {
+    const held = gate();
+    /** Tokens `<user>:<scope>`: a principal of scope `none` may watch nothing. */
+    type Scoped = Principal & { scope: string };
+    const { server } = await session.start({
+      authenticate: () => null,
+      authenticateToken: (token): Scoped | null => {
+        const [id, scope] = token.split(':');
+        return id === undefined || scope === undefined ? null : { id, scope };
+      },
+      authorize: async (principal, task) => {
+        // The first check (old credential) is slow: the renewal lands while it runs.
+        if ((principal as Scoped).scope === 'all') await held.promise;
+        return task.owner === principal.id && (principal as Scoped).scope === 'all';
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:all');
+    client.send({ type: 'subscribe', id: 's1', taskId: task.id, afterSeq: 0 });
+    await sleep(50);
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:none', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    held.open();
+    const answer = await client.next(
+      (frame) => (frame.type === 'snapshot' || frame.type === 'error') && client.about(task.id).length > 0,
+      { from },
+    );
+    expect(answer).toMatchObject({ type: 'error', code: 'task_not_found', taskId: task.id });
+    await task.progress({ done: 1 });
+    await client.sync();
+    expect(client.about(task.id).filter((frame) => frame.type !== 'error')).toEqual([]);
+  });
+});
