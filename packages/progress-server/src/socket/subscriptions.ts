@@ -66,6 +66,10 @@ export class Subscriptions<P extends Principal> {
    * start carried over (see `#start`).
    */
   readonly #refs = new WeakMap<Subscription, WaitingSubscribes>();
+  /** A re-check of the subscriptions runs (see {@link recheck}). */
+  #rechecking = false;
+  /** The principal of the latest renewal, whose re-check waits for the one under way. */
+  #recheckNext: P | undefined;
   /** The `afterSeq` of each subscription's latest (re)start. */
   readonly #startedFrom = new WeakMap<Subscription, number>();
   /** Subscriptions whose latest start resumed from the client's cursor (no snapshot answered it). */
@@ -320,8 +324,29 @@ export class Subscriptions<P extends Principal> {
     }
   }
 
-  /** Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. */
+  /**
+   * Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. One
+   * re-check at a time: a renewal during one waits for it, and only the latest waits (its credential is
+   * the one in force). Each re-check reads every subscription's task; one per renewal, all at once, made
+   * a client renewing within its frame rate read the store a hundred times as often as the rate allows.
+   */
   async recheck(principal: P): Promise<void> {
+    this.#recheckNext = principal;
+    if (this.#rechecking) return;
+    this.#rechecking = true;
+    try {
+      let next: P | undefined = principal;
+      while (next !== undefined) {
+        this.#recheckNext = undefined;
+        await this.#recheckAll(next);
+        next = this.#recheckNext;
+      }
+    } finally {
+      this.#rechecking = false;
+    }
+  }
+
+  async #recheckAll(principal: P): Promise<void> {
     for (const sub of [...this.#subs.values()]) {
       if (!sub.authorized) continue;
       const stream = sub.currentStream;

@@ -1,7 +1,15 @@
 import { PROTOCOL_NAME_V1 } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
-import { gate, type RawClient, type Received, seqOf, sleep, type TestServer } from '../testing/harness.js';
+import {
+  gate,
+  type RawClient,
+  type Received,
+  seqOf,
+  sleep,
+  type TestServer,
+  tokenAuth,
+} from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /**
@@ -184,5 +192,46 @@ describe('token renewal racing a subscribe', () => {
     await task.progress({ done: 1 });
     await client.sync();
     expect(client.about(task.id).filter((frame) => frame.type !== 'error')).toEqual([]);
+  });
+});
+
+describe('token renewal and the frame budget', () => {
+  // Found by a review: every renewal started its own re-check of every subscription, each one a store read
+  // and an authorize call, all of them at once: a client renewing within its frame rate (100 a second)
+  // with 100 subscriptions made 10,000 reads a second, a hundred times what the rate limit allows.
+  it('re-checks of renewals in a row run one at a time, the latest credential last', async () => {
+    const { server, store } = await session.start({
+      authenticate: () => null,
+      authenticateToken: tokenAuth,
+      heartbeatIntervalMs: 60_000,
+    });
+    const tasks = 20;
+    const ids: string[] = [];
+    for (let i = 0; i < tasks; i++) ids.push((await server.tasks.create({ owner: 'alice', kind: 'k' })).id);
+    const client = await authed('token-alice');
+    for (const id of ids) client.send({ type: 'subscribe', taskId: id, afterSeq: 0 });
+    await client.next(() => client.frames.filter((frame) => frame.type === 'snapshot').length === tasks);
+    // The store slows down: every re-check read waits until the renewals are all in.
+    const held = gate();
+    const getTask = store.getTask.bind(store);
+    let reads = 0;
+    vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+      reads += 1;
+      await held.promise;
+      return getTask(id);
+    });
+    const from = client.frames.length;
+    const renewals = 10;
+    for (let i = 0; i < renewals; i++) {
+      client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+      // Each one checked (its hello) before the next: none is superseded while waiting.
+      await client.next(() => client.frames.slice(from).filter((frame) => frame.type === 'hello').length > i);
+    }
+    held.open();
+    await sleep(200);
+    await client.sync();
+    // The re-check under way, then one more with the latest credential: not one per renewal.
+    expect(reads).toBeLessThanOrEqual(2 * tasks);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
 });
