@@ -235,3 +235,28 @@ describe('token renewal and the frame budget', () => {
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
 });
+
+describe('a principal whose expiry is not a time', () => {
+  // Found by a review: `expiresAt: NaN` (an application's `claims.exp * 1000` without an `exp`) was never
+  // past, so the credential never expired, and its expiry timer (setTimeout with NaN fires after 1 ms)
+  // re-armed itself every millisecond for the life of the socket.
+  it('is refused as expired (4011), not kept open on a timer firing every millisecond', async () => {
+    let clockReads = 0;
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => (token === 'nan' ? { id: 'alice', expiresAt: Number.NaN } : null),
+      clock: () => {
+        clockReads += 1;
+        return Date.now();
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+    const client = await session.connect({ hello: false });
+    client.send({ type: 'auth', token: 'nan', protocol: 2 });
+    const closed = await Promise.race([client.closed, sleep(300).then(() => undefined)]);
+    expect({ closed: closed?.code, clockReadsBelow50: clockReads < 50 }).toEqual({
+      closed: 4011,
+      clockReadsBelow50: true,
+    });
+  });
+});
