@@ -221,7 +221,10 @@ export class AuthGate<P extends Principal> {
   }
 
   #expired(principal: P): boolean {
-    return principal.expiresAt !== undefined && principal.expiresAt <= this.#host.options.clock();
+    // Not after now, NaN included: an expiry that is not a time (`claims.exp * 1000` without an `exp`) was
+    // never past, so the credential lasted for ever, and its timer (NaN fires after 1 ms) re-armed itself
+    // every millisecond for the life of the socket.
+    return principal.expiresAt !== undefined && !(principal.expiresAt > this.#host.options.clock());
   }
 
   /** (Re)sets the timer that ends the socket when its credential expires. */

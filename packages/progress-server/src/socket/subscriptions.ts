@@ -66,6 +66,10 @@ export class Subscriptions<P extends Principal> {
    * start carried over (see `#start`).
    */
   readonly #refs = new WeakMap<Subscription, WaitingSubscribes>();
+  /** A re-check of the subscriptions runs (see {@link recheck}). */
+  #rechecking = false;
+  /** The principal of the latest renewal, whose re-check waits for the one under way. */
+  #recheckNext: P | undefined;
   /** The `afterSeq` of each subscription's latest (re)start. */
   readonly #startedFrom = new WeakMap<Subscription, number>();
   /** Subscriptions whose latest start resumed from the client's cursor (no snapshot answered it). */
@@ -192,7 +196,7 @@ export class Subscriptions<P extends Principal> {
     if (task === null || !current.isCurrent(stream)) return;
     // Not found and not allowed cost the same single read and carry no task data; unless the
     // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
-    if (task === undefined || !(await this.#ctx.auth.authorize(this.#ctx.principal(), task, 'watch'))) {
+    if (task === undefined || !(await this.#mayWatch(task))) {
       if (current.isCurrent(stream)) this.#refuse(current, task, this.#waiting(current));
       return;
     }
@@ -222,6 +226,20 @@ export class Subscriptions<P extends Principal> {
     // held it in the queue, and with it every heartbeat (sent only when nothing is queued), until the
     // client's watchdog closed the socket. A catch-up with nothing to read has drained already.
     writer.drain();
+  }
+
+  /**
+   * Whether the socket's principal may watch `task`, with the credential in force once the check ends. A
+   * renewal's re-check skips the subscriptions not authorized yet, so a check that ran with the credential
+   * it replaced is made again with the new one: otherwise the renewal left the subscription followed
+   * under a credential that may not watch the task.
+   */
+  async #mayWatch(task: Task): Promise<boolean> {
+    for (;;) {
+      const principal = this.#ctx.principal();
+      const allowed = await this.#ctx.auth.authorize(principal, task, 'watch');
+      if (!allowed || this.#ctx.principal() === principal) return allowed;
+    }
   }
 
   /**
@@ -306,8 +324,29 @@ export class Subscriptions<P extends Principal> {
     }
   }
 
-  /** Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. */
+  /**
+   * Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. One
+   * re-check at a time: a renewal during one waits for it, and only the latest waits (its credential is
+   * the one in force). Each re-check reads every subscription's task; one per renewal, all at once, made
+   * a client renewing within its frame rate read the store a hundred times as often as the rate allows.
+   */
   async recheck(principal: P): Promise<void> {
+    this.#recheckNext = principal;
+    if (this.#rechecking) return;
+    this.#rechecking = true;
+    try {
+      let next: P | undefined = principal;
+      while (next !== undefined) {
+        this.#recheckNext = undefined;
+        await this.#recheckAll(next);
+        next = this.#recheckNext;
+      }
+    } finally {
+      this.#rechecking = false;
+    }
+  }
+
+  async #recheckAll(principal: P): Promise<void> {
     for (const sub of [...this.#subs.values()]) {
       if (!sub.authorized) continue;
       const stream = sub.currentStream;

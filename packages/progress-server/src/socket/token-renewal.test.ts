@@ -1,7 +1,15 @@
 import { PROTOCOL_NAME_V1 } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
-import { gate, type RawClient, type Received, seqOf, sleep, type TestServer } from '../testing/harness.js';
+import {
+  gate,
+  type RawClient,
+  type Received,
+  seqOf,
+  sleep,
+  type TestServer,
+  tokenAuth,
+} from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
 
 /**
@@ -144,5 +152,111 @@ describe('token expiry and renewal', () => {
     expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_frame' });
     expect((await client.closed).code).toBe(4011);
     expect(client.frames.at(-1)).toMatchObject({ type: 'error', code: 'unauthenticated' });
+  });
+});
+
+describe('token renewal racing a subscribe', () => {
+  // Found by a review: the re-check of a renewal skips subscriptions not authorized yet, expecting their
+  // own check to use the new credential; but a check already running with the old one went on, and the
+  // subscription it authorized was followed under a credential that may not watch the task.
+  it('a subscribe being authorized while the credential is renewed is checked with the new one', async () => {
+    const held = gate();
+    /** Tokens `<user>:<scope>`: a principal of scope `none` may watch nothing. */
+    type Scoped = Principal & { scope: string };
+    const { server } = await session.start({
+      authenticate: () => null,
+      authenticateToken: (token): Scoped | null => {
+        const [id, scope] = token.split(':');
+        return id === undefined || scope === undefined ? null : { id, scope };
+      },
+      authorize: async (principal, task) => {
+        // The first check (old credential) is slow: the renewal lands while it runs.
+        if ((principal as Scoped).scope === 'all') await held.promise;
+        return task.owner === principal.id && (principal as Scoped).scope === 'all';
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:all');
+    client.send({ type: 'subscribe', id: 's1', taskId: task.id, afterSeq: 0 });
+    await sleep(50);
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:none', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    held.open();
+    const answer = await client.next(
+      (frame) => (frame.type === 'snapshot' || frame.type === 'error') && client.about(task.id).length > 0,
+      { from },
+    );
+    expect(answer).toMatchObject({ type: 'error', code: 'task_not_found', taskId: task.id });
+    await task.progress({ done: 1 });
+    await client.sync();
+    expect(client.about(task.id).filter((frame) => frame.type !== 'error')).toEqual([]);
+  });
+});
+
+describe('token renewal and the frame budget', () => {
+  // Found by a review: every renewal started its own re-check of every subscription, each one a store read
+  // and an authorize call, all of them at once: a client renewing within its frame rate (100 a second)
+  // with 100 subscriptions made 10,000 reads a second, a hundred times what the rate limit allows.
+  it('re-checks of renewals in a row run one at a time, the latest credential last', async () => {
+    const { server, store } = await session.start({
+      authenticate: () => null,
+      authenticateToken: tokenAuth,
+      heartbeatIntervalMs: 60_000,
+    });
+    const tasks = 20;
+    const ids: string[] = [];
+    for (let i = 0; i < tasks; i++) ids.push((await server.tasks.create({ owner: 'alice', kind: 'k' })).id);
+    const client = await authed('token-alice');
+    for (const id of ids) client.send({ type: 'subscribe', taskId: id, afterSeq: 0 });
+    await client.next(() => client.frames.filter((frame) => frame.type === 'snapshot').length === tasks);
+    // The store slows down: every re-check read waits until the renewals are all in.
+    const held = gate();
+    const getTask = store.getTask.bind(store);
+    let reads = 0;
+    vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+      reads += 1;
+      await held.promise;
+      return getTask(id);
+    });
+    const from = client.frames.length;
+    const renewals = 10;
+    for (let i = 0; i < renewals; i++) {
+      client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+      // Each one checked (its hello) before the next: none is superseded while waiting.
+      await client.next(() => client.frames.slice(from).filter((frame) => frame.type === 'hello').length > i);
+    }
+    held.open();
+    await sleep(200);
+    await client.sync();
+    // The re-check under way, then one more with the latest credential: not one per renewal.
+    expect(reads).toBeLessThanOrEqual(2 * tasks);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+});
+
+describe('a principal whose expiry is not a time', () => {
+  // Found by a review: `expiresAt: NaN` (an application's `claims.exp * 1000` without an `exp`) was never
+  // past, so the credential never expired, and its expiry timer (setTimeout with NaN fires after 1 ms)
+  // re-armed itself every millisecond for the life of the socket.
+  it('is refused as expired (4011), not kept open on a timer firing every millisecond', async () => {
+    let clockReads = 0;
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: (token) => (token === 'nan' ? { id: 'alice', expiresAt: Number.NaN } : null),
+      clock: () => {
+        clockReads += 1;
+        return Date.now();
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+    const client = await session.connect({ hello: false });
+    client.send({ type: 'auth', token: 'nan', protocol: 2 });
+    const closed = await Promise.race([client.closed, sleep(300).then(() => undefined)]);
+    expect({ closed: closed?.code, clockReadsBelow50: clockReads < 50 }).toEqual({
+      closed: 4011,
+      clockReadsBelow50: true,
+    });
   });
 });
