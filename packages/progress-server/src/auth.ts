@@ -17,8 +17,10 @@ export interface Principal {
   /**
    * When the credential this principal came from stops being valid, in epoch milliseconds of the
    * server's clock. A socket whose credential expires gets `token_expired` and close code 4011 at that
-   * moment, unless the client renewed it with an `auth` frame before (protocol version 2). Omitted:
-   * the credential never expires for the server.
+   * moment, unless the client renewed it with an `auth` frame before (protocol version 2); an HTTP
+   * request or event stream gets 401 `token_expired` (a stream ends then). Omitted: the credential never
+   * expires for the server. A value that is not a time (`NaN`, say `claims.exp * 1000` of a token without
+   * `exp`) counts as expired.
    */
   readonly expiresAt?: number;
 }

@@ -112,6 +112,23 @@ describe('Principal.expiresAt over HTTP and SSE', () => {
     expect(answer.status).toBe(401);
   });
 
+  it('takes an expiry that is not a time (NaN) for expired, on the API and its event stream', async () => {
+    // `claims.exp * 1000` of a token without `exp`: before, the credential never expired over HTTP.
+    const store = new MemoryProgressStore();
+    const progress = await ProgressServer.listen(
+      { store, authenticate: () => ({ id: 'alice', expiresAt: Number.NaN }) },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(() => progress.close({ timeoutMs: 200 }));
+    const port = (progress.httpServer!.address() as AddressInfo).port;
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const path of [`/progress/tasks/${task.id}`, `/progress/tasks/${task.id}/stream`]) {
+      const answer = await get(`http://127.0.0.1:${port}${path}`, {});
+      expect(answer.status, path).toBe(401);
+      expect(JSON.parse(await answer.body()), path).toMatchObject({ error: { code: 'token_expired' } });
+    }
+  });
+
   it('ends an SSE stream when its credential expires', async () => {
     const store = new MemoryProgressStore();
     const progress = await ProgressServer.listen(

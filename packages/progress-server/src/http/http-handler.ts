@@ -318,7 +318,8 @@ async function serve<P extends Principal>(
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
   // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
-  if (principal.expiresAt !== undefined && principal.expiresAt <= (ctx.clock ?? Date.now)()) {
+  // Not after now, NaN included (an expiry that is not a time never passes), as on the socket.
+  if (principal.expiresAt !== undefined && !(principal.expiresAt > (ctx.clock ?? Date.now)())) {
     throw fromCode(ErrorCode.TokenExpired, 'The credential expired; send a fresh one');
   }
 
