@@ -38,6 +38,10 @@ beforeAll(async () => {
     backpressurePollMs: 1,
     // Retries would repeat the terminal frame; this test checks the first delivery.
     terminalRetry: { initialDelayMs: 60_000, maxDelayMs: 60_000 },
+    // Every run is principal `alice`, three frames each: at 1,000 runs on a fast machine that is about 900
+    // frames a second (measured), above the principal's default budget of 500, whose refusals this raw
+    // client does not retry (a ProgressClient does). Rate limits have their own tests.
+    rateLimitPerPrincipalPerSecond: 1_000_000,
   });
   url = `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/`;
   cleanups.push(async () => {
