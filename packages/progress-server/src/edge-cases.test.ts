@@ -232,6 +232,15 @@ describe('rate limits that reconnects and claimed cursors do not get around', ()
     }
     // 5 rounds within well under a second: the principal's budget is 10 + ~10/s.
     expect(accepted).toBeLessThanOrEqual(20);
+    // The refusal names the limit that refused: the principal's, not the socket's (which had tokens left).
+    const client = await RawClient.connect(env.wsUrl, { user: 'mallory' });
+    client.send({ type: 'ping', id: 'over' });
+    const refused = await client.next((frame) => frame.type === 'error');
+    expect(refused).toMatchObject({ code: 'rate_limited', requestId: 'over' });
+    expect(refused.message).toBe(
+      "Rate limit exceeded (10 frames/s for all of this principal's sockets); frames are being dropped",
+    );
+    await client.close();
   });
 
   it('charges acks beyond one per frame sent (a claimed cursor, or one snapshot, buys no run of free acks)', async () => {

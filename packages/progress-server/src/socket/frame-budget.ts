@@ -19,7 +19,12 @@ const VIOLATION_STREAK_MS = 1000;
 export interface FrameBudgetContext {
   readonly options: Pick<
     ResolvedServerOptions<never>,
-    'clock' | 'rateLimitBurst' | 'rateLimitPerSecond' | 'maxRateLimitViolations' | 'maxInvalidFrames'
+    | 'clock'
+    | 'rateLimitBurst'
+    | 'rateLimitPerSecond'
+    | 'rateLimitPerPrincipalPerSecond'
+    | 'maxRateLimitViolations'
+    | 'maxInvalidFrames'
   >;
   readonly metrics: ServerMetrics;
   readonly limits: PrincipalLimits;
@@ -53,7 +58,8 @@ export class FrameBudget {
   take(refs: FrameRefs): boolean {
     const { options, metrics } = this.#ctx;
     // The socket's own budget first, then its principal's, shared with the principal's other sockets.
-    if (this.#bucket.tryTake() && this.#ctx.limits.takeFrame(this.#ctx.principalId())) return true;
+    const own = this.#bucket.tryTake();
+    if (own && this.#ctx.limits.takeFrame(this.#ctx.principalId())) return true;
     const now = options.clock();
     if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
     this.#lastViolationAt = now;
@@ -65,9 +71,14 @@ export class FrameBudget {
       // Every refused frame is answered, so a client never waits for the reply to a request that was
       // dropped. No amplification: one small frame per refused one, and a streak of
       // `maxRateLimitViolations` closes the socket.
+      // Named after the limit that refused: a client told its socket's rate while its principal's other
+      // sockets used up the shared one would look for the flood in the wrong place.
+      const limit = own
+        ? `${options.rateLimitPerPrincipalPerSecond} frames/s for all of this principal's sockets`
+        : `${options.rateLimitPerSecond} frames/s`;
       this.#ctx.writer.sendError(
         ErrorCode.RateLimited,
-        `Rate limit exceeded (${options.rateLimitPerSecond} frames/s); frames are being dropped`,
+        `Rate limit exceeded (${limit}); frames are being dropped`,
         refs,
       );
     }
