@@ -43,8 +43,7 @@ const MAX_RETRY_DELAY_MS = 30_000;
 /**
  * The wait before asking again after `failures` requests in a row failed (0 for the first): the interval,
  * then a full-jitter step growing from it, so a server that refuses for now (out of store, over a cap) is
- * not asked as often by every watch of every page. The SSE transport's; the HTTP fallback's polls wait
- * the same (written out there, which keeps that entry smaller).
+ * not asked as often by every watch of every page. The SSE transport's, and the HTTP fallback's polls'.
  */
 export function retryDelayMs(failures: number, intervalMs: number, random: () => number): number {
   return (

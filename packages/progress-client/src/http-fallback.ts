@@ -1,9 +1,8 @@
 import type { SnapshotFrame, TaskEvent } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { decodeServerText } from './frame-check.js';
-import { errorFromResponse, readField } from './http-errors.js';
+import { errorFromResponse, readField, retryDelayMs } from './http-errors.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';
 import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from './transport-types.js';
@@ -128,9 +127,6 @@ function badBody(taskId: string, cause?: unknown): ProgressError {
 
 /** Most pages of events one HTTP catch-up reads before leaving the rest to the next one. */
 const MAX_HTTP_PAGES = 20;
-
-/** Ceiling of the HTTP poll's backoff while HTTP fails too. */
-const MAX_POLL_DELAY_MS = 30_000;
 
 /** What the client gives its HTTP fallback. @internal */
 export interface HttpHost {
@@ -303,19 +299,11 @@ class HttpPoller implements HttpFallbackRuntime {
     if (!this.#polling || this.#host.signal.aborted) return;
     const failed = results.some((result) => result.status === 'rejected');
     this.#failures = failed ? this.#failures + 1 : 0;
-    const interval = this.#host.options.httpPollIntervalMs;
+    const { httpPollIntervalMs, random } = this.#host.options;
+    // While HTTP fails too, the same backoff as a refused SSE stream's.
     const delayMs = failed
-      ? interval +
-        resolvedBackoffDelayMs(
-          this.#failures - 1,
-          {
-            initialDelayMs: interval,
-            maxDelayMs: Math.max(interval, MAX_POLL_DELAY_MS),
-            multiplier: BACKOFF_DEFAULTS.multiplier,
-          },
-          this.#host.options.random,
-        )
-      : interval;
+      ? retryDelayMs(this.#failures - 1, httpPollIntervalMs, random)
+      : httpPollIntervalMs;
     this.#timer.set(delayMs, () => void this.#poll());
   }
 }

@@ -25,6 +25,16 @@ export interface Principal {
   readonly expiresAt?: number;
 }
 
+/**
+ * Whether `principal`'s credential has expired at `now`: its `expiresAt` is not after now, `NaN` included.
+ * An expiry that is not a time (`claims.exp * 1000` of a token without `exp`) never passed, so such a
+ * credential lasted for ever, and a socket's expiry timer (`NaN` fires after 1 ms) re-armed itself every
+ * millisecond.
+ */
+export function credentialExpired(principal: Principal, now: number): boolean {
+  return principal.expiresAt !== undefined && !(principal.expiresAt > now);
+}
+
 /** What a principal wants to do with a task, passed to {@link AuthorizeHook}. */
 export type TaskAction = 'watch' | 'cancel';
 

@@ -16,7 +16,7 @@ import {
   toTaskView,
 } from '@finishline/core';
 import type { AllowedOrigins, Principal } from '../auth.js';
-import { pathOf } from '../auth.js';
+import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
@@ -318,8 +318,7 @@ async function serve<P extends Principal>(
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
   // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
-  // Not after now, NaN included (an expiry that is not a time never passes), as on the socket.
-  if (principal.expiresAt !== undefined && !(principal.expiresAt > (ctx.clock ?? Date.now)())) {
+  if (credentialExpired(principal, (ctx.clock ?? Date.now)())) {
     throw fromCode(ErrorCode.TokenExpired, 'The credential expired; send a fresh one');
   }
 

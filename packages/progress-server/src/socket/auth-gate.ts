@@ -9,7 +9,7 @@ import type { IncomingMessage } from 'node:http';
 import type { ClientFrame, ProtocolVersion } from '@finishline/core';
 import { CloseCode, ErrorCode } from '@finishline/core';
 import type { DecodeResult } from '@finishline/core/internal';
-import type { Principal } from '../auth.js';
+import { credentialExpired, type Principal } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -221,10 +221,7 @@ export class AuthGate<P extends Principal> {
   }
 
   #expired(principal: P): boolean {
-    // Not after now, NaN included: an expiry that is not a time (`claims.exp * 1000` without an `exp`) was
-    // never past, so the credential lasted for ever, and its timer (NaN fires after 1 ms) re-armed itself
-    // every millisecond for the life of the socket.
-    return principal.expiresAt !== undefined && !(principal.expiresAt > this.#host.options.clock());
+    return credentialExpired(principal, this.#host.options.clock());
   }
 
   /** (Re)sets the timer that ends the socket when its credential expires. */
