@@ -65,22 +65,21 @@ export function errorBody(code: ErrorCode, message: string): { error: { code: Er
 
 /**
  * Refuses a state-changing request a web page on another site could have made with the user's cookies
- * (cross-site request forgery):
- * - an `Origin` not allowed by `allowedOrigins` (the upgrade's allow-list, same-origin by default),
- *   `Origin: null` included;
+ * (cross-site request forgery), once {@link checkOrigin} let it through (an `Origin` allowed by
+ * `allowedOrigins`, or none):
  * - no `Origin` at all on a request carrying cookies (browsers send one on every `POST`; its absence
  *   with a cookie means an old or unusual browser we cannot vouch for);
  * - a body that is not `application/json`: only `text/plain`, form and multipart bodies can be sent
  *   cross-site without a CORS preflight, so requiring JSON puts every such request behind one.
  */
 export function checkMutation(request: IncomingMessage, allowedOrigins: AllowedOrigins): void {
-  const origin = request.headers.origin;
-  if (allowedOrigins !== '*') {
-    if (origin === undefined && request.headers.cookie !== undefined) {
-      throw new HttpError(ErrorCode.Forbidden, 'A request with cookies must carry an Origin header');
-    }
+  if (
+    allowedOrigins !== '*' &&
+    request.headers.origin === undefined &&
+    request.headers.cookie !== undefined
+  ) {
+    throw new HttpError(ErrorCode.Forbidden, 'A request with cookies must carry an Origin header');
   }
-  checkOrigin(request, allowedOrigins);
   const type = (request.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
   if (type !== 'application/json') {
     throw new HttpError(ErrorCode.InvalidInput, 'The body must be sent as Content-Type: application/json', {
