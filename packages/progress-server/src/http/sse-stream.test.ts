@@ -1,6 +1,6 @@
 import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PROGRESS_SERVER_DEFAULTS } from '../options.js';
 import { ProgressServer } from '../progress-server.js';
 import type { TaskHandle } from '../tasks/task-handle.js';
@@ -372,6 +372,21 @@ describe('GET /tasks/:id/stream', () => {
     ]);
     expect(stream.frames()[0]?.frame).toMatchObject({ epoch, reset: true });
     expect(stream.frames()[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
+  });
+
+  it('answers a resume whose events the store no longer holds at all with the snapshot, and ends', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    await task.complete();
+    // Retention kept the finished task's row and removed its events: a read of its log finds nothing.
+    vi.spyOn(env.store, 'readEvents').mockResolvedValue([]);
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', 'last-event-id': '2' }));
+    // Taken as caught up, the stream stayed open on heartbeats and never told the watcher the task ended.
+    await within(stream.ended, 'the end of the stream', 2000);
+    expect(
+      stream.frames().map(({ frame }) => [frame.type, (frame.task as { status?: string })?.status]),
+    ).toEqual([['snapshot', 'completed']]);
   });
 
   it('reads on after the snapshot that stands for trimmed events: a terminal committed during that read still arrives', async () => {

@@ -171,8 +171,11 @@ export class TaskStream {
           // A log has no gap (1..n), so a read that starts past the position means the store no longer
           // holds what follows it (a store that trims its logs): the task's snapshot stands for it. Pushed
           // as they are, those events would be skipped, and the catch-up read the same page again at the
-          // next live event, for ever.
-          if (((events[0] as TaskEvent | undefined)?.seq ?? 0) <= this.#position + 1) {
+          // next live event, for ever. So does a read that found nothing although the target is above the
+          // position (a store that removed all of them): taken as caught up, it left a resume with no
+          // answer at all, and a finished task's watcher without its final state.
+          const head = events[0] as TaskEvent | undefined;
+          if (head !== undefined && head.seq <= this.#position + 1) {
             const before = this.#position;
             this.#push(events);
             if (this.#position === before) break;

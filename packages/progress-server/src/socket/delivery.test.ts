@@ -110,6 +110,22 @@ describe('subscribe and live delivery', () => {
     expect(await session.env.server.metrics.resumes.get()).toMatchObject({ values: [{ value: 1 }] });
   });
 
+  it('answers a resume whose catch-up reads no event (a store that no longer holds them) with a snapshot', async () => {
+    await session.start();
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    await task.complete();
+    // A store whose retention kept the finished task's row but removed its events: every read of its log
+    // finds nothing, though the task's seq (4) is above the client's cursor (2).
+    vi.spyOn(session.env.store, 'readEvents').mockResolvedValue([]);
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 'resume', taskId: task.id, afterSeq: 2 });
+    // docs/protocol.md: the server answers every subscribe (a snapshot, the events after afterSeq, or an
+    // error). Unanswered, the client waits for its own timeout and asks again, to the same silence.
+    const answer = await client.next((frame) => client.about(task.id).includes(frame), { timeoutMs: 2000 });
+    expect(answer).toMatchObject({ type: 'snapshot', task: { seq: 4, status: 'completed' } });
+  });
+
   it('answers a backlog longer than maxReplayEvents with a snapshot', async () => {
     await session.start({ maxReplayEvents: 3 });
     const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
