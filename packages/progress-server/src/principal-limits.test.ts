@@ -1,3 +1,4 @@
+import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
 import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
@@ -78,6 +79,45 @@ describe('per-principal caps', () => {
     b.send({ type: 'subscribe', id: 's4', taskId: ids[3], afterSeq: 0 });
     await b.next((frame) => frame.type === 'snapshot' && (frame.task as { id: string }).id === ids[3]);
     expect(await metric('principalLimits', 'subscriptions')).toBe(1);
+  });
+
+  it("a frame the principal's shared budget refuses costs its socket nothing: the retry passes once the budget refilled", async () => {
+    // A clock that stands still until the test moves it: which frame each bucket refuses is exact. Each
+    // socket: 2 frames of burst, 1/s; the principal: 2 frames for all its sockets, 2/s.
+    const clock = new ManualClock();
+    env = await startServer({
+      rateLimitPerSecond: 1,
+      rateLimitBurst: 2,
+      rateLimitPerPrincipalPerSecond: 2,
+      maxSubscriptionsPerPrincipal: 1,
+      maxRateLimitViolations: 50,
+      clock: clock.now,
+    });
+    const busy = await connect('alice');
+    const quiet = await connect('alice');
+    await Promise.all([busy, quiet].map((client) => client.next((frame) => frame.type === 'hello')));
+    const answers = (client: RawClient, ids: string[]) =>
+      Promise.all(ids.map((id) => client.next((frame) => frame.requestId === id)));
+    // The busy socket uses up the principal's budget; the quiet one's first two frames are refused by it.
+    for (const id of ['b1', 'b2']) busy.send({ type: 'ping', id });
+    expect((await answers(busy, ['b1', 'b2'])).map((frame) => frame.type)).toEqual(['pong', 'pong']);
+    for (const id of ['q1', 'q2']) quiet.send({ type: 'ping', id });
+    const refused = await answers(quiet, ['q1', 'q2']);
+    expect(refused.map((frame) => [frame.code, frame.message])).toEqual(
+      Array(2).fill([
+        'rate_limited',
+        "Rate limit exceeded (2 frames/s for all of this principal's sockets); frames are being dropped",
+      ]),
+    );
+    // A second later the principal's budget holds two frames again, and the quiet socket never spent its
+    // own: both retries pass. Charged to the socket's own bucket, the refusals left it one token, and the
+    // second retry was refused by the socket's limit, though that socket had sent two frames in a second.
+    clock.advance(1000);
+    for (const id of ['q3', 'q4']) quiet.send({ type: 'ping', id });
+    expect((await answers(quiet, ['q3', 'q4'])).map((frame) => [frame.type, frame.message])).toEqual([
+      ['pong', undefined],
+      ['pong', undefined],
+    ]);
   });
 });
 

@@ -57,9 +57,16 @@ export class FrameBudget {
    */
   take(refs: FrameRefs): boolean {
     const { options, metrics } = this.#ctx;
-    // The socket's own budget first, then its principal's, shared with the principal's other sockets.
-    const own = this.#bucket.tryTake();
-    if (own && this.#ctx.limits.takeFrame(this.#ctx.principalId())) return true;
+    // The socket's own budget first, then its principal's, shared with the principal's other sockets. A
+    // refused frame costs neither: its own token is taken only once the principal's budget accepted it.
+    // Taken before, a frame the principal's budget refused (its other sockets used it up) spent the
+    // socket's token as well, and once the shared budget refilled, the socket's retry was refused by its
+    // own limit, which it had not exceeded.
+    const own = this.#bucket.tokens >= 1;
+    if (own && this.#ctx.limits.takeFrame(this.#ctx.principalId())) {
+      this.#bucket.tryTake();
+      return true;
+    }
     const now = options.clock();
     if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
     this.#lastViolationAt = now;
