@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { SqliteDatabase } from './sqlite-driver.js';
+import { isConnectionClosed, toProgressError } from './sqlite-errors.js';
 
 /**
  * WAL checkpoints on a worker thread instead of in the store's commits.
@@ -175,19 +176,37 @@ export class BackgroundCheckpoints {
    * connection); resolves once the worker exited.
    */
   async stop(): Promise<void> {
-    if (!this.#ended()) {
-      this.#stats.worker = 'stopped';
-      setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
-    }
     const worker = this.#worker;
     this.#worker = undefined;
-    if (worker === undefined) return;
-    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-    // Held alive until it exited: unref'd, a process with nothing else to do would end before `exit`,
-    // and whoever awaits close() would never resume.
-    worker.ref();
-    worker.postMessage('stop');
+    let exited: Promise<void> | undefined;
+    if (worker !== undefined) {
+      exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+      // Held alive until it exited: unref'd, a process with nothing else to do would end before `exit`,
+      // and whoever awaits close() would never resume.
+      worker.ref();
+      worker.postMessage('stop');
+    }
+    // After the worker was told to stop: a restore that fails must not leave the thread running.
+    if (!this.#ended()) {
+      this.#stats.worker = 'stopped';
+      this.#restoreAutocheckpoint();
+    }
     await exited;
+  }
+
+  /**
+   * Gives the connection its own `wal_autocheckpoint` back. A connection its owner already closed (before
+   * the store, the wrong order) has no setting left to give back: skipped. better-sqlite3's bare TypeError
+   * for it rejected close(), and from the worker's failure listener it was an uncaught exception, which
+   * ends a server's process. Any other failure is a typed error.
+   */
+  #restoreAutocheckpoint(): void {
+    try {
+      setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
+    } catch (error) {
+      if (isConnectionClosed(error)) return;
+      throw toProgressError(error, 'give the connection its wal_autocheckpoint back');
+    }
   }
 
   /** No worker any more: it failed, or `stop()` was called. Commits then ask for nothing. */
@@ -231,7 +250,7 @@ export class BackgroundCheckpoints {
     this.#worker = undefined;
     this.#stats.worker = 'failed';
     try {
-      setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
+      this.#restoreAutocheckpoint();
     } finally {
       this.#onError(
         new ProgressError(

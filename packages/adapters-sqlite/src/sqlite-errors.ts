@@ -23,10 +23,15 @@ export function toProgressError(error: unknown, action: string): ProgressError {
       cause: error,
     });
   }
-  if (error instanceof TypeError && /database connection is not open/i.test(message)) {
+  if (isConnectionClosed(error)) {
     return new ProgressError(ErrorCode.StoreUnavailable, `SQLite failed to ${action}: ${message}`, {
       cause: error,
     });
   }
   return new ProgressError(ErrorCode.Internal, `SQLite failed to ${action}: ${message}`, { cause: error });
+}
+
+/** Whether `error` is better-sqlite3's refusal of a call on a connection that was closed. */
+export function isConnectionClosed(error: unknown): boolean {
+  return error instanceof TypeError && /database connection is not open/i.test(error.message);
 }

@@ -94,6 +94,49 @@ describe("checkpoints: 'background' (the default)", () => {
     await appendSome(store, 5);
     expect(errors).toHaveLength(1);
   });
+
+  it('closes without an error when the caller closed its own connection first, and again after that', async () => {
+    const { store, database } = storeOnFile();
+    await appendSome(store);
+    expect(store.checkpointStats()?.worker).toBe('running');
+    // The wrong order (docs: close the store, then the connection): the store has no setting to give
+    // back to a closed connection, and still ends its worker. close() rejected with better-sqlite3's bare
+    // TypeError ("The database connection is not open") before it told the worker to stop.
+    const task = await store.createTask({ owner: 'o', kind: 'k' });
+    // What could not be committed any more is said where it was asked for (awaited below; the assertion
+    // is attached now, before close() rejects it).
+    const queued = expect(store.append(task.id, { type: 'progress', done: 1 })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+    });
+    database.close();
+    await expect(store.close()).resolves.toBeUndefined();
+    expect(store.checkpointStats()?.worker).toBe('stopped');
+    await queued;
+    await expect(store.close()).resolves.toBeUndefined();
+  });
+
+  it('reports a worker failure that comes after the caller closed its connection on onError, and throws nothing', async () => {
+    const errors: unknown[] = [];
+    const uncaught: unknown[] = [];
+    const record = (error: unknown) => uncaught.push(error);
+    process.on('uncaughtException', record);
+    cleanups.push(() => {
+      process.off('uncaughtException', record);
+    });
+    const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
+    // The worker, opening the file by name, finds none: it fails once it has started.
+    rmSync(file);
+    await appendSome(store);
+    database.close();
+    // Its failure used to restore the closed connection's wal_autocheckpoint from the worker's 'error'
+    // listener, whose TypeError nothing caught: in a server, an uncaught exception that ends the process.
+    await eventually('the worker’s failure reported', () => errors.length > 0);
+    expect(uncaught).toEqual([]);
+    expect(errors).toHaveLength(1);
+    expect(isProgressError(errors[0]) && errors[0].code).toBe(ErrorCode.StoreUnavailable);
+    expect(store.checkpointStats()?.worker).toBe('failed');
+    await expect(store.close()).resolves.toBeUndefined();
+  });
 });
 
 describe("checkpoints: 'inline'", () => {
