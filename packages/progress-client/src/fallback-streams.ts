@@ -43,6 +43,8 @@ export interface FallbackRuntime {
   close(task: TaskSubscription): void;
   /** The watch looks stuck (the 100% watchdog): its stream, if it has one, starts over from its cursor. */
   restart(task: TaskSubscription): void;
+  /** The page woke (page life): every stream starts over from its cursor. */
+  wake(): void;
 }
 
 /**
@@ -114,6 +116,17 @@ export class FallbackStreams implements FallbackRuntime {
     if (!this.#streams.has(task.taskId)) return;
     this.close(task);
     this.open(task);
+  }
+
+  /**
+   * The page woke (a tab shown again, the network back, a thawed or restored page, a clock jump): a stream
+   * that lived through it is usually dead without a word, and has no ping to ask, so each open one starts
+   * over from its cursor now instead of after the silence timeout. That costs what the socket's check does
+   * (a task read per watch) and one request; a short deadline first would not spare a quiet stream alive
+   * (its heartbeats come 15 s apart), only delay a dead one. A stream refused for now keeps its backoff.
+   */
+  wake(): void {
+    for (const task of this.#host.tasks()) this.restart(task);
   }
 
   /** Opens the stream of one watch, unless streams are off, it has one, or it is finished or released. */

@@ -1,29 +1,8 @@
 import { CloseCode } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
+import { fakePage } from './testing/fake-page.js';
 import { FakeTask } from './testing/fake-server.js';
 import { setup } from './testing/harness.js';
-
-/** A `document` and a `window` the test fires events on. */
-function fakePage() {
-  const document = Object.assign(new EventTarget(), { visibilityState: 'visible' });
-  const window = new EventTarget();
-  const fire = (target: EventTarget, type: string, props: Record<string, unknown> = {}) =>
-    target.dispatchEvent(Object.assign(new Event(type), props));
-  return {
-    sources: { document, window },
-    hide: () => {
-      document.visibilityState = 'hidden';
-      fire(document, 'visibilitychange');
-    },
-    show: () => {
-      document.visibilityState = 'visible';
-      fire(document, 'visibilitychange');
-    },
-    online: () => fire(window, 'online'),
-    resume: () => fire(document, 'resume'),
-    pageshow: (persisted: boolean) => fire(window, 'pageshow', { persisted }),
-  };
-}
 
 /** A client with page events, watching `t1` and `t2` on an open socket, both at seq 1. */
 function watching(extra: Parameters<typeof setup>[0] = {}) {

@@ -1319,6 +1319,92 @@ describe('error frames', () => {
     await client.close();
   });
 
+  it.each([
+    // The store failed: the server dropped the subscription, and its heartbeats no longer list the task.
+    [ErrorCode.StoreUnavailable, false],
+    // The subscribe was dropped over the rate limit: the server still follows the task, and its
+    // heartbeats show it ahead of the cursor.
+    [ErrorCode.RateLimited, true],
+  ])(
+    'a heartbeat does not resubscribe before the backoff of a refused subscribe (%s)',
+    async (code, listed) => {
+      const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+      socket.push(snap(task.view()));
+      task.item('a'); // lost: the watch falls behind
+      await scheduler.advance(5000);
+      const start = scheduler.now();
+      const sentAt: number[] = [];
+      const refusals: number[] = [];
+      let seen = socket.frames('subscribe').length;
+      const noteSubscribes = () => {
+        for (; seen < socket.frames('subscribe').length; seen++) {
+          sentAt.push(scheduler.now() - start);
+          // The server answers 200 ms later: within the 250 ms the client learnt to wait for an answer.
+          refusals.push(scheduler.now() + 200);
+        }
+      };
+      // A heartbeat every second (as in the chaos suite), for a minute; every subscribe refused.
+      for (let step = 0; step <= 600; step++) {
+        if (step > 0) await scheduler.advance(100);
+        noteSubscribes();
+        while (refusals[0] !== undefined && refusals[0] <= scheduler.now()) {
+          refusals.shift();
+          socket.push({ type: 'error', code, message: 'refused', taskId: 't1' });
+          noteSubscribes();
+        }
+        if (step % 10 === 0)
+          socket.push({ type: 'heartbeat', time: step, seqs: listed ? { t1: task.seq } : {} });
+        noteSubscribes();
+      }
+      // The first heartbeat resyncs at once (nothing recent is on its way); each refusal then waits its
+      // backoff step (a half of 1 s, 2 s, 4 s … 30 s, with random 0.5) after the 200 ms answer.
+      expect(sentAt).toEqual([0, 700, 1900, 4100, 8300, 16_500, 31_700, 46_900]);
+      await client.close();
+    },
+  );
+
+  it('a watch whose refused subscribe was answered on retry resyncs at once again when a heartbeat shows it behind', async () => {
+    const { client, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push({ type: 'error', code: ErrorCode.StoreUnavailable, message: 'store down', taskId: 't1' });
+    await scheduler.advance(500);
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    socket.push(snap(task.view()));
+    task.item('a'); // lost
+    await scheduler.advance(5000);
+    socket.sent.length = 0;
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 1 } });
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    await client.close();
+  });
+
+  it("a new socket's subscribe replaces the retry of a refused one: a heartbeat then resyncs at once again", async () => {
+    const { client, server, socket, task, scheduler } = subscribed({ behindGraceMs: 1000 });
+    socket.push(snap(task.view()));
+    task.item('a');
+    await scheduler.advance(5000);
+    // Three refusals: the next retry waits 2 s.
+    for (let refusal = 0; refusal < 3; refusal++) {
+      socket.push({ type: 'heartbeat', time: refusal, seqs: { t1: 1 } });
+      socket.push({ type: 'error', code: ErrorCode.RateLimited, message: 'slow', taskId: 't1' });
+      await scheduler.advance(refusal === 2 ? 0 : 500 * 2 ** refusal);
+    }
+    socket.serverClose(1006);
+    await scheduler.advance(100);
+    const next = server.accept();
+    expect(next.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    next.push(snap(task.view()));
+    task.item('b'); // lost on the new socket
+    await scheduler.advance(1000);
+    next.sent.length = 0;
+    next.push({ type: 'heartbeat', time: 9, seqs: { t1: 2 } });
+    expect(next.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+    next.push(ev(task.events[1] as TaskEvent)); // answered
+    // Nor does the old retry send its subscribe later.
+    await scheduler.advance(5000);
+    expect(next.frames('subscribe')).toHaveLength(1);
+    await client.close();
+  });
+
   it('ignores a non-fatal error frame about a task the socket is done with, or that nobody watches any more', async () => {
     const { client, socket, task, watch, log, errors, scheduler } = subscribed();
     socket.push(snap(task.view()));

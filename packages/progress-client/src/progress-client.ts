@@ -237,10 +237,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       onFatal: (error) => {
         this.#closing ??= this.#shutdown(error, true);
       },
-      onUnreachable: () => {
-        if (this.#fallback === undefined) this.#http?.start();
-        else this.#fallback.start();
-      },
+      // The fallback transport when there is one, else HTTP polling (which then never starts).
+      onUnreachable: () => (this.#fallback ?? this.#http)?.start(),
       onState: (change) => {
         // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy.
         if (change.state === 'idle') this.#pageLife?.stop();
@@ -262,13 +260,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   /**
    * A page-life event: check the socket now and resync every unfinished watch over it, so what happened
    * while the page slept shows at once; a socket that stays silent is replaced after the ping deadline.
+   * The fallback in use acts now too: SSE streams start over from their cursors, or HTTP polls.
    */
   #wake(reason: WakeReason): void {
     if (this.#closed) return;
     if (this.#connection.check(reason, this.#o.wakePingTimeoutMs)) {
       for (const task of this.#tasks.values()) this.#resync(task);
     }
-    this.#http?.wake();
+    (this.#fallback ?? this.#http)?.wake();
   }
 
   #onFrame(frame: ServerFrame): void {

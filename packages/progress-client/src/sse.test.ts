@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { MemoryCursorStorage } from './persist.js';
 import { type StreamingFetch, sseFallback } from './sse.js';
+import { fakePage } from './testing/fake-page.js';
 import { FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
 import { flush } from './testing/manual-scheduler.js';
@@ -475,6 +476,143 @@ describe('the SSE fallback transport', () => {
     expect(sse.streams.length).toBeGreaterThanOrEqual(3);
     expect((sse.streams[0] as SseRequest).aborted()).toBe(true);
     expect(sse.streams.at(-1)?.headers['last-event-id']).toBe('1');
+    await client.close();
+  });
+});
+
+describe('the SSE fallback transport when the page wakes', () => {
+  // A stream that lived through a sleep (or an offline spell, a frozen or throttled tab) is usually dead
+  // without a word, like a socket; and it has no ping to ask. Without this, only the silence timeout
+  // (2 × the heartbeat interval + heartbeatMarginMs: 32 s by default) noticed it.
+
+  /**
+   * A client following `t1` over SSE (preferFallback), with page events and a clock that can jump (time
+   * that passed while the page did not run), shown seq 1 by its stream.
+   */
+  async function streaming(overrides: Parameters<typeof setup>[0] = {}) {
+    const page = fakePage();
+    let jumpedMs = 0;
+    let now: () => number = () => 0;
+    const ctx = sseSetup({
+      preferFallback: true,
+      pageEvents: page.sources,
+      clock: () => now() + jumpedMs,
+      ...overrides,
+    });
+    now = ctx.scheduler.now;
+    const task = new FakeTask('t1', 5);
+    const watch = ctx.client.watch('t1');
+    const log = record(watch);
+    await flush();
+    const first = ctx.sse.streams[0] as SseRequest;
+    first.send({ type: 'snapshot', task: task.view(), epoch: 'e1' }, 0);
+    first.send({ type: 'event', event: task.item('a') }, 1);
+    await flush();
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    const sleep = (ms: number) => {
+      jumpedMs += ms;
+    };
+    return { ...ctx, page, task, watch, log, first, sleep };
+  }
+
+  type Woken = Awaited<ReturnType<typeof streaming>>;
+  const wakes: [string, (ctx: Woken) => Promise<unknown>][] = [
+    ['visibilitychange to visible', async ({ page }) => page.show()],
+    ['online', async ({ page }) => page.online()],
+    ['pageshow from the back/forward cache', async ({ page }) => page.pageshow(true)],
+    ['resume', async ({ page }) => page.resume()],
+    [
+      'a clock jump',
+      async ({ sleep, scheduler }) => {
+        sleep(60_000); // the machine slept a minute: the clock check's next tick is that late
+        await scheduler.advance(2000);
+      },
+    ],
+  ];
+
+  it.each(wakes)(
+    'on %s: reopens the stream from the cursor at once, not after the silence timeout',
+    async (_, wake) => {
+      const ctx = await streaming();
+      const { client, sse, task, log, first, scheduler } = ctx;
+      task.item('b'); // committed while the page slept: the dead stream never brings it
+      await wake(ctx);
+      await flush();
+      expect(first.aborted()).toBe(true);
+      expect(sse.streams).toHaveLength(2);
+      const second = sse.streams[1] as SseRequest;
+      expect(second.headers['last-event-id']).toBe('1~e1');
+      second.send({ type: 'event', event: task.events[1] as never }, 2);
+      await flush();
+      expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+      // One reopen: the cut of the old stream schedules none on top of it.
+      await scheduler.advance(10_000);
+      expect(sse.streams).toHaveLength(2);
+      await client.close();
+      expect(scheduler.pending).toBe(0);
+    },
+  );
+
+  it('leaves the stream alone when the page is hidden, or shown by a normal load', async () => {
+    const { client, sse, page, first } = await streaming();
+    page.hide();
+    page.pageshow(false);
+    await flush();
+    expect(first.aborted()).toBe(false);
+    expect(sse.streams).toHaveLength(1);
+    await client.close();
+  });
+
+  it('keeps the backoff of a stream the server refuses for now: a wake does not ask again before it', async () => {
+    const page = fakePage();
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, pageEvents: page.sources });
+    sse.refusal = {
+      status: 429,
+      text: JSON.stringify({ error: { code: 'too_many_sockets', message: 'cap' } }),
+    };
+    client.watch('t1');
+    await scheduler.advance(0);
+    expect(sse.streams).toHaveLength(1);
+    // Asked again at 3 s (2 s + a backoff step of 1 s, random 0.5): wakes before then change nothing.
+    page.show();
+    page.online();
+    await scheduler.advance(2999);
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+  });
+
+  it('opens nothing for a watch that finished over its stream', async () => {
+    const { client, sse, page, task, first, watch } = await streaming();
+    first.send({ type: 'event', event: task.end() }, 2);
+    first.end();
+    await watch.done;
+    page.show();
+    page.online();
+    await flush();
+    expect(sse.streams).toHaveLength(1);
+    await client.close();
+  });
+
+  it('while the socket is unreachable: tries the socket at once and reopens the stream', async () => {
+    const page = fakePage();
+    const ctx = sseSetup({ httpFallbackAfterAttempts: 1, pageEvents: page.sources, random: () => 0.99 });
+    const { client, server, scheduler, sse } = ctx;
+    const task = new FakeTask('t1', 5);
+    client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    const first = sse.streams[0] as SseRequest;
+    first.send({ type: 'snapshot', task: task.view() }, 0);
+    await flush();
+    const sockets = server.sockets.length;
+    page.online();
+    await flush();
+    expect(server.sockets).toHaveLength(sockets + 1); // the reconnect waiting out its backoff went now
+    expect(first.aborted()).toBe(true);
+    expect(sse.streams).toHaveLength(2);
+    expect(sse.streams[1]?.headers['last-event-id']).toBeUndefined(); // cursor 0: from the start
     await client.close();
   });
 });

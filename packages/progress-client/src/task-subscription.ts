@@ -173,6 +173,8 @@ export class TaskSubscription {
    * production default of 15 s).
    */
   subscribed(): void {
+    // (It went out: a retry still waiting for a refused one's backoff would only repeat it.)
+    this.#retryTimer.clear();
     this.#resyncFrom = this.cursor.seq;
     this.#resyncSentAt = this.#clock();
     this.#answered = false;
@@ -284,10 +286,12 @@ export class TaskSubscription {
    * A heartbeat from the server, which lists the task at seq `latest`. `undefined`: the server does not
    * (or no longer) follow the task for this client, so resync (subscribe again from the cursor), unless
    * a subscribe went out less than `graceMs` ago and the heartbeat crossed it. A cursor behind gets
-   * `graceMs` for the frames in flight, then a resync.
+   * `graceMs` for the frames in flight, then a resync. Nothing while a refused subscribe waits out its
+   * backoff: its retry subscribes from the cursor anyway, and a heartbeat every interval would not
+   * let a server out of store or over its rate limit breathe.
    */
   heartbeat(latest: number | undefined, graceMs: number): void {
-    if (this.cursor.finished || this.#socketDone) return;
+    if (this.cursor.finished || this.#socketDone || this.#retryTimer.pending) return;
     if (latest === undefined) {
       if (this.#subscribeOlderThan(graceMs)) this.#host.resync(this);
     } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs);
@@ -352,8 +356,9 @@ export class TaskSubscription {
   /** An error frame about this task: retry after the delay `delayOf(retries so far)` gives. */
   retryAfterError(delayOf: (retries: number) => number, retry: () => void): void {
     this.#resyncFrom = undefined;
-    // The error answered the subscribe; the retry below paces the next one.
+    // The error answered the subscribe; the retry below paces the next one (a heartbeat's resync too).
     this.#answerTimer.clear();
+    this.#behindTimer.clear();
     this.#retryTimer.set(delayOf(this.#retries++), retry);
   }
 

@@ -62,6 +62,9 @@ export async function startStack(options: { heartbeatIntervalMs: number }): Prom
   });
   const api = server.httpHandler({ basePath: '/progress' });
   http.on('request', (request, response) => {
+    // No keep-alive: a connection Chromium keeps idle in its pool would be blackholed with the others,
+    // and a stream reopened on it later would wait in the black hole for its silence timeout.
+    response.shouldKeepAlive = false;
     const path = (request.url ?? '/').split('?')[0];
     if (path === '/') {
       response.writeHead(200, { 'content-type': 'text/html' });

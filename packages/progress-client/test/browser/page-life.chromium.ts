@@ -19,6 +19,7 @@ interface PageLog {
   seqs: { seq: number; at: number }[];
   finished: { status: string; seq: number; at: number } | null;
   states: { state: string; reason: string; at: number }[];
+  streams: number[];
 }
 
 const readLog = (page: Page) =>
@@ -92,7 +93,11 @@ async function frozenThenActive(flags: string[]): Promise<number> {
   const log = await readLog(page);
   // Replaced after a page-life check (the clock jump, or `resume` where Chromium fires it), not a timeout.
   const replacedBecause = log.states.filter((state) => state.at >= activeAt).map((state) => state.reason);
-  if (!flags.includes('nopagelife'))
+  if (flags.includes('sse')) {
+    // No socket: the stream was asked for again (once the page ran again), and nothing else moved.
+    expect(log.streams.filter((at) => at >= activeAt).length).toBeGreaterThan(0);
+    expect(log.states).toEqual([]);
+  } else if (!flags.includes('nopagelife'))
     expect(replacedBecause).toContainEqual(expect.stringMatching(/^(clock jump|resume)$/));
   await handle.complete();
   await context.close();
@@ -113,7 +118,8 @@ async function offlineThenOnline(flags: string[]): Promise<number> {
   const at = await shownAt(page, last);
   const log = await readLog(page);
   const replacedBecause = log.states.filter((state) => state.at >= onlineAt).map((state) => state.reason);
-  if (!flags.includes('nopagelife')) {
+  if (flags.includes('sse')) expect(log.streams.filter((at) => at >= onlineAt).length).toBeGreaterThan(0);
+  else if (!flags.includes('nopagelife')) {
     expect(log.wakes.map((wake) => wake.type)).toContain('online');
     expect(replacedBecause).toContain('online');
   }
@@ -136,6 +142,27 @@ describe('page life in Chromium', () => {
     const withPageLife = await offlineThenOnline([]);
     const baseline = await offlineThenOnline(['nopagelife']);
     timings.push(`offline → online → resynced: ${withPageLife} ms with page life; ${baseline} ms without`);
+    expect(withPageLife).toBeLessThan(HEARTBEAT_TIMEOUT_MS / 2);
+  });
+
+  // The same over Server-Sent Events (sseFallback, preferFallback): a stream has no ping, so a wake
+  // reopens it from its cursor. Without that, a stream that died in the sleep is noticed by its silence
+  // timeout (2 × the 3 s heartbeat interval it states + 2 s), and reopened httpPollIntervalMs (2 s) later.
+  it('SSE, frozen → active: the stream reopened from its cursor well before its silence timeout', async () => {
+    const withPageLife = await frozenThenActive(['sse']);
+    const baseline = await frozenThenActive(['sse', 'nopagelife']);
+    timings.push(
+      `SSE frozen → active → resynced: ${withPageLife} ms with page life; ${baseline} ms without (silence timeout ${HEARTBEAT_TIMEOUT_MS} ms)`,
+    );
+    expect(withPageLife).toBeLessThan(HEARTBEAT_TIMEOUT_MS / 2);
+  });
+
+  it('SSE, offline → online: the stream reopened from its cursor well before its silence timeout', async () => {
+    const withPageLife = await offlineThenOnline(['sse']);
+    const baseline = await offlineThenOnline(['sse', 'nopagelife']);
+    timings.push(
+      `SSE offline → online → resynced: ${withPageLife} ms with page life; ${baseline} ms without`,
+    );
     expect(withPageLife).toBeLessThan(HEARTBEAT_TIMEOUT_MS / 2);
   });
 });

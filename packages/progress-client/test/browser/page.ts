@@ -1,4 +1,5 @@
 import { ProgressClient } from '../../src/index.js';
+import { sseFallback } from '../../src/sse.js';
 import { tabSharing } from '../../src/tab-sharing.js';
 
 /**
@@ -8,6 +9,7 @@ import { tabSharing } from '../../src/tab-sharing.js';
  *   ?task=ID          the task to watch
  *   &share            one socket for all tabs (tabSharing)
  *   &nopagelife       no page-life checks (the baseline: heartbeat timeouts and backoff only)
+ *   &sse              follow the task over Server-Sent Events only (sseFallback, preferFallback)
  */
 
 interface PageLog {
@@ -17,10 +19,20 @@ interface PageLog {
   states: { state: string; reason: string; at: number }[];
   finished: { status: string; seq: number; at: number } | null;
   errors: string[];
+  /** When each SSE stream was asked for (with `&sse`). */
+  streams: number[];
 }
 
 const params = new URLSearchParams(location.search);
-const log: PageLog = { wakes: [], seqs: [], items: [], states: [], finished: null, errors: [] };
+const log: PageLog = {
+  wakes: [],
+  seqs: [],
+  items: [],
+  states: [],
+  finished: null,
+  errors: [],
+  streams: [],
+};
 
 for (const type of ['resume', 'visibilitychange', 'freeze'])
   document.addEventListener(type, () => log.wakes.push({ type, at: Date.now() }));
@@ -31,6 +43,17 @@ const client = new ProgressClient({
   url: '/progress',
   shareAcrossTabs: params.has('share') ? tabSharing() : false,
   ...(params.has('nopagelife') ? { pageEvents: false as const } : {}),
+  ...(params.has('sse')
+    ? {
+        preferFallback: true,
+        fallbackTransport: sseFallback({
+          fetch: (url, init) => {
+            if (init.method === 'GET') log.streams.push(Date.now());
+            return fetch(url, init);
+          },
+        }),
+      }
+    : {}),
   wakePingTimeoutMs: 1000,
   // Chromium fires no `resume` for a visible page thawed over CDP: the clock check is what notices.
   clockCheckIntervalMs: 500,
