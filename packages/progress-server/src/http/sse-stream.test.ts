@@ -28,6 +28,12 @@ class Stream {
   readonly messages: SseMessage[] = [];
   readonly ended: Promise<void>;
   #buffer = '';
+  /**
+   * The data messages parsed once as they arrive: `until` runs its predicate on every chunk, and parsing
+   * every message again each time made a reader of 10,000 4 KB frames quadratic: slower than the test's
+   * wait (it read 8,413 of 14,400 in 10 s).
+   */
+  readonly #frames: Array<{ id: string; frame: Record<string, unknown> }> = [];
   #waiters: Array<() => void> = [];
 
   constructor(readonly response: IncomingMessage) {
@@ -46,6 +52,8 @@ class Stream {
           else if (line.startsWith('data: ')) message.data = line.slice(6);
         }
         this.messages.push(message);
+        if (message.data !== undefined)
+          this.#frames.push({ id: message.id ?? '', frame: JSON.parse(message.data) });
         cut = this.#buffer.indexOf('\n\n');
       }
       for (const wake of this.#waiters.splice(0)) wake();
@@ -54,9 +62,12 @@ class Stream {
   }
 
   frames(): Array<{ id: string; frame: Record<string, unknown> }> {
-    return this.messages
-      .filter((message) => message.data !== undefined)
-      .map((message) => ({ id: message.id ?? '', frame: JSON.parse(message.data as string) }));
+    return [...this.#frames];
+  }
+
+  /** The last data message, for a predicate run on every chunk of a long stream (frames() is O(n)). */
+  lastFrame(): { id: string; frame: Record<string, unknown> } | undefined {
+    return this.#frames.at(-1);
   }
 
   async until(predicate: () => boolean, timeoutMs = 5000): Promise<void> {
@@ -688,18 +699,25 @@ describe('GET /tasks/:id/stream', () => {
   });
 
   it('keeps a reader that is only slow: it reads again before the timeout and gets every seq once to the end', async () => {
-    env = await startServer({ heartbeatIntervalMs: 60_000, sseStallTimeoutMs: 2000 });
+    env = await startServer({ heartbeatIntervalMs: 60_000, sseStallTimeoutMs: 5000 });
     const server = serverSideOfStream(env);
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     response.pause();
     const last = await fillUntilStalled(task, server);
-    await sleep(500); // stalled for a quarter of the timeout
+    // Stalled for a fifth of the timeout. The timeout leaves the reader 4 s to drain what both kernels
+    // buffered (a few MB): 2 s was too short for a reader sharing one process with its server under a
+    // full suite's load, and the test failed with the stream ended as stalled under a reader that read.
+    await sleep(1000);
     const stream = new Stream(response);
     response.resume();
-    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === last), 10_000);
+    // Seqs arrive in order and nothing follows `last` until the task completes.
+    await stream.until(() => {
+      const frame = stream.lastFrame();
+      return frame !== undefined && seqOf(frame) === last;
+    }, 10_000);
     // Longer than the timeout since the stall: a stall timer that 'drain' left running drops it now.
-    await sleep(2500);
+    await sleep(5500);
     await task.complete();
     await within(stream.ended, 'the end of the stream', 10_000);
     expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: last + 2 }, (_, seq) => seq));
