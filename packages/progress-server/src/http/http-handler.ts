@@ -98,8 +98,8 @@ export interface HttpHandlerContext<P extends Principal> {
   closing?: () => boolean;
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
   clock?: () => number;
-  /** Serves `GET …/stream` (Server-Sent Events) and `POST …/ack`; both routes are absent without it. */
-  streams?: StreamContext & { acks: Pick<AckWriter, 'ack'>; maxSocketsPerPrincipal: number };
+  /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
+  streams: StreamContext & { acks: Pick<AckWriter, 'ack'>; maxSocketsPerPrincipal: number };
 }
 
 /** `serve` wrote the response itself (an event stream). */
@@ -176,13 +176,7 @@ export function createHttpHandler<P extends Principal>(
       else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
       return;
     }
-    const matched = route;
-    if ((matched.name === 'stream' || matched.name === 'ack') && ctx.streams === undefined) {
-      if (next !== undefined) next();
-      else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
-      return;
-    }
-    serve(ctx, matched, url, request, response).then(
+    serve(ctx, route, url, request, response).then(
       (body) => {
         if (body !== STREAMED) send(response, { status: 200, body });
       },
@@ -203,7 +197,7 @@ export function createHttpHandler<P extends Principal>(
           return;
         }
         ctx.metrics.handlerErrors.inc();
-        ctx.logger.error({ err: describeError(error), route: matched.name }, 'HTTP handler failed');
+        ctx.logger.error({ err: describeError(error), route: route.name }, 'HTTP handler failed');
         send(response, { status: 500, body: errorBody(ErrorCode.Internal, 'Internal error') });
       },
     );
@@ -379,7 +373,7 @@ async function serve<P extends Principal>(
       return { task: toTaskView(after ?? task) };
     }
     case 'stream': {
-      const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
+      const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
       const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
@@ -412,7 +406,7 @@ async function serve<P extends Principal>(
       return STREAMED;
     }
     case 'ack': {
-      const streams = ctx.streams as NonNullable<HttpHandlerContext<P>['streams']>;
+      const { streams } = ctx;
       const body = await readJsonBody(request);
       const seq = body.seq;
       if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
