@@ -54,10 +54,21 @@ import type { ProgressDatabase } from './schema.js';
  * committed), so it forgets those ids first and then reports the events: the new task's are published from
  * seq 1. That covers the new task's events whether the re-read finds them or they come later.
  *
- * A purge already heard (its notice carries its transaction id, and this store's own purges return it) is
- * not acted on again when a re-read finds its record, which it does whenever the mark had not passed the
- * purge: forgetting the task again would publish a second time what was published of the new task since.
- * The ids heard are kept until the mark passes their purge.
+ * Two details keep it exact:
+ *
+ * - The notifications the new connection receives before the re-read's rows are reported (commits after
+ *   `LISTEN`; Postgres sends them ahead of the re-read's `ReadyForQuery`, so `pg` emits them before the
+ *   rows are handed over) are held, and reported after the rows, in the order they came. Reported first, a
+ *   commit after the re-read's snapshot would be judged against a memory the re-read is about to correct:
+ *   the new task's seqs up to the remembered one dropped as duplicates, or a purge notice and a new task's
+ *   first seq followed by the snapshot's rows of the purged task, whose higher seqs would then be
+ *   published as the new task's. The re-read from the start (after a restore) is not held this way: its
+ *   pages take as long as the store is large, the feed forgot everything before it, and it reads no
+ *   purge records.
+ * - A purge already heard (its notice carries its transaction id, and this store's own purges return it)
+ *   is not acted on again when a re-read finds its record, which it does whenever the mark had not passed
+ *   the purge: forgetting the task again would publish a second time what was published of the new task
+ *   since. The ids heard are kept until the mark passes their purge.
  *
  * Records are kept an hour (`PURGED_RECORD_MS`), then deleted by a later purge, which raises
  * `purged_horizon` in `<schema>.meta` to the highest transaction id it deleted. A re-read from a mark at or
@@ -309,6 +320,11 @@ export class ListenConnection {
   #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
   #connecting: Promise<void> | undefined;
   /**
+   * The notifications the connection of `generation` received while its re-read from a mark ran, reported
+   * once that re-read was (see "Purges" in the module doc).
+   */
+  #buffered: { generation: number; messages: PgNotification[] } | undefined;
+  /**
    * Per task id, the transaction id of the latest purge of it this store heard of (its notice, its own
    * purge, or a re-read's record), while a re-read from the mark could still find that purge's record: a
    * record of a purge already heard is not acted on again (see "Purges" in the module doc).
@@ -385,8 +401,12 @@ export class ListenConnection {
       throw new Error('The store closed while the LISTEN connection was being created');
     }
     this.#client = client;
+    // Held from the start of the re-read until its rows are reported (see #drain).
+    this.#buffered = { generation, messages: [] };
     client.on('notification', (message) => {
-      if (generation === this.#generation) this.#onNotification(message, generation);
+      if (generation !== this.#generation) return;
+      if (this.#buffered?.generation === generation) this.#buffered.messages.push(message);
+      else this.#onNotification(message, generation);
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
@@ -395,6 +415,7 @@ export class ListenConnection {
     const mark = this.#watermark;
     let xmin: bigint | undefined;
     if (mark === 0n) {
+      this.#drain(generation);
       xmin = await this.#replayAll(client, generation);
     } else {
       const rows = await this.#replay(client, mark);
@@ -403,9 +424,11 @@ export class ListenConnection {
         // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
         // the mark. Read again from the start, on the same connection, which already listens.
         this.#resetMark();
+        this.#drain(generation);
         xmin = await this.#replayAll(client, generation);
       } else {
         await this.#publish(rows, generation);
+        this.#drain(generation);
       }
     }
     this.#assertCurrent(generation);
@@ -506,6 +529,20 @@ export class ListenConnection {
     for (const row of rows) {
       if (row.task_id === null || row.purged_xid === undefined || row.purged_xid === null) continue;
       this.purged([row.task_id], BigInt(row.purged_xid));
+    }
+  }
+
+  /**
+   * Reports the notifications the connection of `generation` received during its re-read, in the order
+   * they came, and stops holding them.
+   */
+  #drain(generation: number): void {
+    const buffered = this.#buffered;
+    if (buffered?.generation !== generation) return;
+    this.#buffered = undefined;
+    for (const message of buffered.messages) {
+      if (generation !== this.#generation) return;
+      this.#onNotification(message, generation);
     }
   }
 
@@ -676,6 +713,7 @@ export class ListenConnection {
     this.#connected = false;
     this.#replacedAt = undefined;
     this.#lastError = toProgressError(error, 'The LISTEN connection failed');
+    this.#buffered = undefined; // the next connection's re-read covers what it held
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;
     this.#clearWatchdog();

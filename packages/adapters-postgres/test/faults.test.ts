@@ -366,6 +366,47 @@ describe('the LISTEN connection', () => {
   });
 });
 
+/**
+ * LISTEN clients gated like {@link gatedListenClients}, whose re-read can be held once it has its rows:
+ * `duringReread(step)` runs `step` (commits of another store, and the wait for their notifications, which
+ * reach the connection meanwhile) after the next re-read's statement answered and before the listener
+ * gets its rows, as a commit between the re-read's snapshot and its reply does. `heard()` counts the
+ * notifications the clients received.
+ */
+function rereadHoldingListenClients() {
+  const gated = gatedListenClients();
+  let step: (() => Promise<void>) | undefined;
+  let heard = 0;
+  const factory = (): PgListenClient => {
+    const client = gated.factory() as unknown as pg.Client;
+    const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+    client.on('notification', () => {
+      heard += 1;
+    });
+    Object.assign(client, {
+      query: async (text: string, values?: unknown[]) => {
+        const result = await query(text, values);
+        if (text.includes('pg_snapshot_xmin') && !text.includes("'barrier'") && step !== undefined) {
+          const run = step;
+          step = undefined;
+          await run();
+        }
+        return result;
+      },
+    });
+    return client as unknown as PgListenClient;
+  };
+  return {
+    factory,
+    block: gated.block,
+    unblock: gated.unblock,
+    duringReread(run: () => Promise<void>) {
+      step = run;
+    },
+    heard: () => heard,
+  };
+}
+
 /** The changes of `taskId` a recorder got from its `from`-th change on, as `seq` and `T` for terminal. */
 function changesOf(recorder: Recorder, taskId: string, from: number): string[] {
   return recorder.changes
@@ -500,6 +541,74 @@ describe('retention while the LISTEN connection is away', () => {
     await writer.append('job', { type: 'completed' });
     await eventually('the second run ends on the observer', () =>
       changesOf(recorder, 'job', before).includes('2T'),
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it("reports the notifications that arrive during its re-read after the re-read's rows", async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    // No poll: only the order in which the listener reports decides what is published.
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    // Committed after the re-read's snapshot, their notifications reach the new connection before the
+    // re-read's rows reach the listener: reported first, seqs 2 and 3 would pass for the first run's.
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      await writer.append('job', { type: 'item', key: 'n2', ok: true });
+      await writer.append('job', { type: 'completed' });
+      await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('3T'),
+      3000,
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2', '3T']);
+  });
+
+  it("does not take a re-read's rows of a purged run for the new run that a notification during it announced", async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    // The mark stays below the first run, whose events the re-read therefore reads again.
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    // After the re-read's snapshot (which still holds the first run's seqs 1..4), the run is purged and
+    // started again. Reported before those rows, the purge notice and seq 1 of the new run would make the
+    // rows' seqs 2..4 look like the new run's (a terminal one among them), and the new run's own seq 2
+    // a duplicate.
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await writer.append('job', { type: 'item', key: 'n1', ok: true });
+      await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the new run starts on the observer',
+      () => changesOf(recorder, 'job', before).includes('1'),
+      3000,
+    );
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
     );
     expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
   });
