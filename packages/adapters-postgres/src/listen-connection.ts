@@ -41,6 +41,41 @@ import type { ProgressDatabase } from './schema.js';
  * then covers more events (more work, never a miss). Re-reads are grouped per task, so their size is
  * the number of tasks that changed, not the number of events.
  *
+ * ## Purges
+ *
+ * The feed publishes each `(taskId, seq)` once by remembering each task's last published seq. Retention
+ * (`purgeFinished`) deletes finished tasks, and a new task may then take a deleted id and start again at
+ * seq 1; its seqs up to the remembered one would pass for duplicates and be dropped — for as long as a
+ * watcher follows the id, its events and its end never published. So a purge sends a notice, and every
+ * listener forgets the purged ids. A notice is a notification, lost with a connection that is down like any
+ * other: the purge statement therefore also records each purged id with its transaction id in
+ * `<schema>.purged`, and the re-read from the mark reads those records in its snapshot too. A purge it sees
+ * committed before every event of a new task of that id it sees (the new task is created once the purge
+ * committed), so it forgets those ids first and then reports the events: the new task's are published from
+ * seq 1. That covers the new task's events whether the re-read finds them or they come later.
+ *
+ * Two details keep it exact:
+ *
+ * - The notifications the new connection receives before the re-read's rows are reported (commits after
+ *   `LISTEN`; Postgres sends them ahead of the re-read's `ReadyForQuery`, so `pg` emits them before the
+ *   rows are handed over) are held, and reported after the rows, in the order they came. Reported first, a
+ *   commit after the re-read's snapshot would be judged against a memory the re-read is about to correct:
+ *   the new task's seqs up to the remembered one dropped as duplicates, or a purge notice and a new task's
+ *   first seq followed by the snapshot's rows of the purged task, whose higher seqs would then be
+ *   published as the new task's. The re-read from the start (after a restore) is not held this way: its
+ *   pages take as long as the store is large, the feed forgot everything before it, and it reads no
+ *   purge records.
+ * - A purge already heard (its notice carries its transaction id, and this store's own purges return it)
+ *   is not acted on again when a re-read finds its record, which it does whenever the mark had not passed
+ *   the purge: forgetting the task again would publish a second time what was published of the new task
+ *   since. The ids heard are kept until the mark passes their purge.
+ *
+ * Records are kept an hour (`PURGED_RECORD_MS`), then deleted by a later purge, which raises
+ * `purged_horizon` in `<schema>.meta` to the highest transaction id it deleted. A re-read from a mark at or
+ * below the horizon may have missed a purge whose record is gone (a connection away that long, or a mark
+ * held back by a transaction open that long), so it forgets every task's published seq before it
+ * reports: changes published again, never one missed.
+ *
  * ## After a restore
  *
  * The mark only holds within one run of transaction ids. A physical restore, a restore into another
@@ -130,6 +165,13 @@ interface ReplayRow {
   first_seq: string | number | null;
   last_seq: string | number | null;
   terminal: boolean | null;
+  /**
+   * Set on a row that records a purge instead of events (`task_id` was deleted by the transaction with
+   * this id); absent from the re-read from the start.
+   */
+  purged_xid?: string | null;
+  /** True when records of purges past the mark may have been deleted (the same on every row). */
+  horizon_passed?: boolean | null;
 }
 
 /** The `xmin` of a re-read's snapshot (its rows always include one, with or without a task). */
@@ -137,6 +179,13 @@ function snapshotXmin(rows: readonly ReplayRow[]): bigint | undefined {
   const xmin = rows[0]?.xmin;
   return xmin === undefined || xmin === null ? undefined : BigInt(xmin);
 }
+
+/**
+ * The most purged ids remembered as heard (see "Purges" in the module doc); past it the oldest are
+ * dropped, and a re-read that finds their records forgets those tasks once more (a change published
+ * again, never one missed).
+ */
+const HEARD_PURGES_CAPACITY = 50_000;
 
 /** The shortest wait for a barrier's answer before the `LISTEN` connection is deemed dead. */
 const MIN_BARRIER_TIMEOUT_MS = 1000;
@@ -151,7 +200,7 @@ export const REREAD_CHUNK_ROWS = 1000;
 /** What {@link ListenConnection} needs. */
 export interface ListenConnectionOptions {
   /** Where what the connection finds is reported. */
-  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget'>;
+  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget' | 'forgetPublished'>;
   /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
   db: Kysely<ProgressDatabase>;
   /** The `NOTIFY` channel of the store's schema. */
@@ -160,6 +209,10 @@ export interface ListenConnectionOptions {
   events: RawBuilder<unknown>;
   /** The schema's tasks table (the re-read from the start; see the module doc). */
   tasks: RawBuilder<unknown>;
+  /** The schema's records of purged tasks (see "Purges" in the module doc). */
+  purged: RawBuilder<unknown>;
+  /** The schema's meta table, which holds `purged_horizon`. */
+  meta: RawBuilder<unknown>;
   /** Makes a new, unconnected client for each (re)connect. */
   createClient: () => PgListenClient | Promise<PgListenClient>;
   watermarkIntervalMs: number;
@@ -172,7 +225,7 @@ export interface ListenConnectionOptions {
 interface ListenStatements {
   /** `LISTEN "<channel>"`. */
   listen: string;
-  /** The re-read; `$1` and `$2` are both the mark (text) or `NULL`. */
+  /** The re-read; `$1` to `$5` are all the mark (text) or `NULL`. */
   replay: string;
   /** The re-read from the start (a mark of 0), from the tasks table: its first page; no parameters. */
   replayAll: string;
@@ -182,21 +235,39 @@ interface ListenStatements {
   barrier: string;
 }
 
-function compileStatements({ db, channel, events, tasks }: ListenConnectionOptions): ListenStatements {
+function compileStatements({
+  db,
+  channel,
+  events,
+  tasks,
+  purged,
+  meta,
+}: ListenConnectionOptions): ListenStatements {
   // Placeholders only: the values are passed at run time, so the text is compiled once.
   const placeholder = '0';
   return {
     listen: sql`LISTEN ${sql.id(channel)}`.compile(db).sql,
-    // One statement, so the xmin and the events come from the same snapshot (see the module doc).
+    // One statement, so the xmin, the events and the purges come from the same snapshot (see the module
+    // doc): a purge it sees came before every event of a new task with the purged id that it sees.
     replay: sql`
-      SELECT s.xmin::text AS xmin, e.task_id, e.first_seq, e.last_seq, e.terminal
-      FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
+      SELECT s.xmin::text AS xmin, s.horizon_passed, e.task_id, e.first_seq, e.last_seq, e.terminal,
+             e.purged_xid
+      FROM (
+        SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
+               coalesce((SELECT value::xid8 FROM ${meta} WHERE key = 'purged_horizon') >= ${placeholder}::xid8,
+                        false) AS horizon_passed
+      ) s
       LEFT JOIN LATERAL (
         SELECT task_id, min(seq) AS first_seq, max(seq) AS last_seq,
-               bool_or(type IN ('completed', 'failed', 'cancelled', 'interrupted')) AS terminal
+               bool_or(type IN ('completed', 'failed', 'cancelled', 'interrupted')) AS terminal,
+               NULL::text AS purged_xid
         FROM ${events}
         WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
         GROUP BY task_id
+        UNION ALL
+        SELECT task_id, NULL::int8, NULL::int8, NULL::boolean, xid::text
+        FROM ${purged}
+        WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
       ) e ON true`.compile(db).sql,
     // Each task's latest seq alone, from its row (see the module doc); a task without events is left out.
     // Paged by id (the primary key), the first page with the snapshot's xmin that becomes the mark.
@@ -248,6 +319,17 @@ export class ListenConnection {
   #barrierTimer: ReturnType<typeof setTimeout> | undefined;
   #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
   #connecting: Promise<void> | undefined;
+  /**
+   * The notifications the connection of `generation` received while its re-read from a mark ran, reported
+   * once that re-read was (see "Purges" in the module doc).
+   */
+  #buffered: { generation: number; messages: PgNotification[] } | undefined;
+  /**
+   * Per task id, the transaction id of the latest purge of it this store heard of (its notice, its own
+   * purge, or a re-read's record), while a re-read from the mark could still find that purge's record: a
+   * record of a purge already heard is not acted on again (see "Purges" in the module doc).
+   */
+  readonly #heardPurges = new Map<string, bigint>();
   /**
    * Gives up the wait for the current client's `connect()`, while it runs: pg 8 never settles a connect
    * that `end()` interrupted, so {@link #endClient} settles the wait instead (see {@link #connect}).
@@ -319,8 +401,12 @@ export class ListenConnection {
       throw new Error('The store closed while the LISTEN connection was being created');
     }
     this.#client = client;
+    // Held from the start of the re-read until its rows are reported (see #drain).
+    this.#buffered = { generation, messages: [] };
     client.on('notification', (message) => {
-      if (generation === this.#generation) this.#onNotification(message, generation);
+      if (generation !== this.#generation) return;
+      if (this.#buffered?.generation === generation) this.#buffered.messages.push(message);
+      else this.#onNotification(message, generation);
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
@@ -329,6 +415,7 @@ export class ListenConnection {
     const mark = this.#watermark;
     let xmin: bigint | undefined;
     if (mark === 0n) {
+      this.#drain(generation);
       xmin = await this.#replayAll(client, generation);
     } else {
       const rows = await this.#replay(client, mark);
@@ -336,10 +423,12 @@ export class ListenConnection {
       if (mark !== undefined && xmin !== undefined && xmin < mark) {
         // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
         // the mark. Read again from the start, on the same connection, which already listens.
-        this.#watermark = 0n;
+        this.#resetMark();
+        this.#drain(generation);
         xmin = await this.#replayAll(client, generation);
       } else {
         await this.#publish(rows, generation);
+        this.#drain(generation);
       }
     }
     this.#assertCurrent(generation);
@@ -375,7 +464,7 @@ export class ListenConnection {
   /** The re-read from `mark` (`undefined`: nothing, only the snapshot's `xmin`); see the module doc. */
   async #replay(client: PgListenClient, mark: bigint | undefined): Promise<ReplayRow[]> {
     const text = mark === undefined ? null : mark.toString();
-    const { rows } = await client.query(this.#statements.replay, [text, text]);
+    const { rows } = await client.query(this.#statements.replay, [text, text, text, text, text]);
     return rows as ReplayRow[];
   }
 
@@ -407,6 +496,8 @@ export class ListenConnection {
    * re-read reports them, and after a renewed epoch these may be of the old one).
    */
   async #publish(rows: readonly ReplayRow[], generation: number): Promise<void> {
+    this.#assertCurrent(generation);
+    this.#forgetPurged(rows);
     for (let start = 0; start < rows.length; start += REREAD_CHUNK_ROWS) {
       if (start > 0) await new Promise((resolve) => setImmediate(resolve));
       this.#assertCurrent(generation);
@@ -414,6 +505,7 @@ export class ListenConnection {
       for (let index = start; index < end; index++) {
         const row = rows[index] as ReplayRow;
         if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
+        if (row.purged_xid !== undefined && row.purged_xid !== null) continue;
         this.#options.hub.report(
           {
             taskId: row.task_id,
@@ -425,6 +517,56 @@ export class ListenConnection {
         );
       }
     }
+  }
+
+  /**
+   * The purges a re-read from the mark found, before any of its events: their tasks are forgotten, so the
+   * events of a new task with one of those ids, which the same snapshot shows (and every later report of
+   * it), are published from seq 1. When records the re-read may have needed were deleted, every task is.
+   */
+  #forgetPurged(rows: readonly ReplayRow[]): void {
+    if (rows[0]?.horizon_passed === true) this.#options.hub.forgetPublished();
+    for (const row of rows) {
+      if (row.task_id === null || row.purged_xid === undefined || row.purged_xid === null) continue;
+      this.purged([row.task_id], BigInt(row.purged_xid));
+    }
+  }
+
+  /**
+   * Reports the notifications the connection of `generation` received during its re-read, in the order
+   * they came, and stops holding them.
+   */
+  #drain(generation: number): void {
+    const buffered = this.#buffered;
+    if (buffered?.generation !== generation) return;
+    this.#buffered = undefined;
+    for (const message of buffered.messages) {
+      if (generation !== this.#generation) return;
+      this.#onNotification(message, generation);
+    }
+  }
+
+  /**
+   * Tasks deleted by retention, by the transaction `xid` (`undefined` when unknown: a notice of an older
+   * version): the hub forgets them, unless this purge, or a later one of the same id, was heard already.
+   * Called for purge notices, for the records a re-read finds, and for this store's own purges.
+   */
+  purged(taskIds: readonly string[], xid: bigint | undefined): void {
+    const forget: string[] = [];
+    for (const taskId of taskIds) {
+      const heard = this.#heardPurges.get(taskId);
+      if (xid !== undefined && heard !== undefined && heard >= xid) continue;
+      forget.push(taskId);
+      if (xid === undefined) continue;
+      // Re-inserted, so the Map's order is oldest heard first.
+      this.#heardPurges.delete(taskId);
+      this.#heardPurges.set(taskId, xid);
+    }
+    for (const taskId of this.#heardPurges.keys()) {
+      if (this.#heardPurges.size <= HEARD_PURGES_CAPACITY) break;
+      this.#heardPurges.delete(taskId);
+    }
+    this.#options.hub.forget(forget);
   }
 
   /** Throws when the connection of `generation` is no longer the current one (replaced, lost or closed). */
@@ -444,7 +586,7 @@ export class ListenConnection {
    */
   rereadAll(): void {
     if (this.#closed) return;
-    this.#watermark = 0n;
+    this.#resetMark();
     if (!this.#started || this.#retryTimer !== undefined) return;
     // Connected, or connecting with a re-read that may have used the old mark: a new generation
     // discards that re-read and every barrier the old connection sent, and reconnects.
@@ -474,7 +616,7 @@ export class ListenConnection {
         break;
       case 'purged':
         // Retention deleted them (in any store on the channel): a new task may take one of the ids.
-        hub.forget(notice.taskIds);
+        this.purged(notice.taskIds, notice.xid);
         break;
       case 'barrier':
         // Other stores' barriers, and this store's earlier connections', say nothing about what this
@@ -494,8 +636,22 @@ export class ListenConnection {
     return `${this.#listenerId}/${generation}`;
   }
 
+  /**
+   * The mark goes back to 0: a re-read from the start follows. The purges heard are forgotten with it: their
+   * xids are of the old run of transaction ids, and would pass for later purges of the restored database.
+   */
+  #resetMark(): void {
+    this.#watermark = 0n;
+    this.#heardPurges.clear();
+  }
+
   #advance(xmin: bigint): void {
-    if (this.#watermark === undefined || xmin > this.#watermark) this.#watermark = xmin;
+    if (this.#watermark !== undefined && xmin <= this.#watermark) return;
+    this.#watermark = xmin;
+    // A re-read from the new mark finds no record of a purge below it: nothing to tell apart any more.
+    for (const [taskId, xid] of this.#heardPurges) {
+      if (xid < xmin) this.#heardPurges.delete(taskId);
+    }
   }
 
   #scheduleBarrier(generation: number): void {
@@ -557,6 +713,7 @@ export class ListenConnection {
     this.#connected = false;
     this.#replacedAt = undefined;
     this.#lastError = toProgressError(error, 'The LISTEN connection failed');
+    this.#buffered = undefined; // the next connection's re-read covers what it held
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;
     this.#clearWatchdog();

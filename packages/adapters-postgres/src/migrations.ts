@@ -138,6 +138,23 @@ function migrationsFor(schema: string): Record<string, Migration> {
         );
       },
     },
+    '0003_purged': {
+      async up(db: Kysely<unknown>): Promise<void> {
+        // A record of each task retention deleted, with the deleting transaction's id: a purge notice is
+        // lost with a LISTEN connection that is down, like any notification, and the re-read after the
+        // reconnect finds the purges past its mark here (see `listen-connection.ts`). Kept for an hour
+        // (`PURGED_RECORD_MS` in `task-statements.ts`); `purged_horizon` in meta is the highest xid of a
+        // record deleted since, so a re-read from below it knows it may have missed one.
+        await sql`
+          CREATE TABLE ${table('purged')} (
+            task_id text COLLATE "C" NOT NULL,
+            xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            purged_at int8 NOT NULL
+          )`.execute(db);
+        await sql`CREATE INDEX purged_xid_idx ON ${table('purged')} (xid)`.execute(db);
+        await sql`INSERT INTO ${table('meta')} (key, value) VALUES ('purged_horizon', '0')`.execute(db);
+      },
+    },
   };
 }
 

@@ -16,8 +16,10 @@ import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/cor
  *   transaction do not fit {@link NOTIFY_EVENTS_PAYLOAD_BUDGET_BYTES} on their own travels ids-only,
  *   and the receiver reads them. The list comes first so a receiver can tell from it alone whether it needs the events at all
  *   (a store hears its own commits, which it published already) and skip parsing them.
- * - Purged tasks: `{"purged":["<taskId>",…]}` — sent by `purgeFinished` in its statement: every listener
- *   forgets what it published of them, so a new task with one of those ids is published from seq 1.
+ * - Purged tasks: `{"purged":["<taskId>",…],"xid":"<xid8>"}` — sent by `purgeFinished` in its statement,
+ *   with its transaction id: every listener forgets what it published of them, so a new task with one of
+ *   those ids is published from seq 1. The xid names the purge, whose record a re-read may find again
+ *   (see `listen-connection.ts`); a notice without one (an older version of this package) is still a purge.
  * - A barrier: `{"barrier":"<listener id>/<connection>","xmin":"<xid8>"}` — sent by a listener's
  *   connection to itself to advance its high-water mark (see `listen-connection.ts`).
  *
@@ -56,6 +58,8 @@ export interface BarrierNotice {
 export interface PurgedNotice {
   kind: 'purged';
   taskIds: string[];
+  /** The purge's transaction id; absent in the notices of versions before it was sent. */
+  xid?: bigint;
 }
 
 /** A payload this store did not write (another program notifying on the channel, or garbage). */
@@ -247,13 +251,15 @@ export function decodeNotice(
   if (separator !== -1 || typeof value !== 'object' || value === null) return MALFORMED;
   const record = value as Record<string, unknown>;
   if (typeof record.barrier === 'string') {
-    if (typeof record.xmin !== 'string' || !/^[0-9]{1,20}$/.test(record.xmin)) return MALFORMED;
+    if (!isXid(record.xmin)) return MALFORMED;
     return { kind: 'barrier', listenerId: record.barrier, xmin: BigInt(record.xmin) };
   }
   if (Array.isArray(record.purged)) {
     const taskIds = record.purged;
     if (!taskIds.every(isTaskId)) return MALFORMED;
-    return { kind: 'purged', taskIds };
+    if (record.xid === undefined) return { kind: 'purged', taskIds };
+    if (!isXid(record.xid)) return MALFORMED;
+    return { kind: 'purged', taskIds, xid: BigInt(record.xid) };
   }
   return MALFORMED;
 }
@@ -311,6 +317,11 @@ function decodeEvents(change: ChangeNotice, value: unknown): TaskEvent[] | undef
 }
 
 const EVENT_TYPE_NAMES: ReadonlySet<string> = new Set(EVENT_TYPES);
+
+/** An `xid8` as Postgres writes it as text. */
+function isXid(value: unknown): value is string {
+  return typeof value === 'string' && /^[0-9]{1,20}$/.test(value);
+}
 
 function isTaskId(value: unknown): value is string {
   return typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value);

@@ -231,6 +231,16 @@ export class ChangeFeedHub {
   }
 
   /**
+   * Any task may have been deleted by retention unheard (the `LISTEN` connection's re-read found that the
+   * records of some purges it may have missed are gone; see `listen-connection.ts`): forget what was
+   * published of every task, as {@link forget} would of each. Unlike {@link forgetAll}, nothing received
+   * before is suspect: held notifications and this store's own transactions in flight are kept.
+   */
+  forgetPublished(): void {
+    this.#published.clear();
+  }
+
+  /**
    * This store is about to send a transaction that commits `taskId`'s seqs up to `seq`. Until
    * {@link settled}, a notification of those seqs is held, not published: its own commit's reply usually
    * follows within the same I/O turn and publishes the change itself, with its events built only if a

@@ -50,6 +50,7 @@ import { StatementBatcher } from './statement-batcher.js';
 import {
   insertTask,
   listTasks,
+  type PurgeTarget,
   purgeFinished,
   readTasks,
   renewEpoch,
@@ -122,6 +123,7 @@ export class PostgresProgressStore implements ProgressStore {
   /** The schema's `meta` table (the epoch). */
   readonly #meta: RawBuilder<unknown>;
   readonly #target: AppendTarget;
+  readonly #purgeTarget: PurgeTarget;
   readonly #hub: ChangeFeedHub;
   readonly #feed: StoreChangeFeed;
   readonly #listener: ListenConnection;
@@ -182,6 +184,7 @@ export class PostgresProgressStore implements ProgressStore {
       events: sql.id(this.#schema, 'events'),
       channel,
     };
+    this.#purgeTarget = { ...this.#target, purged: sql.id(this.#schema, 'purged'), meta: this.#meta };
     this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
     this.#listener = new ListenConnection({
       hub: this.#hub,
@@ -189,6 +192,8 @@ export class PostgresProgressStore implements ProgressStore {
       channel,
       events: this.#target.events,
       tasks: this.#target.tasks,
+      purged: this.#purgeTarget.purged,
+      meta: this.#meta,
       createClient: options.createListenClient,
       watermarkIntervalMs: options.watermarkIntervalMs,
       reconnect: options.reconnect,
@@ -391,10 +396,14 @@ export class PostgresProgressStore implements ProgressStore {
   async purgeFinished(options: PurgeOptions): Promise<number> {
     this.#assertOpen();
     const { olderThanMs, limit } = parsePurgeOptions(options);
-    const cutoff = this.#clock() - olderThanMs;
-    const doomed = purgeFinished(this.#target, { cutoff, limit });
+    const now = this.#clock();
+    const doomed = purgeFinished(this.#purgeTarget, { cutoff: now - olderThanMs, limit, now });
     const { rows } = await this.#query('purgeFinished', undefined, doomed);
-    this.#hub.forget(rows.map((row) => row.id));
+    const xid = rows[0]?.xid;
+    const ids = rows.map((row) => row.id);
+    // Forgotten through the LISTEN connection, which then knows this purge when its notice or its record
+    // (a re-read's) comes, and forgets nothing published since (see "Purges" in `listen-connection.ts`).
+    if (xid !== undefined) this.#listener.purged(ids, BigInt(xid));
     return rows.length;
   }
 

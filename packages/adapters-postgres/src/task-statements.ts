@@ -101,21 +101,42 @@ export class TaskReads {
 }
 
 /**
- * Deletes up to `limit` tasks finished at or before `cutoff` and their events, in one statement; returns
- * the deleted ids. Events first (there is no foreign key to cascade), then their tasks; `SKIP LOCKED`
- * leaves a task another transaction holds for a later purge.
- */
-/**
  * Ids per purge notice: ids are at most 128 characters from `ID_PATTERN`, which JSON leaves unescaped, so
- * 50 of them (about 6,600 bytes) stay under Postgres's 8000-byte payload limit.
+ * 50 of them (about 6,600 bytes, and the purge's xid) stay under Postgres's 8000-byte payload limit.
  */
 const PURGE_NOTICE_IDS = 50;
 
+/**
+ * How long the record of a purge (`<schema>.purged`) is kept: the re-read of a `LISTEN` connection that was
+ * down when the purge notice was sent finds the purge there (see `listen-connection.ts`). A connection away
+ * longer than this may find the record gone; `purged_horizon` tells it so.
+ */
+export const PURGED_RECORD_MS = 3_600_000;
+
+/** Where retention writes: the tables, the channel, and the purge records and the horizon in `meta`. */
+export interface PurgeTarget extends AppendTarget {
+  purged: RawBuilder<unknown>;
+  meta: RawBuilder<unknown>;
+}
+
+/**
+ * Deletes up to `limit` tasks finished at or before `cutoff` and their events, in one statement; returns
+ * the deleted ids, each with the statement's transaction id (`xid`, as text). Events first (there is no
+ * foreign key to cascade), then their tasks; `SKIP LOCKED` leaves a task another transaction holds for a
+ * later purge.
+ *
+ * The same statement records each deleted id in `purged` with its transaction id, and sends the purge
+ * notices with that id too: every listener forgets the purged ids, so that a new task with the same id is
+ * published from seq 1; a listener that was not connected when the notice went out finds the record by its
+ * re-read, and one that heard the notice knows the record for the same purge (see `listen-connection.ts`).
+ * It also deletes up to `limit` records older than {@link PURGED_RECORD_MS} (by the store's clock, `now`),
+ * and raises `purged_horizon` to the highest xid among them.
+ */
 export function purgeFinished(
-  target: AppendTarget,
-  { cutoff, limit }: { cutoff: number; limit: number },
-): RawBuilder<{ id: string }> {
-  return sql<{ id: string }>`
+  target: PurgeTarget,
+  { cutoff, limit, now }: { cutoff: number; limit: number; now: number },
+): RawBuilder<{ id: string; xid: string }> {
+  return sql<{ id: string; xid: string }>`
     WITH doomed AS (
       SELECT id FROM ${target.tasks}
       WHERE status <> 'running' AND finished_at IS NOT NULL AND finished_at <= ${cutoff}
@@ -127,16 +148,32 @@ export function purgeFinished(
     ), purged AS (
       DELETE FROM ${target.tasks} WHERE id IN (SELECT id FROM doomed)
       RETURNING id
+    ), recorded AS (
+      INSERT INTO ${target.purged} (task_id, purged_at) SELECT id, ${now} FROM purged
+    ), expired AS (
+      -- SKIP LOCKED: two purges at once each delete records the other does not hold (no lock waits, no
+      -- deadlock between them).
+      DELETE FROM ${target.purged} WHERE ctid IN (
+        SELECT ctid FROM ${target.purged} WHERE purged_at <= ${now - PURGED_RECORD_MS}
+        ORDER BY xid LIMIT ${limit}
+        FOR UPDATE SKIP LOCKED
+      )
+      RETURNING xid
+    ), horizon AS (
+      UPDATE ${target.meta} SET value = greatest(value::xid8, newest.xid)::text
+      -- Not max(): the older Postgres versions the store supports have no max() of xid8, only its order.
+      FROM (SELECT xid FROM expired ORDER BY xid DESC LIMIT 1) AS newest
+      WHERE key = 'purged_horizon'
     ), notified AS (
-      -- Every listener forgets the purged ids (notify-payload.ts, purge notices), so a new task with the
-      -- same id is published from seq 1 everywhere, not only in this store: Postgres delivers it in commit
-      -- order, before any notification of such a new task. PURGE_NOTICE_IDS ids per notification.
-      SELECT pg_notify(${target.channel}, json_build_object('purged', json_agg(id))::text)
+      -- Postgres delivers the notices in commit order, before any notification of such a new task.
+      -- PURGE_NOTICE_IDS ids per notification.
+      SELECT pg_notify(${target.channel}, json_build_object(
+        'purged', json_agg(id), 'xid', pg_current_xact_id()::text)::text)
       FROM (SELECT id, (row_number() OVER () - 1) / ${sql.lit(PURGE_NOTICE_IDS)} AS chunk FROM purged) AS numbered
       GROUP BY chunk
     )
     -- The count is a one-time filter that makes the notifications run (an unreferenced CTE would not).
-    SELECT id FROM purged WHERE (SELECT count(*) FROM notified) >= 0`;
+    SELECT id, pg_current_xact_id()::text AS xid FROM purged WHERE (SELECT count(*) FROM notified) >= 0`;
 }
 
 /**

@@ -240,6 +240,22 @@ describe('ChangeFeedHub', () => {
     expect(seen).toEqual([1, 2, 3, 1]);
   });
 
+  it('forgetPublished forgets every task, but keeps notifications held for its own transaction in flight', () => {
+    // Unlike forgetAll (a restore), nothing received before is suspect: records of purges were only lost.
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const seen: string[] = [];
+    hub.subscribe((change) => seen.push(`${change.taskId}:${change.seq}`));
+    hub.report({ taskId: 'x', firstSeq: 1, seq: 3, terminal: true }, 'notification');
+    hub.report({ taskId: 'y', firstSeq: 1, seq: 1, terminal: false }, 'notification');
+    hub.expectCommit('y', 2);
+    hub.report({ taskId: 'y', firstSeq: 2, seq: 2, terminal: false }, 'notification'); // held
+    hub.forgetPublished();
+    expect([hub.publishedSeq('x'), hub.publishedSeq('y')]).toEqual([undefined, undefined]);
+    hub.report({ taskId: 'x', firstSeq: 1, seq: 1, terminal: false }, 'replay');
+    hub.settled(['y']);
+    expect(seen).toEqual(['x:1', 'x:2', 'x:3', 'y:1', 'x:1', 'y:2']);
+  });
+
   it('on create, starts a reused id afresh but keeps what another process already published', () => {
     const hub = new ChangeFeedHub(new ManualClock().now, () => {});
     const seen: string[] = [];

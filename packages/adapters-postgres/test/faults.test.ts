@@ -9,6 +9,7 @@ import {
   PostgresProgressStore,
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
+import { PURGED_RECORD_MS } from '../src/task-statements.js';
 import {
   commitGatedPool,
   eventually,
@@ -84,7 +85,10 @@ function restorableListenClients(offset: bigint) {
         const at = shift;
         const given = values?.[0];
         const mark = typeof given === 'string' ? String(BigInt(given) > at ? BigInt(given) - at : 0n) : null;
-        const result = await query(text, values === undefined ? undefined : [mark, mark]);
+        const result = await query(
+          text,
+          values?.map(() => mark),
+        );
         return {
           ...result,
           rows: result.rows.map((row) => ({ ...row, xmin: String(BigInt(String(row.xmin)) + at) })),
@@ -359,6 +363,284 @@ describe('the LISTEN connection', () => {
     );
     await eventually('the re-read finds the commit the dead socket missed', () => recorder.has('x', 2), 3000);
     expect(recorder.seqs('x')).toEqual([1, 2]);
+  });
+});
+
+/**
+ * LISTEN clients gated like {@link gatedListenClients}, whose re-read can be held once it has its rows:
+ * `duringReread(step)` runs `step` (commits of another store, and the wait for their notifications, which
+ * reach the connection meanwhile) after the next re-read's statement answered and before the listener
+ * gets its rows, as a commit between the re-read's snapshot and its reply does. `heard()` counts the
+ * notifications the clients received.
+ */
+function rereadHoldingListenClients() {
+  const gated = gatedListenClients();
+  let step: (() => Promise<void>) | undefined;
+  let heard = 0;
+  const factory = (): PgListenClient => {
+    const client = gated.factory() as unknown as pg.Client;
+    const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+    client.on('notification', () => {
+      heard += 1;
+    });
+    Object.assign(client, {
+      query: async (text: string, values?: unknown[]) => {
+        const result = await query(text, values);
+        if (text.includes('pg_snapshot_xmin') && !text.includes("'barrier'") && step !== undefined) {
+          const run = step;
+          step = undefined;
+          await run();
+        }
+        return result;
+      },
+    });
+    return client as unknown as PgListenClient;
+  };
+  return {
+    factory,
+    block: gated.block,
+    unblock: gated.unblock,
+    duringReread(run: () => Promise<void>) {
+      step = run;
+    },
+    heard: () => heard,
+  };
+}
+
+/** The changes of `taskId` a recorder got from its `from`-th change on, as `seq` and `T` for terminal. */
+function changesOf(recorder: Recorder, taskId: string, from: number): string[] {
+  return recorder.changes
+    .slice(from)
+    .filter((change) => change.taskId === taskId)
+    .map((change) => `${change.seq}${change.terminal ? 'T' : ''}`);
+}
+
+/**
+ * An observer whose LISTEN connection the test takes down and lets back (`listen`), a writer, and a
+ * recorder of the observer's feed, once the observer has published the writer's four-event run of task
+ * 'job' (three items, completed), which a watcher on the observer follows throughout.
+ */
+async function observingFirstRun(
+  schema: string,
+  listen: { factory: () => PgListenClient },
+  options: Partial<PostgresProgressStoreOptions> = {},
+) {
+  const observer = await openObserver(schema, { listenClient: listen.factory, ...options });
+  const writer = await open({ schema });
+  const recorder = new Recorder(observer);
+  // As TaskHub.follow does for a subscribed socket: the safety-net poll asks about it too.
+  observer.changes.follow('job');
+  await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+  for (const key of ['n1', 'n2', 'n3']) await writer.append('job', { type: 'item', key, ok: true });
+  await writer.append('job', { type: 'completed' });
+  await eventually('the observer sees the first run end', () => recorder.has('job', 4));
+  return { observer, writer, recorder };
+}
+
+/** Takes the observer's LISTEN connection down (its reconnects wait for `listen.unblock()`). */
+async function takeListenerDown(observer: PostgresProgressStore, listen: { block(): void }): Promise<void> {
+  listen.block();
+  await terminate(observer.changes.health().listenerPid ?? 0);
+  await eventually('the observer notices', () => !observer.changes.health().connected);
+}
+
+describe('retention while the LISTEN connection is away', () => {
+  it('hears, by its re-read, a purge committed while it was away: a reused id is published from seq 1', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 20,
+    });
+    await takeListenerDown(observer, listen);
+    // Retention on the writer removes the job while the observer's listener is away (its purge notice
+    // is lost with it), and the job runs again under the same id, shorter: seqs 1 and 2, both at most
+    // the 4 the observer remembers. (Before the purge records, the observer dropped them as duplicates
+    // for as long as the job was followed: neither the re-read nor the poll published them.)
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await writer.append('job', { type: 'completed' });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      "the observer publishes the second run's end",
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it('a new run committed only after the reconnect is published too: the re-read found the purge alone', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+    });
+    await takeListenerDown(observer, listen);
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await writer.append('job', { type: 'completed' });
+    await eventually('the second run ends on the observer', () =>
+      changesOf(recorder, 'job', before).includes('2T'),
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    expect(observer.changes.stats().missedByNotifications).toBe(0);
+  });
+
+  it('a record of a purge it heard before going away is not acted on again: nothing is published twice', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    // No barrier advances the mark: the re-read after the reconnect covers the purge and the new run,
+    // which the observer heard and published before it went away. No poll either.
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    const before = recorder.changes.length;
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await eventually('the observer publishes the new run', () =>
+      changesOf(recorder, 'job', before).includes('1'),
+    );
+    await takeListenerDown(observer, listen);
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
+    await writer.append('job', { type: 'completed' });
+    await eventually('the second run ends on the observer', () =>
+      changesOf(recorder, 'job', before).includes('2T'),
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it('knows its own purge, made while away, when the re-read finds its record: nothing is published twice', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 20,
+    });
+    await takeListenerDown(observer, listen);
+    const before = recorder.changes.length;
+    // The observer's own retention: it forgets the job at once, and its poll finds the new run's seq 1.
+    expect(await observer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await eventually('the poll publishes the new run', () =>
+      changesOf(recorder, 'job', before).includes('1'),
+    );
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await writer.append('job', { type: 'completed' });
+    await eventually('the second run ends on the observer', () =>
+      changesOf(recorder, 'job', before).includes('2T'),
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it("reports the notifications that arrive during its re-read after the re-read's rows", async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    // No poll: only the order in which the listener reports decides what is published.
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    // Committed after the re-read's snapshot, their notifications reach the new connection before the
+    // re-read's rows reach the listener: reported first, seqs 2 and 3 would pass for the first run's.
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      await writer.append('job', { type: 'item', key: 'n2', ok: true });
+      await writer.append('job', { type: 'completed' });
+      await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('3T'),
+      3000,
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2', '3T']);
+  });
+
+  it("does not take a re-read's rows of a purged run for the new run that a notification during it announced", async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    // The mark stays below the first run, whose events the re-read therefore reads again.
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    // After the re-read's snapshot (which still holds the first run's seqs 1..4), the run is purged and
+    // started again. Reported before those rows, the purge notice and seq 1 of the new run would make the
+    // rows' seqs 2..4 look like the new run's (a terminal one among them), and the new run's own seq 2
+    // a duplicate.
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await writer.append('job', { type: 'item', key: 'n1', ok: true });
+      await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the new run starts on the observer',
+      () => changesOf(recorder, 'job', before).includes('1'),
+      3000,
+    );
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it('forgets every task when records of purges it may have missed were deleted', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    // Retention runs on a replica whose clock the test moves: the records expire an hour after the purge.
+    const clock = new ManualClock(Date.now());
+    const retention = await open({ schema, clock: clock.now });
+    await takeListenerDown(observer, listen);
+    expect(await retention.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await retention.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await retention.append('job', { type: 'completed' });
+    clock.advance(PURGED_RECORD_MS);
+    // Purges nothing more, but deletes the record of the first purge, which the observer never heard.
+    expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
+    const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
+    expect(records.rows).toEqual([{ n: 0 }]);
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('1T'),
+      3000,
+    );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1T']);
   });
 });
 

@@ -246,10 +246,13 @@ describe('NOTIFY payloads', () => {
       listenerId: 'abc',
       xmin: 12345678901234n,
     });
-    expect(decodeNotice('{"purged":["taint-42","a/b"]}')).toEqual({
+    expect(decodeNotice('{"purged":["taint-42","a/b"],"xid":"4711"}')).toEqual({
       kind: 'purged',
       taskIds: ['taint-42', 'a/b'],
+      xid: 4711n,
     });
+    // As versions before the xid sent it: still a purge, of no known transaction.
+    expect(decodeNotice('{"purged":["taint-42"]}')).toEqual({ kind: 'purged', taskIds: ['taint-42'] });
     const malformed = [
       undefined,
       '',
@@ -271,6 +274,9 @@ describe('NOTIFY payloads', () => {
       '{"purged":["bad id!"]}',
       `{"purged":["${'x'.repeat(LIMITS.maxIdLength + 1)}"]}`,
       '{"purged":"t"}',
+      '{"purged":["t"],"xid":4711}',
+      '{"purged":["t"],"xid":"-1"}',
+      '{"purged":["t"],"xid":null}',
       'x'.repeat(PG_NOTIFY_PAYLOAD_LIMIT_BYTES + 1),
     ];
     for (const payload of malformed)

@@ -13,6 +13,7 @@ import {
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
 import { decodeNotice } from '../src/notify-payload.js';
+import { PURGED_RECORD_MS } from '../src/task-statements.js';
 import { dropSchema, eventually, freshSchema, newPool, oneTo, pgUrl, Recorder } from './support.js';
 
 const pool = newPool(10);
@@ -127,6 +128,7 @@ describe('migrations', () => {
       'meta',
       'migrations',
       'migrations_lock',
+      'purged',
       'tasks',
       'unprocessed_events',
     ]);
@@ -547,6 +549,48 @@ describe('operator view and retention', () => {
       .map((change) => `${change.seq}${change.terminal ? 'T' : ''}`);
     expect(after).toEqual(['1', '2T']);
     recorder.stop();
+  });
+
+  it('purgeFinished records each purged id with its transaction id, which its notice names; records expire after an hour', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const store = await open({ schema, clock: clock.now });
+    const listening = await listenTo(schema);
+    for (const id of ['p1', 'p2']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'completed' });
+    }
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(2);
+    const records = await pool.query(
+      `SELECT task_id, xid::text AS xid, purged_at::float8 AS purged_at FROM ${schema}.purged ORDER BY task_id`,
+    );
+    expect(records.rows.map((row) => [row.task_id, row.purged_at])).toEqual([
+      ['p1', clock.now()],
+      ['p2', clock.now()],
+    ]);
+    const xid = records.rows[0].xid;
+    expect(records.rows[1].xid).toBe(xid);
+    await eventually('the purge notice', () =>
+      listening.payloads.some((payload) => payload.startsWith('{"purged"')),
+    );
+    const notice = listening.payloads.find((payload) => payload.startsWith('{"purged"'));
+    expect(decodeNotice(notice)).toEqual({ kind: 'purged', taskIds: ['p1', 'p2'], xid: BigInt(xid) });
+    const horizon = async () =>
+      (await pool.query(`SELECT value FROM ${schema}.meta WHERE key = 'purged_horizon'`)).rows[0].value;
+    expect(await horizon()).toBe('0');
+    // An hour less a millisecond later, the records stay; an hour later, the next purge deletes them
+    // (up to its limit) and raises the horizon to the newest xid it deleted.
+    clock.advance(PURGED_RECORD_MS - 1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(0);
+    expect((await pool.query(`SELECT count(*)::int AS n FROM ${schema}.purged`)).rows).toEqual([{ n: 2 }]);
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0, limit: 1 })).toBe(0);
+    expect((await pool.query(`SELECT count(*)::int AS n FROM ${schema}.purged`)).rows).toEqual([{ n: 1 }]);
+    expect(await horizon()).toBe(xid);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(0);
+    expect((await pool.query(`SELECT count(*)::int AS n FROM ${schema}.purged`)).rows).toEqual([{ n: 0 }]);
+    expect(await horizon()).toBe(xid);
+    await listening.listener.end();
   });
 
   it('sends purge notices of at most 50 ids each, within the payload limit', async () => {

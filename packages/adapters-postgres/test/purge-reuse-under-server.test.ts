@@ -1,0 +1,122 @@
+import type { AddressInfo } from 'node:net';
+import { ProgressClient } from '@finishline/client';
+import { type PgListenClient, PostgresProgressStore } from '@finishline/postgres';
+import { ProgressServer } from '@finishline/server';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { dropSchema, eventually, freshSchema, type Gate, gate, newPool, pgUrl } from './support.js';
+
+/**
+ * Retention purges a finished task while a replica's `LISTEN` connection is down, and the application
+ * runs the job again under the same id. The replica never hears the purge notice; a watcher of the new
+ * run on that replica must still see every event and the end, as on any other replica.
+ */
+
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
+
+const authenticate = (request: { headers: Record<string, string | string[] | undefined> }) => {
+  const user = request.headers['x-user'];
+  return typeof user === 'string' ? { id: user } : null;
+};
+
+/** LISTEN clients whose connect waits while a gate is closed: the test decides when the listener is back. */
+function gatedListenClients() {
+  let blocked: Gate | undefined;
+  const factory = (): PgListenClient => {
+    const client = new pg.Client({ connectionString: pgUrl() });
+    const connect = client.connect.bind(client);
+    const wait = blocked?.promise;
+    Object.assign(client, {
+      connect: async () => {
+        await wait;
+        return connect();
+      },
+    });
+    return client as unknown as PgListenClient;
+  };
+  return {
+    factory,
+    block: () => {
+      blocked = gate();
+    },
+    unblock: () => {
+      blocked?.open();
+      blocked = undefined;
+    },
+  };
+}
+
+describe('a purged task id reused while a replica was not listening', () => {
+  it("brings that replica's watcher of the new run to its end", async () => {
+    const schema = freshSchema('reuse');
+    const admin = newPool(2, 'finishline-test-admin');
+    cleanups.push(async () => {
+      await dropSchema(admin, schema);
+      await admin.end();
+    });
+    const poolA = newPool(4);
+    const poolB = newPool(4);
+    const listen = gatedListenClients();
+    // Replica A serves the watcher; replica B runs the jobs and the retention.
+    const a = await PostgresProgressStore.open({
+      pool: poolA,
+      schema,
+      listenClient: listen.factory,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    const b = await PostgresProgressStore.open({ pool: poolB, schema });
+    const server = await ProgressServer.listen(
+      { store: a, authenticate, heartbeatIntervalMs: 100 },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(async () => {
+      await server.close({ timeoutMs: 500 });
+      await a.close();
+      await b.close();
+      await poolA.end();
+      await poolB.end();
+    });
+    const { port } = server.httpServer!.address() as AddressInfo;
+    const connect = () => {
+      const client = new ProgressClient({
+        url: `ws://127.0.0.1:${port}/progress`,
+        WebSocket,
+        headers: { 'x-user': 'alice' },
+      });
+      cleanups.unshift(() => client.close());
+      return client;
+    };
+
+    // The first run, watched through A to its end.
+    await b.createTask({ id: 'taint-42', owner: 'alice', kind: 'batch_taint', total: 3 });
+    const first = connect().watch('taint-42');
+    for (const key of ['n1', 'n2', 'n3']) await b.append('taint-42', { type: 'item', key, ok: true });
+    await b.append('taint-42', { type: 'completed', result: null });
+    await eventually('the first run ends on the watcher', () => first.getSnapshot().finished, 3000);
+    expect(first.getSnapshot()).toMatchObject({ seq: 4, status: 'completed' });
+
+    // A's LISTEN connection goes down; meanwhile B purges the run and starts the job again.
+    listen.block();
+    const pid = a.changes.health().listenerPid;
+    await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    await eventually('A notices', () => !a.changes.health().connected);
+    expect(await b.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await b.createTask({ id: 'taint-42', owner: 'alice', kind: 'batch_taint', total: 2 });
+    // Another page watches the new run (A answers from the store: seq 0, running).
+    const second = connect().watch('taint-42');
+    await eventually('the new run is watched', () => second.getSnapshot().status === 'running', 3000);
+    listen.unblock();
+    await eventually('A listens again', () => a.changes.health().connected);
+
+    // The new run, shorter than the first: its seqs are all below the 4 A saw of the first.
+    await b.append('taint-42', { type: 'item', key: 'n1', ok: true });
+    await b.append('taint-42', { type: 'failed', error: { code: 'node_gone', message: 'n2 is gone' } });
+    await eventually('the new run ends on the watcher', () => second.getSnapshot().finished, 5000);
+    expect(second.getSnapshot()).toMatchObject({ seq: 2, status: 'failed' });
+  });
+});
