@@ -9,6 +9,18 @@ import type { SqliteStatements } from './sqlite-statements.js';
  * log past a high-water mark (the `AUTOINCREMENT` event id, which SQLite's single writer makes commit
  * order), so every event, from any process, is published once and in order.
  *
+ * ## Purges
+ *
+ * Retention deletes finished tasks, and a new task may then take a deleted id and start again at seq 1.
+ * The feed remembers no task's seq, only an event id, and retention never lowers ids (`AUTOINCREMENT`:
+ * `sqlite_sequence` keeps the largest ever assigned), so the new task's events lie past the mark of every
+ * store on the file and are published from seq 1, whether that store did the purge, polled between it
+ * and the new task, or only after both. Hence no purge log, unlike the Postgres feed, which remembers each
+ * task's last published seq. Keep it so: a per-task seq filter here would drop the new task's seqs up to
+ * the old one's as duplicates, its end included (`test/purge-reuse-feed.test.ts`). What a purge deletes
+ * before a store read it is not published by that store, so retention's age must stay far above the poll
+ * interval.
+ *
  * ## After a restore
  *
  * The mark only holds within one run of event ids. A database file restored from an older backup under
