@@ -149,9 +149,15 @@ function migrationsFor(schema: string): Record<string, Migration> {
           CREATE TABLE ${table('purged')} (
             task_id text COLLATE "C" NOT NULL,
             xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-            purged_at int8 NOT NULL
+            purged_at int8 NOT NULL,
+            -- One purge deletes an id once. A key also gives the table a replica identity: without one, a
+            -- publication that includes it (FOR ALL TABLES, CDC tools) makes every DELETE from it fail, and
+            -- with it the whole purge statement. The re-read's range scan (xid >= mark) uses it too.
+            PRIMARY KEY (xid, task_id)
           )`.execute(db);
-        await sql`CREATE INDEX purged_xid_idx ON ${table('purged')} (xid)`.execute(db);
+        // The expiry of records (purged_at <= now - an hour, oldest first; see `purgeFinished` in
+        // `task-statements.ts`), which every purge runs: without it, a scan and sort of the whole table.
+        await sql`CREATE INDEX purged_purged_at_idx ON ${table('purged')} (purged_at)`.execute(db);
         await sql`INSERT INTO ${table('meta')} (key, value) VALUES ('purged_horizon', '0')`.execute(db);
       },
     },

@@ -155,7 +155,7 @@ export function purgeFinished(
       -- deadlock between them).
       DELETE FROM ${target.purged} WHERE ctid IN (
         SELECT ctid FROM ${target.purged} WHERE purged_at <= ${now - PURGED_RECORD_MS}
-        ORDER BY xid LIMIT ${limit}
+        ORDER BY purged_at LIMIT ${limit}
         FOR UPDATE SKIP LOCKED
       )
       RETURNING xid

@@ -644,6 +644,22 @@ describe('retention while the LISTEN connection is away', () => {
   });
 });
 
+describe('the records of purges', () => {
+  it('purges with the table in a publication, which requires a replica identity of every table it deletes from', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    // FOR TABLE, not FOR ALL TABLES as CDC tools often do: the same check, without touching other tests' tables.
+    await admin.query(`CREATE PUBLICATION "${schema}_pub" FOR TABLE "${schema}".purged`);
+    try {
+      await store.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await store.append('job', { type: 'completed' });
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    } finally {
+      await admin.query(`DROP PUBLICATION "${schema}_pub"`);
+    }
+  });
+});
+
 describe('the watermark after a restore', () => {
   // Transaction ids the feed saw before the simulated restore, above the server's.
   const offset = 1_000_000_000n;
