@@ -157,6 +157,12 @@ export interface PgListenClient {
   readonly connection?: EndableClient['connection'];
 }
 
+/**
+ * Held while a re-read from a mark runs: a notification, or one of this store's own reports to the feed
+ * ({@link ListenConnection.afterReread}).
+ */
+type Held = PgNotification | (() => void);
+
 /** A row of the re-read statement: the snapshot's xmin, and one task that changed since the mark. */
 interface ReplayRow {
   /** `null` on the later pages of the re-read from the start, whose mark is the first page's. */
@@ -320,10 +326,11 @@ export class ListenConnection {
   #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
   #connecting: Promise<void> | undefined;
   /**
-   * The notifications the connection of `generation` received while its re-read from a mark ran, reported
-   * once that re-read was (see "Purges" in the module doc).
+   * What the connection of `generation` received while its re-read from a mark ran, and what this store did
+   * meanwhile ({@link afterReread}), in the order they came: reported once that re-read was (see "Purges"
+   * in the module doc).
    */
-  #buffered: { generation: number; messages: PgNotification[] } | undefined;
+  #buffered: { generation: number; messages: Held[]; rereading: boolean } | undefined;
   /**
    * Per task id, the transaction id of the latest purge of it this store heard of (its notice, its own
    * purge, or a re-read's record), while a re-read from the mark could still find that purge's record: a
@@ -366,6 +373,7 @@ export class ListenConnection {
     } catch (error) {
       this.#generation++;
       this.#connected = false;
+      this.#releaseHeld();
       await this.#endClient();
       throw toProgressError(error, 'Opening the LISTEN connection failed');
     }
@@ -382,6 +390,7 @@ export class ListenConnection {
     this.#generation++;
     this.#connected = false;
     this.#replacedAt = undefined;
+    this.#releaseHeld();
     clearTimeout(this.#retryTimer);
     clearTimeout(this.#barrierTimer);
     this.#clearWatchdog();
@@ -402,7 +411,8 @@ export class ListenConnection {
     }
     this.#client = client;
     // Held from the start of the re-read until its rows are reported (see #drain).
-    this.#buffered = { generation, messages: [] };
+    this.#releaseHeld();
+    this.#buffered = { generation, messages: [], rereading: false };
     client.on('notification', (message) => {
       if (generation !== this.#generation) return;
       if (this.#buffered?.generation === generation) this.#buffered.messages.push(message);
@@ -418,6 +428,9 @@ export class ListenConnection {
       this.#drain(generation);
       xmin = await this.#replayAll(client, generation);
     } else {
+      // From now on this store's own reports wait for the rows too (see afterReread); not while it
+      // connected, when the safety-net poll and its own commits are all that publish.
+      if (this.#buffered?.generation === generation) this.#buffered.rereading = true;
       const rows = await this.#replay(client, mark);
       xmin = snapshotXmin(rows);
       if (mark !== undefined && xmin !== undefined && xmin < mark) {
@@ -540,10 +553,45 @@ export class ListenConnection {
     const buffered = this.#buffered;
     if (buffered?.generation !== generation) return;
     this.#buffered = undefined;
-    for (const message of buffered.messages) {
-      if (generation !== this.#generation) return;
-      this.#onNotification(message, generation);
+    for (const held of buffered.messages) {
+      if (typeof held === 'function') held();
+      // A connection replaced meanwhile: its held notifications are the next re-read's to find.
+      else if (generation === this.#generation) this.#onNotification(held, generation);
     }
+  }
+
+  /**
+   * Stops holding: the connection is lost, replaced or closed, its re-read abandoned. The notifications held
+   * are dropped (the next re-read, from the same mark, finds what they announced); this store's own reports
+   * are made now, in their order, as they are while the connection is down: the re-read's rows they had to
+   * follow will not be reported.
+   */
+  #releaseHeld(): void {
+    const buffered = this.#buffered;
+    this.#buffered = undefined;
+    if (buffered === undefined) return;
+    for (const held of buffered.messages) if (typeof held === 'function') held();
+  }
+
+  /**
+   * Runs `action`, one of this store's own reports to the feed (its commits, a task it created, its purges),
+   * now, or, while a re-read from a mark runs, after that re-read's rows and the notifications received
+   * before it, in order (see "Purges" in the module doc): made before the rows, it would be judged against a
+   * memory the rows are about to correct, and the rows then against what it changed.
+   */
+  afterReread(action: () => void): void {
+    if (this.rereading()) this.#buffered?.messages.push(action);
+    else action();
+  }
+
+  /**
+   * True while a re-read from a mark runs: a report that is not ordered with it ({@link afterReread})
+   * would be judged against a memory it is about to correct (the safety-net poll skips its reports
+   * meanwhile, and retries).
+   */
+  rereading(): boolean {
+    const buffered = this.#buffered;
+    return buffered !== undefined && buffered.rereading && buffered.generation === this.#generation;
   }
 
   /**
@@ -588,6 +636,9 @@ export class ListenConnection {
     if (this.#closed) return;
     this.#resetMark();
     if (!this.#started || this.#retryTimer !== undefined) return;
+    // The re-read in flight is abandoned: this store's own reports it held are made now, as they would have
+    // been without it (the feed drops those of commits sent before the restore was noticed; see `forgetAll`).
+    this.#releaseHeld();
     // Connected, or connecting with a re-read that may have used the old mark: a new generation
     // discards that re-read and every barrier the old connection sent, and reconnects.
     this.#generation++;
@@ -713,7 +764,7 @@ export class ListenConnection {
     this.#connected = false;
     this.#replacedAt = undefined;
     this.#lastError = toProgressError(error, 'The LISTEN connection failed');
-    this.#buffered = undefined; // the next connection's re-read covers what it held
+    this.#releaseHeld(); // the next connection's re-read covers the notifications it held
     clearTimeout(this.#barrierTimer);
     this.#barrierTimer = undefined;
     this.#clearWatchdog();

@@ -204,6 +204,7 @@ export class PostgresProgressStore implements ProgressStore {
       hub: this.#hub,
       intervalMs: options.pollIntervalMs,
       readLatest: (taskIds) => this.#readLatest(taskIds),
+      rereading: () => this.#listener.rereading(),
       onError: options.onError,
     });
     this.#feed = new StoreChangeFeed({ hub: this.#hub, listener: this.#listener, poll: this.#poll });
@@ -214,9 +215,11 @@ export class PostgresProgressStore implements ProgressStore {
       clock: options.clock,
       maxBatchSize: options.maxBatchSize,
       maxConcurrentBatches: options.maxConcurrentBatches,
-      publish: (change) => this.#hub.publishCommitted(change),
+      // Ordered after a re-read in flight, with the notifications it holds (see "Purges" in
+      // `listen-connection.ts`); expectCommit need not be: it only holds notifications back.
+      publish: (change) => this.#listener.afterReread(() => this.#hub.publishCommitted(change)),
       expectCommit: (taskId, seq) => this.#hub.expectCommit(taskId, seq),
-      settled: (taskIds) => this.#hub.settled(taskIds),
+      settled: (taskIds) => this.#listener.afterReread(() => this.#hub.settled(taskIds)),
     });
     this.#reads = new TaskReads(this.#db, this.#target);
     const reads = this.#reads;
@@ -282,7 +285,7 @@ export class PostgresProgressStore implements ProgressStore {
     }
     // A copy: the caller owns the returned object, and may change it.
     this.#appends.created({ ...task });
-    this.#hub.resetTask(id);
+    this.#listener.afterReread(() => this.#hub.resetTask(id));
     return task;
   }
 
@@ -403,7 +406,8 @@ export class PostgresProgressStore implements ProgressStore {
     const ids = rows.map((row) => row.id);
     // Forgotten through the LISTEN connection, which then knows this purge when its notice or its record
     // (a re-read's) comes, and forgets nothing published since (see "Purges" in `listen-connection.ts`).
-    if (xid !== undefined) this.#listener.purged(ids, BigInt(xid));
+    // Ordered after a re-read in flight, whose snapshot may still hold the purged tasks' events.
+    if (xid !== undefined) this.#listener.afterReread(() => this.#listener.purged(ids, BigInt(xid)));
     return rows.length;
   }
 

@@ -25,6 +25,11 @@ export interface SafetyNetPollOptions {
   intervalMs: number;
   /** One indexed query: the latest state of each known task among `taskIds` (at most 1000). */
   readLatest: (taskIds: readonly string[]) => Promise<Map<string, LatestState>>;
+  /**
+   * True while the `LISTEN` connection's re-read from a mark runs: the poll reports nothing then (it
+   * retries next time), as its answer would be judged against a memory that re-read is about to correct.
+   */
+  rereading: () => boolean;
   onError: (error: ProgressError) => void;
 }
 
@@ -91,6 +96,7 @@ export class SafetyNetPoll {
         this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
         return;
       }
+      if (this.#options.rereading()) return;
       for (const [taskId, state] of latest) {
         const published = hub.publishedSeq(taskId);
         if (published === undefined || state.seq > published) {

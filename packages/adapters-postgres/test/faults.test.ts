@@ -371,7 +371,7 @@ describe('the LISTEN connection', () => {
  * `duringReread(step)` runs `step` (commits of another store, and the wait for their notifications, which
  * reach the connection meanwhile) after the next re-read's statement answered and before the listener
  * gets its rows, as a commit between the re-read's snapshot and its reply does. `heard()` counts the
- * notifications the clients received.
+ * notifications the clients received, barriers left out.
  */
 function rereadHoldingListenClients() {
   const gated = gatedListenClients();
@@ -380,8 +380,9 @@ function rereadHoldingListenClients() {
   const factory = (): PgListenClient => {
     const client = gated.factory() as unknown as pg.Client;
     const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
-    client.on('notification', () => {
-      heard += 1;
+    client.on('notification', (message) => {
+      // Not the barriers: any store's (the writer's, every second by default) would count too early.
+      if (!message.payload?.includes('"barrier"')) heard += 1;
     });
     Object.assign(client, {
       query: async (text: string, values?: unknown[]) => {
@@ -611,6 +612,99 @@ describe('retention while the LISTEN connection is away', () => {
       3000,
     );
     expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it("orders its own purge and its own commits during its re-read after the re-read's rows", async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    // After the re-read's snapshot (which still holds the first run's seqs 1..4), the observer itself
+    // purges the run and starts it again. Acted on before those rows, its purge and its own seq 1 would make
+    // the rows' seqs 2..4 look like the new run's, and the new run's own seq 2 a duplicate: never published.
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await observer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await observer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await observer.append('job', { type: 'item', key: 'n1', ok: true });
+      await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it("orders its own commits during its re-read after the re-read's rows and another store's purge", async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    // The writer purges the run (its notice held with the re-read), and the observer starts it again:
+    // published at once, its seq 1 would be followed by the rows' seqs 2..4T of the purged run, as if of the
+    // new one (a phantom end).
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await observer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await observer.append('job', { type: 'item', key: 'n1', ok: true });
+      await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
+  it('reports nothing its safety-net poll finds during its re-read (the poll retries)', async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    // The writer purges the run (its notice held with the re-read) and runs it again past seq 4; a poll
+    // then finds seq 5. Reported at once, against the first run's 4, it would publish a lone 5 of the new run
+    // before the notice, after which the new run is published again from seq 1.
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      for (const key of ['n1', 'n2', 'n3', 'n4', 'n5'])
+        await writer.append('job', { type: 'item', key, ok: true });
+      await eventually('the notifications reach the connection', () => listen.heard() >= heard + 6);
+      await observer.pollNow();
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('6T'),
+      3000,
+    ).catch(() => {});
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2', '3', '4', '5', '6T']);
   });
 
   it('forgets every task when records of purges it may have missed were deleted', async () => {
