@@ -591,7 +591,7 @@ export class ListenConnection {
    */
   rereading(): boolean {
     const buffered = this.#buffered;
-    return buffered !== undefined && buffered.rereading && buffered.generation === this.#generation;
+    return buffered?.rereading === true && buffered.generation === this.#generation;
   }
 
   /**

@@ -157,6 +157,12 @@ export class ChangeFeedHub {
    * it committed may be of the old epoch, so its own changes are not published (see {@link forgetAll}).
    */
   readonly #sentBefore = new Set<string>();
+  /** Counts the forgets of what was published ({@link forgetCount}). */
+  #forgets = 0;
+  /** The forget count at the last forget of each followed task, while followed. */
+  readonly #forgottenAt = new Map<string, number>();
+  /** The forget count at the last forget of every task ({@link forgetAll}, {@link forgetPublished}). */
+  #forgotAllAt = 0;
   readonly #counters: PublicationStats = {
     published: 0,
     fromCommits: 0,
@@ -182,8 +188,10 @@ export class ChangeFeedHub {
       if (!active) return;
       active = false;
       const count = (this.#followed.get(taskId) ?? 1) - 1;
-      if (count <= 0) this.#followed.delete(taskId);
-      else this.#followed.set(taskId, count);
+      if (count <= 0) {
+        this.#followed.delete(taskId);
+        this.#forgottenAt.delete(taskId);
+      } else this.#followed.set(taskId, count);
     };
   }
 
@@ -220,6 +228,7 @@ export class ChangeFeedHub {
    * store holds, the `LISTEN` connection's re-read from the start, which follows this call, reports.
    */
   forgetAll(): void {
+    this.#forgotAllAt = ++this.#forgets;
     this.#published.clear();
     this.#held.clear();
     for (const taskId of this.#pending.keys()) this.#sentBefore.add(taskId);
@@ -227,7 +236,25 @@ export class ChangeFeedHub {
 
   /** Tasks were deleted by retention: forget them, so a new task with the same id starts from seq 1. */
   forget(taskIds: Iterable<string>): void {
-    for (const taskId of taskIds) this.#published.delete(taskId);
+    const at = ++this.#forgets;
+    for (const taskId of taskIds) {
+      this.#published.delete(taskId);
+      if (this.#followed.has(taskId)) this.#forgottenAt.set(taskId, at);
+    }
+  }
+
+  /**
+   * A count of forgets so far: the safety-net poll notes it before its query, and skips the tasks
+   * {@link forgottenSince} then (what it read may be of a purged task: reported into the emptied memory,
+   * its seqs would hide a new task's up to them). It asks again next time.
+   */
+  forgetCount(): number {
+    return this.#forgets;
+  }
+
+  /** True when the followed `taskId`'s published seq was forgotten after {@link forgetCount} returned `count`. */
+  forgottenSince(taskId: string, count: number): boolean {
+    return this.#forgotAllAt > count || (this.#forgottenAt.get(taskId) ?? 0) > count;
   }
 
   /**
@@ -237,6 +264,7 @@ export class ChangeFeedHub {
    * before is suspect: held notifications and this store's own transactions in flight are kept.
    */
   forgetPublished(): void {
+    this.#forgotAllAt = ++this.#forgets;
     this.#published.clear();
   }
 

@@ -89,6 +89,9 @@ export class SafetyNetPoll {
     for (let start = 0; start < taskIds.length && !this.#stopped; start += STORE_DEFAULTS.maxLatestSeqsIds) {
       const chunk = taskIds.slice(start, start + STORE_DEFAULTS.maxLatestSeqsIds);
       let latest: Map<string, LatestState>;
+      // Read before a purge and reported after it was heard, a task's state would pass for a new task's of
+      // the same id (see ChangeFeedHub.forgetCount): such tasks wait for the next poll.
+      const forgets = hub.forgetCount();
       try {
         latest = await this.#options.readLatest(chunk);
       } catch (error) {
@@ -98,6 +101,7 @@ export class SafetyNetPoll {
       }
       if (this.#options.rereading()) return;
       for (const [taskId, state] of latest) {
+        if (hub.forgottenSince(taskId, forgets)) continue;
         const published = hub.publishedSeq(taskId);
         if (published === undefined || state.seq > published) {
           hub.report({ taskId, firstSeq: state.seq, seq: state.seq, terminal: state.terminal }, 'poll');

@@ -17,6 +17,7 @@ import {
   gate,
   oneTo,
   pgUrl,
+  queryHookedPool,
   Recorder,
   storeFixtures,
 } from './support.js';
@@ -912,6 +913,56 @@ describe('a backend killed mid-transaction', () => {
 });
 
 describe('the safety-net poll', () => {
+  it('does not report what it read before a purge after the purge was heard: a reused id starts from seq 1', async () => {
+    const schema = await migrated();
+    let hold: Gate | undefined;
+    let reached: Gate | undefined;
+    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
+      const result = await run();
+      if (hold !== undefined && statement.text.includes('SELECT id, seq, status FROM')) {
+        const held = hold;
+        hold = undefined;
+        reached?.open();
+        await held.promise;
+      }
+      return result;
+    });
+    const observer = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000, watermarkIntervalMs: 10 });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    observer.changes.follow('job');
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    for (const key of ['n1', 'n2', 'n3']) await writer.append('job', { type: 'item', key, ok: true });
+    await writer.append('job', { type: 'completed' });
+    await eventually('the observer sees the first run end', () => recorder.has('job', 4));
+    const before = recorder.changes.length;
+    hold = gate();
+    reached = gate();
+    const held = hold;
+    const polling = observer.pollNow();
+    await reached.promise; // the poll has read the job at 4T, and waits
+    const notifications = observer.changes.stats().notifications;
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await eventually(
+      'the purge notice is heard',
+      () => observer.changes.stats().notifications > notifications,
+    );
+    // Reported now, into the memory the notice emptied, 4T would be published, and the new run's 1 and 2T
+    // dropped as duplicates of it.
+    held.open();
+    await polling;
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+  });
+
   it('finds a followed task change whose notification never came, counts it, and ignores unfollowed tasks', async () => {
     const schema = await migrated();
     const store = await open({ schema, pollIntervalMs: 20 });
