@@ -65,6 +65,14 @@ import type { ProgressDatabase } from './schema.js';
  *   published as the new task's. The re-read from the start (after a restore) is not held this way: its
  *   pages take as long as the store is large, the feed forgot everything before it, and it reads no
  *   purge records.
+ *
+ *   At most {@link HELD_NOTIFICATIONS_CAPACITY} notifications are held (a slow re-read and a busy channel
+ *   often go together). Past it they are all dropped, and once the rows are reported the mark moves to
+ *   their snapshot's `xmin` and the re-read runs again from there (holding anew): every commit a dropped
+ *   notification announced is visible in that snapshot (and in the rows, its `xid` being at least the old
+ *   mark) or has an `xid` of at least that `xmin`. Each such pass re-reads only what was committed during
+ *   the one before, so they end once a pass is quick enough. This store's own reports are held through every
+ *   pass (they are not dropped: its commits must settle).
  * - A purge already heard (its notice carries its transaction id, and this store's own purges return it)
  *   is not acted on again when a re-read finds its record, which it does whenever the mark had not passed
  *   the purge: forgetting the task again would publish a second time what was published of the new task
@@ -163,6 +171,18 @@ export interface PgListenClient {
  */
 type Held = PgNotification | (() => void);
 
+/** What a connection holds while its re-read from a mark runs (see {@link ListenConnection.afterReread}). */
+interface HeldBuffer {
+  generation: number;
+  messages: Held[];
+  /** Set once the re-read's statement is sent (see {@link ListenConnection.afterReread}). */
+  rereading: boolean;
+  /** How many of `messages` are notifications (at most {@link HELD_NOTIFICATIONS_CAPACITY}). */
+  notifications: number;
+  /** The held notifications were dropped: the rows are followed by a re-read from their `xmin`. */
+  overflowed: boolean;
+}
+
 /** A row of the re-read statement: the snapshot's xmin, and one task that changed since the mark. */
 interface ReplayRow {
   /** `null` on the later pages of the re-read from the start, whose mark is the first page's. */
@@ -192,6 +212,13 @@ function snapshotXmin(rows: readonly ReplayRow[]): bigint | undefined {
  * again, never one missed).
  */
 const HEARD_PURGES_CAPACITY = 50_000;
+
+/**
+ * The most notifications held during a re-read from a mark (see "Purges" in the module doc): at most 8 MB
+ * of payloads (a payload is below Postgres's 8,000-byte limit). Past it they are dropped, and a re-read from
+ * the rows' snapshot follows, which finds what they announced.
+ */
+export const HELD_NOTIFICATIONS_CAPACITY = 1000;
 
 /** The shortest wait for a barrier's answer before the `LISTEN` connection is deemed dead. */
 const MIN_BARRIER_TIMEOUT_MS = 1000;
@@ -330,7 +357,7 @@ export class ListenConnection {
    * meanwhile ({@link afterReread}), in the order they came: reported once that re-read was (see "Purges"
    * in the module doc).
    */
-  #buffered: { generation: number; messages: Held[]; rereading: boolean } | undefined;
+  #buffered: HeldBuffer | undefined;
   /**
    * Per task id, the transaction id of the latest purge of it this store heard of (its notice, its own
    * purge, or a re-read's record), while a re-read from the mark could still find that purge's record: a
@@ -412,10 +439,10 @@ export class ListenConnection {
     this.#client = client;
     // Held from the start of the re-read until its rows are reported (see #drain).
     this.#releaseHeld();
-    this.#buffered = { generation, messages: [], rereading: false };
+    this.#buffered = { generation, messages: [], rereading: false, notifications: 0, overflowed: false };
     client.on('notification', (message) => {
       if (generation !== this.#generation) return;
-      if (this.#buffered?.generation === generation) this.#buffered.messages.push(message);
+      if (this.#buffered?.generation === generation) this.#hold(message);
       else this.#onNotification(message, generation);
     });
     client.on('error', (error) => this.#lost(generation, error));
@@ -428,20 +455,35 @@ export class ListenConnection {
       this.#drain(generation);
       xmin = await this.#replayAll(client, generation);
     } else {
-      // From now on this store's own reports wait for the rows too (see afterReread); not while it
-      // connected, when the safety-net poll and its own commits are all that publish.
-      if (this.#buffered?.generation === generation) this.#buffered.rereading = true;
-      const rows = await this.#replay(client, mark);
-      xmin = snapshotXmin(rows);
-      if (mark !== undefined && xmin !== undefined && xmin < mark) {
-        // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
-        // the mark. Read again from the start, on the same connection, which already listens.
-        this.#resetMark();
-        this.#drain(generation);
-        xmin = await this.#replayAll(client, generation);
-      } else {
+      let from = mark;
+      for (;;) {
+        const buffered: HeldBuffer | undefined = this.#buffered;
+        if (buffered?.generation === generation) {
+          // From now on this store's own reports wait for the rows too (see afterReread); not while it
+          // connected, when the safety-net poll and its own commits are all that publish.
+          buffered.rereading = true;
+          buffered.overflowed = false;
+        }
+        const rows = await this.#replay(client, from);
+        xmin = snapshotXmin(rows);
+        if (from !== undefined && xmin !== undefined && xmin < from) {
+          // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
+          // the mark. Read again from the start, on the same connection, which already listens.
+          this.#resetMark();
+          this.#drain(generation);
+          xmin = await this.#replayAll(client, generation);
+          break;
+        }
         await this.#publish(rows, generation);
-        this.#drain(generation);
+        if (xmin === undefined || this.#buffered?.generation !== generation || !this.#buffered.overflowed) {
+          this.#drain(generation);
+          break;
+        }
+        // Too many notifications came during it, and were dropped: every commit they announced is in
+        // these rows or after their snapshot, so a re-read from its xmin finds the rest (see the module doc).
+        this.#assertCurrent(generation);
+        this.#advance(xmin);
+        from = xmin;
       }
     }
     this.#assertCurrent(generation);
@@ -558,6 +600,25 @@ export class ListenConnection {
       // A connection replaced meanwhile: its held notifications are the next re-read's to find.
       else if (generation === this.#generation) this.#onNotification(held, generation);
     }
+  }
+
+  /**
+   * Holds a notification received during the re-read. Past {@link HELD_NOTIFICATIONS_CAPACITY}, the
+   * notifications held are dropped, and so is every one until the next re-read from the mark is sent (this
+   * store's own reports are kept, in order): that re-read, from the `xmin` of the rows being read, finds what
+   * they announced (see the module doc).
+   */
+  #hold(message: PgNotification): void {
+    const buffered = this.#buffered;
+    if (buffered === undefined || buffered.overflowed) return;
+    if (buffered.notifications < HELD_NOTIFICATIONS_CAPACITY) {
+      buffered.messages.push(message);
+      buffered.notifications += 1;
+      return;
+    }
+    buffered.messages = buffered.messages.filter((held) => typeof held === 'function');
+    buffered.notifications = 0;
+    buffered.overflowed = true;
   }
 
   /**

@@ -4,11 +4,13 @@ import { ManualClock } from '@finishline/core/testing';
 import pg from 'pg';
 import { describe, expect, it, vi } from 'vitest';
 import {
+  changeChannel,
   type PgListenClient,
   POSTGRES_STORE_DEFAULTS,
   PostgresProgressStore,
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
+import { HELD_NOTIFICATIONS_CAPACITY } from '../src/listen-connection.js';
 import { PURGED_RECORD_MS } from '../src/task-statements.js';
 import {
   commitGatedPool,
@@ -706,6 +708,50 @@ describe('retention while the LISTEN connection is away', () => {
       3000,
     ).catch(() => {});
     expect(changesOf(recorder, 'job', before)).toEqual(['1', '2', '3', '4', '5', '6T']);
+  });
+
+  it(`holds at most ${HELD_NOTIFICATIONS_CAPACITY} notifications during its re-read, then re-reads from its snapshot`, async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    const malformed = observer.changes.stats().malformedNotifications;
+    // After the re-read's snapshot: a purge and a new run (whose notices are dropped with the rest), and
+    // more notifications than are held (other stores' messages, ignored once reported).
+    const flood = HELD_NOTIFICATIONS_CAPACITY + 10;
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await writer.append('job', { type: 'item', key: 'n1', ok: true });
+      await admin.query('SELECT pg_notify($1, $2 || i) FROM generate_series(1, $3::int) AS i', [
+        changeChannel(schema),
+        'not-ours-',
+        flood,
+      ]);
+      await eventually('the notifications reach the connection', () => listen.heard() >= heard + 2 + flood);
+    });
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    // The purge and the new run are found by the second re-read, from the first one's snapshot.
+    await eventually(
+      'the new run starts on the observer',
+      () => changesOf(recorder, 'job', before).includes('1'),
+      3000,
+    ).catch(() => {});
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    // The flood was dropped, not held and reported.
+    expect(observer.changes.stats().malformedNotifications - malformed).toBeLessThan(flood);
   });
 
   it('forgets every task when records of purges it may have missed were deleted', async () => {
