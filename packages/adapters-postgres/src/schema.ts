@@ -83,9 +83,29 @@ export interface UnprocessedEventsView {
   body: unknown;
 }
 
+/**
+ * `<schema>.purged`: the ids retention deleted in the last hour, each with the deleting transaction's id,
+ * keyed by `(xid, task_id)` (see "Purges" in `listen-connection.ts`).
+ */
+export interface PurgedTable {
+  task_id: string;
+  /** `pg_current_xact_id()` of the purging transaction. */
+  xid: Generated<string>;
+  /** Clock time of the purge (the store's clock): records are deleted an hour after it. */
+  purged_at: Int8;
+}
+
+/** `<schema>.meta`: the schema's settings, by key (`epoch`, `purged_horizon`). */
+export interface MetaTable {
+  key: string;
+  value: string;
+}
+
 /** The tables and views of one store schema, for `Kysely<ProgressDatabase>`. */
 export interface ProgressDatabase {
   tasks: TasksTable;
   events: EventsTable;
+  purged: PurgedTable;
+  meta: MetaTable;
   unprocessed_events: UnprocessedEventsView;
 }

@@ -145,11 +145,11 @@ export function purgeFinished(
       FOR UPDATE SKIP LOCKED
     ), purged_events AS (
       DELETE FROM ${target.events} WHERE task_id IN (SELECT id FROM doomed)
-    ), purged AS (
+    ), deleted AS (
       DELETE FROM ${target.tasks} WHERE id IN (SELECT id FROM doomed)
       RETURNING id
     ), recorded AS (
-      INSERT INTO ${target.purged} (task_id, purged_at) SELECT id, ${now} FROM purged
+      INSERT INTO ${target.purged} (task_id, purged_at) SELECT id, ${now} FROM deleted
     ), expired AS (
       -- SKIP LOCKED: two purges at once each delete records the other does not hold (no lock waits, no
       -- deadlock between them).
@@ -169,11 +169,11 @@ export function purgeFinished(
       -- PURGE_NOTICE_IDS ids per notification.
       SELECT pg_notify(${target.channel}, json_build_object(
         'purged', json_agg(id), 'xid', pg_current_xact_id()::text)::text)
-      FROM (SELECT id, (row_number() OVER () - 1) / ${sql.lit(PURGE_NOTICE_IDS)} AS chunk FROM purged) AS numbered
+      FROM (SELECT id, (row_number() OVER () - 1) / ${sql.lit(PURGE_NOTICE_IDS)} AS chunk FROM deleted) AS numbered
       GROUP BY chunk
     )
     -- The count is a one-time filter that makes the notifications run (an unreferenced CTE would not).
-    SELECT id, pg_current_xact_id()::text AS xid FROM purged WHERE (SELECT count(*) FROM notified) >= 0`;
+    SELECT id, pg_current_xact_id()::text AS xid FROM deleted WHERE (SELECT count(*) FROM notified) >= 0`;
 }
 
 /**

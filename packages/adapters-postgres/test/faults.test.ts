@@ -480,8 +480,11 @@ describe('retention while the LISTEN connection is away', () => {
   it('a new run committed only after the reconnect is published too: the re-read found the purge alone', async () => {
     const schema = await migrated();
     const listen = gatedListenClients();
+    // No poll: on a loaded machine it could find the new run before its notifications, which the
+    // missedByNotifications check below is about.
     const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
       watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
     });
     await takeListenerDown(observer, listen);
     expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
