@@ -12,7 +12,8 @@ import type { ProgressDatabase } from './schema.js';
  * The dedicated `LISTEN` connection of a store: it connects, listens, re-reads what was committed while
  * it was away, advances its high-water mark by barriers, and reconnects with full-jitter backoff. Every
  * statement it runs is built here, next to the code that runs it. What it finds goes to the feed's
- * {@link ChangeFeedHub}, which publishes each change once.
+ * {@link ChangeFeedHub}, which publishes each change once, unless it had to forget what it published
+ * (below).
  *
  * ## Why re-read by transaction id, not by a serial id
  *
@@ -62,9 +63,14 @@ import type { ProgressDatabase } from './schema.js';
  *   commit after the re-read's snapshot would be judged against a memory the re-read is about to correct:
  *   the new task's seqs up to the remembered one dropped as duplicates, or a purge notice and a new task's
  *   first seq followed by the snapshot's rows of the purged task, whose higher seqs would then be
- *   published as the new task's. The re-read from the start (after a restore) is not held this way: its
- *   pages take as long as the store is large, the feed forgot everything before it, and it reads no
- *   purge records.
+ *   published as the new task's. The same holds for this store's own reports made meanwhile, which are
+ *   queued with them ({@link ListenConnection.afterReread}): its purges, the tasks it creates and its
+ *   commits (their replies may come during the re-read), from the moment the re-read's statement is sent;
+ *   and the safety-net poll reports nothing while a re-read runs (it asks again next time). When the
+ *   connection is lost or replaced first, the held notifications are dropped (the next re-read, from the
+ *   same mark, finds what they announced) and the store's own reports are made at once, as while
+ *   disconnected. The re-read from the start (after a restore) is not held this way: its pages take as long
+ *   as the store is large, the feed forgot everything before it, and it reads no purge records.
  *
  *   At most {@link HELD_NOTIFICATIONS_CAPACITY} notifications are held (a slow re-read and a busy channel
  *   often go together). Past it they are all dropped, and once the rows are reported the mark moves to
@@ -73,6 +79,9 @@ import type { ProgressDatabase } from './schema.js';
  *   mark) or has an `xid` of at least that `xmin`. Each such pass re-reads only what was committed during
  *   the one before, so they end once a pass is quick enough. This store's own reports are held through every
  *   pass (they are not dropped: its commits must settle).
+ * - The safety-net poll, whose answer may be read before a purge and arrive after its notice, skips the
+ *   tasks forgotten while its query ran (`ChangeFeedHub.forgetCount`): reported into the emptied memory,
+ *   the purged task's seq would hide the new task's up to it.
  * - A purge already heard (its notice carries its transaction id, and this store's own purges return it)
  *   is not acted on again when a re-read finds its record, which it does whenever the mark had not passed
  *   the purge: forgetting the task again would publish a second time what was published of the new task

@@ -12,7 +12,9 @@ import type { ChangeNotice } from './notify-payload.js';
 
 /**
  * The Postgres change feed as subscribers see it: the publication of changes to local subscribers,
- * exactly once per `(taskId, seq)` per process, whichever path reported them first — this store's own
+ * once per `(taskId, seq)` per process as long as the feed remembers what it published (it forgets it
+ * after a restore, a purge, or records of purges it may have missed deleted: a change is then published
+ * again, never missed), whichever path reported them first — this store's own
  * commits, `NOTIFY` and the re-read of the `LISTEN` connection (`listen-connection.ts`), or the
  * safety-net poll (`safety-net-poll.ts`). Those paths report into {@link ChangeFeedHub}; the store
  * exposes {@link StoreChangeFeed}, which reads health and counters from each part without the parts
@@ -45,7 +47,10 @@ export interface ChangeFeedHealth {
 
 /** Counters of the feed since the store opened; read them for metrics. */
 export interface ChangeFeedStats {
-  /** Changes handed to subscribers (each `(taskId, seq)` at most once per store). */
+  /**
+   * Changes handed to subscribers: each `(taskId, seq)` once per store, unless the feed had to forget
+   * what it published (see `listen-connection.ts`), after which some are handed again.
+   */
   published: number;
   /** …of which this store's own commits published directly. */
   fromCommits: number;
