@@ -72,13 +72,13 @@ import type { ProgressDatabase } from './schema.js';
  *   disconnected. The re-read from the start (after a restore) is not held this way: its pages take as long
  *   as the store is large, the feed forgot everything before it, and it reads no purge records.
  *
- *   At most {@link HELD_NOTIFICATIONS_CAPACITY} notifications are held (a slow re-read and a busy channel
- *   often go together). Past it they are all dropped, and once the rows are reported the mark moves to
- *   their snapshot's `xmin` and the re-read runs again from there (holding anew): every commit a dropped
- *   notification announced is visible in that snapshot (and in the rows, its `xid` being at least the old
- *   mark) or has an `xid` of at least that `xmin`. Each such pass re-reads only what was committed during
- *   the one before, so they end once a pass is quick enough. This store's own reports are held through every
- *   pass (they are not dropped: its commits must settle).
+ *   At most {@link HELD_NOTIFICATIONS_CAPACITY} notifications are held (a slow re-read and a busy
+ *   channel often go together). Past it they are all dropped, and once the rows are reported the
+ *   re-read runs again from their snapshot's `xmin` (holding anew; the mark moves after the last pass):
+ *   every commit a dropped notification announced is visible in that snapshot (and in the rows, its
+ *   `xid` being at least the old mark) or has an `xid` of at least that `xmin`. Each such pass re-reads
+ *   only what was committed during the one before, so they end once a pass is quick enough. This
+ *   store's own reports are held through every pass (they are not dropped: its commits must settle).
  * - The safety-net poll, whose answer may be read before a purge and arrive after its notice, skips the
  *   tasks forgotten while its query ran (`ChangeFeedHub.forgetCount`): reported into the emptied memory,
  *   the purged task's seq would hide the new task's up to it.
@@ -490,8 +490,9 @@ export class ListenConnection {
         }
         // Too many notifications came during it, and were dropped: every commit they announced is in
         // these rows or after their snapshot, so a re-read from its xmin finds the rest (see the module doc).
+        // The mark itself moves once the last pass is reported: the purges heard stay known until then, so
+        // this store's own purges still held are not taken for unheard ones.
         this.#assertCurrent(generation);
-        this.#advance(xmin);
         from = xmin;
       }
     }
