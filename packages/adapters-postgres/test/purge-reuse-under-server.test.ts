@@ -1,11 +1,17 @@
 import type { AddressInfo } from 'node:net';
 import { ProgressClient } from '@finishline/client';
-import { type PgListenClient, PostgresProgressStore } from '@finishline/postgres';
+import { PostgresProgressStore } from '@finishline/postgres';
 import { ProgressServer } from '@finishline/server';
-import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { dropSchema, eventually, freshSchema, type Gate, gate, newPool, pgUrl } from './support.js';
+import {
+  dropSchema,
+  eventually,
+  freshSchema,
+  gatedListenClients,
+  headerAuthenticate,
+  newPool,
+} from './support.js';
 
 /**
  * Retention purges a finished task while a replica's `LISTEN` connection is down, and the application
@@ -18,38 +24,6 @@ const cleanups: Array<() => Promise<unknown>> = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
 });
-
-const authenticate = (request: { headers: Record<string, string | string[] | undefined> }) => {
-  const user = request.headers['x-user'];
-  return typeof user === 'string' ? { id: user } : null;
-};
-
-/** LISTEN clients whose connect waits while a gate is closed: the test decides when the listener is back. */
-function gatedListenClients() {
-  let blocked: Gate | undefined;
-  const factory = (): PgListenClient => {
-    const client = new pg.Client({ connectionString: pgUrl() });
-    const connect = client.connect.bind(client);
-    const wait = blocked?.promise;
-    Object.assign(client, {
-      connect: async () => {
-        await wait;
-        return connect();
-      },
-    });
-    return client as unknown as PgListenClient;
-  };
-  return {
-    factory,
-    block: () => {
-      blocked = gate();
-    },
-    unblock: () => {
-      blocked?.open();
-      blocked = undefined;
-    },
-  };
-}
 
 describe('a purged task id reused while a replica was not listening', () => {
   it("brings that replica's watcher of the new run to its end", async () => {
@@ -71,7 +45,7 @@ describe('a purged task id reused while a replica was not listening', () => {
     });
     const b = await PostgresProgressStore.open({ pool: poolB, schema });
     const server = await ProgressServer.listen(
-      { store: a, authenticate, heartbeatIntervalMs: 100 },
+      { store: a, authenticate: headerAuthenticate, heartbeatIntervalMs: 100 },
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(async () => {

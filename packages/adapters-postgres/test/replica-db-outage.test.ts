@@ -5,7 +5,7 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { dropSchema, eventually, freshSchema, newPool, pgUrl } from './support.js';
+import { dropSchema, eventually, freshSchema, headerAuthenticate, newPool, pgUrl } from './support.js';
 
 /**
  * Two replicas on one Postgres. Replica B, which holds the watcher's socket, loses its database: every
@@ -23,11 +23,6 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
 });
 
-const authenticate = (request: { headers: Record<string, string | string[] | undefined> }) => {
-  const user = request.headers['x-user'];
-  return typeof user === 'string' ? { id: user } : null;
-};
-
 async function replica(schema: string, name: string, options: { listenDown?: () => boolean } = {}) {
   const pool = newPool(4, name);
   const url = pgUrl();
@@ -43,7 +38,13 @@ async function replica(schema: string, name: string, options: { listenDown?: () 
         : new pg.Client({ connectionString: url, application_name: `${name}-listen` }),
   });
   const server = await ProgressServer.listen(
-    { store, authenticate, serverId: name, heartbeatIntervalMs: 200, healthDetails: 'public' },
+    {
+      store,
+      authenticate: headerAuthenticate,
+      serverId: name,
+      heartbeatIntervalMs: 200,
+      healthDetails: 'public',
+    },
     { port: 0, host: '127.0.0.1' },
   );
   cleanups.push(async () => {

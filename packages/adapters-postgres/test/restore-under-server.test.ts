@@ -5,7 +5,7 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { dropSchema, eventually, freshSchema, newPool } from './support.js';
+import { dropSchema, eventually, freshSchema, headerAuthenticate, newPool } from './support.js';
 
 /**
  * An operator restores a task's rows from an older copy and renews the epoch while the server runs on
@@ -19,11 +19,6 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
 });
 
-const authenticate = (request: { headers: Record<string, string | string[] | undefined> }) => {
-  const user = request.headers['x-user'];
-  return typeof user === 'string' ? { id: user } : null;
-};
-
 describe('a Postgres store restored and renewed under a running server', () => {
   it('brings the watchers to the end of the restored task, whose seqs are below the ones they saw', async () => {
     const schema = freshSchema('restore');
@@ -35,7 +30,7 @@ describe('a Postgres store restored and renewed under a running server', () => {
     const pool = newPool(4);
     const store = await PostgresProgressStore.open({ pool, schema });
     const server = await ProgressServer.listen(
-      { store, authenticate, heartbeatIntervalMs: 50 },
+      { store, authenticate: headerAuthenticate, heartbeatIntervalMs: 50 },
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(async () => {

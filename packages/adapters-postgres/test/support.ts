@@ -6,6 +6,7 @@ import pg from 'pg';
 import { afterAll, afterEach, inject } from 'vitest';
 import {
   migrateProgressSchema,
+  type PgListenClient,
   PostgresProgressStore,
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
@@ -323,3 +324,40 @@ export async function loopbackServer(
     },
   };
 }
+
+/**
+ * A LISTEN client factory whose reconnects wait while `blocked` holds a closed gate: lets a test keep a
+ * listener down for exactly as long as it needs, whatever the jittered backoff draws.
+ */
+export function gatedListenClients(): { factory: () => PgListenClient; block(): void; unblock(): void } {
+  let blocked: Gate | undefined;
+  return {
+    factory: () => {
+      const client = new pg.Client({ connectionString: pgUrl() });
+      const connect = client.connect.bind(client);
+      const wait = blocked?.promise;
+      Object.assign(client, {
+        connect: async () => {
+          await wait;
+          return connect();
+        },
+      });
+      return client as unknown as PgListenClient;
+    },
+    block() {
+      blocked = gate();
+    },
+    unblock() {
+      blocked?.open();
+      blocked = undefined;
+    },
+  };
+}
+
+/**
+ * The servers' `authenticate` in these tests: the principal is the `x-user` header's value, or none.
+ */
+export const headerAuthenticate = (request: { headers: Record<string, string | string[] | undefined> }) => {
+  const user = request.headers['x-user'];
+  return typeof user === 'string' ? { id: user } : null;
+};
