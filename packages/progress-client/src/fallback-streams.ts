@@ -82,8 +82,12 @@ export interface FallbackWire {
 export class FallbackStreams implements FallbackRuntime {
   readonly #host: FallbackHost;
   readonly #wire: FallbackWire;
-  /** Task id → stop function of its stream. */
-  readonly #streams = new Map<string, () => void>();
+  /**
+   * Task id → the stop function of its stream and when it opened (clock ms); or, for a stream cut and
+   * waiting to reopen, the function that cancels the wait and 0 (opened as long ago as can be: a wake
+   * opens it now).
+   */
+  readonly #streams = new Map<string, [stop: () => void, openedAt: number]>();
   #streaming = false;
   /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
   readonly #acked = new Set<string>();
@@ -94,22 +98,27 @@ export class FallbackStreams implements FallbackRuntime {
   }
 
   start(): void {
+    // Each failed socket attempt calls it again: the streams it opened go on, the cut ones wait their
+    // turn, the refused ones their backoff.
+    if (this.#streaming) return;
     this.#streaming = true;
     for (const task of this.#host.tasks()) this.open(task);
   }
 
   stop(): void {
     this.#streaming = false;
-    for (const stop of [...this.#streams.values()]) stop();
+    // Out of the map first: a stream stopped here is not one that ended by itself (no reopen).
+    const entries = [...this.#streams.values()];
     this.#streams.clear();
+    for (const [stop] of entries) stop();
   }
 
   /** Stops the stream of a watch, and forgets its ack when the client let go of it (bounded by what it holds). */
   close(task: TaskSubscription): void {
-    const stop = this.#streams.get(task.taskId);
+    const entry = this.#streams.get(task.taskId);
     this.#streams.delete(task.taskId);
     if (!this.#host.current(task)) this.#acked.delete(task.taskId);
-    stop?.();
+    entry?.[0]();
   }
 
   restart(task: TaskSubscription): void {
@@ -123,10 +132,16 @@ export class FallbackStreams implements FallbackRuntime {
    * that lived through it is usually dead without a word, and has no ping to ask, so each open one starts
    * over from its cursor now instead of after the silence timeout. That costs what the socket's check does
    * (a task read per watch) and one request; a short deadline first would not spare a quiet stream alive
-   * (its heartbeats come 15 s apart), only delay a dead one. A stream refused for now keeps its backoff.
+   * (its heartbeats come 15 s apart), only delay a dead one. A stream cut and waiting to reopen opens now
+   * (up to `httpPollIntervalMs` sooner); one refused for now keeps its backoff. One wake often fires two or
+   * three events (visibilitychange with pageshow or online, a clock jump seen meanwhile): a stream opened
+   * less than `wakePingTimeoutMs` ago, by the first of them, is not started over again by the others.
    */
   wake(): void {
-    for (const task of this.#host.tasks()) this.restart(task);
+    const { clock, wakePingTimeoutMs } = this.#host.options;
+    // (A watch without an entry, refused or finished, is left alone by restart.)
+    for (const task of this.#host.tasks())
+      if (clock() - (this.#streams.get(task.taskId)?.[1] ?? 0) >= wakePingTimeoutMs) this.restart(task);
   }
 
   /** Opens the stream of one watch, unless streams are off, it has one, or it is finished or released. */
@@ -134,10 +149,14 @@ export class FallbackStreams implements FallbackRuntime {
     const taskId = task.taskId;
     if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
       return;
-    let stop: (() => void) | undefined;
+    const o = this.#host.options;
+    let entry: [() => void, number] | undefined;
     // With its epoch: a server whose store was restored since must not resume that seq in another log.
-    stop = this.#wire.follow(taskId, { seq: task.cursor.seq, epoch: task.epoch }, (refusal) => {
-      if (this.#streams.get(taskId) === stop) this.#streams.delete(taskId);
+    const stop = this.#wire.follow(taskId, { seq: task.cursor.seq, epoch: task.epoch }, (refusal) => {
+      // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
+      // not while opening either (no `fetch`: nothing to ask again).
+      const own = entry && this.#streams.get(taskId) === entry;
+      if (own) this.#streams.delete(taskId);
       if (refusal !== undefined && this.#host.current(task)) {
         // Answered as the HTTP fallback answers the same refusal.
         if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
@@ -152,14 +171,23 @@ export class FallbackStreams implements FallbackRuntime {
       // now (503, 429, an expired token): later each time, as the HTTP fallback polls, until a stream
       // delivers again (the task's error count starts over then); asked every interval, every watch of
       // every page would keep a server that is out of store or over its cap busy answering them.
-      if (this.#streaming && !task.cursor.finished && this.#host.current(task)) {
-        const o = this.#host.options;
-        const reopen = () => this.open(task);
-        if (refusal === undefined) task.retryLater(o.httpPollIntervalMs, reopen);
-        else
-          task.retryAfterError((failures) => retryDelayMs(failures, o.httpPollIntervalMs, o.random), reopen);
+      // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
+      // refused one on the task's retry timer, out of a wake's reach.
+      if (own && !task.cursor.finished && this.#host.current(task)) {
+        if (refusal === undefined) {
+          // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
+          this.#streams.set(taskId, [
+            this.#host.timers.start(() => this.restart(task), o.httpPollIntervalMs),
+            0,
+          ]);
+        } else
+          task.retryAfterError(
+            (failures) => retryDelayMs(failures, o.httpPollIntervalMs, o.random),
+            () => this.open(task),
+          );
       }
     });
-    this.#streams.set(taskId, stop);
+    entry = [stop, o.clock()];
+    this.#streams.set(taskId, entry);
   }
 }

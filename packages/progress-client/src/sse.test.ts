@@ -24,6 +24,8 @@ interface SseRequest {
   /** The server ends the stream. */
   end(): void;
   aborted(): boolean;
+  /** Open as the server sees it: served, and neither aborted by the client nor ended by the server. */
+  live(): boolean;
 }
 
 /** The server's SSE routes as a `fetch`: every GET a stream the test feeds, every POST a 204. */
@@ -33,9 +35,22 @@ class FakeSse {
   refusal: { status: number; text: string; withStatus?: boolean } | undefined;
   /** Set: refuses the streams whose request headers it answers with a refusal for. */
   refuses: ((headers: Record<string, string>) => FakeSse['refusal']) | undefined;
+  /**
+   * Set: the server's socket cap (`maxSocketsPerPrincipal`): a stream asked for while this many are open
+   * (neither aborted by the client nor ended, plus {@link ghosts}) is refused with `too_many_sockets`.
+   */
+  cap: number | undefined;
+  /** Streams the server still counts though the client let go of them (dead without a word, say). */
+  ghosts = 0;
 
   readonly fetch: StreamingFetch = async (url, init) => {
-    const refusal = init.method === 'GET' ? (this.refuses?.(init.headers) ?? this.refusal) : undefined;
+    const open = this.streams.filter((stream) => stream.live()).length + this.ghosts;
+    const refusal =
+      init.method !== 'GET'
+        ? undefined
+        : this.cap !== undefined && open >= this.cap
+          ? { status: 429, text: JSON.stringify({ error: { code: 'too_many_sockets', message: 'cap' } }) }
+          : (this.refuses?.(init.headers) ?? this.refusal);
     let controller: ReadableStreamDefaultController<Uint8Array> | undefined;
     const body =
       init.method === 'GET' && refusal === undefined
@@ -46,6 +61,7 @@ class FakeSse {
           })
         : null;
     const encoder = new TextEncoder();
+    let ended = false;
     const write = (text: string) => {
       try {
         controller?.enqueue(encoder.encode(text));
@@ -71,6 +87,7 @@ class FakeSse {
       heartbeat: () => write(': heartbeat 1767225615000\n\n'),
       write,
       end: () => {
+        ended = true;
         try {
           controller?.close();
         } catch {
@@ -78,6 +95,7 @@ class FakeSse {
         }
       },
       aborted: () => init.signal?.aborted === true,
+      live: () => body !== null && !ended && init.signal?.aborted !== true,
     });
     if (refusal?.withStatus === false) return { ok: false, body: null };
     if (refusal !== undefined)
@@ -454,6 +472,36 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('keeps the backoff of a refused stream while the socket goes on failing: a failed attempt does not ask again', async () => {
+    // Each failed socket attempt past httpFallbackAfterAttempts started the fallback again, which opened a
+    // stream for every watch without one: a refused one too, before its backoff was over.
+    const ctx = sseSetup({ httpFallbackAfterAttempts: 1 });
+    const { client, server, scheduler, sse } = ctx;
+    sse.refusal = {
+      status: 429,
+      text: JSON.stringify({ error: { code: 'too_many_sockets', message: 'cap' } }),
+    };
+    const start = scheduler.now();
+    const attempts: number[] = [];
+    client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    expect(sse.streams).toHaveLength(1);
+    // Socket attempts fail meanwhile (at 0.5 and 1.5 s with random 0.5): the stream is asked again at 3 s
+    // (2 s + a backoff step of 1 s), not at each of them.
+    for (let attempt = 2; attempt <= 3; attempt++) {
+      await nextSocket(ctx, attempt);
+      server.last.serverClose(1006);
+      attempts.push(scheduler.now() - start);
+    }
+    expect(attempts).toEqual([500, 1500]);
+    await scheduler.advance(start + 2999 - scheduler.now());
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+  });
+
   it('takes a refusal without a status (a fetch that gives none) for a cut, and asks again', async () => {
     const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
     sse.refusal = { status: 404, text: '', withStatus: false };
@@ -509,6 +557,8 @@ describe('the SSE fallback transport when the page wakes', () => {
     first.send({ type: 'event', event: task.item('a') }, 1);
     await flush();
     expect(log).toEqual(['snapshot@0', 'item@1']);
+    // Past wakePingTimeoutMs: a wake starts the stream over (one opened since is taken as alive).
+    await ctx.scheduler.advance(5000);
     const sleep = (ms: number) => {
       jumpedMs += ms;
     };
@@ -583,6 +633,126 @@ describe('the SSE fallback transport when the page wakes', () => {
     await client.close();
   });
 
+  it('takes the events of one wake together (a clock jump, visible, pageshow, online, resume): each stream reopens once', async () => {
+    // Each event restarted every stream: two to five requests per watch for one wake, each aborting the
+    // stream the one before had just opened.
+    const ctx = await streaming();
+    const { client, sse, page, first, scheduler, sleep } = ctx;
+    const other = new FakeTask('t2', 5);
+    client.watch('t2');
+    await flush();
+    const second = sse.streams[1] as SseRequest;
+    second.send({ type: 'snapshot', task: other.view() }, 0);
+    await flush();
+    sleep(60_000);
+    await scheduler.advance(2000); // the clock check's tick, a minute late
+    page.show();
+    page.pageshow(true);
+    page.online();
+    page.resume();
+    await flush();
+    expect([first.aborted(), second.aborted()]).toEqual([true, true]);
+    expect(sse.streams.map((stream) => stream.url.split('/').at(-2))).toEqual(['t1', 't2', 't1', 't2']);
+    expect(sse.streams.filter((stream) => stream.live())).toHaveLength(2);
+    await scheduler.advance(10_000);
+    expect(sse.streams).toHaveLength(4);
+    // A wake later on (past wakePingTimeoutMs) is another wake.
+    page.show();
+    await flush();
+    expect(sse.streams).toHaveLength(6);
+    await client.close();
+  });
+
+  it('opens a stream cut and waiting to reopen at once on a wake, not after httpPollIntervalMs', async () => {
+    const { client, sse, page, first, task, log, scheduler } = await streaming();
+    first.end(); // a proxy's timeout: reopened after httpPollIntervalMs (2 s)
+    await scheduler.advance(500);
+    expect(sse.streams).toHaveLength(1);
+    task.item('b');
+    page.online();
+    await flush();
+    expect(sse.streams).toHaveLength(2);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBe('1~e1');
+    second.send({ type: 'event', event: task.events[1] as never }, 2);
+    await flush();
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+    // The wait it was in opens nothing more.
+    await scheduler.advance(10_000);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it('opens at once a stream that a wake reopened and that was cut at once, when the next event of the wake comes', async () => {
+    // Shown while still offline: the reopened stream fails at once; the network comes back half a second
+    // later, and the stream need not wait out the rest of httpPollIntervalMs.
+    const { client, sse, page, first, scheduler } = await streaming();
+    page.show();
+    await flush();
+    expect(first.aborted()).toBe(true);
+    expect(sse.streams).toHaveLength(2);
+    (sse.streams[1] as SseRequest).end();
+    await scheduler.advance(500);
+    page.online();
+    await flush();
+    expect(sse.streams).toHaveLength(3);
+    expect(sse.streams[2]?.live()).toBe(true);
+    await client.close();
+  });
+
+  it('stops the old stream before asking for its replacement: under a socket cap of one, the reopen is served', async () => {
+    const { client, sse, page, first, scheduler, sleep, log } = await streaming();
+    sse.cap = 1;
+    sleep(60_000);
+    page.show();
+    await flush();
+    expect(first.aborted()).toBe(true);
+    expect(sse.streams).toHaveLength(2);
+    expect(sse.streams[1]?.live()).toBe(true);
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    await scheduler.advance(0);
+    await client.close();
+  });
+
+  it('asks again after a backoff when the reopen meets too_many_sockets (the server still counts the dead stream): the watch goes on', async () => {
+    const { client, sse, page, first, task, log, scheduler, sleep, watch } = await streaming();
+    sse.cap = 1;
+    sse.ghosts = 1; // the stream that died in the sleep, still open as the server sees it
+    task.item('b');
+    sleep(60_000);
+    page.show();
+    await flush();
+    expect(first.aborted()).toBe(true);
+    expect(sse.streams).toHaveLength(2);
+    expect(sse.streams[1]?.live()).toBe(false);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'error:too_many_sockets']);
+    // Refused for now: another event of the page does not hurry it past its backoff (3 s, random 0.5).
+    page.online();
+    await flush();
+    expect(sse.streams).toHaveLength(2);
+    sse.ghosts = 0; // the server saw the dead connection go
+    await scheduler.advance(2999);
+    expect(sse.streams).toHaveLength(2);
+    await scheduler.advance(1);
+    expect(sse.streams).toHaveLength(3);
+    const third = sse.streams[2] as SseRequest;
+    expect(third.live()).toBe(true);
+    expect(third.headers['last-event-id']).toBe('1~e1');
+    third.send({ type: 'event', event: task.events[1] as never }, 2);
+    third.send({ type: 'event', event: task.end() }, 3);
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual([
+      'snapshot@0',
+      'item@1',
+      'error:too_many_sockets',
+      'item@2',
+      'completed@3',
+      'finished@3',
+    ]);
+    await client.close();
+  });
+
   it('opens nothing for a watch that finished over its stream', async () => {
     const { client, sse, page, task, first, watch } = await streaming();
     first.send({ type: 'event', event: task.end() }, 2);
@@ -597,7 +767,12 @@ describe('the SSE fallback transport when the page wakes', () => {
 
   it('while the socket is unreachable: tries the socket at once and reopens the stream', async () => {
     const page = fakePage();
-    const ctx = sseSetup({ httpFallbackAfterAttempts: 1, pageEvents: page.sources, random: () => 0.99 });
+    const ctx = sseSetup({
+      httpFallbackAfterAttempts: 1,
+      pageEvents: page.sources,
+      random: () => 0.99,
+      reconnect: { initialDelayMs: 10_000 },
+    });
     const { client, server, scheduler, sse } = ctx;
     const task = new FakeTask('t1', 5);
     client.watch('t1');
@@ -606,6 +781,7 @@ describe('the SSE fallback transport when the page wakes', () => {
     const first = sse.streams[0] as SseRequest;
     first.send({ type: 'snapshot', task: task.view() }, 0);
     await flush();
+    await scheduler.advance(2000); // past wakePingTimeoutMs: the stream is started over
     const sockets = server.sockets.length;
     page.online();
     await flush();

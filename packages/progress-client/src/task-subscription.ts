@@ -362,11 +362,6 @@ export class TaskSubscription {
     this.#retryTimer.set(delayOf(this.#retries++), retry);
   }
 
-  /** Runs `callback` after `delayMs` on the retry timer (a fallback stream reopened after a cut). */
-  retryLater(delayMs: number, callback: () => void): void {
-    this.#retryTimer.set(delayMs, callback);
-  }
-
   /**
    * Re-arms the 100% watchdog after a change: `onStuck` runs with the watchdog's action when the task
    * sits at 100% without a terminal state for too long, and again at every later step.

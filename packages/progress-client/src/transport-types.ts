@@ -66,4 +66,7 @@ export interface FallbackOptions {
   /** The longest silence of a Server-Sent Events stream, when given (`null`: see `sse.ts`). */
   readonly heartbeatTimeoutMs: number | null;
   readonly heartbeatMarginMs: number;
+  readonly clock: () => number;
+  /** How long a wake's check lasts: streams opened within it are not started over by the same wake. */
+  readonly wakePingTimeoutMs: number;
 }
