@@ -150,11 +150,14 @@ export class Connection {
    * The socket may have died unseen (the page woke, the network came back). A ready socket must answer
    * a ping within `deadlineMs` (any frame will do) or it is replaced at once; a reconnect waiting out
    * its backoff goes now, since the cause of the failures may be what just ended. True when the socket
-   * is ready, so the caller can resync over it.
+   * is ready and checked now, so the caller can resync over it. One wake often fires two or three events
+   * (visibilitychange with pageshow or online, a clock jump seen meanwhile): while the ping of one is
+   * unanswered, the others are the same wake, and add neither a ping nor a resync.
    */
   check(reason: string, deadlineMs: number): boolean {
-    if (this.#state === 'closed' || this.#state === 'idle') return false;
+    // (Idle or closed, neither holds: no socket is ready, no reconnect waits.)
     if (this.#ready) {
+      if (!this.#liveness.watching) return false;
       this.send({ type: 'ping' });
       this.#liveness.deadline(deadlineMs, () => {
         this.#drop(CLOSE_HEARTBEAT_TIMEOUT, `no answer after ${reason}`);

@@ -14,7 +14,10 @@ export class Liveness {
   readonly #o: Pick<ResolvedOptions, 'clock'>;
   /** Called when the watchdog finds the socket silent for the heartbeat timeout. */
   readonly #onSilent: () => void;
-  /** The deadline is the heartbeat watchdog, which frames push back through `#lastFrameAt`. */
+  /**
+   * The deadline is the heartbeat watchdog, which frames push back through `#lastFrameAt`. (Not while a
+   * ready socket's ping waits for its answer: a wake's check.)
+   */
   #watching = false;
   /** When the ready socket last delivered a frame (clock ms). */
   #lastFrameAt = 0;
@@ -30,6 +33,11 @@ export class Liveness {
   deadline(delayMs: number, callback: () => void): void {
     this.#watching = false;
     this.#timeout.set(delayMs, callback);
+  }
+
+  /** False while a ready socket's ping waits for its answer (a wake's check, `Connection.check`). */
+  get watching(): boolean {
+    return this.#watching;
   }
 
   /** No deadline (and no watchdog). */

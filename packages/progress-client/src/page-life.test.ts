@@ -1,4 +1,4 @@
-import { CloseCode } from '@finishline/core';
+import { CloseCode, ErrorCode } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { fakePage } from './testing/fake-page.js';
 import { FakeTask } from './testing/fake-server.js';
@@ -56,6 +56,83 @@ describe('page life', () => {
     await client.close();
   });
 
+  it('takes the events of one wake together (visible, pageshow, online, resume): one ping, one resync per watch, one replacement', async () => {
+    // Each event pinged and resynced every watch again: two to four subscribes per watch for one wake.
+    const { client, server, socket, page, scheduler } = watching();
+    page.show();
+    page.pageshow(true);
+    page.online();
+    page.resume();
+    expect(socket.frames('ping')).toHaveLength(1);
+    expect(socket.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 1 },
+      { type: 'subscribe', taskId: 't2', afterSeq: 1 },
+    ]);
+    await scheduler.advance(1000);
+    page.online(); // still the same check: its ping is unanswered
+    expect(socket.frames('ping')).toHaveLength(1);
+    await scheduler.advance(1000);
+    expect(socket.closedWith).toEqual([
+      { code: CloseCode.HeartbeatTimeout, reason: 'no answer after visible' },
+    ]);
+    expect(server.sockets).toHaveLength(2);
+    const fresh = server.accept();
+    expect(fresh.frames('subscribe')).toHaveLength(2);
+    fresh.sent.length = 0;
+    // A wake once the check is over is a new one.
+    page.show();
+    expect(fresh.frames('ping')).toHaveLength(1);
+    expect(fresh.frames('subscribe')).toHaveLength(2);
+    await client.close();
+  });
+
+  it('takes a clock jump seen as the page shows for the same wake', async () => {
+    let slept = 0;
+    const page = fakePage();
+    let now: () => number = () => 0;
+    const ctx = setup({ pageEvents: page.sources, clockCheckIntervalMs: 2000, clock: () => now() + slept });
+    now = ctx.scheduler.now;
+    ctx.client.watch('t1');
+    const socket = ctx.server.accept();
+    socket.push({ type: 'snapshot', task: new FakeTask('t1', 5).view() });
+    socket.sent.length = 0;
+    slept = 60_000;
+    await ctx.scheduler.advance(2000); // the clock check's tick, a minute late
+    page.show();
+    expect(socket.frames('ping')).toHaveLength(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    // Answered: the next wake checks again.
+    socket.push({ type: 'pong', time: 1 });
+    page.online();
+    expect(socket.frames('ping')).toHaveLength(2);
+    await ctx.client.close();
+  });
+
+  it('resubscribes a watch waiting out a refused subscribe’s backoff once per wake, and its backoff goes on growing', async () => {
+    // Kept on purpose (docs/client.md, "Sleep"): after a real sleep the refusal may be long over, and what
+    // the watch missed meanwhile should show at once. One subscribe per wake (not one per event of it),
+    // and a refusal of it waits the next, longer step: a refusing server is not asked more than that.
+    const { client, socket, page, scheduler, t2 } = watching();
+    socket.push({ type: 'error', code: ErrorCode.RateLimited, message: 'slow down', taskId: 't1' });
+    await scheduler.advance(100); // its retry is due at 500 ms (a half of 1 s, random 0.5)
+    page.show();
+    page.pageshow(true);
+    page.online();
+    expect(socket.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 1 },
+      { type: 'subscribe', taskId: 't2', afterSeq: 1 },
+    ]);
+    socket.push({ type: 'pong', time: 1 });
+    socket.push({ type: 'snapshot', task: t2.view() });
+    socket.sent.length = 0;
+    socket.push({ type: 'error', code: ErrorCode.RateLimited, message: 'slow down', taskId: 't1' });
+    await scheduler.advance(999); // the next step: a half of 2 s, and the earlier retry went with the wake
+    expect(socket.frames('subscribe')).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+    await client.close();
+  });
+
   it('keeps a socket that answers, and delivers what the resync brings', async () => {
     const { client, server, socket, page, scheduler, t1, w1 } = watching();
     t1.item('b');
@@ -90,6 +167,7 @@ describe('page life', () => {
     expect(socket.frames('ping')).toHaveLength(0);
     page.pageshow(true);
     expect(socket.frames('ping')).toHaveLength(1);
+    socket.push({ type: 'pong', time: 1 }); // answered: the next event is another wake
     page.resume();
     expect(socket.frames('ping')).toHaveLength(2);
     await client.close();
