@@ -255,7 +255,8 @@ export interface ProgressClientOptions {
   pageEvents?: PageEventSources | false;
   /**
    * After a page-life event, how long the open socket has to answer a ping before it is replaced (with
-   * no backoff wait).
+   * no backoff wait); further events meanwhile are the same wake. Over SSE, a stream opened less than
+   * this long ago is not started over by a page-life event.
    * @default 2000
    */
   wakePingTimeoutMs?: number;
