@@ -7,6 +7,7 @@ import {
   type Received,
   restorableStore,
   serverFrameViolations,
+  sleep,
   startServer,
   type TestServer,
 } from '../testing/harness.js';
@@ -362,5 +363,91 @@ describe('a terminal re-send armed in the old epoch', () => {
     // The new terminal and its re-sends (at 300 and 600 ms), never the old epoch's `completed`.
     expect(terminals.length).toBeGreaterThanOrEqual(2);
     expect(new Set(terminals)).toEqual(new Set(['failed']));
+  });
+});
+
+/** The restorable store with `before()` awaited ahead of every `readEvents` (to hold a catch-up's first read). */
+function beforeReadEvents(restorable: Restorable, before: () => Promise<void>): Restorable['store'] {
+  return new Proxy(restorable.store, {
+    get(target, property) {
+      if (property === 'readEvents')
+        return async (...args: Parameters<Restorable['store']['readEvents']>) => {
+          await before();
+          return target.readEvents(...args);
+        };
+      return Reflect.get(target, property);
+    },
+  });
+}
+
+describe('a store restored between a resume’s load and its first catch-up read', () => {
+  /**
+   * Task `t` at `copySeq` in the backup copy and at 6 in the live store, under a server that reads the
+   * epoch only at start (heartbeat 60 s: the renewal is not noticed during the test). A socket resumes
+   * from seq 4: the load finds the task at 6 (a backlog of 2), the catch-up's read waits at a gate while
+   * the copy is restored, then finds nothing after 4. Returns the socket, with `repeat` subscribes of
+   * the same cursor sent while the read waited (a client repeating the subscribe it got no answer to).
+   */
+  async function resumeAcrossRestore(copySeq: number, repeat: number): Promise<RawClient> {
+    const restorable = restorableStore();
+    let gate: Promise<void> | undefined;
+    let gated = 0;
+    const store = beforeReadEvents(restorable, async () => {
+      if (gate === undefined) return;
+      gated += 1;
+      await gate;
+    });
+    const env = await serve({ store, heartbeatIntervalMs: 60_000 });
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    for (let i = 1; i <= 6; i++) {
+      const message = `seq ${i}`;
+      if (i <= copySeq) await restorable.both((copy) => copy.append('t', { type: 'progress', message }));
+      else await restorable.store.append('t', { type: 'progress', message });
+    }
+    const client = await connect(env);
+    let open: () => void = () => {};
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
+    await until('the catch-up read waits at the gate', () => gated > 0);
+    restorable.restore();
+    for (let i = 0; i < repeat; i++) client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
+    // A pong says the server has read the repeats.
+    client.send({ type: 'ping' });
+    await client.next((frame) => frame.type === 'pong');
+    gate = undefined;
+    open();
+    return client;
+  }
+
+  const aboutT = (frame: Received): boolean =>
+    (frame.type === 'snapshot' && (frame.task as TaskView).id === 't') ||
+    (frame.type === 'event' && (frame.event as TaskEvent).taskId === 't') ||
+    (frame.type === 'error' && frame.taskId === 't');
+
+  it('answers the resume, and the repeated subscribes joined to it, with a reset when the task went back below the cursor', async () => {
+    const client = await resumeAcrossRestore(2, 2);
+    // Before: taken as caught up, the resume had no answer until the server noticed a renewed epoch (60 s
+    // here; never for a restore that kept the epoch), and the repeats were joined to that silence.
+    const answer = await client.next(aboutT, { timeoutMs: 2000 });
+    expect(answer).toMatchObject({ type: 'snapshot', reset: true, task: { seq: 2, status: 'running' } });
+    // One answer for the three subscribes: the repeats were the same request.
+    await sleep(100);
+    expect(client.frames.filter(aboutT)).toHaveLength(1);
+  });
+
+  it('answers the resume with a snapshot when the task went back to the cursor, and a repeat after that answer too', async () => {
+    const client = await resumeAcrossRestore(4, 1);
+    const answer = await client.next(aboutT, { timeoutMs: 2000 });
+    expect(answer).toMatchObject({ type: 'snapshot', task: { seq: 4, status: 'running' } });
+    expect(answer).not.toHaveProperty('reset');
+    // The answer left the subscription's cursor at the subscribe's own seq: a repeat sent now (its answer
+    // lost on the way, as far as the client knows) was taken for one made while the answer was under
+    // way, and joined to it for ever.
+    const from = client.frames.length;
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
+    const again = await client.next(aboutT, { from, timeoutMs: 2000 });
+    expect(again).toMatchObject({ type: 'snapshot', task: { seq: 4 } });
   });
 });
