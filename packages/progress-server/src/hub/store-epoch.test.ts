@@ -451,3 +451,63 @@ describe('a store restored between a resume’s load and its first catch-up read
     expect(again).toMatchObject({ type: 'snapshot', task: { seq: 4 } });
   });
 });
+
+describe('an ack write of the old epoch in flight across the restore', () => {
+  it('may mark the restored task processed, but never stops the new terminal’s re-sends to a watcher that did not acknowledge it', async () => {
+    const restorable = restorableStore();
+    // While `gate` is set, the server's ack writes wait at it: one is in flight when the copy is restored.
+    let gate: Promise<void> | undefined;
+    let gated = 0;
+    const store = new Proxy(restorable.store, {
+      get(target, property) {
+        if (property === 'ack')
+          return async (taskId: string, seq: number) => {
+            if (gate !== undefined) {
+              gated += 1;
+              await gate;
+            }
+            return target.ack(taskId, seq);
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    const env = await serve({
+      store,
+      terminalRetry: { initialDelayMs: 100, multiplier: 1, maxDelayMs: 100 },
+    });
+    await taskAheadOfItsCopy(restorable, 'old');
+    const client = await connect(env);
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && (frame.task as TaskView).seq === 6);
+    let open: () => void = () => {};
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    // The watcher acknowledges seq 6 of the old epoch; its write waits while the copy (seq 2) is restored.
+    client.send({ type: 'ack', taskId: 't', seq: 6 });
+    await until('the ack write is in flight', () => gated > 0);
+    restorable.restore();
+    await store.renewEpoch();
+    await client.next((frame) => frame.type === 'snapshot' && frame.reset === true);
+    // The restored task runs to its end at the same seq 6, which the watcher never acknowledges.
+    for (let i = 3; i <= 5; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    const from = client.frames.length;
+    await store.append('t', { type: 'completed', result: 'new' });
+    gate = undefined;
+    open();
+
+    // The old epoch's ack lands on the restored row: the store cannot tell it from one of the new epoch
+    // (acks carry no epoch), and the processed view over-claims the new terminal (docs/operations.md).
+    await untilAcked(store, 'the old epoch’s ack lands on the restored row', 6);
+    // Delivery never reads the store's ackedSeq: the re-sends follow the socket's own acks, which the
+    // epoch restart cleared, so the new terminal keeps coming until the watcher acknowledges it.
+    const isNewTerminal = (frame: Received) =>
+      frame.type === 'event' &&
+      (frame.event as TaskEvent).type === 'completed' &&
+      (frame.event as TaskEvent).seq === 6;
+    await client.next(isNewTerminal, { from });
+    const first = client.frames.findIndex((frame, index) => index >= from && isNewTerminal(frame));
+    await client.next(isNewTerminal, { from: first + 1, timeoutMs: 2000 });
+    client.send({ type: 'ack', taskId: 't', seq: 6 });
+  });
+});
