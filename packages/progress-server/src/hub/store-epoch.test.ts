@@ -382,20 +382,38 @@ function beforeReadEvents(restorable: Restorable, before: () => Promise<void>): 
 
 describe('a store restored between a resume’s load and its first catch-up read', () => {
   /**
-   * Task `t` at `copySeq` in the backup copy and at 6 in the live store, under a server that reads the
-   * epoch only at start (heartbeat 60 s: the renewal is not noticed during the test). A socket resumes
-   * from seq 4: the load finds the task at 6 (a backlog of 2), the catch-up's read waits at a gate while
-   * the copy is restored, then finds nothing after 4. Returns the socket, with `repeat` subscribes of
-   * the same cursor sent while the read waited (a client repeating the subscribe it got no answer to).
+   * Task `t` at `copySeq` in the backup copy and at 6 in the live store, under a server whose heartbeat
+   * tick (its usual read of the epoch) does not come during the test (60 s). A socket resumes from seq 4:
+   * the load finds the task at 6 (a backlog of 2), the catch-up's read waits at a gate while the copy is
+   * restored (keeping the epoch, unless `renew` renews it), then finds nothing after 4. Returns the
+   * socket, with `repeat` subscribes of the same cursor sent while the read waited (a client repeating
+   * the subscribe it got no answer to).
    */
-  async function resumeAcrossRestore(copySeq: number, repeat: number): Promise<RawClient> {
+  async function resumeAcrossRestore(
+    copySeq: number,
+    repeat: number,
+    renew?: (store: Restorable['store']) => Promise<unknown>,
+  ): Promise<RawClient> {
     const restorable = restorableStore();
     let gate: Promise<void> | undefined;
     let gated = 0;
-    const store = beforeReadEvents(restorable, async () => {
+    const gatedStore = beforeReadEvents(restorable, async () => {
       if (gate === undefined) return;
       gated += 1;
       await gate;
+    });
+    // The copy keeps the live store's epoch, as a restored backup does until `renewEpoch`.
+    let epoch = await restorable.store.getEpoch();
+    const store = new Proxy(gatedStore, {
+      get(target, property) {
+        if (property === 'getEpoch') return async () => epoch;
+        if (property === 'renewEpoch')
+          return async () => {
+            epoch = await target.renewEpoch();
+            return epoch;
+          };
+        return Reflect.get(target, property);
+      },
     });
     const env = await serve({ store, heartbeatIntervalMs: 60_000 });
     await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
@@ -412,6 +430,7 @@ describe('a store restored between a resume’s load and its first catch-up read
     client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
     await until('the catch-up read waits at the gate', () => gated > 0);
     restorable.restore();
+    await renew?.(store);
     for (let i = 0; i < repeat; i++) client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
     // A pong says the server has read the repeats.
     client.send({ type: 'ping' });
@@ -428,8 +447,8 @@ describe('a store restored between a resume’s load and its first catch-up read
 
   it('answers the resume, and the repeated subscribes joined to it, with a reset when the task went back below the cursor', async () => {
     const client = await resumeAcrossRestore(2, 2);
-    // Before: taken as caught up, the resume had no answer until the server noticed a renewed epoch (60 s
-    // here; never for a restore that kept the epoch), and the repeats were joined to that silence.
+    // Before: taken as caught up, the resume had no answer until the server noticed a renewed epoch (never,
+    // for this restore, which kept the epoch), and the repeats were joined to that silence.
     const answer = await client.next(aboutT, { timeoutMs: 2000 });
     expect(answer).toMatchObject({ type: 'snapshot', reset: true, task: { seq: 2, status: 'running' } });
     // One answer for the three subscribes: the repeats were the same request.
@@ -449,6 +468,31 @@ describe('a store restored between a resume’s load and its first catch-up read
     client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
     const again = await client.next(aboutT, { from, timeoutMs: 2000 });
     expect(again).toMatchObject({ type: 'snapshot', task: { seq: 4 } });
+  });
+
+  it('reads the epoch at once when the store turns out to hold less than it did: a renewed one resets the watcher, whose task then runs to its end', async () => {
+    let epoch = '';
+    let restored: Restorable['store'] | undefined;
+    // The copy holds the task at the cursor's seq: no seq tells the watcher its cursor is of another log.
+    const client = await resumeAcrossRestore(4, 0, async (store) => {
+      restored = store;
+      epoch = await store.renewEpoch();
+    });
+    // Before: the server learnt of the renewal at its next heartbeat tick only (60 s here; 15 s by default),
+    // until then the resume stood on a snapshot of the old epoch's, and the restored task's new events
+    // (seqs its hub had passed) were not delivered.
+    const reset = await client.next(
+      (frame) => frame.type === 'snapshot' && frame.reset === true && frame.epoch === epoch,
+      { timeoutMs: 2000 },
+    );
+    expect(reset).toMatchObject({ task: { seq: 4, status: 'running' } });
+    await restored?.append('t', { type: 'progress', done: 0, message: 'new 5' });
+    await restored?.append('t', { type: 'completed', result: 'new' });
+    const terminal = await client.next(
+      (frame) => frame.type === 'event' && (frame.event as TaskEvent).type === 'completed',
+      { timeoutMs: 2000 },
+    );
+    expect(terminal).toMatchObject({ event: { seq: 6, result: 'new' } });
   });
 });
 

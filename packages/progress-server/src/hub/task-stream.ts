@@ -67,6 +67,11 @@ export interface StreamHub {
   recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
   /** Events a stream read from the store, for the hub to keep if they join what it holds. */
   readBack(taskId: string, events: readonly TaskEvent[]): void;
+  /**
+   * A read found a task below the seq the hub knew of it: the store went back (restored, or the id
+   * purged and reused), and its epoch is worth reading now rather than at the next heartbeat tick.
+   */
+  wentBack(): void;
 }
 
 /**
@@ -219,6 +224,7 @@ export class TaskStream {
           return;
         }
         this.#hub.observe(this.taskId, task.seq);
+        if (task.seq < target) this.#hub.wentBack();
         loaded = task;
         // The task went back since the read (a restore under way): its snapshot would stand for nothing
         // past the position. Live events, and their gap repair, take it from here (a resume that nothing
