@@ -100,7 +100,11 @@ export interface CheckpointStats {
 export interface BackgroundCheckpointsOptions {
   /** The store's connection, in WAL mode. */
   database: SqliteDatabase;
-  /** Receives the worker's failure (the store then checkpoints inline, as without a worker). */
+  /**
+   * Receives the worker's failure (the store then checkpoints inline, as without a worker), and a failure
+   * to give the connection its `wal_autocheckpoint` back then. Called from the worker's listeners, where
+   * nothing catches a throw: it must not throw (the store passes its guarded `onError`).
+   */
   onError: (error: unknown) => void;
 }
 
@@ -166,8 +170,8 @@ export class BackgroundCheckpoints {
       this.#worker ??= this.#start();
       this.#worker?.postMessage('checkpoint');
     } catch {
-      // #start reports its own failures; what throws here is the caller's onError, or restoring the
-      // connection's wal_autocheckpoint after that: nothing more this can do or tell.
+      // Nothing here is expected to throw (#start reports its own failures, the store's onError is
+      // guarded); kept so that a commit is never reported as failed for a checkpoint.
     }
   }
 
@@ -243,24 +247,27 @@ export class BackgroundCheckpoints {
 
   /**
    * The worker is gone: the store's connection checkpoints inline again (at its own `wal_autocheckpoint`),
-   * and the failure is reported once.
+   * and the failure is reported once. Runs in the worker's listeners, so nothing may leave it: a failure
+   * to give the setting back is reported on `onError` too (typed), after the worker's. It escaped the
+   * listener as an uncaught exception, which ends a server's process.
    */
   #failed(worker: Worker | undefined, cause: unknown): void {
     if (this.#ended() || worker !== this.#worker) return;
     this.#worker = undefined;
     this.#stats.worker = 'failed';
+    this.#onError(
+      new ProgressError(
+        ErrorCode.StoreUnavailable,
+        `Background WAL checkpoints stopped (the store checkpoints in its commits from now on): ${
+          cause instanceof Error ? cause.message : String(cause)
+        }`,
+        { cause },
+      ),
+    );
     try {
       this.#restoreAutocheckpoint();
-    } finally {
-      this.#onError(
-        new ProgressError(
-          ErrorCode.StoreUnavailable,
-          `Background WAL checkpoints stopped (the store checkpoints in its commits from now on): ${
-            cause instanceof Error ? cause.message : String(cause)
-          }`,
-          { cause },
-        ),
-      );
+    } catch (error) {
+      this.#onError(error);
     }
   }
 }

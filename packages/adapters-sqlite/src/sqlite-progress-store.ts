@@ -31,6 +31,7 @@ import {
 } from '@finishline/core/internal';
 import { AppendPipeline, detach } from './append-pipeline.js';
 import { BackgroundCheckpoints, type CheckpointStats } from './background-checkpoints.js';
+import { guardOnError } from './error-reporter.js';
 import type { LeaseContext } from './lease-statements.js';
 import { reapExpiredLeases, releaseLease, renewLease } from './lease-statements.js';
 import { migrate } from './migrations.js';
@@ -112,6 +113,8 @@ export class SqliteProgressStore implements ProgressStore {
    */
   constructor(options: SqliteProgressStoreOptions) {
     const resolved = resolveSqliteStoreOptions(options);
+    // Every report goes through it: most come from timers and listeners, where a throw ended the process.
+    const onError = guardOnError(resolved.onError);
     this.#clock = resolved.clock;
     this.#ownsDatabase = typeof resolved.database === 'string';
     const database =
@@ -130,13 +133,12 @@ export class SqliteProgressStore implements ProgressStore {
         statements: this.#q,
         // An in-memory database has no other connections to watch.
         dataVersionPollMs: database.memory === true ? 0 : resolved.dataVersionPollMs,
-        onListenerError: resolved.onError,
-        onPollError: (error) =>
-          resolved.onError(toProgressError(error, 'poll for other connections’ commits')),
+        onListenerError: onError,
+        onPollError: (error) => onError(toProgressError(error, 'poll for other connections’ commits')),
       });
       this.#checkpoints =
         resolved.checkpoints === 'background'
-          ? BackgroundCheckpoints.start({ database, onError: resolved.onError })
+          ? BackgroundCheckpoints.start({ database, onError })
           : undefined;
     } catch (error) {
       if (this.#ownsDatabase) database.close();
@@ -163,7 +165,7 @@ export class SqliteProgressStore implements ProgressStore {
       transactions: this.#transactions,
       cache: this.#cache,
       clock: this.#clock,
-      onError: resolved.onError,
+      onError,
     };
   }
 

@@ -139,6 +139,132 @@ describe("checkpoints: 'background' (the default)", () => {
   });
 });
 
+/** Uncaught exceptions of the test, recorded (an escape from a worker's listener ends a server's process). */
+function recordUncaught(): unknown[] {
+  const uncaught: unknown[] = [];
+  const record = (error: unknown) => uncaught.push(error);
+  process.on('uncaughtException', record);
+  cleanups.push(() => {
+    process.off('uncaughtException', record);
+  });
+  return uncaught;
+}
+
+/** Node's warnings emitted during the test. */
+function recordWarnings(): Error[] {
+  const warnings: Error[] = [];
+  const record = (warning: Error) => warnings.push(warning);
+  process.on('warning', record);
+  cleanups.push(() => {
+    process.off('warning', record);
+  });
+  return warnings;
+}
+
+describe('a failure reported from a worker’s listener or a timer', () => {
+  it('an onError that throws crashes nothing: the first throw is one process warning, the store goes on', async () => {
+    const uncaught = recordUncaught();
+    const warnings = recordWarnings();
+    let calls = 0;
+    const { store, file } = storeOnFile({
+      onError: () => {
+        calls += 1;
+        throw new Error('the logger is down');
+      },
+    });
+    // The worker, opening the file by name, finds none: its failure is reported from its 'error' listener.
+    rmSync(file);
+    await appendSome(store);
+    await eventually('the worker’s failure reported', () => calls > 0);
+    // Warnings are emitted on the next tick; an escape would have been caught by then too.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Before: the throw left the listener as an uncaught exception, which ends a server's process.
+    expect(uncaught).toEqual([]);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({ code: 'FINISHLINE_SQLITE_ON_ERROR_THREW' });
+    expect(warnings[0]?.message).toMatch(/the logger is down/);
+    expect(store.checkpointStats()?.worker).toBe('failed');
+    await appendSome(store, 5);
+    await expect(store.close()).resolves.toBeUndefined();
+  });
+
+  it('an onError that throws from the data_version poll’s timer crashes nothing either', async () => {
+    const uncaught = recordUncaught();
+    const warnings = recordWarnings();
+    let calls = 0;
+    const temp = tempDatabase();
+    const database = new Database(temp.file);
+    const store = new SqliteProgressStore({
+      database,
+      dataVersionPollMs: 5,
+      checkpoints: 'inline',
+      onError: () => {
+        calls += 1;
+        throw new Error('the logger is down');
+      },
+    });
+    cleanups.push(temp.remove, () => store.close());
+    // The wrong order (the caller's connection closed under the store): every poll fails, and reports it.
+    database.close();
+    await eventually('several polls reported', () => calls >= 3);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(uncaught).toEqual([]);
+    // One warning, however many throws.
+    expect(
+      warnings.filter(
+        (warning) => (warning as { code?: string }).code === 'FINISHLINE_SQLITE_ON_ERROR_THREW',
+      ),
+    ).toHaveLength(1);
+  });
+
+  it('reports a failure to give the connection its wal_autocheckpoint back on onError, typed, and throws nothing', async () => {
+    const uncaught = recordUncaught();
+    const errors: unknown[] = [];
+    const temp = tempDatabase();
+    const database = new Database(temp.file);
+    // Once armed, setting wal_autocheckpoint fails as a connection can (an I/O error, not a closed one).
+    let failReset = false;
+    const wrapped = new Proxy(database, {
+      get(target, property) {
+        if (property === 'prepare')
+          return (sql: string) => {
+            if (failReset && sql.startsWith('PRAGMA wal_autocheckpoint ='))
+              throw new Database.SqliteError('disk I/O error', 'SQLITE_IOERR');
+            return target.prepare(sql);
+          };
+        const value = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+    const store = new SqliteProgressStore({
+      database: wrapped,
+      dataVersionPollMs: 0,
+      onError: (error) => errors.push(error),
+    });
+    cleanups.push(
+      temp.remove,
+      () => {
+        database.close();
+      },
+      () => store.close(),
+    );
+    failReset = true;
+    rmSync(temp.file);
+    await appendSome(store);
+    await eventually('the worker’s failure reported', () => errors.length > 0);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Before: the reset's error left the worker's listener as an uncaught exception.
+    expect(uncaught).toEqual([]);
+    expect(errors).toHaveLength(2);
+    expect(errors[0]).toMatchObject({ code: ErrorCode.StoreUnavailable });
+    expect(String((errors[0] as Error).message)).toMatch(/Background WAL checkpoints stopped/);
+    expect(isProgressError(errors[1]) && errors[1].code).toBe(ErrorCode.StoreUnavailable);
+    expect(String((errors[1] as Error).message)).toMatch(/wal_autocheckpoint back: disk I\/O error/);
+    expect(store.checkpointStats()?.worker).toBe('failed');
+    await expect(store.close()).resolves.toBeUndefined();
+  });
+});
+
 describe("checkpoints: 'inline'", () => {
   it('leaves SQLite’s own checkpoints in the commits and starts no worker', async () => {
     const { store, database } = storeOnFile({ checkpoints: 'inline' });

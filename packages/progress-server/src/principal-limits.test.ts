@@ -54,6 +54,39 @@ describe('per-principal caps', () => {
     expect(await metric('principalLimits', 'sockets')).toBe(1);
   });
 
+  it('refuses an auth frame over maxSocketsPerPrincipal with 4009 after authenticateToken ran: a single-use token is spent', async () => {
+    // Tokens that work once, as an application with single-use tickets issues them.
+    const spent = new Set<string>();
+    env = await startServer({
+      maxSocketsPerPrincipal: 1,
+      authenticate: () => null,
+      authenticateToken: (token) => {
+        if (spent.has(token)) return null;
+        spent.add(token);
+        return { id: 'mallory' };
+      },
+    });
+    const first = new RawClient(env.wsUrl);
+    clients.push(first);
+    await first.opened;
+    first.send({ type: 'auth', token: 'ticket-1', protocol: 2 });
+    await first.next((frame) => frame.type === 'hello');
+    const second = new RawClient(env.wsUrl);
+    clients.push(second);
+    await second.opened;
+    second.send({ type: 'auth', token: 'ticket-2', protocol: 2 });
+    expect((await second.closed).code).toBe(4009);
+    // docs/protocol.md and docs/security.md: the cap is checked once the token named the principal, so
+    // the refusal spent the token; a retry needs a new one.
+    expect(spent.has('ticket-2')).toBe(true);
+    await first.close();
+    const retry = new RawClient(env.wsUrl);
+    clients.push(retry);
+    await retry.opened;
+    retry.send({ type: 'auth', token: 'ticket-2', protocol: 2 });
+    expect((await retry.closed).code).toBe(4001);
+  });
+
   it('refuses a subscription over maxSubscriptionsPerPrincipal, summed over sockets', async () => {
     env = await startServer({ maxSubscriptionsPerPrincipal: 3 });
     const ids: string[] = [];

@@ -162,6 +162,10 @@ export class ProgressServer<P extends Principal = Principal> {
       maxReplayEvents: resolved.maxReplayEvents,
       // Assigned below, read only when a change arrives.
       epoch: () => this.#epoch.current,
+      // A restore renewed the epoch, most likely: noticed now, the watchers start over in the new epoch at
+      // once. At the next tick (15 s by default) the hub went on ignoring the restored tasks' new events at
+      // the seqs it had passed, and a resume met meanwhile stood on a snapshot of the old epoch's.
+      onWentBack: () => void this.#epoch.refresh(),
     });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.

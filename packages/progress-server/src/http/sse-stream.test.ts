@@ -280,6 +280,44 @@ describe('GET /tasks/:id/stream', () => {
     expect(frames[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 9' } } });
   });
 
+  it('answers a resume whose store was restored between its load and its first read with a reset snapshot', async () => {
+    const restorable = restorableStore();
+    // Once armed, the stream's first catch-up read waits at the gate while the copy is restored.
+    let gate: Promise<void> | undefined;
+    let gated = 0;
+    const store = new Proxy(restorable.store, {
+      get(target, property) {
+        if (property === 'readEvents')
+          return async (...args: Parameters<Restorable['store']['readEvents']>) => {
+            if (gate !== undefined) {
+              gated += 1;
+              await gate;
+            }
+            return target.readEvents(...args);
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    // The epoch is read at start only: the restored copy's is not noticed during the test.
+    env = await startServer({ store, heartbeatIntervalMs: 60_000 });
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    await restorable.both((copy) => copy.append('t', { type: 'progress', message: 'one' }));
+    for (let i = 2; i <= 4; i++) await store.append('t', { type: 'progress', message: `live ${i}` });
+    let open: () => void = () => {};
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', 'last-event-id': '3' }));
+    await stream.until(() => gated > 0);
+    restorable.restore();
+    gate = undefined;
+    open();
+    // Before: the read found nothing after 3, the stream took itself for caught up and stayed silent on
+    // heartbeats, its client holding seq 3 of a log the store no longer has.
+    await stream.until(() => stream.frames().length > 0, 2000);
+    expect(stream.frames()[0]?.frame).toMatchObject({ type: 'snapshot', reset: true, task: { seq: 1 } });
+  });
+
   it.each([
     ['x', 'not a seq'],
     ['-1', 'a negative seq'],

@@ -257,9 +257,9 @@ export function streamTask(
    * subscribe decides it (and counted as one is: a cursor above 0 is a resume). A cursor of another epoch (the store was restored since the client's last frame)
    * means nothing here, whatever its seq: it starts over as one ahead of the task does. One without an
    * epoch, or met by a server that knows none (a store without epochs, or its first read not answered
-   * yet), is trusted.
+   * yet), is trusted. Returns whether it resumed from the cursor (wrote nothing).
    */
-  const open = (task: Task) => {
+  const open = (task: Task): boolean => {
     const epoch = ctx.epoch.current;
     const otherEpoch = from.epoch !== undefined && epoch !== undefined && from.epoch !== epoch;
     const backlog = task.seq - from.seq;
@@ -271,7 +271,9 @@ export function streamTask(
     }
     if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
       snapshot(toTaskView(task), from.seq > 0 && (otherEpoch || backlog < 0));
+      return false;
     }
+    return true;
   };
 
   /** What the hub stream `own()` hands over, taken only while it is the current one. */
@@ -295,6 +297,9 @@ export function streamTask(
       },
       snapshot: (view) => {
         if (current()) snapshot(view, false);
+      },
+      reset: (view) => {
+        if (current()) snapshot(view, true);
       },
       gone: () => {
         if (current()) end('task_gone');
@@ -350,10 +355,15 @@ export function streamTask(
       return;
     }
     loadedSeq = task.seq;
+    let resumed = false;
     if (kind === 'reset') snapshot(toTaskView(task), true);
-    else open(task);
-    // A snapshot that filled the buffer left `next` stale: 'drain' starts a new one from the cursor.
-    if (!ended) next.start(cursor, false, task.seq);
+    else resumed = open(task);
+    // A snapshot that filled the buffer left `next` stale: 'drain' starts a new one from the cursor. A
+    // resume's first catch-up writes the events after the cursor, or the task's state when the store no
+    // longer holds any (restored since the load): the stream is never left silent on heartbeats.
+    if (ended) return;
+    if (resumed) next.resume(cursor, task.seq);
+    else next.start(cursor, false, task.seq);
   };
 
   function drained(): void {

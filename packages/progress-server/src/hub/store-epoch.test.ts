@@ -7,6 +7,7 @@ import {
   type Received,
   restorableStore,
   serverFrameViolations,
+  sleep,
   startServer,
   type TestServer,
 } from '../testing/harness.js';
@@ -362,5 +363,195 @@ describe('a terminal re-send armed in the old epoch', () => {
     // The new terminal and its re-sends (at 300 and 600 ms), never the old epoch's `completed`.
     expect(terminals.length).toBeGreaterThanOrEqual(2);
     expect(new Set(terminals)).toEqual(new Set(['failed']));
+  });
+});
+
+/** The restorable store with `before()` awaited ahead of every `readEvents` (to hold a catch-up's first read). */
+function beforeReadEvents(restorable: Restorable, before: () => Promise<void>): Restorable['store'] {
+  return new Proxy(restorable.store, {
+    get(target, property) {
+      if (property === 'readEvents')
+        return async (...args: Parameters<Restorable['store']['readEvents']>) => {
+          await before();
+          return target.readEvents(...args);
+        };
+      return Reflect.get(target, property);
+    },
+  });
+}
+
+describe('a store restored between a resume’s load and its first catch-up read', () => {
+  /**
+   * Task `t` at `copySeq` in the backup copy and at 6 in the live store, under a server whose heartbeat
+   * tick (its usual read of the epoch) does not come during the test (60 s). A socket resumes from seq 4:
+   * the load finds the task at 6 (a backlog of 2), the catch-up's read waits at a gate while the copy is
+   * restored (keeping the epoch, unless `renew` renews it), then finds nothing after 4. Returns the
+   * socket, with `repeat` subscribes of the same cursor sent while the read waited (a client repeating
+   * the subscribe it got no answer to).
+   */
+  async function resumeAcrossRestore(
+    copySeq: number,
+    repeat: number,
+    renew?: (store: Restorable['store']) => Promise<unknown>,
+  ): Promise<RawClient> {
+    const restorable = restorableStore();
+    let gate: Promise<void> | undefined;
+    let gated = 0;
+    const gatedStore = beforeReadEvents(restorable, async () => {
+      if (gate === undefined) return;
+      gated += 1;
+      await gate;
+    });
+    // The copy keeps the live store's epoch, as a restored backup does until `renewEpoch`.
+    let epoch = await restorable.store.getEpoch();
+    const store = new Proxy(gatedStore, {
+      get(target, property) {
+        if (property === 'getEpoch') return async () => epoch;
+        if (property === 'renewEpoch')
+          return async () => {
+            epoch = await target.renewEpoch();
+            return epoch;
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    const env = await serve({ store, heartbeatIntervalMs: 60_000 });
+    await restorable.both((copy) => copy.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    for (let i = 1; i <= 6; i++) {
+      const message = `seq ${i}`;
+      if (i <= copySeq) await restorable.both((copy) => copy.append('t', { type: 'progress', message }));
+      else await restorable.store.append('t', { type: 'progress', message });
+    }
+    const client = await connect(env);
+    let open: () => void = () => {};
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
+    await until('the catch-up read waits at the gate', () => gated > 0);
+    restorable.restore();
+    await renew?.(store);
+    for (let i = 0; i < repeat; i++) client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
+    // A pong says the server has read the repeats.
+    client.send({ type: 'ping' });
+    await client.next((frame) => frame.type === 'pong');
+    gate = undefined;
+    open();
+    return client;
+  }
+
+  const aboutT = (frame: Received): boolean =>
+    (frame.type === 'snapshot' && (frame.task as TaskView).id === 't') ||
+    (frame.type === 'event' && (frame.event as TaskEvent).taskId === 't') ||
+    (frame.type === 'error' && frame.taskId === 't');
+
+  it('answers the resume, and the repeated subscribes joined to it, with a reset when the task went back below the cursor', async () => {
+    const client = await resumeAcrossRestore(2, 2);
+    // Before: taken as caught up, the resume had no answer until the server noticed a renewed epoch (never,
+    // for this restore, which kept the epoch), and the repeats were joined to that silence.
+    const answer = await client.next(aboutT, { timeoutMs: 2000 });
+    expect(answer).toMatchObject({ type: 'snapshot', reset: true, task: { seq: 2, status: 'running' } });
+    // One answer for the three subscribes: the repeats were the same request.
+    await sleep(100);
+    expect(client.frames.filter(aboutT)).toHaveLength(1);
+  });
+
+  it('answers the resume with a snapshot when the task went back to the cursor, and a repeat after that answer too', async () => {
+    const client = await resumeAcrossRestore(4, 1);
+    const answer = await client.next(aboutT, { timeoutMs: 2000 });
+    expect(answer).toMatchObject({ type: 'snapshot', task: { seq: 4, status: 'running' } });
+    expect(answer).not.toHaveProperty('reset');
+    // The answer left the subscription's cursor at the subscribe's own seq: a repeat sent now (its answer
+    // lost on the way, as far as the client knows) was taken for one made while the answer was under
+    // way, and joined to it for ever.
+    const from = client.frames.length;
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 4 });
+    const again = await client.next(aboutT, { from, timeoutMs: 2000 });
+    expect(again).toMatchObject({ type: 'snapshot', task: { seq: 4 } });
+  });
+
+  it('reads the epoch at once when the store turns out to hold less than it did: a renewed one resets the watcher, whose task then runs to its end', async () => {
+    let epoch = '';
+    let restored: Restorable['store'] | undefined;
+    // The copy holds the task at the cursor's seq: no seq tells the watcher its cursor is of another log.
+    const client = await resumeAcrossRestore(4, 0, async (store) => {
+      restored = store;
+      epoch = await store.renewEpoch();
+    });
+    // Before: the server learnt of the renewal at its next heartbeat tick only (60 s here; 15 s by default),
+    // until then the resume stood on a snapshot of the old epoch's, and the restored task's new events
+    // (seqs its hub had passed) were not delivered.
+    const reset = await client.next(
+      (frame) => frame.type === 'snapshot' && frame.reset === true && frame.epoch === epoch,
+      { timeoutMs: 2000 },
+    );
+    expect(reset).toMatchObject({ task: { seq: 4, status: 'running' } });
+    await restored?.append('t', { type: 'progress', done: 0, message: 'new 5' });
+    await restored?.append('t', { type: 'completed', result: 'new' });
+    const terminal = await client.next(
+      (frame) => frame.type === 'event' && (frame.event as TaskEvent).type === 'completed',
+      { timeoutMs: 2000 },
+    );
+    expect(terminal).toMatchObject({ event: { seq: 6, result: 'new' } });
+  });
+});
+
+describe('an ack write of the old epoch in flight across the restore', () => {
+  it('may mark the restored task processed, but never stops the new terminal’s re-sends to a watcher that did not acknowledge it', async () => {
+    const restorable = restorableStore();
+    // While `gate` is set, the server's ack writes wait at it: one is in flight when the copy is restored.
+    let gate: Promise<void> | undefined;
+    let gated = 0;
+    const store = new Proxy(restorable.store, {
+      get(target, property) {
+        if (property === 'ack')
+          return async (taskId: string, seq: number) => {
+            if (gate !== undefined) {
+              gated += 1;
+              await gate;
+            }
+            return target.ack(taskId, seq);
+          };
+        return Reflect.get(target, property);
+      },
+    });
+    const env = await serve({
+      store,
+      terminalRetry: { initialDelayMs: 100, multiplier: 1, maxDelayMs: 100 },
+    });
+    await taskAheadOfItsCopy(restorable, 'old');
+    const client = await connect(env);
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && (frame.task as TaskView).seq === 6);
+    let open: () => void = () => {};
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    // The watcher acknowledges seq 6 of the old epoch; its write waits while the copy (seq 2) is restored.
+    client.send({ type: 'ack', taskId: 't', seq: 6 });
+    await until('the ack write is in flight', () => gated > 0);
+    restorable.restore();
+    await store.renewEpoch();
+    await client.next((frame) => frame.type === 'snapshot' && frame.reset === true);
+    // The restored task runs to its end at the same seq 6, which the watcher never acknowledges.
+    for (let i = 3; i <= 5; i++) await store.append('t', { type: 'progress', done: 0, message: `new ${i}` });
+    const from = client.frames.length;
+    await store.append('t', { type: 'completed', result: 'new' });
+    gate = undefined;
+    open();
+
+    // The old epoch's ack lands on the restored row: the store cannot tell it from one of the new epoch
+    // (acks carry no epoch), and the processed view over-claims the new terminal (docs/operations.md).
+    await untilAcked(store, 'the old epoch’s ack lands on the restored row', 6);
+    // Delivery never reads the store's ackedSeq: the re-sends follow the socket's own acks, which the
+    // epoch restart cleared, so the new terminal keeps coming until the watcher acknowledges it.
+    const isNewTerminal = (frame: Received) =>
+      frame.type === 'event' &&
+      (frame.event as TaskEvent).type === 'completed' &&
+      (frame.event as TaskEvent).seq === 6;
+    await client.next(isNewTerminal, { from });
+    const first = client.frames.findIndex((frame, index) => index >= from && isNewTerminal(frame));
+    await client.next(isNewTerminal, { from: first + 1, timeoutMs: 2000 });
+    client.send({ type: 'ack', taskId: 't', seq: 6 });
   });
 });

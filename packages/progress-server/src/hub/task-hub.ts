@@ -100,6 +100,11 @@ export class TaskHub {
      * epochs): a change stamped with another one is dropped (see {@link TaskChange.epoch}).
      */
     epoch?: () => string | undefined;
+    /**
+     * A stream found a task below the seq the hub knew of it (see {@link StreamHub.wentBack}): the server
+     * reads the store's epoch again.
+     */
+    onWentBack?: () => void;
   }) {
     this.#store = options.store;
     this.#feed = options.store.changes;
@@ -121,6 +126,7 @@ export class TaskHub {
         const readSeq = this.#followed.get(taskId)?.readSeq;
         if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq);
       },
+      wentBack: options.onWentBack ?? noop,
     };
   }
 

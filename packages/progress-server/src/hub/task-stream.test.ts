@@ -102,6 +102,10 @@ function recorder() {
       snapshots.push(view);
       calls.push(`snapshot@${view.seq}`);
     },
+    reset: (view) => {
+      snapshots.push(view);
+      calls.push(`reset@${view.seq}`);
+    },
     gone: () => calls.push('gone'),
     failed: () => calls.push('failed'),
     caughtUp: () => {

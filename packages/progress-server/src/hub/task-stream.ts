@@ -25,6 +25,12 @@ export interface StreamSink {
    * longer holds the events after the position.
    */
   snapshot(view: TaskView): void;
+  /**
+   * The task went back below the position of a resume that nothing answered yet (the store was restored
+   * between the subscriber's load and its first read): no event of the task's log follows the
+   * subscriber's cursor, which it must drop; the view replaces it, as a reset snapshot.
+   */
+  reset(view: TaskView): void;
   /** The task no longer exists (found while catching up). */
   gone(): void;
   /** The first catch-up read failed: the subscribe is answered with this error. */
@@ -61,6 +67,11 @@ export interface StreamHub {
   recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
   /** Events a stream read from the store, for the hub to keep if they join what it holds. */
   readBack(taskId: string, events: readonly TaskEvent[]): void;
+  /**
+   * A read found a task below the seq the hub knew of it: the store went back (restored, or the id
+   * purged and reused), and its epoch is worth reading now rather than at the next heartbeat tick.
+   */
+  wentBack(): void;
 }
 
 /**
@@ -80,6 +91,11 @@ export class TaskStream {
   #ended = false;
   /** Caught up: live events from the hub are taken. */
   #live = false;
+  /**
+   * Started by {@link resume} and nothing handed over since: the subscriber waits for an answer, and the
+   * first catch-up does not end without one (see `#answer`).
+   */
+  #answerDue = false;
   #closed = false;
   #retryTimer: NodeJS.Timeout | undefined;
 
@@ -114,6 +130,23 @@ export class TaskStream {
    */
   start(from: number, ended: boolean, taskSeq: number): void {
     if (this.stale) return;
+    this.#answerDue = false;
+    this.#begin(from, ended, taskSeq);
+  }
+
+  /**
+   * Starts delivering after the subscriber's own cursor `from`, which nothing answered yet (a resume
+   * without a snapshot): the first catch-up hands over the events after it, or, when there are none to
+   * read, the task's state (a snapshot; a reset when the task went back below `from`). `taskSeq` is the
+   * seq of the load that authorized it, above `from`.
+   */
+  resume(from: number, taskSeq: number): void {
+    if (this.stale) return;
+    this.#answerDue = true;
+    this.#begin(from, false, taskSeq);
+  }
+
+  #begin(from: number, ended: boolean, taskSeq: number): void {
     this.#position = from;
     this.#ended = ended;
     this.#hub.observe(this.taskId, taskSeq);
@@ -152,6 +185,8 @@ export class TaskStream {
   async #catchUp(first: boolean): Promise<void> {
     this.#live = false;
     try {
+      /** The task as the loop last read it. */
+      let loaded: Task | undefined;
       for (;;) {
         const target = this.#hub.latestSeq(this.taskId) ?? this.#position;
         if (this.#ended || this.#position >= target) break;
@@ -189,8 +224,11 @@ export class TaskStream {
           return;
         }
         this.#hub.observe(this.taskId, task.seq);
+        if (task.seq < target) this.#hub.wentBack();
+        loaded = task;
         // The task went back since the read (a restore under way): its snapshot would stand for nothing
-        // past the position. Live events, and their gap repair, take it from here.
+        // past the position. Live events, and their gap repair, take it from here (a resume that nothing
+        // answered yet is answered first, below).
         if (!tooLong && task.seq <= this.#position) break;
         this.#hub.metrics.resyncs.inc({ reason: tooLong ? 'replay_limit' : 'gap' });
         this.#snapshot(toTaskView(task));
@@ -200,6 +238,7 @@ export class TaskStream {
         // `target` was taken raised the hub's latest seq: the next turn of the loop reads it.
         if (task.seq < target) break;
       }
+      if (this.#answerDue && !(await this.#answer(loaded))) return;
     } catch (error) {
       if (this.stale) return;
       if (first) {
@@ -220,6 +259,36 @@ export class TaskStream {
     }
     this.#live = true;
     this.#sink.caughtUp();
+  }
+
+  /**
+   * A resume whose first catch-up handed nothing over: the store was restored between the subscriber's
+   * load and this catch-up, and holds nothing after the cursor (the task went back to it or below).
+   * Taken as caught up, the resume had no answer at all until an epoch renewal restarted the stream
+   * (never, for a restore that kept the epoch), and the client's repeated subscribes were joined to that
+   * silence. The task's state answers it: a snapshot at the cursor's seq, a reset below it, as a
+   * subscribe's own load would have (`loaded`: the task as the catch-up last read it, else read now).
+   * Returns `false` when the stream went stale or the task is gone (the sink was told).
+   */
+  async #answer(loaded: Task | undefined): Promise<boolean> {
+    const task = loaded ?? (await this.#read(() => this.#hub.store.getTask(this.taskId), undefined));
+    if (this.stale) return false;
+    if (task === undefined) {
+      this.#sink.gone();
+      return false;
+    }
+    this.#hub.observe(this.taskId, task.seq);
+    const view = toTaskView(task);
+    if (view.seq >= this.#position) {
+      this.#snapshot(view);
+      return true;
+    }
+    this.#hub.metrics.resyncs.inc({ reason: 'cursor_ahead' });
+    this.#answerDue = false;
+    this.#position = view.seq;
+    this.#ended = view.status !== 'running';
+    this.#sink.reset(view);
+    return true;
   }
 
   /**
@@ -248,11 +317,13 @@ export class TaskStream {
       end++;
     }
     if (end === start) return;
+    this.#answerDue = false;
     // All of them (the hub's usual live event): the same array, not a copy per subscriber.
     this.#sink.events(start === 0 && end === events.length ? events : events.slice(start, end));
   }
 
   #snapshot(view: TaskView): void {
+    this.#answerDue = false;
     if (view.seq > this.#position) this.#position = view.seq;
     if (view.status !== 'running') this.#ended = true;
     this.#sink.snapshot(view);

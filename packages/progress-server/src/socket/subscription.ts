@@ -15,6 +15,8 @@ export interface SubscriptionContext {
   readonly writer: SocketWriter;
   readonly metrics: ServerMetrics;
   readonly clock: () => number;
+  /** The socket speaks protocol version 2 or later: a cursor ahead of the task is answered by a reset. */
+  readonly resets: boolean;
   /** Opens the hub stream of the task for this socket's principal. */
   openStream(taskId: string, sink: StreamSink): TaskStream;
   /** The socket is open: a stream's reads and frames still matter. */
@@ -81,6 +83,8 @@ export class Subscription implements WrittenLog {
    * client still holds a cursor of the old epoch, so its subscribes meanwhile are answered by the reset.
    */
   #epochResetDue = false;
+  /** Something was queued for the latest (re)start (a snapshot, a reset or events): it was answered. */
+  #answered = false;
 
   constructor(taskId: string, ctx: SubscriptionContext) {
     this.taskId = taskId;
@@ -155,6 +159,7 @@ export class Subscription implements WrittenLog {
    * it, and its claim is void too. The snapshot goes out at once, ahead of the queue.
    */
   reset(view: TaskView): void {
+    this.#answered = true;
     this.#claimed = 0;
     this.#cursor = view.seq;
     this.#ackable = view.seq;
@@ -163,9 +168,15 @@ export class Subscription implements WrittenLog {
 
   /** Queues a snapshot that stands for everything up to its seq. */
   snapshot(view: TaskView): void {
+    this.#answered = true;
     this.#ctx.writer.pushSnapshot(view);
     if (view.seq > this.#cursor) this.#cursor = view.seq;
     if (this.#cursor > this.#ackable) this.#ackable = this.#cursor;
+  }
+
+  /** Something was queued since the latest (re)start: the subscribes it answers had their answer. */
+  get answered(): boolean {
+    return this.#answered;
   }
 
   /** The client resumes from its own cursor: events after it follow. */
@@ -259,6 +270,7 @@ export class Subscription implements WrittenLog {
   /** Back to a fresh stream: the queue and retry state of the task start over (a held ack stays). */
   #reset(): void {
     this.#authorized = false;
+    this.#answered = false;
     this.#cursor = 0;
     this.#ackable = 0;
     this.#acked = 0;
@@ -283,6 +295,16 @@ export class Subscription implements WrittenLog {
         this.snapshot(view);
         this.#ctx.writer.drain();
       },
+      reset: (view) => {
+        if (!current()) return;
+        if (this.#ctx.resets) this.reset(view);
+        else {
+          // Version 1 knows no reset: a snapshot below the cursor, as its subscribe's load answers one.
+          this.#cursor = view.seq;
+          this.snapshot(view);
+        }
+        this.#ctx.writer.drain();
+      },
       caughtUp: () => {
         if (current()) this.#ctx.writer.drain();
       },
@@ -298,6 +320,7 @@ export class Subscription implements WrittenLog {
   }
 
   #events(events: readonly TaskEvent[]): void {
+    if (events.length > 0) this.#answered = true;
     for (const event of events) {
       this.#ctx.writer.pushEvent(event, this);
       this.#cursor = event.seq;

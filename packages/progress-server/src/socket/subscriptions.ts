@@ -220,7 +220,7 @@ export class Subscriptions<P extends Principal> {
     } else {
       this.#resumed.add(current);
       current.resumeAt(afterSeq);
-      stream.start(afterSeq, false, task.seq);
+      stream.resume(afterSeq, task.seq);
     }
     // The snapshot goes now, not when the catch-up just started has read what followed it: a slow read
     // held it in the queue, and with it every heartbeat (sent only when nothing is queued), until the
@@ -244,14 +244,16 @@ export class Subscriptions<P extends Principal> {
 
   /**
    * `sub` was (re)started from `afterSeq` and nothing was sent for it yet: its task is still loading, or
-   * it resumed from the client's cursor and its catch-up has not queued an event yet (a resume always
-   * has events to send; its snapshot-less start sends nothing before them).
+   * it resumed from the client's cursor and its catch-up has not queued anything yet (its snapshot-less
+   * start sends nothing before, and the catch-up always ends with an answer: see `TaskStream.resume`).
+   * Asked by what was queued, not by the cursor: a resume answered by a snapshot at its own seq leaves
+   * the cursor where it was, and a repeat then joined an answer already sent, to wait for ever.
    */
   #stillLoading(sub: Subscription, afterSeq: number): boolean {
     const stream = sub.currentStream;
     if (stream === undefined || !sub.isCurrent(stream) || this.#startedFrom.get(sub) !== afterSeq)
       return false;
-    return !sub.authorized || (this.#resumed.has(sub) && sub.heartbeatSeq === afterSeq);
+    return !sub.authorized || (this.#resumed.has(sub) && !sub.answered);
   }
 
   unsubscribe(taskId: string): void {
@@ -407,6 +409,7 @@ export class Subscriptions<P extends Principal> {
       writer,
       metrics,
       clock: options.clock,
+      resets: this.#ctx.version >= 2,
       openStream: (id, sink) => this.#ctx.hub.stream(id, this.#ctx.principal().id, sink),
       isOpen: () => this.#ctx.isOpen(),
       onGone: (gone) => {
