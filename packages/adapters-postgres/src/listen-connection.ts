@@ -69,15 +69,21 @@ import type { ProgressDatabase } from './schema.js';
  *   and the safety-net poll reports nothing while a re-read runs (it asks again next time). When the
  *   connection is lost or replaced first, the held notifications are dropped (the next re-read, from the
  *   same mark, finds what they announced) and the store's own reports are made at once, as while
- *   disconnected. The re-read from the start (after a restore) is not held this way: its pages take as long
- *   as the store is large, the feed forgot everything before it, and it reads no purge records.
+ *   disconnected. The re-read from the start (after a restore) holds them page by page: from each page's
+ *   statement until its rows are reported, and not between pages. It reads no purge records, but a purge
+ *   and a new task of the purged id committed after a page's snapshot would otherwise be followed by that
+ *   page's row of the purged task: its seqs above the new task's, and its end, published as the new
+ *   task's, and the new task's own seqs up to them dropped as duplicates.
  *
  *   At most {@link HELD_NOTIFICATIONS_CAPACITY} notifications are held (a slow re-read and a busy
  *   channel often go together). Past it they are all dropped, and once the rows are reported the
  *   re-read runs again from their snapshot's `xmin` (holding anew; the mark moves after the last pass):
  *   every commit a dropped notification announced is visible in that snapshot (and in the rows, its
  *   `xid` being at least the old mark) or has an `xid` of at least that `xmin`. Each such pass re-reads
- *   only what was committed during the one before, so they end once a pass is quick enough. This
+ *   only what was committed during the one before, so they end once a pass is quick enough. Past it
+ *   during a page of the re-read from the start, the pages go on, and a re-read from the first page's
+ *   `xmin` follows them: a commit a dropped notification announced is visible in the first page's
+ *   snapshot (so in every later one) or has an `xid` of at least that `xmin`. This
  *   store's own reports are held through every pass (they are not dropped: its commits must settle).
  * - The safety-net poll, whose answer may be read before a purge and arrive after its notice, skips the
  *   tasks forgotten while its query ran (`ChangeFeedHub.forgetCount`): reported into the emptied memory,
@@ -124,16 +130,18 @@ import type { ProgressDatabase } from './schema.js';
  * its notification: `LISTEN` ran before. One transaction around all pages would keep one snapshot, but a
  * session inside a transaction receives no notifications until it ends, and a long one holds back every
  * vacuum of the cluster. Between pages the connection is idle, so notifications are published as they
- * arrive. Every re-read (from a mark too, which is one statement: its size is the number of tasks that
- * changed while the connection was away) is published {@link REREAD_CHUNK_ROWS} rows per event-loop
- * turn, stopping if the connection is replaced meanwhile, so sockets and timers are served during it.
+ * arrive; those that arrive during a page are reported after its rows (see "Purges"). Every re-read
+ * (from a mark too, which is one statement: its size is the number of tasks that changed while the
+ * connection was away) is published {@link REREAD_CHUNK_ROWS} rows per event-loop turn, stopping if the
+ * connection is replaced meanwhile, so sockets and timers are served during it.
  *
  * The connection counts as connected ({@link ChangeFeedHealth}) during such a re-read, as soon as it
  * listens, where a re-read from a mark must end first. Nothing committed from then on is missed (the
- * notifications are published as they arrive, while the re-read runs), the safety-net poll keeps asking
- * about every followed task meanwhile, and a server that renewed its epoch answers every subscription
- * from the store anyway. Holding the replica unhealthy would instead take every replica out of its load
- * balancer at the same moment, right after a restore, for as long as the re-read takes.
+ * notifications are published while the re-read runs, each once the page in flight is reported; the
+ * safety-net poll reports nothing while a page is read, and asks again at its next interval), and a
+ * server that renewed its epoch answers every subscription from the store anyway. Holding the replica
+ * unhealthy would instead take every replica out of its load balancer at the same moment, right after a
+ * restore, for as long as the re-read takes.
  *
  * For the same reason, when {@link ListenConnection.rereadAll} replaces a connected connection, the feed
  * counts as connected while the replacement connects, until it listens, fails, or has not listened
@@ -175,12 +183,15 @@ export interface PgListenClient {
 }
 
 /**
- * Held while a re-read from a mark runs: a notification, or one of this store's own reports to the feed
- * ({@link ListenConnection.afterReread}).
+ * Held while a re-read from a mark, or a page of the re-read from the start, runs: a notification, or one
+ * of this store's own reports to the feed ({@link ListenConnection.afterReread}).
  */
 type Held = PgNotification | (() => void);
 
-/** What a connection holds while its re-read from a mark runs (see {@link ListenConnection.afterReread}). */
+/**
+ * What a connection holds while its re-read from a mark (or a page of the one from the start) runs (see
+ * {@link ListenConnection.afterReread}).
+ */
 interface HeldBuffer {
   generation: number;
   messages: Held[];
@@ -223,9 +234,10 @@ function snapshotXmin(rows: readonly ReplayRow[]): bigint | undefined {
 const HEARD_PURGES_CAPACITY = 50_000;
 
 /**
- * The most notifications held during a re-read from a mark (see "Purges" in the module doc): at most 8 MB
- * of payloads (a payload is below Postgres's 8,000-byte limit). Past it they are dropped, and a re-read from
- * the rows' snapshot follows, which finds what they announced.
+ * The most notifications held during a re-read from a mark, or a page of the one from the start (see
+ * "Purges" in the module doc): at most 8 MB of payloads (a payload is below Postgres's 8,000-byte limit).
+ * Past it they are dropped, and a re-read from the rows' snapshot (the first page's) follows, which finds
+ * what they announced.
  */
 export const HELD_NOTIFICATIONS_CAPACITY = 1000;
 
@@ -362,9 +374,9 @@ export class ListenConnection {
   #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
   #connecting: Promise<void> | undefined;
   /**
-   * What the connection of `generation` received while its re-read from a mark ran, and what this store did
-   * meanwhile ({@link afterReread}), in the order they came: reported once that re-read was (see "Purges"
-   * in the module doc).
+   * What the connection of `generation` received while its re-read from a mark (or a page of the one from
+   * the start) ran, and what this store did meanwhile ({@link afterReread}), in the order they came: reported
+   * once that re-read (or page) was (see "Purges" in the module doc).
    */
   #buffered: HeldBuffer | undefined;
   /**
@@ -458,43 +470,44 @@ export class ListenConnection {
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
     await this.#connect(client);
     await client.query(this.#statements.listen);
-    const mark = this.#watermark;
+    let from = this.#watermark;
     let xmin: bigint | undefined;
-    if (mark === 0n) {
-      this.#drain(generation);
-      xmin = await this.#replayAll(client, generation);
-    } else {
-      let from = mark;
-      for (;;) {
-        const buffered: HeldBuffer | undefined = this.#buffered;
-        if (buffered?.generation === generation) {
-          // From now on this store's own reports wait for the rows too (see afterReread); not while it
-          // connected, when the safety-net poll and its own commits are all that publish.
-          buffered.rereading = true;
-          buffered.overflowed = false;
-        }
-        const rows = await this.#replay(client, from);
-        xmin = snapshotXmin(rows);
-        if (from !== undefined && xmin !== undefined && xmin < from) {
-          // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
-          // the mark. Read again from the start, on the same connection, which already listens.
-          this.#resetMark();
-          this.#drain(generation);
-          xmin = await this.#replayAll(client, generation);
-          break;
-        }
-        await this.#publish(rows, generation);
-        if (xmin === undefined || this.#buffered?.generation !== generation || !this.#buffered.overflowed) {
-          this.#drain(generation);
-          break;
-        }
-        // Too many notifications came during it, and were dropped: every commit they announced is in
-        // these rows or after their snapshot, so a re-read from its xmin finds the rest (see the module doc).
-        // The mark itself moves once the last pass is reported: the purges heard stay known until then, so
-        // this store's own purges still held are not taken for unheard ones.
+    for (;;) {
+      if (from === 0n) {
+        this.#drain(generation);
+        const read = await this.#replayAll(client, generation);
+        xmin = read.xmin;
+        if (!read.overflowed || xmin === undefined) break;
+        // Notifications held during a page were dropped: every commit they announced is in the first
+        // page's snapshot (so in its page's rows, or in those of a later page, whose snapshot is later) or
+        // has an xid of at least that snapshot's xmin, which a re-read from it finds (see the module doc).
         this.#assertCurrent(generation);
         from = xmin;
+        continue;
       }
+      // From now on this store's own reports wait for the rows too (see afterReread); not while it
+      // connected, when the safety-net poll and its own commits are all that publish.
+      this.#holdReread(generation);
+      const rows = await this.#replay(client, from);
+      xmin = snapshotXmin(rows);
+      if (from !== undefined && xmin !== undefined && xmin < from) {
+        // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
+        // the mark. Read again from the start, on the same connection, which already listens.
+        this.#resetMark();
+        from = 0n;
+        continue;
+      }
+      await this.#publish(rows, generation);
+      if (xmin === undefined || !this.#overflowed(generation)) {
+        this.#drain(generation);
+        break;
+      }
+      // Too many notifications came during it, and were dropped: every commit they announced is in
+      // these rows or after their snapshot, so a re-read from its xmin finds the rest (see the module doc).
+      // The mark itself moves once the last pass is reported: the purges heard stay known until then, so
+      // this store's own purges still held are not taken for unheard ones.
+      this.#assertCurrent(generation);
+      from = xmin;
     }
     this.#assertCurrent(generation);
     if (xmin !== undefined) this.#advance(xmin);
@@ -537,22 +550,57 @@ export class ListenConnection {
    * The re-read from the start, on the connection of `generation`, which listens already: it counts as
    * connected while this runs (see the module doc), unless it was replaced meanwhile. The failed attempts
    * are reset only once it succeeded, so a re-read that keeps failing backs off like a failed connect.
-   * Reads and publishes page by page; returns the first page's snapshot `xmin`, the new mark.
+   * Reads and publishes page by page, each page held as a re-read from a mark is (see "Purges" in the
+   * module doc); returns the first page's snapshot `xmin`, the new mark, and whether notifications held
+   * during some page were dropped (a re-read from that `xmin` must follow).
    */
-  async #replayAll(client: PgListenClient, generation: number): Promise<bigint | undefined> {
+  async #replayAll(
+    client: PgListenClient,
+    generation: number,
+  ): Promise<{ xmin: bigint | undefined; overflowed: boolean }> {
     this.#assertCurrent(generation);
     this.#connected = true;
     this.#replacedAt = undefined;
-    let { rows } = (await client.query(this.#statements.replayAll)) as { rows: ReplayRow[] };
-    const xmin = snapshotXmin(rows);
+    let xmin: bigint | undefined;
+    let overflowed = false;
+    let last: string | undefined;
     for (;;) {
-      await this.#publish(rows, generation);
-      const last = rows.at(-1)?.task_id;
-      if (rows.length < REREAD_CHUNK_ROWS || last === null || last === undefined) return xmin;
-      this.#assertCurrent(generation);
+      this.#holdReread(generation);
       // Each page has its own snapshot, later than the first page's (see the module doc).
-      ({ rows } = (await client.query(this.#statements.replayAllAfter, [last])) as { rows: ReplayRow[] });
+      const { rows } = (await (last === undefined
+        ? client.query(this.#statements.replayAll)
+        : client.query(this.#statements.replayAllAfter, [last]))) as { rows: ReplayRow[] };
+      if (last === undefined) xmin = snapshotXmin(rows);
+      await this.#publish(rows, generation);
+      if (this.#overflowed(generation)) overflowed = true;
+      // Between pages the connection is idle: notifications are reported as they arrive.
+      this.#drain(generation);
+      const next = rows.at(-1)?.task_id;
+      if (rows.length < REREAD_CHUNK_ROWS || next === null || next === undefined) return { xmin, overflowed };
+      this.#assertCurrent(generation);
+      last = next;
     }
+  }
+
+  /**
+   * From now until {@link #drain}, the connection of `generation` holds what it receives and this store's
+   * own reports ({@link afterReread}): a re-read's statement is about to be sent. Keeps what is held already.
+   */
+  #holdReread(generation: number): void {
+    this.#assertCurrent(generation);
+    const buffered = this.#buffered;
+    if (buffered?.generation === generation) {
+      buffered.rereading = true;
+      buffered.overflowed = false;
+    } else {
+      this.#buffered = { generation, messages: [], rereading: true, notifications: 0, overflowed: false };
+    }
+  }
+
+  /** True when the connection of `generation` dropped notifications it held (see {@link #hold}). */
+  #overflowed(generation: number): boolean {
+    const buffered = this.#buffered;
+    return buffered?.generation === generation && buffered.overflowed;
   }
 
   /**
@@ -646,9 +694,10 @@ export class ListenConnection {
 
   /**
    * Runs `action`, one of this store's own reports to the feed (its commits, a task it created, its purges),
-   * now, or, while a re-read from a mark runs, after that re-read's rows and the notifications received
-   * before it, in order (see "Purges" in the module doc): made before the rows, it would be judged against a
-   * memory the rows are about to correct, and the rows then against what it changed.
+   * now, or, while a re-read from a mark (or a page of the one from the start) runs, after that re-read's
+   * rows and the notifications received before it, in order (see "Purges" in the module doc): made before
+   * the rows, it would be judged against a memory the rows are about to correct, and the rows then against
+   * what it changed.
    */
   afterReread(action: () => void): void {
     if (this.rereading()) this.#buffered?.messages.push(action);
@@ -656,9 +705,9 @@ export class ListenConnection {
   }
 
   /**
-   * True while a re-read from a mark runs: a report that is not ordered with it ({@link afterReread})
-   * would be judged against a memory it is about to correct (the safety-net poll skips its reports
-   * meanwhile, and retries).
+   * True while a re-read from a mark, or a page of the re-read from the start, runs: a report that is not
+   * ordered with it ({@link afterReread}) would be judged against a memory it is about to correct (the
+   * safety-net poll skips its reports meanwhile, and retries).
    */
   rereading(): boolean {
     const buffered = this.#buffered;

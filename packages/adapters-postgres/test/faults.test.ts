@@ -10,7 +10,7 @@ import {
   PostgresProgressStore,
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
-import { HELD_NOTIFICATIONS_CAPACITY } from '../src/listen-connection.js';
+import { HELD_NOTIFICATIONS_CAPACITY, REREAD_CHUNK_ROWS } from '../src/listen-connection.js';
 import { PURGED_RECORD_MS } from '../src/task-statements.js';
 import {
   commitGatedPool,
@@ -341,6 +341,16 @@ describe('the LISTEN connection', () => {
   });
 });
 
+/** The re-read from a mark, or the first page of the re-read from the start: the statements that read an xmin. */
+function isFirstRereadStatement(text: string): boolean {
+  return text.includes('pg_snapshot_xmin') && !text.includes("'barrier'");
+}
+
+/** A later page of the re-read from the start: the tasks after the last id of the page before. */
+function isLaterRereadPage(text: string): boolean {
+  return text.includes('AND id >');
+}
+
 /**
  * LISTEN clients gated like {@link gatedListenClients}, whose re-read can be held once it has its rows:
  * `duringReread(step)` runs `step` (commits of another store, and the wait for their notifications, which
@@ -351,6 +361,7 @@ describe('the LISTEN connection', () => {
 function rereadHoldingListenClients() {
   const gated = gatedListenClients();
   let step: (() => Promise<void>) | undefined;
+  let which: (text: string) => boolean = isFirstRereadStatement;
   let heard = 0;
   const factory = (): PgListenClient => {
     const client = gated.factory() as unknown as pg.Client;
@@ -362,7 +373,7 @@ function rereadHoldingListenClients() {
     Object.assign(client, {
       query: async (text: string, values?: unknown[]) => {
         const result = await query(text, values);
-        if (text.includes('pg_snapshot_xmin') && !text.includes("'barrier'") && step !== undefined) {
+        if (step !== undefined && which(text)) {
           const run = step;
           step = undefined;
           await run();
@@ -376,8 +387,10 @@ function rereadHoldingListenClients() {
     factory,
     block: gated.block,
     unblock: gated.unblock,
-    duringReread(run: () => Promise<void>) {
+    /** `page`: which statement to hold, by default the first one of a re-read (from a mark, or the start's first page). */
+    duringReread(run: () => Promise<void>, page: (text: string) => boolean = isFirstRereadStatement) {
       step = run;
+      which = page;
     },
     heard: () => heard,
   };
@@ -733,6 +746,112 @@ describe('retention while the LISTEN connection is away', () => {
       3000,
     );
     expect(changesOf(recorder, 'job', before)).toEqual(['1T']);
+  });
+});
+
+describe('retention during the re-read from the start', () => {
+  // The re-read after forgetSeqs() reads the tasks table in pages, each in its own snapshot. After the
+  // snapshot of the page that holds the job (still its first run, ended at seq 4), the run is purged (by the
+  // observer itself, or by the writer) and the observer starts it again. Reported before that page's rows,
+  // the purge and the new seq 1 were followed by the page's 4T of the purged run: 2, 3 and a phantom end 4T
+  // published as the new run's, and the new run's own seq 2 and end dropped as duplicates.
+  it.each([
+    ['its first page', 'writer'],
+    ['its first page', 'observer'],
+    ['a later page', 'writer'],
+    ['a later page', 'observer'],
+  ] as const)(
+    "orders a purge and a new run made during %s (purged by the %s) after the page's rows",
+    async (page, purger) => {
+      const schema = await migrated();
+      const listen = rereadHoldingListenClients();
+      const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+        watermarkIntervalMs: 3_600_000,
+        pollIntervalMs: 3_600_000,
+      });
+      if (page === 'a later page') {
+        // A first page of other tasks, whose ids sort before the job's: the job is on the second page.
+        await admin.query(
+          `INSERT INTO ${pg.escapeIdentifier(schema)}.tasks (id, owner, kind, status, total, done, succeeded,
+           failed, seq, acked_seq, created_at, updated_at)
+         SELECT 'filler-' || lpad(t::text, 5, '0'), 'alice', 'k', 'running', 0, 0, 0, 0, 1, 0, 1000, 1000
+         FROM generate_series(1, $1::int) AS t`,
+          [REREAD_CHUNK_ROWS],
+        );
+      }
+      listen.duringReread(
+        async () => {
+          const heard = listen.heard();
+          expect(await (purger === 'observer' ? observer : writer).purgeFinished({ olderThanMs: 0 })).toBe(1);
+          await observer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+          await observer.append('job', { type: 'item', key: 'n1', ok: true });
+          await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+        },
+        page === 'a later page' ? isLaterRereadPage : isFirstRereadStatement,
+      );
+      const before = recorder.changes.length;
+      observer.changes.forgetSeqs(); // as a server does once it finds the store's epoch renewed
+      await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
+      await eventually(
+        'the new run starts on the observer',
+        () => changesOf(recorder, 'job', before).includes('1'),
+        3000,
+      ).catch(() => {});
+      await writer.append('job', { type: 'completed' });
+      await eventually(
+        'the second run ends on the observer',
+        () => changesOf(recorder, 'job', before).includes('2T'),
+        3000,
+      ).catch(() => {});
+      // A poll cannot hide a dropped or phantom seq: what it finds was published or is the task's latest.
+      await observer.pollNow();
+      // The first run's end again (the feed forgot what it published), then the new run, every seq once.
+      expect(changesOf(recorder, 'job', before)).toEqual(['4T', '1', '2T']);
+    },
+  );
+
+  it(`holds at most ${HELD_NOTIFICATIONS_CAPACITY} notifications during a page, then re-reads from the first page's snapshot`, async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    const malformed = observer.changes.stats().malformedNotifications;
+    // After the page's snapshot: a purge and a new run, whose notices are dropped with more notifications
+    // than are held. Only a re-read past the page's snapshot finds them; without it the new run's seqs up
+    // to the purged run's 4 pass for duplicates.
+    const flood = HELD_NOTIFICATIONS_CAPACITY + 10;
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await writer.append('job', { type: 'item', key: 'n1', ok: true });
+      await admin.query('SELECT pg_notify($1, $2 || i) FROM generate_series(1, $3::int) AS i', [
+        changeChannel(schema),
+        'not-ours-',
+        flood,
+      ]);
+      await eventually('the notifications reach the connection', () => listen.heard() >= heard + 2 + flood);
+    });
+    const before = recorder.changes.length;
+    observer.changes.forgetSeqs();
+    await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
+    await eventually(
+      'the new run starts on the observer',
+      () => changesOf(recorder, 'job', before).includes('1'),
+      3000,
+    ).catch(() => {});
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['4T', '1', '2T']);
+    // The flood was dropped, not held and reported.
+    expect(observer.changes.stats().malformedNotifications - malformed).toBeLessThan(flood);
   });
 });
 
