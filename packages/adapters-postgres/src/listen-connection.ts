@@ -122,6 +122,18 @@ import type { ProgressDatabase } from './schema.js';
  *   restored cluster's ids passed the old mark before the listener reconnected; renewing the epoch is
  *   what covers that.
  *
+ * A logical restore (`pg_dump` of the schema restored into another cluster) also copies the `xid` of
+ * every event and purge record, and `purged_horizon`, from the old cluster's run of ids. Where that ran
+ * higher they lie above every id of the new cluster until its ids pass them, which with 64-bit ids
+ * (wraparound epochs included) may be never: every re-read from a mark read every copied row again, and
+ * the copied horizon, above every mark, made every re-read forget every task (each task's copied events
+ * published again at every reconnect, and the readiness of a replica waiting for a re-read as large as
+ * the store). An id at or above a snapshot's `xmax` cannot be of a transaction of this cluster that the
+ * snapshot sees, so the re-read leaves such rows and such a horizon out: they are older than the restore,
+ * which the re-read from the start after it reported. A purge likewise leaves such records out of the
+ * horizon it raises, and replaces such a horizon rather than keep the greater one, which would hide the
+ * records this cluster deletes (`purgeFinished` in `task-statements.ts`).
+ *
  * The re-read from the start reads the tasks in pages of {@link REREAD_CHUNK_ROWS} rows by id (the
  * primary key), so what it holds in memory at once does not grow with the store. Only the first page's
  * statement reads the snapshot's `xmin`, the new mark; each later page runs in a later snapshot, which
@@ -302,13 +314,17 @@ function compileStatements({
   return {
     listen: sql`LISTEN ${sql.id(channel)}`.compile(db).sql,
     // One statement, so the xmin, the events and the purges come from the same snapshot (see the module
-    // doc): a purge it sees came before every event of a new task with the purged id that it sees.
+    // doc): a purge it sees came before every event of a new task with the purged id that it sees. Ids at
+    // or above the snapshot's xmax are another cluster's, copied by a logical restore (see "After a
+    // restore" in the module doc): no transaction of this cluster that the snapshot sees has one.
     replay: sql`
       SELECT s.xmin::text AS xmin, s.horizon_passed, e.task_id, e.first_seq, e.last_seq, e.terminal,
              e.purged_xid
       FROM (
         SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-               coalesce((SELECT value::xid8 FROM ${meta} WHERE key = 'purged_horizon') >= ${placeholder}::xid8,
+               coalesce((SELECT value::xid8 >= ${placeholder}::xid8
+                                AND value::xid8 < pg_snapshot_xmax(pg_current_snapshot())
+                         FROM ${meta} WHERE key = 'purged_horizon'),
                         false) AS horizon_passed
       ) s
       LEFT JOIN LATERAL (
@@ -317,11 +333,13 @@ function compileStatements({
                NULL::text AS purged_xid
         FROM ${events}
         WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
+          AND xid < pg_snapshot_xmax(pg_current_snapshot())
         GROUP BY task_id
         UNION ALL
         SELECT task_id, NULL::int8, NULL::int8, NULL::boolean, xid::text
         FROM ${purged}
         WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
+          AND xid < pg_snapshot_xmax(pg_current_snapshot())
       ) e ON true`.compile(db).sql,
     // Each task's latest seq alone, from its row (see the module doc); a task without events is left out.
     // Paged by id (the primary key), the first page with the snapshot's xmin that becomes the mark.

@@ -855,6 +855,121 @@ describe('retention during the re-read from the start', () => {
   });
 });
 
+describe('a logical restore into another cluster', () => {
+  /**
+   * What `pg_dump` of the schema restored into another cluster leaves: every `xid` column and
+   * `purged_horizon` copied from the old cluster, whose transaction ids here run far above the new one's.
+   */
+  async function copyFromHigherCluster(schema: string): Promise<void> {
+    const name = (table: string) => `${pg.escapeIdentifier(schema)}.${table}`;
+    const shift = `(xid::text::numeric + ${2n ** 40n})::text::xid8`;
+    await admin.query(`UPDATE ${name('events')} SET xid = ${shift}`);
+    await admin.query(`UPDATE ${name('purged')} SET xid = ${shift}`);
+    await admin.query(
+      `UPDATE ${name('meta')} SET value = (pg_current_xact_id()::text::numeric + ${2n ** 40n})::text
+       WHERE key = 'purged_horizon'`,
+    );
+  }
+
+  it('re-reads after a reconnect what this cluster committed since the mark, not the copied rows, and forgets nothing', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    // A purge record among the copied rows too.
+    await writer.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await writer.append('old', { type: 'completed' });
+    await writer.createTask({ id: 'kept', owner: 'alice', kind: 'k' });
+    await writer.append('kept', { type: 'completed' });
+    await eventually('the observer sees the task end', () => recorder.has('kept', 1));
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(3);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    for (const key of ['n1', 'n2', 'n3']) await writer.append('job', { type: 'item', key, ok: true });
+    await writer.append('job', { type: 'completed' });
+    await writer.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await writer.append('old', { type: 'item', key: 'n1', ok: true });
+    await eventually(
+      'the observer sees the new runs',
+      () => recorder.has('job', 4) && recorder.has('old', 1),
+    );
+    await copyFromHigherCluster(schema);
+    // The renewed epoch (renewEpoch() after the restore), found by a server: a re-read from the start.
+    const restored = recorder.changes.length;
+    observer.changes.forgetSeqs();
+    await eventually('the re-read from the start reports the job', () =>
+      changesOf(recorder, 'job', restored).includes('4T'),
+    );
+    const mark = BigInt(observer.changes.health().watermark ?? '0');
+    await eventually('the mark moves on', () => BigInt(observer.changes.health().watermark ?? '0') > mark);
+    await takeListenerDown(observer, listen);
+    await writer.append('old', { type: 'completed' }); // unheard: only the re-read finds it
+    const before = recorder.changes.length;
+    const replayed = observer.changes.stats().replayed;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually('the re-read finds the unheard commit', () => recorder.has('old', 2), 3000);
+    // Before, the copied horizon (above every mark of this cluster) made every re-read forget every task,
+    // and the copied rows (above every mark) were re-read each time: each task's copied events published
+    // again.
+    expect(recorder.changes.slice(before).map((change) => `${change.taskId} ${change.seq}`)).toEqual([
+      'old 2',
+    ]);
+    expect(observer.changes.stats().replayed - replayed).toBe(1);
+  });
+
+  it('a copied horizon is replaced by the first record this cluster deletes: a listener away past it forgets every task', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    // A copied record, deleted with this cluster's below: its id must not become the horizon.
+    await writer.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await writer.append('old', { type: 'completed' });
+    await eventually('the observer sees the task end', () => recorder.has('old', 1));
+    await admin.query(
+      `DELETE FROM ${pg.escapeIdentifier(schema)}.events WHERE task_id = 'old';
+       DELETE FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'old';
+       INSERT INTO ${pg.escapeIdentifier(schema)}.purged (task_id, purged_at) VALUES ('old', ${Date.now()})`,
+    );
+    await copyFromHigherCluster(schema);
+    const restored = recorder.changes.length;
+    observer.changes.forgetSeqs();
+    await eventually('the re-read from the start reports the job', () =>
+      changesOf(recorder, 'job', restored).includes('4T'),
+    );
+    const mark = BigInt(observer.changes.health().watermark ?? '0');
+    await eventually('the mark moves on', () => BigInt(observer.changes.health().watermark ?? '0') > mark);
+    // As in "forgets every task when records of purges it may have missed were deleted", in this cluster.
+    const clock = new ManualClock(Date.now());
+    const retention = await open({ schema, clock: clock.now });
+    await takeListenerDown(observer, listen);
+    expect(await retention.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await retention.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await retention.append('job', { type: 'completed' });
+    clock.advance(PURGED_RECORD_MS);
+    expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
+    const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
+    expect(records.rows).toEqual([{ n: 0 }]);
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('1T'),
+      3000,
+    ).catch(() => {});
+    const horizon = await admin.query(
+      `SELECT value::xid8 < pg_current_xact_id() AS ours FROM ${schema}.meta WHERE key = 'purged_horizon'`,
+    );
+    expect(horizon.rows).toEqual([{ ours: true }]);
+    expect(changesOf(recorder, 'job', before)).toEqual(['1T']);
+  });
+});
+
 describe('the records of purges', () => {
   it('purges with the table in a publication, which requires a replica identity of every table it deletes from', async () => {
     const schema = await migrated();
