@@ -291,7 +291,7 @@ export interface ListenConnectionOptions {
 interface ListenStatements {
   /** `LISTEN "<channel>"`. */
   listen: string;
-  /** The re-read; `$1` to `$5` are all the mark (text) or `NULL`. */
+  /** The re-read; `$1` is the mark (text) or `NULL`. */
   replay: string;
   /** The re-read from the start (a mark of 0), from the tasks table: its first page; no parameters. */
   replayAll: string;
@@ -321,25 +321,25 @@ function compileStatements({
       SELECT s.xmin::text AS xmin, s.horizon_passed, e.task_id, e.first_seq, e.last_seq, e.terminal,
              e.purged_xid
       FROM (
-        SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-               coalesce((SELECT value::xid8 >= ${placeholder}::xid8
-                                AND value::xid8 < pg_snapshot_xmax(pg_current_snapshot())
+        SELECT pg_snapshot_xmin(snapshot) AS xmin, pg_snapshot_xmax(snapshot) AS xmax, mark,
+               coalesce((SELECT value::xid8 >= mark AND value::xid8 < pg_snapshot_xmax(snapshot)
                          FROM ${meta} WHERE key = 'purged_horizon'),
                         false) AS horizon_passed
+        -- The mark is passed once; a NULL one reads no rows. Postgres pulls these subqueries up, so the
+        -- ranges below are index scans planned with the mark's value.
+        FROM (SELECT pg_current_snapshot() AS snapshot, ${placeholder}::xid8 AS mark) AS taken
       ) s
       LEFT JOIN LATERAL (
         SELECT task_id, min(seq) AS first_seq, max(seq) AS last_seq,
                bool_or(type IN ('completed', 'failed', 'cancelled', 'interrupted')) AS terminal,
                NULL::text AS purged_xid
         FROM ${events}
-        WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
-          AND xid < pg_snapshot_xmax(pg_current_snapshot())
+        WHERE xid >= s.mark AND xid < s.xmax
         GROUP BY task_id
         UNION ALL
         SELECT task_id, NULL::int8, NULL::int8, NULL::boolean, xid::text
         FROM ${purged}
-        WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
-          AND xid < pg_snapshot_xmax(pg_current_snapshot())
+        WHERE xid >= s.mark AND xid < s.xmax
       ) e ON true`.compile(db).sql,
     // Each task's latest seq alone, from its row (see the module doc); a task without events is left out.
     // Paged by id (the primary key), the first page with the snapshot's xmin that becomes the mark.
@@ -560,7 +560,7 @@ export class ListenConnection {
   /** The re-read from `mark` (`undefined`: nothing, only the snapshot's `xmin`); see the module doc. */
   async #replay(client: PgListenClient, mark: bigint | undefined): Promise<ReplayRow[]> {
     const text = mark === undefined ? null : mark.toString();
-    const { rows } = await client.query(this.#statements.replay, [text, text, text, text, text]);
+    const { rows } = await client.query(this.#statements.replay, [text]);
     return rows as ReplayRow[];
   }
 

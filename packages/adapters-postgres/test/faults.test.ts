@@ -749,6 +749,47 @@ describe('retention while the LISTEN connection is away', () => {
   });
 });
 
+describe('a horizon of deleted purge records at the mark', () => {
+  // A record of a purge whose transaction id is the mark (running when the mark's snapshot was taken: its
+  // notice may have come after the mark) is one the re-read from the mark would find (xid >= mark): once
+  // it is deleted, the re-read must forget every task, or it may miss that purge. One below the mark is
+  // of a purge delivered before the mark: forgetting would publish again what the re-read finds.
+  it.each([
+    [
+      'at the mark: every task is forgotten, what the re-read finds published again',
+      0n,
+      ['1', '2', '3', '4T'],
+    ],
+    ['just below the mark: nothing is forgotten, nothing published twice', -1n, []],
+  ] as const)('a deleted record %s', async (_, offset, republished) => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    // No barrier: the mark stays below the first run, which the re-read therefore reads again.
+    const { observer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    const mark = BigInt(observer.changes.health().watermark ?? '0');
+    const clock = new ManualClock(Date.now());
+    await admin.query(
+      `INSERT INTO ${pg.escapeIdentifier(schema)}.purged (task_id, xid, purged_at) VALUES ('gone', $1, $2)`,
+      [String(mark + offset), clock.now() - PURGED_RECORD_MS],
+    );
+    // Retention deletes the expired record (and purges nothing: the job ended less than two hours ago).
+    const retention = await open({ schema, clock: clock.now });
+    expect(await retention.purgeFinished({ olderThanMs: 2 * PURGED_RECORD_MS })).toBe(0);
+    const meta = await admin.query(
+      `SELECT value FROM ${pg.escapeIdentifier(schema)}.meta WHERE key = 'purged_horizon'`,
+    );
+    expect(meta.rows).toEqual([{ value: String(mark + offset) }]);
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    expect(changesOf(recorder, 'job', before)).toEqual(republished);
+  });
+});
+
 describe('retention during the re-read from the start', () => {
   // The re-read after forgetSeqs() reads the tasks table in pages, each in its own snapshot. After the
   // snapshot of the page that holds the job (still its first run, ended at seq 4), the run is purged (by the

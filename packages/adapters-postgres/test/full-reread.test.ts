@@ -423,6 +423,33 @@ describe('the re-read from a mark of 0', () => {
   });
 });
 
+describe('the re-read from a non-zero mark', () => {
+  it('takes the mark as its one parameter, and reads only the events past it, by an index range', async () => {
+    const { schema, listen, observer } = await observedStore({ watermarkIntervalMs: 10 });
+    const tasks = 200;
+    const perTask = 10;
+    await fill(schema, tasks, perTask);
+    const filled = await admin.query('SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin');
+    await eventually(
+      'the mark passes the filled events',
+      () => BigInt(observer.changes.health().watermark ?? '0') >= BigInt(filled.rows[0].xmin),
+    );
+    await observer.append('task-1', { type: 'item', key: 'late', ok: true });
+    listen.arm();
+    await admin.query('SELECT pg_terminate_backend($1)', [observer.changes.health().listenerPid]);
+    await eventually('the re-read runs', () => listen.reread.length > 0);
+    await eventually('the feed is connected again', () => observer.changes.health().connected);
+
+    const [ran] = listen.reread;
+    expect(ran?.values).toEqual([expect.any(String)]);
+    const { rows } = await admin.query(`EXPLAIN (ANALYZE, FORMAT JSON) ${ran?.text}`, ran?.values);
+    const [explained] = rows[0]['QUERY PLAN'] as [{ Plan: PlanNode }];
+    const read = rowsReadPerTable(explained.Plan);
+    // The one event committed past the mark, not the table's 2,000 others.
+    expect(read.get('events') ?? 0, JSON.stringify(Object.fromEntries(read))).toBeLessThanOrEqual(1);
+  });
+});
+
 describe('a server on the store while the re-read from a mark of 0 runs', () => {
   it('stays ready: GET /healthz answers 200 after the epoch was renewed, while the new connection connects, until and after the re-read', async () => {
     const { schema, listen, observer: store } = await observedStore();
