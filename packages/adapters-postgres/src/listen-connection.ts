@@ -91,7 +91,8 @@ import type { ProgressDatabase } from './schema.js';
  * - A purge already heard (its notice carries its transaction id, and this store's own purges return it)
  *   is not acted on again when a re-read finds its record, which it does whenever the mark had not passed
  *   the purge: forgetting the task again would publish a second time what was published of the new task
- *   since. The ids heard are kept until the mark passes their purge.
+ *   since. The ids heard are kept until the mark passes their purge, and while one of this store's own
+ *   purges is in flight: its reply may come after its notice and after a barrier past it.
  *
  * Records are kept an hour (`PURGED_RECORD_MS`), then deleted by a later purge, which raises
  * `purged_horizon` in `<schema>.meta` to the highest transaction id it deleted. A re-read from a mark at or
@@ -403,6 +404,12 @@ export class ListenConnection {
    * record of a purge already heard is not acted on again (see "Purges" in the module doc).
    */
   readonly #heardPurges = new Map<string, bigint>();
+  /**
+   * This store's own purges sent and not yet reported ({@link ownPurge}): while there are any, the mark
+   * moves without forgetting the purges heard, as such a purge's reply, reported after its notice and after
+   * a barrier past it, would otherwise pass for one not heard.
+   */
+  #ownPurges = 0;
   /**
    * Gives up the wait for the current client's `connect()`, while it runs: pg 8 never settles a connect
    * that `end()` interrupted, so {@link #endClient} settles the wait instead (see {@link #connect}).
@@ -733,6 +740,21 @@ export class ListenConnection {
   }
 
   /**
+   * This store sends a purge: until the returned function is called (once its reply was reported through
+   * {@link purged}, or it failed), the purges heard are kept however far the mark moves (see "Purges" in the
+   * module doc). Calling the function again does nothing.
+   */
+  ownPurge(): () => void {
+    this.#ownPurges += 1;
+    let settled = false;
+    return () => {
+      if (settled) return;
+      settled = true;
+      this.#ownPurges -= 1;
+    };
+  }
+
+  /**
    * Tasks deleted by retention, by the transaction `xid` (`undefined` when unknown: a notice of an older
    * version): the hub forgets them, unless this purge, or a later one of the same id, was heard already.
    * Called for purge notices, for the records a re-read finds, and for this store's own purges.
@@ -837,7 +859,9 @@ export class ListenConnection {
   #advance(xmin: bigint): void {
     if (this.#watermark !== undefined && xmin <= this.#watermark) return;
     this.#watermark = xmin;
-    // A re-read from the new mark finds no record of a purge below it: nothing to tell apart any more.
+    // A re-read from the new mark finds no record of a purge below it: nothing to tell apart any more,
+    // but for this store's own purges in flight (see #ownPurges); a later barrier prunes them.
+    if (this.#ownPurges > 0) return;
     for (const [taskId, xid] of this.#heardPurges) {
       if (xid < xmin) this.#heardPurges.delete(taskId);
     }

@@ -749,6 +749,56 @@ describe('retention while the LISTEN connection is away', () => {
   });
 });
 
+describe("the store's own purge", () => {
+  it('is not acted on again when its reply comes after a barrier passed it: nothing is published twice', async () => {
+    const schema = await migrated();
+    let hold: Gate | undefined;
+    const replied = gate();
+    const hooked = queryHookedPool(pool(), async (_client, { text }, run) => {
+      const result = await run();
+      if (hold !== undefined && text.includes('purged_horizon')) {
+        replied.open();
+        await hold.promise;
+      }
+      return result;
+    });
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      pool: hooked,
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    const before = recorder.changes.length;
+    // The purge commits, but its reply waits, as a reply can behind a busy pool connection's socket. Its
+    // notice comes meanwhile, and barriers move the mark past the purge, which then needs no memory of
+    // its own: the mark says its record is below every later re-read.
+    const held = gate();
+    hold = held;
+    releases.push(held.open);
+    const purging = observer.purgeFinished({ olderThanMs: 0 });
+    await replied.promise;
+    const { rows } = await admin.query(
+      `SELECT xid::text AS xid FROM ${pg.escapeIdentifier(schema)}.purged WHERE task_id = 'job'`,
+    );
+    const purgeXid = BigInt(rows[0].xid);
+    await eventually(
+      'the mark passes the purge',
+      () => BigInt(observer.changes.health().watermark ?? '0') > purgeXid,
+    );
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await eventually('the new run starts on the observer', () =>
+      changesOf(recorder, 'job', before).includes('1'),
+    );
+    held.open();
+    expect(await purging).toBe(1);
+    // Before, the reply forgot the new run's seq 1 (the barrier had pruned the purge from those heard),
+    // and the poll published it a second time.
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['1']);
+  });
+});
+
 describe('a horizon of deleted purge records at the mark', () => {
   // A record of a purge whose transaction id is the mark (running when the mark's snapshot was taken: its
   // notice may have come after the mark) is one the re-read from the mark would find (xid >= mark): once
