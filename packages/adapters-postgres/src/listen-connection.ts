@@ -69,15 +69,21 @@ import type { ProgressDatabase } from './schema.js';
  *   and the safety-net poll reports nothing while a re-read runs (it asks again next time). When the
  *   connection is lost or replaced first, the held notifications are dropped (the next re-read, from the
  *   same mark, finds what they announced) and the store's own reports are made at once, as while
- *   disconnected. The re-read from the start (after a restore) is not held this way: its pages take as long
- *   as the store is large, the feed forgot everything before it, and it reads no purge records.
+ *   disconnected. The re-read from the start (after a restore) holds them page by page: from each page's
+ *   statement until its rows are reported, and not between pages. It reads no purge records, but a purge
+ *   and a new task of the purged id committed after a page's snapshot would otherwise be followed by that
+ *   page's row of the purged task: its seqs above the new task's, and its end, published as the new
+ *   task's, and the new task's own seqs up to them dropped as duplicates.
  *
  *   At most {@link HELD_NOTIFICATIONS_CAPACITY} notifications are held (a slow re-read and a busy
  *   channel often go together). Past it they are all dropped, and once the rows are reported the
  *   re-read runs again from their snapshot's `xmin` (holding anew; the mark moves after the last pass):
  *   every commit a dropped notification announced is visible in that snapshot (and in the rows, its
  *   `xid` being at least the old mark) or has an `xid` of at least that `xmin`. Each such pass re-reads
- *   only what was committed during the one before, so they end once a pass is quick enough. This
+ *   only what was committed during the one before, so they end once a pass is quick enough. Past it
+ *   during a page of the re-read from the start, the pages go on, and a re-read from the first page's
+ *   `xmin` follows them: a commit a dropped notification announced is visible in the first page's
+ *   snapshot (so in every later one) or has an `xid` of at least that `xmin`. This
  *   store's own reports are held through every pass (they are not dropped: its commits must settle).
  * - The safety-net poll, whose answer may be read before a purge and arrive after its notice, skips the
  *   tasks forgotten while its query ran (`ChangeFeedHub.forgetCount`): reported into the emptied memory,
@@ -85,7 +91,8 @@ import type { ProgressDatabase } from './schema.js';
  * - A purge already heard (its notice carries its transaction id, and this store's own purges return it)
  *   is not acted on again when a re-read finds its record, which it does whenever the mark had not passed
  *   the purge: forgetting the task again would publish a second time what was published of the new task
- *   since. The ids heard are kept until the mark passes their purge.
+ *   since. The ids heard are kept until the mark passes their purge, and while one of this store's own
+ *   purges is in flight: its reply may come after its notice and after a barrier past it.
  *
  * Records are kept an hour (`PURGED_RECORD_MS`), then deleted by a later purge, which raises
  * `purged_horizon` in `<schema>.meta` to the highest transaction id it deleted. A re-read from a mark at or
@@ -116,6 +123,18 @@ import type { ProgressDatabase } from './schema.js';
  *   restored cluster's ids passed the old mark before the listener reconnected; renewing the epoch is
  *   what covers that.
  *
+ * A logical restore (`pg_dump` of the schema restored into another cluster) also copies the `xid` of
+ * every event and purge record, and `purged_horizon`, from the old cluster's run of ids. Where that ran
+ * higher they lie above every id of the new cluster until its ids pass them, which with 64-bit ids
+ * (wraparound epochs included) may be never: every re-read from a mark read every copied row again, and
+ * the copied horizon, above every mark, made every re-read forget every task (each task's copied events
+ * published again at every reconnect, and the readiness of a replica waiting for a re-read as large as
+ * the store). An id at or above a snapshot's `xmax` cannot be of a transaction of this cluster that the
+ * snapshot sees, so the re-read leaves such rows and such a horizon out: they are older than the restore,
+ * which the re-read from the start after it reported. A purge likewise leaves such records out of the
+ * horizon it raises, and replaces such a horizon rather than keep the greater one, which would hide the
+ * records this cluster deletes (`purgeFinished` in `task-statements.ts`).
+ *
  * The re-read from the start reads the tasks in pages of {@link REREAD_CHUNK_ROWS} rows by id (the
  * primary key), so what it holds in memory at once does not grow with the store. Only the first page's
  * statement reads the snapshot's `xmin`, the new mark; each later page runs in a later snapshot, which
@@ -124,16 +143,18 @@ import type { ProgressDatabase } from './schema.js';
  * its notification: `LISTEN` ran before. One transaction around all pages would keep one snapshot, but a
  * session inside a transaction receives no notifications until it ends, and a long one holds back every
  * vacuum of the cluster. Between pages the connection is idle, so notifications are published as they
- * arrive. Every re-read (from a mark too, which is one statement: its size is the number of tasks that
- * changed while the connection was away) is published {@link REREAD_CHUNK_ROWS} rows per event-loop
- * turn, stopping if the connection is replaced meanwhile, so sockets and timers are served during it.
+ * arrive; those that arrive during a page are reported after its rows (see "Purges"). Every re-read
+ * (from a mark too, which is one statement: its size is the number of tasks that changed while the
+ * connection was away) is published {@link REREAD_CHUNK_ROWS} rows per event-loop turn, stopping if the
+ * connection is replaced meanwhile, so sockets and timers are served during it.
  *
  * The connection counts as connected ({@link ChangeFeedHealth}) during such a re-read, as soon as it
  * listens, where a re-read from a mark must end first. Nothing committed from then on is missed (the
- * notifications are published as they arrive, while the re-read runs), the safety-net poll keeps asking
- * about every followed task meanwhile, and a server that renewed its epoch answers every subscription
- * from the store anyway. Holding the replica unhealthy would instead take every replica out of its load
- * balancer at the same moment, right after a restore, for as long as the re-read takes.
+ * notifications are published while the re-read runs, each once the page in flight is reported; the
+ * safety-net poll reports nothing while a page is read, and asks again at its next interval), and a
+ * server that renewed its epoch answers every subscription from the store anyway. Holding the replica
+ * unhealthy would instead take every replica out of its load balancer at the same moment, right after a
+ * restore, for as long as the re-read takes.
  *
  * For the same reason, when {@link ListenConnection.rereadAll} replaces a connected connection, the feed
  * counts as connected while the replacement connects, until it listens, fails, or has not listened
@@ -175,12 +196,15 @@ export interface PgListenClient {
 }
 
 /**
- * Held while a re-read from a mark runs: a notification, or one of this store's own reports to the feed
- * ({@link ListenConnection.afterReread}).
+ * Held while a re-read from a mark, or a page of the re-read from the start, runs: a notification, or one
+ * of this store's own reports to the feed ({@link ListenConnection.afterReread}).
  */
 type Held = PgNotification | (() => void);
 
-/** What a connection holds while its re-read from a mark runs (see {@link ListenConnection.afterReread}). */
+/**
+ * What a connection holds while its re-read from a mark (or a page of the one from the start) runs (see
+ * {@link ListenConnection.afterReread}).
+ */
 interface HeldBuffer {
   generation: number;
   messages: Held[];
@@ -223,9 +247,10 @@ function snapshotXmin(rows: readonly ReplayRow[]): bigint | undefined {
 const HEARD_PURGES_CAPACITY = 50_000;
 
 /**
- * The most notifications held during a re-read from a mark (see "Purges" in the module doc): at most 8 MB
- * of payloads (a payload is below Postgres's 8,000-byte limit). Past it they are dropped, and a re-read from
- * the rows' snapshot follows, which finds what they announced.
+ * The most notifications held during a re-read from a mark, or a page of the one from the start (see
+ * "Purges" in the module doc): at most 8 MB of payloads (a payload is below Postgres's 8,000-byte limit).
+ * Past it they are dropped, and a re-read from the rows' snapshot (the first page's) follows, which finds
+ * what they announced.
  */
 export const HELD_NOTIFICATIONS_CAPACITY = 1000;
 
@@ -267,7 +292,7 @@ export interface ListenConnectionOptions {
 interface ListenStatements {
   /** `LISTEN "<channel>"`. */
   listen: string;
-  /** The re-read; `$1` to `$5` are all the mark (text) or `NULL`. */
+  /** The re-read; `$1` is the mark (text) or `NULL`. */
   replay: string;
   /** The re-read from the start (a mark of 0), from the tasks table: its first page; no parameters. */
   replayAll: string;
@@ -290,26 +315,32 @@ function compileStatements({
   return {
     listen: sql`LISTEN ${sql.id(channel)}`.compile(db).sql,
     // One statement, so the xmin, the events and the purges come from the same snapshot (see the module
-    // doc): a purge it sees came before every event of a new task with the purged id that it sees.
+    // doc): a purge it sees came before every event of a new task with the purged id that it sees. Ids at
+    // or above the snapshot's xmax are another cluster's, copied by a logical restore (see "After a
+    // restore" in the module doc): no transaction of this cluster that the snapshot sees has one.
     replay: sql`
       SELECT s.xmin::text AS xmin, s.horizon_passed, e.task_id, e.first_seq, e.last_seq, e.terminal,
              e.purged_xid
       FROM (
-        SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin,
-               coalesce((SELECT value::xid8 FROM ${meta} WHERE key = 'purged_horizon') >= ${placeholder}::xid8,
+        SELECT pg_snapshot_xmin(snapshot) AS xmin, pg_snapshot_xmax(snapshot) AS xmax, mark,
+               coalesce((SELECT value::xid8 >= mark AND value::xid8 < pg_snapshot_xmax(snapshot)
+                         FROM ${meta} WHERE key = 'purged_horizon'),
                         false) AS horizon_passed
+        -- The mark is passed once; a NULL one reads no rows. Postgres pulls these subqueries up, so the
+        -- ranges below are index scans planned with the mark's value.
+        FROM (SELECT pg_current_snapshot() AS snapshot, ${placeholder}::xid8 AS mark) AS taken
       ) s
       LEFT JOIN LATERAL (
         SELECT task_id, min(seq) AS first_seq, max(seq) AS last_seq,
                bool_or(type IN ('completed', 'failed', 'cancelled', 'interrupted')) AS terminal,
                NULL::text AS purged_xid
         FROM ${events}
-        WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
+        WHERE xid >= s.mark AND xid < s.xmax
         GROUP BY task_id
         UNION ALL
         SELECT task_id, NULL::int8, NULL::int8, NULL::boolean, xid::text
         FROM ${purged}
-        WHERE ${placeholder}::xid8 IS NOT NULL AND xid >= ${placeholder}::xid8
+        WHERE xid >= s.mark AND xid < s.xmax
       ) e ON true`.compile(db).sql,
     // Each task's latest seq alone, from its row (see the module doc); a task without events is left out.
     // Paged by id (the primary key), the first page with the snapshot's xmin that becomes the mark.
@@ -362,9 +393,9 @@ export class ListenConnection {
   #barrierWatchdog: ReturnType<typeof setTimeout> | undefined;
   #connecting: Promise<void> | undefined;
   /**
-   * What the connection of `generation` received while its re-read from a mark ran, and what this store did
-   * meanwhile ({@link afterReread}), in the order they came: reported once that re-read was (see "Purges"
-   * in the module doc).
+   * What the connection of `generation` received while its re-read from a mark (or a page of the one from
+   * the start) ran, and what this store did meanwhile ({@link afterReread}), in the order they came: reported
+   * once that re-read (or page) was (see "Purges" in the module doc).
    */
   #buffered: HeldBuffer | undefined;
   /**
@@ -373,6 +404,12 @@ export class ListenConnection {
    * record of a purge already heard is not acted on again (see "Purges" in the module doc).
    */
   readonly #heardPurges = new Map<string, bigint>();
+  /**
+   * This store's own purges sent and not yet reported ({@link ownPurge}): while there are any, the mark
+   * moves without forgetting the purges heard, as such a purge's reply, reported after its notice and after
+   * a barrier past it, would otherwise pass for one not heard.
+   */
+  #ownPurges = 0;
   /**
    * Gives up the wait for the current client's `connect()`, while it runs: pg 8 never settles a connect
    * that `end()` interrupted, so {@link #endClient} settles the wait instead (see {@link #connect}).
@@ -458,43 +495,44 @@ export class ListenConnection {
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
     await this.#connect(client);
     await client.query(this.#statements.listen);
-    const mark = this.#watermark;
+    let from = this.#watermark;
     let xmin: bigint | undefined;
-    if (mark === 0n) {
-      this.#drain(generation);
-      xmin = await this.#replayAll(client, generation);
-    } else {
-      let from = mark;
-      for (;;) {
-        const buffered: HeldBuffer | undefined = this.#buffered;
-        if (buffered?.generation === generation) {
-          // From now on this store's own reports wait for the rows too (see afterReread); not while it
-          // connected, when the safety-net poll and its own commits are all that publish.
-          buffered.rereading = true;
-          buffered.overflowed = false;
-        }
-        const rows = await this.#replay(client, from);
-        xmin = snapshotXmin(rows);
-        if (from !== undefined && xmin !== undefined && xmin < from) {
-          // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
-          // the mark. Read again from the start, on the same connection, which already listens.
-          this.#resetMark();
-          this.#drain(generation);
-          xmin = await this.#replayAll(client, generation);
-          break;
-        }
-        await this.#publish(rows, generation);
-        if (xmin === undefined || this.#buffered?.generation !== generation || !this.#buffered.overflowed) {
-          this.#drain(generation);
-          break;
-        }
-        // Too many notifications came during it, and were dropped: every commit they announced is in
-        // these rows or after their snapshot, so a re-read from its xmin finds the rest (see the module doc).
-        // The mark itself moves once the last pass is reported: the purges heard stay known until then, so
-        // this store's own purges still held are not taken for unheard ones.
+    for (;;) {
+      if (from === 0n) {
+        this.#drain(generation);
+        const read = await this.#replayAll(client, generation);
+        xmin = read.xmin;
+        if (!read.overflowed || xmin === undefined) break;
+        // Notifications held during a page were dropped: every commit they announced is in the first
+        // page's snapshot (so in its page's rows, or in those of a later page, whose snapshot is later) or
+        // has an xid of at least that snapshot's xmin, which a re-read from it finds (see the module doc).
         this.#assertCurrent(generation);
         from = xmin;
+        continue;
       }
+      // From now on this store's own reports wait for the rows too (see afterReread); not while it
+      // connected, when the safety-net poll and its own commits are all that publish.
+      this.#holdReread(generation);
+      const rows = await this.#replay(client, from);
+      xmin = snapshotXmin(rows);
+      if (from !== undefined && xmin !== undefined && xmin < from) {
+        // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
+        // the mark. Read again from the start, on the same connection, which already listens.
+        this.#resetMark();
+        from = 0n;
+        continue;
+      }
+      await this.#publish(rows, generation);
+      if (xmin === undefined || !this.#overflowed(generation)) {
+        this.#drain(generation);
+        break;
+      }
+      // Too many notifications came during it, and were dropped: every commit they announced is in
+      // these rows or after their snapshot, so a re-read from its xmin finds the rest (see the module doc).
+      // The mark itself moves once the last pass is reported: the purges heard stay known until then, so
+      // this store's own purges still held are not taken for unheard ones.
+      this.#assertCurrent(generation);
+      from = xmin;
     }
     this.#assertCurrent(generation);
     if (xmin !== undefined) this.#advance(xmin);
@@ -529,7 +567,7 @@ export class ListenConnection {
   /** The re-read from `mark` (`undefined`: nothing, only the snapshot's `xmin`); see the module doc. */
   async #replay(client: PgListenClient, mark: bigint | undefined): Promise<ReplayRow[]> {
     const text = mark === undefined ? null : mark.toString();
-    const { rows } = await client.query(this.#statements.replay, [text, text, text, text, text]);
+    const { rows } = await client.query(this.#statements.replay, [text]);
     return rows as ReplayRow[];
   }
 
@@ -537,22 +575,57 @@ export class ListenConnection {
    * The re-read from the start, on the connection of `generation`, which listens already: it counts as
    * connected while this runs (see the module doc), unless it was replaced meanwhile. The failed attempts
    * are reset only once it succeeded, so a re-read that keeps failing backs off like a failed connect.
-   * Reads and publishes page by page; returns the first page's snapshot `xmin`, the new mark.
+   * Reads and publishes page by page, each page held as a re-read from a mark is (see "Purges" in the
+   * module doc); returns the first page's snapshot `xmin`, the new mark, and whether notifications held
+   * during some page were dropped (a re-read from that `xmin` must follow).
    */
-  async #replayAll(client: PgListenClient, generation: number): Promise<bigint | undefined> {
+  async #replayAll(
+    client: PgListenClient,
+    generation: number,
+  ): Promise<{ xmin: bigint | undefined; overflowed: boolean }> {
     this.#assertCurrent(generation);
     this.#connected = true;
     this.#replacedAt = undefined;
-    let { rows } = (await client.query(this.#statements.replayAll)) as { rows: ReplayRow[] };
-    const xmin = snapshotXmin(rows);
+    let xmin: bigint | undefined;
+    let overflowed = false;
+    let last: string | undefined;
     for (;;) {
-      await this.#publish(rows, generation);
-      const last = rows.at(-1)?.task_id;
-      if (rows.length < REREAD_CHUNK_ROWS || last === null || last === undefined) return xmin;
-      this.#assertCurrent(generation);
+      this.#holdReread(generation);
       // Each page has its own snapshot, later than the first page's (see the module doc).
-      ({ rows } = (await client.query(this.#statements.replayAllAfter, [last])) as { rows: ReplayRow[] });
+      const { rows } = (await (last === undefined
+        ? client.query(this.#statements.replayAll)
+        : client.query(this.#statements.replayAllAfter, [last]))) as { rows: ReplayRow[] };
+      if (last === undefined) xmin = snapshotXmin(rows);
+      await this.#publish(rows, generation);
+      if (this.#overflowed(generation)) overflowed = true;
+      // Between pages the connection is idle: notifications are reported as they arrive.
+      this.#drain(generation);
+      const next = rows.at(-1)?.task_id;
+      if (rows.length < REREAD_CHUNK_ROWS || next === null || next === undefined) return { xmin, overflowed };
+      this.#assertCurrent(generation);
+      last = next;
     }
+  }
+
+  /**
+   * From now until {@link #drain}, the connection of `generation` holds what it receives and this store's
+   * own reports ({@link afterReread}): a re-read's statement is about to be sent. Keeps what is held already.
+   */
+  #holdReread(generation: number): void {
+    this.#assertCurrent(generation);
+    const buffered = this.#buffered;
+    if (buffered?.generation === generation) {
+      buffered.rereading = true;
+      buffered.overflowed = false;
+    } else {
+      this.#buffered = { generation, messages: [], rereading: true, notifications: 0, overflowed: false };
+    }
+  }
+
+  /** True when the connection of `generation` dropped notifications it held (see {@link #hold}). */
+  #overflowed(generation: number): boolean {
+    const buffered = this.#buffered;
+    return buffered?.generation === generation && buffered.overflowed;
   }
 
   /**
@@ -646,9 +719,10 @@ export class ListenConnection {
 
   /**
    * Runs `action`, one of this store's own reports to the feed (its commits, a task it created, its purges),
-   * now, or, while a re-read from a mark runs, after that re-read's rows and the notifications received
-   * before it, in order (see "Purges" in the module doc): made before the rows, it would be judged against a
-   * memory the rows are about to correct, and the rows then against what it changed.
+   * now, or, while a re-read from a mark (or a page of the one from the start) runs, after that re-read's
+   * rows and the notifications received before it, in order (see "Purges" in the module doc): made before
+   * the rows, it would be judged against a memory the rows are about to correct, and the rows then against
+   * what it changed.
    */
   afterReread(action: () => void): void {
     if (this.rereading()) this.#buffered?.messages.push(action);
@@ -656,13 +730,28 @@ export class ListenConnection {
   }
 
   /**
-   * True while a re-read from a mark runs: a report that is not ordered with it ({@link afterReread})
-   * would be judged against a memory it is about to correct (the safety-net poll skips its reports
-   * meanwhile, and retries).
+   * True while a re-read from a mark, or a page of the re-read from the start, runs: a report that is not
+   * ordered with it ({@link afterReread}) would be judged against a memory it is about to correct (the
+   * safety-net poll skips its reports meanwhile, and retries).
    */
   rereading(): boolean {
     const buffered = this.#buffered;
     return buffered?.rereading === true && buffered.generation === this.#generation;
+  }
+
+  /**
+   * This store sends a purge: until the returned function is called (once its reply was reported through
+   * {@link purged}, or it failed), the purges heard are kept however far the mark moves (see "Purges" in the
+   * module doc). Calling the function again does nothing.
+   */
+  ownPurge(): () => void {
+    this.#ownPurges += 1;
+    let settled = false;
+    return () => {
+      if (settled) return;
+      settled = true;
+      this.#ownPurges -= 1;
+    };
   }
 
   /**
@@ -770,7 +859,9 @@ export class ListenConnection {
   #advance(xmin: bigint): void {
     if (this.#watermark !== undefined && xmin <= this.#watermark) return;
     this.#watermark = xmin;
-    // A re-read from the new mark finds no record of a purge below it: nothing to tell apart any more.
+    // A re-read from the new mark finds no record of a purge below it: nothing to tell apart any more,
+    // but for this store's own purges in flight (see #ownPurges); a later barrier prunes them.
+    if (this.#ownPurges > 0) return;
     for (const [taskId, xid] of this.#heardPurges) {
       if (xid < xmin) this.#heardPurges.delete(taskId);
     }

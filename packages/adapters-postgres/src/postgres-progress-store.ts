@@ -401,13 +401,24 @@ export class PostgresProgressStore implements ProgressStore {
     const { olderThanMs, limit } = parsePurgeOptions(options);
     const now = this.#clock();
     const doomed = purgeFinished(this.#purgeTarget, { cutoff: now - olderThanMs, limit, now });
-    const { rows } = await this.#query('purgeFinished', undefined, doomed);
+    // Its notice may come, and barriers pass it, before its reply: the purges heard are kept until then.
+    const settled = this.#listener.ownPurge();
+    let rows: { id: string; xid: string }[];
+    try {
+      ({ rows } = await this.#query('purgeFinished', undefined, doomed));
+    } catch (error) {
+      settled();
+      throw error;
+    }
     const xid = rows[0]?.xid;
     const ids = rows.map((row) => row.id);
     // Forgotten through the LISTEN connection, which then knows this purge when its notice or its record
     // (a re-read's) comes, and forgets nothing published since (see "Purges" in `listen-connection.ts`).
     // Ordered after a re-read in flight, whose snapshot may still hold the purged tasks' events.
-    if (xid !== undefined) this.#listener.afterReread(() => this.#listener.purged(ids, BigInt(xid)));
+    this.#listener.afterReread(() => {
+      if (xid !== undefined) this.#listener.purged(ids, BigInt(xid));
+      settled();
+    });
     return rows.length;
   }
 

@@ -26,8 +26,9 @@ export interface SafetyNetPollOptions {
   /** One indexed query: the latest state of each known task among `taskIds` (at most 1000). */
   readLatest: (taskIds: readonly string[]) => Promise<Map<string, LatestState>>;
   /**
-   * True while the `LISTEN` connection's re-read from a mark runs: the poll reports nothing then (it
-   * retries next time), as its answer would be judged against a memory that re-read is about to correct.
+   * True while the `LISTEN` connection's re-read from a mark (or a page of the one from the start) runs:
+   * the poll reports nothing then (it retries next time), as its answer would be judged against a memory
+   * that re-read is about to correct.
    */
   rereading: () => boolean;
   onError: (error: ProgressError) => void;

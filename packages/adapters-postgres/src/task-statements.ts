@@ -160,9 +160,14 @@ export function purgeFinished(
       )
       RETURNING xid
     ), horizon AS (
-      UPDATE ${target.meta} SET value = greatest(value::xid8, newest.xid)::text
+      -- Ids above this transaction's are another cluster's, copied by a logical restore (see "After a
+      -- restore" in listen-connection.ts): such records tell this cluster's listeners nothing, and such a
+      -- horizon is replaced, not kept by greatest(), which would hide this cluster's deleted records.
+      UPDATE ${target.meta}
+      SET value = CASE WHEN value::xid8 < pg_current_xact_id() THEN greatest(value::xid8, newest.xid)
+                       ELSE newest.xid END::text
       -- Not max(): the older Postgres versions the store supports have no max() of xid8, only its order.
-      FROM (SELECT xid FROM expired ORDER BY xid DESC LIMIT 1) AS newest
+      FROM (SELECT xid FROM expired WHERE xid < pg_current_xact_id() ORDER BY xid DESC LIMIT 1) AS newest
       WHERE key = 'purged_horizon'
     ), notified AS (
       -- Postgres delivers the notices in commit order, before any notification of such a new task.

@@ -10,7 +10,7 @@ import {
   PostgresProgressStore,
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
-import { HELD_NOTIFICATIONS_CAPACITY } from '../src/listen-connection.js';
+import { HELD_NOTIFICATIONS_CAPACITY, REREAD_CHUNK_ROWS } from '../src/listen-connection.js';
 import { PURGED_RECORD_MS } from '../src/task-statements.js';
 import {
   commitGatedPool,
@@ -341,6 +341,16 @@ describe('the LISTEN connection', () => {
   });
 });
 
+/** The re-read from a mark, or the first page of the re-read from the start: the statements that read an xmin. */
+function isFirstRereadStatement(text: string): boolean {
+  return text.includes('pg_snapshot_xmin') && !text.includes("'barrier'");
+}
+
+/** A later page of the re-read from the start: the tasks after the last id of the page before. */
+function isLaterRereadPage(text: string): boolean {
+  return text.includes('AND id >');
+}
+
 /**
  * LISTEN clients gated like {@link gatedListenClients}, whose re-read can be held once it has its rows:
  * `duringReread(step)` runs `step` (commits of another store, and the wait for their notifications, which
@@ -351,6 +361,7 @@ describe('the LISTEN connection', () => {
 function rereadHoldingListenClients() {
   const gated = gatedListenClients();
   let step: (() => Promise<void>) | undefined;
+  let which: (text: string) => boolean = isFirstRereadStatement;
   let heard = 0;
   const factory = (): PgListenClient => {
     const client = gated.factory() as unknown as pg.Client;
@@ -362,7 +373,7 @@ function rereadHoldingListenClients() {
     Object.assign(client, {
       query: async (text: string, values?: unknown[]) => {
         const result = await query(text, values);
-        if (text.includes('pg_snapshot_xmin') && !text.includes("'barrier'") && step !== undefined) {
+        if (step !== undefined && which(text)) {
           const run = step;
           step = undefined;
           await run();
@@ -376,8 +387,10 @@ function rereadHoldingListenClients() {
     factory,
     block: gated.block,
     unblock: gated.unblock,
-    duringReread(run: () => Promise<void>) {
+    /** `page`: which statement to hold, by default the first one of a re-read (from a mark, or the start's first page). */
+    duringReread(run: () => Promise<void>, page: (text: string) => boolean = isFirstRereadStatement) {
       step = run;
+      which = page;
     },
     heard: () => heard,
   };
@@ -732,6 +745,318 @@ describe('retention while the LISTEN connection is away', () => {
       () => changesOf(recorder, 'job', before).includes('1T'),
       3000,
     );
+    expect(changesOf(recorder, 'job', before)).toEqual(['1T']);
+  });
+});
+
+describe("the store's own purge", () => {
+  it('is not acted on again when its reply comes after a barrier passed it: nothing is published twice', async () => {
+    const schema = await migrated();
+    let hold: Gate | undefined;
+    const replied = gate();
+    const hooked = queryHookedPool(pool(), async (_client, { text }, run) => {
+      const result = await run();
+      if (hold !== undefined && text.includes('purged_horizon')) {
+        replied.open();
+        await hold.promise;
+      }
+      return result;
+    });
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      pool: hooked,
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    const before = recorder.changes.length;
+    // The purge commits, but its reply waits, as a reply can behind a busy pool connection's socket. Its
+    // notice comes meanwhile, and barriers move the mark past the purge, which then needs no memory of
+    // its own: the mark says its record is below every later re-read.
+    const held = gate();
+    hold = held;
+    releases.push(held.open);
+    const purging = observer.purgeFinished({ olderThanMs: 0 });
+    await replied.promise;
+    const { rows } = await admin.query(
+      `SELECT xid::text AS xid FROM ${pg.escapeIdentifier(schema)}.purged WHERE task_id = 'job'`,
+    );
+    const purgeXid = BigInt(rows[0].xid);
+    await eventually(
+      'the mark passes the purge',
+      () => BigInt(observer.changes.health().watermark ?? '0') > purgeXid,
+    );
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'item', key: 'n1', ok: true });
+    await eventually('the new run starts on the observer', () =>
+      changesOf(recorder, 'job', before).includes('1'),
+    );
+    held.open();
+    expect(await purging).toBe(1);
+    // Before, the reply forgot the new run's seq 1 (the barrier had pruned the purge from those heard),
+    // and the poll published it a second time.
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['1']);
+  });
+});
+
+describe('a horizon of deleted purge records at the mark', () => {
+  // A record of a purge whose transaction id is the mark (running when the mark's snapshot was taken: its
+  // notice may have come after the mark) is one the re-read from the mark would find (xid >= mark): once
+  // it is deleted, the re-read must forget every task, or it may miss that purge. One below the mark is
+  // of a purge delivered before the mark: forgetting would publish again what the re-read finds.
+  it.each([
+    [
+      'at the mark: every task is forgotten, what the re-read finds published again',
+      0n,
+      ['1', '2', '3', '4T'],
+    ],
+    ['just below the mark: nothing is forgotten, nothing published twice', -1n, []],
+  ] as const)('a deleted record %s', async (_, offset, republished) => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    // No barrier: the mark stays below the first run, which the re-read therefore reads again.
+    const { observer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    await takeListenerDown(observer, listen);
+    const mark = BigInt(observer.changes.health().watermark ?? '0');
+    const clock = new ManualClock(Date.now());
+    await admin.query(
+      `INSERT INTO ${pg.escapeIdentifier(schema)}.purged (task_id, xid, purged_at) VALUES ('gone', $1, $2)`,
+      [String(mark + offset), clock.now() - PURGED_RECORD_MS],
+    );
+    // Retention deletes the expired record (and purges nothing: the job ended less than two hours ago).
+    const retention = await open({ schema, clock: clock.now });
+    expect(await retention.purgeFinished({ olderThanMs: 2 * PURGED_RECORD_MS })).toBe(0);
+    const meta = await admin.query(
+      `SELECT value FROM ${pg.escapeIdentifier(schema)}.meta WHERE key = 'purged_horizon'`,
+    );
+    expect(meta.rows).toEqual([{ value: String(mark + offset) }]);
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    expect(changesOf(recorder, 'job', before)).toEqual(republished);
+  });
+});
+
+describe('retention during the re-read from the start', () => {
+  // The re-read after forgetSeqs() reads the tasks table in pages, each in its own snapshot. After the
+  // snapshot of the page that holds the job (still its first run, ended at seq 4), the run is purged (by the
+  // observer itself, or by the writer) and the observer starts it again. Reported before that page's rows,
+  // the purge and the new seq 1 were followed by the page's 4T of the purged run: 2, 3 and a phantom end 4T
+  // published as the new run's, and the new run's own seq 2 and end dropped as duplicates.
+  it.each([
+    ['its first page', 'writer'],
+    ['its first page', 'observer'],
+    ['a later page', 'writer'],
+    ['a later page', 'observer'],
+  ] as const)(
+    "orders a purge and a new run made during %s (purged by the %s) after the page's rows",
+    async (page, purger) => {
+      const schema = await migrated();
+      const listen = rereadHoldingListenClients();
+      const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+        watermarkIntervalMs: 3_600_000,
+        pollIntervalMs: 3_600_000,
+      });
+      if (page === 'a later page') {
+        // A first page of other tasks, whose ids sort before the job's: the job is on the second page.
+        await admin.query(
+          `INSERT INTO ${pg.escapeIdentifier(schema)}.tasks (id, owner, kind, status, total, done, succeeded,
+           failed, seq, acked_seq, created_at, updated_at)
+         SELECT 'filler-' || lpad(t::text, 5, '0'), 'alice', 'k', 'running', 0, 0, 0, 0, 1, 0, 1000, 1000
+         FROM generate_series(1, $1::int) AS t`,
+          [REREAD_CHUNK_ROWS],
+        );
+      }
+      listen.duringReread(
+        async () => {
+          const heard = listen.heard();
+          expect(await (purger === 'observer' ? observer : writer).purgeFinished({ olderThanMs: 0 })).toBe(1);
+          await observer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+          await observer.append('job', { type: 'item', key: 'n1', ok: true });
+          await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
+        },
+        page === 'a later page' ? isLaterRereadPage : isFirstRereadStatement,
+      );
+      const before = recorder.changes.length;
+      observer.changes.forgetSeqs(); // as a server does once it finds the store's epoch renewed
+      await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
+      await eventually(
+        'the new run starts on the observer',
+        () => changesOf(recorder, 'job', before).includes('1'),
+        3000,
+      ).catch(() => {});
+      await writer.append('job', { type: 'completed' });
+      await eventually(
+        'the second run ends on the observer',
+        () => changesOf(recorder, 'job', before).includes('2T'),
+        3000,
+      ).catch(() => {});
+      // A poll cannot hide a dropped or phantom seq: what it finds was published or is the task's latest.
+      await observer.pollNow();
+      // The first run's end again (the feed forgot what it published), then the new run, every seq once.
+      expect(changesOf(recorder, 'job', before)).toEqual(['4T', '1', '2T']);
+    },
+  );
+
+  it(`holds at most ${HELD_NOTIFICATIONS_CAPACITY} notifications during a page, then re-reads from the first page's snapshot`, async () => {
+    const schema = await migrated();
+    const listen = rereadHoldingListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 3_600_000,
+      pollIntervalMs: 3_600_000,
+    });
+    const malformed = observer.changes.stats().malformedNotifications;
+    // After the page's snapshot: a purge and a new run, whose notices are dropped with more notifications
+    // than are held. Only a re-read past the page's snapshot finds them; without it the new run's seqs up
+    // to the purged run's 4 pass for duplicates.
+    const flood = HELD_NOTIFICATIONS_CAPACITY + 10;
+    listen.duringReread(async () => {
+      const heard = listen.heard();
+      expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await writer.append('job', { type: 'item', key: 'n1', ok: true });
+      await admin.query('SELECT pg_notify($1, $2 || i) FROM generate_series(1, $3::int) AS i', [
+        changeChannel(schema),
+        'not-ours-',
+        flood,
+      ]);
+      await eventually('the notifications reach the connection', () => listen.heard() >= heard + 2 + flood);
+    });
+    const before = recorder.changes.length;
+    observer.changes.forgetSeqs();
+    await eventually('the observer reconnects', () => observer.changes.stats().reconnects >= 1);
+    await eventually(
+      'the new run starts on the observer',
+      () => changesOf(recorder, 'job', before).includes('1'),
+      3000,
+    ).catch(() => {});
+    await writer.append('job', { type: 'completed' });
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('2T'),
+      3000,
+    ).catch(() => {});
+    await observer.pollNow();
+    expect(changesOf(recorder, 'job', before)).toEqual(['4T', '1', '2T']);
+    // The flood was dropped, not held and reported.
+    expect(observer.changes.stats().malformedNotifications - malformed).toBeLessThan(flood);
+  });
+});
+
+describe('a logical restore into another cluster', () => {
+  /**
+   * What `pg_dump` of the schema restored into another cluster leaves: every `xid` column and
+   * `purged_horizon` copied from the old cluster, whose transaction ids here run far above the new one's.
+   */
+  async function copyFromHigherCluster(schema: string): Promise<void> {
+    const name = (table: string) => `${pg.escapeIdentifier(schema)}.${table}`;
+    const shift = `(xid::text::numeric + ${2n ** 40n})::text::xid8`;
+    await admin.query(`UPDATE ${name('events')} SET xid = ${shift}`);
+    await admin.query(`UPDATE ${name('purged')} SET xid = ${shift}`);
+    await admin.query(
+      `UPDATE ${name('meta')} SET value = (pg_current_xact_id()::text::numeric + ${2n ** 40n})::text
+       WHERE key = 'purged_horizon'`,
+    );
+  }
+
+  it('re-reads after a reconnect what this cluster committed since the mark, not the copied rows, and forgets nothing', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    // A purge record among the copied rows too.
+    await writer.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await writer.append('old', { type: 'completed' });
+    await writer.createTask({ id: 'kept', owner: 'alice', kind: 'k' });
+    await writer.append('kept', { type: 'completed' });
+    await eventually('the observer sees the task end', () => recorder.has('kept', 1));
+    expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(3);
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    for (const key of ['n1', 'n2', 'n3']) await writer.append('job', { type: 'item', key, ok: true });
+    await writer.append('job', { type: 'completed' });
+    await writer.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await writer.append('old', { type: 'item', key: 'n1', ok: true });
+    await eventually(
+      'the observer sees the new runs',
+      () => recorder.has('job', 4) && recorder.has('old', 1),
+    );
+    await copyFromHigherCluster(schema);
+    // The renewed epoch (renewEpoch() after the restore), found by a server: a re-read from the start.
+    const restored = recorder.changes.length;
+    observer.changes.forgetSeqs();
+    await eventually('the re-read from the start reports the job', () =>
+      changesOf(recorder, 'job', restored).includes('4T'),
+    );
+    const mark = BigInt(observer.changes.health().watermark ?? '0');
+    await eventually('the mark moves on', () => BigInt(observer.changes.health().watermark ?? '0') > mark);
+    await takeListenerDown(observer, listen);
+    await writer.append('old', { type: 'completed' }); // unheard: only the re-read finds it
+    const before = recorder.changes.length;
+    const replayed = observer.changes.stats().replayed;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually('the re-read finds the unheard commit', () => recorder.has('old', 2), 3000);
+    // Before, the copied horizon (above every mark of this cluster) made every re-read forget every task,
+    // and the copied rows (above every mark) were re-read each time: each task's copied events published
+    // again.
+    expect(recorder.changes.slice(before).map((change) => `${change.taskId} ${change.seq}`)).toEqual([
+      'old 2',
+    ]);
+    expect(observer.changes.stats().replayed - replayed).toBe(1);
+  });
+
+  it('a copied horizon is replaced by the first record this cluster deletes: a listener away past it forgets every task', async () => {
+    const schema = await migrated();
+    const listen = gatedListenClients();
+    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+      watermarkIntervalMs: 10,
+      pollIntervalMs: 3_600_000,
+    });
+    // A copied record, deleted with this cluster's below: its id must not become the horizon.
+    await writer.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await writer.append('old', { type: 'completed' });
+    await eventually('the observer sees the task end', () => recorder.has('old', 1));
+    await admin.query(
+      `DELETE FROM ${pg.escapeIdentifier(schema)}.events WHERE task_id = 'old';
+       DELETE FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'old';
+       INSERT INTO ${pg.escapeIdentifier(schema)}.purged (task_id, purged_at) VALUES ('old', ${Date.now()})`,
+    );
+    await copyFromHigherCluster(schema);
+    const restored = recorder.changes.length;
+    observer.changes.forgetSeqs();
+    await eventually('the re-read from the start reports the job', () =>
+      changesOf(recorder, 'job', restored).includes('4T'),
+    );
+    const mark = BigInt(observer.changes.health().watermark ?? '0');
+    await eventually('the mark moves on', () => BigInt(observer.changes.health().watermark ?? '0') > mark);
+    // As in "forgets every task when records of purges it may have missed were deleted", in this cluster.
+    const clock = new ManualClock(Date.now());
+    const retention = await open({ schema, clock: clock.now });
+    await takeListenerDown(observer, listen);
+    expect(await retention.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await retention.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await retention.append('job', { type: 'completed' });
+    clock.advance(PURGED_RECORD_MS);
+    expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
+    const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
+    expect(records.rows).toEqual([{ n: 0 }]);
+    const before = recorder.changes.length;
+    listen.unblock();
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await eventually(
+      'the second run ends on the observer',
+      () => changesOf(recorder, 'job', before).includes('1T'),
+      3000,
+    ).catch(() => {});
+    const horizon = await admin.query(
+      `SELECT value::xid8 < pg_current_xact_id() AS ours FROM ${schema}.meta WHERE key = 'purged_horizon'`,
+    );
+    expect(horizon.rows).toEqual([{ ours: true }]);
     expect(changesOf(recorder, 'job', before)).toEqual(['1T']);
   });
 });
