@@ -66,8 +66,15 @@ const WARMUP_PASSES = Number(process.env.PEERS_WARMUP_PASSES ?? 0);
 if (!Number.isSafeInteger(WARMUP_PASSES) || WARMUP_PASSES < 0) {
   throw new Error(`PEERS_WARMUP_PASSES must be an integer ≥ 0, got ${process.env.PEERS_WARMUP_PASSES}`);
 }
-/** Pause between two items of a task: a task lasts items × PACE_MS, long enough to cut sockets in it. */
-const PACE_MS = 50;
+/**
+ * Pause between two items of a task: a task lasts items × PACE_MS, long enough to cut sockets in it.
+ * PEERS_PACE_MS (diagnostic, never for published figures) stretches the tasks with the same messages, to
+ * see whether a cost follows the time tasks run rather than what they send.
+ */
+const PACE_MS = Number(process.env.PEERS_PACE_MS ?? 50);
+if (!Number.isSafeInteger(PACE_MS) || PACE_MS < 1) {
+  throw new Error(`PEERS_PACE_MS must be a positive integer, got ${process.env.PEERS_PACE_MS}`);
+}
 /**
  * Task starts are spread evenly over this window, so that the offered load is a stream of batches
  * rather than one burst (x10 offers ×100 messages over the same window: that is the growth measured).
