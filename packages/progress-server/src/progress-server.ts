@@ -166,6 +166,10 @@ export class ProgressServer<P extends Principal = Principal> {
       // once. At the next tick (15 s by default) the hub went on ignoring the restored tasks' new events at
       // the seqs it had passed, and a resume met meanwhile stood on a snapshot of the old epoch's.
       onWentBack: () => void this.#epoch.refresh(),
+      // A task id purged and created again starts its seqs over: the acks this process wrote for the
+      // purged run must not pass the new run's for duplicates (they were never written: its `ackedSeq`
+      // stayed 0, found by the chaos suite's retention fault).
+      onLoaded: (taskId, seq) => this.#acks.seen(taskId, seq),
     });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.

@@ -99,7 +99,7 @@ export interface HttpHandlerContext<P extends Principal> {
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
   clock?: () => number;
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
-  streams: StreamContext & { acks: Pick<AckWriter, 'ack'>; maxSocketsPerPrincipal: number };
+  streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'seen'>; maxSocketsPerPrincipal: number };
 }
 
 /** `serve` wrote the response itself (an event stream). */
@@ -416,6 +416,7 @@ async function serve<P extends Principal>(
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
       }
+      streams.acks.seen(task.id, task.seq);
       streams.acks.ack(task.id, seq);
       return { taskId: task.id, seq };
     }

@@ -119,4 +119,23 @@ describe('AckWriter', () => {
       vi.useRealTimers();
     }
   });
+
+  it('seen() below what it wrote forgets the task: a new run of a purged id gets its acks written', async () => {
+    const { acks, stored } = writerOver(async () => undefined, 10);
+    acks.ack('t', 9);
+    await acks.flush(Date.now() + 2000);
+    // Not below: nothing forgotten, a repeated ack is still a duplicate.
+    acks.seen('t', 9);
+    acks.ack('t', 9);
+    // The id purged and created again (the stored row starts over), then read at seq 2.
+    stored.delete('t');
+    acks.ack('t', 2);
+    await acks.flush(Date.now() + 2000);
+    expect(stored.get('t')).toBeUndefined();
+    acks.seen('t', 2);
+    acks.ack('t', 2);
+    await acks.flush(Date.now() + 2000);
+    expect(stored.get('t')).toBe(2);
+    acks.close();
+  });
 });

@@ -108,6 +108,22 @@ export class AckWriter {
     this.#tasks.clear();
   }
 
+  /**
+   * A read found `taskId` at `seq`. Below what this writer wrote or waits to write for it, the id was
+   * purged and created again (its seqs start over) or the store restored: what it remembers is of the old
+   * run, whose seqs would pass the new run's acks for duplicates, never written. Its state goes, as in
+   * {@link forgetSeqs}; a write in flight finishes. (A read older than an ack written since only costs one
+   * repeated write: the store keeps the highest ack.)
+   */
+  seen(taskId: string, seq: number): void {
+    const state = this.#tasks.get(taskId);
+    if (state === undefined || (seq >= state.written && seq >= state.pending)) return;
+    if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
+    state.retryTimer = undefined;
+    state.pending = 0;
+    this.#tasks.delete(taskId);
+  }
+
   /** Stops writing and clears retry timers. */
   close(): void {
     this.#closed = true;

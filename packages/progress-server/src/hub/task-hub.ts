@@ -105,6 +105,8 @@ export class TaskHub {
      * reads the store's epoch again.
      */
     onWentBack?: () => void;
+    /** A subscriber's load read a task (see {@link StreamHub.loaded}). */
+    onLoaded?: (taskId: string, seq: number) => void;
   }) {
     this.#store = options.store;
     this.#feed = options.store.changes;
@@ -127,6 +129,7 @@ export class TaskHub {
         if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq);
       },
       wentBack: options.onWentBack ?? noop,
+      loaded: options.onLoaded ?? noop,
     };
   }
 

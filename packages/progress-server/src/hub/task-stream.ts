@@ -72,6 +72,11 @@ export interface StreamHub {
    * purged and reused), and its epoch is worth reading now rather than at the next heartbeat tick.
    */
   wentBack(): void;
+  /**
+   * A subscriber's load read the task at `seq` (for its authorization): below the acks written for the
+   * id, the id was purged and created again, or the store restored (see `AckWriter.seen`).
+   */
+  loaded(taskId: string, seq: number): void;
 }
 
 /**
@@ -121,6 +126,7 @@ export class TaskStream {
    */
   async load(): Promise<Task | undefined | null> {
     const task = await this.#read(() => this.#hub.store.getTask(this.taskId), null);
+    if (task) this.#hub.loaded(this.taskId, task.seq);
     return this.stale ? null : task;
   }
 

@@ -290,3 +290,34 @@ describe('acks after the server dropped a subscription', () => {
     expect((await store.getTask(task.id))?.ackedSeq).toBe(2);
   });
 });
+
+// Found by the chaos suite's retention fault: the server remembered the acks it wrote per task id, so a
+// task purged and created again under the same id had its new run's acks up to the purged run's seq taken
+// for duplicates and never written (its `ackedSeq` stayed 0, marking its events unprocessed for good).
+describe('acks of a task id purged and created again', () => {
+  it("writes the new run's acks, below the seqs acknowledged for the purged run", async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const { server, store } = session.env;
+    const acknowledgedEnd = async (taskId: string, seq: number) => {
+      const client = await connect();
+      client.send({ type: 'subscribe', taskId, afterSeq: 0 });
+      await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === seq);
+      client.send({ type: 'ack', taskId, seq });
+      await client.sync();
+      expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+      await client.close();
+    };
+    const first = await server.tasks.create({ id: 'reused', owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 3; done++) await first.progress({ done });
+    await first.complete();
+    await acknowledgedEnd('reused', 4);
+    await vi.waitFor(async () => expect((await store.getTask('reused'))?.ackedSeq).toBe(4));
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    const second = await server.tasks.create({ id: 'reused', owner: 'alice', kind: 'k' });
+    await second.complete();
+    await acknowledgedEnd('reused', 1);
+    // Before: 0, the ack of seq 1 taken for one of the purged run's.
+    await vi.waitFor(async () => expect((await store.getTask('reused'))?.ackedSeq).toBe(1));
+  });
+});
