@@ -1240,7 +1240,8 @@ if (flag('explain')) {
     // When the terminal seq first went out anywhere (any slot, any replica): late everywhere means a late
     // commit or a late read, not a lost frame; and the replica ends near it.
     const firstOut = serverFrameLog.find(
-      (f) => f.taskId === task.id && f.seq !== undefined && f.seq >= w.final.seq,
+      // (of this run: a re-created id's earlier runs had their own seqs)
+      (f) => f.taskId === task.id && f.at >= task.requestedAt && f.seq !== undefined && f.seq >= w.final.seq,
     );
     const ends = replicas
       .flatMap((r) => [
