@@ -1,8 +1,10 @@
 // One Finishline replica as a child process of chaos/run.mjs: a ProgressServer over Postgres on a port
 // chosen at run time. It talks to its parent over IPC:
 //   → parent  { type: 'ready', port, serverId, pid }
-//   ← parent  { type: 'start', requestId, owner, items, itemMs }  → { type: 'started', requestId, taskId }
-//                                                                   → { type: 'ended', taskId, status } (later)
+//   ← parent  { type: 'start', requestId, owner, items, itemMs, run, id? }
+//                                                 → { type: 'started', requestId, taskId } (or { …, error, exists })
+//                                                 → { type: 'ended', taskId, status } (later)
+//   ← parent  { type: 'purge', requestId, olderThanMs }  → { type: 'purged', requestId, count } (or { …, error })
 //   ← parent  { type: 'metrics', requestId }                       → { type: 'metrics', requestId, resyncs, health, … }
 // SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
 // Imports the BUILT packages (npm run build first).
@@ -74,24 +76,53 @@ const server = await ProgressServer.listen(
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+// Every event a watcher can get of a run names the run (the retention fault re-creates purged ids, and a
+// watcher of the new run must never get the old one's): the kind (in every snapshot) is `chaos_run<N>`,
+// the item keys `run<N>-item-<i>` with detail { run: N }. runBatch's `completed` result is its own
+// ({ succeeded, failed }); the harness tells a run's terminal by its time (after the run was created)
+// and by the snapshot's kind.
 async function start(message) {
-  const { requestId, owner, items, itemMs } = message;
+  const { requestId, owner, items, itemMs, id } = message;
+  const run = message.run ?? 1;
+  let task;
   try {
-    const task = await server.tasks.create({ owner, kind: 'chaos_batch', total: items });
+    task = await server.tasks.create({
+      owner,
+      kind: `chaos_run${run}`,
+      total: items,
+      ...(id === undefined ? {} : { id }),
+    });
+  } catch (error) {
+    const text = String(error?.message ?? error);
+    send({ type: 'started', requestId, error: text, exists: /already exists/.test(text) });
+    return;
+  }
+  try {
     send({ type: 'started', requestId, taskId: task.id });
-    const keys = Array.from({ length: items }, (_, index) => `item-${index}`);
+    const keys = Array.from({ length: items }, (_, index) => `run${run}-item-${index}`);
     const result = await task.runBatch(
       keys,
       async (_key, { signal }) => {
         await sleep(itemMs);
         if (signal.aborted) throw signal.reason;
-        return null;
+        return { run };
       },
       { concurrency: 2 },
     );
     send({ type: 'ended', taskId: task.id, status: result.status });
+  } catch {
+    // The batch machinery failed (the store down): the lease lapses and the reaper ends the task.
+  }
+}
+
+// Retention, as production runs it: one replica calls purgeFinished on its own store on a timer (the
+// harness picks the replica and the moment).
+async function purge(message) {
+  try {
+    const count = await store.purgeFinished({ olderThanMs: message.olderThanMs });
+    send({ type: 'purged', requestId: message.requestId, count });
   } catch (error) {
-    send({ type: 'started', requestId, error: String(error?.message ?? error) });
+    send({ type: 'purged', requestId: message.requestId, error: String(error?.message ?? error) });
   }
 }
 
@@ -123,6 +154,9 @@ process.on('message', (message) => {
       break;
     case 'metrics':
       void metrics(message).catch(() => {});
+      break;
+    case 'purge':
+      void purge(message);
       break;
     default:
       break;

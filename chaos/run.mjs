@@ -45,6 +45,12 @@ const config = {
   listenKillEveryMs: option('listen-kill-every-ms', 3000),
   socketCutEveryMs: option('cut-every-ms', 700),
   reloadEveryMs: option('reload-every-ms', 900),
+  // Retention: purgeFinished on a random replica's store every ~purgeEveryMs, deleting tasks finished
+  // purgeOlderThanMs ago; a share of the purged ids is created again as new runs (chaos/README.md).
+  purgeEveryMs: option('purge-every-ms', 1500),
+  purgeOlderThanMs: option('purge-older-than-ms', 8000),
+  recreateShare: option('recreate-share', ci ? 0.25 : 0.1),
+  recreateMax: option('recreate-max', 20),
   frameDrop: option('drop', 0.01),
   frameDuplicate: option('duplicate', 0.01),
   frameDelay: option('delay', 0.02),
@@ -85,7 +91,8 @@ setTimeout(() => {
 const violations = [];
 const violation = (kind, detail) => {
   violations.push({ kind, detail });
-  if (violations.length <= 20) process.stderr.write(`VIOLATION ${kind}: ${JSON.stringify(detail)}\n`);
+  if (violations.length <= 20 || flag('all-violations'))
+    process.stderr.write(`VIOLATION ${kind}: ${JSON.stringify(detail)}\n`);
 };
 const faults = {
   'replica kill -9': 0,
@@ -94,6 +101,17 @@ const faults = {
   'pg_terminate_backend (LISTEN)': 0,
   'socket cut (on demand)': 0,
   'watcher reload (persisted cursor)': 0,
+  'retention purge (purgeFinished on a replica)': 0,
+};
+/** The retention fault's figures (printed under `retention:`). */
+const retention = {
+  purgesFailed: 0,
+  tasksPurged: 0,
+  idsReused: 0,
+  // Watchers of a run that had not shown its end when the run was purged: the retention contract (purge
+  // only what watchers are done with) broken by the harness's own olderThanMs, counted, never hidden.
+  watchersNotDoneAtPurge: 0,
+  runsPurgedBeforeVerified: 0,
 };
 
 // ── Postgres ───────────────────────────────────────────────────────────────────────────────────
@@ -180,6 +198,7 @@ class Replica {
         this.readyWaiter?.(message);
         break;
       case 'started':
+      case 'purged':
       case 'metrics': {
         const pending = this.pending.get(message.requestId);
         if (pending === undefined) return;
@@ -306,6 +325,10 @@ class WatchRecord {
     this.callbackAt = undefined;
     this.incarnation = 0;
     this.watch = undefined;
+    this.seen = [];
+    this.otherRun = 0;
+    this.fatal = undefined;
+    this.released = false;
     this.finished = new Promise((resolve) => {
       this.resolveFinished = resolve;
     });
@@ -322,10 +345,51 @@ class WatchRecord {
     let lastWasSnapshot = lastSeq > 0;
     this.watch = watch;
     const taskId = this.task.id;
+    const run = this.task.run;
+    // What this watcher got (type:seq), to explain a violation of a re-created id.
+    const seen = this.seen;
+    // A new run's fresh watch must start from nothing: a cursor restored from storage would be the old run's.
+    if (run > 1 && incarnation === 1 && lastSeq > 0)
+      violation('new run watch restored another run', {
+        taskId,
+        run,
+        restored: { seq: lastSeq, kind: watch.getSnapshot().kind },
+        slot: this.slot.index,
+      });
+    // Every callback of a run must be of that run: the kind `chaos_run<N>`, item keys `run<N>-…`, and (for a
+    // re-created id) event times at or after the run's creation was asked for.
+    const otherRun = (what, detail) => {
+      this.otherRun += 1;
+      violation('callback of another run', {
+        taskId,
+        run,
+        what,
+        ...detail,
+        slot: this.slot.index,
+        seen: seen.join(' '),
+        runs: (runsById.get(taskId) ?? []).map((r) => ({
+          run: r.run,
+          on: r.replicaId,
+          requestedAt: r.requestedAt % 100000,
+          finishedAt: r.row?.finishedAt == null ? null : r.row.finishedAt % 100000,
+          purgedAt: r.purgedAt === undefined ? null : r.purgedAt % 100000,
+        })),
+      });
+    };
+    const checkKind = (state, what) => {
+      if (state.kind !== null && state.kind !== `chaos_run${run}`)
+        otherRun(what, { seq: state.seq, kind: state.kind });
+    };
+    const checkTime = (event) => {
+      if (run > 1 && event.time < this.task.requestedAt)
+        otherRun(event.type, { seq: event.seq, time: event.time % 100000 });
+    };
     watch.on('snapshot', (state) => {
       if (stale()) return violation('callback after reload', { taskId, kind: 'snapshot' });
+      seen.push(`snap:${state.seq}`);
+      checkKind(state, 'snapshot');
       if (state.seq < lastSeq) {
-        violation('snapshot went backwards', { taskId, from: lastSeq, to: state.seq });
+        violation('snapshot went backwards', { taskId, run, from: lastSeq, to: state.seq });
       }
       lastSeq = state.seq;
       lastWasSnapshot = true;
@@ -338,12 +402,25 @@ class WatchRecord {
       lastSeq = event.seq;
       lastWasSnapshot = false;
     };
-    watch.on('progress', onEvent);
-    watch.on('item', onEvent);
+    watch.on('progress', (event) => {
+      seen.push(`p:${event.seq}`);
+      checkTime(event);
+      onEvent(event);
+    });
+    watch.on('item', (event) => {
+      seen.push(`i:${event.seq}`);
+      checkTime(event);
+      if (!event.item.key.startsWith(`run${run}-`) || event.item.detail?.run !== run)
+        otherRun('item', { seq: event.seq, key: event.item.key });
+      onEvent(event);
+    });
     for (const type of TERMINAL) {
       watch.on(type, (event, state) => {
         if (stale()) return violation('callback after reload', { taskId, kind: type });
         const fromSnapshot = lastWasSnapshot && event.seq === lastSeq;
+        seen.push(`${type.slice(0, 4)}:${event.seq}${fromSnapshot ? '(snap)' : ''}`);
+        checkTime(event);
+        checkKind(state, type);
         if (!fromSnapshot) onEvent(event);
         this.terminalCount += 1;
         if (this.terminalCount > 1) {
@@ -358,7 +435,9 @@ class WatchRecord {
     watch.on('error', (error) => {
       if (stale()) return;
       if (watch.getSnapshot().fatalError !== null) {
-        violation('fatal watch error', { taskId, code: error.code, message: error.message });
+        // Decided in verifyTask: `task_not_found` after the run was purged is the retention contract
+        // broken (counted apart), anything else a violation.
+        this.fatal = { code: error.code, message: error.message };
         this.resolveFinished();
       }
     });
@@ -402,6 +481,7 @@ class ClientSlot {
   }
 
   release(record) {
+    record.released = true;
     this.records.delete(record);
     record.watch?.close();
   }
@@ -473,11 +553,18 @@ const slots = Array.from(
   (_, index) => new ClientSlot(index, `ws://127.0.0.1:${balancerPort}/progress`),
 );
 
-/** Every task's record: { id, replicaId, replica, startedAt, watchers, verified }. */
+/** Every run's record: { id, run, number, replicaId, replica, incarnation, requestedAt, watchers, row }. */
 const tasks = [];
+/** The runs of each task id, oldest first (more than one when the retention fault re-created the id). */
+const runsById = new Map();
 const stats = { startRetries: 0, startsLost: 0, notShown: 0, verified: 0 };
 
-async function startTask(number) {
+/** Starts run 1 of a new task, or (`reuse`) run `reuse.run` under the purged id `reuse.id`. */
+async function startTask(number, reuse) {
+  const run = reuse?.run ?? 1;
+  // Before the request: a re-created run's events all come after this (its old run ended before its purge).
+  const requestedAt = Date.now();
+  let previous; // the replica of an attempt whose answer was lost
   for (let attempt = 0; attempt < 10 && Date.now() < deadline; attempt++) {
     const alive = replicas.filter((r) => r.alive);
     if (alive.length === 0) {
@@ -492,10 +579,26 @@ async function startTask(number) {
         owner: 'chaos',
         items: randInt(config.minItems, config.maxItems),
         itemMs: config.itemMs,
+        run,
+        ...(reuse === undefined ? {} : { id: reuse.id }),
       });
+      if (answer.exists && previous !== undefined) {
+        // An earlier attempt created the run before its replica died unanswered: that replica's run (the
+        // reaper ends it) is the one to watch.
+        return { id: reuse.id, run, number, ...previous, requestedAt };
+      }
       if (answer.error !== undefined) throw new Error(answer.error);
-      return { id: answer.taskId, number, replica, replicaId, incarnation: replica.incarnation };
+      return {
+        id: answer.taskId,
+        run,
+        number,
+        replica,
+        replicaId,
+        incarnation: replica.incarnation,
+        requestedAt,
+      };
     } catch {
+      if (reuse !== undefined) previous = { replica, replicaId, incarnation: replica.incarnation };
       // The replica died before answering: the task (if it was created) is reaped; count and retry.
       stats.startRetries += 1;
       await sleep(50);
@@ -506,10 +609,12 @@ async function startTask(number) {
   return undefined;
 }
 
-async function runTask(number) {
-  const task = await startTask(number);
+async function runTask(number, reuse) {
+  const task = await startTask(number, reuse);
   if (task === undefined) return;
   tasks.push(task);
+  if (!runsById.has(task.id)) runsById.set(task.id, []);
+  runsById.get(task.id).push(task);
   const chosen = new Set();
   while (chosen.size < Math.min(config.watchersPerTask, slots.length))
     chosen.add(randInt(0, slots.length - 1));
@@ -526,6 +631,8 @@ async function runTask(number) {
   clearTimeout(timer);
   await verifyTask(task);
   for (const watcher of task.watchers) watcher.slot.release(watcher);
+  task.released = true;
+  scheduleAckCheck(task);
 }
 
 async function verifyTask(task) {
@@ -535,10 +642,32 @@ async function verifyTask(task) {
     try {
       row = await store.getTask(task.id);
       events = await store.readEvents(task.id, 0, 10_000);
+      // A row of a later run cannot be this run's (runs of an id are re-created only once verified).
       break;
-    } catch {
+    } catch (error) {
+      if (error?.code === 'task_not_found') {
+        row = undefined;
+        break;
+      }
       await sleep(200);
     }
+  }
+  if (row === undefined || events.length !== row.seq) await refreshPurged();
+  if (row === undefined && task.purgedAt !== undefined) {
+    // Purged before every watcher was done (one slower than olderThanMs): what the watchers saw is still
+    // checked against itself, but the store's row is gone. Counted apart (the retention contract broken).
+    retention.runsPurgedBeforeVerified += 1;
+    for (const watcher of task.watchers) {
+      if (watcher.final === undefined && !watcher.notDoneAtPurge)
+        violation('terminal not shown', {
+          taskId: task.id,
+          run: task.run,
+          slot: watcher.slot.index,
+          purged: true,
+        });
+    }
+    stats.verified += 1;
+    return;
   }
   if (row === undefined) return violation('task unreadable', { taskId: task.id });
   task.row = row;
@@ -552,16 +681,27 @@ async function verifyTask(task) {
   }
   for (const watcher of task.watchers) {
     const final = watcher.final;
+    if (watcher.fatal !== undefined)
+      violation('fatal watch error', { taskId: task.id, run: task.run, ...watcher.fatal });
     if (final === undefined) {
       stats.notShown += 1;
       violation('terminal not shown', { taskId: task.id, slot: watcher.slot.index, status: row.status });
       continue;
     }
-    if (final.status !== row.status || final.seq !== row.seq) {
+    // The run's own end: status, seq, time and result (a re-created id's store row is the new run's).
+    if (
+      final.status !== row.status ||
+      final.seq !== row.seq ||
+      final.finishedAt !== row.finishedAt ||
+      JSON.stringify(final.result) !== JSON.stringify(row.result) ||
+      (final.kind !== null && final.kind !== row.kind)
+    ) {
       violation('final view differs from the store', {
         taskId: task.id,
-        view: { status: final.status, seq: final.seq },
-        store: { status: row.status, seq: row.seq },
+        run: task.run,
+        view: { status: final.status, seq: final.seq, finishedAt: final.finishedAt, kind: final.kind },
+        store: { status: row.status, seq: row.seq, finishedAt: row.finishedAt, kind: row.kind },
+        seen: watcher.seen.join(' '),
       });
     }
     const progress = final.progress;
@@ -583,7 +723,119 @@ async function verifyTask(task) {
 
 // Faults, each on its own bounded loop.
 const ackLog = [];
-balancer.onAck = (ack) => ackLog.push(ack);
+balancer.onAck = (ack) => {
+  ackLog.push(ack);
+  if (!acksByTask.has(ack.taskId)) acksByTask.set(ack.taskId, []);
+  acksByTask.get(ack.taskId).push(ack);
+};
+
+// Nothing acknowledged lost: an ack the balancer relayed to a replica that then stayed up (and kept the
+// connection) for a second was accepted; the store's ackedSeq must reach it. Checked 2.5 s after a run's
+// watchers were released (its acks are settled by then, and retention has not purged it: olderThanMs is
+// longer), and at the end for any run not checked yet.
+const acksByTask = new Map();
+const pendingAckChecks = new Set();
+let ackChecked = 0;
+let ackSkippedPurged = 0;
+function scheduleAckCheck(task) {
+  const check = sleep(2500)
+    .then(() => checkAcks(task))
+    .catch((error) => process.stderr.write(`ack check failed: ${String(error)}\n`))
+    .finally(() => pendingAckChecks.delete(check));
+  pendingAckChecks.add(check);
+}
+async function checkAcks(task) {
+  if (task.ackChecked) return;
+  task.ackChecked = true;
+  // A re-created id's acks belong to the run that was current when they were relayed.
+  const runs = runsById.get(task.id) ?? [task];
+  const next = runs[runs.indexOf(task) + 1];
+  let acked;
+  const settledAcks = [];
+  for (const ack of acksByTask.get(task.id) ?? []) {
+    if (ack.at < task.requestedAt || (next !== undefined && ack.at >= next.requestedAt)) continue;
+    const settled = (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) - ack.at >= 1000;
+    const replica = replicas.find((r) => ack.backend.startsWith(`r${r.index}#`));
+    const killedSoon = replica?.kills.some(
+      (kill) => `r${replica.index}#${kill.incarnation}` === ack.backend && kill.at - ack.at < 1000,
+    );
+    if (!settled || killedSoon) continue;
+    settledAcks.push(ack);
+    acked = Math.max(acked ?? 0, ack.seq);
+  }
+  if (acked === undefined || task.row === undefined) return;
+  if (task.purgedAt !== undefined || next !== undefined) {
+    ackSkippedPurged += 1;
+    return;
+  }
+  let row;
+  try {
+    row = await store.getTask(task.id);
+  } catch (error) {
+    if (error?.code !== 'task_not_found') throw error;
+    ackSkippedPurged += 1; // purged since the harness last read the purge records
+    return;
+  }
+  // Re-created meanwhile (possible only when the check came late): that row is another run's.
+  if (row.createdAt !== task.row.createdAt) {
+    ackSkippedPurged += 1;
+    return;
+  }
+  ackChecked += 1;
+  if (row.ackedSeq < acked)
+    violation('acknowledged seq lost', {
+      taskId: task.id,
+      run: task.run,
+      acked,
+      stored: row.ackedSeq,
+      // A re-created id: did every replica process this run's settled acks reached get an ack at least as
+      // high of an earlier run of the id (a server remembering the old run's acks would skip these)?
+      olderAckOnEveryReplica:
+        task.run > 1 &&
+        settledAcks.every((ack) =>
+          (acksByTask.get(task.id) ?? []).some(
+            (old) => old.at < task.requestedAt && old.backend === ack.backend && old.seq >= ack.seq,
+          ),
+        ),
+      // A re-created id: the earlier runs' last seqs and what the replicas had acked of them.
+      earlierRuns: runs
+        .slice(0, runs.indexOf(task))
+        .map((r) => ({ run: r.run, seq: r.row?.seq, ackedSeqAtVerify: r.row?.ackedSeq, on: r.replicaId })),
+      // What reached a replica, for the explanation: when, where, and how long the connection lived on.
+      acks: (acksByTask.get(task.id) ?? []).map((ack) => ({
+        seq: ack.seq,
+        backend: ack.backend,
+        conn: ack.conn.id ?? null,
+        at: ack.at % 100000,
+        run: [...runs].reverse().find((r) => ack.at >= r.requestedAt)?.run,
+        openForMs: (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) - ack.at,
+      })),
+      // Replica deaths and graceful restarts after the first ack, relative to it (ms).
+      replicaEnds: replicas
+        .flatMap((r) => [
+          ...r.kills.map((k) => ({ backend: `r${r.index}#${k.incarnation}`, how: 'kill -9', at: k.at })),
+          ...(r.terms ?? []).map((k) => ({
+            backend: `r${r.index}#${k.incarnation}`,
+            how: 'SIGTERM',
+            at: k.at,
+          })),
+        ])
+        .filter((end) => (acksByTask.get(task.id) ?? []).some((ack) => ack.backend === end.backend))
+        .map((end) => `${end.backend} ${end.how} at ${end.at % 100000}`),
+      frames: clientFrameLog
+        .filter((frame) => frame.taskId === task.id)
+        .map(
+          (frame) =>
+            `${frame.at % 100000} ${frame.type}:${frame.seq} conn ${frame.conn.id} ${frame.backend} closes +${(frame.conn.closedAt ?? Number.POSITIVE_INFINITY) - frame.at}`,
+        ),
+      served: serverFrameLog
+        .filter((frame) => frame.taskId === task.id)
+        .map(
+          (frame) =>
+            `${frame.at % 100000} ${frame.type}${frame.seq === undefined ? '' : `:${frame.seq}`}${frame.code === undefined ? '' : ` ${frame.code}`} conn ${frame.conn.id}${frame.fate === undefined ? '' : ` ${frame.fate}`}`,
+        ),
+    });
+}
 const clientFrameLog = [];
 balancer.onClientFrame = (frame) => clientFrameLog.push(frame);
 // Every server → client frame about a task (event, snapshot, error) and what the faults did to it.
@@ -654,6 +906,85 @@ const reloadLoop = faultLoop(config.reloadEveryMs, async () => {
   slots[Math.floor(random() * slots.length)].reload();
   faults['watcher reload (persisted cursor)'] += 1;
 });
+// Retention: which runs went. purgeFinished returns a count only; its `<schema>.purged` records name the
+// ids (a purge on a replica killed before it answered may still have committed: the records tell).
+const purgeRecordsSeen = new Set();
+let purgeRecordsFrom = 0;
+const purgedNow = []; // ids purged since the purge loop last looked
+async function refreshPurged() {
+  const { rows } = await adminPool.query(
+    `SELECT task_id, xid::text AS xid, purged_at FROM "${schema}".purged WHERE purged_at >= $1`,
+    [purgeRecordsFrom],
+  );
+  for (const row of rows) {
+    const key = `${row.xid}/${row.task_id}`;
+    if (purgeRecordsSeen.has(key)) continue;
+    purgeRecordsSeen.add(key);
+    retention.tasksPurged += 1;
+    purgedNow.push(row.task_id);
+    // The purged run is the id's latest (a new run is created only after the purge committed).
+    const run = runsById.get(row.task_id)?.at(-1);
+    if (run === undefined || run.purgedAt !== undefined) continue; // a run whose start answer was lost
+    run.purgedAt = Date.now();
+    for (const watcher of run.watchers ?? []) {
+      if (watcher.terminalCount === 0 && !watcher.released) {
+        watcher.notDoneAtPurge = true;
+        retention.watchersNotDoneAtPurge += 1;
+        process.stderr.write(
+          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})\n`,
+        );
+      }
+    }
+  }
+  // Records of a purge in flight carry its replica's clock at its start: look a minute back.
+  const newest = rows.reduce((max, row) => Math.max(max, Number(row.purged_at)), 0);
+  if (newest > 0) purgeRecordsFrom = Math.max(purgeRecordsFrom, newest - 60_000);
+}
+const reuseRuns = new Set();
+let reuseOpen = true;
+const reusing = new Set();
+async function purgeAndReuse() {
+  const alive = replicas.filter((r) => r.alive && r.draining !== true);
+  if (alive.length === 0) return;
+  const replica = alive[Math.floor(random() * alive.length)];
+  faults['retention purge (purgeFinished on a replica)'] += 1;
+  try {
+    const answer = await replica.request({ type: 'purge', olderThanMs: config.purgeOlderThanMs }, 15_000);
+    if (answer.error !== undefined) throw new Error(answer.error);
+  } catch {
+    retention.purgesFailed += 1; // the replica killed meanwhile; its purge may have committed
+  }
+  await refreshPurged();
+  const ids = purgedNow.splice(0);
+  let reused = 0;
+  for (const id of ids) {
+    if (!reuseOpen || reused >= config.recreateMax || random() >= config.recreateShare) continue;
+    const previous = runsById.get(id)?.at(-1);
+    // Only ids whose watchers are all released: a tab still following the old run is another question.
+    if (previous === undefined || previous.released !== true || reusing.has(id)) continue;
+    reused += 1;
+    retention.idsReused += 1;
+    reusing.add(id);
+    const promise = runTask(null, { id, run: previous.run + 1 }).finally(() => {
+      reusing.delete(id);
+      reuseRuns.delete(promise);
+    });
+    reuseRuns.add(promise);
+  }
+}
+let retentionStop = false;
+const purgeLoop = (async () => {
+  if (config.purgeEveryMs <= 0) return;
+  while (!shuttingDown && !retentionStop && Date.now() < deadline) {
+    await sleep(Math.floor(config.purgeEveryMs * (0.5 + random())));
+    if (shuttingDown || retentionStop) return;
+    try {
+      await purgeAndReuse();
+    } catch (error) {
+      process.stderr.write(`fault injection failed: ${String(error)}\n`);
+    }
+  }
+})();
 const metricsLoop = (async () => {
   while (!shuttingDown && Date.now() < deadline) {
     await sleep(1000);
@@ -678,6 +1009,18 @@ async function taskWorker() {
 }
 await Promise.all(Array.from({ length: config.concurrency }, () => taskWorker()));
 if (nextTask < config.tasks) violation('time limit reached', { started: nextTask, of: config.tasks });
+// The retention tail: purges go on (with the other faults) until the last tasks are old enough to go too,
+// so a short run (--ci) purges and re-creates as well; then the re-created runs are waited for. Bounded by
+// olderThanMs + 3 purge intervals, and by the deadline.
+if (config.purgeEveryMs > 0) {
+  const tailEnd = Math.min(deadline, Date.now() + config.purgeOlderThanMs + 3 * config.purgeEveryMs);
+  while (Date.now() < tailEnd && !shuttingDown) await sleep(200);
+  reuseOpen = false;
+  while (reuseRuns.size > 0 && Date.now() < deadline) await Promise.all([...reuseRuns]);
+  retentionStop = true;
+  await purgeLoop;
+  await refreshPurged();
+}
 
 // Let the last acks land, then read the servers' metrics a last time.
 await sleep(1500);
@@ -696,63 +1039,10 @@ for (;;) {
 }
 if (running > 0) violation('tasks left running', { running });
 
-// Nothing acknowledged lost: an ack the balancer relayed to a replica that then stayed up (and kept the
-// connection) for a second was accepted; the store's ackedSeq must reach it.
-const ackedByTask = new Map();
-for (const ack of ackLog) {
-  const settled = (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) - ack.at >= 1000;
-  const replica = replicas.find((r) => ack.backend.startsWith(`r${r.index}#`));
-  const killedSoon = replica?.kills.some(
-    (kill) => `r${replica.index}#${kill.incarnation}` === ack.backend && kill.at - ack.at < 1000,
-  );
-  if (!settled || killedSoon) continue;
-  ackedByTask.set(ack.taskId, Math.max(ackedByTask.get(ack.taskId) ?? 0, ack.seq));
-}
-let ackChecked = 0;
+// Nothing acknowledged lost (checkAcks): the runs whose check was scheduled, then any run not checked yet.
+await Promise.all([...pendingAckChecks]);
 for (const task of tasks) {
-  const acked = ackedByTask.get(task.id);
-  if (acked === undefined || task.row === undefined) continue;
-  const row = await store.getTask(task.id);
-  ackChecked += 1;
-  if (row.ackedSeq < acked)
-    violation('acknowledged seq lost', {
-      taskId: task.id,
-      acked,
-      stored: row.ackedSeq,
-      // What reached a replica, for the explanation: when, where, and how long the connection lived on.
-      acks: ackLog
-        .filter((ack) => ack.taskId === task.id)
-        .map((ack) => ({
-          seq: ack.seq,
-          backend: ack.backend,
-          conn: ack.conn.id ?? null,
-          openForMs: (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) - ack.at,
-        })),
-      // Replica deaths and graceful restarts after the first ack, relative to it (ms).
-      replicaEnds: replicas
-        .flatMap((r) => [
-          ...r.kills.map((k) => ({ backend: `r${r.index}#${k.incarnation}`, how: 'kill -9', at: k.at })),
-          ...(r.terms ?? []).map((k) => ({
-            backend: `r${r.index}#${k.incarnation}`,
-            how: 'SIGTERM',
-            at: k.at,
-          })),
-        ])
-        .filter((end) => ackLog.some((ack) => ack.taskId === task.id && ack.backend === end.backend))
-        .map((end) => `${end.backend} ${end.how} at ${end.at % 100000}`),
-      frames: clientFrameLog
-        .filter((frame) => frame.taskId === task.id)
-        .map(
-          (frame) =>
-            `${frame.at % 100000} ${frame.type}:${frame.seq} conn ${frame.conn.id} ${frame.backend} closes +${(frame.conn.closedAt ?? Number.POSITIVE_INFINITY) - frame.at}`,
-        ),
-      served: serverFrameLog
-        .filter((frame) => frame.taskId === task.id)
-        .map(
-          (frame) =>
-            `${frame.at % 100000} ${frame.type}${frame.seq === undefined ? '' : `:${frame.seq}`}${frame.code === undefined ? '' : ` ${frame.code}`} conn ${frame.conn.id}${frame.fate === undefined ? '' : ` ${frame.fate}`}`,
-        ),
-    });
+  if (!task.ackChecked) await checkAcks(task);
 }
 
 // Shut down: clients, then replicas gracefully (SIGTERM), the balancer, the store.
@@ -760,7 +1050,7 @@ shuttingDown = true;
 await Promise.allSettled(slots.map((slot) => slot.close()));
 await Promise.all(replicas.map((r) => r.terminate()));
 await balancer.close();
-await Promise.allSettled([killLoop, listenLoop, cutLoop, reloadLoop, metricsLoop]);
+await Promise.allSettled([killLoop, listenLoop, cutLoop, reloadLoop, metricsLoop, purgeLoop]);
 
 // ── figures ────────────────────────────────────────────────────────────────────────────────────
 function percentile(sorted, p) {
@@ -818,6 +1108,25 @@ killToShown.sort((x, y) => x - y);
 const normal = delays((task) => !killedWorker(task));
 const killed = delays(killedWorker);
 const b = balancer.counts;
+const newRuns = tasks.filter((task) => task.run > 1);
+const newRunWatchers = newRuns.flatMap((task) => task.watchers ?? []);
+const newRunStatuses = {};
+for (const task of newRuns)
+  newRunStatuses[task.row?.status ?? (task.purgedAt === undefined ? 'unknown' : 'purged unread')] =
+    (newRunStatuses[task.row?.status ?? (task.purgedAt === undefined ? 'unknown' : 'purged unread')] ?? 0) +
+    1;
+const retentionLines =
+  config.purgeEveryMs <= 0
+    ? ['retention:           off (--purge-every-ms 0)']
+    : [
+        `retention:           ${faults['retention purge (purgeFinished on a replica)']} purges (every ~${config.purgeEveryMs} ms on a random replica, olderThanMs ${config.purgeOlderThanMs}; ${retention.purgesFailed} unanswered), ${retention.tasksPurged} tasks purged, ${retention.idsReused} ids reused (share ${config.recreateShare}, at most ${config.recreateMax} per purge)`,
+        `  new runs:          ${newRuns.length} started (${Object.entries(newRunStatuses)
+          .map(([k, v]) => `${k} ${v}`)
+          .join(
+            ', ',
+          )}; highest run ${Math.max(1, ...tasks.map((t) => t.run))}), shown ${newRunWatchers.filter((w) => w.terminalCount === 1).length}/${newRunWatchers.length} watchers, callbacks of another run ${tasks.reduce((sum, t) => sum + (t.watchers ?? []).reduce((x, w) => x + w.otherRun, 0), 0)}`,
+        `  contract:          ${retention.watchersNotDoneAtPurge} watchers had not seen their run's end when it was purged; ${retention.runsPurgedBeforeVerified} runs purged before the harness verified them; ${ackSkippedPurged} ack checks skipped (run purged)`,
+      ];
 const out = [
   '',
   '── chaos results ──',
@@ -841,6 +1150,7 @@ const out = [
       .join(', ') || 'none'
   }`,
   `server counters:     terminal retries ${counters.finishline_terminal_retries_total ?? 0}, resumes ${counters.finishline_resumes_total ?? 0}, leases reaped ${counters.finishline_leases_reaped_total ?? 0}, safety-net events ${counters.finishline_safety_net_events_total ?? 0}, store errors ${counters.finishline_store_errors_total ?? 0}`,
+  ...retentionLines,
   `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed`,
   `task starts retried: ${stats.startRetries}`,
   `duration:            ${((Date.now() - startedAt) / 1000).toFixed(1)} s`,
@@ -930,7 +1240,8 @@ if (flag('explain')) {
     // When the terminal seq first went out anywhere (any slot, any replica): late everywhere means a late
     // commit or a late read, not a lost frame; and the replica ends near it.
     const firstOut = serverFrameLog.find(
-      (f) => f.taskId === task.id && f.seq !== undefined && f.seq >= w.final.seq,
+      // (of this run: a re-created id's earlier runs had their own seqs)
+      (f) => f.taskId === task.id && f.at >= task.requestedAt && f.seq !== undefined && f.seq >= w.final.seq,
     );
     const ends = replicas
       .flatMap((r) => [
@@ -948,7 +1259,10 @@ if (flag('explain')) {
   }
 }
 const byKind = {};
-for (const v of violations) byKind[v.kind] = (byKind[v.kind] ?? 0) + 1;
+for (const v of violations) {
+  const kind = `${v.kind}${v.detail?.run > 1 ? ' (a re-created id)' : ''}${v.detail?.olderAckOnEveryReplica ? ', an earlier run acked as high on the same replicas' : ''}`;
+  byKind[kind] = (byKind[kind] ?? 0) + 1;
+}
 if (violations.length > 0) process.stdout.write(`  ${JSON.stringify(byKind)}\n`);
 
 await store.close().catch(() => {});
