@@ -169,7 +169,7 @@ export class ProgressServer<P extends Principal = Principal> {
       // A task id purged and created again starts its seqs over: the acks this process wrote for the
       // purged run must not pass the new run's for duplicates (they were never written: its `ackedSeq`
       // stayed 0, found by the chaos suite's retention fault).
-      onLoaded: (taskId, seq) => this.#acks.seen(taskId, seq),
+      onLoaded: (taskId, seq, createdAt) => this.#acks.seen(taskId, seq, createdAt),
     });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.

@@ -416,7 +416,7 @@ async function serve<P extends Principal>(
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
       }
-      streams.acks.seen(task.id, task.seq);
+      streams.acks.seen(task.id, task.seq, task.createdAt);
       streams.acks.ack(task.id, seq);
       return { taskId: task.id, seq };
     }

@@ -120,22 +120,26 @@ describe('AckWriter', () => {
     }
   });
 
-  it('seen() below what it wrote forgets the task: a new run of a purged id gets its acks written', async () => {
+  it.each([
+    ['a new run of a purged id, at a lower seq', 2, 2],
+    ['a new run of a purged id, at the same seq', 9, 2],
+    ['the same run, restored to a lower seq', 2, 1],
+  ])('seen() of %s forgets what it wrote: that run gets its acks written', async (_, seq, run) => {
     const { acks, stored } = writerOver(async () => undefined, 10);
+    acks.seen('t', 9, 1);
     acks.ack('t', 9);
     await acks.flush(Date.now() + 2000);
-    // Not below: nothing forgotten, a repeated ack is still a duplicate.
-    acks.seen('t', 9);
-    acks.ack('t', 9);
-    // The id purged and created again (the stored row starts over), then read at seq 2.
+    // The same run read again: nothing forgotten, a repeated ack is still a duplicate.
     stored.delete('t');
-    acks.ack('t', 2);
+    acks.seen('t', 9, 1);
+    acks.ack('t', 9);
     await acks.flush(Date.now() + 2000);
     expect(stored.get('t')).toBeUndefined();
-    acks.seen('t', 2);
-    acks.ack('t', 2);
+    // The id purged and taken again (or the store restored): the stored row starts over.
+    acks.seen('t', seq, run);
+    acks.ack('t', seq);
     await acks.flush(Date.now() + 2000);
-    expect(stored.get('t')).toBe(2);
+    expect(stored.get('t')).toBe(seq);
     acks.close();
   });
 });

@@ -11,6 +11,11 @@ import type { ServerMetrics } from '../metrics.js';
 import { waitAtMost } from '../wait.js';
 
 interface AckState {
+  /**
+   * The `createdAt` of the run of the task id these seqs belong to, once a read told it ({@link
+   * AckWriter.seen}): a task id purged and taken again by a new task is another run, whose seqs start over.
+   */
+  run: number | undefined;
   /** Highest seq written to the store by this process. */
   written: number;
   /** Highest seq acknowledged by a local watcher and not yet written. */
@@ -62,9 +67,7 @@ export class AckWriter {
     if (this.#closed) return;
     let state = this.#tasks.get(taskId);
     if (state === undefined) {
-      state = { written: 0, pending: 0, inFlight: undefined, failures: 0, retryTimer: undefined };
-      this.#tasks.set(taskId, state);
-      this.#evictOld();
+      state = this.#add(taskId, undefined);
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
@@ -109,19 +112,41 @@ export class AckWriter {
   }
 
   /**
-   * A read found `taskId` at `seq`. Below what this writer wrote or waits to write for it, the id was
-   * purged and created again (its seqs start over) or the store restored: what it remembers is of the old
-   * run, whose seqs would pass the new run's acks for duplicates, never written. Its state goes, as in
-   * {@link forgetSeqs}; a write in flight finishes. (A read older than an ack written since only costs one
-   * repeated write: the store keeps the highest ack.)
+   * A read found the task `taskId` at `seq`, created at `run` (its `createdAt`); a socket or an HTTP ack
+   * reads it before any of its acks is taken. Another run than the one its remembered seqs belong to (the
+   * id was purged and taken again by a new task, whose seqs start over), or a seq below them (the store
+   * restored), and what this writer remembers would pass the new run's acks for duplicates, never written:
+   * its state goes, as in {@link forgetSeqs} (a write in flight finishes), and the run is remembered for
+   * the acks to come. (Two runs created in the same millisecond are told apart only by their seqs.) A read
+   * older than an ack written since costs at most one repeated write: the store keeps the highest ack.
    */
-  seen(taskId: string, seq: number): void {
+  seen(taskId: string, seq: number, run: number): void {
     const state = this.#tasks.get(taskId);
-    if (state === undefined || (seq >= state.written && seq >= state.pending)) return;
+    if (state === undefined) {
+      if (!this.#closed) this.#add(taskId, run);
+      return;
+    }
+    if (state.run === undefined) state.run = run;
+    if (state.run === run && seq >= state.written && seq >= state.pending) return;
     if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
     state.retryTimer = undefined;
     state.pending = 0;
     this.#tasks.delete(taskId);
+    this.#add(taskId, run);
+  }
+
+  #add(taskId: string, run: number | undefined): AckState {
+    const state: AckState = {
+      run,
+      written: 0,
+      pending: 0,
+      inFlight: undefined,
+      failures: 0,
+      retryTimer: undefined,
+    };
+    this.#tasks.set(taskId, state);
+    this.#evictOld();
+    return state;
   }
 
   /** Stops writing and clears retry timers. */

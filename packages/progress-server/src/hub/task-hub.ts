@@ -106,7 +106,7 @@ export class TaskHub {
      */
     onWentBack?: () => void;
     /** A subscriber's load read a task (see {@link StreamHub.loaded}). */
-    onLoaded?: (taskId: string, seq: number) => void;
+    onLoaded?: (taskId: string, seq: number, createdAt: number) => void;
   }) {
     this.#store = options.store;
     this.#feed = options.store.changes;

@@ -73,10 +73,10 @@ export interface StreamHub {
    */
   wentBack(): void;
   /**
-   * A subscriber's load read the task at `seq` (for its authorization): below the acks written for the
-   * id, the id was purged and created again, or the store restored (see `AckWriter.seen`).
+   * A subscriber's load read the task at `seq`, created at `createdAt` (for its authorization): another
+   * run than the acks written for the id, or below them (see `AckWriter.seen`).
    */
-  loaded(taskId: string, seq: number): void;
+  loaded(taskId: string, seq: number, createdAt: number): void;
 }
 
 /**
@@ -126,7 +126,7 @@ export class TaskStream {
    */
   async load(): Promise<Task | undefined | null> {
     const task = await this.#read(() => this.#hub.store.getTask(this.taskId), null);
-    if (task) this.#hub.loaded(this.taskId, task.seq);
+    if (task) this.#hub.loaded(this.taskId, task.seq, task.createdAt);
     return this.stale ? null : task;
   }
 

@@ -295,7 +295,10 @@ describe('acks after the server dropped a subscription', () => {
 // task purged and created again under the same id had its new run's acks up to the purged run's seq taken
 // for duplicates and never written (its `ackedSeq` stayed 0, marking its events unprocessed for good).
 describe('acks of a task id purged and created again', () => {
-  it("writes the new run's acks, below the seqs acknowledged for the purged run", async () => {
+  it.each([
+    ['below the seqs acknowledged for the purged run', 1],
+    ['at the very seq acknowledged for the purged run', 4],
+  ])("writes the new run's acks, %s", async (_, newRunProgress) => {
     await session.start({ heartbeatIntervalMs: 60_000 });
     const { server, store } = session.env;
     const acknowledgedEnd = async (taskId: string, seq: number) => {
@@ -315,9 +318,10 @@ describe('acks of a task id purged and created again', () => {
     await new Promise((resolve) => setTimeout(resolve, 5));
     expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
     const second = await server.tasks.create({ id: 'reused', owner: 'alice', kind: 'k' });
+    for (let done = 1; done < newRunProgress; done++) await second.progress({ done });
     await second.complete();
-    await acknowledgedEnd('reused', 1);
-    // Before: 0, the ack of seq 1 taken for one of the purged run's.
-    await vi.waitFor(async () => expect((await store.getTask('reused'))?.ackedSeq).toBe(1));
+    await acknowledgedEnd('reused', newRunProgress);
+    // Before: 0, the ack of the new run's end taken for one of the purged run's.
+    await vi.waitFor(async () => expect((await store.getTask('reused'))?.ackedSeq).toBe(newRunProgress));
   });
 });
