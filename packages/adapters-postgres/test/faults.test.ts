@@ -427,6 +427,35 @@ async function observingFirstRun(
 }
 
 /** Takes the observer's LISTEN connection down (its reconnects wait for `listen.unblock()`). */
+/**
+ * With the observer's `LISTEN` connection down: `job` (finished) purged and created again, finished at seq
+ * 1, then the record of that purge deleted by a later purge an hour on (on a replica whose clock the test
+ * moves), so the observer can never hear of it. Brings the connection back and returns the recorder's
+ * length before it.
+ */
+async function purgeUnheardThenExpireItsRecord(
+  schema: string,
+  observer: PostgresProgressStore,
+  listen: { block(): void; unblock(): void },
+  recorder: { changes: readonly unknown[] },
+): Promise<number> {
+  const clock = new ManualClock(Date.now());
+  const retention = await open({ schema, clock: clock.now });
+  await takeListenerDown(observer, listen);
+  expect(await retention.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  await retention.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+  await retention.append('job', { type: 'completed' });
+  clock.advance(PURGED_RECORD_MS);
+  // Purges nothing more, but deletes the record of the first purge, which the observer never heard.
+  expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
+  const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
+  expect(records.rows).toEqual([{ n: 0 }]);
+  const before = recorder.changes.length;
+  listen.unblock();
+  await eventually('the observer reconnects', () => observer.changes.health().connected);
+  return before;
+}
+
 async function takeListenerDown(observer: PostgresProgressStore, listen: { block(): void }): Promise<void> {
   listen.block();
   await terminate(observer.changes.health().listenerPid ?? 0);
@@ -686,21 +715,7 @@ describe('retention while the LISTEN connection is away', () => {
       watermarkIntervalMs: 10,
       pollIntervalMs: 3_600_000,
     });
-    // Retention runs on a replica whose clock the test moves: the records expire an hour after the purge.
-    const clock = new ManualClock(Date.now());
-    const retention = await open({ schema, clock: clock.now });
-    await takeListenerDown(observer, listen);
-    expect(await retention.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await retention.createTask({ id: 'job', owner: 'alice', kind: 'k' });
-    await retention.append('job', { type: 'completed' });
-    clock.advance(PURGED_RECORD_MS);
-    // Purges nothing more, but deletes the record of the first purge, which the observer never heard.
-    expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
-    const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
-    expect(records.rows).toEqual([{ n: 0 }]);
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await purgeUnheardThenExpireItsRecord(schema, observer, listen, recorder);
     await eventually(
       'the second run ends on the observer',
       () => changesOf(recorder, 'job', before).includes('1T'),
@@ -1018,19 +1033,7 @@ describe('a logical restore into another cluster', () => {
     const mark = BigInt(observer.changes.health().watermark ?? '0');
     await eventually('the mark moves on', () => BigInt(observer.changes.health().watermark ?? '0') > mark);
     // As in "forgets every task when records of purges it may have missed were deleted", in this cluster.
-    const clock = new ManualClock(Date.now());
-    const retention = await open({ schema, clock: clock.now });
-    await takeListenerDown(observer, listen);
-    expect(await retention.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await retention.createTask({ id: 'job', owner: 'alice', kind: 'k' });
-    await retention.append('job', { type: 'completed' });
-    clock.advance(PURGED_RECORD_MS);
-    expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
-    const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
-    expect(records.rows).toEqual([{ n: 0 }]);
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await purgeUnheardThenExpireItsRecord(schema, observer, listen, recorder);
     await eventually(
       'the second run ends on the observer',
       () => changesOf(recorder, 'job', before).includes('1T'),
