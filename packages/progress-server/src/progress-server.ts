@@ -419,6 +419,7 @@ export class ProgressServer<P extends Principal = Principal> {
     // Timers stop at once; only an in-flight renewal or reap is waited for, and not past the deadline.
     await waitAtMost(this.leases.close(), deadline - Date.now());
     clearInterval(this.#heartbeatTimer);
+    this.#epoch.close();
     await this.#sockets.close(deadline);
     // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.
     for (const stream of [...this.#streams]) stream.end();

@@ -1,7 +1,8 @@
-import type { TaskEvent, TaskView } from '@finishline/core';
+import type { ProgressStore, TaskEvent, TaskView } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../logger.js';
 import {
   RawClient,
   type Received,
@@ -11,6 +12,7 @@ import {
   startServer,
   type TestServer,
 } from '../testing/harness.js';
+import { StoreEpoch } from './store-epoch.js';
 
 /**
  * A store restored from an older copy under a running server, then renewed (`renewEpoch`) without a
@@ -553,5 +555,71 @@ describe('an ack write of the old epoch in flight across the restore', () => {
     const first = client.frames.findIndex((frame, index) => index >= from && isNewTerminal(frame));
     await client.next(isNewTerminal, { from: first + 1, timeoutMs: 2000 });
     client.send({ type: 'ack', taskId: 't', seq: 6 });
+  });
+});
+
+describe('StoreEpoch', () => {
+  /** A store whose epoch reads wait until the test answers them, each with the epoch current then. */
+  function slowEpochStore() {
+    const pending: (() => void)[] = [];
+    let epoch = 'e1';
+    const store = {
+      getEpoch: () =>
+        new Promise<string>((resolve) => {
+          pending.push(() => resolve(epoch));
+        }),
+    } as unknown as ProgressStore;
+    return {
+      store,
+      pending,
+      renew(next: string) {
+        epoch = next;
+      },
+      /** Answers the oldest read with the epoch the store has now, and lets its continuation run. */
+      async answer() {
+        pending.shift()?.();
+        await sleep(0);
+      },
+    };
+  }
+
+  it('reads again after a read in flight when a refresh is asked during it (a restore while the tick read)', async () => {
+    const slow = slowEpochStore();
+    const renewed: string[] = [];
+    const epoch = new StoreEpoch(slow.store, silentLogger, (next) => renewed.push(next));
+    const first = epoch.refresh();
+    await slow.answer();
+    await first;
+    expect(epoch.current).toBe('e1');
+
+    // The tick's read is sent; its answer is e1, as the store stood when it was read.
+    const tick = epoch.refresh();
+    const reads = slow.pending.length;
+    // The store is restored and renewed; a stream that found a task gone back asks for a read now.
+    slow.renew('e2');
+    const wentBack = epoch.refresh();
+    expect(slow.pending.length).toBe(reads);
+    slow.pending.shift()?.();
+    const stale = slow.pending.length;
+    await sleep(0);
+    // The tick's read said e1; one more read follows it, and it finds e2.
+    expect(slow.pending.length).toBe(stale + 1);
+    await slow.answer();
+    await Promise.all([tick, wentBack]);
+    expect(epoch.current).toBe('e2');
+    expect(renewed).toEqual(['e2']);
+  });
+
+  it('starts no read once closed', async () => {
+    const slow = slowEpochStore();
+    const epoch = new StoreEpoch(slow.store, silentLogger);
+    const inFlight = epoch.refresh();
+    void epoch.refresh();
+    epoch.close();
+    await slow.answer();
+    await inFlight;
+    await epoch.refresh();
+    expect(slow.pending).toEqual([]);
+    expect(epoch.current).toBe('e1');
   });
 });

@@ -18,7 +18,14 @@ export class StoreEpoch {
   readonly #logger: ProgressLogger;
   readonly #onRenewed: (epoch: string) => void;
   #current: string | undefined;
-  #reading = false;
+  /** The reads in progress, until no refresh asked for another. */
+  #reading: Promise<void> | undefined;
+  /**
+   * A refresh was asked while a read ran: that read may have started before the change it was asked
+   * for (a store restored while the tick's read was in flight), so one more follows it.
+   */
+  #again = false;
+  #closed = false;
 
   constructor(store: ProgressStore, logger: ProgressLogger, onRenewed: (epoch: string) => void = () => {}) {
     this.#store = store;
@@ -31,17 +38,40 @@ export class StoreEpoch {
     return this.#current;
   }
 
-  /** Reads the epoch again (one read at a time; a failure keeps the previous value and is logged). */
-  async refresh(): Promise<void> {
-    if (this.#reading || this.#store.getEpoch === undefined) return;
-    this.#reading = true;
+  /**
+   * Reads the epoch again: one read at a time, and a refresh asked during a read gets one read started
+   * after it. A failure keeps the previous value and is logged. Resolves once no read is left to do.
+   */
+  refresh(): Promise<void> {
+    if (this.#closed || this.#store.getEpoch === undefined) return Promise.resolve();
+    if (this.#reading !== undefined) {
+      this.#again = true;
+      return this.#reading;
+    }
+    this.#reading = this.#readUntilCurrent().finally(() => {
+      this.#reading = undefined;
+    });
+    return this.#reading;
+  }
+
+  /** No read starts any more (the server is closing, its store may close next). */
+  close(): void {
+    this.#closed = true;
+  }
+
+  async #readUntilCurrent(): Promise<void> {
+    do {
+      this.#again = false;
+      await this.#readOnce();
+    } while (this.#again && !this.#closed);
+  }
+
+  async #readOnce(): Promise<void> {
     const previous = this.#current;
     try {
-      this.#current = await this.#store.getEpoch();
+      this.#current = (await this.#store.getEpoch?.()) ?? this.#current;
     } catch (error) {
       this.#logger.debug({ err: describeError(error) }, 'reading the store epoch failed');
-    } finally {
-      this.#reading = false;
     }
     // The first read is no change: a server starts with the store's epoch, whatever it is.
     if (previous !== undefined && this.#current !== undefined && this.#current !== previous) {

@@ -101,8 +101,9 @@ export class TaskHub {
      */
     epoch?: () => string | undefined;
     /**
-     * A stream found a task below the seq the hub knew of it (see {@link StreamHub.wentBack}): the server
-     * reads the store's epoch again.
+     * A sign that the store may have been restored: a stream found a task below the seq the hub knew of
+     * it (see {@link StreamHub.wentBack}), the store did not hold a seq its feed announced, or a change
+     * came stamped with an epoch other than the current one. The server reads the store's epoch again.
      */
     onWentBack?: () => void;
     /** A subscriber's load read a task (see {@link StreamHub.loaded}). */
@@ -277,7 +278,12 @@ export class TaskHub {
     // Of another epoch: the old one's, delivered after the restore was noticed, its seq and events of the
     // old log; or a new one this server is yet to notice, whose restart reads the store. Either way it
     // says nothing of the log the hub follows.
-    if (change.epoch !== undefined && this.#isForeign(change.epoch)) return;
+    if (change.epoch !== undefined && this.#isForeign(change.epoch)) {
+      // A new epoch's change is the first sign of a restore: the server reads the epoch now, not at its
+      // next heartbeat tick (an old epoch's late one costs a read of it, one at a time).
+      this.#streamHub.wentBack();
+      return;
+    }
     if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
     // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
     // was dispatched go out without a read. The rest, if any, is read as usual.
@@ -335,6 +341,9 @@ export class TaskHub {
             );
             entry.latestSeq = entry.readSeq;
             entry.emptyReads = 0;
+            // A store that holds less than its feed announced was most likely restored: the server reads
+            // its epoch now rather than at its next heartbeat tick.
+            this.#streamHub.wentBack();
             return;
           }
           // The feed announced a seq the store does not show yet: try again later rather than spin.

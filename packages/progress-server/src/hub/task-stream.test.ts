@@ -30,6 +30,7 @@ function hubOver(
     start?: boolean;
     /** The store epoch the hub takes as current (the server's last read of it). */
     epoch?: () => string | undefined;
+    onWentBack?: () => void;
   } = {},
 ) {
   const feed = options.metricsFeed ?? store.changes;
@@ -42,6 +43,7 @@ function hubOver(
     reads,
     maxReplayEvents: options.maxReplayEvents ?? 100,
     ...(options.epoch === undefined ? {} : { epoch: options.epoch }),
+    ...(options.onWentBack === undefined ? {} : { onWentBack: options.onWentBack }),
   });
   if (options.start !== false) hub.start();
   closers.push(() => {
@@ -409,6 +411,44 @@ describe('TaskHub after the store epoch changed', () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+  it('asks for the epoch at once when the store does not hold a seq its feed announced (a restore not noticed yet)', async () => {
+    vi.useFakeTimers();
+    try {
+      const store = new MemoryProgressStore();
+      const { counted, emit } = drivenFeed(store);
+      let epochReads = 0;
+      const hub = hubOver(counted.store, { metricsFeed: store.changes, onWentBack: () => (epochReads += 1) });
+      const task = await store.createTask({ owner: 'alice', kind: 'k' });
+      await store.append(task.id, { type: 'progress', done: 1 });
+      hub.follow(task.id, { deliver: () => {} });
+      hub.observe(task.id, 1);
+      // Restored under the hub, which has not read the new epoch: the old log's notice of 6 comes late.
+      emit({ taskId: task.id, seq: 6, terminal: false });
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(hub.latestSeq(task.id)).toBe(1);
+      expect(epochReads).toBe(1);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+  it('asks for the epoch at once when a change comes stamped with another one', async () => {
+    const store = new MemoryProgressStore();
+    const { counted, emit } = drivenFeed(store);
+    let epochReads = 0;
+    const hub = hubOver(counted.store, {
+      metricsFeed: store.changes,
+      epoch: () => 'old',
+      onWentBack: () => (epochReads += 1),
+    });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    const seen: number[] = [];
+    hub.follow(task.id, { deliver: (events) => seen.push(...events.map((event) => event.seq)) });
+    hub.observe(task.id, 0);
+    const { event } = await store.append(task.id, { type: 'progress', done: 1 });
+    emit({ taskId: task.id, seq: 1, terminal: false, epoch: 'new', events: [event] });
+    expect(epochReads).toBe(1);
+    expect(seen).toEqual([]);
   });
   it("drops a late change of the old epoch, events and all, and delivers the new epoch's own", async () => {
     const store = new MemoryProgressStore();
