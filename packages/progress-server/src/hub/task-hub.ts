@@ -76,6 +76,8 @@ export class TaskHub {
   readonly #epoch: () => string | undefined;
   readonly #followed = new Map<string, Followed>();
   readonly #recent = new RecentEvents();
+  /** The last epoch other than the current one that a change was stamped with (it asked for a read). */
+  #foreignEpochSeen: string | undefined;
   /** Bumped when the store's epoch changes: a read started before belongs to the old epoch. */
   #epochs = 0;
   /** A dispatch went out and its hold is queued: later dispatches wait for it (see `#dispatch`). */
@@ -280,8 +282,11 @@ export class TaskHub {
     // says nothing of the log the hub follows.
     if (change.epoch !== undefined && this.#isForeign(change.epoch)) {
       // A new epoch's change is the first sign of a restore: the server reads the epoch now, not at its
-      // next heartbeat tick (an old epoch's late one costs a read of it, one at a time).
-      this.#streamHub.wentBack();
+      // next heartbeat tick. Once per foreign epoch: a flood of the old epoch's late changes costs one read.
+      if (change.epoch !== this.#foreignEpochSeen) {
+        this.#foreignEpochSeen = change.epoch;
+        this.#streamHub.wentBack();
+      }
       return;
     }
     if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;

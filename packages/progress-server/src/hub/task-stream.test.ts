@@ -448,6 +448,9 @@ describe('TaskHub after the store epoch changed', () => {
     const { event } = await store.append(task.id, { type: 'progress', done: 1 });
     emit({ taskId: task.id, seq: 1, terminal: false, epoch: 'new', events: [event] });
     expect(epochReads).toBe(1);
+    // More changes of that epoch (or a flood of an old one's late changes) ask for no more reads.
+    emit({ taskId: task.id, seq: 1, terminal: false, epoch: 'new', events: [event] });
+    expect(epochReads).toBe(1);
     expect(seen).toEqual([]);
   });
   it("drops a late change of the old epoch, events and all, and delivers the new epoch's own", async () => {
