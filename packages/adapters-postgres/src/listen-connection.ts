@@ -267,7 +267,7 @@ export const REREAD_CHUNK_ROWS = 1000;
 /** What {@link ListenConnection} needs. */
 export interface ListenConnectionOptions {
   /** Where what the connection finds is reported. */
-  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget' | 'forgetPublished'>;
+  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget' | 'forgetPublished' | 'epochRenewed'>;
   /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
   db: Kysely<ProgressDatabase>;
   /** The `NOTIFY` channel of the store's schema. */
@@ -828,6 +828,9 @@ export class ListenConnection {
       case 'purged':
         // Retention deleted them (in any store on the channel): a new task may take one of the ids.
         this.purged(notice.taskIds, notice.xid);
+        break;
+      case 'epoch':
+        hub.epochRenewed();
         break;
       case 'barrier':
         // Other stores' barriers, and this store's earlier connections', say nothing about what this

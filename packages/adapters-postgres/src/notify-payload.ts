@@ -22,6 +22,8 @@ import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/cor
  *   (see `listen-connection.ts`); a notice without one (an older version of this package) is still a purge.
  * - A barrier: `{"barrier":"<listener id>/<connection>","xmin":"<xid8>"}` — sent by a listener's
  *   connection to itself to advance its high-water mark (see `listen-connection.ts`).
+ * - A renewed epoch: `{"epoch":"<epoch>"}` — sent by `renewEpoch` in its statement, so that every
+ *   listener's server reads the epoch at once.
  *
  * @module
  */
@@ -62,13 +64,18 @@ export interface PurgedNotice {
   xid?: bigint;
 }
 
+/** The store's epoch was renewed (by any store on the channel). */
+export interface EpochNotice {
+  kind: 'epoch';
+}
+
 /** A payload this store did not write (another program notifying on the channel, or garbage). */
 export interface MalformedNotice {
   kind: 'malformed';
 }
 
 /** What {@link decodeNotice} returns. */
-export type Notice = ChangesNotice | BarrierNotice | PurgedNotice | MalformedNotice;
+export type Notice = ChangesNotice | BarrierNotice | PurgedNotice | EpochNotice | MalformedNotice;
 
 /** The most bytes of one ids-only change payload; changes beyond it go into another notification. */
 export const NOTIFY_PAYLOAD_BUDGET_BYTES = 1000;
@@ -211,6 +218,7 @@ export function encodeChangeNotices(
 }
 
 const MALFORMED: MalformedNotice = Object.freeze({ kind: 'malformed' });
+const EPOCH: EpochNotice = Object.freeze({ kind: 'epoch' });
 
 function isSeq(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 1;
@@ -261,6 +269,7 @@ export function decodeNotice(
     if (!isXid(record.xid)) return MALFORMED;
     return { kind: 'purged', taskIds, xid: BigInt(record.xid) };
   }
+  if (typeof record.epoch === 'string') return EPOCH;
   return MALFORMED;
 }
 

@@ -110,6 +110,8 @@ export interface PostgresChangeFeed extends ChangeFeed {
    * restored database's transaction ids may be below its mark; see `listen-connection.ts`).
    */
   forgetSeqs(): void;
+  /** Every store's `renewEpoch` on the channel is heard here through its notice (see {@link ChangeFeed}). */
+  onEpochRenewed(listener: () => void): Unsubscribe;
   health(): ChangeFeedHealth;
   stats(): ChangeFeedStats;
 }
@@ -184,6 +186,15 @@ export class ChangeFeedHub {
 
   subscribe(listener: ChangeListener): Unsubscribe {
     return this.#local.subscribe(listener);
+  }
+
+  onEpochRenewed(listener: () => void): Unsubscribe {
+    return this.#local.onEpochRenewed(listener);
+  }
+
+  /** A store on the channel renewed the epoch (its notice arrived): the subscribers read it now. */
+  epochRenewed(): void {
+    this.#local.publishEpochRenewed();
   }
 
   follow(taskId: string): Unsubscribe {
@@ -471,6 +482,10 @@ export class StoreChangeFeed implements PostgresChangeFeed {
 
   followedTaskIds(): string[] {
     return this.#parts.hub.followedTaskIds();
+  }
+
+  onEpochRenewed(listener: () => void): Unsubscribe {
+    return this.#parts.hub.onEpochRenewed(listener);
   }
 
   forgetSeqs(): void {

@@ -310,7 +310,7 @@ export class PostgresProgressStore implements ProgressStore {
 
   async renewEpoch(): Promise<string> {
     this.#assertOpen();
-    const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta));
+    const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta, this.#target.channel));
     const row = rows[0];
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
     return row.value;

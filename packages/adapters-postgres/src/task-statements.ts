@@ -33,12 +33,19 @@ export function selectEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: stri
   return sql<{ value: string }>`SELECT value FROM ${meta} WHERE key = 'epoch'`;
 }
 
-/** Replaces the store's epoch with a fresh random value and returns it. */
-export function renewEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: string }> {
+/**
+ * Replaces the store's epoch with a fresh random value and returns it, telling every listener on
+ * `channel` in the same transaction (`{"epoch":"<value>"}`): their servers read it at once rather than at
+ * their next heartbeat tick.
+ */
+export function renewEpoch(meta: RawBuilder<unknown>, channel: string): RawBuilder<{ value: string }> {
   return sql<{ value: string }>`
-    UPDATE ${meta}
-    SET value = md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
-    WHERE key = 'epoch' RETURNING value`;
+    WITH renewed AS (
+      UPDATE ${meta}
+      SET value = md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
+      WHERE key = 'epoch' RETURNING value
+    )
+    SELECT value, pg_notify(${channel}, json_build_object('epoch', value)::text) AS notified FROM renewed`;
 }
 
 /** An owner's tasks, newest first, optionally only those with one of `statuses` (never empty). */

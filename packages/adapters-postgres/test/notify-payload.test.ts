@@ -240,7 +240,7 @@ describe('NOTIFY payloads', () => {
     expect(decodeNotice('{"barrier":"abc","xmin":"1"}\n[]')).toEqual({ kind: 'malformed' });
   });
 
-  it('decode barriers and purge notices, and anything else as malformed without throwing', () => {
+  it('decode barriers, purge and epoch notices, and anything else as malformed without throwing', () => {
     expect(decodeNotice('{"barrier":"abc","xmin":"12345678901234"}')).toEqual({
       kind: 'barrier',
       listenerId: 'abc',
@@ -253,7 +253,9 @@ describe('NOTIFY payloads', () => {
     });
     // As versions before the xid sent it: still a purge, of no known transaction.
     expect(decodeNotice('{"purged":["taint-42"]}')).toEqual({ kind: 'purged', taskIds: ['taint-42'] });
+    expect(decodeNotice('{"epoch":"5d41402abc4b2a76b9719d911017c592"}')).toEqual({ kind: 'epoch' });
     const malformed = [
+      '{"epoch":42}',
       undefined,
       '',
       'hello',

@@ -77,3 +77,52 @@ describe('a Postgres store restored and renewed under a running server', () => {
     expect(watch.getSnapshot()).toMatchObject({ seq: 5, status: 'completed', finished: true });
   });
 });
+
+describe('an epoch renewed by another process on the same schema', () => {
+  it('resets the watchers of every replica at once, not at their next heartbeat tick', async () => {
+    const schema = freshSchema('renew');
+    const admin = newPool(2, 'finishline-test-admin');
+    cleanups.push(async () => {
+      await dropSchema(admin, schema);
+      await admin.end();
+    });
+    const pool = newPool(4);
+    const store = await PostgresProgressStore.open({ pool, schema });
+    // The operator's process: a store of its own on the same schema, as `renewEpoch` after a restore runs.
+    const operatorPool = newPool(2);
+    const operator = await PostgresProgressStore.open({ pool: operatorPool, schema });
+    const server = await ProgressServer.listen(
+      { store, authenticate: headerAuthenticate, heartbeatIntervalMs: 60_000 },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(async () => {
+      await server.close({ timeoutMs: 500 });
+      await store.close();
+      await pool.end();
+      await operator.close();
+      await operatorPool.end();
+    });
+    const { port } = server.httpServer!.address() as AddressInfo;
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 });
+    await store.append('t', { type: 'progress', done: 0, message: 'one' });
+
+    const client = new ProgressClient({
+      url: `ws://127.0.0.1:${port}/progress`,
+      WebSocket,
+      headers: { 'x-user': 'alice' },
+      finishTimeoutMs: 600_000,
+    });
+    cleanups.unshift(() => client.close());
+    const watch = client.watch('t');
+    let snapshots = 0;
+    watch.on('snapshot', () => {
+      snapshots += 1;
+    });
+    await eventually('the watcher is at seq 1', () => watch.getSnapshot().seq === 1);
+    const before = snapshots;
+    await operator.renewEpoch();
+    // Before, this server read the epoch at its heartbeat tick only: a minute here, 15 s by default.
+    await eventually('the watcher is reset into the new epoch', () => snapshots > before, 3000);
+    expect(watch.getSnapshot()).toMatchObject({ seq: 1, finished: false });
+  });
+});

@@ -100,6 +100,11 @@ export class ChangePublisher {
   /** The event at `#highWaterMark`, when known. */
   #markEvent: MarkedEvent | undefined;
   #outbox: TaskChange[] = [];
+  /**
+   * The epoch as this publisher last read it (polling only): another process's `renewEpoch` is a commit
+   * like any other, and the poll that sees it tells this process's server at once.
+   */
+  #epoch: string | undefined;
   #draining = false;
   #stopped = false;
 
@@ -114,6 +119,7 @@ export class ChangePublisher {
     this.feed = {
       subscribe: (listener) => local.subscribe(listener),
       forgetSeqs: () => this.forgetSeqs(),
+      onEpochRenewed: (listener) => local.onEpochRenewed(listener),
     };
     this.#q = options.statements;
     let watcher: DataVersionWatcher | undefined;
@@ -131,6 +137,7 @@ export class ChangePublisher {
         watcher.start();
       }
       this.#takeNewestEventAsMark();
+      if (watcher !== undefined) this.#epoch = this.#readEpoch();
     } catch (error) {
       watcher?.stop();
       throw error;
@@ -270,10 +277,12 @@ export class ChangePublisher {
     // then be read past the mark as new commits, and move the mark into the restored file without the
     // commits made to it below the old mark ever being published.
     this.#q.pollSnapshot.run();
+    let epoch: string | undefined;
     try {
       this.checkMark(log);
       if (log.idsWentBack) this.readAll(log);
       else this.readSince(log);
+      epoch = this.#readEpoch();
     } catch (error) {
       try {
         this.#q.endPollSnapshot.run();
@@ -286,6 +295,18 @@ export class ChangePublisher {
     this.#q.endPollSnapshot.run();
     this.committed(log);
     this.drain();
+    if (epoch !== this.#epoch) this.epochRenewed(epoch);
+  }
+
+  /** The epoch is now `epoch` (renewed by this process, or found renewed by a poll): listeners hear it. */
+  epochRenewed(epoch: string | undefined): void {
+    this.#epoch = epoch;
+    if (!this.#stopped) this.#local.publishEpochRenewed();
+  }
+
+  /** The epoch row's value (`undefined` in a database altered by hand, which the store reports). */
+  #readEpoch(): string | undefined {
+    return (this.#q.selectEpoch.get() as { value: string } | undefined)?.value;
   }
 
   #readIdSequence(): number {

@@ -210,7 +210,9 @@ export class SqliteProgressStore implements ProgressStore {
     return this.#call('renew the epoch', () => {
       this.#q.updateEpoch.run();
       this.#transactions.autocommitted();
-      return this.#readEpoch();
+      const epoch = this.#readEpoch();
+      this.#publisher.epochRenewed(epoch);
+      return epoch;
     });
   }
 

@@ -330,3 +330,23 @@ describe('a restore landing inside a poll, after its check of the mark and befor
     expectPassedTheMark(after);
   });
 });
+
+describe('renewEpoch heard through the feed', () => {
+  it("tells this store's listeners at once, and another process's at its next poll", async () => {
+    const { server, worker } = setUp(5);
+    const workerHeard: number[] = [];
+    const serverHeard: number[] = [];
+    worker.changes.onEpochRenewed?.(() => workerHeard.push(1));
+    server.changes.onEpochRenewed?.(() => serverHeard.push(1));
+    const epoch = await worker.renewEpoch();
+    expect(workerHeard).toHaveLength(1);
+    // The server's poll sees the commit, reads the epoch and tells its listeners (its server reads it then).
+    await eventually('the server store hears the renewal', () => serverHeard.length === 1, 2000);
+    expect(await server.getEpoch()).toBe(epoch);
+    // Commits that leave the epoch alone say nothing more.
+    await worker.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await worker.append('t', { type: 'progress', done: 0 });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(serverHeard).toHaveLength(1);
+  });
+});

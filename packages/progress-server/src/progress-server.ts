@@ -124,6 +124,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #epoch: StoreEpoch;
+  /** Stops listening to the feed's renewal hints (`ChangeFeed.onEpochRenewed`). */
+  #stopEpochHints: (() => void) | undefined;
   /** Open Server-Sent Events streams: ended at shutdown, restarted when the store epoch changes. */
   readonly #streams = new Set<OpenStream>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
@@ -237,6 +239,8 @@ export class ProgressServer<P extends Principal = Principal> {
     this.tasks.start();
     this.leases.start();
     void this.#epoch.refresh();
+    // A store whose feed hears renewals (its own, or every replica's on Postgres) has the epoch read now.
+    this.#stopEpochHints = resolved.store.changes.onEpochRenewed?.(() => void this.#epoch.refresh());
     this.#heartbeatTimer = setInterval(() => {
       void this.#epoch.refresh();
       this.#sockets.tick();
@@ -419,6 +423,7 @@ export class ProgressServer<P extends Principal = Principal> {
     // Timers stop at once; only an in-flight renewal or reap is waited for, and not past the deadline.
     await waitAtMost(this.leases.close(), deadline - Date.now());
     clearInterval(this.#heartbeatTimer);
+    this.#stopEpochHints?.();
     this.#epoch.close();
     await this.#sockets.close(deadline);
     // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.

@@ -239,6 +239,7 @@ export class MemoryProgressStore implements ProgressStore {
   async renewEpoch(): Promise<string> {
     this.#assertOpen();
     this.#epoch = globalThis.crypto.randomUUID();
+    this.#changes.publishEpochRenewed();
     return this.#epoch;
   }
 

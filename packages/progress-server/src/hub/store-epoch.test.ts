@@ -1,5 +1,5 @@
 import type { ProgressStore, TaskEvent, TaskView } from '@finishline/core';
-import { ErrorCode, ProgressError } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../logger.js';
@@ -555,6 +555,23 @@ describe('an ack write of the old epoch in flight across the restore', () => {
     const first = client.frames.findIndex((frame, index) => index >= from && isNewTerminal(frame));
     await client.next(isNewTerminal, { from: first + 1, timeoutMs: 2000 });
     client.send({ type: 'ack', taskId: 't', seq: 6 });
+  });
+});
+
+describe('a store whose feed hears renewals', () => {
+  it('resets its watchers at once when the epoch is renewed, not at the next heartbeat tick', async () => {
+    const store = new MemoryProgressStore();
+    const env = await serve({ store, heartbeatIntervalMs: 60_000 });
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', done: 0, message: 'one' });
+    const client = await connect(env);
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const epoch = await store.renewEpoch();
+    const reset = await client.next((frame) => frame.type === 'snapshot' && frame.reset === true, {
+      timeoutMs: 2000,
+    });
+    expect(reset).toMatchObject({ epoch, task: { id: 't', seq: 1 } });
   });
 });
 
