@@ -19,26 +19,44 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
 });
 
+/** A server on a store of a fresh schema (dropped after the test), and an admin pool on the same database. */
+async function serveFreshSchema(prefix: string, heartbeatIntervalMs: number) {
+  const schema = freshSchema(prefix);
+  const admin = newPool(2, 'finishline-test-admin');
+  cleanups.push(async () => {
+    await dropSchema(admin, schema);
+    await admin.end();
+  });
+  const pool = newPool(4);
+  const store = await PostgresProgressStore.open({ pool, schema });
+  const server = await ProgressServer.listen(
+    { store, authenticate: headerAuthenticate, heartbeatIntervalMs },
+    { port: 0, host: '127.0.0.1' },
+  );
+  cleanups.push(async () => {
+    await server.close({ timeoutMs: 500 });
+    await store.close();
+    await pool.end();
+  });
+  const { port } = server.httpServer!.address() as AddressInfo;
+  return { schema, admin, store, port };
+}
+
+/** Alice's client of the server on `port`, closed after the test; its watchdog never steps in. */
+function aliceClient(port: number): ProgressClient {
+  const client = new ProgressClient({
+    url: `ws://127.0.0.1:${port}/progress`,
+    WebSocket,
+    headers: { 'x-user': 'alice' },
+    finishTimeoutMs: 600_000,
+  });
+  cleanups.unshift(() => client.close());
+  return client;
+}
+
 describe('a Postgres store restored and renewed under a running server', () => {
   it('brings the watchers to the end of the restored task, whose seqs are below the ones they saw', async () => {
-    const schema = freshSchema('restore');
-    const admin = newPool(2, 'finishline-test-admin');
-    cleanups.push(async () => {
-      await dropSchema(admin, schema);
-      await admin.end();
-    });
-    const pool = newPool(4);
-    const store = await PostgresProgressStore.open({ pool, schema });
-    const server = await ProgressServer.listen(
-      { store, authenticate: headerAuthenticate, heartbeatIntervalMs: 50 },
-      { port: 0, host: '127.0.0.1' },
-    );
-    cleanups.push(async () => {
-      await server.close({ timeoutMs: 500 });
-      await store.close();
-      await pool.end();
-    });
-    const { port } = server.httpServer!.address() as AddressInfo;
+    const { schema, admin, store, port } = await serveFreshSchema('restore', 50);
 
     await store.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 });
     await store.append('t', { type: 'progress', done: 0, message: 'one' });
@@ -49,13 +67,7 @@ describe('a Postgres store restored and renewed under a running server', () => {
     await admin.query(`CREATE TABLE ${q('events_copy')} AS SELECT * FROM ${q('events')}`);
     for (let i = 3; i <= 6; i++) await store.append('t', { type: 'progress', done: 0, message: `live ${i}` });
 
-    const client = new ProgressClient({
-      url: `ws://127.0.0.1:${port}/progress`,
-      WebSocket,
-      headers: { 'x-user': 'alice' },
-      finishTimeoutMs: 600_000,
-    });
-    cleanups.unshift(() => client.close());
+    const client = aliceClient(port);
     const watch = client.watch('t');
     await eventually('the watcher is at seq 6', () => watch.getSnapshot().seq === 6);
 
@@ -80,39 +92,18 @@ describe('a Postgres store restored and renewed under a running server', () => {
 
 describe('an epoch renewed by another process on the same schema', () => {
   it('resets the watchers of every replica at once, not at their next heartbeat tick', async () => {
-    const schema = freshSchema('renew');
-    const admin = newPool(2, 'finishline-test-admin');
-    cleanups.push(async () => {
-      await dropSchema(admin, schema);
-      await admin.end();
-    });
-    const pool = newPool(4);
-    const store = await PostgresProgressStore.open({ pool, schema });
+    const { schema, store, port } = await serveFreshSchema('renew', 60_000);
     // The operator's process: a store of its own on the same schema, as `renewEpoch` after a restore runs.
     const operatorPool = newPool(2);
     const operator = await PostgresProgressStore.open({ pool: operatorPool, schema });
-    const server = await ProgressServer.listen(
-      { store, authenticate: headerAuthenticate, heartbeatIntervalMs: 60_000 },
-      { port: 0, host: '127.0.0.1' },
-    );
     cleanups.push(async () => {
-      await server.close({ timeoutMs: 500 });
-      await store.close();
-      await pool.end();
       await operator.close();
       await operatorPool.end();
     });
-    const { port } = server.httpServer!.address() as AddressInfo;
     await store.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 });
     await store.append('t', { type: 'progress', done: 0, message: 'one' });
 
-    const client = new ProgressClient({
-      url: `ws://127.0.0.1:${port}/progress`,
-      WebSocket,
-      headers: { 'x-user': 'alice' },
-      finishTimeoutMs: 600_000,
-    });
-    cleanups.unshift(() => client.close());
+    const client = aliceClient(port);
     const watch = client.watch('t');
     let snapshots = 0;
     watch.on('snapshot', () => {
