@@ -1,5 +1,6 @@
-// One Finishline replica as a child process of chaos/run.mjs: a ProgressServer over Postgres on a port
-// chosen at run time. It talks to its parent over IPC:
+// One Finishline replica as a child process of chaos/run.mjs: a ProgressServer over Postgres (or, with
+// CHAOS_STORE=sqlite, over a SqliteProgressStore on the database file CHAOS_SQLITE_FILE that every replica
+// shares) on a port chosen at run time. It talks to its parent over IPC:
 //   → parent  { type: 'ready', port, serverId, pid }
 //   ← parent  { type: 'start', requestId, owner, items, itemMs, run, id? }
 //                                                 → { type: 'started', requestId, taskId } (or { …, error, exists })
@@ -8,13 +9,10 @@
 //   ← parent  { type: 'metrics', requestId }                       → { type: 'metrics', requestId, resyncs, health, … }
 // SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
 // Imports the BUILT packages (npm run build first).
-import { PostgresProgressStore } from '@finishline/postgres';
 import { ProgressServer } from '@finishline/server';
-import pg from 'pg';
 
 const env = process.env;
-const url = required('CHAOS_PG_URL');
-const schema = required('CHAOS_SCHEMA');
+const storeKind = env.CHAOS_STORE ?? 'postgres';
 const name = required('CHAOS_REPLICA_NAME'); // e.g. chaos_ab12_r0 (also the application_name prefix)
 const leaseTtlMs = Number(env.CHAOS_LEASE_TTL_MS ?? 3000);
 const heartbeatIntervalMs = Number(env.CHAOS_HEARTBEAT_MS ?? 1000);
@@ -32,27 +30,57 @@ const send = (message) => {
   if (process.connected) process.send(message);
 };
 
-const pool = new pg.Pool({ connectionString: url, max: 6, application_name: `${name}-pool` });
-// A backend killed by pg_terminate_backend makes idle clients emit 'error'; the pool replaces them.
-pool.on('error', () => {});
-// A replica restarted while the database refuses connections (Postgres' max_connections on a shared
-// server) retries, as an orchestrator would restart it: at most 20 attempts, about 25 s.
-async function openStore() {
+// ── the store: Postgres (one schema per run) or SQLite (one file shared by every replica) ──────────
+let closeStoreResources = async () => {};
+async function openPostgresStore() {
+  const { PostgresProgressStore } = await import('@finishline/postgres');
+  const { default: pg } = await import('pg');
+  const url = required('CHAOS_PG_URL');
+  const schema = required('CHAOS_SCHEMA');
+  const pool = new pg.Pool({ connectionString: url, max: 6, application_name: `${name}-pool` });
+  // A backend killed by pg_terminate_backend makes idle clients emit 'error'; the pool replaces them.
+  pool.on('error', () => {});
+  // A replica restarted while the database refuses connections (Postgres' max_connections on a shared
+  // server) retries, as an orchestrator would restart it: at most 20 attempts, about 25 s.
+  async function openStore() {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await PostgresProgressStore.open({
+          pool,
+          schema,
+          listenClient: { connectionString: url, application_name: `${name}-listen`, keepAlive: true },
+          onError: () => {},
+        });
+      } catch (error) {
+        if (attempt >= 20) throw error;
+        await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));
+      }
+    }
+  }
+  const opened = await openStore();
+  closeStoreResources = () => pool.end();
+  return opened;
+}
+
+// Several processes on one file, as docs/api.md allows: WAL, each replica's change feed polls
+// `PRAGMA data_version` (every 50 ms by default) for the others' commits. The adapter's defaults, as the
+// example app uses them.
+async function openSqliteStore() {
+  const { SqliteProgressStore } = await import('@finishline/sqlite');
+  const file = required('CHAOS_SQLITE_FILE');
+  // A kill -9 mid-transaction leaves the WAL to recover and the write lock may be held a moment by
+  // another replica's migration check: retry the open a few times, as an orchestrator would restart it.
   for (let attempt = 1; ; attempt++) {
     try {
-      return await PostgresProgressStore.open({
-        pool,
-        schema,
-        listenClient: { connectionString: url, application_name: `${name}-listen`, keepAlive: true },
-        onError: () => {},
-      });
+      return new SqliteProgressStore({ database: file, onError: () => {} });
     } catch (error) {
       if (attempt >= 20) throw error;
       await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));
     }
   }
 }
-const store = await openStore();
+
+const store = storeKind === 'sqlite' ? await openSqliteStore() : await openPostgresStore();
 
 const server = await ProgressServer.listen(
   {
@@ -143,7 +171,8 @@ async function metrics(message) {
     resyncs,
     counters,
     health: server.health(),
-    feed: store.changes.stats(),
+    // The Postgres feed's figures; the SQLite feed has none.
+    feed: store.changes.stats?.(),
   });
 }
 
@@ -170,7 +199,7 @@ async function stop(signal) {
   // close() interrupts owned tasks that do not end in time, so none stays `running` forever.
   await server.close({ timeoutMs: 3000 }).catch(() => {});
   await store.close().catch(() => {});
-  await pool.end().catch(() => {});
+  await closeStoreResources().catch(() => {});
   send({ type: 'stopped', signal });
   process.exit(0);
 }

