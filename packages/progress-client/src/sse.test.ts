@@ -312,6 +312,35 @@ describe('the SSE fallback transport', () => {
     await second.client.close();
   });
 
+  it('drops the saved cursor of a watch whose end it acknowledged: a later watch of the id starts from 0', async () => {
+    // The entry stayed: the next watch of the id (after a reload, or of a new task created under the
+    // purged id) restored the finished cursor and showed the old end at once, without asking the server
+    // (found by the chaos suite's SSE watchers of re-created ids, 5 December 2026).
+    const storage = new MemoryCursorStorage();
+    const first = sseSetup({ preferFallback: true, persistence: storage });
+    const old = new FakeTask('t1', 2);
+    const watch = first.client.watch('t1');
+    await flush();
+    const stream = first.sse.streams[0] as SseRequest;
+    stream.send({ type: 'snapshot', task: old.view() });
+    stream.send({ type: 'event', event: old.item('a') }, 1);
+    stream.send({ type: 'event', event: old.end() }, 2);
+    stream.end();
+    expect((await watch.done).status).toBe('completed');
+    await first.scheduler.advance(5000);
+    expect(first.sse.acks).toHaveLength(1);
+    watch.close();
+    await first.client.close();
+
+    const second = sseSetup({ preferFallback: true, persistence: storage });
+    const again = second.client.watch('t1');
+    await flush();
+    expect(again.getSnapshot()).toMatchObject({ seq: 0, status: 'running' });
+    expect(second.sse.streams).toHaveLength(1);
+    expect(second.sse.streams[0]?.headers['last-event-id']).toBeUndefined();
+    await second.client.close();
+  });
+
   it('takes over from HTTP polling once the socket fails, and leaves at the first hello', async () => {
     const ctx = sseSetup({
       httpFallbackAfterAttempts: 1,
