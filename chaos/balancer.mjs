@@ -63,6 +63,9 @@ export class Balancer {
     cutOnDemand: 0,
     /** Event streams (SSE) relayed, cut on demand, and acks relayed over HTTP (`POST …/ack`, answered 2xx). */
     sseStreams: 0,
+    /** Streams asked for and answered otherwise (refused by the replica, or 502: the replica unreachable). */
+    sseStreamsUnserved: 0,
+    sseUnservedByStatus: {},
     sseCutOnDemand: 0,
     httpAcksRelayed: 0,
     sseFramesRelayed: 0,
@@ -156,6 +159,26 @@ export class Balancer {
     const ackTaskId = req.method === 'POST' ? routeTaskId(req.url, 'ack') : undefined;
     const body = [];
     if (ackTaskId !== undefined) req.on('data', (chunk) => body.push(chunk));
+    // A stream asked for and not served (refused, or its replica unreachable): in the history too, so
+    // --explain shows why a watch over SSE waited.
+    const streamTaskId = req.method === 'GET' ? routeTaskId(req.url, 'stream') : undefined;
+    const unserved = (status, why) => {
+      if (streamTaskId === undefined) return;
+      this.counts.sseStreamsUnserved += 1;
+      this.counts.sseUnservedByStatus[status] = (this.counts.sseUnservedByStatus[status] ?? 0) + 1;
+      const at = Date.now();
+      this.history.push({
+        id: nextConnId++,
+        tag: req.headers['x-chaos-tag'],
+        taskId: streamTaskId,
+        backend: backend.name,
+        sse: true,
+        openedAt: at,
+        closedAt: at,
+        status,
+        end: why,
+      });
+    };
     const upstream = httpRequest(
       { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: req.headers },
       (response) => {
@@ -165,7 +188,7 @@ export class Balancer {
           // A stream is long-lived: the request timeout below is for ordinary answers.
           upstream.setTimeout(0);
           this.#trackStream(req, res, upstream, response, backend.name);
-        }
+        } else unserved(`HTTP/1.1 ${status}`, 'not served');
         res.writeHead(status, response.headers);
         // Headers at once (node holds them until the first body byte): a stream's client sees it open.
         if (streaming) res.flushHeaders();
@@ -207,7 +230,10 @@ export class Balancer {
     });
     upstream.setTimeout(10_000, () => upstream.destroy(new Error('upstream timeout')));
     upstream.on('error', () => {
-      if (!res.headersSent) res.writeHead(502);
+      if (!res.headersSent) {
+        unserved('502 from the balancer', 'replica unreachable');
+        res.writeHead(502);
+      }
       res.end();
     });
     req.pipe(upstream);
