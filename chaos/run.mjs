@@ -532,6 +532,19 @@ function cutSseStreams(wsCut, wsOpen) {
   return balancer.cutRandomStreams(wsCut / Math.max(1, wsOpen));
 }
 
+/** An SSE watcher's streams (the balancer's history), relative to its run's request: for a RETENTION line. */
+function sseStreamsOf(watcher) {
+  if (!watcher.slot.sse) return '';
+  const t0 = watcher.task.requestedAt;
+  const streams = balancer.history
+    .filter((c) => c.taskId === watcher.task.id && c.tag === `slot${watcher.slot.index}` && c.openedAt >= t0)
+    .map(
+      (c) =>
+        `[${c.backend} @${c.openedAt - t0} ${c.status} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`,
+    );
+  return `; streams from its request: ${streams.join(' ') || 'none'}`;
+}
+
 /** The results' lines about SSE watchers: shown, terminal commit → callback, acks over HTTP. */
 function sseFigures() {
   if (config.sseClients <= 0) return ['sse watchers:        none (--sse-clients 0)'];
@@ -985,7 +998,7 @@ async function refreshPurged() {
         watcher.notDoneAtPurge = true;
         retention.watchersNotDoneAtPurge += 1;
         process.stderr.write(
-          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})\n`,
+          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})${sseStreamsOf(watcher)}\n`,
         );
       }
     }
