@@ -180,7 +180,16 @@ export class Balancer {
       });
     };
     const upstream = httpRequest(
-      { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: req.headers },
+      // A connection of its own per request (as the upgrades have): a pooled keep-alive connection the replica
+      // closes as it is reused would fail the request with ECONNRESET, a 502 that no replica death caused.
+      {
+        host: '127.0.0.1',
+        port: backend.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+        agent: false,
+      },
       (response) => {
         const status = response.statusCode ?? 502;
         const streaming = String(response.headers['content-type'] ?? '').startsWith('text/event-stream');
@@ -229,9 +238,9 @@ export class Balancer {
       if (!res.writableFinished) upstream.destroy();
     });
     upstream.setTimeout(10_000, () => upstream.destroy(new Error('upstream timeout')));
-    upstream.on('error', () => {
+    upstream.on('error', (error) => {
       if (!res.headersSent) {
-        unserved('502 from the balancer', 'replica unreachable');
+        unserved(`502 from the balancer (${error?.code ?? error?.message})`, 'replica unreachable');
         res.writeHead(502);
       }
       res.end();
@@ -252,7 +261,8 @@ export class Balancer {
     stream.onClose = () => this.#streams.delete(stream);
     response.on('data', (chunk) => stream.read(chunk));
     response.on('close', () => stream.closed(response.complete ? 'upstream ended' : 'upstream closed'));
-    res.on('close', () => stream.closed('client closed'));
+    // (On a clean end the answer finished first: the replica ended the stream, not the client.)
+    res.on('close', () => stream.closed(res.writableFinished ? 'upstream ended' : 'client closed'));
   }
 
   /** Open event streams (Server-Sent Events). */

@@ -538,10 +538,13 @@ function sseStreamsOf(watcher) {
   const t0 = watcher.task.requestedAt;
   const streams = balancer.history
     .filter((c) => c.taskId === watcher.task.id && c.tag === `slot${watcher.slot.index}` && c.openedAt >= t0)
-    .map(
-      (c) =>
-        `[${c.backend} @${c.openedAt - t0} ${c.status} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`,
-    );
+    .map((c) => {
+      // What the stream carried (the balancer logs every SSE frame about a task).
+      const frames = serverFrameLog
+        .filter((f) => f.conn === c)
+        .map((f) => `${f.type}:${f.seq ?? f.code}@${f.at - t0}`);
+      return `[${c.backend} @${c.openedAt - t0} ${c.status} ${frames.join(' ')} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`;
+    });
   return `; streams from its request: ${streams.join(' ') || 'none'}`;
 }
 
