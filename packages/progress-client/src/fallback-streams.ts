@@ -74,7 +74,7 @@ export interface FallbackWire {
    * refused the stream (401, 403, 404). Returns the function that stops it.
    */
   follow(taskId: string, from: FallbackCursor, onEnd: (refusal?: ProgressError) => void): () => void;
-  /** Acknowledges `seq` of a task (cumulative), best effort. */
+  /** Acknowledges `seq` of a task (cumulative); sent again after a failure answer, a few times at most. */
   ack(taskId: string, seq: number): void;
 }
 
