@@ -68,6 +68,8 @@ export class Balancer {
     sseUnservedByStatus: {},
     sseCutOnDemand: 0,
     httpAcksRelayed: 0,
+    /** HTTP acks answered otherwise, by status (or the balancer's 502 and its upstream error). */
+    httpAcksFailed: {},
     sseFramesRelayed: 0,
     acksRelayed: 0,
     clientFramesRelayed: 0,
@@ -162,6 +164,11 @@ export class Balancer {
     // A stream asked for and not served (refused, or its replica unreachable): in the history too, so
     // --explain shows why a watch over SSE waited.
     const streamTaskId = req.method === 'GET' ? routeTaskId(req.url, 'stream') : undefined;
+    // An HTTP ack not answered 2xx: the SSE transport sends each once (best effort), so it is never written.
+    const ackFailed = (status) => {
+      if (ackTaskId === undefined) return;
+      this.counts.httpAcksFailed[status] = (this.counts.httpAcksFailed[status] ?? 0) + 1;
+    };
     const unserved = (status, why) => {
       if (streamTaskId === undefined) return;
       this.counts.sseStreamsUnserved += 1;
@@ -207,7 +214,8 @@ export class Balancer {
         response.on('close', () => {
           if (!response.complete) res.destroy();
         });
-        if (ackTaskId !== undefined && status >= 200 && status < 300) {
+        if (status < 200 || status >= 300) ackFailed(`HTTP/1.1 ${status}`);
+        else if (ackTaskId !== undefined) {
           const at = Date.now();
           let seq;
           try {
@@ -241,6 +249,7 @@ export class Balancer {
     upstream.on('error', (error) => {
       if (!res.headersSent) {
         unserved(`502 from the balancer (${error?.code ?? error?.message})`, 'replica unreachable');
+        ackFailed(`502 from the balancer (${error?.code ?? error?.message})`);
         res.writeHead(502);
       }
       res.end();

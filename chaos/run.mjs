@@ -561,7 +561,7 @@ function sseFigures() {
   return [
     `sse watchers:        ${config.sseClients} of ${config.clients} clients: ${watchers.length} watchers, shown ${((100 * shownSse) / Math.max(1, watchers.length)).toFixed(3)}% (${shownSse}/${watchers.length})`,
     `  commit → callback: ${line(values)}`,
-    `  streams:           ${b.sseStreams} opened (${b.sseStreamsUnserved} asked for and not served: ${JSON.stringify(b.sseUnservedByStatus)}), ${b.sseFramesRelayed} frames relayed (never tampered with), ${b.sseCutOnDemand} cut on demand; ${b.httpAcksRelayed} acks over HTTP answered 2xx (checked with the others)`,
+    `  streams:           ${b.sseStreams} opened (${b.sseStreamsUnserved} asked for and not served: ${JSON.stringify(b.sseUnservedByStatus)}), ${b.sseFramesRelayed} frames relayed (never tampered with), ${b.sseCutOnDemand} cut on demand; ${b.httpAcksRelayed} acks over HTTP answered 2xx (checked with the others), not answered 2xx: ${JSON.stringify(b.httpAcksFailed)}`,
   ];
 }
 
