@@ -558,9 +558,32 @@ function sseFigures() {
     .map((w) => Math.max(0, w.callbackAt - w.final.finishedAt))
     .sort((x, y) => x - y);
   const b = balancer.counts;
+  // Shown watchers whose terminal seq an HTTP ack from their own client got a 2xx for (of this run).
+  const ackedOf = (w) =>
+    (acksByTask.get(w.task.id) ?? []).some(
+      (ack) =>
+        ack.conn.http &&
+        ack.conn.tag === `slot${w.slot.index}` &&
+        ack.at >= w.task.requestedAt &&
+        ack.seq >= w.final.seq,
+    );
+  const unacked = watchers.filter((w) => w.final !== undefined && !ackedOf(w));
+  const acked = shownSse - unacked.length;
+  // Why, for the first few: a reload of the client soon after (its close drops an ack waiting to be sent again).
+  for (const w of unacked.slice(0, 5)) {
+    const reloads = w.slot.log
+      .filter(
+        (entry) => entry.what === 'reload' && entry.at >= w.callbackAt && entry.at - w.callbackAt < 10_000,
+      )
+      .map((entry) => entry.at - w.callbackAt);
+    process.stderr.write(
+      `SSE: the terminal of ${w.task.id} (run ${w.task.run}, slot ${w.slot.index}) got no 2xx ack; reloads of the client after the callback (ms): ${reloads.join(' ') || 'none'}\n`,
+    );
+  }
   return [
     `sse watchers:        ${config.sseClients} of ${config.clients} clients: ${watchers.length} watchers, shown ${((100 * shownSse) / Math.max(1, watchers.length)).toFixed(3)}% (${shownSse}/${watchers.length})`,
     `  commit → callback: ${line(values)}`,
+    `  terminal acked:    ${acked} of ${shownSse} shown watchers (an HTTP ack of the terminal seq answered 2xx)`,
     `  streams:           ${b.sseStreams} opened (${b.sseStreamsUnserved} asked for and not served: ${JSON.stringify(b.sseUnservedByStatus)}), ${b.sseFramesRelayed} frames relayed (never tampered with), ${b.sseCutOnDemand} cut on demand; ${b.httpAcksRelayed} acks over HTTP answered 2xx (checked with the others), not answered 2xx: ${JSON.stringify(b.httpAcksFailed)}`,
   ];
 }
