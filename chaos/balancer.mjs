@@ -5,6 +5,10 @@
 // is kept, as on TCP), or the connection cut. The client → server direction is parsed too, and its acks,
 // subscribes and pings can be dropped, duplicated or delayed the same way. Each frame carries its own mask
 // (client frames) or none (server frames), so dropping or repeating a whole frame keeps the stream valid.
+// Plain HTTP answers are piped as they come, so Server-Sent Events streams pass unbuffered; those streams
+// can be cut (their connection destroyed) and die with their replica, but their frames are not tampered
+// with (frame faults are WebSocket-only). Acks sent over HTTP (`POST …/tasks/:id/ack`) answered 2xx are
+// reported as WebSocket acks are.
 //
 // Usable as a module (run.mjs) or standalone: node chaos/balancer.mjs <port> <backendPort>...
 import { createServer, request as httpRequest } from 'node:http';
@@ -34,6 +38,8 @@ export class Balancer {
   #server;
   /** @type {Set<Relay>} */
   #relays = new Set();
+  /** @type {Set<HttpStream>} */
+  #streams = new Set();
   /** @type {FrameFaults} */
   faults = { drop: 0, duplicate: 0, delay: 0, cut: 0, delayMinMs: 20, delayMaxMs: 400 };
   /** @type {ClientFrameFaults} */
@@ -55,6 +61,16 @@ export class Balancer {
     maxHeldMs: 0,
     heldOver400: 0,
     cutOnDemand: 0,
+    /** Event streams (SSE) relayed, cut on demand, and acks relayed over HTTP (`POST …/ack`, answered 2xx). */
+    sseStreams: 0,
+    /** Streams asked for and answered otherwise (refused by the replica, or 502: the replica unreachable). */
+    sseStreamsUnserved: 0,
+    sseUnservedByStatus: {},
+    sseCutOnDemand: 0,
+    httpAcksRelayed: 0,
+    /** HTTP acks answered otherwise, by status (or the balancer's 502 and its upstream error). */
+    httpAcksFailed: {},
+    sseFramesRelayed: 0,
     acksRelayed: 0,
     clientFramesRelayed: 0,
     /** Client frames dropped / duplicated / delayed, by frame type (`ack`, `subscribe`, `ping`). */
@@ -65,7 +81,8 @@ export class Balancer {
   random = Math.random;
   /**
    * Called for each `ack` frame relayed to a replica: `{ taskId, seq, at, backend, conn }`, where
-   * `conn.closedAt` is set once that connection closes.
+   * `conn.closedAt` is set once that connection closes; and for each HTTP ack the replica answered 2xx
+   * (`conn.http` true, `conn.closedAt` never set: the answer settled it, only the replica's death can lose it).
    */
   onAck = () => {};
   /** Every relayed connection's record (`conn`): tag (the `x-chaos-tag` header), backend, times, how it ended. */
@@ -110,6 +127,7 @@ export class Balancer {
 
   async close() {
     for (const relay of this.#relays) relay.cut();
+    for (const stream of this.#streams) stream.cut();
     await new Promise((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
@@ -123,6 +141,15 @@ export class Balancer {
     return backend;
   }
 
+  // ── plain HTTP: Server-Sent Events streams and the acks sent over HTTP (chaos/README.md) ─────────
+  /**
+   * Relays one HTTP exchange. Responses are piped chunk by chunk as they come (an event stream is never
+   * buffered: each `write` leaves at once, both sockets without Nagle). An event stream is tracked as an
+   * {@link HttpStream} while open, so {@link cutRandomStreams} can cut it and a replica that dies under it
+   * cuts it too (its client connection destroyed, as a proxy does when its upstream goes; ended cleanly
+   * only when the replica ended it). A `POST …/tasks/:id/ack` answered 2xx is reported to `onAck` like a
+   * WebSocket `ack` (the request body is read as it is relayed).
+   */
   #http(req, res) {
     this.counts.httpRequests += 1;
     const backend = this.#pick();
@@ -130,19 +157,138 @@ export class Balancer {
       res.writeHead(502).end();
       return;
     }
+    req.socket.setNoDelay(true);
+    const ackTaskId = req.method === 'POST' ? routeTaskId(req.url, 'ack') : undefined;
+    const body = [];
+    if (ackTaskId !== undefined) req.on('data', (chunk) => body.push(chunk));
+    // A stream asked for and not served (refused, or its replica unreachable): in the history too, so
+    // --explain shows why a watch over SSE waited.
+    const streamTaskId = req.method === 'GET' ? routeTaskId(req.url, 'stream') : undefined;
+    // An HTTP ack not answered 2xx: the SSE transport sends each once (best effort), so it is never written.
+    const ackFailed = (status) => {
+      if (ackTaskId === undefined) return;
+      this.counts.httpAcksFailed[status] = (this.counts.httpAcksFailed[status] ?? 0) + 1;
+    };
+    const unserved = (status, why) => {
+      if (streamTaskId === undefined) return;
+      this.counts.sseStreamsUnserved += 1;
+      this.counts.sseUnservedByStatus[status] = (this.counts.sseUnservedByStatus[status] ?? 0) + 1;
+      const at = Date.now();
+      this.history.push({
+        id: nextConnId++,
+        tag: req.headers['x-chaos-tag'],
+        taskId: streamTaskId,
+        backend: backend.name,
+        sse: true,
+        openedAt: at,
+        closedAt: at,
+        status,
+        end: why,
+      });
+    };
     const upstream = httpRequest(
-      { host: '127.0.0.1', port: backend.port, method: req.method, path: req.url, headers: req.headers },
+      // A connection of its own per request (as the upgrades have): a pooled keep-alive connection the replica
+      // closes as it is reused would fail the request with ECONNRESET, a 502 that no replica death caused.
+      {
+        host: '127.0.0.1',
+        port: backend.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+        agent: false,
+      },
       (response) => {
-        res.writeHead(response.statusCode ?? 502, response.headers);
+        const status = response.statusCode ?? 502;
+        const streaming = String(response.headers['content-type'] ?? '').startsWith('text/event-stream');
+        if (streaming) {
+          // A stream is long-lived: the request timeout below is for ordinary answers.
+          upstream.setTimeout(0);
+          this.#trackStream(req, res, upstream, response, backend.name);
+        } else unserved(`HTTP/1.1 ${status}`, 'not served');
+        res.writeHead(status, response.headers);
+        // Headers at once (node holds them until the first body byte): a stream's client sees it open.
+        if (streaming) res.flushHeaders();
         response.pipe(res);
+        // The replica went away mid-answer (killed): the client's connection goes too, as a proxy's would.
+        response.on('error', () => {});
+        response.on('close', () => {
+          if (!response.complete) res.destroy();
+        });
+        if (status < 200 || status >= 300) ackFailed(`HTTP/1.1 ${status}`);
+        else if (ackTaskId !== undefined) {
+          const at = Date.now();
+          let seq;
+          try {
+            seq = JSON.parse(Buffer.concat(body).toString('utf8')).seq;
+          } catch {
+            // Not JSON: the replica would not have answered 2xx.
+          }
+          if (typeof seq === 'number') {
+            this.counts.httpAcksRelayed += 1;
+            // An HTTP ack needs no open connection once answered: only its replica's death can lose it.
+            const conn = {
+              id: nextConnId++,
+              tag: req.headers['x-chaos-tag'],
+              http: true,
+              closedAt: undefined,
+            };
+            const ack = { taskId: ackTaskId, seq, at, backend: backend.name, conn };
+            this.onClientFrame?.({ type: 'ack', ...ack });
+            this.onAck(ack);
+          }
+        }
       },
     );
+    upstream.on('socket', (socket) => socket.setNoDelay(true));
+    // The client left before the whole answer (a closed stream, a reload): the replica must see it leave
+    // too, or its stream would hold a slot of the principal's socket cap for as long as it lived.
+    res.on('close', () => {
+      if (!res.writableFinished) upstream.destroy();
+    });
     upstream.setTimeout(10_000, () => upstream.destroy(new Error('upstream timeout')));
-    upstream.on('error', () => {
-      if (!res.headersSent) res.writeHead(502);
+    upstream.on('error', (error) => {
+      if (!res.headersSent) {
+        unserved(`502 from the balancer (${error?.code ?? error?.message})`, 'replica unreachable');
+        ackFailed(`502 from the balancer (${error?.code ?? error?.message})`);
+        res.writeHead(502);
+      }
       res.end();
     });
     req.pipe(upstream);
+  }
+
+  /** Keeps an open event stream (until either side ends it) for cuts, and records it like a connection. */
+  #trackStream(req, res, upstream, response, backendName) {
+    const stream = new HttpStream(this, req, upstream, backendName);
+    stream.conn.tag = req.headers['x-chaos-tag'];
+    // One stream follows one task (`…/tasks/:id/stream`): --explain lists a task's own streams only.
+    stream.conn.taskId = routeTaskId(req.url, 'stream');
+    stream.conn.status = `HTTP/1.1 ${response.statusCode}`;
+    this.history.push(stream.conn);
+    this.#streams.add(stream);
+    this.counts.sseStreams += 1;
+    stream.onClose = () => this.#streams.delete(stream);
+    response.on('data', (chunk) => stream.read(chunk));
+    response.on('close', () => stream.closed(response.complete ? 'upstream ended' : 'upstream closed'));
+    // (On a clean end the answer finished first: the replica ended the stream, not the client.)
+    res.on('close', () => stream.closed(res.writableFinished ? 'upstream ended' : 'client closed'));
+  }
+
+  /** Open event streams (Server-Sent Events). */
+  get streamCount() {
+    return this.#streams.size;
+  }
+
+  /** Cuts each open event stream with probability `probability` (its HTTP connection destroyed). */
+  cutRandomStreams(probability) {
+    let cut = 0;
+    for (const stream of [...this.#streams]) {
+      if (this.random() >= probability) continue;
+      stream.cut('cut on demand');
+      this.counts.sseCutOnDemand += 1;
+      cut += 1;
+    }
+    return cut;
   }
 
   #upgrade(req, socket, head) {
@@ -514,6 +660,94 @@ class Relay {
       if (now - at > 400) counts.heldOver400 += 1;
       this.#client.write(bytes);
     }
+  }
+}
+
+/** The task id of a `{basePath}/tasks/:id/<route>` URL (`ack`, `stream`), else `undefined`. */
+function routeTaskId(url, route) {
+  const match = new RegExp(`/tasks/([^/?]+)/${route}(?:\\?|$)`).exec(url ?? '');
+  if (match === null) return undefined;
+  try {
+    return decodeURIComponent(match[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * One relayed event stream (`GET …/tasks/:id/stream`): its events are parsed as they pass (untouched:
+ * frame-level drop, duplicate and delay are WebSocket-only) to log them for `--explain`; a cut destroys
+ * its HTTP connection on both sides.
+ */
+class HttpStream {
+  onClose = () => {};
+  conn = { id: nextConnId++, closedAt: undefined, openedAt: Date.now(), sse: true };
+  #balancer;
+  #req;
+  #upstream;
+  #text = '';
+  #decoder = new TextDecoder();
+  #closed = false;
+
+  constructor(balancer, req, upstream, backendName) {
+    this.#balancer = balancer;
+    this.#req = req;
+    this.#upstream = upstream;
+    this.conn.backend = backendName;
+  }
+
+  /** A chunk from the replica (already on its way to the client): logs the frames it completes. */
+  read(chunk) {
+    this.#text += this.#decoder.decode(chunk, { stream: true });
+    let cut = this.#text.indexOf('\n\n');
+    while (cut >= 0) {
+      const block = this.#text.slice(0, cut);
+      this.#text = this.#text.slice(cut + 2);
+      cut = this.#text.indexOf('\n\n');
+      // The stream's opening comment says it is served: the counterpart of a socket's `hello`.
+      if (block.includes(': hello')) this.conn.helloAt ??= Date.now();
+      const data = block
+        .split('\n')
+        .filter((line) => line.startsWith('data:'))
+        .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5))
+        .join('\n');
+      if (data === '') continue;
+      this.#balancer.counts.sseFramesRelayed += 1;
+      let message;
+      try {
+        message = JSON.parse(data);
+      } catch {
+        continue;
+      }
+      const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
+      if (taskId === undefined) continue;
+      this.#balancer.onServerFrame?.({
+        type: message.type,
+        taskId,
+        seq: message.event?.seq ?? message.task?.seq,
+        code: message.code,
+        at: Date.now(),
+        conn: this.conn,
+      });
+    }
+  }
+
+  /** Destroys the stream's connection on both sides (a network failure). */
+  cut(why = 'cut') {
+    if (this.#closed) return;
+    this.conn.end ??= why;
+    this.#req.socket.destroy();
+    this.#upstream.destroy();
+    this.closed(why);
+  }
+
+  /** Either side ended or lost the stream. */
+  closed(why) {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.conn.end ??= why;
+    this.conn.closedAt = Date.now();
+    this.onClose();
   }
 }
 

@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import { ProgressClient } from '@finishline/client';
 import { httpFallback } from '@finishline/client/http';
 import { MemoryCursorStorage } from '@finishline/client/persist';
+import { sseFallback } from '@finishline/client/sse';
 import { PostgresProgressStore } from '@finishline/postgres';
 import pg from 'pg';
 import WebSocket from 'ws';
@@ -73,6 +74,8 @@ const config = {
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
   keep: flag('keep'),
+  // Clients (of `clients`) that follow their watches over Server-Sent Events instead of WebSocket.
+  sseClients: option('sse-clients', 2),
 };
 
 // ── a seeded PRNG for fault decisions (timings still vary between runs) ────────────────────────
@@ -110,6 +113,7 @@ const faults = {
   'replica restart': 0,
   'pg_terminate_backend (LISTEN)': 0,
   'socket cut (on demand)': 0,
+  'SSE stream cut (on demand)': 0,
   'watcher reload (persisted cursor)': 0,
   'retention purge (purgeFinished on a replica)': 0,
 };
@@ -463,6 +467,7 @@ class ClientSlot {
   constructor(index, url) {
     this.index = index;
     this.url = url;
+    this.sse = isSseSlot(index);
     this.storage = new MemoryCursorStorage();
     this.records = new Set();
     /** Connection states and reloads of this slot, to explain slow deliveries. */
@@ -480,6 +485,7 @@ class ClientSlot {
       // A shorter backoff cap than browsers get, so a run with a cut every second stays quick (chaos/README.md
       // lists every setting that differs from the defaults, and why).
       reconnect: { maxDelayMs: 4000 },
+      ...(this.sse ? sseClientOptions() : {}),
     });
     client.on('state', (change) => {
       if (change.state !== 'open')
@@ -513,6 +519,86 @@ class ClientSlot {
   close() {
     return this.client.close();
   }
+}
+
+// ── SSE watchers (--sse-clients) ─────────────────────────────────────────────────────────────
+// The last `--sse-clients` client slots follow their watches over Server-Sent Events, through the
+// balancer's HTTP port, never trying WebSocket (`preferFallback`); their acks go over `POST …/ack`.
+// They get the same checks as every watcher; their figures are printed apart (sseFigures).
+
+function isSseSlot(index) {
+  return index >= config.clients - config.sseClients;
+}
+
+/** What an SSE slot's ProgressClient gets on top of every client's options. */
+function sseClientOptions() {
+  return { fallbackTransport: sseFallback(), preferFallback: true };
+}
+
+/**
+ * A cut reaches SSE streams too: each open stream is cut (its HTTP connection destroyed) with the chance a
+ * WebSocket connection had in the same round (`wsCut` of `wsOpen`), so a watch over SSE, which has a
+ * stream of its own, is cut about as often as one over a socket, which shares it.
+ */
+function cutSseStreams(wsCut, wsOpen) {
+  if (config.sseClients <= 0) return 0;
+  return balancer.cutRandomStreams(wsCut / Math.max(1, wsOpen));
+}
+
+/** An SSE watcher's streams (the balancer's history), relative to its run's request: for a RETENTION line. */
+function sseStreamsOf(watcher) {
+  if (!watcher.slot.sse) return '';
+  const t0 = watcher.task.requestedAt;
+  const streams = balancer.history
+    .filter((c) => c.taskId === watcher.task.id && c.tag === `slot${watcher.slot.index}` && c.openedAt >= t0)
+    .map((c) => {
+      // What the stream carried (the balancer logs every SSE frame about a task).
+      const frames = serverFrameLog
+        .filter((f) => f.conn === c)
+        .map((f) => `${f.type}:${f.seq ?? f.code}@${f.at - t0}`);
+      return `[${c.backend} @${c.openedAt - t0} ${c.status} ${frames.join(' ')} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`;
+    });
+  return `; streams from its request: ${streams.join(' ') || 'none'}`;
+}
+
+/** The results' lines about SSE watchers: shown, terminal commit → callback, acks over HTTP. */
+function sseFigures() {
+  if (config.sseClients <= 0) return ['sse watchers:        none (--sse-clients 0)'];
+  const watchers = tasks.flatMap((task) => (task.watchers ?? []).filter((w) => w.slot.sse));
+  const shownSse = watchers.filter((w) => w.terminalCount === 1).length;
+  const values = watchers
+    .filter((w) => w.callbackAt !== undefined && w.final?.finishedAt != null)
+    .map((w) => Math.max(0, w.callbackAt - w.final.finishedAt))
+    .sort((x, y) => x - y);
+  const b = balancer.counts;
+  // Shown watchers whose terminal seq an HTTP ack from their own client got a 2xx for (of this run).
+  const ackedOf = (w) =>
+    (acksByTask.get(w.task.id) ?? []).some(
+      (ack) =>
+        ack.conn.http &&
+        ack.conn.tag === `slot${w.slot.index}` &&
+        ack.at >= w.task.requestedAt &&
+        ack.seq >= w.final.seq,
+    );
+  const unacked = watchers.filter((w) => w.final !== undefined && !ackedOf(w));
+  const acked = shownSse - unacked.length;
+  // Why, for the first few: a reload of the client soon after (its close drops an ack waiting to be sent again).
+  for (const w of unacked.slice(0, 5)) {
+    const reloads = w.slot.log
+      .filter(
+        (entry) => entry.what === 'reload' && entry.at >= w.callbackAt && entry.at - w.callbackAt < 10_000,
+      )
+      .map((entry) => entry.at - w.callbackAt);
+    process.stderr.write(
+      `SSE: the terminal of ${w.task.id} (run ${w.task.run}, slot ${w.slot.index}) got no 2xx ack; reloads of the client after the callback (ms): ${reloads.join(' ') || 'none'}\n`,
+    );
+  }
+  return [
+    `sse watchers:        ${config.sseClients} of ${config.clients} clients: ${watchers.length} watchers, shown ${((100 * shownSse) / Math.max(1, watchers.length)).toFixed(3)}% (${shownSse}/${watchers.length})`,
+    `  commit → callback: ${line(values)}`,
+    `  terminal acked:    ${acked} of ${shownSse} shown watchers (an HTTP ack of the terminal seq answered 2xx)`,
+    `  streams:           ${b.sseStreams} opened (${b.sseStreamsUnserved} asked for and not served: ${JSON.stringify(b.sseUnservedByStatus)}), ${b.sseFramesRelayed} frames relayed (never tampered with), ${b.sseCutOnDemand} cut on demand; ${b.httpAcksRelayed} acks over HTTP answered 2xx (checked with the others), not answered 2xx: ${JSON.stringify(b.httpAcksFailed)}`,
+  ];
 }
 
 // ── the run ────────────────────────────────────────────────────────────────────────────────────
@@ -562,7 +648,7 @@ async function openSqliteChecks() {
 }
 
 process.stdout.write(
-  `chaos: ${config.tasks} tasks, ${config.replicas} replicas, ${config.clients} clients × ` +
+  `chaos: ${config.tasks} tasks, ${config.replicas} replicas, ${config.clients} clients (${config.sseClients} over SSE) × ` +
     `${config.watchersPerTask} watchers per task, lease ${config.leaseTtlMs} ms, heartbeat ${config.heartbeatMs} ms, ` +
     `seed ${config.seed}, ${store.description}\n`,
 );
@@ -819,7 +905,11 @@ async function checkAcks(task) {
     row = await store.getTask(task.id);
   } catch (error) {
     if (error?.code !== 'task_not_found') throw error;
-    ackSkippedPurged += 1; // purged since the harness last read the purge records
+  }
+  // Purged since the harness last read the purge records. (`getTask` answers a missing task with
+  // `undefined`: until 5 December 2026 that threw here, and the check was lost to an 'ack check failed'.)
+  if (row === undefined) {
+    ackSkippedPurged += 1;
     return;
   }
   // Re-created meanwhile (possible only when the check came late): that row is another run's.
@@ -946,7 +1036,10 @@ const listenLoop = faultLoop(config.listenKillEveryMs, async () => {
   faults['pg_terminate_backend (LISTEN)'] += rowCount ?? 0;
 });
 const cutLoop = faultLoop(config.socketCutEveryMs, async () => {
-  faults['socket cut (on demand)'] += balancer.cutRandom(randInt(1, 2));
+  const wsOpen = balancer.connectionCount;
+  const wsCut = balancer.cutRandom(randInt(1, 2));
+  faults['socket cut (on demand)'] += wsCut;
+  faults['SSE stream cut (on demand)'] += cutSseStreams(wsCut, wsOpen);
 });
 const reloadLoop = faultLoop(config.reloadEveryMs, async () => {
   slots[Math.floor(random() * slots.length)].reload();
@@ -974,7 +1067,7 @@ async function refreshPurged() {
         watcher.notDoneAtPurge = true;
         retention.watchersNotDoneAtPurge += 1;
         process.stderr.write(
-          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})\n`,
+          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})${sseStreamsOf(watcher)}\n`,
         );
       }
     }
@@ -1215,7 +1308,8 @@ const out = [
   }`,
   `server counters:     terminal retries ${counters.finishline_terminal_retries_total ?? 0}, resumes ${counters.finishline_resumes_total ?? 0}, leases reaped ${counters.finishline_leases_reaped_total ?? 0}, safety-net events ${counters.finishline_safety_net_events_total ?? 0}, store errors ${counters.finishline_store_errors_total ?? 0}`,
   ...retentionLines,
-  `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed`,
+  `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP)`,
+  ...sseFigures(),
   `task starts retried: ${stats.startRetries}`,
   `duration:            ${((Date.now() - startedAt) / 1000).toFixed(1)} s`,
   `violations:          ${violations.length}`,
@@ -1269,7 +1363,10 @@ if (flag('explain')) {
     const conns = balancer.history
       .filter(
         (c) =>
-          c.tag === `slot${w.slot.index}` && (c.closedAt ?? Infinity) >= from && c.openedAt <= w.callbackAt,
+          c.tag === `slot${w.slot.index}` &&
+          (c.taskId === undefined || c.taskId === task.id) && // an SSE stream: this task's own
+          (c.closedAt ?? Infinity) >= from &&
+          c.openedAt <= w.callbackAt,
       )
       .map(
         (c) =>

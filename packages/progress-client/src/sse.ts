@@ -7,7 +7,7 @@ import {
   type FallbackWire,
 } from './fallback-streams.js';
 import { decodeServerText } from './frame-check.js';
-import { errorFromResponse } from './http-errors.js';
+import { errorFromResponse, retryDelayMs } from './http-errors.js';
 import type { HttpCredentials } from './transport-types.js';
 
 export type { FallbackTransport } from './fallback-streams.js';
@@ -49,6 +49,9 @@ export type StreamingFetch = (
  * heartbeats come (`: hello heartbeatIntervalMs=<ms>`, which servers older than 4 December 2026 do not send).
  */
 const SERVER_HEARTBEAT_MS = 15_000;
+
+/** How many times the SSE transport sends one ack that is not answered (502, 503, no answer at all). */
+const ACK_SENDS = 8;
 
 /** The comment a stream opens with to say how often its heartbeats come. */
 const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
@@ -183,12 +186,32 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       };
     },
     ack(taskId, seq) {
-      if (fetchImpl === undefined) return;
-      void request(fetchImpl, taskId, 'ack', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ seq }),
-      }).catch(() => undefined);
+      // Asked again with the streams' backoff until the server answers it (a 4xx is an answer: the task is
+      // gone, or the seq is not its), not after a failure (5xx, a proxy's 502, no answer at all):
+      // the server re-sends a terminal frame on a socket until acknowledged, but has nothing to re-send
+      // here, so an ack lost to a proxy's 502 (its replica died under it) left the task's acked seq below
+      // its end. At most ACK_SENDS times (a minute or two of backoff: a server down longer does not get
+      // one request per finished watch for the page's life), and none after the client closed (its timers
+      // start nothing then).
+      const send = (failures: number): unknown =>
+        fetchImpl &&
+        request(fetchImpl, taskId, 'ack', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ seq }),
+        })
+          .then(
+            ({ status = 0 }) => status < 500,
+            () => false,
+          )
+          .then((answered) => {
+            if (!answered && failures < ACK_SENDS - 1)
+              host.timers.start(
+                () => send(failures + 1),
+                retryDelayMs(failures, o.httpPollIntervalMs, o.random),
+              );
+          });
+      send(0);
     },
   };
 }
