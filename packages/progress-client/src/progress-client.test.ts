@@ -39,8 +39,8 @@ function helloWith(epoch?: string) {
  * A client watching `t1` whose socket (its `hello` with `epoch`) is cut and whose next attempt fails, so
  * that HTTP takes over and sees the task end at seq 3; its third socket is still opening.
  */
-async function finishedOverHttp(epoch?: string) {
-  const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000 });
+async function finishedOverHttp(epoch?: string, overrides: Parameters<typeof setup>[0] = {}) {
+  const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000, ...overrides });
   const { client, server, scheduler, http } = ctx;
   const task = new FakeTask('t1', 3);
   http.tasks.set('t1', task);
@@ -1053,6 +1053,25 @@ describe('cursor persistence', () => {
     expect(log).toEqual(['snapshot@2', 'item@3', 'completed@4', 'finished@4']);
     expect(storage.size).toBe(0);
     await first.client.close();
+    await second.client.close();
+  });
+
+  it('forgets the saved cursor of a watch whose last handle closed before its end was acknowledged: a later watch of the id starts from 0', async () => {
+    // The end came over HTTP while no socket could open, so its ack is owed, and the application closed the
+    // watch. The entry stayed: the next watch of the id in the tab restored the finished cursor and showed
+    // that end at once, without asking the server; for a task created again under a purged id (retention),
+    // the old run's end (found by the chaos suite's WebSocket outages, 5 December 2026).
+    const storage = new MemoryCursorStorage();
+    const first = await finishedOverHttp(undefined, { persistence: storage });
+    expect(storage.load(keyOf('t1'))).toMatchObject({ seq: 3, status: 'completed' });
+    first.watch.close();
+    expect(storage.size).toBe(0);
+    await first.client.close();
+    const second = setup({ persistence: storage });
+    const again = second.client.watch('t1');
+    expect(again.getSnapshot()).toMatchObject({ seq: 0, status: 'running' });
+    const socket = second.server.accept();
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     await second.client.close();
   });
 
