@@ -59,6 +59,12 @@ const config = {
   clientDrop: option('client-drop', 0.01),
   clientDuplicate: option('client-duplicate', 0.01),
   clientDelay: option('client-delay', 0.02),
+  // Token expiry: the watchers authenticate with tokens that expire this long after they were issued
+  // (0: the upgrade's x-user header, which never expires). See the "token expiry" block below.
+  tokenTtlMs: option('token-ttl-ms', 3000),
+  // A WebSocket outage for one client at a time (its upgrades refused, its sockets cut, for 5–9 s): it
+  // falls back to the HTTP API, whose requests carry the token as a bearer.
+  wsOutageEveryMs: option('ws-outage-every-ms', 4000),
   // Bounds: every loop below stops at one of these.
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
@@ -102,6 +108,7 @@ const faults = {
   'socket cut (on demand)': 0,
   'watcher reload (persisted cursor)': 0,
   'retention purge (purgeFinished on a replica)': 0,
+  'WebSocket outage (one client, HTTP fallback)': 0,
 };
 /** The retention fault's figures (printed under `retention:`). */
 const retention = {
@@ -355,6 +362,12 @@ class WatchRecord {
         run,
         restored: { seq: lastSeq, kind: watch.getSnapshot().kind },
         slot: this.slot.index,
+        // This slot's watchers of the earlier runs: whether a reload closed their client after their end
+        // was shown and before they were released (the client then keeps the entry for the next page).
+        earlier: (runsById.get(taskId) ?? [])
+          .filter((r) => r.run < run)
+          .flatMap((r) => (r.watchers ?? []).filter((w) => w.slot === this.slot))
+          .map((w) => ({ run: w.task.run, shownThenReloaded: w.shownThenReloaded === true })),
       });
     // Every callback of a run must be of that run: the kind `chaos_run<N>`, item keys `run<N>-…`, and (for a
     // re-created id) event times at or after the run's creation was asked for.
@@ -461,7 +474,8 @@ class ClientSlot {
     const client = new ProgressClient({
       url: this.url,
       WebSocket,
-      headers: { 'x-user': 'chaos', 'x-chaos-tag': `slot${this.index}` },
+      headers: { ...tokenFreeHeaders(), 'x-chaos-tag': `slot${this.index}` },
+      ...tokenClientOptions(this),
       persistence: this.storage,
       httpFallback: httpFallback(),
       // A shorter backoff cap than browsers get, so a run with a cut every second stays quick (chaos/README.md
@@ -472,6 +486,7 @@ class ClientSlot {
       if (change.state !== 'open')
         this.log.push({ at: Date.now(), what: change.state, delayMs: change.delayMs });
     });
+    watchTokens(this, client);
     return client;
   }
 
@@ -493,13 +508,167 @@ class ClientSlot {
     this.client = this.#newClient();
     for (const record of this.records) {
       if (record.terminalCount === 0) record.attach(this.client);
+      else record.shownThenReloaded = true;
     }
+    stopTokenRenewals(old);
     void old.close().catch(() => {});
   }
 
   close() {
+    stopTokenRenewals(this.client);
     return this.client.close();
   }
+}
+
+// ── token expiry (--token-ttl-ms) ──────────────────────────────────────────────────────────────
+// Credential renewal (issue 14 item 5) under the other faults. Every client gets a token FUNCTION: each
+// call answers, a few ms later as an application's getAccessToken() would, a fresh `chaos.<expiresAtMs>`
+// (the replicas read the expiry into the principal: chaos/replica.mjs). The upgrade carries no x-user
+// then, so every socket authenticates with its first `auth` frame, and the HTTP fallback sends the token
+// as a bearer. Even slots renew on the open socket (`client.renewToken()` every 0.4–0.6 TTL), so their
+// sockets should never reach their expiry; odd slots never renew: each of their sockets ends with
+// `token_expired` + close 4011 about a TTL after it opened, and the client must fetch a fresh token and
+// reconnect at once, resuming every watch from its cursor. The watchers' checks are the suite's usual
+// ones; a client the server closes for good (`unauthenticated`, or a second 4011 before any `hello`)
+// although its token function always worked is a violation (checked with or without tokens).
+const tokenMode = config.tokenTtlMs > 0;
+const tokenFigures = {
+  issued: 0,
+  renewCalls: 0,
+  /** renewToken() resolved true: an `auth` frame went out on a ready socket. */
+  renewed: 0,
+  /**
+   * renewToken() resolved false although the client was open when it was called and its state did not
+   * change from then until 500 ms after the answer (a socket closing when asked changes it by then): a
+   * renewal the client should have sent.
+   */
+  renewNotSentWhileOpen: 0,
+  /** 4011 closes the clients saw, on renewing and on expiring slots. */
+  expiredCloses: { renewing: 0, expiring: 0 },
+  /** From a socket's `hello` to its 4011, per close (about the TTL where nothing renews). */
+  openToExpiryMs: [],
+  httpRequests: 0,
+  /** HTTP 401 answers by error code (a bearer that expired in flight, or was refused). */
+  http401: {},
+  /** The clients' `error` events by code (the `token_expired` error frame ahead of a 4011 among them). */
+  clientErrors: {},
+};
+/** Each renewing client's pending renewal timer (cleared when the client goes). */
+const renewTimers = new Map();
+const isRenewingSlot = (slot) => slot.index % 2 === 0;
+
+function tokenFreeHeaders() {
+  return tokenMode ? {} : { 'x-user': 'chaos' };
+}
+
+async function issueToken() {
+  await sleep(Math.floor(Math.random() * 20));
+  tokenFigures.issued += 1;
+  return `chaos.${Date.now() + config.tokenTtlMs}`;
+}
+
+/** The client's fetch (HTTP fallback), counting requests and 401s by their body's code. */
+async function countingFetch(url, init) {
+  tokenFigures.httpRequests += 1;
+  const response = await fetch(url, init);
+  if (response.status === 401) {
+    let code = 'unreadable';
+    try {
+      code = JSON.parse(await response.clone().text())?.error?.code ?? code;
+    } catch {
+      // not JSON: counted as unreadable
+    }
+    tokenFigures.http401[code] = (tokenFigures.http401[code] ?? 0) + 1;
+  }
+  return response;
+}
+
+function tokenClientOptions(_slot) {
+  return tokenMode ? { token: issueToken, fetch: countingFetch } : {};
+}
+
+/** Listens to one client of `slot` (every client, so a fatal close is caught without tokens too). */
+function watchTokens(slot, client) {
+  let openedAt;
+  let changes = 0;
+  client.on('state', (change) => {
+    changes += 1;
+    if (change.state === 'open') openedAt = Date.now();
+    if (change.closeCode === 4011) {
+      tokenFigures.expiredCloses[isRenewingSlot(slot) ? 'renewing' : 'expiring'] += 1;
+      if (openedAt !== undefined) tokenFigures.openToExpiryMs.push(Date.now() - openedAt);
+      openedAt = undefined;
+    }
+    if (change.state === 'closed' && change.error !== undefined)
+      violation('client closed by the server', {
+        slot: slot.index,
+        code: change.error.code,
+        closeCode: change.closeCode,
+        reason: change.reason,
+      });
+  });
+  client.on('error', (error) => {
+    const code = error?.code ?? 'unknown';
+    tokenFigures.clientErrors[code] = (tokenFigures.clientErrors[code] ?? 0) + 1;
+  });
+  if (!tokenMode || !isRenewingSlot(slot)) return;
+  const next = () => {
+    const timer = setTimeout(
+      () => {
+        if (renewTimers.get(client) !== timer) return;
+        tokenFigures.renewCalls += 1;
+        const openBefore = client.state === 'open' ? changes : undefined;
+        void client.renewToken().then((sent) => {
+          if (sent) tokenFigures.renewed += 1;
+          else if (openBefore !== undefined)
+            setTimeout(() => {
+              if (openBefore === changes && client.state === 'open') tokenFigures.renewNotSentWhileOpen += 1;
+            }, 500);
+        });
+        next();
+      },
+      Math.floor(config.tokenTtlMs * (0.4 + 0.2 * Math.random())),
+    );
+    renewTimers.set(client, timer);
+  };
+  next();
+}
+
+/** One client's WebSocket outage: its upgrades refused for 5–9 s, its open sockets cut. */
+function injectOutage() {
+  const slot = slots[Math.floor(random() * slots.length)];
+  const outageMs = randInt(5000, 9000);
+  slot.log.push({ at: Date.now(), what: `ws outage ${outageMs} ms` });
+  balancer.refuseUpgrades(`slot${slot.index}`, Date.now() + outageMs);
+  faults['WebSocket outage (one client, HTTP fallback)'] += 1;
+}
+
+function stopTokenRenewals(client) {
+  clearTimeout(renewTimers.get(client));
+  renewTimers.delete(client);
+}
+
+/** The figures' `tokens:` lines. */
+function tokenLines(replicas) {
+  if (!tokenMode) return ['tokens:              off (--token-ttl-ms 0: the x-user header, never expiring)'];
+  const checks = {};
+  const rejected = {};
+  for (const replica of replicas) {
+    for (const metrics of replica.metricsByIncarnation.values()) {
+      for (const [key, value] of Object.entries(metrics.tokenChecks ?? {}))
+        checks[key] = (checks[key] ?? 0) + value;
+      for (const [code, value] of Object.entries(metrics.rejected ?? {}))
+        rejected[code] = (rejected[code] ?? 0) + value;
+    }
+  }
+  const lived = [...tokenFigures.openToExpiryMs].sort((x, y) => x - y);
+  const f = tokenFigures;
+  return [
+    `tokens:              TTL ${config.tokenTtlMs} ms, ${f.issued} issued; renewals (even slots): ${f.renewed} sent of ${f.renewCalls} calls (the rest found no ready socket; ${f.renewNotSentWhileOpen} of them while the client stayed open)`,
+    `  expiries (4011):   ${f.expiredCloses.expiring} on slots that never renew, ${f.expiredCloses.renewing} on renewing slots; hello → 4011 ${lived.length === 0 ? 'n/a' : `min ${lived[0]} / p50 ${percentile(lived, 50)} / max ${lived.at(-1)} ms`}`,
+    `  server checks:     first auth frames ${checks.socketFirst ?? 0}, renewals ${checks.socketRenewal ?? 0}, HTTP bearers ${checks.http ?? 0}; presented expired ${checks.expiredPresented ?? 0}, malformed ${checks.refused ?? 0}; frames refused token_expired ${rejected.token_expired ?? 0}, unauthenticated ${rejected.unauthenticated ?? 0}`,
+    `  clients:           errors ${JSON.stringify(f.clientErrors)}; HTTP ${f.httpRequests} requests, 401 ${JSON.stringify(f.http401)}`,
+  ];
 }
 
 // ── the run ────────────────────────────────────────────────────────────────────────────────────
@@ -517,7 +686,7 @@ const store = await PostgresProgressStore.open({
 process.stdout.write(
   `chaos: ${config.tasks} tasks, ${config.replicas} replicas, ${config.clients} clients × ` +
     `${config.watchersPerTask} watchers per task, lease ${config.leaseTtlMs} ms, heartbeat ${config.heartbeatMs} ms, ` +
-    `seed ${config.seed}, schema ${schema}\n`,
+    `token TTL ${config.tokenTtlMs || 'off'}, seed ${config.seed}, schema ${schema}\n`,
 );
 
 const replicaEnv = {
@@ -776,6 +945,11 @@ async function checkAcks(task) {
     ackSkippedPurged += 1; // purged since the harness last read the purge records
     return;
   }
+  // The store answers a missing task with undefined: purged since the harness last read the purge records.
+  if (row === undefined) {
+    ackSkippedPurged += 1;
+    return;
+  }
   // Re-created meanwhile (possible only when the check came late): that row is another run's.
   if (row.createdAt !== task.row.createdAt) {
     ackSkippedPurged += 1;
@@ -902,6 +1076,7 @@ const listenLoop = faultLoop(config.listenKillEveryMs, async () => {
 const cutLoop = faultLoop(config.socketCutEveryMs, async () => {
   faults['socket cut (on demand)'] += balancer.cutRandom(randInt(1, 2));
 });
+const outageLoop = faultLoop(config.wsOutageEveryMs, async () => injectOutage());
 const reloadLoop = faultLoop(config.reloadEveryMs, async () => {
   slots[Math.floor(random() * slots.length)].reload();
   faults['watcher reload (persisted cursor)'] += 1;
@@ -1050,7 +1225,7 @@ shuttingDown = true;
 await Promise.allSettled(slots.map((slot) => slot.close()));
 await Promise.all(replicas.map((r) => r.terminate()));
 await balancer.close();
-await Promise.allSettled([killLoop, listenLoop, cutLoop, reloadLoop, metricsLoop, purgeLoop]);
+await Promise.allSettled([killLoop, listenLoop, cutLoop, reloadLoop, metricsLoop, purgeLoop, outageLoop]);
 
 // ── figures ────────────────────────────────────────────────────────────────────────────────────
 function percentile(sorted, p) {
@@ -1143,7 +1318,7 @@ const out = [
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
   `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}; longest hold of a frame ${b.maxHeldMs} ms, ${b.heldOver400} held over 400 ms`,
   `  client frames dropped: ${JSON.stringify(b.clientDropped)}, duplicated: ${JSON.stringify(b.clientDuplicated)}, delayed: ${JSON.stringify(b.clientDelayed)} (of ${b.clientFramesRelayed})`,
-  `  (of ${b.framesRelayed} frames relayed over ${b.upgrades} connections; ${b.upgradeFailures} upgrades failed; ${b.httpRequests} HTTP requests)`,
+  `  (of ${b.framesRelayed} frames relayed over ${b.upgrades} connections; ${b.upgradeFailures} upgrades failed, ${b.upgradesRefused} refused by outages; ${b.httpRequests} HTTP requests)`,
   `resyncs by reason (servers): ${
     Object.entries(resyncs)
       .map(([k, v]) => `${k} ${v}`)
@@ -1151,6 +1326,7 @@ const out = [
   }`,
   `server counters:     terminal retries ${counters.finishline_terminal_retries_total ?? 0}, resumes ${counters.finishline_resumes_total ?? 0}, leases reaped ${counters.finishline_leases_reaped_total ?? 0}, safety-net events ${counters.finishline_safety_net_events_total ?? 0}, store errors ${counters.finishline_store_errors_total ?? 0}`,
   ...retentionLines,
+  ...tokenLines(replicas),
   `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed`,
   `task starts retried: ${stats.startRetries}`,
   `duration:            ${((Date.now() - startedAt) / 1000).toFixed(1)} s`,
