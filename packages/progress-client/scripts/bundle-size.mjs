@@ -47,10 +47,10 @@ process.stdout.on('error', (error) => {
  * +14 B) and Connection.check dropped its idle-or-closed guard, which its ready and reconnect-waiting
  * tests already cover (-10 B): 14,211 B, and the ceiling came down to it. The SSE entry's budget went from 1 KB to
  * 1.25 KB the same day: a refused stream is now answered as over HTTP (the error mapping it shares with
- * the HTTP entry, +300 B: 1,054 B). A watch's last handle closing then dropped its saved cursor even with its
- * end unacknowledged (the end seen over HTTP, the socket down): +3 B (14,214 B), and the ceiling moved with
- * it, since the entry left behind made the next watch of the id show that end at once, for a task created
- * again under a purged id the old run's.
+ * the HTTP entry, +300 B: 1,054 B). Saved cursors then stopped outliving their watches (a finished watch keeps
+ * none, acknowledged or not; closing a watch's last handle drops its own): +3 B (14,214 B), and the ceiling
+ * moved with it, since an entry left behind made the next watch of the id restore it, for a task created
+ * again under a purged id the old run's end or seq.
  */
 const ENTRIES = [
   { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_214 },
