@@ -543,6 +543,8 @@ const tokenFigures = {
    * renewal the client should have sent.
    */
   renewNotSentWhileOpen: 0,
+  /** renewToken() resolved false, by the client's state when it was called. */
+  renewNotSentByState: {},
   /** 4011 closes the clients saw, on renewing and on expiring slots. */
   expiredCloses: { renewing: 0, expiring: 0 },
   /** From a socket's `hello` to its 4011, per close (about the TTL where nothing renews). */
@@ -552,6 +554,9 @@ const tokenFigures = {
   http401: {},
   /** The clients' `error` events by code (the `token_expired` error frame ahead of a 4011 among them). */
   clientErrors: {},
+  /** Reconnect attempts (`reconnecting` states), and the most in a row without a `hello` (a loop shows here). */
+  reconnects: 0,
+  longestStreak: { attempts: 0, slot: undefined },
 };
 /** Each renewing client's pending renewal timer (cleared when the client goes). */
 const renewTimers = new Map();
@@ -591,9 +596,19 @@ function tokenClientOptions(_slot) {
 function watchTokens(slot, client) {
   let openedAt;
   let changes = 0;
+  let streak = 0;
   client.on('state', (change) => {
     changes += 1;
-    if (change.state === 'open') openedAt = Date.now();
+    if (change.state === 'open') {
+      openedAt = Date.now();
+      streak = 0;
+    }
+    if (change.state === 'reconnecting') {
+      tokenFigures.reconnects += 1;
+      streak += 1;
+      if (streak > tokenFigures.longestStreak.attempts)
+        tokenFigures.longestStreak = { attempts: streak, slot: slot.index };
+    }
     if (change.closeCode === 4011) {
       tokenFigures.expiredCloses[isRenewingSlot(slot) ? 'renewing' : 'expiring'] += 1;
       if (openedAt !== undefined) tokenFigures.openToExpiryMs.push(Date.now() - openedAt);
@@ -617,10 +632,14 @@ function watchTokens(slot, client) {
       () => {
         if (renewTimers.get(client) !== timer) return;
         tokenFigures.renewCalls += 1;
-        const openBefore = client.state === 'open' ? changes : undefined;
+        const stateBefore = client.state;
+        const openBefore = stateBefore === 'open' ? changes : undefined;
         void client.renewToken().then((sent) => {
           if (sent) tokenFigures.renewed += 1;
-          else if (openBefore !== undefined)
+          else
+            tokenFigures.renewNotSentByState[stateBefore] =
+              (tokenFigures.renewNotSentByState[stateBefore] ?? 0) + 1;
+          if (!sent && openBefore !== undefined)
             setTimeout(() => {
               if (openBefore === changes && client.state === 'open') tokenFigures.renewNotSentWhileOpen += 1;
             }, 500);
@@ -664,10 +683,10 @@ function tokenLines(replicas) {
   const lived = [...tokenFigures.openToExpiryMs].sort((x, y) => x - y);
   const f = tokenFigures;
   return [
-    `tokens:              TTL ${config.tokenTtlMs} ms, ${f.issued} issued; renewals (even slots): ${f.renewed} sent of ${f.renewCalls} calls (the rest found no ready socket; ${f.renewNotSentWhileOpen} of them while the client stayed open)`,
+    `tokens:              TTL ${config.tokenTtlMs} ms, ${f.issued} issued; renewals (even slots): ${f.renewed} sent of ${f.renewCalls} calls (not sent, by the client's state then: ${JSON.stringify(f.renewNotSentByState)}; ${f.renewNotSentWhileOpen} while it stayed open)`,
     `  expiries (4011):   ${f.expiredCloses.expiring} on slots that never renew, ${f.expiredCloses.renewing} on renewing slots; hello → 4011 ${lived.length === 0 ? 'n/a' : `min ${lived[0]} / p50 ${percentile(lived, 50)} / max ${lived.at(-1)} ms`}`,
     `  server checks:     first auth frames ${checks.socketFirst ?? 0}, renewals ${checks.socketRenewal ?? 0}, HTTP bearers ${checks.http ?? 0}; presented expired ${checks.expiredPresented ?? 0}, malformed ${checks.refused ?? 0}; frames refused token_expired ${rejected.token_expired ?? 0}, unauthenticated ${rejected.unauthenticated ?? 0}`,
-    `  clients:           errors ${JSON.stringify(f.clientErrors)}; HTTP ${f.httpRequests} requests, 401 ${JSON.stringify(f.http401)}`,
+    `  clients:           errors ${JSON.stringify(f.clientErrors)}; HTTP ${f.httpRequests} requests, 401 ${JSON.stringify(f.http401)}; ${f.reconnects} reconnect attempts, at most ${f.longestStreak.attempts} in a row without a hello (slot ${f.longestStreak.slot})`,
   ];
 }
 
