@@ -363,7 +363,8 @@ class WatchRecord {
         restored: { seq: lastSeq, kind: watch.getSnapshot().kind },
         slot: this.slot.index,
         // This slot's watchers of the earlier runs: whether a reload closed their client after their end
-        // was shown and before they were released (the client then keeps the entry for the next page).
+        // was shown and before they were released (until 5 December 2026 the client kept such a watch's
+        // entry for the next page when its end was not acknowledged yet).
         earlier: (runsById.get(taskId) ?? [])
           .filter((r) => r.run < run)
           .flatMap((r) => (r.watchers ?? []).filter((w) => w.slot === this.slot))
@@ -475,7 +476,7 @@ class ClientSlot {
       url: this.url,
       WebSocket,
       headers: { ...tokenFreeHeaders(), 'x-chaos-tag': `slot${this.index}` },
-      ...tokenClientOptions(this),
+      ...tokenClientOptions(),
       persistence: this.storage,
       httpFallback: httpFallback(),
       // A shorter backoff cap than browsers get, so a run with a cut every second stays quick (chaos/README.md
@@ -588,7 +589,7 @@ async function countingFetch(url, init) {
   return response;
 }
 
-function tokenClientOptions(_slot) {
+function tokenClientOptions() {
   return tokenMode ? { token: issueToken, fetch: countingFetch } : {};
 }
 
