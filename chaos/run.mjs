@@ -64,7 +64,7 @@ const config = {
   tokenTtlMs: option('token-ttl-ms', 3000),
   // A WebSocket outage for one client at a time (its upgrades refused, its sockets cut, for 5–9 s): it
   // falls back to the HTTP API, whose requests carry the token as a bearer.
-  wsOutageEveryMs: option('ws-outage-every-ms', 4000),
+  wsOutageEveryMs: option('ws-outage-every-ms', 8000),
   // Bounds: every loop below stops at one of these.
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
@@ -659,8 +659,19 @@ function injectOutage() {
   const slot = slots[Math.floor(random() * slots.length)];
   const outageMs = randInt(5000, 9000);
   slot.log.push({ at: Date.now(), what: `ws outage ${outageMs} ms` });
+  slot.outages = [...(slot.outages ?? []), { from: Date.now(), until: Date.now() + outageMs }];
   balancer.refuseUpgrades(`slot${slot.index}`, Date.now() + outageMs);
   faults['WebSocket outage (one client, HTTP fallback)'] += 1;
+}
+
+/**
+ * Whether a watcher's terminal commit → callback overlapped a WebSocket outage of its client (or the
+ * 4 s after it, the reconnect backoff's cap): its latency is the HTTP fallback's, printed apart.
+ */
+function inOutage(watcher) {
+  const end = watcher.callbackAt ?? Number.POSITIVE_INFINITY;
+  const start = watcher.final?.finishedAt ?? 0;
+  return (watcher.slot.outages ?? []).some((o) => o.from <= end && o.until + 4000 >= start);
 }
 
 function stopTokenRenewals(client) {
@@ -1252,11 +1263,12 @@ function percentile(sorted, p) {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
-function delays(filter) {
+function delays(filter, watcherFilter = (watcher) => !inOutage(watcher)) {
   const values = [];
   for (const task of tasks) {
     if (!filter(task)) continue;
     for (const watcher of task.watchers ?? []) {
+      if (!watcherFilter(watcher)) continue;
       if (watcher.callbackAt !== undefined && watcher.final?.finishedAt != null) {
         values.push(Math.max(0, watcher.callbackAt - watcher.final.finishedAt));
       }
@@ -1295,7 +1307,7 @@ const killToShown = [];
 for (const task of tasks.filter(killedWorker)) {
   const kill = task.replica.kills.find((k) => k.incarnation === task.incarnation);
   for (const watcher of task.watchers ?? []) {
-    if (watcher.callbackAt !== undefined && kill !== undefined)
+    if (watcher.callbackAt !== undefined && kill !== undefined && !inOutage(watcher))
       killToShown.push(watcher.callbackAt - kill.at);
   }
 }
@@ -1334,6 +1346,7 @@ const out = [
   `  live workers:      ${line(normal)}`,
   `  killed workers:    ${line(killed)} (the reaper's commit; it comes ≤ lease ${config.leaseTtlMs} ms + reap interval after the kill)`,
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
+  `  in a WS outage:    ${line(delays(() => true, inOutage))} (watchers of a client whose WebSocket was out, polling HTTP every 2 s: left out of the lines above)`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
   `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}; longest hold of a frame ${b.maxHeldMs} ms, ${b.heldOver400} held over 400 ms`,
