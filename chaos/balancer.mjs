@@ -40,6 +40,8 @@ export class Balancer {
   #relays = new Set();
   /** @type {Set<HttpStream>} */
   #streams = new Set();
+  /** Client tags whose upgrades are refused, and until when (refuseUpgrades). */
+  #refused = new Map();
   /** @type {FrameFaults} */
   faults = { drop: 0, duplicate: 0, delay: 0, cut: 0, delayMinMs: 20, delayMaxMs: 400 };
   /** @type {ClientFrameFaults} */
@@ -71,6 +73,8 @@ export class Balancer {
     /** HTTP acks answered otherwise, by status (or the balancer's 502 and its upstream error). */
     httpAcksFailed: {},
     sseFramesRelayed: 0,
+    /** Upgrades refused with 502 because their client's tag was in a WebSocket outage (refuseUpgrades). */
+    upgradesRefused: 0,
     acksRelayed: 0,
     clientFramesRelayed: 0,
     /** Client frames dropped / duplicated / delayed, by frame type (`ack`, `subscribe`, `ping`). */
@@ -104,6 +108,22 @@ export class Balancer {
   /** Replaces the replica list (a restarted replica comes back on a new port). */
   setBackends(backends) {
     this.#backends = [...backends];
+  }
+
+  /**
+   * A WebSocket outage for one client (its `x-chaos-tag`): its upgrades are refused with 502 until `untilMs`
+   * and its open connections are cut, as behind a proxy that stopped passing upgrades. HTTP still passes,
+   * so the client falls back to the HTTP API. Returns how many connections were cut.
+   */
+  refuseUpgrades(tag, untilMs) {
+    this.#refused.set(tag, untilMs);
+    let cut = 0;
+    for (const relay of [...this.#relays]) {
+      if (relay.conn.tag !== tag) continue;
+      relay.cut('outage');
+      cut += 1;
+    }
+    return cut;
   }
 
   /** Open relayed WebSocket connections. */
@@ -292,8 +312,13 @@ export class Balancer {
   }
 
   #upgrade(req, socket, head) {
-    const backend = this.#pick();
     socket.on('error', () => {});
+    if ((this.#refused.get(req.headers['x-chaos-tag']) ?? 0) > Date.now()) {
+      this.counts.upgradesRefused += 1;
+      socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
+      return;
+    }
+    const backend = this.#pick();
     if (backend === undefined) {
       this.counts.upgradeFailures += 1;
       socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');

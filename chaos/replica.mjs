@@ -6,7 +6,7 @@
 //                                                 → { type: 'started', requestId, taskId } (or { …, error, exists })
 //                                                 → { type: 'ended', taskId, status } (later)
 //   ← parent  { type: 'purge', requestId, olderThanMs }  → { type: 'purged', requestId, count } (or { …, error })
-//   ← parent  { type: 'metrics', requestId }                       → { type: 'metrics', requestId, resyncs, health, … }
+//   ← parent  { type: 'metrics', requestId }  → { type: 'metrics', requestId, resyncs, rejected, tokenChecks, health, … }
 // SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
 // Imports the BUILT packages (npm run build first).
 import { ProgressServer } from '@finishline/server';
@@ -86,11 +86,13 @@ const server = await ProgressServer.listen(
   {
     store,
     serverId: `${name}-${process.pid}`,
-    // The harness authenticates watchers by a header; the default authorization (owner only) applies.
+    // The harness authenticates watchers by a header, or (--token-ttl-ms) by a token that expires; the
+    // default authorization (owner only) applies.
     authenticate: (request) => {
       const user = request.headers['x-user'];
       return typeof user === 'string' && user !== '' ? { id: user } : null;
     },
+    authenticateToken,
     allowedOrigins: '*',
     leaseTtlMs,
     reapIntervalMs: Math.max(100, Math.floor(leaseTtlMs / 6)),
@@ -103,6 +105,32 @@ const server = await ProgressServer.listen(
 );
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ── tokens (--token-ttl-ms) ─────────────────────────────────────────────────────────────────────
+// A token is `<principal>.<expiresAtMs>` (the harness's token function makes them; nothing here needs a
+// signature). The principal carries the expiry, so the server ends a socket whose credential expires
+// with token_expired + 4011, refuses an expired one at once, and answers HTTP with 401 token_expired
+// (docs/protocol.md, "Credential expiry"). What each check was is counted for the figures: the first
+// check on a socket's upgrade request is its first `auth` frame, any later one a renewal on it.
+const tokenChecks = { socketFirst: 0, socketRenewal: 0, http: 0, expiredPresented: 0, refused: 0 };
+const checksOfSocket = new WeakMap();
+function authenticateToken(token, request) {
+  const isSocket = request.headers.upgrade !== undefined;
+  if (isSocket) {
+    const count = checksOfSocket.get(request) ?? 0;
+    checksOfSocket.set(request, count + 1);
+    if (count === 0) tokenChecks.socketFirst += 1;
+    else tokenChecks.socketRenewal += 1;
+  } else tokenChecks.http += 1;
+  const match = /^([A-Za-z0-9_-]+)\.(\d+)$/.exec(token);
+  if (match === null) {
+    tokenChecks.refused += 1;
+    return null;
+  }
+  const expiresAt = Number(match[2]);
+  if (expiresAt <= Date.now()) tokenChecks.expiredPresented += 1;
+  return { id: match[1], expiresAt };
+}
 
 // Every event a watcher can get of a run names the run (the retention fault re-creates purged ids, and a
 // watcher of the new run must never get the old one's): the kind (in every snapshot) is `chaos_run<N>`,
@@ -158,10 +186,13 @@ async function metrics(message) {
   const json = await server.metrics.registry.getMetricsAsJSON();
   const resyncs = {};
   const counters = {};
+  const rejected = {};
   for (const metric of json) {
     if (metric.name === 'finishline_resyncs_total') {
       for (const value of metric.values) resyncs[value.labels.reason] = value.value;
     } else if (metric.type === 'counter') {
+      if (metric.name === 'finishline_frames_rejected_total')
+        for (const value of metric.values) rejected[value.labels.code] = value.value;
       counters[metric.name] = metric.values.reduce((sum, value) => sum + value.value, 0);
     }
   }
@@ -170,6 +201,8 @@ async function metrics(message) {
     requestId: message.requestId,
     resyncs,
     counters,
+    rejected,
+    tokenChecks,
     health: server.health(),
     // The Postgres feed's figures; the SQLite feed has none.
     feed: store.changes.stats?.(),

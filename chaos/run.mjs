@@ -70,6 +70,12 @@ const config = {
   clientDrop: option('client-drop', 0.01),
   clientDuplicate: option('client-duplicate', 0.01),
   clientDelay: option('client-delay', 0.02),
+  // Token expiry: the watchers authenticate with tokens that expire this long after they were issued
+  // (0: the upgrade's x-user header, which never expires). See the "token expiry" block below.
+  tokenTtlMs: option('token-ttl-ms', 3000),
+  // A WebSocket outage for one client at a time (its upgrades refused, its sockets cut, for 5–9 s): it
+  // falls back to the HTTP API, whose requests carry the token as a bearer.
+  wsOutageEveryMs: option('ws-outage-every-ms', 8000),
   // Bounds: every loop below stops at one of these.
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
@@ -116,6 +122,7 @@ const faults = {
   'SSE stream cut (on demand)': 0,
   'watcher reload (persisted cursor)': 0,
   'retention purge (purgeFinished on a replica)': 0,
+  'WebSocket outage (one client, HTTP fallback)': 0,
 };
 // SQLite has no LISTEN connection to terminate (its feed polls the file): that fault is off, and says so.
 if (storeKind === 'sqlite')
@@ -372,6 +379,13 @@ class WatchRecord {
         run,
         restored: { seq: lastSeq, kind: watch.getSnapshot().kind },
         slot: this.slot.index,
+        // This slot's watchers of the earlier runs: whether a reload closed their client after their end
+        // was shown and before they were released (until 5 December 2026 the client kept such a watch's
+        // entry for the next page when its end was not acknowledged yet).
+        earlier: (runsById.get(taskId) ?? [])
+          .filter((r) => r.run < run)
+          .flatMap((r) => (r.watchers ?? []).filter((w) => w.slot === this.slot))
+          .map((w) => ({ run: w.task.run, shownThenReloaded: w.shownThenReloaded === true })),
       });
     // Every callback of a run must be of that run: the kind `chaos_run<N>`, item keys `run<N>-…`, and (for a
     // re-created id) event times at or after the run's creation was asked for.
@@ -479,7 +493,8 @@ class ClientSlot {
     const client = new ProgressClient({
       url: this.url,
       WebSocket,
-      headers: { 'x-user': 'chaos', 'x-chaos-tag': `slot${this.index}` },
+      headers: { ...tokenFreeHeaders(), 'x-chaos-tag': `slot${this.index}` },
+      ...tokenClientOptions(),
       persistence: this.storage,
       httpFallback: httpFallback(),
       // A shorter backoff cap than browsers get, so a run with a cut every second stays quick (chaos/README.md
@@ -491,6 +506,7 @@ class ClientSlot {
       if (change.state !== 'open')
         this.log.push({ at: Date.now(), what: change.state, delayMs: change.delayMs });
     });
+    watchTokens(this, client);
     return client;
   }
 
@@ -512,11 +528,14 @@ class ClientSlot {
     this.client = this.#newClient();
     for (const record of this.records) {
       if (record.terminalCount === 0) record.attach(this.client);
+      else record.shownThenReloaded = true;
     }
+    stopTokenRenewals(old);
     void old.close().catch(() => {});
   }
 
   close() {
+    stopTokenRenewals(this.client);
     return this.client.close();
   }
 }
@@ -601,6 +620,187 @@ function sseFigures() {
   ];
 }
 
+// ── token expiry (--token-ttl-ms) ──────────────────────────────────────────────────────────────
+// Credential renewal (issue 14 item 5) under the other faults. Every client gets a token FUNCTION: each
+// call answers, a few ms later as an application's getAccessToken() would, a fresh `chaos.<expiresAtMs>`
+// (the replicas read the expiry into the principal: chaos/replica.mjs). The upgrade carries no x-user
+// then, so every socket authenticates with its first `auth` frame, and the HTTP fallback sends the token
+// as a bearer. Even slots renew on the open socket (`client.renewToken()` every 0.4–0.6 TTL), so their
+// sockets should never reach their expiry; odd slots never renew: each of their sockets ends with
+// `token_expired` + close 4011 about a TTL after it opened, and the client must fetch a fresh token and
+// reconnect at once, resuming every watch from its cursor. The watchers' checks are the suite's usual
+// ones; a client the server closes for good (`unauthenticated`, or a second 4011 before any `hello`)
+// although its token function always worked is a violation (checked with or without tokens).
+const tokenMode = config.tokenTtlMs > 0;
+const tokenFigures = {
+  issued: 0,
+  renewCalls: 0,
+  /** renewToken() resolved true: an `auth` frame went out on a ready socket. */
+  renewed: 0,
+  /**
+   * renewToken() resolved false although the client was open when it was called and its state did not
+   * change from then until 500 ms after the answer (a socket closing when asked changes it by then): a
+   * renewal the client should have sent.
+   */
+  renewNotSentWhileOpen: 0,
+  /** renewToken() resolved false, by the client's state when it was called. */
+  renewNotSentByState: {},
+  /** 4011 closes the clients saw, on renewing and on expiring slots. */
+  expiredCloses: { renewing: 0, expiring: 0 },
+  /** From a socket's `hello` to its 4011, per close (about the TTL where nothing renews). */
+  openToExpiryMs: [],
+  httpRequests: 0,
+  /** HTTP 401 answers by error code (a bearer that expired in flight, or was refused). */
+  http401: {},
+  /** The clients' `error` events by code (the `token_expired` error frame ahead of a 4011 among them). */
+  clientErrors: {},
+  /** Reconnect attempts (`reconnecting` states), and the most in a row without a `hello` (a loop shows here). */
+  reconnects: 0,
+  longestStreak: { attempts: 0, slot: undefined },
+};
+/** Each renewing client's pending renewal timer (cleared when the client goes). */
+const renewTimers = new Map();
+const isRenewingSlot = (slot) => slot.index % 2 === 0;
+
+function tokenFreeHeaders() {
+  return tokenMode ? {} : { 'x-user': 'chaos' };
+}
+
+async function issueToken() {
+  await sleep(Math.floor(Math.random() * 20));
+  tokenFigures.issued += 1;
+  return `chaos.${Date.now() + config.tokenTtlMs}`;
+}
+
+/** The client's fetch (HTTP fallback), counting requests and 401s by their body's code. */
+async function countingFetch(url, init) {
+  tokenFigures.httpRequests += 1;
+  const response = await fetch(url, init);
+  if (response.status === 401) {
+    let code = 'unreadable';
+    try {
+      code = JSON.parse(await response.clone().text())?.error?.code ?? code;
+    } catch {
+      // not JSON: counted as unreadable
+    }
+    tokenFigures.http401[code] = (tokenFigures.http401[code] ?? 0) + 1;
+  }
+  return response;
+}
+
+function tokenClientOptions() {
+  return tokenMode ? { token: issueToken, fetch: countingFetch } : {};
+}
+
+/** Listens to one client of `slot` (every client, so a fatal close is caught without tokens too). */
+function watchTokens(slot, client) {
+  let openedAt;
+  let changes = 0;
+  let streak = 0;
+  client.on('state', (change) => {
+    changes += 1;
+    if (change.state === 'open') {
+      openedAt = Date.now();
+      streak = 0;
+    }
+    if (change.state === 'reconnecting') {
+      tokenFigures.reconnects += 1;
+      streak += 1;
+      if (streak > tokenFigures.longestStreak.attempts)
+        tokenFigures.longestStreak = { attempts: streak, slot: slot.index };
+    }
+    if (change.closeCode === 4011) {
+      tokenFigures.expiredCloses[isRenewingSlot(slot) ? 'renewing' : 'expiring'] += 1;
+      if (openedAt !== undefined) tokenFigures.openToExpiryMs.push(Date.now() - openedAt);
+      openedAt = undefined;
+    }
+    if (change.state === 'closed' && change.error !== undefined)
+      violation('client closed by the server', {
+        slot: slot.index,
+        code: change.error.code,
+        closeCode: change.closeCode,
+        reason: change.reason,
+      });
+  });
+  client.on('error', (error) => {
+    const code = error?.code ?? 'unknown';
+    tokenFigures.clientErrors[code] = (tokenFigures.clientErrors[code] ?? 0) + 1;
+  });
+  if (!tokenMode || !isRenewingSlot(slot)) return;
+  const next = () => {
+    const timer = setTimeout(
+      () => {
+        if (renewTimers.get(client) !== timer) return;
+        tokenFigures.renewCalls += 1;
+        const stateBefore = client.state;
+        const openBefore = stateBefore === 'open' ? changes : undefined;
+        void client.renewToken().then((sent) => {
+          if (sent) tokenFigures.renewed += 1;
+          else
+            tokenFigures.renewNotSentByState[stateBefore] =
+              (tokenFigures.renewNotSentByState[stateBefore] ?? 0) + 1;
+          if (!sent && openBefore !== undefined)
+            setTimeout(() => {
+              if (openBefore === changes && client.state === 'open') tokenFigures.renewNotSentWhileOpen += 1;
+            }, 500);
+        });
+        next();
+      },
+      Math.floor(config.tokenTtlMs * (0.4 + 0.2 * Math.random())),
+    );
+    renewTimers.set(client, timer);
+  };
+  next();
+}
+
+/** One client's WebSocket outage: its upgrades refused for 5–9 s, its open sockets cut. */
+function injectOutage() {
+  const slot = slots[Math.floor(random() * slots.length)];
+  const outageMs = randInt(5000, 9000);
+  slot.log.push({ at: Date.now(), what: `ws outage ${outageMs} ms` });
+  slot.outages = [...(slot.outages ?? []), { from: Date.now(), until: Date.now() + outageMs }];
+  balancer.refuseUpgrades(`slot${slot.index}`, Date.now() + outageMs);
+  faults['WebSocket outage (one client, HTTP fallback)'] += 1;
+}
+
+/**
+ * Whether a watcher's terminal commit → callback overlapped a WebSocket outage of its client (or the
+ * 4 s after it, the reconnect backoff's cap): its latency is the HTTP fallback's, printed apart.
+ */
+function inOutage(watcher) {
+  const end = watcher.callbackAt ?? Number.POSITIVE_INFINITY;
+  const start = watcher.final?.finishedAt ?? 0;
+  return (watcher.slot.outages ?? []).some((o) => o.from <= end && o.until + 4000 >= start);
+}
+
+function stopTokenRenewals(client) {
+  clearTimeout(renewTimers.get(client));
+  renewTimers.delete(client);
+}
+
+/** The figures' `tokens:` lines. */
+function tokenLines(replicas) {
+  if (!tokenMode) return ['tokens:              off (--token-ttl-ms 0: the x-user header, never expiring)'];
+  const checks = {};
+  const rejected = {};
+  for (const replica of replicas) {
+    for (const metrics of replica.metricsByIncarnation.values()) {
+      for (const [key, value] of Object.entries(metrics.tokenChecks ?? {}))
+        checks[key] = (checks[key] ?? 0) + value;
+      for (const [code, value] of Object.entries(metrics.rejected ?? {}))
+        rejected[code] = (rejected[code] ?? 0) + value;
+    }
+  }
+  const lived = [...tokenFigures.openToExpiryMs].sort((x, y) => x - y);
+  const f = tokenFigures;
+  return [
+    `tokens:              TTL ${config.tokenTtlMs} ms, ${f.issued} issued; renewals (even slots): ${f.renewed} sent of ${f.renewCalls} calls (not sent, by the client's state then: ${JSON.stringify(f.renewNotSentByState)}; ${f.renewNotSentWhileOpen} while it stayed open)`,
+    `  expiries (4011):   ${f.expiredCloses.expiring} on slots that never renew, ${f.expiredCloses.renewing} on renewing slots; hello → 4011 ${lived.length === 0 ? 'n/a' : `min ${lived[0]} / p50 ${percentile(lived, 50)} / max ${lived.at(-1)} ms`}`,
+    `  server checks:     first auth frames ${checks.socketFirst ?? 0}, renewals ${checks.socketRenewal ?? 0}, HTTP bearers ${checks.http ?? 0}; presented expired ${checks.expiredPresented ?? 0}, malformed ${checks.refused ?? 0}; frames refused token_expired ${rejected.token_expired ?? 0}, unauthenticated ${rejected.unauthenticated ?? 0}`,
+    `  clients:           errors ${JSON.stringify(f.clientErrors)}; HTTP ${f.httpRequests} requests, 401 ${JSON.stringify(f.http401)}; ${f.reconnects} reconnect attempts, at most ${f.longestStreak.attempts} in a row without a hello (slot ${f.longestStreak.slot})`,
+  ];
+}
+
 // ── the run ────────────────────────────────────────────────────────────────────────────────────
 const schema = `chaos_${randomBytes(4).toString('hex')}`;
 // The store the checks read (getTask, readEvents, countRunning, close) and the replicas' environment.
@@ -650,7 +850,7 @@ async function openSqliteChecks() {
 process.stdout.write(
   `chaos: ${config.tasks} tasks, ${config.replicas} replicas, ${config.clients} clients (${config.sseClients} over SSE) × ` +
     `${config.watchersPerTask} watchers per task, lease ${config.leaseTtlMs} ms, heartbeat ${config.heartbeatMs} ms, ` +
-    `seed ${config.seed}, ${store.description}\n`,
+    `token TTL ${config.tokenTtlMs || 'off'}, seed ${config.seed}, ${store.description}\n`,
 );
 
 const replicaEnv = {
@@ -912,6 +1112,11 @@ async function checkAcks(task) {
     ackSkippedPurged += 1;
     return;
   }
+  // The store answers a missing task with undefined: purged since the harness last read the purge records.
+  if (row === undefined) {
+    ackSkippedPurged += 1;
+    return;
+  }
   // Re-created meanwhile (possible only when the check came late): that row is another run's.
   if (row.createdAt !== task.row.createdAt) {
     ackSkippedPurged += 1;
@@ -1041,6 +1246,7 @@ const cutLoop = faultLoop(config.socketCutEveryMs, async () => {
   faults['socket cut (on demand)'] += wsCut;
   faults['SSE stream cut (on demand)'] += cutSseStreams(wsCut, wsOpen);
 });
+const outageLoop = faultLoop(config.wsOutageEveryMs, async () => injectOutage());
 const reloadLoop = faultLoop(config.reloadEveryMs, async () => {
   slots[Math.floor(random() * slots.length)].reload();
   faults['watcher reload (persisted cursor)'] += 1;
@@ -1207,18 +1413,19 @@ shuttingDown = true;
 await Promise.allSettled(slots.map((slot) => slot.close()));
 await Promise.all(replicas.map((r) => r.terminate()));
 await balancer.close();
-await Promise.allSettled([killLoop, listenLoop, cutLoop, reloadLoop, metricsLoop, purgeLoop]);
+await Promise.allSettled([killLoop, listenLoop, cutLoop, reloadLoop, metricsLoop, purgeLoop, outageLoop]);
 
 // ── figures ────────────────────────────────────────────────────────────────────────────────────
 function percentile(sorted, p) {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
 }
-function delays(filter) {
+function delays(filter, watcherFilter = (watcher) => !inOutage(watcher)) {
   const values = [];
   for (const task of tasks) {
     if (!filter(task)) continue;
     for (const watcher of task.watchers ?? []) {
+      if (!watcherFilter(watcher)) continue;
       if (watcher.callbackAt !== undefined && watcher.final?.finishedAt != null) {
         values.push(Math.max(0, watcher.callbackAt - watcher.final.finishedAt));
       }
@@ -1257,7 +1464,7 @@ const killToShown = [];
 for (const task of tasks.filter(killedWorker)) {
   const kill = task.replica.kills.find((k) => k.incarnation === task.incarnation);
   for (const watcher of task.watchers ?? []) {
-    if (watcher.callbackAt !== undefined && kill !== undefined)
+    if (watcher.callbackAt !== undefined && kill !== undefined && !inOutage(watcher))
       killToShown.push(watcher.callbackAt - kill.at);
   }
 }
@@ -1296,11 +1503,12 @@ const out = [
   `  live workers:      ${line(normal)}`,
   `  killed workers:    ${line(killed)} (the reaper's commit; it comes ≤ lease ${config.leaseTtlMs} ms + reap interval after the kill)`,
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
+  `  in a WS outage:    ${line(delays(() => true, inOutage))} (watchers of a client whose WebSocket was out, polling HTTP every 2 s: left out of the lines above)`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
   `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}; longest hold of a frame ${b.maxHeldMs} ms, ${b.heldOver400} held over 400 ms`,
   `  client frames dropped: ${JSON.stringify(b.clientDropped)}, duplicated: ${JSON.stringify(b.clientDuplicated)}, delayed: ${JSON.stringify(b.clientDelayed)} (of ${b.clientFramesRelayed})`,
-  `  (of ${b.framesRelayed} frames relayed over ${b.upgrades} connections; ${b.upgradeFailures} upgrades failed; ${b.httpRequests} HTTP requests)`,
+  `  (of ${b.framesRelayed} frames relayed over ${b.upgrades} connections; ${b.upgradeFailures} upgrades failed, ${b.upgradesRefused} refused by outages; ${b.httpRequests} HTTP requests)`,
   `resyncs by reason (servers): ${
     Object.entries(resyncs)
       .map(([k, v]) => `${k} ${v}`)
@@ -1308,6 +1516,7 @@ const out = [
   }`,
   `server counters:     terminal retries ${counters.finishline_terminal_retries_total ?? 0}, resumes ${counters.finishline_resumes_total ?? 0}, leases reaped ${counters.finishline_leases_reaped_total ?? 0}, safety-net events ${counters.finishline_safety_net_events_total ?? 0}, store errors ${counters.finishline_store_errors_total ?? 0}`,
   ...retentionLines,
+  ...tokenLines(replicas),
   `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP)`,
   ...sseFigures(),
   `task starts retried: ${stats.startRetries}`,

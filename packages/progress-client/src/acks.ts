@@ -47,14 +47,23 @@ export class Acks {
   }
 
   /**
-   * Acknowledges (and persists) everything delivered; after the terminal ack, unsubscribes, in the same
-   * write as the ack where the socket allows it (one send less per finished task).
+   * Acknowledges everything delivered and persists the cursor of an unfinished watch (a finished one's
+   * entry goes); after the terminal ack, unsubscribes, in the same write as the ack where the socket
+   * allows it (one send less per finished task).
    */
   flush(task: TaskSubscription): void {
+    // A watch that has its end keeps no entry, acknowledged or not: the entry names a task id, not a run,
+    // so a finished one left for the next page (the ack not out when the page reloaded) was restored by
+    // that page's next watch of the id and showed its end at once, the old run's for a task created again
+    // under a purged id. The next page's watch asks the server instead, and acknowledges the end then.
     const storage = this.#o.storage;
-    if (storage !== undefined) task.save(storage);
-    if (task.cursor.finished) this.#batch(() => this.#ack(task));
-    else this.#ack(task);
+    if (task.cursor.finished) {
+      this.#o.storage?.remove(task.taskId);
+      this.#batch(() => this.#ack(task));
+    } else {
+      if (storage !== undefined) task.save(storage);
+      this.#ack(task);
+    }
   }
 
   #ack(task: TaskSubscription): void {
@@ -65,8 +74,7 @@ export class Acks {
     if (seq !== undefined && this.#send({ type: 'ack', taskId: task.taskId, seq })) task.acked(seq);
     if (task.readyToUnsubscribe) {
       this.#send({ type: 'unsubscribe', taskId: task.taskId });
-      task.done();
-      this.#o.storage?.remove(task.taskId);
+      task.done(); // (its entry went when it got its end: flush)
     }
     // The coalescing timer would fire for nothing once no followed task has anything left to acknowledge
     // or save: a watch that ended, or whose last handle closed (the client lets go of it before this

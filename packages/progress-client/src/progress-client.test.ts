@@ -39,8 +39,8 @@ function helloWith(epoch?: string) {
  * A client watching `t1` whose socket (its `hello` with `epoch`) is cut and whose next attempt fails, so
  * that HTTP takes over and sees the task end at seq 3; its third socket is still opening.
  */
-async function finishedOverHttp(epoch?: string) {
-  const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000 });
+async function finishedOverHttp(epoch?: string, overrides: Parameters<typeof setup>[0] = {}) {
+  const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000, ...overrides });
   const { client, server, scheduler, http } = ctx;
   const task = new FakeTask('t1', 3);
   http.tasks.set('t1', task);
@@ -1053,6 +1053,50 @@ describe('cursor persistence', () => {
     expect(log).toEqual(['snapshot@2', 'item@3', 'completed@4', 'finished@4']);
     expect(storage.size).toBe(0);
     await first.client.close();
+    await second.client.close();
+  });
+
+  it('forgets the saved cursor of a watch whose last handle closed before its end: a later watch of the id starts from 0', async () => {
+    // The application closed the watch at seq 2. The entry stayed: the next watch of the id in the tab
+    // resumed from seq 2, for a task created again under a purged id (retention) on top of the old run's
+    // state (found by the chaos suite, 5 December 2026).
+    const storage = new MemoryCursorStorage();
+    const first = setup({ persistence: storage });
+    const task = new FakeTask('t1', 3);
+    const watch = first.client.watch('t1');
+    const socket = first.server.accept();
+    socket.push(snap(task.view()));
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    await first.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs); // the ack (and the save) go out
+    expect(storage.load(keyOf('t1'))).toMatchObject({ seq: 2, done: 2 });
+    watch.close();
+    expect(storage.size).toBe(0);
+    const again = first.client.watch('t1');
+    expect(again.getSnapshot()).toMatchObject({ seq: 0, status: 'running' });
+    expect(socket.frames('subscribe').at(-1)).toEqual({ type: 'subscribe', taskId: 't1', afterSeq: 0 });
+    await first.client.close();
+  });
+
+  it('keeps no entry for a watch that has its end, acknowledged or not: the next page asks the server', async () => {
+    // The end came over HTTP while no socket could open, so its ack is owed, and the page reloaded. The
+    // finished entry stayed for the next page, whose next watch of the id restored it and showed that end
+    // at once, asking the server nothing: for a task created again under a purged id, the old run's end
+    // (found by the chaos suite's WebSocket outages and reloads, 5 December 2026).
+    const storage = new MemoryCursorStorage();
+    const first = await finishedOverHttp(undefined, { persistence: storage });
+    expect(storage.size).toBe(0);
+    await first.client.close(); // the reload: no handle closed
+    const second = setup({ persistence: storage });
+    const again = second.client.watch('t1');
+    expect(again.getSnapshot()).toMatchObject({ seq: 0, status: 'running' });
+    const socket = second.server.accept();
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    // The server's snapshot shows the end; it is acknowledged then.
+    socket.push(snap(first.task.view()));
+    expect(again.getSnapshot()).toMatchObject({ seq: 3, status: 'completed' });
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    expect(storage.size).toBe(0);
     await second.client.close();
   });
 

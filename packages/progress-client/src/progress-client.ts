@@ -427,6 +427,10 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     // Let go of it first: its last flush then finds whether another task still needs the ack timer.
     this.#tasks.delete(task.taskId);
     this.#acks.flush(task);
+    // The application let go of it: its saved cursor goes too (a finished watch's went at its end, in
+    // acks.ts). Kept, the next watch of the id in the tab resumed from it, for a task created again under a
+    // purged id on top of the old run's state. (A reload, which closes no handle, keeps the entry.)
+    this.#o.storage?.remove(task.taskId);
     this.#fallback?.close(task);
     task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
