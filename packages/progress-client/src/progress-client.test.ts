@@ -1030,17 +1030,23 @@ describe('cursor persistence', () => {
     return socket;
   }
 
-  it('resumes after a simulated reload from the saved cursor, and forgets it once the end is acked', async () => {
+  /** A persisting client watching t1 (3 items) to seq 2, acknowledged and saved. */
+  async function watchedToSeq2Saved() {
     const storage = new MemoryCursorStorage();
     const first = setup({ persistence: storage });
     const task = new FakeTask('t1', 3);
-    first.client.watch('t1');
+    const watch = first.client.watch('t1');
     const socket = first.server.accept();
     socket.push(snap(task.view()));
     socket.push(ev(task.item('a')));
     socket.push(ev(task.item('b')));
     await first.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs); // the ack (and the save) go out
     expect(storage.load(keyOf('t1'))).toMatchObject({ seq: 2, done: 2 });
+    return { storage, first, task, watch, socket };
+  }
+
+  it('resumes after a simulated reload from the saved cursor, and forgets it once the end is acked', async () => {
+    const { storage, first, task } = await watchedToSeq2Saved();
     // The page reloads: the old client is gone without a goodbye.
     const second = setup({ persistence: storage });
     const watch = second.client.watch('t1');
@@ -1060,16 +1066,7 @@ describe('cursor persistence', () => {
     // The application closed the watch at seq 2. The entry stayed: the next watch of the id in the tab
     // resumed from seq 2, for a task created again under a purged id (retention) on top of the old run's
     // state (found by the chaos suite, 5 December 2026).
-    const storage = new MemoryCursorStorage();
-    const first = setup({ persistence: storage });
-    const task = new FakeTask('t1', 3);
-    const watch = first.client.watch('t1');
-    const socket = first.server.accept();
-    socket.push(snap(task.view()));
-    socket.push(ev(task.item('a')));
-    socket.push(ev(task.item('b')));
-    await first.scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs); // the ack (and the save) go out
-    expect(storage.load(keyOf('t1'))).toMatchObject({ seq: 2, done: 2 });
+    const { storage, first, watch, socket } = await watchedToSeq2Saved();
     watch.close();
     expect(storage.size).toBe(0);
     const again = first.client.watch('t1');

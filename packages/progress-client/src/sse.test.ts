@@ -350,41 +350,31 @@ describe('the SSE fallback transport', () => {
     // re-sends a terminal frame on a socket until acknowledged, has nothing to re-send over SSE: the task's
     // acked_seq stayed below its end (found by the chaos suite's SSE watchers, 5 December 2026).
     const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    /** Watches a one-item task `taskId` to its end over its own stream (the `index`th opened). */
+    const endOverStream = async (taskId: string, index: number) => {
+      const task = new FakeTask(taskId, 1);
+      const watch = client.watch(taskId);
+      await flush();
+      const stream = sse.streams[index] as SseRequest;
+      stream.send({ type: 'snapshot', task: task.view() });
+      stream.send({ type: 'event', event: task.end() }, 1);
+      stream.end();
+      return watch.done;
+    };
     sse.ackRefusals = [502, 503];
-    const task = new FakeTask('t1', 1);
-    const watch = client.watch('t1');
-    await flush();
-    const stream = sse.streams[0] as SseRequest;
-    stream.send({ type: 'snapshot', task: task.view() });
-    stream.send({ type: 'event', event: task.end() }, 1);
-    stream.end();
-    expect((await watch.done).status).toBe('completed');
+    expect((await endOverStream('t1', 0)).status).toBe('completed');
     await flush();
     expect(sse.acks).toHaveLength(1);
     await scheduler.advance(60_000);
     expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }, { seq: 1 }]);
     // Refused for good (400, 404: the task is gone or the seq is not its): not asked again.
     sse.ackRefusals = [404];
-    const other = new FakeTask('t2', 1);
-    const second = client.watch('t2');
-    await flush();
-    const stream2 = sse.streams[1] as SseRequest;
-    stream2.send({ type: 'snapshot', task: other.view() });
-    stream2.send({ type: 'event', event: other.end() }, 1);
-    stream2.end();
-    await second.done;
+    await endOverStream('t2', 1);
     await scheduler.advance(60_000);
     expect(sse.acks).toHaveLength(4);
     // Never answered: sent 8 times in all, then left.
     sse.ackRefusals = Array.from({ length: 20 }, () => 503);
-    const third = new FakeTask('t3', 1);
-    const last = client.watch('t3');
-    await flush();
-    const stream3 = sse.streams[2] as SseRequest;
-    stream3.send({ type: 'snapshot', task: third.view() });
-    stream3.send({ type: 'event', event: third.end() }, 1);
-    stream3.end();
-    await last.done;
+    await endOverStream('t3', 2);
     await scheduler.advance(600_000);
     expect(sse.acks).toHaveLength(4 + 8);
     expect(scheduler.pending).toBe(0);
