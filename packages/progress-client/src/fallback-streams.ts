@@ -166,10 +166,6 @@ export class FallbackStreams implements FallbackRuntime {
       if (task.cursor.finished && !this.#acked.has(taskId)) {
         this.#acked.add(taskId);
         this.#wire.ack(taskId, task.cursor.seq);
-        // As after the socket's terminal ack (acks.ts): the saved cursor goes. Kept, it was restored by
-        // the next watch of the id (a reload, a task created again under a purged id), which then showed
-        // the old end at once and opened no stream.
-        o.storage?.remove(taskId);
       }
       // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly. Refused for
       // now (503, 429, an expired token): later each time, as the HTTP fallback polls, until a stream

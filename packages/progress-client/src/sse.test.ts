@@ -328,13 +328,15 @@ describe('the SSE fallback transport', () => {
     const stream = first.sse.streams[0] as SseRequest;
     stream.send({ type: 'snapshot', task: old.view() });
     stream.send({ type: 'event', event: old.item('a') }, 1);
+    await first.scheduler.advance(1000); // the coalesced save of seq 1
+    expect(storage.size).toBe(1);
     stream.send({ type: 'event', event: old.end() }, 2);
     stream.end();
     expect((await watch.done).status).toBe('completed');
     await first.scheduler.advance(5000);
     expect(first.sse.acks).toHaveLength(1);
-    watch.close();
-    await first.client.close();
+    expect(storage.size).toBe(0);
+    await first.client.close(); // a reload: no handle closed
 
     const second = sseSetup({ preferFallback: true, persistence: storage });
     const again = second.client.watch('t1');

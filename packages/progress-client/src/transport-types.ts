@@ -69,6 +69,4 @@ export interface FallbackOptions {
   readonly clock: () => number;
   /** How long a wake's check lasts: streams opened within it are not started over by the same wake. */
   readonly wakePingTimeoutMs: number;
-  /** The saved cursors (`persistence`): a watch's entry goes once its end is acknowledged. */
-  readonly storage: { remove(taskId: string): void } | undefined;
 }
