@@ -652,7 +652,7 @@ const tokenFigures = {
   httpRequests: 0,
   /** HTTP 401 answers by error code (a bearer that expired in flight, or was refused). */
   http401: {},
-  /** The clients' `error` events by code (the `token_expired` error frame ahead of a 4011 among them). */
+  /** The clients' `error` events by code (a recovered expiry is none since 5 December 2026; a fatal one is). */
   clientErrors: {},
   /** Reconnect attempts (`reconnecting` states), and the most in a row without a `hello` (a loop shows here). */
   reconnects: 0,

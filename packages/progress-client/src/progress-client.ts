@@ -382,6 +382,9 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
   #onErrorFrame(frame: ErrorFrame): void {
     const taskId = frame.taskId;
     if (taskId === undefined) {
+      // The close 4011 that follows it is handled (a fresh token, a reconnect at once; a second expiry is
+      // fatal and reported then): an application's error handler heard of every expiry it never had to act on.
+      if (frame.code === ErrorCode.TokenExpired) return;
       this.emit('error', new ProgressError(frame.code, frame.message));
       return;
     }

@@ -18,6 +18,8 @@ describe('token expiry', () => {
   it('a socket closed with 4011 mid-task fetches a fresh token and reconnects at once, resuming', async () => {
     let issued = 0;
     const { client, server, states } = setup({ token: async () => `tok-${++issued}` });
+    const errors: unknown[] = [];
+    client.on('error', (error) => errors.push(error));
     const watch = client.watch('t1');
     const log = record(watch);
     const task = new FakeTask('t1', 3);
@@ -43,6 +45,8 @@ describe('token expiry', () => {
     second.push({ type: 'event', event: task.item('b') });
     second.push({ type: 'event', event: task.end() });
     expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    // Recovered by itself: nothing for the application's error handler (it heard every expiry before).
+    expect(errors).toEqual([]);
     await client.close();
   });
 
