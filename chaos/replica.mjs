@@ -41,23 +41,15 @@ async function openPostgresStore() {
   // A backend killed by pg_terminate_backend makes idle clients emit 'error'; the pool replaces them.
   pool.on('error', () => {});
   // A replica restarted while the database refuses connections (Postgres' max_connections on a shared
-  // server) retries, as an orchestrator would restart it: at most 20 attempts, about 25 s.
-  async function openStore() {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await PostgresProgressStore.open({
-          pool,
-          schema,
-          listenClient: { connectionString: url, application_name: `${name}-listen`, keepAlive: true },
-          onError: () => {},
-        });
-      } catch (error) {
-        if (attempt >= 20) throw error;
-        await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));
-      }
-    }
-  }
-  const opened = await openStore();
+  // server) retries, as an orchestrator would restart it.
+  const opened = await retried(() =>
+    PostgresProgressStore.open({
+      pool,
+      schema,
+      listenClient: { connectionString: url, application_name: `${name}-listen`, keepAlive: true },
+      onError: () => {},
+    }),
+  );
   closeStoreResources = () => pool.end();
   return opened;
 }
@@ -70,9 +62,14 @@ async function openSqliteStore() {
   const file = required('CHAOS_SQLITE_FILE');
   // A kill -9 mid-transaction leaves the WAL to recover and the write lock may be held a moment by
   // another replica's migration check: retry the open a few times, as an orchestrator would restart it.
+  return retried(async () => new SqliteProgressStore({ database: file, onError: () => {} }));
+}
+
+/** `open()` until it succeeds: at most 20 attempts, backing off to 2 s (about 25 s in all). */
+async function retried(open) {
   for (let attempt = 1; ; attempt++) {
     try {
-      return new SqliteProgressStore({ database: file, onError: () => {} });
+      return await open();
     } catch (error) {
       if (attempt >= 20) throw error;
       await new Promise((resolve) => setTimeout(resolve, Math.min(2000, 100 * 2 ** attempt)));

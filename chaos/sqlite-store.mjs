@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { SqliteProgressStore, TABLES } from '@finishline/sqlite';
 import Database from 'better-sqlite3';
 
-/** What `readEvents` and `getTask` of the harness's view throw for an id the file does not hold. */
+/** What `readEvents` of the harness's view throws for an id the file does not hold (as the stores do). */
 class TaskNotFound extends Error {
   code = 'task_not_found';
 }

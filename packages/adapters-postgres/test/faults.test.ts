@@ -660,15 +660,7 @@ describe('retention while the LISTEN connection is away', () => {
     const before = recorder.changes.length;
     listen.unblock();
     await eventually('the observer reconnects', () => observer.changes.health().connected);
-    await writer.append('job', { type: 'completed' });
-    await eventually(
-      'the second run ends on the observer',
-      () => changesOf(recorder, 'job', before).includes('2T'),
-      3000,
-    ).catch(() => {});
-    // A poll cannot hide a dropped or phantom seq: what it finds was published or is the task's latest.
-    await observer.pollNow();
-    expect(changesOf(recorder, 'job', before)).toEqual(['1', '2T']);
+    expect(await newRunEnded({ observer, writer, recorder }, before)).toEqual(['1', '2T']);
   });
 
   it('reports nothing its safety-net poll finds during its re-read (the poll retries)', async () => {
