@@ -1,6 +1,6 @@
 import type { ProgressError, ServerFrame } from '@finishline/core';
 import { ErrorCode } from '@finishline/core';
-import { retryDelayMs } from './http-errors.js';
+import { ReconnectPacing } from './reconnect-pacing.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import type { TimerSet } from './timers.js';
 import type { FallbackOptions } from './transport-types.js';
@@ -71,9 +71,14 @@ export interface FallbackWire {
   /**
    * Follows a task from after `from`, handing every frame to the host's `onFrame`; `onEnd` is called once
    * when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
-   * refused the stream (401, 403, 404). Returns the function that stops it.
+   * refused the stream (401, 403, 404, 503…), and whether it was `served`: it delivered anything (its
+   * opening comment, a heartbeat, a frame). Returns the function that stops it.
    */
-  follow(taskId: string, from: FallbackCursor, onEnd: (refusal?: ProgressError) => void): () => void;
+  follow(
+    taskId: string,
+    from: FallbackCursor,
+    onEnd: (refusal: ProgressError | undefined, served: boolean) => void,
+  ): () => void;
   /** Acknowledges `seq` of a task (cumulative); sent again after a failure answer, a few times at most. */
   ack(taskId: string, seq: number): void;
 }
@@ -91,6 +96,8 @@ export class FallbackStreams implements FallbackRuntime {
   #streaming = false;
   /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
   readonly #acked = new Set<string>();
+  /** Each watch's pace of reopening its stream, the socket's own (kept as long as the watch is). */
+  readonly #pacing = new WeakMap<TaskSubscription, ReconnectPacing>();
 
   constructor(host: FallbackHost, wire: FallbackWire) {
     this.#host = host;
@@ -133,7 +140,7 @@ export class FallbackStreams implements FallbackRuntime {
    * over from its cursor now instead of after the silence timeout. That costs what the socket's check does
    * (a task read per watch) and one request; a short deadline first would not spare a quiet stream alive
    * (its heartbeats come 15 s apart), only delay a dead one. A stream cut and waiting to reopen opens now
-   * (up to `httpPollIntervalMs` sooner); one refused for now keeps its backoff. One wake often fires two or
+   * (before its backoff is over); one refused for now keeps its backoff. One wake often fires two or
    * three events (visibilitychange with pageshow or online, a clock jump seen meanwhile): a stream opened
    * less than `wakePingTimeoutMs` ago, by the first of them, is not started over again by the others.
    */
@@ -150,9 +157,14 @@ export class FallbackStreams implements FallbackRuntime {
     if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
       return;
     const o = this.#host.options;
+    const pacing = this.#pacing.get(task) ?? new ReconnectPacing(o);
+    this.#pacing.set(task, pacing);
+    // Up from now, if it is served: one that stays up `stableConnectionMs` starts the backoff over.
+    const now = o.clock();
+    pacing.ready(now, 0);
     let entry: [() => void, number] | undefined;
     // With its epoch: a server whose store was restored since must not resume that seq in another log.
-    const stop = this.#wire.follow(taskId, { seq: task.cursor.seq, epoch: task.epoch }, (refusal) => {
+    const stop = this.#wire.follow(taskId, { seq: task.cursor.seq, epoch: task.epoch }, (refusal, served) => {
       // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
       // not while opening either (no `fetch`: nothing to ask again).
       const own = entry && this.#streams.get(taskId) === entry;
@@ -167,27 +179,29 @@ export class FallbackStreams implements FallbackRuntime {
         this.#acked.add(taskId);
         this.#wire.ack(taskId, task.cursor.seq);
       }
-      // Cut before the end (a proxy timeout, a server restart): resume from the cursor shortly. Refused for
-      // now (503, 429, an expired token): later each time, as the HTTP fallback polls, until a stream
-      // delivers again (the task's error count starts over then); asked every interval, every watch of
-      // every page would keep a server that is out of store or over its cap busy answering them.
+      // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut
+      // by a proxy's timeout, a server's restart) is a connection that said `hello`: its first cut is
+      // reopened at once, within `reconnect.firstDelayMs` (a fixed `httpPollIntervalMs` made SSE watchers
+      // the chaos run's tail); a later one after at most a step. An open that failed (refused for now:
+      // 503, 429, an expired token; no answer; a stream ended with nothing) backs off, growing, until a
+      // stream stays up `stableConnectionMs`: every watch of every page asking at once would keep a
+      // server that is down, out of store or over its cap busy answering them.
       // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
       // refused one on the task's retry timer, out of a wake's reach.
       if (own && !task.cursor.finished && this.#host.current(task)) {
+        if (served) pacing.down();
+        const delayMs = pacing.nextDelayMs(served);
         if (refusal === undefined) {
           // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
-          this.#streams.set(taskId, [
-            this.#host.timers.start(() => this.restart(task), o.httpPollIntervalMs),
-            0,
-          ]);
+          this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
         } else
           task.retryAfterError(
-            (failures) => retryDelayMs(failures, o.httpPollIntervalMs, o.random),
+            () => delayMs,
             () => this.open(task),
           );
       }
     });
-    entry = [stop, o.clock()];
+    entry = [stop, now];
     this.#streams.set(taskId, entry);
   }
 }

@@ -1,17 +1,25 @@
 import { resolvedBackoffDelayMs } from '@finishline/core/internal';
-import type { ResolvedOptions } from './options.js';
+import type { FallbackOptions } from './transport-types.js';
 
 /**
  * The pace of reconnects: a quick first retry after the loss of a healthy connection (within the
  * server's hint), at most one backoff step after the loss of any other connection that said `hello`,
  * full-jitter exponential backoff over attempts that fail, and the reset once a connection stayed up.
+ * The socket's, and each SSE stream's (`fallback-streams.ts`: a stream that delivered is a connection
+ * that said `hello`).
  *
  * @module
  */
 
+/** The options the pacing reads (a fallback transport has them too, to pace its streams). @internal */
+export type PacingOptions = Pick<
+  FallbackOptions,
+  'clock' | 'random' | 'reconnect' | 'reconnectFirstDelayMs' | 'stableConnectionMs'
+>;
+
 /** @internal */
 export class ReconnectPacing {
-  readonly #o: ResolvedOptions;
+  readonly #o: PacingOptions;
   /** Reconnects since the last stable connection: the backoff exponent. */
   #failures = 0;
   /** The quick first retry was spent since the last stable connection (so flapping backs off). */
@@ -23,7 +31,7 @@ export class ReconnectPacing {
   /** The server closed the client for flooding: the next delay backs off whatever was lost. */
   #slowedDown = false;
 
-  constructor(options: ResolvedOptions) {
+  constructor(options: PacingOptions) {
     this.#o = options;
   }
 

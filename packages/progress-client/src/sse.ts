@@ -37,7 +37,7 @@ export type StreamingFetch = (
   /**
    * The HTTP status (`fetch` has it): a refused stream is then answered as the HTTP fallback answers the
    * same refusal (401, 403, 404 end the watch; others are asked again with backoff). Without it a refusal
-   * is taken for a cut, and the stream is tried again after `httpPollIntervalMs`.
+   * is taken for a failed open (a cut before anything came), and asked again with backoff.
    */
   status?: number;
   /** The body as text (`fetch` has it): the server's error code and message in a refusal. */
@@ -107,6 +107,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // plus the margin is dropped, as a cut: it is reopened from the cursor.
       let quiet = () => {};
       let intervalMs = SERVER_HEARTBEAT_MS;
+      /** The stream brought something (its opening comment, a heartbeat, a frame): it was served. */
+      let delivered = false;
       const heard = () => {
         quiet();
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
@@ -120,7 +122,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         if (ended) return;
         ended = true;
         quiet();
-        onEnd(refusal);
+        onEnd(refusal, delivered);
       };
       heard();
       void (async () => {
@@ -152,6 +154,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         for (;;) {
           const { done, value } = await reader.read();
           if (done) break;
+          delivered = true;
           heard();
           buffer += decoder.decode(value, { stream: true });
           let cut = buffer.indexOf('\n\n');

@@ -6,6 +6,8 @@
  * @module
  */
 
+import type { BackoffOptions } from '@finishline/core/internal';
+
 /**
  * The part of a WebSocket the client uses: the browser's `WebSocket` and `ws` both fit. The handlers'
  * parameters are typed `never` so that any implementation's own event types are accepted; the client
@@ -67,6 +69,10 @@ export interface FallbackOptions {
   readonly heartbeatTimeoutMs: number | null;
   readonly heartbeatMarginMs: number;
   readonly clock: () => number;
+  /** The reconnect pacing's (`reconnect-pacing.ts`), which paces the reopening of SSE streams too. */
+  readonly reconnect: Readonly<Required<BackoffOptions>>;
+  readonly reconnectFirstDelayMs: number;
+  readonly stableConnectionMs: number;
   /** How long a wake's check lasts: streams opened within it are not started over by the same wake. */
   readonly wakePingTimeoutMs: number;
 }
