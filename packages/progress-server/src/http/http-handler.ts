@@ -376,34 +376,45 @@ async function serve<P extends Principal>(
       const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
       const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
-      // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
-      if (method === 'HEAD') {
-        answerStreamHead(response);
+      // Followed before the read that authorizes it, as a socket's subscribe follows before its load: a
+      // commit after this read is noticed (the hub's latest seq covers it), so the stream starts from
+      // this read instead of reading the task again. Let go once the stream follows the task itself (a
+      // subscriber of its own: two requests' holds must not be one entry of the hub's set).
+      const unfollow = streams.hub.follow(route.taskId, { deliver: () => undefined });
+      try {
+        const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+        // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
+        if (method === 'HEAD') {
+          answerStreamHead(response);
+          return STREAMED;
+        }
+        // A stream costs what a socket costs: it counts against the principal's socket cap.
+        if (!streams.limits.openSocket(principal.id)) {
+          ctx.metrics.principalLimits.inc({ limit: 'sockets' });
+          throw fromCode(
+            ErrorCode.TooManySockets,
+            `A principal may have at most ${streams.maxSocketsPerPrincipal} sockets and streams open`,
+          );
+        }
+        // What the stream's own load told the ack writer (another run of the id, or one below its acks).
+        streams.acks.seen(task.id, task.seq, task.createdAt);
+        let released = false;
+        streamTask(streams, {
+          task,
+          from,
+          principal,
+          request,
+          response,
+          release: () => {
+            if (released) return;
+            released = true;
+            streams.limits.closeSocket(principal.id);
+          },
+        });
         return STREAMED;
+      } finally {
+        unfollow();
       }
-      // A stream costs what a socket costs: it counts against the principal's socket cap.
-      if (!streams.limits.openSocket(principal.id)) {
-        ctx.metrics.principalLimits.inc({ limit: 'sockets' });
-        throw fromCode(
-          ErrorCode.TooManySockets,
-          `A principal may have at most ${streams.maxSocketsPerPrincipal} sockets and streams open`,
-        );
-      }
-      let released = false;
-      streamTask(streams, {
-        taskId: task.id,
-        from,
-        principal,
-        request,
-        response,
-        release: () => {
-          if (released) return;
-          released = true;
-          streams.limits.closeSocket(principal.id);
-        },
-      });
-      return STREAMED;
     }
     case 'ack': {
       const { streams } = ctx;

@@ -155,6 +155,31 @@ async function fillUntilStalled(task: TaskHandle, server: () => ServerResponse, 
 type Restorable = ReturnType<typeof restorableStore>;
 
 /**
+ * `memory` as the server's store, counting its task and event reads; `afterGetTask` runs after each task
+ * read, before its answer is handed back (a commit landing just after the read, say).
+ */
+function countingReads(memory: MemoryProgressStore, afterGetTask?: (taskId: string) => Promise<unknown>) {
+  const calls = { readEvents: 0, getTask: 0 };
+  const store = new Proxy(memory, {
+    get(target, property) {
+      if (property === 'readEvents' || property === 'getTask') {
+        const read = Reflect.get(target, property).bind(target) as (...args: unknown[]) => Promise<unknown>;
+        return async (...args: unknown[]) => {
+          calls[property] += 1;
+          const answer = await read(...args);
+          if (property === 'getTask') await afterGetTask?.(args[0] as string);
+          return answer;
+        };
+      }
+      // Bound: the store's own methods (getEpoch among them) read its private fields.
+      const value = Reflect.get(target, property);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  return { store, calls };
+}
+
+/**
  * Task `t` at seq 1 in both the live store and its backup copy, then at seq 4 in the live one only
  * (appended through `store`), and alice's stream of it, read up to seq 4.
  */
@@ -507,21 +532,7 @@ describe('GET /tasks/:id/stream', () => {
 
   it('K streams of one task cost the replica no store read per stream and commit: the hub hands them its events', async () => {
     const memory = new MemoryProgressStore();
-    const calls = { readEvents: 0, getTask: 0 };
-    const store = new Proxy(memory, {
-      get(target, property) {
-        if (property === 'readEvents' || property === 'getTask') {
-          const read = Reflect.get(target, property).bind(target) as (...args: unknown[]) => unknown;
-          return (...args: unknown[]) => {
-            calls[property] += 1;
-            return read(...args);
-          };
-        }
-        // Bound: the store's own methods (getEpoch among them) read its private fields.
-        const value = Reflect.get(target, property);
-        return typeof value === 'function' ? value.bind(target) : value;
-      },
-    });
+    const { store, calls } = countingReads(memory);
     env = await startServer({ store, heartbeatIntervalMs: 60_000 });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const K = 20;
@@ -777,6 +788,47 @@ describe('GET /tasks/:id/stream', () => {
         message: expect.stringContaining('sseStallTimeoutMs'),
       }),
     );
+  });
+
+  it('opens a stream with one read of the task, the one that authorizes it, whether it starts with a snapshot or resumes', async () => {
+    // The handler read the task to authorize the stream, then the stream read it again to start: two
+    // reads per open, and SSE watchers open one stream per watch and per reopen.
+    const memory = new MemoryProgressStore();
+    const { store, calls } = countingReads(memory);
+    env = await startServer({ store, heartbeatIntervalMs: 60_000 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 3; done++) await task.progress({ done });
+    const opens = [
+      { name: 'from the start', headers: {}, first: 3 },
+      { name: 'resumed', headers: { 'last-event-id': '1' }, first: 2 },
+    ];
+    for (const { name, headers, first } of opens) {
+      const before = calls.getTask;
+      const stream = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', ...headers }));
+      await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 3));
+      expect(stream.frames().map(seqOf), name).toEqual(first === 3 ? [3] : [2, 3]);
+      expect(calls.getTask - before, name).toBe(1);
+      stream.response.destroy();
+    }
+  });
+
+  it('a commit right after the authorizing read is streamed at once, not at the next commit: the hub followed the task before that read', async () => {
+    const memory = new MemoryProgressStore();
+    let landed = false;
+    const { store } = countingReads(memory, async (taskId) => {
+      // Committed elsewhere (another replica: the hub hears of it from the change feed) just after the
+      // handler's read, before the stream follows the task itself.
+      if (landed || taskId !== 't') return;
+      landed = true;
+      await memory.append('t', { type: 'progress', done: 2 });
+    });
+    env = await startServer({ store, heartbeatIntervalMs: 60_000 });
+    await memory.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await memory.append('t', { type: 'progress', done: 1 });
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice' }));
+    // (A snapshot at 1 then the event 2, as read now; a snapshot at 2 when the stream read the task again.)
+    await stream.until(() => stream.frames().some((entry) => seqOf(entry) === 2), 2000);
+    expect(stream.frames().map(seqOf).at(-1)).toBe(2);
   });
 
   it('answers HEAD at once with the stream’s headers and an end, holding no stream slot', async () => {

@@ -28,8 +28,9 @@ import { fromCode } from './http-request.js';
  * read once for all of them), and a backlog from the hub's recent events, or, when the hub does not hold
  * it, from the store in the principal's turn. So N streams of one task cost the replica the hub's one
  * read per commit (none for a commit of this process), not N, and no frame text is encoded twice. The
- * stream loads the task once it follows it (a commit between the handler's authorizing load and the
- * follow would otherwise go unnoticed until the next one), and again after an epoch change.
+ * stream starts from the handler's authorizing load, which the hub followed the task before (as a
+ * socket's subscribe follows before its load: a commit after that read is noticed, never one read too
+ * late), and loads the task itself only after an epoch change.
  *
  * A reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false
  * the stream writes nothing more, and its hub stream goes stale (no read starts for it, live events pass
@@ -121,8 +122,11 @@ export function streamCursor(lastEventId: string | string[] | undefined, afterSe
 
 /** One stream to start: what {@link streamTask} takes. @internal */
 export interface StreamRequest {
-  /** The task, authorized for the principal. */
-  readonly taskId: string;
+  /**
+   * The task, authorized for the principal, as read while the hub already followed it (see
+   * {@link streamTask}): where the stream starts.
+   */
+  readonly task: Task;
   /** The client's cursor ({@link streamCursor}). */
   readonly from: SseCursor;
   /** Whose stream it is: its reads run in this principal's turn, and it ends when the credential expires. */
@@ -136,12 +140,14 @@ export interface StreamRequest {
 /**
  * Streams a task to `response` from the client's cursor `from` until its terminal frame, the client
  * leaving, or the server's shutdown. The caller authenticated, authorized and counted the stream
- * (`limits`); `release` is called once when it ends.
+ * (`limits`); `release` is called once when it ends. The caller read `task` while following it in the
+ * hub (`hub.follow`, held until this returns), so no commit after that read goes unnoticed.
  */
 export function streamTask(
   ctx: StreamContext,
-  { taskId, from, principal, request, response, release }: StreamRequest,
+  { task: opening, from, principal, request, response, release }: StreamRequest,
 ): void {
+  const taskId = opening.id;
   // The client may have left while the request was authenticated and authorized: its 'close' events
   // fired before any listener below, so nothing would ever end the stream (its socket slot, hub follow
   // and heartbeat timer).
@@ -154,11 +160,11 @@ export function streamTask(
   let cursor = from.seq;
   let ended = false;
   /**
-   * The next hub stream loads the task before it starts: at first (`open`: where it starts follows from
-   * the client's cursor) and after an epoch change (`reset`: a reset snapshot of the new epoch). Once a
-   * load answered, `undefined`: a new stream (after 'drain') reads on from the cursor.
+   * What the next hub stream starts from: at first the caller's load (where it starts follows from the
+   * client's cursor), after an epoch change a load of its own (`reset`: a reset snapshot of the new
+   * epoch). Once one answered, `undefined`: a new stream (after 'drain') reads on from the cursor.
    */
-  let load: 'open' | 'reset' | undefined = 'open';
+  let load: Task | 'reset' | undefined = opening;
   /** The task's seq at the latest load: where the hub's own reads of the task start. */
   let loadedSeq = 0;
   /** The response's buffer is full: nothing is written until 'drain'. */
@@ -339,10 +345,10 @@ export function streamTask(
     if (load === undefined) next.start(cursor, false, loadedSeq);
     else void loadAndStart(next, load);
   };
-  const loadAndStart = async (next: TaskStream, kind: 'open' | 'reset'): Promise<void> => {
+  const loadAndStart = async (next: TaskStream, kind: Task | 'reset'): Promise<void> => {
     let task: Task | undefined | null;
     try {
-      task = await next.load();
+      task = kind === 'reset' ? await next.load() : kind;
     } catch (error) {
       if (stream === next) readFailed(error);
       return;
