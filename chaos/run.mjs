@@ -76,7 +76,7 @@ const config = {
   // A WebSocket outage for one client at a time (its upgrades refused, its sockets cut, for 5–9 s): it
   // falls back to the HTTP API, whose requests carry the token as a bearer.
   wsOutageEveryMs: option('ws-outage-every-ms', 8000),
-  // An operator's renewEpoch() on a random replica's store (chaos/README.md, "epoch renewals"): every
+  // An operator's renewEpoch() on a random replica's store (chaos/README.md, "Epoch renewals"): every
   // watcher's cursor is of another epoch from then on, and each must start over from a reset snapshot.
   renewEpochEveryMs: option('renew-epoch-every-ms', 2000),
   // Bounds: every loop below stops at one of these.
@@ -153,7 +153,7 @@ const epochNotices = [];
 /**
  * How long after the balancer relayed an ack its replica may still be about to handle it (its event loop
  * behind: the frame waits in the socket's buffer): a renewal the replica noticed within this time may have
- * come first. Why 200 ms: see chaos/README.md, "epoch renewals".
+ * come first. Why 200 ms: see chaos/README.md, "Epoch renewals".
  */
 const ACK_HANDLING_MS = 200;
 
@@ -230,7 +230,6 @@ class Replica {
       });
     });
     this.port = ready.port;
-    this.startEpoch = ready.epoch;
     epochNotices.push({ backend: this.id, epoch: ready.epoch, at: Date.now(), start: true });
     // The store's epoch before any renewal (the first replica to answer read it).
     if (renewals.length === 0) initialEpoch ??= ready.epoch;
@@ -1145,7 +1144,7 @@ const acksByTask = new Map();
 const pendingAckChecks = new Set();
 let ackChecked = 0;
 let ackSkippedPurged = 0;
-/** Ack checks whose missing acks were all sent in an epoch the store had left (acks carry no epoch). */
+/** Ack checks whose missing acks were all sent in an epoch their replica had left (acks carry no epoch). */
 let ackEpochRaces = 0;
 /** Their acks' replica notice of the newer epoch, relative to the relay (ms). */
 const ackEpochNoticedMs = [];
@@ -1194,9 +1193,9 @@ async function checkAcks(task) {
   }
   ackChecked += 1;
   if (row.ackedSeq < acked) {
-    // Acks carry no epoch (the known limitation: chaos/README.md, "epoch renewals"). An ack the client sent
-    // in an epoch the store had left when the ack reached its replica is of the old epoch's seqs, which
-    // the server no longer records; when every ack above the stored seq is such an ack, it is counted
+    // Acks carry no epoch (the known limitation: chaos/README.md, "Epoch renewals"). An ack the client sent
+    // in an epoch its replica had left when it handled the ack is of the old epoch's seqs, which the
+    // server does not record; when every ack above the stored seq is such an ack, the task is counted
     // apart (with an EPOCH-ACK line), anything else stays a violation.
     const above = settledAcks.filter((ack) => ack.seq > row.ackedSeq);
     const epochs = above.map(ackEpochs);
@@ -1247,8 +1246,8 @@ async function checkAcks(task) {
           (r) =>
             `${r.replicaId} at ${r.at % 100000}, answered ${r.answeredAt === undefined ? 'never' : r.answeredAt % 100000}`,
         ),
-      // Per settled ack above the stored seq: the epoch the client acked in and the store's when it came
-      // (renewal numbers, -1 the first epoch; `client` undefined when no frame told it).
+      // Per settled ack above the stored seq: the epoch the client acked in and its replica's when it came
+      // (renewal numbers, -1 the first epoch; undefined when no frame or notice told it).
       ackEpochs: above.map((ack) => ({ seq: ack.seq, at: ack.at % 100000, ...ackEpochs(ack) })),
       // Replica deaths and graceful restarts after the first ack, relative to it (ms).
       replicaEnds: replicas
@@ -1298,8 +1297,9 @@ function ackEpochs(ack) {
   );
   const client = index(told.at(-1)?.epoch ?? (ack.conn.http ? undefined : ack.conn.helloEpoch));
   const notices = epochNotices.filter((n) => n.backend === ack.backend && n.at <= ack.at + ACK_HANDLING_MS);
-  const notice = notices.at(-1);
-  const replica = index(notice?.epoch);
+  const replica = index(notices.at(-1)?.epoch);
+  // The replica's first notice of an epoch newer than the client's: from then on the ack was of a left one.
+  const left = notices.find((n) => client !== undefined && index(n.epoch) > client);
   // Whether the new epoch's reset reached the client after the ack (it re-acknowledges a terminal one).
   const resetsAfter = serverFrameLog.filter(
     (f) => f.taskId === ack.taskId && f.reset === true && f.at >= ack.at && sameClient(f),
@@ -1307,8 +1307,9 @@ function ackEpochs(ack) {
   return {
     client,
     replica,
-    // When the replica noticed the epoch it handled the ack in, relative to the relay (ms; < 0: before).
-    noticedMs: notice === undefined || notice.start ? undefined : notice.at - ack.at,
+    // When the replica noticed a newer epoch than the client's, relative to the relay (ms; < 0: before;
+    // undefined: it started in one).
+    noticedMs: left === undefined || left.start ? undefined : left.at - ack.at,
     stale: client !== undefined && replica !== undefined && client < replica,
     resetsAfter,
   };
