@@ -1206,7 +1206,7 @@ async function checkAcks(task) {
         `EPOCH-ACK: ${task.id} run ${task.run}: acked ${acked}, stored ${row.ackedSeq}; ${above
           .map(
             (ack, i) =>
-              `ack ${ack.seq} to ${ack.backend} at ${ack.at % 100000} in epoch #${epochs[i].client}, the replica in #${epochs[i].replica} (noticed ${epochs[i].noticedMs} ms from the relay); ${epochs[i].resetsAfter} reset snapshots of the task to that client after it`,
+              `ack ${ack.seq}${ack.conn.http ? ' over HTTP' : ''} to ${ack.backend} at ${ack.at % 100000} in epoch #${epochs[i].client}, the replica in #${epochs[i].replica} (noticed ${epochs[i].noticedMs} ms from the relay); ${epochs[i].resetsAfter} reset snapshots of the task to that client after it`,
           )
           .join('; ')}\n`,
       );
