@@ -579,10 +579,15 @@ class Relay {
       try {
         const message = JSON.parse(frame.payload);
         kind = message.type;
-        if (kind === 'hello') this.conn.helloAt = Date.now();
+        if (kind === 'hello') {
+          this.conn.helloAt = Date.now();
+          this.conn.helloEpoch = message.epoch;
+        }
         const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
         if (taskId !== undefined) {
           seen = { type: kind, taskId, seq: message.event?.seq ?? message.task?.seq, code: message.code };
+          if (message.reset === true) seen.reset = true;
+          if (message.epoch !== undefined) seen.epoch = message.epoch;
           seen.at = Date.now();
           seen.conn = this.conn;
           balancer.onServerFrame?.(seen);
@@ -746,11 +751,16 @@ class HttpStream {
       }
       const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
       if (taskId === undefined) continue;
+      // The id names the epoch of the frame's seq (`<seq>~<epoch>`).
+      const id = block.split('\n').find((line) => line.startsWith('id:'));
+      const epoch = id?.includes('~') ? id.slice(id.indexOf('~') + 1).trim() : undefined;
       this.#balancer.onServerFrame?.({
         type: message.type,
         taskId,
         seq: message.event?.seq ?? message.task?.seq,
         code: message.code,
+        ...(message.reset === true ? { reset: true } : {}),
+        ...(epoch === undefined ? {} : { epoch }),
         at: Date.now(),
         conn: this.conn,
       });

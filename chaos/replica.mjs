@@ -1,11 +1,13 @@
 // One Finishline replica as a child process of chaos/run.mjs: a ProgressServer over Postgres (or, with
 // CHAOS_STORE=sqlite, over a SqliteProgressStore on the database file CHAOS_SQLITE_FILE that every replica
 // shares) on a port chosen at run time. It talks to its parent over IPC:
-//   → parent  { type: 'ready', port, serverId, pid }
+//   → parent  { type: 'ready', port, serverId, pid, epoch }
 //   ← parent  { type: 'start', requestId, owner, items, itemMs, run, id? }
 //                                                 → { type: 'started', requestId, taskId } (or { …, error, exists })
 //                                                 → { type: 'ended', taskId, status } (later)
 //   ← parent  { type: 'purge', requestId, olderThanMs }  → { type: 'purged', requestId, count } (or { …, error })
+//   ← parent  { type: 'renew', requestId }  → { type: 'renewed', requestId, epoch } (or { …, error })
+//   → parent  { type: 'epoch-noticed', epoch, at }  (the server noticed a renewed epoch)
 //   ← parent  { type: 'metrics', requestId }  → { type: 'metrics', requestId, resyncs, rejected, tokenChecks, health, … }
 // SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
 // Imports the BUILT packages (npm run build first).
@@ -79,10 +81,24 @@ async function retried(open) {
 
 const store = storeKind === 'sqlite' ? await openSqliteStore() : await openPostgresStore();
 
+// When this replica noticed each renewed epoch (the server logs it at info level): reported at once, so
+// the harness knows which epoch an ack reaching this replica met (see checkAcks in run.mjs).
+const noop = () => {};
+const logger = {
+  debug: noop,
+  warn: noop,
+  error: noop,
+  info: (fields) => {
+    if (typeof fields?.epoch === 'string' && typeof fields.previous === 'string')
+      send({ type: 'epoch-noticed', epoch: fields.epoch, at: Date.now() });
+  },
+};
+
 const server = await ProgressServer.listen(
   {
     store,
     serverId: `${name}-${process.pid}`,
+    logger,
     // The harness authenticates watchers by a header, or (--token-ttl-ms) by a token that expires; the
     // default authorization (owner only) applies.
     authenticate: (request) => {
@@ -179,6 +195,17 @@ async function purge(message) {
   }
 }
 
+// An operator's renewEpoch() after a restore, on a live store (the harness picks the replica and the
+// moment): nothing else changes, so every seq stays valid, and every watcher must start over cleanly.
+async function renew(message) {
+  try {
+    const epoch = await store.renewEpoch();
+    send({ type: 'renewed', requestId: message.requestId, epoch });
+  } catch (error) {
+    send({ type: 'renewed', requestId: message.requestId, error: String(error?.message ?? error) });
+  }
+}
+
 async function metrics(message) {
   const json = await server.metrics.registry.getMetricsAsJSON();
   const resyncs = {};
@@ -217,6 +244,9 @@ process.on('message', (message) => {
     case 'purge':
       void purge(message);
       break;
+    case 'renew':
+      void renew(message);
+      break;
     default:
       break;
   }
@@ -238,4 +268,11 @@ process.on('SIGINT', () => void stop('SIGINT'));
 process.on('disconnect', () => void stop('disconnect'));
 
 const address = server.httpServer.address();
-send({ type: 'ready', port: address.port, serverId: server.serverId, pid: process.pid });
+send({
+  type: 'ready',
+  port: address.port,
+  serverId: server.serverId,
+  pid: process.pid,
+  // (A failed read leaves it unknown: the harness then counts no ack of this incarnation apart.)
+  epoch: await store.getEpoch?.().catch(() => undefined),
+});
