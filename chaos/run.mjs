@@ -1231,11 +1231,11 @@ let ackSkippedPurged = 0;
 const lateAcks = { count: 0, maxMs: 0, afterThawMs: 0 };
 /**
  * A replica frozen inside a store transaction holds its row locks until it wakes (Postgres), or the write
- * lock (SQLite), and the other replicas' writes touching them wait; on Postgres an ack batch waiting for
- * one such row holds back every later ack of its replica (one ack write in flight): acks written late, not
- * lost (chaos/README.md, "acks written late"). When a freeze overlapped the check's window, read the row
- * again once no replica is frozen, every 500 ms for up to 15 s: an ack stored by then is counted late
- * (`acks checked:` line), any other is lost.
+ * lock (SQLite), and the other replicas' writes touching them wait: the acks of those tasks are written
+ * late, not lost (until 5 December 2026 a Postgres ack batch waiting for one such row held back every
+ * later ack of its replica: chaos/README.md, "acks written late"). When a freeze overlapped the check's
+ * window, read the row again once no replica is frozen, every 500 ms for up to 15 s: an ack stored by then
+ * is counted late (`acks checked:` line), any other is lost.
  */
 async function writtenAfterFreezes(task, acked) {
   const firstAck = Math.min(...(acksByTask.get(task.id) ?? []).map((ack) => ack.at));
