@@ -4,11 +4,12 @@
 //   → parent  { type: 'ready', port, serverId, pid, epoch }
 //   ← parent  { type: 'start', requestId, owner, items, itemMs, run, id? }
 //                                                 → { type: 'started', requestId, taskId } (or { …, error, exists })
-//                                                 → { type: 'ended', taskId, status } (later)
+//                                                 → { type: 'ended', taskId, status, endedElsewhere } (later)
 //   ← parent  { type: 'purge', requestId, olderThanMs }  → { type: 'purged', requestId, count } (or { …, error })
 //   ← parent  { type: 'renew', requestId }  → { type: 'renewed', requestId, epoch } (or { …, error })
 //   → parent  { type: 'epoch-noticed', epoch, at }  (the server noticed a renewed epoch)
 //   ← parent  { type: 'metrics', requestId }  → { type: 'metrics', requestId, resyncs, rejected, tokenChecks, health, … }
+//   → parent  { type: 'refused', method, code, taskId, status } (each write of a task the store refused)
 // SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
 // Imports the BUILT packages (npm run build first).
 import { ProgressServer } from '@finishline/server';
@@ -79,7 +80,36 @@ async function retried(open) {
   }
 }
 
-const store = storeKind === 'sqlite' ? await openSqliteStore() : await openPostgresStore();
+const store = reportRefusedWrites(
+  storeKind === 'sqlite' ? await openSqliteStore() : await openPostgresStore(),
+);
+
+/**
+ * Reports to the parent every write of a task (`append`, `renewLease`) the store refused, with its error
+ * code and the task's status read just after: a replica frozen (SIGSTOP) past its lease wakes as a zombie
+ * whose batch goes on appending to tasks another replica reaped meanwhile, and the store must refuse those
+ * writes with a typed error (`task_finished`; chaos/README.md, "frozen replica"). The harness counts them
+ * by code and treats a code other than the expected ones as a violation.
+ */
+function reportRefusedWrites(opened) {
+  for (const method of ['append', 'renewLease']) {
+    const write = opened[method].bind(opened);
+    opened[method] = async (taskId, ...rest) => {
+      try {
+        return await write(taskId, ...rest);
+      } catch (error) {
+        // Reported aside: the server learns of the refusal at once, as without this wrapper.
+        const code = error?.code ?? `untyped ${error?.name}`;
+        void opened.getTask(taskId).then(
+          (task) => send({ type: 'refused', method, code, taskId, status: task?.status ?? 'gone' }),
+          () => send({ type: 'refused', method, code, taskId, status: 'unread' }),
+        );
+        throw error;
+      }
+    };
+  }
+  return opened;
+}
 
 // When this replica noticed each renewed epoch (the server logs it at info level): reported at once, so
 // the harness knows which epoch an ack reaching this replica met (see checkAcks in run.mjs).
@@ -178,7 +208,9 @@ async function start(message) {
       },
       { concurrency: 2 },
     );
-    send({ type: 'ended', taskId: task.id, status: result.status });
+    // endedElsewhere: the task was ended by another replica (a reaper, after this one was frozen or its
+    // lease lapsed) and the batch stopped on learning it.
+    send({ type: 'ended', taskId: task.id, status: result.status, endedElsewhere: result.endedElsewhere });
   } catch {
     // The batch machinery failed (the store down): the lease lapses and the reaper ends the task.
   }

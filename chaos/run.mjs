@@ -76,9 +76,18 @@ const config = {
   // A WebSocket outage for one client at a time (its upgrades refused, its sockets cut, for 5–9 s): it
   // falls back to the HTTP API, whose requests carry the token as a bearer.
   wsOutageEveryMs: option('ws-outage-every-ms', 8000),
+<<<<<<< HEAD
   // An operator's renewEpoch() on a random replica's store (chaos/README.md, "Epoch renewals"): every
   // watcher's cursor is of another epoch from then on, and each must start over from a reset snapshot.
   renewEpochEveryMs: option('renew-epoch-every-ms', 2000),
+=======
+  // A frozen replica (SIGSTOP, later SIGCONT: a GC pause, a frozen VM or container, a laptop lid), kept in
+  // the balancer. Each lasts `--freeze-ms` when given, else is drawn short (under the lease less its renewal
+  // interval: no lease lapses) and long (over the lease plus the reap interval: the other replicas reap its
+  // running tasks while it is stopped) in turn. See the "frozen replica" block below.
+  freezeEveryMs: option('freeze-every-ms', 4000),
+  freezeMs: option('freeze-ms', 0),
+>>>>>>> freeze
   // Bounds: every loop below stops at one of these.
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
@@ -126,7 +135,11 @@ const faults = {
   'watcher reload (persisted cursor)': 0,
   'retention purge (purgeFinished on a replica)': 0,
   'WebSocket outage (one client, HTTP fallback)': 0,
+<<<<<<< HEAD
   'epoch renewal (renewEpoch on a replica)': 0,
+=======
+  'replica frozen (SIGSTOP … SIGCONT)': 0,
+>>>>>>> freeze
 };
 // SQLite has no LISTEN connection to terminate (its feed polls the file): that fault is off, and says so.
 if (storeKind === 'sqlite')
@@ -196,6 +209,9 @@ class Replica {
     /** Last metrics of each incarnation (a killed one keeps what was read before the kill). */
     this.metricsByIncarnation = new Map();
     this.kills = []; // { at, incarnation }
+    this.freezes = []; // { at, until, ms, incarnation }
+    this.frozen = undefined; // the freeze in course
+    this.running = new Set(); // ids of the batches this incarnation runs (from its `started` to its `ended`)
   }
 
   get id() {
@@ -214,6 +230,7 @@ class Replica {
     child.on('message', (message) => this.#onMessage(message));
     child.on('exit', (code, signal) => {
       this.alive = false;
+      this.frozen = undefined;
       onReplicaExit(this, { code, signal, incarnation });
       for (const [, pending] of this.pending) pending.reject(new Error(`replica ${this.id} exited`));
       this.pending.clear();
@@ -230,9 +247,13 @@ class Replica {
       });
     });
     this.port = ready.port;
+<<<<<<< HEAD
     epochNotices.push({ backend: this.id, epoch: ready.epoch, at: Date.now(), start: true });
     // The store's epoch before any renewal (the first replica to answer read it).
     if (renewals.length === 0) initialEpoch ??= ready.epoch;
+=======
+    this.running = new Set();
+>>>>>>> freeze
     this.alive = true;
     this.draining = false;
     return ready;
@@ -243,13 +264,23 @@ class Replica {
       case 'ready':
         this.readyWaiter?.(message);
         break;
+<<<<<<< HEAD
       case 'epoch-noticed':
         epochNotices.push({ backend: this.id, epoch: message.epoch, at: message.at });
+=======
+      case 'refused':
+        onRefusedWrite(this, message);
+        break;
+      case 'ended':
+        this.running.delete(message.taskId);
+        if (message.endedElsewhere) refusedWrites.batchesEndedElsewhere += 1;
+>>>>>>> freeze
         break;
       case 'started':
       case 'purged':
       case 'renewed':
       case 'metrics': {
+        if (message.type === 'started' && message.taskId !== undefined) this.running.add(message.taskId);
         const pending = this.pending.get(message.requestId);
         if (pending === undefined) return;
         this.pending.delete(message.requestId);
@@ -289,7 +320,7 @@ class Replica {
   }
 
   async pollMetrics() {
-    if (!this.alive) return;
+    if (!this.alive || this.frozen !== undefined) return;
     const incarnation = this.incarnation;
     try {
       const metrics = await this.request({ type: 'metrics' }, 5000);
@@ -297,6 +328,27 @@ class Replica {
     } catch {
       // A replica killed meanwhile keeps its last reading.
     }
+  }
+
+  /**
+   * Stops the process (SIGSTOP) for `ms`, then lets it go on (SIGCONT). It stays in the balancer, as a frozen
+   * pod stays in its Service: connections routed to it hang until their clients give up.
+   */
+  freeze(ms) {
+    const child = this.child;
+    const frozen = { at: Date.now(), until: Date.now() + ms, ms, incarnation: this.incarnation };
+    this.frozen = frozen;
+    this.freezes.push(frozen);
+    child.kill('SIGSTOP');
+    setTimeout(() => this.thaw(child, frozen), ms).unref();
+  }
+
+  thaw(child, frozen) {
+    if (frozen.thawed) return;
+    frozen.thawed = true;
+    frozen.until = Date.now(); // when it was let go on (the timer may fire late, a shutdown early)
+    if (this.frozen === frozen) this.frozen = undefined;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGCONT');
   }
 
   kill() {
@@ -318,6 +370,8 @@ class Replica {
     this.stopping = true;
     if (!this.alive) return;
     const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    // A frozen replica would hold the SIGTERM until its SIGCONT.
+    if (this.frozen !== undefined) this.thaw(this.child, this.frozen);
     this.child.kill('SIGTERM');
     const timer = setTimeout(() => this.child.kill('SIGKILL'), 10_000);
     await exited;
@@ -629,6 +683,7 @@ function sseStreamsOf(watcher) {
   return `; streams from its request: ${streams.join(' ') || 'none'}`;
 }
 
+<<<<<<< HEAD
 /** A WebSocket watcher's client since its run's request: its states, connections and the task's frames. */
 function socketHistoryOf(watcher) {
   const t0 = watcher.task.requestedAt;
@@ -653,6 +708,38 @@ function socketHistoryOf(watcher) {
     .sort((x, y) => x.at - y.at)
     .map((f) => `${f.text}@${f.at - t0}`);
   return `; client: ${states.join(' ') || 'no state change'}; connections: ${conns.join(' ') || 'none'}; frames: ${frames.join(' ') || 'none'}`;
+=======
+/** A WebSocket watcher's client's sockets and states since its run's request, and freezes: for a RETENTION line. */
+function socketsOf(watcher) {
+  if (watcher.slot.sse) return '';
+  const t0 = watcher.task.requestedAt;
+  const sockets = balancer.history
+    .filter(
+      (c) => c.tag === `slot${watcher.slot.index}` && c.taskId === undefined && (c.closedAt ?? t0) >= t0,
+    )
+    .map(
+      (c) =>
+        `[${c.backend} @${c.openedAt - t0}${c.helloAt === undefined ? ' no-hello' : ` hello@${c.helloAt - t0}`} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`,
+    );
+  const states = watcher.slot.log
+    .filter((entry) => entry.at >= t0)
+    .map((entry) => `${entry.what}@${entry.at - t0}`);
+  const freezes = replicas.flatMap((r) =>
+    r.freezes
+      .filter((f) => f.until >= t0)
+      .map((f) => `r${r.index}#${f.incarnation} ${f.at - t0}–${f.until - t0}`),
+  );
+  const frames = serverFrameLog
+    .filter((f) => f.taskId === watcher.task.id && f.conn.tag === `slot${watcher.slot.index}` && f.at >= t0)
+    .map(
+      (f) =>
+        `${f.type}:${f.seq ?? f.code}@${f.at - t0}#${f.conn.id}${f.fate === undefined ? '' : `(${f.fate})`}`,
+    );
+  const ends = replicas.flatMap((r) =>
+    r.kills.filter((k) => k.at >= t0).map((k) => `kill -9 r${r.index}#${k.incarnation}@${k.at - t0}`),
+  );
+  return `; run on ${watcher.task.replicaId}; sockets from its request: ${sockets.join(' ') || 'none'}; frames: ${frames.join(' ') || 'none'}; states: ${states.join(' ') || 'none'}; freezes: ${freezes.join(' ') || 'none'}; kills: ${ends.join(' ') || 'none'}`;
+>>>>>>> freeze
 }
 
 /** The results' lines about SSE watchers: shown, terminal commit → callback, acks over HTTP. */
@@ -876,6 +963,87 @@ function tokenLines(replicas) {
   ];
 }
 
+// ── frozen replica (--freeze-every-ms) ─────────────────────────────────────────────────────────
+// One replica at a time is stopped (SIGSTOP) and let go on (SIGCONT) later: a GC pause, a frozen VM or
+// container, a laptop lid. It stays in the balancer (a frozen pod stays in its Service), so connections
+// routed to it hang until their clients give up, and its open sockets and streams go silent: clients must
+// notice by their heartbeat watchdogs and reconnect elsewhere. A short freeze (under the lease less its
+// renewal interval) lapses no lease; a long one (over the lease plus the reap interval) lets the other
+// replicas reap its running tasks while it is stopped, and on SIGCONT its batches go on writing to them as
+// zombies: the store must refuse each write with a typed error (the replicas report every refused write,
+// onRefusedWrite), the log keep one terminal event, last, and the watchers see nothing stale.
+const reapIntervalMs = Math.max(100, Math.floor(config.leaseTtlMs / 6)); // as chaos/replica.mjs sets it
+const renewIntervalMs = Math.floor(config.leaseTtlMs / 3); // the server's default
+const freezeRanges = {
+  short: [200, config.leaseTtlMs - renewIntervalMs - 200],
+  long: [config.leaseTtlMs + reapIntervalMs + 500, config.leaseTtlMs + reapIntervalMs + 3500],
+};
+let freezesDrawn = 0;
+/** `--freeze-ms`, else short and long in turn (so that even a short run gets both), each drawn in its range. */
+function freezeDuration() {
+  if (config.freezeMs > 0) return config.freezeMs;
+  freezesDrawn += 1;
+  return randInt(...(freezesDrawn % 2 === 1 ? freezeRanges.short : freezeRanges.long));
+}
+
+/**
+ * Writes of a task the store refused, by method and code. Fencing codes are expected (a write to a task
+ * that ended or that another replica holds); `store_unavailable` is an outage, counted as well; any other
+ * code (an untyped error included) is a violation, as is `task_finished` for a task still running.
+ */
+const FENCING_CODES = new Set(['task_finished', 'lease_held', 'task_not_found']);
+const refusedWrites = { byCode: {}, ofEndedTasks: 0, afterFreeze: 0, batchesEndedElsewhere: 0 };
+function onRefusedWrite(replica, message) {
+  const key = `${message.method} ${message.code}`;
+  refusedWrites.byCode[key] = (refusedWrites.byCode[key] ?? 0) + 1;
+  if (message.status !== 'running') refusedWrites.ofEndedTasks += 1;
+  // Within 10 s of the end of a freeze of this incarnation: a zombie's write.
+  const now = Date.now();
+  if (
+    replica.freezes.some(
+      (f) => f.incarnation === replica.incarnation && f.until <= now && now - f.until < 10_000,
+    )
+  )
+    refusedWrites.afterFreeze += 1;
+  const detail = { replica: replica.id, ...message, type: undefined };
+  if (!FENCING_CODES.has(message.code) && message.code !== 'store_unavailable')
+    violation('write refused with an unexpected code', detail);
+  else if (message.code === 'task_finished' && message.status === 'running')
+    violation('write refused task_finished on a running task', detail);
+}
+
+/** Whether a run's worker was frozen while it ran. */
+const frozenWorker = (task) =>
+  task.replica.freezes.some(
+    (f) =>
+      f.incarnation === task.incarnation &&
+      f.until >= task.requestedAt &&
+      f.at <= (task.row?.finishedAt ?? Number.POSITIVE_INFINITY),
+  );
+
+/** The results' `frozen replicas:` lines. */
+function freezeLines() {
+  if (config.freezeEveryMs <= 0) return ['frozen replicas:     off (--freeze-every-ms 0)'];
+  const freezes = replicas.flatMap((r) => r.freezes);
+  const long = freezes.filter((f) => f.ms > config.leaseTtlMs + reapIntervalMs);
+  const spans = (list) =>
+    list.length === 0
+      ? ''
+      : ` ${Math.min(...list.map((f) => f.ms))}–${Math.max(...list.map((f) => f.ms))} ms`;
+  const ran = tasks.filter(frozenWorker);
+  const byStatus = {};
+  for (const task of ran)
+    byStatus[task.row?.status ?? 'unknown'] = (byStatus[task.row?.status ?? 'unknown'] ?? 0) + 1;
+  return [
+    `frozen replicas:     ${freezes.length} freezes (${freezes.length - long.length} short${spans(freezes.filter((f) => !long.includes(f)))}, ${long.length} over lease + reap interval${spans(long)}); ${ran.length} tasks whose worker was frozen while they ran (${
+      Object.entries(byStatus)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ') || 'none'
+    })`,
+    `  writes refused:    ${JSON.stringify(refusedWrites.byCode)}; ${refusedWrites.ofEndedTasks} of ended tasks, ${refusedWrites.afterFreeze} within 10 s of a SIGCONT; ${refusedWrites.batchesEndedElsewhere} batches stopped as their task was ended elsewhere`,
+  ];
+}
+
 // ── the run ────────────────────────────────────────────────────────────────────────────────────
 const schema = `chaos_${randomBytes(4).toString('hex')}`;
 // The store the checks read (getTask, readEvents, countRunning, close) and the replicas' environment.
@@ -973,7 +1141,9 @@ async function startTask(number, reuse) {
   const requestedAt = Date.now();
   let previous; // the replica of an attempt whose answer was lost
   for (let attempt = 0; attempt < 10 && Date.now() < deadline; attempt++) {
-    const alive = replicas.filter((r) => r.alive);
+    // Not on a frozen replica: the harness's IPC is its own control channel, not a request a client made
+    // (a start already in flight when the freeze lands is answered after it, or retried elsewhere).
+    const alive = replicas.filter((r) => r.alive && r.frozen === undefined);
     if (alive.length === 0) {
       await sleep(200);
       continue;
@@ -1144,10 +1314,43 @@ const acksByTask = new Map();
 const pendingAckChecks = new Set();
 let ackChecked = 0;
 let ackSkippedPurged = 0;
+<<<<<<< HEAD
 /** Ack checks whose missing acks were all sent in an epoch their replica had left (acks carry no epoch). */
 let ackEpochRaces = 0;
 /** Their acks' replica notice of the newer epoch, relative to the relay (ms). */
 const ackEpochNoticedMs = [];
+=======
+/** Acks written late because a replica was frozen meanwhile (writtenAfterFreezes), and the latest. */
+const lateAcks = { count: 0, maxMs: 0, afterThawMs: 0 };
+/**
+ * A replica frozen inside a store transaction holds its row locks until it wakes (Postgres), or the write
+ * lock (SQLite), and the other replicas' writes touching them wait: the acks of those tasks are written
+ * late, not lost (until 5 December 2026 a Postgres ack batch waiting for one such row held back every
+ * later ack of its replica: chaos/README.md, "acks written late"). When a freeze overlapped the check's
+ * window, read the row again once no replica is frozen, every 500 ms for up to 15 s: an ack stored by then
+ * is counted late (`acks checked:` line), any other is lost.
+ */
+async function writtenAfterFreezes(task, acked) {
+  const firstAck = Math.min(...(acksByTask.get(task.id) ?? []).map((ack) => ack.at));
+  const overlapped = () =>
+    replicas.some((r) => r.frozen !== undefined || r.freezes.some((f) => f.until >= firstAck - 10_000));
+  if (!overlapped()) return false;
+  const from = Date.now();
+  while (replicas.some((r) => r.frozen !== undefined) && Date.now() - from < 30_000) await sleep(200);
+  // Then up to 15 s more, read every 500 ms: how late it comes is the figure.
+  const thawed = Date.now();
+  let row = await store.getTask(task.id);
+  while (row !== undefined && row.ackedSeq < acked && Date.now() - thawed < 15_000) {
+    await sleep(500);
+    row = await store.getTask(task.id);
+  }
+  if (row === undefined || row.ackedSeq < acked) return false;
+  lateAcks.afterThawMs = Math.max(lateAcks.afterThawMs, Date.now() - thawed);
+  lateAcks.count += 1;
+  lateAcks.maxMs = Math.max(lateAcks.maxMs, Date.now() - firstAck);
+  return true;
+}
+>>>>>>> freeze
 function scheduleAckCheck(task) {
   const check = sleep(2500)
     .then(() => checkAcks(task))
@@ -1155,9 +1358,31 @@ function scheduleAckCheck(task) {
     .finally(() => pendingAckChecks.delete(check));
   pendingAckChecks.add(check);
 }
+/** How long until every ack of `task` (its run's) settled, ms (≤ 0: settled). */
+function settleWait(task) {
+  let latest = 0;
+  for (const ack of acksByTask.get(task.id) ?? []) {
+    if (ack.at < task.requestedAt) continue;
+    const replica = replicas.find((r) => ack.backend.startsWith(`r${r.index}#`));
+    if (replica !== undefined) latest = Math.max(latest, ranFor(replica, ack, 1000) + 1500);
+  }
+  return latest - Date.now();
+}
+/** When `replica`'s incarnation that got `ack` had run `ms` after it: its freezes meanwhile do not count. */
+function ranFor(replica, ack, ms) {
+  let end = ack.at + ms;
+  for (const f of replica.freezes) {
+    if (`r${replica.index}#${f.incarnation}` === ack.backend && f.until > ack.at && f.at < end)
+      end += f.until - Math.max(f.at, ack.at);
+  }
+  return end;
+}
 async function checkAcks(task) {
   if (task.ackChecked) return;
   task.ackChecked = true;
+  // An ack that reached a frozen replica waits in its socket until it runs again: wait for every ack of the
+  // run to have had its second of the replica running, and 1.5 s more for the write (as the 2.5 s above).
+  for (let wait = settleWait(task); wait > 0 && !shuttingDown; wait = settleWait(task)) await sleep(wait);
   // A re-created id's acks belong to the run that was current when they were relayed.
   const runs = runsById.get(task.id) ?? [task];
   const next = runs[runs.indexOf(task) + 1];
@@ -1165,10 +1390,13 @@ async function checkAcks(task) {
   const settledAcks = [];
   for (const ack of acksByTask.get(task.id) ?? []) {
     if (ack.at < task.requestedAt || (next !== undefined && ack.at >= next.requestedAt)) continue;
-    const settled = (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) - ack.at >= 1000;
     const replica = replicas.find((r) => ack.backend.startsWith(`r${r.index}#`));
+    // A second of the replica RUNNING after the ack: a frozen one has not read it yet (it waits in the
+    // socket's buffer, lost if the process is killed or the connection reset before it wakes).
+    const settledAt = replica === undefined ? ack.at + 1000 : ranFor(replica, ack, 1000);
+    const settled = (ack.conn.closedAt ?? Number.POSITIVE_INFINITY) >= settledAt;
     const killedSoon = replica?.kills.some(
-      (kill) => `r${replica.index}#${kill.incarnation}` === ack.backend && kill.at - ack.at < 1000,
+      (kill) => `r${replica.index}#${kill.incarnation}` === ack.backend && kill.at < settledAt,
     );
     if (!settled || killedSoon) continue;
     settledAcks.push(ack);
@@ -1192,6 +1420,7 @@ async function checkAcks(task) {
     return;
   }
   ackChecked += 1;
+<<<<<<< HEAD
   if (row.ackedSeq < acked) {
     // Acks carry no epoch (the known limitation: chaos/README.md, "Epoch renewals"). An ack the client sent
     // in an epoch its replica had left when it handled the ack is of the old epoch's seqs, which the
@@ -1212,6 +1441,10 @@ async function checkAcks(task) {
       );
       return;
     }
+=======
+  if (row.ackedSeq < acked && (await writtenAfterFreezes(task, acked))) return;
+  if (row.ackedSeq < acked)
+>>>>>>> freeze
     violation('acknowledged seq lost', {
       taskId: task.id,
       run: task.run,
@@ -1261,6 +1494,11 @@ async function checkAcks(task) {
         ])
         .filter((end) => (acksByTask.get(task.id) ?? []).some((ack) => ack.backend === end.backend))
         .map((end) => `${end.backend} ${end.how} at ${end.at % 100000}`),
+      freezes: replicas
+        .flatMap((r) => r.freezes.map((f) => ({ backend: `r${r.index}#${f.incarnation}`, ...f })))
+        .filter((f) => (acksByTask.get(task.id) ?? []).some((ack) => Math.abs(ack.at - f.until) < 20_000))
+        .map((f) => `${f.backend} ${f.at % 100000}–${f.until % 100000}`),
+      worker: task.replicaId,
       frames: clientFrameLog
         .filter((frame) => frame.taskId === task.id)
         .map(
@@ -1350,8 +1588,10 @@ async function faultLoop(everyMs, inject) {
 
 const killLoop = faultLoop(config.killEveryMs, async () => {
   const alive = replicas.filter((r) => r.alive);
-  if (alive.length < 2) return; // keep one replica serving
+  if (alive.length < 2) return;
   const victim = alive[Math.floor(random() * alive.length)];
+  // Keep one replica serving (a frozen one does not; one may be killed while frozen, as an orchestrator would).
+  if (!alive.some((r) => r !== victim && r.frozen === undefined)) return;
   if (random() < 0.25) {
     victim.restartGracefully();
     faults['replica SIGTERM (graceful restart)'] += 1;
@@ -1384,6 +1624,7 @@ const cutLoop = faultLoop(config.socketCutEveryMs, async () => {
   faults['SSE stream cut (on demand)'] += cutSseStreams(wsCut, wsOpen);
 });
 const outageLoop = faultLoop(config.wsOutageEveryMs, async () => injectOutage());
+<<<<<<< HEAD
 // Epoch renewals: a random replica renews its store's epoch (as an operator does after a restore, here on
 // a live store whose seqs all stay valid). The replicas hear it through their change feed (Postgres: the
 // statement's notice; SQLite: the other processes at their next poll) or their next heartbeat tick.
@@ -1402,6 +1643,23 @@ const renewLoop = faultLoop(config.renewEpochEveryMs, async () => {
   } catch (error) {
     renewal.error = String(error?.message ?? error); // killed meanwhile: it may still have committed
   }
+=======
+const freezeLoop = faultLoop(config.freezeEveryMs, async () => {
+  if (replicas.some((r) => r.frozen !== undefined)) return; // one at a time
+  const servingNow = () => replicas.filter((r) => r.alive && r.draining !== true && r.frozen === undefined);
+  // Batches run a few tens of ms: wait up to a second for one to be running, so a freeze lands on work.
+  for (let waited = 0; waited < 1000 && !servingNow().some((r) => r.running.size > 0); waited += 50)
+    await sleep(50);
+  const serving = servingNow();
+  if (serving.length < 2) return; // keep one replica serving
+  // The busiest (ties at random): a replica picked at random is often idle, and a long freeze then has
+  // nothing to reap nor any zombie to fence.
+  const victim = serving
+    .map((replica) => ({ replica, order: replica.running.size + random() }))
+    .sort((x, y) => y.order - x.order)[0].replica;
+  victim.freeze(freezeDuration());
+  faults['replica frozen (SIGSTOP … SIGCONT)'] += 1;
+>>>>>>> freeze
 });
 const reloadLoop = faultLoop(config.reloadEveryMs, async () => {
   slots[Math.floor(random() * slots.length)].reload();
@@ -1429,7 +1687,7 @@ async function refreshPurged() {
         watcher.notDoneAtPurge = true;
         retention.watchersNotDoneAtPurge += 1;
         process.stderr.write(
-          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})${sseStreamsOf(watcher)}\n`,
+          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})${sseStreamsOf(watcher)}${socketsOf(watcher)}\n`,
         );
       }
     }
@@ -1466,7 +1724,7 @@ const reuseRuns = new Set();
 let reuseOpen = true;
 const reusing = new Set();
 async function purgeAndReuse() {
-  const alive = replicas.filter((r) => r.alive && r.draining !== true);
+  const alive = replicas.filter((r) => r.alive && r.draining !== true && r.frozen === undefined);
   if (alive.length === 0) return;
   const replica = alive[Math.floor(random() * alive.length)];
   faults['retention purge (purgeFinished on a replica)'] += 1;
@@ -1577,7 +1835,11 @@ await Promise.allSettled([
   metricsLoop,
   purgeLoop,
   outageLoop,
+<<<<<<< HEAD
   renewLoop,
+=======
+  freezeLoop,
+>>>>>>> freeze
 ]);
 
 // ── figures ────────────────────────────────────────────────────────────────────────────────────
@@ -1634,7 +1896,7 @@ for (const task of tasks.filter(killedWorker)) {
   }
 }
 killToShown.sort((x, y) => x - y);
-const normal = delays((task) => !killedWorker(task));
+const normal = delays((task) => !killedWorker(task) && !frozenWorker(task));
 const killed = delays(killedWorker);
 const b = balancer.counts;
 const newRuns = tasks.filter((task) => task.run > 1);
@@ -1694,6 +1956,7 @@ const out = [
   `  live workers:      ${line(normal)}`,
   `  killed workers:    ${line(killed)} (the reaper's commit; it comes ≤ lease ${config.leaseTtlMs} ms + reap interval after the kill)`,
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
+  `  frozen workers:    ${line(delays((task) => frozenWorker(task) && !killedWorker(task)))} (a freeze of the task's replica while it ran: left out of live workers)`,
   `  in a WS outage:    ${line(delays(() => true, inOutage))} (watchers of a client whose WebSocket was out, polling HTTP every 2 s: left out of the lines above)`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
@@ -1707,9 +1970,14 @@ const out = [
   }`,
   `server counters:     terminal retries ${counters.finishline_terminal_retries_total ?? 0}, resumes ${counters.finishline_resumes_total ?? 0}, leases reaped ${counters.finishline_leases_reaped_total ?? 0}, safety-net events ${counters.finishline_safety_net_events_total ?? 0}, store errors ${counters.finishline_store_errors_total ?? 0}`,
   ...retentionLines,
+  ...freezeLines(),
   ...tokenLines(replicas),
+<<<<<<< HEAD
   ...epochLines(),
   `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP); ${ackEpochRaces} tasks whose missing acks were all of an epoch their replica had left (EPOCH-ACK lines: acks carry no epoch; the replica noticed the newer epoch ${ackEpochNoticedMs.filter((ms) => ms === undefined || ms <= 0).length} before the relay, ${ackEpochNoticedMs.filter((ms) => ms > 0).length} after, at most ${Math.max(0, ...ackEpochNoticedMs.filter((ms) => ms > 0))} ms)`,
+=======
+  `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked; ${lateAcks.count} of them only after a freeze ended, read again up to ${lateAcks.maxMs} ms after the first ack, ${lateAcks.afterThawMs} ms after the last freeze ended); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP)`,
+>>>>>>> freeze
   ...sseFigures(),
   `task starts retried: ${stats.startRetries}`,
   `duration:            ${((Date.now() - startedAt) / 1000).toFixed(1)} s`,

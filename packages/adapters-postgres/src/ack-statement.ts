@@ -17,12 +17,14 @@ import type { BatchedCall } from './statement-batcher.js';
 export interface AckCall {
   taskId: string;
   seq: number;
+  /** Asked again after its row was held by another transaction: the wait before the next ask, if so. */
+  retryMs?: number;
 }
 
 /** The ack statement of one store's tasks table (see `prepared-statement.ts`). */
 export type AckStatement = PreparedStatement<
   { ackTaskIds: string[]; ackSeqs: number[]; taskIds: string[] },
-  { id: string; seq: string; acked_seq: string }
+  { id: string; seq: string; acked_seq: string; skipped: boolean }
 >;
 
 /**
@@ -34,7 +36,7 @@ export type AckStatement = PreparedStatement<
 export function ackStatement(db: Kysely<ProgressDatabase>, tasks: RawBuilder<unknown>): AckStatement {
   return new PreparedStatement(
     db,
-    sql<{ id: string; seq: string; acked_seq: string }>`
+    sql<{ id: string; seq: string; acked_seq: string; skipped: boolean }>`
         WITH v AS (
           -- Each task's acked seqs of the batch as one array, so that a row looks at its own seqs only
           -- (a subquery over all the batch's acks for every row was quadratic: 57 ms at 1,000 acks).
@@ -46,23 +48,30 @@ export function ackStatement(db: Kysely<ProgressDatabase>, tasks: RawBuilder<unk
           WHERE t.id = ANY(${param('taskIds')}::text[])
             AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
           ORDER BY t.id
-          FOR UPDATE OF t
+          -- A row another transaction holds (an append of a replica frozen before its COMMIT) is skipped,
+          -- not waited for: this batch, and every ack of this store after it, would wait as long.
+          FOR UPDATE OF t SKIP LOCKED
         ), updated AS (
           UPDATE ${tasks} AS t
           SET acked_seq = (SELECT max(s) FROM unnest(v.seqs) AS s WHERE s <= t.seq)
           FROM v
           -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
-          -- The rows updated are the rows locked without a join on \`locked\`: the same condition, checked
-          -- on the same snapshot, and on the newest version of a row that changed since (as FOR UPDATE did).
+          -- The rows updated are the rows locked: the same condition, checked on the same snapshot, and on
+          -- the newest version of a row that changed since (as FOR UPDATE did), among the ids \`locked\` got
+          -- (a row it skipped is held by another transaction: updating it would wait for that one).
           WHERE (SELECT count(*) FROM locked) >= 0
             AND t.id = ANY(${param('taskIds')}::text[]) AND v.id = t.id
+            AND t.id IN (SELECT id FROM locked)
             AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
           RETURNING t.id, t.seq, t.acked_seq
         )
-        SELECT id, seq, acked_seq FROM updated
+        SELECT id, seq, acked_seq, false AS skipped FROM updated
         UNION ALL
         SELECT t.id, t.seq,
-          GREATEST(t.acked_seq, (SELECT max(s) FROM unnest(v.seqs) AS s WHERE s <= t.seq))
+          GREATEST(t.acked_seq, (SELECT max(s) FROM unnest(v.seqs) AS s WHERE s <= t.seq)),
+          -- Skipped: it had an ack to write and another transaction held it (written in a later batch).
+          t.id NOT IN (SELECT id FROM locked)
+            AND EXISTS (SELECT 1 FROM unnest(v.seqs) AS s WHERE s <= t.seq AND s > t.acked_seq)
         FROM ${tasks} t JOIN v ON v.id = t.id
         WHERE t.id = ANY(${param('taskIds')}::text[]) AND NOT EXISTS (SELECT 1 FROM updated u WHERE u.id = t.id)`,
   );
@@ -74,34 +83,39 @@ export function ackStatement(db: Kysely<ProgressDatabase>, tasks: RawBuilder<unk
  * Per task, the ack moves to the highest of the batch's seqs that the task has reached, so an
  * out-of-range ack in the batch neither blocks nor spoils a valid one. Rows are locked in id order
  * first, the order append transactions lock them, so an ack statement and an append transaction never
- * wait for each other in a cycle (a plain multi-row UPDATE locks in whatever order the plan visits).
+ * wait for each other in a cycle (a plain multi-row UPDATE locks in whatever order the plan visits). A row
+ * another transaction holds is skipped, not waited for: its acks go to `locked`, to be written again.
  */
 export async function writeAcks(
   db: Kysely<ProgressDatabase>,
   statement: AckStatement,
   batch: BatchedCall<AckCall, number>[],
+  locked: (call: BatchedCall<AckCall, number>) => void,
 ): Promise<void> {
   const taskIds = [...new Set(batch.map((entry) => entry.input.taskId))].sort(compareIds);
-  const rows = new Map<string, { seq: number; ackedSeq: number }>();
+  const rows = new Map<string, { seq: number; ackedSeq: number; skipped: boolean }>();
   try {
     const { rows: result } = await statement.run(db, {
       ackTaskIds: batch.map((entry) => entry.input.taskId),
       ackSeqs: batch.map((entry) => entry.input.seq),
       taskIds,
     });
-    for (const row of result) rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq) });
+    for (const row of result)
+      rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq), skipped: row.skipped });
   } catch (error) {
     const failure = toProgressError(error, 'ack', taskIds.length === 1 ? taskIds[0] : undefined);
     for (const entry of batch) entry.reject(failure);
     return;
   }
-  for (const {
-    input: { taskId, seq },
-    resolve,
-    reject,
-  } of batch) {
+  for (const call of batch) {
+    const {
+      input: { taskId, seq },
+      resolve,
+      reject,
+    } = call;
     const task = rows.get(taskId);
     if (task === undefined) reject(taskNotFound(taskId));
+    else if (task.skipped && seq <= task.seq) locked(call);
     else if (seq > task.seq) {
       reject(
         new ProgressError(

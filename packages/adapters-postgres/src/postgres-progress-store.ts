@@ -46,7 +46,7 @@ import {
 import { detachedInput, int, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
-import { StatementBatcher } from './statement-batcher.js';
+import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
 import {
   insertTask,
   listTasks,
@@ -64,6 +64,11 @@ import {
  *
  * @module
  */
+
+/** The first wait before an ack whose row another transaction held is asked again (then doubling). */
+const ACK_LOCKED_FIRST_RETRY_MS = 50;
+/** The longest wait between two asks of such an ack. */
+const ACK_LOCKED_MAX_RETRY_MS = 1000;
 
 /** Counters of the append pipeline since the store opened. */
 export interface PostgresStoreStats extends AppendStats {
@@ -230,7 +235,10 @@ export class PostgresProgressStore implements ProgressStore {
       TASK_READS_IN_FLIGHT,
     );
     const acks = ackStatement(this.#db, this.#target.tasks);
-    this.#acks = new StatementBatcher((batch) => writeAcks(this.#db, acks, batch), options.maxAckBatchSize);
+    this.#acks = new StatementBatcher(
+      (batch) => writeAcks(this.#db, acks, batch, (call) => this.#ackLater(call)),
+      options.maxAckBatchSize,
+    );
     this.#renewals = new StatementBatcher(
       (batch) => renewLeases(this.#db, this.#target, this.#clock, batch),
       options.maxBatchSize,
@@ -366,6 +374,21 @@ export class PostgresProgressStore implements ProgressStore {
       return Promise.reject(error);
     }
     return this.#acks.enqueue({ taskId, seq });
+  }
+
+  /**
+   * An ack whose row another transaction held (an append of a replica frozen before its COMMIT): asked
+   * again in a later batch, 50 ms later, doubling to a second while the row stays held, so that it holds
+   * back no other ack meanwhile.
+   */
+  #ackLater(call: BatchedCall<AckCall, number>): void {
+    const delayMs = call.input.retryMs ?? ACK_LOCKED_FIRST_RETRY_MS;
+    const timer = setTimeout(() => {
+      if (this.#closed) return call.reject(storeClosed());
+      const input = { ...call.input, retryMs: Math.min(ACK_LOCKED_MAX_RETRY_MS, delayMs * 2) };
+      this.#acks.enqueue(input).then(call.resolve, call.reject);
+    }, delayMs);
+    timer.unref?.();
   }
 
   async renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {

@@ -14,7 +14,16 @@ import {
 } from '../src/index.js';
 import { decodeNotice } from '../src/notify-payload.js';
 import { PURGED_RECORD_MS } from '../src/task-statements.js';
-import { dropSchema, eventually, freshSchema, newPool, oneTo, pgUrl, Recorder } from './support.js';
+import {
+  dropSchema,
+  eventually,
+  freshSchema,
+  newPool,
+  oneTo,
+  pgUrl,
+  Recorder,
+  settlesWithin,
+} from './support.js';
 
 const pool = newPool(10);
 const schemas: string[] = [];
@@ -252,6 +261,35 @@ describe('acks', () => {
       for (const done of oneTo(events)) await store.append(id, { type: 'progress', done });
     }
   }
+
+  it("are not held back by another transaction's lock on one task's row (a replica frozen inside an append)", async () => {
+    // Until 5 December 2026 the ack statement waited for every row lock of its batch, and a store writes
+    // one ack batch at a time: a replica frozen between an append's locking read and its COMMIT held back
+    // every ack of every other replica that acked one of its tasks, of any task, until it woke (the chaos
+    // suite's frozen replica: acks stored up to 14 s late).
+    const schema = await migrated();
+    const store = await open({ schema });
+    await tasksWithEvents(store, ['a', 'b'], 2);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
+      // One batch with both, then one of 'b' alone in a later batch: neither may wait for 'a'.
+      const ackA = store.ack('a', 2);
+      const first = store.ack('b', 1);
+      expect(await settlesWithin(first.then(() => undefined))).toBe('closed');
+      expect(await settlesWithin(store.ack('b', 2).then(() => undefined))).toBe('closed');
+      expect((await store.getTask('b'))?.ackedSeq).toBe(2);
+      expect(await Promise.race([ackA.then(() => 'written'), Promise.resolve('waiting')])).toBe('waiting');
+      await holder.query('COMMIT');
+      // The locked one is written once the lock goes.
+      expect(await ackA).toBe(2);
+      expect((await store.getTask('a'))?.ackedSeq).toBe(2);
+    } finally {
+      await holder.end();
+    }
+  });
 
   it('of one tick go in one statement; each task moves to the highest seq acked', async () => {
     const schema = await migrated();

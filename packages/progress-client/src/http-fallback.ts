@@ -170,9 +170,9 @@ export interface HttpFallback {
 /**
  * The HTTP fallback: while WebSocket connection attempts keep failing (`httpFallbackAfterAttempts`), every
  * unfinished watch is polled over the server's HTTP API (`GET {httpUrl}/tasks/:id` and
- * `…/events?afterSeq=`) every `httpPollIntervalMs`, with backoff while HTTP fails too; and the 100%
- * watchdog's last step reads the task over HTTP. Uses the client's `fetch`, `headers`, `token` and
- * `httpCredentials`.
+ * `…/events?afterSeq=`) every `httpPollIntervalMs`, with backoff while HTTP fails too (a request left
+ * hanging holds back only its own watch); and the 100% watchdog's last step reads the task over HTTP.
+ * Uses the client's `fetch`, `headers`, `token` and `httpCredentials`.
  *
  * @example
  * ```ts
@@ -191,6 +191,8 @@ class HttpPoller implements HttpFallbackRuntime {
   readonly #timer: Timeout;
   #polling = false;
   #failures = 0;
+  /** Rounds started: a round that ends after the next one started leaves the schedule to that one. */
+  #round = 0;
 
   constructor(host: HttpHost) {
     this.#host = host;
@@ -291,19 +293,24 @@ class HttpPoller implements HttpFallbackRuntime {
     this.#host.apply(task, task.cursor.applySnapshot(frame.task, frame.reset === true));
   }
 
-  /** While no socket can be opened: catch every unfinished watch up over HTTP, again and again. */
+  /**
+   * While no socket can be opened: catch every unfinished watch up over HTTP, again and again. The next
+   * round is due `httpPollIntervalMs` after this one started, not after its last answer: a request left
+   * hanging (its server frozen, a proxy holding it) would otherwise hold back every other watch's polls
+   * for as long as it hangs. A watch whose request is still out is skipped (`catchUp`) until it settles.
+   */
   async #poll(): Promise<void> {
     if (!this.#polling) return;
+    const round = ++this.#round;
+    const { httpPollIntervalMs, random } = this.#host.options;
+    this.#timer.set(httpPollIntervalMs, () => void this.#poll());
     const tasks = [...this.#host.tasks()].filter((task) => !task.cursor.finished);
     const results = await Promise.allSettled(tasks.map((task) => this.catchUp(task)));
-    if (!this.#polling || this.#host.signal.aborted) return;
+    if (!this.#polling || this.#host.signal.aborted || round !== this.#round) return;
     const failed = results.some((result) => result.status === 'rejected');
     this.#failures = failed ? this.#failures + 1 : 0;
-    const { httpPollIntervalMs, random } = this.#host.options;
-    // While HTTP fails too, the same backoff as a refused SSE stream's.
-    const delayMs = failed
-      ? retryDelayMs(this.#failures - 1, httpPollIntervalMs, random)
-      : httpPollIntervalMs;
-    this.#timer.set(delayMs, () => void this.#poll());
+    // While HTTP fails too, the same backoff as a refused SSE stream's, from the failed round's end.
+    if (failed)
+      this.#timer.set(retryDelayMs(this.#failures - 1, httpPollIntervalMs, random), () => void this.#poll());
   }
 }

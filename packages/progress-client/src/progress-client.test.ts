@@ -9,7 +9,7 @@ import {
   PROTOCOL_VERSION,
 } from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
+import { type FetchLike, PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { sseFallback } from './sse.js';
@@ -763,6 +763,49 @@ describe('the 100% watchdog', () => {
 });
 
 describe('HTTP fallback', () => {
+  it('keeps polling every other watch while one request hangs (its server frozen, a proxy holding it)', async () => {
+    // Until 5 December 2026 a round of polls waited for its last answer before the next was timed, so one
+    // request routed to a frozen replica held back every watch of the client for as long as it hung: the
+    // chaos suite's frozen replica left watchers of a client in a WebSocket outage without their end for
+    // over 8 s, until retention purged their tasks.
+    let fetchAnswered: FetchLike | undefined;
+    const hanging: string[] = [];
+    const ctx = setup({
+      httpFallbackAfterAttempts: 2,
+      httpPollIntervalMs: 2000,
+      fetch: (url, init) => {
+        if (url.endsWith('/tasks/t1')) {
+          hanging.push(url);
+          return new Promise(() => undefined);
+        }
+        return (fetchAnswered as FetchLike)(url, init);
+      },
+    });
+    const { client, server, scheduler, http } = ctx;
+    fetchAnswered = http.fetch;
+    const t1 = new FakeTask('t1', 2);
+    const t2 = new FakeTask('t2', 2);
+    http.tasks.set('t1', t1);
+    http.tasks.set('t2', t2);
+    client.watch('t1');
+    const log = record(client.watch('t2'));
+    server.last.serverClose(1006);
+    await scheduler.advance(500);
+    server.last.serverClose(1006); // second failed attempt: HTTP takes over
+    await scheduler.advance(0);
+    expect(hanging).toHaveLength(1);
+    expect(log).toEqual(['snapshot@0']);
+    t2.item('a');
+    t2.item('b');
+    t2.end();
+    await scheduler.advance(2000);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+    // The hanging watch is not asked again while its request is out.
+    await scheduler.advance(4000);
+    expect(hanging).toHaveLength(1);
+    await client.close();
+  });
+
   it('polls over HTTP while the socket cannot connect, then stops when it can', async () => {
     const { client, server, scheduler, http, states } = setup({
       httpFallbackAfterAttempts: 2,
