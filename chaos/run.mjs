@@ -76,18 +76,15 @@ const config = {
   // A WebSocket outage for one client at a time (its upgrades refused, its sockets cut, for 5–9 s): it
   // falls back to the HTTP API, whose requests carry the token as a bearer.
   wsOutageEveryMs: option('ws-outage-every-ms', 8000),
-<<<<<<< HEAD
   // An operator's renewEpoch() on a random replica's store (chaos/README.md, "Epoch renewals"): every
   // watcher's cursor is of another epoch from then on, and each must start over from a reset snapshot.
   renewEpochEveryMs: option('renew-epoch-every-ms', 2000),
-=======
   // A frozen replica (SIGSTOP, later SIGCONT: a GC pause, a frozen VM or container, a laptop lid), kept in
   // the balancer. Each lasts `--freeze-ms` when given, else is drawn short (under the lease less its renewal
   // interval: no lease lapses) and long (over the lease plus the reap interval: the other replicas reap its
   // running tasks while it is stopped) in turn. See the "frozen replica" block below.
   freezeEveryMs: option('freeze-every-ms', 4000),
   freezeMs: option('freeze-ms', 0),
->>>>>>> freeze
   // Bounds: every loop below stops at one of these.
   taskTimeoutMs: option('task-timeout-ms', 60_000),
   maxDurationMs: option('max-duration-s', ci ? 170 : 1500) * 1000,
@@ -135,11 +132,8 @@ const faults = {
   'watcher reload (persisted cursor)': 0,
   'retention purge (purgeFinished on a replica)': 0,
   'WebSocket outage (one client, HTTP fallback)': 0,
-<<<<<<< HEAD
   'epoch renewal (renewEpoch on a replica)': 0,
-=======
   'replica frozen (SIGSTOP … SIGCONT)': 0,
->>>>>>> freeze
 };
 // SQLite has no LISTEN connection to terminate (its feed polls the file): that fault is off, and says so.
 if (storeKind === 'sqlite')
@@ -247,13 +241,10 @@ class Replica {
       });
     });
     this.port = ready.port;
-<<<<<<< HEAD
     epochNotices.push({ backend: this.id, epoch: ready.epoch, at: Date.now(), start: true });
     // The store's epoch before any renewal (the first replica to answer read it).
     if (renewals.length === 0) initialEpoch ??= ready.epoch;
-=======
     this.running = new Set();
->>>>>>> freeze
     this.alive = true;
     this.draining = false;
     return ready;
@@ -264,17 +255,15 @@ class Replica {
       case 'ready':
         this.readyWaiter?.(message);
         break;
-<<<<<<< HEAD
       case 'epoch-noticed':
         epochNotices.push({ backend: this.id, epoch: message.epoch, at: message.at });
-=======
+        break;
       case 'refused':
         onRefusedWrite(this, message);
         break;
       case 'ended':
         this.running.delete(message.taskId);
         if (message.endedElsewhere) refusedWrites.batchesEndedElsewhere += 1;
->>>>>>> freeze
         break;
       case 'started':
       case 'purged':
@@ -683,8 +672,11 @@ function sseStreamsOf(watcher) {
   return `; streams from its request: ${streams.join(' ') || 'none'}`;
 }
 
-<<<<<<< HEAD
-/** A WebSocket watcher's client since its run's request: its states, connections and the task's frames. */
+/**
+ * A WebSocket watcher's client since its run's request, for a RETENTION line: its states, connections, the
+ * task's frames both ways (R: a reset snapshot; a server frame's fault in parentheses), and the freezes and
+ * kills of replicas meanwhile.
+ */
 function socketHistoryOf(watcher) {
   const t0 = watcher.task.requestedAt;
   const tag = `slot${watcher.slot.index}`;
@@ -692,7 +684,7 @@ function socketHistoryOf(watcher) {
     .filter((entry) => entry.at >= t0)
     .map((entry) => `${entry.what}@${entry.at - t0}`);
   const conns = balancer.history
-    .filter((c) => c.tag === tag && (c.closedAt ?? Number.POSITIVE_INFINITY) >= t0)
+    .filter((c) => c.tag === tag && c.taskId === undefined && (c.closedAt ?? Number.POSITIVE_INFINITY) >= t0)
     .map(
       (c) =>
         `[#${c.id} ${c.backend} @${c.openedAt - t0}${c.helloAt === undefined ? ' no-hello' : ` hello@${c.helloAt - t0}`} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`,
@@ -700,46 +692,25 @@ function socketHistoryOf(watcher) {
   const frames = [
     ...serverFrameLog
       .filter((f) => f.taskId === watcher.task.id && f.conn.tag === tag && f.at >= t0)
-      .map((f) => ({ at: f.at, text: `<${f.type}:${f.seq ?? f.code}${f.reset ? 'R' : ''}#${f.conn.id}` })),
+      .map((f) => ({
+        at: f.at,
+        text: `<${f.type}:${f.seq ?? f.code}${f.reset ? 'R' : ''}#${f.conn.id}${f.fate === undefined ? '' : `(${f.fate})`}`,
+      })),
     ...clientFrameLog
       .filter((f) => f.taskId === watcher.task.id && f.conn.tag === tag && f.at >= t0)
       .map((f) => ({ at: f.at, text: `>${f.type}:${f.seq}#${f.conn.id}` })),
   ]
     .sort((x, y) => x.at - y.at)
     .map((f) => `${f.text}@${f.at - t0}`);
-  return `; client: ${states.join(' ') || 'no state change'}; connections: ${conns.join(' ') || 'none'}; frames: ${frames.join(' ') || 'none'}`;
-=======
-/** A WebSocket watcher's client's sockets and states since its run's request, and freezes: for a RETENTION line. */
-function socketsOf(watcher) {
-  if (watcher.slot.sse) return '';
-  const t0 = watcher.task.requestedAt;
-  const sockets = balancer.history
-    .filter(
-      (c) => c.tag === `slot${watcher.slot.index}` && c.taskId === undefined && (c.closedAt ?? t0) >= t0,
-    )
-    .map(
-      (c) =>
-        `[${c.backend} @${c.openedAt - t0}${c.helloAt === undefined ? ' no-hello' : ` hello@${c.helloAt - t0}`} ${c.end ?? 'open'}@${(c.closedAt ?? Date.now()) - t0}]`,
-    );
-  const states = watcher.slot.log
-    .filter((entry) => entry.at >= t0)
-    .map((entry) => `${entry.what}@${entry.at - t0}`);
   const freezes = replicas.flatMap((r) =>
     r.freezes
       .filter((f) => f.until >= t0)
       .map((f) => `r${r.index}#${f.incarnation} ${f.at - t0}–${f.until - t0}`),
   );
-  const frames = serverFrameLog
-    .filter((f) => f.taskId === watcher.task.id && f.conn.tag === `slot${watcher.slot.index}` && f.at >= t0)
-    .map(
-      (f) =>
-        `${f.type}:${f.seq ?? f.code}@${f.at - t0}#${f.conn.id}${f.fate === undefined ? '' : `(${f.fate})`}`,
-    );
-  const ends = replicas.flatMap((r) =>
+  const kills = replicas.flatMap((r) =>
     r.kills.filter((k) => k.at >= t0).map((k) => `kill -9 r${r.index}#${k.incarnation}@${k.at - t0}`),
   );
-  return `; run on ${watcher.task.replicaId}; sockets from its request: ${sockets.join(' ') || 'none'}; frames: ${frames.join(' ') || 'none'}; states: ${states.join(' ') || 'none'}; freezes: ${freezes.join(' ') || 'none'}; kills: ${ends.join(' ') || 'none'}`;
->>>>>>> freeze
+  return `; run on ${watcher.task.replicaId}; client: ${states.join(' ') || 'no state change'}; connections: ${conns.join(' ') || 'none'}; frames: ${frames.join(' ') || 'none'}; freezes: ${freezes.join(' ') || 'none'}; kills: ${kills.join(' ') || 'none'}`;
 }
 
 /** The results' lines about SSE watchers: shown, terminal commit → callback, acks over HTTP. */
@@ -1314,12 +1285,10 @@ const acksByTask = new Map();
 const pendingAckChecks = new Set();
 let ackChecked = 0;
 let ackSkippedPurged = 0;
-<<<<<<< HEAD
 /** Ack checks whose missing acks were all sent in an epoch their replica had left (acks carry no epoch). */
 let ackEpochRaces = 0;
 /** Their acks' replica notice of the newer epoch, relative to the relay (ms). */
 const ackEpochNoticedMs = [];
-=======
 /** Acks written late because a replica was frozen meanwhile (writtenAfterFreezes), and the latest. */
 const lateAcks = { count: 0, maxMs: 0, afterThawMs: 0 };
 /**
@@ -1350,7 +1319,6 @@ async function writtenAfterFreezes(task, acked) {
   lateAcks.maxMs = Math.max(lateAcks.maxMs, Date.now() - firstAck);
   return true;
 }
->>>>>>> freeze
 function scheduleAckCheck(task) {
   const check = sleep(2500)
     .then(() => checkAcks(task))
@@ -1420,7 +1388,7 @@ async function checkAcks(task) {
     return;
   }
   ackChecked += 1;
-<<<<<<< HEAD
+  if (row.ackedSeq < acked && (await writtenAfterFreezes(task, acked))) return;
   if (row.ackedSeq < acked) {
     // Acks carry no epoch (the known limitation: chaos/README.md, "Epoch renewals"). An ack the client sent
     // in an epoch its replica had left when it handled the ack is of the old epoch's seqs, which the
@@ -1441,10 +1409,6 @@ async function checkAcks(task) {
       );
       return;
     }
-=======
-  if (row.ackedSeq < acked && (await writtenAfterFreezes(task, acked))) return;
-  if (row.ackedSeq < acked)
->>>>>>> freeze
     violation('acknowledged seq lost', {
       taskId: task.id,
       run: task.run,
@@ -1624,7 +1588,6 @@ const cutLoop = faultLoop(config.socketCutEveryMs, async () => {
   faults['SSE stream cut (on demand)'] += cutSseStreams(wsCut, wsOpen);
 });
 const outageLoop = faultLoop(config.wsOutageEveryMs, async () => injectOutage());
-<<<<<<< HEAD
 // Epoch renewals: a random replica renews its store's epoch (as an operator does after a restore, here on
 // a live store whose seqs all stay valid). The replicas hear it through their change feed (Postgres: the
 // statement's notice; SQLite: the other processes at their next poll) or their next heartbeat tick.
@@ -1643,7 +1606,7 @@ const renewLoop = faultLoop(config.renewEpochEveryMs, async () => {
   } catch (error) {
     renewal.error = String(error?.message ?? error); // killed meanwhile: it may still have committed
   }
-=======
+});
 const freezeLoop = faultLoop(config.freezeEveryMs, async () => {
   if (replicas.some((r) => r.frozen !== undefined)) return; // one at a time
   const servingNow = () => replicas.filter((r) => r.alive && r.draining !== true && r.frozen === undefined);
@@ -1659,7 +1622,6 @@ const freezeLoop = faultLoop(config.freezeEveryMs, async () => {
     .sort((x, y) => y.order - x.order)[0].replica;
   victim.freeze(freezeDuration());
   faults['replica frozen (SIGSTOP … SIGCONT)'] += 1;
->>>>>>> freeze
 });
 const reloadLoop = faultLoop(config.reloadEveryMs, async () => {
   slots[Math.floor(random() * slots.length)].reload();
@@ -1687,7 +1649,7 @@ async function refreshPurged() {
         watcher.notDoneAtPurge = true;
         retention.watchersNotDoneAtPurge += 1;
         process.stderr.write(
-          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})${sseStreamsOf(watcher)}${socketsOf(watcher)}\n`,
+          `RETENTION: a watcher of ${row.task_id} run ${run.run} had not seen its end when the run was purged (slot ${watcher.slot.index}, seen ${watcher.seen.join(' ') || 'nothing'})${sseStreamsOf(watcher)}\n`,
         );
       }
     }
@@ -1835,11 +1797,8 @@ await Promise.allSettled([
   metricsLoop,
   purgeLoop,
   outageLoop,
-<<<<<<< HEAD
   renewLoop,
-=======
   freezeLoop,
->>>>>>> freeze
 ]);
 
 // ── figures ────────────────────────────────────────────────────────────────────────────────────
@@ -1972,12 +1931,8 @@ const out = [
   ...retentionLines,
   ...freezeLines(),
   ...tokenLines(replicas),
-<<<<<<< HEAD
   ...epochLines(),
-  `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP); ${ackEpochRaces} tasks whose missing acks were all of an epoch their replica had left (EPOCH-ACK lines: acks carry no epoch; the replica noticed the newer epoch ${ackEpochNoticedMs.filter((ms) => ms === undefined || ms <= 0).length} before the relay, ${ackEpochNoticedMs.filter((ms) => ms > 0).length} after, at most ${Math.max(0, ...ackEpochNoticedMs.filter((ms) => ms > 0))} ms)`,
-=======
-  `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked; ${lateAcks.count} of them only after a freeze ended, read again up to ${lateAcks.maxMs} ms after the first ack, ${lateAcks.afterThawMs} ms after the last freeze ended); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP)`,
->>>>>>> freeze
+  `acks checked:        ${ackChecked} tasks (ackedSeq in the store ≥ what watchers acked; ${lateAcks.count} of them only after a freeze ended, read again up to ${lateAcks.maxMs} ms after the first ack, ${lateAcks.afterThawMs} ms after the last freeze ended); ${ackLog.length} acks relayed (${b.httpAcksRelayed} over HTTP); ${ackEpochRaces} tasks whose missing acks were all of an epoch their replica had left (EPOCH-ACK lines: acks carry no epoch; the replica noticed the newer epoch ${ackEpochNoticedMs.filter((ms) => ms === undefined || ms <= 0).length} before the relay, ${ackEpochNoticedMs.filter((ms) => ms > 0).length} after, at most ${Math.max(0, ...ackEpochNoticedMs.filter((ms) => ms > 0))} ms)`,
   ...sseFigures(),
   `task starts retried: ${stats.startRetries}`,
   `duration:            ${((Date.now() - startedAt) / 1000).toFixed(1)} s`,
