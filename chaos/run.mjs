@@ -59,7 +59,7 @@ const config = {
   // Retention: purgeFinished on a random replica's store every ~purgeEveryMs, deleting tasks finished
   // purgeOlderThanMs ago; a share of the purged ids is created again as new runs (chaos/README.md).
   purgeEveryMs: option('purge-every-ms', 1500),
-  purgeOlderThanMs: option('purge-older-than-ms', 8000),
+  purgeOlderThanMs: option('purge-older-than-ms', 16_000),
   recreateShare: option('recreate-share', ci ? 0.25 : 0.1),
   recreateMax: option('recreate-max', 20),
   frameDrop: option('drop', 0.01),
@@ -591,6 +591,9 @@ class ClientSlot {
       // A shorter backoff cap than browsers get, so a run with a cut every second stays quick (chaos/README.md
       // lists every setting that differs from the defaults, and why).
       reconnect: { maxDelayMs: 4000 },
+      // A connection routed to a frozen replica hangs until then: with the default 10 s, one such attempt
+      // outlasted the retention window (8 s) of the task it was for (chaos/README.md, settings).
+      connectTimeoutMs: 4000,
       ...(this.sse ? sseClientOptions() : {}),
     });
     client.on('state', (change) => {
@@ -1512,7 +1515,19 @@ function ackEpochs(ack) {
     // When the replica noticed a newer epoch than the client's, relative to the relay (ms; < 0: before;
     // undefined: it started in one).
     noticedMs: left === undefined || left.start ? undefined : left.at - ack.at,
-    stale: client !== undefined && replica !== undefined && client < replica,
+    // Of another epoch than its replica's when it handled it: older (the replica had left it), or newer
+    // (the client heard the renewal through another replica first) when the replica caught up within 1 s:
+    // either way the replica's renewal drops it (an ack held across an epoch change is of the old epoch,
+    // subscriptions.ts), and without an epoch in the ack it cannot tell which of the two it was.
+    stale:
+      client !== undefined &&
+      replica !== undefined &&
+      (client < replica ||
+        (client > replica &&
+          epochNotices.some(
+            (n) =>
+              n.backend === ack.backend && n.at > ack.at && n.at <= ack.at + 1000 && index(n.epoch) >= client,
+          ))),
     resetsAfter,
   };
 }
