@@ -1,6 +1,6 @@
 import type { AppendInput, AppendResult, Clock, Task, TaskChange, TaskEvent } from '@finishline/core';
 import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
-import { compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
+import { assertRun, compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { LastWrittenRows } from './last-written-rows.js';
@@ -82,6 +82,11 @@ export interface AppendStats {
 interface PendingAppend {
   taskId: string;
   input: AppendInput;
+  /**
+   * The run the append is fenced to (see `RunFence`): checked when planning, so on the locked row, or on a
+   * remembered row whose `created_at` the write's guard then checks against the table (no extra query).
+   */
+  run: number | undefined;
   resolve: (result: AppendResult) => void;
   reject: (error: unknown) => void;
 }
@@ -448,13 +453,14 @@ function planBatch(
   const changed = new Map<string, Task>();
   const events: TaskEvent[] = [];
   const outcomes: (AppendResult | ProgressError)[] = [];
-  for (const { taskId, input } of batch) {
+  for (const { taskId, input, run } of batch) {
     const task = rows.get(taskId);
     if (task === undefined) {
       outcomes.push(taskNotFound(taskId));
       continue;
     }
     try {
+      assertRun(task, run);
       const next = planAppend(task, input, now);
       rows.set(taskId, next.task);
       changed.set(taskId, next.task);
@@ -501,9 +507,9 @@ export class AppendPipeline {
   }
 
   /** Queues a validated append; the promise settles once its transaction committed or failed. */
-  enqueue(taskId: string, input: AppendInput): Promise<AppendResult> {
+  enqueue(taskId: string, input: AppendInput, run: number | undefined): Promise<AppendResult> {
     return new Promise<AppendResult>((resolve, reject) => {
-      this.#queue.push({ taskId, input, resolve, reject });
+      this.#queue.push({ taskId, input, run, resolve, reject });
       this.#scheduleFlush();
     });
   }

@@ -6,12 +6,13 @@ import {
   leaseExpiredReason,
   planAppend,
   planLease,
+  runGone,
   taskNotFound,
 } from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { toProgressError } from './pg-errors.js';
-import { type TaskRow, taskColumns, toTask } from './row-codec.js';
+import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
 
@@ -27,6 +28,8 @@ export interface LeaseCall {
   taskId: string;
   owner: string;
   ttlMs: number;
+  /** The run the renewal is fenced to (see `RunFence`): another run of the id rejects, `task_not_found`. */
+  run?: number | undefined;
 }
 
 /**
@@ -55,9 +58,10 @@ export async function renewLeases(
       const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
       const now = clock();
       const renewed = new Map<string, Task>();
-      const planned = batch.map(({ input: { taskId, owner, ttlMs } }) => {
+      const planned = batch.map(({ input: { taskId, owner, ttlMs, run } }) => {
         const task = tasks.get(taskId);
         if (task === undefined) return taskNotFound(taskId);
+        if (run !== undefined && task.createdAt !== run) return runGone(taskId, run);
         try {
           const next = planLease(task, owner, ttlMs, now);
           tasks.set(taskId, next);
@@ -96,24 +100,32 @@ export async function renewLeases(
   });
 }
 
-/** Drops `owner`'s lease on a running task. Resolves `false` when no task has this id. */
+/**
+ * Drops `owner`'s lease on a running task, of run `run` when given (see `RunFence`), in one statement.
+ * Resolves `'not_found'` when no task has this id, `'other_run'` when its task is not of `run`.
+ */
 export async function releaseLease(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   taskId: string,
   owner: string,
-): Promise<boolean> {
+  run: number | undefined,
+): Promise<'done' | 'not_found' | 'other_run'> {
+  const fence = run ?? null;
   // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
-  const { rows } = await sql<{ found: boolean }>`
+  const { rows } = await sql<{ released: boolean; created_at: string | number | null }>`
     WITH released AS (
       UPDATE ${target.tasks} SET lease_owner = NULL, lease_expires_at = NULL
       WHERE id = ${taskId} AND status = 'running' AND lease_owner = ${owner}
+        AND (${fence}::int8 IS NULL OR created_at = ${fence}::int8)
       RETURNING id
     )
-    SELECT EXISTS (SELECT 1 FROM released) OR EXISTS (SELECT 1 FROM ${target.tasks} WHERE id = ${taskId}) AS found`.execute(
-    db,
-  );
-  return rows[0]?.found === true;
+    SELECT EXISTS (SELECT 1 FROM released) AS released,
+      (SELECT created_at FROM ${target.tasks} WHERE id = ${taskId}) AS created_at`.execute(db);
+  const row = rows[0];
+  if (row === undefined || row.released) return 'done';
+  if (row.created_at === null) return 'not_found';
+  return run !== undefined && int(row.created_at) !== run ? 'other_run' : 'done';
 }
 
 /**

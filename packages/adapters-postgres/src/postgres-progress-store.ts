@@ -7,6 +7,7 @@ import type {
   ProgressStore,
   PurgeOptions,
   ReapOptions,
+  RunFence,
   Task,
   TaskEvent,
 } from '@finishline/core';
@@ -23,7 +24,9 @@ import {
   parsePurgeOptions,
   parseReadLimit,
   parseReapOptions,
+  parseRunFence,
   parseTaskIds,
+  runGone,
   storeClosed,
   taskAlreadyExists,
   taskNotFound,
@@ -332,17 +335,19 @@ export class PostgresProgressStore implements ProgressStore {
     return rows.map(toTask);
   }
 
-  append(taskId: string, input: AppendInput): Promise<AppendResult> {
+  append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {
     let parsed: AppendInput;
+    let run: number | undefined;
     try {
       this.#assertOpen();
       assertTaskId(taskId);
       // Copied now: the pipeline writes it later, and the caller may change its objects once we return.
       parsed = detachedInput(parseAppendInput(input));
+      run = parseRunFence(options);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#appends.enqueue(taskId, parsed);
+    return this.#appends.enqueue(taskId, parsed, run);
   }
 
   async readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {
@@ -391,21 +396,24 @@ export class PostgresProgressStore implements ProgressStore {
     timer.unref?.();
   }
 
-  async renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {
+  async renewLease(taskId: string, owner: string, ttlMs: number, options?: RunFence): Promise<Task> {
     this.#assertOpen();
     assertTaskId(taskId);
     const lease = parseLeaseInput({ owner, ttlMs });
-    return this.#renewals.enqueue({ taskId, ...lease });
+    const run = parseRunFence(options);
+    return this.#renewals.enqueue({ taskId, ...lease, run });
   }
 
-  async releaseLease(taskId: string, owner: string): Promise<void> {
+  async releaseLease(taskId: string, owner: string, options?: RunFence): Promise<void> {
     this.#assertOpen();
     assertTaskId(taskId);
     assertId(owner, 'lease owner');
-    const found = await this.#run('releaseLease', taskId, () =>
-      releaseLease(this.#db, this.#target, taskId, owner),
+    const run = parseRunFence(options);
+    const outcome = await this.#run('releaseLease', taskId, () =>
+      releaseLease(this.#db, this.#target, taskId, owner, run),
     );
-    if (!found) throw taskNotFound(taskId);
+    if (outcome === 'not_found') throw taskNotFound(taskId);
+    if (outcome === 'other_run' && run !== undefined) throw runGone(taskId, run);
   }
 
   async reapExpiredLeases(options?: ReapOptions): Promise<AppendResult[]> {

@@ -561,6 +561,38 @@ describe('operator view and retention', () => {
     recorder.stop();
   });
 
+  it('a replica that remembers a purged run of an id cannot write into the run created again by another', async () => {
+    // A remembers run 1's row (it created and appended to it), so its next append is planned from that row
+    // and written without a locking read: the write's guard (seq and created_at) must send it to the
+    // locked path, where the fence refuses it. B reaps, purges and creates run 2 meanwhile (A was frozen).
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const a = await open({ schema, clock: clock.now });
+    const b = await open({ schema, clock: clock.now });
+    const lease = { owner: 'replica', ttlMs: 1000 };
+    const old = await a.createTask({ id: 'job-1', owner: 'alice', kind: 'k', lease });
+    await a.append('job-1', { type: 'item', key: 'old-1', ok: true }, { run: old.createdAt });
+    clock.advance(1000);
+    expect((await b.reapExpiredLeases()).length).toBe(1);
+    clock.advance(1);
+    expect(await b.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const created = await b.createTask({ id: 'job-1', owner: 'alice', kind: 'k', lease });
+    await b.append('job-1', { type: 'item', key: 'new-1', ok: true }, { run: created.createdAt });
+    const row = await b.getTask('job-1');
+    const fence = { run: old.createdAt };
+    for (const input of [{ type: 'item', key: 'old-2', ok: true } as const, { type: 'completed' } as const]) {
+      const error = await rejectionOf(a.append('job-1', input, fence));
+      expect(isProgressError(error, ErrorCode.TaskNotFound), String(error)).toBe(true);
+    }
+    const renewal = await rejectionOf(a.renewLease('job-1', 'replica', 1000, fence));
+    expect(isProgressError(renewal, ErrorCode.TaskNotFound), String(renewal)).toBe(true);
+    const release = await rejectionOf(a.releaseLease('job-1', 'replica', fence));
+    expect(isProgressError(release, ErrorCode.TaskNotFound), String(release)).toBe(true);
+    expect(await a.getTask('job-1')).toEqual(row);
+    expect((await a.readEvents('job-1', 0)).map((event) => event.seq)).toEqual([1]);
+  });
+
   it('purgeFinished tells every store on the channel: another replica publishes a reused id from seq 1', async () => {
     const schema = await migrated();
     const a = await open({ schema, pollIntervalMs: 20 });

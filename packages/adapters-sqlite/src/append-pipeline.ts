@@ -1,6 +1,6 @@
 import type { AppendInput, AppendResult, Clock, Task } from '@finishline/core';
 import { ErrorCode, isTerminalType, ProgressError } from '@finishline/core';
-import { planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
+import { assertRun, planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
 import { GroupCommitQueue } from './group-commit.js';
 import type { TaskRow } from './row-codec.js';
 import { pushEventValues, rowToTask, runningTaskToRow, taskToRow } from './row-codec.js';
@@ -24,6 +24,8 @@ import type { WriteTransactions } from './write-transaction.js';
 interface PendingAppend {
   taskId: string;
   input: AppendInput;
+  /** The run the append is fenced to (see `RunFence`), checked on the batch's row of the task. */
+  run: number | undefined;
   resolve: (result: AppendResult) => void;
   reject: (error: ProgressError) => void;
 }
@@ -61,8 +63,8 @@ export class AppendPipeline {
   }
 
   /** Queues a parsed and {@link detach}ed append; settles once its batch committed or failed. */
-  enqueue(taskId: string, input: AppendInput): Promise<AppendResult> {
-    return new Promise((resolve, reject) => this.#queue.enqueue({ taskId, input, resolve, reject }));
+  enqueue(taskId: string, input: AppendInput, run: number | undefined): Promise<AppendResult> {
+    return new Promise((resolve, reject) => this.#queue.enqueue({ taskId, input, run, resolve, reject }));
   }
 
   /** Commits every queued append now, so a later operation sees them. */
@@ -88,13 +90,14 @@ export class AppendPipeline {
         const tasks = this.#loadBatchTasks(batch);
         const planned: AppendResult[] = [];
         for (let index = 0; index < batch.length; index++) {
-          const { taskId, input } = batch[index]!;
+          const { taskId, input, run } = batch[index]!;
           const task = tasks.get(taskId)!;
           if (task instanceof ProgressError) {
             outcomes[index] = task;
             continue;
           }
           try {
+            assertRun(task, run);
             const result = planAppend(task, input, now);
             tasks.set(taskId, result.task);
             planned.push(result);

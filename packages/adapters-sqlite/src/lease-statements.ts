@@ -1,5 +1,11 @@
 import type { AppendResult, Clock, Task } from '@finishline/core';
-import { isLeaseExpired, leaseExpiredReason, planAppend, planLease } from '@finishline/core/internal';
+import {
+  assertRun,
+  isLeaseExpired,
+  leaseExpiredReason,
+  planAppend,
+  planLease,
+} from '@finishline/core/internal';
 import { writeAppends } from './append-pipeline.js';
 import type { TaskRow } from './row-codec.js';
 import { rowToTask } from './row-codec.js';
@@ -27,26 +33,40 @@ export interface LeaseContext {
   onError: (error: unknown) => void;
 }
 
-/** Renews `owner`'s lease on a running task (or takes a free or expired one). */
+/**
+ * Renews `owner`'s lease on a running task (or takes a free or expired one); with `run`, only on that run
+ * of the id (see `RunFence`).
+ */
 export function renewLease(
   context: LeaseContext,
-  lease: { taskId: string; owner: string; ttlMs: number },
+  lease: { taskId: string; owner: string; ttlMs: number; run: number | undefined },
 ): Task {
   const { statements: q, cache } = context;
   const { taskId } = lease;
   return context.transactions.run(() => {
-    const task = planLease(requireTask(q, taskId), lease.owner, lease.ttlMs, context.clock());
+    const current = requireTask(q, taskId);
+    assertRun(current, lease.run);
+    const task = planLease(current, lease.owner, lease.ttlMs, context.clock());
     cache.forget(taskId);
     q.updateLease.run({ id: taskId, leaseOwner: task.leaseOwner, leaseExpiresAt: task.leaseExpiresAt });
     return task;
   });
 }
 
-/** Drops `owner`'s lease on a running task; a task not found throws `task_not_found`. */
-export function releaseLease(context: LeaseContext, taskId: string, owner: string): void {
+/**
+ * Drops `owner`'s lease on a running task; a task not found, or not of `run` when given, throws
+ * `task_not_found`.
+ */
+export function releaseLease(
+  context: LeaseContext,
+  taskId: string,
+  owner: string,
+  run: number | undefined,
+): void {
   const { statements: q, cache } = context;
   context.transactions.run(() => {
     const task = requireTask(q, taskId);
+    assertRun(task, run);
     // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
     if (task.status === 'running' && task.leaseOwner === owner) {
       cache.forget(taskId);

@@ -8,6 +8,7 @@ import type {
   ProgressStore,
   PurgeOptions,
   ReapOptions,
+  RunFence,
   Task,
   TaskEvent,
 } from '@finishline/core';
@@ -24,6 +25,7 @@ import {
   parsePurgeOptions,
   parseReadLimit,
   parseReapOptions,
+  parseRunFence,
   parseTaskIds,
   storeClosed,
   taskAlreadyExists,
@@ -229,16 +231,18 @@ export class SqliteProgressStore implements ProgressStore {
     });
   }
 
-  append(taskId: string, input: AppendInput): Promise<AppendResult> {
+  append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {
     let parsed: AppendInput;
+    let run: number | undefined;
     try {
       this.#assertOpen();
       assertTaskId(taskId);
       parsed = detach(parseAppendInput(input));
+      run = parseRunFence(options);
     } catch (error) {
       return Promise.reject(toProgressError(error, 'append'));
     }
-    return this.#appends.enqueue(taskId, parsed);
+    return this.#appends.enqueue(taskId, parsed, run);
   }
 
   readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {
@@ -292,21 +296,23 @@ export class SqliteProgressStore implements ProgressStore {
     });
   }
 
-  renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {
+  renewLease(taskId: string, owner: string, ttlMs: number, options?: RunFence): Promise<Task> {
     return this.#call('renew a lease', () => {
       assertTaskId(taskId);
       const lease = parseLeaseInput({ owner, ttlMs });
+      const run = parseRunFence(options);
       this.#appends.flush();
-      return renewLease(this.#leases, { taskId, owner: lease.owner, ttlMs: lease.ttlMs });
+      return renewLease(this.#leases, { taskId, owner: lease.owner, ttlMs: lease.ttlMs, run });
     });
   }
 
-  releaseLease(taskId: string, owner: string): Promise<void> {
+  releaseLease(taskId: string, owner: string, options?: RunFence): Promise<void> {
     return this.#call('release a lease', () => {
       assertTaskId(taskId);
       assertId(owner, 'lease owner');
+      const run = parseRunFence(options);
       this.#appends.flush();
-      releaseLease(this.#leases, taskId, owner);
+      releaseLease(this.#leases, taskId, owner, run);
     });
   }
 

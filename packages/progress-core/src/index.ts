@@ -89,6 +89,12 @@ export type {
 } from './store/inputs.js';
 export type { MemoryProgressStoreOptions } from './store/memory-store.js';
 export { MEMORY_PROGRESS_STORE_DEFAULTS, MemoryProgressStore } from './store/memory-store.js';
-export type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './store/progress-store.js';
+export type {
+  ListTasksQuery,
+  ProgressStore,
+  PurgeOptions,
+  ReapOptions,
+  RunFence,
+} from './store/progress-store.js';
 export { STORE_DEFAULTS } from './store/progress-store.js';
 export type { AppendResult } from './store/task-transitions.js';

@@ -106,10 +106,12 @@ export {
   parsePurgeOptions,
   parseReadLimit,
   parseReapOptions,
+  parseRunFence,
   parseTaskIds,
 } from './store/inputs.js';
-export { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store/store-errors.js';
+export { compareIds, runGone, storeClosed, taskAlreadyExists, taskNotFound } from './store/store-errors.js';
 export {
+  assertRun,
   isLeaseExpired,
   leaseExpiredReason,
   newTask,

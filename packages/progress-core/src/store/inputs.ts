@@ -243,6 +243,23 @@ export function parseLeaseInput(input: unknown): LeaseInput {
   return parseOrThrow(leaseSchema, input, 'lease');
 }
 
+/**
+ * The `run` of a fence argument (see `RunFence`): `undefined` when the options or their `run` are
+ * omitted, else an integer ≥ 0 (a `createdAt`); anything else → `invalid_input`.
+ */
+export function parseRunFence(options: unknown): number | undefined {
+  if (options === undefined) return undefined;
+  if (typeof options !== 'object' || options === null) {
+    throw new ProgressError(ErrorCode.InvalidInput, 'Fence options must be an object');
+  }
+  const { run } = options as { run?: unknown };
+  if (run === undefined) return undefined;
+  if (typeof run !== 'number' || !Number.isSafeInteger(run) || run < 0) {
+    throw new ProgressError(ErrorCode.InvalidInput, "run must be an integer ≥ 0 (a task's createdAt)");
+  }
+  return run;
+}
+
 /** Validates an id-like argument (for example a lease owner); throws `invalid_input` naming `what`. */
 export function assertId(value: unknown, what: string): asserts value is string {
   parseOrThrow(idSchema, value, what);

@@ -19,12 +19,20 @@ import {
   parsePurgeOptions,
   parseReadLimit,
   parseReapOptions,
+  parseRunFence,
   parseTaskIds,
 } from './inputs.js';
-import type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions } from './progress-store.js';
+import type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions, RunFence } from './progress-store.js';
 import { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store-errors.js';
 import type { AppendResult } from './task-transitions.js';
-import { isLeaseExpired, leaseExpiredReason, newTask, planAppend, planLease } from './task-transitions.js';
+import {
+  assertRun,
+  isLeaseExpired,
+  leaseExpiredReason,
+  newTask,
+  planAppend,
+  planLease,
+} from './task-transitions.js';
 
 /**
  * `MemoryProgressStore`: the in-process store for tests and single-process apps.
@@ -139,11 +147,14 @@ export class MemoryProgressStore implements ProgressStore {
     return matches.slice(0, limit).map((value) => copy(value));
   }
 
-  async append(taskId: string, input: AppendInput): Promise<AppendResult> {
+  async append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {
     this.#assertOpen();
     assertTaskId(taskId);
     const parsed = parseAppendInput(input);
-    return this.#commit(this.#entry(taskId), parsed);
+    const run = parseRunFence(options);
+    const entry = this.#entry(taskId);
+    assertRun(entry.task, run);
+    return this.#commit(entry, parsed);
   }
 
   async readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {
@@ -181,20 +192,24 @@ export class MemoryProgressStore implements ProgressStore {
     return entry.task.ackedSeq;
   }
 
-  async renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task> {
+  async renewLease(taskId: string, owner: string, ttlMs: number, options?: RunFence): Promise<Task> {
     this.#assertOpen();
     assertTaskId(taskId);
     const lease = parseLeaseInput({ owner, ttlMs });
+    const run = parseRunFence(options);
     const entry = this.#entry(taskId);
+    assertRun(entry.task, run);
     entry.task = planLease(entry.task, lease.owner, lease.ttlMs, this.#clock());
     return copy(entry.task);
   }
 
-  async releaseLease(taskId: string, owner: string): Promise<void> {
+  async releaseLease(taskId: string, owner: string, options?: RunFence): Promise<void> {
     this.#assertOpen();
     assertTaskId(taskId);
     assertId(owner, 'lease owner');
+    const run = parseRunFence(options);
     const { task } = this.#entry(taskId);
+    assertRun(task, run);
     // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
     if (task.status === 'running' && task.leaseOwner === owner) {
       task.leaseOwner = null;

@@ -19,6 +19,27 @@ export interface ListTasksQuery {
   limit?: number;
 }
 
+/**
+ * The run a write is meant for: `append`, `renewLease` and `releaseLease` accept it as their last
+ * argument. A task id can be taken again once retention purged its task (applications choose ids, e.g. a
+ * retried job), and a writer that slept through that — a process frozen past its lease, a job that kept
+ * running after its lease was lost — would otherwise write into the new task. With `run`, a store refuses
+ * the write with `task_not_found` when the id's task is another run: the task it was meant for is gone.
+ * Without it, the write goes to whatever task has the id (the behaviour before fences, and that of a store
+ * that ignores the option: such a store gives no fencing).
+ */
+export interface RunFence {
+  /**
+   * The `createdAt` of the task the caller writes to, as `createTask` (or a read) returned it. A run is
+   * told apart by its `createdAt` alone: two runs of one id share it only if the second was created in the
+   * same millisecond of the store clock as the first (created, ended by someone else, purged with
+   * `olderThanMs: 0` and created again within one millisecond, or a clock stepped back or skewed between
+   * replicas onto that millisecond). A lease fence cannot meet that: the first run was reaped, so it
+   * ended `ttlMs` or more after it was created. An integer ≥ 0, else `invalid_input`.
+   */
+  run?: number;
+}
+
 /** What {@link ProgressStore.reapExpiredLeases} accepts. */
 export interface ReapOptions {
   /** At most this many tasks per call. @default 100 (larger values are clamped to 1000) */
@@ -94,8 +115,12 @@ export interface ProgressStore {
    */
   listTasks(query: ListTasksQuery): Promise<Task[]>;
 
-  /** Appends one event and updates the snapshot in the same transaction. */
-  append(taskId: string, input: AppendInput): Promise<AppendResult>;
+  /**
+   * Appends one event and updates the snapshot in the same transaction. With `options.run` (see
+   * {@link RunFence}), rejects with `task_not_found` when the id's task is another run, checked on the row
+   * the append locks (no extra read).
+   */
+  append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult>;
 
   /**
    * Events with `seq > afterSeq`, in seq order, at most `limit` (default 1000, larger values clamped to
@@ -119,15 +144,17 @@ export interface ProgressStore {
 
   /**
    * Takes or renews the lease on a running task for `ttlMs` from now. Another owner may take it only once
-   * it expired. Rejects with `lease_held` or `task_finished`.
+   * it expired. Rejects with `lease_held` or `task_finished`, and with `task_not_found` when the task is
+   * not of `options.run` ({@link RunFence}): one process's lease owner id is the same for every run, so
+   * without the fence a renewal meant for a purged run would keep the new run's lease alive.
    */
-  renewLease(taskId: string, owner: string, ttlMs: number): Promise<Task>;
+  renewLease(taskId: string, owner: string, ttlMs: number, options?: RunFence): Promise<Task>;
 
   /**
    * Drops `owner`'s lease (no-op if another owner holds it or the task ended). Rejects with
-   * `task_not_found` for an unknown task.
+   * `task_not_found` for an unknown task, and for a task not of `options.run` ({@link RunFence}).
    */
-  releaseLease(taskId: string, owner: string): Promise<void>;
+  releaseLease(taskId: string, owner: string, options?: RunFence): Promise<void>;
 
   /**
    * Ends every running task whose lease expired (`leaseExpiresAt <= now`) with one `interrupted` event

@@ -13,6 +13,18 @@ export function taskNotFound(taskId: string): ProgressError {
   return new ProgressError(ErrorCode.TaskNotFound, `No task ${taskId}`, { taskId });
 }
 
+/**
+ * `task_not_found`: a write fenced by `run` (see `RunFence`) found the id taken by another run: the task
+ * it was meant for was purged and the id created again.
+ */
+export function runGone(taskId: string, run: number): ProgressError {
+  return new ProgressError(
+    ErrorCode.TaskNotFound,
+    `No task ${taskId} created at ${run}: the id was purged and created again`,
+    { taskId },
+  );
+}
+
 /** `invalid_input`: `createTask` was given the id of an existing task. */
 export function taskAlreadyExists(taskId: string): ProgressError {
   return new ProgressError(ErrorCode.InvalidInput, `Task ${taskId} already exists`, { taskId });

@@ -5,6 +5,7 @@ import type { ProgressState, Task, TaskEvent, TerminalEvent } from '../model.js'
 import { progressOf } from '../model.js';
 import { ProgressError } from '../progress-error.js';
 import type { AppendInput, CreateTaskInput } from './inputs.js';
+import { runGone } from './store-errors.js';
 
 /**
  * The pure state transitions of a task, shared by every store so that SQLite, Postgres and memory agree
@@ -38,6 +39,15 @@ export function newTask(input: CreateTaskInput & { id: string }, now: number): T
     leaseOwner: input.lease?.owner ?? null,
     leaseExpiresAt: input.lease ? now + input.lease.ttlMs : null,
   };
+}
+
+/**
+ * Checks a write's fence (see `RunFence`) on the row the store loaded for it: a no-op without `run`.
+ *
+ * @throws ProgressError `task_not_found` when the row is of another run than `run`.
+ */
+export function assertRun(task: Task, run: number | undefined): void {
+  if (run !== undefined && task.createdAt !== run) throw runGone(task.id, run);
 }
 
 /** The event an append creates and the task row after it. */

@@ -3,6 +3,7 @@ import { defaultsOf, integer, resolveOptions } from '../options.js';
 import type { ProgressStore } from '../store/progress-store.js';
 import { describeEventContract } from './store-contract-events.js';
 import { describeFeedContract } from './store-contract-feed.js';
+import { describeFenceContract } from './store-contract-fences.js';
 import { describeLeaseContract } from './store-contract-leases.js';
 import { describeLifecycleContract } from './store-contract-lifecycle.js';
 import { describeLogContract } from './store-contract-log.js';
@@ -100,6 +101,7 @@ export function describeProgressStoreContract(
       describeEventContract(context);
       describeLogContract(context);
       describeLeaseContract(context);
+      describeFenceContract(context);
       describeFeedContract(context);
       describeLifecycleContract(context);
     });

@@ -36,7 +36,11 @@ export interface LeaseKeeperOptions {
  */
 export class LeaseKeeper {
   readonly #options: LeaseKeeperOptions;
-  readonly #owned = new Set<string>();
+  /**
+   * The owned tasks, each with its run (`createdAt`): renewals are fenced to it, so a renewal meant for a
+   * run that was purged never keeps alive the lease of a task created again under the same id.
+   */
+  readonly #owned = new Map<string, number>();
   #renewTimer: NodeJS.Timeout | undefined;
   #reapTimer: NodeJS.Timeout | undefined;
   /** Renewals in flight, per task: a hung one must not hold back the renewal of the others. */
@@ -61,17 +65,23 @@ export class LeaseKeeper {
 
   /** Ids of the tasks whose leases this server renews. */
   get owned(): ReadonlySet<string> {
-    return this.#owned;
+    return new Set(this.#owned.keys());
   }
 
-  /** Renew `taskId`'s lease from now on (the task was created with a lease owned by this server). */
-  add(taskId: string): void {
-    if (!this.#closed) this.#owned.add(taskId);
+  /**
+   * Renew the lease of run `run` (its `createdAt`) of `taskId` from now on (the task was created with a
+   * lease owned by this server).
+   */
+  add(taskId: string, run: number): void {
+    if (!this.#closed) this.#owned.set(taskId, run);
   }
 
-  /** Stop renewing `taskId` (it ended, or its worker gave up so that reaping can end it). */
-  remove(taskId: string): void {
-    this.#owned.delete(taskId);
+  /**
+   * Stop renewing `taskId` (it ended, or its worker gave up so that reaping can end it); with `run`, only
+   * if that is the run renewed (a handle of an older run must not stop the renewals of a newer one).
+   */
+  remove(taskId: string, run?: number): void {
+    if (run === undefined || this.#owned.get(taskId) === run) this.#owned.delete(taskId);
   }
 
   /**
@@ -80,10 +90,10 @@ export class LeaseKeeper {
    */
   async renewAll(): Promise<void> {
     await Promise.all(
-      [...this.#owned].map((taskId) => {
+      [...this.#owned].map(([taskId, run]) => {
         let renewal = this.#renewals.get(taskId);
         if (renewal === undefined) {
-          renewal = this.#renewOne(taskId).finally(() => this.#renewals.delete(taskId));
+          renewal = this.#renewOne(taskId, run).finally(() => this.#renewals.delete(taskId));
           this.#renewals.set(taskId, renewal);
         }
         return renewal;
@@ -112,12 +122,13 @@ export class LeaseKeeper {
     await Promise.allSettled([...this.#renewals.values(), this.#reaping]);
   }
 
-  async #renewOne(taskId: string): Promise<void> {
+  async #renewOne(taskId: string, run: number): Promise<void> {
     const { store, serverId, ttlMs, logger, metrics } = this.#options;
     try {
-      await store.renewLease(taskId, serverId, ttlMs);
+      await store.renewLease(taskId, serverId, ttlMs, { run });
     } catch (error) {
-      if (!this.#owned.has(taskId)) return; // ended while the renewal was in flight
+      // Ended (or created again by this server, a run now renewed on its own) while the renewal was in flight.
+      if (this.#owned.get(taskId) !== run) return;
       if (
         isProgressError(error, ErrorCode.TaskFinished) ||
         isProgressError(error, ErrorCode.LeaseHeld) ||

@@ -193,7 +193,9 @@ export async function runBatch<T>(batch: {
   else handle.signal.addEventListener('abort', onTaskSignal, { once: true });
 
   const classify = (error: unknown) => {
-    if (isProgressError(error, ErrorCode.TaskFinished)) halt('ended', error);
+    // Not found: the handle's run of the task is gone (purged, maybe created again): ended elsewhere too.
+    if (isProgressError(error, ErrorCode.TaskFinished) || isProgressError(error, ErrorCode.TaskNotFound))
+      halt('ended', error);
     else {
       failure ??= error;
       halt('error', error);

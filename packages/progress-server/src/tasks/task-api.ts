@@ -37,6 +37,12 @@ export interface CreateTaskOptions {
   id?: string;
 }
 
+/** The handle an append comes from and its run (`createdAt`), which the store fences the append to. */
+interface HandleFence {
+  handle: TaskHandle;
+  run: number;
+}
+
 interface Owned {
   handle: TaskHandle;
   control: TaskHandleControl;
@@ -86,8 +92,8 @@ export class TaskApi {
     this.#logger = options.logger;
     this.#metrics = options.metrics;
     this.#host = {
-      append: (taskId, input) => this.#append(taskId, input),
-      abandon: (taskId) => this.#leases.remove(taskId),
+      append: (handle, run, input) => this.#append(handle.id, input, { handle, run }),
+      abandon: (taskId, run) => this.#leases.remove(taskId, run),
       trackBatch: (batch) => {
         this.#batches.add(batch);
         const untrack = () => this.#batches.delete(batch);
@@ -146,7 +152,7 @@ export class TaskApi {
       this.#logger.warn({ err: describeError(error), taskId: task.id }, 'change feed follow() failed');
     }
     this.#owned.set(task.id, { handle, control, stopFollow });
-    this.#leases.add(task.id);
+    this.#leases.add(task.id, task.createdAt);
     if (this.#closing) {
       // The row came back after shutdown() listed the tasks to interrupt: nobody else will end it (the
       // lease keeper is closing too), so end it here, as shutdown ends the others, and refuse the handle.
@@ -232,10 +238,10 @@ export class TaskApi {
     }
   }
 
-  async #append(taskId: string, input: AppendInput): Promise<TaskEvent> {
+  async #append(taskId: string, input: AppendInput, fence?: HandleFence): Promise<TaskEvent> {
     this.#appending.set(taskId, (this.#appending.get(taskId) ?? 0) + 1);
     try {
-      return await this.#appendOnce(taskId, input);
+      return await this.#appendOnce(taskId, input, fence);
     } finally {
       this.#appendSettled(taskId);
     }
@@ -260,17 +266,21 @@ export class TaskApi {
     void this.#refresh(owned.control, taskId);
   }
 
-  async #appendOnce(taskId: string, input: AppendInput): Promise<TaskEvent> {
+  async #appendOnce(taskId: string, input: AppendInput, fence: HandleFence | undefined): Promise<TaskEvent> {
     let result: AppendResult;
     const settled = this.#hub.localAppend(taskId);
     try {
-      result = await this.#store.append(taskId, input);
+      result = await (fence === undefined
+        ? this.#store.append(taskId, input)
+        : this.#store.append(taskId, input, { run: fence.run }));
     } catch (error) {
       settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
         const owned = this.#owned.get(taskId);
         this.#ended(taskId);
         void this.#refresh(owned?.control, taskId);
+      } else if (fence !== undefined && isProgressError(error, ErrorCode.TaskNotFound)) {
+        this.#runGone(taskId, fence);
       }
       throw error;
     }
@@ -283,6 +293,18 @@ export class TaskApi {
     }
     if (isTerminalEvent(result.event)) this.#ended(taskId);
     return result.event;
+  }
+
+  /**
+   * A handle's run of the task is gone (purged; the id may be another task's now): the handle ends, and
+   * the owned task with it if it is that run — not if it is a newer run this server created since.
+   */
+  #runGone(taskId: string, { handle, run }: HandleFence): void {
+    const control = this.#controls.get(handle);
+    control?.ended();
+    control?.abort(() => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
+    if (this.#owned.get(taskId)?.handle === handle) this.#ended(taskId);
+    else this.#logger.debug({ taskId, run }, 'a handle of a purged run of this task id was refused');
   }
 
   /** The owned task ended: stop renewing, abort its handle's signal, forget it. */

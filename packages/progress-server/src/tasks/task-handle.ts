@@ -59,9 +59,13 @@ export interface CompleteOptions {
  * @internal
  */
 export interface TaskHost {
-  append(taskId: string, input: AppendInput): Promise<TaskEvent>;
-  /** Stop renewing the lease (the worker gave up; reaping will end the task). */
-  abandon(taskId: string): void;
+  /**
+   * Appends to the handle's run of the task (`run`, its `createdAt`): a task created again under the id
+   * after this one was purged is another run, which the store refuses to write into (`task_not_found`).
+   */
+  append(handle: TaskHandle, run: number, input: AppendInput): Promise<TaskEvent>;
+  /** Stop renewing the lease of run `run` of the task (the worker gave up; reaping will end the task). */
+  abandon(taskId: string, run: number): void;
   trackBatch(batch: Promise<unknown>): void;
   /** Re-reads the task's row into the handle. Never rejects. */
   refresh(handle: TaskHandle): Promise<void>;
@@ -73,7 +77,10 @@ export interface TaskHost {
  * @internal
  */
 export interface TaskHandleControl {
-  /** The store's row after an append or a read. */
+  /**
+   * The store's row after an append or a read. A row of another run (the task was purged and its id
+   * taken again) is not the handle's task: its run is gone, so the handle ends, keeping its last row.
+   */
   update(task: Task): void;
   /**
    * The task ended (or the server is shutting down): abort the handle's signal with `reason()` (called
@@ -88,7 +95,9 @@ export interface TaskHandleControl {
  * A running task owned by this server: report progress and items, then end it exactly once. Every
  * method appends one event and resolves with it once committed; local watchers receive it in the same
  * tick. After the task ended (here or elsewhere: cancelled over HTTP, interrupted by a reaper) every
- * append rejects with `task_finished`.
+ * append rejects with `task_finished`. A handle writes only to its own run of the task: if it was ended
+ * elsewhere, purged and created again under the same id while this handle slept (a frozen process, a job
+ * that outlived its lease), its appends reject with `task_not_found` and never reach the new task.
  *
  * `signal` aborts when the task ends for any reason or the server starts shutting down; long-running
  * work should honour it.
@@ -120,6 +129,8 @@ export class TaskHandle {
   /** Set once the handle's signal is to be aborted; applied to a controller made later. */
   #abortReason: (() => ProgressError) | undefined;
   #task: Task;
+  /** The task's `createdAt`: which run of the id this handle writes to (see `RunFence`). */
+  readonly #run: number;
   #ended = false;
   #batch: Promise<BatchResult> | undefined;
 
@@ -133,9 +144,14 @@ export class TaskHandle {
     this.owner = task.owner;
     this.kind = task.kind;
     this.#task = task;
+    this.#run = task.createdAt;
     this.#host = host;
     attach({
       update: (next) => {
+        if (next.createdAt !== this.#run) {
+          this.#ended = true;
+          return;
+        }
         if (next.seq >= this.#task.seq) this.#task = next;
         if (next.status !== 'running') this.#ended = true;
       },
@@ -245,7 +261,10 @@ export class TaskHandle {
       items,
       worker,
       options,
-      hooks: { abandon: () => this.#host.abandon(this.id), refresh: () => this.#host.refresh(this) },
+      hooks: {
+        abandon: () => this.#host.abandon(this.id, this.#run),
+        refresh: () => this.#host.refresh(this),
+      },
     });
     this.#batch = batch;
     this.#host.trackBatch(batch);
@@ -260,7 +279,7 @@ export class TaskHandle {
         }),
       );
     }
-    return this.#host.append(this.id, input);
+    return this.#host.append(this, this.#run, input);
   }
 }
 

@@ -1,0 +1,127 @@
+import type { ProgressStore } from '@finishline/core';
+import { ErrorCode, LocalChangeFeed, MemoryProgressStore } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { describe, expect, it } from 'vitest';
+import { ProgressServer } from '../progress-server.js';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * A handle of a run that is gone: its task was reaped while its process was frozen, purged by retention,
+ * and created again under the same id (the chaos suite's frozen replica). Its writes must not reach the
+ * new run. The frozen replica is deaf (a change feed that never delivers), as a stopped process hears
+ * nothing: it learns of the reap only from the store's refusals.
+ */
+
+const session = useServerSession();
+
+const TTL = 1000;
+const quiet = { leaseTtlMs: TTL, leaseRenewIntervalMs: TTL - 1, reapIntervalMs: 0 };
+
+function replica(store: ProgressStore, serverId: string): ProgressServer {
+  const server = new ProgressServer({ store, authenticate: () => null, serverId, ...quiet });
+  session.onCleanup(() => server.close({ timeoutMs: 200 }));
+  return server;
+}
+
+/** `store` for a replica that hears no change (frozen while they were published). */
+function deaf(store: MemoryProgressStore): ProgressStore {
+  const silent = new LocalChangeFeed();
+  return new Proxy(store, {
+    get(target, key) {
+      if (key === 'changes') return silent;
+      const value: unknown = Reflect.get(target, key, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+}
+
+/**
+ * `job-1` run 1 created by the frozen replica (`frozenId`), reaped by `replica-b` past its lease, purged,
+ * and run 2 created by a live replica with id `liveId`, with one item.
+ */
+async function recreatedUnder(frozenId: string, liveId: string) {
+  const clock = new ManualClock();
+  const store = new MemoryProgressStore({ clock: clock.now });
+  const frozen = replica(deaf(store), frozenId);
+  const old = await frozen.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+  await old.item({ key: 'old-1', ok: true });
+  clock.advance(TTL);
+  const reaper = replica(store, 'replica-b');
+  expect((await reaper.leases.reap()).length).toBe(1);
+  clock.advance(1);
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  clock.advance(1);
+  const live = liveId === 'replica-b' ? reaper : replica(store, liveId);
+  const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+  await current.item({ key: 'new-1', ok: true });
+  const row = await store.getTask('job-1');
+  return { clock, store, frozen, old, row };
+}
+
+describe('a handle of a purged run', () => {
+  it('cannot append to or complete the task created again under its id', async () => {
+    const { store, old, row } = await recreatedUnder('replica-a', 'replica-b');
+    await expect(old.item({ key: 'old-2', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.TaskNotFound,
+    });
+    // The refusal ended the handle: its terminal is refused without reaching the store.
+    expect(old.finished).toBe(true);
+    await expect(old.complete()).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+    expect(await store.getTask('job-1')).toEqual(row);
+    expect((await store.readEvents('job-1', 0)).map((event) => event.type)).toEqual(['item']);
+    expect(old.task.createdAt).toBeLessThan(row?.createdAt ?? 0);
+  });
+
+  it('cannot complete the new run as its first write after waking', async () => {
+    const { store, old, row } = await recreatedUnder('replica-a', 'replica-b');
+    await expect(old.complete()).rejects.toMatchObject({ code: ErrorCode.TaskNotFound });
+    expect(await store.getTask('job-1')).toEqual(row);
+    expect(row?.status).toBe('running');
+  });
+
+  it('cannot renew the lease of the new run, though the new run is leased by the same server id', async () => {
+    // Two processes with one server id (a restarted pod keeps its name): the frozen one wakes.
+    const { clock, store, frozen, old, row } = await recreatedUnder('replica-a', 'replica-a');
+    clock.advance(TTL - 1);
+    await frozen.leases.renewAll();
+    expect((await store.getTask('job-1'))?.leaseExpiresAt).toBe(row?.leaseExpiresAt);
+    expect(frozen.leases.owned.size).toBe(0);
+    expect(old.finished).toBe(true);
+    // Not renewed by the frozen process, run 2's lease expires and is reaped as it should.
+    clock.advance(1);
+    const reaped = await replica(store, 'replica-c').leases.reap();
+    expect(reaped.map((result) => [result.event.taskId, result.task.createdAt])).toEqual([
+      ['job-1', row?.createdAt],
+    ]);
+  });
+
+  it("a batch of the purged run stops at its next item and leaves the new run's log alone", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const frozen = replica(deaf(store), 'replica-a');
+    const old = await frozen.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    let wake: () => void = () => {};
+    const asleep = new Promise<void>((resolve) => {
+      wake = resolve;
+    });
+    const batch = old.runBatch(
+      ['x', 'y', 'z'],
+      async (item) => {
+        if (item === 'y') await asleep;
+      },
+      { concurrency: 1 },
+    );
+    await expect.poll(() => old.task.done).toBe(1);
+    clock.advance(TTL);
+    const live = replica(store, 'replica-b');
+    expect((await live.leases.reap()).length).toBe(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    wake();
+    const result = await batch;
+    expect(result).toMatchObject({ endedElsewhere: true, succeeded: 1 });
+    expect(await store.readEvents('job-1', 0)).toEqual([]);
+    expect(await store.getTask('job-1')).toMatchObject({ status: 'running', seq: 0, done: 0 });
+  });
+});
