@@ -128,9 +128,8 @@ export class TaskHandle {
   #controller: AbortController | undefined;
   /** Set once the handle's signal is to be aborted; applied to a controller made later. */
   #abortReason: (() => ProgressError) | undefined;
+  /** Only ever a row of the handle's run: its `createdAt` names the run it writes to (see `RunFence`). */
   #task: Task;
-  /** The task's `createdAt`: which run of the id this handle writes to (see `RunFence`). */
-  readonly #run: number;
   #ended = false;
   #batch: Promise<BatchResult> | undefined;
 
@@ -144,11 +143,10 @@ export class TaskHandle {
     this.owner = task.owner;
     this.kind = task.kind;
     this.#task = task;
-    this.#run = task.createdAt;
     this.#host = host;
     attach({
       update: (next) => {
-        if (next.createdAt !== this.#run) {
+        if (next.createdAt !== this.#task.createdAt) {
           this.#ended = true;
           return;
         }
@@ -262,7 +260,7 @@ export class TaskHandle {
       worker,
       options,
       hooks: {
-        abandon: () => this.#host.abandon(this.id, this.#run),
+        abandon: () => this.#host.abandon(this.id, this.#task.createdAt),
         refresh: () => this.#host.refresh(this),
       },
     });
@@ -279,7 +277,7 @@ export class TaskHandle {
         }),
       );
     }
-    return this.#host.append(this, this.#run, input);
+    return this.#host.append(this, this.#task.createdAt, input);
   }
 }
 
