@@ -143,6 +143,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #appends: AppendPipeline;
   readonly #acks: StatementBatcher<AckCall, number>;
   readonly #renewals: StatementBatcher<LeaseCall, Task>;
+  /** Acks waiting to be asked again (see `#ackLater`), each with its timer: `close()` ends them at once. */
+  readonly #ackRetries = new Map<ReturnType<typeof setTimeout>, BatchedCall<AckCall, number>>();
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -389,11 +391,12 @@ export class PostgresProgressStore implements ProgressStore {
   #ackLater(call: BatchedCall<AckCall, number>): void {
     const delayMs = call.input.retryMs ?? ACK_LOCKED_FIRST_RETRY_MS;
     const timer = setTimeout(() => {
-      if (this.#closed) return call.reject(storeClosed());
+      this.#ackRetries.delete(timer);
       const input = { ...call.input, retryMs: Math.min(ACK_LOCKED_MAX_RETRY_MS, delayMs * 2) };
       this.#acks.enqueue(input).then(call.resolve, call.reject);
     }, delayMs);
     timer.unref?.();
+    this.#ackRetries.set(timer, call);
   }
 
   async renewLease(taskId: string, owner: string, ttlMs: number, options?: RunFence): Promise<Task> {
@@ -460,6 +463,13 @@ export class PostgresProgressStore implements ProgressStore {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
+      // An ack still waiting for a row another transaction holds is not written: it rejects now, with no
+      // timer left behind, rather than up to a second after the store closed.
+      for (const [timer, call] of this.#ackRetries) {
+        clearTimeout(timer);
+        call.reject(storeClosed());
+      }
+      this.#ackRetries.clear();
       await Promise.all([this.#acks.close(), this.#renewals.close(), this.#taskReads.close()]);
       await this.#appends.whenIdle();
       await this.#poll.stop();

@@ -291,6 +291,32 @@ describe('acks', () => {
     }
   });
 
+  it('that wait for a held row reject with closed when the store closes, with no timer left behind', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await tasksWithEvents(store, ['a'], 2);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
+      const ack = store.ack('a', 2);
+      let outcome: unknown;
+      ack.then(
+        () => (outcome = 'written'),
+        (error: unknown) => (outcome = error),
+      );
+      // Skipped at 0, 50, 150 and 350 ms: the next ask is due around 750 ms, well after the close below.
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      await store.close();
+      await Promise.resolve();
+      expect(outcome).toMatchObject({ code: 'closed' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
   it('of one tick go in one statement; each task moves to the highest seq acked', async () => {
     const schema = await migrated();
     const store = await open({ schema });
