@@ -125,3 +125,51 @@ describe('a handle of a purged run', () => {
     expect(await store.getTask('job-1')).toMatchObject({ status: 'running', seq: 0, done: 0 });
   });
 });
+
+describe('a terminal change of an older run heard late', () => {
+  it('does not end the handle of the run this server created since under the same id', async () => {
+    // Run 1 of `job-1` ends (reaped) and is purged; this replica creates run 2 before its feed delivers
+    // run 1's terminal change (a notification still in flight when the create committed). That change
+    // names the id only: it must not end run 2's handle, stop its lease or abort its signal.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const late = new LocalChangeFeed();
+    const live = replica(
+      new Proxy(store, {
+        get(target, key) {
+          if (key === 'changes') return late;
+          const value: unknown = Reflect.get(target, key, target);
+          return typeof value === 'function' ? value.bind(target) : value;
+        },
+      }),
+      'replica-live',
+    );
+    const frozen = replica(deaf(store), 'replica-frozen');
+    await frozen.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(TTL);
+    const [reaped] = await replica(store, 'replica-b').leases.reap();
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    late.publish({ taskId: 'job-1', seq: reaped?.event.seq ?? 1, terminal: true });
+    // The handle re-reads the row before deciding; give that read its turn.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(current.finished).toBe(false);
+    expect(current.signal.aborted).toBe(false);
+    await current.item({ key: 'new-1', ok: true });
+    await current.complete();
+    expect((await store.getTask('job-1'))?.status).toBe('completed');
+  });
+
+  it('ends the handle when the change is its own run ending elsewhere', async () => {
+    const store = new MemoryProgressStore();
+    const live = replica(store, 'replica-live');
+    const current = await live.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await replica(store, 'replica-b').tasks.cancel('job-1', 'stop');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(current.finished).toBe(true);
+    expect(current.signal.aborted).toBe(true);
+    expect(current.status).toBe('cancelled');
+  });
+});

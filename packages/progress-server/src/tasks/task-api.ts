@@ -115,8 +115,7 @@ export class TaskApi {
         this.#terminalWhileAppending.add(change.taskId);
         return;
       }
-      this.#ended(change.taskId);
-      void this.#refresh(owned.control, change.taskId);
+      void this.#endedElsewhere(owned, change.taskId);
     });
   }
 
@@ -261,9 +260,30 @@ export class TaskApi {
     this.#appending.delete(taskId);
     if (!this.#terminalWhileAppending.delete(taskId)) return;
     const owned = this.#owned.get(taskId);
-    if (owned === undefined) return;
+    if (owned !== undefined) void this.#endedElsewhere(owned, taskId);
+  }
+
+  /**
+   * The feed reported a terminal change of an owned task that no append of this server explains. A change
+   * names the id, not the run: it may be an older run's, heard late (its notification still in flight when
+   * this server created the run it owns under the same id). So the row decides, read once: the handle ends
+   * unless the row is still its run, running. A read that fails ends nothing: the store refuses the
+   * handle's next write or renewal if the run did end, and that ends it then. Never rejects.
+   */
+  async #endedElsewhere(owned: Owned, taskId: string): Promise<void> {
+    let task: Task | undefined;
+    try {
+      task = await this.#store.getTask(taskId);
+    } catch (error) {
+      this.#logger.debug({ err: describeError(error), taskId }, 'reading a task ended elsewhere failed');
+      return;
+    }
+    if (this.#owned.get(taskId) !== owned) return;
+    if (task !== undefined) {
+      if (task.createdAt === owned.handle.task.createdAt && task.status === 'running') return;
+      owned.control.update(task);
+    }
     this.#ended(taskId);
-    void this.#refresh(owned.control, taskId);
   }
 
   async #appendOnce(taskId: string, input: AppendInput, fence: HandleFence | undefined): Promise<TaskEvent> {
