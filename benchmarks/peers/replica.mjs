@@ -54,6 +54,17 @@ async function finishline() {
   // Diagnostic only (never set for published figures): drop the watchers' ack writes, to see how much
   // of the delivery latency they cost.
   if (process.env.PEER_DIAG_NO_ACK_WRITES === '1') store.ack = async (_taskId, seq) => seq;
+  // Diagnostic only (never set for published figures): each task's row read once, the first answer kept
+  // for every later load of the id (stale: the subscribes' catch-up repairs it), to see how much of the
+  // replicas' CPU the per-subscribe loads cost.
+  if (process.env.PEER_DIAG_CACHE_GETTASK === '1') {
+    const loaded = new Map();
+    const getTask = store.getTask.bind(store);
+    store.getTask = (taskId) => {
+      if (!loaded.has(taskId)) loaded.set(taskId, getTask(taskId));
+      return loaded.get(taskId);
+    };
+  }
   const server = await ProgressServer.listen(
     {
       store,
