@@ -133,14 +133,19 @@ export interface ProgressClientOptions {
    */
   persistence?: CursorPersistence | false;
   /**
-   * Longest wait from opening a socket to the server's `hello`; then the attempt counts as failed.
+   * Longest wait from opening a socket to the server's `hello`; then the attempt counts as failed. Also the
+   * longest wait of a Server-Sent Events stream of `fallbackTransport` for its first bytes (the opening
+   * comment the server writes at once): a frozen replica or a proxy holding the request is given up on
+   * then, and the open counts as failed (asked again with growing backoff), instead of waiting out
+   * `heartbeatTimeoutMs`.
    * @default 10000
    */
   connectTimeoutMs?: number;
   /**
    * Longest silence on an open socket before it is considered dead (closed with 4010, then reconnected).
    * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` + `heartbeatMarginMs`. Also the
-   * longest silence of a Server-Sent Events stream of `fallbackTransport` (then reopened from the cursor),
+   * longest silence of a Server-Sent Events stream of `fallbackTransport` once it delivered anything
+   * (before that, `connectTimeoutMs`; then reopened from the cursor),
    * where `null` takes the interval the stream states when it opens (15 s, the server's default, from a
    * server too old to state it).
    * @default null

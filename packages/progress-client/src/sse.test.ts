@@ -1,7 +1,11 @@
+import { type AddressInfo, createServer, type Socket } from 'node:net';
 import type { ServerFrame } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
+import { WebSocket } from 'ws';
+import type { WebSocketConstructorLike } from './options.js';
 import { PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { MemoryCursorStorage } from './persist.js';
+import { ProgressClient } from './progress-client.js';
 import { type StreamingFetch, sseFallback } from './sse.js';
 import { fakePage } from './testing/fake-page.js';
 import { FakeTask } from './testing/fake-server.js';
@@ -116,6 +120,9 @@ class FakeSse {
   }
 }
 
+/** What @finishline/server writes first on a stream, with its default heartbeat interval. */
+const OPENING = 'retry: 1000\n: hello heartbeatIntervalMs=15000\n\n';
+
 /** Waits (on the manual clock) for the client's next socket. */
 async function nextSocket(ctx: ReturnType<typeof setup>, count: number): Promise<void> {
   for (let ms = 0; ctx.server.sockets.length < count; ms += 10) {
@@ -228,6 +235,9 @@ describe('the SSE fallback transport', () => {
   it('takes heartbeatTimeoutMs as the longest silence of a stream when it is given', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true, heartbeatTimeoutMs: 5000 });
     client.watch('t1');
+    await flush();
+    // (Served: until a stream delivers anything, connectTimeoutMs applies, below.)
+    (sse.streams[0] as SseRequest).write(OPENING);
     await flush();
     await scheduler.advance(4999);
     expect((sse.streams[0] as SseRequest).aborted()).toBe(false);
@@ -687,6 +697,131 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
     expect(asked.slice(8)).toEqual([60_500, 61_550, 62_050, 63_050]);
     await client.close();
   });
+
+  // An open a frozen replica (a SIGSTOP'd process: its kernel accepts the connection) or a proxy holding
+  // the request never answered waited the whole silence timeout (32 s by default), where a socket that
+  // gets no `hello` waits connectTimeoutMs (10 s); and each reopen waited as long again.
+  const unanswered: [string, (sse: FakeSse) => StreamingFetch][] = [
+    [
+      'no answer at all',
+      (sse) => async (url, init) => {
+        sse.requests.push({
+          url,
+          method: init.method,
+          aborted: () => init.signal?.aborted === true,
+        } as SseRequest);
+        // As `fetch` does: it rejects when its signal aborts, and not before.
+        return new Promise((_, reject) =>
+          init.signal?.addEventListener('abort', () => reject(new Error('aborted'))),
+        );
+      },
+    ],
+    ['response headers, then not a byte', (sse) => sse.fetch],
+  ];
+
+  it.each(unanswered)(
+    'gives up on an open that heard nothing (%s) at connectTimeoutMs, and backs off as after a failed open',
+    async (_, fetchOf) => {
+      const sse = new FakeSse();
+      const { client, scheduler } = setup({
+        preferFallback: true,
+        fallbackTransport: sseFallback({ fetch: fetchOf(sse) }),
+      });
+      client.watch('t1');
+      await flush();
+      const at: number[] = [];
+      const start = scheduler.now();
+      for (let ms = 0; ms <= 40_000; ms += 50) {
+        // Each stream's abort, seen within the 50 ms step it happened in.
+        for (const stream of sse.streams.slice(at.length))
+          if (stream.aborted()) at.push(scheduler.now() - start);
+        await scheduler.advance(50);
+      }
+      const opened = sse.streams.length;
+      // connectTimeoutMs (10 s) after each open; reopened after full-jitter steps of reconnect.initialDelayMs
+      // (1 s, random 0.5) doubling, as a failed open: not within reconnect.firstDelayMs, as a served cut.
+      expect(at).toEqual([10_000, 20_500, 31_500]);
+      expect(opened).toBe(4); // the fourth opened at 33,500 ms, still waiting
+      await client.close();
+      expect(scheduler.pending).toBe(0);
+    },
+  );
+
+  it('takes connectTimeoutMs as given, and not a moment before it', async () => {
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, connectTimeoutMs: 4000 });
+    client.watch('t1');
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    await scheduler.advance(3999);
+    expect(first.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(first.aborted()).toBe(true);
+    await client.close();
+  });
+
+  it('keeps a stream that delivered its opening comment past connectTimeoutMs, until the silence timeout', async () => {
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true });
+    client.watch('t1');
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    await flush();
+    // 2 × the stated 15 s + heartbeatMarginMs (2 s) from the comment.
+    await scheduler.advance(31_999);
+    expect(first.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(first.aborted()).toBe(true);
+    // Served, then silent: a cut, reopened at once (within reconnect.firstDelayMs), not a failed open.
+    await scheduler.advance(50);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+});
+
+describe('the SSE fallback transport against a real server that accepts and never answers', () => {
+  it('gives up on the open at connectTimeoutMs and opens again (a frozen replica: its kernel accepts)', async () => {
+    const sockets: Socket[] = [];
+    const server = createServer((socket) => {
+      sockets.push(socket);
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    /** The signal of each open, Node's own `fetch` doing the request. */
+    const signals: (AbortSignal | undefined)[] = [];
+    const client = new ProgressClient({
+      url: `ws://127.0.0.1:${port}/progress`,
+      WebSocket: WebSocket as unknown as WebSocketConstructorLike, // (never opened: preferFallback)
+      preferFallback: true,
+      fallbackTransport: sseFallback({
+        fetch: (url, init) => {
+          signals.push(init.signal);
+          return (globalThis.fetch as unknown as StreamingFetch)(url, init);
+        },
+      }),
+      connectTimeoutMs: 100,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 10 },
+    });
+    try {
+      client.watch('t1');
+      // Without connectTimeoutMs the open would wait the silence timeout, 32 s, past this wait. (Whether
+      // the aborted request's connection closes is up to Node's fetch: its pool closes some at once,
+      // others only later.)
+      await vi.waitFor(
+        () => {
+          expect(signals[0]?.aborted).toBe(true);
+          expect(signals.length).toBeGreaterThanOrEqual(2);
+          expect(sockets.length).toBeGreaterThanOrEqual(2);
+        },
+        { timeout: 4000, interval: 20 },
+      );
+    } finally {
+      await client.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
 });
 
 describe('the SSE fallback transport when the page wakes', () => {
@@ -815,6 +950,8 @@ describe('the SSE fallback transport when the page wakes', () => {
     expect([first.aborted(), second.aborted()]).toEqual([true, true]);
     expect(sse.streams.map((stream) => stream.url.split('/').at(-2))).toEqual(['t1', 't2', 't1', 't2']);
     expect(sse.streams.filter((stream) => stream.live())).toHaveLength(2);
+    // Served, as the server serves them (one that delivered nothing would give up at connectTimeoutMs).
+    for (const stream of sse.streams.slice(2)) stream.write(OPENING);
     await scheduler.advance(10_000);
     expect(sse.streams).toHaveLength(4);
     // A wake later on (past wakePingTimeoutMs) is another wake.

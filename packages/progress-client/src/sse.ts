@@ -104,7 +104,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) is never
       // ended by `fetch`: its read would wait for the system's TCP timeout, minutes or more, and the watch
       // with it. Like the socket, a stream silent (no frame, no heartbeat) for 2 × the heartbeat interval
-      // plus the margin is dropped, as a cut: it is reopened from the cursor.
+      // plus the margin is dropped, as a cut: it is reopened from the cursor. Until it delivered anything
+      // (the server writes its opening comment at once) it has `connectTimeoutMs`, as a socket has until
+      // `hello`: an open that a frozen replica or a holding proxy never answers used to wait the whole
+      // silence timeout (32 s by default); it ends as a failed open (`served` false: backed off), not a cut.
       let quiet = () => {};
       let intervalMs = SERVER_HEARTBEAT_MS;
       /** The stream brought something (its opening comment, a heartbeat, a frame): it was served. */
@@ -115,7 +118,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         if (!ended)
           quiet = host.timers.start(
             () => abort.abort(),
-            o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs,
+            delivered ? (o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs) : o.connectTimeoutMs,
           );
       };
       const end = (refusal?: ProgressError) => {

@@ -65,6 +65,8 @@ export interface FallbackOptions {
   readonly httpCredentials: HttpCredentials;
   readonly httpPollIntervalMs: number;
   readonly random: () => number;
+  /** The longest wait of a Server-Sent Events stream for its first bytes (then a failed open). */
+  readonly connectTimeoutMs: number;
   /** The longest silence of a Server-Sent Events stream, when given (`null`: see `sse.ts`). */
   readonly heartbeatTimeoutMs: number | null;
   readonly heartbeatMarginMs: number;
