@@ -167,6 +167,8 @@ export function streamTask(
   let load: Task | 'reset' | undefined = opening;
   /** The task's seq at the latest load: where the hub's own reads of the task start. */
   let loadedSeq = 0;
+  /** The `createdAt` of the task at the latest load: the run of the id the stream is of. */
+  let loadedRun: number | undefined;
   /** The response's buffer is full: nothing is written until 'drain'. */
   let draining = false;
   /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
@@ -342,7 +344,7 @@ export function streamTask(
     );
     stream = next;
     previous?.close();
-    if (load === undefined) next.start(cursor, false, loadedSeq);
+    if (load === undefined) next.start(cursor, false, loadedSeq, loadedRun);
     else void loadAndStart(next, load);
   };
   const loadAndStart = async (next: TaskStream, kind: Task | 'reset'): Promise<void> => {
@@ -361,6 +363,7 @@ export function streamTask(
       return;
     }
     loadedSeq = task.seq;
+    loadedRun = task.createdAt;
     let resumed = false;
     if (kind === 'reset') snapshot(toTaskView(task), true);
     else resumed = open(task);
@@ -368,8 +371,8 @@ export function streamTask(
     // resume's first catch-up writes the events after the cursor, or the task's state when the store no
     // longer holds any (restored since the load): the stream is never left silent on heartbeats.
     if (ended) return;
-    if (resumed) next.resume(cursor, task.seq);
-    else next.start(cursor, false, task.seq);
+    if (resumed) next.resume(cursor, task.seq, task.createdAt);
+    else next.start(cursor, false, task.seq, task.createdAt);
   };
 
   function drained(): void {

@@ -42,6 +42,14 @@ interface Followed {
   closed: boolean;
   /** Events dispatched (`readSeq` is past them) and held, not yet handed over (see `#dispatch`). */
   pending: TaskEvent[];
+  /**
+   * The run of the id the seqs above are of: the `createdAt` of the task its subscribers read last
+   * (`undefined` until one said). An id is taken again once retention purged its task, and each run
+   * starts again at seq 1 (see `#newRun`).
+   */
+  run: number | undefined;
+  /** Bumped when the id's run changes: a read started before is of the old run. */
+  runs: number;
 }
 
 const noop = (): void => undefined;
@@ -125,7 +133,7 @@ export class TaskHub {
       maxReplayEvents: options.maxReplayEvents,
       retryDelayMs: options.retryDelayMs,
       latestSeq: (taskId) => this.latestSeq(taskId),
-      observe: (taskId, seq) => this.observe(taskId, seq),
+      observe: (taskId, seq, run) => this.observe(taskId, seq, run),
       recent: (taskId, fromSeq, toSeq) => this.#recent.between(taskId, fromSeq, toSeq),
       readBack: (taskId, events) => {
         const readSeq = this.#followed.get(taskId)?.readSeq;
@@ -176,6 +184,8 @@ export class TaskHub {
         stopFeed: undefined,
         closed: false,
         pending: [],
+        run: undefined,
+        runs: 0,
       };
       this.#followed.set(taskId, entry);
       try {
@@ -193,12 +203,19 @@ export class TaskHub {
   }
 
   /**
-   * A subscriber read the task at `seq`. The first such read fixes where the hub's own reads start; any
-   * later one only raises the latest known seq.
+   * A subscriber read the task at `seq`, the run created at `run` (its `createdAt`, when the reader
+   * knows it). The first such read fixes where the hub's own reads start; any later one only raises the
+   * latest known seq. A read of a later run of the id starts over from it (see `#newRun`); one of an
+   * earlier run (read before the purge, told after) says nothing of the run followed now.
    */
-  observe(taskId: string, seq: number): void {
+  observe(taskId: string, seq: number, run?: number): void {
     const entry = this.#followed.get(taskId);
     if (entry === undefined) return;
+    if (run !== undefined && entry.run !== run) {
+      if (entry.run !== undefined && run < entry.run) return;
+      if (entry.run !== undefined) this.#newRun(entry);
+      entry.run = run;
+    }
     if (entry.readSeq === undefined) entry.readSeq = seq;
     if (seq > entry.latestSeq) entry.latestSeq = seq;
     this.#pump(entry);
@@ -260,6 +277,8 @@ export class TaskHub {
       entry.latestSeq = 0;
       entry.emptyReads = 0;
       entry.pending = [];
+      // A restored task may be an earlier run than the one followed (created before it, purged since).
+      entry.run = undefined;
       if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
       entry.retryTimer = undefined;
       this.#recent.drop(entry.taskId);
@@ -292,8 +311,44 @@ export class TaskHub {
     if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
     // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
     // was dispatched go out without a read. The rest, if any, is read as usual.
-    if (change.events !== undefined) this.#dispatchNext(entry, change.events);
+    if (change.events !== undefined && !this.#ofEarlierRun(entry, change.events))
+      this.#dispatchNext(entry, change.events);
     this.#pump(entry);
+  }
+
+  /**
+   * True when `events` may be of a run of the id older than the one followed: committed before it was
+   * created. A change names the id, not the run, and a change of the old run heard late (its
+   * notification still in flight when the new run was created and read) carries the old run's events,
+   * whose seqs follow on from the new run's: dispatched, they went out as the new run's, its end
+   * included. Such a change is only a hint then, and the store is read: an old run's seq that the new
+   * run does not have is given up (see `#readLoop`). Timestamps are of the store clocks of the replicas
+   * that wrote them: a new run's event stamped before its `createdAt` (clocks skewed between replicas)
+   * costs a read, never an event; an old run's event stamped at or after the new run's `createdAt` (run 1
+   * ended, purged and created again within one millisecond, or clocks skewed by more than retention's
+   * age) cannot be told apart, as the store's run fence cannot tell those runs apart either.
+   */
+  #ofEarlierRun(entry: Followed, events: readonly TaskEvent[]): boolean {
+    const run = entry.run;
+    return run !== undefined && events.some((event) => event.time < run);
+  }
+
+  /**
+   * A subscriber read a later run of the followed id than the one the hub's seqs are of: the old run was
+   * purged and the id taken again, and every seq, held event and read in flight is the old run's. Held,
+   * the old run's events were served from memory to the new run's subscribers, and its seqs, at or above
+   * the new run's, kept the new run's events from being dispatched. The hub starts again from that
+   * subscriber's read, as after a restore ({@link forgetSeqs}).
+   */
+  #newRun(entry: Followed): void {
+    entry.runs += 1;
+    entry.readSeq = undefined;
+    entry.latestSeq = 0;
+    entry.emptyReads = 0;
+    entry.pending = [];
+    if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
+    entry.retryTimer = undefined;
+    this.#recent.drop(entry.taskId);
   }
 
   #isForeign(epoch: string): boolean {
@@ -327,11 +382,13 @@ export class TaskHub {
     try {
       while (!entry.closed && entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) {
         const epochs = this.#epochs;
+        const runs = entry.runs;
         const claimed = entry.latestSeq;
         const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
         if (entry.closed) return;
-        // Read in the old epoch: its events mean nothing now; the loop goes on from the new position.
-        if (epochs !== this.#epochs) continue;
+        // Read in the old epoch, or of the id's old run: its events mean nothing now; the loop goes on
+        // from the new position.
+        if (epochs !== this.#epochs || runs !== entry.runs) continue;
         if (events.length === 0) {
           // Announced while the read ran: committed after what it saw, maybe. Read again.
           if (entry.latestSeq > claimed) continue;
@@ -430,7 +487,8 @@ export class TaskHub {
     for (const entry of due) {
       const events = entry.pending;
       entry.pending = [];
-      if (!entry.closed) this.#handOver(entry, events);
+      // Nothing when a new run of the id dropped what was held (see `#newRun`).
+      if (!entry.closed && events.length > 0) this.#handOver(entry, events);
     }
     // Anything dispatched while handing over (nothing does so today) waits for one more round.
     if (this.#due.length > 0) queueMicrotask(this.#flush);

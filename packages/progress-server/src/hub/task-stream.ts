@@ -61,8 +61,11 @@ export interface StreamHub {
   readonly retryDelayMs: number;
   /** The highest seq of the task known to be committed. */
   latestSeq(taskId: string): number | undefined;
-  /** A read of the task at `seq`: where the hub's own live reads start. */
-  observe(taskId: string, seq: number): void;
+  /**
+   * A read of the task at `seq`, of the run created at `run` (when known): where the hub's own live reads
+   * start.
+   */
+  observe(taskId: string, seq: number, run?: number): void;
   /** The task's events after `fromSeq` up to `toSeq` when the hub holds them all in memory. */
   recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
   /** Events a stream read from the store, for the hub to keep if they join what it holds. */
@@ -132,30 +135,31 @@ export class TaskStream {
 
   /**
    * Starts delivering after `from` (the client's cursor, or the seq of the snapshot it was just given),
-   * `ended` when that snapshot was terminal. `taskSeq` is the seq of the load that authorized it.
+   * `ended` when that snapshot was terminal. `taskSeq` is the seq of the load that authorized it, and
+   * `taskRun` its `createdAt`: the run of the id the stream is of (see {@link StreamHub.observe}).
    */
-  start(from: number, ended: boolean, taskSeq: number): void {
+  start(from: number, ended: boolean, taskSeq: number, taskRun?: number): void {
     if (this.stale) return;
     this.#answerDue = false;
-    this.#begin(from, ended, taskSeq);
+    this.#begin(from, ended, taskSeq, taskRun);
   }
 
   /**
    * Starts delivering after the subscriber's own cursor `from`, which nothing answered yet (a resume
    * without a snapshot): the first catch-up hands over the events after it, or, when there are none to
    * read, the task's state (a snapshot; a reset when the task went back below `from`). `taskSeq` is the
-   * seq of the load that authorized it, above `from`.
+   * seq of the load that authorized it, above `from`, and `taskRun` its `createdAt`.
    */
-  resume(from: number, taskSeq: number): void {
+  resume(from: number, taskSeq: number, taskRun?: number): void {
     if (this.stale) return;
     this.#answerDue = true;
-    this.#begin(from, false, taskSeq);
+    this.#begin(from, false, taskSeq, taskRun);
   }
 
-  #begin(from: number, ended: boolean, taskSeq: number): void {
+  #begin(from: number, ended: boolean, taskSeq: number, taskRun: number | undefined): void {
     this.#position = from;
     this.#ended = ended;
-    this.#hub.observe(this.taskId, taskSeq);
+    this.#hub.observe(this.taskId, taskSeq, taskRun);
     void this.#catchUp(true).catch((error: unknown) => this.#lost(error));
   }
 
@@ -229,7 +233,7 @@ export class TaskStream {
           this.#sink.gone();
           return;
         }
-        this.#hub.observe(this.taskId, task.seq);
+        this.#hub.observe(this.taskId, task.seq, task.createdAt);
         if (task.seq < target) this.#hub.wentBack();
         loaded = task;
         // The task went back since the read (a restore under way): its snapshot would stand for nothing
@@ -283,7 +287,7 @@ export class TaskStream {
       this.#sink.gone();
       return false;
     }
-    this.#hub.observe(this.taskId, task.seq);
+    this.#hub.observe(this.taskId, task.seq, task.createdAt);
     const view = toTaskView(task);
     if (view.seq >= this.#position) {
       this.#snapshot(view);

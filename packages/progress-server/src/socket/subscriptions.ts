@@ -212,15 +212,15 @@ export class Subscriptions<P extends Principal> {
       // No event will ever be above the client's cursor, or its seqs are of another epoch: it must drop it.
       if (!renewed) metrics.resyncs.inc({ reason: 'cursor_ahead' });
       current.reset(view);
-      stream.start(view.seq, view.status !== 'running', task.seq);
+      stream.start(view.seq, view.status !== 'running', task.seq, task.createdAt);
     } else if (afterSeq === 0 || backlog <= 0 || backlog > options.maxReplayEvents) {
       if (afterSeq > 0 && backlog > options.maxReplayEvents) metrics.resyncs.inc({ reason: 'replay_limit' });
       current.snapshot(view);
-      stream.start(view.seq, view.status !== 'running', task.seq);
+      stream.start(view.seq, view.status !== 'running', task.seq, task.createdAt);
     } else {
       this.#resumed.add(current);
       current.resumeAt(afterSeq);
-      stream.resume(afterSeq, task.seq);
+      stream.resume(afterSeq, task.seq, task.createdAt);
     }
     // The snapshot goes now, not when the catch-up just started has read what followed it: a slow read
     // held it in the queue, and with it every heartbeat (sent only when nothing is queued), until the

@@ -1,0 +1,297 @@
+import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { afterEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../logger.js';
+import { ServerMetrics } from '../metrics.js';
+import { useServerSession } from '../testing/session.js';
+import { FairReads } from './fair-reads.js';
+import { TaskHub } from './task-hub.js';
+import type { StreamSink } from './task-stream.js';
+
+/**
+ * A task id is taken again once retention purged its task: the runs of one id share their seqs (each
+ * starts at 1). What the hub learnt of an older run (its events heard late, its events it holds in
+ * memory, its seqs) must not reach the watchers of the run the id names now as theirs.
+ */
+
+const session = useServerSession();
+
+const closers: Array<() => void> = [];
+afterEach(() => {
+  for (const close of closers.splice(0)) close();
+});
+
+/**
+ * A hub over `store` whose change feed the test drives through `emit` when `driven` (as Postgres's
+ * `NOTIFY` does, with events, and maybe late), else over the store's own feed.
+ */
+function hubOver(store: MemoryProgressStore, driven: boolean) {
+  const listeners = new Set<ChangeListener>();
+  const changes = driven
+    ? {
+        subscribe: (listener: ChangeListener) => {
+          listeners.add(listener);
+          return () => listeners.delete(listener);
+        },
+      }
+    : store.changes;
+  const seen = {
+    changes,
+    getTask: (taskId: string) => store.getTask(taskId),
+    readEvents: (taskId: string, afterSeq: number, limit?: number) =>
+      store.readEvents(taskId, afterSeq, limit),
+  } as unknown as ProgressStore;
+  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
+  const hub = new TaskHub({
+    store: seen,
+    logger: silentLogger,
+    metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
+    retryDelayMs: 5,
+    reads,
+    maxReplayEvents: 100,
+  });
+  hub.start();
+  closers.push(() => {
+    hub.close();
+    reads.close();
+  });
+  const emit = (change: TaskChange) => {
+    for (const listener of listeners) listener(change);
+  };
+  return { hub, emit };
+}
+
+/** A sink that records the events it is handed (`type@seq`) and its other calls. */
+function recorder() {
+  const events: string[] = [];
+  const calls: string[] = [];
+  let caughtUp = 0;
+  const sink: StreamSink = {
+    events: (batch: readonly TaskEvent[]) => {
+      for (const event of batch) events.push(`${event.type}@${event.seq}`);
+    },
+    snapshot: (view: TaskView) => calls.push(`snapshot@${view.seq}:${view.status}`),
+    reset: (view: TaskView) => calls.push(`reset@${view.seq}`),
+    gone: () => calls.push('gone'),
+    failed: () => calls.push('failed'),
+    caughtUp: () => {
+      caughtUp += 1;
+    },
+    internalError: (error) => calls.push(`internal:${String(error)}`),
+    isOpen: () => true,
+  };
+  return { sink, events, calls, caughtUp: () => caughtUp };
+}
+
+async function until(condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 200 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
+  expect(condition()).toBe(true);
+}
+
+const settle = () => new Promise((resolve) => setTimeout(resolve, 40));
+
+/**
+ * `job-1` run 1 (an item, then completed: seqs 1 and 2) ended, was purged and created again (run 2), one
+ * millisecond of the store clock between each step. Returns run 1's events.
+ */
+async function runOneEndedAndPurged(store: MemoryProgressStore, clock: ManualClock): Promise<TaskEvent[]> {
+  await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+  clock.advance(1);
+  await store.append('job-1', { type: 'item', key: 'old-1', ok: true });
+  clock.advance(1);
+  await store.append('job-1', { type: 'completed' });
+  const events = await store.readEvents('job-1', 0);
+  clock.advance(1);
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  clock.advance(1);
+  return events;
+}
+
+describe('a change of an older run of the id heard late', () => {
+  it("is not delivered to the new run's watchers as the new run's events", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const old = await runOneEndedAndPurged(store, clock);
+    // Run 2, at seq 1, watched from there.
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(1);
+    const first = (await store.append('job-1', { type: 'item', key: 'new-1', ok: true })).event;
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    expect(loaded?.seq).toBe(1);
+    stream.start(1, false, 1, loaded?.createdAt);
+    await until(() => watcher.caughtUp() > 0);
+    emit({ taskId: 'job-1', seq: 1, terminal: false, events: [first] });
+
+    // Run 1's terminal change, its notification in flight while run 2 was created: its seq is the next
+    // one of run 2, and it carries run 1's `completed`.
+    emit({ taskId: 'job-1', seq: 2, terminal: true, events: old.slice(1) });
+    await settle();
+    expect(watcher.events).toEqual([]);
+
+    // Run 2's own second event goes out, as its own.
+    clock.advance(1);
+    const second = (await store.append('job-1', { type: 'progress', message: 'new' })).event;
+    emit({ taskId: 'job-1', seq: 2, terminal: false, events: [second] });
+    await until(() => watcher.events.length > 0);
+    expect(watcher.events).toEqual(['progress@2']);
+    clock.advance(1);
+    const end = (await store.append('job-1', { type: 'completed' })).event;
+    emit({ taskId: 'job-1', seq: 3, terminal: true, events: [end] });
+    await until(() => watcher.events.length > 1);
+    expect(watcher.events).toEqual(['progress@2', 'completed@3']);
+    expect(watcher.calls).toEqual([]);
+  });
+});
+
+describe('what the hub holds of an older run of the id', () => {
+  it('is not served to a watcher of the new run when a watcher of the old run still follows the id', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub } = hubOver(store, false);
+    // A watcher of run 1 from its start, still subscribed after its end (a client that does not let go).
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const stays = recorder();
+    const staying = hub.stream('job-1', 'alice', stays.sink);
+    const first = await staying.load();
+    staying.start(0, false, 0, first?.createdAt);
+    await until(() => stays.caughtUp() > 0);
+    clock.advance(1);
+    await store.append('job-1', { type: 'item', key: 'old-1', ok: true });
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    await until(() => stays.events.length === 2);
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+
+    // Run 2, created and watched from its start.
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    expect(loaded?.seq).toBe(0);
+    stream.start(0, false, 0, loaded?.createdAt);
+    await until(() => watcher.caughtUp() > 0);
+    expect(watcher.events).toEqual([]);
+    expect(watcher.calls).toEqual([]);
+
+    // Run 2's events, seqs 1 and 2 as run 1's were, reach its watcher live.
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'new' });
+    clock.advance(1);
+    await store.append('job-1', { type: 'item', key: 'new-1', ok: true });
+    await until(() => watcher.events.length === 2);
+    expect(watcher.events).toEqual(['progress@1', 'item@2']);
+    expect(stays.events).toEqual(['item@1', 'completed@2']);
+  });
+});
+
+const eventsOf = (frames: readonly Record<string, unknown>[]) =>
+  frames
+    .filter((frame) => frame.type === 'event')
+    .map((frame) => {
+      const event = frame.event as { type: string; seq: number };
+      return `${event.type}@${event.seq}`;
+    });
+
+/**
+ * A server over a memory store on `clock`, where `job-1` run 1 (an item, then completed) was watched to
+ * its end on a socket that never acknowledges it nor lets go (so the server's hub still follows the id),
+ * then purged. Returns the server, and a socket subscriber's frames of run 1.
+ */
+async function oldRunStillFollowed(clock: ManualClock) {
+  const store = new MemoryProgressStore({ clock: clock.now });
+  const env = await session.start({ store });
+  const old = await env.server.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+  const stays = await session.connect({ user: 'alice' });
+  stays.send({ type: 'subscribe', taskId: 'job-1', afterSeq: 0 });
+  await stays.next((frame) => frame.type === 'snapshot');
+  clock.advance(1);
+  await old.item({ key: 'old-1', ok: true });
+  clock.advance(1);
+  await old.complete();
+  await stays.next((frame) => frame.type === 'event' && (frame.event as { seq: number }).seq === 2);
+  clock.advance(1);
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  clock.advance(1);
+  return { env, stays };
+}
+
+describe('a subscriber of the new run on a socket', () => {
+  it('gets its own events only, while a socket that watched the old run still follows the id', async () => {
+    const clock = new ManualClock();
+    const {
+      env: { server },
+    } = await oldRunStillFollowed(clock);
+    const current = await server.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const watcher = await session.connect({ user: 'alice' });
+    watcher.send({ type: 'subscribe', taskId: 'job-1', afterSeq: 0 });
+    const snapshot = await watcher.next((frame) => frame.type === 'snapshot');
+    expect(snapshot.task).toMatchObject({ seq: 0, status: 'running' });
+    await watcher.sync();
+    expect(eventsOf(watcher.about('job-1'))).toEqual([]);
+
+    clock.advance(1);
+    await current.progress({ message: 'new' });
+    clock.advance(1);
+    await current.item({ key: 'new-1', ok: true });
+    await watcher.next((frame) => frame.type === 'event' && (frame.event as { seq: number }).seq === 2);
+    await watcher.sync();
+    expect(eventsOf(watcher.about('job-1'))).toEqual(['progress@1', 'item@2']);
+  });
+});
+
+describe('a Server-Sent Events stream of the new run', () => {
+  it('gets its own events only, while a socket that watched the old run still follows the id', async () => {
+    const clock = new ManualClock();
+    const { env } = await oldRunStillFollowed(clock);
+    const current = await env.server.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const abort = new AbortController();
+    session.onCleanup(() => abort.abort());
+    const response = await fetch(`${env.httpUrl}/progress/tasks/job-1/stream`, {
+      headers: { 'x-user': 'alice' },
+      signal: abort.signal,
+    });
+    expect(response.status).toBe(200);
+    const reader = (response.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    const frames: Record<string, unknown>[] = [];
+    let text = '';
+    let ended = false;
+    /** Reads until `count` data messages arrived or the stream ended. */
+    const readUntil = async (count: number) => {
+      while (frames.length < count && !ended) {
+        const { done, value } = await reader.read();
+        if (done) {
+          ended = true;
+          break;
+        }
+        text += decoder.decode(value, { stream: true });
+        for (let end = text.indexOf('\n\n'); end >= 0; end = text.indexOf('\n\n')) {
+          const data = text
+            .slice(0, end)
+            .split('\n')
+            .filter((line) => line.startsWith('data: '))
+            .map((line) => line.slice('data: '.length))
+            .join('\n');
+          text = text.slice(end + 2);
+          if (data !== '') frames.push(JSON.parse(data) as Record<string, unknown>);
+        }
+      }
+    };
+    await readUntil(1);
+    expect(frames[0]).toMatchObject({ type: 'snapshot', task: { seq: 0, status: 'running' } });
+
+    clock.advance(1);
+    await current.progress({ message: 'new' });
+    clock.advance(1);
+    await current.item({ key: 'new-1', ok: true });
+    await readUntil(3);
+    expect(eventsOf(frames)).toEqual(['progress@1', 'item@2']);
+    expect(ended).toBe(false);
+  });
+});
