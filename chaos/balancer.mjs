@@ -189,6 +189,10 @@ export class Balancer {
       if (ackTaskId === undefined) return;
       this.counts.httpAcksFailed[status] = (this.counts.httpAcksFailed[status] ?? 0) + 1;
     };
+    // When the stream was asked for (a request routed to a frozen replica waits for its answer), and whether
+    // its client left before an answer (its own timeout, a reload), which is not the replica's failure.
+    const requestedAt = Date.now();
+    let clientLeft = false;
     const unserved = (status, why) => {
       if (streamTaskId === undefined) return;
       this.counts.sseStreamsUnserved += 1;
@@ -201,6 +205,7 @@ export class Balancer {
         backend: backend.name,
         sse: true,
         openedAt: at,
+        requestedAt,
         closedAt: at,
         status,
         end: why,
@@ -223,7 +228,7 @@ export class Balancer {
         if (streaming) {
           // A stream is long-lived: the request timeout below is for ordinary answers.
           upstream.setTimeout(0);
-          this.#trackStream(req, res, upstream, response, backend.name);
+          this.#trackStream(req, res, upstream, response, backend.name).requestedAt = requestedAt;
         } else unserved(`HTTP/1.1 ${status}`, 'not served');
         res.writeHead(status, response.headers);
         // Headers at once (node holds them until the first body byte): a stream's client sees it open.
@@ -263,12 +268,14 @@ export class Balancer {
     // The client left before the whole answer (a closed stream, a reload): the replica must see it leave
     // too, or its stream would hold a slot of the principal's socket cap for as long as it lived.
     res.on('close', () => {
+      if (!res.headersSent) clientLeft = true;
       if (!res.writableFinished) upstream.destroy();
     });
     upstream.setTimeout(10_000, () => upstream.destroy(new Error('upstream timeout')));
     upstream.on('error', (error) => {
       if (!res.headersSent) {
-        unserved(`502 from the balancer (${error?.code ?? error?.message})`, 'replica unreachable');
+        if (clientLeft) unserved('no answer before the client left', 'client left');
+        else unserved(`502 from the balancer (${error?.code ?? error?.message})`, 'replica unreachable');
         ackFailed(`502 from the balancer (${error?.code ?? error?.message})`);
         res.writeHead(502);
       }
@@ -292,6 +299,7 @@ export class Balancer {
     response.on('close', () => stream.closed(response.complete ? 'upstream ended' : 'upstream closed'));
     // (On a clean end the answer finished first: the replica ended the stream, not the client.)
     res.on('close', () => stream.closed(res.writableFinished ? 'upstream ended' : 'client closed'));
+    return stream.conn;
   }
 
   /** Open event streams (Server-Sent Events). */
@@ -384,6 +392,13 @@ class Relay {
     client.on('data', (chunk) => this.#readUp(chunk));
     upstream.on('data', (chunk) => this.#readDown(chunk));
     client.on('close', () => this.cut('client closed'));
+    // A client that gives up on an attempt before its upgrade is answered (its connectTimeoutMs, a reload)
+    // only half-closes (FIN), and the server socket allows half-open connections: the relay would keep the
+    // replica's side open until the replica answered or a cut, so a replica that was frozen got the upgrade
+    // on waking and --explain counted the attempt open on it after the client had left.
+    client.on('end', () => {
+      if (!this.#handshakeDone) this.cut('client closed');
+    });
     upstream.on('close', () => this.#upstreamClosed());
     client.on('error', () => {});
   }
@@ -580,7 +595,8 @@ class Relay {
         const message = JSON.parse(frame.payload);
         kind = message.type;
         if (kind === 'hello') {
-          this.conn.helloAt = Date.now();
+          // The first hello: a token renewal's hello (an `auth` frame on the open socket) comes again later.
+          this.conn.helloAt ??= Date.now();
           this.conn.helloEpoch = message.epoch;
         }
         const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;

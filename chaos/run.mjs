@@ -597,8 +597,7 @@ class ClientSlot {
       ...(this.sse ? sseClientOptions() : {}),
     });
     client.on('state', (change) => {
-      if (change.state !== 'open')
-        this.log.push({ at: Date.now(), what: change.state, delayMs: change.delayMs });
+      this.log.push({ at: Date.now(), what: change.state, delayMs: change.delayMs });
     });
     watchTokens(this, client);
     return client;
@@ -1871,6 +1870,65 @@ for (const task of tasks.filter(killedWorker)) {
 }
 killToShown.sort((x, y) => x - y);
 const normal = delays((task) => !killedWorker(task) && !frozenWorker(task));
+
+// What a live worker's watcher waited on between the terminal commit and its callback: its client's
+// connections (a WebSocket watcher's sockets, an SSE watcher's streams of its task) in that span, each
+// instant counted as `frozen` when a connection it had open was on a replica incarnation then frozen
+// (`frozen` if that connection was already open at the commit, `refrozen` for an attempt made after it
+// and routed to a frozen replica), `gap` when it had no connection (a reconnect's backoff), `connecting`
+// before a `hello`, `live` on a greeted connection of a running replica.
+/** Each replica incarnation's freezes, by its backend name in the balancer (`r<index>#<incarnation>`). */
+const freezeSpans = new Map();
+for (const r of replicas)
+  for (const f of r.freezes) {
+    const key = `r${r.index}#${f.incarnation}`;
+    freezeSpans.set(key, [...(freezeSpans.get(key) ?? []), f]);
+  }
+/** The balancer's connections by client tag (slot), so each watcher reads its own client's only. */
+const historyByTag = new Map();
+for (const c of balancer.history) {
+  if (!historyByTag.has(c.tag)) historyByTag.set(c.tag, []);
+  historyByTag.get(c.tag).push(c);
+}
+/** When a connection was asked for: an SSE stream's request (its answer may wait on a frozen replica), else its open. */
+const askedAt = (c) => c.requestedAt ?? c.openedAt;
+const frozenAt = (backend, at) => (freezeSpans.get(backend) ?? []).some((f) => f.at <= at && at < f.until);
+function waitSpans(watcher) {
+  const t0 = watcher.final.finishedAt;
+  const end = watcher.callbackAt;
+  const tag = `slot${watcher.slot.index}`;
+  const conns = (historyByTag.get(tag) ?? []).filter(
+    (c) =>
+      (watcher.slot.sse ? c.taskId === watcher.task.id : c.taskId === undefined) &&
+      askedAt(c) <= end &&
+      (c.closedAt ?? Number.POSITIVE_INFINITY) > t0,
+  );
+  const spent = { frozen: 0, refrozen: 0, gap: 0, connecting: 0, live: 0 };
+  const step = 10;
+  for (let at = t0; at < end; at += step) {
+    const open = conns.filter((c) => askedAt(c) <= at && at < (c.closedAt ?? Number.POSITIVE_INFINITY));
+    const frozen = open.find((c) => frozenAt(c.backend, at));
+    const kind =
+      open.length === 0
+        ? 'gap'
+        : frozen !== undefined
+          ? askedAt(frozen) <= t0
+            ? 'frozen'
+            : 'refrozen'
+          : open.some((c) => c.helloAt !== undefined && c.helloAt <= at)
+            ? 'live'
+            : 'connecting';
+    spent[kind] += Math.min(step, end - at);
+  }
+  return { spent, conns };
+}
+const liveWaits = tasks
+  .filter((task) => !killedWorker(task) && !frozenWorker(task))
+  .flatMap((task) => task.watchers ?? [])
+  .filter((w) => !inOutage(w) && w.callbackAt !== undefined && w.final?.finishedAt != null)
+  .map((w) => ({ w, delay: Math.max(0, w.callbackAt - w.final.finishedAt), ...waitSpans(w) }));
+const sortedDelays = (entries) => entries.map((e) => e.delay).sort((x, y) => x - y);
+const onFrozen = (e) => e.spent.frozen + e.spent.refrozen > 0;
 const killed = delays(killedWorker);
 const b = balancer.counts;
 const newRuns = tasks.filter((task) => task.run > 1);
@@ -1928,6 +1986,8 @@ const out = [
   `completion shown:    ${((100 * shown) / Math.max(1, watchersTotal)).toFixed(3)}% (${shown}/${watchersTotal})`,
   `terminal commit → watcher callback:`,
   `  live workers:      ${line(normal)}`,
+  `    replica frozen:  ${line(sortedDelays(liveWaits.filter(onFrozen)))} (a connection of the watcher's client was on a frozen replica during the wait)`,
+  `    none frozen:     ${line(sortedDelays(liveWaits.filter((e) => !onFrozen(e))))}`,
   `  killed workers:    ${line(killed)} (the reaper's commit; it comes ≤ lease ${config.leaseTtlMs} ms + reap interval after the kill)`,
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
   `  frozen workers:    ${line(delays((task) => frozenWorker(task) && !killedWorker(task)))} (a freeze of the task's replica while it ran: left out of live workers)`,
@@ -1959,6 +2019,40 @@ if (flag('explain')) {
   process.stdout.write(
     `harness stalls > 50 ms: ${stalls.length}, ${stalledMs} ms in all, longest ${Math.max(0, ...stalls.map((x) => x.ms))} ms\n`,
   );
+  // Every live worker's watcher shown over 5 s after the commit, with what it waited on (waitSpans).
+  const slowLive = liveWaits.filter((e) => e.delay > 5000).sort((x, y) => y.delay - x.delay);
+  const mainly = (e) => Object.entries(e.spent).sort((x, y) => y[1] - x[1])[0][0];
+  const byMain = {};
+  for (const e of slowLive) byMain[mainly(e)] = (byMain[mainly(e)] ?? 0) + 1;
+  process.stdout.write(
+    `live workers' watchers shown > 5 s after the commit: ${slowLive.length} (mostly ${JSON.stringify(byMain)}); ${slowLive.filter(onFrozen).length} had a connection on a frozen replica\n`,
+  );
+  for (const e of slowLive.slice(0, 40)) {
+    const t0 = e.w.final.finishedAt;
+    const conns = e.conns.map((c) => {
+      const fz = (freezeSpans.get(c.backend) ?? [])
+        .filter((f) => f.until > askedAt(c) && f.at < (c.closedAt ?? Number.POSITIVE_INFINITY))
+        .map((f) => ` frozen ${f.at - t0}–${f.until - t0}`)
+        .join('');
+      return `[#${c.id} ${c.backend}${c.requestedAt === undefined ? '' : ` asked@${c.requestedAt - t0}`} open@${c.openedAt - t0}${c.helloAt === undefined ? ' no-hello' : ` hello@${c.helloAt - t0}`}${fz} ${c.status === undefined || c.status === 'HTTP/1.1 200' || c.status.startsWith('HTTP/1.1 101') ? '' : `${c.status} `}${c.end ?? 'open'}@${c.closedAt === undefined ? '-' : c.closedAt - t0}]`;
+    });
+    const freezes = replicas.flatMap((r) =>
+      r.freezes
+        .filter((f) => f.until >= t0 - 2000 && f.at <= e.w.callbackAt)
+        .map((f) => `r${r.index}#${f.incarnation} ${f.at - t0}–${f.until - t0}`),
+    );
+    const states = e.w.slot.log
+      .filter((entry) => entry.at >= t0 - 5000 && entry.at <= e.w.callbackAt)
+      .map(
+        (entry) => `${entry.what}@${entry.at - t0}${entry.delayMs === undefined ? '' : `(${entry.delayMs})`}`,
+      );
+    const stalled = flag('explain')
+      ? stalls.filter((x) => x.at >= t0 && x.at <= e.w.callbackAt).reduce((sum, x) => sum + x.ms, 0)
+      : 0;
+    process.stdout.write(
+      `  wait ${e.delay} ms ${JSON.stringify(e.spent)} task ${e.w.task.id.slice(0, 8)} on ${e.w.task.replicaId}, slot ${e.w.slot.index}${e.w.slot.sse ? ' (SSE)' : ''}; harness stalled ${stalled} ms; client: ${states.join(' ') || '-'}; connections: ${conns.join(' ') || 'none'}; freezes: ${freezes.join(' ') || 'none'}\n`,
+    );
+  }
   const slowest = [];
   for (const task of tasks) {
     for (const w of task.watchers ?? []) {
