@@ -773,6 +773,42 @@ describe('GET /tasks/:id/stream', () => {
     expect(stream.frames().at(-1)?.frame).toMatchObject({ type: 'event', event: { type: 'completed' } });
   });
 
+  it('catches a reader up with one store read per page, not one per drain: the rest of a page the full buffer refused is written at the drain', async () => {
+    // Each 'drain' lets through one socket buffer (some 16 KiB: four of these frames). Read again from the
+    // cursor after each, a backlog cost a page read per four frames (1,570 reads of 1,000 events for 5,880
+    // frames), and a reader catching up on a loaded machine got a few hundred frames a second.
+    const memory = new MemoryProgressStore();
+    const { store, calls } = countingReads(memory);
+    const page = 500;
+    env = await startServer({
+      store,
+      heartbeatIntervalMs: 60_000,
+      sseStallTimeoutMs: 60_000,
+      maxReplayEvents: page,
+    });
+    const server = serverSideOfStream(env);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    response.pause();
+    let last = await fillUntilStalled(task, server);
+    // A backlog well beyond the hub's memory of the task (its last 256 events): read from the store.
+    for (const end = last + 2000; last < end; ) {
+      last += 1;
+      await task.progress({ done: last, message: BIG_MESSAGE });
+    }
+    const before = calls.readEvents;
+    const stream = new Stream(response);
+    response.resume();
+    await stream.until(() => {
+      const frame = stream.lastFrame();
+      return frame !== undefined && seqOf(frame) === last;
+    }, 60_000);
+    const reads = calls.readEvents - before;
+    expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: last + 1 }, (_, seq) => seq));
+    // The backlog is at most `last` events: a read per page of it, and one that finds the end.
+    expect(reads).toBeLessThanOrEqual(Math.ceil(last / page) + 1);
+  });
+
   it.each([0, -1, 1.5, 2 ** 31, '30000'])('refuses sseStallTimeoutMs %s with invalid_input', (value) => {
     expect(PROGRESS_SERVER_DEFAULTS.sseStallTimeoutMs).toBe(30_000);
     expect(
