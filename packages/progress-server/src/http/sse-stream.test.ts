@@ -754,23 +754,70 @@ describe('GET /tasks/:id/stream', () => {
     const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     response.pause();
     const last = await fillUntilStalled(task, server);
-    // Stalled for a fifth of the timeout. The timeout leaves the reader 4 s to drain what both kernels
-    // buffered (a few MB): 2 s was too short for a reader sharing one process with its server under a
-    // full suite's load, and the test failed with the stream ended as stalled under a reader that read.
+    // Stalled for a fifth of the timeout. The timeout leaves the reader 4 s to drain enough of what both
+    // kernels buffered (a few MB) for the first 'drain': 2 s was too short for a reader sharing one process
+    // with its server under a full suite's load, and the test failed with the stream ended as stalled
+    // under a reader that read.
     await sleep(1000);
     const stream = new Stream(response);
     response.resume();
-    // Seqs arrive in order and nothing follows `last` until the task completes.
+    // Read to `last` however long a loaded machine takes: the backlog is however far the stream fell
+    // behind the fill before it stalled (9,000 frames and more under load), and a reader sharing two
+    // cores with a full suite read some 900 a second (a 10 s wait timed out). Each 'drain' re-arms the
+    // stall wait only for the next one, so a reader that reads is never dropped for a long backlog. A
+    // stream that ends first (dropped as stalled) stops the wait at once: its frames and the server's
+    // count of ends say why.
     await stream.until(() => {
       const frame = stream.lastFrame();
-      return frame !== undefined && seqOf(frame) === last;
-    }, 10_000);
+      return response.closed || (frame !== undefined && seqOf(frame) === last);
+    }, 40_000);
+    expect(await streamsClosed(env)).toEqual({});
+    // Seqs arrive in order and nothing follows `last` until the task completes.
+    expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: last + 1 }, (_, seq) => seq));
     // Longer than the timeout since the stall: a stall timer that 'drain' left running drops it now.
     await sleep(5500);
+    expect(await streamsClosed(env)).toEqual({});
     await task.complete();
     await within(stream.ended, 'the end of the stream', 10_000);
     expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: last + 2 }, (_, seq) => seq));
     expect(stream.frames().at(-1)?.frame).toMatchObject({ type: 'event', event: { type: 'completed' } });
+    expect(await streamsClosed(env)).toEqual({ finished: 1 });
+  }, 60_000);
+
+  it('catches a reader up with one store read per page, not one per drain: the rest of a page the full buffer refused is written at the drain', async () => {
+    // Each 'drain' lets through one socket buffer (some 16 KiB: four of these frames). Read again from the
+    // cursor after each, a backlog cost a page read per four frames (1,570 reads of 1,000 events for 5,880
+    // frames), and a reader catching up on a loaded machine got a few hundred frames a second.
+    const memory = new MemoryProgressStore();
+    const { store, calls } = countingReads(memory);
+    const page = 500;
+    env = await startServer({
+      store,
+      heartbeatIntervalMs: 60_000,
+      sseStallTimeoutMs: 60_000,
+      maxReplayEvents: page,
+    });
+    const server = serverSideOfStream(env);
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    response.pause();
+    let last = await fillUntilStalled(task, server);
+    // A backlog well beyond the hub's memory of the task (its last 256 events): read from the store.
+    for (const end = last + 2000; last < end; ) {
+      last += 1;
+      await task.progress({ done: last, message: BIG_MESSAGE });
+    }
+    const before = calls.readEvents;
+    const stream = new Stream(response);
+    response.resume();
+    await stream.until(() => {
+      const frame = stream.lastFrame();
+      return frame !== undefined && seqOf(frame) === last;
+    }, 60_000);
+    const reads = calls.readEvents - before;
+    expect(stream.frames().map(seqOf)).toEqual(Array.from({ length: last + 1 }, (_, seq) => seq));
+    // The backlog is at most `last` events: a read per page of it, and one that finds the end.
+    expect(reads).toBeLessThanOrEqual(Math.ceil(last / page) + 1);
   });
 
   it.each([0, -1, 1.5, 2 ** 31, '30000'])('refuses sseStallTimeoutMs %s with invalid_input', (value) => {

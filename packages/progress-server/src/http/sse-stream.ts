@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Task, TaskView } from '@finishline/core';
+import type { Task, TaskEvent, TaskView } from '@finishline/core';
 import { ErrorCode, isTerminalType, LIMITS, SSE_ID_SEPARATOR, toTaskView } from '@finishline/core';
 import type { SseCursor } from '@finishline/core/internal';
 import { encodeFrame, parseSseEventId, sseEventId } from '@finishline/core/internal';
@@ -35,12 +35,16 @@ import { fromCode } from './http-request.js';
  * A reader that stops reading (its TCP window full) costs one socket buffer: once `write` returns false
  * the stream writes nothing more, and its hub stream goes stale (no read starts for it, live events pass
  * it by), until 'drain'; then a new hub stream reads on from the cursor what was committed meanwhile,
- * page by page however far behind, from memory while the hub still holds it. It needs no per-stream
- * event buffer and never skips a seq. One that waits for 'drain' longer than `sseStallTimeoutMs` is
- * destroyed: a reader that never reads again would otherwise hold its stream slot, hub follow and
- * connection until it left. A failed read of the task or of a backlog ends the stream (`read_failed`: the
- * client resumes with `Last-Event-ID`); one repairing a gap in the live events is retried every
- * `storeRetryDelayMs`, as a socket's is. Every end is counted once, by reason, in
+ * page by page however far behind, from memory while the hub still holds it. It never skips a seq, and
+ * holds no events of its own beyond the rest of the page it was writing when the buffer filled (events
+ * already read, at most `maxReplayEvents`): 'drain' writes those before anything is read again. Read
+ * again from the cursor instead, each 'drain' (one socket buffer, some 16 KiB: four 4 KB frames) cost a
+ * page read: a reader catching up 5,880 such frames cost 1,570 reads of 1,000 events, and, slowed to
+ * some 600 frames a second by them on a loaded machine, was still behind after 10 s. One that waits
+ * for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads again would
+ * otherwise hold its stream slot, hub follow and connection until it left. A failed read of the task or
+ * of a backlog ends the stream (`read_failed`: the client resumes with `Last-Event-ID`); one repairing a
+ * gap in the live events is retried every `storeRetryDelayMs`, as a socket's is. Every end is counted once, by reason, in
  * `sse_streams_closed_total`; resumes and resets are counted as a socket's are (`resumes_total`,
  * `resyncs_total`).
  *
@@ -171,6 +175,11 @@ export function streamTask(
   let loadedRun: number | undefined;
   /** The response's buffer is full: nothing is written until 'drain'. */
   let draining = false;
+  /**
+   * The rest of the page of events the full buffer refused (`events[from]` on): written at 'drain' before
+   * a new hub stream reads on from the cursor. Never more than one page the hub stream already read.
+   */
+  let held: { readonly events: readonly TaskEvent[]; readonly from: number } | undefined;
   /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
   let stall: NodeJS.Timeout | undefined;
   /**
@@ -191,6 +200,7 @@ export function streamTask(
     clearInterval(heartbeat);
     clearTimeout(expiry);
     clearTimeout(stall);
+    held = undefined;
     response.off('drain', drained);
     stream?.close();
     ctx.open.delete(opened);
@@ -209,6 +219,8 @@ export function streamTask(
   const restart = () => {
     if (ended) return;
     ctx.metrics.resyncs.inc({ reason: 'epoch' });
+    // Events of the old epoch: never written now, whose ids would name the new one.
+    held = undefined;
     load = 'reset';
     begin();
   };
@@ -284,24 +296,33 @@ export function streamTask(
     return true;
   };
 
+  /**
+   * Writes `events` from `from` on, in order, up to a terminal one; when the buffer fills, holds the rest
+   * for 'drain' (see {@link held}).
+   */
+  const writeEvents = (events: readonly TaskEvent[], from: number) => {
+    for (let index = from; index < events.length; index++) {
+      const event = events[index] as TaskEvent;
+      write(event.seq, eventFrameText(event), ctx.metrics.eventsSent);
+      cursor = event.seq;
+      if (isTerminalType(event.type)) {
+        end('finished');
+        return;
+      }
+      if (draining) {
+        if (index + 1 < events.length) held = { events, from: index + 1 };
+        return;
+      }
+    }
+  };
+
   /** What the hub stream `own()` hands over, taken only while it is the current one. */
   const sinkOf = (own: () => TaskStream): StreamSink => {
     const current = () => !ended && stream === own();
     return {
       replaysAll: true,
       events: (events) => {
-        if (!current()) return;
-        for (const event of events) {
-          write(event.seq, eventFrameText(event), ctx.metrics.eventsSent);
-          cursor = event.seq;
-          if (isTerminalType(event.type)) {
-            end('finished');
-            return;
-          }
-          // The rest is read again from the cursor after 'drain' (from the hub's memory while it holds
-          // it): holding it here would be the unbounded buffer this avoids.
-          if (draining) return;
-        }
+        if (current()) writeEvents(events, 0);
       },
       snapshot: (view) => {
         if (current()) snapshot(view, false);
@@ -378,6 +399,11 @@ export function streamTask(
   function drained(): void {
     draining = false;
     clearTimeout(stall);
+    // The rest of the page first: once it is written (the buffer did not fill again), a new hub stream
+    // reads on from the cursor. Nothing else is written between: the hub stream was stale meanwhile.
+    const rest = held;
+    held = undefined;
+    if (rest !== undefined) writeEvents(rest.events, rest.from);
     begin();
   }
 
