@@ -82,22 +82,34 @@ async function rig(paths: Paths) {
   return { server, proxy, client };
 }
 
-/** Drops the first terminal frame; resolves with the time it was dropped. */
-function dropFirstTerminal(proxy: FaultProxy): { droppedAt: () => number | undefined } {
+/**
+ * Drops the first terminal frame; tells when it was dropped and how many terminal frames (re-sends) the
+ * proxy let through after it.
+ */
+function dropFirstTerminal(proxy: FaultProxy): {
+  droppedAt: () => number | undefined;
+  resent: () => number;
+} {
   let droppedAt: number | undefined;
+  let resent = 0;
   proxy.onServerFrame = (frame) => {
     const event = frame.event as { type?: string } | undefined;
-    if (droppedAt === undefined && event?.type === 'completed') {
+    if (event?.type !== 'completed') return 'pass';
+    if (droppedAt === undefined) {
       droppedAt = Date.now();
       return 'drop';
     }
+    resent += 1;
     return 'pass';
   };
-  return { droppedAt: () => droppedAt };
+  return { droppedAt: () => droppedAt, resent: () => resent };
 }
 
 /** Runs the batch with a watcher attached; returns how long after the drop the watcher finished, or undefined. */
-async function dropScenario(paths: Paths, limitMs: number): Promise<number | undefined> {
+async function dropScenario(
+  paths: Paths,
+  limitMs: number,
+): Promise<{ elapsed: number; resent: number } | undefined> {
   const { server, client, proxy } = await rig(paths);
   const task = await server.tasks.create({ owner: 'alice', kind: 'batch', total: ITEMS.length });
   const watch = client.watch(task.id);
@@ -111,7 +123,7 @@ async function dropScenario(paths: Paths, limitMs: number): Promise<number | und
   expect(drop.droppedAt()).toBeDefined();
   if (finished === undefined) return undefined;
   expect(watch.getSnapshot()).toMatchObject({ finished: true, status: 'completed', seq: ITEMS.length + 1 });
-  return finished - (drop.droppedAt() as number);
+  return { elapsed: finished - (drop.droppedAt() as number), resent: drop.resent() };
 }
 
 describe('one recovery path at a time', () => {
@@ -122,29 +134,33 @@ describe('one recovery path at a time', () => {
   it('terminal re-send alone recovers a dropped terminal frame within the first retry delay', async ({
     annotate,
   }) => {
-    const elapsed = await dropScenario({ ...ALL_OFF, terminalRetryMs: 100 }, 100 + MARGIN_MS);
-    expect(elapsed).toBeDefined();
-    await annotate(`recovered ${elapsed} ms after the drop (bound: retry delay 100 ms)`);
-    expect(elapsed).toBeGreaterThanOrEqual(90);
+    const recovered = await dropScenario({ ...ALL_OFF, terminalRetryMs: 100 }, 100 + MARGIN_MS);
+    expect(recovered).toBeDefined();
+    await annotate(`recovered ${recovered?.elapsed} ms after the drop (bound: retry delay 100 ms)`);
+    // What recovered it is the server's re-send of the terminal frame. (Until 5 December 2026 this was a
+    // lower bound of 90 ms on the time from the drop: the server, the proxy and the client share this
+    // process, and on a loaded machine the proxy read the first frame late enough that the re-send, timed
+    // from the server's write, came less than 90 ms after the drop.)
+    expect(recovered?.resent).toBeGreaterThanOrEqual(1);
   });
 
   it('the 100% watchdog alone recovers a dropped terminal frame within finishTimeoutMs', async ({
     annotate,
   }) => {
-    const elapsed = await dropScenario({ ...ALL_OFF, finishTimeoutMs: 300 }, 300 + MARGIN_MS);
-    expect(elapsed).toBeDefined();
-    await annotate(`recovered ${elapsed} ms after the drop (bound: finishTimeoutMs 300 ms)`);
+    const recovered = await dropScenario({ ...ALL_OFF, finishTimeoutMs: 300 }, 300 + MARGIN_MS);
+    expect(recovered).toBeDefined();
+    await annotate(`recovered ${recovered?.elapsed} ms after the drop (bound: finishTimeoutMs 300 ms)`);
   });
 
   it('heartbeat gap detection alone recovers a dropped terminal frame within heartbeat + behindGraceMs', async ({
     annotate,
   }) => {
-    const elapsed = await dropScenario(
+    const recovered = await dropScenario(
       { ...ALL_OFF, heartbeatIntervalMs: 150, behindGraceMs: 100 },
       150 + 100 + MARGIN_MS,
     );
-    expect(elapsed).toBeDefined();
-    await annotate(`recovered ${elapsed} ms after the drop (bound: heartbeat 150 + grace 100 ms)`);
+    expect(recovered).toBeDefined();
+    await annotate(`recovered ${recovered?.elapsed} ms after the drop (bound: heartbeat 150 + grace 100 ms)`);
   });
 
   it('the HTTP fallback alone brings a watcher that can never open a socket to the terminal state', async ({
