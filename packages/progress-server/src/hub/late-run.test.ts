@@ -24,9 +24,16 @@ afterEach(() => {
 
 /**
  * A hub over `store` whose change feed the test drives through `emit` when `driven` (as Postgres's
- * `NOTIFY` does, with events, and maybe late), else over the store's own feed.
+ * `NOTIFY` does, with events, and maybe late), else over the store's own feed. `afterRead` runs after
+ * each of the store's `readEvents` has read and before it resolves (`limit`: the reader's page size,
+ * 1000 for the hub's own reads, `maxReplayEvents` (100) for a stream's). `wentBack` counts the hub's
+ * signs that the store went back.
  */
-function hubOver(store: MemoryProgressStore, driven: boolean) {
+function hubOver(
+  store: MemoryProgressStore,
+  driven: boolean,
+  afterRead?: (limit: number | undefined) => Promise<void>,
+) {
   const listeners = new Set<ChangeListener>();
   const changes = driven
     ? {
@@ -39,10 +46,14 @@ function hubOver(store: MemoryProgressStore, driven: boolean) {
   const seen = {
     changes,
     getTask: (taskId: string) => store.getTask(taskId),
-    readEvents: (taskId: string, afterSeq: number, limit?: number) =>
-      store.readEvents(taskId, afterSeq, limit),
+    readEvents: async (taskId: string, afterSeq: number, limit?: number) => {
+      const events = await store.readEvents(taskId, afterSeq, limit);
+      await afterRead?.(limit);
+      return events;
+    },
   } as unknown as ProgressStore;
   const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
+  let wentBack = 0;
   const hub = new TaskHub({
     store: seen,
     logger: silentLogger,
@@ -50,6 +61,9 @@ function hubOver(store: MemoryProgressStore, driven: boolean) {
     retryDelayMs: 5,
     reads,
     maxReplayEvents: 100,
+    onWentBack: () => {
+      wentBack += 1;
+    },
   });
   hub.start();
   closers.push(() => {
@@ -59,8 +73,11 @@ function hubOver(store: MemoryProgressStore, driven: boolean) {
   const emit = (change: TaskChange) => {
     for (const listener of listeners) listener(change);
   };
-  return { hub, emit };
+  return { hub, emit, wentBack: () => wentBack };
 }
+
+/** The hub's own reads (a page of 1000) go through `afterRead` with this limit. */
+const HUB_READ = 1000;
 
 /** A sink that records the events it is handed (`type@seq`) and its other calls. */
 function recorder() {
@@ -293,5 +310,165 @@ describe('a Server-Sent Events stream of the new run', () => {
     await readUntil(3);
     expect(eventsOf(frames)).toEqual(['progress@1', 'item@2']);
     expect(ended).toBe(false);
+  });
+});
+
+describe('a commit of the new run between its first watcher load and its start', () => {
+  it('is delivered, though the hub learnt of it before the reset to the new run', async () => {
+    // Run 1 ends at seq 1 while a watcher stays on it (the hub's entry: run 1, at seq 1). Purged, created
+    // again; run 2's first watcher loads at seq 0, and while its subscribe is authorized run 2 commits
+    // completed@1: its change (seq 1, not above run 1's) is skipped. The watcher starts: the reset to run 2
+    // forgot seq 1, the watcher went live at 0, and never got its run's end.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, wentBack } = hubOver(store, false);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const stays = recorder();
+    const staying = hub.stream('job-1', 'alice', stays.sink);
+    const first = await staying.load();
+    staying.start(0, false, 0, first?.createdAt);
+    await until(() => stays.caughtUp() > 0);
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    await until(() => stays.events.length === 1);
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    expect(loaded?.seq).toBe(0);
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    await settle();
+    stream.start(0, false, 0, loaded?.createdAt);
+    await until(() => watcher.events.length > 0);
+    await settle();
+    expect(watcher.events.concat(watcher.calls)).toEqual(['completed@1']);
+    expect(wentBack()).toBe(0);
+  });
+});
+
+describe('a late change of the old run that cannot be told apart (no events)', () => {
+  it('does not make the hub give up a commit of the new run announced during its last empty read', async () => {
+    // Run 2's watcher is live at seq 0. Run 1's terminal change comes late without its events (too big for
+    // a NOTIFY): seq 2, taken as run 2's, and every read of run 2 finds nothing after 0. During the read
+    // the hub gives seq 2 up after (the fourth), run 2 commits completed@1 and its change comes, also
+    // without events: seq 1 raises nothing (below 2), and the give-up dropped it: never read.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let hubReads = 0;
+    let duringFourthRead: (() => Promise<void>) | undefined;
+    const { hub, emit } = hubOver(store, true, async (limit) => {
+      if (limit !== HUB_READ) return;
+      hubReads += 1;
+      if (hubReads === 4) await duringFourthRead?.();
+    });
+    await runOneEndedAndPurged(store, clock);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(1);
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    stream.start(0, false, 0, loaded?.createdAt);
+    await until(() => watcher.caughtUp() > 0);
+    duringFourthRead = async () => {
+      clock.advance(1);
+      const end = (await store.append('job-1', { type: 'completed' })).event;
+      emit({ taskId: 'job-1', seq: end.seq, terminal: true });
+    };
+    emit({ taskId: 'job-1', seq: 2, terminal: true });
+    await until(() => hubReads >= 4);
+    await settle();
+    expect(watcher.events).toEqual(['completed@1']);
+  });
+});
+
+describe('a late change of the old run told apart by its events', () => {
+  it('costs one read of the new run and is not taken for a store that went back', async () => {
+    // Run 2's watcher is live at seq 0. Run 1's terminal change comes late with its completed@2, stamped
+    // before run 2 was created: only a hint. Its seq raised the seq the hub reads to, reads found nothing,
+    // and the hub read again and again, then gave seq 2 up as a restore's and had the server read the
+    // store's epoch. It is read once; nothing there settles it.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let hubReads = 0;
+    const { hub, emit, wentBack } = hubOver(store, true, async (limit) => {
+      if (limit === HUB_READ) hubReads += 1;
+    });
+    const old = await runOneEndedAndPurged(store, clock);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(1);
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    stream.start(0, false, 0, loaded?.createdAt);
+    await until(() => watcher.caughtUp() > 0);
+    emit({ taskId: 'job-1', seq: 2, terminal: true, events: old.slice(1) });
+    await until(() => hubReads > 0);
+    await settle();
+    expect(hubReads).toBe(1);
+    expect(wentBack()).toBe(0);
+    expect(hub.latestSeq('job-1')).toBe(0);
+    // Run 2's own end, announced without events, is read as usual.
+    clock.advance(1);
+    const end = (await store.append('job-1', { type: 'completed' })).event;
+    emit({ taskId: 'job-1', seq: end.seq, terminal: true });
+    await until(() => watcher.events.length > 0);
+    expect(watcher.events.concat(watcher.calls)).toEqual(['completed@1']);
+  });
+});
+
+describe("a stream's read of the old run that resolves after the reset to the new run", () => {
+  it('is not kept for the watchers of the new run', async () => {
+    // Run 1 (item@1, completed@2). Watcher C resumes from 0: its backlog read of run 1 is held in flight.
+    // Run 1 is purged, run 2 created (progress@1, item@2), and A's start of run 2 resets the hub. C's read
+    // resolves: its run 1 events were kept as the hub's latest (readSeq 2 now), and B, resuming run 2
+    // from 0, was served run 1's item@1 and completed@2 from memory.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let gate: Promise<void> | undefined;
+    const { hub } = hubOver(store, true, async (limit) => {
+      if (limit === 100) await gate;
+    });
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(1);
+    await store.append('job-1', { type: 'item', key: 'old-1', ok: true });
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    let open!: () => void;
+    gate = new Promise((resolve) => {
+      open = resolve;
+    });
+    const c = recorder();
+    const cs = hub.stream('job-1', 'bob', c.sink);
+    const cl = await cs.load();
+    cs.resume(0, 2, cl?.createdAt);
+    await settle();
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'new' });
+    clock.advance(1);
+    await store.append('job-1', { type: 'item', key: 'new-1', ok: true });
+    const a = recorder();
+    const as = hub.stream('job-1', 'alice', a.sink);
+    const al = await as.load();
+    as.start(2, false, 2, al?.createdAt);
+    await settle();
+    gate = undefined;
+    open();
+    await until(() => c.events.length > 0);
+    expect(c.events).toEqual(['item@1', 'completed@2']);
+    const b = recorder();
+    const bs = hub.stream('job-1', 'carol', b.sink);
+    const bl = await bs.load();
+    bs.resume(0, 2, bl?.createdAt);
+    await until(() => b.events.length > 0);
+    await settle();
+    expect(b.events.concat(b.calls)).toEqual(['progress@1', 'item@2']);
   });
 });

@@ -50,6 +50,18 @@ interface Followed {
   run: number | undefined;
   /** Bumped when the id's run changes: a read started before is of the old run. */
   runs: number;
+  /**
+   * A seq announced that may be of another run of the id than the one followed: a change only hinted
+   * (see `#ofEarlierRun`), or the highest seq known when a later run reset the entry (see `#newRun`).
+   * It asks for one read after `readSeq`, and a read that finds nothing settles it: no restore is implied,
+   * so it neither counts toward giving `latestSeq` up nor tells the server the store went back.
+   */
+  unconfirmed: number;
+  /**
+   * Changes heard (feed and local): one heard while a read ran may be a commit that read did not see,
+   * whatever its seq (see `#readLoop`).
+   */
+  heard: number;
 }
 
 const noop = (): void => undefined;
@@ -88,6 +100,12 @@ export class TaskHub {
   #foreignEpochSeen: string | undefined;
   /** Bumped when the store's epoch changes: a read started before belongs to the old epoch. */
   #epochs = 0;
+  /**
+   * Bumped whenever the hub drops what it holds of a task for another run or epoch (`#newRun`,
+   * {@link forgetSeqs}): a stream's store read started before may be of the old one, and is not kept
+   * (see {@link StreamHub.readBack}).
+   */
+  #resets = 0;
   /** A dispatch went out and its hold is queued: later dispatches wait for it (see `#dispatch`). */
   #holding = false;
   /** Tasks holding events, in the order their first one was held. */
@@ -135,7 +153,9 @@ export class TaskHub {
       latestSeq: (taskId) => this.latestSeq(taskId),
       observe: (taskId, seq, run) => this.observe(taskId, seq, run),
       recent: (taskId, fromSeq, toSeq) => this.#recent.between(taskId, fromSeq, toSeq),
-      readBack: (taskId, events) => {
+      readMark: () => this.#resets,
+      readBack: (taskId, events, mark) => {
+        if (mark !== this.#resets) return;
         const readSeq = this.#followed.get(taskId)?.readSeq;
         if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq);
       },
@@ -186,6 +206,8 @@ export class TaskHub {
         pending: [],
         run: undefined,
         runs: 0,
+        unconfirmed: 0,
+        heard: 0,
       };
       this.#followed.set(taskId, entry);
       try {
@@ -254,6 +276,7 @@ export class TaskHub {
   publishLocal(event: TaskEvent): void {
     const entry = this.#followed.get(event.taskId);
     if (entry === undefined) return;
+    entry.heard += 1;
     if (event.seq > entry.latestSeq) entry.latestSeq = event.seq;
     if (this.#dispatchNext(entry, [event])) return;
     this.#pump(entry);
@@ -266,6 +289,7 @@ export class TaskHub {
    */
   forgetSeqs(): void {
     this.#epochs += 1;
+    this.#resets += 1;
     // A feed that publishes each seq once would skip the restored tasks' lower seqs.
     try {
       this.#feed.forgetSeqs?.();
@@ -275,6 +299,7 @@ export class TaskHub {
     for (const entry of this.#followed.values()) {
       entry.readSeq = undefined;
       entry.latestSeq = 0;
+      entry.unconfirmed = 0;
       entry.emptyReads = 0;
       entry.pending = [];
       // A restored task may be an earlier run than the one followed (created before it, purged since).
@@ -308,11 +333,17 @@ export class TaskHub {
       }
       return;
     }
-    if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
-    // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
-    // was dispatched go out without a read. The rest, if any, is read as usual.
-    if (change.events !== undefined && !this.#ofEarlierRun(entry, change.events))
-      this.#dispatchNext(entry, change.events);
+    entry.heard += 1;
+    if (change.events !== undefined && this.#ofEarlierRun(entry, change.events)) {
+      // Maybe the old run's seq, which the followed run may never reach: read once, never given up as a
+      // restore (see `unconfirmed`).
+      if (change.seq > entry.unconfirmed) entry.unconfirmed = change.seq;
+    } else {
+      if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
+      // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
+      // was dispatched go out without a read. The rest, if any, is read as usual.
+      if (change.events !== undefined) this.#dispatchNext(entry, change.events);
+    }
     this.#pump(entry);
   }
 
@@ -338,10 +369,15 @@ export class TaskHub {
    * purged and the id taken again, and every seq, held event and read in flight is the old run's. Held,
    * the old run's events were served from memory to the new run's subscribers, and its seqs, at or above
    * the new run's, kept the new run's events from being dispatched. The hub starts again from that
-   * subscriber's read, as after a restore ({@link forgetSeqs}).
+   * subscriber's read, as after a restore ({@link forgetSeqs}). What was announced before is not
+   * forgotten, though: a commit of the new run between that subscriber's load and now was skipped (its
+   * seq was not above the old run's), and the subscriber's stream goes live at its load's seq. So the
+   * highest seq known is read once from the new position (see `unconfirmed`).
    */
   #newRun(entry: Followed): void {
     entry.runs += 1;
+    this.#resets += 1;
+    if (entry.latestSeq > entry.unconfirmed) entry.unconfirmed = entry.latestSeq;
     entry.readSeq = undefined;
     entry.latestSeq = 0;
     entry.emptyReads = 0;
@@ -372,26 +408,38 @@ export class TaskHub {
   /** Reads and dispatches everything between `readSeq` and `latestSeq`; one read loop per task at a time. */
   #pump(entry: Followed): void {
     if (entry.reading || entry.closed || entry.retryTimer !== undefined) return;
-    if (entry.readSeq === undefined || entry.latestSeq <= entry.readSeq) return;
-    if (entry.localAppends > 0 && entry.latestSeq - entry.readSeq <= entry.localAppends) return;
+    if (entry.readSeq === undefined) return;
+    const wanted = Math.max(entry.latestSeq, entry.unconfirmed);
+    if (wanted <= entry.readSeq) return;
+    if (entry.localAppends > 0 && wanted - entry.readSeq <= entry.localAppends) return;
     entry.reading = true;
     void this.#readLoop(entry);
   }
 
   async #readLoop(entry: Followed): Promise<void> {
     try {
-      while (!entry.closed && entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) {
+      while (
+        !entry.closed &&
+        entry.readSeq !== undefined &&
+        (entry.latestSeq > entry.readSeq || entry.unconfirmed > entry.readSeq)
+      ) {
         const epochs = this.#epochs;
         const runs = entry.runs;
         const claimed = entry.latestSeq;
+        const heard = entry.heard;
         const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
         if (entry.closed) return;
         // Read in the old epoch, or of the id's old run: its events mean nothing now; the loop goes on
         // from the new position.
         if (epochs !== this.#epochs || runs !== entry.runs) continue;
         if (events.length === 0) {
-          // Announced while the read ran: committed after what it saw, maybe. Read again.
-          if (entry.latestSeq > claimed) continue;
+          // Announced while the read ran: committed after what it saw, maybe. Read again, not counted as
+          // empty: a change of a seq the hub already knows of (its own run's, below a seq of the old run
+          // heard late) raises nothing, and giving up now lost that commit.
+          if (entry.latestSeq > claimed || entry.heard !== heard) continue;
+          // A seq that may be another run's was read for and is not there: settled.
+          entry.unconfirmed = 0;
+          if (entry.latestSeq <= entry.readSeq) return;
           entry.emptyReads += 1;
           if (entry.emptyReads > MAX_EMPTY_RETRIES) {
             // The store does not hold the seq announced: a late notice of the store's previous epoch

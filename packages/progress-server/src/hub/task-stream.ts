@@ -68,8 +68,14 @@ export interface StreamHub {
   observe(taskId: string, seq: number, run?: number): void;
   /** The task's events after `fromSeq` up to `toSeq` when the hub holds them all in memory. */
   recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
-  /** Events a stream read from the store, for the hub to keep if they join what it holds. */
-  readBack(taskId: string, events: readonly TaskEvent[]): void;
+  /** Taken before a stream's store read, and handed back with its events to {@link readBack}. */
+  readMark(): number;
+  /**
+   * Events a stream read from the store, for the hub to keep if they join what it holds, unless the hub
+   * dropped what it held since `mark` was taken: the read may be of the id's older run (or the store's
+   * older epoch), and kept, it was served to the new one's streams.
+   */
+  readBack(taskId: string, events: readonly TaskEvent[], mark: number): void;
   /**
    * A read found a task below the seq the hub knew of it: the store went back (restored, or the id
    * purged and reused), and its epoch is worth reading now rather than at the next heartbeat tick.
@@ -205,14 +211,16 @@ export class TaskStream {
           // From the hub's memory when it holds them all, in the principal's turn all the same: what a
           // catch-up costs is also the sending, and a burst of resubscribes must not take a turn at once.
           let fromStore = false;
+          let mark = 0;
           const events = await this.#read(() => {
             const held = this.#hub.recent(this.taskId, this.#position, target);
             if (held !== undefined) return Promise.resolve(held);
             fromStore = true;
+            mark = this.#hub.readMark();
             return this.#hub.store.readEvents(this.taskId, this.#position, this.#hub.maxReplayEvents);
           }, []);
           if (this.stale) return;
-          if (fromStore) this.#hub.readBack(this.taskId, events);
+          if (fromStore) this.#hub.readBack(this.taskId, events, mark);
           // A log has no gap (1..n), so a read that starts past the position means the store no longer
           // holds what follows it (a store that trims its logs): the task's snapshot stands for it. Pushed
           // as they are, those events would be skipped, and the catch-up read the same page again at the
