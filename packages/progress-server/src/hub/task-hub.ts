@@ -427,16 +427,20 @@ export class TaskHub {
         const runs = entry.runs;
         const claimed = entry.latestSeq;
         const heard = entry.heard;
+        const hinted = entry.unconfirmed;
         const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
         if (entry.closed) return;
         // Read in the old epoch, or of the id's old run: its events mean nothing now; the loop goes on
         // from the new position.
         if (epochs !== this.#epochs || runs !== entry.runs) continue;
         if (events.length === 0) {
-          // Announced while the read ran: committed after what it saw, maybe. Read again, not counted as
-          // empty: a change of a seq the hub already knows of (its own run's, below a seq of the old run
-          // heard late) raises nothing, and giving up now lost that commit.
-          if (entry.latestSeq > claimed || entry.heard !== heard) continue;
+          // Announced while the read ran: committed after what it saw, maybe. Read again, not counted.
+          if (entry.latestSeq > claimed || entry.unconfirmed > hinted) continue;
+          // A change heard during the read that raised nothing (a seq the hub already knows of: its own
+          // run's, below a seq of the old run heard late) may be a commit that read did not see. It is
+          // read again at once, but counted: on a busy task after a restore such changes never stop, and
+          // not counting them kept the hub from ever giving the old epoch's seq up (and telling the server).
+          const heardDuring = entry.heard !== heard;
           // A seq that may be another run's was read for and is not there: settled.
           entry.unconfirmed = 0;
           if (entry.latestSeq <= entry.readSeq) return;
@@ -454,8 +458,15 @@ export class TaskHub {
             // A store that holds less than its feed announced was most likely restored: the server reads
             // its epoch now rather than at its next heartbeat tick.
             this.#streamHub.wentBack();
+            // A change heard during that last read may be a commit below the seq given up: read once more
+            // (what it finds is dispatched; finding nothing settles it).
+            if (heardDuring) {
+              entry.unconfirmed = claimed;
+              continue;
+            }
             return;
           }
+          if (heardDuring) continue;
           // The feed announced a seq the store does not show yet: try again later rather than spin.
           this.#scheduleRetry(entry);
           return;
