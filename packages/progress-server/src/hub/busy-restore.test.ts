@@ -1,10 +1,6 @@
-import type { ChangeListener, ProgressStore, TaskChange } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, describe, expect, it, vi } from 'vitest';
-import { silentLogger } from '../logger.js';
-import { ServerMetrics } from '../metrics.js';
-import { FairReads } from './fair-reads.js';
-import { TaskHub } from './task-hub.js';
+import { describe, expect, it } from 'vitest';
+import { HUB_READ, useHubs } from '../testing/hub-over.js';
 
 /**
  * A store restored under a hub that had read a task further than the restored copy holds, the task busy
@@ -14,56 +10,22 @@ import { TaskHub } from './task-hub.js';
  * epoch's seq up nor told the server the store went back (its reads back to back while the task stayed busy).
  */
 
-afterEach(() => {
-  vi.useRealTimers();
-});
+const { hubOver } = useHubs();
 
 async function busyAfterRestore(oldSeq: number, commitsWhileReading: number) {
-  vi.useFakeTimers();
   const store = new MemoryProgressStore();
-  const listeners = new Set<ChangeListener>();
-  const emit = (change: TaskChange) => {
-    for (const listener of listeners) listener(change);
-  };
   let busy = false;
   let commits = 0;
   let hubReads = 0;
-  const seen = {
-    changes: {
-      subscribe: (listener: ChangeListener) => {
-        listeners.add(listener);
-        return () => listeners.delete(listener);
-      },
-    },
-    getTask: (id: string) => store.getTask(id),
-    readEvents: async (id: string, after: number, limit?: number) => {
-      const events = await store.readEvents(id, after, limit);
-      // The hub's own reads (READ_LIMIT 1000): another process commits while each one runs.
-      if (busy && limit === 1000) {
-        hubReads += 1;
-        if (commits < commitsWhileReading) {
-          commits += 1;
-          const { event } = await store.append(id, { type: 'progress', done: commits });
-          emit({ taskId: id, seq: event.seq, terminal: false, events: [event] });
-        }
-      }
-      return events;
-    },
-  } as unknown as ProgressStore;
-  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
-  let wentBack = 0;
-  const hub = new TaskHub({
-    store: seen,
-    logger: silentLogger,
-    metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-    retryDelayMs: 10,
-    reads,
-    maxReplayEvents: 100,
-    onWentBack: () => {
-      wentBack += 1;
-    },
+  const { hub, emit, wentBack } = hubOver(store, true, async (limit) => {
+    if (!busy || limit !== HUB_READ) return;
+    hubReads += 1;
+    if (commits < commitsWhileReading) {
+      commits += 1;
+      const { event } = await store.append(task.id, { type: 'progress', done: commits });
+      emit({ taskId: task.id, seq: event.seq, terminal: false, events: [event] });
+    }
   });
-  hub.start();
   // The restored store holds the task at seq 2; the hub had read it to `oldSeq` before the restore.
   const task = await store.createTask({ owner: 'alice', kind: 'k' });
   await store.append(task.id, { type: 'progress', done: 1 });
@@ -73,10 +35,10 @@ async function busyAfterRestore(oldSeq: number, commitsWhileReading: number) {
   busy = true;
   // The old epoch's late notice of the next seq (no epoch stamp: not told apart as foreign).
   emit({ taskId: task.id, seq: oldSeq + 1, terminal: false });
-  await vi.advanceTimersByTimeAsync(500);
-  hub.close();
-  reads.close();
-  return { wentBack, hubReads };
+  // Four empty reads a retry delay (5 ms) apart, then the give-up: well within this.
+  const deadline = Date.now() + 2000;
+  while (wentBack() === 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+  return { wentBack: wentBack(), hubReads };
 }
 
 describe('a busy task after a restore', () => {

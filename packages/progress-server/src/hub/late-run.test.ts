@@ -1,12 +1,10 @@
-import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
+import type { AppendInput, TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
-import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../logger.js';
-import { ServerMetrics } from '../metrics.js';
+import { describe, expect, it } from 'vitest';
+import { HUB_READ, useHubs } from '../testing/hub-over.js';
 import { useServerSession } from '../testing/session.js';
-import { FairReads } from './fair-reads.js';
-import { TaskHub } from './task-hub.js';
+import type { TaskHub } from './task-hub.js';
 import type { StreamSink } from './task-stream.js';
 
 /**
@@ -16,68 +14,7 @@ import type { StreamSink } from './task-stream.js';
  */
 
 const session = useServerSession();
-
-const closers: Array<() => void> = [];
-afterEach(() => {
-  for (const close of closers.splice(0)) close();
-});
-
-/**
- * A hub over `store` whose change feed the test drives through `emit` when `driven` (as Postgres's
- * `NOTIFY` does, with events, and maybe late), else over the store's own feed. `afterRead` runs after
- * each of the store's `readEvents` has read and before it resolves (`limit`: the reader's page size,
- * 1000 for the hub's own reads, `maxReplayEvents` (100) for a stream's). `wentBack` counts the hub's
- * signs that the store went back.
- */
-function hubOver(
-  store: MemoryProgressStore,
-  driven: boolean,
-  afterRead?: (limit: number | undefined) => Promise<void>,
-) {
-  const listeners = new Set<ChangeListener>();
-  const changes = driven
-    ? {
-        subscribe: (listener: ChangeListener) => {
-          listeners.add(listener);
-          return () => listeners.delete(listener);
-        },
-      }
-    : store.changes;
-  const seen = {
-    changes,
-    getTask: (taskId: string) => store.getTask(taskId),
-    readEvents: async (taskId: string, afterSeq: number, limit?: number) => {
-      const events = await store.readEvents(taskId, afterSeq, limit);
-      await afterRead?.(limit);
-      return events;
-    },
-  } as unknown as ProgressStore;
-  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
-  let wentBack = 0;
-  const hub = new TaskHub({
-    store: seen,
-    logger: silentLogger,
-    metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-    retryDelayMs: 5,
-    reads,
-    maxReplayEvents: 100,
-    onWentBack: () => {
-      wentBack += 1;
-    },
-  });
-  hub.start();
-  closers.push(() => {
-    hub.close();
-    reads.close();
-  });
-  const emit = (change: TaskChange) => {
-    for (const listener of listeners) listener(change);
-  };
-  return { hub, emit, wentBack: () => wentBack };
-}
-
-/** The hub's own reads (a page of 1000) go through `afterRead` with this limit. */
-const HUB_READ = 1000;
+const { hubOver } = useHubs();
 
 /** A sink that records the events it is handed (`type@seq`) and its other calls. */
 function recorder() {
@@ -125,6 +62,45 @@ async function runOneEndedAndPurged(store: MemoryProgressStore, clock: ManualClo
   return events;
 }
 
+/**
+ * Run 1 of `job-1` watched from its start by a stream that stays after the run's end (a client that does
+ * not let go, so the hub keeps following the id), `events` appended to it, then purged, and run 2
+ * created under the id. Returns what that stream was handed.
+ */
+async function oldRunKeptAcrossPurge(
+  hub: TaskHub,
+  store: MemoryProgressStore,
+  clock: ManualClock,
+  events: AppendInput[],
+): Promise<ReturnType<typeof recorder>> {
+  await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+  const stays = recorder();
+  const staying = hub.stream('job-1', 'alice', stays.sink);
+  const first = await staying.load();
+  staying.start(0, false, 0, first?.createdAt);
+  await until(() => stays.caughtUp() > 0);
+  for (const event of events) {
+    clock.advance(1);
+    await store.append('job-1', event);
+  }
+  await until(() => stays.events.length === events.length);
+  clock.advance(1);
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  clock.advance(1);
+  await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+  return stays;
+}
+
+/** A watcher of `job-1` as it is now, loaded and started from the load's seq, caught up. */
+async function liveWatcher(hub: TaskHub) {
+  const watcher = recorder();
+  const stream = hub.stream('job-1', 'alice', watcher.sink);
+  const loaded = await stream.load();
+  stream.start(loaded?.seq ?? 0, false, loaded?.seq ?? 0, loaded?.createdAt);
+  await until(() => watcher.caughtUp() > 0);
+  return { watcher, loaded };
+}
+
 describe('a change of an older run of the id heard late', () => {
   it("is not delivered to the new run's watchers as the new run's events", async () => {
     const clock = new ManualClock();
@@ -135,12 +111,8 @@ describe('a change of an older run of the id heard late', () => {
     await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
     clock.advance(1);
     const first = (await store.append('job-1', { type: 'item', key: 'new-1', ok: true })).event;
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
+    const { watcher, loaded } = await liveWatcher(hub);
     expect(loaded?.seq).toBe(1);
-    stream.start(1, false, 1, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
     emit({ taskId: 'job-1', seq: 1, terminal: false, events: [first] });
 
     // Run 1's terminal change, its notification in flight while run 2 was created: its seq is the next
@@ -169,30 +141,14 @@ describe('what the hub holds of an older run of the id', () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });
     const { hub } = hubOver(store, false);
-    // A watcher of run 1 from its start, still subscribed after its end (a client that does not let go).
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    const stays = recorder();
-    const staying = hub.stream('job-1', 'alice', stays.sink);
-    const first = await staying.load();
-    staying.start(0, false, 0, first?.createdAt);
-    await until(() => stays.caughtUp() > 0);
-    clock.advance(1);
-    await store.append('job-1', { type: 'item', key: 'old-1', ok: true });
-    clock.advance(1);
-    await store.append('job-1', { type: 'completed' });
-    await until(() => stays.events.length === 2);
-    clock.advance(1);
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    clock.advance(1);
+    const stays = await oldRunKeptAcrossPurge(hub, store, clock, [
+      { type: 'item', key: 'old-1', ok: true },
+      { type: 'completed' },
+    ]);
 
-    // Run 2, created and watched from its start.
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
+    // Run 2, watched from its start.
+    const { watcher, loaded } = await liveWatcher(hub);
     expect(loaded?.seq).toBe(0);
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
     expect(watcher.events).toEqual([]);
     expect(watcher.calls).toEqual([]);
 
@@ -322,19 +278,7 @@ describe('a commit of the new run between its first watcher load and its start',
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });
     const { hub, wentBack } = hubOver(store, false);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    const stays = recorder();
-    const staying = hub.stream('job-1', 'alice', stays.sink);
-    const first = await staying.load();
-    staying.start(0, false, 0, first?.createdAt);
-    await until(() => stays.caughtUp() > 0);
-    clock.advance(1);
-    await store.append('job-1', { type: 'completed' });
-    await until(() => stays.events.length === 1);
-    clock.advance(1);
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    clock.advance(1);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await oldRunKeptAcrossPurge(hub, store, clock, [{ type: 'completed' }]);
     const watcher = recorder();
     const stream = hub.stream('job-1', 'alice', watcher.sink);
     const loaded = await stream.load();
@@ -368,11 +312,7 @@ describe('a late change of the old run that cannot be told apart (no events)', (
     await runOneEndedAndPurged(store, clock);
     await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
     clock.advance(1);
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const { watcher } = await liveWatcher(hub);
     duringFourthRead = async () => {
       clock.advance(1);
       const end = (await store.append('job-1', { type: 'completed' })).event;
@@ -400,11 +340,7 @@ describe('a late change of the old run told apart by its events', () => {
     const old = await runOneEndedAndPurged(store, clock);
     await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
     clock.advance(1);
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const { watcher } = await liveWatcher(hub);
     emit({ taskId: 'job-1', seq: 2, terminal: true, events: old.slice(1) });
     await until(() => hubReads > 0);
     await settle();
