@@ -155,6 +155,21 @@ const retention = {
  */
 const renewals = [];
 let initialEpoch;
+/**
+ * Each epoch with when the harness first heard of it: a replica's start or notice, a renewal's answer.
+ * The store's epochs follow one another, and a replica reads the current one, so this is their order
+ * (ackEpochs numbers them by it). The renewals' own order is when each was asked, not when it committed,
+ * and a renewal whose replica froze or died after its commit is never answered: numbered by it, such an
+ * epoch was unknown (`undefined`, so never `stale`), and the acks its notice made a replica drop were
+ * violations (4 `acknowledged seq lost` in a 3,200-task run, each an ack held and dropped as one of the
+ * epoch a replica had left, in an epoch renewed by a replica frozen right after its commit).
+ */
+const epochFirstSeen = new Map();
+function sawEpoch(epoch, at) {
+  if (typeof epoch !== 'string') return;
+  const seen = epochFirstSeen.get(epoch);
+  if (seen === undefined || at < seen) epochFirstSeen.set(epoch, at);
+}
 /** Each replica incarnation's epochs: the one read at start, then each renewal it noticed, with when. */
 const epochNotices = [];
 /**
@@ -163,6 +178,11 @@ const epochNotices = [];
  * come first. Why 200 ms: see chaos/README.md, "Epoch renewals".
  */
 const ACK_HANDLING_MS = 200;
+/**
+ * Each replica incarnation's event-loop stalls over 50 ms (`{ backend, at, ms }`, reported by the replica):
+ * a frame relayed during one is handled after it ends, so ACK_HANDLING_MS counts from there.
+ */
+const replicaStalls = [];
 
 // ── Postgres ───────────────────────────────────────────────────────────────────────────────────
 async function postgres() {
@@ -242,6 +262,7 @@ class Replica {
     });
     this.port = ready.port;
     epochNotices.push({ backend: this.id, epoch: ready.epoch, at: Date.now(), start: true });
+    sawEpoch(ready.epoch, Date.now());
     // The store's epoch before any renewal (the first replica to answer read it).
     if (renewals.length === 0) initialEpoch ??= ready.epoch;
     this.running = new Set();
@@ -257,6 +278,10 @@ class Replica {
         break;
       case 'epoch-noticed':
         epochNotices.push({ backend: this.id, epoch: message.epoch, at: message.at });
+        sawEpoch(message.epoch, message.at);
+        break;
+      case 'stall':
+        replicaStalls.push({ backend: this.id, at: message.at, ms: message.ms });
         break;
       case 'refused':
         onRefusedWrite(this, message);
@@ -1405,7 +1430,7 @@ async function checkAcks(task) {
         `EPOCH-ACK: ${task.id} run ${task.run}: acked ${acked}, stored ${row.ackedSeq}; ${above
           .map(
             (ack, i) =>
-              `ack ${ack.seq}${ack.conn.http ? ' over HTTP' : ''} to ${ack.backend} at ${ack.at % 100000} in epoch #${epochs[i].client}, the replica in #${epochs[i].replica} (noticed ${epochs[i].noticedMs} ms from the relay); ${epochs[i].resetsAfter} reset snapshots of the task to that client after it`,
+              `ack ${ack.seq}${ack.conn.http ? ' over HTTP' : ''} to ${ack.backend} at ${ack.at % 100000} in epoch #${epochs[i].client}, the replica in #${epochs[i].replica} (noticed ${epochs[i].noticedMs} ms from the relay${epochs[i].stalledMs > 0 ? `, the replica's stalls put its handling off ${epochs[i].stalledMs} ms` : ''}); ${epochs[i].resetsAfter} reset snapshots of the task to that client after it`,
           )
           .join('; ')}\n`,
       );
@@ -1486,21 +1511,38 @@ async function checkAcks(task) {
  * (-1: the first epoch). The client's: the epoch of the latest frame about the task it got before the ack
  * on the same connection (a snapshot's `epoch`, an SSE id's), else the connection's `hello`; the SSE
  * clients' HTTP acks take their client's latest stream frame about the task. The replica's: the latest
- * it noticed (epochNotices) by the relay + ACK_HANDLING_MS. `stale`: the client's is the older one.
+ * it noticed (epochNotices) by the relay + ACK_HANDLING_MS, counted from the end of the replica's event-loop
+ * stalls the relay fell in (replicaStalls). Epochs are numbered by when first heard of (epochFirstSeen).
+ * `stale`: the client's is the older one.
  */
 function ackEpochs(ack) {
   const index = (epoch) => {
     if (epoch === undefined) return undefined;
     if (epoch === initialEpoch) return -1;
-    const found = renewals.findIndex((r) => r.epoch === epoch);
-    return found === -1 ? undefined : found;
+    // Its rank among the renewed epochs by when they were first heard of (see epochFirstSeen).
+    const at = epochFirstSeen.get(epoch);
+    if (at === undefined) return undefined;
+    let rank = 0;
+    for (const [other, seen] of epochFirstSeen) {
+      if (other !== initialEpoch && (seen < at || (seen === at && other < epoch))) rank += 1;
+    }
+    return rank;
   };
   const sameClient = (f) => (ack.conn.http ? f.conn.tag === ack.conn.tag : f.conn === ack.conn);
   const told = serverFrameLog.filter(
     (f) => f.taskId === ack.taskId && f.epoch !== undefined && f.at <= ack.at && sameClient(f),
   );
   const client = index(told.at(-1)?.epoch ?? (ack.conn.http ? undefined : ack.conn.helloEpoch));
-  const notices = epochNotices.filter((n) => n.backend === ack.backend && n.at <= ack.at + ACK_HANDLING_MS);
+  // By when the replica handled the ack at the latest: ACK_HANDLING_MS after the relay, or after the end of
+  // the stall of its event loop that the relay fell in (a frame relayed then waits in the socket until the
+  // stall ends; and if that end fell in another stall, until that one's). Reported in time order.
+  let readFrom = ack.at;
+  for (const stall of replicaStalls) {
+    if (stall.backend === ack.backend && stall.at <= readFrom && readFrom < stall.at + stall.ms)
+      readFrom = stall.at + stall.ms;
+  }
+  const handledBy = readFrom + ACK_HANDLING_MS;
+  const notices = epochNotices.filter((n) => n.backend === ack.backend && n.at <= handledBy);
   const replica = index(notices.at(-1)?.epoch);
   // The replica's first notice of an epoch newer than the client's: from then on the ack was of a left one.
   const left = notices.find((n) => client !== undefined && index(n.epoch) > client);
@@ -1511,6 +1553,8 @@ function ackEpochs(ack) {
   return {
     client,
     replica,
+    // How much the replica's stalls put off its handling of the ack (ms).
+    stalledMs: readFrom - ack.at,
     // When the replica noticed a newer epoch than the client's, relative to the relay (ms; < 0: before;
     // undefined: it started in one).
     noticedMs: left === undefined || left.start ? undefined : left.at - ack.at,
@@ -1617,6 +1661,7 @@ const renewLoop = faultLoop(config.renewEpochEveryMs, async () => {
     if (answer.error !== undefined) throw new Error(answer.error);
     renewal.answeredAt = Date.now();
     renewal.epoch = answer.epoch;
+    sawEpoch(answer.epoch, renewal.answeredAt);
   } catch (error) {
     renewal.error = String(error?.message ?? error); // killed meanwhile: it may still have committed
   }
