@@ -352,8 +352,8 @@ export class TaskHub {
    * created. A change names the id, not the run, and a change of the old run heard late (its
    * notification still in flight when the new run was created and read) carries the old run's events,
    * whose seqs follow on from the new run's: dispatched, they went out as the new run's, its end
-   * included. Such a change is only a hint then, and the store is read: an old run's seq that the new
-   * run does not have is given up (see `#readLoop`). Timestamps are of the store clocks of the replicas
+   * included. Such a change is only a hint then: the store is read once after it, and finding nothing
+   * settles it (see `unconfirmed`). Timestamps are of the store clocks of the replicas
    * that wrote them: a new run's event stamped before its `createdAt` (clocks skewed between replicas)
    * costs a read, never an event; an old run's event stamped at or after the new run's `createdAt` (run 1
    * ended, purged and created again within one millisecond, or clocks skewed by more than retention's
