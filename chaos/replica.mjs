@@ -8,7 +8,7 @@
 //   ← parent  { type: 'purge', requestId, olderThanMs }  → { type: 'purged', requestId, count } (or { …, error })
 //   ← parent  { type: 'renew', requestId }  → { type: 'renewed', requestId, epoch } (or { …, error })
 //   → parent  { type: 'epoch-noticed', epoch, at }  (the server noticed a renewed epoch)
-//   → parent  { type: 'stall', at, ms }  (this process's event loop ran `ms` late from `at`: busy, starved or frozen)
+//   → parent  { type: 'stall', at, ms }  (this process's event loop ran nothing for `ms` after its tick at `at`: busy, starved or frozen)
 //   ← parent  { type: 'metrics', requestId }  → { type: 'metrics', requestId, resyncs, rejected, tokenChecks, health, … }
 //   → parent  { type: 'refused', method, code, taskId, status } (each write of a task the store refused)
 // SIGTERM closes the server gracefully (owned tasks end with a terminal event) and exits 0.
@@ -115,12 +115,15 @@ function reportRefusedWrites(opened) {
 // This process's event-loop stalls (a loaded machine starving it, a long task, a SIGSTOP): a frame relayed
 // meanwhile waits in its socket until the stall ends, so the harness's epoch classification of an ack
 // (checkAcks in run.mjs) knows how late this replica can have handled it.
+// A stall is reported from the last tick that ran (the loop was last seen running then; a frame relayed
+// between that tick and the next one's due time was not read either): counted from the due time, a freeze
+// that began a few ms after a relay left that relay outside its stall.
 {
-  let expected = Date.now() + 20;
+  let last = Date.now();
   setInterval(() => {
     const now = Date.now();
-    if (now - expected > 50) send({ type: 'stall', at: expected, ms: now - expected });
-    expected = now + 20;
+    if (now - last > 20 + 50) send({ type: 'stall', at: last, ms: now - last });
+    last = now;
   }, 20).unref();
 }
 
