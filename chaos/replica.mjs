@@ -8,6 +8,7 @@
 //   ← parent  { type: 'purge', requestId, olderThanMs }  → { type: 'purged', requestId, count } (or { …, error })
 //   ← parent  { type: 'renew', requestId }  → { type: 'renewed', requestId, epoch } (or { …, error })
 //   → parent  { type: 'epoch-noticed', epoch, at }  (the server noticed a renewed epoch)
+//   → parent  { type: 'acks-dropped', acks: [{ taskId, seq }], at }  (acks not written yet, dropped at that notice)
 //   → parent  { type: 'stall', at, ms }  (this process's event loop ran nothing for `ms` after its tick at `at`: busy, starved or frozen)
 //   ← parent  { type: 'metrics', requestId }  → { type: 'metrics', requestId, resyncs, rejected, tokenChecks, health, … }
 //   → parent  { type: 'refused', method, code, taskId, status } (each write of a task the store refused)
@@ -137,6 +138,9 @@ const logger = {
   info: (fields) => {
     if (typeof fields?.epoch === 'string' && typeof fields.previous === 'string')
       send({ type: 'epoch-noticed', epoch: fields.epoch, at: Date.now() });
+    // Acks its writer dropped unwritten at that notice (acks carry no epoch: the known limitation).
+    if (typeof fields?.droppedAcks === 'number' && Array.isArray(fields.acks))
+      send({ type: 'acks-dropped', acks: fields.acks, at: Date.now() });
   },
 };
 

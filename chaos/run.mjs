@@ -183,6 +183,12 @@ const ACK_HANDLING_MS = 200;
  * a frame relayed during one is handled after it ends, so ACK_HANDLING_MS counts from there.
  */
 const replicaStalls = [];
+/**
+ * Acks a replica's writer dropped unwritten when it noticed a renewed epoch (`{ backend, taskId, seq, at }`,
+ * reported by the replica from the server's log): the known limitation, however long the ack had waited
+ * (queued behind a write of the same task held up by a locked row, say), so counted apart too.
+ */
+const droppedAtRenewal = [];
 
 // ── Postgres ───────────────────────────────────────────────────────────────────────────────────
 async function postgres() {
@@ -279,6 +285,10 @@ class Replica {
       case 'epoch-noticed':
         epochNotices.push({ backend: this.id, epoch: message.epoch, at: message.at });
         sawEpoch(message.epoch, message.at);
+        break;
+      case 'acks-dropped':
+        for (const { taskId, seq } of message.acks)
+          droppedAtRenewal.push({ backend: this.id, taskId, seq, at: message.at });
         break;
       case 'stall':
         replicaStalls.push({ backend: this.id, at: message.at, ms: message.ms });
@@ -1423,6 +1433,14 @@ async function checkAcks(task) {
     // apart (with an EPOCH-ACK line), anything else stays a violation.
     const above = settledAcks.filter((ack) => ack.seq > row.ackedSeq);
     const epochs = above.map(ackEpochs);
+    // Or dropped unwritten by its replica's writer when it noticed a renewal after the relay.
+    for (const [i, ack] of above.entries()) {
+      const dropped = droppedAtRenewal.find(
+        (d) => d.backend === ack.backend && d.taskId === ack.taskId && d.seq >= ack.seq && d.at >= ack.at,
+      );
+      if (dropped !== undefined && !epochs[i].stale)
+        epochs[i] = { ...epochs[i], stale: true, droppedAfterMs: dropped.at - ack.at };
+    }
     if (epochs.every((e) => e.stale)) {
       ackEpochRaces += 1;
       for (const e of epochs) ackEpochNoticedMs.push(e.noticedMs);
@@ -1430,7 +1448,7 @@ async function checkAcks(task) {
         `EPOCH-ACK: ${task.id} run ${task.run}: acked ${acked}, stored ${row.ackedSeq}; ${above
           .map(
             (ack, i) =>
-              `ack ${ack.seq}${ack.conn.http ? ' over HTTP' : ''} to ${ack.backend} at ${ack.at % 100000} in epoch #${epochs[i].client}, the replica in #${epochs[i].replica} (noticed ${epochs[i].noticedMs} ms from the relay${epochs[i].stalledMs > 0 ? `, the replica's stalls put its handling off ${epochs[i].stalledMs} ms` : ''}); ${epochs[i].resetsAfter} reset snapshots of the task to that client after it`,
+              `ack ${ack.seq}${ack.conn.http ? ' over HTTP' : ''} to ${ack.backend} at ${ack.at % 100000} in epoch #${epochs[i].client}, the replica in #${epochs[i].replica} (noticed ${epochs[i].noticedMs} ms from the relay${epochs[i].stalledMs > 0 ? `, the replica's stalls put its handling off ${epochs[i].stalledMs} ms` : ''}${epochs[i].droppedAfterMs !== undefined ? `; dropped unwritten by its writer at the notice, ${epochs[i].droppedAfterMs} ms after the relay` : ''}); ${epochs[i].resetsAfter} reset snapshots of the task to that client after it`,
           )
           .join('; ')}\n`,
       );

@@ -1,6 +1,7 @@
 import type { ProgressStore } from '@finishline/core';
 import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
+import type { ProgressLogger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
 import { sleep } from '../testing/harness.js';
@@ -10,6 +11,7 @@ import { AckWriter } from './ack-writer.js';
 function writerOver(
   write: (stored: Map<string, number>, taskId: string, seq: number) => Promise<void>,
   retryDelayMs: number,
+  logger: ProgressLogger = silentLogger,
 ): { acks: AckWriter; stored: Map<string, number> } {
   const stored = new Map<string, number>();
   const store = {
@@ -24,10 +26,29 @@ function writerOver(
     prefix: 'test_',
     feed: new MemoryProgressStore().changes,
   });
-  return { acks: new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs }), stored };
+  return { acks: new AckWriter({ store, logger, metrics, retryDelayMs }), stored };
 }
 
 describe('AckWriter', () => {
+  it('says which acks not written yet it dropped at an epoch change, not the one in flight', async () => {
+    const said: unknown[] = [];
+    const logger = { ...silentLogger, info: (fields: unknown) => said.push(fields) };
+    const held: Array<() => void> = [];
+    const { acks, stored } = writerOver(() => new Promise<void>((resolve) => held.push(resolve)), 10, logger);
+    acks.ack('a', 4);
+    acks.ack('a', 5);
+    acks.ack('b', 2);
+    acks.forgetSeqs();
+    // 'a' 5 waited behind 4, in flight; 'b' 2 was in flight alone: only 5 is dropped.
+    expect(said).toEqual([{ droppedAcks: 1, acks: [{ taskId: 'a', seq: 5 }] }]);
+    for (const release of held) release();
+    await acks.flush(Date.now() + 2000);
+    expect(stored.get('a')).toBe(4);
+    acks.forgetSeqs();
+    expect(said).toHaveLength(1);
+    acks.close();
+  });
+
   it('flush waits for an ack queued behind the write in flight, not only for that write', async () => {
     // A store whose ack writes take a while, as under load.
     const { acks, stored } = writerOver(() => new Promise((resolve) => setTimeout(resolve, 30)), 10);
