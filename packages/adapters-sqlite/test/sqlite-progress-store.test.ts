@@ -429,6 +429,35 @@ describe('bad input and damaged data', () => {
     await store.close();
   });
 
+  it('an event whose value throws when read (a getter, a Proxy) is invalid_input, not internal', async () => {
+    const store = new SqliteProgressStore({ database: ':memory:' });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    const throwing = {
+      get value(): never {
+        throw new Error('getter failed');
+      },
+    };
+    const proxy = new Proxy(
+      {},
+      {
+        ownKeys: () => {
+          throw new Error('trap failed');
+        },
+      },
+    );
+    await expectCode(
+      store.append('a', { type: 'item', key: 'n', ok: true, detail: throwing as never }),
+      ErrorCode.InvalidInput,
+    );
+    await expectCode(
+      store.append('a', { type: 'completed', result: proxy as never }),
+      ErrorCode.InvalidInput,
+    );
+    // Nothing was written, and the task still takes appends.
+    expect((await store.append('a', { type: 'completed' })).event.seq).toBe(1);
+    await store.close();
+  });
+
   it('a damaged JSON column read back is ProgressError internal, and other tasks stay readable', async () => {
     const database = new Database(':memory:');
     const store = new SqliteProgressStore({ database });

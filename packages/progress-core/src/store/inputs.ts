@@ -168,7 +168,18 @@ export function parseCreateTaskInput(input: unknown): CreateTaskInput {
 
 /** Validates {@link AppendInput}; throws `invalid_input` with the offending fields otherwise. */
 export function parseAppendInput(input: unknown): AppendInput {
-  return commonAppend(input) ?? (parseOrThrow(appendSchema, input, 'event') as AppendInput);
+  try {
+    return commonAppend(input) ?? (parseOrThrow(appendSchema, input, 'event') as AppendInput);
+  } catch (error) {
+    if (error instanceof ProgressError) throw error;
+    // Reading the input threw (a getter, a Proxy trap; a worker's return value becomes `detail`): that is
+    // bad input, not a store failure. Untyped, the SQLite store called it `internal` and the memory store
+    // rejected with the bare error, so `runBatch` could not drop the value and failed the whole batch.
+    const reason = error instanceof Error && typeof error.message === 'string' ? `: ${error.message}` : '';
+    throw new ProgressError(ErrorCode.InvalidInput, `Invalid event: reading it threw${reason}`, {
+      cause: error,
+    });
+  }
 }
 
 const ITEM_KEYS = ['type', 'key', 'ok', 'error', 'detail', 'current'] as const;

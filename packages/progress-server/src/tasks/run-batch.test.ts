@@ -88,6 +88,29 @@ describe('runBatch', () => {
     expect(events.at(-1)?.progress).toMatchObject({ done: 4, succeeded: 2, failed: 2 });
   });
 
+  it('drops a returned value that throws when read, and still counts the item as succeeded', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const result = await task.runBatch(['a', 'b'], (key) =>
+      key === 'a'
+        ? {
+            get lazy(): never {
+              throw new Error('not loaded');
+            },
+          }
+        : { ok: key },
+    );
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(
+      events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item),
+    ).toEqual([
+      { key: 'a', ok: true, error: null, detail: null },
+      { key: 'b', ok: true, error: null, detail: { ok: 'b' } },
+    ]);
+  });
+
   it('ends as failed when every item failed', async () => {
     const { server, store } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
