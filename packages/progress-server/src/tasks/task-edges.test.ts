@@ -21,6 +21,33 @@ function replica(store: MemoryProgressStore, serverId: string, extra: object = {
  * review on 3 December 2026, and its test failed before the fix.
  */
 describe('tasks at the edges', () => {
+  it('fail() ends the task whatever a catch block hands it (a non-Error, an over-long or unstorable failure)', async () => {
+    const store = new MemoryProgressStore();
+    const server = replica(store, 'a');
+    const thrown: unknown[] = [
+      undefined,
+      null,
+      42,
+      { status: 500, message: 'upstream said no' },
+      { code: 'E_BIG', message: `${'m'.repeat(10_000)}` },
+      { code: 'E\uD800', message: 'lone \uDC00 surrogate' },
+    ];
+    for (const value of thrown) {
+      const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+      // As in `catch (error) { await task.fail(error as Error) }`: the value is whatever was thrown.
+      const ended = await Promise.resolve()
+        .then(() => task.fail(value as Error))
+        .then(
+          (event) => event.type,
+          (error: unknown) => `rejected: ${String(error)}`,
+        );
+      expect(ended, String(value)).toBe('failed');
+      const row = (await store.getTask(task.id)) as Task;
+      expect(row.status).toBe('failed');
+      expect(row.error?.message.length).toBeGreaterThan(0);
+    }
+  });
+
   it('runBatch rejected for bad arguments does not block a corrected runBatch', async () => {
     const server = replica(new MemoryProgressStore(), 'a');
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });

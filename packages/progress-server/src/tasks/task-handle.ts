@@ -208,7 +208,8 @@ export class TaskHandle {
 
   /**
    * Ends the task as `failed`. Takes a `{ code, message }`, an `Error` (its string `code` if it has one,
-   * else `error`) or a message.
+   * else `error`) or a message; anything else thrown is recorded with code `error` and its text. Texts are
+   * clipped to the limits and made storable, as everywhere on the handle.
    */
   fail(error: TaskFailure | Error | string): Promise<FailedEvent> {
     return this.#append({ type: 'failed', error: toFailure(error) }) as Promise<FailedEvent>;
@@ -281,14 +282,37 @@ export class TaskHandle {
   }
 }
 
+/**
+ * The failure to record. Never throws and always yields a storable failure: `fail()` is how a task ends,
+ * and it is called from catch blocks with whatever was thrown. A value that is neither a string, an Error
+ * nor a `{ code, message }` (`undefined`, a number, a library's `{ status, message }`) threw a bare
+ * TypeError or was refused `invalid_input`, and a `{ code, message }` too long or with an unpaired
+ * surrogate was refused while the same text as a string or an Error was clipped: the task stayed running.
+ */
 function toFailure(error: TaskFailure | Error | string): TaskFailure {
   if (typeof error === 'string') return { code: 'error', message: clip(error, LIMITS.maxMessageLength) };
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    return {
-      code: typeof code === 'string' && code !== '' ? clip(code, LIMITS.maxKeyLength) : 'error',
-      message: clip(error.message || error.name, LIMITS.maxMessageLength),
-    };
+  let code: unknown;
+  let message: unknown;
+  try {
+    code = (error as { code?: unknown }).code;
+    message = error instanceof Error ? error.message || error.name : (error as { message?: unknown }).message;
+  } catch {
+    // `undefined` or `null`, or a throwing getter: described below.
   }
-  return { code: error.code, message: error.message };
+  return {
+    code: typeof code === 'string' && code !== '' ? clip(code, LIMITS.maxKeyLength) : 'error',
+    message: clip(
+      typeof message === 'string' && message !== '' ? message : describeValue(error),
+      LIMITS.maxMessageLength,
+    ),
+  };
+}
+
+function describeValue(value: unknown): string {
+  try {
+    return String(value) || 'error';
+  } catch {
+    // No usable toString (Object.create(null), a throwing one).
+    return 'error';
+  }
 }
