@@ -111,6 +111,21 @@ describe('runBatch', () => {
     ]);
   });
 
+  it('a key function returning a number (numeric ids from JavaScript) keys items as the default would', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const nodes = [{ id: 7 }, { id: 8 }];
+    const result = await task.runBatch(nodes, () => {}, {
+      key: (node) => node.id as unknown as string,
+    });
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(
+      events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item.key),
+    ).toEqual(['7', '8']);
+  });
+
   it('ends as failed when every item failed', async () => {
     const { server, store } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });

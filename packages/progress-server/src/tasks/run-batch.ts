@@ -68,7 +68,8 @@ export interface RunBatchOptions<T> {
    */
   signal?: AbortSignal;
   /**
-   * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped).
+   * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped). A returned
+   * value that is not a non-empty string is turned into a key as the default turns an item.
    * @default the item itself for strings, `String(item)` for numbers, else `item-<index + 1>`
    */
   key?: (item: T, index: number) => string;
@@ -220,7 +221,13 @@ export async function runBatch<T>(batch: {
         const index = next++;
         if (index >= items.length) return;
         const item = items[index] as T;
-        const key = clip(keyOf(item, index) || `item-${index + 1}`, LIMITS.maxKeyLength);
+        // A key that is not a non-empty string (a numeric id from JavaScript) is keyed as the default keys
+        // the item: a number threw a bare TypeError in clip() and failed the whole batch (`batch_error`).
+        const chosen: unknown = keyOf(item, index);
+        const key = clip(
+          typeof chosen === 'string' && chosen !== '' ? chosen : defaultKey(chosen, index),
+          LIMITS.maxKeyLength,
+        );
         let ok = true;
         let error: string | null = null;
         let detail: JsonValue | null = null;
