@@ -48,6 +48,24 @@ describe('tasks at the edges', () => {
     }
   });
 
+  it('cancel() and interrupt() given a non-string reason end the task, as tasks.cancel() does for a task owned elsewhere', async () => {
+    const store = new MemoryProgressStore();
+    const server = replica(store, 'a');
+    const ending = async (end: () => Promise<{ type: string }>) =>
+      Promise.resolve()
+        .then(end)
+        .then(
+          (event) => event.type,
+          (error: unknown) => `rejected: ${String(error)}`,
+        );
+    const owned = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    expect(await ending(() => server.tasks.cancel(owned.id, 5 as never))).toBe('cancelled');
+    expect((await store.getTask(owned.id))?.status).toBe('cancelled');
+    const other = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    expect(await ending(() => other.interrupt(undefined as never))).toBe('interrupted');
+    expect((await store.getTask(other.id))?.status).toBe('interrupted');
+  });
+
   it('runBatch rejected for bad arguments does not block a corrected runBatch', async () => {
     const server = replica(new MemoryProgressStore(), 'a');
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -217,9 +217,11 @@ export class TaskHandle {
 
   /** Ends the task as `cancelled`. */
   cancel(reason?: string | null): Promise<CancelledEvent> {
+    // Not a string (JavaScript; `tasks.cancel` passes its argument on): no reason, as `tasks.cancel` records
+    // for a task owned elsewhere. clip() threw a bare TypeError and the task stayed running.
     const input: AppendInput = {
       type: 'cancelled',
-      reason: reason == null ? null : clip(reason, LIMITS.maxKeyLength),
+      reason: typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : null,
     };
     return this.#append(input) as Promise<CancelledEvent>;
   }
@@ -228,7 +230,8 @@ export class TaskHandle {
   interrupt(reason: string): Promise<InterruptedEvent> {
     return this.#append({
       type: 'interrupted',
-      reason: clip(reason, LIMITS.maxKeyLength),
+      // A reason is required; without a string one (JavaScript) clip() threw and the task stayed running.
+      reason: typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : 'interrupted',
     }) as Promise<InterruptedEvent>;
   }
 
