@@ -123,6 +123,7 @@ export class SqliteProgressStore implements ProgressStore {
       typeof resolved.database === 'string'
         ? openDatabase(resolved.database, resolved.busyTimeoutMs)
         : resolved.database;
+    let publisher: ChangePublisher | undefined;
     try {
       const builder = createQueryBuilder();
       configureDatabase(database, builder, {
@@ -131,7 +132,7 @@ export class SqliteProgressStore implements ProgressStore {
       });
       migrate(database, builder, { now: this.#clock() });
       this.#q = prepareStatements(database, builder);
-      this.#publisher = new ChangePublisher({
+      publisher = new ChangePublisher({
         statements: this.#q,
         // An in-memory database has no other connections to watch.
         dataVersionPollMs: database.memory === true ? 0 : resolved.dataVersionPollMs,
@@ -142,7 +143,11 @@ export class SqliteProgressStore implements ProgressStore {
         resolved.checkpoints === 'background'
           ? BackgroundCheckpoints.start({ database, onError })
           : undefined;
+      this.#publisher = publisher;
     } catch (error) {
+      // The feed may already poll for other connections' commits: left running, it would read a closed
+      // database and report that on every tick.
+      publisher?.stop();
       if (this.#ownsDatabase) database.close();
       throw toProgressError(error, 'open the database');
     }

@@ -265,6 +265,36 @@ describe('a failure reported from a worker’s listener or a timer', () => {
   });
 });
 
+describe('a store that fails to open', () => {
+  it("stops polling for other connections' commits when its checkpoints cannot start", async () => {
+    const temp = tempDatabase();
+    const database = new Database(temp.file);
+    cleanups.push(temp.remove, () => {
+      database.close();
+    });
+    // The checkpoints' start reads the file's path; make that read fail, after the change feed began polling.
+    const prepare = database.prepare.bind(database);
+    database.prepare = ((source: string) => {
+      if (source.startsWith('PRAGMA database_list')) throw new Error('disk I/O error');
+      return prepare(source);
+    }) as typeof database.prepare;
+    const errors: unknown[] = [];
+    expect(
+      () =>
+        new SqliteProgressStore({
+          database,
+          dataVersionPollMs: 2,
+          onError: (error) => errors.push(error),
+        }),
+    ).toThrow(/disk I\/O error/);
+    // The caller closes its connection on the failure: a poll left running would read a closed database
+    // and report it on every tick, for the life of the process.
+    database.close();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(errors).toEqual([]);
+  });
+});
+
 describe("checkpoints: 'inline'", () => {
   it('leaves SQLite’s own checkpoints in the commits and starts no worker', async () => {
     const { store, database } = storeOnFile({ checkpoints: 'inline' });
