@@ -850,6 +850,24 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('stops polling over HTTP once the last watch closed and the client went idle', async () => {
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    http.tasks.set('t1', new FakeTask('t1', 2));
+    const watch = client.watch('t1');
+    server.last.serverClose(1006); // the first attempt fails: HTTP takes over
+    await scheduler.advance(0);
+    expect(http.count('/tasks/t1')).toBe(1);
+    watch.close();
+    await scheduler.advance(60_000); // the pending reconnect finds nothing to watch
+    expect(client.state).toBe('idle');
+    // Until 5 December 2026 the poll timer fired every httpPollIntervalMs for ever, with nothing to poll.
+    expect(scheduler.pending).toBe(0);
+    await client.close();
+  });
+
   it("a watch that finished over HTTP acks the new epoch's terminal seq once a socket of a renewed store is back", async () => {
     const { client, server, log, errors } = await finishedOverHttp('e1');
     // The store was restored meanwhile: in epoch e2 the task ended at seq 2, where an ack of 3 is refused.
