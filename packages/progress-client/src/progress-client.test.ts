@@ -390,6 +390,17 @@ describe('reconnect', () => {
     await client.close();
   });
 
+  it('waits longer after a close for flooding (4008) of a connection that was up a while', async () => {
+    const { client, socket, states, scheduler } = subscribed();
+    // Flooding takes a while: the socket was up longer than stableConnectionMs (1 s) when it was closed.
+    // Until 5 December 2026 its stable run reset the backoff after the close's slow-down was counted, so
+    // such a client came back within the base step (500 ms here), as after any cut, however often it flooded.
+    await scheduler.advance(5000);
+    socket.serverClose(CloseCode.RateLimited);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 2000 });
+    await client.close();
+  });
+
   it('stops when the server says hello in another protocol version', async () => {
     const { client, server, scheduler } = setup();
     const watch = client.watch('t1');
