@@ -70,6 +70,27 @@ function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
 }
 
 describe('connection', () => {
+  it('blames a token function that never returned, not the server, when an attempt times out', async () => {
+    const { client, server, scheduler, errors } = setup({
+      token: () => new Promise<string>(() => undefined), // a refresh that hangs (a login popup never answered)
+      connectTimeoutMs: 1000,
+      errorAfterAttempts: 1,
+      httpFallbackAfterAttempts: 0,
+    });
+    client.watch('t1');
+    server.last.open();
+    await scheduler.advance(1000);
+    expect(server.last.sent).toEqual([]); // no auth frame went out: the server had nothing to answer
+    // Until 5 December 2026: "no hello from the server within connectTimeoutMs", which sent the reader
+    // to the network and the server.
+    expect(errors.map((error) => error.message)).toEqual([
+      expect.stringContaining(
+        'the token function returned no credential within connectTimeoutMs (1000 ms), so no auth frame was sent',
+      ),
+    ]);
+    await client.close();
+  });
+
   it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
     const { client, server } = setup({ token: 'secret-token' });
     expect(server.sockets).toHaveLength(0);
