@@ -69,6 +69,8 @@ export class Connection {
   #retriedExpiredToken = false;
   /** Why the current attempt failed, as far as the WebSocket implementation tells. */
   #attemptFailure: AttemptFailure | undefined;
+  /** The socket whose `auth` frame waits for the token function (to say so when its attempt times out). */
+  #awaitingToken: WebSocketLike | undefined;
 
   constructor(options: ResolvedOptions, timers: TimerSet, handler: ConnectionHandler) {
     this.#o = options;
@@ -224,8 +226,14 @@ export class Connection {
     this.#ready = false;
     this.#attemptFailure = undefined;
     this.#liveness.deadline(this.#o.connectTimeoutMs, () => {
+      const ms = this.#o.connectTimeoutMs;
+      // A token function that never returned kept the auth frame from going out: the server had nothing
+      // to answer, and "no hello" sent the reader to the network and the server instead.
       this.#attemptFailure = {
-        detail: `no hello from the server within connectTimeoutMs (${this.#o.connectTimeoutMs} ms)`,
+        detail:
+          this.#awaitingToken === socket
+            ? `the token function returned no credential within connectTimeoutMs (${ms} ms), so no auth frame was sent`
+            : `no hello from the server within connectTimeoutMs (${ms} ms)`,
       };
       this.#timeout('connect timeout');
     });
@@ -252,14 +260,17 @@ export class Connection {
     if (token === undefined) return;
     let credential: string;
     try {
+      this.#awaitingToken = socket;
       credential = typeof token === 'function' ? await token() : token;
     } catch (cause) {
+      if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
       if (socket !== this.#socket) return;
       this.#handler.onError(tokenProviderFailed(cause));
       this.#drop(CLOSE_NORMAL, 'token provider failed');
       this.#lost('token provider failed', undefined);
       return;
     }
+    if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
     if (socket !== this.#socket || socket.readyState !== OPEN) return;
     try {
       // The version of the subprotocol the server selected (an older server selects version 1).

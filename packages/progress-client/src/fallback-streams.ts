@@ -124,8 +124,11 @@ export class FallbackStreams implements FallbackRuntime {
   close(task: TaskSubscription): void {
     const entry = this.#streams.get(task.taskId);
     this.#streams.delete(task.taskId);
-    if (!this.#host.current(task)) this.#acked.delete(task.taskId);
     entry?.[0]();
+    // After the stop: it runs the stream's end, which acknowledges a finished watch and records that (a
+    // handle closed at its task's end); forgotten before it, the record outlived the watch, and a task
+    // created again under the id never had its own end acknowledged.
+    if (!this.#host.current(task)) this.#acked.delete(task.taskId);
   }
 
   restart(task: TaskSubscription): void {

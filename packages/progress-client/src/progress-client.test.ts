@@ -70,6 +70,27 @@ function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
 }
 
 describe('connection', () => {
+  it('blames a token function that never returned, not the server, when an attempt times out', async () => {
+    const { client, server, scheduler, errors } = setup({
+      token: () => new Promise<string>(() => undefined), // a refresh that hangs (a login popup never answered)
+      connectTimeoutMs: 1000,
+      errorAfterAttempts: 1,
+      httpFallbackAfterAttempts: 0,
+    });
+    client.watch('t1');
+    server.last.open();
+    await scheduler.advance(1000);
+    expect(server.last.sent).toEqual([]); // no auth frame went out: the server had nothing to answer
+    // Until 5 December 2026: "no hello from the server within connectTimeoutMs", which sent the reader
+    // to the network and the server.
+    expect(errors.map((error) => error.message)).toEqual([
+      expect.stringContaining(
+        'the token function returned no credential within connectTimeoutMs (1000 ms), so no auth frame was sent',
+      ),
+    ]);
+    await client.close();
+  });
+
   it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
     const { client, server } = setup({ token: 'secret-token' });
     expect(server.sockets).toHaveLength(0);
@@ -385,6 +406,17 @@ describe('reconnect', () => {
 
   it('waits longer after being closed for flooding (4008)', async () => {
     const { client, socket, states } = subscribed();
+    socket.serverClose(CloseCode.RateLimited);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 2000 });
+    await client.close();
+  });
+
+  it('waits longer after a close for flooding (4008) of a connection that was up a while', async () => {
+    const { client, socket, states, scheduler } = subscribed();
+    // Flooding takes a while: the socket was up longer than stableConnectionMs (1 s) when it was closed.
+    // Until 5 December 2026 its stable run reset the backoff after the close's slow-down was counted, so
+    // such a client came back within the base step (500 ms here), as after any cut, however often it flooded.
+    await scheduler.advance(5000);
     socket.serverClose(CloseCode.RateLimited);
     expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 2000 });
     await client.close();
@@ -847,6 +879,24 @@ describe('HTTP fallback', () => {
     await scheduler.advance(60_000);
     expect(http.requests.length).toBe(requests);
     expect(states.some((change) => change.state === 'open')).toBe(true);
+    await client.close();
+  });
+
+  it('stops polling over HTTP once the last watch closed and the client went idle', async () => {
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    http.tasks.set('t1', new FakeTask('t1', 2));
+    const watch = client.watch('t1');
+    server.last.serverClose(1006); // the first attempt fails: HTTP takes over
+    await scheduler.advance(0);
+    expect(http.count('/tasks/t1')).toBe(1);
+    watch.close();
+    await scheduler.advance(60_000); // the pending reconnect finds nothing to watch
+    expect(client.state).toBe('idle');
+    // Until 5 December 2026 the poll timer fired every httpPollIntervalMs for ever, with nothing to poll.
+    expect(scheduler.pending).toBe(0);
     await client.close();
   });
 

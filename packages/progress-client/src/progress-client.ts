@@ -240,8 +240,13 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       // The fallback transport when there is one, else HTTP polling (which then never starts).
       onUnreachable: () => (this.#fallback ?? this.#http)?.start(),
       onState: (change) => {
-        // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy.
-        if (change.state === 'idle') this.#pageLife?.stop();
+        // Nothing left to watch: no listener, no clock check keeping the page (or Node) busy, and no
+        // fallback left running either (HTTP polling's timer fired for ever, with nothing to poll).
+        if (change.state === 'idle') {
+          this.#pageLife?.stop();
+          this.#http?.stop();
+          this.#fallback?.stop();
+        }
         this.emit('state', change);
       },
       onError: (error) => {

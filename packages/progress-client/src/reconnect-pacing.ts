@@ -54,7 +54,9 @@ export class ReconnectPacing {
 
   /** The server closed the client for flooding: wait longer, the same pace would only get it closed again. */
   slowDown(): void {
-    this.#failures += 2;
+    // Counted when the delay is taken (`nextDelayMs`), not now: the close that slows down is followed by
+    // `down()`, whose reset (the socket was up `stableConnectionMs`, as a flooding one usually was) wiped
+    // the two steps added here, and such a client came back within the base step however often it flooded.
     this.#slowedDown = true;
   }
 
@@ -72,6 +74,7 @@ export class ReconnectPacing {
   nextDelayMs(lostReady: boolean): number {
     const slowedDown = this.#slowedDown;
     this.#slowedDown = false;
+    if (slowedDown) this.#failures += 2;
     if (lostReady && !slowedDown) {
       const quick = this.#failures === 0 && !this.#quickRetryUsed;
       this.#quickRetryUsed = true;

@@ -185,6 +185,33 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('acknowledges the end of a task created again under the id of one whose handle closed at its end', async () => {
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const old = new FakeTask('t1', 1);
+    old.item('a');
+    old.end();
+    const first = client.watch('t1');
+    first.on('finished', () => first.close()); // closed at its end: its stream stops while it is applied
+    await flush();
+    (sse.streams[0] as SseRequest).send({ type: 'snapshot', task: old.view() }, 2);
+    await scheduler.advance(1000);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }]);
+    // The id purged and a task created again under it: a new watch of the id, and its own end.
+    const again = new FakeTask('t1', 1);
+    again.end();
+    const second = client.watch('t1');
+    await flush();
+    const stream = sse.streams[1] as SseRequest;
+    stream.send({ type: 'snapshot', task: again.view() }, 1);
+    stream.end();
+    expect((await second.done).seq).toBe(1);
+    await scheduler.advance(1000);
+    // Until 5 December 2026 the first watch's ack was remembered after its handle let go of the id (its
+    // stream's end, run by that close, came after the close forgot it), and this end was never acknowledged.
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }, { seq: 1 }]);
+    await client.close();
+  });
+
   it('gives up on a stream silent past the heartbeat timeout and resumes from the cursor, as on a socket', async () => {
     // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) never ends
     // for `fetch`: its read waits for the operating system's TCP timeout, and the watch stood still.

@@ -80,4 +80,32 @@ describe('watch.done({ signal, timeoutMs })', () => {
     expect(await watch.done.then((state) => state.seq)).toBe(3);
     await client.close();
   });
+
+  it('resolves with the final state when a `finished` listener closes the watch (event or snapshot)', async () => {
+    const { client, socket, task, watch } = subscribed();
+    watch.on('finished', () => watch.close());
+    socket.push(ev(task.item('a')));
+    socket.push(ev(task.item('b')));
+    socket.push(ev(task.end()));
+    expect(
+      await watch.done.then(
+        (state) => state.status,
+        (error: unknown) => error,
+      ),
+    ).toBe('completed');
+
+    const late = client.watch('t2');
+    const other = new FakeTask('t2', 1);
+    other.item('a');
+    other.end();
+    late.on('finished', () => late.close());
+    socket.push(snap(other.view()));
+    expect(
+      await late.done.then(
+        (state) => state.status,
+        (error: unknown) => error,
+      ),
+    ).toBe('completed');
+    await client.close();
+  });
 });

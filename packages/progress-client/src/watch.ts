@@ -206,7 +206,9 @@ export class Watch extends EventEmitter<WatchEvents> {
    */
   close(): void {
     if (this.#closed) return;
-    this.#end(this.#task.closedError());
+    // A task that already ended resolves `done` with its end, even when `done` is not settled yet: the
+    // handle is closed from its own `finished` (or terminal) listener, which runs before `done` settles.
+    this.#end(this.#task.state.finished ? undefined : this.#task.closedError());
     this.#release(this);
   }
 
