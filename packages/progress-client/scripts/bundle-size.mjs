@@ -29,12 +29,15 @@ process.stdout.on('error', (error) => {
  * an aim not met yet has a `ceiling` too: it is reported as over budget, and fails only above the ceiling,
  * so it cannot grow while the work towards the budget is open. The core entry is that case (issue 14 item
  * 8: 8 KB asked; 16,450 B before that item's work, 14,024 B after five rounds of trimming, 14,224 B since
- * 5 December 2026 with the fixes that came after). A change that must grow it moves the ceiling in the same
+ * 5 December 2026 with the fixes that came after, 14,280 B the same day for four more: `done` resolved when a
+ * watch is closed from its own `finished` listener, HTTP polling stopped when the client goes idle, a close
+ * for flooding backed off after a long-lived socket too, and a connect timeout that names a token function
+ * that never returned instead of the server). A change that must grow it moves the ceiling in the same
  * commit, saying why in its message (`git log -p` on this file has every step and its reason);
  * `size-ablation.mjs` measures what the parts of the core entry cost, docs/client.md what it is made of.
  */
 const ENTRIES = [
-  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_224 },
+  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_280 },
   // 2 KB until a refusal went to the one tab whose subscribe it answers, not to all (+34 B: 2,081 B).
   { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2.25 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },

@@ -226,14 +226,10 @@ export class Connection {
     this.#ready = false;
     this.#attemptFailure = undefined;
     this.#liveness.deadline(this.#o.connectTimeoutMs, () => {
-      const ms = this.#o.connectTimeoutMs;
       // A token function that never returned kept the auth frame from going out: the server had nothing
       // to answer, and "no hello" sent the reader to the network and the server instead.
       this.#attemptFailure = {
-        detail:
-          this.#awaitingToken === socket
-            ? `the token function returned no credential within connectTimeoutMs (${ms} ms), so no auth frame was sent`
-            : `no hello from the server within connectTimeoutMs (${ms} ms)`,
+        detail: `${this.#awaitingToken === socket ? 'the token function returned no credential' : 'no hello from the server'} within connectTimeoutMs (${this.#o.connectTimeoutMs} ms)`,
       };
       this.#timeout('connect timeout');
     });
