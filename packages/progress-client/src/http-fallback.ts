@@ -33,6 +33,9 @@ export interface HttpApiOptions {
   token: TokenSource | undefined;
   credentials: HttpCredentials;
   signal: AbortSignal;
+  timers: TimerSet;
+  /** How long one request, its token function's call included, may go unanswered (`connectTimeoutMs`). */
+  timeoutMs: number;
 }
 
 /** @internal */
@@ -71,33 +74,62 @@ export class HttpApi {
   }
 
   async #get(taskId: string, path: string): Promise<unknown> {
-    const { fetch, token } = this.#options;
+    const { fetch, token, signal, timeoutMs } = this.#options;
     if (fetch === undefined) {
       throw new ProgressError(ErrorCode.InvalidInput, 'HTTP fallback needs fetch: pass the `fetch` option', {
         taskId,
       });
     }
+    // A request nobody answers (a frozen replica, a proxy holding it) or a token function that never
+    // returns kept its watch busy for good, skipped by every later poll: each request has `timeoutMs`,
+    // as a socket has until `hello`, and is then given up on (aborted, and not waited for even by a
+    // `fetch` that ignores its signal).
+    const deadline = new AbortController();
+    const abort = () => deadline.abort();
+    const stopTimer = this.#options.timers.start(abort, timeoutMs);
+    signal.addEventListener('abort', abort);
+    const given = new Promise<never>((_, reject) => {
+      deadline.signal.addEventListener('abort', () =>
+        reject(
+          new ProgressError(
+            signal.aborted ? ErrorCode.Closed : ErrorCode.StoreUnavailable,
+            `HTTP request for task ${taskId} got no answer within ${timeoutMs} ms`,
+            { taskId },
+          ),
+        ),
+      );
+    });
+    given.catch(() => undefined);
     const headers: Record<string, string> = { accept: 'application/json', ...this.#options.headers };
-    const credential = typeof token === 'function' ? await token() : token;
-    if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
     let status = 0;
     let text: string;
     try {
-      const response = await fetch(this.#options.baseUrl + path, {
-        method: 'GET',
-        headers,
-        credentials: this.#options.credentials,
-        signal: this.#options.signal,
-      });
-      status = response.status;
-      text = await response.text();
-      if (response.ok) return JSON.parse(text);
-    } catch (cause) {
-      throw new ProgressError(
-        this.#options.signal.aborted ? ErrorCode.Closed : ErrorCode.StoreUnavailable,
-        `HTTP request for task ${taskId} failed${status === 0 ? '' : ` (status ${status})`}`,
-        { cause, taskId },
-      );
+      const credential = typeof token === 'function' ? await Promise.race([token(), given]) : token;
+      if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
+      try {
+        const response = await Promise.race([
+          fetch(this.#options.baseUrl + path, {
+            method: 'GET',
+            headers,
+            credentials: this.#options.credentials,
+            signal: deadline.signal,
+          }),
+          given,
+        ]);
+        status = response.status;
+        text = await Promise.race([response.text(), given]);
+        if (response.ok) return JSON.parse(text);
+      } catch (cause) {
+        if (deadline.signal.aborted) throw await given.catch((error: unknown) => error);
+        throw new ProgressError(
+          ErrorCode.StoreUnavailable,
+          `HTTP request for task ${taskId} failed${status === 0 ? '' : ` (status ${status})`}`,
+          { cause, taskId },
+        );
+      }
+    } finally {
+      stopTimer();
+      signal.removeEventListener('abort', abort);
     }
     throw errorFromResponse(taskId, status, text);
   }
@@ -204,6 +236,8 @@ class HttpPoller implements HttpFallbackRuntime {
       token: o.token,
       credentials: o.httpCredentials,
       signal: host.signal,
+      timers: host.timers,
+      timeoutMs: o.connectTimeoutMs,
     });
     this.#timer = new Timeout(host.timers);
   }

@@ -84,9 +84,7 @@ describe('connection', () => {
     // Until 5 December 2026: "no hello from the server within connectTimeoutMs", which sent the reader
     // to the network and the server.
     expect(errors.map((error) => error.message)).toEqual([
-      expect.stringContaining(
-        'the token function returned no credential within connectTimeoutMs (1000 ms)',
-      ),
+      expect.stringContaining('the token function returned no credential within connectTimeoutMs (1000 ms)'),
     ]);
     await client.close();
   });
@@ -835,6 +833,56 @@ describe('HTTP fallback', () => {
     // The hanging watch is not asked again while its request is out.
     await scheduler.advance(4000);
     expect(hanging).toHaveLength(1);
+    await client.close();
+  });
+
+  it('gives up on a request or a token function that does not answer within connectTimeoutMs, and asks again', async () => {
+    // Before 5 December 2026 such a request kept its watch busy for good: skipped by every later poll, and
+    // by the 100 % watchdog's HTTP step, until a socket came back.
+    let fetchAnswered: FetchLike | undefined;
+    let hangs = 2;
+    const asked: string[] = [];
+    let hangToken = false;
+    const ctx = setup({
+      httpFallbackAfterAttempts: 2,
+      httpPollIntervalMs: 2000,
+      connectTimeoutMs: 5000,
+      // The socket's attempts call it too: only the first HTTP request's call hangs.
+      token: () => {
+        if (!hangToken) return 'tok';
+        hangToken = false;
+        return new Promise<string>(() => undefined);
+      },
+      fetch: (url, init) => {
+        asked.push(url);
+        // The first request is never answered, and ignores its abort signal (a fetch of a library).
+        if (hangs-- > 0) return new Promise(() => undefined);
+        return (fetchAnswered as FetchLike)(url, init);
+      },
+    });
+    const { client, server, scheduler, http } = ctx;
+    fetchAnswered = http.fetch;
+    const task = new FakeTask('t1', 2);
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const errors: string[] = [];
+    watch.on('error', (error) => errors.push(error.code));
+    server.last.serverClose(1006);
+    await scheduler.advance(500);
+    hangToken = true;
+    server.last.serverClose(1006); // second failed attempt: HTTP takes over
+    await scheduler.advance(0);
+    // The first request's token function hangs: no request yet.
+    expect(asked).toHaveLength(0);
+    await scheduler.advance(5000);
+    expect(errors).toEqual(['store_unavailable']);
+    await scheduler.advance(10_000);
+    expect(asked.length).toBeGreaterThanOrEqual(1); // the second round's request, which hangs
+    task.end();
+    await scheduler.advance(30_000);
+    expect(log.at(-1)).toBe('finished@1');
+    expect(errors.length).toBeGreaterThanOrEqual(2);
     await client.close();
   });
 
