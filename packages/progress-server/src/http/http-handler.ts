@@ -383,6 +383,11 @@ async function serve<P extends Principal>(
       const unfollow = streams.hub.follow(route.taskId, { deliver: () => undefined });
       try {
         const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+        // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
+        // meanwhile has ended the open streams already, and a stream opened now would be in none of its
+        // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
+        // to `streamTask` registering the stream nothing awaits, so shutdown ends any stream opened.
+        if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
         // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
         if (method === 'HEAD') {
           answerStreamHead(response);
