@@ -94,45 +94,79 @@ describe('the HTTP API during shutdown (an application http.Server)', () => {
   });
 });
 
-describe('an SSE request being authenticated while the server shuts down', () => {
-  it('is refused with 503 closed, not opened after close() ended the streams', async () => {
-    const store = new MemoryProgressStore();
-    const httpServer = createServer();
-    const held = gate();
-    let entered!: () => void;
-    const inHook = new Promise<void>((resolve) => {
-      entered = resolve;
-    });
-    const progress = new ProgressServer({
-      store,
-      server: httpServer,
-      heartbeatIntervalMs: 60_000,
-      authenticate: async (request) => {
-        entered();
-        await held.promise;
-        return headerAuth(request);
-      },
-    });
-    httpServer.on('request', progress.httpHandler());
-    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
-    cleanups.push(
-      () =>
-        new Promise<void>((resolve) => {
-          httpServer.closeAllConnections();
-          httpServer.close(() => resolve());
-        }),
-    );
-    const port = (httpServer.address() as AddressInfo).port;
+/**
+ * A ProgressServer on the application's own http.Server whose authenticate hook holds every request until
+ * `release()`: `inHook` resolves once a request waits in it (past the handler's shutdown check).
+ */
+async function authenticatingUntilReleased() {
+  const store = new MemoryProgressStore();
+  const httpServer = createServer();
+  const held = gate();
+  let entered!: () => void;
+  const inHook = new Promise<void>((resolve) => {
+    entered = resolve;
+  });
+  const progress = new ProgressServer({
+    store,
+    server: httpServer,
+    heartbeatIntervalMs: 60_000,
+    authenticate: async (request) => {
+      entered();
+      await held.promise;
+      return headerAuth(request);
+    },
+  });
+  httpServer.on('request', progress.httpHandler());
+  await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        httpServer.closeAllConnections();
+        httpServer.close(() => resolve());
+      }),
+  );
+  const port = (httpServer.address() as AddressInfo).port;
+  return { store, progress, base: `http://127.0.0.1:${port}/progress`, inHook, release: held.open };
+}
+
+describe('a request being authenticated while the server shuts down', () => {
+  it('an SSE stream is refused with 503 closed, not opened after close() ended the streams', async () => {
+    const { store, progress, base, inHook, release } = await authenticatingUntilReleased();
     // A task of another replica (store shared): this replica's shutdown does not end it.
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
-    const answer = get(`http://127.0.0.1:${port}/progress/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    const answer = get(`${base}/tasks/${task.id}/stream`, { 'x-user': 'alice' });
     // The request passed the shutdown check and waits in the authenticate hook while close() runs.
     await inHook;
     await progress.close({ timeoutMs: 200 });
-    held.open();
+    release();
     // Opened now, the stream would be in no shutdown's set: on the application's server it stayed open
     // for ever (a closed hub, heartbeats and the principal's slot held).
     expect((await answer).status).toBe(503);
+  });
+
+  it('an ack is refused with 503 closed, not answered 200 once the ack writer has closed (it was lost)', async () => {
+    const { store, progress, base, inHook, release } = await authenticatingUntilReleased();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'completed' });
+    const answer = fetch(`${base}/tasks/${task.id}/ack`, {
+      method: 'POST',
+      headers: { 'x-user': 'alice', 'content-type': 'application/json' },
+      body: JSON.stringify({ seq: 1 }),
+    });
+    await inHook;
+    await progress.close({ timeoutMs: 200 });
+    release();
+    const response = await answer;
+    // A 200 tells the client its ack is recorded: it never sends it again. 503 `closed`: it acks elsewhere.
+    expect({
+      status: response.status,
+      body: await response.json(),
+      ackedSeq: (await store.getTask(task.id))?.ackedSeq,
+    }).toEqual({
+      status: 503,
+      body: { error: { code: 'closed', message: expect.any(String) } },
+      ackedSeq: 0,
+    });
   });
 });
 

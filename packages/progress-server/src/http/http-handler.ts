@@ -432,6 +432,10 @@ async function serve<P extends Principal>(
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
       }
+      // Checked again after the awaits above (the body, the authenticate hook, the load): past the
+      // shutdown's flush the ack writer is closed and drops the ack, and a 200 would tell the client it
+      // was recorded (it never sends it again). 503 `closed` sends it to another replica.
+      if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
       streams.acks.seen(task.id, task.seq, task.createdAt);
       streams.acks.ack(task.id, seq);
       return { taskId: task.id, seq };
