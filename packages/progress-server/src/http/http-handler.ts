@@ -235,7 +235,9 @@ async function serveHealth<P extends Principal>(
   let detailed = ctx.healthDetails === 'public';
   if (!detailed) {
     try {
-      detailed = (await ctx.auth.fromHttp(request)) !== undefined;
+      // An expired credential authenticates nothing, here as on every other route (401 token_expired).
+      const principal = await ctx.auth.fromHttp(request);
+      detailed = principal !== undefined && !credentialExpired(principal, (ctx.clock ?? Date.now)());
     } catch (error) {
       ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
     }
