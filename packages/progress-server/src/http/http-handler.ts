@@ -332,7 +332,11 @@ async function serve<P extends Principal>(
         limit,
         ...(statuses === undefined ? {} : { statuses }),
       });
-      return { tasks: tasks.map(toTaskView) };
+      // Owned is not enough: the application's `authorize` has the last word on every task route, and a
+      // rule narrower than ownership (a role, a scope of the token) must hide a task here too, or the
+      // list served what `GET …/tasks/:id` answers 404.
+      const allowed = await Promise.all(tasks.map((task) => ctx.auth.authorize(principal, task, 'watch')));
+      return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
