@@ -414,6 +414,7 @@ async function serve<P extends Principal>(
           task,
           from,
           principal,
+          authorize: (current) => ctx.auth.authorize(principal, current, 'watch'),
           request,
           response,
           release: () => {

@@ -395,6 +395,37 @@ describe('GET /tasks/:id/stream', () => {
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
   });
 
+  it('authorizes the task again when it starts over in a new epoch: a restored copy’s task of that id may be another owner’s', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    env = await startServer({ store, heartbeatIntervalMs: 50 });
+    // The backup holds a task `shared` of bob's; the live store, after the backup was taken, one of alice's.
+    let copies = 0;
+    await restorable.both(async (copy) => {
+      if (copies++ === 1)
+        await copy.createTask({ id: 'shared', owner: 'bob', kind: 'k', message: 'bob secret' });
+    });
+    await store.createTask({ id: 'shared', owner: 'alice', kind: 'k' });
+    const stream = new Stream(await get('/tasks/shared/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    restorable.restore();
+    await store.renewEpoch();
+    // Either the restart's answer (a reset snapshot) or the end of the stream.
+    await within(
+      Promise.race([
+        stream.ended,
+        stream.until(() => stream.frames().some((entry) => entry.frame.reset === true)),
+      ]),
+      'the restart in the new epoch',
+    );
+    // Alice may not watch bob's task: nothing of it reaches her, and the stream ends as for a task gone
+    // (she reconnects and gets the 404 any request for it gets), as a socket's subscription restarted by
+    // the same epoch change is authorized again and refused.
+    expect(JSON.stringify(stream.messages)).not.toContain('bob secret');
+    await within(stream.ended, 'the end of the stream');
+    expect(await streamsClosed(env)).toEqual({ task_gone: 1 });
+  });
+
   it('drops a read of the old epoch still in flight when it starts over in the new one', async () => {
     const restorable = restorableStore();
     // The streams' own reads (limit 500, its maxReplayEvents; the hub reads 1000) read the store at once
