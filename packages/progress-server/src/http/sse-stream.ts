@@ -204,7 +204,14 @@ export function streamTask(
     ctx.metrics.sseStreamsClosed.inc({ reason });
     clearInterval(heartbeat);
     clearTimeout(expiry);
-    clearTimeout(stall);
+    // A full buffer: the end below waits behind it, for ever if the reader never reads again (a stream
+    // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
+    // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
+    // the end finish first.
+    if (draining && stall !== undefined) {
+      const pending = stall;
+      response.once('finish', () => clearTimeout(pending));
+    } else clearTimeout(stall);
     held = undefined;
     response.off('drain', drained);
     stream?.close();
