@@ -10,7 +10,7 @@ import type { AddressInfo } from 'node:net';
 import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from './progress-server.js';
-import { headerAuth, sleep } from './testing/harness.js';
+import { gate, headerAuth, sleep } from './testing/harness.js';
 
 const cleanups: Array<() => Promise<void> | void> = [];
 afterEach(async () => {
@@ -91,6 +91,82 @@ describe('the HTTP API during shutdown (an application http.Server)', () => {
     await sleep(1500);
     // Either refused (503) or, if served, it must end after the terminal frame.
     expect({ status: answer.status, ended }).toEqual({ status: 503, ended: true });
+  });
+});
+
+/**
+ * A ProgressServer on the application's own http.Server whose authenticate hook holds every request until
+ * `release()`: `inHook` resolves once a request waits in it (past the handler's shutdown check).
+ */
+async function authenticatingUntilReleased() {
+  const store = new MemoryProgressStore();
+  const httpServer = createServer();
+  const held = gate();
+  let entered!: () => void;
+  const inHook = new Promise<void>((resolve) => {
+    entered = resolve;
+  });
+  const progress = new ProgressServer({
+    store,
+    server: httpServer,
+    heartbeatIntervalMs: 60_000,
+    authenticate: async (request) => {
+      entered();
+      await held.promise;
+      return headerAuth(request);
+    },
+  });
+  httpServer.on('request', progress.httpHandler());
+  await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+  cleanups.push(
+    () =>
+      new Promise<void>((resolve) => {
+        httpServer.closeAllConnections();
+        httpServer.close(() => resolve());
+      }),
+  );
+  const port = (httpServer.address() as AddressInfo).port;
+  return { store, progress, base: `http://127.0.0.1:${port}/progress`, inHook, release: held.open };
+}
+
+describe('a request being authenticated while the server shuts down', () => {
+  it('an SSE stream is refused with 503 closed, not opened after close() ended the streams', async () => {
+    const { store, progress, base, inHook, release } = await authenticatingUntilReleased();
+    // A task of another replica (store shared): this replica's shutdown does not end it.
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    const answer = get(`${base}/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+    // The request passed the shutdown check and waits in the authenticate hook while close() runs.
+    await inHook;
+    await progress.close({ timeoutMs: 200 });
+    release();
+    // Opened now, the stream would be in no shutdown's set: on the application's server it stayed open
+    // for ever (a closed hub, heartbeats and the principal's slot held).
+    expect((await answer).status).toBe(503);
+  });
+
+  it('an ack is refused with 503 closed, not answered 200 once the ack writer has closed (it was lost)', async () => {
+    const { store, progress, base, inHook, release } = await authenticatingUntilReleased();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'completed' });
+    const answer = fetch(`${base}/tasks/${task.id}/ack`, {
+      method: 'POST',
+      headers: { 'x-user': 'alice', 'content-type': 'application/json' },
+      body: JSON.stringify({ seq: 1 }),
+    });
+    await inHook;
+    await progress.close({ timeoutMs: 200 });
+    release();
+    const response = await answer;
+    // A 200 tells the client its ack is recorded: it never sends it again. 503 `closed`: it acks elsewhere.
+    expect({
+      status: response.status,
+      body: await response.json(),
+      ackedSeq: (await store.getTask(task.id))?.ackedSeq,
+    }).toEqual({
+      status: 503,
+      body: { error: { code: 'closed', message: expect.any(String) } },
+      ackedSeq: 0,
+    });
   });
 });
 

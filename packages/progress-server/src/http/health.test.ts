@@ -100,6 +100,21 @@ describe('health', () => {
     await client.close();
   });
 
+  it('answers only { ok } to an expired credential, as every other route refuses it (401 token_expired)', async () => {
+    const { store, state } = storeWithFeedHealth();
+    env = await startServer({
+      store,
+      authenticate: (request) =>
+        request.headers['x-user'] === 'ops' ? { id: 'ops', expiresAt: Date.now() - 1000 } : null,
+    });
+    state.lastError = new Error('password authentication failed for user "finishline"');
+    const expired = await fetch(`${env.httpUrl}/progress/healthz`, { headers: { 'x-user': 'ops' } });
+    expect({ status: expired.status, body: await expired.json() }).toEqual({
+      status: 200,
+      body: { ok: true },
+    });
+  });
+
   it('is unhealthy once closing', async () => {
     env = await startServer();
     const closing = env.server.close({ timeoutMs: 100 });

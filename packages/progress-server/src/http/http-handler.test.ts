@@ -125,6 +125,25 @@ describe('HTTP handler', () => {
     expect((await call('/progress/tasks?status=bogus', { user: 'alice' })).status).toBe(400);
   });
 
+  it('lists only the tasks the authorize hook lets the principal watch, as every task route answers them', async () => {
+    // An application whose rule is narrower than ownership: alice may not watch her `restricted` tasks.
+    env = await startServer({
+      authorize: (principal, task) => task.owner === principal.id && task.kind !== 'restricted',
+    });
+    await env.server.tasks.create({ owner: 'alice', kind: 'k', id: 'alice-open' });
+    await env.server.tasks.create({
+      owner: 'alice',
+      kind: 'restricted',
+      id: 'alice-hidden',
+      message: 'secret',
+    });
+    expect((await call('/progress/tasks/alice-hidden', { user: 'alice' })).status).toBe(404);
+    const listed = await call('/progress/tasks', { user: 'alice' });
+    expect(listed.status).toBe(200);
+    expect((listed.body.tasks as Array<{ id: string }>).map((task) => task.id)).toEqual(['alice-open']);
+    expect(JSON.stringify(listed.body)).not.toContain('secret');
+  });
+
   it('cancels a task, delivers the cancellation to watchers, and answers 409 the second time', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -235,7 +235,9 @@ async function serveHealth<P extends Principal>(
   let detailed = ctx.healthDetails === 'public';
   if (!detailed) {
     try {
-      detailed = (await ctx.auth.fromHttp(request)) !== undefined;
+      // An expired credential authenticates nothing, here as on every other route (401 token_expired).
+      const principal = await ctx.auth.fromHttp(request);
+      detailed = principal !== undefined && !credentialExpired(principal, (ctx.clock ?? Date.now)());
     } catch (error) {
       ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
     }
@@ -330,7 +332,11 @@ async function serve<P extends Principal>(
         limit,
         ...(statuses === undefined ? {} : { statuses }),
       });
-      return { tasks: tasks.map(toTaskView) };
+      // Owned is not enough: the application's `authorize` has the last word on every task route, and a
+      // rule narrower than ownership (a role, a scope of the token) must hide a task here too, or the
+      // list served what `GET …/tasks/:id` answers 404.
+      const allowed = await Promise.all(tasks.map((task) => ctx.auth.authorize(principal, task, 'watch')));
+      return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
@@ -383,6 +389,11 @@ async function serve<P extends Principal>(
       const unfollow = streams.hub.follow(route.taskId, { deliver: () => undefined });
       try {
         const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+        // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
+        // meanwhile has ended the open streams already, and a stream opened now would be in none of its
+        // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
+        // to `streamTask` registering the stream nothing awaits, so shutdown ends any stream opened.
+        if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
         // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
         if (method === 'HEAD') {
           answerStreamHead(response);
@@ -403,6 +414,7 @@ async function serve<P extends Principal>(
           task,
           from,
           principal,
+          authorize: (current) => ctx.auth.authorize(principal, current, 'watch'),
           request,
           response,
           release: () => {
@@ -427,6 +439,10 @@ async function serve<P extends Principal>(
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
       }
+      // Checked again after the awaits above (the body, the authenticate hook, the load): past the
+      // shutdown's flush the ack writer is closed and drops the ack, and a 200 would tell the client it
+      // was recorded (it never sends it again). 503 `closed` sends it to another replica.
+      if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
       streams.acks.seen(task.id, task.seq, task.createdAt);
       streams.acks.ack(task.id, seq);
       return { taskId: task.id, seq };

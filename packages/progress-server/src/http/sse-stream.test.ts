@@ -1,10 +1,11 @@
-import { request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PROGRESS_SERVER_DEFAULTS } from '../options.js';
 import { ProgressServer } from '../progress-server.js';
 import type { TaskHandle } from '../tasks/task-handle.js';
-import { restorableStore, sleep, startServer, type TestServer } from '../testing/harness.js';
+import { headerAuth, restorableStore, sleep, startServer, type TestServer } from '../testing/harness.js';
 
 /** Issue 14, what-to-build 3: `GET {basePath}/tasks/:id/stream` (Server-Sent Events) and `POST …/ack`. */
 
@@ -395,6 +396,37 @@ describe('GET /tasks/:id/stream', () => {
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
   });
 
+  it('authorizes the task again when it starts over in a new epoch: a restored copy’s task of that id may be another owner’s', async () => {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    env = await startServer({ store, heartbeatIntervalMs: 50 });
+    // The backup holds a task `shared` of bob's; the live store, after the backup was taken, one of alice's.
+    let copies = 0;
+    await restorable.both(async (copy) => {
+      if (copies++ === 1)
+        await copy.createTask({ id: 'shared', owner: 'bob', kind: 'k', message: 'bob secret' });
+    });
+    await store.createTask({ id: 'shared', owner: 'alice', kind: 'k' });
+    const stream = new Stream(await get('/tasks/shared/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    restorable.restore();
+    await store.renewEpoch();
+    // Either the restart's answer (a reset snapshot) or the end of the stream.
+    await within(
+      Promise.race([
+        stream.ended,
+        stream.until(() => stream.frames().some((entry) => entry.frame.reset === true)),
+      ]),
+      'the restart in the new epoch',
+    );
+    // Alice may not watch bob's task: nothing of it reaches her, and the stream ends as for a task gone
+    // (she reconnects and gets the 404 any request for it gets), as a socket's subscription restarted by
+    // the same epoch change is authorized again and refused.
+    expect(JSON.stringify(stream.messages)).not.toContain('bob secret');
+    await within(stream.ended, 'the end of the stream');
+    expect(await streamsClosed(env)).toEqual({ task_gone: 1 });
+  });
+
   it('drops a read of the old epoch still in flight when it starts over in the new one', async () => {
     const restorable = restorableStore();
     // The streams' own reads (limit 500, its maxReplayEvents; the hub reads 1000) read the store at once
@@ -745,6 +777,52 @@ describe('GET /tasks/:id/stream', () => {
     await server.close();
     await within(atShutdown.ended, 'the end at shutdown');
     expect(await streamsClosed(server)).toEqual({ finished: 1, client_left: 1, expired: 1, shutdown: 1 });
+  });
+
+  it('still drops a stalled reader whose stream ended meanwhile (shutdown on an application’s http.Server)', async () => {
+    const store = new MemoryProgressStore();
+    const httpServer = createServer();
+    const progress = new ProgressServer({
+      store,
+      server: httpServer,
+      authenticate: headerAuth,
+      heartbeatIntervalMs: 60_000,
+      // Long enough for the shutdown below to come first, once the writes are refused.
+      sseStallTimeoutMs: 1500,
+    });
+    let held: ServerResponse | undefined;
+    const handler = progress.httpHandler();
+    httpServer.on('request', (request: IncomingMessage, response: ServerResponse) => {
+      held ??= response;
+      handler(request, response);
+    });
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (httpServer.address() as AddressInfo).port;
+      const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+      const response = await new Promise<IncomingMessage>((resolve, reject) => {
+        const request = httpRequest(`http://127.0.0.1:${port}/progress/tasks/${task.id}/stream`, {
+          headers: { 'x-user': 'alice' },
+        });
+        request.on('response', resolve);
+        request.on('error', reject);
+        request.end();
+      });
+      open.push(response);
+      response.pause(); // and never reads again
+      const server = () => held as ServerResponse;
+      await fillUntilStalled(task, server);
+      const closed = new Promise((resolve) => server().once('close', resolve));
+      // The shutdown ends the stream while its buffers are full: the end waits behind them, for ever
+      // since the reader does not read, unless the stall timeout still drops the connection.
+      await progress.close({ timeoutMs: 200 });
+      expect(await streamsClosed({ server: progress } as TestServer)).toEqual({ shutdown: 1 });
+      await within(closed, 'the drop of the stalled connection', 10_000);
+      expect(server().destroyed).toBe(true);
+    } finally {
+      httpServer.closeAllConnections();
+      await new Promise((resolve) => httpServer.close(resolve));
+    }
   });
 
   it('keeps a reader that is only slow: it reads again before the timeout and gets every seq once to the end', async () => {

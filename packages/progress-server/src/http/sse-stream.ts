@@ -135,6 +135,11 @@ export interface StreamRequest {
   readonly from: SseCursor;
   /** Whose stream it is: its reads run in this principal's turn, and it ends when the credential expires. */
   readonly principal: Principal;
+  /**
+   * Whether the principal may watch `task` (the handler's `authorize`, refusing when it throws): asked
+   * again of the task a new epoch's load reads, which may be another task of the same id.
+   */
+  readonly authorize: (task: Task) => Promise<boolean>;
   readonly request: IncomingMessage;
   readonly response: ServerResponse;
   /** Called once, when the stream ends. */
@@ -149,7 +154,7 @@ export interface StreamRequest {
  */
 export function streamTask(
   ctx: StreamContext,
-  { task: opening, from, principal, request, response, release }: StreamRequest,
+  { task: opening, from, principal, authorize, request, response, release }: StreamRequest,
 ): void {
   const taskId = opening.id;
   // The client may have left while the request was authenticated and authorized: its 'close' events
@@ -199,7 +204,14 @@ export function streamTask(
     ctx.metrics.sseStreamsClosed.inc({ reason });
     clearInterval(heartbeat);
     clearTimeout(expiry);
-    clearTimeout(stall);
+    // A full buffer: the end below waits behind it, for ever if the reader never reads again (a stream
+    // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
+    // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
+    // the end finish first.
+    if (draining && stall !== undefined) {
+      const pending = stall;
+      response.once('finish', () => clearTimeout(pending));
+    } else clearTimeout(stall);
     held = undefined;
     response.off('drain', drained);
     stream?.close();
@@ -378,11 +390,24 @@ export function streamTask(
     }
     // `null`: ended, superseded by an epoch change, or the buffer filled meanwhile ('drain' loads again).
     if (task === null || stream !== next || ended) return;
-    load = undefined;
     if (task === undefined) {
       end('task_gone');
       return;
     }
+    // A restored store's task of this id may be another one (another owner's): the stream's authorization
+    // was of the old epoch's task. Refused, it ends as for a task gone, with nothing of it written: the
+    // client's reconnect gets the answer of a missing task, as a socket's restarted subscription does.
+    // `load` stays 'reset' meanwhile: a 'drain' (a heartbeat filled the buffer) begins with a load again.
+    if (kind === 'reset') {
+      const allowed = await authorize(task);
+      // As a load answered after the buffer filled: 'drain' begins again, with a load.
+      if (stream !== next || ended || draining) return;
+      if (!allowed) {
+        end('task_gone');
+        return;
+      }
+    }
+    load = undefined;
     loadedSeq = task.seq;
     loadedRun = task.createdAt;
     let resumed = false;
