@@ -150,7 +150,15 @@ type Message =
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
   | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined; i: number }
-  | { t: 'close'; from: string; code: number; reason: string; ids?: string[] };
+  | {
+      t: 'close';
+      from: string;
+      code: number;
+      reason: string;
+      ids?: string[];
+      /** The socket whose credential the server refused, and its own close (see `#failReal`). */
+      refused?: { id: string; code: number; reason: string } | undefined;
+    };
 
 /** A message as posted: `post` says which tab it is from. */
 type Unsent = Message extends infer M ? (M extends Message ? Omit<M, 'from'> : never) : never;
@@ -160,6 +168,12 @@ const OPEN = 1;
 const CLOSED = 3;
 /** Closes the virtual sockets when the leader changed: not fatal, the clients reconnect. */
 const LEADER_GONE = 1001;
+/**
+ * Close codes by which the server refuses the credential in force (4001 unauthenticated, 4011 expired):
+ * one tab's, which only that tab's client may take for its own. A second 4011 before a `hello`, or any
+ * 4001, ends a client for good.
+ */
+const CREDENTIAL_REFUSED = new Set([4001, 4011]);
 const noop = (): void => undefined;
 
 /** A socket as the client sees it; the leader tab carries its frames. @internal */
@@ -246,6 +260,8 @@ class TabHub {
   /** The real socket's `hello`, handed to each socket that joins it, with the store's current epoch. */
   #hello: Frame | undefined;
   #authSent = false;
+  /** The socket whose `auth` the real socket sent last: the credential the server checks, or has in force. */
+  #authBy: string | undefined;
   readonly #peers = new Map<string, Peer>();
   /**
    * Per task, the highest ack seq forwarded, and the index of the last reset snapshot of it relayed: a
@@ -397,10 +413,13 @@ class TabHub {
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
         const named = (this.#fromLeader(message) && message.ids) || [];
+        const refused = message.refused;
+        const own = typeof refused?.code === 'number' ? refused : undefined;
         for (const socket of this.#sockets.values()) {
           if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
-          socket.closed(message.code, message.reason);
+          if (own?.id === socket.id) socket.closed(own.code, String(own.reason));
+          else socket.closed(message.code, message.reason);
         }
         return;
       }
@@ -467,6 +486,7 @@ class TabHub {
           if (this.#authSent) return;
         }
         this.#authSent = true;
+        this.#authBy = id;
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
@@ -549,6 +569,7 @@ class TabHub {
     this.#real = real;
     this.#hello = undefined;
     this.#authSent = false;
+    this.#authBy = undefined;
     this.#acked.clear();
     real.onopen = () => {
       for (const id of this.#peers.keys()) this.#openPeer(id);
@@ -557,10 +578,11 @@ class TabHub {
       const data = String(event.data);
       // Parsed until the hello (the first frame, from a server that works; never empty), then only what
       // names a code that ends a watch (the client's FATAL_TASK_ERRORS; quoted, a code matches only when
-      // it is one of the two) or refuses one tab's subscribe (`rate_limited`), or may be a reset snapshot
-      // (a `"reset"` key).
+      // it is one of the two) or refuses one tab's subscribe (`rate_limited`) or credential, or may be a
+      // reset snapshot (a `"reset"` key).
       const frame =
-        !this.#hello || /"(task_not_found|forbidden|rate_limited|reset)"/.test(data)
+        !this.#hello ||
+        /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired)"/.test(data)
           ? parse(data)
           : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
@@ -584,6 +606,14 @@ class TabHub {
         // if the socket has one, goes on: only that tab retries. Relayed to all, every tab watching the
         // task would report it and subscribe again, N frames more from a socket already over its budget.
         to = frame.requestId as string | undefined;
+      } else if (
+        frame?.type === 'error' &&
+        frame.taskId === undefined &&
+        /"(unauthenticated|token_expired)"/.test(`"${frame.code}"`)
+      ) {
+        // The refusal of the credential the latest `auth` sent (a renewal's, or the socket's first): one
+        // tab's, as the close that follows it (see `#failReal`). The other tabs' credentials were not refused.
+        to = this.#authBy;
       }
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
@@ -604,12 +634,27 @@ class TabHub {
     real.onerror = noop;
   }
 
-  /** The real socket is gone: so are the virtual ones; their clients reconnect (and reopen it). */
+  /**
+   * The real socket is gone: so are the virtual ones; their clients reconnect (and reopen it). A close
+   * refusing the credential refuses one tab's (the latest `auth` sent): that tab's client gets it, the
+   * others a close they reconnect after, with their own credential. Passed to all, one tab's invalid or
+   * expired token ended every tab's client for good (4001, or a second 4011 before a `hello`).
+   */
   #failReal(code: number, reason: string): void {
     this.#real = undefined;
     const ids = [...this.#peers.keys()];
     this.#peers.clear();
-    this.post({ t: 'close', code, reason, ids });
+    const by = this.#authBy;
+    if (CREDENTIAL_REFUSED.has(code) && by !== undefined) {
+      const refused = { id: by, code, reason };
+      this.post({
+        t: 'close',
+        code: LEADER_GONE,
+        reason: "another tab's credential was refused",
+        ids,
+        refused,
+      });
+    } else this.post({ t: 'close', code, reason, ids });
   }
 
   #closeReal(code: number, reason: string): void {
