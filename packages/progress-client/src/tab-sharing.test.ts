@@ -697,6 +697,40 @@ describe('tab sharing', () => {
     await fresh.close();
   });
 
+  it("a tab whose token function hands out expired credentials does not end the other tabs' clients with its second expiry", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [staleTab, freshTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const stale = clientIn(staleTab, server, { token: () => 'expired' });
+    const staleWatch = stale.watch('t1');
+    const first = await acceptReal(server, 1);
+    const fresh = clientIn(freshTab, server, { token: () => 'tok' });
+    const watch = fresh.watch('t1');
+    await vi.waitFor(() => expect(first.frames('subscribe')).toHaveLength(2));
+    // The credential in force (the stale tab's) expires: 4011.
+    first.push({ type: 'error', code: 'token_expired', message: 'The credential expired' });
+    first.serverClose(4011, 'The credential expired; reconnect with a fresh one');
+    // The stale tab reconnects at once and its auth goes first: the server refuses it at once, 4011 again.
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(2));
+    const second = server.last;
+    second.open();
+    await vi.waitFor(() =>
+      expect(second.frames('auth')).toEqual([expect.objectContaining({ token: 'expired' })]),
+    );
+    second.push({ type: 'error', code: 'token_expired', message: 'The credential expired' });
+    second.serverClose(4011, 'The credential expired; reconnect with a fresh one');
+    await expect(staleWatch.done).rejects.toMatchObject({ code: 'token_expired' });
+    // Before, the fresh tab's client took both closes for its own: a second expiry before a hello, fatal.
+    const third = await acceptReal(server, 3);
+    expect(third.frames('auth')).toEqual([expect.objectContaining({ token: 'tok' })]);
+    await vi.waitFor(() => expect(third.frames('subscribe')).toHaveLength(1));
+    const task = new FakeTask('t1', 1);
+    third.push({ type: 'snapshot', task: task.view() });
+    third.push({ type: 'event', event: task.end('completed') });
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    await fresh.close();
+  });
+
   it("a renewal the server refuses (another principal's token) ends only the client of the tab that renewed; the others hear no error and resume", async () => {
     const browser = new Browser();
     const server = new FakeServer();
