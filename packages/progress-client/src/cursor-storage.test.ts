@@ -205,4 +205,24 @@ describe('cursor storage', () => {
       delete (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
     }
   });
+
+  it('gives a storage that keeps nothing, instead of throwing, where reading sessionStorage is denied (a sandboxed frame, storage blocked)', () => {
+    // Browsers throw a SecurityError from the `sessionStorage` getter itself there.
+    Object.defineProperty(globalThis, 'sessionStorage', {
+      configurable: true,
+      get: () => {
+        throw new DOMException('Access is denied for this document.', 'SecurityError');
+      },
+    });
+    try {
+      // Before, the SecurityError came out of sessionCursorStorage(): a page creating its client with
+      // `persistence: sessionCursorStorage()` failed to load, though persistence is best effort.
+      const cursors = sessionCursorStorage().forServer(A);
+      expect(cursors.saveView(watchViewOf(task), undefined)).toBe(true);
+      expect(cursors.restore('t1')).toBeUndefined();
+      expect(() => cursors.remove('t1')).not.toThrow();
+    } finally {
+      delete (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
+    }
+  });
 });
