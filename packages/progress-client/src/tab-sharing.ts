@@ -156,8 +156,8 @@ type Message =
       code: number;
       reason: string;
       ids?: string[];
-      /** The socket whose credential the server refused, and its own close (see `#failReal`). */
-      refused?: { id: string; code: number; reason: string } | undefined;
+      /** The one socket the close is for, the others closing with 1001 (see `#failReal`). */
+      by?: string | undefined;
     };
 
 /** A message as posted: `post` says which tab it is from. */
@@ -168,12 +168,6 @@ const OPEN = 1;
 const CLOSED = 3;
 /** Closes the virtual sockets when the leader changed: not fatal, the clients reconnect. */
 const LEADER_GONE = 1001;
-/**
- * Close codes by which the server refuses the credential in force (4001 unauthenticated, 4011 expired):
- * one tab's, which only that tab's client may take for its own. A second 4011 before a `hello`, or any
- * 4001, ends a client for good.
- */
-const CREDENTIAL_REFUSED = new Set([4001, 4011]);
 const noop = (): void => undefined;
 
 /** A socket as the client sees it; the leader tab carries its frames. @internal */
@@ -413,13 +407,11 @@ class TabHub {
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
         const named = (this.#fromLeader(message) && message.ids) || [];
-        const refused = message.refused;
-        const own = typeof refused?.code === 'number' ? refused : undefined;
         for (const socket of this.#sockets.values()) {
           if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
-          if (own?.id === socket.id) socket.closed(own.code, String(own.reason));
-          else socket.closed(message.code, message.reason);
+          // A refusal of one tab's credential is that socket's; the others reconnect (see `#failReal`).
+          socket.closed((message.by ?? socket.id) === socket.id ? message.code : LEADER_GONE, message.reason);
         }
         return;
       }
@@ -606,14 +598,10 @@ class TabHub {
         // if the socket has one, goes on: only that tab retries. Relayed to all, every tab watching the
         // task would report it and subscribe again, N frames more from a socket already over its budget.
         to = frame.requestId as string | undefined;
-      } else if (
-        frame?.type === 'error' &&
-        frame.taskId === undefined &&
-        /"(unauthenticated|token_expired)"/.test(`"${frame.code}"`)
-      ) {
-        // The refusal of the credential the latest `auth` sent (a renewal's, or the socket's first): one
-        // tab's, as the close that follows it (see `#failReal`). The other tabs' credentials were not refused.
-        to = this.#authBy;
+      } else if (frame?.type === 'error') {
+        // The refusal of the credential the latest `auth` sent (a renewal's, or the socket's first) goes to
+        // that tab, as the close after it (see `#failReal`); any other error to all.
+        to = this.#credential(frame.code);
       }
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
@@ -644,17 +632,16 @@ class TabHub {
     this.#real = undefined;
     const ids = [...this.#peers.keys()];
     this.#peers.clear();
-    const by = this.#authBy;
-    if (CREDENTIAL_REFUSED.has(code) && by !== undefined) {
-      const refused = { id: by, code, reason };
-      this.post({
-        t: 'close',
-        code: LEADER_GONE,
-        reason: "another tab's credential was refused",
-        ids,
-        refused,
-      });
-    } else this.post({ t: 'close', code, reason, ids });
+    this.post({ t: 'close', code, reason, ids, by: this.#credential(code) });
+  }
+
+  /**
+   * The socket whose credential a close or error `code` refuses (4001 unauthenticated, 4011 expired), else
+   * `undefined`: one tab's credential, whose refusal only that tab's client may take for its own (a second
+   * 4011 before a `hello`, or any 4001, ends a client for good).
+   */
+  #credential(code: unknown): string | undefined {
+    return /^(4001|4011|unauthenticated|token_expired)$/.test(String(code)) ? this.#authBy : undefined;
   }
 
   #closeReal(code: number, reason: string): void {
