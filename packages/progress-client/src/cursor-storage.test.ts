@@ -12,6 +12,7 @@ import {
   type WebStorageLike,
 } from './persist.js';
 import { FakeTask } from './testing/fake-server.js';
+import { setup } from './testing/harness.js';
 
 class MapStorage implements WebStorageLike {
   readonly map = new Map<string, string>();
@@ -201,6 +202,56 @@ describe('cursor storage', () => {
     try {
       sessionCursorStorage('s:').forServer(A).saveView(watchViewOf(task), undefined);
       expect([...backing.map.keys()]).toEqual([`s:${cursorKey('t1', A)}`]);
+    } finally {
+      delete (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
+    }
+  });
+
+  it('a storage of your own whose save and remove throw (a full quota) costs only the resume: acks, the unsubscribe and close() still go', async () => {
+    const full: CursorStorage = {
+      load: () => undefined,
+      save: () => {
+        throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+      },
+      remove: () => {
+        throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+      },
+    };
+    const { client, server, scheduler } = setup({ persistence: persistCursors(full), ackDelayMs: 0 });
+    const [first, second] = [client.watch('t1'), client.watch('t2')];
+    const socket = server.accept();
+    const one = new FakeTask('t1', 2);
+    socket.push({ type: 'snapshot', task: one.view() });
+    socket.push({ type: 'event', event: one.item('a') });
+    await scheduler.advance(0);
+    // Before, the save's throw left the ack unsent (and out of the socket's message handler).
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+    socket.push({ type: 'event', event: one.end() });
+    await first.done;
+    // Before, the remove's throw kept the terminal ack and the unsubscribe from going out.
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 });
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    // Before, close() threw to the page and the watch's subscription stayed.
+    expect(() => second.close()).not.toThrow();
+    expect(socket.frames('unsubscribe').at(-1)).toEqual({ type: 'unsubscribe', taskId: 't2' });
+    await client.close();
+  });
+
+  it('gives a storage that keeps nothing, instead of throwing, where reading sessionStorage is denied (a sandboxed frame, storage blocked)', () => {
+    // Browsers throw a SecurityError from the `sessionStorage` getter itself there.
+    Object.defineProperty(globalThis, 'sessionStorage', {
+      configurable: true,
+      get: () => {
+        throw new DOMException('Access is denied for this document.', 'SecurityError');
+      },
+    });
+    try {
+      // Before, the SecurityError came out of sessionCursorStorage(): a page creating its client with
+      // `persistence: sessionCursorStorage()` failed to load, though persistence is best effort.
+      const cursors = sessionCursorStorage().forServer(A);
+      expect(cursors.saveView(watchViewOf(task), undefined)).toBe(true);
+      expect(cursors.restore('t1')).toBeUndefined();
+      expect(() => cursors.remove('t1')).not.toThrow();
     } finally {
       delete (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
     }

@@ -16,7 +16,8 @@ import { decodeServerText } from './frame-check.js';
  * Where the client keeps cursors: entries by key. A key is the task's id and the client's scope (by default
  * the server's URL, see {@link cursorKey}), so the clients of two servers on one page never read each
  * other's cursor of two tasks that share an id. Implementations should not throw: persistence is best
- * effort, and a full or disabled storage only costs the resume after a reload. Whatever `load` returns
+ * effort, and a full or disabled storage only costs the resume after a reload (a `load`, `save` or
+ * `remove` that throws anyway is caught, and costs no more than that). Whatever `load` returns
  * is validated before use, so a tampered, outdated or foreign entry is ignored, never trusted. The
  * storages of `@finishline/client/persist` can be passed as `persistence` as they are; bind your own
  * implementation with `persistCursors(storage)` from that entry.
@@ -94,8 +95,23 @@ export function cursorKey(taskId: string, scope: string): string {
 export function bindCursors(storage: CursorStorage, scope: string): ServerCursors {
   return {
     restore: (taskId) => readStoredTask(storage, taskId, cursorKey(taskId, scope)),
-    saveView: (view, epoch) => saveView(storage, cursorKey(view.taskId, scope), view, epoch),
-    remove: (taskId) => storage.remove(cursorKey(taskId, scope)),
+    // A storage of the page's own that throws anyway (a full quota) costs only the resume, as a refused
+    // load does: thrown here, it came out of the client's ack step, and the ack, the unsubscribe after a
+    // terminal one, and a watch's close() were never done (the socket's message handler threw instead).
+    saveView: (view, epoch) => {
+      try {
+        return saveView(storage, cursorKey(view.taskId, scope), view, epoch);
+      } catch {
+        return false;
+      }
+    },
+    remove: (taskId) => {
+      try {
+        storage.remove(cursorKey(taskId, scope));
+      } catch {
+        // As in saveView: the entry stays, and a later watch of the id resumes from it (see acks.ts).
+      }
+    },
   };
 }
 

@@ -154,7 +154,8 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
  * reload resumes each watch from its cursor.
  *
  * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}). Default `'finishline:'`.
- * @throws ProgressError `invalid_input` where there is no `sessionStorage` (Node, a worker).
+ * @throws ProgressError `invalid_input` where there is no `sessionStorage` (Node, a worker). Where the
+ *   page may not read it (a sandboxed frame, storage blocked), the storage keeps nothing instead.
  *
  * @example
  * ```ts
@@ -164,7 +165,22 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
  * ```
  */
 export function sessionCursorStorage(keyPrefix?: string): WebStorageCursorStorage {
-  const storage = (globalThis as { sessionStorage?: WebStorageLike }).sessionStorage;
+  const scope = globalThis as { sessionStorage?: WebStorageLike };
+  let storage: WebStorageLike | undefined;
+  try {
+    storage = scope.sessionStorage;
+  } catch {
+    // The getter itself throws a SecurityError where the page may not use storage (a sandboxed frame, an
+    // embedded page whose storage the browser blocks). Persistence is best effort: no resume after a
+    // reload, as when the storage refuses a write. Asked again at each use (the storage's own `catch`
+    // takes the refusal), in case the page is granted access later; a throw here failed the page's client.
+    const session = (): WebStorageLike => scope.sessionStorage as WebStorageLike;
+    storage = {
+      getItem: (key) => session().getItem(key),
+      setItem: (key, value) => session().setItem(key, value),
+      removeItem: (key) => session().removeItem(key),
+    };
+  }
   if (storage === undefined) {
     throw new ProgressError(
       ErrorCode.InvalidInput,

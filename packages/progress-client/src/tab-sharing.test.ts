@@ -659,6 +659,120 @@ describe('tab sharing', () => {
     await Promise.all(clients.map((client) => client.close()));
   });
 
+  it('a credential the server refuses ends only the client of the tab that sent it: the other tabs reconnect with their own and keep watching', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [staleTab, freshTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    // A tab opened long ago, whose page holds a credential that is no longer valid, leads.
+    const stale = clientIn(staleTab, server, { token: 'stale' });
+    const refusedWatch = stale.watch('t1');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(1));
+    const first = server.last;
+    first.open();
+    await vi.waitFor(() =>
+      expect(first.frames('auth')).toEqual([expect.objectContaining({ token: 'stale' })]),
+    );
+    const fresh = clientIn(freshTab, server);
+    const errors: string[] = [];
+    fresh.on('error', (error) => errors.push(error.code));
+    const watch = fresh.watch('t1');
+    const log = record(watch);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    // The server refuses the first auth frame, the stale tab's: an error, then close 4001.
+    first.push({ type: 'error', code: 'unauthenticated', message: 'Invalid credentials' });
+    first.serverClose(4001, 'Invalid credentials');
+    await expect(refusedWatch.done).rejects.toMatchObject({ code: 'unauthenticated' });
+    // Before, every tab's client took the close for its own and ended for good (state closed,
+    // unauthenticated), though only the stale tab's credential was refused.
+    const second = await acceptReal(server, 2);
+    expect(second.frames('auth')).toEqual([expect.objectContaining({ token: 'tok' })]);
+    await vi.waitFor(() => expect(second.frames('subscribe')).toHaveLength(1));
+    const task = new FakeTask('t1', 1);
+    second.push({ type: 'snapshot', task: task.view() });
+    second.push({ type: 'event', event: task.end('completed') });
+    await watch.done;
+    expect(log).toEqual(['snapshot@0', 'completed@1', 'finished@1']);
+    expect(errors).toEqual([]);
+    expect(browser.locksOf(staleTab)).toEqual([]);
+    await fresh.close();
+  });
+
+  it("a tab whose token function hands out expired credentials does not end the other tabs' clients with its second expiry", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [staleTab, freshTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const stale = clientIn(staleTab, server, { token: () => 'expired' });
+    const staleWatch = stale.watch('t1');
+    const first = await acceptReal(server, 1);
+    const fresh = clientIn(freshTab, server, { token: () => 'tok' });
+    const watch = fresh.watch('t1');
+    await vi.waitFor(() => expect(first.frames('subscribe')).toHaveLength(2));
+    // The credential in force (the stale tab's) expires: 4011.
+    first.push({ type: 'error', code: 'token_expired', message: 'The credential expired' });
+    first.serverClose(4011, 'The credential expired; reconnect with a fresh one');
+    // The stale tab reconnects at once and its auth goes first: the server refuses it at once, 4011 again.
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(2));
+    const second = server.last;
+    second.open();
+    await vi.waitFor(() =>
+      expect(second.frames('auth')).toEqual([expect.objectContaining({ token: 'expired' })]),
+    );
+    second.push({ type: 'error', code: 'token_expired', message: 'The credential expired' });
+    second.serverClose(4011, 'The credential expired; reconnect with a fresh one');
+    await expect(staleWatch.done).rejects.toMatchObject({ code: 'token_expired' });
+    // Before, the fresh tab's client took both closes for its own: a second expiry before a hello, fatal.
+    const third = await acceptReal(server, 3);
+    expect(third.frames('auth')).toEqual([expect.objectContaining({ token: 'tok' })]);
+    await vi.waitFor(() => expect(third.frames('subscribe')).toHaveLength(1));
+    const task = new FakeTask('t1', 1);
+    third.push({ type: 'snapshot', task: task.view() });
+    third.push({ type: 'event', event: task.end('completed') });
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    await fresh.close();
+  });
+
+  it("a renewal the server refuses (another principal's token) ends only the client of the tab that renewed; the others hear no error and resume", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const tokens = ['tok', 'tok'];
+    const clients = [browser.tab(), browser.tab()].map((tab, index) =>
+      clientIn(tab, server, { token: () => tokens[index] as string }),
+    ) as [ProgressClient, ProgressClient];
+    const errors: string[][] = [[], []];
+    for (const [index, client] of clients.entries())
+      client.on('error', (error) => errors[index]?.push(error.code));
+    const watches = clients.map((client) => client.watch('t1'));
+    const first = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(first.frames('subscribe')).toHaveLength(2));
+    const task = new FakeTask('t1', 2);
+    first.push({ type: 'snapshot', task: task.view() });
+    await vi.waitFor(() => {
+      for (const watch of watches) expect(watch.getSnapshot().status).toBe('running');
+    });
+    // The second tab's page logged in as someone else, and renews with that token: the server refuses it.
+    tokens[1] = 'bob';
+    expect(await clients[1].renewToken()).toBe(true);
+    await vi.waitFor(() => expect(first.frames('auth')).toHaveLength(2));
+    first.push({
+      type: 'error',
+      code: 'unauthenticated',
+      message: 'auth must keep the principal of the socket',
+    });
+    first.serverClose(4001, 'auth must keep the principal of the socket');
+    await expect(watches[1]?.done).rejects.toMatchObject({ code: 'unauthenticated' });
+    const second = await acceptReal(server, 2);
+    await vi.waitFor(() =>
+      expect(second.frames('subscribe')).toEqual([expect.objectContaining({ afterSeq: 0 })]),
+    );
+    second.push({ type: 'event', event: task.item('a') });
+    second.push({ type: 'event', event: task.end('completed') });
+    await watches[0]?.done;
+    // Before, the first tab heard the second's refusal as its own error, and its client ended with it.
+    expect(errors[0]).toEqual([]);
+    expect(clients[1].state).toBe('closed');
+    await clients[0].close();
+  });
+
   it('a tab behind a leader whose server selected version 1 speaks version 1', async () => {
     const browser = new Browser();
     const server = new FakeServer();

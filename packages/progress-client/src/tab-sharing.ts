@@ -150,7 +150,15 @@ type Message =
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
   | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined; i: number }
-  | { t: 'close'; from: string; code: number; reason: string; ids?: string[] };
+  | {
+      t: 'close';
+      from: string;
+      code: number;
+      reason: string;
+      ids?: string[];
+      /** The one socket the close is for, the others closing with 1001 (see `#failReal`). */
+      by?: string | undefined;
+    };
 
 /** A message as posted: `post` says which tab it is from. */
 type Unsent = Message extends infer M ? (M extends Message ? Omit<M, 'from'> : never) : never;
@@ -246,6 +254,8 @@ class TabHub {
   /** The real socket's `hello`, handed to each socket that joins it, with the store's current epoch. */
   #hello: Frame | undefined;
   #authSent = false;
+  /** The socket whose `auth` the real socket sent last: the credential the server checks, or has in force. */
+  #authBy: string | undefined;
   readonly #peers = new Map<string, Peer>();
   /**
    * Per task, the highest ack seq forwarded, and the index of the last reset snapshot of it relayed: a
@@ -400,7 +410,8 @@ class TabHub {
         for (const socket of this.#sockets.values()) {
           if (socket.leader !== message.from && !named.includes(socket.id)) continue;
           this.#sockets.delete(socket.id);
-          socket.closed(message.code, message.reason);
+          // A refusal of one tab's credential is that socket's; the others reconnect (see `#failReal`).
+          socket.closed((message.by ?? socket.id) === socket.id ? message.code : LEADER_GONE, message.reason);
         }
         return;
       }
@@ -467,6 +478,7 @@ class TabHub {
           if (this.#authSent) return;
         }
         this.#authSent = true;
+        this.#authBy = id;
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
@@ -549,6 +561,7 @@ class TabHub {
     this.#real = real;
     this.#hello = undefined;
     this.#authSent = false;
+    this.#authBy = undefined;
     this.#acked.clear();
     real.onopen = () => {
       for (const id of this.#peers.keys()) this.#openPeer(id);
@@ -557,10 +570,11 @@ class TabHub {
       const data = String(event.data);
       // Parsed until the hello (the first frame, from a server that works; never empty), then only what
       // names a code that ends a watch (the client's FATAL_TASK_ERRORS; quoted, a code matches only when
-      // it is one of the two) or refuses one tab's subscribe (`rate_limited`), or may be a reset snapshot
-      // (a `"reset"` key).
+      // it is one of the two) or refuses one tab's subscribe (`rate_limited`) or credential, or may be a
+      // reset snapshot (a `"reset"` key).
       const frame =
-        !this.#hello || /"(task_not_found|forbidden|rate_limited|reset)"/.test(data)
+        !this.#hello ||
+        /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired)"/.test(data)
           ? parse(data)
           : undefined;
       const hello = frame?.type === 'hello' && !this.#hello;
@@ -584,6 +598,10 @@ class TabHub {
         // if the socket has one, goes on: only that tab retries. Relayed to all, every tab watching the
         // task would report it and subscribe again, N frames more from a socket already over its budget.
         to = frame.requestId as string | undefined;
+      } else if (frame?.type === 'error') {
+        // The refusal of the credential the latest `auth` sent (a renewal's, or the socket's first) goes to
+        // that tab, as the close after it (see `#failReal`); any other error to all.
+        to = this.#credential(frame.code);
       }
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
@@ -604,12 +622,26 @@ class TabHub {
     real.onerror = noop;
   }
 
-  /** The real socket is gone: so are the virtual ones; their clients reconnect (and reopen it). */
+  /**
+   * The real socket is gone: so are the virtual ones; their clients reconnect (and reopen it). A close
+   * refusing the credential refuses one tab's (the latest `auth` sent): that tab's client gets it, the
+   * others a close they reconnect after, with their own credential. Passed to all, one tab's invalid or
+   * expired token ended every tab's client for good (4001, or a second 4011 before a `hello`).
+   */
   #failReal(code: number, reason: string): void {
     this.#real = undefined;
     const ids = [...this.#peers.keys()];
     this.#peers.clear();
-    this.post({ t: 'close', code, reason, ids });
+    this.post({ t: 'close', code, reason, ids, by: this.#credential(code) });
+  }
+
+  /**
+   * The socket whose credential a close or error `code` refuses (4001 unauthenticated, 4011 expired), else
+   * `undefined`: one tab's credential, whose refusal only that tab's client may take for its own (a second
+   * 4011 before a `hello`, or any 4001, ends a client for good).
+   */
+  #credential(code: unknown): string | undefined {
+    return /^(4001|4011|unauthenticated|token_expired)$/.test(String(code)) ? this.#authBy : undefined;
   }
 
   #closeReal(code: number, reason: string): void {
