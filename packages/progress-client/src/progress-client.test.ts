@@ -136,6 +136,30 @@ describe('connection', () => {
     expect(socket.closedWith).toEqual([]);
     await client.close();
   });
+
+  it('paces the resubscribes an invalid frame about a watch asks for, as a refused subscribe is paced', async () => {
+    // A server that keeps sending a frame this client rejects (one newer than the client, a proxy that
+    // mangles it) answers each resubscribe with it again: resubscribed at once every time, the watch asked
+    // for it as fast as the round trip allowed (here: every 10 ms step of a 10 s run, about 1,000 times).
+    const { client, socket, scheduler, errors, task } = subscribed({ reconnect: { initialDelayMs: 1000 } });
+    socket.push(snap(task.view()));
+    socket.sent.length = 0;
+    const invalid = '{"type":"event","event":{"taskId":"t1","seq":6,"type":"from-the-future"}}';
+    socket.push(invalid);
+    let answered = 0;
+    for (let step = 0; step < 1000; step++) {
+      await scheduler.advance(10);
+      const subscribes = socket.frames('subscribe').length;
+      if (subscribes > answered) {
+        answered = subscribes;
+        socket.push(invalid);
+      }
+    }
+    // At once, then 500, 1,000, 2,000 and 4,000 ms later (random() is 0.5: half of each backoff step).
+    expect(answered).toBe(5);
+    expect(errors.map((error) => error.code)).toEqual(Array(6).fill(ErrorCode.InvalidFrame));
+    await client.close();
+  });
 });
 
 describe('delivery', () => {
@@ -720,13 +744,14 @@ describe('lost frames on a healthy connection', () => {
   });
 
   it('resyncs a task when a frame about it cannot be decoded', async () => {
-    const { client, socket, task, errors } = subscribed();
+    const { client, socket, task, errors, scheduler } = subscribed();
     socket.push(snap(task.view()));
     socket.sent.length = 0;
     const broken = { ...task.item('a'), extra: true };
     socket.push(JSON.stringify({ type: 'event', event: broken }));
     expect(errors).toHaveLength(1);
     expect(errors[0]).toMatchObject({ code: ErrorCode.InvalidFrame, taskId: 't1' });
+    await scheduler.advance(0); // at once (a timer of 0 ms): only a second invalid frame in a row waits
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     await client.close();
   });

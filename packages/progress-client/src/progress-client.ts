@@ -251,9 +251,12 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       },
       onError: (error) => {
         this.emit('error', error);
-        // An invalid frame about a watched task may have carried one of its events: fetch it again.
+        // An invalid frame about a watched task may have carried one of its events: fetch it again, at once
+        // the first time, then paced as a refused subscribe is until something is delivered (a server that
+        // keeps sending a frame this client rejects answered each resubscribe with it again, as fast as the
+        // round trip allowed).
         const task = error.taskId === undefined ? undefined : this.#tasks.get(error.taskId);
-        if (task !== undefined) this.#resync(task);
+        if (task !== undefined) this.#retryLater(task, 1);
       },
       wantsSocket: () => {
         for (const task of this.#tasks.values()) if (!task.socketDone) return true;
@@ -406,8 +409,17 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     }
     task.task.emitError(error);
     // The server may have refused the subscription (rate limit, subscription cap, store down): try again.
+    this.#retryLater(task);
+  }
+
+  /**
+   * Resubscribes `task` after a backoff that grows until something is delivered to it; the first `atOnce`
+   * retries without waiting.
+   */
+  #retryLater(task: TaskSubscription, atOnce = 0): void {
     task.retryAfterError(
-      (retries) => resolvedBackoffDelayMs(retries, this.#o.reconnect, this.#o.random),
+      (retries) =>
+        retries < atOnce ? 0 : resolvedBackoffDelayMs(retries - atOnce, this.#o.reconnect, this.#o.random),
       () => this.#resync(task),
     );
   }
