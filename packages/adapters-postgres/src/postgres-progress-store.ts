@@ -389,6 +389,11 @@ export class PostgresProgressStore implements ProgressStore {
    * back no other ack meanwhile.
    */
   #ackLater(call: BatchedCall<AckCall, number>): void {
+    // Its batch was in flight when close() cleared the retries: no retry after close, and no timer left.
+    if (this.#closed) {
+      call.reject(storeClosed());
+      return;
+    }
     const delayMs = call.input.retryMs ?? ACK_LOCKED_FIRST_RETRY_MS;
     const timer = setTimeout(() => {
       this.#ackRetries.delete(timer);

@@ -18,9 +18,11 @@ import {
   dropSchema,
   eventually,
   freshSchema,
+  gate,
   newPool,
   oneTo,
   pgUrl,
+  queryHookedPool,
   Recorder,
   settlesWithin,
 } from './support.js';
@@ -309,6 +311,47 @@ describe('acks', () => {
       // Skipped at 0, 50, 150 and 350 ms: the next ask is due around 750 ms, well after the close below.
       await new Promise((resolve) => setTimeout(resolve, 400));
       await store.close();
+      await Promise.resolve();
+      expect(outcome).toMatchObject({ code: 'closed' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
+  it('whose statement is in flight when the store closes, and finds the row held, reject with closed', async () => {
+    const schema = await migrated();
+    // The ack statement waits at the gate until the store is closing.
+    let armed = false;
+    const reached = gate();
+    const release = gate();
+    const hooked = queryHookedPool(pool, async (_client, { text }, run) => {
+      if (armed && text.includes('SKIP LOCKED') && text.includes('acked_seq')) {
+        armed = false;
+        reached.open();
+        await release.promise;
+      }
+      return run();
+    });
+    const store = await open({ schema, pool: hooked });
+    await tasksWithEvents(store, ['a'], 2);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
+      armed = true;
+      const ack = store.ack('a', 2);
+      let outcome: unknown;
+      ack.then(
+        () => (outcome = 'written'),
+        (error: unknown) => (outcome = error),
+      );
+      await reached.promise;
+      const closing = store.close();
+      // The statement runs now, while close() waits for it, and skips the held row.
+      release.open();
+      await closing;
       await Promise.resolve();
       expect(outcome).toMatchObject({ code: 'closed' });
     } finally {
