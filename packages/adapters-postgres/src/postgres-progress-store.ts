@@ -195,7 +195,20 @@ export class PostgresProgressStore implements ProgressStore {
       channel,
     };
     this.#purgeTarget = { ...this.#target, purged: sql.id(this.#schema, 'purged'), meta: this.#meta };
-    this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
+    // The caller's logging hooks: one that throws must not stop what called it (a reconnect not scheduled,
+    // the poll or the barriers stopped for good, an append's promise never settled), nor reach pg's
+    // socket handlers as an uncaught exception. What they throw is dropped.
+    const onError = (error: ProgressError) => {
+      try {
+        options.onError(error);
+      } catch {}
+    };
+    const onListenerError = (error: unknown) => {
+      try {
+        options.onListenerError(error);
+      } catch {}
+    };
+    this.#hub = new ChangeFeedHub(options.clock, onListenerError);
     this.#listener = new ListenConnection({
       hub: this.#hub,
       db: this.#db,
@@ -208,14 +221,14 @@ export class PostgresProgressStore implements ProgressStore {
       watermarkIntervalMs: options.watermarkIntervalMs,
       reconnect: options.reconnect,
       clock: options.clock,
-      onError: options.onError,
+      onError,
     });
     this.#poll = new SafetyNetPoll({
       hub: this.#hub,
       intervalMs: options.pollIntervalMs,
       readLatest: (taskIds) => this.#readLatest(taskIds),
       rereading: () => this.#listener.rereading(),
-      onError: options.onError,
+      onError,
     });
     this.#feed = new StoreChangeFeed({ hub: this.#hub, listener: this.#listener, poll: this.#poll });
     this.#appendStatements = new AppendStatements(this.#db, this.#target);
