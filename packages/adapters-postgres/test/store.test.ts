@@ -529,6 +529,45 @@ describe('acks', () => {
   });
 });
 
+describe('lease renewals', () => {
+  it("of one tick are not held back by a row another transaction holds: the other tasks' leases renew", async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      // As an append transaction of a replica frozen before its COMMIT holds its task's row.
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      // One tick: one batch. The lease of 'free' must not wait for 'held' (nor for its next renewal).
+      const held = store.renewLease('held', 'replica', 60_000);
+      const free = store.renewLease('free', 'replica', 60_000);
+      // A liveness bound, not a timing assertion: the renewal takes milliseconds, or waits for the holder.
+      expect(
+        await settlesWithin(
+          free.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await expect(free).resolves.toMatchObject({ id: 'free', leaseOwner: 'replica' });
+      const next = store.renewLease('free', 'replica', 60_000);
+      expect(
+        await settlesWithin(
+          next.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await holder.query('ROLLBACK');
+      // Once the row is free again the held one renews too.
+      await expect(held).resolves.toMatchObject({ id: 'held', leaseOwner: 'replica' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+});
+
 describe('connection failures', () => {
   it('turn into store_unavailable with the driver error as cause', async () => {
     const schema = await migrated();
