@@ -566,6 +566,30 @@ describe('lease renewals', () => {
       await holder.end();
     }
   });
+  it('that wait for a held row reject with closed when the store closes', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      let outcome: unknown;
+      store.renewLease('held', 'replica', 60_000).then(
+        () => (outcome = 'renewed'),
+        (error: unknown) => (outcome = error),
+      );
+      // Wherever the renewal is then (in a pass, or waiting to be asked again), close settles it.
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      await store.close();
+      await Promise.resolve();
+      expect(outcome).toMatchObject({ code: 'closed' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
 });
 
 describe('connection failures', () => {
