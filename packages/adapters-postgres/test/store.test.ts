@@ -147,6 +147,42 @@ describe('migrations', () => {
 });
 
 describe('appends', () => {
+  it("to a free task are not held back by a transaction in flight that waits for another task's row", async () => {
+    const schema = await migrated();
+    // Armed once the store's transaction for 'held' is sent: the append to 'free' must come after it.
+    const sent = gate();
+    const hooked = queryHookedPool(pool, (_client, { text }, run) => {
+      const result = run();
+      if (text.includes('FOR UPDATE')) sent.open();
+      return result;
+    });
+    const store = await open({ schema, pool: hooked });
+    for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      // As an append transaction of a replica frozen before its COMMIT holds its task's row.
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const held = store.append('held', { type: 'progress' });
+      await sent.promise;
+      const free = store.append('free', { type: 'progress' });
+      // A liveness bound, not a timing assertion: the append takes milliseconds, or waits for the holder.
+      expect(
+        await settlesWithin(
+          free.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
+      await holder.query('ROLLBACK');
+      await expect(held).resolves.toMatchObject({ event: { taskId: 'held', seq: 1 } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
   it('notify in the same transaction with ids only when the events do not fit, far below the payload limit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
