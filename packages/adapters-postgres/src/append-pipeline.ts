@@ -53,6 +53,13 @@ if (
  */
 const LAST_WRITTEN_ROWS = 10_000;
 
+/**
+ * The longest that appends wait for a transaction in flight to end before a further one carries them
+ * although they are fewer than a quarter of `maxBatchSize` (see `AppendPipeline.#flush`): a transaction
+ * normally ends within milliseconds, one waiting for a row lock may not end at all.
+ */
+const THROTTLE_MAX_WAIT_MS = 100;
+
 /** Where appends are written: the schema's tables and its `NOTIFY` channel. */
 export interface AppendTarget {
   tasks: RawBuilder<unknown>;
@@ -495,6 +502,11 @@ export class AppendPipeline {
   readonly #lastWritten: LastWrittenRows;
   #activeBatches = 0;
   #flushScheduled = false;
+  /**
+   * Armed while appends wait for a second transaction that the batch size alone would not start (see
+   * {@link THROTTLE_MAX_WAIT_MS}); cleared whenever a transaction ends.
+   */
+  #throttleTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: AppendPipelineOptions) {
     this.#options = options;
@@ -545,11 +557,21 @@ export class AppendPipeline {
     });
   }
 
-  #flush(): void {
+  #flush(unthrottled = false): void {
     while (this.#activeBatches < this.#options.maxConcurrentBatches && this.#queue.length > 0) {
       // A second transaction in flight pays off only when it has enough to carry; otherwise the appends
       // wait for the running one to finish and go together (measured: larger batches beat more of them).
-      if (this.#activeBatches > 0 && this.#queue.length < this.#minConcurrentBatch) break;
+      // Not for ever: the running one may be waiting for a row another transaction holds (an append of a
+      // replica frozen before its COMMIT), and the appends of every other task would wait as long.
+      if (!unthrottled && this.#activeBatches > 0 && this.#queue.length < this.#minConcurrentBatch) {
+        this.#throttleTimer ??= setTimeout(() => {
+          this.#throttleTimer = undefined;
+          this.#flush(true);
+        }, THROTTLE_MAX_WAIT_MS);
+        this.#throttleTimer.unref?.();
+        break;
+      }
+      unthrottled = false;
       const batch = this.#takeBatch();
       if (batch.length === 0) break;
       const taskIds = new Set(batch.map((entry) => entry.taskId));
@@ -557,6 +579,8 @@ export class AppendPipeline {
       this.#activeBatches += 1;
       void this.#commitBatch(batch).finally(() => {
         this.#activeBatches -= 1;
+        clearTimeout(this.#throttleTimer);
+        this.#throttleTimer = undefined;
         for (const taskId of taskIds) this.#busyTasks.delete(taskId);
         this.#flush();
         if (this.#activeBatches === 0 && this.#queue.length === 0) {

@@ -11,7 +11,7 @@ import {
 } from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
-import { toProgressError } from './pg-errors.js';
+import { isDatabaseError, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
@@ -30,73 +30,155 @@ export interface LeaseCall {
   ttlMs: number;
   /** The run the renewal is fenced to (see `RunFence`): another run of the id rejects, `task_not_found`. */
   run?: number | undefined;
+  /** Asked again after its row was held by another transaction: the wait before the next ask, if so. */
+  retryMs?: number;
 }
 
+/** The outcome of a renewal whose row another transaction held (see {@link renewLeases}). */
+const SKIPPED = Symbol('skipped');
+
 /**
- * Renews a batch of leases (each `owner`'s on a running task, or takes a free or expired one) in one
- * transaction: the rows locked in id order, each renewal planned by the shared transition, one statement
- * writing them all. A server renews every lease it holds at the same tick, and a transaction per lease
- * was four round trips each (at x10 in `npm run bench`, more than half of the statements of the replica
- * running the tasks). The clock is read once the rows are locked, so a renewal that waited for a lock
- * starts its lease then. Settles every call; never rejects.
+ * How long the second pass of {@link renewLeases} waits for the rows the first one skipped. A row an
+ * append holds is free again within a statement or two (the lock queue is first come, first served), so
+ * a busy task's renewal gets through; a row held longer (a replica frozen before its COMMIT) holds back
+ * the store's later renewals this long at most, and its renewal is asked again later.
+ */
+export const RENEWAL_LOCK_WAIT_MS = 500;
+
+/** The SQLSTATE of `lock_timeout` (lock_not_available). */
+const LOCK_NOT_AVAILABLE = '55P03';
+
+type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
+
+/**
+ * Renews a batch of leases (each `owner`'s on a running task, or takes a free or expired one): the rows
+ * locked in id order, each renewal planned by the shared transition, one statement writing them all. A
+ * server renews every lease it holds at the same tick, and a transaction per lease was four round trips
+ * each (at x10 in `npm run bench`, more than half of the statements of the replica running the tasks).
+ * The clock is read once the rows are locked.
+ *
+ * A store renews one batch at a time, so a batch waiting for a row another transaction holds (an append of
+ * a replica frozen before its COMMIT) held back the renewal of every other lease of the store, whose tasks
+ * were then reaped while they ran. So a first transaction skips the rows others hold (`SKIP LOCKED`) and
+ * renews the rest; a second one waits for the skipped rows at most {@link RENEWAL_LOCK_WAIT_MS} (a busy
+ * task's row, which appends hold most of the time, is had that way, where skipping alone could miss it
+ * again and again); the renewals of rows still held then go to `locked`, to be asked again later. Settles
+ * every other call; never rejects.
  */
 export async function renewLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   clock: Clock,
   batch: BatchedCall<LeaseCall, Task>[],
+  locked: (call: BatchedCall<LeaseCall, Task>) => void,
 ): Promise<void> {
-  const taskIds = [...new Set(batch.map((call) => call.input.taskId))].sort(compareIds);
-  let outcomes: (Task | ProgressError)[];
+  const first = await settleRenewals(batch, () => renewalPass(db, target, clock, batch, 'skip'));
+  const held = batch.filter((_, index) => first?.[index] === SKIPPED);
+  if (held.length === 0) return;
+  const second = await settleRenewals(held, async () => {
+    try {
+      return await renewalPass(db, target, clock, held, 'wait');
+    } catch (error) {
+      if (isDatabaseError(error) && error.code === LOCK_NOT_AVAILABLE) return held.map(() => SKIPPED);
+      throw error;
+    }
+  });
+  held.forEach((call, index) => {
+    if (second?.[index] === SKIPPED) locked(call);
+  });
+}
+
+/**
+ * Runs `pass` and settles each call of `calls` by its outcome, but a skipped one; on a failure rejects them
+ * all. Returns the outcomes, or `undefined` after a failure.
+ */
+async function settleRenewals(
+  calls: BatchedCall<LeaseCall, Task>[],
+  pass: () => Promise<RenewalOutcome[]>,
+): Promise<RenewalOutcome[] | undefined> {
+  let outcomes: RenewalOutcome[];
   try {
-    outcomes = await db.transaction().execute(async (trx) => {
-      const { rows } = await sql<TaskRow>`
-        SELECT ${taskColumns} FROM ${target.tasks}
-        WHERE id = ANY(${taskIds}::text[])
-        ORDER BY id
-        FOR UPDATE`.execute(trx);
-      const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
-      const now = clock();
-      const renewed = new Map<string, Task>();
-      const planned = batch.map(({ input: { taskId, owner, ttlMs, run } }) => {
-        const task = tasks.get(taskId);
-        if (task === undefined) return taskNotFound(taskId);
-        if (run !== undefined && task.createdAt !== run) return runGone(taskId, run);
-        try {
-          const next = planLease(task, owner, ttlMs, now);
-          tasks.set(taskId, next);
-          renewed.set(taskId, next);
-          return next;
-        } catch (error) {
-          if (isProgressError(error)) return error;
-          throw error;
-        }
-      });
-      if (renewed.size > 0) {
-        const leases = JSON.stringify(
-          [...renewed.values()].map((task) => ({
-            id: task.id,
-            lease_owner: task.leaseOwner,
-            lease_expires_at: task.leaseExpiresAt,
-          })),
-        );
-        await sql`
-          UPDATE ${target.tasks} AS t SET lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at
-          FROM json_to_recordset(${leases}::json) AS v(id text, lease_owner text, lease_expires_at int8)
-          WHERE t.id = v.id AND t.id = ANY(${[...renewed.keys()]}::text[])`.execute(trx);
-      }
-      return planned;
-    });
+    outcomes = await pass();
   } catch (error) {
-    const failure = toProgressError(error, 'renewLease', taskIds.length === 1 ? taskIds[0] : undefined);
-    for (const call of batch) call.reject(failure);
-    return;
+    const taskIds = new Set(calls.map((call) => call.input.taskId));
+    const only = taskIds.size === 1 ? calls[0]?.input.taskId : undefined;
+    const failure = toProgressError(error, 'renewLease', only);
+    for (const call of calls) call.reject(failure);
+    return undefined;
   }
-  batch.forEach((call, index) => {
-    // One outcome per call, in order (planned above).
-    const outcome = outcomes[index] as Task | ProgressError;
+  calls.forEach((call, index) => {
+    // One outcome per call, in order.
+    const outcome = outcomes[index] as RenewalOutcome;
+    if (outcome === SKIPPED) return;
     if (isProgressError(outcome)) call.reject(outcome);
     else call.resolve(outcome);
+  });
+  return outcomes;
+}
+
+/**
+ * One transaction renewing `batch`: `'skip'` leaves out the rows another transaction holds (their
+ * outcome is {@link SKIPPED}); `'wait'` waits for them at most {@link RENEWAL_LOCK_WAIT_MS}, then throws
+ * `lock_not_available`.
+ */
+async function renewalPass(
+  db: Kysely<ProgressDatabase>,
+  target: AppendTarget,
+  clock: Clock,
+  batch: BatchedCall<LeaseCall, Task>[],
+  mode: 'skip' | 'wait',
+): Promise<RenewalOutcome[]> {
+  const taskIds = [...new Set(batch.map((call) => call.input.taskId))].sort(compareIds);
+  return db.transaction().execute(async (trx) => {
+    if (mode === 'wait') {
+      await sql`SELECT set_config('lock_timeout', ${`${RENEWAL_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
+    }
+    const lock = mode === 'skip' ? sql`FOR UPDATE SKIP LOCKED` : sql`FOR UPDATE`;
+    const { rows } = await sql<TaskRow>`
+      SELECT ${taskColumns} FROM ${target.tasks}
+      WHERE id = ANY(${taskIds}::text[])
+      ORDER BY id
+      ${lock}`.execute(trx);
+    const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
+    // The ids not locked: held by another transaction if their row exists, else unknown.
+    const missing = mode === 'skip' ? taskIds.filter((taskId) => !tasks.has(taskId)) : [];
+    const held = new Set<string>();
+    if (missing.length > 0) {
+      const { rows: existing } = await sql<{ id: string }>`
+        SELECT id FROM ${target.tasks} WHERE id = ANY(${missing}::text[])`.execute(trx);
+      for (const row of existing) held.add(row.id);
+    }
+    const now = clock();
+    const renewed = new Map<string, Task>();
+    const planned = batch.map(({ input: { taskId, owner, ttlMs, run } }): RenewalOutcome => {
+      if (held.has(taskId)) return SKIPPED;
+      const task = tasks.get(taskId);
+      if (task === undefined) return taskNotFound(taskId);
+      if (run !== undefined && task.createdAt !== run) return runGone(taskId, run);
+      try {
+        const next = planLease(task, owner, ttlMs, now);
+        tasks.set(taskId, next);
+        renewed.set(taskId, next);
+        return next;
+      } catch (error) {
+        if (isProgressError(error)) return error;
+        throw error;
+      }
+    });
+    if (renewed.size > 0) {
+      const leases = JSON.stringify(
+        [...renewed.values()].map((task) => ({
+          id: task.id,
+          lease_owner: task.leaseOwner,
+          lease_expires_at: task.leaseExpiresAt,
+        })),
+      );
+      await sql`
+        UPDATE ${target.tasks} AS t SET lease_owner = v.lease_owner, lease_expires_at = v.lease_expires_at
+        FROM json_to_recordset(${leases}::json) AS v(id text, lease_owner text, lease_expires_at int8)
+        WHERE t.id = v.id AND t.id = ANY(${[...renewed.keys()]}::text[])`.execute(trx);
+    }
+    return planned;
   });
 }
 

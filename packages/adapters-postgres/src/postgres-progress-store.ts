@@ -68,10 +68,10 @@ import {
  * @module
  */
 
-/** The first wait before an ack whose row another transaction held is asked again (then doubling). */
-const ACK_LOCKED_FIRST_RETRY_MS = 50;
-/** The longest wait between two asks of such an ack. */
-const ACK_LOCKED_MAX_RETRY_MS = 1000;
+/** The first wait before an ack or renewal whose row another transaction held is asked again (then doubling). */
+const LOCKED_FIRST_RETRY_MS = 50;
+/** The longest wait between two asks of such an ack or renewal. */
+const LOCKED_MAX_RETRY_MS = 1000;
 
 /** Counters of the append pipeline since the store opened. */
 export interface PostgresStoreStats extends AppendStats {
@@ -143,8 +143,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #appends: AppendPipeline;
   readonly #acks: StatementBatcher<AckCall, number>;
   readonly #renewals: StatementBatcher<LeaseCall, Task>;
-  /** Acks waiting to be asked again (see `#ackLater`), each with its timer: `close()` ends them at once. */
-  readonly #ackRetries = new Map<ReturnType<typeof setTimeout>, BatchedCall<AckCall, number>>();
+  /** Acks and renewals waiting to be asked again (see `#later`), by timer: `close()` ends them at once. */
+  readonly #retries = new Map<ReturnType<typeof setTimeout>, { reject(error: unknown): void }>();
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -195,7 +195,20 @@ export class PostgresProgressStore implements ProgressStore {
       channel,
     };
     this.#purgeTarget = { ...this.#target, purged: sql.id(this.#schema, 'purged'), meta: this.#meta };
-    this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
+    // The caller's logging hooks: one that throws must not stop what called it (a reconnect not scheduled,
+    // the poll or the barriers stopped for good, an append's promise never settled), nor reach pg's
+    // socket handlers as an uncaught exception. What they throw is dropped.
+    const onError = (error: ProgressError) => {
+      try {
+        options.onError(error);
+      } catch {}
+    };
+    const onListenerError = (error: unknown) => {
+      try {
+        options.onListenerError(error);
+      } catch {}
+    };
+    this.#hub = new ChangeFeedHub(options.clock, onListenerError);
     this.#listener = new ListenConnection({
       hub: this.#hub,
       db: this.#db,
@@ -208,14 +221,14 @@ export class PostgresProgressStore implements ProgressStore {
       watermarkIntervalMs: options.watermarkIntervalMs,
       reconnect: options.reconnect,
       clock: options.clock,
-      onError: options.onError,
+      onError,
     });
     this.#poll = new SafetyNetPoll({
       hub: this.#hub,
       intervalMs: options.pollIntervalMs,
       readLatest: (taskIds) => this.#readLatest(taskIds),
       rereading: () => this.#listener.rereading(),
-      onError: options.onError,
+      onError,
     });
     this.#feed = new StoreChangeFeed({ hub: this.#hub, listener: this.#listener, poll: this.#poll });
     this.#appendStatements = new AppendStatements(this.#db, this.#target);
@@ -241,11 +254,12 @@ export class PostgresProgressStore implements ProgressStore {
     );
     const acks = ackStatement(this.#db, this.#target.tasks);
     this.#acks = new StatementBatcher(
-      (batch) => writeAcks(this.#db, acks, batch, (call) => this.#ackLater(call)),
+      (batch) => writeAcks(this.#db, acks, batch, (call) => this.#later(this.#acks, call)),
       options.maxAckBatchSize,
     );
     this.#renewals = new StatementBatcher(
-      (batch) => renewLeases(this.#db, this.#target, this.#clock, batch),
+      (batch) =>
+        renewLeases(this.#db, this.#target, this.#clock, batch, (call) => this.#later(this.#renewals, call)),
       options.maxBatchSize,
     );
   }
@@ -384,19 +398,24 @@ export class PostgresProgressStore implements ProgressStore {
   }
 
   /**
-   * An ack whose row another transaction held (an append of a replica frozen before its COMMIT): asked
-   * again in a later batch, 50 ms later, doubling to a second while the row stays held, so that it holds
-   * back no other ack meanwhile.
+   * An ack or a lease renewal whose row another transaction held (an append of a replica frozen before its
+   * COMMIT): asked again in a later batch, 50 ms later, doubling to a second while the row stays held, so
+   * that it holds back no other call of its batcher meanwhile.
    */
-  #ackLater(call: BatchedCall<AckCall, number>): void {
-    const delayMs = call.input.retryMs ?? ACK_LOCKED_FIRST_RETRY_MS;
+  #later<I extends { retryMs?: number }, O>(batcher: StatementBatcher<I, O>, call: BatchedCall<I, O>): void {
+    // Its batch was in flight when close() cleared the retries: no retry after close, and no timer left.
+    if (this.#closed) {
+      call.reject(storeClosed());
+      return;
+    }
+    const delayMs = call.input.retryMs ?? LOCKED_FIRST_RETRY_MS;
     const timer = setTimeout(() => {
-      this.#ackRetries.delete(timer);
-      const input = { ...call.input, retryMs: Math.min(ACK_LOCKED_MAX_RETRY_MS, delayMs * 2) };
-      this.#acks.enqueue(input).then(call.resolve, call.reject);
+      this.#retries.delete(timer);
+      const input = { ...call.input, retryMs: Math.min(LOCKED_MAX_RETRY_MS, delayMs * 2) };
+      batcher.enqueue(input).then(call.resolve, call.reject);
     }, delayMs);
     timer.unref?.();
-    this.#ackRetries.set(timer, call);
+    this.#retries.set(timer, call);
   }
 
   async renewLease(taskId: string, owner: string, ttlMs: number, options?: RunFence): Promise<Task> {
@@ -463,13 +482,13 @@ export class PostgresProgressStore implements ProgressStore {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       this.#closed = true;
-      // An ack still waiting for a row another transaction holds is not written: it rejects now, with no
+      // An ack or renewal still waiting for a row another transaction holds is not written: it rejects now, with no
       // timer left behind, rather than up to a second after the store closed.
-      for (const [timer, call] of this.#ackRetries) {
+      for (const [timer, call] of this.#retries) {
         clearTimeout(timer);
         call.reject(storeClosed());
       }
-      this.#ackRetries.clear();
+      this.#retries.clear();
       await Promise.all([this.#acks.close(), this.#renewals.close(), this.#taskReads.close()]);
       await this.#appends.whenIdle();
       await this.#poll.stop();

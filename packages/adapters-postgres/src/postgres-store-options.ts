@@ -108,8 +108,9 @@ export interface PostgresProgressStoreOptions {
   maxBatchSize?: number;
   /**
    * Most append transactions in flight at once (each holds a pool connection). A transaction beyond the
-   * first starts only with at least a quarter of `maxBatchSize` appends waiting. Appends to one task never
-   * run in two at once, so their order is the order of the calls.
+   * first starts only with at least a quarter of `maxBatchSize` appends waiting, or once they waited
+   * 100 ms (the one in flight may be waiting for a row another transaction holds). Appends to one task
+   * never run in two at once, so their order is the order of the calls.
    * @default 2
    */
   maxConcurrentBatches?: number;

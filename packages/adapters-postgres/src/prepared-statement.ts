@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { CompiledQuery, type Kysely, type QueryResult, type RawBuilder } from 'kysely';
 import type { ProgressDatabase } from './schema.js';
 
@@ -71,7 +72,14 @@ export class PreparedStatement<A extends Record<string, unknown>, R> {
       return value.name as keyof A & string;
     });
     this.#text = compiled.sql;
-    if (!names.has(this.#text)) names.set(this.#text, `finishline_${names.size + 1}`);
+    // Named by a digest of the text, not by a count: another copy of this module in the process (the package
+    // loaded both as ESM and as CommonJS) counts from 1 too, and its stores may share the pool's connections.
+    if (!names.has(this.#text)) {
+      names.set(
+        this.#text,
+        `finishline_${createHash('sha256').update(this.#text).digest('hex').slice(0, 32)}`,
+      );
+    }
   }
 
   /** Runs the statement on `db` (a Kysely instance or a transaction) with `args`. */

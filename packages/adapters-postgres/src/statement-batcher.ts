@@ -47,6 +47,8 @@ export class StatementBatcher<I, O> {
 
   /** Queues a validated call; settles once its batch was written. */
   enqueue(input: I): Promise<O> {
+    // After close nothing is written (its flush would run a statement on a pool the caller may have ended).
+    if (this.#closed) return Promise.reject(storeClosed());
     return new Promise<O>((resolve, reject) => {
       this.#queue.push({ input, resolve, reject });
       this.#scheduleFlush();

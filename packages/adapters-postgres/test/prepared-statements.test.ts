@@ -2,7 +2,7 @@ import { ErrorCode } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { Kysely, PostgresDialect, sql } from 'kysely';
 import type pg from 'pg';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
 import { PreparedStatement, param } from '../src/prepared-statement.js';
 import type { ProgressDatabase } from '../src/schema.js';
@@ -67,7 +67,7 @@ describe('prepared statements', () => {
     const named = recording.sent.filter((statement) => statement.name !== undefined);
     // The append, the ack, the task read, the events read, the latest seqs; the insert of a task is not one.
     expect(new Set(named.map((statement) => statement.name)).size).toBe(5);
-    for (const statement of named) expect(statement.name).toMatch(/^finishline_\d+$/);
+    for (const statement of named) expect(statement.name).toMatch(/^finishline_[0-9a-f]{32}$/);
     expect(named.filter((statement) => appendStatement(statement.text))).toHaveLength(2);
     expect(recording.sent.filter((statement) => statement.name === undefined).map((s) => s.text)).toEqual([
       expect.stringContaining('INSERT INTO'),
@@ -156,5 +156,26 @@ describe('prepared statements', () => {
       sql<{ sum: number }>`SELECT ${param('b')}::int - ${param('a')}::int AS sum`,
     );
     return expect(statement.run(db, { a: 1, b: 5 })).resolves.toMatchObject({ rows: [{ sum: 4 }] });
+  });
+
+  it('keep one name per text across two copies of the module (an ESM and a CommonJS load sharing a pool)', async () => {
+    const db = new Kysely<ProgressDatabase>({ dialect: new PostgresDialect({ pool }) });
+    const loadCopy = async () => {
+      vi.resetModules();
+      return import('../src/prepared-statement.js');
+    };
+    const first = await loadCopy();
+    const second = await loadCopy();
+    expect(second).not.toBe(first);
+    // Each copy prepares a different text first.
+    const one = sql`SELECT ${first.param('a')}::int AS copy_one`;
+    const two = sql`SELECT ${second.param('a')}::int AS copy_two`;
+    new first.PreparedStatement(db, one);
+    new second.PreparedStatement(db, two);
+    const textOne = one.compile(db).sql;
+    const textTwo = two.compile(db).sql;
+    // A connection both copies' stores use must never be asked for one name with two texts.
+    expect(first.preparedStatementName(textOne)).toBeDefined();
+    expect(first.preparedStatementName(textOne)).not.toBe(second.preparedStatementName(textTwo));
   });
 });

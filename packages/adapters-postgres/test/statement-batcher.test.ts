@@ -28,4 +28,16 @@ describe('StatementBatcher', () => {
       process.off('unhandledRejection', onUnhandled);
     }
   });
+
+  it('writes nothing enqueued after close: the call rejects with closed', async () => {
+    let writes = 0;
+    const batcher = new StatementBatcher<number, number>(async (batch) => {
+      writes += 1;
+      for (const call of batch) call.resolve(call.input);
+    }, 10);
+    await batcher.close();
+    await expect(batcher.enqueue(1)).rejects.toMatchObject({ code: 'closed' });
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(writes).toBe(0);
+  });
 });

@@ -18,9 +18,11 @@ import {
   dropSchema,
   eventually,
   freshSchema,
+  gate,
   newPool,
   oneTo,
   pgUrl,
+  queryHookedPool,
   Recorder,
   settlesWithin,
 } from './support.js';
@@ -145,6 +147,42 @@ describe('migrations', () => {
 });
 
 describe('appends', () => {
+  it("to a free task are not held back by a transaction in flight that waits for another task's row", async () => {
+    const schema = await migrated();
+    // Armed once the store's transaction for 'held' is sent: the append to 'free' must come after it.
+    const sent = gate();
+    const hooked = queryHookedPool(pool, (_client, { text }, run) => {
+      const result = run();
+      if (text.includes('FOR UPDATE')) sent.open();
+      return result;
+    });
+    const store = await open({ schema, pool: hooked });
+    for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      // As an append transaction of a replica frozen before its COMMIT holds its task's row.
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const held = store.append('held', { type: 'progress' });
+      await sent.promise;
+      const free = store.append('free', { type: 'progress' });
+      // A liveness bound, not a timing assertion: the append takes milliseconds, or waits for the holder.
+      expect(
+        await settlesWithin(
+          free.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
+      await holder.query('ROLLBACK');
+      await expect(held).resolves.toMatchObject({ event: { taskId: 'held', seq: 1 } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
   it('notify in the same transaction with ids only when the events do not fit, far below the payload limit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
@@ -309,6 +347,47 @@ describe('acks', () => {
       // Skipped at 0, 50, 150 and 350 ms: the next ask is due around 750 ms, well after the close below.
       await new Promise((resolve) => setTimeout(resolve, 400));
       await store.close();
+      await Promise.resolve();
+      expect(outcome).toMatchObject({ code: 'closed' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
+  it('whose statement is in flight when the store closes, and finds the row held, reject with closed', async () => {
+    const schema = await migrated();
+    // The ack statement waits at the gate until the store is closing.
+    let armed = false;
+    const reached = gate();
+    const release = gate();
+    const hooked = queryHookedPool(pool, async (_client, { text }, run) => {
+      if (armed && text.includes('SKIP LOCKED') && text.includes('acked_seq')) {
+        armed = false;
+        reached.open();
+        await release.promise;
+      }
+      return run();
+    });
+    const store = await open({ schema, pool: hooked });
+    await tasksWithEvents(store, ['a'], 2);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'a' FOR UPDATE`);
+      armed = true;
+      const ack = store.ack('a', 2);
+      let outcome: unknown;
+      ack.then(
+        () => (outcome = 'written'),
+        (error: unknown) => (outcome = error),
+      );
+      await reached.promise;
+      const closing = store.close();
+      // The statement runs now, while close() waits for it, and skips the held row.
+      release.open();
+      await closing;
       await Promise.resolve();
       expect(outcome).toMatchObject({ code: 'closed' });
     } finally {
@@ -483,6 +562,69 @@ describe('acks', () => {
     expect(isProgressError(await rejectionOf(store.ack('a', 1)), ErrorCode.Closed)).toBe(true);
     const { rows } = await pool.query(`SELECT acked_seq::int AS acked FROM ${schema}.tasks WHERE id = 'a'`);
     expect(rows[0].acked).toBe(0);
+  });
+});
+
+describe('lease renewals', () => {
+  it("of one tick are not held back by a row another transaction holds: the other tasks' leases renew", async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      // As an append transaction of a replica frozen before its COMMIT holds its task's row.
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      // One tick: one batch. The lease of 'free' must not wait for 'held' (nor for its next renewal).
+      const held = store.renewLease('held', 'replica', 60_000);
+      const free = store.renewLease('free', 'replica', 60_000);
+      // A liveness bound, not a timing assertion: the renewal takes milliseconds, or waits for the holder.
+      expect(
+        await settlesWithin(
+          free.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await expect(free).resolves.toMatchObject({ id: 'free', leaseOwner: 'replica' });
+      const next = store.renewLease('free', 'replica', 60_000);
+      expect(
+        await settlesWithin(
+          next.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await holder.query('ROLLBACK');
+      // Once the row is free again the held one renews too.
+      await expect(held).resolves.toMatchObject({ id: 'held', leaseOwner: 'replica' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+  it('that wait for a held row reject with closed when the store closes', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      let outcome: unknown;
+      store.renewLease('held', 'replica', 60_000).then(
+        () => (outcome = 'renewed'),
+        (error: unknown) => (outcome = error),
+      );
+      // Wherever the renewal is then (in a pass, or waiting to be asked again), close settles it.
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      await store.close();
+      await Promise.resolve();
+      expect(outcome).toMatchObject({ code: 'closed' });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
   });
 });
 

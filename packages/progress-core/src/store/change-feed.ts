@@ -114,9 +114,20 @@ export class LocalChangeFeed implements ChangeFeed {
       try {
         listener(change);
       } catch (error) {
-        this.#onListenerError(error);
+        this.#reportListenerError(error);
       }
     }
+  }
+
+  /**
+   * Hands what a listener threw to `onListenerError`; what that hook throws in turn is dropped: it would
+   * stop the other listeners, and reach the store that publishes (an append committed but rejected, a
+   * feed's loop or socket handler ended).
+   */
+  #reportListenerError(error: unknown): void {
+    try {
+      this.#onListenerError(error);
+    } catch {}
   }
 
   onEpochRenewed(listener: () => void): Unsubscribe {
@@ -133,7 +144,7 @@ export class LocalChangeFeed implements ChangeFeed {
       try {
         listener();
       } catch (error) {
-        this.#onListenerError(error);
+        this.#reportListenerError(error);
       }
     }
   }

@@ -66,6 +66,23 @@ describe('MemoryProgressStore', () => {
     expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false }]);
   });
 
+  it('still appends, and tells the other listeners, when onListenerError itself throws', async () => {
+    const store = new MemoryProgressStore({
+      onListenerError: () => {
+        throw new Error('the logger is down');
+      },
+    });
+    store.changes.subscribe(() => {
+      throw new Error('boom');
+    });
+    const seen: TaskChange[] = [];
+    store.changes.subscribe((change) => seen.push(change));
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    // Committed: the caller must not be told it failed (a retry would append it twice).
+    await expect(store.append(task.id, { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
+    expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false }]);
+  });
+
   it('publishes synchronously, after the state is updated', async () => {
     const { store } = build();
     const task = await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });

@@ -1,0 +1,62 @@
+import { describe, expect, it } from 'vitest';
+import { eventually, Recorder, settlesWithin, storeFixtures } from './support.js';
+
+/**
+ * The store's hooks (`onError`, `onListenerError`) are the caller's logging: one that throws (a logger
+ * that fails) must not stop the store's background work or leave an append unsettled.
+ */
+
+const { admin, migrated, open } = storeFixtures('hooks');
+
+describe('a hook that throws', () => {
+  it('onError: the LISTEN connection still reconnects after it was lost, and hears later commits', async () => {
+    const schema = await migrated();
+    const thrown: unknown[] = [];
+    const observer = await open({
+      schema,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      onError: (error) => {
+        thrown.push(error);
+        throw new Error('the logger is down');
+      },
+    });
+    const writer = await open({ schema });
+    const recorder = new Recorder(observer);
+    await writer.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    const pid = observer.changes.health().listenerPid;
+    expect(pid).not.toBeNull();
+    await admin.query('SELECT pg_terminate_backend($1)', [pid]);
+    await eventually('the hook is told of the loss', () => thrown.length > 0);
+    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    await writer.append('x', { type: 'progress' });
+    await eventually('the change after the reconnect', () => recorder.has('x', 1));
+  });
+
+  it('onListenerError: an append whose listener throws still settles, and the other listeners hear it', async () => {
+    const schema = await migrated();
+    const store = await open({
+      schema,
+      onListenerError: () => {
+        throw new Error('the logger is down');
+      },
+    });
+    store.changes.subscribe(() => {
+      throw new Error('a faulty listener');
+    });
+    const recorder = new Recorder(store);
+    await store.createTask({ id: 'x', owner: 'alice', kind: 'k' });
+    const appended = store.append('x', { type: 'progress' });
+    // A liveness bound, not a timing assertion: the append is committed in milliseconds, or never settles.
+    expect(
+      await settlesWithin(
+        appended.then(
+          () => undefined,
+          () => undefined,
+        ),
+        5000,
+      ),
+    ).toBe('closed');
+    await expect(appended).resolves.toMatchObject({ event: { seq: 1 } });
+    expect(recorder.has('x', 1)).toBe(true);
+  });
+});
