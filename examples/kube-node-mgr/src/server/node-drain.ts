@@ -1,5 +1,8 @@
 import { KubeApiError, type KubeNodes, type PodRef } from './kube-nodes.js';
-import { applyToNode, type NodeResult } from './node-worker.js';
+import { applyToNode, type NodeResult, sleep } from './node-worker.js';
+
+// The drain's polling wait lives beside the node worker's retry wait; importers of this module keep it.
+export { sleep };
 
 /** Options of {@link drainNode}. */
 export interface DrainOptions {
@@ -25,29 +28,6 @@ export interface DrainResult extends NodeResult {
   evicted: string[];
   /** DaemonSet and mirror pods left in place (a drain never evicts them, as `kubectl drain --ignore-daemonsets`). */
   skipped: string[];
-}
-
-/**
- * Waits `ms`, or rejects with the signal's reason once it aborts. The abort listener goes when the wait
- * ends: a drain polls one batch's signal up to `evictionTimeoutMs / pollMs` times per pod, and listeners
- * left behind would pile up on it for the whole batch.
- */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason);
-      return;
-    }
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
 }
 
 /**
