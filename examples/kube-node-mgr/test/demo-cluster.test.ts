@@ -34,6 +34,20 @@ describe('demo cluster', () => {
     expect(list.items.filter((n: any) => n.spec.taints?.length).length).toBeGreaterThanOrEqual(5);
   });
 
+  it("selects by label existence on the node's own labels, not on names every object has (constructor, toString)", async () => {
+    const names = async (selector: string) =>
+      (
+        (await (
+          await fetch(`${base}/api/v1/nodes?labelSelector=${encodeURIComponent(selector)}`)
+        ).json()) as any
+      ).items.map((n: any) => n.metadata.name);
+    const all = await names('');
+    // No node has these labels: the real API lists none for `k` and every node for `!k`.
+    expect(await names('constructor')).toEqual([]);
+    expect(await names('toString')).toEqual([]);
+    expect(await names('!constructor')).toEqual(all);
+  });
+
   it('answers 404 with a Status for an unknown node', async () => {
     const res = await fetch(`${base}/api/v1/nodes/nope`);
     expect(res.status).toBe(404);
