@@ -184,6 +184,8 @@ export interface PodRef {
   /** A static pod's mirror: the kubelet owns it, eviction does not apply. */
   mirror: boolean;
   terminating: boolean;
+  /** Succeeded or Failed: its containers are done, so evicting it loses nothing. */
+  finished: boolean;
 }
 
 function toPodRef(pod: V1Pod): PodRef {
@@ -194,6 +196,7 @@ function toPodRef(pod: V1Pod): PodRef {
     controller: pod.metadata?.ownerReferences?.find((o) => o.controller)?.kind ?? null,
     mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
     terminating: pod.metadata?.deletionTimestamp !== undefined,
+    finished: pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed',
   };
 }
 

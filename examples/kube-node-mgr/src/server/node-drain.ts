@@ -31,8 +31,9 @@ export interface DrainResult extends NodeResult {
 }
 
 /**
- * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, then evicts every pod that is
- * not a DaemonSet's or a mirror pod through the Eviction API — retrying while a PodDisruptionBudget refuses
+ * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
+ * running pod has no controller, then evicts every pod that is not a DaemonSet's or a mirror pod through the
+ * Eviction API — retrying while a PodDisruptionBudget refuses
  * (429) — and waits until each evicted pod is gone. Throws with the reason shown for a failed node.
  */
 export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
@@ -47,6 +48,15 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   }
   const skipped = pods.filter((p) => p.controller === 'DaemonSet' || p.mirror);
   const movable = pods.filter((p) => !skipped.includes(p));
+  // A running pod that no controller recreates would be gone for good: kubectl drain refuses the node without
+  // --force, leaving it cordoned, and so does this, before any eviction.
+  const unmanaged = movable.filter((p) => p.controller === null && !p.finished);
+  if (unmanaged.length > 0) {
+    const names = unmanaged.map((p) => `${p.namespace}/${p.name}`).join(', ');
+    throw new Error(
+      `cannot drain ${name}: ${names} ${unmanaged.length > 1 ? 'declare' : 'declares'} no controller and would not be recreated (kubectl drain refuses it without --force); move or delete ${unmanaged.length > 1 ? 'them' : 'it'}, then retry`,
+    );
+  }
   const evicted: string[] = [];
   await options.onProgress?.(0, movable.length);
   // The first pod that fails the node stops the others: no eviction after the node's item is reported.
