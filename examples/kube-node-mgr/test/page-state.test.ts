@@ -81,6 +81,8 @@ const completed = (n: number): Snap => ({
   finishedAt: Date.now(),
 });
 
+/** The rerun requests the fake server received. */
+const reruns: string[] = [];
 /** Per-path delays (ms) for the fake fetch. */
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
@@ -122,6 +124,10 @@ beforeAll(async () => {
     if (path === '/api/clusters') return json(200, { clusters: [{ name: 'default', default: true }] });
     if (path === '/api/session' || !signedIn)
       return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
+    if (/^\/api\/tasks\/[^/?]+\/rerun$/.test(path)) {
+      reruns.push(path);
+      return json(202, { taskId: `rerun-${reruns.length}` });
+    }
     let m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
     m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
@@ -184,6 +190,25 @@ describe('progress dialog', () => {
     expect(dialog.dataset.taskId).toBe('task-d');
     expect(d.closed).toBe(false);
     expect(dialog.open).toBe(true);
+  });
+});
+
+describe('rerun buttons', () => {
+  it('a double click on "Retry failed" starts one rerun, not two', async () => {
+    nextSnap.set('task-r', {
+      ...completed(2),
+      progress: { done: 2, total: 2, current: null, succeeded: 1, failed: 1 },
+    });
+    delays.set('/api/tasks/task-r/rerun', 100);
+    pd.openProgress('task-r');
+    await sleep(50);
+    const retry = document.querySelector('#progress-retry') as HTMLButtonElement;
+    expect(retry.hidden).toBe(false);
+    reruns.length = 0;
+    retry.click();
+    retry.click();
+    await sleep(200);
+    expect(reruns).toEqual(['/api/tasks/task-r/rerun']);
   });
 });
 

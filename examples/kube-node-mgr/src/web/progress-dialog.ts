@@ -317,6 +317,11 @@ onSessionEnd(() => {
 async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
   const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;
   if (id === undefined) return;
+  // One rerun per click: a double click (or a click on the other button) while the first request is on its
+  // way would start a second task on the same nodes once the first one has ended.
+  const buttons = [$<HTMLButtonElement>('#progress-retry'), $<HTMLButtonElement>('#progress-resume')];
+  if (buttons.some((b) => b.disabled)) return;
+  for (const b of buttons) b.disabled = true;
   try {
     const started = await api<{ taskId: string }>(`/api/tasks/${encodeURIComponent(id)}/rerun`, {
       method: 'POST',
@@ -328,6 +333,8 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     const box = $('#progress-rerun-error');
     box.hidden = false;
     box.textContent = (error as Error).message;
+  } finally {
+    for (const b of buttons) b.disabled = false;
   }
 }
 
