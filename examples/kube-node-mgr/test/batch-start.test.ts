@@ -26,4 +26,16 @@ describe('starting a batch', () => {
     expect(running.map((t) => t.id)).toEqual([]);
     expect(h.cluster.node('worker-1')?.spec.unschedulable).toBeUndefined();
   });
+
+  it('a batch asked for while the server shuts down gets 503 (try again, another replica takes it), its locks freed', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    // SIGTERM: the Finishline server closes first, while the HTTP server still answers (a rolling update's
+    // Service routes requests to the pod for a moment more).
+    await h.app.progress.close({ timeoutMs: 1000 });
+    const refused = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'] });
+    expect(refused.status).toBe(503);
+    expect(refused.body.error.code).toBe('shutting_down');
+    expect(await h.db.locks('default')).toEqual([]);
+  });
 });
