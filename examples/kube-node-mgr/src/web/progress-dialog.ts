@@ -346,12 +346,24 @@ $<HTMLDialogElement>('#progress-dialog').addEventListener('cancel', (event) => {
   closeProgress();
 });
 $('#progress-cancel').addEventListener('click', async () => {
-  const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;
-  if (id === undefined) return;
-  await api(`/progress/tasks/${encodeURIComponent(id)}/cancel`, {
-    method: 'POST',
-    body: { reason: `cancelled by ${state.me.username}` },
-  }).catch((error: unknown) => {
-    $('#progress-status').textContent = (error as Error).message;
-  });
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  const id = dialog.dataset.taskId;
+  const button = $<HTMLButtonElement>('#progress-cancel');
+  if (id === undefined || button.disabled) return;
+  button.disabled = true;
+  try {
+    await api(`/progress/tasks/${encodeURIComponent(id)}/cancel`, {
+      method: 'POST',
+      body: { reason: `cancelled by ${state.me.username}` },
+    });
+  } catch (error) {
+    // The task ended while the cancel was on its way (409 task_finished), or the dialog moved on to another
+    // task: the final state, which the watch brings, stays on screen instead of the refusal.
+    const ended = error instanceof ApiError && error.code === 'task_finished';
+    if (!ended && dialog.dataset.taskId === id && lastState?.finished !== true) {
+      $('#progress-status').textContent = (error as Error).message;
+    }
+  } finally {
+    button.disabled = false;
+  }
 });
