@@ -48,6 +48,17 @@ describe('demo cluster', () => {
     expect(await names('!constructor')).toEqual(all);
   });
 
+  it('selects pods by their own labels too: `constructor` selects none, `app` the labelled ones', async () => {
+    const pods = async (selector: string) =>
+      (
+        (await (
+          await fetch(`${base}/api/v1/pods?labelSelector=${encodeURIComponent(selector)}`)
+        ).json()) as any
+      ).items.length;
+    expect(await pods('app')).toBeGreaterThan(0);
+    expect(await pods('constructor')).toBe(0);
+  });
+
   it('answers 404 with a Status for an unknown node', async () => {
     const res = await fetch(`${base}/api/v1/nodes/nope`);
     expect(res.status).toBe(404);
