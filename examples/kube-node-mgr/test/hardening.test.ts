@@ -126,13 +126,13 @@ describe('hardening of the example', () => {
  * without `--force`.
  */
 describe('drain of a node with a pod no controller recreates', () => {
-  const pod = (name: string, controller: string | null, finished = false): PodRef => ({
+  const pod = (name: string, controller: string | null, finished = false, terminating = false): PodRef => ({
     namespace: 'ops',
     name,
     uid: name,
     controller,
     mirror: false,
-    terminating: false,
+    terminating,
     finished,
   });
   const nodesWith = (pods: PodRef[], evicted: string[]) =>
@@ -157,14 +157,17 @@ describe('drain of a node with a pod no controller recreates', () => {
     expect(evicted).toEqual([]);
   });
 
-  it('still drains a node whose pod without a controller has finished (nothing is lost)', async () => {
+  it('still drains a node whose pod without a controller has finished or is being deleted (nothing is lost)', async () => {
     const evicted: string[] = [];
-    const nodes = nodesWith([pod('web-1', 'ReplicaSet'), pod('one-off', null, true)], evicted);
+    const nodes = nodesWith(
+      [pod('web-1', 'ReplicaSet'), pod('one-off', null, true), pod('leaving', null, false, true)],
+      evicted,
+    );
     const result = await drainNode(nodes, 'w1', {
       maxAttempts: 1,
       signal: new AbortController().signal,
       pollMs: 10,
     });
-    expect(result.evicted).toEqual(['ops/one-off', 'ops/web-1']);
+    expect(result.evicted).toEqual(['ops/leaving', 'ops/one-off', 'ops/web-1']);
   });
 });

@@ -50,7 +50,8 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   const movable = pods.filter((p) => !skipped.includes(p));
   // A running pod that no controller recreates would be gone for good: kubectl drain refuses the node without
   // --force, leaving it cordoned, and so does this, before any eviction.
-  const unmanaged = movable.filter((p) => p.controller === null && !p.finished);
+  // (One already finished, or already being deleted, loses nothing more.)
+  const unmanaged = movable.filter((p) => p.controller === null && !p.finished && !p.terminating);
   if (unmanaged.length > 0) {
     const names = unmanaged.map((p) => `${p.namespace}/${p.name}`).join(', ');
     throw new Error(
