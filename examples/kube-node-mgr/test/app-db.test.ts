@@ -45,6 +45,32 @@ const dialects: [string, () => Promise<AppDb[]>, boolean][] = [
 ];
 
 describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
+  it.runIf(enabled)('pages tasks after (createdAt, id), keeping the batches of one millisecond', async () => {
+    const [a] = (await open()) as [AppDb];
+    const at = 1_700_000_000_000;
+    for (const [taskId, createdAt] of [
+      ['p-a', at],
+      ['p-b', at],
+      ['p-c', at],
+      ['p-d', at - 1],
+    ] as const) {
+      await a.recordTask({
+        taskId,
+        cluster: 'paging',
+        username: 'alice',
+        operation: { type: 'cordon' },
+        nodes: ['worker-1'],
+        parentTaskId: null,
+        relation: null,
+        createdAt,
+      });
+    }
+    const first = await a.tasks({ cluster: 'paging', limit: 2 });
+    expect(first.map((t) => t.taskId)).toEqual(['p-a', 'p-b']);
+    const next = await a.tasks({ cluster: 'paging', limit: 2, before: at, beforeId: 'p-b' });
+    expect(next.map((t) => t.taskId)).toEqual(['p-c', 'p-d']);
+  });
+
   it.runIf(enabled)('revokes a session for every replica', async () => {
     const [a, b] = (await open()) as [AppDb, AppDb];
     await a.createSession({ sid: 's1', username: 'alice', expiresAt: Date.now() + 60_000 });

@@ -34,6 +34,31 @@ describe('demo cluster', () => {
     expect(list.items.filter((n: any) => n.spec.taints?.length).length).toBeGreaterThanOrEqual(5);
   });
 
+  it("selects by label existence on the node's own labels, not on names every object has (constructor, toString)", async () => {
+    const names = async (selector: string) =>
+      (
+        (await (
+          await fetch(`${base}/api/v1/nodes?labelSelector=${encodeURIComponent(selector)}`)
+        ).json()) as any
+      ).items.map((n: any) => n.metadata.name);
+    const all = await names('');
+    // No node has these labels: the real API lists none for `k` and every node for `!k`.
+    expect(await names('constructor')).toEqual([]);
+    expect(await names('toString')).toEqual([]);
+    expect(await names('!constructor')).toEqual(all);
+  });
+
+  it('selects pods by their own labels too: `constructor` selects none, `app` the labelled ones', async () => {
+    const pods = async (selector: string) =>
+      (
+        (await (
+          await fetch(`${base}/api/v1/pods?labelSelector=${encodeURIComponent(selector)}`)
+        ).json()) as any
+      ).items.length;
+    expect(await pods('app')).toBeGreaterThan(0);
+    expect(await pods('constructor')).toBe(0);
+  });
+
   it('answers 404 with a Status for an unknown node', async () => {
     const res = await fetch(`${base}/api/v1/nodes/nope`);
     expect(res.status).toBe(404);

@@ -57,6 +57,7 @@ describe('hardening of the example', () => {
       controller: 'ReplicaSet',
       mirror: false,
       terminating: false,
+      finished: false,
     });
     const nodes = {
       get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
@@ -116,5 +117,57 @@ describe('hardening of the example', () => {
     expect(items.map((e: any) => [e.item.ok, e.item.detail?.outcome, e.item.error])).toEqual([
       [true, 'unchanged', null],
     ]);
+  });
+});
+
+/**
+ * A review on 5 December 2026: a drain evicted pods that no controller recreates (bare pods), which are
+ * then gone for good; `kubectl drain --ignore-daemonsets`, which the README says it does, refuses the node
+ * without `--force`.
+ */
+describe('drain of a node with a pod no controller recreates', () => {
+  const pod = (name: string, controller: string | null, finished = false, terminating = false): PodRef => ({
+    namespace: 'ops',
+    name,
+    uid: name,
+    controller,
+    mirror: false,
+    terminating,
+    finished,
+  });
+  const nodesWith = (pods: PodRef[], evicted: string[]) =>
+    ({
+      get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
+      mergePatch: async () => {
+        throw new Error('not expected');
+      },
+      podsOn: async () => pods,
+      pod: async () => null,
+      evict: async (_ns: string, name: string) => {
+        evicted.push(name);
+      },
+    }) as unknown as KubeNodes;
+
+  it('fails the node naming the pod, before any eviction', async () => {
+    const evicted: string[] = [];
+    const nodes = nodesWith([pod('web-1', 'ReplicaSet'), pod('debug-shell', null)], evicted);
+    await expect(
+      drainNode(nodes, 'w1', { maxAttempts: 1, signal: new AbortController().signal, pollMs: 10 }),
+    ).rejects.toThrow(/ops\/debug-shell.*no controller/);
+    expect(evicted).toEqual([]);
+  });
+
+  it('still drains a node whose pod without a controller has finished or is being deleted (nothing is lost)', async () => {
+    const evicted: string[] = [];
+    const nodes = nodesWith(
+      [pod('web-1', 'ReplicaSet'), pod('one-off', null, true), pod('leaving', null, false, true)],
+      evicted,
+    );
+    const result = await drainNode(nodes, 'w1', {
+      maxAttempts: 1,
+      signal: new AbortController().signal,
+      pollMs: 10,
+    });
+    expect(result.evicted).toEqual(['ops/leaving', 'ops/one-off', 'ops/web-1']);
   });
 });

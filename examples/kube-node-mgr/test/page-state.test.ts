@@ -81,6 +81,8 @@ const completed = (n: number): Snap => ({
   finishedAt: Date.now(),
 });
 
+/** The rerun requests the fake server received. */
+const reruns: string[] = [];
 /** Per-path delays (ms) for the fake fetch. */
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
@@ -122,6 +124,14 @@ beforeAll(async () => {
     if (path === '/api/clusters') return json(200, { clusters: [{ name: 'default', default: true }] });
     if (path === '/api/session' || !signedIn)
       return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
+    if (/^\/progress\/tasks\/[^/]+\/cancel$/.test(path)) {
+      // The task ended while the cancel was on its way (protocol.md: nothing to do, the watch brings the end).
+      return json(409, { error: { code: 'task_finished', message: 'The task has already finished' } });
+    }
+    if (/^\/api\/tasks\/[^/?]+\/rerun$/.test(path)) {
+      reruns.push(path);
+      return json(202, { taskId: `rerun-${reruns.length}` });
+    }
     let m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
     m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
@@ -184,6 +194,45 @@ describe('progress dialog', () => {
     expect(dialog.dataset.taskId).toBe('task-d');
     expect(d.closed).toBe(false);
     expect(dialog.open).toBe(true);
+  });
+});
+
+describe('rerun buttons', () => {
+  it('a double click on "Retry failed" starts one rerun, not two', async () => {
+    nextSnap.set('task-r', {
+      ...completed(2),
+      progress: { done: 2, total: 2, current: null, succeeded: 1, failed: 1 },
+    });
+    delays.set('/api/tasks/task-r/rerun', 100);
+    pd.openProgress('task-r');
+    await sleep(50);
+    const retry = document.querySelector('#progress-retry') as HTMLButtonElement;
+    expect(retry.hidden).toBe(false);
+    reruns.length = 0;
+    retry.click();
+    retry.click();
+    await sleep(200);
+    expect(reruns).toEqual(['/api/tasks/task-r/rerun']);
+  });
+});
+
+describe('cancel button', () => {
+  it('a cancel that arrives after the task ended (409 task_finished) leaves the final state on screen', async () => {
+    nextSnap.set('task-x', {
+      ...idle,
+      progress: { done: 1, total: 2, current: 'worker-2', succeeded: 1, failed: 0 },
+      fraction: 0.5,
+    });
+    delays.set('/progress/tasks/task-x/cancel', 100);
+    pd.openProgress('task-x');
+    await sleep(50);
+    const cancel = document.querySelector('#progress-cancel') as HTMLButtonElement;
+    expect(cancel.hidden).toBe(false);
+    cancel.click();
+    // The batch finishes while the cancel is on its way.
+    (watches.at(-1) as FakeWatch).push(completed(2));
+    await sleep(200);
+    expect(document.querySelector('#progress-status')?.textContent).toBe('batch operation complete');
   });
 });
 

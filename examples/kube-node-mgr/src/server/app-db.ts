@@ -155,19 +155,29 @@ export class AppDb {
   }
 
   /**
-   * Newest first; only `username`'s when given; only those of `cluster` when given; older than `before`
-   * (epoch ms) when given.
+   * Newest first (then by task id); only `username`'s when given; only those of `cluster` when given; after
+   * the row `(before, beforeId)` of that order when given — `beforeId`, the previous page's last task id,
+   * keeps the batches recorded in the same millisecond as that row (without it: strictly older than `before`).
    */
   async tasks(options: {
     username?: string;
     cluster?: string;
     limit: number;
     before?: number;
+    beforeId?: string;
   }): Promise<TaskRecord[]> {
     let query = this.#db.selectFrom('knm_tasks').selectAll();
     if (options.username !== undefined) query = query.where('username', '=', options.username);
     if (options.cluster !== undefined) query = query.where('cluster', '=', options.cluster);
-    if (options.before !== undefined) query = query.where('created_at', '<', options.before);
+    const { before, beforeId } = options;
+    if (before !== undefined && beforeId !== undefined) {
+      query = query.where((eb) =>
+        eb.or([
+          eb('created_at', '<', before),
+          eb.and([eb('created_at', '=', before), eb('task_id', '>', beforeId)]),
+        ]),
+      );
+    } else if (before !== undefined) query = query.where('created_at', '<', before);
     const rows = await query.orderBy('created_at', 'desc').orderBy('task_id').limit(options.limit).execute();
     return rows.map(toRecord);
   }

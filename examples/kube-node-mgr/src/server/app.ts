@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import type { Duplex } from 'node:stream';
-import type { ProgressStore } from '@finishline/core';
+import { ErrorCode, isProgressError, type ProgressStore } from '@finishline/core';
 import {
   type ProgressLogger,
   ProgressServer,
@@ -246,6 +246,12 @@ export function createApp(options: AppOptions): App {
       return fail(res, 400, 'invalid_json', 'the body is not valid JSON');
     if (e?.type === 'entity.too.large')
       return fail(res, 413, 'payload_too_large', 'the body is larger than 256 kB');
+    // A batch asked for while this replica shuts down (its Finishline server closed first): not an internal
+    // error but a moment to retry, which another replica (or this one restarted) takes.
+    if (isProgressError(error) && error.code === ErrorCode.Closed) {
+      res.setHeader('retry-after', '1');
+      return fail(res, 503, 'shutting_down', 'this server is shutting down; try again in a moment');
+    }
     config.logger?.error({ err: String(error) }, 'request failed');
     fail(
       res,

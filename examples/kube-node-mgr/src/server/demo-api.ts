@@ -111,9 +111,10 @@ export function labelMatcher(selector: string): (labels: Record<string, string>)
       );
     } else if (absent) {
       const key = absent[1] ?? '';
-      tests.push((l) => !(key in l));
+      // Own labels only: `in` also finds what every object inherits (`constructor`, `toString`).
+      tests.push((l) => !Object.hasOwn(l, key));
     } else if (/^\S+$/.test(part)) {
-      tests.push((l) => part in l);
+      tests.push((l) => Object.hasOwn(l, part));
     } else {
       throw badRequest(`unable to parse requirement: ${part}`);
     }

@@ -261,7 +261,8 @@ export class DemoWorkloads {
       const [key, value] = selector.split('=');
       pods = pods.filter((p) =>
         value === undefined
-          ? key !== undefined && key in p.metadata.labels
+          ? // Own labels only (`in` also finds `constructor`, `toString`, … on every object).
+            key !== undefined && Object.hasOwn(p.metadata.labels, key)
           : p.metadata.labels[key ?? ''] === value,
       );
     }

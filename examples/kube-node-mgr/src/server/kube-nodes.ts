@@ -22,12 +22,22 @@ export type { NodeView };
 export class KubeApiError extends Error {
   readonly status: number;
   readonly reason: string;
-  constructor(status: number, reason: string, message: string) {
+  /** The answer's `Retry-After` in seconds (the server asks to be called again later), else `null`. */
+  readonly retryAfterS: number | null;
+  constructor(status: number, reason: string, message: string, retryAfterS: number | null = null) {
     super(message);
     this.name = 'KubeApiError';
     this.status = status;
     this.reason = reason;
+    this.retryAfterS = retryAfterS;
   }
+}
+
+/** `Retry-After` in whole seconds, as the API server sends it; `null` when absent or not a number. */
+function retryAfterOf(headers: unknown): number | null {
+  const value = (headers as Record<string, unknown> | undefined)?.['retry-after'];
+  if (typeof value !== 'string' || !/^\d{1,9}$/.test(value.trim())) return null;
+  return Number(value.trim());
 }
 
 /** Builds a `KubeConfig` from a source. */
@@ -62,7 +72,7 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
 
 function toError(error: unknown): KubeApiError {
   if (error instanceof KubeApiError) return error;
-  const e = error as { code?: unknown; body?: unknown; message?: unknown };
+  const e = error as { code?: unknown; body?: unknown; message?: unknown; headers?: unknown };
   if (typeof e?.code === 'number') {
     let body: unknown = e.body;
     if (typeof body === 'string') {
@@ -75,7 +85,7 @@ function toError(error: unknown): KubeApiError {
     const status = body as { message?: unknown; reason?: unknown } | undefined;
     const message = typeof status?.message === 'string' ? status.message : `HTTP ${e.code}`;
     const reason = typeof status?.reason === 'string' ? status.reason : 'Unknown';
-    return new KubeApiError(e.code, reason, message);
+    return new KubeApiError(e.code, reason, message, retryAfterOf(e.headers));
   }
   const cause = error as { code?: unknown; message?: unknown; cause?: { code?: unknown } };
   const code = typeof cause?.cause?.code === 'string' ? ` (${cause.cause.code})` : '';
@@ -174,6 +184,8 @@ export interface PodRef {
   /** A static pod's mirror: the kubelet owns it, eviction does not apply. */
   mirror: boolean;
   terminating: boolean;
+  /** Succeeded or Failed: its containers are done, so evicting it loses nothing. */
+  finished: boolean;
 }
 
 function toPodRef(pod: V1Pod): PodRef {
@@ -184,6 +196,7 @@ function toPodRef(pod: V1Pod): PodRef {
     controller: pod.metadata?.ownerReferences?.find((o) => o.controller)?.kind ?? null,
     mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
     terminating: pod.metadata?.deletionTimestamp !== undefined,
+    finished: pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed',
   };
 }
 

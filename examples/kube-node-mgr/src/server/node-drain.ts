@@ -1,5 +1,8 @@
 import { KubeApiError, type KubeNodes, type PodRef } from './kube-nodes.js';
-import { applyToNode, type NodeResult } from './node-worker.js';
+import { applyToNode, type NodeResult, sleep } from './node-worker.js';
+
+// The drain's polling wait lives beside the node worker's retry wait; importers of this module keep it.
+export { sleep };
 
 /** Options of {@link drainNode}. */
 export interface DrainOptions {
@@ -28,31 +31,9 @@ export interface DrainResult extends NodeResult {
 }
 
 /**
- * Waits `ms`, or rejects with the signal's reason once it aborts. The abort listener goes when the wait
- * ends: a drain polls one batch's signal up to `evictionTimeoutMs / pollMs` times per pod, and listeners
- * left behind would pile up on it for the whole batch.
- */
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    if (signal.aborted) {
-      reject(signal.reason);
-      return;
-    }
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal.reason);
-    };
-    const timer = setTimeout(() => {
-      signal.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-/**
- * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, then evicts every pod that is
- * not a DaemonSet's or a mirror pod through the Eviction API — retrying while a PodDisruptionBudget refuses
+ * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
+ * running pod has no controller, then evicts every pod that is not a DaemonSet's or a mirror pod through the
+ * Eviction API — retrying while a PodDisruptionBudget refuses
  * (429) — and waits until each evicted pod is gone. Throws with the reason shown for a failed node.
  */
 export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
@@ -67,6 +48,16 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   }
   const skipped = pods.filter((p) => p.controller === 'DaemonSet' || p.mirror);
   const movable = pods.filter((p) => !skipped.includes(p));
+  // A running pod that no controller recreates would be gone for good: kubectl drain refuses the node without
+  // --force, leaving it cordoned, and so does this, before any eviction.
+  // (One already finished, or already being deleted, loses nothing more.)
+  const unmanaged = movable.filter((p) => p.controller === null && !p.finished && !p.terminating);
+  if (unmanaged.length > 0) {
+    const names = unmanaged.map((p) => `${p.namespace}/${p.name}`).join(', ');
+    throw new Error(
+      `cannot drain ${name}: ${names} ${unmanaged.length > 1 ? 'declare' : 'declares'} no controller and would not be recreated (kubectl drain refuses it without --force); move or delete ${unmanaged.length > 1 ? 'them' : 'it'}, then retry`,
+    );
+  }
   const evicted: string[] = [];
   await options.onProgress?.(0, movable.length);
   // The first pod that fails the node stops the others: no eviction after the node's item is reported.

@@ -19,10 +19,46 @@ export interface ApplyOptions {
   now?: () => Date;
 }
 
+/** Longest `Retry-After` waited before a retry, in seconds (a larger one is waited this long). */
+const MAX_RETRY_AFTER_S = 30;
+
+/**
+ * Waits `ms`, or rejects with the signal's reason once it aborts. The abort listener goes when the wait
+ * ends: a drain polls one batch's signal up to `evictionTimeoutMs / pollMs` times per pod, and listeners
+ * left behind would pile up on it for the whole batch.
+ */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    if (signal.aborted) {
+      reject(signal.reason);
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Whether the API asked to be called again later: 429 (API Priority and Fairness shedding load) or a 5xx
+ * of an overloaded server, with `Retry-After` — what client-go, hence kubectl, waits out and retries. A
+ * 5xx without it is an error of this request and fails the node.
+ */
+function askedToRetry(error: KubeApiError): boolean {
+  return error.retryAfterS !== null && (error.status === 429 || (error.status >= 500 && error.status <= 504));
+}
+
 /**
  * Read–modify–write of one node: reads it, computes the merge patch (carrying the resourceVersion just
  * read), patches, and on 409 Conflict (someone changed the node in between) starts over from a fresh read,
- * up to `maxAttempts` times. Throws an `Error` whose message is the reason shown for a failed node.
+ * up to `maxAttempts` times; a 429 or 5xx with `Retry-After` is retried the same way after that wait.
+ * Throws an `Error` whose message is the reason shown for a failed node.
  */
 export async function applyToNode(
   nodes: KubeNodes,
@@ -45,6 +81,10 @@ export async function applyToNode(
         conflicts++;
         if (attempt < options.maxAttempts) continue;
         throw new Error(`conflict: the node kept changing (${conflicts} attempts): ${error.message}`);
+      }
+      if (error instanceof KubeApiError && askedToRetry(error) && attempt < options.maxAttempts) {
+        await sleep(Math.min(error.retryAfterS ?? 0, MAX_RETRY_AFTER_S) * 1000, options.signal);
+        continue;
       }
       if (error instanceof KubeApiError) {
         throw new Error(

@@ -15,7 +15,8 @@ let auditRows: TaskEntry[] = [];
 
 export async function loadAudit(more: boolean): Promise<void> {
   if (!signedIn()) return;
-  const before = more ? auditRows[auditRows.length - 1]?.createdAt : undefined;
+  // The next page starts after the last row shown: its time and its id (batches of one millisecond).
+  const last = more ? auditRows[auditRows.length - 1] : undefined;
   const cluster = state.cluster;
   const session = sessionMark();
   // Read on their own: a failure of one list does not hide the other.
@@ -23,7 +24,7 @@ export async function loadAudit(more: boolean): Promise<void> {
   try {
     const page = (
       await api<{ tasks: TaskEntry[] }>(
-        `/api/tasks?scope=all&limit=50&${clusterQuery()}${before ? `&before=${before}` : ''}`,
+        `/api/tasks?scope=all&limit=50&${clusterQuery()}${last ? `&before=${last.createdAt}&beforeId=${encodeURIComponent(last.id)}` : ''}`,
       )
     ).tasks;
     // The picker moved on while this was read (that page belongs to the other cluster), or the session ended.

@@ -317,6 +317,11 @@ onSessionEnd(() => {
 async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
   const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;
   if (id === undefined) return;
+  // One rerun per click: a double click (or a click on the other button) while the first request is on its
+  // way would start a second task on the same nodes once the first one has ended.
+  const buttons = [$<HTMLButtonElement>('#progress-retry'), $<HTMLButtonElement>('#progress-resume')];
+  if (buttons.some((b) => b.disabled)) return;
+  for (const b of buttons) b.disabled = true;
   try {
     const started = await api<{ taskId: string }>(`/api/tasks/${encodeURIComponent(id)}/rerun`, {
       method: 'POST',
@@ -328,6 +333,8 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     const box = $('#progress-rerun-error');
     box.hidden = false;
     box.textContent = (error as Error).message;
+  } finally {
+    for (const b of buttons) b.disabled = false;
   }
 }
 
@@ -339,12 +346,24 @@ $<HTMLDialogElement>('#progress-dialog').addEventListener('cancel', (event) => {
   closeProgress();
 });
 $('#progress-cancel').addEventListener('click', async () => {
-  const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId;
-  if (id === undefined) return;
-  await api(`/progress/tasks/${encodeURIComponent(id)}/cancel`, {
-    method: 'POST',
-    body: { reason: `cancelled by ${state.me.username}` },
-  }).catch((error: unknown) => {
-    $('#progress-status').textContent = (error as Error).message;
-  });
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  const id = dialog.dataset.taskId;
+  const button = $<HTMLButtonElement>('#progress-cancel');
+  if (id === undefined || button.disabled) return;
+  button.disabled = true;
+  try {
+    await api(`/progress/tasks/${encodeURIComponent(id)}/cancel`, {
+      method: 'POST',
+      body: { reason: `cancelled by ${state.me.username}` },
+    });
+  } catch (error) {
+    // The task ended while the cancel was on its way (409 task_finished), or the dialog moved on to another
+    // task: the final state, which the watch brings, stays on screen instead of the refusal.
+    const ended = error instanceof ApiError && error.code === 'task_finished';
+    if (!ended && dialog.dataset.taskId === id && lastState?.finished !== true) {
+      $('#progress-status').textContent = (error as Error).message;
+    }
+  } finally {
+    button.disabled = false;
+  }
 });

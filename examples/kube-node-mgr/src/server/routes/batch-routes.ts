@@ -94,7 +94,7 @@ export function registerBatchRoutes(ctx: RouteContext): void {
         };
       }
       const description = `${describeOperation(op)} on ${names.length} node${names.length > 1 ? 's' : ''}`;
-      let task: Awaited<ReturnType<typeof progress.tasks.create>>;
+      let task: Awaited<ReturnType<typeof progress.tasks.create>> | undefined;
       try {
         task = await progress.tasks.create({
           id: taskId,
@@ -114,6 +114,11 @@ export function registerBatchRoutes(ctx: RouteContext): void {
           createdAt: Date.now(),
         });
       } catch (error) {
+        // A task created but never run would stay `running` for as long as this process renews its lease:
+        // shown running everywhere and counted against the user's cap. It is ended before the 500.
+        await task
+          ?.fail({ code: 'not_started', message: 'the batch could not be recorded' })
+          .catch(() => undefined);
         await db.unlockTask(taskId).catch(() => undefined);
         throw error;
       }

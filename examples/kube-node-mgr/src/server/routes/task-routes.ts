@@ -33,6 +33,11 @@ export function registerTaskRoutes(ctx: RouteContext): void {
   route('get', '/api/tasks', {}, async (req, res, session) => {
     const limit = Math.min(Math.max(Number(req.query.limit) || 20, 1), 200);
     const before = Number(req.query.before);
+    // The previous page's last task id: with `before`, the cursor that loses no batch of the same millisecond.
+    const beforeId =
+      typeof req.query.beforeId === 'string' && req.query.beforeId !== '' && req.query.beforeId.length <= 256
+        ? req.query.beforeId
+        : undefined;
     const mine = req.query.scope === 'mine' || req.role === 'operator';
     const cluster =
       typeof req.query.cluster === 'string' && req.query.cluster !== '' ? req.query.cluster : undefined;
@@ -40,7 +45,9 @@ export function registerTaskRoutes(ctx: RouteContext): void {
       limit,
       ...(mine ? { username: session.username } : {}),
       ...(cluster === undefined ? {} : { cluster }),
-      ...(Number.isFinite(before) && before > 0 ? { before } : {}),
+      ...(Number.isFinite(before) && before > 0
+        ? { before, ...(beforeId === undefined ? {} : { beforeId }) }
+        : {}),
     });
     const tasks = await Promise.all(records.map((r) => store.getTask(r.taskId)));
     res.json({
