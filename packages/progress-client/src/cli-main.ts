@@ -13,7 +13,8 @@ import { ProgressClient } from './progress-client.js';
 
 /** Where {@link runCli} writes, and what it connects with; the bin passes the process's own. */
 export interface CliIo {
-  stdout: { write(text: string): unknown; isTTY?: boolean };
+  /** `columns`: a terminal's width, which the progress line is cut to. */
+  stdout: { write(text: string): unknown; isTTY?: boolean; columns?: number };
   stderr: { write(text: string): unknown };
   /** The WebSocket implementation: `ws` when installed, else Node's built-in. */
   WebSocket: WebSocketConstructorLike | undefined;
@@ -72,7 +73,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   watch.subscribe(() => {
     const state = watch.getSnapshot();
     if (state.finished) return;
-    const line = progressLine(state);
+    const line = progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) io.stdout.write(`\r\x1b[2K${line}`);
     else if (line !== lastLine && Date.now() - lastAt >= intervalMs) {
       io.stdout.write(`${line}\n`);
@@ -85,7 +86,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
       ...(io.signal === undefined ? {} : { signal: io.signal }),
     });
-    io.stdout.write(`${tty ? '\r\x1b[2K' : ''}${progressLine(state)}\n${finalLine(state)}\n`);
+    io.stdout.write(
+      `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
+    );
     return exitCodeOf(state);
   } catch (error) {
     if (tty) io.stdout.write('\n');

@@ -8,8 +8,9 @@ import { ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
-import { CLI_EXIT_CODES } from '../src/cli-render.js';
+import { CLI_EXIT_CODES, finalLine, progressLine } from '../src/cli-render.js';
 import type { WebSocketConstructorLike } from '../src/options.js';
+import type { WatchState } from '../src/watch.js';
 
 const servers: ProgressServer[] = [];
 afterEach(async () => {
@@ -135,5 +136,59 @@ describe('the finishline bin', () => {
   it('is linked into the workspace root by npm ci, before any build', () => {
     const link = join(pkg, '../../node_modules/.bin/finishline');
     expect(realpathSync(link)).toBe(realpathSync(join(pkg, target)));
+  });
+});
+
+/** A running state of `done`/`total` with `current`, `message` and `eta` as given. */
+function running(fields: { done: number; total: number; current?: string; message?: string; eta?: number }) {
+  const { done, total, current = null, message = null, eta = null } = fields;
+  return {
+    taskId: 't1',
+    seq: done,
+    status: 'running',
+    kind: 'batch_taint',
+    progress: { total, done, succeeded: done, failed: 0, current, message },
+    result: null,
+    error: null,
+    updatedAt: 1,
+    finishedAt: null,
+    finished: false,
+    fraction: done / total,
+    rate: null,
+    eta,
+    fatalError: null,
+  } as const satisfies WatchState;
+}
+
+describe('the lines finishline watch prints', () => {
+  it("shows a worker's control characters as spaces: one line per state, no escape sequence reaches the terminal", () => {
+    const line = progressLine(running({ done: 1, total: 2, current: 'node-7\n\x1b]0;pwned\x07\x1b[2J\r' }));
+    expect([...line].filter((c) => c < ' ' || (c >= '\x7f' && c <= '\x9f'))).toEqual([]);
+    expect(line).toContain('node-7');
+    const failed = {
+      ...running({ done: 1, total: 2 }),
+      status: 'failed',
+      finished: true,
+      error: { code: 'crash', message: 'boom\nat worker.js:1\x1b[31m' },
+    } as const satisfies WatchState;
+    expect(finalLine(failed)).toBe('failed: boom at worker.js:1 [31m');
+  });
+
+  it("fits a long message into the terminal's width, so that the next \\r redraws it instead of piling up wrapped rows", () => {
+    const state = running({ done: 1, total: 2, message: 'x'.repeat(4096) });
+    const line = progressLine(state, 80);
+    expect([...line].length).toBeLessThan(80);
+    expect(line.startsWith('[###############...............] 1/2 50% ')).toBe(true);
+    expect(line.endsWith('…')).toBe(true);
+    // Without a width (not a terminal) nothing is cut.
+    expect(progressLine(state)).toContain('x'.repeat(4096));
+  });
+
+  it('never prints 60 seconds or 60 minutes as the lower unit of an ETA', () => {
+    expect(progressLine(running({ done: 1, total: 2, eta: 119_600 }))).toContain('eta 2m0s');
+    expect(progressLine(running({ done: 1, total: 2, eta: 3_599_999 }))).toContain('eta 1h0m');
+    expect(progressLine(running({ done: 1, total: 2, eta: 7_170_000 }))).toContain('eta 2h0m');
+    expect(progressLine(running({ done: 1, total: 2, eta: 61_000 }))).toContain('eta 1m1s');
+    expect(progressLine(running({ done: 1, total: 2, eta: 1_500 }))).toContain('eta 2s');
   });
 });
