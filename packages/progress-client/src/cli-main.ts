@@ -67,19 +67,33 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   // Connection problems are reported, and the client goes on retrying until the deadline.
   client.on('error', (error) => io.stderr.write(`finishline: ${error.message}\n`));
   const tty = io.stdout.isTTY === true;
-  let lastLine = '';
+  let printed = '';
+  let pending = '';
   let lastAt = 0;
+  // Not a terminal: a line that came within --interval-ms of the previous one is printed when the
+  // interval has passed, so that a log does not go on showing an older state while the task works on.
+  let trailing: ReturnType<typeof setTimeout> | undefined;
+  const printPending = () => {
+    trailing = undefined;
+    if (pending === printed) return;
+    io.stdout.write(`${pending}\n`);
+    printed = pending;
+    lastAt = Date.now();
+  };
   const watch = client.watch(taskId);
   watch.subscribe(() => {
     const state = watch.getSnapshot();
     if (state.finished) return;
     const line = progressLine(state, tty ? io.stdout.columns : undefined);
-    if (tty) io.stdout.write(`\r\x1b[2K${line}`);
-    else if (line !== lastLine && Date.now() - lastAt >= intervalMs) {
-      io.stdout.write(`${line}\n`);
-      lastAt = Date.now();
+    if (tty) {
+      io.stdout.write(`\r\x1b[2K${line}`);
+      return;
     }
-    lastLine = line;
+    pending = line;
+    if (trailing !== undefined) return;
+    const wait = lastAt + intervalMs - Date.now();
+    if (wait <= 0) printPending();
+    else trailing = setTimeout(printPending, wait);
   });
   try {
     const state = await watch.done({
@@ -95,6 +109,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.stderr.write(`finishline: ${(error as Error).message}\n`);
     return isProgressError(error, ErrorCode.Timeout) ? CLI_EXIT_CODES.timeout : CLI_EXIT_CODES.watchFailed;
   } finally {
+    clearTimeout(trailing);
     await client.close();
   }
 }

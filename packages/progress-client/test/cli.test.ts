@@ -3,13 +3,15 @@ import { readFileSync, realpathSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
 import { CLI_EXIT_CODES, finalLine, progressLine } from '../src/cli-render.js';
 import type { WebSocketConstructorLike } from '../src/options.js';
+import { FakeServer, FakeTask } from '../src/testing/fake-server.js';
 import type { WatchState } from '../src/watch.js';
 
 const servers: ProgressServer[] = [];
@@ -190,5 +192,42 @@ describe('the lines finishline watch prints', () => {
     expect(progressLine(running({ done: 1, total: 2, eta: 7_170_000 }))).toContain('eta 2h0m');
     expect(progressLine(running({ done: 1, total: 2, eta: 61_000 }))).toContain('eta 1m1s');
     expect(progressLine(running({ done: 1, total: 2, eta: 1_500 }))).toContain('eta 2s');
+  });
+});
+
+describe('finishline watch when the output is not a terminal', () => {
+  const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+  const snap = (task: TaskView) => ({ type: 'snapshot' as const, task });
+
+  it('prints the latest state once --interval-ms has passed, even when no later state comes', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const run = io();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '1000'], {
+        ...run.io,
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000); // no heartbeat is due while the test's clock runs
+      const task = new FakeTask('t1', 3);
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('n1')));
+      expect(run.out.join('')).not.toContain('1/3');
+      // The task now works on n2 for a minute: the log must not go on saying 0/3 all that time.
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(run.out.join('')).toContain('1/3');
+      const lines = run.out.length;
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(run.out.length).toBe(lines); // printed once, not again while nothing changes
+      socket.push(ev(task.item('n2')));
+      socket.push(ev(task.item('n3')));
+      socket.push(ev(task.end()));
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      expect(run.out.join('').trim().split('\n').at(-1)).toBe('completed');
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
