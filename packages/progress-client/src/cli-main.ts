@@ -20,12 +20,15 @@ export interface CliIo {
   WebSocket: WebSocketConstructorLike | undefined;
   /** Stops the watch (Ctrl-C). */
   signal?: AbortSignal;
+  /** The environment, for `FINISHLINE_TOKEN`; the bin passes `process.env`. */
+  env?: Readonly<Record<string, string | undefined>>;
 }
 
 const USAGE = `usage: finishline watch <url> <taskId> [options]
 
   <url>                 the server's WebSocket URL (ws://host:3000/progress) or its http(s) URL
   --token <token>       credential sent in the first frame and as a bearer token over HTTP
+                        (default: $FINISHLINE_TOKEN, which other users cannot read in the process list)
   --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package)
   --timeout-ms <ms>     give up after this long (exit 5)
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
@@ -47,7 +50,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.stdout.write(USAGE);
     return 0;
   }
-  const { url, taskId, token, headers, timeoutMs, intervalMs } = parsed;
+  const { url, taskId, headers, timeoutMs, intervalMs } = parsed;
+  // A command line is readable by every local user (ps, /proc/<pid>/cmdline): the environment is not.
+  const envToken = io.env?.FINISHLINE_TOKEN;
+  const token = parsed.token ?? (envToken === '' ? undefined : envToken);
   if (io.WebSocket === undefined) {
     io.stderr.write('finishline: no WebSocket implementation: npm install ws (or use Node 22 or newer)\n');
     return CLI_EXIT_CODES.usage;

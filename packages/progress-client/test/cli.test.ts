@@ -231,3 +231,23 @@ describe('finishline watch when the output is not a terminal', () => {
     }
   });
 });
+
+describe('finishline watch credentials', () => {
+  it('takes the token from FINISHLINE_TOKEN, so that it need not stand on the command line (ps, /proc/<pid>/cmdline)', async () => {
+    const { server, url } = await start(200);
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    await task.complete();
+    const run = io();
+    const code = await runCli(['watch', url, task.id], { ...run.io, env: { FINISHLINE_TOKEN: 'ops' } });
+    expect(run.err.join('')).toBe('');
+    expect(code).toBe(CLI_EXIT_CODES.completed);
+    // --token still wins over the environment.
+    const other = io();
+    expect(
+      await runCli(['watch', url, task.id, '--token', 'mallory'], {
+        ...other.io,
+        env: { FINISHLINE_TOKEN: 'ops' },
+      }),
+    ).toBe(CLI_EXIT_CODES.watchFailed);
+  });
+});
