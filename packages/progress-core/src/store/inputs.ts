@@ -95,6 +95,16 @@ export type AppendInput =
   | CancelInput
   | InterruptInput;
 
+/**
+ * A result or item detail as JSON reads it back: -0 becomes 0 and an array's hole null. Stores that keep
+ * JSON text (SQLite, Postgres) return that on every read, and the wire carries it; without this the memory
+ * store kept -0 and holes (a hole is not even a JsonValue), as did every store's append result.
+ */
+const storedJsonSchema = v.pipe(
+  jsonSchema,
+  v.transform((value: JsonValue) => JSON.parse(JSON.stringify(value)) as JsonValue),
+);
+
 const nullableText = v.optional(v.nullable(shortTextSchema));
 const nullableMessage = v.optional(v.nullable(messageSchema));
 
@@ -132,12 +142,12 @@ export const appendSchema: v.GenericSchema = v.variant('type', [
     key: v.pipe(shortTextSchema, v.minLength(1, 'must not be empty')),
     ok: v.boolean(),
     error: nullableMessage,
-    detail: v.optional(v.nullable(jsonSchema)),
+    detail: v.optional(v.nullable(storedJsonSchema)),
     current: nullableText,
   }),
   v.strictObject({
     type: v.literal('completed'),
-    result: v.optional(v.nullable(jsonSchema)),
+    result: v.optional(v.nullable(storedJsonSchema)),
     message: nullableMessage,
   }),
   v.strictObject({ type: v.literal('failed'), error: failureSchema }),
