@@ -142,7 +142,10 @@ function parse(argv: readonly string[]) {
   const headers: Record<string, string> = {};
   for (const header of values.header ?? []) {
     const colon = header.indexOf(':');
-    if (colon <= 0) throw new Error(`--header must be "name: value", got "${header}"`);
+    // Not echoed: a header is a credential more often than not (cookie, authorization), and stderr
+    // ends up in CI logs.
+    if (colon <= 0)
+      throw new Error('--header must be "name: value" (one was given without a name and a colon)');
     headers[header.slice(0, colon).trim().toLowerCase()] = header.slice(colon + 1).trim();
   }
   const number = (name: string, value: string | undefined): number | undefined => {

@@ -250,4 +250,15 @@ describe('finishline watch credentials', () => {
       }),
     ).toBe(CLI_EXIT_CODES.watchFailed);
   });
+
+  it('does not echo a malformed --header, which holds a credential more often than not', async () => {
+    const run = io();
+    const code = await runCli(
+      ['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', 'authorization Bearer s3cret-token'],
+      run.io,
+    );
+    expect(code).toBe(CLI_EXIT_CODES.usage);
+    expect(run.err.join('')).toContain('--header must be "name: value"');
+    expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+  });
 });
