@@ -70,9 +70,16 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.stderr.write(`finishline: ${(error as Error).message}\n`);
     return CLI_EXIT_CODES.usage;
   }
-  // Connection problems are reported, and the client goes on retrying until the deadline.
-  client.on('error', (error) => io.stderr.write(`finishline: ${error.message}\n`));
   const tty = io.stdout.isTTY === true;
+  /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
+  let lineOpen = false;
+  // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
+  // the bar's line is ended first: the error ran on from it ("0/3 0%finishline: …").
+  client.on('error', (error) => {
+    if (lineOpen) io.stdout.write('\n');
+    lineOpen = false;
+    io.stderr.write(`finishline: ${error.message}\n`);
+  });
   let printed = '';
   let pending = '';
   let lastAt = 0;
@@ -93,6 +100,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     const line = progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) {
       io.stdout.write(`\r\x1b[2K${line}`);
+      lineOpen = true;
       return;
     }
     pending = line;
@@ -111,7 +119,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     );
     return exitCodeOf(state);
   } catch (error) {
-    if (tty) io.stdout.write('\n');
+    if (lineOpen) io.stdout.write('\n');
     io.stderr.write(`finishline: ${(error as Error).message}\n`);
     return isProgressError(error, ErrorCode.Timeout) ? CLI_EXIT_CODES.timeout : CLI_EXIT_CODES.watchFailed;
   } finally {

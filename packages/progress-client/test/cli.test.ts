@@ -262,3 +262,37 @@ describe('finishline watch credentials', () => {
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
   });
 });
+
+describe('finishline watch on a terminal', () => {
+  it('ends the progress line before printing a connection error, so that the error does not run on from the bar', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const screen: string[] = [];
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1'], {
+        stdout: { write: (text: string) => screen.push(text), isTTY: true, columns: 200 },
+        stderr: { write: (text: string) => screen.push(text) },
+        WebSocket: server.WebSocket,
+        signal: stop.signal,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const task = new FakeTask('t1', 3);
+      server.accept(600_000).push({ type: 'snapshot', task: task.view() });
+      server.last.serverClose(1006);
+      // Every reconnect fails until the client reports the server unreachable.
+      for (let attempt = 0; attempt < 10 && !screen.join('').includes('cannot connect'); attempt++) {
+        await vi.advanceTimersByTimeAsync(60_000);
+        server.last.serverClose(1006);
+      }
+      const text = screen.join('');
+      expect(text).toContain('finishline: ProgressClient: cannot connect');
+      // On the screen: the bar's line was ended (a newline) before the error began.
+      expect(text).toMatch(/0\/3 0%\nfinishline: ProgressClient: cannot connect/);
+      stop.abort();
+      expect(await exit).toBe(CLI_EXIT_CODES.watchFailed);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
