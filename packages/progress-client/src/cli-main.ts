@@ -158,7 +158,8 @@ function parse(argv: readonly string[]) {
   }
   const number = (name: string, value: string | undefined): number | undefined => {
     if (value === undefined) return undefined;
-    const n = Number(value);
+    // Number('') and Number(' ') are 0: an unset shell variable ("--timeout-ms $T") gave up at once.
+    const n = value.trim() === '' ? Number.NaN : Number(value);
     if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number of milliseconds >= 0`);
     return n;
   };

@@ -251,6 +251,18 @@ describe('finishline watch credentials', () => {
     ).toBe(CLI_EXIT_CODES.watchFailed);
   });
 
+  it('refuses an empty or blank --timeout-ms (an unset shell variable) instead of reading it as 0 ms', async () => {
+    for (const value of ['', ' ']) {
+      for (const option of ['--timeout-ms', '--interval-ms']) {
+        const run = io();
+        expect(await runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', option, value], run.io)).toBe(
+          CLI_EXIT_CODES.usage,
+        );
+        expect(run.err.join('')).toContain(`${option} must be a number of milliseconds >= 0`);
+      }
+    }
+  });
+
   it('does not echo a malformed --header, which holds a credential more often than not', async () => {
     const run = io();
     const code = await runCli(
