@@ -34,7 +34,7 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
-(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line
+(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
@@ -121,7 +121,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   } catch (error) {
     if (lineOpen) io.stdout.write('\n');
     io.stderr.write(`finishline: ${(error as Error).message}\n`);
-    return isProgressError(error, ErrorCode.Timeout) ? CLI_EXIT_CODES.timeout : CLI_EXIT_CODES.watchFailed;
+    if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
+    // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
+    return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;
   } finally {
     clearTimeout(trailing);
     await client.close();

@@ -24,6 +24,8 @@ export const CLI_EXIT_CODES = Object.freeze({
   timeout: 5,
   /** Bad command line. */
   usage: 64,
+  /** Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): not the server's refusal (4). */
+  stopped: 130,
 });
 
 const BAR_WIDTH = 30;

@@ -263,6 +263,16 @@ describe('finishline watch credentials', () => {
     }
   });
 
+  it('exits 130 when stopped (Ctrl-C, SIGTERM), not 4, which says the server refused the watch', async () => {
+    const run = io();
+    const stop = new AbortController();
+    const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1'], { ...run.io, signal: stop.signal });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    stop.abort();
+    expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    expect(CLI_EXIT_CODES.stopped).toBe(130);
+  });
+
   it('does not echo a malformed --header, which holds a credential more often than not', async () => {
     const run = io();
     const code = await runCli(
@@ -302,7 +312,7 @@ describe('finishline watch on a terminal', () => {
       // On the screen: the bar's line was ended (a newline) before the error began.
       expect(text).toMatch(/0\/3 0%\nfinishline: ProgressClient: cannot connect/);
       stop.abort();
-      expect(await exit).toBe(CLI_EXIT_CODES.watchFailed);
+      expect(await exit).toBe(CLI_EXIT_CODES.stopped);
     } finally {
       vi.useRealTimers();
     }
