@@ -37,19 +37,10 @@ export function invalidOption(component: string, message: string): ProgressError
 
 /** `<where> must be <expected>, got <value>`; functions and objects shown by their type only. */
 function refused(where: string, expected: string, value: unknown): ProgressError {
-  // As the caller would write it: the string '5' shown bare read as if the number 5 were refused, a bigint
-  // lost its n, and a symbol in the template threw a TypeError instead of this error.
   const shown =
-    typeof value === 'function'
-      ? 'a function'
-      : value && typeof value === 'object'
-        ? 'an object'
-        : typeof value === 'string'
-          ? JSON.stringify(value)
-          : typeof value === 'bigint'
-            ? `${value}n`
-            : String(value);
-  return new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${shown}`);
+    typeof value === 'function' ? 'a function' : value && typeof value === 'object' ? 'an object' : value;
+  // String(): a symbol in the template threw a TypeError instead of this error.
+  return new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${String(shown)}`);
 }
 
 /**
