@@ -211,6 +211,26 @@ export function describeEventContract(ctx: ContractContext): void {
       });
     });
 
+    it('reads a count given as -0 back as 0, as every store keeps it', async () => {
+      // SQL columns read -0 back as 0; the memory store (and every append result) kept -0.
+      const created = await ctx.store.createTask(taskInput({ id: 'task-1', total: -0 }));
+      const progress = await ctx.store.append('task-1', { type: 'progress', total: -0, done: -0 });
+      const [event] = await ctx.store.readEvents('task-1', 0);
+      const task = await mustGet(ctx.store, 'task-1');
+      const counts = [
+        created.total,
+        progress.event.progress.total,
+        progress.event.progress.done,
+        progress.task.total,
+        progress.task.done,
+        event?.progress.total,
+        event?.progress.done,
+        task.total,
+        task.done,
+      ];
+      expect(counts.map((count) => Object.is(count, -0))).toEqual(counts.map(() => false));
+    });
+
     it('accepts JSON of exactly the size limit and rejects one byte more', async () => {
       await ctx.store.createTask(taskInput({ id: 'task-1' }));
       // JSON.stringify adds two quote characters.
