@@ -13,24 +13,28 @@ import { ProgressClient } from './progress-client.js';
 
 /** Where {@link runCli} writes, and what it connects with; the bin passes the process's own. */
 export interface CliIo {
-  stdout: { write(text: string): unknown; isTTY?: boolean };
+  /** `columns`: a terminal's width, which the progress line is cut to. */
+  stdout: { write(text: string): unknown; isTTY?: boolean; columns?: number };
   stderr: { write(text: string): unknown };
   /** The WebSocket implementation: `ws` when installed, else Node's built-in. */
   WebSocket: WebSocketConstructorLike | undefined;
   /** Stops the watch (Ctrl-C). */
   signal?: AbortSignal;
+  /** The environment, for `FINISHLINE_TOKEN`; the bin passes `process.env`. */
+  env?: Readonly<Record<string, string | undefined>>;
 }
 
 const USAGE = `usage: finishline watch <url> <taskId> [options]
 
   <url>                 the server's WebSocket URL (ws://host:3000/progress) or its http(s) URL
   --token <token>       credential sent in the first frame and as a bearer token over HTTP
+                        (default: $FINISHLINE_TOKEN, which other users cannot read in the process list)
   --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package)
   --timeout-ms <ms>     give up after this long (exit 5)
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
-(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line
+(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
@@ -46,7 +50,10 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.stdout.write(USAGE);
     return 0;
   }
-  const { url, taskId, token, headers, timeoutMs, intervalMs } = parsed;
+  const { url, taskId, headers, timeoutMs, intervalMs } = parsed;
+  // A command line is readable by every local user (ps, /proc/<pid>/cmdline): the environment is not.
+  const envToken = io.env?.FINISHLINE_TOKEN;
+  const token = parsed.token ?? (envToken === '' ? undefined : envToken);
   if (io.WebSocket === undefined) {
     io.stderr.write('finishline: no WebSocket implementation: npm install ws (or use Node 22 or newer)\n');
     return CLI_EXIT_CODES.usage;
@@ -63,35 +70,62 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     io.stderr.write(`finishline: ${(error as Error).message}\n`);
     return CLI_EXIT_CODES.usage;
   }
-  // Connection problems are reported, and the client goes on retrying until the deadline.
-  client.on('error', (error) => io.stderr.write(`finishline: ${error.message}\n`));
   const tty = io.stdout.isTTY === true;
-  let lastLine = '';
+  /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
+  let lineOpen = false;
+  // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
+  // the bar's line is ended first: the error ran on from it ("0/3 0%finishline: …").
+  client.on('error', (error) => {
+    if (lineOpen) io.stdout.write('\n');
+    lineOpen = false;
+    io.stderr.write(`finishline: ${error.message}\n`);
+  });
+  let printed = '';
+  let pending = '';
   let lastAt = 0;
+  // Not a terminal: a line that came within --interval-ms of the previous one is printed when the
+  // interval has passed, so that a log does not go on showing an older state while the task works on.
+  let trailing: ReturnType<typeof setTimeout> | undefined;
+  const printPending = () => {
+    trailing = undefined;
+    if (pending === printed) return;
+    io.stdout.write(`${pending}\n`);
+    printed = pending;
+    lastAt = Date.now();
+  };
   const watch = client.watch(taskId);
   watch.subscribe(() => {
     const state = watch.getSnapshot();
     if (state.finished) return;
-    const line = progressLine(state);
-    if (tty) io.stdout.write(`\r\x1b[2K${line}`);
-    else if (line !== lastLine && Date.now() - lastAt >= intervalMs) {
-      io.stdout.write(`${line}\n`);
-      lastAt = Date.now();
+    const line = progressLine(state, tty ? io.stdout.columns : undefined);
+    if (tty) {
+      io.stdout.write(`\r\x1b[2K${line}`);
+      lineOpen = true;
+      return;
     }
-    lastLine = line;
+    pending = line;
+    if (trailing !== undefined) return;
+    const wait = lastAt + intervalMs - Date.now();
+    if (wait <= 0) printPending();
+    else trailing = setTimeout(printPending, wait);
   });
   try {
     const state = await watch.done({
       ...(timeoutMs === undefined ? {} : { timeoutMs }),
       ...(io.signal === undefined ? {} : { signal: io.signal }),
     });
-    io.stdout.write(`${tty ? '\r\x1b[2K' : ''}${progressLine(state)}\n${finalLine(state)}\n`);
+    io.stdout.write(
+      `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
+    );
     return exitCodeOf(state);
   } catch (error) {
-    if (tty) io.stdout.write('\n');
+    if (lineOpen) io.stdout.write('\n');
     io.stderr.write(`finishline: ${(error as Error).message}\n`);
-    return isProgressError(error, ErrorCode.Timeout) ? CLI_EXIT_CODES.timeout : CLI_EXIT_CODES.watchFailed;
+    if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
+    // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
+    return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;
   } finally {
+    clearTimeout(trailing);
     await client.close();
   }
 }
@@ -118,12 +152,16 @@ function parse(argv: readonly string[]) {
   const headers: Record<string, string> = {};
   for (const header of values.header ?? []) {
     const colon = header.indexOf(':');
-    if (colon <= 0) throw new Error(`--header must be "name: value", got "${header}"`);
+    // Not echoed: a header is a credential more often than not (cookie, authorization), and stderr
+    // ends up in CI logs.
+    if (colon <= 0)
+      throw new Error('--header must be "name: value" (one was given without a name and a colon)');
     headers[header.slice(0, colon).trim().toLowerCase()] = header.slice(colon + 1).trim();
   }
   const number = (name: string, value: string | undefined): number | undefined => {
     if (value === undefined) return undefined;
-    const n = Number(value);
+    // Number('') and Number(' ') are 0: an unset shell variable ("--timeout-ms $T") gave up at once.
+    const n = value.trim() === '' ? Number.NaN : Number(value);
     if (!Number.isFinite(n) || n < 0) throw new Error(`--${name} must be a number of milliseconds >= 0`);
     return n;
   };

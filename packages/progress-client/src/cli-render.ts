@@ -24,21 +24,44 @@ export const CLI_EXIT_CODES = Object.freeze({
   timeout: 5,
   /** Bad command line. */
   usage: 64,
+  /** Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): not the server's refusal (4). */
+  stopped: 130,
 });
 
 const BAR_WIDTH = 30;
 
 function seconds(ms: number): string {
-  if (ms >= 3_600_000) return `${Math.floor(ms / 3_600_000)}h${Math.round((ms % 3_600_000) / 60_000)}m`;
-  if (ms >= 60_000) return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`;
-  return `${Math.ceil(ms / 1000)}s`;
+  // Rounded once, then split: rounding the remainder alone printed 119.6 s as "1m60s".
+  const s = Math.ceil(ms / 1000);
+  if (s >= 3600) {
+    const m = Math.round(s / 60);
+    return `${Math.floor(m / 60)}h${m % 60}m`;
+  }
+  if (s >= 60) return `${Math.floor(s / 60)}m${s % 60}s`;
+  return `${s}s`;
+}
+
+// C0 and C1 control characters and DEL.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+
+/**
+ * A worker's text (`current`, `message`, an error message) as one printable line: a newline would break
+ * the one-line display (and the "last line is the status" scripts rely on), an escape sequence would
+ * drive the terminal. Each control character becomes a space.
+ */
+function printable(text: string): string {
+  return text.replace(CONTROL, ' ');
 }
 
 /**
  * One line for a state: `[#########.....................] 12/40 30% eta 14s taint node-7`. Without a
  * known total the bar is left out.
+ *
+ * @param width - the terminal's columns: the line is cut to fewer (ending with `…`), since a line that
+ *   wraps leaves rows behind that the next `\r` redraw does not clear. Not cut without a width.
  */
-export function progressLine(state: WatchState): string {
+export function progressLine(state: WatchState, width?: number): string {
   const progress = state.progress;
   if (progress === null) return 'waiting for the task…';
   const parts: string[] = [];
@@ -51,13 +74,18 @@ export function progressLine(state: WatchState): string {
   if (progress.failed > 0) parts.push(`${progress.failed} failed`);
   if (state.eta !== null && !state.finished) parts.push(`eta ${seconds(state.eta)}`);
   const note = progress.current ?? progress.message;
-  if (note !== null && note !== undefined && note !== '') parts.push(note);
-  return parts.join(' ');
+  if (note !== null && note !== undefined && note !== '') parts.push(printable(note));
+  const line = parts.join(' ');
+  if (width === undefined || !(width > 1) || line.length < width) return line;
+  // By code point, so that a surrogate pair is not split; the last column is left free (some terminals
+  // wrap on writing it).
+  const points = [...line];
+  return points.length < width ? line : `${points.slice(0, width - 2).join('')}…`;
 }
 
 /** The last line: the final status, and the task's error when it failed. */
 export function finalLine(state: WatchState): string {
-  const detail = state.error === null ? '' : `: ${state.error.message}`;
+  const detail = state.error === null ? '' : `: ${printable(state.error.message)}`;
   return `${state.status}${detail}`;
 }
 

@@ -26,4 +26,5 @@ process.exitCode = await runCli(process.argv.slice(2), {
   stderr: process.stderr,
   WebSocket: await webSocket(),
   signal: interrupt.signal,
+  env: process.env,
 });

@@ -3,13 +3,16 @@ import { readFileSync, realpathSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
-import { CLI_EXIT_CODES } from '../src/cli-render.js';
+import { CLI_EXIT_CODES, finalLine, progressLine } from '../src/cli-render.js';
 import type { WebSocketConstructorLike } from '../src/options.js';
+import { FakeServer, FakeTask } from '../src/testing/fake-server.js';
+import type { WatchState } from '../src/watch.js';
 
 const servers: ProgressServer[] = [];
 afterEach(async () => {
@@ -135,5 +138,183 @@ describe('the finishline bin', () => {
   it('is linked into the workspace root by npm ci, before any build', () => {
     const link = join(pkg, '../../node_modules/.bin/finishline');
     expect(realpathSync(link)).toBe(realpathSync(join(pkg, target)));
+  });
+});
+
+/** A running state of `done`/`total` with `current`, `message` and `eta` as given. */
+function running(fields: { done: number; total: number; current?: string; message?: string; eta?: number }) {
+  const { done, total, current = null, message = null, eta = null } = fields;
+  return {
+    taskId: 't1',
+    seq: done,
+    status: 'running',
+    kind: 'batch_taint',
+    progress: { total, done, succeeded: done, failed: 0, current, message },
+    result: null,
+    error: null,
+    updatedAt: 1,
+    finishedAt: null,
+    finished: false,
+    fraction: done / total,
+    rate: null,
+    eta,
+    fatalError: null,
+  } as const satisfies WatchState;
+}
+
+describe('the lines finishline watch prints', () => {
+  it("shows a worker's control characters as spaces: one line per state, no escape sequence reaches the terminal", () => {
+    const line = progressLine(running({ done: 1, total: 2, current: 'node-7\n\x1b]0;pwned\x07\x1b[2J\r' }));
+    expect([...line].filter((c) => c < ' ' || (c >= '\x7f' && c <= '\x9f'))).toEqual([]);
+    expect(line).toContain('node-7');
+    const failed = {
+      ...running({ done: 1, total: 2 }),
+      status: 'failed',
+      finished: true,
+      error: { code: 'crash', message: 'boom\nat worker.js:1\x1b[31m' },
+    } as const satisfies WatchState;
+    expect(finalLine(failed)).toBe('failed: boom at worker.js:1 [31m');
+  });
+
+  it("fits a long message into the terminal's width, so that the next \\r redraws it instead of piling up wrapped rows", () => {
+    const state = running({ done: 1, total: 2, message: 'x'.repeat(4096) });
+    const line = progressLine(state, 80);
+    expect([...line].length).toBeLessThan(80);
+    expect(line.startsWith('[###############...............] 1/2 50% ')).toBe(true);
+    expect(line.endsWith('…')).toBe(true);
+    // Without a width (not a terminal) nothing is cut.
+    expect(progressLine(state)).toContain('x'.repeat(4096));
+  });
+
+  it('never prints 60 seconds or 60 minutes as the lower unit of an ETA', () => {
+    expect(progressLine(running({ done: 1, total: 2, eta: 119_600 }))).toContain('eta 2m0s');
+    expect(progressLine(running({ done: 1, total: 2, eta: 3_599_999 }))).toContain('eta 1h0m');
+    expect(progressLine(running({ done: 1, total: 2, eta: 7_170_000 }))).toContain('eta 2h0m');
+    expect(progressLine(running({ done: 1, total: 2, eta: 61_000 }))).toContain('eta 1m1s');
+    expect(progressLine(running({ done: 1, total: 2, eta: 1_500 }))).toContain('eta 2s');
+  });
+});
+
+describe('finishline watch when the output is not a terminal', () => {
+  const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+  const snap = (task: TaskView) => ({ type: 'snapshot' as const, task });
+
+  it('prints the latest state once --interval-ms has passed, even when no later state comes', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const run = io();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '1000'], {
+        ...run.io,
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000); // no heartbeat is due while the test's clock runs
+      const task = new FakeTask('t1', 3);
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('n1')));
+      expect(run.out.join('')).not.toContain('1/3');
+      // The task now works on n2 for a minute: the log must not go on saying 0/3 all that time.
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(run.out.join('')).toContain('1/3');
+      const lines = run.out.length;
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(run.out.length).toBe(lines); // printed once, not again while nothing changes
+      socket.push(ev(task.item('n2')));
+      socket.push(ev(task.item('n3')));
+      socket.push(ev(task.end()));
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      expect(run.out.join('').trim().split('\n').at(-1)).toBe('completed');
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('finishline watch credentials', () => {
+  it('takes the token from FINISHLINE_TOKEN, so that it need not stand on the command line (ps, /proc/<pid>/cmdline)', async () => {
+    const { server, url } = await start(200);
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    await task.complete();
+    const run = io();
+    const code = await runCli(['watch', url, task.id], { ...run.io, env: { FINISHLINE_TOKEN: 'ops' } });
+    expect(run.err.join('')).toBe('');
+    expect(code).toBe(CLI_EXIT_CODES.completed);
+    // --token still wins over the environment.
+    const other = io();
+    expect(
+      await runCli(['watch', url, task.id, '--token', 'mallory'], {
+        ...other.io,
+        env: { FINISHLINE_TOKEN: 'ops' },
+      }),
+    ).toBe(CLI_EXIT_CODES.watchFailed);
+  });
+
+  it('refuses an empty or blank --timeout-ms (an unset shell variable) instead of reading it as 0 ms', async () => {
+    for (const value of ['', ' ']) {
+      for (const option of ['--timeout-ms', '--interval-ms']) {
+        const run = io();
+        expect(await runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', option, value], run.io)).toBe(
+          CLI_EXIT_CODES.usage,
+        );
+        expect(run.err.join('')).toContain(`${option} must be a number of milliseconds >= 0`);
+      }
+    }
+  });
+
+  it('exits 130 when stopped (Ctrl-C, SIGTERM), not 4, which says the server refused the watch', async () => {
+    const run = io();
+    const stop = new AbortController();
+    const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1'], { ...run.io, signal: stop.signal });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    stop.abort();
+    expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    expect(CLI_EXIT_CODES.stopped).toBe(130);
+  });
+
+  it('does not echo a malformed --header, which holds a credential more often than not', async () => {
+    const run = io();
+    const code = await runCli(
+      ['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', 'authorization Bearer s3cret-token'],
+      run.io,
+    );
+    expect(code).toBe(CLI_EXIT_CODES.usage);
+    expect(run.err.join('')).toContain('--header must be "name: value"');
+    expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+  });
+});
+
+describe('finishline watch on a terminal', () => {
+  it('ends the progress line before printing a connection error, so that the error does not run on from the bar', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const screen: string[] = [];
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1'], {
+        stdout: { write: (text: string) => screen.push(text), isTTY: true, columns: 200 },
+        stderr: { write: (text: string) => screen.push(text) },
+        WebSocket: server.WebSocket,
+        signal: stop.signal,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const task = new FakeTask('t1', 3);
+      server.accept(600_000).push({ type: 'snapshot', task: task.view() });
+      server.last.serverClose(1006);
+      // Every reconnect fails until the client reports the server unreachable.
+      for (let attempt = 0; attempt < 10 && !screen.join('').includes('cannot connect'); attempt++) {
+        await vi.advanceTimersByTimeAsync(60_000);
+        server.last.serverClose(1006);
+      }
+      const text = screen.join('');
+      expect(text).toContain('finishline: ProgressClient: cannot connect');
+      // On the screen: the bar's line was ended (a newline) before the error began.
+      expect(text).toMatch(/0\/3 0%\nfinishline: ProgressClient: cannot connect/);
+      stop.abort();
+      expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -96,6 +96,12 @@ describe('resolveOptions', () => {
     );
   });
 
+  it('refuses a symbol with invalid_input, not a TypeError from its own message', () => {
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { verbose: Symbol('on') }))).toBe(
+      'C: verbose must be a boolean, got Symbol(on)',
+    );
+  });
+
   it('refuses a missing required option', () => {
     const withStore = { store: required(optional(func<() => void>(() => {}))) };
     expect(invalidInputMessage(() => resolveOptions('C', withStore, {}))).toBe(

@@ -39,7 +39,8 @@ export function invalidOption(component: string, message: string): ProgressError
 function refused(where: string, expected: string, value: unknown): ProgressError {
   const shown =
     typeof value === 'function' ? 'a function' : value && typeof value === 'object' ? 'an object' : value;
-  return new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${shown}`);
+  // String(): a symbol in the template threw a TypeError instead of this error.
+  return new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${String(shown)}`);
 }
 
 /**

@@ -95,6 +95,16 @@ export type AppendInput =
   | CancelInput
   | InterruptInput;
 
+/**
+ * A result or item detail as JSON reads it back: -0 becomes 0 and an array's hole null. Stores that keep
+ * JSON text (SQLite, Postgres) return that on every read, and the wire carries it; without this the memory
+ * store kept -0 and holes (a hole is not even a JsonValue), as did every store's append result.
+ */
+const storedJsonSchema = v.pipe(
+  jsonSchema,
+  v.transform((value: JsonValue) => JSON.parse(JSON.stringify(value)) as JsonValue),
+);
+
 const nullableText = v.optional(v.nullable(shortTextSchema));
 const nullableMessage = v.optional(v.nullable(messageSchema));
 
@@ -132,12 +142,12 @@ export const appendSchema: v.GenericSchema = v.variant('type', [
     key: v.pipe(shortTextSchema, v.minLength(1, 'must not be empty')),
     ok: v.boolean(),
     error: nullableMessage,
-    detail: v.optional(v.nullable(jsonSchema)),
+    detail: v.optional(v.nullable(storedJsonSchema)),
     current: nullableText,
   }),
   v.strictObject({
     type: v.literal('completed'),
-    result: v.optional(v.nullable(jsonSchema)),
+    result: v.optional(v.nullable(storedJsonSchema)),
     message: nullableMessage,
   }),
   v.strictObject({ type: v.literal('failed'), error: failureSchema }),
@@ -163,13 +173,24 @@ export function assertCount(value: unknown, what: string): asserts value is numb
 
 /** Validates {@link CreateTaskInput}; throws `invalid_input` with the offending fields otherwise. */
 export function parseCreateTaskInput(input: unknown): CreateTaskInput {
-  return parseOrThrow(createTaskSchema, input, 'task') as CreateTaskInput;
+  return withoutNegativeZero(parseOrThrow(createTaskSchema, input, 'task') as CreateTaskInput);
+}
+
+/**
+ * A count given as -0 as 0 (on the parsed copy): SQL columns read it back as 0, while the memory store
+ * kept -0, and so did every store's append result (`Object.is` and `toEqual` tell them apart).
+ */
+function withoutNegativeZero<T extends { total?: number | null; done?: number }>(parsed: T): T {
+  if (parsed.total === 0) parsed.total = 0;
+  if (parsed.done === 0) parsed.done = 0;
+  return parsed;
 }
 
 /** Validates {@link AppendInput}; throws `invalid_input` with the offending fields otherwise. */
 export function parseAppendInput(input: unknown): AppendInput {
   try {
-    return commonAppend(input) ?? (parseOrThrow(appendSchema, input, 'event') as AppendInput);
+    const parsed = commonAppend(input) ?? (parseOrThrow(appendSchema, input, 'event') as AppendInput);
+    return parsed.type === 'progress' ? withoutNegativeZero(parsed) : parsed;
   } catch (error) {
     if (error instanceof ProgressError) throw error;
     // Reading the input threw (a getter, a Proxy trap; a worker's return value becomes `detail`): that is

@@ -182,6 +182,55 @@ export function describeEventContract(ctx: ContractContext): void {
       }
     });
 
+    it('keeps JSON as JSON reads back: -0 as 0 and an array hole as null, in the append result and in reads', async () => {
+      // Stores that keep JSON text read these back as 0 and null; the memory store kept -0 and the hole
+      // (not even a JsonValue), and every store's append result returned them: one value, two answers.
+      // biome-ignore lint/suspicious/noSparseArray: the hole is the point.
+      const odd = { zero: -0, list: [, 1, -0] } as unknown as JsonValue;
+      const expected = { zero: 0, list: [null, 1, 0] };
+      await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      const item = await ctx.store.append('task-1', { type: 'item', key: 'k', ok: true, detail: odd });
+      const done = await ctx.store.append('task-1', { type: 'completed', result: odd });
+      const [readItem, readDone] = await ctx.store.readEvents('task-1', 0);
+      const task = await mustGet(ctx.store, 'task-1');
+      const seen = {
+        appendedDetail: item.event.type === 'item' ? item.event.item.detail : undefined,
+        appendedResult: (done.event as CompletedEvent).result,
+        appendedTaskResult: done.task.result,
+        readDetail: readItem?.type === 'item' ? readItem.item.detail : undefined,
+        readResult: (readDone as CompletedEvent | undefined)?.result,
+        taskResult: task.result,
+      };
+      expect(seen).toStrictEqual({
+        appendedDetail: expected,
+        appendedResult: expected,
+        appendedTaskResult: expected,
+        readDetail: expected,
+        readResult: expected,
+        taskResult: expected,
+      });
+    });
+
+    it('reads a count given as -0 back as 0, as every store keeps it', async () => {
+      // SQL columns read -0 back as 0; the memory store (and every append result) kept -0.
+      const created = await ctx.store.createTask(taskInput({ id: 'task-1', total: -0 }));
+      const progress = await ctx.store.append('task-1', { type: 'progress', total: -0, done: -0 });
+      const [event] = await ctx.store.readEvents('task-1', 0);
+      const task = await mustGet(ctx.store, 'task-1');
+      const counts = [
+        created.total,
+        progress.event.progress.total,
+        progress.event.progress.done,
+        progress.task.total,
+        progress.task.done,
+        event?.progress.total,
+        event?.progress.done,
+        task.total,
+        task.done,
+      ];
+      expect(counts.map((count) => Object.is(count, -0))).toEqual(counts.map(() => false));
+    });
+
     it('accepts JSON of exactly the size limit and rejects one byte more', async () => {
       await ctx.store.createTask(taskInput({ id: 'task-1' }));
       // JSON.stringify adds two quote characters.
