@@ -388,6 +388,25 @@ async function main() {
       if (Number(esm) === 0 || Number(esm) !== Number(cjs))
         fail(`${entry}: ${esm.trim()} ESM exports, ${cjs.trim()} CJS exports`);
     }
+    // An app that imports and requires the packages runs two copies of core: an error of one must pass
+    // the other's isProgressError (it failed, `instanceof` alone, until 5 December 2026).
+    const crossCopy = run(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        [
+          "import { createRequire } from 'node:module';",
+          "const esm = await import('@finishline/core');",
+          "const cjs = createRequire(process.cwd() + '/')('@finishline/core');",
+          "const error = new cjs.ProgressError('task_finished', 'ended');",
+          "console.log(cjs.ProgressError !== esm.ProgressError && esm.isProgressError(error, 'task_finished'));",
+        ].join('\n'),
+      ],
+      { cwd: app },
+    );
+    if (crossCopy.trim() !== 'true')
+      fail(`a CommonJS ProgressError failed the ESM isProgressError: ${crossCopy}`);
     const testing = run(
       process.execPath,
       [
@@ -398,7 +417,9 @@ async function main() {
       { cwd: app },
     );
     if (testing.trim() !== 'function') fail(`@finishline/core/testing: ${testing}`);
-    log(`imports: ${entries.length} entries from ESM and CJS, @finishline/core/testing from ESM: ok`);
+    log(
+      `imports: ${entries.length} entries from ESM and CJS, @finishline/core/testing from ESM, a CJS error passing the ESM isProgressError: ok`,
+    );
     // The `finishline` bin as the install linked it (a bin npm found no file for is silently not linked).
     let help;
     try {

@@ -34,12 +34,13 @@ process.stdout.on('error', (error) => {
  * for flooding backed off after a long-lived socket too, and a connect timeout that names a token function
  * that never returned instead of the server; 14,300 B for the resubscribes an invalid frame asks for, paced
  * as a refused subscribe's after the first, where a server repeating a frame the client rejects was asked
- * again at the round trip's pace). A change that must grow it moves the ceiling in the same
+ * again at the round trip's pace; 14,330 B for errors told by a registered symbol, not `instanceof`, so that
+ * an app running core's ESM and CommonJS builds side by side recognises both copies' errors). A change that must grow it moves the ceiling in the same
  * commit, saying why in its message (`git log -p` on this file has every step and its reason);
  * `size-ablation.mjs` measures what the parts of the core entry cost, docs/client.md what it is made of.
  */
 const ENTRIES = [
-  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_300 },
+  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_330 },
   // 2 KB until a refusal went to the one tab whose subscribe it answers, not to all (+34 B: 2,081 B).
   { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2.25 * KB },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },

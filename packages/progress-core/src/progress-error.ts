@@ -6,6 +6,14 @@ import type { ErrorCode } from './codes.js';
  * @module
  */
 
+/**
+ * The mark of a ProgressError, the same in every copy of the package: an app that both imports and
+ * requires the packages (their ESM and CommonJS builds), or has two installed copies, runs two classes,
+ * and `instanceof` one of them told the other's errors apart (a store's `task_finished` failed
+ * `isProgressError(error, ErrorCode.TaskFinished)`). Test errors with {@link isProgressError}.
+ */
+const BRAND = Symbol.for('@finishline/core ProgressError');
+
 /** Options for {@link ProgressError}. */
 export interface ProgressErrorOptions {
   /** The error that caused this one, kept for logs. */
@@ -29,6 +37,10 @@ export interface ProgressErrorOptions {
  */
 export class ProgressError extends Error {
   override readonly name = 'ProgressError';
+  /** The mark {@link isProgressError} reads (see {@link BRAND}). @internal */
+  get [BRAND](): true {
+    return true;
+  }
   readonly code: ErrorCode;
   readonly taskId: string | undefined;
 
@@ -41,5 +53,8 @@ export class ProgressError extends Error {
 
 /** True when `error` is a {@link ProgressError}, optionally with the given code. */
 export function isProgressError(error: unknown, code?: ErrorCode): error is ProgressError {
-  return error instanceof ProgressError && (code === undefined || error.code === code);
+  return (
+    (error as { [BRAND]?: unknown } | null)?.[BRAND] === true &&
+    (code === undefined || (error as ProgressError).code === code)
+  );
 }
