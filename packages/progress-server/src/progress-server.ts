@@ -171,7 +171,9 @@ export class ProgressServer<P extends Principal = Principal> {
       // A task id purged and created again starts its seqs over: the acks this process wrote for the
       // purged run must not pass the new run's for duplicates (they were never written: its `ackedSeq`
       // stayed 0, found by the chaos suite's retention fault).
-      onLoaded: (taskId, seq, createdAt) => this.#acks.seen(taskId, seq, createdAt),
+      // Acks taken while a load ran may be of events it did not see: its seq below them is no restore.
+      loadMark: () => this.#acks.mark(),
+      onLoaded: (taskId, seq, createdAt, mark) => this.#acks.seen(taskId, seq, createdAt, mark),
     });
     this.#acks = new AckWriter({ ...shared, retryDelayMs: resolved.storeRetryDelayMs });
     // The keeper and the task API refer to each other through callbacks; `tasks` exists before either fires.

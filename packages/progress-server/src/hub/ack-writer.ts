@@ -20,6 +20,8 @@ interface AckState {
   written: number;
   /** Highest seq acknowledged by a local watcher and not yet written. */
   pending: number;
+  /** The writer's count of acks taken (see {@link AckWriter.mark}) when `pending` was last raised. */
+  pendingAt: number;
   inFlight: Promise<void> | undefined;
   /** The seq of the write in flight (0: none). */
   writing: number;
@@ -53,6 +55,8 @@ export class AckWriter {
    */
   readonly #inFlight = new Set<Promise<void>>();
   #closed = false;
+  /** Acks taken so far (see {@link mark}). */
+  #taken = 0;
 
   constructor(options: {
     store: ProgressStore;
@@ -66,6 +70,15 @@ export class AckWriter {
     this.#retryDelayMs = options.retryDelayMs;
   }
 
+  /**
+   * The count of acks taken so far: a reader takes it as its read of a task starts, and hands it to
+   * {@link seen} with what it read, so that acks taken since (maybe of events the read did not see) are
+   * not judged by that read.
+   */
+  mark(): number {
+    return this.#taken;
+  }
+
   /** A local watcher acknowledged `taskId` up to `seq`. */
   ack(taskId: string, seq: number): void {
     if (this.#closed) return;
@@ -75,6 +88,8 @@ export class AckWriter {
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
+    this.#taken += 1;
+    state.pendingAt = this.#taken;
     state.failures = 0;
     this.#write(taskId, state);
   }
@@ -132,9 +147,11 @@ export class AckWriter {
    * restored), and what this writer remembers would pass the new run's acks for duplicates, never written:
    * its state goes, as in {@link forgetSeqs} (a write in flight finishes), and the run is remembered for
    * the acks to come. (Two runs created in the same millisecond are told apart only by their seqs.) A read
-   * older than an ack written since costs at most one repeated write: the store keeps the highest ack.
+   * older than an ack written since costs at most one repeated write: the store keeps the highest ack. A
+   * read older than an ack still waiting would drop it: a reader that passes `mark` ({@link mark}, taken
+   * as its read started) has a read of the same run below an ack taken since ignored.
    */
-  seen(taskId: string, seq: number, run: number): void {
+  seen(taskId: string, seq: number, run: number, mark?: number): void {
     const state = this.#tasks.get(taskId);
     if (state === undefined) {
       if (!this.#closed) this.#add(taskId, run);
@@ -142,6 +159,11 @@ export class AckWriter {
     }
     if (state.run === undefined) state.run = run;
     if (state.run === run && seq >= state.written && seq >= state.pending) return;
+    // The same run, read below an ack taken since the read started (`mark`): the read may have been made
+    // before that ack's event was committed, so it is no sign of a restore. Taken for one, it dropped the
+    // ack waiting behind the write in flight, which the client never sends again (a second watcher's
+    // subscribe whose load answered after a terminal event's ack lost that ack).
+    if (state.run === run && mark !== undefined && state.pendingAt > mark) return;
     if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
     state.retryTimer = undefined;
     state.pending = 0;
@@ -154,6 +176,7 @@ export class AckWriter {
       run,
       written: 0,
       pending: 0,
+      pendingAt: 0,
       inFlight: undefined,
       writing: 0,
       failures: 0,

@@ -134,8 +134,10 @@ export class TaskHub {
      * came stamped with an epoch other than the current one. The server reads the store's epoch again.
      */
     onWentBack?: () => void;
+    /** Taken as a subscriber's load starts (see {@link StreamHub.loadMark}). */
+    loadMark?: () => number;
     /** A subscriber's load read a task (see {@link StreamHub.loaded}). */
-    onLoaded?: (taskId: string, seq: number, createdAt: number) => void;
+    onLoaded?: (taskId: string, seq: number, createdAt: number, mark: number) => void;
   }) {
     this.#store = options.store;
     this.#feed = options.store.changes;
@@ -160,6 +162,7 @@ export class TaskHub {
         if (readSeq !== undefined) this.#recent.backfill(taskId, events, readSeq);
       },
       wentBack: options.onWentBack ?? noop,
+      loadMark: options.loadMark ?? (() => 0),
       loaded: options.onLoaded ?? noop,
     };
   }

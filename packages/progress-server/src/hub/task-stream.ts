@@ -81,11 +81,14 @@ export interface StreamHub {
    * purged and reused), and its epoch is worth reading now rather than at the next heartbeat tick.
    */
   wentBack(): void;
+  /** Taken as a subscriber's load starts, and handed to {@link loaded} with what it read. */
+  loadMark(): number;
   /**
-   * A subscriber's load read the task at `seq`, created at `createdAt` (for its authorization): another
-   * run than the acks written for the id, or below them (see `AckWriter.seen`).
+   * A subscriber's load read the task at `seq`, created at `createdAt` (for its authorization), the read
+   * started at `mark` ({@link loadMark}): another run than the acks written for the id, or below them
+   * (see `AckWriter.seen`).
    */
-  loaded(taskId: string, seq: number, createdAt: number): void;
+  loaded(taskId: string, seq: number, createdAt: number, mark: number): void;
 }
 
 /**
@@ -134,8 +137,12 @@ export class TaskStream {
    * `null` when the stream went stale before or during the read.
    */
   async load(): Promise<Task | undefined | null> {
-    const task = await this.#read(() => this.#hub.store.getTask(this.taskId), null);
-    if (task) this.#hub.loaded(this.taskId, task.seq, task.createdAt);
+    let mark = 0;
+    const task = await this.#read(() => {
+      mark = this.#hub.loadMark();
+      return this.#hub.store.getTask(this.taskId);
+    }, null);
+    if (task) this.#hub.loaded(this.taskId, task.seq, task.createdAt, mark);
     return this.stale ? null : task;
   }
 

@@ -67,6 +67,9 @@ export class Connection<P extends Principal> {
   #alive = true;
   /** `bufferedAmount` when the last ping was sent: a peer that reads makes it shrink. */
   #bufferedAtPing = 0;
+  /** The writer's frames written and flushed when the last ping was sent (see `tick`). */
+  #writtenAtPing = 0;
+  #flushedAtPing = 0;
   readonly #closed: Promise<void>;
   #resolveClosed: () => void = () => {};
 
@@ -205,7 +208,13 @@ export class Connection<P extends Principal> {
       // otherwise stay for ever, with everything sent to it buffered here). A peer still working through
       // a backlog has not reached the ping yet: its buffer shrank since, so it is spared another interval.
       const buffered = this.#ws.bufferedAmount;
-      if (!this.#alive && !(buffered < this.#bufferedAtPing)) {
+      // The buffer alone does not tell: while a backlog is queued here the drain refills it to the
+      // high-water mark as fast as the peer reads, so it was as large at this tick as at the ping about
+      // half the time, and a peer still reading towards the ping was terminated. A frame written before
+      // the ping and taken by the socket since is that progress (a peer that stopped reading stops it once
+      // the connection's buffers are full); one written after it says nothing of the ping.
+      const readTowardsPing = Math.min(this.#writer.framesFlushed, this.#writtenAtPing) > this.#flushedAtPing;
+      if (!this.#alive && !(buffered < this.#bufferedAtPing) && !readTowardsPing) {
         this.#ctx.logger.info(
           { connection: this.id },
           'no pong within a heartbeat interval; terminating socket',
@@ -215,6 +224,8 @@ export class Connection<P extends Principal> {
       }
       this.#alive = false;
       this.#bufferedAtPing = buffered;
+      this.#writtenAtPing = this.#writer.framesWritten;
+      this.#flushedAtPing = this.#writer.framesFlushed;
       this.#writer.ping();
       // Only when everything queued went out, with the seq of the last frame sent per task: a client that
       // sees a seq above its cursor really lost a frame (no false alarm while a backlog drains or a

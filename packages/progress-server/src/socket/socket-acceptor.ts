@@ -27,6 +27,14 @@ export class SocketAcceptor<P extends Principal> {
   readonly #wss: WebSocketServer;
   readonly #ownsWss: boolean;
   readonly #onConnection: (ws: WebSocket, request: IncomingMessage) => void;
+  /**
+   * Upgrades whose checks (the authentication hooks) are still running, each with what settles it, and
+   * the caller's sockets waiting for theirs: refused when the server starts closing. Left to their hooks,
+   * an upgrade whose hook was slow or hung held its TCP socket until `upgradeTimeoutMs` (10 s by default),
+   * and `close()` of a server created by `listen()` waited for it, past its own deadline.
+   */
+  readonly #upgrading = new Map<Duplex, () => void>();
+  readonly #authenticating = new Set<WebSocket>();
   #closing = false;
 
   constructor(ctx: SocketServices<P>) {
@@ -76,6 +84,17 @@ export class SocketAcceptor<P extends Principal> {
   stopAccepting(): void {
     this.#closing = true;
     if (!this.#ownsWss) this.#wss.off('connection', this.#onConnection);
+    // Refused now as they would be once their hooks answer (503 / 1001), which may be never.
+    for (const [socket, settle] of [...this.#upgrading]) {
+      settle();
+      this.refuse(socket, { status: 503, code: ErrorCode.Closed, message: 'Server is shutting down' });
+    }
+    for (const ws of [...this.#authenticating]) {
+      this.#authenticating.delete(ws);
+      this.#ctx.metrics.upgradesRejected.inc({ code: ErrorCode.Closed });
+      ws.resume();
+      ws.close(CloseCode.GoingAway, 'server shutting down');
+    }
   }
 
   /** Shuts every connection down by `deadline` (see {@link Connection.shutdown}) and closes an owned `wss`. */
@@ -108,8 +127,13 @@ export class SocketAcceptor<P extends Principal> {
     }, this.#ctx.options.upgradeTimeoutMs);
     deadline.unref();
     // Refused, accepted or gone: the deadline no longer applies once the upgrade is settled.
-    socket.once('close', () => clearTimeout(deadline));
-    this.#upgrade(request, socket, head, () => clearTimeout(deadline)).catch((error: unknown) => {
+    const settle = (): void => {
+      clearTimeout(deadline);
+      this.#upgrading.delete(socket);
+    };
+    this.#upgrading.set(socket, settle);
+    socket.once('close', settle);
+    this.#upgrade(request, socket, head, settle).catch((error: unknown) => {
       this.#ctx.metrics.handlerErrors.inc();
       this.#ctx.logger.error({ err: describeError(error) }, 'upgrade failed');
       this.refuse(socket, { status: 500, code: ErrorCode.Internal, message: 'Upgrade failed' });
@@ -118,6 +142,8 @@ export class SocketAcceptor<P extends Principal> {
 
   async #upgrade(request: IncomingMessage, socket: Duplex, head: Buffer, settled: () => void): Promise<void> {
     const checked = await this.#checkUpgrade(request);
+    // Settled meanwhile: refused by the shutdown (see stopAccepting), or gone.
+    if (!this.#upgrading.has(socket)) return;
     if (checked.kind === 'refused') {
       settled();
       this.refuse(socket, checked);
@@ -186,9 +212,12 @@ export class SocketAcceptor<P extends Principal> {
     }
     // Frames that arrive while the hooks run stay in the socket until the connection takes over.
     ws.pause();
+    this.#authenticating.add(ws);
+    ws.once('close', () => this.#authenticating.delete(ws));
     this.#ctx.auth.fromUpgrade(request).then(
       (auth) => {
-        if (ws.readyState !== WebSocket.OPEN) return;
+        // Refused by the shutdown meanwhile (see stopAccepting), or gone.
+        if (!this.#authenticating.delete(ws) || ws.readyState !== WebSocket.OPEN) return;
         if (this.#closing) {
           refuse(CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down');
         } else if (auth.kind === 'refused') {
@@ -199,6 +228,7 @@ export class SocketAcceptor<P extends Principal> {
         }
       },
       (error: unknown) => {
+        if (!this.#authenticating.delete(ws)) return;
         this.#ctx.metrics.handlerErrors.inc();
         this.#ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
         refuse(CloseCode.InternalError, ErrorCode.Internal, 'authentication failed');

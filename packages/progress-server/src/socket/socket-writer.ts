@@ -95,6 +95,9 @@ export class SocketWriter {
   #drainTimer: NodeJS.Timeout | undefined;
   #congested = false;
   #corked = false;
+  /** Frames handed to `ws`, and those of them the socket has taken (their send callbacks succeeded). */
+  #framesWritten = 0;
+  #framesFlushed = 0;
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
@@ -104,6 +107,19 @@ export class SocketWriter {
   /** Everything queued went out and no paused drain is pending (a heartbeat may report seqs now). */
   get idle(): boolean {
     return this.#queue.size === 0 && this.#resets.size === 0 && this.#drainTimer === undefined;
+  }
+
+  /** Frames handed to the socket so far (see {@link framesFlushed}). */
+  get framesWritten(): number {
+    return this.#framesWritten;
+  }
+
+  /**
+   * Frames the socket has taken so far: written out of its buffer, which a peer that does not read stops
+   * once the connection's buffers are full (the liveness check, connection.ts `tick`).
+   */
+  get framesFlushed(): number {
+    return this.#framesFlushed;
   }
 
   /** Frames are still queued here or buffered in the socket (a graceful shutdown waits for them). */
@@ -219,6 +235,7 @@ export class SocketWriter {
     const ws = this.#ctx.ws;
     if (ws.readyState !== WebSocket.OPEN) return;
     this.#corkForTick();
+    this.#framesWritten += 1;
     ws.send(text, this.#onSent);
   }
 
@@ -242,11 +259,11 @@ export class SocketWriter {
 
   /** One callback for every frame of the socket, not a closure per frame. */
   readonly #onSent = (error?: Error | null): void => {
-    if (error)
-      this.#ctx.logger.debug(
-        { err: describeError(error), connection: this.#ctx.connectionId },
-        'send failed',
-      );
+    if (!error) {
+      this.#framesFlushed += 1;
+      return;
+    }
+    this.#ctx.logger.debug({ err: describeError(error), connection: this.#ctx.connectionId }, 'send failed');
   };
 
   /** What {@link drain} checks before it writes: the socket is open, not paused, below the high-water mark. */

@@ -192,6 +192,14 @@ export class Subscription implements WrittenLog {
     return this.#authorized && seq > this.#acked && seq <= this.#written && this.#freeAcks > 0;
   }
 
+  /**
+   * An earlier subscription of the task on this socket, unsubscribed, may acknowledge up to `seq` (see
+   * `#written`): its frames may still be on their way.
+   */
+  sentEarlier(seq: number): void {
+    if (seq > this.#written) this.#written = seq;
+  }
+
   /** Highest seq written to this socket for this task, across resubscribes. */
   get writtenSeq(): number {
     return this.#written;

@@ -404,6 +404,7 @@ export class Subscriptions<P extends Principal> {
       metrics.principalLimits.inc({ limit: 'subscriptions' });
       return capped(`A principal may follow at most ${options.maxSubscriptionsPerPrincipal} tasks`);
     }
+    const sentBefore = this.#unfollowed.get(taskId);
     this.#unfollowed.delete(taskId);
     const sub = new Subscription(taskId, {
       writer,
@@ -421,6 +422,11 @@ export class Subscriptions<P extends Principal> {
       onFailed: (failed, error) => this.#fail(failed, error),
       onInternalError: (error) => this.#ctx.internalError(error),
     });
+    // What the task's earlier subscription on this socket sent may still be on its way, and acknowledged
+    // behind this subscribe (rule 5: acks are accepted up to what was sent "in the current subscription or
+    // an earlier one"). Forgotten here, such an ack was refused as beyond what was sent (counted towards
+    // the invalid-frame limit) and recorded nothing.
+    if (sentBefore !== undefined) sub.sentEarlier(sentBefore);
     this.#subs.set(taskId, sub);
     metrics.subscriptions.inc();
     return sub;

@@ -1,0 +1,61 @@
+import { describe, expect, it, vi } from 'vitest';
+import { gate } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * A subscriber's load tells the ack writer the task's seq and run (`AckWriter.seen`), so that acks of a
+ * purged id's old run, or of a store restored below them, are not taken for the new log's. A load that
+ * read the task before its latest events were committed, and answers after their acks came, is no such
+ * sign: the ack waiting behind the write in flight is still written.
+ */
+
+const session = useServerSession();
+
+describe('acks and a load older than them', () => {
+  it('writes an ack queued behind a write in flight when a load that started before its event answers after it', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const { store, server } = session.env;
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const watcher = await session.connect({ user: 'alice' });
+    watcher.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await watcher.next((frame) => frame.type === 'snapshot');
+
+    // The first ack's write is held in the store.
+    const written = gate();
+    const ack = store.ack.bind(store);
+    const ackCalled = gate();
+    vi.spyOn(store, 'ack').mockImplementationOnce(async (taskId, seq) => {
+      ackCalled.open();
+      await written.promise;
+      return ack(taskId, seq);
+    });
+    watcher.send({ type: 'ack', taskId: task.id, seq: 1 });
+    await ackCalled.promise;
+
+    // Another watcher's load reads the task at seq 1 and answers only later.
+    const getTask = store.getTask.bind(store);
+    const loaded = gate();
+    const read = gate();
+    vi.spyOn(store, 'getTask').mockImplementationOnce(async (taskId) => {
+      const found = await getTask(taskId);
+      read.open();
+      await loaded.promise;
+      return found;
+    });
+    const other = await session.connect({ user: 'alice' });
+    other.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await read.promise;
+
+    // Seq 2 is committed, sent and acknowledged meanwhile: its ack waits behind the write of 1.
+    await task.complete();
+    await watcher.next((frame) => frame.type === 'event');
+    watcher.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await watcher.sync();
+
+    loaded.open();
+    await other.next((frame) => frame.type === 'snapshot');
+    written.open();
+    await expect.poll(async () => (await getTask(task.id))?.ackedSeq).toBe(2);
+  });
+});

@@ -1,0 +1,62 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import WebSocket, { WebSocketServer } from 'ws';
+import { ProgressServer } from '../progress-server.js';
+import { gate } from '../testing/harness.js';
+
+/**
+ * A shutdown does not wait for authentication hooks: an upgrade (or a caller's socket) whose hook has
+ * not answered when `close()` starts is refused then, as it would be once the hook answered. Waiting for
+ * the hook, `close()` of a server made by `listen()` took until `upgradeTimeoutMs` (10 s by default)
+ * whatever its own deadline, and never returned while the hook hung.
+ */
+describe('close() with authentications under way', () => {
+  it('refuses an upgrade whose authenticate hook has not answered, and returns', async () => {
+    const hookCalled = gate();
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        // Far beyond the test's timeout: only the shutdown can end this upgrade.
+        upgradeTimeoutMs: 3_600_000,
+        authenticate: () => {
+          hookCalled.open();
+          return new Promise(() => {});
+        },
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/progress`, [PROTOCOL_NAME]);
+    const refused = new Promise<number | undefined>((resolve) => {
+      ws.on('unexpected-response', (_request, response) => resolve(response.statusCode));
+      ws.on('error', () => resolve(undefined));
+    });
+    await hookCalled.promise;
+    await server.close({ timeoutMs: 200 });
+    expect(await refused).toBe(503);
+  });
+
+  it("closes a caller's socket whose authenticate hook has not answered with 1001", async () => {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+    const hookCalled = gate();
+    const server = new ProgressServer({
+      store: new MemoryProgressStore(),
+      wss,
+      authenticate: () => {
+        hookCalled.open();
+        return new Promise(() => {});
+      },
+    });
+    const port = (wss.address() as AddressInfo).port;
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/progress`, [PROTOCOL_NAME]);
+    ws.on('error', () => {});
+    const closed = new Promise<number>((resolve) => ws.on('close', (code) => resolve(code)));
+    await hookCalled.promise;
+    await server.close({ timeoutMs: 200 });
+    expect(await closed).toBe(1001);
+    await new Promise((resolve) => wss.close(resolve));
+  });
+});
