@@ -99,7 +99,7 @@ export interface HttpHandlerContext<P extends Principal> {
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
   clock?: () => number;
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
-  streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'seen'>; maxSocketsPerPrincipal: number };
+  streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
 
 /** `serve` wrote the response itself (an event stream). */
@@ -388,6 +388,8 @@ async function serve<P extends Principal>(
       // subscriber of its own: two requests' holds must not be one entry of the hub's set).
       const unfollow = streams.hub.follow(route.taskId, { deliver: () => undefined });
       try {
+        // Taken as the read starts: acks taken since are not judged by it (see `AckWriter.seen`).
+        const mark = streams.acks.mark();
         const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
         // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
         // meanwhile has ended the open streams already, and a stream opened now would be in none of its
@@ -408,7 +410,7 @@ async function serve<P extends Principal>(
           );
         }
         // What the stream's own load told the ack writer (another run of the id, or one below its acks).
-        streams.acks.seen(task.id, task.seq, task.createdAt);
+        streams.acks.seen(task.id, task.seq, task.createdAt, mark);
         let released = false;
         streamTask(streams, {
           task,
@@ -435,6 +437,8 @@ async function serve<P extends Principal>(
       if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
         throw fromCode(ErrorCode.InvalidInput, 'seq must be an integer >= 1');
       }
+      // Taken as the read starts: a read older than acks taken since must not drop them (`AckWriter.seen`).
+      const mark = streams.acks.mark();
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
@@ -443,7 +447,7 @@ async function serve<P extends Principal>(
       // shutdown's flush the ack writer is closed and drops the ack, and a 200 would tell the client it
       // was recorded (it never sends it again). 503 `closed` sends it to another replica.
       if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
-      streams.acks.seen(task.id, task.seq, task.createdAt);
+      streams.acks.seen(task.id, task.seq, task.createdAt, mark);
       streams.acks.ack(task.id, seq);
       return { taskId: task.id, seq };
     }

@@ -58,4 +58,52 @@ describe('acks and a load older than them', () => {
     written.open();
     await expect.poll(async () => (await getTask(task.id))?.ackedSeq).toBe(2);
   });
+
+  it('writes it too when the load that answers late is an HTTP ack’s', async () => {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const { store, server, httpUrl } = session.env;
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const watcher = await session.connect({ user: 'alice' });
+    watcher.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await watcher.next((frame) => frame.type === 'snapshot');
+
+    const written = gate();
+    const ack = store.ack.bind(store);
+    const ackCalled = gate();
+    vi.spyOn(store, 'ack').mockImplementationOnce(async (taskId, seq) => {
+      ackCalled.open();
+      await written.promise;
+      return ack(taskId, seq);
+    });
+    watcher.send({ type: 'ack', taskId: task.id, seq: 1 });
+    await ackCalled.promise;
+
+    // An SSE client's ack of seq 1: its load reads the task at seq 1 and answers only later.
+    const getTask = store.getTask.bind(store);
+    const loaded = gate();
+    const read = gate();
+    vi.spyOn(store, 'getTask').mockImplementationOnce(async (taskId) => {
+      const found = await getTask(taskId);
+      read.open();
+      await loaded.promise;
+      return found;
+    });
+    const httpAck = fetch(`${httpUrl}/progress/tasks/${task.id}/ack`, {
+      method: 'POST',
+      headers: { 'x-user': 'alice', 'content-type': 'application/json' },
+      body: JSON.stringify({ seq: 1 }),
+    });
+    await read.promise;
+
+    await task.complete();
+    await watcher.next((frame) => frame.type === 'event');
+    watcher.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await watcher.sync();
+
+    loaded.open();
+    expect((await httpAck).status).toBe(200);
+    written.open();
+    await expect.poll(async () => (await getTask(task.id))?.ackedSeq).toBe(2);
+  });
 });
