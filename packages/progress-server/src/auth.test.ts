@@ -1,7 +1,8 @@
 import type { IncomingMessage } from 'node:http';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
-import { bearerToken, isOriginAllowed, queryToken, sameOrigin } from './auth.js';
+import { bearerToken, isOriginAllowed, type Principal, queryToken, sameOrigin } from './auth.js';
+import { Authenticator } from './authenticator.js';
 
 const request = (headers: Record<string, string>, url = '/progress') =>
   ({ headers, url }) as unknown as IncomingMessage;
@@ -134,5 +135,42 @@ describe('credentials', () => {
     expect(bearerToken(request({ authorization: 'Basic abc' }))).toBeUndefined();
     expect(queryToken(request({}, '/progress?token=t1&x=2'), 'token')).toBe('t1');
     expect(queryToken(request({}, '/progress?token='), 'token')).toBeUndefined();
+  });
+});
+
+describe('Authenticator', () => {
+  function withLog() {
+    const warnings: { fields: Record<string, unknown>; message: string | undefined }[] = [];
+    const noop = () => undefined;
+    const logger = {
+      debug: noop,
+      info: noop,
+      error: noop,
+      warn: (fields: Record<string, unknown>, message?: string) => {
+        warnings.push({ fields, message });
+      },
+    };
+    return { logger, warnings };
+  }
+
+  it('warns once when a principal’s id can own no task (an identity provider’s subject such as auth0|…)', async () => {
+    const { logger, warnings } = withLog();
+    let id = 'auth0|5f7c8ec7c33c6c004bbafe82';
+    const auth = new Authenticator<Principal>({
+      authenticate: () => ({ id }),
+      authenticateToken: undefined,
+      authorize: () => true,
+      tokenQueryParam: false,
+      logger,
+    });
+    // Accepted as before (a custom `authorize` may not look at owners at all), but said: the default
+    // authorization compares it with task owners, which may never hold it, and `GET …/tasks` refuses it.
+    expect(await auth.fromHttp(request({}))).toEqual({ id });
+    expect(await auth.fromHttp(request({}))).toEqual({ id });
+    id = 'alice@example.com';
+    expect(await auth.fromHttp(request({}))).toEqual({ id });
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]?.message).toContain('can own no task');
+    expect(warnings[0]?.fields).toEqual({ principalId: 'auth0|5f7c8ec7c33c6c004bbafe82' });
   });
 });

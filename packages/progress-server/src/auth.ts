@@ -13,6 +13,13 @@ import { ErrorCode, ProgressError } from '@finishline/core';
  * `owner`); applications may carry more (roles, tenant) in a subtype and read it in their `authorize`.
  */
 export interface Principal {
+  /**
+   * Who it is. The default authorization lets a principal watch and cancel the tasks whose `owner` is this
+   * id, and `GET …/tasks` lists them, so it must be a valid owner: 1 to 128 letters, digits and
+   * `_ . : @ / -`. Map an identity provider's subject that has other characters (`auth0|5f7c…` to
+   * `auth0:5f7c…`, say) in the authentication hook and when creating tasks; the server warns once when a
+   * hook returns an id that can own no task.
+   */
   readonly id: string;
   /**
    * When the credential this principal came from stops being valid, in epoch milliseconds of the

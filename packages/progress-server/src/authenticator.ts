@@ -6,7 +6,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
-import { LIMITS } from '@finishline/core';
+import { ID_PATTERN, LIMITS } from '@finishline/core';
 import type {
   AuthenticateHook,
   AuthenticateTokenHook,
@@ -36,6 +36,8 @@ export class Authenticator<P extends Principal> {
   readonly #authorize: AuthorizeHook<P>;
   readonly #tokenQueryParam: string | false;
   readonly #logger: ProgressLogger;
+  /** Whether a principal id that can own no task was reported (once per server: it is a setup error). */
+  #warnedUnownableId = false;
 
   constructor(options: {
     authenticate: AuthenticateHook<P> | undefined;
@@ -112,6 +114,16 @@ export class Authenticator<P extends Principal> {
     if (typeof value !== 'object' || typeof value.id !== 'string' || value.id === '') {
       this.#logger.error({}, 'authentication hook returned a principal without a string id; refusing');
       return undefined;
+    }
+    if (!this.#warnedUnownableId && (value.id.length > LIMITS.maxIdLength || !ID_PATTERN.test(value.id))) {
+      // Accepted (a custom `authorize` may not look at owners), but an identity provider's subject taken
+      // as it is (`auth0|…`, `google-oauth2|…`) found the default authorization refusing every task and
+      // `GET …/tasks` answering 400, with nothing saying why.
+      this.#warnedUnownableId = true;
+      this.#logger.warn(
+        { principalId: value.id.slice(0, LIMITS.maxIdLength) },
+        `authentication hook returned a principal id that can own no task (owners are 1-${LIMITS.maxIdLength} letters, digits and _ . : @ / -): the default authorization refuses it every task; map the id (for example | to :)`,
+      );
     }
     return value;
   }
