@@ -49,7 +49,11 @@ const ENTRIES = [
   // day, when a terminal ack that failed (a proxy's 502) was sent again with backoff instead of lost (+64 B);
   // 1,472 B the same day, when streams were reopened at the socket's pace (+44 B: a healthy stream's cut
   // reopened at once instead of 2 s later, failed opens backing off).
-  { name: '@finishline/client/sse', source: 'sse.ts', budget: 1_472 },
+  // 1,480 B the same day, when a change to the core (errors told by a registered symbol) moved the SSE
+  // entry's share of the gzip from +1,470 to +1,474 B with its own code unchanged (3,811 B minified, as
+  // since the reopen pacing): what an entry adds is measured against the core's gzip, so it moves a few
+  // bytes with the core alone.
+  { name: '@finishline/client/sse', source: 'sse.ts', budget: 1_480 },
   { name: '@finishline/client/http', source: 'http-fallback.ts', budget: 2 * KB },
   { name: '@finishline/client/persist', source: 'persist.ts', budget: 1 * KB },
 ];
