@@ -16,6 +16,8 @@ import {
   assertCount,
   assertId,
   assertTaskId,
+  describeThrown,
+  guardHook,
   newTask,
   parseAppendInput,
   parseCreateTaskInput,
@@ -69,6 +71,9 @@ import {
  */
 
 /** The first wait before an ack or renewal whose row another transaction held is asked again (then doubling). */
+/** The `code` of the process warning that says the store's `onError` threw (the first time). */
+export const ON_ERROR_THREW_WARNING = 'FINISHLINE_POSTGRES_ON_ERROR_THREW';
+
 const LOCKED_FIRST_RETRY_MS = 50;
 /** The longest wait between two asks of such an ack or renewal. */
 const LOCKED_MAX_RETRY_MS = 1000;
@@ -195,20 +200,16 @@ export class PostgresProgressStore implements ProgressStore {
       channel,
     };
     this.#purgeTarget = { ...this.#target, purged: sql.id(this.#schema, 'purged'), meta: this.#meta };
-    // The caller's logging hooks: one that throws must not stop what called it (a reconnect not scheduled,
-    // the poll or the barriers stopped for good, an append's promise never settled), nor reach pg's
-    // socket handlers as an uncaught exception. What they throw is dropped.
-    const onError = (error: ProgressError) => {
-      try {
-        options.onError(error);
-      } catch {}
-    };
-    const onListenerError = (error: unknown) => {
-      try {
-        options.onListenerError(error);
-      } catch {}
-    };
-    this.#hub = new ChangeFeedHub(options.clock, onListenerError);
+    // The caller's logging hook: one that throws must not stop what called it (a reconnect not
+    // scheduled, the poll or the barriers stopped for good), nor reach pg's socket handlers as an uncaught
+    // exception. (`onListenerError` is guarded where it is called, in the hub's feed.)
+    const onError = guardHook(options.onError, (thrown, error) =>
+      process.emitWarning(
+        `@finishline/postgres: the store's onError threw (${describeThrown(thrown)}) while reporting: ${error.message}. Later throws of this store's onError are ignored.`,
+        { type: 'FinishlineWarning', code: ON_ERROR_THREW_WARNING },
+      ),
+    );
+    this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
     this.#listener = new ListenConnection({
       hub: this.#hub,
       db: this.#db,

@@ -12,6 +12,9 @@ describe('a hook that throws', () => {
   it('onError: the LISTEN connection still reconnects after it was lost, and hears later commits', async () => {
     const schema = await migrated();
     const thrown: unknown[] = [];
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
     const observer = await open({
       schema,
       reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
@@ -30,6 +33,12 @@ describe('a hook that throws', () => {
     await eventually('the observer reconnects', () => observer.changes.health().connected);
     await writer.append('x', { type: 'progress' });
     await eventually('the change after the reconnect', () => recorder.has('x', 1));
+    // Said once, however often the hook threw.
+    await eventually('the warning', () => warnings.length > 0);
+    process.off('warning', onWarning);
+    expect(
+      warnings.filter((w) => (w as { code?: string }).code === 'FINISHLINE_POSTGRES_ON_ERROR_THREW'),
+    ).toHaveLength(1);
   });
 
   it('onListenerError: an append whose listener throws still settles, and the other listeners hear it', async () => {

@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { describeThrown, guardHook } from '@finishline/core/internal';
 
 /** The `code` of the process warning that says the store's `onError` threw. */
 export const ON_ERROR_THREW_WARNING = 'FINISHLINE_SQLITE_ON_ERROR_THREW';
@@ -16,28 +17,12 @@ export const ON_ERROR_THREW_WARNING = 'FINISHLINE_SQLITE_ON_ERROR_THREW';
  * the error it was reporting; later ones of the same store are dropped, so a broken logger cannot flood.
  */
 export function guardOnError(onError: (error: unknown) => void): (error: unknown) => void {
-  let warned = false;
-  return (error) => {
-    try {
-      onError(error);
-    } catch (thrown) {
-      if (warned) return;
-      warned = true;
-      process.emitWarning(
-        `@finishline/sqlite: the store's onError threw (${describe(thrown)}) while reporting: ${describe(
-          error,
-        )}. Later throws of this store's onError are ignored.`,
-        { type: 'FinishlineWarning', code: ON_ERROR_THREW_WARNING },
-      );
-    }
-  };
-}
-
-function describe(value: unknown): string {
-  if (value instanceof Error) return value.message;
-  try {
-    return String(value);
-  } catch {
-    return 'an unprintable value';
-  }
+  return guardHook(onError, (thrown, error) =>
+    process.emitWarning(
+      `@finishline/sqlite: the store's onError threw (${describeThrown(thrown)}) while reporting: ${describeThrown(
+        error,
+      )}. Later throws of this store's onError are ignored.`,
+      { type: 'FinishlineWarning', code: ON_ERROR_THREW_WARNING },
+    ),
+  );
 }

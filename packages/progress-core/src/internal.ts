@@ -95,6 +95,7 @@ export { decodeServerFrame, decodeServerText } from './protocol/server-frame-dec
 export type { SseCursor } from './protocol/sse-event-id.js';
 export { parseSseEventId, sseEventId } from './protocol/sse-event-id.js';
 // What a store applies
+export { describeThrown, guardHook } from './store/hook-guard.js';
 export type { ParsedListTasksQuery } from './store/inputs.js';
 export {
   assertCount,
