@@ -474,7 +474,7 @@ function planBatch(
       events.push(next.event);
       // Returned objects must not share the planning rows (the task is a copy of its own, which the caller
       // of planBatch may complete in place); the input's `detail`/`result` are the pipeline's own copies
-      // already (`detachedInput`), which the event may keep.
+      // already (`parseAppendInput` copies them), which the event may keep.
       outcomes.push({ event: next.event, task: { ...next.task, result: jsonCopy(next.task.result) } });
     } catch (error) {
       if (!isProgressError(error)) throw error;

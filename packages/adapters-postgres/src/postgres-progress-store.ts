@@ -48,7 +48,7 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { detachedInput, int, toEvent, toTask } from './row-codec.js';
+import { int, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
@@ -358,8 +358,9 @@ export class PostgresProgressStore implements ProgressStore {
     try {
       this.#assertOpen();
       assertTaskId(taskId);
-      // Copied now: the pipeline writes it later, and the caller may change its objects once we return.
-      parsed = detachedInput(parseAppendInput(input));
+      // The parse copies `detail` and `result`: the pipeline writes them later, and the caller may change
+      // its objects once we return.
+      parsed = parseAppendInput(input);
       run = parseRunFence(options);
     } catch (error) {
       return Promise.reject(error);

@@ -96,22 +96,6 @@ export function jsonCopy<T>(value: T): T {
 }
 
 /**
- * The input with its JSON values (`detail`, `result`) copied, normalized as the database will return
- * them: an append is planned and written later (group commit: a microtask later, or after the transaction
- * in flight), and the caller may reuse or change its objects as soon as `append` returned. The copies are
- * the pipeline's own, so the event and task it returns share nothing with the caller either.
- */
-export function detachedInput(input: AppendInput): AppendInput {
-  if (input.type === 'item' && input.detail !== undefined && input.detail !== null) {
-    return { ...input, detail: jsonCopy(input.detail) };
-  }
-  if (input.type === 'completed' && input.result !== undefined && input.result !== null) {
-    return { ...input, result: jsonCopy(input.result) };
-  }
-  return input;
-}
-
-/**
  * What a conditional write checks a task row against: the seq and creation time it was planned from.
  * Carried in the task's own record, so the statement reads one JSON document per task, not two.
  */

@@ -62,7 +62,7 @@ export class AppendPipeline {
     });
   }
 
-  /** Queues a parsed and {@link detach}ed append; settles once its batch committed or failed. */
+  /** Queues a parsed append (the parse copied its JSON values); settles once its batch committed or failed. */
   enqueue(taskId: string, input: AppendInput, run: number | undefined): Promise<AppendResult> {
     return new Promise((resolve, reject) => this.#queue.enqueue({ taskId, input, run, resolve, reject }));
   }
@@ -211,18 +211,4 @@ export function writeAppends(
   // A copy: the caller gets the event and may change it, which would look like a restore.
   const { taskId, seq, time } = results[results.length - 1]!.event;
   log.lastEvent = { taskId, seq, time };
-}
-
-/**
- * The input with its JSON values copied: the append is committed later (group commit), and the
- * caller may reuse or change its objects as soon as `append` returned.
- */
-export function detach(input: AppendInput): AppendInput {
-  if (input.type === 'item' && typeof input.detail === 'object' && input.detail !== null) {
-    return { ...input, detail: structuredClone(input.detail) };
-  }
-  if (input.type === 'completed' && typeof input.result === 'object' && input.result !== null) {
-    return { ...input, result: structuredClone(input.result) };
-  }
-  return input;
 }

@@ -31,7 +31,7 @@ import {
   taskAlreadyExists,
   taskNotFound,
 } from '@finishline/core/internal';
-import { AppendPipeline, detach } from './append-pipeline.js';
+import { AppendPipeline } from './append-pipeline.js';
 import { BackgroundCheckpoints, type CheckpointStats } from './background-checkpoints.js';
 import { guardOnError } from './error-reporter.js';
 import type { LeaseContext } from './lease-statements.js';
@@ -242,7 +242,8 @@ export class SqliteProgressStore implements ProgressStore {
     try {
       this.#assertOpen();
       assertTaskId(taskId);
-      parsed = detach(parseAppendInput(input));
+      // The parse copies `detail` and `result`: the caller may change its objects once we return.
+      parsed = parseAppendInput(input);
       run = parseRunFence(options);
     } catch (error) {
       return Promise.reject(toProgressError(error, 'append'));

@@ -121,6 +121,17 @@ describe('commonAppend (the fast path of parseAppendInput)', () => {
     ).toBeDefined();
   });
 
+  it("copies an item's detail and a result, at every depth (the stores keep them as parsed)", () => {
+    const detail = { node: { taints: [{ key: 'k' }] } };
+    const parsedItem = parseAppendInput({ type: 'item', key: 'k', ok: true, detail }) as { detail: unknown };
+    detail.node.taints[0]!.key = 'changed';
+    expect(parsedItem.detail).toEqual({ node: { taints: [{ key: 'k' }] } });
+    const result = { tainted: ['node-1'] };
+    const parsedEnd = parseAppendInput({ type: 'completed', result }) as { result: unknown };
+    result.tainted.push('node-2');
+    expect(parsedEnd.result).toEqual({ tainted: ['node-1'] });
+  });
+
   it('leaves the refusal and its message to the schema', () => {
     expect(() => parseAppendInput({ type: 'item', key: '', ok: true })).toThrow(
       expect.objectContaining({

@@ -99,6 +99,8 @@ export type AppendInput =
  * A result or item detail as JSON reads it back: -0 becomes 0 and an array's hole null. Stores that keep
  * JSON text (SQLite, Postgres) return that on every read, and the wire carries it; without this the memory
  * store kept -0 and holes (a hole is not even a JsonValue), as did every store's append result.
+ * The output is a copy the caller does not hold, so a store that writes the input later (group commit)
+ * keeps it as it is: {@link parseAppendInput} promises that, and the stores rely on it.
  */
 const storedJsonSchema = v.pipe(
   jsonSchema,
@@ -186,7 +188,11 @@ function withoutNegativeZero<T extends { total?: number | null; done?: number }>
   return parsed;
 }
 
-/** Validates {@link AppendInput}; throws `invalid_input` with the offending fields otherwise. */
+/**
+ * Validates {@link AppendInput}; throws `invalid_input` with the offending fields otherwise. A `detail` or
+ * `result` in the output is the parse's own copy, not the caller's object: a store may keep it and write
+ * it later though the caller changes or reuses its objects once `append` returned.
+ */
 export function parseAppendInput(input: unknown): AppendInput {
   try {
     const parsed = commonAppend(input) ?? (parseOrThrow(appendSchema, input, 'event') as AppendInput);
