@@ -1,4 +1,4 @@
-import type { AppendInput, Task, TaskEvent, TaskStatus } from '@finishline/core';
+import type { Task, TaskEvent, TaskStatus } from '@finishline/core';
 import { sql } from 'kysely';
 
 /**
