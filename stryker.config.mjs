@@ -1,5 +1,6 @@
 // Mutation testing (npm run mutate): StrykerJS over core's delivery, store and protocol code and the server's
-// connection (subscription) code, killed by the vitest projects of those packages. See docs/testing.md.
+// socket (subscription) code and task stream, killed by the vitest projects of those packages. See
+// docs/testing.md.
 // CPU heavy: one worker, incremental (only mutants whose code or tests changed since the last run are redone).
 // Properties run 100 times per mutant (FC_NUM_RUNS; the test runners inherit it): at their full counts a run
 // over core's 1,100 mutants would take hours on two cores. Set FC_NUM_RUNS to override.

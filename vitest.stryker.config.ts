@@ -8,7 +8,7 @@ const server = {
   extends: './packages/progress-server/vitest.config.ts',
   root: './packages/progress-server',
   test: {
-    exclude: [...configDefaults.exclude, 'src/shutdown.test.ts', 'src/frameworks.test.ts'],
+    exclude: [...configDefaults.exclude, 'src/shutdown.test.ts', 'src/http/frameworks.test.ts'],
   },
 };
 

@@ -315,6 +315,30 @@ describe('HTTP handler', () => {
     expect(passed).toEqual(['/api/users', '/api/progress/tasks/']);
   });
 
+  it("serves its routes under the server's path by default, where the client's HTTP fallback looks for them", async () => {
+    // The client's httpPath defaults to the path of its WebSocket url, and listen()'s httpBasePath to
+    // `path`: a handler fixed at '/progress' answered such a client's every fallback request 404.
+    const store = new MemoryProgressStore();
+    const progress = new ProgressServer({
+      store,
+      path: '/api/progress',
+      authenticate: (request) => ({ id: String(request.headers['x-user']) }),
+    });
+    const handler = progress.httpHandler();
+    const httpServer = createServer((request, response) => handler(request, response));
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      await progress.close({ timeoutMs: 200 });
+      await new Promise((resolve) => httpServer.close(resolve));
+    });
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    const base = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+    const ok = await fetch(`${base}/api/progress/tasks/${task.id}`, { headers: { 'x-user': 'alice' } });
+    expect(ok.status).toBe(200);
+    const elsewhere = await fetch(`${base}/progress/tasks/${task.id}`, { headers: { 'x-user': 'alice' } });
+    expect(elsewhere.status).toBe(404);
+  });
+
   it('uses a body already parsed by a framework', async () => {
     const store = new MemoryProgressStore();
     const progress = new ProgressServer({ store, authenticate: () => ({ id: 'alice' }) });

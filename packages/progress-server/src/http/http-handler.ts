@@ -56,12 +56,12 @@ export type HttpHandler = (
 export interface HttpHandlerOptions {
   /**
    * Path prefix of the routes, without a trailing slash.
-   * @default '/progress'
+   * @default the server's `path` (`'/progress'` unless set), where the client's HTTP fallback looks
    */
   basePath?: string;
 }
 
-/** The defaults of {@link HttpHandlerOptions}. */
+/** The defaults of {@link HttpHandlerOptions}. `basePath` follows the server's `path`, which is this unless set. */
 export const HTTP_HANDLER_DEFAULTS = Object.freeze({ basePath: '/progress' });
 
 /** Default and largest page of `GET …/events`. */
@@ -136,7 +136,9 @@ export function createHttpHandler<P extends Principal>(
   if (typeof options !== 'object' || options === null) {
     throw new ProgressError(ErrorCode.InvalidInput, 'httpHandler: options must be an object');
   }
-  const basePath = options.basePath ?? HTTP_HANDLER_DEFAULTS.basePath;
+  // The server's path, as listen()'s httpBasePath: a client derives its HTTP fallback's path from its
+  // WebSocket url, and a fixed '/progress' answered every fallback request of a custom path 404.
+  const basePath = options.basePath ?? ctx.webSocketPath ?? HTTP_HANDLER_DEFAULTS.basePath;
   if (
     typeof basePath !== 'string' ||
     !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))
