@@ -519,3 +519,48 @@ describe('TaskStream behind a seq the store does not hold', () => {
     expect(loads).toBe(1);
   });
 });
+
+describe('TaskStream catching up while the hub dispatches', () => {
+  it('hands over an event the hub dispatched while its catch-up loaded the task, though that load was older', async () => {
+    const store = new MemoryProgressStore();
+    const { counted, emit } = drivenFeed(store);
+    // The catch-up's task load reads the row, then its answer is held (a store answering it behind
+    // another connection's commit, whose notice the hub dispatches meanwhile).
+    let hold: Promise<void> | undefined;
+    let held = 0;
+    const loading = {
+      ...counted.store,
+      getTask: async (taskId: string) => {
+        const task = await store.getTask(taskId);
+        if (hold !== undefined) {
+          held += 1;
+          await hold;
+        }
+        return task;
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(loading, { metricsFeed: store.changes });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    await store.append(task.id, { type: 'progress', done: 2 });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    // A notice of a seq the store does not hold (the old log's, late): the catch-up finds nothing after 2
+    // and loads the task.
+    emit({ taskId: task.id, seq: 9, terminal: false });
+    let release: () => void = () => {};
+    hold = new Promise((resolve) => {
+      release = resolve;
+    });
+    stream.start(2, false, 2);
+    await until(() => held > 0);
+    // The task ends while that load's answer is on its way: the hub dispatches the terminal event once.
+    const { event } = await store.append(task.id, { type: 'completed' });
+    emit({ taskId: task.id, seq: event.seq, terminal: true, events: [event] });
+    hold = undefined;
+    release();
+    await until(() => rec.caughtUp() > 0);
+    await until(() => rec.seqs.includes(3));
+    expect(rec.seqs).toEqual([3]);
+  });
+});

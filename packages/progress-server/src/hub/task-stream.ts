@@ -109,6 +109,12 @@ export class TaskStream {
   /** Caught up: live events from the hub are taken. */
   #live = false;
   /**
+   * Highest seq the hub handed over while the stream was not live: ignored then, and the hub hands an
+   * event over once. A catch-up whose last read was older than it (a task load answered after the hub
+   * dispatched a later commit) reads on rather than going live behind it (see `#catchUp`).
+   */
+  #passedBy = 0;
+  /**
    * Started by {@link resume} and nothing handed over since: the subscriber waits for an answer, and the
    * first catch-up does not end without one (see `#answer`).
    */
@@ -178,7 +184,12 @@ export class TaskStream {
 
   /** Live events from the hub (contiguous, in order). */
   deliver(events: readonly TaskEvent[]): void {
-    if (!this.#live || this.stale) return;
+    if (this.stale) return;
+    if (!this.#live) {
+      const last = events.at(-1);
+      if (last !== undefined && last.seq > this.#passedBy) this.#passedBy = last.seq;
+      return;
+    }
     for (const event of events) {
       if (event.seq <= this.#position) continue;
       if (event.seq === this.#position + 1) break;
@@ -203,7 +214,9 @@ export class TaskStream {
    * Reads the events between the position and the latest seq the hub knows (from the hub's memory when
    * it holds them all, else from the store), until none is missing, then takes live events. Events the
    * hub dispatched meanwhile were ignored, but the hub's latest seq covers them, so the loop reads them
-   * too. A failure of the first catch-up answers the subscribe; a later one is retried.
+   * too; those dispatched after the loop's last target was taken, while it ended on a task load, are read
+   * in one more round (see `#passedBy`). A failure of the first catch-up answers the subscribe; a later
+   * one is retried.
    */
   async #catchUp(first: boolean): Promise<void> {
     this.#live = false;
@@ -259,11 +272,20 @@ export class TaskStream {
         this.#snapshot(toTaskView(task));
         // The store holds less than the hub was told (a late change notice of a restored store's old
         // epoch): loading again would find the same, and sent a snapshot per turn until the hub gave
-        // that seq up. Live events, and their gap repair, take it from here. Anything committed since
-        // `target` was taken raised the hub's latest seq: the next turn of the loop reads it.
+        // that seq up. Live events, and their gap repair, take it from here. What the hub dispatched
+        // since this load read the task is read after the loop (see `#passedBy`).
         if (task.seq < target) break;
       }
       if (this.#answerDue && !(await this.#answer(loaded))) return;
+      // The hub dispatched past the position while the last read was under way, and the loop ended on
+      // that read (a load at or below the position, a snapshot below the target): taken as caught up,
+      // those events were never handed over, and a terminal one left the watcher waiting for ever.
+      if (!this.#ended && this.#passedBy > this.#position) {
+        this.#passedBy = 0;
+        this.#hub.metrics.resyncs.inc({ reason: 'gap' });
+        // Not the first any more: whatever answers the subscribe went out, and a failed read is retried.
+        return await this.#catchUp(false);
+      }
     } catch (error) {
       if (this.stale) return;
       if (first) {
