@@ -176,6 +176,32 @@ describe('HTTP handler', () => {
     expect(badBody.status).toBe(400);
   });
 
+  // Found by a review: a principal allowed to cancel a task but not to watch it (an operator's kill switch)
+  // got the whole task in the cancel's answer (its message, items, result), which every read route refuses it.
+  it("answers a cancel by a principal that may not watch the task without the task's data", async () => {
+    env = await startServer({
+      authorize: (principal, task, action) =>
+        task.owner === principal.id || (principal.id === 'operator' && action === 'cancel'),
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', message: 'secret message' });
+    await task.item({ key: 'secret-node', ok: true });
+    const cancel = (user: string, id: string) =>
+      call(`/progress/tasks/${id}/cancel`, {
+        user,
+        method: 'POST',
+        body: JSON.stringify({ reason: 'stop' }),
+        headers: { 'content-type': 'application/json' },
+      });
+    expect((await call(`/progress/tasks/${task.id}`, { user: 'operator' })).status).toBe(404);
+    const response = await cancel('operator', task.id);
+    expect(response).toEqual(expect.objectContaining({ status: 200, body: { taskId: task.id } }));
+    expect((await env.store.getTask(task.id))?.status).toBe('cancelled');
+    // The owner, who may watch it, still gets the task as it is after the cancel.
+    const other = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const own = await cancel('alice', other.id);
+    expect(own).toMatchObject({ status: 200, body: { taskId: other.id, task: { status: 'cancelled' } } });
+  });
+
   it('a client leaving in the middle of a POST body is neither logged nor counted as a handler failure', async () => {
     const errors: unknown[] = [];
     const noop = () => {};
