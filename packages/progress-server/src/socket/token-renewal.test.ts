@@ -116,7 +116,6 @@ describe('token expiry and renewal', () => {
     const from = client.frames.length;
     client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
     await client.next((frame) => frame.type === 'hello', { from });
-    await sleep(100); // the renewal's re-check
     client.send({ type: 'ack', taskId: task.id, seq: 1 });
     await client.sync();
     // Subscribed again: refused, and an ack sent while it is checked is not taken either.
