@@ -36,7 +36,7 @@ export interface GateHost<P extends Principal> {
   open(principal: P): boolean;
   /** What the socket's `hello` must wait for (the server's first read of the store's epoch), if anything. */
   helloReady(): Promise<void> | undefined;
-  /** Handles a frame that waited for the first `auth` frame's check. */
+  /** Handles a frame that waited for the first `auth` frame's check, or for the `hello` (see `helloReady`). */
   replay(frame: DecodeResult<ClientFrame>): void;
   /** The credential was renewed for the same principal: answer `hello` and re-check subscriptions. */
   renewed(principal: P): void;
