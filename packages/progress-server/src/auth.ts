@@ -200,9 +200,17 @@ export function queryToken(request: IncomingMessage, name: string): string | und
   }
 }
 
-/** The request's path without its query string. */
+/**
+ * The request's path without its query string. A target in absolute form (`http://host/path`, what a
+ * client sends through a forward proxy, and which RFC 9112 §3.2.2 says a server must accept) is taken
+ * by its path: compared whole, it matched no route (404). Parsed no further than that (no `new URL`),
+ * so that the segments stay as sent: `.` and `..` are task ids, not steps up the path.
+ */
 export function pathOf(url: string | undefined): string {
   if (url === undefined) return '/';
-  const query = url.indexOf('?');
-  return query === -1 ? url : url.slice(0, query);
+  const authority = /^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*/.exec(url)?.[0];
+  const rest = authority === undefined ? url : url.slice(authority.length);
+  const target = authority === undefined || rest.startsWith('/') ? rest : `/${rest}`;
+  const query = target.indexOf('?');
+  return query === -1 ? target : target.slice(0, query);
 }

@@ -1,6 +1,6 @@
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { type AddressInfo, connect } from 'node:net';
-import { MemoryProgressStore } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import {
@@ -176,6 +176,32 @@ describe('HTTP handler', () => {
     expect(badBody.status).toBe(400);
   });
 
+  // Found by a review: a principal allowed to cancel a task but not to watch it (an operator's kill switch)
+  // got the whole task in the cancel's answer (its message, items, result), which every read route refuses it.
+  it("answers a cancel by a principal that may not watch the task without the task's data", async () => {
+    env = await startServer({
+      authorize: (principal, task, action) =>
+        task.owner === principal.id || (principal.id === 'operator' && action === 'cancel'),
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k', message: 'secret message' });
+    await task.item({ key: 'secret-node', ok: true });
+    const cancel = (user: string, id: string) =>
+      call(`/progress/tasks/${id}/cancel`, {
+        user,
+        method: 'POST',
+        body: JSON.stringify({ reason: 'stop' }),
+        headers: { 'content-type': 'application/json' },
+      });
+    expect((await call(`/progress/tasks/${task.id}`, { user: 'operator' })).status).toBe(404);
+    const response = await cancel('operator', task.id);
+    expect(response).toEqual(expect.objectContaining({ status: 200, body: { taskId: task.id } }));
+    expect((await env.store.getTask(task.id))?.status).toBe('cancelled');
+    // The owner, who may watch it, still gets the task as it is after the cancel.
+    const other = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const own = await cancel('alice', other.id);
+    expect(own).toMatchObject({ status: 200, body: { taskId: other.id, task: { status: 'cancelled' } } });
+  });
+
   it('a client leaving in the middle of a POST body is neither logged nor counted as a handler failure', async () => {
     const errors: unknown[] = [];
     const noop = () => {};
@@ -214,6 +240,47 @@ describe('HTTP handler', () => {
     expect(wrong.headers.get('allow')).toBe('POST');
     expect((await call('/progress/elsewhere', { user: 'alice' })).status).toBe(404);
     expect((await call('/other', { user: 'alice' })).status).toBe(404);
+  });
+
+  // Found by a review: a request whose target is in absolute form (`GET http://host/progress/tasks/x`, as
+  // a client configured for a forward proxy sends it, and as RFC 9112 says a server must accept) was
+  // answered 404 on every route, and its WebSocket upgrade refused 404.
+  it('routes requests whose target is in absolute form, the upgrade too', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const port = env.port;
+    const ask = (path: string, headers: Record<string, string> = {}) =>
+      new Promise<number>((resolve, reject) => {
+        const request = httpRequest({
+          host: '127.0.0.1',
+          port,
+          path,
+          headers: { 'x-user': 'alice', ...headers },
+        });
+        request.on('upgrade', (_response, socket) => {
+          socket.destroy();
+          resolve(101);
+        });
+        request.on('response', (response) => {
+          response.resume();
+          resolve(response.statusCode ?? 0);
+        });
+        request.on('error', reject);
+        request.end();
+      });
+    const origin = `http://127.0.0.1:${port}`;
+    expect(await ask(`${origin}/progress/tasks/${task.id}`)).toBe(200);
+    expect(await ask(`${origin}/progress/tasks/${task.id}/events?afterSeq=0`)).toBe(200);
+    expect(await ask(`${origin}/progress/tasks?status=running`)).toBe(200);
+    expect(await ask(`${origin}/progress/elsewhere`)).toBe(404);
+    const upgrade = {
+      connection: 'Upgrade',
+      upgrade: 'websocket',
+      'sec-websocket-version': '13',
+      'sec-websocket-key': Buffer.from('0123456789abcdef').toString('base64'),
+      'sec-websocket-protocol': PROTOCOL_NAME,
+    };
+    expect(await ask(`${origin}/progress`, upgrade)).toBe(101);
   });
 
   it('answers a trailing slash on any route like an unknown route: 404 No such route, or next()', async () => {

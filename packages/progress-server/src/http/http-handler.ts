@@ -377,8 +377,11 @@ async function serve<P extends Principal>(
       }
       const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel');
       await ctx.tasks.cancel(task.id, typeof reason === 'string' ? reason : null);
-      const after = await ctx.store.getTask(task.id);
-      return { task: toTaskView(after ?? task) };
+      // Allowed to cancel is not allowed to read: a principal that may not watch the task (an operator's
+      // kill switch) learns that the cancel took, not the task's message, items or result.
+      const after = (await ctx.store.getTask(task.id)) ?? task;
+      if (!(await ctx.auth.authorize(principal, after, 'watch'))) return { taskId: task.id };
+      return { taskId: task.id, task: toTaskView(after) };
     }
     case 'stream': {
       const { streams } = ctx;

@@ -640,3 +640,36 @@ describe('StoreEpoch', () => {
     expect(epoch.current).toBe('e1');
   });
 });
+
+describe("a socket opened before the server's first read of the epoch", () => {
+  // Found by a review: the socket's hello went out without `epoch` while the first read was in flight (a
+  // replica just started, its clients reconnecting to it at once), so a client whose cursors were of an
+  // older epoch (the store restored and renewed across the restart) kept them, and resumed from seqs of
+  // another history. The hello now waits for that read; frames sent meanwhile are held, not refused.
+  it('gets a hello carrying the epoch, then the answers of frames it sent before', async () => {
+    const store = new MemoryProgressStore();
+    const epoch = await store.getEpoch();
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const getEpoch = store.getEpoch.bind(store);
+    store.getEpoch = async () => {
+      await held;
+      return getEpoch();
+    };
+    const env = await startServer({ store, heartbeatIntervalMs: 60_000 });
+    cleanups.push(() => env.close());
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = new RawClient(env.wsUrl, { user: 'alice' });
+    cleanups.push(async () => void (await client.close()));
+    await client.opened;
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await sleep(50);
+    release();
+    const answer = await client.next((frame) => frame.type === 'snapshot' || frame.type === 'error');
+    expect(answer.type).toBe('snapshot');
+    expect(client.frames[0]).toMatchObject({ type: 'hello', epoch });
+    expect(answer.epoch).toBe(epoch);
+  });
+});

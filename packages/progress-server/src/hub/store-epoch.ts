@@ -39,6 +39,14 @@ export class StoreEpoch {
   }
 
   /**
+   * The read under way while no epoch is known (the server's first, or the next after it failed), which a
+   * `hello` waits for so as to carry the epoch; `undefined` when there is none to wait for.
+   */
+  get firstRead(): Promise<void> | undefined {
+    return this.#current === undefined ? this.#reading : undefined;
+  }
+
+  /**
    * Reads the epoch again: one read at a time, and a refresh asked during a read gets one read started
    * after it. A failure keeps the previous value and is logged. Resolves once no read is left to do.
    */

@@ -15,6 +15,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { ResolvedServerOptions } from '../options.js';
+import { waitAtMost } from '../wait.js';
 import type { SocketWriter } from './socket-writer.js';
 
 /** The life of a socket, as its connection tracks it. */
@@ -33,7 +34,9 @@ export interface GateHost<P extends Principal> {
   state(): SocketState;
   /** Opens the socket for `principal` (caps, `hello`); `false` when it was refused and is closing. */
   open(principal: P): boolean;
-  /** Handles a frame that waited for the first `auth` frame's check. */
+  /** What the socket's `hello` must wait for (the server's first read of the store's epoch), if anything. */
+  helloReady(): Promise<void> | undefined;
+  /** Handles a frame that waited for the first `auth` frame's check, or for the `hello` (see `helloReady`). */
   replay(frame: DecodeResult<ClientFrame>): void;
   /** The credential was renewed for the same principal: answer `hello` and re-check subscriptions. */
   renewed(principal: P): void;
@@ -44,6 +47,12 @@ export interface GateHost<P extends Principal> {
 
 /** setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires. */
 const MAX_TIMER_MS = 2_147_483_647;
+/**
+ * Longest wait of a `hello` for the server's first read of the store's epoch; then it goes without one.
+ * A read this slow is a store in trouble, and the client gives up on a socket without `hello` after its
+ * `connectTimeoutMs` (10 s by default).
+ */
+const HELLO_EPOCH_WAIT_MS = 2000;
 
 /** Authentication of one socket, from its first frame to its credential's expiry. */
 export class AuthGate<P extends Principal> {
@@ -76,7 +85,7 @@ export class AuthGate<P extends Principal> {
    */
   begin(principal: P | undefined): void {
     if (principal !== undefined) {
-      this.#admit(principal);
+      this.#admitWhenReady(principal);
       return;
     }
     this.#authTimer = setTimeout(
@@ -115,11 +124,7 @@ export class AuthGate<P extends Principal> {
         this.refuse(ErrorCode.Unauthenticated, CloseCode.Unauthenticated, 'Invalid credentials');
         return;
       }
-      this.#admit(principal);
-      for (const pending of this.#pending.splice(0)) {
-        if (this.#host.state() !== 'open') break;
-        this.#host.replay(pending);
-      }
+      this.#admitWhenReady(principal);
     });
   }
 
@@ -205,8 +210,37 @@ export class AuthGate<P extends Principal> {
     );
   }
 
-  #admit(principal: P): void {
+  /**
+   * Admits `principal` once its `hello` can carry the store's epoch, then handles the frames held until
+   * then. Sent without it (the server's first read still under way), the `hello` of a version-2 socket
+   * told a client holding cursors of an older epoch (the store restored across the server's restart,
+   * the clients reconnecting to it at once) nothing, and it resumed them in another history. Frames that
+   * arrive meanwhile are held, as behind an `auth` frame.
+   */
+  #admitWhenReady(principal: P): void {
     this.stopWaiting();
+    const admit = () => {
+      this.#admit(principal);
+      for (const pending of this.#pending.splice(0)) {
+        if (this.#host.state() !== 'open') break;
+        this.#host.replay(pending);
+      }
+    };
+    const ready = this.#host.helloReady();
+    if (ready === undefined) {
+      admit();
+      return;
+    }
+    this.#checking = true;
+    void waitAtMost(ready, HELLO_EPOCH_WAIT_MS).then(() =>
+      this.#host.guard(() => {
+        this.#checking = false;
+        if (this.#host.state() === 'authenticating') admit();
+      }),
+    );
+  }
+
+  #admit(principal: P): void {
     if (this.#expired(principal)) {
       this.#expire();
       return;

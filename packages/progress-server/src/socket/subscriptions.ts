@@ -327,12 +327,19 @@ export class Subscriptions<P extends Principal> {
   }
 
   /**
-   * Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get. One
+   * Drops the subscriptions `principal` may no longer watch, with the answer a subscribe would get, and
+   * the late-ack allowances of the tasks the socket left. One
    * re-check at a time: a renewal during one waits for it, and only the latest waits (its credential is
    * the one in force). Each re-check reads every subscription's task; one per renewal, all at once, made
    * a client renewing within its frame rate read the store a hundred times as often as the rate allows.
    */
   async recheck(principal: P): Promise<void> {
+    // The late-ack allowances of tasks the socket left were granted under the credential just replaced,
+    // which the new one may not share: kept, acks sent under a credential that may not watch the task were
+    // recorded (and a subscribe of it again took them before its refusal). Re-checking them would cost a
+    // store read each; what is lost is an operator's mark of a re-ack racing the renewal (acks sent before
+    // the `auth` frame were handled before it took effect).
+    this.#unfollowed.clear();
     this.#recheckNext = principal;
     if (this.#rechecking) return;
     this.#rechecking = true;

@@ -99,6 +99,34 @@ describe('token expiry and renewal', () => {
     expect(client.about(lost.id).filter((frame) => frame.type === 'event')).toEqual([]);
   });
 
+  // Found by a review: a task the socket had left kept its late-ack allowance across a renewal whose
+  // credential may not watch it, so acks sent under that credential were still recorded (the re-check
+  // covered only the tasks the socket followed), and a subscribe of it again took them before it was refused.
+  it('records no ack of a task left before a renewal whose credential may not watch it', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    await client.next(isEventAt(2));
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    revoked.add(task.id);
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    client.send({ type: 'ack', taskId: task.id, seq: 1 });
+    await client.sync();
+    // Subscribed again: refused, and an ack sent while it is checked is not taken either.
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 2 });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.next((frame) => frame.type === 'error' && frame.code === 'task_not_found', { from });
+    await client.sync();
+    await server.close({ timeoutMs: 1000 }); // flushes the ack writer
+    expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+  });
+
   // Found by a review: a second auth while the first renewal was being checked was refused with
   // rate_limited (a code that says the client sent too much, which it had not), and its credential was
   // lost: the socket ended at the first one's expiry. Several tabs sharing one socket renew at once.
