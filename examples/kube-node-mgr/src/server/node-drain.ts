@@ -1,5 +1,5 @@
 import { KubeApiError, type KubeNodes, type PodRef } from './kube-nodes.js';
-import { applyToNode, type NodeResult, sleep } from './node-worker.js';
+import { applyToNode, type NodeResult, readRetrying, sleep } from './node-worker.js';
 
 // The drain's polling wait lives beside the node worker's retry wait; importers of this module keep it.
 export { sleep };
@@ -34,7 +34,8 @@ export interface DrainResult extends NodeResult {
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
  * running pod has no controller, then evicts every pod that is not a DaemonSet's or a mirror pod through the
  * Eviction API — retrying while a PodDisruptionBudget refuses
- * (429) — and waits until each evicted pod is gone. Throws with the reason shown for a failed node.
+ * (429) — and waits until each evicted pod is gone. Its pod list and pod reads, shed under load (429 or
+ * 5xx with `Retry-After`), are retried as a patch is. Throws with the reason shown for a failed node.
  */
 export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
   const pollMs = options.pollMs ?? 500;
@@ -42,7 +43,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   const cordon = await applyToNode(nodes, name, { type: 'drain' }, options);
   let pods: PodRef[];
   try {
-    pods = await nodes.podsOn(name);
+    pods = await readRetrying(() => nodes.podsOn(name), options);
   } catch (error) {
     throw new Error(`listing the pods of ${name}: ${(error as Error).message}`);
   }
@@ -93,7 +94,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
       }
     }
     for (;;) {
-      const now = await nodes.pod(pod.namespace, pod.name);
+      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
       if (now === null || now.uid !== pod.uid) break;
       if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
       await sleep(pollMs, signal);
