@@ -5,8 +5,8 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { KubeApiError, KubeNodes, loadKubeConfig, type PodRef } from '../src/server/kube-nodes.js';
 import { drainNode } from '../src/server/node-drain.js';
 
 let server: http.Server | undefined;
@@ -106,5 +106,75 @@ describe('a drain under API load shedding', () => {
     });
     expect(result.evicted).toEqual(['shop/web-1']);
     expect({ list: seen.get('list'), read: seen.get('read') }).toEqual({ list: 2, read: 2 });
+  });
+});
+
+/**
+ * A PodDisruptionBudget's refusal (429 without Retry-After) was retried every 0.5 s per pod: a drain of a
+ * few nodes with many guarded pods sent the API server several evictions a second for minutes. kubectl drain
+ * waits 5 s between attempts.
+ */
+describe('an eviction refused by a PodDisruptionBudget', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const guarded: PodRef = {
+    namespace: 'shop',
+    name: 'web-1',
+    uid: 'u1',
+    controller: 'ReplicaSet',
+    mirror: false,
+    terminating: false,
+    finished: false,
+  };
+  const nodesRefusing = (refusals: KubeApiError[], attempts: number[]) =>
+    ({
+      get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
+      podsOn: async () => [guarded],
+      pod: async () => null,
+      evict: async () => {
+        attempts.push(Date.now());
+        const refusal = refusals.shift();
+        if (refusal !== undefined) throw refusal;
+      },
+    }) as unknown as KubeNodes;
+
+  it('is tried again after 5 s, as kubectl drain does, not sooner', async () => {
+    vi.useFakeTimers();
+    const attempts: number[] = [];
+    const budget = new KubeApiError(
+      429,
+      'TooManyRequests',
+      "Cannot evict pod as it would violate the pod's disruption budget.",
+    );
+    const drained = drainNode(nodesRefusing([budget], attempts), 'w1', {
+      maxAttempts: 5,
+      signal: new AbortController().signal,
+    });
+    await vi.advanceTimersByTimeAsync(4900);
+    expect(attempts).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(attempts).toHaveLength(2);
+    await vi.runAllTimersAsync();
+    expect((await drained).evicted).toEqual(['shop/web-1']);
+  });
+
+  it("waits the server's Retry-After when it sends one (at most 30 s)", async () => {
+    vi.useFakeTimers();
+    const attempts: number[] = [];
+    const refusals = [
+      new KubeApiError(429, 'TooManyRequests', 'the budget is still being processed', 10),
+      new KubeApiError(429, 'TooManyRequests', 'too many requests', 3600),
+    ];
+    const drained = drainNode(nodesRefusing(refusals, attempts), 'w1', {
+      maxAttempts: 5,
+      signal: new AbortController().signal,
+    });
+    await vi.advanceTimersByTimeAsync(40_000);
+    const gaps = attempts.slice(1).map((at, i) => at - (attempts[i] as number));
+    expect(gaps).toEqual([10_000, 30_000]);
+    await vi.runAllTimersAsync();
+    expect((await drained).evicted).toEqual(['shop/web-1']);
   });
 });

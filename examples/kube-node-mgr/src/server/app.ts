@@ -85,6 +85,12 @@ export interface AppOptions {
    * @default 120000
    */
   evictionTimeoutMs?: number;
+  /**
+   * How long a drain waits before asking again to evict a pod that a PodDisruptionBudget protects (kubectl
+   * drain's 5 s); a refusal with `Retry-After` waits that instead.
+   * @default 5000
+   */
+  evictionRetryMs?: number;
   /** Extra options of the Finishline server (heartbeat, leases…). */
   progress?: Partial<ProgressServerOptions<Principal>>;
   logger?: ProgressLogger;
@@ -216,7 +222,12 @@ export function createApp(options: AppOptions): App {
 
   const ctx: RouteContext = {
     app,
-    config: { ...config, evictionTimeoutMs: config.evictionTimeoutMs, logger: config.logger },
+    config: {
+      ...config,
+      evictionTimeoutMs: config.evictionTimeoutMs,
+      evictionRetryMs: config.evictionRetryMs,
+      logger: config.logger,
+    },
     store,
     db,
     sessions,

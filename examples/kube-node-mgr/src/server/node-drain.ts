@@ -1,5 +1,5 @@
 import { KubeApiError, type KubeNodes, type PodRef } from './kube-nodes.js';
-import { applyToNode, type NodeResult, readRetrying, sleep } from './node-worker.js';
+import { applyToNode, type NodeResult, readRetrying, retryWaitMs, sleep } from './node-worker.js';
 
 // The drain's polling wait lives beside the node worker's retry wait; importers of this module keep it.
 export { sleep };
@@ -16,7 +16,13 @@ export interface DrainOptions {
    */
   evictionTimeoutMs?: number;
   /**
-   * Pause between eviction attempts refused by a budget, and between checks that a pod is gone.
+   * Pause between eviction attempts refused by a budget (429) that sends no `Retry-After`: kubectl drain's
+   * 5 s. A refusal with `Retry-After` waits that long instead (at most 30 s).
+   * @default 5000
+   */
+  evictionRetryMs?: number;
+  /**
+   * Pause between checks that an evicted pod is gone.
    * @default 500
    */
   pollMs?: number;
@@ -39,6 +45,7 @@ export interface DrainResult extends NodeResult {
  */
 export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
   const pollMs = options.pollMs ?? 500;
+  const evictionRetryMs = options.evictionRetryMs ?? 5000;
   const timeoutMs = options.evictionTimeoutMs ?? 120_000;
   const cordon = await applyToNode(nodes, name, { type: 'drain' }, options);
   let pods: PodRef[];
@@ -85,7 +92,11 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
       } catch (error) {
         if (error instanceof KubeApiError && error.status === 404) break; // already gone
         if (error instanceof KubeApiError && error.status === 429 && Date.now() < deadline) {
-          await sleep(pollMs, signal);
+          // Each guarded pod retries on its own: at the poll's pace a drain of a few nodes sent the API
+          // server several refused evictions a second for as long as the budgets held.
+          const wait =
+            error.retryAfterS !== null && error.retryAfterS > 0 ? retryWaitMs(error) : evictionRetryMs;
+          await sleep(wait, signal);
           continue;
         }
         const why =

@@ -55,7 +55,7 @@ function askedToRetry(error: KubeApiError): boolean {
 }
 
 /** How long to wait before calling again an API that asked for it: its `Retry-After`, at most {@link MAX_RETRY_AFTER_S}. */
-function retryWaitMs(error: KubeApiError): number {
+export function retryWaitMs(error: KubeApiError): number {
   return Math.min(error.retryAfterS ?? 0, MAX_RETRY_AFTER_S) * 1000;
 }
 

@@ -135,6 +135,9 @@ export function registerBatchRoutes(ctx: RouteContext): void {
                     ...(config.evictionTimeoutMs === undefined
                       ? {}
                       : { evictionTimeoutMs: config.evictionTimeoutMs }),
+                    ...(config.evictionRetryMs === undefined
+                      ? {}
+                      : { evictionRetryMs: config.evictionRetryMs }),
                     // Each node's evictions show inside its item's progress: "worker-3: evicted 2 of 5 pods".
                     onProgress: (evicted, total) =>
                       task
