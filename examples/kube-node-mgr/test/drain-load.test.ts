@@ -127,6 +127,7 @@ describe('an eviction refused by a PodDisruptionBudget', () => {
     mirror: false,
     terminating: false,
     finished: false,
+    emptyDir: false,
   };
   const nodesRefusing = (refusals: KubeApiError[], attempts: number[]) =>
     ({

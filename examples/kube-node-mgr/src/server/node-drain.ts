@@ -38,7 +38,7 @@ export interface DrainResult extends NodeResult {
 
 /**
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
- * running pod has no controller, then evicts every pod that is not a DaemonSet's or a mirror pod through the
+ * running pod has no controller or has an emptyDir volume, then evicts every pod that is not a DaemonSet's or a mirror pod through the
  * Eviction API — retrying while a PodDisruptionBudget refuses
  * (429) — and waits until each evicted pod is gone. Its pod list and pod reads, shed under load (429 or
  * 5xx with `Retry-After`), are retried as a patch is. Throws with the reason shown for a failed node.
@@ -64,6 +64,15 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     const names = unmanaged.map((p) => `${p.namespace}/${p.name}`).join(', ');
     throw new Error(
       `cannot drain ${name}: ${names} ${unmanaged.length > 1 ? 'declare' : 'declares'} no controller and would not be recreated (kubectl drain refuses it without --force); move or delete ${unmanaged.length > 1 ? 'them' : 'it'}, then retry`,
+    );
+  }
+  // An emptyDir's data goes with its pod: kubectl drain refuses the node without --delete-emptydir-data,
+  // and so does this (a running pod's; a finished or leaving one loses nothing more).
+  const localData = movable.filter((p) => p.emptyDir && !p.finished && !p.terminating);
+  if (localData.length > 0) {
+    const names = localData.map((p) => `${p.namespace}/${p.name}`).join(', ');
+    throw new Error(
+      `cannot drain ${name}: ${names} ${localData.length > 1 ? 'use' : 'uses'} an emptyDir volume whose data an eviction deletes (kubectl drain refuses it without --delete-emptydir-data); move or delete ${localData.length > 1 ? 'them' : 'it'}, then retry`,
     );
   }
   const evicted: string[] = [];
