@@ -8,6 +8,8 @@ export { sleep };
 export interface DrainOptions {
   maxAttempts: number;
   signal: AbortSignal;
+  /** Called once the node is cordoned, before its pods are looked at: a drain failing later leaves it so. */
+  onCordoned?: () => void | Promise<void>;
   /** Called as pods go: `evicted` of `total` pods gone. */
   onProgress?: (evicted: number, total: number) => void | Promise<void>;
   /**
@@ -48,6 +50,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   const evictionRetryMs = options.evictionRetryMs ?? 5000;
   const timeoutMs = options.evictionTimeoutMs ?? 120_000;
   const cordon = await applyToNode(nodes, name, { type: 'drain' }, options);
+  await options.onCordoned?.();
   let pods: PodRef[];
   try {
     pods = await readRetrying(() => nodes.podsOn(name), options);

@@ -141,6 +141,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                 ? await drainNode(cluster.nodes, name, {
                     maxAttempts: config.maxAttempts,
                     signal,
+                    // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
+                    onCordoned: () => noteCordon(cluster.name, op, name, session.username, reason),
                     ...(config.evictionTimeoutMs === undefined
                       ? {}
                       : { evictionTimeoutMs: config.evictionTimeoutMs }),
@@ -154,7 +156,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                         .then(() => undefined),
                   })
                 : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
-            await noteCordon(cluster.name, op, name, session.username, reason);
+            if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
             return { ...result };
           },
           { concurrency: config.concurrency, key: (name) => name },
