@@ -94,7 +94,11 @@ describe('the demo cluster can be drained', () => {
 
 describe('batch drain', () => {
   it('cordons and drains each node, honouring the budgets, with per-node eviction progress', async () => {
-    h = await startHarness({ cluster: { podTerminationMs: 20, podReadyMs: 150 } });
+    // Budget refusals retried every 0.2 s, not kubectl's 5 s: the replacements here are ready in 0.15 s.
+    h = await startHarness({
+      cluster: { podTerminationMs: 20, podReadyMs: 150 },
+      app: { evictionRetryMs: 200 },
+    });
     const alice = await login(h.base, 'alice');
     const nodes = ['worker-1', 'worker-2', 'worker-3', 'worker-4'];
     const { status, body } = await alice.post('/api/batch', {

@@ -58,6 +58,7 @@ describe('hardening of the example', () => {
       mirror: false,
       terminating: false,
       finished: false,
+      emptyDir: false,
     });
     const nodes = {
       get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
@@ -134,6 +135,7 @@ describe('drain of a node with a pod no controller recreates', () => {
     mirror: false,
     terminating,
     finished,
+    emptyDir: false,
   });
   const nodesWith = (pods: PodRef[], evicted: string[]) =>
     ({

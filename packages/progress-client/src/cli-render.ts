@@ -54,6 +54,18 @@ function printable(text: string): string {
   return text.replace(CONTROL, ' ');
 }
 
+// What a terminal draws two columns wide: East Asian Wide and Fullwidth ranges, and pictographs (emoji). A
+// pictograph some terminal draws narrow is counted wide all the same: a line cut short is harmless, one that
+// wraps is not.
+const WIDE =
+  /[\u1100-\u115f\u2e80-\u303e\u3041-\u33ff\u3400-\u4dbf\u4e00-\u9fff\ua000-\ua4cf\uac00-\ud7a3\uf900-\ufaff\ufe30-\ufe4f\uff00-\uff60\uffe0-\uffe6\u{20000}-\u{3fffd}]|\p{Extended_Pictographic}/u;
+// What takes no column of its own: combining marks, format characters (zero-width joiner, …).
+const ZERO_WIDTH = /[\p{Mn}\p{Me}\p{Cf}]/u;
+
+function columnsOf(point: string): number {
+  return ZERO_WIDTH.test(point) ? 0 : WIDE.test(point) ? 2 : 1;
+}
+
 /**
  * One line for a state: `[#########.....................] 12/40 30% eta 14s taint node-7`. Without a
  * known total the bar is left out.
@@ -76,11 +88,19 @@ export function progressLine(state: WatchState, width?: number): string {
   const note = progress.current ?? progress.message;
   if (note !== null && note !== undefined && note !== '') parts.push(printable(note));
   const line = parts.join(' ');
-  if (width === undefined || !(width > 1) || line.length < width) return line;
-  // By code point, so that a surrogate pair is not split; the last column is left free (some terminals
-  // wrap on writing it).
+  if (width === undefined || !(width > 1)) return line;
+  // By the columns each code point takes (a CJK character or an emoji two), never splitting a surrogate
+  // pair; the last column is left free (some terminals wrap on writing it).
   const points = [...line];
-  return points.length < width ? line : `${points.slice(0, width - 2).join('')}…`;
+  if (points.reduce((sum, point) => sum + columnsOf(point), 0) < width) return line;
+  let kept = '';
+  let used = 0;
+  for (const point of points) {
+    used += columnsOf(point);
+    if (used > width - 2) break;
+    kept += point;
+  }
+  return `${kept}…`;
 }
 
 /** The last line: the final status, and the task's error when it failed. */

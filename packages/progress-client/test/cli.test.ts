@@ -186,6 +186,21 @@ describe('the lines finishline watch prints', () => {
     expect(progressLine(state)).toContain('x'.repeat(4096));
   });
 
+  it('measures wide characters (CJK, emoji) as the two columns a terminal gives them when it cuts the line', () => {
+    // Cut by code points, 80 of them took up to 120 columns: the line wrapped and each redraw left a row behind.
+    const bar = '[###############...............] 1/2 50% ';
+    // 41 columns of bar, then 18 wide characters (36 columns) and the ellipsis: 78, the last column free.
+    expect(progressLine(running({ done: 1, total: 2, current: '节'.repeat(100) }), 80)).toBe(
+      `${bar}${'节'.repeat(18)}…`,
+    );
+    expect(progressLine(running({ done: 1, total: 2, current: '🚀'.repeat(100) }), 80)).toBe(
+      `${bar}${'🚀'.repeat(18)}…`,
+    );
+    // A line that fits is left whole: 41 + 2 × 19 = 79 columns.
+    const fits = progressLine(running({ done: 1, total: 2, current: '节'.repeat(19) }), 80);
+    expect(fits).toBe(`${bar}${'节'.repeat(19)}`);
+  });
+
   it('never prints 60 seconds or 60 minutes as the lower unit of an ETA', () => {
     expect(progressLine(running({ done: 1, total: 2, eta: 119_600 }))).toContain('eta 2m0s');
     expect(progressLine(running({ done: 1, total: 2, eta: 3_599_999 }))).toContain('eta 1h0m');

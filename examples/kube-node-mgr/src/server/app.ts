@@ -85,6 +85,12 @@ export interface AppOptions {
    * @default 120000
    */
   evictionTimeoutMs?: number;
+  /**
+   * How long a drain waits before asking again to evict a pod that a PodDisruptionBudget protects (kubectl
+   * drain's 5 s); a refusal with `Retry-After` waits that instead.
+   * @default 5000
+   */
+  evictionRetryMs?: number;
   /** Extra options of the Finishline server (heartbeat, leases…). */
   progress?: Partial<ProgressServerOptions<Principal>>;
   logger?: ProgressLogger;
@@ -103,7 +109,10 @@ export const APP_DEFAULTS = Object.freeze({
 export interface App {
   server: http.Server;
   progress: ProgressServer<Principal>;
-  /** Stops the Finishline server (ends running tasks honestly) and the HTTP server. */
+  /**
+   * Stops the Finishline server (ends running tasks honestly), waits (at most 5 s) for the stopped batches to
+   * release their node locks — close the database after this — and stops the HTTP server.
+   */
   close(): Promise<void>;
 }
 
@@ -216,7 +225,12 @@ export function createApp(options: AppOptions): App {
 
   const ctx: RouteContext = {
     app,
-    config: { ...config, evictionTimeoutMs: config.evictionTimeoutMs, logger: config.logger },
+    config: {
+      ...config,
+      evictionTimeoutMs: config.evictionTimeoutMs,
+      evictionRetryMs: config.evictionRetryMs,
+      logger: config.logger,
+    },
     store,
     db,
     sessions,
@@ -227,7 +241,7 @@ export function createApp(options: AppOptions): App {
   };
   registerSessionRoutes(ctx, throttle);
   registerNodeRoutes(ctx);
-  registerBatchRoutes(ctx);
+  const batches = registerBatchRoutes(ctx);
   registerTemplateRoutes(ctx);
   registerTaskRoutes(ctx);
 
@@ -268,6 +282,16 @@ export function createApp(options: AppOptions): App {
       clearInterval(sweep);
       clearInterval(purge);
       await progress.close({ timeoutMs: 5000 });
+      // The batches just stopped release their node locks after they end: the caller closes the database next.
+      // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        batches.settled(),
+        new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, 5000);
+        }),
+      ]);
+      clearTimeout(timer);
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },

@@ -186,6 +186,8 @@ export interface PodRef {
   terminating: boolean;
   /** Succeeded or Failed: its containers are done, so evicting it loses nothing. */
   finished: boolean;
+  /** Has an `emptyDir` volume, whose data goes with the pod. */
+  emptyDir: boolean;
 }
 
 function toPodRef(pod: V1Pod): PodRef {
@@ -197,6 +199,7 @@ function toPodRef(pod: V1Pod): PodRef {
     mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
     terminating: pod.metadata?.deletionTimestamp !== undefined,
     finished: pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed',
+    emptyDir: (pod.spec?.volumes ?? []).some((v) => v.emptyDir !== undefined),
   };
 }
 

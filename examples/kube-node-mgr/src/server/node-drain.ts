@@ -1,5 +1,5 @@
 import { KubeApiError, type KubeNodes, type PodRef } from './kube-nodes.js';
-import { applyToNode, type NodeResult, sleep } from './node-worker.js';
+import { applyToNode, type NodeResult, readRetrying, retryWaitMs, sleep } from './node-worker.js';
 
 // The drain's polling wait lives beside the node worker's retry wait; importers of this module keep it.
 export { sleep };
@@ -8,6 +8,8 @@ export { sleep };
 export interface DrainOptions {
   maxAttempts: number;
   signal: AbortSignal;
+  /** Called once the node is cordoned, before its pods are looked at: a drain failing later leaves it so. */
+  onCordoned?: () => void | Promise<void>;
   /** Called as pods go: `evicted` of `total` pods gone. */
   onProgress?: (evicted: number, total: number) => void | Promise<void>;
   /**
@@ -16,7 +18,13 @@ export interface DrainOptions {
    */
   evictionTimeoutMs?: number;
   /**
-   * Pause between eviction attempts refused by a budget, and between checks that a pod is gone.
+   * Pause between eviction attempts refused by a budget (429) that sends no `Retry-After`: kubectl drain's
+   * 5 s. A refusal with `Retry-After` waits that long instead (at most 30 s).
+   * @default 5000
+   */
+  evictionRetryMs?: number;
+  /**
+   * Pause between checks that an evicted pod is gone.
    * @default 500
    */
   pollMs?: number;
@@ -32,17 +40,20 @@ export interface DrainResult extends NodeResult {
 
 /**
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
- * running pod has no controller, then evicts every pod that is not a DaemonSet's or a mirror pod through the
+ * running pod has no controller or has an emptyDir volume, then evicts every pod that is not a DaemonSet's or a mirror pod through the
  * Eviction API — retrying while a PodDisruptionBudget refuses
- * (429) — and waits until each evicted pod is gone. Throws with the reason shown for a failed node.
+ * (429) — and waits until each evicted pod is gone. Its pod list and pod reads, shed under load (429 or
+ * 5xx with `Retry-After`), are retried as a patch is. Throws with the reason shown for a failed node.
  */
 export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
   const pollMs = options.pollMs ?? 500;
+  const evictionRetryMs = options.evictionRetryMs ?? 5000;
   const timeoutMs = options.evictionTimeoutMs ?? 120_000;
   const cordon = await applyToNode(nodes, name, { type: 'drain' }, options);
+  await options.onCordoned?.();
   let pods: PodRef[];
   try {
-    pods = await nodes.podsOn(name);
+    pods = await readRetrying(() => nodes.podsOn(name), options);
   } catch (error) {
     throw new Error(`listing the pods of ${name}: ${(error as Error).message}`);
   }
@@ -56,6 +67,15 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     const names = unmanaged.map((p) => `${p.namespace}/${p.name}`).join(', ');
     throw new Error(
       `cannot drain ${name}: ${names} ${unmanaged.length > 1 ? 'declare' : 'declares'} no controller and would not be recreated (kubectl drain refuses it without --force); move or delete ${unmanaged.length > 1 ? 'them' : 'it'}, then retry`,
+    );
+  }
+  // An emptyDir's data goes with its pod: kubectl drain refuses the node without --delete-emptydir-data,
+  // and so does this (a running pod's; a finished or leaving one loses nothing more).
+  const localData = movable.filter((p) => p.emptyDir && !p.finished && !p.terminating);
+  if (localData.length > 0) {
+    const names = localData.map((p) => `${p.namespace}/${p.name}`).join(', ');
+    throw new Error(
+      `cannot drain ${name}: ${names} ${localData.length > 1 ? 'use' : 'uses'} an emptyDir volume whose data an eviction deletes (kubectl drain refuses it without --delete-emptydir-data); move or delete ${localData.length > 1 ? 'them' : 'it'}, then retry`,
     );
   }
   const evicted: string[] = [];
@@ -84,7 +104,11 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
       } catch (error) {
         if (error instanceof KubeApiError && error.status === 404) break; // already gone
         if (error instanceof KubeApiError && error.status === 429 && Date.now() < deadline) {
-          await sleep(pollMs, signal);
+          // Each guarded pod retries on its own: at the poll's pace a drain of a few nodes sent the API
+          // server several refused evictions a second for as long as the budgets held.
+          const wait =
+            error.retryAfterS !== null && error.retryAfterS > 0 ? retryWaitMs(error) : evictionRetryMs;
+          await sleep(wait, signal);
           continue;
         }
         const why =
@@ -93,7 +117,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
       }
     }
     for (;;) {
-      const now = await nodes.pod(pod.namespace, pod.name);
+      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
       if (now === null || now.uid !== pod.uid) break;
       if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
       await sleep(pollMs, signal);

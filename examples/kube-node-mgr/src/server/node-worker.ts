@@ -54,6 +54,32 @@ function askedToRetry(error: KubeApiError): boolean {
   return error.retryAfterS !== null && (error.status === 429 || (error.status >= 500 && error.status <= 504));
 }
 
+/** How long to wait before calling again an API that asked for it: its `Retry-After`, at most {@link MAX_RETRY_AFTER_S}. */
+export function retryWaitMs(error: KubeApiError): number {
+  return Math.min(error.retryAfterS ?? 0, MAX_RETRY_AFTER_S) * 1000;
+}
+
+/**
+ * Runs one read of the API, waiting out and repeating it while the server asks to be called again later
+ * (429 or 5xx with `Retry-After`, see {@link askedToRetry}), at most `maxAttempts` calls in all: client-go
+ * does so for every request, and a drain's pod list and pod reads are shed under load as a patch is.
+ */
+export async function readRetrying<T>(
+  read: () => Promise<T>,
+  options: { maxAttempts: number; signal: AbortSignal },
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    options.signal.throwIfAborted();
+    try {
+      return await read();
+    } catch (error) {
+      if (!(error instanceof KubeApiError && askedToRetry(error) && attempt < options.maxAttempts))
+        throw error;
+      await sleep(retryWaitMs(error), options.signal);
+    }
+  }
+}
+
 /**
  * Read–modify–write of one node: reads it, computes the merge patch (carrying the resourceVersion just
  * read), patches, and on 409 Conflict (someone changed the node in between) starts over from a fresh read,
@@ -83,7 +109,7 @@ export async function applyToNode(
         throw new Error(`conflict: the node kept changing (${conflicts} attempts): ${error.message}`);
       }
       if (error instanceof KubeApiError && askedToRetry(error) && attempt < options.maxAttempts) {
-        await sleep(Math.min(error.retryAfterS ?? 0, MAX_RETRY_AFTER_S) * 1000, options.signal);
+        await sleep(retryWaitMs(error), options.signal);
         continue;
       }
       if (error instanceof KubeApiError) {

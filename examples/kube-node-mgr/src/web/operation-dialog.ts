@@ -50,7 +50,7 @@ function blastRadius(op: OpType, effect: string): string | null {
   }
   if (op === 'drain') {
     parts.push(
-      `Drain cordons ${plural(chosen.length, 'node')} and evicts every pod on them except DaemonSet pods; PodDisruptionBudgets are honoured, so it may wait for replacements to become ready.`,
+      `Drain cordons ${plural(chosen.length, 'node')} and evicts every pod on them except DaemonSet pods; PodDisruptionBudgets are honoured, so it may wait for replacements to become ready. A node running a pod that no controller recreates, or one with an emptyDir volume, fails untouched but cordoned.`,
     );
   }
   const disrupts = op === 'cordon' || op === 'drain' || (op === 'taint_add' && effect !== 'PreferNoSchedule');

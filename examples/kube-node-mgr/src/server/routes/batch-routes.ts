@@ -21,8 +21,17 @@ import { kubeFailure, type RouteContext } from './context.js';
 /** A lock whose task is not in the store yet is in the way this long (the task is being created). */
 const LOCK_CREATE_GRACE_MS = 30_000;
 
-export function registerBatchRoutes(ctx: RouteContext): void {
+/** What the app's shutdown waits for. */
+export interface BatchRuns {
+  /** Resolves once every batch started here has ended and released its node locks. */
+  settled(): Promise<void>;
+}
+
+export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   const { config, store, db, clusters, progress, fail, route, clusterOf } = ctx;
+  // Each batch's run up to its unlock: the app's close waits for them before the database is closed, else
+  // the unlock fails on a closed database and the locks stay behind.
+  const runs = new Set<Promise<void>>();
   /** Whether a lock's task has ended (or never got created), so the lock may be taken over. */
   const lockIsStale = async (lock: NodeLock): Promise<boolean> => {
     const task = await store.getTask(lock.taskId);
@@ -122,7 +131,7 @@ export function registerBatchRoutes(ctx: RouteContext): void {
         await db.unlockTask(taskId).catch(() => undefined);
         throw error;
       }
-      void task
+      const run = task
         .runBatch(
           names,
           async (name, { signal }) => {
@@ -132,9 +141,14 @@ export function registerBatchRoutes(ctx: RouteContext): void {
                 ? await drainNode(cluster.nodes, name, {
                     maxAttempts: config.maxAttempts,
                     signal,
+                    // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
+                    onCordoned: () => noteCordon(cluster.name, op, name, session.username, reason),
                     ...(config.evictionTimeoutMs === undefined
                       ? {}
                       : { evictionTimeoutMs: config.evictionTimeoutMs }),
+                    ...(config.evictionRetryMs === undefined
+                      ? {}
+                      : { evictionRetryMs: config.evictionRetryMs }),
                     // Each node's evictions show inside its item's progress: "worker-3: evicted 2 of 5 pods".
                     onProgress: (evicted, total) =>
                       task
@@ -142,7 +156,7 @@ export function registerBatchRoutes(ctx: RouteContext): void {
                         .then(() => undefined),
                   })
                 : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
-            await noteCordon(cluster.name, op, name, session.username, reason);
+            if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
             return { ...result };
           },
           { concurrency: config.concurrency, key: (name) => name },
@@ -152,7 +166,11 @@ export function registerBatchRoutes(ctx: RouteContext): void {
           db
             .unlockTask(taskId)
             .catch((error: unknown) => config.logger?.warn({ err: String(error), taskId }, 'unlock failed')),
-        );
+        )
+        .then(() => {
+          runs.delete(run);
+        });
+      runs.add(run);
       return { ok: true, taskId, description };
     });
 
@@ -274,6 +292,8 @@ export function registerBatchRoutes(ctx: RouteContext): void {
       await startBatch(session, cluster, op, names, { parentTaskId: id, relation: mode }, reason),
     );
   });
+
+  return { settled: () => Promise.all(runs).then(() => undefined) };
 }
 
 /** The optional free-text reason of a cordon (shown per node). */

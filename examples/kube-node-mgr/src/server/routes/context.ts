@@ -27,6 +27,7 @@ export interface RouteConfig {
   maxNodesPerBatch: number;
   maxRunningBatchesPerUser: number;
   evictionTimeoutMs: number | undefined;
+  evictionRetryMs: number | undefined;
   logger: ProgressLogger | undefined;
 }
 

@@ -1,10 +1,11 @@
 /** The clusters and the node table of one. */
 
 import type { ClusterView, NodeRow } from '../../shared/api-types.js';
+import { KubeApiError } from '../kube-nodes.js';
 import { kubeFailure, type RouteContext } from './context.js';
 
 export function registerNodeRoutes(ctx: RouteContext): void {
-  const { store, db, clusters, route, clusterOf } = ctx;
+  const { store, db, clusters, route, clusterOf, fail } = ctx;
   // The clusters to pick from (kubeconfig contexts), the default first.
   route('get', '/api/clusters', {}, (_req, res) => {
     res.json({
@@ -51,6 +52,12 @@ export function registerNodeRoutes(ctx: RouteContext): void {
         }),
       });
     } catch (error) {
+      // The API refuses a malformed selector with 400: the caller's mistake, not the API server's failure.
+      if (selector !== undefined && error instanceof KubeApiError && error.status === 400) {
+        return fail(res, 400, 'invalid_input', `invalid labelSelector: ${error.message}`, {
+          field: 'labelSelector',
+        });
+      }
       kubeFailure(res, error);
     }
   });

@@ -1,0 +1,181 @@
+/**
+ * A drain against an API server that sheds load. API Priority and Fairness answers any request — the pod
+ * list and the pod reads a drain polls, not only evictions — with 429 and `Retry-After`, which client-go
+ * (kubectl) waits out and retries. Failing the node on it failed drains of a busy cluster.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { KubeApiError, KubeNodes, loadKubeConfig, type PodRef } from '../src/server/kube-nodes.js';
+import { drainNode } from '../src/server/node-drain.js';
+
+let server: http.Server | undefined;
+afterEach(async () => {
+  server?.closeAllConnections();
+  await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())));
+  server = undefined;
+});
+
+const pod = {
+  apiVersion: 'v1',
+  kind: 'Pod',
+  metadata: {
+    name: 'web-1',
+    namespace: 'shop',
+    uid: 'u1',
+    ownerReferences: [
+      { apiVersion: 'apps/v1', kind: 'ReplicaSet', name: 'web', uid: 'rs', controller: true },
+    ],
+  },
+  spec: { nodeName: 'n1' },
+  status: { phase: 'Running' },
+};
+
+/** An API server that sheds the first request of each kind (pod list, pod read) with 429 and Retry-After 0. */
+async function sheddingServer() {
+  const seen = new Map<string, number>();
+  let evicted = false;
+  server = http.createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const send = (code: number, body: unknown, extra: Record<string, string> = {}) => {
+        res.writeHead(code, { 'content-type': 'application/json', ...extra });
+        res.end(JSON.stringify(body));
+      };
+      const url = new URL(req.url ?? '/', 'http://x');
+      const kind =
+        req.method === 'POST'
+          ? 'evict'
+          : url.pathname === '/api/v1/pods'
+            ? 'list'
+            : url.pathname.includes('/pods/')
+              ? 'read'
+              : 'node';
+      const count = (seen.get(kind) ?? 0) + 1;
+      seen.set(kind, count);
+      if ((kind === 'list' || kind === 'read') && count === 1) {
+        return send(
+          429,
+          {
+            kind: 'Status',
+            apiVersion: 'v1',
+            status: 'Failure',
+            message: 'too many requests',
+            reason: 'TooManyRequests',
+            code: 429,
+          },
+          { 'retry-after': '0' },
+        );
+      }
+      if (kind === 'node') {
+        return send(200, {
+          apiVersion: 'v1',
+          kind: 'Node',
+          metadata: { name: 'n1', resourceVersion: '1' },
+          spec: { unschedulable: true },
+        });
+      }
+      if (kind === 'list')
+        return send(200, { kind: 'PodList', apiVersion: 'v1', metadata: {}, items: evicted ? [] : [pod] });
+      if (kind === 'evict') {
+        evicted = true;
+        return send(201, { kind: 'Status', apiVersion: 'v1', status: 'Success', code: 201 });
+      }
+      send(404, {
+        kind: 'Status',
+        apiVersion: 'v1',
+        status: 'Failure',
+        reason: 'NotFound',
+        code: 404,
+        message: 'gone',
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', () => resolve()));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return { nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })), seen };
+}
+
+describe('a drain under API load shedding', () => {
+  it('waits out a 429 with Retry-After on the pod list and on the pod reads, and drains the node', async () => {
+    const { nodes, seen } = await sheddingServer();
+    const result = await drainNode(nodes, 'n1', {
+      maxAttempts: 5,
+      signal: new AbortController().signal,
+      pollMs: 10,
+    });
+    expect(result.evicted).toEqual(['shop/web-1']);
+    expect({ list: seen.get('list'), read: seen.get('read') }).toEqual({ list: 2, read: 2 });
+  });
+});
+
+/**
+ * A PodDisruptionBudget's refusal (429 without Retry-After) was retried every 0.5 s per pod: a drain of a
+ * few nodes with many guarded pods sent the API server several evictions a second for minutes. kubectl drain
+ * waits 5 s between attempts.
+ */
+describe('an eviction refused by a PodDisruptionBudget', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const guarded: PodRef = {
+    namespace: 'shop',
+    name: 'web-1',
+    uid: 'u1',
+    controller: 'ReplicaSet',
+    mirror: false,
+    terminating: false,
+    finished: false,
+    emptyDir: false,
+  };
+  const nodesRefusing = (refusals: KubeApiError[], attempts: number[]) =>
+    ({
+      get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
+      podsOn: async () => [guarded],
+      pod: async () => null,
+      evict: async () => {
+        attempts.push(Date.now());
+        const refusal = refusals.shift();
+        if (refusal !== undefined) throw refusal;
+      },
+    }) as unknown as KubeNodes;
+
+  it('is tried again after 5 s, as kubectl drain does, not sooner', async () => {
+    vi.useFakeTimers();
+    const attempts: number[] = [];
+    const budget = new KubeApiError(
+      429,
+      'TooManyRequests',
+      "Cannot evict pod as it would violate the pod's disruption budget.",
+    );
+    const drained = drainNode(nodesRefusing([budget], attempts), 'w1', {
+      maxAttempts: 5,
+      signal: new AbortController().signal,
+    });
+    await vi.advanceTimersByTimeAsync(4900);
+    expect(attempts).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(200);
+    expect(attempts).toHaveLength(2);
+    await vi.runAllTimersAsync();
+    expect((await drained).evicted).toEqual(['shop/web-1']);
+  });
+
+  it("waits the server's Retry-After when it sends one (at most 30 s)", async () => {
+    vi.useFakeTimers();
+    const attempts: number[] = [];
+    const refusals = [
+      new KubeApiError(429, 'TooManyRequests', 'the budget is still being processed', 10),
+      new KubeApiError(429, 'TooManyRequests', 'too many requests', 3600),
+    ];
+    const drained = drainNode(nodesRefusing(refusals, attempts), 'w1', {
+      maxAttempts: 5,
+      signal: new AbortController().signal,
+    });
+    await vi.advanceTimersByTimeAsync(40_000);
+    const gaps = attempts.slice(1).map((at, i) => at - (attempts[i] as number));
+    expect(gaps).toEqual([10_000, 30_000]);
+    await vi.runAllTimersAsync();
+    expect((await drained).evicted).toEqual(['shop/web-1']);
+  });
+});

@@ -1,0 +1,44 @@
+/**
+ * Shutdown with a batch running: `main.ts` closes the app, then the database. The batch's node locks were
+ * released in a callback after its run settled, which `App.close` did not wait for: the database closed
+ * first, the unlock failed ("unlock failed" in the log) and the locks stayed behind.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Harness, login, startHarness } from './harness.js';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close().catch(() => undefined);
+  h = undefined;
+});
+
+describe('closing the app with a batch running', () => {
+  it('has released the batch’s node locks when close() resolves', async () => {
+    const warnings: string[] = [];
+    h = await startHarness({
+      cluster: { latencyMs: 300 },
+      app: {
+        logger: {
+          debug: () => {},
+          info: () => {},
+          warn: (_obj: unknown, msg?: string) => warnings.push(msg ?? ''),
+          error: () => {},
+        },
+      },
+    });
+    // The unlock is a round trip to the database (Postgres), not SQLite in memory's next microtask.
+    const db = h.db;
+    const unlock = db.unlockTask.bind(db);
+    db.unlockTask = async (taskId) => {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await unlock(taskId);
+    };
+    const alice = await login(h.base, 'alice');
+    const started = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'worker-2'] });
+    expect(started.status).toBe(202);
+    expect(await h.db.locks('default')).toHaveLength(2);
+    await h.app.close();
+    expect(await h.db.locks('default')).toEqual([]);
+    expect(warnings).toEqual([]);
+  });
+});
