@@ -82,8 +82,8 @@ export type AuthorizeHook<P extends Principal> = (
  * - a list of exact origins, e.g. `['https://app.example.com']`;
  * - a predicate;
  * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
- *   the user's cookies (cross-site WebSocket hijacking). Use it only when authentication never relies on
- *   cookies.
+ *   the user's cookies (cross-site WebSocket hijacking), and read the HTTP API's answers (an allowed
+ *   origin gets CORS headers with credentials). Use it only when authentication never relies on cookies.
  *
  * Requests without an `Origin` header (non-browser clients: Node, curl) are always allowed: browsers
  * always send one on WebSocket upgrades and on cross-origin requests (a same-origin `GET` carries none),

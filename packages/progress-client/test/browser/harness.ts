@@ -49,7 +49,11 @@ export interface Stack {
   close(): Promise<void>;
 }
 
-export async function startStack(options: { heartbeatIntervalMs: number }): Promise<Stack> {
+export async function startStack(options: {
+  heartbeatIntervalMs: number;
+  /** The server's `allowedOrigins`; same-origin by default. */
+  allowedOrigins?: (origin: string) => boolean;
+}): Promise<Stack> {
   const script = await bundlePage();
   const http = createServer();
   const store = new MemoryProgressStore();
@@ -59,6 +63,7 @@ export async function startStack(options: { heartbeatIntervalMs: number }): Prom
     authenticate: () => ({ id: 'alice' }),
     heartbeatIntervalMs: options.heartbeatIntervalMs,
     terminalRetry: { initialDelayMs: 50, maxDelayMs: 500 },
+    ...(options.allowedOrigins === undefined ? {} : { allowedOrigins: options.allowedOrigins }),
   });
   const api = server.httpHandler({ basePath: '/progress' });
   http.on('request', (request, response) => {

@@ -10,6 +10,7 @@ import { tabSharing } from '../../src/tab-sharing.js';
  *   &share            one socket for all tabs (tabSharing)
  *   &nopagelife       no page-life checks (the baseline: heartbeat timeouts and backoff only)
  *   &sse              follow the task over Server-Sent Events only (sseFallback, preferFallback)
+ *   &api=URL          the server's WebSocket URL, when it is on another origin than the page
  */
 
 interface PageLog {
@@ -40,7 +41,7 @@ for (const type of ['online', 'offline', 'pageshow'])
   window.addEventListener(type, () => log.wakes.push({ type, at: Date.now() }));
 
 const client = new ProgressClient({
-  url: '/progress',
+  url: params.get('api') ?? '/progress',
   shareAcrossTabs: params.has('share') ? tabSharing() : false,
   ...(params.has('nopagelife') ? { pageEvents: false as const } : {}),
   ...(params.has('sse')

@@ -24,6 +24,7 @@ import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
 import {
   checkMutation,
@@ -73,8 +74,8 @@ export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
   /**
    * The server's `allowedOrigins`: every route but `healthz` checks the request's Origin against it, before
-   * any other answer. (A page on another origin cannot read a health answer without CORS headers, which
-   * this handler never sends, and probes send no Origin.)
+   * any other answer, and lets an allowed origin read its answers (CORS, see cors.ts). (`healthz` sends no
+   * CORS headers: probes send no Origin, and a page has no use for it.)
    */
   allowedOrigins: AllowedOrigins;
   /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
@@ -102,7 +103,7 @@ export interface HttpHandlerContext<P extends Principal> {
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
 
-/** `serve` wrote the response itself (an event stream). */
+/** `serve` wrote the response itself (an event stream, a preflight's answer). */
 const STREAMED = Symbol('streamed');
 
 type Route =
@@ -294,10 +295,17 @@ async function serve<P extends Principal>(
   checkOrigin(request, ctx.allowedOrigins);
   const method = request.method ?? 'GET';
   const allowed = ALLOWED[route.name];
+  const methods = allowed === 'GET' ? 'GET, HEAD' : allowed;
+  if (isPreflight(request)) {
+    answerPreflight(request, response, methods);
+    return STREAMED;
+  }
+  // From here every answer, errors included, is readable by the allowed origin (see cors.ts).
+  allowOrigin(request, response);
   if (method !== allowed && !(allowed === 'GET' && method === 'HEAD')) {
     throw new HttpError(ErrorCode.InvalidInput, `Use ${allowed} on this route`, {
       status: 405,
-      headers: { allow: allowed },
+      headers: { allow: methods },
     });
   }
   // docs/protocol.md: `closed` is "the code of the HTTP 503 refusing an upgrade or request during
