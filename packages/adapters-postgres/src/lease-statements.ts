@@ -11,7 +11,7 @@ import {
 } from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
-import { isDatabaseError, toProgressError } from './pg-errors.js';
+import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
@@ -44,9 +44,6 @@ const SKIPPED = Symbol('skipped');
  * the store's later renewals this long at most, and its renewal is asked again later.
  */
 export const RENEWAL_LOCK_WAIT_MS = 500;
-
-/** The SQLSTATE of `lock_timeout` (lock_not_available). */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
 

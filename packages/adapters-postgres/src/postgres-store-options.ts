@@ -109,8 +109,10 @@ export interface PostgresProgressStoreOptions {
   /**
    * Most append transactions in flight at once (each holds a pool connection). A transaction beyond the
    * first starts only with at least a quarter of `maxBatchSize` appends waiting, or once they waited
-   * 100 ms (the one in flight may be waiting for a row another transaction holds). Appends to one task
-   * never run in two at once, so their order is the order of the calls.
+   * 100 ms (the one in flight may be slow). A row another transaction holds (an append of a replica frozen
+   * before its COMMIT) is waited for at most 500 ms, by a transaction of that task's appends alone, which
+   * are then tried again, 50 ms later doubling to a second, while the other tasks' go on. Appends to one
+   * task never run in two at once, so their order is the order of the calls.
    * @default 2
    */
   maxConcurrentBatches?: number;
