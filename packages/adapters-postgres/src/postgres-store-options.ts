@@ -90,7 +90,9 @@ export interface PostgresProgressStoreOptions {
   /**
    * How often the `LISTEN` connection advances its high-water mark (one tiny query and a self-addressed
    * notification), in milliseconds. Shorter means a smaller re-read after a reconnect. The same query is
-   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced.
+   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced. Each step of
+   * a (re)connect — the connect, `LISTEN`, each statement of its re-read — unanswered for 30 intervals (at
+   * least 3 s; once more as long per failed attempt since the last success) likewise.
    * @default 1000
    */
   watermarkIntervalMs?: number;
