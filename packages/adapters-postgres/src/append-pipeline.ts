@@ -3,6 +3,7 @@ import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@fini
 import { assertRun, compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
+import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { LastWrittenRows } from './last-written-rows.js';
 import {
   type ChangeNotice,
@@ -320,7 +321,7 @@ export class AppendStatements {
       sql<LockedRow>`
         WITH locked AS MATERIALIZED (
           SELECT ${taskColumns} FROM ${target.tasks}
-          WHERE id = ANY(${param('ids')}::text[])
+          WHERE id = ANY(${param('ids')}::text[]) AND ${idleInTransactionTimeout}
           ORDER BY id
           FOR UPDATE SKIP LOCKED
         )
@@ -333,7 +334,7 @@ export class AppendStatements {
       db,
       sql<LockedRow>`
         SELECT ${taskColumns}, false AS held FROM ${target.tasks}
-        WHERE id = ANY(${param('ids')}::text[])
+        WHERE id = ANY(${param('ids')}::text[]) AND ${idleInTransactionTimeout}
         ORDER BY id
         FOR UPDATE`,
     );

@@ -11,6 +11,7 @@ import {
 } from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
+import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
@@ -133,7 +134,7 @@ async function renewalPass(
     const lock = mode === 'skip' ? sql`FOR UPDATE SKIP LOCKED` : sql`FOR UPDATE`;
     const { rows } = await sql<TaskRow>`
       SELECT ${taskColumns} FROM ${target.tasks}
-      WHERE id = ANY(${taskIds}::text[])
+      WHERE id = ANY(${taskIds}::text[]) AND ${idleInTransactionTimeout}
       ORDER BY id
       ${lock}`.execute(trx);
     const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
@@ -223,6 +224,7 @@ export async function reapExpiredLeases(
     const { rows } = await sql<TaskRow>`
       SELECT ${taskColumns} FROM ${target.tasks}
       WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ${now}
+        AND ${idleInTransactionTimeout}
       ORDER BY lease_expires_at, id
       LIMIT ${limit}
       FOR UPDATE SKIP LOCKED`.execute(trx);
