@@ -3,6 +3,7 @@ import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@fini
 import { assertRun, compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
+import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { LastWrittenRows } from './last-written-rows.js';
 import {
   type ChangeNotice,
@@ -15,7 +16,7 @@ import {
   PAYLOADS_SEPARATOR,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
-import { isDatabaseError, isDataException, toProgressError } from './pg-errors.js';
+import { isDatabaseError, isDataException, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import {
   int,
@@ -56,9 +57,28 @@ const LAST_WRITTEN_ROWS = 10_000;
 /**
  * The longest that appends wait for a transaction in flight to end before a further one carries them
  * although they are fewer than a quarter of `maxBatchSize` (see `AppendPipeline.#flush`): a transaction
- * normally ends within milliseconds, one waiting for a row lock may not end at all.
+ * normally ends within milliseconds, but one may be slow (a busy database, a connection that died unnoticed,
+ * a row another transaction holds, waited for at most {@link HELD_LOCK_WAIT_MS}).
  */
 const THROTTLE_MAX_WAIT_MS = 100;
+
+/** A row {@link AppendStatements.lockRows} read: locked, or `held` by another transaction (not locked). */
+type LockedRow = TaskRow & { held: boolean };
+
+/**
+ * The first wait before appends whose row another transaction held are tried again (then doubling, up to
+ * {@link HELD_MAX_RETRY_MS}), as acks and lease renewals are (`postgres-progress-store.ts`).
+ */
+const HELD_FIRST_RETRY_MS = 50;
+/** The longest wait between two tries of appends whose row another transaction holds. */
+const HELD_MAX_RETRY_MS = 1000;
+/**
+ * How long a second transaction waits for the rows the first one skipped (see `AppendPipeline.#commitBatchOnce`),
+ * as lease renewals do (`RENEWAL_LOCK_WAIT_MS`): a row another writer's appends hold most of the time is
+ * had within a statement or two (the lock queue is first come, first served), where skipping alone could
+ * miss it again and again; a row held longer holds one transaction of the pipeline this long at most.
+ */
+const HELD_LOCK_WAIT_MS = 500;
 
 /** Where appends are written: the schema's tables and its `NOTIFY` channel. */
 export interface AppendTarget {
@@ -94,6 +114,8 @@ interface PendingAppend {
    * remembered row whose `created_at` the write's guard then checks against the table (no extra query).
    */
   run: number | undefined;
+  /** Tried already while another transaction held its row: the wait before the next try, if so. */
+  retryMs?: number;
   resolve: (result: AppendResult) => void;
   reject: (error: unknown) => void;
 }
@@ -216,8 +238,10 @@ export class AppendStatements {
   readonly write: PreparedStatement<AppendArguments, unknown>;
   /** Writes appends planned from the rows last written, if those rows did not move on (see {@link writeAppendsIfUnchanged}). */
   readonly writeIfUnchanged: PreparedStatement<AppendArguments, OthersColumnsRow>;
-  /** Locks the rows of `ids` in id order and reads them. */
-  readonly lockRows: PreparedStatement<{ ids: string[] }, TaskRow>;
+  /** Locks the rows of `ids` in id order and reads them; a row another transaction holds is only read (`held`). */
+  readonly lockRows: PreparedStatement<{ ids: string[] }, LockedRow>;
+  /** Locks the rows of `ids` in id order and reads them, waiting for those another transaction holds. */
+  readonly lockRowsWaiting: PreparedStatement<{ ids: string[] }, LockedRow>;
 
   constructor(db: Kysely<ProgressDatabase>, target: AppendTarget) {
     this.write = new PreparedStatement(
@@ -247,9 +271,11 @@ export class AppendStatements {
       db,
       sql<OthersColumnsRow>`
       -- Rows locked in id order first, as every statement of the store locks them, so that this one and
-      -- an ack or a locking append over the same tasks never wait for each other in a cycle.
+      -- an ack or a locking append over the same tasks never wait for each other in a cycle. A row another
+      -- transaction holds is skipped, not waited for (see \`lockRows\`): the count then fails the guard.
       WITH locked AS MATERIALIZED (
-        SELECT id FROM ${target.tasks} WHERE id = ANY(${param('ids')}::text[]) ORDER BY id FOR UPDATE
+        SELECT id FROM ${target.tasks} WHERE id = ANY(${param('ids')}::text[]) ORDER BY id
+        FOR UPDATE SKIP LOCKED
       ), updated AS (
         UPDATE ${target.tasks} AS t SET
           status = v.status, total = v.total, done = v.done, succeeded = v.succeeded, failed = v.failed,
@@ -286,12 +312,29 @@ export class AppendStatements {
       SELECT u.id, u.lease_owner, u.lease_expires_at, u.acked_seq
       FROM updated AS u CROSS JOIN notified`,
     );
-    // Locks in id order, so two batches (in any processes) never wait for each other in a cycle.
+    // Locks in id order, so two batches (in any processes) never wait for each other in a cycle. A row
+    // another transaction holds (an append of a replica frozen before its COMMIT) is skipped, not waited
+    // for, and comes back as `held`: a wait would hold this batch's tasks, its pool connection, and, once
+    // every transaction in flight waited so, every append of the store, for as long as that one lasts.
     this.lockRows = new PreparedStatement(
       db,
-      sql<TaskRow>`
-        SELECT ${taskColumns} FROM ${target.tasks}
-        WHERE id = ANY(${param('ids')}::text[])
+      sql<LockedRow>`
+        WITH locked AS MATERIALIZED (
+          SELECT ${taskColumns} FROM ${target.tasks}
+          WHERE id = ANY(${param('ids')}::text[]) AND ${idleInTransactionTimeout}
+          ORDER BY id
+          FOR UPDATE SKIP LOCKED
+        )
+        SELECT *, false AS held FROM locked
+        UNION ALL
+        SELECT ${taskColumns}, true FROM ${target.tasks}
+        WHERE id = ANY(${param('ids')}::text[]) AND id NOT IN (SELECT id FROM locked)`,
+    );
+    this.lockRowsWaiting = new PreparedStatement(
+      db,
+      sql<LockedRow>`
+        SELECT ${taskColumns}, false AS held FROM ${target.tasks}
+        WHERE id = ANY(${param('ids')}::text[]) AND ${idleInTransactionTimeout}
         ORDER BY id
         FOR UPDATE`,
     );
@@ -441,11 +484,16 @@ class CommittedChange implements TaskChange {
 
 /** What a committed batch gives back: each append's outcome, the changes to publish, the rows written. */
 interface WrittenBatch {
+  /** The appends planned, in the batch's order: those of tasks whose row another transaction held are not. */
+  planned: readonly PendingAppend[];
+  /** The outcome of each of `planned`. */
   outcomes: (AppendResult | ProgressError)[];
   changes: TaskChange[];
   tasks: Task[];
   /** Planned from rows read under lock (not from the rows last written). */
   locked: boolean;
+  /** The appends of tasks whose row another transaction held, in the batch's order: tried again later. */
+  held: PendingAppend[];
 }
 
 /**
@@ -489,6 +537,8 @@ export class AppendPipeline {
   readonly #options: AppendPipelineOptions;
   readonly #queue: PendingAppend[] = [];
   readonly #busyTasks = new Set<string>();
+  /** Tasks whose row another transaction held, until their appends are tried again (see {@link #retryLater}). */
+  readonly #heldTasks = new Set<string>();
   readonly #idleWaiters: (() => void)[] = [];
   readonly #minConcurrentBatch: number;
   readonly #stats: AppendStats = {
@@ -561,8 +611,7 @@ export class AppendPipeline {
     while (this.#activeBatches < this.#options.maxConcurrentBatches && this.#queue.length > 0) {
       // A second transaction in flight pays off only when it has enough to carry; otherwise the appends
       // wait for the running one to finish and go together (measured: larger batches beat more of them).
-      // Not for ever: the running one may be waiting for a row another transaction holds (an append of a
-      // replica frozen before its COMMIT), and the appends of every other task would wait as long.
+      // Not for ever: the running one may be slow, and the appends of every other task would wait as long.
       if (!unthrottled && this.#activeBatches > 0 && this.#queue.length < this.#minConcurrentBatch) {
         this.#throttleTimer ??= setTimeout(() => {
           this.#throttleTimer = undefined;
@@ -598,7 +647,12 @@ export class AppendPipeline {
     const batch: PendingAppend[] = [];
     const kept: PendingAppend[] = [];
     for (const entry of this.#queue) {
-      if (batch.length < this.#options.maxBatchSize && !this.#busyTasks.has(entry.taskId)) batch.push(entry);
+      if (
+        batch.length < this.#options.maxBatchSize &&
+        !this.#busyTasks.has(entry.taskId) &&
+        !this.#heldTasks.has(entry.taskId)
+      )
+        batch.push(entry);
       else kept.push(entry);
     }
     // Once the batch is full, later appends of a task in it must wait too: they stay behind, in order.
@@ -618,11 +672,23 @@ export class AppendPipeline {
     }
   }
 
-  async #commitBatchOnce(batch: PendingAppend[]): Promise<void> {
+  /**
+   * `skip`: the first transaction of a batch, which skips the rows another transaction holds; the appends
+   * of those tasks go to a second one (`wait`), which waits for them at most {@link HELD_LOCK_WAIT_MS}, and
+   * if they are still held then, are tried again later ({@link #retryLater}).
+   */
+  async #commitBatchOnce(batch: PendingAppend[], mode: 'skip' | 'wait' = 'skip'): Promise<void> {
     let written: WrittenBatch;
     try {
-      written = (await this.#writeFromLastWritten(batch)) ?? (await this.#writeLocked(batch));
+      written =
+        mode === 'wait'
+          ? await this.#writeLocked(batch, 'wait')
+          : ((await this.#writeFromLastWritten(batch)) ?? (await this.#writeLocked(batch, 'skip')));
     } catch (error) {
+      if (mode === 'wait' && isDatabaseError(error) && error.code === LOCK_NOT_AVAILABLE) {
+        this.#retryLater(batch);
+        return;
+      }
       this.#stats.failedBatches += 1;
       for (const entry of batch) this.#lastWritten.delete(entry.taskId);
       if (batch.length > 1 && isDataException(error)) {
@@ -644,11 +710,30 @@ export class AppendPipeline {
       this.#stats.largestBatch = Math.max(this.#stats.largestBatch, committed);
     }
     written.outcomes.forEach((outcome, index) => {
-      const entry = batch[index];
+      const entry = written.planned[index];
       if (entry === undefined) return;
       if (isProgressError(outcome)) entry.reject(outcome);
       else entry.resolve(outcome);
     });
+    if (written.held.length > 0) await this.#commitBatchOnce(written.held, 'wait');
+  }
+
+  /**
+   * Appends whose row another transaction still held after {@link HELD_LOCK_WAIT_MS}: back to the head of the queue (each task's later appends
+   * are behind them, so call order holds), their tasks left out of every batch for 50 ms, doubling to a
+   * second while the row stays held. The timer is not unref'd: the appends are accepted work, which
+   * `whenIdle` (and so `close()`) waits for, as it waited for a transaction waiting for the row.
+   */
+  #retryLater(entries: PendingAppend[]): void {
+    const delayMs = Math.max(...entries.map((entry) => entry.retryMs ?? HELD_FIRST_RETRY_MS));
+    for (const entry of entries) entry.retryMs = Math.min(HELD_MAX_RETRY_MS, delayMs * 2);
+    const taskIds = new Set(entries.map((entry) => entry.taskId));
+    for (const taskId of taskIds) this.#heldTasks.add(taskId);
+    this.#queue.unshift(...entries);
+    setTimeout(() => {
+      for (const taskId of taskIds) this.#heldTasks.delete(taskId);
+      this.#flush();
+    }, delayMs);
   }
 
   /**
@@ -684,25 +769,38 @@ export class AppendPipeline {
       if (!isProgressError(outcome)) Object.assign(outcome.task, written.current.get(outcome.task.id));
     }
     return {
+      planned: batch,
       outcomes: plan.outcomes,
       changes: written.changes,
       tasks: plan.tasks.map((task) => ({ ...task, ...written.current.get(task.id) })),
       locked: false,
+      held: [],
     };
   }
 
-  /** The batch in a transaction that locks its rows (in id order), plans from them and writes. */
-  async #writeLocked(batch: PendingAppend[]): Promise<WrittenBatch> {
+  /**
+   * The batch in a transaction that locks its rows (in id order), plans from them and writes; the appends
+   * of tasks whose row another transaction holds are left for later (`held`).
+   */
+  async #writeLocked(batch: PendingAppend[], mode: 'skip' | 'wait'): Promise<WrittenBatch> {
     const { db, statements, clock, expectCommit } = this.#options;
     const now = clock();
     const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
     return db.transaction().execute(async (trx) => {
-      const { rows } = await statements.lockRows.run(trx, { ids });
-      const plan = planBatch(batch, new Map(rows.map((row) => [row.id, toTask(row)])), now);
+      if (mode === 'wait') {
+        await sql`SELECT set_config('lock_timeout', ${`${HELD_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
+      }
+      const lockRows = mode === 'wait' ? statements.lockRowsWaiting : statements.lockRows;
+      const { rows } = await lockRows.run(trx, { ids });
+      const heldIds = new Set(rows.filter((row) => row.held).map((row) => row.id));
+      const planned = batch.filter((entry) => !heldIds.has(entry.taskId));
+      const locked = rows.filter((row) => !row.held);
+      const plan = planBatch(planned, new Map(locked.map((row) => [row.id, toTask(row)])), now);
       for (const task of plan.tasks) expectCommit(task.id, task.seq);
       const changes =
         plan.events.length > 0 ? await writeAppends(trx, statements, plan.tasks, plan.events) : [];
-      return { outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true };
+      const held = batch.filter((entry) => heldIds.has(entry.taskId));
+      return { planned, outcomes: plan.outcomes, changes, tasks: plan.tasks, locked: true, held };
     });
   }
 }

@@ -11,7 +11,8 @@ import {
 } from '@finishline/core/internal';
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
-import { isDatabaseError, toProgressError } from './pg-errors.js';
+import { idleInTransactionTimeout } from './idle-in-transaction.js';
+import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
@@ -44,9 +45,6 @@ const SKIPPED = Symbol('skipped');
  * the store's later renewals this long at most, and its renewal is asked again later.
  */
 export const RENEWAL_LOCK_WAIT_MS = 500;
-
-/** The SQLSTATE of `lock_timeout` (lock_not_available). */
-const LOCK_NOT_AVAILABLE = '55P03';
 
 type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
 
@@ -136,7 +134,7 @@ async function renewalPass(
     const lock = mode === 'skip' ? sql`FOR UPDATE SKIP LOCKED` : sql`FOR UPDATE`;
     const { rows } = await sql<TaskRow>`
       SELECT ${taskColumns} FROM ${target.tasks}
-      WHERE id = ANY(${taskIds}::text[])
+      WHERE id = ANY(${taskIds}::text[]) AND ${idleInTransactionTimeout}
       ORDER BY id
       ${lock}`.execute(trx);
     const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
@@ -226,6 +224,7 @@ export async function reapExpiredLeases(
     const { rows } = await sql<TaskRow>`
       SELECT ${taskColumns} FROM ${target.tasks}
       WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ${now}
+        AND ${idleInTransactionTimeout}
       ORDER BY lease_expires_at, id
       LIMIT ${limit}
       FOR UPDATE SKIP LOCKED`.execute(trx);

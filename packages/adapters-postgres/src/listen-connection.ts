@@ -258,6 +258,18 @@ export const HELD_NOTIFICATIONS_CAPACITY = 1000;
 const MIN_BARRIER_TIMEOUT_MS = 1000;
 
 /**
+ * How many `watermarkIntervalMs` (at least {@link MIN_ANSWER_TIMEOUT_MS}) the connection waits for the
+ * answer to each step of a (re)connect — the connect, `LISTEN`, each re-read statement — before it is
+ * deemed dead, times one more per failed attempt since the last success. Far longer than a barrier's
+ * wait: a re-read after a long outage is a large statement, and one that needs longer gets it at a later
+ * attempt. Without a bound, a connection whose network died silently during a re-read waited for TCP to
+ * give up (hours), this store's own commits held for the re-read's rows meanwhile (see "Purges").
+ */
+const ANSWER_TIMEOUT_INTERVALS = 30;
+/** The shortest wait for the answer to a step of a (re)connect (see {@link ANSWER_TIMEOUT_INTERVALS}). */
+const MIN_ANSWER_TIMEOUT_MS = 3000;
+
+/**
  * Rows of a re-read published in one event-loop turn, and rows per page of the re-read from the start
  * (see the module doc). 200,000 tasks published in one loop held the event loop for 0.1–0.6 s; a chunk
  * of 1,000 holds it for about 200 times less, and a page that size is a short index range scan.
@@ -493,8 +505,8 @@ export class ListenConnection {
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
-    await this.#connect(client);
-    await client.query(this.#statements.listen);
+    await this.#answered(generation, 'its connect', this.#connect(client));
+    await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen));
     let from = this.#watermark;
     let xmin: bigint | undefined;
     for (;;) {
@@ -513,7 +525,7 @@ export class ListenConnection {
       // From now on this store's own reports wait for the rows too (see afterReread); not while it
       // connected, when the safety-net poll and its own commits are all that publish.
       this.#holdReread(generation);
-      const rows = await this.#replay(client, from);
+      const rows = await this.#answered(generation, 'its re-read', this.#replay(client, from));
       xmin = snapshotXmin(rows);
       if (from !== undefined && xmin !== undefined && xmin < from) {
         // Transaction ids went back (a restore; see the module doc): the rows skipped everything below
@@ -564,6 +576,30 @@ export class ListenConnection {
     }
   }
 
+  /**
+   * `answer`, one step of the (re)connect of `generation`; unsettled past the answer timeout (see
+   * {@link ANSWER_TIMEOUT_INTERVALS}), the connection is deemed lost (a reconnect follows) and this rejects.
+   */
+  async #answered<T>(generation: number, what: string, answer: Promise<T>): Promise<T> {
+    const timeoutMs =
+      Math.max(ANSWER_TIMEOUT_INTERVALS * this.#options.watermarkIntervalMs, MIN_ANSWER_TIMEOUT_MS) *
+      (1 + this.#failedAttempts);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const error = new Error(`The LISTEN connection did not answer ${what} within ${timeoutMs} ms`);
+        this.#lost(generation, error);
+        reject(error);
+      }, timeoutMs);
+      timer.unref?.();
+    });
+    try {
+      return await Promise.race([answer, timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
   /** The re-read from `mark` (`undefined`: nothing, only the snapshot's `xmin`); see the module doc. */
   async #replay(client: PgListenClient, mark: bigint | undefined): Promise<ReplayRow[]> {
     const text = mark === undefined ? null : mark.toString();
@@ -592,9 +628,13 @@ export class ListenConnection {
     for (;;) {
       this.#holdReread(generation);
       // Each page has its own snapshot, later than the first page's (see the module doc).
-      const { rows } = (await (last === undefined
-        ? client.query(this.#statements.replayAll)
-        : client.query(this.#statements.replayAllAfter, [last]))) as { rows: ReplayRow[] };
+      const { rows } = (await this.#answered(
+        generation,
+        'its re-read from the start',
+        last === undefined
+          ? client.query(this.#statements.replayAll)
+          : client.query(this.#statements.replayAllAfter, [last]),
+      )) as { rows: ReplayRow[] };
       if (last === undefined) xmin = snapshotXmin(rows);
       await this.#publish(rows, generation);
       if (this.#overflowed(generation)) overflowed = true;

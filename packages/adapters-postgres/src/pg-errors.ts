@@ -35,6 +35,9 @@ export function isDataException(error: unknown): boolean {
   return isDatabaseError(error) && error.code.startsWith('22');
 }
 
+/** The SQLSTATE of `lock_timeout` (lock_not_available). */
+export const LOCK_NOT_AVAILABLE = '55P03';
+
 /**
  * SQLSTATEs of a named prepared statement that the connection does not have (26000) or already has under
  * that name (42P05): what a pooler in transaction mode that does not track prepared statements produces,

@@ -90,7 +90,9 @@ export interface PostgresProgressStoreOptions {
   /**
    * How often the `LISTEN` connection advances its high-water mark (one tiny query and a self-addressed
    * notification), in milliseconds. Shorter means a smaller re-read after a reconnect. The same query is
-   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced.
+   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced. Each step of
+   * a (re)connect — the connect, `LISTEN`, each statement of its re-read — unanswered for 30 intervals (at
+   * least 3 s; once more as long per failed attempt since the last success) likewise.
    * @default 1000
    */
   watermarkIntervalMs?: number;
@@ -109,8 +111,10 @@ export interface PostgresProgressStoreOptions {
   /**
    * Most append transactions in flight at once (each holds a pool connection). A transaction beyond the
    * first starts only with at least a quarter of `maxBatchSize` appends waiting, or once they waited
-   * 100 ms (the one in flight may be waiting for a row another transaction holds). Appends to one task
-   * never run in two at once, so their order is the order of the calls.
+   * 100 ms (the one in flight may be slow). A row another transaction holds (an append of a replica frozen
+   * before its COMMIT) is waited for at most 500 ms, by a transaction of that task's appends alone, which
+   * are then tried again, 50 ms later doubling to a second, while the other tasks' go on. Appends to one
+   * task never run in two at once, so their order is the order of the calls.
    * @default 2
    */
   maxConcurrentBatches?: number;

@@ -183,6 +183,47 @@ describe('appends', () => {
     }
   });
 
+  it('to free tasks are not held back when every transaction in flight waits for a row another transaction holds', async () => {
+    // Until 5 December 2026 an append waited for its rows' locks: two appends to rows a frozen replica
+    // held (maxConcurrentBatches transactions, both waiting) stopped every append of the store.
+    const schema = await migrated();
+    const store = await open({ schema, maxConcurrentBatches: 2 });
+    for (const id of ['held-1', 'held-2', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(
+        `SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id IN ('held-1', 'held-2') FOR UPDATE`,
+      );
+      const first = store.append('held-1', { type: 'progress' });
+      const again = store.append('held-1', { type: 'progress', message: 'second' });
+      // The second is a transaction of its own once the first has waited past the throttle.
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      const second = store.append('held-2', { type: 'progress' });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const free = store.append('free', { type: 'progress' });
+      // A liveness bound, not a timing assertion: the append takes milliseconds, or waits for the holder.
+      expect(
+        await settlesWithin(
+          free.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
+      await holder.query('ROLLBACK');
+      await expect(first).resolves.toMatchObject({ event: { taskId: 'held-1', seq: 1 } });
+      await expect(again).resolves.toMatchObject({
+        event: { taskId: 'held-1', seq: 2 },
+        task: { message: 'second' },
+      });
+      await expect(second).resolves.toMatchObject({ event: { taskId: 'held-2', seq: 1 } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
   it('notify in the same transaction with ids only when the events do not fit, far below the payload limit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
