@@ -88,7 +88,7 @@ export class Connection {
    * Renews the credential of the open socket without reconnecting (protocol version 2): calls the token
    * function and sends an `auth` frame; the server answers with a new `hello`. Resolves `false` when
    * there is no open version-2 socket or no token function (the next connection uses a fresh token
-   * anyway), and when the token function fails: that is reported as an `unauthenticated` error, and the
+   * anyway), and when the token function fails or returns nothing within `connectTimeoutMs`: that is reported as an `unauthenticated` error, and the
    * socket keeps its current credential (if it expires, the server's 4011 starts the usual fresh-token
    * reconnect). Never rejects: callers fire and forget it from a token-refresh hook.
    */
@@ -99,7 +99,18 @@ export class Connection {
     if (socket.protocol === PROTOCOL_NAME_V1) return false;
     let credential: string;
     try {
-      credential = await token();
+      // A token function that never returned (a refresh request nobody answers) left this pending for
+      // good, and whoever awaited it: it has connectTimeoutMs, as a connect's call has. On the timer
+      // functions, not the client's timers, which close() clears: the wait ends after a close too.
+      credential = await new Promise<string>((resolve, reject) => {
+        const { timers } = this.#o;
+        const handle = timers.setTimeout(reject, this.#o.connectTimeoutMs);
+        // (Called from a then: what it throws, or a credential it returns as is, takes the same path.)
+        Promise.resolve()
+          .then(token)
+          .then(resolve, reject)
+          .finally(() => timers.clearTimeout(handle));
+      });
     } catch (cause) {
       if (this.#state !== 'closed') {
         this.#handler.onError(tokenProviderFailed(cause));

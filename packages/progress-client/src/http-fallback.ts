@@ -75,6 +75,9 @@ export class HttpApi {
 
   async #get(taskId: string, path: string): Promise<unknown> {
     const { fetch, token, signal, timeoutMs } = this.#options;
+    // Closed before this request (from a listener, mid catch-up): the abort below would never fire, and the
+    // disposed timers start no deadline, so the request went out and was never given up on.
+    if (signal.aborted) throw new ProgressError(ErrorCode.Closed, 'ProgressClient was closed', { taskId });
     if (fetch === undefined) {
       throw new ProgressError(ErrorCode.InvalidInput, 'HTTP fallback needs fetch: pass the `fetch` option', {
         taskId,

@@ -1178,6 +1178,25 @@ describe('HTTP fallback', () => {
       new ProgressClient({ url: 'ws://h.test/live', WebSocket, httpUrl: 'https://api.test/p' }).httpUrl,
     ).toBe('https://api.test/p');
   });
+  it('sends no request once a listener closed the client mid catch-up (no token call, no fetch after close)', async () => {
+    // The request for the events after the snapshot started after the close: the client's abort had
+    // already fired, so nothing aborted it, and its deadline timer was refused by the disposed timers:
+    // sent after close, and never given up on when nobody answered.
+    let tokens = 0;
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      token: async () => `tok-${++tokens}`,
+    });
+    http.tasks.set('t1', new FakeTask('t1', 5));
+    const watch = client.watch('t1');
+    watch.on('snapshot', () => void client.close());
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    await flush();
+    expect(watch.getSnapshot().seq).toBe(0);
+    expect(http.requests.map((request) => new URL(request.url).pathname)).toEqual(['/progress/tasks/t1']);
+    expect(tokens).toBe(1);
+  });
 });
 
 describe('cursor persistence', () => {

@@ -117,4 +117,35 @@ describe('renewToken()', () => {
     expect(client.state).toBe('open');
     await client.close();
   });
+
+  it('gives a token function that never returns connectTimeoutMs: resolves false with an unauthenticated error, keeping the socket, and after close() too', async () => {
+    // Until 5 December 2026 it waited on the token function for ever: a caller awaiting it hung.
+    let calls = 0;
+    const { client, server, scheduler } = setup({
+      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      connectTimeoutMs: 1000,
+    });
+    const errors: unknown[] = [];
+    client.on('error', (error) => errors.push(error));
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    const outcomes: boolean[] = [];
+    void client.renewToken().then((renewed) => outcomes.push(renewed));
+    await scheduler.advance(999);
+    expect(outcomes).toEqual([]);
+    await scheduler.advance(1);
+    expect(outcomes).toEqual([false]);
+    expect(errors).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated })]);
+    expect(socket.frames('auth')).toHaveLength(1);
+    expect(client.state).toBe('open');
+    // One pending when the client closes settles too, quietly.
+    void client.renewToken().then((renewed) => outcomes.push(renewed));
+    await client.close();
+    await scheduler.advance(1000);
+    expect(outcomes).toEqual([false, false]);
+    expect(errors).toHaveLength(1);
+  });
 });

@@ -74,10 +74,10 @@ describe('resolveOptions', () => {
       'C: heartbeatIntervalMs must be an integer >= 1, got 0',
     );
     expect(invalidInputMessage(() => resolveOptions('C', specs, { verbose: 'yes' }))).toBe(
-      'C: verbose must be a boolean, got yes',
+      'C: verbose must be a boolean, got "yes"',
     );
     expect(invalidInputMessage(() => resolveOptions('C', specs, { mode: 'slow' }))).toBe(
-      "C: mode must be one of 'fast', 'safe', got slow",
+      "C: mode must be one of 'fast', 'safe', got \"slow\"",
     );
     expect(invalidInputMessage(() => resolveOptions('C', specs, { hook: {} }))).toBe(
       'C: hook must be a function, got an object',
@@ -93,6 +93,15 @@ describe('resolveOptions', () => {
     );
     expect(invalidInputMessage(() => resolveOptions('C', specs, null))).toBe(
       'C: options must be an object, got null',
+    );
+  });
+
+  it('quotes a string it got, so that "5" is not taken for the number 5 the option wanted', () => {
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { heartbeatIntervalMs: '5' }))).toBe(
+      'C: heartbeatIntervalMs must be an integer >= 1, got "5"',
+    );
+    expect(invalidInputMessage(() => resolveOptions('C', specs, { reconnect: { maxDelayMs: '' } }))).toBe(
+      'C: reconnect.maxDelayMs must be a finite number >= 0, got ""',
     );
   });
 
@@ -149,7 +158,9 @@ describe('requireNumber', () => {
     expect(invalidInputMessage(() => requireNumber('W: x', Number.POSITIVE_INFINITY))).toBe(
       'W: x must be a finite number, got Infinity',
     );
-    expect(invalidInputMessage(() => requireNumber('W: x', '3'))).toBe('W: x must be a finite number, got 3');
+    expect(invalidInputMessage(() => requireNumber('W: x', '3'))).toBe(
+      'W: x must be a finite number, got "3"',
+    );
     expect(invalidInputMessage(() => requireNumber('W: n', 2 ** 53, { integer: true }))).toBe(
       `W: n must be an integer, got ${2 ** 53}`,
     );

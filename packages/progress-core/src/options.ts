@@ -35,10 +35,19 @@ export function invalidOption(component: string, message: string): ProgressError
   return new ProgressError(ErrorCode.InvalidInput, `${component}: ${message}`);
 }
 
-/** `<where> must be <expected>, got <value>`; functions and objects shown by their type only. */
+/**
+ * `<where> must be <expected>, got <value>`; functions and objects shown by their type only, strings quoted
+ * (unquoted, the string '5' read as the number 5 the option asked for, and '' as nothing).
+ */
 function refused(where: string, expected: string, value: unknown): ProgressError {
   const shown =
-    typeof value === 'function' ? 'a function' : value && typeof value === 'object' ? 'an object' : value;
+    typeof value === 'string'
+      ? JSON.stringify(value)
+      : typeof value === 'function'
+        ? 'a function'
+        : value && typeof value === 'object'
+          ? 'an object'
+          : value;
   // String(): a symbol in the template threw a TypeError instead of this error.
   return new ProgressError(ErrorCode.InvalidInput, `${where} must be ${expected}, got ${String(shown)}`);
 }
