@@ -35,14 +35,19 @@ process.stdout.on('error', (error) => {
  * that never returned instead of the server; 14,300 B for the resubscribes an invalid frame asks for, paced
  * as a refused subscribe's after the first, where a server repeating a frame the client rejects was asked
  * again at the round trip's pace; 14,330 B for errors told by a registered symbol, not `instanceof`, so that
- * an app running core's ESM and CommonJS builds side by side recognises both copies' errors). A change that must grow it moves the ceiling in the same
+ * an app running core's ESM and CommonJS builds side by side recognises both copies' errors; 14,380 B the
+ * same day for a deadline on `renewToken()`'s call of the token function (+40 B: a token function that
+ * never returned left the call pending for ever) and option messages that quote a string they got (+8 B:
+ * `got "5"`, where `got 5` read as the number the option wanted). A change that must grow it moves the ceiling in the same
  * commit, saying why in its message (`git log -p` on this file has every step and its reason);
  * `size-ablation.mjs` measures what the parts of the core entry cost, docs/client.md what it is made of.
  */
 const ENTRIES = [
-  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_330 },
+  { name: '@finishline/client', source: 'index.ts', budget: 8 * KB, ceiling: 14_380 },
   // 2 KB until a refusal went to the one tab whose subscribe it answers, not to all (+34 B: 2,081 B).
-  { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2.25 * KB },
+  // 2,320 B since 5 December 2026: its own code unchanged (6,820 B minified), the core's changes moved its
+  // share of the gzip from +2,299 to +2,304 B, its budget to the byte; a margin for that drift.
+  { name: '@finishline/client/tabs', source: 'tab-sharing.ts', budget: 2_320 },
   { name: '@finishline/client/react', source: 'react.ts', budget: 1 * KB },
   // 1.25 KB until 5 December 2026, when page wakes reached the streams (+72 B; before, one wake cost two
   // to five requests per watch, and a stream cut just before a wake waited up to 2 s more); 1,440 B the same
