@@ -116,13 +116,21 @@ export interface App {
   close(): Promise<void>;
 }
 
+/**
+ * The largest `maxNodesPerBatch` allowed: Kubernetes' largest supported cluster (5,000 nodes). A batch's
+ * node locks are one INSERT of five parameters per node, and a cap of 100,000 let a batch past the
+ * databases' parameter limits (SQLite 32,766: about 6,500 nodes; Postgres 65,535: about 13,000), where
+ * the batch failed at its start with the database's error.
+ */
+export const MAX_NODES_PER_BATCH = 5000;
+
 /** Builds the Express app, the HTTP server and the Finishline server on it. */
 export function createApp(options: AppOptions): App {
   const config = { ...APP_DEFAULTS, ...options };
   for (const [name, value, max] of [
     ['concurrency', config.concurrency, 1000],
     ['maxAttempts', config.maxAttempts, 100],
-    ['maxNodesPerBatch', config.maxNodesPerBatch, 100_000],
+    ['maxNodesPerBatch', config.maxNodesPerBatch, MAX_NODES_PER_BATCH],
     ['maxRunningBatchesPerUser', config.maxRunningBatchesPerUser, 1000],
   ] as const) {
     if (!Number.isInteger(value) || value < 1 || value > max)
