@@ -119,10 +119,24 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log(`[${config.name}] ${signal}: shutting down`);
-    await app.close();
-    await opened.close();
-    await demo?.close();
-    process.exit(0);
+    // Each step runs though an earlier one failed: a throw from app.close() left the database open and
+    // ended the process on an unhandled rejection, without saying which step failed.
+    let failed = false;
+    for (const [what, close] of [
+      ['the app', () => app.close()],
+      ['the database', () => opened.close()],
+      ['the demo cluster', async () => demo?.close()],
+    ] as const) {
+      try {
+        await close();
+      } catch (error) {
+        failed = true;
+        log(
+          `[${config.name}] closing ${what} failed: ${error instanceof Error ? error.message : String(error)}`,
+        );
+      }
+    }
+    process.exit(failed ? 1 : 0);
   };
   process.on('SIGINT', () => void stop('SIGINT'));
   process.on('SIGTERM', () => void stop('SIGTERM'));
