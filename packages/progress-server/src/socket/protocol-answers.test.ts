@@ -216,7 +216,7 @@ describe('answers the protocol documents', () => {
       method: 'DELETE',
       headers: { 'x-user': 'alice' },
     });
-    expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'GET']);
+    expect([wrongMethod.status, wrongMethod.headers.get('allow')]).toEqual([405, 'GET, HEAD']);
     const notJson = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}/cancel`, {
       method: 'POST',
       headers: { 'x-user': 'alice', 'content-type': 'text/plain' },
