@@ -7,7 +7,8 @@
 //   2. type-checks the snippets and a file using every entry with `strict` and `skipLibCheck: false`,
 //      under `node16` and under `bundler` resolution;
 //   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
-//      ESM-only: `import` only), and runs `npx finishline --help` (exit 0, the usage);
+//      ESM-only: `import` only), checks that every value the entry's types declare is exported, and
+//      runs `npx finishline --help` (exit 0, the usage);
 //   4. bundles getting-started's browser snippet for the browser with esbuild and fails if the bundle
 //      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
 // docs/consumer-check.md says what this proves and what it does not. Run after `npm run build`.
@@ -26,6 +27,7 @@ import {
   rmSync,
   writeFileSync,
 } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gzipSync } from 'node:zlib';
@@ -256,6 +258,49 @@ function tsconfig(resolution, files, lib) {
   });
 }
 
+/**
+ * The names each entry's types let `import` (a `.mts` file) and `require` (a `.cts` file) use as values:
+ * the declaration bundler turns `export type { SomeClass }` into a plain `export { SomeClass }`, which
+ * type-checks `new SomeClass()` and `instanceof SomeClass` against an export the code does not have.
+ * A name is a value when its declaration is one and no `export type`/`import type` on the way says
+ * otherwise.
+ */
+function valuesTheTypesPromise(app, entries) {
+  const ts = createRequire(join(app, 'package.json'))('typescript');
+  const probes = entries.flatMap((entry, i) => [
+    { entry, mode: 'import', file: join(app, `values-${i}.mts`), text: `import * as m from '${entry}';` },
+    { entry, mode: 'require', file: join(app, `values-${i}.cts`), text: `import m = require('${entry}');` },
+  ]);
+  for (const { file, text } of probes) writeFileSync(file, `${text}\nexport { m };\n`);
+  const program = ts.createProgram(
+    probes.map(({ file }) => file),
+    { module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16, noEmit: true },
+  );
+  const checker = program.getTypeChecker();
+  const typeOnly = (symbol) =>
+    symbol.declarations?.some((declaration) => ts.isTypeOnlyImportOrExportDeclaration(declaration));
+  const isValue = (exported) => {
+    let symbol = exported;
+    while (symbol.flags & ts.SymbolFlags.Alias) {
+      if (typeOnly(symbol)) return false;
+      symbol = checker.getImmediateAliasedSymbol(symbol);
+      if (symbol === undefined) return false;
+    }
+    return (symbol.flags & ts.SymbolFlags.Value) !== 0;
+  };
+  return probes.map(({ entry, mode, file }) => {
+    const [statement] = program.getSourceFile(file).statements;
+    const specifier = mode === 'import' ? statement.moduleSpecifier : statement.moduleReference.expression;
+    const module = checker.getSymbolAtLocation(specifier);
+    if (module === undefined) fail(`${entry}: no types for \`${mode}\``);
+    const names = checker
+      .getExportsOfModule(module)
+      .filter(isValue)
+      .map((symbol) => symbol.name);
+    return { entry, mode, names };
+  });
+}
+
 async function main() {
   for (const dir of PACKAGES)
     if (!existsSync(join(root, 'packages', dir, 'dist')))
@@ -371,6 +416,10 @@ async function main() {
       '@finishline/postgres',
       '@finishline/server',
       '@finishline/client',
+      '@finishline/client/http',
+      '@finishline/client/persist',
+      '@finishline/client/sse',
+      '@finishline/client/tabs',
     ];
     for (const entry of entries) {
       const esm = run(
@@ -405,6 +454,26 @@ async function main() {
       ],
       { cwd: app },
     );
+    const exportedBy = (entry, mode) => {
+      const load =
+        mode === 'import'
+          ? `import('${entry}')`
+          : `import('node:module').then((m) => m.createRequire(process.cwd() + '/')('${entry}'))`;
+      const code = `console.log(JSON.stringify(Object.keys(await ${load})))`;
+      return JSON.parse(run(process.execPath, ['--input-type=module', '-e', code], { cwd: app }));
+    };
+    const lying = valuesTheTypesPromise(app, entries)
+      .map(({ entry, mode, names }) => {
+        const present = exportedBy(entry, mode);
+        return { entry, mode, missing: names.filter((name) => !present.includes(name)) };
+      })
+      .filter(({ missing }) => missing.length > 0);
+    if (lying.length > 0)
+      fail(
+        `the types declare values the code does not export (a type-only export shipped as a value):\n${lying
+          .map(({ entry, mode, missing }) => `  ${entry} (${mode}): ${missing.join(', ')}`)
+          .join('\n')}`,
+      );
     if (crossCopy.trim() !== 'true')
       fail(`a CommonJS ProgressError failed the ESM isProgressError: ${crossCopy}`);
     const testing = run(
