@@ -339,7 +339,8 @@ async function main() {
           '--no-fund',
           '--prefer-offline',
           ...packed,
-          ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express'].map(pinned),
+          // React only for `@finishline/client/react`, which imports it.
+          ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express', 'react'].map(pinned),
         ],
         { cwd: app, env: { ...process.env, ...localPrebuildEnv(work) } },
       );
@@ -418,6 +419,7 @@ async function main() {
       '@finishline/client',
       '@finishline/client/http',
       '@finishline/client/persist',
+      '@finishline/client/react',
       '@finishline/client/sse',
       '@finishline/client/tabs',
     ];
