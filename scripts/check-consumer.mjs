@@ -20,16 +20,18 @@ import { execFileSync, spawn } from 'node:child_process';
 import {
   chmodSync,
   copyFileSync,
+  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { build, transform } from 'esbuild';
 
@@ -234,6 +236,18 @@ export const code: ErrorCode = new ProgressError(ErrorCode.Timeout, 'x').code;
 export const view: TaskView | undefined = undefined;
 export const stores = [SqliteProgressStore, PostgresProgressStore] as const;
 assertTaskId('t');
+`;
+
+const CHECKPOINT_WORKER_CJS = `const { SqliteProgressStore } = require('@finishline/sqlite');
+(async () => {
+  const errors = [];
+  const store = new SqliteProgressStore({ database: 'checkpoints.db', onError: (error) => errors.push(error.message) });
+  for (let i = 0; i < 1100; i++) await store.createTask({ owner: 'alice', kind: 'k', total: 1 });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const { worker } = store.checkpointStats();
+  await store.close();
+  console.log(JSON.stringify({ errors, worker }));
+})();
 `;
 
 const CONSUMER_TESTING_TS = `import { describeProgressStoreContract, ManualClock } from '@finishline/core/testing';
@@ -491,6 +505,27 @@ async function main() {
     log(
       `imports: ${entries.length} entries from ESM and CJS, @finishline/core/testing from ESM, a CJS error passing the ESM isProgressError: ok`,
     );
+    // The SQLite store's CommonJS build from a folder whose path holds a `#`: its checkpoint worker loads
+    // better-sqlite3 by a path resolved from the module's URL, which tsup's shim cut at the `#` (until
+    // 5 December 2026). The folder is outside the app, so a cut path finds no better-sqlite3; the store's
+    // dependencies are links to the app's. Enough writes to start the worker (1,000 changed rows), then
+    // its state.
+    const hashed = join(work, 'a#b');
+    rmSync(hashed, { recursive: true, force: true });
+    const sqlite = join(app, 'node_modules/@finishline/sqlite');
+    cpSync(sqlite, join(hashed, 'node_modules/@finishline/sqlite'), { recursive: true });
+    const manifest = JSON.parse(readFileSync(join(sqlite, 'package.json'), 'utf8'));
+    for (const name of Object.keys({ ...manifest.dependencies, ...manifest.peerDependencies })) {
+      mkdirSync(dirname(join(hashed, 'node_modules', name)), { recursive: true });
+      symlinkSync(join(app, 'node_modules', name), join(hashed, 'node_modules', name));
+    }
+    const checkpoints = run(process.execPath, ['-e', CHECKPOINT_WORKER_CJS], {
+      cwd: hashed,
+      timeout: 60_000,
+    });
+    if (checkpoints.trim() !== '{"errors":[],"worker":"running"}')
+      fail(`the SQLite store's CommonJS build under a path with a "#": ${checkpoints}`);
+    log('SQLite CommonJS build under a path with a "#": the checkpoint worker runs');
     // The `finishline` bin as the install linked it (a bin npm found no file for is silently not linked).
     let help;
     try {
