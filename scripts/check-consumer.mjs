@@ -7,7 +7,8 @@
 //   2. type-checks the snippets and a file using every entry with `strict` and `skipLibCheck: false`,
 //      under `node16` and under `bundler` resolution;
 //   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
-//      ESM-only: `import` only), and runs `npx finishline --help` (exit 0, the usage);
+//      ESM-only: `import` only), checks that every value the entry's types declare is exported, and
+//      runs `npx finishline --help` (exit 0, the usage);
 //   4. bundles getting-started's browser snippet for the browser with esbuild and fails if the bundle
 //      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
 // docs/consumer-check.md says what this proves and what it does not. Run after `npm run build`.
@@ -19,15 +20,18 @@ import { execFileSync, spawn } from 'node:child_process';
 import {
   chmodSync,
   copyFileSync,
+  cpSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
   rmSync,
+  symlinkSync,
   writeFileSync,
 } from 'node:fs';
+import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { gzipSync } from 'node:zlib';
 import { build, transform } from 'esbuild';
 
@@ -234,6 +238,18 @@ export const stores = [SqliteProgressStore, PostgresProgressStore] as const;
 assertTaskId('t');
 `;
 
+const CHECKPOINT_WORKER_CJS = `const { SqliteProgressStore } = require('@finishline/sqlite');
+(async () => {
+  const errors = [];
+  const store = new SqliteProgressStore({ database: 'checkpoints.db', onError: (error) => errors.push(error.message) });
+  for (let i = 0; i < 1100; i++) await store.createTask({ owner: 'alice', kind: 'k', total: 1 });
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const { worker } = store.checkpointStats();
+  await store.close();
+  console.log(JSON.stringify({ errors, worker }));
+})();
+`;
+
 const CONSUMER_TESTING_TS = `import { describeProgressStoreContract, ManualClock } from '@finishline/core/testing';
 export const clock = new ManualClock();
 export const contract: typeof describeProgressStoreContract = describeProgressStoreContract;
@@ -253,6 +269,49 @@ function tsconfig(resolution, files, lib) {
         : { module: 'esnext', moduleResolution: 'bundler' }),
     },
     files,
+  });
+}
+
+/**
+ * The names each entry's types let `import` (a `.mts` file) and `require` (a `.cts` file) use as values:
+ * the declaration bundler turns `export type { SomeClass }` into a plain `export { SomeClass }`, which
+ * type-checks `new SomeClass()` and `instanceof SomeClass` against an export the code does not have.
+ * A name is a value when its declaration is one and no `export type`/`import type` on the way says
+ * otherwise.
+ */
+function valuesTheTypesPromise(app, entries) {
+  const ts = createRequire(join(app, 'package.json'))('typescript');
+  const probes = entries.flatMap((entry, i) => [
+    { entry, mode: 'import', file: join(app, `values-${i}.mts`), text: `import * as m from '${entry}';` },
+    { entry, mode: 'require', file: join(app, `values-${i}.cts`), text: `import m = require('${entry}');` },
+  ]);
+  for (const { file, text } of probes) writeFileSync(file, `${text}\nexport { m };\n`);
+  const program = ts.createProgram(
+    probes.map(({ file }) => file),
+    { module: ts.ModuleKind.Node16, moduleResolution: ts.ModuleResolutionKind.Node16, noEmit: true },
+  );
+  const checker = program.getTypeChecker();
+  const typeOnly = (symbol) =>
+    symbol.declarations?.some((declaration) => ts.isTypeOnlyImportOrExportDeclaration(declaration));
+  const isValue = (exported) => {
+    let symbol = exported;
+    while (symbol.flags & ts.SymbolFlags.Alias) {
+      if (typeOnly(symbol)) return false;
+      symbol = checker.getImmediateAliasedSymbol(symbol);
+      if (symbol === undefined) return false;
+    }
+    return (symbol.flags & ts.SymbolFlags.Value) !== 0;
+  };
+  return probes.map(({ entry, mode, file }) => {
+    const [statement] = program.getSourceFile(file).statements;
+    const specifier = mode === 'import' ? statement.moduleSpecifier : statement.moduleReference.expression;
+    const module = checker.getSymbolAtLocation(specifier);
+    if (module === undefined) fail(`${entry}: no types for \`${mode}\``);
+    const names = checker
+      .getExportsOfModule(module)
+      .filter(isValue)
+      .map((symbol) => symbol.name);
+    return { entry, mode, names };
   });
 }
 
@@ -294,7 +353,8 @@ async function main() {
           '--no-fund',
           '--prefer-offline',
           ...packed,
-          ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express'].map(pinned),
+          // React only for `@finishline/client/react`, which imports it.
+          ...['kysely', 'better-sqlite3', 'pg', 'ws', 'express', 'react'].map(pinned),
         ],
         { cwd: app, env: { ...process.env, ...localPrebuildEnv(work) } },
       );
@@ -371,6 +431,11 @@ async function main() {
       '@finishline/postgres',
       '@finishline/server',
       '@finishline/client',
+      '@finishline/client/http',
+      '@finishline/client/persist',
+      '@finishline/client/react',
+      '@finishline/client/sse',
+      '@finishline/client/tabs',
     ];
     for (const entry of entries) {
       const esm = run(
@@ -405,6 +470,26 @@ async function main() {
       ],
       { cwd: app },
     );
+    const exportedBy = (entry, mode) => {
+      const load =
+        mode === 'import'
+          ? `import('${entry}')`
+          : `import('node:module').then((m) => m.createRequire(process.cwd() + '/')('${entry}'))`;
+      const code = `console.log(JSON.stringify(Object.keys(await ${load})))`;
+      return JSON.parse(run(process.execPath, ['--input-type=module', '-e', code], { cwd: app }));
+    };
+    const lying = valuesTheTypesPromise(app, entries)
+      .map(({ entry, mode, names }) => {
+        const present = exportedBy(entry, mode);
+        return { entry, mode, missing: names.filter((name) => !present.includes(name)) };
+      })
+      .filter(({ missing }) => missing.length > 0);
+    if (lying.length > 0)
+      fail(
+        `the types declare values the code does not export (a type-only export shipped as a value):\n${lying
+          .map(({ entry, mode, missing }) => `  ${entry} (${mode}): ${missing.join(', ')}`)
+          .join('\n')}`,
+      );
     if (crossCopy.trim() !== 'true')
       fail(`a CommonJS ProgressError failed the ESM isProgressError: ${crossCopy}`);
     const testing = run(
@@ -420,6 +505,27 @@ async function main() {
     log(
       `imports: ${entries.length} entries from ESM and CJS, @finishline/core/testing from ESM, a CJS error passing the ESM isProgressError: ok`,
     );
+    // The SQLite store's CommonJS build from a folder whose path holds a `#`: its checkpoint worker loads
+    // better-sqlite3 by a path resolved from the module's URL, which tsup's shim cut at the `#` (until
+    // 5 December 2026). The folder is outside the app, so a cut path finds no better-sqlite3; the store's
+    // dependencies are links to the app's. Enough writes to start the worker (1,000 changed rows), then
+    // its state.
+    const hashed = join(work, 'a#b');
+    rmSync(hashed, { recursive: true, force: true });
+    const sqlite = join(app, 'node_modules/@finishline/sqlite');
+    cpSync(sqlite, join(hashed, 'node_modules/@finishline/sqlite'), { recursive: true });
+    const manifest = JSON.parse(readFileSync(join(sqlite, 'package.json'), 'utf8'));
+    for (const name of Object.keys({ ...manifest.dependencies, ...manifest.peerDependencies })) {
+      mkdirSync(dirname(join(hashed, 'node_modules', name)), { recursive: true });
+      symlinkSync(join(app, 'node_modules', name), join(hashed, 'node_modules', name));
+    }
+    const checkpoints = run(process.execPath, ['-e', CHECKPOINT_WORKER_CJS], {
+      cwd: hashed,
+      timeout: 60_000,
+    });
+    if (checkpoints.trim() !== '{"errors":[],"worker":"running"}')
+      fail(`the SQLite store's CommonJS build under a path with a "#": ${checkpoints}`);
+    log('SQLite CommonJS build under a path with a "#": the checkpoint worker runs');
     // The `finishline` bin as the install linked it (a bin npm found no file for is silently not linked).
     let help;
     try {

@@ -1,5 +1,5 @@
 // Checks what each published package would ship: publint (package.json fields, exports map, files) and
-// Are The Types Wrong (types resolve for ESM and CJS consumers under node16 and bundler resolution).
+// Are The Types Wrong (types resolve for ESM and CJS consumers under node10, node16 and bundler resolution).
 // Run after `npm run build`: each package is packed once with `--ignore-scripts` (its `prepack` would
 // rebuild it) and both tools read that tarball. Exits non-zero if any package has a problem.
 import { execFileSync } from 'node:child_process';
@@ -35,7 +35,10 @@ try {
     const esmOnly = manifest.name === '@finishline/core' ? ['--ignore-rules', 'cjs-resolves-to-esm'] : [];
     for (const [tool, args] of [
       [bin('publint'), ['run', '--strict', tarball]],
-      [bin('attw'), [tarball, '--profile', 'node16', '--format', 'table-flipped', '--no-emoji', ...esmOnly]],
+      // Every resolution, node10 too: `"module": "commonjs"` in a tsconfig still means node10, and there a
+      // subpath entry resolves only through `typesVersions` (the other packages' declarations import
+      // `@finishline/core/internal`, so without it even their main entries lose types).
+      [bin('attw'), [tarball, '--format', 'table-flipped', '--no-emoji', ...esmOnly]],
     ]) {
       try {
         execFileSync(tool, args, { stdio: 'inherit', cwd: dir });
