@@ -7,6 +7,7 @@
  * @packageDocumentation
  */
 
+export type { AppendStats } from './append-pipeline.js';
 export type { PgListenClient, PgNotification } from './listen-connection.js';
 export type { MigrateOptions } from './migrations.js';
 export {

@@ -6,7 +6,7 @@
  */
 
 export type { ConnectionState, StateChange } from './connection-state.js';
-export type { CursorPersistence, CursorStorage } from './cursor-storage.js';
+export type { CursorPersistence, CursorStorage, ServerCursors, StoredTask } from './cursor-storage.js';
 export type { FallbackTransport } from './fallback-streams.js';
 export type { HttpFallback } from './http-fallback.js';
 export type {
