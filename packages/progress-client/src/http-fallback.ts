@@ -41,9 +41,17 @@ export interface HttpApiOptions {
 /** @internal */
 export class HttpApi {
   readonly #options: HttpApiOptions;
+  /**
+   * The deadlines of the requests in flight, given up on when the client closes: one listener on its
+   * signal for them all, where one per request made Node warn of a leak past ten at once.
+   */
+  readonly #inFlight = new Set<() => void>();
 
   constructor(options: HttpApiOptions) {
     this.#options = options;
+    options.signal.addEventListener('abort', () => {
+      for (const abort of this.#inFlight) abort();
+    });
   }
 
   /** The task's snapshot, as a snapshot frame with the store's epoch when the server states it. */
@@ -90,7 +98,7 @@ export class HttpApi {
     const deadline = new AbortController();
     const abort = () => deadline.abort();
     const stopTimer = this.#options.timers.start(abort, timeoutMs);
-    signal.addEventListener('abort', abort);
+    this.#inFlight.add(abort);
     const given = new Promise<never>((_, reject) => {
       deadline.signal.addEventListener('abort', () =>
         reject(
@@ -132,7 +140,7 @@ export class HttpApi {
       }
     } finally {
       stopTimer();
-      signal.removeEventListener('abort', abort);
+      this.#inFlight.delete(abort);
     }
     throw errorFromResponse(taskId, status, text);
   }

@@ -1178,6 +1178,34 @@ describe('HTTP fallback', () => {
       new ProgressClient({ url: 'ws://h.test/live', WebSocket, httpUrl: 'https://api.test/p' }).httpUrl,
     ).toBe('https://api.test/p');
   });
+  it('holds one listener on its close signal however many HTTP requests are in flight (Node warned of a leak past ten)', async () => {
+    // Each request added its own listener to the client's close signal: with more than ten watches polled
+    // at once, Node printed "MaxListenersExceededWarning: Possible EventTarget memory leak detected".
+    const warnings: string[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning.name);
+    process.on('warning', onWarning);
+    try {
+      const { client, server, scheduler, http } = setup({
+        httpFallbackAfterAttempts: 1,
+        fetch: (url, init) => {
+          http.requests.push({ url, headers: init.headers, credentials: init.credentials });
+          return new Promise(() => undefined); // nobody answers
+        },
+      });
+      const watches = Array.from({ length: 12 }, (_, i) => client.watch(`t${i}`));
+      server.last.serverClose(1006);
+      await scheduler.advance(0);
+      expect(http.requests).toHaveLength(12);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings).not.toContain('MaxListenersExceededWarning');
+      // The close still gives up on every one of them.
+      await client.close();
+      for (const watch of watches) expect(watch.getSnapshot().seq).toBe(0);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('sends no request once a listener closed the client mid catch-up (no token call, no fetch after close)', async () => {
     // The request for the events after the snapshot started after the close: the client's abort had
     // already fired, so nothing aborted it, and its deadline timer was refused by the disposed timers:
