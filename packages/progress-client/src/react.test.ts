@@ -124,4 +124,25 @@ describe(`useTask (React ${version})`, () => {
     await act(async () => root.unmount());
     await client.close();
   });
+
+  it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const container = mount();
+    const root = createRoot(container);
+    const render = (taskId: string) =>
+      act(async () =>
+        root.render(createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId }))),
+      );
+    // Before: client.watch('') threw invalid_input out of the subscribe, into the nearest error boundary.
+    await render('');
+    expect(container.textContent).toBe('waiting');
+    expect(server.sockets).toHaveLength(0);
+    await render('t1');
+    const socket = server.accept();
+    await render('');
+    expect(container.textContent).toBe('waiting');
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    await act(async () => root.unmount());
+    await client.close();
+  });
 });

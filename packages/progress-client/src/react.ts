@@ -62,9 +62,9 @@ export interface UseTaskOptions {
 }
 
 /**
- * The live state of a task: `null` while there is nothing to show (no task id, no client, on the server
- * and during hydration, where no socket exists), then the watch's {@link WatchState}, a new object on
- * every change. The task is watched while at least one mounted component uses it; the last to unmount
+ * The live state of a task: `null` while there is nothing to show (no task id: `null`, `undefined` or
+ * `''`; no client; on the server and during hydration, where no socket exists), then the watch's
+ * {@link WatchState}, a new object on every change. The task is watched while at least one mounted component uses it; the last to unmount
  * closes the watch.
  *
  * SSR-safe: the server snapshot is `null`, so server HTML and the first client render agree.
@@ -77,7 +77,8 @@ export function useTask(taskId: string | null | undefined, options: UseTaskOptio
   const client = options.client ?? fromContext;
   const store = useMemo(
     () =>
-      client === null || taskId === null || taskId === undefined ? EMPTY : new TaskStore(client, taskId),
+      // '' too: an id not known yet (an empty form field or query parameter) is no id, not an invalid one.
+      client === null || !taskId ? EMPTY : new TaskStore(client, taskId),
     [client, taskId],
   );
   return useSyncExternalStore(store.subscribe, store.getSnapshot, getServerSnapshot);
