@@ -69,8 +69,9 @@ export interface UseTaskOptions {
  *
  * SSR-safe: the server snapshot is `null`, so server HTML and the first client render agree.
  *
- * @throws ProgressError `invalid_input` (from {@link ProgressClient.watch}) for an invalid task id, when
- *   the component mounts.
+ * @throws ProgressError from {@link ProgressClient.watch}, to the nearest error boundary when the
+ *   component mounts or its task id or client changes: `invalid_input` for an invalid task id, `closed`
+ *   when the client was closed (a mounted component whose client closes gets `fatalError` instead).
  */
 export function useTask(taskId: string | null | undefined, options: UseTaskOptions = {}): WatchState | null {
   const fromContext = useContext(ClientContext);
