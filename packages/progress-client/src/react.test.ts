@@ -32,6 +32,13 @@ function Bar({ taskId }: { taskId: string | null }) {
   );
 }
 
+/** Logs what each of its renders saw. */
+function Logged({ taskId, renders }: { taskId: string; renders: string[] }) {
+  const state = useTask(taskId);
+  renders.push(state === null ? 'null' : `${state.taskId}@${state.seq}${state.fatalError ? ' fatal' : ''}`);
+  return null;
+}
+
 function mount(html = '') {
   const container = document.createElement('div');
   container.innerHTML = html;
@@ -122,6 +129,49 @@ describe(`useTask (React ${version})`, () => {
     expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
     expect(socket.frames('subscribe').map((frame) => frame.taskId)).toEqual(['t1', 't2']);
     await act(async () => root.unmount());
+    await client.close();
+  });
+
+  it('a component that mounts next to one showing the task shows its state from its first render, not null', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const task = new FakeTask('t1', 3);
+    const container = mount();
+    const root = createRoot(container);
+    const renders: string[] = [];
+    const tree = (...children: ReturnType<typeof createElement>[]) =>
+      createElement(
+        StrictMode,
+        null,
+        createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' }), ...children),
+      );
+    await act(async () => root.render(tree()));
+    const socket = server.accept();
+    task.item('a');
+    await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+    // Before: the new component rendered null (painted as a flash of "waiting") until its watch opened in an
+    // effect after the commit, beside one showing the task at seq 1 in the same commit.
+    await act(async () => root.render(tree(createElement(Logged, { key: 'a', taskId: 't1', renders }))));
+    expect(renders).not.toContain('null');
+    expect(renders.at(-1)).toBe('t1@1');
+    // A task that ended badly for the others is tried again by a component that mounts later, not shown ended.
+    await act(async () => root.render(tree(createElement(Bar, { key: 'x', taskId: 't2' }))));
+    await act(async () =>
+      socket.push({ type: 'error', taskId: 't2', code: 'task_not_found', message: 'no such task' } as never),
+    );
+    renders.length = 0;
+    await act(async () =>
+      root.render(
+        tree(
+          createElement(Bar, { key: 'x', taskId: 't2' }),
+          createElement(Logged, { key: 'b', taskId: 't2', renders }),
+        ),
+      ),
+    );
+    expect(renders).toEqual(expect.arrayContaining(['t2@0']));
+    expect(renders).not.toContain('t2@0 fatal');
+    expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't2')).toHaveLength(2);
+    await act(async () => root.unmount());
+    expect(socket.frames('unsubscribe').map((frame) => frame.taskId)).toEqual(['t1', 't2']);
     await client.close();
   });
 

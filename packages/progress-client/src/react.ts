@@ -79,7 +79,7 @@ export function useTask(taskId: string | null | undefined, options: UseTaskOptio
   const store = useMemo(
     () =>
       // '' too: an id not known yet (an empty form field or query parameter) is no id, not an invalid one.
-      client === null || !taskId ? EMPTY : new TaskStore(client, taskId),
+      client === null || !taskId ? EMPTY : storeOf(client, taskId),
     [client, taskId],
   );
   return useSyncExternalStore(store.subscribe, store.getSnapshot, getServerSnapshot);
@@ -93,6 +93,21 @@ interface Store {
 }
 
 const EMPTY: Store = { subscribe: () => () => undefined, getSnapshot: () => null };
+
+/**
+ * The stores whose watch is open, by client and task id, filled and emptied as watches open and close
+ * (never during render). A component that mounts beside others showing the task takes their store, so
+ * its first render shows the task's state: with a store of its own it rendered `null` until its watch
+ * opened after the commit, a flash of "nothing yet" beside the others' state in the same commit.
+ */
+const openStores = new WeakMap<ProgressClient, Map<string, TaskStore>>();
+
+function storeOf(client: ProgressClient, taskId: string): Store {
+  const shared = openStores.get(client)?.get(taskId);
+  // Not one whose watch ended badly (the task not found, the client closed): a component that mounts
+  // later tries again, as it did before stores were shared.
+  return shared?.live ? shared : new TaskStore(client, taskId);
+}
 
 /**
  * One task for the components that render it: the watch opens on the first subscription (never during
@@ -110,8 +125,18 @@ class TaskStore implements Store {
     this.#taskId = taskId;
   }
 
+  /** The watch is open: neither closed after the last unsubscribe nor ended by a fatal error. */
+  get live(): boolean {
+    return this.#watch?.closed === false;
+  }
+
   readonly subscribe = (onChange: () => void): (() => void) => {
-    this.#watch ??= this.#client.watch(this.#taskId);
+    const stores = openStores.get(this.#client) ?? new Map<string, TaskStore>();
+    if (this.#watch === undefined) {
+      this.#watch = this.#client.watch(this.#taskId);
+      openStores.set(this.#client, stores);
+      if (!stores.get(this.#taskId)?.live) stores.set(this.#taskId, this);
+    }
     const unsubscribe = this.#watch.subscribe(onChange);
     this.#listeners++;
     return () => {
@@ -121,6 +146,7 @@ class TaskStore implements Store {
         if (this.#listeners > 0) return;
         this.#watch?.close();
         this.#watch = undefined;
+        if (stores.get(this.#taskId) === this) stores.delete(this.#taskId);
       });
     };
   };
