@@ -30,7 +30,11 @@ import { decodeServerText } from './frame-check.js';
  * ```
  */
 export interface CursorStorage {
-  /** The entry saved under `key`, or `undefined`. */
+  /**
+   * The entry saved under `key`, or `undefined`. Synchronous: the client reads it when a watch starts. A
+   * promise (an `async` load over IndexedDB) is an invalid entry, ignored like any other, so no watch
+   * resumes; read an asynchronous store into memory before creating the client, and load from there.
+   */
   load(key: string): unknown;
   /**
    * Saves (replaces) an entry under its key, which is `entry.id` — the task's id with the client's scope

@@ -42,7 +42,7 @@ export { cursorKey } from './cursor-storage.js';
  * import { ProgressClient } from '@finishline/client';
  * import { type CursorStorage, persistCursors, sessionCursorStorage } from '@finishline/client/persist';
  *
- * declare const myStorage: CursorStorage; // load, save, remove: over IndexedDB, say
+ * declare const myStorage: CursorStorage; // load, save, remove: synchronous, over localStorage, say
  * declare function pickReplica(): number;
  * const client = new ProgressClient({ url: '/progress', persistence: persistCursors(myStorage) });
  * // One scope for the replicas' own URLs, which differ from one load of the page to the next:
