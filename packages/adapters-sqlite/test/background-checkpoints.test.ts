@@ -78,6 +78,20 @@ describe("checkpoints: 'background' (the default)", () => {
     expect(autocheckpoint(database)).toBe(1000);
   });
 
+  it('a second close() while the first waits for the worker resolves only once the worker exited', async () => {
+    const { store } = storeOnFile();
+    await appendSome(store);
+    expect(store.checkpointStats()?.worker).toBe('running');
+    const exits: string[] = [];
+    const first = store.close().then(() => exits.push('first'));
+    // A server's shutdown and the app's own both closing the store: whoever awaits either may then
+    // remove the file, which the worker must no longer hold open.
+    const second = store.close().then(() => exits.push('second'));
+    await second;
+    expect(exits).toEqual(['first', 'second']);
+    await first;
+  });
+
   it('goes back to inline checkpoints, and says so on onError, when the worker cannot open the file', async () => {
     const errors: unknown[] = [];
     const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
