@@ -109,8 +109,9 @@ export interface BackgroundCheckpointsOptions {
 }
 
 function autocheckpoint(database: SqliteDatabase): number {
-  const row = database.prepare('PRAGMA wal_autocheckpoint').get() as { wal_autocheckpoint: number };
-  return row.wal_autocheckpoint;
+  const row = database.prepare('PRAGMA wal_autocheckpoint').get() as { wal_autocheckpoint: number | bigint };
+  // A BigInt on a connection with better-sqlite3's safe integers on, which Math.trunc refused.
+  return Number(row.wal_autocheckpoint);
 }
 
 // An integer read from SQLite or a constant, not input: PRAGMA arguments cannot be bound.

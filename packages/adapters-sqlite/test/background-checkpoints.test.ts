@@ -92,6 +92,22 @@ describe("checkpoints: 'background' (the default)", () => {
     await first;
   });
 
+  it('gives a connection that reads integers as BigInt its own setting back, and close() resolves', async () => {
+    const temp = tempDatabase();
+    cleanups.push(temp.remove);
+    const database = new Database(temp.file);
+    cleanups.push(() => {
+      database.close();
+    });
+    // The caller's whole app reads 64-bit integers exactly (better-sqlite3's safe integers): so does the
+    // store on its connection, the pragma it reads back included.
+    database.defaultSafeIntegers(true);
+    const store = new SqliteProgressStore({ database, dataVersionPollMs: 0 });
+    await appendSome(store);
+    await expect(store.close()).resolves.toBeUndefined();
+    expect(autocheckpoint(database)).toBe(1000n);
+  });
+
   it('goes back to inline checkpoints, and says so on onError, when the worker cannot open the file', async () => {
     const errors: unknown[] = [];
     const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
