@@ -328,9 +328,7 @@ export class SqliteProgressStore implements ProgressStore {
     return this.#call('reap expired leases', () => {
       const { limit } = parseReapOptions(options);
       this.#appends.flush();
-      const reaped = reapExpiredLeases(this.#leases, limit);
-      this.#publisher.drain();
-      return reaped;
+      return reapExpiredLeases(this.#leases, limit);
     });
   }
 
@@ -385,11 +383,18 @@ export class SqliteProgressStore implements ProgressStore {
     return this.#checkpoints?.stats;
   }
 
-  /** Runs `work` now (better-sqlite3 is synchronous) and maps whatever it throws to a ProgressError. */
+  /**
+   * Runs `work` now (better-sqlite3 is synchronous), publishes what it committed, and maps whatever it
+   * throws to a ProgressError. A write transaction reads other connections' commits first, whatever it
+   * writes (an ack, a lease, a purge): left in the outbox, they waited for the next append or poll, and
+   * with polling off for ever.
+   */
   #call<T>(action: string, work: () => T): Promise<T> {
     try {
       this.#assertOpen();
-      return Promise.resolve(work());
+      const result = work();
+      this.#publisher.drain();
+      return Promise.resolve(result);
     } catch (error) {
       return Promise.reject(toProgressError(error, action));
     }

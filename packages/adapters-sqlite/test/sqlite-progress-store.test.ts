@@ -241,6 +241,38 @@ describe('two stores on one file (one process, two connections)', () => {
     }
   });
 
+  it('a write that appends nothing (ack, lease, purge) publishes the other’s commits it read, polling off', async () => {
+    const db = tempDatabase();
+    const a = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
+    const b = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
+    try {
+      await a.createTask({ id: 'mine', owner: 'alice', kind: 'k' });
+      await b.createTask({ id: 'theirs', owner: 'alice', kind: 'k' });
+      const seen: TaskChange[] = [];
+      a.changes.subscribe((change) => seen.push(change));
+      const writes: [string, () => Promise<unknown>][] = [
+        ['ack', () => a.ack('mine', 0)],
+        ['renewLease', () => a.renewLease('mine', 'worker-1', 60_000)],
+        ['releaseLease', () => a.releaseLease('mine', 'worker-1')],
+        ['purgeFinished', () => a.purgeFinished({ olderThanMs: 0 })],
+      ];
+      for (const [index, [name, write]] of writes.entries()) {
+        await b.append('theirs', { type: 'progress', done: index + 1 });
+        // The write's transaction reads b's commit past its mark (README: "each write transaction does
+        // the same catch-up first"): that commit is published with it, not held until a's next append.
+        await write();
+        expect([name, seen.map((change) => change.seq)]).toEqual([
+          name,
+          writes.slice(0, index + 1).map((_, i) => i + 1),
+        ]);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+      db.remove();
+    }
+  });
+
   it('each store publishes the other’s commits in order, interleaved with its own', async () => {
     const clock = new ManualClock();
     const { a, b, seen, close } = await pair(clock);
