@@ -59,7 +59,17 @@ export const FALLBACK_AUTOCHECKPOINT_PAGES = 10_000;
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.betterSqlite3);
-const db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
+// better-sqlite3's SqliteError reaches the store's 'error' listener as a bare { code }, its message lost
+// on the way (the report said "[object Object]"); a plain Error keeps both.
+function plain(error) {
+  return error instanceof Error ? Object.assign(new Error(error.message), { code: error.code }) : error;
+}
+let db;
+try {
+  db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
+} catch (error) {
+  throw plain(error);
+}
 let scheduled = false;
 function checkpoint() {
   scheduled = false;
@@ -68,7 +78,7 @@ function checkpoint() {
     parentPort.postMessage({ frames: row.checkpointed });
   } catch (error) {
     if (error && error.code === 'SQLITE_BUSY') return;
-    throw error;
+    throw plain(error);
   }
 }
 parentPort.on('message', (message) => {

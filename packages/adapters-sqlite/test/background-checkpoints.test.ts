@@ -118,6 +118,10 @@ describe("checkpoints: 'background' (the default)", () => {
     expect(errors).toHaveLength(1);
     expect(isProgressError(errors[0]) && errors[0].code).toBe(ErrorCode.StoreUnavailable);
     expect(String((errors[0] as Error).message)).toMatch(/Background WAL checkpoints stopped/);
+    // Why, as SQLite said it: better-sqlite3's error crossed from the thread as a bare { code }, and the
+    // report ended in "[object Object]".
+    expect(String((errors[0] as Error).message)).toMatch(/: unable to open database file$/);
+    expect((errors[0] as Error).cause).toMatchObject({ code: 'SQLITE_CANTOPEN' });
     expect(autocheckpoint(database)).toBe(1000);
     expect(store.checkpointStats()?.worker).toBe('failed');
     // The store goes on working.
