@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import type { ProgressStore, TaskChange } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
@@ -82,6 +82,17 @@ describe('options', () => {
       () => new SqliteProgressStore({ database: '/nonexistent-dir/finishline/progress.db' }),
       ErrorCode.StoreUnavailable,
     );
+  });
+
+  it('a file that is not a database is store_unavailable, as the constructor says, not internal', () => {
+    const db = tempDatabase();
+    try {
+      // A wrong path in a config: a text file, or a database encrypted by another tool.
+      writeFileSync(db.file, 'not a database\n'.repeat(1000));
+      expectThrowsCode(() => new SqliteProgressStore({ database: db.file }), ErrorCode.StoreUnavailable);
+    } finally {
+      db.remove();
+    }
   });
 });
 
