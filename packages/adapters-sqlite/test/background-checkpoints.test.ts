@@ -108,6 +108,18 @@ describe("checkpoints: 'background' (the default)", () => {
     expect(autocheckpoint(database)).toBe(1000n);
   });
 
+  it('two stores on one connection: the setting stays raised until the last closes, then is the connection’s own', async () => {
+    const { store, database } = storeOnFile();
+    const second = new SqliteProgressStore({ database, dataVersionPollMs: 0 });
+    cleanups.push(() => second.close());
+    await store.close();
+    // The second store still checkpoints in the background: its safety net stays.
+    expect(autocheckpoint(database)).toBe(FALLBACK_AUTOCHECKPOINT_PAGES);
+    await second.close();
+    // Not the 10,000 pages the second store found (the first store's) and gave back for good.
+    expect(autocheckpoint(database)).toBe(1000);
+  });
+
   it('goes back to inline checkpoints, and says so on onError, when the worker cannot open the file', async () => {
     const errors: unknown[] = [];
     const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
