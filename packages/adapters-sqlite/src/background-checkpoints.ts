@@ -59,7 +59,17 @@ export const FALLBACK_AUTOCHECKPOINT_PAGES = 10_000;
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.betterSqlite3);
-const db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
+// better-sqlite3's SqliteError reaches the store's 'error' listener as a bare { code }, its message lost
+// on the way (the report said "[object Object]"); a plain Error keeps both.
+function plain(error) {
+  return error instanceof Error ? Object.assign(new Error(error.message), { code: error.code }) : error;
+}
+let db;
+try {
+  db = new Database(workerData.file, { fileMustExist: true, timeout: 0 });
+} catch (error) {
+  throw plain(error);
+}
 let scheduled = false;
 function checkpoint() {
   scheduled = false;
@@ -68,7 +78,7 @@ function checkpoint() {
     parentPort.postMessage({ frames: row.checkpointed });
   } catch (error) {
     if (error && error.code === 'SQLITE_BUSY') return;
-    throw error;
+    throw plain(error);
   }
 }
 parentPort.on('message', (message) => {
@@ -109,8 +119,9 @@ export interface BackgroundCheckpointsOptions {
 }
 
 function autocheckpoint(database: SqliteDatabase): number {
-  const row = database.prepare('PRAGMA wal_autocheckpoint').get() as { wal_autocheckpoint: number };
-  return row.wal_autocheckpoint;
+  const row = database.prepare('PRAGMA wal_autocheckpoint').get() as { wal_autocheckpoint: number | bigint };
+  // A BigInt on a connection with better-sqlite3's safe integers on, which Math.trunc refused.
+  return Number(row.wal_autocheckpoint);
 }
 
 // An integer read from SQLite or a constant, not input: PRAGMA arguments cannot be bound.
@@ -118,16 +129,19 @@ function setAutocheckpoint(database: SqliteDatabase, pages: number): void {
   database.prepare(`PRAGMA wal_autocheckpoint = ${Math.trunc(pages)}`).get();
 }
 
+/**
+ * The connections whose `wal_autocheckpoint` stores raised: the setting before the first of them (SQLite's
+ * default is 1,000 pages), and how many still keep it raised. Stores may share a connection: each kept
+ * its own "before", so the first to close gave 1,000 back under the others, and the last gave back the
+ * 10,000 it had found, for good.
+ */
+const raised = new WeakMap<SqliteDatabase, { own: number; stores: number }>();
+
 /** @internal */
 export class BackgroundCheckpoints {
   readonly #database: SqliteDatabase;
   /** The database file's absolute path, which the worker opens. */
   readonly #file: string;
-  /**
-   * The connection's `wal_autocheckpoint` before the store raised it (SQLite's default is 1,000 pages),
-   * given back when the worker fails or stops: a connection the caller owns outlives the store.
-   */
-  readonly #ownAutocheckpoint: number;
   readonly #onError: (error: unknown) => void;
   #worker: Worker | undefined;
   /** The connection's `total_changes()` when it last asked for a checkpoint. */
@@ -138,8 +152,14 @@ export class BackgroundCheckpoints {
     this.#database = options.database;
     this.#file = file;
     this.#onError = options.onError;
-    this.#ownAutocheckpoint = autocheckpoint(this.#database);
-    setAutocheckpoint(this.#database, FALLBACK_AUTOCHECKPOINT_PAGES);
+    const entry = raised.get(this.#database);
+    if (entry !== undefined) {
+      entry.stores += 1;
+    } else {
+      const own = autocheckpoint(this.#database);
+      setAutocheckpoint(this.#database, FALLBACK_AUTOCHECKPOINT_PAGES);
+      raised.set(this.#database, { own, stores: 1 });
+    }
   }
 
   /**
@@ -199,14 +219,18 @@ export class BackgroundCheckpoints {
   }
 
   /**
-   * Gives the connection its own `wal_autocheckpoint` back. A connection its owner already closed (before
-   * the store, the wrong order) has no setting left to give back: skipped. better-sqlite3's bare TypeError
-   * for it rejected close(), and from the worker's failure listener it was an uncaught exception, which
-   * ends a server's process. Any other failure is a typed error.
+   * Gives the connection its own `wal_autocheckpoint` back once no other store on it keeps it raised (a
+   * connection the caller owns outlives the store). Called once per store. A connection its owner already
+   * closed (before the store, the wrong order) has no setting left to give back: skipped. better-sqlite3's
+   * bare TypeError for it rejected close(), and from the worker's failure listener it was an uncaught
+   * exception, which ends a server's process. Any other failure is a typed error.
    */
   #restoreAutocheckpoint(): void {
+    const entry = raised.get(this.#database);
+    if (entry === undefined || --entry.stores > 0) return;
+    raised.delete(this.#database);
     try {
-      setAutocheckpoint(this.#database, this.#ownAutocheckpoint);
+      setAutocheckpoint(this.#database, entry.own);
     } catch (error) {
       if (isConnectionClosed(error)) return;
       throw toProgressError(error, 'give the connection its wal_autocheckpoint back');

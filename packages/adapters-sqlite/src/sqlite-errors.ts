@@ -6,13 +6,18 @@ import { ErrorCode, ProgressError } from '@finishline/core';
  * @module
  */
 
-/** SQLite result codes after which the same call may succeed later: the database is busy or unreachable. */
-const TRANSIENT = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL|NOMEM|INTERRUPT)/;
+/**
+ * SQLite result codes after which the same call may succeed later: the database is busy or unreachable,
+ * or the file at its path is not a database (NOTADB: a wrong path or another tool's file, to be fixed by
+ * someone, as a missing directory is; `internal` said it was Finishline's bug).
+ */
+const TRANSIENT = /^SQLITE_(BUSY|LOCKED|IOERR|FULL|CANTOPEN|READONLY|PROTOCOL|NOMEM|INTERRUPT|NOTADB)/;
 
 /**
  * Turns whatever a SQLite call threw into a {@link ProgressError}: ProgressErrors pass through; busy,
- * locked, I/O and open failures become `store_unavailable`; a closed connection becomes
- * `store_unavailable` too; anything else `internal`. The original error is kept as `cause`.
+ * locked, I/O and open failures (a file that is not a database included) become `store_unavailable`; a
+ * closed connection becomes `store_unavailable` too; anything else `internal`. The original error is kept
+ * as `cause`.
  */
 export function toProgressError(error: unknown, action: string): ProgressError {
   if (error instanceof ProgressError) return error;

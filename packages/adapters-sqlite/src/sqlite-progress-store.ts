@@ -105,6 +105,8 @@ export class SqliteProgressStore implements ProgressStore {
   /** The worker that checkpoints the WAL, when `checkpoints` is `'background'` and the database is a file. */
   readonly #checkpoints: BackgroundCheckpoints | undefined;
   #closed = false;
+  /** What close() returns, every time it is called. */
+  #closing: Promise<void> | undefined;
 
   /**
    * Opens (or adopts) the database, configures it (WAL, `synchronous`, `busy_timeout`), applies pending
@@ -326,9 +328,7 @@ export class SqliteProgressStore implements ProgressStore {
     return this.#call('reap expired leases', () => {
       const { limit } = parseReapOptions(options);
       this.#appends.flush();
-      const reaped = reapExpiredLeases(this.#leases, limit);
-      this.#publisher.drain();
-      return reaped;
+      return reapExpiredLeases(this.#leases, limit);
     });
   }
 
@@ -350,22 +350,29 @@ export class SqliteProgressStore implements ProgressStore {
   }
 
   /**
-   * Commits queued appends, stops polling and closes the database if the store opened it. Safe to call
-   * more than once.
+   * Commits queued appends, stops polling and closes the database if the store opened it; resolves once
+   * the checkpoint worker exited. Safe to call more than once: every call returns the first one's
+   * promise (a later call resolved at once, while the worker still held the file open).
    */
   close(): Promise<void> {
-    if (this.#closed) return Promise.resolve();
-    let stopped: Promise<void> | undefined;
+    if (this.#closing !== undefined) return this.#closing;
     try {
       this.#appends.flush();
     } finally {
-      this.#closed = true;
-      this.#appends.close();
-      this.#publisher.stop();
-      stopped = this.#checkpoints?.stop();
-      if (this.#ownsDatabase) this.#database.close();
+      // A change listener may have called close() during the flush: that call did the rest.
+      this.#closing ??= this.#shutDown();
     }
-    return stopped ?? Promise.resolve();
+    return this.#closing;
+  }
+
+  /** Everything close() does after the flush; resolves once the checkpoint worker exited. */
+  #shutDown(): Promise<void> {
+    this.#closed = true;
+    this.#appends.close();
+    this.#publisher.stop();
+    const stopped = this.#checkpoints?.stop() ?? Promise.resolve();
+    if (this.#ownsDatabase) this.#database.close();
+    return stopped;
   }
 
   /**
@@ -376,11 +383,18 @@ export class SqliteProgressStore implements ProgressStore {
     return this.#checkpoints?.stats;
   }
 
-  /** Runs `work` now (better-sqlite3 is synchronous) and maps whatever it throws to a ProgressError. */
+  /**
+   * Runs `work` now (better-sqlite3 is synchronous), publishes what it committed, and maps whatever it
+   * throws to a ProgressError. A write transaction reads other connections' commits first, whatever it
+   * writes (an ack, a lease, a purge): left in the outbox, they waited for the next append or poll, and
+   * with polling off for ever.
+   */
   #call<T>(action: string, work: () => T): Promise<T> {
     try {
       this.#assertOpen();
-      return Promise.resolve(work());
+      const result = work();
+      this.#publisher.drain();
+      return Promise.resolve(result);
     } catch (error) {
       return Promise.reject(toProgressError(error, action));
     }

@@ -78,6 +78,48 @@ describe("checkpoints: 'background' (the default)", () => {
     expect(autocheckpoint(database)).toBe(1000);
   });
 
+  it('a second close() while the first waits for the worker resolves only once the worker exited', async () => {
+    const { store } = storeOnFile();
+    await appendSome(store);
+    expect(store.checkpointStats()?.worker).toBe('running');
+    const exits: string[] = [];
+    const first = store.close().then(() => exits.push('first'));
+    // A server's shutdown and the app's own both closing the store: whoever awaits either may then
+    // remove the file, which the worker must no longer hold open.
+    const second = store.close().then(() => exits.push('second'));
+    await second;
+    expect(exits).toEqual(['first', 'second']);
+    await first;
+  });
+
+  it('gives a connection that reads integers as BigInt its own setting back, and close() resolves', async () => {
+    const temp = tempDatabase();
+    cleanups.push(temp.remove);
+    const database = new Database(temp.file);
+    cleanups.push(() => {
+      database.close();
+    });
+    // The caller's whole app reads 64-bit integers exactly (better-sqlite3's safe integers): so does the
+    // store on its connection, the pragma it reads back included.
+    database.defaultSafeIntegers(true);
+    const store = new SqliteProgressStore({ database, dataVersionPollMs: 0 });
+    await appendSome(store);
+    await expect(store.close()).resolves.toBeUndefined();
+    expect(autocheckpoint(database)).toBe(1000n);
+  });
+
+  it('two stores on one connection: the setting stays raised until the last closes, then is the connection’s own', async () => {
+    const { store, database } = storeOnFile();
+    const second = new SqliteProgressStore({ database, dataVersionPollMs: 0 });
+    cleanups.push(() => second.close());
+    await store.close();
+    // The second store still checkpoints in the background: its safety net stays.
+    expect(autocheckpoint(database)).toBe(FALLBACK_AUTOCHECKPOINT_PAGES);
+    await second.close();
+    // Not the 10,000 pages the second store found (the first store's) and gave back for good.
+    expect(autocheckpoint(database)).toBe(1000);
+  });
+
   it('goes back to inline checkpoints, and says so on onError, when the worker cannot open the file', async () => {
     const errors: unknown[] = [];
     const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
@@ -88,6 +130,10 @@ describe("checkpoints: 'background' (the default)", () => {
     expect(errors).toHaveLength(1);
     expect(isProgressError(errors[0]) && errors[0].code).toBe(ErrorCode.StoreUnavailable);
     expect(String((errors[0] as Error).message)).toMatch(/Background WAL checkpoints stopped/);
+    // Why, as SQLite said it: better-sqlite3's error crossed from the thread as a bare { code }, and the
+    // report ended in "[object Object]".
+    expect(String((errors[0] as Error).message)).toMatch(/: unable to open database file$/);
+    expect((errors[0] as Error).cause).toMatchObject({ code: 'SQLITE_CANTOPEN' });
     expect(autocheckpoint(database)).toBe(1000);
     expect(store.checkpointStats()?.worker).toBe('failed');
     // The store goes on working.

@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import type { ProgressStore, TaskChange } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
@@ -82,6 +82,17 @@ describe('options', () => {
       () => new SqliteProgressStore({ database: '/nonexistent-dir/finishline/progress.db' }),
       ErrorCode.StoreUnavailable,
     );
+  });
+
+  it('a file that is not a database is store_unavailable, as the constructor says, not internal', () => {
+    const db = tempDatabase();
+    try {
+      // A wrong path in a config: a text file, or a database encrypted by another tool.
+      writeFileSync(db.file, 'not a database\n'.repeat(1000));
+      expectThrowsCode(() => new SqliteProgressStore({ database: db.file }), ErrorCode.StoreUnavailable);
+    } finally {
+      db.remove();
+    }
   });
 });
 
@@ -238,6 +249,38 @@ describe('two stores on one file (one process, two connections)', () => {
       }
     } finally {
       await close();
+    }
+  });
+
+  it('a write that appends nothing (ack, lease, purge) publishes the other’s commits it read, polling off', async () => {
+    const db = tempDatabase();
+    const a = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
+    const b = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 0 });
+    try {
+      await a.createTask({ id: 'mine', owner: 'alice', kind: 'k' });
+      await b.createTask({ id: 'theirs', owner: 'alice', kind: 'k' });
+      const seen: TaskChange[] = [];
+      a.changes.subscribe((change) => seen.push(change));
+      const writes: [string, () => Promise<unknown>][] = [
+        ['ack', () => a.ack('mine', 0)],
+        ['renewLease', () => a.renewLease('mine', 'worker-1', 60_000)],
+        ['releaseLease', () => a.releaseLease('mine', 'worker-1')],
+        ['purgeFinished', () => a.purgeFinished({ olderThanMs: 0 })],
+      ];
+      for (const [index, [name, write]] of writes.entries()) {
+        await b.append('theirs', { type: 'progress', done: index + 1 });
+        // The write's transaction reads b's commit past its mark (README: "each write transaction does
+        // the same catch-up first"): that commit is published with it, not held until a's next append.
+        await write();
+        expect([name, seen.map((change) => change.seq)]).toEqual([
+          name,
+          writes.slice(0, index + 1).map((_, i) => i + 1),
+        ]);
+      }
+    } finally {
+      await a.close();
+      await b.close();
+      db.remove();
     }
   });
 
