@@ -21,7 +21,7 @@ export interface SafetyNetStats {
 }
 
 /** Why the server restarted a subscription's stream (label `reason` of the resync counter). */
-export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahead' | 'epoch';
+export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahead' | 'epoch' | 'run';
 
 /**
  * Why a Server-Sent Events stream ended (label `reason` of `sse_streams_closed_total`).
@@ -52,7 +52,7 @@ export type SseStreamEndReason =
  * | `sockets` | gauge | open WebSocket connections |
  * | `subscriptions` | gauge | tasks followed, summed over sockets |
  * | `resumes_total` | counter | subscribes with `afterSeq > 0`, and Server-Sent Events streams opened with a cursor above 0 (`Last-Event-ID` or `afterSeq`): a watcher resuming |
- * | `resyncs_total{reason}` | counter | streams restarted, socket subscriptions and Server-Sent Events streams alike: `resubscribe` (client asked again; sockets only), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent), `epoch` (the store's epoch changed under the server, or an SSE stream resumed from an id of another epoch: a reset snapshot sent) |
+ * | `resyncs_total{reason}` | counter | streams restarted, socket subscriptions and Server-Sent Events streams alike: `resubscribe` (client asked again; sockets only), `gap` (server-side catch-up), `replay_limit` (backlog too long, snapshot sent), `cursor_ahead` (the subscriber's cursor is beyond the task's seq: a reset snapshot sent), `epoch` (the store's epoch changed under the server, or an SSE stream resumed from an id of another epoch: a reset snapshot sent), `run` (the task's id was purged and created again, or its task is gone, under the stream: a reset snapshot of the new run sent, or `task_not_found`) |
  * | `events_sent_total` | counter | event frames written, to sockets and Server-Sent Events streams |
  * | `snapshots_sent_total` | counter | snapshot frames written, to sockets (coalesced progress included) and Server-Sent Events streams |
  * | `terminal_retries_total` | counter | terminal frames re-sent for lack of an ack |

@@ -9,7 +9,7 @@ import type { TaskHub } from '../hub/task-hub.js';
 import type { StreamSink, TaskStream } from '../hub/task-stream.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
-import type { ServerMetrics, SseStreamEndReason } from '../metrics.js';
+import type { ResyncReason, ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
 import { eventFrameText } from '../socket/event-frame-text.js';
 import { fromCode } from './http-request.js';
@@ -228,15 +228,15 @@ export function streamTask(
   // The cursor and the hub's seqs are of the old epoch: the task is loaded again, and a reset snapshot of
   // it replaces the cursor, as for a Last-Event-ID ahead of the task. The old epoch's hub stream closes
   // at once: its reads in flight are dropped.
-  const restart = () => {
+  const restart = (reason: ResyncReason) => {
     if (ended) return;
-    ctx.metrics.resyncs.inc({ reason: 'epoch' });
+    ctx.metrics.resyncs.inc({ reason });
     // Events of the old epoch: never written now, whose ids would name the new one.
     held = undefined;
     load = 'reset';
     begin();
   };
-  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: restart };
+  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: () => restart('epoch') };
   ctx.open.add(opened);
   // Once the stream ended itself these come too, and count nothing: `end` runs once.
   const left = () => end('client_left');
@@ -344,6 +344,10 @@ export function streamTask(
       },
       gone: () => {
         if (current()) end('task_gone');
+      },
+      // The id's task is another run, or gone: loaded again and authorized, as after an epoch change.
+      restart: () => {
+        if (current()) restart('run');
       },
       failed: (error) => {
         if (current()) readFailed(error);

@@ -34,6 +34,7 @@ function recorder() {
     },
     internalError: (error) => calls.push(`internal:${String(error)}`),
     isOpen: () => true,
+    restart: () => calls.push('restart'),
   };
   return { sink, events, calls, caughtUp: () => caughtUp };
 }
@@ -160,6 +161,8 @@ describe('what the hub holds of an older run of the id', () => {
     await until(() => watcher.events.length === 2);
     expect(watcher.events).toEqual(['progress@1', 'item@2']);
     expect(stays.events).toEqual(['item@1', 'completed@2']);
+    // The old run's stream starts over once the hub follows the new run: nothing more of its own comes.
+    expect(stays.calls).toEqual(['restart']);
   });
 });
 

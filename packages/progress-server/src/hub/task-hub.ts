@@ -23,6 +23,12 @@ export interface HubSubscriber {
    * that for it.
    */
   deliver(events: readonly TaskEvent[]): void;
+  /**
+   * The id's task is not the run the subscriber may have loaded: the hub found `run` (a `createdAt`), a
+   * later run of the id, or no task at all (`undefined`). A subscriber of another run starts over from a
+   * load of its own (a {@link TaskStream} has its owner do that: its authorization is of the old run).
+   */
+  restart?(run: number | undefined): void;
 }
 
 interface Followed {
@@ -62,6 +68,10 @@ interface Followed {
    * whatever its seq (see `#readLoop`).
    */
   heard: number;
+  /** A read of the task for its run is under way (see `#checkRun`). */
+  checking: boolean;
+  /** A change asked for that read while it ran: it may have been served before the change's commit. */
+  checkAgain: boolean;
 }
 
 const noop = (): void => undefined;
@@ -211,6 +221,8 @@ export class TaskHub {
         runs: 0,
         unconfirmed: 0,
         heard: 0,
+        checking: false,
+        checkAgain: false,
       };
       this.#followed.set(taskId, entry);
       try {
@@ -231,19 +243,24 @@ export class TaskHub {
    * A subscriber read the task at `seq`, the run created at `run` (its `createdAt`, when the reader
    * knows it). The first such read fixes where the hub's own reads start; any later one only raises the
    * latest known seq. A read of a later run of the id starts over from it (see `#newRun`); one of an
-   * earlier run (read before the purge, told after) says nothing of the run followed now.
+   * earlier run (read before the purge, told after) says nothing of the run followed now: `false`.
    */
-  observe(taskId: string, seq: number, run?: number): void {
+  observe(taskId: string, seq: number, run?: number): boolean {
     const entry = this.#followed.get(taskId);
-    if (entry === undefined) return;
+    if (entry === undefined) return true;
+    let later = false;
     if (run !== undefined && entry.run !== run) {
-      if (entry.run !== undefined && run < entry.run) return;
+      if (entry.run !== undefined && run < entry.run) return false;
       if (entry.run !== undefined) this.#newRun(entry);
+      later = entry.run !== undefined;
       entry.run = run;
     }
     if (entry.readSeq === undefined) entry.readSeq = seq;
     if (seq > entry.latestSeq) entry.latestSeq = seq;
     this.#pump(entry);
+    // The old run's subscribers never hear its end from the hub now: they start over.
+    if (later) this.#restart(entry, run);
+    return true;
   }
 
   /** The highest seq of `taskId` known to be committed, for a followed task. */
@@ -342,6 +359,11 @@ export class TaskHub {
       // restore (see `unconfirmed`).
       if (change.seq > entry.unconfirmed) entry.unconfirmed = change.seq;
     } else {
+      // At or below what the hub holds: a change heard again, or one of a later run of the id whose old
+      // run's end, purge and re-creation the feed never told (a SQLite poll after the purge deleted the
+      // old run's last events, a Postgres listener that was away). Taken for the former, the old run's
+      // subscribers waited for ever, or got the new run's events past that seq as their run's.
+      if (change.seq <= entry.latestSeq && !this.#holds(entry, change.events)) this.#checkRun(entry);
       if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
       // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
       // was dispatched go out without a read. The rest, if any, is read as usual.
@@ -388,6 +410,76 @@ export class TaskHub {
     if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
     entry.retryTimer = undefined;
     this.#recent.drop(entry.taskId);
+  }
+
+  /**
+   * True when the hub holds the last of `events` itself (heard again, at-least-once): no read needed.
+   * A change without events, or of events the hub does not hold, is read for its run.
+   */
+  #holds(entry: Followed, events: readonly TaskEvent[] | undefined): boolean {
+    const last = events?.at(-1);
+    if (last === undefined) return false;
+    const held = this.#recent.between(entry.taskId, last.seq - 1, last.seq)?.[0];
+    return held !== undefined && held.time === last.time && held.type === last.type;
+  }
+
+  /**
+   * Reads the task once for its run (one read at a time; a change during it reads once more, after it):
+   * a later run of the id starts the hub over from it and restarts the subscribers, and so does a task
+   * gone (they find it so). Nothing else learns of such a run when no subscriber loads the task again.
+   */
+  #checkRun(entry: Followed): void {
+    if (entry.run === undefined || entry.closed) return;
+    if (entry.checking) {
+      entry.checkAgain = true;
+      return;
+    }
+    entry.checking = true;
+    void this.#readRun(entry);
+  }
+
+  async #readRun(entry: Followed): Promise<void> {
+    try {
+      do {
+        entry.checkAgain = false;
+        const runs = entry.runs;
+        const epochs = this.#epochs;
+        const task = await this.#store.getTask(entry.taskId);
+        // Started over meanwhile (a subscriber loaded a later run, a restore): from a read after this one.
+        if (entry.closed || runs !== entry.runs || epochs !== this.#epochs) continue;
+        const run = task?.createdAt;
+        if (run !== undefined && entry.run !== undefined && run <= entry.run) continue;
+        if (run !== undefined) {
+          this.#newRun(entry);
+          entry.run = run;
+        }
+        this.#restart(entry, run);
+      } while (entry.checkAgain && !entry.closed);
+    } catch (error) {
+      this.#metrics.storeErrors.inc();
+      this.#logger.warn(
+        { err: describeError(error), taskId: entry.taskId },
+        "reading a task's run failed; retrying",
+      );
+      setTimeout(() => this.#checkRun(entry), this.#retryDelayMs).unref();
+    } finally {
+      entry.checking = false;
+    }
+  }
+
+  /** Tells every subscriber of `entry` that the id's task is `run` now (`undefined`: gone). */
+  #restart(entry: Followed, run: number | undefined): void {
+    for (const subscriber of [...entry.subscribers]) {
+      try {
+        subscriber.restart?.(run);
+      } catch (error) {
+        this.#metrics.handlerErrors.inc();
+        this.#logger.error(
+          { err: describeError(error), taskId: entry.taskId },
+          'subscriber failed to restart',
+        );
+      }
+    }
   }
 
   #isForeign(epoch: string): boolean {

@@ -115,6 +115,7 @@ function recorder() {
     },
     internalError: (error) => calls.push(`internal:${String(error)}`),
     isOpen: () => true,
+    restart: () => calls.push('restart'),
   };
   return { sink, seqs, snapshots, calls, caughtUp: () => caughtUp };
 }

@@ -39,6 +39,13 @@ export interface StreamSink {
   caughtUp(): void;
   /** A bug while handing something over (not a store failure): reported to the client as internal. */
   internalError(error: unknown): void;
+  /**
+   * The id's task is another run than the stream's (purged and created again), or gone: the stream's
+   * owner starts over from a load of its own, authorized again (a reset snapshot of the run, or
+   * task_not_found), with a new stream in place of this one. Told even while `isOpen()` is false (a
+   * Server-Sent Events stream waiting for 'drain' starts over once drained).
+   */
+  restart(): void;
   /** `false` once the sink can take nothing more (its socket is closing): reads are skipped. */
   isOpen(): boolean;
   /**
@@ -63,9 +70,10 @@ export interface StreamHub {
   latestSeq(taskId: string): number | undefined;
   /**
    * A read of the task at `seq`, of the run created at `run` (when known): where the hub's own live reads
-   * start.
+   * start. `false` when `run` is older than the run the hub follows now (the id was purged and created
+   * again since that read).
    */
-  observe(taskId: string, seq: number, run?: number): void;
+  observe(taskId: string, seq: number, run?: number): boolean;
   /** The task's events after `fromSeq` up to `toSeq` when the hub holds them all in memory. */
   recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
   /** Taken before a stream's store read, and handed back with its events to {@link readBack}. */
@@ -120,6 +128,8 @@ export class TaskStream {
    */
   #answerDue = false;
   #closed = false;
+  /** The `createdAt` of the run the stream started on; `undefined` before its start. */
+  #run: number | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -178,7 +188,13 @@ export class TaskStream {
   #begin(from: number, ended: boolean, taskSeq: number, taskRun: number | undefined): void {
     this.#position = from;
     this.#ended = ended;
-    this.#hub.observe(this.taskId, taskSeq, taskRun);
+    this.#run = taskRun;
+    // Loaded before the id's task was purged and created again, and started once the hub follows the new
+    // run: nothing of the run loaded will come.
+    if (!this.#hub.observe(this.taskId, taskSeq, taskRun)) {
+      this.#sink.restart();
+      return;
+    }
     void this.#catchUp(true).catch((error: unknown) => this.#lost(error));
   }
 
@@ -199,6 +215,17 @@ export class TaskStream {
       return;
     }
     this.#push(events);
+  }
+
+  /**
+   * The hub found the id's task is `run` now (`undefined`: gone). A stream started on another run has its
+   * owner start over (see {@link StreamSink.restart}); so has any stream when the task is gone. One not
+   * started yet learns the run followed when it starts (see `#begin`).
+   */
+  restart(run: number | undefined): void {
+    if (this.#closed) return;
+    if (run !== undefined && (this.#run === undefined || this.#run === run)) return;
+    this.#sink.restart();
   }
 
   /** Stops the stream: no read starts for it and nothing reaches its sink any more. */

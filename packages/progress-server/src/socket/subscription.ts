@@ -23,6 +23,8 @@ export interface SubscriptionContext {
   isOpen(): boolean;
   /** The task vanished while the stream caught up. */
   onGone(sub: Subscription): void;
+  /** The id's task is another run than the stream's, or gone: the subscription starts over (a reset). */
+  onRestart(sub: Subscription): void;
   /** The first catch-up failed: the subscribe is answered with the error. */
   onFailed(sub: Subscription, error: unknown): void;
   /** A bug while handling the stream. */
@@ -318,6 +320,9 @@ export class Subscription implements WrittenLog {
       },
       gone: () => {
         if (current()) this.#ctx.onGone(this);
+      },
+      restart: () => {
+        if (current()) this.#ctx.onRestart(this);
       },
       failed: (error) => {
         if (current()) this.#ctx.onFailed(this, error);

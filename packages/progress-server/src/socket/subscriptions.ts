@@ -427,6 +427,13 @@ export class Subscriptions<P extends Principal> {
         });
       },
       onFailed: (failed, error) => this.#fail(failed, error),
+      // Its client's cursor and the seqs sent are of the old run: answered as after a new epoch.
+      onRestart: (restarted) => {
+        metrics.resyncs.inc({ reason: 'run' });
+        this.#start(restarted, 0, { taskId }, true).catch((error: unknown) =>
+          this.#ctx.internalError(error, undefined, taskId),
+        );
+      },
       onInternalError: (error) => this.#ctx.internalError(error),
     });
     // What the task's earlier subscription on this socket sent may still be on its way, and acknowledged

@@ -75,8 +75,12 @@ export async function startServer(
  * an operator restoring a database would. The server sees one store throughout.
  */
 export function restorableStore() {
-  const live = new MemoryProgressStore();
-  const backup = new MemoryProgressStore();
+  // A write given to both is stamped alike in the two, as a backup copies the rows: a task's `createdAt`
+  // (its run) a millisecond apart would make the restored task another run of the id.
+  let pinned: number | undefined;
+  const clock = (): number => pinned ?? Date.now();
+  const live = new MemoryProgressStore({ clock });
+  const backup = new MemoryProgressStore({ clock });
   let current = live;
   const listeners = new Set<ChangeListener>();
   for (const store of [live, backup]) {
@@ -101,8 +105,13 @@ export function restorableStore() {
   return {
     store,
     async both(write: (store: MemoryProgressStore) => Promise<unknown>): Promise<void> {
-      await write(live);
-      await write(backup);
+      pinned = Date.now();
+      try {
+        await write(live);
+        await write(backup);
+      } finally {
+        pinned = undefined;
+      }
     },
     restore() {
       current = backup;
