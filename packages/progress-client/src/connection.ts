@@ -22,7 +22,7 @@ import type { ConnectionHandler, ConnectionState, StateChange } from './connecti
 import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
-import { batchSends, decodeSocketData, describeSocketError } from './socket-platform.js';
+import { batchSends, bindClose, decodeSocketData, describeSocketError } from './socket-platform.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**
@@ -199,6 +199,7 @@ export class Connection {
       socket.onclose = () => resolve();
       try {
         socket.close(CLOSE_NORMAL, 'client closed');
+        bindClose(socket);
       } catch {
         resolve();
       }
