@@ -94,7 +94,7 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     lastAt = Date.now();
   };
   const watch = client.watch(taskId);
-  watch.subscribe(() => {
+  const unsubscribe = watch.subscribe(() => {
     const state = watch.getSnapshot();
     if (state.finished) return;
     const line = progressLine(state, tty ? io.stdout.columns : undefined);
@@ -125,6 +125,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
     return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;
   } finally {
+    // Before the close: the watch it ends with `closed` tells its subscriber, whose line would come
+    // after the error, or wait for --interval-ms on a timer that keeps the process from exiting.
+    unsubscribe();
     clearTimeout(trailing);
     await client.close();
   }

@@ -22,7 +22,7 @@ import type { ConnectionHandler, ConnectionState, StateChange } from './connecti
 import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
-import { batchSends, decodeSocketData, describeSocketError } from './socket-platform.js';
+import { batchSends, bindClose, decodeSocketData, describeSocketError } from './socket-platform.js';
 import { Timeout, type TimerSet } from './timers.js';
 
 /**
@@ -185,23 +185,12 @@ export class Connection {
 
   /** Closes for good; resolves once the socket reported its close. */
   close(): Promise<void> {
-    const socket = this.#socket;
-    this.#socket = undefined;
     this.#ready = false;
     this.#liveness.clear();
     this.#reconnect.clear();
     this.#setState({ state: 'closed', reason: 'client closed' });
-    if (socket === undefined || socket.readyState === CLOSED) return Promise.resolve();
     return new Promise<void>((resolve) => {
-      socket.onopen = null;
-      socket.onmessage = null;
-      socket.onerror = noop;
-      socket.onclose = () => resolve();
-      try {
-        socket.close(CLOSE_NORMAL, 'client closed');
-      } catch {
-        resolve();
-      }
+      if (!this.#drop(CLOSE_NORMAL, 'client closed', () => resolve())) resolve();
     });
   }
 
@@ -389,19 +378,25 @@ export class Connection {
     this.#lost(reason, CLOSE_HEARTBEAT_TIMEOUT);
   }
 
-  /** Detaches and closes the current socket without waiting for its close handshake. */
-  #drop(code: number, reason: string): void {
+  /**
+   * Detaches and closes the current socket without waiting for its close handshake (`onclose` is told
+   * when it ends); false when there was none to close. One path for a drop and for `close()`, so that
+   * both bound the handshake (see `bindClose`): a socket dropped for its silence is a frozen server's.
+   */
+  #drop(code: number, reason: string, onclose: (() => void) | null = null): boolean {
     const socket = this.#socket;
-    if (socket === undefined) return;
     this.#socket = undefined;
+    if (socket === undefined || socket.readyState === CLOSED) return false;
     socket.onopen = null;
     socket.onmessage = null;
-    socket.onclose = null;
+    socket.onclose = onclose;
     socket.onerror = noop;
     try {
       socket.close(code, reason);
+      bindClose(socket);
+      return true;
     } catch {
-      // Already closing.
+      return false; // Already closing.
     }
   }
 

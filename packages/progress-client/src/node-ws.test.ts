@@ -88,6 +88,45 @@ describe('in Node with the real ws', () => {
     // Nothing above what the test runner itself had before the test.
     expect(leftover()).toEqual([]);
   });
+
+  it("close() does not wait out ws's 30 s close handshake when the server stopped reading (a frozen replica)", async () => {
+    const server = await startServer(new FakeTask('node-task', 2));
+    const client = new ProgressClient({ url: `ws://127.0.0.1:${server.port}/progress`, WebSocket });
+    const watch = client.watch('node-task');
+    await waitFor(() => server.received.some((frame) => frame.type === 'subscribe'));
+    // The server reads nothing more: the client's close frame is never answered.
+    for (const request of server.upgrades) request.socket.pause();
+    const outcome = await Promise.race([
+      client.close().then(() => 'closed'),
+      new Promise((resolve) => setTimeout(resolve, 10_000, 'still waiting after 10 s')),
+    ]);
+    expect(outcome).toBe('closed');
+    await expect(watch.done).rejects.toMatchObject({ code: 'closed' });
+    await server.close();
+  }, 15_000);
+
+  it("a socket dropped for its silence (a frozen server) does not outlive close() by ws's 30 s either", async () => {
+    const server = await startServer(new FakeTask('node-task', 2));
+    const sockets: WebSocket[] = [];
+    class Tracked extends WebSocket {
+      constructor(...args: ConstructorParameters<typeof WebSocket>) {
+        super(...args);
+        sockets.push(this);
+      }
+    }
+    const client = new ProgressClient({
+      url: `ws://127.0.0.1:${server.port}/progress`,
+      WebSocket: Tracked,
+      heartbeatTimeoutMs: 200,
+    });
+    client.watch('node-task').done.catch(() => undefined);
+    await waitFor(() => server.received.some((frame) => frame.type === 'subscribe'));
+    for (const request of server.upgrades) request.socket.pause(); // reads nothing more: frozen
+    await waitFor(() => sockets.length > 1); // dropped with 4010 after 200 ms of silence, and replaced
+    await client.close();
+    await waitFor(() => sockets[0]?.readyState === WebSocket.CLOSED, 10_000);
+    await server.close();
+  }, 15_000);
 });
 
 describe('writes to the network with the real ws', () => {

@@ -26,3 +26,6 @@ export const decodeSocketData: typeof Node.decodeSocketData = (data) => decodeSe
 
 /** A page cannot batch a WebSocket's writes: each send is its own. @internal */
 export const batchSends: typeof Node.batchSends = (_socket, run) => run();
+
+/** A page's WebSocket bounds its own close handshake, and a tab has no process to keep alive. @internal */
+export const bindClose: typeof Node.bindClose = () => undefined;

@@ -44,6 +44,27 @@ export function batchSends(socket: object, run: () => void): void {
   }
 }
 
+/**
+ * How long `bindClose` lets a `ws` socket wait for the server's answering close frame before ending
+ * it: a server that answers does so within a round trip, and ws's own wait (`closeTimeout`) is 30 s.
+ */
+export const CLOSE_GRACE_MS = 1000;
+
+/**
+ * Bounds the close handshake of `socket`, just closed. `ws` waits up to 30 s for the server's answering
+ * close frame, its TCP socket keeping the process alive: a server that stopped reading (a frozen replica)
+ * held `ProgressClient.close()` and the process that long. Past {@link CLOSE_GRACE_MS} a `ws` socket is
+ * ended (`terminate()`, which reports the close at once); other implementations close as they do.
+ *
+ * @internal
+ */
+export function bindClose(socket: object): void {
+  const ws = socket as { terminate?: () => void; once?: (event: 'close', listener: () => void) => unknown };
+  if (typeof ws.terminate !== 'function' || typeof ws.once !== 'function') return;
+  const timer = setTimeout(() => ws.terminate?.(), CLOSE_GRACE_MS);
+  ws.once('close', () => clearTimeout(timer));
+}
+
 /** TLS error codes of Node (OpenSSL's `ERR_SSL_*` and the certificate checks). */
 const TLS_CODE = /^(ERR_SSL_|ERR_TLS_|EPROTO$|CERT_|DEPTH_ZERO_|SELF_SIGNED_|UNABLE_TO_(GET|VERIFY)_)/;
 

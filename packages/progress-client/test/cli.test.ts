@@ -245,6 +245,33 @@ describe('finishline watch when the output is not a terminal', () => {
       vi.useRealTimers();
     }
   });
+
+  it('stopped (Ctrl-C, --timeout-ms) between two lines, prints nothing more and leaves no timer to keep the process alive', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '60000'], {
+        ...run.io,
+        WebSocket: server.WebSocket,
+        signal: stop.signal,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      socket.push(snap(new FakeTask('t1', 3).view())); // printed at once: the first line
+      const printed = run.out.length;
+      await vi.advanceTimersByTimeAsync(1000);
+      stop.abort();
+      expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+      // The closing client told the watch's subscriber of its `closed` state: that was printed after the
+      // error, or held for the rest of the minute by a timer that kept the bin from exiting.
+      expect(run.out.length).toBe(printed);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
 });
 
 describe('finishline watch credentials', () => {
