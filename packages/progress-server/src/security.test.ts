@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
+import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { describe, expect, it, vi } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
 import { headerAuth, RawClient, type Received, seqOf, tokenAuth, upgradeStatus } from './testing/harness.js';
@@ -349,6 +349,45 @@ describe('bad input', () => {
     client.send({ type: 'subscribe', id: 'again', taskId: ids[0], afterSeq: 0 });
     await client.sync();
     expect(client.frames.filter((frame) => frame.type === 'error')).toHaveLength(1);
+  });
+});
+
+describe('what clients are told of store failures', () => {
+  it("answers a store failure with its code and a fixed message, logging the driver's detail for the operator", async () => {
+    const logged: Array<Record<string, unknown>> = [];
+    const log = (obj: Record<string, unknown>) => logged.push(obj);
+    await session.start({ logger: { debug: log, info: log, warn: log, error: log } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    // What the Postgres adapter makes of a refused connection or a bad password: the driver's message,
+    // naming the database's address and user.
+    const detail = 'getTask: connect ECONNREFUSED 10.0.3.4:5432 (user "finishline_admin")';
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(async () => {
+      throw new ProgressError(ErrorCode.StoreUnavailable, detail);
+    });
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 's', taskId: task.id, afterSeq: 0 });
+    const frame = await client.next((received) => received.type === 'error');
+    expect(frame).toMatchObject({ code: 'store_unavailable', requestId: 's', taskId: task.id });
+    expect(frame.message).not.toMatch(/10\.0\.3\.4|finishline_admin/);
+    const response = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}`, {
+      headers: { 'x-user': 'alice' },
+    });
+    expect(response.status).toBe(503);
+    const body = (await response.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('store_unavailable');
+    expect(body.error.message).not.toMatch(/10\.0\.3\.4|finishline_admin/);
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(async () => {
+      throw new ProgressError(ErrorCode.Internal, 'row 7 of tasks: corrupted JSON at /var/lib/finishline/db');
+    });
+    const internal = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}`, {
+      headers: { 'x-user': 'alice' },
+    });
+    expect(internal.status).toBe(500);
+    expect(JSON.stringify(await internal.json())).not.toContain('/var/lib');
+    // The operator still learns what failed, on the socket and over HTTP.
+    const messages = logged.map((obj) => (obj.err as { message?: string } | undefined)?.message);
+    expect(messages.filter((message) => message === detail)).toHaveLength(2);
+    expect(messages).toContain('row 7 of tasks: corrupted JSON at /var/lib/finishline/db');
   });
 });
 

@@ -18,6 +18,7 @@ import {
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
+import { clientMessage } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -195,8 +196,16 @@ export function createHttpHandler<P extends Principal>(
         if (isProgressError(error)) {
           if (error.code === ErrorCode.StoreUnavailable || error.code === ErrorCode.Internal) {
             ctx.metrics.storeErrors.inc();
+            // The client gets a fixed message (see clientMessage); the store's own words are for the log.
+            ctx.logger.warn(
+              { err: describeError(error), route: route.name },
+              'HTTP request failed in the store',
+            );
           }
-          send(response, { status: HTTP_STATUS[error.code], body: errorBody(error.code, error.message) });
+          send(response, {
+            status: HTTP_STATUS[error.code],
+            body: errorBody(error.code, clientMessage(error)),
+          });
           return;
         }
         ctx.metrics.handlerErrors.inc();
