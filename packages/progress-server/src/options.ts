@@ -185,7 +185,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Sustained frames per second one principal may send over all its sockets together (each frame also
    * pays the per-socket limit); the burst is the larger of `maxSubscriptionsPerPrincipal` and one second of
    * this rate. Refusals count as rate-limit
-   * violations of the socket that sent them (4008 if they go on).
+   * violations of the socket that sent them (4008 if they go on). Each request of the HTTP API takes a
+   * token of the same budget (429 `rate_limited`, `Retry-After: 1`, when there is none).
    * @default 500
    */
   rateLimitPerPrincipalPerSecond?: number | undefined;

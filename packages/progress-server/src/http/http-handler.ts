@@ -336,6 +336,17 @@ async function serve<P extends Principal>(
   if (credentialExpired(principal, (ctx.clock ?? Date.now)())) {
     throw fromCode(ErrorCode.TokenExpired, 'The credential expired; send a fresh one');
   }
+  // Each request costs a token of the principal's budget, the one its sockets' frames share
+  // (`rateLimitPerPrincipalPerSecond`): every route reads the store, and nothing else bounded how many
+  // reads a second one principal's requests made (a flood of lookups of unknown task ids, say).
+  if (!ctx.streams.limits.takeFrame(principal.id)) {
+    ctx.metrics.principalLimits.inc({ limit: 'rate' });
+    throw new HttpError(
+      ErrorCode.RateLimited,
+      "Rate limit exceeded: this principal's requests and socket frames share one budget; retry later",
+      { headers: { 'retry-after': '1' } },
+    );
+  }
 
   switch (route.name) {
     case 'list': {
