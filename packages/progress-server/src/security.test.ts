@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
-import { WebSocketServer } from 'ws';
+import { WebSocket, WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
 import { headerAuth, RawClient, type Received, seqOf, tokenAuth, upgradeStatus } from './testing/harness.js';
 import { useServerSession } from './testing/session.js';
@@ -411,5 +411,42 @@ describe("the caller's WebSocketServer", () => {
       new RawClient(url, { user: 'alice', headers: { origin: 'https://evil.example' } }),
     );
     expect((await foreign.closed).code).toBe(4003);
+  });
+
+  it('caps the sockets of one address still waiting for their auth frame, dropping the oldest', async () => {
+    // On a server upgrading its own sockets, maxPendingConnectionsPerAddress bounds them (#4); the
+    // caller's WebSocketServer's sockets were never counted: within authTimeoutMs a client could hold as
+    // many silent sockets (descriptors) as it could open.
+    const httpServer: Server = createServer();
+    const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    const progress = new ProgressServer({
+      store: new MemoryProgressStore(),
+      wss,
+      authenticateToken: tokenAuth,
+      maxPendingConnectionsPerAddress: 3,
+      authTimeoutMs: 60_000,
+    });
+    session.onCleanup(async () => {
+      await progress.close({ timeoutMs: 500 });
+      wss.close();
+      await new Promise((resolve) => httpServer.close(resolve));
+    });
+    const url = `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/progress`;
+    const silent: RawClient[] = [];
+    for (let i = 0; i < 6; i++) {
+      const client = session.track(new RawClient(url));
+      await client.opened;
+      silent.push(client);
+    }
+    // The three oldest go; a client that authenticates still gets in.
+    await expect
+      .poll(() => silent.map((client) => client.ws.readyState === WebSocket.OPEN))
+      .toEqual([false, false, false, true, true, true]);
+    const fresh = session.track(new RawClient(url));
+    await fresh.opened;
+    fresh.send({ type: 'auth', token: 'token-alice', protocol: 1 });
+    await fresh.next((frame) => frame.type === 'hello');
+    expect(progress.connectionCount).toBeLessThanOrEqual(4);
   });
 });
