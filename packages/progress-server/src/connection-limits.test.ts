@@ -4,7 +4,9 @@
  * comes). Each was a bug found by a review on 3 December 2026; each test failed before its fix.
  */
 import type { Socket } from 'node:net';
+import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
+import { PendingConnections } from './socket/pending-connections.js';
 import { RawClient, sleep, startServer, type TestServer } from './testing/harness.js';
 
 let env: TestServer | undefined;
@@ -94,4 +96,24 @@ describe('the per-address cap on unauthenticated connections', () => {
     process.stdout.write(`[slow body] unauthenticated connections still open: ${open}/10 (cap 3)\n`);
     expect(open).toBeLessThanOrEqual(3);
   }, 20_000);
+
+  it('counts the addresses of one IPv6 /64 as one address: a client with a prefix cannot multiply the cap', async () => {
+    // A home or cloud connection gets a whole /64 (2^64 addresses) and may send from any of them: per
+    // single address, 1,000 silent connections from 1,000 of its addresses were all kept.
+    const evicted: string[] = [];
+    const pending = new PendingConnections({ maxPerAddress: 3, onEvict: (address) => evicted.push(address) });
+    const socket = (remoteAddress: string) => Object.assign(new PassThrough(), { remoteAddress });
+    const attacker = Array.from({ length: 10 }, (_, i) => socket(`2001:db8:0:7:${(i + 1).toString(16)}::1`));
+    for (const one of attacker) pending.add(one);
+    expect(attacker.filter((one) => !one.destroyed)).toHaveLength(3);
+    // The oldest went; written any way (zeros dropped, '::' elsewhere, upper case), the prefix is one.
+    expect(attacker.slice(7).every((one) => !one.destroyed)).toBe(true);
+    pending.add(socket('2001:0DB8:0000:0007:ffff:ffff:ffff:ffff'));
+    expect(attacker[7]!.destroyed).toBe(true);
+    // Another /64, IPv4 and IPv4-mapped clients keep their own counts.
+    const others = ['2001:db8:0:8::1', '2001:db8::1', '198.51.100.7', '::ffff:198.51.100.8'].map(socket);
+    for (const one of others) pending.add(one);
+    expect(others.every((one) => !one.destroyed)).toBe(true);
+    expect(new Set(evicted)).toEqual(new Set(['2001:db8:0:7::/64']));
+  });
 });

@@ -126,10 +126,12 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   upgradeTimeoutMs?: number | undefined;
   /**
-   * Most connections from one remote address that have not authenticated yet: accepted TCP connections
-   * without a request (only on the server `ProgressServer.listen` creates), upgrades being checked, and
-   * sockets waiting for their `auth` frame. Over the cap the address's **oldest** such connection is
-   * destroyed, so silent connections cannot exhaust descriptors and a new client still gets in.
+   * Most connections from one remote address (an IPv6 client: from one /64, the block a client is given
+   * and may send from any address of) that have not authenticated yet: accepted TCP connections without a
+   * request (only on the server `ProgressServer.listen` creates), upgrades being checked, and sockets
+   * waiting for their `auth` frame (those of a `wss` you pass too). Over the cap the address's **oldest**
+   * such connection is destroyed, so silent connections cannot exhaust descriptors and a new client still
+   * gets in.
    * @default 100
    */
   maxPendingConnectionsPerAddress?: number | undefined;
@@ -185,7 +187,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Sustained frames per second one principal may send over all its sockets together (each frame also
    * pays the per-socket limit); the burst is the larger of `maxSubscriptionsPerPrincipal` and one second of
    * this rate. Refusals count as rate-limit
-   * violations of the socket that sent them (4008 if they go on).
+   * violations of the socket that sent them (4008 if they go on). Each request of the HTTP API takes a
+   * token of the same budget (429 `rate_limited`, `Retry-After: 1`, when there is none).
    * @default 500
    */
   rateLimitPerPrincipalPerSecond?: number | undefined;

@@ -1,5 +1,5 @@
 import { ManualClock } from '@finishline/core/testing';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
 import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
 
@@ -151,6 +151,42 @@ describe('per-principal caps', () => {
       ['pong', undefined],
       ['pong', undefined],
     ]);
+  });
+
+  it("charges each HTTP API request to its principal's budget: a flood of lookups of unknown tasks is refused before the store", async () => {
+    // Over the socket every subscribe pays a token; over HTTP nothing bounded how many task reads per
+    // second one principal's requests made the store do. Budget: 2 requests, 2/s.
+    const clock = new ManualClock();
+    env = await startServer({
+      rateLimitPerPrincipalPerSecond: 2,
+      maxSubscriptionsPerPrincipal: 1,
+      clock: clock.now,
+    });
+    const reads = vi.spyOn(env.store, 'getTask');
+    const get = async (user: string, taskId: string) => {
+      const response = await fetch(`${env!.httpUrl}/progress/tasks/${taskId}`, {
+        headers: { 'x-user': user },
+      });
+      return {
+        status: response.status,
+        retryAfter: response.headers.get('retry-after'),
+        body: await response.json(),
+      };
+    };
+    expect((await get('mallory', 'nope-1')).status).toBe(404);
+    expect((await get('mallory', 'nope-2')).status).toBe(404);
+    const refused = await get('mallory', 'nope-3');
+    expect(refused).toMatchObject({
+      status: 429,
+      retryAfter: '1',
+      body: { error: { code: 'rate_limited' } },
+    });
+    expect(reads).toHaveBeenCalledTimes(2);
+    expect(await metric('principalLimits', 'rate')).toBe(1);
+    // Another principal has its own budget; the refused one gets its requests back as the budget refills.
+    expect((await get('bob', 'nope-4')).status).toBe(404);
+    clock.advance(1000);
+    expect((await get('mallory', 'nope-5')).status).toBe(404);
   });
 });
 

@@ -42,8 +42,11 @@ export class PrincipalLimits {
    * `maxSubscriptionsPerPrincipal` (a principal reconnecting resubscribes to everything at once) and one
    * second of its rate (so a small subscription cap does not also starve acks, pings and unsubscribes);
    * its rate bounds what all its sockets together make the server do, however many sockets it opened.
+   * Each request of the HTTP API takes one as well.
    */
   takeFrame(principalId: string): boolean {
+    // HTTP requests take tokens too, of principals that may never open (and so never close) a socket.
+    this.#forgetRefilledBuckets();
     let bucket = this.#buckets.get(principalId);
     if (bucket === undefined) {
       bucket = new TokenBucket({

@@ -1,8 +1,8 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
-import { describe, expect, it } from 'vitest';
-import { WebSocketServer } from 'ws';
+import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { describe, expect, it, vi } from 'vitest';
+import { WebSocket, WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
 import { headerAuth, RawClient, type Received, seqOf, tokenAuth, upgradeStatus } from './testing/harness.js';
 import { useServerSession } from './testing/session.js';
@@ -352,6 +352,45 @@ describe('bad input', () => {
   });
 });
 
+describe('what clients are told of store failures', () => {
+  it("answers a store failure with its code and a fixed message, logging the driver's detail for the operator", async () => {
+    const logged: Array<Record<string, unknown>> = [];
+    const log = (obj: Record<string, unknown>) => logged.push(obj);
+    await session.start({ logger: { debug: log, info: log, warn: log, error: log } });
+    const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    // What the Postgres adapter makes of a refused connection or a bad password: the driver's message,
+    // naming the database's address and user.
+    const detail = 'getTask: connect ECONNREFUSED 10.0.3.4:5432 (user "finishline_admin")';
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(async () => {
+      throw new ProgressError(ErrorCode.StoreUnavailable, detail);
+    });
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 's', taskId: task.id, afterSeq: 0 });
+    const frame = await client.next((received) => received.type === 'error');
+    expect(frame).toMatchObject({ code: 'store_unavailable', requestId: 's', taskId: task.id });
+    expect(frame.message).not.toMatch(/10\.0\.3\.4|finishline_admin/);
+    const response = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}`, {
+      headers: { 'x-user': 'alice' },
+    });
+    expect(response.status).toBe(503);
+    const body = (await response.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe('store_unavailable');
+    expect(body.error.message).not.toMatch(/10\.0\.3\.4|finishline_admin/);
+    vi.spyOn(session.env.store, 'getTask').mockImplementation(async () => {
+      throw new ProgressError(ErrorCode.Internal, 'row 7 of tasks: corrupted JSON at /var/lib/finishline/db');
+    });
+    const internal = await fetch(`${session.env.httpUrl}/progress/tasks/${task.id}`, {
+      headers: { 'x-user': 'alice' },
+    });
+    expect(internal.status).toBe(500);
+    expect(JSON.stringify(await internal.json())).not.toContain('/var/lib');
+    // The operator still learns what failed, on the socket and over HTTP.
+    const messages = logged.map((obj) => (obj.err as { message?: string } | undefined)?.message);
+    expect(messages.filter((message) => message === detail)).toHaveLength(2);
+    expect(messages).toContain('row 7 of tasks: corrupted JSON at /var/lib/finishline/db');
+  });
+});
+
 describe("the caller's WebSocketServer", () => {
   it('authenticates and checks origins after the upgrade, answering with close codes', async () => {
     const httpServer: Server = createServer();
@@ -372,5 +411,42 @@ describe("the caller's WebSocketServer", () => {
       new RawClient(url, { user: 'alice', headers: { origin: 'https://evil.example' } }),
     );
     expect((await foreign.closed).code).toBe(4003);
+  });
+
+  it('caps the sockets of one address still waiting for their auth frame, dropping the oldest', async () => {
+    // On a server upgrading its own sockets, maxPendingConnectionsPerAddress bounds them (#4); the
+    // caller's WebSocketServer's sockets were never counted: within authTimeoutMs a client could hold as
+    // many silent sockets (descriptors) as it could open.
+    const httpServer: Server = createServer();
+    const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    const progress = new ProgressServer({
+      store: new MemoryProgressStore(),
+      wss,
+      authenticateToken: tokenAuth,
+      maxPendingConnectionsPerAddress: 3,
+      authTimeoutMs: 60_000,
+    });
+    session.onCleanup(async () => {
+      await progress.close({ timeoutMs: 500 });
+      wss.close();
+      await new Promise((resolve) => httpServer.close(resolve));
+    });
+    const url = `ws://127.0.0.1:${(httpServer.address() as AddressInfo).port}/progress`;
+    const silent: RawClient[] = [];
+    for (let i = 0; i < 6; i++) {
+      const client = session.track(new RawClient(url));
+      await client.opened;
+      silent.push(client);
+    }
+    // The three oldest go; a client that authenticates still gets in.
+    await expect
+      .poll(() => silent.map((client) => client.ws.readyState === WebSocket.OPEN))
+      .toEqual([false, false, false, true, true, true]);
+    const fresh = session.track(new RawClient(url));
+    await fresh.opened;
+    fresh.send({ type: 'auth', token: 'token-alice', protocol: 1 });
+    await fresh.next((frame) => frame.type === 'hello');
+    expect(progress.connectionCount).toBeLessThanOrEqual(4);
   });
 });

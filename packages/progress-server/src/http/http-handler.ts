@@ -18,6 +18,7 @@ import {
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
+import { clientMessage } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -195,8 +196,16 @@ export function createHttpHandler<P extends Principal>(
         if (isProgressError(error)) {
           if (error.code === ErrorCode.StoreUnavailable || error.code === ErrorCode.Internal) {
             ctx.metrics.storeErrors.inc();
+            // The client gets a fixed message (see clientMessage); the store's own words are for the log.
+            ctx.logger.warn(
+              { err: describeError(error), route: route.name },
+              'HTTP request failed in the store',
+            );
           }
-          send(response, { status: HTTP_STATUS[error.code], body: errorBody(error.code, error.message) });
+          send(response, {
+            status: HTTP_STATUS[error.code],
+            body: errorBody(error.code, clientMessage(error)),
+          });
           return;
         }
         ctx.metrics.handlerErrors.inc();
@@ -326,6 +335,17 @@ async function serve<P extends Principal>(
   // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
   if (credentialExpired(principal, (ctx.clock ?? Date.now)())) {
     throw fromCode(ErrorCode.TokenExpired, 'The credential expired; send a fresh one');
+  }
+  // Each request costs a token of the principal's budget, the one its sockets' frames share
+  // (`rateLimitPerPrincipalPerSecond`): every route reads the store, and nothing else bounded how many
+  // reads a second one principal's requests made (a flood of lookups of unknown task ids, say).
+  if (!ctx.streams.limits.takeFrame(principal.id)) {
+    ctx.metrics.principalLimits.inc({ limit: 'rate' });
+    throw new HttpError(
+      ErrorCode.RateLimited,
+      "Rate limit exceeded: this principal's requests and socket frames share one budget; retry later",
+      { headers: { 'retry-after': '1' } },
+    );
   }
 
   switch (route.name) {

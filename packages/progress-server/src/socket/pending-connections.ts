@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { isIPv6 } from 'node:net';
 import type { Duplex } from 'node:stream';
 
 /** A socket as the tracker needs it: its peer address (a `net.Socket` has one) and a way to end it. */
@@ -10,7 +11,8 @@ type TrackedSocket = Duplex & { remoteAddress?: string | undefined };
 
 /**
  * Connections that have not authenticated yet (TCP accepted but no request, an upgrade being checked, a
- * WebSocket waiting for its `auth` frame), grouped by remote address. When an address goes over its
+ * WebSocket waiting for its `auth` frame), grouped by remote address ({@link addressGroup}: an IPv6
+ * client by its /64). When an address goes over its
  * cap, its **oldest** pending connection is destroyed: a client that opens sockets and stays silent
  * (slowloris) can then hold at most `maxPerAddress` descriptors, and a new client, even from the same
  * address, still gets in instead of being refused by a full table.
@@ -37,7 +39,7 @@ export class PendingConnections {
   /** Starts tracking `socket` (idempotent); it stops being tracked when released or closed. */
   add(socket: TrackedSocket): void {
     if (this.#addressOf.has(socket) || socket.destroyed) return;
-    const address = socket.remoteAddress ?? 'unknown';
+    const address = addressGroup(socket.remoteAddress ?? 'unknown');
     let sockets = this.#byAddress.get(address);
     if (sockets === undefined) {
       sockets = new Set();
@@ -64,4 +66,25 @@ export class PendingConnections {
     sockets.delete(socket);
     if (sockets.size === 0) this.#byAddress.delete(address);
   }
+}
+
+/**
+ * What counts as one address for the cap: an IPv4 address (an IPv4-mapped IPv6 one as its IPv4 address),
+ * or the /64 prefix of an IPv6 address (`2001:db8:0:7::/64`). A client is given a whole /64 and may send
+ * from any of its 2^64 addresses: counted per address, its silent connections were never capped.
+ */
+export function addressGroup(address: string): string {
+  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
+  if (mapped?.[1] !== undefined) return mapped[1];
+  const bare = address.split('%')[0] ?? address;
+  if (!isIPv6(bare)) return address;
+  const [head = '', tail] = bare.split('::');
+  const groups = (part: string | undefined) => (part === undefined || part === '' ? [] : part.split(':'));
+  const before = groups(head);
+  const after = groups(tail);
+  // An embedded IPv4 address (`::ffff:…`, `64:ff9b::…`) takes two groups.
+  const width = before.length + after.reduce((sum, group) => sum + (group.includes('.') ? 2 : 1), 0);
+  const full = tail === undefined ? before : [...before, ...Array(8 - width).fill('0'), ...after];
+  const prefix = full.slice(0, 4).map((group) => Number.parseInt(group, 16).toString(16));
+  return `${prefix.join(':')}::/64`;
 }

@@ -210,6 +210,10 @@ export class SocketAcceptor<P extends Principal> {
       refuse(...refusal);
       return;
     }
+    // Counted against maxPendingConnectionsPerAddress until it authenticates, as the server's own
+    // upgrades are: uncounted, a client could hold as many silent sockets as it opened within
+    // authTimeoutMs. Released by the connection once authenticated, or when the socket closes.
+    this.pending.add(request.socket);
     // Frames that arrive while the hooks run stay in the socket until the connection takes over.
     ws.pause();
     this.#authenticating.add(ws);
@@ -263,7 +267,7 @@ export class SocketAcceptor<P extends Principal> {
       socketCount: () => this.#connections.size + (added ? 0 : 1),
       onClose: (closed) => this.#connections.delete(closed),
       onAuthenticated: () => {
-        if (raw !== undefined) this.pending.release(raw);
+        this.pending.release(raw ?? request.socket);
       },
     });
     this.#connections.add(connection);

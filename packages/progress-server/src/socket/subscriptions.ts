@@ -7,6 +7,7 @@
 import type { AckFrame, ProtocolVersion, SubscribeFrame, Task } from '@finishline/core';
 import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';
 import type { Principal } from '../auth.js';
+import { clientMessage } from '../client-message.js';
 import { describeError } from '../logger.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import type { SocketServices } from './services.js';
@@ -481,7 +482,7 @@ export class Subscriptions<P extends Principal> {
     );
     this.#ctx.writer.sendError(
       code,
-      isProgressError(error) ? error.message : 'The task could not be loaded; try again',
+      isProgressError(error) ? clientMessage(error) : 'The task could not be loaded; try again',
       refs,
     );
   }
