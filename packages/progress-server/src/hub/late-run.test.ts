@@ -1,11 +1,11 @@
-import type { AppendInput, TaskEvent, TaskView } from '@finishline/core';
+import type { AppendInput, TaskEvent } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it } from 'vitest';
 import { HUB_READ, useHubs } from '../testing/hub-over.js';
 import { useServerSession } from '../testing/session.js';
+import { recorder, settle, until } from '../testing/stream-recorder.js';
 import type { TaskHub } from './task-hub.js';
-import type { StreamSink } from './task-stream.js';
 
 /**
  * A task id is taken again once retention purged its task: the runs of one id share their seqs (each
@@ -15,36 +15,6 @@ import type { StreamSink } from './task-stream.js';
 
 const session = useServerSession();
 const { hubOver } = useHubs();
-
-/** A sink that records the events it is handed (`type@seq`) and its other calls. */
-function recorder() {
-  const events: string[] = [];
-  const calls: string[] = [];
-  let caughtUp = 0;
-  const sink: StreamSink = {
-    events: (batch: readonly TaskEvent[]) => {
-      for (const event of batch) events.push(`${event.type}@${event.seq}`);
-    },
-    snapshot: (view: TaskView) => calls.push(`snapshot@${view.seq}:${view.status}`),
-    reset: (view: TaskView) => calls.push(`reset@${view.seq}`),
-    gone: () => calls.push('gone'),
-    failed: () => calls.push('failed'),
-    caughtUp: () => {
-      caughtUp += 1;
-    },
-    internalError: (error) => calls.push(`internal:${String(error)}`),
-    isOpen: () => true,
-    restart: () => calls.push('restart'),
-  };
-  return { sink, events, calls, caughtUp: () => caughtUp };
-}
-
-async function until(condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 200 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 5));
-  expect(condition()).toBe(true);
-}
-
-const settle = () => new Promise((resolve) => setTimeout(resolve, 40));
 
 /**
  * `job-1` run 1 (an item, then completed: seqs 1 and 2) ended, was purged and created again (run 2), one
