@@ -5,7 +5,7 @@
 // name of the entry's declaration export lists that its code does not export is marked `type`, in the
 // `.d.ts` (against the `.js`) and the `.d.cts` (against the `.cjs`).
 //
-//   node ../../scripts/type-only-exports.mjs dist/index
+//   node scripts/type-only-exports.mjs dist/index
 import { readFileSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
