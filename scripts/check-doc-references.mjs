@@ -3,8 +3,9 @@
 // test otherwise leaves a guarantee citing a test nobody can find. Names may be cut short with "…", and
 // "describe › it" or "describe it" as vitest prints them; a glob (`*-guarantee.test.ts`) is not checked.
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { docSources } from './doc-sources.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
 const testFiles = execFileSync('git', ['ls-files', '*.test.ts', '*.test.tsx', '*.test.mjs'], {
@@ -13,14 +14,7 @@ const testFiles = execFileSync('git', ['ls-files', '*.test.ts', '*.test.tsx', '*
 })
   .split('\n')
   .filter(Boolean);
-const sources = [
-  'README.md',
-  ...readdirSync(join(root, 'packages')).map((dir) => `packages/${dir}/README.md`),
-  'examples/kube-node-mgr/README.md',
-  ...readdirSync(join(root, 'docs'))
-    .filter((name) => name.endsWith('.md'))
-    .map((name) => `docs/${name}`),
-];
+const sources = docSources(root);
 
 /** The test files a doc's reference may mean: its path's end matches (`hub/task-stream.test.ts`). */
 const filesFor = (reference) => testFiles.filter((file) => `/${file}`.endsWith(`/${reference}`));

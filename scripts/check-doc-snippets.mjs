@@ -3,19 +3,13 @@
 // compiled against the packages' sources (tsconfig.base.json paths). A block that needs context it does
 // not show declares it (`declare const store: ProgressStore;`), which is also what a reader needs to see.
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
+import { docSources } from './doc-sources.mjs';
 
 const root = new URL('..', import.meta.url).pathname;
 const out = join(root, '.tmp/doc-snippets');
-const sources = [
-  'README.md',
-  ...readdirSync(join(root, 'packages')).map((dir) => `packages/${dir}/README.md`),
-  'examples/kube-node-mgr/README.md',
-  ...readdirSync(join(root, 'docs'))
-    .filter((name) => name.endsWith('.md'))
-    .map((name) => `docs/${name}`),
-];
+const sources = docSources(root);
 
 rmSync(out, { recursive: true, force: true });
 mkdirSync(out, { recursive: true });
