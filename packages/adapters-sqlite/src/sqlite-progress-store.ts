@@ -217,6 +217,9 @@ export class SqliteProgressStore implements ProgressStore {
 
   renewEpoch(): Promise<string> {
     return this.#call('renew the epoch', () => {
+      // The appends called before the renewal are of the old epoch: committed after it, a server that
+      // heard the renewal took their changes for the new epoch's (and call order says they come first).
+      this.#appends.flush();
       this.#q.updateEpoch.run();
       this.#transactions.autocommitted();
       const epoch = this.#readEpoch();

@@ -349,4 +349,19 @@ describe('renewEpoch heard through the feed', () => {
     await new Promise((resolve) => setTimeout(resolve, 50));
     expect(serverHeard).toHaveLength(1);
   });
+
+  it('commits the appends called before it first: their changes come before the renewal, in the old epoch', async () => {
+    const { worker } = setUp(NEVER_POLLS_MS);
+    await worker.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    const heard: string[] = [];
+    worker.changes.subscribe((change) => heard.push(`seq ${change.seq}`));
+    worker.changes.onEpochRenewed?.(() => heard.push('renewed'));
+    // Not awaited: queued for the next group commit when renewEpoch() is called, as a server's appends are.
+    const appended = worker.append('t', { type: 'progress', done: 1 });
+    await worker.renewEpoch();
+    // Committed after the renewal, the append's change was heard after it: a server that read the new
+    // epoch then took an event called before the renewal for one of the new epoch.
+    expect(heard).toEqual(['seq 1', 'renewed']);
+    expect((await appended).event.seq).toBe(1);
+  });
 });
