@@ -1,4 +1,5 @@
 import type { AppendResult, Clock, Task } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import {
   assertRun,
   isLeaseExpired,
@@ -78,24 +79,47 @@ export function releaseLease(
 /**
  * Interrupts up to `limit` running tasks whose lease expired, in one transaction. Their changes are
  * queued for the caller to publish (`ChangePublisher.drain`).
+ *
+ * A row that cannot be read (damaged by hand) cannot be interrupted either: its lease is dropped
+ * (quarantined: the reaper's query no longer finds it) and it is reported on `onError` once. Left under
+ * its lease, it came first in every pass, each time reported again, and `limit` such rows took every
+ * slot of every pass: live tasks whose lease expired behind them were never interrupted. Its slots go to
+ * the next expired tasks in the same pass.
  */
 export function reapExpiredLeases(context: LeaseContext, limit: number): AppendResult[] {
   const { statements: q, cache } = context;
   return context.transactions.run((log) => {
     const now = context.clock();
     const results: AppendResult[] = [];
-    for (const row of q.expiredLeases.all({ now, limit })) {
-      let task: Task;
-      try {
-        task = rowToTask(row as TaskRow);
-      } catch (error) {
-        // One damaged row must not stop every other expired task from being interrupted.
-        context.onError(error);
-        continue;
+    const planned = new Set<string>();
+    // Another query only after rows were quarantined, which took them out of it: the loop ends.
+    for (let quarantined = 1; quarantined > 0 && results.length < limit; ) {
+      quarantined = 0;
+      // Interruptions are written after the loop: the rows planned so far come again, first, and are skipped.
+      for (const row of q.expiredLeases.all({ now, limit: limit + planned.size })) {
+        if (results.length >= limit) break;
+        let task: Task;
+        try {
+          task = rowToTask(row as TaskRow);
+        } catch (error) {
+          quarantined += 1;
+          const { id } = row as TaskRow;
+          cache.forget(String(id));
+          q.updateLease.run({ id, leaseOwner: null, leaseExpiresAt: null });
+          context.onError(
+            new ProgressError(
+              ErrorCode.Internal,
+              `${error instanceof Error ? error.message : String(error)}; the reaper dropped the task's expired lease instead of interrupting it`,
+              { cause: error, taskId: String(id) },
+            ),
+          );
+          continue;
+        }
+        if (planned.has(task.id) || !isLeaseExpired(task, now)) continue;
+        planned.add(task.id);
+        cache.forget(task.id);
+        results.push(planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now));
       }
-      if (!isLeaseExpired(task, now)) continue;
-      cache.forget(task.id);
-      results.push(planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now));
     }
     writeAppends(q, results, log);
     return results;

@@ -538,6 +538,43 @@ describe('bad input and damaged data', () => {
     database.close();
   });
 
+  it('damaged rows under an expired lease never take the reaper’s slots from live tasks, and are reported once', async () => {
+    const database = new Database(':memory:');
+    const errors: unknown[] = [];
+    let now = 1_000;
+    const store = new SqliteProgressStore({
+      database,
+      clock: () => now,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      for (const id of ['bad-1', 'bad-2', 'live'])
+        await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 10 } });
+      // The damaged rows' leases expired first: they come first in the reaper's order.
+      database
+        .prepare(
+          "UPDATE finishline_tasks SET result = 'not json', lease_expires_at = 0 WHERE id LIKE 'bad-%'",
+        )
+        .run();
+      now += 1_000;
+      // Two passes of two slots: with the damaged rows taking both slots of every pass, the live task
+      // whose lease expired was never interrupted.
+      const reaped: string[] = [];
+      for (let pass = 0; pass < 2; pass++) {
+        for (const result of await store.reapExpiredLeases({ limit: 2 })) reaped.push(result.task.id);
+      }
+      expect(reaped).toEqual(['live']);
+      expect((await store.getTask('live'))?.status).toBe('interrupted');
+      // Each damaged row reported once, typed, not on every pass.
+      expect(errors).toHaveLength(2);
+      expect(errors.every((error) => isProgressError(error, ErrorCode.Internal))).toBe(true);
+      expect(errors.map((error) => (error as { taskId?: string }).taskId).sort()).toEqual(['bad-1', 'bad-2']);
+    } finally {
+      await store.close();
+      database.close();
+    }
+  });
+
   it('a listener that throws is reported to onError and does not disturb the append or other listeners', async () => {
     const errors: unknown[] = [];
     const store = new SqliteProgressStore({ database: ':memory:', onError: (error) => errors.push(error) });
