@@ -138,3 +138,38 @@ describe("a poll's read failing", () => {
     }
   });
 });
+
+describe('a full disk', () => {
+  it('rejects the appends that do not fit with store_unavailable, and appends commit again once space frees up', async () => {
+    // `max_page_count` stands for a full disk: SQLite answers SQLITE_FULL where a write would need a new page.
+    const file = tempDatabase();
+    const db = new Database(file.file);
+    const store = new SqliteProgressStore({ database: db });
+    try {
+      await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+      await store.append('a', { type: 'progress', done: 1 });
+      db.pragma(`max_page_count = ${Number(db.pragma('page_count', { simple: true }))}`);
+      const detail = { pad: 'x'.repeat(2_000) };
+      const full = await Promise.allSettled(
+        Array.from({ length: 20 }, (_, i) =>
+          store.append('a', { type: 'item', key: `n-${i}`, ok: true, detail }),
+        ),
+      );
+      expect(full.map(outcome)).toEqual(Array.from({ length: 20 }, () => ErrorCode.StoreUnavailable));
+      expect((full[0] as PromiseRejectedResult).reason.cause.code).toBe('SQLITE_FULL');
+      db.pragma('max_page_count = 1073741823');
+      const again = await Promise.all(
+        Array.from({ length: 20 }, (_, i) =>
+          store.append('a', { type: 'item', key: `n-${i}`, ok: true, detail }),
+        ),
+      );
+      expect(again.map((result) => result.event.seq)).toEqual(Array.from({ length: 20 }, (_, i) => i + 2));
+      await store.createTask({ id: 'b', owner: 'alice', kind: 'k' });
+      expect((await store.getTask('a'))?.seq).toBe(21);
+    } finally {
+      await store.close();
+      db.close();
+      file.remove();
+    }
+  });
+});
