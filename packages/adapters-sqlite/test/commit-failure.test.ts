@@ -173,3 +173,39 @@ describe('a full disk', () => {
     }
   });
 });
+
+describe('another connection holding the write lock', () => {
+  it('fails each write after busyTimeoutMs with store_unavailable (SQLITE_BUSY), and writes work once it lets go', async () => {
+    const file = tempDatabase();
+    const store = new SqliteProgressStore({ database: file.file, busyTimeoutMs: 20, dataVersionPollMs: 0 });
+    // Another process's connection, as a second connection on the file stands for one.
+    const other = new Database(file.file);
+    try {
+      await store.createTask({ id: 'a', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 60_000 } });
+      other.exec('BEGIN IMMEDIATE');
+      const writes = await Promise.allSettled<unknown>([
+        store.append('a', { type: 'progress', done: 1 }),
+        store.createTask({ id: 'b', owner: 'alice', kind: 'k' }),
+        store.renewLease('a', 'w', 60_000),
+        store.reapExpiredLeases(),
+        store.renewEpoch(),
+      ]);
+      for (const write of writes) {
+        expect(write.status).toBe('rejected');
+        const reason = (write as PromiseRejectedResult).reason;
+        expect(isProgressError(reason, ErrorCode.StoreUnavailable)).toBe(true);
+        expect(reason.cause.code).toMatch(/^SQLITE_BUSY/);
+      }
+      // Reads go on under the other writer's lock (WAL).
+      expect((await store.getTask('a'))?.seq).toBe(0);
+      other.exec('ROLLBACK');
+      expect((await store.append('a', { type: 'progress', done: 1 })).event.seq).toBe(1);
+      await store.createTask({ id: 'b', owner: 'alice', kind: 'k' });
+      await store.renewEpoch();
+    } finally {
+      other.close();
+      await store.close();
+      file.remove();
+    }
+  });
+});
