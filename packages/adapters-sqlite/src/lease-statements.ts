@@ -102,10 +102,11 @@ export function reapExpiredLeases(context: LeaseContext, limit: number): AppendR
         try {
           task = rowToTask(row as TaskRow);
         } catch (error) {
-          quarantined += 1;
           const { id } = row as TaskRow;
           cache.forget(String(id));
-          q.updateLease.run({ id, leaseOwner: null, leaseExpiresAt: null });
+          // Counted only if the row left the query: another query finding it again would loop for ever.
+          const { changes } = q.updateLease.run({ id, leaseOwner: null, leaseExpiresAt: null });
+          quarantined += Number(changes);
           context.onError(
             new ProgressError(
               ErrorCode.Internal,
