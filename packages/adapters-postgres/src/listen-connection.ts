@@ -259,8 +259,8 @@ const MIN_BARRIER_TIMEOUT_MS = 1000;
 
 /**
  * How many `watermarkIntervalMs` (at least {@link MIN_ANSWER_TIMEOUT_MS}) the connection waits for the
- * answer to each step of a (re)connect — the connect, `LISTEN`, each re-read statement — before it is
- * deemed dead, times one more per failed attempt since the last success. Far longer than a barrier's
+ * answer to each statement of a (re)connect's re-read before it is deemed dead, times one more per failed
+ * attempt since the last success (the connect and `LISTEN` are bounded by `connectTimeoutMs` instead). Far longer than a barrier's
  * wait: a re-read after a long outage is a large statement, and one that needs longer gets it at a later
  * attempt. Without a bound, a connection whose network died silently during a re-read waited for TCP to
  * give up (hours), this store's own commits held for the re-read's rows meanwhile (see "Purges").
@@ -295,6 +295,11 @@ export interface ListenConnectionOptions {
   /** Makes a new, unconnected client for each (re)connect. */
   createClient: () => PgListenClient | Promise<PgListenClient>;
   watermarkIntervalMs: number;
+  /**
+   * How long the connect and the `LISTEN` of one (re)connect attempt may go unanswered, times one more per
+   * failed attempt since the last success (see `listenConnectTimeoutMs` of the store's options).
+   */
+  connectTimeoutMs: number;
   reconnect: BackoffOptions;
   clock: Clock;
   onError: (error: ProgressError) => void;
@@ -505,8 +510,11 @@ export class ListenConnection {
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
-    await this.#answered(generation, 'its connect', this.#connect(client));
-    await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen));
+    // Bounded by their own deadline, not the re-read's (30 watermark intervals): a connect or a LISTEN has
+    // nothing to read, and a black-holed host held open() 30 s by default, and 30 h with an hourly watermark.
+    const connectTimeoutMs = this.#options.connectTimeoutMs;
+    await this.#answered(generation, 'its connect', this.#connect(client), connectTimeoutMs);
+    await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen), connectTimeoutMs);
     let from = this.#watermark;
     let xmin: bigint | undefined;
     for (;;) {
@@ -577,13 +585,20 @@ export class ListenConnection {
   }
 
   /**
-   * `answer`, one step of the (re)connect of `generation`; unsettled past the answer timeout (see
-   * {@link ANSWER_TIMEOUT_INTERVALS}), the connection is deemed lost (a reconnect follows) and this rejects.
+   * `answer`, one step of the (re)connect of `generation`; unsettled past `baseTimeoutMs` (by default a
+   * re-read statement's: see {@link ANSWER_TIMEOUT_INTERVALS}) times one more per failed attempt since the
+   * last success, the connection is deemed lost (a reconnect follows) and this rejects.
    */
-  async #answered<T>(generation: number, what: string, answer: Promise<T>): Promise<T> {
-    const timeoutMs =
-      Math.max(ANSWER_TIMEOUT_INTERVALS * this.#options.watermarkIntervalMs, MIN_ANSWER_TIMEOUT_MS) *
-      (1 + this.#failedAttempts);
+  async #answered<T>(
+    generation: number,
+    what: string,
+    answer: Promise<T>,
+    baseTimeoutMs = Math.max(
+      ANSWER_TIMEOUT_INTERVALS * this.#options.watermarkIntervalMs,
+      MIN_ANSWER_TIMEOUT_MS,
+    ),
+  ): Promise<T> {
+    const timeoutMs = baseTimeoutMs * (1 + this.#failedAttempts);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

@@ -220,6 +220,7 @@ export class PostgresProgressStore implements ProgressStore {
       meta: this.#meta,
       createClient: options.createListenClient,
       watermarkIntervalMs: options.watermarkIntervalMs,
+      connectTimeoutMs: options.listenConnectTimeoutMs,
       reconnect: options.reconnect,
       clock: options.clock,
       onError,

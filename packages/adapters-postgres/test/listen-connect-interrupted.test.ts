@@ -91,3 +91,38 @@ describe('a LISTEN connect in progress', () => {
     await eventually('the replaced client closes its connection', () => silent.open() === 0);
   });
 });
+
+describe('open() against a LISTEN host that never answers', () => {
+  it('rejects with store_unavailable after listenConnectTimeoutMs, whatever watermarkIntervalMs is', async () => {
+    // The connect was bounded by 30 watermark intervals: 30 s by default, 30 h with an hourly watermark,
+    // during which a server starting against a black-holed LISTEN host waited with no error.
+    const schema = await migrated();
+    const silent = await silentServer();
+    servers.push(silent);
+    const opening = PostgresProgressStore.open({
+      pool: pool(),
+      migrate: false,
+      schema,
+      listenClient: () => new pg.Client({ connectionString: silent.url }) as unknown as PgListenClient,
+      watermarkIntervalMs: 3_600_000,
+      listenConnectTimeoutMs: 200,
+    });
+    const outcome = opening.then(
+      (store) => store.close().then(() => 'opened'),
+      (error: unknown) => error,
+    );
+    // A liveness bound, not a timing assertion: the open fails after 200 ms, or waits for an hour and more.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = new Promise((resolve) => {
+      timer = setTimeout(() => resolve('still waiting'), 5000);
+    });
+    try {
+      const settled = await Promise.race([outcome, waited]);
+      expect(settled).toMatchObject({ code: 'store_unavailable' });
+      expect((settled as Error).message).toMatch(/did not answer its connect within 200 ms/);
+    } finally {
+      clearTimeout(timer);
+    }
+    await eventually('the abandoned client closes its connection', () => silent.open() === 0);
+  });
+});
