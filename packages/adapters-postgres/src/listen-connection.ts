@@ -260,14 +260,22 @@ const MIN_BARRIER_TIMEOUT_MS = 1000;
 /**
  * How many `watermarkIntervalMs` (at least {@link MIN_ANSWER_TIMEOUT_MS}) the connection waits for the
  * answer to each statement of a (re)connect's re-read before it is deemed dead, times one more per failed
- * attempt since the last success (the connect and `LISTEN` are bounded by `connectTimeoutMs` instead). Far longer than a barrier's
- * wait: a re-read after a long outage is a large statement, and one that needs longer gets it at a later
- * attempt. Without a bound, a connection whose network died silently during a re-read waited for TCP to
+ * attempt since the last success, up to {@link MAX_ANSWER_TIMEOUT_FACTOR} times (the connect and `LISTEN`
+ * are bounded by `connectTimeoutMs` instead). Far longer than a barrier's wait: a re-read after a long
+ * outage is a large statement, and one that needs longer gets it at a later attempt. Without a bound, a connection whose network died silently during a re-read waited for TCP to
  * give up (hours), this store's own commits held for the re-read's rows meanwhile (see "Purges").
  */
 const ANSWER_TIMEOUT_INTERVALS = 30;
 /** The shortest wait for the answer to a step of a (re)connect (see {@link ANSWER_TIMEOUT_INTERVALS}). */
 const MIN_ANSWER_TIMEOUT_MS = 3000;
+/**
+ * The most times its base wait that a step of a (re)connect is waited for, however many attempts failed
+ * before it. Growing without end, it made a connect or re-read that hung after a long outage of quickly
+ * failing attempts (hundreds an hour at the backoff's 10 s) wait hundreds of times its base: hours during
+ * which the store's own commits were held for the re-read, or the listener stayed down after the database
+ * was back. Ten times is 5 minutes for a re-read statement and 100 s for a connect, by default.
+ */
+const MAX_ANSWER_TIMEOUT_FACTOR = 10;
 
 /**
  * Rows of a re-read published in one event-loop turn, and rows per page of the re-read from the start
@@ -587,7 +595,8 @@ export class ListenConnection {
   /**
    * `answer`, one step of the (re)connect of `generation`; unsettled past `baseTimeoutMs` (by default a
    * re-read statement's: see {@link ANSWER_TIMEOUT_INTERVALS}) times one more per failed attempt since the
-   * last success, the connection is deemed lost (a reconnect follows) and this rejects.
+   * last success (at most {@link MAX_ANSWER_TIMEOUT_FACTOR} times), the connection is deemed lost (a
+   * reconnect follows) and this rejects.
    */
   async #answered<T>(
     generation: number,
@@ -598,7 +607,7 @@ export class ListenConnection {
       MIN_ANSWER_TIMEOUT_MS,
     ),
   ): Promise<T> {
-    const timeoutMs = baseTimeoutMs * (1 + this.#failedAttempts);
+    const timeoutMs = baseTimeoutMs * Math.min(1 + this.#failedAttempts, MAX_ANSWER_TIMEOUT_FACTOR);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

@@ -92,7 +92,7 @@ export interface PostgresProgressStoreOptions {
    * notification), in milliseconds. Shorter means a smaller re-read after a reconnect. The same query is
    * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced. Each statement
    * of a (re)connect's re-read unanswered for 30 intervals (at least 3 s; once more as long per failed
-   * attempt since the last success) likewise.
+   * attempt since the last success, up to 10 times as long) likewise.
    * @default 1000
    */
   watermarkIntervalMs?: number;
@@ -100,8 +100,8 @@ export interface PostgresProgressStoreOptions {
    * How long the connect of the `LISTEN` connection (TCP, TLS, authentication) and its `LISTEN` statement
    * may each go unanswered, in milliseconds, before the attempt is given up: `open()` then rejects with
    * `store_unavailable` (a black-holed or unreachable host), and a reconnect is retried after its backoff,
-   * with once more as long per failed attempt since the last success. As long as the server's
-   * `authTimeoutMs`, and independent of `watermarkIntervalMs`.
+   * with once more as long per failed attempt since the last success, up to 10 times as long. As long as
+   * the server's `authTimeoutMs`, and independent of `watermarkIntervalMs`.
    * @default 10000
    */
   listenConnectTimeoutMs?: number;
