@@ -1,6 +1,6 @@
 import type { AppendInput, AppendResult, Clock, Task, TaskChange, TaskEvent } from '@finishline/core';
 import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
-import { assertRun, compareIds, planAppend, taskNotFound } from '@finishline/core/internal';
+import { assertRun, compareIds, planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
@@ -540,6 +540,10 @@ export class AppendPipeline {
   /** Tasks whose row another transaction held, until their appends are tried again (see {@link #retryLater}). */
   readonly #heldTasks = new Set<string>();
   readonly #idleWaiters: (() => void)[] = [];
+  /** The timers of {@link #retryLater}, which {@link close} clears. */
+  readonly #retryTimers = new Set<ReturnType<typeof setTimeout>>();
+  /** Set by {@link close}: appends whose row another transaction holds are no longer tried again. */
+  #closing = false;
   readonly #minConcurrentBatch: number;
   readonly #stats: AppendStats = {
     appends: 0,
@@ -589,6 +593,34 @@ export class AppendPipeline {
     this.#stats.appends += changes.length;
     for (const change of changes) this.#lastWritten.delete(change.taskId);
     for (const change of changes) this.#options.publish(change);
+  }
+
+  /**
+   * The store closes. Appends whose task row another transaction holds are rejected with `closed`, with
+   * each later append of those tasks, instead of being tried again for as long as the row stays held: that
+   * transaction may be another program's, or an operator's `BEGIN; SELECT … FOR UPDATE`, held for hours, and
+   * `close()` waits for the pipeline (see {@link whenIdle}). Such appends in a transaction in flight are
+   * rejected once its lock wait ({@link HELD_LOCK_WAIT_MS}) ends. Every other append is still committed.
+   */
+  close(): void {
+    this.#closing = true;
+    for (const timer of this.#retryTimers) clearTimeout(timer);
+    this.#retryTimers.clear();
+    this.#rejectQueued(this.#heldTasks);
+    this.#heldTasks.clear();
+    this.#flush();
+  }
+
+  /** Rejects with `closed` the queued appends of `taskIds`. */
+  #rejectQueued(taskIds: ReadonlySet<string>): void {
+    if (taskIds.size === 0) return;
+    const closed = storeClosed();
+    const kept: PendingAppend[] = [];
+    for (const entry of this.#queue) {
+      if (taskIds.has(entry.taskId)) entry.reject(closed);
+      else kept.push(entry);
+    }
+    this.#queue.splice(0, this.#queue.length, ...kept);
   }
 
   /** Resolves once every queued append has been committed or rejected. */
@@ -722,18 +754,27 @@ export class AppendPipeline {
    * Appends whose row another transaction still held after {@link HELD_LOCK_WAIT_MS}: back to the head of the queue (each task's later appends
    * are behind them, so call order holds), their tasks left out of every batch for 50 ms, doubling to a
    * second while the row stays held. The timer is not unref'd: the appends are accepted work, which
-   * `whenIdle` (and so `close()`) waits for, as it waited for a transaction waiting for the row.
+   * `whenIdle` waits for; once the store closes they are rejected instead ({@link close}).
    */
   #retryLater(entries: PendingAppend[]): void {
+    const taskIds = new Set(entries.map((entry) => entry.taskId));
+    if (this.#closing) {
+      // Not tried again once the store closes (see close()): they, and the appends behind them, reject.
+      const closed = storeClosed();
+      for (const entry of entries) entry.reject(closed);
+      this.#rejectQueued(taskIds);
+      return;
+    }
     const delayMs = Math.max(...entries.map((entry) => entry.retryMs ?? HELD_FIRST_RETRY_MS));
     for (const entry of entries) entry.retryMs = Math.min(HELD_MAX_RETRY_MS, delayMs * 2);
-    const taskIds = new Set(entries.map((entry) => entry.taskId));
     for (const taskId of taskIds) this.#heldTasks.add(taskId);
     this.#queue.unshift(...entries);
-    setTimeout(() => {
+    const timer = setTimeout(() => {
+      this.#retryTimers.delete(timer);
       for (const taskId of taskIds) this.#heldTasks.delete(taskId);
       this.#flush();
     }, delayMs);
+    this.#retryTimers.add(timer);
   }
 
   /**

@@ -33,9 +33,11 @@ export type {
   EventsTable,
   Int8,
   Json,
+  MetaTable,
   NullableInt8,
   NullableJson,
   ProgressDatabase,
+  PurgedTable,
   TasksTable,
   UnprocessedEventsView,
 } from './schema.js';

@@ -259,15 +259,23 @@ const MIN_BARRIER_TIMEOUT_MS = 1000;
 
 /**
  * How many `watermarkIntervalMs` (at least {@link MIN_ANSWER_TIMEOUT_MS}) the connection waits for the
- * answer to each step of a (re)connect — the connect, `LISTEN`, each re-read statement — before it is
- * deemed dead, times one more per failed attempt since the last success. Far longer than a barrier's
- * wait: a re-read after a long outage is a large statement, and one that needs longer gets it at a later
- * attempt. Without a bound, a connection whose network died silently during a re-read waited for TCP to
+ * answer to each statement of a (re)connect's re-read before it is deemed dead, times one more per failed
+ * attempt since the last success, up to {@link MAX_ANSWER_TIMEOUT_FACTOR} times (the connect and `LISTEN`
+ * are bounded by `connectTimeoutMs` instead). Far longer than a barrier's wait: a re-read after a long
+ * outage is a large statement, and one that needs longer gets it at a later attempt. Without a bound, a connection whose network died silently during a re-read waited for TCP to
  * give up (hours), this store's own commits held for the re-read's rows meanwhile (see "Purges").
  */
 const ANSWER_TIMEOUT_INTERVALS = 30;
 /** The shortest wait for the answer to a step of a (re)connect (see {@link ANSWER_TIMEOUT_INTERVALS}). */
 const MIN_ANSWER_TIMEOUT_MS = 3000;
+/**
+ * The most times its base wait that a step of a (re)connect is waited for, however many attempts failed
+ * before it. Growing without end, it made a connect or re-read that hung after a long outage of quickly
+ * failing attempts (hundreds an hour at the backoff's 10 s) wait hundreds of times its base: hours during
+ * which the store's own commits were held for the re-read, or the listener stayed down after the database
+ * was back. Ten times is 5 minutes for a re-read statement and 100 s for a connect, by default.
+ */
+const MAX_ANSWER_TIMEOUT_FACTOR = 10;
 
 /**
  * Rows of a re-read published in one event-loop turn, and rows per page of the re-read from the start
@@ -295,6 +303,11 @@ export interface ListenConnectionOptions {
   /** Makes a new, unconnected client for each (re)connect. */
   createClient: () => PgListenClient | Promise<PgListenClient>;
   watermarkIntervalMs: number;
+  /**
+   * How long the connect and the `LISTEN` of one (re)connect attempt may go unanswered, times one more per
+   * failed attempt since the last success (see `listenConnectTimeoutMs` of the store's options).
+   */
+  connectTimeoutMs: number;
   reconnect: BackoffOptions;
   clock: Clock;
   onError: (error: ProgressError) => void;
@@ -505,8 +518,11 @@ export class ListenConnection {
     });
     client.on('error', (error) => this.#lost(generation, error));
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
-    await this.#answered(generation, 'its connect', this.#connect(client));
-    await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen));
+    // Bounded by their own deadline, not the re-read's (30 watermark intervals): a connect or a LISTEN has
+    // nothing to read, and a black-holed host held open() 30 s by default, and 30 h with an hourly watermark.
+    const connectTimeoutMs = this.#options.connectTimeoutMs;
+    await this.#answered(generation, 'its connect', this.#connect(client), connectTimeoutMs);
+    await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen), connectTimeoutMs);
     let from = this.#watermark;
     let xmin: bigint | undefined;
     for (;;) {
@@ -577,13 +593,21 @@ export class ListenConnection {
   }
 
   /**
-   * `answer`, one step of the (re)connect of `generation`; unsettled past the answer timeout (see
-   * {@link ANSWER_TIMEOUT_INTERVALS}), the connection is deemed lost (a reconnect follows) and this rejects.
+   * `answer`, one step of the (re)connect of `generation`; unsettled past `baseTimeoutMs` (by default a
+   * re-read statement's: see {@link ANSWER_TIMEOUT_INTERVALS}) times one more per failed attempt since the
+   * last success (at most {@link MAX_ANSWER_TIMEOUT_FACTOR} times), the connection is deemed lost (a
+   * reconnect follows) and this rejects.
    */
-  async #answered<T>(generation: number, what: string, answer: Promise<T>): Promise<T> {
-    const timeoutMs =
-      Math.max(ANSWER_TIMEOUT_INTERVALS * this.#options.watermarkIntervalMs, MIN_ANSWER_TIMEOUT_MS) *
-      (1 + this.#failedAttempts);
+  async #answered<T>(
+    generation: number,
+    what: string,
+    answer: Promise<T>,
+    baseTimeoutMs = Math.max(
+      ANSWER_TIMEOUT_INTERVALS * this.#options.watermarkIntervalMs,
+      MIN_ANSWER_TIMEOUT_MS,
+    ),
+  ): Promise<T> {
+    const timeoutMs = baseTimeoutMs * Math.min(1 + this.#failedAttempts, MAX_ANSWER_TIMEOUT_FACTOR);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timedOut = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {

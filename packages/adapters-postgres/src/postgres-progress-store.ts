@@ -220,6 +220,7 @@ export class PostgresProgressStore implements ProgressStore {
       meta: this.#meta,
       createClient: options.createListenClient,
       watermarkIntervalMs: options.watermarkIntervalMs,
+      connectTimeoutMs: options.listenConnectTimeoutMs,
       reconnect: options.reconnect,
       clock: options.clock,
       onError,
@@ -480,6 +481,11 @@ export class PostgresProgressStore implements ProgressStore {
   /**
    * Waits for the appends already accepted, then stops the poll and the `LISTEN` connection. Never ends
    * the caller's pool or Kysely instance. Later calls reject with `closed`; calling it twice is harmless.
+   *
+   * An append, ack or lease renewal whose task row another transaction holds (another program's, or a
+   * replica frozen before its COMMIT) is not waited for: it rejects with `closed`, after at most the
+   * 500 ms lock wait of a transaction already in flight for it, so that such a transaction, held for
+   * however long, never holds `close()`.
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -491,6 +497,8 @@ export class PostgresProgressStore implements ProgressStore {
         call.reject(storeClosed());
       }
       this.#retries.clear();
+      // Appends whose task row another transaction holds are rejected likewise (see AppendPipeline.close).
+      this.#appends.close();
       await Promise.all([this.#acks.close(), this.#renewals.close(), this.#taskReads.close()]);
       await this.#appends.whenIdle();
       await this.#poll.stop();

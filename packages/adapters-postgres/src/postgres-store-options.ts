@@ -90,12 +90,21 @@ export interface PostgresProgressStoreOptions {
   /**
    * How often the `LISTEN` connection advances its high-water mark (one tiny query and a self-addressed
    * notification), in milliseconds. Shorter means a smaller re-read after a reconnect. The same query is
-   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced. Each step of
-   * a (re)connect — the connect, `LISTEN`, each statement of its re-read — unanswered for 30 intervals (at
-   * least 3 s; once more as long per failed attempt since the last success) likewise.
+   * a liveness check: unanswered for 5 intervals (at least 1 s), the connection is replaced. Each statement
+   * of a (re)connect's re-read unanswered for 30 intervals (at least 3 s; once more as long per failed
+   * attempt since the last success, up to 10 times as long) likewise.
    * @default 1000
    */
   watermarkIntervalMs?: number;
+  /**
+   * How long the connect of the `LISTEN` connection (TCP, TLS, authentication) and its `LISTEN` statement
+   * may each go unanswered, in milliseconds, before the attempt is given up: `open()` then rejects with
+   * `store_unavailable` (a black-holed or unreachable host), and a reconnect is retried after its backoff,
+   * with once more as long per failed attempt since the last success, up to 10 times as long. As long as
+   * the server's `authTimeoutMs`, and independent of `watermarkIntervalMs`.
+   * @default 10000
+   */
+  listenConnectTimeoutMs?: number;
   /**
    * Backoff of the `LISTEN` connection's reconnects (full jitter).
    * @default { initialDelayMs: 250, maxDelayMs: 10000, multiplier: 2 }
@@ -176,6 +185,7 @@ const POSTGRES_STORE_OPTIONS = {
   ),
   pollIntervalMs: integer(500, 1, 3_600_000),
   watermarkIntervalMs: integer(1000, 1, 3_600_000),
+  listenConnectTimeoutMs: integer(10_000, 1, 3_600_000),
   reconnect: backoffOption({ initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 }),
   maxBatchSize: integer(500, 1, 10_000),
   maxConcurrentBatches: integer(2, 1, 64),

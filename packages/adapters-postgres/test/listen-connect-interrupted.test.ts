@@ -91,3 +91,79 @@ describe('a LISTEN connect in progress', () => {
     await eventually('the replaced client closes its connection', () => silent.open() === 0);
   });
 });
+
+describe('open() against a LISTEN host that never answers', () => {
+  it('rejects with store_unavailable after listenConnectTimeoutMs, whatever watermarkIntervalMs is', async () => {
+    // The connect was bounded by 30 watermark intervals: 30 s by default, 30 h with an hourly watermark,
+    // during which a server starting against a black-holed LISTEN host waited with no error.
+    const schema = await migrated();
+    const silent = await silentServer();
+    servers.push(silent);
+    const opening = PostgresProgressStore.open({
+      pool: pool(),
+      migrate: false,
+      schema,
+      listenClient: () => new pg.Client({ connectionString: silent.url }) as unknown as PgListenClient,
+      watermarkIntervalMs: 3_600_000,
+      listenConnectTimeoutMs: 200,
+    });
+    const outcome = opening.then(
+      (store) => store.close().then(() => 'opened'),
+      (error: unknown) => error,
+    );
+    // A liveness bound, not a timing assertion: the open fails after 200 ms, or waits for an hour and more.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = new Promise((resolve) => {
+      timer = setTimeout(() => resolve('still waiting'), 5000);
+    });
+    try {
+      const settled = await Promise.race([outcome, waited]);
+      expect(settled).toMatchObject({ code: 'store_unavailable' });
+      expect((settled as Error).message).toMatch(/did not answer its connect within 200 ms/);
+    } finally {
+      clearTimeout(timer);
+    }
+    await eventually('the abandoned client closes its connection', () => silent.open() === 0);
+  });
+});
+
+describe('a LISTEN reconnect after many failed attempts', () => {
+  it('waits for a connect that is never answered a bounded multiple of listenConnectTimeoutMs, then recovers', async () => {
+    // Each failed attempt since the last success lengthened the next one's wait by one more
+    // listenConnectTimeoutMs (and a re-read statement's by 30 watermark intervals), without end: after an
+    // outage of many quickly refused attempts (an hour of them at the 10 s backoff is 360), one connect
+    // that then hung, to a host that accepts and never answers, held the reconnect 360 times as long,
+    // well after the database was back.
+    const schema = await migrated();
+    const silent = await silentServer();
+    servers.push(silent);
+    // A port nothing listens on: each connect is refused at once.
+    const refusing = await loopbackServer({}, () => {});
+    const refusedUrl = refusing.url;
+    await refusing.close();
+    let mode: 'up' | 'refused' | 'silent' = 'up';
+    const urls = { up: pgUrl(), refused: refusedUrl, silent: silent.url };
+    const store = await PostgresProgressStore.open({
+      pool: pool(),
+      migrate: false,
+      schema,
+      listenClient: () => new pg.Client({ connectionString: urls[mode] }) as unknown as PgListenClient,
+      listenConnectTimeoutMs: 20,
+      reconnect: { initialDelayMs: 1, maxDelayMs: 1 },
+    });
+    try {
+      mode = 'refused';
+      await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
+      await eventually('300 refused attempts', () => store.changes.health().failedAttempts >= 300);
+      mode = 'silent';
+      const startups = silent.startups();
+      await eventually('a connect to the silent server', () => silent.startups() > startups);
+      mode = 'up';
+      // A liveness bound, not a timing assertion: the hung connect is given up after a bounded multiple of
+      // 20 ms, or after 300 × 20 ms and more.
+      await eventually('the listener reconnects', () => store.changes.health().connected, 3000);
+    } finally {
+      await store.close();
+    }
+  });
+});

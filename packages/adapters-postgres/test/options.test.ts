@@ -32,6 +32,7 @@ describe('options', () => {
       migrate: true,
       pollIntervalMs: 500,
       watermarkIntervalMs: 1000,
+      listenConnectTimeoutMs: 10_000,
       maxBatchSize: 500,
       maxConcurrentBatches: 2,
       reconnect: { initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 },

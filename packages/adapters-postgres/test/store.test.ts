@@ -224,6 +224,40 @@ describe('appends', () => {
     }
   });
 
+  it('that wait for a row another transaction holds do not hold close(): they reject with closed', async () => {
+    // A row held by a transaction outside the store (a program, or an operator's psql session, in BEGIN;
+    // SELECT … FOR UPDATE) was waited for by close() as long as it was held: appends retried, and close()
+    // with them, for ever.
+    const schema = await migrated();
+    const store = await open({ schema });
+    for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const held = store.append('held', { type: 'progress' });
+      const later = store.append('held', { type: 'progress', message: 'second' });
+      const free = store.append('free', { type: 'progress' });
+      held.catch(() => {});
+      later.catch(() => {});
+      await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
+      // A liveness bound, not a timing assertion: close() waits at most one lock wait, or for the holder.
+      expect(await settlesWithin(store.close(), 5000)).toBe('closed');
+      await expect(held).rejects.toMatchObject({ code: 'closed' });
+      await expect(later).rejects.toMatchObject({ code: 'closed' });
+      await holder.query('ROLLBACK');
+      // Never written: the row is as before.
+      const { rows } = await pool.query(
+        `SELECT seq FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held'`,
+      );
+      expect(Number(rows[0].seq)).toBe(0);
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+
   it('notify in the same transaction with ids only when the events do not fit, far below the payload limit', async () => {
     const schema = await migrated();
     const store = await open({ schema });
