@@ -10,6 +10,7 @@ export { SQLITE_SCHEMA_VERSION } from './migrations.js';
 export type {
   EventLogView,
   EventsTable,
+  MetaTable,
   MigrationsTable,
   SqliteSchema,
   TasksTable,
