@@ -121,7 +121,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Longest time an upgrade may take from its request to the open WebSocket (the `authenticate` hook
    * included); a slower one has its socket destroyed. Node's `headersTimeout` stops applying once the
    * upgrade headers are complete, so without this a client (or a hook) that never finishes holds a
-   * descriptor for ever.
+   * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
+   * answer, from its `connection` event; a slower one is closed with 1011.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;
