@@ -33,7 +33,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty-one options (docs/api.md is generated from it); the code is the
+ * because the interface documents forty-two options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -136,6 +136,17 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * @default 100
    */
   maxPendingConnectionsPerAddress?: number | undefined;
+  /**
+   * Most connections that have not authenticated yet (as counted by `maxPendingConnectionsPerAddress`),
+   * all addresses together. Over it the **oldest** of them, whatever its address, is destroyed (counted
+   * as `connections_dropped_total{reason="pending_total_cap"}`): the per-address cap alone let clients
+   * spread over many addresses hold any number of silent sockets. A legitimate client is pending only
+   * for its authentication's round trip, so even a burst of reconnects after a replica's loss (at
+   * `reconnectsPerSecond`, 20,000/s by default) stays well below the default, while silent sockets, the
+   * oldest, are the ones dropped.
+   * @default 10000
+   */
+  maxPendingConnections?: number | undefined;
   /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
@@ -345,6 +356,7 @@ const SERVER_OPTIONS = {
   authTimeoutMs: integer(10_000, 1),
   upgradeTimeoutMs: integer(10_000, 1),
   maxPendingConnectionsPerAddress: integer(100, 1),
+  maxPendingConnections: integer(10_000, 1),
   serverId: ofType<string>(
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),

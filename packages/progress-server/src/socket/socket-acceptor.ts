@@ -22,7 +22,7 @@ import type { SocketServices } from './services.js';
 export class SocketAcceptor<P extends Principal> {
   readonly #ctx: SocketServices<P>;
   readonly #connections = new Set<Connection<P>>();
-  /** Connections not authenticated yet, capped per address. */
+  /** Connections not authenticated yet, capped per address and in all. */
   readonly pending: PendingConnections;
   readonly #wss: WebSocketServer;
   readonly #ownsWss: boolean;
@@ -42,9 +42,15 @@ export class SocketAcceptor<P extends Principal> {
     const { options, metrics, logger } = ctx;
     this.pending = new PendingConnections({
       maxPerAddress: options.maxPendingConnectionsPerAddress,
-      onEvict: (address) => {
-        metrics.connectionsDropped.inc({ reason: 'pending_cap' });
-        logger.debug({ address }, 'too many unauthenticated connections; dropped the oldest');
+      maxTotal: options.maxPendingConnections,
+      onEvict: (address, cap) => {
+        metrics.connectionsDropped.inc({ reason: cap === 'address' ? 'pending_cap' : 'pending_total_cap' });
+        logger.debug(
+          { address },
+          cap === 'address'
+            ? 'too many unauthenticated connections from one address; dropped its oldest'
+            : 'too many unauthenticated connections in all; dropped the oldest',
+        );
       },
     });
     this.#onConnection = (ws, request) => this.#acceptExternal(ws, request);
