@@ -11,7 +11,6 @@ import {
   integer,
   invalidOption,
   ofType,
-  oneOf,
   option,
   required,
   resolveOptions,
@@ -106,12 +105,17 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   revealTaskExistence?: boolean | undefined;
   /**
    * Who sees the details of `GET {basePath}/healthz` (server id, which embeds the hostname and pid,
-   * store feed state and its last error, socket and task counts). `'authenticated'`: a request without
-   * valid credentials gets only `{ "ok": true|false }` (the status code is the same either way);
-   * `'public'`: everyone gets the details (for a probe endpoint that is not reachable from outside).
+   * store feed state and its last error, which may name the database host or user, and this replica's
+   * socket and task counts, all principals together). Anyone else gets only `{ "ok": true|false }` (the
+   * status code is the same either way):
+   * - `'authenticated'`: any request with valid credentials, every end user of the application included;
+   * - a predicate: the authenticated principals it accepts (your operators, say
+   *   `(principal) => principal.roles.includes('ops')`; one that throws accepts no one);
+   * - `'none'`: no one (read `progress.health()` in your own admin route instead);
+   * - `'public'`: everyone (for a probe endpoint that is not reachable from outside).
    * @default 'authenticated'
    */
-  healthDetails?: 'authenticated' | 'public' | undefined;
+  healthDetails?: HealthDetails<P> | undefined;
   /**
    * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
    * @default 10000
@@ -315,6 +319,13 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   storeRetryDelayMs?: number | undefined;
 }
 
+/** Who sees the details of `GET {basePath}/healthz`; see {@link ProgressServerOptions.healthDetails}. */
+export type HealthDetails<P extends Principal = Principal> =
+  | 'authenticated'
+  | 'public'
+  | 'none'
+  | ((principal: P) => boolean | Promise<boolean>);
+
 const isObjectWith =
   (method: string) =>
   (value: unknown): boolean =>
@@ -352,7 +363,11 @@ const SERVER_OPTIONS = {
     (value) => value === false || (typeof value === 'string' && value !== ''),
   ),
   revealTaskExistence: boolean(false),
-  healthDetails: oneOf('authenticated', ['authenticated', 'public']),
+  healthDetails: option<HealthDetails>(
+    'authenticated',
+    "'authenticated', 'public', 'none' or a predicate of the principal",
+    (value) => value === 'authenticated' || value === 'public' || value === 'none' || isFunction(value),
+  ),
   authTimeoutMs: integer(10_000, 1),
   upgradeTimeoutMs: integer(10_000, 1),
   maxPendingConnectionsPerAddress: integer(100, 1),
@@ -410,8 +425,15 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze(defaultsOf(SERVER_OPTIONS)
 /** The options after merging defaults and validation. */
 export type ResolvedServerOptions<P extends Principal> = Omit<
   ResolvedOptionsOf<typeof SERVER_OPTIONS>,
-  'authenticate' | 'authenticateToken' | 'authorize' | 'serverId' | 'leaseRenewIntervalMs' | 'terminalRetry'
+  | 'authenticate'
+  | 'authenticateToken'
+  | 'authorize'
+  | 'serverId'
+  | 'leaseRenewIntervalMs'
+  | 'terminalRetry'
+  | 'healthDetails'
 > & {
+  healthDetails: HealthDetails<P>;
   authenticate: AuthenticateHook<P> | undefined;
   authenticateToken: AuthenticateTokenHook<P> | undefined;
   authorize: AuthorizeHook<P>;
@@ -465,6 +487,7 @@ export function resolveServerOptions<P extends Principal>(
     authenticate: o.authenticate as AuthenticateHook<P> | undefined,
     authenticateToken: o.authenticateToken as AuthenticateTokenHook<P> | undefined,
     authorize: o.authorize as AuthorizeHook<P>,
+    healthDetails: o.healthDetails as HealthDetails<P>,
     serverId: o.serverId ?? defaultServerId(),
     logger: guardLogger(o.logger),
     leaseRenewIntervalMs,

@@ -23,6 +23,7 @@ import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
+import type { HealthDetails } from '../options.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
@@ -90,7 +91,7 @@ export interface HttpHandlerContext<P extends Principal> {
   /** The WebSocket path: a plain request to it is answered 426 rather than passed on or left hanging. */
   webSocketPath?: string;
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
-  healthDetails?: 'authenticated' | 'public';
+  healthDetails?: HealthDetails<P>;
   /**
    * The store's epoch as the server last read it, sent with a task's answers (as `hello` and snapshots
    * carry it), so an HTTP client can tell a cursor of a restored store's old log; none when unknown.
@@ -244,14 +245,19 @@ async function serveHealth<P extends Principal>(
     return;
   }
   const status = report.ok ? 200 : 503;
-  let detailed = ctx.healthDetails === 'public';
-  if (!detailed) {
+  const who = ctx.healthDetails ?? 'authenticated';
+  let detailed = who === 'public';
+  if (who !== 'public' && who !== 'none') {
     try {
       // An expired credential authenticates nothing, here as on every other route (401 token_expired).
       const principal = await ctx.auth.fromHttp(request);
-      detailed = principal !== undefined && !credentialExpired(principal, (ctx.clock ?? Date.now)());
+      detailed =
+        principal !== undefined &&
+        !credentialExpired(principal, (ctx.clock ?? Date.now)()) &&
+        (who === 'authenticated' || (await who(principal)) === true);
     } catch (error) {
-      ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
+      detailed = false;
+      ctx.logger.debug({ err: describeError(error) }, 'health details check threw on the health route');
     }
   }
   send(response, { status, body: detailed ? report : { ok: report.ok } });
