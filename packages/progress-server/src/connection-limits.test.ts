@@ -97,11 +97,39 @@ describe('the per-address cap on unauthenticated connections', () => {
     expect(open).toBeLessThanOrEqual(3);
   }, 20_000);
 
+  it('caps all addresses together, dropping the oldest pending connection of any address', () => {
+    const evicted: Array<[string, string]> = [];
+    const pending = new PendingConnections({
+      maxPerAddress: 100,
+      maxTotal: 3,
+      onEvict: (address, cap) => evicted.push([address, cap]),
+    });
+    // One silent connection from each of five addresses (a botnet): under every per-address cap.
+    const socketFrom = (remoteAddress: string) => Object.assign(new PassThrough(), { remoteAddress });
+    const sockets = ['192.0.2.1', '192.0.2.2', '192.0.2.3', '192.0.2.4', '192.0.2.5'].map(socketFrom);
+    for (const socket of sockets) pending.add(socket);
+    expect(pending.size).toBe(3);
+    expect(sockets.map((socket) => socket.destroyed)).toEqual([true, true, false, false, false]);
+    expect(evicted).toEqual([
+      ['192.0.2.1', 'total'],
+      ['192.0.2.2', 'total'],
+    ]);
+    // A released (authenticated) connection frees its place: the next one drops nobody.
+    pending.release(sockets[2] as PassThrough);
+    pending.add(socketFrom('192.0.2.6'));
+    expect(pending.size).toBe(3);
+    expect(evicted).toHaveLength(2);
+  });
+
   it('counts the addresses of one IPv6 /64 as one address: a client with a prefix cannot multiply the cap', async () => {
     // A home or cloud connection gets a whole /64 (2^64 addresses) and may send from any of them: per
     // single address, 1,000 silent connections from 1,000 of its addresses were all kept.
     const evicted: string[] = [];
-    const pending = new PendingConnections({ maxPerAddress: 3, onEvict: (address) => evicted.push(address) });
+    const pending = new PendingConnections({
+      maxPerAddress: 3,
+      maxTotal: 1000,
+      onEvict: (address) => evicted.push(address),
+    });
     const socket = (remoteAddress: string) => Object.assign(new PassThrough(), { remoteAddress });
     const attacker = Array.from({ length: 10 }, (_, i) => socket(`2001:db8:0:7:${(i + 1).toString(16)}::1`));
     for (const one of attacker) pending.add(one);

@@ -21,7 +21,7 @@ export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http/http-handler.js';
 export type { LogMethod, ProgressLogger } from './logger.js';
 export { silentLogger } from './logger.js';
 export type { ResyncReason, SafetyNetStats, ServerMetrics, SseStreamEndReason } from './metrics.js';
-export type { ProgressServerOptions } from './options.js';
+export type { HealthDetails, ProgressServerOptions } from './options.js';
 export { PROGRESS_SERVER_DEFAULTS } from './options.js';
 export type { CloseOptions, ListenOptions } from './progress-server.js';
 export { CLOSE_DEFAULTS, ProgressServer } from './progress-server.js';

@@ -61,7 +61,7 @@ export type SseStreamEndReason =
  * | `frames_rejected_total{code}` | counter | client frames refused, by error code |
  * | `frames_dropped_total{type}` | counter | answers and heartbeats not written because the socket's buffer was above `highWaterMarkBytes` (a peer that stopped reading or reads too slowly), by frame type: `pong`, `error`, `hello`, `heartbeat` |
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
- * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
+ * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `pending_total_cap` (all addresses together had too many, `maxPendingConnections`; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`), `rate` (an HTTP API request over `rateLimitPerPrincipalPerSecond`; refused frames count in `frames_rejected_total`) |
  * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `shutdown`, `task_gone`, `read_failed`, `internal` (a bug: see the error log) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |

@@ -11,7 +11,6 @@ import {
   integer,
   invalidOption,
   ofType,
-  oneOf,
   option,
   required,
   resolveOptions,
@@ -33,7 +32,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty-one options (docs/api.md is generated from it); the code is the
+ * because the interface documents forty-two options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -106,12 +105,17 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   revealTaskExistence?: boolean | undefined;
   /**
    * Who sees the details of `GET {basePath}/healthz` (server id, which embeds the hostname and pid,
-   * store feed state and its last error, socket and task counts). `'authenticated'`: a request without
-   * valid credentials gets only `{ "ok": true|false }` (the status code is the same either way);
-   * `'public'`: everyone gets the details (for a probe endpoint that is not reachable from outside).
+   * store feed state and its last error, which may name the database host or user, and this replica's
+   * socket and task counts, all principals together). Anyone else gets only `{ "ok": true|false }` (the
+   * status code is the same either way):
+   * - `'authenticated'`: any request with valid credentials, every end user of the application included;
+   * - a predicate: the authenticated principals it accepts (your operators, say
+   *   `(principal) => principal.roles.includes('ops')`; one that throws accepts no one);
+   * - `'none'`: no one (read `progress.health()` in your own admin route instead);
+   * - `'public'`: everyone (for a probe endpoint that is not reachable from outside).
    * @default 'authenticated'
    */
-  healthDetails?: 'authenticated' | 'public' | undefined;
+  healthDetails?: HealthDetails<P> | undefined;
   /**
    * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
    * @default 10000
@@ -121,7 +125,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Longest time an upgrade may take from its request to the open WebSocket (the `authenticate` hook
    * included); a slower one has its socket destroyed. Node's `headersTimeout` stops applying once the
    * upgrade headers are complete, so without this a client (or a hook) that never finishes holds a
-   * descriptor for ever.
+   * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
+   * answer, from its `connection` event; a slower one is closed with 1011.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;
@@ -135,6 +140,17 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * @default 100
    */
   maxPendingConnectionsPerAddress?: number | undefined;
+  /**
+   * Most connections that have not authenticated yet (as counted by `maxPendingConnectionsPerAddress`),
+   * all addresses together. Over it the **oldest** of them, whatever its address, is destroyed (counted
+   * as `connections_dropped_total{reason="pending_total_cap"}`): the per-address cap alone let clients
+   * spread over many addresses hold any number of silent sockets. A legitimate client is pending only
+   * for its authentication's round trip, so even a burst of reconnects after a replica's loss (at
+   * `reconnectsPerSecond`, 20,000/s by default) stays well below the default, while silent sockets, the
+   * oldest, are the ones dropped.
+   * @default 10000
+   */
+  maxPendingConnections?: number | undefined;
   /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
@@ -303,6 +319,13 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   storeRetryDelayMs?: number | undefined;
 }
 
+/** Who sees the details of `GET {basePath}/healthz`; see {@link ProgressServerOptions.healthDetails}. */
+export type HealthDetails<P extends Principal = Principal> =
+  | 'authenticated'
+  | 'public'
+  | 'none'
+  | ((principal: P) => boolean | Promise<boolean>);
+
 const isObjectWith =
   (method: string) =>
   (value: unknown): boolean =>
@@ -340,10 +363,15 @@ const SERVER_OPTIONS = {
     (value) => value === false || (typeof value === 'string' && value !== ''),
   ),
   revealTaskExistence: boolean(false),
-  healthDetails: oneOf('authenticated', ['authenticated', 'public']),
+  healthDetails: option<HealthDetails>(
+    'authenticated',
+    "'authenticated', 'public', 'none' or a predicate of the principal",
+    (value) => value === 'authenticated' || value === 'public' || value === 'none' || isFunction(value),
+  ),
   authTimeoutMs: integer(10_000, 1),
   upgradeTimeoutMs: integer(10_000, 1),
   maxPendingConnectionsPerAddress: integer(100, 1),
+  maxPendingConnections: integer(10_000, 1),
   serverId: ofType<string>(
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),
@@ -397,8 +425,15 @@ export const PROGRESS_SERVER_DEFAULTS = Object.freeze(defaultsOf(SERVER_OPTIONS)
 /** The options after merging defaults and validation. */
 export type ResolvedServerOptions<P extends Principal> = Omit<
   ResolvedOptionsOf<typeof SERVER_OPTIONS>,
-  'authenticate' | 'authenticateToken' | 'authorize' | 'serverId' | 'leaseRenewIntervalMs' | 'terminalRetry'
+  | 'authenticate'
+  | 'authenticateToken'
+  | 'authorize'
+  | 'serverId'
+  | 'leaseRenewIntervalMs'
+  | 'terminalRetry'
+  | 'healthDetails'
 > & {
+  healthDetails: HealthDetails<P>;
   authenticate: AuthenticateHook<P> | undefined;
   authenticateToken: AuthenticateTokenHook<P> | undefined;
   authorize: AuthorizeHook<P>;
@@ -452,6 +487,7 @@ export function resolveServerOptions<P extends Principal>(
     authenticate: o.authenticate as AuthenticateHook<P> | undefined,
     authenticateToken: o.authenticateToken as AuthenticateTokenHook<P> | undefined,
     authorize: o.authorize as AuthorizeHook<P>,
+    healthDetails: o.healthDetails as HealthDetails<P>,
     serverId: o.serverId ?? defaultServerId(),
     logger: guardLogger(o.logger),
     leaseRenewIntervalMs,

@@ -100,6 +100,20 @@ describe('health', () => {
     await client.close();
   });
 
+  it("gives details only to the principals a healthDetails predicate accepts, and to no one with 'none'", async () => {
+    const { store, state } = storeWithFeedHealth();
+    state.lastError = new Error('password authentication failed for user "finishline"');
+    const asUser = async (user: string) =>
+      (await fetch(`${env?.httpUrl}/progress/healthz`, { headers: { 'x-user': user } })).json();
+    env = await startServer({ store, healthDetails: (principal) => principal.id === 'ops' });
+    // An end user of the application authenticates too, and learns nothing of the store or the replica.
+    expect(await asUser('alice')).toEqual({ ok: true });
+    expect(await asUser('ops')).toMatchObject({ ok: true, store: { lastError: expect.any(String) } });
+    await env.close();
+    env = await startServer({ store, healthDetails: 'none' });
+    expect(await asUser('ops')).toEqual({ ok: true });
+  });
+
   it('answers only { ok } to an expired credential, as every other route refuses it (401 token_expired)', async () => {
     const { store, state } = storeWithFeedHealth();
     env = await startServer({

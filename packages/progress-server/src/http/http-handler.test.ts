@@ -39,6 +39,32 @@ async function call(
 }
 
 describe('HTTP handler', () => {
+  it('lists tasks with at most 8 authorize calls in flight, in the order the store gave', async () => {
+    // Each call of the hook waits for the next turn of the event loop, so calls started together overlap.
+    let inFlight = 0;
+    let most = 0;
+    env = await startServer({
+      authorize: async (principal, task) => {
+        inFlight += 1;
+        most = Math.max(most, inFlight);
+        await new Promise((resolve) => setImmediate(resolve));
+        inFlight -= 1;
+        return task.owner === principal.id && task.kind !== 'hidden';
+      },
+    });
+    for (let i = 0; i < 30; i += 1) {
+      await env.server.tasks.create({ id: `t${i}`, owner: 'alice', kind: i % 3 === 0 ? 'hidden' : 'k' });
+    }
+    const listed = await call('/progress/tasks?limit=100', { user: 'alice' });
+    expect(listed.status).toBe(200);
+    const ids = (listed.body.tasks as Array<{ id: string }>).map((task) => task.id);
+    const stored = await env.store.listTasks({ owner: 'alice', limit: 100 });
+    expect(ids).toEqual(stored.filter((task) => task.kind !== 'hidden').map((task) => task.id));
+    expect(ids).toHaveLength(20);
+    expect(most).toBeGreaterThan(1);
+    expect(most).toBeLessThanOrEqual(8);
+  });
+
   it("serves a task's snapshot to its owner, without owner, acks or lease", async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });

@@ -23,6 +23,7 @@ import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
+import type { HealthDetails } from '../options.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
@@ -90,7 +91,7 @@ export interface HttpHandlerContext<P extends Principal> {
   /** The WebSocket path: a plain request to it is answered 426 rather than passed on or left hanging. */
   webSocketPath?: string;
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
-  healthDetails?: 'authenticated' | 'public';
+  healthDetails?: HealthDetails<P>;
   /**
    * The store's epoch as the server last read it, sent with a task's answers (as `hello` and snapshots
    * carry it), so an HTTP client can tell a cursor of a restored store's old log; none when unknown.
@@ -244,14 +245,19 @@ async function serveHealth<P extends Principal>(
     return;
   }
   const status = report.ok ? 200 : 503;
-  let detailed = ctx.healthDetails === 'public';
-  if (!detailed) {
+  const who = ctx.healthDetails ?? 'authenticated';
+  let detailed = who === 'public';
+  if (who !== 'public' && who !== 'none') {
     try {
       // An expired credential authenticates nothing, here as on every other route (401 token_expired).
       const principal = await ctx.auth.fromHttp(request);
-      detailed = principal !== undefined && !credentialExpired(principal, (ctx.clock ?? Date.now)());
+      detailed =
+        principal !== undefined &&
+        !credentialExpired(principal, (ctx.clock ?? Date.now)()) &&
+        (who === 'authenticated' || (await who(principal)) === true);
     } catch (error) {
-      ctx.logger.debug({ err: describeError(error) }, 'authenticate hook threw on the health route');
+      detailed = false;
+      ctx.logger.debug({ err: describeError(error) }, 'health details check threw on the health route');
     }
   }
   send(response, { status, body: detailed ? report : { ok: report.ok } });
@@ -365,7 +371,7 @@ async function serve<P extends Principal>(
       // Owned is not enough: the application's `authorize` has the last word on every task route, and a
       // rule narrower than ownership (a role, a scope of the token) must hide a task here too, or the
       // list served what `GET …/tasks/:id` answers 404.
-      const allowed = await Promise.all(tasks.map((task) => ctx.auth.authorize(principal, task, 'watch')));
+      const allowed = await authorizeEach(tasks, (task) => ctx.auth.authorize(principal, task, 'watch'));
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
@@ -489,6 +495,32 @@ async function serve<P extends Principal>(
       throw new TypeError(`Unknown route ${String(unreachable)}`);
     }
   }
+}
+
+/**
+ * Most `authorize` calls one `GET …/tasks` has in flight. The list authorizes each of its up to 1,000
+ * tasks, for one token of the principal's rate limit: all at once, one request started a thousand calls of
+ * an async hook together (an authorization service, a database pool), and a few such requests starved
+ * every other request's checks. A list whose hook is slow takes longer instead.
+ */
+const LIST_AUTHORIZE_CONCURRENCY = 8;
+
+/** `check` of each task, at most {@link LIST_AUTHORIZE_CONCURRENCY} at a time, in the tasks' order. */
+async function authorizeEach(
+  tasks: readonly Task[],
+  check: (task: Task) => Promise<boolean>,
+): Promise<boolean[]> {
+  const allowed = new Array<boolean>(tasks.length).fill(false);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < tasks.length) {
+      const index = next;
+      next += 1;
+      allowed[index] = await check(tasks[index] as Task);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(LIST_AUTHORIZE_CONCURRENCY, tasks.length) }, worker));
+  return allowed;
 }
 
 /** `{ epoch }` when the server knows its store's epoch, else nothing. */

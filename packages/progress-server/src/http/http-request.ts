@@ -50,8 +50,23 @@ export class HttpError extends Error {
     super(message, http.cause === undefined ? undefined : { cause: http.cause });
     this.code = code;
     this.status = http.status ?? HTTP_STATUS[code];
-    this.headers = http.headers ?? {};
+    this.headers = {
+      ...(this.status === 401 ? { 'www-authenticate': authChallenge(code) } : {}),
+      ...http.headers,
+    };
   }
+}
+
+/**
+ * The `WWW-Authenticate` challenge of a 401, which RFC 9110 §15.5.2 requires on every one: `Bearer`
+ * (RFC 6750), the scheme the server reads besides the application's own `authenticate` hook. An expired
+ * credential says `invalid_token`, so a client knows to fetch a fresh one; a request without valid
+ * credentials gets the bare challenge.
+ */
+export function authChallenge(code: ErrorCode): string {
+  return code === ErrorCode.TokenExpired
+    ? 'Bearer realm="finishline", error="invalid_token", error_description="The credential expired"'
+    : 'Bearer realm="finishline"';
 }
 
 export function fromCode(code: ErrorCode, message: string): HttpError {

@@ -7,6 +7,7 @@
 import { type IncomingMessage, STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ErrorCode } from '@finishline/core';
+import { authChallenge } from './http-request.js';
 
 /**
  * The subprotocols a client offered in `Sec-WebSocket-Protocol` (empty when it offered none).
@@ -40,6 +41,7 @@ export function rejectUpgrade(
     socket.end(
       `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
         'Connection: close\r\n' +
+        (status === 401 ? `WWW-Authenticate: ${authChallenge(code)}\r\n` : '') +
         'Content-Type: application/json; charset=utf-8\r\n' +
         `Content-Length: ${Buffer.byteLength(body)}\r\n` +
         '\r\n' +

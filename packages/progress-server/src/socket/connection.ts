@@ -140,7 +140,6 @@ export class Connection<P extends Principal> {
       writer: this.#writer,
       principal: () => this.#gate.principal as P,
       isOpen,
-      invalid: (code, message, refs) => this.#budget.invalid(code, message, refs),
       internalError: (error, requestId, taskId) => this.#internalError(error, requestId, taskId),
     });
     this.#gate = new AuthGate<P>({

@@ -15,25 +15,33 @@ type TrackedSocket = Duplex & { remoteAddress?: string | undefined };
  * client by its /64). When an address goes over its
  * cap, its **oldest** pending connection is destroyed: a client that opens sockets and stays silent
  * (slowloris) can then hold at most `maxPerAddress` descriptors, and a new client, even from the same
- * address, still gets in instead of being refused by a full table.
+ * address, still gets in instead of being refused by a full table. All addresses together are capped
+ * the same way at `maxTotal` (the oldest pending connection of any address goes): capped per address
+ * only, many addresses (a botnet, or one client with many /64s) could hold any number of them.
  */
 export class PendingConnections {
   readonly #maxPerAddress: number;
-  readonly #onEvict: (address: string) => void;
+  readonly #maxTotal: number;
+  readonly #onEvict: (address: string, cap: 'address' | 'total') => void;
   /** Per address, in arrival order (a `Set` iterates in insertion order): the first is the oldest. */
   readonly #byAddress = new Map<string, Set<TrackedSocket>>();
+  /** Every address's, in arrival order. */
+  readonly #all = new Set<TrackedSocket>();
   readonly #addressOf = new WeakMap<TrackedSocket, string>();
 
-  constructor(options: { maxPerAddress: number; onEvict: (address: string) => void }) {
+  constructor(options: {
+    maxPerAddress: number;
+    maxTotal: number;
+    onEvict: (address: string, cap: 'address' | 'total') => void;
+  }) {
     this.#maxPerAddress = options.maxPerAddress;
+    this.#maxTotal = options.maxTotal;
     this.#onEvict = options.onEvict;
   }
 
   /** Number of pending connections, all addresses together. */
   get size(): number {
-    let total = 0;
-    for (const sockets of this.#byAddress.values()) total += sockets.size;
-    return total;
+    return this.#all.size;
   }
 
   /** Starts tracking `socket` (idempotent); it stops being tracked when released or closed. */
@@ -46,14 +54,22 @@ export class PendingConnections {
       this.#byAddress.set(address, sockets);
     }
     sockets.add(socket);
+    this.#all.add(socket);
     this.#addressOf.set(socket, address);
     socket.once('close', () => this.release(socket));
     while (sockets.size > this.#maxPerAddress) {
-      const oldest = sockets.values().next().value as TrackedSocket;
-      this.release(oldest);
-      this.#onEvict(address);
-      oldest.destroy();
+      this.#evict(sockets.values().next().value as TrackedSocket, 'address');
     }
+    while (this.#all.size > this.#maxTotal) {
+      this.#evict(this.#all.values().next().value as TrackedSocket, 'total');
+    }
+  }
+
+  #evict(oldest: TrackedSocket, cap: 'address' | 'total'): void {
+    const address = this.#addressOf.get(oldest) ?? 'unknown';
+    this.release(oldest);
+    this.#onEvict(address, cap);
+    oldest.destroy();
   }
 
   /** The socket authenticated (or sent an ordinary HTTP request): it no longer counts. */
@@ -61,6 +77,7 @@ export class PendingConnections {
     const address = this.#addressOf.get(socket);
     if (address === undefined) return;
     this.#addressOf.delete(socket);
+    this.#all.delete(socket);
     const sockets = this.#byAddress.get(address);
     if (sockets === undefined) return;
     sockets.delete(socket);

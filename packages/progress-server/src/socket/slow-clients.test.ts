@@ -228,6 +228,20 @@ describe('slow and stray requests', () => {
     expect(env.server.connectionCount).toBe(5);
   });
 
+  it('drops the oldest unauthenticated connection over maxPendingConnections, all addresses together', async () => {
+    env = await startServer({ maxPendingConnections: 2 });
+    const sockets: Socket[] = [];
+    for (let i = 0; i < 3; i += 1) sockets.push(await silent(env.port));
+    cleanups.push(() => {
+      for (const socket of sockets) socket.destroy();
+    });
+    expect(await closedWithin(sockets[0]!, 3000)).toBeDefined();
+    expect(await closedWithin(sockets[2]!, 200)).toBeUndefined();
+    expect((await env.server.metrics.connectionsDropped.get()).values).toEqual([
+      expect.objectContaining({ labels: { reason: 'pending_total_cap' }, value: 1 }),
+    ]);
+  });
+
   it('answers an upgrade on an unknown path with 404 and a plain request on the WebSocket path with 426', async () => {
     env = await startServer();
     const stray = await upgradeStatus(`ws://127.0.0.1:${env.port}/elsewhere`, { 'x-user': 'alice' });

@@ -22,7 +22,7 @@ import type { SocketServices } from './services.js';
 export class SocketAcceptor<P extends Principal> {
   readonly #ctx: SocketServices<P>;
   readonly #connections = new Set<Connection<P>>();
-  /** Connections not authenticated yet, capped per address. */
+  /** Connections not authenticated yet, capped per address and in all. */
   readonly pending: PendingConnections;
   readonly #wss: WebSocketServer;
   readonly #ownsWss: boolean;
@@ -42,9 +42,15 @@ export class SocketAcceptor<P extends Principal> {
     const { options, metrics, logger } = ctx;
     this.pending = new PendingConnections({
       maxPerAddress: options.maxPendingConnectionsPerAddress,
-      onEvict: (address) => {
-        metrics.connectionsDropped.inc({ reason: 'pending_cap' });
-        logger.debug({ address }, 'too many unauthenticated connections; dropped the oldest');
+      maxTotal: options.maxPendingConnections,
+      onEvict: (address, cap) => {
+        metrics.connectionsDropped.inc({ reason: cap === 'address' ? 'pending_cap' : 'pending_total_cap' });
+        logger.debug(
+          { address },
+          cap === 'address'
+            ? 'too many unauthenticated connections from one address; dropped its oldest'
+            : 'too many unauthenticated connections in all; dropped the oldest',
+        );
       },
     });
     this.#onConnection = (ws, request) => this.#acceptExternal(ws, request);
@@ -217,10 +223,29 @@ export class SocketAcceptor<P extends Principal> {
     // Frames that arrive while the hooks run stay in the socket until the connection takes over.
     ws.pause();
     this.#authenticating.add(ws);
-    ws.once('close', () => this.#authenticating.delete(ws));
+    // The deadline of the server's own upgrades (`upgradeTimeoutMs`), from the socket's arrival to its
+    // hook's answer: without it a hook that never settled held the socket, and its pending slot, for ever
+    // (the socket's `authTimeoutMs` only starts once the hook has answered). Closed 1011, as a hook that
+    // throws: the fault is the server's, and the client reconnects with backoff.
+    const deadline = setTimeout(() => {
+      if (!this.#authenticating.delete(ws)) return;
+      this.#ctx.metrics.connectionsDropped.inc({ reason: 'upgrade_timeout' });
+      this.#ctx.logger.warn(
+        {},
+        'authenticate hook did not answer within upgradeTimeoutMs; closing the socket',
+      );
+      ws.resume();
+      ws.close(CloseCode.InternalError, 'authentication timed out');
+    }, this.#ctx.options.upgradeTimeoutMs);
+    deadline.unref();
+    ws.once('close', () => {
+      clearTimeout(deadline);
+      this.#authenticating.delete(ws);
+    });
     this.#ctx.auth.fromUpgrade(request).then(
       (auth) => {
-        // Refused by the shutdown meanwhile (see stopAccepting), or gone.
+        clearTimeout(deadline);
+        // Refused by the shutdown or the deadline meanwhile (see stopAccepting), or gone.
         if (!this.#authenticating.delete(ws) || ws.readyState !== WebSocket.OPEN) return;
         if (this.#closing) {
           refuse(CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down');
@@ -232,6 +257,7 @@ export class SocketAcceptor<P extends Principal> {
         }
       },
       (error: unknown) => {
+        clearTimeout(deadline);
         if (!this.#authenticating.delete(ws)) return;
         this.#ctx.metrics.handlerErrors.inc();
         this.#ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');

@@ -33,8 +33,6 @@ export interface SubscriptionsContext<P extends Principal>
   /** The socket's principal (the socket is open). */
   principal(): P;
   isOpen(): boolean;
-  /** An invalid frame: answered and counted towards the socket's invalid-frame limit. */
-  invalid(code: ErrorCode, message: string, refs: FrameRefs): void;
   /** A handler failed: logged, counted and answered as internal. */
   internalError(error: unknown, requestId?: string, taskId?: string): void;
 }
@@ -312,7 +310,12 @@ export class Subscriptions<P extends Principal> {
     const limit = sub.ackLimit;
     switch (sub.ack(frame.seq)) {
       case 'beyond':
-        this.#ctx.invalid(
+        // Answered, not counted toward `maxInvalidFrames`: a correct client sends such acks one round
+        // trip behind a restart of the task's stream (the acks of the old epoch's frames it applied
+        // before reading the reset snapshot of a restored store), and rule 5's answer is "resync the
+        // task", not a disconnect. It paid its frame's rate-limit token, which bounds a flood of them.
+        this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
+        this.#ctx.writer.sendError(
           ErrorCode.InvalidInput,
           `ack of seq ${frame.seq} is beyond the last seq sent on this socket (${limit})`,
           { taskId: frame.taskId },

@@ -1,0 +1,52 @@
+import type { AddressInfo } from 'node:net';
+import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket, { WebSocketServer } from 'ws';
+import { ProgressServer } from '../progress-server.js';
+
+/**
+ * A caller's `WebSocketServer` (the `wss` option) gets the deadlines of the server's own upgrades: its
+ * sockets are authenticated after the upgrade, and a hook that never settled kept the socket (and its
+ * pending slot) open for ever, since `authTimeoutMs` only starts once the hook has answered.
+ */
+const cleanups: Array<() => Promise<unknown> | unknown> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+async function externalServer(
+  options: Partial<ConstructorParameters<typeof ProgressServer>[0]>,
+): Promise<{ server: ProgressServer; url: string }> {
+  const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+  await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+  cleanups.push(() => new Promise((resolve) => wss.close(resolve)));
+  const server = new ProgressServer({ store: new MemoryProgressStore(), wss, ...options });
+  cleanups.push(() => server.close({ timeoutMs: 200 }));
+  const { port } = wss.address() as AddressInfo;
+  return { server, url: `ws://127.0.0.1:${port}/progress` };
+}
+
+describe("a caller's WebSocketServer", () => {
+  it('closes a socket whose authenticate hook does not answer within upgradeTimeoutMs with 1011', async () => {
+    const { server, url } = await externalServer({
+      upgradeTimeoutMs: 100,
+      authenticate: () => new Promise(() => {}),
+    });
+    const ws = new WebSocket(url, [PROTOCOL_NAME]);
+    ws.on('error', () => {});
+    cleanups.push(() => ws.terminate());
+    // Bounded well above the deadline, so that a socket left open fails here rather than by the test timeout.
+    const code = await new Promise<number | undefined>((resolve) => {
+      const bound = setTimeout(() => resolve(undefined), 3000);
+      ws.on('close', (closed) => {
+        clearTimeout(bound);
+        resolve(closed);
+      });
+    });
+    expect(code).toBe(1011);
+    expect((await server.metrics.connectionsDropped.get()).values).toEqual([
+      expect.objectContaining({ labels: { reason: 'upgrade_timeout' }, value: 1 }),
+    ]);
+  });
+});
