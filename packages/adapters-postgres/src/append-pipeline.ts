@@ -175,6 +175,11 @@ function encodeAppends(
   const types: string[] = [];
   const times: number[] = [];
   const changes: TaskChange[] = [];
+  // Each task's run (its created_at), for its notice and changes: the rows the batch was planned from
+  // carry it, and the write commits only on those rows (locked, or guarded on seq and created_at), so no
+  // statement returns it.
+  const runs = new Map<string, number>();
+  for (const task of tasks) runs.set(task.id, task.createdAt);
   for (const event of events) {
     const { taskId, seq, type, time, ...body } = event;
     const bodyJson = JSON.stringify(body);
@@ -184,15 +189,18 @@ function encodeAppends(
     types.push(type);
     times.push(time);
     const terminal = isTerminalType(type);
-    changes.push(new CommittedChange(taskId, seq, terminal, type, time, bodyJson));
-    const notice = notices.get(taskId);
+    let notice = notices.get(taskId);
     if (notice === undefined) {
-      notices.set(taskId, { taskId, firstSeq: seq, seq, terminal, events: [event] });
+      notice = { taskId, firstSeq: seq, seq, terminal, events: [event] };
+      const run = runs.get(taskId);
+      if (run !== undefined) notice.run = run;
+      notices.set(taskId, notice);
     } else {
       notice.seq = seq;
       notice.terminal = terminal;
       notice.events.push(event);
     }
+    changes.push(new CommittedChange(taskId, seq, terminal, notice.run, type, time, bodyJson));
   }
   const payloads = encodeChangeNotices([...notices.values()], (event) =>
     encodeEvent(event, bodies.get(event)),
@@ -463,16 +471,27 @@ class CommittedChange implements TaskChange {
   readonly taskId: string;
   readonly seq: number;
   readonly terminal: boolean;
+  declare readonly run?: number;
   declare readonly events: readonly TaskEvent[];
   readonly #type: string;
   readonly #time: number;
   readonly #bodyJson: string;
   #events: readonly TaskEvent[] | undefined;
 
-  constructor(taskId: string, seq: number, terminal: boolean, type: string, time: number, bodyJson: string) {
+  constructor(
+    taskId: string,
+    seq: number,
+    terminal: boolean,
+    run: number | undefined,
+    type: string,
+    time: number,
+    bodyJson: string,
+  ) {
     this.taskId = taskId;
     this.seq = seq;
     this.terminal = terminal;
+    // Every batch's tasks have their run; absent only if a caller passed events of a task it did not.
+    if (run !== undefined) (this as { run?: number }).run = run;
     this.#type = type;
     this.#time = time;
     this.#bodyJson = bodyJson;

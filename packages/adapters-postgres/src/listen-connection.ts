@@ -3,6 +3,7 @@ import type { BackoffOptions } from '@finishline/core/internal';
 import { backoffDelayMs, exhaustive } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import { type EndableClient, endWithin } from './bounded-end.js';
+import type { ChangeNotice } from './notify-payload.js';
 import { decodeNotice } from './notify-payload.js';
 import { toProgressError } from './pg-errors.js';
 import type { ChangeFeedHealth, ChangeFeedHub, ListenStats } from './postgres-change-feed.js';
@@ -225,6 +226,12 @@ interface ReplayRow {
   last_seq: string | number | null;
   terminal: boolean | null;
   /**
+   * The task's run (its `created_at`) the seqs are of, from the task row in the same snapshot: a purge
+   * of the id deletes its run's events, so the events a snapshot shows are of the run it shows. `null`
+   * on a purge's row.
+   */
+  run: string | number | null;
+  /**
    * Set on a row that records a purge instead of events (`task_id` was deleted by the transaction with
    * this id); absent from the re-read from the start.
    */
@@ -345,7 +352,7 @@ function compileStatements({
     // restore" in the module doc): no transaction of this cluster that the snapshot sees has one.
     replay: sql`
       SELECT s.xmin::text AS xmin, s.horizon_passed, e.task_id, e.first_seq, e.last_seq, e.terminal,
-             e.purged_xid
+             e.purged_xid, e.run
       FROM (
         SELECT pg_snapshot_xmin(snapshot) AS xmin, pg_snapshot_xmax(snapshot) AS xmax, mark,
                coalesce((SELECT value::xid8 >= mark AND value::xid8 < pg_snapshot_xmax(snapshot)
@@ -358,12 +365,13 @@ function compileStatements({
       LEFT JOIN LATERAL (
         SELECT task_id, min(seq) AS first_seq, max(seq) AS last_seq,
                bool_or(type IN ('completed', 'failed', 'cancelled', 'interrupted')) AS terminal,
-               NULL::text AS purged_xid
+               NULL::text AS purged_xid,
+               (SELECT created_at FROM ${tasks} WHERE id = task_id) AS run
         FROM ${events}
         WHERE xid >= s.mark AND xid < s.xmax
         GROUP BY task_id
         UNION ALL
-        SELECT task_id, NULL::int8, NULL::int8, NULL::boolean, xid::text
+        SELECT task_id, NULL::int8, NULL::int8, NULL::boolean, xid::text, NULL::int8
         FROM ${purged}
         WHERE xid >= s.mark AND xid < s.xmax
       ) e ON true`.compile(db).sql,
@@ -371,14 +379,15 @@ function compileStatements({
     // Paged by id (the primary key), the first page with the snapshot's xmin that becomes the mark.
     replayAll: sql`
       SELECT s.xmin::text AS xmin, t.id AS task_id, t.seq AS first_seq, t.seq AS last_seq,
-             t.status <> 'running' AS terminal
+             t.status <> 'running' AS terminal, t.created_at AS run
       FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s
       LEFT JOIN LATERAL (
-        SELECT id, seq, status FROM ${tasks} WHERE seq > 0 ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}
+        SELECT id, seq, status, created_at FROM ${tasks} WHERE seq > 0 ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}
       ) t ON true
       ORDER BY t.id`.compile(db).sql,
     replayAllAfter: sql`
-      SELECT NULL AS xmin, id AS task_id, seq AS first_seq, seq AS last_seq, status <> 'running' AS terminal
+      SELECT NULL AS xmin, id AS task_id, seq AS first_seq, seq AS last_seq, status <> 'running' AS terminal,
+             created_at AS run
       FROM ${tasks} WHERE seq > 0 AND id > ${placeholder}
       ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}`.compile(db).sql,
     barrier: sql`
@@ -708,15 +717,14 @@ export class ListenConnection {
         const row = rows[index] as ReplayRow;
         if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
         if (row.purged_xid !== undefined && row.purged_xid !== null) continue;
-        this.#options.hub.report(
-          {
-            taskId: row.task_id,
-            firstSeq: Number(row.first_seq),
-            seq: Number(row.last_seq),
-            terminal: row.terminal === true,
-          },
-          'replay',
-        );
+        const change: ChangeNotice = {
+          taskId: row.task_id,
+          firstSeq: Number(row.first_seq),
+          seq: Number(row.last_seq),
+          terminal: row.terminal === true,
+        };
+        if (row.run !== null) change.run = Number(row.run);
+        this.#options.hub.report(change, 'replay');
       }
     }
   }

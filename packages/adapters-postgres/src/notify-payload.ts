@@ -4,8 +4,13 @@ import { EVENT_TYPES, ID_PATTERN, isTerminalType, LIMITS } from '@finishline/cor
 /**
  * The payloads the store sends with `pg_notify` on its channel.
  *
- * - Changes: `[["<taskId>",3,5,0],["<taskId>",1,1,1]]` — per task, the seqs `firstSeq..seq` it gained in
- *   the transaction and whether `seq` is terminal (1) or not (0). A group commit that touches many tasks
+ * - Changes: `[["<taskId>",3,5,0,1700000000000],["<taskId>",1,1,1,1700000000123]]` — per task, the seqs
+ *   `firstSeq..seq` it gained in the transaction, whether `seq` is terminal (1) or not (0), and the run
+ *   of the task they are of (its `created_at`): an id is taken again once retention purged its task, and
+ *   a receiver following the old run tells the new run's seqs from its own by it (see `TaskChange.run`).
+ *   An entry without the run (`[id,firstSeq,seq,terminal]`, as versions before it wrote them) still
+ *   decodes, without a run; versions before it take an entry with one for a malformed payload, so while
+ *   both versions share a channel the older ones learn those commits from their safety-net poll. A group commit that touches many tasks
  *   packs several into one payload: each notification costs Postgres and every listener far more than
  *   its bytes, so fewer, fuller ones keep the feed cheap at tens of thousands of appends per second.
  *   Ids-only payloads stay within {@link NOTIFY_PAYLOAD_BUDGET_BYTES}, an eighth of Postgres's limit.
@@ -38,6 +43,8 @@ export interface ChangeNotice {
   seq: number;
   /** True when `seq` is the task's terminal event. */
   terminal: boolean;
+  /** The run of the task the seqs are of (its `createdAt`), when the sender knew it. */
+  run?: number;
   /** The events `firstSeq..seq`, in order, when the payload carried them (or the writer has them). */
   events?: readonly TaskEvent[];
 }
@@ -97,18 +104,23 @@ const EVENTS_SEPARATOR = '\n';
 export const PAYLOADS_SEPARATOR = '\u0001';
 
 function encodeEntry(change: ChangeNotice): string {
-  return JSON.stringify([change.taskId, change.firstSeq, change.seq, change.terminal ? 1 : 0]);
+  const { taskId, firstSeq, seq, terminal, run } = change;
+  // Numbers and a task id (ID_PATTERN: nothing JSON escapes) written as JSON.stringify writes them.
+  return run === undefined
+    ? `[${JSON.stringify(taskId)},${firstSeq},${seq},${terminal ? 1 : 0}]`
+    : `[${JSON.stringify(taskId)},${firstSeq},${seq},${terminal ? 1 : 0},${run}]`;
 }
 
 /**
  * The largest single entry: a task id of the maximal length (ids are ASCII, so characters are bytes),
- * seqs of the maximal magnitude. Every change fits in a payload on its own.
+ * seqs and run of the maximal magnitude. Every change fits in a payload on its own.
  */
 export const MAX_CHANGE_ENTRY_BYTES = encodeEntry({
   taskId: 'x'.repeat(LIMITS.maxIdLength),
   firstSeq: LIMITS.maxCount,
   seq: LIMITS.maxCount,
   terminal: false,
+  run: Number.MIN_SAFE_INTEGER,
 }).length;
 
 /** One event as a payload carries it: `[type,time,body]`, the ids being implied by its entry. */
@@ -336,9 +348,10 @@ function isTaskId(value: unknown): value is string {
   return typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value);
 }
 
+/** An entry: `[id,firstSeq,seq,terminal,run]`, or without the run as versions before it wrote it. */
 function decodeEntry(entry: unknown): ChangeNotice | undefined {
-  if (!Array.isArray(entry) || entry.length !== 4) return undefined;
-  const [taskId, firstSeq, seq, terminal] = entry as unknown[];
+  if (!Array.isArray(entry) || (entry.length !== 4 && entry.length !== 5)) return undefined;
+  const [taskId, firstSeq, seq, terminal, run] = entry as unknown[];
   if (
     !isTaskId(taskId) ||
     !isSeq(firstSeq) ||
@@ -348,5 +361,7 @@ function decodeEntry(entry: unknown): ChangeNotice | undefined {
   ) {
     return undefined;
   }
-  return { taskId, firstSeq, seq, terminal: terminal === 1 };
+  if (entry.length === 4) return { taskId, firstSeq, seq, terminal: terminal === 1 };
+  if (typeof run !== 'number' || !Number.isSafeInteger(run)) return undefined;
+  return { taskId, firstSeq, seq, terminal: terminal === 1, run };
 }

@@ -337,7 +337,7 @@ export class ChangeFeedHub {
    * store is committing itself is held until that transaction settles (see {@link expectCommit}).
    */
   report(change: ChangeNotice, source: ChangeSource): number {
-    const { taskId, firstSeq, seq, terminal } = change;
+    const { taskId, firstSeq, seq, terminal, run } = change;
     if (source === 'notification' && this.#isPending(change)) {
       const held = this.#held.get(taskId);
       if (held === undefined) this.#held.set(taskId, [change]);
@@ -361,13 +361,13 @@ export class ChangeFeedHub {
     for (let current = from; current <= seq; current++) {
       const isTerminal = terminal && current === seq;
       const event = current >= firstSeq ? events?.[current - firstSeq] : undefined;
-      this.#local.publish(
-        Object.freeze(
-          event === undefined
-            ? { taskId, seq: current, terminal: isTerminal }
-            : { taskId, seq: current, terminal: isTerminal, events: Object.freeze([event]) },
-        ),
-      );
+      const published: TaskChange =
+        event === undefined
+          ? { taskId, seq: current, terminal: isTerminal }
+          : { taskId, seq: current, terminal: isTerminal, events: Object.freeze([event]) };
+      // Seqs filled in below firstSeq are of the same run: a report names seqs of one run only.
+      if (run !== undefined) published.run = run;
+      this.#local.publish(Object.freeze(published));
     }
     const count = seq - from + 1;
     this.#counters.published += count;
@@ -431,6 +431,7 @@ export class ChangeFeedHub {
       seq: change.seq,
       terminal: change.terminal,
     };
+    if (change.run !== undefined) notice.run = change.run;
     if (change.events !== undefined) notice.events = change.events;
     this.report(notice, 'commit');
   }

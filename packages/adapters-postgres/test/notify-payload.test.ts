@@ -16,11 +16,57 @@ import {
 const idChar = fc.constantFrom(...'abcXYZ019_.:@/-'.split(''));
 const taskId = fc.string({ unit: idChar, minLength: 1, maxLength: LIMITS.maxIdLength });
 const seq = fc.integer({ min: 1, max: LIMITS.maxCount });
+// With a run (a creation time, any safe integer) or without one, as a sender of an older version wrote.
+const run = fc.option(fc.integer({ min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER }), {
+  nil: undefined,
+});
 const change: fc.Arbitrary<ChangeNotice> = fc
-  .tuple(taskId, seq, seq, fc.boolean())
-  .map(([id, a, b, terminal]) => ({ taskId: id, firstSeq: Math.min(a, b), seq: Math.max(a, b), terminal }));
+  .tuple(taskId, seq, seq, fc.boolean(), run)
+  .map(([id, a, b, terminal, created]) => {
+    const notice: ChangeNotice = { taskId: id, firstSeq: Math.min(a, b), seq: Math.max(a, b), terminal };
+    if (created !== undefined) notice.run = created;
+    return notice;
+  });
 
 describe('NOTIFY payloads', () => {
+  it("carry each task's run, and decode an entry without one as an older version wrote it", () => {
+    const [payload] = encodeChangeNotices([
+      { taskId: 'job-1', firstSeq: 3, seq: 5, terminal: false, run: 1700000000123 },
+    ]);
+    expect(payload).toBe('[["job-1",3,5,0,1700000000123]]');
+    expect(decodeNotice(payload)).toEqual({
+      kind: 'changes',
+      changes: [{ taskId: 'job-1', firstSeq: 3, seq: 5, terminal: false, run: 1700000000123 }],
+    });
+    const older = decodeNotice('[["job-1",3,5,0],["job-2",1,1,1]]');
+    expect(older).toEqual({
+      kind: 'changes',
+      changes: [
+        { taskId: 'job-1', firstSeq: 3, seq: 5, terminal: false },
+        { taskId: 'job-2', firstSeq: 1, seq: 1, terminal: true },
+      ],
+    });
+    if (older.kind !== 'changes') throw new Error('not changes');
+    expect(older.changes.some((change) => 'run' in change)).toBe(false);
+    // With events, as an older version sent them too.
+    const withEvents = decodeNotice('[["job-1",1,1,0]]\n[[["progress",1700000000000,{"message":"m"}]]]');
+    expect(withEvents).toMatchObject({
+      kind: 'changes',
+      changes: [{ taskId: 'job-1', seq: 1, events: [{ seq: 1 }] }],
+    });
+  });
+
+  it('are malformed when an entry has a run that is not an integer, or more than five fields', () => {
+    for (const payload of [
+      '[["job-1",1,1,0,"1700000000000"]]',
+      '[["job-1",1,1,0,1.5]]',
+      '[["job-1",1,1,0,null]]',
+      '[["job-1",1,1,0,1,2]]',
+    ]) {
+      expect(decodeNotice(payload)).toEqual({ kind: 'malformed' });
+    }
+  });
+
   it('stay far below the 8000-byte limit: the largest possible entry fits a budget of an eighth of it', () => {
     const largest = encodeChangeNotices([
       {
@@ -28,6 +74,7 @@ describe('NOTIFY payloads', () => {
         firstSeq: LIMITS.maxCount,
         seq: LIMITS.maxCount,
         terminal: true,
+        run: Number.MIN_SAFE_INTEGER,
       },
     ]);
     expect(largest).toHaveLength(1);

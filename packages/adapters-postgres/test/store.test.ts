@@ -263,14 +263,14 @@ describe('appends', () => {
     const store = await open({ schema });
     const { listener, payloads } = await listenTo(schema);
     try {
-      await store.createTask({ id: 'big', owner: 'alice', kind: 'k' });
+      const { createdAt: run } = await store.createTask({ id: 'big', owner: 'alice', kind: 'k' });
       const detail = { blob: 'x'.repeat(15_000) };
       await store.append('big', { type: 'item', key: 'node-1', ok: true, detail });
       await store.append('big', { type: 'completed', result: { blob: 'y'.repeat(15_000) } });
       await eventually('two notifications', () => payloads.length >= 2);
       expect(payloads.map((payload) => decodeNotice(payload))).toEqual([
-        { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 1, seq: 1, terminal: false }] },
-        { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 2, seq: 2, terminal: true }] },
+        { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 1, seq: 1, terminal: false, run }] },
+        { kind: 'changes', changes: [{ taskId: 'big', firstSeq: 2, seq: 2, terminal: true, run }] },
       ]);
       for (const payload of payloads) {
         expect(payload).not.toContain('xxx');
@@ -933,13 +933,13 @@ describe('clients', () => {
     stores.push(writer);
     const observer = await open({ schema });
     const recorder = new Recorder(observer);
-    await writer.createTask({ id: 'k', owner: 'alice', kind: 'k' });
+    const { createdAt: run } = await writer.createTask({ id: 'k', owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 5; i++) await writer.append('k', { type: 'progress', done: i });
     await writer.append('k', { type: 'cancelled' });
     await eventually('the observer sees all six', () => recorder.has('k', 6));
     expect(recorder.seqs('k')).toEqual(oneTo(6));
     const { events: lastEvents, ...last } = recorder.changes.at(-1) ?? {};
-    expect(last).toEqual({ taskId: 'k', seq: 6, terminal: true });
+    expect(last).toEqual({ taskId: 'k', seq: 6, terminal: true, run });
     // The notifications carried the events: each change holds its own, as the table has it.
     expect(lastEvents?.map((event) => event.seq)).toEqual([6]);
     expect(recorder.changes.flatMap((change) => change.events ?? [])).toEqual(

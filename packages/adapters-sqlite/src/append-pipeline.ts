@@ -192,8 +192,15 @@ export function writeAppends(
   }
   for (const { event, task } of results) {
     finalTasks.set(task.id, task);
+    // With its run (see `TaskChange.run`), which the task at hand has; other connections' commits,
+    // caught up from the events table, go without one.
     log.changes.push(
-      Object.freeze({ taskId: event.taskId, seq: event.seq, terminal: isTerminalType(event.type) }),
+      Object.freeze({
+        taskId: event.taskId,
+        seq: event.seq,
+        terminal: isTerminalType(event.type),
+        run: task.createdAt,
+      }),
     );
   }
   for (const task of finalTasks.values()) {

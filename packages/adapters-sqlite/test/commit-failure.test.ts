@@ -60,8 +60,8 @@ describe('COMMIT failure', () => {
         ]);
         expect(retried.map((result) => result.event.seq)).toEqual([2, 1]);
         expect(seen).toEqual([
-          { taskId: 'a', seq: 2, terminal: false },
-          { taskId: 'b', seq: 1, terminal: true },
+          { taskId: 'a', seq: 2, terminal: false, run: retried[0]?.task.createdAt },
+          { taskId: 'b', seq: 1, terminal: true, run: retried[1]?.task.createdAt },
         ]);
         expect((await store.getTask('b'))?.status).toBe('completed');
       } finally {
@@ -85,7 +85,7 @@ describe('reading the write mark after COMMIT fails', () => {
       db.failNext('SELECT total_changes()', sqliteError('SQLITE_IOERR', 'disk I/O error'), 1);
       const committed = await store.append('a', { type: 'progress', done: 2 });
       expect(committed.event.seq).toBe(2);
-      expect(seen).toEqual([{ taskId: 'a', seq: 2, terminal: false }]);
+      expect(seen).toEqual([{ taskId: 'a', seq: 2, terminal: false, run: committed.task.createdAt }]);
       expect((await store.append('a', { type: 'completed' })).event.seq).toBe(3);
       expect((await store.readEvents('a', 0)).map((event) => event.seq)).toEqual([1, 2, 3]);
     } finally {

@@ -38,6 +38,14 @@ export interface TaskChange {
    * publishes nothing committed before it.
    */
   epoch?: string;
+  /**
+   * The run of the task the change is of (its `createdAt`), for feeds that know it; absent otherwise.
+   * An id is taken again once retention purged its task, and each run starts again at seq 1, so a
+   * change names seqs of one run only: a server that follows an earlier run of the id starts over on
+   * this one before it hands anything of it out, and drops a change of an earlier run than its own.
+   * Without it, a server tells runs apart only by reading the task (see the server's task hub).
+   */
+  run?: number;
 }
 
 /** Stops a listener. Calling it twice is harmless. */

@@ -7,6 +7,7 @@
  * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
+import { isTerminalType } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -56,6 +57,12 @@ interface Followed {
   run: number | undefined;
   /** Bumped when the id's run changes: a read started before is of the old run. */
   runs: number;
+  /**
+   * The seq of the followed run's terminal event, once a change of that run (or of no known run) said so
+   * or the hub dispatched it: the run ends there, so an event the hub reads past it, or another at it, is
+   * of a later run of the id (see `#pastEnd`).
+   */
+  endSeq: number | undefined;
   /**
    * A seq announced that may be of another run of the id than the one followed: a change only hinted
    * (see `#ofEarlierRun`), or the highest seq known when a later run reset the entry (see `#newRun`).
@@ -219,6 +226,7 @@ export class TaskHub {
         pending: [],
         run: undefined,
         runs: 0,
+        endSeq: undefined,
         unconfirmed: 0,
         heard: 0,
         checking: false,
@@ -291,12 +299,19 @@ export class TaskHub {
 
   /**
    * An event this process just committed: dispatched at once when it is the next one, so a local terminal
-   * event reaches local sockets in the same tick its append resolves.
+   * event reaches local sockets in the same tick its append resolves. `run` is the `createdAt` of the task
+   * it was appended to: a later run of the id than the one followed starts the hub over on it.
    */
-  publishLocal(event: TaskEvent): void {
+  publishLocal(event: TaskEvent, run?: number): void {
     const entry = this.#followed.get(event.taskId);
     if (entry === undefined) return;
+    // Appended to another run of the id than the one followed (see `#onChange`).
+    if (run !== undefined && entry.run !== undefined && run !== entry.run) {
+      if (run < entry.run) return;
+      this.#startOver(entry, run);
+    }
     entry.heard += 1;
+    if (isTerminalType(event.type)) entry.endSeq = event.seq;
     if (event.seq > entry.latestSeq) entry.latestSeq = event.seq;
     if (this.#dispatchNext(entry, [event])) return;
     this.#pump(entry);
@@ -324,6 +339,7 @@ export class TaskHub {
       entry.pending = [];
       // A restored task may be an earlier run than the one followed (created before it, purged since).
       entry.run = undefined;
+      entry.endSeq = undefined;
       if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
       entry.retryTimer = undefined;
       this.#recent.drop(entry.taskId);
@@ -353,8 +369,22 @@ export class TaskHub {
       }
       return;
     }
+    // The change names its run (the feed knew it): a later run than the one followed starts the hub over
+    // on it before anything of it is dispatched, whatever its seq; an earlier run's (a late notice of a
+    // run retention purged since) says nothing of the run followed. Without a run, only a read of the
+    // task tells runs apart (`#checkRun`), and only for a seq at or below what the hub holds: above it,
+    // the new run's events went out as the old run's, its terminal included.
+    const { run } = change;
+    if (run !== undefined && entry.run !== undefined && run !== entry.run) {
+      if (run < entry.run) return;
+      this.#startOver(entry, run);
+    }
     entry.heard += 1;
-    if (change.events !== undefined && this.#ofEarlierRun(entry, change.events)) {
+    // Of the run followed, for sure: neither a late change of an earlier run nor one of a later run.
+    const ofRun = run !== undefined && run === entry.run;
+    // Its run's end (a change without a run may be an earlier run's, heard late: only once dispatched).
+    if (change.terminal && ofRun) entry.endSeq = change.seq;
+    if (!ofRun && change.events !== undefined && this.#ofEarlierRun(entry, change.events)) {
       // Maybe the old run's seq, which the followed run may never reach: read once, never given up as a
       // restore (see `unconfirmed`).
       if (change.seq > entry.unconfirmed) entry.unconfirmed = change.seq;
@@ -363,18 +393,21 @@ export class TaskHub {
       // run's end, purge and re-creation the feed never told (a SQLite poll after the purge deleted the
       // old run's last events, a Postgres listener that was away). Taken for the former, the old run's
       // subscribers waited for ever, or got the new run's events past that seq as their run's.
-      if (change.seq <= entry.latestSeq && !this.#holds(entry, change.events)) this.#checkRun(entry);
+      if (!ofRun && change.seq <= entry.latestSeq && !this.#holds(entry, change.events))
+        this.#checkRun(entry);
       if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
       // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
       // was dispatched go out without a read. The rest, if any, is read as usual.
-      if (change.events !== undefined) this.#dispatchNext(entry, change.events);
+      if (change.events !== undefined && this.#dispatchNext(entry, change.events)) {
+        if (change.terminal && entry.readSeq === change.seq) entry.endSeq = change.seq;
+      }
     }
     this.#pump(entry);
   }
 
   /**
    * True when `events` may be of a run of the id older than the one followed: committed before it was
-   * created. A change names the id, not the run, and a change of the old run heard late (its
+   * created. A change that does not name its run (see `TaskChange.run`) names only the id, and one of the old run heard late (its
    * notification still in flight when the new run was created and read) carries the old run's events,
    * whose seqs follow on from the new run's: dispatched, they went out as the new run's, its end
    * included. Such a change is only a hint then: the store is read once after it, and finding nothing
@@ -402,6 +435,7 @@ export class TaskHub {
   #newRun(entry: Followed): void {
     entry.runs += 1;
     this.#resets += 1;
+    entry.endSeq = undefined;
     if (entry.latestSeq > entry.unconfirmed) entry.unconfirmed = entry.latestSeq;
     entry.readSeq = undefined;
     entry.latestSeq = 0;
@@ -410,6 +444,29 @@ export class TaskHub {
     if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
     entry.retryTimer = undefined;
     this.#recent.drop(entry.taskId);
+  }
+
+  /**
+   * A change or local append of `run`, a later run of the id than the one followed: the hub starts over
+   * on it (`#newRun`) and restarts the subscribers, who load that run and tell the hub where to read from
+   * ({@link observe}); until then nothing is read or dispatched.
+   */
+  #startOver(entry: Followed, run: number): void {
+    this.#newRun(entry);
+    entry.run = run;
+    this.#restart(entry, run);
+  }
+
+  /**
+   * The index of the first of `events` (read from the store, in seq order) past the end of the run
+   * followed (see `endSeq`), or -1. A read names the id, not the run: one that ran after the followed
+   * run was purged and its id taken again returns the new run's events at the seqs after `readSeq`,
+   * and dispatched, they went out as the old run's. Checked per read, not per change.
+   */
+  #pastEnd(entry: Followed, events: readonly TaskEvent[]): number {
+    const end = entry.endSeq;
+    if (end === undefined || (events.at(-1) as TaskEvent).seq < end) return -1;
+    return events.findIndex((event) => event.seq > end || (event.seq === end && !isTerminalType(event.type)));
   }
 
   /**
@@ -448,7 +505,17 @@ export class TaskHub {
         // Started over meanwhile (a subscriber loaded a later run, a restore): from a read after this one.
         if (entry.closed || runs !== entry.runs || epochs !== this.#epochs) continue;
         const run = task?.createdAt;
-        if (run !== undefined && entry.run !== undefined && run <= entry.run) continue;
+        if (run !== undefined && entry.run !== undefined && run <= entry.run) {
+          // The run followed, not ended where the hub took it to end (a terminal change of no known run
+          // was an earlier run's): reads past that seq go on.
+          if (run === entry.run && entry.endSeq !== undefined && task !== undefined) {
+            if (task.seq !== entry.endSeq || !isTerminalType(task.status)) {
+              entry.endSeq = undefined;
+              this.#pump(entry);
+            }
+          }
+          continue;
+        }
         if (run !== undefined) {
           this.#newRun(entry);
           entry.run = run;
@@ -567,8 +634,20 @@ export class TaskHub {
           return;
         }
         entry.emptyReads = 0;
+        const past = this.#pastEnd(entry, events);
+        if (past !== -1) {
+          // Another run's events: what comes before them goes out, the rest is left to a read of the
+          // task's run (`#checkRun` starts the hub over on it). Until then nothing past the end is read.
+          if (past > 0) this.#dispatchNext(entry, events.slice(0, past));
+          if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
+          entry.unconfirmed = 0;
+          this.#checkRun(entry);
+          return;
+        }
         // Local appends and the feed's own events may have advanced readSeq while the read was in flight.
         this.#dispatchNext(entry, events);
+        const last = events.at(-1) as TaskEvent;
+        if (isTerminalType(last.type) && entry.readSeq === last.seq) entry.endSeq = last.seq;
       }
     } catch (error) {
       this.#metrics.storeErrors.inc();

@@ -188,7 +188,7 @@ export class TaskApi {
 
   /** @internal Publishes an event this process obtained (a reaped lease) to local watchers. */
   published(result: AppendResult): void {
-    this.#hub.publishLocal(result.event);
+    this.#hub.publishLocal(result.event, result.task.createdAt);
     if (isTerminalEvent(result.event)) {
       const owned = this.#owned.get(result.event.taskId);
       owned?.control.update(result.task);
@@ -307,7 +307,7 @@ export class TaskApi {
     try {
       this.#owned.get(taskId)?.control.update(result.task);
       // Same tick as the commit: local watchers get it without waiting for the feed.
-      this.#hub.publishLocal(result.event);
+      this.#hub.publishLocal(result.event, result.task.createdAt);
     } finally {
       settled();
     }

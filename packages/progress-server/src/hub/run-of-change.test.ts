@@ -1,0 +1,187 @@
+import type { TaskEvent } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
+import { describe, expect, it } from 'vitest';
+import { useHubs } from '../testing/hub-over.js';
+import { recorder, settle, until } from '../testing/stream-recorder.js';
+import type { TaskHub } from './task-hub.js';
+
+/**
+ * A change names its task's run (`TaskChange.run`) when the feed knows it. A replica follows run 1 of an
+ * id at seq 3 and hears nothing of its end, its purge, or the id created again and written past seq 3
+ * (a Postgres listener back from a reconnect, run 2 quickly passing run 1's seq). The first change it
+ * hears of run 2 is above the seq it holds: without the run, the hub read run 2's events after seq 3 and
+ * handed them to run 1's watcher as its own (a terminal of another run included). With it, the hub
+ * starts over on run 2 and restarts the watcher before anything of run 2 goes out.
+ */
+
+const { hubOver } = useHubs();
+
+type Emit = (change: {
+  taskId: string;
+  seq: number;
+  terminal: boolean;
+  run?: number;
+  events?: TaskEvent[];
+}) => void;
+
+/**
+ * Run 1 of `job-1` created and watched through `hub` from its start, `heard` events appended to it and
+ * their changes emitted with their run and events. Returns the watcher and run 1's task.
+ */
+async function runOneThenRunTwo(
+  hub: TaskHub,
+  emit: Emit,
+  store: MemoryProgressStore,
+  clock: ManualClock,
+  heard: number,
+) {
+  const one = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+  const watcher = recorder();
+  const stream = hub.stream('job-1', 'alice', watcher.sink);
+  const loaded = await stream.load();
+  stream.start(0, false, 0, loaded?.createdAt);
+  await until(() => watcher.caughtUp() > 0);
+  for (let i = 1; i <= heard; i++) {
+    clock.advance(1);
+    const { event } = await store.append('job-1', { type: 'progress', message: `old ${i}` });
+    emit({ taskId: 'job-1', seq: event.seq, terminal: false, run: one.createdAt, events: [event] });
+  }
+  await until(() => watcher.events.length === heard);
+  return { watcher, one };
+}
+
+/** Run 1's end (unheard), its purge, and run 2 created; returns run 2's creation time. */
+async function purgedAndCreatedAgain(store: MemoryProgressStore, clock: ManualClock): Promise<number> {
+  clock.advance(1);
+  await store.append('job-1', { type: 'completed' });
+  clock.advance(1);
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  clock.advance(1);
+  return (await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' })).createdAt;
+}
+
+/** `count` items appended to run 2, unheard; returns their events. */
+async function runTwoItems(store: MemoryProgressStore, clock: ManualClock, count: number) {
+  const events: TaskEvent[] = [];
+  for (let i = 1; i <= count; i++) {
+    clock.advance(1);
+    events.push((await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true })).event);
+  }
+  return events;
+}
+
+describe("a change of the id's later run, heard first above the seq the hub holds", () => {
+  for (const withEvents of [false, true]) {
+    it(`restarts the old run's watcher before any of the new run's events go out (change ${withEvents ? 'with' : 'without'} events)`, async () => {
+      const clock = new ManualClock();
+      const store = new MemoryProgressStore({ clock: clock.now });
+      const { hub, emit } = hubOver(store, true);
+      const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+      const two = await purgedAndCreatedAgain(store, clock);
+      const items = await runTwoItems(store, clock, 5);
+      emit({
+        taskId: 'job-1',
+        seq: 5,
+        terminal: false,
+        run: two,
+        ...(withEvents ? { events: items.slice(3) } : {}),
+      });
+      await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
+      await settle();
+      expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+      expect(watcher.calls).toEqual(['restart']);
+    });
+  }
+
+  it("hands the new run's events to a watcher of the new run once it loaded it", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    const two = await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 5);
+    emit({ taskId: 'job-1', seq: 5, terminal: false, run: two });
+    await until(() => watcher.calls.length > 0);
+    // What a restarted subscriber's owner does: a new stream of the id, from its load.
+    const next = recorder();
+    const stream = hub.stream('job-1', 'alice', next.sink);
+    const loaded = await stream.load();
+    expect(loaded?.createdAt).toBe(two);
+    stream.start(loaded?.seq ?? 0, false, loaded?.seq ?? 0, loaded?.createdAt);
+    await until(() => next.caughtUp() > 0);
+    clock.advance(1);
+    const { event } = await store.append('job-1', { type: 'completed' });
+    emit({ taskId: 'job-1', seq: event.seq, terminal: true, run: two, events: [event] });
+    await until(() => next.events.length > 0);
+    expect(next.events).toEqual(['completed@6']);
+  });
+
+  it("restarts the old run's watcher when this process appended to the new run", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 3);
+    clock.advance(1);
+    const result = await store.append('job-1', { type: 'item', key: 'new-4', ok: true });
+    hub.publishLocal(result.event, result.task.createdAt);
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+});
+
+describe('a change of an earlier run of the id than the one followed', () => {
+  it('is dropped: no read for it, no sign of a restore', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit, wentBack } = hubOver(store, true);
+    const one = (await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' })).createdAt;
+    const two = await purgedAndCreatedAgain(store, clock);
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    expect(loaded?.createdAt).toBe(two);
+    stream.start(0, false, 0, loaded?.createdAt);
+    await until(() => watcher.caughtUp() > 0);
+    // Run 1's changes heard late, ids only: above anything run 2 holds, and never to be found in it.
+    emit({ taskId: 'job-1', seq: 9, terminal: false, run: one });
+    emit({ taskId: 'job-1', seq: 10, terminal: true, run: one });
+    await settle();
+    await settle();
+    expect(wentBack()).toBe(0);
+    clock.advance(1);
+    const { event } = await store.append('job-1', { type: 'progress', message: 'new' });
+    emit({ taskId: 'job-1', seq: event.seq, terminal: false, run: two, events: [event] });
+    await until(() => watcher.events.length > 0);
+    expect(watcher.events).toEqual(['progress@1']);
+    expect(watcher.calls).toEqual([]);
+  });
+});
+
+describe("a read of the hub's that finds events past the end of the run it follows", () => {
+  it("restarts the watcher instead of handing it another run's events after its run's end", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    const { event: end } = await store.append('job-1', { type: 'completed' });
+    emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt, events: [end] });
+    await until(() => watcher.events.length === 4);
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await runTwoItems(store, clock, 6);
+    // Heard without its run (a safety-net poll, a store of an older version): only a read sees it.
+    emit({ taskId: 'job-1', seq: 6, terminal: false });
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 4);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+});
