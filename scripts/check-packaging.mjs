@@ -33,6 +33,15 @@ try {
       }),
     );
     const tarball = join(out, filename);
+    // A CommonJS declaration that names a relative `.js` reaches an ESM `.d.ts`: TS1542 for `require`
+    // users with skipLibCheck off. attw misses it when no entry reaches the file (yet).
+    for (const { path } of files.filter((file) => file.path.endsWith('.d.cts'))) {
+      const text = readFileSync(join(dir, path), 'utf8');
+      if (/(from '|import\(")\.{1,2}\/[^'"]+\.js['"]/.test(text)) {
+        console.error(`packaging check failed: ${manifest.name}'s ${path} imports an ESM .js declaration`);
+        failed = true;
+      }
+    }
     // The MIT terms require the notice to ship with every copy: `"license": "MIT"` alone does not.
     if (!files.some((file) => file.path === 'LICENSE')) {
       console.error(`packaging check failed: ${manifest.name} ships no LICENSE`);
