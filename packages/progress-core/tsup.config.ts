@@ -30,7 +30,12 @@ function emitDeclarations(): void {
   for (const file of walk('dist')) {
     // The testing entry is ESM-only (vitest is): no CommonJS twin.
     if (!file.endsWith('.d.ts') || file.startsWith(join('dist', 'testing'))) continue;
-    const text = readFileSync(file, 'utf8').replace(/(from '\.{1,2}\/[^']+)\.js'/g, "$1.cjs'");
+    // Both spellings tsc writes: `from './x.js'` and the inline `import("../x.js")` of an inferred type
+    // (the valibot schemas). A `.d.cts` naming `.js` reaches the ESM `.d.ts`, an error (TS1542) for
+    // `require` users who check the file.
+    const text = readFileSync(file, 'utf8')
+      .replace(/(from '\.{1,2}\/[^']+)\.js'/g, "$1.cjs'")
+      .replace(/(import\("\.{1,2}\/[^"]+)\.js"\)/g, '$1.cjs")');
     writeFileSync(file.replace(/\.d\.ts$/, '.d.cts'), text);
   }
 }

@@ -53,7 +53,8 @@ export interface ReconnectOptions {
    * Ceiling of the first retry after losing a connection that was healthy (it got `hello`, and no
    * attempt has failed since the last stable connection): the delay is uniform below it, so a watcher
    * whose socket was cut is back in milliseconds while a crowd that lost the same replica still spreads
-   * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins.
+   * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins,
+   * up to `maxDelayMs`.
    * @default 100 (or `maxDelayMs` when that is smaller)
    */
   firstDelayMs?: number;

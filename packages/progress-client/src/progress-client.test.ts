@@ -550,6 +550,26 @@ describe('reconnect', () => {
     await client.close();
   });
 
+  it("keeps the server's hint within reconnect.maxDelayMs (docs/protocol.md, hello)", async () => {
+    const { client, server, scheduler, states } = setup({
+      random: () => 0.999,
+      reconnect: { maxDelayMs: 1000 },
+    });
+    client.watch('t1');
+    server.last.open();
+    server.last.push({
+      type: 'hello',
+      protocol: PROTOCOL_VERSION,
+      serverId: 'r1',
+      heartbeatIntervalMs: 15_000,
+      reconnectDelayMs: 2000,
+    });
+    await scheduler.advance(5_000);
+    server.last.serverClose(1006);
+    expect(states.at(-1)).toMatchObject({ state: 'reconnecting', delayMs: 999 });
+    await client.close();
+  });
+
   for (const [code, errorCode] of [
     [CloseCode.Unauthenticated, ErrorCode.Unauthenticated],
     [CloseCode.UnsupportedProtocol, ErrorCode.UnsupportedProtocol],

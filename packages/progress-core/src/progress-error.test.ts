@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, expectTypeOf, it } from 'vitest';
 import { ErrorCode } from './codes.js';
 import { isProgressError, ProgressError } from './progress-error.js';
 
@@ -28,5 +28,26 @@ describe('ProgressError', () => {
     expect(isProgressError(foreign, ErrorCode.TaskFinished)).toBe(true);
     expect(other.isProgressError(new ProgressError(ErrorCode.Closed, 'closed'), ErrorCode.Closed)).toBe(true);
     expect(isProgressError(new Error('plain'))).toBe(false);
+  });
+
+  // Type-level: checked by `npm run typecheck` (tsc reads the test files); at run time the calls are no-ops.
+  it('narrows `code` to the code asked for, and keeps other ProgressErrors in the else branch', () => {
+    class OtherError extends Error {
+      readonly other = true;
+    }
+    const caught = new ProgressError(ErrorCode.RateLimited, 'slow down') as ProgressError | OtherError;
+    if (isProgressError(caught, ErrorCode.RateLimited)) {
+      expectTypeOf(caught.code).toEqualTypeOf<'rate_limited'>();
+    } else {
+      // A ProgressError of another code lands here: the else branch must not claim it is an OtherError.
+      expectTypeOf(caught).toEqualTypeOf<ProgressError | OtherError>();
+    }
+    if (isProgressError(caught)) expectTypeOf(caught.code).toEqualTypeOf<ErrorCode>();
+    else expectTypeOf(caught).toEqualTypeOf<OtherError>();
+    const unknownError: unknown = caught;
+    if (isProgressError(unknownError, ErrorCode.Closed)) {
+      expectTypeOf(unknownError).toExtend<ProgressError>();
+      expectTypeOf(unknownError.code).toEqualTypeOf<'closed'>();
+    }
   });
 });

@@ -51,8 +51,17 @@ export class ProgressError extends Error {
   }
 }
 
-/** True when `error` is a {@link ProgressError}, optionally with the given code. */
-export function isProgressError(error: unknown, code?: ErrorCode): error is ProgressError {
+/**
+ * True when `error` is a {@link ProgressError}, optionally with the given code.
+ *
+ * Given a code, it narrows `error.code` to that code; and since the guard names the code, a caught
+ * `ProgressError | OtherError` stays that in the `else` branch (a ProgressError of another code lands there),
+ * where a plain `error is ProgressError` claimed it could only be an `OtherError`.
+ */
+export function isProgressError<C extends ErrorCode = ErrorCode>(
+  error: unknown,
+  code?: C,
+): error is ProgressError & { readonly code: C } {
   return (
     (error as { [BRAND]?: unknown } | null)?.[BRAND] === true &&
     (code === undefined || (error as ProgressError).code === code)

@@ -271,7 +271,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Reconnect pace the server asks for: its `hello` tells each client to spread its first retry after
    * a loss over `open sockets / reconnectsPerSecond` seconds (`reconnectDelayMs`), so if this replica
    * dies (or drops every socket at once) its clients reach the survivors at about this rate instead of
-   * in one instant. 0 sends no hint (clients use their own, 100 ms by default).
+   * in one instant. The hint is capped at 30 s and left out at 100 ms or less (the client's own first
+   * delay, 100 ms by default, decides then). 0 sends no hint.
    * @default 20000
    */
   reconnectsPerSecond?: number | undefined;

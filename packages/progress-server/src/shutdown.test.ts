@@ -74,7 +74,10 @@ describe('close()', () => {
     const env = await startServer({
       store,
       authenticateToken: tokenAuth,
-      heartbeatIntervalMs: 20,
+      // Armed all the same (close must clear it), but never due during the test: at 20 ms a loaded
+      // machine's stall of one interval ran the liveness tick before the poll phase read the client's pong,
+      // and the server terminated the socket (1006, or no snapshots at all) before close() was called.
+      heartbeatIntervalMs: 60_000,
       terminalRetry: { initialDelayMs: 5, maxDelayMs: 10 },
       leaseRenewIntervalMs: 50,
       reapIntervalMs: 50,
@@ -95,8 +98,8 @@ describe('close()', () => {
       await new Promise((_, reject) => signal.addEventListener('abort', () => reject(signal.reason)));
     });
 
-    // A deadline far beyond what the close needs: one that passes (a loaded CI machine took over 1 s)
-    // terminates sockets that have not finished their close handshake, and the client then sees 1006.
+    // A deadline far beyond what the close needs: one that passes terminates sockets that have not
+    // finished their close handshake, and the client then sees 1006.
     await env.server.close({ timeoutMs: 10_000 });
     expect((await client.closed).code).toBe(1001);
     expect((await pending.closed).code).toBe(1001);

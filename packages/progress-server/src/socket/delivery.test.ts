@@ -49,6 +49,16 @@ describe('subscribe and live delivery', () => {
     for (const client of [first, second, third]) await client.close();
   });
 
+  it('caps the reconnect hint at 30 s (docs/protocol.md, hello)', async () => {
+    await session.start({ reconnectsPerSecond: 1 });
+    const clients: RawClient[] = [];
+    // 31 sockets at 1/s would ask for 31 s.
+    for (let i = 0; i < 31; i++) clients.push(await connect());
+    expect(clients[29]?.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 30_000 });
+    expect(clients[30]?.frames[0]).toMatchObject({ type: 'hello', reconnectDelayMs: 30_000 });
+    for (const client of clients) await client.close();
+  });
+
   it('says hello with the negotiated subprotocol, then answers afterSeq 0 with a snapshot and streams live events', async () => {
     await session.start({ heartbeatIntervalMs: 60_000 });
     const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
