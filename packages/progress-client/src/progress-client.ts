@@ -140,7 +140,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   /**
    * Starts watching a task (connecting on the first watch). Watching a task that is already watched
-   * shares its subscription and state.
+   * shares its subscription and state, unless its end was acknowledged: the server is asked again.
    *
    * @throws ProgressError `invalid_input` for an invalid task id, `closed` after {@link close}.
    */
@@ -148,6 +148,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (this.#closed) throw new ProgressError(ErrorCode.Closed, 'ProgressClient is closed', { taskId });
     assertTaskId(taskId);
     let task = this.#tasks.get(taskId);
+    // A task whose end the server has acknowledged (and no longer follows for this client) is not shared
+    // with a new watch: its id may name a new run by now (purged and created again), and a handle the
+    // application kept open made the next watch of the id resolve at once with the old run's end. The new
+    // watch asks the server; the old handles keep their ended state (their release no longer finds it).
+    if (task?.socketDone) task = undefined;
     if (task === undefined) {
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
