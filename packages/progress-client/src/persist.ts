@@ -32,10 +32,11 @@ export { cursorKey } from './cursor-storage.js';
  * as the built-in storages' is (a tampered, outdated or foreign entry is ignored, never trusted).
  *
  * @param scope - what tells this client's cursors from those of other clients sharing the storage.
- *   Default: each client's resolved `url`, so the clients of two servers on one page keep two cursors of
- *   tasks that share an id, and a reload of the page finds each client's own again. Give one when the URL
- *   changes between loads of the page for the same store (a query string that varies, one host per
- *   replica); clients given one scope must be clients of one store.
+ *   Default: each client's resolved `url` without its query string (where a `tokenQueryParam` token
+ *   would be: no key holds it), so the clients of two servers on one page keep two cursors of tasks that
+ *   share an id, and a reload of the page finds each client's own again. Give one when the URL changes
+ *   between loads of the page for the same store (one host per replica), or when its query string picks
+ *   the store; clients given one scope must be clients of one store.
  *
  * @example
  * ```ts
@@ -53,7 +54,18 @@ export { cursorKey } from './cursor-storage.js';
  * ```
  */
 export function persistCursors(storage: CursorStorage, scope?: string): CursorPersistence {
-  return { forServer: (server) => bindCursors(storage, scope ?? server) };
+  return { forServer: (server) => bindCursors(storage, scope ?? urlScope(server)) };
+}
+
+/**
+ * The default scope of a client's cursors: its resolved URL without the query string (and fragment). A
+ * server set up with `tokenQueryParam` takes the access token there (`wss://…/progress?access_token=…`):
+ * kept in the scope, the token was written into the key of every cursor, where any script of the origin
+ * reads it and where it stayed after it expired, and the next load of the page, with a renewed token,
+ * found none of the cursors saved under the old one (each left behind until the tab closed).
+ */
+function urlScope(server: string): string {
+  return server.replace(/[?#].*/s, '');
 }
 
 /**
@@ -67,7 +79,7 @@ abstract class ValidatedCursorStorage implements CursorStorage, CursorPersistenc
 
   /** @internal */
   forServer(server: string): ServerCursors {
-    return bindCursors(this, server);
+    return bindCursors(this, urlScope(server));
   }
 }
 
