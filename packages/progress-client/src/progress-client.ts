@@ -168,7 +168,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     const sub = task;
     const watch = new Watch(sub.task, (handle) => this.#release(sub, handle));
     sub.task.attach(watch);
-    if (options.signal !== undefined) watch.closeOn(options.signal);
+    try {
+      if (options.signal !== undefined) watch.closeOn(options.signal);
+    } catch (error) {
+      // Not an AbortSignal (an AbortController passed for its signal): the caller gets no handle, so none
+      // is left holding the subscription.
+      watch.close();
+      throw error;
+    }
     return watch;
   }
 
