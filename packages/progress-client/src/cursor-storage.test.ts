@@ -194,6 +194,19 @@ describe('cursor storage', () => {
     expect(own.load(cursorKey('t1', A))).toMatchObject({ id: cursorKey('t1', A), seq: 1 });
   });
 
+  it('refuses a storage without its methods (undefined from a misspelt global, a Map) instead of persisting nothing', () => {
+    const refused = (message: string) =>
+      expect.objectContaining({ code: ErrorCode.InvalidInput, message: expect.stringContaining(message) });
+    const misspelt = (globalThis as { localstorage?: WebStorageLike }).localstorage;
+    expect(() => new WebStorageCursorStorage(misspelt as WebStorageLike)).toThrow(
+      refused('WebStorageCursorStorage: storage must have a getItem() method'),
+    );
+    expect(() => persistCursors(new Map() as unknown as CursorStorage)).toThrow(
+      refused('persistCursors: storage must have a load() method'),
+    );
+    expect(() => persistCursors(new MemoryCursorStorage())).not.toThrow();
+  });
+
   it('shares the cursors of clients given one scope, whatever their URLs', () => {
     const storage = new MemoryCursorStorage();
     persistCursors(storage, 'orders').forServer(A).saveView(watchViewOf(task), undefined);

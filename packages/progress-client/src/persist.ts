@@ -37,6 +37,7 @@ export { cursorKey } from './cursor-storage.js';
  *   share an id, and a reload of the page finds each client's own again. Give one when the URL changes
  *   between loads of the page for the same store (one host per replica), or when its query string picks
  *   the store; clients given one scope must be clients of one store.
+ * @throws ProgressError `invalid_input` when `storage` lacks `load`, `save` or `remove`.
  *
  * @example
  * ```ts
@@ -54,7 +55,18 @@ export { cursorKey } from './cursor-storage.js';
  * ```
  */
 export function persistCursors(storage: CursorStorage, scope?: string): CursorPersistence {
+  needs(storage, ['load', 'save', 'remove'], 'persistCursors: storage');
   return { forServer: (server) => bindCursors(storage, scope ?? urlScope(server)) };
+}
+
+/**
+ * Refuses a storage without the methods it must have (`undefined` from a misspelt global, a Map): every
+ * call of theirs is caught as a failing storage's is, so it would have persisted nothing, without a word.
+ */
+function needs(value: unknown, methods: string[], where: string): void {
+  for (const name of methods)
+    if (typeof (value as Record<string, unknown> | null)?.[name] !== 'function')
+      throw new ProgressError(ErrorCode.InvalidInput, `${where} must have a ${name}() method`);
 }
 
 /**
@@ -127,9 +139,11 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
   /**
    * @param storage - `sessionStorage`, `localStorage` or anything with the same three methods.
    * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}).
+   * @throws ProgressError `invalid_input` when `storage` lacks `getItem`, `setItem` or `removeItem`.
    */
   constructor(storage: WebStorageLike, keyPrefix = 'finishline:') {
     super();
+    needs(storage, ['getItem', 'setItem', 'removeItem'], 'WebStorageCursorStorage: storage');
     this.#storage = storage;
     this.#prefix = keyPrefix;
   }
