@@ -311,6 +311,23 @@ describe('delivery', () => {
     await client.close();
   });
 
+  it('closes the handles of the old run left open when a new watch of the id asks the server again', async () => {
+    // Left open, they were out of the client's reach: its close() did not close them (`closed` stayed
+    // false, their listeners stayed attached).
+    const { client, socket, task, watch } = subscribed();
+    const onItem = vi.fn();
+    watch.on('item', onItem);
+    socket.push(snap(task.view()));
+    socket.push(ev(task.end()));
+    const final = await watch.done;
+    client.watch('t1');
+    expect(watch.closed).toBe(true);
+    expect(watch.listenerCount('item')).toBe(0);
+    expect(watch.getSnapshot()).toBe(final);
+    expect(await watch.done).toBe(final);
+    await client.close();
+  });
+
   it('a watch opened in a snapshot listener of a terminal snapshot gets the terminal state once', async () => {
     const { client, server } = setup();
     const first = client.watch('t1');

@@ -151,9 +151,11 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     // A task whose end the server has acknowledged (and no longer follows for this client) is not shared
     // with a new watch: its id may name a new run by now (purged and created again), and a handle the
     // application kept open made the next watch of the id resolve at once with the old run's end. The new
-    // watch asks the server; the old handles keep their ended state (their release no longer finds it).
-    if (task?.socketDone) task = undefined;
-    if (task === undefined) {
+    // watch asks the server. The old handles are ended as the client's close() ends them (they keep their
+    // final state), since nothing reaches them once the id names the new subscription. (A task in the map
+    // that wants no socket is one whose end was acknowledged: a failed one leaves the map.)
+    if (!task?.wantsSocket) {
+      task?.task.fail(task.task.closedError(), false);
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
       task.adoptEpoch(this.#epoch);
