@@ -182,6 +182,31 @@ describe('cursor storage', () => {
     expect(persistCursors(oneSlot).forServer(A).restore('t1')).toEqual(restoredOf(task));
   });
 
+  it('keeps the query string out of the keys (a token for tokenQueryParam): scoped by the URL without it', () => {
+    const backing = new MapStorage();
+    const storage = new WebStorageCursorStorage(backing);
+    storage.forServer(`${A}?access_token=s3cret-1`).saveView(watchViewOf(task), undefined);
+    expect([...backing.map.keys()]).toEqual([`finishline:${cursorKey('t1', A)}`]);
+    // The next load of the page, its token renewed, finds the cursor.
+    expect(storage.forServer(`${A}?access_token=s3cret-2`).restore('t1')).toEqual(restoredOf(task));
+    const own = new MemoryCursorStorage();
+    persistCursors(own).forServer(`${A}?access_token=s3cret-1#x`).saveView(watchViewOf(task), undefined);
+    expect(own.load(cursorKey('t1', A))).toMatchObject({ id: cursorKey('t1', A), seq: 1 });
+  });
+
+  it('refuses a storage without its methods (undefined from a misspelt global, a Map) instead of persisting nothing', () => {
+    const refused = (message: string) =>
+      expect.objectContaining({ code: ErrorCode.InvalidInput, message: expect.stringContaining(message) });
+    const misspelt = (globalThis as { localstorage?: WebStorageLike }).localstorage;
+    expect(() => new WebStorageCursorStorage(misspelt as WebStorageLike)).toThrow(
+      refused('WebStorageCursorStorage: storage must have a getItem() method'),
+    );
+    expect(() => persistCursors(new Map() as unknown as CursorStorage)).toThrow(
+      refused('persistCursors: storage must have a load() method'),
+    );
+    expect(() => persistCursors(new MemoryCursorStorage())).not.toThrow();
+  });
+
   it('shares the cursors of clients given one scope, whatever their URLs', () => {
     const storage = new MemoryCursorStorage();
     persistCursors(storage, 'orders').forServer(A).saveView(watchViewOf(task), undefined);

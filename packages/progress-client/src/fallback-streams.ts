@@ -94,8 +94,12 @@ export class FallbackStreams implements FallbackRuntime {
    */
   readonly #streams = new Map<string, [stop: () => void, openedAt: number]>();
   #streaming = false;
-  /** Finished watches whose terminal seq was acknowledged over the fallback transport. */
-  readonly #acked = new Set<string>();
+  /**
+   * Finished watches whose terminal seq was acknowledged over the fallback transport. By subscription, not
+   * task id: the client replaces a subscription whose end the socket acknowledged with a new one when the
+   * id is watched again (a new run, perhaps), and by id that new run's end was taken as acknowledged.
+   */
+  readonly #acked = new WeakSet<TaskSubscription>();
   /** Each watch's pace of reopening its stream, the socket's own (kept as long as the watch is). */
   readonly #pacing = new WeakMap<TaskSubscription, ReconnectPacing>();
 
@@ -120,15 +124,11 @@ export class FallbackStreams implements FallbackRuntime {
     for (const [stop] of entries) stop();
   }
 
-  /** Stops the stream of a watch, and forgets its ack when the client let go of it (bounded by what it holds). */
+  /** Stops the stream of a watch (its ack, if any, goes with the subscription: see `#acked`). */
   close(task: TaskSubscription): void {
     const entry = this.#streams.get(task.taskId);
     this.#streams.delete(task.taskId);
     entry?.[0]();
-    // After the stop: it runs the stream's end, which acknowledges a finished watch and records that (a
-    // handle closed at its task's end); forgotten before it, the record outlived the watch, and a task
-    // created again under the id never had its own end acknowledged.
-    if (!this.#host.current(task)) this.#acked.delete(task.taskId);
   }
 
   restart(task: TaskSubscription): void {
@@ -178,8 +178,8 @@ export class FallbackStreams implements FallbackRuntime {
         if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
         task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
       }
-      if (task.cursor.finished && !this.#acked.has(taskId)) {
-        this.#acked.add(taskId);
+      if (task.cursor.finished && !this.#acked.has(task)) {
+        this.#acked.add(task);
         this.#wire.ack(taskId, task.cursor.seq);
       }
       // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut

@@ -32,10 +32,12 @@ export { cursorKey } from './cursor-storage.js';
  * as the built-in storages' is (a tampered, outdated or foreign entry is ignored, never trusted).
  *
  * @param scope - what tells this client's cursors from those of other clients sharing the storage.
- *   Default: each client's resolved `url`, so the clients of two servers on one page keep two cursors of
- *   tasks that share an id, and a reload of the page finds each client's own again. Give one when the URL
- *   changes between loads of the page for the same store (a query string that varies, one host per
- *   replica); clients given one scope must be clients of one store.
+ *   Default: each client's resolved `url` without its query string (where a `tokenQueryParam` token
+ *   would be: no key holds it), so the clients of two servers on one page keep two cursors of tasks that
+ *   share an id, and a reload of the page finds each client's own again. Give one when the URL changes
+ *   between loads of the page for the same store (one host per replica), or when its query string picks
+ *   the store; clients given one scope must be clients of one store.
+ * @throws ProgressError `invalid_input` when `storage` lacks `load`, `save` or `remove`.
  *
  * @example
  * ```ts
@@ -53,7 +55,29 @@ export { cursorKey } from './cursor-storage.js';
  * ```
  */
 export function persistCursors(storage: CursorStorage, scope?: string): CursorPersistence {
-  return { forServer: (server) => bindCursors(storage, scope ?? server) };
+  needs(storage, ['load', 'save', 'remove'], 'persistCursors: storage');
+  return { forServer: (server) => bindCursors(storage, scope ?? urlScope(server)) };
+}
+
+/**
+ * Refuses a storage without the methods it must have (`undefined` from a misspelt global, a Map): every
+ * call of theirs is caught as a failing storage's is, so it would have persisted nothing, without a word.
+ */
+function needs(value: unknown, methods: string[], where: string): void {
+  for (const name of methods)
+    if (typeof (value as Record<string, unknown> | null)?.[name] !== 'function')
+      throw new ProgressError(ErrorCode.InvalidInput, `${where} must have a ${name}() method`);
+}
+
+/**
+ * The default scope of a client's cursors: its resolved URL without the query string (and fragment). A
+ * server set up with `tokenQueryParam` takes the access token there (`wss://…/progress?access_token=…`):
+ * kept in the scope, the token was written into the key of every cursor, where any script of the origin
+ * reads it and where it stayed after it expired, and the next load of the page, with a renewed token,
+ * found none of the cursors saved under the old one (each left behind until the tab closed).
+ */
+function urlScope(server: string): string {
+  return server.replace(/[?#].*/s, '');
 }
 
 /**
@@ -67,7 +91,7 @@ abstract class ValidatedCursorStorage implements CursorStorage, CursorPersistenc
 
   /** @internal */
   forServer(server: string): ServerCursors {
-    return bindCursors(this, server);
+    return bindCursors(this, urlScope(server));
   }
 }
 
@@ -115,9 +139,11 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
   /**
    * @param storage - `sessionStorage`, `localStorage` or anything with the same three methods.
    * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}).
+   * @throws ProgressError `invalid_input` when `storage` lacks `getItem`, `setItem` or `removeItem`.
    */
   constructor(storage: WebStorageLike, keyPrefix = 'finishline:') {
     super();
+    needs(storage, ['getItem', 'setItem', 'removeItem'], 'WebStorageCursorStorage: storage');
     this.#storage = storage;
     this.#prefix = keyPrefix;
   }

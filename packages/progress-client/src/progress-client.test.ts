@@ -266,9 +266,65 @@ describe('delivery', () => {
     expect((await watch.done).result).toEqual({ ok: true });
     const late = client.watch('t1');
     const lateLog = record(late);
+    // The end was acknowledged and the task unsubscribed: the late handle asks the server (the id may
+    // name a new run by now), and gets the same end from its answer.
+    expect(socket.frames('subscribe')).toHaveLength(2);
+    socket.push(snap(task.view()));
     await flush();
     expect(lateLog).toEqual(['snapshot@6', 'completed@6', 'finished@6']);
-    expect(await late.done).toBe(watch.getSnapshot());
+    expect(await late.done).toEqual({ ...watch.getSnapshot(), rate: null }); // (no rate from one snapshot)
+    await client.close();
+  });
+
+  it('a watch of a task id whose end was acknowledged asks the server again: the id may name a new run', async () => {
+    // A page keeps the handle of a finished task open (a list of jobs); the task is purged and created
+    // again under the same id (an idempotency key, a nightly job's name). Until 5 December 2026 the next
+    // watch of the id shared the old, finished subscription: its `done` resolved at once with the old run's end.
+    const { client, socket, task, watch } = subscribed();
+    socket.push(snap(task.view()));
+    socket.push(ev(task.end()));
+    expect((await watch.done).seq).toBe(1);
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    const rerun = new FakeTask('t1', 3);
+    const again = client.watch('t1');
+    const log = record(again);
+    let settled = false;
+    void again.done.then(() => {
+      settled = true;
+    });
+    await flush();
+    expect(settled).toBe(false);
+    expect(socket.frames('subscribe')).toEqual([
+      { type: 'subscribe', taskId: 't1', afterSeq: 0 },
+      { type: 'subscribe', taskId: 't1', afterSeq: 0 },
+    ]);
+    socket.push(snap(rerun.view()));
+    socket.push(ev(rerun.item('a')));
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    expect(again.getSnapshot()).toMatchObject({ status: 'running', seq: 1, finished: false });
+    // The old handle keeps its run's end, and closing it leaves the new watch's subscription alone.
+    expect(watch.getSnapshot()).toMatchObject({ status: 'completed', seq: 1 });
+    watch.close();
+    expect(socket.frames('unsubscribe')).toHaveLength(1);
+    socket.push(ev(rerun.end()));
+    expect((await again.done).seq).toBe(2);
+    await client.close();
+  });
+
+  it('closes the handles of the old run left open when a new watch of the id asks the server again', async () => {
+    // Left open, they were out of the client's reach: its close() did not close them (`closed` stayed
+    // false, their listeners stayed attached).
+    const { client, socket, task, watch } = subscribed();
+    const onItem = vi.fn();
+    watch.on('item', onItem);
+    socket.push(snap(task.view()));
+    socket.push(ev(task.end()));
+    const final = await watch.done;
+    client.watch('t1');
+    expect(watch.closed).toBe(true);
+    expect(watch.listenerCount('item')).toBe(0);
+    expect(watch.getSnapshot()).toBe(final);
+    expect(await watch.done).toBe(final);
     await client.close();
   });
 

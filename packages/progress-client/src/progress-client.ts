@@ -140,7 +140,7 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
 
   /**
    * Starts watching a task (connecting on the first watch). Watching a task that is already watched
-   * shares its subscription and state.
+   * shares its subscription and state, unless its end was acknowledged: the server is asked again.
    *
    * @throws ProgressError `invalid_input` for an invalid task id, `closed` after {@link close}.
    */
@@ -148,7 +148,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     if (this.#closed) throw new ProgressError(ErrorCode.Closed, 'ProgressClient is closed', { taskId });
     assertTaskId(taskId);
     let task = this.#tasks.get(taskId);
-    if (task === undefined) {
+    // A task whose end the server has acknowledged (and no longer follows for this client) is not shared
+    // with a new watch: its id may name a new run by now (purged and created again), and a handle the
+    // application kept open made the next watch of the id resolve at once with the old run's end. The new
+    // watch asks the server. The old handles are ended as the client's close() ends them (they keep their
+    // final state), since nothing reaches them once the id names the new subscription. (A task in the map
+    // that wants no socket is one whose end was acknowledged: a failed one leaves the map.)
+    if (!task?.wantsSocket) {
+      task?.task.fail(task.task.closedError(), false);
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
       task.adoptEpoch(this.#epoch);
@@ -163,7 +170,14 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     const sub = task;
     const watch = new Watch(sub.task, (handle) => this.#release(sub, handle));
     sub.task.attach(watch);
-    if (options.signal !== undefined) watch.closeOn(options.signal);
+    try {
+      if (options.signal !== undefined) watch.closeOn(options.signal);
+    } catch (error) {
+      // Not an AbortSignal (an AbortController passed for its signal): the caller gets no handle, so none
+      // is left holding the subscription.
+      watch.close();
+      throw error;
+    }
     return watch;
   }
 

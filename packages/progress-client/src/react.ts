@@ -1,3 +1,7 @@
+// A client module for React Server Components (Next.js's App Router): context and hooks exist only there.
+// esbuild (tsup) keeps an entry's directive at the top of its output; test/react-directive.test.ts checks it.
+'use client';
+
 import {
   createContext,
   createElement,

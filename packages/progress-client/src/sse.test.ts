@@ -499,6 +499,44 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('acknowledges the end of a new run of an id whose old run, still held open, ended over a stream', async () => {
+    const ctx = sseSetup({ httpFallbackAfterAttempts: 1 });
+    const { client, server, scheduler, sse } = ctx;
+    const old = new FakeTask('t1', 1);
+    old.end();
+    const first = client.watch('t1'); // held open by the page (a list of jobs)
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    const stream = sse.streams[0] as SseRequest;
+    stream.send({ type: 'snapshot', task: old.view() }, old.seq);
+    stream.end();
+    expect((await first.done).seq).toBe(1);
+    await flush();
+    expect(sse.acks).toHaveLength(1);
+    // The socket is back: the end is acknowledged on it too, and the task unsubscribed.
+    await nextSocket(ctx, 2);
+    const socket = server.accept();
+    socket.push({ type: 'snapshot', task: old.view() });
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    // The id purged and created again: a new watch of it, followed over a stream once the socket fails.
+    const rerun = new FakeTask('t1', 1);
+    rerun.item('a');
+    rerun.end();
+    const second = client.watch('t1');
+    socket.serverClose(1006);
+    await nextSocket(ctx, 3);
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    const next = sse.streams.at(-1) as SseRequest;
+    next.send({ type: 'snapshot', task: rerun.view() }, rerun.seq);
+    next.end();
+    expect((await second.done).seq).toBe(2);
+    await flush();
+    // Before, the old run's ack over the fallback was remembered by task id: the new run's was never sent.
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 2 }]);
+    await client.close();
+  });
+
   it('forgets a finished watch whose last handle closed: a new watch of the task acknowledges its own end', async () => {
     // The set of tasks acknowledged over the fallback held every finished task for the client's life
     // (a page watching many jobs one after another); a new watch of one of them never acknowledged.

@@ -69,6 +69,34 @@ describe('watch.done({ signal, timeoutMs })', () => {
     await client.close();
   });
 
+  it('names the string it got for timeoutMs (from a JavaScript caller), and takes Infinity as no limit', async () => {
+    const { client, socket, task, watch } = subscribed();
+    // Until 5 December 2026: "must be a number >= 0, got 5", which read as the number it asked for.
+    expect(await rejection(watch.done({ timeoutMs: '5' as unknown as number }))).toMatchObject({
+      code: ErrorCode.InvalidInput,
+      message: 'watch.done: timeoutMs must be a finite number >= 0, got "5"',
+    });
+    expect(await rejection(watch.done({ timeoutMs: Number.NaN }))).toMatchObject({
+      code: ErrorCode.InvalidInput,
+    });
+    const unbounded = watch.done({ timeoutMs: Number.POSITIVE_INFINITY });
+    socket.push(ev(task.end()));
+    expect((await unbounded).status).toBe('completed');
+    await client.close();
+  });
+
+  it('leaves no subscription behind when watch() refuses its signal (an AbortController passed for it)', async () => {
+    const { client, socket } = subscribed();
+    expect(() => client.watch('t2', { signal: new AbortController() as unknown as AbortSignal })).toThrow(
+      TypeError,
+    );
+    // Before, the subscription stayed, held by a handle the caller never got.
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't2' }]);
+    const again = client.watch('t2');
+    expect(again.closed).toBe(false);
+    await client.close();
+  });
+
   it('still works as a plain promise, and refuses a bad timeoutMs', async () => {
     const { client, socket, task, watch } = subscribed();
     expect(await rejection(watch.done({ timeoutMs: -1 }))).toMatchObject({ code: ErrorCode.InvalidInput });

@@ -8,6 +8,7 @@ import type {
   WatchView,
 } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
+import { requireNumber } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import type { TimerSet } from './timers.js';
 
@@ -94,7 +95,7 @@ export interface DoneOptions {
   signal?: AbortSignal;
   /**
    * Longest wait in milliseconds: the returned promise rejects with `timeout` (the watch goes on).
-   * @default undefined (no limit)
+   * @default undefined (no limit; `Infinity` is no limit too)
    */
   timeoutMs?: number;
 }
@@ -312,16 +313,13 @@ export class Watch extends EventEmitter<WatchEvents> {
 function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
   const wait = (options: DoneOptions): Promise<WatchState> => {
     const { signal, timeoutMs } = options ?? {};
-    if (timeoutMs !== undefined && !(typeof timeoutMs === 'number' && timeoutMs >= 0)) {
-      return Promise.reject(
-        new ProgressError(
-          ErrorCode.InvalidInput,
-          `watch.done: timeoutMs must be a number >= 0, got ${String(timeoutMs)}`,
-          {
-            taskId: task.taskId,
-          },
-        ),
-      );
+    // The options' own check, whose message quotes a string it got (`got "5"`: unquoted, a string from a
+    // JavaScript caller read as the number asked for). Infinity is no limit, as leaving it out is.
+    try {
+      if (timeoutMs !== undefined && timeoutMs !== Infinity)
+        requireNumber('watch.done: timeoutMs', timeoutMs, { min: 0 });
+    } catch (error) {
+      return Promise.reject(error);
     }
     if (signal === undefined && timeoutMs === undefined) return done;
     return new Promise<WatchState>((resolve, reject) => {
