@@ -4,8 +4,9 @@ import { decodeServerText } from './frame-check.js';
 /**
  * Cursor persistence: what lets a page reload resume a watch from its last seq instead of starting over.
  * The client saves the task's view (a `TaskView`, whose `seq` is the cursor) when it acknowledges, under a
- * key of the task id and the client's scope (its server's URL unless given), and removes it once the
- * task's terminal event is delivered and acknowledged. The storages, and the reading
+ * key of the task id and the client's scope (its server's URL without the query string unless given), and
+ * removes it once the watch has the task's end (acknowledged or not) or its last handle closed. The
+ * storages, and the reading
  * back and saving below, are part of `@finishline/client/persist` (persist.ts), so pages that do not
  * persist do not load them: the core entry only knows the {@link CursorPersistence} seam.
  *
@@ -14,7 +15,7 @@ import { decodeServerText } from './frame-check.js';
 
 /**
  * Where the client keeps cursors: entries by key. A key is the task's id and the client's scope (by default
- * the server's URL, see {@link cursorKey}), so the clients of two servers on one page never read each
+ * the server's URL without its query string, see {@link cursorKey}), so the clients of two servers on one page never read each
  * other's cursor of two tasks that share an id. Implementations should not throw: persistence is best
  * effort, and a full or disabled storage only costs the resume after a reload (a `load`, `save` or
  * `remove` that throws anyway is caught, and costs no more than that). Whatever `load` returns
