@@ -152,6 +152,9 @@ describe('retry failed / resume remaining', () => {
     const ended = await waitForTask(alice, first.body.taskId);
     const finished = ended.items.map((e: any) => e.item.key);
     expect(finished.length).toBeLessThan(nodes.length);
+    // The cancelled batch holds its locks until its PATCH on its way has landed (lock-after-cancel.test.ts).
+    for (let i = 0; i < 200 && (await h.db.locks('default')).length > 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
     const resume = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'resume_remaining' });
     expect(resume.status).toBe(202);
     expect(resume.body.nodes).toEqual(nodes.filter((n) => !finished.includes(n)));

@@ -20,6 +20,13 @@ import { kubeFailure, type RouteContext } from './context.js';
 
 /** A lock whose task is not in the store yet is in the way this long (the task is being created). */
 const LOCK_CREATE_GRACE_MS = 30_000;
+/**
+ * A lock whose task was cancelled is in the way this long after the cancel unless its batch releases it
+ * first: the batch may still be finishing a PATCH or an eviction it had sent (Kubernetes calls take no
+ * signal), and it releases its locks once its workers have stopped. Only a batch whose replica died with
+ * the cancel never does.
+ */
+const LOCK_CANCEL_GRACE_MS = 30_000;
 
 /** What the app's shutdown waits for. */
 export interface BatchRuns {
@@ -36,7 +43,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   const lockIsStale = async (lock: NodeLock): Promise<boolean> => {
     const task = await store.getTask(lock.taskId);
     if (task === undefined) return Date.now() - lock.acquiredAt > LOCK_CREATE_GRACE_MS;
-    return task.status !== 'running';
+    if (task.status === 'running') return false;
+    // Completed and failed are written by the batch once its workers stopped; interrupted by a stopping or
+    // dead replica (taken over at once, so "Resume remaining" after a crash need not wait). A cancel is
+    // written by whoever cancelled, while the batch may still be changing the node: taken over at once, a
+    // batch started right after the cancel ran beside it (an uncordon read the node before the cordon's
+    // PATCH landed, reported success, and the node ended cordoned).
+    if (task.status === 'cancelled')
+      return Date.now() - (task.finishedAt ?? lock.acquiredAt) > LOCK_CANCEL_GRACE_MS;
+    return true;
   };
 
   // One batch start at a time per user in this process, so the running-batches cap cannot be raced by
