@@ -248,4 +248,22 @@ describe('templates', () => {
       'maintenance',
     ]);
   });
+
+  it('refuses a template name no delete URL can carry (".", ".."), and deletes one with a slash', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const label = { kind: 'label', key: 'team', value: 'infra' };
+    // A URL's "." and ".." segments are resolved away (fetch, the browser): /api/templates/./delete is
+    // /api/templates/delete, so such a template, once saved, could never be deleted by anyone.
+    for (const name of ['.', '..', ' .. ']) {
+      const saved = await alice.post('/api/templates', { ...label, name });
+      expect(saved.status).toBe(400);
+      expect(saved.body.error.field).toBe('name');
+    }
+    expect((await alice.post('/api/templates', { ...label, name: 'team/gpu' })).status).toBe(201);
+    expect((await alice.post(`/api/templates/${encodeURIComponent('team/gpu')}/delete`, {})).status).toBe(
+      200,
+    );
+    expect((await alice.get('/api/templates')).body.templates).toEqual([]);
+  });
 });
