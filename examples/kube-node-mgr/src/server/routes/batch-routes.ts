@@ -6,7 +6,7 @@ import type { Response } from 'express';
 import type { NodeLock } from '../app-db.js';
 import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
-import { drainNode } from '../node-drain.js';
+import { cordonNodes, drainNode } from '../node-drain.js';
 import { applyToNode } from '../node-worker.js';
 import {
   BadRequestError,
@@ -146,10 +146,25 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         await db.unlockTask(taskId).catch(() => undefined);
         throw error;
       }
+      // A drain batch cordons all its nodes first (see cordonNodes), once, in the first worker; every
+      // worker waits for it before its node's evictions.
+      let cordonedAll: ReturnType<typeof cordonNodes> | undefined;
+      const cordonAll = (signal: AbortSignal) => {
+        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(() =>
+          cordonNodes(cluster.nodes, names, {
+            concurrency: config.concurrency,
+            maxAttempts: config.maxAttempts,
+            signal,
+            onCordoned: (name) => noteCordon(cluster.name, op, name, session.username, reason),
+          }),
+        );
+        return cordonedAll;
+      };
       const run = task
         .runBatch(
           names,
           async (name, { signal }) => {
+            const cordoned = op.type === 'drain' ? await cordonAll(signal) : undefined;
             await task.progress({ current: name });
             const result =
               op.type === 'drain'
@@ -172,6 +187,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                   })
                 : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
             if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
+            // Cordoned by this batch before its turn: its own cordon found it done already.
+            if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
             return { ...result };
           },
           { concurrency: config.concurrency, key: (name) => name },
