@@ -131,6 +131,18 @@ describe('retry failed / resume remaining', () => {
       nodes: ['spot-2'],
       username: 'alice',
     });
+    // Retried once: a second retry of the same task (another tab, a click after a lost answer) would
+    // apply the operation to the same nodes again; it is refused, naming the retry to rerun instead.
+    const again = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'retry_failed' });
+    expect(again.status).toBe(409);
+    expect(again.body.error).toMatchObject({ code: 'already_rerun', taskId: retry.body.taskId });
+    const ada = await login(h.base, 'ada');
+    expect((await ada.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'retry_failed' })).status).toBe(
+      409,
+    );
+    expect((await alice.post(`/api/tasks/${retry.body.taskId}/rerun`, { mode: 'retry_failed' })).status).toBe(
+      202,
+    );
     // Nothing left unprocessed in the first task.
     const resume = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'resume_remaining' });
     expect(resume.status).toBe(400);

@@ -295,6 +295,20 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     if (cluster === undefined) {
       return fail(res, 409, 'unknown_cluster', `this server no longer manages cluster ${record.cluster}`);
     }
+    // One rerun of each kind per task: a second "Retry failed" (another tab, another user, a click again
+    // after a proxy's 502 hid the first answer) applied the operation to the same nodes again once the
+    // first rerun had ended, undoing whatever was changed on them since. What the rerun left is rerun
+    // from that task.
+    const earlier = (await db.reruns(id, mode))[0];
+    if (earlier !== undefined) {
+      return fail(
+        res,
+        409,
+        'already_rerun',
+        `task ${id} was already ${mode === 'retry_failed' ? 'retried' : 'resumed'} by ${earlier.username} as task ${earlier.taskId}; rerun that task instead`,
+        { taskId: earlier.taskId },
+      );
+    }
     const outcome = await itemOutcomes(store, id);
     const names =
       mode === 'retry_failed'
