@@ -130,4 +130,31 @@ describe('batch drain', () => {
     const node = (await alice.get('/api/nodes')).body.nodes.find((n: any) => n.name === 'worker-1');
     expect(node.cordon).toMatchObject({ reason: 'rotate AMIs', by: 'alice' });
   });
+
+  it('cordons every node of the batch before evicting anything, so no pod is evicted twice', async () => {
+    // One node at a time: the nodes not reached yet are exactly where the first node's pods could go.
+    h = await startHarness({
+      cluster: { podTerminationMs: 20, podReadyMs: 100 },
+      app: { evictionRetryMs: 100, concurrency: 1 },
+    });
+    const alice = await login(h.base, 'alice');
+    const nodes = ['worker-1', 'worker-2', 'worker-3'];
+    const movable = nodes.flatMap((n) =>
+      h.cluster
+        .pods(n)
+        .filter((p) => p.metadata.ownerReferences[0]?.kind !== 'DaemonSet')
+        .map((p) => `${p.metadata.namespace}/${p.metadata.name}`),
+    );
+    expect(movable.length).toBeGreaterThan(0);
+    const { body } = await alice.post('/api/batch', { operation: 'drain', nodes, reason: 'pool rotation' });
+    const { task, items } = await waitForTask(alice, body.taskId);
+    expect(task).toMatchObject({ status: 'completed', succeeded: 3, failed: 0 });
+    // As `kubectl drain worker-1 worker-2 worker-3`: the pods there at the start, each evicted once; none
+    // moved onto a node of the batch and was evicted from it again.
+    const evicted = items.flatMap((e: any) => e.item.detail.evicted as string[]);
+    expect(evicted.sort()).toEqual(movable.sort());
+    for (const e of items) expect(e.item.detail.outcome).toBe('changed');
+    const notes = (await alice.get('/api/nodes')).body.nodes.filter((n: any) => nodes.includes(n.name));
+    for (const n of notes) expect(n.cordon).toMatchObject({ reason: 'pool rotation', by: 'alice' });
+  });
 });

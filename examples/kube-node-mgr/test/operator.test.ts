@@ -131,6 +131,18 @@ describe('retry failed / resume remaining', () => {
       nodes: ['spot-2'],
       username: 'alice',
     });
+    // Retried once: a second retry of the same task (another tab, a click after a lost answer) would
+    // apply the operation to the same nodes again; it is refused, naming the retry to rerun instead.
+    const again = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'retry_failed' });
+    expect(again.status).toBe(409);
+    expect(again.body.error).toMatchObject({ code: 'already_rerun', taskId: retry.body.taskId });
+    const ada = await login(h.base, 'ada');
+    expect((await ada.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'retry_failed' })).status).toBe(
+      409,
+    );
+    expect((await alice.post(`/api/tasks/${retry.body.taskId}/rerun`, { mode: 'retry_failed' })).status).toBe(
+      202,
+    );
     // Nothing left unprocessed in the first task.
     const resume = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'resume_remaining' });
     expect(resume.status).toBe(400);
@@ -152,6 +164,9 @@ describe('retry failed / resume remaining', () => {
     const ended = await waitForTask(alice, first.body.taskId);
     const finished = ended.items.map((e: any) => e.item.key);
     expect(finished.length).toBeLessThan(nodes.length);
+    // The cancelled batch holds its locks until its PATCH on its way has landed (lock-after-cancel.test.ts).
+    for (let i = 0; i < 200 && (await h.db.locks('default')).length > 0; i++)
+      await new Promise((r) => setTimeout(r, 10));
     const resume = await alice.post(`/api/tasks/${first.body.taskId}/rerun`, { mode: 'resume_remaining' });
     expect(resume.status).toBe(202);
     expect(resume.body.nodes).toEqual(nodes.filter((n) => !finished.includes(n)));
@@ -244,5 +259,23 @@ describe('templates', () => {
     expect((await alice.get('/api/templates')).body.templates.map((t: any) => t.name)).toEqual([
       'maintenance',
     ]);
+  });
+
+  it('refuses a template name no delete URL can carry (".", ".."), and deletes one with a slash', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const label = { kind: 'label', key: 'team', value: 'infra' };
+    // A URL's "." and ".." segments are resolved away (fetch, the browser): /api/templates/./delete is
+    // /api/templates/delete, so such a template, once saved, could never be deleted by anyone.
+    for (const name of ['.', '..', ' .. ']) {
+      const saved = await alice.post('/api/templates', { ...label, name });
+      expect(saved.status).toBe(400);
+      expect(saved.body.error.field).toBe('name');
+    }
+    expect((await alice.post('/api/templates', { ...label, name: 'team/gpu' })).status).toBe(201);
+    expect((await alice.post(`/api/templates/${encodeURIComponent('team/gpu')}/delete`, {})).status).toBe(
+      200,
+    );
+    expect((await alice.get('/api/templates')).body.templates).toEqual([]);
   });
 });

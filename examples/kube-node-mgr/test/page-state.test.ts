@@ -94,7 +94,7 @@ const entry = (id: string) => ({
     id,
     cluster: 'default',
     username: 'ada',
-    operation: { type: 'cordon' },
+    operation: { type: id.startsWith('drain') ? 'drain' : 'cordon' },
     nodes: ['worker-1', 'worker-2'],
     parentTaskId: null,
     relation: null,
@@ -213,6 +213,35 @@ describe('rerun buttons', () => {
     retry.click();
     await sleep(200);
     expect(reruns).toEqual(['/api/tasks/task-r/rerun']);
+  });
+});
+
+describe('a batch that ended early', () => {
+  const cancelled = (succeeded: number): Snap => ({
+    ...completed(succeeded),
+    progress: { done: succeeded, total: 2, current: null, succeeded, failed: 0 },
+    status: 'cancelled',
+    error: { code: 'cancelled', message: 'cancelled by ada' },
+  });
+
+  it('a cancelled drain does not call the nodes it did not drain unchanged: they may be cordoned', async () => {
+    nextSnap.set('drain-1', cancelled(0));
+    pd.openProgress('drain-1');
+    await sleep(50);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('2 nodes were not drained: worker-1, worker-2.');
+    expect(explain).toContain('may be left cordoned');
+    expect(explain).not.toContain('not changed');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Not drained');
+  });
+
+  it('another operation says which nodes were not changed', async () => {
+    nextSnap.set('cordon-1', cancelled(0));
+    pd.openProgress('cordon-1');
+    await sleep(50);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('2 nodes were not changed: worker-1, worker-2.');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Not changed');
   });
 });
 

@@ -154,6 +154,18 @@ export class AppDb {
     return row === undefined ? undefined : toRecord(row);
   }
 
+  /** The batches recorded as a rerun (`relation`) of `parentTaskId`, oldest first. */
+  async reruns(parentTaskId: string, relation: NonNullable<TaskRecord['relation']>): Promise<TaskRecord[]> {
+    const rows = await this.#db
+      .selectFrom('knm_tasks')
+      .selectAll()
+      .where('parent_task_id', '=', parentTaskId)
+      .where('relation', '=', relation)
+      .orderBy('created_at')
+      .execute();
+    return rows.map(toRecord);
+  }
+
   /**
    * Newest first (then by task id); only `username`'s when given; only those of `cluster` when given; after
    * the row `(before, beforeId)` of that order when given — `beforeId`, the previous page's last task id,

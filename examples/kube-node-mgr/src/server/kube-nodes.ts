@@ -5,6 +5,7 @@ import {
   setHeaderOptions,
   type V1Node,
   type V1Pod,
+  type V1PodSpec,
 } from '@kubernetes/client-node';
 import type { NodeView } from '../shared/api-types.js';
 
@@ -190,6 +191,14 @@ export interface PodRef {
   emptyDir: boolean;
 }
 
+/**
+ * Whether a pod (spec) has an `emptyDir` volume: a drain refuses its node, as `kubectl drain` does without
+ * `--delete-emptydir-data`, since the eviction deletes the data.
+ */
+export function hasEmptyDir(spec: V1PodSpec | undefined): boolean {
+  return (spec?.volumes ?? []).some((v) => v.emptyDir !== undefined);
+}
+
 function toPodRef(pod: V1Pod): PodRef {
   return {
     namespace: pod.metadata?.namespace ?? 'default',
@@ -199,7 +208,7 @@ function toPodRef(pod: V1Pod): PodRef {
     mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
     terminating: pod.metadata?.deletionTimestamp !== undefined,
     finished: pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed',
-    emptyDir: (pod.spec?.volumes ?? []).some((v) => v.emptyDir !== undefined),
+    emptyDir: hasEmptyDir(pod.spec),
   };
 }
 

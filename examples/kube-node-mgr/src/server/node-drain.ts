@@ -39,6 +39,40 @@ export interface DrainResult extends NodeResult {
 }
 
 /**
+ * Cordons every node of a drain batch before any of them is drained, as `kubectl drain` does with several
+ * nodes: cordoning each only when its turn came let the pods evicted from the first nodes be scheduled onto
+ * the nodes not reached yet, and evicted again from there. `concurrency` nodes at a time; stops starting
+ * new ones once `signal` aborts. A node whose cordon fails is left out of the answer: its own drain
+ * cordons it again and fails with the reason. Calls `onCordoned` for each node cordoned.
+ */
+export async function cordonNodes(
+  nodes: KubeNodes,
+  names: readonly string[],
+  options: {
+    concurrency: number;
+    maxAttempts: number;
+    signal: AbortSignal;
+    onCordoned?: (name: string) => void | Promise<void>;
+  },
+): Promise<Map<string, NodeResult>> {
+  const cordoned = new Map<string, NodeResult>();
+  let next = 0;
+  const lane = async () => {
+    for (let i = next++; i < names.length && !options.signal.aborted; i = next++) {
+      const name = names[i] as string;
+      try {
+        cordoned.set(name, await applyToNode(nodes, name, { type: 'drain' }, options));
+      } catch {
+        continue; // its own drain reports it
+      }
+      await options.onCordoned?.(name);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(options.concurrency, names.length) }, lane));
+  return cordoned;
+}
+
+/**
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
  * running pod has no controller or has an emptyDir volume, then evicts every pod that is not a DaemonSet's or a mirror pod through the
  * Eviction API — retrying while a PodDisruptionBudget refuses

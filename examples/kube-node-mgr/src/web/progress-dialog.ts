@@ -175,6 +175,12 @@ function renderState(snap: WatchState): void {
   renderElapsed();
 }
 
+/**
+ * A drain batch cordons all its nodes before draining them (as `kubectl drain` does): its nodes without a
+ * result after an early end (cancelled, interrupted) were not drained, but may well be cordoned.
+ */
+const isDrain = () => entry?.operation.type === 'drain';
+
 /** Nodes of the batch without a result yet: pending while it runs, not changed once it ended. */
 function untouched(): string[] {
   return (entry?.nodes ?? []).filter((n) => !results.has(n));
@@ -213,7 +219,7 @@ function renderResults(): void {
   );
   const pending = untouched();
   const ended = lastState?.finished === true;
-  $('#pending-title').textContent = ended ? 'Not changed' : 'Pending';
+  $('#pending-title').textContent = ended ? (isDrain() ? 'Not drained' : 'Not changed') : 'Pending';
   // A finished batch that reached every node has nothing to list here.
   ($('#pending-list').parentElement as HTMLElement).hidden = ended && entry !== null && pending.length === 0;
   $('#pending-count').textContent = entry === null ? '…' : String(pending.length);
@@ -241,7 +247,9 @@ function finished(w: Watch, snap: WatchState): void {
       ? ''
       : left.length === 0
         ? ' Every node was processed.'
-        : ` ${plural(left.length, 'node was', 'nodes were')} not changed: ${left.join(', ')}.`;
+        : isDrain()
+          ? ` ${plural(left.length, 'node was', 'nodes were')} not drained: ${left.join(', ')}. A drain cordons all its nodes first, so ${left.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${left.length === 1 ? 'it' : 'them'}.`
+          : ` ${plural(left.length, 'node was', 'nodes were')} not changed: ${left.join(', ')}.`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
     status.textContent = 'batch operation complete';

@@ -6,7 +6,7 @@ import type { Response } from 'express';
 import type { NodeLock } from '../app-db.js';
 import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
-import { drainNode } from '../node-drain.js';
+import { cordonNodes, drainNode } from '../node-drain.js';
 import { applyToNode } from '../node-worker.js';
 import {
   BadRequestError,
@@ -20,6 +20,13 @@ import { kubeFailure, type RouteContext } from './context.js';
 
 /** A lock whose task is not in the store yet is in the way this long (the task is being created). */
 const LOCK_CREATE_GRACE_MS = 30_000;
+/**
+ * A lock whose task was cancelled is in the way this long after the cancel unless its batch releases it
+ * first: the batch may still be finishing a PATCH or an eviction it had sent (Kubernetes calls take no
+ * signal), and it releases its locks once its workers have stopped. Only a batch whose replica died with
+ * the cancel never does.
+ */
+const LOCK_CANCEL_GRACE_MS = 30_000;
 
 /** What the app's shutdown waits for. */
 export interface BatchRuns {
@@ -36,7 +43,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   const lockIsStale = async (lock: NodeLock): Promise<boolean> => {
     const task = await store.getTask(lock.taskId);
     if (task === undefined) return Date.now() - lock.acquiredAt > LOCK_CREATE_GRACE_MS;
-    return task.status !== 'running';
+    if (task.status === 'running') return false;
+    // Completed and failed are written by the batch once its workers stopped; interrupted by a stopping or
+    // dead replica (taken over at once, so "Resume remaining" after a crash need not wait). A cancel is
+    // written by whoever cancelled, while the batch may still be changing the node: taken over at once, a
+    // batch started right after the cancel ran beside it (an uncordon read the node before the cordon's
+    // PATCH landed, reported success, and the node ended cordoned).
+    if (task.status === 'cancelled')
+      return Date.now() - (task.finishedAt ?? lock.acquiredAt) > LOCK_CANCEL_GRACE_MS;
+    return true;
   };
 
   // One batch start at a time per user in this process, so the running-batches cap cannot be raced by
@@ -131,10 +146,25 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         await db.unlockTask(taskId).catch(() => undefined);
         throw error;
       }
+      // A drain batch cordons all its nodes first (see cordonNodes), once, in the first worker; every
+      // worker waits for it before its node's evictions.
+      let cordonedAll: ReturnType<typeof cordonNodes> | undefined;
+      const cordonAll = (signal: AbortSignal) => {
+        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(() =>
+          cordonNodes(cluster.nodes, names, {
+            concurrency: config.concurrency,
+            maxAttempts: config.maxAttempts,
+            signal,
+            onCordoned: (name) => noteCordon(cluster.name, op, name, session.username, reason),
+          }),
+        );
+        return cordonedAll;
+      };
       const run = task
         .runBatch(
           names,
           async (name, { signal }) => {
+            const cordoned = op.type === 'drain' ? await cordonAll(signal) : undefined;
             await task.progress({ current: name });
             const result =
               op.type === 'drain'
@@ -157,6 +187,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                   })
                 : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
             if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
+            // Cordoned by this batch before its turn: its own cordon found it done already.
+            if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
             return { ...result };
           },
           { concurrency: config.concurrency, key: (name) => name },
@@ -262,6 +294,20 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     const cluster = clusters.resolve(record.cluster);
     if (cluster === undefined) {
       return fail(res, 409, 'unknown_cluster', `this server no longer manages cluster ${record.cluster}`);
+    }
+    // One rerun of each kind per task: a second "Retry failed" (another tab, another user, a click again
+    // after a proxy's 502 hid the first answer) applied the operation to the same nodes again once the
+    // first rerun had ended, undoing whatever was changed on them since. What the rerun left is rerun
+    // from that task.
+    const earlier = (await db.reruns(id, mode))[0];
+    if (earlier !== undefined) {
+      return fail(
+        res,
+        409,
+        'already_rerun',
+        `task ${id} was already ${mode === 'retry_failed' ? 'retried' : 'resumed'} by ${earlier.username} as task ${earlier.taskId}; rerun that task instead`,
+        { taskId: earlier.taskId },
+      );
     }
     const outcome = await itemOutcomes(store, id);
     const names =

@@ -19,6 +19,11 @@ export function registerTemplateRoutes(ctx: RouteContext): void {
         field: 'name',
       });
     }
+    // A URL resolves its "." and ".." segments away: /api/templates/./delete never reaches the delete route,
+    // so a template of that name could not be deleted by anyone.
+    if (name.trim() === '.' || name.trim() === '..') {
+      return fail(res, 400, 'invalid_input', 'name must not be "." or ".."', { field: 'name' });
+    }
     if (body.kind !== 'label' && body.kind !== 'taint') {
       return fail(res, 400, 'invalid_input', 'kind must be label or taint', { field: 'kind' });
     }
