@@ -616,6 +616,9 @@ describe('HTTP API (doc: HTTP API)', () => {
     ).toBe(400);
     const health = await http('GET', '/progress/healthz');
     expect([health.status, health.json().ok]).toEqual([200, true]);
+    // healthz answers GET and HEAD only; another method is no route, not a 405.
+    expect((await http('HEAD', '/progress/healthz')).status).toBe(200);
+    expect((await http('DELETE', '/progress/healthz')).status).toBe(404);
   });
 
   it('401 carries WWW-Authenticate (invalid_token for an expired credential)', async () => {
@@ -662,6 +665,12 @@ describe('HTTP API (doc: HTTP API)', () => {
       taskId: task.id,
       task: expect.objectContaining({ status: 'cancelled' }),
     });
+    // Bodies are not strict: an unknown field is ignored (docs: HTTP API, after the route table).
+    const extra = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: jsonBody(),
+      body: '{"seq":1,"epoch":"another"}',
+    });
+    expect([extra.status, extra.json()]).toEqual([200, { taskId: task.id, seq: 1 }]);
     const again = await http('POST', `/progress/tasks/${task.id}/cancel`, {
       headers: jsonBody(),
       body: '{}',
