@@ -441,6 +441,14 @@ describe('heartbeats, rate limits, unknown and invalid frames (doc: heartbeat, L
     expect(beat).toEqual({ type: 'heartbeat', time: expect.any(Number), seqs: { [a.id]: 1, [b.id]: 0 } });
   });
 
+  it('a socket that does not answer WebSocket pings is terminated: no close frame, the client sees 1006', async () => {
+    await start({ heartbeatIntervalMs: 50 });
+    const ws = new WebSocket(env!.wsUrl, ['finishline.v2'], { headers: bearer(), autoPong: false });
+    ws.on('error', () => {});
+    const code = await new Promise<number>((resolve) => ws.on('close', (closeCode) => resolve(closeCode)));
+    expect(code).toBe(1006);
+  });
+
   it('every frame refused by the rate limit is answered (requestId, taskId of a subscribe); the last of a streak is the 4008', async () => {
     const { server } = await start({ rateLimitPerSecond: 1, rateLimitBurst: 3, maxRateLimitViolations: 5 });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
