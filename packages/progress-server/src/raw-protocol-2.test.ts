@@ -893,3 +893,44 @@ describe('subscription cap (doc: too_many_subscriptions)', () => {
     await client.next(snapshotOf(task.id));
   });
 });
+
+describe('socket cap and cookies (doc: Before authentication, HTTP API)', () => {
+  it('the socket cap: too_many_sockets + 4009 on a socket, 429 on a stream, HEAD takes no slot; cookies need Origin on POST', async () => {
+    const { server } = await start({
+      maxSocketsPerPrincipal: 1,
+      authenticate: (req) => {
+        const auth = req.headers.authorization;
+        if (auth?.startsWith('Bearer ')) return tokens(auth.slice(7));
+        const cookie = req.headers.cookie;
+        return cookie?.startsWith('sid=') ? tokens(cookie.slice(4)) : null;
+      },
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const origin = 'https://app.example.com';
+    const unauthenticated = await http('GET', `/progress/tasks/${task.id}`, { headers: { origin } });
+    expect([unauthenticated.status, unauthenticated.headers['access-control-allow-origin']]).toEqual([
+      401,
+      origin,
+    ]);
+    const ack = (headers: Record<string, string>) =>
+      http('POST', `/progress/tasks/${task.id}/ack`, {
+        headers: { cookie: 'sid=alice', 'content-type': 'application/json', ...headers },
+        body: '{"seq":1}',
+      });
+    expect((await ack({})).status).toBe(403);
+    expect((await ack({ origin })).status).toBe(200);
+    await connect('alice');
+    expect((await http('HEAD', `/progress/tasks/${task.id}/stream`, { headers: bearer() })).status).toBe(200);
+    const stream = await http('GET', `/progress/tasks/${task.id}/stream`, {
+      headers: { ...bearer(), origin },
+    });
+    expect([stream.status, stream.json().error.code]).toEqual([429, 'too_many_sockets']);
+    const second = new Raw(env!.wsUrl);
+    clients.push(second);
+    await second.open;
+    second.send({ type: 'auth', token: 'alice', protocol: 2 });
+    expect((await second.closed).code).toBe(4009);
+    expect(second.frames).toEqual([expect.objectContaining({ type: 'error', code: 'too_many_sockets' })]);
+  });
+});
