@@ -172,6 +172,17 @@ export class SocketWriter {
    */
   #checkBound(): void {
     if (this.#queue.size <= this.#ctx.options.maxQueuedFrames) return;
+    this.overflow();
+  }
+
+  /** Most entries a socket may hold for its client (`maxQueuedFrames`), here or waiting elsewhere. */
+  get maxQueued(): number {
+    return this.#ctx.options.maxQueuedFrames;
+  }
+
+  /** The socket holds more for its client than `maxQueuedFrames`: it ends (once), and nothing more is queued. */
+  overflow(): void {
+    if (this.#overflowed) return;
     this.#overflowed = true;
     this.#queue.clear();
     this.#resets.clear();

@@ -248,7 +248,8 @@ export class Subscription implements WrittenLog {
 
   /**
    * A renewed credential is about to be checked against this subscription: until {@link resume}, what its
-   * stream delivers is held. Sent on, the task's frames went out while the check ran under a credential
+   * stream delivers is held (at most `maxQueuedFrames` deliveries; past them the socket ends, as when its
+   * queue outgrows them). Sent on, the task's frames went out while the check ran under a credential
    * that may not watch the task, and after the replaced credential had expired (its expiry is no longer
    * enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
    * dropped if the check refuses the task. Only an authorized subscription is held: any other is still
@@ -326,8 +327,17 @@ export class Subscription implements WrittenLog {
     /** Runs `deliver` now, or once a renewal's re-check allowed the task (see `suspend`). */
     const deliverOrHold = (deliver: () => void): void => {
       if (!current()) return;
-      if (this.#held === undefined) deliver();
-      else this.#held.push(() => current() && deliver());
+      if (this.#held === undefined) {
+        deliver();
+        return;
+      }
+      this.#held.push(() => current() && deliver());
+      // Bounded as the socket's queue is: a re-check that never ends (an `authorize` hook that hangs)
+      // must not pin the task's events without limit.
+      if (this.#held.length > this.#ctx.writer.maxQueued) {
+        this.#held = [];
+        this.#ctx.writer.overflow();
+      }
     };
     return {
       events: (events) => deliverOrHold(() => this.#events(events)),

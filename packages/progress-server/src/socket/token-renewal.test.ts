@@ -295,8 +295,12 @@ describe('token renewal: the re-check window', () => {
   // with a slow re-check a task the new credential may not watch was streamed under no credential at all.
   /** Tokens `<user>:<ms of validity>:<scope>`; the `authorize` of scope `none` waits for `held`. */
   type Scoped = Principal & { scope: string };
-  async function startScoped(held: { promise: Promise<void> }): Promise<TestServer> {
+  async function startScoped(
+    held: { promise: Promise<void> },
+    overrides: { maxQueuedFrames?: number } = {},
+  ): Promise<TestServer> {
     return session.start({
+      ...overrides,
       authenticate: () => null,
       authenticateToken: (token): Scoped | null => {
         const [id, validMs, scope] = token.split(':');
@@ -356,5 +360,20 @@ describe('token renewal: the re-check window', () => {
         .map(seqOf),
     ).toEqual([1, 2]);
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+  it('ends the socket, rather than hold without bound, when the re-check never ends', async () => {
+    const held = gate(); // never opened: the authorize hook of the renewed credential hangs
+    const { server } = await startScoped(held, { maxQueuedFrames: 20 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    for (let item = 1; item <= 30; item++) await task.item({ key: `node-${item}`, ok: true });
+    const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
+    expect(closed.code).toBe(1006);
+    held.open();
   });
 });
