@@ -284,6 +284,17 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   highWaterMarkBytes?: number | undefined;
   /**
+   * Most entries queued for one socket while its buffer is above `highWaterMarkBytes` (an event or a
+   * snapshot each; a run of `progress` collapsed into one counts once). `item` and terminal events are
+   * never dropped or merged, so a client reading slower than its tasks produce items (a slow mobile
+   * link on a large batch), or one that stopped reading, made the queue grow without bound until the
+   * liveness check noticed; past this bound the socket is terminated instead, and the client reconnects
+   * and resumes from its cursor (a backlog longer than `maxReplayEvents` is answered by a snapshot).
+   * The default holds some 10 batches' worth of a `maxReplayEvents` replay.
+   * @default 10000
+   */
+  maxQueuedFrames?: number | undefined;
+  /**
    * How often a congested socket's `bufferedAmount` is checked, in milliseconds.
    * @default 10
    */
@@ -406,6 +417,7 @@ const SERVER_OPTIONS = {
   reconnectsPerSecond: integer(20_000, 0),
   highWaterMarkBytes: integer(1024 * 1024, 0),
   backpressurePollMs: integer(10, 1),
+  maxQueuedFrames: integer(10_000, 1),
   terminalRetry: TERMINAL_RETRY_OPTION,
   leaseTtlMs: integer(15_000, 3, 86_400_000),
   // No fixed default: it follows leaseTtlMs (a third of it), computed in resolveServerOptions.

@@ -36,7 +36,7 @@ afterEach(async () => {
 });
 
 /** A server on the caller's WebSocketServer whose sockets look congested while `congested.on`. */
-async function congestibleServer(): Promise<{
+async function congestibleServer(overrides: { maxQueuedFrames?: number } = {}): Promise<{
   server: ProgressServer;
   url: string;
   congested: { on: boolean };
@@ -57,6 +57,7 @@ async function congestibleServer(): Promise<{
     wss,
     authenticate: headerAuth,
     backpressurePollMs: 5,
+    ...overrides,
   });
   cleanups.push(async () => {
     await server.close({ timeoutMs: 500 });
@@ -114,6 +115,27 @@ describe('backpressure', () => {
       const frame = stream[i] as Received;
       if (seqOf(frame) !== seqOf(stream[i - 1] as Received) + 1) expect(frame.type).toBe('snapshot');
     }
+  });
+
+  // Found by a review: items and terminal events are never dropped, so a reader slower than its tasks'
+  // items (or one that stopped reading, until the liveness check noticed) made the queue grow without bound.
+  it('terminates a socket whose queue outgrows maxQueuedFrames; the client resumes from its cursor', async () => {
+    const { server, url, congested } = await congestibleServer({ maxQueuedFrames: 50 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    client = await RawClient.connect(url, { user: 'alice' });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    congested.on = true;
+    // Items are neither dropped nor merged: each waits in the queue, past the bound.
+    for (let item = 1; item <= 60; item++) await task.item({ key: `node-${item}`, ok: true });
+    const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
+    expect(closed.code).toBe(1006);
+    congested.on = false;
+    // The client comes back (resuming from its cursor, here from the start) and is answered.
+    client = await RawClient.connect(url, { user: 'alice' });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    const snapshot = await client.next((frame) => frame.type === 'snapshot');
+    expect(seqOf(snapshot)).toBe(60);
   });
 
   it('sends everything as events when the socket keeps up', async () => {

@@ -118,6 +118,15 @@ export class Connection<P extends Principal> {
       isOpen,
       guard,
       log: (taskId) => this.#subs.get(taskId),
+      overflow: () => {
+        // No close frame: it would wait behind the backlog the peer is not reading. The client reconnects
+        // and resumes from its cursor, as after the liveness check's termination.
+        this.#ctx.logger.info(
+          { connection: this.id, maxQueuedFrames: this.#options.maxQueuedFrames },
+          'send queue over maxQueuedFrames (client reads too slowly); terminating socket',
+        );
+        this.#ws.terminate();
+      },
     });
     this.#budget = new FrameBudget({
       options: this.#options,

@@ -3,7 +3,7 @@ import type { IncomingMessage } from 'node:http';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { RoundTripEstimate } from '@finishline/core/internal';
 import { describe, expect, it } from 'vitest';
-import type WebSocket from 'ws';
+import WebSocket from 'ws';
 import type { Principal } from '../auth.js';
 import { Authenticator } from '../authenticator.js';
 import { AckWriter } from '../hub/ack-writer.js';
@@ -14,6 +14,7 @@ import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
 import { resolveServerOptions } from '../options.js';
 import { PrincipalLimits } from '../principal-limits.js';
+import { RawClient, startServer } from '../testing/harness.js';
 import { Connection } from './connection.js';
 
 /**
@@ -139,5 +140,52 @@ describe('the liveness check', () => {
     ws.flush(10);
     connection.tick();
     expect(ws.terminated).toBe(true);
+  });
+});
+
+describe('the liveness check after an event-loop stall', () => {
+  it('keeps a socket whose pong arrived while the server was stalled past the next tick', async () => {
+    const heartbeatIntervalMs = 100;
+    const env = await startServer({ heartbeatIntervalMs });
+    try {
+      const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+      // The client answers the ping (ws writes the pong before emitting 'ping'), and then the process
+      // stalls for longer than an interval, as a long GC pause or a CPU-starved container does: the pong
+      // reaches the server's socket during the stall, unread. After it the timers phase runs the server's
+      // tick before the poll phase reads that pong.
+      let stalled = false;
+      client.ws.on('ping', () => {
+        if (stalled) return;
+        stalled = true;
+        const until = Date.now() + 3 * heartbeatIntervalMs;
+        while (Date.now() < until) {
+          // busy: the event loop is stalled
+        }
+      });
+      // Two heartbeat frames after the stall: the server ticked at least twice since and kept the socket.
+      const afterStall = (frame: { type: string }) => stalled && frame.type === 'heartbeat';
+      const ticked = (async () => {
+        await client.next(afterStall, { from: client.frames.length });
+        await client.next(afterStall, { from: client.frames.length });
+        return 'open';
+      })();
+      const outcome = await Promise.race([ticked, client.closed.then(({ code }) => `closed ${code}`)]);
+      expect(outcome).toBe('open');
+      expect(client.ws.readyState).toBe(WebSocket.OPEN);
+      await client.close();
+    } finally {
+      await env.close();
+    }
+  });
+
+  it('still terminates a socket that does not answer pings', async () => {
+    const env = await startServer({ heartbeatIntervalMs: 20 });
+    try {
+      const client = await RawClient.connect(env.wsUrl, { user: 'alice', autoPong: false });
+      const closed = await client.closed;
+      expect(closed.code).toBe(1006);
+    } finally {
+      await env.close();
+    }
   });
 });

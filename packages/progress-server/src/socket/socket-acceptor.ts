@@ -36,6 +36,8 @@ export class SocketAcceptor<P extends Principal> {
   readonly #upgrading = new Map<Duplex, () => void>();
   readonly #authenticating = new Set<WebSocket>();
   #closing = false;
+  /** The deferred liveness tick, until it runs (see {@link tick}). */
+  #pendingTick: NodeJS.Immediate | undefined;
 
   constructor(ctx: SocketServices<P>) {
     this.#ctx = ctx;
@@ -76,9 +78,20 @@ export class SocketAcceptor<P extends Principal> {
     return this.#connections.size;
   }
 
-  /** Liveness work on every connection (see {@link Connection.tick}). */
+  /**
+   * Liveness work on every connection (see {@link Connection.tick}), run after the event loop's next poll
+   * phase rather than in the timer that calls this. After a stall (a long GC pause, a CPU-starved
+   * container, a process stopped and continued) the timers phase runs before the poll phase reads what
+   * arrived meanwhile: ticking there judged every socket whose pong was waiting unread as dead, and the
+   * replica dropped all of them at once (a reconnect storm). Deferred by one `setImmediate`, the pongs that
+   * arrived are read first; a peer that sent none is still terminated at the same tick.
+   */
   tick(): void {
-    for (const connection of this.#connections) connection.tick();
+    if (this.#pendingTick !== undefined) return;
+    this.#pendingTick = setImmediate(() => {
+      this.#pendingTick = undefined;
+      for (const connection of this.#connections) connection.tick();
+    });
   }
 
   /** The store's epoch changed: every subscription of every socket starts over (see {@link Connection.epochRenewed}). */
@@ -106,6 +119,8 @@ export class SocketAcceptor<P extends Principal> {
   /** Shuts every connection down by `deadline` (see {@link Connection.shutdown}) and closes an owned `wss`. */
   async close(deadline: number): Promise<void> {
     this.stopAccepting();
+    clearImmediate(this.#pendingTick);
+    this.#pendingTick = undefined;
     await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
   }
 

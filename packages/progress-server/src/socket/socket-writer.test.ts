@@ -25,6 +25,7 @@ function writerOver(highWaterMarkBytes: number) {
       terminalRetry: TERMINAL_RETRY_DEFAULTS,
       highWaterMarkBytes,
       backpressurePollMs: 10,
+      maxQueuedFrames: 10_000,
     },
     metrics,
     logger: silentLogger,
@@ -33,6 +34,7 @@ function writerOver(highWaterMarkBytes: number) {
     epoch: new StoreEpoch(store, silentLogger),
     isOpen: () => true,
     guard: (fn) => fn(),
+    overflow: () => undefined,
     log: () => undefined,
   });
   return { writer, ws, sent, metrics };

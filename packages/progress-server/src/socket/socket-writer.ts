@@ -55,7 +55,7 @@ export interface WriterContext {
   readonly transport?: Duplex | undefined;
   readonly options: Pick<
     ResolvedServerOptions<never>,
-    'clock' | 'terminalRetry' | 'highWaterMarkBytes' | 'backpressurePollMs'
+    'clock' | 'terminalRetry' | 'highWaterMarkBytes' | 'backpressurePollMs' | 'maxQueuedFrames'
   >;
   readonly metrics: ServerMetrics;
   readonly logger: ProgressLogger;
@@ -70,6 +70,8 @@ export interface WriterContext {
   guard(fn: () => void): void;
   /** The written-frame log of the subscription of `taskId`, if the socket follows it. */
   log(taskId: string): WrittenLog | undefined;
+  /** The queue outgrew `maxQueuedFrames` (called once): the socket must end. */
+  overflow(): void;
 }
 
 /**
@@ -98,6 +100,8 @@ export class SocketWriter {
   /** Frames handed to `ws`, and those of them the socket has taken (their send callbacks succeeded). */
   #framesWritten = 0;
   #framesFlushed = 0;
+  /** The queue outgrew `maxQueuedFrames`: the socket is ending, and nothing more is queued. */
+  #overflowed = false;
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
@@ -146,7 +150,9 @@ export class SocketWriter {
    */
   pushEvent(event: TaskEvent, log: WrittenLog): void {
     if (this.#queue.size > 0 || this.#resets.size > 0 || !this.#writable()) {
+      if (this.#overflowed) return;
       this.#queue.pushEvent(event);
+      this.#checkBound();
       return;
     }
     // As at the end of a drain: whatever was congested has gone out.
@@ -155,7 +161,32 @@ export class SocketWriter {
   }
 
   pushSnapshot(view: TaskView): void {
+    if (this.#overflowed) return;
     this.#queue.pushSnapshot(view);
+    this.#checkBound();
+  }
+
+  /**
+   * Ends the socket once its queue holds more than `maxQueuedFrames` entries: `item` and terminal events
+   * are never dropped, so without a bound a reader slower than its tasks' items pinned them all here.
+   */
+  #checkBound(): void {
+    if (this.#queue.size <= this.#ctx.options.maxQueuedFrames) return;
+    this.overflow();
+  }
+
+  /** Most entries a socket may hold for its client (`maxQueuedFrames`), here or waiting elsewhere. */
+  get maxQueued(): number {
+    return this.#ctx.options.maxQueuedFrames;
+  }
+
+  /** The socket holds more for its client than `maxQueuedFrames`: it ends (once), and nothing more is queued. */
+  overflow(): void {
+    if (this.#overflowed) return;
+    this.#overflowed = true;
+    this.#queue.clear();
+    this.#resets.clear();
+    this.#ctx.overflow();
   }
 
   /**

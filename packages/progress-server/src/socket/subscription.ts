@@ -87,6 +87,11 @@ export class Subscription implements WrittenLog {
   #epochResetDue = false;
   /** Something was queued for the latest (re)start (a snapshot, a reset or events): it was answered. */
   #answered = false;
+  /**
+   * A token renewal's re-check of this subscription is under way (see {@link suspend}): what its stream
+   * delivers meanwhile waits here, in order, until the new credential is found to allow the task.
+   */
+  #held: Array<() => void> | undefined;
 
   constructor(taskId: string, ctx: SubscriptionContext) {
     this.taskId = taskId;
@@ -132,6 +137,8 @@ export class Subscription implements WrittenLog {
     // Acks up to the client's own cursor become valid once the task is loaded and the principal may
     // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     this.#claimed = afterSeq;
+    // A (re)start is authorized with the credential in force: nothing of the old stream is to go out.
+    this.#held = undefined;
     const previous = this.#stream;
     // The new stream follows the task before the old one lets go, so the hub keeps its place.
     const stream = this.#ctx.openStream(
@@ -239,6 +246,26 @@ export class Subscription implements WrittenLog {
     return 'advanced';
   }
 
+  /**
+   * A renewed credential is about to be checked against this subscription: until {@link resume}, what its
+   * stream delivers is held (at most `maxQueuedFrames` deliveries; past them the socket ends, as when its
+   * queue outgrows them). Sent on, the task's frames went out while the check ran under a credential
+   * that may not watch the task, and after the replaced credential had expired (its expiry is no longer
+   * enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
+   * dropped if the check refuses the task. Only an authorized subscription is held: any other is still
+   * starting, and its own check uses the new credential.
+   */
+  suspend(): void {
+    if (this.#authorized && !this.#removed && this.#held === undefined) this.#held = [];
+  }
+
+  /** The re-check allowed the task: what was held goes on, in order. */
+  resume(): void {
+    const held = this.#held;
+    this.#held = undefined;
+    if (held !== undefined) for (const deliver of held) deliver();
+  }
+
   /** See `#epochResetDue`: the reset of a new epoch is still to reach the client. */
   get epochResetDue(): boolean {
     return this.#epochResetDue;
@@ -272,6 +299,7 @@ export class Subscription implements WrittenLog {
     if (this.#removed) return;
     this.#reset();
     this.#pendingAck = 0;
+    this.#held = undefined;
     this.#removed = true;
     this.#stream?.close();
     this.#stream = undefined;
@@ -296,28 +324,39 @@ export class Subscription implements WrittenLog {
   /** The sink of one stream: it acts only while that stream is current. */
   #sinkOf(stream: () => TaskStream): StreamSink {
     const current = (): boolean => this.isCurrent(stream());
+    /** Runs `deliver` now, or once a renewal's re-check allowed the task (see `suspend`). */
+    const deliverOrHold = (deliver: () => void): void => {
+      if (!current()) return;
+      if (this.#held === undefined) {
+        deliver();
+        return;
+      }
+      this.#held.push(() => current() && deliver());
+      // Bounded as the socket's queue is: a re-check that never ends (an `authorize` hook that hangs)
+      // must not pin the task's events without limit.
+      if (this.#held.length > this.#ctx.writer.maxQueued) {
+        this.#held = [];
+        this.#ctx.writer.overflow();
+      }
+    };
     return {
-      events: (events) => {
-        if (current()) this.#events(events);
-      },
-      snapshot: (view) => {
-        if (!current()) return;
-        this.snapshot(view);
-        this.#ctx.writer.drain();
-      },
-      reset: (view) => {
-        if (!current()) return;
-        if (this.#ctx.resets) this.reset(view);
-        else {
-          // Version 1 knows no reset: a snapshot below the cursor, as its subscribe's load answers one.
-          this.#cursor = view.seq;
+      events: (events) => deliverOrHold(() => this.#events(events)),
+      snapshot: (view) =>
+        deliverOrHold(() => {
           this.snapshot(view);
-        }
-        this.#ctx.writer.drain();
-      },
-      caughtUp: () => {
-        if (current()) this.#ctx.writer.drain();
-      },
+          this.#ctx.writer.drain();
+        }),
+      reset: (view) =>
+        deliverOrHold(() => {
+          if (this.#ctx.resets) this.reset(view);
+          else {
+            // Version 1 knows no reset: a snapshot below the cursor, as its subscribe's load answers one.
+            this.#cursor = view.seq;
+            this.snapshot(view);
+          }
+          this.#ctx.writer.drain();
+        }),
+      caughtUp: () => deliverOrHold(() => this.#ctx.writer.drain()),
       gone: () => {
         if (current()) this.#ctx.onGone(this);
       },

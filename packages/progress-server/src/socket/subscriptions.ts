@@ -344,6 +344,9 @@ export class Subscriptions<P extends Principal> {
     // store read each; what is lost is an operator's mark of a re-ack racing the renewal (acks sent before
     // the `auth` frame were handled before it took effect).
     this.#unfollowed.clear();
+    // Nothing more of a followed task goes out until the new credential is found to allow it; those
+    // already re-checked under the credential this one replaces are checked again.
+    for (const sub of this.#subs.values()) sub.suspend();
     this.#recheckNext = principal;
     if (this.#rechecking) return;
     this.#rechecking = true;
@@ -374,7 +377,11 @@ export class Subscriptions<P extends Principal> {
         continue;
       }
       if (task === null || !sub.isCurrent(stream)) continue;
-      if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) continue;
+      if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) {
+        // Unless a newer renewal came meanwhile: its re-check, next, decides.
+        if (this.#recheckNext === undefined) sub.resume();
+        continue;
+      }
       if (sub.isCurrent(stream)) this.#refuse(sub, task, [{ taskId: sub.taskId }]);
     }
   }

@@ -288,3 +288,92 @@ describe('a principal whose expiry is not a time', () => {
     });
   });
 });
+
+describe('token renewal: the re-check window', () => {
+  // Found by a review: between accepting a renewed credential and re-checking a subscription with it, the
+  // task's frames went on going out; the replaced credential's expiry is no longer enforced by then, so
+  // with a slow re-check a task the new credential may not watch was streamed under no credential at all.
+  /** Tokens `<user>:<ms of validity>:<scope>`; the `authorize` of scope `none` waits for `held`. */
+  type Scoped = Principal & { scope: string };
+  async function startScoped(
+    held: { promise: Promise<void> },
+    overrides: { maxQueuedFrames?: number } = {},
+  ): Promise<TestServer> {
+    return session.start({
+      ...overrides,
+      authenticate: () => null,
+      authenticateToken: (token): Scoped | null => {
+        const [id, validMs, scope] = token.split(':');
+        if (id === undefined || scope === undefined) return null;
+        return { id, scope, expiresAt: Date.now() + Number(validMs) };
+      },
+      authorize: async (principal, task) => {
+        const { scope } = principal as Scoped;
+        if (scope !== 'all') await held.promise;
+        return task.owner === principal.id && scope !== 'none';
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+  }
+
+  it('sends nothing of a task the renewed credential may not watch while its re-check runs', async () => {
+    const held = gate();
+    const { server } = await startScoped(held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:300:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:none', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    await sleep(350); // past the replaced credential's expiry, the re-check still running
+    await task.progress({ done: 1 });
+    await client.sync();
+    held.open();
+    const error = await client.next((frame) => frame.type === 'error', { from });
+    expect(error).toMatchObject({ code: 'task_not_found', taskId: task.id });
+    await client.sync();
+    const sent = client.frames
+      .slice(from)
+      .filter((frame) => frame.type === 'event' || frame.type === 'snapshot');
+    expect(sent).toEqual([]);
+  });
+
+  it('delivers what the task did during a re-check that allows it, in order, once it passed', async () => {
+    const held = gate();
+    const { server } = await startScoped(held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    await task.progress({ done: 1 });
+    await task.complete();
+    held.open();
+    await client.next(isEventAt(2), { from });
+    expect(
+      client.frames
+        .slice(from)
+        .filter((frame) => frame.type === 'event')
+        .map(seqOf),
+    ).toEqual([1, 2]);
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+  it('ends the socket, rather than hold without bound, when the re-check never ends', async () => {
+    const held = gate(); // never opened: the authorize hook of the renewed credential hangs
+    const { server } = await startScoped(held, { maxQueuedFrames: 20 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    for (let item = 1; item <= 30; item++) await task.item({ key: `node-${item}`, ok: true });
+    const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
+    expect(closed.code).toBe(1006);
+    held.open();
+  });
+});
