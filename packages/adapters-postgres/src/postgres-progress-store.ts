@@ -337,7 +337,15 @@ export class PostgresProgressStore implements ProgressStore {
     return row.value;
   }
 
+  /**
+   * Commits the appends called before it first (call order): committed after the epoch row, an append
+   * called before the renewal reached every listener after it, and a server that had read the new epoch
+   * took that old-epoch event for one of the new epoch. Appends whose row another transaction holds are
+   * waited for too, as they are tried again.
+   */
   async renewEpoch(): Promise<string> {
+    this.#assertOpen();
+    await this.#appends.settledBefore();
     this.#assertOpen();
     const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta, this.#target.channel));
     const row = rows[0];

@@ -703,6 +703,32 @@ describe('lease renewals', () => {
   });
 });
 
+describe('renewEpoch', () => {
+  it('commits the appends called before it first: their notices come before the renewal, in commit order', async () => {
+    const schema = await migrated();
+    const worker = await open({ schema });
+    // Another replica on the schema: it hears the commits' notices in commit order.
+    const observer = await open({ schema });
+    await worker.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    const heard: string[] = [];
+    observer.changes.subscribe((change) => heard.push(`seq ${change.seq}`));
+    observer.changes.onEpochRenewed(() => heard.push('renewed'));
+    // Connections at hand in the pool, as a running server has: the renewal does not wait for a new one.
+    await Promise.all(oneTo(4).map(() => pool.query('SELECT pg_sleep(0.02)')));
+    // Not awaited, as a server's appends are: one batch in flight, the next queued behind it (same task).
+    const first = worker.append('t', { type: 'progress', done: 1 });
+    await Promise.resolve();
+    const second = worker.append('t', { type: 'progress', done: 2 });
+    await worker.renewEpoch();
+    await eventually('the observer heard the renewal', () => heard.includes('renewed'), 5000);
+    await Promise.all([first, second]);
+    await eventually('the observer heard both appends', () => heard.length === 3, 5000);
+    // Committed after the renewal, an append called before it reached every server after the new epoch:
+    // a server that had read the new epoch took an old-epoch event for one of the new epoch.
+    expect(heard).toEqual(['seq 1', 'seq 2', 'renewed']);
+  });
+});
+
 describe('connection failures', () => {
   it('turn into store_unavailable with the driver error as cause', async () => {
     const schema = await migrated();
