@@ -46,6 +46,14 @@ const SKIPPED = Symbol('skipped');
  */
 export const RENEWAL_LOCK_WAIT_MS = 500;
 
+/**
+ * How long {@link releaseLease} waits for its task's row when another transaction holds it, as long as a
+ * renewal's second pass waits ({@link RENEWAL_LOCK_WAIT_MS}): an append's hold ends within a statement or
+ * two; a longer one (another program's transaction, a replica frozen before its COMMIT) fails the release
+ * with `store_unavailable` instead of holding the caller, and a pool connection, for as long as it lasts.
+ */
+export const RELEASE_LOCK_WAIT_MS = 500;
+
 type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
 
 /**
@@ -183,6 +191,9 @@ async function renewalPass(
 /**
  * Drops `owner`'s lease on a running task, of run `run` when given (see `RunFence`), in one statement.
  * Resolves `'not_found'` when no task has this id, `'other_run'` when its task is not of `run`.
+ *
+ * @throws a `lock_not_available` database error ({@link LOCK_NOT_AVAILABLE}) when another transaction held
+ * the task's row for {@link RELEASE_LOCK_WAIT_MS} (nothing was written).
  */
 export async function releaseLease(
   db: Kysely<ProgressDatabase>,
@@ -198,6 +209,9 @@ export async function releaseLease(
       UPDATE ${target.tasks} SET lease_owner = NULL, lease_expires_at = NULL
       WHERE id = ${taskId} AND status = 'running' AND lease_owner = ${owner}
         AND (${fence}::int8 IS NULL OR created_at = ${fence}::int8)
+        -- For this statement's transaction alone, set on the row before it is locked (the lock wait
+        -- comes after the row passed this filter): no round trip of its own.
+        AND set_config('lock_timeout', ${sql.lit(`${RELEASE_LOCK_WAIT_MS}ms`)}, true) IS NOT NULL
       RETURNING id
     )
     SELECT EXISTS (SELECT 1 FROM released) AS released,

@@ -37,10 +37,16 @@ import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 
 import { type AckCall, ackStatement, writeAcks } from './ack-statement.js';
 import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { guardedPool } from './guarded-pool.js';
-import { type LeaseCall, reapExpiredLeases, releaseLease, renewLeases } from './lease-statements.js';
+import {
+  type LeaseCall,
+  RELEASE_LOCK_WAIT_MS,
+  reapExpiredLeases,
+  releaseLease,
+  renewLeases,
+} from './lease-statements.js';
 import { ListenConnection } from './listen-connection.js';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
-import { toProgressError } from './pg-errors.js';
+import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { ChangeFeedHub, type PostgresChangeFeed, StoreChangeFeed } from './postgres-change-feed.js';
 import {
   type PgPool,
@@ -442,9 +448,18 @@ export class PostgresProgressStore implements ProgressStore {
     assertTaskId(taskId);
     assertId(owner, 'lease owner');
     const run = parseRunFence(options);
-    const outcome = await this.#run('releaseLease', taskId, () =>
-      releaseLease(this.#db, this.#target, taskId, owner, run),
-    );
+    const outcome = await this.#run('releaseLease', taskId, async () => {
+      try {
+        return await releaseLease(this.#db, this.#target, taskId, owner, run);
+      } catch (error) {
+        if (!(isDatabaseError(error) && error.code === LOCK_NOT_AVAILABLE)) throw error;
+        throw new ProgressError(
+          ErrorCode.StoreUnavailable,
+          `releaseLease: another transaction held the row of task ${taskId} for ${RELEASE_LOCK_WAIT_MS} ms (nothing was written); try again, or let the lease expire`,
+          { cause: error, taskId },
+        );
+      }
+    });
     if (outcome === 'not_found') throw taskNotFound(taskId);
     if (outcome === 'other_run' && run !== undefined) throw runGone(taskId, run);
   }

@@ -729,6 +729,44 @@ describe('renewEpoch', () => {
   });
 });
 
+describe('lease releases', () => {
+  it('wait a bounded time for a row another transaction holds, then reject with store_unavailable', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
+    await store.renewLease('held', 'replica', 60_000);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      // Another program's transaction (or an operator's) holding the task's row for as long as it likes.
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      let outcome: unknown;
+      const released = store.releaseLease('held', 'replica').then(
+        () => (outcome = 'released'),
+        (error: unknown) => (outcome = error),
+      );
+      // A liveness bound, not a timing assertion: before, the release waited for the holder, however long.
+      expect(
+        await settlesWithin(
+          released.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      expect(isProgressError(outcome, ErrorCode.StoreUnavailable), String(outcome)).toBe(true);
+      expect(outcome).toMatchObject({ taskId: 'held' });
+      await holder.query('ROLLBACK');
+      // Nothing was written; once the row is free the release goes through.
+      expect((await store.getTask('held'))?.leaseOwner).toBe('replica');
+      await store.releaseLease('held', 'replica');
+      expect((await store.getTask('held'))?.leaseOwner).toBeNull();
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+});
+
 describe('connection failures', () => {
   it('turn into store_unavailable with the driver error as cause', async () => {
     const schema = await migrated();
