@@ -138,6 +138,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #options: ResolvedStoreOptions;
   readonly #db: Kysely<ProgressDatabase>;
   readonly #clock: Clock;
+  /** The caller's `onError`, guarded: one that throws is reported once as a process warning. */
+  readonly #onError: (error: ProgressError) => void;
   readonly #schema: string;
   /** The schema's `meta` table (the epoch). */
   readonly #meta: RawBuilder<unknown>;
@@ -215,6 +217,7 @@ export class PostgresProgressStore implements ProgressStore {
         { type: 'FinishlineWarning', code: ON_ERROR_THREW_WARNING },
       ),
     );
+    this.#onError = onError;
     this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
     this.#listener = new ListenConnection({
       hub: this.#hub,
@@ -468,10 +471,20 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { limit } = parseReapOptions(options);
     const now = this.#clock();
-    const { results, changes } = await this.#run('reapExpiredLeases', undefined, () =>
+    const { results, changes, damaged } = await this.#run('reapExpiredLeases', undefined, () =>
       reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, now }),
     );
     this.#appends.committedElsewhere(changes);
+    // Once each: their lease is gone, so no later pass finds them (see reapExpiredLeases).
+    for (const { taskId, error } of damaged) {
+      this.#onError(
+        new ProgressError(
+          ErrorCode.Internal,
+          `reapExpiredLeases: task ${taskId} could not be interrupted (${describeThrown(error)}); its row looks damaged (written by hand?), so the reaper dropped its expired lease instead: the task stays running until repaired or ended`,
+          { cause: error, taskId },
+        ),
+      );
+    }
     return results;
   }
 

@@ -767,6 +767,41 @@ describe('lease releases', () => {
   });
 });
 
+describe('the lease reaper', () => {
+  it('drops the lease of a damaged row it cannot interrupt, reports it once, and interrupts the tasks behind it', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const reported: unknown[] = [];
+    const store = await open({ schema, clock: clock.now, onError: (error) => reported.push(error) });
+    for (const id of ['damaged', 'live']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+    }
+    await store.renewLease('damaged', 'gone', 1000);
+    clock.advance(1);
+    await store.renewLease('live', 'gone', 1000);
+    // Written by hand (a partial restore, an operator's edit): the row's seq fell behind its log, so the
+    // interruption's event (seq 1) collides with the event the log holds.
+    await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+    clock.advance(10_000);
+    // Before: the damaged row, oldest expiry first, failed every pass whole: no expired task was ever interrupted.
+    const reaped = await store.reapExpiredLeases();
+    expect(reaped.map((result) => `${result.task.id}:${result.event.type}`)).toEqual(['live:interrupted']);
+    expect((await store.getTask('live'))?.status).toBe('interrupted');
+    expect(await store.getTask('damaged')).toMatchObject({
+      status: 'running',
+      leaseOwner: null,
+      leaseExpiresAt: null,
+    });
+    expect(reported).toHaveLength(1);
+    expect(isProgressError(reported[0], ErrorCode.Internal), String(reported[0])).toBe(true);
+    expect(reported[0]).toMatchObject({ taskId: 'damaged' });
+    // Its lease gone, the next passes neither find it nor report it again.
+    expect(await store.reapExpiredLeases()).toEqual([]);
+    expect(reported).toHaveLength(1);
+  });
+});
+
 describe('connection failures', () => {
   it('turn into store_unavailable with the driver error as cause', async () => {
     const schema = await migrated();
