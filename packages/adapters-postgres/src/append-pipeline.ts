@@ -16,7 +16,7 @@ import {
   PAYLOADS_SEPARATOR,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
-import { isDatabaseError, isDataException, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import {
   int,
@@ -781,12 +781,16 @@ export class AppendPipeline {
       }
       this.#stats.failedBatches += 1;
       for (const entry of batch) this.#lastWritten.delete(entry.taskId);
-      if (batch.length > 1 && isDataException(error)) {
-        // One append carried a value Postgres refuses; commit the others and let that one fail alone.
+      if (batch.length > 1 && isRowRefusal(error)) {
+        // One append carried a value Postgres refuses, or its task's row is damaged (a unique violation:
+        // its seq behind its log); commit the others and let that one fail alone. Without this, every batch
+        // a damaged task's appends went into failed whole, with the appends of every other task in it.
         for (const entry of batch) await this.#commitBatch([entry]);
         return;
       }
-      const failure = toProgressError(error, 'append');
+      const taskIds = new Set(batch.map((entry) => entry.taskId));
+      const only = taskIds.size === 1 ? batch[0]?.taskId : undefined;
+      const failure = toProgressError(error, 'append', only);
       for (const entry of batch) entry.reject(failure);
       return;
     }

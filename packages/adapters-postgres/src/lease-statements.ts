@@ -12,7 +12,7 @@ import {
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
-import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
@@ -243,10 +243,7 @@ class UnplannableRow extends Error {}
  * or a constraint the interruption breaks (class 23, e.g. an event the row's `seq` says is not there yet).
  */
 function isRowDamage(error: unknown): boolean {
-  return (
-    error instanceof UnplannableRow ||
-    (isDatabaseError(error) && (error.code.startsWith('22') || error.code.startsWith('23')))
-  );
+  return error instanceof UnplannableRow || isRowRefusal(error);
 }
 
 /** The expired leases of running tasks, oldest first, locked (skipping those another transaction holds). */

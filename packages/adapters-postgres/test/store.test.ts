@@ -329,6 +329,31 @@ describe('appends', () => {
     expect((await store.append('a', { type: 'progress', done: 3 })).event.seq).toBe(2);
   });
 
+  it("of a damaged task row fail alone: the other tasks' appends of the same batch commit", async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    for (const id of ['damaged', 'a', 'b']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+    }
+    // Written by hand (a partial restore, an operator's edit): the row's seq fell behind its log, so its next
+    // event collides with one the log holds (a unique violation, not a value Postgres refuses).
+    await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+    // One tick: one batch. Before, the whole batch failed, and so did every batch the damaged task's
+    // appends went into: a busy server's appends of every other task with them.
+    const [damaged, a, b] = await Promise.allSettled([
+      store.append('damaged', { type: 'progress', done: 2 }),
+      store.append('a', { type: 'progress', done: 2 }),
+      store.append('b', { type: 'progress', done: 2 }),
+    ]);
+    expect(a).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+    expect(b).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+    expect(damaged.status).toBe('rejected');
+    const reason = (damaged as PromiseRejectedResult).reason;
+    expect(isProgressError(reason, ErrorCode.StoreUnavailable), String(reason)).toBe(true);
+    expect(reason).toMatchObject({ taskId: 'damaged' });
+  });
+
   it('reject oversized payloads, invalid ids and unknown tasks with typed errors, before any SQL', async () => {
     const schema = await migrated();
     const store = await open({ schema });
