@@ -16,7 +16,7 @@ import {
   PAYLOADS_SEPARATOR,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
-import { isDatabaseError, isDataException, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import {
   int,
@@ -559,6 +559,10 @@ export class AppendPipeline {
   /** Tasks whose row another transaction held, until their appends are tried again (see {@link #retryLater}). */
   readonly #heldTasks = new Set<string>();
   readonly #idleWaiters: (() => void)[] = [];
+  /** The batches in flight, each until its transactions ended, for {@link settledBefore}. */
+  readonly #inFlight = new Set<PendingAppend[]>();
+  /** Woken whenever appends may have settled: a batch ended, or queued appends were rejected. */
+  #progressWaiters: (() => void)[] = [];
   /** The timers of {@link #retryLater}, which {@link close} clears. */
   readonly #retryTimers = new Set<ReturnType<typeof setTimeout>>();
   /** Set by {@link close}: appends whose row another transaction holds are no longer tried again. */
@@ -640,6 +644,38 @@ export class AppendPipeline {
       else kept.push(entry);
     }
     this.#queue.splice(0, this.#queue.length, ...kept);
+    this.#progressed();
+  }
+
+  /**
+   * Resolves once every append queued or in a transaction at the time of the call has been committed (its
+   * change published) or rejected; appends queued later are not waited for, so a steady stream of them
+   * never holds it back. Appends whose row another transaction holds are waited for as they are tried
+   * again, until they commit or `close()` rejects them.
+   */
+  async settledBefore(): Promise<void> {
+    let waiting = this.#outstanding();
+    // Each round waits for a batch to end or for queued appends to be rejected; the appends waited for
+    // are those of the call, a finite set that only shrinks.
+    while (waiting.size > 0) {
+      await new Promise<void>((resolve) => this.#progressWaiters.push(resolve));
+      const outstanding = this.#outstanding();
+      waiting = new Set([...waiting].filter((entry) => outstanding.has(entry)));
+    }
+  }
+
+  /** The appends not settled yet: queued, or in a batch in flight (some of whose may have settled). */
+  #outstanding(): Set<PendingAppend> {
+    const outstanding = new Set<PendingAppend>(this.#queue);
+    for (const batch of this.#inFlight) for (const entry of batch) outstanding.add(entry);
+    return outstanding;
+  }
+
+  #progressed(): void {
+    if (this.#progressWaiters.length === 0) return;
+    const waiters = this.#progressWaiters;
+    this.#progressWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   /** Resolves once every queued append has been committed or rejected. */
@@ -677,8 +713,10 @@ export class AppendPipeline {
       const taskIds = new Set(batch.map((entry) => entry.taskId));
       for (const taskId of taskIds) this.#busyTasks.add(taskId);
       this.#activeBatches += 1;
+      this.#inFlight.add(batch);
       void this.#commitBatch(batch).finally(() => {
         this.#activeBatches -= 1;
+        this.#inFlight.delete(batch);
         clearTimeout(this.#throttleTimer);
         this.#throttleTimer = undefined;
         for (const taskId of taskIds) this.#busyTasks.delete(taskId);
@@ -686,6 +724,7 @@ export class AppendPipeline {
         if (this.#activeBatches === 0 && this.#queue.length === 0) {
           for (const wake of this.#idleWaiters.splice(0)) wake();
         }
+        this.#progressed();
       });
     }
   }
@@ -742,12 +781,16 @@ export class AppendPipeline {
       }
       this.#stats.failedBatches += 1;
       for (const entry of batch) this.#lastWritten.delete(entry.taskId);
-      if (batch.length > 1 && isDataException(error)) {
-        // One append carried a value Postgres refuses; commit the others and let that one fail alone.
+      if (batch.length > 1 && isRowRefusal(error)) {
+        // One append carried a value Postgres refuses, or its task's row is damaged (a unique violation:
+        // its seq behind its log); commit the others and let that one fail alone. Without this, every batch
+        // a damaged task's appends went into failed whole, with the appends of every other task in it.
         for (const entry of batch) await this.#commitBatch([entry]);
         return;
       }
-      const failure = toProgressError(error, 'append');
+      const taskIds = new Set(batch.map((entry) => entry.taskId));
+      const only = taskIds.size === 1 ? batch[0]?.taskId : undefined;
+      const failure = toProgressError(error, 'append', only);
       for (const entry of batch) entry.reject(failure);
       return;
     }

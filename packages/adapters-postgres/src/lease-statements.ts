@@ -12,7 +12,7 @@ import {
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
-import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
@@ -45,6 +45,14 @@ const SKIPPED = Symbol('skipped');
  * the store's later renewals this long at most, and its renewal is asked again later.
  */
 export const RENEWAL_LOCK_WAIT_MS = 500;
+
+/**
+ * How long {@link releaseLease} waits for its task's row when another transaction holds it, as long as a
+ * renewal's second pass waits ({@link RENEWAL_LOCK_WAIT_MS}): an append's hold ends within a statement or
+ * two; a longer one (another program's transaction, a replica frozen before its COMMIT) fails the release
+ * with `store_unavailable` instead of holding the caller, and a pool connection, for as long as it lasts.
+ */
+export const RELEASE_LOCK_WAIT_MS = 500;
 
 type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
 
@@ -183,6 +191,9 @@ async function renewalPass(
 /**
  * Drops `owner`'s lease on a running task, of run `run` when given (see `RunFence`), in one statement.
  * Resolves `'not_found'` when no task has this id, `'other_run'` when its task is not of `run`.
+ *
+ * @throws a `lock_not_available` database error ({@link LOCK_NOT_AVAILABLE}) when another transaction held
+ * the task's row for {@link RELEASE_LOCK_WAIT_MS} (nothing was written).
  */
 export async function releaseLease(
   db: Kysely<ProgressDatabase>,
@@ -198,6 +209,9 @@ export async function releaseLease(
       UPDATE ${target.tasks} SET lease_owner = NULL, lease_expires_at = NULL
       WHERE id = ${taskId} AND status = 'running' AND lease_owner = ${owner}
         AND (${fence}::int8 IS NULL OR created_at = ${fence}::int8)
+        -- For this statement's transaction alone, set on the row before it is locked (the lock wait
+        -- comes after the row passed this filter): no round trip of its own.
+        AND set_config('lock_timeout', ${sql.lit(`${RELEASE_LOCK_WAIT_MS}ms`)}, true) IS NOT NULL
       RETURNING id
     )
     SELECT EXISTS (SELECT 1 FROM released) AS released,
@@ -208,41 +222,144 @@ export async function releaseLease(
   return run !== undefined && int(row.created_at) !== run ? 'other_run' : 'done';
 }
 
+/** A task row the reaper could not interrupt (see {@link reapExpiredLeases}), with why. */
+export interface DamagedRow {
+  taskId: string;
+  error: unknown;
+}
+
+/** What {@link reapExpiredLeases} did: the appends it committed, their changes, and the rows it set aside. */
+export interface ReapOutcome {
+  results: AppendResult[];
+  changes: TaskChange[];
+  damaged: DamagedRow[];
+}
+
+/** A row the first pass could not plan (see {@link reapExpiredLeases}): the careful pass sets it aside. */
+class UnplannableRow extends Error {}
+
+/**
+ * What a row of its own, not the database or the connection, made fail: a value Postgres refuses (class 22)
+ * or a constraint the interruption breaks (class 23, e.g. an event the row's `seq` says is not there yet).
+ */
+function isRowDamage(error: unknown): boolean {
+  return error instanceof UnplannableRow || isRowRefusal(error);
+}
+
+/** The expired leases of running tasks, oldest first, locked (skipping those another transaction holds). */
+function selectExpired(target: AppendTarget, limit: number, now: number) {
+  // SKIP LOCKED: a task another reaper (or an append) holds is left to it; the reaper that holds
+  // it either interrupts it or sees it was renewed, so each expired lease ends exactly once.
+  return sql<TaskRow>`
+      SELECT ${taskColumns} FROM ${target.tasks}
+      WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ${now}
+        AND ${idleInTransactionTimeout}
+      ORDER BY lease_expires_at, id
+      LIMIT ${limit}
+      FOR UPDATE SKIP LOCKED`;
+}
+
+/** The interruption of `row`, or `undefined` if its lease is not expired. */
+function planInterruption(row: TaskRow, now: number): AppendResult | undefined {
+  const task = toTask(row);
+  if (!isLeaseExpired(task, now)) return undefined;
+  return planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now);
+}
+
 /**
  * Interrupts up to `limit` running tasks whose lease expired at `now`, in one transaction; returns the
  * appends it committed and the changes to publish once the caller is told (each with its event).
+ *
+ * A row damaged by hand (a partial restore, an operator's edit: a `seq` behind its log) makes the
+ * interruption's statement fail, and with it the whole pass. Left so, it came first in every pass (oldest
+ * expiry first) and failed each: no expired task was interrupted again. So when the pass fails on such an
+ * error, a careful pass interrupts the rows one by one (a savepoint each) and sets aside each row that
+ * fails: its lease is dropped (the reaper no longer finds it; the task stays running, for an operator to
+ * repair or end) and it is returned in `damaged`, once. Its slot goes to the next expired task. A row that
+ * is merely odd costs nothing: the careful pass runs only after such a failure.
  */
 export async function reapExpiredLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   statements: AppendStatements,
   { limit, now }: { limit: number; now: number },
-): Promise<{ results: AppendResult[]; changes: TaskChange[] }> {
+): Promise<ReapOutcome> {
+  try {
+    return await db.transaction().execute(async (trx) => {
+      const { rows } = await selectExpired(target, limit, now).execute(trx);
+      const planned: AppendResult[] = [];
+      for (const row of rows) {
+        let interruption: AppendResult | undefined;
+        try {
+          interruption = planInterruption(row, now);
+        } catch (error) {
+          throw new UnplannableRow(`Task ${row.id} could not be planned`, { cause: error });
+        }
+        if (interruption !== undefined) planned.push(interruption);
+      }
+      let changes: TaskChange[] = [];
+      if (planned.length > 0) {
+        changes = await writeAppends(
+          trx,
+          statements,
+          planned.map((entry) => entry.task),
+          planned.map((entry) => entry.event),
+        );
+      }
+      return { results: planned, changes, damaged: [] };
+    });
+  } catch (error) {
+    if (!isRowDamage(error)) throw error;
+    return reapCarefully(db, target, statements, { limit, now });
+  }
+}
+
+/** The careful pass of {@link reapExpiredLeases}: one savepoint per row, damaged rows set aside. */
+async function reapCarefully(
+  db: Kysely<ProgressDatabase>,
+  target: AppendTarget,
+  statements: AppendStatements,
+  { limit, now }: { limit: number; now: number },
+): Promise<ReapOutcome> {
   return db.transaction().execute(async (trx) => {
-    // SKIP LOCKED: a task another reaper (or an append) holds is left to it; the reaper that holds
-    // it either interrupts it or sees it was renewed, so each expired lease ends exactly once.
-    const { rows } = await sql<TaskRow>`
-      SELECT ${taskColumns} FROM ${target.tasks}
-      WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ${now}
-        AND ${idleInTransactionTimeout}
-      ORDER BY lease_expires_at, id
-      LIMIT ${limit}
-      FOR UPDATE SKIP LOCKED`.execute(trx);
-    const planned: AppendResult[] = [];
-    for (const row of rows) {
-      const task = toTask(row);
-      if (!isLeaseExpired(task, now)) continue;
-      planned.push(planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now));
+    const outcome: ReapOutcome = { results: [], changes: [], damaged: [] };
+    // Interrupted rows are no longer running and set-aside ones have no lease: a further query finds only
+    // rows not seen yet. Another one only after rows were set aside, which took them out of it: the loop ends.
+    for (let setAside = 1; setAside > 0 && outcome.results.length < limit; ) {
+      setAside = 0;
+      const { rows } = await selectExpired(target, limit - outcome.results.length, now).execute(trx);
+      for (const row of rows) {
+        let damage: { error: unknown } | undefined;
+        let interruption: AppendResult | undefined;
+        try {
+          interruption = planInterruption(row, now);
+        } catch (error) {
+          damage = { error };
+        }
+        if (interruption !== undefined) {
+          await sql`SAVEPOINT finishline_reap`.execute(trx);
+          try {
+            const changes = await writeAppends(trx, statements, [interruption.task], [interruption.event]);
+            await sql`RELEASE SAVEPOINT finishline_reap`.execute(trx);
+            outcome.changes.push(...changes);
+            outcome.results.push(interruption);
+          } catch (error) {
+            if (!isRowDamage(error)) throw error;
+            // Its notification is undone with the rest of the savepoint's work.
+            await sql`ROLLBACK TO SAVEPOINT finishline_reap`.execute(trx);
+            damage = { error };
+          }
+        }
+        if (damage !== undefined) {
+          await sql`
+            UPDATE ${target.tasks} SET lease_owner = NULL, lease_expires_at = NULL WHERE id = ${row.id}`.execute(
+            trx,
+          );
+          outcome.damaged.push({ taskId: row.id, error: damage.error });
+          setAside += 1;
+        }
+      }
     }
-    let changes: TaskChange[] = [];
-    if (planned.length > 0) {
-      changes = await writeAppends(
-        trx,
-        statements,
-        planned.map((entry) => entry.task),
-        planned.map((entry) => entry.event),
-      );
-    }
-    return { results: planned, changes };
+    return outcome;
   });
 }

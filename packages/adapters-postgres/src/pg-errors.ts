@@ -35,6 +35,16 @@ export function isDataException(error: unknown): boolean {
   return isDatabaseError(error) && error.code.startsWith('22');
 }
 
+/**
+ * True when one row or value of a statement made it fail, not the database or the connection: a value
+ * Postgres refuses (class 22), or a constraint the write breaks (class 23; with the task rows locked, only a
+ * row damaged by hand does: a `seq` behind its log makes the next event collide with one the log holds).
+ * Retrying the statement without that row can succeed.
+ */
+export function isRowRefusal(error: unknown): boolean {
+  return isDatabaseError(error) && (error.code.startsWith('22') || error.code.startsWith('23'));
+}
+
 /** The SQLSTATE of `lock_timeout` (lock_not_available). */
 export const LOCK_NOT_AVAILABLE = '55P03';
 

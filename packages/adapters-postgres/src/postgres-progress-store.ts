@@ -37,10 +37,16 @@ import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 
 import { type AckCall, ackStatement, writeAcks } from './ack-statement.js';
 import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget } from './append-pipeline.js';
 import { guardedPool } from './guarded-pool.js';
-import { type LeaseCall, reapExpiredLeases, releaseLease, renewLeases } from './lease-statements.js';
+import {
+  type LeaseCall,
+  RELEASE_LOCK_WAIT_MS,
+  reapExpiredLeases,
+  releaseLease,
+  renewLeases,
+} from './lease-statements.js';
 import { ListenConnection } from './listen-connection.js';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
-import { toProgressError } from './pg-errors.js';
+import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { ChangeFeedHub, type PostgresChangeFeed, StoreChangeFeed } from './postgres-change-feed.js';
 import {
   type PgPool,
@@ -132,6 +138,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #options: ResolvedStoreOptions;
   readonly #db: Kysely<ProgressDatabase>;
   readonly #clock: Clock;
+  /** The caller's `onError`, guarded: one that throws is reported once as a process warning. */
+  readonly #onError: (error: ProgressError) => void;
   readonly #schema: string;
   /** The schema's `meta` table (the epoch). */
   readonly #meta: RawBuilder<unknown>;
@@ -209,6 +217,7 @@ export class PostgresProgressStore implements ProgressStore {
         { type: 'FinishlineWarning', code: ON_ERROR_THREW_WARNING },
       ),
     );
+    this.#onError = onError;
     this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
     this.#listener = new ListenConnection({
       hub: this.#hub,
@@ -337,7 +346,15 @@ export class PostgresProgressStore implements ProgressStore {
     return row.value;
   }
 
+  /**
+   * Commits the appends called before it first (call order): committed after the epoch row, an append
+   * called before the renewal reached every listener after it, and a server that had read the new epoch
+   * took that old-epoch event for one of the new epoch. Appends whose row another transaction holds are
+   * waited for too, as they are tried again.
+   */
   async renewEpoch(): Promise<string> {
+    this.#assertOpen();
+    await this.#appends.settledBefore();
     this.#assertOpen();
     const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta, this.#target.channel));
     const row = rows[0];
@@ -434,9 +451,18 @@ export class PostgresProgressStore implements ProgressStore {
     assertTaskId(taskId);
     assertId(owner, 'lease owner');
     const run = parseRunFence(options);
-    const outcome = await this.#run('releaseLease', taskId, () =>
-      releaseLease(this.#db, this.#target, taskId, owner, run),
-    );
+    const outcome = await this.#run('releaseLease', taskId, async () => {
+      try {
+        return await releaseLease(this.#db, this.#target, taskId, owner, run);
+      } catch (error) {
+        if (!(isDatabaseError(error) && error.code === LOCK_NOT_AVAILABLE)) throw error;
+        throw new ProgressError(
+          ErrorCode.StoreUnavailable,
+          `releaseLease: another transaction held the row of task ${taskId} for ${RELEASE_LOCK_WAIT_MS} ms (nothing was written); try again, or let the lease expire`,
+          { cause: error, taskId },
+        );
+      }
+    });
     if (outcome === 'not_found') throw taskNotFound(taskId);
     if (outcome === 'other_run' && run !== undefined) throw runGone(taskId, run);
   }
@@ -445,10 +471,20 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { limit } = parseReapOptions(options);
     const now = this.#clock();
-    const { results, changes } = await this.#run('reapExpiredLeases', undefined, () =>
+    const { results, changes, damaged } = await this.#run('reapExpiredLeases', undefined, () =>
       reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, now }),
     );
     this.#appends.committedElsewhere(changes);
+    // Once each: their lease is gone, so no later pass finds them (see reapExpiredLeases).
+    for (const { taskId, error } of damaged) {
+      this.#onError(
+        new ProgressError(
+          ErrorCode.Internal,
+          `reapExpiredLeases: task ${taskId} could not be interrupted (${describeThrown(error)}); its row looks damaged (written by hand?), so the reaper dropped its expired lease instead: the task stays running until repaired or ended`,
+          { cause: error, taskId },
+        ),
+      );
+    }
     return results;
   }
 

@@ -147,7 +147,9 @@ export interface PostgresProgressStoreOptions {
   preparedStatements?: boolean;
   /**
    * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
-   * (reconnecting, polling again); this hook is for logs and alerts.
+   * (reconnecting, polling again); this hook is for logs and alerts. Also receives, once each, the rows
+   * `reapExpiredLeases` could not interrupt (damaged by hand, e.g. a `seq` behind the task's log), whose
+   * expired lease it dropped instead (`internal`, with the `taskId`).
    * @default ignores the error
    */
   onError?: (error: ProgressError) => void;

@@ -329,6 +329,31 @@ describe('appends', () => {
     expect((await store.append('a', { type: 'progress', done: 3 })).event.seq).toBe(2);
   });
 
+  it("of a damaged task row fail alone: the other tasks' appends of the same batch commit", async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    for (const id of ['damaged', 'a', 'b']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+    }
+    // Written by hand (a partial restore, an operator's edit): the row's seq fell behind its log, so its next
+    // event collides with one the log holds (a unique violation, not a value Postgres refuses).
+    await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+    // One tick: one batch. Before, the whole batch failed, and so did every batch the damaged task's
+    // appends went into: a busy server's appends of every other task with them.
+    const [damaged, a, b] = await Promise.allSettled([
+      store.append('damaged', { type: 'progress', done: 2 }),
+      store.append('a', { type: 'progress', done: 2 }),
+      store.append('b', { type: 'progress', done: 2 }),
+    ]);
+    expect(a).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+    expect(b).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+    expect(damaged.status).toBe('rejected');
+    const reason = (damaged as PromiseRejectedResult).reason;
+    expect(isProgressError(reason, ErrorCode.StoreUnavailable), String(reason)).toBe(true);
+    expect(reason).toMatchObject({ taskId: 'damaged' });
+  });
+
   it('reject oversized payloads, invalid ids and unknown tasks with typed errors, before any SQL', async () => {
     const schema = await migrated();
     const store = await open({ schema });
@@ -700,6 +725,106 @@ describe('lease renewals', () => {
       await holder.query('ROLLBACK');
       await holder.end();
     }
+  });
+});
+
+describe('renewEpoch', () => {
+  it('commits the appends called before it first: their notices come before the renewal, in commit order', async () => {
+    const schema = await migrated();
+    const worker = await open({ schema });
+    // Another replica on the schema: it hears the commits' notices in commit order.
+    const observer = await open({ schema });
+    await worker.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    const heard: string[] = [];
+    observer.changes.subscribe((change) => heard.push(`seq ${change.seq}`));
+    observer.changes.onEpochRenewed(() => heard.push('renewed'));
+    // Connections at hand in the pool, as a running server has: the renewal does not wait for a new one.
+    await Promise.all(oneTo(4).map(() => pool.query('SELECT pg_sleep(0.02)')));
+    // Not awaited, as a server's appends are: one batch in flight, the next queued behind it (same task).
+    const first = worker.append('t', { type: 'progress', done: 1 });
+    await Promise.resolve();
+    const second = worker.append('t', { type: 'progress', done: 2 });
+    await worker.renewEpoch();
+    await eventually('the observer heard the renewal', () => heard.includes('renewed'), 5000);
+    await Promise.all([first, second]);
+    await eventually('the observer heard both appends', () => heard.length === 3, 5000);
+    // Committed after the renewal, an append called before it reached every server after the new epoch:
+    // a server that had read the new epoch took an old-epoch event for one of the new epoch.
+    expect(heard).toEqual(['seq 1', 'seq 2', 'renewed']);
+  });
+});
+
+describe('lease releases', () => {
+  it('wait a bounded time for a row another transaction holds, then reject with store_unavailable', async () => {
+    const schema = await migrated();
+    const store = await open({ schema });
+    await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
+    await store.renewLease('held', 'replica', 60_000);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      // Another program's transaction (or an operator's) holding the task's row for as long as it likes.
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      let outcome: unknown;
+      const released = store.releaseLease('held', 'replica').then(
+        () => (outcome = 'released'),
+        (error: unknown) => (outcome = error),
+      );
+      // A liveness bound, not a timing assertion: before, the release waited for the holder, however long.
+      expect(
+        await settlesWithin(
+          released.then(() => undefined),
+          5000,
+        ),
+      ).toBe('closed');
+      expect(isProgressError(outcome, ErrorCode.StoreUnavailable), String(outcome)).toBe(true);
+      expect(outcome).toMatchObject({ taskId: 'held' });
+      await holder.query('ROLLBACK');
+      // Nothing was written; once the row is free the release goes through.
+      expect((await store.getTask('held'))?.leaseOwner).toBe('replica');
+      await store.releaseLease('held', 'replica');
+      expect((await store.getTask('held'))?.leaseOwner).toBeNull();
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+});
+
+describe('the lease reaper', () => {
+  it('drops the lease of a damaged row it cannot interrupt, reports it once, and interrupts the tasks behind it', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const reported: unknown[] = [];
+    const store = await open({ schema, clock: clock.now, onError: (error) => reported.push(error) });
+    for (const id of ['damaged', 'live']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+    }
+    await store.renewLease('damaged', 'gone', 1000);
+    clock.advance(1);
+    await store.renewLease('live', 'gone', 1000);
+    // Written by hand (a partial restore, an operator's edit): the row's seq fell behind its log, so the
+    // interruption's event (seq 1) collides with the event the log holds.
+    await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+    clock.advance(10_000);
+    // Before: the damaged row, oldest expiry first, failed every pass whole: no expired task was ever interrupted.
+    // One slot: the damaged row, set aside, gives it to the next expired task in the same pass.
+    const reaped = await store.reapExpiredLeases({ limit: 1 });
+    expect(reaped.map((result) => `${result.task.id}:${result.event.type}`)).toEqual(['live:interrupted']);
+    expect((await store.getTask('live'))?.status).toBe('interrupted');
+    expect(await store.getTask('damaged')).toMatchObject({
+      status: 'running',
+      leaseOwner: null,
+      leaseExpiresAt: null,
+    });
+    expect(reported).toHaveLength(1);
+    expect(isProgressError(reported[0], ErrorCode.Internal), String(reported[0])).toBe(true);
+    expect(reported[0]).toMatchObject({ taskId: 'damaged' });
+    // Its lease gone, the next passes neither find it nor report it again.
+    expect(await store.reapExpiredLeases()).toEqual([]);
+    expect(reported).toHaveLength(1);
   });
 });
 
