@@ -237,6 +237,17 @@ describe('GET /tasks/:id/stream', () => {
     });
   });
 
+  it('tells proxies and compression middleware to pass the stream through unbuffered and untransformed', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'accept-encoding': 'gzip' });
+    open.push(response);
+    // Express's `compression` (and CDNs) compress text/event-stream, buffering it, unless the response
+    // says `no-transform`; nginx buffers unless told `X-Accel-Buffering: no`.
+    expect(response.headers['cache-control']?.split(/,\s*/)).toEqual(['no-store', 'no-transform']);
+    expect(response.headers['x-accel-buffering']).toBe('no');
+  });
+
   it('a stream cut mid-task resumes from Last-Event-ID with nothing lost or repeated', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

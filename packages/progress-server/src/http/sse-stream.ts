@@ -89,7 +89,10 @@ export interface StreamContext {
 /** The headers of an event stream, and of the answer to a `HEAD` of one. */
 const STREAM_HEADERS = Object.freeze({
   'content-type': 'text/event-stream; charset=utf-8',
-  'cache-control': 'no-store',
+  // `no-transform`: a compressing proxy or middleware (Express's `compression`, a CDN) buffers what it
+  // compresses, so frames and heartbeats would arrive in bursts or only at the end; `no-transform` is
+  // what they honour to pass a response through as it is.
+  'cache-control': 'no-store, no-transform',
   connection: 'keep-alive',
   // nginx buffers proxied responses unless told not to: events would arrive in bursts.
   'x-accel-buffering': 'no',
