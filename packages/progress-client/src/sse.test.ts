@@ -763,6 +763,40 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
     await client.close();
   });
 
+  it('backs off over 200 answers that are not an event stream (a captive portal’s or an SPA’s HTML page), as over failed opens', async () => {
+    // Taken for a stream that was served and cut, such a page was asked for again within a second, for ever,
+    // by every watch of the page.
+    const asked: number[] = [];
+    let now = () => 0;
+    const fetch: StreamingFetch = async () => {
+      asked.push(now());
+      const html = new TextEncoder().encode(
+        '<!doctype html>\n<html>\n\n<body>Sign in to the Wi-Fi</body></html>\n',
+      );
+      return {
+        ok: true,
+        status: 200,
+        headers: { get: (name) => (name === 'content-type' ? 'text/html; charset=utf-8' : null) },
+        body: new ReadableStream<Uint8Array>({
+          start(controller) {
+            controller.enqueue(html);
+            controller.close();
+          },
+        }),
+      };
+    };
+    const { client, scheduler } = setup({ preferFallback: true, fallbackTransport: sseFallback({ fetch }) });
+    const start = scheduler.now();
+    now = () => scheduler.now() - start;
+    client.on('error', () => undefined);
+    client.watch('t1');
+    await scheduler.advance(20_000);
+    // A full-jitter step of reconnect.initialDelayMs (1 s) doubling (random 0.5), as after any failed open.
+    expect(asked).toEqual([0, 500, 1500, 3500, 7500, 15_500]);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
   // An open a frozen replica (a SIGSTOP'd process: its kernel accepts the connection) or a proxy holding
   // the request never answered waited the whole silence timeout (32 s by default), where a socket that
   // gets no `hello` waits connectTimeoutMs (10 s); and each reopen waited as long again.

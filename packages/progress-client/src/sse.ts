@@ -42,6 +42,11 @@ export type StreamingFetch = (
   status?: number;
   /** The body as text (`fetch` has it): the server's error code and message in a refusal. */
   text?(): Promise<string>;
+  /**
+   * The response headers (`fetch` has them): a 200 that is not `text/event-stream` (a captive portal's or
+   * an SPA's HTML page) is taken for a failed open. Without them every 200 is taken for the stream.
+   */
+  headers?: { get(name: string): string | null };
 }>;
 
 /**
@@ -129,7 +134,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       };
       heard();
       void (async () => {
-        if (fetchImpl === undefined) return end();
+        if (!fetchImpl) return end();
         const open = (epoch: string | undefined) =>
           request(fetchImpl, taskId, 'stream', {
             method: 'GET',
@@ -150,7 +155,15 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           const text = (await response.text?.().catch(() => '')) ?? '';
           return end(errorFromResponse(taskId, response.status, text));
         }
-        if (!response.ok || response.body === null) return end();
+        // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
+        // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
+        // ever, by every watch of the page.
+        if (
+          !response.ok ||
+          !response.body ||
+          response.headers?.get('content-type')?.includes('event-stream') === false
+        )
+          return end();
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
@@ -171,11 +184,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             }
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
-            const data = block
-              .split('\n')
-              .filter((line) => line.startsWith('data:'))
-              .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5))
-              .join('\n');
+            // (`[^\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
+            const data = [...block.matchAll(/^data: ?([^\n]*)/gm)].map((line) => line[1]).join('\n');
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
               if (decoded.ok) host.onFrame(decoded.frame);
