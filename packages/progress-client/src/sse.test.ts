@@ -846,6 +846,29 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
     },
   );
 
+  it('gives up on an open whose token function never returns at connectTimeoutMs, and opens again', async () => {
+    // The deadline aborted a `fetch` that was never called: the stream waited on the token for ever, with
+    // no timer left, and its watch was stuck until the socket came back (or the page woke).
+    const sse = new FakeSse();
+    let calls = 0;
+    const token = () => (++calls === 1 ? new Promise<string>(() => undefined) : Promise.resolve('tok'));
+    const { client, scheduler } = setup({
+      preferFallback: true,
+      token,
+      fallbackTransport: sseFallback({ fetch: sse.fetch }),
+    });
+    client.watch('t1');
+    await scheduler.advance(9_999);
+    expect(sse.streams).toHaveLength(0);
+    // connectTimeoutMs (10 s), then a failed open's step (reconnect.initialDelayMs, 1 s; random 0.5).
+    await scheduler.advance(501);
+    expect(calls).toBe(2);
+    expect(sse.streams).toHaveLength(1);
+    expect(sse.streams[0]?.headers.authorization).toBe('Bearer tok');
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
   it('takes connectTimeoutMs as given, and not a moment before it', async () => {
     const { client, sse, scheduler } = sseSetup({ preferFallback: true, connectTimeoutMs: 4000 });
     client.watch('t1');

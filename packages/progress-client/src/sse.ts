@@ -122,7 +122,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
         if (!ended)
           quiet = host.timers.start(
-            () => abort.abort(),
+            // Ended here, not only aborted: an open still waiting on the token function has no `fetch` the
+            // abort could end, and one that never returned held the stream (and its watch) for ever.
+            end,
             delivered ? (o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs) : o.connectTimeoutMs,
           );
       };
@@ -130,6 +132,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         if (ended) return;
         ended = true;
         quiet();
+        // Whatever ended it: a request still out (a read, a refusal's unread body) is let go.
+        abort.abort();
         onEnd(refusal, delivered);
       };
       heard();
@@ -196,10 +200,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       })()
         .catch(() => undefined)
         .finally(() => end());
-      return () => {
-        abort.abort();
-        end();
-      };
+      return end;
     },
     ack(taskId, seq) {
       // Asked again with the streams' backoff until the server answers it (a 4xx is an answer: the task is
