@@ -393,8 +393,11 @@ async function serve<P extends Principal>(
       });
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
-      const last = events.at(-1)?.seq ?? afterSeq;
-      return { task: toTaskView(task), events, hasMore: last < task.seq, ...epochOf(ctx) };
+      // None at all though the task is ahead: the store no longer holds them (retention removed them and
+      // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True
+      // there, a client paging while `hasMore` asked for the same empty page for ever.)
+      const hasMore = events.length > 0 && (events.at(-1)?.seq ?? afterSeq) < task.seq;
+      return { task: toTaskView(task), events, hasMore, ...epochOf(ctx) };
     }
     case 'cancel': {
       const body = await readJsonBody(request);
