@@ -218,7 +218,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           body: JSON.stringify({ seq }),
         })
           .then(
-            ({ status = 0 }) => status < 500,
+            // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
+            // for one, the acks of a page whose many watches ended together were lost past the budget.)
+            ({ status = 0 }) => status < 500 && status !== 429,
             () => false,
           )
           .then((answered) => {
