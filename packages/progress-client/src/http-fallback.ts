@@ -301,7 +301,13 @@ class HttpPoller implements HttpFallbackRuntime {
           }
           task.adoptEpoch(epoch);
         }
-        if (events.length === 0) return;
+        if (events.length === 0) {
+          // None after the cursor though the task is ahead of it: the store no longer holds them (retention
+          // removed a task's events and kept its row). The task stands for them, as the snapshot the socket
+          // and the stream answer this with does; without it, every poll returned with nothing applied.
+          if (snapshot !== undefined && snapshot.task.seq > before) this.#snapshot(task, snapshot);
+          return;
+        }
         for (const event of events) host.apply(task, task.cursor.applyEvent(event));
         if (task.cursor.seq === before) {
           // The log does not continue from the cursor (events removed by retention): take the snapshot.

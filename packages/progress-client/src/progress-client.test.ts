@@ -14,7 +14,7 @@ import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { sseFallback } from './sse.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
-import { record, setup } from './testing/harness.js';
+import { FakeHttp, record, setup } from './testing/harness.js';
 import { flush } from './testing/manual-scheduler.js';
 
 const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
@@ -1028,6 +1028,42 @@ describe('HTTP fallback', () => {
     await scheduler.advance(60_000);
     expect(http.requests.length).toBe(requests);
     expect(states.some((change) => change.state === 'open')).toBe(true);
+    await client.close();
+  });
+
+  it('takes the task as a snapshot over HTTP when the store no longer holds any event after the cursor', async () => {
+    // A store whose retention removed a task's events and kept its row answers `events: []` with the task
+    // ahead of the cursor: the poll returned with nothing applied, every time, and the watch never saw
+    // its task end (the socket and the SSE stream answer the same case with the snapshot).
+    const http = new FakeHttp();
+    let trimmed = false;
+    const fetch: FetchLike = async (url, init) => {
+      const answer = await http.fetch(url, init);
+      if (!trimmed || !new URL(url).pathname.endsWith('/events')) return answer;
+      const body = JSON.parse(await answer.text());
+      return { ...answer, text: async () => JSON.stringify({ ...body, events: [], hasMore: false }) };
+    };
+    const { client, server, scheduler } = setup({
+      fetch,
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    const task = new FakeTask('t1', 3);
+    http.tasks.set('t1', task);
+    const log = record(client.watch('t1'));
+    server.last.open();
+    server.last.push(helloWith());
+    server.last.push(snap(task.view()));
+    server.last.push(ev(task.item('a')));
+    task.item('b');
+    task.end();
+    trimmed = true;
+    server.last.serverClose(1006);
+    await scheduler.advance(1000);
+    server.last.serverClose(1006);
+    await scheduler.advance(2000);
+    expect(http.count('/tasks/t1/events')).toBeGreaterThan(0);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'snapshot@3', 'completed@3', 'finished@3']);
     await client.close();
   });
 

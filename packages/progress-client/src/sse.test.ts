@@ -384,7 +384,7 @@ describe('the SSE fallback transport', () => {
     await second.client.close();
   });
 
-  it('sends a terminal ack again after a failure answer (502, 503), with backoff, until answered, 8 times at most; not after a 4xx', async () => {
+  it('sends a terminal ack again after a failure answer (502, 503, 429), with backoff, until answered, 8 times at most; not after another 4xx', async () => {
     // Sent once: a proxy's 502 (the replica died under the request) lost it for good, and the server, which
     // re-sends a terminal frame on a socket until acknowledged, has nothing to re-send over SSE: the task's
     // acked_seq stayed below its end (found by the chaos suite's SSE watchers, 5 December 2026).
@@ -411,11 +411,17 @@ describe('the SSE fallback transport', () => {
     await endOverStream('t2', 1);
     await scheduler.advance(60_000);
     expect(sse.acks).toHaveLength(4);
+    // Refused for now (429: the principal's rate budget, shared by its streams and acks, ran out): asked
+    // again, as after a 503. Taken for an answer, it was lost.
+    sse.ackRefusals = [429];
+    await endOverStream('t4', 2);
+    await scheduler.advance(60_000);
+    expect(sse.acks).toHaveLength(6);
     // Never answered: sent 8 times in all, then left.
     sse.ackRefusals = Array.from({ length: 20 }, () => 503);
-    await endOverStream('t3', 2);
+    await endOverStream('t3', 3);
     await scheduler.advance(600_000);
-    expect(sse.acks).toHaveLength(4 + 8);
+    expect(sse.acks).toHaveLength(6 + 8);
     expect(scheduler.pending).toBe(0);
     await client.close();
     expect(scheduler.pending).toBe(0);
@@ -763,6 +769,40 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
     await client.close();
   });
 
+  it('backs off over 200 answers that are not an event stream (a captive portal’s or an SPA’s HTML page), as over failed opens', async () => {
+    // Taken for a stream that was served and cut, such a page was asked for again within a second, for ever,
+    // by every watch of the page.
+    const asked: number[] = [];
+    let now = () => 0;
+    const fetch: StreamingFetch = async () => {
+      asked.push(now());
+      const html = new TextEncoder().encode(
+        '<!doctype html>\n<html>\n\n<body>Sign in to the Wi-Fi</body></html>\n',
+      );
+      return {
+        ok: true,
+        status: 200,
+        headers: { get: (name) => (name === 'content-type' ? 'text/html; charset=utf-8' : null) },
+        body: new ReadableStream<Uint8Array>({
+          start(controller) {
+            controller.enqueue(html);
+            controller.close();
+          },
+        }),
+      };
+    };
+    const { client, scheduler } = setup({ preferFallback: true, fallbackTransport: sseFallback({ fetch }) });
+    const start = scheduler.now();
+    now = () => scheduler.now() - start;
+    client.on('error', () => undefined);
+    client.watch('t1');
+    await scheduler.advance(20_000);
+    // A full-jitter step of reconnect.initialDelayMs (1 s) doubling (random 0.5), as after any failed open.
+    expect(asked).toEqual([0, 500, 1500, 3500, 7500, 15_500]);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
   // An open a frozen replica (a SIGSTOP'd process: its kernel accepts the connection) or a proxy holding
   // the request never answered waited the whole silence timeout (32 s by default), where a socket that
   // gets no `hello` waits connectTimeoutMs (10 s); and each reopen waited as long again.
@@ -811,6 +851,29 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
       expect(scheduler.pending).toBe(0);
     },
   );
+
+  it('gives up on an open whose token function never returns at connectTimeoutMs, and opens again', async () => {
+    // The deadline aborted a `fetch` that was never called: the stream waited on the token for ever, with
+    // no timer left, and its watch was stuck until the socket came back (or the page woke).
+    const sse = new FakeSse();
+    let calls = 0;
+    const token = () => (++calls === 1 ? new Promise<string>(() => undefined) : Promise.resolve('tok'));
+    const { client, scheduler } = setup({
+      preferFallback: true,
+      token,
+      fallbackTransport: sseFallback({ fetch: sse.fetch }),
+    });
+    client.watch('t1');
+    await scheduler.advance(9_999);
+    expect(sse.streams).toHaveLength(0);
+    // connectTimeoutMs (10 s), then a failed open's step (reconnect.initialDelayMs, 1 s; random 0.5).
+    await scheduler.advance(501);
+    expect(calls).toBe(2);
+    expect(sse.streams).toHaveLength(1);
+    expect(sse.streams[0]?.headers.authorization).toBe('Bearer tok');
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
 
   it('takes connectTimeoutMs as given, and not a moment before it', async () => {
     const { client, sse, scheduler } = sseSetup({ preferFallback: true, connectTimeoutMs: 4000 });

@@ -42,6 +42,11 @@ export type StreamingFetch = (
   status?: number;
   /** The body as text (`fetch` has it): the server's error code and message in a refusal. */
   text?(): Promise<string>;
+  /**
+   * The response headers (`fetch` has them): a 200 that is not `text/event-stream` (a captive portal's or
+   * an SPA's HTML page) is taken for a failed open. Without them every 200 is taken for the stream.
+   */
+  headers?: { get(name: string): string | null };
 }>;
 
 /**
@@ -117,7 +122,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
         if (!ended)
           quiet = host.timers.start(
-            () => abort.abort(),
+            // Ended here, not only aborted: an open still waiting on the token function has no `fetch` the
+            // abort could end, and one that never returned held the stream (and its watch) for ever.
+            end,
             delivered ? (o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs) : o.connectTimeoutMs,
           );
       };
@@ -125,11 +132,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         if (ended) return;
         ended = true;
         quiet();
+        // Whatever ended it: a request still out (a read, a refusal's unread body) is let go.
+        abort.abort();
         onEnd(refusal, delivered);
       };
       heard();
       void (async () => {
-        if (fetchImpl === undefined) return end();
+        if (!fetchImpl) return end();
         const open = (epoch: string | undefined) =>
           request(fetchImpl, taskId, 'stream', {
             method: 'GET',
@@ -150,7 +159,15 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           const text = (await response.text?.().catch(() => '')) ?? '';
           return end(errorFromResponse(taskId, response.status, text));
         }
-        if (!response.ok || response.body === null) return end();
+        // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
+        // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
+        // ever, by every watch of the page.
+        if (
+          !response.ok ||
+          !response.body ||
+          response.headers?.get('content-type')?.includes('event-stream') === false
+        )
+          return end();
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
@@ -171,11 +188,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             }
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
-            const data = block
-              .split('\n')
-              .filter((line) => line.startsWith('data:'))
-              .map((line) => line.slice(line.startsWith('data: ') ? 6 : 5))
-              .join('\n');
+            // (`[^\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
+            const data = [...block.matchAll(/^data: ?([^\n]*)/gm)].map((line) => line[1]).join('\n');
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
               if (decoded.ok) host.onFrame(decoded.frame);
@@ -186,10 +200,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       })()
         .catch(() => undefined)
         .finally(() => end());
-      return () => {
-        abort.abort();
-        end();
-      };
+      return end;
     },
     ack(taskId, seq) {
       // Asked again with the streams' backoff until the server answers it (a 4xx is an answer: the task is
@@ -207,7 +218,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           body: JSON.stringify({ seq }),
         })
           .then(
-            ({ status = 0 }) => status < 500,
+            // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
+            // for one, the acks of a page whose many watches ended together were lost past the budget.)
+            ({ status = 0 }) => status < 500 && status !== 429,
             () => false,
           )
           .then((answered) => {

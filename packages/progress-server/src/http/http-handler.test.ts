@@ -135,6 +135,25 @@ describe('HTTP handler', () => {
     }
   });
 
+  it('answers hasMore: false when the store holds no event after afterSeq (retention removed them), so a client paging on it stops', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    await task.complete();
+    // Retention kept the finished task's row and removed its events. hasMore stayed true (the page's last
+    // seq, afterSeq, below the task's), and a client paging while hasMore asked for the same empty page
+    // for ever; `task` stands for what is gone.
+    const store = env.store;
+    const readEvents = store.readEvents.bind(store);
+    store.readEvents = async () => [];
+    cleanups.push(async () => {
+      store.readEvents = readEvents;
+    });
+    const page = await call(`/progress/tasks/${task.id}/events?afterSeq=1`, { user: 'alice' });
+    expect(page.status).toBe(200);
+    expect(page.body).toMatchObject({ events: [], hasMore: false, task: { seq: 4, status: 'completed' } });
+  });
+
   it("lists only the principal's own recent tasks, filtered by status", async () => {
     env = await startServer();
     const mine = await env.server.tasks.create({ owner: 'alice', kind: 'k', id: 'alice-1' });

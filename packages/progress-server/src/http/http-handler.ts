@@ -41,7 +41,7 @@ import {
   send,
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
-import { answerStreamHead, streamCursor, streamTask } from './sse-stream.js';
+import { answerStreamHead, cursorAtEnd, streamCursor, streamTask } from './sse-stream.js';
 
 export { HTTP_STATUS } from './http-request.js';
 
@@ -393,8 +393,11 @@ async function serve<P extends Principal>(
       });
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
-      const last = events.at(-1)?.seq ?? afterSeq;
-      return { task: toTaskView(task), events, hasMore: last < task.seq, ...epochOf(ctx) };
+      // None at all though the task is ahead: the store no longer holds them (retention removed them and
+      // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True
+      // there, a client paging while `hasMore` asked for the same empty page for ever.)
+      const hasMore = events.length > 0 && (events.at(-1)?.seq ?? afterSeq) < task.seq;
+      return { task: toTaskView(task), events, hasMore, ...epochOf(ctx) };
     }
     case 'cancel': {
       const body = await readJsonBody(request);
@@ -435,6 +438,13 @@ async function serve<P extends Principal>(
         // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
         // to `streamTask` registering the stream nothing awaits, so shutdown ends any stream opened.
         if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
+        // The client has the end already (EventSource reconnecting after it): 204, which stops EventSource,
+        // and holds no slot.
+        if (cursorAtEnd(task, from, streams.epoch.current)) {
+          response.writeHead(204, { 'cache-control': 'no-store' });
+          response.end();
+          return STREAMED;
+        }
         // Refused as the GET would be up to here; past here the GET takes a slot, which a HEAD never holds.
         if (method === 'HEAD') {
           answerStreamHead(response);

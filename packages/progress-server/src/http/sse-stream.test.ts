@@ -237,6 +237,46 @@ describe('GET /tasks/:id/stream', () => {
     });
   });
 
+  it('tells proxies and compression middleware to pass the stream through unbuffered and untransformed', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'accept-encoding': 'gzip' });
+    open.push(response);
+    // Express's `compression` (and CDNs) compress text/event-stream, buffering it, unless the response
+    // says `no-transform`; nginx buffers unless told `X-Accel-Buffering: no`.
+    expect(response.headers['cache-control']?.split(/,\s*/)).toEqual(['no-store', 'no-transform']);
+    expect(response.headers['x-accel-buffering']).toBe('no');
+  });
+
+  it('answers 204 to a reconnect from the terminal frame’s id, so EventSource stops instead of reconnecting every second', async () => {
+    // EventSource reconnects whenever a stream ends, `retry` (1 s) later, with the last id it saw: a
+    // 200 answering it with the terminal snapshot again ended again, and the page asked once a second
+    // for as long as it stayed open. A 204 is what makes EventSource stop.
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    const stream = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    await task.complete({ result: null });
+    await stream.ended;
+    const last = stream.frames().at(-1)?.id as string;
+    expect(last).toMatch(/^2~/);
+    for (const id of [last, '2']) {
+      const again = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': id });
+      open.push(again);
+      expect(again.statusCode).toBe(204);
+    }
+    // A cursor below the end, or of another epoch, still gets what it misses.
+    for (const id of ['1', '2~0ther-epoch']) {
+      const behind = new Stream(
+        await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': id }),
+      );
+      expect(behind.response.statusCode).toBe(200);
+      await behind.ended;
+      expect(behind.frames().at(-1)?.id).toBe(last);
+    }
+  });
+
   it('a stream cut mid-task resumes from Last-Event-ID with nothing lost or repeated', async () => {
     env = await startServer();
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -89,7 +89,10 @@ export interface StreamContext {
 /** The headers of an event stream, and of the answer to a `HEAD` of one. */
 const STREAM_HEADERS = Object.freeze({
   'content-type': 'text/event-stream; charset=utf-8',
-  'cache-control': 'no-store',
+  // `no-transform`: a compressing proxy or middleware (Express's `compression`, a CDN) buffers what it
+  // compresses, so frames and heartbeats would arrive in bursts or only at the end; `no-transform` is
+  // what they honour to pass a response through as it is.
+  'cache-control': 'no-store, no-transform',
   connection: 'keep-alive',
   // nginx buffers proxied responses unless told not to: events would arrive in bursts.
   'x-accel-buffering': 'no',
@@ -122,6 +125,24 @@ export function streamCursor(lastEventId: string | string[] | undefined, afterSe
     );
   }
   return cursor;
+}
+
+/**
+ * Whether the client's cursor is at the end of a task that ended: it has the terminal frame, and nothing
+ * will ever follow it. That is what `EventSource` sends when it reconnects, as it does (`retry` later)
+ * whenever a stream ends, the end after a terminal frame included: answered with a stream, it got the
+ * terminal snapshot again, the end again, and reconnected once a second for as long as the page stayed
+ * open. The handler answers it 204 No Content instead, which makes `EventSource` stop. A cursor of another
+ * epoch is not at this task's end (it gets its reset snapshot); one without an epoch, or met by a server
+ * that knows none, is taken as of the current epoch, as {@link streamTask} takes it.
+ */
+export function cursorAtEnd(task: Task, from: SseCursor, epoch: string | undefined): boolean {
+  return (
+    task.status !== 'running' &&
+    from.seq > 0 &&
+    from.seq === task.seq &&
+    (from.epoch === undefined || epoch === undefined || from.epoch === epoch)
+  );
 }
 
 /** One stream to start: what {@link streamTask} takes. @internal */
