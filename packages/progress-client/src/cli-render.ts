@@ -26,6 +26,11 @@ export const CLI_EXIT_CODES = Object.freeze({
   usage: 64,
   /** Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): not the server's refusal (4). */
   stopped: 130,
+  /**
+   * The output was closed while the watch ran (`finishline watch … | head -1`): 128 + SIGPIPE, as shells
+   * report a command a closed pipe ended.
+   */
+  outputClosed: 141,
 });
 
 const BAR_WIDTH = 30;

@@ -3,6 +3,7 @@ import { readFileSync, realpathSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
@@ -268,6 +269,42 @@ describe('finishline watch when the output is not a terminal', () => {
       // error, or held for the rest of the minute by a timer that kept the bin from exiting.
       expect(run.out.length).toBe(printed);
       expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('ends quietly with 141 when the reader of its output goes away (| head -1), instead of crashing with exit 1 ("failed")', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const err: string[] = [];
+      let written = 0;
+      // A pipe whose reader exited after the first line: every later write fails with EPIPE.
+      const stdout = new Writable({
+        write(_chunk, _encoding, callback) {
+          written += 1;
+          callback(written > 1 ? Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }) : null);
+        },
+      });
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '0'], {
+        stdout,
+        stderr: { write: (text: string) => err.push(text) },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 3);
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('n1'))); // the second line: EPIPE
+      // The task goes on (it never ends here): the watch must stop by itself.
+      const result = await Promise.race([
+        exit,
+        vi.advanceTimersByTimeAsync(1000).then(() => 'still watching'),
+      ]);
+      expect(result).toBe(CLI_EXIT_CODES.outputClosed);
+      expect(CLI_EXIT_CODES.outputClosed).toBe(141);
+      expect(err.join('')).toBe('');
     } finally {
       vi.useRealTimers();
     }
