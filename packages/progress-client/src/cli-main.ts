@@ -109,9 +109,13 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   let lineOpen = false;
   // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
   // the bar's line is ended first: the error ran on from it ("0/3 0%finishline: …").
+  // The last error reported: a refusal ends the watch with an error that says what the client's last
+  // 'error' already said (a bad token printed "closed by server (4001: …)" twice).
+  let reported: string | undefined;
   client.on('error', (error) => {
     if (lineOpen) io.stdout.write('\n');
     lineOpen = false;
+    reported = error.message;
     io.stderr.write(`finishline: ${error.message}\n`);
   });
   let printed = '';
@@ -155,7 +159,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   } catch (error) {
     if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
     if (lineOpen) io.stdout.write('\n');
-    io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    if ((error as Error).message !== reported) io.stderr.write(`finishline: ${(error as Error).message}\n`);
     if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
     // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
     return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;

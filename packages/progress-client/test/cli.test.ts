@@ -117,6 +117,28 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(result).toBe(CLI_EXIT_CODES.watchFailed);
     expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
   }, 10_000);
+
+  it('says once why a bad token was refused, not once as the client error and again as the watch ends', async () => {
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        authenticateToken: (token) => (token === 'ops' ? { id: 'ops' } : null),
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    servers.push(server);
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    const run = io();
+    const code = await runCli(
+      ['watch', `ws://127.0.0.1:${port}/progress`, task.id, '--token', 'stolen'],
+      run.io,
+    );
+    expect(code).toBe(CLI_EXIT_CODES.watchFailed);
+    const lines = run.err.join('').trim().split('\n');
+    expect(lines.some((line) => line.includes('closed by server (4001'))).toBe(true);
+    expect(new Set(lines).size).toBe(lines.length);
+  });
 });
 
 describe('the finishline bin', () => {
