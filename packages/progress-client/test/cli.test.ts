@@ -224,6 +224,17 @@ describe('the lines finishline watch prints', () => {
     expect(fits).toBe(`${bar}${'节'.repeat(19)}`);
   });
 
+  it('keeps the numbers on a narrow terminal: the bar shrinks, then goes, before they are cut', () => {
+    const state = running({ done: 1, total: 5, current: 'node-2' });
+    // 30 columns of bar left "[######...] 1/5 2…" on 40 columns, and no number at all below 33.
+    const forty = progressLine(state, 40);
+    expect(forty).toContain('1/5 20%');
+    expect(forty.length).toBeLessThan(40);
+    expect(forty.startsWith('[')).toBe(true);
+    expect(progressLine(state, 12)).toBe('1/5 20% no…');
+    expect(progressLine(state, 200)).toBe('[######........................] 1/5 20% node-2');
+  });
+
   it('never prints 60 seconds or 60 minutes as the lower unit of an ETA', () => {
     expect(progressLine(running({ done: 1, total: 2, eta: 119_600 }))).toContain('eta 2m0s');
     expect(progressLine(running({ done: 1, total: 2, eta: 3_599_999 }))).toContain('eta 1h0m');
