@@ -6,12 +6,13 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { ProgressServer } from '@finishline/server';
+import { PROGRESS_SERVER_DEFAULTS, ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
 import { CLI_EXIT_CODES, finalLine, progressLine } from '../src/cli-render.js';
 import type { WebSocketConstructorLike } from '../src/options.js';
+import { PROGRESS_CLIENT_DEFAULTS } from '../src/options.js';
 import { FakeServer, FakeTask } from '../src/testing/fake-server.js';
 import type { WatchState } from '../src/watch.js';
 
@@ -117,6 +118,14 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(result).toBe(CLI_EXIT_CODES.watchFailed);
     expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
   }, 10_000);
+
+  it("ends the server's wait for a token, by default, well before the client's wait for hello: a watch without a token exits 4 instead of retrying for ever", () => {
+    // At 10 s each, the client's deadline (started before the upgrade) ran out first: it reconnected and
+    // printed "no hello from the server" every 10 s, and never heard the 4004 that makes it stop.
+    expect(PROGRESS_SERVER_DEFAULTS.authTimeoutMs + 2000).toBeLessThanOrEqual(
+      PROGRESS_CLIENT_DEFAULTS.connectTimeoutMs,
+    );
+  });
 
   it('says once why a bad token was refused, not once as the client error and again as the watch ends', async () => {
     const server = await ProgressServer.listen(
