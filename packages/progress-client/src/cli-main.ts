@@ -55,7 +55,13 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   // The listeners stay: a write's error can come after this function has returned.
   const outputClosed = new AbortController();
   let stderrClosed = false;
-  cliIo.stdout.on?.('error', () => outputClosed.abort());
+  cliIo.stdout.on?.('error', (error: Error & { code?: unknown }) => {
+    if (outputClosed.signal.aborted) return;
+    outputClosed.abort();
+    // A write that failed otherwise (a full disk, a terminal gone) is said: stopping in silence hides why.
+    if (error.code !== 'EPIPE' && !stderrClosed)
+      cliIo.stderr.write(`finishline: cannot write the output: ${error.message}\n`);
+  });
   cliIo.stderr.on?.('error', () => {
     stderrClosed = true;
   });

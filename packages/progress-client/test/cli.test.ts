@@ -347,6 +347,24 @@ describe('finishline watch when the output is not a terminal', () => {
       expect(result).toBe(CLI_EXIT_CODES.outputClosed);
       expect(CLI_EXIT_CODES.outputClosed).toBe(141);
       expect(err.join('')).toBe('');
+      // Another write error (a full disk) stops the watch too, but says why.
+      const full = new Writable({
+        write(_chunk, _encoding, callback) {
+          callback(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }));
+        },
+      });
+      const err2: string[] = [];
+      const second = runCli(['watch', 'ws://example.test/progress', 't2'], {
+        stdout: full,
+        stderr: { write: (text: string) => err2.push(text) },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      server.accept(600_000).push(snap(new FakeTask('t2', 3).view()));
+      expect(
+        await Promise.race([second, vi.advanceTimersByTimeAsync(1000).then(() => 'still watching')]),
+      ).toBe(CLI_EXIT_CODES.outputClosed);
+      expect(err2.join('')).toBe('finishline: cannot write the output: no space left on device\n');
     } finally {
       vi.useRealTimers();
     }
