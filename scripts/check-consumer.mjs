@@ -8,7 +8,8 @@
 //      under `node16` and under `bundler` resolution;
 //   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
 //      ESM-only: `import` only), checks that every value the entry's types declare is exported, and
-//      runs `npx finishline --help` (exit 0, the usage);
+//      runs `npx finishline --help` (exit 0, the usage) and `finishline watch` into a pipe closed after the
+//      first line (exit 141, stderr empty);
 //   4. bundles getting-started's browser snippet for the browser with esbuild and fails if the bundle
 //      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
 // docs/consumer-check.md says what this proves and what it does not. Run after `npm run build`.
@@ -248,6 +249,41 @@ const CHECKPOINT_WORKER_CJS = `const { SqliteProgressStore } = require('@finishl
   await store.close();
   console.log(JSON.stringify({ errors, worker }));
 })();
+`;
+
+/**
+ * The installed bin with its stdout a pipe whose reader goes away after the first line (`finishline watch …
+ * | head -1`) while the task runs on: it crashed with an unhandled EPIPE, a stack trace and exit 1 (which
+ * says "failed") until 5 December 2026. It must stop by itself, quietly, with 141. Prints the exit code
+ * and the stderr as JSON.
+ */
+const CLOSED_PIPE_MJS = `import { spawn } from 'node:child_process';
+import { MemoryProgressStore } from '@finishline/core';
+import { ProgressServer } from '@finishline/server';
+const server = await ProgressServer.listen(
+  { store: new MemoryProgressStore(), authenticateToken: (token) => ({ id: token }) },
+  { port: 0, host: '127.0.0.1' },
+);
+const task = await server.tasks.create({ owner: 'ops', kind: 'k', total: 400 });
+const { port } = server.httpServer.address();
+const child = spawn(
+  process.execPath,
+  ['node_modules/.bin/finishline', 'watch', \`ws://127.0.0.1:\${port}/progress\`, task.id, '--interval-ms', '0'],
+  { env: { ...process.env, FINISHLINE_TOKEN: 'ops' }, stdio: ['ignore', 'pipe', 'pipe'] },
+);
+let stderr = '';
+child.stderr.on('data', (chunk) => { stderr += chunk; });
+child.stdout.once('data', () => child.stdout.destroy());
+const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
+let code;
+// An item every 25 ms, each a line the bin writes, for at most 10 s.
+for (let i = 0; i < 400 && code === undefined; i++) {
+  await task.item({ key: \`n\${i}\`, ok: true });
+  code = await Promise.race([exited, new Promise((resolve) => setTimeout(resolve, 25))]);
+}
+if (code === undefined) child.kill('SIGKILL');
+await server.close({ timeoutMs: 1000 });
+console.log(JSON.stringify({ code: code ?? 'still running after 10 s', stderr }));
 `;
 
 const CONSUMER_TESTING_TS = `import { describeProgressStoreContract, ManualClock } from '@finishline/core/testing';
@@ -535,6 +571,11 @@ async function main() {
     }
     if (!help.startsWith('usage: finishline watch')) fail(`npx finishline --help printed:\n${help}`);
     log('bin: npx finishline --help exits 0 with the usage');
+    writeFileSync(join(app, 'closed-pipe.mjs'), CLOSED_PIPE_MJS);
+    const closedPipe = JSON.parse(run(process.execPath, ['closed-pipe.mjs'], { cwd: app, timeout: 30_000 }));
+    if (closedPipe.code !== 141 || closedPipe.stderr !== '')
+      fail(`finishline watch with its output closed (| head -1): ${JSON.stringify(closedPipe)}`);
+    log('bin: finishline watch | head -1 stops quietly with 141');
 
     // 6. The browser bundle: no server code.
     const bundle = await build({

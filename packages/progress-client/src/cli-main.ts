@@ -13,9 +13,18 @@ import { ProgressClient } from './progress-client.js';
 
 /** Where {@link runCli} writes, and what it connects with; the bin passes the process's own. */
 export interface CliIo {
-  /** `columns`: a terminal's width, which the progress line is cut to. */
-  stdout: { write(text: string): unknown; isTTY?: boolean; columns?: number };
-  stderr: { write(text: string): unknown };
+  /**
+   * `columns`: a terminal's width, which the progress line is cut to. `on('error')`: a write that failed
+   * (the reader of a pipe went away) ends the watch with exit 141 instead of crashing the bin.
+   */
+  stdout: {
+    write(text: string): unknown;
+    isTTY?: boolean;
+    columns?: number | undefined;
+    on?(event: 'error', listener: (error: Error) => void): unknown;
+  };
+  /** `on('error')`: a failed write turns later ones into no-ops; the watch goes on. */
+  stderr: { write(text: string): unknown; on?(event: 'error', listener: (error: Error) => void): unknown };
   /** The WebSocket implementation: `ws` when installed, else Node's built-in. */
   WebSocket: WebSocketConstructorLike | undefined;
   /** Stops the watch (Ctrl-C). */
@@ -34,11 +43,42 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
-(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C)
+(forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
+141 the output was closed (| head)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
-export async function runCli(argv: readonly string[], io: CliIo): Promise<number> {
+export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<number> {
+  // `finishline watch … | head -1`: once the reader is gone every write fails with EPIPE, emitted as an
+  // 'error' event that, unhandled, crashed the bin with a stack trace and exit 1, which reads as "the task
+  // failed". A closed stdout stops the watch (nobody reads it any more), silently, as SIGPIPE would.
+  // The listeners stay: a write's error can come after this function has returned.
+  const outputClosed = new AbortController();
+  let stderrClosed = false;
+  cliIo.stdout.on?.('error', (error: Error & { code?: unknown }) => {
+    if (outputClosed.signal.aborted) return;
+    outputClosed.abort();
+    // A write that failed otherwise (a full disk, a terminal gone) is said: stopping in silence hides why.
+    if (error.code !== 'EPIPE' && !stderrClosed)
+      cliIo.stderr.write(`finishline: cannot write the output: ${error.message}\n`);
+  });
+  cliIo.stderr.on?.('error', () => {
+    stderrClosed = true;
+  });
+  const io: CliIo = {
+    ...cliIo,
+    stdout: {
+      write: (text) => (outputClosed.signal.aborted ? false : cliIo.stdout.write(text)),
+      ...(cliIo.stdout.isTTY === undefined ? {} : { isTTY: cliIo.stdout.isTTY }),
+      // A getter: a terminal's width changes while the watch runs.
+      get columns() {
+        return cliIo.stdout.columns;
+      },
+    },
+    stderr: { write: (text) => (stderrClosed ? false : cliIo.stderr.write(text)) },
+    signal:
+      cliIo.signal === undefined ? outputClosed.signal : AbortSignal.any([cliIo.signal, outputClosed.signal]),
+  };
   let parsed: ReturnType<typeof parse>;
   try {
     parsed = parse(argv);
@@ -75,9 +115,13 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
   let lineOpen = false;
   // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
   // the bar's line is ended first: the error ran on from it ("0/3 0%finishline: …").
+  // The last error reported: a refusal ends the watch with an error that says what the client's last
+  // 'error' already said (a bad token printed "closed by server (4001: …)" twice).
+  let reported: string | undefined;
   client.on('error', (error) => {
     if (lineOpen) io.stdout.write('\n');
     lineOpen = false;
+    reported = error.message;
     io.stderr.write(`finishline: ${error.message}\n`);
   });
   let printed = '';
@@ -119,8 +163,9 @@ export async function runCli(argv: readonly string[], io: CliIo): Promise<number
     );
     return exitCodeOf(state);
   } catch (error) {
+    if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
     if (lineOpen) io.stdout.write('\n');
-    io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    if ((error as Error).message !== reported) io.stderr.write(`finishline: ${(error as Error).message}\n`);
     if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
     // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
     return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;

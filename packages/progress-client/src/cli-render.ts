@@ -26,9 +26,16 @@ export const CLI_EXIT_CODES = Object.freeze({
   usage: 64,
   /** Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): not the server's refusal (4). */
   stopped: 130,
+  /**
+   * The output was closed while the watch ran (`finishline watch … | head -1`): 128 + SIGPIPE, as shells
+   * report a command a closed pipe ended.
+   */
+  outputClosed: 141,
 });
 
 const BAR_WIDTH = 30;
+/** The narrowest bar worth drawing: below it a narrow terminal shows the numbers alone. */
+const MIN_BAR = 5;
 
 function seconds(ms: number): string {
   // Rounded once, then split: rounding the remainder alone printed 119.6 s as "1m60s".
@@ -76,15 +83,26 @@ function columnsOf(point: string): number {
 export function progressLine(state: WatchState, width?: number): string {
   const progress = state.progress;
   if (progress === null) return 'waiting for the task…';
+  const stats: string[] = [];
+  stats.push(progress.total === null ? `${progress.done} done` : `${progress.done}/${progress.total}`);
+  if (state.fraction !== null) stats.push(`${Math.floor(state.fraction * 100)}%`);
+  if (progress.failed > 0) stats.push(`${progress.failed} failed`);
+  if (state.eta !== null && !state.finished) stats.push(`eta ${seconds(state.eta)}`);
+  const counts = stats.join(' ');
   const parts: string[] = [];
   if (state.fraction !== null) {
-    const filled = Math.round(state.fraction * BAR_WIDTH);
-    parts.push(`[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}]`);
+    // On a narrow terminal the bar gives way to the numbers: cut at the end, a 30-column bar left
+    // "1/5 2…" on 40 columns (20% read as 2) and no numbers at all below 33. Left out when fewer than
+    // MIN_BAR columns would remain for it. A cut line keeps width - 2 columns (see below): the bar, its
+    // brackets, a space and the numbers fit in those.
+    const room = width === undefined || !(width > 1) ? BAR_WIDTH : width - 2 - counts.length - 3;
+    const barWidth = Math.min(BAR_WIDTH, room);
+    if (barWidth >= MIN_BAR) {
+      const filled = Math.round(state.fraction * barWidth);
+      parts.push(`[${'#'.repeat(filled)}${'.'.repeat(barWidth - filled)}]`);
+    }
   }
-  parts.push(progress.total === null ? `${progress.done} done` : `${progress.done}/${progress.total}`);
-  if (state.fraction !== null) parts.push(`${Math.floor(state.fraction * 100)}%`);
-  if (progress.failed > 0) parts.push(`${progress.failed} failed`);
-  if (state.eta !== null && !state.finished) parts.push(`eta ${seconds(state.eta)}`);
+  parts.push(counts);
   const note = progress.current ?? progress.message;
   if (note !== null && note !== undefined && note !== '') parts.push(printable(note));
   const line = parts.join(' ');

@@ -3,14 +3,16 @@ import { readFileSync, realpathSync } from 'node:fs';
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { ProgressServer } from '@finishline/server';
+import { PROGRESS_SERVER_DEFAULTS, ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
 import { CLI_EXIT_CODES, finalLine, progressLine } from '../src/cli-render.js';
 import type { WebSocketConstructorLike } from '../src/options.js';
+import { PROGRESS_CLIENT_DEFAULTS } from '../src/options.js';
 import { FakeServer, FakeTask } from '../src/testing/fake-server.js';
 import type { WatchState } from '../src/watch.js';
 
@@ -116,6 +118,36 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(result).toBe(CLI_EXIT_CODES.watchFailed);
     expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
   }, 10_000);
+
+  it("ends the server's wait for a token, by default, well before the client's wait for hello: a watch without a token exits 4 instead of retrying for ever", () => {
+    // At 10 s each, the client's deadline (started before the upgrade) ran out first: it reconnected and
+    // printed "no hello from the server" every 10 s, and never heard the 4004 that makes it stop.
+    expect(PROGRESS_SERVER_DEFAULTS.authTimeoutMs + 2000).toBeLessThanOrEqual(
+      PROGRESS_CLIENT_DEFAULTS.connectTimeoutMs,
+    );
+  });
+
+  it('says once why a bad token was refused, not once as the client error and again as the watch ends', async () => {
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        authenticateToken: (token) => (token === 'ops' ? { id: 'ops' } : null),
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    servers.push(server);
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    const run = io();
+    const code = await runCli(
+      ['watch', `ws://127.0.0.1:${port}/progress`, task.id, '--token', 'stolen'],
+      run.io,
+    );
+    expect(code).toBe(CLI_EXIT_CODES.watchFailed);
+    const lines = run.err.join('').trim().split('\n');
+    expect(lines.some((line) => line.includes('closed by server (4001'))).toBe(true);
+    expect(new Set(lines).size).toBe(lines.length);
+  });
 });
 
 describe('the finishline bin', () => {
@@ -201,6 +233,17 @@ describe('the lines finishline watch prints', () => {
     expect(fits).toBe(`${bar}${'节'.repeat(19)}`);
   });
 
+  it('keeps the numbers on a narrow terminal: the bar shrinks, then goes, before they are cut', () => {
+    const state = running({ done: 1, total: 5, current: 'node-2' });
+    // 30 columns of bar left "[######...] 1/5 2…" on 40 columns, and no number at all below 33.
+    const forty = progressLine(state, 40);
+    expect(forty).toContain('1/5 20%');
+    expect(forty.length).toBeLessThan(40);
+    expect(forty.startsWith('[')).toBe(true);
+    expect(progressLine(state, 12)).toBe('1/5 20% no…');
+    expect(progressLine(state, 200)).toBe('[######........................] 1/5 20% node-2');
+  });
+
   it('never prints 60 seconds or 60 minutes as the lower unit of an ETA', () => {
     expect(progressLine(running({ done: 1, total: 2, eta: 119_600 }))).toContain('eta 2m0s');
     expect(progressLine(running({ done: 1, total: 2, eta: 3_599_999 }))).toContain('eta 1h0m');
@@ -268,6 +311,60 @@ describe('finishline watch when the output is not a terminal', () => {
       // error, or held for the rest of the minute by a timer that kept the bin from exiting.
       expect(run.out.length).toBe(printed);
       expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('ends quietly with 141 when the reader of its output goes away (| head -1), instead of crashing with exit 1 ("failed")', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const err: string[] = [];
+      let written = 0;
+      // A pipe whose reader exited after the first line: every later write fails with EPIPE.
+      const stdout = new Writable({
+        write(_chunk, _encoding, callback) {
+          written += 1;
+          callback(written > 1 ? Object.assign(new Error('write EPIPE'), { code: 'EPIPE' }) : null);
+        },
+      });
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '0'], {
+        stdout,
+        stderr: { write: (text: string) => err.push(text) },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 3);
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('n1'))); // the second line: EPIPE
+      // The task goes on (it never ends here): the watch must stop by itself.
+      const result = await Promise.race([
+        exit,
+        vi.advanceTimersByTimeAsync(1000).then(() => 'still watching'),
+      ]);
+      expect(result).toBe(CLI_EXIT_CODES.outputClosed);
+      expect(CLI_EXIT_CODES.outputClosed).toBe(141);
+      expect(err.join('')).toBe('');
+      // Another write error (a full disk) stops the watch too, but says why.
+      const full = new Writable({
+        write(_chunk, _encoding, callback) {
+          callback(Object.assign(new Error('no space left on device'), { code: 'ENOSPC' }));
+        },
+      });
+      const err2: string[] = [];
+      const second = runCli(['watch', 'ws://example.test/progress', 't2'], {
+        stdout: full,
+        stderr: { write: (text: string) => err2.push(text) },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      server.accept(600_000).push(snap(new FakeTask('t2', 3).view()));
+      expect(
+        await Promise.race([second, vi.advanceTimersByTimeAsync(1000).then(() => 'still watching')]),
+      ).toBe(CLI_EXIT_CODES.outputClosed);
+      expect(err2.join('')).toBe('finishline: cannot write the output: no space left on device\n');
     } finally {
       vi.useRealTimers();
     }

@@ -118,7 +118,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   healthDetails?: HealthDetails<P> | undefined;
   /**
    * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
-   * @default 10000
+   * Keep it well below the clients' `connectTimeoutMs` (10 s by default): a client without a token stops
+   * on that 4004 (the `finishline` CLI exits 4), but only if it comes before the client gives up waiting
+   * for `hello` and reconnects, which it then did for ever.
+   * @default 5000
    */
   authTimeoutMs?: number | undefined;
   /**
@@ -380,7 +383,8 @@ const SERVER_OPTIONS = {
     "'authenticated', 'public', 'none' or a predicate of the principal",
     (value) => value === 'authenticated' || value === 'public' || value === 'none' || isFunction(value),
   ),
-  authTimeoutMs: integer(10_000, 1),
+  // 5 s, not 10: the client's connectTimeoutMs (10 s, started before the upgrade) ran out first.
+  authTimeoutMs: integer(5_000, 1),
   upgradeTimeoutMs: integer(10_000, 1),
   maxPendingConnectionsPerAddress: integer(100, 1),
   maxPendingConnections: integer(10_000, 1),
