@@ -1,12 +1,18 @@
 import {
   CoreV1Api,
+  createConfiguration,
   KubeConfig,
   PatchStrategy,
+  type RequestContext,
+  ResponseContext,
+  ServerConfiguration,
   setHeaderOptions,
   type V1Node,
   type V1Pod,
   type V1PodSpec,
+  wrapHttpLibrary,
 } from '@kubernetes/client-node';
+import fetch from 'node-fetch';
 import type { NodeView } from '../shared/api-types.js';
 
 /** How the app reaches Kubernetes. */
@@ -71,6 +77,58 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
   return kc;
 }
 
+/** Options of {@link KubeNodes}. */
+export interface KubeNodesOptions {
+  /**
+   * How long one Kubernetes API request may take, answer body included, before it is aborted and fails
+   * with a {@link KubeApiError} of reason `Timeout`. `@kubernetes/client-node` sets no timeout, so a
+   * connection the network black-holes hung its batch for ever, the nodes' locks held.
+   * @default 30000
+   */
+  requestTimeoutMs?: number;
+}
+
+/** The defaults of {@link KubeNodesOptions}. */
+export const KUBE_NODES_DEFAULTS = Object.freeze({ requestTimeoutMs: 30_000 });
+
+/**
+ * `@kubernetes/client-node`'s own HTTP library (node-fetch with the kubeconfig's agent) plus an abort
+ * signal: the library passes none, and its API methods take none.
+ */
+function timedHttpLibrary(timeoutMs: number) {
+  return wrapHttpLibrary({
+    async send(request: RequestContext): Promise<ResponseContext> {
+      const signal = AbortSignal.timeout(timeoutMs);
+      const timedOut = (error: unknown) =>
+        signal.aborted
+          ? new KubeApiError(0, 'Timeout', `Kubernetes API did not answer within ${timeoutMs} ms`)
+          : error;
+      try {
+        const response = await fetch(request.getUrl(), {
+          method: request.getHttpMethod().toString(),
+          body: request.getBody() as string | undefined,
+          headers: request.getHeaders(),
+          agent: request.getAgent(),
+          // node-fetch 2 takes any AbortSignal; its types name an older interface.
+          signal: signal as never,
+        });
+        const headers: Record<string, string> = {};
+        response.headers.forEach((value, name) => {
+          headers[name] = value;
+        });
+        // The body is read under the same signal: a server may send headers and then stall.
+        const body = await response.buffer();
+        return new ResponseContext(response.status, headers, {
+          text: async () => body.toString('utf8'),
+          binary: async () => body,
+        });
+      } catch (error) {
+        throw timedOut(error);
+      }
+    },
+  });
+}
+
 function toError(error: unknown): KubeApiError {
   if (error instanceof KubeApiError) return error;
   const e = error as { code?: unknown; body?: unknown; message?: unknown; headers?: unknown };
@@ -103,9 +161,21 @@ export class KubeNodes {
   /** Where the API is (for the start-up banner). */
   readonly server: string;
 
-  constructor(config: KubeConfig) {
-    this.#api = config.makeApiClient(CoreV1Api);
-    this.server = config.getCurrentCluster()?.server ?? 'unknown';
+  constructor(config: KubeConfig, options: KubeNodesOptions = {}) {
+    const { requestTimeoutMs } = { ...KUBE_NODES_DEFAULTS, ...options };
+    if (!Number.isInteger(requestTimeoutMs) || requestTimeoutMs < 1)
+      throw new Error(`KubeNodes: requestTimeoutMs must be a positive integer (got ${requestTimeoutMs})`);
+    const cluster = config.getCurrentCluster();
+    if (cluster === null) throw new Error('KubeNodes: the kubeconfig has no current cluster');
+    // As KubeConfig.makeApiClient builds it, with the timed HTTP library instead of the default one.
+    this.#api = new CoreV1Api(
+      createConfiguration({
+        baseServer: new ServerConfiguration(cluster.server, {}),
+        authMethods: { default: config },
+        httpApi: timedHttpLibrary(requestTimeoutMs),
+      }),
+    );
+    this.server = cluster.server;
   }
 
   /** Every node (optionally filtered by a label selector), sorted by name. */

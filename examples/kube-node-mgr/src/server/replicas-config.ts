@@ -42,6 +42,7 @@ const PASSED_ON = [
   'data-dir',
   'users-file',
   'concurrency',
+  'kube-timeout-ms',
   'static-dir',
   'trust-proxy',
   'allowed-origins',
@@ -78,6 +79,7 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   }
   // Checked here so a typo fails once, clearly, instead of in every replica.
   intFlag('--concurrency', values.concurrency, 4, 1);
+  intFlag('--kube-timeout-ms', values['kube-timeout-ms'], 1, 1);
   const replicas = intFlag('--replicas', values.replicas ?? env.REPLICAS, 3, 1);
   if (replicas > MAX_REPLICAS)
     throw new Error(`--replicas must be at most ${MAX_REPLICAS} (got ${replicas})`);
