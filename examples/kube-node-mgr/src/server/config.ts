@@ -29,7 +29,8 @@ export interface Config {
   /** Lease of a running task: how long after its replica died another one reports it interrupted. */
   leaseTtlMs: number;
   staticDir: string;
-  trustProxy: boolean;
+  /** Proxies in front whose X-Forwarded-* headers are believed (0: none; `--trust-proxy` is 1). */
+  trustProxy: number;
   allowedOrigins: 'same-origin' | string[];
   /** A name for this process in logs (replicas). */
   name: string;
@@ -60,7 +61,10 @@ export const USAGE = `Usage: node dist/server.mjs [options]
                            after it, up to 5 attempts (KUBE_TIMEOUT_MS, default 30000)
   --lease-ttl-ms N         a dead replica's running batches end "interrupted" this long after (LEASE_TTL_MS, default 15000)
   --static-dir DIR         built web UI (STATIC_DIR, default: dist/web beside the server bundle)
-  --trust-proxy            trust X-Forwarded-Proto for Secure cookies and Origin checks (TRUST_PROXY=1)
+  --trust-proxy            trust X-Forwarded-Proto for Secure cookies and Origin checks, and the proxy's
+                           X-Forwarded-For entry as the client address (TRUST_PROXY=1)
+  --trust-proxy-hops N     the same behind N proxies in a row (TRUST_PROXY_HOPS; the replica launcher
+                           gives its replicas 1, or 2 with --trust-proxy)
   --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
   SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
 `;
@@ -89,6 +93,7 @@ export const SERVER_OPTIONS = {
   'lease-ttl-ms': { type: 'string' },
   'static-dir': { type: 'string' },
   'trust-proxy': { type: 'boolean' },
+  'trust-proxy-hops': { type: 'string' },
   'allowed-origins': { type: 'string' },
   name: { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
@@ -137,7 +142,12 @@ export function loadConfig(
     ),
     leaseTtlMs: intFlag('--lease-ttl-ms', values['lease-ttl-ms'] ?? env.LEASE_TTL_MS, 15_000, 300),
     staticDir: path.resolve(cwd, values['static-dir'] ?? env.STATIC_DIR ?? defaultStaticDir),
-    trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
+    trustProxy: intFlag(
+      '--trust-proxy-hops',
+      values['trust-proxy-hops'] ?? env.TRUST_PROXY_HOPS,
+      values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true' ? 1 : 0,
+      0,
+    ),
     allowedOrigins: origins
       ? origins
           .split(',')
