@@ -155,6 +155,9 @@ function toError(error: unknown): KubeApiError {
   );
 }
 
+/** The field manager this app's writes are recorded under (`metadata.managedFields`). */
+export const FIELD_MANAGER = 'kube-node-mgr';
+
 /** The node API this app needs, on `@kubernetes/client-node`. */
 export class KubeNodes {
   readonly #api: CoreV1Api;
@@ -235,7 +238,7 @@ export class KubeNodes {
   async mergePatch(name: string, patch: Record<string, unknown>): Promise<NodeView> {
     try {
       const node = await this.#api.patchNode(
-        { name, body: patch, fieldManager: 'kube-node-mgr' },
+        { name, body: patch, fieldManager: FIELD_MANAGER },
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       );
       return toView(node);
@@ -304,5 +307,12 @@ function toView(node: V1Node): NodeView {
     instanceType: labels['node.kubernetes.io/instance-type'] ?? null,
     ready: (node.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'),
     kubeletVersion: node.status?.nodeInfo?.kubeletVersion ?? null,
+    cordonManager:
+      node.spec?.unschedulable === true
+        ? (node.metadata?.managedFields?.find((f) => {
+            const spec = (f.fieldsV1 as Record<string, unknown> | undefined)?.['f:spec'];
+            return typeof spec === 'object' && spec !== null && 'f:unschedulable' in spec;
+          })?.manager ?? null)
+        : null,
   };
 }
