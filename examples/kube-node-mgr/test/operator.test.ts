@@ -231,6 +231,31 @@ describe('cordon notes tied to their cordon', () => {
   const row = async (client: Awaited<ReturnType<typeof login>>, node: string) =>
     (await client.get('/api/nodes')).body.nodes.find((n: any) => n.name === node);
 
+  it('writes a cordon’s note before its PATCH, so a crash just after the PATCH lands leaves it noted', async () => {
+    // What the database holds when each cordon PATCH reaches the API (a crash right after it keeps that).
+    const notedAtPatch = new Map<string, string[]>();
+    h = await startHarness({
+      cluster: {
+        onRequest: async ({ method, node }) => {
+          if (method !== 'PATCH' || node === undefined) return;
+          notedAtPatch.set(
+            node,
+            (await h.db.cordons('default')).map((c) => `${c.node}: ${c.reason}`),
+          );
+        },
+      },
+    });
+    const alice = await login(h.base, 'alice');
+    const c = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'], reason: 'kernel' });
+    await waitForTask(alice, c.body.taskId);
+    expect(notedAtPatch.get('worker-1')).toEqual(['worker-1: kernel']);
+    // A drain's cordons too (all its nodes are cordoned first).
+    const d = await alice.post('/api/batch', { operation: 'drain', nodes: ['gpu-1'], reason: 'gpu swap' });
+    expect(d.status).toBe(202);
+    await waitForTask(alice, d.body.taskId);
+    expect(notedAtPatch.get('gpu-1')).toContain('gpu-1: gpu swap');
+  });
+
   it('drops an app cordon’s note once kubectl uncordoned and cordoned the node again', async () => {
     h = await startHarness();
     const alice = await login(h.base, 'alice');
