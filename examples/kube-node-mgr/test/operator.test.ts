@@ -215,6 +215,72 @@ describe('audit and cordon notes', () => {
   });
 });
 
+describe('cordon notes tied to their cordon', () => {
+  /** `kubectl cordon` / `uncordon` as kubectl sends it: a strategic merge patch, kubectl's User-Agent. */
+  const kubectl = async (node: string, unschedulable: boolean) => {
+    const res = await fetch(`${h.cluster.url}/api/v1/nodes/${node}`, {
+      method: 'PATCH',
+      headers: {
+        'content-type': 'application/strategic-merge-patch+json',
+        'user-agent': 'kubectl/v1.30.0 (linux/amd64) kubernetes/7c48c2b',
+      },
+      body: JSON.stringify({ spec: { unschedulable: unschedulable ? true : null } }),
+    });
+    expect(res.status).toBe(200);
+  };
+  const row = async (client: Awaited<ReturnType<typeof login>>, node: string) =>
+    (await client.get('/api/nodes')).body.nodes.find((n: any) => n.name === node);
+
+  it('writes a cordon’s note before its PATCH, so a crash just after the PATCH lands leaves it noted', async () => {
+    // What the database holds when each cordon PATCH reaches the API (a crash right after it keeps that).
+    const notedAtPatch = new Map<string, string[]>();
+    h = await startHarness({
+      cluster: {
+        onRequest: async ({ method, node }) => {
+          if (method !== 'PATCH' || node === undefined) return;
+          notedAtPatch.set(
+            node,
+            (await h.db.cordons('default')).map((c) => `${c.node}: ${c.reason}`),
+          );
+        },
+      },
+    });
+    const alice = await login(h.base, 'alice');
+    const c = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'], reason: 'kernel' });
+    await waitForTask(alice, c.body.taskId);
+    expect(notedAtPatch.get('worker-1')).toEqual(['worker-1: kernel']);
+    // A drain's cordons too (all its nodes are cordoned first).
+    const d = await alice.post('/api/batch', { operation: 'drain', nodes: ['gpu-1'], reason: 'gpu swap' });
+    expect(d.status).toBe(202);
+    await waitForTask(alice, d.body.taskId);
+    expect(notedAtPatch.get('gpu-1')).toContain('gpu-1: gpu swap');
+  });
+
+  it('drops an app cordon’s note once kubectl uncordoned and cordoned the node again', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const a = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'], reason: 'kernel' });
+    await waitForTask(alice, a.body.taskId);
+    expect(await row(alice, 'worker-1')).toMatchObject({
+      cordonManager: 'kube-node-mgr',
+      cordon: { reason: 'kernel', by: 'alice' },
+    });
+    await kubectl('worker-1', false);
+    await kubectl('worker-1', true);
+    // Cordoned again, by kubectl: the old note described the app's cordon, not this one.
+    expect(await row(alice, 'worker-1')).toMatchObject({
+      unschedulable: true,
+      cordonManager: 'kubectl',
+      cordon: null,
+    });
+    // A kubectl cordon of a node the app had cordoned (no change) leaves the cordon, and its note, the app's.
+    const b = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-2'], reason: 'disk' });
+    await waitForTask(alice, b.body.taskId);
+    await kubectl('worker-2', true);
+    expect((await row(alice, 'worker-2')).cordon).toMatchObject({ reason: 'disk', by: 'alice' });
+  });
+});
+
 describe('templates', () => {
   it('saves validated label and taint templates for everyone; only operators save, the author or an admin deletes', async () => {
     h = await startHarness();

@@ -90,6 +90,9 @@ describe('startReplicaSet', () => {
       '/etc/kube/config',
       '--name',
       'web-1',
+      // The round-robin proxy in front sets X-Forwarded-For: one hop to trust.
+      '--trust-proxy-hops',
+      '1',
       '--concurrency',
       '2',
     ]);

@@ -83,10 +83,10 @@ describe('loadReplicasConfig', () => {
         '/etc/users.json',
         '--concurrency',
         '2',
-        '--trust-proxy',
         '--allowed-origins',
         'https://a.example',
       ],
+      trustProxy: true,
       namePrefix: 'web',
     });
     expect(loadReplicasConfig(['--kube-server', 'http://127.0.0.1:9'], {})).toMatchObject({

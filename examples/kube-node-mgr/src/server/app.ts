@@ -76,10 +76,12 @@ export interface AppOptions {
   /**
    * Trust `X-Forwarded-Proto` (behind a TLS-terminating proxy): https requests get `Secure` cookies, and
    * same-origin checks (the app's and, with `allowedOrigins` 'same-origin', the WebSocket's and `/progress`'s)
-   * take its scheme.
+   * take its scheme; the client's address (login throttle) is the one the proxy appended to
+   * `X-Forwarded-For`. A number: that many proxies in a row (the replica launcher's round-robin proxy
+   * behind a TLS one is 2), the address being the one the first of them appended. `true` is 1.
    * @default false
    */
-  trustProxy?: boolean;
+  trustProxy?: boolean | number;
   /**
    * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails.
    * @default 120000
@@ -146,7 +148,11 @@ export function createApp(options: AppOptions): App {
   app.disable('x-powered-by');
   // One hop (the TLS proxy in front): its X-Forwarded-Proto and X-Forwarded-For are believed, not whatever a
   // client put further left in X-Forwarded-For (which would let it pick its address for the login throttle).
-  if (config.trustProxy) app.set('trust proxy', 1);
+  const proxyHops =
+    config.trustProxy === true ? 1 : config.trustProxy === false ? 0 : (config.trustProxy ?? 0);
+  if (!Number.isInteger(proxyHops) || proxyHops < 0 || proxyHops > 10)
+    throw new Error(`createApp: trustProxy must be a boolean or an integer from 0 to 10 (got ${proxyHops})`);
+  if (proxyHops > 0) app.set('trust proxy', proxyHops);
   app.use(securityHeaders);
   const server = http.createServer(app);
   // One Origin rule for the app's routes, the WebSocket and /progress. Behind a proxy that terminates TLS
@@ -155,7 +161,7 @@ export function createApp(options: AppOptions): App {
   // fatal, and their POSTs).
   const allowedOrigins = Array.isArray(config.allowedOrigins)
     ? config.allowedOrigins
-    : sameOrigin({ trustProxy: config.trustProxy === true });
+    : sameOrigin({ trustProxy: proxyHops > 0 });
   const progress = new ProgressServer<Principal>({
     ...config.progress,
     store,

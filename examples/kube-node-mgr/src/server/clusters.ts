@@ -3,7 +3,7 @@
  * API. Requests name their cluster (`?cluster=` or the body's `cluster`); none means the default one.
  */
 import { KubeConfig } from '@kubernetes/client-node';
-import { KubeNodes } from './kube-nodes.js';
+import { KubeNodes, type KubeNodesOptions } from './kube-nodes.js';
 
 /** One cluster: the context's name and its node API. */
 export interface Cluster {
@@ -53,7 +53,11 @@ export class ClusterSet {
  * One cluster per context of `kc`, the `defaultContext` (else the kubeconfig's current context) first. A
  * context's credentials and server come from the kubeconfig as `kubectl --context` would use them.
  */
-export function clustersOfKubeConfig(kc: KubeConfig, defaultContext?: string): Cluster[] {
+export function clustersOfKubeConfig(
+  kc: KubeConfig,
+  defaultContext?: string,
+  options: KubeNodesOptions = {},
+): Cluster[] {
   const first = defaultContext ?? kc.getCurrentContext();
   const names = kc.getContexts().map((c) => c.name);
   if (first !== '' && !names.includes(first)) throw new Error(`no context "${first}" in the kubeconfig`);
@@ -66,6 +70,6 @@ export function clustersOfKubeConfig(kc: KubeConfig, defaultContext?: string): C
       contexts: kc.getContexts(),
       currentContext: name,
     });
-    return { name, nodes: new KubeNodes(one) };
+    return { name, nodes: new KubeNodes(one, options) };
   });
 }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
-import type { KubeSource } from './kube-nodes.js';
+import { KUBE_NODES_DEFAULTS, type KubeSource } from './kube-nodes.js';
 
 /** Everything `main` needs, from flags and environment variables (flags win). */
 export interface Config {
@@ -24,10 +24,13 @@ export interface Config {
   usersFile: string | undefined;
   sessionSecret: string;
   concurrency: number;
+  /** How long one Kubernetes API request may take before it fails (and is retried where that is safe). */
+  kubeTimeoutMs: number;
   /** Lease of a running task: how long after its replica died another one reports it interrupted. */
   leaseTtlMs: number;
   staticDir: string;
-  trustProxy: boolean;
+  /** Proxies in front whose X-Forwarded-* headers are believed (0: none; `--trust-proxy` is 1). */
+  trustProxy: number;
   allowedOrigins: 'same-origin' | string[];
   /** A name for this process in logs (replicas). */
   name: string;
@@ -54,9 +57,14 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --database-url URL       use Postgres (DATABASE_URL)
   --users-file FILE        users JSON (USERS_FILE; default: demo/demo admin, ops/ops operator, viewer/viewer)
   --concurrency N          nodes patched at once per batch (BATCH_CONCURRENCY, default 4)
+  --kube-timeout-ms N      one Kubernetes API request's time limit; a node's reads and patch are retried
+                           after it, up to 5 attempts (KUBE_TIMEOUT_MS, default 30000)
   --lease-ttl-ms N         a dead replica's running batches end "interrupted" this long after (LEASE_TTL_MS, default 15000)
   --static-dir DIR         built web UI (STATIC_DIR, default: dist/web beside the server bundle)
-  --trust-proxy            trust X-Forwarded-Proto for Secure cookies and Origin checks (TRUST_PROXY=1)
+  --trust-proxy            trust X-Forwarded-Proto for Secure cookies and Origin checks, and the proxy's
+                           X-Forwarded-For entry as the client address (TRUST_PROXY=1)
+  --trust-proxy-hops N     the same behind N proxies in a row (TRUST_PROXY_HOPS; the replica launcher
+                           gives its replicas 1, or 2 with --trust-proxy)
   --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
   SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
 `;
@@ -81,9 +89,11 @@ export const SERVER_OPTIONS = {
   'database-url': { type: 'string' },
   'users-file': { type: 'string' },
   concurrency: { type: 'string' },
+  'kube-timeout-ms': { type: 'string' },
   'lease-ttl-ms': { type: 'string' },
   'static-dir': { type: 'string' },
   'trust-proxy': { type: 'boolean' },
+  'trust-proxy-hops': { type: 'string' },
   'allowed-origins': { type: 'string' },
   name: { type: 'string' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
@@ -123,9 +133,21 @@ export function loadConfig(
     usersFile: values['users-file'] ?? (env.USERS_FILE || undefined),
     sessionSecret: env.SESSION_SECRET || persistentSecret(dataDir),
     concurrency: intFlag('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
+    // Default: KUBE_NODES_DEFAULTS.requestTimeoutMs (kube-nodes.ts).
+    kubeTimeoutMs: intFlag(
+      '--kube-timeout-ms',
+      values['kube-timeout-ms'] ?? env.KUBE_TIMEOUT_MS,
+      KUBE_NODES_DEFAULTS.requestTimeoutMs,
+      1,
+    ),
     leaseTtlMs: intFlag('--lease-ttl-ms', values['lease-ttl-ms'] ?? env.LEASE_TTL_MS, 15_000, 300),
     staticDir: path.resolve(cwd, values['static-dir'] ?? env.STATIC_DIR ?? defaultStaticDir),
-    trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
+    trustProxy: intFlag(
+      '--trust-proxy-hops',
+      values['trust-proxy-hops'] ?? env.TRUST_PROXY_HOPS,
+      values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true' ? 1 : 0,
+      0,
+    ),
     allowedOrigins: origins
       ? origins
           .split(',')

@@ -262,6 +262,7 @@ export class DemoCluster {
             String(req.headers['content-type'] ?? ''),
             body,
             url.searchParams.get('dryRun') === 'All',
+            fieldManagerOf(url.searchParams.get('fieldManager'), req.headers['user-agent']),
           ),
         );
       }
@@ -291,7 +292,7 @@ export class DemoCluster {
     };
   }
 
-  #patch(node: DemoNode, contentType: string, body: string, dryRun: boolean): DemoNode {
+  #patch(node: DemoNode, contentType: string, body: string, dryRun: boolean, manager: string): DemoNode {
     const type = contentType.split(';')[0]?.trim() ?? '';
     let patch: unknown;
     try {
@@ -345,10 +346,37 @@ export class DemoCluster {
     next.metadata.uid = node.metadata.uid;
     next.metadata.creationTimestamp = node.metadata.creationTimestamp;
     if (next.spec.unschedulable === false) delete next.spec.unschedulable;
+    // managedFields, for spec.unschedulable only: the manager that set it owns it until it is removed.
+    const owner = node.metadata.managedFields;
+    if (next.spec.unschedulable !== true) delete next.metadata.managedFields;
+    else if (node.spec.unschedulable === true) {
+      if (owner === undefined) delete next.metadata.managedFields;
+      else next.metadata.managedFields = owner;
+    } else {
+      next.metadata.managedFields = [
+        {
+          manager,
+          operation: 'Update',
+          apiVersion: 'v1',
+          time: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z'),
+          fieldsType: 'FieldsV1',
+          fieldsV1: { 'f:spec': { 'f:unschedulable': {} } },
+        },
+      ];
+    }
     next.metadata.labels ??= {};
     next.metadata.annotations ??= {};
     next.metadata.resourceVersion = String(++this.#resourceVersion);
     this.#nodes.set(name, next);
     return structuredClone(next);
   }
+}
+
+/**
+ * The field manager of a write, as the API server names it: the `fieldManager` parameter, else the
+ * User-Agent up to its first `/` (kubectl's `kubectl/v1.30.0 (linux/amd64) …` is `kubectl`).
+ */
+function fieldManagerOf(param: string | null, userAgent: string | undefined): string {
+  if (param !== null && param !== '') return param;
+  return (userAgent ?? 'unknown').split('/')[0]?.slice(0, 128) || 'unknown';
 }

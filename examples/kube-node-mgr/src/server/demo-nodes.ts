@@ -22,6 +22,18 @@ export interface DemoNode {
     creationTimestamp: string;
     labels: Record<string, string>;
     annotations: Record<string, string>;
+    /**
+     * Who set each field, as the API server records it. The demo tracks `spec.unschedulable` only: the
+     * app ties its cordon notes to the cordon they describe by it.
+     */
+    managedFields?: {
+      manager: string;
+      operation: 'Update';
+      apiVersion: 'v1';
+      time: string;
+      fieldsType: 'FieldsV1';
+      fieldsV1: Record<string, unknown>;
+    }[];
   };
   spec: { podCIDR?: string; providerID?: string; taints?: Taint[]; unschedulable?: boolean };
   status: Record<string, unknown>;

@@ -1,12 +1,18 @@
 import {
   CoreV1Api,
+  createConfiguration,
   KubeConfig,
   PatchStrategy,
+  type RequestContext,
+  ResponseContext,
+  ServerConfiguration,
   setHeaderOptions,
   type V1Node,
   type V1Pod,
   type V1PodSpec,
+  wrapHttpLibrary,
 } from '@kubernetes/client-node';
+import fetch from 'node-fetch';
 import type { NodeView } from '../shared/api-types.js';
 
 /** How the app reaches Kubernetes. */
@@ -71,6 +77,58 @@ export function loadKubeConfig(source: KubeSource): KubeConfig {
   return kc;
 }
 
+/** Options of {@link KubeNodes}. */
+export interface KubeNodesOptions {
+  /**
+   * How long one Kubernetes API request may take, answer body included, before it is aborted and fails
+   * with a {@link KubeApiError} of reason `Timeout`. `@kubernetes/client-node` sets no timeout, so a
+   * connection the network black-holes hung its batch for ever, the nodes' locks held.
+   * @default 30000
+   */
+  requestTimeoutMs?: number;
+}
+
+/** The defaults of {@link KubeNodesOptions}. */
+export const KUBE_NODES_DEFAULTS = Object.freeze({ requestTimeoutMs: 30_000 });
+
+/**
+ * `@kubernetes/client-node`'s own HTTP library (node-fetch with the kubeconfig's agent) plus an abort
+ * signal: the library passes none, and its API methods take none.
+ */
+function timedHttpLibrary(timeoutMs: number) {
+  return wrapHttpLibrary({
+    async send(request: RequestContext): Promise<ResponseContext> {
+      const signal = AbortSignal.timeout(timeoutMs);
+      const timedOut = (error: unknown) =>
+        signal.aborted
+          ? new KubeApiError(0, 'Timeout', `Kubernetes API did not answer within ${timeoutMs} ms`)
+          : error;
+      try {
+        const response = await fetch(request.getUrl(), {
+          method: request.getHttpMethod().toString(),
+          body: request.getBody() as string | undefined,
+          headers: request.getHeaders(),
+          agent: request.getAgent(),
+          // node-fetch 2 takes any AbortSignal; its types name an older interface.
+          signal: signal as never,
+        });
+        const headers: Record<string, string> = {};
+        response.headers.forEach((value, name) => {
+          headers[name] = value;
+        });
+        // The body is read under the same signal: a server may send headers and then stall.
+        const body = await response.buffer();
+        return new ResponseContext(response.status, headers, {
+          text: async () => body.toString('utf8'),
+          binary: async () => body,
+        });
+      } catch (error) {
+        throw timedOut(error);
+      }
+    },
+  });
+}
+
 function toError(error: unknown): KubeApiError {
   if (error instanceof KubeApiError) return error;
   const e = error as { code?: unknown; body?: unknown; message?: unknown; headers?: unknown };
@@ -97,15 +155,30 @@ function toError(error: unknown): KubeApiError {
   );
 }
 
+/** The field manager this app's writes are recorded under (`metadata.managedFields`). */
+export const FIELD_MANAGER = 'kube-node-mgr';
+
 /** The node API this app needs, on `@kubernetes/client-node`. */
 export class KubeNodes {
   readonly #api: CoreV1Api;
   /** Where the API is (for the start-up banner). */
   readonly server: string;
 
-  constructor(config: KubeConfig) {
-    this.#api = config.makeApiClient(CoreV1Api);
-    this.server = config.getCurrentCluster()?.server ?? 'unknown';
+  constructor(config: KubeConfig, options: KubeNodesOptions = {}) {
+    const { requestTimeoutMs } = { ...KUBE_NODES_DEFAULTS, ...options };
+    if (!Number.isInteger(requestTimeoutMs) || requestTimeoutMs < 1)
+      throw new Error(`KubeNodes: requestTimeoutMs must be a positive integer (got ${requestTimeoutMs})`);
+    const cluster = config.getCurrentCluster();
+    if (cluster === null) throw new Error('KubeNodes: the kubeconfig has no current cluster');
+    // As KubeConfig.makeApiClient builds it, with the timed HTTP library instead of the default one.
+    this.#api = new CoreV1Api(
+      createConfiguration({
+        baseServer: new ServerConfiguration(cluster.server, {}),
+        authMethods: { default: config },
+        httpApi: timedHttpLibrary(requestTimeoutMs),
+      }),
+    );
+    this.server = cluster.server;
   }
 
   /** Every node (optionally filtered by a label selector), sorted by name. */
@@ -165,7 +238,7 @@ export class KubeNodes {
   async mergePatch(name: string, patch: Record<string, unknown>): Promise<NodeView> {
     try {
       const node = await this.#api.patchNode(
-        { name, body: patch, fieldManager: 'kube-node-mgr' },
+        { name, body: patch, fieldManager: FIELD_MANAGER },
         setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
       );
       return toView(node);
@@ -234,5 +307,12 @@ function toView(node: V1Node): NodeView {
     instanceType: labels['node.kubernetes.io/instance-type'] ?? null,
     ready: (node.status?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True'),
     kubeletVersion: node.status?.nodeInfo?.kubeletVersion ?? null,
+    cordonManager:
+      node.spec?.unschedulable === true
+        ? (node.metadata?.managedFields?.find((f) => {
+            const spec = (f.fieldsV1 as Record<string, unknown> | undefined)?.['f:spec'];
+            return typeof spec === 'object' && spec !== null && 'f:unschedulable' in spec;
+          })?.manager ?? null)
+        : null,
   };
 }

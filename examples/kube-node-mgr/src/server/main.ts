@@ -49,6 +49,8 @@ async function main(): Promise<void> {
     });
     clusters = clustersOfKubeConfig(
       loadKubeConfig({ type: 'servers', servers: demo.clusters.map(({ name, url }) => ({ name, url })) }),
+      undefined,
+      { requestTimeoutMs: config.kubeTimeoutMs },
     );
     kubeDescription = demo.clusters
       .map((c) => `${c.name} demo cluster at ${c.url} (try: kubectl --server=${c.url} get nodes)`)
@@ -57,6 +59,7 @@ async function main(): Promise<void> {
     clusters = clustersOfKubeConfig(
       loadKubeConfig(config.kube),
       config.kube.type === 'kubeconfig' ? config.kube.context : undefined,
+      { requestTimeoutMs: config.kubeTimeoutMs },
     );
     kubeDescription = clusters.map((c) => `${c.name} → ${c.nodes.server}`).join('\n    ');
   }

@@ -145,8 +145,14 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
           await sleep(wait, signal);
           continue;
         }
+        // An eviction that timed out is not sent again: one that did land may have let a controller
+        // recreate a pod of the same name (a StatefulSet's), which a second eviction would evict too.
         const why =
-          error instanceof KubeApiError ? `${error.status} ${error.reason}: ${error.message}` : String(error);
+          error instanceof KubeApiError && error.status !== 0
+            ? `${error.status} ${error.reason}: ${error.message}`
+            : error instanceof KubeApiError
+              ? error.message
+              : String(error);
         throw new Error(`evicting ${id}: ${why}`);
       }
     }

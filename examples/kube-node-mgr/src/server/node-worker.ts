@@ -54,6 +54,15 @@ function askedToRetry(error: KubeApiError): boolean {
   return error.retryAfterS !== null && (error.status === 429 || (error.status >= 500 && error.status <= 504));
 }
 
+/**
+ * Whether a request was aborted by the per-request timeout (see `KubeNodesOptions.requestTimeoutMs`): the
+ * reads and the node patches (which carry the resourceVersion read, so one that did land is seen done by the
+ * fresh read and never applied twice) are repeated at once, the timeout having been the wait.
+ */
+function timedOut(error: KubeApiError): boolean {
+  return error.status === 0 && error.reason === 'Timeout';
+}
+
 /** How long to wait before calling again an API that asked for it: its `Retry-After`, at most {@link MAX_RETRY_AFTER_S}. */
 export function retryWaitMs(error: KubeApiError): number {
   return Math.min(error.retryAfterS ?? 0, MAX_RETRY_AFTER_S) * 1000;
@@ -61,7 +70,7 @@ export function retryWaitMs(error: KubeApiError): number {
 
 /**
  * Runs one read of the API, waiting out and repeating it while the server asks to be called again later
- * (429 or 5xx with `Retry-After`, see {@link askedToRetry}), at most `maxAttempts` calls in all: client-go
+ * (429 or 5xx with `Retry-After`, see {@link askedToRetry}) or timed out, at most `maxAttempts` calls in all: client-go
  * does so for every request, and a drain's pod list and pod reads are shed under load as a patch is.
  */
 export async function readRetrying<T>(
@@ -73,9 +82,9 @@ export async function readRetrying<T>(
     try {
       return await read();
     } catch (error) {
-      if (!(error instanceof KubeApiError && askedToRetry(error) && attempt < options.maxAttempts))
-        throw error;
-      await sleep(retryWaitMs(error), options.signal);
+      if (!(error instanceof KubeApiError) || attempt >= options.maxAttempts) throw error;
+      if (askedToRetry(error)) await sleep(retryWaitMs(error), options.signal);
+      else if (!timedOut(error)) throw error;
     }
   }
 }
@@ -83,7 +92,8 @@ export async function readRetrying<T>(
 /**
  * Read–modify–write of one node: reads it, computes the merge patch (carrying the resourceVersion just
  * read), patches, and on 409 Conflict (someone changed the node in between) starts over from a fresh read,
- * up to `maxAttempts` times; a 429 or 5xx with `Retry-After` is retried the same way after that wait.
+ * up to `maxAttempts` times; a 429 or 5xx with `Retry-After` is retried the same way after that wait, and
+ * a request that timed out at once.
  * Throws an `Error` whose message is the reason shown for a failed node.
  */
 export async function applyToNode(
@@ -112,6 +122,7 @@ export async function applyToNode(
         await sleep(retryWaitMs(error), options.signal);
         continue;
       }
+      if (error instanceof KubeApiError && timedOut(error) && attempt < options.maxAttempts) continue;
       if (error instanceof KubeApiError) {
         throw new Error(
           error.status === 0 ? error.message : `${error.status} ${error.reason}: ${error.message}`,

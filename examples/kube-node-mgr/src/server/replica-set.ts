@@ -123,6 +123,13 @@ export interface ReplicaSetOptions {
   kubeArgs?: string[];
   /** Extra flags for every replica (e.g. `--concurrency 1`). */
   serverArgs?: string[];
+  /**
+   * A proxy in front of the launcher's is trusted (`--trust-proxy`): the round-robin proxy keeps its
+   * X-Forwarded-* headers, and the replicas trust two hops. Otherwise they trust one, the round-robin
+   * proxy, which sets the headers itself (see `ProxyOptions.trustForwarded`).
+   * @default false
+   */
+  trustProxy?: boolean;
   /** Replica names are `<namePrefix>-1`, `-2`, …. @default 'replica' */
   namePrefix?: string;
   /** Use this Postgres instead of starting an embedded one. */
@@ -161,7 +168,10 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
     for (const stop of stops.reverse()) await stop().catch(() => {});
   };
   try {
-    const proxy = new RoundRobinProxy([], options.proxy);
+    const proxy = new RoundRobinProxy([], {
+      ...options.proxy,
+      trustForwarded: options.trustProxy === true,
+    });
     const url = await proxy.listen(options.port ?? 3000, options.host);
     stops.push(() => proxy.close());
     let databaseUrl = options.databaseUrl;
@@ -200,6 +210,8 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
           ...kubeArgs,
           '--name',
           `${options.namePrefix ?? 'replica'}-${i + 1}`,
+          '--trust-proxy-hops',
+          options.trustProxy === true ? '2' : '1',
           ...(options.serverArgs ?? []),
         ],
         // The URL holds the password: in the environment, not on the command line every user sees in `ps`.

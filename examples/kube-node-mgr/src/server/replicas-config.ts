@@ -14,6 +14,11 @@ export interface ReplicasConfig {
   kubeArgs: string[];
   /** The other server flags, passed to every replica as given. */
   serverArgs: string[];
+  /**
+   * Whether a proxy in front of the launcher's is trusted (`--trust-proxy`): the launcher's proxy then keeps
+   * its X-Forwarded-* headers, and the replicas trust two hops instead of one.
+   */
+  trustProxy: boolean;
   namePrefix: string;
   /** Postgres for every replica (`undefined`: start an embedded one). Passed to them in the environment. */
   databaseUrl: string | undefined;
@@ -42,8 +47,8 @@ const PASSED_ON = [
   'data-dir',
   'users-file',
   'concurrency',
+  'kube-timeout-ms',
   'static-dir',
-  'trust-proxy',
   'allowed-origins',
 ] as const;
 
@@ -73,11 +78,14 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   const serverArgs: string[] = [];
   for (const flag of PASSED_ON) {
     const value = values[flag];
-    if (value === true) serverArgs.push(`--${flag}`);
-    else if (typeof value === 'string') serverArgs.push(`--${flag}`, value);
+    if (typeof value === 'string') serverArgs.push(`--${flag}`, value);
   }
   // Checked here so a typo fails once, clearly, instead of in every replica.
   intFlag('--concurrency', values.concurrency, 4, 1);
+  intFlag('--kube-timeout-ms', values['kube-timeout-ms'], 1, 1);
+  // The replicas' hops are the launcher's to set: its own proxy is always one of them.
+  if (values['trust-proxy-hops'] !== undefined)
+    throw new Error('--trust-proxy-hops: the launcher sets it for its replicas; give --trust-proxy instead');
   const replicas = intFlag('--replicas', values.replicas ?? env.REPLICAS, 3, 1);
   if (replicas > MAX_REPLICAS)
     throw new Error(`--replicas must be at most ${MAX_REPLICAS} (got ${replicas})`);
@@ -88,6 +96,7 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
     demo,
     kubeArgs,
     serverArgs,
+    trustProxy: values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true',
     namePrefix: values.name ?? 'replica',
     databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
   };

@@ -25,6 +25,7 @@ async function main(): Promise<void> {
       ? { kubeArgs: config.kubeArgs }
       : { demoPort: config.demo.port, demo: config.demo.options, demoClusters: config.demo.clusters }),
     serverArgs: config.serverArgs,
+    trustProxy: config.trustProxy,
     namePrefix: config.namePrefix,
     // Replicas print their banner lines prefixed with their name; the rest (warnings) too.
     onOutput: out,

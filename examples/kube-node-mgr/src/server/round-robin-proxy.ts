@@ -8,7 +8,8 @@ import net from 'node:net';
 /**
  * A round-robin reverse proxy without affinity: every HTTP request and every WebSocket upgrade goes to
  * the next backend in turn, so a page's requests and its socket land on different replicas — the
- * original app's hard case. The `Host` header is passed through unchanged (the Origin check compares them).
+ * original app's hard case. The `Host` header is passed through unchanged (the Origin check compares them);
+ * `X-Forwarded-For` and `X-Forwarded-Proto` are set (see {@link ProxyOptions.trustForwarded}).
  */
 /** One routing decision of {@link RoundRobinProxy}, as reported to {@link ProxyOptions.onRoute}. */
 export interface ProxyRoute {
@@ -27,6 +28,29 @@ export interface ProxyOptions {
    * keeps the rotation.
    */
   choose?: (route: Omit<ProxyRoute, 'backend'>, backends: readonly string[]) => string | undefined;
+  /**
+   * Whether a proxy in front of this one is trusted (the launcher's `--trust-proxy`): its `X-Forwarded-For`
+   * is kept and this proxy's peer appended, its `X-Forwarded-Proto` kept. Untrusted, both are replaced by
+   * what this proxy saw (the peer's address, `http`), so a client cannot pick them.
+   * @default false
+   */
+  trustForwarded?: boolean;
+}
+
+/**
+ * The `X-Forwarded-For` and `X-Forwarded-Proto` a backend gets: the replicas trust this proxy's (one hop
+ * more than the front's, `--trust-proxy-hops`), and take the client's address for the login throttle from
+ * it; without it every login shared the proxy's address, one client's failures locking out everyone.
+ */
+function forwarded(req: http.IncomingMessage, trustFront: boolean): { for: string; proto: string } {
+  const peer = req.socket.remoteAddress ?? 'unknown';
+  const join = (value: string | string[] | undefined) => (Array.isArray(value) ? value.join(', ') : value);
+  const incomingFor = trustFront ? join(req.headers['x-forwarded-for']) : undefined;
+  const incomingProto = trustFront ? join(req.headers['x-forwarded-proto']) : undefined;
+  return {
+    for: incomingFor ? `${incomingFor}, ${peer}` : peer,
+    proto: incomingProto || 'http',
+  };
 }
 
 /**
@@ -64,8 +88,10 @@ export class RoundRobinProxy {
           res.end('bad gateway');
           return;
         }
+        const fwd = forwarded(req, this.#options.trustForwarded === true);
+        const headers = { ...req.headers, 'x-forwarded-for': fwd.for, 'x-forwarded-proto': fwd.proto };
         const upstream = http.request(
-          { method: req.method, path: req.url, headers: req.headers, createConnection: () => connection },
+          { method: req.method, path: req.url, headers, createConnection: () => connection },
           (response) => {
             res.writeHead(response.statusCode ?? 502, response.rawHeaders);
             response.pipe(res);
@@ -94,9 +120,14 @@ export class RoundRobinProxy {
           socket.end('HTTP/1.1 502 Bad Gateway\r\nconnection: close\r\ncontent-length: 0\r\n\r\n');
           return;
         }
+        const fwd = forwarded(req, this.#options.trustForwarded === true);
         const lines = [`${req.method} ${req.url} HTTP/1.1`];
-        for (let i = 0; i < req.rawHeaders.length; i += 2)
+        for (let i = 0; i < req.rawHeaders.length; i += 2) {
+          const name = req.rawHeaders[i]?.toLowerCase();
+          if (name === 'x-forwarded-for' || name === 'x-forwarded-proto') continue;
           lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
+        }
+        lines.push(`X-Forwarded-For: ${fwd.for}`, `X-Forwarded-Proto: ${fwd.proto}`);
         upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
         if (head.length > 0) upstream.write(head);
         upstream.pipe(socket);

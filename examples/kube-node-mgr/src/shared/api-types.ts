@@ -39,6 +39,12 @@ export interface NodeView {
   instanceType: string | null;
   ready: boolean;
   kubeletVersion: string | null;
+  /**
+   * The field manager that set `spec.unschedulable` (from `metadata.managedFields`): `kube-node-mgr` for a
+   * cordon of this app's, `kubectl` for `kubectl cordon`…; `null` when the node is schedulable or the API
+   * does not say.
+   */
+  cordonManager: string | null;
 }
 
 /** A row of `GET /api/nodes`: the node, who cordoned it and why, and the batch holding its lock. */

@@ -150,14 +150,16 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       // worker waits for it before its node's evictions.
       let cordonedAll: ReturnType<typeof cordonNodes> | undefined;
       const cordonAll = (signal: AbortSignal) => {
-        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(() =>
-          cordonNodes(cluster.nodes, names, {
+        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(async () => {
+          // The notes first (see noteCordon's intent), then the cordons.
+          for (const name of names) await noteCordon(cluster.name, op, name, session.username, reason);
+          return cordonNodes(cluster.nodes, names, {
             concurrency: config.concurrency,
             maxAttempts: config.maxAttempts,
             signal,
             onCordoned: (name) => noteCordon(cluster.name, op, name, session.username, reason),
-          }),
-        );
+          });
+        });
         return cordonedAll;
       };
       const run = task
@@ -185,7 +187,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                         .progress({ current: `${name}: evicted ${evicted} of ${total} pods` })
                         .then(() => undefined),
                   })
-                : await applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
+                : await (async () => {
+                    // The note before the PATCH (see noteCordon), confirmed (its time) after it.
+                    if (op.type === 'cordon')
+                      await noteCordon(cluster.name, op, name, session.username, reason);
+                    return applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
+                  })();
             if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
             // Cordoned by this batch before its turn: its own cordon found it done already.
             if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
@@ -206,7 +213,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       return { ok: true, taskId, description };
     });
 
-  /** Who cordoned a node and why, kept beside the node (the API has no field for it). */
+  /**
+   * Who cordoned a node and why, kept beside the node (the API has no field for it). A cordon's note is
+   * written before its PATCH (an intent) and again after it: written only after, a PATCH landing just before
+   * a crash left the node cordoned with no note. An intent whose PATCH failed is not shown: the node list
+   * shows a note only while the node is unschedulable by this app's field manager (node-routes.ts).
+   */
   const noteCordon = async (
     cluster: string,
     op: Operation,

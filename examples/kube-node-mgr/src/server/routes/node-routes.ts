@@ -1,7 +1,7 @@
 /** The clusters and the node table of one. */
 
 import type { ClusterView, NodeRow } from '../../shared/api-types.js';
-import { KubeApiError } from '../kube-nodes.js';
+import { FIELD_MANAGER, KubeApiError } from '../kube-nodes.js';
 import { kubeFailure, type RouteContext } from './context.js';
 
 export function registerNodeRoutes(ctx: RouteContext): void {
@@ -42,9 +42,14 @@ export function registerNodeRoutes(ctx: RouteContext): void {
           const lock = lockOf.get(n.name);
           return {
             ...n,
-            // A note outlives a cordon done outside the app (kubectl uncordon): shown only while cordoned.
+            // A note outlives a cordon undone outside the app (kubectl uncordon): shown only while cordoned,
+            // and only while the cordon is the app's (its field manager owns spec.unschedulable) — after a
+            // kubectl uncordon and a kubectl cordon the old note described another cordon. An API that does
+            // not record field managers (null) keeps the note shown.
             cordon:
-              n.unschedulable && note !== undefined
+              n.unschedulable &&
+              note !== undefined &&
+              (n.cordonManager === null || n.cordonManager === FIELD_MANAGER)
                 ? { reason: note.reason, by: note.username, at: note.at }
                 : null,
             lock: lock === undefined ? null : { taskId: lock.taskId, by: lock.username },

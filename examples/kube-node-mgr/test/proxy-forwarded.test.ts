@@ -1,0 +1,106 @@
+/**
+ * The replica launcher's round-robin proxy and the client address: it sent no X-Forwarded-For, so every
+ * login reached the replicas from the proxy's address and shared one per-address throttle — one client's
+ * failed logins locked everyone out. It now sets X-Forwarded-For (and X-Forwarded-Proto) to what it saw, the
+ * replicas trust that one hop, and a client's own X-Forwarded-For is replaced, not believed.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { RoundRobinProxy } from '../src/server/round-robin-proxy.js';
+import { type Harness, startHarness } from './harness.js';
+
+let h: Harness | undefined;
+let proxy: RoundRobinProxy | undefined;
+let backend: http.Server | undefined;
+afterEach(async () => {
+  await proxy?.close();
+  await h?.close();
+  backend?.closeAllConnections();
+  await new Promise<void>((resolve) => (backend === undefined ? resolve() : backend.close(() => resolve())));
+  proxy = undefined;
+  h = undefined;
+  backend = undefined;
+});
+
+/** A POST /api/login through `url` from the loopback address `from` (Linux routes all of 127/8 to lo). */
+function loginFrom(url: string, from: string, username: string, headers: Record<string, string> = {}) {
+  const body = JSON.stringify({ username, password: 'wrong' });
+  return new Promise<number>((resolve, reject) => {
+    const req = http.request(
+      `${url}/api/login`,
+      {
+        method: 'POST',
+        localAddress: from,
+        headers: {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(body),
+          ...headers,
+        },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      },
+    );
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+describe('the round-robin proxy and the client address', () => {
+  it('throttles logins per client address behind the proxy, and a client cannot pick its address', async () => {
+    // As the launcher starts a replica: trusting one hop, the round-robin proxy.
+    h = await startHarness({
+      app: { trustProxy: 1, loginThrottle: { accountFreeFailures: 1000, addressFreeFailures: 2 } },
+    });
+    proxy = new RoundRobinProxy([h.base]);
+    const url = await proxy.listen(0);
+    for (let i = 0; i < 3; i++) expect(await loginFrom(url, '127.0.0.2', `nobody-${i}`)).toBe(401);
+    expect(await loginFrom(url, '127.0.0.2', 'nobody-3')).toBe(429);
+    // Another client is not locked out by the first one's failures.
+    expect(await loginFrom(url, '127.0.0.3', 'nobody-4')).toBe(401);
+    // The locked client's own X-Forwarded-For is not believed.
+    expect(await loginFrom(url, '127.0.0.2', 'nobody-5', { 'x-forwarded-for': '203.0.113.9' })).toBe(429);
+  });
+
+  it('keeps a trusted front proxy’s X-Forwarded-For and -Proto and appends its peer, on requests and upgrades', async () => {
+    const seen: http.IncomingHttpHeaders[] = [];
+    backend = http.createServer((req, res) => {
+      seen.push(req.headers);
+      res.end('ok');
+    });
+    backend.on('upgrade', (req, socket) => {
+      seen.push(req.headers);
+      socket.destroy();
+    });
+    await new Promise<void>((resolve) => backend?.listen(0, '127.0.0.1', () => resolve()));
+    const target = `http://127.0.0.1:${(backend.address() as AddressInfo).port}`;
+    const spoof = { 'x-forwarded-for': '203.0.113.9', 'x-forwarded-proto': 'https' };
+    const send = (url: string, upgrade: boolean) =>
+      new Promise<void>((resolve) => {
+        const req = http.request(url, {
+          localAddress: '127.0.0.2',
+          headers: upgrade ? { ...spoof, connection: 'Upgrade', upgrade: 'websocket' } : spoof,
+        });
+        req.on('response', (res) => res.resume().on('end', resolve));
+        req.on('error', () => resolve());
+        req.on('close', () => resolve());
+        req.end();
+      });
+    for (const trustForwarded of [false, true]) {
+      proxy = new RoundRobinProxy([target], { trustForwarded });
+      const url = await proxy.listen(0);
+      await send(url, false);
+      await send(url, true);
+      await proxy.close();
+    }
+    proxy = undefined;
+    expect(seen.map((s) => [s['x-forwarded-for'], s['x-forwarded-proto']])).toEqual([
+      ['127.0.0.2', 'http'],
+      ['127.0.0.2', 'http'],
+      ['203.0.113.9, 127.0.0.2', 'https'],
+      ['203.0.113.9, 127.0.0.2', 'https'],
+    ]);
+  });
+});
