@@ -621,6 +621,32 @@ describe('tab sharing', () => {
     await Promise.all(clients.map((client) => client.close()));
   });
 
+  it('a follower behind a frozen leader (its tab stopped running, its lock still held) connects on a socket of its own', async () => {
+    const browser = new Browser();
+    // One server per tab, to tell the leader's real socket from the follower's own.
+    const [leaderServer, followerServer] = [new FakeServer(), new FakeServer()];
+    const leaderTab = browser.tab();
+    const leader = clientIn(leaderTab, leaderServer);
+    leader.watch('t1');
+    const real = await acceptReal(leaderServer, 1);
+    await vi.waitFor(() => expect(leader.state).toBe('open'));
+    const follower = clientIn(browser.tab(), followerServer, {
+      heartbeatTimeoutMs: 300,
+      connectTimeoutMs: 300,
+    });
+    const watch = follower.watch('t1');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(2));
+    // Frozen (Page Lifecycle): the tab neither hears nor speaks, and the browser keeps its locks held.
+    leaderTab.dead = true;
+    // A heartbeat timeout, then a connect timeout: both 4010, with no word from a leader between them.
+    await vi.waitFor(() => expect(followerServer.sockets).toHaveLength(1), { timeout: 5000 });
+    const own = await acceptReal(followerServer, 1);
+    await vi.waitFor(() => expect(own.frames('subscribe')).toHaveLength(1));
+    own.push({ type: 'snapshot', task: new FakeTask('t1', 1).view() });
+    await vi.waitFor(() => expect(watch.getSnapshot().status).toBe('running'));
+    await Promise.all([leader.close(), follower.close()]);
+  });
+
   it('rejects a missing BroadcastChannel or lock manager with invalid_input', () => {
     const scope = globalThis as { navigator?: unknown };
     if (scope.navigator !== undefined && (scope.navigator as { locks?: unknown }).locks !== undefined) return;

@@ -127,6 +127,12 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
           used.add(hub);
           hub.users++;
         }
+        // A leader tab that is frozen (Page Lifecycle: the browser keeps its locks held, it runs nothing)
+        // answers nothing and lets no other tab lead: through it the client would retry for as long as it
+        // stays frozen. Two sockets in a row that the client gave up on (4010: silent, or never opened),
+        // with no word from any leader in between (a running leader answers the first by replacing its
+        // real socket), say so: the client's sockets are its own until a leader speaks again.
+        if (hub.silent > 1) return new WebSocket(url, ...rest);
         return new VirtualSocket(hub);
       }
       return SharedWebSocket as unknown as WebSocketConstructorLike;
@@ -175,10 +181,12 @@ class VirtualSocket implements WebSocketLike {
   readyState = CONNECTING;
   /** The real socket's subprotocol, so the client speaks the version the server selected. */
   protocol = '';
-  onopen: ((event: object) => void) | null = null;
-  onmessage: ((event: { data: unknown }) => void) | null = null;
-  onclose: ((event: { code: number; reason: string }) => void) | null = null;
-  onerror: ((event: object) => void) | null = null;
+  // Declared, not set to null: the client sets each before anything calls it (bytes of the /tabs budget).
+  declare onopen: ((event: object) => void) | null;
+  declare onmessage: ((event: { data: unknown }) => void) | null;
+  declare onclose: ((event: { code: number; reason: string }) => void) | null;
+  /** Never fired: the leader reports a failure as a close. */
+  declare onerror: ((event: object) => void) | null;
   declare readonly id: string;
   /** The leader that opened it. */
   declare leader: string | undefined;
@@ -232,6 +240,8 @@ class TabHub {
   declare readonly url: string;
   /** Clients whose sockets use it; the tab leaves when the last one closes. */
   users = 0;
+  /** This tab's sockets given up on (4010) since a leader last spoke (see `wrap`). */
+  silent = 0;
   /** Aborts the lock requests still waiting; held locks are let go by `#left` settling. */
   readonly #requests = new AbortController();
   #leave: () => void = noop;
@@ -321,7 +331,6 @@ class TabHub {
     this.#gone = true;
     this.#requests.abort();
     this.#leave();
-    this.#channel.onmessage = null;
     this.#channel.close();
   }
 
@@ -334,6 +343,7 @@ class TabHub {
 
   detach(socket: VirtualSocket, code: number, reason: string): void {
     this.#sockets.delete(socket.id);
+    if (code === CLOSE_HEARTBEAT_TIMEOUT) this.silent++;
     this.post({ t: 'bye', id: socket.id, code, reason });
   }
 
@@ -352,6 +362,8 @@ class TabHub {
     if (this.#gone || typeof message?.from !== 'string') return;
     switch (message.t) {
       case 'leader':
+        // A leader runs (see `silent`): it announced itself, or (a `close`) answered a socket given up.
+        this.silent = 0;
         this.#onLeader(message.from);
         return;
       case 'connect':
@@ -403,6 +415,7 @@ class TabHub {
         }
         return;
       case 'close': {
+        this.silent = 0;
         if (typeof message.code !== 'number' || !Array.isArray(message.ids ?? [])) return;
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
@@ -587,21 +600,25 @@ class TabHub {
       // alone: another tab's subscribe, sent after it was refused (the task created meanwhile), is
       // answered on its own. One naming none (a task found gone, a renewal's re-check) goes to all.
       let to: string | undefined;
-      if (frame?.type === 'error' && /"(task_not_found|forbidden)"/.test(`"${frame.code}"`)) {
-        // Anything but a string matches no socket: the client would have dropped such a frame.
-        to = frame.requestId as string | undefined;
-        this.#acked.delete(frame.taskId as string);
-        for (const [id, peer] of this.#peers)
-          if ((to ?? id) === id) peer.tasks.delete(frame.taskId as string);
-      } else if (frame?.type === 'error' && frame.code === 'rate_limited' && frame.taskId !== undefined) {
-        // A refused subscribe (the only refusal naming a task) was one tab's, and the task's subscription,
-        // if the socket has one, goes on: only that tab retries. Relayed to all, every tab watching the
-        // task would report it and subscribe again, N frames more from a socket already over its budget.
-        to = frame.requestId as string | undefined;
-      } else if (frame?.type === 'error') {
-        // The refusal of the credential the latest `auth` sent (a renewal's, or the socket's first) goes to
-        // that tab, as the close after it (see `#failReal`); any other error to all.
-        to = this.#credential(frame.code);
+      if (frame?.type === 'error') {
+        const code = frame.code;
+        const refused = code === 'task_not_found' || code === 'forbidden';
+        // A refused subscribe was one tab's (the refusal echoes its id): a rate limit's too (the only one
+        // naming a task), and the task's subscription, if the socket has one, goes on: only that tab
+        // retries. Relayed to all, every tab watching the task would report it and subscribe again, N frames
+        // more from a socket already over its budget. The refusal of the credential the latest `auth` sent
+        // (a renewal's, or the socket's first) goes to that tab, as the close after it (see `#failReal`);
+        // any other error to all. A `requestId` that is not a string matches no socket: the client would
+        // have dropped such a frame.
+        to =
+          refused || (code === 'rate_limited' && frame.taskId !== undefined)
+            ? (frame.requestId as string | undefined)
+            : this.#credential(code);
+        if (refused) {
+          this.#acked.delete(frame.taskId as string);
+          for (const [id, peer] of this.#peers)
+            if ((to ?? id) === id) peer.tasks.delete(frame.taskId as string);
+        }
       }
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,

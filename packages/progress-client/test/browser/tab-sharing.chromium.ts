@@ -126,6 +126,62 @@ describe('tab sharing in Chromium', () => {
     );
   });
 
+  it('the leader tab frozen (its Web Lock still held): a follower goes on with a socket of its own, each item once', async () => {
+    const handle = await stack.server.tasks.create({ owner: 'alice', kind: 'tabs', total: 20 });
+    context = await browser.newContext();
+    const url = stack.pageUrl(handle.id, ['share']);
+    let item = 0;
+    const next = async () => (await handle.item({ key: `k${item++}`, ok: true })).seq;
+    const leader = await context.newPage();
+    await leader.goto(url);
+    let seq = await next();
+    await waitShown(leader, seq);
+    const follower = await context.newPage();
+    await follower.goto(url);
+    seq = await next();
+    await Promise.all([leader, follower].map((page) => waitShown(page, seq)));
+    await expectOneSocket([leader, follower]);
+
+    const lead = () =>
+      follower.evaluate(async () => {
+        const { held = [] } = await navigator.locks.query();
+        return held.find((lock) => lock.name?.startsWith('finishline:leader:'))?.clientId;
+      });
+    const leaderId = await lead();
+    const cdp = await context.newCDPSession(leader);
+    // Headless Chromium accepts `frozen` for a visible page but keeps running it: the debugger's pause stops
+    // its JavaScript as a freeze would (see page-life.chromium.ts).
+    await cdp.send('Page.setWebLifecycleState', { state: 'frozen' });
+    await cdp.send('Debugger.enable');
+    await cdp.send('Debugger.pause');
+    // The premise: a frozen page keeps its locks, so no other tab can take the lead.
+    expect(await lead()).toBe(leaderId);
+    seq = await next();
+    // A heartbeat timeout (the server's interval is 3 s), then a connect timeout (10 s), then its own socket;
+    // before 5 December 2026 it retried through the frozen leader for as long as the leader stayed frozen.
+    await follower.waitForFunction(
+      (target) =>
+        (globalThis as unknown as { finishline: { log: PageLog } }).finishline.log.seqs.some(
+          (s) => s.seq >= target,
+        ),
+      seq,
+      { timeout: 60_000, polling: 50 },
+    );
+    const end = (await handle.complete()).seq;
+    await follower.waitForFunction(
+      () => (globalThis as unknown as { finishline: { log: PageLog } }).finishline.log.finished !== null,
+      undefined,
+      { timeout: 30_000 },
+    );
+    const log = await readLog(follower);
+    expect(log.finished).toMatchObject({ status: 'completed', seq: end });
+    const firstItem = log.items[0] as number;
+    expect(log.items).toEqual(Array.from({ length: end - firstItem }, (_, i) => firstItem + i));
+    expect(await lead()).toBe(leaderId);
+    await cdp.send('Debugger.resume').catch(() => undefined);
+    await cdp.send('Page.setWebLifecycleState', { state: 'active' });
+  });
+
   it("the leader tab's client closed, the page open: another tab takes the lock and the socket, and every other tab reaches the end", async () => {
     const handle = await stack.server.tasks.create({ owner: 'alice', kind: 'tabs', total: 20 });
     context = await browser.newContext();
