@@ -101,7 +101,7 @@ export interface PostgresProgressStoreOptions {
    * may each go unanswered, in milliseconds, before the attempt is given up: `open()` then rejects with
    * `store_unavailable` (a black-holed or unreachable host), and a reconnect is retried after its backoff,
    * with once more as long per failed attempt since the last success, up to 10 times as long. As long as
-   * the server's `authTimeoutMs`, and independent of `watermarkIntervalMs`.
+   * a client's default `connectTimeoutMs`, and independent of `watermarkIntervalMs`.
    * @default 10000
    */
   listenConnectTimeoutMs?: number;
