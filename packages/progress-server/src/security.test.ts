@@ -55,6 +55,23 @@ describe('authentication at the upgrade', () => {
     await connect();
   });
 
+  it('admits a socket whose auth frame arrived while the server was stalled past authTimeoutMs', async () => {
+    await session.start({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 100 });
+    const client = session.track(await RawClient.connect(session.env.wsUrl, { hello: false }));
+    // The frame reaches the server's socket, then the process stalls (a GC pause, a CPU-starved container)
+    // past the deadline: after it the timers phase runs before the poll phase reads the frame.
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    const until = Date.now() + 300;
+    while (Date.now() < until) {
+      // busy: the event loop is stalled
+    }
+    const outcome = await Promise.race([
+      client.next((frame) => frame.type === 'hello').then(() => 'hello'),
+      client.closed.then(({ code }) => `closed ${code}`),
+    ]);
+    expect(outcome).toBe('hello');
+  });
+
   it('ignores a token in the URL unless tokenQueryParam names it', async () => {
     await session.start({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 50 });
     // The upgrade is accepted (first-frame mode) but the URL token is not read: the socket times out.

@@ -88,11 +88,19 @@ export class AuthGate<P extends Principal> {
       this.#admitWhenReady(principal);
       return;
     }
-    this.#authTimer = setTimeout(
-      () => this.#host.guard(() => this.#host.close(CloseCode.AuthTimeout, 'no auth frame in time')),
+    const timer = setTimeout(
+      // Judged after the event loop's next poll phase, as the liveness tick is: after a stall of the
+      // process longer than `authTimeoutMs` the timers phase runs before the poll phase reads what arrived
+      // meanwhile, and every socket whose `auth` frame came in during the stall was closed 4004 unread.
+      () =>
+        setImmediate(() => {
+          if (this.#authTimer !== timer) return; // admitted (or closing) meanwhile
+          this.#host.guard(() => this.#host.close(CloseCode.AuthTimeout, 'no auth frame in time'));
+        }),
       this.#host.options.authTimeoutMs,
     );
-    this.#authTimer.unref();
+    timer.unref();
+    this.#authTimer = timer;
   }
 
   /** A frame on a socket that is not authenticated yet. */
