@@ -160,6 +160,10 @@ export function describeLifecycleContract(ctx: ContractContext): void {
         ['reapExpiredLeases', () => store.reapExpiredLeases()],
         ['purgeFinished', () => store.purgeFinished({ olderThanMs: 0 })],
       ];
+      // Optional methods, held to the same rule when a store has them.
+      const { getEpoch, renewEpoch } = store;
+      if (getEpoch !== undefined) calls.push(['getEpoch', () => getEpoch.call(store)]);
+      if (renewEpoch !== undefined) calls.push(['renewEpoch', () => renewEpoch.call(store)]);
       for (const [what, call] of calls) await expectRejection(`${what} after close`, ErrorCode.Closed, call);
     });
 
