@@ -3,7 +3,7 @@ import { ErrorCode } from '../codes.js';
 import { ID_PATTERN, LIMITS } from '../limits.js';
 import type { JsonValue } from '../model.js';
 import type { ContractContext } from './store-contract-support.js';
-import { expectRejection, mustGet, taskInput } from './store-contract-support.js';
+import { eventually, expectRejection, mustGet, taskInput } from './store-contract-support.js';
 
 /**
  * Store contract: returned objects are copies, inputs are not kept, `close` ends every method.
@@ -139,6 +139,23 @@ export function describeLifecycleContract(ctx: ContractContext): void {
       expect(await store.getEpoch()).toBe(renewed);
       // The log itself is untouched: only the meaning of cursors changed.
       expect((await mustGet(store, 'task-1')).seq).toBe(1);
+    });
+
+    it("tells the feed's onEpochRenewed listeners when renewEpoch replaces the epoch", async () => {
+      const { store } = ctx;
+      // Optional on both sides: a feed that cannot hear renewals omits the hook (servers then read the
+      // epoch at their next heartbeat tick).
+      if (store.renewEpoch === undefined || store.changes.onEpochRenewed === undefined) return;
+      let heard = 0;
+      const stop = store.changes.onEpochRenewed(() => {
+        heard += 1;
+      });
+      try {
+        await store.renewEpoch();
+        await eventually('the renewal reached onEpochRenewed', () => heard > 0);
+      } finally {
+        stop();
+      }
     });
   });
 
