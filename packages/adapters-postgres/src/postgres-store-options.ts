@@ -1,5 +1,4 @@
 import type { Clock, ProgressError } from '@finishline/core';
-import { systemClock } from '@finishline/core';
 import type { BackoffOptions, ResolvedOptionsOf } from '@finishline/core/internal';
 import {
   backoffOption,
@@ -11,6 +10,7 @@ import {
   ofType,
   option,
   resolveOptions,
+  storeClockOption,
 } from '@finishline/core/internal';
 import type { Kysely, PostgresPool } from 'kysely';
 import type { PgListenClient } from './listen-connection.js';
@@ -72,7 +72,9 @@ export interface PostgresProgressStoreOptions {
   migrate?: boolean;
   /**
    * Source of every timestamp the store writes (creation, events, lease expiry, retention age). The
-   * database's `now()` is never used, so tests drive leases with a manual clock.
+   * database's `now()` is never used, so tests drive leases with a manual clock. Read in whole
+   * milliseconds (`bigint` columns): a fraction is dropped, and a value that is no time (`NaN`, negative)
+   * rejects the call with `internal`.
    * @default systemClock (`Date.now`)
    */
   clock?: Clock;
@@ -177,7 +179,8 @@ const POSTGRES_STORE_OPTIONS = {
   ),
   schema: option<string>('finishline', SCHEMA_RULE, isSchemaName),
   migrate: boolean(true),
-  clock: func<Clock>(systemClock),
+  // Read in whole milliseconds (see wholeMillisecondClock).
+  clock: storeClockOption(),
   listenClient: ofType<ListenClientSource>(
     'a connection string, a pg.Client config or a factory',
     (value) =>

@@ -1,5 +1,4 @@
 import type { Clock } from '@finishline/core';
-import { systemClock } from '@finishline/core';
 import type { ResolvedOptionsOf } from '@finishline/core/internal';
 import {
   defaultsOf,
@@ -9,6 +8,7 @@ import {
   oneOf,
   required,
   resolveOptions,
+  storeClockOption,
 } from '@finishline/core/internal';
 import type { SqliteDatabase } from './sqlite-driver.js';
 
@@ -43,7 +43,9 @@ export interface SqliteProgressStoreOptions {
   database: string | SqliteDatabase;
   /**
    * Source of every timestamp (creation, events, lease expiry, retention age). Tests pass
-   * `ManualClock.now`. All processes sharing a file should use the same clock source.
+   * `ManualClock.now`. All processes sharing a file should use the same clock source. Read in whole
+   * milliseconds: a fraction is dropped, and a value that is no time (`NaN`, negative) rejects the call
+   * with `internal`.
    * @default systemClock (`Date.now`)
    */
   clock?: Clock;
@@ -111,7 +113,8 @@ const SQLITE_STORE_OPTIONS = {
           typeof (value as SqliteDatabase).prepare === 'function',
     ),
   ),
-  clock: func<Clock>(systemClock),
+  // Read in whole milliseconds (see wholeMillisecondClock).
+  clock: storeClockOption(),
   synchronous: oneOf<SqliteSynchronous>('normal', ['normal', 'full', 'extra']),
   busyTimeoutMs: integer(5000, 0, 2_147_483_647),
   dataVersionPollMs: integer(50, 0, 3_600_000),

@@ -110,6 +110,7 @@ export {
   parseRunFence,
   parseTaskIds,
 } from './store/inputs.js';
+export { storeClockOption, wholeMillisecondClock } from './store/store-clock.js';
 export { compareIds, runGone, storeClosed, taskAlreadyExists, taskNotFound } from './store/store-errors.js';
 export {
   assertRun,

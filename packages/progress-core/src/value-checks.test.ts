@@ -6,7 +6,7 @@ import { LIMITS } from './limits.js';
 import { idSchema, jsonSchema } from './primitives.js';
 import { isProgressError } from './progress-error.js';
 import { idArbitrary, jsonArbitrary } from './testing/frame-arbitraries.js';
-import { propertyParams } from './testing/property-config.js';
+import { propertyParams, propertySeed } from './testing/property-config.js';
 import { assertTaskId, fitsJsonLimit, idProblem, isJsonValue } from './value-checks.js';
 
 /** The first issue valibot reports, as the codec asks for it (abort early). */
@@ -17,10 +17,36 @@ function firstIssue(schema: v.GenericSchema, value: unknown): string | undefined
 
 const ID_EDGES = fc.oneof(
   idArbitrary,
-  fc.string({ maxLength: LIMITS.maxIdLength + 2 }),
+  // size 'max': fast-check's default size stops strings near 10 characters, far below the limit.
+  fc.string({ maxLength: LIMITS.maxIdLength + 2, size: 'max' }),
+  // At the limit, with characters an id may not hold: length and pattern broken at once.
+  fc.string({
+    unit: fc.constantFrom('a', ' ', '/', 'é', '\u0000'),
+    minLength: LIMITS.maxIdLength - 1,
+    maxLength: LIMITS.maxIdLength + 1,
+  }),
   fc.string({ unit: fc.constantFrom('a', ' ', '/', 'é', '\u0000'), maxLength: 6 }),
   fc.constantFrom('', '__proto__', 'constructor', 'prototype', 'x'.repeat(LIMITS.maxIdLength + 1)),
 );
+
+describe('ID_EDGES', () => {
+  it('reaches the length limit with generated strings, not only with the constants', () => {
+    // A fixed sample, independent of FC_NUM_RUNS: this checks the generator, not idProblem.
+    const lengths = new Set(
+      fc
+        .sample(ID_EDGES, { seed: propertySeed(), numRuns: 1000 })
+        .filter((id) => id !== 'x'.repeat(LIMITS.maxIdLength + 1) && !/^[A-Za-z0-9_.:@/-]+$/.test(id))
+        .map((id) => id.length),
+    );
+    for (const length of [LIMITS.maxIdLength - 1, LIMITS.maxIdLength, LIMITS.maxIdLength + 1]) {
+      expect(lengths.has(length), `a generated non-id string of ${length} characters`).toBe(true);
+    }
+    expect(
+      [...lengths].some((length) => length > 20 && length < LIMITS.maxIdLength - 1),
+      'a generated string between short and the limit',
+    ).toBe(true);
+  });
+});
 
 describe('idProblem', () => {
   it('accepts exactly what idSchema accepts, naming the same first problem', () => {

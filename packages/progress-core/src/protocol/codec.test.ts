@@ -7,8 +7,10 @@ import type { TaskEvent, TaskView } from '../model.js';
 import { EVENT_TYPES, TASK_STATUSES } from '../model.js';
 import { ProgressError } from '../progress-error.js';
 import {
+  authFrameArbitrary,
   clientFrameArbitrary,
   errorFrameArbitrary,
+  idArbitrary,
   serverFrameArbitrary,
   taskEventArbitrary,
   taskViewArbitrary,
@@ -851,6 +853,22 @@ describe('arbitraries', () => {
       }),
       propertyParams(500),
     );
+  });
+
+  it('reach the lengths they declare: ids of 1–24 characters and tokens of 1–200 between the maximal ones', () => {
+    // fast-check's default size stops strings near 10 characters whatever maxLength says.
+    const sample = <T>(arbitrary: fc.Arbitrary<T>) =>
+      fc.sample(arbitrary, { seed: propertySeed(), numRuns: 1000 });
+    const idLengths = sample(idArbitrary).map((id) => id.length);
+    expect(
+      Math.max(...idLengths.filter((length) => length < LIMITS.maxIdLength)),
+      'longest short id',
+    ).toBeGreaterThan(20);
+    const tokenLengths = sample(authFrameArbitrary).map((frame) => frame.token.length);
+    expect(
+      Math.max(...tokenLengths.filter((length) => length < LIMITS.maxTokenLength)),
+      'longest short token',
+    ).toBeGreaterThan(150);
   });
 
   it('cover every event type, status, frame type and error code', () => {

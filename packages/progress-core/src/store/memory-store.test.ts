@@ -28,6 +28,17 @@ describe('MemoryProgressStore', () => {
     expect(typeof MEMORY_PROGRESS_STORE_DEFAULTS.clock()).toBe('number');
   });
 
+  it('refuses a clock that returns no time with internal, and creates nothing', async () => {
+    for (const now of [Number.NaN, -1, Number.POSITIVE_INFINITY, '1700000000000']) {
+      const store = new MemoryProgressStore({ clock: () => now as number });
+      await expect(
+        store.createTask({ id: 'task-1', owner: 'alice', kind: 'batch' }),
+        `clock returning ${String(now)}`,
+      ).rejects.toMatchObject({ code: ErrorCode.Internal, message: expect.stringContaining('clock') });
+      expect(await store.getTask('task-1'), `task after a clock returning ${String(now)}`).toBeUndefined();
+    }
+  });
+
   it('rejects bad options at construction with invalid_input', () => {
     const bad: unknown[] = [{ clock: 42 }, { onListenerError: 'log' }, { colour: 'red' }, null, 'options'];
     for (const options of bad) {

@@ -1,5 +1,4 @@
 import type { Clock } from '../clock.js';
-import { systemClock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
 import type { Task, TaskEvent } from '../model.js';
 import { isTerminalEvent } from '../model.js';
@@ -23,6 +22,7 @@ import {
   parseTaskIds,
 } from './inputs.js';
 import type { ListTasksQuery, ProgressStore, PurgeOptions, ReapOptions, RunFence } from './progress-store.js';
+import { storeClockOption } from './store-clock.js';
 import { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store-errors.js';
 import type { AppendResult } from './task-transitions.js';
 import {
@@ -44,7 +44,8 @@ import {
 export interface MemoryProgressStoreOptions {
   /**
    * Source of every timestamp (creation, events, lease expiry, retention age). Tests pass
-   * `ManualClock.now` to drive leases without sleeping.
+   * `ManualClock.now` to drive leases without sleeping. Read in whole milliseconds: a fraction is
+   * dropped, and a value that is no time (`NaN`, negative) rejects the call with `internal`.
    * @default systemClock (`Date.now`)
    */
   clock?: Clock;
@@ -57,7 +58,8 @@ export interface MemoryProgressStoreOptions {
 }
 
 const MEMORY_STORE_OPTIONS = {
-  clock: /* @__PURE__ */ func<Clock>(systemClock),
+  // Read in whole milliseconds (see wholeMillisecondClock).
+  clock: /* @__PURE__ */ storeClockOption(),
   onListenerError: /* @__PURE__ */ func<(error: unknown) => void>(() => {}),
 };
 

@@ -43,7 +43,11 @@ const RESERVED_IDS = new Set(['__proto__', 'constructor', 'prototype']);
 /** A valid task id, owner, kind or server id, sometimes of the maximal length. */
 export const idArbitrary: fc.Arbitrary<string> = fc
   .oneof(
-    { weight: 8, arbitrary: fc.string({ unit: fc.constantFrom(...ID_CHARS), minLength: 1, maxLength: 24 }) },
+    // size 'max': fast-check's default size stops strings near 10 characters whatever maxLength says.
+    {
+      weight: 8,
+      arbitrary: fc.string({ unit: fc.constantFrom(...ID_CHARS), minLength: 1, maxLength: 24, size: 'max' }),
+    },
     {
       weight: 1,
       arbitrary: fc.string({
@@ -323,7 +327,10 @@ export const authFrameArbitrary: fc.Arbitrary<AuthFrame> = fc.record(
   {
     type: fc.constant('auth' as const),
     token: fc.oneof(
-      { weight: 9, arbitrary: fc.string({ unit: 'binary-ascii', minLength: 1, maxLength: 200 }) },
+      {
+        weight: 9,
+        arbitrary: fc.string({ unit: 'binary-ascii', minLength: 1, maxLength: 200, size: 'max' }),
+      },
       { weight: 1, arbitrary: textArbitrary(LIMITS.maxTokenLength, LIMITS.maxTokenLength) },
     ),
     protocol: fc.constantFrom(...PROTOCOL_VERSIONS),

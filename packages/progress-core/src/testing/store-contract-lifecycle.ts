@@ -3,7 +3,7 @@ import { ErrorCode } from '../codes.js';
 import { ID_PATTERN, LIMITS } from '../limits.js';
 import type { JsonValue } from '../model.js';
 import type { ContractContext } from './store-contract-support.js';
-import { expectRejection, mustGet, taskInput } from './store-contract-support.js';
+import { eventually, expectRejection, mustGet, taskInput } from './store-contract-support.js';
 
 /**
  * Store contract: returned objects are copies, inputs are not kept, `close` ends every method.
@@ -140,6 +140,23 @@ export function describeLifecycleContract(ctx: ContractContext): void {
       // The log itself is untouched: only the meaning of cursors changed.
       expect((await mustGet(store, 'task-1')).seq).toBe(1);
     });
+
+    it("tells the feed's onEpochRenewed listeners when renewEpoch replaces the epoch", async () => {
+      const { store } = ctx;
+      // Optional on both sides: a feed that cannot hear renewals omits the hook (servers then read the
+      // epoch at their next heartbeat tick).
+      if (store.renewEpoch === undefined || store.changes.onEpochRenewed === undefined) return;
+      let heard = 0;
+      const stop = store.changes.onEpochRenewed(() => {
+        heard += 1;
+      });
+      try {
+        await store.renewEpoch();
+        await eventually('the renewal reached onEpochRenewed', () => heard > 0);
+      } finally {
+        stop();
+      }
+    });
   });
 
   describe('close', () => {
@@ -160,6 +177,10 @@ export function describeLifecycleContract(ctx: ContractContext): void {
         ['reapExpiredLeases', () => store.reapExpiredLeases()],
         ['purgeFinished', () => store.purgeFinished({ olderThanMs: 0 })],
       ];
+      // Optional methods, held to the same rule when a store has them.
+      const { getEpoch, renewEpoch } = store;
+      if (getEpoch !== undefined) calls.push(['getEpoch', () => getEpoch.call(store)]);
+      if (renewEpoch !== undefined) calls.push(['renewEpoch', () => renewEpoch.call(store)]);
       for (const [what, call] of calls) await expectRejection(`${what} after close`, ErrorCode.Closed, call);
     });
 

@@ -92,6 +92,40 @@ export function describeTaskContract(ctx: ContractContext): void {
       );
     });
 
+    it('keeps whole milliseconds from a clock that returns fractions, so createdAt works as a run fence', async () => {
+      // A clock such as `() => performance.timeOrigin + performance.now()`: every time a store keeps must
+      // still be an integer, which frames and fences require (a fractional createdAt made every snapshot
+      // an invalid frame for clients and every fenced write invalid_input).
+      ctx.clock.advance(0.75);
+      const created = await ctx.store.createTask(
+        taskInput({ id: 'task-1', lease: { owner: 'worker-1', ttlMs: 1000 } }),
+      );
+      const run = { run: created.createdAt };
+      ctx.clock.advance(0.5);
+      const { event } = await ctx.store.append('task-1', { type: 'progress', done: 1 }, run);
+      ctx.clock.advance(0.5);
+      await ctx.store.renewLease('task-1', 'worker-1', 1000, run);
+      ctx.clock.advance(0.5);
+      const ended = await ctx.store.append('task-1', { type: 'completed' }, run);
+      const stored = await mustGet(ctx.store, 'task-1');
+      const [read] = await ctx.store.readEvents('task-1', 0);
+      const times = {
+        createdAt: created.createdAt,
+        leaseExpiresAt: created.leaseExpiresAt,
+        eventTime: event.time,
+        endTime: ended.event.time,
+        finishedAt: stored.finishedAt,
+        updatedAt: stored.updatedAt,
+        storedCreatedAt: stored.createdAt,
+        readTime: read?.time,
+      };
+      for (const [name, time] of Object.entries(times)) {
+        expect(Number.isSafeInteger(time), `${name} (${time}) is a whole millisecond`).toBe(true);
+      }
+      ctx.clock.advance(0.5);
+      expect(await ctx.store.purgeFinished({ olderThanMs: 0 }), 'purged').toBe(1);
+    });
+
     it('createTask with a taken id rejects with invalid_input and keeps the first task', async () => {
       const first = await ctx.store.createTask(taskInput({ id: 'task-1', kind: 'first' }));
       await expectRejection('createTask with a taken id', ErrorCode.InvalidInput, () =>
