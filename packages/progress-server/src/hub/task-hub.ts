@@ -79,6 +79,14 @@ interface Followed {
   checking: boolean;
   /** A change asked for that read while it ran: it may have been served before the change's commit. */
   checkAgain: boolean;
+  /**
+   * The latest run a change or local append named while no run was followed yet (`run` undefined: the
+   * first subscribers still loading), and `heard` as it was first heard. A subscriber's load of an earlier
+   * run that started before it may have read the run since purged: it starts over (see {@link
+   * TaskHub.observe}).
+   */
+  laterRun: number | undefined;
+  laterRunHeard: number;
 }
 
 const noop = (): void => undefined;
@@ -170,7 +178,8 @@ export class TaskHub {
       maxReplayEvents: options.maxReplayEvents,
       retryDelayMs: options.retryDelayMs,
       latestSeq: (taskId) => this.latestSeq(taskId),
-      observe: (taskId, seq, run) => this.observe(taskId, seq, run),
+      observe: (taskId, seq, run, heard) => this.observe(taskId, seq, run, heard),
+      heard: (taskId) => this.#followed.get(taskId)?.heard ?? 0,
       recent: (taskId, fromSeq, toSeq) => this.#recent.between(taskId, fromSeq, toSeq),
       readMark: () => this.#resets,
       readBack: (taskId, events, mark) => {
@@ -231,6 +240,8 @@ export class TaskHub {
         heard: 0,
         checking: false,
         checkAgain: false,
+        laterRun: undefined,
+        laterRunHeard: 0,
       };
       this.#followed.set(taskId, entry);
       try {
@@ -251,14 +262,24 @@ export class TaskHub {
    * A subscriber read the task at `seq`, the run created at `run` (its `createdAt`, when the reader
    * knows it). The first such read fixes where the hub's own reads start; any later one only raises the
    * latest known seq. A read of a later run of the id starts over from it (see `#newRun`); one of an
-   * earlier run (read before the purge, told after) says nothing of the run followed now: `false`.
+   * earlier run (read before the purge, told after) says nothing of the run followed now: `false`; so
+   * does the first read of a run older than one a change named before that read started (`heard`, see
+   * {@link StreamHub.heard}).
    */
-  observe(taskId: string, seq: number, run?: number): boolean {
+  observe(taskId: string, seq: number, run?: number, heard?: number): boolean {
     const entry = this.#followed.get(taskId);
     if (entry === undefined) return true;
     let later = false;
     if (run !== undefined && entry.run !== run) {
       if (entry.run !== undefined && run < entry.run) return false;
+      // The first run learned, older than one a change named meanwhile: a read that started before that
+      // change (`heard`: the task's count of changes as it started; unknown: as old) may be of a run
+      // purged since, and followed, the later run's events went out as its own. One that started after
+      // it is the store's truth (that change was a late notice of what a restore took back).
+      if (entry.run === undefined && entry.laterRun !== undefined && run < entry.laterRun) {
+        if (heard === undefined || heard < entry.laterRunHeard) return false;
+      }
+      entry.laterRun = undefined;
       if (entry.run !== undefined) this.#newRun(entry);
       later = entry.run !== undefined;
       entry.run = run;
@@ -311,6 +332,7 @@ export class TaskHub {
       this.#startOver(entry, run);
     }
     entry.heard += 1;
+    if (run !== undefined && entry.run === undefined) this.#heardRun(entry, run);
     if (isTerminalType(event.type)) entry.endSeq = event.seq;
     if (event.seq > entry.latestSeq) entry.latestSeq = event.seq;
     if (this.#dispatchNext(entry, [event])) return;
@@ -339,6 +361,7 @@ export class TaskHub {
       entry.pending = [];
       // A restored task may be an earlier run than the one followed (created before it, purged since).
       entry.run = undefined;
+      entry.laterRun = undefined;
       entry.endSeq = undefined;
       if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
       entry.retryTimer = undefined;
@@ -380,6 +403,7 @@ export class TaskHub {
       this.#startOver(entry, run);
     }
     entry.heard += 1;
+    if (run !== undefined && entry.run === undefined) this.#heardRun(entry, run);
     // Of the run followed, for sure: neither a late change of an earlier run nor one of a later run.
     const ofRun = run !== undefined && run === entry.run;
     // Its run's end (a change without a run may be an earlier run's, heard late: only once dispatched).
@@ -403,6 +427,13 @@ export class TaskHub {
       }
     }
     this.#pump(entry);
+  }
+
+  /** A change or local append named `run` while no run is followed yet (see `laterRun`). */
+  #heardRun(entry: Followed, run: number): void {
+    if (entry.laterRun !== undefined && run <= entry.laterRun) return;
+    entry.laterRun = run;
+    entry.laterRunHeard = entry.heard;
   }
 
   /**
