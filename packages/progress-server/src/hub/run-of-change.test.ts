@@ -184,4 +184,24 @@ describe("a read of the hub's that finds events past the end of the run it follo
     expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
     expect(watcher.calls).toEqual(['restart']);
   });
+
+  it('hands over none of a read that holds an event past the end, not even those before it', async () => {
+    // The hub heard its run's end (seq 5) while it held seq 3, and read the id after retention purged that
+    // run and the id was written again up to seq 6: one store read is one run's, so run 2's seq 4, before
+    // the end, is run 2's as much as its seq 5. Handed over, run 1's watcher got it as its own.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'old 4' });
+    await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 6);
+    // Run 1's end, heard late and ids only (its events did not fit the notice).
+    emit({ taskId: 'job-1', seq: 5, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
 });

@@ -489,15 +489,18 @@ export class TaskHub {
   }
 
   /**
-   * The index of the first of `events` (read from the store, in seq order) past the end of the run
-   * followed (see `endSeq`), or -1. A read names the id, not the run: one that ran after the followed
-   * run was purged and its id taken again returns the new run's events at the seqs after `readSeq`,
-   * and dispatched, they went out as the old run's. Checked per read, not per change.
+   * True when `events` (read from the store, in seq order) reach past the end of the run followed (see
+   * `endSeq`). A read names the id, not the run: one that ran after the followed run was purged and its
+   * id taken again returns the new run's events at the seqs after `readSeq`, and dispatched, they went
+   * out as the old run's. One read is one run's (a store answers it from one snapshot, and a run is
+   * purged with its events before its id is taken again), so its last event tells: past the end, every
+   * event of the read is the later run's, those below the end too. Checked per read, not per change.
    */
-  #pastEnd(entry: Followed, events: readonly TaskEvent[]): number {
+  #pastEnd(entry: Followed, events: readonly TaskEvent[]): boolean {
     const end = entry.endSeq;
-    if (end === undefined || (events.at(-1) as TaskEvent).seq < end) return -1;
-    return events.findIndex((event) => event.seq > end || (event.seq === end && !isTerminalType(event.type)));
+    if (end === undefined) return false;
+    const last = events.at(-1) as TaskEvent;
+    return last.seq > end || (last.seq === end && !isTerminalType(last.type));
   }
 
   /**
@@ -665,11 +668,10 @@ export class TaskHub {
           return;
         }
         entry.emptyReads = 0;
-        const past = this.#pastEnd(entry, events);
-        if (past !== -1) {
-          // Another run's events: what comes before them goes out, the rest is left to a read of the
-          // task's run (`#checkRun` starts the hub over on it). Until then nothing past the end is read.
-          if (past > 0) this.#dispatchNext(entry, events.slice(0, past));
+        if (this.#pastEnd(entry, events)) {
+          // Another run's events, all of them (those before the end went out as the old run's before
+          // 5 December 2026, 19:40 UTC): left to a read of the task's run (`#checkRun` starts the hub over
+          // on it). Until then nothing past what was dispatched is read.
           if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
           entry.unconfirmed = 0;
           this.#checkRun(entry);
