@@ -205,3 +205,32 @@ describe("a read of the hub's that finds events past the end of the run it follo
     expect(watcher.calls).toEqual(['restart']);
   });
 });
+
+describe('a read of the hub that finds the task gone', () => {
+  it('restarts the watcher once instead of reading again every retry delay for ever', async () => {
+    // The hub held seq 3 of run 1 and heard its end (seq 4, ids only) after retention purged it, with no
+    // run of the id since: its read of seq 4 fails task_not_found. Taken for a store failure, it was retried
+    // every retryDelayMs while the watcher followed, and the watcher, told nothing, waited for ever.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let reads = 0;
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    const readEvents = store.readEvents.bind(store);
+    store.readEvents = (...args) => {
+      reads += 1;
+      return readEvents(...args);
+    };
+    emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0);
+    await settle();
+    expect(watcher.calls).toEqual(['restart']);
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    // One read found the task gone, and none followed it (retried, one per 5 ms).
+    expect(reads).toBe(1);
+  });
+});

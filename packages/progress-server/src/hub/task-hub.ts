@@ -7,7 +7,7 @@
  * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
-import { isTerminalType } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -683,6 +683,18 @@ export class TaskHub {
         if (isTerminalType(last.type) && entry.readSeq === last.seq) entry.endSeq = last.seq;
       }
     } catch (error) {
+      if (isProgressError(error, ErrorCode.TaskNotFound)) {
+        // Purged (retention) since the seq announced: no read of the id finds it, and retried as a store
+        // failure, it was read every retryDelayMs while anyone followed it, its subscribers told nothing.
+        // Nothing is read past what was dispatched until a change announces more; a read of the task
+        // tells the subscribers it is gone, or starts the hub over on the id's later run.
+        if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
+        entry.unconfirmed = 0;
+        entry.emptyReads = 0;
+        if (entry.run === undefined) this.#restart(entry, undefined);
+        else this.#checkRun(entry);
+        return;
+      }
       this.#metrics.storeErrors.inc();
       this.#logger.warn(
         { err: describeError(error), taskId: entry.taskId },
