@@ -234,3 +234,26 @@ describe('a read of the hub that finds the task gone', () => {
     expect(reads).toBe(1);
   });
 });
+
+describe("a seq of the run followed that the hub's reads never find", () => {
+  for (const named of [true, false]) {
+    it(`restarts the watcher when the id holds a later run below that seq (change ${named ? 'naming its run' : 'without a run'})`, async () => {
+      // The hub held seq 2 of run 1 and heard its end (seq 4, ids only) after retention purged it and run 2
+      // was created with one event: its reads find nothing after seq 2. It gave the seq up as a restore's
+      // (a sign the server found no restore in) and the watcher, told nothing, waited for ever.
+      const clock = new ManualClock();
+      const store = new MemoryProgressStore({ clock: clock.now });
+      const { hub, emit } = hubOver(store, true);
+      const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 2);
+      clock.advance(1);
+      await store.append('job-1', { type: 'progress', message: 'old 3' });
+      await purgedAndCreatedAgain(store, clock);
+      await runTwoItems(store, clock, 1);
+      emit({ taskId: 'job-1', seq: 4, terminal: true, ...(named ? { run: one.createdAt } : {}) });
+      await until(() => watcher.calls.length > 0);
+      await settle();
+      expect(watcher.calls).toEqual(['restart']);
+      expect(watcher.events).toEqual(['progress@1', 'progress@2']);
+    });
+  }
+});

@@ -654,6 +654,10 @@ export class TaskHub {
             // A store that holds less than its feed announced was most likely restored: the server reads
             // its epoch now rather than at its next heartbeat tick.
             this.#streamHub.wentBack();
+            // Or the seq was the followed run's and the id was purged and taken again since, below it: the
+            // hub waits for a seq that will never come, and its subscribers for the run's end. A read of the
+            // task tells them (a later run or none restarts them; the run followed, nothing).
+            this.#checkRun(entry);
             // A change heard during that last read may be a commit below the seq given up: read once more
             // (what it finds is dispatched; finding nothing settles it).
             if (heardDuring) {
