@@ -74,6 +74,36 @@ describe("a later run of the id heard while the first subscriber's load of an ea
     });
   }
 
+  it('restarts that subscriber when this process appended to the later run meanwhile', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub } = hubOver(store, true);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) {
+      clock.advance(1);
+      await store.append('job-1', { type: 'progress', message: `old ${i}` });
+    }
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 6; i++) {
+      clock.advance(1);
+      const result = await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true });
+      hub.publishLocal(result.event, result.task.createdAt);
+    }
+    stream.start(3, false, 3, loaded?.createdAt);
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 0);
+    await settle();
+    expect(watcher.events).toEqual([]);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+
   it('still starts a subscriber whose load began after the later run was heard and found the earlier one', async () => {
     // A change naming a run the store does not hold (a late notice of a store restored since): a load that
     // read after it is the truth, and refusing it restarted the subscriber for ever.
