@@ -184,4 +184,76 @@ describe("a read of the hub's that finds events past the end of the run it follo
     expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
     expect(watcher.calls).toEqual(['restart']);
   });
+
+  it('hands over none of a read that holds an event past the end, not even those before it', async () => {
+    // The hub heard its run's end (seq 5) while it held seq 3, and read the id after retention purged that
+    // run and the id was written again up to seq 6: one store read is one run's, so run 2's seq 4, before
+    // the end, is run 2's as much as its seq 5. Handed over, run 1's watcher got it as its own.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'old 4' });
+    await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 6);
+    // Run 1's end, heard late and ids only (its events did not fit the notice).
+    emit({ taskId: 'job-1', seq: 5, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+});
+
+describe('a read of the hub that finds the task gone', () => {
+  it('restarts the watcher once instead of reading again every retry delay for ever', async () => {
+    // The hub held seq 3 of run 1 and heard its end (seq 4, ids only) after retention purged it, with no
+    // run of the id since: its read of seq 4 fails task_not_found. Taken for a store failure, it was retried
+    // every retryDelayMs while the watcher followed, and the watcher, told nothing, waited for ever.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let reads = 0;
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    const readEvents = store.readEvents.bind(store);
+    store.readEvents = (...args) => {
+      reads += 1;
+      return readEvents(...args);
+    };
+    emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0);
+    await settle();
+    expect(watcher.calls).toEqual(['restart']);
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    // One read found the task gone, and none followed it (retried, one per 5 ms).
+    expect(reads).toBe(1);
+  });
+});
+
+describe("a seq of the run followed that the hub's reads never find", () => {
+  for (const named of [true, false]) {
+    it(`restarts the watcher when the id holds a later run below that seq (change ${named ? 'naming its run' : 'without a run'})`, async () => {
+      // The hub held seq 2 of run 1 and heard its end (seq 4, ids only) after retention purged it and run 2
+      // was created with one event: its reads find nothing after seq 2. It gave the seq up as a restore's
+      // (a sign the server found no restore in) and the watcher, told nothing, waited for ever.
+      const clock = new ManualClock();
+      const store = new MemoryProgressStore({ clock: clock.now });
+      const { hub, emit } = hubOver(store, true);
+      const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 2);
+      clock.advance(1);
+      await store.append('job-1', { type: 'progress', message: 'old 3' });
+      await purgedAndCreatedAgain(store, clock);
+      await runTwoItems(store, clock, 1);
+      emit({ taskId: 'job-1', seq: 4, terminal: true, ...(named ? { run: one.createdAt } : {}) });
+      await until(() => watcher.calls.length > 0);
+      await settle();
+      expect(watcher.calls).toEqual(['restart']);
+      expect(watcher.events).toEqual(['progress@1', 'progress@2']);
+    });
+  }
 });

@@ -7,7 +7,7 @@
  * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
-import { isTerminalType } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -79,6 +79,14 @@ interface Followed {
   checking: boolean;
   /** A change asked for that read while it ran: it may have been served before the change's commit. */
   checkAgain: boolean;
+  /**
+   * The latest run a change or local append named while no run was followed yet (`run` undefined: the
+   * first subscribers still loading), and `heard` as it was first heard. A subscriber's load of an earlier
+   * run that started before it may have read the run since purged: it starts over (see {@link
+   * TaskHub.observe}).
+   */
+  laterRun: number | undefined;
+  laterRunHeard: number;
 }
 
 const noop = (): void => undefined;
@@ -170,7 +178,8 @@ export class TaskHub {
       maxReplayEvents: options.maxReplayEvents,
       retryDelayMs: options.retryDelayMs,
       latestSeq: (taskId) => this.latestSeq(taskId),
-      observe: (taskId, seq, run) => this.observe(taskId, seq, run),
+      observe: (taskId, seq, run, heard) => this.observe(taskId, seq, run, heard),
+      heard: (taskId) => this.#followed.get(taskId)?.heard ?? 0,
       recent: (taskId, fromSeq, toSeq) => this.#recent.between(taskId, fromSeq, toSeq),
       readMark: () => this.#resets,
       readBack: (taskId, events, mark) => {
@@ -231,6 +240,8 @@ export class TaskHub {
         heard: 0,
         checking: false,
         checkAgain: false,
+        laterRun: undefined,
+        laterRunHeard: 0,
       };
       this.#followed.set(taskId, entry);
       try {
@@ -251,14 +262,24 @@ export class TaskHub {
    * A subscriber read the task at `seq`, the run created at `run` (its `createdAt`, when the reader
    * knows it). The first such read fixes where the hub's own reads start; any later one only raises the
    * latest known seq. A read of a later run of the id starts over from it (see `#newRun`); one of an
-   * earlier run (read before the purge, told after) says nothing of the run followed now: `false`.
+   * earlier run (read before the purge, told after) says nothing of the run followed now: `false`; so
+   * does the first read of a run older than one a change named before that read started (`heard`, see
+   * {@link StreamHub.heard}).
    */
-  observe(taskId: string, seq: number, run?: number): boolean {
+  observe(taskId: string, seq: number, run?: number, heard?: number): boolean {
     const entry = this.#followed.get(taskId);
     if (entry === undefined) return true;
     let later = false;
     if (run !== undefined && entry.run !== run) {
       if (entry.run !== undefined && run < entry.run) return false;
+      // The first run learned, older than one a change named meanwhile: a read that started before that
+      // change (`heard`: the task's count of changes as it started; unknown: as old) may be of a run
+      // purged since, and followed, the later run's events went out as its own. One that started after
+      // it is the store's truth (that change was a late notice of what a restore took back).
+      if (entry.run === undefined && entry.laterRun !== undefined && run < entry.laterRun) {
+        if (heard === undefined || heard < entry.laterRunHeard) return false;
+      }
+      entry.laterRun = undefined;
       if (entry.run !== undefined) this.#newRun(entry);
       later = entry.run !== undefined;
       entry.run = run;
@@ -311,6 +332,7 @@ export class TaskHub {
       this.#startOver(entry, run);
     }
     entry.heard += 1;
+    if (run !== undefined && entry.run === undefined) this.#heardRun(entry, run);
     if (isTerminalType(event.type)) entry.endSeq = event.seq;
     if (event.seq > entry.latestSeq) entry.latestSeq = event.seq;
     if (this.#dispatchNext(entry, [event])) return;
@@ -339,6 +361,7 @@ export class TaskHub {
       entry.pending = [];
       // A restored task may be an earlier run than the one followed (created before it, purged since).
       entry.run = undefined;
+      entry.laterRun = undefined;
       entry.endSeq = undefined;
       if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
       entry.retryTimer = undefined;
@@ -380,6 +403,7 @@ export class TaskHub {
       this.#startOver(entry, run);
     }
     entry.heard += 1;
+    if (run !== undefined && entry.run === undefined) this.#heardRun(entry, run);
     // Of the run followed, for sure: neither a late change of an earlier run nor one of a later run.
     const ofRun = run !== undefined && run === entry.run;
     // Its run's end (a change without a run may be an earlier run's, heard late: only once dispatched).
@@ -403,6 +427,13 @@ export class TaskHub {
       }
     }
     this.#pump(entry);
+  }
+
+  /** A change or local append named `run` while no run is followed yet (see `laterRun`). */
+  #heardRun(entry: Followed, run: number): void {
+    if (entry.laterRun !== undefined && run <= entry.laterRun) return;
+    entry.laterRun = run;
+    entry.laterRunHeard = entry.heard;
   }
 
   /**
@@ -458,15 +489,18 @@ export class TaskHub {
   }
 
   /**
-   * The index of the first of `events` (read from the store, in seq order) past the end of the run
-   * followed (see `endSeq`), or -1. A read names the id, not the run: one that ran after the followed
-   * run was purged and its id taken again returns the new run's events at the seqs after `readSeq`,
-   * and dispatched, they went out as the old run's. Checked per read, not per change.
+   * True when `events` (read from the store, in seq order) reach past the end of the run followed (see
+   * `endSeq`). A read names the id, not the run: one that ran after the followed run was purged and its
+   * id taken again returns the new run's events at the seqs after `readSeq`, and dispatched, they went
+   * out as the old run's. One read is one run's (a store answers it from one snapshot, and a run is
+   * purged with its events before its id is taken again), so its last event tells: past the end, every
+   * event of the read is the later run's, those below the end too. Checked per read, not per change.
    */
-  #pastEnd(entry: Followed, events: readonly TaskEvent[]): number {
+  #pastEnd(entry: Followed, events: readonly TaskEvent[]): boolean {
     const end = entry.endSeq;
-    if (end === undefined || (events.at(-1) as TaskEvent).seq < end) return -1;
-    return events.findIndex((event) => event.seq > end || (event.seq === end && !isTerminalType(event.type)));
+    if (end === undefined) return false;
+    const last = events.at(-1) as TaskEvent;
+    return last.seq > end || (last.seq === end && !isTerminalType(last.type));
   }
 
   /**
@@ -620,6 +654,10 @@ export class TaskHub {
             // A store that holds less than its feed announced was most likely restored: the server reads
             // its epoch now rather than at its next heartbeat tick.
             this.#streamHub.wentBack();
+            // Or the seq was the followed run's and the id was purged and taken again since, below it: the
+            // hub waits for a seq that will never come, and its subscribers for the run's end. A read of the
+            // task tells them (a later run or none restarts them; the run followed, nothing).
+            this.#checkRun(entry);
             // A change heard during that last read may be a commit below the seq given up: read once more
             // (what it finds is dispatched; finding nothing settles it).
             if (heardDuring) {
@@ -634,11 +672,10 @@ export class TaskHub {
           return;
         }
         entry.emptyReads = 0;
-        const past = this.#pastEnd(entry, events);
-        if (past !== -1) {
-          // Another run's events: what comes before them goes out, the rest is left to a read of the
-          // task's run (`#checkRun` starts the hub over on it). Until then nothing past the end is read.
-          if (past > 0) this.#dispatchNext(entry, events.slice(0, past));
+        if (this.#pastEnd(entry, events)) {
+          // Another run's events, all of them (those before the end went out as the old run's before
+          // 5 December 2026, 19:40 UTC): left to a read of the task's run (`#checkRun` starts the hub over
+          // on it). Until then nothing past what was dispatched is read.
           if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
           entry.unconfirmed = 0;
           this.#checkRun(entry);
@@ -650,6 +687,18 @@ export class TaskHub {
         if (isTerminalType(last.type) && entry.readSeq === last.seq) entry.endSeq = last.seq;
       }
     } catch (error) {
+      if (isProgressError(error, ErrorCode.TaskNotFound)) {
+        // Purged (retention) since the seq announced: no read of the id finds it, and retried as a store
+        // failure, it was read every retryDelayMs while anyone followed it, its subscribers told nothing.
+        // Nothing is read past what was dispatched until a change announces more; a read of the task
+        // tells the subscribers it is gone, or starts the hub over on the id's later run.
+        if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
+        entry.unconfirmed = 0;
+        entry.emptyReads = 0;
+        if (entry.run === undefined) this.#restart(entry, undefined);
+        else this.#checkRun(entry);
+        return;
+      }
       this.#metrics.storeErrors.inc();
       this.#logger.warn(
         { err: describeError(error), taskId: entry.taskId },

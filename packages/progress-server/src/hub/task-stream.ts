@@ -71,9 +71,15 @@ export interface StreamHub {
   /**
    * A read of the task at `seq`, of the run created at `run` (when known): where the hub's own live reads
    * start. `false` when `run` is older than the run the hub follows now (the id was purged and created
-   * again since that read).
+   * again since that read), or than a run a change named before the read started (`heard`, from
+   * {@link heard} as it started; `undefined`: not known, taken as before).
    */
-  observe(taskId: string, seq: number, run?: number): boolean;
+  observe(taskId: string, seq: number, run?: number, heard?: number): boolean;
+  /**
+   * The changes of the task heard so far (a count): taken as a load starts, and handed to {@link observe}
+   * with what it read, it tells a read that may have missed a later run named meanwhile.
+   */
+  heard(taskId: string): number;
   /** The task's events after `fromSeq` up to `toSeq` when the hub holds them all in memory. */
   recent(taskId: string, fromSeq: number, toSeq: number): readonly TaskEvent[] | undefined;
   /** Taken before a stream's store read, and handed back with its events to {@link readBack}. */
@@ -131,6 +137,8 @@ export class TaskStream {
   /** The `createdAt` of the run the stream started on; `undefined` before its start. */
   #run: number | undefined;
   #retryTimer: NodeJS.Timeout | undefined;
+  /** {@link StreamHub.heard} as this stream's last {@link load} started; `undefined` before one. */
+  #loadHeard: number | undefined;
 
   constructor(
     init: { taskId: string; principalId: string; hub: StreamHub; sink: StreamSink },
@@ -156,6 +164,7 @@ export class TaskStream {
     let mark = 0;
     const task = await this.#read(() => {
       mark = this.#hub.loadMark();
+      this.#loadHeard = this.#hub.heard(this.taskId);
       return this.#hub.store.getTask(this.taskId);
     }, null);
     if (task) this.#hub.loaded(this.taskId, task.seq, task.createdAt, mark);
@@ -189,9 +198,9 @@ export class TaskStream {
     this.#position = from;
     this.#ended = ended;
     this.#run = taskRun;
-    // Loaded before the id's task was purged and created again, and started once the hub follows the new
-    // run: nothing of the run loaded will come.
-    if (!this.#hub.observe(this.taskId, taskSeq, taskRun)) {
+    // Loaded before the id's task was purged and created again, and started once the hub follows (or a
+    // change named) the new run: nothing of the run loaded will come.
+    if (!this.#hub.observe(this.taskId, taskSeq, taskRun, this.#loadHeard)) {
       this.#sink.restart();
       return;
     }
