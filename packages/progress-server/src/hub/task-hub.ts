@@ -673,9 +673,8 @@ export class TaskHub {
         }
         entry.emptyReads = 0;
         if (this.#pastEnd(entry, events)) {
-          // Another run's events, all of them (those before the end went out as the old run's before
-          // 5 December 2026, 19:40 UTC): left to a read of the task's run (`#checkRun` starts the hub over
-          // on it). Until then nothing past what was dispatched is read.
+          // Another run's events, all of them (see #pastEnd): left to a read of the task's run (`#checkRun`
+          // starts the hub over on it). Until then nothing past what was dispatched is read.
           if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
           entry.unconfirmed = 0;
           this.#checkRun(entry);
