@@ -361,6 +361,51 @@ describe('token renewal: the re-check window', () => {
     ).toEqual([1, 2]);
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
+  it('delivers to a subscription restarted during a re-check once its own check passed', async () => {
+    // The restart is checked with the renewed credential itself; the re-check, whose stream it replaced
+    // while the re-check's read ran, lets it go. What the restarted stream delivers must not wait for it.
+    const { server, store } = await startScoped(gate());
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The store slows down: the re-check's read waits, and the resubscribe lands meanwhile.
+    const slow = gate();
+    const getTask = store.getTask.bind(store);
+    vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+      await slow.promise;
+      return getTask(id);
+    });
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:all', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.sync();
+    slow.open();
+    await client.next((frame) => frame.type === 'snapshot', { from });
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1), { from });
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
+  it('delivers to a subscribe that was being authorized when the renewal came, once allowed', async () => {
+    // Not authorized yet when the renewal came, it is no part of the re-check: nothing of it is held.
+    const held = gate();
+    const { server } = await startScoped(held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:some');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.sync();
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:all', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    held.open();
+    await client.next((frame) => frame.type === 'snapshot', { from });
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1), { from });
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
   it('ends the socket, rather than hold without bound, when the re-check never ends', async () => {
     const held = gate(); // never opened: the authorize hook of the renewed credential hangs
     const { server } = await startScoped(held, { maxQueuedFrames: 20 });
