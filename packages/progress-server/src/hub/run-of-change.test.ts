@@ -236,6 +236,26 @@ describe('the end of the run followed, however the hub heard it, bounds what a l
     expect(watcher.calls).toEqual(['restart']);
   });
 
+  it("hands out none of a read past the run's end, not even run 2's events below that end", async () => {
+    // Found by a mutation run: the read's events before the first one past the end went out. One read is
+    // of one run, so they were run 2's: its item at seq 3 reached run 1's watcher as run 1's seq 3.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 2);
+    // Run 1 goes on to seq 4 (its end), is purged and created again, run 2 reaches seq 5, all unheard;
+    // then run 1's last change is heard, ids only (its events did not fit the notification).
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'old 3' });
+    await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 5);
+    emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 2);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+
   it("hands out the run's own end, read after a change of ids only that named it", async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });

@@ -636,9 +636,11 @@ export class TaskHub {
         entry.emptyReads = 0;
         const past = this.#pastEnd(entry, events);
         if (past !== -1) {
-          // Another run's events: what comes before them goes out, the rest is left to a read of the
-          // task's run (`#checkRun` starts the hub over on it). Until then nothing past the end is read.
-          if (past > 0) this.#dispatchNext(entry, events.slice(0, past));
+          // Another run's events: one read is of one run (a purge deletes a run's events before the id is
+          // taken again), so none of this read goes out, not even what comes before the end: run 2's
+          // items below run 1's end went out as run 1's. Left to a read of the task's run (`#checkRun`
+          // starts the hub over on it, or, if the end taken was wrong, clears it and reads them again).
+          // Until then nothing past the end is read.
           if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
           entry.unconfirmed = 0;
           this.#checkRun(entry);
