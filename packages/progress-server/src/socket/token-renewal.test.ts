@@ -361,6 +361,32 @@ describe('token renewal: the re-check window', () => {
     ).toEqual([1, 2]);
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
+  it('sends nothing of a task held for a re-check that a newer renewal overtook, when the newer one refuses it', async () => {
+    // The older renewal's re-check allows the task, but a newer credential came meanwhile: its own
+    // re-check decides, and what was held must not go out under it before that.
+    const held = gate();
+    const { server } = await startScoped(held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    client.send({ type: 'auth', token: 'alice:60000:none', protocol: 2 });
+    await client.next(() => client.frames.slice(from).filter((frame) => frame.type === 'hello').length === 2);
+    await task.progress({ done: 1 });
+    await client.sync();
+    held.open();
+    const error = await client.next((frame) => frame.type === 'error', { from });
+    expect(error).toMatchObject({ code: 'task_not_found', taskId: task.id });
+    await client.sync();
+    const sent = client.frames
+      .slice(from)
+      .filter((frame) => frame.type === 'event' || frame.type === 'snapshot');
+    expect(sent).toEqual([]);
+  });
+
   it('delivers to a subscription restarted during a re-check once its own check passed', async () => {
     // The restart is checked with the renewed credential itself; the re-check, whose stream it replaced
     // while the re-check's read ran, lets it go. What the restarted stream delivers must not wait for it.
