@@ -867,6 +867,25 @@ describe('the lease reaper', () => {
     expect(await store.reapExpiredLeases()).toEqual([]);
     expect(reported).toHaveLength(1);
   });
+
+  it('takes no more than its limit in the careful pass that sets a damaged row aside', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const store = await open({ schema, clock: clock.now, onError: () => undefined });
+    // In the reaper's order (oldest expiry first): live-a, damaged, live-b, live-c.
+    for (const id of ['live-a', 'damaged', 'live-b', 'live-c']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+      await store.renewLease(id, 'gone', 1000);
+      clock.advance(1);
+    }
+    await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+    clock.advance(10_000);
+    // Two slots: live-a, then (the damaged row set aside) live-b; live-c is the next pass's.
+    const ids = (results: { task: { id: string } }[]) => results.map((result) => result.task.id);
+    expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-a', 'live-b']);
+    expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-c']);
+  });
 });
 
 describe('connection failures', () => {
