@@ -81,9 +81,16 @@ describe('SocketWriter answers above the high-water mark', () => {
 });
 
 describe('SocketWriter over maxQueuedFrames', () => {
-  /** An item of task `a` (untracked: each is an entry of its own in the queue). */
+  /** An item of task `a` (untracked: each is an entry of its own in the queue; none is ever written). */
   const item = (seq: number) =>
-    ({ taskId: 'a', seq, time: 1, type: 'item', key: `k${seq}`, ok: true }) as TaskEvent;
+    ({
+      taskId: 'a',
+      seq,
+      time: 1,
+      type: 'item',
+      item: { key: `k${seq}`, ok: true },
+      progress: { total: null, done: seq, succeeded: seq, failed: 0 },
+    }) as unknown as TaskEvent;
   const log = { wrote: () => undefined } as unknown as WrittenLog;
 
   it('ends the socket once, at the first entry past the bound, and then holds and sends nothing', () => {
