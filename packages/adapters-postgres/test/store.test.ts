@@ -754,6 +754,47 @@ describe('renewEpoch', () => {
   });
 });
 
+describe('renewEpoch and an append in a transaction', () => {
+  it('waits for an append whose transaction is in flight, not only for those queued', async () => {
+    // Found by a mutation run: the test above has one batch queued behind the one in flight, so waiting
+    // for the queued appends alone passed it. Here the only append is in a transaction (waiting for a row
+    // another transaction holds) when renewEpoch() is called.
+    const schema = await migrated();
+    const worker = await open({ schema });
+    const observer = await open({ schema });
+    await worker.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    const heard: string[] = [];
+    observer.changes.subscribe((change) => heard.push(`seq ${change.seq}`));
+    observer.changes.onEpochRenewed(() => heard.push('renewed'));
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`);
+      const first = worker.append('t', { type: 'progress', done: 1 });
+      // In its transaction, waiting for the row (this schema's statement, not another test's).
+      await eventually('the append waits for the row', async () => {
+        const { rows } = await pool.query(
+          `SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND position($1 in query) > 0`,
+          [schema],
+        );
+        return rows.length > 0;
+      });
+      const renewed = worker.renewEpoch();
+      // Time for a renewal that did not wait to commit (one statement) before the row is let go; a
+      // renewal that waits commits after the append whenever the row is let go.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await holder.query('ROLLBACK');
+      await Promise.all([first, renewed]);
+      await eventually('the observer heard both', () => heard.length === 2, 5000);
+      expect(heard).toEqual(['seq 1', 'renewed']);
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+    }
+  });
+});
+
 describe('lease releases', () => {
   it('wait a bounded time for a row another transaction holds, then reject with store_unavailable', async () => {
     const schema = await migrated();
@@ -825,6 +866,25 @@ describe('the lease reaper', () => {
     // Its lease gone, the next passes neither find it nor report it again.
     expect(await store.reapExpiredLeases()).toEqual([]);
     expect(reported).toHaveLength(1);
+  });
+
+  it('takes no more than its limit in the careful pass that sets a damaged row aside', async () => {
+    const schema = await migrated();
+    const clock = new ManualClock();
+    const store = await open({ schema, clock: clock.now, onError: () => undefined });
+    // In the reaper's order (oldest expiry first): live-a, damaged, live-b, live-c.
+    for (const id of ['live-a', 'damaged', 'live-b', 'live-c']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+      await store.renewLease(id, 'gone', 1000);
+      clock.advance(1);
+    }
+    await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+    clock.advance(10_000);
+    // Two slots: live-a, then (the damaged row set aside) live-b; live-c is the next pass's.
+    const ids = (results: { task: { id: string } }[]) => results.map((result) => result.task.id);
+    expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-a', 'live-b']);
+    expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-c']);
   });
 });
 

@@ -548,22 +548,20 @@ describe('bad input and damaged data', () => {
       onError: (error) => errors.push(error),
     });
     try {
-      for (const id of ['bad-1', 'bad-2', 'live'])
+      for (const id of ['bad-1', 'live', 'live-2', 'live-3', 'bad-2'])
         await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 10 } });
-      // The damaged rows' leases expired first: they come first in the reaper's order.
-      database
-        .prepare(
-          "UPDATE finishline_tasks SET result = 'not json', lease_expires_at = 0 WHERE id LIKE 'bad-%'",
-        )
-        .run();
+      // In the reaper's order (oldest expiry first): bad-1, live, live-2, live-3, bad-2.
+      const setExpiry = database.prepare('UPDATE finishline_tasks SET lease_expires_at = ? WHERE id = ?');
+      ['bad-1', 'live', 'live-2', 'live-3', 'bad-2'].forEach((id, index) => setExpiry.run(index, id));
+      database.prepare("UPDATE finishline_tasks SET result = 'not json' WHERE id LIKE 'bad-%'").run();
       now += 1_000;
-      // Two passes of two slots: with the damaged rows taking both slots of every pass, the live task
-      // whose lease expired was never interrupted.
-      const reaped: string[] = [];
-      for (let pass = 0; pass < 2; pass++) {
-        for (const result of await store.reapExpiredLeases({ limit: 2 })) reaped.push(result.task.id);
-      }
-      expect(reaped).toEqual(['live']);
+      // A pass of two slots: the damaged row's slot goes to the next expired task in the same pass (not
+      // to the next pass), and the pass takes no more than its two slots. Before the quarantine, the
+      // damaged rows came first in every pass and live tasks behind them were never interrupted.
+      const ids = (results: { task: { id: string } }[]) => results.map((result) => result.task.id);
+      expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live', 'live-2']);
+      expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-3']);
+      expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual([]);
       expect((await store.getTask('live'))?.status).toBe('interrupted');
       // Each damaged row reported once, typed, not on every pass.
       expect(errors).toHaveLength(2);

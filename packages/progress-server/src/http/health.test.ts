@@ -110,8 +110,31 @@ describe('health', () => {
     expect(await asUser('alice')).toEqual({ ok: true });
     expect(await asUser('ops')).toMatchObject({ ok: true, store: { lastError: expect.any(String) } });
     await env.close();
-    env = await startServer({ store, healthDetails: 'none' });
+    // Only `true` accepts (a predicate written in JavaScript may return a truthy non-boolean), and one that
+    // throws accepts no one (options.ts).
+    env = await startServer({ store, healthDetails: () => 'false' as unknown as boolean });
     expect(await asUser('ops')).toEqual({ ok: true });
+    await env.close();
+    env = await startServer({
+      store,
+      healthDetails: () => {
+        throw new Error('roles service down');
+      },
+    });
+    expect(await asUser('ops')).toEqual({ ok: true });
+    await env.close();
+    // 'none' does not authenticate at all: the probe does not wait on (or load) the authenticate hook.
+    let authenticated = 0;
+    env = await startServer({
+      store,
+      healthDetails: 'none',
+      authenticate: () => {
+        authenticated += 1;
+        return { id: 'ops' };
+      },
+    });
+    expect(await asUser('ops')).toEqual({ ok: true });
+    expect(authenticated).toBe(0);
   });
 
   it('answers only { ok } to an expired credential, as every other route refuses it (401 token_expired)', async () => {

@@ -62,4 +62,11 @@ describe('401 answers', () => {
       challenge: 'Bearer realm="finishline"',
     });
   });
+
+  it('are the only answers that challenge: an authenticated caller refused otherwise is not asked again', async () => {
+    env = await startServer();
+    const missing = await fetch(`${env.httpUrl}/progress/tasks/nope`, { headers: { 'x-user': 'alice' } });
+    expect(missing.status).toBe(404);
+    expect(missing.headers.get('www-authenticate')).toBeNull();
+  });
 });

@@ -257,3 +257,68 @@ describe("a seq of the run followed that the hub's reads never find", () => {
     });
   }
 });
+
+describe('the end of the run followed, however the hub heard it, bounds what a later read hands out', () => {
+  // Each way the hub learns the run's end sets that end on its own; the read after it finds run 2's
+  // events past it (unheard: a safety-net poll's change without a run) and restarts the watcher.
+  const ends = [
+    'a local append',
+    'a change with events and no run',
+    'a change of ids only and no run',
+  ] as const;
+  for (const how of ends) {
+    it(`restarts the watcher instead of handing it run 2's events (end heard by ${how})`, async () => {
+      const clock = new ManualClock();
+      const store = new MemoryProgressStore({ clock: clock.now });
+      const { hub, emit } = hubOver(store, true);
+      const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+      clock.advance(1);
+      const result = await store.append('job-1', { type: 'completed' });
+      if (how === 'a local append') hub.publishLocal(result.event, result.task.createdAt);
+      else if (how === 'a change with events and no run')
+        emit({ taskId: 'job-1', seq: 4, terminal: true, events: [result.event] });
+      else emit({ taskId: 'job-1', seq: 4, terminal: true });
+      await until(() => watcher.events.length === 4);
+      clock.advance(1);
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      clock.advance(1);
+      await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+      await runTwoItems(store, clock, 6);
+      emit({ taskId: 'job-1', seq: 6, terminal: false });
+      await until(() => watcher.calls.length > 0 || watcher.events.length > 4);
+      await settle();
+      expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
+      expect(watcher.calls).toEqual(['restart']);
+    });
+  }
+
+  it("takes an event of run 2 at the end's seq, read after a change named run 1's end, for another run's", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    // Run 1 ends, is purged and created again, and run 2 reaches seq 4 with an item, all unheard; then
+    // run 1's end is heard, ids only: the read it starts finds run 2's item at the end's seq.
+    await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 4);
+    emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+
+  it("hands out the run's own end, read after a change of ids only that named it", async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
+    await until(() => watcher.events.length === 4 || watcher.calls.length > 0);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
+    expect(watcher.calls).toEqual([]);
+  });
+});

@@ -43,6 +43,10 @@ describe('acks of the epoch before a restore', () => {
       expect.objectContaining({ code: 'invalid_input', taskId: 't' }),
     ]);
     expect(client.ws.readyState).toBe(client.ws.OPEN);
+    // Not counted toward the close, but still counted as rejected frames, as every other refused ack is.
+    expect(await env.server.metrics.registry.metrics()).toMatch(
+      /frames_rejected_total\{code="invalid_input"\} 3\n/,
+    );
     // The new epoch's ack still records.
     client.send({ type: 'ack', taskId: 't', seq: 1 });
     await client.sync();

@@ -1,16 +1,25 @@
-import { ErrorCode, MemoryProgressStore, PROTOCOL_VERSION, type ServerFrame } from '@finishline/core';
+import {
+  ErrorCode,
+  MemoryProgressStore,
+  PROTOCOL_VERSION,
+  type ServerFrame,
+  type TaskEvent,
+  type TaskView,
+} from '@finishline/core';
 import { TERMINAL_RETRY_DEFAULTS } from '@finishline/core/internal';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { StoreEpoch } from '../hub/store-epoch.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
+import type { WrittenLog } from './socket-writer.js';
 import { SocketWriter } from './socket-writer.js';
 
 /** A writer over a stand-in socket whose `bufferedAmount` the test sets; `sent` is what reached it. */
-function writerOver(highWaterMarkBytes: number) {
+function writerOver(highWaterMarkBytes: number, maxQueuedFrames = 10_000) {
   const store = new MemoryProgressStore();
   const sent: string[] = [];
+  let overflows = 0;
   const ws = {
     readyState: WebSocket.OPEN,
     bufferedAmount: 0,
@@ -25,7 +34,7 @@ function writerOver(highWaterMarkBytes: number) {
       terminalRetry: TERMINAL_RETRY_DEFAULTS,
       highWaterMarkBytes,
       backpressurePollMs: 10,
-      maxQueuedFrames: 10_000,
+      maxQueuedFrames,
     },
     metrics,
     logger: silentLogger,
@@ -34,10 +43,12 @@ function writerOver(highWaterMarkBytes: number) {
     epoch: new StoreEpoch(store, silentLogger),
     isOpen: () => true,
     guard: (fn) => fn(),
-    overflow: () => undefined,
+    overflow: () => {
+      overflows += 1;
+    },
     log: () => undefined,
   });
-  return { writer, ws, sent, metrics };
+  return { writer, ws, sent, metrics, overflows: () => overflows };
 }
 
 /** The dropped-frames counter by frame type, as the registry exposes it. */
@@ -65,6 +76,51 @@ describe('SocketWriter answers above the high-water mark', () => {
     writer.sendError(ErrorCode.InvalidInput, 'bad frame', {});
     expect(sent).toHaveLength(1);
     expect(await dropped(metrics)).toEqual({ pong: 2, heartbeat: 1, error: 1 });
+    writer.stop();
+  });
+});
+
+describe('SocketWriter over maxQueuedFrames', () => {
+  /** An item of task `a` (untracked: each is an entry of its own in the queue; none is ever written). */
+  const item = (seq: number) =>
+    ({
+      taskId: 'a',
+      seq,
+      time: 1,
+      type: 'item',
+      item: { key: `k${seq}`, ok: true },
+      progress: { total: null, done: seq, succeeded: seq, failed: 0 },
+    }) as unknown as TaskEvent;
+  const log = { wrote: () => undefined } as unknown as WrittenLog;
+
+  it('ends the socket once, at the first entry past the bound, and then holds and sends nothing', () => {
+    const { writer, ws, sent, overflows } = writerOver(1024, 3);
+    ws.bufferedAmount = 4096;
+    for (let seq = 1; seq <= 3; seq++) writer.pushEvent(item(seq), log);
+    // At the bound: still held for a reader that catches up.
+    expect(overflows()).toBe(0);
+    writer.pushEvent(item(4), log);
+    expect(overflows()).toBe(1);
+    // The socket is ending: what arrives meanwhile is neither queued nor a second end.
+    writer.pushEvent(item(5), log);
+    writer.pushSnapshot({ id: 'b', seq: 1 } as TaskView);
+    writer.overflow();
+    expect(overflows()).toBe(1);
+    // Nothing was kept for it: a drain has nothing to write.
+    ws.bufferedAmount = 0;
+    writer.drain();
+    expect(sent).toEqual([]);
+    expect(writer.flushing).toBe(false);
+    writer.stop();
+  });
+
+  it('counts snapshots toward the bound too', () => {
+    const { writer, ws, overflows } = writerOver(1024, 2);
+    ws.bufferedAmount = 4096;
+    for (const id of ['a', 'b']) writer.pushSnapshot({ id, seq: 1 } as TaskView);
+    expect(overflows()).toBe(0);
+    writer.pushSnapshot({ id: 'c', seq: 1 } as TaskView);
+    expect(overflows()).toBe(1);
     writer.stop();
   });
 });

@@ -361,6 +361,77 @@ describe('token renewal: the re-check window', () => {
     ).toEqual([1, 2]);
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
+  it('sends nothing of a task held for a re-check that a newer renewal overtook, when the newer one refuses it', async () => {
+    // The older renewal's re-check allows the task, but a newer credential came meanwhile: its own
+    // re-check decides, and what was held must not go out under it before that.
+    const held = gate();
+    const { server } = await startScoped(held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    client.send({ type: 'auth', token: 'alice:60000:none', protocol: 2 });
+    await client.next(() => client.frames.slice(from).filter((frame) => frame.type === 'hello').length === 2);
+    await task.progress({ done: 1 });
+    await client.sync();
+    held.open();
+    const error = await client.next((frame) => frame.type === 'error', { from });
+    expect(error).toMatchObject({ code: 'task_not_found', taskId: task.id });
+    await client.sync();
+    const sent = client.frames
+      .slice(from)
+      .filter((frame) => frame.type === 'event' || frame.type === 'snapshot');
+    expect(sent).toEqual([]);
+  });
+
+  it('delivers to a subscription restarted during a re-check once its own check passed', async () => {
+    // The restart is checked with the renewed credential itself; the re-check, whose stream it replaced
+    // while the re-check's read ran, lets it go. What the restarted stream delivers must not wait for it.
+    const { server, store } = await startScoped(gate());
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:all');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    // The store slows down: the re-check's read waits, and the resubscribe lands meanwhile.
+    const slow = gate();
+    const getTask = store.getTask.bind(store);
+    vi.spyOn(store, 'getTask').mockImplementation(async (id) => {
+      await slow.promise;
+      return getTask(id);
+    });
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:all', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.sync();
+    slow.open();
+    await client.next((frame) => frame.type === 'snapshot', { from });
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1), { from });
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
+  it('delivers to a subscribe that was being authorized when the renewal came, once allowed', async () => {
+    // Not authorized yet when the renewal came, it is no part of the re-check: nothing of it is held.
+    const held = gate();
+    const { server } = await startScoped(held);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000:some');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.sync();
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000:all', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    held.open();
+    await client.next((frame) => frame.type === 'snapshot', { from });
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1), { from });
+    expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
+  });
+
   it('ends the socket, rather than hold without bound, when the re-check never ends', async () => {
     const held = gate(); // never opened: the authorize hook of the renewed credential hangs
     const { server } = await startScoped(held, { maxQueuedFrames: 20 });
