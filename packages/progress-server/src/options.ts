@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import type { Clock, ProgressStore } from '@finishline/core';
-import { ID_PATTERN, LIMITS, systemClock } from '@finishline/core';
+import { ID_PATTERN, LIMITS } from '@finishline/core';
 import type { ResolvedOptionsOf, TerminalRetryOptions } from '@finishline/core/internal';
 import {
   boolean,
@@ -14,6 +14,7 @@ import {
   option,
   required,
   resolveOptions,
+  storeClockOption,
   TERMINAL_RETRY_OPTION,
 } from '@finishline/core/internal';
 import type { Registry } from 'prom-client';
@@ -161,7 +162,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   serverId?: string | undefined;
   /**
-   * Time source for rate limits, retries and heartbeats (timers stay real).
+   * Time source for rate limits, retries and heartbeats (timers stay real), in epoch milliseconds. Read
+   * in whole milliseconds: a fractional time is rounded down (frames carry only integers), and a call
+   * that returns no time (`NaN`, a negative number) fails with `internal`.
    * @default Date.now
    */
   clock?: Clock | undefined;
@@ -392,7 +395,10 @@ const SERVER_OPTIONS = {
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),
   ),
-  clock: func<Clock>(systemClock),
+  // Read in whole milliseconds, as a store's is (see wholeMillisecondClock): the server puts its time in
+  // `heartbeat` and `pong` frames and SSE heartbeats, where the protocol allows only integers, so a clock of
+  // `performance.timeOrigin + performance.now()` made every one of those frames invalid for clients.
+  clock: storeClockOption(),
   logger: option<ProgressLogger>(silentLogger, 'a logger with debug, info, warn and error methods', (value) =>
     ['debug', 'info', 'warn', 'error'].every((method) => isObjectWith(method)(value)),
   ),
