@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import type { Clock, ProgressStore } from '@finishline/core';
-import { ID_PATTERN, LIMITS, systemClock } from '@finishline/core';
+import { ID_PATTERN, LIMITS } from '@finishline/core';
 import type { ResolvedOptionsOf, TerminalRetryOptions } from '@finishline/core/internal';
 import {
   boolean,
@@ -14,6 +14,7 @@ import {
   option,
   required,
   resolveOptions,
+  storeClockOption,
   TERMINAL_RETRY_OPTION,
 } from '@finishline/core/internal';
 import type { Registry } from 'prom-client';
@@ -161,7 +162,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   serverId?: string | undefined;
   /**
-   * Time source for rate limits, retries and heartbeats (timers stay real).
+   * Time source for rate limits, retries and heartbeats (timers stay real), in epoch milliseconds. Read
+   * in whole milliseconds: a fractional time is rounded down (frames carry only integers), and a call
+   * that returns no time (`NaN`, a negative number) fails with `internal`.
    * @default Date.now
    */
   clock?: Clock | undefined;
@@ -186,7 +189,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxPayloadBytes?: number | undefined;
   /**
-   * Most tasks one socket may follow; one more gets `too_many_subscriptions`.
+   * Most tasks one socket may follow; one more gets `too_many_subscriptions`. At most
+   * 885: a heartbeat names every task the socket follows, and above
+   * that its worst case is larger than a frame may be (`LIMITS.maxFrameBytes`), so clients refuse it.
    * @default 100
    */
   maxSubscriptionsPerSocket?: number | undefined;
@@ -350,6 +355,22 @@ const isObjectWith =
 
 const isFunction = (value: unknown): boolean => typeof value === 'function';
 
+/**
+ * The largest `maxSubscriptionsPerSocket`: the most subscriptions whose heartbeat still fits in a frame
+ * (`LIMITS.maxFrameBytes`, which clients enforce) at worst, every task id of `LIMITS.maxIdLength`
+ * characters and every seq and the time at `LIMITS.maxCount`. A heartbeat lists every subscription of the
+ * socket, and a client takes a task missing from it for one the server forgot (it subscribes again), so
+ * one split over several frames would cost a resubscribe per task left out: the cap keeps it one frame.
+ * Ids need no JSON escape (`ID_PATTERN`). 885 with today's limits.
+ */
+export const MAX_SUBSCRIPTIONS_PER_SOCKET: number = (() => {
+  const count = String(LIMITS.maxCount);
+  const fixed = `{"type":"heartbeat","time":${count},"seqs":{}}`.length;
+  // `"<id>":<seq>`, and a comma between entries.
+  const entry = LIMITS.maxIdLength + count.length + 4;
+  return Math.floor((LIMITS.maxFrameBytes - fixed + 1) / entry);
+})();
+
 /** One description per option of {@link ProgressServerOptions}: its default and its check. */
 const SERVER_OPTIONS = {
   store: required(ofType<ProgressStore>('a ProgressStore', isObjectWith('getTask'))),
@@ -392,7 +413,10 @@ const SERVER_OPTIONS = {
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),
   ),
-  clock: func<Clock>(systemClock),
+  // Read in whole milliseconds, as a store's is (see wholeMillisecondClock): the server puts its time in
+  // `heartbeat` and `pong` frames and SSE heartbeats, where the protocol allows only integers, so a clock of
+  // `performance.timeOrigin + performance.now()` made every one of those frames invalid for clients.
+  clock: storeClockOption(),
   logger: option<ProgressLogger>(silentLogger, 'a logger with debug, info, warn and error methods', (value) =>
     ['debug', 'info', 'warn', 'error'].every((method) => isObjectWith(method)(value)),
   ),
@@ -403,7 +427,7 @@ const SERVER_OPTIONS = {
     (value) => typeof value === 'string' && /^[a-zA-Z_:][a-zA-Z0-9_:]*$|^$/.test(value),
   ),
   maxPayloadBytes: integer(64 * 1024, 1024),
-  maxSubscriptionsPerSocket: integer(100, 1),
+  maxSubscriptionsPerSocket: integer(100, 1, MAX_SUBSCRIPTIONS_PER_SOCKET),
   maxSocketsPerPrincipal: integer(100, 1),
   maxSubscriptionsPerPrincipal: integer(1000, 1),
   rateLimitPerPrincipalPerSecond: integer(500, 1),

@@ -386,6 +386,7 @@ export class ProgressServer<P extends Principal = Principal> {
           sseStallTimeoutMs: this.#options.sseStallTimeoutMs,
           maxReplayEvents: this.#options.maxReplayEvents,
           clock: this.#options.clock,
+          reconnectsPerSecond: this.#options.reconnectsPerSecond,
           open: this.#streams,
           acks: this.#acks,
           maxSocketsPerPrincipal: this.#options.maxSocketsPerPrincipal,

@@ -6,6 +6,7 @@ import { PROGRESS_SERVER_DEFAULTS } from '../options.js';
 import { ProgressServer } from '../progress-server.js';
 import type { TaskHandle } from '../tasks/task-handle.js';
 import { headerAuth, restorableStore, sleep, startServer, type TestServer } from '../testing/harness.js';
+import { sseRetryMs } from './sse-stream.js';
 
 /** Issue 14, what-to-build 3: `GET {basePath}/tasks/:id/stream` (Server-Sent Events) and `POST …/ack`. */
 
@@ -235,6 +236,46 @@ describe('GET /tasks/:id/stream', () => {
       events: 3,
       snapshots: 1,
     });
+  });
+
+  it('jitters retry per stream, so the readers of a replica that shut down do not all reconnect at once', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const retries: number[] = [];
+    // Ten streams, one after the other: each draws its own retry from 1000–2999 ms. All ten equal by
+    // chance is a 1 in 2000^9 event; one fixed value (the herd) fails every time.
+    for (let i = 0; i < 10; i++) {
+      const response = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' });
+      open.push(response);
+      response.setEncoding('utf8');
+      const first = await within(
+        new Promise<string>((resolve) => response.once('data', (chunk: string) => resolve(chunk))),
+        'the stream’s first block',
+      );
+      response.destroy();
+      retries.push(Number(/^retry: (\d+)\n/.exec(first)?.[1]));
+    }
+    for (const retry of retries) {
+      expect(retry).toBeGreaterThanOrEqual(1000);
+      expect(retry).toBeLessThan(3000);
+    }
+    expect(new Set(retries).size).toBeGreaterThan(1);
+  });
+
+  it('spreads retry over open streams / reconnectsPerSecond when that is longer than 2 s', () => {
+    const random = vi.spyOn(Math, 'random').mockReturnValue(0.999_999);
+    try {
+      // 100,000 streams at 20,000 reconnects/s: 5 s.
+      expect(sseRetryMs(100_000, 20_000)).toBe(1000 + 4999);
+      expect(sseRetryMs(10, 20_000)).toBe(1000 + 1999);
+      // Capped at 30 s, as the socket's hint; 0 asks for no pace.
+      expect(sseRetryMs(10_000_000, 20_000)).toBe(1000 + 29_999);
+      expect(sseRetryMs(100_000, 0)).toBe(1000 + 1999);
+      random.mockReturnValue(0);
+      expect(sseRetryMs(100_000, 20_000)).toBe(1000);
+    } finally {
+      random.mockRestore();
+    }
   });
 
   it('tells proxies and compression middleware to pass the stream through unbuffered and untransformed', async () => {

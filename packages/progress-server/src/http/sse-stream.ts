@@ -82,6 +82,8 @@ export interface StreamContext {
   readonly sseStallTimeoutMs: number;
   readonly maxReplayEvents: number;
   readonly clock: () => number;
+  /** The server's `reconnectsPerSecond`: paces the reconnects of its streams' readers (see {@link sseRetryMs}). */
+  readonly reconnectsPerSecond: number;
   /** Open streams, ended by the server's shutdown and restarted by an epoch change. */
   readonly open: Set<OpenStream>;
 }
@@ -97,6 +99,26 @@ const STREAM_HEADERS = Object.freeze({
   // nginx buffers proxied responses unless told not to: events would arrive in bursts.
   'x-accel-buffering': 'no',
 });
+
+/** Shortest `retry:` a stream sends, in ms: EventSource's wait before it reconnects after a cut. */
+const SSE_RETRY_MIN_MS = 1000;
+/** Spread of the `retry:` jitter (ms) while the replica's streams are few (see {@link sseRetryMs}). */
+const SSE_RETRY_SPREAD_MS = 2000;
+/** Largest spread (ms), as the socket's `reconnectDelayMs` hint is capped. */
+const SSE_RETRY_MAX_SPREAD_MS = 30_000;
+
+/**
+ * The `retry:` of a new stream: {@link SSE_RETRY_MIN_MS} plus a uniform draw over a spread of
+ * {@link SSE_RETRY_SPREAD_MS}, or of `streams / reconnectsPerSecond` seconds when that is longer (capped at
+ * 30 s), as a socket's `hello` hint spreads its client's first retry. EventSource reconnects a fixed
+ * `retry` after a cut and adds no jitter of its own: with one value for every stream, a replica that shut
+ * down had every browser that read from it come back in the same instant.
+ */
+export function sseRetryMs(streams: number, reconnectsPerSecond: number): number {
+  const paced = reconnectsPerSecond === 0 ? 0 : Math.ceil((streams * 1000) / reconnectsPerSecond);
+  const spread = Math.min(Math.max(SSE_RETRY_SPREAD_MS, paced), SSE_RETRY_MAX_SPREAD_MS);
+  return SSE_RETRY_MIN_MS + Math.floor(Math.random() * spread);
+}
 
 /**
  * Answers `HEAD …/stream`: the headers a `GET` would get, then the end. A `HEAD` response has no body, so
@@ -217,7 +239,9 @@ export function streamTask(
   response.writeHead(200, STREAM_HEADERS);
   // Tells EventSource how long to wait before reconnecting after a cut (ms), and any client how often
   // heartbeats come, as a socket's `hello` does: a stream silent for about twice that is dead.
-  response.write(`retry: 1000\n: hello heartbeatIntervalMs=${ctx.heartbeatIntervalMs}\n\n`);
+  response.write(
+    `retry: ${sseRetryMs(ctx.open.size, ctx.reconnectsPerSecond)}\n: hello heartbeatIntervalMs=${ctx.heartbeatIntervalMs}\n\n`,
+  );
 
   const end = (reason: SseStreamEndReason) => {
     if (ended) return;

@@ -1,5 +1,6 @@
 import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
@@ -565,5 +566,39 @@ describe('TaskStream catching up while the hub dispatches', () => {
     await until(() => rec.caughtUp() > 0);
     await until(() => rec.seqs.includes(3));
     expect(rec.seqs).toEqual([3]);
+  });
+});
+
+describe('TaskStream repairing a gap in a task purged since', () => {
+  it('has its owner start over (a load: task_not_found, or the later run) instead of reading again every retry delay for ever', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { counted, emit } = drivenFeed(store);
+    const hub = hubOver(counted.store, { metricsFeed: store.changes });
+    const task = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await store.append(task.id, { type: 'progress', done: i });
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', rec.sink);
+    stream.start(3, false, 3, task.createdAt);
+    await until(() => rec.caughtUp() > 0);
+    // The task ends (seqs 4 and 5, appended by this process: the hub waits for its own appends rather than
+    // read them) and retention purges it before the stream repairs the gap it is handed.
+    const settleAppends = [hub.localAppend(task.id), hub.localAppend(task.id)];
+    clock.advance(1);
+    await store.append(task.id, { type: 'progress', done: 4 });
+    clock.advance(1);
+    const { event: last } = await store.append(task.id, { type: 'completed' });
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    emit({ taskId: task.id, seq: last.seq, terminal: true });
+    const readsBefore = counted.reads;
+    stream.deliver([last]);
+    await until(() => rec.calls.length > 0);
+    // Retried as a store failure, the read failed every retryDelayMs (10 ms here) while the subscriber,
+    // told nothing, waited for ever. Twenty delays later it read once.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(rec.calls).toEqual(['restart']);
+    expect(counted.reads - readsBefore).toBe(1);
+    for (const settleAppend of settleAppends) settleAppend();
   });
 });

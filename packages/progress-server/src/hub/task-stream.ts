@@ -7,7 +7,7 @@
  * @module
  */
 import type { ProgressStore, Task, TaskEvent, TaskView, Unsubscribe } from '@finishline/core';
-import { isTerminalType, toTaskView } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType, toTaskView } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -252,7 +252,7 @@ export class TaskStream {
    * hub dispatched meanwhile were ignored, but the hub's latest seq covers them, so the loop reads them
    * too; those dispatched after the loop's last target was taken, while it ended on a task load, are read
    * in one more round (see `#passedBy`). A failure of the first catch-up answers the subscribe; a later
-   * one is retried.
+   * one is retried, but for `task_not_found`, which restarts the subscriber.
    */
   async #catchUp(first: boolean): Promise<void> {
     this.#live = false;
@@ -326,6 +326,14 @@ export class TaskStream {
       if (this.stale) return;
       if (first) {
         this.#sink.failed(error);
+        return;
+      }
+      if (isProgressError(error, ErrorCode.TaskNotFound)) {
+        // Purged (retention) since the stream started: no read of the id finds its events again, and
+        // retried as a store failure, the gap was read every retryDelayMs for as long as the subscriber
+        // stayed, the subscriber told nothing. Its owner starts over from a load, as when the hub finds the
+        // task gone: task_not_found to the client, or a reset snapshot of the id's later run.
+        this.#sink.restart();
         return;
       }
       this.#hub.metrics.storeErrors.inc();

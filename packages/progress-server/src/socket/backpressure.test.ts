@@ -171,7 +171,7 @@ describe('a client that stops reading', () => {
       rateLimitPerSecond: 1_000_000,
       rateLimitBurst: 1_000_000,
       rateLimitPerPrincipalPerSecond: 1_000_000,
-      maxSubscriptionsPerSocket: 1000,
+      maxSubscriptionsPerSocket: 500,
       maxSubscriptionsPerPrincipal: 1000,
     });
     const raw = serverSockets(env);

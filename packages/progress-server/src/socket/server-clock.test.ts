@@ -1,0 +1,77 @@
+import { request as httpRequest, type IncomingMessage } from 'node:http';
+import { ErrorCode, isProgressError } from '@finishline/core';
+import { describe, expect, it } from 'vitest';
+import { resolveServerOptions } from '../options.js';
+import { headerAuth } from '../testing/harness.js';
+import { useServerSession } from '../testing/session.js';
+
+/**
+ * The server's `clock` option puts its time into frames (`heartbeat`, `pong`) and SSE heartbeats, where
+ * the protocol allows only whole milliseconds: a clock of sub-millisecond precision is read rounded down.
+ */
+
+const session = useServerSession();
+
+/** `performance.timeOrigin + performance.now()`, always with a fraction. */
+const fractionalClock = (): number => Date.now() + 0.25;
+
+describe('the server clock in frames', () => {
+  it('sends heartbeat and pong times in whole milliseconds when the clock has a fraction', async () => {
+    await session.start({ clock: fractionalClock, heartbeatIntervalMs: 20 });
+    const client = await session.connect({ user: 'alice' });
+    client.send({ type: 'ping', id: 'p' });
+    const pong = await client.next((frame) => frame.type === 'pong');
+    const heartbeat = await client.next((frame) => frame.type === 'heartbeat');
+    // The session also checks every frame with decodeServerFrame after the test.
+    expect(Number.isInteger(pong.time)).toBe(true);
+    expect(Number.isInteger(heartbeat.time)).toBe(true);
+  });
+
+  it('writes SSE heartbeat times in whole milliseconds', async () => {
+    const env = await session.start({ clock: fractionalClock, heartbeatIntervalMs: 20 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const response = await new Promise<IncomingMessage>((resolve, reject) => {
+      const req = httpRequest(
+        `${env.httpUrl}/progress/tasks/${task.id}/stream`,
+        { headers: { 'x-user': 'alice' } },
+        resolve,
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    try {
+      response.setEncoding('utf8');
+      let text = '';
+      const heartbeat = await new Promise<string>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no heartbeat; got ${text}`)), 5000);
+        response.on('data', (chunk: string) => {
+          text += chunk;
+          const match = /^: heartbeat (\S+)$/m.exec(text);
+          if (match?.[1] !== undefined) {
+            clearTimeout(timer);
+            resolve(match[1]);
+          }
+        });
+      });
+      expect(heartbeat).toMatch(/^\d+$/);
+    } finally {
+      response.destroy();
+    }
+  });
+
+  it('fails a read of a clock that returns no time with internal, naming the option', () => {
+    const options = resolveServerOptions({
+      store: { getTask: () => undefined } as never,
+      authenticate: headerAuth,
+      clock: () => Number.NaN,
+    });
+    let error: unknown;
+    try {
+      options.clock();
+    } catch (caught) {
+      error = caught;
+    }
+    expect(isProgressError(error, ErrorCode.Internal)).toBe(true);
+    expect((error as Error).message).toContain('ProgressServer: clock');
+  });
+});
