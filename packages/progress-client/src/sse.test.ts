@@ -48,6 +48,8 @@ class FakeSse {
   ghosts = 0;
   /** Acks (POSTs) still to be answered with this status before the next ones are answered 204. */
   ackRefusals: number[] = [];
+  /** Acks (POSTs) still to be left unanswered (a request a proxy holds), until the client aborts them. */
+  ackHangs = 0;
 
   readonly fetch: StreamingFetch = async (url, init) => {
     const open = this.streams.filter((stream) => stream.live()).length + this.ghosts;
@@ -103,6 +105,12 @@ class FakeSse {
       aborted: () => init.signal?.aborted === true,
       live: () => body !== null && !ended && init.signal?.aborted !== true,
     });
+    if (init.method === 'POST' && this.ackHangs > 0) {
+      this.ackHangs--;
+      return new Promise((_, reject) =>
+        init.signal?.addEventListener('abort', () => reject(new Error('aborted'))),
+      );
+    }
     const ackStatus = init.method === 'POST' ? this.ackRefusals.shift() : undefined;
     if (ackStatus !== undefined) return { ok: false, status: ackStatus, body: null, text: async () => '' };
     if (refusal?.withStatus === false) return { ok: false, body: null };
@@ -425,6 +433,36 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
     await client.close();
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('gives up on an ack left unanswered at connectTimeoutMs and sends it again with the ack backoff', async () => {
+    // No deadline: an ack a proxy held (no answer, no error) was never settled, so never sent again, and the
+    // task's acked seq stayed below its end.
+    const { client, sse, scheduler } = sseSetup({
+      preferFallback: true,
+      httpPollIntervalMs: 1000,
+      connectTimeoutMs: 4000,
+    });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    sse.ackHangs = 2;
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await flush();
+    expect(sse.acks).toHaveLength(1);
+    await scheduler.advance(3999);
+    expect(sse.acks[0]?.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(sse.acks[0]?.aborted()).toBe(true);
+    // Then the ack backoff (httpPollIntervalMs's full-jitter step, random 0.5), the deadline again, and so on.
+    await scheduler.advance(60_000);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }, { seq: 1 }]);
+    expect(scheduler.pending).toBe(0);
+    await client.close();
   });
 
   it('takes over from HTTP polling once the socket fails, and leaves at the first hello', async () => {

@@ -209,13 +209,17 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // here, so an ack lost to a proxy's 502 (its replica died under it) left the task's acked seq below
       // its end. At most ACK_SENDS times (a minute or two of backoff: a server down longer does not get
       // one request per finished watch for the page's life), and none after the client closed (its timers
-      // start nothing then).
-      const send = (failures: number): unknown =>
-        fetchImpl &&
+      // start nothing then). Each is given `connectTimeoutMs` to be answered, then aborted and taken for a
+      // failure: an ack a proxy held (no answer, no error) was never settled, so never sent again.
+      const send = (failures: number): unknown => {
+        if (!fetchImpl) return;
+        const abort = new AbortController();
+        const deadline = host.timers.start(() => abort.abort(), o.connectTimeoutMs);
         request(fetchImpl, taskId, 'ack', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ seq }),
+          signal: abort.signal,
         })
           .then(
             // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
@@ -224,12 +228,14 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             () => false,
           )
           .then((answered) => {
+            deadline();
             if (!answered && failures < ACK_SENDS - 1)
               host.timers.start(
                 () => send(failures + 1),
                 retryDelayMs(failures, o.httpPollIntervalMs, o.random),
               );
           });
+      };
       send(0);
     },
   };
