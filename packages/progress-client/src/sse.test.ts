@@ -465,6 +465,64 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('reports a frame it rejects on the watch (invalid_frame) and reopens the stream from the cursor, backing off when it comes again', async () => {
+    // Dropped without a word: the watch stalled on the missing event (every later one out of order) until
+    // the stream ended, perhaps not before the task did.
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 4);
+    task.item('z');
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const errors: unknown[] = [];
+    watch.on('error', (error) => errors.push(error));
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    first.send({ type: 'snapshot', task: task.view() });
+    const a = task.item('a');
+    const b = task.item('b');
+    const invalid = `id: 2\ndata: ${JSON.stringify({ type: 'event', event: { ...a, seq: 'one' } })}\n\n`;
+    first.write(invalid);
+    first.send({ type: 'event', event: b }, 3);
+    await flush();
+    expect(log).toEqual(['snapshot@1', 'error:invalid_frame']);
+    expect(errors[0]).toMatchObject({ code: 'invalid_frame', taskId: 't1' });
+    expect(first.aborted()).toBe(true);
+    // Reopened from the cursor after a step of backoff (reconnect.initialDelayMs, full jitter, random 0.5).
+    await scheduler.advance(499);
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBe('1');
+    // The same frame again: reported again, and the next open waits longer (a server repeating it is not
+    // asked again at once, for ever).
+    second.write(invalid);
+    await flush();
+    expect(second.aborted()).toBe(true);
+    await scheduler.advance(999);
+    expect(sse.streams).toHaveLength(2);
+    await scheduler.advance(1);
+    const third = sse.streams[2] as SseRequest;
+    third.send({ type: 'event', event: a }, 2);
+    third.send({ type: 'event', event: b }, 3);
+    // A frame type it does not know (a newer server's): reported, and the stream goes on.
+    third.write(`data: ${JSON.stringify({ type: 'hint', taskId: 't1' })}\n\n`);
+    third.send({ type: 'event', event: task.end() }, 4);
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual([
+      'snapshot@1',
+      'error:invalid_frame',
+      'error:invalid_frame',
+      'item@2',
+      'item@3',
+      'error:unknown_frame',
+      'completed@4',
+      'finished@4',
+    ]);
+    expect(third.aborted()).toBe(false);
+    await client.close();
+  });
+
   it('takes over from HTTP polling once the socket fails, and leaves at the first hello', async () => {
     const ctx = sseSetup({
       httpFallbackAfterAttempts: 1,

@@ -1,5 +1,6 @@
-import type { ProgressError } from '@finishline/core';
+import { ErrorCode, type ProgressError } from '@finishline/core';
 import { sseEventId } from '@finishline/core/internal';
+import { frameError } from './connect-errors.js';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -103,7 +104,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
     });
   };
   return {
-    follow(taskId, from, onEnd) {
+    follow(taskId, from, onEnd, onReject) {
       const abort = new AbortController();
       let ended = false;
       // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) is never
@@ -193,6 +194,18 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
               if (decoded.ok) host.onFrame(decoded.frame);
+              else {
+                // Reported, as the socket reports it. A frame it rejects may have carried an event: dropped
+                // without a word, the watch stalled on the gap until the stream ended. The stream starts over
+                // from the cursor, backing off (an open that failed: a server repeating the frame is not
+                // asked again at once, for ever). Not for a frame type it does not know (a newer server's,
+                // as the socket keeps its socket then).
+                onReject(frameError(decoded.error, data));
+                if (decoded.error.code !== ErrorCode.UnknownFrame) {
+                  delivered = false;
+                  return end();
+                }
+              }
             }
             cut = buffer.indexOf('\n\n');
           }
