@@ -465,6 +465,37 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('gives up on an ack whose token function never returns at connectTimeoutMs, and sends it again', async () => {
+    // The deadline aborted a `fetch` that was never called: the ack waited on the token for ever, with no
+    // timer left, and was never sent.
+    let calls = 0;
+    let hang = false;
+    const token = () =>
+      hang && ++calls === 1 ? new Promise<string>(() => undefined) : Promise.resolve('tok');
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000, token });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    hang = true;
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await scheduler.advance(9_999);
+    expect(sse.acks).toHaveLength(0);
+    // connectTimeoutMs (10 s), then the ack backoff's first step (httpPollIntervalMs + a full-jitter step of
+    // it, random 0.5).
+    await scheduler.advance(1 + 1499);
+    expect(sse.acks).toHaveLength(0);
+    await scheduler.advance(1);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }]);
+    expect(sse.acks[0]?.headers.authorization).toBe('Bearer tok');
+    await scheduler.advance(60_000);
+    expect(sse.acks).toHaveLength(1);
+    await client.close();
+  });
+
   it('reports a frame it rejects on the watch (invalid_frame) and reopens the stream from the cursor, backing off when it comes again', async () => {
     // Dropped without a word: the watch stalled on the missing event (every later one out of order) until
     // the stream ended, perhaps not before the task did.

@@ -227,27 +227,32 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       const send = (failures: number): unknown => {
         if (!fetchImpl) return;
         const abort = new AbortController();
-        const deadline = host.timers.start(() => abort.abort(), o.connectTimeoutMs);
+        const settle = (answered: boolean) => {
+          // (Once: the deadline, or the answer.)
+          if (abort.signal.aborted) return;
+          deadline();
+          // Answered too: the connection is let go, its body unread.
+          abort.abort();
+          if (!answered && failures < ACK_SENDS - 1)
+            host.timers.start(
+              () => send(failures + 1),
+              retryDelayMs(failures, o.httpPollIntervalMs, o.random),
+            );
+        };
+        // Settled here, not only aborted: an ack still waiting on the token function has no `fetch` the
+        // abort could end.
+        const deadline = host.timers.start(() => settle(false), o.connectTimeoutMs);
         request(fetchImpl, taskId, 'ack', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ seq }),
           signal: abort.signal,
-        })
-          .then(
-            // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
-            // for one, the acks of a page whose many watches ended together were lost past the budget.)
-            ({ status = 0 }) => status < 500 && status !== 429,
-            () => false,
-          )
-          .then((answered) => {
-            deadline();
-            if (!answered && failures < ACK_SENDS - 1)
-              host.timers.start(
-                () => send(failures + 1),
-                retryDelayMs(failures, o.httpPollIntervalMs, o.random),
-              );
-          });
+        }).then(
+          // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
+          // for one, the acks of a page whose many watches ended together were lost past the budget.)
+          ({ status = 0 }) => settle(status < 500 && status !== 429),
+          () => settle(false),
+        );
       };
       send(0);
     },
