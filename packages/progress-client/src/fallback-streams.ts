@@ -72,12 +72,14 @@ export interface FallbackWire {
    * Follows a task from after `from`, handing every frame to the host's `onFrame`; `onEnd` is called once
    * when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
    * refused the stream (401, 403, 404, 503…), and whether it was `served`: it delivered anything (its
-   * opening comment, a heartbeat, a frame). Returns the function that stops it.
+   * opening comment, a heartbeat, a frame). `onReject` is told of every frame the stream brought that the
+   * client rejects (`invalid_frame`, `frame_too_large`, `unknown_frame`). Returns the function that stops it.
    */
   follow(
     taskId: string,
     from: FallbackCursor,
     onEnd: (refusal: ProgressError | undefined, served: boolean) => void,
+    onReject: (error: ProgressError) => void,
   ): () => void;
   /** Acknowledges `seq` of a task (cumulative); sent again after a failure answer, a few times at most. */
   ack(taskId: string, seq: number): void;
@@ -167,43 +169,48 @@ export class FallbackStreams implements FallbackRuntime {
     pacing.ready(now, 0);
     let entry: [() => void, number] | undefined;
     // With its epoch: a server whose store was restored since must not resume that seq in another log.
-    const stop = this.#wire.follow(taskId, { seq: task.cursor.seq, epoch: task.epoch }, (refusal, served) => {
-      // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
-      // not while opening either (no `fetch`: nothing to ask again).
-      const own = entry && this.#streams.get(taskId) === entry;
-      if (own) this.#streams.delete(taskId);
-      if (refusal !== undefined && this.#host.current(task)) {
-        // Answered as the HTTP fallback answers the same refusal.
-        if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
-        if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
-        task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
-      }
-      if (task.cursor.finished && !this.#acked.has(task)) {
-        this.#acked.add(task);
-        this.#wire.ack(taskId, task.cursor.seq);
-      }
-      // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut
-      // by a proxy's timeout, a server's restart) is a connection that said `hello`: its first cut is
-      // reopened at once, within `reconnect.firstDelayMs` (a fixed `httpPollIntervalMs` made SSE watchers
-      // the chaos run's tail); a later one after at most a step. An open that failed (refused for now:
-      // 503, 429, an expired token; no answer; a stream ended with nothing) backs off, growing, until a
-      // stream stays up `stableConnectionMs`: every watch of every page asking at once would keep a
-      // server that is down, out of store or over its cap busy answering them.
-      // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
-      // refused one on the task's retry timer, out of a wake's reach.
-      if (own && !task.cursor.finished && this.#host.current(task)) {
-        if (served) pacing.down();
-        const delayMs = pacing.nextDelayMs(served);
-        if (refusal === undefined) {
-          // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
-          this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
-        } else
-          task.retryAfterError(
-            () => delayMs,
-            () => this.open(task),
-          );
-      }
-    });
+    const stop = this.#wire.follow(
+      taskId,
+      { seq: task.cursor.seq, epoch: task.epoch },
+      (refusal, served) => {
+        // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
+        // not while opening either (no `fetch`: nothing to ask again).
+        const own = entry && this.#streams.get(taskId) === entry;
+        if (own) this.#streams.delete(taskId);
+        if (refusal !== undefined && this.#host.current(task)) {
+          // Answered as the HTTP fallback answers the same refusal.
+          if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
+          if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
+          task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
+        }
+        if (task.cursor.finished && !this.#acked.has(task)) {
+          this.#acked.add(task);
+          this.#wire.ack(taskId, task.cursor.seq);
+        }
+        // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut
+        // by a proxy's timeout, a server's restart) is a connection that said `hello`: its first cut is
+        // reopened at once, within `reconnect.firstDelayMs` (a fixed `httpPollIntervalMs` made SSE watchers
+        // the chaos run's tail); a later one after at most a step. An open that failed (refused for now:
+        // 503, 429, an expired token; no answer; a stream ended with nothing) backs off, growing, until a
+        // stream stays up `stableConnectionMs`: every watch of every page asking at once would keep a
+        // server that is down, out of store or over its cap busy answering them.
+        // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
+        // refused one on the task's retry timer, out of a wake's reach.
+        if (own && !task.cursor.finished && this.#host.current(task)) {
+          if (served) pacing.down();
+          const delayMs = pacing.nextDelayMs(served);
+          if (refusal === undefined) {
+            // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
+            this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
+          } else
+            task.retryAfterError(
+              () => delayMs,
+              () => this.open(task),
+            );
+        }
+      },
+      (error) => task.task.emitError(error),
+    );
     entry = [stop, now];
     this.#streams.set(taskId, entry);
   }

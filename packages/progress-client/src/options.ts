@@ -138,7 +138,8 @@ export interface ProgressClientOptions {
    * longest wait of a Server-Sent Events stream of `fallbackTransport` for its first bytes (the opening
    * comment the server writes at once): a frozen replica or a proxy holding the request is given up on
    * then, and the open counts as failed (asked again with growing backoff), instead of waiting out
-   * `heartbeatTimeoutMs`.
+   * `heartbeatTimeoutMs`. And the longest wait for the answer to its ack (`POST …/ack`), which is then
+   * aborted and sent again with backoff, as after a 503.
    * @default 10000
    */
   connectTimeoutMs?: number;

@@ -48,6 +48,8 @@ class FakeSse {
   ghosts = 0;
   /** Acks (POSTs) still to be answered with this status before the next ones are answered 204. */
   ackRefusals: number[] = [];
+  /** Acks (POSTs) still to be left unanswered (a request a proxy holds), until the client aborts them. */
+  ackHangs = 0;
 
   readonly fetch: StreamingFetch = async (url, init) => {
     const open = this.streams.filter((stream) => stream.live()).length + this.ghosts;
@@ -103,6 +105,12 @@ class FakeSse {
       aborted: () => init.signal?.aborted === true,
       live: () => body !== null && !ended && init.signal?.aborted !== true,
     });
+    if (init.method === 'POST' && this.ackHangs > 0) {
+      this.ackHangs--;
+      return new Promise((_, reject) =>
+        init.signal?.addEventListener('abort', () => reject(new Error('aborted'))),
+      );
+    }
     const ackStatus = init.method === 'POST' ? this.ackRefusals.shift() : undefined;
     if (ackStatus !== undefined) return { ok: false, status: ackStatus, body: null, text: async () => '' };
     if (refusal?.withStatus === false) return { ok: false, body: null };
@@ -425,6 +433,125 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
     await client.close();
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('gives up on an ack left unanswered at connectTimeoutMs and sends it again with the ack backoff', async () => {
+    // No deadline: an ack a proxy held (no answer, no error) was never settled, so never sent again, and the
+    // task's acked seq stayed below its end.
+    const { client, sse, scheduler } = sseSetup({
+      preferFallback: true,
+      httpPollIntervalMs: 1000,
+      connectTimeoutMs: 4000,
+    });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    sse.ackHangs = 2;
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await flush();
+    expect(sse.acks).toHaveLength(1);
+    await scheduler.advance(3999);
+    expect(sse.acks[0]?.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(sse.acks[0]?.aborted()).toBe(true);
+    // Then the ack backoff (httpPollIntervalMs's full-jitter step, random 0.5), the deadline again, and so on.
+    await scheduler.advance(60_000);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }, { seq: 1 }]);
+    expect(scheduler.pending).toBe(0);
+    await client.close();
+  });
+
+  it('gives up on an ack whose token function never returns at connectTimeoutMs, and sends it again', async () => {
+    // The deadline aborted a `fetch` that was never called: the ack waited on the token for ever, with no
+    // timer left, and was never sent.
+    let calls = 0;
+    let hang = false;
+    const token = () =>
+      hang && ++calls === 1 ? new Promise<string>(() => undefined) : Promise.resolve('tok');
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000, token });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    hang = true;
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await scheduler.advance(9_999);
+    expect(sse.acks).toHaveLength(0);
+    // connectTimeoutMs (10 s), then the ack backoff's first step (httpPollIntervalMs + a full-jitter step of
+    // it, random 0.5).
+    await scheduler.advance(1 + 1499);
+    expect(sse.acks).toHaveLength(0);
+    await scheduler.advance(1);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }]);
+    expect(sse.acks[0]?.headers.authorization).toBe('Bearer tok');
+    await scheduler.advance(60_000);
+    expect(sse.acks).toHaveLength(1);
+    await client.close();
+  });
+
+  it('reports a frame it rejects on the watch (invalid_frame) and reopens the stream from the cursor, backing off when it comes again', async () => {
+    // Dropped without a word: the watch stalled on the missing event (every later one out of order) until
+    // the stream ended, perhaps not before the task did.
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 4);
+    task.item('z');
+    const watch = client.watch('t1');
+    const log = record(watch);
+    const errors: unknown[] = [];
+    watch.on('error', (error) => errors.push(error));
+    await flush();
+    const first = sse.streams[0] as SseRequest;
+    first.write(OPENING);
+    first.send({ type: 'snapshot', task: task.view() });
+    const a = task.item('a');
+    const b = task.item('b');
+    const invalid = `id: 2\ndata: ${JSON.stringify({ type: 'event', event: { ...a, seq: 'one' } })}\n\n`;
+    first.write(invalid);
+    first.send({ type: 'event', event: b }, 3);
+    await flush();
+    expect(log).toEqual(['snapshot@1', 'error:invalid_frame']);
+    expect(errors[0]).toMatchObject({ code: 'invalid_frame', taskId: 't1' });
+    expect(first.aborted()).toBe(true);
+    // Reopened from the cursor after a step of backoff (reconnect.initialDelayMs, full jitter, random 0.5).
+    await scheduler.advance(499);
+    expect(sse.streams).toHaveLength(1);
+    await scheduler.advance(1);
+    const second = sse.streams[1] as SseRequest;
+    expect(second.headers['last-event-id']).toBe('1');
+    // The same frame again: reported again, and the next open waits longer (a server repeating it is not
+    // asked again at once, for ever).
+    second.write(invalid);
+    await flush();
+    expect(second.aborted()).toBe(true);
+    await scheduler.advance(999);
+    expect(sse.streams).toHaveLength(2);
+    await scheduler.advance(1);
+    const third = sse.streams[2] as SseRequest;
+    third.send({ type: 'event', event: a }, 2);
+    third.send({ type: 'event', event: b }, 3);
+    // A frame type it does not know (a newer server's): reported, and the stream goes on.
+    third.write(`data: ${JSON.stringify({ type: 'hint', taskId: 't1' })}\n\n`);
+    third.send({ type: 'event', event: task.end() }, 4);
+    expect((await watch.done).status).toBe('completed');
+    expect(log).toEqual([
+      'snapshot@1',
+      'error:invalid_frame',
+      'error:invalid_frame',
+      'item@2',
+      'item@3',
+      'error:unknown_frame',
+      'completed@4',
+      'finished@4',
+    ]);
+    expect(third.aborted()).toBe(false);
+    await client.close();
   });
 
   it('takes over from HTTP polling once the socket fails, and leaves at the first hello', async () => {

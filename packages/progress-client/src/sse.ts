@@ -1,5 +1,6 @@
-import type { ProgressError } from '@finishline/core';
+import { ErrorCode, type ProgressError } from '@finishline/core';
 import { sseEventId } from '@finishline/core/internal';
+import { frameError } from './connect-errors.js';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -103,7 +104,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
     });
   };
   return {
-    follow(taskId, from, onEnd) {
+    follow(taskId, from, onEnd, onReject) {
       const abort = new AbortController();
       let ended = false;
       // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) is never
@@ -193,6 +194,18 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
               if (decoded.ok) host.onFrame(decoded.frame);
+              else {
+                // Reported, as the socket reports it. A frame it rejects may have carried an event: dropped
+                // without a word, the watch stalled on the gap until the stream ended. The stream starts over
+                // from the cursor, backing off (an open that failed: a server repeating the frame is not
+                // asked again at once, for ever). Not for a frame type it does not know (a newer server's,
+                // as the socket keeps its socket then).
+                onReject(frameError(decoded.error, data));
+                if (decoded.error.code !== ErrorCode.UnknownFrame) {
+                  delivered = false;
+                  return end();
+                }
+              }
             }
             cut = buffer.indexOf('\n\n');
           }
@@ -209,27 +222,38 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // here, so an ack lost to a proxy's 502 (its replica died under it) left the task's acked seq below
       // its end. At most ACK_SENDS times (a minute or two of backoff: a server down longer does not get
       // one request per finished watch for the page's life), and none after the client closed (its timers
-      // start nothing then).
-      const send = (failures: number): unknown =>
-        fetchImpl &&
+      // start nothing then). Each is given `connectTimeoutMs` to be answered, then aborted and taken for a
+      // failure: an ack a proxy held (no answer, no error) was never settled, so never sent again.
+      const send = (failures: number): unknown => {
+        if (!fetchImpl) return;
+        const abort = new AbortController();
+        const settle = (answered: boolean) => {
+          // (Once: the deadline, or the answer.)
+          if (abort.signal.aborted) return;
+          deadline();
+          // Answered too: the connection is let go, its body unread.
+          abort.abort();
+          if (!answered && failures < ACK_SENDS - 1)
+            host.timers.start(
+              () => send(failures + 1),
+              retryDelayMs(failures, o.httpPollIntervalMs, o.random),
+            );
+        };
+        // Settled here, not only aborted: an ack still waiting on the token function has no `fetch` the
+        // abort could end.
+        const deadline = host.timers.start(() => settle(false), o.connectTimeoutMs);
         request(fetchImpl, taskId, 'ack', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
           body: JSON.stringify({ seq }),
-        })
-          .then(
-            // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
-            // for one, the acks of a page whose many watches ended together were lost past the budget.)
-            ({ status = 0 }) => status < 500 && status !== 429,
-            () => false,
-          )
-          .then((answered) => {
-            if (!answered && failures < ACK_SENDS - 1)
-              host.timers.start(
-                () => send(failures + 1),
-                retryDelayMs(failures, o.httpPollIntervalMs, o.random),
-              );
-          });
+          signal: abort.signal,
+        }).then(
+          // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
+          // for one, the acks of a page whose many watches ended together were lost past the budget.)
+          ({ status = 0 }) => settle(status < 500 && status !== 429),
+          () => settle(false),
+        );
+      };
       send(0);
     },
   };
