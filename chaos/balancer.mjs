@@ -602,6 +602,8 @@ class Relay {
         const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
         if (taskId !== undefined) {
           seen = { type: kind, taskId, seq: message.event?.seq ?? message.task?.seq, code: message.code };
+          // The event's own type: the harness's wire check tells a terminal event's re-send by it.
+          if (kind === 'event') seen.eventType = message.event?.type;
           if (message.reset === true) seen.reset = true;
           if (message.epoch !== undefined) seen.epoch = message.epoch;
           seen.at = Date.now();

@@ -1593,10 +1593,75 @@ function ackEpochs(ack) {
   };
 }
 const clientFrameLog = [];
-balancer.onClientFrame = (frame) => clientFrameLog.push(frame);
+balancer.onClientFrame = (frame) => {
+  clientFrameLog.push(frame);
+  wireSubscribe(frame);
+};
 // Every server → client frame about a task (event, snapshot, error) and what the faults did to it.
 const serverFrameLog = [];
-balancer.onServerFrame = (frame) => serverFrameLog.push(frame);
+balancer.onServerFrame = (frame) => {
+  serverFrameLog.push(frame);
+  wireFrame(frame);
+};
+
+/*
+ * The server's own WebSocket stream, before the balancer's faults: per connection and task, each event
+ * frame is the one after the frame before it (a snapshot stands for everything up to its seq), the first
+ * of a stream (re)started by a subscribe (`afterSeq` + 1, whichever subscribe of the task the connection
+ * relayed: frames of the stream it replaced may still be on their way), or a re-send of the terminal
+ * event. The client heals a gap or a duplicate the server itself made as it heals the balancer's (a
+ * resync, a dedupe), so the callbacks' checks alone would pass a server that drops or repeats events;
+ * this check tells the server's frames from the faults'. SSE streams are not checked here (each is one
+ * request with its own cursor; their callbacks are).
+ */
+const wire = new Map();
+const wireChecked = { events: 0, streams: 0 };
+function wireState(conn, taskId) {
+  const key = `${conn.id} ${taskId}`;
+  let state = wire.get(key);
+  if (state === undefined) {
+    state = { last: undefined, terminalSeq: undefined, resumes: new Set(), frames: [] };
+    wire.set(key, state);
+    wireChecked.streams += 1;
+  }
+  return state;
+}
+function wireSubscribe(frame) {
+  if (frame.type !== 'subscribe' || frame.conn === undefined || frame.conn.sse || frame.conn.http) return;
+  const state = wireState(frame.conn, frame.taskId);
+  state.resumes.add((frame.seq ?? 0) + 1);
+  state.frames.push(`>sub:${frame.seq ?? 0}`);
+}
+function wireFrame(frame) {
+  if (frame.conn === undefined || frame.conn.sse || typeof frame.seq !== 'number') return;
+  if (frame.type !== 'event' && frame.type !== 'snapshot') return;
+  const state = wireState(frame.conn, frame.taskId);
+  const seq = frame.seq;
+  state.frames.push(
+    `<${frame.type === 'snapshot' ? `snap${frame.reset ? '!' : ''}` : frame.eventType}:${seq}`,
+  );
+  if (state.frames.length > 16) state.frames.shift();
+  if (frame.type === 'snapshot') {
+    state.last = seq;
+    return;
+  }
+  wireChecked.events += 1;
+  const terminal = TERMINAL.includes(frame.eventType);
+  const ok =
+    (state.last !== undefined && seq === state.last + 1) ||
+    (terminal && seq === state.terminalSeq) ||
+    state.resumes.has(seq);
+  if (!ok) {
+    violation(
+      state.last !== undefined && seq <= state.last
+        ? 'server sent an event again'
+        : 'server skipped an event',
+      { taskId: frame.taskId, conn: frame.conn.id, seq, after: state.last, frames: state.frames.join(' ') },
+    );
+  }
+  if (terminal) state.terminalSeq = seq;
+  state.last = seq;
+}
 // The harness's own event-loop stalls (clients, balancer and checks share this process) with --explain:
 // a stall delays every client's frames here, which no library change can shorten.
 const stalls = [];
@@ -2055,6 +2120,7 @@ const out = [
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
   `  frozen workers:    ${line(delays((task) => frozenWorker(task) && !killedWorker(task)))} (a freeze of the task's replica while it ran: left out of live workers)`,
   `  in a WS outage:    ${line(delays(() => true, inOutage))} (watchers of a client whose WebSocket was out, polling HTTP every 2 s: left out of the lines above)`,
+  `wire checked:        ${wireChecked.events} event frames the replicas wrote on ${wireChecked.streams} (WebSocket connection, task) pairs, before the balancer's faults: each the next seq, a subscribe's afterSeq + 1 or a terminal re-send`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
   `  frames dropped: ${b.dropped} (terminal ${b.droppedTerminal}), duplicated: ${b.duplicated} (terminal ${b.duplicatedTerminal}), delayed: ${b.delayed} (terminal ${b.delayedTerminal}), connections cut mid-stream: ${b.cutByFrame}; longest hold of a frame ${b.maxHeldMs} ms, ${b.heldOver400} held over 400 ms`,
