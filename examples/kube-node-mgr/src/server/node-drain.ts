@@ -13,7 +13,8 @@ export interface DrainOptions {
   /** Called as pods go: `evicted` of `total` pods gone. */
   onProgress?: (evicted: number, total: number) => void | Promise<void>;
   /**
-   * How long one pod may stay protected by its PodDisruptionBudget (429) before the node fails.
+   * How long one pod may stay protected by its PodDisruptionBudget (429) before the node fails; and, once
+   * its eviction is accepted, how long it may take to terminate (grace period, finalizers) before the node fails.
    * @default 120000
    */
   evictionTimeoutMs?: number;
@@ -181,10 +182,13 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
         throw new Error(`evicting ${id}: ${why}`);
       }
     }
+    // The pod's termination (its grace period, its finalizers) gets a time limit of its own: counted from the
+    // eviction's start, a pod a budget held for most of it failed its node before its grace period ran out.
+    const terminateBy = Date.now() + timeoutMs;
     for (;;) {
       const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
       if (now === null || now.uid !== pod.uid) break;
-      if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
+      if (Date.now() > terminateBy) throw new Error(`${id} was evicted but did not terminate in time`);
       await sleep(pollMs, signal);
     }
     evicted.push(id);
