@@ -178,4 +178,55 @@ describe('an eviction refused by a PodDisruptionBudget', () => {
     await vi.runAllTimersAsync();
     expect((await drained).evicted).toEqual(['shop/web-1']);
   });
+
+  /**
+   * The wait for an evicted pod to terminate counted from the eviction's first attempt: a pod the budget held
+   * for 115 s of the 120 had 5 s left for its grace period, and its node failed ("did not terminate in time").
+   */
+  it('gives the evicted pod its own time limit to terminate, however long the budget held it', async () => {
+    vi.useFakeTimers();
+    const budget = new KubeApiError(
+      429,
+      'TooManyRequests',
+      "Cannot evict pod as it would violate the pod's disruption budget.",
+    );
+    const refusals = Array.from({ length: 23 }, () => budget); // 23 × 5 s: accepted after 115 s
+    let acceptedAt = Number.POSITIVE_INFINITY;
+    const nodes = {
+      get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
+      podsOn: async () => [guarded],
+      // Terminating for 10 s after its eviction (a grace period), then gone.
+      pod: async () => (Date.now() < acceptedAt + 10_000 ? { ...guarded, terminating: true } : null),
+      evict: async () => {
+        const refusal = refusals.shift();
+        if (refusal !== undefined) throw refusal;
+        acceptedAt = Date.now();
+      },
+    } as unknown as KubeNodes;
+    const drained = drainNode(nodes, 'w1', { maxAttempts: 5, signal: new AbortController().signal });
+    const settled = drained.catch((e: unknown) => e);
+    await vi.advanceTimersByTimeAsync(130_000);
+    await expect(settled).resolves.toMatchObject({ evicted: ['shop/web-1'] });
+  });
+
+  it('fails the node when an evicted pod stays Terminating (a finalizer never removed) past the time limit', async () => {
+    vi.useFakeTimers();
+    const nodes = {
+      get: async () => ({ name: 'w1', resourceVersion: '1', labels: {}, taints: [], unschedulable: true }),
+      podsOn: async () => [guarded],
+      pod: async () => ({ ...guarded, terminating: true }),
+      evict: async () => {},
+    } as unknown as KubeNodes;
+    const drained = drainNode(nodes, 'w1', { maxAttempts: 5, signal: new AbortController().signal });
+    const settled = drained.catch((e: unknown) => e);
+    await vi.advanceTimersByTimeAsync(119_000);
+    let done = false;
+    void settled.then(() => {
+      done = true;
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(done).toBe(false); // still waiting within the limit
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(await settled).toMatchObject({ message: 'shop/web-1 was evicted but did not terminate in time' });
+  });
 });

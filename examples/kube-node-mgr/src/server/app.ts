@@ -83,7 +83,8 @@ export interface AppOptions {
    */
   trustProxy?: boolean | number;
   /**
-   * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails.
+   * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails; and, once
+   * it is evicted, for it to terminate.
    * @default 120000
    */
   evictionTimeoutMs?: number;

@@ -220,6 +220,7 @@ export class DemoCluster {
         (code, reason, message, details) => {
           throw new HttpStatusError({ code, reason, message, ...(details === undefined ? {} : { details }) });
         },
+        body,
       );
       if (workload !== undefined) return send(workload.code, workload.body);
       if (match === null) {

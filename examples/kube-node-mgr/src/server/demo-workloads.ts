@@ -195,7 +195,7 @@ export class DemoWorkloads {
   }
 
   /** Answers the pod, eviction, DaemonSet and PDB routes; `undefined` for any other path. */
-  handle(method: string, path: string, query: URLSearchParams, fail: Fail): Answer | undefined {
+  handle(method: string, path: string, query: URLSearchParams, fail: Fail, body = ''): Answer | undefined {
     let m = path.match(/^\/api\/v1\/(?:namespaces\/([^/]+)\/)?pods$/);
     if (m !== null) {
       if (method !== 'GET') fail(405, 'MethodNotAllowed', `${method} is not supported on pods`);
@@ -208,7 +208,7 @@ export class DemoWorkloads {
       if (eviction !== undefined) {
         if (method !== 'POST') fail(405, 'MethodNotAllowed', 'evictions are created with POST');
         if (pod === undefined) fail(404, 'NotFound', `pods "${name}" not found`, { name, kind: 'pods' });
-        return this.#evict(pod as DemoPod, fail);
+        return this.#evict(pod as DemoPod, preconditionUid(body), fail);
       }
       if (pod === undefined) fail(404, 'NotFound', `pods "${name}" not found`, { name, kind: 'pods' });
       if (method !== 'GET') fail(405, 'MethodNotAllowed', `${method} is not supported on a pod`);
@@ -279,8 +279,23 @@ export class DemoWorkloads {
     };
   }
 
-  #evict(pod: DemoPod, fail: Fail): Answer {
+  /**
+   * As the API server's eviction: a pod already leaving is deleted at once (no budget check), any other
+   * one is checked against its budget (429) first, and only the deletion checks the `uid` precondition —
+   * so a pod recreated under the name gets the budget's 429 while it refuses, else 409 Conflict.
+   */
+  #evict(pod: DemoPod, uid: string | undefined, fail: Fail): Answer {
+    const checkUid = () => {
+      if (uid !== undefined && uid !== pod.metadata.uid)
+        fail(
+          409,
+          'Conflict',
+          `Operation cannot be fulfilled on Pod "${pod.metadata.name}": the UID in the precondition (${uid}) does not match the UID in record (${pod.metadata.uid}). The object might have been deleted and then recreated`,
+          { name: pod.metadata.name, kind: 'Pod' },
+        );
+    };
     if (pod.metadata.deletionTimestamp !== undefined) {
+      checkUid();
       return {
         code: 201,
         body: { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Success', code: 201 },
@@ -302,6 +317,7 @@ export class DemoWorkloads {
         });
       }
     }
+    checkUid();
     pod.metadata.deletionTimestamp = new Date().toISOString().replace(/\.\d{3}Z$/, 'Z');
     pod.metadata.resourceVersion = this.#nodes.nextResourceVersion();
     const key = `${pod.metadata.namespace}/${pod.metadata.name}`;
@@ -385,5 +401,16 @@ export class DemoWorkloads {
         observedGeneration: 1,
       },
     };
+  }
+}
+
+/** `deleteOptions.preconditions.uid` of an Eviction body, if it has one (a body not JSON has none). */
+function preconditionUid(body: string): string | undefined {
+  try {
+    const uid = (JSON.parse(body) as { deleteOptions?: { preconditions?: { uid?: unknown } } } | null)
+      ?.deleteOptions?.preconditions?.uid;
+    return typeof uid === 'string' && uid !== '' ? uid : undefined;
+  } catch {
+    return undefined;
   }
 }

@@ -221,13 +221,23 @@ export class KubeNodes {
     }
   }
 
-  /** Asks the Eviction API to evict a pod; a 429 means a PodDisruptionBudget refuses it for now. */
-  async evict(namespace: string, name: string): Promise<void> {
+  /**
+   * Asks the Eviction API to evict a pod; a 429 means a PodDisruptionBudget refuses it for now. `uid` (the
+   * pod as listed) goes as `deleteOptions.preconditions.uid`: a pod recreated under the same name since (a
+   * StatefulSet's) is then refused with 409 Conflict instead of evicted. No resourceVersion precondition:
+   * a pod's status changes (readiness, the eviction's own DisruptionTarget condition) would make it 409 too.
+   */
+  async evict(namespace: string, name: string, uid: string): Promise<void> {
     try {
       await this.#api.createNamespacedPodEviction({
         namespace,
         name,
-        body: { apiVersion: 'policy/v1', kind: 'Eviction', metadata: { name, namespace } },
+        body: {
+          apiVersion: 'policy/v1',
+          kind: 'Eviction',
+          metadata: { name, namespace },
+          ...(uid === '' ? {} : { deleteOptions: { preconditions: { uid } } }),
+        },
       });
     } catch (error) {
       throw toError(error);

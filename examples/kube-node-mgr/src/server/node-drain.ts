@@ -13,7 +13,8 @@ export interface DrainOptions {
   /** Called as pods go: `evicted` of `total` pods gone. */
   onProgress?: (evicted: number, total: number) => void | Promise<void>;
   /**
-   * How long one pod may stay protected by its PodDisruptionBudget (429) before the node fails.
+   * How long one pod may stay protected by its PodDisruptionBudget (429) before the node fails; and, once
+   * its eviction is accepted, how long it may take to terminate (grace period, finalizers) before the node fails.
    * @default 120000
    */
   evictionTimeoutMs?: number;
@@ -76,7 +77,8 @@ export async function cordonNodes(
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
  * running pod has no controller or has an emptyDir volume, then evicts every pod that is not a DaemonSet's or a mirror pod through the
  * Eviction API — retrying while a PodDisruptionBudget refuses
- * (429) — and waits until each evicted pod is gone. Its pod list and pod reads, shed under load (429 or
+ * (429), and sending again one that timed out, with the listed pod's uid as precondition — and waits until
+ * each evicted pod is gone. Its pod list and pod reads, shed under load (429 or
  * 5xx with `Retry-After`), are retried as a patch is. Throws with the reason shown for a failed node.
  */
 export async function drainNode(nodes: KubeNodes, name: string, options: DrainOptions): Promise<DrainResult> {
@@ -130,14 +132,32 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   async function evictOne(pod: PodRef): Promise<void> {
     const id = `${pod.namespace}/${pod.name}`;
     const deadline = Date.now() + timeoutMs;
+    // Whether the pod listed is gone, or another one has its name now (a StatefulSet's, recreated).
+    const goneOrReplaced = async () => {
+      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      return now === null || now.uid !== pod.uid;
+    };
+    // Evictions that timed out or met a conflict, sent again up to `maxAttempts` calls in all.
+    let attempts = 0;
     for (;;) {
       signal.throwIfAborted();
       try {
-        await nodes.evict(pod.namespace, pod.name);
+        // With the listed pod's uid as a precondition: an eviction sent again after one that timed out but
+        // did land cannot evict a pod recreated under the same name since; the API refuses it with 409.
+        await nodes.evict(pod.namespace, pod.name, pod.uid);
         break;
       } catch (error) {
         if (error instanceof KubeApiError && error.status === 404) break; // already gone
+        if (error instanceof KubeApiError && error.status === 409) {
+          // The uid precondition failed: the pod listed went (an eviction of ours that timed out, or
+          // someone else) and another has its name. Any other conflict is retried as a timeout is.
+          if (await goneOrReplaced()) break;
+          if (++attempts < options.maxAttempts) continue;
+        }
         if (error instanceof KubeApiError && error.status === 429 && Date.now() < deadline) {
+          // The budget checked is the one of the pod now under the name: after an eviction of ours that
+          // timed out, a recreated pod's budget may refuse until the deadline though ours is gone.
+          if (attempts > 0 && (await goneOrReplaced())) break;
           // Each guarded pod retries on its own: at the poll's pace a drain of a few nodes sent the API
           // server several refused evictions a second for as long as the budgets held.
           const wait =
@@ -145,8 +165,14 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
           await sleep(wait, signal);
           continue;
         }
-        // An eviction that timed out is not sent again: one that did land may have let a controller
-        // recreate a pod of the same name (a StatefulSet's), which a second eviction would evict too.
+        // An eviction that timed out is sent again (the uid precondition makes that safe).
+        if (
+          error instanceof KubeApiError &&
+          error.status === 0 &&
+          error.reason === 'Timeout' &&
+          ++attempts < options.maxAttempts
+        )
+          continue;
         const why =
           error instanceof KubeApiError && error.status !== 0
             ? `${error.status} ${error.reason}: ${error.message}`
@@ -156,10 +182,13 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
         throw new Error(`evicting ${id}: ${why}`);
       }
     }
+    // The pod's termination (its grace period, its finalizers) gets a time limit of its own: counted from the
+    // eviction's start, a pod a budget held for most of it failed its node before its grace period ran out.
+    const terminateBy = Date.now() + timeoutMs;
     for (;;) {
       const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
       if (now === null || now.uid !== pod.uid) break;
-      if (Date.now() > deadline) throw new Error(`${id} was evicted but did not terminate in time`);
+      if (Date.now() > terminateBy) throw new Error(`${id} was evicted but did not terminate in time`);
       await sleep(pollMs, signal);
     }
     evicted.push(id);
