@@ -160,7 +160,8 @@ const server = await ProgressServer.listen(
     leaseTtlMs,
     reapIntervalMs: Math.max(100, Math.floor(leaseTtlMs / 6)),
     heartbeatIntervalMs,
-    maxSubscriptionsPerSocket: 1000,
+    // The most the server accepts (a heartbeat of that many subscriptions with the longest ids fits a frame).
+    maxSubscriptionsPerSocket: 885,
     rateLimitPerSecond: 1000,
     rateLimitBurst: 2000,
   },
