@@ -54,6 +54,9 @@ describe('CORS for the allowed origins', () => {
     const anonymous = await fetch(`${env.httpUrl}/progress/tasks/${task.id}`, { headers: { origin: APP } });
     expect(anonymous.status).toBe(401);
     expect(corsHeaders(anonymous).origin).toBe(APP);
+    // Its challenge is for the page to read, not only the browser.
+    expect(anonymous.headers.get('www-authenticate')).toMatch(/^Bearer /);
+    expect(anonymous.headers.get('access-control-expose-headers')).toBe('WWW-Authenticate, Retry-After');
     const ack = await fetch(`${env.httpUrl}/progress/tasks/${task.id}/ack`, {
       method: 'POST',
       headers: { ...headers, 'content-type': 'application/json' },

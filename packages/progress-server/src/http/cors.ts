@@ -29,6 +29,9 @@ export function allowOrigin(request: IncomingMessage, response: ServerResponse):
   if (origin === undefined) return;
   response.setHeader('access-control-allow-origin', origin);
   response.setHeader('access-control-allow-credentials', 'true');
+  // A page reads only the CORS-safelisted headers of a cross-origin answer unless told more: the challenge
+  // of a 401 (`invalid_token`: fetch a fresh credential) and the wait of a 429 are for it to read.
+  response.setHeader('access-control-expose-headers', 'WWW-Authenticate, Retry-After');
   // The answer depends on the Origin: a shared cache must not hand one origin's answer to another.
   response.setHeader('vary', 'Origin');
 }
