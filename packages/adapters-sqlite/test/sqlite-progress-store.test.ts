@@ -552,7 +552,8 @@ describe('bad input and damaged data', () => {
         await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 10 } });
       // In the reaper's order (oldest expiry first): bad-1, live, live-2, live-3, bad-2.
       const setExpiry = database.prepare('UPDATE finishline_tasks SET lease_expires_at = ? WHERE id = ?');
-      ['bad-1', 'live', 'live-2', 'live-3', 'bad-2'].forEach((id, index) => setExpiry.run(index, id));
+      for (const [index, id] of ['bad-1', 'live', 'live-2', 'live-3', 'bad-2'].entries())
+        setExpiry.run(index, id);
       database.prepare("UPDATE finishline_tasks SET result = 'not json' WHERE id LIKE 'bad-%'").run();
       now += 1_000;
       // A pass of two slots: the damaged row's slot goes to the next expired task in the same pass (not
