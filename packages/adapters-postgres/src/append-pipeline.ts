@@ -559,7 +559,7 @@ export class AppendPipeline {
   /** Tasks whose row another transaction held, until their appends are tried again (see {@link #retryLater}). */
   readonly #heldTasks = new Set<string>();
   readonly #idleWaiters: (() => void)[] = [];
-  /** The batches in flight, each until its transactions ended, for {@link settledBefore}. */
+  /** The batches in flight, each until its transactions ended (how many run, and {@link settledBefore}). */
   readonly #inFlight = new Set<PendingAppend[]>();
   /** Woken whenever appends may have settled: a batch ended, or queued appends were rejected. */
   #progressWaiters: (() => void)[] = [];
@@ -577,7 +577,6 @@ export class AppendPipeline {
   };
   /** The rows of running tasks as this pipeline last committed them: a batch of those skips the locking read. */
   readonly #lastWritten: LastWrittenRows;
-  #activeBatches = 0;
   #flushScheduled = false;
   /**
    * Armed while appends wait for a second transaction that the batch size alone would not start (see
@@ -680,7 +679,7 @@ export class AppendPipeline {
 
   /** Resolves once every queued append has been committed or rejected. */
   async whenIdle(): Promise<void> {
-    if (this.#activeBatches === 0 && this.#queue.length === 0) return;
+    if (this.#inFlight.size === 0 && this.#queue.length === 0) return;
     await new Promise<void>((resolve) => this.#idleWaiters.push(resolve));
   }
 
@@ -695,11 +694,11 @@ export class AppendPipeline {
   }
 
   #flush(unthrottled = false): void {
-    while (this.#activeBatches < this.#options.maxConcurrentBatches && this.#queue.length > 0) {
+    while (this.#inFlight.size < this.#options.maxConcurrentBatches && this.#queue.length > 0) {
       // A second transaction in flight pays off only when it has enough to carry; otherwise the appends
       // wait for the running one to finish and go together (measured: larger batches beat more of them).
       // Not for ever: the running one may be slow, and the appends of every other task would wait as long.
-      if (!unthrottled && this.#activeBatches > 0 && this.#queue.length < this.#minConcurrentBatch) {
+      if (!unthrottled && this.#inFlight.size > 0 && this.#queue.length < this.#minConcurrentBatch) {
         this.#throttleTimer ??= setTimeout(() => {
           this.#throttleTimer = undefined;
           this.#flush(true);
@@ -712,16 +711,14 @@ export class AppendPipeline {
       if (batch.length === 0) break;
       const taskIds = new Set(batch.map((entry) => entry.taskId));
       for (const taskId of taskIds) this.#busyTasks.add(taskId);
-      this.#activeBatches += 1;
       this.#inFlight.add(batch);
       void this.#commitBatch(batch).finally(() => {
-        this.#activeBatches -= 1;
         this.#inFlight.delete(batch);
         clearTimeout(this.#throttleTimer);
         this.#throttleTimer = undefined;
         for (const taskId of taskIds) this.#busyTasks.delete(taskId);
         this.#flush();
-        if (this.#activeBatches === 0 && this.#queue.length === 0) {
+        if (this.#inFlight.size === 0 && this.#queue.length === 0) {
           for (const wake of this.#idleWaiters.splice(0)) wake();
         }
         this.#progressed();

@@ -550,11 +550,8 @@ export class TaskHub {
           }
           continue;
         }
-        if (run !== undefined) {
-          this.#newRun(entry);
-          entry.run = run;
-        }
-        this.#restart(entry, run);
+        if (run !== undefined) this.#startOver(entry, run);
+        else this.#restart(entry, undefined);
       } while (entry.checkAgain && !entry.closed);
     } catch (error) {
       this.#metrics.storeErrors.inc();
