@@ -55,6 +55,11 @@ async function runOneThenRunTwo(
 async function purgedAndCreatedAgain(store: MemoryProgressStore, clock: ManualClock): Promise<number> {
   clock.advance(1);
   await store.append('job-1', { type: 'completed' });
+  return createdAgain(store, clock);
+}
+
+/** Run 1, ended already, purged by retention and its id taken again: the new run's `createdAt`. */
+async function createdAgain(store: MemoryProgressStore, clock: ManualClock): Promise<number> {
   clock.advance(1);
   expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
   clock.advance(1);
@@ -172,10 +177,7 @@ describe("a read of the hub's that finds events past the end of the run it follo
     const { event: end } = await store.append('job-1', { type: 'completed' });
     emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt, events: [end] });
     await until(() => watcher.events.length === 4);
-    clock.advance(1);
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    clock.advance(1);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await createdAgain(store, clock);
     await runTwoItems(store, clock, 6);
     // Heard without its run (a safety-net poll, a store of an older version): only a read sees it.
     emit({ taskId: 'job-1', seq: 6, terminal: false });
@@ -279,10 +281,7 @@ describe('the end of the run followed, however the hub heard it, bounds what a l
         emit({ taskId: 'job-1', seq: 4, terminal: true, events: [result.event] });
       else emit({ taskId: 'job-1', seq: 4, terminal: true });
       await until(() => watcher.events.length === 4);
-      clock.advance(1);
-      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-      clock.advance(1);
-      await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+      await createdAgain(store, clock);
       await runTwoItems(store, clock, 6);
       emit({ taskId: 'job-1', seq: 6, terminal: false });
       await until(() => watcher.calls.length > 0 || watcher.events.length > 4);

@@ -316,16 +316,28 @@ describe('token renewal: the re-check window', () => {
     });
   }
 
+  /** A client of `token` following a new task of alice's, its snapshot received. */
+  async function watching(server: TestServer['server'], token: string) {
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed(token);
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    return { task, client };
+  }
+
+  /** Renews `client`'s credential with `token`, once its `hello` answered: the index of the frames after. */
+  async function renew(client: RawClient, token: string): Promise<number> {
+    const from = client.frames.length;
+    client.send({ type: 'auth', token, protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    return from;
+  }
+
   it('sends nothing of a task the renewed credential may not watch while its re-check runs', async () => {
     const held = gate();
     const { server } = await startScoped(held);
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = await authed('alice:300:all');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    const from = client.frames.length;
-    client.send({ type: 'auth', token: 'alice:60000:none', protocol: 2 });
-    await client.next((frame) => frame.type === 'hello', { from });
+    const { task, client } = await watching(server, 'alice:300:all');
+    const from = await renew(client, 'alice:60000:none');
     await sleep(350); // past the replaced credential's expiry, the re-check still running
     await task.progress({ done: 1 });
     await client.sync();
@@ -342,13 +354,8 @@ describe('token renewal: the re-check window', () => {
   it('delivers what the task did during a re-check that allows it, in order, once it passed', async () => {
     const held = gate();
     const { server } = await startScoped(held);
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = await authed('alice:60000:all');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    const from = client.frames.length;
-    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
-    await client.next((frame) => frame.type === 'hello', { from });
+    const { task, client } = await watching(server, 'alice:60000:all');
+    const from = await renew(client, 'alice:60000:some');
     await task.progress({ done: 1 });
     await task.complete();
     held.open();
@@ -366,13 +373,8 @@ describe('token renewal: the re-check window', () => {
     // re-check decides, and what was held must not go out under it before that.
     const held = gate();
     const { server } = await startScoped(held);
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = await authed('alice:60000:all');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    const from = client.frames.length;
-    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
-    await client.next((frame) => frame.type === 'hello', { from });
+    const { task, client } = await watching(server, 'alice:60000:all');
+    const from = await renew(client, 'alice:60000:some');
     client.send({ type: 'auth', token: 'alice:60000:none', protocol: 2 });
     await client.next(() => client.frames.slice(from).filter((frame) => frame.type === 'hello').length === 2);
     await task.progress({ done: 1 });
@@ -391,10 +393,7 @@ describe('token renewal: the re-check window', () => {
     // The restart is checked with the renewed credential itself; the re-check, whose stream it replaced
     // while the re-check's read ran, lets it go. What the restarted stream delivers must not wait for it.
     const { server, store } = await startScoped(gate());
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = await authed('alice:60000:all');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
+    const { task, client } = await watching(server, 'alice:60000:all');
     // The store slows down: the re-check's read waits, and the resubscribe lands meanwhile.
     const slow = gate();
     const getTask = store.getTask.bind(store);
@@ -402,9 +401,7 @@ describe('token renewal: the re-check window', () => {
       await slow.promise;
       return getTask(id);
     });
-    const from = client.frames.length;
-    client.send({ type: 'auth', token: 'alice:60000:all', protocol: 2 });
-    await client.next((frame) => frame.type === 'hello', { from });
+    const from = await renew(client, 'alice:60000:all');
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.sync();
     slow.open();
@@ -422,9 +419,7 @@ describe('token renewal: the re-check window', () => {
     const client = await authed('alice:60000:some');
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     await client.sync();
-    const from = client.frames.length;
-    client.send({ type: 'auth', token: 'alice:60000:all', protocol: 2 });
-    await client.next((frame) => frame.type === 'hello', { from });
+    const from = await renew(client, 'alice:60000:all');
     held.open();
     await client.next((frame) => frame.type === 'snapshot', { from });
     await task.progress({ done: 1 });
@@ -435,13 +430,8 @@ describe('token renewal: the re-check window', () => {
   it('ends the socket, rather than hold without bound, when the re-check never ends', async () => {
     const held = gate(); // never opened: the authorize hook of the renewed credential hangs
     const { server } = await startScoped(held, { maxQueuedFrames: 20 });
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = await authed('alice:60000:all');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    const from = client.frames.length;
-    client.send({ type: 'auth', token: 'alice:60000:some', protocol: 2 });
-    await client.next((frame) => frame.type === 'hello', { from });
+    const { task, client } = await watching(server, 'alice:60000:all');
+    await renew(client, 'alice:60000:some');
     for (let item = 1; item <= 30; item++) await task.item({ key: `node-${item}`, ok: true });
     const closed = await Promise.race([client.closed, sleep(5000).then(() => ({ code: 'still open' }))]);
     expect(closed.code).toBe(1006);
