@@ -58,6 +58,9 @@ import { WriteTransactions } from './write-transaction.js';
  * @module
  */
 
+/** The most damaged rows a store remembers having reported from `listTasks` (then it forgets them all). */
+const REPORTED_ROWS_MAX = 1000;
+
 /**
  * A {@link ProgressStore} on SQLite (better-sqlite3, WAL), for one machine: one process, or several
  * processes sharing a database file.
@@ -104,6 +107,10 @@ export class SqliteProgressStore implements ProgressStore {
   readonly #leases: LeaseContext;
   /** The worker that checkpoints the WAL, when `checkpoints` is `'background'` and the database is a file. */
   readonly #checkpoints: BackgroundCheckpoints | undefined;
+  /** The caller's `onError`, guarded (see `guardOnError`). */
+  readonly #onError: (error: unknown) => void;
+  /** The damaged rows `listTasks` skipped and reported, each once (cleared at {@link REPORTED_ROWS_MAX}). */
+  readonly #reportedRows = new Set<string>();
   #closed = false;
   /** What close() returns, every time it is called. */
   #closing: Promise<void> | undefined;
@@ -119,6 +126,7 @@ export class SqliteProgressStore implements ProgressStore {
     const resolved = resolveSqliteStoreOptions(options);
     // Every report goes through it: most come from timers and listeners, where a throw ended the process.
     const onError = guardOnError(resolved.onError);
+    this.#onError = onError;
     this.#clock = resolved.clock;
     this.#ownsDatabase = typeof resolved.database === 'string';
     const database =
@@ -233,12 +241,48 @@ export class SqliteProgressStore implements ProgressStore {
       const { owner, statuses, limit } = parseListTasksQuery(query);
       this.#appends.flush();
       if (statuses !== undefined && statuses.length === 0) return [];
-      const rows =
-        statuses === undefined
-          ? this.#q.listTasks.all({ owner, limit })
-          : this.#q.listTasksByStatus.all({ owner, statuses: JSON.stringify(statuses), limit });
-      return rows.map((row) => rowToTask(row as TaskRow));
+      const damaged = new Map<string, unknown>();
+      let tasks: Task[] = [];
+      // A damaged row is skipped, not the whole list: one row edited by hand denied its owner every list.
+      // Its place goes to the next task, so the list still holds the `limit` newest readable tasks: the
+      // query is run again for as many more rows as it skipped (the rows read before come again, first).
+      // Each run that skipped reads more rows than the last, so the loop ends once the owner's rows do.
+      for (let read = limit; ; ) {
+        const rows =
+          statuses === undefined
+            ? this.#q.listTasks.all({ owner, limit: read })
+            : this.#q.listTasksByStatus.all({ owner, statuses: JSON.stringify(statuses), limit: read });
+        tasks = [];
+        for (const row of rows) {
+          try {
+            tasks.push(rowToTask(row as TaskRow));
+          } catch (error) {
+            damaged.set(String((row as TaskRow).id), error);
+          }
+        }
+        if (tasks.length >= limit || rows.length < read) break;
+        read = limit + (rows.length - tasks.length);
+      }
+      for (const [taskId, error] of damaged) this.#reportSkippedRow(taskId, error);
+      return tasks.slice(0, limit);
     });
+  }
+
+  /**
+   * Reports a damaged row `listTasks` skipped, once per row and store: a list asked for every few seconds
+   * must not flood the log with the same row.
+   */
+  #reportSkippedRow(taskId: string, error: unknown): void {
+    if (this.#reportedRows.has(taskId)) return;
+    if (this.#reportedRows.size >= REPORTED_ROWS_MAX) this.#reportedRows.clear();
+    this.#reportedRows.add(taskId);
+    this.#onError(
+      new ProgressError(
+        ErrorCode.Internal,
+        `${error instanceof Error ? error.message : String(error)}; listTasks left the task out of its lists (getTask and readEvents of it fail with this error) until the row is repaired or purged`,
+        { cause: error, taskId },
+      ),
+    );
   }
 
   append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {

@@ -91,8 +91,9 @@ export interface SqliteProgressStoreOptions {
   checkpoints?: SqliteCheckpoints;
   /**
    * Receives what a change listener throws, what goes wrong while polling for other processes' commits,
-   * the background checkpoint worker's failures, and a task row the lease reaper could not read (it drops
-   * that row's expired lease; `internal`, with its `taskId`); the store keeps working either way. Use it to
+   * the background checkpoint worker's failures, a task row the lease reaper could not read (it drops
+   * that row's expired lease; `internal`, with its `taskId`), and a task row `listTasks` could not read (it
+   * leaves the row out of its lists, reported once per store); the store keeps working either way. Use it to
    * log. It is called from timers and a worker thread's listeners, where nothing could catch a throw but
    * the process's `uncaughtException`: what it throws is caught instead, the first time reported as a
    * process warning (`process.emitWarning`, code `FINISHLINE_SQLITE_ON_ERROR_THREW`, with the error it

@@ -574,6 +574,44 @@ describe('bad input and damaged data', () => {
     }
   });
 
+  it('a damaged row is left out of listTasks, reported once, and its place goes to the next task', async () => {
+    const database = new Database(':memory:');
+    const errors: unknown[] = [];
+    let now = 1_000;
+    const store = new SqliteProgressStore({
+      database,
+      clock: () => now,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      // Newest first: e, d, c, b, a.
+      for (const id of ['a', 'b', 'c', 'd', 'e']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k' });
+        now += 1;
+      }
+      await store.createTask({ id: 'other', owner: 'bob', kind: 'k' });
+      database.prepare("UPDATE finishline_tasks SET result = 'not json' WHERE id = 'd'").run();
+      database.prepare("UPDATE finishline_tasks SET status = 'paused' WHERE id = 'b'").run();
+      const ids = (tasks: { id: string }[]) => tasks.map((task) => task.id);
+      // Before, one damaged row rejected every list of its owner.
+      expect(ids(await store.listTasks({ owner: 'alice' }))).toEqual(['e', 'c', 'a']);
+      // Still the `limit` newest readable tasks: the damaged row's place is not lost.
+      expect(ids(await store.listTasks({ owner: 'alice', limit: 2 }))).toEqual(['e', 'c']);
+      expect(ids(await store.listTasks({ owner: 'alice', limit: 3 }))).toEqual(['e', 'c', 'a']);
+      expect(ids(await store.listTasks({ owner: 'alice', statuses: ['running'], limit: 1 }))).toEqual(['e']);
+      expect(ids(await store.listTasks({ owner: 'bob' }))).toEqual(['other']);
+      // Each damaged row reported once, typed and naming its task, not on every list.
+      expect(errors.map((error) => (error as { taskId?: string }).taskId).sort()).toEqual(['b', 'd']);
+      expect(errors.every((error) => isProgressError(error, ErrorCode.Internal))).toBe(true);
+      // Reading the damaged task itself is a typed error.
+      await expectCode(store.getTask('d'), ErrorCode.Internal);
+      await expectCode(store.getTask('b'), ErrorCode.Internal);
+    } finally {
+      await store.close();
+      database.close();
+    }
+  });
+
   it('a listener that throws is reported to onError and does not disturb the append or other listeners', async () => {
     const errors: unknown[] = [];
     const store = new SqliteProgressStore({ database: ':memory:', onError: (error) => errors.push(error) });
