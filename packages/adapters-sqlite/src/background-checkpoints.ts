@@ -22,6 +22,13 @@ import { isConnectionClosed, toProgressError } from './sqlite-errors.js';
  * (the WAL stays bounded even if the worker falls behind), and gets its own setting back (SQLite's
  * default is 1,000 pages) when the worker fails or the store closes.
  *
+ * A worker that fails (an I/O error, the thread dying) is replaced: the store checkpoints inline meanwhile,
+ * and the next checkpoint asked for at least {@link FIRST_RESTART_DELAY_MS} later starts a new worker, the
+ * delay doubling up to {@link MAX_RESTART_DELAY_MS} while the new ones fail too. Before, one failure,
+ * however passing, took the background checkpoints away for the life of the store. The failure is reported
+ * once per streak: again only after a worker checkpointed since. No timer is involved: a restart is tried
+ * from a commit, so a closed store has nothing left behind.
+ *
  * The worker is started the first time it is asked for a checkpoint, not when the store opens: a store
  * that writes little never starts a thread. It holds nothing alive (`unref`), and `stop()` ends it.
  *
@@ -49,6 +56,12 @@ export const CHECKPOINT_INTERVAL_MS = 20;
  * as without a worker.
  */
 export const FALLBACK_AUTOCHECKPOINT_PAGES = 10_000;
+
+/** Least time, in milliseconds, between a worker's failure and the start of the next one. */
+export const FIRST_RESTART_DELAY_MS = 1_000;
+
+/** Most time, in milliseconds, between a failure and the next start while new workers keep failing. */
+export const MAX_RESTART_DELAY_MS = 300_000;
 
 /**
  * The worker's code, run with `eval` (CommonJS): a file would need its own build entry, and the tests
@@ -97,7 +110,8 @@ parentPort.on('message', (message) => {
 export interface CheckpointStats {
   /**
    * The worker: `'idle'` before the first checkpoint started it, `'running'`, `'failed'` (the store
-   * checkpoints inline since; the failure went to `onError`), `'stopped'` once `close()` ended it.
+   * checkpoints inline until a new worker, started by a later checkpoint after a delay that backs off
+   * from 1 s to 5 min, runs again; the failure went to `onError`), `'stopped'` once `close()` ended it.
    */
   worker: 'idle' | 'running' | 'failed' | 'stopped';
   /** Checkpoints the worker ran. */
@@ -111,11 +125,14 @@ export interface BackgroundCheckpointsOptions {
   /** The store's connection, in WAL mode. */
   database: SqliteDatabase;
   /**
-   * Receives the worker's failure (the store then checkpoints inline, as without a worker), and a failure
-   * to give the connection its `wal_autocheckpoint` back then. Called from the worker's listeners, where
-   * nothing catches a throw: it must not throw (the store passes its guarded `onError`).
+   * Receives the worker's failure, once per streak (the store then checkpoints inline until a new worker
+   * checkpoints), and a failure to give the connection its `wal_autocheckpoint` back then. Called from the
+   * worker's listeners, where nothing catches a throw: it must not throw (the store passes its guarded
+   * `onError`).
    */
   onError: (error: unknown) => void;
+  /** Least time between a failure and the next worker's start; {@link FIRST_RESTART_DELAY_MS} by default. */
+  firstRestartDelayMs?: number;
 }
 
 function autocheckpoint(database: SqliteDatabase): number {
@@ -143,7 +160,15 @@ export class BackgroundCheckpoints {
   /** The database file's absolute path, which the worker opens. */
   readonly #file: string;
   readonly #onError: (error: unknown) => void;
+  readonly #firstRestartDelayMs: number;
   #worker: Worker | undefined;
+  /** This store keeps the connection's `wal_autocheckpoint` raised (counted in `raised`). */
+  #raising = false;
+  /** After a failure: when (`performance.now()`) a new worker may start, and the delay after the next one. */
+  #restartAt = 0;
+  #restartDelayMs = 0;
+  /** A failure was reported and no worker checkpointed since: further failures of the streak are not. */
+  #failing = false;
   /** The connection's `total_changes()` when it last asked for a checkpoint. */
   #changesAtLastAsk = 0;
   readonly #stats: CheckpointStats = { worker: 'idle', checkpoints: 0, framesCheckpointed: 0 };
@@ -152,6 +177,12 @@ export class BackgroundCheckpoints {
     this.#database = options.database;
     this.#file = file;
     this.#onError = options.onError;
+    this.#firstRestartDelayMs = options.firstRestartDelayMs ?? FIRST_RESTART_DELAY_MS;
+    this.#raiseAutocheckpoint();
+  }
+
+  /** Raises the connection's `wal_autocheckpoint` to the fallback while this store's worker runs. */
+  #raiseAutocheckpoint(): void {
     const entry = raised.get(this.#database);
     if (entry !== undefined) {
       entry.stores += 1;
@@ -160,6 +191,7 @@ export class BackgroundCheckpoints {
       setAutocheckpoint(this.#database, FALLBACK_AUTOCHECKPOINT_PAGES);
       raised.set(this.#database, { own, stores: 1 });
     }
+    this.#raising = true;
   }
 
   /**
@@ -184,10 +216,12 @@ export class BackgroundCheckpoints {
    * failed (a worker that cannot start is reported on `onError`).
    */
   committed(totalChanges: number): void {
-    if (this.#ended() || totalChanges - this.#changesAtLastAsk < CHECKPOINT_AFTER_ROWS) return;
+    if (this.#stopped() || totalChanges - this.#changesAtLastAsk < CHECKPOINT_AFTER_ROWS) return;
+    // After a failure, inline checkpoints (at the connection's own setting) until the delay has passed.
+    if (this.#stats.worker === 'failed' && performance.now() < this.#restartAt) return;
     this.#changesAtLastAsk = totalChanges;
     try {
-      this.#worker ??= this.#start();
+      this.#worker ??= this.#restart();
       this.#worker?.postMessage('checkpoint');
     } catch {
       // Nothing here is expected to throw (#start reports its own failures, the store's onError is
@@ -211,9 +245,9 @@ export class BackgroundCheckpoints {
       worker.postMessage('stop');
     }
     // After the worker was told to stop: a restore that fails must not leave the thread running.
-    if (!this.#ended()) {
+    if (!this.#stopped()) {
       this.#stats.worker = 'stopped';
-      this.#restoreAutocheckpoint();
+      if (this.#raising) this.#restoreAutocheckpoint();
     }
     await exited;
   }
@@ -226,6 +260,7 @@ export class BackgroundCheckpoints {
    * exception, which ends a server's process. Any other failure is a typed error.
    */
   #restoreAutocheckpoint(): void {
+    this.#raising = false;
     const entry = raised.get(this.#database);
     if (entry === undefined || --entry.stores > 0) return;
     raised.delete(this.#database);
@@ -237,9 +272,25 @@ export class BackgroundCheckpoints {
     }
   }
 
-  /** No worker any more: it failed, or `stop()` was called. Commits then ask for nothing. */
-  #ended(): boolean {
-    return this.#stats.worker === 'failed' || this.#stats.worker === 'stopped';
+  /** `stop()` was called: commits ask for nothing any more. */
+  #stopped(): boolean {
+    return this.#stats.worker === 'stopped';
+  }
+
+  /**
+   * A worker again after a failure (the connection's setting raised again for it), or the first one.
+   * A failure to raise it is one more failure of the streak.
+   */
+  #restart(): Worker | undefined {
+    if (this.#stats.worker === 'failed' && !this.#raising) {
+      try {
+        this.#raiseAutocheckpoint();
+      } catch (error) {
+        this.#failed(undefined, error);
+        return undefined;
+      }
+    }
+    return this.#start();
   }
 
   #start(): Worker | undefined {
@@ -255,6 +306,9 @@ export class BackgroundCheckpoints {
       worker.unref();
       this.#stats.worker = 'running';
       worker.on('message', (message: { frames: number }) => {
+        // A checkpoint ran: the failure streak, if any, is over.
+        this.#failing = false;
+        this.#restartDelayMs = 0;
         this.#stats.checkpoints += 1;
         this.#stats.framesCheckpointed += Math.max(0, message.frames);
       });
@@ -270,28 +324,39 @@ export class BackgroundCheckpoints {
   }
 
   /**
-   * The worker is gone: the store's connection checkpoints inline again (at its own `wal_autocheckpoint`),
-   * and the failure is reported once. Runs in the worker's listeners, so nothing may leave it: a failure
-   * to give the setting back is reported on `onError` too (typed), after the worker's. It escaped the
-   * listener as an uncaught exception, which ends a server's process.
+   * The worker is gone: the store's connection checkpoints inline again (at its own `wal_autocheckpoint`)
+   * until a later checkpoint starts a new worker, after a delay that doubles while they keep failing, and
+   * the failure is reported once per streak. Runs in the worker's listeners, so nothing may leave it: a
+   * failure to give the setting back is reported on `onError` too (typed), after the worker's. It escaped
+   * the listener as an uncaught exception, which ends a server's process.
    */
   #failed(worker: Worker | undefined, cause: unknown): void {
-    if (this.#ended() || worker !== this.#worker) return;
+    if (this.#stopped() || worker !== this.#worker) return;
     this.#worker = undefined;
     this.#stats.worker = 'failed';
-    this.#onError(
-      new ProgressError(
-        ErrorCode.StoreUnavailable,
-        `Background WAL checkpoints stopped (the store checkpoints in its commits from now on): ${
-          cause instanceof Error ? cause.message : String(cause)
-        }`,
-        { cause },
-      ),
-    );
+    this.#restartDelayMs =
+      this.#restartDelayMs === 0
+        ? this.#firstRestartDelayMs
+        : Math.min(MAX_RESTART_DELAY_MS, this.#restartDelayMs * 2);
+    this.#restartAt = performance.now() + this.#restartDelayMs;
+    const first = !this.#failing;
+    if (first) {
+      this.#failing = true;
+      this.#onError(
+        new ProgressError(
+          ErrorCode.StoreUnavailable,
+          `Background WAL checkpoints stopped (the store checkpoints in its commits until a new worker, started by a later checkpoint after a delay that backs off from 1 s to 5 min, runs again; further failures before then are not reported): ${
+            cause instanceof Error ? cause.message : String(cause)
+          }`,
+          { cause },
+        ),
+      );
+    }
+    if (!this.#raising) return;
     try {
       this.#restoreAutocheckpoint();
     } catch (error) {
-      this.#onError(error);
+      if (first) this.#onError(error);
     }
   }
 }

@@ -81,7 +81,9 @@ export interface SqliteProgressStoreOptions {
    *   neither the store's reads nor its writes); the thread starts with the first checkpoint. The store's commits then never stall the event loop for a
    *   checkpoint; measured with 1,000 tasks appending at once, 105–117k appends/s against 86–92k
    *   inline (see the README). The store's connection keeps `wal_autocheckpoint` at 10,000 pages as a safety net, and
-   *   goes back to checkpointing inline (reported on `onError`) if the worker fails.
+   *   goes back to checkpointing inline (reported on `onError`, once per streak of failures) if the worker
+   *   fails, until a new worker, started by a checkpoint at least 1 s later (doubling to 5 min while they
+   *   keep failing), runs again.
    * - `'inline'`: in the commit that takes the WAL past SQLite's `wal_autocheckpoint` (1,000 pages),
    *   on the event loop, as SQLite does by default.
    * A database in memory has no WAL; a temporary one (`''`) cannot be opened by a second connection:

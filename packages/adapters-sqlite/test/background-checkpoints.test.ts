@@ -1,8 +1,8 @@
-import { rmSync } from 'node:fs';
+import { renameSync, rmSync } from 'node:fs';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FALLBACK_AUTOCHECKPOINT_PAGES } from '../src/background-checkpoints.js';
+import { BackgroundCheckpoints, FALLBACK_AUTOCHECKPOINT_PAGES } from '../src/background-checkpoints.js';
 import { SqliteProgressStore } from '../src/index.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
@@ -138,6 +138,86 @@ describe("checkpoints: 'background' (the default)", () => {
     expect(store.checkpointStats()?.worker).toBe('failed');
     // The store goes on working.
     await appendSome(store, 5);
+    expect(errors).toHaveLength(1);
+  });
+
+  it('starts a new worker after a failure once the delay passed, and checkpoints in the background again', async () => {
+    const errors: unknown[] = [];
+    const { store, database, file } = storeOnFile({ onError: (error) => errors.push(error) });
+    // The worker, opening the file by name, finds none: a failure that passes once the file is back.
+    renameSync(file, `${file}.away`);
+    await appendSome(store);
+    await eventually('the worker’s failure reported', () => errors.length > 0);
+    expect(store.checkpointStats()?.worker).toBe('failed');
+    expect(autocheckpoint(database)).toBe(1000);
+    renameSync(`${file}.away`, file);
+    // Before the delay (1 s): inline checkpoints, no new worker.
+    await appendSome(store);
+    expect(store.checkpointStats()?.worker).toBe('failed');
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    // Before, the store checkpointed inline for the rest of its life after one failure, however passing.
+    await appendSome(store);
+    await eventually('a background checkpoint', () => (store.checkpointStats()?.checkpoints ?? 0) > 0);
+    expect(store.checkpointStats()?.worker).toBe('running');
+    expect(autocheckpoint(database)).toBe(FALLBACK_AUTOCHECKPOINT_PAGES);
+    expect(errors).toHaveLength(1);
+    await store.close();
+    expect(autocheckpoint(database)).toBe(1000);
+  });
+
+  it('retries with a doubling delay, reports the failure once per streak, and stop() leaves nothing running', async () => {
+    const temp = tempDatabase();
+    const database = new Database(temp.file);
+    database.pragma('journal_mode = WAL');
+    database.exec('CREATE TABLE t (x); INSERT INTO t VALUES (1)');
+    const errors: unknown[] = [];
+    const checkpoints = BackgroundCheckpoints.start({
+      database,
+      onError: (error) => errors.push(error),
+      firstRestartDelayMs: 300,
+    });
+    cleanups.push(temp.remove, () => {
+      database.close();
+    });
+    if (checkpoints === undefined) throw new Error('a file database gets background checkpoints');
+    const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+    const failedAgain = () => eventually('the worker failed', () => checkpoints.stats.worker === 'failed');
+    renameSync(temp.file, `${temp.file}.away`);
+    let changes = 0;
+    // A commit that takes the connection's changed rows past the next checkpoint's threshold.
+    const ask = () => {
+      changes += 1_000;
+      checkpoints.committed(changes);
+    };
+    ask();
+    expect(checkpoints.stats.worker).toBe('running');
+    await failedAgain();
+    expect(errors).toHaveLength(1);
+    // Within the delay: no new worker.
+    ask();
+    expect(checkpoints.stats.worker).toBe('failed');
+    await sleep(350);
+    ask();
+    expect(checkpoints.stats.worker).toBe('running');
+    await failedAgain();
+    // The same streak: not reported again.
+    expect(errors).toHaveLength(1);
+    // The delay doubled (600 ms).
+    await sleep(200);
+    ask();
+    expect(checkpoints.stats.worker).toBe('failed');
+    renameSync(`${temp.file}.away`, temp.file);
+    await sleep(450);
+    ask();
+    expect(checkpoints.stats.worker).toBe('running');
+    await eventually('a background checkpoint', () => checkpoints.stats.checkpoints > 0);
+    expect(autocheckpoint(database)).toBe(FALLBACK_AUTOCHECKPOINT_PAGES);
+    await checkpoints.stop();
+    expect(checkpoints.stats.worker).toBe('stopped');
+    expect(autocheckpoint(database)).toBe(1000);
+    // Stopped: a commit starts nothing.
+    ask();
+    expect(checkpoints.stats.worker).toBe('stopped');
     expect(errors).toHaveLength(1);
   });
 
