@@ -29,6 +29,11 @@ export interface FallbackHost {
   fatal(error: ProgressError): void;
   /** The task cannot be watched (not found, forbidden): end its watches. */
   failTask(task: TaskSubscription, error: ProgressError): void;
+  /**
+   * Polls every unfinished watch over HTTP and returns true; set by the client's `httpFallback` when it
+   * attaches to the same host (none without one).
+   */
+  poll?: () => true;
 }
 
 /** The fallback transport bound to one client. @internal */
@@ -72,13 +77,14 @@ export interface FallbackWire {
    * Follows a task from after `from`, handing every frame to the host's `onFrame`; `onEnd` is called once
    * when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
    * refused the stream (401, 403, 404, 503…), and whether it was `served`: it delivered anything (its
-   * opening comment, a heartbeat, a frame). `onReject` is told of every frame the stream brought that the
+   * opening comment, a heartbeat, a frame), and whether it `stalled`: the open brought nothing within
+   * `connectTimeoutMs`. `onReject` is told of every frame the stream brought that the
    * client rejects (`invalid_frame`, `frame_too_large`, `unknown_frame`). Returns the function that stops it.
    */
   follow(
     taskId: string,
     from: FallbackCursor,
-    onEnd: (refusal: ProgressError | undefined, served: boolean) => void,
+    onEnd: (refusal: ProgressError | undefined, served: boolean, stalled?: boolean) => void,
     onReject: (error: ProgressError) => void,
   ): () => void;
   /** Acknowledges `seq` of a task (cumulative); sent again after a failure answer, a few times at most. */
@@ -104,16 +110,24 @@ export class FallbackStreams implements FallbackRuntime {
   readonly #acked = new WeakSet<TaskSubscription>();
   /** Each watch's pace of reopening its stream, the socket's own (kept as long as the watch is). */
   readonly #pacing = new WeakMap<TaskSubscription, ReconnectPacing>();
+  /**
+   * Opens in a row (of any watch) that stalled: nothing within `connectTimeoutMs`, the mark of a proxy
+   * that buffers event streams until they end. From `#stallLimit` on, the client polls over HTTP instead.
+   */
+  #stalls = 0;
+  readonly #stallLimit: number;
 
-  constructor(host: FallbackHost, wire: FallbackWire) {
+  constructor(host: FallbackHost, wire: FallbackWire, pollAfterStalls: number) {
     this.#host = host;
     this.#wire = wire;
+    this.#stallLimit = pollAfterStalls || Infinity;
   }
 
   start(): void {
     // Each failed socket attempt calls it again: the streams it opened go on, the cut ones wait their
-    // turn, the refused ones their backoff.
-    if (this.#streaming) return;
+    // turn, the refused ones their backoff. Behind a proxy that buffers them, HTTP polling goes instead
+    // (already polling: nothing changes).
+    if (this.#streaming || (this.#stalls >= this.#stallLimit && this.#host.poll?.())) return;
     this.#streaming = true;
     for (const task of this.#host.tasks()) this.open(task);
   }
@@ -172,7 +186,7 @@ export class FallbackStreams implements FallbackRuntime {
     const stop = this.#wire.follow(
       taskId,
       { seq: task.cursor.seq, epoch: task.epoch },
-      (refusal, served) => {
+      (refusal, served, stalled) => {
         // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
         // not while opening either (no `fetch`: nothing to ask again).
         const own = entry && this.#streams.get(taskId) === entry;
@@ -196,6 +210,13 @@ export class FallbackStreams implements FallbackRuntime {
         // server that is down, out of store or over its cap busy answering them.
         // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
         // refused one on the task's retry timer, out of a wake's reach.
+        // A stream served starts the count of stalls over. Past the limit the streams make way for HTTP
+        // polling, when the client has it: behind a proxy that buffers them, reopening them for ever showed
+        // a watch nothing of its task before the task's end.
+        if (own) {
+          this.#stalls = served ? 0 : this.#stalls + (stalled ? 1 : 0);
+          if (this.#stalls >= this.#stallLimit && this.#host.poll?.()) return this.stop();
+        }
         if (own && !task.cursor.finished && this.#host.current(task)) {
           if (served) pacing.down();
           const delayMs = pacing.nextDelayMs(served);

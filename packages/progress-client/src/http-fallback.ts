@@ -187,6 +187,11 @@ export interface HttpHost {
   fatal(error: ProgressError): void;
   /** The task cannot be watched (not found, forbidden): end its watches. */
   failTask(task: TaskSubscription, error: ProgressError): void;
+  /**
+   * Set by the HTTP fallback when it attaches: starts its polling, for the fallback transport that shares
+   * the host (`FallbackHost.poll`), whose streams a proxy buffers.
+   */
+  poll?: () => true;
 }
 
 /** The HTTP fallback bound to one client. @internal */
@@ -251,6 +256,10 @@ class HttpPoller implements HttpFallbackRuntime {
       timeoutMs: o.connectTimeoutMs,
     });
     this.#timer = new Timeout(host.timers);
+    host.poll = () => {
+      this.start();
+      return true;
+    };
   }
 
   start(): void {

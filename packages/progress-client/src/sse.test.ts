@@ -957,7 +957,8 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
       const sse = new FakeSse();
       const { client, scheduler } = setup({
         preferFallback: true,
-        fallbackTransport: sseFallback({ fetch: fetchOf(sse) }),
+        // (The streams alone: by default, two such opens in a row move the client to HTTP polling, below.)
+        fallbackTransport: sseFallback({ fetch: fetchOf(sse), pollAfterStalls: 0 }),
       });
       client.watch('t1');
       await flush();
@@ -978,6 +979,80 @@ describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.
       expect(scheduler.pending).toBe(0);
     },
   );
+
+  it('polls over HTTP after pollAfterStalls opens in a row that brought nothing (a proxy buffering the streams), until a hello; at once in the next fallback', async () => {
+    // Behind a proxy that holds an event stream's bytes until it ends, every open stalled and was opened
+    // again, for ever: the watch showed nothing of its task before the task's end.
+    const ctx = sseSetup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 1000 });
+    const { client, server, scheduler, http, sse } = ctx;
+    const task = new FakeTask('t1', 5);
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    expect(sse.streams).toHaveLength(1);
+    // Two opens of connectTimeoutMs (10 s), a failed open's step (1 s, random 0.5) between them.
+    await scheduler.advance(20_499);
+    expect(sse.streams).toHaveLength(2);
+    expect(http.requests).toEqual([]);
+    await scheduler.advance(1);
+    expect(sse.streams.every((stream) => stream.aborted())).toBe(true);
+    await flush();
+    expect(http.requests.map((request) => request.url)).toEqual([
+      'http://example.test/progress/tasks/t1',
+      'http://example.test/progress/tasks/t1/events?afterSeq=0',
+    ]);
+    expect(watch.getSnapshot().progress).not.toBeNull();
+    // Polling from now on; the socket's failed attempts meanwhile open no stream.
+    await scheduler.advance(30_000);
+    expect(sse.streams).toHaveLength(2);
+    expect(http.requests.length).toBeGreaterThan(20);
+    // A hello ends the polling; the next fallback polls at once, without stalling on streams first.
+    await nextSocket(ctx, server.sockets.length + 1);
+    server.accept();
+    await scheduler.advance(0);
+    const polled = http.requests.length;
+    await scheduler.advance(10_000);
+    expect(http.requests).toHaveLength(polled);
+    server.last.serverClose(1006); // a cut, then a failed attempt
+    await nextSocket(ctx, server.sockets.length + 1);
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    await flush();
+    expect(http.requests.length).toBeGreaterThan(polled);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+  });
+
+  it('counts stalled opens in a row only: a stream served in between starts the count over; without the HTTP fallback the streams go on', async () => {
+    for (const withHttp of [true, false]) {
+      const { client, scheduler, http, sse } = sseSetup({
+        preferFallback: true,
+        ...(!withHttp && { httpFallback: false }),
+      });
+      client.watch('t1');
+      await flush();
+      await scheduler.advance(10_000); // stalled
+      await scheduler.advance(500);
+      const served = sse.streams[1] as SseRequest;
+      served.write(OPENING);
+      await flush();
+      served.end(); // served, then cut: reopened after a step at most
+      await scheduler.advance(1000);
+      expect(sse.streams).toHaveLength(3);
+      await scheduler.advance(10_000); // stalled: one in a row
+      expect(http.requests).toEqual([]);
+      await scheduler.advance(2000);
+      expect(sse.streams).toHaveLength(4);
+      await scheduler.advance(10_000); // stalled: two in a row
+      await flush();
+      expect(http.requests.length > 0).toBe(withHttp);
+      await scheduler.advance(60_000);
+      if (withHttp) expect(sse.streams).toHaveLength(4);
+      else expect(sse.streams.length).toBeGreaterThan(4);
+      await client.close();
+    }
+  });
 
   it('gives up on an open whose token function never returns at connectTimeoutMs, and opens again', async () => {
     // The deadline aborted a `fetch` that was never called: the stream waited on the token for ever, with

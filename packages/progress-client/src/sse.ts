@@ -66,6 +66,15 @@ const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
 export interface SseFallbackOptions {
   /** @default globalThis.fetch */
   fetch?: StreamingFetch;
+  /**
+   * After this many opens in a row (of any watch) that brought not a byte within `connectTimeoutMs` (a
+   * proxy that buffers event streams until they end: the server writes its opening comment at once), the
+   * client polls its watches over HTTP instead, for as long as it would have used the streams (the socket's
+   * `hello` ends it; the next fallback polls at once). Needs the client's `httpFallback`: without it the
+   * streams go on. 0 never moves to polling.
+   * @default 2
+   */
+  pollAfterStalls?: number;
 }
 
 /**
@@ -81,7 +90,9 @@ export interface SseFallbackOptions {
  */
 export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport {
   const fetchImpl = (options.fetch ?? (globalThis as { fetch?: StreamingFetch }).fetch)?.bind(globalThis);
-  return { attach: (host) => new FallbackStreams(host, sseWire(host, fetchImpl)) };
+  return {
+    attach: (host) => new FallbackStreams(host, sseWire(host, fetchImpl), options.pollAfterStalls ?? 2),
+  };
 }
 
 /** The SSE requests about one task, with the client's `httpUrl`, `headers`, `token` and `httpCredentials`. */
@@ -124,18 +135,19 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         if (!ended)
           quiet = host.timers.start(
             // Ended here, not only aborted: an open still waiting on the token function has no `fetch` the
-            // abort could end, and one that never returned held the stream (and its watch) for ever.
-            end,
+            // abort could end, and one that never returned held the stream (and its watch) for ever. An open
+            // that brought nothing by then stalled (see `pollAfterStalls`).
+            () => end(undefined, !delivered),
             delivered ? (o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs) : o.connectTimeoutMs,
           );
       };
-      const end = (refusal?: ProgressError) => {
+      const end = (refusal?: ProgressError, stalled?: boolean) => {
         if (ended) return;
         ended = true;
         quiet();
         // Whatever ended it: a request still out (a read, a refusal's unread body) is let go.
         abort.abort();
-        onEnd(refusal, delivered);
+        onEnd(refusal, delivered, stalled);
       };
       heard();
       void (async () => {
