@@ -120,7 +120,8 @@ export class FallbackStreams implements FallbackRuntime {
   constructor(host: FallbackHost, wire: FallbackWire, pollAfterStalls: number) {
     this.#host = host;
     this.#wire = wire;
-    this.#stallLimit = pollAfterStalls || Infinity;
+    // 0 (or anything not above it) never moves to polling.
+    this.#stallLimit = pollAfterStalls > 0 ? pollAfterStalls : Infinity;
   }
 
   start(): void {

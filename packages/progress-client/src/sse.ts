@@ -71,7 +71,7 @@ export interface SseFallbackOptions {
    * proxy that buffers event streams until they end: the server writes its opening comment at once), the
    * client polls its watches over HTTP instead, for as long as it would have used the streams (the socket's
    * `hello` ends it; the next fallback polls at once). Needs the client's `httpFallback`: without it the
-   * streams go on. 0 never moves to polling.
+   * streams go on. 0 (or less) never moves to polling.
    * @default 2
    */
   pollAfterStalls?: number;
