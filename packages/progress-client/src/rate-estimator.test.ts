@@ -59,4 +59,17 @@ describe('RateEstimator', () => {
       propertyParams(300),
     );
   });
+
+  it('holds a bounded window when a server stamps every event with one time (a batch, a stopped clock)', () => {
+    const rate = new RateEstimator(10_000);
+    const time = Date.UTC(2026, 0, 1);
+    // Held while measured: every sample the window kept is still live.
+    const before = process.memoryUsage().heapUsed;
+    for (let done = 0; done < 2_000_000; done++) rate.add(time, done);
+    const grownBytes = process.memoryUsage().heapUsed - before;
+    // Two numbers a sample: 2,000,000 kept samples are 32 MB or more (unfixed: about 90 MB measured).
+    expect(grownBytes).toBeLessThan(8_000_000);
+    rate.add(time + 1000, 2_000_010);
+    expect(rate.rate()).toBe(2_000_010); // from the first sample: the rate is unchanged
+  });
 });

@@ -26,18 +26,21 @@ export class RateEstimator {
     const times = this.#times;
     const n = times.length;
     // A count or a clock that goes backwards (a snapshot from a replica with another clock, a restored
-    // cursor) makes every older sample meaningless: start over rather than report a negative rate.
-    if (n > 0 && (done < (this.#done[n - 1] as number) || time < (times[n - 1] as number))) {
-      times.length = 0;
-      this.#done.length = 0;
-    }
+    // cursor) makes every older sample meaningless: start over rather than report a negative rate. (On an
+    // empty window both compare with `undefined`: false.)
+    if (done < (this.#done[n - 1] as number) || time < (times[n - 1] as number))
+      times.length = this.#done.length = 0;
+    // Of the samples of one millisecond only the first and the latest can be the anchor or the last one:
+    // a third replaces the second. Kept, every sample counted: a server that stamped its events with one
+    // time (a batch of items, a clock that stopped) grew the window without bound, and a task of many
+    // events a millisecond grew it to one sample each.
+    else if (time === times[n - 2]) times.length = this.#done.length = n - 1;
     times.push(time);
     this.#done.push(done);
-    const horizon = time - this.#windowMs;
-    // Keep the newest sample at or before the horizon as the window's anchor, so a slow task (one item
-    // per window) still has two samples to measure.
+    // Keep the newest sample at or before the horizon (`time - windowMs`) as the window's anchor, so a slow
+    // task (one item per window) still has two samples to measure. (Past the end, `undefined <= …` is false.)
     let drop = 0;
-    while (drop + 1 < times.length && (times[drop + 1] as number) <= horizon) drop++;
+    while ((times[drop + 1] as number) <= time - this.#windowMs) drop++;
     if (drop > 0) {
       times.splice(0, drop);
       this.#done.splice(0, drop);
