@@ -31,6 +31,24 @@ class MapStorage implements WebStorageLike {
   }
 }
 
+/** Web Storage as browsers have it: with `length` and `key()`, and a quota of `capacity` entries. */
+class QuotaStorage extends MapStorage {
+  constructor(readonly capacity = Number.POSITIVE_INFINITY) {
+    super();
+  }
+  get length(): number {
+    return this.map.size;
+  }
+  key(index: number): string | null {
+    return [...this.map.keys()][index] ?? null;
+  }
+  override setItem(key: string, value: string): void {
+    if (!this.map.has(key) && this.map.size >= this.capacity)
+      throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+    super.setItem(key, value);
+  }
+}
+
 /** A watch's view of `task`, as the client hands it to `saveView`. */
 function watchViewOf(task: FakeTask): WatchView {
   const view = task.view();
@@ -260,6 +278,46 @@ describe('cursor storage', () => {
     expect(() => second.close()).not.toThrow();
     expect(socket.frames('unsubscribe').at(-1)).toEqual({ type: 'unsubscribe', taskId: 't2' });
     await client.close();
+  });
+
+  it('sweeps its entries over localStorage: keeps the most recently updated at its first save, and makes room when the quota is full', () => {
+    /** An entry a watch of task `id` left behind, last updated at `updatedAt`. */
+    const leftBehind = (backing: QuotaStorage, id: string, updatedAt: number) =>
+      backing.map.set(
+        `finishline:${cursorKey(id, A)}`,
+        JSON.stringify({ ...entryOf(task.view()), id: cursorKey(id, A), updatedAt }),
+      );
+    const backing = new QuotaStorage();
+    for (let index = 1; index <= 5; index++) leftBehind(backing, `old-${index}`, index);
+    backing.map.set('finishline:theirs', '{"id":"not ours"}');
+    backing.map.set('app-setting', 'x');
+    const cursors = new WebStorageCursorStorage(backing, 'finishline:', 3).forServer(A);
+    expect(cursors.saveView(watchViewOf(task), undefined)).toBe(true);
+    // Before, nothing was ever swept: entries left by earlier loads of the page added up for ever.
+    expect([...backing.map.keys()].sort()).toEqual(
+      [
+        'app-setting',
+        'finishline:theirs',
+        `finishline:${cursorKey('old-3', A)}`,
+        `finishline:${cursorKey('old-4', A)}`,
+        `finishline:${cursorKey('old-5', A)}`,
+        `finishline:${cursorKey('t1', A)}`,
+      ].sort(),
+    );
+    expect(cursors.restore('t1')).toEqual(restoredOf(task));
+
+    // A full quota: the older half of the entries goes, and the write is tried once more.
+    const full = new QuotaStorage(6);
+    for (let index = 1; index <= 4; index++) leftBehind(full, `old-${index}`, index);
+    full.map.set('app-setting', 'x');
+    full.map.set('app-other', 'y');
+    const fullCursors = new WebStorageCursorStorage(full).forServer(A);
+    // Before, the write was refused and the cursor lost: the watch's resume after a reload with it.
+    expect(fullCursors.saveView(watchViewOf(task), undefined)).toBe(true);
+    expect(fullCursors.restore('t1')).toEqual(restoredOf(task));
+    expect(full.map.has(`finishline:${cursorKey('old-1', A)}`)).toBe(false);
+    expect(full.map.has(`finishline:${cursorKey('old-4', A)}`)).toBe(true);
+    expect(full.map.has('app-other')).toBe(true);
   });
 
   it('gives a storage that keeps nothing, instead of throwing, where reading sessionStorage is denied (a sandboxed frame, storage blocked)', () => {

@@ -102,12 +102,6 @@ export class FallbackStreams implements FallbackRuntime {
    */
   readonly #streams = new Map<string, [stop: () => void, openedAt: number]>();
   #streaming = false;
-  /**
-   * Finished watches whose terminal seq was acknowledged over the fallback transport. By subscription, not
-   * task id: the client replaces a subscription whose end the socket acknowledged with a new one when the
-   * id is watched again (a new run, perhaps), and by id that new run's end was taken as acknowledged.
-   */
-  readonly #acked = new WeakSet<TaskSubscription>();
   /** Each watch's pace of reopening its stream, the socket's own (kept as long as the watch is). */
   readonly #pacing = new WeakMap<TaskSubscription, ReconnectPacing>();
   /**
@@ -141,7 +135,7 @@ export class FallbackStreams implements FallbackRuntime {
     for (const [stop] of entries) stop();
   }
 
-  /** Stops the stream of a watch (its ack, if any, goes with the subscription: see `#acked`). */
+  /** Stops the stream of a watch (a finished one's end is acknowledged as the stream ends). */
   close(task: TaskSubscription): void {
     const entry = this.#streams.get(task.taskId);
     this.#streams.delete(task.taskId);
@@ -198,8 +192,14 @@ export class FallbackStreams implements FallbackRuntime {
           if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
           task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
         }
-        if (task.cursor.finished && !this.#acked.has(task)) {
-          this.#acked.add(task);
+        // Its end acknowledged here, the subscription is done as one whose end the socket acknowledged is:
+        // the socket has nothing more to ask about it, and a new watch of the id asks the server (the id
+        // may name a new run by now). Marked on the subscription, not by task id: by id, a new run's end was
+        // taken as acknowledged. Before 5 December 2026 only the socket's ack marked it: with
+        // `preferFallback` (or the socket down) a new watch of the id, the old run's handle still held,
+        // shared the old run's end and resolved with it at once.
+        if (task.cursor.finished && !task.socketDone) {
+          task.done();
           this.#wire.ack(taskId, task.cursor.seq);
         }
         // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut

@@ -124,6 +124,10 @@ export interface WebStorageLike {
   getItem(key: string): string | null;
   setItem(key: string, value: string): void;
   removeItem(key: string): void;
+  /** Number of keys; with {@link key}, what lets {@link WebStorageCursorStorage} sweep its entries. */
+  readonly length?: number;
+  /** The key at `index`, or `null`. */
+  key?(index: number): string | null;
 }
 
 /**
@@ -131,21 +135,32 @@ export interface WebStorageLike {
  * task and client under `keyPrefix + key` (`finishline:taint-42 wss://example.com/progress`, see
  * {@link cursorKey}). sessionStorage is per tab, which is what a resume needs: two tabs watching one task
  * keep separate cursors.
+ *
+ * The entries are swept (where the storage has `length` and `key()`, as Web Storage does): at its first
+ * save, the storage keeps the `maxEntries` most recently updated of its entries (by the task's
+ * `updatedAt`) and removes the others; a write the storage refuses (its quota full) removes the older
+ * half of them and is tried once more. An entry removed costs only its resume: that watch starts from a
+ * snapshot of the task. Entries a watch left behind (the page reloaded and never watched that id again)
+ * added up for ever over `localStorage`, until every write threw and new cursors were lost.
  */
 export class WebStorageCursorStorage extends ValidatedCursorStorage {
   readonly #storage: WebStorageLike;
   readonly #prefix: string;
+  readonly #max: number;
+  #swept = false;
 
   /**
    * @param storage - `sessionStorage`, `localStorage` or anything with the same three methods.
    * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}).
+   * @param maxEntries - how many entries the sweep at the first save keeps. Default 1,000.
    * @throws ProgressError `invalid_input` when `storage` lacks `getItem`, `setItem` or `removeItem`.
    */
-  constructor(storage: WebStorageLike, keyPrefix = 'finishline:') {
+  constructor(storage: WebStorageLike, keyPrefix = 'finishline:', maxEntries = 1000) {
     super();
     needs(storage, ['getItem', 'setItem', 'removeItem'], 'WebStorageCursorStorage: storage');
     this.#storage = storage;
     this.#prefix = keyPrefix;
+    this.#max = maxEntries;
   }
 
   load(key: string): unknown {
@@ -159,11 +174,45 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
   }
 
   save(entry: TaskView, epoch?: string): void {
+    const storage = this.#storage;
+    const key = this.#prefix + entry.id;
+    const text = JSON.stringify(withEpoch(entry, epoch));
     try {
-      this.#storage.setItem(this.#prefix + entry.id, JSON.stringify(withEpoch(entry, epoch)));
+      if (!this.#swept) {
+        this.#swept = true;
+        this.#sweep(this.#max);
+      }
+      try {
+        storage.setItem(key, text);
+      } catch {
+        this.#sweep();
+        storage.setItem(key, text);
+      }
     } catch {
-      // Quota exceeded or storage disabled: the only loss is the resume after a reload.
+      // Quota exceeded even so, or storage disabled: the only loss is the resume after a reload.
     }
+  }
+
+  /**
+   * Removes all but the `keep` most recently updated entries of this storage (by default half of them):
+   * those under its prefix whose `id` is their key, so no other entry of the storage is touched.
+   */
+  #sweep(keep?: number): void {
+    const storage = this.#storage;
+    const entries: [number, string][] = [];
+    for (let index = storage.length ?? 0; index-- > 0; ) {
+      const key = storage.key?.(index);
+      if (!key?.startsWith(this.#prefix)) continue;
+      try {
+        const entry = JSON.parse(storage.getItem(key) as string);
+        if (entry.id === key.slice(this.#prefix.length)) entries.push([+entry.updatedAt || 0, key]);
+      } catch {
+        // Not one of ours.
+      }
+    }
+    entries.sort((a, b) => a[0] - b[0]);
+    for (let count = entries.length - (keep ?? entries.length >> 1); count-- > 0; )
+      storage.removeItem((entries[count] as [number, string])[1]);
   }
 
   remove(key: string): void {

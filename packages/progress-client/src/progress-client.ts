@@ -153,7 +153,8 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
     // application kept open made the next watch of the id resolve at once with the old run's end. The new
     // watch asks the server. The old handles are ended as the client's close() ends them (they keep their
     // final state), since nothing reaches them once the id names the new subscription. (A task in the map
-    // that wants no socket is one whose end was acknowledged: a failed one leaves the map.)
+    // that wants no socket is one whose end was acknowledged, on the socket or over a fallback stream: a
+    // failed one leaves the map.)
     if (!task?.wantsSocket) {
       task?.task.fail(task.task.closedError(), false);
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);

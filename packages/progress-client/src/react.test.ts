@@ -175,6 +175,33 @@ describe(`useTask (React ${version})`, () => {
     await client.close();
   });
 
+  it('a component that mounts beside one showing a finished task asks the server again: the id may name a new run', async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const old = new FakeTask('t1', 1);
+    const container = mount();
+    const root = createRoot(container);
+    const tree = (...children: ReturnType<typeof createElement>[]) =>
+      createElement(ProgressClientProvider, { client }, createElement(Bar, { taskId: 't1' }), ...children);
+    await act(async () => root.render(tree()));
+    const socket = server.accept();
+    await act(async () => socket.push({ type: 'snapshot', task: old.view() }));
+    await act(async () => socket.push({ type: 'event', event: old.end() }));
+    expect(container.textContent).toBe('completed 1 0/1');
+    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    // The id purged and a task created again under it (a nightly job's name); a component mounts for it
+    // while the first still shows the old run. Before, it took the first one's store: it showed the old
+    // run's end, and the server was never asked (as the client asks it for a new watch after an
+    // acknowledged end).
+    const rerun = new FakeTask('t1', 3);
+    for (const key of ['a', 'b']) rerun.item(key);
+    await act(async () => root.render(tree(createElement(Bar, { key: 'b', taskId: 't1' }))));
+    expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't1')).toHaveLength(2);
+    await act(async () => socket.push({ type: 'snapshot', task: rerun.view() }));
+    expect(container.textContent).toBe('completed 1 0/1running 2 2/3');
+    await act(async () => root.unmount());
+    await client.close();
+  });
+
   it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
     const { client, server } = setup({ pageEvents: false });
     const container = mount();

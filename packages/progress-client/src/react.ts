@@ -109,7 +109,10 @@ const openStores = new WeakMap<ProgressClient, Map<string, TaskStore>>();
 function storeOf(client: ProgressClient, taskId: string): Store {
   const shared = openStores.get(client)?.get(taskId);
   // Not one whose watch ended badly (the task not found, the client closed): a component that mounts
-  // later tries again, as it did before stores were shared.
+  // later tries again, as it did before stores were shared. Nor one whose task has its end: its id may
+  // name a new run by now (purged and created again), and the new component's watch asks the server, as
+  // the client's does after an acknowledged end. (Until 5 December 2026 it took the store of a component
+  // still showing the old run, and showed that run's end.)
   return shared?.live ? shared : new TaskStore(client, taskId);
 }
 
@@ -129,9 +132,12 @@ class TaskStore implements Store {
     this.#taskId = taskId;
   }
 
-  /** The watch is open: neither closed after the last unsubscribe nor ended by a fatal error. */
+  /**
+   * The watch is open (neither closed after the last unsubscribe nor ended by a fatal error) and its task
+   * has no end yet: a store to share.
+   */
   get live(): boolean {
-    return this.#watch?.closed === false;
+    return this.#watch?.closed === false && !this.#watch.getSnapshot().finished;
   }
 
   readonly subscribe = (onChange: () => void): (() => void) => {
