@@ -54,13 +54,14 @@ export interface ReconnectOptions {
    * attempt has failed since the last stable connection): the delay is uniform below it, so a watcher
    * whose socket was cut is back in milliseconds while a crowd that lost the same replica still spreads
    * out. A server may ask for a longer spread in its `hello` (`reconnectDelayMs`); the longer one wins,
-   * up to `maxDelayMs`.
+   * up to `maxDelayMs`. Must not exceed `maxDelayMs`.
    * @default 100 (or `maxDelayMs` when that is smaller)
    */
   firstDelayMs?: number;
   /**
    * Ceiling of the delay after the first failed attempt (full jitter: the delay is uniform below the
-   * ceiling); it grows by `multiplier` with every further failed attempt.
+   * ceiling); it grows by `multiplier` with every further failed attempt. Must not exceed `maxDelayMs`:
+   * a `maxDelayMs` below 1 s needs this set too (`{ initialDelayMs: 100, maxDelayMs: 500 }`).
    * @default 1000
    */
   initialDelayMs?: number;

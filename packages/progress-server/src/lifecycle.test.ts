@@ -143,4 +143,23 @@ describe('options', () => {
       () => new ProgressServer({ store: new MemoryProgressStore(), ...(options as object) } as never),
     ).toThrow(expect.objectContaining({ code: 'invalid_input' }));
   });
+
+  // A Node timer fires after 1 ms when asked to wait longer than 2^31 - 1 ms: an authTimeoutMs of 2^31
+  // closed every socket waiting for its auth frame with 4004 at once, a heartbeatIntervalMs of 2^31
+  // pinged (and judged) every socket every millisecond.
+  it.each([
+    'authTimeoutMs',
+    'upgradeTimeoutMs',
+    'heartbeatIntervalMs',
+    'reapIntervalMs',
+    'backpressurePollMs',
+    'storeRetryDelayMs',
+  ])('refuses a %s longer than a timer can wait, and takes the longest it can', (name) => {
+    const server = (value: number) =>
+      new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, [name]: value });
+    expect(() => server(2 ** 31)).toThrow(
+      expect.objectContaining({ code: 'invalid_input', message: expect.stringContaining(name) }),
+    );
+    void server(2 ** 31 - 1).close({ timeoutMs: 0 });
+  });
 });

@@ -371,6 +371,12 @@ export const MAX_SUBSCRIPTIONS_PER_SOCKET: number = (() => {
   return Math.floor((LIMITS.maxFrameBytes - fixed + 1) / entry);
 })();
 
+/**
+ * The longest delay a Node timer (`setTimeout`, `setInterval`) waits: asked for longer, it fires after 1 ms.
+ * The durations the server hands to its timers are at most this.
+ */
+const MAX_TIMER_MS = 2_147_483_647;
+
 /** One description per option of {@link ProgressServerOptions}: its default and its check. */
 const SERVER_OPTIONS = {
   store: required(ofType<ProgressStore>('a ProgressStore', isObjectWith('getTask'))),
@@ -405,8 +411,8 @@ const SERVER_OPTIONS = {
     (value) => value === 'authenticated' || value === 'public' || value === 'none' || isFunction(value),
   ),
   // 5 s, not 10: the client's connectTimeoutMs (10 s, started before the upgrade) ran out first.
-  authTimeoutMs: integer(5_000, 1),
-  upgradeTimeoutMs: integer(10_000, 1),
+  authTimeoutMs: integer(5_000, 1, MAX_TIMER_MS),
+  upgradeTimeoutMs: integer(10_000, 1, MAX_TIMER_MS),
   maxPendingConnectionsPerAddress: integer(100, 1),
   maxPendingConnections: integer(10_000, 1),
   serverId: ofType<string>(
@@ -438,13 +444,13 @@ const SERVER_OPTIONS = {
   maxRateLimitViolations: integer(50, 1),
   maxInvalidFrames: integer(10, 1),
   maxReplayEvents: integer(1000, 1, 10_000),
-  heartbeatIntervalMs: integer(15_000, 10),
+  heartbeatIntervalMs: integer(15_000, 10, MAX_TIMER_MS),
   // Long enough for a slow mobile reader to take in one socket buffer, short enough to free a dead
   // reader's stream slot soon; at most the longest delay setTimeout takes (a longer one fires at once).
-  sseStallTimeoutMs: integer(30_000, 1, 2_147_483_647),
+  sseStallTimeoutMs: integer(30_000, 1, MAX_TIMER_MS),
   reconnectsPerSecond: integer(20_000, 0),
   highWaterMarkBytes: integer(1024 * 1024, 0),
-  backpressurePollMs: integer(10, 1),
+  backpressurePollMs: integer(10, 1, MAX_TIMER_MS),
   maxQueuedFrames: integer(10_000, 1),
   terminalRetry: TERMINAL_RETRY_OPTION,
   leaseTtlMs: integer(15_000, 3, 86_400_000),
@@ -453,8 +459,8 @@ const SERVER_OPTIONS = {
     'an integer >= 1',
     (value) => Number.isSafeInteger(value) && (value as number) >= 1,
   ),
-  reapIntervalMs: integer(5_000, 0),
-  storeRetryDelayMs: integer(1_000, 1),
+  reapIntervalMs: integer(5_000, 0, MAX_TIMER_MS),
+  storeRetryDelayMs: integer(1_000, 1, MAX_TIMER_MS),
 } satisfies { [K in keyof Required<ProgressServerOptions>]: unknown };
 
 /**
