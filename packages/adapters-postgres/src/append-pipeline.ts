@@ -784,7 +784,21 @@ export class AppendPipeline {
         // One append carried a value Postgres refuses, or its task's row is damaged (a unique violation:
         // its seq behind its log); commit the others and let that one fail alone. Without this, every batch
         // a damaged task's appends went into failed whole, with the appends of every other task in it.
-        for (const entry of batch) await this.#commitBatch([entry]);
+        // In call order per task: once one went back to the queue (its row held, see #retryLater), the later
+        // ones of its task follow it there rather than being tried before it (its task stays busy, so it waits
+        // there until this batch ends).
+        const requeued = new Map<string, PendingAppend>();
+        for (const entry of batch) {
+          const before = requeued.get(entry.taskId);
+          const at = before === undefined ? -1 : this.#queue.indexOf(before);
+          if (at >= 0) {
+            this.#queue.splice(at + 1, 0, entry);
+            requeued.set(entry.taskId, entry);
+            continue;
+          }
+          await this.#commitBatch([entry]);
+          if (this.#queue.includes(entry)) requeued.set(entry.taskId, entry);
+        }
         return;
       }
       const taskIds = new Set(batch.map((entry) => entry.taskId));

@@ -354,6 +354,53 @@ describe('appends', () => {
     expect(reason).toMatchObject({ taskId: 'damaged' });
   });
 
+  it('of a task whose row another transaction holds keep call order when their batch is retried one by one', async () => {
+    // A damaged row fails its batch, which is then retried one append at a time. The first append of a held
+    // task waited for the row, then went back to the queue; the second was tried next, before it, and took
+    // the lower seq once the row was free (or went back to the queue ahead of it).
+    const schema = await migrated();
+    const name = `order-${schema}`;
+    const own = newPool(4, name);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      const store = await open({ schema, pool: own });
+      for (const id of ['damaged', 'held']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k' });
+        await store.append(id, { type: 'progress', done: 1 });
+      }
+      await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const waiting = async () =>
+        (
+          await pool.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`,
+            [name],
+          )
+        ).rows[0].n as number;
+      // One tick: one batch, which the damaged row fails.
+      const [damaged, first, second] = [
+        rejectionOf(store.append('damaged', { type: 'progress', done: 2 })),
+        store.append('held', { type: 'progress', message: 'first' }),
+        store.append('held', { type: 'progress', message: 'second' }),
+      ];
+      first.catch(() => {});
+      second.catch(() => {});
+      await eventually('the first append waits for the row', async () => (await waiting()) > 0);
+      await eventually('it gave up (lock_timeout)', async () => (await waiting()) === 0);
+      await holder.query('ROLLBACK');
+      expect(isProgressError(await damaged, ErrorCode.StoreUnavailable)).toBe(true);
+      await expect(first).resolves.toMatchObject({ event: { seq: 2 }, task: { message: 'first' } });
+      await expect(second).resolves.toMatchObject({ event: { seq: 3 }, task: { message: 'second' } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+      await Promise.all(stores.splice(0).map((store) => store.close()));
+      await own.end();
+    }
+  });
+
   it('reject oversized payloads, invalid ids and unknown tasks with typed errors, before any SQL', async () => {
     const schema = await migrated();
     const store = await open({ schema });
