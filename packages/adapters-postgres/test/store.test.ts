@@ -111,6 +111,35 @@ describe('migrations', () => {
     }
   });
 
+  it('are not failed by tables and schemas that other sessions drop meanwhile (other tenants, other tests)', async () => {
+    // Kysely's introspector, which the Migrator asked whether its tables exist, listed every table of the
+    // database and looked each name up again: one dropped meanwhile failed the migration, and open().
+    const churn = freshSchema('churn');
+    const churner = newPool(1);
+    let churning = true;
+    const churned = (async () => {
+      for (let n = 0; churning; n++) {
+        const other = pg.escapeIdentifier(`${churn}_${n % 4}`);
+        await churner.query(
+          `CREATE SCHEMA ${other}; CREATE TABLE ${other}.t (id serial PRIMARY KEY, a int, b int)`,
+        );
+        await churner.query(`DROP SCHEMA ${other} CASCADE`);
+      }
+    })();
+    try {
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const schema = freshSchema('mig');
+        schemas.push(schema);
+        expect(await migrateProgressSchema(db, { schema })).toEqual([...MIGRATION_NAMES]);
+        expect(await migrateProgressSchema(db, { schema })).toEqual([]);
+      }
+    } finally {
+      churning = false;
+      await churned;
+      await churner.end();
+    }
+  });
+
   it('refuse a schema that a newer version of the package migrated', async () => {
     const schema = await migrated();
     await pool.query(`INSERT INTO ${schema}.migrations (name, timestamp) VALUES ('9999_future', 'now')`);
