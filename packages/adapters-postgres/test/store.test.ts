@@ -430,6 +430,39 @@ describe('appends', () => {
     }
   });
 
+  it("to a held row reject with store_unavailable when the sessions' statement_timeout ends the lock wait first", async () => {
+    const schema = await migrated();
+    const timed = new pg.Pool({ connectionString: pgUrl(), max: 4, options: '-c statement_timeout=100' });
+    timed.on('error', () => {});
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      const store = await open({ schema, pool: timed });
+      for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const [held, free] = [
+        rejectionOf(store.append('held', { type: 'progress' })),
+        store.append('free', { type: 'progress' }),
+      ];
+      await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
+      const error = await held;
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error).toMatchObject({ taskId: 'held', message: expect.stringContaining('statement timeout') });
+      await holder.query('ROLLBACK');
+      const { rows } = await pool.query(
+        `SELECT count(*)::int AS n FROM ${schema}.events WHERE task_id = 'held'`,
+      );
+      expect(rows[0].n).toBe(0);
+      await expect(store.append('held', { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+      await Promise.all(stores.splice(0).map((store) => store.close()));
+      await timed.end();
+    }
+  });
+
   it('reject oversized payloads, invalid ids and unknown tasks with typed errors, before any SQL', async () => {
     const schema = await migrated();
     const store = await open({ schema });
