@@ -294,13 +294,13 @@ export class AppendStatements {
         FROM json_to_recordset(${param('tasks')}::json) AS v(
             id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
             result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
-            from_seq int8, created_at int8)
+            from_seq int8, created_at int8, from_updated_at int8)
         -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
         -- Joining \`locked\` instead let the planner, which guesses 100 rows for the JSON, pick a nested loop
         -- over it: quadratic in the batch, 45 of a statement's 50 ms at 500 tasks.
         WHERE (SELECT count(*) FROM locked) = ${param('count')}
           AND t.id = v.id AND t.id = ANY(${param('ids')}::text[])
-          AND t.seq = v.from_seq AND t.created_at = v.created_at
+          AND t.seq = v.from_seq AND t.created_at = v.created_at AND t.updated_at = v.from_updated_at
         RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
       ), guard AS (
         -- Every row or none: a row that moved on divides by zero, which undoes the whole statement.
@@ -404,13 +404,15 @@ export class RowMovedOn extends Error {}
 
 /**
  * {@link writeAppends} without a transaction around it, for appends planned from rows as this store last
- * wrote them (`planned`: each task's seq and creation time then): one autocommit statement, one round
- * trip instead of four (BEGIN, the locking read, the write, COMMIT), which at tens of appends per
- * batch is most of what an append costs the process. Each row is written only if its seq and creation
- * time are still the planned ones — nothing else changes a running task's row but an append (leases and
- * acks touch only their own columns, which this write leaves alone except that an ending clears the lease,
- * as `planAppend` does) — and if any row moved on (another writer, the reaper, a purge and a new task of
- * the same id), the guard fails the whole statement and nothing is written: it throws {@link RowMovedOn}.
+ * wrote them (`planned`: each task's seq, creation time and update time then): one autocommit statement,
+ * one round trip instead of four (BEGIN, the locking read, the write, COMMIT), which at tens of appends per
+ * batch is most of what an append costs the process. Each row is written only if its seq, creation time and
+ * update time are still the planned ones — nothing else changes a running task's row but an append (leases
+ * and acks touch only their own columns, which this write leaves alone except that an ending clears the
+ * lease, as `planAppend` does) — and if any row moved on (another writer, the reaper, a purge and a new task
+ * of the same id, or a failover that took back the append planned from, after which another writer's append
+ * took its seq: the update time tells that row from the remembered one), the guard fails the whole
+ * statement and nothing is written: it throws {@link RowMovedOn}.
  * Returns the changes to publish and, per task, the columns others write as the row has them now.
  */
 export async function writeAppendsIfUnchanged(
@@ -782,7 +784,21 @@ export class AppendPipeline {
         // One append carried a value Postgres refuses, or its task's row is damaged (a unique violation:
         // its seq behind its log); commit the others and let that one fail alone. Without this, every batch
         // a damaged task's appends went into failed whole, with the appends of every other task in it.
-        for (const entry of batch) await this.#commitBatch([entry]);
+        // In call order per task: once one went back to the queue (its row held, see #retryLater), the later
+        // ones of its task follow it there rather than being tried before it (its task stays busy, so it waits
+        // there until this batch ends).
+        const requeued = new Map<string, PendingAppend>();
+        for (const entry of batch) {
+          const before = requeued.get(entry.taskId);
+          const at = before === undefined ? -1 : this.#queue.indexOf(before);
+          if (at >= 0) {
+            this.#queue.splice(at + 1, 0, entry);
+            requeued.set(entry.taskId, entry);
+            continue;
+          }
+          await this.#commitBatch([entry]);
+          if (this.#queue.includes(entry)) requeued.set(entry.taskId, entry);
+        }
         return;
       }
       const taskIds = new Set(batch.map((entry) => entry.taskId));
@@ -848,7 +864,10 @@ export class AppendPipeline {
       from.set(taskId, task);
     }
     const planned = new Map(
-      [...from].map(([id, task]) => [id, { seq: task.seq, createdAt: task.createdAt }]),
+      [...from].map(([id, task]) => [
+        id,
+        { seq: task.seq, createdAt: task.createdAt, updatedAt: task.updatedAt },
+      ]),
     );
     const plan = planBatch(batch, from, this.#options.clock());
     // A refusal planned from a remembered row is not trusted: the locked row decides it.

@@ -1,5 +1,12 @@
 import { ErrorCode, ProgressError } from '@finishline/core';
-import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } from 'kysely';
+import {
+  type DatabaseIntrospector,
+  type Kysely,
+  type Migration,
+  type MigrationProvider,
+  Migrator,
+  sql,
+} from 'kysely';
 
 /**
  * Versioned migrations of the store's schema, applied with kysely's `Migrator` (one transaction, an
@@ -202,7 +209,7 @@ export async function migrateProgressSchema(
   const migrations = migrationsFor(schema);
   const provider: MigrationProvider = { getMigrations: async () => migrations };
   const migrator = new Migrator({
-    db,
+    db: scopedIntrospection(db, schema),
     provider,
     migrationTableSchema: schema,
     migrationTableName: MIGRATION_TABLE,
@@ -219,4 +226,37 @@ export async function migrateProgressSchema(
   return (results ?? [])
     .filter((result) => result.status === 'Success')
     .map((result) => result.migrationName);
+}
+
+/**
+ * `db` as kysely's `Migrator` gets it: with an introspector that looks at `schema` alone, which is all the
+ * Migrator asks it about (does the schema exist, do its migration tables). Kysely's own lists every table of
+ * the database with, for each column, `pg_get_serial_sequence` of its table's name, which looks the name up
+ * again outside the query's snapshot: a schema or table that another session dropped meanwhile (another
+ * tenant's, another test's) failed it with "schema … does not exist", and `open()` with it.
+ */
+function scopedIntrospection(db: Kysely<unknown>, schema: string): Kysely<unknown> {
+  const plain = db.withoutPlugins();
+  const introspection: DatabaseIntrospector = {
+    async getSchemas() {
+      const { rows } = await sql<{ name: string }>`
+        SELECT nspname AS name FROM pg_catalog.pg_namespace WHERE nspname = ${schema}`.execute(plain);
+      return rows;
+    },
+    async getTables() {
+      const { rows } = await sql<{ name: string }>`
+        SELECT tablename AS name FROM pg_catalog.pg_tables WHERE schemaname = ${schema}`.execute(plain);
+      return rows.map(({ name }) => ({ name, schema, isView: false, columns: [] }));
+    },
+    async getMetadata() {
+      return { tables: await this.getTables() };
+    },
+  };
+  return new Proxy(db, {
+    get(target, property) {
+      if (property === 'introspection') return introspection;
+      const value: unknown = Reflect.get(target, property, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
 }

@@ -96,12 +96,17 @@ export function jsonCopy<T>(value: T): T {
 }
 
 /**
- * What a conditional write checks a task row against: the seq and creation time it was planned from.
- * Carried in the task's own record, so the statement reads one JSON document per task, not two.
+ * What a conditional write checks a task row against: the seq, creation time and update time it was
+ * planned from. Carried in the task's own record, so the statement reads one JSON document per task, not two.
  */
 export interface PlannedFrom {
   seq: number;
   createdAt: number;
+  /**
+   * The row's `updated_at`, which only appends write: a row at the planned seq that another append wrote
+   * (after a failover took back the one planned from) has another.
+   */
+  updatedAt: number;
 }
 
 /**
@@ -121,7 +126,9 @@ export function taskRecordJson(task: Task, from?: PlannedFrom): string {
     json += `,"error_code":${JSON.stringify(task.error.code)},"error_message":${JSON.stringify(task.error.message)}`;
   }
   if (task.finishedAt !== null) json += `,"finished_at":${task.finishedAt}`;
-  if (from !== undefined) return `${json},"from_seq":${from.seq},"created_at":${from.createdAt}}`;
+  if (from !== undefined) {
+    return `${json},"from_seq":${from.seq},"created_at":${from.createdAt},"from_updated_at":${from.updatedAt}}`;
+  }
   if (task.leaseOwner !== null) json += `,"lease_owner":${JSON.stringify(task.leaseOwner)}`;
   if (task.leaseExpiresAt !== null) json += `,"lease_expires_at":${task.leaseExpiresAt}`;
   return `${json}}`;

@@ -22,6 +22,7 @@ import {
   pgUrl,
   queryHookedPool,
   Recorder,
+  settlesWithin,
   storeFixtures,
 } from './support.js';
 
@@ -1303,6 +1304,45 @@ describe('the safety-net poll', () => {
 });
 
 describe('close', () => {
+  it('waits for the appends it accepted, in a transaction or queued: each commits and settles before it returns', async () => {
+    const schema = await migrated();
+    const { store, holdAtCommit, release } = await commitHoldingStore(schema);
+    const other = await open({ schema });
+    // Created by another store, so that `store` appends in locking transactions, the first held at its COMMIT.
+    for (const id of ['sent', 'queued']) await other.createTask({ id, owner: 'alice', kind: 'k' });
+    const { pending: sent } = await holdAtCommit(() => store.append('sent', { type: 'progress' }));
+    const queued = store.append('queued', { type: 'progress' });
+    const settled: string[] = [];
+    for (const [id, append] of [
+      ['sent', sent],
+      ['queued', queued],
+    ] as const) {
+      append.then(
+        () => settled.push(id),
+        () => settled.push(`${id} rejected`),
+      );
+    }
+    const closing = store.close();
+    // A liveness bound turned around: a close() that did not wait for the transaction would be done by now.
+    expect(await settlesWithin(closing, 500)).toBe('still waiting');
+    expect(settled).not.toContain('sent');
+    const late = await store.append('queued', { type: 'progress' }).then(
+      () => undefined,
+      (reason: unknown) => reason,
+    );
+    expect(isProgressError(late, ErrorCode.Closed), String(late)).toBe(true);
+    release();
+    await closing;
+    expect([...settled].sort()).toEqual(['queued', 'sent']);
+    expect((await sent).event.seq).toBe(1);
+    expect((await queued).event.seq).toBe(1);
+    const { rows } = await admin.query(`SELECT id, seq::int AS seq FROM ${schema}.tasks ORDER BY id`);
+    expect(rows).toEqual([
+      { id: 'queued', seq: 1 },
+      { id: 'sent', seq: 1 },
+    ]);
+  });
+
   it('leaves no timer and no connection behind, and never ends the caller pool', async () => {
     const schema = await migrated();
     const name = `fl-close-${schema}`;

@@ -143,6 +143,29 @@ describe('appends planned from the rows a store last wrote', () => {
     expect(await a.getTask('t')).toMatchObject({ status: 'interrupted', seq: 2 });
   });
 
+  it('do not write over a row that a failover took back, which another store then moved to the same seq', async () => {
+    const [a, b] = await twoStores();
+    const tasks = `${a.schema}.tasks`;
+    await a.createTask({ id: 't', owner: 'alice', kind: 'k', lease: { owner: 'w', ttlMs: 1000 } });
+    await a.append('t', item('a1'));
+    const { rows } = await pool.query(`SELECT row_to_json(t) AS row FROM ${tasks} t WHERE id = 't'`);
+    clock.advance(10);
+    await a.append('t', item('a2'));
+    // A failover to a replica that never got a2: the row and the log as they were at seq 1.
+    await pool.query(
+      `UPDATE ${tasks} t SET done = r.done, succeeded = r.succeeded, current = r.current, seq = r.seq,
+        updated_at = r.updated_at FROM json_populate_record(NULL::${tasks}, $1) r WHERE t.id = 't'`,
+      [rows[0].row],
+    );
+    await pool.query(`DELETE FROM ${a.schema}.events WHERE task_id = 't' AND seq = 2`);
+    // Another store's reaper ends the task at seq 2, the seq of the lost append that `a` remembers.
+    clock.advance(2000);
+    expect(await b.reapExpiredLeases()).toHaveLength(1);
+    await expect(a.append('t', item('a3'))).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
+    expect(await itemKeys(a, 't')).toEqual(['a1', 'interrupted']);
+    expect(await a.getTask('t')).toMatchObject({ status: 'interrupted', seq: 2, done: 1 });
+  });
+
   it('do not write over a task purged and created again under the same id at the same seq', async () => {
     const [a, b] = await twoStores();
     await a.createTask({ id: 't', owner: 'alice', kind: 'k', total: 10, lease: { owner: 'w', ttlMs: 1000 } });

@@ -111,6 +111,35 @@ describe('migrations', () => {
     }
   });
 
+  it('are not failed by tables and schemas that other sessions drop meanwhile (other tenants, other tests)', async () => {
+    // Kysely's introspector, which the Migrator asked whether its tables exist, listed every table of the
+    // database and looked each name up again: one dropped meanwhile failed the migration, and open().
+    const churn = freshSchema('churn');
+    const churner = newPool(1);
+    let churning = true;
+    const churned = (async () => {
+      for (let n = 0; churning; n++) {
+        const other = pg.escapeIdentifier(`${churn}_${n % 4}`);
+        await churner.query(
+          `CREATE SCHEMA ${other}; CREATE TABLE ${other}.t (id serial PRIMARY KEY, a int, b int)`,
+        );
+        await churner.query(`DROP SCHEMA ${other} CASCADE`);
+      }
+    })();
+    try {
+      for (let attempt = 0; attempt < 5; attempt++) {
+        const schema = freshSchema('mig');
+        schemas.push(schema);
+        expect(await migrateProgressSchema(db, { schema })).toEqual([...MIGRATION_NAMES]);
+        expect(await migrateProgressSchema(db, { schema })).toEqual([]);
+      }
+    } finally {
+      churning = false;
+      await churned;
+      await churner.end();
+    }
+  });
+
   it('refuse a schema that a newer version of the package migrated', async () => {
     const schema = await migrated();
     await pool.query(`INSERT INTO ${schema}.migrations (name, timestamp) VALUES ('9999_future', 'now')`);
@@ -352,6 +381,86 @@ describe('appends', () => {
     const reason = (damaged as PromiseRejectedResult).reason;
     expect(isProgressError(reason, ErrorCode.StoreUnavailable), String(reason)).toBe(true);
     expect(reason).toMatchObject({ taskId: 'damaged' });
+  });
+
+  it('of a task whose row another transaction holds keep call order when their batch is retried one by one', async () => {
+    // A damaged row fails its batch, which is then retried one append at a time. The first append of a held
+    // task waited for the row, then went back to the queue; the second was tried next, before it, and took
+    // the lower seq once the row was free (or went back to the queue ahead of it).
+    const schema = await migrated();
+    const name = `order-${schema}`;
+    const own = newPool(4, name);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      const store = await open({ schema, pool: own });
+      for (const id of ['damaged', 'held']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k' });
+        await store.append(id, { type: 'progress', done: 1 });
+      }
+      await pool.query(`UPDATE ${pg.escapeIdentifier(schema)}.tasks SET seq = 0 WHERE id = 'damaged'`);
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const waiting = async () =>
+        (
+          await pool.query(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`,
+            [name],
+          )
+        ).rows[0].n as number;
+      // One tick: one batch, which the damaged row fails.
+      const [damaged, first, second] = [
+        rejectionOf(store.append('damaged', { type: 'progress', done: 2 })),
+        store.append('held', { type: 'progress', message: 'first' }),
+        store.append('held', { type: 'progress', message: 'second' }),
+      ];
+      first.catch(() => {});
+      second.catch(() => {});
+      await eventually('the first append waits for the row', async () => (await waiting()) > 0);
+      await eventually('it gave up (lock_timeout)', async () => (await waiting()) === 0);
+      await holder.query('ROLLBACK');
+      expect(isProgressError(await damaged, ErrorCode.StoreUnavailable)).toBe(true);
+      await expect(first).resolves.toMatchObject({ event: { seq: 2 }, task: { message: 'first' } });
+      await expect(second).resolves.toMatchObject({ event: { seq: 3 }, task: { message: 'second' } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+      await Promise.all(stores.splice(0).map((store) => store.close()));
+      await own.end();
+    }
+  });
+
+  it("to a held row reject with store_unavailable when the sessions' statement_timeout ends the lock wait first", async () => {
+    const schema = await migrated();
+    const timed = new pg.Pool({ connectionString: pgUrl(), max: 4, options: '-c statement_timeout=100' });
+    timed.on('error', () => {});
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    try {
+      const store = await open({ schema, pool: timed });
+      for (const id of ['held', 'free']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await holder.query('BEGIN');
+      await holder.query(`SELECT id FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 'held' FOR UPDATE`);
+      const [held, free] = [
+        rejectionOf(store.append('held', { type: 'progress' })),
+        store.append('free', { type: 'progress' }),
+      ];
+      await expect(free).resolves.toMatchObject({ event: { taskId: 'free', seq: 1 } });
+      const error = await held;
+      expect(isProgressError(error, ErrorCode.StoreUnavailable), String(error)).toBe(true);
+      expect(error).toMatchObject({ taskId: 'held', message: expect.stringContaining('statement timeout') });
+      await holder.query('ROLLBACK');
+      const { rows } = await pool.query(
+        `SELECT count(*)::int AS n FROM ${schema}.events WHERE task_id = 'held'`,
+      );
+      expect(rows[0].n).toBe(0);
+      await expect(store.append('held', { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
+    } finally {
+      await holder.query('ROLLBACK');
+      await holder.end();
+      await Promise.all(stores.splice(0).map((store) => store.close()));
+      await timed.end();
+    }
   });
 
   it('reject oversized payloads, invalid ids and unknown tasks with typed errors, before any SQL', async () => {
