@@ -515,8 +515,9 @@ export class PostgresProgressStore implements ProgressStore {
   }
 
   /**
-   * Waits for the appends already accepted, then stops the poll and the `LISTEN` connection. Never ends
-   * the caller's pool or Kysely instance. Later calls reject with `closed`; calling it twice is harmless.
+   * Waits for the appends already accepted, then stops the poll (a poll's read in progress is not waited
+   * for: what it reads is dropped) and the `LISTEN` connection. Never ends the caller's pool or Kysely
+   * instance. Later calls reject with `closed`; calling it twice is harmless.
    *
    * An append, ack or lease renewal whose task row another transaction holds (another program's, or a
    * replica frozen before its COMMIT) is not waited for: it rejects with `closed`, after at most the
@@ -537,7 +538,7 @@ export class PostgresProgressStore implements ProgressStore {
       this.#appends.close();
       await Promise.all([this.#acks.close(), this.#renewals.close(), this.#taskReads.close()]);
       await this.#appends.whenIdle();
-      await this.#poll.stop();
+      this.#poll.stop();
       await this.#listener.close();
     })();
     return this.#closing;
