@@ -1304,6 +1304,34 @@ describe('the safety-net poll', () => {
 });
 
 describe('close', () => {
+  it('does not wait for a getTask read the database never answers; the read settles when it answers', async () => {
+    // close() awaited the batched task reads in flight: one on a frozen database held it until TCP gave up.
+    const schema = await migrated();
+    let hold: Gate | undefined;
+    let reached: Gate | undefined;
+    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
+      const result = await run();
+      if (hold !== undefined && /^\s*SELECT id, owner/.test(statement.text)) {
+        const held = hold;
+        hold = undefined;
+        reached?.open();
+        await held.promise;
+      }
+      return result;
+    });
+    const store = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000 });
+    await store.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    const held = gate();
+    releases.push(held.open);
+    hold = held;
+    reached = gate();
+    const read = store.getTask('job');
+    await reached.promise; // the read is out, its answer held
+    expect(await settlesWithin(store.close(), 3000)).toBe('closed');
+    held.open();
+    expect(await read).toMatchObject({ id: 'job', status: 'running' });
+  });
+
   it('does not wait for a safety-net poll the database never answers, and reports nothing it reads after', async () => {
     // close() awaited the poll in progress: a poll's read on a frozen database (a host that stopped
     // answering, a connection black-holed) held close() until TCP gave up on it, some 15 minutes, though
