@@ -515,7 +515,8 @@ export class PostgresProgressStore implements ProgressStore {
   }
 
   /**
-   * Waits for the appends already accepted, then stops the poll and the `LISTEN` connection. Never ends
+   * Waits for the appends already accepted, then stops the poll and the `LISTEN` connection. Reads are not
+   * waited for: a `getTask` out settles when the database answers, a poll's answer is dropped. Never ends
    * the caller's pool or Kysely instance. Later calls reject with `closed`; calling it twice is harmless.
    *
    * An append, ack or lease renewal whose task row another transaction holds (another program's, or a
@@ -535,9 +536,12 @@ export class PostgresProgressStore implements ProgressStore {
       this.#retries.clear();
       // Appends whose task row another transaction holds are rejected likewise (see AppendPipeline.close).
       this.#appends.close();
-      await Promise.all([this.#acks.close(), this.#renewals.close(), this.#taskReads.close()]);
+      // Task reads not sent yet reject; those out are not waited for (they settle when the database answers):
+      // awaited, one on a database host that stopped answering held close() until TCP gave up.
+      void this.#taskReads.close();
+      await Promise.all([this.#acks.close(), this.#renewals.close()]);
       await this.#appends.whenIdle();
-      await this.#poll.stop();
+      this.#poll.stop();
       await this.#listener.close();
     })();
     return this.#closing;

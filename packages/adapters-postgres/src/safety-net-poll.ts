@@ -54,12 +54,15 @@ export class SafetyNetPoll {
     this.#schedule();
   }
 
-  /** Stops the timer and waits for a poll in progress. */
-  async stop(): Promise<void> {
+  /**
+   * Stops the timer. A poll in progress is not waited for: what it reads is dropped. Awaited, its read
+   * held the store's `close()` for as long as the database took to answer it, some 15 minutes (until TCP
+   * gave up) on a host that froze, for an answer nothing needs once the store is closed.
+   */
+  stop(): void {
     this.#stopped = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
-    await this.#running;
   }
 
   /**
@@ -96,11 +99,13 @@ export class SafetyNetPoll {
       try {
         latest = await this.#options.readLatest(chunk);
       } catch (error) {
+        // (Not once stopped: the caller may have ended its pool after the store closed.)
+        if (this.#stopped) return;
         this.#errors += 1;
         this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
         return;
       }
-      if (this.#options.rereading()) return;
+      if (this.#stopped || this.#options.rereading()) return;
       for (const [taskId, state] of latest) {
         if (hub.forgottenSince(taskId, forgets)) continue;
         const published = hub.publishedSeq(taskId);

@@ -1343,6 +1343,75 @@ describe('close', () => {
     ]);
   });
 
+  it('does not wait for a getTask read the database never answers; the read settles when it answers', async () => {
+    // close() awaited the batched task reads in flight: one on a frozen database held it until TCP gave up.
+    const schema = await migrated();
+    let hold: Gate | undefined;
+    let reached: Gate | undefined;
+    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
+      const result = await run();
+      if (hold !== undefined && /^\s*SELECT id, owner/.test(statement.text)) {
+        const held = hold;
+        hold = undefined;
+        reached?.open();
+        await held.promise;
+      }
+      return result;
+    });
+    const store = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000 });
+    await store.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    const held = gate();
+    releases.push(held.open);
+    hold = held;
+    reached = gate();
+    const read = store.getTask('job');
+    await reached.promise; // the read is out, its answer held
+    expect(await settlesWithin(store.close(), 3000)).toBe('closed');
+    held.open();
+    expect(await read).toMatchObject({ id: 'job', status: 'running' });
+  });
+
+  it('does not wait for a safety-net poll the database never answers, and reports nothing it reads after', async () => {
+    // close() awaited the poll in progress: a poll's read on a frozen database (a host that stopped
+    // answering, a connection black-holed) held close() until TCP gave up on it, some 15 minutes, though
+    // nothing it could read matters once the store is closed.
+    const schema = await migrated();
+    let hold: Gate | undefined;
+    let reached: Gate | undefined;
+    const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
+      const result = await run();
+      if (hold !== undefined && statement.text.includes('SELECT id, seq, status FROM')) {
+        const held = hold;
+        hold = undefined;
+        reached?.open();
+        await held.promise;
+      }
+      return result;
+    });
+    const store = await open({ schema, pool: hooked, pollIntervalMs: 3_600_000 });
+    const writer = await open({ schema });
+    const recorder = new Recorder(store);
+    store.changes.follow('job');
+    await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+    await writer.append('job', { type: 'progress', done: 1 });
+    await eventually('the store hears the append', () => recorder.has('job', 1));
+    // A change no notification announces (straight into the tables), which the poll's read finds.
+    await admin.query(`UPDATE ${schema}.tasks SET seq = 2 WHERE id = 'job'`);
+    await admin.query(
+      `INSERT INTO ${schema}.events (task_id, seq, type, time, body) VALUES ('job', 2, 'progress', 0, '{}')`,
+    );
+    const held = gate();
+    releases.push(held.open);
+    hold = held;
+    reached = gate();
+    const polling = store.pollNow();
+    await reached.promise; // the poll's read is out, its answer held
+    expect(await settlesWithin(store.close(), 3000)).toBe('closed');
+    held.open();
+    await polling;
+    expect(recorder.seqs('job')).toEqual([1]);
+  });
+
   it('leaves no timer and no connection behind, and never ends the caller pool', async () => {
     const schema = await migrated();
     const name = `fl-close-${schema}`;

@@ -1,5 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect } from 'node:net';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
@@ -57,6 +58,44 @@ describe('close() with authentications under way', () => {
     await hookCalled.promise;
     await server.close({ timeoutMs: 200 });
     expect(await closed).toBe(1001);
+    await new Promise((resolve) => wss.close(resolve));
+  });
+
+  it("terminates at the deadline a caller's socket refused while its hook ran, whose peer never answers the close", async () => {
+    // Closed with 1001 and left to ws: a peer that never answered the close frame (a frozen client, a dead
+    // host) kept the socket, and the process, for ws's 30 s close timeout after close() had returned,
+    // though close() terminates whatever is left of its own sockets at its deadline.
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+    const hookCalled = gate();
+    const server = new ProgressServer({
+      store: new MemoryProgressStore(),
+      wss,
+      upgradeTimeoutMs: 3_600_000,
+      authenticate: () => {
+        hookCalled.open();
+        return new Promise(() => {});
+      },
+    });
+    const port = (wss.address() as AddressInfo).port;
+    // A peer that upgrades, then answers nothing (what it receives is read and dropped, so that it sees
+    // its socket end).
+    const peer = connect(port, '127.0.0.1');
+    peer.on('error', () => {});
+    peer.resume();
+    peer.write(
+      'GET /progress HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+        `Sec-WebSocket-Protocol: ${PROTOCOL_NAME}\r\n\r\n`,
+    );
+    const gone = new Promise<void>((resolve) => peer.once('close', () => resolve()));
+    await hookCalled.promise;
+    await server.close({ timeoutMs: 300 });
+    const waited = await Promise.race([
+      gone.then(() => 'gone'),
+      new Promise((resolve) => setTimeout(() => resolve('still open'), 3000)),
+    ]);
+    expect(waited).toBe('gone');
     await new Promise((resolve) => wss.close(resolve));
   });
 });

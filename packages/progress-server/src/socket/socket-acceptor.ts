@@ -13,6 +13,7 @@ import type { Principal } from '../auth.js';
 import { isOriginAllowed } from '../auth.js';
 import { offeredProtocols, rejectUpgrade } from '../http/upgrade.js';
 import { describeError } from '../logger.js';
+import { waitAtMost } from '../wait.js';
 import { Connection } from './connection.js';
 import { PendingConnections } from './pending-connections.js';
 import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
@@ -35,6 +36,12 @@ export class SocketAcceptor<P extends Principal> {
    */
   readonly #upgrading = new Map<Duplex, () => void>();
   readonly #authenticating = new Set<WebSocket>();
+  /**
+   * The caller's sockets closed by the shutdown while their hooks ran, until their close handshake ends:
+   * terminated at the shutdown's deadline, as connections are. Left to ws, a peer that never answered the
+   * close frame held the socket (and the process) for ws's 30 s close timeout after `close()` returned.
+   */
+  readonly #refusedAtShutdown = new Set<WebSocket>();
   #closing = false;
   /** The deferred liveness tick, until it runs (see {@link tick}). */
   #pendingTick: NodeJS.Immediate | undefined;
@@ -113,6 +120,9 @@ export class SocketAcceptor<P extends Principal> {
       this.#ctx.metrics.upgradesRejected.inc({ code: ErrorCode.Closed });
       ws.resume();
       ws.close(CloseCode.GoingAway, 'server shutting down');
+      if (ws.readyState === WebSocket.CLOSED) continue;
+      this.#refusedAtShutdown.add(ws);
+      ws.once('close', () => this.#refusedAtShutdown.delete(ws));
     }
   }
 
@@ -122,6 +132,10 @@ export class SocketAcceptor<P extends Principal> {
     clearImmediate(this.#pendingTick);
     this.#pendingTick = undefined;
     await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
+    const refused = [...this.#refusedAtShutdown];
+    const closed = refused.map((ws) => new Promise((resolve) => ws.once('close', resolve)));
+    await waitAtMost(Promise.all(closed), deadline - Date.now());
+    for (const ws of refused) ws.terminate();
   }
 
   /** Closes the `WebSocketServer` when the acceptor created it. */
