@@ -87,6 +87,8 @@ const reruns: string[] = [];
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
 let signedIn = true;
+/** Per task, the nodes without a result that the fake server says already have the change. */
+const alreadyChanged = new Map<string, string[]>();
 /** The task list the fake server answers (the rows of the user signed in). */
 let taskList: unknown[] = [];
 const entry = (id: string) => ({
@@ -132,7 +134,14 @@ beforeAll(async () => {
       reruns.push(path);
       return json(202, { taskId: `rerun-${reruns.length}` });
     }
-    let m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
+    let m = /^\/api\/tasks\/([^/?]+)\/unrecorded$/.exec(path);
+    if (m) {
+      const id = decodeURIComponent(m[1] ?? '');
+      const changed = alreadyChanged.get(id) ?? [];
+      const nodes = entry(id).task.nodes.map((name) => ({ name, changed: changed.includes(name) }));
+      return json(200, { nodes });
+    }
+    m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
     m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
     if (m) return json(200, { events: [] });
@@ -233,6 +242,28 @@ describe('a batch that ended early', () => {
     expect(explain).toContain('may be left cordoned');
     expect(explain).not.toContain('not changed');
     expect(document.querySelector('#pending-title')?.textContent).toBe('Not drained');
+  });
+
+  it('an interrupted batch does not call a node it changed before its server died unchanged', async () => {
+    // worker-1 was cordoned just before the crash; its result was never recorded.
+    alreadyChanged.set('cordon-2', ['worker-1']);
+    nextSnap.set('cordon-2', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('cordon-2');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-2.');
+    expect(explain).toContain('1 node has the change without a recorded result');
+    expect(explain).toMatch(/result \([^)]*\): worker-1\./);
+    expect(explain).not.toContain('were not changed');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+    expect(document.querySelector('#pending-list li[data-node=worker-1]')?.textContent).toContain(
+      'already has the change',
+    );
+    expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe('worker-2');
   });
 
   it('another operation says which nodes were not changed', async () => {

@@ -18,10 +18,19 @@ let elapsedTimer: ReturnType<typeof setInterval> | undefined;
 let entry: TaskEntry | null = null;
 let lastState: WatchState | null = null;
 const results = new Map<string, ItemResult>();
+/**
+ * For an ended task, its nodes without a recorded result: whether each now has the operation's change
+ * (`GET /api/tasks/:id/unrecorded`). A batch whose server died may have changed a node just before, its
+ * result never recorded: such a node is not called "not changed". Absent: not known (yet).
+ */
+const unrecorded = new Map<string, boolean | null>();
+let unrecordedFor: Watch | undefined;
 
 export function openProgress(taskId: string): void {
   closeProgressWatch();
   results.clear();
+  unrecorded.clear();
+  unrecordedFor = undefined;
   entry = null;
   lastState = null;
   sessionStorage.setItem(RUNNING_TASK_KEY, taskId);
@@ -186,6 +195,9 @@ function untouched(): string[] {
   return (entry?.nodes ?? []).filter((n) => !results.has(n));
 }
 
+/** Of the nodes without a result, those that already have the change (read after the end). */
+const alreadyChanged = (key: string) => unrecorded.get(key) === true;
+
 function renderResults(): void {
   const ok = [...results]
     .filter(([, r]) => r.ok)
@@ -219,14 +231,27 @@ function renderResults(): void {
   );
   const pending = untouched();
   const ended = lastState?.finished === true;
-  $('#pending-title').textContent = ended ? (isDrain() ? 'Not drained' : 'Not changed') : 'Pending';
+  $('#pending-title').textContent = ended
+    ? isDrain()
+      ? 'Not drained'
+      : pending.some(alreadyChanged)
+        ? 'Without a recorded result'
+        : 'Not changed'
+    : 'Pending';
   // A finished batch that reached every node has nothing to list here.
   ($('#pending-list').parentElement as HTMLElement).hidden = ended && entry !== null && pending.length === 0;
   $('#pending-count').textContent = entry === null ? '…' : String(pending.length);
   const current = lastState?.progress?.current ?? null;
   $('#pending-list').replaceChildren(
     ...pending.map((key) =>
-      el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
+      ended && alreadyChanged(key)
+        ? el(
+            'li',
+            { 'data-node': key, class: 'already-changed' },
+            key,
+            el('small', {}, ' · already has the change; its result was not recorded'),
+          )
+        : el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
     ),
   );
 }
@@ -242,6 +267,14 @@ function finished(w: Watch, snap: WatchState): void {
   $<HTMLButtonElement>('#progress-cancel').hidden = true;
   const failures = snap.progress?.failed ?? 0;
   const left = entry === null ? null : untouched();
+  // Nodes without a result may still have been changed (the server stopped between the change and its
+  // record): once the end is known, ask which already have the change, then render again.
+  if (left !== null && left.length > 0 && !isDrain() && unrecordedFor !== w) {
+    unrecordedFor = w;
+    void loadUnrecorded(w, snap);
+  }
+  const changed = (left ?? []).filter(alreadyChanged);
+  const unchanged = (left ?? []).filter((n) => !alreadyChanged(n));
   const leftText =
     left === null
       ? ''
@@ -249,7 +282,7 @@ function finished(w: Watch, snap: WatchState): void {
         ? ' Every node was processed.'
         : isDrain()
           ? ` ${plural(left.length, 'node was', 'nodes were')} not drained: ${left.join(', ')}. A drain cordons all its nodes first, so ${left.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${left.length === 1 ? 'it' : 'them'}.`
-          : ` ${plural(left.length, 'node was', 'nodes were')} not changed: ${left.join(', ')}.`;
+          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
     status.textContent = 'batch operation complete';
@@ -290,6 +323,20 @@ function finished(w: Watch, snap: WatchState): void {
   void loadTasks();
   // Not debounced away by a read already scheduled before the end: the locks and results must show now.
   setTimeout(() => void loadNodes(), 300);
+}
+
+async function loadUnrecorded(w: Watch, snap: WatchState): Promise<void> {
+  const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId ?? '';
+  try {
+    const got = await api<{ nodes: { name: string; changed: boolean | null }[] }>(
+      `/api/tasks/${encodeURIComponent(id)}/unrecorded`,
+    );
+    if (watch !== w) return;
+    for (const node of got.nodes) unrecorded.set(node.name, node.changed);
+  } catch {
+    return; // not known: the nodes stay listed as without a result
+  }
+  if (watch === w && unrecorded.size > 0) finished(w, snap);
 }
 
 function closeProgressWatch(): void {
