@@ -87,6 +87,8 @@ const reruns: string[] = [];
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
 let signedIn = true;
+/** Per task, the item events the fake server's history holds. */
+const history = new Map<string, unknown[]>();
 /** Per task, the nodes without a result that the fake server says already have the change. */
 const alreadyChanged = new Map<string, string[]>();
 /** The task list the fake server answers (the rows of the user signed in). */
@@ -143,6 +145,8 @@ beforeAll(async () => {
     }
     m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
+    m = /^\/progress\/tasks\/([^/]+)\/events\?afterSeq=0&/.exec(path);
+    if (m) return json(200, { events: history.get(decodeURIComponent(m[1] ?? '')) ?? [] });
     m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
     if (m) return json(200, { events: [] });
     m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
@@ -264,6 +268,20 @@ describe('a batch that ended early', () => {
       'already has the change',
     );
     expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe('worker-2');
+  });
+
+  it('reopened after a reload, an ended batch counts the nodes its history has, however late it arrives', async () => {
+    history.set('cordon-3', [{ seq: 1, type: 'item', item: { key: 'worker-1', ok: true, error: null } }]);
+    delays.set('/progress/tasks/cordon-3/events', 150);
+    nextSnap.set('cordon-3', {
+      ...cancelled(1),
+      progress: { done: 1, total: 2, current: null, succeeded: 1, failed: 0 },
+    });
+    pd.openProgress('cordon-3');
+    await sleep(300);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-2.');
+    expect(document.querySelector('#progress-resume')?.textContent).toBe('Resume remaining (1)');
   });
 
   it('another operation says which nodes were not changed', async () => {

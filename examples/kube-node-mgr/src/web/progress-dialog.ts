@@ -156,7 +156,12 @@ async function loadHistory(w: Watch, taskId: string): Promise<void> {
     if (page === null || watch !== w) return;
     for (const event of page.events) if (event.item) results.set(event.item.key, event.item);
     renderResults();
-    if (page.events.length < 1000) return;
+    if (page.events.length < 1000) {
+      // The final state may have come first (a reload, a task reopened from the list): its explanation
+      // and rerun buttons were written without these nodes, calling them all "not changed".
+      if (lastState?.finished) finished(w, lastState);
+      return;
+    }
     after = page.events[page.events.length - 1]?.seq ?? after;
   }
 }
