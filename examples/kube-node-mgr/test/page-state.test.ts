@@ -140,7 +140,11 @@ beforeAll(async () => {
     if (m) {
       const id = decodeURIComponent(m[1] ?? '');
       const changed = alreadyChanged.get(id) ?? [];
-      const nodes = entry(id).task.nodes.map((name) => ({ name, changed: changed.includes(name) }));
+      // `unreadable-…` tasks: the cluster could not be read back (null).
+      const nodes = entry(id).task.nodes.map((name) => ({
+        name,
+        changed: id.includes('unreadable') ? null : changed.includes(name),
+      }));
       return json(200, { nodes });
     }
     m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
@@ -268,6 +272,20 @@ describe('a batch that ended early', () => {
       'already has the change',
     );
     expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe('worker-2');
+  });
+
+  it('an interrupted batch whose nodes cannot be read back does not call them unchanged either', async () => {
+    nextSnap.set('cordon-unreadable', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('cordon-unreadable');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).not.toContain('not changed');
+    expect(explain).toContain('2 nodes have no recorded result and could not be read back');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
   });
 
   it('reopened after a reload, an ended batch counts the nodes its history has, however late it arrives', async () => {

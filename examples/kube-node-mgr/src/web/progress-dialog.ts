@@ -202,6 +202,8 @@ function untouched(): string[] {
 
 /** Of the nodes without a result, those that already have the change (read after the end). */
 const alreadyChanged = (key: string) => unrecorded.get(key) === true;
+/** Of the nodes without a result, those whose state could not be read back: not known to be unchanged. */
+const stateUnknown = (key: string) => unrecorded.has(key) && unrecorded.get(key) === null;
 
 function renderResults(): void {
   const ok = [...results]
@@ -239,7 +241,7 @@ function renderResults(): void {
   $('#pending-title').textContent = ended
     ? isDrain()
       ? 'Not drained'
-      : pending.some(alreadyChanged)
+      : pending.some((key) => alreadyChanged(key) || stateUnknown(key))
         ? 'Without a recorded result'
         : 'Not changed'
     : 'Pending';
@@ -249,12 +251,18 @@ function renderResults(): void {
   const current = lastState?.progress?.current ?? null;
   $('#pending-list').replaceChildren(
     ...pending.map((key) =>
-      ended && alreadyChanged(key)
+      ended && (alreadyChanged(key) || stateUnknown(key))
         ? el(
             'li',
-            { 'data-node': key, class: 'already-changed' },
+            { 'data-node': key, class: alreadyChanged(key) ? 'already-changed' : 'state-unknown' },
             key,
-            el('small', {}, ' · already has the change; its result was not recorded'),
+            el(
+              'small',
+              {},
+              alreadyChanged(key)
+                ? ' · already has the change; its result was not recorded'
+                : ' · no recorded result; its state could not be read',
+            ),
           )
         : el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
     ),
@@ -279,7 +287,8 @@ function finished(w: Watch, snap: WatchState): void {
     void loadUnrecorded(w, snap);
   }
   const changed = (left ?? []).filter(alreadyChanged);
-  const unchanged = (left ?? []).filter((n) => !alreadyChanged(n));
+  const unknown = (left ?? []).filter(stateUnknown);
+  const unchanged = (left ?? []).filter((n) => !alreadyChanged(n) && !stateUnknown(n));
   const leftText =
     left === null
       ? ''
@@ -287,7 +296,7 @@ function finished(w: Watch, snap: WatchState): void {
         ? ' Every node was processed.'
         : isDrain()
           ? ` ${plural(left.length, 'node was', 'nodes were')} not drained: ${left.join(', ')}. A drain cordons all its nodes first, so ${left.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${left.length === 1 ? 'it' : 'them'}.`
-          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}`;
+          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${unknown.join(', ')}.`}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
     status.textContent = 'batch operation complete';
