@@ -325,7 +325,16 @@ describe('validation: 400 before any node is touched', () => {
       { operation: 'cordon', nodes: ['worker-1', 'no-such-node'] },
       /unknown node: no-such-node/,
     ],
-    ['invalid node name', { operation: 'cordon', nodes: ['Worker_1'] }, /invalid node name/],
+    [
+      'invalid node name, saying why',
+      { operation: 'cordon', nodes: ['Worker_1'] },
+      /invalid node name "Worker_1": must be a lowercase DNS-1123 subdomain/,
+    ],
+    [
+      'node name too long, saying why',
+      { operation: 'cordon', nodes: ['a'.repeat(254)] },
+      /invalid node name "a+": must be 1 to 253 characters/,
+    ],
     [
       'invalid taint key',
       { operation: 'taint_add', key: 'bad key', effect: 'NoSchedule', nodes: ['worker-1'] },

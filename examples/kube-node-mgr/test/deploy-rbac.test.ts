@@ -27,8 +27,10 @@ function clusterRoleRules(text: string): { apiGroups: string[]; resources: strin
 describe('deploy/rbac.yaml', () => {
   it('allows every API call the app makes: the nodes it patches and the pods a drain evicts', () => {
     const rules = clusterRoleRules(readFileSync(new URL('../deploy/rbac.yaml', import.meta.url), 'utf8'));
-    const allowed = (resource: string, verb: string) =>
-      rules.some((r) => r.apiGroups.includes('') && r.resources.includes(resource) && r.verbs.includes(verb));
+    const allowed = (resource: string, verb: string, group = '') =>
+      rules.some(
+        (r) => r.apiGroups.includes(group) && r.resources.includes(resource) && r.verbs.includes(verb),
+      );
     // KubeNodes: listNode, readNode, patchNode; listPodForAllNamespaces, readNamespacedPod (a drain lists the
     // node's pods and waits for each evicted one to go); createNamespacedPodEviction (the Eviction API is the
     // pods/eviction subresource of the core group).
@@ -41,5 +43,7 @@ describe('deploy/rbac.yaml', () => {
       ['pods/eviction', 'create'],
     ];
     expect(calls.filter(([resource, verb]) => !allowed(resource, verb))).toEqual([]);
+    // readNamespacedDaemonSet: a drain leaves a DaemonSet's pods only while the DaemonSet exists.
+    expect(allowed('daemonsets', 'get', 'apps')).toBe(true);
   });
 });

@@ -87,6 +87,10 @@ const reruns: string[] = [];
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
 let signedIn = true;
+/** Per task, the item events the fake server's history holds. */
+const history = new Map<string, unknown[]>();
+/** Per task, the nodes without a result that the fake server says already have the change. */
+const alreadyChanged = new Map<string, string[]>();
 /** The task list the fake server answers (the rows of the user signed in). */
 let taskList: unknown[] = [];
 const entry = (id: string) => ({
@@ -132,8 +136,21 @@ beforeAll(async () => {
       reruns.push(path);
       return json(202, { taskId: `rerun-${reruns.length}` });
     }
-    let m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
+    let m = /^\/api\/tasks\/([^/?]+)\/unrecorded$/.exec(path);
+    if (m) {
+      const id = decodeURIComponent(m[1] ?? '');
+      const changed = alreadyChanged.get(id) ?? [];
+      // `unreadable-…` tasks: the cluster could not be read back (null).
+      const nodes = entry(id).task.nodes.map((name) => ({
+        name,
+        changed: id.includes('unreadable') ? null : changed.includes(name),
+      }));
+      return json(200, { nodes });
+    }
+    m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
+    m = /^\/progress\/tasks\/([^/]+)\/events\?afterSeq=0&/.exec(path);
+    if (m) return json(200, { events: history.get(decodeURIComponent(m[1] ?? '')) ?? [] });
     m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
     if (m) return json(200, { events: [] });
     m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
@@ -233,6 +250,56 @@ describe('a batch that ended early', () => {
     expect(explain).toContain('may be left cordoned');
     expect(explain).not.toContain('not changed');
     expect(document.querySelector('#pending-title')?.textContent).toBe('Not drained');
+  });
+
+  it('an interrupted batch does not call a node it changed before its server died unchanged', async () => {
+    // worker-1 was cordoned just before the crash; its result was never recorded.
+    alreadyChanged.set('cordon-2', ['worker-1']);
+    nextSnap.set('cordon-2', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('cordon-2');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-2.');
+    expect(explain).toContain('1 node has the change without a recorded result');
+    expect(explain).toMatch(/result \([^)]*\): worker-1\./);
+    expect(explain).not.toContain('were not changed');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+    expect(document.querySelector('#pending-list li[data-node=worker-1]')?.textContent).toContain(
+      'already has the change',
+    );
+    expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe('worker-2');
+  });
+
+  it('an interrupted batch whose nodes cannot be read back does not call them unchanged either', async () => {
+    nextSnap.set('cordon-unreadable', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('cordon-unreadable');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).not.toContain('not changed');
+    expect(explain).toContain('2 nodes have no recorded result and could not be read back');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+  });
+
+  it('reopened after a reload, an ended batch counts the nodes its history has, however late it arrives', async () => {
+    history.set('cordon-3', [{ seq: 1, type: 'item', item: { key: 'worker-1', ok: true, error: null } }]);
+    delays.set('/progress/tasks/cordon-3/events', 150);
+    nextSnap.set('cordon-3', {
+      ...cancelled(1),
+      progress: { done: 1, total: 2, current: null, succeeded: 1, failed: 0 },
+    });
+    pd.openProgress('cordon-3');
+    await sleep(300);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-2.');
+    expect(document.querySelector('#progress-resume')?.textContent).toBe('Resume remaining (1)');
   });
 
   it('another operation says which nodes were not changed', async () => {

@@ -64,6 +64,39 @@ describe('the round-robin proxy and the client address', () => {
     expect(await loginFrom(url, '127.0.0.2', 'nobody-5', { 'x-forwarded-for': '203.0.113.9' })).toBe(429);
   });
 
+  it('does not believe the X-Forwarded-For of a client connecting to a replica directly, bypassing the proxy', async () => {
+    // As the launcher starts a replica: it listens on loopback, where any local client can reach its port.
+    const secret = 'a-proxy-secret-of-the-launcher';
+    h = await startHarness({
+      app: {
+        trustProxy: 1,
+        proxySecret: secret,
+        loginThrottle: { accountFreeFailures: 1000, addressFreeFailures: 2 },
+      },
+    });
+    proxy = new RoundRobinProxy([h.base], { secret });
+    const url = await proxy.listen(0);
+    // Directly, naming another address each time (or the proxy's secret header with a wrong value): the
+    // throttle counts the client's own address all the same.
+    for (let i = 0; i < 3; i++)
+      expect(
+        await loginFrom(h.base, '127.0.0.2', `nobody-${i}`, { 'x-forwarded-for': `203.0.113.${i}` }),
+      ).toBe(401);
+    expect(
+      await loginFrom(h.base, '127.0.0.2', 'nobody-3', {
+        'x-forwarded-for': '203.0.113.50',
+        'x-knm-proxy-auth': 'guessed',
+      }),
+    ).toBe(429);
+    // Nor can it pass for another client by sending a locked-out victim's address.
+    expect(await loginFrom(h.base, '127.0.0.3', 'nobody-4', { 'x-forwarded-for': '127.0.0.2' })).toBe(401);
+    // Through the proxy, the address it forwards is believed: 127.0.0.2 is locked out, 127.0.0.4 is not.
+    expect(await loginFrom(url, '127.0.0.2', 'nobody-5')).toBe(429);
+    expect(await loginFrom(url, '127.0.0.4', 'nobody-6')).toBe(401);
+    // A client's own secret header through the proxy is replaced, not passed on.
+    expect(await loginFrom(url, '127.0.0.4', 'nobody-7', { 'x-knm-proxy-auth': 'guessed' })).toBe(401);
+  });
+
   it('keeps a trusted front proxy’s X-Forwarded-For and -Proto and appends its peer, on requests and upgrades', async () => {
     const seen: http.IncomingHttpHeaders[] = [];
     backend = http.createServer((req, res) => {

@@ -14,6 +14,8 @@ interface Echo {
   pid: number;
   databaseUrl: string | null;
   hasSessionSecret: boolean;
+  proxyAuthenticated: boolean;
+  proxySecretOnCommandLine: boolean;
 }
 
 let set: ReplicaSet | undefined;
@@ -55,6 +57,9 @@ describe('startReplicaSet', () => {
       seen.add(echo.pid);
       expect(echo.databaseUrl).toBe(DATABASE_URL);
       expect(echo.hasSessionSecret).toBe(true);
+      // The proxy's secret, which makes a replica believe its X-Forwarded-For (and not a direct client's).
+      expect(echo.proxyAuthenticated).toBe(true);
+      expect(echo.proxySecretOnCommandLine).toBe(false);
       expect(echo.argv.join(' ')).not.toContain(PASSWORD);
       expect(echo.argv.join(' ')).not.toContain('postgres://');
       expect(echo.argv).not.toContain('--database-url');

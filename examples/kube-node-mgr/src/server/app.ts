@@ -1,3 +1,4 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -15,6 +16,7 @@ import type { SessionManager } from './auth.js';
 import { type Cluster, ClusterSet } from './clusters.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
+import { PROXY_AUTH_HEADER } from './round-robin-proxy.js';
 import { registerBatchRoutes } from './routes/batch-routes.js';
 import { createGuards, type Principal, type RouteContext } from './routes/context.js';
 import { registerNodeRoutes } from './routes/node-routes.js';
@@ -82,6 +84,14 @@ export interface AppOptions {
    * @default false
    */
   trustProxy?: boolean | number;
+  /**
+   * The secret a trusted proxy sends in `X-Knm-Proxy-Auth` (the replica launcher's round-robin proxy and its
+   * replicas share one, `PROXY_SECRET`): with it, the `X-Forwarded-*` headers of a request without it are
+   * dropped before anything reads them. The replicas listen on loopback, where any local client could
+   * connect directly, bypassing the proxy, and name its own address (the login throttle's) and scheme.
+   * @default undefined (every peer's headers are believed, up to `trustProxy` hops)
+   */
+  proxySecret?: string;
   /**
    * How long a drain waits for one pod that a PodDisruptionBudget protects before the node fails; and, once
    * it is evicted, for it to terminate.
@@ -156,6 +166,22 @@ export function createApp(options: AppOptions): App {
   if (proxyHops > 0) app.set('trust proxy', proxyHops);
   app.use(securityHeaders);
   const server = http.createServer(app);
+  if (config.proxySecret !== undefined) {
+    if (config.proxySecret.length < 16)
+      throw new Error('createApp: proxySecret must have at least 16 characters');
+    const digest = (value: string) => createHash('sha256').update(value).digest();
+    const expected = digest(config.proxySecret);
+    // Before the app and the progress server (its WebSocket upgrade and same-origin check) see the request.
+    const screen = (req: http.IncomingMessage) => {
+      const given = req.headers[PROXY_AUTH_HEADER];
+      delete req.headers[PROXY_AUTH_HEADER];
+      if (typeof given === 'string' && timingSafeEqual(digest(given), expected)) return;
+      for (const name of ['x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host'])
+        delete req.headers[name];
+    };
+    server.prependListener('request', screen);
+    server.prependListener('upgrade', screen);
+  }
   // One Origin rule for the app's routes, the WebSocket and /progress. Behind a proxy that terminates TLS
   // every request arrives over http: under --trust-proxy same-origin takes the scheme from the proxy's
   // X-Forwarded-Proto (else the https pages' socket would be refused with 403, which the client takes as

@@ -31,6 +31,8 @@ export interface Config {
   staticDir: string;
   /** Proxies in front whose X-Forwarded-* headers are believed (0: none; `--trust-proxy` is 1). */
   trustProxy: number;
+  /** The secret a trusted proxy sends in `X-Knm-Proxy-Auth`; without it its X-Forwarded-* are dropped. */
+  proxySecret: string | undefined;
   allowedOrigins: 'same-origin' | string[];
   /** A name for this process in logs (replicas). */
   name: string;
@@ -67,6 +69,8 @@ export const USAGE = `Usage: node dist/server.mjs [options]
                            gives its replicas 1, or 2 with --trust-proxy)
   --allowed-origins LIST   comma-separated origins (ALLOWED_ORIGINS; default same-origin)
   SESSION_SECRET           cookie signing secret (default: generated into DATA_DIR/session-secret)
+  PROXY_SECRET             believe X-Forwarded-* only on requests whose X-Knm-Proxy-Auth header is this
+                           (at least 16 characters; the replica launcher gives its replicas and its proxy one)
 `;
 
 /** The server's flags (`parseArgs` options); the replica launcher accepts the same ones. */
@@ -148,6 +152,7 @@ export function loadConfig(
       values['trust-proxy'] === true || env.TRUST_PROXY === '1' || env.TRUST_PROXY === 'true' ? 1 : 0,
       0,
     ),
+    proxySecret: env.PROXY_SECRET || undefined,
     allowedOrigins: origins
       ? origins
           .split(',')

@@ -1,4 +1,5 @@
 import {
+  AppsV1Api,
   CoreV1Api,
   createConfiguration,
   KubeConfig,
@@ -161,6 +162,7 @@ export const FIELD_MANAGER = 'kube-node-mgr';
 /** The node API this app needs, on `@kubernetes/client-node`. */
 export class KubeNodes {
   readonly #api: CoreV1Api;
+  readonly #apps: AppsV1Api;
   /** Where the API is (for the start-up banner). */
   readonly server: string;
 
@@ -171,13 +173,13 @@ export class KubeNodes {
     const cluster = config.getCurrentCluster();
     if (cluster === null) throw new Error('KubeNodes: the kubeconfig has no current cluster');
     // As KubeConfig.makeApiClient builds it, with the timed HTTP library instead of the default one.
-    this.#api = new CoreV1Api(
-      createConfiguration({
-        baseServer: new ServerConfiguration(cluster.server, {}),
-        authMethods: { default: config },
-        httpApi: timedHttpLibrary(requestTimeoutMs),
-      }),
-    );
+    const configuration = createConfiguration({
+      baseServer: new ServerConfiguration(cluster.server, {}),
+      authMethods: { default: config },
+      httpApi: timedHttpLibrary(requestTimeoutMs),
+    });
+    this.#api = new CoreV1Api(configuration);
+    this.#apps = new AppsV1Api(configuration);
     this.server = cluster.server;
   }
 
@@ -217,6 +219,21 @@ export class KubeNodes {
     } catch (error) {
       const e = toError(error);
       if (e.status === 404) return null;
+      throw e;
+    }
+  }
+
+  /**
+   * Whether a DaemonSet exists: a drain leaves a DaemonSet's pods in place only while it does (its pods
+   * left by a deleted one, as `kubectl drain` sees them, are recreated by nothing). `false` on 404.
+   */
+  async daemonSetExists(namespace: string, name: string): Promise<boolean> {
+    try {
+      await this.#apps.readNamespacedDaemonSet({ namespace, name });
+      return true;
+    } catch (error) {
+      const e = toError(error);
+      if (e.status === 404) return false;
       throw e;
     }
   }
@@ -265,6 +282,8 @@ export interface PodRef {
   uid: string;
   /** Kind of the controlling owner (`DaemonSet`, `ReplicaSet`, …), or `null`. */
   controller: string | null;
+  /** Name of the controlling owner (in the pod's namespace); `null` or absent without one. */
+  controllerName?: string | null;
   /** A static pod's mirror: the kubelet owns it, eviction does not apply. */
   mirror: boolean;
   terminating: boolean;
@@ -288,6 +307,7 @@ function toPodRef(pod: V1Pod): PodRef {
     name: pod.metadata?.name ?? '',
     uid: pod.metadata?.uid ?? '',
     controller: pod.metadata?.ownerReferences?.find((o) => o.controller)?.kind ?? null,
+    controllerName: pod.metadata?.ownerReferences?.find((o) => o.controller)?.name ?? null,
     mirror: pod.metadata?.annotations?.['kubernetes.io/config.mirror'] !== undefined,
     terminating: pod.metadata?.deletionTimestamp !== undefined,
     finished: pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed',

@@ -102,6 +102,7 @@ async function main(): Promise<void> {
     },
     staticDir: config.staticDir,
     trustProxy: config.trustProxy,
+    ...(config.proxySecret === undefined ? {} : { proxySecret: config.proxySecret }),
     allowedOrigins: config.allowedOrigins,
     logger,
   });

@@ -35,7 +35,10 @@ export interface DrainOptions {
 export interface DrainResult extends NodeResult {
   /** `namespace/name` of each evicted pod. */
   evicted: string[];
-  /** DaemonSet and mirror pods left in place (a drain never evicts them, as `kubectl drain --ignore-daemonsets`). */
+  /**
+   * DaemonSet and mirror pods left in place (a drain never evicts them, as `kubectl drain --ignore-daemonsets`):
+   * the running pods of DaemonSets that exist.
+   */
   skipped: string[];
 }
 
@@ -75,7 +78,8 @@ export async function cordonNodes(
 
 /**
  * Drains one node as `kubectl drain --ignore-daemonsets` does: cordons it, refuses (fails the node) if a
- * running pod has no controller or has an emptyDir volume, then evicts every pod that is not a DaemonSet's or a mirror pod through the
+ * running pod has no controller or has an emptyDir volume, or belongs to a DaemonSet that no longer exists (or cannot be read), then evicts every pod that is not a
+ * running pod of an existing DaemonSet or a mirror pod through the
  * Eviction API — retrying while a PodDisruptionBudget refuses
  * (429), and sending again one that timed out, with the listed pod's uid as precondition — and waits until
  * each evicted pod is gone. Its pod list and pod reads, shed under load (429 or
@@ -93,7 +97,45 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   } catch (error) {
     throw new Error(`listing the pods of ${name}: ${(error as Error).message}`);
   }
-  const skipped = pods.filter((p) => p.controller === 'DaemonSet' || p.mirror);
+  // A DaemonSet's pod is left in place only while its DaemonSet exists, as kubectl drain does: one whose
+  // DaemonSet was deleted (orphaned, still running) is recreated by nothing, and kubectl drain refuses the
+  // node without --force; so does this, before any eviction. A finished one is evicted (nothing is lost).
+  const daemonSetPods = pods.filter((p) => p.controller === 'DaemonSet' && !p.mirror && !p.finished);
+  const daemonSets = new Map<string, boolean>();
+  const ownerless = new Set<PodRef>();
+  for (const pod of daemonSetPods) {
+    const owner = `${pod.namespace}/${pod.controllerName ?? ''}`;
+    let exists = daemonSets.get(owner);
+    if (exists === undefined) {
+      try {
+        exists = await readRetrying(
+          () => nodes.daemonSetExists(pod.namespace, pod.controllerName ?? ''),
+          options,
+        );
+      } catch (error) {
+        const why =
+          error instanceof KubeApiError && error.status !== 0
+            ? `${error.status} ${error.reason}: ${error.message}`
+            : (error as Error).message;
+        throw new Error(
+          `cannot drain ${name}: reading DaemonSet ${owner} of pod ${pod.namespace}/${pod.name}: ${why}`,
+        );
+      }
+      daemonSets.set(owner, exists);
+    }
+    if (!exists) ownerless.add(pod);
+  }
+  // One already being deleted loses nothing more: it is waited for as an evicted one is.
+  const orphaned = [...ownerless].filter((p) => !p.terminating);
+  if (orphaned.length > 0) {
+    const list = orphaned
+      .map((p) => `${p.namespace}/${p.name} (DaemonSet ${p.namespace}/${p.controllerName ?? ''})`)
+      .join(', ');
+    throw new Error(
+      `cannot drain ${name}: ${list} ${orphaned.length > 1 ? 'belong' : 'belongs'} to a DaemonSet that no longer exists and would not be recreated (kubectl drain refuses it without --force); delete ${orphaned.length > 1 ? 'them' : 'it'}, then retry`,
+    );
+  }
+  const skipped = pods.filter((p) => p.mirror || (daemonSetPods.includes(p) && !ownerless.has(p)));
   const movable = pods.filter((p) => !skipped.includes(p));
   // A running pod that no controller recreates would be gone for good: kubectl drain refuses the node without
   // --force, leaving it cordoned, and so does this, before any eviction.

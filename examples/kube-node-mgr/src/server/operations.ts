@@ -86,7 +86,9 @@ export function labelValueError(value: string): string | null {
 /** A node name is a DNS-1123 subdomain. */
 export function nodeNameError(value: string): string | null {
   if (value.length === 0 || value.length > 253) return 'must be 1 to 253 characters';
-  return DNS1123_SUBDOMAIN_PART.test(value) ? null : 'must be a lowercase DNS-1123 subdomain';
+  return DNS1123_SUBDOMAIN_PART.test(value)
+    ? null
+    : "must be a lowercase DNS-1123 subdomain: lowercase alphanumeric characters, '-' or '.', starting and ending with an alphanumeric character (e.g. worker-1.example.com)";
 }
 
 /** Thrown for a request that must be refused with 400 before any node is touched. */
@@ -176,8 +178,9 @@ export function parseSelection(value: unknown, max: number): string[] {
   if (value.length > max) throw new BadRequestError('nodes', `at most ${max} nodes per batch`);
   const names: string[] = [];
   for (const name of value) {
-    if (typeof name !== 'string' || nodeNameError(name) !== null) {
-      throw new BadRequestError('nodes', `invalid node name ${JSON.stringify(name)}`);
+    const problem = typeof name === 'string' ? nodeNameError(name) : 'must be a string';
+    if (problem !== null) {
+      throw new BadRequestError('nodes', `invalid node name ${JSON.stringify(name)}: ${problem}`);
     }
     if (!names.includes(name)) names.push(name);
   }

@@ -168,9 +168,13 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
     for (const stop of stops.reverse()) await stop().catch(() => {});
   };
   try {
+    // The replicas believe the X-Forwarded-* headers only of requests carrying this proxy's secret: they
+    // listen on loopback, where a local client could connect to one directly and name its own address.
+    const proxySecret = randomBytes(32).toString('base64url');
     const proxy = new RoundRobinProxy([], {
       ...options.proxy,
       trustForwarded: options.trustProxy === true,
+      secret: proxySecret,
     });
     const url = await proxy.listen(options.port ?? 3000, options.host);
     stops.push(() => proxy.close());
@@ -215,7 +219,7 @@ export async function startReplicaSet(options: ReplicaSetOptions): Promise<Repli
           ...(options.serverArgs ?? []),
         ],
         // The URL holds the password: in the environment, not on the command line every user sees in `ps`.
-        env: { SESSION_SECRET: secret, DATABASE_URL: databaseUrl },
+        env: { SESSION_SECRET: secret, DATABASE_URL: databaseUrl, PROXY_SECRET: proxySecret },
         ...(options.onOutput === undefined ? {} : { onOutput: options.onOutput }),
       });
       replicas.push(replica);

@@ -35,7 +35,16 @@ export interface ProxyOptions {
    * @default false
    */
   trustForwarded?: boolean;
+  /**
+   * Sent to the backends in {@link PROXY_AUTH_HEADER} (a client's own is dropped): backends given the same
+   * `proxySecret` believe the `X-Forwarded-*` headers only of requests carrying it, not of a client that
+   * connects to them directly.
+   */
+  secret?: string;
 }
+
+/** The header in which {@link RoundRobinProxy} proves itself to its backends (see `AppOptions.proxySecret`). */
+export const PROXY_AUTH_HEADER = 'x-knm-proxy-auth';
 
 /**
  * The `X-Forwarded-For` and `X-Forwarded-Proto` a backend gets: the replicas trust this proxy's (one hop
@@ -89,7 +98,13 @@ export class RoundRobinProxy {
           return;
         }
         const fwd = forwarded(req, this.#options.trustForwarded === true);
-        const headers = { ...req.headers, 'x-forwarded-for': fwd.for, 'x-forwarded-proto': fwd.proto };
+        const headers: http.OutgoingHttpHeaders = {
+          ...req.headers,
+          'x-forwarded-for': fwd.for,
+          'x-forwarded-proto': fwd.proto,
+        };
+        delete headers[PROXY_AUTH_HEADER];
+        if (this.#options.secret !== undefined) headers[PROXY_AUTH_HEADER] = this.#options.secret;
         const upstream = http.request(
           { method: req.method, path: req.url, headers, createConnection: () => connection },
           (response) => {
@@ -124,10 +139,12 @@ export class RoundRobinProxy {
         const lines = [`${req.method} ${req.url} HTTP/1.1`];
         for (let i = 0; i < req.rawHeaders.length; i += 2) {
           const name = req.rawHeaders[i]?.toLowerCase();
-          if (name === 'x-forwarded-for' || name === 'x-forwarded-proto') continue;
+          if (name === 'x-forwarded-for' || name === 'x-forwarded-proto' || name === PROXY_AUTH_HEADER)
+            continue;
           lines.push(`${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}`);
         }
         lines.push(`X-Forwarded-For: ${fwd.for}`, `X-Forwarded-Proto: ${fwd.proto}`);
+        if (this.#options.secret !== undefined) lines.push(`X-Knm-Proxy-Auth: ${this.#options.secret}`);
         upstream.write(`${lines.join('\r\n')}\r\n\r\n`);
         if (head.length > 0) upstream.write(head);
         upstream.pipe(socket);

@@ -18,10 +18,19 @@ let elapsedTimer: ReturnType<typeof setInterval> | undefined;
 let entry: TaskEntry | null = null;
 let lastState: WatchState | null = null;
 const results = new Map<string, ItemResult>();
+/**
+ * For an ended task, its nodes without a recorded result: whether each now has the operation's change
+ * (`GET /api/tasks/:id/unrecorded`). A batch whose server died may have changed a node just before, its
+ * result never recorded: such a node is not called "not changed". Absent: not known (yet).
+ */
+const unrecorded = new Map<string, boolean | null>();
+let unrecordedFor: Watch | undefined;
 
 export function openProgress(taskId: string): void {
   closeProgressWatch();
   results.clear();
+  unrecorded.clear();
+  unrecordedFor = undefined;
   entry = null;
   lastState = null;
   sessionStorage.setItem(RUNNING_TASK_KEY, taskId);
@@ -147,7 +156,12 @@ async function loadHistory(w: Watch, taskId: string): Promise<void> {
     if (page === null || watch !== w) return;
     for (const event of page.events) if (event.item) results.set(event.item.key, event.item);
     renderResults();
-    if (page.events.length < 1000) return;
+    if (page.events.length < 1000) {
+      // The final state may have come first (a reload, a task reopened from the list): its explanation
+      // and rerun buttons were written without these nodes, calling them all "not changed".
+      if (lastState?.finished) finished(w, lastState);
+      return;
+    }
     after = page.events[page.events.length - 1]?.seq ?? after;
   }
 }
@@ -186,6 +200,11 @@ function untouched(): string[] {
   return (entry?.nodes ?? []).filter((n) => !results.has(n));
 }
 
+/** Of the nodes without a result, those that already have the change (read after the end). */
+const alreadyChanged = (key: string) => unrecorded.get(key) === true;
+/** Of the nodes without a result, those whose state could not be read back: not known to be unchanged. */
+const stateUnknown = (key: string) => unrecorded.has(key) && unrecorded.get(key) === null;
+
 function renderResults(): void {
   const ok = [...results]
     .filter(([, r]) => r.ok)
@@ -219,14 +238,33 @@ function renderResults(): void {
   );
   const pending = untouched();
   const ended = lastState?.finished === true;
-  $('#pending-title').textContent = ended ? (isDrain() ? 'Not drained' : 'Not changed') : 'Pending';
+  $('#pending-title').textContent = ended
+    ? isDrain()
+      ? 'Not drained'
+      : pending.some((key) => alreadyChanged(key) || stateUnknown(key))
+        ? 'Without a recorded result'
+        : 'Not changed'
+    : 'Pending';
   // A finished batch that reached every node has nothing to list here.
   ($('#pending-list').parentElement as HTMLElement).hidden = ended && entry !== null && pending.length === 0;
   $('#pending-count').textContent = entry === null ? '…' : String(pending.length);
   const current = lastState?.progress?.current ?? null;
   $('#pending-list').replaceChildren(
     ...pending.map((key) =>
-      el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
+      ended && (alreadyChanged(key) || stateUnknown(key))
+        ? el(
+            'li',
+            { 'data-node': key, class: alreadyChanged(key) ? 'already-changed' : 'state-unknown' },
+            key,
+            el(
+              'small',
+              {},
+              alreadyChanged(key)
+                ? ' · already has the change; its result was not recorded'
+                : ' · no recorded result; its state could not be read',
+            ),
+          )
+        : el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
     ),
   );
 }
@@ -242,6 +280,15 @@ function finished(w: Watch, snap: WatchState): void {
   $<HTMLButtonElement>('#progress-cancel').hidden = true;
   const failures = snap.progress?.failed ?? 0;
   const left = entry === null ? null : untouched();
+  // Nodes without a result may still have been changed (the server stopped between the change and its
+  // record): once the end is known, ask which already have the change, then render again.
+  if (left !== null && left.length > 0 && !isDrain() && unrecordedFor !== w) {
+    unrecordedFor = w;
+    void loadUnrecorded(w, snap);
+  }
+  const changed = (left ?? []).filter(alreadyChanged);
+  const unknown = (left ?? []).filter(stateUnknown);
+  const unchanged = (left ?? []).filter((n) => !alreadyChanged(n) && !stateUnknown(n));
   const leftText =
     left === null
       ? ''
@@ -249,7 +296,7 @@ function finished(w: Watch, snap: WatchState): void {
         ? ' Every node was processed.'
         : isDrain()
           ? ` ${plural(left.length, 'node was', 'nodes were')} not drained: ${left.join(', ')}. A drain cordons all its nodes first, so ${left.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${left.length === 1 ? 'it' : 'them'}.`
-          : ` ${plural(left.length, 'node was', 'nodes were')} not changed: ${left.join(', ')}.`;
+          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${unknown.join(', ')}.`}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
     status.textContent = 'batch operation complete';
@@ -290,6 +337,20 @@ function finished(w: Watch, snap: WatchState): void {
   void loadTasks();
   // Not debounced away by a read already scheduled before the end: the locks and results must show now.
   setTimeout(() => void loadNodes(), 300);
+}
+
+async function loadUnrecorded(w: Watch, snap: WatchState): Promise<void> {
+  const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId ?? '';
+  try {
+    const got = await api<{ nodes: { name: string; changed: boolean | null }[] }>(
+      `/api/tasks/${encodeURIComponent(id)}/unrecorded`,
+    );
+    if (watch !== w) return;
+    for (const node of got.nodes) unrecorded.set(node.name, node.changed);
+  } catch {
+    return; // not known: the nodes stay listed as without a result
+  }
+  if (watch === w && unrecorded.size > 0) finished(w, snap);
 }
 
 function closeProgressWatch(): void {

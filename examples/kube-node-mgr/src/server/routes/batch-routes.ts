@@ -6,6 +6,7 @@ import type { Response } from 'express';
 import type { NodeLock } from '../app-db.js';
 import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
+import type { NodeView } from '../kube-nodes.js';
 import { cordonNodes, drainNode } from '../node-drain.js';
 import { applyToNode } from '../node-worker.js';
 import {
@@ -15,6 +16,7 @@ import {
   type Operation,
   parseOperation,
   parseSelection,
+  patchFor,
 } from '../operations.js';
 import { kubeFailure, type RouteContext } from './context.js';
 
@@ -349,6 +351,50 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       names,
       await startBatch(session, cluster, op, names, { parentTaskId: id, relation: mode }, reason),
     );
+  });
+
+  // The nodes of an ended task without a recorded result, and whether each is now as the operation wants.
+  // Such a node was not necessarily left unchanged: a batch whose server died (interrupted) may have
+  // patched it just before, its result never recorded; the dialog said "not changed" all the same.
+  // `changed`: true when the node already has the change, false when it has not, null when unknown (a
+  // drain, whose evictions a node's state does not tell; or the node could not be read).
+  route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
+    const id = String(req.params.id);
+    const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
+    if (record === undefined || (req.role === 'operator' && record.username !== session.username)) {
+      return fail(res, 404, 'task_not_found', 'no such task');
+    }
+    if (task === undefined || task.status === 'running') {
+      return fail(res, 409, 'task_running', 'the task is still running');
+    }
+    const outcome = await itemOutcomes(store, id);
+    const names = record.nodes.filter((n) => !outcome.has(n));
+    const cluster = clusters.resolve(record.cluster);
+    let op: Operation | undefined;
+    try {
+      const { type, ...fields } = record.operation;
+      op = parseOperation({ ...fields, operation: type });
+    } catch {
+      op = undefined;
+    }
+    const now = new Date();
+    // One list for the batch (up to maxNodesPerBatch nodes), not one read per node.
+    let current: Map<string, NodeView> | undefined;
+    if (names.length > 0 && op !== undefined && op.type !== 'drain' && cluster !== undefined) {
+      try {
+        current = new Map((await cluster.nodes.list()).map((n) => [n.name, n]));
+      } catch {
+        current = undefined; // unknown, said so per node
+      }
+    }
+    const nodes = names.map((name) => {
+      const node = current?.get(name);
+      return {
+        name,
+        changed: op === undefined || node === undefined ? null : patchFor(op, node, now) === null,
+      };
+    });
+    res.json({ nodes });
   });
 
   return { settled: () => Promise.all(runs).then(() => undefined) };
