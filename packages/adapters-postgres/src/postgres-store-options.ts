@@ -1,5 +1,6 @@
-import type { Clock, ProgressError } from '@finishline/core';
-import type { BackoffOptions, ResolvedOptionsOf } from '@finishline/core/internal';
+import type { Clock } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
+import type { BackoffOptions, OptionSpec, ResolvedOptionsOf } from '@finishline/core/internal';
 import {
   backoffOption,
   boolean,
@@ -163,19 +164,45 @@ export interface PostgresProgressStoreOptions {
   onListenerError?: (error: unknown) => void;
 }
 
+/**
+ * An object option that refuses a string without repeating it: the string is most likely the connection
+ * string (`pool: process.env.DATABASE_URL`), and the error, logged at startup, carried its password.
+ */
+function notAString<T>(expected: string, spec: OptionSpec<T | undefined>): OptionSpec<T | undefined> {
+  return {
+    ...spec,
+    read(value, where) {
+      if (typeof value === 'string') {
+        throw new ProgressError(
+          ErrorCode.InvalidInput,
+          `${where} must be ${expected}, got a string (not repeated: a connection string carries its password)`,
+        );
+      }
+      return spec.read(value, where);
+    },
+  };
+}
+
 /** One description per option of {@link PostgresProgressStoreOptions}: its default and its check. */
 const POSTGRES_STORE_OPTIONS = {
-  pool: ofType<PgPool>(
+  pool: notAString(
     'a pg.Pool',
-    (value) => typeof value === 'object' && value !== null && typeof (value as PgPool).connect === 'function',
+    ofType<PgPool>(
+      'a pg.Pool',
+      (value) =>
+        typeof value === 'object' && value !== null && typeof (value as PgPool).connect === 'function',
+    ),
   ),
-  // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
-  db: ofType<Kysely<any>>(
+  db: notAString(
     'a Kysely instance',
-    (value) =>
-      typeof value === 'object' &&
-      value !== null &&
-      typeof (value as { transaction?: unknown }).transaction === 'function',
+    // biome-ignore lint/suspicious/noExplicitAny: see PostgresProgressStoreOptions.db
+    ofType<Kysely<any>>(
+      'a Kysely instance',
+      (value) =>
+        typeof value === 'object' &&
+        value !== null &&
+        typeof (value as { transaction?: unknown }).transaction === 'function',
+    ),
   ),
   schema: option<string>('finishline', SCHEMA_RULE, isSchemaName),
   migrate: boolean(true),

@@ -71,6 +71,22 @@ describe('options', () => {
     expect(isProgressError(await rejection(null), ErrorCode.InvalidInput)).toBe(true);
   });
 
+  it('refuses a connection string given as pool or db without repeating it (its password would reach the logs)', async () => {
+    // `pool: process.env.DATABASE_URL` is an easy slip; the error is logged at startup, often shipped to a
+    // log service that many can read.
+    const url = 'postgres://app:s3cret-pw@db.internal:5432/app?sslpassword=k3y';
+    for (const name of ['pool', 'db'] as const) {
+      const error = await rejection({ [name]: url });
+      expect(isProgressError(error, ErrorCode.InvalidInput), String(error)).toBe(true);
+      const message = (error as Error).message;
+      expect(message).toContain(`PostgresProgressStore: ${name} must be`);
+      expect(message).toContain('got a string');
+      expect(message).not.toContain('s3cret-pw');
+      expect(message).not.toContain('k3y');
+      expect(JSON.stringify(error)).not.toContain('s3cret-pw');
+    }
+  });
+
   it('refuses `new PostgresProgressStore(options)` with a typed error pointing to open()', () => {
     // The constructor is private in the types; JavaScript callers (and casts) reach it anyway.
     const Store = PostgresProgressStore as unknown as new (options: unknown) => unknown;
