@@ -66,7 +66,9 @@ export function unreachableError(
 ): ProgressError {
   return new ProgressError(
     ErrorCode.Unreachable,
-    `ProgressClient: cannot connect to ${url} (${attempts} failed attempts in a row): ` +
+    // Without its query string: a server's `tokenQueryParam` takes the access token there, and this
+    // message goes to the application's logs.
+    `ProgressClient: cannot connect to ${url.split('?', 1)} (${attempts} failed attempts in a row): ` +
       `${failure.detail}. Retrying in ${Math.round(delayMs)} ms.`,
     failure.cause === undefined ? {} : { cause: failure.cause },
   );

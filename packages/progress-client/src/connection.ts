@@ -105,6 +105,8 @@ export class Connection {
       credential = await new Promise<string>((resolve, reject) => {
         const { timers } = this.#o;
         const handle = timers.setTimeout(reject, this.#o.connectTimeoutMs);
+        // Not holding a Node process after close(): while the client is open, its socket keeps it alive.
+        (handle as { unref?(): void }).unref?.();
         // (Called from a then: what it throws, or a credential it returns as is, takes the same path.)
         Promise.resolve()
           .then(token)

@@ -3,7 +3,7 @@ import { CloseCode, ErrorCode, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
-import { flush } from './testing/manual-scheduler.js';
+import { flush, ManualScheduler } from './testing/manual-scheduler.js';
 
 /** Issue 14, what-to-build 5, on the client: an expired credential, and a renewal on the open socket. */
 
@@ -147,5 +147,37 @@ describe('renewToken()', () => {
     await scheduler.advance(1000);
     expect(outcomes).toEqual([false, false]);
     expect(errors).toHaveLength(1);
+  });
+
+  it("does not hold a Node process with its wait on a token function that never returns (the wait's timer is unref'd)", async () => {
+    // Until 5 December 2026 a renewal pending when the client closed kept Node alive for connectTimeoutMs.
+    const scheduler = new ManualScheduler();
+    const unrefed = new Set<number>();
+    const waits: { id: number; delayMs: number }[] = [];
+    let calls = 0;
+    const { client, server } = setup({
+      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      connectTimeoutMs: 1234,
+      clock: scheduler.now,
+      timers: {
+        setTimeout: (callback, delayMs) => {
+          const id = scheduler.setTimeout(callback, delayMs) as number;
+          waits.push({ id, delayMs });
+          return { id, unref: () => unrefed.add(id) };
+        },
+        clearTimeout: (handle) => scheduler.clearTimeout((handle as { id: number } | undefined)?.id),
+      },
+    });
+    client.watch('t1');
+    server.last.open();
+    await flush();
+    server.last.push(hello);
+    const before = waits.length;
+    void client.renewToken();
+    await flush();
+    const renewal = waits.slice(before).find((wait) => wait.delayMs === 1234);
+    expect(renewal).toBeDefined();
+    expect(unrefed.has(renewal?.id ?? -1)).toBe(true);
+    await client.close();
   });
 });
