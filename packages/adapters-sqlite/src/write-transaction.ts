@@ -62,8 +62,12 @@ export class WriteTransactions {
       // The file went back under the mark (a restore): read what other connections committed to it
       // before the commit, so a failure rolls the work back instead of losing their changes.
       if (log.idsWentBack) this.#publisher.readAll(log);
+      // Read under the write lock, before COMMIT: read after it, the mark could already count another
+      // connection's commit landing in between, and the cache would take that commit for none and keep
+      // rows it changed (an append then planned on a stale row: a seq already taken, the batch rejected).
+      const mark = this.#tryReadWriteMark();
       this.#q.commit.run();
-      this.#afterCommit(log);
+      this.#afterCommit(log, mark);
       return result;
     } catch (error) {
       rollbackQuietly(this.#database);
@@ -74,13 +78,12 @@ export class WriteTransactions {
 
   /**
    * What follows a commit, none of which may report the committed work as failed: its changes go to the
-   * outbox, and the write mark is read for the running-row cache and the checkpoints. A mark that cannot
-   * be read leaves the cache empty (the next transaction re-reads its rows) and asks for no checkpoint
-   * (the next commit does).
+   * outbox, and the write mark read before the commit goes to the running-row cache and the checkpoints.
+   * A mark that could not be read leaves the cache empty (the next transaction re-reads its rows) and
+   * asks for no checkpoint (the next commit does).
    */
-  #afterCommit(log: TransactionLog): void {
+  #afterCommit(log: TransactionLog, mark: { text: string; changes: number } | undefined): void {
     this.#publisher.committed(log);
-    const mark = this.#writeMarkAfterCommit();
     if (mark === undefined) {
       this.#cache.reset();
       return;
@@ -98,12 +101,16 @@ export class WriteTransactions {
   autocommitted(): void {
     if (this.#onCommitted === undefined) return;
     // Unreadable: a missed ask only waits for the next commit's.
-    const mark = this.#writeMarkAfterCommit();
+    const mark = this.#tryReadWriteMark();
     if (mark !== undefined) this.#onCommitted(mark.changes);
   }
 
-  /** The write mark, read after a commit, which a failure to read it must not undo: `undefined` then. */
-  #writeMarkAfterCommit(): { text: string; changes: number } | undefined {
+  /**
+   * The write mark, read where a failure to read it must not fail the work (right before a COMMIT, which
+   * does not move it: `data_version` moves for other connections' commits only; or after an
+   * autocommitted write): `undefined` then.
+   */
+  #tryReadWriteMark(): { text: string; changes: number } | undefined {
     try {
       return this.#readWriteMark();
     } catch {

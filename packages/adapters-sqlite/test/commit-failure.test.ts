@@ -71,7 +71,7 @@ describe('COMMIT failure', () => {
   );
 });
 
-describe('reading the write mark after COMMIT fails', () => {
+describe('reading the write mark for the commit fails', () => {
   it('still resolves the committed appends and publishes them; the next transaction re-reads its rows', async () => {
     const db = spyDatabase(new Database(':memory:'));
     const store = new SqliteProgressStore({ database: db });
@@ -81,7 +81,7 @@ describe('reading the write mark after COMMIT fails', () => {
       const seen: TaskChange[] = [];
       store.changes.subscribe((change) => seen.push(change));
       // The write mark (total_changes, data_version), read by a write transaction after BEGIN and again
-      // after its COMMIT: the second read fails.
+      // right before its COMMIT: the second read fails.
       db.failNext('SELECT total_changes()', sqliteError('SQLITE_IOERR', 'disk I/O error'), 1);
       const committed = await store.append('a', { type: 'progress', done: 2 });
       expect(committed.event.seq).toBe(2);

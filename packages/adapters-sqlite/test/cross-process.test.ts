@@ -1,5 +1,6 @@
 import { existsSync, rmSync } from 'node:fs';
-import type { TaskChange, TaskEvent } from '@finishline/core';
+import type { ProgressError, TaskChange, TaskEvent } from '@finishline/core';
+import { ErrorCode } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -73,6 +74,53 @@ describe('cross-process change feed', () => {
       const events = await readAll(store, 'shared');
       expect(events.map((event) => event.seq)).toEqual(range(1, count + 1));
       expect((await store.getTask('shared'))?.status).toBe('completed');
+    } finally {
+      await store.close();
+      db.remove();
+    }
+  }, 60_000);
+});
+
+describe('appends to the same task from two processes', () => {
+  it('all resolve, gap-free: neither process plans an append on a row the other one changed', async () => {
+    const db = tempDatabase();
+    const store = new SqliteProgressStore({ database: db.file, dataVersionPollMs: 5 });
+    try {
+      await store.createTask({ id: 'shared', owner: 'alice', kind: 'batch_taint' });
+      const count = 3000;
+      const worker = new StoreChild(child.path, {
+        mode: 'append',
+        file: db.file,
+        taskId: 'shared',
+        count,
+        burst: 3,
+      });
+      await worker.waitFor(messageOfType('ready'));
+      // Appends of both processes interleave on one row, each process's commit right after the other's:
+      // a write mark taken for this store's own while it counted the other's commit (read after COMMIT)
+      // left a stale row in the cache, and the next batch took a seq already taken (rejected `internal`).
+      const failures: unknown[] = [];
+      let local = 0;
+      while (worker.process.exitCode === null && !worker.messages.some((m) => m.type === 'done')) {
+        const burst = Array.from({ length: 3 }, () =>
+          store.append('shared', { type: 'progress', done: ++local }).catch((error: unknown) => {
+            failures.push(error);
+          }),
+        );
+        await Promise.all(burst);
+        await new Promise((resolve) => setImmediate(resolve));
+      }
+      await worker.waitFor(messageOfType('done'));
+      await worker.exited;
+      // Only the appends that came after the child completed the task may fail, and as such.
+      expect(
+        failures.filter((error) => (error as ProgressError).code !== ErrorCode.TaskFinished).map(String),
+      ).toEqual([]);
+      const events = await readAll(store, 'shared');
+      // The child's completion is the last event: this process's appends after it were rejected.
+      const accepted = events.filter((event) => event.type === 'progress').length;
+      expect(events.map((event) => event.seq)).toEqual(range(1, events.length));
+      expect(events.length).toBe(count + 1 + accepted);
     } finally {
       await store.close();
       db.remove();
