@@ -1,4 +1,6 @@
 import type { Task, TaskEvent, TaskStatus } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
+import { eventBodyProblem } from '@finishline/core/internal';
 import { sql } from 'kysely';
 
 /**
@@ -80,14 +82,41 @@ export function toTask(row: TaskRow): Task {
   };
 }
 
+/**
+ * The event a row holds. Its body is checked for the shape of its type (core's `eventBodyProblem`: no
+ * field missing, unknown or mistyped, counts non-negative safe integers; so no field overriding the
+ * row's task id, seq, type or time either), and its seq and time for safe integers: a row edited by hand,
+ * left by a bad migration or written by another program would otherwise reach watchers as a malformed
+ * event frame, which clients refuse and resubscribe for, and an `int8` above 2^53 would come back rounded.
+ * The check allocates nothing (the seq and time are checked before they go into the event: read back
+ * from it, a number past 2^31 is boxed again).
+ *
+ * @throws ProgressError `internal` (with the `taskId`) for a row that does not hold a valid event.
+ */
 export function toEvent(row: EventRow): TaskEvent {
-  return {
-    taskId: row.task_id,
-    seq: int(row.seq),
-    type: row.type,
-    time: int(row.time),
-    ...JSON.parse(row.body),
-  } as TaskEvent;
+  const seq = int(row.seq);
+  const time = int(row.time);
+  // `json` selected as text, so valid JSON.
+  const body = JSON.parse(row.body);
+  const tail = eventBodyProblem(row.type, body);
+  if (
+    tail === undefined &&
+    Number.isSafeInteger(seq) &&
+    seq >= 1 &&
+    Number.isSafeInteger(time) &&
+    time >= 0
+  ) {
+    return { taskId: row.task_id, seq, type: row.type, time, ...body } as TaskEvent;
+  }
+  const problem =
+    tail === undefined
+      ? `seq ${String(row.seq)}, time ${String(row.time)}: not both safe integers`
+      : `body${tail}`;
+  throw new ProgressError(
+    ErrorCode.Internal,
+    `Corrupt event ${String(row.seq)} of task ${row.task_id} in Postgres: ${problem}`,
+    { taskId: row.task_id },
+  );
 }
 
 /** A JSON copy of a caller-supplied value, normalized as the database will return it. */
