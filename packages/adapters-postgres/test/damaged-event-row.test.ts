@@ -163,3 +163,81 @@ describe('a damaged event row', () => {
     await eventually('a later watch is answered', () => again.getSnapshot().finished, 5000);
   }, 20_000);
 });
+
+describe('a damaged task row (an int8 above 2^53)', () => {
+  const BIG = '9007199254740993';
+
+  async function withDamagedRow(onError?: (error: ProgressError) => void) {
+    const schema = freshSchema('dmgtask');
+    const pool = newPool(4);
+    cleanups.push(async () => {
+      await dropSchema(pool, schema);
+      await pool.end();
+    });
+    const store = await PostgresProgressStore.open({ pool, schema, ...(onError ? { onError } : {}) });
+    cleanups.push(() => store.close());
+    for (const id of ['a', 'damaged', 'b']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await store.append(id, { type: 'progress', done: 1 });
+    }
+    await pool.query(`UPDATE ${schema}.tasks SET done = ${BIG} WHERE id = 'damaged'`);
+    return { store, pool, schema };
+  }
+
+  const expectDamaged = (error: unknown) => {
+    expect(isProgressError(error, ErrorCode.Internal), String(error)).toBe(true);
+    expect(error).toMatchObject({
+      taskId: 'damaged',
+      message: `Corrupt row of task damaged in Postgres: column done is not a non-negative safe integer (${BIG})`,
+    });
+  };
+
+  it('fails getTask of it alone, in a batch with other reads', async () => {
+    const { store } = await withDamagedRow();
+    const [a, damaged, b] = await Promise.allSettled(['a', 'damaged', 'b'].map((id) => store.getTask(id)));
+    expect(a).toMatchObject({ status: 'fulfilled', value: { id: 'a', done: 1 } });
+    expect(b).toMatchObject({ status: 'fulfilled', value: { id: 'b', done: 1 } });
+    expect(damaged?.status).toBe('rejected');
+    expectDamaged((damaged as PromiseRejectedResult).reason);
+  });
+
+  it('is left out of listTasks, its place given to the next task, and reported once', async () => {
+    const reported: ProgressError[] = [];
+    const { store } = await withDamagedRow((error) => reported.push(error));
+    // Newest first: b, damaged, a.
+    expect((await store.listTasks({ owner: 'alice', limit: 2 })).map((task) => task.id)).toEqual(['b', 'a']);
+    expect((await store.listTasks({ owner: 'alice' })).map((task) => task.id)).toEqual(['b', 'a']);
+    expect(reported).toHaveLength(1);
+    expect(reported[0]).toMatchObject({ code: ErrorCode.Internal, taskId: 'damaged' });
+  });
+
+  it("fails its appends and lease renewals alone, not their batch's", async () => {
+    const { pool, schema } = await withDamagedRow();
+    // Another replica's store: the rows it appends to are read locked, not taken from its own last writes.
+    const store = await PostgresProgressStore.open({ pool, schema });
+    cleanups.push(() => store.close());
+    const appends = await Promise.allSettled(
+      ['a', 'damaged', 'b'].map((id) => store.append(id, { type: 'progress', done: 2 })),
+    );
+    expect(appends.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expectDamaged((appends[1] as PromiseRejectedResult).reason);
+    const renewals = await Promise.allSettled(
+      ['a', 'damaged', 'b'].map((id) => store.renewLease(id, 'worker', 60_000)),
+    );
+    expect(renewals.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expectDamaged((renewals[1] as PromiseRejectedResult).reason);
+    expect(await store.getTask('a')).toMatchObject({ done: 2, seq: 2, leaseOwner: 'worker' });
+  });
+
+  it('is set aside by the lease reaper, which reports it once and reaps the others', async () => {
+    const reported: ProgressError[] = [];
+    const { store, pool, schema } = await withDamagedRow((error) => reported.push(error));
+    await pool.query(`UPDATE ${schema}.tasks SET lease_owner = 'gone', lease_expires_at = 1`);
+    const reaped = await store.reapExpiredLeases();
+    expect(reaped.map((result) => result.task.id).sort()).toEqual(['a', 'b']);
+    expect(reported).toHaveLength(1);
+    expect(reported[0]).toMatchObject({ code: ErrorCode.Internal, taskId: 'damaged' });
+    expect(await store.reapExpiredLeases()).toEqual([]);
+    expect(reported).toHaveLength(1);
+  });
+});
