@@ -25,7 +25,7 @@ import {
   type TaskRow,
   taskColumns,
   taskRecordJson,
-  toTask,
+  tasksById,
 } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 
@@ -523,7 +523,7 @@ interface WrittenBatch {
  */
 function planBatch(
   batch: readonly PendingAppend[],
-  rows: Map<string, Task>,
+  rows: Map<string, Task | ProgressError>,
   now: number,
 ): { outcomes: (AppendResult | ProgressError)[]; tasks: Task[]; events: TaskEvent[] } {
   const changed = new Map<string, Task>();
@@ -533,6 +533,11 @@ function planBatch(
     const task = rows.get(taskId);
     if (task === undefined) {
       outcomes.push(taskNotFound(taskId));
+      continue;
+    }
+    // A damaged row (see toTask): its appends fail alone, the others of the batch commit.
+    if (isProgressError(task)) {
+      outcomes.push(task);
       continue;
     }
     try {
@@ -914,7 +919,7 @@ export class AppendPipeline {
       const heldIds = new Set(rows.filter((row) => row.held).map((row) => row.id));
       const planned = batch.filter((entry) => !heldIds.has(entry.taskId));
       const locked = rows.filter((row) => !row.held);
-      const plan = planBatch(planned, new Map(locked.map((row) => [row.id, toTask(row)])), now);
+      const plan = planBatch(planned, tasksById(locked), now);
       for (const task of plan.tasks) expectCommit(task.id, task.seq);
       const changes =
         plan.events.length > 0 ? await writeAppends(trx, statements, plan.tasks, plan.events) : [];

@@ -13,7 +13,7 @@ import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
-import { int, type TaskRow, taskColumns, toTask } from './row-codec.js';
+import { int, type TaskRow, taskColumns, tasksById, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
 
@@ -145,7 +145,7 @@ async function renewalPass(
       WHERE id = ANY(${taskIds}::text[]) AND ${idleInTransactionTimeout}
       ORDER BY id
       ${lock}`.execute(trx);
-    const tasks = new Map(rows.map((row) => [row.id, toTask(row)]));
+    const tasks = tasksById(rows);
     // The ids not locked: held by another transaction if their row exists, else unknown.
     const missing = mode === 'skip' ? taskIds.filter((taskId) => !tasks.has(taskId)) : [];
     const held = new Set<string>();
@@ -160,6 +160,8 @@ async function renewalPass(
       if (held.has(taskId)) return SKIPPED;
       const task = tasks.get(taskId);
       if (task === undefined) return taskNotFound(taskId);
+      // A damaged row (see toTask): its renewals fail alone.
+      if (isProgressError(task)) return task;
       if (run !== undefined && task.createdAt !== run) return runGone(taskId, run);
       try {
         const next = planLease(task, owner, ttlMs, now);

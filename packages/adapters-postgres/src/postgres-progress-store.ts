@@ -101,6 +101,9 @@ export interface PostgresStoreStats extends AppendStats {
 const TASK_READS_IN_FLIGHT = 4;
 
 /** Proves a construction came from {@link PostgresProgressStore.open}. */
+/** The most damaged rows a store remembers having reported from `listTasks` (then it forgets them all). */
+const REPORTED_ROWS_MAX = 1000;
+
 const OPENING = Symbol('PostgresProgressStore.open');
 
 /**
@@ -140,6 +143,8 @@ export class PostgresProgressStore implements ProgressStore {
   readonly #clock: Clock;
   /** The caller's `onError`, guarded: one that throws is reported once as a process warning. */
   readonly #onError: (error: ProgressError) => void;
+  /** The damaged rows `listTasks` left out and reported, each once (cleared at {@link REPORTED_ROWS_MAX}). */
+  readonly #reportedRows = new Set<string>();
   readonly #schema: string;
   /** The schema's `meta` table (the epoch). */
   readonly #meta: RawBuilder<unknown>;
@@ -366,8 +371,48 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const parsed = parseListTasksQuery(query);
     if (parsed.statuses !== undefined && parsed.statuses.length === 0) return [];
-    const { rows } = await this.#query('listTasks', undefined, listTasks(this.#target, parsed));
-    return rows.map(toTask);
+    const damaged = new Map<string, unknown>();
+    let tasks: Task[] = [];
+    // A damaged row (see toTask) is left out, not the whole list: one row edited by hand denied its owner
+    // every list. Its place goes to the next task, so the list still holds the `limit` newest readable
+    // tasks: the query runs again for as many more rows as it left out (those read before come again,
+    // first). Each run that left rows out reads more than the last, so the loop ends with the owner's rows.
+    for (let read = parsed.limit; ; ) {
+      const { rows } = await this.#query(
+        'listTasks',
+        undefined,
+        listTasks(this.#target, { ...parsed, limit: read }),
+      );
+      tasks = [];
+      for (const row of rows) {
+        try {
+          tasks.push(toTask(row));
+        } catch (error) {
+          damaged.set(row.id, error);
+        }
+      }
+      if (tasks.length >= parsed.limit || rows.length < read) break;
+      read = parsed.limit + (rows.length - tasks.length);
+    }
+    for (const [taskId, error] of damaged) this.#reportSkippedRow(taskId, error);
+    return tasks.slice(0, parsed.limit);
+  }
+
+  /**
+   * Reports a damaged row `listTasks` left out, once per row and store: a list asked for every few seconds
+   * must not flood the log with the same row.
+   */
+  #reportSkippedRow(taskId: string, error: unknown): void {
+    if (this.#reportedRows.has(taskId)) return;
+    if (this.#reportedRows.size >= REPORTED_ROWS_MAX) this.#reportedRows.clear();
+    this.#reportedRows.add(taskId);
+    this.#onError(
+      new ProgressError(
+        ErrorCode.Internal,
+        `${describeThrown(error)}; listTasks left the task out of its lists (getTask of it fails with this error) until the row is repaired or purged`,
+        { cause: error, taskId },
+      ),
+    );
   }
 
   append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {

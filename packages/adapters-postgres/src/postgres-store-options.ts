@@ -152,7 +152,8 @@ export interface PostgresProgressStoreOptions {
    * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
    * (reconnecting, polling again); this hook is for logs and alerts. Also receives, once each, the rows
    * `reapExpiredLeases` could not interrupt (damaged by hand, e.g. a `seq` behind the task's log), whose
-   * expired lease it dropped instead (`internal`, with the `taskId`).
+   * expired lease it dropped instead (`internal`, with the `taskId`), and the rows `listTasks` could not
+   * read (an `int8` above 2^53, say), which it leaves out of its lists (reported once per store).
    * @default ignores the error
    */
   onError?: (error: ProgressError) => void;

@@ -1,4 +1,6 @@
 import type { Task, TaskEvent, TaskStatus } from '@finishline/core';
+import { ErrorCode, isProgressError, ProgressError } from '@finishline/core';
+import { eventBodyProblem, idProblem } from '@finishline/core/internal';
 import { sql } from 'kysely';
 
 /**
@@ -52,42 +54,149 @@ export function int(value: string | number | bigint): number {
   return typeof value === 'number' ? value : Number(value);
 }
 
+/** The `internal` error of a task row that does not hold a valid task, with its `taskId`. */
+function damagedRow(row: TaskRow, problem: string): ProgressError {
+  return new ProgressError(ErrorCode.Internal, `Corrupt row of task ${row.id} in Postgres: ${problem}`, {
+    taskId: row.id,
+  });
+}
+
+/** The `int8` columns of a task row, for {@link toTask}'s error. */
+const TASK_INT_COLUMNS = [
+  'total',
+  'done',
+  'succeeded',
+  'failed',
+  'seq',
+  'acked_seq',
+  'created_at',
+  'updated_at',
+  'finished_at',
+  'lease_expires_at',
+] as const;
+
+/** A non-negative safe integer, or `null` (a nullable column's). */
+function isCount(value: number | null): boolean {
+  return value === null || (Number.isSafeInteger(value) && value >= 0);
+}
+
 function nullableInt(value: string | number | bigint | null): number | null {
   return value === null ? null : int(value);
 }
 
+/**
+ * The task a row holds. Its `int8` columns must be non-negative safe integers (one above 2^53 came back
+ * rounded) and its kind an id (a snapshot of it is a frame clients refuse otherwise); the other columns'
+ * rules are the table's `CHECK`s.
+ *
+ * @throws ProgressError `internal` (with the `taskId`) for a row damaged by hand or by another program.
+ */
 export function toTask(row: TaskRow): Task {
+  const kindProblem = idProblem(row.kind);
+  if (kindProblem !== undefined) throw damagedRow(row, `column kind ${kindProblem}`);
+  const total = nullableInt(row.total);
+  const done = int(row.done);
+  const succeeded = int(row.succeeded);
+  const failed = int(row.failed);
+  const seq = int(row.seq);
+  const ackedSeq = int(row.acked_seq);
+  const createdAt = int(row.created_at);
+  const updatedAt = int(row.updated_at);
+  const finishedAt = nullableInt(row.finished_at);
+  const leaseExpiresAt = nullableInt(row.lease_expires_at);
+  if (
+    !isCount(total) ||
+    !isCount(done) ||
+    !isCount(succeeded) ||
+    !isCount(failed) ||
+    !isCount(seq) ||
+    !isCount(ackedSeq) ||
+    !isCount(createdAt) ||
+    !isCount(updatedAt) ||
+    !isCount(finishedAt) ||
+    !isCount(leaseExpiresAt)
+  ) {
+    const column = TASK_INT_COLUMNS.find((name) => !isCount(nullableInt(row[name])));
+    throw damagedRow(
+      row,
+      `column ${column} is not a non-negative safe integer (${String(row[column ?? 'seq'])})`,
+    );
+  }
   return {
     id: row.id,
     owner: row.owner,
     kind: row.kind,
     status: row.status as TaskStatus,
-    total: nullableInt(row.total),
-    done: int(row.done),
-    succeeded: int(row.succeeded),
-    failed: int(row.failed),
+    total,
+    done,
+    succeeded,
+    failed,
     current: row.current,
     message: row.message,
     result: row.result === null ? null : JSON.parse(row.result),
     error: row.error_code === null ? null : { code: row.error_code, message: row.error_message ?? '' },
-    seq: int(row.seq),
-    ackedSeq: int(row.acked_seq),
-    createdAt: int(row.created_at),
-    updatedAt: int(row.updated_at),
-    finishedAt: nullableInt(row.finished_at),
+    seq,
+    ackedSeq,
+    createdAt,
+    updatedAt,
+    finishedAt,
     leaseOwner: row.lease_owner,
-    leaseExpiresAt: nullableInt(row.lease_expires_at),
+    leaseExpiresAt,
   };
 }
 
+/**
+ * The tasks of `rows` by id; a damaged row's (see {@link toTask}) as its error, so that the statements
+ * over many tasks (a batch of appends, of lease renewals) fail its calls alone.
+ */
+export function tasksById(rows: readonly TaskRow[]): Map<string, Task | ProgressError> {
+  const tasks = new Map<string, Task | ProgressError>();
+  for (const row of rows) {
+    try {
+      tasks.set(row.id, toTask(row));
+    } catch (error) {
+      if (!isProgressError(error)) throw error;
+      tasks.set(row.id, error);
+    }
+  }
+  return tasks;
+}
+
+/**
+ * The event a row holds. Its body is checked for the shape of its type (core's `eventBodyProblem`: no
+ * field missing, unknown or mistyped, counts non-negative safe integers; so no field overriding the
+ * row's task id, seq, type or time either), and its seq and time for safe integers: a row edited by hand,
+ * left by a bad migration or written by another program would otherwise reach watchers as a malformed
+ * event frame, which clients refuse and resubscribe for, and an `int8` above 2^53 would come back rounded.
+ * The check allocates nothing (the seq and time are checked before they go into the event: read back
+ * from it, a number past 2^31 is boxed again).
+ *
+ * @throws ProgressError `internal` (with the `taskId`) for a row that does not hold a valid event.
+ */
 export function toEvent(row: EventRow): TaskEvent {
-  return {
-    taskId: row.task_id,
-    seq: int(row.seq),
-    type: row.type,
-    time: int(row.time),
-    ...JSON.parse(row.body),
-  } as TaskEvent;
+  const seq = int(row.seq);
+  const time = int(row.time);
+  // `json` selected as text, so valid JSON.
+  const body = JSON.parse(row.body);
+  const tail = eventBodyProblem(row.type, body);
+  if (
+    tail === undefined &&
+    Number.isSafeInteger(seq) &&
+    seq >= 1 &&
+    Number.isSafeInteger(time) &&
+    time >= 0
+  ) {
+    return { taskId: row.task_id, seq, type: row.type, time, ...body } as TaskEvent;
+  }
+  const problem =
+    tail === undefined
+      ? `seq ${String(row.seq)}, time ${String(row.time)}: not both safe integers`
+      : `body${tail}`;
+  throw new ProgressError(
+    ErrorCode.Internal,
+    `Corrupt event ${String(row.seq)} of task ${row.task_id} in Postgres: ${problem}`,
+    { taskId: row.task_id },
+  );
 }
 
 /** A JSON copy of a caller-supplied value, normalized as the database will return it. */

@@ -209,6 +209,14 @@ export async function readTasks(
   const byId = new Map(rows.map((row) => [row.id, row]));
   for (const call of batch) {
     const row = byId.get(call.input);
-    call.resolve(row === undefined ? undefined : toTask(row));
+    // A damaged row fails its own calls (see toTask); thrown here, it left the other calls unsettled.
+    let task: Task | undefined;
+    try {
+      task = row === undefined ? undefined : toTask(row);
+    } catch (error) {
+      call.reject(toProgressError(error, 'getTask', call.input));
+      continue;
+    }
+    call.resolve(task);
   }
 }

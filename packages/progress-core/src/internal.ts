@@ -90,7 +90,7 @@ export {
   pathSegment,
   quote,
 } from './protocol/frame-text.js';
-export { decodeServerFrame, decodeServerText } from './protocol/server-frame-decoder.js';
+export { decodeServerFrame, decodeServerText, eventBodyProblem } from './protocol/server-frame-decoder.js';
 // The cursor in a Server-Sent Events id (`Last-Event-ID`)
 export type { SseCursor } from './protocol/sse-event-id.js';
 export { parseSseEventId, sseEventId } from './protocol/sse-event-id.js';

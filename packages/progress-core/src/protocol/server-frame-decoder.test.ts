@@ -9,7 +9,7 @@ import { decodeServerFrameWithSchemas } from './codec.js';
 import type { DecodeResult } from './frame-text.js';
 import type { ServerFrame } from './frames.js';
 import { SERVER_FRAME_TYPES } from './frames.js';
-import { decodeServerFrame, decodeServerText } from './server-frame-decoder.js';
+import { decodeServerFrame, decodeServerText, eventBodyProblem } from './server-frame-decoder.js';
 
 // Frames reach the size limits: room for a loaded CI machine (a timeout, never a timed assertion).
 vi.setConfig({ testTimeout: 60_000 });
@@ -316,5 +316,63 @@ describe('decodeServerText', () => {
         },
       });
     }
+  });
+});
+
+describe('eventBodyProblem (a store reading its events back) agrees with decodeServerFrame', () => {
+  /** The body of an event as a store keeps it: the event without its type, task id, seq and time. */
+  const split = (event: Json) => {
+    const { type, taskId, seq, time, ...body } = event;
+    return { base: { type, taskId, seq, time }, body };
+  };
+
+  it('on the body of every valid event', () => {
+    fc.assert(
+      fc.property(taskEventArbitrary, (event) => {
+        const { base, body } = split(copyOf(event) as Json);
+        expect(eventBodyProblem(base.type, body)).toBeUndefined();
+      }),
+      propertyParams(1000),
+    );
+  });
+
+  it("on mutated bodies: the decoder's problem with their event, but for the store's limits on texts and payloads", () => {
+    let refused = 0;
+    fc.assert(
+      fc.property(taskEventArbitrary, fc.array(mutation, { minLength: 1, maxLength: 3 }), (event, edits) => {
+        const { base, body } = split(copyOf(event) as Json);
+        for (const edit of edits) {
+          // Own `__proto__` keys only come from JSON.parse (covered by the decoder's own tests).
+          if (edit.name === '__proto__') continue;
+          const nodes = objectNodes(body);
+          const node = nodes[edit.node % nodes.length] as Json;
+          const keys = Object.keys(node);
+          const key = keys[edit.key % Math.max(1, keys.length)];
+          if (edit.kind === 'delete' && key !== undefined) delete node[key];
+          else if (edit.kind === 'replace' && key !== undefined) node[key] = copyOf(edit.value);
+          else if (edit.kind === 'retype') node.type = copyOf(edit.value);
+          else node[edit.name] = copyOf(edit.value);
+        }
+        const problem = eventBodyProblem(base.type, body);
+        // A body that names a field of the event's own is refused; spread into it, it would override it.
+        if (['type', 'taskId', 'seq', 'time'].some((key) => Object.hasOwn(body, key))) {
+          expect(problem).toBeDefined();
+          return;
+        }
+        const decoded = decodeServerFrame(JSON.stringify({ type: 'event', event: { ...base, ...body } }));
+        // What only the decoder checks: the limits the store enforces when it writes (they may come first).
+        const limit = /must be at most|must not contain|must be a plain JSON value|must serialize/;
+        if (decoded.ok) expect(problem).toBeUndefined();
+        else if (problem === undefined) expect(decoded.error.message).toMatch(limit);
+        else {
+          refused++;
+          if (!limit.test(decoded.error.message)) {
+            expect(decoded.error.message).toBe(`Invalid event frame: event${problem}`);
+          }
+        }
+      }),
+      propertyParams(2000),
+    );
+    expect(refused).toBeGreaterThan(0);
   });
 });

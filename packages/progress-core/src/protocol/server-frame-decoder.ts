@@ -131,47 +131,90 @@ function object(fields: Record<string, Check>): Check {
   };
 }
 
-const progressFields = {
-  total: nullable(count),
-  done: count,
-  succeeded: count,
-  failed: count,
-  current: nullable(shortText),
-  message: nullable(message),
-};
-
-const failure = object({ code: shortText, message });
-
-const eventBase = { type: ok, taskId: id, seq: positive, time: count, progress: object(progressFields) };
+/**
+ * The checks of an event, of an event's body (the event without its type, task id, seq and time) and of
+ * a task's progress, built from the checks of their texts and JSON payloads: the frame decoder's, with
+ * the store's limits, or {@link eventBodyProblem}'s, types alone.
+ */
+function eventChecks(leaf: { shortText: Check; message: Check; key: Check; json: Check }) {
+  const progressFields = {
+    total: nullable(count),
+    done: count,
+    succeeded: count,
+    failed: count,
+    current: nullable(leaf.shortText),
+    message: nullable(leaf.message),
+  };
+  const failure = object({ code: leaf.shortText, message: leaf.message });
+  const eventBase = { type: ok, taskId: id, seq: positive, time: count };
+  const progress = object(progressFields);
+  const payloads: [string, Record<string, Check>][] = [
+    ['progress', {}],
+    [
+      'item',
+      {
+        item: object({
+          key: leaf.key,
+          ok: (value) => (typeof value === 'boolean' ? undefined : ': must be boolean'),
+          error: nullable(leaf.message),
+          detail: nullable(leaf.json),
+        }),
+      },
+    ],
+    ['completed', { result: nullable(leaf.json) }],
+    ['failed', { error: failure }],
+    ['cancelled', { reason: nullable(leaf.shortText) }],
+    ['interrupted', { reason: leaf.shortText }],
+  ];
+  const events = new Map<unknown, Check>(
+    payloads.map(([type, fields]) => [type, object({ ...eventBase, progress, ...fields })]),
+  );
+  const bodies = new Map<unknown, Check>(
+    payloads.map(([type, fields]) => [type, object({ progress, ...fields })]),
+  );
+  const event: Check = (value) => {
+    if (typeof value !== 'object' || value === null) return EVENT_MESSAGE;
+    const check = 'type' in value ? events.get((value as FrameObject).type) : undefined;
+    return check === undefined ? `.type${EVENT_MESSAGE}` : check(value);
+  };
+  return { progressFields, failure, event, bodies };
+}
 
 const EVENT_MESSAGE =
   ': must be an event object whose type is progress, item, completed, failed, cancelled or interrupted';
 
-const EVENTS = new Map<unknown, Check>([
-  ['progress', object(eventBase)],
-  [
-    'item',
-    object({
-      ...eventBase,
-      item: object({
-        key: text(LIMITS.maxKeyLength, CHECK_MESSAGES.keyTooLong, true),
-        ok: (value) => (typeof value === 'boolean' ? undefined : ': must be boolean'),
-        error: nullable(message),
-        detail: nullable(json),
-      }),
-    }),
-  ],
-  ['completed', object({ ...eventBase, result: nullable(json) })],
-  ['failed', object({ ...eventBase, error: failure })],
-  ['cancelled', object({ ...eventBase, reason: nullable(shortText) })],
-  ['interrupted', object({ ...eventBase, reason: shortText })],
-]);
+const { progressFields, failure, event } = eventChecks({
+  shortText,
+  message,
+  key: text(LIMITS.maxKeyLength, CHECK_MESSAGES.keyTooLong, true),
+  json,
+});
 
-const event: Check = (value) => {
-  if (typeof value !== 'object' || value === null) return EVENT_MESSAGE;
-  const check = 'type' in value ? EVENTS.get((value as FrameObject).type) : undefined;
-  return check === undefined ? `.type${EVENT_MESSAGE}` : check(value);
-};
+const string: Check = (value) => (typeof value === 'string' ? undefined : ': must be string');
+
+const bodyShapes = eventChecks({
+  shortText: string,
+  message: string,
+  key: (value) => (value === '' ? `: ${CHECK_MESSAGES.empty}` : string(value)),
+  json: ok,
+}).bodies;
+
+/**
+ * What is wrong with the shape of `body` as the body of an event of type `type` (the event without its
+ * type, task id, seq and time, as a store keeps it), or `undefined` when it has that shape: `<path below
+ * the body>: <message>` (`.progress.done: must be number`, `: must be an object`). Every field the frame
+ * decoder checks there, of the type and range it checks (counts non-negative safe integers, no field
+ * missing or unknown: so none of the event's own four either), but not the store's limits on texts and
+ * JSON payloads (lengths, U+0000, depth and size), which the store enforces when it writes them. For a
+ * store reading its events back: a row edited by hand or written by another program must not reach a
+ * watcher as a malformed event. Allocates nothing for a valid body, and walks no payload.
+ *
+ * @internal
+ */
+export function eventBodyProblem(type: unknown, body: unknown): string | undefined {
+  const check = bodyShapes.get(type);
+  return check === undefined ? `: is not the body of an event of type ${quote(String(type))}` : check(body);
+}
 
 const SEQS_MESSAGE = ': must be an object mapping task ids to seqs';
 
