@@ -97,6 +97,88 @@ describe('the per-address cap on unauthenticated connections', () => {
     expect(open).toBeLessThanOrEqual(3);
   }, 20_000);
 
+  it('counts a kept-alive connection again while a later request of it never finishes its body', async () => {
+    // The first request (a probe's GET, no credentials needed) released the connection; a second request on
+    // it whose body never comes was counted by nothing: the cap held each fresh connection, not this one.
+    const { connect } = await import('node:net');
+    env = await startServer({ maxPendingConnectionsPerAddress: 3 });
+    const sockets: Socket[] = [];
+    for (let i = 0; i < 10; i += 1) {
+      const socket = await new Promise<Socket>((resolve, reject) => {
+        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+      });
+      socket.on('error', () => {});
+      const answered = new Promise<void>((resolve) => {
+        let text = '';
+        const onData = (chunk: Buffer) => {
+          text += chunk.toString('latin1');
+          if (text.includes('{"ok":true}')) {
+            socket.off('data', onData);
+            resolve();
+          }
+        };
+        socket.on('data', onData);
+      });
+      socket.write('GET /progress/healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      await answered;
+      socket.resume();
+      socket.write('POST /progress/tasks/t1/cancel HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{');
+      sockets.push(socket);
+    }
+    cleanups.push(() => {
+      for (const socket of sockets) socket.destroy();
+    });
+    await sleep(1500);
+    const open = sockets.filter((socket) => !socket.destroyed && socket.readyState === 'open').length;
+    expect(open).toBeLessThanOrEqual(3);
+    // The connections of requests that finished are not counted: a client's keep-alive stays open.
+    const done = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+      s.on('error', reject);
+    });
+    cleanups.push(() => done.destroy());
+    done.resume();
+    done.write(
+      'POST /progress/tasks/t1/cancel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
+    );
+    await sleep(300);
+    for (let i = 0; i < 5; i += 1) {
+      const more = connect(env.port, '127.0.0.1');
+      more.on('error', () => {});
+      cleanups.push(() => more.destroy());
+    }
+    await sleep(500);
+    expect(done.destroyed || done.readyState !== 'open').toBe(false);
+  }, 20_000);
+
+  it('counting the requests of a kept-alive connection adds no listener per request to its socket', async () => {
+    const { connect } = await import('node:net');
+    env = await startServer();
+    const accepted: Socket[] = [];
+    env.server.httpServer!.on('connection', (socket: Socket) => accepted.push(socket));
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+      s.on('error', reject);
+    });
+    cleanups.push(() => socket.destroy());
+    let text = '';
+    socket.on('data', (chunk: Buffer) => {
+      text += chunk.toString('latin1');
+    });
+    const post = async (n: number) => {
+      socket.write(
+        'POST /progress/tasks/t1/ack HTTP/1.1\r\nHost: x\r\nx-user: alice\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\n{"seq":1}',
+      );
+      while ((text.match(/HTTP\/1\.1 404/g) ?? []).length < n) await sleep(5);
+    };
+    await post(1);
+    const server = accepted[0]!;
+    const after1 = server.listenerCount('close');
+    for (let n = 2; n <= 20; n += 1) await post(n);
+    expect(server.listenerCount('close')).toBe(after1);
+  }, 20_000);
+
   it('caps all addresses together, dropping the oldest pending connection of any address', () => {
     const evicted: Array<[string, string]> = [];
     const pending = new PendingConnections({

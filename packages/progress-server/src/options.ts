@@ -271,7 +271,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * destroyed (the client, if alive, reconnects with `Last-Event-ID`), so a reader that stopped reading
    * for good frees its stream slot (`maxSocketsPerPrincipal`) and connection instead of holding them
    * until it leaves or its credential expires. The default gives a slow mobile reader time to take in
-   * one socket buffer (some 16 KiB) while freeing a dead reader's slot within half a minute.
+   * one socket buffer (some 16 KiB) while freeing a dead reader's slot within half a minute. An answer of
+   * the HTTP API (`httpHandler`) that makes no progress this long (no 64 KiB of it leaves) is dropped the
+   * same way: a client that stopped reading an events page held it in memory, and its connection, for ever.
    * @default 30000
    */
   sseStallTimeoutMs?: number | undefined;

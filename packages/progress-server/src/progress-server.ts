@@ -287,12 +287,17 @@ export class ProgressServer<P extends Principal = Principal> {
     const handler = progress.httpHandler({ basePath: listenOptions.httpBasePath ?? progress.#options.path });
     httpServer.on('request', (request, response) => {
       // A request with a body counts until its body is in: otherwise headers followed by a body that
-      // trickles (or never comes) hold a descriptor uncapped until requestTimeout.
+      // trickles (or never comes) hold a descriptor uncapped until requestTimeout. Counted again on a
+      // kept-alive connection, which its first request released: a quick request, then one whose body
+      // never comes, held any number of connections of one address past the cap.
       const hasBody =
         request.headers['transfer-encoding'] !== undefined ||
         (request.headers['content-length'] !== undefined && request.headers['content-length'] !== '0');
       if (!hasBody) progress.#sockets.pending.release(request.socket);
-      else request.once('end', () => progress.#sockets.pending.release(request.socket));
+      else if (!request.complete) {
+        progress.#sockets.pending.add(request.socket);
+        request.once('end', () => progress.#sockets.pending.release(request.socket));
+      } else progress.#sockets.pending.release(request.socket);
       handler(request, response);
     });
     try {

@@ -1,11 +1,12 @@
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
-import { type AddressInfo, connect } from 'node:net';
+import { type AddressInfo, connect, type Socket } from 'node:net';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import {
   RawClient,
   serverFrameViolations,
+  sleep,
   startServer,
   type TestServer,
   tokenAuth,
@@ -478,4 +479,70 @@ describe('HTTP handler', () => {
       reason: 'parsed upstream',
     });
   });
+});
+
+describe('answers their clients do not read', () => {
+  /** A task whose page of 1,000 events is some 4 MB: more than the connection's buffers take at once. */
+  async function bigTask(server: TestServer): Promise<void> {
+    const task = await server.server.tasks.create({ id: 'big', owner: 'alice', kind: 'k', total: 1000 });
+    for (let i = 0; i < 1000; i += 1) await task.item({ key: `n${i}`, ok: false, error: 'x'.repeat(4000) });
+  }
+  const BIG_PAGE = 'GET /progress/tasks/big/events?limit=1000 HTTP/1.1\r\nHost: x\r\nx-user: alice\r\n\r\n';
+
+  it('drops an answer whose client stopped reading it after sseStallTimeoutMs, as a stalled event stream', async () => {
+    env = await startServer({ sseStallTimeoutMs: 2000 });
+    await bigTask(env);
+    const accepted: Socket[] = [];
+    env.server.httpServer!.on('connection', (socket: Socket) => accepted.push(socket));
+    const client = connect(env.port, '127.0.0.1');
+    cleanups.push(async () => client.destroy());
+    client.on('error', () => {});
+    client.pause();
+    client.write(BIG_PAGE);
+    let server: Socket | undefined;
+    while (server === undefined || server.writableLength === 0) {
+      await sleep(10);
+      server = accepted.find((socket) => socket.remotePort === client.localPort);
+    }
+    // It held the rest of the answer in memory, and its connection open, for as long as its client liked.
+    await sleep(1000);
+    expect(server.destroyed).toBe(false);
+    await sleep(3000);
+    expect(server.destroyed).toBe(true);
+  }, 30_000);
+
+  it('keeps a client that reads slower than the server writes: the answer arrives whole', async () => {
+    env = await startServer({ sseStallTimeoutMs: 1000 });
+    await bigTask(env);
+    const client = connect(env.port, '127.0.0.1');
+    cleanups.push(async () => client.destroy());
+    client.write(BIG_PAGE);
+    let closed = false;
+    client.on('close', () => {
+      closed = true;
+    });
+    client.on('readable', () => undefined);
+    // Some 2.5 MB a second, 128 KB every 50 ms: the answer takes longer than sseStallTimeoutMs to read.
+    const chunks: Buffer[] = [];
+    let length: number | undefined;
+    const deadline = Date.now() + 20_000;
+    while (!closed && Date.now() < deadline) {
+      for (let size = 0, chunk = client.read(128 * 1024); chunk !== null && size < 128 * 1024; ) {
+        chunks.push(chunk as Buffer);
+        size += (chunk as Buffer).length;
+        chunk = size < 128 * 1024 ? client.read() : null;
+      }
+      const received = Buffer.concat(chunks);
+      const head = received.indexOf('\r\n\r\n');
+      length ??=
+        head < 0
+          ? undefined
+          : Number(/content-length: (\d+)/i.exec(received.toString('latin1', 0, head))?.[1]) + head + 4;
+      if (length !== undefined && received.length >= length) break;
+      await sleep(50);
+    }
+    const text = Buffer.concat(chunks).toString('utf8');
+    const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4)) as { events: unknown[] };
+    expect(body.events).toHaveLength(1000);
+  }, 30_000);
 });

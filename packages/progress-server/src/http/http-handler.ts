@@ -29,6 +29,7 @@ import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
 import {
+  ANSWER_SLICE_BYTES,
   checkMutation,
   checkOrigin,
   errorBody,
@@ -152,6 +153,7 @@ export function createHttpHandler<P extends Principal>(
     );
   }
 
+  const answers = new AnswerWriter(ctx);
   return (request, response, next) => {
     let route: Route | undefined;
     let url: URL;
@@ -181,13 +183,14 @@ export function createHttpHandler<P extends Principal>(
       else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
       return;
     }
+    const answer = (reply: Parameters<typeof send>[1]) => answers.send(response, reply);
     serve(ctx, route, url, request, response).then(
       (body) => {
-        if (body !== STREAMED) send(response, { status: 200, body });
+        if (body !== STREAMED) answer({ status: 200, body });
       },
       (error: unknown) => {
         if (error instanceof HttpError) {
-          send(response, {
+          answer({
             status: error.status,
             body: errorBody(error.code, error.message),
             headers: error.headers,
@@ -203,7 +206,7 @@ export function createHttpHandler<P extends Principal>(
               'HTTP request failed in the store',
             );
           }
-          send(response, {
+          answer({
             status: HTTP_STATUS[error.code],
             body: errorBody(error.code, clientMessage(error)),
           });
@@ -211,7 +214,7 @@ export function createHttpHandler<P extends Principal>(
         }
         ctx.metrics.handlerErrors.inc();
         ctx.logger.error({ err: describeError(error), route: route.name }, 'HTTP handler failed');
-        send(response, { status: 500, body: errorBody(ErrorCode.Internal, 'Internal error') });
+        answer({ status: 500, body: errorBody(ErrorCode.Internal, 'Internal error') });
       },
     );
   };
@@ -504,6 +507,47 @@ async function serve<P extends Principal>(
       const unreachable: never = route;
       throw new TypeError(`Unknown route ${String(unreachable)}`);
     }
+  }
+}
+
+/**
+ * Sends the routes' answers and follows each until it has left: a client that stopped reading one (an
+ * events page or a list of up to 1,000 entries, megabytes with long messages) held all of it in the
+ * server's memory, and its connection open, for as long as it liked. An answer that makes no progress (no
+ * slice of {@link ANSWER_SLICE_BYTES} leaves for the network) for `sseStallTimeoutMs` is dropped (its
+ * connection destroyed), as an event stream whose reader stopped reading is.
+ */
+class AnswerWriter {
+  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger'>;
+
+  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger'>) {
+    this.#ctx = ctx;
+  }
+
+  /** Sends `reply`, and drops it if it stalls before it has left (or its connection closed). */
+  send(response: ServerResponse, reply: Parameters<typeof send>[1]): void {
+    if (response.headersSent || response.writableEnded || response.destroyed) {
+      send(response, reply);
+      return;
+    }
+    const stallMs = this.#ctx.streams.sseStallTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(timer);
+      timer = setTimeout(() => {
+        this.#ctx.logger.info({ stalledMs: stallMs }, 'HTTP reader stopped reading its answer; dropping it');
+        response.destroy();
+      }, stallMs);
+      timer.unref();
+    };
+    send(response, reply, () => {
+      if (timer !== undefined) arm();
+    });
+    if (response.writableFinished || response.destroyed) return;
+    arm();
+    const release = () => clearTimeout(timer);
+    response.once('finish', release);
+    response.once('close', release);
   }
 }
 

@@ -231,18 +231,49 @@ function readStream(request: IncomingMessage): Promise<string> {
   });
 }
 
+/** Size of the slices a large answer is written in when its progress is followed (see {@link send}). */
+export const ANSWER_SLICE_BYTES = 64 * 1024;
+
+/**
+ * Sends `reply` as JSON. With `progress`, an answer above {@link ANSWER_SLICE_BYTES} is written a slice of
+ * that size at a time, and `progress` is called as each one leaves for the network: a client that reads
+ * slowly is told from one that stopped reading (an answer written whole reports nothing until all of it
+ * left).
+ */
 export function send(
   response: ServerResponse,
   reply: { status: number; body: unknown; headers?: Record<string, string> },
+  progress?: () => void,
 ): void {
   if (response.headersSent || response.writableEnded || response.destroyed) return;
   const { status, body, headers = {} } = reply;
-  const text = JSON.stringify(body);
+  const data = Buffer.from(JSON.stringify(body), 'utf8');
   response.writeHead(status, {
     'content-type': 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
+    'content-length': data.length,
     'cache-control': 'no-store',
     ...headers,
   });
-  response.end(text);
+  if (progress === undefined || data.length <= ANSWER_SLICE_BYTES) {
+    response.end(data);
+    return;
+  }
+  // One slice at a time, the next at 'drain': slices written together leave in one batch, which reports
+  // nothing until all of it left.
+  let offset = 0;
+  const pump = () => {
+    while (data.length - offset > ANSWER_SLICE_BYTES) {
+      const slice = data.subarray(offset, offset + ANSWER_SLICE_BYTES);
+      offset += ANSWER_SLICE_BYTES;
+      if (!response.write(slice)) {
+        response.once('drain', () => {
+          progress();
+          pump();
+        });
+        return;
+      }
+    }
+    response.end(data.subarray(offset));
+  };
+  pump();
 }

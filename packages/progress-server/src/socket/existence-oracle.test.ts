@@ -17,11 +17,16 @@ async function wsAnswer(taskId: string): Promise<unknown> {
   return JSON.parse(JSON.stringify(frame).replaceAll(taskId, '<id>'));
 }
 
-async function httpAnswer(path: string, taskId: string, method = 'GET'): Promise<unknown> {
+async function httpAnswer(
+  path: string,
+  taskId: string,
+  method = 'GET',
+  extra: { body?: string; headers?: Record<string, string> } = {},
+): Promise<unknown> {
   const response = await fetch(`${session.env.httpUrl}${path}`, {
     method,
-    headers: { 'x-user': 'mallory', 'content-type': 'application/json' },
-    ...(method === 'POST' ? { body: '{}' } : {}),
+    headers: { 'x-user': 'mallory', 'content-type': 'application/json', ...extra.headers },
+    ...(method === 'POST' ? { body: extra.body ?? '{}' } : {}),
   });
   const body = (await response.text()).replaceAll(taskId, '<id>');
   return { status: response.status, body, type: response.headers.get('content-type') };
@@ -36,15 +41,20 @@ describe('existence oracle', () => {
     const ws = await wsAnswer(existing);
     expect(ws).toEqual(await wsAnswer(missing));
     expect(ws).toMatchObject({ code: 'task_not_found' });
-    for (const [suffix, method] of [
-      ['', 'GET'],
-      ['/events?afterSeq=0', 'GET'],
-      ['/cancel', 'POST'],
+    for (const [suffix, method, extra] of [
+      ['', 'GET', {}],
+      ['', 'HEAD', {}],
+      ['/events?afterSeq=0', 'GET', {}],
+      ['/cancel', 'POST', {}],
+      // The event stream, resuming from a cursor (EventSource's reconnect), and its HEAD; an ack.
+      ['/stream', 'GET', { headers: { 'last-event-id': '1' } }],
+      ['/stream?afterSeq=1', 'HEAD', {}],
+      ['/ack', 'POST', { body: '{"seq":1}' }],
     ] as const) {
-      const a = await httpAnswer(`/progress/tasks/${existing}${suffix}`, existing, method);
-      const b = await httpAnswer(`/progress/tasks/${missing}${suffix}`, missing, method);
-      expect(a, suffix).toEqual(b);
-      expect(a, suffix).toMatchObject({ status: 404 });
+      const a = await httpAnswer(`/progress/tasks/${existing}${suffix}`, existing, method, extra);
+      const b = await httpAnswer(`/progress/tasks/${missing}${suffix}`, missing, method, extra);
+      expect(a, `${method} ${suffix}`).toEqual(b);
+      expect(a, `${method} ${suffix}`).toMatchObject({ status: 404 });
     }
     expect((await session.env.store.getTask(existing))?.status).toBe('running');
   });

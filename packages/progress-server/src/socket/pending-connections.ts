@@ -28,6 +28,11 @@ export class PendingConnections {
   /** Every address's, in arrival order. */
   readonly #all = new Set<TrackedSocket>();
   readonly #addressOf = new WeakMap<TrackedSocket, string>();
+  /**
+   * Sockets whose 'close' releases them already: a kept-alive connection is tracked again for each request
+   * with a body, and a listener per request piled up on it.
+   */
+  readonly #listening = new WeakSet<TrackedSocket>();
 
   constructor(options: {
     maxPerAddress: number;
@@ -56,7 +61,10 @@ export class PendingConnections {
     sockets.add(socket);
     this.#all.add(socket);
     this.#addressOf.set(socket, address);
-    socket.once('close', () => this.release(socket));
+    if (!this.#listening.has(socket)) {
+      this.#listening.add(socket);
+      socket.once('close', () => this.release(socket));
+    }
     while (sockets.size > this.#maxPerAddress) {
       this.#evict(sockets.values().next().value as TrackedSocket, 'address');
     }
