@@ -902,7 +902,7 @@ export class ListenConnection {
         this.purged(notice.taskIds, notice.xid);
         break;
       case 'epoch':
-        hub.epochRenewed();
+        hub.epochRenewed(notice.epoch);
         break;
       case 'barrier':
         // Other stores' barriers, and this store's earlier connections', say nothing about what this

@@ -74,6 +74,8 @@ export interface PurgedNotice {
 /** The store's epoch was renewed (by any store on the channel). */
 export interface EpochNotice {
   kind: 'epoch';
+  /** The renewed epoch. */
+  epoch: string;
 }
 
 /** A payload this store did not write (another program notifying on the channel, or garbage). */
@@ -230,7 +232,6 @@ export function encodeChangeNotices(
 }
 
 const MALFORMED: MalformedNotice = Object.freeze({ kind: 'malformed' });
-const EPOCH: EpochNotice = Object.freeze({ kind: 'epoch' });
 
 function isSeq(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 1;
@@ -281,7 +282,7 @@ export function decodeNotice(
     if (!isXid(record.xid)) return MALFORMED;
     return { kind: 'purged', taskIds, xid: BigInt(record.xid) };
   }
-  if (typeof record.epoch === 'string') return EPOCH;
+  if (typeof record.epoch === 'string') return { kind: 'epoch', epoch: record.epoch };
   return MALFORMED;
 }
 

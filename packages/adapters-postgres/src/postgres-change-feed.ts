@@ -124,6 +124,8 @@ interface Published {
   seq: number;
   /** Clock time at which the terminal change was published; `undefined` while running. */
   terminalAt: number | undefined;
+  /** The run (`createdAt`) the reports of `seq` named, when one did. */
+  run?: number | undefined;
 }
 
 /**
@@ -179,9 +181,17 @@ export class ChangeFeedHub {
     duplicates: 0,
   };
 
-  constructor(clock: Clock, onListenerError: (error: unknown) => void) {
+  /** Called when a report shows the store went back below what was published (see {@link wentBack}). */
+  readonly #onWentBack: (taskId: string, seq: number, publishedSeq: number) => void;
+
+  constructor(
+    clock: Clock,
+    onListenerError: (error: unknown) => void,
+    onWentBack: (taskId: string, seq: number, publishedSeq: number) => void = () => {},
+  ) {
     this.#clock = clock;
     this.#local = new LocalChangeFeed(onListenerError);
+    this.#onWentBack = onWentBack;
   }
 
   subscribe(listener: ChangeListener): Unsubscribe {
@@ -193,9 +203,16 @@ export class ChangeFeedHub {
   }
 
   /** A store on the channel renewed the epoch (its notice arrived): the subscribers read it now. */
-  epochRenewed(): void {
+  epochRenewed(epoch?: string): void {
+    if (epoch !== undefined) this.knownEpoch = epoch;
     this.#local.publishEpochRenewed();
   }
+
+  /**
+   * The store's epoch as last read, renewed or heard of on the channel (`undefined` until then): what a
+   * renewal after lost commits starts from (see `PostgresProgressStore`'s `#wentBack`).
+   */
+  knownEpoch: string | undefined;
 
   follow(taskId: string): Unsubscribe {
     this.#followed.set(taskId, (this.#followed.get(taskId) ?? 0) + 1);
@@ -346,6 +363,13 @@ export class ChangeFeedHub {
     }
     const known = this.#published.get(taskId);
     if (known !== undefined && seq <= known.seq) {
+      if (terminal && this.#contradicts(known, seq, run)) {
+        // The store lost commits whose seqs were published (see `wentBack`): remembered as reported, so
+        // it is told once, and the renewed epoch's re-read publishes the task as the store holds it.
+        this.#remember(taskId, { seq, terminalAt: this.#clock(), run: run ?? known.run });
+        this.#onWentBack(taskId, seq, known.seq);
+        return 0;
+      }
       this.#counters.duplicates += 1;
       return 0;
     }
@@ -355,7 +379,11 @@ export class ChangeFeedHub {
     }
     let from = known === undefined ? firstSeq : known.seq + 1;
     if (seq - from + 1 > MAX_FILL) from = seq - MAX_FILL + 1;
-    this.#remember(taskId, { seq, terminalAt: terminal ? this.#clock() : undefined });
+    this.#remember(taskId, {
+      seq,
+      terminalAt: terminal ? this.#clock() : undefined,
+      run: run ?? known?.run,
+    });
     // The report's events cover firstSeq..seq; seqs filled in below firstSeq go without one.
     const events = change.events?.length === seq - firstSeq + 1 ? change.events : undefined;
     for (let current = from; current <= seq; current++) {
@@ -394,6 +422,26 @@ export class ChangeFeedHub {
   }
 
   /**
+   * True when the committed state a report or poll read (`seq` of the run `run`, terminal or not)
+   * contradicts what was published of `taskId`: the task ends at or below a seq published as running, or
+   * below a published end. Within one run a task has no seq past its terminal one, so the store went
+   * back: a failover to a standby that lacked the last commits, or a restore without `renewEpoch()`, and
+   * the task's worker appended again over the lost seqs. Reported, a change at a seq already published
+   * was dropped as a duplicate (the poll compares seqs only), and a new end at a lost seq never reached
+   * anyone. A report of a run other than the one published is no contradiction. Only a terminal state is
+   * told apart: a running task's new events at lost seqs look like the lost ones until it passes them.
+   */
+  wentBack(taskId: string, seq: number, terminal: boolean, run?: number): boolean {
+    const known = this.#published.get(taskId);
+    return terminal && known !== undefined && seq <= known.seq && this.#contradicts(known, seq, run);
+  }
+
+  #contradicts(known: Published, seq: number, run: number | undefined): boolean {
+    if (run !== undefined && known.run !== undefined && run !== known.run) return false;
+    return known.terminalAt === undefined || seq < known.seq;
+  }
+
+  /**
    * True when reporting `change` would publish something now (its last seq was not published yet, and
    * it is not held for this store's own transaction in flight): whether its events are worth parsing.
    */
@@ -419,6 +467,7 @@ export class ChangeFeedHub {
       this.#remember(change.taskId, {
         seq: change.seq,
         terminalAt: change.terminal ? this.#clock() : undefined,
+        run: change.run ?? known?.run,
       });
       this.#local.publish(Object.isFrozen(change) ? change : Object.freeze({ ...change }));
       this.#counters.published += 1;

@@ -164,6 +164,8 @@ export class PostgresProgressStore implements ProgressStore {
   /** Acks and renewals waiting to be asked again (see `#later`), by timer: `close()` ends them at once. */
   readonly #retries = new Map<ReturnType<typeof setTimeout>, { reject(error: unknown): void }>();
   #closed = false;
+  /** A renewal of the epoch after lost commits is in flight (see `#wentBack`). */
+  #renewingAfterLoss = false;
   #closing: Promise<void> | undefined;
 
   /**
@@ -223,7 +225,9 @@ export class PostgresProgressStore implements ProgressStore {
       ),
     );
     this.#onError = onError;
-    this.#hub = new ChangeFeedHub(options.clock, options.onListenerError);
+    this.#hub = new ChangeFeedHub(options.clock, options.onListenerError, (taskId, seq, publishedSeq) =>
+      this.#wentBack(taskId, seq, publishedSeq),
+    );
     this.#listener = new ListenConnection({
       hub: this.#hub,
       db: this.#db,
@@ -285,6 +289,11 @@ export class PostgresProgressStore implements ProgressStore {
       await migrateProgressSchema(this.#db as Kysely<unknown>, { schema: this.#schema });
     }
     await this.#listener.start();
+    // What a renewal after lost commits starts from (see `#wentBack`); notices keep it current from here.
+    // Not overwritten: a renewal heard during the read is newer than what the read saw.
+    // A failed read leaves it to the first renewal to read it.
+    const read = await this.#query('getEpoch', undefined, selectEpoch(this.#meta)).catch(() => undefined);
+    this.#hub.knownEpoch ??= read?.rows[0]?.value;
     this.#poll.start();
   }
 
@@ -348,6 +357,7 @@ export class PostgresProgressStore implements ProgressStore {
     const row = rows[0];
     // Migration 0002 inserts the row; a schema without it was altered by hand.
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
+    this.#hub.knownEpoch = row.value;
     return row.value;
   }
 
@@ -364,7 +374,54 @@ export class PostgresProgressStore implements ProgressStore {
     const { rows } = await this.#query('renewEpoch', undefined, renewEpoch(this.#meta, this.#target.channel));
     const row = rows[0];
     if (row === undefined) throw new ProgressError(ErrorCode.Internal, 'The store has no epoch row');
+    this.#hub.knownEpoch = row.value;
     return row.value;
+  }
+
+  /**
+   * The change feed heard `taskId` end at `seq`, at or below the seq `publishedSeq` it had published of it
+   * as running (or below its published end): the database went back under the store, losing commits whose
+   * changes were published (a failover to an asynchronous standby, a restore without `renewEpoch()`), and
+   * the task's worker appended again over the lost seqs. Every server's watchers hold what was lost, and
+   * every task may have lost commits: that is a restore, so the store renews the epoch, as the operator
+   * would after one. From the epoch it knows (read, renewed or heard of last), so that the
+   * replicas that heard the same change renew it once; reported on `onError` (`internal`, with the task).
+   */
+  #wentBack(taskId: string, seq: number, publishedSeq: number, failures = 0): void {
+    if (this.#closed || this.#renewingAfterLoss) return;
+    this.#renewingAfterLoss = true;
+    const renew = async (): Promise<string | undefined> => {
+      const from = this.#hub.knownEpoch ?? (await this.getEpoch());
+      const { rows } = await this.#query(
+        'renewEpoch',
+        undefined,
+        renewEpoch(this.#meta, this.#target.channel, from),
+      );
+      if (rows[0] !== undefined) this.#hub.knownEpoch = rows[0].value;
+      return rows[0]?.value;
+    };
+    void renew()
+      .then(
+        (epoch) =>
+          this.#onError(
+            new ProgressError(
+              ErrorCode.Internal,
+              `The change feed heard task ${taskId} end at seq ${seq}, after it had published seqs up to ${publishedSeq} of it: the database lost commits (a failover to a standby that lacked them, or a restore without renewEpoch()). ${epoch === undefined ? 'Another process renewed the store epoch first' : 'The store epoch was renewed'}, so every watcher starts over from the store.`,
+              { taskId },
+            ),
+          ),
+        (error: unknown) => {
+          if (this.#closed) return;
+          // The feed will not tell this task again (it remembers the end now): tried again until it is
+          // renewed, the failure reported once.
+          if (failures === 0)
+            this.#onError(toProgressError(error, 'Renewing the store epoch after lost commits failed'));
+          setTimeout(() => this.#wentBack(taskId, seq, publishedSeq, failures + 1), 1000).unref();
+        },
+      )
+      .finally(() => {
+        this.#renewingAfterLoss = false;
+      });
   }
 
   async listTasks(query: ListTasksQuery): Promise<Task[]> {
@@ -616,7 +673,9 @@ export class PostgresProgressStore implements ProgressStore {
     const { rows } = await this.#run('latestSeqs', undefined, () =>
       this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }),
     );
-    for (const row of rows) latest.set(row.id, { seq: int(row.seq), terminal: row.status !== 'running' });
+    for (const row of rows) {
+      latest.set(row.id, { seq: int(row.seq), terminal: row.status !== 'running', run: int(row.created_at) });
+    }
     return latest;
   }
 }

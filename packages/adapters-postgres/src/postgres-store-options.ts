@@ -152,8 +152,11 @@ export interface PostgresProgressStoreOptions {
    * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
    * (reconnecting, polling again); this hook is for logs and alerts. Also receives, once each, the rows
    * `reapExpiredLeases` could not interrupt (damaged by hand, e.g. a `seq` behind the task's log), whose
-   * expired lease it dropped instead (`internal`, with the `taskId`), and the rows `listTasks` could not
-   * read (an `int8` above 2^53, say), which it leaves out of its lists (reported once per store).
+   * expired lease it dropped instead (`internal`, with the `taskId`); the rows `listTasks` could not
+   * read (an `int8` above 2^53, say), which it leaves out of its lists (reported once per store); and the
+   * renewal of the store's epoch after the change feed noticed the database lost commits (a task ended at
+   * a seq already published as running: a failover to a standby that lacked them; `internal`, with the
+   * `taskId`).
    * @default ignores the error
    */
   onError?: (error: ProgressError) => void;

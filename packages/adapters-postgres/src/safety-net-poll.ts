@@ -1,5 +1,6 @@
 import type { ProgressError } from '@finishline/core';
 import { STORE_DEFAULTS } from '@finishline/core';
+import type { ChangeNotice } from './notify-payload.js';
 import { toProgressError } from './pg-errors.js';
 import type { ChangeFeedHub, PollStats } from './postgres-change-feed.js';
 
@@ -7,7 +8,8 @@ import type { ChangeFeedHub, PollStats } from './postgres-change-feed.js';
  * The safety net under `LISTEN/NOTIFY`: every `intervalMs` it asks the store for the latest seq of the
  * tasks local watchers follow (and only those), in one indexed query per 1000 tasks, and publishes what
  * the notifications did not deliver. It runs whether or not the `LISTEN` connection is up, over the
- * pool, so it also covers the time a reconnect takes.
+ * pool, so it also covers the time a reconnect takes. A task found ended at a seq already published as
+ * running tells that the store went back (see `ChangeFeedHub.wentBack`).
  *
  * @module
  */
@@ -17,6 +19,8 @@ export interface LatestState {
   seq: number;
   /** True when the task ended (its `seq` is then the terminal event). */
   terminal: boolean;
+  /** The task's run (its `createdAt`). */
+  run?: number;
 }
 
 /** What {@link SafetyNetPoll} needs. */
@@ -109,8 +113,20 @@ export class SafetyNetPoll {
       for (const [taskId, state] of latest) {
         if (hub.forgottenSince(taskId, forgets)) continue;
         const published = hub.publishedSeq(taskId);
-        if (published === undefined || state.seq > published) {
-          hub.report({ taskId, firstSeq: state.seq, seq: state.seq, terminal: state.terminal }, 'poll');
+        // An end at a seq already published as running: the store went back (see ChangeFeedHub.wentBack).
+        if (
+          published === undefined ||
+          state.seq > published ||
+          hub.wentBack(taskId, state.seq, state.terminal, state.run)
+        ) {
+          const change: ChangeNotice = {
+            taskId,
+            firstSeq: state.seq,
+            seq: state.seq,
+            terminal: state.terminal,
+          };
+          if (state.run !== undefined) change.run = state.run;
+          hub.report(change, 'poll');
         }
       }
     }

@@ -36,14 +36,20 @@ export function selectEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: stri
 /**
  * Replaces the store's epoch with a fresh random value and returns it, telling every listener on
  * `channel` in the same transaction (`{"epoch":"<value>"}`): their servers read it at once rather than at
- * their next heartbeat tick.
+ * their next heartbeat tick. With `from`, only if the epoch is still `from` (no row returned otherwise).
  */
-export function renewEpoch(meta: RawBuilder<unknown>, channel: string): RawBuilder<{ value: string }> {
+export function renewEpoch(
+  meta: RawBuilder<unknown>,
+  channel: string,
+  from?: string,
+): RawBuilder<{ value: string }> {
+  // From a known epoch only: replicas that notice the same lost commits at once renew it once.
+  const only = from === undefined ? sql`` : sql`AND value = ${from}`;
   return sql<{ value: string }>`
     WITH renewed AS (
       UPDATE ${meta}
       SET value = md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text)
-      WHERE key = 'epoch' RETURNING value
+      WHERE key = 'epoch' ${only} RETURNING value
     )
     SELECT value, pg_notify(${channel}, json_build_object('epoch', value)::text) AS notified FROM renewed`;
 }
@@ -78,7 +84,10 @@ export class TaskReads {
     EventRow | { task_id: null }
   >;
   /** The seq and status of each of `taskIds` that exists (at least one id). */
-  readonly latest: PreparedStatement<{ taskIds: string[] }, { id: string; seq: string; status: string }>;
+  readonly latest: PreparedStatement<
+    { taskIds: string[] },
+    { id: string; seq: string; status: string; created_at: string }
+  >;
 
   constructor(db: Kysely<ProgressDatabase>, target: AppendTarget) {
     this.tasks = new PreparedStatement(
@@ -101,8 +110,8 @@ export class TaskReads {
     );
     this.latest = new PreparedStatement(
       db,
-      sql<{ id: string; seq: string; status: string }>`
-    SELECT id, seq, status FROM ${target.tasks} WHERE id = ANY(${param('taskIds')}::text[])`,
+      sql<{ id: string; seq: string; status: string; created_at: string }>`
+    SELECT id, seq, status, created_at FROM ${target.tasks} WHERE id = ANY(${param('taskIds')}::text[])`,
     );
   }
 }

@@ -3,6 +3,7 @@ import { ManualClock, propertyParams } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ChangeFeedHub, type ChangeSource } from '../src/postgres-change-feed.js';
+import { SafetyNetPoll } from '../src/safety-net-poll.js';
 
 /**
  * The hub decides what local subscribers see: each (task, seq) once, in seq order, whatever mix of own
@@ -46,9 +47,16 @@ describe('ChangeFeedHub', () => {
   it('publishes each seq once, in order, from 1 up to the highest reported, whatever the reports', () => {
     fc.assert(
       fc.property(fc.array(step, { maxLength: 60, size: 'max' }), (steps) => {
-        const hub = new ChangeFeedHub(new ManualClock().now, (error) => {
-          throw error;
-        });
+        const hub = new ChangeFeedHub(
+          new ManualClock().now,
+          (error) => {
+            throw error;
+          },
+          // Never in a history without lost commits: it renews the store's epoch.
+          (taskId, seq) => {
+            throw new Error(`taken for lost commits: ${taskId} at ${seq}`);
+          },
+        );
         const seen: TaskChange[] = [];
         hub.subscribe((change) => seen.push(change));
         const truth = TASKS.map(() => ({ seq: 0, terminal: false }));
@@ -316,5 +324,67 @@ describe('ChangeFeedHub', () => {
     hub.report({ taskId: 'task-2', firstSeq: 4, seq: 4, terminal: false }, 'notification');
     expect(seen).toEqual([4]);
     unfollow();
+  });
+
+  describe('after the store lost commits whose changes it published (a failover, a restore kept unrenewed)', () => {
+    /** A hub that published seqs 1..3 of task `x` (run 7) as running, and the losses it was told of. */
+    function hubPastLostSeqs() {
+      const lost: Array<[string, number, number]> = [];
+      const hub = new ChangeFeedHub(
+        new ManualClock().now,
+        () => {},
+        (...args) => lost.push(args),
+      );
+      const seen: TaskChange[] = [];
+      hub.subscribe((change) => seen.push(change));
+      hub.resetTask('x');
+      hub.report({ taskId: 'x', firstSeq: 1, seq: 3, terminal: false, run: 7 }, 'notification');
+      return { hub, seen, lost };
+    }
+
+    it('tells the end heard at a seq published as running, once, where it dropped it as a duplicate', () => {
+      for (const source of SOURCES) {
+        const { hub, seen, lost } = hubPastLostSeqs();
+        // The worker's new events took the lost seqs 2 and 3, the end at 3.
+        hub.report({ taskId: 'x', firstSeq: 2, seq: 3, terminal: true, run: 7 }, source);
+        expect(lost, source).toEqual([['x', 3, 3]]);
+        hub.report({ taskId: 'x', firstSeq: 3, seq: 3, terminal: true, run: 7 }, source);
+        expect(lost, source).toHaveLength(1);
+        expect(seen.map((change) => change.seq)).toEqual([1, 2, 3]);
+      }
+      // An end below the seqs published.
+      const { hub, lost } = hubPastLostSeqs();
+      hub.report({ taskId: 'x', firstSeq: 2, seq: 2, terminal: true }, 'notification');
+      expect(lost).toEqual([['x', 2, 3]]);
+    });
+
+    it('takes neither a duplicate of the end nor an end of another run for lost commits', () => {
+      const { hub, lost } = hubPastLostSeqs();
+      hub.report({ taskId: 'x', firstSeq: 1, seq: 2, terminal: true, run: 6 }, 'notification');
+      hub.report({ taskId: 'x', firstSeq: 4, seq: 4, terminal: true, run: 7 }, 'notification');
+      hub.report({ taskId: 'x', firstSeq: 4, seq: 4, terminal: true, run: 7 }, 'poll');
+      hub.report({ taskId: 'x', firstSeq: 4, seq: 4, terminal: true }, 'replay');
+      expect(hub.wentBack('x', 4, true, 7)).toBe(false);
+      expect(lost).toEqual([]);
+      expect(hub.stats().duplicates).toBe(3);
+    });
+
+    it('is told by the safety-net poll, which compared seqs only', async () => {
+      const { hub, lost } = hubPastLostSeqs();
+      const unfollow = hub.follow('x');
+      const poll = new SafetyNetPoll({
+        hub,
+        intervalMs: 60_000,
+        readLatest: async () => new Map([['x', { seq: 3, terminal: true, run: 7 }]]),
+        rereading: () => false,
+        onError: (error) => {
+          throw error;
+        },
+      });
+      await poll.pollOnce();
+      await poll.pollOnce();
+      expect(lost).toEqual([['x', 3, 3]]);
+      unfollow();
+    });
   });
 });

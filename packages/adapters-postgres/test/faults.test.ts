@@ -1220,7 +1220,10 @@ describe('the safety-net poll', () => {
     let reached: Gate | undefined;
     const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
       const result = await run();
-      if (hold !== undefined && statement.text.includes('SELECT id, seq, status FROM')) {
+      if (
+        hold !== undefined &&
+        /SELECT id, seq, status, created_at FROM \S+ WHERE id = ANY/.test(statement.text)
+      ) {
         const held = hold;
         hold = undefined;
         reached?.open();
@@ -1380,7 +1383,10 @@ describe('close', () => {
     let reached: Gate | undefined;
     const hooked = queryHookedPool(pool(), async (_client, statement, run) => {
       const result = await run();
-      if (hold !== undefined && statement.text.includes('SELECT id, seq, status FROM')) {
+      if (
+        hold !== undefined &&
+        /SELECT id, seq, status, created_at FROM \S+ WHERE id = ANY/.test(statement.text)
+      ) {
         const held = hold;
         hold = undefined;
         reached?.open();

@@ -302,7 +302,10 @@ describe('NOTIFY payloads', () => {
     });
     // As versions before the xid sent it: still a purge, of no known transaction.
     expect(decodeNotice('{"purged":["taint-42"]}')).toEqual({ kind: 'purged', taskIds: ['taint-42'] });
-    expect(decodeNotice('{"epoch":"5d41402abc4b2a76b9719d911017c592"}')).toEqual({ kind: 'epoch' });
+    expect(decodeNotice('{"epoch":"5d41402abc4b2a76b9719d911017c592"}')).toEqual({
+      kind: 'epoch',
+      epoch: '5d41402abc4b2a76b9719d911017c592',
+    });
     const malformed = [
       '{"epoch":42}',
       undefined,

@@ -1,0 +1,107 @@
+import type { AddressInfo } from 'node:net';
+import { ProgressClient } from '@finishline/client';
+import type { ProgressError } from '@finishline/core';
+import { PostgresProgressStore } from '@finishline/postgres';
+import { ProgressServer } from '@finishline/server';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import WebSocket from 'ws';
+import { dropSchema, eventually, freshSchema, headerAuthenticate, newPool } from './support.js';
+
+/**
+ * A failover to an asynchronous standby that had not received the last committed transactions: the
+ * database goes back to an earlier state without any renewed epoch. The task's worker appends again, and
+ * its new events take the seqs of the lost ones, the terminal one included. Every replica's change feed
+ * and hub remember the lost seqs as published; a watcher must still see the task's end.
+ */
+
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
+
+async function serveFreshSchema(prefix: string) {
+  const schema = freshSchema(prefix);
+  const admin = newPool(2, 'finishline-test-admin');
+  cleanups.push(async () => {
+    await dropSchema(admin, schema);
+    await admin.end();
+  });
+  const pool = newPool(4);
+  const reported: ProgressError[] = [];
+  const onError = (error: ProgressError) => reported.push(error);
+  // A short safety-net poll: the failure must not hide behind a slow one.
+  const store = await PostgresProgressStore.open({ pool, schema, pollIntervalMs: 100, onError });
+  const server = await ProgressServer.listen(
+    { store, authenticate: headerAuthenticate, heartbeatIntervalMs: 200 },
+    { port: 0, host: '127.0.0.1' },
+  );
+  cleanups.push(async () => {
+    await server.close({ timeoutMs: 500 });
+    await store.close();
+    await pool.end();
+  });
+  // The worker's process: a store of its own on the same schema.
+  const workerPool = newPool(2);
+  const worker = await PostgresProgressStore.open({ pool: workerPool, schema, pollIntervalMs: 100, onError });
+  cleanups.push(async () => {
+    await worker.close();
+    await workerPool.end();
+  });
+  const { port } = server.httpServer!.address() as AddressInfo;
+  const q = (table: string) => `${pg.escapeIdentifier(schema)}.${pg.escapeIdentifier(table)}`;
+  return { admin, store, worker, port, q, reported };
+}
+
+function aliceClient(port: number): ProgressClient {
+  const client = new ProgressClient({
+    url: `ws://127.0.0.1:${port}/progress`,
+    WebSocket,
+    headers: { 'x-user': 'alice' },
+    finishTimeoutMs: 600_000,
+  });
+  cleanups.unshift(() => client.close());
+  return client;
+}
+
+describe('a failover that lost committed transactions', () => {
+  for (const writer of ['worker', 'server'] as const) {
+    it(`brings the watcher to the end written at a lost seq (appends by the ${writer}'s store)`, async () => {
+      const { admin, store, worker, port, q, reported } = await serveFreshSchema(`failover_${writer}`);
+      const appender = writer === 'worker' ? worker : store;
+      await appender.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 });
+      await appender.append('t', { type: 'progress', done: 0, message: 'one' });
+      // The row as the standby has it: the transactions after this one never reached it.
+      await admin.query(`CREATE TABLE ${q('tasks_standby')} AS SELECT * FROM ${q('tasks')}`);
+      await appender.append('t', { type: 'progress', done: 1, message: 'two (lost)' });
+      await appender.append('t', { type: 'progress', done: 1, message: 'three (lost)' });
+
+      const client = aliceClient(port);
+      const watch = client.watch('t');
+      await eventually('the watcher is at seq 3', () => watch.getSnapshot().seq === 3);
+      const epoch = await store.getEpoch();
+
+      // The failover: the standby, promoted, lacks the last two transactions.
+      await admin.query(
+        `BEGIN;
+         DELETE FROM ${q('events')} WHERE seq > 1;
+         DELETE FROM ${q('tasks')};
+         INSERT INTO ${q('tasks')} SELECT * FROM ${q('tasks_standby')};
+         COMMIT`,
+      );
+      // The worker goes on: its new events take the lost seqs 2 and 3, the end at 3.
+      await appender.append('t', { type: 'progress', done: 2, message: 'two (again)' });
+      await appender.append('t', { type: 'completed', result: null });
+      expect((await store.getTask('t'))?.seq).toBe(3);
+
+      await eventually('the watcher sees the end', () => watch.getSnapshot().finished, 5000);
+      expect(watch.getSnapshot()).toMatchObject({ seq: 3, status: 'completed', finished: true });
+      // The stores that heard the end at a seq they had published renewed the epoch, once between them.
+      expect(await store.getEpoch()).not.toBe(epoch);
+      const renewals = reported.filter((error) => /The store epoch was renewed/.test(error.message));
+      expect(renewals).toHaveLength(1);
+      expect(renewals[0]).toMatchObject({ code: 'internal', taskId: 't' });
+    });
+  }
+});
