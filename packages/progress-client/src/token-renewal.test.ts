@@ -3,7 +3,7 @@ import { CloseCode, ErrorCode, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
-import { flush } from './testing/manual-scheduler.js';
+import { flush, ManualScheduler } from './testing/manual-scheduler.js';
 
 /** Issue 14, what-to-build 5, on the client: an expired credential, and a renewal on the open socket. */
 
@@ -147,5 +147,34 @@ describe('renewToken()', () => {
     await scheduler.advance(1000);
     expect(outcomes).toEqual([false, false]);
     expect(errors).toHaveLength(1);
+  });
+
+  it('waits out a connectTimeoutMs longer than a timer can hold (2^31 - 1 ms) instead of giving up at once', async () => {
+    // Timer functions fire a longer delay after 1 ms, as Node's and browsers' do: until 5 December 2026
+    // renewToken() handed them connectTimeoutMs as is, and with 2^31 gave up at once.
+    const scheduler = new ManualScheduler();
+    let calls = 0;
+    const { client, server } = setup({
+      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      connectTimeoutMs: 2 ** 31,
+      timers: {
+        setTimeout: (callback, delayMs) =>
+          scheduler.setTimeout(callback, delayMs > 2 ** 31 - 1 ? 1 : delayMs),
+        clearTimeout: scheduler.clearTimeout,
+      },
+      clock: scheduler.now,
+    });
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    const outcomes: boolean[] = [];
+    void client.renewToken().then((renewed) => outcomes.push(renewed));
+    await scheduler.advance(1000);
+    expect(outcomes).toEqual([]);
+    await scheduler.advance(2 ** 31);
+    expect(outcomes).toEqual([false]);
+    await client.close();
   });
 });
