@@ -162,4 +162,21 @@ describe('options', () => {
     );
     void server(2 ** 31 - 1).close({ timeoutMs: 0 });
   });
+
+  it('refuses a terminalRetry delay longer than a timer can wait', () => {
+    // Taken until 5 December 2026: the socket's retry timer then fired every millisecond, nothing due.
+    const server = (maxDelayMs: number) =>
+      new ProgressServer({
+        store: new MemoryProgressStore(),
+        authenticate: noAuth,
+        terminalRetry: { maxDelayMs },
+      });
+    expect(() => server(2 ** 31)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringContaining('terminalRetry.maxDelayMs'),
+      }),
+    );
+    void server(2 ** 31 - 1).close({ timeoutMs: 0 });
+  });
 });
