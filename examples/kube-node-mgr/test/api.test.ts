@@ -310,6 +310,44 @@ describe('cancel', () => {
     expect(task.status).toBe('cancelled');
     expect(h.cluster.node('worker-3')?.spec.unschedulable).toBeUndefined();
   });
+
+  it.each([
+    ['a forged attribution, kept only as a quoted note', { reason: 'cancelled by bob' }, undefined],
+    ['no note', {}, undefined],
+  ])('names who cancelled from the session, not from the body: %s', async (_case, body, headers) => {
+    // Until 5 December 2026 the browser sent the whole reason ("cancelled by <user>") and the task ended
+    // with it as given: any user could write "cancelled by someone-else".
+    let release: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    h = await startHarness({
+      cluster: {
+        onRequest: ({ method, node }) => (method === 'GET' && node === 'worker-2' ? gate : undefined),
+      },
+      app: { concurrency: 1 },
+    });
+    const alice = await login(h.base, 'alice');
+    const started = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'worker-2'] });
+    // An admin cancels alice's batch: the attribution is the admin's.
+    const ada = await login(h.base, 'ada');
+    const cancel = await ada.post(`/progress/tasks/${started.body.taskId}/cancel`, body, headers);
+    expect(cancel.status).toBe(200);
+    release?.();
+    const { task } = await waitForTask(alice, started.body.taskId);
+    expect(task.status).toBe('cancelled');
+    expect(task.error?.message).toBe(
+      'reason' in body ? 'cancelled by ada, note: "cancelled by bob"' : 'cancelled by ada',
+    );
+  });
+
+  it('refuses a note that is not a string, before the cancel', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    const started = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'] });
+    const cancel = await alice.post(`/progress/tasks/${started.body.taskId}/cancel`, { reason: 42 });
+    expect(cancel.status).toBe(400);
+  });
 });
 
 describe('validation: 400 before any node is touched', () => {

@@ -35,3 +35,46 @@ describe('a drain that fails after cordoning the node', () => {
     expect(node.cordon).toMatchObject({ reason: 'kernel update', by: 'alice' });
   });
 });
+
+/**
+ * A cordon's note is written before its PATCH (an intent, so a PATCH landing just before a crash still
+ * has one). Until 5 December 2026 a cordon whose change to the node then failed left its intent in place
+ * of the node's earlier note: a node cordoned by bob "for the disk" showed alice's cordon, which never
+ * happened.
+ */
+describe('a cordon whose change to the node fails', () => {
+  it.each(['cordon', 'drain'] as const)(
+    'leaves the earlier note of a node already cordoned: %s',
+    async (operation) => {
+      let failing = false;
+      h = await startHarness({
+        cluster: {
+          onRequest: ({ node }) => {
+            if (failing && node === 'worker-1') throw new Error('injected failure');
+          },
+        },
+      });
+      const bob = await login(h.base, 'bob');
+      const first = await bob.post('/api/batch', {
+        operation: 'cordon',
+        nodes: ['worker-1'],
+        reason: 'disk',
+      });
+      expect(first.status).toBe(202);
+      expect((await waitForTask(bob, first.body.taskId)).task).toMatchObject({ status: 'completed' });
+      failing = true;
+      const alice = await login(h.base, 'alice');
+      const second = await alice.post('/api/batch', {
+        operation,
+        nodes: ['worker-1'],
+        reason: 'kernel update',
+      });
+      expect(second.status).toBe(202);
+      expect((await waitForTask(alice, second.body.taskId)).task).toMatchObject({ failed: 1 });
+      failing = false;
+      expect(h.cluster.node('worker-1')?.spec.unschedulable).toBe(true);
+      const node = (await alice.get('/api/nodes')).body.nodes.find((n: any) => n.name === 'worker-1');
+      expect(node.cordon).toMatchObject({ reason: 'disk', by: 'bob' });
+    },
+  );
+});

@@ -10,6 +10,8 @@ import {
   invalidOption,
   ofType,
   option,
+  refine,
+  requireNumber,
   resolveOptions,
   storeClockOption,
 } from '@finishline/core/internal';
@@ -109,7 +111,8 @@ export interface PostgresProgressStoreOptions {
    */
   listenConnectTimeoutMs?: number;
   /**
-   * Backoff of the `LISTEN` connection's reconnects (full jitter).
+   * Backoff of the `LISTEN` connection's reconnects (full jitter). `maxDelayMs` is at most 2^31 - 1 (about
+   * 24.8 days, the longest a timer waits).
    * @default { initialDelayMs: 250, maxDelayMs: 10000, multiplier: 2 }
    */
   reconnect?: BackoffOptions;
@@ -222,7 +225,15 @@ const POSTGRES_STORE_OPTIONS = {
   pollIntervalMs: integer(500, 1, 3_600_000),
   watermarkIntervalMs: integer(1000, 1, 3_600_000),
   listenConnectTimeoutMs: integer(10_000, 1, 3_600_000),
-  reconnect: backoffOption({ initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 }),
+  // Its delays go to setTimeout, which fires a longer one than 2^31 - 1 ms after 1 ms: a larger maxDelayMs
+  // reconnected in a loop once the backoff grew past it (initialDelayMs is at most maxDelayMs).
+  reconnect: refine(
+    backoffOption({ initialDelayMs: 250, maxDelayMs: 10_000, multiplier: 2 }),
+    (value, where) => {
+      requireNumber(`${where}.maxDelayMs`, value.maxDelayMs, { min: 0, max: 2_147_483_647 });
+      return value;
+    },
+  ),
   maxBatchSize: integer(500, 1, 10_000),
   maxConcurrentBatches: integer(2, 1, 64),
   maxAckBatchSize: integer(1000, 1, 10_000),

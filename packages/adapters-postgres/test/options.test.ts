@@ -59,6 +59,8 @@ describe('options', () => {
     ['an ack batch size of 0', { pool, maxAckBatchSize: 0 }],
     ['a fractional ack batch size', { pool, maxAckBatchSize: 2.5 }],
     ['contradictory backoff', { pool, reconnect: { initialDelayMs: 5000, maxDelayMs: 10 } }],
+    // Taken until 5 December 2026: setTimeout fired the longer delays after 1 ms (a reconnect loop).
+    ['a backoff longer than a timer waits', { pool, reconnect: { maxDelayMs: 2 ** 31 } }],
     ['a clock that is not a function', { pool, clock: 5 }],
     ['migrate as a string', { pool, migrate: 'yes' }],
     ['a numeric listenClient', { pool, listenClient: 5 }],

@@ -46,6 +46,9 @@ describe('client options', () => {
     [{ ackEvery: Number.NaN }, /ackEvery/],
     [{ finishTimeoutMs: -1 }, /finishTimeoutMs/],
     [{ heartbeatTimeoutMs: 0 }, /heartbeatTimeoutMs must be null or a number >= 1/],
+    // Counts of attempts: until 5 December 2026 a fraction was taken (1.5 acted as 2).
+    [{ errorAfterAttempts: 1.5 }, /errorAfterAttempts must be an integer >= 0, got 1.5/],
+    [{ httpFallbackAfterAttempts: 0.5 }, /httpFallbackAfterAttempts must be an integer >= 0/],
     [
       { reconnect: { initialDelayMs: 5000, maxDelayMs: 1000 } },
       /initialDelayMs \(5000\) must not exceed maxDelayMs/,

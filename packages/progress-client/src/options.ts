@@ -9,6 +9,7 @@ import {
   defaultsOf,
   finite,
   func,
+  integer,
   invalidOption,
   nested,
   ofType,
@@ -349,8 +350,8 @@ const CLIENT_OPTIONS = {
     backoffInOrder,
   ),
   stableConnectionMs: finite(1000, 0),
-  httpFallbackAfterAttempts: finite(3, 0),
-  errorAfterAttempts: finite(3, 0),
+  httpFallbackAfterAttempts: integer(3, 0),
+  errorAfterAttempts: integer(3, 0),
   fallbackTransport: ofType<FallbackTransport>(
     'sseFallback() from @finishline/client/sse',
     (value) => isObject(value) && isFunction((value as FallbackTransport).attach),

@@ -180,4 +180,33 @@ describe('renewToken()', () => {
     expect(unrefed.has(renewal?.id ?? -1)).toBe(true);
     await client.close();
   });
+
+  it('waits out a connectTimeoutMs longer than a timer can hold (2^31 - 1 ms) instead of giving up at once', async () => {
+    // Timer functions fire a longer delay after 1 ms, as Node's and browsers' do: until 5 December 2026
+    // renewToken() handed them connectTimeoutMs as is, and with 2^31 gave up at once.
+    const scheduler = new ManualScheduler();
+    let calls = 0;
+    const { client, server } = setup({
+      token: () => (++calls === 1 ? Promise.resolve('tok-1') : new Promise<string>(() => undefined)),
+      connectTimeoutMs: 2 ** 31,
+      timers: {
+        setTimeout: (callback, delayMs) =>
+          scheduler.setTimeout(callback, delayMs > 2 ** 31 - 1 ? 1 : delayMs),
+        clearTimeout: scheduler.clearTimeout,
+      },
+      clock: scheduler.now,
+    });
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    const outcomes: boolean[] = [];
+    void client.renewToken().then((renewed) => outcomes.push(renewed));
+    await scheduler.advance(1000);
+    expect(outcomes).toEqual([]);
+    await scheduler.advance(2 ** 31);
+    expect(outcomes).toEqual([false]);
+    await client.close();
+  });
 });

@@ -97,6 +97,24 @@ describe('close()', () => {
     expect(httpServer.listenerCount('upgrade')).toBe(0);
     await new Promise((resolve) => httpServer.close(resolve));
   });
+
+  it.each([2 ** 31, -1, Number.NaN, 1.5])(
+    'refuses timeoutMs %s with invalid_input, leaving the server open for a valid close()',
+    async (timeoutMs) => {
+      // Until 5 December 2026 a timeoutMs above 2^31 - 1 was taken, and the shutdown's timers, asked to
+      // wait that long, fired after 1 ms (it stopped waiting at once); an invalid one was refused as the
+      // result of the shutdown itself, which every later close() then returned: the server stayed open.
+      const server = new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth });
+      await expect(server.close({ timeoutMs })).rejects.toMatchObject({
+        code: 'invalid_input',
+        message: expect.stringContaining('timeoutMs must be an integer from 0 to 2147483647'),
+      });
+      const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+      await server.close({ timeoutMs: 100 });
+      expect(task.signal.aborted).toBe(true);
+      await expect(server.tasks.create({ owner: 'a', kind: 'k' })).rejects.toMatchObject({ code: 'closed' });
+    },
+  );
 });
 
 describe('options', () => {
@@ -159,6 +177,23 @@ describe('options', () => {
       new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, [name]: value });
     expect(() => server(2 ** 31)).toThrow(
       expect.objectContaining({ code: 'invalid_input', message: expect.stringContaining(name) }),
+    );
+    void server(2 ** 31 - 1).close({ timeoutMs: 0 });
+  });
+
+  it('refuses a terminalRetry delay longer than a timer can wait', () => {
+    // Taken until 5 December 2026: the socket's retry timer then fired every millisecond, nothing due.
+    const server = (maxDelayMs: number) =>
+      new ProgressServer({
+        store: new MemoryProgressStore(),
+        authenticate: noAuth,
+        terminalRetry: { maxDelayMs },
+      });
+    expect(() => server(2 ** 31)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringContaining('terminalRetry.maxDelayMs'),
+      }),
     );
     void server(2 ** 31 - 1).close({ timeoutMs: 0 });
   });

@@ -377,7 +377,7 @@ export const MAX_SUBSCRIPTIONS_PER_SOCKET: number = (() => {
  * The longest delay a Node timer (`setTimeout`, `setInterval`) waits: asked for longer, it fires after 1 ms.
  * The durations the server hands to its timers are at most this.
  */
-const MAX_TIMER_MS = 2_147_483_647;
+export const MAX_TIMER_MS = 2_147_483_647;
 
 /** One description per option of {@link ProgressServerOptions}: its default and its check. */
 const SERVER_OPTIONS = {

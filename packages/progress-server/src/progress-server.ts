@@ -24,7 +24,7 @@ import { TaskHub } from './hub/task-hub.js';
 import type { ProgressLogger } from './logger.js';
 import { ServerMetrics } from './metrics.js';
 import type { ProgressServerOptions, ResolvedServerOptions } from './options.js';
-import { resolveServerOptions } from './options.js';
+import { MAX_TIMER_MS, resolveServerOptions } from './options.js';
 import { PrincipalLimits } from './principal-limits.js';
 import { SocketAcceptor } from './socket/socket-acceptor.js';
 import { LeaseKeeper } from './tasks/lease-keeper.js';
@@ -36,7 +36,8 @@ export interface CloseOptions {
   /**
    * Longest time the shutdown may take, in milliseconds. Three quarters of it are for running batches to
    * stop by themselves; then the tasks still running are interrupted, queued frames are flushed and the
-   * sockets closed with 1001; whatever is left at the deadline is terminated.
+   * sockets closed with 1001; whatever is left at the deadline is terminated. An integer from 0 to
+   * 2^31 - 1 (about 24.8 days, the longest a timer waits); another value rejects with `invalid_input`.
    * @default 5000
    */
   timeoutMs?: number;
@@ -408,18 +409,23 @@ export class ProgressServer<P extends Principal = Principal> {
    * `http.Server` or `WebSocketServer` it did not create.
    */
   close(options: CloseOptions = {}): Promise<void> {
-    this.#closed ??= this.#close(options);
+    const timeoutMs = options.timeoutMs ?? CLOSE_DEFAULTS.timeoutMs;
+    // Above 2^31 - 1 ms the shutdown's timers fired after 1 ms: close() stopped waiting for batches and
+    // sockets at once. Refused before the shutdown starts: an invalid call used to leave its rejection as
+    // the result of every later close(), and the server open.
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > MAX_TIMER_MS) {
+      return Promise.reject(
+        new ProgressError(
+          ErrorCode.InvalidInput,
+          `close: timeoutMs must be an integer from 0 to ${MAX_TIMER_MS}, got ${String(timeoutMs)}`,
+        ),
+      );
+    }
+    this.#closed ??= this.#close(timeoutMs);
     return this.#closed;
   }
 
-  async #close(options: CloseOptions): Promise<void> {
-    const timeoutMs = options.timeoutMs ?? CLOSE_DEFAULTS.timeoutMs;
-    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0) {
-      throw new ProgressError(
-        ErrorCode.InvalidInput,
-        `close: timeoutMs must be an integer >= 0, got ${timeoutMs}`,
-      );
-    }
+  async #close(timeoutMs: number): Promise<void> {
     this.#closing = true;
     const start = Date.now();
     const deadline = start + timeoutMs;

@@ -423,7 +423,8 @@ $('#progress-cancel').addEventListener('click', async () => {
   try {
     await api(`/progress/tasks/${encodeURIComponent(id)}/cancel`, {
       method: 'POST',
-      body: { reason: `cancelled by ${state.me.username}` },
+      // The server writes who cancelled (from the session); a reason sent here would only be a note.
+      body: {},
     });
   } catch (error) {
     // The task ended while the cancel was on its way (409 task_finished), or the dialog moved on to another

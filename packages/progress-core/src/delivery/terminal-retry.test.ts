@@ -39,6 +39,17 @@ describe('terminalRetryDelayMs', () => {
     );
     expectInvalidInput(() => new TerminalRetryTracker(() => 0, { maxDelayMs: Number.NaN }), /maxDelayMs/);
   });
+
+  it('refuses delays longer than a timer can wait (2^31 - 1 ms), and takes the longest it can', () => {
+    // Until 5 December 2026 they were taken: a timer asked for longer fires after 1 ms, and the server's
+    // retry timer, finding nothing due, was set again every millisecond for each such socket.
+    expectInvalidInput(() => terminalRetryDelayMs(1, { maxDelayMs: 2 ** 31 }), /maxDelayMs .*2147483647/);
+    expectInvalidInput(
+      () => new TerminalRetryTracker(() => 0, { initialDelayMs: 2 ** 31, maxDelayMs: 2 ** 32 }),
+      /initialDelayMs/,
+    );
+    expect(terminalRetryDelayMs(40, { maxDelayMs: 2 ** 31 - 1 })).toBe(2 ** 31 - 1);
+  });
 });
 
 describe('TerminalRetryTracker', () => {

@@ -32,17 +32,29 @@ export interface TerminalRetryOptions {
    */
   multiplier?: number;
   /**
-   * Longest delay between two re-sends, in milliseconds.
+   * Longest delay between two re-sends, in milliseconds; at most 2^31 - 1 (about 24.8 days, the longest
+   * a timer waits).
    * @default 5000
    */
   maxDelayMs?: number;
 }
 
-/** One description per option of {@link TerminalRetryOptions} (0 ms would re-send in a tight loop). */
+/**
+ * The longest delay a timer takes (2^31 - 1 ms, about 24.8 days): asked for longer, `setTimeout` fires
+ * after 1 ms, and the server's retry timer, finding nothing due yet, was set again every millisecond.
+ */
+const MAX_TIMER_MS = 2_147_483_647;
+
+/** A delay of the schedule: from 1 ms (0 would re-send in a tight loop) to what a timer can wait. */
+function delayMs(def: number): OptionSpec<number> {
+  return { default: def, read: (value, where) => requireNumber(where, value, { min: 1, max: MAX_TIMER_MS }) };
+}
+
+/** One description per option of {@link TerminalRetryOptions}. */
 const TERMINAL_RETRY_OPTIONS = {
-  initialDelayMs: /* @__PURE__ */ finite(100, 1),
+  initialDelayMs: /* @__PURE__ */ delayMs(100),
   multiplier: /* @__PURE__ */ finite(2, 1),
-  maxDelayMs: /* @__PURE__ */ finite(5000, 1),
+  maxDelayMs: /* @__PURE__ */ delayMs(5000),
 };
 
 /** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */

@@ -38,7 +38,7 @@ export interface ConnectionHooks<P extends Principal> {
 /** Longest close reason RFC 6455 allows (123 bytes); ours are ASCII. */
 const MAX_CLOSE_REASON = 123;
 /** How long a peer gets to complete the closing handshake before the socket is destroyed. */
-const CLOSE_GRACE_MS = 2000;
+export const CLOSE_GRACE_MS = 2000;
 
 let nextConnectionId = 1;
 

@@ -99,3 +99,42 @@ describe('close() with authentications under way', () => {
     await new Promise((resolve) => wss.close(resolve));
   });
 });
+
+/**
+ * A caller's socket the server closes without serving it (its hook too slow, its credentials refused)
+ * is terminated when the peer does not finish the closing handshake within the grace its connections
+ * get (2 s). Left to ws, a peer that never answered the close frame kept the socket, its pending slot
+ * and the process for ws's 30 s close timeout, and past the deadline of a close() meanwhile.
+ */
+describe("a caller's socket refused outside a shutdown, whose peer never answers the close", () => {
+  const hangs = (): Promise<null> => new Promise(() => {});
+  const refuses = (): null => null;
+  it.each([
+    ['closed 1011 at upgradeTimeoutMs', { upgradeTimeoutMs: 50, authenticate: hangs }],
+    ['refused 4001 by its hook', { authenticate: refuses }],
+  ] as const)('is terminated after a short grace: %s', async (_case, options) => {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+    const server = new ProgressServer({ store: new MemoryProgressStore(), wss, ...options });
+    const port = (wss.address() as AddressInfo).port;
+    const peer = connect(port, '127.0.0.1');
+    peer.on('error', () => {});
+    const received: Buffer[] = [];
+    peer.on('data', (chunk: Buffer) => received.push(chunk));
+    peer.write(
+      'GET /progress HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}\r\nSec-WebSocket-Version: 13\r\n` +
+        `Sec-WebSocket-Protocol: ${PROTOCOL_NAME}\r\n\r\n`,
+    );
+    const gone = new Promise<void>((resolve) => peer.once('close', () => resolve()));
+    const waited = await Promise.race([
+      gone.then(() => 'gone'),
+      new Promise((resolve) => setTimeout(() => resolve('still open'), 5000)),
+    ]);
+    // It was sent the close frame first (0x88), after the 101.
+    expect(Buffer.concat(received).includes(Buffer.from([0x88]))).toBe(true);
+    expect(waited).toBe('gone');
+    await server.close({ timeoutMs: 100 });
+    await new Promise((resolve) => wss.close(resolve));
+  });
+});

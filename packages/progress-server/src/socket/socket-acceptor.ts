@@ -14,7 +14,7 @@ import { isOriginAllowed } from '../auth.js';
 import { offeredProtocols, rejectUpgrade } from '../http/upgrade.js';
 import { describeError } from '../logger.js';
 import { waitAtMost } from '../wait.js';
-import { Connection } from './connection.js';
+import { CLOSE_GRACE_MS, Connection } from './connection.js';
 import { PendingConnections } from './pending-connections.js';
 import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
 import type { SocketServices } from './services.js';
@@ -37,11 +37,12 @@ export class SocketAcceptor<P extends Principal> {
   readonly #upgrading = new Map<Duplex, () => void>();
   readonly #authenticating = new Set<WebSocket>();
   /**
-   * The caller's sockets closed by the shutdown while their hooks ran, until their close handshake ends:
-   * terminated at the shutdown's deadline, as connections are. Left to ws, a peer that never answered the
-   * close frame held the socket (and the process) for ws's 30 s close timeout after `close()` returned.
+   * The caller's sockets the acceptor closed (refused, timed out, or closed by the shutdown while their
+   * hooks ran), until their close handshake ends: terminated after {@link CLOSE_GRACE_MS}, or at the
+   * shutdown's deadline, as connections are. Left to ws, a peer that never answered the close frame held
+   * the socket (and the process) for ws's 30 s close timeout, after `close()` had returned too.
    */
-  readonly #refusedAtShutdown = new Set<WebSocket>();
+  readonly #refused = new Set<WebSocket>();
   #closing = false;
   /** The deferred liveness tick, until it runs (see {@link tick}). */
   #pendingTick: NodeJS.Immediate | undefined;
@@ -118,11 +119,7 @@ export class SocketAcceptor<P extends Principal> {
     for (const ws of [...this.#authenticating]) {
       this.#authenticating.delete(ws);
       this.#ctx.metrics.upgradesRejected.inc({ code: ErrorCode.Closed });
-      ws.resume();
-      ws.close(CloseCode.GoingAway, 'server shutting down');
-      if (ws.readyState === WebSocket.CLOSED) continue;
-      this.#refusedAtShutdown.add(ws);
-      ws.once('close', () => this.#refusedAtShutdown.delete(ws));
+      this.#closeRefused(ws, CloseCode.GoingAway, 'server shutting down');
     }
   }
 
@@ -132,10 +129,28 @@ export class SocketAcceptor<P extends Principal> {
     clearImmediate(this.#pendingTick);
     this.#pendingTick = undefined;
     await Promise.all([...this.#connections].map((connection) => connection.shutdown(deadline)));
-    const refused = [...this.#refusedAtShutdown];
+    const refused = [...this.#refused];
     const closed = refused.map((ws) => new Promise((resolve) => ws.once('close', resolve)));
     await waitAtMost(Promise.all(closed), deadline - Date.now());
     for (const ws of refused) ws.terminate();
+  }
+
+  /**
+   * Closes a caller's socket the acceptor will not serve, and terminates it if the peer has not finished
+   * the closing handshake within {@link CLOSE_GRACE_MS} (or by the shutdown's deadline, see
+   * {@link close}). A paused socket would never read the peer's close frame: it is resumed first.
+   */
+  #closeRefused(ws: WebSocket, code: number, reason: string): void {
+    ws.resume();
+    ws.close(code, reason);
+    if (ws.readyState === WebSocket.CLOSED) return;
+    this.#refused.add(ws);
+    const grace = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+    grace.unref();
+    ws.once('close', () => {
+      clearTimeout(grace);
+      this.#refused.delete(ws);
+    });
   }
 
   /** Closes the `WebSocketServer` when the acceptor created it. */
@@ -235,9 +250,7 @@ export class SocketAcceptor<P extends Principal> {
   #acceptExternal(ws: WebSocket, request: IncomingMessage): void {
     const refuse = (close: number, code: ErrorCode, reason: string): void => {
       this.#ctx.metrics.upgradesRejected.inc({ code });
-      // A paused socket would never read the peer's close frame, leaving the handshake hanging.
-      ws.resume();
-      ws.close(close, reason);
+      this.#closeRefused(ws, close, reason);
     };
     ws.on('error', (error) => this.#ctx.logger.debug({ err: describeError(error) }, 'socket error'));
     const refusal = this.#checkExternal(ws, request);
@@ -263,8 +276,7 @@ export class SocketAcceptor<P extends Principal> {
         {},
         'authenticate hook did not answer within upgradeTimeoutMs; closing the socket',
       );
-      ws.resume();
-      ws.close(CloseCode.InternalError, 'authentication timed out');
+      this.#closeRefused(ws, CloseCode.InternalError, 'authentication timed out');
     }, this.#ctx.options.upgradeTimeoutMs);
     deadline.unref();
     ws.once('close', () => {

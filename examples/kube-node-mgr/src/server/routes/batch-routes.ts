@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ProgressStore } from '@finishline/core';
 import type { Response } from 'express';
-import type { NodeLock } from '../app-db.js';
+import type { CordonNote, NodeLock } from '../app-db.js';
 import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
 import type { NodeView } from '../kube-nodes.js';
@@ -151,15 +151,28 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       // A drain batch cordons all its nodes first (see cordonNodes), once, in the first worker; every
       // worker waits for it before its node's evictions.
       let cordonedAll: ReturnType<typeof cordonNodes> | undefined;
+      // The earlier notes this batch's intents replaced, by node, until the batch's cordon of the node lands
+      // (see noteCordon); put back after the batch where it did not. (An intent that replaced none is shown
+      // only if its cordon landed after all: see noteCordon.)
+      const replacedNotes = new Map<string, CordonNote>();
+      const noteIntent = async (name: string) => {
+        const earlier = await earlierNote(cluster.name, name);
+        if (earlier !== undefined) replacedNotes.set(name, earlier);
+        await noteCordon(cluster.name, op, name, session.username, reason);
+      };
+      const noteCordoned = async (name: string) => {
+        replacedNotes.delete(name);
+        await noteCordon(cluster.name, op, name, session.username, reason);
+      };
       const cordonAll = (signal: AbortSignal) => {
         cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(async () => {
           // The notes first (see noteCordon's intent), then the cordons.
-          for (const name of names) await noteCordon(cluster.name, op, name, session.username, reason);
+          for (const name of names) await noteIntent(name);
           return cordonNodes(cluster.nodes, names, {
             concurrency: config.concurrency,
             maxAttempts: config.maxAttempts,
             signal,
-            onCordoned: (name) => noteCordon(cluster.name, op, name, session.username, reason),
+            onCordoned: noteCordoned,
           });
         });
         return cordonedAll;
@@ -176,7 +189,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                     maxAttempts: config.maxAttempts,
                     signal,
                     // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
-                    onCordoned: () => noteCordon(cluster.name, op, name, session.username, reason),
+                    onCordoned: () => noteCordoned(name),
                     ...(config.evictionTimeoutMs === undefined
                       ? {}
                       : { evictionTimeoutMs: config.evictionTimeoutMs }),
@@ -191,11 +204,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                   })
                 : await (async () => {
                     // The note before the PATCH (see noteCordon), confirmed (its time) after it.
-                    if (op.type === 'cordon')
-                      await noteCordon(cluster.name, op, name, session.username, reason);
+                    if (op.type === 'cordon') await noteIntent(name);
                     return applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
                   })();
-            if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
+            if (op.type === 'cordon') await noteCordoned(name);
+            else if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
             // Cordoned by this batch before its turn: its own cordon found it done already.
             if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
             return { ...result };
@@ -203,11 +216,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
           { concurrency: config.concurrency, key: (name) => name },
         )
         .catch((error: unknown) => config.logger?.error({ err: String(error), taskId }, 'batch failed'))
-        .finally(() =>
-          db
+        .finally(async () => {
+          // The nodes whose cordon by this batch never landed (it failed, or the batch ended first) get back
+          // the note its intent replaced, before their locks go: a failed cordon of a node cordoned earlier
+          // showed the failed one's user and reason on it.
+          for (const note of replacedNotes.values()) await restoreNote(note);
+          await db
             .unlockTask(taskId)
-            .catch((error: unknown) => config.logger?.warn({ err: String(error), taskId }, 'unlock failed')),
-        )
+            .catch((error: unknown) => config.logger?.warn({ err: String(error), taskId }, 'unlock failed'));
+        })
         .then(() => {
           runs.delete(run);
         });
@@ -235,6 +252,25 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     } catch (error) {
       // The node is cordoned all the same; only the note is missing.
       config.logger?.warn({ err: String(error), node }, 'cordon note not saved');
+    }
+  };
+
+  /** The note of `node` now, if any (none when it cannot be read: then there is nothing to put back). */
+  const earlierNote = async (cluster: string, node: string): Promise<CordonNote | undefined> => {
+    try {
+      return (await db.cordons(cluster)).find((note) => note.node === node);
+    } catch (error) {
+      config.logger?.warn({ err: String(error), node }, 'cordon note not read');
+      return undefined;
+    }
+  };
+
+  /** Puts back a note a cordon's intent replaced. */
+  const restoreNote = async (note: CordonNote) => {
+    try {
+      await db.setCordon(note);
+    } catch (error) {
+      config.logger?.warn({ err: String(error), node: note.node }, 'cordon note not restored');
     }
   };
 

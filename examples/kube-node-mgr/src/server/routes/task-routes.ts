@@ -1,7 +1,9 @@
 /** The task list, one task's record, the audit events, and the audit of cancels sent to the Finishline HTTP API. */
 
 import type { Task } from '@finishline/core';
+import { LIMITS } from '@finishline/core';
 import type { NextFunction, Request, Response } from 'express';
+import express from 'express';
 import type { TaskEntry } from '../../shared/api-types.js';
 import type { TaskRecord } from '../app-db.js';
 import type { Authed, RouteContext } from './context.js';
@@ -57,6 +59,9 @@ export function registerTaskRoutes(ctx: RouteContext): void {
   // The Finishline HTTP API (snapshots, events after a seq, the user's own recent tasks, cancel). Cancel is
   // state-changing: it needs the CSRF token like the rest.
   const progressHttp = progress.httpHandler({ basePath: '/progress' });
+  // A cancel's body, whatever its content type (the library answers 415 to any but JSON): the library
+  // reads the parsed body when there is one, and the raw stream otherwise.
+  const cancelBody = express.json({ limit: '256kb', type: () => true });
   app.use('/progress', (req: Authed, res: Response, next: NextFunction) => {
     if (req.method === 'GET' || req.method === 'HEAD') return next();
     requireSession(req, res, () =>
@@ -70,16 +75,49 @@ export function registerTaskRoutes(ctx: RouteContext): void {
         } catch {
           taskId = undefined; // malformed %-encoding: the library answers 404 for it
         }
-        if (taskId !== undefined && session !== undefined) {
-          res.once('finish', () => {
-            if (res.statusCode < 300) void audit({ username: session.username, action: 'cancel', taskId });
-          });
-        }
-        next();
+        if (taskId === undefined || session === undefined) return next();
+        res.once('finish', () => {
+          if (res.statusCode < 300) void audit({ username: session.username, action: 'cancel', taskId });
+        });
+        // The reason the task ends with names who cancelled it, from the session: sent by the browser, any
+        // user could write "cancelled by someone-else". What the user wrote is kept as a quoted note.
+        cancelBody(req, res, (error?: unknown) => {
+          if (error !== undefined) return next(error);
+          const body: unknown = req.body ?? {};
+          if (Array.isArray(body) || typeof body !== 'object' || body === null) {
+            return fail(res, 400, 'invalid_input', 'the body must be a JSON object');
+          }
+          const note = (body as { reason?: unknown }).reason;
+          if (note !== undefined && note !== null && typeof note !== 'string') {
+            return fail(res, 400, 'invalid_input', 'reason must be a string');
+          }
+          const reason = cancelReason(session.username, note ?? '');
+          if (reason.length > LIMITS.maxKeyLength) {
+            return fail(
+              res,
+              400,
+              'invalid_input',
+              `reason is too long (at most ${LIMITS.maxKeyLength} characters with who cancelled)`,
+            );
+          }
+          req.body = { reason };
+          next();
+        });
       }),
     );
   });
   app.use((req: Request, res: Response, next: NextFunction) => progressHttp(req, res, next));
+}
+
+/**
+ * The reason a cancelled task ends with: who cancelled it (the signed-in user), then the user's own note,
+ * if any, quoted (so it cannot pass for the attribution).
+ */
+export function cancelReason(username: string, note: string): string {
+  const trimmed = note.trim();
+  return trimmed === ''
+    ? `cancelled by ${username}`
+    : `cancelled by ${username}, note: ${JSON.stringify(trimmed)}`;
 }
 
 /** One row of the task list / audit log. */
