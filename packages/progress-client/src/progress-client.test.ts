@@ -667,6 +667,19 @@ describe('reconnect', () => {
     await client.close();
   });
 
+  it('derives the silence deadline from at most 5 minutes of heartbeat interval, whatever hello states', async () => {
+    // hello.heartbeatIntervalMs has no upper bound in the frame: before 5 December 2026 a huge one (a
+    // misconfigured or frozen server's) put the deadline weeks away, and a dead socket left watches hanging.
+    const { client, server, scheduler } = setup({ heartbeatMarginMs: 2000 });
+    client.watch('t1');
+    const socket = server.accept(1_000_000_000);
+    await scheduler.advance(601_999);
+    expect(socket.closedWith).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.closedWith).toEqual([{ code: CloseCode.HeartbeatTimeout, reason: 'heartbeat timeout' }]);
+    await client.close();
+  });
+
   it('gives up on a socket that never says hello after connectTimeoutMs', async () => {
     const { client, server, scheduler } = setup({ connectTimeoutMs: 5000 });
     client.watch('t1');
