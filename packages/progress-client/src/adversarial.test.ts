@@ -278,6 +278,28 @@ describe('close codes', () => {
       expect(server.conns).toHaveLength(1);
     });
   }
+  it('4011 right after every hello: reconnected with a growing backoff, not at once for ever', async () => {
+    // Before 5 December 2026 each hello allowed the next immediate reconnect: 82 connections a second.
+    let calls = 0;
+    const { client, server } = await rig(
+      (conn) => {
+        conn.hello();
+        setTimeout(() => conn.socket.close(4011, 'x'), 5);
+      },
+      {
+        token: () => `t${++calls}`,
+        random: () => 0.5,
+        reconnect: { initialDelayMs: 200, maxDelayMs: 2000, firstDelayMs: 5 },
+      },
+    );
+    client.watch('t1').done.catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 1200));
+    // After 100, 200, 400 and 800 ms (half of each full-jitter step, random 0.5): four or five.
+    expect(server.conns.length).toBeGreaterThanOrEqual(3);
+    expect(server.conns.length).toBeLessThanOrEqual(7);
+    expect(client.state).not.toBe('closed');
+  });
+
   it('4011 twice before hello: fatal token_expired', async () => {
     let calls = 0;
     const { client } = await rig(

@@ -314,7 +314,10 @@ export class Connection {
     this.#pacing.ready(now, frame.reconnectDelayMs ?? 0);
     this.#liveness.watch(
       now,
-      this.#o.heartbeatTimeoutMs ?? 2 * frame.heartbeatIntervalMs + this.#o.heartbeatMarginMs,
+      // At most 5 minutes of interval: a larger one (a misconfigured or broken server's) put the deadline
+      // weeks away, and a dead socket left its watches hanging.
+      this.#o.heartbeatTimeoutMs ??
+        2 * Math.min(frame.heartbeatIntervalMs, 300_000) + this.#o.heartbeatMarginMs,
     );
     this.#setState({ state: 'open', reason: `hello from ${frame.serverId}` });
     this.#handler.onHello(frame);
@@ -352,7 +355,11 @@ export class Connection {
   /**
    * The server ended the socket because its credential expired: reconnect at once, which fetches a
    * fresh credential from the token function. Once only: a second expiry before any `hello` means the
-   * token function hands out expired credentials, and retrying cannot help.
+   * token function hands out expired credentials, and retrying cannot help. At once only after a socket
+   * that stayed up `stableConnectionMs` since its `hello`: an expiry sooner waits as a failed attempt does,
+   * the backoff growing while no socket stays up that long. (A server that says `hello` and closes with
+   * 4011 at once was reconnected to at once for ever, 82 connections a second: each `hello` allowed the
+   * next immediate retry.)
    */
   #tokenExpired(why: string, code: number): void {
     this.#socket = undefined;
@@ -365,11 +372,7 @@ export class Connection {
       return;
     }
     this.#retriedExpiredToken = true;
-    if (this.#ready) this.#down();
-    this.#liveness.clear();
-    if (this.#state === 'closed') return;
-    this.#setState({ state: 'reconnecting', reason: why, closeCode: code, delayMs: 0 }, true);
-    this.#connect('token expired');
+    this.#lost(why, code, !this.#pacing.unstable());
   }
 
   #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {
@@ -416,8 +419,11 @@ export class Connection {
     this.#handler.onDown();
   }
 
-  /** The current socket is gone (or never opened): schedule the next attempt. */
-  #lost(reason: string, closeCode: number | undefined): void {
+  /**
+   * The current socket is gone (or never opened): schedule the next attempt; after an expired credential,
+   * at once (`expiredAtOnce`) or as after a failed attempt (`false`), even when the socket said `hello`.
+   */
+  #lost(reason: string, closeCode: number | undefined, expiredAtOnce?: boolean): void {
     this.#socket = undefined;
     // The loss of a ready socket may be retried quickly; a failed attempt counts towards HTTP and the error.
     const attemptFailed = !this.#ready;
@@ -433,7 +439,8 @@ export class Connection {
     }
     const threshold = this.#o.httpFallbackAfterAttempts;
     if (threshold > 0 && this.#unreachable >= threshold) this.#handler.onUnreachable();
-    const delayMs = this.#pacing.nextDelayMs(!attemptFailed);
+    // (An expired credential not reconnected at once is paced as a failed attempt: `false`.)
+    const delayMs = expiredAtOnce ? 0 : this.#pacing.nextDelayMs(expiredAtOnce ?? !attemptFailed);
     const errorAfter = this.#o.errorAfterAttempts;
     if (attemptFailed && errorAfter > 0 && this.#unreachable >= errorAfter) {
       this.#handler.onError(unreachableError(this.#o.url, this.#unreachable, failure, delayMs));

@@ -2,6 +2,7 @@ import type { SnapshotFrame, TaskEvent } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { decodeServerText } from './frame-check.js';
+import { sendAck } from './http-ack.js';
 import { errorFromResponse, readField, retryDelayMs } from './http-errors.js';
 import { FATAL_TASK_ERRORS, type TaskSubscription } from './task-subscription.js';
 import { Timeout, type TimerSet } from './timers.js';
@@ -344,6 +345,16 @@ class HttpPoller implements HttpFallbackRuntime {
       throw problem;
     } finally {
       task.httpBusy = false;
+      // Its end seen while polling (the socket down), acknowledged here over HTTP, and the subscription
+      // done as one whose end the socket acknowledged is, as over an SSE stream: the socket has nothing more
+      // to ask about it, and a new watch of the id asks the server (the id may name a new run by now).
+      // Until 5 December 2026 only the socket's ack marked it: a new watch of the id, the old run's handle
+      // still held, shared the old run's end and resolved with it at once. (Not for the 100% watchdog's
+      // HTTP step on a socket that is up: that socket acknowledges the end and unsubscribes.)
+      if (this.#polling && task.cursor.finished && !task.socketDone && host.current(task)) {
+        task.done();
+        sendAck(host.options, host.timers, host.options.fetch, task.taskId, task.cursor.seq);
+      }
     }
   }
 

@@ -147,7 +147,8 @@ export interface ProgressClientOptions {
   connectTimeoutMs?: number;
   /**
    * Longest silence on an open socket before it is considered dead (closed with 4010, then reconnected).
-   * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` + `heartbeatMarginMs`. Also the
+   * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` (at most 5 minutes of it, so a
+   * huge one cannot disable the check) + `heartbeatMarginMs`. Also the
    * longest silence of a Server-Sent Events stream of `fallbackTransport` once it delivered anything
    * (before that, `connectTimeoutMs`; then reopened from the cursor),
    * where `null` takes the interval the stream states when it opens (15 s, the server's default, from a

@@ -36,26 +36,31 @@ function helloWith(epoch?: string) {
 }
 
 /**
- * A client watching `t1` whose socket (its `hello` with `epoch`) is cut and whose next attempt fails, so
- * that HTTP takes over and sees the task end at seq 3; its third socket is still opening.
+ * A client watching `t1` that saw the task end over HTTP with its terminal ack still owed to a socket: the
+ * terminal frame never came on the socket (its `hello` with `epoch`), the 100% watchdog's HTTP step read the
+ * end at seq 3 while a socket was up, and that socket was then cut; its third socket is still opening.
+ * (An end seen by HTTP polling, the socket down, is acknowledged over HTTP since 5 December 2026.)
  */
 async function finishedOverHttp(epoch?: string, overrides: Parameters<typeof setup>[0] = {}) {
   const ctx = setup({ httpFallbackAfterAttempts: 1, httpPollIntervalMs: 2000, ...overrides });
   const { client, server, scheduler, http } = ctx;
-  const task = new FakeTask('t1', 3);
+  const task = new FakeTask('t1', 2);
   http.tasks.set('t1', task);
   const watch = client.watch('t1');
   const log = record(watch);
   server.last.open();
   server.last.push(helloWith(epoch));
   server.last.push(snap(task.view()));
+  for (const key of ['a', 'b']) server.last.push(ev(task.item(key)));
+  task.end(); // never delivered on the socket
+  await scheduler.advance(6000); // the watchdog's resync, then its reconnect
+  server.last.open();
+  server.last.push(helloWith(epoch));
+  await scheduler.advance(3000); // its HTTP step sees the end
+  expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+  expect(http.acks).toEqual([]);
   server.last.serverClose(1006);
   await scheduler.advance(1000);
-  server.last.serverClose(1006); // the next attempt fails too: HTTP takes over, and sees the end
-  for (const key of ['a', 'b']) task.item(key);
-  task.end();
-  await scheduler.advance(2000);
-  expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
   return { ...ctx, task, watch, log };
 }
 
@@ -662,6 +667,19 @@ describe('reconnect', () => {
     await client.close();
   });
 
+  it('derives the silence deadline from at most 5 minutes of heartbeat interval, whatever hello states', async () => {
+    // hello.heartbeatIntervalMs has no upper bound in the frame: before 5 December 2026 a huge one (a
+    // misconfigured or frozen server's) put the deadline weeks away, and a dead socket left watches hanging.
+    const { client, server, scheduler } = setup({ heartbeatMarginMs: 2000 });
+    client.watch('t1');
+    const socket = server.accept(1_000_000_000);
+    await scheduler.advance(601_999);
+    expect(socket.closedWith).toEqual([]);
+    await scheduler.advance(1);
+    expect(socket.closedWith).toEqual([{ code: CloseCode.HeartbeatTimeout, reason: 'heartbeat timeout' }]);
+    await client.close();
+  });
+
   it('gives up on a socket that never says hello after connectTimeoutMs', async () => {
     const { client, server, scheduler } = setup({ connectTimeoutMs: 5000 });
     client.watch('t1');
@@ -1016,14 +1034,17 @@ describe('HTTP fallback', () => {
     task.end();
     await scheduler.advance(2000);
     expect(watchLog).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
-    // The socket comes back: the finished watch acks its terminal event there, and polling stops.
+    // The end seen over HTTP is acknowledged over HTTP (the socket down): the socket has nothing to ask.
+    await flush();
+    expect(http.acks).toEqual([{ taskId: 't1', seq: 3 }]);
+    expect(http.requests.at(-1)).toMatchObject({
+      url: 'http://example.test/progress/tasks/t1/ack',
+      headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
+    });
+    // The socket comes back: polling stops.
     expect(server.sockets).toHaveLength(3); // the third attempt is still opening
     const socket = server.accept();
-    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
-    expect(socket.frames('ack')).toEqual([]); // not before the server answered the subscribe
-    socket.push(snap(task.view()));
-    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
-    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+    expect(socket.frames('subscribe')).toEqual([]);
     const requests = http.requests.length;
     await scheduler.advance(60_000);
     expect(http.requests.length).toBe(requests);
@@ -1064,6 +1085,52 @@ describe('HTTP fallback', () => {
     await scheduler.advance(2000);
     expect(http.count('/tasks/t1/events')).toBeGreaterThan(0);
     expect(log).toEqual(['snapshot@0', 'item@1', 'snapshot@3', 'completed@3', 'finished@3']);
+    await client.close();
+  });
+
+  it('acks over HTTP an end seen by HTTP polling, and a new watch of the id, the old handle held, asks the server again', async () => {
+    // As over an SSE stream: the id may name a new run by now (purged and created again). Until 5 December
+    // 2026 only the socket's ack marked the subscription done: with the socket down, the new watch shared
+    // the old run's subscription and resolved at once with its end, and nothing acknowledged that end.
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    const old = new FakeTask('t1', 1);
+    old.item('a');
+    old.end();
+    http.tasks.set('t1', old);
+    const first = client.watch('t1'); // held open by the page (a list of jobs)
+    server.last.serverClose(1006); // the first attempt fails: HTTP takes over, and sees the end
+    await scheduler.advance(0);
+    expect((await first.done).seq).toBe(2);
+    await flush();
+    expect(http.acks).toEqual([{ taskId: 't1', seq: 2 }]);
+    const rerun = new FakeTask('t1', 3);
+    rerun.item('a');
+    http.tasks.set('t1', rerun);
+    const second = client.watch('t1');
+    let settled = false;
+    void second.done.then(
+      () => (settled = true),
+      () => undefined,
+    );
+    await flush();
+    expect(settled).toBe(false);
+    server.last.serverClose(1006); // the socket is still down: polled over HTTP
+    await scheduler.advance(2000);
+    expect(settled).toBe(false);
+    expect(second.getSnapshot()).toMatchObject({ status: 'running', seq: 1, finished: false });
+    // The old handle keeps its run's end.
+    expect(first.getSnapshot()).toMatchObject({ status: 'completed', seq: 2 });
+    rerun.end();
+    await scheduler.advance(2000);
+    expect((await second.done).seq).toBe(2);
+    await flush();
+    expect(http.acks).toEqual([
+      { taskId: 't1', seq: 2 },
+      { taskId: 't1', seq: 2 },
+    ]);
     await client.close();
   });
 

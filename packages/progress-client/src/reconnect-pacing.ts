@@ -26,8 +26,8 @@ export class ReconnectPacing {
   #quickRetryUsed = false;
   /** The current socket's `hello` asked for this spread of the first retry after a loss. */
   #serverFirstDelayMs = 0;
-  /** When the current socket said `hello` (clock ms). */
-  #readyAt = 0;
+  /** When the current socket said `hello` (clock ms); none before any (NaN below: never short-lived). */
+  #readyAt: number | undefined;
   /** The server closed the client for flooding: the next delay backs off whatever was lost. */
   #slowedDown = false;
 
@@ -41,12 +41,17 @@ export class ReconnectPacing {
     this.#serverFirstDelayMs = serverFirstDelayMs;
   }
 
+  /** The socket that said `hello` last is up less than `stableConnectionMs` since (false before any). */
+  unstable(): boolean {
+    return this.#o.clock() - (this.#readyAt as number) < this.#o.stableConnectionMs;
+  }
+
   /**
    * The ready socket went away. A connection that stayed up long enough proves the server healthy: the
    * backoff starts over.
    */
   down(): void {
-    if (this.#o.clock() - this.#readyAt >= this.#o.stableConnectionMs) {
+    if (!this.unstable()) {
       this.#failures = 0;
       this.#quickRetryUsed = false;
     }
@@ -91,8 +96,6 @@ export class ReconnectPacing {
         this.#o.random,
       );
     }
-    const delayMs = resolvedBackoffDelayMs(this.#failures, this.#o.reconnect, this.#o.random);
-    this.#failures++;
-    return delayMs;
+    return resolvedBackoffDelayMs(this.#failures++, this.#o.reconnect, this.#o.random);
   }
 }

@@ -8,7 +8,8 @@ import {
   type FallbackWire,
 } from './fallback-streams.js';
 import { decodeServerText } from './frame-check.js';
-import { errorFromResponse, retryDelayMs } from './http-errors.js';
+import { sendAck, taskRequest } from './http-ack.js';
+import { errorFromResponse } from './http-errors.js';
 import type { HttpCredentials } from './transport-types.js';
 
 export type { FallbackTransport } from './fallback-streams.js';
@@ -56,9 +57,6 @@ export type StreamingFetch = (
  */
 const SERVER_HEARTBEAT_MS = 15_000;
 
-/** How many times the SSE transport sends one ack that is not answered (502, 503, no answer at all). */
-const ACK_SENDS = 8;
-
 /** The comment a stream opens with to say how often its heartbeats come. */
 const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
 
@@ -98,22 +96,6 @@ export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport
 /** The SSE requests about one task, with the client's `httpUrl`, `headers`, `token` and `httpCredentials`. */
 function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): FallbackWire {
   const o = host.options;
-  const request = async (
-    fetch: StreamingFetch,
-    taskId: string,
-    tail: string,
-    init: { method: 'GET' | 'POST'; headers: Record<string, string>; signal?: AbortSignal; body?: string },
-  ) => {
-    const token = o.token;
-    const credential = typeof token === 'function' ? await token() : token;
-    const headers: Record<string, string> = { ...o.headers };
-    if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
-    return fetch(`${o.httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`, {
-      ...init,
-      headers: Object.assign(headers, init.headers),
-      credentials: o.httpCredentials,
-    });
-  };
   return {
     follow(taskId, from, onEnd, onReject) {
       const abort = new AbortController();
@@ -153,7 +135,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       void (async () => {
         if (!fetchImpl) return end();
         const open = (epoch: string | undefined) =>
-          request(fetchImpl, taskId, 'stream', {
+          taskRequest(o, fetchImpl, taskId, 'stream', {
             method: 'GET',
             headers: {
               accept: 'text/event-stream',
@@ -227,46 +209,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         .finally(() => end());
       return end;
     },
-    ack(taskId, seq) {
-      // Asked again with the streams' backoff until the server answers it (a 4xx is an answer: the task is
-      // gone, or the seq is not its), not after a failure (5xx, a proxy's 502, no answer at all):
-      // the server re-sends a terminal frame on a socket until acknowledged, but has nothing to re-send
-      // here, so an ack lost to a proxy's 502 (its replica died under it) left the task's acked seq below
-      // its end. At most ACK_SENDS times (a minute or two of backoff: a server down longer does not get
-      // one request per finished watch for the page's life), and none after the client closed (its timers
-      // start nothing then). Each is given `connectTimeoutMs` to be answered, then aborted and taken for a
-      // failure: an ack a proxy held (no answer, no error) was never settled, so never sent again.
-      const send = (failures: number): unknown => {
-        if (!fetchImpl) return;
-        const abort = new AbortController();
-        const settle = (answered: boolean) => {
-          // (Once: the deadline, or the answer.)
-          if (abort.signal.aborted) return;
-          deadline();
-          // Answered too: the connection is let go, its body unread.
-          abort.abort();
-          if (!answered && failures < ACK_SENDS - 1)
-            host.timers.start(
-              () => send(failures + 1),
-              retryDelayMs(failures, o.httpPollIntervalMs, o.random),
-            );
-        };
-        // Settled here, not only aborted: an ack still waiting on the token function has no `fetch` the
-        // abort could end.
-        const deadline = host.timers.start(() => settle(false), o.connectTimeoutMs);
-        request(fetchImpl, taskId, 'ack', {
-          method: 'POST',
-          headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ seq }),
-          signal: abort.signal,
-        }).then(
-          // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken
-          // for one, the acks of a page whose many watches ended together were lost past the budget.)
-          ({ status = 0 }) => settle(status < 500 && status !== 429),
-          () => settle(false),
-        );
-      };
-      send(0);
-    },
+    ack: (taskId, seq) => sendAck(o, host.timers, fetchImpl, taskId, seq),
   };
 }

@@ -17,7 +17,7 @@ const hello: HelloFrame = {
 describe('token expiry', () => {
   it('a socket closed with 4011 mid-task fetches a fresh token and reconnects at once, resuming', async () => {
     let issued = 0;
-    const { client, server, states } = setup({ token: async () => `tok-${++issued}` });
+    const { client, server, states, scheduler } = setup({ token: async () => `tok-${++issued}` });
     const errors: unknown[] = [];
     client.on('error', (error) => errors.push(error));
     const watch = client.watch('t1');
@@ -29,9 +29,13 @@ describe('token expiry', () => {
     first.push(hello);
     first.push({ type: 'snapshot', task: task.view() });
     first.push({ type: 'event', event: task.item('a') });
+    // Up stableConnectionMs (1 s) at least: a socket closed for its credential sooner after its hello is
+    // reconnected as after a failed attempt (below).
+    await scheduler.advance(1000);
     first.push({ type: 'error', code: ErrorCode.TokenExpired, message: 'expired' });
     first.serverClose(CloseCode.TokenExpired, 'credential expired');
-    // No backoff: the new socket is already there.
+    // No backoff: the new socket opens at once.
+    await scheduler.advance(0);
     expect(server.sockets).toHaveLength(2);
     expect(states).toContainEqual(
       expect.objectContaining({ state: 'reconnecting', closeCode: CloseCode.TokenExpired, delayMs: 0 }),
@@ -56,6 +60,7 @@ describe('token expiry', () => {
     server.last.open();
     await flush();
     server.last.serverClose(CloseCode.TokenExpired, 'credential expired');
+    await scheduler.advance(0); // at once: no socket said hello less than stableConnectionMs ago
     expect(server.sockets).toHaveLength(2);
     server.last.open();
     await flush();

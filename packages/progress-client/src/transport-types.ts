@@ -36,14 +36,18 @@ export type WebSocketConstructorLike = new (
   options?: { headers: Record<string, string> },
 ) => WebSocketLike;
 
-/** The part of `fetch` the client uses. */
+/**
+ * The part of `fetch` the client uses: `GET` requests of the HTTP API, and the `POST` of a terminal ack
+ * (JSON `body`) when a watch ended over HTTP polling.
+ */
 export type FetchLike = (
   url: string,
   init: {
-    method: 'GET';
+    method: 'GET' | 'POST';
     headers: Record<string, string>;
     credentials: HttpCredentials;
     signal: AbortSignal;
+    body?: string;
   },
 ) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
 

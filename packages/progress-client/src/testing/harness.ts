@@ -67,6 +67,9 @@ export class FakeHttp {
   /** The store's epoch, sent with every answer when set (as `@finishline/server` does). */
   epoch: string | undefined;
 
+  /** The acks posted (`POST …/tasks/:id/ack`), answered 204 unless `failWith` says otherwise. */
+  readonly acks: { taskId: string; seq: number }[] = [];
+
   readonly fetch: FetchLike = async (url, init) => {
     this.requests.push({ url, headers: init.headers, credentials: init.credentials });
     if (this.failWith === 0) throw new TypeError('fetch failed');
@@ -75,6 +78,11 @@ export class FakeHttp {
       status,
       text: async () => JSON.stringify(body),
     });
+    const ack = /\/tasks\/([^/]+)\/ack$/.exec(new URL(url).pathname);
+    if (init.method === 'POST' && ack !== null && this.failWith === undefined) {
+      this.acks.push({ taskId: decodeURIComponent(ack[1] ?? ''), seq: JSON.parse(init.body ?? '{}').seq });
+      return reply(204, {});
+    }
     if (this.failWith !== undefined) {
       const code = ({ 401: 'unauthenticated', 503: 'store_unavailable' } as Record<number, string>)[
         this.failWith

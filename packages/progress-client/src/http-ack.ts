@@ -1,0 +1,99 @@
+import { retryDelayMs } from './http-errors.js';
+import type { TimerSet } from './timers.js';
+import type { FallbackOptions, HttpCredentials } from './transport-types.js';
+
+/**
+ * A request about one task to the server's HTTP API, and the terminal ack sent with it: shared by the SSE
+ * transport (its streams and their acks) and HTTP polling (its acks), so both acknowledge an end alike.
+ *
+ * @internal
+ * @module
+ */
+
+/** The `fetch` call a task request makes: the SSE transport's own `fetch`, or the client's. @internal */
+export type TaskFetch<R> = (
+  url: string,
+  init: {
+    method: 'GET' | 'POST';
+    headers: Record<string, string>;
+    credentials: HttpCredentials;
+    signal: AbortSignal;
+    body?: string;
+  },
+) => Promise<R>;
+
+/** How many times one ack that is not answered (502, 503, no answer at all) is sent again. */
+const ACK_RETRIES = 7;
+
+/**
+ * `{httpUrl}/tasks/:id/{tail}`, with the client's `headers`, `token` (a fresh one from its function) and
+ * `httpCredentials`; `init.headers` are added to the client's.
+ */
+export async function taskRequest<R>(
+  o: FallbackOptions,
+  fetch: TaskFetch<R>,
+  taskId: string,
+  tail: string,
+  init: { method: 'GET' | 'POST'; headers: Record<string, string>; signal: AbortSignal; body?: string },
+): Promise<R> {
+  const token = o.token;
+  const credential = typeof token === 'function' ? await token() : token;
+  return fetch(`${o.httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`, {
+    ...init,
+    headers: {
+      ...o.headers,
+      ...(credential !== undefined && { authorization: `Bearer ${credential}` }),
+      ...init.headers,
+    },
+    credentials: o.httpCredentials,
+  });
+}
+
+/**
+ * Acknowledges `seq` of a task over HTTP (`POST {httpUrl}/tasks/:id/ack`, cumulative) with `fetch` (none
+ * without one): the end of a watch followed over an SSE stream or HTTP polling. Asked again with the
+ * streams' backoff until the server answers it (a 4xx is an answer: the task is gone, or the seq is not
+ * its), not after a failure (5xx, a proxy's 502, no answer at all): the server re-sends a terminal frame on
+ * a socket until acknowledged, but has nothing to re-send here, so an ack lost to a proxy's 502 (its
+ * replica died under it) left the task's acked seq below its end. At most 1 + ACK_RETRIES times (a minute or two
+ * of backoff: a server down longer does not get one request per finished watch for the page's life), and
+ * none after the client closed (its timers start nothing then). Each is given `connectTimeoutMs` to be
+ * answered, then aborted and taken for a failure: an ack a proxy held (no answer, no error) was never
+ * settled, so never sent again.
+ */
+export function sendAck(
+  o: FallbackOptions,
+  timers: TimerSet,
+  fetch: TaskFetch<{ status?: number }> | undefined,
+  taskId: string,
+  seq: number,
+): void {
+  const send = (failures: number): unknown => {
+    if (!fetch) return;
+    const abort = new AbortController();
+    const settle = (answered: boolean) => {
+      // (Once: the deadline, or the answer.)
+      if (abort.signal.aborted) return;
+      deadline();
+      // Answered too: the connection is let go, its body unread.
+      abort.abort();
+      if (!answered && failures < ACK_RETRIES)
+        timers.start(() => send(failures + 1), retryDelayMs(failures, o.httpPollIntervalMs, o.random));
+    };
+    // Settled here, not only aborted: an ack still waiting on the token function has no `fetch` the abort
+    // could end.
+    const deadline = timers.start(() => settle(false), o.connectTimeoutMs);
+    taskRequest(o, fetch, taskId, 'ack', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ seq }),
+      signal: abort.signal,
+    }).then(
+      // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken for
+      // one, the acks of a page whose many watches ended together were lost past the budget.)
+      ({ status = 0 }) => settle(status < 500 && status !== 429),
+      () => settle(false),
+    );
+  };
+  send(0);
+}
