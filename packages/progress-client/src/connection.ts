@@ -23,7 +23,7 @@ import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
 import { batchSends, bindClose, decodeSocketData, describeSocketError } from './socket-platform.js';
-import { Timeout, TimerSet } from './timers.js';
+import { Timeout, type TimerSet } from './timers.js';
 
 /**
  * The socket's lifecycle: lazy connect, authentication, what ends a socket (its deadline in
@@ -101,22 +101,18 @@ export class Connection {
     try {
       // A token function that never returned (a refresh request nobody answers) left this pending for
       // good, and whoever awaited it: it has connectTimeoutMs, as a connect's call has. On the timer
-      // functions, not the client's timers, which close() clears: the wait ends after a close too. In a
-      // TimerSet of its own, which waits out a connectTimeoutMs above 2^31 - 1 ms in steps (the timer
-      // functions fire a longer delay at once: renewToken() gave up at once).
+      // functions, not the client's timers, which close() clears: the wait ends after a close too.
       credential = await new Promise<string>((resolve, reject) => {
         const { timers } = this.#o;
-        const stop = new TimerSet({
-          setTimeout(callback, delayMs) {
-            const handle = timers.setTimeout(callback, delayMs);
-            // Not holding a Node process after close(): while the client is open, its socket keeps it alive.
-            (handle as { unref?(): void }).unref?.();
-            return handle;
-          },
-          clearTimeout: (handle) => timers.clearTimeout(handle),
-        }).start(reject, this.#o.connectTimeoutMs);
+        // At most 2^31 - 1 ms: the timer functions fire a longer delay at once (renewToken() gave up at once).
+        const handle = timers.setTimeout(reject, Math.min(this.#o.connectTimeoutMs, 2 ** 31 - 1));
+        // Not holding a Node process after close(): while the client is open, its socket keeps it alive.
+        (handle as { unref?(): void }).unref?.();
         // (Called from a then: what it throws, or a credential it returns as is, takes the same path.)
-        Promise.resolve().then(token).then(resolve, reject).finally(stop);
+        Promise.resolve()
+          .then(token)
+          .then(resolve, reject)
+          .finally(() => timers.clearTimeout(handle));
       });
     } catch (cause) {
       if (this.#state !== 'closed') {

@@ -71,18 +71,20 @@ export function sendAck(
   const send = (failures: number): unknown => {
     if (!fetch) return;
     const abort = new AbortController();
-    const settle = (answered: boolean) => {
-      // (Once: the deadline, or the answer.)
+    const settle = (answered?: boolean) => {
+      // (Once: the deadline, called with nothing, or the answer.)
       if (abort.signal.aborted) return;
-      deadline();
+      o.timers.clearTimeout(deadline);
       // Answered too: the connection is let go, its body unread.
       abort.abort();
       if (!answered && failures < ACK_RETRIES)
         timers.start(() => send(failures + 1), retryDelayMs(failures, o.httpPollIntervalMs, o.random));
     };
     // Settled here, not only aborted: an ack still waiting on the token function has no `fetch` the abort
-    // could end.
-    const deadline = timers.start(() => settle(false), o.connectTimeoutMs);
+    // could end. On the timer functions, not the client's timers: close() clears those, and an ack out
+    // when the client closed, held by the server or a proxy, was never given up on (nor a Node process
+    // with its socket, for undici's 300 s).
+    const deadline = o.timers.setTimeout(settle, o.connectTimeoutMs);
     taskRequest(o, fetch, taskId, 'ack', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

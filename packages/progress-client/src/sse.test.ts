@@ -248,6 +248,8 @@ describe('the SSE fallback transport', () => {
     expect((await watch.done).status).toBe('completed');
     expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
     await client.close();
+    // (The ack's deadline goes with its answer.)
+    await flush();
     expect(scheduler.pending).toBe(0);
   });
 
@@ -463,6 +465,32 @@ describe('the SSE fallback transport', () => {
     expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }, { seq: 1 }]);
     expect(scheduler.pending).toBe(0);
     await client.close();
+  });
+
+  it('gives up at connectTimeoutMs on an ack still unanswered when the client closes (no request left behind)', async () => {
+    // close() cleared the ack's deadline with the client's other timers, and nothing else ended the request:
+    // a server or proxy holding it kept it out for good, and a Node process with it (undici's socket, 300 s).
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, connectTimeoutMs: 4000 });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    sse.ackHangs = 1;
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await flush();
+    expect(sse.acks).toHaveLength(1);
+    await client.close();
+    await scheduler.advance(3999);
+    expect(sse.acks[0]?.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(sse.acks[0]?.aborted()).toBe(true);
+    // Not sent again after the close, and nothing left.
+    await scheduler.advance(60_000);
+    expect(sse.acks).toHaveLength(1);
+    expect(scheduler.pending).toBe(0);
   });
 
   it('gives up on an ack whose token function never returns at connectTimeoutMs, and sends it again', async () => {

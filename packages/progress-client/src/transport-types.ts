@@ -7,6 +7,7 @@
  */
 
 import type { BackoffOptions } from '@finishline/core/internal';
+import type { TimerApi } from './timers.js';
 
 /**
  * The part of a WebSocket the client uses: the browser's `WebSocket` and `ws` both fit. The handlers'
@@ -75,6 +76,8 @@ export interface FallbackOptions {
   readonly heartbeatTimeoutMs: number | null;
   readonly heartbeatMarginMs: number;
   readonly clock: () => number;
+  /** The timer functions (the `timers` option): for a deadline that must outlive `close()`. */
+  readonly timers: TimerApi;
   /** The reconnect pacing's (`reconnect-pacing.ts`), which paces the reopening of SSE streams too. */
   readonly reconnect: Readonly<Required<BackoffOptions>>;
   readonly reconnectFirstDelayMs: number;
