@@ -87,7 +87,9 @@ describe('a client that cannot connect says why, after errorAfterAttempts, and k
   });
 
   it('leaves the query string out of the URL it names (a token for tokenQueryParam would reach the logs)', async () => {
-    const port = await listen((socket) => socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n'));
+    const port = await listen((socket) =>
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n'),
+    );
     const { errors } = await errorsOf(client(`ws://127.0.0.1:${port}/progress?access_token=s3cret-tok`), 1);
     expect(errors[0]?.code).toBe(ErrorCode.Unreachable);
     expect(errors[0]?.message).toContain(`cannot connect to ws://127.0.0.1:${port}/progress (`);
