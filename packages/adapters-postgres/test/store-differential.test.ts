@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LIMITS, MemoryProgressStore, ProgressError, type ProgressStore } from '@finishline/core';
-import { ManualClock, propertyParams, propertyRuns, propertyTimeoutMs } from '@finishline/core/testing';
+import { propertyParams, propertyRuns, propertyTimeoutMs } from '@finishline/core/testing';
 import { SqliteProgressStore } from '@finishline/sqlite';
 import fc from 'fast-check';
 import { Kysely, PostgresDialect } from 'kysely';
@@ -14,20 +14,23 @@ import { dropSchema, eventually, freshSchema, newPool } from './support.js';
  * The differential test of the stores: one random sequence of operations — creates (valid, taken and
  * invalid), appends of every event kind (terminal ones, after-terminal ones and invalid ones, with and
  * without a run fence), acks, lease renewals and releases by several owners, reaps and purges under a
- * moving clock (re-creating purged ids), `listTasks`, `readEvents` at various `afterSeq` and limits,
- * `getTask` and `latestSeqs` — runs against the memory, SQLite (`:memory:` and a file) and Postgres
- * stores on one shared `ManualClock`, and every result (or error code) of the others must equal the memory
- * store's. At the end of a run the whole state (every task, log, list and latest seq) is compared, and
+ * clock that moves forward, now and then back, and now and then reads `NaN` (re-creating purged ids),
+ * `listTasks`, `readEvents` at various `afterSeq` and limits, `getTask` and `latestSeqs` — runs against
+ * the memory, SQLite (`:memory:` and a file) and Postgres stores on one shared clock, and every result
+ * (or error code) of the others must equal the memory
+ * store's (under a `NaN` clock, `internal` may stand for another rejection: see `eitherInternal`). Every
+ * input and every result is scribbled over once the call settled: no store may keep a reference to either.
+ * At the end of a run the whole state (every task, log, list and latest seq) is compared, and
  * each store's change feed must publish what the memory store's did, in its order (the Postgres feed may
- * publish again a change of a task it forgot on a purge, as `postgres-change-feed.ts` documents). Then
- * the stores are closed and the first operations run again: every store must reject them alike.
+ * publish again a change of a task it forgot on a purge, as `postgres-change-feed.ts` documents).
+ * Then the stores are closed and the first operations run again: every store must reject them alike.
  *
  * Runs: 30 in `npm test` (7 s on an idle machine, 15 s at load average 10: sequences of 0–120
  * operations), 1,000 in `npm run test:deep` (FC_MIN_RUNS; about 4 minutes idle, 10 at load average 10).
  * After a full run the test checks the lengths the generator reached (fast-check's default size would
  * keep them at 10 or fewer) and that every case it claims (each event kind committed, an append after
  * the end and one refused by its run fence, a purged id re-created, a lease held by another owner, a reap
- * and a purge that did something…) occurred.
+ * and a purge that did something, the clock stepped back, `internal` under a `NaN` clock) occurred.
  * Before the feed rule above, seed 5 at 300 runs found a purged task's terminal change published twice
  * by the Postgres store: the documented re-publication after a purge, not a defect.
  */
@@ -53,6 +56,7 @@ type Op =
   | { op: 'release'; id: string; owner: string; fence: Fence }
   | { op: 'reap'; options: unknown }
   | { op: 'advance'; ms: number }
+  | { op: 'broken clock'; inner: Op }
   | { op: 'purge'; options: unknown }
   | { op: 'list'; query: unknown }
   | { op: 'read'; id: string; afterSeq: number; limit: number | undefined }
@@ -241,7 +245,13 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
   },
   {
     arbitrary: fc
-      .oneof(fc.constantFrom(0, 1, 499, 500, 1000, 2000), fc.integer({ min: 0, max: 2500 }), fc.constant(0.5))
+      .oneof(
+        { arbitrary: fc.constantFrom(0, 1, 499, 500, 1000, 2000), weight: 4 },
+        { arbitrary: fc.integer({ min: 0, max: 2500 }), weight: 4 },
+        { arbitrary: fc.constant(0.5), weight: 1 },
+        // Back: a clock stepped back, or the next call served by a replica whose clock is behind.
+        { arbitrary: fc.constantFrom(-1, -500, -2500), weight: 1 },
+      )
       .map((ms): Op => ({ op: 'advance', ms })),
     weight: 3,
   },
@@ -286,10 +296,22 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
   },
 );
 
+/** Now and then an operation while the clock reads `NaN` (no time): every store rejects it with `internal`. */
+const opArbitraryWithBrokenClock = fc.oneof(
+  { arbitrary: opArbitrary, weight: 40 },
+  { arbitrary: opArbitrary.map((inner): Op => ({ op: 'broken clock', inner })), weight: 1 },
+);
+
 type Outcome = { ok: unknown } | { error: string };
 
 /** Runs one operation on one store; `runs` holds each id's current run (its `createdAt`) as the memory store saw it. */
-async function apply(store: ProgressStore, clock: ManualClock, op: Op, runs: Map<string, number[]>) {
+async function apply(
+  store: ProgressStore,
+  clock: SteppingClock,
+  op: Op,
+  runs: Map<string, number[]>,
+  given: unknown[] = [],
+) {
   const fenceOf = (taskId: string, f: Fence): { run?: number } | undefined => {
     const history = runs.get(taskId) ?? [];
     const current = history.at(-1) ?? 0;
@@ -300,9 +322,14 @@ async function apply(store: ProgressStore, clock: ManualClock, op: Op, runs: Map
     if (f === 'string') return 'run' as never;
     return { run: -1 };
   };
-  // Each store gets its own copy of every input: none may depend on another's mutation of it.
-  const copy = <T>(value: T): T =>
-    typeof value === 'object' && value !== null ? structuredCopy(value) : value;
+  // Each store gets its own copy of every input, scribbled over once the call settled (`given`): a store
+  // keeps no reference to its inputs.
+  const copy = <T>(value: T): T => {
+    if (typeof value !== 'object' || value === null) return value;
+    const copied = structuredCopy(value);
+    given.push(copied);
+    return copied;
+  };
   switch (op.op) {
     case 'create':
       return store.createTask(copy(op.input) as never);
@@ -331,6 +358,13 @@ async function apply(store: ProgressStore, clock: ManualClock, op: Op, runs: Map
     case 'advance':
       // The clock is shared: only the first store's turn moves it.
       return clock.now();
+    case 'broken clock':
+      clock.broken = true;
+      try {
+        return await apply(store, clock, op.inner, runs, given);
+      } finally {
+        clock.broken = false;
+      }
     case 'purge':
       return store.purgeFinished(copy(op.options) as never);
     case 'list':
@@ -344,6 +378,22 @@ async function apply(store: ProgressStore, clock: ManualClock, op: Op, runs: Map
     case 'latest':
       return Object.fromEntries([...(await store.latestSeqs(op.ids))].sort(([x], [y]) => (x < y ? -1 : 1)));
   }
+}
+
+/**
+ * Overwrites every field of `value`, deeply (arrays grow too): what a caller may do to the objects a
+ * store returned, and to those it passed in once the call returned. Returned objects belong to the
+ * caller, so the state read afterwards must not change.
+ */
+function scribble(value: unknown): void {
+  if (typeof value !== 'object' || value === null || Object.isFrozen(value)) return;
+  const record = value as Record<string, unknown>;
+  for (const key of Object.keys(record)) {
+    const field = record[key];
+    if (typeof field === 'object' && field !== null) scribble(field);
+    else record[key] = 'scribbled';
+  }
+  if (Array.isArray(value)) value.push('scribbled');
 }
 
 /** A deep copy that keeps functions (an invalid `result`) as they are. */
@@ -393,15 +443,29 @@ afterAll(async () => {
   await pool.end();
 });
 
+/**
+ * The shared clock: moves forward, and (unlike `ManualClock`) back too, as a clock stepped back or skewed
+ * between replicas does — every timestamp is the clock's, so the stores must agree whatever it says.
+ */
+class SteppingClock {
+  #now = Date.UTC(2026, 0, 1);
+  /** While true the clock reads `NaN`. */
+  broken = false;
+  readonly now = (): number => (this.broken ? Number.NaN : this.#now);
+  advance(ms: number): void {
+    this.#now += ms;
+  }
+}
+
 interface Stores {
-  readonly clock: ManualClock;
+  readonly clock: SteppingClock;
   readonly stores: ReadonlyArray<readonly [string, ProgressStore]>;
   close(): Promise<void>;
 }
 
 async function openStores(): Promise<Stores> {
   await pool.query(`TRUNCATE ${schema}.tasks, ${schema}.events`);
-  const clock = new ManualClock();
+  const clock = new SteppingClock();
   const directory = mkdtempSync(join(tmpdir(), 'finishline-differential-'));
   const memory = new MemoryProgressStore({ clock: clock.now });
   const sqlite = new SqliteProgressStore({ database: ':memory:', clock: clock.now });
@@ -439,18 +503,24 @@ async function runDifferential(ops: readonly Op[]): Promise<void> {
     for (const [index, op] of ops.entries()) {
       if (op.op === 'advance') clock.advance(op.ms);
       const outcomes: Outcome[] = [];
-      for (const [, store] of stores) outcomes.push(await outcome(() => apply(store, clock, op, runs)));
+      for (const [, store] of stores) {
+        const given: unknown[] = [];
+        outcomes.push(await outcome(() => apply(store, clock, op, runs, given)));
+        scribble(given);
+      }
       const [reference, ...others] = outcomes;
       if (reference !== undefined) noteCoverage(op, reference, runs);
       for (const [position, other] of others.entries()) {
-        expect(other, `${stores[position + 1]?.[0]} vs memory at op ${index}: ${show(op)}`).toEqual(
-          reference,
-        );
+        expect(
+          op.op === 'broken clock' ? eitherInternal(other, reference) : other,
+          `${stores[position + 1]?.[0]} vs memory at op ${index}: ${show(op)}`,
+        ).toEqual(reference);
       }
       if (op.op === 'create' && reference !== undefined && 'ok' in reference) {
         const created = reference.ok as { id: string; createdAt: number };
         runs.set(created.id, [...(runs.get(created.id) ?? []), created.createdAt]);
       }
+      for (const result of outcomes) if ('ok' in result) scribble(result.ok);
     }
     const [reference, ...others] = await Promise.all(stores.map(([, store]) => stateOf(store)));
     for (const [position, other] of others.entries()) {
@@ -505,6 +575,16 @@ function unexplained(reference: readonly string[], feed: readonly string[]): str
   return problems;
 }
 
+/**
+ * Under a clock that reads no time, a store rejects with `internal` once it reads the clock, and stores
+ * read it at different points (the memory store after finding the task, SQLite before): `internal` where
+ * the memory store rejected otherwise counts as the same answer. A success against a rejection does not.
+ */
+function eitherInternal(other: Outcome, reference: Outcome | undefined): Outcome | undefined {
+  const bothRejected = reference !== undefined && 'error' in reference && 'error' in other;
+  return bothRejected && other.error === 'internal' ? reference : other;
+}
+
 function show(op: Op): string {
   return JSON.stringify(op, (_key, value) => (typeof value === 'function' ? '<function>' : value));
 }
@@ -528,10 +608,15 @@ const MUST_COVER = [
   'purge deleted a task',
   'list non-empty',
   'read non-empty',
+  'clock stepped back',
+  'internal under a clock that reads no time',
 ];
 
 function noteCoverage(op: Op, result: Outcome, runs: ReadonlyMap<string, readonly number[]>): void {
   const error = 'error' in result ? result.error : undefined;
+  if (op.op === 'advance' && op.ms < 0) covered.add('clock stepped back');
+  if (op.op === 'broken clock' && error === 'internal')
+    covered.add('internal under a clock that reads no time');
   if (op.op === 'append') {
     const type = (op.input as { type?: unknown } | null)?.type;
     if (error === undefined) covered.add(`append ${String(type)}`);
@@ -562,10 +647,13 @@ it(
   `memory, SQLite and Postgres agree on every result of random operation sequences (${propertyRuns(NUM_RUNS)} runs of 0–${MAX_OPS} operations)`,
   async () => {
     await fc.assert(
-      fc.asyncProperty(fc.array(opArbitrary, { maxLength: MAX_OPS, size: 'max' }), async (ops) => {
-        lengths.push(ops.length);
-        await runDifferential(ops);
-      }),
+      fc.asyncProperty(
+        fc.array(opArbitraryWithBrokenClock, { maxLength: MAX_OPS, size: 'max' }),
+        async (ops) => {
+          lengths.push(ops.length);
+          await runDifferential(ops);
+        },
+      ),
       propertyParams(NUM_RUNS),
     );
     // The sizes the generator claims (without `size: 'max'` fast-check keeps arrays at 10 or fewer), and
