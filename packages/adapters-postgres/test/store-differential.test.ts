@@ -25,8 +25,8 @@ import { dropSchema, eventually, freshSchema, newPool } from './support.js';
  * publish again a change of a task it forgot on a purge, as `postgres-change-feed.ts` documents).
  * Then the stores are closed and the first operations run again: every store must reject them alike.
  *
- * Runs: 30 in `npm test` (7 s on an idle machine, 15 s at load average 10: sequences of 0–120
- * operations), 1,000 in `npm run test:deep` (FC_MIN_RUNS; about 4 minutes idle, 10 at load average 10).
+ * Runs: 30 in `npm test` (4–6 s at load average 2–5, 13 s at 15: sequences of 0–120 operations),
+ * 1,000 in `npm run test:deep` (FC_MIN_RUNS) and CI's deep step (2–3.5 minutes at load average 5–8).
  * After a full run the test checks the lengths the generator reached (fast-check's default size would
  * keep them at 10 or fewer) and that every case it claims (each event kind committed, an append after
  * the end and one refused by its run fence, a purged id re-created, a lease held by another owner, a reap
