@@ -273,6 +273,16 @@ describe('HTTP API: the routes (doc: HTTP API route table)', () => {
     expect(carol.json().tasks).toHaveLength(50);
   });
 
+  it('GET /tasks lists the principal own tasks less those authorize refuses it to watch', async () => {
+    const { server } = await start({
+      authorize: (principal, task) => principal.id === task.owner && task.kind !== 'secret',
+    });
+    const open = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await server.tasks.create({ owner: 'alice', kind: 'secret' });
+    const list = await http('GET', '/progress/tasks', { headers: bearer() });
+    expect(list.json().tasks.map((t: Json) => t.id)).toEqual([open.id]);
+  });
+
   it('GET /tasks/:id is {task, epoch}: a TaskView with the documented fields', async () => {
     const { server, store } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
@@ -550,6 +560,8 @@ describe('HTTP API: authentication, Origin, CORS, rate limits (doc: HTTP API)', 
       'rate_limited',
       '1',
     ]);
+    const head429 = await http('HEAD', `/progress/tasks/${task.id}/stream`, { headers: bearer() });
+    expect([head429.status, head429.headers['retry-after']]).toEqual([429, '1']);
     // Another principal has its own budget.
     expect((await http('GET', '/progress/tasks', { headers: bearer('bob') })).status).toBe(200);
   });
@@ -858,5 +870,55 @@ describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () 
     await task.complete();
     const end = await http('GET', path, { headers: { ...bearer(), 'last-event-id': '3~some-epoch' } });
     expect(end.status).toBe(204);
+  });
+});
+
+describe('retention (doc: HTTP API events route, snapshot triggers)', () => {
+  /** A memory store whose retention removed every event of a task up to `removedUpTo`. */
+  function retainedStore(removedUpTo: () => number) {
+    const memory = new MemoryProgressStore();
+    return new Proxy(memory, {
+      get(target, property) {
+        if (property === 'readEvents') {
+          return async (taskId: string, afterSeq: number, limit?: number) =>
+            (await target.readEvents(taskId, Math.max(afterSeq, removedUpTo()), limit)).filter(
+              (event) => event.seq > removedUpTo(),
+            );
+        }
+        const value = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+  }
+
+  it('events removed by retention: a page not starting at afterSeq + 1, or empty below task.seq with hasMore false', async () => {
+    let removed = 0;
+    const { server } = await start({ store: retainedStore(() => removed) });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 4; i++) await task.progress({ done: i });
+    removed = 2;
+    const path = `/progress/tasks/${task.id}/events`;
+    const page = (await http('GET', `${path}?afterSeq=0`, { headers: bearer() })).json();
+    expect([page.events.map((e: Json) => e.seq), page.hasMore, page.task.seq]).toEqual([[3, 4], false, 4]);
+    removed = 4;
+    const gone = (await http('GET', `${path}?afterSeq=1`, { headers: bearer() })).json();
+    expect([gone.events, gone.hasMore, gone.task.seq]).toEqual([[], false, 4]);
+  });
+
+  it('an event stream resumed from a cursor whose events retention removed gets the task snapshot', async () => {
+    let removed = 0;
+    const { server } = await start({ store: retainedStore(() => removed) });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 4; i++) await task.progress({ done: i });
+    await task.complete();
+    removed = 5;
+    const answer = await http('GET', `/progress/tasks/${task.id}/stream?afterSeq=1`, { headers: bearer() });
+    expect(dataOf(answer.body)).toEqual([
+      {
+        type: 'snapshot',
+        task: expect.objectContaining({ seq: 5, status: 'completed' }),
+        epoch: expect.any(String),
+      },
+    ]);
   });
 });
