@@ -922,3 +922,72 @@ describe('retention (doc: HTTP API events route, snapshot triggers)', () => {
     ]);
   });
 });
+
+describe('a client that stops reading (doc: HTTP API)', () => {
+  it('an answer the client takes none of for sseStallTimeoutMs has its connection closed', async () => {
+    const { server } = await start({ sseStallTimeoutMs: 200 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 1000; i++) await task.progress({ done: i, message: `${i}`.padEnd(4000, 'x') });
+    const outcome = await new Promise<{ bytes: number; complete: boolean }>((resolve) => {
+      const req = httpRequest(
+        `${env!.httpUrl}/progress/tasks/${task.id}/events?limit=1000`,
+        { headers: bearer() },
+        (res) => {
+          res.pause();
+          let bytes = 0;
+          setTimeout(() => {
+            res.on('data', (chunk: Buffer) => {
+              bytes += chunk.length;
+            });
+            res.on('end', () => resolve({ bytes, complete: res.complete }));
+            res.on('error', () => resolve({ bytes, complete: false }));
+            res.on('aborted', () => resolve({ bytes, complete: false }));
+            res.resume();
+          }, 1500);
+        },
+      );
+      req.on('error', () => {});
+      req.end();
+    });
+    expect(outcome.complete).toBe(false);
+    expect(outcome.bytes).toBeLessThan(4_000_000);
+  });
+
+  it('an event stream read slowly goes on from the last seq written, every event once and in order', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k', total: 400 });
+    const text = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(
+        `${env!.httpUrl}/progress/tasks/${task.id}/stream`,
+        { headers: bearer() },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.once('data', (first: string) => {
+            body += first;
+            res.pause();
+            void (async () => {
+              for (let i = 1; i <= 400; i++) {
+                await task.item({ key: `node-${i}`, ok: true, detail: { pad: 'x'.repeat(4000) } });
+              }
+              await task.complete();
+              await new Promise((r) => setTimeout(r, 200));
+              res.on('data', (chunk: string) => {
+                body += chunk;
+              });
+              res.on('end', () => resolve(body));
+              res.resume();
+            })().catch(reject);
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    const frames = dataOf(text);
+    const snapshotSeq = frames[0]!.task.seq as number;
+    const seqs = frames.slice(1).map((f) => f.event?.seq ?? f.task?.seq);
+    expect(seqs).toEqual(Array.from({ length: 401 - snapshotSeq }, (_, i) => snapshotSeq + 1 + i));
+    expect(frames.at(-1)).toMatchObject({ type: 'event', event: { type: 'completed', seq: 401 } });
+  });
+});
