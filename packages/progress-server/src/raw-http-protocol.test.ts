@@ -1,0 +1,993 @@
+import { request as httpRequest } from 'node:http';
+import { connect as netConnect } from 'node:net';
+import { MemoryProgressStore } from '@finishline/core';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startServer, type TestServer } from './testing/harness.js';
+
+/**
+ * A raw HTTP client written from docs/protocol.md alone (section "HTTP API" and "Server-Sent Events"):
+ * `fetch`, `node:http` and `node:net`, nothing from the Finishline client. Each test checks statements
+ * of the document against a real server over a memory store; the server side uses the harness only to
+ * start the server and drive tasks.
+ */
+
+const WAIT = 10_000;
+// biome-ignore lint/suspicious/noExplicitAny: bodies are read as the document describes them.
+type Json = Record<string, any>;
+
+/** Tokens `<user>` or `<user>:<ms of validity>`; `bad` is refused. */
+const tokens = (token: string) => {
+  const [id, validMs] = token.split(':');
+  if (id === undefined || id === '' || id === 'bad') return null;
+  return validMs === undefined ? { id } : { id, expiresAt: Date.now() + Number(validMs) };
+};
+
+let env: TestServer | undefined;
+afterEach(async () => {
+  await env?.close();
+  env = undefined;
+});
+
+async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise<TestServer> {
+  env = await startServer({
+    authenticate: (req) => {
+      const auth = req.headers.authorization;
+      if (auth?.startsWith('Bearer ')) return tokens(auth.slice(7));
+      const cookie = req.headers.cookie?.match(/session=([^;]+)/)?.[1];
+      return cookie === undefined ? null : tokens(cookie);
+    },
+    allowedOrigins: ['https://app.example.com'],
+    heartbeatIntervalMs: 60_000,
+    ...overrides,
+  });
+  return env;
+}
+
+interface Answer {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: string;
+  json(): Json;
+}
+
+/** One request, the whole answer read. */
+function http(
+  method: string,
+  path: string,
+  opts: { headers?: Record<string, string>; body?: string } = {},
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(`${env!.httpUrl}${path}`, { method, headers: opts.headers ?? {} }, (res) => {
+      let body = '';
+      res.on('data', (chunk: Buffer) => {
+        body += chunk.toString();
+      });
+      res.on('end', () =>
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json: () => JSON.parse(body) }),
+      );
+    });
+    req.on('error', reject);
+    req.end(opts.body);
+  });
+}
+
+const bearer = (user = 'alice') => ({ authorization: `Bearer ${user}` });
+const jsonHeaders = (user = 'alice') => ({ ...bearer(user), 'content-type': 'application/json' });
+const ORIGIN = 'https://app.example.com';
+
+/** An SSE message as the document describes it: `id:` and `data:` lines, comments, `retry:`. */
+interface SseMessage {
+  id?: string;
+  data?: Json;
+  comments: string[];
+  retry?: number;
+}
+
+function parseSse(text: string): SseMessage[] {
+  const messages: SseMessage[] = [];
+  for (const block of text.split('\n\n')) {
+    if (block === '') continue;
+    const message: SseMessage = { comments: [] };
+    for (const line of block.split('\n')) {
+      if (line.startsWith(':')) message.comments.push(line.slice(1).trim());
+      else if (line.startsWith('id: ')) message.id = line.slice(4);
+      else if (line.startsWith('data: ')) message.data = JSON.parse(line.slice(6));
+      else if (line.startsWith('retry: ')) message.retry = Number(line.slice(7));
+    }
+    messages.push(message);
+  }
+  return messages;
+}
+
+interface Stream {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  text: string;
+  ended: boolean;
+}
+
+/** Reads an event stream until `until` holds for the text so far, or it ends (then `ended`). */
+function stream(
+  path: string,
+  headers: Record<string, string>,
+  until: (text: string) => boolean = () => false,
+): Promise<Stream> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`stream ${path}: no match in time`)), WAIT);
+    const req = httpRequest(`${env!.httpUrl}${path}`, { headers }, (res) => {
+      let text = '';
+      const finish = (ended: boolean) => {
+        clearTimeout(timer);
+        req.destroy();
+        resolve({ status: res.statusCode ?? 0, headers: res.headers, text, ended });
+      };
+      res.on('data', (chunk: Buffer) => {
+        text += chunk.toString();
+        if (until(text)) finish(false);
+      });
+      res.on('end', () => finish(true));
+      res.on('error', () => finish(true));
+    });
+    req.on('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    req.end();
+  });
+}
+
+const dataOf = (text: string) => parseSse(text).flatMap((m) => (m.data === undefined ? [] : [m.data]));
+
+describe('HTTP API: requests and answers (doc: HTTP API)', () => {
+  it('every answer, errors included, is application/json; charset=utf-8 with Cache-Control: no-store and the error body shape', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const answers = [
+      await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() }),
+      await http('GET', '/progress/tasks/nope', { headers: bearer() }),
+      await http('GET', `/progress/tasks/${task.id}`),
+      await http('GET', '/progress/nothing-here', { headers: bearer() }),
+      await http('DELETE', `/progress/tasks/${task.id}`, { headers: bearer() }),
+    ];
+    for (const answer of answers) {
+      expect(answer.headers['content-type']).toBe('application/json; charset=utf-8');
+      expect(answer.headers['cache-control']).toBe('no-store');
+    }
+    for (const error of answers.slice(1)) {
+      const body = error.json();
+      expect(Object.keys(body)).toEqual(['error']);
+      expect(Object.keys(body.error).sort()).toEqual(['code', 'message']);
+      expect(typeof body.error.message).toBe('string');
+    }
+    expect(answers.slice(1).map((a) => [a.status, a.json().error.code])).toEqual([
+      [404, 'task_not_found'],
+      [401, 'unauthenticated'],
+      [404, 'invalid_input'],
+      [405, 'invalid_input'],
+    ]);
+    expect(answers[3]!.json().error.message).toBe('No such route');
+  });
+
+  it('task ids are one percent-encoded path segment (ids may contain /); bad percent-encoding is 400 invalid_input', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k', id: 'team/a:b@c' });
+    await task.progress({ done: 1 });
+    const id = encodeURIComponent(task.id);
+    const one = await http('GET', `/progress/tasks/${id}`, { headers: bearer() });
+    expect([one.status, one.json().task.id]).toEqual([200, 'team/a:b@c']);
+    const events = await http('GET', `/progress/tasks/${id}/events`, { headers: bearer() });
+    expect(events.json().events.map((e: Json) => e.seq)).toEqual([1]);
+    const bad = await http('GET', '/progress/tasks/%E0%A4%A', { headers: bearer() });
+    expect([bad.status, bad.json().error.code]).toEqual([400, 'invalid_input']);
+    const invalidId = await http('GET', `/progress/tasks/${encodeURIComponent('a b')}`, {
+      headers: bearer(),
+    });
+    expect([invalidId.status, invalidId.json().error.code]).toEqual([400, 'invalid_input']);
+  });
+
+  it('a request target in absolute form is routed by its path', async () => {
+    const { server, port } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const raw = await new Promise<string>((resolve, reject) => {
+      const socket = netConnect(port, '127.0.0.1', () => {
+        socket.write(
+          `GET http://progress.example.com/progress/tasks/${task.id} HTTP/1.1\r\nHost: progress.example.com\r\n` +
+            'Authorization: Bearer alice\r\nConnection: close\r\n\r\n',
+        );
+      });
+      let text = '';
+      socket.on('data', (chunk) => {
+        text += chunk.toString();
+      });
+      socket.on('end', () => resolve(text));
+      socket.on('error', reject);
+    });
+    expect(raw).toMatch(/^HTTP\/1\.1 200 /);
+    expect(JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)).task.id).toBe(task.id);
+  });
+
+  it('HEAD is accepted wherever GET is: the same status and headers, no body', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const path of [
+      '/progress/tasks',
+      `/progress/tasks/${task.id}`,
+      `/progress/tasks/${task.id}/events`,
+      '/progress/healthz',
+    ]) {
+      const get = await http('GET', path, { headers: bearer() });
+      const head = await http('HEAD', path, { headers: bearer() });
+      expect([head.status, head.body, head.headers['content-type']]).toEqual([
+        get.status,
+        '',
+        get.headers['content-type'],
+      ]);
+    }
+    const missing = await http('HEAD', '/progress/tasks/nope', { headers: bearer() });
+    expect([missing.status, missing.body]).toEqual([404, '']);
+  });
+
+  it('trailing slashes are no route: 404 No such route', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const path of [
+      '/progress/tasks/',
+      `/progress/tasks/${task.id}/`,
+      `/progress/tasks/${task.id}/events/`,
+      `/progress/tasks/${task.id}/stream/`,
+    ]) {
+      const answer = await http('GET', path, { headers: bearer() });
+      expect([path, answer.status, answer.json().error]).toEqual([
+        path,
+        404,
+        { code: 'invalid_input', message: 'No such route' },
+      ]);
+    }
+  });
+});
+
+describe('HTTP API: the routes (doc: HTTP API route table)', () => {
+  it('GET /tasks: the principal own tasks newest first, status filter, limit 1–1000 (default 50)', async () => {
+    const { server } = await start();
+    const first = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await new Promise((r) => setTimeout(r, 5));
+    const second = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await new Promise((r) => setTimeout(r, 5));
+    const third = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await server.tasks.create({ owner: 'bob', kind: 'k' });
+    await third.fail({ code: 'boom', message: 'no' });
+    await second.complete();
+    const all = await http('GET', '/progress/tasks', { headers: bearer() });
+    expect(all.json().tasks.map((t: Json) => t.id)).toEqual([third.id, second.id, first.id]);
+    const some = await http('GET', '/progress/tasks?status=running,failed', { headers: bearer() });
+    expect(some.json().tasks.map((t: Json) => t.id)).toEqual([third.id, first.id]);
+    const one = await http('GET', '/progress/tasks?limit=1', { headers: bearer() });
+    expect(one.json().tasks.map((t: Json) => t.id)).toEqual([third.id]);
+    for (const query of ['limit=0', 'limit=1001', 'limit=x', 'status=bogus']) {
+      const bad = await http('GET', `/progress/tasks?${query}`, { headers: bearer() });
+      expect([query, bad.status, bad.json().error.code]).toEqual([query, 400, 'invalid_input']);
+    }
+    expect((await http('GET', '/progress/tasks?limit=1000', { headers: bearer() })).status).toBe(200);
+    for (let i = 0; i < 52; i++) await server.tasks.create({ owner: 'carol', kind: 'k' });
+    const carol = await http('GET', '/progress/tasks', { headers: bearer('carol') });
+    expect(carol.json().tasks).toHaveLength(50);
+  });
+
+  it('GET /tasks lists the principal own tasks less those authorize refuses it to watch', async () => {
+    const { server } = await start({
+      authorize: (principal, task) => principal.id === task.owner && task.kind !== 'secret',
+    });
+    const open = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await server.tasks.create({ owner: 'alice', kind: 'secret' });
+    const list = await http('GET', '/progress/tasks', { headers: bearer() });
+    expect(list.json().tasks.map((t: Json) => t.id)).toEqual([open.id]);
+  });
+
+  it('GET /tasks/:id is {task, epoch}: a TaskView with the documented fields', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
+    await task.item({ key: 'node-1', ok: true });
+    const body = (await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() })).json();
+    expect(Object.keys(body).sort()).toEqual(['epoch', 'task']);
+    expect(body.epoch).toBe(await store.getEpoch());
+    expect(Object.keys(body.task).sort()).toEqual(
+      [
+        'total',
+        'done',
+        'succeeded',
+        'failed',
+        'current',
+        'message',
+        'id',
+        'kind',
+        'status',
+        'result',
+        'error',
+        'seq',
+        'createdAt',
+        'updatedAt',
+        'finishedAt',
+      ].sort(),
+    );
+    expect(body.task).toMatchObject({ status: 'running', total: 2, done: 1, succeeded: 1, seq: 1 });
+  });
+
+  it('GET /events: paging with hasMore, limit 1–1000, a cursor ahead of the task answered with task to take as a snapshot', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await task.progress({ done: i });
+    const path = `/progress/tasks/${task.id}/events`;
+    const page1 = (await http('GET', `${path}?afterSeq=0&limit=2`, { headers: bearer() })).json();
+    expect([page1.events.map((e: Json) => e.seq), page1.hasMore]).toEqual([[1, 2], true]);
+    const page2 = (await http('GET', `${path}?afterSeq=2&limit=100`, { headers: bearer() })).json();
+    expect([page2.events.map((e: Json) => e.seq), page2.hasMore]).toEqual([[3, 4, 5], false]);
+    const end = (await http('GET', `${path}?afterSeq=5`, { headers: bearer() })).json();
+    expect([end.events, end.hasMore, end.task.seq]).toEqual([[], false, 5]);
+    const ahead = (await http('GET', `${path}?afterSeq=9`, { headers: bearer() })).json();
+    expect([ahead.events, ahead.hasMore, ahead.task.seq]).toEqual([[], false, 5]);
+    for (const query of ['limit=1001', 'afterSeq=-1', 'afterSeq=1.5', 'afterSeq=x']) {
+      const bad = await http('GET', `${path}?${query}`, { headers: bearer() });
+      expect([query, bad.status, bad.json().error.code]).toEqual([query, 400, 'invalid_input']);
+    }
+    const event = page1.events[0];
+    expect(event).toMatchObject({ taskId: task.id, seq: 1, type: 'progress' });
+    expect(Object.keys(event.progress).sort()).toEqual(
+      ['total', 'done', 'succeeded', 'failed', 'current', 'message'].sort(),
+    );
+  });
+
+  it('POST cancel: {taskId, task}, reason ≤ 512 characters or null, 404 for a task not watched, 413 above 16 KiB', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const path = `/progress/tasks/${task.id}/cancel`;
+    const foreign = await http('POST', path, { headers: jsonHeaders('bob'), body: '{}' });
+    expect([foreign.status, foreign.json().error.code]).toEqual([404, 'task_not_found']);
+    const long = await http('POST', path, {
+      headers: jsonHeaders(),
+      body: JSON.stringify({ reason: 'x'.repeat(513) }),
+    });
+    expect([long.status, long.json().error.code]).toEqual([400, 'invalid_input']);
+    const huge = await http('POST', path, {
+      headers: jsonHeaders(),
+      body: JSON.stringify({ reason: null, pad: 'x'.repeat(17 * 1024) }),
+    });
+    expect([huge.status, huge.json().error.code]).toEqual([413, 'invalid_input']);
+    const ok = await http('POST', path, { headers: jsonHeaders(), body: '{"reason":null}' });
+    expect(ok.status).toBe(200);
+    expect(ok.json()).toEqual({ taskId: task.id, task: expect.objectContaining({ status: 'cancelled' }) });
+    expect((await server.tasks.get(task.id))?.status).toBe('cancelled');
+  });
+
+  it('POST cancel by a principal allowed to cancel but not to watch: {taskId} alone', async () => {
+    const { server } = await start({
+      authorize: (principal, task, action) =>
+        principal.id === task.owner || (principal.id === 'operator' && action === 'cancel'),
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const answer = await http('POST', `/progress/tasks/${task.id}/cancel`, {
+      headers: jsonHeaders('operator'),
+      body: '{"reason":"kill switch"}',
+    });
+    expect([answer.status, answer.json()]).toEqual([200, { taskId: task.id }]);
+  });
+
+  it('403 forbidden: a task the principal may watch but not cancel; with revealTaskExistence, a task it may not see', async () => {
+    const { server } = await start({
+      revealTaskExistence: true,
+      authorize: (principal, task, action) =>
+        principal.id === task.owner || (principal.id === 'viewer' && action !== 'cancel'),
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const cancel = await http('POST', `/progress/tasks/${task.id}/cancel`, {
+      headers: jsonHeaders('viewer'),
+      body: '{}',
+    });
+    expect([cancel.status, cancel.json().error.code]).toEqual([403, 'forbidden']);
+    expect((await http('GET', `/progress/tasks/${task.id}`, { headers: bearer('viewer') })).status).toBe(200);
+    const hidden = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer('bob') });
+    expect([hidden.status, hidden.json().error.code]).toEqual([403, 'forbidden']);
+    const missing = await http('GET', '/progress/tasks/nope', { headers: bearer('bob') });
+    expect([missing.status, missing.json().error.code]).toEqual([404, 'task_not_found']);
+  });
+
+  it('POST ack: {taskId, seq}, cumulative, 400 beyond the task seq, 415 without application/json', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const path = `/progress/tasks/${task.id}/ack`;
+    const ack = await http('POST', path, { headers: jsonHeaders(), body: '{"seq":3}' });
+    expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 3 }]);
+    const lower = await http('POST', path, { headers: jsonHeaders(), body: '{"seq":1}' });
+    expect(lower.status).toBe(200);
+    expect((await server.tasks.get(task.id))?.ackedSeq).toBe(3);
+    for (const body of ['{"seq":4}', '{"seq":-1}', '{"seq":1.5}', '{"seq":"2"}', 'not json']) {
+      const refused = await http('POST', path, { headers: jsonHeaders(), body });
+      expect([body, refused.status, refused.json().error.code]).toEqual([body, 400, 'invalid_input']);
+    }
+    const plain = await http('POST', path, { headers: bearer(), body: '{"seq":1}' });
+    expect([plain.status, plain.json().error.code]).toEqual([415, 'invalid_input']);
+    const foreign = await http('POST', path, { headers: jsonHeaders('bob'), body: '{"seq":1}' });
+    expect([foreign.status, foreign.json().error.code]).toEqual([404, 'task_not_found']);
+    const get = await http('GET', path, { headers: bearer() });
+    expect([get.status, get.headers.allow]).toEqual([405, 'POST']);
+  });
+
+  it('healthz: no authentication, no CORS headers, details only for an authenticated caller', async () => {
+    await start(); // healthDetails: 'authenticated', the default
+    const anonymous = await http('GET', '/progress/healthz', { headers: { origin: ORIGIN } });
+    expect([anonymous.status, anonymous.json().ok]).toEqual([200, true]);
+    expect(anonymous.headers['access-control-allow-origin']).toBeUndefined();
+    const authed = await http('GET', '/progress/healthz', { headers: bearer() });
+    expect(authed.json().ok).toBe(true);
+    expect(Object.keys(authed.json()).length).toBeGreaterThan(Object.keys(anonymous.json()).length);
+    const post = await http('POST', '/progress/healthz', { headers: jsonHeaders(), body: '{}' });
+    expect([post.status, post.json().error.message]).toEqual([404, 'No such route']);
+  });
+});
+
+describe('HTTP API: authentication, Origin, CORS, rate limits (doc: HTTP API)', () => {
+  it('401 for no or a refused credential, with WWW-Authenticate; token_expired with error_description', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const headers of [{}, bearer('bad')]) {
+      const answer = await http('GET', `/progress/tasks/${task.id}`, { headers });
+      expect([answer.status, answer.json().error.code]).toEqual([401, 'unauthenticated']);
+      expect(answer.headers['www-authenticate']).toBe('Bearer realm="finishline"');
+    }
+    const expired = await http('GET', `/progress/tasks/${task.id}/events`, { headers: bearer('alice:-1') });
+    expect([expired.status, expired.json().error.code]).toEqual([401, 'token_expired']);
+    expect(expired.headers['www-authenticate']).toMatch(
+      /^Bearer realm="finishline", error="invalid_token", error_description="[^"]+"$/,
+    );
+  });
+
+  it('tokens in the URL are not accepted', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const query of ['token=alice', 'access_token=alice']) {
+      const answer = await http('GET', `/progress/tasks/${task.id}?${query}`);
+      expect(answer.status).toBe(401);
+    }
+  });
+
+  it('a refused Origin (Origin: null included) gets 403 forbidden before authentication, a 405 or a 503', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const origin of ['https://evil.example', 'null']) {
+      for (const [method, path] of [
+        ['GET', `/progress/tasks/${task.id}`],
+        ['HEAD', '/progress/tasks'],
+        ['GET', `/progress/tasks/${task.id}/stream`],
+        ['DELETE', `/progress/tasks/${task.id}/events`],
+        ['POST', `/progress/tasks/${task.id}/ack`],
+      ] as const) {
+        const answer = await http(method, path, { headers: { origin } });
+        expect([origin, method, path, answer.status]).toEqual([origin, method, path, 403]);
+        if (method !== 'HEAD') expect(answer.json().error.code).toBe('forbidden');
+      }
+    }
+    // Without Origin a GET passes (then needs authentication).
+    expect((await http('GET', `/progress/tasks/${task.id}`)).status).toBe(401);
+  });
+
+  it('POST with a cookie and no Origin is 403; with the allowed Origin it passes', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const headers = { cookie: 'session=alice', 'content-type': 'application/json' };
+    const noOrigin = await http('POST', `/progress/tasks/${task.id}/ack`, { headers, body: '{"seq":1}' });
+    expect([noOrigin.status, noOrigin.json().error.code]).toEqual([403, 'forbidden']);
+    const withOrigin = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: { ...headers, origin: ORIGIN },
+      body: '{"seq":1}',
+    });
+    expect(withOrigin.status).toBe(200);
+    // A cookie on a GET needs no Origin.
+    expect(
+      (await http('GET', `/progress/tasks/${task.id}`, { headers: { cookie: 'session=alice' } })).status,
+    ).toBe(200);
+  });
+
+  it('CORS: allowed Origin gets Allow-Origin, Allow-Credentials, Expose-Headers and Vary on answers, errors and the stream', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.complete();
+    const check = (headers: Answer['headers']) => {
+      expect(headers['access-control-allow-origin']).toBe(ORIGIN);
+      expect(headers['access-control-allow-credentials']).toBe('true');
+      expect(headers['access-control-expose-headers']).toBe('WWW-Authenticate, Retry-After');
+      expect(String(headers.vary)).toMatch(/(^|, *)Origin(,|$)/);
+    };
+    check(
+      (await http('GET', `/progress/tasks/${task.id}`, { headers: { ...bearer(), origin: ORIGIN } })).headers,
+    );
+    check((await http('GET', `/progress/tasks/${task.id}`, { headers: { origin: ORIGIN } })).headers); // 401
+    check(
+      (
+        await http('POST', `/progress/tasks/${task.id}/cancel`, {
+          headers: { ...jsonHeaders(), origin: ORIGIN },
+          body: '{}',
+        })
+      ).headers,
+    ); // 409
+    const live = await stream(`/progress/tasks/${task.id}/stream`, { ...bearer(), origin: ORIGIN });
+    expect(live.status).toBe(200);
+    check(live.headers);
+  });
+
+  it('CORS preflight: 204 with the route methods, the asked headers and Max-Age 600', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const [path, methods] of [
+      ['/progress/tasks', 'GET, HEAD'],
+      [`/progress/tasks/${task.id}/events`, 'GET, HEAD'],
+      [`/progress/tasks/${task.id}/ack`, 'POST'],
+    ] as const) {
+      const preflight = await http('OPTIONS', path, {
+        headers: {
+          origin: ORIGIN,
+          'access-control-request-method': methods === 'POST' ? 'POST' : 'GET',
+          'access-control-request-headers': 'authorization, content-type, last-event-id, x-app',
+        },
+      });
+      expect([path, preflight.status]).toEqual([path, 204]);
+      expect(preflight.headers['access-control-allow-methods']).toBe(methods);
+      expect(preflight.headers['access-control-allow-headers']).toBe(
+        'authorization, content-type, last-event-id, x-app',
+      );
+      expect(preflight.headers['access-control-max-age']).toBe('600');
+      expect(preflight.headers['access-control-allow-origin']).toBe(ORIGIN);
+    }
+  });
+
+  it('429 rate_limited with Retry-After: 1 once the principal frame budget is used', async () => {
+    // The budget's burst is the larger of maxSubscriptionsPerPrincipal and one second of its rate.
+    const { server } = await start({ rateLimitPerPrincipalPerSecond: 1, maxSubscriptionsPerPrincipal: 2 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const statuses: number[] = [];
+    let limited: Answer | undefined;
+    for (let i = 0; i < 5 && limited === undefined; i++) {
+      const answer = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() });
+      statuses.push(answer.status);
+      if (answer.status === 429) limited = answer;
+    }
+    expect(statuses).toEqual([200, 200, 429]);
+    expect(limited?.json().error.code).toBe('rate_limited');
+    expect(limited?.headers['retry-after']).toBe('1');
+    const stream429 = await http('GET', `/progress/tasks/${task.id}/stream`, { headers: bearer() });
+    expect([stream429.status, stream429.json().error.code, stream429.headers['retry-after']]).toEqual([
+      429,
+      'rate_limited',
+      '1',
+    ]);
+    const head429 = await http('HEAD', `/progress/tasks/${task.id}/stream`, { headers: bearer() });
+    expect([head429.status, head429.headers['retry-after']]).toEqual([429, '1']);
+    // Another principal has its own budget.
+    expect((await http('GET', '/progress/tasks', { headers: bearer('bob') })).status).toBe(200);
+  });
+
+  it('503 closed during shutdown, after the Origin check', async () => {
+    const { server } = await start({ heartbeatIntervalMs: 50 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    // An open stream keeps the shutdown in its drain long enough to ask.
+    const held = httpRequest(`${env!.httpUrl}/progress/tasks/${task.id}/stream`, { headers: bearer() });
+    held.on('error', () => {});
+    held.end();
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = server.close({ timeoutMs: 2000 });
+    const during = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() }).catch(
+      () => undefined,
+    );
+    if (during !== undefined) {
+      expect([during.status, during.json().error.code]).toEqual([503, 'closed']);
+      const foreign = await http('GET', `/progress/tasks/${task.id}`, {
+        headers: { origin: 'https://evil.example' },
+      }).catch(() => undefined);
+      if (foreign !== undefined) expect(foreign.status).toBe(403);
+    }
+    held.destroy();
+    await closing;
+    env = undefined;
+  });
+});
+
+describe('Server-Sent Events (doc: Server-Sent Events)', () => {
+  it('headers, retry 1000–3000 ms then the hello comment in one block, frames with id <seq>~<epoch>', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    const epoch = await store.getEpoch();
+    const live = await stream(`/progress/tasks/${task.id}/stream`, bearer(), (t) => t.includes('"snapshot"'));
+    expect(live.status).toBe(200);
+    expect(live.headers['content-type']).toBe('text/event-stream; charset=utf-8');
+    expect(live.headers['cache-control']).toBe('no-store, no-transform');
+    expect(live.headers['x-accel-buffering']).toBe('no');
+    const [first, second] = parseSse(live.text);
+    expect(first!.retry).toBeGreaterThanOrEqual(1000);
+    expect(first!.retry).toBeLessThanOrEqual(3000);
+    expect(first!.comments).toEqual(['hello heartbeatIntervalMs=60000']);
+    expect(first!.data).toBeUndefined();
+    expect(second!.id).toBe(`2~${epoch}`);
+    expect(second!.data).toMatchObject({ type: 'snapshot', task: { id: task.id, seq: 2 }, epoch });
+    expect(second!.data!.reset).toBeUndefined();
+  });
+
+  it('live events follow the snapshot in order; after the terminal event the stream ends', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k', total: 2 });
+    const epoch = await store.getEpoch();
+    const reading = stream(`/progress/tasks/${task.id}/stream`, bearer());
+    await new Promise((r) => setTimeout(r, 100));
+    await task.item({ key: 'a', ok: true });
+    await task.item({ key: 'b', ok: false, error: 'no' });
+    await task.complete({ result: { n: 1 } });
+    const done = await reading;
+    expect(done.ended).toBe(true);
+    const messages = parseSse(done.text).filter((m) => m.data !== undefined);
+    expect(messages.map((m) => m.id)).toEqual([`0~${epoch}`, `1~${epoch}`, `2~${epoch}`, `3~${epoch}`]);
+    expect(messages.map((m) => m.data!.type)).toEqual(['snapshot', 'event', 'event', 'event']);
+    expect(messages[3]!.data!.event).toMatchObject({ seq: 3, type: 'completed', result: { n: 1 } });
+  });
+
+  it('Last-Event-ID wins over afterSeq; both take <seq>~<epoch> or <seq>; the events after it, no snapshot', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const epoch = await store.getEpoch();
+    const path = `/progress/tasks/${task.id}/stream`;
+    const until = (t: string) => t.includes(`id: 3~${epoch}`);
+    const byHeader = await stream(
+      `${path}?afterSeq=0`,
+      { ...bearer(), 'last-event-id': `2~${epoch}` },
+      until,
+    );
+    expect(dataOf(byHeader.text).map((f) => [f.type, f.event?.seq])).toEqual([['event', 3]]);
+    const byQuery = await stream(`${path}?afterSeq=${encodeURIComponent(`1~${epoch}`)}`, bearer(), until);
+    expect(dataOf(byQuery.text).map((f) => f.event?.seq)).toEqual([2, 3]);
+    const seqAlone = await stream(`${path}?afterSeq=2`, bearer(), until);
+    expect(dataOf(seqAlone.text).map((f) => f.event?.seq)).toEqual([3]);
+    const atEnd = await stream(path, { ...bearer(), 'last-event-id': `3~${epoch}` }, (t) =>
+      t.includes('"snapshot"'),
+    );
+    expect(dataOf(atEnd.text)).toEqual([
+      { type: 'snapshot', task: expect.objectContaining({ seq: 3, status: 'running' }), epoch },
+    ]);
+  });
+
+  it('malformed cursors are refused with 400 invalid_input before the stream starts', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const path = `/progress/tasks/${task.id}/stream`;
+    for (const id of ['-1', '1.5', '9007199254740992', 'x', '3~', '~abc', '3~bad epoch', '1e3', '3~a b']) {
+      const answer = await http('GET', path, { headers: { ...bearer(), 'last-event-id': id } });
+      expect([id, answer.status, answer.headers['content-type']]).toEqual([
+        id,
+        400,
+        'application/json; charset=utf-8',
+      ]);
+      expect(answer.json().error.code).toBe('invalid_input');
+    }
+    const max = await stream(path, { ...bearer(), 'last-event-id': '9007199254740991' }, (t) =>
+      t.includes('"reset":true'),
+    );
+    expect(max.status).toBe(200);
+  });
+
+  it('a cursor of another epoch or ahead of the task gets a reset snapshot; the stream splits the id at its first ~', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const epoch = await store.getEpoch();
+    const path = `/progress/tasks/${task.id}/stream`;
+    for (const id of ['1~old-epoch', `5~${epoch}`, '2~old-epoch']) {
+      const answer = await stream(path, { ...bearer(), 'last-event-id': id }, (t) =>
+        t.includes('"snapshot"'),
+      );
+      expect([id, dataOf(answer.text)]).toEqual([
+        id,
+        [{ type: 'snapshot', task: expect.objectContaining({ seq: 1 }), epoch, reset: true }],
+      ]);
+      expect(parseSse(answer.text)[1]!.id).toBe(`1~${epoch}`);
+    }
+    // A cursor of 0 knows nothing in any epoch: a plain snapshot, as a subscribe from 0 gets.
+    const fresh = await stream(path, { ...bearer(), 'last-event-id': '0~old-epoch' }, (t) =>
+      t.includes('"snapshot"'),
+    );
+    expect(dataOf(fresh.text)).toEqual([
+      { type: 'snapshot', task: expect.objectContaining({ seq: 1 }), epoch },
+    ]);
+  });
+
+  it('an open stream starts over with a reset snapshot when the store epoch is renewed', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const reading = stream(`/progress/tasks/${task.id}/stream`, bearer(), (t) => t.includes('"reset":true'));
+    await new Promise((r) => setTimeout(r, 100));
+    const renewed = await store.renewEpoch();
+    const answer = await reading;
+    const reset = dataOf(answer.text).find((f) => f.reset === true);
+    expect(reset).toMatchObject({ type: 'snapshot', epoch: renewed, task: { seq: 1 } });
+  });
+
+  it('204 No Content (GET and HEAD) when the cursor is the end of an ended task; a reset snapshot when its epoch is another', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.complete();
+    const epoch = await store.getEpoch();
+    const path = `/progress/tasks/${task.id}/stream`;
+    for (const id of [`2~${epoch}`, '2']) {
+      const get = await http('GET', path, { headers: { ...bearer(), 'last-event-id': id } });
+      expect([id, get.status, get.body]).toEqual([id, 204, '']);
+      const head = await http('HEAD', path, { headers: { ...bearer(), 'last-event-id': id } });
+      expect([id, head.status]).toEqual([id, 204]);
+    }
+    const other = await http('GET', path, { headers: { ...bearer(), 'last-event-id': '2~old-epoch' } });
+    expect(other.status).toBe(200);
+    expect(dataOf(other.body)).toEqual([
+      {
+        type: 'snapshot',
+        task: expect.objectContaining({ seq: 2, status: 'completed' }),
+        epoch,
+        reset: true,
+      },
+    ]);
+    // From an earlier cursor: the events after it, ending with the terminal one, then the end.
+    const rest = await http('GET', path, { headers: { ...bearer(), 'last-event-id': `1~${epoch}` } });
+    expect(dataOf(rest.body).map((f) => [f.type, f.event?.type])).toEqual([['event', 'completed']]);
+  });
+
+  it('heartbeats are comments `: heartbeat <server time>` every heartbeatIntervalMs', async () => {
+    const { server } = await start({ heartbeatIntervalMs: 50 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const before = Date.now();
+    const live = await stream(
+      `/progress/tasks/${task.id}/stream`,
+      bearer(),
+      (t) => (t.match(/: heartbeat /g) ?? []).length >= 2,
+    );
+    expect(live.text).toContain(': hello heartbeatIntervalMs=50\n');
+    const beats = [...live.text.matchAll(/^: heartbeat (\d+)$/gm)].map((m) => Number(m[1]));
+    expect(beats.length).toBeGreaterThanOrEqual(2);
+    for (const time of beats) expect(time).toBeGreaterThanOrEqual(before - 1000);
+  });
+
+  it('the stream ends when its credential expires', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const live = await stream(`/progress/tasks/${task.id}/stream`, bearer('alice:400'));
+    expect(live.ended).toBe(true);
+    expect(dataOf(live.text).map((f) => f.type)).toEqual(['snapshot']);
+  });
+
+  it('a backlog above maxReplayEvents is answered with a snapshot first', async () => {
+    const { server } = await start({ maxReplayEvents: 3 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 6; i++) await task.progress({ done: i });
+    const live = await stream(`/progress/tasks/${task.id}/stream?afterSeq=1`, bearer(), (t) =>
+      t.includes('"snapshot"'),
+    );
+    expect(dataOf(live.text)[0]).toMatchObject({ type: 'snapshot', task: { seq: 6 } });
+  });
+
+  it('refusals are JSON errors before the stream: 401, 404 for a task not watched, 429 too_many_sockets; HEAD takes no slot', async () => {
+    const { server } = await start({ maxSocketsPerPrincipal: 1 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const path = `/progress/tasks/${task.id}/stream`;
+    const none = await http('GET', path);
+    expect([none.status, none.json().error.code]).toEqual([401, 'unauthenticated']);
+    const foreign = await http('GET', path, { headers: bearer('bob') });
+    expect([foreign.status, foreign.json().error.code]).toEqual([404, 'task_not_found']);
+    const holder = httpRequest(`${env!.httpUrl}${path}`, { headers: bearer() });
+    holder.on('error', () => {});
+    await new Promise<void>((resolve) => holder.on('response', () => resolve()).end());
+    const second = await http('GET', path, { headers: bearer() });
+    expect([second.status, second.json().error.code]).toEqual([429, 'too_many_sockets']);
+    const head = await http('HEAD', path, { headers: bearer() });
+    expect(head.status).toBe(200);
+    holder.destroy();
+  });
+
+  it('acks of stream frames go to POST …/ack and are recorded', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.complete();
+    const body = (await http('GET', `/progress/tasks/${task.id}/stream`, { headers: bearer() })).body;
+    const terminal = dataOf(body).at(-1)!;
+    expect(terminal).toMatchObject({ type: 'snapshot', task: { status: 'completed', seq: 2 } });
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: jsonHeaders(),
+      body: JSON.stringify({ seq: terminal.task.seq }),
+    });
+    expect(ack.json()).toEqual({ taskId: task.id, seq: 2 });
+    expect((await server.tasks.get(task.id))?.ackedSeq).toBe(2);
+  });
+});
+
+describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () => {
+  it('healthz does not check Origin; application/json with a charset is JSON; events limit defaults to 100', async () => {
+    const { server } = await start();
+    const health = await http('GET', '/progress/healthz', { headers: { origin: 'https://evil.example' } });
+    expect(health.status).toBe(200);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 102; i++) await task.progress({ done: i });
+    const page = (await http('GET', `/progress/tasks/${task.id}/events`, { headers: bearer() })).json();
+    expect([page.events.length, page.events[0].seq, page.hasMore]).toEqual([100, 1, true]);
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: { ...bearer(), 'content-type': 'application/json; charset=utf-8' },
+      body: '{"seq":102}',
+    });
+    expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 102 }]);
+  });
+
+  it('HEAD of the stream gets the stream headers; the 204 at a task end carries the CORS headers', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const head = await http('HEAD', `/progress/tasks/${task.id}/stream`, { headers: bearer() });
+    expect([head.status, head.body]).toEqual([200, '']);
+    expect(head.headers['cache-control']).toBe('no-store, no-transform');
+    expect(head.headers['x-accel-buffering']).toBe('no');
+    await task.complete();
+    const epoch = await store.getEpoch();
+    const end = await http('GET', `/progress/tasks/${task.id}/stream`, {
+      headers: { ...bearer(), origin: ORIGIN, 'last-event-id': `1~${epoch}` },
+    });
+    expect(end.status).toBe(204);
+    expect(end.headers['access-control-allow-origin']).toBe(ORIGIN);
+    expect(end.headers['access-control-allow-credentials']).toBe('true');
+  });
+
+  it('a store without epochs: ids are the seq alone, no epoch in answers, a cursor naming an epoch resumes from its seq', async () => {
+    const memory = new MemoryProgressStore();
+    const store = new Proxy(memory, {
+      get(target, property) {
+        if (property === 'getEpoch' || property === 'renewEpoch') return undefined;
+        const value = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+      has(target, property) {
+        return property !== 'getEpoch' && property !== 'renewEpoch' && Reflect.has(target, property);
+      },
+    });
+    const { server } = await start({ store });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    const one = (await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() })).json();
+    expect(Object.keys(one)).toEqual(['task']);
+    const path = `/progress/tasks/${task.id}/stream`;
+    const fresh = await stream(path, bearer(), (t) => t.includes('"snapshot"'));
+    const snapshot = parseSse(fresh.text)[1]!;
+    expect(snapshot.id).toBe('2');
+    expect(snapshot.data).toEqual({ type: 'snapshot', task: expect.objectContaining({ seq: 2 }) });
+    const resumed = await stream(path, { ...bearer(), 'last-event-id': '1~some-epoch' }, (t) =>
+      t.includes('id: 2'),
+    );
+    expect(dataOf(resumed.text).map((f) => [f.type, f.event?.seq])).toEqual([['event', 2]]);
+    await task.complete();
+    const end = await http('GET', path, { headers: { ...bearer(), 'last-event-id': '3~some-epoch' } });
+    expect(end.status).toBe(204);
+  });
+});
+
+describe('retention (doc: HTTP API events route, snapshot triggers)', () => {
+  /** A memory store whose retention removed every event of a task up to `removedUpTo`. */
+  function retainedStore(removedUpTo: () => number) {
+    const memory = new MemoryProgressStore();
+    return new Proxy(memory, {
+      get(target, property) {
+        if (property === 'readEvents') {
+          return async (taskId: string, afterSeq: number, limit?: number) =>
+            (await target.readEvents(taskId, Math.max(afterSeq, removedUpTo()), limit)).filter(
+              (event) => event.seq > removedUpTo(),
+            );
+        }
+        const value = Reflect.get(target, property, target);
+        return typeof value === 'function' ? value.bind(target) : value;
+      },
+    });
+  }
+
+  it('events removed by retention: a page not starting at afterSeq + 1, or empty below task.seq with hasMore false', async () => {
+    let removed = 0;
+    const { server } = await start({ store: retainedStore(() => removed) });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 4; i++) await task.progress({ done: i });
+    removed = 2;
+    const path = `/progress/tasks/${task.id}/events`;
+    const page = (await http('GET', `${path}?afterSeq=0`, { headers: bearer() })).json();
+    expect([page.events.map((e: Json) => e.seq), page.hasMore, page.task.seq]).toEqual([[3, 4], false, 4]);
+    removed = 4;
+    const gone = (await http('GET', `${path}?afterSeq=1`, { headers: bearer() })).json();
+    expect([gone.events, gone.hasMore, gone.task.seq]).toEqual([[], false, 4]);
+  });
+
+  it('an event stream resumed from a cursor whose events retention removed gets the task snapshot', async () => {
+    let removed = 0;
+    const { server } = await start({ store: retainedStore(() => removed) });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 4; i++) await task.progress({ done: i });
+    await task.complete();
+    removed = 5;
+    const answer = await http('GET', `/progress/tasks/${task.id}/stream?afterSeq=1`, { headers: bearer() });
+    expect(dataOf(answer.body)).toEqual([
+      {
+        type: 'snapshot',
+        task: expect.objectContaining({ seq: 5, status: 'completed' }),
+        epoch: expect.any(String),
+      },
+    ]);
+  });
+});
+
+describe('a client that stops reading (doc: HTTP API)', () => {
+  it('an answer the client takes none of for sseStallTimeoutMs has its connection closed', async () => {
+    const { server } = await start({ sseStallTimeoutMs: 200 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 1000; i++) await task.progress({ done: i, message: `${i}`.padEnd(4000, 'x') });
+    const outcome = await new Promise<{ bytes: number; complete: boolean }>((resolve) => {
+      const req = httpRequest(
+        `${env!.httpUrl}/progress/tasks/${task.id}/events?limit=1000`,
+        { headers: bearer() },
+        (res) => {
+          res.pause();
+          let bytes = 0;
+          setTimeout(() => {
+            res.on('data', (chunk: Buffer) => {
+              bytes += chunk.length;
+            });
+            res.on('end', () => resolve({ bytes, complete: res.complete }));
+            res.on('error', () => resolve({ bytes, complete: false }));
+            res.on('aborted', () => resolve({ bytes, complete: false }));
+            res.resume();
+          }, 1500);
+        },
+      );
+      req.on('error', () => {});
+      req.end();
+    });
+    expect(outcome.complete).toBe(false);
+    expect(outcome.bytes).toBeLessThan(4_000_000);
+  });
+
+  it('an event stream read slowly goes on from the last seq written, every event once and in order', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k', total: 400 });
+    const text = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(
+        `${env!.httpUrl}/progress/tasks/${task.id}/stream`,
+        { headers: bearer() },
+        (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.once('data', (first: string) => {
+            body += first;
+            res.pause();
+            void (async () => {
+              for (let i = 1; i <= 400; i++) {
+                await task.item({ key: `node-${i}`, ok: true, detail: { pad: 'x'.repeat(4000) } });
+              }
+              await task.complete();
+              await new Promise((r) => setTimeout(r, 200));
+              res.on('data', (chunk: string) => {
+                body += chunk;
+              });
+              res.on('end', () => resolve(body));
+              res.resume();
+            })().catch(reject);
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    const frames = dataOf(text);
+    const snapshotSeq = frames[0]!.task.seq as number;
+    const seqs = frames.slice(1).map((f) => f.event?.seq ?? f.task?.seq);
+    expect(seqs).toEqual(Array.from({ length: 401 - snapshotSeq }, (_, i) => snapshotSeq + 1 + i));
+    expect(frames.at(-1)).toMatchObject({ type: 'event', event: { type: 'completed', seq: 401 } });
+  });
+});
