@@ -252,6 +252,40 @@ describe('a batch that ended early', () => {
     expect(document.querySelector('#pending-title')?.textContent).toBe('Not drained');
   });
 
+  it('an interrupted drain lists a node it drained before its server died as drained, not "not drained"', async () => {
+    // worker-1 was drained just before the crash (cordoned, no pod left to evict); its result never recorded.
+    alreadyChanged.set('drain-2', ['worker-1']);
+    nextSnap.set('drain-2', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('drain-2');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not drained: worker-2.');
+    expect(explain).toMatch(/1 node is drained without a recorded result \([^)]*\): worker-1\./);
+    expect(explain).not.toContain('nodes were not drained');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+    expect(document.querySelector('#pending-list li[data-node=worker-1]')?.textContent).toContain(
+      'already drained',
+    );
+  });
+
+  it('an interrupted drain whose nodes cannot be read back says they may or may not have been drained', async () => {
+    nextSnap.set('drain-unreadable', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('drain-unreadable');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('2 nodes have no recorded result and could not be read back');
+    expect(explain).toContain('may or may not have been drained');
+    expect(explain).not.toContain('were not drained');
+  });
+
   it('an interrupted batch does not call a node it changed before its server died unchanged', async () => {
     // worker-1 was cordoned just before the crash; its result was never recorded.
     alreadyChanged.set('cordon-2', ['worker-1']);

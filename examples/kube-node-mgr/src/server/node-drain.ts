@@ -97,34 +97,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   } catch (error) {
     throw new Error(`listing the pods of ${name}: ${(error as Error).message}`);
   }
-  // A DaemonSet's pod is left in place only while its DaemonSet exists, as kubectl drain does: one whose
-  // DaemonSet was deleted (orphaned, still running) is recreated by nothing, and kubectl drain refuses the
-  // node without --force; so does this, before any eviction. A finished one is evicted (nothing is lost).
-  const daemonSetPods = pods.filter((p) => p.controller === 'DaemonSet' && !p.mirror && !p.finished);
-  const daemonSets = new Map<string, boolean>();
-  const ownerless = new Set<PodRef>();
-  for (const pod of daemonSetPods) {
-    const owner = `${pod.namespace}/${pod.controllerName ?? ''}`;
-    let exists = daemonSets.get(owner);
-    if (exists === undefined) {
-      try {
-        exists = await readRetrying(
-          () => nodes.daemonSetExists(pod.namespace, pod.controllerName ?? ''),
-          options,
-        );
-      } catch (error) {
-        const why =
-          error instanceof KubeApiError && error.status !== 0
-            ? `${error.status} ${error.reason}: ${error.message}`
-            : (error as Error).message;
-        throw new Error(
-          `cannot drain ${name}: reading DaemonSet ${owner} of pod ${pod.namespace}/${pod.name}: ${why}`,
-        );
-      }
-      daemonSets.set(owner, exists);
-    }
-    if (!exists) ownerless.add(pod);
-  }
+  const { skipped, movable, ownerless } = await sortPods(nodes, name, pods, options);
   // One already being deleted loses nothing more: it is waited for as an evicted one is.
   const orphaned = [...ownerless].filter((p) => !p.terminating);
   if (orphaned.length > 0) {
@@ -135,8 +108,6 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
       `cannot drain ${name}: ${list} ${orphaned.length > 1 ? 'belong' : 'belongs'} to a DaemonSet that no longer exists and would not be recreated (kubectl drain refuses it without --force); delete ${orphaned.length > 1 ? 'them' : 'it'}, then retry`,
     );
   }
-  const skipped = pods.filter((p) => p.mirror || (daemonSetPods.includes(p) && !ownerless.has(p)));
-  const movable = pods.filter((p) => !skipped.includes(p));
   // A running pod that no controller recreates would be gone for good: kubectl drain refuses the node without
   // --force, leaving it cordoned, and so does this, before any eviction.
   // (One already finished, or already being deleted, loses nothing more.)
@@ -241,4 +212,63 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     evicted: evicted.sort(),
     skipped: skipped.map((p) => `${p.namespace}/${p.name}`).sort(),
   };
+}
+
+/**
+ * The pods of a node as a drain sorts them: `skipped`, left in place (mirror pods, and DaemonSet pods still
+ * running whose DaemonSet exists); `movable`, every other one, which a drain evicts (or refuses the node
+ * for); `ownerless`, the running DaemonSet pods among them whose DaemonSet no longer exists. Throws when a
+ * DaemonSet cannot be read.
+ */
+async function sortPods(
+  nodes: KubeNodes,
+  name: string,
+  pods: PodRef[],
+  options: { maxAttempts: number; signal: AbortSignal },
+): Promise<{ skipped: PodRef[]; movable: PodRef[]; ownerless: Set<PodRef> }> {
+  // A DaemonSet's pod is left in place only while its DaemonSet exists, as kubectl drain does: one whose
+  // DaemonSet was deleted (orphaned, still running) is recreated by nothing, and kubectl drain refuses the
+  // node without --force; so does this, before any eviction. A finished one is evicted (nothing is lost).
+  const daemonSetPods = pods.filter((p) => p.controller === 'DaemonSet' && !p.mirror && !p.finished);
+  const daemonSets = new Map<string, boolean>();
+  const ownerless = new Set<PodRef>();
+  for (const pod of daemonSetPods) {
+    const owner = `${pod.namespace}/${pod.controllerName ?? ''}`;
+    let exists = daemonSets.get(owner);
+    if (exists === undefined) {
+      try {
+        exists = await readRetrying(
+          () => nodes.daemonSetExists(pod.namespace, pod.controllerName ?? ''),
+          options,
+        );
+      } catch (error) {
+        const why =
+          error instanceof KubeApiError && error.status !== 0
+            ? `${error.status} ${error.reason}: ${error.message}`
+            : (error as Error).message;
+        throw new Error(
+          `cannot drain ${name}: reading DaemonSet ${owner} of pod ${pod.namespace}/${pod.name}: ${why}`,
+        );
+      }
+      daemonSets.set(owner, exists);
+    }
+    if (!exists) ownerless.add(pod);
+  }
+  const skipped = pods.filter((p) => p.mirror || (daemonSetPods.includes(p) && !ownerless.has(p)));
+  return { skipped, movable: pods.filter((p) => !skipped.includes(p)), ownerless };
+}
+
+/**
+ * Whether a node is drained, by the rules of {@link drainNode}: cordoned, and without a pod the drain would
+ * evict (or refuse the node for) — only mirror pods and running pods of existing DaemonSets left. Reads the
+ * node's pods (and their DaemonSets); throws when it cannot.
+ */
+export async function isDrained(
+  nodes: KubeNodes,
+  node: { name: string; unschedulable: boolean },
+  options: { maxAttempts: number; signal: AbortSignal },
+): Promise<boolean> {
+  if (!node.unschedulable) return false;
+  const pods = await readRetrying(() => nodes.podsOn(node.name), options);
+  return (await sortPods(nodes, node.name, pods, options)).movable.length === 0;
 }

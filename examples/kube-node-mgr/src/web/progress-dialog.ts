@@ -239,10 +239,10 @@ function renderResults(): void {
   const pending = untouched();
   const ended = lastState?.finished === true;
   $('#pending-title').textContent = ended
-    ? isDrain()
-      ? 'Not drained'
-      : pending.some((key) => alreadyChanged(key) || stateUnknown(key))
-        ? 'Without a recorded result'
+    ? pending.some((key) => alreadyChanged(key) || stateUnknown(key))
+      ? 'Without a recorded result'
+      : isDrain()
+        ? 'Not drained'
         : 'Not changed'
     : 'Pending';
   // A finished batch that reached every node has nothing to list here.
@@ -260,7 +260,9 @@ function renderResults(): void {
               'small',
               {},
               alreadyChanged(key)
-                ? ' · already has the change; its result was not recorded'
+                ? isDrain()
+                  ? ' · already drained; its result was not recorded'
+                  : ' · already has the change; its result was not recorded'
                 : ' · no recorded result; its state could not be read',
             ),
           )
@@ -282,7 +284,7 @@ function finished(w: Watch, snap: WatchState): void {
   const left = entry === null ? null : untouched();
   // Nodes without a result may still have been changed (the server stopped between the change and its
   // record): once the end is known, ask which already have the change, then render again.
-  if (left !== null && left.length > 0 && !isDrain() && unrecordedFor !== w) {
+  if (left !== null && left.length > 0 && unrecordedFor !== w) {
     unrecordedFor = w;
     void loadUnrecorded(w, snap);
   }
@@ -295,7 +297,7 @@ function finished(w: Watch, snap: WatchState): void {
       : left.length === 0
         ? ' Every node was processed.'
         : isDrain()
-          ? ` ${plural(left.length, 'node was', 'nodes were')} not drained: ${left.join(', ')}. A drain cordons all its nodes first, so ${left.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${left.length === 1 ? 'it' : 'them'}.`
+          ? `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not drained: ${unchanged.join(', ')}. A drain cordons all its nodes first, so ${unchanged.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${unchanged.length === 1 ? 'it' : 'them'}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node is', 'nodes are')} drained without a recorded result (drained just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been drained, and may be left cordoned: ${unknown.join(', ')}.`}`
           : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${unknown.join(', ')}.`}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
