@@ -147,7 +147,13 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     const deadline = Date.now() + timeoutMs;
     // Whether the pod listed is gone, or another one has its name now (a StatefulSet's, recreated).
     const goneOrReplaced = async () => {
-      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      let now: PodRef | null;
+      try {
+        now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      } catch (error) {
+        if (signal.aborted) throw error;
+        throw new Error(`evicting ${id}: reading the pod failed: ${describeKube(error)}`);
+      }
       return now === null || now.uid !== pod.uid;
     };
     // Evictions that timed out or met a conflict, sent again up to `maxAttempts` calls in all.
@@ -199,7 +205,17 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // eviction's start, a pod a budget held for most of it failed its node before its grace period ran out.
     const terminateBy = Date.now() + timeoutMs;
     for (;;) {
-      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      let now: PodRef | null;
+      try {
+        now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      } catch (error) {
+        // The node's reason says the pod was evicted already: a bare API message did not tell a node left
+        // untouched from one half drained.
+        if (signal.aborted) throw error;
+        throw new Error(
+          `${id} was evicted, but reading it while waiting for it to terminate failed: ${describeKube(error)}`,
+        );
+      }
       if (now === null || now.uid !== pod.uid) break;
       if (Date.now() > terminateBy) throw new Error(`${id} was evicted but did not terminate in time`);
       await sleep(pollMs, signal);
@@ -271,4 +287,13 @@ export async function isDrained(
   if (!node.unschedulable) return false;
   const pods = await readRetrying(() => nodes.podsOn(node.name), options);
   return (await sortPods(nodes, node.name, pods, options)).movable.length === 0;
+}
+
+/** An API error as a node's reason shows it: `500 InternalError: …`, or the message of a timeout. */
+function describeKube(error: unknown): string {
+  return error instanceof KubeApiError && error.status !== 0
+    ? `${error.status} ${error.reason}: ${error.message}`
+    : error instanceof Error
+      ? error.message
+      : String(error);
 }
