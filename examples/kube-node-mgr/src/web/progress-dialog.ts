@@ -286,7 +286,7 @@ function finished(w: Watch, snap: WatchState): void {
   // record): once the end is known, ask which already have the change, then render again.
   if (left !== null && left.length > 0 && unrecordedFor !== w) {
     unrecordedFor = w;
-    void loadUnrecorded(w, snap);
+    void loadUnrecorded(w, snap, left);
   }
   const changed = (left ?? []).filter(alreadyChanged);
   const unknown = (left ?? []).filter(stateUnknown);
@@ -341,18 +341,21 @@ function finished(w: Watch, snap: WatchState): void {
   setTimeout(() => void loadNodes(), 300);
 }
 
-async function loadUnrecorded(w: Watch, snap: WatchState): Promise<void> {
+async function loadUnrecorded(w: Watch, snap: WatchState, left: string[]): Promise<void> {
   const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId ?? '';
-  try {
-    const got = await api<{ nodes: { name: string; changed: boolean | null }[] }>(
+  // Retried as the dialog's other reads are: right after a crash (the case this read is for) a replica
+  // restarting or the database coming back answered one 502 or 500, and the nodes stayed "not changed".
+  const got = await withRetry(w, 'the state of the nodes without a recorded result', () =>
+    api<{ nodes: { name: string; changed: boolean | null }[] }>(
       `/api/tasks/${encodeURIComponent(id)}/unrecorded`,
-    );
-    if (watch !== w) return;
-    for (const node of got.nodes) unrecorded.set(node.name, node.changed);
-  } catch {
-    return; // not known: the nodes stay listed as without a result
+    ),
+  ).catch(() => null);
+  if (watch !== w) return;
+  // Not read back at all: not known to be unchanged either.
+  for (const node of got?.nodes ?? left.map((name) => ({ name, changed: null }))) {
+    unrecorded.set(node.name, node.changed);
   }
-  if (watch === w && unrecorded.size > 0) finished(w, snap);
+  if (unrecorded.size > 0) finished(w, snap);
 }
 
 function closeProgressWatch(): void {
