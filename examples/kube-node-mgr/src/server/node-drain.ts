@@ -129,19 +129,24 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   }
   const evicted: string[] = [];
   await options.onProgress?.(0, movable.length);
-  // The first pod that fails the node stops the others: no eviction after the node's item is reported.
+  // The first pod that fails the node stops the others: no eviction after the node's item is reported. The
+  // node fails (with the first reason) once every other pod's call on its way has been answered: failed at
+  // once, its item was reported and its batch could release its node locks while an eviction it had sent
+  // was still to land.
   const stop = new AbortController();
   const signal = AbortSignal.any([options.signal, stop.signal]);
+  let failure: { error: unknown } | undefined;
   await Promise.all(
     movable.map(async (pod) => {
       try {
         await evictOne(pod);
       } catch (error) {
+        failure ??= { error };
         stop.abort(error);
-        throw error;
       }
     }),
   );
+  if (failure !== undefined) throw failure.error;
   async function evictOne(pod: PodRef): Promise<void> {
     const id = `${pod.namespace}/${pod.name}`;
     const deadline = Date.now() + timeoutMs;
