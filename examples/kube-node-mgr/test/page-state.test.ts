@@ -91,6 +91,8 @@ let signedIn = true;
 const history = new Map<string, unknown[]>();
 /** Per task, the nodes without a result that the fake server says already have the change. */
 const alreadyChanged = new Map<string, string[]>();
+/** The `flaky-…` tasks whose read back failed once already. */
+const unrecordedFailed = new Set<string>();
 /** The task list the fake server answers (the rows of the user signed in). */
 let taskList: unknown[] = [];
 const entry = (id: string) => ({
@@ -139,6 +141,11 @@ beforeAll(async () => {
     let m = /^\/api\/tasks\/([^/?]+)\/unrecorded$/.exec(path);
     if (m) {
       const id = decodeURIComponent(m[1] ?? '');
+      // `flaky-…` tasks: the first read back fails (a replica restarting, the database coming back).
+      if (id.includes('flaky') && !unrecordedFailed.has(id)) {
+        unrecordedFailed.add(id);
+        return json(500, { error: { code: 'internal', message: 'internal error' } });
+      }
       const changed = alreadyChanged.get(id) ?? [];
       // `unreadable-…` tasks: the cluster could not be read back (null).
       const nodes = entry(id).task.nodes.map((name) => ({
@@ -252,6 +259,40 @@ describe('a batch that ended early', () => {
     expect(document.querySelector('#pending-title')?.textContent).toBe('Not drained');
   });
 
+  it('an interrupted drain lists a node it drained before its server died as drained, not "not drained"', async () => {
+    // worker-1 was drained just before the crash (cordoned, no pod left to evict); its result never recorded.
+    alreadyChanged.set('drain-2', ['worker-1']);
+    nextSnap.set('drain-2', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('drain-2');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not drained: worker-2.');
+    expect(explain).toMatch(/1 node is drained without a recorded result \([^)]*\): worker-1\./);
+    expect(explain).not.toContain('nodes were not drained');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+    expect(document.querySelector('#pending-list li[data-node=worker-1]')?.textContent).toContain(
+      'already drained',
+    );
+  });
+
+  it('an interrupted drain whose nodes cannot be read back says they may or may not have been drained', async () => {
+    nextSnap.set('drain-unreadable', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('drain-unreadable');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('2 nodes have no recorded result and could not be read back');
+    expect(explain).toContain('may or may not have been drained');
+    expect(explain).not.toContain('were not drained');
+  });
+
   it('an interrupted batch does not call a node it changed before its server died unchanged', async () => {
     // worker-1 was cordoned just before the crash; its result was never recorded.
     alreadyChanged.set('cordon-2', ['worker-1']);
@@ -272,6 +313,21 @@ describe('a batch that ended early', () => {
       'already has the change',
     );
     expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe('worker-2');
+  });
+
+  it('a read back that fails once is tried again, not left calling a changed node "not changed"', async () => {
+    alreadyChanged.set('cordon-flaky', ['worker-1']);
+    nextSnap.set('cordon-flaky', {
+      ...cancelled(0),
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('cordon-flaky');
+    await sleep(900);
+    expect(unrecordedFailed.has('cordon-flaky')).toBe(true);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-2.');
+    expect(explain).toMatch(/result \([^)]*\): worker-1\./);
   });
 
   it('an interrupted batch whose nodes cannot be read back does not call them unchanged either', async () => {

@@ -6,6 +6,8 @@
  * have the change; the dialog lists them apart.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+import { drainNode } from '../src/server/node-drain.js';
 import { type Harness, login, startHarness } from './harness.js';
 
 let h: Harness;
@@ -14,19 +16,23 @@ afterEach(async () => {
 });
 
 /** The record and the store's task of a label batch on three nodes whose server died after worker-1's item. */
-async function crashedBatch(id: string, owner = 'alice') {
-  const nodes = ['worker-1', 'worker-2', 'worker-3'];
+async function crashedBatch(
+  id: string,
+  owner = 'alice',
+  nodes = ['worker-1', 'worker-2', 'worker-3'],
+  operation: Record<string, unknown> = { type: 'label_add', key: 'pool', value: 'blue' },
+) {
   await h.db.recordTask({
     taskId: id,
     cluster: 'default',
     username: owner,
-    operation: { type: 'label_add', key: 'pool', value: 'blue' },
+    operation: operation as any,
     nodes,
     parentTaskId: null,
     relation: null,
     createdAt: Date.now(),
   });
-  await h.store.createTask({ id, owner, kind: 'batch_label_add', total: 3 });
+  await h.store.createTask({ id, owner, kind: 'batch_label_add', total: nodes.length });
   return nodes;
 }
 
@@ -67,5 +73,70 @@ describe('the nodes of an ended batch without a recorded result', () => {
     expect((await alice.get('/api/tasks/t-bob/unrecorded')).status).toBe(404);
     const victor = await login(h.base, 'victor');
     expect((await victor.get('/api/tasks/t-bob/unrecorded')).body.nodes).toHaveLength(3);
+  });
+
+  // A drain's nodes were not read back: a node drained just before the crash was listed "not drained … may
+  // be left cordoned". Read by the drain's rules: cordoned, and no pod left that the drain would evict.
+  const cordon = async (name: string) => {
+    const res = await fetch(`${h.cluster.url}/api/v1/nodes/${name}`, {
+      method: 'PATCH',
+      headers: { 'content-type': 'application/merge-patch+json' },
+      body: JSON.stringify({ spec: { unschedulable: true } }),
+    });
+    expect(res.status).toBe(200);
+  };
+
+  it('says which nodes of a drain are drained: cordoned, with no pod left to evict', async () => {
+    h = await startHarness({ cluster: { podTerminationMs: 10, podReadyMs: 20 } });
+    const alice = await login(h.base, 'alice');
+    const nodes = ['cp-1', 'worker-1', 'worker-2', 'worker-3', 'worker-4'];
+    await crashedBatch('t-drain', 'alice', nodes, { type: 'drain' });
+    // worker-4 drained and recorded; worker-3 drained before the crash, its item never written; cp-1 only
+    // runs DaemonSet pods, so cordoned is drained; worker-1 cordoned with its pods still there; worker-2
+    // untouched.
+    const kube = new KubeNodes(loadKubeConfig({ type: 'server', url: h.cluster.url }));
+    const drain = (name: string) =>
+      drainNode(kube, name, {
+        maxAttempts: 3,
+        signal: new AbortController().signal,
+        pollMs: 10,
+        evictionRetryMs: 20,
+      });
+    await cordon('cp-1');
+    await cordon('worker-1');
+    await drain('worker-4');
+    await h.store.append('t-drain', { type: 'item', key: 'worker-4', ok: true });
+    await drain('worker-3');
+    await h.store.append('t-drain', { type: 'interrupted', reason: 'lease expired' });
+    const { status, body } = await alice.get('/api/tasks/t-drain/unrecorded');
+    expect(status).toBe(200);
+    expect(body.nodes).toEqual([
+      { name: 'cp-1', changed: true },
+      { name: 'worker-1', changed: false },
+      { name: 'worker-2', changed: false },
+      { name: 'worker-3', changed: true },
+    ]);
+  });
+
+  it('calls a cordoned node of a drain unknown when its pods cannot be read', async () => {
+    let podsFail = false;
+    h = await startHarness({
+      cluster: {
+        onRequest: ({ path }) => {
+          if (podsFail && path === '/api/v1/pods') throw new Error('etcd is down');
+        },
+      },
+    });
+    const alice = await login(h.base, 'alice');
+    await crashedBatch('t-drain-2', 'alice', ['cp-1', 'worker-2'], { type: 'drain' });
+    await cordon('cp-1');
+    await h.store.append('t-drain-2', { type: 'interrupted', reason: 'lease expired' });
+    podsFail = true;
+    const { status, body } = await alice.get('/api/tasks/t-drain-2/unrecorded');
+    expect(status).toBe(200);
+    expect(body.nodes).toEqual([
+      { name: 'cp-1', changed: null },
+      { name: 'worker-2', changed: false },
+    ]);
   });
 });

@@ -97,34 +97,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   } catch (error) {
     throw new Error(`listing the pods of ${name}: ${(error as Error).message}`);
   }
-  // A DaemonSet's pod is left in place only while its DaemonSet exists, as kubectl drain does: one whose
-  // DaemonSet was deleted (orphaned, still running) is recreated by nothing, and kubectl drain refuses the
-  // node without --force; so does this, before any eviction. A finished one is evicted (nothing is lost).
-  const daemonSetPods = pods.filter((p) => p.controller === 'DaemonSet' && !p.mirror && !p.finished);
-  const daemonSets = new Map<string, boolean>();
-  const ownerless = new Set<PodRef>();
-  for (const pod of daemonSetPods) {
-    const owner = `${pod.namespace}/${pod.controllerName ?? ''}`;
-    let exists = daemonSets.get(owner);
-    if (exists === undefined) {
-      try {
-        exists = await readRetrying(
-          () => nodes.daemonSetExists(pod.namespace, pod.controllerName ?? ''),
-          options,
-        );
-      } catch (error) {
-        const why =
-          error instanceof KubeApiError && error.status !== 0
-            ? `${error.status} ${error.reason}: ${error.message}`
-            : (error as Error).message;
-        throw new Error(
-          `cannot drain ${name}: reading DaemonSet ${owner} of pod ${pod.namespace}/${pod.name}: ${why}`,
-        );
-      }
-      daemonSets.set(owner, exists);
-    }
-    if (!exists) ownerless.add(pod);
-  }
+  const { skipped, movable, ownerless } = await sortPods(nodes, name, pods, options);
   // One already being deleted loses nothing more: it is waited for as an evicted one is.
   const orphaned = [...ownerless].filter((p) => !p.terminating);
   if (orphaned.length > 0) {
@@ -135,8 +108,6 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
       `cannot drain ${name}: ${list} ${orphaned.length > 1 ? 'belong' : 'belongs'} to a DaemonSet that no longer exists and would not be recreated (kubectl drain refuses it without --force); delete ${orphaned.length > 1 ? 'them' : 'it'}, then retry`,
     );
   }
-  const skipped = pods.filter((p) => p.mirror || (daemonSetPods.includes(p) && !ownerless.has(p)));
-  const movable = pods.filter((p) => !skipped.includes(p));
   // A running pod that no controller recreates would be gone for good: kubectl drain refuses the node without
   // --force, leaving it cordoned, and so does this, before any eviction.
   // (One already finished, or already being deleted, loses nothing more.)
@@ -158,25 +129,36 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
   }
   const evicted: string[] = [];
   await options.onProgress?.(0, movable.length);
-  // The first pod that fails the node stops the others: no eviction after the node's item is reported.
+  // The first pod that fails the node stops the others: no eviction after the node's item is reported. The
+  // node fails (with the first reason) once every other pod's call on its way has been answered: failed at
+  // once, its item was reported and its batch could release its node locks while an eviction it had sent
+  // was still to land.
   const stop = new AbortController();
   const signal = AbortSignal.any([options.signal, stop.signal]);
+  let failure: { error: unknown } | undefined;
   await Promise.all(
     movable.map(async (pod) => {
       try {
         await evictOne(pod);
       } catch (error) {
+        failure ??= { error };
         stop.abort(error);
-        throw error;
       }
     }),
   );
+  if (failure !== undefined) throw failure.error;
   async function evictOne(pod: PodRef): Promise<void> {
     const id = `${pod.namespace}/${pod.name}`;
     const deadline = Date.now() + timeoutMs;
     // Whether the pod listed is gone, or another one has its name now (a StatefulSet's, recreated).
     const goneOrReplaced = async () => {
-      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      let now: PodRef | null;
+      try {
+        now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      } catch (error) {
+        if (signal.aborted) throw error;
+        throw new Error(`evicting ${id}: reading the pod failed: ${describeKube(error)}`);
+      }
       return now === null || now.uid !== pod.uid;
     };
     // Evictions that timed out or met a conflict, sent again up to `maxAttempts` calls in all.
@@ -228,7 +210,17 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // eviction's start, a pod a budget held for most of it failed its node before its grace period ran out.
     const terminateBy = Date.now() + timeoutMs;
     for (;;) {
-      const now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      let now: PodRef | null;
+      try {
+        now = await readRetrying(() => nodes.pod(pod.namespace, pod.name), { ...options, signal });
+      } catch (error) {
+        // The node's reason says the pod was evicted already: a bare API message did not tell a node left
+        // untouched from one half drained.
+        if (signal.aborted) throw error;
+        throw new Error(
+          `${id} was evicted, but reading it while waiting for it to terminate failed: ${describeKube(error)}`,
+        );
+      }
       if (now === null || now.uid !== pod.uid) break;
       if (Date.now() > terminateBy) throw new Error(`${id} was evicted but did not terminate in time`);
       await sleep(pollMs, signal);
@@ -241,4 +233,72 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     evicted: evicted.sort(),
     skipped: skipped.map((p) => `${p.namespace}/${p.name}`).sort(),
   };
+}
+
+/**
+ * The pods of a node as a drain sorts them: `skipped`, left in place (mirror pods, and DaemonSet pods still
+ * running whose DaemonSet exists); `movable`, every other one, which a drain evicts (or refuses the node
+ * for); `ownerless`, the running DaemonSet pods among them whose DaemonSet no longer exists. Throws when a
+ * DaemonSet cannot be read.
+ */
+async function sortPods(
+  nodes: KubeNodes,
+  name: string,
+  pods: PodRef[],
+  options: { maxAttempts: number; signal: AbortSignal },
+): Promise<{ skipped: PodRef[]; movable: PodRef[]; ownerless: Set<PodRef> }> {
+  // A DaemonSet's pod is left in place only while its DaemonSet exists, as kubectl drain does: one whose
+  // DaemonSet was deleted (orphaned, still running) is recreated by nothing, and kubectl drain refuses the
+  // node without --force; so does this, before any eviction. A finished one is evicted (nothing is lost).
+  const daemonSetPods = pods.filter((p) => p.controller === 'DaemonSet' && !p.mirror && !p.finished);
+  const daemonSets = new Map<string, boolean>();
+  const ownerless = new Set<PodRef>();
+  for (const pod of daemonSetPods) {
+    const owner = `${pod.namespace}/${pod.controllerName ?? ''}`;
+    let exists = daemonSets.get(owner);
+    if (exists === undefined) {
+      try {
+        exists = await readRetrying(
+          () => nodes.daemonSetExists(pod.namespace, pod.controllerName ?? ''),
+          options,
+        );
+      } catch (error) {
+        const why =
+          error instanceof KubeApiError && error.status !== 0
+            ? `${error.status} ${error.reason}: ${error.message}`
+            : (error as Error).message;
+        throw new Error(
+          `cannot drain ${name}: reading DaemonSet ${owner} of pod ${pod.namespace}/${pod.name}: ${why}`,
+        );
+      }
+      daemonSets.set(owner, exists);
+    }
+    if (!exists) ownerless.add(pod);
+  }
+  const skipped = pods.filter((p) => p.mirror || (daemonSetPods.includes(p) && !ownerless.has(p)));
+  return { skipped, movable: pods.filter((p) => !skipped.includes(p)), ownerless };
+}
+
+/**
+ * Whether a node is drained, by the rules of {@link drainNode}: cordoned, and without a pod the drain would
+ * evict (or refuse the node for) — only mirror pods and running pods of existing DaemonSets left. Reads the
+ * node's pods (and their DaemonSets); throws when it cannot.
+ */
+export async function isDrained(
+  nodes: KubeNodes,
+  node: { name: string; unschedulable: boolean },
+  options: { maxAttempts: number; signal: AbortSignal },
+): Promise<boolean> {
+  if (!node.unschedulable) return false;
+  const pods = await readRetrying(() => nodes.podsOn(node.name), options);
+  return (await sortPods(nodes, node.name, pods, options)).movable.length === 0;
+}
+
+/** An API error as a node's reason shows it: `500 InternalError: …`, or the message of a timeout. */
+function describeKube(error: unknown): string {
+  return error instanceof KubeApiError && error.status !== 0
+    ? `${error.status} ${error.reason}: ${error.message}`
+    : error instanceof Error
+      ? error.message
+      : String(error);
 }

@@ -239,10 +239,10 @@ function renderResults(): void {
   const pending = untouched();
   const ended = lastState?.finished === true;
   $('#pending-title').textContent = ended
-    ? isDrain()
-      ? 'Not drained'
-      : pending.some((key) => alreadyChanged(key) || stateUnknown(key))
-        ? 'Without a recorded result'
+    ? pending.some((key) => alreadyChanged(key) || stateUnknown(key))
+      ? 'Without a recorded result'
+      : isDrain()
+        ? 'Not drained'
         : 'Not changed'
     : 'Pending';
   // A finished batch that reached every node has nothing to list here.
@@ -260,7 +260,9 @@ function renderResults(): void {
               'small',
               {},
               alreadyChanged(key)
-                ? ' · already has the change; its result was not recorded'
+                ? isDrain()
+                  ? ' · already drained; its result was not recorded'
+                  : ' · already has the change; its result was not recorded'
                 : ' · no recorded result; its state could not be read',
             ),
           )
@@ -282,9 +284,9 @@ function finished(w: Watch, snap: WatchState): void {
   const left = entry === null ? null : untouched();
   // Nodes without a result may still have been changed (the server stopped between the change and its
   // record): once the end is known, ask which already have the change, then render again.
-  if (left !== null && left.length > 0 && !isDrain() && unrecordedFor !== w) {
+  if (left !== null && left.length > 0 && unrecordedFor !== w) {
     unrecordedFor = w;
-    void loadUnrecorded(w, snap);
+    void loadUnrecorded(w, snap, left);
   }
   const changed = (left ?? []).filter(alreadyChanged);
   const unknown = (left ?? []).filter(stateUnknown);
@@ -295,7 +297,7 @@ function finished(w: Watch, snap: WatchState): void {
       : left.length === 0
         ? ' Every node was processed.'
         : isDrain()
-          ? ` ${plural(left.length, 'node was', 'nodes were')} not drained: ${left.join(', ')}. A drain cordons all its nodes first, so ${left.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${left.length === 1 ? 'it' : 'them'}.`
+          ? `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not drained: ${unchanged.join(', ')}. A drain cordons all its nodes first, so ${unchanged.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${unchanged.length === 1 ? 'it' : 'them'}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node is', 'nodes are')} drained without a recorded result (drained just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been drained, and may be left cordoned: ${unknown.join(', ')}.`}`
           : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${unknown.join(', ')}.`}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
@@ -339,18 +341,21 @@ function finished(w: Watch, snap: WatchState): void {
   setTimeout(() => void loadNodes(), 300);
 }
 
-async function loadUnrecorded(w: Watch, snap: WatchState): Promise<void> {
+async function loadUnrecorded(w: Watch, snap: WatchState, left: string[]): Promise<void> {
   const id = $<HTMLDialogElement>('#progress-dialog').dataset.taskId ?? '';
-  try {
-    const got = await api<{ nodes: { name: string; changed: boolean | null }[] }>(
+  // Retried as the dialog's other reads are: right after a crash (the case this read is for) a replica
+  // restarting or the database coming back answered one 502 or 500, and the nodes stayed "not changed".
+  const got = await withRetry(w, 'the state of the nodes without a recorded result', () =>
+    api<{ nodes: { name: string; changed: boolean | null }[] }>(
       `/api/tasks/${encodeURIComponent(id)}/unrecorded`,
-    );
-    if (watch !== w) return;
-    for (const node of got.nodes) unrecorded.set(node.name, node.changed);
-  } catch {
-    return; // not known: the nodes stay listed as without a result
+    ),
+  ).catch(() => null);
+  if (watch !== w) return;
+  // Not read back at all: not known to be unchanged either.
+  for (const node of got?.nodes ?? left.map((name) => ({ name, changed: null }))) {
+    unrecorded.set(node.name, node.changed);
   }
-  if (watch === w && unrecorded.size > 0) finished(w, snap);
+  if (unrecorded.size > 0) finished(w, snap);
 }
 
 function closeProgressWatch(): void {

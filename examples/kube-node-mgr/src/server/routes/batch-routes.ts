@@ -7,7 +7,7 @@ import type { CordonNote, NodeLock } from '../app-db.js';
 import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
 import type { NodeView } from '../kube-nodes.js';
-import { cordonNodes, drainNode } from '../node-drain.js';
+import { cordonNodes, drainNode, isDrained } from '../node-drain.js';
 import { applyToNode } from '../node-worker.js';
 import {
   BadRequestError,
@@ -392,8 +392,9 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // The nodes of an ended task without a recorded result, and whether each is now as the operation wants.
   // Such a node was not necessarily left unchanged: a batch whose server died (interrupted) may have
   // patched it just before, its result never recorded; the dialog said "not changed" all the same.
-  // `changed`: true when the node already has the change, false when it has not, null when unknown (a
-  // drain, whose evictions a node's state does not tell; or the node could not be read).
+  // `changed`: true when the node already has the change, false when it has not, null when unknown (the
+  // node could not be read). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
+  // pod left that the drain would evict.
   route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
     const id = String(req.params.id);
     const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
@@ -416,7 +417,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     const now = new Date();
     // One list for the batch (up to maxNodesPerBatch nodes), not one read per node.
     let current: Map<string, NodeView> | undefined;
-    if (names.length > 0 && op !== undefined && op.type !== 'drain' && cluster !== undefined) {
+    if (names.length > 0 && op !== undefined && cluster !== undefined) {
       try {
         current = new Map((await cluster.nodes.list()).map((n) => [n.name, n]));
       } catch {
@@ -430,6 +431,30 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         changed: op === undefined || node === undefined ? null : patchFor(op, node, now) === null,
       };
     });
+    if (op?.type === 'drain' && cluster !== undefined) {
+      // A cordoned node may still hold pods to evict: its pods are read, a few nodes at a time, the reads
+      // given up once the caller has gone.
+      const gone = new AbortController();
+      res.on('close', () => gone.abort());
+      const cordoned = nodes.filter((n) => n.changed === true);
+      let next = 0;
+      const lane = async () => {
+        for (let i = next++; i < cordoned.length; i = next++) {
+          const entry = cordoned[i] as (typeof nodes)[number];
+          try {
+            entry.changed = await isDrained(
+              cluster.nodes,
+              { name: entry.name, unschedulable: true },
+              { maxAttempts: config.maxAttempts, signal: gone.signal },
+            );
+          } catch {
+            entry.changed = null; // cordoned, its pods unknown
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: Math.min(config.concurrency, cordoned.length) }, lane));
+      if (gone.signal.aborted) return;
+    }
     res.json({ nodes });
   });
 
