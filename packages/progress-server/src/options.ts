@@ -262,6 +262,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Interval of heartbeat frames (sent in `hello`) and of WebSocket pings; a socket that misses a pong
    * for one interval is terminated (unless its send buffer shrank meanwhile: it is still reading a backlog).
+   * At most 300000 (5 minutes): clients take at most that from `hello` for their silence deadline, so a
+   * longer interval had quiet sockets dropped by their clients between two heartbeats.
    * @default 15000
    */
   heartbeatIntervalMs?: number | undefined;
@@ -379,6 +381,9 @@ export const MAX_SUBSCRIPTIONS_PER_SOCKET: number = (() => {
  */
 export const MAX_TIMER_MS = 2_147_483_647;
 
+/** The longest `heartbeatIntervalMs`: clients take at most 5 minutes of a `hello`'s interval. */
+const MAX_HEARTBEAT_INTERVAL_MS = 300_000;
+
 /** One description per option of {@link ProgressServerOptions}: its default and its check. */
 const SERVER_OPTIONS = {
   store: required(ofType<ProgressStore>('a ProgressStore', isObjectWith('getTask'))),
@@ -446,7 +451,9 @@ const SERVER_OPTIONS = {
   maxRateLimitViolations: integer(50, 1),
   maxInvalidFrames: integer(10, 1),
   maxReplayEvents: integer(1000, 1, 10_000),
-  heartbeatIntervalMs: integer(15_000, 10, MAX_TIMER_MS),
+  // Clients derive their silence deadline from at most 5 minutes of the interval `hello` states (see
+  // docs/protocol.md): a longer one had every quiet socket dropped by its client and reconnected.
+  heartbeatIntervalMs: integer(15_000, 10, MAX_HEARTBEAT_INTERVAL_MS),
   // Long enough for a slow mobile reader to take in one socket buffer, short enough to free a dead
   // reader's stream slot soon; at most the longest delay setTimeout takes (a longer one fires at once).
   sseStallTimeoutMs: integer(30_000, 1, MAX_TIMER_MS),
