@@ -174,7 +174,12 @@ export function createHttpHandler<P extends Principal>(
       send(response, {
         status: 426,
         body: errorBody(ErrorCode.InvalidInput, 'This path only speaks WebSocket: send an upgrade request'),
-        headers: { upgrade: 'websocket', connection: 'Upgrade' },
+        // `close` kept when the request asked for it (or is HTTP/1.0 without keep-alive): a `Connection`
+        // header without it made Node keep the connection open after the answer.
+        headers: {
+          upgrade: 'websocket',
+          connection: response.shouldKeepAlive ? 'Upgrade' : 'Upgrade, close',
+        },
       });
       return;
     }
