@@ -33,7 +33,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty-two options (docs/api.md is generated from it); the code is the
+ * because the interface documents forty-four options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -155,6 +155,19 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * @default 10000
    */
   maxPendingConnections?: number | undefined;
+  /**
+   * Sustained failed authentication attempts per second from one remote address (an IPv6 client: its
+   * /64), with a burst of 50 seconds of it (1,000 at the default). An attempt is a run of the `authenticate`
+   * / `authenticateToken` hooks for an upgrade, an `auth` frame or an HTTP request; it is paid for only if
+   * it establishes no principal (credentials refused, or none where `authenticate` was asked), so clients
+   * with valid credentials spend none of it, however many share an address (a NAT, a proxy); they are
+   * refused only once failures from their address spent it. Past the budget the hooks do not run: HTTP
+   * requests and upgrades are answered 429 `rate_limited` with `Retry-After`, an `auth` frame with
+   * `rate_limited` and close 4008 (a socket of a `wss` you pass: close 4008). The address is the connection's peer: behind a reverse proxy every client has the proxy's, so raise
+   * this there (or turn it off with 0 and limit at the proxy).
+   * @default 20
+   */
+  authRateLimitPerAddressPerSecond?: number | undefined;
   /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
@@ -422,6 +435,8 @@ const SERVER_OPTIONS = {
   upgradeTimeoutMs: integer(10_000, 1, MAX_TIMER_MS),
   maxPendingConnectionsPerAddress: integer(100, 1),
   maxPendingConnections: integer(10_000, 1),
+  // 0 turns it off. At most 10^6/s (a burst of 5·10^7 tokens stays an exact float).
+  authRateLimitPerAddressPerSecond: integer(20, 0, 1_000_000),
   serverId: ofType<string>(
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),

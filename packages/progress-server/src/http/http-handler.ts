@@ -4,6 +4,7 @@
  *
  * @module
  */
+
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProgressStore, Task } from '@finishline/core';
 import {
@@ -15,6 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
+import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
@@ -341,6 +343,11 @@ async function serve<P extends Principal>(
   try {
     principal = await ctx.auth.fromHttp(request);
   } catch (error) {
+    if (error instanceof AuthRateLimited) {
+      throw new HttpError(ErrorCode.RateLimited, error.message, {
+        headers: { 'retry-after': String(error.retryAfterSeconds) },
+      });
+    }
     ctx.metrics.handlerErrors.inc();
     ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
     throw fromCode(ErrorCode.Internal, 'Authentication failed');
