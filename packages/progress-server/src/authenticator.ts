@@ -7,6 +7,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
 import { ID_PATTERN, LIMITS } from '@finishline/core';
+import { type AddressAuthLimits, AuthRateLimited } from './address-auth-limits.js';
 import type {
   AuthenticateHook,
   AuthenticateTokenHook,
@@ -23,6 +24,8 @@ export type UpgradeAuth<P> =
   | { kind: 'principal'; principal: P }
   /** No credentials at the upgrade, but the socket may authenticate with a first `auth` frame. */
   | { kind: 'deferred' }
+  /** The address is out of authentication attempts (`authRateLimitPerAddressPerSecond`): no hook ran. */
+  | { kind: 'limited'; retryAfterSeconds: number }
   | { kind: 'refused' };
 
 /**
@@ -36,6 +39,7 @@ export class Authenticator<P extends Principal> {
   readonly #authorize: AuthorizeHook<P>;
   readonly #tokenQueryParam: string | false;
   readonly #logger: ProgressLogger;
+  readonly #limits: AddressAuthLimits | undefined;
   /** Whether a principal id that can own no task was reported (once per server: it is a setup error). */
   #warnedUnownableId = false;
 
@@ -45,7 +49,10 @@ export class Authenticator<P extends Principal> {
     authorize: AuthorizeHook<P>;
     tokenQueryParam: string | false;
     logger: ProgressLogger;
+    /** The per-address budget of failed attempts; none: unlimited. */
+    limits?: AddressAuthLimits | undefined;
   }) {
+    this.#limits = options.limits;
     this.#authenticate = options.authenticate;
     this.#authenticateToken = options.authenticateToken;
     this.#authorize = options.authorize;
@@ -64,31 +71,66 @@ export class Authenticator<P extends Principal> {
    * none at all defer to the first frame when token frames are accepted.
    */
   async fromUpgrade(request: IncomingMessage): Promise<UpgradeAuth<P>> {
-    const direct = await this.#fromRequest(request);
-    if (direct !== undefined) return { kind: 'principal', principal: direct };
     const token =
       bearerToken(request) ??
       (this.#tokenQueryParam === false ? undefined : queryToken(request, this.#tokenQueryParam));
-    if (token !== undefined && this.#authenticateToken !== undefined) {
-      const principal = await this.fromToken(token, request);
-      return principal === undefined ? { kind: 'refused' } : { kind: 'principal', principal };
+    const tokenChecked = token !== undefined && this.#authenticateToken !== undefined;
+    if (this.#authenticate !== undefined || tokenChecked) {
+      const retryAfterSeconds = this.#limits?.take(request);
+      if (retryAfterSeconds !== undefined) return { kind: 'limited', retryAfterSeconds };
+    }
+    const direct = await this.#fromRequest(request);
+    if (direct !== undefined) return this.#succeeded(request, { kind: 'principal', principal: direct });
+    if (tokenChecked) {
+      const principal = await this.#fromToken(token, request);
+      return principal === undefined
+        ? { kind: 'refused' }
+        : this.#succeeded(request, { kind: 'principal', principal });
     }
     return this.#authenticateToken === undefined ? { kind: 'refused' } : { kind: 'deferred' };
   }
 
   /** The principal of an HTTP request: `authenticate(request)`, else a bearer token. */
   async fromHttp(request: IncomingMessage): Promise<P | undefined> {
-    const direct = await this.#fromRequest(request);
-    if (direct !== undefined) return direct;
     const token = bearerToken(request);
-    if (token === undefined || this.#authenticateToken === undefined) return undefined;
-    return this.fromToken(token, request);
+    const tokenChecked = token !== undefined && this.#authenticateToken !== undefined;
+    if (this.#authenticate !== undefined || tokenChecked) this.#take(request);
+    const direct = await this.#fromRequest(request);
+    if (direct !== undefined) return this.#succeeded(request, direct);
+    if (!tokenChecked) return undefined;
+    const principal = await this.#fromToken(token, request);
+    return principal === undefined ? undefined : this.#succeeded(request, principal);
   }
 
-  /** The principal a token stands for, or `undefined`. */
+  /**
+   * The principal a token stands for, or `undefined`.
+   *
+   * @throws AuthRateLimited when the request's address is out of attempts (the hook did not run).
+   */
   async fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {
+    if (this.#authenticateToken === undefined) return undefined;
+    this.#take(request);
+    const principal = await this.#fromToken(token, request);
+    return principal === undefined ? undefined : this.#succeeded(request, principal);
+  }
+
+  async #fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {
     if (this.#authenticateToken === undefined || token.length > LIMITS.maxTokenLength) return undefined;
     return this.#checked(await this.#authenticateToken(token, request));
+  }
+
+  /**
+   * Takes an attempt of the request's address before a hook runs. Only failures keep it (see
+   * {@link AddressAuthLimits}); a hook that throws keeps it too.
+   */
+  #take(request: IncomingMessage): void {
+    const retryAfterSeconds = this.#limits?.take(request);
+    if (retryAfterSeconds !== undefined) throw new AuthRateLimited(retryAfterSeconds);
+  }
+
+  #succeeded<T>(request: IncomingMessage, result: T): T {
+    this.#limits?.succeeded(request);
+    return result;
   }
 
   /** Whether `principal` may `action` the task; a hook that throws or returns a non-boolean refuses. */

@@ -163,22 +163,32 @@ describe('options', () => {
   });
 
   // A Node timer fires after 1 ms when asked to wait longer than 2^31 - 1 ms: an authTimeoutMs of 2^31
-  // closed every socket waiting for its auth frame with 4004 at once, a heartbeatIntervalMs of 2^31
-  // pinged (and judged) every socket every millisecond.
-  it.each([
-    'authTimeoutMs',
-    'upgradeTimeoutMs',
-    'heartbeatIntervalMs',
-    'reapIntervalMs',
-    'backpressurePollMs',
-    'storeRetryDelayMs',
-  ])('refuses a %s longer than a timer can wait, and takes the longest it can', (name) => {
-    const server = (value: number) =>
-      new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, [name]: value });
-    expect(() => server(2 ** 31)).toThrow(
-      expect.objectContaining({ code: 'invalid_input', message: expect.stringContaining(name) }),
+  // closed every socket waiting for its auth frame with 4004 at once (heartbeatIntervalMs is bounded
+  // lower, at 5 minutes: see below).
+  it.each(['authTimeoutMs', 'upgradeTimeoutMs', 'reapIntervalMs', 'backpressurePollMs', 'storeRetryDelayMs'])(
+    'refuses a %s longer than a timer can wait, and takes the longest it can',
+    (name) => {
+      const server = (value: number) =>
+        new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, [name]: value });
+      expect(() => server(2 ** 31)).toThrow(
+        expect.objectContaining({ code: 'invalid_input', message: expect.stringContaining(name) }),
+      );
+      void server(2 ** 31 - 1).close({ timeoutMs: 0 });
+    },
+  );
+
+  it('refuses a heartbeatIntervalMs above the 5 minutes clients honour, and takes 5 minutes', () => {
+    // Clients derive their silence deadline from at most 300,000 ms of hello's interval: a server allowed
+    // a longer one had its quiet sockets dropped (4010) by their clients between two heartbeats.
+    const server = (heartbeatIntervalMs: number) =>
+      new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, heartbeatIntervalMs });
+    expect(() => server(300_001)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringContaining('heartbeatIntervalMs'),
+      }),
     );
-    void server(2 ** 31 - 1).close({ timeoutMs: 0 });
+    void server(300_000).close({ timeoutMs: 0 });
   });
 
   it('refuses a terminalRetry delay longer than a timer can wait', () => {

@@ -33,7 +33,7 @@ import { guardLogger, silentLogger } from './logger.js';
 /**
  * The server's options: the public interface below carries their documentation, the table after it
  * their defaults and checks (see the options toolkit in `@finishline/core/internal`). Over 400 lines
- * because the interface documents forty-two options (docs/api.md is generated from it); the code is the
+ * because the interface documents forty-four options (docs/api.md is generated from it); the code is the
  * table and one resolver.
  *
  * @module
@@ -156,6 +156,19 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxPendingConnections?: number | undefined;
   /**
+   * Sustained failed authentication attempts per second from one remote address (an IPv6 client: its
+   * /64), with a burst of 50 seconds of it (1,000 at the default). An attempt is a run of the `authenticate`
+   * / `authenticateToken` hooks for an upgrade, an `auth` frame or an HTTP request; it is paid for only if
+   * it establishes no principal (credentials refused, or none where `authenticate` was asked), so clients
+   * with valid credentials spend none of it, however many share an address (a NAT, a proxy); they are
+   * refused only once failures from their address spent it. Past the budget the hooks do not run: HTTP
+   * requests and upgrades are answered 429 `rate_limited` with `Retry-After`, an `auth` frame with
+   * `rate_limited` and close 4008 (a socket of a `wss` you pass: close 4008). The address is the connection's peer: behind a reverse proxy every client has the proxy's, so raise
+   * this there (or turn it off with 0 and limit at the proxy).
+   * @default 20
+   */
+  authRateLimitPerAddressPerSecond?: number | undefined;
+  /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
    * @default `${hostname}-${pid}-${random}`
@@ -262,6 +275,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Interval of heartbeat frames (sent in `hello`) and of WebSocket pings; a socket that misses a pong
    * for one interval is terminated (unless its send buffer shrank meanwhile: it is still reading a backlog).
+   * At most 300000 (5 minutes): clients take at most that from `hello` for their silence deadline, so a
+   * longer interval had quiet sockets dropped by their clients between two heartbeats.
    * @default 15000
    */
   heartbeatIntervalMs?: number | undefined;
@@ -379,6 +394,9 @@ export const MAX_SUBSCRIPTIONS_PER_SOCKET: number = (() => {
  */
 export const MAX_TIMER_MS = 2_147_483_647;
 
+/** The longest `heartbeatIntervalMs`: clients take at most 5 minutes of a `hello`'s interval. */
+const MAX_HEARTBEAT_INTERVAL_MS = 300_000;
+
 /** One description per option of {@link ProgressServerOptions}: its default and its check. */
 const SERVER_OPTIONS = {
   store: required(ofType<ProgressStore>('a ProgressStore', isObjectWith('getTask'))),
@@ -417,6 +435,8 @@ const SERVER_OPTIONS = {
   upgradeTimeoutMs: integer(10_000, 1, MAX_TIMER_MS),
   maxPendingConnectionsPerAddress: integer(100, 1),
   maxPendingConnections: integer(10_000, 1),
+  // 0 turns it off. At most 10^6/s (a burst of 5·10^7 tokens stays an exact float).
+  authRateLimitPerAddressPerSecond: integer(20, 0, 1_000_000),
   serverId: ofType<string>(
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),
@@ -446,7 +466,9 @@ const SERVER_OPTIONS = {
   maxRateLimitViolations: integer(50, 1),
   maxInvalidFrames: integer(10, 1),
   maxReplayEvents: integer(1000, 1, 10_000),
-  heartbeatIntervalMs: integer(15_000, 10, MAX_TIMER_MS),
+  // Clients derive their silence deadline from at most 5 minutes of the interval `hello` states (see
+  // docs/protocol.md): a longer one had every quiet socket dropped by its client and reconnected.
+  heartbeatIntervalMs: integer(15_000, 10, MAX_HEARTBEAT_INTERVAL_MS),
   // Long enough for a slow mobile reader to take in one socket buffer, short enough to free a dead
   // reader's stream slot soon; at most the longest delay setTimeout takes (a longer one fires at once).
   sseStallTimeoutMs: integer(30_000, 1, MAX_TIMER_MS),

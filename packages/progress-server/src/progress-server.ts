@@ -5,10 +5,12 @@
  *
  * @module
  */
+
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import { RoundTripEstimate } from '@finishline/core/internal';
+import { AddressAuthLimits } from './address-auth-limits.js';
 import type { Principal } from './auth.js';
 import { pathOf } from './auth.js';
 import { Authenticator } from './authenticator.js';
@@ -151,6 +153,10 @@ export class ProgressServer<P extends Principal = Principal> {
       authorize: resolved.authorize,
       tokenQueryParam: resolved.tokenQueryParam,
       logger: resolved.logger,
+      limits: new AddressAuthLimits({
+        ratePerSecond: resolved.authRateLimitPerAddressPerSecond,
+        clock: resolved.clock,
+      }),
     });
     const shared = { store: resolved.store, logger: resolved.logger, metrics: this.metrics };
     this.#reads = new FairReads({

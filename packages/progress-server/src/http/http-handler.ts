@@ -4,6 +4,7 @@
  *
  * @module
  */
+
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ProgressStore, Task } from '@finishline/core';
 import {
@@ -15,6 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
+import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
@@ -174,7 +176,12 @@ export function createHttpHandler<P extends Principal>(
       send(response, {
         status: 426,
         body: errorBody(ErrorCode.InvalidInput, 'This path only speaks WebSocket: send an upgrade request'),
-        headers: { upgrade: 'websocket', connection: 'Upgrade' },
+        // `close` kept when the request asked for it (or is HTTP/1.0 without keep-alive): a `Connection`
+        // header without it made Node keep the connection open after the answer.
+        headers: {
+          upgrade: 'websocket',
+          connection: response.shouldKeepAlive ? 'Upgrade' : 'Upgrade, close',
+        },
       });
       return;
     }
@@ -336,6 +343,11 @@ async function serve<P extends Principal>(
   try {
     principal = await ctx.auth.fromHttp(request);
   } catch (error) {
+    if (error instanceof AuthRateLimited) {
+      throw new HttpError(ErrorCode.RateLimited, error.message, {
+        headers: { 'retry-after': String(error.retryAfterSeconds) },
+      });
+    }
     ctx.metrics.handlerErrors.inc();
     ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
     throw fromCode(ErrorCode.Internal, 'Authentication failed');

@@ -28,9 +28,9 @@ export function offeredProtocols(request: IncomingMessage): string[] {
  */
 export function rejectUpgrade(
   socket: Duplex,
-  refusal: { status: number; code: ErrorCode; message: string },
+  refusal: { status: number; code: ErrorCode; message: string; headers?: Record<string, string> },
 ): void {
-  const { status, code, message } = refusal;
+  const { status, code, message, headers = {} } = refusal;
   try {
     if (socket.destroyed || !socket.writable) {
       socket.destroy();
@@ -42,6 +42,9 @@ export function rejectUpgrade(
       `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
         'Connection: close\r\n' +
         (status === 401 ? `WWW-Authenticate: ${authChallenge(code)}\r\n` : '') +
+        Object.entries(headers)
+          .map(([name, value]) => `${name}: ${value}\r\n`)
+          .join('') +
         'Content-Type: application/json; charset=utf-8\r\n' +
         `Content-Length: ${Buffer.byteLength(body)}\r\n` +
         '\r\n' +

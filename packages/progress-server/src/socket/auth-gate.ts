@@ -5,10 +5,12 @@
  *
  * @module
  */
+
 import type { IncomingMessage } from 'node:http';
 import type { ClientFrame, ProtocolVersion } from '@finishline/core';
 import { CloseCode, ErrorCode } from '@finishline/core';
 import type { DecodeResult } from '@finishline/core/internal';
+import { AuthRateLimited } from '../address-auth-limits.js';
 import { credentialExpired, type Principal } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import type { ProgressLogger } from '../logger.js';
@@ -208,6 +210,11 @@ export class AuthGate<P extends Principal> {
       (error: unknown) =>
         this.#host.guard(() => {
           this.#checking = false;
+          if (error instanceof AuthRateLimited) {
+            // The address is out of authentication attempts: no hook ran. 4008 makes the client back off.
+            this.refuse(ErrorCode.RateLimited, CloseCode.RateLimited, error.message);
+            return;
+          }
           this.#host.metrics.handlerErrors.inc();
           this.#host.logger.error(
             { err: describeError(error), connection: this.#host.connectionId },

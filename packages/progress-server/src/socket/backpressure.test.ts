@@ -167,7 +167,7 @@ describe('a client that stops reading', () => {
     env = await startServer({
       highWaterMarkBytes,
       // No liveness check and no rate limit within the test.
-      heartbeatIntervalMs: 600_000,
+      heartbeatIntervalMs: 300_000,
       rateLimitPerSecond: 1_000_000,
       rateLimitBurst: 1_000_000,
       rateLimitPerPrincipalPerSecond: 1_000_000,

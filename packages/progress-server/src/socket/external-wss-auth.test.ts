@@ -49,4 +49,27 @@ describe("a caller's WebSocketServer", () => {
       expect.objectContaining({ labels: { reason: 'upgrade_timeout' }, value: 1 }),
     ]);
   });
+
+  it('closes sockets with 4008, running no hook, once their address spent its failed authentication attempts', async () => {
+    let calls = 0;
+    const { url } = await externalServer({
+      authenticate: () => {
+        calls += 1;
+        return null;
+      },
+      authRateLimitPerAddressPerSecond: 1,
+      clock: () => 1_800_000_000_000,
+    });
+    const codes: number[] = [];
+    for (let i = 0; i < 52; i += 1) {
+      const ws = new WebSocket(url, [PROTOCOL_NAME]);
+      ws.on('error', () => {});
+      cleanups.push(() => ws.terminate());
+      codes.push(await new Promise<number>((resolve) => ws.on('close', resolve)));
+    }
+    // A burst of 50 seconds of 1/s: 50 refusals of the hook (4001), then none of it runs.
+    expect(calls).toBe(50);
+    expect(codes.slice(0, 50).every((code) => code === 4001)).toBe(true);
+    expect(codes.slice(50)).toEqual([4008, 4008]);
+  });
 });

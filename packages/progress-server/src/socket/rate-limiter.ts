@@ -40,6 +40,12 @@ export class TokenBucket {
     return true;
   }
 
+  /** Gives back one token taken for something that turned out free (never above `capacity`). */
+  giveBack(): void {
+    this.#refill();
+    this.#tokens = Math.min(this.#capacity, this.#tokens + 1);
+  }
+
   /** Tokens available now (fractional). */
   get tokens(): number {
     this.#refill();

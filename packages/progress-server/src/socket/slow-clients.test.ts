@@ -249,4 +249,25 @@ describe('slow and stray requests', () => {
     const plain = await plainGet(`${env.httpUrl}/progress`);
     expect(plain).toEqual({ status: 426, upgrade: 'websocket' });
   });
+
+  it("keeps a client's Connection: close in the 426, and closes the connection after it", async () => {
+    // The 426 set `Connection: Upgrade` whatever the request said: Node then took the connection for a
+    // kept-alive one, answered without `close` and left it open after a request that asked it closed.
+    env = await startServer();
+    const socket = await silent(
+      env.port,
+      'GET /progress HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n',
+    );
+    cleanups.push(() => {
+      socket.destroy();
+    });
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => {
+      answer += chunk.toString('latin1');
+    });
+    expect(await closedWithin(socket, 2000)).toBeDefined();
+    expect(answer).toMatch(/^HTTP\/1\.1 426 /);
+    expect(answer).toMatch(/\r\nconnection: upgrade, close\r\n/i);
+    expect(answer).toMatch(/\r\nupgrade: websocket\r\n/i);
+  });
 });

@@ -5,10 +5,12 @@
  *
  * @module
  */
+
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { CloseCode, ErrorCode } from '@finishline/core';
 import WebSocket, { WebSocketServer } from 'ws';
+import { AUTH_RATE_LIMITED_MESSAGE } from '../address-auth-limits.js';
 import type { Principal } from '../auth.js';
 import { isOriginAllowed } from '../auth.js';
 import { offeredProtocols, rejectUpgrade } from '../http/upgrade.js';
@@ -212,11 +214,15 @@ export class SocketAcceptor<P extends Principal> {
   }
 
   /** Origin, subprotocol and credentials of an upgrade: the principal (or none yet), or why to refuse. */
-  async #checkUpgrade(
-    request: IncomingMessage,
-  ): Promise<
+  async #checkUpgrade(request: IncomingMessage): Promise<
     | { kind: 'accepted'; principal: P | undefined }
-    | { kind: 'refused'; status: number; code: ErrorCode; message: string }
+    | {
+        kind: 'refused';
+        status: number;
+        code: ErrorCode;
+        message: string;
+        headers?: Record<string, string>;
+      }
   > {
     const refused = (status: number, code: ErrorCode, message: string) =>
       ({ kind: 'refused', status, code, message }) as const;
@@ -233,13 +239,22 @@ export class SocketAcceptor<P extends Principal> {
       );
     }
     const auth = await this.#ctx.auth.fromUpgrade(request);
+    if (auth.kind === 'limited') {
+      return {
+        ...refused(429, ErrorCode.RateLimited, AUTH_RATE_LIMITED_MESSAGE),
+        headers: { 'Retry-After': String(auth.retryAfterSeconds) },
+      };
+    }
     if (auth.kind === 'refused')
       return refused(401, ErrorCode.Unauthenticated, 'Missing or invalid credentials');
     return { kind: 'accepted', principal: auth.kind === 'principal' ? auth.principal : undefined };
   }
 
   /** Refuses an upgrade with an HTTP status on the raw socket (counted and logged). */
-  refuse(socket: Duplex, refusal: { status: number; code: ErrorCode; message: string }): void {
+  refuse(
+    socket: Duplex,
+    refusal: { status: number; code: ErrorCode; message: string; headers?: Record<string, string> },
+  ): void {
     const { status, code, message } = refusal;
     this.#ctx.metrics.upgradesRejected.inc({ code });
     this.#ctx.logger.debug({ status, code }, `upgrade refused: ${message}`);
@@ -292,6 +307,8 @@ export class SocketAcceptor<P extends Principal> {
           refuse(CloseCode.GoingAway, ErrorCode.Closed, 'server shutting down');
         } else if (auth.kind === 'refused') {
           refuse(CloseCode.Unauthenticated, ErrorCode.Unauthenticated, 'invalid credentials');
+        } else if (auth.kind === 'limited') {
+          refuse(CloseCode.RateLimited, ErrorCode.RateLimited, 'too many failed authentication attempts');
         } else {
           this.#accept(ws, request, auth.kind === 'principal' ? auth.principal : undefined);
           ws.resume();

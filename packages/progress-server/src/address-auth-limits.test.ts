@@ -1,0 +1,148 @@
+import type { IncomingMessage } from 'node:http';
+import { afterEach, describe, expect, it } from 'vitest';
+import { AddressAuthLimits, MAX_TRACKED_ADDRESSES } from './address-auth-limits.js';
+import type { Principal } from './auth.js';
+import { RawClient, startServer, type TestServer, tokenAuth, upgradeStatus } from './testing/harness.js';
+
+/**
+ * Security review, 5 December 2026: nothing bounded how often one address made the application's
+ * authentication hooks (a database, an identity provider) run with bad credentials, over HTTP, upgrades
+ * and `auth` frames, but the connection caps. Time stands still in these tests: no token refills.
+ */
+
+let env: TestServer | undefined;
+const clients: RawClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((client) => client.close()));
+  await env?.close();
+  env = undefined;
+});
+
+const NOW = 1_800_000_000_000;
+
+/** A server whose token hook counts its calls. */
+async function countingServer(overrides: Record<string, unknown> = {}) {
+  const calls = { count: 0 };
+  env = await startServer({
+    authenticate: undefined,
+    authenticateToken: (token: string) => {
+      calls.count += 1;
+      return tokenAuth(token);
+    },
+    clock: () => NOW,
+    ...overrides,
+  });
+  return calls;
+}
+
+/** `total` requests, `concurrency` at a time; the answers' statuses and Retry-After headers. */
+async function requests(url: string, token: string, total: number, concurrency = 50) {
+  const statuses: number[] = [];
+  const retryAfter = new Set<string | null>();
+  let sent = 0;
+  const worker = async () => {
+    while (sent < total) {
+      sent += 1;
+      const response = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+      await response.arrayBuffer();
+      statuses.push(response.status);
+      if (response.status === 429) retryAfter.add(response.headers.get('retry-after'));
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, worker));
+  return { statuses, retryAfter };
+}
+
+const count = (values: number[], value: number) => values.filter((v) => v === value).length;
+
+describe('failed authentication attempts per address', () => {
+  it('runs the hook for at most the burst of bad tokens from one address, then answers 429 with Retry-After', async () => {
+    const calls = await countingServer();
+    const { statuses, retryAfter } = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 2000);
+    // The default: 20/s with a burst of 50 s of it. Unlimited, the hook ran 2,000 times.
+    expect(calls.count).toBe(1000);
+    expect(count(statuses, 401)).toBe(1000);
+    expect(count(statuses, 429)).toBe(1000);
+    expect([...retryAfter]).toEqual(['1']);
+    // Upgrades and auth frames from the address are out of attempts too, and run no hook.
+    expect(await upgradeStatus(env!.wsUrl, { authorization: 'Bearer bad' })).toMatchObject({ status: 429 });
+    const raw = new RawClient(env!.wsUrl);
+    clients.push(raw);
+    await raw.opened;
+    raw.send({ type: 'auth', token: 'bad', protocol: 2 });
+    expect(await raw.next((frame) => frame.type === 'error')).toMatchObject({ code: 'rate_limited' });
+    expect((await raw.closed).code).toBe(4008);
+    expect(calls.count).toBe(1000);
+  });
+
+  it('bounds auth frames with bad tokens the same way (rate_limited, then close 4008)', async () => {
+    const calls = await countingServer({ authRateLimitPerAddressPerSecond: 1 });
+    const codes: number[] = [];
+    for (let i = 0; i < 60; i += 1) {
+      const raw = new RawClient(env!.wsUrl);
+      clients.push(raw);
+      await raw.opened;
+      raw.send({ type: 'auth', token: 'bad', protocol: 2 });
+      codes.push((await raw.closed).code);
+    }
+    expect(calls.count).toBe(50);
+    expect(count(codes, 4001)).toBe(50);
+    expect(count(codes, 4008)).toBe(10);
+  });
+
+  it('never refuses valid credentials, however many come from one address (a NAT reload storm)', async () => {
+    // Time stands still: the principal's own request budget would run out first.
+    const calls = await countingServer({ rateLimitPerPrincipalPerSecond: 1_000_000 });
+    const http = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'token-alice', 1500);
+    // 404: authenticated, and no such task.
+    expect(count(http.statuses, 404)).toBe(1500);
+    for (let i = 0; i < 300; i += 1) {
+      const raw = new RawClient(env!.wsUrl);
+      clients.push(raw);
+      await raw.opened;
+      raw.send({ type: 'auth', token: `token-user${i}`, protocol: 2 });
+      await raw.next((frame) => frame.type === 'hello');
+    }
+    const upgrades = await Promise.all(
+      Array.from({ length: 300 }, (_, i) =>
+        RawClient.connect(env!.wsUrl, { headers: { authorization: `Bearer token-u${i}` } }),
+      ),
+    );
+    clients.push(...upgrades);
+    expect(calls.count).toBe(2100);
+  });
+
+  it('is off at 0', async () => {
+    const calls = await countingServer({ authRateLimitPerAddressPerSecond: 0 });
+    const { statuses } = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 1200);
+    expect(count(statuses, 401)).toBe(1200);
+    expect(calls.count).toBe(1200);
+  });
+});
+
+describe('AddressAuthLimits', () => {
+  const from = (remoteAddress: string) => ({ socket: { remoteAddress } }) as unknown as IncomingMessage;
+
+  it('keeps a bounded number of addresses, and forgets those whose budget refilled', () => {
+    let now = 0;
+    const limits = new AddressAuthLimits({ ratePerSecond: 1, clock: () => now });
+    for (let i = 0; i < MAX_TRACKED_ADDRESSES + 5000; i += 1) {
+      expect(limits.take(from(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`))).toBeUndefined();
+    }
+    expect(limits.size).toBe(MAX_TRACKED_ADDRESSES);
+    now += 2000;
+    limits.take(from('192.0.2.1'));
+    expect(limits.size).toBe(1);
+  });
+
+  it('counts an IPv6 /64 as one address, and gives back the attempts that succeeded', () => {
+    const limits = new AddressAuthLimits({ ratePerSecond: 1, clock: () => 0 });
+    for (let i = 0; i < 50; i += 1) expect(limits.take(from(`2001:db8::${i.toString(16)}`))).toBeUndefined();
+    expect(limits.take(from('2001:db8::ffff'))).toBe(1);
+    limits.succeeded(from('2001:db8::1'));
+    expect(limits.take(from('2001:db8::2'))).toBeUndefined();
+  });
+});
+
+export type { Principal };
