@@ -152,7 +152,9 @@ export interface PostgresProgressStoreOptions {
    */
   preparedStatements?: boolean;
   /**
-   * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
+   * Receives background failures: a lost `LISTEN` connection (each failed reconnect too, after its
+   * backoff), a failed safety-net poll (once per streak of failed polls: again only after a poll read;
+   * `changes.stats().pollErrors` counts every one). The store keeps working
    * (reconnecting, polling again); this hook is for logs and alerts. Also receives, once each, the rows
    * `reapExpiredLeases` could not interrupt (damaged by hand, e.g. a `seq` behind the task's log), whose
    * expired lease it dropped instead (`internal`, with the `taskId`); the rows `listTasks` could not
