@@ -1,9 +1,9 @@
-import { ErrorCode, ProgressError } from '@finishline/core';
+import { ErrorCode, isProgressError, ProgressError } from '@finishline/core';
 import { compareIds, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import { toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
-import { int } from './row-codec.js';
+import { intColumn } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 import type { BatchedCall } from './statement-batcher.js';
 
@@ -93,15 +93,26 @@ export async function writeAcks(
   locked: (call: BatchedCall<AckCall, number>) => void,
 ): Promise<void> {
   const taskIds = [...new Set(batch.map((entry) => entry.input.taskId))].sort(compareIds);
-  const rows = new Map<string, { seq: number; ackedSeq: number; skipped: boolean }>();
+  const rows = new Map<string, { seq: number; ackedSeq: number; skipped: boolean } | ProgressError>();
   try {
     const { rows: result } = await statement.run(db, {
       ackTaskIds: batch.map((entry) => entry.input.taskId),
       ackSeqs: batch.map((entry) => entry.input.seq),
       taskIds,
     });
-    for (const row of result)
-      rows.set(row.id, { seq: int(row.seq), ackedSeq: int(row.acked_seq), skipped: row.skipped });
+    for (const row of result) {
+      // A row damaged by hand (an int8 above 2^53 came back rounded): its acks fail, the others' do not.
+      try {
+        rows.set(row.id, {
+          seq: intColumn(row.id, 'seq', row.seq),
+          ackedSeq: intColumn(row.id, 'acked_seq', row.acked_seq),
+          skipped: row.skipped,
+        });
+      } catch (error) {
+        if (!isProgressError(error)) throw error;
+        rows.set(row.id, error);
+      }
+    }
   } catch (error) {
     const failure = toProgressError(error, 'ack', taskIds.length === 1 ? taskIds[0] : undefined);
     for (const entry of batch) entry.reject(failure);
@@ -115,6 +126,7 @@ export async function writeAcks(
     } = call;
     const task = rows.get(taskId);
     if (task === undefined) reject(taskNotFound(taskId));
+    else if (task instanceof ProgressError) reject(task);
     else if (task.skipped && seq <= task.seq) locked(call);
     else if (seq > task.seq) {
       reject(

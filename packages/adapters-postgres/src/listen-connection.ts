@@ -7,6 +7,7 @@ import type { ChangeNotice } from './notify-payload.js';
 import { decodeNotice } from './notify-payload.js';
 import { toProgressError } from './pg-errors.js';
 import type { ChangeFeedHealth, ChangeFeedHub, ListenStats } from './postgres-change-feed.js';
+import { intColumn } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
 
 /**
@@ -717,13 +718,21 @@ export class ListenConnection {
         const row = rows[index] as ReplayRow;
         if (row.task_id === null || row.first_seq === null || row.last_seq === null) continue;
         if (row.purged_xid !== undefined && row.purged_xid !== null) continue;
-        const change: ChangeNotice = {
-          taskId: row.task_id,
-          firstSeq: Number(row.first_seq),
-          seq: Number(row.last_seq),
-          terminal: row.terminal === true,
-        };
-        if (row.run !== null) change.run = Number(row.run);
+        // A row damaged by hand (an int8 above 2^53 came back rounded) is reported and left out: its
+        // rounded seqs, compared with those published, announced changes that were not there.
+        let change: ChangeNotice;
+        try {
+          change = {
+            taskId: row.task_id,
+            firstSeq: intColumn(row.task_id, 'seq', row.first_seq),
+            seq: intColumn(row.task_id, 'seq', row.last_seq),
+            terminal: row.terminal === true,
+          };
+          if (row.run !== null) change.run = intColumn(row.task_id, 'created_at', row.run);
+        } catch (error) {
+          this.#options.onError(toProgressError(error, 'The change feed re-read a damaged row'));
+          continue;
+        }
         this.#options.hub.report(change, 'replay');
       }
     }

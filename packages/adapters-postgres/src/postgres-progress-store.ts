@@ -11,7 +11,7 @@ import type {
   Task,
   TaskEvent,
 } from '@finishline/core';
-import { ErrorCode, ProgressError } from '@finishline/core';
+import { ErrorCode, isProgressError, ProgressError } from '@finishline/core';
 import {
   assertCount,
   assertId,
@@ -54,7 +54,7 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { int, toEvent, toTask } from './row-codec.js';
+import { intColumn, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
@@ -459,14 +459,19 @@ export class PostgresProgressStore implements ProgressStore {
    * Reports a damaged row `listTasks` left out, once per row and store: a list asked for every few seconds
    * must not flood the log with the same row.
    */
-  #reportSkippedRow(taskId: string, error: unknown): void {
-    if (this.#reportedRows.has(taskId)) return;
+  #reportSkippedRow(
+    taskId: string,
+    error: unknown,
+    what = 'listTasks left the task out of its lists (getTask of it fails with this error)',
+  ): void {
+    const key = `${what}\0${taskId}`;
+    if (this.#reportedRows.has(key)) return;
     if (this.#reportedRows.size >= REPORTED_ROWS_MAX) this.#reportedRows.clear();
-    this.#reportedRows.add(taskId);
+    this.#reportedRows.add(key);
     this.#onError(
       new ProgressError(
         ErrorCode.Internal,
-        `${describeThrown(error)}; listTasks left the task out of its lists (getTask of it fails with this error) until the row is repaired or purged`,
+        `${describeThrown(error)}; ${what} until the row is repaired or purged`,
         { cause: error, taskId },
       ),
     );
@@ -674,7 +679,25 @@ export class PostgresProgressStore implements ProgressStore {
       this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }),
     );
     for (const row of rows) {
-      latest.set(row.id, { seq: int(row.seq), terminal: row.status !== 'running', run: int(row.created_at) });
+      // A row damaged by hand (an int8 above 2^53 came back rounded) is left out, as listTasks does: its
+      // rounded seq, compared with those published, announced or hid changes that were not there.
+      let state: LatestState;
+      try {
+        state = {
+          seq: intColumn(row.id, 'seq', row.seq),
+          terminal: row.status !== 'running',
+          run: intColumn(row.id, 'created_at', row.created_at),
+        };
+      } catch (error) {
+        if (!isProgressError(error)) throw error;
+        this.#reportSkippedRow(
+          row.id,
+          error,
+          'the safety-net poll and latestSeqs leave the task out (getTask of it fails with this error)',
+        );
+        continue;
+      }
+      latest.set(row.id, state);
     }
     return latest;
   }

@@ -152,11 +152,15 @@ export interface PostgresProgressStoreOptions {
    */
   preparedStatements?: boolean;
   /**
-   * Receives background failures: a lost `LISTEN` connection, a failed poll. The store keeps working
+   * Receives background failures: a lost `LISTEN` connection (each failed reconnect too, after its
+   * backoff), a failed safety-net poll (once per streak of failed polls: again only after a poll read;
+   * `changes.stats().pollErrors` counts every one). The store keeps working
    * (reconnecting, polling again); this hook is for logs and alerts. Also receives, once each, the rows
    * `reapExpiredLeases` could not interrupt (damaged by hand, e.g. a `seq` behind the task's log), whose
    * expired lease it dropped instead (`internal`, with the `taskId`); the rows `listTasks` could not
-   * read (an `int8` above 2^53, say), which it leaves out of its lists (reported once per store); and the
+   * read (an `int8` above 2^53, say), which it leaves out of its lists (reported once per store), and
+   * likewise those whose `seq` `latestSeqs`, the safety-net poll or the change feed's re-read could not
+   * read, which they leave out; and the
    * renewal of the store's epoch after the change feed noticed the database lost commits (a task ended at
    * a seq already published as running: a failover to a standby that lacked them; `internal`, with the
    * `taskId`).

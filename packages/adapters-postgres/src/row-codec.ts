@@ -61,6 +61,22 @@ function damagedRow(row: TaskRow, problem: string): ProgressError {
   });
 }
 
+/**
+ * One `int8` column of task `taskId` read alone (a latest seq, an acked seq, a run), as {@link toTask}
+ * checks a whole row's: one above 2^53 came back rounded, and was used as such in comparisons.
+ *
+ * @throws ProgressError `internal` (with the `taskId`) when it is not a non-negative safe integer.
+ */
+export function intColumn(taskId: string, column: string, value: string | number | bigint): number {
+  const number = int(value);
+  if (Number.isSafeInteger(number) && number >= 0) return number;
+  throw new ProgressError(
+    ErrorCode.Internal,
+    `Corrupt row of task ${taskId} in Postgres: column ${column} is not a non-negative safe integer (${String(value)})`,
+    { taskId },
+  );
+}
+
 /** The `int8` columns of a task row, for {@link toTask}'s error. */
 const TASK_INT_COLUMNS = [
   'total',

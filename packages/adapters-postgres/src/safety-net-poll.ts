@@ -45,6 +45,8 @@ export class SafetyNetPoll {
   #running: Promise<void> | undefined;
   #stopped = false;
   #errors = 0;
+  /** A failure was reported and no read succeeded since: further failures of the streak are not. */
+  #failing = false;
 
   constructor(options: SafetyNetPollOptions) {
     this.#options = options;
@@ -71,7 +73,8 @@ export class SafetyNetPoll {
 
   /**
    * Runs one poll now (also what the timer does). Resolves when it finished; never rejects (a failure
-   * is counted and reported to `onError`).
+   * is counted, and reported to `onError` once per streak: again only after a read succeeded. Reported
+   * on every poll, a database down logged 2 lines a second at the default interval).
    */
   async pollOnce(): Promise<void> {
     if (this.#running !== undefined) return this.#running;
@@ -106,9 +109,13 @@ export class SafetyNetPoll {
         // (Not once stopped: the caller may have ended its pool after the store closed.)
         if (this.#stopped) return;
         this.#errors += 1;
-        this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
+        if (!this.#failing) {
+          this.#failing = true;
+          this.#options.onError(toProgressError(error, 'The safety-net poll failed'));
+        }
         return;
       }
+      this.#failing = false;
       if (this.#stopped || this.#options.rereading()) return;
       for (const [taskId, state] of latest) {
         if (hub.forgottenSince(taskId, forgets)) continue;

@@ -388,3 +388,34 @@ describe('ChangeFeedHub', () => {
     });
   });
 });
+
+describe('SafetyNetPoll', () => {
+  it('reports a streak of failed reads once, counts every one, and reports again after a read succeeded', async () => {
+    const hub = new ChangeFeedHub(new ManualClock().now, () => {});
+    const unfollow = hub.follow('x');
+    let failing = true;
+    const errors: unknown[] = [];
+    const poll = new SafetyNetPoll({
+      hub,
+      intervalMs: 60_000,
+      readLatest: async () => {
+        if (failing) throw new Error('connect ECONNREFUSED');
+        return new Map();
+      },
+      rereading: () => false,
+      onError: (error) => errors.push(error),
+    });
+    for (let attempt = 0; attempt < 5; attempt++) await poll.pollOnce();
+    expect(errors).toHaveLength(1);
+    expect(poll.stats().pollErrors).toBe(5);
+    failing = false;
+    await poll.pollOnce();
+    failing = true;
+    await poll.pollOnce();
+    await poll.pollOnce();
+    expect(errors).toHaveLength(2);
+    expect(poll.stats().pollErrors).toBe(7);
+    poll.stop();
+    unfollow();
+  });
+});

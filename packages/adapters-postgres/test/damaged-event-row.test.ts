@@ -211,6 +211,46 @@ describe('a damaged task row (an int8 above 2^53)', () => {
     expect(reported[0]).toMatchObject({ code: ErrorCode.Internal, taskId: 'damaged' });
   });
 
+  it('fails the acks of a task whose seq is above 2^53 alone, with internal, not their batch', async () => {
+    const { store, pool, schema } = await withDamagedRow();
+    await pool.query(`UPDATE ${schema}.tasks SET done = 1, seq = ${BIG} WHERE id = 'damaged'`);
+    const acks = await Promise.allSettled(['a', 'damaged', 'b'].map((id) => store.ack(id, 1)));
+    expect(acks.map((outcome) => outcome.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+    expect((acks[1] as PromiseRejectedResult).reason).toMatchObject({
+      code: ErrorCode.Internal,
+      taskId: 'damaged',
+      message: `Corrupt row of task damaged in Postgres: column seq is not a non-negative safe integer (${BIG})`,
+    });
+  });
+
+  it('leaves a task whose seq is above 2^53 out of latestSeqs (never a rounded seq), reported once', async () => {
+    const reported: ProgressError[] = [];
+    const { store, pool, schema } = await withDamagedRow((error) => reported.push(error));
+    await pool.query(`UPDATE ${schema}.tasks SET done = 1, seq = ${BIG} WHERE id = 'damaged'`);
+    for (let read = 0; read < 2; read++) {
+      expect(Object.fromEntries(await store.latestSeqs(['a', 'damaged', 'b']))).toEqual({ a: 1, b: 1 });
+    }
+    expect(reported).toHaveLength(1);
+    expect(reported[0]).toMatchObject({ code: ErrorCode.Internal, taskId: 'damaged' });
+  });
+
+  it("is left out of the change feed's re-read (never a rounded seq published), and reported", async () => {
+    const reported: ProgressError[] = [];
+    const { store, pool, schema } = await withDamagedRow((error) => reported.push(error));
+    await pool.query(`UPDATE ${schema}.tasks SET done = 1, seq = ${BIG} WHERE id = 'damaged'`);
+    const changes: { taskId: string; seq: number }[] = [];
+    const unsubscribe = store.changes.subscribe((change) => changes.push(change));
+    cleanups.push(async () => unsubscribe());
+    // A re-read from the start: every task's latest seq, from the tasks' rows.
+    store.changes.forgetSeqs();
+    await eventually('the re-read reports the other tasks', () =>
+      changes.some((change) => change.taskId === 'b'),
+    );
+    await eventually('the feed is connected again', () => store.changes.health().connected);
+    expect(changes.filter((change) => change.taskId === 'damaged')).toEqual([]);
+    expect(reported.map((error) => [error.code, error.taskId])).toEqual([[ErrorCode.Internal, 'damaged']]);
+  });
+
   it("fails its appends and lease renewals alone, not their batch's", async () => {
     const { pool, schema } = await withDamagedRow();
     // Another replica's store: the rows it appends to are read locked, not taken from its own last writes.

@@ -67,7 +67,8 @@ export const MAX_RESTART_DELAY_MS = 300_000;
  * The worker's code, run with `eval` (CommonJS): a file would need its own build entry, and the tests
  * run the sources, where a worker cannot load TypeScript. It gets better-sqlite3's path and the database
  * file; requests that come while a checkpoint is already scheduled join it. A busy checkpoint (another
- * connection's checkpoint running) is skipped; any other failure is reported, and the worker ends.
+ * connection's checkpoint running, or its recovery of the WAL: `SQLITE_BUSY` and its extended codes) is
+ * skipped; any other failure is reported, and the worker ends.
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
@@ -90,7 +91,9 @@ function checkpoint() {
     const [row] = db.pragma('wal_checkpoint(PASSIVE)');
     parentPort.postMessage({ frames: row.checkpointed });
   } catch (error) {
-    if (error && error.code === 'SQLITE_BUSY') return;
+    // Its extended codes too: SQLITE_BUSY_RECOVERY (another connection recovering the WAL after a crash)
+    // passes like any busy moment, and stopped the worker.
+    if (error && typeof error.code === 'string' && /^SQLITE_BUSY(_|$)/.test(error.code)) return;
     throw plain(error);
   }
 }
@@ -133,6 +136,8 @@ export interface BackgroundCheckpointsOptions {
   onError: (error: unknown) => void;
   /** Least time between a failure and the next worker's start; {@link FIRST_RESTART_DELAY_MS} by default. */
   firstRestartDelayMs?: number;
+  /** The module the worker loads as better-sqlite3 (tests); better-sqlite3 itself by default. */
+  driverPath?: string;
 }
 
 function autocheckpoint(database: SqliteDatabase): number {
@@ -161,6 +166,7 @@ export class BackgroundCheckpoints {
   readonly #file: string;
   readonly #onError: (error: unknown) => void;
   readonly #firstRestartDelayMs: number;
+  readonly #driverPath: string | undefined;
   #worker: Worker | undefined;
   /** This store keeps the connection's `wal_autocheckpoint` raised (counted in `raised`). */
   #raising = false;
@@ -178,6 +184,7 @@ export class BackgroundCheckpoints {
     this.#file = file;
     this.#onError = options.onError;
     this.#firstRestartDelayMs = options.firstRestartDelayMs ?? FIRST_RESTART_DELAY_MS;
+    this.#driverPath = options.driverPath;
     this.#raiseAutocheckpoint();
   }
 
@@ -298,7 +305,7 @@ export class BackgroundCheckpoints {
       const worker = new Worker(WORKER_SOURCE, {
         eval: true,
         workerData: {
-          betterSqlite3: createRequire(import.meta.url).resolve('better-sqlite3'),
+          betterSqlite3: this.#driverPath ?? createRequire(import.meta.url).resolve('better-sqlite3'),
           file: this.#file,
           intervalMs: CHECKPOINT_INTERVAL_MS,
         },

@@ -44,6 +44,58 @@ describe('DataVersionWatcher', () => {
     expect(changes).toEqual([1]);
   });
 
+  it('reports a streak of failed polls once, counts every one, and reports again after a success', () => {
+    let fail = false;
+    let version = 1;
+    const { instance, changes, errors } = watcher(() => {
+      if (fail) throw new Error('SQLITE_IOERR');
+      return version;
+    });
+    instance.start();
+    fail = true;
+    for (let poll = 0; poll < 20; poll++) expect(instance.check()).toBe(false);
+    expect(errors).toHaveLength(1);
+    expect(instance.failures).toBe(20);
+    fail = false;
+    expect(instance.check()).toBe(true);
+    expect(instance.check()).toBe(false);
+    fail = true;
+    instance.check();
+    instance.check();
+    expect(errors).toHaveLength(2);
+    expect(instance.failures).toBe(22);
+    fail = false;
+    version = 2;
+    expect(instance.check()).toBe(true);
+    expect(changes).toEqual([1, 2]);
+    instance.stop();
+  });
+
+  it('a streak of onChange failures is reported once too, and again after a poll that succeeded', () => {
+    let failing = true;
+    let version = 1;
+    const errors: unknown[] = [];
+    const instance = new DataVersionWatcher({
+      intervalMs: 60_000,
+      readVersion: () => version,
+      onChange: () => {
+        if (failing) throw new Error('SQLITE_IOERR');
+      },
+      onError: (error) => errors.push(error),
+    });
+    instance.start();
+    version = 2;
+    for (let poll = 0; poll < 5; poll++) instance.check();
+    expect(errors).toHaveLength(1);
+    failing = false;
+    expect(instance.check()).toBe(true);
+    failing = true;
+    version = 3;
+    instance.check();
+    expect(errors).toHaveLength(2);
+    instance.stop();
+  });
+
   it('calls onChange again at the next poll when it threw, though the version did not move again', () => {
     let version = 1;
     let failing = true;

@@ -15,7 +15,11 @@ export interface DataVersionWatcherOptions {
   readVersion: () => number;
   /** Called once per poll that saw a changed version. */
   onChange: () => void;
-  /** Receives what `readVersion` or `onChange` throws; polling goes on. */
+  /**
+   * Receives what `readVersion` or `onChange` throws, once per streak of failed polls (again only after a
+   * poll succeeded); polling goes on. Reported on every poll, a file that stayed unreadable (a disk
+   * error, the file removed) logged 20 lines a second at the default interval.
+   */
   onError: (error: unknown) => void;
 }
 
@@ -27,9 +31,17 @@ export class DataVersionWatcher {
   readonly #options: DataVersionWatcherOptions;
   #timer: ReturnType<typeof setInterval> | undefined;
   #version: number | undefined;
+  #failures = 0;
+  /** A failure was reported and no poll succeeded since: further failures of the streak are not. */
+  #failing = false;
 
   constructor(options: DataVersionWatcherOptions) {
     this.#options = options;
+  }
+
+  /** Polls that failed since the watcher was made, reported or not. */
+  get failures(): number {
+    return this.#failures;
   }
 
   /** True while the timer runs. */
@@ -55,15 +67,23 @@ export class DataVersionWatcher {
   check(): boolean {
     try {
       const version = this.#options.readVersion();
-      if (version === this.#version) return false;
+      if (version === this.#version) {
+        this.#failing = false;
+        return false;
+      }
       this.#version = version;
       this.#options.onChange();
+      this.#failing = false;
       return true;
     } catch (error) {
       // The next poll tries again, whether or not another commit comes: what `onChange` failed to read
       // would otherwise wait for one.
       this.#version = undefined;
-      this.#options.onError(error);
+      this.#failures += 1;
+      if (!this.#failing) {
+        this.#failing = true;
+        this.#options.onError(error);
+      }
       return false;
     }
   }
