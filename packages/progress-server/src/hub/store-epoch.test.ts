@@ -84,7 +84,8 @@ class Watcher {
 async function until(
   what: string,
   condition: () => boolean,
-  limitMs = 3000,
+  // A bound on a wait, not a timed assertion: room for a loaded machine (a full suite beside helpers took 3 s).
+  limitMs = 10_000,
   refresh: () => Promise<void> = async () => {},
 ): Promise<void> {
   const deadline = Date.now() + limitMs;
