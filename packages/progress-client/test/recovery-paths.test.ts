@@ -38,7 +38,8 @@ interface Paths {
 const ALL_OFF: Paths = {
   terminalRetryMs: OFF_MS,
   finishTimeoutMs: OFF_MS,
-  heartbeatIntervalMs: OFF_MS,
+  // The server's longest (300,000 ms since 5 December 2026): no heartbeat is due within a test either way.
+  heartbeatIntervalMs: 300_000,
   behindGraceMs: 0,
   httpFallbackAfterAttempts: 0,
   httpPollIntervalMs: OFF_MS,
