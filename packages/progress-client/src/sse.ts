@@ -65,8 +65,10 @@ export interface SseFallbackOptions {
   /** @default globalThis.fetch */
   fetch?: StreamingFetch;
   /**
-   * After this many opens in a row (of any watch) that brought not a byte within `connectTimeoutMs` (a
-   * proxy that buffers event streams until they end: the server writes its opening comment at once), the
+   * After this many opens in a row (of any watch) answered as an event stream (200 and its headers) whose
+   * body brought not a byte within `connectTimeoutMs` (a proxy that buffers event streams until they end:
+   * the server writes its opening comment at once; an open never answered, a frozen replica's, does not
+   * count, nor one behind a proxy that holds the headers too, which cannot be told from it), the
    * client polls its watches over HTTP instead, for as long as it would have used the streams (the socket's
    * `hello` ends it; the next fallback polls at once). Needs the client's `httpFallback`: without it the
    * streams go on. 0 (or less) never moves to polling.
@@ -111,6 +113,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       let intervalMs = SERVER_HEARTBEAT_MS;
       /** The stream brought something (its opening comment, a heartbeat, a frame): it was served. */
       let delivered = false;
+      /** The open was answered as an event stream (200, its headers). */
+      let answered = false;
       const heard = () => {
         quiet();
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
@@ -118,8 +122,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           quiet = host.timers.start(
             // Ended here, not only aborted: an open still waiting on the token function has no `fetch` the
             // abort could end, and one that never returned held the stream (and its watch) for ever. An open
-            // that brought nothing by then stalled (see `pollAfterStalls`).
-            () => end(undefined, !delivered),
+            // answered as an event stream whose body brought nothing by then stalled (see `pollAfterStalls`):
+            // a buffering proxy's mark. Not one never answered at all: a frozen replica's, which moved the
+            // client to polling for good (a proxy that holds the headers too goes on reopening streams).
+            () => end(undefined, answered && !delivered),
             delivered ? (o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs) : o.connectTimeoutMs,
           );
       };
@@ -163,6 +169,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           response.headers?.get('content-type')?.includes('event-stream') === false
         )
           return end();
+        answered = true;
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
