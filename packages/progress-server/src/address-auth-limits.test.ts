@@ -113,6 +113,38 @@ describe('failed authentication attempts per address', () => {
     expect(calls.count).toBe(2100);
   });
 
+  it('charges an upgrade deferred to its auth frame nothing once the frame authenticates', async () => {
+    // A cookie hook that finds no session at the upgrade, and a token in the first frame: the browser
+    // client's way. The upgrade's run of `authenticate` was kept as a failure even when the frame then
+    // authenticated, so behind one NAT the 51st such client (here: burst 50) was refused 429.
+    const calls = await countingServer({ authenticate: () => null, authRateLimitPerAddressPerSecond: 1 });
+    for (let i = 0; i < 80; i += 1) {
+      const raw = new RawClient(env!.wsUrl);
+      clients.push(raw);
+      await raw.opened;
+      raw.send({ type: 'auth', token: `token-user${i}`, protocol: 2 });
+      await raw.next((frame) => frame.type === 'hello');
+    }
+    expect(calls.count).toBe(80);
+    // Deferred upgrades that never authenticate still pay: the `authenticate` hook ran for nothing.
+    const statuses: number[] = [];
+    for (let i = 0; i < 60; i += 1) {
+      const raw = new RawClient(env!.wsUrl);
+      clients.push(raw);
+      const opened = await raw.opened.then(
+        () => true,
+        () => false,
+      );
+      if (!opened) statuses.push(429);
+      else {
+        statuses.push(101);
+        await raw.close();
+      }
+    }
+    expect(count(statuses, 101)).toBe(50);
+    expect(count(statuses, 429)).toBe(10);
+  });
+
   it('is off at 0', async () => {
     const calls = await countingServer({ authRateLimitPerAddressPerSecond: 0 });
     const { statuses } = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 1200);

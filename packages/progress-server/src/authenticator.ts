@@ -40,6 +40,13 @@ export class Authenticator<P extends Principal> {
   readonly #tokenQueryParam: string | false;
   readonly #logger: ProgressLogger;
   readonly #limits: AddressAuthLimits | undefined;
+  /**
+   * Upgrades deferred to their `auth` frame whose run of `authenticate` took an attempt: given back when
+   * the socket's frame authenticates. Kept, a browser client behind a NAT (cookie hook finding nothing,
+   * token in the first frame) paid one attempt per connection, and a reload storm of valid clients
+   * spent the address's budget.
+   */
+  readonly #deferredAttempts = new WeakSet<IncomingMessage>();
   /** Whether a principal id that can own no task was reported (once per server: it is a setup error). */
   #warnedUnownableId = false;
 
@@ -75,7 +82,8 @@ export class Authenticator<P extends Principal> {
       bearerToken(request) ??
       (this.#tokenQueryParam === false ? undefined : queryToken(request, this.#tokenQueryParam));
     const tokenChecked = token !== undefined && this.#authenticateToken !== undefined;
-    if (this.#authenticate !== undefined || tokenChecked) {
+    const charged = this.#authenticate !== undefined || tokenChecked;
+    if (charged) {
       const retryAfterSeconds = this.#limits?.take(request);
       if (retryAfterSeconds !== undefined) return { kind: 'limited', retryAfterSeconds };
     }
@@ -87,7 +95,9 @@ export class Authenticator<P extends Principal> {
         ? { kind: 'refused' }
         : this.#succeeded(request, { kind: 'principal', principal });
     }
-    return this.#authenticateToken === undefined ? { kind: 'refused' } : { kind: 'deferred' };
+    if (this.#authenticateToken === undefined) return { kind: 'refused' };
+    if (charged) this.#deferredAttempts.add(request);
+    return { kind: 'deferred' };
   }
 
   /** The principal of an HTTP request: `authenticate(request)`, else a bearer token. */
@@ -111,7 +121,10 @@ export class Authenticator<P extends Principal> {
     if (this.#authenticateToken === undefined) return undefined;
     this.#take(request);
     const principal = await this.#fromToken(token, request);
-    return principal === undefined ? undefined : this.#succeeded(request, principal);
+    if (principal === undefined) return undefined;
+    // The upgrade's attempt too: the socket's client had valid credentials after all (see #deferredAttempts).
+    if (this.#deferredAttempts.delete(request)) this.#limits?.succeeded(request);
+    return this.#succeeded(request, principal);
   }
 
   async #fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {

@@ -159,7 +159,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Sustained failed authentication attempts per second from one remote address (an IPv6 client: its
    * /64), with a burst of 50 seconds of it (1,000 at the default). An attempt is a run of the `authenticate`
    * / `authenticateToken` hooks for an upgrade, an `auth` frame or an HTTP request; it is paid for only if
-   * it establishes no principal (credentials refused, or none where `authenticate` was asked), so clients
+   * it establishes no principal (credentials refused, or none where `authenticate` was asked; an upgrade
+   * left to the socket's `auth` frame is paid back when the frame authenticates), so clients
    * with valid credentials spend none of it, however many share an address (a NAT, a proxy); they are
    * refused only once failures from their address spent it. Past the budget the hooks do not run: HTTP
    * requests and upgrades are answered 429 `rate_limited` with `Retry-After`, an `auth` frame with
