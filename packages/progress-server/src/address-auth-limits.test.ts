@@ -145,6 +145,28 @@ describe('failed authentication attempts per address', () => {
     expect(count(statuses, 429)).toBe(10);
   });
 
+  it('counts every refusal in auth_rate_limited_total, by where it came from', async () => {
+    await countingServer({ authRateLimitPerAddressPerSecond: 1 });
+    const http = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 55, 1);
+    expect(count(http.statuses, 429)).toBe(5);
+    const stream = await fetch(`${env!.httpUrl}/progress/tasks/t1/stream`, {
+      headers: { authorization: 'Bearer token-alice' },
+    });
+    await stream.arrayBuffer();
+    expect(stream.status).toBe(429);
+    expect(await upgradeStatus(env!.wsUrl, { authorization: 'Bearer bad' })).toMatchObject({ status: 429 });
+    const raw = new RawClient(env!.wsUrl);
+    clients.push(raw);
+    await raw.opened;
+    raw.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    expect((await raw.closed).code).toBe(4008);
+    const text = await env!.server.metrics.registry.metrics();
+    // Before: answered 429 / 4008 with nothing counted (over HTTP, nowhere at all).
+    expect(text).toContain('finishline_auth_rate_limited_total{via="http"} 6');
+    expect(text).toContain('finishline_auth_rate_limited_total{via="upgrade"} 1');
+    expect(text).toContain('finishline_auth_rate_limited_total{via="auth_frame"} 1');
+  });
+
   it('is off at 0', async () => {
     const calls = await countingServer({ authRateLimitPerAddressPerSecond: 0 });
     const { statuses } = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 1200);

@@ -19,6 +19,13 @@ import { bearerToken, queryToken } from './auth.js';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 
+/**
+ * Where an authentication attempt came from (label `via` of `auth_rate_limited_total`): an HTTP request
+ * (a Server-Sent Events stream's included), a WebSocket upgrade (a socket of a `wss` you pass included),
+ * or a socket's `auth` frame.
+ */
+export type AuthAttemptVia = 'http' | 'upgrade' | 'auth_frame';
+
 /** What an upgrade's credentials established. */
 export type UpgradeAuth<P> =
   | { kind: 'principal'; principal: P }
@@ -40,6 +47,7 @@ export class Authenticator<P extends Principal> {
   readonly #tokenQueryParam: string | false;
   readonly #logger: ProgressLogger;
   readonly #limits: AddressAuthLimits | undefined;
+  readonly #onLimited: ((via: AuthAttemptVia) => void) | undefined;
   /**
    * Upgrades deferred to their `auth` frame whose run of `authenticate` took an attempt: given back when
    * the socket's frame authenticates. Kept, a browser client behind a NAT (cookie hook finding nothing,
@@ -58,8 +66,11 @@ export class Authenticator<P extends Principal> {
     logger: ProgressLogger;
     /** The per-address budget of failed attempts; none: unlimited. */
     limits?: AddressAuthLimits | undefined;
+    /** An attempt was refused for its address's budget (no hook ran): counted by the server. */
+    onLimited?: ((via: AuthAttemptVia) => void) | undefined;
   }) {
     this.#limits = options.limits;
+    this.#onLimited = options.onLimited;
     this.#authenticate = options.authenticate;
     this.#authenticateToken = options.authenticateToken;
     this.#authorize = options.authorize;
@@ -84,7 +95,7 @@ export class Authenticator<P extends Principal> {
     const tokenChecked = token !== undefined && this.#authenticateToken !== undefined;
     const charged = this.#authenticate !== undefined || tokenChecked;
     if (charged) {
-      const retryAfterSeconds = this.#limits?.take(request);
+      const retryAfterSeconds = this.#limited(request, 'upgrade');
       if (retryAfterSeconds !== undefined) return { kind: 'limited', retryAfterSeconds };
     }
     const direct = await this.#fromRequest(request);
@@ -104,7 +115,7 @@ export class Authenticator<P extends Principal> {
   async fromHttp(request: IncomingMessage): Promise<P | undefined> {
     const token = bearerToken(request);
     const tokenChecked = token !== undefined && this.#authenticateToken !== undefined;
-    if (this.#authenticate !== undefined || tokenChecked) this.#take(request);
+    if (this.#authenticate !== undefined || tokenChecked) this.#take(request, 'http');
     const direct = await this.#fromRequest(request);
     if (direct !== undefined) return this.#succeeded(request, direct);
     if (!tokenChecked) return undefined;
@@ -119,7 +130,7 @@ export class Authenticator<P extends Principal> {
    */
   async fromToken(token: string, request: IncomingMessage): Promise<P | undefined> {
     if (this.#authenticateToken === undefined) return undefined;
-    this.#take(request);
+    this.#take(request, 'auth_frame');
     const principal = await this.#fromToken(token, request);
     if (principal === undefined) return undefined;
     // The upgrade's attempt too: the socket's client had valid credentials after all (see #deferredAttempts).
@@ -136,9 +147,16 @@ export class Authenticator<P extends Principal> {
    * Takes an attempt of the request's address before a hook runs. Only failures keep it (see
    * {@link AddressAuthLimits}); a hook that throws keeps it too.
    */
-  #take(request: IncomingMessage): void {
-    const retryAfterSeconds = this.#limits?.take(request);
+  #take(request: IncomingMessage, via: AuthAttemptVia): void {
+    const retryAfterSeconds = this.#limited(request, via);
     if (retryAfterSeconds !== undefined) throw new AuthRateLimited(retryAfterSeconds);
+  }
+
+  /** Takes an attempt: `undefined` when allowed, else the seconds to wait (the refusal is reported). */
+  #limited(request: IncomingMessage, via: AuthAttemptVia): number | undefined {
+    const retryAfterSeconds = this.#limits?.take(request);
+    if (retryAfterSeconds !== undefined) this.#onLimited?.(via);
+    return retryAfterSeconds;
   }
 
   #succeeded<T>(request: IncomingMessage, result: T): T {

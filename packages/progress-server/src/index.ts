@@ -15,6 +15,7 @@ export type {
   TaskAction,
 } from './auth.js';
 export { ownerOnly, sameOrigin } from './auth.js';
+export type { AuthAttemptVia } from './authenticator.js';
 export type { ServerHealth, StoreHealth } from './http/health.js';
 export type { HttpHandler, HttpHandlerOptions } from './http/http-handler.js';
 export { HTTP_HANDLER_DEFAULTS, HTTP_STATUS } from './http/http-handler.js';

@@ -6,6 +6,7 @@
  */
 import type { ChangeFeed } from '@finishline/core';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AuthAttemptVia } from './authenticator.js';
 
 /**
  * What a change feed with a safety-net poll may expose so the server can report how much it caught:
@@ -62,6 +63,7 @@ export type SseStreamEndReason =
  * | `frames_dropped_total{type}` | counter | answers and heartbeats not written because the socket's buffer was above `highWaterMarkBytes` (a peer that stopped reading or reads too slowly), by frame type: `pong`, `error`, `hello`, `heartbeat` |
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
  * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `pending_total_cap` (all addresses together had too many, `maxPendingConnections`; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
+ * | `auth_rate_limited_total{via}` | counter | authentication attempts refused because their address spent its budget of failed ones (`authRateLimitPerAddressPerSecond`; no hook ran), by {@link AuthAttemptVia}: `http` (429, Server-Sent Events streams included), `upgrade` (429, or close 4008 for a socket of a `wss` you pass), `auth_frame` (`rate_limited`, close 4008) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`), `rate` (an HTTP API request over `rateLimitPerPrincipalPerSecond`; refused frames count in `frames_rejected_total`) |
  * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `shutdown`, `task_gone`, `read_failed`, `internal` (a bug: see the error log) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
@@ -86,6 +88,7 @@ export class ServerMetrics {
   readonly upgradesRejected: Counter<'code'>;
   readonly connectionsDropped: Counter<'reason'>;
   readonly principalLimits: Counter<'limit'>;
+  readonly authRateLimited: Counter<'via'>;
   readonly sseStreamsClosed: Counter<'reason'>;
   readonly handlerErrors: Counter;
   readonly storeErrors: Counter;
@@ -181,6 +184,15 @@ export class ServerMetrics {
         registers,
       }),
       `${p}principal_limits_total`,
+    );
+    this.authRateLimited = track(
+      new Counter({
+        name: `${p}auth_rate_limited_total`,
+        help: "Authentication attempts refused for their address's spent failed-attempt budget, by where they came",
+        labelNames: ['via'] as const,
+        registers,
+      }),
+      `${p}auth_rate_limited_total`,
     );
     this.sseStreamsClosed = track(
       new Counter({

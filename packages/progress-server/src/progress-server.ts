@@ -157,6 +157,7 @@ export class ProgressServer<P extends Principal = Principal> {
         ratePerSecond: resolved.authRateLimitPerAddressPerSecond,
         clock: resolved.clock,
       }),
+      onLimited: (via) => this.metrics.authRateLimited.inc({ via }),
     });
     const shared = { store: resolved.store, logger: resolved.logger, metrics: this.metrics };
     this.#reads = new FairReads({
