@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
+import { ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AddressAuthLimits, MAX_TRACKED_ADDRESSES } from './address-auth-limits.js';
+import { AddressAuthLimits, forwardedClientAddress, MAX_TRACKED_ADDRESSES } from './address-auth-limits.js';
 import type { Principal } from './auth.js';
 import { RawClient, startServer, type TestServer, tokenAuth, upgradeStatus } from './testing/harness.js';
 
@@ -37,14 +38,20 @@ async function countingServer(overrides: Record<string, unknown> = {}) {
 }
 
 /** `total` requests, `concurrency` at a time; the answers' statuses and Retry-After headers. */
-async function requests(url: string, token: string, total: number, concurrency = 50) {
+async function requests(
+  url: string,
+  token: string,
+  total: number,
+  concurrency = 50,
+  extraHeaders: Record<string, string> = {},
+) {
   const statuses: number[] = [];
   const retryAfter = new Set<string | null>();
   let sent = 0;
   const worker = async () => {
     while (sent < total) {
       sent += 1;
-      const response = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+      const response = await fetch(url, { headers: { authorization: `Bearer ${token}`, ...extraHeaders } });
       await response.arrayBuffer();
       statuses.push(response.status);
       if (response.status === 429) retryAfter.add(response.headers.get('retry-after'));
@@ -172,6 +179,134 @@ describe('failed authentication attempts per address', () => {
     const { statuses } = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 1200);
     expect(count(statuses, 401)).toBe(1200);
     expect(calls.count).toBe(1200);
+  });
+});
+
+describe('the client address behind a reverse proxy (clientAddress)', () => {
+  const status = async (url: string, headers: Record<string, string>) => {
+    const response = await fetch(url, { headers });
+    await response.arrayBuffer();
+    return response.status;
+  };
+  /** The close code of a socket whose auth frame carries `token`. */
+  const authFrameClose = async (headers: Record<string, string>, token: string) => {
+    const raw = new RawClient(env!.wsUrl, { headers });
+    clients.push(raw);
+    await raw.opened;
+    raw.send({ type: 'auth', token, protocol: 2 });
+    return (await raw.closed).code;
+  };
+
+  it("keys the budget by the proxy's X-Forwarded-For: one client's failures do not refuse the others behind it", async () => {
+    // Every request comes from 127.0.0.1, the "proxy". Keyed by it, the attacker's 50 failures refused
+    // every other client: HTTP, SSE, upgrades and auth frames alike answered 429 / 4008.
+    const calls = await countingServer({
+      authRateLimitPerAddressPerSecond: 1,
+      clientAddress: forwardedClientAddress({ trustedProxies: 1 }),
+    });
+    const attacker = { 'x-forwarded-for': '198.51.100.1, 203.0.113.66' };
+    const bad = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 55, 1, attacker);
+    expect(count(bad.statuses, 401)).toBe(50);
+    expect(count(bad.statuses, 429)).toBe(5);
+    const task = `${env!.httpUrl}/progress/tasks/t1`;
+    const other = { 'x-forwarded-for': '203.0.113.7' };
+    expect(await status(task, { authorization: 'Bearer bad', ...other })).toBe(401);
+    expect(await status(`${task}/stream`, { authorization: 'Bearer bad', ...other })).toBe(401);
+    expect(await upgradeStatus(env!.wsUrl, { authorization: 'Bearer bad', ...other })).toMatchObject({
+      status: 401,
+    });
+    expect(await authFrameClose(other, 'bad')).toBe(4001);
+    // The attacker's own address is out of attempts on every path, whatever it puts left of the proxy's entry.
+    const again = { 'x-forwarded-for': '192.0.2.9, 203.0.113.66' };
+    expect(await status(`${task}/stream`, { authorization: 'Bearer token-alice', ...again })).toBe(429);
+    expect(await upgradeStatus(env!.wsUrl, { authorization: 'Bearer bad', ...again })).toMatchObject({
+      status: 429,
+    });
+    expect(await authFrameClose(again, 'token-alice')).toBe(4008);
+    expect(calls.count).toBe(54);
+  });
+
+  it("falls back to the connection's address when the hook throws or answers no usable address, never failing the request", async () => {
+    const warnings: string[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: unknown, msg: string) => warnings.push(msg),
+    };
+    const answers: Record<string, () => unknown> = {
+      throw: () => {
+        throw new Error('broken hook');
+      },
+      empty: () => '',
+      number: () => 42,
+      long: () => 'x'.repeat(300),
+      none: () => undefined,
+    };
+    await countingServer({
+      authRateLimitPerAddressPerSecond: 1,
+      logger,
+      clientAddress: (request: IncomingMessage) => answers[String(request.headers['x-case'])]?.(),
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 60; i += 1) {
+      const which = Object.keys(answers)[i % 5] as string;
+      statuses.push(
+        await status(`${env!.httpUrl}/progress/tasks/t1`, { authorization: 'Bearer bad', 'x-case': which }),
+      );
+    }
+    // One budget, the peer's, for all of them: no 500, and no fresh budget from a bad answer.
+    expect(count(statuses, 401)).toBe(50);
+    expect(count(statuses, 429)).toBe(10);
+    expect(await upgradeStatus(env!.wsUrl, { authorization: 'Bearer bad', 'x-case': 'throw' })).toMatchObject(
+      {
+        status: 429,
+      },
+    );
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain('clientAddress hook threw');
+  });
+
+  it('refuses a bad clientAddress option with invalid_input', async () => {
+    await expect(countingServer({ clientAddress: 'x-forwarded-for' })).rejects.toMatchObject({
+      code: 'invalid_input',
+    });
+  });
+});
+
+describe('forwardedClientAddress', () => {
+  const request = (xff: string | string[] | undefined) =>
+    ({
+      headers: xff === undefined ? {} : { 'x-forwarded-for': xff },
+      socket: {},
+    }) as unknown as IncomingMessage;
+
+  it("takes the entry the outermost trusted proxy wrote, not the client's own", () => {
+    const one = forwardedClientAddress({ trustedProxies: 1 });
+    expect(one(request('198.51.100.1, 203.0.113.66'))).toBe('203.0.113.66');
+    expect(one(request(['198.51.100.1', '203.0.113.66']))).toBe('203.0.113.66');
+    const two = forwardedClientAddress({ trustedProxies: 2 });
+    expect(two(request('198.51.100.1, 203.0.113.66, 10.0.0.2'))).toBe('203.0.113.66');
+    // Through fewer proxies than configured: the leftmost entry; through none, the peer.
+    expect(two(request('203.0.113.66'))).toBe('203.0.113.66');
+    expect(one(request(undefined))).toBeUndefined();
+    expect(one(request(' , '))).toBeUndefined();
+  });
+
+  it('strips ports and brackets, and ignores what is not an IP address', () => {
+    const one = forwardedClientAddress({ trustedProxies: 1 });
+    expect(one(request('203.0.113.66:51234'))).toBe('203.0.113.66');
+    expect(one(request('[2001:db8::1]:443'))).toBe('2001:db8::1');
+    expect(one(request('2001:db8::1'))).toBe('2001:db8::1');
+    expect(one(request('unknown'))).toBeUndefined();
+    expect(one(request('evil.example'))).toBeUndefined();
+  });
+
+  it('refuses a trustedProxies that is not an integer from 1 to 32', () => {
+    for (const trustedProxies of [0, -1, 1.5, 33, Number.NaN, '1' as unknown as number]) {
+      expect(() => forwardedClientAddress({ trustedProxies })).toThrow(ProgressError);
+    }
+    expect(() => forwardedClientAddress(undefined as never)).toThrow(/trustedProxies/);
   });
 });
 

@@ -6,7 +6,11 @@
  * @module
  */
 import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
 import type { Clock } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
+import type { ProgressLogger } from './logger.js';
+import { describeError } from './logger.js';
 import { addressGroup } from './socket/pending-connections.js';
 import { TokenBucket } from './socket/rate-limiter.js';
 
@@ -20,6 +24,72 @@ export const AUTH_FAILURE_BURST_SECONDS = 50;
 export const MAX_TRACKED_ADDRESSES = 100_000;
 /** How often, at most, refilled budgets are looked at for forgetting. */
 const SWEEP_INTERVAL_MS = 1000;
+/**
+ * Longest address a `clientAddress` hook may return (an IPv6 address with a zone is at most 45 + zone):
+ * each one is a key of the budgets' map, so an unbounded string from a header was memory for the taking.
+ */
+export const MAX_CLIENT_ADDRESS_LENGTH = 256;
+
+/**
+ * The address a request's client is known by for the per-address budget of failed authentications
+ * (server option `clientAddress`): a string (an IP address, whose IPv6 form counts by its /64; any other
+ * string is a key as it is), or `undefined` for the connection's peer address.
+ */
+export type ClientAddressHook = (request: IncomingMessage) => string | undefined;
+
+/** Options of {@link forwardedClientAddress}. */
+export interface ForwardedClientAddressOptions {
+  /**
+   * How many reverse proxies, each appending to `X-Forwarded-For`, every request passes before reaching
+   * the server (the connection's peer is the nearest of them). An integer from 1 to 32.
+   */
+  trustedProxies: number;
+}
+
+/** Most proxies {@link forwardedClientAddress} counts: more is a misreading of the option. */
+const MAX_TRUSTED_PROXIES = 32;
+
+/**
+ * A `clientAddress` hook for a server behind `trustedProxies` reverse proxies that append the address
+ * they were reached from to `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, AWS ALB, Envoy): the
+ * client is the entry `trustedProxies` from the header's right end, the one the outermost proxy wrote;
+ * entries to its left were written by the client and are not believed. A request with fewer entries
+ * (one that came through fewer proxies) is known by its leftmost entry, one with none, or whose entry is
+ * not an IP address (`unknown`, a hostname), by its peer address. Use it only when no request can reach
+ * the server without passing those proxies: otherwise a client sets the header and picks its address.
+ *
+ * @example
+ * ```ts
+ * import { forwardedClientAddress } from '@finishline/server';
+ * const clientAddress = forwardedClientAddress({ trustedProxies: 1 }); // one nginx in front
+ * ```
+ * @throws ProgressError `invalid_input` when `trustedProxies` is not an integer from 1 to 32.
+ */
+export function forwardedClientAddress(options: ForwardedClientAddressOptions): ClientAddressHook {
+  const hops = (options as Partial<ForwardedClientAddressOptions> | undefined)?.trustedProxies;
+  if (typeof hops !== 'number' || !Number.isInteger(hops) || hops < 1 || hops > MAX_TRUSTED_PROXIES) {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `forwardedClientAddress: trustedProxies must be an integer from 1 to ${MAX_TRUSTED_PROXIES}`,
+    );
+  }
+  return (request) => {
+    const header = request.headers['x-forwarded-for'];
+    const entries = (Array.isArray(header) ? header.join(',') : (header ?? ''))
+      .split(',')
+      .map((entry) => entry.trim())
+      .filter((entry) => entry !== '');
+    if (entries.length === 0) return undefined;
+    return bareAddress(entries[Math.max(0, entries.length - hops)] ?? '');
+  };
+}
+
+/** An IP address from an `X-Forwarded-For` entry, without a port (`1.2.3.4:80`, `[::1]:80`); else undefined. */
+function bareAddress(entry: string): string | undefined {
+  const bracketed = /^\[([^\]]+)\](?::\d+)?$/.exec(entry);
+  const withoutPort = bracketed?.[1] ?? /^(\d{1,3}(?:\.\d{1,3}){3}):\d+$/.exec(entry)?.[1] ?? entry;
+  return isIP(withoutPort) === 0 ? undefined : withoutPort;
+}
 
 /**
  * One token bucket per remote address ({@link addressGroup}: an IPv6 client by its /64), of
@@ -32,11 +102,28 @@ export class AddressAuthLimits {
   readonly #ratePerSecond: number;
   readonly #clock: Clock;
   readonly #buckets = new Map<string, TokenBucket>();
+  readonly #clientAddress: ClientAddressHook | undefined;
+  readonly #logger: ProgressLogger | undefined;
+  /**
+   * Each request's address, asked of `clientAddress` once: an attempt and its give-back (and a socket's
+   * later `auth` frames, which carry its upgrade's request) must key the same budget.
+   */
+  readonly #addresses = new WeakMap<IncomingMessage, string>();
+  /** Whether a `clientAddress` hook's fault was logged (once per server: it is a setup error). */
+  #warnedHook = false;
   #sweptAt = Number.NEGATIVE_INFINITY;
 
-  constructor(options: { ratePerSecond: number; clock: Clock }) {
+  constructor(options: {
+    ratePerSecond: number;
+    clock: Clock;
+    /** The server's `clientAddress` option; none: the connection's peer address. */
+    clientAddress?: ClientAddressHook | undefined;
+    logger?: ProgressLogger | undefined;
+  }) {
     this.#ratePerSecond = options.ratePerSecond;
     this.#clock = options.clock;
+    this.#clientAddress = options.clientAddress;
+    this.#logger = options.logger;
   }
 
   /**
@@ -46,7 +133,7 @@ export class AddressAuthLimits {
   take(request: IncomingMessage): number | undefined {
     if (this.#ratePerSecond === 0) return undefined;
     this.#sweep();
-    const address = addressOf(request);
+    const address = this.#addressOf(request);
     let bucket = this.#buckets.get(address);
     if (bucket === undefined) {
       bucket = new TokenBucket({
@@ -67,7 +154,46 @@ export class AddressAuthLimits {
   /** The attempt {@link take} allowed established a principal: it costs nothing. */
   succeeded(request: IncomingMessage): void {
     if (this.#ratePerSecond === 0) return;
-    this.#buckets.get(addressOf(request))?.giveBack();
+    this.#buckets.get(this.#addressOf(request))?.giveBack();
+  }
+
+  /**
+   * The budget's key of a request: `clientAddress`'s answer, else the connection's peer. A hook that
+   * throws or answers with no usable string falls back to the peer (logged once): the request is still
+   * answered as it would be without the hook, never with a 500 nor a budget of its own choosing.
+   */
+  #addressOf(request: IncomingMessage): string {
+    const known = this.#addresses.get(request);
+    if (known !== undefined) return known;
+    const address = addressGroup(this.#fromHook(request) ?? request.socket?.remoteAddress ?? 'unknown');
+    this.#addresses.set(request, address);
+    return address;
+  }
+
+  #fromHook(request: IncomingMessage): string | undefined {
+    if (this.#clientAddress === undefined) return undefined;
+    let value: unknown;
+    try {
+      value = this.#clientAddress(request);
+    } catch (error) {
+      this.#warnHook({ err: describeError(error) }, 'clientAddress hook threw');
+      return undefined;
+    }
+    if (value === undefined) return undefined;
+    if (typeof value !== 'string' || value === '' || value.length > MAX_CLIENT_ADDRESS_LENGTH) {
+      this.#warnHook(
+        { type: typeof value },
+        `clientAddress hook returned neither undefined nor a string of 1-${MAX_CLIENT_ADDRESS_LENGTH} characters`,
+      );
+      return undefined;
+    }
+    return value;
+  }
+
+  #warnHook(fields: Record<string, unknown>, message: string): void {
+    if (this.#warnedHook) return;
+    this.#warnedHook = true;
+    this.#logger?.warn(fields, `${message}; using the connection's peer address (logged once)`);
   }
 
   /** Addresses whose budget is remembered (for tests). */
@@ -84,10 +210,6 @@ export class AddressAuthLimits {
       if (bucket.full) this.#buckets.delete(address);
     }
   }
-}
-
-function addressOf(request: IncomingMessage): string {
-  return addressGroup(request.socket?.remoteAddress ?? 'unknown');
 }
 
 /** The message of the refusal. */

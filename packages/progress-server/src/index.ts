@@ -5,6 +5,8 @@
  * @packageDocumentation
  */
 
+export type { ClientAddressHook, ForwardedClientAddressOptions } from './address-auth-limits.js';
+export { forwardedClientAddress } from './address-auth-limits.js';
 export type {
   AllowedOrigins,
   AuthenticateHook,

@@ -19,6 +19,7 @@ import {
 } from '@finishline/core/internal';
 import type { Registry } from 'prom-client';
 import type { WebSocketServer } from 'ws';
+import type { ClientAddressHook } from './address-auth-limits.js';
 import type {
   AllowedOrigins,
   AuthenticateHook,
@@ -164,11 +165,26 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * with valid credentials spend none of it, however many share an address (a NAT, a proxy); they are
    * refused only once failures from their address spent it. Past the budget the hooks do not run: HTTP
    * requests and upgrades are answered 429 `rate_limited` with `Retry-After`, an `auth` frame with
-   * `rate_limited` and close 4008 (a socket of a `wss` you pass: close 4008). The address is the connection's peer: behind a reverse proxy every client has the proxy's, so raise
-   * this there (or turn it off with 0 and limit at the proxy).
+   * `rate_limited` and close 4008 (a socket of a `wss` you pass: close 4008). The address is the one
+   * `clientAddress` gives, by default the connection's peer: behind a reverse proxy every client has the
+   * proxy's, and one client's bad credentials spent the budget of all, so set `clientAddress` there.
    * @default 20
    */
   authRateLimitPerAddressPerSecond?: number | undefined;
+  /**
+   * How a request's client address is found, for `authRateLimitPerAddressPerSecond`: called at most once per HTTP
+   * request (Server-Sent Events streams included) and WebSocket upgrade (a socket's `auth` frames count
+   * against its upgrade's answer); a string is the address (an IPv6 one counts by its /64), `undefined`
+   * means the connection's peer. Behind reverse proxies that append to `X-Forwarded-For`, use
+   * `forwardedClientAddress({ trustedProxies: n })` (exported by this package), and only when no request can reach the server
+   * around them (a client could otherwise pick its address, and a fresh budget, with the header). A hook
+   * that throws, or returns anything but `undefined` or a string of 1-256 characters, falls back to the
+   * peer address (logged at `warn`, once): the request is answered as without the hook. The caps on
+   * connections not authenticated yet (`maxPendingConnectionsPerAddress`) count TCP peers, before any
+   * request: the hook does not apply to them.
+   * @default the connection's peer address (`request.socket.remoteAddress`)
+   */
+  clientAddress?: ClientAddressHook | undefined;
   /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
    * and `_ . : @ / -`, at most 128 characters.
@@ -438,6 +454,7 @@ const SERVER_OPTIONS = {
   maxPendingConnections: integer(10_000, 1),
   // 0 turns it off. At most 10^6/s (a burst of 5·10^7 tokens stays an exact float).
   authRateLimitPerAddressPerSecond: integer(20, 0, 1_000_000),
+  clientAddress: ofType<ClientAddressHook>('a function', isFunction),
   serverId: ofType<string>(
     `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
     (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),

@@ -156,6 +156,8 @@ export class ProgressServer<P extends Principal = Principal> {
       limits: new AddressAuthLimits({
         ratePerSecond: resolved.authRateLimitPerAddressPerSecond,
         clock: resolved.clock,
+        clientAddress: resolved.clientAddress,
+        logger: resolved.logger,
       }),
       onLimited: (via) => this.metrics.authRateLimited.inc({ via }),
     });
