@@ -8,6 +8,8 @@ export { sleep };
 export interface DrainOptions {
   maxAttempts: number;
   signal: AbortSignal;
+  /** Called right before the node's cordon PATCH is sent (see `ApplyOptions.beforePatch`). */
+  beforePatch?: () => void | Promise<void>;
   /** Called once the node is cordoned, before its pods are looked at: a drain failing later leaves it so. */
   onCordoned?: () => void | Promise<void>;
   /** Called as pods go: `evicted` of `total` pods gone. */
@@ -56,6 +58,8 @@ export async function cordonNodes(
     concurrency: number;
     maxAttempts: number;
     signal: AbortSignal;
+    /** Called right before a node's cordon PATCH is sent (see `ApplyOptions.beforePatch`). */
+    beforeCordon?: (name: string) => void | Promise<void>;
     onCordoned?: (name: string) => void | Promise<void>;
   },
 ): Promise<Map<string, NodeResult>> {
@@ -65,7 +69,21 @@ export async function cordonNodes(
     for (let i = next++; i < names.length && !options.signal.aborted; i = next++) {
       const name = names[i] as string;
       try {
-        cordoned.set(name, await applyToNode(nodes, name, { type: 'drain' }, options));
+        cordoned.set(
+          name,
+          await applyToNode(
+            nodes,
+            name,
+            { type: 'drain' },
+            {
+              maxAttempts: options.maxAttempts,
+              signal: options.signal,
+              ...(options.beforeCordon === undefined
+                ? {}
+                : { beforePatch: () => options.beforeCordon?.(name) }),
+            },
+          ),
+        );
       } catch {
         continue; // its own drain reports it
       }

@@ -17,6 +17,12 @@ export interface ApplyOptions {
   maxAttempts: number;
   signal: AbortSignal;
   now?: () => Date;
+  /**
+   * Called after the node was read and found to need the change, right before its PATCH is sent (on each
+   * attempt that sends one): what must be on record before the change can land (a cordon's note).
+   * @default none
+   */
+  beforePatch?: () => void | Promise<void>;
 }
 
 /** Longest `Retry-After` waited before a retry, in seconds (a larger one is waited this long). */
@@ -123,6 +129,7 @@ export async function applyToNode(
           resourceVersion: node.resourceVersion,
         };
       }
+      await options.beforePatch?.();
       options.signal.throwIfAborted();
       patching = true;
       const after = await nodes.mergePatch(name, patch);

@@ -155,9 +155,19 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       // (see noteCordon); put back after the batch where it did not. (An intent that replaced none is shown
       // only if its cordon landed after all: see noteCordon.)
       const replacedNotes = new Map<string, CordonNote>();
+      // The nodes this batch wrote an intent for: a PATCH sent again (a conflict, a timeout) writes it again,
+      // and the note it replaces then is the batch's own.
+      const intended = new Set<string>();
+      // Written right before the cordon's PATCH (ApplyOptions.beforePatch), once the node was read and found
+      // uncordoned: written earlier (before the batch's cordons, or before the node's read), a crash in
+      // between left it in place of the note of a node cordoned already, which the batch never touched —
+      // bob's "disk" read as alice's drain for good (no `finally` puts anything back after a kill -9).
       const noteIntent = async (name: string) => {
-        const earlier = await earlierNote(cluster.name, name);
-        if (earlier !== undefined) replacedNotes.set(name, earlier);
+        if (!intended.has(name)) {
+          intended.add(name);
+          const earlier = await earlierNote(cluster.name, name);
+          if (earlier !== undefined) replacedNotes.set(name, earlier);
+        }
         await noteCordon(cluster.name, op, name, session.username, reason);
       };
       const noteCordoned = async (name: string) => {
@@ -165,16 +175,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         await noteCordon(cluster.name, op, name, session.username, reason);
       };
       const cordonAll = (signal: AbortSignal) => {
-        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(async () => {
-          // The notes first (see noteCordon's intent), then the cordons.
-          for (const name of names) await noteIntent(name);
-          return cordonNodes(cluster.nodes, names, {
+        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(() =>
+          cordonNodes(cluster.nodes, names, {
             concurrency: config.concurrency,
             maxAttempts: config.maxAttempts,
             signal,
+            beforeCordon: noteIntent,
             onCordoned: noteCordoned,
-          });
-        });
+          }),
+        );
         return cordonedAll;
       };
       const run = task
@@ -188,6 +197,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                 ? await drainNode(cluster.nodes, name, {
                     maxAttempts: config.maxAttempts,
                     signal,
+                    beforePatch: () => noteIntent(name),
                     // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
                     onCordoned: () => noteCordoned(name),
                     ...(config.evictionTimeoutMs === undefined
@@ -202,11 +212,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
                         .progress({ current: `${name}: evicted ${evicted} of ${total} pods` })
                         .then(() => undefined),
                   })
-                : await (async () => {
+                : await applyToNode(cluster.nodes, name, op, {
+                    maxAttempts: config.maxAttempts,
+                    signal,
                     // The note before the PATCH (see noteCordon), confirmed (its time) after it.
-                    if (op.type === 'cordon') await noteIntent(name);
-                    return applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
-                  })();
+                    ...(op.type === 'cordon' ? { beforePatch: () => noteIntent(name) } : {}),
+                  });
             if (op.type === 'cordon') await noteCordoned(name);
             else if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
             // Cordoned by this batch before its turn: its own cordon found it done already.
@@ -234,8 +245,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
 
   /**
    * Who cordoned a node and why, kept beside the node (the API has no field for it). A cordon's note is
-   * written before its PATCH (an intent) and again after it: written only after, a PATCH landing just before
-   * a crash left the node cordoned with no note. An intent whose PATCH failed is not shown: the node list
+   * written right before its PATCH (an intent) and again after it: written only after, a PATCH landing just
+   * before a crash left the node cordoned with no note. An intent whose PATCH failed is not shown: the node list
    * shows a note only while the node is unschedulable by this app's field manager (node-routes.ts).
    */
   const noteCordon = async (
