@@ -10,6 +10,8 @@ export interface DrainOptions {
   signal: AbortSignal;
   /** Called right before the node's cordon PATCH is sent (see `ApplyOptions.beforePatch`). */
   beforePatch?: () => void | Promise<void>;
+  /** Called right before each eviction is sent (every attempt); a rejection fails the pod as the eviction's would. */
+  beforeEvict?: () => void | Promise<void>;
   /** Called once the node is cordoned, before its pods are looked at: a drain failing later leaves it so. */
   onCordoned?: () => void | Promise<void>;
   /** Called as pods go: `evicted` of `total` pods gone. */
@@ -182,6 +184,8 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // Evictions that timed out or met a conflict, sent again up to `maxAttempts` calls in all.
     let attempts = 0;
     for (;;) {
+      signal.throwIfAborted();
+      await options.beforeEvict?.();
       signal.throwIfAborted();
       try {
         // With the listed pod's uid as a precondition: an eviction sent again after one that timed out but
