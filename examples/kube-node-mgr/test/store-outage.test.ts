@@ -53,7 +53,7 @@ describe('a batch whose replica loses its database', () => {
     for (let i = 0; i < 100 && evictions < 20; i++) await sleep(50);
     await sleep(1000);
     outage.down = true;
-    await sleep(200); // the calls already on their way
+    await sleep(500); // the calls already on their way
     const atOutage = evictions;
     await sleep(1000);
     expect(evictions - atOutage).toBe(0);
