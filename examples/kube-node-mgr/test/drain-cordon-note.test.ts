@@ -78,3 +78,57 @@ describe('a cordon whose change to the node fails', () => {
     },
   );
 });
+
+/**
+ * A cordon's intent was written before the node was read — a drain's for all its nodes before any cordon —
+ * in place of the note of a node cordoned already. Put back only by the batch's `finally`: after a kill -9
+ * in between, a node bob had cordoned "for the disk", which the batch never touched, showed alice's cordon
+ * for good. The intent is now written right before the PATCH, for a node found uncordoned.
+ */
+describe('a cordon whose process dies before it reached a node', () => {
+  it.each(['cordon', 'drain'] as const)(
+    'leaves the earlier note of a node already cordoned in the database: %s',
+    async (operation) => {
+      let hold: Promise<void> | undefined;
+      let reached: () => void = () => undefined;
+      const atRead = new Promise<void>((resolve) => {
+        reached = resolve;
+      });
+      let release: () => void = () => undefined;
+      h = await startHarness({
+        cluster: {
+          onRequest: ({ method, node }) => {
+            if (hold === undefined || method !== 'GET' || node !== 'worker-1') return;
+            reached();
+            return hold;
+          },
+        },
+      });
+      const bob = await login(h.base, 'bob');
+      const first = await bob.post('/api/batch', {
+        operation: 'cordon',
+        nodes: ['worker-1'],
+        reason: 'disk',
+      });
+      expect((await waitForTask(bob, first.body.taskId)).task).toMatchObject({ status: 'completed' });
+      hold = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      const alice = await login(h.base, 'alice');
+      const second = await alice.post('/api/batch', {
+        operation,
+        nodes: ['worker-1', 'worker-2'],
+        reason: 'kernel update',
+      });
+      expect(second.status).toBe(202);
+      // The batch is reading worker-1: a kill -9 now leaves the database as it is.
+      await atRead;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      const notes = await h.db.cordons('default');
+      expect(notes.find((n) => n.node === 'worker-1')).toMatchObject({ reason: 'disk', username: 'bob' });
+      hold = undefined;
+      release();
+      await waitForTask(alice, second.body.taskId);
+    },
+  );
+});

@@ -84,3 +84,76 @@ describe('a Kubernetes API that does not answer', () => {
     expect(() => new KubeNodes(kc, { requestTimeoutMs: 0 })).toThrow(/requestTimeoutMs/);
   });
 });
+
+/**
+ * A PATCH the API applied but answered too late (or never): the node failed with the timeout though it had
+ * the change. Now it is read back: changed → succeeded; unchanged → failed; unreadable → "unknown: verify".
+ */
+describe('a node patch that timed out', () => {
+  /** The node `n1`; PATCHes applied (`land`) or not, then never answered; GETs answered until `readable` is false. */
+  async function slowPatchServer(land: boolean) {
+    const state = { unschedulable: false, resourceVersion: 1, readable: true };
+    const requests: string[] = [];
+    server = http.createServer((req, res) => {
+      requests.push(req.method ?? '');
+      req.resume();
+      req.on('end', () => {
+        if (req.method === 'PATCH') {
+          if (land) {
+            state.unschedulable = true;
+            state.resourceVersion++;
+          }
+          return; // held open, unanswered
+        }
+        if (!state.readable) return;
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(
+          JSON.stringify({
+            apiVersion: 'v1',
+            kind: 'Node',
+            metadata: { name: 'n1', resourceVersion: String(state.resourceVersion), labels: {} },
+            spec: state.unschedulable ? { unschedulable: true } : {},
+          }),
+        );
+      });
+    });
+    await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', () => resolve()));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const nodes = new KubeNodes(loadKubeConfig({ type: 'server', url }), { requestTimeoutMs: 150 });
+    return { nodes, requests, state };
+  }
+  const signal = new AbortController().signal;
+
+  it('that landed succeeds the node, read back after its last attempt', async () => {
+    const { nodes, requests } = await slowPatchServer(true);
+    const result = await applyToNode(nodes, 'n1', { type: 'cordon' }, { maxAttempts: 1, signal });
+    expect(result).toMatchObject({ outcome: 'changed', resourceVersion: '2' });
+    expect(requests).toEqual(['GET', 'PATCH', 'GET']);
+  });
+
+  it('that landed counts as changed (not unchanged) when the next attempt finds it done', async () => {
+    const { nodes, requests } = await slowPatchServer(true);
+    const result = await applyToNode(nodes, 'n1', { type: 'cordon' }, { maxAttempts: 3, signal });
+    expect(result.outcome).toBe('changed');
+    expect(requests).toEqual(['GET', 'PATCH', 'GET']);
+  });
+
+  it('that did not land fails the node with the timeout', async () => {
+    const { nodes, requests } = await slowPatchServer(false);
+    await expect(applyToNode(nodes, 'n1', { type: 'cordon' }, { maxAttempts: 2, signal })).rejects.toThrow(
+      /^Kubernetes API did not answer within 150 ms$/,
+    );
+    expect(requests).toEqual(['GET', 'PATCH', 'GET', 'PATCH', 'GET']);
+  });
+
+  it('fails the node as unknown, to verify, when it cannot be read back', async () => {
+    const { nodes, state } = await slowPatchServer(true);
+    // The PATCH lands, then the API stops answering reads as well.
+    const failure = applyToNode(nodes, 'n1', { type: 'cordon' }, { maxAttempts: 1, signal });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    state.readable = false;
+    await expect(failure).rejects.toThrow(
+      /^unknown: a change sent to n1 got no answer in time and may have landed.*verify n1 before retrying/,
+    );
+  });
+});

@@ -8,6 +8,10 @@ export { sleep };
 export interface DrainOptions {
   maxAttempts: number;
   signal: AbortSignal;
+  /** Called right before the node's cordon PATCH is sent (see `ApplyOptions.beforePatch`). */
+  beforePatch?: () => void | Promise<void>;
+  /** Called right before each eviction is sent (every attempt); a rejection fails the pod as the eviction's would. */
+  beforeEvict?: () => void | Promise<void>;
   /** Called once the node is cordoned, before its pods are looked at: a drain failing later leaves it so. */
   onCordoned?: () => void | Promise<void>;
   /** Called as pods go: `evicted` of `total` pods gone. */
@@ -56,6 +60,8 @@ export async function cordonNodes(
     concurrency: number;
     maxAttempts: number;
     signal: AbortSignal;
+    /** Called right before a node's cordon PATCH is sent (see `ApplyOptions.beforePatch`). */
+    beforeCordon?: (name: string) => void | Promise<void>;
     onCordoned?: (name: string) => void | Promise<void>;
   },
 ): Promise<Map<string, NodeResult>> {
@@ -65,7 +71,21 @@ export async function cordonNodes(
     for (let i = next++; i < names.length && !options.signal.aborted; i = next++) {
       const name = names[i] as string;
       try {
-        cordoned.set(name, await applyToNode(nodes, name, { type: 'drain' }, options));
+        cordoned.set(
+          name,
+          await applyToNode(
+            nodes,
+            name,
+            { type: 'drain' },
+            {
+              maxAttempts: options.maxAttempts,
+              signal: options.signal,
+              ...(options.beforeCordon === undefined
+                ? {}
+                : { beforePatch: () => options.beforeCordon?.(name) }),
+            },
+          ),
+        );
       } catch {
         continue; // its own drain reports it
       }
@@ -164,6 +184,8 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // Evictions that timed out or met a conflict, sent again up to `maxAttempts` calls in all.
     let attempts = 0;
     for (;;) {
+      signal.throwIfAborted();
+      await options.beforeEvict?.();
       signal.throwIfAborted();
       try {
         // With the listed pod's uid as a precondition: an eviction sent again after one that timed out but

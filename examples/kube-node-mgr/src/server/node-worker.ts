@@ -1,4 +1,4 @@
-import type { KubeNodes } from './kube-nodes.js';
+import type { KubeNodes, NodeView } from './kube-nodes.js';
 import { KubeApiError } from './kube-nodes.js';
 import { type Operation, patchFor } from './operations.js';
 
@@ -17,6 +17,12 @@ export interface ApplyOptions {
   maxAttempts: number;
   signal: AbortSignal;
   now?: () => Date;
+  /**
+   * Called after the node was read and found to need the change, right before its PATCH is sent (on each
+   * attempt that sends one): what must be on record before the change can land (a cordon's note).
+   * @default none
+   */
+  beforePatch?: () => void | Promise<void>;
 }
 
 /** Longest `Retry-After` waited before a retry, in seconds (a larger one is waited this long). */
@@ -94,6 +100,11 @@ export async function readRetrying<T>(
  * read), patches, and on 409 Conflict (someone changed the node in between) starts over from a fresh read,
  * up to `maxAttempts` times; a 429 or 5xx with `Retry-After` is retried the same way after that wait, and
  * a request that timed out at once.
+ *
+ * A PATCH that timed out may have landed all the same (the API applied it; its answer was lost or late):
+ * the node failed on its last attempt then, though changed. So a later read finding the change counts the
+ * node `changed` (not `unchanged`), and before a node fails after such a PATCH it is read back once more:
+ * the change found succeeds it; a node that cannot be read fails saying its state is unknown, to verify.
  * Throws an `Error` whose message is the reason shown for a failed node.
  */
 export async function applyToNode(
@@ -103,20 +114,34 @@ export async function applyToNode(
   options: ApplyOptions,
 ): Promise<NodeResult> {
   let conflicts = 0;
+  // Whether a PATCH of this call timed out: from then on the node may hold the change without an answer.
+  let patchTimedOut = false;
   for (let attempt = 1; ; attempt++) {
     options.signal.throwIfAborted();
+    let patching = false;
     try {
       const node = await nodes.get(name);
       const patch = patchFor(op, node, options.now?.() ?? new Date());
-      if (patch === null) return { outcome: 'unchanged', conflicts, resourceVersion: node.resourceVersion };
+      if (patch === null) {
+        return {
+          outcome: patchTimedOut ? 'changed' : 'unchanged',
+          conflicts,
+          resourceVersion: node.resourceVersion,
+        };
+      }
+      await options.beforePatch?.();
       options.signal.throwIfAborted();
+      patching = true;
       const after = await nodes.mergePatch(name, patch);
       return { outcome: 'changed', conflicts, resourceVersion: after.resourceVersion };
     } catch (error) {
+      if (patching && error instanceof KubeApiError && timedOut(error)) patchTimedOut = true;
       if (error instanceof KubeApiError && error.status === 409) {
         conflicts++;
         if (attempt < options.maxAttempts) continue;
-        throw new Error(`conflict: the node kept changing (${conflicts} attempts): ${error.message}`);
+        return settle(
+          new Error(`conflict: the node kept changing (${conflicts} attempts): ${error.message}`),
+        );
       }
       if (error instanceof KubeApiError && askedToRetry(error) && attempt < options.maxAttempts) {
         await sleep(retryWaitMs(error), options.signal);
@@ -124,11 +149,30 @@ export async function applyToNode(
       }
       if (error instanceof KubeApiError && timedOut(error) && attempt < options.maxAttempts) continue;
       if (error instanceof KubeApiError) {
-        throw new Error(
-          error.status === 0 ? error.message : `${error.status} ${error.reason}: ${error.message}`,
+        return settle(
+          new Error(error.status === 0 ? error.message : `${error.status} ${error.reason}: ${error.message}`),
         );
       }
       throw error;
     }
+  }
+
+  /**
+   * Ends the node with `failure`, unless a PATCH of it timed out: then the node is read back once more, and
+   * the change found there succeeds it; a node that cannot be read fails saying its state is unknown.
+   */
+  async function settle(failure: Error): Promise<NodeResult> {
+    if (!patchTimedOut || options.signal.aborted) throw failure;
+    let node: NodeView;
+    try {
+      node = await nodes.get(name);
+    } catch (error) {
+      const why = error instanceof Error ? error.message : String(error);
+      throw new Error(
+        `unknown: a change sent to ${name} got no answer in time and may have landed, and the node could not be read back (${why}); verify ${name} before retrying (${failure.message})`,
+      );
+    }
+    if (patchFor(op, node, options.now?.() ?? new Date()) !== null) throw failure;
+    return { outcome: 'changed', conflicts, resourceVersion: node.resourceVersion };
   }
 }

@@ -8,7 +8,7 @@ import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
 import type { NodeView } from '../kube-nodes.js';
 import { cordonNodes, drainNode, isDrained } from '../node-drain.js';
-import { applyToNode } from '../node-worker.js';
+import { applyToNode, sleep } from '../node-worker.js';
 import {
   BadRequestError,
   describeOperation,
@@ -29,6 +29,9 @@ const LOCK_CREATE_GRACE_MS = 30_000;
  * the cancel never does.
  */
 const LOCK_CANCEL_GRACE_MS = 30_000;
+
+/** How often a batch cut off from the store asks it again before going on (see `storeReady`). */
+const STORE_RETRY_MS = 1000;
 
 /** What the app's shutdown waits for. */
 export interface BatchRuns {
@@ -148,6 +151,42 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         await db.unlockTask(taskId).catch(() => undefined);
         throw error;
       }
+      // Before each change sent to Kubernetes (a PATCH, an eviction) and before a node's result is handed in:
+      // the task still running in the store. A replica cut off from its database went on changing nodes it
+      // could not record — a drain waits out budgets for minutes without writing anything — while the other
+      // replicas reaped the task after its lease and let a new batch take its nodes; and a node done meanwhile
+      // had its result refused, which stopped the batch and lost the result. It now waits until the store
+      // answers (every STORE_RETRY_MS), then goes on; a task ended meanwhile (reaped, cancelled) stops it.
+      let paused = false;
+      const storeReady = async (signal: AbortSignal): Promise<void> => {
+        for (;;) {
+          signal.throwIfAborted();
+          let current: Awaited<ReturnType<typeof store.getTask>>;
+          try {
+            current = await store.getTask(taskId);
+          } catch (error) {
+            if (!paused)
+              config.logger?.warn({ err: String(error), taskId }, 'store unreachable: batch paused');
+            paused = true;
+            await sleep(STORE_RETRY_MS, signal);
+            continue;
+          }
+          if (paused) config.logger?.info({ taskId }, 'store reachable again: batch goes on');
+          paused = false;
+          if (current?.status === 'running') return;
+          throw new Error(
+            `the task ended (${current?.status ?? 'deleted'}) while this server could not record its work`,
+          );
+        }
+      };
+      // A progress line is for display: one the store refused waits for the store, not fails the node.
+      const show = async (current: string, signal: AbortSignal) => {
+        try {
+          await task.progress({ current });
+        } catch {
+          await storeReady(signal);
+        }
+      };
       // A drain batch cordons all its nodes first (see cordonNodes), once, in the first worker; every
       // worker waits for it before its node's evictions.
       let cordonedAll: ReturnType<typeof cordonNodes> | undefined;
@@ -155,9 +194,19 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       // (see noteCordon); put back after the batch where it did not. (An intent that replaced none is shown
       // only if its cordon landed after all: see noteCordon.)
       const replacedNotes = new Map<string, CordonNote>();
+      // The nodes this batch wrote an intent for: a PATCH sent again (a conflict, a timeout) writes it again,
+      // and the note it replaces then is the batch's own.
+      const intended = new Set<string>();
+      // Written right before the cordon's PATCH (ApplyOptions.beforePatch), once the node was read and found
+      // uncordoned: written earlier (before the batch's cordons, or before the node's read), a crash in
+      // between left it in place of the note of a node cordoned already, which the batch never touched —
+      // bob's "disk" read as alice's drain for good (no `finally` puts anything back after a kill -9).
       const noteIntent = async (name: string) => {
-        const earlier = await earlierNote(cluster.name, name);
-        if (earlier !== undefined) replacedNotes.set(name, earlier);
+        if (!intended.has(name)) {
+          intended.add(name);
+          const earlier = await earlierNote(cluster.name, name);
+          if (earlier !== undefined) replacedNotes.set(name, earlier);
+        }
         await noteCordon(cluster.name, op, name, session.username, reason);
       };
       const noteCordoned = async (name: string) => {
@@ -165,54 +214,68 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         await noteCordon(cluster.name, op, name, session.username, reason);
       };
       const cordonAll = (signal: AbortSignal) => {
-        cordonedAll ??= task.progress({ current: `cordoning ${names.length} nodes` }).then(async () => {
-          // The notes first (see noteCordon's intent), then the cordons.
-          for (const name of names) await noteIntent(name);
-          return cordonNodes(cluster.nodes, names, {
+        cordonedAll ??= show(`cordoning ${names.length} nodes`, signal).then(() =>
+          cordonNodes(cluster.nodes, names, {
             concurrency: config.concurrency,
             maxAttempts: config.maxAttempts,
             signal,
+            beforeCordon: async (name) => {
+              await storeReady(signal);
+              await noteIntent(name);
+            },
             onCordoned: noteCordoned,
-          });
-        });
+          }),
+        );
         return cordonedAll;
+      };
+      const work = async (name: string, signal: AbortSignal) => {
+        const cordoned = op.type === 'drain' ? await cordonAll(signal) : undefined;
+        await show(name, signal);
+        const result =
+          op.type === 'drain'
+            ? await drainNode(cluster.nodes, name, {
+                maxAttempts: config.maxAttempts,
+                signal,
+                beforePatch: async () => {
+                  await storeReady(signal);
+                  await noteIntent(name);
+                },
+                beforeEvict: () => storeReady(signal),
+                // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
+                onCordoned: () => noteCordoned(name),
+                ...(config.evictionTimeoutMs === undefined
+                  ? {}
+                  : { evictionTimeoutMs: config.evictionTimeoutMs }),
+                ...(config.evictionRetryMs === undefined ? {} : { evictionRetryMs: config.evictionRetryMs }),
+                // Each node's evictions show inside its item's progress: "worker-3: evicted 2 of 5 pods".
+                onProgress: (evicted, total) => show(`${name}: evicted ${evicted} of ${total} pods`, signal),
+              })
+            : await applyToNode(cluster.nodes, name, op, {
+                maxAttempts: config.maxAttempts,
+                signal,
+                // The note before the PATCH (see noteCordon), confirmed (its time) after it.
+                beforePatch: async () => {
+                  await storeReady(signal);
+                  if (op.type === 'cordon') await noteIntent(name);
+                },
+              });
+        // Noted and handed in once the store can take them (see storeReady).
+        await storeReady(signal);
+        if (op.type === 'cordon') await noteCordoned(name);
+        else if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
+        // Cordoned by this batch before its turn: its own cordon found it done already.
+        if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
+        return { ...result };
       };
       const run = task
         .runBatch(
           names,
-          async (name, { signal }) => {
-            const cordoned = op.type === 'drain' ? await cordonAll(signal) : undefined;
-            await task.progress({ current: name });
-            const result =
-              op.type === 'drain'
-                ? await drainNode(cluster.nodes, name, {
-                    maxAttempts: config.maxAttempts,
-                    signal,
-                    // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
-                    onCordoned: () => noteCordoned(name),
-                    ...(config.evictionTimeoutMs === undefined
-                      ? {}
-                      : { evictionTimeoutMs: config.evictionTimeoutMs }),
-                    ...(config.evictionRetryMs === undefined
-                      ? {}
-                      : { evictionRetryMs: config.evictionRetryMs }),
-                    // Each node's evictions show inside its item's progress: "worker-3: evicted 2 of 5 pods".
-                    onProgress: (evicted, total) =>
-                      task
-                        .progress({ current: `${name}: evicted ${evicted} of ${total} pods` })
-                        .then(() => undefined),
-                  })
-                : await (async () => {
-                    // The note before the PATCH (see noteCordon), confirmed (its time) after it.
-                    if (op.type === 'cordon') await noteIntent(name);
-                    return applyToNode(cluster.nodes, name, op, { maxAttempts: config.maxAttempts, signal });
-                  })();
-            if (op.type === 'cordon') await noteCordoned(name);
-            else if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
-            // Cordoned by this batch before its turn: its own cordon found it done already.
-            if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
-            return { ...result };
-          },
+          (name, { signal }) =>
+            work(name, signal).catch(async (error: unknown) => {
+              // A failed node's reason, too, is handed in once the store can take it (see storeReady).
+              if (!signal.aborted) await storeReady(signal);
+              throw error;
+            }),
           { concurrency: config.concurrency, key: (name) => name },
         )
         .catch((error: unknown) => config.logger?.error({ err: String(error), taskId }, 'batch failed'))
@@ -234,8 +297,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
 
   /**
    * Who cordoned a node and why, kept beside the node (the API has no field for it). A cordon's note is
-   * written before its PATCH (an intent) and again after it: written only after, a PATCH landing just before
-   * a crash left the node cordoned with no note. An intent whose PATCH failed is not shown: the node list
+   * written right before its PATCH (an intent) and again after it: written only after, a PATCH landing just
+   * before a crash left the node cordoned with no note. An intent whose PATCH failed is not shown: the node list
    * shows a note only while the node is unschedulable by this app's field manager (node-routes.ts).
    */
   const noteCordon = async (
