@@ -823,6 +823,27 @@ describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () 
     expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 102 }]);
   });
 
+  it('a body that starts with a UTF-8 byte order mark is read without it (RFC 8259 §8.1)', async () => {
+    // Before, JSON.parse met U+FEFF and the request got 400 "The body must be JSON": what some
+    // Windows tools and editors write in front of a JSON file sent with `curl --data @file`.
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: jsonHeaders(),
+      body: '\uFEFF{"seq":3}',
+    });
+    expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 3 }]);
+    // One mark only: a second one (or one after whitespace) is not JSON.
+    for (const body of ['\uFEFF\uFEFF{"seq":3}', ' \uFEFF{"seq":3}']) {
+      const refused = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonHeaders(), body });
+      expect([refused.status, refused.json().error]).toEqual([
+        400,
+        { code: 'invalid_input', message: 'The body must be JSON' },
+      ]);
+    }
+  });
+
   it('HEAD of the stream gets the stream headers; the 204 at a task end carries the CORS headers', async () => {
     const { server, store } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
