@@ -655,6 +655,23 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
     ]);
   });
 
+  it('an empty Last-Event-ID is taken as no header: afterSeq (else 0) is the cursor', async () => {
+    // Before, an empty header (an EventSource polyfill's after an empty `id:`, a proxy's) was the cursor
+    // itself, read as 0: the stream started over from a snapshot whatever afterSeq the URL carried.
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const path = `/progress/tasks/${task.id}/stream`;
+    const byQuery = await stream(`${path}?afterSeq=2`, { ...bearer(), 'last-event-id': '' }, (t) =>
+      t.includes('id: 3'),
+    );
+    expect(dataOf(byQuery.text).map((f) => [f.type, f.event?.seq])).toEqual([['event', 3]]);
+    const fromStart = await stream(path, { ...bearer(), 'last-event-id': '' }, (t) =>
+      t.includes('"snapshot"'),
+    );
+    expect(dataOf(fromStart.text).map((f) => [f.type, f.task?.seq])).toEqual([['snapshot', 3]]);
+  });
+
   it('malformed cursors are refused with 400 invalid_input before the stream starts', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
