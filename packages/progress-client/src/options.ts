@@ -151,8 +151,8 @@ export interface ProgressClientOptions {
    * huge one cannot disable the check) + `heartbeatMarginMs`. Also the
    * longest silence of a Server-Sent Events stream of `fallbackTransport` once it delivered anything
    * (before that, `connectTimeoutMs`; then reopened from the cursor),
-   * where `null` takes the interval the stream states when it opens (15 s, the server's default, from a
-   * server too old to state it).
+   * where `null` takes the interval the stream states when it opens (at most 5 minutes of it too; 15 s,
+   * the server's default, from a server too old to state it).
    * @default null
    */
   heartbeatTimeoutMs?: number | null;
