@@ -300,6 +300,40 @@ describe('close codes', () => {
     expect(client.state).not.toBe('closed');
   });
 
+  it('4011 a while after every hello (past stableConnectionMs): at once the first time, then a growing backoff', async () => {
+    // Before 6 December 2026 each socket up stableConnectionMs allowed the next reconnect at once: a server
+    // (or a token function) whose credentials expired a second or two after each hello was asked again
+    // every second or two, for ever.
+    let calls = 0;
+    const closedAt: number[] = [];
+    const openedAt: number[] = [];
+    const { client, server } = await rig(
+      (conn) => {
+        openedAt.push(Date.now());
+        conn.hello();
+        setTimeout(() => {
+          closedAt.push(Date.now());
+          conn.socket.close(4011, 'x');
+        }, 150);
+      },
+      {
+        token: () => `t${++calls}`,
+        random: () => 0.5,
+        stableConnectionMs: 50,
+        reconnect: { initialDelayMs: 200, maxDelayMs: 5000, firstDelayMs: 5 },
+      },
+    );
+    client.watch('t1').done.catch(() => undefined);
+    await waitFor(() => server.conns.length >= 5, 6000);
+    const gaps = openedAt.slice(1, 5).map((at, index) => at - (closedAt[index] as number));
+    // At once, then half of each full-jitter step (random 0.5): 100, 200 and 400 ms.
+    expect(gaps[0]).toBeLessThan(60);
+    expect(gaps[1]).toBeGreaterThanOrEqual(90);
+    expect(gaps[2]).toBeGreaterThanOrEqual(180);
+    expect(gaps[3]).toBeGreaterThanOrEqual(360);
+    expect(client.state).not.toBe('closed');
+  }, 10_000);
+
   it('4011 twice before hello: fatal token_expired', async () => {
     let calls = 0;
     const { client } = await rig(

@@ -201,7 +201,9 @@ export interface ProgressClientOptions {
    * A connection that stayed up this long resets the reconnect backoff (its loss is retried within
    * `reconnect.firstDelayMs` again, and failed attempts back off from the start). The loss of a shorter
    * one that said `hello` waits one step (`reconnect.initialDelayMs`, or the server's spread), so a
-   * flapping server sees each client at most about once a second, never in a tight loop.
+   * flapping server sees each client at most about once a second, never in a tight loop. (Not a socket
+   * closed with 4011 within `reconnect.maxDelayMs` of the last reconnect at once for an expiry: those are
+   * paced as failed attempts, however long each stayed up.)
    * @default 1000
    */
   stableConnectionMs?: number;
