@@ -247,6 +247,39 @@ describe('task frames', () => {
   });
 });
 
+describe('error frames', () => {
+  it('an error frame with an unknown code and no taskId: a typed invalid_frame error, the socket and the watch go on', async () => {
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    task.end();
+    const { client, server, errors } = await rig((conn) => {
+      conn.hello();
+      conn.socket.on('message', () => {
+        if (subscribes(conn).length !== 1 || conn.received.length !== 1) return;
+        // A newer server's code, about no task in particular.
+        conn.send({ type: 'error', code: 'brand_new_code', message: 'something new' });
+        conn.send({ type: 'snapshot', task: task.view(0) });
+        for (const event of task.events) conn.send({ type: 'event', event });
+      });
+    });
+    const states: string[] = [];
+    client.on('state', (change) => states.push(change.state));
+    const watch = client.watch('t1');
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    expect(errors).toEqual([
+      expect.objectContaining({
+        name: 'ProgressError',
+        code: 'invalid_frame',
+        taskId: undefined,
+        message: expect.stringContaining('Invalid error frame: code: must be one of'),
+      }),
+    ]);
+    // The same socket all along: no reconnect for it.
+    expect(server.conns).toHaveLength(1);
+    expect(states).not.toContain('reconnecting');
+  });
+});
+
 describe('close codes', () => {
   for (const code of [1000, 1001, 1008, 1011, 1013, 4004, 4005, 4008, 4009, 4010, 4999]) {
     it(`${code} after hello: reconnects`, async () => {
