@@ -247,6 +247,39 @@ describe('task frames', () => {
   });
 });
 
+describe('error frames', () => {
+  it('an error frame with an unknown code and no taskId: a typed invalid_frame error, the socket and the watch go on', async () => {
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    task.end();
+    const { client, server, errors } = await rig((conn) => {
+      conn.hello();
+      conn.socket.on('message', () => {
+        if (subscribes(conn).length !== 1 || conn.received.length !== 1) return;
+        // A newer server's code, about no task in particular.
+        conn.send({ type: 'error', code: 'brand_new_code', message: 'something new' });
+        conn.send({ type: 'snapshot', task: task.view(0) });
+        for (const event of task.events) conn.send({ type: 'event', event });
+      });
+    });
+    const states: string[] = [];
+    client.on('state', (change) => states.push(change.state));
+    const watch = client.watch('t1');
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    expect(errors).toEqual([
+      expect.objectContaining({
+        name: 'ProgressError',
+        code: 'invalid_frame',
+        taskId: undefined,
+        message: expect.stringContaining('Invalid error frame: code: must be one of'),
+      }),
+    ]);
+    // The same socket all along: no reconnect for it.
+    expect(server.conns).toHaveLength(1);
+    expect(states).not.toContain('reconnecting');
+  });
+});
+
 describe('close codes', () => {
   for (const code of [1000, 1001, 1008, 1011, 1013, 4004, 4005, 4008, 4009, 4010, 4999]) {
     it(`${code} after hello: reconnects`, async () => {
@@ -299,6 +332,34 @@ describe('close codes', () => {
     expect(server.conns.length).toBeLessThanOrEqual(7);
     expect(client.state).not.toBe('closed');
   });
+
+  it('4011 a while after every hello (past stableConnectionMs): at once the first time, then a growing backoff', async () => {
+    // Before 6 December 2026 each socket up stableConnectionMs allowed the next reconnect at once: a server
+    // (or a token function) whose credentials expired a second or two after each hello was asked again
+    // every second or two, for ever.
+    let calls = 0;
+    const { client, server } = await rig(
+      (conn) => {
+        conn.hello();
+        setTimeout(() => conn.socket.close(4011, 'x'), 150);
+      },
+      {
+        token: () => `t${++calls}`,
+        random: () => 0.5,
+        stableConnectionMs: 50,
+        reconnect: { initialDelayMs: 200, maxDelayMs: 5000, firstDelayMs: 5 },
+      },
+    );
+    const delays: number[] = [];
+    client.on('state', (change) => {
+      if (change.state === 'reconnecting' && change.closeCode === 4011) delays.push(change.delayMs ?? -1);
+    });
+    client.watch('t1').done.catch(() => undefined);
+    await waitFor(() => server.conns.length >= 5, 6000);
+    // At once, then half of each full-jitter step (random 0.5), growing: before, 0 every time.
+    expect(delays.slice(0, 4)).toEqual([0, 100, 200, 400]);
+    expect(client.state).not.toBe('closed');
+  }, 10_000);
 
   it('4011 twice before hello: fatal token_expired', async () => {
     let calls = 0;

@@ -66,7 +66,9 @@ export class Connection {
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
   /** A socket was closed for an expired credential and no `hello` came since: the next one is fatal. */
-  #retriedExpiredToken = false;
+  #retriedExpiredToken: boolean | undefined;
+  /** When the client last reconnected at once for an expired credential (clock ms); none yet: NaN below. */
+  #expiredAt: number | undefined;
   /** Why the current attempt failed, as far as the WebSocket implementation tells. */
   #attemptFailure: AttemptFailure | undefined;
   /** The socket whose `auth` frame waits for the token function (to say so when its attempt times out). */
@@ -351,11 +353,13 @@ export class Connection {
   /**
    * The server ended the socket because its credential expired: reconnect at once, which fetches a
    * fresh credential from the token function. Once only: a second expiry before any `hello` means the
-   * token function hands out expired credentials, and retrying cannot help. At once only after a socket
-   * that stayed up `stableConnectionMs` since its `hello`: an expiry sooner waits as a failed attempt does,
-   * the backoff growing while no socket stays up that long. (A server that says `hello` and closes with
-   * 4011 at once was reconnected to at once for ever, 82 connections a second: each `hello` allowed the
-   * next immediate retry.)
+   * token function hands out expired credentials, and retrying cannot help. At once only
+   * `reconnect.maxDelayMs` or more after the last reconnect at once for an expiry: one sooner waits as a
+   * failed attempt does, the backoff growing while expiries keep coming that soon. (A server that says
+   * `hello` and closes with 4011 at once was reconnected to at once for ever, 82 connections a second: each
+   * `hello` allowed the next immediate retry. Until 6 December 2026 one that closed with 4011 a second or
+   * two after each `hello` still was, every second or two: each socket up `stableConnectionMs` allowed the
+   * next.)
    */
   #tokenExpired(why: string, code: number): void {
     this.#socket = undefined;
@@ -368,7 +372,14 @@ export class Connection {
       return;
     }
     this.#retriedExpiredToken = true;
-    this.#lost(why, code, !this.#pacing.unstable());
+    const now = this.#o.clock();
+    // (None yet: NaN, not below.)
+    const atOnce = !(now - (this.#expiredAt as number) < this.#o.reconnect.maxDelayMs);
+    if (atOnce) this.#expiredAt = now;
+    // Paced, the socket is taken for one just up (until the next `hello` says when): the backoff is not
+    // started over for its second or two up, as for a socket that stayed up, and the waits grow.
+    else this.#pacing.ready(now, 0);
+    this.#lost(why, code, atOnce);
   }
 
   #fatal(error: ProgressError, reason: string, closeCode: number | undefined): void {

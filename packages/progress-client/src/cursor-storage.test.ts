@@ -225,6 +225,24 @@ describe('cursor storage', () => {
     expect(() => persistCursors(new MemoryCursorStorage())).not.toThrow();
   });
 
+  it('refuses a maxEntries that is not an integer >= 0 (or Infinity) with invalid_input', () => {
+    // Before, -1 or 2.5 made the first save's sweep read past its entries and throw (caught: that save
+    // was lost without a word), and NaN silently never swept.
+    for (const bad of [-1, 2.5, Number.NaN, '10' as unknown as number])
+      expect(() => new WebStorageCursorStorage(new QuotaStorage(), 'p:', bad)).toThrow(
+        expect.objectContaining({
+          code: ErrorCode.InvalidInput,
+          message: expect.stringContaining('WebStorageCursorStorage: maxEntries must be an integer >= 0'),
+        }),
+      );
+    for (const good of [0, 1, 1000, Number.POSITIVE_INFINITY]) {
+      const backing = new QuotaStorage();
+      const cursors = new WebStorageCursorStorage(backing, 'p:', good).forServer(A);
+      expect(cursors.saveView(watchViewOf(task), undefined)).toBe(true);
+      expect(cursors.restore('t1')).toEqual(restoredOf(task));
+    }
+  });
+
   it('shares the cursors of clients given one scope, whatever their URLs', () => {
     const storage = new MemoryCursorStorage();
     persistCursors(storage, 'orders').forServer(A).saveView(watchViewOf(task), undefined);

@@ -212,7 +212,7 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
     !isProtocolVersion(value.protocol)
   ) {
     code = ErrorCode.UnsupportedProtocol;
-    message = `Protocol version ${String(value.protocol)} is not supported; this side speaks ${PROTOCOL_VERSION}`;
+    message = `Protocol version ${value.protocol as number} is not supported; this side speaks ${PROTOCOL_VERSION}`;
   } else {
     const tail = check(value);
     if (tail === undefined) return { ok: true, frame: value as unknown as ServerFrame };

@@ -151,8 +151,8 @@ export interface ProgressClientOptions {
    * huge one cannot disable the check) + `heartbeatMarginMs`. Also the
    * longest silence of a Server-Sent Events stream of `fallbackTransport` once it delivered anything
    * (before that, `connectTimeoutMs`; then reopened from the cursor),
-   * where `null` takes the interval the stream states when it opens (15 s, the server's default, from a
-   * server too old to state it).
+   * where `null` takes the interval the stream states when it opens (at most 5 minutes of it too; 15 s,
+   * the server's default, from a server too old to state it).
    * @default null
    */
   heartbeatTimeoutMs?: number | null;
@@ -201,7 +201,9 @@ export interface ProgressClientOptions {
    * A connection that stayed up this long resets the reconnect backoff (its loss is retried within
    * `reconnect.firstDelayMs` again, and failed attempts back off from the start). The loss of a shorter
    * one that said `hello` waits one step (`reconnect.initialDelayMs`, or the server's spread), so a
-   * flapping server sees each client at most about once a second, never in a tight loop.
+   * flapping server sees each client at most about once a second, never in a tight loop. (Not a socket
+   * closed with 4011 within `reconnect.maxDelayMs` of the last reconnect at once for an expiry: those are
+   * paced as failed attempts, however long each stayed up.)
    * @default 1000
    */
   stableConnectionMs?: number;

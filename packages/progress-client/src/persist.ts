@@ -152,12 +152,22 @@ export class WebStorageCursorStorage extends ValidatedCursorStorage {
   /**
    * @param storage - `sessionStorage`, `localStorage` or anything with the same three methods.
    * @param keyPrefix - prepended to each entry's key (see {@link cursorKey}).
-   * @param maxEntries - how many entries the sweep at the first save keeps. Default 1,000.
-   * @throws ProgressError `invalid_input` when `storage` lacks `getItem`, `setItem` or `removeItem`.
+   * @param maxEntries - how many entries the sweep at the first save keeps: an integer >= 0, or
+   *   `Infinity` (never swept). Default 1,000.
+   * @throws ProgressError `invalid_input` when `storage` lacks `getItem`, `setItem` or `removeItem`, or
+   *   `maxEntries` is not an integer >= 0 (or `Infinity`).
    */
   constructor(storage: WebStorageLike, keyPrefix = 'finishline:', maxEntries = 1000) {
     super();
     needs(storage, ['getItem', 'setItem', 'removeItem'], 'WebStorageCursorStorage: storage');
+    // Checked here, not at the first save: a negative or fractional count made that save's sweep read
+    // past its entries and throw (caught as a failing storage's error: the save lost without a word), and
+    // NaN never swept.
+    if (!(maxEntries >= 0 && (Number.isSafeInteger(maxEntries) || maxEntries === Infinity)))
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        `WebStorageCursorStorage: maxEntries must be an integer >= 0 (or Infinity), got ${String(maxEntries)}`,
+      );
     this.#storage = storage;
     this.#prefix = keyPrefix;
     this.#max = maxEntries;

@@ -23,13 +23,13 @@ export class ReconnectPacing {
   /** Reconnects since the last stable connection: the backoff exponent. */
   #failures = 0;
   /** The quick first retry was spent since the last stable connection (so flapping backs off). */
-  #quickRetryUsed = false;
+  #quickRetryUsed: boolean | undefined;
   /** The current socket's `hello` asked for this spread of the first retry after a loss. */
   #serverFirstDelayMs = 0;
   /** When the current socket said `hello` (clock ms); none before any (NaN below: never short-lived). */
   #readyAt: number | undefined;
   /** The server closed the client for flooding: the next delay backs off whatever was lost. */
-  #slowedDown = false;
+  #slowedDown: boolean | undefined;
 
   constructor(options: PacingOptions) {
     this.#o = options;
@@ -41,17 +41,12 @@ export class ReconnectPacing {
     this.#serverFirstDelayMs = serverFirstDelayMs;
   }
 
-  /** The socket that said `hello` last is up less than `stableConnectionMs` since (false before any). */
-  unstable(): boolean {
-    return this.#o.clock() - (this.#readyAt as number) < this.#o.stableConnectionMs;
-  }
-
   /**
-   * The ready socket went away. A connection that stayed up long enough proves the server healthy: the
-   * backoff starts over.
+   * The ready socket went away. A connection that stayed up `stableConnectionMs` since its `hello` proves
+   * the server healthy: the backoff starts over.
    */
   down(): void {
-    if (!this.unstable()) {
+    if (!(this.#o.clock() - (this.#readyAt as number) < this.#o.stableConnectionMs)) {
       this.#failures = 0;
       this.#quickRetryUsed = false;
     }

@@ -269,6 +269,25 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('takes at most 5 minutes of a stated heartbeat interval, as the socket does of its hello', async () => {
+    // Before, a misconfigured or broken server's interval was taken whole: a dead stream of one stating
+    // a week of it held its watch for two weeks. (The socket has held its hello's to 5 minutes since 4
+    // December 2026.)
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
+    client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write('retry: 1000\n: hello heartbeatIntervalMs=604800000\n\n');
+    await flush();
+    // 2 × 300,000 + heartbeatMarginMs (2 s).
+    await scheduler.advance(601_999);
+    expect(stream.aborted()).toBe(false);
+    await scheduler.advance(1);
+    expect(stream.aborted()).toBe(true);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
   it('takes heartbeatTimeoutMs as the longest silence of a stream when it is given', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true, heartbeatTimeoutMs: 5000 });
     client.watch('t1');

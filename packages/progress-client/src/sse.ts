@@ -185,7 +185,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             buffer = buffer.slice(cut + 2);
             const stated = HEARTBEAT_INTERVAL.exec(block);
             if (stated) {
-              intervalMs = Number(stated[1]);
+              // At most 5 minutes of it, as the socket takes of its hello: a misconfigured or broken
+              // server's week of interval left a dead stream, and its watch, hanging for two.
+              intervalMs = Math.min(+(stated[1] as string), 3e5);
               heard();
             }
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry

@@ -655,6 +655,23 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
     ]);
   });
 
+  it('an empty Last-Event-ID is taken as no header: afterSeq (else 0) is the cursor', async () => {
+    // Before, an empty header (an EventSource polyfill's after an empty `id:`, a proxy's) was the cursor
+    // itself, read as 0: the stream started over from a snapshot whatever afterSeq the URL carried.
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const path = `/progress/tasks/${task.id}/stream`;
+    const byQuery = await stream(`${path}?afterSeq=2`, { ...bearer(), 'last-event-id': '' }, (t) =>
+      t.includes('id: 3'),
+    );
+    expect(dataOf(byQuery.text).map((f) => [f.type, f.event?.seq])).toEqual([['event', 3]]);
+    const fromStart = await stream(path, { ...bearer(), 'last-event-id': '' }, (t) =>
+      t.includes('"snapshot"'),
+    );
+    expect(dataOf(fromStart.text).map((f) => [f.type, f.task?.seq])).toEqual([['snapshot', 3]]);
+  });
+
   it('malformed cursors are refused with 400 invalid_input before the stream starts', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
@@ -821,6 +838,27 @@ describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () 
       body: '{"seq":102}',
     });
     expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 102 }]);
+  });
+
+  it('a body that starts with a UTF-8 byte order mark is read without it (RFC 8259 §8.1)', async () => {
+    // Before, JSON.parse met U+FEFF and the request got 400 "The body must be JSON": what some
+    // Windows tools and editors write in front of a JSON file sent with `curl --data @file`.
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: jsonHeaders(),
+      body: '\uFEFF{"seq":3}',
+    });
+    expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 3 }]);
+    // One mark only: a second one (or one after whitespace) is not JSON.
+    for (const body of ['\uFEFF\uFEFF{"seq":3}', ' \uFEFF{"seq":3}']) {
+      const refused = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonHeaders(), body });
+      expect([refused.status, refused.json().error]).toEqual([
+        400,
+        { code: 'invalid_input', message: 'The body must be JSON' },
+      ]);
+    }
   });
 
   it('HEAD of the stream gets the stream headers; the 204 at a task end carries the CORS headers', async () => {

@@ -162,7 +162,9 @@ export async function readJsonBody(request: IncomingMessage): Promise<Record<str
           : await readStream(request);
     if (text.trim() === '') return {};
     try {
-      value = JSON.parse(text);
+      // Without a leading byte order mark, as RFC 8259 (§8.1) lets a parser do: JSON.parse refuses it,
+      // and some Windows tools write one in front of a JSON file a script then sends (`curl --data @file`).
+      value = JSON.parse(text.charCodeAt(0) === 0xfeff ? text.slice(1) : text);
     } catch {
       throw fromCode(ErrorCode.InvalidInput, 'The body must be JSON');
     }

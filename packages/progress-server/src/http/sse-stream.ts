@@ -131,13 +131,15 @@ export function answerStreamHead(response: ServerResponse): void {
 }
 
 /**
- * Where a stream starts: the `Last-Event-ID` header (what `EventSource` sends when it reconnects), else the
- * `afterSeq` query parameter, else 0; either an event id as the stream writes them or a seq alone (an
+ * Where a stream starts: the `Last-Event-ID` header (what `EventSource` sends when it reconnects) unless
+ * it is empty, else the `afterSeq` query parameter, else 0; either an event id as the stream writes them or a seq alone (an
  * older client, a hand-written header), taken as a seq of the current epoch. Refuses anything else with
  * `invalid_input`.
  */
 export function streamCursor(lastEventId: string | string[] | undefined, afterSeq: string | null): SseCursor {
-  const text = typeof lastEventId === 'string' ? lastEventId : afterSeq;
+  // An empty header is no header (EventSource sends none while its last event id is empty): it left
+  // `afterSeq` unread, and the stream started over from 0 whatever cursor the URL carried.
+  const text = typeof lastEventId === 'string' && lastEventId !== '' ? lastEventId : afterSeq;
   if (text === null || text === '') return { seq: 0 };
   const cursor = parseSseEventId(text);
   if (cursor === undefined) {

@@ -192,6 +192,47 @@ describe('slow and stray requests', () => {
     expect(b).toBeDefined();
   });
 
+  it('closes a kept-alive connection whose next request trickles its headers (headersTimeoutMs per request)', async () => {
+    const { ProgressServer } = await import('../progress-server.js');
+    const { headerAuth } = await import('../testing/harness.js');
+    const { MemoryProgressStore } = await import('@finishline/core');
+    const server = await ProgressServer.listen(
+      { store: new MemoryProgressStore(), authenticate: headerAuth },
+      { port: 0, host: '127.0.0.1', headersTimeoutMs: 300 },
+    );
+    cleanups.push(() => server.close({ timeoutMs: 500 }));
+    const address = server.httpServer!.address();
+    const port = typeof address === 'object' && address !== null ? address.port : 0;
+    // A first request answered in full, the connection kept alive; then a second one whose headers come
+    // a byte every 50 ms, never finished: each byte is activity, so only a deadline on the whole header
+    // section (Node's headersTimeout, from the request's first byte) ends it.
+    const socket = await silent(port, 'GET /progress/healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    let answered = '';
+    socket.on('data', (chunk: Buffer) => {
+      answered += chunk.toString();
+    });
+    await new Promise<void>((resolve) => {
+      const check = setInterval(() => {
+        if (answered.includes('\r\n\r\n')) {
+          clearInterval(check);
+          resolve();
+        }
+      }, 5);
+    });
+    expect(answered).toMatch(/^HTTP\/1\.1 200/);
+    const header = `GET /progress/healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ${'a'.repeat(200)}`;
+    let sent = 0;
+    const trickle = setInterval(() => {
+      if (!socket.destroyed && sent < header.length) socket.write(header[sent++] as string);
+    }, 50);
+    cleanups.push(() => clearInterval(trickle));
+    const closedAfter = await closedWithin(socket, 5000);
+    clearInterval(trickle);
+    expect(closedAfter).toBeDefined();
+    // headersTimeoutMs (300 ms), checked every second; far from the 10 s the trickle would last.
+    expect(closedAfter as number).toBeLessThan(3000);
+  });
+
   it('destroys an upgrade that does not complete within upgradeTimeoutMs (a hook that never answers)', async () => {
     env = await startServer({
       upgradeTimeoutMs: 200,
