@@ -48,15 +48,15 @@ async function until(condition: () => boolean, timeoutMs = 3000): Promise<boolea
 const fixtures = STORE_FIXTURES.filter((fixture) => fixture.name !== 'postgres' || PG_URL !== undefined);
 
 describe.each(fixtures)('a cursor of a purged run of the id ($name)', (fixture) => {
-  async function serve(): Promise<{ store: ProgressStore; wsUrl: string }> {
+  async function serve(): Promise<{ store: ProgressStore; wsUrl: string; httpUrl: string }> {
     const { store, release } = await fixture.open();
-    const { server, wsUrl } = await listenOn(store, {
+    const { server, wsUrl, httpUrl } = await listenOn(store, {
       heartbeatIntervalMs: 200,
       terminalRetry: { initialDelayMs: 20, maxDelayMs: 40 },
     });
     cleanups.push(release);
     cleanups.push(() => server.close({ timeoutMs: 1000 }));
-    return { store, wsUrl };
+    return { store, wsUrl, httpUrl };
   }
 
   async function connect(wsUrl: string, protocols?: string[]): Promise<RawClient> {
@@ -142,5 +142,43 @@ describe.each(fixtures)('a cursor of a purged run of the id ($name)', (fixture) 
     client.send({ type: 'subscribe', taskId: 'job-3', afterSeq: 1 });
     const snapshot = await client.next((frame) => frame.type === 'snapshot');
     expect(snapshot.reset).toBeUndefined();
+  });
+
+  it("over Server-Sent Events, the purged run's Last-Event-ID at the seq the new run ended at gets that end, not a 204", async () => {
+    const { store, httpUrl } = await serve();
+    await store.createTask({ id: 'job-4', owner: 'alice', kind: 'first' });
+    for (let i = 1; i <= 3; i++) await store.append('job-4', { type: 'progress', message: `run 1, ${i}` });
+    const url = `${httpUrl}/progress/tasks/job-4/stream`;
+    // The id the stream of run 1 wrote for seq 3, as EventSource keeps it when the stream is cut there.
+    const abort = new AbortController();
+    const first = await fetch(url, { headers: { 'x-user': 'alice' }, signal: abort.signal });
+    const reader = (first.body as ReadableStream<Uint8Array>).getReader();
+    let text = '';
+    while (!/^id: 3\S*$/m.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    abort.abort();
+    const lastEventId = /^id: (3\S*)$/m.exec(text)?.[1] as string;
+    expect(lastEventId).toMatch(/^3~/);
+    await store.append('job-4', { type: 'completed' });
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'job-4', owner: 'alice', kind: 'second', total: 2 });
+    await store.append('job-4', { type: 'item', key: 'a', ok: true });
+    await store.append('job-4', { type: 'item', key: 'b', ok: true });
+    await store.append('job-4', { type: 'completed', result: { run: 2 } });
+    const again = await fetch(url, { headers: { 'x-user': 'alice', 'last-event-id': lastEventId } });
+    expect(again.status).toBe(200);
+    const frames = [...(await again.text()).matchAll(/^data: (.*)$/gm)].map((line) =>
+      JSON.parse(line[1] as string),
+    );
+    expect(frames).toEqual([
+      expect.objectContaining({
+        type: 'snapshot',
+        reset: true,
+        task: expect.objectContaining({ kind: 'second', status: 'completed', seq: 3, result: { run: 2 } }),
+      }),
+    ]);
   });
 });
