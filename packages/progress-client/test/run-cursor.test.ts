@@ -18,7 +18,8 @@ import { users } from './users.js';
  * the watch's very seq got `task` at its cursor's seq and no event: taken for a snapshot at the cursor,
  * stale once the watch applied frames, and the watch polled for ever. In one run an unfinished watch
  * never meets its task ended at its own seq (it would have applied that end), so that answer starts the
- * watch over from it, as the socket's reset snapshot does.
+ * watch over from it, as the socket's reset snapshot does. Over the socket the server marks that snapshot
+ * `reset` (@finishline/server, subscriptions.ts): unmarked, the client took it for stale and waited.
  */
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -34,8 +35,8 @@ const stores: [string, () => ProgressStore][] = [
   ['sqlite', () => new SqliteProgressStore({ database: ':memory:' })],
 ];
 
-describe.each(stores)('a watch over HTTP polling, back after its run was purged (%s)', (_name, open) => {
-  it("gets the end of the id's new run that ended at the watch's seq, instead of polling for ever", async () => {
+describe.each(stores)('a watch back after its run was purged (%s)', (_name, open) => {
+  it("over HTTP polling, gets the end of the id's new run that ended at the watch's seq, instead of polling for ever", async () => {
     const store = open();
     cleanups.push(async () => store.close?.());
     const server = await ProgressServer.listen(
@@ -85,6 +86,55 @@ describe.each(stores)('a watch over HTTP polling, back after its run was purged 
     await store.append('job-1', { type: 'item', key: 'b', ok: true });
     await store.append('job-1', { type: 'completed', result: { run: 2 } });
     held = false;
+
+    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
+    expect(finished).toBe(true);
+    expect(watch.getSnapshot()).toMatchObject({
+      finished: true,
+      status: 'completed',
+      seq: 3,
+      kind: 'second',
+    });
+  });
+
+  it("over the socket, gets the end of the id's new run that ended at the watch's seq (the server's reset)", async () => {
+    const store = open();
+    cleanups.push(async () => store.close?.());
+    const server = await ProgressServer.listen(
+      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
+    cleanups.push(() => proxy.close());
+    const client = new ProgressClient({
+      url: proxy.url,
+      WebSocket,
+      headers: { 'x-user': 'alice' },
+      random: () => 0,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+    });
+    client.on('error', () => undefined);
+    cleanups.push(async () => client.close());
+
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
+    const watch = client.watch('job-1');
+    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
+    const deadline = Date.now() + 5000;
+    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
+    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+
+    // Away: the socket is cut and no other one opens while run 1 ends, is purged, and run 2 ends at seq 3.
+    proxy.refuseNext = Number.MAX_SAFE_INTEGER;
+    for (const connection of proxy.connections) connection.cut();
+    await store.append('job-1', { type: 'completed' });
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
+    await store.append('job-1', { type: 'item', key: 'a', ok: true });
+    await store.append('job-1', { type: 'item', key: 'b', ok: true });
+    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    proxy.refuseNext = 0;
 
     const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
     expect(finished).toBe(true);
