@@ -300,11 +300,15 @@ class HttpPoller implements HttpFallbackRuntime {
         if (snapshot !== undefined) {
           // The cursor is not in the task's log (the store was restored since: another epoch, or the task
           // behind the cursor): events after its seq would belong to another history, or never come (a
-          // watch waiting for ever). As the socket's reset snapshot does: start over from the task's.
+          // watch waiting for ever). As the socket's reset snapshot does: start over from the task's. So too
+          // for the task ended at the cursor's seq: this unfinished watch would have applied that end, had
+          // it been its run's (a cursor names no run: the id's run it watched was purged, a new one ended
+          // there), and, stale at its seq, the snapshot left it polling for ever.
           const { epoch } = snapshot;
           if (
             (epoch !== undefined && task.epoch !== undefined && epoch !== task.epoch) ||
-            snapshot.task.seq < before
+            snapshot.task.seq < before ||
+            (snapshot.task.seq === before && snapshot.task.status !== 'running')
           ) {
             this.#snapshot(task, { ...snapshot, reset: true });
             continue;

@@ -93,7 +93,7 @@ export {
 export { decodeServerFrame, decodeServerText, eventBodyProblem } from './protocol/server-frame-decoder.js';
 // The cursor in a Server-Sent Events id (`Last-Event-ID`)
 export type { SseCursor } from './protocol/sse-event-id.js';
-export { parseSseEventId, sseEventId } from './protocol/sse-event-id.js';
+export { parseSseEventId, SSE_END_MARK, sseEventId } from './protocol/sse-event-id.js';
 // What a store applies
 export { describeThrown, guardHook } from './store/hook-guard.js';
 export type { ParsedListTasksQuery } from './store/inputs.js';

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ID_PATTERN, LIMITS, MAX_ID_LENGTH } from '../limits.js';
 import { propertyParams } from '../testing/property-config.js';
-import { parseSseEventId, SSE_ID_SEPARATOR, sseEventId } from './sse-event-id.js';
+import { parseSseEventId, SSE_END_MARK, SSE_ID_SEPARATOR, sseEventId } from './sse-event-id.js';
 
 const seqs = fc.oneof(fc.nat(), fc.constant(LIMITS.maxCount));
 /** Ids as the stores make epochs (a UUID, an md5) and anything else ID_PATTERN allows. */
@@ -29,6 +29,23 @@ describe('SSE event ids', () => {
     );
   });
 
+  it('cannot meet its end mark in an epoch or a seq', () => {
+    expect(ID_PATTERN.test(`a${SSE_END_MARK}`)).toBe(false);
+    expect(/\d/.test(SSE_END_MARK)).toBe(false);
+  });
+
+  it("reads a terminal frame's id, with and without an epoch, as a cursor that has the end", () => {
+    fc.assert(
+      fc.property(seqs, fc.option(epochs, { nil: undefined }), (seq, epoch) => {
+        const id = sseEventId(seq, epoch) + SSE_END_MARK;
+        expect(parseSseEventId(id)).toEqual(
+          epoch === undefined ? { seq, ended: true } : { seq, epoch, ended: true },
+        );
+      }),
+      propertyParams(1000),
+    );
+  });
+
   it('reads an id of a seq alone (older clients, a hand-written header) as a seq without an epoch', () => {
     expect(parseSseEventId('0')).toEqual({ seq: 0 });
     expect(parseSseEventId('42')).toEqual({ seq: 42 });
@@ -46,6 +63,9 @@ describe('SSE event ids', () => {
     ['5~', 'an empty epoch'],
     ['5~a b', 'an epoch that is not an id'],
     ['5~a~b', 'a second separator'],
+    ['!', 'an end mark alone'],
+    ['5!!', 'two end marks'],
+    ['5!~e', 'an end mark before the epoch'],
     ['5~__proto__', 'a reserved id'],
     [`5~${'e'.repeat(MAX_ID_LENGTH + 1)}`, 'an epoch above the id length limit'],
   ])('refuses %j (%s)', (text) => {

@@ -221,7 +221,7 @@ describe('GET /tasks/:id/stream', () => {
       [`0~${epoch}`, 'snapshot'],
       [`1~${epoch}`, 'event'],
       [`2~${epoch}`, 'event'],
-      [`3~${epoch}`, 'event'],
+      [`3~${epoch}!`, 'event'],
     ]);
     expect(frames.map(seqOf)).toEqual([0, 1, 2, 3]);
     expect(frames[3]?.frame).toMatchObject({ event: { type: 'completed', result: { done: true } } });
@@ -301,14 +301,14 @@ describe('GET /tasks/:id/stream', () => {
     await task.complete({ result: null });
     await stream.ended;
     const last = stream.frames().at(-1)?.id as string;
-    expect(last).toMatch(/^2~/);
-    for (const id of [last, '2']) {
-      const again = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': id });
-      open.push(again);
-      expect(again.statusCode).toBe(204);
-    }
-    // A cursor below the end, or of another epoch, still gets what it misses.
-    for (const id of ['1', '2~0ther-epoch']) {
+    // The terminal frame's id carries the end mark.
+    expect(last).toMatch(/^2~.+!$/);
+    const again = await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': last });
+    open.push(again);
+    expect(again.statusCode).toBe(204);
+    // A cursor below the end, or of another epoch, still gets what it misses; so does one at the end
+    // without the mark (maybe of a purged run of the id: run-cursor.test.ts): the end again, once.
+    for (const id of ['1', '2~0ther-epoch', '2', last.slice(0, -1)]) {
       const behind = new Stream(
         await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': id }),
       );
@@ -381,7 +381,7 @@ describe('GET /tasks/:id/stream', () => {
     expect(frames.map((entry) => [entry.id, entry.frame.type])).toEqual([
       [`8~${epoch}`, 'snapshot'],
       [`9~${epoch}`, 'event'],
-      [`10~${epoch}`, 'event'],
+      [`10~${epoch}!`, 'event'],
     ]);
     expect(frames[0]?.frame).toMatchObject({ epoch, reset: true, task: { seq: 8 } });
     expect(frames[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 9' } } });
@@ -451,7 +451,7 @@ describe('GET /tasks/:id/stream', () => {
     await stream.ended;
     expect(stream.frames()).toEqual([
       expect.objectContaining({
-        id: `1~${await env.store.getEpoch()}`,
+        id: `1~${await env.store.getEpoch()}!`,
         frame: expect.objectContaining({ type: 'snapshot', reset: true }),
       }),
     ]);
@@ -472,7 +472,7 @@ describe('GET /tasks/:id/stream', () => {
     expect(after.map((entry) => [entry.id, entry.frame.type])).toEqual([
       [`1~${epoch}`, 'snapshot'],
       [`2~${epoch}`, 'event'],
-      [`3~${epoch}`, 'event'],
+      [`3~${epoch}!`, 'event'],
     ]);
     expect(after[0]?.frame).toMatchObject({ epoch, reset: true });
   });
@@ -555,7 +555,7 @@ describe('GET /tasks/:id/stream', () => {
     expect(stream.frames().map((entry) => [entry.id, entry.frame.type])).toEqual([
       [`4~${epoch}`, 'snapshot'],
       [`5~${epoch}`, 'event'],
-      [`6~${epoch}`, 'event'],
+      [`6~${epoch}!`, 'event'],
     ]);
     expect(stream.frames()[0]?.frame).toMatchObject({ epoch, reset: true });
     expect(stream.frames()[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
@@ -634,7 +634,7 @@ describe('GET /tasks/:id/stream', () => {
         }),
       },
       {
-        id: `4~${epoch}`,
+        id: `4~${epoch}!`,
         frame: expect.objectContaining({
           type: 'event',
           event: expect.objectContaining({ type: 'completed' }),

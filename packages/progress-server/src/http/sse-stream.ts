@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Task, TaskEvent, TaskView } from '@finishline/core';
 import { ErrorCode, isTerminalType, LIMITS, SSE_ID_SEPARATOR, toTaskView } from '@finishline/core';
 import type { SseCursor } from '@finishline/core/internal';
-import { encodeFrame, parseSseEventId, sseEventId } from '@finishline/core/internal';
+import { encodeFrame, parseSseEventId, SSE_END_MARK, sseEventId } from '@finishline/core/internal';
 import type { Principal } from '../auth.js';
 import type { StoreEpoch } from '../hub/store-epoch.js';
 import type { TaskHub } from '../hub/task-hub.js';
@@ -156,12 +156,17 @@ export function streamCursor(lastEventId: string | string[] | undefined, afterSe
  * will ever follow it. That is what `EventSource` sends when it reconnects, as it does (`retry` later)
  * whenever a stream ends, the end after a terminal frame included: answered with a stream, it got the
  * terminal snapshot again, the end again, and reconnected once a second for as long as the page stayed
- * open. The handler answers it 204 No Content instead, which makes `EventSource` stop. A cursor of another
- * epoch is not at this task's end (it gets its reset snapshot); one without an epoch, or met by a server
- * that knows none, is taken as of the current epoch, as {@link streamTask} takes it.
+ * open. The handler answers it 204 No Content instead, which makes `EventSource` stop. Only an id of a
+ * terminal frame ({@link SSE_END_MARK}) says that: a seq alone at a task's end may be of a run of the id
+ * that retention purged, read up to a frame that was not its end, and answered 204, that reader never
+ * learned an end (its `EventSource` stopped, a Finishline client reopened for ever); it gets the task's
+ * reset snapshot instead (see {@link streamTask}). A cursor of another epoch is not at this task's end
+ * (it gets its reset snapshot); one without an epoch, or met by a server that knows none, is taken as of
+ * the current epoch, as {@link streamTask} takes it.
  */
 export function cursorAtEnd(task: Task, from: SseCursor, epoch: string | undefined): boolean {
   return (
+    from.ended === true &&
     task.status !== 'running' &&
     from.seq > 0 &&
     from.seq === task.seq &&
@@ -310,10 +315,12 @@ export function streamTask(
   // Each id names the epoch its seq is of: frames of an old epoch are written only before the renewal is
   // noticed, and the restart's reset snapshot, the first frame after it, already carries the new one.
   // Counted as a socket's frames are (`events_sent_total`, `snapshots_sent_total`).
-  const write = (seq: number, data: string, sent: { inc(): void }) => {
+  // A terminal frame's id carries the end mark: the reader's reconnect from it is answered 204 (see
+  // `cursorAtEnd`).
+  const write = (seq: number, data: string, sent: { inc(): void }, terminal: boolean) => {
     if (ended) return;
     sent.inc();
-    send(`id: ${sseEventId(seq, ctx.epoch.current)}\ndata: ${data}\n\n`);
+    send(`id: ${sseEventId(seq, ctx.epoch.current)}${terminal ? SSE_END_MARK : ''}\ndata: ${data}\n\n`);
   };
   const snapshot = (view: TaskView, reset: boolean) => {
     const epoch = ctx.epoch.current;
@@ -326,6 +333,7 @@ export function streamTask(
         ...(reset ? { reset: true as const } : {}),
       }),
       ctx.metrics.snapshotsSent,
+      view.status !== 'running',
     );
     cursor = view.seq;
     if (view.status !== 'running') end('finished');
@@ -348,8 +356,14 @@ export function streamTask(
       else if (backlog < 0) ctx.metrics.resyncs.inc({ reason: 'cursor_ahead' });
       else if (backlog > ctx.maxReplayEvents) ctx.metrics.resyncs.inc({ reason: 'replay_limit' });
     }
-    if (from.seq === 0 || otherEpoch || backlog <= 0 || backlog > ctx.maxReplayEvents) {
-      snapshot(toTaskView(task), from.seq > 0 && (otherEpoch || backlog < 0));
+    // A cursor of a terminal frame not at this task's end (`cursorAtEnd` answered that one), or any cursor
+    // at the end of a task that ended without the end mark: the reader's frame at that seq may be of a run
+    // of the id that retention purged (a cursor names no run), not this task's, and an unmarked snapshot
+    // at its seq is stale to it (delivery rule 3). A reset is applied; to a reader of this run it restates
+    // the end at the seq it had.
+    const otherRun = from.ended === true || (backlog === 0 && task.status !== 'running');
+    if (from.seq === 0 || otherEpoch || otherRun || backlog <= 0 || backlog > ctx.maxReplayEvents) {
+      snapshot(toTaskView(task), from.seq > 0 && (otherEpoch || otherRun || backlog < 0));
       return false;
     }
     return true;
@@ -362,7 +376,7 @@ export function streamTask(
   const writeEvents = (events: readonly TaskEvent[], from: number) => {
     for (let index = from; index < events.length; index++) {
       const event = events[index] as TaskEvent;
-      write(event.seq, eventFrameText(event), ctx.metrics.eventsSent);
+      write(event.seq, eventFrameText(event), ctx.metrics.eventsSent, isTerminalType(event.type));
       cursor = event.seq;
       if (isTerminalType(event.type)) {
         end('finished');

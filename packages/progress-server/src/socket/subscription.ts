@@ -164,12 +164,15 @@ export class Subscription implements WrittenLog {
   }
 
   /**
-   * The cursor is beyond the task's log (a restored store, a purged id reused): the client must drop
-   * it, and its claim is void too. The snapshot goes out at once, ahead of the queue.
+   * The cursor is beyond the task's log (a restored store, a purged id reused), or at the seq the task
+   * ended at (maybe of a purged run): the client must drop it, and its claim is void too unless the
+   * snapshot is at it. The snapshot goes out at once, ahead of the queue.
    */
-  reset(view: TaskView): void {
+  reset(view: TaskView, atClaim = false): void {
     this.#answered = true;
-    this.#claimed = 0;
+    // `atClaim`: the snapshot is at the seq the client claimed (a task that ended there), which stays
+    // claimed: that end is not re-sent to a client that said it has it (delivery rules).
+    if (!atClaim) this.#claimed = 0;
     this.#cursor = view.seq;
     this.#ackable = view.seq;
     this.#ctx.writer.sendReset(view);

@@ -207,10 +207,18 @@ export class Subscriptions<P extends Principal> {
     if (afterSeq > 0) metrics.resumes.inc();
     const backlog = task.seq - afterSeq;
     const view = toTaskView(task);
-    if ((backlog < 0 || renewed) && this.#ctx.version >= 2) {
+    // A cursor at the seq a finished task ended at: in one run, a watch there has that end (it applied the
+    // terminal frame) or knows only the seq (resumed from a persisted cursor), and the snapshot changes
+    // nothing for either. A cursor of an earlier run of the id (purged by retention and created again,
+    // the watcher away meanwhile) is unfinished there: an unmarked snapshot at its own seq is stale to a
+    // client that applied frames (rule 3), and the watch waited for ever on a task that had ended. Marked
+    // `reset`, it is applied (a cursor carries no run; only the end tells such a cursor apart, so one of a
+    // running task at its seq resumes as before). Still not re-sent: the client claimed that seq.
+    const endedAtCursor = afterSeq > 0 && backlog === 0 && view.status !== 'running';
+    if ((backlog < 0 || renewed || endedAtCursor) && this.#ctx.version >= 2) {
       // No event will ever be above the client's cursor, or its seqs are of another epoch: it must drop it.
-      if (!renewed) metrics.resyncs.inc({ reason: 'cursor_ahead' });
-      current.reset(view);
+      if (!renewed && backlog < 0) metrics.resyncs.inc({ reason: 'cursor_ahead' });
+      current.reset(view, endedAtCursor);
       stream.start(view.seq, view.status !== 'running', task.seq, task.createdAt);
     } else if (afterSeq === 0 || backlog <= 0 || backlog > options.maxReplayEvents) {
       if (afterSeq > 0 && backlog > options.maxReplayEvents) metrics.resyncs.inc({ reason: 'replay_limit' });

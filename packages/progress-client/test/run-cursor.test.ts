@@ -1,0 +1,212 @@
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { ProgressStore } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
+import { ProgressServer } from '@finishline/server';
+import { SqliteProgressStore } from '@finishline/sqlite';
+import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { httpFallback } from '../src/http-fallback.js';
+import { ProgressClient } from '../src/progress-client.js';
+import { type StreamingFetch, sseFallback } from '../src/sse.js';
+import type { FetchLike } from '../src/transport-types.js';
+import { FaultProxy } from './fault-proxy.js';
+import { users } from './users.js';
+
+/**
+ * A cursor names no run of a task id. A watch following over HTTP polling (no socket) that comes back
+ * (requests held here: a laptop asleep) once retention purged its run and a new task of the id ended at
+ * the watch's very seq got `task` at its cursor's seq and no event: taken for a snapshot at the cursor,
+ * stale once the watch applied frames, and the watch polled for ever. In one run an unfinished watch
+ * never meets its task ended at its own seq (it would have applied that end), so that answer starts the
+ * watch over from it, as the socket's reset snapshot does. Over the socket the server marks that snapshot
+ * `reset` (@finishline/server, subscriptions.ts): unmarked, the client took it for stale and waited.
+ */
+
+const cleanups: (() => Promise<void>)[] = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const stores: [string, () => ProgressStore][] = [
+  ['memory', () => new MemoryProgressStore()],
+  ['sqlite', () => new SqliteProgressStore({ database: ':memory:' })],
+];
+
+describe.each(stores)('a watch back after its run was purged (%s)', (_name, open) => {
+  it("over HTTP polling, gets the end of the id's new run that ended at the watch's seq, instead of polling for ever", async () => {
+    const store = open();
+    cleanups.push(async () => store.close?.());
+    const server = await ProgressServer.listen(
+      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
+    cleanups.push(() => proxy.close());
+    proxy.refuseNext = Number.MAX_SAFE_INTEGER;
+    let held = false;
+    const heldFetch: FetchLike = async (...args) => {
+      while (held) await sleep(10);
+      return (globalThis.fetch as FetchLike)(...args);
+    };
+    const client = new ProgressClient({
+      url: proxy.url,
+      httpUrl: `http://127.0.0.1:${port}/progress`,
+      httpFallback: httpFallback(),
+      WebSocket,
+      fetch: heldFetch,
+      headers: { 'x-user': 'alice' },
+      random: () => 0,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+      httpFallbackAfterAttempts: 2,
+      httpPollIntervalMs: 100,
+    });
+    client.on('error', () => undefined);
+    cleanups.push(async () => client.close());
+
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
+    const watch = client.watch('job-1');
+    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
+    const deadline = Date.now() + 5000;
+    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
+    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+
+    // Away: no request goes out (those in flight land first), while run 1 ends, is purged, and run 2 of
+    // the id ends at seq 3.
+    held = true;
+    await sleep(300);
+    await store.append('job-1', { type: 'completed' });
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
+    await store.append('job-1', { type: 'item', key: 'a', ok: true });
+    await store.append('job-1', { type: 'item', key: 'b', ok: true });
+    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    held = false;
+
+    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
+    expect(finished).toBe(true);
+    expect(watch.getSnapshot()).toMatchObject({
+      finished: true,
+      status: 'completed',
+      seq: 3,
+      kind: 'second',
+    });
+  });
+
+  it("over the socket, gets the end of the id's new run that ended at the watch's seq (the server's reset)", async () => {
+    const store = open();
+    cleanups.push(async () => store.close?.());
+    const server = await ProgressServer.listen(
+      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
+    cleanups.push(() => proxy.close());
+    const client = new ProgressClient({
+      url: proxy.url,
+      WebSocket,
+      headers: { 'x-user': 'alice' },
+      random: () => 0,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+    });
+    client.on('error', () => undefined);
+    cleanups.push(async () => client.close());
+
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
+    const watch = client.watch('job-1');
+    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
+    const deadline = Date.now() + 5000;
+    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
+    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+
+    // Away: the socket is cut and no other one opens while run 1 ends, is purged, and run 2 ends at seq 3.
+    proxy.refuseNext = Number.MAX_SAFE_INTEGER;
+    for (const connection of proxy.connections) connection.cut();
+    await store.append('job-1', { type: 'completed' });
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
+    await store.append('job-1', { type: 'item', key: 'a', ok: true });
+    await store.append('job-1', { type: 'item', key: 'b', ok: true });
+    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    proxy.refuseNext = 0;
+
+    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
+    expect(finished).toBe(true);
+    expect(watch.getSnapshot()).toMatchObject({
+      finished: true,
+      status: 'completed',
+      seq: 3,
+      kind: 'second',
+    });
+  });
+
+  it("over Server-Sent Events, gets the end of the id's new run that ended at the watch's seq (not a 204)", async () => {
+    const store = open();
+    cleanups.push(async () => store.close?.());
+    const server = await ProgressServer.listen(
+      { store, authenticate: users, heartbeatIntervalMs: 300_000 },
+      { port: 0, host: '127.0.0.1' },
+    );
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const proxy = await FaultProxy.start(`ws://127.0.0.1:${port}/progress`);
+    cleanups.push(() => proxy.close());
+    proxy.refuseNext = Number.MAX_SAFE_INTEGER;
+    let held = false;
+    const streams = new Set<AbortController>();
+    // Streams held while `held`; those open are cut below (their connections lost).
+    const heldFetch: StreamingFetch = async (url, init) => {
+      while (held) await sleep(10);
+      const abort = new AbortController();
+      init.signal?.addEventListener('abort', () => abort.abort());
+      streams.add(abort);
+      return globalThis.fetch(url, { ...init, signal: abort.signal });
+    };
+    const client = new ProgressClient({
+      url: proxy.url,
+      httpUrl: `http://127.0.0.1:${port}/progress`,
+      WebSocket,
+      preferFallback: true,
+      fallbackTransport: sseFallback({ fetch: heldFetch }),
+      headers: { 'x-user': 'alice' },
+      random: () => 0,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+    });
+    client.on('error', () => undefined);
+    cleanups.push(async () => client.close());
+
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
+    const watch = client.watch('job-1');
+    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
+    const deadline = Date.now() + 5000;
+    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
+    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+
+    held = true;
+    for (const abort of streams) abort.abort();
+    await sleep(100);
+    await store.append('job-1', { type: 'completed' });
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
+    await store.append('job-1', { type: 'item', key: 'a', ok: true });
+    await store.append('job-1', { type: 'item', key: 'b', ok: true });
+    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    held = false;
+
+    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
+    expect(finished).toBe(true);
+    expect(watch.getSnapshot()).toMatchObject({
+      finished: true,
+      status: 'completed',
+      seq: 3,
+      kind: 'second',
+    });
+  });
+});
