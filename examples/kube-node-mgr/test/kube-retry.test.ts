@@ -3,18 +3,11 @@
  * with `Retry-After` (and an overloaded server 5xx with `Retry-After`), which client-go (kubectl) waits out
  * and retries. The request is not the node's fault; failing the node on it fails batches under load.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+import { describe, expect, it } from 'vitest';
 import { applyToNode } from '../src/server/node-worker.js';
+import { failure, useFakeKubeApi } from './fake-kube-api.js';
 
-let server: http.Server | undefined;
-afterEach(async () => {
-  server?.closeAllConnections();
-  await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())));
-  server = undefined;
-});
+const api = useFakeKubeApi();
 
 const node = (unschedulable: boolean) => ({
   apiVersion: 'v1',
@@ -26,35 +19,17 @@ const node = (unschedulable: boolean) => ({
 /** An API server whose first `refusals` PATCHes of node n1 are answered `status` (with `headers`). */
 async function apiServer(refusals: number, status: number, headers: Record<string, string>) {
   const patches: number[] = [];
-  server = http.createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      const send = (code: number, body: unknown, extra: Record<string, string> = {}) => {
-        res.writeHead(code, { 'content-type': 'application/json', ...extra });
-        res.end(JSON.stringify(body));
-      };
-      if (req.method === 'GET') return send(200, node(false));
-      patches.push(patches.length + 1);
-      if (patches.length <= refusals) {
-        return send(
-          status,
-          {
-            kind: 'Status',
-            apiVersion: 'v1',
-            status: 'Failure',
-            message: 'the server has received too many requests and has asked us to try again later',
-            reason: status === 429 ? 'TooManyRequests' : 'InternalError',
-            code: status,
-          },
-          headers,
-        );
-      }
-      send(200, node(true));
-    });
+  const { nodes } = await api.start(({ method, send }) => {
+    if (method === 'GET') return send(200, node(false));
+    patches.push(patches.length + 1);
+    if (patches.length <= refusals) {
+      const reason = status === 429 ? 'TooManyRequests' : 'InternalError';
+      const message = 'the server has received too many requests and has asked us to try again later';
+      return send(status, failure(status, reason, message), headers);
+    }
+    send(200, node(true));
   });
-  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', () => resolve()));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })), patches };
+  return { nodes, patches };
 }
 
 describe('a node patch refused for load', () => {
@@ -99,8 +74,7 @@ describe('a node patch refused for load', () => {
       ),
     ).rejects.toThrow(/429 TooManyRequests/);
     expect(refusing.patches).toHaveLength(3);
-    server?.closeAllConnections();
-    await new Promise<void>((resolve) => server?.close(() => resolve()));
+    await api.close();
     const failing = await apiServer(10, 500, {});
     await expect(
       applyToNode(
