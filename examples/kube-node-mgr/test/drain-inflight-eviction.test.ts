@@ -7,16 +7,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { drainNode } from '../src/server/node-drain.js';
-import {
-  cordonedNode,
-  evictionAccepted,
-  failure,
-  podList,
-  podOnN1,
-  useFakeKubeApi,
-} from './fake-kube-api.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-const api = useFakeKubeApi();
+const api = useKubeApi();
 
 /**
  * A cordoned node n1 running shop/a and shop/b: a's eviction fails at once (500), b's is answered (201)
@@ -35,7 +28,7 @@ async function apiServer(slowMs: number) {
       }, slowMs);
       return;
     }
-    if (path === '/api/v1/nodes/n1') return send(200, cordonedNode);
+    if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
     if (path === '/api/v1/pods') return send(200, podList([podOnN1('a'), podOnN1('b')]));
     return send(200, podOnN1(path.split('/').at(-1) ?? ''));
   });

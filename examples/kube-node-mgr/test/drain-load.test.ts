@@ -6,16 +6,9 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { KubeApiError, type KubeNodes, type PodRef } from '../src/server/kube-nodes.js';
 import { drainNode } from '../src/server/node-drain.js';
-import {
-  cordonedNode,
-  evictionAccepted,
-  failure,
-  podList,
-  podOnN1,
-  useFakeKubeApi,
-} from './fake-kube-api.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-const api = useFakeKubeApi();
+const api = useKubeApi();
 const pod = podOnN1('web-1', { uid: 'u1' });
 
 /** An API server that sheds the first request of each kind (pod list, pod read) with 429 and Retry-After 0. */
@@ -36,7 +29,7 @@ async function sheddingServer() {
     if ((kind === 'list' || kind === 'read') && count === 1) {
       return send(429, failure(429, 'TooManyRequests', 'too many requests'), { 'retry-after': '0' });
     }
-    if (kind === 'node') return send(200, cordonedNode);
+    if (kind === 'node') return send(200, cordonedN1);
     if (kind === 'list') return send(200, podList(evicted ? [] : [pod]));
     if (kind === 'evict') {
       evicted = true;

@@ -5,16 +5,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { drainNode } from '../src/server/node-drain.js';
-import {
-  cordonedNode,
-  evictionAccepted,
-  failure,
-  podList,
-  podOnN1,
-  useFakeKubeApi,
-} from './fake-kube-api.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-const api = useFakeKubeApi();
+const api = useKubeApi();
 const pod = (name: string, volumes: unknown[], phase = 'Running') =>
   podOnN1(name, { owner: { kind: 'ReplicaSet', name: 'rs', uid: 'rs' }, volumes, phase });
 
@@ -26,7 +19,7 @@ async function apiServer(pods: unknown[]) {
       evicted.push(path.split('/')[6] ?? '');
       return send(201, evictionAccepted);
     }
-    if (path === '/api/v1/nodes/n1') return send(200, cordonedNode);
+    if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
     if (path === '/api/v1/pods') return send(200, podList(pods));
     send(404, failure(404, 'NotFound', 'gone'));
   });

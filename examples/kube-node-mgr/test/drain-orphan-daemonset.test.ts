@@ -6,16 +6,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { drainNode } from '../src/server/node-drain.js';
-import {
-  cordonedNode,
-  evictionAccepted,
-  failure,
-  podList,
-  podOnN1,
-  useFakeKubeApi,
-} from './fake-kube-api.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-const api = useFakeKubeApi();
+const api = useKubeApi();
 const pod = (name: string, kind: string, owner: string, phase = 'Running') =>
   podOnN1(name, { namespace: 'kube-system', owner: { kind, name: owner, uid: owner }, phase });
 
@@ -28,7 +21,7 @@ async function apiServer(pods: unknown[], daemonSets: string[], daemonSetStatus 
       evicted.push(path.split('/')[6] ?? '');
       return send(201, evictionAccepted);
     }
-    if (path === '/api/v1/nodes/n1') return send(200, cordonedNode);
+    if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
     if (path === '/api/v1/pods') return send(200, podList(pods));
     const ds = path.match(/^\/apis\/apps\/v1\/namespaces\/kube-system\/daemonsets\/([^/]+)$/);
     if (ds !== null) {

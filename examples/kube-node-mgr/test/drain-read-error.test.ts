@@ -6,22 +6,15 @@
  */
 import { describe, expect, it } from 'vitest';
 import { drainNode } from '../src/server/node-drain.js';
-import {
-  cordonedNode,
-  evictionAccepted,
-  failure,
-  podList,
-  podOnN1,
-  useFakeKubeApi,
-} from './fake-kube-api.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-const api = useFakeKubeApi();
+const api = useKubeApi();
 
 /** A cordoned node n1 running shop/web-1, whose evictions are accepted and whose pod reads fail with 500. */
 const apiServer = () =>
   api.start(({ method, path, send }) => {
     if (method === 'POST') return send(201, evictionAccepted);
-    if (path === '/api/v1/nodes/n1') return send(200, cordonedNode);
+    if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
     if (path === '/api/v1/pods') return send(200, podList([podOnN1('web-1', { uid: 'u1' })]));
     return send(500, failure(500, 'InternalError', 'etcdserver: leader changed'));
   });

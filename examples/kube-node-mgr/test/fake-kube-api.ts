@@ -29,7 +29,7 @@ export interface FakeKubeApi {
  * Call once at the top of a test file: every server {@link start}ed is closed after each test (its
  * connections cut, so a keep-alive client does not hold the close up), or earlier with `close()`.
  */
-export function useFakeKubeApi(): {
+export function useKubeApi(): {
   start(handle: (req: FakeKubeRequest) => void): Promise<FakeKubeApi>;
   close(): Promise<void>;
 } {
@@ -66,7 +66,7 @@ export function useFakeKubeApi(): {
 }
 
 /** Node n1, already cordoned: the state a drain starts from. */
-export const cordonedNode = {
+export const cordonedN1 = {
   apiVersion: 'v1',
   kind: 'Node',
   metadata: { name: 'n1', resourceVersion: '1' },

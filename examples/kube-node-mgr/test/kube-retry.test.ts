@@ -5,9 +5,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { applyToNode } from '../src/server/node-worker.js';
-import { failure, useFakeKubeApi } from './fake-kube-api.js';
+import { failure, useKubeApi } from './fake-kube-api.js';
 
-const api = useFakeKubeApi();
+const api = useKubeApi();
 
 const node = (unschedulable: boolean) => ({
   apiVersion: 'v1',
