@@ -4,6 +4,7 @@
  * and retries. The request is not the node's fault; failing the node on it fails batches under load.
  */
 import { describe, expect, it } from 'vitest';
+import type { KubeNodes } from '../src/server/kube-nodes.js';
 import { applyToNode } from '../src/server/node-worker.js';
 import { failure, useKubeApi } from './fake-kube-api.js';
 
@@ -32,58 +33,32 @@ async function apiServer(refusals: number, status: number, headers: Record<strin
   return { nodes, patches };
 }
 
+/** Cordons node n1 through `nodes`, trying at most `maxAttempts` times. */
+const cordon = (nodes: KubeNodes, maxAttempts: number) =>
+  applyToNode(nodes, 'n1', { type: 'cordon' }, { maxAttempts, signal: new AbortController().signal });
+
 describe('a node patch refused for load', () => {
   it('is retried after a 429 with Retry-After, and the node succeeds', async () => {
     const { nodes, patches } = await apiServer(2, 429, { 'retry-after': '0' });
-    const result = await applyToNode(
-      nodes,
-      'n1',
-      { type: 'cordon' },
-      {
-        maxAttempts: 5,
-        signal: new AbortController().signal,
-      },
-    );
+    const result = await cordon(nodes, 5);
     expect(result.outcome).toBe('changed');
     expect(patches).toHaveLength(3);
   });
 
   it('is retried after a 503 with Retry-After too', async () => {
     const { nodes, patches } = await apiServer(1, 503, { 'retry-after': '0' });
-    const result = await applyToNode(
-      nodes,
-      'n1',
-      { type: 'cordon' },
-      {
-        maxAttempts: 5,
-        signal: new AbortController().signal,
-      },
-    );
+    const result = await cordon(nodes, 5);
     expect(result.outcome).toBe('changed');
     expect(patches).toHaveLength(2);
   });
 
   it('fails the node after maxAttempts refusals, and at once on a 500 without Retry-After (a real error)', async () => {
     const refusing = await apiServer(10, 429, { 'retry-after': '0' });
-    await expect(
-      applyToNode(
-        refusing.nodes,
-        'n1',
-        { type: 'cordon' },
-        { maxAttempts: 3, signal: new AbortController().signal },
-      ),
-    ).rejects.toThrow(/429 TooManyRequests/);
+    await expect(cordon(refusing.nodes, 3)).rejects.toThrow(/429 TooManyRequests/);
     expect(refusing.patches).toHaveLength(3);
     await api.close();
     const failing = await apiServer(10, 500, {});
-    await expect(
-      applyToNode(
-        failing.nodes,
-        'n1',
-        { type: 'cordon' },
-        { maxAttempts: 3, signal: new AbortController().signal },
-      ),
-    ).rejects.toThrow(/500 InternalError/);
+    await expect(cordon(failing.nodes, 3)).rejects.toThrow(/500 InternalError/);
     expect(failing.patches).toHaveLength(1);
   });
 });
