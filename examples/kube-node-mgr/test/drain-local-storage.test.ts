@@ -3,66 +3,27 @@
  * `kubectl drain --ignore-daemonsets`, which the README says the drain does, refuses the node unless told
  * `--delete-emptydir-data`. The example evicted such pods without a word.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+import { describe, expect, it } from 'vitest';
 import { drainNode } from '../src/server/node-drain.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-let server: http.Server | undefined;
-afterEach(async () => {
-  server?.closeAllConnections();
-  await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())));
-  server = undefined;
-});
-
-const owner = [{ apiVersion: 'apps/v1', kind: 'ReplicaSet', name: 'rs', uid: 'rs', controller: true }];
-const pod = (name: string, volumes: unknown[], phase = 'Running') => ({
-  apiVersion: 'v1',
-  kind: 'Pod',
-  metadata: { name, namespace: 'shop', uid: name, ownerReferences: owner },
-  spec: { nodeName: 'n1', volumes },
-  status: { phase },
-});
+const api = useKubeApi();
+const pod = (name: string, volumes: unknown[], phase = 'Running') =>
+  podOnN1(name, { owner: { kind: 'ReplicaSet', name: 'rs', uid: 'rs' }, volumes, phase });
 
 /** An API server of one cordoned node running `pods`; evictions are counted, every pod then reads as gone. */
 async function apiServer(pods: unknown[]) {
   const evicted: string[] = [];
-  server = http.createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      const send = (code: number, body: unknown) => {
-        res.writeHead(code, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(body));
-      };
-      const path = new URL(req.url ?? '/', 'http://x').pathname;
-      if (req.method === 'POST') {
-        evicted.push(path.split('/')[6] ?? '');
-        return send(201, { kind: 'Status', apiVersion: 'v1', status: 'Success', code: 201 });
-      }
-      if (path === '/api/v1/nodes/n1') {
-        return send(200, {
-          apiVersion: 'v1',
-          kind: 'Node',
-          metadata: { name: 'n1', resourceVersion: '1' },
-          spec: { unschedulable: true },
-        });
-      }
-      if (path === '/api/v1/pods')
-        return send(200, { kind: 'PodList', apiVersion: 'v1', metadata: {}, items: pods });
-      send(404, {
-        kind: 'Status',
-        apiVersion: 'v1',
-        status: 'Failure',
-        reason: 'NotFound',
-        code: 404,
-        message: 'gone',
-      });
-    });
+  const { nodes } = await api.start(({ method, path, send }) => {
+    if (method === 'POST') {
+      evicted.push(path.split('/')[6] ?? '');
+      return send(201, evictionAccepted);
+    }
+    if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
+    if (path === '/api/v1/pods') return send(200, podList(pods));
+    send(404, failure(404, 'NotFound', 'gone'));
   });
-  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', () => resolve()));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })), evicted };
+  return { nodes, evicted };
 }
 
 const options = () => ({ maxAttempts: 1, signal: new AbortController().signal, pollMs: 10 });

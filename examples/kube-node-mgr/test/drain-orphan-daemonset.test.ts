@@ -4,78 +4,42 @@
  * `--force` (its daemonSetFilter reads the DaemonSet; ignored are only the pods of one that exists). The
  * example left such a pod in place and reported the node drained.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+import { describe, expect, it } from 'vitest';
 import { drainNode } from '../src/server/node-drain.js';
+import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
 
-let server: http.Server | undefined;
-afterEach(async () => {
-  server?.closeAllConnections();
-  await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())));
-  server = undefined;
-});
-
-const pod = (name: string, kind: string, owner: string, phase = 'Running') => ({
-  apiVersion: 'v1',
-  kind: 'Pod',
-  metadata: {
-    name,
-    namespace: 'kube-system',
-    uid: name,
-    ownerReferences: [{ apiVersion: 'apps/v1', kind, name: owner, uid: owner, controller: true }],
-  },
-  spec: { nodeName: 'n1' },
-  status: { phase },
-});
+const api = useKubeApi();
+const pod = (name: string, kind: string, owner: string, phase = 'Running') =>
+  podOnN1(name, { namespace: 'kube-system', owner: { kind, name: owner, uid: owner }, phase });
 
 /** An API server of one cordoned node running `pods`, with the DaemonSets `daemonSets` (kube-system). */
 async function apiServer(pods: unknown[], daemonSets: string[], daemonSetStatus = 200) {
   const evicted: string[] = [];
   const reads: string[] = [];
-  server = http.createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      const send = (code: number, body: unknown) => {
-        res.writeHead(code, { 'content-type': 'application/json' });
-        res.end(JSON.stringify(body));
-      };
-      const status = (code: number, reason: string, message: string) =>
-        send(code, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason, code, message });
-      const path = new URL(req.url ?? '/', 'http://x').pathname;
-      if (req.method === 'POST') {
-        evicted.push(path.split('/')[6] ?? '');
-        return send(201, { kind: 'Status', apiVersion: 'v1', status: 'Success', code: 201 });
+  const { nodes } = await api.start(({ method, path, send }) => {
+    if (method === 'POST') {
+      evicted.push(path.split('/')[6] ?? '');
+      return send(201, evictionAccepted);
+    }
+    if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
+    if (path === '/api/v1/pods') return send(200, podList(pods));
+    const ds = path.match(/^\/apis\/apps\/v1\/namespaces\/kube-system\/daemonsets\/([^/]+)$/);
+    if (ds !== null) {
+      reads.push(ds[1] ?? '');
+      if (daemonSetStatus !== 200) {
+        return send(daemonSetStatus, failure(daemonSetStatus, 'Forbidden', 'daemonsets is forbidden'));
       }
-      if (path === '/api/v1/nodes/n1') {
+      if (daemonSets.includes(ds[1] ?? ''))
         return send(200, {
-          apiVersion: 'v1',
-          kind: 'Node',
-          metadata: { name: 'n1', resourceVersion: '1' },
-          spec: { unschedulable: true },
+          apiVersion: 'apps/v1',
+          kind: 'DaemonSet',
+          metadata: { name: ds[1], namespace: 'kube-system' },
         });
-      }
-      if (path === '/api/v1/pods')
-        return send(200, { kind: 'PodList', apiVersion: 'v1', metadata: {}, items: pods });
-      const ds = path.match(/^\/apis\/apps\/v1\/namespaces\/kube-system\/daemonsets\/([^/]+)$/);
-      if (ds !== null) {
-        reads.push(ds[1] ?? '');
-        if (daemonSetStatus !== 200) return status(daemonSetStatus, 'Forbidden', 'daemonsets is forbidden');
-        if (daemonSets.includes(ds[1] ?? ''))
-          return send(200, {
-            apiVersion: 'apps/v1',
-            kind: 'DaemonSet',
-            metadata: { name: ds[1], namespace: 'kube-system' },
-          });
-        return status(404, 'NotFound', `daemonsets.apps "${ds[1]}" not found`);
-      }
-      status(404, 'NotFound', 'gone');
-    });
+      return send(404, failure(404, 'NotFound', `daemonsets.apps "${ds[1]}" not found`));
+    }
+    send(404, failure(404, 'NotFound', 'gone'));
   });
-  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', () => resolve()));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })), evicted, reads };
+  return { nodes, evicted, reads };
 }
 
 const options = () => ({ maxAttempts: 1, signal: new AbortController().signal, pollMs: 10 });

@@ -3,18 +3,12 @@
  * with `Retry-After` (and an overloaded server 5xx with `Retry-After`), which client-go (kubectl) waits out
  * and retries. The request is not the node's fault; failing the node on it fails batches under load.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
-import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
+import { describe, expect, it } from 'vitest';
+import type { KubeNodes } from '../src/server/kube-nodes.js';
 import { applyToNode } from '../src/server/node-worker.js';
+import { failure, useKubeApi } from './fake-kube-api.js';
 
-let server: http.Server | undefined;
-afterEach(async () => {
-  server?.closeAllConnections();
-  await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())));
-  server = undefined;
-});
+const api = useKubeApi();
 
 const node = (unschedulable: boolean) => ({
   apiVersion: 'v1',
@@ -26,90 +20,45 @@ const node = (unschedulable: boolean) => ({
 /** An API server whose first `refusals` PATCHes of node n1 are answered `status` (with `headers`). */
 async function apiServer(refusals: number, status: number, headers: Record<string, string>) {
   const patches: number[] = [];
-  server = http.createServer((req, res) => {
-    req.resume();
-    req.on('end', () => {
-      const send = (code: number, body: unknown, extra: Record<string, string> = {}) => {
-        res.writeHead(code, { 'content-type': 'application/json', ...extra });
-        res.end(JSON.stringify(body));
-      };
-      if (req.method === 'GET') return send(200, node(false));
-      patches.push(patches.length + 1);
-      if (patches.length <= refusals) {
-        return send(
-          status,
-          {
-            kind: 'Status',
-            apiVersion: 'v1',
-            status: 'Failure',
-            message: 'the server has received too many requests and has asked us to try again later',
-            reason: status === 429 ? 'TooManyRequests' : 'InternalError',
-            code: status,
-          },
-          headers,
-        );
-      }
-      send(200, node(true));
-    });
+  const { nodes } = await api.start(({ method, send }) => {
+    if (method === 'GET') return send(200, node(false));
+    patches.push(patches.length + 1);
+    if (patches.length <= refusals) {
+      const reason = status === 429 ? 'TooManyRequests' : 'InternalError';
+      const message = 'the server has received too many requests and has asked us to try again later';
+      return send(status, failure(status, reason, message), headers);
+    }
+    send(200, node(true));
   });
-  await new Promise<void>((resolve) => server?.listen(0, '127.0.0.1', () => resolve()));
-  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  return { nodes: new KubeNodes(loadKubeConfig({ type: 'server', url })), patches };
+  return { nodes, patches };
 }
+
+/** Cordons node n1 through `nodes`, trying at most `maxAttempts` times. */
+const cordon = (nodes: KubeNodes, maxAttempts: number) =>
+  applyToNode(nodes, 'n1', { type: 'cordon' }, { maxAttempts, signal: new AbortController().signal });
 
 describe('a node patch refused for load', () => {
   it('is retried after a 429 with Retry-After, and the node succeeds', async () => {
     const { nodes, patches } = await apiServer(2, 429, { 'retry-after': '0' });
-    const result = await applyToNode(
-      nodes,
-      'n1',
-      { type: 'cordon' },
-      {
-        maxAttempts: 5,
-        signal: new AbortController().signal,
-      },
-    );
+    const result = await cordon(nodes, 5);
     expect(result.outcome).toBe('changed');
     expect(patches).toHaveLength(3);
   });
 
   it('is retried after a 503 with Retry-After too', async () => {
     const { nodes, patches } = await apiServer(1, 503, { 'retry-after': '0' });
-    const result = await applyToNode(
-      nodes,
-      'n1',
-      { type: 'cordon' },
-      {
-        maxAttempts: 5,
-        signal: new AbortController().signal,
-      },
-    );
+    const result = await cordon(nodes, 5);
     expect(result.outcome).toBe('changed');
     expect(patches).toHaveLength(2);
   });
 
   it('fails the node after maxAttempts refusals, and at once on a 500 without Retry-After (a real error)', async () => {
     const refusing = await apiServer(10, 429, { 'retry-after': '0' });
-    await expect(
-      applyToNode(
-        refusing.nodes,
-        'n1',
-        { type: 'cordon' },
-        { maxAttempts: 3, signal: new AbortController().signal },
-      ),
-    ).rejects.toThrow(/429 TooManyRequests/);
+    await expect(cordon(refusing.nodes, 3)).rejects.toThrow(/429 TooManyRequests/);
     expect(refusing.patches).toHaveLength(3);
-    server?.closeAllConnections();
-    await new Promise<void>((resolve) => server?.close(() => resolve()));
+    await api.close();
     const failing = await apiServer(10, 500, {});
-    await expect(
-      applyToNode(
-        failing.nodes,
-        'n1',
-        { type: 'cordon' },
-        { maxAttempts: 3, signal: new AbortController().signal },
-      ),
-    ).rejects.toThrow(/500 InternalError/);
+    await expect(cordon(failing.nodes, 3)).rejects.toThrow(/500 InternalError/);
     expect(failing.patches).toHaveLength(1);
   });
 });

@@ -427,7 +427,6 @@ async function observingFirstRun(
   return { observer, writer, recorder };
 }
 
-/** Takes the observer's LISTEN connection down (its reconnects wait for `listen.unblock()`). */
 /**
  * With the observer's `LISTEN` connection down: `job` (finished) purged and created again, finished at seq
  * 1, then the record of that purge deleted by a later purge an hour on (on a replica whose clock the test
@@ -451,16 +450,45 @@ async function purgeUnheardThenExpireItsRecord(
   expect(await retention.purgeFinished({ olderThanMs: PURGED_RECORD_MS + 1 })).toBe(0);
   const records = await admin.query(`SELECT count(*)::int AS n FROM ${schema}.purged`);
   expect(records.rows).toEqual([{ n: 0 }]);
+  return letListenerBack(observer, listen, recorder);
+}
+
+/** Takes the observer's LISTEN connection down (its reconnects wait for `listen.unblock()`). */
+async function takeListenerDown(observer: PostgresProgressStore, listen: { block(): void }): Promise<void> {
+  listen.block();
+  await terminate(observer.changes.health().listenerPid ?? 0);
+  await eventually('the observer notices', () => !observer.changes.health().connected);
+}
+
+/**
+ * Lets the observer's LISTEN connection back (see {@link takeListenerDown}) and waits until it is
+ * connected. Returns the recorder's length before, from which the test reads what came after.
+ */
+async function letListenerBack(
+  observer: PostgresProgressStore,
+  listen: { unblock(): void },
+  recorder: { changes: readonly unknown[] },
+): Promise<number> {
   const before = recorder.changes.length;
   listen.unblock();
   await eventually('the observer reconnects', () => observer.changes.health().connected);
   return before;
 }
 
-async function takeListenerDown(observer: PostgresProgressStore, listen: { block(): void }): Promise<void> {
-  listen.block();
-  await terminate(observer.changes.health().listenerPid ?? 0);
-  await eventually('the observer notices', () => !observer.changes.health().connected);
+/**
+ * {@link observingFirstRun} in a new schema with a re-read the test can hold
+ * ({@link rereadHoldingListenClients}), no barrier moving the mark and no timed poll, and the LISTEN
+ * connection taken down.
+ */
+async function awayWithRereadHeld() {
+  const schema = await migrated();
+  const listen = rereadHoldingListenClients();
+  const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
+    watermarkIntervalMs: 3_600_000,
+    pollIntervalMs: 3_600_000,
+  });
+  await takeListenerDown(observer, listen);
+  return { observer, writer, recorder, listen };
 }
 
 describe('retention while the LISTEN connection is away', () => {
@@ -480,9 +508,7 @@ describe('retention while the LISTEN connection is away', () => {
     await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
     await writer.append('job', { type: 'item', key: 'n1', ok: true });
     await writer.append('job', { type: 'completed' });
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     await eventually(
       "the observer publishes the second run's end",
       () => changesOf(recorder, 'job', before).includes('2T'),
@@ -504,9 +530,7 @@ describe('retention while the LISTEN connection is away', () => {
     await takeListenerDown(observer, listen);
     expect(await writer.purgeFinished({ olderThanMs: 0 })).toBe(1);
     await writer.createTask({ id: 'job', owner: 'alice', kind: 'k' });
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     await writer.append('job', { type: 'item', key: 'n1', ok: true });
     await writer.append('job', { type: 'completed' });
     await eventually('the second run ends on the observer', () =>
@@ -587,9 +611,7 @@ describe('retention while the LISTEN connection is away', () => {
       await writer.append('job', { type: 'completed' });
       await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
     });
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     await eventually(
       'the second run ends on the observer',
       () => changesOf(recorder, 'job', before).includes('3T'),
@@ -599,14 +621,8 @@ describe('retention while the LISTEN connection is away', () => {
   });
 
   it("does not take a re-read's rows of a purged run for the new run that a notification during it announced", async () => {
-    const schema = await migrated();
-    const listen = rereadHoldingListenClients();
     // The mark stays below the first run, whose events the re-read therefore reads again.
-    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
-      watermarkIntervalMs: 3_600_000,
-      pollIntervalMs: 3_600_000,
-    });
-    await takeListenerDown(observer, listen);
+    const { observer, writer, recorder, listen } = await awayWithRereadHeld();
     // After the re-read's snapshot (which still holds the first run's seqs 1..4), the run is purged and
     // started again. Reported before those rows, the purge notice and seq 1 of the new run would make the
     // rows' seqs 2..4 look like the new run's (a terminal one among them), and the new run's own seq 2
@@ -618,9 +634,7 @@ describe('retention while the LISTEN connection is away', () => {
       await writer.append('job', { type: 'item', key: 'n1', ok: true });
       await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
     });
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     await eventually(
       'the new run starts on the observer',
       () => changesOf(recorder, 'job', before).includes('1'),
@@ -644,13 +658,7 @@ describe('retention while the LISTEN connection is away', () => {
     ['its own purge and commits', 'observer'],
     ["another store's purge and its own commits", 'writer'],
   ] as const)("orders %s, made during its re-read, after the re-read's rows", async (_, purger) => {
-    const schema = await migrated();
-    const listen = rereadHoldingListenClients();
-    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
-      watermarkIntervalMs: 3_600_000,
-      pollIntervalMs: 3_600_000,
-    });
-    await takeListenerDown(observer, listen);
+    const { observer, writer, recorder, listen } = await awayWithRereadHeld();
     listen.duringReread(async () => {
       const heard = listen.heard();
       expect(await (purger === 'observer' ? observer : writer).purgeFinished({ olderThanMs: 0 })).toBe(1);
@@ -658,20 +666,12 @@ describe('retention while the LISTEN connection is away', () => {
       await observer.append('job', { type: 'item', key: 'n1', ok: true });
       await eventually('both notifications reach the connection', () => listen.heard() >= heard + 2);
     });
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     expect(await newRunEnded({ observer, writer, recorder }, before)).toEqual(['1', '2T']);
   });
 
   it('reports nothing its safety-net poll finds during its re-read (the poll retries)', async () => {
-    const schema = await migrated();
-    const listen = rereadHoldingListenClients();
-    const { observer, writer, recorder } = await observingFirstRun(schema, listen, {
-      watermarkIntervalMs: 3_600_000,
-      pollIntervalMs: 3_600_000,
-    });
-    await takeListenerDown(observer, listen);
+    const { observer, writer, recorder, listen } = await awayWithRereadHeld();
     // The writer purges the run (its notice held with the re-read) and runs it again past seq 4; a poll
     // then finds seq 5. Reported at once, against the first run's 4, it would publish a lone 5 of the new run
     // before the notice, after which the new run is published again from seq 1.
@@ -684,9 +684,7 @@ describe('retention while the LISTEN connection is away', () => {
       await eventually('the notifications reach the connection', () => listen.heard() >= heard + 6);
       await observer.pollNow();
     });
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     await writer.append('job', { type: 'completed' });
     await eventually(
       'the second run ends on the observer',
@@ -802,9 +800,7 @@ describe('a horizon of deleted purge records at the mark', () => {
       `SELECT value FROM ${pg.escapeIdentifier(schema)}.meta WHERE key = 'purged_horizon'`,
     );
     expect(meta.rows).toEqual([{ value: String(mark + offset) }]);
-    const before = recorder.changes.length;
-    listen.unblock();
-    await eventually('the observer reconnects', () => observer.changes.health().connected);
+    const before = await letListenerBack(observer, listen, recorder);
     expect(changesOf(recorder, 'job', before)).toEqual(republished);
   });
 });

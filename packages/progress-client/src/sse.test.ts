@@ -1271,6 +1271,23 @@ describe('the SSE fallback transport when the page wakes', () => {
   }
 
   type Woken = Awaited<ReturnType<typeof streaming>>;
+
+  /**
+   * Checks that the wake left `count` streams, the last one resuming from the cursor (seq 1) with the item
+   * committed meanwhile, and that none opens after it; then closes the client, leaving no timer.
+   */
+  async function resumesAlone({ client, sse, task, log, scheduler }: Woken, count: number) {
+    expect(sse.streams).toHaveLength(count);
+    const reopened = sse.streams[count - 1] as SseRequest;
+    expect(reopened.headers['last-event-id']).toBe('1~e1');
+    reopened.send({ type: 'event', event: task.events[1] as never }, 2);
+    await flush();
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+    await scheduler.advance(10_000);
+    expect(sse.streams).toHaveLength(count);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  }
   const wakes: [string, (ctx: Woken) => Promise<unknown>][] = [
     ['visibilitychange to visible', async ({ page }) => page.show()],
     ['online', async ({ page }) => page.online()],
@@ -1289,22 +1306,12 @@ describe('the SSE fallback transport when the page wakes', () => {
     'on %s: reopens the stream from the cursor at once, not after the silence timeout',
     async (_, wake) => {
       const ctx = await streaming();
-      const { client, sse, task, log, first, scheduler } = ctx;
-      task.item('b'); // committed while the page slept: the dead stream never brings it
+      ctx.task.item('b'); // committed while the page slept: the dead stream never brings it
       await wake(ctx);
       await flush();
-      expect(first.aborted()).toBe(true);
-      expect(sse.streams).toHaveLength(2);
-      const second = sse.streams[1] as SseRequest;
-      expect(second.headers['last-event-id']).toBe('1~e1');
-      second.send({ type: 'event', event: task.events[1] as never }, 2);
-      await flush();
-      expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+      expect(ctx.first.aborted()).toBe(true);
       // One reopen: the cut of the old stream schedules none on top of it.
-      await scheduler.advance(10_000);
-      expect(sse.streams).toHaveLength(2);
-      await client.close();
-      expect(scheduler.pending).toBe(0);
+      await resumesAlone(ctx, 2);
     },
   );
 
@@ -1371,7 +1378,8 @@ describe('the SSE fallback transport when the page wakes', () => {
   });
 
   it('opens a stream cut and waiting to reopen at once on a wake, not after its backoff', async () => {
-    const { client, sse, page, first, task, log, scheduler } = await streaming();
+    const ctx = await streaming();
+    const { sse, page, first, task, scheduler } = ctx;
     first.end(); // a proxy's timeout: reopened at once…
     await scheduler.advance(50);
     expect(sse.streams).toHaveLength(2);
@@ -1381,17 +1389,8 @@ describe('the SSE fallback transport when the page wakes', () => {
     task.item('b');
     page.online();
     await flush();
-    expect(sse.streams).toHaveLength(3);
-    const third = sse.streams[2] as SseRequest;
-    expect(third.headers['last-event-id']).toBe('1~e1');
-    third.send({ type: 'event', event: task.events[1] as never }, 2);
-    await flush();
-    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
     // The wait it was in opens nothing more.
-    await scheduler.advance(10_000);
-    expect(sse.streams).toHaveLength(3);
-    await client.close();
-    expect(scheduler.pending).toBe(0);
+    await resumesAlone(ctx, 3);
   });
 
   it('opens at once a stream that a wake reopened and that was cut at once, when the next event of the wake comes', async () => {

@@ -3,24 +3,19 @@ import { connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { startServer, type TestServer } from './testing/harness.js';
+import { bearer, jsonHeaders, type RawHttpAnswer, rawHttp, userTokens } from './testing/raw-http.js';
 
 /**
  * A raw HTTP client written from docs/protocol.md alone (section "HTTP API" and "Server-Sent Events"):
  * `fetch`, `node:http` and `node:net`, nothing from the Finishline client. Each test checks statements
  * of the document against a real server over a memory store; the server side uses the harness only to
- * start the server and drive tasks.
+ * start the server and drive tasks; the plain `node:http` request is shared with raw-protocol-2.test.ts
+ * in testing/raw-http.ts.
  */
 
 const WAIT = 10_000;
 // biome-ignore lint/suspicious/noExplicitAny: bodies are read as the document describes them.
 type Json = Record<string, any>;
-
-/** Tokens `<user>` or `<user>:<ms of validity>`; `bad` is refused. */
-const tokens = (token: string) => {
-  const [id, validMs] = token.split(':');
-  if (id === undefined || id === '' || id === 'bad') return null;
-  return validMs === undefined ? { id } : { id, expiresAt: Date.now() + Number(validMs) };
-};
 
 let env: TestServer | undefined;
 afterEach(async () => {
@@ -32,9 +27,9 @@ async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise
   env = await startServer({
     authenticate: (req) => {
       const auth = req.headers.authorization;
-      if (auth?.startsWith('Bearer ')) return tokens(auth.slice(7));
+      if (auth?.startsWith('Bearer ')) return userTokens(auth.slice(7));
       const cookie = req.headers.cookie?.match(/session=([^;]+)/)?.[1];
-      return cookie === undefined ? null : tokens(cookie);
+      return cookie === undefined ? null : userTokens(cookie);
     },
     allowedOrigins: ['https://app.example.com'],
     heartbeatIntervalMs: 60_000,
@@ -43,36 +38,10 @@ async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise
   return env;
 }
 
-interface Answer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-  json(): Json;
-}
+/** One request to the test's server, the whole answer read. */
+const http = (method: string, path: string, opts?: Parameters<typeof rawHttp>[3]) =>
+  rawHttp(env!.httpUrl, method, path, opts);
 
-/** One request, the whole answer read. */
-function http(
-  method: string,
-  path: string,
-  opts: { headers?: Record<string, string>; body?: string } = {},
-): Promise<Answer> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(`${env!.httpUrl}${path}`, { method, headers: opts.headers ?? {} }, (res) => {
-      let body = '';
-      res.on('data', (chunk: Buffer) => {
-        body += chunk.toString();
-      });
-      res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json: () => JSON.parse(body) }),
-      );
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
-
-const bearer = (user = 'alice') => ({ authorization: `Bearer ${user}` });
-const jsonHeaders = (user = 'alice') => ({ ...bearer(user), 'content-type': 'application/json' });
 const ORIGIN = 'https://app.example.com';
 
 /** An SSE message as the document describes it: `id:` and `data:` lines, comments, `retry:`. */
@@ -492,7 +461,7 @@ describe('HTTP API: authentication, Origin, CORS, rate limits (doc: HTTP API)', 
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.complete();
-    const check = (headers: Answer['headers']) => {
+    const check = (headers: RawHttpAnswer['headers']) => {
       expect(headers['access-control-allow-origin']).toBe(ORIGIN);
       expect(headers['access-control-allow-credentials']).toBe('true');
       expect(headers['access-control-expose-headers']).toBe('WWW-Authenticate, Retry-After');
@@ -545,7 +514,7 @@ describe('HTTP API: authentication, Origin, CORS, rate limits (doc: HTTP API)', 
     const { server } = await start({ rateLimitPerPrincipalPerSecond: 1, maxSubscriptionsPerPrincipal: 2 });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const statuses: number[] = [];
-    let limited: Answer | undefined;
+    let limited: RawHttpAnswer | undefined;
     for (let i = 0; i < 5 && limited === undefined; i++) {
       const answer = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() });
       statuses.push(answer.status);

@@ -2,6 +2,7 @@ import { request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { startServer, type TestServer } from './testing/harness.js';
+import { bearer, jsonHeaders, rawHttp, userTokens } from './testing/raw-http.js';
 
 /**
  * A client written from docs/protocol.md alone (plain `ws`, JSON, nothing imported from the Finishline
@@ -9,19 +10,13 @@ import { startServer, type TestServer } from './testing/harness.js';
  * names the section of the document it relies on. The server side uses the test harness only to start
  * a server and to drive tasks. Where this client had to guess, the document was made to say it (the
  * order of answers, heartbeat seqs after a reset, the end of a rate-limit streak, the subscription
- * cap's pending subscribes, `protocol` on first frames, the HTTP 401 and 429 headers).
+ * cap's pending subscribes, `protocol` on first frames, the HTTP 401 and 429 headers). Its plain
+ * `node:http` request is testing/raw-http.ts, shared with raw-http-protocol.test.ts.
  */
 
 const WAIT = 10_000;
 // biome-ignore lint/suspicious/noExplicitAny: frames are read as the document describes them, with no decoder typing them.
 type Frame = Record<string, any>;
-
-/** Tokens `<user>` or `<user>:<ms of validity>`. */
-const tokens = (token: string) => {
-  const [id, validMs] = token.split(':');
-  if (id === undefined || id === '' || id === 'bad') return null;
-  return validMs === undefined ? { id } : { id, expiresAt: Date.now() + Number(validMs) };
-};
 
 class Raw {
   readonly ws: WebSocket;
@@ -120,9 +115,9 @@ async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise
   env = await startServer({
     authenticate: (req) => {
       const auth = req.headers.authorization;
-      return auth?.startsWith('Bearer ') ? tokens(auth.slice(7)) : null;
+      return auth?.startsWith('Bearer ') ? userTokens(auth.slice(7)) : null;
     },
-    authenticateToken: tokens,
+    authenticateToken: userTokens,
     allowedOrigins: ['https://app.example.com'],
     heartbeatIntervalMs: 60_000,
     ...overrides,
@@ -559,35 +554,9 @@ describe('credential renewal and expiry (doc: After authentication, Credential e
   });
 });
 
-interface HttpAnswer {
-  status: number;
-  headers: Record<string, string | string[] | undefined>;
-  body: string;
-  json(): Frame;
-}
-
-function http(
-  method: string,
-  path: string,
-  opts: { headers?: Record<string, string>; body?: string } = {},
-): Promise<HttpAnswer> {
-  return new Promise((resolve, reject) => {
-    const req = httpRequest(`${env!.httpUrl}${path}`, { method, headers: opts.headers ?? {} }, (res) => {
-      let body = '';
-      res.on('data', (chunk: Buffer) => {
-        body += chunk.toString();
-      });
-      res.on('end', () =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body, json: () => JSON.parse(body) }),
-      );
-    });
-    req.on('error', reject);
-    req.end(opts.body);
-  });
-}
-
-const bearer = (user = 'alice') => ({ authorization: `Bearer ${user}` });
-const jsonBody = (user = 'alice') => ({ ...bearer(user), 'content-type': 'application/json' });
+/** One request to the test's server, the whole answer read. */
+const http = (method: string, path: string, opts?: Parameters<typeof rawHttp>[3]) =>
+  rawHttp(env!.httpUrl, method, path, opts);
 
 describe('HTTP API (doc: HTTP API)', () => {
   it('the read routes: statuses, JSON, Cache-Control, epoch', async () => {
@@ -647,12 +616,12 @@ describe('HTTP API (doc: HTTP API)', () => {
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
     const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
-      headers: jsonBody(),
+      headers: jsonHeaders(),
       body: '{"seq":1}',
     });
     expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 1 }]);
     for (const body of ['{"seq":9}', '{"seq":0}', '{}']) {
-      const refused = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonBody(), body });
+      const refused = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonHeaders(), body });
       expect([refused.status, refused.json().error.code]).toEqual([400, 'invalid_input']);
     }
     const wrongType = await http('POST', `/progress/tasks/${task.id}/cancel`, {
@@ -662,10 +631,10 @@ describe('HTTP API (doc: HTTP API)', () => {
     expect(wrongType.status).toBe(415);
     const getCancel = await http('GET', `/progress/tasks/${task.id}/cancel`, { headers: bearer() });
     expect([getCancel.status, getCancel.headers.allow]).toEqual([405, 'POST']);
-    const postTask = await http('POST', `/progress/tasks/${task.id}`, { headers: jsonBody(), body: '{}' });
+    const postTask = await http('POST', `/progress/tasks/${task.id}`, { headers: jsonHeaders(), body: '{}' });
     expect([postTask.status, postTask.headers.allow]).toEqual([405, 'GET, HEAD']);
     const cancel = await http('POST', `/progress/tasks/${task.id}/cancel`, {
-      headers: jsonBody(),
+      headers: jsonHeaders(),
       body: '{"reason":"wrong cluster"}',
     });
     expect(cancel.status).toBe(200);
@@ -675,12 +644,12 @@ describe('HTTP API (doc: HTTP API)', () => {
     });
     // Bodies are not strict: an unknown field is ignored (docs: HTTP API, after the route table).
     const extra = await http('POST', `/progress/tasks/${task.id}/ack`, {
-      headers: jsonBody(),
+      headers: jsonHeaders(),
       body: '{"seq":1,"epoch":"another"}',
     });
     expect([extra.status, extra.json()]).toEqual([200, { taskId: task.id, seq: 1 }]);
     const again = await http('POST', `/progress/tasks/${task.id}/cancel`, {
-      headers: jsonBody(),
+      headers: jsonHeaders(),
       body: '{}',
     });
     expect([again.status, again.json().error.code]).toEqual([409, 'task_finished']);
@@ -763,7 +732,10 @@ describe('HTTP API (doc: HTTP API)', () => {
     ]);
     const foreign = await http('GET', `/progress/tasks/${task.id}/stream`, { headers: bearer('bob') });
     expect([foreign.status, foreign.json().error.code]).toEqual([404, 'task_not_found']);
-    const post = await http('POST', `/progress/tasks/${task.id}/stream`, { headers: jsonBody(), body: '{}' });
+    const post = await http('POST', `/progress/tasks/${task.id}/stream`, {
+      headers: jsonHeaders(),
+      body: '{}',
+    });
     expect([post.status, post.headers.allow]).toEqual([405, 'GET, HEAD']);
   });
 });
@@ -790,7 +762,7 @@ describe('free frames and limits (doc: Limits, Before authentication)', () => {
       rateLimitBurst: 3,
       authenticateToken: async (token: string) => {
         await new Promise((r) => setTimeout(r, 50));
-        return tokens(token);
+        return userTokens(token);
       },
     });
     const client = new Raw(env!.wsUrl);
@@ -901,9 +873,9 @@ describe('socket cap and cookies (doc: Before authentication, HTTP API)', () => 
       maxSocketsPerPrincipal: 1,
       authenticate: (req) => {
         const auth = req.headers.authorization;
-        if (auth?.startsWith('Bearer ')) return tokens(auth.slice(7));
+        if (auth?.startsWith('Bearer ')) return userTokens(auth.slice(7));
         const cookie = req.headers.cookie;
-        return cookie?.startsWith('sid=') ? tokens(cookie.slice(4)) : null;
+        return cookie?.startsWith('sid=') ? userTokens(cookie.slice(4)) : null;
       },
     });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
