@@ -704,7 +704,7 @@ describe('HTTP API (doc: HTTP API)', () => {
     expect(health.headers['access-control-allow-origin']).toBeUndefined();
   });
 
-  it('the event stream: retry, hello comment, ids <seq>~<epoch>, reset on another epoch, ends after the terminal frame', async () => {
+  it('the event stream: retry, hello comment, ids <seq>~<epoch> (a terminal frame ends with !), reset on another epoch, ends after the terminal frame', async () => {
     const { server, store } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.progress({ done: 1 });
@@ -714,7 +714,7 @@ describe('HTTP API (doc: HTTP API)', () => {
     expect(stream.headers['content-type']).toMatch(/^text\/event-stream/);
     // retry: 1000–2999 ms, jittered per stream.
     expect(stream.body).toMatch(/^retry: [12]\d{3}\n: hello heartbeatIntervalMs=60000\n\n/);
-    expect(stream.body).toContain(`id: 2~${epoch}\ndata: {"type":"snapshot"`);
+    expect(stream.body).toContain(`id: 2~${epoch}!\ndata: {"type":"snapshot"`);
     const resumed = await http('GET', `/progress/tasks/${task.id}/stream`, {
       headers: { ...bearer(), 'last-event-id': '1~other-epoch' },
     });
