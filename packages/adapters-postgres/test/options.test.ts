@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
@@ -22,7 +23,42 @@ function rejection(options: unknown): Promise<unknown> {
   );
 }
 
+/**
+ * The options table of this package's README (`| \`pollIntervalMs\` | \`500\` | meaning |`): each option's
+ * default cell, where it is a literal in code quotes (not prose such as "ignore").
+ */
+function readmeDefaults(): Map<string, string> {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  return new Map(
+    [...readme.matchAll(/^\| `(\w+)` +\| (.+?) +\|/gm)].map(([, name, cell]) => [
+      name as string,
+      cell as string,
+    ]),
+  );
+}
+
+/** `value` written as the README writes a default: `500`, `'finishline'`, `{ initialDelayMs: 250, … }`. */
+function literal(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'object' && value !== null) {
+    return `{ ${Object.entries(value)
+      .map(([key, entry]) => `${key}: ${literal(entry)}`)
+      .join(', ')} }`;
+  }
+  return String(value);
+}
+
 describe('options', () => {
+  it('states in the README the defaults it has', () => {
+    const stated = readmeDefaults();
+    for (const [name, value] of Object.entries(POSTGRES_STORE_DEFAULTS)) {
+      const cell = stated.get(name);
+      expect(cell, `README row of ${name}`).toBeDefined();
+      if (typeof value === 'function' || !/^`[^`]+`$/.test(cell as string)) continue;
+      expect(cell, name).toBe(`\`${literal(value)}\``);
+    }
+  });
+
   it('exports frozen defaults that resolve unchanged', () => {
     expect(Object.isFrozen(POSTGRES_STORE_DEFAULTS)).toBe(true);
     expect(Object.isFrozen(POSTGRES_STORE_DEFAULTS.reconnect)).toBe(true);

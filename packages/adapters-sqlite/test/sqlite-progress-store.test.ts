@@ -1,4 +1,4 @@
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import type { ProgressStore, TaskChange } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
@@ -27,7 +27,42 @@ function expectThrowsCode(action: () => unknown, code: ErrorCode, message?: RegE
   if (message) expect((thrown as Error).message).toMatch(message);
 }
 
+/**
+ * The options table of this package's README (`| \`pollIntervalMs\` | \`500\` | meaning |`): each option's
+ * default cell, where it is a literal in code quotes (not prose such as "ignore").
+ */
+function readmeDefaults(): Map<string, string> {
+  const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+  return new Map(
+    [...readme.matchAll(/^\| `(\w+)` +\| (.+?) +\|/gm)].map(([, name, cell]) => [
+      name as string,
+      cell as string,
+    ]),
+  );
+}
+
+/** `value` written as the README writes a default: `500`, `'finishline'`, `{ initialDelayMs: 250, … }`. */
+function literal(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'object' && value !== null) {
+    return `{ ${Object.entries(value)
+      .map(([key, entry]) => `${key}: ${literal(entry)}`)
+      .join(', ')} }`;
+  }
+  return String(value);
+}
+
 describe('options', () => {
+  it('states in the README the defaults it has', () => {
+    const stated = readmeDefaults();
+    for (const [name, value] of Object.entries(SQLITE_STORE_DEFAULTS)) {
+      const cell = stated.get(name);
+      expect(cell, `README row of ${name}`).toBeDefined();
+      if (typeof value === 'function' || !/^`[^`]+`$/.test(cell as string)) continue;
+      expect(cell, name).toBe(`\`${literal(value)}\``);
+    }
+  });
+
   it('exports frozen defaults', () => {
     expect(Object.isFrozen(SQLITE_STORE_DEFAULTS)).toBe(true);
     expect(SQLITE_STORE_DEFAULTS).toMatchObject({

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { MemoryProgressStore } from '@finishline/core';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
@@ -117,7 +118,37 @@ describe('close()', () => {
   );
 });
 
+/**
+ * A default as the docs write it, in the option's unit: `10 s` and `5 minutes` in ms, `1 MiB` in bytes,
+ * `10,000 entries` and `20/s, burst 1,000` by their first number.
+ */
+function statedNumber(text: string): number {
+  const found = text.match(/^([\d,]+(?:\.\d+)?)\s*(ms|s|minutes|KiB|MiB)?\b/);
+  if (found === null) return Number.NaN;
+  const scale = { ms: 1, s: 1000, minutes: 60_000, KiB: 1024, MiB: 1024 * 1024 } as const;
+  return (
+    Number((found[1] as string).replaceAll(',', '')) * (found[2] ? scale[found[2] as keyof typeof scale] : 1)
+  );
+}
+
 describe('options', () => {
+  it("has the defaults operations.md's settings table and the README's list of options state", () => {
+    const doc = (path: string) => readFileSync(new URL(path, import.meta.url), 'utf8');
+    const defaults: Record<string, unknown> = PROGRESS_SERVER_DEFAULTS;
+    // `| \`sseStallTimeoutMs\` (server option) | 30 s | what it bounds |`
+    const table = [
+      ...doc('../../../docs/operations.md').matchAll(/^\| `(\w+)` \(server option\) \| ([^|]+) \|/gm),
+    ];
+    const readme = doc('../README.md');
+    // "… among them some this README does not name: `backpressurePollMs` (10), …"
+    const list = [...readme.slice(readme.indexOf('## Options')).matchAll(/`(\w+)` \((\d[^)]*)\)/g)];
+    expect(table.length).toBeGreaterThanOrEqual(6);
+    expect(list.length).toBeGreaterThanOrEqual(6);
+    for (const [, name, value] of [...table, ...list]) {
+      expect(statedNumber(value as string), name).toBe(defaults[name as string]);
+    }
+  });
+
   it('exports frozen defaults', () => {
     expect(Object.isFrozen(PROGRESS_SERVER_DEFAULTS)).toBe(true);
     expect(PROGRESS_SERVER_DEFAULTS).toMatchObject({

@@ -317,6 +317,17 @@ describe('bad input', () => {
     expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_frame' });
   });
 
+  it('answers a text message that is not UTF-8 with invalid_frame and keeps the socket open, as for a binary one', async () => {
+    await session.start();
+    const client = await connect();
+    // A text frame whose bytes are not UTF-8: ws validated it and closed the socket with 1007, a code the
+    // docs did not name, where docs/protocol.md promises invalid_frame (counted toward maxInvalidFrames).
+    client.sendRaw(Buffer.from([0x7b, 0xff, 0xfe, 0x7d]));
+    expect(await client.next((frame) => frame.type === 'error')).toMatchObject({ code: 'invalid_frame' });
+    client.send({ type: 'ping', id: 'after' });
+    expect(await client.next((frame) => frame.type === 'pong')).toMatchObject({ requestId: 'after' });
+  });
+
   it('rate-limits a flooding socket, answering every refused frame, then closes it with 4008; others keep receiving', async () => {
     await session.start({ rateLimitPerSecond: 10, rateLimitBurst: 5, maxRateLimitViolations: 20 });
     const other = await bystander();

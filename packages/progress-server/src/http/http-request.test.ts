@@ -1,9 +1,10 @@
+import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { connect, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { gate } from '../testing/harness.js';
-import { HttpError, readJsonBody } from './http-request.js';
+import { HTTP_STATUS, HttpError, readJsonBody } from './http-request.js';
 
 /** Reading a request's JSON body from the stream, against a real server and a raw client socket. */
 
@@ -70,5 +71,19 @@ describe('readJsonBody', () => {
     });
     expect(error).toBeInstanceOf(HttpError);
     expect(error).toMatchObject({ code: 'invalid_input', status: 400 });
+  });
+});
+
+describe('HTTP_STATUS', () => {
+  it("is the HTTP column of docs/errors.md's table of codes", () => {
+    const doc = readFileSync(new URL('../../../../docs/errors.md', import.meta.url), 'utf8');
+    // `| \`task_not_found\` | raised when | 404 | what to do |`
+    const stated = Object.fromEntries(
+      [...doc.matchAll(/^\| `(\w+)` \|[^|]*\| (\d{3}) \|/gm)].map(([, code, status]) => [
+        code,
+        Number(status),
+      ]),
+    );
+    expect(stated).toEqual(HTTP_STATUS);
   });
 });

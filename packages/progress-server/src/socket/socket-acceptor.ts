@@ -76,6 +76,10 @@ export class SocketAcceptor<P extends Principal> {
         maxPayload: options.maxPayloadBytes,
         perMessageDeflate: false,
         clientTracking: false,
+        // The protocol's decoder checks UTF-8 (docs/protocol.md: a message that is not UTF-8 is an
+        // `invalid_frame`, answered, the socket kept open). Left to ws, a text message of invalid UTF-8
+        // closed the socket with 1007, a code the docs did not name; a binary one got invalid_frame.
+        skipUTF8Validation: true,
         handleProtocols: (protocols) => selectSubprotocol(protocols),
       });
       this.#ownsWss = true;
