@@ -387,7 +387,8 @@ export class PostgresProgressStore implements ProgressStore {
    * changes were published (a failover to an asynchronous standby, a restore without `renewEpoch()`), and
    * the task's worker appended again over the lost seqs. Every server's watchers hold what was lost, and
    * every task may have lost commits: that is a restore, so the store renews the epoch, as the operator
-   * would after one. From the epoch it knows (read, renewed or heard of last), so that the
+   * would after one. From the epoch it knows (read, renewed or heard of last), and only if the epoch was
+   * not renewed since the end's transaction (see `renewEpoch` in `task-statements.ts`), so that the
    * replicas that heard the same change renew it once; reported on `onError` (`internal`, with the task).
    */
   #wentBack(taskId: string, seq: number, publishedSeq: number, failures = 0): void {
@@ -398,7 +399,11 @@ export class PostgresProgressStore implements ProgressStore {
       const { rows } = await this.#query(
         'renewEpoch',
         undefined,
-        renewEpoch(this.#meta, this.#target.channel, from),
+        renewEpoch(this.#meta, this.#target.channel, from, {
+          events: this.#target.events,
+          taskId,
+          seq,
+        }),
       );
       if (rows[0] !== undefined) this.#hub.knownEpoch = rows[0].value;
       return rows[0]?.value;
