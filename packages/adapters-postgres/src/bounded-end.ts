@@ -49,8 +49,15 @@ export async function endWithin(client: EndableClient, timeoutMs = END_TIMEOUT_M
   await settlesWithin(ended, timeoutMs);
 }
 
-/** Whether `settled` (which never rejects) settles within `timeoutMs`; the timer is cleared either way. */
-async function settlesWithin(settled: Promise<boolean>, timeoutMs: number): Promise<boolean> {
+/**
+ * Whether `settled` settles (resolves or rejects) within `timeoutMs`; the timer is cleared either way.
+ * Never rejects.
+ */
+export async function settlesWithin(pending: Promise<unknown>, timeoutMs: number): Promise<boolean> {
+  const settled = pending.then(
+    () => true,
+    () => true,
+  );
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<false>((resolve) => {
     timer = setTimeout(() => resolve(false), timeoutMs);

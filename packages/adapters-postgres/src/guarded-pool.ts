@@ -31,6 +31,24 @@ type PgPoolClient = PostgresPoolClient & {
  */
 const NAMING = new WeakMap<object, PostgresPoolClient>();
 
+/**
+ * A pool client as kysely sees it, when statements are not named: one per client, as {@link namingClient}
+ * is, whose `release` goes through the client's {@link HELD_BY} entry like the naming one's.
+ */
+const PLAIN = new WeakMap<object, PostgresPoolClient>();
+
+/**
+ * The set of checked-out clients of the guarded pool that checked each client out last: its `release`
+ * takes the client out of it. Keyed by client, as the wrappers above are (kysely keeps one connection per
+ * wrapper), so stores that share a pool each know only what they hold.
+ */
+const HELD_BY = new WeakMap<object, Set<PgPoolClient>>();
+
+function release(client: PgPoolClient, destroy?: boolean): void {
+  HELD_BY.get(client)?.delete(client);
+  client.release(destroy);
+}
+
 function namingClient(client: PgPoolClient): PostgresPoolClient {
   let named = NAMING.get(client);
   if (named === undefined) {
@@ -41,11 +59,35 @@ function namingClient(client: PgPoolClient): PostgresPoolClient {
     };
     named = {
       query: query as PostgresPoolClient['query'],
-      release: (destroy?: boolean) => client.release(destroy),
+      release: (destroy?: boolean) => release(client, destroy),
     };
     NAMING.set(client, named);
   }
   return named;
+}
+
+function plainClient(client: PgPoolClient): PostgresPoolClient {
+  let plain = PLAIN.get(client);
+  if (plain === undefined) {
+    plain = {
+      query: ((...args: unknown[]) =>
+        (client.query as (...args: unknown[]) => unknown)(...args)) as PostgresPoolClient['query'],
+      release: (destroy?: boolean) => release(client, destroy),
+    };
+    PLAIN.set(client, plain);
+  }
+  return plain;
+}
+
+/** The caller's pool as the store uses it (see {@link guardedPool}). */
+export interface GuardedPool extends PostgresPool {
+  /**
+   * Destroys the sockets of the clients the store has checked out and not released (its statements in
+   * flight), as `bounded-end.ts` does a listener's: each statement on them fails at once, and the pool
+   * discards the client when the store releases it. Returns how many. Clients the store does not hold,
+   * idle in the pool or another user's, are not touched.
+   */
+  destroyHeld(): number;
 }
 
 /**
@@ -55,17 +97,30 @@ function namingClient(client: PgPoolClient): PostgresPoolClient {
  * crashes the process; with one, the failure still reaches the store, as the rejection of the
  * transaction's next query (`store_unavailable`), and the pool discards the client on release.
  */
-export function guardedPool(pool: PgPool, options: { preparedStatements: boolean }): PostgresPool {
+export function guardedPool(pool: PgPool, options: { preparedStatements: boolean }): GuardedPool {
+  const held = new Set<PgPoolClient>();
   return {
     async connect() {
-      const client = await pool.connect();
+      const client = (await pool.connect()) as PgPoolClient;
       const emitter = client as unknown as { on?: (event: 'error', listener: () => void) => unknown };
       if (!GUARDED.has(client) && typeof emitter.on === 'function') {
         GUARDED.add(client);
         emitter.on('error', () => {});
       }
-      return options.preparedStatements ? namingClient(client as PgPoolClient) : client;
+      held.add(client);
+      HELD_BY.set(client, held);
+      return options.preparedStatements ? namingClient(client) : plainClient(client);
     },
     async end() {},
+    destroyHeld() {
+      let destroyed = 0;
+      for (const client of held) {
+        const stream = (client as { connection?: { stream?: { destroy(): unknown } } }).connection?.stream;
+        if (stream === undefined) continue;
+        stream.destroy();
+        destroyed += 1;
+      }
+      return destroyed;
+    },
   };
 }

@@ -36,7 +36,8 @@ import {
 import { Kysely, PostgresDialect, type QueryResult, type RawBuilder, sql } from 'kysely';
 import { type AckCall, ackStatement, writeAcks } from './ack-statement.js';
 import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget } from './append-pipeline.js';
-import { guardedPool } from './guarded-pool.js';
+import { settlesWithin } from './bounded-end.js';
+import { type GuardedPool, guardedPool } from './guarded-pool.js';
 import {
   type LeaseCall,
   RELEASE_LOCK_WAIT_MS,
@@ -140,6 +141,8 @@ const OPENING = Symbol('PostgresProgressStore.open');
 export class PostgresProgressStore implements ProgressStore {
   readonly #options: ResolvedStoreOptions;
   readonly #db: Kysely<ProgressDatabase>;
+  /** The caller's pool as the store uses it; `undefined` when the caller gave `db`. */
+  readonly #pool: GuardedPool | undefined;
   readonly #clock: Clock;
   /** The caller's `onError`, guarded: one that throws is reported once as a process warning. */
   readonly #onError: (error: ProgressError) => void;
@@ -201,13 +204,13 @@ export class PostgresProgressStore implements ProgressStore {
     // Without the caller's plugins: they may rewrite result rows (CamelCasePlugin renames task_id to taskId,
     // ParseJSONResultsPlugin parses the JSON the store selects as text), which the store's raw statements
     // read by their own column names and types.
+    this.#pool =
+      options.db === undefined
+        ? guardedPool(options.pool as PgPool, { preparedStatements: options.preparedStatements })
+        : undefined;
     this.#db =
       options.db?.withoutPlugins() ??
-      new Kysely<ProgressDatabase>({
-        dialect: new PostgresDialect({
-          pool: guardedPool(options.pool as PgPool, { preparedStatements: options.preparedStatements }),
-        }),
-      });
+      new Kysely<ProgressDatabase>({ dialect: new PostgresDialect({ pool: this.#pool as GuardedPool }) });
     const channel = changeChannel(options.schema);
     this.#target = {
       tasks: sql.id(this.#schema, 'tasks'),
@@ -384,7 +387,8 @@ export class PostgresProgressStore implements ProgressStore {
    * changes were published (a failover to an asynchronous standby, a restore without `renewEpoch()`), and
    * the task's worker appended again over the lost seqs. Every server's watchers hold what was lost, and
    * every task may have lost commits: that is a restore, so the store renews the epoch, as the operator
-   * would after one. From the epoch it knows (read, renewed or heard of last), so that the
+   * would after one. From the epoch it knows (read, renewed or heard of last), and only if the epoch was
+   * not renewed since the end's transaction (see `renewEpoch` in `task-statements.ts`), so that the
    * replicas that heard the same change renew it once; reported on `onError` (`internal`, with the task).
    */
   #wentBack(taskId: string, seq: number, publishedSeq: number, failures = 0): void {
@@ -395,7 +399,11 @@ export class PostgresProgressStore implements ProgressStore {
       const { rows } = await this.#query(
         'renewEpoch',
         undefined,
-        renewEpoch(this.#meta, this.#target.channel, from),
+        renewEpoch(this.#meta, this.#target.channel, from, {
+          events: this.#target.events,
+          taskId,
+          seq,
+        }),
       );
       if (rows[0] !== undefined) this.#hub.knownEpoch = rows[0].value;
       return rows[0]?.value;
@@ -646,8 +654,15 @@ export class PostgresProgressStore implements ProgressStore {
       // Task reads not sent yet reject; those out are not waited for (they settle when the database answers):
       // awaited, one on a database host that stopped answering held close() until TCP gave up.
       void this.#taskReads.close();
-      await Promise.all([this.#acks.close(), this.#renewals.close()]);
-      await this.#appends.whenIdle();
+      const written = Promise.all([this.#acks.close(), this.#renewals.close()]).then(() =>
+        this.#appends.whenIdle(),
+      );
+      if (!(await settlesWithin(written, this.#options.closeTimeoutMs))) {
+        // The database has not answered statements sent before close() (see closeTimeoutMs): their
+        // connections go, which fails them at once; the pipeline and the batchers do not retry once closed.
+        this.#pool?.destroyHeld();
+        await settlesWithin(written, this.#options.closeTimeoutMs);
+      }
       this.#poll.stop();
       await this.#listener.close();
     })();

@@ -111,6 +111,18 @@ export interface PostgresProgressStoreOptions {
    */
   listenConnectTimeoutMs?: number;
   /**
+   * How long `close()` waits for the appends, acks and lease renewals already sent to the database, in
+   * milliseconds. A database that stopped answering (its host frozen, a network that drops every packet)
+   * never answers them, and `close()`, with a server's graceful shutdown, waited until TCP gave up (about
+   * 15 minutes on Linux; for ever with a frozen process, whose kernel still acknowledges). Past it the
+   * sockets of the pool clients the store holds are destroyed: their statements fail (`store_unavailable`;
+   * an append among them may or may not have been committed), and the pool discards those clients. No
+   * other client of the pool is touched. With `db` (a Kysely instance) the store cannot reach its
+   * connections: `close()` stops waiting, and those statements settle when the database answers.
+   * @default 5000
+   */
+  closeTimeoutMs?: number;
+  /**
    * Backoff of the `LISTEN` connection's reconnects (full jitter). `maxDelayMs` is at most 2^31 - 1 (about
    * 24.8 days, the longest a timer waits).
    * @default { initialDelayMs: 250, maxDelayMs: 10000, multiplier: 2 }
@@ -229,6 +241,7 @@ const POSTGRES_STORE_OPTIONS = {
   pollIntervalMs: integer(500, 1, 3_600_000),
   watermarkIntervalMs: integer(1000, 1, 3_600_000),
   listenConnectTimeoutMs: integer(10_000, 1, 3_600_000),
+  closeTimeoutMs: integer(5_000, 1, 3_600_000),
   // Its delays go to setTimeout, which fires a longer one than 2^31 - 1 ms after 1 ms: a larger maxDelayMs
   // reconnected in a loop once the backoff grew past it (initialDelayMs is at most maxDelayMs).
   reconnect: refine(

@@ -36,15 +36,28 @@ export function selectEpoch(meta: RawBuilder<unknown>): RawBuilder<{ value: stri
 /**
  * Replaces the store's epoch with a fresh random value and returns it, telling every listener on
  * `channel` in the same transaction (`{"epoch":"<value>"}`): their servers read it at once rather than at
- * their next heartbeat tick. With `from`, only if the epoch is still `from` (no row returned otherwise).
+ * their next heartbeat tick. With `from`, only if the epoch is still `from`; with `after` (an event's row),
+ * only if the epoch was not written since that event's transaction (no row returned otherwise).
  */
 export function renewEpoch(
   meta: RawBuilder<unknown>,
   channel: string,
   from?: string,
+  after?: { events: RawBuilder<unknown>; taskId: string; seq: number },
 ): RawBuilder<{ value: string }> {
   // From a known epoch only: replicas that notice the same lost commits at once renew it once.
-  const only = from === undefined ? sql`` : sql`AND value = ${from}`;
+  const fromOnly = from === undefined ? sql`` : sql`AND value = ${from}`;
+  // And not again once renewed after the end that told of the loss: a store that could not read the epoch
+  // at open read it when it noticed, after another replica's renewal for the same end maybe, and renewed
+  // it a second time (watchers reset twice). The renewal's transaction began after that end committed, so
+  // its xid is the younger of the two; age() compares xids across wraparound. An event row no longer there
+  // (purged) leaves it to `from`.
+  const afterOnly =
+    after === undefined
+      ? sql``
+      : sql`AND age(xmin) >= COALESCE(
+          (SELECT age(xmin) FROM ${after.events} WHERE task_id = ${after.taskId} AND seq = ${after.seq}), 0)`;
+  const only = sql`${fromOnly} ${afterOnly}`;
   return sql<{ value: string }>`
     WITH renewed AS (
       UPDATE ${meta}

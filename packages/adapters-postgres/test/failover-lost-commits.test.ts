@@ -6,7 +6,14 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { dropSchema, eventually, freshSchema, headerAuthenticate, newPool } from './support.js';
+import {
+  dropSchema,
+  eventually,
+  freshSchema,
+  headerAuthenticate,
+  newPool,
+  queryHookedPool,
+} from './support.js';
 
 /**
  * A failover to an asynchronous standby that had not received the last committed transactions: the
@@ -21,7 +28,7 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
 });
 
-async function serveFreshSchema(prefix: string) {
+async function serveFreshSchema(prefix: string, workerHook?: Parameters<typeof queryHookedPool>[1]) {
   const schema = freshSchema(prefix);
   const admin = newPool(2, 'finishline-test-admin');
   cleanups.push(async () => {
@@ -44,7 +51,12 @@ async function serveFreshSchema(prefix: string) {
   });
   // The worker's process: a store of its own on the same schema.
   const workerPool = newPool(2);
-  const worker = await PostgresProgressStore.open({ pool: workerPool, schema, pollIntervalMs: 100, onError });
+  const worker = await PostgresProgressStore.open({
+    pool: workerHook === undefined ? workerPool : queryHookedPool(workerPool, workerHook),
+    schema,
+    pollIntervalMs: 100,
+    onError,
+  });
   cleanups.push(async () => {
     await worker.close();
     await workerPool.end();
@@ -104,4 +116,52 @@ describe('a failover that lost committed transactions', () => {
       expect(renewals[0]).toMatchObject({ code: 'internal', taskId: 't' });
     });
   }
+
+  it('renews the epoch once when a store that could not read it at open notices after another renewed it', async () => {
+    const isEpochRead = (text: string) => /^SELECT value FROM .* WHERE key = 'epoch'$/.test(text.trim());
+    let epochReads = 0;
+    let admin: pg.Pool | undefined;
+    let epochBefore: string | undefined;
+    let q = (table: string) => table;
+    const fixtures = await serveFreshSchema('failover_unread', async (_client, statement, run) => {
+      if (!isEpochRead(statement.text)) return run();
+      epochReads += 1;
+      // The worker's open could not read the epoch (a blip): it reads it when it notices the loss.
+      if (epochReads === 1) throw new Error('connection blip');
+      // That read comes after the server's store renewed it (it noticed too): the worker's renewal from
+      // what it reads now would be a second one.
+      await eventually('the server renewed the epoch', async () => {
+        const { rows } = await (admin as pg.Pool).query(`SELECT value FROM ${q('meta')} WHERE key = 'epoch'`);
+        return rows[0]?.value !== epochBefore;
+      });
+      return run();
+    });
+    ({ admin, q } = fixtures);
+    const { store, worker, reported } = fixtures;
+    await worker.createTask({ id: 't', owner: 'alice', kind: 'k', total: 2 });
+    await worker.append('t', { type: 'progress', done: 0, message: 'one' });
+    await admin.query(`CREATE TABLE ${q('tasks_standby')} AS SELECT * FROM ${q('tasks')}`);
+    await worker.append('t', { type: 'progress', done: 1, message: 'two (lost)' });
+    const client = aliceClient(fixtures.port);
+    const watch = client.watch('t');
+    await eventually('the watcher is at seq 2', () => watch.getSnapshot().seq === 2);
+    epochBefore = await store.getEpoch();
+    await admin.query(
+      `BEGIN;
+       DELETE FROM ${q('events')} WHERE seq > 1;
+       DELETE FROM ${q('tasks')};
+       INSERT INTO ${q('tasks')} SELECT * FROM ${q('tasks_standby')};
+       COMMIT`,
+    );
+    await worker.append('t', { type: 'completed', result: null });
+
+    await eventually('the watcher sees the end', () => watch.getSnapshot().finished, 5000);
+    await eventually(
+      'both stores noticed',
+      () => reported.filter((e) => /lost commits/.test(e.message)).length === 2,
+    );
+    expect(epochReads).toBe(2);
+    const renewals = reported.filter((error) => /The store epoch was renewed/.test(error.message));
+    expect(renewals, reported.map((error) => error.message).join('\n')).toHaveLength(1);
+  });
 });

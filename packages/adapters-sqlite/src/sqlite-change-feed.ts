@@ -1,6 +1,7 @@
 import type { ChangeFeed, TaskChange, TaskEvent } from '@finishline/core';
 import { isTerminalType, LocalChangeFeed } from '@finishline/core';
 import { DataVersionWatcher } from './data-version-watcher.js';
+import { toProgressError } from './sqlite-errors.js';
 import type { SqliteStatements } from './sqlite-statements.js';
 
 /**
@@ -107,6 +108,11 @@ export class ChangePublisher {
   #epoch: string | undefined;
   #draining = false;
   #stopped = false;
+  /** A committed log found the file went back under the mark: the epoch is renewed after the drain. */
+  #restoreNoticed = false;
+  /** A poll is publishing what it read: the renewal after a restore waits for its epoch check. */
+  #catchingUp = false;
+  readonly #onPollError: (error: unknown) => void;
 
   /**
    * Starts the watcher (when polling) and reads the high-water mark.
@@ -122,6 +128,7 @@ export class ChangePublisher {
       onEpochRenewed: (listener) => local.onEpochRenewed(listener),
     };
     this.#q = options.statements;
+    this.#onPollError = options.onPollError;
     let watcher: DataVersionWatcher | undefined;
     try {
       if (options.dataVersionPollMs > 0) {
@@ -137,7 +144,8 @@ export class ChangePublisher {
         watcher.start();
       }
       this.#takeNewestEventAsMark();
-      if (watcher !== undefined) this.#epoch = this.#readEpoch();
+      // Also without polling: what a renewal after a restore starts from (see `#renewAfterRestore`).
+      this.#epoch = this.#readEpoch();
     } catch (error) {
       watcher?.stop();
       throw error;
@@ -238,6 +246,7 @@ export class ChangePublisher {
     this.#highWaterMark = log.lastEventId;
     this.#markEvent = log.lastEvent;
     for (const change of log.changes) this.#outbox.push(change);
+    if (log.idsWentBack) this.#restoreNoticed = true;
   }
 
   /**
@@ -260,6 +269,32 @@ export class ChangePublisher {
     } finally {
       this.#outbox = [];
       this.#draining = false;
+    }
+    // A poll renews after its own check of the epoch (see `#catchUp`).
+    if (this.#restoreNoticed && !this.#catchingUp) this.#renewAfterRestore();
+  }
+
+  /**
+   * The file went back under the mark: restored from an older backup, whose epoch it has, under running
+   * stores. The events committed to it since take the seqs of those lost, and a watcher that received a
+   * lost one took a new one at its seq for a duplicate: a task whose end took a lost seq never ended for
+   * it (its heartbeats claimed the lost seq). The store renews the epoch, as an operator should after a
+   * restore, so that every server resets its watchers from the store. Only from the epoch this publisher
+   * knew: the processes that notice the same restore renew it once, and a restore of a file whose epoch
+   * was renewed since the backup (a changed epoch every server notices already) is not renewed again.
+   * Never throws: it runs after a commit, which must not be reported as failed; a failure goes to
+   * `onPollError`, and the next commit that finds the file gone back tries again.
+   */
+  #renewAfterRestore(): void {
+    this.#restoreNoticed = false;
+    const from = this.#epoch;
+    if (this.#stopped || from === undefined) return;
+    try {
+      this.#q.renewEpochFrom.run({ from });
+      const epoch = this.#readEpoch();
+      if (epoch !== from) this.epochRenewed(epoch);
+    } catch (error) {
+      this.#onPollError(toProgressError(error, 'renew the epoch after a restore'));
     }
   }
 
@@ -294,8 +329,21 @@ export class ChangePublisher {
     }
     this.#q.endPollSnapshot.run();
     this.committed(log);
-    this.drain();
-    if (epoch !== this.#epoch) this.epochRenewed(epoch);
+    this.#catchingUp = true;
+    try {
+      this.drain();
+    } finally {
+      this.#catchingUp = false;
+    }
+    if (epoch !== this.#epoch) {
+      // Renewed by another process (after it noticed the restore too, maybe), or restored with another
+      // epoch: either way every server resets its watchers, and renewing from it would be a second time.
+      this.#restoreNoticed = false;
+      this.epochRenewed(epoch);
+    }
+    // After that check, which compares with the epoch read in the poll's snapshot: a renewal before it
+    // was taken back for the restored epoch.
+    if (this.#restoreNoticed) this.#renewAfterRestore();
   }
 
   /** The epoch is now `epoch` (renewed by this process, or found renewed by a poll): listeners hear it. */

@@ -256,6 +256,16 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
         .where('key', '=', sql.lit('epoch')),
       [],
     ),
+    // Renewed only from the epoch the caller knew: the processes that notice the same restore renew it once.
+    renewEpochFrom: new PreparedQuery(
+      database,
+      builder
+        .updateTable(TABLES.meta)
+        .set({ value: sql<string>`lower(hex(randomblob(16)))` })
+        .where('key', '=', sql.lit('epoch'))
+        .where('value', '=', param('from')),
+      ['from'],
+    ),
     // The newest event and what tells it from another event that a restored file gave its id.
     lastEvent: new PreparedQuery(
       database,

@@ -332,6 +332,28 @@ describe('a restore landing inside a poll, after its check of the mark and befor
   });
 });
 
+describe('the epoch, once a store noticed the restore', () => {
+  it('is renewed, once between the stores that notice it, and each tells its listeners', async () => {
+    const setup = setUp(5);
+    const { server, worker } = setup;
+    await runPastTheBackup(setup, 5);
+    const before = await server.getEpoch();
+    const epochsHeard: string[] = [];
+    server.changes.onEpochRenewed?.(() => void server.getEpoch().then((epoch) => epochsHeard.push(epoch)));
+    worker.changes.onEpochRenewed?.(() => void worker.getEpoch().then((epoch) => epochsHeard.push(epoch)));
+    await setup.restore();
+    // The worker notices in its write (its own ids not above its mark), the server at its next poll.
+    await worker.append('old', { type: 'completed' });
+    await eventually('both stores heard a renewal', () => epochsHeard.length >= 2, 2000);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const after = await server.getEpoch();
+    expect(after).not.toBe(before);
+    // One renewal: every store heard the same new epoch, and only it.
+    expect(new Set(epochsHeard)).toEqual(new Set([after]));
+    expect(epochsHeard).toHaveLength(2);
+  });
+});
+
 describe('renewEpoch heard through the feed', () => {
   it("tells this store's listeners at once, and another process's at its next poll", async () => {
     const { server, worker } = setUp(5);

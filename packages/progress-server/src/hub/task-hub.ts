@@ -14,7 +14,7 @@ import type { ServerMetrics } from '../metrics.js';
 import type { FairReads } from './fair-reads.js';
 import { RecentEvents } from './recent-events.js';
 import type { StreamHub, StreamSink } from './task-stream.js';
-import { TaskStream } from './task-stream.js';
+import { isLastingReadError, TaskStream } from './task-stream.js';
 
 /** A local consumer of a task's live events (a {@link TaskStream}, one per subscription or SSE stream). */
 export interface HubSubscriber {
@@ -30,6 +30,12 @@ export interface HubSubscriber {
    * load of its own (a {@link TaskStream} has its owner do that: its authorization is of the old run).
    */
   restart?(run: number | undefined): void;
+  /**
+   * A read of the task failed with an error that reading again does not cure ({@link isLastingReadError}:
+   * a row the store cannot decode). The subscriber ends (a {@link TaskStream} tells its owner, which
+   * tells the client); the hub stops reading for it once no subscriber is left.
+   */
+  failed?(error: unknown): void;
 }
 
 interface Followed {
@@ -555,6 +561,15 @@ export class TaskHub {
       } while (entry.checkAgain && !entry.closed);
     } catch (error) {
       this.#metrics.storeErrors.inc();
+      if (isLastingReadError(error)) {
+        // As for live events: not read again on a timer; a later change reads again.
+        this.#logger.warn(
+          { err: describeError(error), taskId: entry.taskId },
+          "reading a task's run failed; ending the task's subscriptions",
+        );
+        this.#fail(entry, error);
+        return;
+      }
       this.#logger.warn(
         { err: describeError(error), taskId: entry.taskId },
         "reading a task's run failed; retrying",
@@ -576,6 +591,18 @@ export class TaskHub {
           { err: describeError(error), taskId: entry.taskId },
           'subscriber failed to restart',
         );
+      }
+    }
+  }
+
+  /** Tells every subscriber of `entry` that a read of the task failed with `error`, a lasting one. */
+  #fail(entry: Followed, error: unknown): void {
+    for (const subscriber of [...entry.subscribers]) {
+      try {
+        subscriber.failed?.(error);
+      } catch (thrown) {
+        this.#metrics.handlerErrors.inc();
+        this.#logger.error({ err: describeError(thrown), taskId: entry.taskId }, 'subscriber failed to end');
       }
     }
   }
@@ -696,6 +723,15 @@ export class TaskHub {
         return;
       }
       this.#metrics.storeErrors.inc();
+      if (isLastingReadError(error)) {
+        // Not read again on a timer: every read fails alike. A later change reads again.
+        this.#logger.warn(
+          { err: describeError(error), taskId: entry.taskId },
+          "reading live events failed; ending the task's subscriptions",
+        );
+        this.#fail(entry, error);
+        return;
+      }
       this.#logger.warn(
         { err: describeError(error), taskId: entry.taskId },
         'reading live events failed; retrying',

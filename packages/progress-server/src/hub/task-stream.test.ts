@@ -1,5 +1,5 @@
 import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
-import { MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../logger.js';
@@ -246,6 +246,42 @@ describe('TaskStream', () => {
     stream.start(0, false, 5);
     await until(() => rec.calls.length > 0);
     expect(rec.calls).toEqual(['gone']);
+  });
+  it('ends with failed() when repairing a gap meets a row the store cannot read (internal), instead of reading it again every retry delay', async () => {
+    const store = new MemoryProgressStore();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    let reads = 0;
+    const damaged = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: () => {
+        reads += 1;
+        return Promise.reject(new ProgressError(ErrorCode.Internal, 'row 2 is damaged'));
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(damaged, { metricsFeed: store.changes, start: false });
+    const rec = recorder();
+    // As its owners do: a failed stream is closed.
+    const stream = hub.stream(task.id, 'alice', {
+      ...rec.sink,
+      failed: (error) => {
+        rec.sink.failed(error);
+        stream.close();
+      },
+    });
+    stream.start(0, false, 0);
+    await until(() => rec.caughtUp() > 0);
+    await store.append(task.id, { type: 'progress', done: 1 });
+    const { event } = await store.append(task.id, { type: 'progress', done: 2 });
+    // Seq 2 handed over live after 0: the gap is read from the store.
+    hub.observe(task.id, event.seq, task.createdAt);
+    stream.deliver([event]);
+    await until(() => rec.calls.length > 0);
+    const readsThen = reads;
+    // Ten retry delays (10 ms here) later: nothing read again.
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(rec.calls).toEqual(['failed']);
+    expect(reads).toBe(readsThen);
   });
 });
 

@@ -33,7 +33,11 @@ export interface StreamSink {
   reset(view: TaskView): void;
   /** The task no longer exists (found while catching up). */
   gone(): void;
-  /** The first catch-up read failed: the subscribe is answered with this error. */
+  /**
+   * The first catch-up read failed (the subscribe is answered with this error), or a later read failed
+   * with an error that reading again does not cure (`internal`: a row the store cannot decode), which ends
+   * the stream: its owner tells the client.
+   */
   failed(error: unknown): void;
   /** The stream caught up with everything known: what was queued may go out now. */
   caughtUp(): void;
@@ -56,6 +60,16 @@ export interface StreamSink {
    * `maxReplayEvents` is replaced by a snapshot (a socket subscription's subscribe).
    */
   readonly replaysAll?: boolean;
+}
+
+/**
+ * Whether a failed store read is of a kind that reading again does not cure: `internal`, which stores
+ * answer for a row they cannot decode (one damaged by hand) and for their own bugs, as against
+ * `store_unavailable` (the database down, busy or restarting). Retried every `storeRetryDelayMs`, such a
+ * read failed for as long as anyone followed the task, and its watchers were told nothing.
+ */
+export function isLastingReadError(error: unknown): boolean {
+  return isProgressError(error, ErrorCode.Internal);
 }
 
 /** What a stream needs from its hub. */
@@ -237,6 +251,15 @@ export class TaskStream {
     this.#sink.restart();
   }
 
+  /**
+   * The hub's read of the task failed with a lasting error (see {@link isLastingReadError}): the stream
+   * ends, its sink told.
+   */
+  failed(error: unknown): void {
+    if (this.stale) return;
+    this.#sink.failed(error);
+  }
+
   /** Stops the stream: no read starts for it and nothing reaches its sink any more. */
   close(): void {
     if (this.#closed) return;
@@ -337,6 +360,16 @@ export class TaskStream {
         return;
       }
       this.#hub.metrics.storeErrors.inc();
+      if (isLastingReadError(error)) {
+        // A row the store cannot decode fails every read alike: retried, the gap was read every
+        // retryDelayMs for as long as the subscriber stayed, which was told nothing. Its owner tells it.
+        this.#hub.logger.warn(
+          { err: describeError(error), taskId: this.taskId },
+          'catch-up read failed; ending',
+        );
+        this.#sink.failed(error);
+        return;
+      }
       this.#hub.logger.warn(
         { err: describeError(error), taskId: this.taskId },
         'catch-up read failed; retrying',

@@ -277,6 +277,44 @@ describe('store failures', () => {
     expect(client.about(created.id).map(seqOf)).toEqual([0, 1, 2]);
     expect((await session.env.server.metrics.storeErrors.get()).values[0]?.value).toBe(1);
   });
+
+  it('ends the watch of a task whose rows the store cannot read (internal) with that error, once, and serves the others', async () => {
+    await session.start({ storeRetryDelayMs: 20 });
+    const damaged = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
+    const healthy = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: damaged.id, afterSeq: 0 });
+    client.send({ type: 'subscribe', taskId: healthy.id, afterSeq: 0 });
+    await client.next(
+      (frame) => frame.type === 'snapshot' && (frame.task as { id: string }).id === damaged.id,
+    );
+    await client.next(
+      (frame) => frame.type === 'snapshot' && (frame.task as { id: string }).id === healthy.id,
+    );
+    // A row of the task damaged by hand: each read of its events fails alike, whenever it is retried.
+    const read = session.env.store.readEvents.bind(session.env.store);
+    const reads = vi.spyOn(session.env.store, 'readEvents').mockImplementation(async (taskId, ...rest) => {
+      if (taskId === damaged.id) throw new ProgressError(ErrorCode.Internal, 'row 1 is damaged', { taskId });
+      return read(taskId, ...rest);
+    });
+    await session.env.store.append(damaged.id, { type: 'progress', done: 1 });
+    await session.env.store.append(healthy.id, { type: 'progress', done: 1 });
+    expect(await client.next((frame) => frame.type === 'error', { timeoutMs: 2_000 })).toMatchObject({
+      code: 'internal',
+      taskId: damaged.id,
+    });
+    await client.next(isEvent(healthy.id, 'progress'));
+    // Not read again behind the client's back every storeRetryDelayMs: the client was told, and resubscribes
+    // (with its backoff) if it wants to.
+    const readsOfDamaged = () => reads.mock.calls.filter(([taskId]) => taskId === damaged.id).length;
+    const after = readsOfDamaged();
+    await sleep(200);
+    expect(readsOfDamaged()).toBe(after);
+    await client.sync();
+    expect(client.frames.filter((frame) => frame.type === 'error')).toHaveLength(1);
+    await session.env.store.append(healthy.id, { type: 'completed' });
+    await client.next(isEvent(healthy.id, 'completed'));
+  });
 });
 
 describe('terminal retries and acks', () => {

@@ -12,7 +12,8 @@ import { listenOn } from './stores.js';
  * A SQLite file restored from an older backup while a server runs on it and another process writes to
  * it (SQLite's backup API into the live file, as `sqlite3 progress.db ".restore backup.db"` does). The
  * restored file assigns event ids below the ones the server's change feed already passed; a watcher of
- * a task the other process writes must still be told of its events, before any epoch is renewed.
+ * a task the other process writes must still be told of its events or its end, and the store renews the
+ * epoch once it notices the restore.
  */
 
 const cleanups: Array<() => Promise<void> | void> = [];
@@ -65,13 +66,54 @@ describe('a SQLite file restored under a running server', () => {
     await other.append('later', { type: 'item', key: 'node-1', ok: true });
     await other.append('later', { type: 'completed' });
 
+    // As an event, or in the snapshot of the reset that follows the epoch the store renewed on noticing
+    // the restore (whichever came first).
     const terminal = await client.next(
       (frame) =>
-        frame.type === 'event' &&
-        (frame.event as TaskEvent).taskId === 'later' &&
-        (frame.event as TaskEvent).type === 'completed',
+        (frame.type === 'event' &&
+          (frame.event as TaskEvent).taskId === 'later' &&
+          (frame.event as TaskEvent).type === 'completed') ||
+        (frame.type === 'snapshot' &&
+          (frame.task as { id: string }).id === 'later' &&
+          (frame.task as { status: string }).status === 'completed'),
       { from, timeoutMs: 3000 },
     );
-    expect(terminal.event).toMatchObject({ taskId: 'later', seq: 2, type: 'completed' });
+    expect(terminal.type === 'event' ? terminal.event : terminal.task).toMatchObject({ seq: 2 });
+  });
+
+  it('brings a watcher of a task that ends at a seq lost by the restore (the epoch kept) to its end', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'finishline-live-restore-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const file = join(dir, 'progress.db');
+    const backup = join(dir, 'backup.db');
+    const store = new SqliteProgressStore({ database: file, dataVersionPollMs: 5 });
+    cleanups.push(() => store.close());
+    const other = new SqliteProgressStore({ database: file, dataVersionPollMs: 0 });
+    cleanups.push(() => other.close());
+    const { server, wsUrl } = await listenOn(store, { heartbeatIntervalMs: 200 });
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+
+    await other.createTask({ id: 't', owner: 'alice', kind: 'job' });
+    await other.append('t', { type: 'progress', done: 1 });
+    await copyDatabase(file, backup);
+    const client = await RawClient.connect(wsUrl, { user: 'alice' });
+    cleanups.push(async () => {
+      await client.close();
+    });
+    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
+    for (let done = 2; done <= 3; done++) await other.append('t', { type: 'progress', done });
+    await client.next((frame) => frame.type === 'event' && (frame.event as TaskEvent).seq === 3);
+
+    await copyDatabase(backup, file);
+    // The worker goes on: its end takes the lost seq 2.
+    await other.append('t', { type: 'completed' });
+    // The store renews the epoch on noticing the restore: the server resets the watcher from the store.
+    const end = await client.next(
+      (frame) =>
+        (frame.type === 'event' && (frame.event as TaskEvent).type === 'completed') ||
+        (frame.type === 'snapshot' && (frame.task as { status: string }).status === 'completed'),
+      { timeoutMs: 3000 },
+    );
+    expect(end.type === 'event' ? end.event : end.task).toMatchObject({ seq: 2 });
   });
 });

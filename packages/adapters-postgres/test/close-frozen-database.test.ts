@@ -1,0 +1,92 @@
+import { connect, type Socket } from 'node:net';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
+import { loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
+
+/**
+ * `close()` while the database stopped answering the statements already sent (its host frozen, a network
+ * that drops every packet): close waited for the appends in flight until TCP gave up (here, for ever: the
+ * proxy's kernel acknowledges everything). It waits `closeTimeoutMs`, then destroys the connections the
+ * store holds, which fails their statements.
+ */
+
+const { migrated } = storeFixtures('frozenclose');
+
+/**
+ * A TCP proxy to the test server that can be switched to a black hole: from then on it forwards nothing
+ * in either direction and ends no socket (as `listen-close-blackholed.test.ts`'s).
+ */
+async function blackHoleProxy() {
+  const target = new URL(pgUrl());
+  let blackHoled = false;
+  const proxy = await loopbackServer({ allowHalfOpen: true }, (client: Socket) => {
+    const upstream = connect({
+      host: target.hostname,
+      port: Number(target.port || 5432),
+      allowHalfOpen: true,
+    });
+    proxy.track(upstream);
+    client.on('data', (chunk) => {
+      if (!blackHoled) upstream.write(chunk);
+    });
+    upstream.on('data', (chunk) => {
+      if (!blackHoled) client.write(chunk);
+    });
+    client.on('end', () => {
+      if (!blackHoled) upstream.end();
+    });
+    upstream.on('end', () => {
+      if (!blackHoled) client.end();
+    });
+  });
+  return {
+    url: proxy.url,
+    blackHole() {
+      blackHoled = true;
+    },
+    close: () => proxy.close(),
+  };
+}
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  // Destroying the proxy's sockets also ends a close() that the black hole held (unfixed code).
+  for (const cleanup of cleanups.splice(0)) await cleanup();
+});
+
+describe('close() with statements in flight to a database that stopped answering', () => {
+  it('returns after closeTimeoutMs, failing the append in flight, and leaves the pool able to end', async () => {
+    const schema = await migrated();
+    const proxy = await blackHoleProxy();
+    cleanups.push(() => proxy.close());
+    const pool = new pg.Pool({ connectionString: proxy.url, max: 4 });
+    pool.on('error', () => {});
+    // Not opened through the fixtures, whose cleanup would wait for a close that never returns.
+    const store = await PostgresProgressStore.open({
+      pool,
+      migrate: false,
+      schema,
+      // The LISTEN connection's own bounded end is `listen-close-blackholed.test.ts`'s subject.
+      listenClient: () => new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient,
+      closeTimeoutMs: 300,
+    });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+
+    proxy.blackHole();
+    const appended = store.append(task.id, { type: 'progress', done: 2 });
+    appended.catch(() => undefined);
+    // The append's transaction is sent (into the black hole) before close() starts.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const started = Date.now();
+    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
+      'closed',
+    );
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250);
+    await expect(appended).rejects.toMatchObject({ code: 'store_unavailable' });
+    // Only the client holding the append was destroyed, and the pool let it go: what is left of the pool
+    // is idle, and the caller's end() of it (through the black hole) is not held by the store.
+    expect(pool.totalCount).toBe(pool.idleCount);
+  }, 30_000);
+});
