@@ -152,6 +152,41 @@ describe('failed authentication attempts per address', () => {
     expect(count(statuses, 429)).toBe(10);
   });
 
+  it('keeps the attempt of an upgrade whose Authorization header authenticate refused, whatever its frame does', async () => {
+    // An `authenticate` hook checking a password (Basic): paid back once the socket's frame authenticated,
+    // a client holding one valid token guessed passwords at the upgrade for free, one socket a guess.
+    const basic = `Basic ${Buffer.from('alice:secret').toString('base64')}`;
+    const guesses = { count: 0 };
+    await countingServer({
+      authenticate: (request: IncomingMessage) => {
+        guesses.count += 1;
+        return request.headers.authorization === basic ? { id: 'alice' } : null;
+      },
+      authRateLimitPerAddressPerSecond: 1,
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 60; i += 1) {
+      const guess = `Basic ${Buffer.from(`alice:guess${i}`).toString('base64')}`;
+      const raw = new RawClient(env!.wsUrl, { headers: { authorization: guess } });
+      clients.push(raw);
+      const opened = await raw.opened.then(
+        () => true,
+        () => false,
+      );
+      if (!opened) {
+        statuses.push(429);
+        continue;
+      }
+      statuses.push(101);
+      raw.send({ type: 'auth', token: 'token-mallory', protocol: 2 });
+      // (The 50th socket's frame finds the budget spent: rate_limited.)
+      await raw.next((frame) => frame.type === 'hello' || frame.type === 'error');
+    }
+    expect(guesses.count).toBe(50);
+    expect(count(statuses, 101)).toBe(50);
+    expect(count(statuses, 429)).toBe(10);
+  });
+
   it('counts every refusal in auth_rate_limited_total, by where it came from', async () => {
     await countingServer({ authRateLimitPerAddressPerSecond: 1 });
     const http = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 55, 1);

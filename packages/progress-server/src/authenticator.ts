@@ -107,7 +107,10 @@ export class Authenticator<P extends Principal> {
         : this.#succeeded(request, { kind: 'principal', principal });
     }
     if (this.#authenticateToken === undefined) return { kind: 'refused' };
-    if (charged) this.#deferredAttempts.add(request);
+    // Not an upgrade with an `Authorization` header (Basic, say): `authenticate` refused credentials there,
+    // maybe a guessed password, and paid back after any valid frame, one account's token let a client guess
+    // others' passwords without spending its budget. (A browser's upgrade carries no such header.)
+    if (charged && request.headers.authorization === undefined) this.#deferredAttempts.add(request);
     return { kind: 'deferred' };
   }
 

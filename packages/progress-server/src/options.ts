@@ -161,7 +161,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * /64), with a burst of 50 seconds of it (1,000 at the default). An attempt is a run of the `authenticate`
    * / `authenticateToken` hooks for an upgrade, an `auth` frame or an HTTP request; it is paid for only if
    * it establishes no principal (credentials refused, or none where `authenticate` was asked; an upgrade
-   * left to the socket's `auth` frame is paid back when the frame authenticates), so clients
+   * left to the socket's `auth` frame is paid back when the frame authenticates, unless it carried an
+   * `Authorization` header: a refused password is not paid back by another account's token), so clients
    * with valid credentials spend none of it, however many share an address (a NAT, a proxy); they are
    * refused only once failures from their address spent it. Past the budget the hooks do not run: HTTP
    * requests and upgrades are answered 429 `rate_limited` with `Retry-After`, an `auth` frame with
