@@ -81,7 +81,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * A `WebSocketServer` you created: the server handles its `connection` events. Authentication and the
    * Origin check then happen after the upgrade (refusals close the socket with 4001 / 4003 instead of an
-   * HTTP status), and `maxPayloadBytes` is yours to set on it. Not closed by `close()`.
+   * HTTP status). `maxPayloadBytes` still applies, checked by the server as each message is decoded: a
+   * larger message is answered `frame_too_large` as an invalid frame (`maxInvalidFrames` of them close the
+   * socket with 1008). Your server's own `maxPayload` (ws: 100 MiB by default) bounds what is received
+   * at all: a message above it closes the socket with 1009. Not closed by `close()`.
    * @default none
    */
   wss?: WebSocketServer | undefined;
@@ -215,7 +218,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   metricsPrefix?: string | undefined;
   /**
-   * Largest incoming WebSocket message, in bytes; larger ones close the socket with 1009.
+   * Largest incoming WebSocket message, in bytes; larger ones close the socket with 1009 (on a `wss` you
+   * pass whose `maxPayload` is larger: answered `frame_too_large`, an invalid frame).
    * @default 65536
    */
   maxPayloadBytes?: number | undefined;

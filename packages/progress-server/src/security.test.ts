@@ -417,6 +417,63 @@ describe('what clients are told of store failures', () => {
     expect(messages.filter((message) => message === detail)).toHaveLength(2);
     expect(messages).toContain('row 7 of tasks: corrupted JSON at /var/lib/finishline/db');
   });
+
+  /**
+   * A store closed under the running server (an application closing it before the server at shutdown):
+   * each read fails `closed`, in the store's own words. The socket sent them in an `error` frame of code
+   * `closed` (never sent in error frames, docs/protocol.md); HTTP answered a 503 `closed` with them,
+   * neither logged nor counted in `store_errors_total`.
+   */
+  async function closedStore() {
+    const logged: Array<Record<string, unknown>> = [];
+    const log = (obj: Record<string, unknown>) => logged.push(obj);
+    await session.start({ logger: { debug: log, info: log, warn: log, error: log } });
+    // Created in the store, not by the server: no lease for the lease keeper to renew (and fail to).
+    const task = await session.env.store.createTask({ owner: 'alice', kind: 'k' });
+    return {
+      task,
+      /** The failures logged with the store's own words, and `store_errors_total`. */
+      async reported(): Promise<{ logged: number; counted: number | undefined }> {
+        const message = (obj: Record<string, unknown>) =>
+          (obj.err as { message?: string } | undefined)?.message;
+        return {
+          logged: logged.filter((obj) => message(obj) === 'The store is closed').length,
+          counted: (await session.env.server.metrics.storeErrors.get()).values[0]?.value,
+        };
+      },
+    };
+  }
+  const storeFailed = { code: 'store_unavailable', message: 'The store is unavailable; try again' };
+
+  it('answers a subscribe on a store closed under the running server with store_unavailable, logged and counted', async () => {
+    const { task, reported } = await closedStore();
+    const client = await connect();
+    await session.env.store.close();
+    client.send({ type: 'subscribe', id: 's', taskId: task.id, afterSeq: 0 });
+    const frame = await client.next((received) => received.type === 'error');
+    expect(frame).toEqual({ type: 'error', ...storeFailed, requestId: 's', taskId: task.id });
+    expect(await reported()).toEqual({ logged: 1, counted: 1 });
+  });
+
+  it('answers HTTP requests on a store closed under the running server with 503 store_unavailable, each logged and counted', async () => {
+    const { task, reported } = await closedStore();
+    await session.env.store.close();
+    const paths = [
+      '/progress/tasks',
+      `/progress/tasks/${task.id}`,
+      `/progress/tasks/${task.id}/events`,
+      `/progress/tasks/${task.id}/stream`,
+    ];
+    for (const path of paths) {
+      const response = await fetch(`${session.env.httpUrl}${path}`, { headers: { 'x-user': 'alice' } });
+      expect({ path, status: response.status, body: await response.json() }).toEqual({
+        path,
+        status: 503,
+        body: { error: storeFailed },
+      });
+    }
+    expect(await reported()).toEqual({ logged: paths.length, counted: paths.length });
+  });
 });
 
 describe("the caller's WebSocketServer", () => {

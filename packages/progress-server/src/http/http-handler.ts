@@ -20,7 +20,7 @@ import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
-import { clientMessage } from '../client-message.js';
+import { clientError, isStoreFailure } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -69,6 +69,9 @@ export interface HttpHandlerOptions {
 
 /** The defaults of {@link HttpHandlerOptions}. `basePath` follows the server's `path`, which is this unless set. */
 export const HTTP_HANDLER_DEFAULTS = Object.freeze({ basePath: '/progress' });
+
+/** The message of every 503 `closed`: the server is shutting down. */
+const SHUTTING_DOWN = 'Server is shutting down';
 
 /** Default and largest page of `GET …/events`. */
 const EVENTS_DEFAULT_LIMIT = 100;
@@ -205,18 +208,25 @@ export function createHttpHandler<P extends Principal>(
           return;
         }
         if (isProgressError(error)) {
-          if (error.code === ErrorCode.StoreUnavailable || error.code === ErrorCode.Internal) {
+          if (error.code === ErrorCode.Closed && ctx.closing?.() === true) {
+            // The server's own refusal during shutdown (or its store closed as it shuts down): 503
+            // `closed`, which sends the client to another replica. Not a store failure.
+            answer({
+              status: HTTP_STATUS.closed,
+              body: errorBody(ErrorCode.Closed, SHUTTING_DOWN),
+            });
+            return;
+          }
+          if (isStoreFailure(error)) {
             ctx.metrics.storeErrors.inc();
-            // The client gets a fixed message (see clientMessage); the store's own words are for the log.
+            // The client gets a fixed message (see clientError); the store's own words are for the log.
             ctx.logger.warn(
               { err: describeError(error), route: route.name },
               'HTTP request failed in the store',
             );
           }
-          answer({
-            status: HTTP_STATUS[error.code],
-            body: errorBody(error.code, clientMessage(error)),
-          });
+          const { code, message } = clientError(error);
+          answer({ status: HTTP_STATUS[code], body: errorBody(code, message) });
           return;
         }
         ctx.metrics.handlerErrors.inc();
@@ -335,7 +345,7 @@ async function serve<P extends Principal>(
   }
   // docs/protocol.md: `closed` is "the code of the HTTP 503 refusing an upgrade or request during
   // shutdown". A stream started now would follow a hub that is closing and never end.
-  if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
+  if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, SHUTTING_DOWN);
   // Before authentication, like the Origin above: a mutation also needs an Origin with its cookies and
   // a JSON body, which a form on another site cannot send.
   if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
@@ -452,7 +462,7 @@ async function serve<P extends Principal>(
         // meanwhile has ended the open streams already, and a stream opened now would be in none of its
         // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
         // to `streamTask` registering the stream nothing awaits, so shutdown ends any stream opened.
-        if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
+        if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, SHUTTING_DOWN);
         // The client has the end already (EventSource reconnecting after it): 204, which stops EventSource,
         // and holds no slot.
         if (cursorAtEnd(task, from, streams.epoch.current)) {
@@ -510,7 +520,7 @@ async function serve<P extends Principal>(
       // Checked again after the awaits above (the body, the authenticate hook, the load): past the
       // shutdown's flush the ack writer is closed and drops the ack, and a 200 would tell the client it
       // was recorded (it never sends it again). 503 `closed` sends it to another replica.
-      if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, 'Server is shutting down');
+      if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, SHUTTING_DOWN);
       streams.acks.seen(task.id, task.seq, task.createdAt, mark);
       streams.acks.ack(task.id, seq);
       return { taskId: task.id, seq };

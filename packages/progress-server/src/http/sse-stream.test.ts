@@ -1,6 +1,6 @@
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PROGRESS_SERVER_DEFAULTS } from '../options.js';
 import { ProgressServer } from '../progress-server.js';
@@ -559,6 +559,22 @@ describe('GET /tasks/:id/stream', () => {
     ]);
     expect(stream.frames()[0]?.frame).toMatchObject({ epoch, reset: true });
     expect(stream.frames()[1]?.frame).toMatchObject({ event: { progress: { message: 'restored 5' } } });
+  });
+
+  it('ends a stream whose task was purged before its first read of events as gone, not as a store failure', async () => {
+    env = await startServer();
+    const task = await env.server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 3; i++) await task.progress({ done: i });
+    // Retention removed the task between the stream's load and its read of the events after the cursor:
+    // a socket's subscribe is answered task_not_found then, nothing counted. The stream was ended as a
+    // failed read, logged at warn and counted in store_errors_total, an operator's alert for nothing.
+    vi.spyOn(env.store, 'readEvents').mockRejectedValueOnce(
+      new ProgressError(ErrorCode.TaskNotFound, 'Task t does not exist'),
+    );
+    const stream = new Stream(await get('/tasks/t/stream', { 'x-user': 'alice', 'last-event-id': '1' }));
+    await within(stream.ended, 'the end of the stream', 2000);
+    expect(await streamsClosed(env)).toEqual({ task_gone: 1 });
+    expect((await env.server.metrics.storeErrors.get()).values[0]?.value ?? 0).toBe(0);
   });
 
   it('answers a resume whose events the store no longer holds at all with the snapshot, and ends', async () => {

@@ -1,6 +1,13 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Task, TaskEvent, TaskView } from '@finishline/core';
-import { ErrorCode, isTerminalType, LIMITS, SSE_ID_SEPARATOR, toTaskView } from '@finishline/core';
+import {
+  ErrorCode,
+  isProgressError,
+  isTerminalType,
+  LIMITS,
+  SSE_ID_SEPARATOR,
+  toTaskView,
+} from '@finishline/core';
 import type { SseCursor } from '@finishline/core/internal';
 import { encodeFrame, parseSseEventId, SSE_END_MARK, sseEventId } from '@finishline/core/internal';
 import type { Principal } from '../auth.js';
@@ -272,6 +279,13 @@ export function streamTask(
     if (!response.writableEnded) response.end();
   };
   const readFailed = (error: unknown) => {
+    if (isProgressError(error, ErrorCode.TaskNotFound)) {
+      // Purged (retention) between the stream's load and its first read of events: the task is gone, not
+      // the store failing, as a socket's subscribe is answered task_not_found then, nothing counted. The
+      // client's reconnect gets the 404.
+      end('task_gone');
+      return;
+    }
     ctx.metrics.storeErrors.inc();
     ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
     // The client reconnects with Last-Event-ID and loses nothing.

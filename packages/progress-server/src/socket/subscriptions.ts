@@ -7,7 +7,7 @@
 import type { AckFrame, ProtocolVersion, SubscribeFrame, Task } from '@finishline/core';
 import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';
 import type { Principal } from '../auth.js';
-import { clientMessage } from '../client-message.js';
+import { clientError, isStoreFailure } from '../client-message.js';
 import { describeError } from '../logger.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import type { SocketServices } from './services.js';
@@ -491,17 +491,17 @@ export class Subscriptions<P extends Principal> {
   #fail(sub: Subscription, error: unknown): void {
     const refs = this.#waiting(sub).at(-1) ?? { taskId: sub.taskId };
     this.#removeKeepingLateAcks(sub);
-    const code = isProgressError(error) ? error.code : ErrorCode.Internal;
-    if (code === ErrorCode.StoreUnavailable || code === ErrorCode.Internal)
-      this.#ctx.metrics.storeErrors.inc();
+    // Not a ProgressError: the store broke its contract (a driver's own error), answered as internal.
+    if (!isProgressError(error) || isStoreFailure(error)) this.#ctx.metrics.storeErrors.inc();
     this.#ctx.logger.warn(
       { err: describeError(error), connection: this.#ctx.connectionId, taskId: sub.taskId },
       'subscribe failed',
     );
-    this.#ctx.writer.sendError(
-      code,
-      isProgressError(error) ? clientMessage(error) : 'The task could not be loaded; try again',
-      refs,
-    );
+    // A store closed under the server is `store_unavailable` here too: `closed` is never sent in an
+    // `error` frame (docs/protocol.md), a shutdown closes the socket with 1001 instead.
+    const { code, message } = isProgressError(error)
+      ? clientError(error)
+      : { code: ErrorCode.Internal, message: 'The task could not be loaded; try again' };
+    this.#ctx.writer.sendError(code, message, refs);
   }
 }
