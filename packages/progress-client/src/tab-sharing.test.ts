@@ -656,15 +656,17 @@ describe('tab sharing', () => {
   it('renewToken() in a tab reaches the server through the leader, and each tab speaks the selected version', async () => {
     const browser = new Browser();
     const server = new FakeServer();
-    const issued: string[] = [];
+    const issued: number[] = [];
     const clients = [browser.tab(), browser.tab()].map(
       (tab, index) =>
         new ProgressClient({
           url: 'ws://example.test/progress',
           WebSocket: server.WebSocket,
           token: () => {
-            const token = `tab${index}-${issued.filter((t) => t.startsWith(`tab${index}`)).length + 1}`;
-            issued.push(token);
+            // The same first token in both tabs (tabs with different ones do not share a socket).
+            const count = issued.filter((t) => t === index).length + 1;
+            issued.push(index);
+            const token = count === 1 ? 'tok' : `tab${index}-${count}`;
             return token;
           },
           pageEvents: false,
@@ -723,11 +725,60 @@ describe('tab sharing', () => {
     await fresh.close();
   });
 
+  it("a tab whose credential is another principal's is served as itself, not as the tab whose auth the shared socket sent: it watches its own tasks and not the other's", async () => {
+    const store = new MemoryProgressStore();
+    const server = await ProgressServer.listen(
+      {
+        store,
+        authenticateToken: (token) => ({ tok: { id: 'alice' }, bob: { id: 'bob' } })[token] ?? null,
+        heartbeatIntervalMs: 60_000,
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    onTestFinished(() => server.close({ timeoutMs: 1000 }));
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const url = `ws://127.0.0.1:${port}/progress`;
+    const sockets: WebSocket[] = [];
+    const Real = function (this: unknown, address: string, protocols?: string | string[]) {
+      const socket = new WebSocket(address, protocols);
+      sockets.push(socket);
+      return socket;
+    } as unknown as WebSocketConstructorLike;
+    const browser = new Browser();
+    const alices = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const bobs = await server.tasks.create({ owner: 'bob', kind: 'k' });
+    const alice = clientIn(browser.tab(), { WebSocket: Real }, { url });
+    onTestFinished(() => alice.close());
+    const kept = alice.watch(alices.id);
+    await vi.waitFor(() => expect(kept.getSnapshot().status).toBe('running'));
+    // Another tab, where the user logged out and in as bob (or a token function that answers per tab).
+    const bob = clientIn(browser.tab(), { WebSocket: Real }, { url, token: 'bob' });
+    onTestFinished(() => bob.close());
+    const outcome = (watch: Watch) =>
+      watch.done.then(
+        () => 'done',
+        (error: { code: string }) => error.code,
+      );
+    const own = bob.watch(bobs.id);
+    const others = outcome(bob.watch(alices.id));
+    // Before, bob's tab was served as alice: its own task was refused, alice's was watched.
+    const watching = new Promise((resolve) => setTimeout(resolve, 2000, 'watching'));
+    expect(await Promise.race([others, watching])).toBe('task_not_found');
+    await vi.waitFor(() => expect(own.getSnapshot().status).toBe('running'));
+    await bobs.complete();
+    expect(await outcome(own)).toBe('done');
+    // Alice's tab still shares its socket, and bob's has one of its own.
+    expect(kept.getSnapshot().status).toBe('running');
+    expect(sockets.filter((socket) => socket.readyState === WebSocket.OPEN)).toHaveLength(2);
+  });
+
   it("a tab whose token function hands out expired credentials does not end the other tabs' clients with its second expiry", async () => {
     const browser = new Browser();
     const server = new FakeServer();
     const [staleTab, freshTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
-    const stale = clientIn(staleTab, server, { token: () => 'expired' });
+    // Its first token is the other tab's (tabs with different ones do not share a socket), then expired.
+    let issued = 0;
+    const stale = clientIn(staleTab, server, { token: () => (issued++ ? 'expired' : 'tok') });
     const staleWatch = stale.watch('t1');
     const first = await acceptReal(server, 1);
     const fresh = clientIn(freshTab, server, { token: () => 'tok' });

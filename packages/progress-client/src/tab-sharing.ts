@@ -155,6 +155,7 @@ type Message =
   | { t: 'send'; from: string; id: string; data: string; seen?: number | undefined }
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
+  | { t: 'own'; from: string; id: string }
   | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined; i: number }
   | {
       t: 'close';
@@ -263,9 +264,10 @@ class TabHub {
   #real: WebSocketLike | undefined;
   /** The real socket's `hello`, handed to each socket that joins it, with the store's current epoch. */
   #hello: Frame | undefined;
-  #authSent = false;
   /** The socket whose `auth` the real socket sent last: the credential the server checks, or has in force. */
   #authBy: string | undefined;
+  /** The token of that `auth`; `undefined` until the real socket sent one. */
+  #token: unknown;
   readonly #peers = new Map<string, Peer>();
   /**
    * Per task, the highest ack seq forwarded, and the index of the last reset snapshot of it relayed: a
@@ -397,6 +399,14 @@ class TabHub {
         socket.onopen?.({});
         return;
       }
+      case 'own':
+        // Its credential is not the one the real socket has in force: the tab's sockets are its own until
+        // a leader speaks again (as behind a frozen leader, see `wrap`), and the server checks it. Left in
+        // `#sockets`, closed, as every use of it skips (a leader change drops it).
+        if (!this.#fromLeader(message)) return;
+        this.silent = 2;
+        this.#sockets.get(message.id)?.closed(LEADER_GONE, 'another credential');
+        return;
       case 'frame':
         if (typeof message.data !== 'string') return;
         for (const socket of this.#sockets.values()) {
@@ -484,14 +494,22 @@ class TabHub {
     const taskId = typeof frame.taskId === 'string' ? frame.taskId : '';
     switch (frame.type) {
       case 'auth':
-        // One authentication per real socket: the first tab's credential opens it for all. A tab's
-        // later `auth` renews the credential (renewToken) and goes to the server.
+        // One authentication per real socket: the first tab's credential opens it for all that bring the
+        // same token. A tab's later `auth` renews the credential (renewToken) and goes to the server.
         if (!peer.authed) {
           peer.authed = true;
-          if (this.#authSent) return;
+          if (this.#token !== undefined) {
+            if (frame.token === this.#token) return;
+            // Another token may be another principal's (another login in that tab): served through this
+            // socket, its tab would watch what this credential may and not what its own may. Its socket
+            // closes (sending nothing more), and its tab's next ones are real (see `own` in `#receive`).
+            this.#forget([id]);
+            this.post({ t: 'own', id });
+            return;
+          }
         }
-        this.#authSent = true;
         this.#authBy = id;
+        this.#token = frame.token;
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
@@ -573,8 +591,7 @@ class TabHub {
     }
     this.#real = real;
     this.#hello = undefined;
-    this.#authSent = false;
-    this.#authBy = undefined;
+    this.#authBy = this.#token = undefined;
     this.#acked.clear();
     real.onopen = () => {
       for (const id of this.#peers.keys()) this.#openPeer(id);
@@ -682,6 +699,7 @@ interface Frame {
   taskId?: unknown;
   seq?: unknown;
   code?: unknown;
+  token?: unknown;
   requestId?: unknown;
   reset?: unknown;
   epoch?: unknown;
