@@ -39,6 +39,7 @@ import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget }
 import { settlesWithin } from './bounded-end.js';
 import { type GuardedPool, guardedPool } from './guarded-pool.js';
 import {
+  DATABASE_CLOCK,
   type LeaseCall,
   RELEASE_LOCK_WAIT_MS,
   reapExpiredLeases,
@@ -55,7 +56,7 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { intColumn, toEvent, toTask } from './row-codec.js';
+import { int, intColumn, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
@@ -282,7 +283,9 @@ export class PostgresProgressStore implements ProgressStore {
     );
     this.#renewals = new StatementBatcher(
       (batch) =>
-        renewLeases(this.#db, this.#target, this.#clock, batch, (call) => this.#later(this.#renewals, call)),
+        renewLeases(this.#db, this.#target, options.leaseClock, batch, (call) =>
+          this.#later(this.#renewals, call),
+        ),
       options.maxBatchSize,
     );
   }
@@ -334,10 +337,14 @@ export class PostgresProgressStore implements ProgressStore {
     const parsed = parseCreateTaskInput(input);
     const id = parsed.id ?? globalThis.crypto.randomUUID();
     const task = newTask({ ...parsed, id }, this.#clock());
-    const inserted = await this.#query('createTask', id, insertTask(this.#target, task));
-    if (inserted.rows.length === 0) {
+    // A lease from the database's clock (see the `clock` option): its expiry is the database's time + TTL.
+    const leaseTtlMs = this.#options.leaseClock === DATABASE_CLOCK ? parsed.lease?.ttlMs : undefined;
+    const inserted = await this.#query('createTask', id, insertTask(this.#target, task, leaseTtlMs));
+    const row = inserted.rows[0];
+    if (row === undefined) {
       throw taskAlreadyExists(id);
     }
+    if (leaseTtlMs !== undefined) task.leaseExpiresAt = int(row.lease_expires_at ?? 0);
     // A copy: the caller owns the returned object, and may change it.
     this.#appends.created({ ...task });
     this.#listener.afterReread(() => this.#hub.resetTask(id));
@@ -586,8 +593,10 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { limit } = parseReapOptions(options);
     const now = this.#clock();
+    const leaseClock = this.#options.leaseClock;
+    const expiredBy = leaseClock === DATABASE_CLOCK ? DATABASE_CLOCK : now;
     const { results, changes, damaged } = await this.#run('reapExpiredLeases', undefined, () =>
-      reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, now }),
+      reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, expiredBy, now }),
     );
     this.#appends.committedElsewhere(changes);
     // Once each: their lease is gone, so no later pass finds them (see reapExpiredLeases).

@@ -1,6 +1,7 @@
 import type { Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
+import { databaseNow } from './lease-statements.js';
 import { toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import { type EventRow, type TaskRow, taskColumns, toTask } from './row-codec.js';
@@ -15,17 +16,24 @@ import type { BatchedCall } from './statement-batcher.js';
  * @module
  */
 
-/** Inserts a new task's row; returns its id, or no row when the id is taken. */
-export function insertTask(target: AppendTarget, task: Task): RawBuilder<{ id: string }> {
-  return sql<{ id: string }>`
+/** Inserts a new task's row; returns its id and lease expiry, or no row when the id is taken. */
+export function insertTask(
+  target: AppendTarget,
+  task: Task,
+  leaseTtlMs?: number,
+): RawBuilder<{ id: string; lease_expires_at: string | number | null }> {
+  // With `leaseTtlMs`, the lease expires that long after the database's time (see the store's `clock`).
+  const leaseExpiresAt =
+    leaseTtlMs === undefined ? sql`${task.leaseExpiresAt}` : sql`${databaseNow} + ${leaseTtlMs}::int8`;
+  return sql<{ id: string; lease_expires_at: string | number | null }>`
     INSERT INTO ${target.tasks} (id, owner, kind, status, total, done, succeeded, failed, current, message,
       result, error_code, error_message, seq, acked_seq, created_at, updated_at, finished_at, lease_owner,
       lease_expires_at)
     VALUES (${task.id}, ${task.owner}, ${task.kind}, ${task.status}, ${task.total}, ${task.done},
       ${task.succeeded}, ${task.failed}, ${task.current}, ${task.message}, NULL, NULL, NULL, ${task.seq},
-      ${task.ackedSeq}, ${task.createdAt}, ${task.updatedAt}, NULL, ${task.leaseOwner}, ${task.leaseExpiresAt})
+      ${task.ackedSeq}, ${task.createdAt}, ${task.updatedAt}, NULL, ${task.leaseOwner}, ${leaseExpiresAt})
     ON CONFLICT (id) DO NOTHING
-    RETURNING id`;
+    RETURNING id, lease_expires_at`;
 }
 
 /** The store's epoch (no row when the schema was altered by hand). */
