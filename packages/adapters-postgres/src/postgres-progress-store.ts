@@ -337,14 +337,19 @@ export class PostgresProgressStore implements ProgressStore {
     const parsed = parseCreateTaskInput(input);
     const id = parsed.id ?? globalThis.crypto.randomUUID();
     const task = newTask({ ...parsed, id }, this.#clock());
-    // A lease from the database's clock (see the `clock` option): its expiry is the database's time + TTL.
-    const leaseTtlMs = this.#options.leaseClock === DATABASE_CLOCK ? parsed.lease?.ttlMs : undefined;
-    const inserted = await this.#query('createTask', id, insertTask(this.#target, task, leaseTtlMs));
+    // Without a clock of the caller's, the run (createdAt) and the lease start at the database's time (see
+    // `insertTask` and the `clock` option).
+    const databaseClock =
+      this.#options.leaseClock === DATABASE_CLOCK ? { leaseTtlMs: parsed.lease?.ttlMs } : undefined;
+    const inserted = await this.#query('createTask', id, insertTask(this.#target, task, databaseClock));
     const row = inserted.rows[0];
     if (row === undefined) {
       throw taskAlreadyExists(id);
     }
-    if (leaseTtlMs !== undefined) task.leaseExpiresAt = int(row.lease_expires_at ?? 0);
+    if (databaseClock !== undefined) {
+      task.createdAt = task.updatedAt = int(row.created_at);
+      task.leaseExpiresAt = row.lease_expires_at === null ? null : int(row.lease_expires_at);
+    }
     // A copy: the caller owns the returned object, and may change it.
     this.#appends.created({ ...task });
     this.#listener.afterReread(() => this.#hub.resetTask(id));

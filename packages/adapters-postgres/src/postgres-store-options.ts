@@ -80,11 +80,12 @@ export interface PostgresProgressStoreOptions {
    * time (`NaN`, a negative number) rejects the call with `internal`.
    *
    * Without it, lease times (the expiry a creation or a renewal writes, and the time the reaper finds a
-   * lease expired at) come from the database's clock (`clock_timestamp()`), the one clock every replica
-   * shares: a replica whose own clock runs ahead would otherwise reap the running tasks of healthy
-   * replicas, and one whose clock runs behind would write leases that are already expired for the others.
-   * Given (tests drive leases with a manual clock), it is trusted for leases as well.
-   * @default systemClock (`Date.now`); lease times from the database's clock
+   * lease expired at) and a task's `createdAt` (its run, see `RunFence`) come from the database's clock
+   * (`clock_timestamp()`), the one clock every replica shares: a replica whose own clock runs ahead would
+   * otherwise reap the running tasks of healthy replicas, and one whose clock runs behind would write
+   * leases that are already expired for the others, and create a purged task id again as an older run.
+   * Given (tests drive leases with a manual clock), it is trusted for those as well.
+   * @default systemClock (`Date.now`); lease times and `createdAt` from the database's clock
    */
   clock?: Clock;
   /**
@@ -270,7 +271,7 @@ export const POSTGRES_STORE_DEFAULTS = Object.freeze(defaultsOf(POSTGRES_STORE_O
 
 /** The options after merging the defaults and checking them. */
 export type ResolvedStoreOptions = Omit<ResolvedOptionsOf<typeof POSTGRES_STORE_OPTIONS>, 'listenClient'> & {
-  /** Where lease times come from: the caller's `clock`, or the database's when none was given. */
+  /** Where lease times and `createdAt` come from: the caller's `clock`, or the database's when none was given. */
   leaseClock: LeaseClock;
   createListenClient: () => PgListenClient | Promise<PgListenClient>;
 };
@@ -342,7 +343,7 @@ export function resolveStoreOptions(options: PostgresProgressStoreOptions): Reso
     throw invalidOption('PostgresProgressStore', 'give exactly one of pool and db');
   return {
     ...resolved,
-    // See `clock`: a clock of the caller's is trusted for leases; otherwise they use the database's.
+    // See `clock`: a clock of the caller's is trusted for leases and runs; otherwise they use the database's.
     leaseClock: options.clock === undefined ? DATABASE_CLOCK : resolved.clock,
     createListenClient: listenClientFactory(listenClient, resolved.pool),
   };

@@ -5,8 +5,8 @@ import type { ColumnType, Generated } from 'kysely';
  * (`finishline` by default); queries reach it through `db.withSchema(schema)`.
  *
  * Times are epoch milliseconds in `int8` columns because they come from the store's injected clock
- * (so tests drive them with a manual clock); lease expiry comes from the database's clock unless the
- * store was given one (see the `clock` option). The operator view converts them.
+ * (so tests drive them with a manual clock); lease expiry and `created_at` come from the database's clock
+ * unless the store was given one (see the `clock` option). The operator view converts them.
  *
  * @module
  */

@@ -78,6 +78,27 @@ describe('replicas with skewed clocks (lease times from the database)', () => {
     expect((await other.getTask(created.id))?.leaseExpiresAt).toBe(created.leaseExpiresAt);
   });
 
+  it('a task id created again after a purge by a replica whose clock runs 60 s behind is a later run', async () => {
+    const [first, behind] = await twoReplicas();
+    const old = await first.createTask({ id: 'drain-node-7', owner: 'u', kind: 'k' });
+    await first.append(old.id, { type: 'completed' });
+    expect(await first.purgeFinished({ olderThanMs: 0 })).toBe(1);
+
+    const again = await skewed(-60_000, () =>
+      behind.createTask({ id: 'drain-node-7', owner: 'u', kind: 'k', lease: { owner: 'b', ttlMs: TTL_MS } }),
+    );
+    // Runs follow one another in the order they were created: the new run is the later one, and the old
+    // run's fence does not reach it.
+    expect(again.createdAt).toBeGreaterThan(old.createdAt);
+    expect(await behind.getTask(again.id)).toEqual(again);
+    await expect(
+      first.append(again.id, { type: 'progress', done: 1 }, { run: old.createdAt }),
+    ).rejects.toMatchObject({
+      code: 'task_not_found',
+    });
+    await behind.append(again.id, { type: 'progress', done: 1 }, { run: again.createdAt });
+  });
+
   it("a replica whose clock runs 60 s behind still reaps a dead replica's expired lease", async () => {
     const [dead, behind] = await twoReplicas();
     const task = await dead.createTask({ owner: 'u', kind: 'k', lease: { owner: 'a', ttlMs: 50 } });
