@@ -24,6 +24,23 @@ import type { BatchedCall } from './statement-batcher.js';
  * @module
  */
 
+/**
+ * Lease times read from the database's clock rather than the store's `clock` (see the store's `clock`
+ * option): the one clock every replica sharing the database agrees on. A replica whose clock ran 10 s ahead
+ * found the leases of healthy replicas' running tasks expired and interrupted them while their workers ran;
+ * one whose clock ran behind wrote leases already expired for the others.
+ */
+export const DATABASE_CLOCK = 'database';
+
+/** Where lease times come from: a clock of the process, or {@link DATABASE_CLOCK}. */
+export type LeaseClock = Clock | typeof DATABASE_CLOCK;
+
+/**
+ * The database's time in whole milliseconds since the epoch. `clock_timestamp()`, not `now()`: the time of
+ * the reading, not of the transaction's start.
+ */
+export const databaseNow = sql<string>`floor(extract(epoch FROM clock_timestamp()) * 1000)::int8`;
+
 /** One renewal: `owner` takes or keeps the lease of `taskId` for `ttlMs`; resolves with the task. */
 export interface LeaseCall {
   taskId: string;
@@ -74,7 +91,7 @@ type RenewalOutcome = Task | ProgressError | typeof SKIPPED;
 export async function renewLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
-  clock: Clock,
+  clock: LeaseClock,
   batch: BatchedCall<LeaseCall, Task>[],
   locked: (call: BatchedCall<LeaseCall, Task>) => void,
 ): Promise<void> {
@@ -130,7 +147,7 @@ async function settleRenewals(
 async function renewalPass(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
-  clock: Clock,
+  clock: LeaseClock,
   batch: BatchedCall<LeaseCall, Task>[],
   mode: 'skip' | 'wait',
 ): Promise<RenewalOutcome[]> {
@@ -140,8 +157,8 @@ async function renewalPass(
       await sql`SELECT set_config('lock_timeout', ${`${RENEWAL_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
     }
     const lock = mode === 'skip' ? sql`FOR UPDATE SKIP LOCKED` : sql`FOR UPDATE`;
-    const { rows } = await sql<TaskRow>`
-      SELECT ${taskColumns} FROM ${target.tasks}
+    const { rows } = await sql<TaskRow & { db_now: string }>`
+      SELECT ${taskColumns}, ${databaseNow} AS db_now FROM ${target.tasks}
       WHERE id = ANY(${taskIds}::text[]) AND ${idleInTransactionTimeout}
       ORDER BY id
       ${lock}`.execute(trx);
@@ -154,7 +171,9 @@ async function renewalPass(
         SELECT id FROM ${target.tasks} WHERE id = ANY(${missing}::text[])`.execute(trx);
       for (const row of existing) held.add(row.id);
     }
-    const now = clock();
+    // Without a row nothing is planned: the database's time is then not needed. (Read with the rows, before
+    // a wait for their locks: a lease renewed after a wait ends that much sooner, never later.)
+    const now = clock === DATABASE_CLOCK ? int(rows[0]?.db_now ?? 0) : clock();
     const renewed = new Map<string, Task>();
     const planned = batch.map(({ input: { taskId, owner, ttlMs, run } }): RenewalOutcome => {
       if (held.has(taskId)) return SKIPPED;
@@ -248,28 +267,43 @@ function isRowDamage(error: unknown): boolean {
   return error instanceof UnplannableRow || isRowRefusal(error);
 }
 
+/** When {@link reapExpiredLeases} reaps: the time leases expire by, and the time its events are stamped with. */
+export interface ReapTime {
+  /** The time a lease must have expired by: the store's clock's, or {@link DATABASE_CLOCK}. */
+  expiredBy: number | typeof DATABASE_CLOCK;
+  /** The time of the `interrupted` events and of the tasks' end (the store's clock, as its other writes). */
+  now: number;
+}
+
+/** A row {@link selectExpired} found, with the time its lease was found expired at. */
+type ExpiredRow = TaskRow & { expired_by: string | number };
+
 /** The expired leases of running tasks, oldest first, locked (skipping those another transaction holds). */
-function selectExpired(target: AppendTarget, limit: number, now: number) {
+function selectExpired(target: AppendTarget, limit: number, expiredBy: ReapTime['expiredBy']) {
+  // Read once for the statement (a CTE), not once a row: every row is judged at the same time.
+  const by = expiredBy === DATABASE_CLOCK ? databaseNow : sql`${expiredBy}::int8`;
   // SKIP LOCKED: a task another reaper (or an append) holds is left to it; the reaper that holds
   // it either interrupts it or sees it was renewed, so each expired lease ends exactly once.
-  return sql<TaskRow>`
-      SELECT ${taskColumns} FROM ${target.tasks}
-      WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ${now}
+  return sql<ExpiredRow>`
+      WITH reap_time AS MATERIALIZED (SELECT ${by} AS expired_by)
+      SELECT ${taskColumns}, reap_time.expired_by FROM ${target.tasks} CROSS JOIN reap_time
+      WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= reap_time.expired_by
         AND ${idleInTransactionTimeout}
       ORDER BY lease_expires_at, id
       LIMIT ${limit}
-      FOR UPDATE SKIP LOCKED`;
+      FOR UPDATE OF tasks SKIP LOCKED`;
 }
 
 /** The interruption of `row`, or `undefined` if its lease is not expired. */
-function planInterruption(row: TaskRow, now: number): AppendResult | undefined {
+function planInterruption(row: ExpiredRow, now: number): AppendResult | undefined {
   const task = toTask(row);
-  if (!isLeaseExpired(task, now)) return undefined;
+  if (!isLeaseExpired(task, int(row.expired_by))) return undefined;
   return planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now);
 }
 
 /**
- * Interrupts up to `limit` running tasks whose lease expired at `now`, in one transaction; returns the
+ * Interrupts up to `limit` running tasks whose lease expired by `expiredBy`, in one transaction (their
+ * events stamped `now`); returns the
  * appends it committed and the changes to publish once the caller is told (each with its event).
  *
  * A row damaged by hand (a partial restore, an operator's edit: a `seq` behind its log) makes the
@@ -284,11 +318,11 @@ export async function reapExpiredLeases(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   statements: AppendStatements,
-  { limit, now }: { limit: number; now: number },
+  { limit, expiredBy, now }: { limit: number } & ReapTime,
 ): Promise<ReapOutcome> {
   try {
     return await db.transaction().execute(async (trx) => {
-      const { rows } = await selectExpired(target, limit, now).execute(trx);
+      const { rows } = await selectExpired(target, limit, expiredBy).execute(trx);
       const planned: AppendResult[] = [];
       for (const row of rows) {
         let interruption: AppendResult | undefined;
@@ -312,7 +346,7 @@ export async function reapExpiredLeases(
     });
   } catch (error) {
     if (!isRowDamage(error)) throw error;
-    return reapCarefully(db, target, statements, { limit, now });
+    return reapCarefully(db, target, statements, { limit, expiredBy, now });
   }
 }
 
@@ -321,7 +355,7 @@ async function reapCarefully(
   db: Kysely<ProgressDatabase>,
   target: AppendTarget,
   statements: AppendStatements,
-  { limit, now }: { limit: number; now: number },
+  { limit, expiredBy, now }: { limit: number } & ReapTime,
 ): Promise<ReapOutcome> {
   return db.transaction().execute(async (trx) => {
     const outcome: ReapOutcome = { results: [], changes: [], damaged: [] };
@@ -329,7 +363,7 @@ async function reapCarefully(
     // rows not seen yet. Another one only after rows were set aside, which took them out of it: the loop ends.
     for (let setAside = 1; setAside > 0 && outcome.results.length < limit; ) {
       setAside = 0;
-      const { rows } = await selectExpired(target, limit - outcome.results.length, now).execute(trx);
+      const { rows } = await selectExpired(target, limit - outcome.results.length, expiredBy).execute(trx);
       for (const row of rows) {
         let damage: { error: unknown } | undefined;
         let interruption: AppendResult | undefined;

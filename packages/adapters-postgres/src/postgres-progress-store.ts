@@ -39,6 +39,7 @@ import { AppendPipeline, AppendStatements, type AppendStats, type AppendTarget }
 import { settlesWithin } from './bounded-end.js';
 import { type GuardedPool, guardedPool } from './guarded-pool.js';
 import {
+  DATABASE_CLOCK,
   type LeaseCall,
   RELEASE_LOCK_WAIT_MS,
   reapExpiredLeases,
@@ -55,7 +56,7 @@ import {
   type ResolvedStoreOptions,
   resolveStoreOptions,
 } from './postgres-store-options.js';
-import { intColumn, toEvent, toTask } from './row-codec.js';
+import { int, intColumn, toEvent, toTask } from './row-codec.js';
 import { type LatestState, SafetyNetPoll } from './safety-net-poll.js';
 import type { ProgressDatabase } from './schema.js';
 import { type BatchedCall, StatementBatcher } from './statement-batcher.js';
@@ -282,7 +283,9 @@ export class PostgresProgressStore implements ProgressStore {
     );
     this.#renewals = new StatementBatcher(
       (batch) =>
-        renewLeases(this.#db, this.#target, this.#clock, batch, (call) => this.#later(this.#renewals, call)),
+        renewLeases(this.#db, this.#target, options.leaseClock, batch, (call) =>
+          this.#later(this.#renewals, call),
+        ),
       options.maxBatchSize,
     );
   }
@@ -334,9 +337,18 @@ export class PostgresProgressStore implements ProgressStore {
     const parsed = parseCreateTaskInput(input);
     const id = parsed.id ?? globalThis.crypto.randomUUID();
     const task = newTask({ ...parsed, id }, this.#clock());
-    const inserted = await this.#query('createTask', id, insertTask(this.#target, task));
-    if (inserted.rows.length === 0) {
+    // Without a clock of the caller's, the run (createdAt) and the lease start at the database's time (see
+    // `insertTask` and the `clock` option).
+    const databaseClock =
+      this.#options.leaseClock === DATABASE_CLOCK ? { leaseTtlMs: parsed.lease?.ttlMs } : undefined;
+    const inserted = await this.#query('createTask', id, insertTask(this.#target, task, databaseClock));
+    const row = inserted.rows[0];
+    if (row === undefined) {
       throw taskAlreadyExists(id);
+    }
+    if (databaseClock !== undefined) {
+      task.createdAt = task.updatedAt = int(row.created_at);
+      task.leaseExpiresAt = row.lease_expires_at === null ? null : int(row.lease_expires_at);
     }
     // A copy: the caller owns the returned object, and may change it.
     this.#appends.created({ ...task });
@@ -586,8 +598,10 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { limit } = parseReapOptions(options);
     const now = this.#clock();
+    const leaseClock = this.#options.leaseClock;
+    const expiredBy = leaseClock === DATABASE_CLOCK ? DATABASE_CLOCK : now;
     const { results, changes, damaged } = await this.#run('reapExpiredLeases', undefined, () =>
-      reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, now }),
+      reapExpiredLeases(this.#db, this.#target, this.#appendStatements, { limit, expiredBy, now }),
     );
     this.#appends.committedElsewhere(changes);
     // Once each: their lease is gone, so no later pass finds them (see reapExpiredLeases).

@@ -16,6 +16,7 @@ import {
   storeClockOption,
 } from '@finishline/core/internal';
 import type { Kysely, PostgresPool } from 'kysely';
+import { DATABASE_CLOCK, type LeaseClock } from './lease-statements.js';
 import type { PgListenClient } from './listen-connection.js';
 import { isSchemaName, SCHEMA_RULE } from './migrations.js';
 
@@ -74,11 +75,17 @@ export interface PostgresProgressStoreOptions {
    */
   migrate?: boolean;
   /**
-   * Source of every timestamp the store writes (creation, events, lease expiry, retention age). The
-   * database's `now()` is never used, so tests drive leases with a manual clock. Read in whole
-   * milliseconds (`bigint` columns): a fraction is dropped, and a value that is no time (`NaN`, negative)
-   * rejects the call with `internal`.
-   * @default systemClock (`Date.now`)
+   * Source of every timestamp the store writes (creation, events, retention age), and, when given, of lease
+   * times too. Read in whole milliseconds (`bigint` columns): a fraction is dropped, and a value that is no
+   * time (`NaN`, a negative number) rejects the call with `internal`.
+   *
+   * Without it, lease times (the expiry a creation or a renewal writes, and the time the reaper finds a
+   * lease expired at) and a task's `createdAt` (its run, see `RunFence`) come from the database's clock
+   * (`clock_timestamp()`), the one clock every replica shares: a replica whose own clock runs ahead would
+   * otherwise reap the running tasks of healthy replicas, and one whose clock runs behind would write
+   * leases that are already expired for the others, and create a purged task id again as an older run.
+   * Given (tests drive leases with a manual clock), it is trusted for those as well.
+   * @default systemClock (`Date.now`); lease times and `createdAt` from the database's clock
    */
   clock?: Clock;
   /**
@@ -264,6 +271,8 @@ export const POSTGRES_STORE_DEFAULTS = Object.freeze(defaultsOf(POSTGRES_STORE_O
 
 /** The options after merging the defaults and checking them. */
 export type ResolvedStoreOptions = Omit<ResolvedOptionsOf<typeof POSTGRES_STORE_OPTIONS>, 'listenClient'> & {
+  /** Where lease times and `createdAt` come from: the caller's `clock`, or the database's when none was given. */
+  leaseClock: LeaseClock;
   createListenClient: () => PgListenClient | Promise<PgListenClient>;
 };
 
@@ -332,5 +341,10 @@ export function resolveStoreOptions(options: PostgresProgressStoreOptions): Reso
   );
   if ((resolved.pool === undefined) === (resolved.db === undefined))
     throw invalidOption('PostgresProgressStore', 'give exactly one of pool and db');
-  return { ...resolved, createListenClient: listenClientFactory(listenClient, resolved.pool) };
+  return {
+    ...resolved,
+    // See `clock`: a clock of the caller's is trusted for leases and runs; otherwise they use the database's.
+    leaseClock: options.clock === undefined ? DATABASE_CLOCK : resolved.clock,
+    createListenClient: listenClientFactory(listenClient, resolved.pool),
+  };
 }

@@ -4,9 +4,9 @@ import type { ColumnType, Generated } from 'kysely';
  * Kysely table types of the Postgres store. Every table lives in the configured schema
  * (`finishline` by default); queries reach it through `db.withSchema(schema)`.
  *
- * Times are epoch milliseconds in `int8` columns because they come from the store's injected clock,
- * not from the database's `now()` (so tests drive lease expiry with a manual clock, and replicas with
- * skewed clocks still agree on what one task's times mean). The operator view converts them.
+ * Times are epoch milliseconds in `int8` columns because they come from the store's injected clock
+ * (so tests drive them with a manual clock); lease expiry and `created_at` come from the database's clock
+ * unless the store was given one (see the `clock` option). The operator view converts them.
  *
  * @module
  */

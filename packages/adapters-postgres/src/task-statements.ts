@@ -1,6 +1,7 @@
 import type { Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
+import { databaseNow } from './lease-statements.js';
 import { toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import { type EventRow, type TaskRow, taskColumns, toTask } from './row-codec.js';
@@ -15,17 +16,48 @@ import type { BatchedCall } from './statement-batcher.js';
  * @module
  */
 
-/** Inserts a new task's row; returns its id, or no row when the id is taken. */
-export function insertTask(target: AppendTarget, task: Task): RawBuilder<{ id: string }> {
-  return sql<{ id: string }>`
+/** What {@link insertTask} returns of the row it inserted. */
+export interface InsertedRow {
+  id: string;
+  created_at: string | number;
+  lease_expires_at: string | number | null;
+}
+
+/**
+ * Inserts a new task's row; returns its id and times, or no row when the id is taken.
+ *
+ * With `databaseClock` its `createdAt` (and `updatedAt`) is the database's time, and its lease expires
+ * `leaseTtlMs` after it: the run of a task id is its `createdAt` (see `RunFence`), and runs of one id
+ * created by replicas whose clocks disagree must still follow one another in the order they were created
+ * (a replica's hub drops the changes of a run older than the one it follows, and a fence tells runs apart
+ * by their times). From each replica's clock, a task created again after a purge by a replica whose clock
+ * ran behind was an older run than the one it replaced.
+ */
+export function insertTask(
+  target: AppendTarget,
+  task: Task,
+  databaseClock: { leaseTtlMs: number | undefined } | undefined,
+): RawBuilder<InsertedRow> {
+  let clock = sql``;
+  let createdAt = sql`${task.createdAt}::int8`;
+  let leaseExpiresAt = sql`${task.leaseExpiresAt}::int8`;
+  if (databaseClock !== undefined) {
+    // Read once (a CTE): created_at, updated_at and the lease's start are the same time.
+    clock = sql`WITH clock AS MATERIALIZED (SELECT ${databaseNow} AS now)`;
+    createdAt = sql`(SELECT now FROM clock)`;
+    const ttl = databaseClock.leaseTtlMs;
+    leaseExpiresAt = ttl === undefined ? sql`NULL` : sql`(SELECT now FROM clock) + ${ttl}::int8`;
+  }
+  return sql<InsertedRow>`
+    ${clock}
     INSERT INTO ${target.tasks} (id, owner, kind, status, total, done, succeeded, failed, current, message,
       result, error_code, error_message, seq, acked_seq, created_at, updated_at, finished_at, lease_owner,
       lease_expires_at)
     VALUES (${task.id}, ${task.owner}, ${task.kind}, ${task.status}, ${task.total}, ${task.done},
       ${task.succeeded}, ${task.failed}, ${task.current}, ${task.message}, NULL, NULL, NULL, ${task.seq},
-      ${task.ackedSeq}, ${task.createdAt}, ${task.updatedAt}, NULL, ${task.leaseOwner}, ${task.leaseExpiresAt})
+      ${task.ackedSeq}, ${createdAt}, ${createdAt}, NULL, ${task.leaseOwner}, ${leaseExpiresAt})
     ON CONFLICT (id) DO NOTHING
-    RETURNING id`;
+    RETURNING id, created_at, lease_expires_at`;
 }
 
 /** The store's epoch (no row when the schema was altered by hand). */

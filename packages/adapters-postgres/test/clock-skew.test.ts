@@ -1,0 +1,110 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { PostgresProgressStore } from '../src/index.js';
+import { dropSchema, freshSchema, newPool } from './support.js';
+
+/**
+ * Replicas sharing one database whose clocks disagree (NTP drift, a VM resumed with its clock seconds off,
+ * a container with a wrong clock). Without a `clock` option the stores take lease times from the
+ * database's clock, so a replica's skew neither ends a healthy replica's running task nor spares a dead
+ * one's. The replicas here share one process: a replica's skew is `Date.now` (the default clock's source)
+ * moved for the duration of its call.
+ */
+
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  vi.restoreAllMocks();
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
+
+/** Runs `call` as a replica whose clock is `skewMs` off (ahead when positive). */
+async function skewed<T>(skewMs: number, call: () => Promise<T>): Promise<T> {
+  const realNow = Date.now.bind(Date);
+  const spy = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + skewMs);
+  try {
+    return await call();
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+async function twoReplicas(): Promise<[PostgresProgressStore, PostgresProgressStore]> {
+  const schema = freshSchema('skew');
+  const admin = newPool(2, 'finishline-test-admin');
+  cleanups.push(async () => {
+    await dropSchema(admin, schema);
+    await admin.end();
+  });
+  const replicas: PostgresProgressStore[] = [];
+  for (let i = 0; i < 2; i++) {
+    const pool = newPool(4);
+    const store = await PostgresProgressStore.open({ pool, schema });
+    replicas.push(store);
+    cleanups.push(async () => {
+      await store.close();
+      await pool.end();
+    });
+  }
+  return replicas as [PostgresProgressStore, PostgresProgressStore];
+}
+
+const TTL_MS = 15_000;
+
+describe('replicas with skewed clocks (lease times from the database)', () => {
+  it("a replica whose clock runs 20 s ahead neither reaps nor takes a healthy replica's lease", async () => {
+    const [healthy, ahead] = await twoReplicas();
+    const task = await healthy.createTask({ owner: 'u', kind: 'k', lease: { owner: 'a', ttlMs: TTL_MS } });
+    await healthy.renewLease(task.id, 'a', TTL_MS, { run: task.createdAt });
+
+    expect(await skewed(20_000, () => ahead.reapExpiredLeases())).toEqual([]);
+    await expect(skewed(20_000, () => ahead.renewLease(task.id, 'b', TTL_MS))).rejects.toMatchObject({
+      code: 'lease_held',
+    });
+    expect(await healthy.getTask(task.id)).toMatchObject({ status: 'running', leaseOwner: 'a' });
+  });
+
+  it('a lease written by a replica whose clock runs 20 s behind is not expired for the others', async () => {
+    const [behind, other] = await twoReplicas();
+    const created = await skewed(-20_000, () =>
+      behind.createTask({ owner: 'u', kind: 'k', lease: { owner: 'a', ttlMs: TTL_MS } }),
+    );
+    const fresh = await behind.createTask({ owner: 'u', kind: 'k' });
+    await skewed(-20_000, () => behind.renewLease(fresh.id, 'a', TTL_MS));
+
+    expect(await other.reapExpiredLeases()).toEqual([]);
+    expect((await other.getTask(created.id))?.status).toBe('running');
+    expect((await other.getTask(fresh.id))?.status).toBe('running');
+    // The expiry the caller is told is the one written: the database's time plus the TTL.
+    expect((await other.getTask(created.id))?.leaseExpiresAt).toBe(created.leaseExpiresAt);
+  });
+
+  it('a task id created again after a purge by a replica whose clock runs 60 s behind is a later run', async () => {
+    const [first, behind] = await twoReplicas();
+    const old = await first.createTask({ id: 'drain-node-7', owner: 'u', kind: 'k' });
+    await first.append(old.id, { type: 'completed' });
+    expect(await first.purgeFinished({ olderThanMs: 0 })).toBe(1);
+
+    const again = await skewed(-60_000, () =>
+      behind.createTask({ id: 'drain-node-7', owner: 'u', kind: 'k', lease: { owner: 'b', ttlMs: TTL_MS } }),
+    );
+    // Runs follow one another in the order they were created: the new run is the later one, and the old
+    // run's fence does not reach it.
+    expect(again.createdAt).toBeGreaterThan(old.createdAt);
+    expect(await behind.getTask(again.id)).toEqual(again);
+    await expect(
+      first.append(again.id, { type: 'progress', done: 1 }, { run: old.createdAt }),
+    ).rejects.toMatchObject({
+      code: 'task_not_found',
+    });
+    await behind.append(again.id, { type: 'progress', done: 1 }, { run: again.createdAt });
+  });
+
+  it("a replica whose clock runs 60 s behind still reaps a dead replica's expired lease", async () => {
+    const [dead, behind] = await twoReplicas();
+    const task = await dead.createTask({ owner: 'u', kind: 'k', lease: { owner: 'a', ttlMs: 50 } });
+    await new Promise((resolve) => setTimeout(resolve, 120));
+
+    const reaped = await skewed(-60_000, () => behind.reapExpiredLeases());
+    expect(reaped.map((result) => [result.task.id, result.event.type])).toEqual([[task.id, 'interrupted']]);
+  });
+});
