@@ -406,6 +406,28 @@ describe('size and pace', () => {
     await waitFor(() => server.conns.length >= 3);
   });
 
+  it("a frame waiting unread after the client's own event loop stood still past the heartbeat timeout keeps the socket", async () => {
+    const { client, server } = await rig((conn) => conn.hello(), { heartbeatTimeoutMs: 300 });
+    client.watch('t1').done.catch(() => undefined);
+    await waitFor(() => subscribes(server.conns[0]).length === 1);
+    const conn = server.conns[0] as Conn;
+    // A live server: a frame every 100 ms.
+    const beat = setInterval(() => conn.send({ type: 'heartbeat', time: Date.now(), seqs: {} }), 100);
+    cleanups.push(async () => clearInterval(beat));
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    // The client's loop blocks (the app's synchronous work) for longer than the heartbeat timeout, just
+    // after a frame reached its connection; in the check phase, as in an I/O callback, so the timers
+    // phase runs before the poll phase that reads it.
+    await new Promise((resolve) => setImmediate(resolve));
+    conn.send({ type: 'heartbeat', time: Date.now(), seqs: {} });
+    const until = Date.now() + 1500;
+    while (Date.now() < until) {
+      // busy: nothing else runs on this thread
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(server.conns).toHaveLength(1);
+  });
+
   it('a flood of events stays responsive', async () => {
     const task = new FakeTask('t1', null);
     for (let i = 0; i < 20_000; i++) task.progress(i);

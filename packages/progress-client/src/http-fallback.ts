@@ -98,7 +98,13 @@ export class HttpApi {
     // `fetch` that ignores its signal).
     const deadline = new AbortController();
     const abort = () => deadline.abort();
-    const stopTimer = this.#options.timers.start(abort, timeoutMs);
+    // Given up on one turn later (a 0 ms timer), after what has arrived is read: after the client's own
+    // stall past the deadline (an app's synchronous task, a GC pause) this timer ran before the answer
+    // that came meanwhile, waiting unread, and the poll failed with `store_unavailable`.
+    let stopTimer = this.#options.timers.start(
+      () => (stopTimer = this.#options.timers.start(abort, 0)),
+      timeoutMs,
+    );
     this.#inFlight.add(abort);
     const given = new Promise<never>((_, reject) => {
       deadline.signal.addEventListener('abort', () =>

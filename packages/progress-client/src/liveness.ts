@@ -69,6 +69,10 @@ export class Liveness {
       this.#watching = false;
       const left = this.#lastFrameAt + this.#heartbeatTimeoutMs - this.#o.clock();
       if (left > 0) this.#watch(left);
+      // Silent: judged once more, on a timer of its own (delay 0), after what has arrived is read. Had this
+      // process stood still past the deadline (a long synchronous task, a GC pause), this timer fired before
+      // the frames that came meanwhile, waiting unread, and a live socket was torn down.
+      else if (delayMs) this.#watch(0);
       else this.#onSilent();
     });
   }

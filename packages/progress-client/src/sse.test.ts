@@ -1233,6 +1233,57 @@ describe('the SSE fallback transport against a real server that accepts and neve
   });
 });
 
+describe("the SSE fallback transport after the client's own stall", () => {
+  it('keeps a stream whose chunk waits unread when its silence timeout passed as the event loop stood still', async () => {
+    const sockets: Socket[] = [];
+    const server = createServer((socket) => {
+      sockets.push(socket);
+      socket.on('error', () => undefined);
+      socket.once('data', () =>
+        socket.write(
+          'HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n: hello heartbeatIntervalMs=60000\n\n',
+        ),
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as AddressInfo;
+    // A live server: a heartbeat every 100 ms on every stream.
+    const beat = () => {
+      for (const socket of sockets) socket.write(': heartbeat\n\n');
+    };
+    const beats = setInterval(beat, 100);
+    const client = new ProgressClient({
+      url: `ws://127.0.0.1:${port}/progress`,
+      WebSocket: WebSocket as unknown as WebSocketConstructorLike, // (never opened: preferFallback)
+      preferFallback: true,
+      fallbackTransport: sseFallback(),
+      heartbeatTimeoutMs: 300,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 10 },
+    });
+    try {
+      client.watch('t1');
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      expect(sockets).toHaveLength(1);
+      // The client's loop blocks (the app's synchronous work) for longer than the silence timeout, just
+      // after a heartbeat reached its stream; in the check phase, as in an I/O callback, so the timers
+      // phase runs before the poll phase that reads it.
+      await new Promise((resolve) => setImmediate(resolve));
+      beat();
+      const until = Date.now() + 1500;
+      while (Date.now() < until) {
+        // busy: nothing else runs on this thread
+      }
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(sockets).toHaveLength(1);
+    } finally {
+      clearInterval(beats);
+      await client.close();
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
+
 describe('the SSE fallback transport when the page wakes', () => {
   // A stream that lived through a sleep (or an offline spell, a frozen or throttled tab) is usually dead
   // without a word, like a socket; and it has no ping to ask. Without this, only the silence timeout

@@ -125,7 +125,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             // answered as an event stream whose body brought nothing by then stalled (see `pollAfterStalls`):
             // a buffering proxy's mark. Not one never answered at all: a frozen replica's, which moved the
             // client to polling for good (a proxy that holds the headers too goes on reopening streams).
-            () => end(undefined, answered && !delivered),
+            // Judged once more on a timer of its own (0 ms), after what arrived is read: after the client's
+            // own stall past the deadline (a long synchronous task) this timer ran before the chunks that
+            // came meanwhile, waiting unread, and a live stream was dropped.
+            () => (quiet = host.timers.start(() => end(undefined, answered && !delivered), 0)),
             delivered ? (o.heartbeatTimeoutMs ?? 2 * intervalMs + o.heartbeatMarginMs) : o.connectTimeoutMs,
           );
       };
@@ -215,7 +218,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         }
       })()
         .catch(() => undefined)
-        .finally(() => end());
+        // (`finally` passes no argument: an end with no refusal, as `end()`.)
+        .finally(end);
       return end;
     },
     ack: (taskId, seq) => sendAck(o, host.timers, fetchImpl, taskId, seq),

@@ -58,7 +58,8 @@ export class TimerSet {
   start(callback: () => void, delayMs: number): () => void {
     // After dispose() a late callback (a fetch settling after close) must not start anything again.
     if (this.#disposed) return () => undefined;
-    const entry = { handle: undefined as unknown };
+    // No `handle` key until armed, just below: a smaller bundle.
+    const entry = {} as { handle: unknown };
     const arm = (remainingMs: number): void => {
       entry.handle = this.#api.setTimeout(
         () => {

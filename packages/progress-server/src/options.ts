@@ -311,6 +311,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * one socket buffer (some 16 KiB) while freeing a dead reader's slot within half a minute. An answer of
    * the HTTP API (`httpHandler`) that makes no progress this long (no 64 KiB of it leaves) is dropped the
    * same way: a client that stopped reading an events page held it in memory, and its connection, for ever.
+   * A deadline that passed while the server's own event loop stood still (a long synchronous hook, a GC
+   * pause, a throttled or frozen container) is waited out once more, the reader judged on a window the
+   * server watched: a server stall dropped every busy reader at once.
    * @default 30000
    */
   sseStallTimeoutMs?: number | undefined;

@@ -1,5 +1,6 @@
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { type AddressInfo, connect, type Socket } from 'node:net';
+import { Worker } from 'node:worker_threads';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
@@ -509,6 +510,56 @@ describe('answers their clients do not read', () => {
     expect(server.destroyed).toBe(false);
     await sleep(3000);
     expect(server.destroyed).toBe(true);
+  }, 30_000);
+
+  it("keeps a client that read on while the server's own event loop stood still past sseStallTimeoutMs", async () => {
+    env = await startServer({ sseStallTimeoutMs: 300 });
+    await bigTask(env);
+    const accepted: Socket[] = [];
+    env.server.httpServer!.on('connection', (socket: Socket) => accepted.push(socket));
+    // The reader runs on its own thread: it reads on while the server's is blocked, slower than the server
+    // writes (1 MB every 100 ms), three answers of 4 MB, more than the connection's buffers take: the
+    // server waits to write more.
+    const reader = new Worker(
+      `const { connect } = require('node:net');
+      const { parentPort, workerData } = require('node:worker_threads');
+      const client = connect(workerData.port, '127.0.0.1');
+      const chunks = [];
+      let received = 0;
+      let expected;
+      let pausedAt = 0;
+      client.on('data', (chunk) => {
+        chunks.push(chunk);
+        received += chunk.length;
+        if (expected === undefined) {
+          const head = Buffer.concat(chunks).toString('latin1');
+          const end = head.indexOf('\\r\\n\\r\\n');
+          if (end >= 0) expected = 3 * (end + 4 + Number(/content-length: (\\d+)/i.exec(head.slice(0, end))[1]));
+        }
+        if (received === expected) client.destroy();
+        else if (received - pausedAt >= 1024 * 1024) {
+          pausedAt = received;
+          client.pause();
+          setTimeout(() => client.resume(), 100);
+        }
+      });
+      client.on('error', () => {});
+      client.on('close', () => parentPort.postMessage(received === expected));
+      client.write(workerData.request.repeat(3));`,
+      { eval: true, workerData: { port: env.port, request: BIG_PAGE } },
+    );
+    cleanups.push(() => reader.terminate());
+    const whole = new Promise((resolve) => reader.once('message', resolve));
+    // The server's loop blocks (a synchronous hook, a GC pause, a throttled container) for longer than
+    // the stall timeout while it waits for room to write its answer, the stall timer armed.
+    while (!accepted.some((socket) => socket.writableLength > 0)) await sleep(5);
+    // Blocked in the check phase (as in an I/O callback): the timers phase is the next to run after it.
+    await new Promise((resolve) => setImmediate(resolve));
+    const until = Date.now() + 1000;
+    while (Date.now() < until) {
+      // busy: nothing else runs on this thread
+    }
+    expect(await whole).toBe(true);
   }, 30_000);
 
   it('keeps a client that reads slower than the server writes: the answer arrives whole', async () => {

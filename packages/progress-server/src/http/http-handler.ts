@@ -45,6 +45,7 @@ import {
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
 import { answerStreamHead, cursorAtEnd, streamCursor, streamTask } from './sse-stream.js';
+import { stallTimer } from './stall-timer.js';
 
 export { HTTP_STATUS } from './http-request.js';
 
@@ -553,21 +554,20 @@ class AnswerWriter {
       return;
     }
     const stallMs = this.#ctx.streams.sseStallTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
+    let cancel: (() => void) | undefined;
     const arm = () => {
-      clearTimeout(timer);
-      timer = setTimeout(() => {
+      cancel?.();
+      cancel = stallTimer(stallMs, () => {
         this.#ctx.logger.info({ stalledMs: stallMs }, 'HTTP reader stopped reading its answer; dropping it');
         response.destroy();
-      }, stallMs);
-      timer.unref();
+      });
     };
     send(response, reply, () => {
-      if (timer !== undefined) arm();
+      if (cancel !== undefined) arm();
     });
     if (response.writableFinished || response.destroyed) return;
     arm();
-    const release = () => clearTimeout(timer);
+    const release = () => cancel?.();
     response.once('finish', release);
     response.once('close', release);
   }

@@ -20,6 +20,7 @@ import type { ResyncReason, ServerMetrics, SseStreamEndReason } from '../metrics
 import type { PrincipalLimits } from '../principal-limits.js';
 import { eventFrameText } from '../socket/event-frame-text.js';
 import { fromCode } from './http-request.js';
+import { stallTimer } from './stall-timer.js';
 
 /**
  * `GET {basePath}/tasks/:id/stream`: one task over Server-Sent Events, for networks whose proxies refuse
@@ -243,7 +244,7 @@ export function streamTask(
    */
   let held: { readonly events: readonly TaskEvent[]; readonly from: number } | undefined;
   /** Destroys the stream if 'drain' does not come in time; set while `draining`. */
-  let stall: NodeJS.Timeout | undefined;
+  let stall: (() => void) | undefined;
   /**
    * The hub stream: replaced at each start (the first, after an epoch change, after 'drain'), so work
    * started for an older one is dropped.
@@ -267,10 +268,8 @@ export function streamTask(
     // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
     // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
     // the end finish first.
-    if (draining && stall !== undefined) {
-      const pending = stall;
-      response.once('finish', () => clearTimeout(pending));
-    } else clearTimeout(stall);
+    if (draining && stall !== undefined) response.once('finish', stall);
+    else stall?.();
     held = undefined;
     response.off('drain', drained);
     stream?.close();
@@ -315,7 +314,7 @@ export function streamTask(
     if (response.write(chunk) || draining) return;
     draining = true;
     response.once('drain', drained);
-    stall = setTimeout(() => {
+    stall = stallTimer(ctx.sseStallTimeoutMs, () => {
       ctx.logger.info(
         { taskId, stalledMs: ctx.sseStallTimeoutMs },
         'SSE reader stopped reading; dropping the stream',
@@ -323,8 +322,7 @@ export function streamTask(
       // Destroyed, not ended: an end would wait behind the full buffer the reader is not reading.
       response.destroy();
       end('stalled');
-    }, ctx.sseStallTimeoutMs);
-    stall.unref();
+    });
   };
   // Each id names the epoch its seq is of: frames of an old epoch are written only before the renewal is
   // noticed, and the restart's reset snapshot, the first frame after it, already carries the new one.
@@ -502,7 +500,7 @@ export function streamTask(
 
   function drained(): void {
     draining = false;
-    clearTimeout(stall);
+    stall?.();
     // The rest of the page first: once it is written (the buffer did not fill again), a new hub stream
     // reads on from the cursor. Nothing else is written between: the hub stream was stale meanwhile.
     const rest = held;
