@@ -10,6 +10,7 @@ import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import { type StreamingFetch, sseFallback } from '../src/sse.js';
 import type { FetchLike } from '../src/transport-types.js';
+import type { Watch } from '../src/watch.js';
 import { FaultProxy } from './fault-proxy.js';
 import { users } from './users.js';
 
@@ -69,33 +70,16 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
     client.on('error', () => undefined);
     cleanups.push(async () => client.close());
 
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
-    const watch = client.watch('job-1');
-    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
-    const deadline = Date.now() + 5000;
-    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
-    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+    const watch = await watchRun1ToSeq3(store, client);
 
     // Away: no request goes out (those in flight land first), while run 1 ends, is purged, and run 2 of
     // the id ends at seq 3.
     held = true;
     await sleep(300);
-    await store.append('job-1', { type: 'completed' });
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
-    await store.append('job-1', { type: 'item', key: 'a', ok: true });
-    await store.append('job-1', { type: 'item', key: 'b', ok: true });
-    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    await endRun1ThenRun2AtSeq3(store);
     held = false;
 
-    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
-    expect(finished).toBe(true);
-    expect(watch.getSnapshot()).toMatchObject({
-      finished: true,
-      status: 'completed',
-      seq: 3,
-      kind: 'second',
-    });
+    await expectRun2sEnd(watch);
   });
 
   it("over the socket, gets the end of the id's new run that ended at the watch's seq (the server's reset)", async () => {
@@ -119,32 +103,15 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
     client.on('error', () => undefined);
     cleanups.push(async () => client.close());
 
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
-    const watch = client.watch('job-1');
-    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
-    const deadline = Date.now() + 5000;
-    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
-    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+    const watch = await watchRun1ToSeq3(store, client);
 
     // Away: the socket is cut and no other one opens while run 1 ends, is purged, and run 2 ends at seq 3.
     proxy.refuseNext = Number.MAX_SAFE_INTEGER;
     for (const connection of proxy.connections) connection.cut();
-    await store.append('job-1', { type: 'completed' });
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
-    await store.append('job-1', { type: 'item', key: 'a', ok: true });
-    await store.append('job-1', { type: 'item', key: 'b', ok: true });
-    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    await endRun1ThenRun2AtSeq3(store);
     proxy.refuseNext = 0;
 
-    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
-    expect(finished).toBe(true);
-    expect(watch.getSnapshot()).toMatchObject({
-      finished: true,
-      status: 'completed',
-      seq: 3,
-      kind: 'second',
-    });
+    await expectRun2sEnd(watch);
   });
 
   it("over Server-Sent Events, gets the end of the id's new run that ended at the watch's seq (not a 204)", async () => {
@@ -182,31 +149,42 @@ describe.each(stores)('a watch back after its run was purged (%s)', (_name, open
     client.on('error', () => undefined);
     cleanups.push(async () => client.close());
 
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
-    const watch = client.watch('job-1');
-    for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
-    const deadline = Date.now() + 5000;
-    while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
-    expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+    const watch = await watchRun1ToSeq3(store, client);
 
     held = true;
     for (const abort of streams) abort.abort();
     await sleep(100);
-    await store.append('job-1', { type: 'completed' });
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
-    await store.append('job-1', { type: 'item', key: 'a', ok: true });
-    await store.append('job-1', { type: 'item', key: 'b', ok: true });
-    await store.append('job-1', { type: 'completed', result: { run: 2 } });
+    await endRun1ThenRun2AtSeq3(store);
     held = false;
 
-    const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
-    expect(finished).toBe(true);
-    expect(watch.getSnapshot()).toMatchObject({
-      finished: true,
-      status: 'completed',
-      seq: 3,
-      kind: 'second',
-    });
+    await expectRun2sEnd(watch);
   });
 });
+
+/** Run 1 of `job-1` at seq 3, followed by a watch of `client` that has seen it. */
+async function watchRun1ToSeq3(store: ProgressStore, client: ProgressClient): Promise<Watch> {
+  await store.createTask({ id: 'job-1', owner: 'alice', kind: 'first' });
+  const watch = client.watch('job-1');
+  for (let i = 1; i <= 3; i++) await store.append('job-1', { type: 'progress', message: `run 1, ${i}` });
+  const deadline = Date.now() + 5000;
+  while (watch.getSnapshot().seq !== 3 && Date.now() < deadline) await sleep(20);
+  expect(watch.getSnapshot()).toMatchObject({ seq: 3, finished: false });
+  return watch;
+}
+
+/** Run 1 ends and is purged; run 2 of the id (kind `second`) ends at seq 3, the watch's cursor. */
+async function endRun1ThenRun2AtSeq3(store: ProgressStore): Promise<void> {
+  await store.append('job-1', { type: 'completed' });
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  await store.createTask({ id: 'job-1', owner: 'alice', kind: 'second', total: 2 });
+  await store.append('job-1', { type: 'item', key: 'a', ok: true });
+  await store.append('job-1', { type: 'item', key: 'b', ok: true });
+  await store.append('job-1', { type: 'completed', result: { run: 2 } });
+}
+
+/** The watch finishes, within 3 s, with run 2's end. */
+async function expectRun2sEnd(watch: Watch): Promise<void> {
+  const finished = await Promise.race([watch.done.then(() => true), sleep(3000).then(() => false)]);
+  expect(finished).toBe(true);
+  expect(watch.getSnapshot()).toMatchObject({ finished: true, status: 'completed', seq: 3, kind: 'second' });
+}
