@@ -48,6 +48,46 @@ describe('tasks at the edges', () => {
     }
   });
 
+  it("item(), progress() and complete() clip a tool's texts instead of refusing them, so the handle's own example still ends its task", async () => {
+    const store = new MemoryProgressStore();
+    const server = replica(store, 'a');
+    const nodes = ['node-1', 'node-2'];
+    // A kubectl failure as `String(error)` gives it: over 4,096 characters, with binary output (U+0000).
+    const failure = new Error(`exit 1: ${'x'.repeat(5000)}\u0000`);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: nodes.length });
+    // The loop of TaskHandle's TSDoc example: its catch block reports whatever the tool threw.
+    const run = async () => {
+      for (const node of nodes) {
+        await task.progress({ current: `${node}\u0000${'c'.repeat(600)}`, message: 'm'.repeat(5000) });
+        try {
+          if (node === 'node-2') throw failure;
+          await task.item({ key: node, ok: true });
+        } catch (error) {
+          await task.item({ key: `${node}${'k'.repeat(600)}`, ok: false, error: String(error) });
+        }
+      }
+      await task.complete({ message: `done\u0000${'d'.repeat(5000)}` });
+    };
+    expect(
+      await run().then(
+        () => 'ended',
+        (error: unknown) => `rejected: ${String(error)}`,
+      ),
+    ).toBe('ended');
+    const row = (await store.getTask(task.id)) as Task;
+    expect(row).toMatchObject({ status: 'completed', done: 2, succeeded: 1, failed: 1 });
+    expect(row.message).toMatch(/^done\uFFFDd+…$/);
+    expect(row.message).toHaveLength(4096);
+    const item = (await store.readEvents(task.id, 0)).find(
+      (event) => event.type === 'item' && !event.item.ok,
+    );
+    expect(item).toMatchObject({ item: { key: expect.stringMatching(/^node-2k+…$/) } });
+    if (item?.type !== 'item') throw new Error('no failed item');
+    expect(item.item.key).toHaveLength(512);
+    expect(item.item.error).toHaveLength(4096);
+    expect(item.progress.current).toMatch(/^node-2\uFFFDc+…$/);
+  });
+
   it('cancel() and interrupt() given a non-string reason end the task, as tasks.cancel() does for a task owned elsewhere', async () => {
     const store = new MemoryProgressStore();
     const server = replica(store, 'a');

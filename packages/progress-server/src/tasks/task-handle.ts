@@ -7,11 +7,14 @@ import type {
   AppendInput,
   CancelledEvent,
   CompletedEvent,
+  CompleteInput,
   FailedEvent,
   InterruptedEvent,
   ItemEvent,
+  ItemInput,
   JsonValue,
   ProgressEvent,
+  ProgressInput,
   Task,
   TaskEvent,
   TaskFailure,
@@ -191,19 +194,34 @@ export class TaskHandle {
     return this.#controller.signal;
   }
 
-  /** Sets absolute progress values. */
+  /** Sets absolute progress values. `current` and `message` are clipped and made storable (see `fail`). */
   progress(update: ProgressUpdate): Promise<ProgressEvent> {
-    return this.#append({ type: 'progress', ...update }) as Promise<ProgressEvent>;
+    const input: ProgressInput = { type: 'progress', ...update };
+    clipText(input, 'current', LIMITS.maxKeyLength);
+    clipText(input, 'message', LIMITS.maxMessageLength);
+    return this.#append(input) as Promise<ProgressEvent>;
   }
 
-  /** Records one finished item: counts it in `done` and in `succeeded` or `failed`. */
+  /**
+   * Records one finished item: counts it in `done` and in `succeeded` or `failed`. `key`, `error` and
+   * `current` are clipped and made storable (see `fail`), as `runBatch` does with its items.
+   */
   item(result: ItemUpdate): Promise<ItemEvent> {
-    return this.#append({ type: 'item', ...result }) as Promise<ItemEvent>;
+    const input: ItemInput = { type: 'item', ...result };
+    clipText(input, 'key', LIMITS.maxKeyLength);
+    clipText(input, 'error', LIMITS.maxMessageLength);
+    clipText(input, 'current', LIMITS.maxKeyLength);
+    return this.#append(input) as Promise<ItemEvent>;
   }
 
-  /** Ends the task as `completed` (failed items, if any, stay counted in `failed`). */
+  /**
+   * Ends the task as `completed` (failed items, if any, stay counted in `failed`). `message` is clipped and
+   * made storable (see `fail`); a `result` over the limits is refused (`invalid_input`).
+   */
   complete(options: CompleteOptions = {}): Promise<CompletedEvent> {
-    return this.#append({ type: 'completed', ...options }) as Promise<CompletedEvent>;
+    const input: CompleteInput = { type: 'completed', ...options };
+    clipText(input, 'message', LIMITS.maxMessageLength);
+    return this.#append(input) as Promise<CompletedEvent>;
   }
 
   /**
@@ -309,6 +327,18 @@ function toFailure(error: TaskFailure | Error | string): TaskFailure {
       LIMITS.maxMessageLength,
     ),
   };
+}
+
+/**
+ * Clips `input[field]` to `max` and makes it storable when it is a string; anything else is left for the
+ * store to refuse. Why: a handle's texts come from catch blocks and tools (`String(error)` of a kubectl
+ * failure runs past 4,096 characters, binary output holds U+0000). Refused `invalid_input`, the call in
+ * a catch block threw in turn, the loop never reached `complete()`, and the task stayed running under a
+ * lease its live server kept renewing: no watcher saw it end. `runBatch` and `fail()` already clipped.
+ */
+function clipText<T extends object>(input: T, field: keyof T & string, max: number): void {
+  const value = input[field];
+  if (typeof value === 'string') (input as Record<string, unknown>)[field] = clip(value, max);
 }
 
 function describeValue(value: unknown): string {
