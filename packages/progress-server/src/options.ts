@@ -357,7 +357,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   terminalRetry?: TerminalRetryOptions | undefined;
   /**
    * Lease length of the tasks this server runs; if the server dies, any replica interrupts them this
-   * long after the last renewal.
+   * long after the last renewal. `runBatch` retries a terminal event through a store outage this long too.
    * @default 15000
    */
   leaseTtlMs?: number | undefined;

@@ -1,5 +1,6 @@
-import type { ItemEvent, TaskEvent } from '@finishline/core';
+import type { AppendInput, ItemEvent, TaskEvent } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, MemoryProgressStore, ProgressError } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 
@@ -15,6 +16,10 @@ function setup(store = new MemoryProgressStore()) {
   const server = new ProgressServer({ store, authenticate: () => null });
   servers.push(server);
   return { server, store };
+}
+
+function isTerminalInput(input: AppendInput): boolean {
+  return input.type !== 'progress' && input.type !== 'item';
 }
 
 async function log(store: MemoryProgressStore, taskId: string): Promise<TaskEvent[]> {
@@ -297,6 +302,64 @@ describe('runBatch', () => {
     expect(events.find((event) => event.type === 'item')).toMatchObject({
       item: { key: 'a', ok: true, detail: null },
     });
+  });
+
+  it('retries its terminal event through a store outage the lease survives, so a successful batch still completes', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    // A database restart at the end of the batch: the first 4 attempts at its terminal event (about 0.7 s)
+    // are refused; the lease (15 s by default) outlives it.
+    let refused = 0;
+    store.append = async (taskId, input, fence) => {
+      if (isTerminalInput(input) && refused < 4) {
+        refused += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+      }
+      return append(taskId, input, fence);
+    };
+    const result = await task.runBatch(['a', 'b'], () => {});
+    expect(refused).toBe(4);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, endedElsewhere: false });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 2, failed: 0 } });
+  });
+
+  it('gives its terminal event up after the lease TTL: the batch rejects, the lease lapses and a reaper interrupts the task', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = new ProgressServer({
+      store,
+      authenticate: () => null,
+      leaseTtlMs: 300,
+      leaseRenewIntervalMs: 299,
+      reapIntervalMs: 0,
+    });
+    servers.push(server);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    let refused = 0;
+    store.append = async (taskId, input, fence) => {
+      if (isTerminalInput(input)) {
+        refused += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database down');
+      }
+      return append(taskId, input, fence);
+    };
+    await expect(task.runBatch(['a'], () => {})).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+    // 4 attempts (0.7 s) outlast a 300 ms budget: no more than that.
+    expect(refused).toBe(4);
+    expect(server.leases.owned.has(task.id)).toBe(false);
+    store.append = append;
+    clock.advance(300);
+    const reaped = await server.leases.reap();
+    expect(reaped.map((each) => each.event)).toEqual([
+      expect.objectContaining({ taskId: task.id, type: 'interrupted' }),
+    ]);
+    checkLog(await log(store, task.id));
+    expect(task.finished).toBe(true);
   });
 
   it('rejects bad arguments and a second batch on the same task', async () => {

@@ -102,11 +102,21 @@ export interface BatchHooks {
   abandon(): void;
   /** Re-read the task's row (to learn the status it was ended with elsewhere). Never rejects. */
   refresh(): Promise<void>;
+  /**
+   * How long the terminal event is retried while the store answers `store_unavailable`, from its first
+   * failure: the server's `leaseTtlMs`, the outage a lease survives (see `LeaseKeeper`).
+   */
+  readonly terminalRetryMs: number;
 }
 
-/** Attempts at writing the terminal event before giving up (the store may be briefly unavailable). */
+/**
+ * Attempts at writing the terminal event before giving up on an error other than `store_unavailable`, and
+ * on any error once the server is shutting down (its own `interrupted` then ends the task).
+ */
 const TERMINAL_ATTEMPTS = 4;
 const TERMINAL_RETRY_BASE_MS = 100;
+/** Longest pause between two attempts at the terminal event. */
+const TERMINAL_RETRY_MAX_MS = 1000;
 
 type StopReason = 'cancel' | 'shutdown' | 'ended' | 'error';
 
@@ -156,8 +166,11 @@ export function validate<T>(items: readonly T[], worker: unknown, options: RunBa
  * | reporting an item failed (store error) or the runner itself broke | `failed`, code `batch_error` |
  * | the task was ended elsewhere (cancelled, reaped) | none: it already has its terminal event |
  *
- * If even the terminal event cannot be written (store down), the lease is no longer renewed, so a reaper
- * interrupts the task within the lease timeout, and the returned promise rejects with the store's error.
+ * A terminal event the store refuses as `store_unavailable` is retried for as long as the lease would
+ * survive the outage (`terminalRetryMs`, the lease TTL); other errors, or any once the server is shutting
+ * down, 4 times in about 0.7 s. If even then it cannot be written, the lease is no longer renewed, so a
+ * reaper interrupts the task within the lease timeout, and the returned promise rejects with the store's
+ * error.
  *
  * @internal
  */
@@ -298,6 +311,7 @@ export async function runBatch<T>(batch: {
         exhaustive(stop, 'stop reason');
     }
   };
+  let retryUntil: number | undefined;
   for (let attempt = 1; ; attempt++) {
     try {
       await end();
@@ -307,11 +321,19 @@ export async function runBatch<T>(batch: {
         if (handle.status === 'running') await hooks.refresh();
         return result(terminalStatus(handle.status), true);
       }
-      if (attempt >= TERMINAL_ATTEMPTS) {
+      retryUntil ??= Date.now() + hooks.terminalRetryMs;
+      // Four attempts (0.7 s) only made a database restart of a second or two at the end of a batch whose
+      // every item had succeeded end `interrupted` by a reaper a lease TTL later, after watchers sat at
+      // 100 % meanwhile. The lease keeps the task for that long through such an outage: so does this.
+      const outage =
+        isProgressError(error, ErrorCode.StoreUnavailable) &&
+        !isProgressError(handle.signal.reason, ErrorCode.Closed) &&
+        Date.now() < retryUntil;
+      if (attempt >= TERMINAL_ATTEMPTS && !outage) {
         hooks.abandon();
         throw error;
       }
-      await delay(TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1));
+      await delay(Math.min(TERMINAL_RETRY_MAX_MS, TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1)));
     }
   }
 }

@@ -100,6 +100,7 @@ export class TaskApi {
         batch.then(untrack, untrack);
       },
       refresh: (handle) => this.#refresh(this.#controls.get(handle), handle.id),
+      leaseTtlMs: this.#leaseTtlMs,
     };
   }
 

@@ -72,6 +72,8 @@ export interface TaskHost {
   trackBatch(batch: Promise<unknown>): void;
   /** Re-reads the task's row into the handle. Never rejects. */
   refresh(handle: TaskHandle): Promise<void>;
+  /** The server's `leaseTtlMs`: how long `runBatch` retries a terminal event through a store outage. */
+  readonly leaseTtlMs: number;
 }
 
 /**
@@ -284,6 +286,7 @@ export class TaskHandle {
       hooks: {
         abandon: () => this.#host.abandon(this.id, this.#task.createdAt),
         refresh: () => this.#host.refresh(this),
+        terminalRetryMs: this.#host.leaseTtlMs,
       },
     });
     this.#batch = batch;
