@@ -30,3 +30,20 @@ export function delay(ms: number): Promise<void> {
     setTimeout(resolve, Math.max(0, ms));
   });
 }
+
+/**
+ * Like {@link delay}, but resolves at once when `signal` aborts (now or during the wait), clearing its
+ * timer: a retry loop's pause that shutdown cuts short, so that no timer of it outlives `close()`.
+ */
+export function delayUnlessAborted(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, Math.max(0, ms));
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -362,6 +362,37 @@ describe('runBatch', () => {
     expect(task.finished).toBe(true);
   });
 
+  it('stops retrying its terminal event when the server shuts down: no pause of it outlives close()', async () => {
+    const store = new MemoryProgressStore();
+    const server = new ProgressServer({ store, authenticate: () => null });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    let refused = 0;
+    const fifth = gate();
+    store.append = async (taskId, input, fence) => {
+      if (isTerminalInput(input)) {
+        if (++refused === 5) fifth.open();
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database down');
+      }
+      return append(taskId, input, fence);
+    };
+    let settled = false;
+    const batch = task
+      .runBatch(['a'], () => {})
+      .finally(() => {
+        settled = true;
+      });
+    // Refused 5 times (1.5 s): the batch now pauses 1 s before its next attempt; close() comes during it.
+    await fifth.promise;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(settled).toBe(false);
+    await server.close({ timeoutMs: 400 });
+    expect(settled).toBe(true);
+    await expect(batch).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+    // Its 6th attempt, then the shutdown's own `interrupted`.
+    expect(refused).toBe(7);
+  });
+
   it('rejects bad arguments and a second batch on the same task', async () => {
     const { server } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -7,7 +7,7 @@
 import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
 import { exhaustive } from '@finishline/core/internal';
-import { delay } from '../wait.js';
+import { delayUnlessAborted } from '../wait.js';
 import { clip } from './clip.js';
 
 /** What a batch worker receives besides its item. */
@@ -333,7 +333,12 @@ export async function runBatch<T>(batch: {
         hooks.abandon();
         throw error;
       }
-      await delay(Math.min(TERMINAL_RETRY_MAX_MS, TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1)));
+      // Cut short when the server starts shutting down: the attempts left are made at once, and no pause
+      // of up to a second outlives close() (shutdown waits for batches, then interrupts the task itself).
+      await delayUnlessAborted(
+        Math.min(TERMINAL_RETRY_MAX_MS, TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1)),
+        handle.signal,
+      );
     }
   }
 }
