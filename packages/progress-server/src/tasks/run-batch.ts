@@ -167,10 +167,10 @@ export function validate<T>(items: readonly T[], worker: unknown, options: RunBa
  * | the task was ended elsewhere (cancelled, reaped) | none: it already has its terminal event |
  *
  * A terminal event the store refuses as `store_unavailable` is retried for as long as the lease would
- * survive the outage (`terminalRetryMs`, the lease TTL); other errors, or any once the server is shutting
- * down, 4 times in about 0.7 s. If even then it cannot be written, the lease is no longer renewed, so a
- * reaper interrupts the task within the lease timeout, and the returned promise rejects with the store's
- * error.
+ * survive the outage (`terminalRetryMs`, the lease TTL); other errors, or any once the task's signal has
+ * aborted (the server shutting down, the lease lost), 4 times. If even then it cannot be written, the
+ * lease is no longer renewed, so a reaper interrupts the task within the lease timeout, and the returned
+ * promise rejects with the store's error.
  *
  * @internal
  */
@@ -326,15 +326,15 @@ export async function runBatch<T>(batch: {
       // every item had succeeded end `interrupted` by a reaper a lease TTL later, after watchers sat at
       // 100 % meanwhile. The lease keeps the task for that long through such an outage: so does this.
       const outage =
-        isProgressError(error, ErrorCode.StoreUnavailable) &&
-        !isProgressError(handle.signal.reason, ErrorCode.Closed) &&
-        Date.now() < retryUntil;
+        isProgressError(error, ErrorCode.StoreUnavailable) && !handle.signal.aborted && Date.now() < retryUntil;
       if (attempt >= TERMINAL_ATTEMPTS && !outage) {
         hooks.abandon();
         throw error;
       }
-      // Cut short when the server starts shutting down: the attempts left are made at once, and no pause
-      // of up to a second outlives close() (shutdown waits for batches, then interrupts the task itself).
+      // Cut short when the task's signal aborts (the server shutting down, the lease lost): the attempts
+      // left are made at once, and no pause of up to a second outlives close() (shutdown waits for
+      // batches, then interrupts the task itself). So an aborted signal also ends the outage's extension
+      // above: with no pause left between them, its attempts would turn into a busy loop on the store.
       await delayUnlessAborted(
         Math.min(TERMINAL_RETRY_MAX_MS, TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1)),
         handle.signal,
