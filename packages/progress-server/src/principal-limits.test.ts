@@ -310,4 +310,38 @@ describe('FairReads', () => {
     expect(ran).toHaveLength(990);
     reads.close();
   });
+
+  it('answers superseded reads, and forgets their principals, while every slot is held by reads that do not return', async () => {
+    let now = 0;
+    const reads = new FairReads({ maxConcurrent: 2, maxPerPrincipal: 1, clock: () => now });
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    // Every slot taken by a read of a store that hangs (a Postgres connection cut without a reset: no
+    // query timeout ends it).
+    void reads.run('a', () => new Promise(() => {}));
+    void reads.run('b', () => new Promise(() => {}));
+    await turn();
+    await turn();
+    // Meanwhile the sockets of 1,000 principals subscribe and go away (a reconnect storm): each read
+    // queued, then superseded. Each one holds its closed socket's state for as long as it is queued.
+    let left = false;
+    const superseded = Array.from({ length: 1000 }, (_, i) =>
+      reads.run(
+        `p${i}`,
+        () => Promise.resolve(left ? 'stale' : 'read'),
+        () => left,
+      ),
+    );
+    expect(reads.queued).toBe(1000);
+    left = true;
+    now += STALE_SWEEP_INTERVAL_MS;
+    // The next subscribe's read, still waiting for a slot, finds them answered without I/O.
+    void reads.run('late', () => Promise.resolve('late'));
+    await turn();
+    await turn();
+    expect(reads.queued).toBe(1);
+    // The two reading and the one waiting.
+    expect(reads.principals).toBe(3);
+    expect(await Promise.all(superseded)).toEqual(Array(1000).fill('stale'));
+    reads.close();
+  });
 });

@@ -83,6 +83,11 @@ export class FairReads {
     return total;
   }
 
+  /** Principals with reads queued or in flight (for tests and diagnostics). */
+  get principals(): number {
+    return this.#lanes.size;
+  }
+
   /**
    * Runs `read` on behalf of `principalId` when its turn comes; settles as `read` does. A job that
    * became `stale` while queued is run (its `read` is expected to answer at once, without I/O) ahead of
@@ -110,6 +115,13 @@ export class FairReads {
   /** Starts what the limits allow now, in turn order; leaves the rest for a completion or the next turn. */
   #pump(): void {
     if (this.#closed) return;
+    if (this.#active >= this.#maxConcurrent) {
+      // No read starts, so no turn comes to sweep the queues: while every slot was held (a store whose
+      // reads hang), the reads of sockets that left meanwhile, each holding its socket's state, piled up
+      // with their principals' lanes for as long as it lasted. Each new read sweeps instead.
+      this.#sweepStale();
+      return;
+    }
     let waitingForTurn = false;
     let progressed = true;
     while (progressed && this.#active < this.#maxConcurrent) {
@@ -158,13 +170,23 @@ export class FairReads {
     this.#nextTurn = setImmediate(() => {
       this.#nextTurn = undefined;
       this.#servedThisTurn.clear();
-      const now = this.#clock();
-      if (now - this.#sweptAt >= STALE_SWEEP_INTERVAL_MS) {
-        this.#sweptAt = now;
-        for (const lane of this.#lanes.values()) this.#settleStale(lane);
-      }
+      this.#sweepStale();
       this.#pump();
     });
+  }
+
+  /**
+   * Answers every queue's superseded reads, and forgets the principals left with nothing queued or in
+   * flight, at most every {@link STALE_SWEEP_INTERVAL_MS}.
+   */
+  #sweepStale(): void {
+    const now = this.#clock();
+    if (now - this.#sweptAt < STALE_SWEEP_INTERVAL_MS) return;
+    this.#sweptAt = now;
+    for (const [principalId, lane] of this.#lanes) {
+      this.#settleStale(lane);
+      if (lane.queue.length === 0 && lane.active === 0) this.#lanes.delete(principalId);
+    }
   }
 
   /** Answers the lane's stale jobs now (their reads do no I/O) and keeps the others in order. */

@@ -51,6 +51,8 @@ interface Followed {
   /** Appends to this task in flight in this process (see {@link TaskHub.localAppend}). */
   localAppends: number;
   retryTimer: NodeJS.Timeout | undefined;
+  /** The retry of a failed read of the task's run (see `#readRun`). */
+  checkTimer: NodeJS.Timeout | undefined;
   stopFeed: Unsubscribe | undefined;
   closed: boolean;
   /** Events dispatched (`readSeq` is past them) and held, not yet handed over (see `#dispatch`). */
@@ -236,6 +238,7 @@ export class TaskHub {
         emptyReads: 0,
         localAppends: 0,
         retryTimer: undefined,
+        checkTimer: undefined,
         stopFeed: undefined,
         closed: false,
         pending: [],
@@ -574,7 +577,15 @@ export class TaskHub {
         { err: describeError(error), taskId: entry.taskId },
         "reading a task's run failed; retrying",
       );
-      setTimeout(() => this.#checkRun(entry), this.#retryDelayMs).unref();
+      // Kept on the entry, which clears it when dropped: left to run out, it outlived the task's last
+      // subscriber and the hub's close() (a timer the server's shutdown left behind).
+      if (entry.closed) return;
+      if (entry.checkTimer !== undefined) clearTimeout(entry.checkTimer);
+      entry.checkTimer = setTimeout(() => {
+        entry.checkTimer = undefined;
+        this.#checkRun(entry);
+      }, this.#retryDelayMs);
+      entry.checkTimer.unref();
     } finally {
       entry.checking = false;
     }
@@ -616,6 +627,8 @@ export class TaskHub {
     entry.closed = true;
     if (entry.retryTimer !== undefined) clearTimeout(entry.retryTimer);
     entry.retryTimer = undefined;
+    if (entry.checkTimer !== undefined) clearTimeout(entry.checkTimer);
+    entry.checkTimer = undefined;
     this.#followed.delete(entry.taskId);
     this.#recent.drop(entry.taskId);
     try {
