@@ -236,6 +236,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
             ? await drainNode(cluster.nodes, name, {
                 maxAttempts: config.maxAttempts,
                 signal,
+                cordoned: cordoned?.has(name) === true,
                 beforePatch: async () => {
                   await storeReady(signal);
                   await noteIntent(name);
