@@ -18,8 +18,11 @@ export interface DrainOptions {
    * @default false
    */
   cordoned?: boolean;
-  /** Called once the node is cordoned, before its pods are looked at: a drain failing later leaves it so. */
-  onCordoned?: () => void | Promise<void>;
+  /**
+   * Called once the node is cordoned, before its pods are looked at (a drain failing later leaves it so),
+   * with the cordon's result: `unchanged` when it was cordoned already.
+   */
+  onCordoned?: (cordon: NodeResult) => void | Promise<void>;
   /** Called as pods go: `evicted` of `total` pods gone. */
   onProgress?: (evicted: number, total: number) => void | Promise<void>;
   /**
@@ -68,7 +71,8 @@ export async function cordonNodes(
     signal: AbortSignal;
     /** Called right before a node's cordon PATCH is sent (see `ApplyOptions.beforePatch`). */
     beforeCordon?: (name: string) => void | Promise<void>;
-    onCordoned?: (name: string) => void | Promise<void>;
+    /** Called for each node found cordoned, with the cordon's result (`unchanged`: cordoned already). */
+    onCordoned?: (name: string, cordon: NodeResult) => void | Promise<void>;
   },
 ): Promise<Map<string, NodeResult>> {
   const cordoned = new Map<string, NodeResult>();
@@ -76,26 +80,25 @@ export async function cordonNodes(
   const lane = async () => {
     for (let i = next++; i < names.length && !options.signal.aborted; i = next++) {
       const name = names[i] as string;
+      let result: NodeResult;
       try {
-        cordoned.set(
+        result = await applyToNode(
+          nodes,
           name,
-          await applyToNode(
-            nodes,
-            name,
-            { type: 'drain' },
-            {
-              maxAttempts: options.maxAttempts,
-              signal: options.signal,
-              ...(options.beforeCordon === undefined
-                ? {}
-                : { beforePatch: () => options.beforeCordon?.(name) }),
-            },
-          ),
+          { type: 'drain' },
+          {
+            maxAttempts: options.maxAttempts,
+            signal: options.signal,
+            ...(options.beforeCordon === undefined
+              ? {}
+              : { beforePatch: () => options.beforeCordon?.(name) }),
+          },
         );
       } catch {
         continue; // its own drain reports it
       }
-      await options.onCordoned?.(name);
+      cordoned.set(name, result);
+      await options.onCordoned?.(name, result);
     }
   };
   await Promise.all(Array.from({ length: Math.min(options.concurrency, names.length) }, lane));
@@ -122,7 +125,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     if (options.signal.aborted || options.cordoned !== true) throw error;
     throw new Error(`${(error as Error).message}; ${leftState(name, [])}`);
   }
-  await options.onCordoned?.();
+  await options.onCordoned?.(cordon);
   // The pods whose eviction the API accepted (or found gone): going, whatever fails afterwards.
   const sent: string[] = [];
   let podCount: number | undefined;
