@@ -132,3 +132,45 @@ describe('a cordon whose process dies before it reached a node', () => {
     },
   );
 });
+
+/**
+ * A cordon or drain that found its node cordoned already (by bob, "for the disk") did not change it, yet
+ * wrote its own note over bob's: the node read "cordoned by alice: kernel update", and alice, uncordoning
+ * her nodes after the update, put bob's broken node back in service. A drain also moved the time of its
+ * own first pass's note to when its turn came. A note is now written only by the batch that cordoned the node.
+ */
+describe('a cordon that finds its node cordoned already', () => {
+  it.each(['cordon', 'drain'] as const)('leaves the note of whoever cordoned it: %s', async (operation) => {
+    h = await startHarness();
+    const bob = await login(h.base, 'bob');
+    const first = await bob.post('/api/batch', {
+      operation: 'cordon',
+      nodes: ['worker-1'],
+      reason: 'disk',
+    });
+    expect((await waitForTask(bob, first.body.taskId)).task).toMatchObject({ status: 'completed' });
+    const before = (await h.db.cordons('default')).find((n) => n.node === 'worker-1');
+    const alice = await login(h.base, 'alice');
+    const second = await alice.post('/api/batch', {
+      operation,
+      nodes: ['worker-1', 'worker-2'],
+      reason: 'kernel update',
+    });
+    expect(second.status).toBe(202);
+    expect((await waitForTask(alice, second.body.taskId)).task).toMatchObject({
+      status: 'completed',
+      failed: 0,
+    });
+    const nodes = (await alice.get('/api/nodes')).body.nodes;
+    expect(nodes.find((n: any) => n.name === 'worker-1').cordon).toMatchObject({
+      reason: 'disk',
+      by: 'bob',
+    });
+    expect((await h.db.cordons('default')).find((n) => n.node === 'worker-1')).toEqual(before);
+    // The node the batch did cordon has its note.
+    expect(nodes.find((n: any) => n.name === 'worker-2').cordon).toMatchObject({
+      reason: 'kernel update',
+      by: 'alice',
+    });
+  });
+});

@@ -171,6 +171,9 @@ describe('an eviction refused by a PodDisruptionBudget', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(done).toBe(false); // still waiting within the limit
     await vi.advanceTimersByTimeAsync(2_000);
-    expect(await settled).toMatchObject({ message: 'shop/web-1 was evicted but did not terminate in time' });
+    expect(await settled).toMatchObject({
+      message:
+        'shop/web-1 was evicted but did not terminate in time; w1 is left cordoned; the 1 pod to move was evicted (shop/web-1): uncordon it, or retry the drain',
+    });
   });
 });

@@ -368,6 +368,48 @@ describe('a batch that ended early', () => {
   });
 });
 
+describe('a batch that completed with failed nodes', () => {
+  const partial: Snap = {
+    ...completed(2),
+    progress: { done: 2, total: 2, current: null, succeeded: 1, failed: 1 },
+  };
+
+  it('a drain does not call its failed node unchanged: the reason says what it was left as', async () => {
+    history.set('drain-4', [
+      { seq: 1, type: 'item', item: { key: 'worker-1', ok: true, error: null } },
+      {
+        seq: 2,
+        type: 'item',
+        item: {
+          key: 'worker-2',
+          ok: false,
+          error:
+            'evicting shop/a: 500 InternalError: boom; worker-2 is left cordoned; 1 of the 2 pods to move was evicted (shop/b): uncordon it, or retry the drain',
+        },
+      },
+    ]);
+    nextSnap.set('drain-4', partial);
+    pd.openProgress('drain-4');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toBe(
+      '1 node could not be drained; the reasons below say what each was left as. The others were drained.',
+    );
+    expect(document.querySelector('#fail-list li[data-node="worker-2"]')?.textContent).toContain(
+      'worker-2 is left cordoned',
+    );
+  });
+
+  it('another operation says its failed nodes could not be changed', async () => {
+    nextSnap.set('cordon-4', partial);
+    pd.openProgress('cordon-4');
+    await sleep(100);
+    expect(document.querySelector('#progress-explain')?.textContent).toBe(
+      '1 node could not be changed; the reasons are listed below. The others were changed.',
+    );
+  });
+});
+
 describe('cancel button', () => {
   it('a cancel that arrives after the task ended (409 task_finished) leaves the final state on screen', async () => {
     nextSnap.set('task-x', {

@@ -314,7 +314,10 @@ function finished(w: Watch, snap: WatchState): void {
     status.className = state2 === 'partial' || state2 === 'cancelled' ? 'partial' : 'failed';
     if (snap.status === 'completed') {
       status.textContent = `completed, ${failures} failed`;
-      explain.textContent = `${plural(failures, 'node')} could not be changed; the reasons are listed below. The others were changed.`;
+      // A failed drain node is not left untouched: its reason says what it was left as (cordoned, pods evicted).
+      explain.textContent = isDrain()
+        ? `${plural(failures, 'node')} could not be drained; the reasons below say what each was left as. The others were drained.`
+        : `${plural(failures, 'node')} could not be changed; the reasons are listed below. The others were changed.`;
     } else if (snap.status === 'interrupted') {
       status.textContent = 'interrupted: the server running this job stopped';
       explain.textContent = `The server process running this batch stopped before it finished (it crashed, was restarted or lost its database), so no one is changing these nodes any more.${leftText}`;
@@ -323,7 +326,7 @@ function finished(w: Watch, snap: WatchState): void {
       explain.textContent = `The batch was cancelled${snap.error?.message ? ` (${snap.error.message})` : ''}.${leftText}`;
     } else {
       status.textContent = `batch operation ${snap.status}`;
-      explain.textContent = `${snap.error?.code === 'all_items_failed' ? 'No node could be changed; the reasons are listed below.' : (snap.error?.message ?? '')}${left !== null && left.length > 0 ? leftText : ''}`;
+      explain.textContent = `${snap.error?.code === 'all_items_failed' ? (isDrain() ? 'No node could be drained; the reasons below say what each was left as.' : 'No node could be changed; the reasons are listed below.') : (snap.error?.message ?? '')}${left !== null && left.length > 0 ? leftText : ''}`;
     }
     explain.hidden = false;
     explain.dataset.detail = snap.error?.message ?? '';

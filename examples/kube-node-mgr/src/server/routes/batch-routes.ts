@@ -8,7 +8,7 @@ import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
 import type { NodeView } from '../kube-nodes.js';
 import { cordonNodes, drainNode, isDrained } from '../node-drain.js';
-import { applyToNode, sleep } from '../node-worker.js';
+import { applyToNode, type NodeResult, sleep } from '../node-worker.js';
 import {
   BadRequestError,
   describeOperation,
@@ -209,7 +209,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         }
         await noteCordon(cluster.name, op, name, session.username, reason);
       };
-      const noteCordoned = async (name: string) => {
+      // Only by the batch that cordoned the node: one found cordoned already (by bob, "for the disk") wrote
+      // its note over bob's, and the node read as alice's to uncordon once her update was done. (Its intent,
+      // if a PATCH of it was sent before a re-read found it cordoned, is put back after the batch.)
+      const noteCordoned = async (name: string, cordon: NodeResult) => {
+        if (cordon.outcome !== 'changed') return;
         replacedNotes.delete(name);
         await noteCordon(cluster.name, op, name, session.username, reason);
       };
@@ -236,13 +240,14 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
             ? await drainNode(cluster.nodes, name, {
                 maxAttempts: config.maxAttempts,
                 signal,
+                cordoned: cordoned?.has(name) === true,
                 beforePatch: async () => {
                   await storeReady(signal);
                   await noteIntent(name);
                 },
                 beforeEvict: () => storeReady(signal),
                 // Noted at once: a drain that fails afterwards leaves the node cordoned, by this batch.
-                onCordoned: () => noteCordoned(name),
+                onCordoned: (cordon) => noteCordoned(name, cordon),
                 ...(config.evictionTimeoutMs === undefined
                   ? {}
                   : { evictionTimeoutMs: config.evictionTimeoutMs }),
@@ -261,7 +266,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
               });
         // Noted and handed in once the store can take them (see storeReady).
         await storeReady(signal);
-        if (op.type === 'cordon') await noteCordoned(name);
+        if (op.type === 'cordon') await noteCordoned(name, result);
         else if (op.type !== 'drain') await noteCordon(cluster.name, op, name, session.username, reason);
         // Cordoned by this batch before its turn: its own cordon found it done already.
         if (cordoned?.get(name)?.outcome === 'changed') result.outcome = 'changed';
