@@ -2061,6 +2061,119 @@ describe('rate and ETA', () => {
   });
 });
 
+/**
+ * Runs `run`, collecting what application code threw meanwhile: the client reports a listener's exception
+ * as a browser reports an event handler's, thrown again in a microtask of its own (`uncaughtException`).
+ */
+async function reportedDuring(run: () => Promise<void>): Promise<unknown[]> {
+  const errors: unknown[] = [];
+  const onError = (error: unknown) => errors.push(error);
+  process.on('uncaughtException', onError);
+  try {
+    await run();
+    await flush();
+  } finally {
+    process.off('uncaughtException', onError);
+  }
+  return errors;
+}
+
+describe("the application's listeners that throw", () => {
+  it('a state listener that throws when the socket is lost: the client still reconnects, and the watch gets its end', async () => {
+    const { client, socket, task, scheduler, server, watch, log } = subscribed();
+    const bug = new Error('app bug in a state listener');
+    client.on('state', (change) => {
+      if (change.state === 'reconnecting') throw bug;
+    });
+    const reported = await reportedDuring(async () => {
+      socket.push(snap(task.view()));
+      // Thrown into the socket's close handler, it left the client `reconnecting` with no reconnect scheduled.
+      socket.serverClose(1006);
+      await scheduler.advance(1000);
+      expect(server.sockets).toHaveLength(2);
+      const second = server.accept();
+      expect(second.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+      task.end();
+      second.push(snap(task.view()));
+      await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    });
+    expect(reported).toEqual([bug]);
+    expect(log).toEqual(['snapshot@0', 'snapshot@1', 'completed@1', 'finished@1']);
+    await client.close();
+  });
+
+  it('a state listener that throws on open: the watches are still subscribed', async () => {
+    const { client, server } = setup();
+    client.on('state', (change) => {
+      if (change.state === 'open') throw new Error('app bug');
+    });
+    const watch = client.watch('t1');
+    const reported = await reportedDuring(async () => {
+      const socket = server.accept();
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    });
+    expect(reported).toHaveLength(1);
+    await client.close();
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+  });
+
+  it('an error listener that throws when an attempt fails: the client still retries', async () => {
+    const { client, server, scheduler, states } = setup({
+      errorAfterAttempts: 1,
+      httpFallbackAfterAttempts: 0,
+    });
+    client.on('error', () => {
+      throw new Error('app bug in an error listener');
+    });
+    client.watch('t1');
+    const reported = await reportedDuring(async () => {
+      // Thrown out of the close handler before the retry was scheduled: `connecting` for ever, no new attempt.
+      server.last.serverClose(1006);
+      expect(states.at(-1)).toMatchObject({ state: 'reconnecting' });
+      await scheduler.advance(1000);
+    });
+    expect(reported).toHaveLength(1);
+    expect(server.sockets).toHaveLength(2);
+    await client.close();
+  });
+
+  it('close() ends every unfinished watch and settles, even when a state listener throws on closed', async () => {
+    const { client, watch, scheduler } = subscribed();
+    const other = client.watch('t2');
+    client.on('state', (change) => {
+      if (change.state === 'closed') throw new Error('app bug');
+    });
+    const reported = await reportedDuring(async () => {
+      await client.close();
+    });
+    expect(reported).toHaveLength(1);
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    await expect(other.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it("a terminal event's listener that throws: its handle still gets `finished`, and the other handles everything", async () => {
+    const { client, socket, task, watch, log } = subscribed();
+    const other = client.watch('t1');
+    const otherLog = record(other);
+    watch.on('completed', () => {
+      throw new Error('app bug');
+    });
+    const reported = await reportedDuring(async () => {
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('a')));
+      socket.push(ev(task.end()));
+    });
+    expect(reported).toHaveLength(1);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'completed@2', 'finished@2']);
+    expect(otherLog).toEqual(['snapshot@0', 'item@1', 'completed@2', 'finished@2']);
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    // The cursor moved on: the terminal seq was acknowledged.
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 });
+    await client.close();
+  });
+});
+
 describe('close()', () => {
   it('clears every timer, closes the socket and ends unfinished watches with closed', async () => {
     const { client, socket, task, scheduler, watch, states } = subscribed({ behindGraceMs: 1000 });

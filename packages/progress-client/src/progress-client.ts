@@ -2,7 +2,6 @@ import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { assertTaskId, exhaustive, resolvedBackoffDelayMs } from '@finishline/core/internal';
-import { EventEmitter } from 'eventemitter3';
 import { Acks } from './acks.js';
 import { AnswerWait } from './answer-wait.js';
 import { Connection } from './connection.js';
@@ -18,7 +17,7 @@ import {
   type TaskSubscriptionHost,
 } from './task-subscription.js';
 import { TimerSet } from './timers.js';
-import { Watch, type WatchOptions } from './watch.js';
+import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
@@ -63,7 +62,7 @@ export interface ProgressClientEvents {
  * const client = new ProgressClient({ url, WebSocket, headers: { authorization: `Bearer ${token}` } });
  * ```
  */
-export class ProgressClient extends EventEmitter<ProgressClientEvents> {
+export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   readonly #o: ResolvedOptions;
   readonly #timers: TimerSet;
   readonly #connection: Connection;

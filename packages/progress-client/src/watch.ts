@@ -132,6 +132,30 @@ function report(error: unknown): void {
 }
 
 /**
+ * An emitter whose listeners are the application's: one that throws is reported (thrown again in a
+ * microtask, as a browser reports an event handler's) and the client's step that emitted goes on. Until
+ * 6 December 2026 it was thrown into that step: a `state` listener's exception left a lost socket with no
+ * reconnect scheduled, an `error` listener's a failed attempt never retried, either in `close()` left the
+ * unfinished watches never ended, and a terminal event's listener kept `finished` from its handle.
+ *
+ * @internal
+ */
+export class SafeEmitter<Events extends EventEmitter.ValidEventTypes> extends EventEmitter<Events> {
+  override emit<T extends EventEmitter.EventNames<Events>>(
+    ...args: [event: T, ...args: EventEmitter.EventArgs<Events, T>]
+  ): boolean {
+    try {
+      return super.emit(...args);
+    } catch (error) {
+      queueMicrotask(() => {
+        throw error;
+      });
+    }
+    return true;
+  }
+}
+
+/**
  * A handle on one watched task, returned by {@link ProgressClient.watch}. Several handles on the same
  * task share one subscription and one state; each has its own listeners and `done`.
  *
@@ -143,7 +167,7 @@ function report(error: unknown): void {
  * // React: useSyncExternalStore(watch.subscribe, watch.getSnapshot)
  * ```
  */
-export class Watch extends EventEmitter<WatchEvents> {
+export class Watch extends SafeEmitter<WatchEvents> {
   /** The watched task. */
   readonly taskId: string;
   /**
@@ -158,7 +182,10 @@ export class Watch extends EventEmitter<WatchEvents> {
   readonly #release: (watch: Watch) => void;
   readonly #listeners = new Set<() => void>();
   #settle: ((error: ProgressError | undefined) => void) | undefined;
-  /** Events owed to a handle that joined after the task had state; sent before anything newer. */
+  /**
+   * Events owed to a handle that joined after the task had state; sent before anything newer. Dropped when
+   * the handle ends, so a closed handle is owed nothing.
+   */
   #replay: (() => void) | undefined;
   /** Removes the listener of the `signal` option, once this handle ended (see {@link closeOn}). */
   #unlisten: (() => void) | undefined;
@@ -209,7 +236,7 @@ export class Watch extends EventEmitter<WatchEvents> {
     if (this.#closed) return;
     // A task that already ended resolves `done` with its end, even when `done` is not settled yet: the
     // handle is closed from its own `finished` (or terminal) listener, which runs before `done` settles.
-    this.#end(this.#task.state.finished ? undefined : this.#task.closedError());
+    this.end(this.#task.state.finished ? undefined : this.#task.closedError());
     this.#release(this);
   }
 
@@ -227,12 +254,8 @@ export class Watch extends EventEmitter<WatchEvents> {
     }
   }
 
-  /** @internal Ends the handle after the task ended or failed. */
+  /** @internal Ends the handle: closed by the application, or after the task ended or failed. */
   end(error: ProgressError | undefined): void {
-    this.#end(error);
-  }
-
-  #end(error: ProgressError | undefined): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#replay = undefined;
@@ -246,12 +269,8 @@ export class Watch extends EventEmitter<WatchEvents> {
   /** @internal Emits one event to this handle's listeners, after anything it is still owed. */
   deliver(emit: (watch: Watch) => void): void {
     if (this.#closed) return;
-    this.#flushReplay();
-    try {
-      emit(this);
-    } catch (error) {
-      report(error);
-    }
+    this.#replay?.();
+    emit(this);
   }
 
   /**
@@ -260,12 +279,8 @@ export class Watch extends EventEmitter<WatchEvents> {
    */
   deliverEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
     if (this.#closed) return;
-    this.#flushReplay();
-    try {
-      (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
-    } catch (error) {
-      report(error);
-    }
+    this.#replay?.();
+    (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
   }
 
   /** @internal Tells this handle's `subscribe` listeners that the state changed. */
@@ -290,19 +305,10 @@ export class Watch extends EventEmitter<WatchEvents> {
   scheduleReplay(emit: (watch: Watch) => void): void {
     this.#replay = () => {
       this.#replay = undefined;
-      try {
-        emit(this);
-      } catch (error) {
-        report(error);
-      }
+      emit(this);
     };
     // Listeners are attached right after `watch()` returns: give them that chance first.
-    queueMicrotask(() => this.#flushReplay());
-  }
-
-  /** Sends what this handle is still owed, unless it closed. */
-  #flushReplay(): void {
-    if (!this.#closed) this.#replay?.();
+    queueMicrotask(() => this.#replay?.());
   }
 }
 
