@@ -316,6 +316,53 @@ describe('delivery', () => {
     await client.close();
   });
 
+  it('lets go of a task whose end was acknowledged once a heartbeat no longer lists it: a long-lived client keeps none of them', async () => {
+    // A service watching one job after another (`await client.watch(id).done`, the handle never closed).
+    // Until 6 December 2026 each one stayed in the client with its handle, its listeners and its listener
+    // on the signal: memory growing for as long as the client lived.
+    const { client, socket, watch } = subscribed();
+    const controller = new AbortController();
+    setMaxListeners(21, controller.signal);
+    const listeners = () => getEventListeners(controller.signal, 'abort').length;
+    const jobs = [];
+    for (let i = 0; i < 20; i++) {
+      const job = new FakeTask(`job-${i}`, 1);
+      const handle = client.watch(job.id, { signal: controller.signal });
+      handle.on('finished', () => undefined);
+      socket.push(snap(job.view()));
+      socket.push(ev(job.item('a')));
+      const end = job.end();
+      socket.push(ev(end));
+      await handle.done;
+      jobs.push({ handle, end });
+    }
+    expect(socket.frames('unsubscribe')).toHaveLength(20);
+    expect(listeners()).toBe(20);
+    // A heartbeat that crossed job-0's unsubscribe still lists it: kept, its re-sent terminal acknowledged.
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 0, 'job-0': 2 } });
+    const [first, second] = jobs as [(typeof jobs)[0], (typeof jobs)[0]];
+    expect(first.handle.closed).toBe(false);
+    expect(second.handle.closed).toBe(true);
+    expect(listeners()).toBe(1);
+    const acks = () => socket.frames('ack').filter((ack) => ack.seq === 2).length;
+    const before = acks();
+    socket.push(ev(first.end));
+    expect(acks()).toBe(before + 1);
+    // Let go of: nothing about job-1 is answered any more (the server no longer follows it).
+    socket.push(ev(second.end));
+    expect(acks()).toBe(before + 1);
+    // A handle let go of keeps its final state, and its listeners are gone.
+    expect(second.handle.getSnapshot()).toMatchObject({ status: 'completed', seq: 2 });
+    expect((await second.handle.done).status).toBe('completed');
+    expect(second.handle.listenerCount('finished')).toBe(0);
+    socket.push({ type: 'heartbeat', time: 2, seqs: { t1: 0 } });
+    expect(first.handle.closed).toBe(true);
+    expect(listeners()).toBe(0);
+    // The unfinished watch is not touched.
+    expect(watch.closed).toBe(false);
+    await client.close();
+  });
+
   it('closes the handles of the old run left open when a new watch of the id asks the server again', async () => {
     // Left open, they were out of the client's reach: its close() did not close them (`closed` stayed
     // false, their listeners stayed attached).

@@ -325,11 +325,19 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       case 'heartbeat':
         // (Each task's `resync` is its subscribe: the heartbeat is ignored for a finished cursor.)
         // Own keys only: a task id such as `toString` would otherwise read Object.prototype's.
+        // A task that the heartbeat frees (its end acknowledged, and no longer followed by the server, which
+        // re-sends a terminal frame to acknowledge again only while it follows the task) is let go of: a
+        // new watch of its id asks the server anyway (see watch()). Its handles close as a failed task's
+        // do, quietly, keeping their final state. Kept, every task a long-lived client ever watched stayed
+        // here, with its handles and their listeners, unless the application closed each handle.
         for (const task of this.#tasks.values())
-          task.heartbeat(
-            Object.hasOwn(frame.seqs, task.taskId) ? frame.seqs[task.taskId] : undefined,
-            this.#o.behindGraceMs,
-          );
+          if (
+            task.heartbeat(
+              Object.hasOwn(frame.seqs, task.taskId) ? frame.seqs[task.taskId] : undefined,
+              this.#o.behindGraceMs,
+            )
+          )
+            this.#failTask(task, task.task.closedError());
         return;
       case 'error':
         this.#onErrorFrame(frame);

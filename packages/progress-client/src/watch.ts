@@ -124,13 +124,6 @@ export interface WatchSource {
   closedError(): ProgressError;
 }
 
-/** Reports an exception thrown by application code without breaking delivery to the other listeners. */
-function report(error: unknown): void {
-  queueMicrotask(() => {
-    throw error;
-  });
-}
-
 /**
  * An emitter whose listeners are the application's: one that throws is reported (thrown again in a
  * microtask, as a browser reports an event handler's) and the client's step that emitted goes on. Until
@@ -223,7 +216,10 @@ export class Watch extends SafeEmitter<WatchEvents> {
     };
   };
 
-  /** True once {@link close} was called (or the client closed). */
+  /**
+   * True once {@link close} was called, or the client closed, or let go of the task: its end acknowledged,
+   * at the first heartbeat from the server that no longer lists it (the handle keeps its final state).
+   */
   get closed(): boolean {
     return this.#closed;
   }
@@ -291,7 +287,10 @@ export class Watch extends SafeEmitter<WatchEvents> {
       try {
         listener();
       } catch (error) {
-        report(error);
+        // Reported as SafeEmitter reports a listener's exception.
+        queueMicrotask(() => {
+          throw error;
+        });
       }
     }
   }
