@@ -94,6 +94,34 @@ describe('connection', () => {
     await client.close();
   });
 
+  it.each([undefined, 42, ''])(
+    'a token function that returns %j fails as one that throws (reported, retried), not sent for the server to refuse with 4001, which is fatal',
+    async (bad) => {
+      // `undefined` from a function called before the login that sets the token: sent as it was, the auth
+      // frame had no token, the server closed with 4001, and the client ended for good.
+      let calls = 0;
+      const { client, server, scheduler, errors } = setup({
+        token: (() => (++calls === 1 ? bad : 'tok-2')) as () => string,
+        httpFallbackAfterAttempts: 0,
+      });
+      const watch = client.watch('t1');
+      server.last.open();
+      await flush();
+      expect(server.last.sent).toEqual([]);
+      expect(errors).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated })]);
+      expect(errors[0]?.message).toBe('The token provider failed');
+      expect(errors[0]?.cause).toBe(bad);
+      await scheduler.advance(1000);
+      expect(server.sockets).toHaveLength(2);
+      server.last.open();
+      await flush();
+      expect(server.last.sent).toEqual([{ type: 'auth', token: 'tok-2', protocol: PROTOCOL_VERSION }]);
+      expect(client.state).toBe('reconnecting');
+      await client.close();
+      await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    },
+  );
+
   it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
     const { client, server } = setup({ token: 'secret-token' });
     expect(server.sockets).toHaveLength(0);

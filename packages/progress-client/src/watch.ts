@@ -174,7 +174,8 @@ export class Watch extends SafeEmitter<WatchEvents> {
   readonly #task: WatchSource;
   readonly #release: (watch: Watch) => void;
   readonly #listeners = new Set<() => void>();
-  #settle: ((error: ProgressError | undefined) => void) | undefined;
+  /** Set by the constructor (a promise's executor runs at once). */
+  #settle!: (error?: ProgressError) => void;
   /**
    * Events owed to a handle that joined after the task had state; sent before anything newer. Dropped when
    * the handle ends, so a closed handle is owed nothing.
@@ -191,8 +192,9 @@ export class Watch extends SafeEmitter<WatchEvents> {
     this.#task = task;
     this.#release = release;
     const done = new Promise<WatchState>((resolve, reject) => {
+      // Called again (each delivery after the end, and the handle's end) it changes nothing: a promise
+      // settles once.
       this.#settle = (error) => {
-        this.#settle = undefined;
         if (error === undefined) resolve(task.state);
         else reject(error);
       };
@@ -245,7 +247,8 @@ export class Watch extends SafeEmitter<WatchEvents> {
     const onAbort = () => this.close();
     if (signal.aborted) onAbort();
     else {
-      signal.addEventListener('abort', onAbort, { once: true });
+      // (Not `once`: the handle's end removes it, the abort's included.)
+      signal.addEventListener('abort', onAbort);
       this.#unlisten = () => signal.removeEventListener('abort', onAbort);
     }
   }
@@ -256,8 +259,7 @@ export class Watch extends SafeEmitter<WatchEvents> {
     this.#closed = true;
     this.#replay = undefined;
     this.#unlisten?.();
-    this.#unlisten = undefined;
-    this.#settle?.(error);
+    this.#settle(error);
     this.#listeners.clear();
     this.removeAllListeners();
   }
@@ -297,7 +299,7 @@ export class Watch extends SafeEmitter<WatchEvents> {
 
   /** @internal Settles `done` when the task is over (listeners already saw the terminal event). */
   settleIfFinished(): void {
-    if (this.#task.state.finished) this.#settle?.(undefined);
+    if (this.#task.state.finished) this.#settle();
   }
 
   /** @internal Queues the catch-up events of a handle created after the task had state. */
@@ -346,7 +348,8 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
         onAbort();
         return;
       }
-      signal?.addEventListener('abort', onAbort, { once: true });
+      // (Not `once`: `finish` removes it, the abort's included.)
+      signal?.addEventListener('abort', onAbort);
       if (timeoutMs !== undefined) {
         cancelTimer = task.timers.start(() => {
           finish();
