@@ -263,6 +263,11 @@ export class Connection {
     try {
       this.#awaitingToken = socket;
       credential = typeof token === 'function' ? await token() : token;
+      // Not a credential (`undefined` from a function called before the login that sets it, an object,
+      // `''`): failed as a token function that throws is, and retried. Sent as it was, it made an auth frame
+      // the server refuses with 4001, which ends the client for good: every watch rejected
+      // `unauthenticated`, for a credential nobody had refused.
+      if (!credential || typeof credential !== 'string') throw credential;
     } catch (cause) {
       if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
       if (socket !== this.#socket) return;
@@ -460,7 +465,7 @@ export class Connection {
   }
 }
 
-/** The token function threw or rejected: `cause` is what it threw. */
+/** The token function threw or rejected, or returned no credential: `cause` is what it threw or returned. */
 function tokenProviderFailed(cause: unknown): ProgressError {
   return new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause });
 }

@@ -106,6 +106,8 @@ export interface ProgressClientOptions {
   /**
    * A credential sent as the first frame of every connection (`{ type: 'auth', token }`) and as
    * `authorization: Bearer <token>` on HTTP requests; a function is called each time (to refresh it).
+   * A function that throws, rejects or returns no credential (not a non-empty string) fails the attempt,
+   * reported as `unauthenticated` on the client's `error`, and the client retries.
    * Leave unset when the upgrade carries the credential (cookie or header).
    * @default undefined
    */

@@ -94,6 +94,34 @@ describe('connection', () => {
     await client.close();
   });
 
+  it.each([undefined, 42, ''])(
+    'a token function that returns %j fails as one that throws (reported, retried), not sent for the server to refuse with 4001, which is fatal',
+    async (bad) => {
+      // `undefined` from a function called before the login that sets the token: sent as it was, the auth
+      // frame had no token, the server closed with 4001, and the client ended for good.
+      let calls = 0;
+      const { client, server, scheduler, errors } = setup({
+        token: (() => (++calls === 1 ? bad : 'tok-2')) as () => string,
+        httpFallbackAfterAttempts: 0,
+      });
+      const watch = client.watch('t1');
+      server.last.open();
+      await flush();
+      expect(server.last.sent).toEqual([]);
+      expect(errors).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated })]);
+      expect(errors[0]?.message).toBe('The token provider failed');
+      expect(errors[0]?.cause).toBe(bad);
+      await scheduler.advance(1000);
+      expect(server.sockets).toHaveLength(2);
+      server.last.open();
+      await flush();
+      expect(server.last.sent).toEqual([{ type: 'auth', token: 'tok-2', protocol: PROTOCOL_VERSION }]);
+      expect(client.state).toBe('reconnecting');
+      await client.close();
+      await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    },
+  );
+
   it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
     const { client, server } = setup({ token: 'secret-token' });
     expect(server.sockets).toHaveLength(0);
@@ -313,6 +341,53 @@ describe('delivery', () => {
     expect(socket.frames('unsubscribe')).toHaveLength(1);
     socket.push(ev(rerun.end()));
     expect((await again.done).seq).toBe(2);
+    await client.close();
+  });
+
+  it('lets go of a task whose end was acknowledged once a heartbeat no longer lists it: a long-lived client keeps none of them', async () => {
+    // A service watching one job after another (`await client.watch(id).done`, the handle never closed).
+    // Until 6 December 2026 each one stayed in the client with its handle, its listeners and its listener
+    // on the signal: memory growing for as long as the client lived.
+    const { client, socket, watch } = subscribed();
+    const controller = new AbortController();
+    setMaxListeners(21, controller.signal);
+    const listeners = () => getEventListeners(controller.signal, 'abort').length;
+    const jobs = [];
+    for (let i = 0; i < 20; i++) {
+      const job = new FakeTask(`job-${i}`, 1);
+      const handle = client.watch(job.id, { signal: controller.signal });
+      handle.on('finished', () => undefined);
+      socket.push(snap(job.view()));
+      socket.push(ev(job.item('a')));
+      const end = job.end();
+      socket.push(ev(end));
+      await handle.done;
+      jobs.push({ handle, end });
+    }
+    expect(socket.frames('unsubscribe')).toHaveLength(20);
+    expect(listeners()).toBe(20);
+    // A heartbeat that crossed job-0's unsubscribe still lists it: kept, its re-sent terminal acknowledged.
+    socket.push({ type: 'heartbeat', time: 1, seqs: { t1: 0, 'job-0': 2 } });
+    const [first, second] = jobs as [(typeof jobs)[0], (typeof jobs)[0]];
+    expect(first.handle.closed).toBe(false);
+    expect(second.handle.closed).toBe(true);
+    expect(listeners()).toBe(1);
+    const acks = () => socket.frames('ack').filter((ack) => ack.seq === 2).length;
+    const before = acks();
+    socket.push(ev(first.end));
+    expect(acks()).toBe(before + 1);
+    // Let go of: nothing about job-1 is answered any more (the server no longer follows it).
+    socket.push(ev(second.end));
+    expect(acks()).toBe(before + 1);
+    // A handle let go of keeps its final state, and its listeners are gone.
+    expect(second.handle.getSnapshot()).toMatchObject({ status: 'completed', seq: 2 });
+    expect((await second.handle.done).status).toBe('completed');
+    expect(second.handle.listenerCount('finished')).toBe(0);
+    socket.push({ type: 'heartbeat', time: 2, seqs: { t1: 0 } });
+    expect(first.handle.closed).toBe(true);
+    expect(listeners()).toBe(0);
+    // The unfinished watch is not touched.
+    expect(watch.closed).toBe(false);
     await client.close();
   });
 
@@ -2057,6 +2132,119 @@ describe('rate and ETA', () => {
     // 3 items in 4 s of event time (snapshot at t0, item c at t0 + 4 s).
     expect(watch.getSnapshot().rate).toBeCloseTo(0.75);
     expect(watch.getSnapshot().eta).toBe(Math.round((7 * 1000) / 0.75));
+    await client.close();
+  });
+});
+
+/**
+ * Runs `run`, collecting what application code threw meanwhile: the client reports a listener's exception
+ * as a browser reports an event handler's, thrown again in a microtask of its own (`uncaughtException`).
+ */
+async function reportedDuring(run: () => Promise<void>): Promise<unknown[]> {
+  const errors: unknown[] = [];
+  const onError = (error: unknown) => errors.push(error);
+  process.on('uncaughtException', onError);
+  try {
+    await run();
+    await flush();
+  } finally {
+    process.off('uncaughtException', onError);
+  }
+  return errors;
+}
+
+describe("the application's listeners that throw", () => {
+  it('a state listener that throws when the socket is lost: the client still reconnects, and the watch gets its end', async () => {
+    const { client, socket, task, scheduler, server, watch, log } = subscribed();
+    const bug = new Error('app bug in a state listener');
+    client.on('state', (change) => {
+      if (change.state === 'reconnecting') throw bug;
+    });
+    const reported = await reportedDuring(async () => {
+      socket.push(snap(task.view()));
+      // Thrown into the socket's close handler, it left the client `reconnecting` with no reconnect scheduled.
+      socket.serverClose(1006);
+      await scheduler.advance(1000);
+      expect(server.sockets).toHaveLength(2);
+      const second = server.accept();
+      expect(second.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+      task.end();
+      second.push(snap(task.view()));
+      await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    });
+    expect(reported).toEqual([bug]);
+    expect(log).toEqual(['snapshot@0', 'snapshot@1', 'completed@1', 'finished@1']);
+    await client.close();
+  });
+
+  it('a state listener that throws on open: the watches are still subscribed', async () => {
+    const { client, server } = setup();
+    client.on('state', (change) => {
+      if (change.state === 'open') throw new Error('app bug');
+    });
+    const watch = client.watch('t1');
+    const reported = await reportedDuring(async () => {
+      const socket = server.accept();
+      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    });
+    expect(reported).toHaveLength(1);
+    await client.close();
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+  });
+
+  it('an error listener that throws when an attempt fails: the client still retries', async () => {
+    const { client, server, scheduler, states } = setup({
+      errorAfterAttempts: 1,
+      httpFallbackAfterAttempts: 0,
+    });
+    client.on('error', () => {
+      throw new Error('app bug in an error listener');
+    });
+    client.watch('t1');
+    const reported = await reportedDuring(async () => {
+      // Thrown out of the close handler before the retry was scheduled: `connecting` for ever, no new attempt.
+      server.last.serverClose(1006);
+      expect(states.at(-1)).toMatchObject({ state: 'reconnecting' });
+      await scheduler.advance(1000);
+    });
+    expect(reported).toHaveLength(1);
+    expect(server.sockets).toHaveLength(2);
+    await client.close();
+  });
+
+  it('close() ends every unfinished watch and settles, even when a state listener throws on closed', async () => {
+    const { client, watch, scheduler } = subscribed();
+    const other = client.watch('t2');
+    client.on('state', (change) => {
+      if (change.state === 'closed') throw new Error('app bug');
+    });
+    const reported = await reportedDuring(async () => {
+      await client.close();
+    });
+    expect(reported).toHaveLength(1);
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    await expect(other.done).rejects.toMatchObject({ code: ErrorCode.Closed });
+    expect(scheduler.pending).toBe(0);
+  });
+
+  it("a terminal event's listener that throws: its handle still gets `finished`, and the other handles everything", async () => {
+    const { client, socket, task, watch, log } = subscribed();
+    const other = client.watch('t1');
+    const otherLog = record(other);
+    watch.on('completed', () => {
+      throw new Error('app bug');
+    });
+    const reported = await reportedDuring(async () => {
+      socket.push(snap(task.view()));
+      socket.push(ev(task.item('a')));
+      socket.push(ev(task.end()));
+    });
+    expect(reported).toHaveLength(1);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'completed@2', 'finished@2']);
+    expect(otherLog).toEqual(['snapshot@0', 'item@1', 'completed@2', 'finished@2']);
+    await expect(watch.done).resolves.toMatchObject({ status: 'completed' });
+    // The cursor moved on: the terminal seq was acknowledged.
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 });
     await client.close();
   });
 });

@@ -2,7 +2,6 @@ import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import { assertTaskId, exhaustive, resolvedBackoffDelayMs } from '@finishline/core/internal';
-import { EventEmitter } from 'eventemitter3';
 import { Acks } from './acks.js';
 import { AnswerWait } from './answer-wait.js';
 import { Connection } from './connection.js';
@@ -18,7 +17,7 @@ import {
   type TaskSubscriptionHost,
 } from './task-subscription.js';
 import { TimerSet } from './timers.js';
-import { Watch, type WatchOptions } from './watch.js';
+import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
@@ -63,7 +62,7 @@ export interface ProgressClientEvents {
  * const client = new ProgressClient({ url, WebSocket, headers: { authorization: `Bearer ${token}` } });
  * ```
  */
-export class ProgressClient extends EventEmitter<ProgressClientEvents> {
+export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   readonly #o: ResolvedOptions;
   readonly #timers: TimerSet;
   readonly #connection: Connection;
@@ -326,11 +325,19 @@ export class ProgressClient extends EventEmitter<ProgressClientEvents> {
       case 'heartbeat':
         // (Each task's `resync` is its subscribe: the heartbeat is ignored for a finished cursor.)
         // Own keys only: a task id such as `toString` would otherwise read Object.prototype's.
+        // A task that the heartbeat frees (its end acknowledged, and no longer followed by the server, which
+        // re-sends a terminal frame to acknowledge again only while it follows the task) is let go of: a
+        // new watch of its id asks the server anyway (see watch()). Its handles close as a failed task's
+        // do, quietly, keeping their final state. Kept, every task a long-lived client ever watched stayed
+        // here, with its handles and their listeners, unless the application closed each handle.
         for (const task of this.#tasks.values())
-          task.heartbeat(
-            Object.hasOwn(frame.seqs, task.taskId) ? frame.seqs[task.taskId] : undefined,
-            this.#o.behindGraceMs,
-          );
+          if (
+            task.heartbeat(
+              Object.hasOwn(frame.seqs, task.taskId) ? frame.seqs[task.taskId] : undefined,
+              this.#o.behindGraceMs,
+            )
+          )
+            this.#failTask(task, task.task.closedError());
         return;
       case 'error':
         this.#onErrorFrame(frame);

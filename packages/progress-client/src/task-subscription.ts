@@ -288,10 +288,12 @@ export class TaskSubscription {
    * a subscribe went out less than `graceMs` ago and the heartbeat crossed it. A cursor behind gets
    * `graceMs` for the frames in flight, then a resync. Nothing while a refused subscribe waits out its
    * backoff: its retry subscribes from the cursor anyway, and a heartbeat every interval would not
-   * let a server out of store or over its rate limit breathe.
+   * let a server out of store or over its rate limit breathe. True when the client may let go of the task:
+   * its end acknowledged, and the server no longer follows it (so re-sends no terminal frame to acknowledge).
    */
-  heartbeat(latest: number | undefined, graceMs: number): void {
-    if (this.cursor.finished || this.#socketDone || this.#retryTimer.pending) return;
+  heartbeat(latest: number | undefined, graceMs: number): boolean | undefined {
+    if (this.#socketDone) return latest === undefined;
+    if (this.cursor.finished || this.#retryTimer.pending) return;
     if (latest === undefined) {
       if (this.#subscribeOlderThan(graceMs)) this.#host.resync(this);
     } else if (this.cursor.isBehind(latest)) this.#behind(latest, graceMs);

@@ -124,11 +124,28 @@ export interface WatchSource {
   closedError(): ProgressError;
 }
 
-/** Reports an exception thrown by application code without breaking delivery to the other listeners. */
-function report(error: unknown): void {
-  queueMicrotask(() => {
-    throw error;
-  });
+/**
+ * An emitter whose listeners are the application's: one that throws is reported (thrown again in a
+ * microtask, as a browser reports an event handler's) and the client's step that emitted goes on. Until
+ * 6 December 2026 it was thrown into that step: a `state` listener's exception left a lost socket with no
+ * reconnect scheduled, an `error` listener's a failed attempt never retried, either in `close()` left the
+ * unfinished watches never ended, and a terminal event's listener kept `finished` from its handle.
+ *
+ * @internal
+ */
+export class SafeEmitter<Events extends EventEmitter.ValidEventTypes> extends EventEmitter<Events> {
+  override emit<T extends EventEmitter.EventNames<Events>>(
+    ...args: [event: T, ...args: EventEmitter.EventArgs<Events, T>]
+  ): boolean {
+    try {
+      return super.emit(...args);
+    } catch (error) {
+      queueMicrotask(() => {
+        throw error;
+      });
+    }
+    return true;
+  }
 }
 
 /**
@@ -143,7 +160,7 @@ function report(error: unknown): void {
  * // React: useSyncExternalStore(watch.subscribe, watch.getSnapshot)
  * ```
  */
-export class Watch extends EventEmitter<WatchEvents> {
+export class Watch extends SafeEmitter<WatchEvents> {
   /** The watched task. */
   readonly taskId: string;
   /**
@@ -157,8 +174,12 @@ export class Watch extends EventEmitter<WatchEvents> {
   readonly #task: WatchSource;
   readonly #release: (watch: Watch) => void;
   readonly #listeners = new Set<() => void>();
-  #settle: ((error: ProgressError | undefined) => void) | undefined;
-  /** Events owed to a handle that joined after the task had state; sent before anything newer. */
+  /** Set by the constructor (a promise's executor runs at once). */
+  #settle!: (error?: ProgressError) => void;
+  /**
+   * Events owed to a handle that joined after the task had state; sent before anything newer. Dropped when
+   * the handle ends, so a closed handle is owed nothing.
+   */
   #replay: (() => void) | undefined;
   /** Removes the listener of the `signal` option, once this handle ended (see {@link closeOn}). */
   #unlisten: (() => void) | undefined;
@@ -171,8 +192,9 @@ export class Watch extends EventEmitter<WatchEvents> {
     this.#task = task;
     this.#release = release;
     const done = new Promise<WatchState>((resolve, reject) => {
+      // Called again (each delivery after the end, and the handle's end) it changes nothing: a promise
+      // settles once.
       this.#settle = (error) => {
-        this.#settle = undefined;
         if (error === undefined) resolve(task.state);
         else reject(error);
       };
@@ -196,7 +218,10 @@ export class Watch extends EventEmitter<WatchEvents> {
     };
   };
 
-  /** True once {@link close} was called (or the client closed). */
+  /**
+   * True once {@link close} was called, or the client closed, or let go of the task: its end acknowledged,
+   * at the first heartbeat from the server that no longer lists it (the handle keeps its final state).
+   */
   get closed(): boolean {
     return this.#closed;
   }
@@ -209,7 +234,7 @@ export class Watch extends EventEmitter<WatchEvents> {
     if (this.#closed) return;
     // A task that already ended resolves `done` with its end, even when `done` is not settled yet: the
     // handle is closed from its own `finished` (or terminal) listener, which runs before `done` settles.
-    this.#end(this.#task.state.finished ? undefined : this.#task.closedError());
+    this.end(this.#task.state.finished ? undefined : this.#task.closedError());
     this.#release(this);
   }
 
@@ -222,23 +247,19 @@ export class Watch extends EventEmitter<WatchEvents> {
     const onAbort = () => this.close();
     if (signal.aborted) onAbort();
     else {
-      signal.addEventListener('abort', onAbort, { once: true });
+      // (Not `once`: the handle's end removes it, the abort's included.)
+      signal.addEventListener('abort', onAbort);
       this.#unlisten = () => signal.removeEventListener('abort', onAbort);
     }
   }
 
-  /** @internal Ends the handle after the task ended or failed. */
+  /** @internal Ends the handle: closed by the application, or after the task ended or failed. */
   end(error: ProgressError | undefined): void {
-    this.#end(error);
-  }
-
-  #end(error: ProgressError | undefined): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#replay = undefined;
     this.#unlisten?.();
-    this.#unlisten = undefined;
-    this.#settle?.(error);
+    this.#settle(error);
     this.#listeners.clear();
     this.removeAllListeners();
   }
@@ -246,12 +267,8 @@ export class Watch extends EventEmitter<WatchEvents> {
   /** @internal Emits one event to this handle's listeners, after anything it is still owed. */
   deliver(emit: (watch: Watch) => void): void {
     if (this.#closed) return;
-    this.#flushReplay();
-    try {
-      emit(this);
-    } catch (error) {
-      report(error);
-    }
+    this.#replay?.();
+    emit(this);
   }
 
   /**
@@ -260,12 +277,8 @@ export class Watch extends EventEmitter<WatchEvents> {
    */
   deliverEvent(name: 'progress' | 'item', event: ProgressEvent | ItemEvent, state: WatchState): void {
     if (this.#closed) return;
-    this.#flushReplay();
-    try {
-      (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
-    } catch (error) {
-      report(error);
-    }
+    this.#replay?.();
+    (this.emit as (name: string, event: unknown, state: WatchState) => boolean)(name, event, state);
   }
 
   /** @internal Tells this handle's `subscribe` listeners that the state changed. */
@@ -276,33 +289,27 @@ export class Watch extends EventEmitter<WatchEvents> {
       try {
         listener();
       } catch (error) {
-        report(error);
+        // Reported as SafeEmitter reports a listener's exception.
+        queueMicrotask(() => {
+          throw error;
+        });
       }
     }
   }
 
   /** @internal Settles `done` when the task is over (listeners already saw the terminal event). */
   settleIfFinished(): void {
-    if (this.#task.state.finished) this.#settle?.(undefined);
+    if (this.#task.state.finished) this.#settle();
   }
 
   /** @internal Queues the catch-up events of a handle created after the task had state. */
   scheduleReplay(emit: (watch: Watch) => void): void {
     this.#replay = () => {
       this.#replay = undefined;
-      try {
-        emit(this);
-      } catch (error) {
-        report(error);
-      }
+      emit(this);
     };
     // Listeners are attached right after `watch()` returns: give them that chance first.
-    queueMicrotask(() => this.#flushReplay());
-  }
-
-  /** Sends what this handle is still owed, unless it closed. */
-  #flushReplay(): void {
-    if (!this.#closed) this.#replay?.();
+    queueMicrotask(() => this.#replay?.());
   }
 }
 
@@ -341,7 +348,8 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
         onAbort();
         return;
       }
-      signal?.addEventListener('abort', onAbort, { once: true });
+      // (Not `once`: `finish` removes it, the abort's included.)
+      signal?.addEventListener('abort', onAbort);
       if (timeoutMs !== undefined) {
         cancelTimer = task.timers.start(() => {
           finish();
