@@ -384,8 +384,11 @@ export class SqliteProgressStore implements ProgressStore {
       const { olderThanMs, limit } = parsePurgeOptions(options);
       this.#appends.flush();
       return this.#transactions.run(() => {
-        const cutoff = this.#clock() - olderThanMs;
-        const rows = this.#q.finishedBefore.all({ cutoff, limit }) as Pick<TaskRow, 'id'>[];
+        const now = this.#clock();
+        const rows = this.#q.finishedBefore.all({ cutoff: now - olderThanMs, now, limit }) as Pick<
+          TaskRow,
+          'id'
+        >[];
         if (rows.length === 0) return 0;
         for (const row of rows) this.#cache.forget(String(row.id));
         const ids = JSON.stringify(rows.map((row) => row.id));
