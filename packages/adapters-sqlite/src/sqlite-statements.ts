@@ -186,7 +186,7 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
       database,
       builder
         .selectFrom(TABLES.tasks)
-        .select('id')
+        .select(['id', 'seq'])
         .where('status', '<>', running)
         .where('finished_at', '<=', param('cutoff'))
         // Not in the millisecond it was created: its id taken again would be the same run (`isPurgeable`).
