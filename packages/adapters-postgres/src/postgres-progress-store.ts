@@ -621,7 +621,9 @@ export class PostgresProgressStore implements ProgressStore {
     this.#assertOpen();
     const { olderThanMs, limit } = parsePurgeOptions(options);
     const now = this.#clock();
-    const doomed = purgeFinished(this.#purgeTarget, { cutoff: now - olderThanMs, limit, now });
+    // `created_at` is of the database's clock unless the caller gave one (see `clock`).
+    const createdBefore = this.#options.leaseClock === DATABASE_CLOCK ? DATABASE_CLOCK : now;
+    const doomed = purgeFinished(this.#purgeTarget, { cutoff: now - olderThanMs, limit, now, createdBefore });
     // Its notice may come, and barriers pass it, before its reply: the purges heard are kept until then.
     const settled = this.#listener.ownPurge();
     let rows: { id: string; xid: string }[];

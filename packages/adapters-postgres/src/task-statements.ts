@@ -1,7 +1,7 @@
 import type { Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
-import { databaseNow } from './lease-statements.js';
+import { DATABASE_CLOCK, databaseNow } from './lease-statements.js';
 import { toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import { type EventRow, type TaskRow, taskColumns, toTask } from './row-codec.js';
@@ -195,12 +195,24 @@ export interface PurgeTarget extends AppendTarget {
  */
 export function purgeFinished(
   target: PurgeTarget,
-  { cutoff, limit, now }: { cutoff: number; limit: number; now: number },
+  {
+    cutoff,
+    limit,
+    now,
+    createdBefore,
+  }: { cutoff: number; limit: number; now: number; createdBefore: number | typeof DATABASE_CLOCK },
 ): RawBuilder<{ id: string; xid: string }> {
+  // Not a task created in this millisecond of the clock `created_at` comes from: its id taken again would be
+  // the same run (see `isPurgeable` in core). The database's time is read once, before any row is locked.
+  const clock =
+    createdBefore === DATABASE_CLOCK
+      ? sql`SELECT ${databaseNow} AS now`
+      : sql`SELECT ${createdBefore}::int8 AS now`;
   return sql<{ id: string; xid: string }>`
-    WITH doomed AS (
+    WITH clock AS MATERIALIZED (${clock}), doomed AS (
       SELECT id FROM ${target.tasks}
       WHERE status <> 'running' AND finished_at IS NOT NULL AND finished_at <= ${cutoff}
+        AND created_at < (SELECT now FROM clock)
       ORDER BY finished_at, id
       LIMIT ${limit}
       FOR UPDATE SKIP LOCKED

@@ -28,13 +28,16 @@ async function skewed<T>(skewMs: number, call: () => Promise<T>): Promise<T> {
   }
 }
 
-async function twoReplicas(): Promise<[PostgresProgressStore, PostgresProgressStore]> {
+async function twoReplicas(
+  onSchema?: (admin: ReturnType<typeof newPool>, schema: string) => void,
+): Promise<[PostgresProgressStore, PostgresProgressStore]> {
   const schema = freshSchema('skew');
   const admin = newPool(2, 'finishline-test-admin');
   cleanups.push(async () => {
     await dropSchema(admin, schema);
     await admin.end();
   });
+  onSchema?.(admin, schema);
   const replicas: PostgresProgressStore[] = [];
   for (let i = 0; i < 2; i++) {
     const pool = newPool(4);
@@ -82,6 +85,8 @@ describe('replicas with skewed clocks (lease times from the database)', () => {
     const [first, behind] = await twoReplicas();
     const old = await first.createTask({ id: 'drain-node-7', owner: 'u', kind: 'k' });
     await first.append(old.id, { type: 'completed' });
+    // Out of its creation's millisecond of the database's clock (a task is not purged in it).
+    await new Promise((resolve) => setTimeout(resolve, 2));
     expect(await first.purgeFinished({ olderThanMs: 0 })).toBe(1);
 
     const again = await skewed(-60_000, () =>
@@ -97,6 +102,24 @@ describe('replicas with skewed clocks (lease times from the database)', () => {
       code: 'task_not_found',
     });
     await behind.append(again.id, { type: 'progress', done: 1 }, { run: again.createdAt });
+  });
+
+  it("a replica whose clock runs ahead does not purge a task created at or after the database's now", async () => {
+    let sql: (text: string) => Promise<unknown> = async () => {};
+    const [first, ahead] = await twoReplicas((admin, schema) => {
+      sql = (text) => admin.query(text.replaceAll('$schema', schema));
+    });
+    const task = await first.createTask({ id: 'drain-node-8', owner: 'u', kind: 'k' });
+    await first.append(task.id, { type: 'completed' });
+    // Its run as the database's clock will next read it (the store reads `created_at` from that clock): a
+    // purge by the replica's own clock, 60 s ahead, would take it, and the id created again within that
+    // millisecond would be the same run.
+    await sql(`UPDATE $schema.tasks SET created_at = created_at + 30000 WHERE id = 'drain-node-8'`);
+    expect(await skewed(60_000, () => ahead.purgeFinished({ olderThanMs: 0 }))).toBe(0);
+    expect((await first.getTask(task.id))?.status).toBe('completed');
+    await sql(`UPDATE $schema.tasks SET created_at = created_at - 30000 WHERE id = 'drain-node-8'`);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    expect(await skewed(60_000, () => ahead.purgeFinished({ olderThanMs: 0 }))).toBe(1);
   });
 
   it("a replica whose clock runs 60 s behind still reaps a dead replica's expired lease", async () => {

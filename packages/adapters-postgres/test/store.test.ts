@@ -1167,6 +1167,8 @@ describe('operator view and retention', () => {
       await store.createTask({ id, owner: 'alice', kind: 'k' });
       await store.append(id, { type: 'completed' });
     }
+    // Out of their creation's millisecond (a task is not purged in it).
+    clock.advance(1);
     expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(2);
     const records = await pool.query(
       `SELECT task_id, xid::text AS xid, purged_at::float8 AS purged_at FROM ${schema}.purged ORDER BY task_id`,

@@ -186,13 +186,15 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
       database,
       builder
         .selectFrom(TABLES.tasks)
-        .select('id')
+        .select(['id', 'seq'])
         .where('status', '<>', running)
         .where('finished_at', '<=', param('cutoff'))
+        // Not in the millisecond it was created: its id taken again would be the same run (`isPurgeable`).
+        .where('created_at', '<', param('now'))
         .orderBy('finished_at')
         .orderBy('id')
         .limit(param('limit')),
-      ['cutoff', 'limit'],
+      ['cutoff', 'now', 'limit'],
     ),
     deleteEventsOfTasks: new PreparedQuery(
       database,

@@ -6,6 +6,7 @@ import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
 import type { SqliteDatabase, SqliteProgressStoreOptions } from '../src/index.js';
 import { SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
+import { PURGE_EVENT_BUDGET } from '../src/sqlite-progress-store.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
 async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
@@ -390,6 +391,46 @@ describe('rows remembered between append batches', () => {
 });
 
 describe('retention', () => {
+  it(`stops a purge once its tasks' events pass ${PURGE_EVENT_BUDGET}, taking at least one task`, async () => {
+    // One purge is one write transaction on a synchronous driver: every write and this process's event
+    // loop wait for it. Before, a call deleted up to `limit` (500) tasks whatever their events numbered.
+    const db = tempDatabase();
+    const clock = new ManualClock();
+    const store = new SqliteProgressStore({ database: db.file, clock: clock.now });
+    const events = Math.ceil(PURGE_EVENT_BUDGET * 0.4);
+    try {
+      for (const id of ['a', 'b', 'c']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k' });
+        const appends = [];
+        for (let i = 1; i < events; i++)
+          appends.push(store.append(id, { type: 'item', key: `n${i}`, ok: true }));
+        appends.push(store.append(id, { type: 'completed' }));
+        await Promise.all(appends);
+        clock.advance(1);
+      }
+      const ids = async () => [...(await store.latestSeqs(['a', 'b', 'c'])).keys()].sort();
+      // Two tasks' events (0.8 of the budget) fit; a third's would pass it.
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(2);
+      expect(await ids()).toEqual(['c']);
+      await store.createTask({ id: 'big', owner: 'alice', kind: 'k' });
+      const appends = [];
+      for (let i = 0; i < PURGE_EVENT_BUDGET; i++)
+        appends.push(store.append('big', { type: 'progress', done: i }));
+      appends.push(store.append('big', { type: 'completed' }));
+      await Promise.all(appends);
+      clock.advance(1);
+      // c, then big: together past the budget, so c alone.
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      expect(await ids()).toEqual([]);
+      // Alone past the budget: purged anyway, so a task larger than the budget is not kept for ever.
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      expect((await store.latestSeqs(['big'])).size).toBe(0);
+    } finally {
+      await store.close();
+      db.remove();
+    }
+  });
+
   it('deletes finished tasks and their events for real, oldest first, in batches', async () => {
     const db = tempDatabase();
     const clock = new ManualClock();

@@ -51,6 +51,18 @@ export interface AppOptions {
    */
   sessionSweepIntervalMs?: number;
   /**
+   * How long a finished batch (its task and events) is kept: then retention deletes it, and its page and
+   * progress answer `task_not_found`. 0 keeps none past the next retention run.
+   * @default 604800000 (7 days)
+   */
+  taskRetentionMs?: number;
+  /**
+   * How often this replica deletes finished batches older than {@link AppOptions.taskRetentionMs}: at most
+   * 500 per run (the store's default batch), one run at a time.
+   * @default 600000 (10 minutes)
+   */
+  retentionIntervalMs?: number;
+  /**
    * Nodes patched at the same time in one batch.
    * @default 4
    */
@@ -116,6 +128,8 @@ export const APP_DEFAULTS = Object.freeze({
   maxNodesPerBatch: 1000,
   maxRunningBatchesPerUser: 3,
   sessionSweepIntervalMs: 10_000,
+  taskRetentionMs: 7 * 24 * 3_600_000,
+  retentionIntervalMs: 600_000,
 });
 
 /** A running app: an `http.Server` (not yet listening) with the Finishline server attached. */
@@ -148,6 +162,14 @@ export function createApp(options: AppOptions): App {
   ] as const) {
     if (!Number.isInteger(value) || value < 1 || value > max)
       throw new Error(`createApp: ${name} must be an integer from 1 to ${max} (got ${value})`);
+  }
+  // setInterval fires a delay past 2^31 - 1 ms after 1 ms.
+  for (const [name, value, min, max] of [
+    ['taskRetentionMs', config.taskRetentionMs, 0, Number.MAX_SAFE_INTEGER],
+    ['retentionIntervalMs', config.retentionIntervalMs, 1, 2 ** 31 - 1],
+  ] as const) {
+    if (!Number.isSafeInteger(value) || value < min || value > max)
+      throw new Error(`createApp: ${name} must be an integer from ${min} to ${max} (got ${value})`);
   }
   const { sessions, db, store } = config;
   const clusters = new ClusterSet(
@@ -248,6 +270,20 @@ export function createApp(options: AppOptions): App {
     );
   }, 3_600_000);
   purge.unref();
+  // Finished batches are deleted for real once older than taskRetentionMs (the original kept every failed
+  // task for ever). One run at a time: a slow store skips a tick rather than stacking purges.
+  let retaining = false;
+  const retention = setInterval(() => {
+    if (retaining) return;
+    retaining = true;
+    store
+      .purgeFinished({ olderThanMs: config.taskRetentionMs })
+      .catch((error: unknown) => config.logger?.warn({ err: String(error) }, 'task retention failed'))
+      .finally(() => {
+        retaining = false;
+      });
+  }, config.retentionIntervalMs);
+  retention.unref();
 
   const guards = createGuards({ app, sessions, db, clusters, allowedOrigins, logger: config.logger });
   const { fail } = guards;
@@ -322,6 +358,7 @@ export function createApp(options: AppOptions): App {
     async close() {
       clearInterval(sweep);
       clearInterval(purge);
+      clearInterval(retention);
       await progress.close({ timeoutMs: 5000 });
       // The batches just stopped release their node locks after they end: the caller closes the database next.
       // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.

@@ -28,6 +28,7 @@ import type { AppendResult } from './task-transitions.js';
 import {
   assertRun,
   isLeaseExpired,
+  isPurgeable,
   leaseExpiredReason,
   newTask,
   planAppend,
@@ -238,10 +239,11 @@ export class MemoryProgressStore implements ProgressStore {
   async purgeFinished(options: PurgeOptions): Promise<number> {
     this.#assertOpen();
     const { olderThanMs, limit } = parsePurgeOptions(options);
-    const cutoff = this.#clock() - olderThanMs;
+    const now = this.#clock();
+    const cutoff = now - olderThanMs;
     const old = [...this.#tasks.values()]
       .map((entry) => entry.task)
-      .filter((task) => task.status !== 'running' && task.finishedAt !== null && task.finishedAt <= cutoff)
+      .filter((task) => isPurgeable(task, cutoff, now))
       .sort((a, b) => (a.finishedAt ?? 0) - (b.finishedAt ?? 0) || compareIds(a.id, b.id))
       .slice(0, limit);
     for (const task of old) this.#tasks.delete(task.id);

@@ -31,11 +31,12 @@ export interface ListTasksQuery {
 export interface RunFence {
   /**
    * The `createdAt` of the task the caller writes to, as `createTask` (or a read) returned it. A run is
-   * told apart by its `createdAt` alone: two runs of one id share it only if the second was created in the
-   * same millisecond of the store clock as the first (created, ended by someone else, purged with
-   * `olderThanMs: 0` and created again within one millisecond, or a clock stepped back or skewed between
-   * replicas onto that millisecond). A lease fence cannot meet that: the first run was reaped, so it
-   * ended `ttlMs` or more after it was created. An integer ≥ 0, else `invalid_input`.
+   * told apart by its `createdAt` alone. Retention never purges a task in the millisecond it was created
+   * (of the clock `createdAt` comes from), so a run created after the purge of the one before it has a
+   * later `createdAt`; two runs of one id share it only if that clock stepped back (or replicas' clocks
+   * disagree) onto the first run's millisecond. Until 6 December 2026 a task created, ended by someone
+   * else, purged with `olderThanMs: 0` and created again within one millisecond shared it, and a writer
+   * of the first run wrote into the second. An integer ≥ 0, else `invalid_input`.
    */
   run?: number;
 }
@@ -48,9 +49,18 @@ export interface ReapOptions {
 
 /** What {@link ProgressStore.purgeFinished} accepts. */
 export interface PurgeOptions {
-  /** Delete terminal tasks whose `finishedAt` is at least this many milliseconds in the past. */
+  /**
+   * Delete terminal tasks whose `finishedAt` is at least this many milliseconds in the past. `0` takes
+   * every terminal task but those created in the current millisecond, left to a later call (see
+   * {@link RunFence}).
+   */
   olderThanMs: number;
-  /** At most this many tasks (with all their events) per call. @default 500 (larger values are clamped to 5000) */
+  /**
+   * At most this many tasks (with all their events) per call. A store may take fewer while more are due
+   * (the SQLite store stops once their events pass 10,000): a count below `limit` does not mean none is
+   * left, so call on a schedule rather than until a short count.
+   * @default 500 (larger values are clamped to 5000)
+   */
   limit?: number;
 }
 
@@ -165,7 +175,9 @@ export interface ProgressStore {
 
   /**
    * Deletes terminal tasks (and their events) whose `finishedAt <= now - olderThanMs`, oldest first, at
-   * most `limit` per call; running tasks are never deleted. Returns how many tasks went.
+   * most `limit` per call; running tasks are never deleted, nor tasks whose `createdAt` is not before
+   * `now`'s millisecond (an id taken again after the purge must be a later run, see {@link RunFence}).
+   * Returns how many tasks went.
    */
   purgeFinished(options: PurgeOptions): Promise<number>;
 

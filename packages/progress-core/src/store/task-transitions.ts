@@ -190,6 +190,21 @@ export function leaseExpiredReason(task: Pick<Task, 'leaseOwner'>): string {
   return `lease of worker ${task.leaseOwner ?? 'unknown'} expired`;
 }
 
+/**
+ * True when retention may delete the task at `now` with this `cutoff` (`now - olderThanMs`): it ended at or
+ * before the cutoff, and it was created before `now`'s millisecond. A run of a task id is told apart by its
+ * `createdAt` (see `RunFence`): a task purged in the millisecond it was created (`olderThanMs: 0`) and
+ * created again in that millisecond would be the same run to every fence, so a writer of the first run
+ * (its handle, after someone else cancelled it) would write into the second, and a hub following the id
+ * would hand the second run's events to the first run's watchers. Left to the next purge, it goes a
+ * millisecond later; a task created again after that purge has a later `createdAt` on the same clock.
+ */
+export function isPurgeable(task: Task, cutoff: number, now: number): boolean {
+  return (
+    task.status !== 'running' && task.finishedAt !== null && task.finishedAt <= cutoff && task.createdAt < now
+  );
+}
+
 /** True when the task is running under a lease that expired at or before `now`. */
 export function isLeaseExpired(task: Task, now: number): boolean {
   return task.status === 'running' && task.leaseExpiresAt !== null && task.leaseExpiresAt <= now;

@@ -110,6 +110,27 @@ export function describeFenceContract(ctx: ContractContext): void {
       expect((await mustGet(ctx.store, 'task-1')).leaseOwner, 'released by its own fence').toBeNull();
     });
 
+    it('a task is not purged in the millisecond it was created, so its id taken again is a later run', async () => {
+      // Run 1 created and cancelled by someone else while its writer still holds its fence; a purge with
+      // `olderThanMs: 0` and a create of the id in that millisecond made run 2 with run 1's `createdAt`,
+      // and the writer's fenced appends went into run 2.
+      const old = await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      await ctx.store.append('task-1', { type: 'cancelled' });
+      expect(await ctx.store.purgeFinished({ olderThanMs: 0 }), 'purged in its millisecond').toBe(0);
+      await expectRejection('created again before the purge', ErrorCode.InvalidInput, () =>
+        ctx.store.createTask(taskInput({ id: 'task-1' })),
+      );
+      expect((await mustGet(ctx.store, 'task-1')).status, 'run 1 kept').toBe('cancelled');
+      ctx.clock.advance(1);
+      expect(await ctx.store.purgeFinished({ olderThanMs: 0 }), 'purged a millisecond later').toBe(1);
+      const created = await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      expect(created.createdAt, 'run 2 after run 1').toBeGreaterThan(old.createdAt);
+      await expectRejection('item fenced to run 1', ErrorCode.TaskNotFound, () =>
+        ctx.store.append('task-1', { type: 'item', key: 'old-1', ok: true }, { run: old.createdAt }),
+      );
+      expect(await ctx.store.readEvents('task-1', 0), 'run 2 log').toEqual([]);
+    });
+
     it('a fence of the task it names changes nothing: ended rejects task_finished, unknown task_not_found', async () => {
       const task = await ctx.store.createTask(taskInput({ id: 'task-1' }));
       const fence = { run: task.createdAt };

@@ -332,10 +332,16 @@ export class PurgeCommand implements StoreCommand {
   }
   async run(model: StoreModel, real: ModelReal): Promise<void> {
     const label = this.toString();
-    const cutoff = real.clock.now() - this.olderThanMs;
+    const now = real.clock.now();
+    const cutoff = now - this.olderThanMs;
+    // Never a task created in this millisecond: its id taken again would be the same run (`isPurgeable`).
     const eligible = model.tasks.filter(
       (task) =>
-        !task.purged && task.status !== 'running' && task.finishedAt !== null && task.finishedAt <= cutoff,
+        !task.purged &&
+        task.status !== 'running' &&
+        task.finishedAt !== null &&
+        task.finishedAt <= cutoff &&
+        task.createdAt < now,
     );
     const options =
       this.limit === undefined

@@ -146,7 +146,7 @@ export class AckWriter {
    * id was purged and taken again by a new task, whose seqs start over), or a seq below them (the store
    * restored), and what this writer remembers would pass the new run's acks for duplicates, never written:
    * its state goes, as in {@link forgetSeqs} (a write in flight finishes), and the run is remembered for
-   * the acks to come. (Two runs created in the same millisecond are told apart only by their seqs.) A read
+   * the acks to come. (Runs sharing a `createdAt`, after a step back of the store clock, are told apart only by their seqs.) A read
    * older than an ack written since costs at most one repeated write: the store keeps the highest ack. A
    * read older than an ack still waiting would drop it: a reader that passes `mark` ({@link mark}, taken
    * as its read started) has a read of the same run below an ack taken since ignored.
