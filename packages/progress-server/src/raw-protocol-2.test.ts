@@ -332,6 +332,8 @@ describe('subscribe and snapshots (doc: snapshot, subscribe, rules 1–3)', () =
     expect(terminal.task).toMatchObject({ status: 'completed', seq: 3 });
     client.send({ type: 'ack', taskId: 'reused', seq: 3 });
     await client.sync();
+    // Retention leaves a task in the millisecond it was created (its id taken again would be the same run).
+    await new Promise((resolve) => setTimeout(resolve, 2));
     expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
     const from = client.frames.length;
     const again = await server.tasks.create({ owner: 'alice', kind: 'k2', id: 'reused' });
