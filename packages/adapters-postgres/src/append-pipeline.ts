@@ -5,6 +5,7 @@ import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { LastWrittenRows } from './last-written-rows.js';
+import { lockingTransaction } from './locking-transaction.js';
 import {
   type ChangeNotice,
   encodeChangeNotices,
@@ -910,7 +911,7 @@ export class AppendPipeline {
     const { db, statements, clock, expectCommit } = this.#options;
     const now = clock();
     const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
-    return db.transaction().execute(async (trx) => {
+    return lockingTransaction(db).execute(async (trx) => {
       if (mode === 'wait') {
         await sql`SELECT set_config('lock_timeout', ${`${HELD_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
       }
