@@ -9,7 +9,10 @@ import { eventually, pgUrl, storeFixtures } from './support.js';
  * or database with `default_transaction_isolation` set to `repeatable read` or `serializable` (a common
  * hardening) made each such wait end in "could not serialize access due to concurrent update": the append
  * or renewal rejected with `store_unavailable` (with two replicas appending to the same tasks, half of
- * their appends).
+ * their appends). The store's single statements (an ack, an append planned from the row it last wrote) run
+ * at the default: one that finds its row changed since it began fails with that error, having written
+ * nothing, and is done again in a `READ COMMITTED` transaction (until 6 December 2026 it rejected: half of
+ * two replicas' acks of the same tasks).
  */
 
 const { admin, migrated, open } = storeFixtures('isolation');
@@ -79,6 +82,38 @@ for (const level of ['repeatable read', 'serializable']) {
       await expect(appending).resolves.toMatchObject({ event: { seq: 1 } });
       await expect(renewing).resolves.toMatchObject({ leaseOwner: 'worker' });
       await expect(store.getTask('held')).resolves.toMatchObject({ seq: 1, done: 1 });
+    });
+
+    it('acks and appends (its single statements) when the row changed after the statement began', async () => {
+      const schema = await migrated();
+      const pool = poolAt(level);
+      const store = await open({ schema, pool });
+      await store.createTask({ id: 'moved', owner: 'alice', kind: 'k' });
+      // Remembered as written: the next append is one autocommit statement, planned from this row.
+      await store.append('moved', { type: 'item', key: 'a', ok: true });
+
+      // The table locked: each statement takes its snapshot, then waits for the table before its row lock.
+      const holder = await admin.connect();
+      await holder.query('BEGIN');
+      await holder.query(`LOCK TABLE ${schema}.tasks IN EXCLUSIVE MODE`);
+      const acking = store.ack('moved', 1);
+      const appending = store.append('moved', { type: 'item', key: 'b', ok: true });
+      acking.catch(() => {});
+      appending.catch(() => {});
+      try {
+        await eventually(
+          'the ack and the append wait for the table',
+          async () => (await waitingForLocks()) >= 2,
+        );
+        // A new version of the row, committed after both statements took their snapshot.
+        await holder.query(`UPDATE ${schema}.tasks SET acked_seq = acked_seq WHERE id = 'moved'`);
+        await holder.query('COMMIT');
+      } finally {
+        holder.release();
+      }
+      await expect(acking).resolves.toBe(1);
+      await expect(appending).resolves.toMatchObject({ event: { seq: 2 } });
+      await expect(store.getTask('moved')).resolves.toMatchObject({ seq: 2, ackedSeq: 1, done: 2 });
     });
   });
 }
