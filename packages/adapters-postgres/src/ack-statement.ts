@@ -1,7 +1,8 @@
 import { ErrorCode, isProgressError, ProgressError } from '@finishline/core';
 import { compareIds, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
-import { toProgressError } from './pg-errors.js';
+import { lockingTransaction } from './locking-transaction.js';
+import { isSerializationFailure, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import { intColumn } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
@@ -94,11 +95,17 @@ export async function writeAcks(
 ): Promise<void> {
   const taskIds = [...new Set(batch.map((entry) => entry.input.taskId))].sort(compareIds);
   const rows = new Map<string, { seq: number; ackedSeq: number; skipped: boolean } | ProgressError>();
+  const input = {
+    ackTaskIds: batch.map((entry) => entry.input.taskId),
+    ackSeqs: batch.map((entry) => entry.input.seq),
+    taskIds,
+  };
   try {
-    const { rows: result } = await statement.run(db, {
-      ackTaskIds: batch.map((entry) => entry.input.taskId),
-      ackSeqs: batch.map((entry) => entry.input.seq),
-      taskIds,
+    const { rows: result } = await statement.run(db, input).catch((error: unknown) => {
+      // At a session default stricter than READ COMMITTED, a row changed since the statement began fails it
+      // (nothing written): once more in a READ COMMITTED transaction, which builds on the newest row.
+      if (!isSerializationFailure(error)) throw error;
+      return lockingTransaction(db).execute((trx) => statement.run(trx, input));
     });
     for (const row of result) {
       // A row damaged by hand (an int8 above 2^53 came back rounded): its acks fail, the others' do not.

@@ -5,6 +5,7 @@ import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { LastWrittenRows } from './last-written-rows.js';
+import { lockingTransaction } from './locking-transaction.js';
 import {
   type ChangeNotice,
   encodeChangeNotices,
@@ -16,7 +17,13 @@ import {
   PAYLOADS_SEPARATOR,
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
-import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import {
+  isDatabaseError,
+  isRowRefusal,
+  isSerializationFailure,
+  LOCK_NOT_AVAILABLE,
+  toProgressError,
+} from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import {
   int,
@@ -427,7 +434,12 @@ export async function writeAppendsIfUnchanged(
   try {
     ({ rows } = await statements.writeIfUnchanged.run(db, encodedArguments(encoded)));
   } catch (error) {
-    if (isDatabaseError(error) && error.code === ROW_MOVED_ON) throw new RowMovedOn();
+    // A serialization failure (a session default stricter than READ COMMITTED, and a row that changed since
+    // the statement began) wrote nothing either: the caller plans again from the rows, locked in a
+    // READ COMMITTED transaction.
+    if ((isDatabaseError(error) && error.code === ROW_MOVED_ON) || isSerializationFailure(error)) {
+      throw new RowMovedOn();
+    }
     throw error;
   }
   const current = new Map(
@@ -910,7 +922,7 @@ export class AppendPipeline {
     const { db, statements, clock, expectCommit } = this.#options;
     const now = clock();
     const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);
-    return db.transaction().execute(async (trx) => {
+    return lockingTransaction(db).execute(async (trx) => {
       if (mode === 'wait') {
         await sql`SELECT set_config('lock_timeout', ${`${HELD_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
       }

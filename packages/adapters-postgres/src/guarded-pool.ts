@@ -44,6 +44,20 @@ const PLAIN = new WeakMap<object, PostgresPoolClient>();
  */
 const HELD_BY = new WeakMap<object, Set<PgPoolClient>>();
 
+/** pg-pool's `acquire` event: a client handed out, emitted before the `connect` it answers resolves. */
+interface AcquireEvents {
+  on(event: 'acquire', listener: (client: unknown) => void): unknown;
+  removeListener(event: 'acquire', listener: (client: unknown) => void): unknown;
+}
+
+/** Gives `client` the `error` listener (see {@link guardedPool}), once. */
+function guard(client: unknown): void {
+  const emitter = client as { on?: (event: 'error', listener: () => void) => unknown } | null;
+  if (typeof emitter?.on !== 'function' || GUARDED.has(emitter)) return;
+  GUARDED.add(emitter);
+  emitter.on('error', () => {});
+}
+
 function release(client: PgPoolClient, destroy?: boolean): void {
   HELD_BY.get(client)?.delete(client);
   client.release(destroy);
@@ -96,17 +110,33 @@ export interface GuardedPool extends PostgresPool {
  * whose connection dies between two queries of a transaction emits `error`, which without a listener
  * crashes the process; with one, the failure still reaches the store, as the rejection of the
  * transaction's next query (`store_unavailable`), and the pool discards the client on release.
+ *
+ * The listener is added when pg-pool hands the client out (its `acquire` event, while a `connect` of the
+ * store waits), not once `connect` resolves: pg-pool takes its own listener off a new client before it
+ * resolves, and pg parses all that one socket read brought before a promise continues, so a backend
+ * terminated just after it reported ready (a server restart, a failover, `pg_terminate_backend` of a
+ * connection being opened) sent its FATAL in the read that carried ReadyForQuery, and the `error` it
+ * emitted, with no listener on the client, crashed the process. A client the pool hands to another of its
+ * users meanwhile gets the listener too, as every client the store has used keeps it.
  */
 export function guardedPool(pool: PgPool, options: { preparedStatements: boolean }): GuardedPool {
   const held = new Set<PgPoolClient>();
+  const events = pool as unknown as Partial<AcquireEvents>;
+  const acquireEvents =
+    typeof events.on === 'function' && typeof events.removeListener === 'function'
+      ? (events as AcquireEvents)
+      : undefined;
+  let connecting = 0;
   return {
     async connect() {
-      const client = (await pool.connect()) as PgPoolClient;
-      const emitter = client as unknown as { on?: (event: 'error', listener: () => void) => unknown };
-      if (!GUARDED.has(client) && typeof emitter.on === 'function') {
-        GUARDED.add(client);
-        emitter.on('error', () => {});
+      if (acquireEvents !== undefined && connecting++ === 0) acquireEvents.on('acquire', guard);
+      let client: PgPoolClient;
+      try {
+        client = (await pool.connect()) as PgPoolClient;
+      } finally {
+        if (acquireEvents !== undefined && --connecting === 0) acquireEvents.removeListener('acquire', guard);
       }
+      guard(client);
       held.add(client);
       HELD_BY.set(client, held);
       return options.preparedStatements ? namingClient(client) : plainClient(client);

@@ -12,6 +12,7 @@ import {
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
+import { lockingTransaction } from './locking-transaction.js';
 import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, tasksById, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
@@ -152,7 +153,7 @@ async function renewalPass(
   mode: 'skip' | 'wait',
 ): Promise<RenewalOutcome[]> {
   const taskIds = [...new Set(batch.map((call) => call.input.taskId))].sort(compareIds);
-  return db.transaction().execute(async (trx) => {
+  return lockingTransaction(db).execute(async (trx) => {
     if (mode === 'wait') {
       await sql`SELECT set_config('lock_timeout', ${`${RENEWAL_LOCK_WAIT_MS}ms`}, true)`.execute(trx);
     }
@@ -321,7 +322,7 @@ export async function reapExpiredLeases(
   { limit, expiredBy, now }: { limit: number } & ReapTime,
 ): Promise<ReapOutcome> {
   try {
-    return await db.transaction().execute(async (trx) => {
+    return await lockingTransaction(db).execute(async (trx) => {
       const { rows } = await selectExpired(target, limit, expiredBy).execute(trx);
       const planned: AppendResult[] = [];
       for (const row of rows) {
@@ -357,7 +358,7 @@ async function reapCarefully(
   statements: AppendStatements,
   { limit, expiredBy, now }: { limit: number } & ReapTime,
 ): Promise<ReapOutcome> {
-  return db.transaction().execute(async (trx) => {
+  return lockingTransaction(db).execute(async (trx) => {
     const outcome: ReapOutcome = { results: [], changes: [], damaged: [] };
     // Interrupted rows are no longer running and set-aside ones have no lease: a further query finds only
     // rows not seen yet. Another one only after rows were set aside, which took them out of it: the loop ends.

@@ -45,6 +45,15 @@ export function isRowRefusal(error: unknown): boolean {
   return isDatabaseError(error) && (error.code.startsWith('22') || error.code.startsWith('23'));
 }
 
+/**
+ * True for a serialization failure (SQLSTATE 40001): nothing of the statement was written. An autocommit
+ * statement of the store meets one only at a session default stricter than `READ COMMITTED` (see
+ * `locking-transaction.ts`), when a row it locks changed after the statement began.
+ */
+export function isSerializationFailure(error: unknown): boolean {
+  return isDatabaseError(error) && error.code === '40001';
+}
+
 /** The SQLSTATE of `lock_timeout` (lock_not_available). */
 export const LOCK_NOT_AVAILABLE = '55P03';
 

@@ -1,0 +1,119 @@
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { eventually, pgUrl, storeFixtures } from './support.js';
+
+/**
+ * The store's locking transactions wait for a row another transaction holds (an append's or a renewal's
+ * second try, after a first that skipped it), then build on the row as that transaction left it: what
+ * `READ COMMITTED` gives. Until 6 December 2026 they ran at the session's default isolation, and a role
+ * or database with `default_transaction_isolation` set to `repeatable read` or `serializable` (a common
+ * hardening) made each such wait end in "could not serialize access due to concurrent update": the append
+ * or renewal rejected with `store_unavailable` (with two replicas appending to the same tasks, half of
+ * their appends). The store's single statements (an ack, an append planned from the row it last wrote) run
+ * at the default: one that finds its row changed since it began fails with that error, having written
+ * nothing, and is done again in a `READ COMMITTED` transaction (until 6 December 2026 it rejected: half of
+ * two replicas' acks of the same tasks).
+ */
+
+const { admin, migrated, open } = storeFixtures('isolation');
+
+const APPLICATION = 'finishline-isolation-test';
+const pools: pg.Pool[] = [];
+
+afterEach(async () => {
+  await Promise.all(pools.splice(0).map((pool) => pool.end()));
+});
+
+/** A pool whose sessions default to `level`, as a role's or database's setting makes them. */
+function poolAt(level: string): pg.Pool {
+  const pool = new pg.Pool({
+    connectionString: pgUrl(),
+    max: 5,
+    application_name: APPLICATION,
+    idleTimeoutMillis: 0,
+    options: `-c default_transaction_isolation=${level.replace(' ', '\\ ')}`,
+  });
+  pool.on('error', () => {});
+  pools.push(pool);
+  return pool;
+}
+
+/** How many of the test pool's backends wait for a lock. */
+async function waitingForLocks(): Promise<number> {
+  const { rows } = await admin.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`,
+    [APPLICATION],
+  );
+  return rows[0]?.n ?? 0;
+}
+
+for (const level of ['repeatable read', 'serializable']) {
+  describe(`a pool whose sessions default to ${level}`, () => {
+    it('appends to and renews a task whose row another transaction updated while the store waited for it', async () => {
+      const schema = await migrated();
+      const pool = poolAt(level);
+      const store = await open({ schema, pool });
+      await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
+      await store.renewLease('held', 'worker', 60_000);
+      const { rows } = await pool.query<{ level: string }>(
+        "SELECT current_setting('transaction_isolation') AS level",
+      );
+      expect(rows[0]?.level, 'the setting reached the sessions').toBe(level);
+
+      const holder = await admin.connect();
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM ${schema}.tasks WHERE id = 'held' FOR UPDATE`);
+      const appending = store.append('held', { type: 'item', key: 'a', ok: true });
+      const renewing = store.renewLease('held', 'worker', 60_000);
+      appending.catch(() => {});
+      renewing.catch(() => {});
+      try {
+        // Both wait for the row (each at most 500 ms, then tries again later: the update must come first).
+        await eventually(
+          'the append and the renewal wait for the row',
+          async () => (await waitingForLocks()) >= 2,
+        );
+        // A new version of the row, committed after the waiting transactions took their snapshot.
+        await holder.query(`UPDATE ${schema}.tasks SET acked_seq = acked_seq WHERE id = 'held'`);
+        await holder.query('COMMIT');
+      } finally {
+        holder.release();
+      }
+      await expect(appending).resolves.toMatchObject({ event: { seq: 1 } });
+      await expect(renewing).resolves.toMatchObject({ leaseOwner: 'worker' });
+      await expect(store.getTask('held')).resolves.toMatchObject({ seq: 1, done: 1 });
+    });
+
+    it('acks and appends (its single statements) when the row changed after the statement began', async () => {
+      const schema = await migrated();
+      const pool = poolAt(level);
+      const store = await open({ schema, pool });
+      await store.createTask({ id: 'moved', owner: 'alice', kind: 'k' });
+      // Remembered as written: the next append is one autocommit statement, planned from this row.
+      await store.append('moved', { type: 'item', key: 'a', ok: true });
+
+      // The table locked: each statement takes its snapshot, then waits for the table before its row lock.
+      const holder = await admin.connect();
+      await holder.query('BEGIN');
+      await holder.query(`LOCK TABLE ${schema}.tasks IN EXCLUSIVE MODE`);
+      const acking = store.ack('moved', 1);
+      const appending = store.append('moved', { type: 'item', key: 'b', ok: true });
+      acking.catch(() => {});
+      appending.catch(() => {});
+      try {
+        await eventually(
+          'the ack and the append wait for the table',
+          async () => (await waitingForLocks()) >= 2,
+        );
+        // A new version of the row, committed after both statements took their snapshot.
+        await holder.query(`UPDATE ${schema}.tasks SET acked_seq = acked_seq WHERE id = 'moved'`);
+        await holder.query('COMMIT');
+      } finally {
+        holder.release();
+      }
+      await expect(acking).resolves.toBe(1);
+      await expect(appending).resolves.toMatchObject({ event: { seq: 2 } });
+      await expect(store.getTask('moved')).resolves.toMatchObject({ seq: 2, ackedSeq: 1, done: 2 });
+    });
+  });
+}
