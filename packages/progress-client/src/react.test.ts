@@ -119,13 +119,17 @@ describe(`useTask (React ${version})`, () => {
       createElement(ProgressClientProvider, { client: withClient }, createElement(Bar, { taskId: 't1' }));
     const container = mount(renderToString(app(null)));
     const problems: unknown[] = [];
+    let root: ReturnType<typeof hydrateRoot> | undefined;
     await act(async () => {
-      hydrateRoot(container, app(client), { onRecoverableError: (error: unknown) => problems.push(error) });
+      root = hydrateRoot(container, app(client), {
+        onRecoverableError: (error: unknown) => problems.push(error),
+      });
     });
     expect(problems).toEqual([]);
     const socket = server.accept();
     await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
     expect(container.textContent).toBe('running 0 0/2');
+    await act(async () => root?.unmount());
     await client.close();
   });
 
