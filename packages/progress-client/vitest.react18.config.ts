@@ -12,6 +12,6 @@ export default defineProject({
   },
   test: {
     name: 'client-react18',
-    include: ['src/react.test.ts'],
+    include: ['src/react.test.ts', 'src/react-ssr.test.ts'],
   },
 });

@@ -112,6 +112,27 @@ describe(`useTask (React ${version})`, () => {
     await client.close();
   });
 
+  it("hydrates the server's HTML rendered without a client (docs/client.md's SSR pattern) with the page's client", async () => {
+    const { client, server } = setup({ pageEvents: false });
+    const task = new FakeTask('t1', 2);
+    const app = (withClient: typeof client | null) =>
+      createElement(ProgressClientProvider, { client: withClient }, createElement(Bar, { taskId: 't1' }));
+    const container = mount(renderToString(app(null)));
+    const problems: unknown[] = [];
+    let root: ReturnType<typeof hydrateRoot> | undefined;
+    await act(async () => {
+      root = hydrateRoot(container, app(client), {
+        onRecoverableError: (error: unknown) => problems.push(error),
+      });
+    });
+    expect(problems).toEqual([]);
+    const socket = server.accept();
+    await act(async () => socket.push({ type: 'snapshot', task: task.view() }));
+    expect(container.textContent).toBe('running 0 0/2');
+    await act(async () => root?.unmount());
+    await client.close();
+  });
+
   it('switching task ids moves the watch; a null id watches nothing', async () => {
     const { client, server } = setup({ pageEvents: false });
     const container = mount();
@@ -196,6 +217,7 @@ describe(`useTask (React ${version})`, () => {
     for (const key of ['a', 'b']) rerun.item(key);
     await act(async () => root.render(tree(createElement(Bar, { key: 'b', taskId: 't1' }))));
     expect(socket.frames('subscribe').filter((frame) => frame.taskId === 't1')).toHaveLength(2);
+    expect(container.textContent).toBe('completed 1 0/1running 0 -/-');
     await act(async () => socket.push({ type: 'snapshot', task: rerun.view() }));
     expect(container.textContent).toBe('completed 1 0/1running 2 2/3');
     await act(async () => root.unmount());

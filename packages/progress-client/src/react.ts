@@ -24,7 +24,8 @@ import type { Watch, WatchState } from './watch.js';
  * import { ProgressClient } from '@finishline/client';
  * import { ProgressClientProvider, useTask } from '@finishline/client/react';
  *
- * const client = new ProgressClient({ url: '/progress' });
+ * // No client in server rendering (SSR): the constructor needs the page's URL and a WebSocket.
+ * const client = typeof window === 'undefined' ? null : new ProgressClient({ url: '/progress' });
  *
  * function Bar({ taskId }: { taskId: string }) {
  *   const task = useTask(taskId);
@@ -46,8 +47,12 @@ const ClientContext = createContext<ProgressClient | null>(null);
 
 /** Props of {@link ProgressClientProvider}. */
 export interface ProgressClientProviderProps {
-  /** The client every {@link useTask} below uses (unless given its own). */
-  client: ProgressClient;
+  /**
+   * The client every {@link useTask} below uses (unless given its own). `null` where no client can be
+   * made: in server rendering, where `new ProgressClient()` throws (a relative `url` has no page to
+   * resolve against, and Node 20 has no `WebSocket`); every {@link useTask} below then returns `null`.
+   */
+  client: ProgressClient | null;
   children?: ReactNode;
 }
 
