@@ -174,6 +174,17 @@ describe('options', () => {
     ).toThrow('ProgressServer: unknown option "heartbeatMs" (did you mean `heartbeatIntervalMs`?)');
   });
 
+  it('says so when store is a promise (an open() without its await)', () => {
+    const pending = Promise.resolve(new MemoryProgressStore());
+    expect(() => new ProgressServer({ store: pending, authenticate: noAuth } as never)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message:
+          'ProgressServer: store is a promise: pass the store it resolves to (`await PostgresProgressStore.open(…)`)',
+      }),
+    );
+  });
+
   it.each([
     ['no authentication hook', {}],
     ['an unknown option', { authenticate: noAuth, heartbeatMs: 5 }],

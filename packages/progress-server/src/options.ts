@@ -558,6 +558,15 @@ function defaultServerId(): string {
 export function resolveServerOptions<P extends Principal>(
   options: ProgressServerOptions<P>,
 ): ResolvedServerOptions<P> {
+  // `store: PostgresProgressStore.open(…)` without its `await` (plain JavaScript: TypeScript refuses it)
+  // was refused as "got an object", which named neither the promise nor the fix.
+  const store: unknown = (options as { store?: unknown } | undefined)?.store;
+  if (typeof (store as { then?: unknown } | null)?.then === 'function') {
+    throw invalidOption(
+      'ProgressServer',
+      'store is a promise: pass the store it resolves to (`await PostgresProgressStore.open(…)`)',
+    );
+  }
   const o = resolveOptions('ProgressServer', SERVER_OPTIONS, options);
   if (o.authenticate === undefined && o.authenticateToken === undefined) {
     throw invalidOption(
