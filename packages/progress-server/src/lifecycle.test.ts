@@ -185,6 +185,46 @@ describe('options', () => {
     );
   });
 
+  // The Origin header is compared as a string: an entry no browser sends (a trailing slash copied from
+  // the address bar) was accepted and refused every upgrade from that page with 403.
+  it.each([
+    ['http://localhost:5173/', ': use "http://localhost:5173"'],
+    ['HTTP://LOCALHOST:5173', ': use "http://localhost:5173"'],
+    ['https://app.example.com:443', ': use "https://app.example.com"'],
+    ['https://app.example.com/app', ': use "https://app.example.com"'],
+    ['localhost:5173', ''],
+    ['null', ''],
+  ])('refuses allowedOrigins entry %s, naming the origin a browser sends', (origin, fix) => {
+    expect(
+      () =>
+        new ProgressServer({
+          store: new MemoryProgressStore(),
+          authenticate: noAuth,
+          allowedOrigins: ['https://ok.example', origin],
+        }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: `ProgressServer: allowedOrigins[1] ${JSON.stringify(origin)} is not an origin as browsers send it (scheme://host[:port], lower case, without a path, a trailing slash or the default port)${fix}`,
+      }),
+    );
+  });
+
+  it('accepts listed origins as browsers send them', async () => {
+    const origins = [
+      'http://localhost:5173',
+      'https://app.example.com',
+      'https://xn--bcher-kva.example:8443',
+    ];
+    const server = new ProgressServer({
+      store: new MemoryProgressStore(),
+      authenticate: noAuth,
+      allowedOrigins: origins,
+    });
+    expect(server).toBeInstanceOf(ProgressServer);
+    await server.close();
+  });
+
   it.each([
     ['no authentication hook', {}],
     ['an unknown option', { authenticate: noAuth, heartbeatMs: 5 }],

@@ -541,6 +541,30 @@ export type ResolvedServerOptions<P extends Principal> = Omit<
   terminalRetry: TerminalRetryOptions;
 };
 
+/**
+ * Each listed origin must be one a browser can send: the `Origin` header is compared as a string, and a
+ * browser sends the serialized origin (lower-case scheme and host, no default port, no path, no trailing
+ * slash). `'http://localhost:5173/'`, copied from the address bar, was accepted and never matched: every
+ * upgrade from that page got 403.
+ */
+function checkListedOrigins(origins: readonly string[]): void {
+  origins.forEach((origin, index) => {
+    let serialized: string | undefined;
+    try {
+      serialized = new URL(origin).origin;
+    } catch {
+      serialized = undefined;
+    }
+    if (serialized === origin && origin !== 'null') return;
+    const fix =
+      serialized === undefined || serialized === 'null' ? '' : `: use ${JSON.stringify(serialized)}`;
+    throw invalidOption(
+      'ProgressServer',
+      `allowedOrigins[${index}] ${JSON.stringify(origin)} is not an origin as browsers send it (scheme://host[:port], lower case, without a path, a trailing slash or the default port)${fix}`,
+    );
+  });
+}
+
 function defaultServerId(): string {
   const host =
     hostname()
@@ -580,6 +604,7 @@ export function resolveServerOptions<P extends Principal>(
       'pass either server (attach at path) or wss (your WebSocketServer), not both',
     );
   }
+  if (Array.isArray(o.allowedOrigins)) checkListedOrigins(o.allowedOrigins);
   if (o.tokenQueryParam !== false && o.authenticateToken === undefined) {
     throw invalidOption('ProgressServer', 'tokenQueryParam needs authenticateToken');
   }
