@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
@@ -210,6 +212,23 @@ describe('options', () => {
     );
   });
 
+  it("serves the HTTP API at the root with path '/' (httpHandler() and listen() took '/' for its basePath and threw)", async () => {
+    const progress = await ProgressServer.listen(
+      { store: new MemoryProgressStore(), authenticate: () => ({ id: 'alice' }), path: '/' },
+      { port: 0, host: '127.0.0.1' },
+    );
+    try {
+      const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+      const { port } = (progress.httpServer as Server).address() as AddressInfo;
+      const response = await fetch(`http://127.0.0.1:${port}/tasks/${task.id}`);
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ task: { id: task.id } });
+      expect(() => progress.httpHandler()).not.toThrow();
+    } finally {
+      await progress.close();
+    }
+  });
+
   it('accepts listed origins as browsers send them', async () => {
     const origins = [
       'http://localhost:5173',
@@ -235,6 +254,8 @@ describe('options', () => {
     ['a fractional interval', { authenticate: noAuth, heartbeatIntervalMs: 10.5 }],
     ['a bad server id', { authenticate: noAuth, serverId: 'has space' }],
     ['a bad path', { authenticate: noAuth, path: 'progress' }],
+    // It was accepted, then httpHandler() and listen() threw about a basePath the caller never passed.
+    ['a path ending with /', { authenticate: noAuth, path: '/progress/' }],
     ['a query token without authenticateToken', { authenticate: noAuth, tokenQueryParam: 'token' }],
     ['a bad retry schedule', { authenticate: noAuth, terminalRetry: { initialDelayMs: 0 } }],
     ['bad allowed origins', { authenticate: noAuth, allowedOrigins: 'https://x' }],

@@ -74,7 +74,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   server?: HttpServer | undefined;
   /**
-   * The WebSocket path on `server`.
+   * The WebSocket path on `server`, and the HTTP API's default base path. Does not end with `/`, but
+   * `'/'` itself, which puts the HTTP API at the root (base path `''`).
    * @default '/progress'
    */
   path?: string | undefined;
@@ -431,10 +432,17 @@ const SERVER_OPTIONS = {
   authenticateToken: ofType<AuthenticateTokenHook<Principal>>('a function', isFunction),
   authorize: func<AuthorizeHook<Principal>>(ownerOnly),
   server: ofType<HttpServer>('an http.Server', isObjectWith('on')),
+  // Not ending with '/' (but '/' itself): the HTTP API's basePath defaults to it, and a basePath that ends
+  // with '/' is refused, so '/progress/' was accepted here and then made httpHandler() and listen() throw
+  // about a basePath the caller never passed.
   path: option(
     '/progress',
-    'a path starting with "/" and without a query',
-    (value) => typeof value === 'string' && value.startsWith('/') && !value.includes('?'),
+    'a path starting with "/", not ending with "/" (but "/" itself), without a query',
+    (value) =>
+      typeof value === 'string' &&
+      value.startsWith('/') &&
+      (value === '/' || !value.endsWith('/')) &&
+      !value.includes('?'),
   ),
   wss: ofType<WebSocketServer>('a WebSocketServer', isObjectWith('on')),
   allowedOrigins: option<AllowedOrigins>(
