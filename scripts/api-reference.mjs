@@ -41,8 +41,26 @@ function summary(reflection) {
     .replace(/\{@link\s+([^}|\s]+)(?:\s*\|\s*([^}]+))?\}/g, (_, target, label) => `\`${label ?? target}\``)
     .replace(/\s+/g, ' ')
     .trim();
-  const first = /^(.+?\.)(\s|$)/.exec(all)?.[1] ?? all;
+  const first = firstSentence(all);
+  // An open code span would run into the next cells of the table.
+  if ((first.match(/`/g) ?? []).length % 2 === 1) {
+    throw new Error(`api-reference: the summary of ${reflection.name} leaves a code span open: ${first}`);
+  }
   return first.replaceAll('|', '\\|');
+}
+
+/**
+ * Up to the first full stop followed by a space or the end, outside code spans: a stop inside one
+ * (`_ . : @ / -`) cut the summary there and left its backtick open.
+ */
+function firstSentence(all) {
+  let inCode = false;
+  for (let i = 0; i < all.length; i += 1) {
+    if (all[i] === '`') inCode = !inCode;
+    else if (!inCode && all[i] === '.' && (i + 1 === all.length || all[i + 1] === ' '))
+      return all.slice(0, i + 1);
+  }
+  return all;
 }
 
 const lines = [

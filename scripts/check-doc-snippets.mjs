@@ -1,4 +1,4 @@
-// Type-checks every ```ts block of the READMEs and docs/, so a snippet that no longer matches the API
+// Type-checks every ```ts and ```tsx block of the READMEs and docs/, so a snippet that no longer matches the API
 // fails CI instead of misleading a reader. Each block becomes a module in .tmp/doc-snippets/ and is
 // compiled against the packages' sources (tsconfig.base.json paths). A block that needs context it does
 // not show declares it (`declare const store: ProgressStore;`), which is also what a reader needs to see.
@@ -22,11 +22,11 @@ for (const source of sources) {
     continue;
   }
   let index = 0;
-  for (const match of text.matchAll(/^```ts\n([\s\S]*?)^```/gm)) {
+  for (const match of text.matchAll(/^```(tsx?)\n([\s\S]*?)^```/gm)) {
     index += 1;
     const line = text.slice(0, match.index).split('\n').length;
-    const name = `${source.replaceAll(/[^A-Za-z0-9]+/g, '-')}-${index}.ts`;
-    writeFileSync(join(out, name), `// ${source}:${line}\n${match[1]}\nexport {};\n`);
+    const name = `${source.replaceAll(/[^A-Za-z0-9]+/g, '-')}-${index}.${match[1]}`;
+    writeFileSync(join(out, name), `// ${source}:${line}\n${match[2]}\nexport {};\n`);
     files.push(name);
   }
 }
@@ -34,8 +34,8 @@ writeFileSync(
   join(out, 'tsconfig.json'),
   JSON.stringify({
     extends: relative(out, join(root, 'tsconfig.base.json')),
-    compilerOptions: { lib: ['ES2022', 'DOM'], types: ['node'], noUnusedLocals: false },
-    include: ['*.ts'],
+    compilerOptions: { lib: ['ES2022', 'DOM'], types: ['node'], noUnusedLocals: false, jsx: 'react-jsx' },
+    include: ['*.ts', '*.tsx'],
   }),
 );
 try {

@@ -166,6 +166,17 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
     if (lineOpen) io.stdout.write('\n');
     if ((error as Error).message !== reported) io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    // Refused for want of a credential when none was given: the client's message says what the server
+    // did (401, or 4004 for the auth frame it waited for), not which flag supplies one.
+    if (
+      isProgressError(error, ErrorCode.Unauthenticated) &&
+      token === undefined &&
+      Object.keys(headers).length === 0
+    ) {
+      io.stderr.write(
+        'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …"\n',
+      );
+    }
     if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
     // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
     return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;

@@ -117,6 +117,10 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     ]);
     expect(result).toBe(CLI_EXIT_CODES.watchFailed);
     expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
+    // …and says which flags supply the credential it lacked.
+    expect(run.err.join('').trim().split('\n').at(-1)).toBe(
+      'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …"',
+    );
   }, 10_000);
 
   it("ends the server's wait for a token, by default, well before the client's wait for hello: a watch without a token exits 4 instead of retrying for ever", () => {

@@ -79,7 +79,8 @@ export type AuthorizeHook<P extends Principal> = (
  *   its `Host` header, and `https` when the connection is TLS, else `http`. Behind a proxy that
  *   terminates TLS the request arrives as `http`: use {@link sameOrigin}`({ trustProxy: true })` there,
  *   or list the public origins;
- * - a list of exact origins, e.g. `['https://app.example.com']`;
+ * - a list of exact origins, e.g. `['https://app.example.com']`, each as browsers send it (lower case, no
+ *   path, no trailing slash, no default port): another entry throws `invalid_input` at construction;
  * - a predicate;
  * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
  *   the user's cookies (cross-site WebSocket hijacking), and read the HTTP API's answers (an allowed

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
@@ -174,6 +176,74 @@ describe('options', () => {
     ).toThrow('ProgressServer: unknown option "heartbeatMs" (did you mean `heartbeatIntervalMs`?)');
   });
 
+  it('says so when store is a promise (an open() without its await)', () => {
+    const pending = Promise.resolve(new MemoryProgressStore());
+    expect(() => new ProgressServer({ store: pending, authenticate: noAuth } as never)).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message:
+          'ProgressServer: store is a promise: pass the store it resolves to (`await PostgresProgressStore.open(…)`)',
+      }),
+    );
+  });
+
+  // The Origin header is compared as a string: an entry no browser sends (a trailing slash copied from
+  // the address bar) was accepted and refused every upgrade from that page with 403.
+  it.each([
+    ['http://localhost:5173/', ': use "http://localhost:5173"'],
+    ['HTTP://LOCALHOST:5173', ': use "http://localhost:5173"'],
+    ['https://app.example.com:443', ': use "https://app.example.com"'],
+    ['https://app.example.com/app', ': use "https://app.example.com"'],
+    ['localhost:5173', ''],
+    ['null', ''],
+  ])('refuses allowedOrigins entry %s, naming the origin a browser sends', (origin, fix) => {
+    expect(
+      () =>
+        new ProgressServer({
+          store: new MemoryProgressStore(),
+          authenticate: noAuth,
+          allowedOrigins: ['https://ok.example', origin],
+        }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: `ProgressServer: allowedOrigins[1] ${JSON.stringify(origin)} is not an origin as browsers send it (scheme://host[:port], lower case, without a path, a trailing slash or the default port)${fix}`,
+      }),
+    );
+  });
+
+  it("serves the HTTP API at the root with path '/' (httpHandler() and listen() took '/' for its basePath and threw)", async () => {
+    const progress = await ProgressServer.listen(
+      { store: new MemoryProgressStore(), authenticate: () => ({ id: 'alice' }), path: '/' },
+      { port: 0, host: '127.0.0.1' },
+    );
+    try {
+      const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+      const { port } = (progress.httpServer as Server).address() as AddressInfo;
+      const response = await fetch(`http://127.0.0.1:${port}/tasks/${task.id}`);
+      expect(response.status).toBe(200);
+      expect(await response.json()).toMatchObject({ task: { id: task.id } });
+      expect(() => progress.httpHandler()).not.toThrow();
+    } finally {
+      await progress.close();
+    }
+  });
+
+  it('accepts listed origins as browsers send them', async () => {
+    const origins = [
+      'http://localhost:5173',
+      'https://app.example.com',
+      'https://xn--bcher-kva.example:8443',
+    ];
+    const server = new ProgressServer({
+      store: new MemoryProgressStore(),
+      authenticate: noAuth,
+      allowedOrigins: origins,
+    });
+    expect(server).toBeInstanceOf(ProgressServer);
+    await server.close();
+  });
+
   it.each([
     ['no authentication hook', {}],
     ['an unknown option', { authenticate: noAuth, heartbeatMs: 5 }],
@@ -184,6 +254,8 @@ describe('options', () => {
     ['a fractional interval', { authenticate: noAuth, heartbeatIntervalMs: 10.5 }],
     ['a bad server id', { authenticate: noAuth, serverId: 'has space' }],
     ['a bad path', { authenticate: noAuth, path: 'progress' }],
+    // It was accepted, then httpHandler() and listen() threw about a basePath the caller never passed.
+    ['a path ending with /', { authenticate: noAuth, path: '/progress/' }],
     ['a query token without authenticateToken', { authenticate: noAuth, tokenQueryParam: 'token' }],
     ['a bad retry schedule', { authenticate: noAuth, terminalRetry: { initialDelayMs: 0 } }],
     ['bad allowed origins', { authenticate: noAuth, allowedOrigins: 'https://x' }],

@@ -74,7 +74,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   server?: HttpServer | undefined;
   /**
-   * The WebSocket path on `server`.
+   * The WebSocket path on `server`, and the HTTP API's default base path. Does not end with `/`, but
+   * `'/'` itself, which puts the HTTP API at the root (base path `''`).
    * @default '/progress'
    */
   path?: string | undefined;
@@ -431,10 +432,17 @@ const SERVER_OPTIONS = {
   authenticateToken: ofType<AuthenticateTokenHook<Principal>>('a function', isFunction),
   authorize: func<AuthorizeHook<Principal>>(ownerOnly),
   server: ofType<HttpServer>('an http.Server', isObjectWith('on')),
+  // Not ending with '/' (but '/' itself): the HTTP API's basePath defaults to it, and a basePath that ends
+  // with '/' is refused, so '/progress/' was accepted here and then made httpHandler() and listen() throw
+  // about a basePath the caller never passed.
   path: option(
     '/progress',
-    'a path starting with "/" and without a query',
-    (value) => typeof value === 'string' && value.startsWith('/') && !value.includes('?'),
+    'a path starting with "/", not ending with "/" (but "/" itself), without a query',
+    (value) =>
+      typeof value === 'string' &&
+      value.startsWith('/') &&
+      (value === '/' || !value.endsWith('/')) &&
+      !value.includes('?'),
   ),
   wss: ofType<WebSocketServer>('a WebSocketServer', isObjectWith('on')),
   allowedOrigins: option<AllowedOrigins>(
@@ -541,6 +549,30 @@ export type ResolvedServerOptions<P extends Principal> = Omit<
   terminalRetry: TerminalRetryOptions;
 };
 
+/**
+ * Each listed origin must be one a browser can send: the `Origin` header is compared as a string, and a
+ * browser sends the serialized origin (lower-case scheme and host, no default port, no path, no trailing
+ * slash). `'http://localhost:5173/'`, copied from the address bar, was accepted and never matched: every
+ * upgrade from that page got 403.
+ */
+function checkListedOrigins(origins: readonly string[]): void {
+  origins.forEach((origin, index) => {
+    let serialized: string | undefined;
+    try {
+      serialized = new URL(origin).origin;
+    } catch {
+      serialized = undefined;
+    }
+    if (serialized === origin && origin !== 'null') return;
+    const fix =
+      serialized === undefined || serialized === 'null' ? '' : `: use ${JSON.stringify(serialized)}`;
+    throw invalidOption(
+      'ProgressServer',
+      `allowedOrigins[${index}] ${JSON.stringify(origin)} is not an origin as browsers send it (scheme://host[:port], lower case, without a path, a trailing slash or the default port)${fix}`,
+    );
+  });
+}
+
 function defaultServerId(): string {
   const host =
     hostname()
@@ -558,6 +590,15 @@ function defaultServerId(): string {
 export function resolveServerOptions<P extends Principal>(
   options: ProgressServerOptions<P>,
 ): ResolvedServerOptions<P> {
+  // `store: PostgresProgressStore.open(…)` without its `await` (plain JavaScript: TypeScript refuses it)
+  // was refused as "got an object", which named neither the promise nor the fix.
+  const store: unknown = (options as { store?: unknown } | undefined)?.store;
+  if (typeof (store as { then?: unknown } | null)?.then === 'function') {
+    throw invalidOption(
+      'ProgressServer',
+      'store is a promise: pass the store it resolves to (`await PostgresProgressStore.open(…)`)',
+    );
+  }
   const o = resolveOptions('ProgressServer', SERVER_OPTIONS, options);
   if (o.authenticate === undefined && o.authenticateToken === undefined) {
     throw invalidOption(
@@ -571,6 +612,7 @@ export function resolveServerOptions<P extends Principal>(
       'pass either server (attach at path) or wss (your WebSocketServer), not both',
     );
   }
+  if (Array.isArray(o.allowedOrigins)) checkListedOrigins(o.allowedOrigins);
   if (o.tokenQueryParam !== false && o.authenticateToken === undefined) {
     throw invalidOption('ProgressServer', 'tokenQueryParam needs authenticateToken');
   }

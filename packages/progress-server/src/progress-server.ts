@@ -294,7 +294,9 @@ export class ProgressServer<P extends Principal = Principal> {
     // A connection counts as unauthenticated from its accept until it sends an ordinary request or its
     // WebSocket authenticates: silent connections are then capped per address.
     httpServer.on('connection', (socket) => progress.#sockets.pending.add(socket));
-    const handler = progress.httpHandler({ basePath: listenOptions.httpBasePath ?? progress.#options.path });
+    const handler = progress.httpHandler(
+      listenOptions.httpBasePath === undefined ? {} : { basePath: listenOptions.httpBasePath },
+    );
     httpServer.on('request', (request, response) => {
       // A request with a body counts until its body is in: otherwise headers followed by a body that
       // trickles (or never comes) hold a descriptor uncapped until requestTimeout. Counted again on a

@@ -148,7 +148,11 @@ export function createHttpHandler<P extends Principal>(
   }
   // The server's path, as listen()'s httpBasePath: a client derives its HTTP fallback's path from its
   // WebSocket url, and a fixed '/progress' answered every fallback request of a custom path 404.
-  const basePath = options.basePath ?? ctx.webSocketPath ?? HTTP_HANDLER_DEFAULTS.basePath;
+  // A socket at the root ('/') puts the API at the root too: '' (a basePath never ends with '/').
+  const basePath =
+    options.basePath ??
+    (ctx.webSocketPath === '/' ? '' : ctx.webSocketPath) ??
+    HTTP_HANDLER_DEFAULTS.basePath;
   if (
     typeof basePath !== 'string' ||
     !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))
