@@ -75,6 +75,38 @@ describe('login throttling (issue 10 item 8)', () => {
     expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(4);
   });
 
+  // An IPv6 client is given a whole /64 and may send from any of its 2^64 addresses: throttled per
+  // address, it sprayed guesses without limit, each from a new address. (The client's address comes from
+  // X-Forwarded-For here, as behind the TLS proxy `trustProxy: 1` trusts: a test cannot bind many IPv6
+  // addresses.)
+  it('locks an IPv6 /64 that sprays guesses from many of its addresses, and an IPv4-mapped address as its IPv4 one', async () => {
+    h = await startHarness({
+      app: {
+        trustProxy: 1,
+        loginThrottle: { accountFreeFailures: 1000, addressFreeFailures: 3, baseDelayMs: 5000 },
+      },
+    });
+    const from = (address: string) => ({ 'x-forwarded-for': address });
+    for (const [i, address] of [
+      '2001:db8:0:7::1',
+      '2001:db8:0:7::2',
+      '2001:0db8:0000:0007:0:0:0:3',
+      '2001:db8:0:7:ffff::4',
+    ].entries()) {
+      expect((await postLogin(h.base, `u${i}`, 'guess', from(address))).status).toBe(401);
+    }
+    expect((await postLogin(h.base, 'bob', 'bob', from('2001:DB8:0:7:a:b:c:d'))).status).toBe(429);
+    // Another /64 of the same /48 is another client.
+    expect((await postLogin(h.base, 'bob', 'bob', from('2001:db8:0:8::1'))).status).toBe(200);
+
+    for (let i = 0; i < 4; i++) {
+      expect((await postLogin(h.base, `v${i}`, 'guess', from('::ffff:198.51.100.7'))).status).toBe(401);
+    }
+    expect((await postLogin(h.base, 'bob', 'bob', from('198.51.100.7'))).status).toBe(429);
+    // IPv4 addresses are not grouped: a neighbour is another client.
+    expect((await postLogin(h.base, 'bob', 'bob', from('198.51.100.8'))).status).toBe(200);
+  });
+
   // No timings: a timed bound (a hash's cost measured beside it) failed under load. What is checked is
   // the order of events, which a hash on the event loop fixes whatever the machine's speed: scryptSync
   // finishes every hash before the loop turns again, so nothing else can happen while one is pending.
