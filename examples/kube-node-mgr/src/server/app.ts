@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, isProgressError, type ProgressStore } from '@finishline/core';
 import {
+  forwardedClientAddress,
   type ProgressLogger,
   ProgressServer,
   type ProgressServerOptions,
@@ -190,6 +191,11 @@ export function createApp(options: AppOptions): App {
     ? config.allowedOrigins
     : sameOrigin({ trustProxy: proxyHops > 0 });
   const progress = new ProgressServer<Principal>({
+    // The client address of the library's limit on failed authentications (`/progress` requests and upgrades
+    // without a valid cookie), as the login throttle takes it: behind the proxies `trustProxy` counts, every
+    // client otherwise had the nearest proxy's address, and one client's requests without a valid cookie
+    // spent the budget of all, refusing every signed-in user's /progress requests and sockets with 429.
+    ...(proxyHops > 0 ? { clientAddress: forwardedClientAddress({ trustedProxies: proxyHops }) } : {}),
     ...config.progress,
     store,
     server,
