@@ -8,7 +8,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RoundRobinProxy } from '../src/server/round-robin-proxy.js';
-import { type Harness, startHarness } from './harness.js';
+import { type Harness, login, startHarness } from './harness.js';
 
 let h: Harness | undefined;
 let proxy: RoundRobinProxy | undefined;
@@ -95,6 +95,29 @@ describe('the round-robin proxy and the client address', () => {
     expect(await loginFrom(url, '127.0.0.4', 'nobody-6')).toBe(401);
     // A client's own secret header through the proxy is replaced, not passed on.
     expect(await loginFrom(url, '127.0.0.4', 'nobody-7', { 'x-knm-proxy-auth': 'guessed' })).toBe(401);
+  });
+
+  // The Finishline server's own limit on failed authentications is kept per client address too. Left at
+  // its default (the connection's peer), every client behind the proxy was the proxy's address: one
+  // client's requests without a valid cookie spent the budget of all, and every signed-in user's
+  // /progress requests and WebSocket upgrades got 429 for as long as it kept sending.
+  it('keys the progress server’s failed-authentication limit by the client behind the proxy, not the proxy', async () => {
+    h = await startHarness({ app: { trustProxy: 1, progress: { authRateLimitPerAddressPerSecond: 1 } } });
+    proxy = new RoundRobinProxy([h.base]);
+    const url = await proxy.listen(0);
+    const anonymous = () =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.get(`${url}/progress/tasks`, { localAddress: '127.0.0.2' }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.on('error', reject);
+      });
+    let status = 0;
+    for (let i = 0; i < 200 && status !== 429; i++) status = await anonymous();
+    expect(status).toBe(429);
+    const alice = await login(url, 'alice');
+    expect((await alice.get('/progress/tasks')).status).toBe(200);
   });
 
   it('keeps a trusted front proxy’s X-Forwarded-For and -Proto and appends its peer, on requests and upgrades', async () => {

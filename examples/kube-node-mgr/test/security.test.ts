@@ -4,7 +4,7 @@
  * loop, revocable server-side sessions, security headers and 413, and the cap on running batches.
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -75,6 +75,38 @@ describe('login throttling (issue 10 item 8)', () => {
     expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(4);
   });
 
+  // An IPv6 client is given a whole /64 and may send from any of its 2^64 addresses: throttled per
+  // address, it sprayed guesses without limit, each from a new address. (The client's address comes from
+  // X-Forwarded-For here, as behind the TLS proxy `trustProxy: 1` trusts: a test cannot bind many IPv6
+  // addresses.)
+  it('locks an IPv6 /64 that sprays guesses from many of its addresses, and an IPv4-mapped address as its IPv4 one', async () => {
+    h = await startHarness({
+      app: {
+        trustProxy: 1,
+        loginThrottle: { accountFreeFailures: 1000, addressFreeFailures: 3, baseDelayMs: 5000 },
+      },
+    });
+    const from = (address: string) => ({ 'x-forwarded-for': address });
+    for (const [i, address] of [
+      '2001:db8:0:7::1',
+      '2001:db8:0:7::2',
+      '2001:0db8:0000:0007:0:0:0:3',
+      '2001:db8:0:7:ffff::4',
+    ].entries()) {
+      expect((await postLogin(h.base, `u${i}`, 'guess', from(address))).status).toBe(401);
+    }
+    expect((await postLogin(h.base, 'bob', 'bob', from('2001:DB8:0:7:a:b:c:d'))).status).toBe(429);
+    // Another /64 of the same /48 is another client.
+    expect((await postLogin(h.base, 'bob', 'bob', from('2001:db8:0:8::1'))).status).toBe(200);
+
+    for (let i = 0; i < 4; i++) {
+      expect((await postLogin(h.base, `v${i}`, 'guess', from('::ffff:198.51.100.7'))).status).toBe(401);
+    }
+    expect((await postLogin(h.base, 'bob', 'bob', from('198.51.100.7'))).status).toBe(429);
+    // IPv4 addresses are not grouped: a neighbour is another client.
+    expect((await postLogin(h.base, 'bob', 'bob', from('198.51.100.8'))).status).toBe(200);
+  });
+
   // No timings: a timed bound (a hash's cost measured beside it) failed under load. What is checked is
   // the order of events, which a hash on the event loop fixes whatever the machine's speed: scryptSync
   // finishes every hash before the loop turns again, so nothing else can happen while one is pending.
@@ -139,6 +171,80 @@ describe('server-side sessions (issue 10 item 9)', () => {
     const again = await login(h.base, 'alice');
     expect(again.cookie).not.toBe(alice.cookie);
     expect((await again.get('/api/session')).status).toBe(200);
+  });
+
+  // The HTTP fallback's event streams (GET /progress/tasks/:id/stream, what a client behind a proxy without
+  // WebSocket uses) are held by the session's cookie as sockets are: left open, a stolen cookie's streams
+  // kept delivering every watched task's progress after the logout, until each task ended.
+  it('ends the event streams of a session on logout, on this replica at once and elsewhere within the sweep', async () => {
+    h = await startHarness({ app: { sessionSweepIntervalMs: 100 } });
+    await h.store.createTask({ id: 't-sse-1', owner: 'alice', kind: 'batch_cordon', total: 3 });
+    await h.store.createTask({ id: 't-sse-2', owner: 'alice', kind: 'batch_cordon', total: 3 });
+    const alice = await login(h.base, 'alice');
+    const openStream = (taskId: string, cookie: string) =>
+      new Promise<IncomingMessage>((resolve, reject) => {
+        const req = http.get(`${h.base}/progress/tasks/${taskId}/stream`, { headers: { cookie } });
+        req.once('response', (res) => {
+          expect(res.statusCode).toBe(200);
+          res.resume();
+          resolve(res);
+        });
+        req.once('error', reject);
+      });
+    const ended = (res: IncomingMessage, timeoutMs: number) =>
+      new Promise<boolean>((resolve) => {
+        if (res.destroyed || res.complete) return resolve(true);
+        const timer = setTimeout(() => resolve(false), timeoutMs);
+        res.once('close', () => {
+          clearTimeout(timer);
+          resolve(true);
+        });
+      });
+    const first = await openStream('t-sse-1', alice.cookie);
+    expect((await alice.post('/api/logout', {})).status).toBe(200);
+    expect(await ended(first, 2000)).toBe(true);
+
+    // Revoked elsewhere: the sweep ends it.
+    const again = await login(h.base, 'alice');
+    const second = await openStream('t-sse-2', again.cookie);
+    const sid = JSON.parse(
+      Buffer.from(again.cookie.split('=')[1]?.split('.')[0] ?? '', 'base64url').toString(),
+    ).sid as string;
+    await h.db.revokeSession(sid);
+    expect(await ended(second, 2000)).toBe(true);
+  });
+
+  it('answers a logout sent on a kept-alive connection whose earlier event stream request had ended', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    // One connection for both requests: the stream's request (answered 404, no such task), then the logout.
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const request = (method: string, path: string, headers: Record<string, string>, body?: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.request(`${h.base}${path}`, { method, agent, headers }, (res) => {
+          res.resume();
+          res.once('end', () => resolve(res.statusCode ?? 0));
+        });
+        req.once('error', reject);
+        req.end(body);
+      });
+    try {
+      expect(await request('GET', '/progress/tasks/none/stream', { cookie: alice.cookie })).toBe(404);
+      const logout = await request(
+        'POST',
+        '/api/logout',
+        {
+          cookie: alice.cookie,
+          origin: h.base,
+          'content-type': 'application/json',
+          'x-csrf-token': alice.csrf,
+        },
+        '{}',
+      );
+      expect(logout).toBe(200);
+    } finally {
+      agent.destroy();
+    }
   });
 
   it('closes sockets of a session revoked elsewhere (another replica) within the sweep interval', async () => {

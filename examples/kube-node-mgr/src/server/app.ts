@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, isProgressError, type ProgressStore } from '@finishline/core';
 import {
+  forwardedClientAddress,
   type ProgressLogger,
   ProgressServer,
   type ProgressServerOptions,
@@ -212,6 +213,11 @@ export function createApp(options: AppOptions): App {
     ? config.allowedOrigins
     : sameOrigin({ trustProxy: proxyHops > 0 });
   const progress = new ProgressServer<Principal>({
+    // The client address of the library's limit on failed authentications (`/progress` requests and upgrades
+    // without a valid cookie), as the login throttle takes it: behind the proxies `trustProxy` counts, every
+    // client otherwise had the nearest proxy's address, and one client's requests without a valid cookie
+    // spent the budget of all, refusing every signed-in user's /progress requests and sockets with 429.
+    ...(proxyHops > 0 ? { clientAddress: forwardedClientAddress({ trustedProxies: proxyHops }) } : {}),
     ...config.progress,
     store,
     server,
@@ -234,19 +240,38 @@ export function createApp(options: AppOptions): App {
     ...(config.logger === undefined ? {} : { logger: config.logger }),
   });
 
-  // The raw sockets of upgraded connections, by session id, so a logout closes them (the library keeps its
-  // connections to itself; destroying the socket makes the client reconnect, and the upgrade then gets 401).
+  // The raw sockets of upgraded connections and of the HTTP fallback's event streams, by session id, so a
+  // logout closes them (the library keeps its connections to itself; destroying the socket makes the
+  // client reconnect, and the upgrade or the stream's request then gets 401). An event stream stays open
+  // until its task ends: left out, a revoked cookie's streams kept delivering progress after the logout.
   const socketsBySid = new Map<string, Set<Duplex>>();
-  server.on('upgrade', (request: http.IncomingMessage, socket: Duplex) => {
+  /** Tracks `socket` under the request's session until it closes or the returned function is called. */
+  const trackSocket = (request: http.IncomingMessage, socket: Duplex): (() => void) => {
     const sid = sessions.sidOf(request);
-    if (sid === null) return;
+    if (sid === null) return () => undefined;
     const set = socketsBySid.get(sid) ?? new Set<Duplex>();
     socketsBySid.set(sid, set);
     set.add(socket);
-    socket.once('close', () => {
+    const untrack = () => {
+      socket.off('close', untrack);
       set.delete(socket);
       if (set.size === 0 && socketsBySid.get(sid) === set) socketsBySid.delete(sid);
-    });
+    };
+    socket.once('close', untrack);
+    return untrack;
+  };
+  server.on('upgrade', (request: http.IncomingMessage, socket: Duplex) => {
+    trackSocket(request, socket);
+  });
+  // A request of the Finishline HTTP API that may become an event stream (the library matches the route):
+  // its connection is tracked while the answer is open, and only then: once it ends, the kept-alive
+  // connection may carry other requests (the logout's own, whose answer destroying it would lose).
+  app.use('/progress', (req: Request, res: Response, next: NextFunction) => {
+    if (req.method === 'GET' && req.path.endsWith('/stream')) {
+      const untrack = trackSocket(req, req.socket);
+      res.once('close', untrack);
+    }
+    next();
   });
   const dropSockets = (sid: string) => {
     for (const socket of socketsBySid.get(sid) ?? []) socket.destroy();
