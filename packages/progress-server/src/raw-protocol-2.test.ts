@@ -343,6 +343,22 @@ describe('subscribe and snapshots (doc: snapshot, subscribe, rules 1–3)', () =
     });
   });
 
+  it('a watch started after a hello of the current epoch from a cursor of an older one is resumed from its seq: the client checks the epoch (rule 1)', async () => {
+    const { server, store } = await start({ heartbeatIntervalMs: 50 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 3; done++) await task.progress({ done });
+    const epoch = await store.renewEpoch();
+    while ((await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() })).json().epoch !== epoch) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const client = await connect();
+    expect(client.frames[0]).toMatchObject({ epoch });
+    // A cursor persisted before the renewal (seq 1 of the old epoch): the subscribe cannot say so.
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    await client.next(eventAt(task.id, 3));
+    expect(client.about(task.id).map((f) => f.type)).toEqual(['event', 'event']);
+  });
+
   it('subscribe carries no epoch: an epoch field makes the frame invalid (strict validation)', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
