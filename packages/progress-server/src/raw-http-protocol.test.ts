@@ -1001,3 +1001,43 @@ describe('a client that stops reading (doc: HTTP API)', () => {
     expect(frames.at(-1)).toMatchObject({ type: 'event', event: { type: 'completed', seq: 401 } });
   });
 });
+
+describe("the server's first read of its store's epoch (doc: Server-Sent Events, HTTP API)", () => {
+  // Found by a review: a replica just started answered the readers reconnecting to it while its first read
+  // of the store's epoch was under way as a server that knows no epoch: a Last-Event-ID of an older epoch
+  // (the store restored and renewed across the restart) was resumed from its seq in another history, with
+  // ids and answers carrying no epoch, so the reader could not tell either. A socket's hello already
+  // waited for that read (at most 2 s); the HTTP routes now do too.
+  it('a stream and the task routes wait for it: another epoch gets the reset snapshot, answers carry the epoch', async () => {
+    const store = new MemoryProgressStore();
+    const epoch = await store.getEpoch();
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const getEpoch = store.getEpoch.bind(store);
+    store.getEpoch = async () => {
+      await held;
+      return getEpoch();
+    };
+    const { server } = await start({ store });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 3; done++) await task.progress({ done });
+    const path = `/progress/tasks/${task.id}`;
+    // Read up to its first frame (the task runs: the stream stays open).
+    const reading = stream(`${path}/stream`, { ...bearer(), 'last-event-id': '1~older-epoch' }, (text) =>
+      text.includes('\ndata: '),
+    );
+    const one = http('GET', path, { headers: bearer() });
+    const events = http('GET', `${path}/events?afterSeq=1`, { headers: bearer() });
+    // Longer than the server takes to answer these when it does not wait; far below its 2 s bound.
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    release();
+    const messages = parseSse((await reading).text).filter((m) => m.data !== undefined);
+    expect(messages.map((m) => [m.id, m.data])).toEqual([
+      [`3~${epoch}`, { type: 'snapshot', task: expect.objectContaining({ seq: 3 }), epoch, reset: true }],
+    ]);
+    expect((await one).json().epoch).toBe(epoch);
+    expect((await events).json().epoch).toBe(epoch);
+  });
+});
