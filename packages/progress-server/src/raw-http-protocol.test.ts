@@ -645,7 +645,20 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const path = `/progress/tasks/${task.id}/stream`;
-    for (const id of ['-1', '1.5', '9007199254740992', 'x', '3~', '~abc', '3~bad epoch', '1e3', '3~a b']) {
+    const ids = [
+      '-1',
+      '1.5',
+      '9007199254740992',
+      'x',
+      '3~',
+      '~abc',
+      '3~bad epoch',
+      '1e3',
+      '3~a b',
+      '3!!',
+      '3!~e',
+    ];
+    for (const id of ids) {
       const answer = await http('GET', path, { headers: { ...bearer(), 'last-event-id': id } });
       expect([id, answer.status, answer.headers['content-type']]).toEqual([
         id,
@@ -653,6 +666,9 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
         'application/json; charset=utf-8',
       ]);
       expect(answer.json().error.code).toBe('invalid_input');
+      // The message states the whole form the stream writes, the terminal frame's end mark included: it
+      // named <seq> and <seq>~<epoch> only, as if the ids of terminal frames were refused.
+      expect(answer.json().error.message).toContain('<seq>~<epoch>, either followed by ! ');
     }
     const max = await stream(path, { ...bearer(), 'last-event-id': '9007199254740991' }, (t) =>
       t.includes('"reset":true'),
