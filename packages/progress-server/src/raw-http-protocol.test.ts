@@ -645,7 +645,20 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const path = `/progress/tasks/${task.id}/stream`;
-    for (const id of ['-1', '1.5', '9007199254740992', 'x', '3~', '~abc', '3~bad epoch', '1e3', '3~a b']) {
+    const ids = [
+      '-1',
+      '1.5',
+      '9007199254740992',
+      'x',
+      '3~',
+      '~abc',
+      '3~bad epoch',
+      '1e3',
+      '3~a b',
+      '3!!',
+      '3!~e',
+    ];
+    for (const id of ids) {
       const answer = await http('GET', path, { headers: { ...bearer(), 'last-event-id': id } });
       expect([id, answer.status, answer.headers['content-type']]).toEqual([
         id,
@@ -653,6 +666,9 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
         'application/json; charset=utf-8',
       ]);
       expect(answer.json().error.code).toBe('invalid_input');
+      // The message states the whole form the stream writes, the terminal frame's end mark included: it
+      // named <seq> and <seq>~<epoch> only, as if the ids of terminal frames were refused.
+      expect(answer.json().error.message).toContain('<seq>~<epoch>, either followed by ! ');
     }
     const max = await stream(path, { ...bearer(), 'last-event-id': '9007199254740991' }, (t) =>
       t.includes('"reset":true'),
@@ -999,5 +1015,45 @@ describe('a client that stops reading (doc: HTTP API)', () => {
     const seqs = frames.slice(1).map((f) => f.event?.seq ?? f.task?.seq);
     expect(seqs).toEqual(Array.from({ length: 401 - snapshotSeq }, (_, i) => snapshotSeq + 1 + i));
     expect(frames.at(-1)).toMatchObject({ type: 'event', event: { type: 'completed', seq: 401 } });
+  });
+});
+
+describe("the server's first read of its store's epoch (doc: Server-Sent Events, HTTP API)", () => {
+  // Found by a review: a replica just started answered the readers reconnecting to it while its first read
+  // of the store's epoch was under way as a server that knows no epoch: a Last-Event-ID of an older epoch
+  // (the store restored and renewed across the restart) was resumed from its seq in another history, with
+  // ids and answers carrying no epoch, so the reader could not tell either. A socket's hello already
+  // waited for that read (at most 2 s); the HTTP routes now do too.
+  it('a stream and the task routes wait for it: another epoch gets the reset snapshot, answers carry the epoch', async () => {
+    const store = new MemoryProgressStore();
+    const epoch = await store.getEpoch();
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const getEpoch = store.getEpoch.bind(store);
+    store.getEpoch = async () => {
+      await held;
+      return getEpoch();
+    };
+    const { server } = await start({ store });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 3; done++) await task.progress({ done });
+    const path = `/progress/tasks/${task.id}`;
+    // Read up to its first frame (the task runs: the stream stays open).
+    const reading = stream(`${path}/stream`, { ...bearer(), 'last-event-id': '1~older-epoch' }, (text) =>
+      text.includes('\ndata: '),
+    );
+    const one = http('GET', path, { headers: bearer() });
+    const events = http('GET', `${path}/events?afterSeq=1`, { headers: bearer() });
+    // Longer than the server takes to answer these when it does not wait; far below its 2 s bound.
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    release();
+    const messages = parseSse((await reading).text).filter((m) => m.data !== undefined);
+    expect(messages.map((m) => [m.id, m.data])).toEqual([
+      [`3~${epoch}`, { type: 'snapshot', task: expect.objectContaining({ seq: 3 }), epoch, reset: true }],
+    ]);
+    expect((await one).json().epoch).toBe(epoch);
+    expect((await events).json().epoch).toBe(epoch);
   });
 });

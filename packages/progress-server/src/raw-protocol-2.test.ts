@@ -1,7 +1,7 @@
 import { request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { startServer, type TestServer } from './testing/harness.js';
+import { restorableStore, startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, rawHttp, userTokens } from './testing/raw-http.js';
 
 /**
@@ -310,6 +310,53 @@ describe('subscribe and snapshots (doc: snapshot, subscribe, rules 1–3)', () =
     expect(second.frames[0]!.epoch).not.toBe(oldEpoch);
     second.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
     expect((await second.next(snapshotOf(task.id))).epoch).toBe(second.frames[0]!.epoch);
+  });
+
+  it('a hello with another epoch, the task at seq 0 in the restored store: the answer is an unmarked snapshot at seq 0 (rule 1: applied, nothing counted as applied)', async () => {
+    const restorable = restorableStore();
+    // Ticks of 50 ms: the server reads the epoch at each (this test store reports no renewal itself).
+    const { store } = await start({ store: restorable.store, heartbeatIntervalMs: 50 });
+    // The backup holds the task just created (seq 0); the live store goes on to seq 3.
+    await restorable.both((s) => s.createTask({ id: 'restored', owner: 'alice', kind: 'k', total: 3 }));
+    for (const key of ['a', 'b', 'c']) await store.append('restored', { type: 'item', key, ok: true });
+    const first = await connect();
+    first.send({ type: 'subscribe', taskId: 'restored', afterSeq: 0 });
+    expect((await first.next(snapshotOf('restored'))).task).toMatchObject({ seq: 3, done: 3 });
+    await first.close();
+    restorable.restore();
+    const epoch = await store.renewEpoch();
+    // The HTTP API answers with the epoch the server knows: once it is the new one, so is a hello's.
+    while ((await http('GET', '/progress/tasks/restored', { headers: bearer() })).json().epoch !== epoch) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const second = await connect();
+    expect(second.frames[0]).toMatchObject({ type: 'hello', epoch });
+    // The client's cursor (3, old epoch) is set to 0: the snapshot at seq 0 equals it, unmarked. A client
+    // that still counted the old epoch's frames as applied would take it as stale (rule 3) and keep
+    // showing 3 of 3 done of a task that has done nothing.
+    second.send({ type: 'subscribe', taskId: 'restored', afterSeq: 0 });
+    const answer = await second.next(snapshotOf('restored'));
+    expect(answer).toEqual({
+      type: 'snapshot',
+      task: expect.objectContaining({ seq: 0, done: 0, status: 'running' }),
+      epoch,
+    });
+  });
+
+  it('a watch started after a hello of the current epoch from a cursor of an older one is resumed from its seq: the client checks the epoch (rule 1)', async () => {
+    const { server, store } = await start({ heartbeatIntervalMs: 50 });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 3; done++) await task.progress({ done });
+    const epoch = await store.renewEpoch();
+    while ((await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() })).json().epoch !== epoch) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const client = await connect();
+    expect(client.frames[0]).toMatchObject({ epoch });
+    // A cursor persisted before the renewal (seq 1 of the old epoch): the subscribe cannot say so.
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    await client.next(eventAt(task.id, 3));
+    expect(client.about(task.id).map((f) => f.type)).toEqual(['event', 'event']);
   });
 
   it('subscribe carries no epoch: an epoch field makes the frame invalid (strict validation)', async () => {

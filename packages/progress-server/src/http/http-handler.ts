@@ -22,12 +22,14 @@ import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import { clientError, isStoreFailure } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
+import { FIRST_EPOCH_READ_WAIT_MS } from '../hub/store-epoch.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { HealthDetails } from '../options.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import { waitAtMost } from '../wait.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
 import {
@@ -102,8 +104,10 @@ export interface HttpHandlerContext<P extends Principal> {
   /**
    * The store's epoch as the server last read it, sent with a task's answers (as `hello` and snapshots
    * carry it), so an HTTP client can tell a cursor of a restored store's old log; none when unknown.
+   * `firstRead`: the server's first read of it while under way, which those answers wait for (see
+   * {@link epochRead}).
    */
-  epoch?: { readonly current: string | undefined };
+  epoch?: { readonly current: string | undefined; readonly firstRead?: Promise<void> | undefined };
   /** `true` once the server is shutting down: requests are refused with 503 `closed`. */
   closing?: () => boolean;
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
@@ -405,6 +409,7 @@ async function serve<P extends Principal>(
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
+      await epochRead(ctx);
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       return { task: toTaskView(task), ...epochOf(ctx) };
     }
@@ -421,6 +426,7 @@ async function serve<P extends Principal>(
         min: 1,
         max: EVENTS_MAX_LIMIT,
       });
+      await epochRead(ctx);
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
@@ -454,6 +460,8 @@ async function serve<P extends Principal>(
       const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
       const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
+      // Before the cursor's epoch is judged, the 204 decided and the first id written.
+      await epochRead(ctx);
       // Followed before the read that authorizes it, as a socket's subscribe follows before its load: a
       // commit after this read is noticed (the hub's latest seq covers it), so the stream starts from
       // this read instead of reading the task again. Let go once the stream follows the task itself (a
@@ -601,6 +609,18 @@ async function authorizeEach(
   };
   await Promise.all(Array.from({ length: Math.min(LIST_AUTHORIZE_CONCURRENCY, tasks.length) }, worker));
   return allowed;
+}
+
+/**
+ * Waits (at most {@link FIRST_EPOCH_READ_WAIT_MS}) for the server's first read of its store's epoch, when
+ * it is under way, as a socket's `hello` does. Without it, a replica just started answered the clients
+ * reconnecting to it as a server that knows no epoch: an event stream resumed a `Last-Event-ID` of an
+ * older epoch (the store restored and renewed across the restart) from its seq in another history, its ids
+ * and the task routes' answers carrying no epoch, so the client could not tell either.
+ */
+async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>): Promise<void> {
+  const first = ctx.epoch?.firstRead;
+  if (first !== undefined) await waitAtMost(first, FIRST_EPOCH_READ_WAIT_MS);
 }
 
 /** `{ epoch }` when the server knows its store's epoch, else nothing. */

@@ -153,7 +153,7 @@ export function streamCursor(lastEventId: string | string[] | undefined, afterSe
   if (cursor === undefined) {
     throw fromCode(
       ErrorCode.InvalidInput,
-      `Last-Event-ID (afterSeq) must be <seq> or <seq>${SSE_ID_SEPARATOR}<epoch>, seq an integer from 0 to ${LIMITS.maxCount} and epoch an id`,
+      `Last-Event-ID (afterSeq) must be an event id of the stream: <seq> or <seq>${SSE_ID_SEPARATOR}<epoch>, either followed by ${SSE_END_MARK} on a terminal frame's, seq an integer from 0 to ${LIMITS.maxCount} and epoch an id`,
     );
   }
   return cursor;

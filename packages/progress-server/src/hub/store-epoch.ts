@@ -8,6 +8,14 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 
 /**
+ * Longest wait of an answer that carries the epoch (a socket's `hello`, an event stream's start, the HTTP
+ * task routes) for the server's first read of it; then it goes without one. A read this slow is a store in
+ * trouble, and the client gives up on a socket without `hello` after its `connectTimeoutMs` (10 s by
+ * default).
+ */
+export const FIRST_EPOCH_READ_WAIT_MS = 2000;
+
+/**
  * The store's epoch as this replica last read it. Read at start and again on every heartbeat tick, so a
  * store renewed under a running server (`renewEpoch` after a restore) is noticed within one interval:
  * `onRenewed` is then called, once per change, for the server to drop what it knows of the old epoch's

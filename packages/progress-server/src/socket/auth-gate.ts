@@ -13,6 +13,7 @@ import type { DecodeResult } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import { credentialExpired, type Principal } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
+import { FIRST_EPOCH_READ_WAIT_MS } from '../hub/store-epoch.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -49,12 +50,6 @@ export interface GateHost<P extends Principal> {
 
 /** setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires. */
 const MAX_TIMER_MS = 2_147_483_647;
-/**
- * Longest wait of a `hello` for the server's first read of the store's epoch; then it goes without one.
- * A read this slow is a store in trouble, and the client gives up on a socket without `hello` after its
- * `connectTimeoutMs` (10 s by default).
- */
-const HELLO_EPOCH_WAIT_MS = 2000;
 
 /** Authentication of one socket, from its first frame to its credential's expiry. */
 export class AuthGate<P extends Principal> {
@@ -247,7 +242,7 @@ export class AuthGate<P extends Principal> {
       return;
     }
     this.#checking = true;
-    void waitAtMost(ready, HELLO_EPOCH_WAIT_MS).then(() =>
+    void waitAtMost(ready, FIRST_EPOCH_READ_WAIT_MS).then(() =>
       this.#host.guard(() => {
         this.#checking = false;
         if (this.#host.state() === 'authenticating') admit();
