@@ -195,7 +195,7 @@ describe('options', () => {
     ['https://app.example.com:443', ': use "https://app.example.com"'],
     ['https://app.example.com/app', ': use "https://app.example.com"'],
     ['localhost:5173', ''],
-    ['null', ''],
+    ['chrome-extension://abc/popup.html', ''],
   ])('refuses allowedOrigins entry %s, naming the origin a browser sends', (origin, fix) => {
     expect(
       () =>
@@ -229,11 +229,30 @@ describe('options', () => {
     }
   });
 
+  it('refuses "null" in allowedOrigins: every sandboxed frame and file: page sends it', () => {
+    expect(
+      () =>
+        new ProgressServer({
+          store: new MemoryProgressStore(),
+          authenticate: noAuth,
+          allowedOrigins: ['null'],
+        }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringContaining('"null" would let any page in'),
+      }),
+    );
+  });
+
   it('accepts listed origins as browsers send them', async () => {
     const origins = [
       'http://localhost:5173',
       'https://app.example.com',
       'https://xn--bcher-kva.example:8443',
+      // Non-special schemes, sent as written: a browser extension's page, a Capacitor app's web view.
+      'chrome-extension://abcdefghijklmnopabcdefghijklmnop',
+      'capacitor://localhost',
     ];
     const server = new ProgressServer({
       store: new MemoryProgressStore(),

@@ -564,6 +564,15 @@ function checkListedOrigins(origins: readonly string[]): void {
       serialized = undefined;
     }
     if (serialized === origin && origin !== 'null') return;
+    // A non-special scheme's origin is sent as written (an extension's `chrome-extension://<id>`, a mobile
+    // shell's `capacitor://localhost`), and URL gives it `null`: taken when it has no path and no upper case.
+    if (serialized === 'null' && /^[a-z][a-z\d+.-]*:\/\/[^/?#\sA-Z]+$/.test(origin)) return;
+    if (origin === 'null') {
+      throw invalidOption(
+        'ProgressServer',
+        `allowedOrigins[${index}] "null" would let any page in (a sandboxed frame, a file: page sends it): use a predicate to decide on such requests`,
+      );
+    }
     const fix =
       serialized === undefined || serialized === 'null' ? '' : `: use ${JSON.stringify(serialized)}`;
     throw invalidOption(
