@@ -326,7 +326,9 @@ export async function runBatch<T>(batch: {
       // every item had succeeded end `interrupted` by a reaper a lease TTL later, after watchers sat at
       // 100 % meanwhile. The lease keeps the task for that long through such an outage: so does this.
       const outage =
-        isProgressError(error, ErrorCode.StoreUnavailable) && !handle.signal.aborted && Date.now() < retryUntil;
+        isProgressError(error, ErrorCode.StoreUnavailable) &&
+        !handle.signal.aborted &&
+        Date.now() < retryUntil;
       if (attempt >= TERMINAL_ATTEMPTS && !outage) {
         hooks.abandon();
         throw error;
