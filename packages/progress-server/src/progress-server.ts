@@ -294,9 +294,17 @@ export class ProgressServer<P extends Principal = Principal> {
     // A connection counts as unauthenticated from its accept until it sends an ordinary request or its
     // WebSocket authenticates: silent connections are then capped per address.
     httpServer.on('connection', (socket) => progress.#sockets.pending.add(socket));
-    const handler = progress.httpHandler(
-      listenOptions.httpBasePath === undefined ? {} : { basePath: listenOptions.httpBasePath },
-    );
+    let handler: ReturnType<ProgressServer<P>['httpHandler']>;
+    try {
+      handler = progress.httpHandler(
+        listenOptions.httpBasePath === undefined ? {} : { basePath: listenOptions.httpBasePath },
+      );
+    } catch (error) {
+      // An invalid httpBasePath: the server built above is closed, or its timers and its listeners on the
+      // caller's store outlived the rejected call.
+      await progress.close({ timeoutMs: 0 });
+      throw error;
+    }
     httpServer.on('request', (request, response) => {
       // A request with a body counts until its body is in: otherwise headers followed by a body that
       // trickles (or never comes) hold a descriptor uncapped until requestTimeout. Counted again on a

@@ -1,5 +1,6 @@
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { ProgressServer } from './progress-server.js';
 import { RawClient, startServer, tokenAuth } from './testing/harness.js';
 
 /**
@@ -114,5 +115,16 @@ describe('close()', () => {
     expect((await store.getTask(running.id))?.status).toBe('interrupted');
     await expect.poll(() => beyond(before)).toEqual({});
     await expect.poll(() => pendingTimers.size).toBe(0);
+  });
+
+  it('listen() with an invalid httpBasePath rejects and leaves no server, timer or socket behind', async () => {
+    const before = liveHandles();
+    const store = new MemoryProgressStore();
+    await expect(
+      ProgressServer.listen({ store, authenticateToken: tokenAuth }, { httpBasePath: '/progress/' }),
+    ).rejects.toMatchObject({ code: 'invalid_input' });
+    // Before, the server built for it stayed open: its heartbeat, lease and reaper timers kept running.
+    await expect.poll(() => pendingTimers.size).toBe(0);
+    await expect.poll(() => beyond(before)).toEqual({});
   });
 });
