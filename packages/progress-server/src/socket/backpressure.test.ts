@@ -163,8 +163,10 @@ describe('a client that stops reading', () => {
   /** A server whose only bound on a socket's buffer is the high-water mark, and a client that stops reading. */
   async function stalledClient(
     highWaterMarkBytes: number,
+    overrides: { terminalRetry?: { initialDelayMs: number; multiplier: number; maxDelayMs: number } } = {},
   ): Promise<{ paused: RawClient; buffered: () => number }> {
     env = await startServer({
+      ...overrides,
       highWaterMarkBytes,
       // No liveness check and no rate limit within the test.
       heartbeatIntervalMs: 300_000,
@@ -224,4 +226,31 @@ describe('a client that stops reading', () => {
     process.stdout.write(`[resets] server-side buffered: ${buffered()} B (HWM ${highWaterMarkBytes})\n`);
     expect(buffered()).toBeLessThan(highWaterMarkBytes + 8 * 1024);
   }, 30_000);
+
+  // Found by a review: a terminal re-send wrote every frame that fell due in one go once the buffer was
+  // below the mark, never looking at it again: a client that stopped reading with 100 unacknowledged
+  // terminals of 16 KiB results had 1.6 MB written past the mark at once (12.8 MiB at the frame limit).
+  it('re-sends terminal frames only while the socket is below the high-water mark', async () => {
+    const highWaterMarkBytes = 16 * 1024;
+    const { paused, buffered } = await stalledClient(highWaterMarkBytes, {
+      terminalRetry: { initialDelayMs: 20, multiplier: 1, maxDelayMs: 20 },
+    });
+    const result = { log: 'r'.repeat(16 * 1024 - 20) };
+    for (let i = 0; i < 100; i += 1) {
+      const task = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
+      await task.complete({ result });
+      // Answered by a terminal snapshot of some 16 KiB that the paused client never acknowledges: re-sent
+      // every 20 ms, 1.6 MB a round, until the kernel's buffers are full and the server's own fills up.
+      paused.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    }
+    // Re-sends until the kernel's buffers are full (a few MB on loopback) and the server's own is in use,
+    // then 25 more rounds of them.
+    for (let wait = 0; wait < 200 && buffered() === 0; wait += 1) await sleep(100);
+    expect(buffered()).toBeGreaterThan(0);
+    await sleep(500);
+    expect(env!.server.connectionCount).toBe(1);
+    process.stdout.write(`[re-sends] server-side buffered: ${buffered()} B (HWM ${highWaterMarkBytes})\n`);
+    // Past the mark by at most the one frame that crossed it (with its framing), not by a round of them.
+    expect(buffered()).toBeLessThan(highWaterMarkBytes + 2 * 17 * 1024);
+  }, 60_000);
 });

@@ -435,13 +435,16 @@ export class SocketWriter {
 
   #resendDue(): void {
     if (!this.#ctx.isOpen()) return;
-    if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
-      // The previous copies have not even left the buffer: a re-send now only piles up duplicates behind
-      // them. Checked again after the drain's poll interval.
-      this.#scheduleRetry(this.#ctx.options.backpressurePollMs);
-      return;
-    }
     for (const { taskId, seq } of this.#retries.due()) {
+      if (this.#ctx.ws.bufferedAmount > this.#ctx.options.highWaterMarkBytes) {
+        // The previous copies have not even left the buffer: a re-send now only piles up duplicates behind
+        // them. Checked before each frame, not once per round: a round is every due terminal of the
+        // socket (up to `maxSubscriptionsPerSocket` frames of up to 128 KiB), and written whole, a peer
+        // that stopped reading had all of them buffered past the mark. What is left stays due, and is
+        // looked at again after the drain's poll interval.
+        this.#scheduleRetry(this.#ctx.options.backpressurePollMs);
+        return;
+      }
       const frame = this.#ctx.log(taskId)?.terminalFrame(seq);
       if (frame === undefined) {
         this.#retries.forget(taskId);
