@@ -3,6 +3,7 @@ import * as v from 'valibot';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from '../codes.js';
 import { LIMITS } from '../limits.js';
+import { decodeServerFrame } from '../protocol/server-frame-decoder.js';
 import { propertyParams, propertyRuns } from '../testing/property-config.js';
 import { appendSchema, commonAppend, parseAppendInput } from './inputs.js';
 
@@ -141,6 +142,91 @@ describe('commonAppend (the fast path of parseAppendInput)', () => {
     );
     expect(() => parseAppendInput({ type: 'item', key: 'k', ok: true, stray: 1 })).toThrow(
       expect.objectContaining({ code: ErrorCode.InvalidInput }),
+    );
+  });
+});
+
+describe('a result or detail whose JSON is not the value checked', () => {
+  const progress = { total: null, done: 0, succeeded: 0, failed: 0, current: null, message: null };
+  /** What every watcher's decoder makes of `result` as the terminal event of a task. */
+  const watcherSees = (result: unknown) =>
+    decodeServerFrame(
+      JSON.stringify({
+        type: 'event',
+        event: { type: 'completed', taskId: 't', seq: 1, time: 0, progress, result },
+      }),
+    );
+
+  // What JSON.stringify writes in place of the value the JSON rules walk: an array's own toJSON, an Array
+  // subclass's, a getter that answers differently the second time it is read.
+  const disguised = (json: () => unknown): unknown[] => {
+    class Rows extends Array {
+      toJSON() {
+        return json();
+      }
+    }
+    let reads = 0;
+    return [
+      Object.assign(['ok'], { toJSON: json }),
+      Rows.from(['ok']),
+      {
+        get rows() {
+          reads += 1;
+          return reads === 1 ? 'ok' : json();
+        },
+      },
+    ];
+  };
+  const breaking: [string, () => unknown][] = [
+    ['an own __proto__ key', () => JSON.parse('{"__proto__":{"admin":true}}')],
+    ['U+0000', () => 'a\u0000b'],
+    ['a lone surrogate', () => ['\ud800']],
+    ['70 levels of nesting', () => JSON.parse(`${'['.repeat(70)}${']'.repeat(70)}`)],
+    ['more than maxJsonBytes', () => 'x'.repeat(LIMITS.maxJsonBytes)],
+  ];
+
+  it.each(breaking)('is refused as invalid_input when its JSON has %s', (_name, json) => {
+    for (const value of disguised(json)) {
+      for (const input of [
+        { type: 'completed', result: value },
+        { type: 'item', key: 'k', ok: true, detail: value },
+      ]) {
+        expect(() => parseAppendInput(input)).toThrow(
+          expect.objectContaining({ code: ErrorCode.InvalidInput }),
+        );
+      }
+    }
+  });
+
+  it('is refused as invalid_input when it has no JSON at all (a toJSON returning undefined)', () => {
+    const value = Object.assign(['ok'], { toJSON: () => undefined });
+    expect(() => parseAppendInput({ type: 'completed', result: value })).toThrow(
+      expect.objectContaining({ code: ErrorCode.InvalidInput, message: expect.stringContaining('result') }),
+    );
+  });
+
+  it('is accepted exactly when what is stored is a value every watcher decodes', () => {
+    // Valid JSON (fast-check's, up to its size) and the breaking ones above, through each disguise.
+    const values = fc.oneof(
+      fc.jsonValue({ maxDepth: 4, depthSize: 'medium' }),
+      fc.constantFrom(...breaking.map(([, json]) => json())),
+    );
+    fc.assert(
+      fc.property(values, fc.nat(2), (json, which) => {
+        const value = disguised(() => json)[which];
+        let stored: unknown;
+        try {
+          stored = (parseAppendInput({ type: 'completed', result: value }) as { result: unknown }).result;
+        } catch (error) {
+          expect(error).toMatchObject({ code: ErrorCode.InvalidInput });
+          const text = JSON.stringify(value);
+          expect(text === undefined || !watcherSees(JSON.parse(text)).ok).toBe(true);
+          return;
+        }
+        expect(stored).toEqual(JSON.parse(JSON.stringify(value)));
+        expect(watcherSees(stored).ok).toBe(true);
+      }),
+      propertyParams(300),
     );
   });
 });

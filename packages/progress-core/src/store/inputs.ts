@@ -3,16 +3,9 @@ import { ErrorCode } from '../codes.js';
 import { LIMITS } from '../limits.js';
 import type { JsonValue, TaskFailure, TaskStatus } from '../model.js';
 import { TASK_STATUSES } from '../model.js';
-import {
-  countSchema,
-  describeIssues,
-  idSchema,
-  jsonSchema,
-  messageSchema,
-  shortTextSchema,
-} from '../primitives.js';
+import { countSchema, describeIssues, idSchema, messageSchema, shortTextSchema } from '../primitives.js';
 import { ProgressError } from '../progress-error.js';
-import { isStorableText } from '../value-checks.js';
+import { CHECK_MESSAGES, isJsonValue, isStorableText, utf8Length } from '../value-checks.js';
 import { STORE_DEFAULTS } from './store-defaults.js';
 
 /**
@@ -103,8 +96,26 @@ export type AppendInput =
  * keeps it as it is: {@link parseAppendInput} promises that, and the stores rely on it.
  */
 const storedJsonSchema = v.pipe(
-  jsonSchema,
-  v.transform((value: JsonValue) => JSON.parse(JSON.stringify(value)) as JsonValue),
+  v.custom<JsonValue>((value) => isJsonValue(value), CHECK_MESSAGES.json),
+  // What is stored is what JSON.stringify makes of the value, so that copy is what must pass the JSON
+  // rules (depth, `__proto__`, U+0000 and lone surrogates, size), not just the value checked above: a
+  // `toJSON` the walk does not see (an array's own, an Array subclass's) or a getter that answers
+  // differently on its second read made the copy anything. Stored unchecked, such a result or detail was
+  // refused by every watcher's decoder (core's `decodeServerFrame`): no one ever saw the task's final
+  // state. Checked on the text's size first, so an oversized copy is never parsed.
+  v.rawTransform(({ dataset, addIssue, NEVER }) => {
+    const text: string | undefined = JSON.stringify(dataset.value);
+    if (text !== undefined && utf8Length(text) > LIMITS.maxJsonBytes) {
+      addIssue({ message: CHECK_MESSAGES.jsonTooLarge });
+      return NEVER;
+    }
+    const copy: unknown = text === undefined ? undefined : JSON.parse(text);
+    if (!isJsonValue(copy)) {
+      addIssue({ message: CHECK_MESSAGES.json });
+      return NEVER;
+    }
+    return copy;
+  }),
 );
 
 const nullableText = v.optional(v.nullable(shortTextSchema));
