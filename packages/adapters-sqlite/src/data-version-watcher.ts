@@ -3,6 +3,8 @@
  * stores in this process — by polling `PRAGMA data_version`. SQLite changes that value for a connection
  * whenever another connection committed since it last looked, and never for the connection's own
  * commits, so polling it costs one tiny read per interval and wakes the store only when there is news.
+ * The store reads `total_changes()` with it, for another store sharing its connection (see
+ * `ChangePublisher`).
  *
  * @module
  */
@@ -11,8 +13,11 @@
 export interface DataVersionWatcherOptions {
   /** Poll interval in milliseconds (≥ 1). */
   intervalMs: number;
-  /** Reads `PRAGMA data_version` on the store's connection. */
-  readVersion: () => number;
+  /**
+   * Reads what moves when someone else committed: `PRAGMA data_version` on the store's connection, with
+   * the connection's `total_changes()` beside it (see `ChangePublisher`).
+   */
+  readVersion: () => number | string;
   /** Called once per poll that saw a changed version. */
   onChange: () => void;
   /**
@@ -30,7 +35,7 @@ export interface DataVersionWatcherOptions {
 export class DataVersionWatcher {
   readonly #options: DataVersionWatcherOptions;
   #timer: ReturnType<typeof setInterval> | undefined;
-  #version: number | undefined;
+  #version: number | string | undefined;
   #failures = 0;
   /** A failure was reported and no poll succeeded since: further failures of the streak are not. */
   #failing = false;

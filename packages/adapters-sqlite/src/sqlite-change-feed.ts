@@ -132,10 +132,18 @@ export class ChangePublisher {
     let watcher: DataVersionWatcher | undefined;
     try {
       if (options.dataVersionPollMs > 0) {
-        const dataVersion = this.#q.dataVersion;
+        const writeMark = this.#q.writeMark;
         watcher = new DataVersionWatcher({
           intervalMs: options.dataVersionPollMs,
-          readVersion: () => Number((dataVersion.get() as { data_version: number | bigint }).data_version),
+          // data_version moves for other connections' commits only. Another store the caller gave the
+          // same connection commits on it, so only total_changes() moves for those: watched alone,
+          // data_version left this store's listeners without the other store's events (a task's end
+          // included) until this store wrote. total_changes() moves for this store's own writes too;
+          // the poll after them reads past the mark and finds nothing new.
+          readVersion: () => {
+            const row = writeMark.get() as { changes: number | bigint; version: number | bigint };
+            return `${row.changes}:${row.version}`;
+          },
           onChange: () => this.#catchUp(),
           onError: options.onPollError,
         });

@@ -86,7 +86,6 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
     // works on a connection the caller left inside a transaction of its own.
     pollSnapshot: raw('SAVEPOINT finishline_poll'),
     endPollSnapshot: raw('RELEASE finishline_poll'),
-    dataVersion: raw('PRAGMA data_version'),
     // What tells whether anything but this store's appends wrote since: other connections' commits move
     // data_version, any write on this connection (this store's other calls included) moves total_changes.
     writeMark: raw(

@@ -340,6 +340,40 @@ describe('two stores on one file (one process, two connections)', () => {
   });
 });
 
+describe('two stores on one connection (a connection the caller passes to both)', () => {
+  it("each store's poll publishes the other's commits: data_version does not move for them", async () => {
+    const db = tempDatabase();
+    const database = new Database(db.file);
+    const a = new SqliteProgressStore({ database, dataVersionPollMs: 5 });
+    const b = new SqliteProgressStore({ database, dataVersionPollMs: 5 });
+    try {
+      const seen: TaskChange[] = [];
+      b.changes.subscribe((change) => seen.push(change));
+      await a.createTask({ id: 'job', owner: 'alice', kind: 'k' });
+      await a.append('job', { type: 'progress', done: 1 });
+      await a.append('job', { type: 'completed' });
+      // b writes nothing: only its poll can tell it, and the poll watched data_version alone, which
+      // SQLite moves for other connections' commits, never for its own connection's.
+      await eventually("b publishes a's end", () => seen.some((change) => change.terminal), 2_000);
+      expect(seen.map((change) => change.seq)).toEqual([1, 2]);
+      // Its own commits, which its poll now sees too, are still published once.
+      await b.createTask({ id: 'other', owner: 'alice', kind: 'k' });
+      await b.append('other', { type: 'completed' });
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      expect(seen.map((change) => [change.taskId, change.seq])).toEqual([
+        ['job', 1],
+        ['job', 2],
+        ['other', 1],
+      ]);
+    } finally {
+      await a.close();
+      await b.close();
+      database.close();
+      db.remove();
+    }
+  });
+});
+
 describe('rows remembered between append batches', () => {
   it('never outlive a write by another connection, another store on the same connection, or this store', async () => {
     const clock = new ManualClock();
