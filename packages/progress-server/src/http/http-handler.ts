@@ -240,7 +240,7 @@ export function createHttpHandler<P extends Principal>(
             ctx.metrics.storeErrors.inc();
             // The client gets a fixed message (see clientError); the store's own words are for the log.
             ctx.logger.warn(
-              { err: describeError(error), route: route.name },
+              { err: describeError(error), route: route.name, ...loggableTaskId(route) },
               'HTTP request failed in the store',
             );
           }
@@ -254,6 +254,17 @@ export function createHttpHandler<P extends Principal>(
       },
     );
   };
+}
+
+/**
+ * The route's task id for a log record, when it passes the protocol's id rule: an operator told of a
+ * store failure needs the task it hit, and an id taken from the URL as it came could carry control
+ * characters into a text log (docs/operations.md: log fields are checked ids).
+ */
+function loggableTaskId(route: Route): { taskId?: string } {
+  if (!('taskId' in route)) return {};
+  const id = route.taskId;
+  return id.length > 0 && id.length <= LIMITS.maxIdLength && ID_PATTERN.test(id) ? { taskId: id } : {};
 }
 
 /** `GET` / `HEAD {basePath}/healthz`: the readiness probe's route (no authentication, no task data). */
