@@ -37,6 +37,8 @@ describe('metrics', () => {
       ]) {
         expect(text).toContain(name);
       }
+      // The help an operator reads on /metrics: resumes of Server-Sent Events streams count too.
+      expect(text).toMatch(/# HELP fl_test_resumes_total .*Server-Sent Events/);
       await client.close();
     } finally {
       await env.close();

@@ -111,7 +111,10 @@ export class ServerMetrics {
 
     this.sockets = gauge('sockets', 'Open WebSocket connections');
     this.subscriptions = gauge('subscriptions', 'Tasks followed, summed over sockets');
-    this.resumes = counter('resumes_total', 'Subscribes that resumed from afterSeq > 0');
+    this.resumes = counter(
+      'resumes_total',
+      'Watchers resuming: subscribes with afterSeq > 0 and Server-Sent Events streams opened with a cursor above 0',
+    );
     this.resyncs = track(
       new Counter({
         name: `${p}resyncs_total`,

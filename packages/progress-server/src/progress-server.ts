@@ -382,8 +382,9 @@ export class ProgressServer<P extends Principal = Principal> {
   /**
    * The HTTP API as a handler for node `http`, Express (`app.use(handler)`) or Fastify (see README):
    * `GET {basePath}/tasks`, `GET {basePath}/tasks/:id`, `GET {basePath}/tasks/:id/events?afterSeq=&limit=`,
-   * `POST {basePath}/tasks/:id/cancel`, and the unauthenticated probe `GET {basePath}/healthz`
-   * ({@link ProgressServer.health}: 200 when healthy, else 503).
+   * `POST {basePath}/tasks/:id/cancel`, and the unauthenticated probes `GET {basePath}/healthz`
+   * ({@link ProgressServer.health}: 200 when healthy, else 503; for readiness) and `GET {basePath}/livez`
+   * (200 whenever the event loop answers; for liveness).
    */
   httpHandler(options: HttpHandlerOptions = {}): HttpHandler {
     return createHttpHandler(

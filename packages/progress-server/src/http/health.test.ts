@@ -159,6 +159,43 @@ describe('health', () => {
     await closing;
   });
 
+  it('answers livez 200 while readiness fails: feed down, and during a shutdown still waiting for a batch', async () => {
+    const { store, state } = storeWithFeedHealth();
+    env = await startServer({ store });
+    expect(await probe('/progress/livez')).toEqual({ status: 200, body: { ok: true } });
+    expect((await probe('/progress/livez', 'HEAD')).status).toBe(200);
+    expect((await probe('/progress/livez', 'POST')).status).toBe(404);
+
+    state.connected = false;
+    expect((await probe()).status).toBe(503);
+    // A replica that lost its database recovers by itself: liveness must not get it restarted.
+    expect(await probe('/progress/livez')).toEqual({ status: 200, body: { ok: true } });
+    state.connected = true;
+
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    let started!: () => void;
+    const running = new Promise<void>((resolve) => {
+      started = resolve;
+    });
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // A batch slow to honour its abort: close() waits for it, its listener still open meanwhile.
+    const batch = task.runBatch([1], async (_n, { signal }) => {
+      started();
+      await released;
+      signal.throwIfAborted();
+    });
+    await running;
+    const closing = env.server.close({ timeoutMs: 5000 });
+    expect(await probe()).toEqual({ status: 503, body: { ok: false } });
+    expect(await probe('/progress/livez')).toEqual({ status: 200, body: { ok: true } });
+    release();
+    await closing;
+    expect(await batch).toMatchObject({ status: 'interrupted' });
+  });
+
   it('treats a feed without health() as connected and one whose health() throws as down', () => {
     expect(readStoreHealth(new MemoryProgressStore().changes)).toEqual({ connected: true, lastError: null });
     const broken = {

@@ -1,7 +1,7 @@
 import { createServer, request as httpRequest, type IncomingMessage, type ServerResponse } from 'node:http';
 import { type AddressInfo, connect, type Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
-import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import {
@@ -278,6 +278,23 @@ describe('HTTP handler', () => {
     expect(errors).toEqual([]);
     expect((await env.server.metrics.handlerErrors.get()).values.map((value) => value.value)).toEqual([0]);
     expect((await env.store.getTask(task.id))?.status).toBe('running');
+  });
+
+  it('logs a store failure of a task route with the task id, so an operator knows which task it hit', async () => {
+    const warnings: Array<Record<string, unknown>> = [];
+    const noop = () => {};
+    const store = new MemoryProgressStore();
+    env = await startServer({
+      store,
+      logger: { debug: noop, info: noop, warn: (obj) => warnings.push(obj), error: noop },
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    store.getTask = () =>
+      Promise.reject(new ProgressError(ErrorCode.StoreUnavailable, 'connect ECONNREFUSED'));
+    expect((await call(`/progress/tasks/${encodeURIComponent(task.id)}`, { user: 'alice' })).status).toBe(
+      503,
+    );
+    expect(warnings).toContainEqual(expect.objectContaining({ route: 'task', taskId: task.id }));
   });
 
   it('answers 405 for a wrong method and 404 for unknown routes without next', async () => {

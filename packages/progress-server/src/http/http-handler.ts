@@ -95,7 +95,10 @@ export interface HttpHandlerContext<P extends Principal> {
   store: Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'>;
   metrics: ServerMetrics;
   logger: ProgressLogger;
-  /** The replica's health, served unauthenticated at `{basePath}/healthz`; the route is absent without it. */
+  /**
+   * The replica's health, served unauthenticated at `{basePath}/healthz`, beside the liveness route
+   * `{basePath}/livez`; both routes are absent without it.
+   */
   health?: () => ServerHealth;
   /** The WebSocket path: a plain request to it is answered 426 rather than passed on or left hanging. */
   webSocketPath?: string;
@@ -184,6 +187,13 @@ export function createHttpHandler<P extends Principal>(
       void serveHealth(ctx, ctx.health, request, response);
       return;
     }
+    if (route === undefined && ctx.health !== undefined && isProbeRoute(request, url, `${basePath}/livez`)) {
+      // The liveness probe: answered whenever the event loop turns, whatever the store's state or a
+      // shutdown under way. A `tcpSocket` probe cannot tell a stalled loop: the kernel completes the
+      // handshake into the listen backlog, so a replica stuck in a synchronous loop passed it.
+      send(response, { status: 200, body: { ok: true } });
+      return;
+    }
     if (route === undefined && ctx.webSocketPath !== undefined && url.pathname === ctx.webSocketPath) {
       send(response, {
         status: 426,
@@ -230,7 +240,7 @@ export function createHttpHandler<P extends Principal>(
             ctx.metrics.storeErrors.inc();
             // The client gets a fixed message (see clientError); the store's own words are for the log.
             ctx.logger.warn(
-              { err: describeError(error), route: route.name },
+              { err: describeError(error), route: route.name, ...loggableTaskId(route) },
               'HTTP request failed in the store',
             );
           }
@@ -246,10 +256,26 @@ export function createHttpHandler<P extends Principal>(
   };
 }
 
-/** `GET` / `HEAD {basePath}/healthz`: the probe route (no authentication, no task data). */
+/**
+ * The route's task id for a log record, when it passes the protocol's id rule: an operator told of a
+ * store failure needs the task it hit, and an id taken from the URL as it came could carry control
+ * characters into a text log (docs/operations.md: log fields are checked ids).
+ */
+function loggableTaskId(route: Route): { taskId?: string } {
+  if (!('taskId' in route)) return {};
+  const id = route.taskId;
+  return id.length > 0 && id.length <= LIMITS.maxIdLength && ID_PATTERN.test(id) ? { taskId: id } : {};
+}
+
+/** `GET` / `HEAD {basePath}/healthz`: the readiness probe's route (no authentication, no task data). */
 function isHealthRoute(request: IncomingMessage, url: URL, basePath: string): boolean {
+  return isProbeRoute(request, url, `${basePath}/healthz`);
+}
+
+/** `GET` / `HEAD` of `path`: a probe's route (no authentication, no Origin check, no task data). */
+function isProbeRoute(request: IncomingMessage, url: URL, path: string): boolean {
   const method = request.method ?? 'GET';
-  return (method === 'GET' || method === 'HEAD') && url.pathname === `${basePath}/healthz`;
+  return (method === 'GET' || method === 'HEAD') && url.pathname === path;
 }
 
 /**
