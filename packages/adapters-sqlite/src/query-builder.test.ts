@@ -55,7 +55,7 @@ describe('prepared queries', () => {
         .map((row) => row.detail)
         .join('\n');
     expect(plan(statements.expiredLeases.sql, [1, 10])).toContain('finishline_tasks_lease_expiry');
-    expect(plan(statements.finishedBefore.sql, [1, 10])).toContain('finishline_tasks_finished');
+    expect(plan(statements.finishedBefore.sql, [1, 2, 10])).toContain('finishline_tasks_finished');
     expect(plan(statements.listTasks.sql, ['alice', 10])).toContain('finishline_tasks_owner_created');
     expect(plan(statements.selectEvents.sql, ['t', 0, 10])).toMatch(
       /USING .*INDEX \S+ \(task_id=\? AND seq>\?\)/,
