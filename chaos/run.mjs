@@ -554,7 +554,15 @@ class WatchRecord {
       if (stale()) return violation('callback after reload', { taskId, kind: event.type });
       afterEnd(event.type, event.seq);
       if (event.seq !== lastSeq + 1) {
-        violation(event.seq <= lastSeq ? 'duplicate event' : 'gap', { taskId, lastSeq, seq: event.seq });
+        violation(event.seq <= lastSeq ? 'duplicate event' : 'gap', {
+          taskId,
+          run,
+          lastSeq,
+          seq: event.seq,
+          slot: this.slot.index,
+          sse: this.slot.sse,
+          seen: seen.join(' '),
+        });
       }
       lastSeq = event.seq;
       lastWasSnapshot = false;
