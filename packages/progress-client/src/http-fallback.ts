@@ -294,7 +294,10 @@ class HttpPoller implements HttpFallbackRuntime {
     const host = this.#host;
     task.httpBusy = true;
     try {
-      if (task.task.state.progress === null) {
+      // The task first when the watch has nothing yet, or its cursor is at 0 with what it showed kept (a
+      // `hello` of another epoch restarted it): events from seq 1 applied on top of that view were shown
+      // after the old epoch's, as duplicates (the socket lost before its subscribe was answered).
+      if (task.task.state.progress === null || task.cursor.seq === 0) {
         const frame = await this.#api.getTask(task.taskId);
         if (!host.current(task)) return;
         this.#snapshot(task, frame);
