@@ -1,4 +1,4 @@
-import { isIPv6 } from 'node:net';
+import { addressGroup } from '@finishline/server';
 
 /** Options of {@link LoginThrottle}. */
 export interface LoginThrottleOptions {
@@ -163,25 +163,3 @@ const IN_FLIGHT_RETRY_MS = 1000;
 
 const accountKey = (account: string) => `u:${account.toLowerCase()}`;
 const addressKey = (address: string) => `a:${addressGroup(address)}`;
-
-/**
- * What counts as one client address: an IPv4 address (an IPv4-mapped IPv6 one as its IPv4 address), or the
- * /64 prefix of an IPv6 address. A client is given a whole /64 and may send from any of its 2^64 addresses:
- * keyed by the full address, each guess came from a fresh one and the address throttle never locked. (The
- * same grouping as the Finishline server's own per-address limits.)
- */
-export function addressGroup(address: string): string {
-  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
-  if (mapped?.[1] !== undefined) return mapped[1];
-  const bare = address.split('%')[0] ?? address;
-  if (!isIPv6(bare)) return address;
-  const [head = '', tail] = bare.split('::');
-  const groups = (part: string | undefined) => (part === undefined || part === '' ? [] : part.split(':'));
-  const before = groups(head);
-  const after = groups(tail);
-  // An embedded IPv4 address (`64:ff9b::1.2.3.4`) takes two groups.
-  const width = before.length + after.reduce((sum, group) => sum + (group.includes('.') ? 2 : 1), 0);
-  const full = tail === undefined ? before : [...before, ...Array(8 - width).fill('0'), ...after];
-  const prefix = full.slice(0, 4).map((group) => Number.parseInt(group, 16).toString(16));
-  return `${prefix.join(':')}::/64`;
-}

@@ -94,9 +94,17 @@ export class PendingConnections {
 }
 
 /**
- * What counts as one address for the cap: an IPv4 address (an IPv4-mapped IPv6 one as its IPv4 address),
- * or the /64 prefix of an IPv6 address (`2001:db8:0:7::/64`). A client is given a whole /64 and may send
- * from any of its 2^64 addresses: counted per address, its silent connections were never capped.
+ * What counts as one client address for the server's per-address limits (silent connections, failed
+ * authentications), exported for an application's own: an IPv4 address (an IPv4-mapped IPv6 one as its
+ * IPv4 address), or the /64 prefix of an IPv6 address (`2001:db8:0:7::/64`). A client is given a whole /64
+ * and may send from any of its 2^64 addresses: counted per address, its silent connections were never
+ * capped.
+ *
+ * @example
+ * ```ts
+ * addressGroup('2001:db8:0:7:1:2:3:4'); // '2001:db8:0:7::/64'
+ * addressGroup('::ffff:10.0.0.1'); // '10.0.0.1'
+ * ```
  */
 export function addressGroup(address: string): string {
   const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
