@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
@@ -5,6 +8,7 @@ import type { Migration } from './migrations.js';
 import { MIGRATIONS, migrate, SQLITE_SCHEMA_VERSION } from './migrations.js';
 import { createQueryBuilder } from './query-builder.js';
 import { TABLES } from './schema.js';
+import type { SqliteDatabase } from './sqlite-driver.js';
 
 const builder = createQueryBuilder();
 
@@ -57,6 +61,58 @@ describe('migrations', () => {
     expect(schemaObjects(database)).not.toContain('view finishline_unprocessed_events');
     expect(migrate(database, builder, { now: 2 })).toEqual([2, 3]);
     expect(schemaObjects(database)).toContain('view finishline_unprocessed_events');
+    database.close();
+  });
+
+  it('re-read the versions under the write lock: a process that migrated first is not migrated over', () => {
+    const directory = mkdtempSync(join(tmpdir(), 'finishline-migrations-'));
+    const file = join(directory, 'progress.db');
+    const first = new Database(file);
+    const second = new Database(file);
+    try {
+      // The second process migrates between the first one's unlocked read (nothing applied yet) and
+      // its BEGIN IMMEDIATE: the moment two processes opening a new file at once can interleave.
+      let raced = false;
+      const racing: SqliteDatabase = {
+        prepare(text) {
+          if (text === 'BEGIN IMMEDIATE' && !raced) {
+            raced = true;
+            expect(migrate(second, builder, { now: 1 })).toEqual([1, 2, 3]);
+          }
+          return first.prepare(text);
+        },
+        close: () => first.close(),
+      };
+      expect(migrate(racing, builder, { now: 2 })).toEqual([]);
+      expect(raced).toBe(true);
+      expect(
+        first.prepare(`SELECT version, applied_at FROM ${TABLES.migrations} ORDER BY version`).all(),
+      ).toEqual([
+        { version: 1, applied_at: 1 },
+        { version: 2, applied_at: 1 },
+        { version: 3, applied_at: 1 },
+      ]);
+      expect(first.inTransaction).toBe(false);
+    } finally {
+      first.close();
+      second.close();
+      rmSync(directory, { recursive: true, force: true });
+    }
+  });
+
+  it('take no write lock on a database already at the current version', () => {
+    const database = new Database(':memory:');
+    migrate(database, builder, { now: 1 });
+    const prepared: string[] = [];
+    const spy: SqliteDatabase = {
+      prepare(text) {
+        prepared.push(text);
+        return database.prepare(text);
+      },
+      close: () => database.close(),
+    };
+    expect(migrate(spy, builder, { now: 2 })).toEqual([]);
+    expect(prepared.filter((text) => /^(BEGIN|CREATE|INSERT)/i.test(text))).toEqual([]);
     database.close();
   });
 

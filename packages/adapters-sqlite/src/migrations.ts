@@ -10,7 +10,9 @@ import type { SqliteDatabase } from './sqlite-driver.js';
  * Versioned schema migrations. The schema is created only here: each migration runs once, in order,
  * inside the transaction that records it in `finishline_migrations`, so a crash mid-migration leaves the
  * previous version intact and two processes opening a new file at once apply each migration once
- * (`BEGIN IMMEDIATE` makes the second wait, then it finds the versions recorded).
+ * (`BEGIN IMMEDIATE` makes the second wait, then it finds the versions recorded). A database already at
+ * the current version is only read, without the write lock: opening a store must not wait for (and,
+ * past `busyTimeoutMs`, fail behind) another connection's long write when there is nothing to migrate.
  *
  * A migration, once released, never changes; a schema change is a new version.
  *
@@ -168,6 +170,9 @@ export function migrate(
   options: { now: number; migrations?: readonly Migration[] },
 ): number[] {
   const migrations = options.migrations ?? MIGRATIONS;
+  // A plain read (in WAL it never waits for a writer): when nothing is pending, no write lock is taken.
+  // Stale by the time the transaction below starts, so it decides only whether to start one.
+  if (pendingMigrations(database, builder, migrations).length === 0) return [];
   const run = (query: Compilable) => new PreparedQuery(database, query, []).run();
   const begin = database.prepare('BEGIN IMMEDIATE');
   const commit = database.prepare('COMMIT');
@@ -181,25 +186,8 @@ export function migrate(
         .addColumn('name', 'text', (column) => column.notNull())
         .addColumn('applied_at', 'integer', (column) => column.notNull()),
     );
-    const rows = new PreparedQuery(
-      database,
-      builder.selectFrom(TABLES.migrations).select('version').orderBy('version'),
-      [],
-    ).all() as { version: number | bigint }[];
-    const applied = rows.map((row) => Number(row.version));
-    if (applied.some((version, index) => version !== index + 1)) {
-      throw new ProgressError(
-        ErrorCode.Internal,
-        `The ${TABLES.migrations} table records versions [${applied}], expected 1..n without gaps`,
-      );
-    }
-    if (applied.length > migrations.length) {
-      throw new ProgressError(
-        ErrorCode.StoreUnavailable,
-        `The database has schema version ${applied.length}, newer than the ${migrations.length} this ` +
-          '@finishline/sqlite knows; upgrade the package',
-      );
-    }
+    // Read again under the write lock: another process may have migrated since the read above.
+    const pending = pendingMigrations(database, builder, migrations);
     const record = new PreparedQuery(
       database,
       builder
@@ -208,7 +196,7 @@ export function migrate(
       ['version', 'name', 'appliedAt'],
     );
     const done: number[] = [];
-    for (const migration of migrations.slice(applied.length)) {
+    for (const migration of pending) {
       for (const statement of migration.statements(builder)) run(statement);
       record.run({ version: migration.version, name: migration.name, appliedAt: options.now });
       done.push(migration.version);
@@ -219,6 +207,44 @@ export function migrate(
     rollbackQuietly(database);
     throw error;
   }
+}
+
+/**
+ * The migrations the database lacks, from its `finishline_migrations` table (all of them when there is
+ * none yet).
+ *
+ * @throws ProgressError as {@link migrate}.
+ */
+function pendingMigrations(
+  database: SqliteDatabase,
+  builder: Kysely<SqliteSchema>,
+  migrations: readonly Migration[],
+): readonly Migration[] {
+  // sqlite_master is not in the kysely schema; the query is constant text with bound names.
+  const table = database
+    .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?")
+    .get(TABLES.migrations);
+  if (table === undefined) return migrations;
+  const rows = new PreparedQuery(
+    database,
+    builder.selectFrom(TABLES.migrations).select('version').orderBy('version'),
+    [],
+  ).all() as { version: number | bigint }[];
+  const applied = rows.map((row) => Number(row.version));
+  if (applied.some((version, index) => version !== index + 1)) {
+    throw new ProgressError(
+      ErrorCode.Internal,
+      `The ${TABLES.migrations} table records versions [${applied}], expected 1..n without gaps`,
+    );
+  }
+  if (applied.length > migrations.length) {
+    throw new ProgressError(
+      ErrorCode.StoreUnavailable,
+      `The database has schema version ${applied.length}, newer than the ${migrations.length} this ` +
+        '@finishline/sqlite knows; upgrade the package',
+    );
+  }
+  return migrations.slice(applied.length);
 }
 
 /** Rolls back the open transaction, if any; a failed rollback must not hide the original error. */
