@@ -139,4 +139,42 @@ describe('the nodes of an ended batch without a recorded result', () => {
       { name: 'worker-2', changed: false },
     ]);
   });
+
+  // Each call read the whole node list and, for a drain, the pods of every cordoned node: any viewer
+  // repeating a cheap GET made the server hammer the Kubernetes API. Concurrent callers now share one
+  // computation (and its answer for a moment after).
+  it('reads the cluster once for many concurrent callers, not once per call', async () => {
+    let counting: string | undefined;
+    const reads = new Map<string, number>();
+    h = await startHarness({
+      cluster: {
+        onRequest: ({ path }) => {
+          if (counting !== undefined && (path === '/api/v1/nodes' || path === '/api/v1/pods')) {
+            reads.set(counting, (reads.get(counting) ?? 0) + 1);
+          }
+        },
+      },
+    });
+    const victor = await login(h.base, 'victor');
+    for (const id of ['t-one', 't-many']) {
+      await crashedBatch(id, 'alice', ['cp-1', 'worker-1', 'worker-2'], { type: 'drain' });
+      await h.store.append(id, { type: 'interrupted', reason: 'lease expired' });
+    }
+    await cordon('cp-1');
+    await cordon('worker-1');
+    counting = 't-one';
+    const one = await victor.get('/api/tasks/t-one/unrecorded');
+    expect(one.status).toBe(200);
+    const single = reads.get('t-one') ?? 0;
+    expect(single).toBeGreaterThanOrEqual(3); // the node list, and the pods of two cordoned nodes
+    counting = 't-many';
+    const many = await Promise.all(
+      Array.from({ length: 8 }, () => victor.get('/api/tasks/t-many/unrecorded')),
+    );
+    for (const answer of many) {
+      expect(answer.status).toBe(200);
+      expect(answer.body.nodes).toEqual(one.body.nodes);
+    }
+    expect(reads.get('t-many')).toBe(single);
+  });
 });

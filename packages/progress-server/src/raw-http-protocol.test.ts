@@ -327,6 +327,34 @@ describe('HTTP API: the routes (doc: HTTP API route table)', () => {
     expect((await server.tasks.get(task.id))?.status).toBe('cancelled');
   });
 
+  // docs/protocol.md said a body that is not JSON gets 400, and an empty body is not JSON: a client writer
+  // sending a bare cancel (`curl -X POST -H 'content-type: application/json'`) could not tell which. An
+  // empty body (or blank, or `null`) is taken as `{}`: a cancel without a reason; an ack without a seq.
+  it('POST with an empty body is {}: a cancel without a reason, an ack refused for its seq', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const garbage = await http('POST', `/progress/tasks/${task.id}/cancel`, {
+      headers: jsonHeaders(),
+      body: 'nope',
+    });
+    expect([garbage.status, garbage.json().error]).toEqual([
+      400,
+      { code: 'invalid_input', message: 'The body must be JSON' },
+    ]);
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonHeaders(), body: '' });
+    expect([ack.status, ack.json().error.code]).toEqual([400, 'invalid_input']);
+    expect(ack.json().error.message).toContain('seq');
+    for (const body of ['', ' \n', 'null']) {
+      const other = await server.tasks.create({ owner: 'alice', kind: 'k' });
+      const empty = await http('POST', `/progress/tasks/${other.id}/cancel`, {
+        headers: jsonHeaders(),
+        body,
+      });
+      expect([empty.status, empty.json().taskId]).toEqual([200, other.id]);
+      expect((await server.tasks.get(other.id))?.status).toBe('cancelled');
+    }
+  });
+
   it('POST cancel by a principal allowed to cancel but not to watch: {taskId} alone', async () => {
     const { server } = await start({
       authorize: (principal, task, action) =>

@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type { ProgressStore } from '@finishline/core';
 import type { Response } from 'express';
-import type { CordonNote, NodeLock } from '../app-db.js';
+import type { CordonNote, NodeLock, TaskRecord } from '../app-db.js';
 import type { Session } from '../auth.js';
 import type { Cluster } from '../clusters.js';
 import type { NodeView } from '../kube-nodes.js';
@@ -32,6 +32,13 @@ const LOCK_CANCEL_GRACE_MS = 30_000;
 
 /** How often a batch cut off from the store asks it again before going on (see `storeReady`). */
 const STORE_RETRY_MS = 1000;
+
+/**
+ * How long the answer of `GET /api/tasks/:id/unrecorded` is served again before the nodes are read anew:
+ * the reads cost a node list and a drain's pod reads, so a caller repeating the request (or many callers)
+ * must not cost them each time, while a node someone changes since shows within this.
+ */
+const UNRECORDED_CACHE_MS = 2000;
 
 /** What the app's shutdown waits for. */
 export interface BatchRuns {
@@ -457,21 +464,20 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     );
   });
 
-  // The nodes of an ended task without a recorded result, and whether each is now as the operation wants.
-  // Such a node was not necessarily left unchanged: a batch whose server died (interrupted) may have
-  // patched it just before, its result never recorded; the dialog said "not changed" all the same.
-  // `changed`: true when the node already has the change, false when it has not, null when unknown (the
-  // node could not be read). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
-  // pod left that the drain would evict.
-  route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
-    const id = String(req.params.id);
-    const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
-    if (record === undefined || (req.role === 'operator' && record.username !== session.username)) {
-      return fail(res, 404, 'task_not_found', 'no such task');
-    }
-    if (task === undefined || task.status === 'running') {
-      return fail(res, 409, 'task_running', 'the task is still running');
-    }
+  // What a task's unrecorded nodes cost: a full node list and, for a drain, pod reads, so any signed-in
+  // viewer could make the server hammer the Kubernetes API by repeating a cheap GET. One computation per
+  // task runs at a time, shared by every caller meanwhile, and its answer is served for a moment after
+  // (the task has ended, only other hands change its nodes): N callers cost one computation, not N.
+  interface Unrecorded {
+    nodes: Promise<{ name: string; changed: boolean | null }[]>;
+    /** Callers still waiting; the reads are given up once every one of them has gone. */
+    waiting: number;
+    abort: AbortController;
+    /** When the answer came (Date.now()), served until UNRECORDED_CACHE_MS after. */
+    doneAt?: number;
+  }
+  const unrecorded = new Map<string, Unrecorded>();
+  const computeUnrecorded = async (record: TaskRecord, id: string, signal: AbortSignal) => {
     const outcome = await itemOutcomes(store, id);
     const names = record.nodes.filter((n) => !outcome.has(n));
     const cluster = clusters.resolve(record.cluster);
@@ -501,9 +507,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     });
     if (op?.type === 'drain' && cluster !== undefined) {
       // A cordoned node may still hold pods to evict: its pods are read, a few nodes at a time, the reads
-      // given up once the caller has gone.
-      const gone = new AbortController();
-      res.on('close', () => gone.abort());
+      // given up once every caller has gone.
       const cordoned = nodes.filter((n) => n.changed === true);
       let next = 0;
       const lane = async () => {
@@ -513,7 +517,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
             entry.changed = await isDrained(
               cluster.nodes,
               { name: entry.name, unschedulable: true },
-              { maxAttempts: config.maxAttempts, signal: gone.signal },
+              { maxAttempts: config.maxAttempts, signal },
             );
           } catch {
             entry.changed = null; // cordoned, its pods unknown
@@ -521,8 +525,67 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         }
       };
       await Promise.all(Array.from({ length: Math.min(config.concurrency, cordoned.length) }, lane));
-      if (gone.signal.aborted) return;
     }
+    return nodes;
+  };
+
+  // The nodes of an ended task without a recorded result, and whether each is now as the operation wants.
+  // Such a node was not necessarily left unchanged: a batch whose server died (interrupted) may have
+  // patched it just before, its result never recorded; the dialog said "not changed" all the same.
+  // `changed`: true when the node already has the change, false when it has not, null when unknown (the
+  // node could not be read). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
+  // pod left that the drain would evict.
+  route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
+    const id = String(req.params.id);
+    const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
+    if (record === undefined || (req.role === 'operator' && record.username !== session.username)) {
+      return fail(res, 404, 'task_not_found', 'no such task');
+    }
+    if (task === undefined || task.status === 'running') {
+      return fail(res, 409, 'task_running', 'the task is still running');
+    }
+    const at = Date.now();
+    for (const [key, entry] of unrecorded) {
+      // Swept here rather than by a timer: nothing is left behind when the app closes.
+      if (entry.doneAt !== undefined && at - entry.doneAt >= UNRECORDED_CACHE_MS) unrecorded.delete(key);
+    }
+    let entry = unrecorded.get(id);
+    if (entry === undefined || entry.abort.signal.aborted) {
+      const abort = new AbortController();
+      const created: Unrecorded = { nodes: computeUnrecorded(record, id, abort.signal), waiting: 0, abort };
+      created.nodes.then(
+        () => {
+          created.doneAt = Date.now();
+        },
+        () => {
+          if (unrecorded.get(id) === created) unrecorded.delete(id); // a failure is not kept
+        },
+      );
+      unrecorded.set(id, created);
+      entry = created;
+    }
+    const shared = entry;
+    shared.waiting++;
+    let left = false;
+    res.on('close', () => {
+      if (left) return;
+      left = true;
+      shared.waiting--;
+      if (shared.waiting === 0 && shared.doneAt === undefined) {
+        shared.abort.abort();
+        if (unrecorded.get(id) === shared) unrecorded.delete(id); // the next caller starts afresh
+      }
+    });
+    let nodes: Awaited<Unrecorded['nodes']>;
+    try {
+      nodes = await shared.nodes;
+    } finally {
+      if (!left) {
+        left = true;
+        shared.waiting--;
+      }
+    }
+    if (res.destroyed || res.writableEnded) return;
     res.json({ nodes });
   });
 
