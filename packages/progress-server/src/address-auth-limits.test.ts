@@ -209,6 +209,43 @@ describe('failed authentication attempts per address', () => {
     expect(text).toContain('finishline_auth_rate_limited_total{via="auth_frame"} 1');
   });
 
+  it("spends nothing on probes without credentials: a node's kubelet does not get its address's clients refused", async () => {
+    // Reported: each anonymous GET of healthz ran `authenticate` (to decide on details) and, finding no
+    // principal, kept its attempt. One address's probes (a node's kubelet, a proxy) spent the budget,
+    // after which that address's real clients were refused 429, valid credentials and all.
+    let calls = 0;
+    env = await startServer({
+      authenticate: (request) => {
+        calls += 1;
+        return request.headers.cookie === 'session=alice' ? { id: 'alice' } : null;
+      },
+      clock: () => NOW,
+      authRateLimitPerAddressPerSecond: 1, // a burst of 50 failed attempts, and no refill: time stands still
+    });
+    const probes: number[] = [];
+    for (let i = 0; i < 60; i += 1) {
+      const response = await fetch(`${env.httpUrl}/progress/healthz`, {
+        method: i % 2 === 0 ? 'GET' : 'HEAD',
+        headers: { 'user-agent': 'kube-probe/1.31' },
+      });
+      await response.arrayBuffer();
+      probes.push(response.status);
+    }
+    expect(count(probes, 200)).toBe(60);
+    const real = await fetch(`${env.httpUrl}/progress/tasks`, { headers: { cookie: 'session=alice' } });
+    expect({ status: real.status, body: await real.json() }).toMatchObject({
+      status: 200,
+      body: { tasks: [] },
+    });
+    expect(calls).toBe(1);
+    // A health request with credentials is an attempt like any other: refused ones keep theirs.
+    const refused = await fetch(`${env.httpUrl}/progress/healthz`, {
+      headers: { cookie: 'session=mallory' },
+    });
+    expect(await refused.json()).toEqual({ ok: true });
+    expect(calls).toBe(2);
+  });
+
   it('is off at 0', async () => {
     const calls = await countingServer({ authRateLimitPerAddressPerSecond: 0 });
     const { statuses } = await requests(`${env!.httpUrl}/progress/tasks/t1`, 'bad', 1200);

@@ -113,7 +113,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * Who sees the details of `GET {basePath}/healthz` (server id, which embeds the hostname and pid,
    * store feed state and its last error, which may name the database host or user, and this replica's
    * socket and task counts, all principals together). Anyone else gets only `{ "ok": true|false }` (the
-   * status code is the same either way):
+   * status code is the same either way). Only a request with an `Authorization` or `Cookie` header is run
+   * through the hooks for it: a probe without one never waits on `authenticate` nor spends its address's
+   * `authRateLimitPerAddressPerSecond` budget.
    * - `'authenticated'`: any request with valid credentials, every end user of the application included;
    * - a predicate: the authenticated principals it accepts (your operators, say
    *   `(principal) => principal.roles.includes('ops')`; one that throws accepts no one);

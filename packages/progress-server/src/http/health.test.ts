@@ -1,5 +1,7 @@
+import type { IncomingMessage } from 'node:http';
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { Principal } from '../auth.js';
 import { RawClient, startServer, type TestServer } from '../testing/harness.js';
 import { readStoreHealth } from './health.js';
 
@@ -22,6 +24,12 @@ function storeWithFeedHealth(): {
   Object.assign(store.changes, { health: () => ({ ...state, listenerPid: null }) });
   return { store, state };
 }
+
+/** Authenticates the session cookie `session=<user>`, as an application's `authenticate` hook reads its own. */
+const cookieAuth = (request: IncomingMessage): Principal | null => {
+  const user = /(?:^|;\s*)session=([\w.-]+)/.exec(request.headers.cookie ?? '')?.[1];
+  return user === undefined ? null : { id: user };
+};
 
 async function probe(
   path = '/progress/healthz',
@@ -83,11 +91,13 @@ describe('health', () => {
 
   it('answers only { ok } without credentials by default, details to an authenticated caller', async () => {
     const { store, state } = storeWithFeedHealth();
-    env = await startServer({ store });
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
+    env = await startServer({ store, authenticate: cookieAuth });
+    const client = await RawClient.connect(env.wsUrl, { headers: { cookie: 'session=alice' } });
     const anonymous = await probe();
     expect(anonymous).toEqual({ status: 200, body: { ok: true } });
-    const authenticated = await fetch(`${env.httpUrl}/progress/healthz`, { headers: { 'x-user': 'ops' } });
+    const authenticated = await fetch(`${env.httpUrl}/progress/healthz`, {
+      headers: { cookie: 'session=ops' },
+    });
     expect(await authenticated.json()).toMatchObject({
       ok: true,
       serverId: env.server.serverId,
@@ -104,19 +114,28 @@ describe('health', () => {
     const { store, state } = storeWithFeedHealth();
     state.lastError = new Error('password authentication failed for user "finishline"');
     const asUser = async (user: string) =>
-      (await fetch(`${env?.httpUrl}/progress/healthz`, { headers: { 'x-user': user } })).json();
-    env = await startServer({ store, healthDetails: (principal) => principal.id === 'ops' });
+      (await fetch(`${env?.httpUrl}/progress/healthz`, { headers: { cookie: `session=${user}` } })).json();
+    env = await startServer({
+      store,
+      authenticate: cookieAuth,
+      healthDetails: (principal) => principal.id === 'ops',
+    });
     // An end user of the application authenticates too, and learns nothing of the store or the replica.
     expect(await asUser('alice')).toEqual({ ok: true });
     expect(await asUser('ops')).toMatchObject({ ok: true, store: { lastError: expect.any(String) } });
     await env.close();
     // Only `true` accepts (a predicate written in JavaScript may return a truthy non-boolean), and one that
     // throws accepts no one (options.ts).
-    env = await startServer({ store, healthDetails: () => 'false' as unknown as boolean });
+    env = await startServer({
+      store,
+      authenticate: cookieAuth,
+      healthDetails: () => 'false' as unknown as boolean,
+    });
     expect(await asUser('ops')).toEqual({ ok: true });
     await env.close();
     env = await startServer({
       store,
+      authenticate: cookieAuth,
       healthDetails: () => {
         throw new Error('roles service down');
       },
@@ -142,14 +161,62 @@ describe('health', () => {
     env = await startServer({
       store,
       authenticate: (request) =>
-        request.headers['x-user'] === 'ops' ? { id: 'ops', expiresAt: Date.now() - 1000 } : null,
+        cookieAuth(request)?.id === 'ops' ? { id: 'ops', expiresAt: Date.now() - 1000 } : null,
     });
     state.lastError = new Error('password authentication failed for user "finishline"');
-    const expired = await fetch(`${env.httpUrl}/progress/healthz`, { headers: { 'x-user': 'ops' } });
+    const expired = await fetch(`${env.httpUrl}/progress/healthz`, { headers: { cookie: 'session=ops' } });
     expect({ status: expired.status, body: await expired.json() }).toEqual({
       status: 200,
       body: { ok: true },
     });
+  });
+
+  it('answers a probe without credentials without asking the authenticate hook, however long it takes', async () => {
+    // Reported: every anonymous GET/HEAD of healthz (the kubelet's, a load balancer's, every few
+    // seconds) waited on `authenticate` to decide on details, so an auth backend that hung timed the
+    // probe out and the replica was marked unready for it.
+    const { store, state } = storeWithFeedHealth();
+    let calls = 0;
+    let release!: () => void;
+    const hung = new Promise<null>((resolve) => {
+      release = () => resolve(null);
+    });
+    env = await startServer({
+      store,
+      authenticate: () => {
+        calls += 1;
+        return hung;
+      },
+    });
+    state.lastError = new Error('password authentication failed for user "finishline"');
+    try {
+      // Bounded, so that the defect fails here rather than at the test's timeout; no measure of speed.
+      const signal = AbortSignal.timeout(3000);
+      const answers: unknown[] = [];
+      for (const path of ['/progress/healthz', '/progress/livez']) {
+        for (const method of ['GET', 'HEAD']) {
+          // A probe's own headers (a kubelet sends a User-Agent and Accept), and an application's custom
+          // header, which this route does not take for a credential.
+          const headers = { 'user-agent': 'kube-probe/1.31', accept: '*/*', 'x-user': 'ops' };
+          const response = await fetch(`${env.httpUrl}${path}`, { method, headers, signal });
+          answers.push([path, method, response.status, await response.text()]);
+        }
+      }
+      expect(answers).toEqual([
+        ['/progress/healthz', 'GET', 200, '{"ok":true}'],
+        ['/progress/healthz', 'HEAD', 200, ''],
+        ['/progress/livez', 'GET', 200, '{"ok":true}'],
+        ['/progress/livez', 'HEAD', 200, ''],
+      ]);
+      expect(calls).toBe(0);
+      // A request with credentials still asks the hook (and waits for it) to decide on the details.
+      const withCookie = fetch(`${env.httpUrl}/progress/healthz`, { headers: { cookie: 'session=ops' } });
+      await vi.waitFor(() => expect(calls).toBe(1));
+      release();
+      expect(await (await withCookie).json()).toEqual({ ok: true });
+    } finally {
+      release();
+    }
   });
 
   it('is unhealthy once closing', async () => {

@@ -280,7 +280,8 @@ function isProbeRoute(request: IncomingMessage, url: URL, path: string): boolean
 
 /**
  * 200 when healthy, 503 otherwise, so a Kubernetes probe needs no JSON parsing. The body is `{ ok }`
- * unless details are public or the request authenticates: the details name the host and pid (in
+ * unless details are public or the request carries credentials (see {@link carriesCredentials}) that
+ * authenticate: the details name the host and pid (in
  * `serverId`) and the store's last error, which an anonymous caller has no use for. Never rejects.
  */
 async function serveHealth<P extends Principal>(
@@ -302,7 +303,11 @@ async function serveHealth<P extends Principal>(
   const status = report.ok ? 200 : 503;
   const who = ctx.healthDetails ?? 'authenticated';
   let detailed = who === 'public';
-  if (who !== 'public' && who !== 'none') {
+  // Only a request carrying credentials asks the hooks. Probes (the kubelet's, a load balancer's) send
+  // none, every few seconds: run through `authenticate`, each one waited on the hook (a slow or hung
+  // auth backend timed the probe out and got the replica marked unready) and spent an attempt of its
+  // address's failed-authentication budget, so one node's probes got its real clients refused 429.
+  if (who !== 'public' && who !== 'none' && carriesCredentials(request)) {
     try {
       // An expired credential authenticates nothing, here as on every other route (401 token_expired).
       const principal = await ctx.auth.fromHttp(request);
@@ -316,6 +321,15 @@ async function serveHealth<P extends Principal>(
     }
   }
   send(response, { status, body: detailed ? report : { ok: report.ok } });
+}
+
+/**
+ * Whether the request carries credentials the health route asks the hooks about: an `Authorization`
+ * header (a bearer token, Basic) or a `Cookie` header (a session), where browsers and programs send them.
+ * A hook that reads another header is not asked on this route (docs/operations.md, "The health endpoint").
+ */
+function carriesCredentials(request: IncomingMessage): boolean {
+  return request.headers.authorization !== undefined || request.headers.cookie !== undefined;
 }
 
 /**
