@@ -294,10 +294,11 @@ class HttpPoller implements HttpFallbackRuntime {
     const host = this.#host;
     task.httpBusy = true;
     try {
-      // The task first when the watch has nothing yet, or its cursor is at 0 with what it showed kept (a
-      // `hello` of another epoch restarted it): events from seq 1 applied on top of that view were shown
-      // after the old epoch's, as duplicates (the socket lost before its subscribe was answered).
-      if (task.task.state.progress === null || task.cursor.seq === 0) {
+      // The task first when the watch has nothing yet, or shows more than its cursor has (a `hello` of
+      // another epoch set the cursor to 0 and kept what it showed): events from seq 1 applied on top of that
+      // view were shown after the old epoch's, as duplicates (the socket lost before its subscribe was
+      // answered).
+      if (task.task.state.progress === null || task.cursor.seq < task.task.state.seq) {
         const frame = await this.#api.getTask(task.taskId);
         if (!host.current(task)) return;
         this.#snapshot(task, frame);
