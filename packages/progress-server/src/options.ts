@@ -125,7 +125,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   healthDetails?: HealthDetails<P> | undefined;
   /**
-   * How long an unauthenticated socket has to send its `auth` frame before it is closed with 4004.
+   * How long an unauthenticated socket has to send its `auth` frame, and have its token checked by
+   * `authenticateToken`, before it is closed with 4004 (counted from the socket's opening).
    * Keep it well below the clients' `connectTimeoutMs` (10 s by default): a client without a token stops
    * on that 4004 (the `finishline` CLI exits 4), but only if it comes before the client gives up waiting
    * for `hello` and reconnects, which it then did for ever.

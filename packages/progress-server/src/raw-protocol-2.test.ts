@@ -230,6 +230,23 @@ describe('authentication (doc: Authentication)', () => {
     expect((await client.closed).code).toBe(4004);
   });
 
+  it('an auth frame sent in time whose token check outlasts authTimeoutMs → 4004 too, its reason saying so', async () => {
+    await start({
+      authTimeoutMs: 100,
+      authenticateToken: async (token: string) => {
+        await new Promise((r) => setTimeout(r, 400));
+        return userTokens(token);
+      },
+    });
+    const client = new Raw(env!.wsUrl);
+    clients.push(client);
+    await client.open;
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    // The deadline counts from the socket's opening and covers the check: the client did send its frame.
+    expect(await client.closed).toEqual({ code: 4004, reason: 'auth frame not checked in time' });
+    expect(client.frames).toEqual([]);
+  });
+
   it('frames pipelined behind auth are handled in order after hello', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });

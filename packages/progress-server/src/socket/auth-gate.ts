@@ -78,7 +78,8 @@ export class AuthGate<P extends Principal> {
 
   /**
    * Starts the gate: a socket authenticated at the upgrade opens at once; any other must send an `auth`
-   * frame within `authTimeoutMs`.
+   * frame, and have its token checked, within `authTimeoutMs` (the deadline also bounds a token hook that
+   * never answers: no other timer does).
    */
   begin(principal: P | undefined): void {
     if (principal !== undefined) {
@@ -92,7 +93,11 @@ export class AuthGate<P extends Principal> {
       () =>
         setImmediate(() => {
           if (this.#authTimer !== timer) return; // admitted (or closing) meanwhile
-          this.#host.guard(() => this.#host.close(CloseCode.AuthTimeout, 'no auth frame in time'));
+          // Its reason tells an `auth` frame that came in time but whose check is still running (a slow
+          // token hook) from one that never came: both were 'no auth frame in time', which sent whoever
+          // read it looking for a client that did not send its frame.
+          const reason = this.#checking ? 'auth frame not checked in time' : 'no auth frame in time';
+          this.#host.guard(() => this.#host.close(CloseCode.AuthTimeout, reason));
         }),
       this.#host.options.authTimeoutMs,
     );
