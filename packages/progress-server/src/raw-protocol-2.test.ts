@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -971,5 +972,95 @@ describe('socket cap and cookies (doc: Before authentication, HTTP API)', () => 
     second.send({ type: 'auth', token: 'alice', protocol: 2 });
     expect((await second.closed).code).toBe(4009);
     expect(second.frames).toEqual([expect.objectContaining({ type: 'error', code: 'too_many_sockets' })]);
+  });
+});
+
+describe("the document's own examples (doc: Server-Sent Events, HTTP API, Example session)", () => {
+  const doc = readFileSync(new URL('../../../docs/protocol.md', import.meta.url), 'utf8');
+  /** The non-empty lines of the first fenced `text` block after `marker` in the document. */
+  const blockAfter = (marker: string): string[] => {
+    const at = doc.indexOf(marker);
+    expect(at, marker).toBeGreaterThan(-1);
+    const open = doc.indexOf('```text\n', at) + '```text\n'.length;
+    return doc
+      .slice(open, doc.indexOf('\n```', open))
+      .split('\n')
+      .filter((line) => line !== '');
+  };
+  /** What an SSE message's `data:` line is, read from its text (the document's are abbreviated with …). */
+  const kindOf = (data: string) => {
+    const event = data.match(/"type":"event".*?"seq":\d+,.*?"type":"(\w+)"/)?.[1];
+    if (event !== undefined) return `event ${event}`;
+    return `snapshot ${data.match(/"status":"(\w+)"/)?.[1]}`;
+  };
+
+  it('the event stream example: the server writes the same ids (terminal frame marked !) for the same frames', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ id: 'taint-42', owner: 'alice', kind: 'batch_taint', total: 2 });
+    await task.progress({ current: 'node-1' });
+    await task.item({ key: 'node-1', ok: true }); // seq 2: the example's snapshot
+    const epoch = (await store.getEpoch()) as string;
+    const example = blockAfter('curl -N -H "Authorization: Bearer $TOKEN"');
+    const messages = (lines: string[]) =>
+      lines.flatMap((line, i) =>
+        line.startsWith('id: ') ? [[line.slice(4), kindOf(lines[i + 1] ?? '')] as const] : [],
+      );
+    // The stream as the server writes it: the snapshot, then the item and the completion appended live.
+    const body = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(
+        `${env!.httpUrl}/progress/tasks/taint-42/stream`,
+        { headers: bearer() },
+        (res) => {
+          let text = '';
+          let appended = false;
+          res.on('data', (chunk: Buffer) => {
+            text += chunk.toString();
+            if (appended || !text.includes('"type":"snapshot"')) return;
+            appended = true;
+            void task
+              .item({ key: 'node-2', ok: false, error: 'node is cordoned' })
+              .then(() => task.complete({ result: { tainted: ['node-1'] } }))
+              .catch(reject);
+          });
+          res.on('end', () => resolve(text));
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    const written = messages(body.split('\n')).map(([id, kind]) => [id.replace(epoch, '5f0c…'), kind]);
+    expect(messages(example)).toEqual(written);
+    expect(written).toEqual([
+      ['2~5f0c…', 'snapshot running'],
+      ['3~5f0c…', 'event item'],
+      ['4~5f0c…!', 'event completed'],
+    ]);
+  });
+
+  it('the HTTP example: a task of another principal is answered as the document shows', async () => {
+    const { server } = await start();
+    await server.tasks.create({ id: 'someone-elses-task', owner: 'bob', kind: 'k' });
+    const [status, body] = blockAfter('-d \'{"reason":"wrong cluster"}\'');
+    const answer = await http('GET', '/progress/tasks/someone-elses-task', { headers: bearer() });
+    expect(`HTTP/1.1 ${answer.status} Not Found`).toBe(status);
+    expect(answer.body).toBe(body);
+  });
+
+  it('the example session: failed requests are answered as shown', async () => {
+    const { server } = await start({ revealTaskExistence: true });
+    await server.tasks.create({ id: 'someone-elses-task', owner: 'bob', kind: 'k' });
+    const lines = blockAfter('Requests that fail are answered');
+    const client = await connect();
+    let exchanged = 0;
+    for (const [i, line] of lines.entries()) {
+      if (!line.startsWith('→ ')) continue;
+      const request = JSON.parse(line.slice(2)) as Frame;
+      const shown = JSON.parse((lines[i + 1] as string).slice(2)) as Frame;
+      client.send(request);
+      const answer = await client.next((f) => f.requestId === request.id);
+      expect(answer).toEqual(shown.type === 'pong' ? { ...shown, time: expect.any(Number) } : shown);
+      exchanged += 1;
+    }
+    expect(exchanged).toBe(3);
   });
 });
