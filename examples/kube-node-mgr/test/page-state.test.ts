@@ -221,6 +221,36 @@ describe('progress dialog', () => {
   });
 });
 
+describe('auto-close', () => {
+  // A review on 6 December 2026: "Details" of a batch that had completed long ago closed itself after 3 s,
+  // like the dialog of a batch just run, before its per-node results (a drain's evicted pods) could be read.
+  it('"Details" of a batch that completed earlier stays open; a batch watched to its end still closes itself', async () => {
+    const { loadTasks } = await import('../src/web/task-list.js');
+    const { AUTO_CLOSE_MS } = await import('../src/web/state.js');
+    const dialog = document.querySelector('#progress-dialog') as HTMLDialogElement;
+    taskList = [
+      { ...entry('done-1').task, task: { status: 'completed', done: 2, total: 2, succeeded: 2, failed: 0 } },
+    ];
+    nextSnap.set('done-1', completed(2));
+    await loadTasks();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      const details = document.querySelector('#tasks tr[data-task="done-1"] button') as HTMLButtonElement;
+      expect(details.textContent).toBe('Details');
+      details.click();
+      await vi.advanceTimersByTimeAsync(AUTO_CLOSE_MS * 2);
+      expect({ open: dialog.open, state: dialog.dataset.state }).toEqual({ open: true, state: 'complete' });
+
+      pd.openProgress('live-1'); // a batch just started
+      (watches.at(-1) as FakeWatch).push(completed(2));
+      await vi.advanceTimersByTimeAsync(AUTO_CLOSE_MS + 100);
+      expect({ open: dialog.open, state: dialog.dataset.state }).toEqual({ open: false, state: 'closed' });
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe('rerun buttons', () => {
   it('a double click on "Retry failed" starts one rerun, not two', async () => {
     nextSnap.set('task-r', {
