@@ -87,6 +87,8 @@ const reruns: string[] = [];
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
 let signedIn = true;
+/** Whether the fake proxy answers the logout with a plain-text 502 (the replica it picked is down). */
+let logoutDown = false;
 /** Per task, the item events the fake server's history holds. */
 const history = new Map<string, unknown[]>();
 /** Per task, the nodes without a result that the fake server says already have the change. */
@@ -128,6 +130,11 @@ beforeAll(async () => {
   const route = (path: string, json: (status: number, value: unknown) => Response): Response => {
     if (path === '/api/login') return json(200, { username: 'ada', role: 'admin', csrfToken: 'csrf-ada' });
     if (path === '/api/clusters') return json(200, { clusters: [{ name: 'default', default: true }] });
+    if (path === '/api/logout') {
+      return logoutDown
+        ? new Response('bad gateway', { status: 502, headers: { 'content-type': 'text/plain' } })
+        : json(200, { ok: true });
+    }
     if (path === '/api/session' || !signedIn)
       return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
     if (/^\/progress\/tasks\/[^/]+\/cancel$/.test(path)) {
@@ -476,6 +483,41 @@ describe('audit page', () => {
       (td) => td.textContent,
     );
     expect(nodes).toEqual(['west-node']);
+  });
+});
+
+describe('log out', () => {
+  // A review on 6 December 2026: a logout that failed (a proxy's 502, the network) was swallowed and the page
+  // reloaded; with the server still unreachable the reload showed the login form, so the user walked away
+  // believing the session ended, while its cookie stayed valid for 12 h.
+  it('a logout the server did not take says so and keeps the page; one it took reloads the page', async () => {
+    const reload = vi.fn();
+    const realLocation = window.location;
+    Object.defineProperty(window, 'location', {
+      configurable: true,
+      value: new Proxy(realLocation, {
+        get: (target, key) =>
+          key === 'reload' ? reload : Reflect.get(target, key as keyof Location, target),
+      }),
+    });
+    try {
+      logoutDown = true;
+      (document.querySelector('#logout') as HTMLButtonElement).click();
+      await sleep(50);
+      expect(reload).not.toHaveBeenCalled();
+      const error = document.querySelector('#logout-error') as HTMLElement;
+      expect(error.hidden).toBe(false);
+      expect(error.textContent).toContain('still signed in');
+      expect(error.textContent).toContain('HTTP 502');
+
+      logoutDown = false;
+      (document.querySelector('#logout') as HTMLButtonElement).click();
+      await sleep(50);
+      expect(reload).toHaveBeenCalledTimes(1);
+    } finally {
+      logoutDown = false;
+      Object.defineProperty(window, 'location', { configurable: true, value: realLocation });
+    }
   });
 });
 

@@ -1,6 +1,6 @@
 /** The page's entry: sign-in, the two views (nodes, audit) and the start. */
 import type { Role } from '../shared/api-types.js';
-import { api } from './api.js';
+import { ApiError, api } from './api.js';
 import { loadAudit } from './audit.js';
 import { $ } from './dom.js';
 import { loadClusters, loadNodes } from './nodes.js';
@@ -25,6 +25,7 @@ export function showLogin(): void {
 
 // The other modules drop their rows, dialogs and watches; this one forgets who was signed in and shows the form.
 onSessionEnd(() => {
+  $('#logout-error').hidden = true;
   state.me = { username: '', role: 'viewer' };
   state.csrfToken = '';
   showLogin();
@@ -69,7 +70,20 @@ $<HTMLFormElement>('#login-form').addEventListener('submit', async (event) => {
 });
 
 $('#logout').addEventListener('click', async () => {
-  await api('/api/logout', { method: 'POST', body: {} }).catch(() => undefined);
+  const problem = $('#logout-error');
+  problem.hidden = true;
+  try {
+    await api('/api/logout', { method: 'POST', body: {} });
+  } catch (error) {
+    // Not taken (a proxy's 502, the network): the session and its cookie are still valid. Reloading anyway
+    // showed the login form while the server was unreachable, and the user left believing it ended. A 401:
+    // it had ended already, nothing is left to sign out of.
+    if (!(error instanceof ApiError && error.status === 401)) {
+      problem.textContent = `Not signed out: ${(error as Error).message}. You are still signed in.`;
+      problem.hidden = false;
+      return;
+    }
+  }
   sessionStorage.removeItem(RUNNING_TASK_KEY);
   location.reload();
 });
