@@ -87,6 +87,11 @@ const reruns: string[] = [];
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
 let signedIn = true;
+/**
+ * The user of the browser's cookie when it is not the page's (someone signed in again in another tab):
+ * `/api/session` names it, and a POST with the page's CSRF token gets 403 `csrf`. `null`: the page's own.
+ */
+let sessionAs: string | null = null;
 /** Whether the fake proxy answers the logout with a plain-text 502 (the replica it picked is down). */
 let logoutDown = false;
 /** Per task, the item events the fake server's history holds. */
@@ -134,6 +139,12 @@ beforeAll(async () => {
       return logoutDown
         ? new Response('bad gateway', { status: 502, headers: { 'content-type': 'text/plain' } })
         : json(200, { ok: true });
+    }
+    if (path === '/api/session' && sessionAs !== null) {
+      return json(200, { username: sessionAs, role: 'operator', csrfToken: `csrf-${sessionAs}` });
+    }
+    if (path === '/api/batch' && sessionAs !== null) {
+      return json(403, { error: { code: 'csrf', message: 'missing or wrong X-CSRF-Token header' } });
     }
     if (path === '/api/session' || !signedIn)
       return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
@@ -517,6 +528,51 @@ describe('log out', () => {
     } finally {
       logoutDown = false;
       Object.defineProperty(window, 'location', { configurable: true, value: realLocation });
+    }
+  });
+});
+
+describe('another session in the cookie (signed in again in another tab)', () => {
+  // A review on 6 December 2026: after a sign-in in another tab (the same user again, or another one), a tab
+  // left in the background kept the old session's user, role and CSRF token: every POST was refused with
+  // "missing or wrong X-CSRF-Token header", the reads showed the new session's rows under the old name, and
+  // its socket, refused at the logout, stayed "disconnected" until a reload.
+  const whoami = () => document.querySelector('#whoami')?.textContent;
+
+  it('the page takes the cookie’s session when it comes back into view', async () => {
+    const { state } = await import('../src/web/state.js');
+    state.csrfToken = 'csrf-ada';
+    sessionAs = 'bob';
+    try {
+      document.dispatchEvent(new Event('visibilitychange'));
+      await sleep(50);
+      expect({ whoami: whoami(), csrf: state.csrfToken }).toEqual({
+        whoami: 'bob (operator)',
+        csrf: 'csrf-bob',
+      });
+    } finally {
+      sessionAs = null;
+    }
+  });
+
+  it('a POST refused for its CSRF token makes the page take the cookie’s session', async () => {
+    const { state } = await import('../src/web/state.js');
+    const { api } = await import('../src/web/api.js');
+    state.csrfToken = 'csrf-ada';
+    sessionAs = 'carol';
+    try {
+      await expect(api('/api/batch', { method: 'POST', body: {} })).rejects.toThrow('X-CSRF-Token');
+      await sleep(50);
+      expect({ whoami: whoami(), csrf: state.csrfToken }).toEqual({
+        whoami: 'carol (operator)',
+        csrf: 'csrf-carol',
+      });
+    } finally {
+      sessionAs = null;
+      // The session shown ends (its polling stops) before the next cases.
+      signedIn = false;
+      const { loadTasks } = await import('../src/web/task-list.js');
+      await loadTasks();
     }
   });
 });

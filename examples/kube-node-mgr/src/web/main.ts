@@ -7,7 +7,7 @@ import { loadClusters, loadNodes } from './nodes.js';
 // The operation dialog wires its buttons when loaded.
 import './operation-dialog.js';
 import { openProgress } from './progress-dialog.js';
-import { onSessionEnd } from './session.js';
+import { endSession, onSessionEnd, onSessionMismatch } from './session.js';
 import { canChange, RUNNING_TASK_KEY, signedIn, state } from './state.js';
 import { loadTasks, startPolling } from './task-list.js';
 
@@ -86,6 +86,32 @@ $('#logout').addEventListener('click', async () => {
   }
   sessionStorage.removeItem(RUNNING_TASK_KEY);
   location.reload();
+});
+
+// A sign-in in another tab (the same user again, or another) replaces the browser's cookie: this page's user,
+// role and CSRF token are then the old session's, its POSTs refused, its reads the new session's rows under
+// the old name, and its socket, refused after the old session's logout, "disconnected" for good. Checked when
+// the tab comes back into view and when a POST is refused for its token: another session is taken as a new
+// sign-in (the old one's views, watches and socket dropped); an ended one gets a 401 (api.ts ends it).
+let checking = false;
+async function checkSession(): Promise<void> {
+  if (checking || !signedIn()) return;
+  checking = true;
+  try {
+    const session = await api<{ username: string; role: Role; csrfToken: string }>('/api/session');
+    if (signedIn() && session.csrfToken !== state.csrfToken) {
+      endSession();
+      await showApp(session);
+    }
+  } catch {
+    // A 401 ended the session (api.ts); anything else: the next request tells.
+  } finally {
+    checking = false;
+  }
+}
+onSessionMismatch(() => void checkSession());
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible') void checkSession();
 });
 
 // ---------------------------------------------------------------- views
