@@ -2,7 +2,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/server/config.js';
+import { type Config, loadConfig } from '../src/server/config.js';
 
 /**
  * A review on 6 December 2026: without a users file the server made the demo users (`demo` / `demo`, an
@@ -15,8 +15,11 @@ describe('the demo users', () => {
     dir = mkdtempSync(path.join(tmpdir(), 'knm-users-'));
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
-  const load = (argv: string[], env: NodeJS.ProcessEnv = {}) =>
-    loadConfig(argv, env, dir, path.join(dir, 'web'));
+  const load = (argv: string[], env: NodeJS.ProcessEnv = {}): Config => {
+    const config = loadConfig(argv, env, dir, path.join(dir, 'web'));
+    if (config === 'help') throw new Error('--help');
+    return config;
+  };
 
   it('are refused with a kubeconfig or in-cluster: a users file is needed', () => {
     for (const [argv, env] of [
