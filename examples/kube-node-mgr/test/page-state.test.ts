@@ -87,6 +87,13 @@ const reruns: string[] = [];
 const delays = new Map<string, number>();
 /** The fake server's session: `false` answers 401 to every /api and /progress call (expired or logged out). */
 let signedIn = true;
+/**
+ * The user of the browser's cookie when it is not the page's (someone signed in again in another tab):
+ * `/api/session` names it, and a POST with the page's CSRF token gets 403 `csrf`. `null`: the page's own.
+ */
+let sessionAs: string | null = null;
+/** Whether the fake proxy answers the logout with a plain-text 502 (the replica it picked is down). */
+let logoutDown = false;
 /** Per task, the item events the fake server's history holds. */
 const history = new Map<string, unknown[]>();
 /** Per task, the nodes without a result that the fake server says already have the change. */
@@ -128,6 +135,17 @@ beforeAll(async () => {
   const route = (path: string, json: (status: number, value: unknown) => Response): Response => {
     if (path === '/api/login') return json(200, { username: 'ada', role: 'admin', csrfToken: 'csrf-ada' });
     if (path === '/api/clusters') return json(200, { clusters: [{ name: 'default', default: true }] });
+    if (path === '/api/logout') {
+      return logoutDown
+        ? new Response('bad gateway', { status: 502, headers: { 'content-type': 'text/plain' } })
+        : json(200, { ok: true });
+    }
+    if (path === '/api/session' && sessionAs !== null) {
+      return json(200, { username: sessionAs, role: 'operator', csrfToken: `csrf-${sessionAs}` });
+    }
+    if (path === '/api/batch' && sessionAs !== null) {
+      return json(403, { error: { code: 'csrf', message: 'missing or wrong X-CSRF-Token header' } });
+    }
     if (path === '/api/session' || !signedIn)
       return json(401, { error: { code: 'unauthenticated', message: 'log in first' } });
     if (/^\/progress\/tasks\/[^/]+\/cancel$/.test(path)) {
@@ -218,6 +236,36 @@ describe('progress dialog', () => {
     expect(dialog.dataset.taskId).toBe('task-d');
     expect(d.closed).toBe(false);
     expect(dialog.open).toBe(true);
+  });
+});
+
+describe('auto-close', () => {
+  // A review on 6 December 2026: "Details" of a batch that had completed long ago closed itself after 3 s,
+  // like the dialog of a batch just run, before its per-node results (a drain's evicted pods) could be read.
+  it('"Details" of a batch that completed earlier stays open; a batch watched to its end still closes itself', async () => {
+    const { loadTasks } = await import('../src/web/task-list.js');
+    const { AUTO_CLOSE_MS } = await import('../src/web/state.js');
+    const dialog = document.querySelector('#progress-dialog') as HTMLDialogElement;
+    taskList = [
+      { ...entry('done-1').task, task: { status: 'completed', done: 2, total: 2, succeeded: 2, failed: 0 } },
+    ];
+    nextSnap.set('done-1', completed(2));
+    await loadTasks();
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      const details = document.querySelector('#tasks tr[data-task="done-1"] button') as HTMLButtonElement;
+      expect(details.textContent).toBe('Details');
+      details.click();
+      await vi.advanceTimersByTimeAsync(AUTO_CLOSE_MS * 2);
+      expect({ open: dialog.open, state: dialog.dataset.state }).toEqual({ open: true, state: 'complete' });
+
+      pd.openProgress('live-1'); // a batch just started
+      (watches.at(-1) as FakeWatch).push(completed(2));
+      await vi.advanceTimersByTimeAsync(AUTO_CLOSE_MS + 100);
+      expect({ open: dialog.open, state: dialog.dataset.state }).toEqual({ open: false, state: 'closed' });
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
 
@@ -446,6 +494,86 @@ describe('audit page', () => {
       (td) => td.textContent,
     );
     expect(nodes).toEqual(['west-node']);
+  });
+});
+
+describe('log out', () => {
+  // A review on 6 December 2026: a logout that failed (a proxy's 502, the network) was swallowed and the page
+  // reloaded; with the server still unreachable the reload showed the login form, so the user walked away
+  // believing the session ended, while its cookie stayed valid for 12 h.
+  it('a logout the server did not take says so and keeps the page; one it took reloads the page', async () => {
+    const reload = vi.fn();
+    const realLocation = window.location;
+    Object.defineProperty(window, 'location', {
+      configurable: true,
+      value: new Proxy(realLocation, {
+        get: (target, key) =>
+          key === 'reload' ? reload : Reflect.get(target, key as keyof Location, target),
+      }),
+    });
+    try {
+      logoutDown = true;
+      (document.querySelector('#logout') as HTMLButtonElement).click();
+      await sleep(50);
+      expect(reload).not.toHaveBeenCalled();
+      const error = document.querySelector('#logout-error') as HTMLElement;
+      expect(error.hidden).toBe(false);
+      expect(error.textContent).toContain('still signed in');
+      expect(error.textContent).toContain('HTTP 502');
+
+      logoutDown = false;
+      (document.querySelector('#logout') as HTMLButtonElement).click();
+      await sleep(50);
+      expect(reload).toHaveBeenCalledTimes(1);
+    } finally {
+      logoutDown = false;
+      Object.defineProperty(window, 'location', { configurable: true, value: realLocation });
+    }
+  });
+});
+
+describe('another session in the cookie (signed in again in another tab)', () => {
+  // A review on 6 December 2026: after a sign-in in another tab (the same user again, or another one), a tab
+  // left in the background kept the old session's user, role and CSRF token: every POST was refused with
+  // "missing or wrong X-CSRF-Token header", the reads showed the new session's rows under the old name, and
+  // its socket, refused at the logout, stayed "disconnected" until a reload.
+  const whoami = () => document.querySelector('#whoami')?.textContent;
+
+  it('the page takes the cookie’s session when it comes back into view', async () => {
+    const { state } = await import('../src/web/state.js');
+    state.csrfToken = 'csrf-ada';
+    sessionAs = 'bob';
+    try {
+      document.dispatchEvent(new Event('visibilitychange'));
+      await sleep(50);
+      expect({ whoami: whoami(), csrf: state.csrfToken }).toEqual({
+        whoami: 'bob (operator)',
+        csrf: 'csrf-bob',
+      });
+    } finally {
+      sessionAs = null;
+    }
+  });
+
+  it('a POST refused for its CSRF token makes the page take the cookie’s session', async () => {
+    const { state } = await import('../src/web/state.js');
+    const { api } = await import('../src/web/api.js');
+    state.csrfToken = 'csrf-ada';
+    sessionAs = 'carol';
+    try {
+      await expect(api('/api/batch', { method: 'POST', body: {} })).rejects.toThrow('X-CSRF-Token');
+      await sleep(50);
+      expect({ whoami: whoami(), csrf: state.csrfToken }).toEqual({
+        whoami: 'carol (operator)',
+        csrf: 'csrf-carol',
+      });
+    } finally {
+      sessionAs = null;
+      // The session shown ends (its polling stops) before the next cases.
+      signedIn = false;
+      const { loadTasks } = await import('../src/web/task-list.js');
+      await loadTasks();
+    }
   });
 });
 

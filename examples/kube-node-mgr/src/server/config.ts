@@ -57,7 +57,8 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --demo-fail-nodes LIST   comma-separated nodes whose every PATCH fails (DEMO_FAIL_NODES)
   --data-dir DIR           SQLite database and generated secret (DATA_DIR, default ./data)
   --database-url URL       use Postgres (DATABASE_URL)
-  --users-file FILE        users JSON (USERS_FILE; default: demo/demo admin, ops/ops operator, viewer/viewer)
+  --users-file FILE        users JSON (USERS_FILE; default: demo/demo admin, ops/ops operator, viewer/viewer,
+                           only with the demo cluster or --kube-server: required with a kubeconfig or in-cluster)
   --concurrency N          nodes patched at once per batch (BATCH_CONCURRENCY, default 4)
   --kube-timeout-ms N      one Kubernetes API request's time limit; a node's reads and patch are retried
                            after it, up to 5 attempts (KUBE_TIMEOUT_MS, default 30000)
@@ -127,14 +128,24 @@ export function loadConfig(
   if (values.help) return 'help';
   const dataDir = path.resolve(cwd, values['data-dir'] ?? env.DATA_DIR ?? 'data');
   const origins = values['allowed-origins'] ?? env.ALLOWED_ORIGINS;
+  const kube = readKube(values, env);
+  const usersFile = values['users-file'] ?? (env.USERS_FILE || undefined);
+  // The demo users (demo / demo, an admin) are for the demo cluster and API servers without credentials. With
+  // a cluster's credentials, a deployment that lost its USERS_FILE (or `npm start` in a shell whose KUBECONFIG
+  // names a real cluster) served that cluster's nodes to anyone who had read the README.
+  if (usersFile === undefined && (kube.type === 'kubeconfig' || kube.type === 'in-cluster')) {
+    throw new Error(
+      `${kube.type === 'kubeconfig' ? 'a kubeconfig (--kubeconfig / KUBECONFIG)' : 'the in-cluster service account'} needs --users-file (USERS_FILE): the demo users are only for the demo cluster (--demo) and --kube-server`,
+    );
+  }
   return {
     host: values.host ?? env.HOST ?? '127.0.0.1',
     port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
-    kube: readKube(values, env),
+    kube,
     demo: readDemo(values, env),
     dataDir,
     databaseUrl: values['database-url'] ?? (env.DATABASE_URL || undefined),
-    usersFile: values['users-file'] ?? (env.USERS_FILE || undefined),
+    usersFile,
     sessionSecret: env.SESSION_SECRET || persistentSecret(dataDir),
     concurrency: intFlag('--concurrency', values.concurrency ?? env.BATCH_CONCURRENCY, 4, 1),
     // Default: KUBE_NODES_DEFAULTS.requestTimeoutMs (kube-nodes.ts).

@@ -1,5 +1,5 @@
 /** The page's one way to call the server: every answer handled, JSON or not. */
-import { endSession } from './session.js';
+import { endSession, sessionMismatch } from './session.js';
 import { signedIn, state } from './state.js';
 
 export class ApiError extends Error {
@@ -42,6 +42,8 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
   if (!response.ok) {
     if (response.status === 401 && signedIn()) endSession();
     const error = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+    // The page's token is not the cookie's session's: another tab signed in since (main.ts takes that session).
+    if (response.status === 403 && error?.code === 'csrf' && signedIn()) sessionMismatch();
     if (typeof error?.message === 'string') {
       throw new ApiError(response.status, String(error.code ?? 'error'), error.message);
     }

@@ -43,7 +43,7 @@ export async function loadAudit(more: boolean): Promise<void> {
     ...auditRows.map((t) => {
       const label = statusLabel(t.task);
       const open = el('button', { type: 'button', class: 'link' }, 'details');
-      open.addEventListener('click', () => openProgress(t.id));
+      open.addEventListener('click', () => openProgress(t.id, { autoClose: t.task?.status === 'running' }));
       const reason =
         typeof t.operation.reason === 'string' && t.operation.reason ? ` — “${t.operation.reason}”` : '';
       return el(
@@ -106,7 +106,7 @@ async function loadAuditEvents(): Promise<void> {
       if (e.taskId !== null) {
         const id = e.taskId;
         const open = el('button', { type: 'button', class: 'link' }, 'details');
-        open.addEventListener('click', () => openProgress(id));
+        open.addEventListener('click', () => openProgress(id, { autoClose: false }));
         cell.append(' ', open);
       }
       return el(

@@ -1,13 +1,13 @@
 /** The page's entry: sign-in, the two views (nodes, audit) and the start. */
 import type { Role } from '../shared/api-types.js';
-import { api } from './api.js';
+import { ApiError, api } from './api.js';
 import { loadAudit } from './audit.js';
 import { $ } from './dom.js';
 import { loadClusters, loadNodes } from './nodes.js';
 // The operation dialog wires its buttons when loaded.
 import './operation-dialog.js';
 import { openProgress } from './progress-dialog.js';
-import { onSessionEnd } from './session.js';
+import { endSession, onSessionEnd, onSessionMismatch } from './session.js';
 import { canChange, RUNNING_TASK_KEY, signedIn, state } from './state.js';
 import { loadTasks, startPolling } from './task-list.js';
 
@@ -25,6 +25,7 @@ export function showLogin(): void {
 
 // The other modules drop their rows, dialogs and watches; this one forgets who was signed in and shows the form.
 onSessionEnd(() => {
+  $('#logout-error').hidden = true;
   state.me = { username: '', role: 'viewer' };
   state.csrfToken = '';
   showLogin();
@@ -69,9 +70,48 @@ $<HTMLFormElement>('#login-form').addEventListener('submit', async (event) => {
 });
 
 $('#logout').addEventListener('click', async () => {
-  await api('/api/logout', { method: 'POST', body: {} }).catch(() => undefined);
+  const problem = $('#logout-error');
+  problem.hidden = true;
+  try {
+    await api('/api/logout', { method: 'POST', body: {} });
+  } catch (error) {
+    // Not taken (a proxy's 502, the network): the session and its cookie are still valid. Reloading anyway
+    // showed the login form while the server was unreachable, and the user left believing it ended. A 401:
+    // it had ended already, nothing is left to sign out of.
+    if (!(error instanceof ApiError && error.status === 401)) {
+      problem.textContent = `Not signed out: ${(error as Error).message}. You are still signed in.`;
+      problem.hidden = false;
+      return;
+    }
+  }
   sessionStorage.removeItem(RUNNING_TASK_KEY);
   location.reload();
+});
+
+// A sign-in in another tab (the same user again, or another) replaces the browser's cookie: this page's user,
+// role and CSRF token are then the old session's, its POSTs refused, its reads the new session's rows under
+// the old name, and its socket, refused after the old session's logout, "disconnected" for good. Checked when
+// the tab comes back into view and when a POST is refused for its token: another session is taken as a new
+// sign-in (the old one's views, watches and socket dropped); an ended one gets a 401 (api.ts ends it).
+let checking = false;
+async function checkSession(): Promise<void> {
+  if (checking || !signedIn()) return;
+  checking = true;
+  try {
+    const session = await api<{ username: string; role: Role; csrfToken: string }>('/api/session');
+    if (signedIn() && session.csrfToken !== state.csrfToken) {
+      endSession();
+      await showApp(session);
+    }
+  } catch {
+    // A 401 ended the session (api.ts); anything else: the next request tells.
+  } finally {
+    checking = false;
+  }
+}
+onSessionMismatch(() => void checkSession());
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible') void checkSession();
 });
 
 // ---------------------------------------------------------------- views

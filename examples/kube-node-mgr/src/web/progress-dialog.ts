@@ -26,8 +26,22 @@ const results = new Map<string, ItemResult>();
 const unrecorded = new Map<string, boolean | null>();
 let unrecordedFor: Watch | undefined;
 
-export function openProgress(taskId: string): void {
+/** Options of {@link openProgress}. */
+export interface OpenProgressOptions {
+  /**
+   * Close the dialog {@link AUTO_CLOSE_MS} after a complete success. Off for "Details" of a batch that had
+   * ended already: the user opened it to read its results, which closing after 3 s took away.
+   * @default true
+   */
+  autoClose?: boolean;
+}
+
+/** Whether the open dialog closes itself after a complete success (see {@link OpenProgressOptions}). */
+let autoClose = true;
+
+export function openProgress(taskId: string, options: OpenProgressOptions = {}): void {
   closeProgressWatch();
+  autoClose = options.autoClose ?? true;
   results.clear();
   unrecorded.clear();
   unrecordedFor = undefined;
@@ -307,7 +321,7 @@ function finished(w: Watch, snap: WatchState): void {
     sessionStorage.removeItem(RUNNING_TASK_KEY);
     // finished() runs again when the task's record arrives after its end: one timer, not one per call.
     if (closeTimer !== undefined) clearTimeout(closeTimer);
-    closeTimer = setTimeout(() => closeProgress(), AUTO_CLOSE_MS);
+    if (autoClose) closeTimer = setTimeout(() => closeProgress(), AUTO_CLOSE_MS);
   } else {
     const state2 = snap.status === 'completed' ? 'partial' : snap.status;
     dialog.dataset.state = state2;

@@ -24,3 +24,18 @@ export function endSession(): void {
  */
 export const sessionMark = (): number => generation;
 export const sameSession = (mark: number): boolean => mark === generation;
+
+let mismatch: () => void = () => {};
+
+/** Registers what checks the browser's session again when it may no longer be the page's (see below). */
+export function onSessionMismatch(check: () => void): void {
+  mismatch = check;
+}
+
+/**
+ * The cookie may name another session than the page's: a POST was refused for its CSRF token (someone
+ * signed in again in another tab). The registered check reads the session and takes it.
+ */
+export function sessionMismatch(): void {
+  mismatch();
+}

@@ -96,7 +96,8 @@ function renderTasks(): void {
   $('#tasks tbody').replaceChildren(
     ...tasks.map((t) => {
       const open = el('button', { type: 'button' }, t.task?.status === 'running' ? 'Watch' : 'Details');
-      open.addEventListener('click', () => openProgress(t.id));
+      // Read at the click: the row's watch may have moved it to its end since it was drawn.
+      open.addEventListener('click', () => openProgress(t.id, { autoClose: t.task?.status === 'running' }));
       const label = statusLabel(t.task);
       return el(
         'tr',

@@ -92,7 +92,14 @@ export function createGuards(parts: {
     const origin = req.headers.origin;
     if (origin === undefined) return true; // non-browser clients; the CSRF token still applies
     if (Array.isArray(allowedOrigins)) return allowedOrigins.includes(origin);
-    return allowedOrigins(origin, req);
+    // An Origin that is not a URL (`null` from a sandboxed frame or a file: page, or garbage) makes the
+    // same-origin rule throw: another origin, refused with 403 as the upgrade and /progress refuse it,
+    // not a 500.
+    try {
+      return allowedOrigins(origin, req);
+    } catch {
+      return false;
+    }
   };
   const requireSession = (req: Authed, res: Response, next: NextFunction) => {
     sessions.fromRequest(req).then((session) => {
