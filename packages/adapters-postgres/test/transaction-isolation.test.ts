@@ -116,16 +116,24 @@ for (const level of ['repeatable read', 'serializable']) {
       await expect(store.getTask('moved')).resolves.toMatchObject({ seq: 2, ackedSeq: 1, done: 2 });
     });
 
-    it('creates, purges and renews the epoch when a row changed after the statement began', async () => {
+    it('creates, purges, releases leases and renews the epoch when a row changed after the statement began', async () => {
       // Until 6 December 2026 these single statements ran at the session's default, and each failed with
       // "could not serialize access due to concurrent update" (`store_unavailable`): a createTask racing
       // another replica's for the same id (instead of "already exists", `invalid_input`), a purge racing an ack of a
-      // finished task, and two replicas renewing the epoch at once (the renewal after lost commits).
+      // finished task, a lease release racing an ack, and two replicas renewing the epoch at once (the
+      // renewal after lost commits).
       const schema = await migrated();
       const pool = poolAt(level);
       const store = await open({ schema, pool });
       await store.createTask({ id: 'done', owner: 'alice', kind: 'k' });
       await store.append('done', { type: 'completed' });
+      await store.createTask({
+        id: 'leased',
+        owner: 'alice',
+        kind: 'k',
+        lease: { owner: 'worker', ttlMs: 60_000 },
+      });
+      await store.append('leased', { type: 'item', key: 'a', ok: true });
       const epoch = await store.getEpoch();
       // Out of its creation's millisecond (a task is not purged in it).
       await new Promise((resolve) => setTimeout(resolve, 5));
@@ -137,32 +145,34 @@ for (const level of ['repeatable read', 'serializable']) {
       const creating = store.createTask({ id: 'taken', owner: 'alice', kind: 'k' });
       const purging = store.purgeFinished({ olderThanMs: 0 });
       const renewing = store.renewEpoch();
+      const releasing = store.releaseLease('leased', 'worker');
+      releasing.catch(() => {});
       creating.catch(() => {});
       purging.catch(() => {});
       renewing.catch(() => {});
       try {
         await eventually(
-          'the create, the purge and the renewal wait for the tables',
-          async () => (await waitingForLocks()) >= 3,
+          'the create, the purge, the renewal and the release wait for the tables',
+          async () => (await waitingForLocks()) >= 4,
         );
         // Another replica's create of the same id, an ack and a renewal, committed after their snapshots.
         await holder.query(
           `INSERT INTO ${schema}.tasks (id, owner, kind, status, done, succeeded, failed, seq, acked_seq, created_at, updated_at)
            VALUES ('taken', 'bob', 'k', 'running', 0, 0, 0, 0, 0, 0, 0)`,
         );
-        await holder.query(`UPDATE ${schema}.tasks SET acked_seq = acked_seq WHERE id = 'done'`);
+        await holder.query(`UPDATE ${schema}.tasks SET acked_seq = acked_seq WHERE id IN ('done', 'leased')`);
         await holder.query(`UPDATE ${schema}.meta SET value = 'elsewhere' WHERE key = 'epoch'`);
         await holder.query('COMMIT');
       } finally {
         holder.release();
       }
       // All three first, so that a failure names each that failed.
-      const outcomes = await Promise.allSettled([creating, purging, renewing]);
+      const outcomes = await Promise.allSettled([creating, purging, renewing, releasing]);
       expect(
         outcomes.map((outcome) =>
           outcome.status === 'rejected' ? (outcome.reason as Error).message : typeof outcome.value,
         ),
-      ).toEqual(['Task taken already exists', 'number', 'string']);
+      ).toEqual(['Task taken already exists', 'number', 'string', 'undefined']);
       await expect(purging).resolves.toBe(1);
       const renewed = await renewing;
       expect(renewed).not.toBe(epoch);
@@ -170,6 +180,7 @@ for (const level of ['repeatable read', 'serializable']) {
       await expect(store.getTask('done')).resolves.toBeUndefined();
       await expect(store.getTask('taken')).resolves.toMatchObject({ owner: 'bob' });
       await expect(store.getEpoch()).resolves.toBe(renewed);
+      await expect(store.getTask('leased')).resolves.toMatchObject({ leaseOwner: null, seq: 1 });
     });
   });
 }
