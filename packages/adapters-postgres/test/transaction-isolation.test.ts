@@ -182,5 +182,65 @@ for (const level of ['repeatable read', 'serializable']) {
       await expect(store.getEpoch()).resolves.toBe(renewed);
       await expect(store.getTask('leased')).resolves.toMatchObject({ leaseOwner: null, seq: 1 });
     });
+
+    it('two replicas run every call on the same tasks at once without a store_unavailable', async () => {
+      // The calls of a replica at once with the other's, on the same ids: creates of one id, appends,
+      // renewals, acks, releases, purges, epoch renewals, reaps and reads. Before the fixes of 6 December
+      // 2026 creates, releases and renewals of the epoch failed here in every run.
+      const schema = await migrated();
+      const failures: string[] = [];
+      const onError = (error: Error) => failures.push(`onError: ${error.message}`);
+      const stores = [
+        await open({ schema, pool: poolAt(level), onError }),
+        await open({ schema, pool: poolAt(level), onError }),
+      ];
+      const failed = (what: string) => (error: { code?: string; message?: string }) => {
+        // Refusals (an id taken, a task finished, a lease another's) are the answers of a race; not these.
+        if (error.code === 'store_unavailable' || error.code === 'internal')
+          failures.push(`${what}: ${error.message}`);
+      };
+      for (let round = 0; round < 15; round++) {
+        const ids = [`r${round}a`, `r${round}b`];
+        const lease = { owner: 'worker', ttlMs: 60_000 };
+        await Promise.all(
+          ids.flatMap((id) =>
+            stores.map((store) =>
+              store.createTask({ id, owner: 'alice', kind: 'k', lease }).catch(failed('createTask')),
+            ),
+          ),
+        );
+        await Promise.all(
+          ids.flatMap((id) =>
+            stores.flatMap((store, index) => [
+              store.append(id, { type: 'item', key: `${index}`, ok: true }).catch(failed('append')),
+              store.renewLease(id, 'worker', 60_000).catch(failed('renewLease')),
+              store.ack(id, 1).catch(failed('ack')),
+              store.readEvents(id, 0).catch(failed('readEvents')),
+            ]),
+          ),
+        );
+        await Promise.all(
+          ids.flatMap((id) =>
+            stores.flatMap((store) => [
+              store.releaseLease(id, 'worker').catch(failed('releaseLease')),
+              store.ack(id, 1).catch(failed('ack')),
+              store.append(id, { type: 'completed' }).catch(failed('append')),
+            ]),
+          ),
+        );
+        // Out of their creation's millisecond (a task is not purged in it).
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        await Promise.all(
+          stores.flatMap((store) => [
+            store.purgeFinished({ olderThanMs: 0 }).catch(failed('purgeFinished')),
+            store.renewEpoch().catch(failed('renewEpoch')),
+            store.listTasks({ owner: 'alice' }).catch(failed('listTasks')),
+            store.reapExpiredLeases().catch(failed('reapExpiredLeases')),
+            store.latestSeqs(ids).catch(failed('latestSeqs')),
+          ]),
+        );
+      }
+      expect(failures).toEqual([]);
+    });
   });
 }
