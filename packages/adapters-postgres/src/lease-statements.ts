@@ -12,7 +12,7 @@ import {
 import { type Kysely, sql } from 'kysely';
 import { type AppendStatements, type AppendTarget, writeAppends } from './append-pipeline.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
-import { lockingTransaction } from './locking-transaction.js';
+import { lockingTransaction, runStatement } from './locking-transaction.js';
 import { isDatabaseError, isRowRefusal, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { int, type TaskRow, taskColumns, tasksById, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
@@ -225,8 +225,12 @@ export async function releaseLease(
   run: number | undefined,
 ): Promise<'done' | 'not_found' | 'other_run'> {
   const fence = run ?? null;
-  // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
-  const { rows } = await sql<{ released: boolean; created_at: string | number | null }>`
+  // Ended tasks already dropped their lease; another owner's lease is not ours to drop. Redone at READ
+  // COMMITTED after a serialization failure (see `runStatement`): at a stricter session default, a row an
+  // append or an ack changed while the release waited for it failed the release with `store_unavailable`.
+  const { rows } = await runStatement(
+    db,
+    sql<{ released: boolean; created_at: string | number | null }>`
     WITH released AS (
       UPDATE ${target.tasks} SET lease_owner = NULL, lease_expires_at = NULL
       WHERE id = ${taskId} AND status = 'running' AND lease_owner = ${owner}
@@ -237,7 +241,8 @@ export async function releaseLease(
       RETURNING id
     )
     SELECT EXISTS (SELECT 1 FROM released) AS released,
-      (SELECT created_at FROM ${target.tasks} WHERE id = ${taskId}) AS created_at`.execute(db);
+      (SELECT created_at FROM ${target.tasks} WHERE id = ${taskId}) AS created_at`,
+  );
   const row = rows[0];
   if (row === undefined || row.released) return 'done';
   if (row.created_at === null) return 'not_found';

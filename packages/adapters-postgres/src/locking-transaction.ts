@@ -1,4 +1,5 @@
-import type { Kysely, TransactionBuilder } from 'kysely';
+import type { Kysely, QueryResult, RawBuilder, TransactionBuilder } from 'kysely';
+import { isSerializationFailure } from './pg-errors.js';
 
 /**
  * The transactions of the store that lock task rows (appends, lease renewals and releases, the reaper) run
@@ -15,4 +16,22 @@ import type { Kysely, TransactionBuilder } from 'kysely';
 /** A transaction of `db` at `READ COMMITTED` (see the module's comment). */
 export function lockingTransaction<Database>(db: Kysely<Database>): TransactionBuilder<Database> {
   return db.transaction().setIsolationLevel('read committed');
+}
+
+/**
+ * Runs `query`, one autocommit statement, at the session's default; at a default stricter than
+ * `READ COMMITTED`, a row it writes, locks or conflicts with that changed after the statement began fails
+ * it with a serialization failure (nothing written), and it runs once more in a `READ COMMITTED`
+ * transaction, which builds on the newest row. No extra round trip unless it failed so.
+ */
+export async function runStatement<Database, R>(
+  db: Kysely<Database>,
+  query: RawBuilder<R>,
+): Promise<QueryResult<R>> {
+  try {
+    return await query.execute(db);
+  } catch (error) {
+    if (!isSerializationFailure(error)) throw error;
+    return lockingTransaction(db).execute((trx) => query.execute(trx));
+  }
 }

@@ -47,6 +47,7 @@ import {
   renewLeases,
 } from './lease-statements.js';
 import { ListenConnection } from './listen-connection.js';
+import { runStatement } from './locking-transaction.js';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
 import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
 import { ChangeFeedHub, type PostgresChangeFeed, StoreChangeFeed } from './postgres-change-feed.js';
@@ -698,9 +699,13 @@ export class PostgresProgressStore implements ProgressStore {
     }
   }
 
-  /** Runs one of the task statements, turning driver errors into typed ones. */
+  /**
+   * Runs one of the task statements, turning driver errors into typed ones; once more at `READ COMMITTED`
+   * after a serialization failure (see `runStatement`): a create of an id another replica created
+   * meanwhile, a purge of a task acked meanwhile, two renewals of the epoch at once.
+   */
   #query<R>(what: string, taskId: string | undefined, query: RawBuilder<R>): Promise<QueryResult<R>> {
-    return this.#run(what, taskId, () => query.execute(this.#db));
+    return this.#run(what, taskId, () => runStatement(this.#db, query));
   }
 
   async #readLatest(taskIds: readonly string[]): Promise<Map<string, LatestState>> {

@@ -174,6 +174,15 @@ const PURGE_NOTICE_IDS = 50;
  */
 export const PURGED_RECORD_MS = 3_600_000;
 
+/**
+ * The events one `purgeFinished` call deletes, at most, but for its first task (as the SQLite store's
+ * `PURGE_EVENT_BUDGET`): a purge is one statement, one transaction, and at the default limit of 500 tasks
+ * of a few thousand events each, millions of event rows went in it, their row locks, WAL and dead tuples
+ * held by one long transaction that a replica or a logical decoder then had to swallow at once. A task's
+ * `seq` counts its events (its log is 1..seq); a call that stops early leaves the rest to the next.
+ */
+export const PURGE_EVENT_BUDGET = 10_000;
+
 /** Where retention writes: the tables, the channel, and the purge records and the horizon in `meta`. */
 export interface PurgeTarget extends AppendTarget {
   purged: RawBuilder<unknown>;
@@ -184,7 +193,9 @@ export interface PurgeTarget extends AppendTarget {
  * Deletes up to `limit` tasks finished at or before `cutoff` and their events, in one statement; returns
  * the deleted ids, each with the statement's transaction id (`xid`, as text). Events first (there is no
  * foreign key to cascade), then their tasks; `SKIP LOCKED` leaves a task another transaction holds for a
- * later purge.
+ * later purge. Of the tasks it locked (oldest first), it deletes those whose events, added up, stay within
+ * {@link PURGE_EVENT_BUDGET}, and always the first; the others stay locked until the statement's short
+ * transaction ends, and go to a later purge.
  *
  * The same statement records each deleted id in `purged` with its transaction id, and sends the purge
  * notices with that id too: every listener forgets the purged ids, so that a new task with the same id is
@@ -209,13 +220,20 @@ export function purgeFinished(
       ? sql`SELECT ${databaseNow} AS now`
       : sql`SELECT ${createdBefore}::int8 AS now`;
   return sql<{ id: string; xid: string }>`
-    WITH clock AS MATERIALIZED (${clock}), doomed AS (
-      SELECT id FROM ${target.tasks}
+    WITH clock AS MATERIALIZED (${clock}), locked AS (
+      SELECT id, seq, finished_at FROM ${target.tasks}
       WHERE status <> 'running' AND finished_at IS NOT NULL AND finished_at <= ${cutoff}
         AND created_at < (SELECT now FROM clock)
       ORDER BY finished_at, id
       LIMIT ${limit}
       FOR UPDATE SKIP LOCKED
+    ), doomed AS (
+      -- The oldest whose events add up to the budget, and the first whatever its size.
+      SELECT id FROM (
+        SELECT id, row_number() OVER oldest AS n, sum(seq) OVER oldest AS events FROM locked
+        WINDOW oldest AS (ORDER BY finished_at, id ROWS UNBOUNDED PRECEDING)
+      ) AS running
+      WHERE n = 1 OR events <= ${sql.lit(PURGE_EVENT_BUDGET)}
     ), purged_events AS (
       DELETE FROM ${target.events} WHERE task_id IN (SELECT id FROM doomed)
     ), deleted AS (

@@ -13,7 +13,7 @@ import {
   type PostgresProgressStoreOptions,
 } from '../src/index.js';
 import { decodeNotice } from '../src/notify-payload.js';
-import { PURGED_RECORD_MS } from '../src/task-statements.js';
+import { PURGE_EVENT_BUDGET, PURGED_RECORD_MS } from '../src/task-statements.js';
 import {
   dropSchema,
   eventually,
@@ -1096,6 +1096,47 @@ describe('operator view and retention', () => {
     await store.append('f1', { type: 'progress' });
     expect(recorder.seqs('f1')).toEqual([1]);
     recorder.stop();
+  });
+
+  it(`stops a purge once its tasks' events pass ${PURGE_EVENT_BUDGET}, taking at least one task`, async () => {
+    // Until 6 December 2026 one purge deleted up to `limit` tasks whatever their events numbered: millions
+    // of event rows in one statement's transaction (the SQLite store stopped at the same budget).
+    const schema = await migrated();
+    const store = await open({ schema });
+    const part = Math.ceil(PURGE_EVENT_BUDGET * 0.4);
+    // Oldest first: three of `part` events (two fit), one of 1, then one alone past the budget.
+    const sizes: [string, number][] = [
+      ['a', part],
+      ['b', part],
+      ['c', part],
+      ['d', 1],
+      ['e', PURGE_EVENT_BUDGET + 1],
+    ];
+    for (const [index, [id, seq]] of sizes.entries()) {
+      await pool.query(
+        `INSERT INTO ${schema}.tasks (id, owner, kind, status, done, succeeded, failed, seq, acked_seq, created_at, updated_at, finished_at)
+         VALUES ($1, 'alice', 'k', 'completed', 0, 0, 0, $2, 0, 0, 0, $3)`,
+        [id, seq, index + 1],
+      );
+      await pool.query(
+        `INSERT INTO ${schema}.events (task_id, seq, type, time, body)
+         SELECT $1, s, CASE WHEN s = $2 THEN 'completed' ELSE 'progress' END, 0, '{}' FROM generate_series(1, $2::int8) AS s`,
+        [id, seq],
+      );
+    }
+    const left = async () =>
+      (await pool.query(`SELECT id FROM ${schema}.tasks ORDER BY id`)).rows.map((row) => row.id);
+    const events = async () =>
+      (await pool.query(`SELECT count(*)::int AS n FROM ${schema}.events`)).rows[0].n as number;
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(2);
+    expect(await left()).toEqual(['c', 'd', 'e']);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(2);
+    expect(await left()).toEqual(['e']);
+    expect(await events()).toBe(PURGE_EVENT_BUDGET + 1);
+    // Alone past the budget, it is still purged (one task per call at least).
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    expect(await left()).toEqual([]);
+    expect(await events()).toBe(0);
   });
 
   it('a replica that remembers a purged run of an id cannot write into the run created again by another', async () => {

@@ -115,5 +115,132 @@ for (const level of ['repeatable read', 'serializable']) {
       await expect(appending).resolves.toMatchObject({ event: { seq: 2 } });
       await expect(store.getTask('moved')).resolves.toMatchObject({ seq: 2, ackedSeq: 1, done: 2 });
     });
+
+    it('creates, purges, releases leases and renews the epoch when a row changed after the statement began', async () => {
+      // Until 6 December 2026 these single statements ran at the session's default, and each failed with
+      // "could not serialize access due to concurrent update" (`store_unavailable`): a createTask racing
+      // another replica's for the same id (instead of "already exists", `invalid_input`), a purge racing an ack of a
+      // finished task, a lease release racing an ack, and two replicas renewing the epoch at once (the
+      // renewal after lost commits).
+      const schema = await migrated();
+      const pool = poolAt(level);
+      const store = await open({ schema, pool });
+      await store.createTask({ id: 'done', owner: 'alice', kind: 'k' });
+      await store.append('done', { type: 'completed' });
+      await store.createTask({
+        id: 'leased',
+        owner: 'alice',
+        kind: 'k',
+        lease: { owner: 'worker', ttlMs: 60_000 },
+      });
+      await store.append('leased', { type: 'item', key: 'a', ok: true });
+      const epoch = await store.getEpoch();
+      // Out of its creation's millisecond (a task is not purged in it).
+      await new Promise((resolve) => setTimeout(resolve, 5));
+
+      // The tables locked: each statement takes its snapshot, then waits for its table.
+      const holder = await admin.connect();
+      await holder.query('BEGIN');
+      await holder.query(`LOCK TABLE ${schema}.tasks, ${schema}.meta IN EXCLUSIVE MODE`);
+      const creating = store.createTask({ id: 'taken', owner: 'alice', kind: 'k' });
+      const purging = store.purgeFinished({ olderThanMs: 0 });
+      const renewing = store.renewEpoch();
+      const releasing = store.releaseLease('leased', 'worker');
+      releasing.catch(() => {});
+      creating.catch(() => {});
+      purging.catch(() => {});
+      renewing.catch(() => {});
+      try {
+        await eventually(
+          'the create, the purge, the renewal and the release wait for the tables',
+          async () => (await waitingForLocks()) >= 4,
+        );
+        // Another replica's create of the same id, an ack and a renewal, committed after their snapshots.
+        await holder.query(
+          `INSERT INTO ${schema}.tasks (id, owner, kind, status, done, succeeded, failed, seq, acked_seq, created_at, updated_at)
+           VALUES ('taken', 'bob', 'k', 'running', 0, 0, 0, 0, 0, 0, 0)`,
+        );
+        await holder.query(`UPDATE ${schema}.tasks SET acked_seq = acked_seq WHERE id IN ('done', 'leased')`);
+        await holder.query(`UPDATE ${schema}.meta SET value = 'elsewhere' WHERE key = 'epoch'`);
+        await holder.query('COMMIT');
+      } finally {
+        holder.release();
+      }
+      // All three first, so that a failure names each that failed.
+      const outcomes = await Promise.allSettled([creating, purging, renewing, releasing]);
+      expect(
+        outcomes.map((outcome) =>
+          outcome.status === 'rejected' ? (outcome.reason as Error).message : typeof outcome.value,
+        ),
+      ).toEqual(['Task taken already exists', 'number', 'string', 'undefined']);
+      await expect(purging).resolves.toBe(1);
+      const renewed = await renewing;
+      expect(renewed).not.toBe(epoch);
+      expect(renewed).not.toBe('elsewhere');
+      await expect(store.getTask('done')).resolves.toBeUndefined();
+      await expect(store.getTask('taken')).resolves.toMatchObject({ owner: 'bob' });
+      await expect(store.getEpoch()).resolves.toBe(renewed);
+      await expect(store.getTask('leased')).resolves.toMatchObject({ leaseOwner: null, seq: 1 });
+    });
+
+    it('two replicas run every call on the same tasks at once without a store_unavailable', async () => {
+      // The calls of a replica at once with the other's, on the same ids: creates of one id, appends,
+      // renewals, acks, releases, purges, epoch renewals, reaps and reads. Before the fixes of 6 December
+      // 2026 creates, releases and renewals of the epoch failed here in every run.
+      const schema = await migrated();
+      const failures: string[] = [];
+      const onError = (error: Error) => failures.push(`onError: ${error.message}`);
+      const stores = [
+        await open({ schema, pool: poolAt(level), onError }),
+        await open({ schema, pool: poolAt(level), onError }),
+      ];
+      const failed = (what: string) => (error: { code?: string; message?: string }) => {
+        // Refusals (an id taken, a task finished, a lease another's) are the answers of a race; not these.
+        if (error.code === 'store_unavailable' || error.code === 'internal')
+          failures.push(`${what}: ${error.message}`);
+      };
+      for (let round = 0; round < 15; round++) {
+        const ids = [`r${round}a`, `r${round}b`];
+        const lease = { owner: 'worker', ttlMs: 60_000 };
+        await Promise.all(
+          ids.flatMap((id) =>
+            stores.map((store) =>
+              store.createTask({ id, owner: 'alice', kind: 'k', lease }).catch(failed('createTask')),
+            ),
+          ),
+        );
+        await Promise.all(
+          ids.flatMap((id) =>
+            stores.flatMap((store, index) => [
+              store.append(id, { type: 'item', key: `${index}`, ok: true }).catch(failed('append')),
+              store.renewLease(id, 'worker', 60_000).catch(failed('renewLease')),
+              store.ack(id, 1).catch(failed('ack')),
+              store.readEvents(id, 0).catch(failed('readEvents')),
+            ]),
+          ),
+        );
+        await Promise.all(
+          ids.flatMap((id) =>
+            stores.flatMap((store) => [
+              store.releaseLease(id, 'worker').catch(failed('releaseLease')),
+              store.ack(id, 1).catch(failed('ack')),
+              store.append(id, { type: 'completed' }).catch(failed('append')),
+            ]),
+          ),
+        );
+        // Out of their creation's millisecond (a task is not purged in it).
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        await Promise.all(
+          stores.flatMap((store) => [
+            store.purgeFinished({ olderThanMs: 0 }).catch(failed('purgeFinished')),
+            store.renewEpoch().catch(failed('renewEpoch')),
+            store.listTasks({ owner: 'alice' }).catch(failed('listTasks')),
+            store.reapExpiredLeases().catch(failed('reapExpiredLeases')),
+            store.latestSeqs(ids).catch(failed('latestSeqs')),
+          ]),
+        );
+      }
+      expect(failures).toEqual([]);
+    });
   });
 }

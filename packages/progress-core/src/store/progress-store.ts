@@ -57,8 +57,8 @@ export interface PurgeOptions {
   olderThanMs: number;
   /**
    * At most this many tasks (with all their events) per call. A store may take fewer while more are due
-   * (the SQLite store stops once their events pass 10,000): a count below `limit` does not mean none is
-   * left, so call on a schedule rather than until a short count.
+   * (the SQLite and Postgres stores stop once their events pass 10,000): a count below `limit` does not
+   * mean none is left, so call on a schedule rather than until a short count.
    * @default 500 (larger values are clamped to 5000)
    */
   limit?: number;
