@@ -192,8 +192,12 @@ export interface HttpHost {
   apply(task: TaskSubscription, result: ApplyResult): void;
   /** Retrying cannot help (the credentials are refused): close the client with this error. */
   fatal(error: ProgressError): void;
-  /** The task cannot be watched (not found, forbidden): end its watches. */
-  failTask(task: TaskSubscription, error: ProgressError): void;
+  /**
+   * The task cannot be watched (not found, forbidden): end its watches. Without `error`, for a finished
+   * task whose end was acknowledged: the client lets go of it, its handles closing with their final state.
+   * Nothing for a task the client no longer follows (see {@link current}).
+   */
+  failTask(task: TaskSubscription, error?: ProgressError): void;
   /**
    * Set by the HTTP fallback when it attaches: starts its polling, for the fallback transport that shares
    * the host (`FallbackHost.poll`), whose streams a proxy buffers.

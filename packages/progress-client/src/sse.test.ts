@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { type AddressInfo, createServer, type Socket } from 'node:net';
 import type { ServerFrame } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
@@ -710,6 +711,41 @@ describe('the SSE fallback transport', () => {
     expect(second.getSnapshot()).toMatchObject({ status: 'running', seq: 1, finished: false });
     // The old handle keeps its run's end.
     expect(first.getSnapshot()).toMatchObject({ status: 'completed', seq: 1 });
+    await client.close();
+  });
+
+  it('with preferFallback, lets go of a task whose end it acknowledged over its stream: a long-lived page keeps none of them', async () => {
+    // No socket, so no heartbeat to let go of it at: until 6 December 2026 every job a page watched over
+    // SSE stayed in the client with its handles, their listeners and their listener on the signal.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const controller = new AbortController();
+    const listeners = () => getEventListeners(controller.signal, 'abort').length;
+    const handles = [];
+    for (let i = 0; i < 5; i++) {
+      const job = new FakeTask(`job-${i}`, 1);
+      job.item('a');
+      job.end();
+      const handle = client.watch(job.id, { signal: controller.signal });
+      const onFinished = vi.fn();
+      handle.on('finished', onFinished);
+      await flush();
+      const stream = sse.streams.at(-1) as SseRequest;
+      stream.send({ type: 'snapshot', task: job.view() }, job.seq);
+      stream.end();
+      expect((await handle.done).status).toBe('completed');
+      await flush();
+      expect(onFinished).toHaveBeenCalledTimes(1);
+      handles.push(handle);
+    }
+    await scheduler.advance(1000);
+    expect(sse.acks).toHaveLength(5);
+    for (const handle of handles) {
+      expect(handle.closed).toBe(true);
+      // It keeps its final state; its listeners are gone.
+      expect(handle.getSnapshot()).toMatchObject({ status: 'completed', seq: 2 });
+      expect(handle.listenerCount('finished')).toBe(0);
+    }
+    expect(listeners()).toBe(0);
     await client.close();
   });
 
