@@ -368,10 +368,13 @@ class HttpPoller implements HttpFallbackRuntime {
       // to ask about it, and a new watch of the id asks the server (the id may name a new run by now).
       // Until 5 December 2026 only the socket's ack marked it: a new watch of the id, the old run's handle
       // still held, shared the old run's end and resolved with it at once. (Not for the 100% watchdog's
-      // HTTP step on a socket that is up: that socket acknowledges the end and unsubscribes.)
+      // HTTP step on a socket that is up: that socket acknowledges the end and unsubscribes.) Then the client
+      // lets go of it, as of one whose end the socket acknowledged at the next heartbeat: until 6 December
+      // 2026 a page whose socket never opened (no heartbeat) kept every job it watched, with its handles.
       if (this.#polling && task.cursor.finished && !task.socketDone && host.current(task)) {
         task.done();
         sendAck(host.options, host.timers, host.options.fetch, task.taskId, task.cursor.seq);
+        host.failTask(task);
       }
     }
   }
