@@ -451,6 +451,9 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   #failTask(task: TaskSubscription, error?: ProgressError): void {
     this.#tasks.delete(task.taskId);
     this.#o.storage?.remove(task.taskId);
+    // Its stream too, if it has one (the 100% watchdog's HTTP step read `task_not_found` while it streamed):
+    // until 6 December 2026 it stayed open, holding the id's place, and a new watch of the id got no stream.
+    this.#fallback?.close(task);
     task.fail(error, true);
     this.#stopPageLifeIfAllFinished();
   }

@@ -926,6 +926,43 @@ describe('the SSE fallback transport', () => {
   });
 });
 
+describe('the SSE fallback transport when a watch ends another way', () => {
+  it('stops the stream of a watch ended while it streamed (the 100% watchdog read task_not_found over HTTP): a new watch of the id gets a stream of its own', async () => {
+    // Left open, the old watch's stream kept the id's place: the new watch opened none, got the old
+    // stream's frames from the old cursor (a gap it could not resync), and none once that stream ended.
+    const { client, sse, scheduler, http } = sseSetup({ preferFallback: true, finishTimeoutMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    const first = client.watch('t1');
+    const outcome = first.done.catch((error: { code?: string }) => error.code);
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 1);
+    // At 100% without its end: the watchdog's steps restart the stream, then read the task over HTTP,
+    // which the store no longer has (404).
+    for (let i = 0; i < 20 && first.closed === false; i++) {
+      await scheduler.advance(1000);
+      (sse.streams.at(-1) as SseRequest).write(OPENING);
+    }
+    expect(await outcome).toBe('task_not_found');
+    expect(http.count('/tasks/t1/events')).toBeGreaterThan(0);
+    expect(sse.streams.filter((request) => request.live())).toHaveLength(0);
+    // The id is created again, and watched again: over a stream of its own, from 0.
+    const again = new FakeTask('t1', 2);
+    const second = client.watch('t1');
+    await flush();
+    const fresh = sse.streams.at(-1) as SseRequest;
+    expect(fresh.live()).toBe(true);
+    expect(fresh.headers['last-event-id']).toBeUndefined();
+    fresh.send({ type: 'snapshot', task: again.view() }, 0);
+    fresh.send({ type: 'event', event: again.item('x') }, 1);
+    await flush();
+    expect(second.getSnapshot()).toMatchObject({ status: 'running', seq: 1 });
+    await client.close();
+  });
+});
+
 describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.ts)', () => {
   // A stream cut after it delivered was reopened only after httpPollIntervalMs (2 s), as after a failed
   // open: in the chaos run, SSE watchers were the tail of terminal commit → callback (max 4,158 ms,
