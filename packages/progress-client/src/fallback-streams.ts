@@ -27,8 +27,12 @@ export interface FallbackHost {
   onFrame(frame: ServerFrame): void;
   /** Retrying cannot help (the credentials are refused): close the client with this error. */
   fatal(error: ProgressError): void;
-  /** The task cannot be watched (not found, forbidden): end its watches. */
-  failTask(task: TaskSubscription, error: ProgressError): void;
+  /**
+   * The task cannot be watched (not found, forbidden): end its watches. Without `error`, for a finished
+   * task whose end was acknowledged: the client lets go of it, its handles closing with their final state.
+   * Nothing for a task the client no longer follows (see {@link current}).
+   */
+  failTask(task: TaskSubscription, error?: ProgressError): void;
   /**
    * Polls every unfinished watch over HTTP and returns true; set by the client's `httpFallback` when it
    * attaches to the same host (none without one).
@@ -198,9 +202,15 @@ export class FallbackStreams implements FallbackRuntime {
         // taken as acknowledged. Before 5 December 2026 only the socket's ack marked it: with
         // `preferFallback` (or the socket down) a new watch of the id, the old run's handle still held,
         // shared the old run's end and resolved with it at once.
+        // The stream is over, so nothing more comes about the task: the client lets go of it (when it still
+        // follows it), as it does of one whose end the socket acknowledged at the next heartbeat; its handles
+        // close, keeping their final state. Until 6 December 2026 nothing let go of it with `preferFallback`
+        // (no socket, so no heartbeat), and a long-lived page kept every job it watched, with its handles,
+        // their listeners and their listener on the `signal` given to `watch()`.
         if (task.cursor.finished && !task.socketDone) {
           task.done();
           this.#wire.ack(taskId, task.cursor.seq);
+          this.#host.failTask(task);
         }
         // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut
         // by a proxy's timeout, a server's restart) is a connection that said `hello`: its first cut is

@@ -192,8 +192,12 @@ export interface HttpHost {
   apply(task: TaskSubscription, result: ApplyResult): void;
   /** Retrying cannot help (the credentials are refused): close the client with this error. */
   fatal(error: ProgressError): void;
-  /** The task cannot be watched (not found, forbidden): end its watches. */
-  failTask(task: TaskSubscription, error: ProgressError): void;
+  /**
+   * The task cannot be watched (not found, forbidden): end its watches. Without `error`, for a finished
+   * task whose end was acknowledged: the client lets go of it, its handles closing with their final state.
+   * Nothing for a task the client no longer follows (see {@link current}).
+   */
+  failTask(task: TaskSubscription, error?: ProgressError): void;
   /**
    * Set by the HTTP fallback when it attaches: starts its polling, for the fallback transport that shares
    * the host (`FallbackHost.poll`), whose streams a proxy buffers.
@@ -364,10 +368,13 @@ class HttpPoller implements HttpFallbackRuntime {
       // to ask about it, and a new watch of the id asks the server (the id may name a new run by now).
       // Until 5 December 2026 only the socket's ack marked it: a new watch of the id, the old run's handle
       // still held, shared the old run's end and resolved with it at once. (Not for the 100% watchdog's
-      // HTTP step on a socket that is up: that socket acknowledges the end and unsubscribes.)
+      // HTTP step on a socket that is up: that socket acknowledges the end and unsubscribes.) Then the client
+      // lets go of it, as of one whose end the socket acknowledged at the next heartbeat: until 6 December
+      // 2026 a page whose socket never opened (no heartbeat) kept every job it watched, with its handles.
       if (this.#polling && task.cursor.finished && !task.socketDone && host.current(task)) {
         task.done();
         sendAck(host.options, host.timers, host.options.fetch, task.taskId, task.cursor.seq);
+        host.failTask(task);
       }
     }
   }

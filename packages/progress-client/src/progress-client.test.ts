@@ -1209,6 +1209,38 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('lets go of a task whose end it acknowledged over HTTP polling: a page whose socket never opens keeps none of them', async () => {
+    // No socket, so no heartbeat to let go of it at: until 6 December 2026 every job such a page watched
+    // stayed in the client with its handles, their listeners and their listener on the signal.
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    const controller = new AbortController();
+    const listeners = () => getEventListeners(controller.signal, 'abort').length;
+    const job = new FakeTask('job', 1);
+    job.item('a');
+    http.tasks.set(job.id, job);
+    const handle = client.watch(job.id, { signal: controller.signal });
+    const onFinished = vi.fn();
+    handle.on('finished', onFinished);
+    server.last.serverClose(1006); // the first attempt fails: HTTP takes over
+    await scheduler.advance(0);
+    expect(handle.getSnapshot()).toMatchObject({ status: 'running', seq: 1 });
+    job.end();
+    await scheduler.advance(2000);
+    expect((await handle.done).status).toBe('completed');
+    await flush();
+    expect(onFinished).toHaveBeenCalledTimes(1);
+    expect(http.acks).toEqual([{ taskId: 'job', seq: 2 }]);
+    expect(handle.closed).toBe(true);
+    // It keeps its final state; its listeners are gone.
+    expect(handle.getSnapshot()).toMatchObject({ status: 'completed', seq: 2 });
+    expect(handle.listenerCount('finished')).toBe(0);
+    expect(listeners()).toBe(0);
+    await client.close();
+  });
+
   it('stops polling over HTTP once the last watch closed and the client went idle', async () => {
     const { client, server, scheduler, http } = setup({
       httpFallbackAfterAttempts: 1,

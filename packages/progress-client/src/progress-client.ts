@@ -115,7 +115,8 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       fatal: (error) => {
         this.#closing ??= this.#shutdown(error, true);
       },
-      failTask: (task, error) => this.#failTask(task, error),
+      // (Not a task the client no longer follows: its id may name another subscription by now.)
+      failTask: (task, error) => host.current(task) && this.#failTask(task, error),
       onFrame: (frame) => this.#onFrame(frame),
     };
     this.#http = this.#o.httpFallback?.attach(host);
@@ -155,7 +156,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     // that wants no socket is one whose end was acknowledged, on the socket or over a fallback stream: a
     // failed one leaves the map.)
     if (!task?.wantsSocket) {
-      task?.task.fail(task.task.closedError(), false);
+      task?.task.fail(undefined, false);
       task = new TaskSubscription(taskId, this.#o, this.#taskHost);
       this.#tasks.set(taskId, task);
       task.adoptEpoch(this.#epoch);
@@ -337,7 +338,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
               this.#o.behindGraceMs,
             )
           )
-            this.#failTask(task, task.task.closedError());
+            this.#failTask(task);
         return;
       case 'error':
         this.#onErrorFrame(frame);
@@ -446,9 +447,13 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     );
   }
 
-  #failTask(task: TaskSubscription, error: ProgressError): void {
+  /** Ends the watches of `task` with `error`, or quietly without one (a finished task let go of). */
+  #failTask(task: TaskSubscription, error?: ProgressError): void {
     this.#tasks.delete(task.taskId);
     this.#o.storage?.remove(task.taskId);
+    // Its stream too, if it has one (the 100% watchdog's HTTP step read `task_not_found` while it streamed):
+    // until 6 December 2026 it stayed open, holding the id's place, and a new watch of the id got no stream.
+    this.#fallback?.close(task);
     task.fail(error, true);
     this.#stopPageLifeIfAllFinished();
   }

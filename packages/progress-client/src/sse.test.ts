@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { type AddressInfo, createServer, type Socket } from 'node:net';
 import type { ServerFrame } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
@@ -713,6 +714,41 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('with preferFallback, lets go of a task whose end it acknowledged over its stream: a long-lived page keeps none of them', async () => {
+    // No socket, so no heartbeat to let go of it at: until 6 December 2026 every job a page watched over
+    // SSE stayed in the client with its handles, their listeners and their listener on the signal.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const controller = new AbortController();
+    const listeners = () => getEventListeners(controller.signal, 'abort').length;
+    const handles = [];
+    for (let i = 0; i < 5; i++) {
+      const job = new FakeTask(`job-${i}`, 1);
+      job.item('a');
+      job.end();
+      const handle = client.watch(job.id, { signal: controller.signal });
+      const onFinished = vi.fn();
+      handle.on('finished', onFinished);
+      await flush();
+      const stream = sse.streams.at(-1) as SseRequest;
+      stream.send({ type: 'snapshot', task: job.view() }, job.seq);
+      stream.end();
+      expect((await handle.done).status).toBe('completed');
+      await flush();
+      expect(onFinished).toHaveBeenCalledTimes(1);
+      handles.push(handle);
+    }
+    await scheduler.advance(1000);
+    expect(sse.acks).toHaveLength(5);
+    for (const handle of handles) {
+      expect(handle.closed).toBe(true);
+      // It keeps its final state; its listeners are gone.
+      expect(handle.getSnapshot()).toMatchObject({ status: 'completed', seq: 2 });
+      expect(handle.listenerCount('finished')).toBe(0);
+    }
+    expect(listeners()).toBe(0);
+    await client.close();
+  });
+
   it('acknowledges the end of a new run of an id whose old run, still held open, ended over a stream', async () => {
     const ctx = sseSetup({ httpFallbackAfterAttempts: 1 });
     const { client, server, scheduler, sse } = ctx;
@@ -886,6 +922,43 @@ describe('the SSE fallback transport', () => {
     expect(sse.streams.length).toBeGreaterThanOrEqual(3);
     expect((sse.streams[0] as SseRequest).aborted()).toBe(true);
     expect(sse.streams.at(-1)?.headers['last-event-id']).toBe('1');
+    await client.close();
+  });
+});
+
+describe('the SSE fallback transport when a watch ends another way', () => {
+  it('stops the stream of a watch ended while it streamed (the 100% watchdog read task_not_found over HTTP): a new watch of the id gets a stream of its own', async () => {
+    // Left open, the old watch's stream kept the id's place: the new watch opened none, got the old
+    // stream's frames from the old cursor (a gap it could not resync), and none once that stream ended.
+    const { client, sse, scheduler, http } = sseSetup({ preferFallback: true, finishTimeoutMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    const first = client.watch('t1');
+    const outcome = first.done.catch((error: { code?: string }) => error.code);
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 1);
+    // At 100% without its end: the watchdog's steps restart the stream, then read the task over HTTP,
+    // which the store no longer has (404).
+    for (let i = 0; i < 20 && first.closed === false; i++) {
+      await scheduler.advance(1000);
+      (sse.streams.at(-1) as SseRequest).write(OPENING);
+    }
+    expect(await outcome).toBe('task_not_found');
+    expect(http.count('/tasks/t1/events')).toBeGreaterThan(0);
+    expect(sse.streams.filter((request) => request.live())).toHaveLength(0);
+    // The id is created again, and watched again: over a stream of its own, from 0.
+    const again = new FakeTask('t1', 2);
+    const second = client.watch('t1');
+    await flush();
+    const fresh = sse.streams.at(-1) as SseRequest;
+    expect(fresh.live()).toBe(true);
+    expect(fresh.headers['last-event-id']).toBeUndefined();
+    fresh.send({ type: 'snapshot', task: again.view() }, 0);
+    fresh.send({ type: 'event', event: again.item('x') }, 1);
+    await flush();
+    expect(second.getSnapshot()).toMatchObject({ status: 'running', seq: 1 });
     await client.close();
   });
 });

@@ -375,8 +375,8 @@ export class TaskSubscription {
     else this.#watchdogTimer.set(at - this.#clock(), this.#checkWatchdog);
   }
 
-  /** Ends every handle with a fatal error. */
-  fail(error: ProgressError, emitError: boolean): void {
+  /** Ends every handle with a fatal error (none for a finished task: see {@link WatchedTask.fail}). */
+  fail(error: ProgressError | undefined, emitError: boolean): void {
     this.#failed = true;
     this.#clearTimers();
     this.task.fail(error, emitError);

@@ -220,7 +220,8 @@ export class Watch extends SafeEmitter<WatchEvents> {
 
   /**
    * True once {@link close} was called, or the client closed, or let go of the task: its end acknowledged,
-   * at the first heartbeat from the server that no longer lists it (the handle keeps its final state).
+   * at the first heartbeat from the server that no longer lists it, or as soon as its end is acknowledged
+   * over an SSE stream or HTTP polling (the handle keeps its final state).
    */
   get closed(): boolean {
     return this.#closed;

@@ -122,8 +122,9 @@ export class WatchedTask implements WatchSource {
   /**
    * Ends every handle with a fatal error; once the task is over, quietly: `done` resolved already, and
    * nothing is emitted or notified (the state does not change), for the reasons of {@link emitError}.
+   * `error` may be left out only then (the client lets go of a finished task).
    */
-  fail(error: ProgressError, emitError: boolean): void {
+  fail(error: ProgressError | undefined, emitError: boolean): void {
     const fatal = this.#state.finished ? undefined : error;
     if (fatal) this.#state = this.#buildState(this.#state, fatal);
     const handles = [...this.handles];
