@@ -90,6 +90,15 @@ describe('leases', () => {
     await server.leases.renewAll();
     expect(server.leases.owned.size).toBe(0);
     expect(task.signal.aborted).toBe(true);
+    // The task did not end: it runs on under the other worker, and the handle says so.
+    expect(task.signal.reason).toMatchObject({ code: ErrorCode.LeaseHeld, taskId: task.id });
+    expect(task.signal.reason.message).not.toMatch(/ended/);
+    await expect(task.item({ key: 'late', ok: true })).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
+    expect(await store.getTask(task.id)).toMatchObject({
+      status: 'running',
+      seq: 0,
+      leaseOwner: 'replica-thief',
+    });
   });
 
   it('keeps the lease across a store outage shorter than the lease', async () => {

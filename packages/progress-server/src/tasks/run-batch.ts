@@ -90,8 +90,9 @@ export interface BatchResult {
   /** Items not finished because the batch stopped early: never started, or stopped by the abort. */
   skipped: number;
   /**
-   * True when the task was ended by someone else (cancelled over HTTP, interrupted by a reaper) and the
-   * batch stopped because of it.
+   * True when the task was ended by someone else (cancelled over HTTP, interrupted by a reaper), or its
+   * expired lease was taken over by another worker, and the batch stopped because of it (no terminal
+   * event written by this batch).
    */
   endedElsewhere: boolean;
 }
@@ -208,7 +209,12 @@ export async function runBatch<T>(batch: {
 
   const classify = (error: unknown) => {
     // Not found: the handle's run of the task is gone (purged, maybe created again): ended elsewhere too.
-    if (isProgressError(error, ErrorCode.TaskFinished) || isProgressError(error, ErrorCode.TaskNotFound))
+    // Lease held: another worker took the task's lease over; it runs on there.
+    if (
+      isProgressError(error, ErrorCode.TaskFinished) ||
+      isProgressError(error, ErrorCode.TaskNotFound) ||
+      isProgressError(error, ErrorCode.LeaseHeld)
+    )
       halt('ended', error);
     else {
       failure ??= error;

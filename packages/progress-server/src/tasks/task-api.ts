@@ -197,11 +197,18 @@ export class TaskApi {
     }
   }
 
-  /** @internal A lease of an owned task was lost: the task ended or moved elsewhere. */
-  leaseLost(taskId: string): void {
+  /**
+   * @internal A lease of an owned task was lost: the task ended, or (`error` is `lease_held`) another
+   * worker took the lease over once it had expired: the task did not end, so the handle's signal aborts
+   * with that `lease_held` error rather than with `task_finished`.
+   */
+  leaseLost(taskId: string, error?: unknown): void {
     const owned = this.#owned.get(taskId);
     if (owned === undefined) return;
-    this.#ended(taskId);
+    if (isProgressError(error, ErrorCode.LeaseHeld)) {
+      const message = `The lease of task ${taskId} was taken over by another worker`;
+      this.#ended(taskId, () => new ProgressError(ErrorCode.LeaseHeld, message, { taskId }));
+    } else this.#ended(taskId);
     void this.#refresh(owned.control, taskId);
   }
 
@@ -328,12 +335,15 @@ export class TaskApi {
     else this.#logger.debug({ taskId, run }, 'a handle of a purged run of this task id was refused');
   }
 
-  /** The owned task ended: stop renewing, abort its handle's signal, forget it. */
-  #ended(taskId: string): void {
+  /** The owned task ended (or its lease went to another worker): stop renewing, abort its handle's signal, forget it. */
+  #ended(
+    taskId: string,
+    reason = () => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }),
+  ): void {
     const owned = this.#owned.get(taskId);
     if (owned === undefined) return;
     owned.control.ended();
-    owned.control.abort(() => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
+    owned.control.abort(reason);
     this.#forget(taskId);
   }
 

@@ -185,8 +185,10 @@ export class TaskHandle {
   }
 
   /**
-   * Aborted when the task ended (reason: ProgressError `task_finished`) or the server is shutting down
-   * (reason: ProgressError `closed`).
+   * Aborted when the task ended (reason: ProgressError `task_finished`), when another worker took its
+   * lease over after it expired (reason: ProgressError `lease_held`: the task runs on there, and this
+   * handle's appends reject with that error), or when the server is shutting down (reason: ProgressError
+   * `closed`).
    */
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -296,6 +298,9 @@ export class TaskHandle {
 
   #append(input: AppendInput): Promise<TaskEvent> {
     if (this.finished) {
+      // Its lease went to another worker: the task runs on there, it did not end.
+      const lost = this.#task.status === 'running' ? this.#abortReason?.() : undefined;
+      if (lost?.code === ErrorCode.LeaseHeld) return Promise.reject(lost);
       return Promise.reject(
         new ProgressError(ErrorCode.TaskFinished, `Task ${this.id} already ended (${this.#task.status})`, {
           taskId: this.id,
