@@ -12,7 +12,14 @@ import type {
   TaskEvent,
   Unsubscribe,
 } from '@finishline/core';
-import { ErrorCode, isProgressError, isTerminalEvent, LIMITS, ProgressError } from '@finishline/core';
+import {
+  ErrorCode,
+  isProgressError,
+  isTerminalEvent,
+  LIMITS,
+  ProgressError,
+  STORE_DEFAULTS,
+} from '@finishline/core';
 import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -100,6 +107,7 @@ export class TaskApi {
         batch.then(untrack, untrack);
       },
       refresh: (handle) => this.#refresh(this.#controls.get(handle), handle.id),
+      itemLanded: (handle, run, afterSeq, key, ok) => this.#itemLanded(handle, run, afterSeq, key, ok),
       leaseTtlMs: this.#leaseTtlMs,
     };
   }
@@ -357,6 +365,33 @@ export class TaskApi {
     } catch (error) {
       this.#logger.warn({ err: describeError(error), taskId }, 'change feed unfollow failed');
     }
+  }
+
+  /**
+   * Whether run `run` of the handle's task holds an `item` event of `key` with this `ok` after `afterSeq`:
+   * `runBatch` asks before writing again an item whose append was refused `store_unavailable`, which may
+   * have committed all the same. The row read goes into the handle. Rejects with the store's error.
+   */
+  async #itemLanded(
+    handle: TaskHandle,
+    run: number,
+    afterSeq: number,
+    key: string,
+    ok: boolean,
+  ): Promise<boolean> {
+    const task = await this.#store.getTask(handle.id);
+    if (task === undefined || task.createdAt !== run) return false;
+    this.#controls.get(handle)?.update(task);
+    for (let after = afterSeq; after < task.seq; ) {
+      const events = await this.#store.readEvents(handle.id, after, STORE_DEFAULTS.readLimit);
+      for (const event of events) {
+        if (event.type === 'item' && event.item.key === key && event.item.ok === ok) return true;
+      }
+      const last = events.at(-1);
+      if (last === undefined) return false;
+      after = last.seq;
+    }
+    return false;
   }
 
   /** Re-reads an ended task's row into its handle, so `status` tells how it ended. Never rejects. */

@@ -72,6 +72,11 @@ export interface TaskHost {
   trackBatch(batch: Promise<unknown>): void;
   /** Re-reads the task's row into the handle. Never rejects. */
   refresh(handle: TaskHandle): Promise<void>;
+  /**
+   * Whether run `run` of the handle's task holds an `item` event of `key` with this `ok` after `afterSeq`
+   * (an append refused `store_unavailable` that committed all the same). Rejects with the store's error.
+   */
+  itemLanded(handle: TaskHandle, run: number, afterSeq: number, key: string, ok: boolean): Promise<boolean>;
   /** The server's `leaseTtlMs`: how long `runBatch` retries a terminal event through a store outage. */
   readonly leaseTtlMs: number;
 }
@@ -288,6 +293,9 @@ export class TaskHandle {
       hooks: {
         abandon: () => this.#host.abandon(this.id, this.#task.createdAt),
         refresh: () => this.#host.refresh(this),
+        seq: () => this.#task.seq,
+        itemLanded: (afterSeq, key, ok) =>
+          this.#host.itemLanded(this, this.#task.createdAt, afterSeq, key, ok),
         terminalRetryMs: this.#host.leaseTtlMs,
       },
     });
