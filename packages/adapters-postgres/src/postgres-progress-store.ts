@@ -21,6 +21,7 @@ import {
   newTask,
   parseAppendInput,
   parseCreateTaskInput,
+  parseFenceOwner,
   parseLeaseInput,
   parseListTasksQuery,
   parsePurgeOptions,
@@ -500,6 +501,7 @@ export class PostgresProgressStore implements ProgressStore {
   append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {
     let parsed: AppendInput;
     let run: number | undefined;
+    let owner: string | undefined;
     try {
       this.#assertOpen();
       assertTaskId(taskId);
@@ -507,10 +509,11 @@ export class PostgresProgressStore implements ProgressStore {
       // its objects once we return.
       parsed = parseAppendInput(input);
       run = parseRunFence(options);
+      owner = parseFenceOwner(options);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#appends.enqueue(taskId, parsed, run);
+    return this.#appends.enqueue(taskId, parsed, run, owner);
   }
 
   async readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {

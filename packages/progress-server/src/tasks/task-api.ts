@@ -44,7 +44,10 @@ export interface CreateTaskOptions {
   id?: string;
 }
 
-/** The handle an append comes from and its run (`createdAt`), which the store fences the append to. */
+/**
+ * The handle an append comes from and its run (`createdAt`), which the store fences the append to, with
+ * this server's id as the lease owner it writes as (`RunFence.owner`).
+ */
 interface HandleFence {
   handle: TaskHandle;
   run: number;
@@ -308,7 +311,7 @@ export class TaskApi {
     try {
       result = await (fence === undefined
         ? this.#store.append(taskId, input)
-        : this.#store.append(taskId, input, { run: fence.run }));
+        : this.#store.append(taskId, input, { run: fence.run, owner: this.#serverId }));
     } catch (error) {
       settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
@@ -317,6 +320,9 @@ export class TaskApi {
         void this.#refresh(owned?.control, taskId);
       } else if (fence !== undefined && isProgressError(error, ErrorCode.TaskNotFound)) {
         this.#runGone(taskId, fence);
+      } else if (fence !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
+        // Another worker took the lease over: this handle no longer writes to the task (see leaseLost).
+        if (this.#owned.get(taskId)?.handle === fence.handle) this.leaseLost(taskId, error);
       }
       throw error;
     }
