@@ -112,15 +112,27 @@ export interface TaskHandleControl {
  * `signal` aborts when the task ends for any reason or the server starts shutting down; long-running
  * work should honour it.
  *
+ * A handle driven by hand must be ended by its caller: while the server that created it runs, its lease is
+ * renewed and the task stays `running` (its watchers wait, at 100 % if every item was reported) until
+ * `complete`, `fail`, `cancel` or `interrupt` is called — reaping ends only the tasks of a server that
+ * stopped renewing. There is no deadline of the server's: end the task in a `finally` (as below), bound
+ * slow work yourself (e.g. `setTimeout(() => task.interrupt('deadline'), ms)`, or `runBatch` with
+ * `signal: AbortSignal.timeout(ms)`, which ends it `cancelled`), and find handles left running in
+ * `server.tasks.running`. `runBatch` always ends its task.
+ *
  * @example
  * ```ts
  * const task = await server.tasks.create({ owner: user.id, kind: 'batch_taint', total: nodes.length });
- * for (const node of nodes) {
- *   if (task.signal.aborted) break;
- *   try { await taint(node); await task.item({ key: node, ok: true }); }
- *   catch (error) { await task.item({ key: node, ok: false, error: String(error) }); }
+ * try {
+ *   for (const node of nodes) {
+ *     if (task.signal.aborted) break;
+ *     try { await taint(node); await task.item({ key: node, ok: true }); }
+ *     catch (error) { await task.item({ key: node, ok: false, error: String(error) }); }
+ *   }
+ *   await task.complete();
+ * } catch (error) {
+ *   if (!task.finished) await task.fail(error as Error);
  * }
- * await task.complete();
  * ```
  */
 export class TaskHandle {
