@@ -349,7 +349,10 @@ export class TaskApi {
     else this.#logger.debug({ taskId, run }, 'a handle of a purged run of this task id was refused');
   }
 
-  /** The owned task ended (or its lease went to another worker): stop renewing, abort its handle's signal, forget it. */
+  /**
+   * The owned task ended (or its lease went to another worker): stop renewing, abort its handle's signal
+   * with `reason()`, forget it.
+   */
   #ended(
     taskId: string,
     reason = () => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }),
