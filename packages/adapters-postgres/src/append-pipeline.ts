@@ -1,6 +1,13 @@
 import type { AppendInput, AppendResult, Clock, Task, TaskChange, TaskEvent } from '@finishline/core';
 import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
-import { assertRun, compareIds, planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
+import {
+  assertLeaseOwner,
+  assertRun,
+  compareIds,
+  planAppend,
+  storeClosed,
+  taskNotFound,
+} from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
 import { idleInTransactionTimeout } from './idle-in-transaction.js';
@@ -121,6 +128,11 @@ interface PendingAppend {
    * remembered row whose `created_at` the write's guard then checks against the table (no extra query).
    */
   run: number | undefined;
+  /**
+   * The lease owner the append is fenced to (see `RunFence.owner`): checked when planning, on the locked
+   * row, or on a remembered row whose `lease_owner` the write's guard then checks against the table.
+   */
+  owner: string | undefined;
   /** Tried already while another transaction held its row: the wait before the next try, if so. */
   retryMs?: number;
   resolve: (result: AppendResult) => void;
@@ -301,13 +313,15 @@ export class AppendStatements {
         FROM json_to_recordset(${param('tasks')}::json) AS v(
             id text, status text, total int8, done int8, succeeded int8, failed int8, current text, message text,
             result json, error_code text, error_message text, seq int8, updated_at int8, finished_at int8,
-            from_seq int8, created_at int8, from_updated_at int8)
+            from_seq int8, created_at int8, from_updated_at int8, from_lease_owner text)
         -- The count is a one-time filter: every lock is taken, in id order, before any row is touched.
         -- Joining \`locked\` instead let the planner, which guesses 100 rows for the JSON, pick a nested loop
         -- over it: quadratic in the batch, 45 of a statement's 50 ms at 500 tasks.
         WHERE (SELECT count(*) FROM locked) = ${param('count')}
           AND t.id = v.id AND t.id = ANY(${param('ids')}::text[])
           AND t.seq = v.from_seq AND t.created_at = v.created_at AND t.updated_at = v.from_updated_at
+          -- A lease taken over by another owner since (see \`RunFence.owner\`): the locked row decides.
+          AND t.lease_owner IS NOT DISTINCT FROM v.from_lease_owner
         RETURNING t.id, t.lease_owner, t.lease_expires_at, t.acked_seq
       ), guard AS (
         -- Every row or none: a row that moved on divides by zero, which undoes the whole statement.
@@ -541,7 +555,7 @@ function planBatch(
   const changed = new Map<string, Task>();
   const events: TaskEvent[] = [];
   const outcomes: (AppendResult | ProgressError)[] = [];
-  for (const { taskId, input, run } of batch) {
+  for (const { taskId, input, run, owner } of batch) {
     const task = rows.get(taskId);
     if (task === undefined) {
       outcomes.push(taskNotFound(taskId));
@@ -554,6 +568,7 @@ function planBatch(
     }
     try {
       assertRun(task, run);
+      assertLeaseOwner(task, owner);
       const next = planAppend(task, input, now);
       rows.set(taskId, next.task);
       changed.set(taskId, next.task);
@@ -614,9 +629,14 @@ export class AppendPipeline {
   }
 
   /** Queues a validated append; the promise settles once its transaction committed or failed. */
-  enqueue(taskId: string, input: AppendInput, run: number | undefined): Promise<AppendResult> {
+  enqueue(
+    taskId: string,
+    input: AppendInput,
+    run: number | undefined,
+    owner: string | undefined,
+  ): Promise<AppendResult> {
     return new Promise<AppendResult>((resolve, reject) => {
-      this.#queue.push({ taskId, input, run, resolve, reject });
+      this.#queue.push({ taskId, input, run, owner, resolve, reject });
       this.#scheduleFlush();
     });
   }
@@ -883,7 +903,7 @@ export class AppendPipeline {
     const planned = new Map(
       [...from].map(([id, task]) => [
         id,
-        { seq: task.seq, createdAt: task.createdAt, updatedAt: task.updatedAt },
+        { seq: task.seq, createdAt: task.createdAt, updatedAt: task.updatedAt, leaseOwner: task.leaseOwner },
       ]),
     );
     const plan = planBatch(batch, from, this.#options.clock());

@@ -21,6 +21,7 @@ import {
   newTask,
   parseAppendInput,
   parseCreateTaskInput,
+  parseFenceOwner,
   parseLeaseInput,
   parseListTasksQuery,
   parsePurgeOptions,
@@ -501,6 +502,7 @@ export class PostgresProgressStore implements ProgressStore {
   append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {
     let parsed: AppendInput;
     let run: number | undefined;
+    let owner: string | undefined;
     try {
       this.#assertOpen();
       assertTaskId(taskId);
@@ -508,10 +510,11 @@ export class PostgresProgressStore implements ProgressStore {
       // its objects once we return.
       parsed = parseAppendInput(input);
       run = parseRunFence(options);
+      owner = parseFenceOwner(options);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#appends.enqueue(taskId, parsed, run);
+    return this.#appends.enqueue(taskId, parsed, run, owner);
   }
 
   async readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {

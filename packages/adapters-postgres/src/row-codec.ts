@@ -232,14 +232,19 @@ export interface PlannedFrom {
    * (after a failover took back the one planned from) has another.
    */
   updatedAt: number;
+  /**
+   * The row's `lease_owner`, which a renewal by another owner (a takeover) changes without an append: an
+   * append fenced to its owner (see `RunFence.owner`) was planned as that owner's.
+   */
+  leaseOwner: string | null;
 }
 
 /**
  * The written columns of a task as one JSON record for `json_to_recordset`. Null columns are left out:
  * `json_to_recordset` reads a missing key as `NULL`, as it reads a JSON `null`, and a running task's row
  * is mostly nulls, so this halves what a batch over many tasks sends. With `from` (a conditional write),
- * the record carries the planned-from seq and creation time, and not the lease columns, which that write
- * keeps from the row.
+ * the record carries the planned-from seq, creation time, update time and lease owner, and not the lease
+ * columns, which that write keeps from the row.
  */
 export function taskRecordJson(task: Task, from?: PlannedFrom): string {
   let json = `{"id":${JSON.stringify(task.id)},"status":${JSON.stringify(task.status)},"done":${task.done},"succeeded":${task.succeeded},"failed":${task.failed},"seq":${task.seq},"updated_at":${task.updatedAt}`;
@@ -252,7 +257,10 @@ export function taskRecordJson(task: Task, from?: PlannedFrom): string {
   }
   if (task.finishedAt !== null) json += `,"finished_at":${task.finishedAt}`;
   if (from !== undefined) {
-    return `${json},"from_seq":${from.seq},"created_at":${from.createdAt},"from_updated_at":${from.updatedAt}}`;
+    json += `,"from_seq":${from.seq},"created_at":${from.createdAt},"from_updated_at":${from.updatedAt}`;
+    // Left out when null, read as NULL (see above).
+    if (from.leaseOwner !== null) json += `,"from_lease_owner":${JSON.stringify(from.leaseOwner)}`;
+    return `${json}}`;
   }
   if (task.leaseOwner !== null) json += `,"lease_owner":${JSON.stringify(task.leaseOwner)}`;
   if (task.leaseExpiresAt !== null) json += `,"lease_expires_at":${task.leaseExpiresAt}`;

@@ -1,6 +1,12 @@
 import type { AppendInput, AppendResult, Clock, Task } from '@finishline/core';
 import { ErrorCode, isTerminalType, ProgressError } from '@finishline/core';
-import { assertRun, planAppend, storeClosed, taskNotFound } from '@finishline/core/internal';
+import {
+  assertLeaseOwner,
+  assertRun,
+  planAppend,
+  storeClosed,
+  taskNotFound,
+} from '@finishline/core/internal';
 import { GroupCommitQueue } from './group-commit.js';
 import type { TaskRow } from './row-codec.js';
 import { pushEventValues, rowToTask, runningTaskToRow, taskToRow } from './row-codec.js';
@@ -26,6 +32,8 @@ interface PendingAppend {
   input: AppendInput;
   /** The run the append is fenced to (see `RunFence`), checked on the batch's row of the task. */
   run: number | undefined;
+  /** The lease owner the append is fenced to (see `RunFence.owner`), checked on that row too. */
+  owner: string | undefined;
   resolve: (result: AppendResult) => void;
   reject: (error: ProgressError) => void;
 }
@@ -63,8 +71,15 @@ export class AppendPipeline {
   }
 
   /** Queues a parsed append (the parse copied its JSON values); settles once its batch committed or failed. */
-  enqueue(taskId: string, input: AppendInput, run: number | undefined): Promise<AppendResult> {
-    return new Promise((resolve, reject) => this.#queue.enqueue({ taskId, input, run, resolve, reject }));
+  enqueue(
+    taskId: string,
+    input: AppendInput,
+    run: number | undefined,
+    owner: string | undefined,
+  ): Promise<AppendResult> {
+    return new Promise((resolve, reject) =>
+      this.#queue.enqueue({ taskId, input, run, owner, resolve, reject }),
+    );
   }
 
   /** Commits every queued append now, so a later operation sees them. */
@@ -90,7 +105,7 @@ export class AppendPipeline {
         const tasks = this.#loadBatchTasks(batch);
         const planned: AppendResult[] = [];
         for (let index = 0; index < batch.length; index++) {
-          const { taskId, input, run } = batch[index]!;
+          const { taskId, input, run, owner } = batch[index]!;
           const task = tasks.get(taskId)!;
           if (task instanceof ProgressError) {
             outcomes[index] = task;
@@ -98,6 +113,7 @@ export class AppendPipeline {
           }
           try {
             assertRun(task, run);
+            assertLeaseOwner(task, owner);
             const result = planAppend(task, input, now);
             tasks.set(taskId, result.task);
             planned.push(result);

@@ -20,6 +20,7 @@ import {
   newTask,
   parseAppendInput,
   parseCreateTaskInput,
+  parseFenceOwner,
   parseLeaseInput,
   parseListTasksQuery,
   parsePurgeOptions,
@@ -309,16 +310,18 @@ export class SqliteProgressStore implements ProgressStore {
   append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult> {
     let parsed: AppendInput;
     let run: number | undefined;
+    let owner: string | undefined;
     try {
       this.#assertOpen();
       assertTaskId(taskId);
       // The parse copies `detail` and `result`: the caller may change its objects once we return.
       parsed = parseAppendInput(input);
       run = parseRunFence(options);
+      owner = parseFenceOwner(options);
     } catch (error) {
       return Promise.reject(toProgressError(error, 'append'));
     }
-    return this.#appends.enqueue(taskId, parsed, run);
+    return this.#appends.enqueue(taskId, parsed, run, owner);
   }
 
   readEvents(taskId: string, afterSeq: number, limit?: number): Promise<TaskEvent[]> {

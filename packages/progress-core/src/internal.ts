@@ -102,6 +102,7 @@ export {
   assertId,
   parseAppendInput,
   parseCreateTaskInput,
+  parseFenceOwner,
   parseLeaseInput,
   parseListTasksQuery,
   parsePurgeOptions,
@@ -113,6 +114,7 @@ export {
 export { storeClockOption, wholeMillisecondClock } from './store/store-clock.js';
 export { compareIds, runGone, storeClosed, taskAlreadyExists, taskNotFound } from './store/store-errors.js';
 export {
+  assertLeaseOwner,
   assertRun,
   isLeaseExpired,
   leaseExpiredReason,

@@ -193,7 +193,7 @@ export class ProgressServer<P extends Principal = Principal> {
       ttlMs: resolved.leaseTtlMs,
       renewIntervalMs: resolved.leaseRenewIntervalMs,
       reapIntervalMs: resolved.reapIntervalMs,
-      onLost: (taskId) => this.tasks.leaseLost(taskId),
+      onLost: (taskId, error) => this.tasks.leaseLost(taskId, error),
       onReaped: (result) => this.tasks.published(result),
     });
     this.tasks = new TaskApi({

@@ -5,7 +5,7 @@ import type { JsonValue, TaskFailure, TaskStatus } from '../model.js';
 import { TASK_STATUSES } from '../model.js';
 import { countSchema, describeIssues, idSchema, messageSchema, shortTextSchema } from '../primitives.js';
 import { ProgressError } from '../progress-error.js';
-import { CHECK_MESSAGES, isJsonValue, isStorableText, utf8Length } from '../value-checks.js';
+import { CHECK_MESSAGES, idProblem, isJsonValue, isStorableText, utf8Length } from '../value-checks.js';
 import { STORE_DEFAULTS } from './store-defaults.js';
 
 /**
@@ -307,6 +307,21 @@ export function parseRunFence(options: unknown): number | undefined {
     throw new ProgressError(ErrorCode.InvalidInput, "run must be an integer ≥ 0 (a task's createdAt)");
   }
   return run;
+}
+
+/**
+ * The `owner` of an append's fence (see `RunFence.owner`): `undefined` when the options or their `owner`
+ * are omitted, else an id (see `ID_PATTERN`); anything else → `invalid_input`. Checked without valibot: a
+ * server passes it with every append.
+ */
+export function parseFenceOwner(options: unknown): string | undefined {
+  if (typeof options !== 'object' || options === null) return undefined;
+  const { owner } = options as { owner?: unknown };
+  if (owner === undefined) return undefined;
+  const problem = idProblem(owner);
+  if (problem !== undefined)
+    throw new ProgressError(ErrorCode.InvalidInput, `Invalid fence owner: ${problem}`);
+  return owner as string;
 }
 
 /** Validates an id-like argument (for example a lease owner); throws `invalid_input` naming `what`. */

@@ -13,6 +13,7 @@ import {
   assertTaskId,
   parseAppendInput,
   parseCreateTaskInput,
+  parseFenceOwner,
   parseLeaseInput,
   parseListTasksQuery,
   parsePurgeOptions,
@@ -26,6 +27,7 @@ import { storeClockOption } from './store-clock.js';
 import { compareIds, storeClosed, taskAlreadyExists, taskNotFound } from './store-errors.js';
 import type { AppendResult } from './task-transitions.js';
 import {
+  assertLeaseOwner,
   assertRun,
   isLeaseExpired,
   isPurgeable,
@@ -155,8 +157,10 @@ export class MemoryProgressStore implements ProgressStore {
     assertTaskId(taskId);
     const parsed = parseAppendInput(input);
     const run = parseRunFence(options);
+    const owner = parseFenceOwner(options);
     const entry = this.#entry(taskId);
     assertRun(entry.task, run);
+    assertLeaseOwner(entry.task, owner);
     return this.#commit(entry, parsed);
   }
 

@@ -39,6 +39,17 @@ export interface RunFence {
    * of the first run wrote into the second. An integer ≥ 0, else `invalid_input`.
    */
   run?: number;
+  /**
+   * `append` only: the lease owner the caller writes as. The store refuses the append with `lease_held`
+   * when the task is running and another owner holds its lease, i.e. took it over with `renewLease` once
+   * it expired: the caller lost the task, and the new holder is its only writer. An expired lease nobody
+   * took over, or no lease, does not refuse it. Checked on the row the append locks, with `run`. Without
+   * it, anyone's append goes in (cancels from elsewhere, reapers), and a worker whose lease was taken over
+   * writes into the task beside its new holder (the behaviour before 6 December 2026). An id (see
+   * `ID_PATTERN`), else `invalid_input`; `renewLease` and `releaseLease` take their owner as an argument
+   * and ignore this one.
+   */
+  owner?: string;
 }
 
 /** What {@link ProgressStore.reapExpiredLeases} accepts. */
@@ -127,8 +138,9 @@ export interface ProgressStore {
 
   /**
    * Appends one event and updates the snapshot in the same transaction. With `options.run` (see
-   * {@link RunFence}), rejects with `task_not_found` when the id's task is another run, checked on the row
-   * the append locks (no extra read).
+   * {@link RunFence}), rejects with `task_not_found` when the id's task is another run, and with
+   * `options.owner`, with `lease_held` when another owner holds the running task's lease, both checked on
+   * the row the append locks (no extra read).
    */
   append(taskId: string, input: AppendInput, options?: RunFence): Promise<AppendResult>;
 

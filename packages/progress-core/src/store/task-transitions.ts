@@ -50,6 +50,24 @@ export function assertRun(task: Task, run: number | undefined): void {
   if (run !== undefined && task.createdAt !== run) throw runGone(task.id, run);
 }
 
+/**
+ * Checks an append's lease fence (see `RunFence.owner`) on the row the store loaded for it: a no-op without
+ * `owner`, on an ended task (the append is refused `task_finished`) and on a task whose lease nobody holds.
+ *
+ * @throws ProgressError `lease_held` when another owner holds the running task's lease (it took the lease
+ * over once it expired): the writer lost the task.
+ */
+export function assertLeaseOwner(task: Task, owner: string | undefined): void {
+  if (owner === undefined || task.status !== 'running') return;
+  if (task.leaseOwner !== null && task.leaseOwner !== owner) {
+    throw new ProgressError(
+      ErrorCode.LeaseHeld,
+      `Task ${task.id} is leased by ${task.leaseOwner}, not ${owner}: its lease was taken over`,
+      { taskId: task.id },
+    );
+  }
+}
+
 /** The event an append creates and the task row after it. */
 export interface AppendResult {
   event: TaskEvent;

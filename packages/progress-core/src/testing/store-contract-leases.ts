@@ -72,6 +72,48 @@ export function describeLeaseContract(ctx: ContractContext): void {
       );
     });
 
+    it('an append fenced to its lease owner is refused lease_held once another owner took the lease over', async () => {
+      const created = await leased('task-1');
+      const own = { run: created.createdAt, owner: 'worker-1' };
+      await ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true }, own);
+      ctx.clock.advance(TTL);
+      // Expired, not taken over: still the holder's to write (a reaper would end it).
+      await ctx.store.append('task-1', { type: 'progress', message: 'late but alone' }, own);
+      await ctx.store.renewLease('task-1', 'worker-2', TTL);
+      const taken = await mustGet(ctx.store, 'task-1');
+      await expectRejection('item fenced to the former holder', ErrorCode.LeaseHeld, () =>
+        ctx.store.append('task-1', { type: 'item', key: 'node-2', ok: true }, own),
+      );
+      await expectRejection('terminal fenced to the former holder', ErrorCode.LeaseHeld, () =>
+        ctx.store.append('task-1', { type: 'completed' }, own),
+      );
+      expect(await ctx.store.getTask('task-1'), 'task after the refused appends').toEqual(taken);
+      expect(seqsOf(await ctx.store.readEvents('task-1', 0)), 'log after the refused appends').toEqual([
+        1, 2,
+      ]);
+      // The new holder writes, and so does an append without an owner (a cancel from elsewhere).
+      await ctx.store.append('task-1', { type: 'item', key: 'node-2', ok: true }, { owner: 'worker-2' });
+      await ctx.store.append('task-1', { type: 'progress', message: 'anyone' });
+      // A lease nobody holds (released) refuses no one.
+      await ctx.store.releaseLease('task-1', 'worker-2');
+      await ctx.store.append('task-1', { type: 'completed' }, own);
+      // Ended: task_finished, whoever asks.
+      await expectRejection('append fenced to the new holder after the end', ErrorCode.TaskFinished, () =>
+        ctx.store.append('task-1', { type: 'progress' }, { owner: 'worker-2' }),
+      );
+      expect(seqsOf(await ctx.store.readEvents('task-1', 0)), 'final log').toEqual([1, 2, 3, 4, 5]);
+    });
+
+    it('rejects a bad fence owner with invalid_input', async () => {
+      await leased('task-1');
+      for (const owner of ['', 'has space', 'x'.repeat(129), 42, null]) {
+        await expectRejection(`append fence owner ${show(owner)}`, ErrorCode.InvalidInput, () =>
+          ctx.store.append('task-1', { type: 'progress' }, { owner: bad(owner) }),
+        );
+      }
+      expect((await mustGet(ctx.store, 'task-1')).seq, 'seq after rejected appends').toBe(0);
+    });
+
     it('releaseLease by the holder drops the lease; by another owner it does nothing', async () => {
       const created = await leased('task-1');
       await ctx.store.releaseLease('task-1', 'worker-2');

@@ -11,6 +11,14 @@ import { useServerSession } from '../testing/session.js';
 
 const session = useServerSession();
 
+function gate(): { promise: Promise<void>; open: () => void } {
+  let open: () => void = () => {};
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
 const quiet = { leaseTtlMs: 1000, leaseRenewIntervalMs: 999, reapIntervalMs: 0 };
 
 function replica(store: MemoryProgressStore, serverId: string): ProgressServer {
@@ -90,6 +98,44 @@ describe('leases', () => {
     await server.leases.renewAll();
     expect(server.leases.owned.size).toBe(0);
     expect(task.signal.aborted).toBe(true);
+    // The task did not end: it runs on under the other worker, and the handle says so.
+    expect(task.signal.reason).toMatchObject({ code: ErrorCode.LeaseHeld, taskId: task.id });
+    expect(task.signal.reason.message).not.toMatch(/ended/);
+    await expect(task.item({ key: 'late', ok: true })).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
+    expect(await store.getTask(task.id)).toMatchObject({
+      status: 'running',
+      seq: 0,
+      leaseOwner: 'replica-thief',
+    });
+  });
+
+  it('a handle whose expired lease another worker took over writes nothing more into the task, even before a renewal told it', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = replica(store, 'replica-a');
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const proceed = gate();
+    const started = gate();
+    const batch = task.runBatch(['a', 'b'], async (item) => {
+      if (item === 'b') {
+        started.open();
+        await proceed.promise;
+      }
+    });
+    await started.promise;
+    // replica-a froze past its lease; another worker took the task over, and replica-a's lease keeper
+    // has not run since.
+    clock.advance(1000);
+    await store.renewLease(task.id, 'replica-thief', 5000);
+    proceed.open();
+    await expect(batch).resolves.toMatchObject({ endedElsewhere: true, succeeded: 1, skipped: 1 });
+    expect(task.signal.reason).toMatchObject({ code: ErrorCode.LeaseHeld });
+    await expect(task.complete()).rejects.toMatchObject({ code: ErrorCode.LeaseHeld });
+    expect(server.leases.owned.size).toBe(0);
+    // The task's log is the new holder's alone from the takeover on: b's item and no end from replica-a.
+    const log = await store.readEvents(task.id, 0);
+    expect(log.map((event) => event.type)).toEqual(['progress', 'item']);
+    await store.append(task.id, { type: 'completed' }, { owner: 'replica-thief' });
   });
 
   it('keeps the lease across a store outage shorter than the lease', async () => {

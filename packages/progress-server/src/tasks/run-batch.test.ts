@@ -277,11 +277,11 @@ describe('runBatch', () => {
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const append = store.append.bind(store);
     let itemAppends = 0;
-    store.append = async (taskId, input) => {
+    store.append = async (taskId, input, fence) => {
       if (input.type === 'item' && ++itemAppends === 2) {
-        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+        throw new ProgressError(ErrorCode.Internal, 'disk full');
       }
-      return append(taskId, input);
+      return append(taskId, input, fence);
     };
     const result = await task.runBatch(['a', 'b', 'c'], () => {});
     expect(result).toMatchObject({ status: 'failed', succeeded: 1, skipped: 2 });
@@ -289,7 +289,101 @@ describe('runBatch', () => {
     checkLog(events);
     expect(events.at(-1)).toMatchObject({
       type: 'failed',
-      error: { code: 'batch_error', message: 'database restarting' },
+      error: { code: 'batch_error', message: 'disk full' },
+    });
+  });
+
+  it('carries on through a store outage in the middle of the batch that the lease survives', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    // A database restart while item b is reported: its first 3 attempts are refused (about 0.7 s, the
+    // lease is 15 s), and so is the first read that looks for it in the log.
+    let refused = 0;
+    let reads = 0;
+    const read = store.getTask.bind(store);
+    store.append = async (taskId, input, fence) => {
+      if (input.type === 'item' && input.key === 'b' && refused < 3) {
+        refused += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+      }
+      return append(taskId, input, fence);
+    };
+    store.getTask = async (taskId) => {
+      if (reads++ === 0) throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+      return read(taskId);
+    };
+    const result = await task.runBatch(['a', 'b', 'c'], () => {});
+    expect(refused).toBe(3);
+    // One refused, then one before each of the 3 attempts after the first: none found b.
+    expect(reads).toBe(4);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 3, failed: 0, skipped: 0 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(
+      events.filter((event) => event.type === 'item').map((event) => (event as ItemEvent).item.key),
+    ).toEqual(['a', 'b', 'c']);
+    expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 3, failed: 0 } });
+  });
+
+  it('does not write an item twice when its append refused store_unavailable had committed all the same', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    // A Postgres COMMIT whose answer was lost: the event is stored, the caller is told store_unavailable.
+    let lost = 0;
+    store.append = async (taskId, input, fence) => {
+      const result = await append(taskId, input, fence);
+      if (input.type === 'item' && (input.key === 'b' || input.key === 'c') && lost < 2) {
+        lost += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
+      }
+      return result;
+    };
+    const result = await task.runBatch(['a', 'b', 'c', 'd'], () => {}, { concurrency: 2 });
+    expect(lost).toBe(2);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 4, skipped: 0 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    const keys = events
+      .filter((event) => event.type === 'item')
+      .map((event) => (event as ItemEvent).item.key);
+    expect(keys.sort()).toEqual(['a', 'b', 'c', 'd']);
+    expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 4, failed: 0 } });
+  });
+
+  it('fails the task when an outage outlasts the lease TTL while an item is reported', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const server = new ProgressServer({
+      store,
+      authenticate: () => null,
+      leaseTtlMs: 250,
+      leaseRenewIntervalMs: 249,
+      reapIntervalMs: 0,
+    });
+    servers.push(server);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    let refused = 0;
+    store.append = async (taskId, input, fence) => {
+      if (input.type === 'item' && input.key === 'b') {
+        refused += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database down');
+      }
+      return append(taskId, input, fence);
+    };
+    const result = await task.runBatch(['a', 'b', 'c'], () => {});
+    // Pauses of 100 and 200 ms: the third attempt comes after the 250 ms budget, and is the last.
+    expect(refused).toBe(3);
+    expect(result).toMatchObject({ status: 'failed', succeeded: 1, skipped: 2 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.at(-1)).toMatchObject({
+      type: 'failed',
+      error: { code: 'batch_error', message: 'database down' },
     });
   });
 

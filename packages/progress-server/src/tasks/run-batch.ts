@@ -90,8 +90,9 @@ export interface BatchResult {
   /** Items not finished because the batch stopped early: never started, or stopped by the abort. */
   skipped: number;
   /**
-   * True when the task was ended by someone else (cancelled over HTTP, interrupted by a reaper) and the
-   * batch stopped because of it.
+   * True when the task was ended by someone else (cancelled over HTTP, interrupted by a reaper), or its
+   * expired lease was taken over by another worker, and the batch stopped because of it (no terminal
+   * event written by this batch).
    */
   endedElsewhere: boolean;
 }
@@ -102,9 +103,18 @@ export interface BatchHooks {
   abandon(): void;
   /** Re-read the task's row (to learn the status it was ended with elsewhere). Never rejects. */
   refresh(): Promise<void>;
+  /** The task's seq as the handle last saw it (no copy of the row). */
+  seq(): number;
   /**
-   * How long the terminal event is retried while the store answers `store_unavailable`, from its first
-   * failure: the server's `leaseTtlMs`, the outage a lease survives (see `LeaseKeeper`).
+   * Whether the task's log holds, after `afterSeq`, an `item` event of `key` with this `ok`: an append
+   * refused `store_unavailable` may still have committed (a Postgres COMMIT whose answer was lost). False
+   * when the task is another run now, or gone. Rejects with the store's error.
+   */
+  itemLanded(afterSeq: number, key: string, ok: boolean): Promise<boolean>;
+  /**
+   * How long the terminal event, and each item's event, is retried while the store answers
+   * `store_unavailable`, from its first failure: the server's `leaseTtlMs`, the outage a lease survives
+   * (see `LeaseKeeper`).
    */
   readonly terminalRetryMs: number;
 }
@@ -163,7 +173,7 @@ export function validate<T>(items: readonly T[], worker: unknown, options: RunBa
  * | every item finished and every one failed | `failed`, code `all_items_failed` |
  * | the caller's `signal` aborted | `cancelled` with the signal's reason |
  * | the server shuts down | `interrupted`, reason `server shutting down` |
- * | reporting an item failed (store error) or the runner itself broke | `failed`, code `batch_error` |
+ * | reporting an item failed (store error, or an outage longer than `terminalRetryMs`) or the runner itself broke | `failed`, code `batch_error` |
  * | the task was ended elsewhere (cancelled, reaped) | none: it already has its terminal event |
  *
  * A terminal event the store refuses as `store_unavailable` is retried for as long as the lease would
@@ -208,7 +218,12 @@ export async function runBatch<T>(batch: {
 
   const classify = (error: unknown) => {
     // Not found: the handle's run of the task is gone (purged, maybe created again): ended elsewhere too.
-    if (isProgressError(error, ErrorCode.TaskFinished) || isProgressError(error, ErrorCode.TaskNotFound))
+    // Lease held: another worker took the task's lease over; it runs on there.
+    if (
+      isProgressError(error, ErrorCode.TaskFinished) ||
+      isProgressError(error, ErrorCode.TaskNotFound) ||
+      isProgressError(error, ErrorCode.LeaseHeld)
+    )
       halt('ended', error);
     else {
       failure ??= error;
@@ -216,13 +231,57 @@ export async function runBatch<T>(batch: {
     }
   };
 
+  /**
+   * Writes an item's event through a store outage the lease survives (`store_unavailable`, retried for
+   * `terminalRetryMs` from the first refusal, as the terminal event is): a database restart in the middle
+   * of a batch failed the whole batch (`batch_error`, every item not yet started skipped), though its
+   * lease kept the task through it. A refused append may still have committed (a Postgres COMMIT whose
+   * answer was lost), so before each new attempt the log after the seq the handle held when the first
+   * was sent is read for the item's event: found, it is not written twice.
+   */
+  const deliver = async (item: {
+    key: string;
+    ok: boolean;
+    error: string | null;
+    detail: JsonValue | null;
+  }) => {
+    const before = hooks.seq();
+    let retryUntil: number | undefined;
+    let attempt = 0;
+    for (;;) {
+      try {
+        await handle.item(item);
+        return;
+      } catch (cause) {
+        if (!isProgressError(cause, ErrorCode.StoreUnavailable)) throw cause;
+        retryUntil ??= Date.now() + hooks.terminalRetryMs;
+        let landed: boolean | undefined;
+        while (landed === undefined) {
+          if (handle.signal.aborted || Date.now() >= retryUntil) throw cause;
+          attempt += 1;
+          await delayUnlessAborted(
+            Math.min(TERMINAL_RETRY_MAX_MS, TERMINAL_RETRY_BASE_MS * 2 ** (attempt - 1)),
+            handle.signal,
+          );
+          if (handle.signal.aborted) throw cause;
+          try {
+            landed = await hooks.itemLanded(before, item.key, item.ok);
+          } catch (failure) {
+            if (!isProgressError(failure, ErrorCode.StoreUnavailable)) throw failure;
+          }
+        }
+        if (landed) return;
+      }
+    }
+  };
+
   const report = async (key: string, ok: boolean, error: string | null, detail: JsonValue | null) => {
     try {
-      await handle.item({ key, ok, error, detail });
+      await deliver({ key, ok, error, detail });
     } catch (cause) {
       // A worker's return value the store refuses as `detail` must not cost the item.
       if (!isProgressError(cause, ErrorCode.InvalidInput) || detail === null) throw cause;
-      await handle.item({ key, ok, error, detail: null });
+      await deliver({ key, ok, error, detail: null });
     }
     if (ok) succeeded += 1;
     else failed += 1;

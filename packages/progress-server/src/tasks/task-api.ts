@@ -12,7 +12,14 @@ import type {
   TaskEvent,
   Unsubscribe,
 } from '@finishline/core';
-import { ErrorCode, isProgressError, isTerminalEvent, LIMITS, ProgressError } from '@finishline/core';
+import {
+  ErrorCode,
+  isProgressError,
+  isTerminalEvent,
+  LIMITS,
+  ProgressError,
+  STORE_DEFAULTS,
+} from '@finishline/core';
 import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -37,7 +44,10 @@ export interface CreateTaskOptions {
   id?: string;
 }
 
-/** The handle an append comes from and its run (`createdAt`), which the store fences the append to. */
+/**
+ * The handle an append comes from and its run (`createdAt`), which the store fences the append to, with
+ * this server's id as the lease owner it writes as (`RunFence.owner`).
+ */
 interface HandleFence {
   handle: TaskHandle;
   run: number;
@@ -100,6 +110,7 @@ export class TaskApi {
         batch.then(untrack, untrack);
       },
       refresh: (handle) => this.#refresh(this.#controls.get(handle), handle.id),
+      itemLanded: (handle, run, afterSeq, key, ok) => this.#itemLanded(handle, run, afterSeq, key, ok),
       leaseTtlMs: this.#leaseTtlMs,
     };
   }
@@ -197,11 +208,18 @@ export class TaskApi {
     }
   }
 
-  /** @internal A lease of an owned task was lost: the task ended or moved elsewhere. */
-  leaseLost(taskId: string): void {
+  /**
+   * @internal A lease of an owned task was lost: the task ended, or (`error` is `lease_held`) another
+   * worker took the lease over once it had expired: the task did not end, so the handle's signal aborts
+   * with that `lease_held` error rather than with `task_finished`.
+   */
+  leaseLost(taskId: string, error?: unknown): void {
     const owned = this.#owned.get(taskId);
     if (owned === undefined) return;
-    this.#ended(taskId);
+    if (isProgressError(error, ErrorCode.LeaseHeld)) {
+      const message = `The lease of task ${taskId} was taken over by another worker`;
+      this.#ended(taskId, () => new ProgressError(ErrorCode.LeaseHeld, message, { taskId }));
+    } else this.#ended(taskId);
     void this.#refresh(owned.control, taskId);
   }
 
@@ -293,7 +311,7 @@ export class TaskApi {
     try {
       result = await (fence === undefined
         ? this.#store.append(taskId, input)
-        : this.#store.append(taskId, input, { run: fence.run }));
+        : this.#store.append(taskId, input, { run: fence.run, owner: this.#serverId }));
     } catch (error) {
       settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
@@ -302,6 +320,9 @@ export class TaskApi {
         void this.#refresh(owned?.control, taskId);
       } else if (fence !== undefined && isProgressError(error, ErrorCode.TaskNotFound)) {
         this.#runGone(taskId, fence);
+      } else if (fence !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
+        // Another worker took the lease over: this handle no longer writes to the task (see leaseLost).
+        if (this.#owned.get(taskId)?.handle === fence.handle) this.leaseLost(taskId, error);
       }
       throw error;
     }
@@ -328,12 +349,18 @@ export class TaskApi {
     else this.#logger.debug({ taskId, run }, 'a handle of a purged run of this task id was refused');
   }
 
-  /** The owned task ended: stop renewing, abort its handle's signal, forget it. */
-  #ended(taskId: string): void {
+  /**
+   * The owned task ended (or its lease went to another worker): stop renewing, abort its handle's signal
+   * with `reason()`, forget it.
+   */
+  #ended(
+    taskId: string,
+    reason = () => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }),
+  ): void {
     const owned = this.#owned.get(taskId);
     if (owned === undefined) return;
     owned.control.ended();
-    owned.control.abort(() => new ProgressError(ErrorCode.TaskFinished, `Task ${taskId} ended`, { taskId }));
+    owned.control.abort(reason);
     this.#forget(taskId);
   }
 
@@ -347,6 +374,33 @@ export class TaskApi {
     } catch (error) {
       this.#logger.warn({ err: describeError(error), taskId }, 'change feed unfollow failed');
     }
+  }
+
+  /**
+   * Whether run `run` of the handle's task holds an `item` event of `key` with this `ok` after `afterSeq`:
+   * `runBatch` asks before writing again an item whose append was refused `store_unavailable`, which may
+   * have committed all the same. The row read goes into the handle. Rejects with the store's error.
+   */
+  async #itemLanded(
+    handle: TaskHandle,
+    run: number,
+    afterSeq: number,
+    key: string,
+    ok: boolean,
+  ): Promise<boolean> {
+    const task = await this.#store.getTask(handle.id);
+    if (task === undefined || task.createdAt !== run) return false;
+    this.#controls.get(handle)?.update(task);
+    for (let after = afterSeq; after < task.seq; ) {
+      const events = await this.#store.readEvents(handle.id, after, STORE_DEFAULTS.readLimit);
+      for (const event of events) {
+        if (event.type === 'item' && event.item.key === key && event.item.ok === ok) return true;
+      }
+      const last = events.at(-1);
+      if (last === undefined) return false;
+      after = last.seq;
+    }
+    return false;
   }
 
   /** Re-reads an ended task's row into its handle, so `status` tells how it ended. Never rejects. */

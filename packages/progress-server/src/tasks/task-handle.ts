@@ -72,6 +72,11 @@ export interface TaskHost {
   trackBatch(batch: Promise<unknown>): void;
   /** Re-reads the task's row into the handle. Never rejects. */
   refresh(handle: TaskHandle): Promise<void>;
+  /**
+   * Whether run `run` of the handle's task holds an `item` event of `key` with this `ok` after `afterSeq`
+   * (an append refused `store_unavailable` that committed all the same). Rejects with the store's error.
+   */
+  itemLanded(handle: TaskHandle, run: number, afterSeq: number, key: string, ok: boolean): Promise<boolean>;
   /** The server's `leaseTtlMs`: how long `runBatch` retries a terminal event through a store outage. */
   readonly leaseTtlMs: number;
 }
@@ -107,15 +112,27 @@ export interface TaskHandleControl {
  * `signal` aborts when the task ends for any reason or the server starts shutting down; long-running
  * work should honour it.
  *
+ * A handle driven by hand must be ended by its caller: while the server that created it runs, its lease is
+ * renewed and the task stays `running` (its watchers wait, at 100 % if every item was reported) until
+ * `complete`, `fail`, `cancel` or `interrupt` is called — reaping ends only the tasks of a server that
+ * stopped renewing. There is no deadline of the server's: end the task in a `finally` (as below), bound
+ * slow work yourself (e.g. `setTimeout(() => task.interrupt('deadline'), ms)`, or `runBatch` with
+ * `signal: AbortSignal.timeout(ms)`, which ends it `cancelled`), and find handles left running in
+ * `server.tasks.running`. `runBatch` always ends its task.
+ *
  * @example
  * ```ts
  * const task = await server.tasks.create({ owner: user.id, kind: 'batch_taint', total: nodes.length });
- * for (const node of nodes) {
- *   if (task.signal.aborted) break;
- *   try { await taint(node); await task.item({ key: node, ok: true }); }
- *   catch (error) { await task.item({ key: node, ok: false, error: String(error) }); }
+ * try {
+ *   for (const node of nodes) {
+ *     if (task.signal.aborted) break;
+ *     try { await taint(node); await task.item({ key: node, ok: true }); }
+ *     catch (error) { await task.item({ key: node, ok: false, error: String(error) }); }
+ *   }
+ *   await task.complete();
+ * } catch (error) {
+ *   if (!task.finished) await task.fail(error as Error);
  * }
- * await task.complete();
  * ```
  */
 export class TaskHandle {
@@ -185,8 +202,10 @@ export class TaskHandle {
   }
 
   /**
-   * Aborted when the task ended (reason: ProgressError `task_finished`) or the server is shutting down
-   * (reason: ProgressError `closed`).
+   * Aborted when the task ended (reason: ProgressError `task_finished`), when another worker took its
+   * lease over after it expired (reason: ProgressError `lease_held`: the task runs on there, and this
+   * handle's appends reject with that error), or when the server is shutting down (reason: ProgressError
+   * `closed`).
    */
   get signal(): AbortSignal {
     if (this.#controller === undefined) {
@@ -286,6 +305,9 @@ export class TaskHandle {
       hooks: {
         abandon: () => this.#host.abandon(this.id, this.#task.createdAt),
         refresh: () => this.#host.refresh(this),
+        seq: () => this.#task.seq,
+        itemLanded: (afterSeq, key, ok) =>
+          this.#host.itemLanded(this, this.#task.createdAt, afterSeq, key, ok),
         terminalRetryMs: this.#host.leaseTtlMs,
       },
     });
@@ -296,6 +318,9 @@ export class TaskHandle {
 
   #append(input: AppendInput): Promise<TaskEvent> {
     if (this.finished) {
+      // Its lease went to another worker: the task runs on there, it did not end.
+      const lost = this.#task.status === 'running' ? this.#abortReason?.() : undefined;
+      if (lost?.code === ErrorCode.LeaseHeld) return Promise.reject(lost);
       return Promise.reject(
         new ProgressError(ErrorCode.TaskFinished, `Task ${this.id} already ended (${this.#task.status})`, {
           taskId: this.id,
