@@ -115,7 +115,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * socket and task counts, all principals together). Anyone else gets only `{ "ok": true|false }` (the
    * status code is the same either way). Only a request with an `Authorization` or `Cookie` header is run
    * through the hooks for it: a probe without one never waits on `authenticate` nor spends its address's
-   * `authRateLimitPerAddressPerSecond` budget.
+   * `authRateLimitPerAddressPerSecond` budget, and one with them waits for the hooks at most 500 ms (then
+   * gets `{ "ok": … }`).
    * - `'authenticated'`: any request with valid credentials, every end user of the application included;
    * - a predicate: the authenticated principals it accepts (your operators, say
    *   `(principal) => principal.roles.includes('ops')`; one that throws accepts no one);

@@ -29,7 +29,7 @@ import type { ServerMetrics } from '../metrics.js';
 import type { HealthDetails } from '../options.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
-import { waitAtMost } from '../wait.js';
+import { settledWithin, waitAtMost } from '../wait.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
 import {
@@ -308,20 +308,31 @@ async function serveHealth<P extends Principal>(
   // auth backend timed the probe out and got the replica marked unready) and spent an attempt of its
   // address's failed-authentication budget, so one node's probes got its real clients refused 429.
   if (who !== 'public' && who !== 'none' && carriesCredentials(request)) {
-    try {
+    const decided = (async () => {
       // An expired credential authenticates nothing, here as on every other route (401 token_expired).
       const principal = await ctx.auth.fromHttp(request);
-      detailed =
+      return (
         principal !== undefined &&
         !credentialExpired(principal, (ctx.clock ?? Date.now)()) &&
-        (who === 'authenticated' || (await who(principal)) === true);
-    } catch (error) {
-      detailed = false;
+        (who === 'authenticated' || (await who(principal)) === true)
+      );
+    })().catch((error: unknown) => {
       ctx.logger.debug({ err: describeError(error) }, 'health details check threw on the health route');
-    }
+      return false;
+    });
+    // The hooks decide the details only, never the status: a hook that hangs (an auth backend down) must
+    // not hold the answer past a probe's timeout, or a probe sending credentials (a load balancer behind an
+    // auth proxy that adds them) found the replica unready for its auth backend's sake.
+    detailed = await settledWithin(decided, HEALTH_HOOKS_WAIT_MS, false);
   }
   send(response, { status, body: detailed ? report : { ok: report.ok } });
 }
+
+/**
+ * Longest wait of the health route for the hooks that decide on its details; past it the answer is
+ * `{ ok }`. Half the kubelet's default probe timeout (`timeoutSeconds: 1`).
+ */
+const HEALTH_HOOKS_WAIT_MS = 500;
 
 /**
  * Whether the request carries credentials the health route asks the hooks about: an `Authorization`
