@@ -29,7 +29,8 @@ export type ResyncReason = 'resubscribe' | 'gap' | 'replay_limit' | 'cursor_ahea
  *
  * `finished`: its terminal frame was written; `client_left`: the connection closed or failed from the
  * client's side (also before the stream started); `stalled`: its reader stopped reading for
- * `sseStallTimeoutMs`; `expired`: its credential's `expiresAt` passed; `shutdown`: the server's `close()`;
+ * `sseStallTimeoutMs`; `expired`: its credential's `expiresAt` passed; `lifetime`: it was open for
+ * `sseStreamLifetimeMs` (the client resumes); `shutdown`: the server's `close()`;
  * `task_gone`: the task is no longer in the store (after a restore, say); `read_failed`: a store read
  * failed (the client resumes); `internal`: a bug in the server, logged at `error` and counted in
  * `handler_errors_total` (the client resumes).
@@ -39,6 +40,7 @@ export type SseStreamEndReason =
   | 'client_left'
   | 'stalled'
   | 'expired'
+  | 'lifetime'
   | 'shutdown'
   | 'task_gone'
   | 'read_failed'
@@ -64,8 +66,8 @@ export type SseStreamEndReason =
  * | `upgrades_rejected_total{code}` | counter | upgrades refused (auth, origin, protocol) |
  * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `pending_total_cap` (all addresses together had too many, `maxPendingConnections`; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
  * | `auth_rate_limited_total{via}` | counter | authentication attempts refused because their address spent its budget of failed ones (`authRateLimitPerAddressPerSecond`; no hook ran), by {@link AuthAttemptVia}: `http` (429, Server-Sent Events streams included), `upgrade` (429, or close 4008 for a socket of a `wss` you pass), `auth_frame` (`rate_limited`, close 4008) |
- * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`), `rate` (an HTTP API request over `rateLimitPerPrincipalPerSecond`; refused frames count in `frames_rejected_total`) |
- * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `shutdown`, `task_gone`, `read_failed`, `internal` (a bug: see the error log) |
+ * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`), `rate` (an HTTP API request over `rateLimitPerPrincipalPerSecond`, or while the principal's unread answers hold more than 32 MiB; refused frames count in `frames_rejected_total`) |
+ * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `lifetime`, `shutdown`, `task_gone`, `read_failed`, `internal` (a bug: see the error log) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
  * | `store_errors_total` | counter | store calls that failed |
  * | `leases_reaped_total` | counter | expired leases turned into `interrupted` by this replica |

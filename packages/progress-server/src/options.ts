@@ -115,7 +115,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * socket and task counts, all principals together). Anyone else gets only `{ "ok": true|false }` (the
    * status code is the same either way). Only a request with an `Authorization` or `Cookie` header is run
    * through the hooks for it: a probe without one never waits on `authenticate` nor spends its address's
-   * `authRateLimitPerAddressPerSecond` budget.
+   * `authRateLimitPerAddressPerSecond` budget, and one with them waits for the hooks at most 500 ms (then
+   * gets `{ "ok": … }`).
    * - `'authenticated'`: any request with valid credentials, every end user of the application included;
    * - a predicate: the authenticated principals it accepts (your operators, say
    *   `(principal) => principal.roles.includes('ops')`; one that throws accepts no one);
@@ -322,6 +323,18 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   sseStallTimeoutMs?: number | undefined;
   /**
+   * Longest time a Server-Sent Events stream stays open, less a random tenth of it (so streams opened
+   * together do not all end together): then the server ends it, and the client reconnects with
+   * `Last-Event-ID` and resumes after its last frame (`EventSource` after its `retry`, `@finishline/client`
+   * at once). A reader that stopped reading (a suspended process, a frozen tab) is dropped for it after
+   * `sseStallTimeoutMs` only once the connection's buffers are full, and a quiet task's heartbeats fill
+   * them in weeks: without a bound such a reader kept its slot of `maxSocketsPerPrincipal`, a hub follow and
+   * its connection until the task ended or its credential expired. A socket's reader is dropped when it
+   * misses a pong; an event stream has no way back for one. 0: no bound.
+   * @default 600000
+   */
+  sseStreamLifetimeMs?: number | undefined;
+  /**
    * Reconnect pace the server asks for: its `hello` tells each client to spread its first retry after
    * a loss over `open sockets / reconnectsPerSecond` seconds (`reconnectDelayMs`), so if this replica
    * dies (or drops every socket at once) its clients reach the survivors at about this rate instead of
@@ -511,6 +524,9 @@ const SERVER_OPTIONS = {
   // Long enough for a slow mobile reader to take in one socket buffer, short enough to free a dead
   // reader's stream slot soon; at most the longest delay setTimeout takes (a longer one fires at once).
   sseStallTimeoutMs: integer(30_000, 1, MAX_TIMER_MS),
+  // 10 minutes: one reconnect per stream per 10 minutes costs a request and a read of the task, and frees
+  // a stalled quiet reader's slot as soon.
+  sseStreamLifetimeMs: integer(600_000, 0, MAX_TIMER_MS),
   reconnectsPerSecond: integer(20_000, 0),
   highWaterMarkBytes: integer(1024 * 1024, 0),
   backpressurePollMs: integer(10, 1, MAX_TIMER_MS),

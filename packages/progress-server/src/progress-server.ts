@@ -410,6 +410,7 @@ export class ProgressServer<P extends Principal = Principal> {
           metrics: this.metrics,
           heartbeatIntervalMs: this.#options.heartbeatIntervalMs,
           sseStallTimeoutMs: this.#options.sseStallTimeoutMs,
+          sseStreamLifetimeMs: this.#options.sseStreamLifetimeMs,
           maxReplayEvents: this.#options.maxReplayEvents,
           clock: this.#options.clock,
           reconnectsPerSecond: this.#options.reconnectsPerSecond,

@@ -24,6 +24,22 @@ export async function waitAtMost(promise: Promise<unknown>, ms: number): Promise
   }
 }
 
+/**
+ * The value `promise` resolves to, or `fallback` if it has not by `ms` milliseconds; leaves no timer
+ * behind. `promise` must not reject.
+ */
+export async function settledWithin<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<T>((resolve) => {
+    timer = setTimeout(() => resolve(fallback), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A promise resolved after `ms` milliseconds (for bounded polling loops during shutdown). */
 export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => {

@@ -209,7 +209,7 @@ describe('health', () => {
         ['/progress/livez', 'HEAD', 200, ''],
       ]);
       expect(calls).toBe(0);
-      // A request with credentials still asks the hook (and waits for it) to decide on the details.
+      // A request with credentials still asks the hook (and waits for it, a while) to decide on the details.
       const withCookie = fetch(`${env.httpUrl}/progress/healthz`, { headers: { cookie: 'session=ops' } });
       await vi.waitFor(() => expect(calls).toBe(1));
       release();
@@ -217,6 +217,42 @@ describe('health', () => {
     } finally {
       release();
     }
+  });
+
+  it('answers a probe with credentials within a bound when the authenticate hook or healthDetails hangs', async () => {
+    // Reported: a GET of healthz carrying a Cookie or Authorization header (a load balancer's check
+    // through an auth proxy that adds them) waited on the hooks for ever when they hung, so the probe
+    // timed out and the replica was marked unready for its auth backend's sake. The status is the
+    // report's; the hooks decide the details only, and a hook that does not answer in time gives none.
+    const { store, state } = storeWithFeedHealth();
+    const hung = new Promise<never>(() => {});
+    let hangAuthenticate = true;
+    env = await startServer({
+      store,
+      authenticate: (request) => (hangAuthenticate ? hung : cookieAuth(request)),
+      healthDetails: () => hung,
+    });
+    // Bounded, so that the defect fails here rather than at the test's timeout; no measure of speed.
+    const signal = AbortSignal.timeout(3000);
+    const ask = async (method: string, headers: Record<string, string>) => {
+      const response = await fetch(`${env?.httpUrl}/progress/healthz`, { method, headers, signal });
+      return [method, response.status, await response.text()];
+    };
+    const answers = [
+      await ask('GET', { cookie: 'session=ops' }),
+      await ask('HEAD', { authorization: 'Bearer t' }),
+    ];
+    state.connected = false;
+    answers.push(await ask('GET', { cookie: 'session=ops' }));
+    // The predicate hangs with an authenticate hook that answers.
+    hangAuthenticate = false;
+    answers.push(await ask('GET', { cookie: 'session=ops' }));
+    expect(answers).toEqual([
+      ['GET', 200, '{"ok":true}'],
+      ['HEAD', 200, ''],
+      ['GET', 503, '{"ok":false}'],
+      ['GET', 503, '{"ok":false}'],
+    ]);
   });
 
   it('is unhealthy once closing', async () => {

@@ -529,6 +529,46 @@ describe('answers their clients do not read', () => {
     expect(server.destroyed).toBe(true);
   }, 30_000);
 
+  it("holds at most 32 MiB of a principal's unread answers: requests past it are refused 429, and the budget comes back when the client leaves", async () => {
+    // Reported: Node answers pipelined requests together, holding each answer in memory behind the first,
+    // and the stall timeout judges only the first: one connection sending 20 requests of a 4 MB page in one
+    // write, and reading none (or reading 64 KiB every 29 s), held 80 MB of the server's memory, the
+    // principal's budget of 500 requests a second letting a few connections take gigabytes.
+    env = await startServer({ sseStallTimeoutMs: 60_000 });
+    await bigTask(env);
+    const page = await fetch(`${env.httpUrl}/progress/tasks/big/events?limit=1000`, {
+      headers: { 'x-user': 'alice' },
+    });
+    const size = (await page.arrayBuffer()).byteLength;
+    // Some 4.2 MB each: the first answers that fit in 32 MiB are held, the rest refused.
+    const expected = 20 - Math.floor((32 * 1024 * 1024) / size);
+    const client = connect(env.port, '127.0.0.1');
+    cleanups.push(async () => client.destroy());
+    client.on('error', () => {});
+    client.pause();
+    client.write(BIG_PAGE.repeat(20));
+    const refused = async () => {
+      const { values } = await env!.server.metrics.principalLimits.get();
+      return values.find((value) => value.labels.limit === 'rate')?.value ?? 0;
+    };
+    const deadline = Date.now() + 10_000;
+    while ((await refused()) < expected && Date.now() < deadline) await sleep(20);
+    expect(expected).toBeGreaterThan(10);
+    expect(await refused()).toBe(expected);
+    // Another principal's answers are not held up by alice's.
+    expect((await call('/progress/tasks', { user: 'bob' })).status).toBe(200);
+    expect((await call('/progress/tasks/big/events?limit=1000', { user: 'alice' })).status).toBe(429);
+    client.destroy();
+    // Once the client left, what it held is given back (the answers queued behind the first too).
+    const back = Date.now() + 10_000;
+    let status = 0;
+    while (status !== 200 && Date.now() < back) {
+      status = (await call('/progress/tasks/big/events?limit=1000', { user: 'alice' })).status;
+      if (status !== 200) await sleep(20);
+    }
+    expect(status).toBe(200);
+  }, 30_000);
+
   it("keeps a client that read on while the server's own event loop stood still past sseStallTimeoutMs", async () => {
     env = await startServer({ sseStallTimeoutMs: 300 });
     await bigTask(env);

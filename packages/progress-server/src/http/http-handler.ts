@@ -29,13 +29,14 @@ import type { ServerMetrics } from '../metrics.js';
 import type { HealthDetails } from '../options.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
-import { waitAtMost } from '../wait.js';
+import { settledWithin, waitAtMost } from '../wait.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
 import {
   ANSWER_SLICE_BYTES,
   checkMutation,
   checkOrigin,
+  encodeBody,
   errorBody,
   fromCode,
   HTTP_STATUS,
@@ -44,6 +45,7 @@ import {
   parseStatuses,
   readJsonBody,
   send,
+  sendEncoded,
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
 import { answerStreamHead, cursorAtEnd, streamCursor, streamTask } from './sse-stream.js';
@@ -212,8 +214,10 @@ export function createHttpHandler<P extends Principal>(
       else send(response, { status: 404, body: errorBody(ErrorCode.InvalidInput, 'No such route') });
       return;
     }
-    const answer = (reply: Parameters<typeof send>[1]) => answers.send(response, reply);
-    serve(ctx, route, url, request, response).then(
+    // Whose answer it is, once authenticated: its unread answers count against the principal's budget.
+    const asker: { id?: string } = {};
+    const answer = (reply: Parameters<typeof send>[1]) => answers.send(request, response, reply, asker.id);
+    serve(ctx, route, url, request, response, asker).then(
       (body) => {
         if (body !== STREAMED) answer({ status: 200, body });
       },
@@ -308,20 +312,31 @@ async function serveHealth<P extends Principal>(
   // auth backend timed the probe out and got the replica marked unready) and spent an attempt of its
   // address's failed-authentication budget, so one node's probes got its real clients refused 429.
   if (who !== 'public' && who !== 'none' && carriesCredentials(request)) {
-    try {
+    const decided = (async () => {
       // An expired credential authenticates nothing, here as on every other route (401 token_expired).
       const principal = await ctx.auth.fromHttp(request);
-      detailed =
+      return (
         principal !== undefined &&
         !credentialExpired(principal, (ctx.clock ?? Date.now)()) &&
-        (who === 'authenticated' || (await who(principal)) === true);
-    } catch (error) {
-      detailed = false;
+        (who === 'authenticated' || (await who(principal)) === true)
+      );
+    })().catch((error: unknown) => {
       ctx.logger.debug({ err: describeError(error) }, 'health details check threw on the health route');
-    }
+      return false;
+    });
+    // The hooks decide the details only, never the status: a hook that hangs (an auth backend down) must
+    // not hold the answer past a probe's timeout, or a probe sending credentials (a load balancer behind an
+    // auth proxy that adds them) found the replica unready for its auth backend's sake.
+    detailed = await settledWithin(decided, HEALTH_HOOKS_WAIT_MS, false);
   }
   send(response, { status, body: detailed ? report : { ok: report.ok } });
 }
+
+/**
+ * Longest wait of the health route for the hooks that decide on its details; past it the answer is
+ * `{ ok }`. Half the kubelet's default probe timeout (`timeoutSeconds: 1`).
+ */
+const HEALTH_HOOKS_WAIT_MS = 500;
 
 /**
  * Whether the request carries credentials the health route asks the hooks about: an `Authorization`
@@ -372,6 +387,7 @@ async function serve<P extends Principal>(
   url: URL,
   request: IncomingMessage,
   response: ServerResponse,
+  asker: { id?: string },
 ): Promise<unknown> {
   // The Origin first, before any other answer: a forged request learns nothing from this server, not
   // even which method a route takes (405) or that it is shutting down (503), and it runs none of the
@@ -412,6 +428,7 @@ async function serve<P extends Principal>(
     throw fromCode(ErrorCode.Internal, 'Authentication failed');
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+  asker.id = principal.id;
   // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
   if (credentialExpired(principal, (ctx.clock ?? Date.now)())) {
     throw fromCode(ErrorCode.TokenExpired, 'The credential expired; send a fresh one');
@@ -586,23 +603,60 @@ async function serve<P extends Principal>(
 }
 
 /**
+ * Most bytes of a principal's answers the server holds at once, written or waiting to be (see
+ * {@link AnswerWriter}). Node answers the requests a connection pipelines together, each answer held in
+ * memory behind the first, and the stall timeout judges only the first: one connection sending 20 requests
+ * of a 4 MB events page in one write, and reading none, held 80 MB, and a few such connections (the
+ * principal's budget allows 500 requests a second) gigabytes, as did a client reading 64 KiB of each
+ * answer every 29 s on many connections. Some 8 pages of 1,000 events of 4 KB each: far more than a
+ * client reading its answers has unread.
+ */
+export const MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL = 32 * 1024 * 1024;
+
+/**
  * Sends the routes' answers and follows each until it has left: a client that stopped reading one (an
  * events page or a list of up to 1,000 entries, megabytes with long messages) held all of it in the
  * server's memory, and its connection open, for as long as it liked. An answer that makes no progress (no
  * slice of {@link ANSWER_SLICE_BYTES} leaves for the network) for `sseStallTimeoutMs` is dropped (its
- * connection destroyed), as an event stream whose reader stopped reading is.
+ * connection destroyed), as an event stream whose reader stopped reading is. The answers of one principal
+ * not yet handed to the network hold at most {@link MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL} (but one answer,
+ * however large): past it a request is answered 429 `rate_limited` instead.
  */
 class AnswerWriter {
-  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger'>;
+  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics'>;
+  /** Bytes of each principal's answers not yet handed to the network; no entry at 0. */
+  readonly #unread = new Map<string, number>();
 
-  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger'>) {
+  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics'>) {
     this.#ctx = ctx;
   }
 
-  /** Sends `reply`, and drops it if it stalls before it has left (or its connection closed). */
-  send(response: ServerResponse, reply: Parameters<typeof send>[1]): void {
+  /**
+   * Sends `reply` (of `principalId`, once authenticated), and drops it if it stalls before it has left
+   * (or its connection closed).
+   */
+  send(
+    request: IncomingMessage,
+    response: ServerResponse,
+    reply: Parameters<typeof send>[1],
+    principalId: string | undefined,
+  ): void {
     if (response.headersSent || response.writableEnded || response.destroyed) {
       send(response, reply);
+      return;
+    }
+    const data = encodeBody(reply.body);
+    const held = principalId === undefined ? 0 : (this.#unread.get(principalId) ?? 0);
+    if (principalId !== undefined && held > 0 && held + data.length > MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL) {
+      this.#ctx.metrics.principalLimits.inc({ limit: 'rate' });
+      send(response, {
+        status: HTTP_STATUS.rate_limited,
+        body: errorBody(
+          ErrorCode.RateLimited,
+          "This principal's earlier answers are still unread; read them before asking for more",
+        ),
+        headers: { 'retry-after': '1' },
+      });
       return;
     }
     const stallMs = this.#ctx.streams.sseStallTimeoutMs;
@@ -614,14 +668,33 @@ class AnswerWriter {
         response.destroy();
       });
     };
-    send(response, reply, () => {
-      if (cancel !== undefined) arm();
-    });
+    sendEncoded(
+      response,
+      { status: reply.status, data, ...(reply.headers && { headers: reply.headers }) },
+      () => {
+        if (cancel !== undefined) arm();
+      },
+    );
     if (response.writableFinished || response.destroyed) return;
     arm();
-    const release = () => cancel?.();
+    const stop = () => cancel?.();
+    response.once('finish', stop);
+    response.once('close', stop);
+    if (principalId === undefined) return;
+    this.#unread.set(principalId, held + data.length);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      const left = (this.#unread.get(principalId) ?? data.length) - data.length;
+      if (left > 0) this.#unread.set(principalId, left);
+      else this.#unread.delete(principalId);
+    };
     response.once('finish', release);
     response.once('close', release);
+    // An answer queued behind another of its connection's (pipelined) gets no 'close' when the client
+    // leaves; its request does.
+    request.once('close', release);
   }
 }
 

@@ -248,8 +248,22 @@ export function send(
   progress?: () => void,
 ): void {
   if (response.headersSent || response.writableEnded || response.destroyed) return;
-  const { status, body, headers = {} } = reply;
-  const data = Buffer.from(JSON.stringify(body), 'utf8');
+  sendEncoded(response, { ...reply, data: encodeBody(reply.body) }, progress);
+}
+
+/** The JSON text of an answer's body, as {@link send} writes it. */
+export function encodeBody(body: unknown): Buffer {
+  return Buffer.from(JSON.stringify(body), 'utf8');
+}
+
+/** {@link send} of a body {@link encodeBody} encoded already. */
+export function sendEncoded(
+  response: ServerResponse,
+  reply: { status: number; data: Buffer; headers?: Record<string, string> },
+  progress?: () => void,
+): void {
+  if (response.headersSent || response.writableEnded || response.destroyed) return;
+  const { status, data, headers = {} } = reply;
   response.writeHead(status, {
     'content-type': 'application/json; charset=utf-8',
     'content-length': data.length,

@@ -839,6 +839,36 @@ describe('GET /tasks/:id/stream', () => {
     expect(await streamsClosed(env)).toEqual({ stalled: 1 });
   });
 
+  it('ends a stream after sseStreamLifetimeMs: a stalled reader of a quiet task frees its slot, and a reader resumes', async () => {
+    // Reported: the stall timeout starts only once the connection's buffers are full, which a quiet task's
+    // heartbeats take weeks to fill, so a reader that stopped reading (a suspended process) kept its slot,
+    // hub follow and connection until the task ended or its credential expired.
+    env = await startServer({
+      heartbeatIntervalMs: 60_000,
+      maxSocketsPerPrincipal: 1,
+      sseStreamLifetimeMs: 1000,
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const stalled = new Stream(await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice' }));
+    await stalled.until(() => stalled.frames().length === 1);
+    stalled.response.pause(); // and never reads again
+    const lastId = stalled.lastFrame()?.id ?? '';
+    await vi.waitFor(async () => expect(await streamsClosed(env as TestServer)).toEqual({ lifetime: 1 }), {
+      timeout: 5000,
+    });
+    await task.progress({ done: 2 });
+    // The paused reader's connection is still open on its side: the end freed the one slot.
+    const next = new Stream(
+      await get(`/tasks/${task.id}/stream`, { 'x-user': 'alice', 'last-event-id': lastId }),
+    );
+    expect(next.response.statusCode).toBe(200);
+    await task.complete();
+    await next.ended;
+    // Resumed after the last frame: the events since, once each, and nothing before.
+    expect(next.frames().map(seqOf)).toEqual([2, 3]);
+  });
+
   it('counts every end of a stream once, by reason: finished, client_left, expired, shutdown', async () => {
     env = await startServer({
       heartbeatIntervalMs: 60_000,

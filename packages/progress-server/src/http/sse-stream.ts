@@ -88,6 +88,8 @@ export interface StreamContext {
   >;
   readonly heartbeatIntervalMs: number;
   readonly sseStallTimeoutMs: number;
+  /** The server's `sseStreamLifetimeMs`: a stream ends after at most this long (0: never). */
+  readonly sseStreamLifetimeMs: number;
   readonly maxReplayEvents: number;
   readonly clock: () => number;
   /** The server's `reconnectsPerSecond`: paces the reconnects of its streams' readers (see {@link sseRetryMs}). */
@@ -264,6 +266,7 @@ export function streamTask(
     ctx.metrics.sseStreamsClosed.inc({ reason });
     clearInterval(heartbeat);
     clearTimeout(expiry);
+    clearTimeout(lifetime);
     // A full buffer: the end below waits behind it, for ever if the reader never reads again (a stream
     // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
     // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
@@ -524,6 +527,15 @@ export function streamTask(
       ? undefined
       : setTimeout(() => end('expired'), Math.min(Math.max(0, expiresAt - ctx.clock()), MAX_TIMER_MS));
   expiry?.unref();
+  // Ended after its lifetime, less a random tenth (streams opened together, after a restart, end apart):
+  // a reader that stopped reading is dropped when the buffers it no longer empties are full, which a quiet
+  // task's heartbeats take weeks to do, and an event stream, unlike a socket, has no pong to miss.
+  const lifetimeMs = ctx.sseStreamLifetimeMs;
+  const lifetime =
+    lifetimeMs === 0
+      ? undefined
+      : setTimeout(() => end('lifetime'), lifetimeMs - Math.floor((Math.random() * lifetimeMs) / 10));
+  lifetime?.unref();
 
   begin();
 }
