@@ -15,7 +15,6 @@ import {
   ofType,
   oneOf,
   option,
-  optional,
   refine,
   required,
   resolveOptions as resolveOptions_,
@@ -351,7 +350,7 @@ const CLIENT_OPTIONS = {
   ackDelayMs: finite(1000, 0),
   ackEvery: finite(32, 1),
   reconnect: refine(
-    nested({ firstDelayMs: optional(finite(100, 0)), ...backoffOptionSpecs(BACKOFF_DEFAULTS) }),
+    nested({ firstDelayMs: finite(100, 0), ...backoffOptionSpecs(BACKOFF_DEFAULTS) }),
     backoffInOrder,
   ),
   stableConnectionMs: finite(1000, 0),
@@ -428,8 +427,8 @@ function parseUrl(name: string, value: unknown, base?: string): URL {
 export function resolveOptions(options: ProgressClientOptions, closed?: AbortSignal): ResolvedOptions {
   const o = resolveOptions_('ProgressClient', CLIENT_OPTIONS, options);
   const { firstDelayMs, ...reconnect } = o.reconnect;
-  if (firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
-    // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
+  // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
+  if (options.reconnect?.firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
     throw invalidOption('ProgressClient', 'reconnect.firstDelayMs must not exceed reconnect.maxDelayMs');
   }
 
@@ -477,7 +476,7 @@ export function resolveOptions(options: ProgressClientOptions, closed?: AbortSig
   // read of an option then missed the inline caches.
   return Object.assign(o, {
     reconnect,
-    reconnectFirstDelayMs: Math.min(firstDelayMs ?? 100, reconnect.maxDelayMs),
+    reconnectFirstDelayMs: Math.min(firstDelayMs, reconnect.maxDelayMs),
     pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
