@@ -105,8 +105,10 @@ export interface ProgressClientOptions {
   /**
    * A credential sent as the first frame of every connection (`{ type: 'auth', token }`) and as
    * `authorization: Bearer <token>` on HTTP requests; a function is called each time (to refresh it).
-   * A function that throws, rejects or returns no credential (not a non-empty string) fails the attempt,
-   * reported as `unauthenticated` on the client's `error`, and the client retries.
+   * A function that throws, rejects or returns no credential (not a string of 1 to `LIMITS.maxTokenLength`,
+   * 8192, characters) fails the attempt, reported as `unauthenticated` on the client's `error` (with what it
+   * threw or returned as `cause`; the length of an over-long string), and the client retries; in
+   * `renewToken()`, the renewal fails the same way and the socket keeps its credential.
    * Leave unset when the upgrade carries the credential (cookie or header).
    * @default undefined
    */

@@ -4,6 +4,7 @@ import {
   CloseCode,
   ErrorCode,
   isProgressError,
+  LIMITS,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
@@ -121,6 +122,29 @@ describe('connection', () => {
       await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
     },
   );
+
+  it('a token function that returns a string over maxTokenLength fails as one that throws, its error carrying the length, not the token', async () => {
+    // Sent, the server refused the auth frame with 4001 (fatal); failed, the error's cause is logged: not the token.
+    const long = 'x'.repeat(LIMITS.maxTokenLength + 1);
+    let calls = 0;
+    const { client, server, scheduler, errors } = setup({
+      token: () => (++calls === 1 ? long : long.slice(1)),
+      httpFallbackAfterAttempts: 0,
+    });
+    client.watch('t1');
+    server.last.open();
+    await flush();
+    expect(server.last.sent).toEqual([]);
+    expect(errors).toEqual([
+      expect.objectContaining({ code: ErrorCode.Unauthenticated, cause: LIMITS.maxTokenLength + 1 }),
+    ]);
+    await scheduler.advance(1000);
+    server.last.open();
+    await flush();
+    // Exactly maxTokenLength characters is a credential.
+    expect(server.last.sent).toEqual([{ type: 'auth', token: long.slice(1), protocol: PROTOCOL_VERSION }]);
+    await client.close();
+  });
 
   it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
     const { client, server } = setup({ token: 'secret-token' });
