@@ -472,10 +472,13 @@ export class Connection {
  * before the login that sets the token, an object, `''`, an over-long string. Sent as it was, it made an
  * `auth` frame the server refuses with 4001, which ends the client for good (every watch rejected
  * `unauthenticated`, for a credential nobody had refused); in a renewal, on a socket whose credential was
- * still valid. An over-long string is thrown as its length: it is a credential all the same, and what is
+ * still valid; over HTTP and SSE, a request without it that the server refuses with 401, which closes the
+ * client too. An over-long string is thrown as its length: it is a credential all the same, and what is
  * thrown becomes the `cause` of an error the application logs.
+ *
+ * @internal
  */
-function credentialOf(value: unknown): string {
+export function credentialOf(value: unknown): string {
   if (typeof value !== 'string' || !value) throw value;
   if (value.length > MAX_TOKEN_LENGTH) throw value.length;
   return value;

@@ -108,7 +108,9 @@ export interface ProgressClientOptions {
    * A function that throws, rejects or returns no credential (not a string of 1 to `LIMITS.maxTokenLength`,
    * 8192, characters) fails the attempt, reported as `unauthenticated` on the client's `error` (with what it
    * threw or returned as `cause`; the length of an over-long string), and the client retries; in
-   * `renewToken()`, the renewal fails the same way and the socket keeps its credential.
+   * `renewToken()`, the renewal fails the same way and the socket keeps its credential; a request of the
+   * HTTP fallback or the SSE transport (poll, stream, ack) is not sent and is retried, as after a network
+   * failure.
    * Leave unset when the upgrade carries the credential (cookie or header).
    * @default undefined
    */

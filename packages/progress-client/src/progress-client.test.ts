@@ -1394,6 +1394,46 @@ describe('HTTP fallback', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it.each([undefined, '', { token: 'tok' }])(
+    'polls over HTTP without a request for a token function that returns %j, retried as one that throws, not a 401 that closes the client',
+    async (bad) => {
+      // Until 6 December 2026 the poll sent what the function returned (no header for `undefined`,
+      // `Bearer ` for `''`, `Bearer [object Object]`): the server answered 401, which closes the client.
+      let calls = 0;
+      // The server's HTTP API, which refuses a request without the credential as the real one does.
+      const sent: (string | undefined)[] = [];
+      let served: FetchLike | undefined;
+      const { client, server, scheduler, http, errors } = setup({
+        httpFallbackAfterAttempts: 1,
+        token: (() => (++calls === 1 ? bad : 'tok')) as () => string,
+        fetch: async (url, init) => {
+          sent.push(init.headers.authorization);
+          if (init.headers.authorization === 'Bearer tok' && served) return served(url, init);
+          return {
+            ok: false,
+            status: 401,
+            text: async () => '{"error":{"code":"unauthenticated","message":"no"}}',
+          };
+        },
+      });
+      served = http.fetch;
+      http.tasks.set('t1', new FakeTask('t1', 1));
+      const watch = client.watch('t1');
+      const log = record(watch);
+      server.last.serverClose(1006); // no socket: HTTP polls
+      await scheduler.advance(0);
+      expect(sent).toEqual([]);
+      expect(client.state).not.toBe('closed');
+      await scheduler.advance(10_000);
+      expect(sent.length).toBeGreaterThan(0);
+      expect(sent.every((header) => header === 'Bearer tok')).toBe(true);
+      expect(log).toContain('snapshot@0');
+      expect(client.state).not.toBe('closed');
+      expect(errors.map((error) => error.code)).not.toContain(ErrorCode.Unauthenticated);
+      await client.close();
+    },
+  );
+
   it('without the httpFallback option: no request ever, the socket is retried, and the watchdog resyncs', async () => {
     const { client, server, scheduler, http } = setup({
       httpFallback: false,
