@@ -16,6 +16,7 @@ import {
   CLOSE_UNAUTHENTICATED,
   CLOSE_UNSUPPORTED_PROTOCOL,
   encodeFrame,
+  MAX_TOKEN_LENGTH,
 } from '@finishline/core/internal';
 import { type AttemptFailure, describeEarlyClose, frameError, unreachableError } from './connect-errors.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
@@ -90,7 +91,8 @@ export class Connection {
    * Renews the credential of the open socket without reconnecting (protocol version 2): calls the token
    * function and sends an `auth` frame; the server answers with a new `hello`. Resolves `false` when
    * there is no open version-2 socket or no token function (the next connection uses a fresh token
-   * anyway), and when the token function fails or returns nothing within `connectTimeoutMs`: that is reported as an `unauthenticated` error, and the
+   * anyway), and when the token function fails, returns no credential (see `credentialOf`) or returns
+   * nothing within `connectTimeoutMs`: that is reported as an `unauthenticated` error, and the
    * socket keeps its current credential (if it expires, the server's 4011 starts the usual fresh-token
    * reconnect). Never rejects: callers fire and forget it from a token-refresh hook.
    */
@@ -104,18 +106,21 @@ export class Connection {
       // A token function that never returned (a refresh request nobody answers) left this pending for
       // good, and whoever awaited it: it has connectTimeoutMs, as a connect's call has. On the timer
       // functions, not the client's timers, which close() clears: the wait ends after a close too.
-      credential = await new Promise<string>((resolve, reject) => {
-        const { timers } = this.#o;
-        // At most 2^31 - 1 ms: the timer functions fire a longer delay at once (renewToken() gave up at once).
-        const handle = timers.setTimeout(reject, Math.min(this.#o.connectTimeoutMs, 2 ** 31 - 1));
-        // Not holding a Node process after close(): while the client is open, its socket keeps it alive.
-        (handle as { unref?(): void }).unref?.();
-        // (Called from a then: what it throws, or a credential it returns as is, takes the same path.)
-        Promise.resolve()
-          .then(token)
-          .then(resolve, reject)
-          .finally(() => timers.clearTimeout(handle));
-      });
+      // What is no credential fails as a throw: sent, the server closed the socket with 4001, fatal.
+      credential = credentialOf(
+        await new Promise<unknown>((resolve, reject) => {
+          const { timers } = this.#o;
+          // At most 2^31 - 1 ms: the timer functions fire a longer delay at once (renewToken() gave up at once).
+          const handle = timers.setTimeout(reject, Math.min(this.#o.connectTimeoutMs, 2 ** 31 - 1));
+          // Not holding a Node process after close(): while the client is open, its socket keeps it alive.
+          (handle as { unref?(): void }).unref?.();
+          // (Called from a then: what it throws, or a credential it returns as is, takes the same path.)
+          Promise.resolve()
+            .then(token)
+            .then(resolve, reject)
+            .finally(() => timers.clearTimeout(handle));
+        }),
+      );
     } catch (cause) {
       if (this.#state !== 'closed') {
         this.#handler.onError(tokenProviderFailed(cause));
@@ -262,12 +267,8 @@ export class Connection {
     let credential: string;
     try {
       this.#awaitingToken = socket;
-      credential = typeof token === 'function' ? await token() : token;
-      // Not a credential (`undefined` from a function called before the login that sets it, an object,
-      // `''`): failed as a token function that throws is, and retried. Sent as it was, it made an auth frame
-      // the server refuses with 4001, which ends the client for good: every watch rejected
-      // `unauthenticated`, for a credential nobody had refused.
-      if (!credential || typeof credential !== 'string') throw credential;
+      // (A static token is awaited too: one tick later, one expression less.)
+      credential = credentialOf(await (typeof token === 'function' ? token() : token));
     } catch (cause) {
       if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
       if (socket !== this.#socket) return;
@@ -465,7 +466,28 @@ export class Connection {
   }
 }
 
-/** The token function threw or rejected, or returned no credential: `cause` is what it threw or returned. */
+/**
+ * `value` when an `auth` frame can carry it (a string of 1 to `LIMITS.maxTokenLength` characters); anything
+ * else is thrown, so that it fails as a token function that throws: `undefined` from a function called
+ * before the login that sets the token, an object, `''`, an over-long string. Sent as it was, it made an
+ * `auth` frame the server refuses with 4001, which ends the client for good (every watch rejected
+ * `unauthenticated`, for a credential nobody had refused); in a renewal, on a socket whose credential was
+ * still valid; over HTTP and SSE, a request without it that the server refuses with 401, which closes the
+ * client too. An over-long string is thrown as its length: it is a credential all the same, and what is
+ * thrown becomes the `cause` of an error the application logs.
+ *
+ * @internal
+ */
+export function credentialOf(value: unknown): string {
+  if (typeof value !== 'string' || !value) throw value;
+  if (value.length > MAX_TOKEN_LENGTH) throw value.length;
+  return value;
+}
+
+/**
+ * The token function threw or rejected, or returned no credential: `cause` is what it threw or returned
+ * (see {@link credentialOf}).
+ */
 function tokenProviderFailed(cause: unknown): ProgressError {
   return new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause });
 }

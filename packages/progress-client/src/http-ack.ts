@@ -1,3 +1,4 @@
+import { credentialOf } from './connection.js';
 import { retryDelayMs } from './http-errors.js';
 import type { TimerSet } from './timers.js';
 import type { FallbackOptions, HttpCredentials } from './transport-types.js';
@@ -37,7 +38,8 @@ export async function taskRequest<R>(
   init: { method: 'GET' | 'POST'; headers: Record<string, string>; signal: AbortSignal; body?: string },
 ): Promise<R> {
   const token = o.token;
-  const credential = typeof token === 'function' ? await token() : token;
+  // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with 401.
+  const credential = typeof token === 'function' ? credentialOf(await token()) : token;
   return fetch(`${o.httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`, {
     ...init,
     headers: {

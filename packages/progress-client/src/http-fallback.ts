@@ -1,6 +1,7 @@
 import type { SnapshotFrame, TaskEvent } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
+import { credentialOf } from './connection.js';
 import { decodeServerText } from './frame-check.js';
 import { sendAck } from './http-ack.js';
 import { errorFromResponse, readField, retryDelayMs } from './http-errors.js';
@@ -122,7 +123,10 @@ export class HttpApi {
     let status = 0;
     let text: string;
     try {
-      const credential = typeof token === 'function' ? await Promise.race([token(), given]) : token;
+      // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with
+      // 401, which closes the client.
+      const credential =
+        typeof token === 'function' ? credentialOf(await Promise.race([token(), given])) : token;
       if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
       try {
         const response = await Promise.race([

@@ -15,6 +15,31 @@ describe('client options', () => {
     });
   });
 
+  it('exports the documented reconnect defaults, firstDelayMs included', () => {
+    // Until 6 December 2026 `PROGRESS_CLIENT_DEFAULTS.reconnect.firstDelayMs` was `undefined`, where the
+    // option's documentation (and the client) said 100.
+    expect(PROGRESS_CLIENT_DEFAULTS.reconnect).toEqual({
+      firstDelayMs: 100,
+      initialDelayMs: 1000,
+      maxDelayMs: 30_000,
+      multiplier: 2,
+    });
+    expect(Object.isFrozen(PROGRESS_CLIENT_DEFAULTS.reconnect)).toBe(true);
+    expect(resolveOptions(base).reconnectFirstDelayMs).toBe(PROGRESS_CLIENT_DEFAULTS.reconnect.firstDelayMs);
+    // A firstDelayMs the caller chose is refused above maxDelayMs; the default follows a smaller one.
+    expect(
+      resolveOptions({ ...base, reconnect: { firstDelayMs: 50, maxDelayMs: 50, initialDelayMs: 50 } }),
+    ).toMatchObject({
+      reconnectFirstDelayMs: 50,
+    });
+    // (Left out as `undefined` by a JavaScript caller: the default.)
+    const unset = { ...base, reconnect: { firstDelayMs: undefined, initialDelayMs: 20, maxDelayMs: 50 } };
+    expect(resolveOptions(unset as unknown as ProgressClientOptions).reconnectFirstDelayMs).toBe(50);
+    expect(() =>
+      resolveOptions({ ...base, reconnect: { firstDelayMs: 51, initialDelayMs: 20, maxDelayMs: 50 } }),
+    ).toThrow(/reconnect.firstDelayMs must not exceed reconnect.maxDelayMs/);
+  });
+
   it('refuses an unknown option, naming the nearest one (the flat reconnect options of old included)', () => {
     expect(() => resolveOptions({ ...base, reconnectMaxDelayMs: 50 } as ProgressClientOptions)).toThrow(
       'ProgressClient: unknown option "reconnectMaxDelayMs" (did you mean `reconnect`?)',

@@ -15,7 +15,6 @@ import {
   ofType,
   oneOf,
   option,
-  optional,
   refine,
   required,
   resolveOptions as resolveOptions_,
@@ -106,8 +105,12 @@ export interface ProgressClientOptions {
   /**
    * A credential sent as the first frame of every connection (`{ type: 'auth', token }`) and as
    * `authorization: Bearer <token>` on HTTP requests; a function is called each time (to refresh it).
-   * A function that throws, rejects or returns no credential (not a non-empty string) fails the attempt,
-   * reported as `unauthenticated` on the client's `error`, and the client retries.
+   * A function that throws, rejects or returns no credential (not a string of 1 to `LIMITS.maxTokenLength`,
+   * 8192, characters) fails the attempt, reported as `unauthenticated` on the client's `error` (with what it
+   * threw or returned as `cause`; the length of an over-long string), and the client retries; in
+   * `renewToken()`, the renewal fails the same way and the socket keeps its credential; a request of the
+   * HTTP fallback or the SSE transport (poll, stream, ack) is not sent and is retried, as after a network
+   * failure.
    * Leave unset when the upgrade carries the credential (cookie or header).
    * @default undefined
    */
@@ -351,7 +354,7 @@ const CLIENT_OPTIONS = {
   ackDelayMs: finite(1000, 0),
   ackEvery: finite(32, 1),
   reconnect: refine(
-    nested({ firstDelayMs: optional(finite(100, 0)), ...backoffOptionSpecs(BACKOFF_DEFAULTS) }),
+    nested({ firstDelayMs: finite(100, 0), ...backoffOptionSpecs(BACKOFF_DEFAULTS) }),
     backoffInOrder,
   ),
   stableConnectionMs: finite(1000, 0),
@@ -428,8 +431,8 @@ function parseUrl(name: string, value: unknown, base?: string): URL {
 export function resolveOptions(options: ProgressClientOptions, closed?: AbortSignal): ResolvedOptions {
   const o = resolveOptions_('ProgressClient', CLIENT_OPTIONS, options);
   const { firstDelayMs, ...reconnect } = o.reconnect;
-  if (firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
-    // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
+  // Only a value the caller chose contradicts the ceiling; the default just follows a smaller one.
+  if (options.reconnect?.firstDelayMs !== undefined && firstDelayMs > reconnect.maxDelayMs) {
     throw invalidOption('ProgressClient', 'reconnect.firstDelayMs must not exceed reconnect.maxDelayMs');
   }
 
@@ -477,7 +480,7 @@ export function resolveOptions(options: ProgressClientOptions, closed?: AbortSig
   // read of an option then missed the inline caches.
   return Object.assign(o, {
     reconnect,
-    reconnectFirstDelayMs: Math.min(firstDelayMs ?? 100, reconnect.maxDelayMs),
+    reconnectFirstDelayMs: Math.min(firstDelayMs, reconnect.maxDelayMs),
     pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),

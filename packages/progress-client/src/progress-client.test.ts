@@ -4,6 +4,7 @@ import {
   CloseCode,
   ErrorCode,
   isProgressError,
+  LIMITS,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
@@ -121,6 +122,29 @@ describe('connection', () => {
       await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.Closed });
     },
   );
+
+  it('a token function that returns a string over maxTokenLength fails as one that throws, its error carrying the length, not the token', async () => {
+    // Sent, the server refused the auth frame with 4001 (fatal); failed, the error's cause is logged: not the token.
+    const long = 'x'.repeat(LIMITS.maxTokenLength + 1);
+    let calls = 0;
+    const { client, server, scheduler, errors } = setup({
+      token: () => (++calls === 1 ? long : long.slice(1)),
+      httpFallbackAfterAttempts: 0,
+    });
+    client.watch('t1');
+    server.last.open();
+    await flush();
+    expect(server.last.sent).toEqual([]);
+    expect(errors).toEqual([
+      expect.objectContaining({ code: ErrorCode.Unauthenticated, cause: LIMITS.maxTokenLength + 1 }),
+    ]);
+    await scheduler.advance(1000);
+    server.last.open();
+    await flush();
+    // Exactly maxTokenLength characters is a credential.
+    expect(server.last.sent).toEqual([{ type: 'auth', token: long.slice(1), protocol: PROTOCOL_VERSION }]);
+    await client.close();
+  });
 
   it('connects lazily on the first watch, offers the subprotocol and keeps credentials out of the URL', async () => {
     const { client, server } = setup({ token: 'secret-token' });
@@ -1401,6 +1425,46 @@ describe('HTTP fallback', () => {
     expect(errors.map((error) => error.code)).toEqual([ErrorCode.Unauthenticated]);
     expect(scheduler.pending).toBe(0);
   });
+
+  it.each([undefined, '', { token: 'tok' }])(
+    'polls over HTTP without a request for a token function that returns %j, retried as one that throws, not a 401 that closes the client',
+    async (bad) => {
+      // Until 6 December 2026 the poll sent what the function returned (no header for `undefined`,
+      // `Bearer ` for `''`, `Bearer [object Object]`): the server answered 401, which closes the client.
+      let calls = 0;
+      // The server's HTTP API, which refuses a request without the credential as the real one does.
+      const sent: (string | undefined)[] = [];
+      let served: FetchLike | undefined;
+      const { client, server, scheduler, http, errors } = setup({
+        httpFallbackAfterAttempts: 1,
+        token: (() => (++calls === 1 ? bad : 'tok')) as () => string,
+        fetch: async (url, init) => {
+          sent.push(init.headers.authorization);
+          if (init.headers.authorization === 'Bearer tok' && served) return served(url, init);
+          return {
+            ok: false,
+            status: 401,
+            text: async () => '{"error":{"code":"unauthenticated","message":"no"}}',
+          };
+        },
+      });
+      served = http.fetch;
+      http.tasks.set('t1', new FakeTask('t1', 1));
+      const watch = client.watch('t1');
+      const log = record(watch);
+      server.last.serverClose(1006); // no socket: HTTP polls
+      await scheduler.advance(0);
+      expect(sent).toEqual([]);
+      expect(client.state).not.toBe('closed');
+      await scheduler.advance(10_000);
+      expect(sent.length).toBeGreaterThan(0);
+      expect(sent.every((header) => header === 'Bearer tok')).toBe(true);
+      expect(log).toContain('snapshot@0');
+      expect(client.state).not.toBe('closed');
+      expect(errors.map((error) => error.code)).not.toContain(ErrorCode.Unauthenticated);
+      await client.close();
+    },
+  );
 
   it('without the httpFallback option: no request ever, the socket is retried, and the watchdog resyncs', async () => {
     const { client, server, scheduler, http } = setup({

@@ -186,8 +186,9 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
    * Renews the socket's credential without reconnecting: calls the `token` function and sends it in an
    * `auth` frame (protocol version 2). Call it when the application's token is refreshed, before the
    * old one expires. Resolves `false` when there is nothing to renew (no open socket, a version-1
-   * server, or a static token) and when the token function fails or returns nothing within `connectTimeoutMs`
-   * (then an `unauthenticated` error is emitted, with the failure as its `cause`); never rejects. A token that expires anyway closes the
+   * server, or a static token) and when the token function fails, returns no credential (see `token`) or
+   * returns nothing within `connectTimeoutMs` (then an `unauthenticated` error is emitted, with the failure
+   * as its `cause`, and no `auth` frame is sent: the socket keeps its credential); never rejects. A token that expires anyway closes the
    * socket with 4011; the client then fetches a fresh token and reconnects once by itself.
    *
    * @example
@@ -196,7 +197,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
    * ```
    */
   renewToken(): Promise<boolean> {
-    if (this.#closed) return Promise.resolve(false);
+    // (A closed client's connection has no ready socket: false.)
     return this.#connection.renewToken();
   }
 

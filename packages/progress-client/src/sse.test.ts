@@ -147,6 +147,33 @@ function sseSetup(overrides: Parameters<typeof setup>[0] = {}) {
 }
 
 describe('the SSE fallback transport', () => {
+  it('opens no stream for a token function that returns no credential: retried as one that throws, not refused with 401, which closes the client', async () => {
+    // Until 6 December 2026 the stream was asked for with what the function returned (`undefined`: no
+    // header): the server refused it with 401, and the client closed for good.
+    let calls = 0;
+    const { client, scheduler, sse, errors } = sseSetup({
+      preferFallback: true,
+      token: (async () => (++calls === 1 ? undefined : 'tok')) as () => Promise<string>,
+    });
+    sse.refuses = (headers) =>
+      headers.authorization === 'Bearer tok'
+        ? undefined
+        : { status: 401, text: JSON.stringify({ error: { code: 'unauthenticated', message: 'no' } }) };
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    expect(sse.streams).toEqual([]);
+    expect(client.state).not.toBe('closed');
+    await scheduler.advance(10_000);
+    expect(sse.streams.map((stream) => stream.headers.authorization)).toEqual(['Bearer tok']);
+    sse.streams[0]?.send({ type: 'snapshot', task: new FakeTask('t1', 1).view() });
+    await flush();
+    expect(log).toEqual(['snapshot@0']);
+    expect(client.state).not.toBe('closed');
+    expect(errors).toEqual([]);
+    await client.close();
+  });
+
   it('follows a watch over a stream, reopens a cut one from the cursor and acknowledges the end once', async () => {
     const { client, server, scheduler, http, sse } = sseSetup({
       preferFallback: true,

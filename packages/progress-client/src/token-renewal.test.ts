@@ -1,5 +1,5 @@
 import type { HelloFrame } from '@finishline/core';
-import { CloseCode, ErrorCode, PROTOCOL_VERSION } from '@finishline/core';
+import { CloseCode, ErrorCode, LIMITS, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { FakeTask } from './testing/fake-server.js';
 import { record, setup } from './testing/harness.js';
@@ -120,6 +120,53 @@ describe('renewToken()', () => {
     ]);
     expect(socket.frames('auth')).toHaveLength(1);
     expect(client.state).toBe('open');
+    await client.close();
+  });
+
+  it.each([
+    ['undefined', undefined],
+    ['an empty string', ''],
+    ['a number', 42],
+    ['an object', { accessToken: 'tok-2' }],
+    ['a string over maxTokenLength', 'x'.repeat(LIMITS.maxTokenLength + 1)],
+  ])(
+    'refuses a token function that returns %s as one that throws: no auth frame, the socket keeps its credential',
+    async (_name, bad) => {
+      // Until 6 December 2026 renewToken() sent whatever the function returned: the server refused the
+      // auth frame with 4001, which is fatal, and the client ended for a credential still valid.
+      let calls = 0;
+      const { client, server, errors } = setup({
+        token: (async () => (++calls === 1 ? 'tok-1' : bad)) as () => Promise<string>,
+      });
+      client.watch('t1');
+      const socket = server.last;
+      socket.open();
+      await flush();
+      socket.push(hello);
+      expect(await client.renewToken()).toBe(false);
+      expect(socket.frames('auth')).toEqual([{ type: 'auth', token: 'tok-1', protocol: PROTOCOL_VERSION }]);
+      expect(errors).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated })]);
+      expect(errors[0]?.message).toBe('The token provider failed');
+      // An over-long string is a credential all the same: the error (which the app logs) carries its length.
+      expect(errors[0]?.cause).toBe(typeof bad === 'string' && bad !== '' ? bad.length : bad);
+      expect(client.state).toBe('open');
+      await client.close();
+    },
+  );
+
+  it('a renewal refused for what its token function returned leaves the next renewal free to succeed', async () => {
+    let calls = 0;
+    const { client, server } = setup({
+      token: (async () => ['tok-1', '', 'tok-3'][calls++]) as () => Promise<string>,
+    });
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    expect(await client.renewToken()).toBe(false);
+    expect(await client.renewToken()).toBe(true);
+    expect(socket.frames('auth').map((frame) => frame.token)).toEqual(['tok-1', 'tok-3']);
     await client.close();
   });
 

@@ -54,7 +54,7 @@ export {
 export type { ApplyResult, Delivery, WatchCursorOptions } from './delivery/watch-cursor.js';
 export { WATCH_CURSOR_DEFAULTS, WatchCursor } from './delivery/watch-cursor.js';
 // Three limits as constants a bundler inlines
-export { MAX_FRAME_BYTES, MAX_ID_LENGTH, MAX_MESSAGE_LENGTH } from './limits.js';
+export { MAX_FRAME_BYTES, MAX_ID_LENGTH, MAX_MESSAGE_LENGTH, MAX_TOKEN_LENGTH } from './limits.js';
 export { allItemsFinished, Priority, priorityOf } from './model.js';
 // The options toolkit and the helpers the stores and option resolvers share
 export type { OptionSpec, OptionSpecs, ResolvedOptionsOf } from './options.js';

@@ -5,7 +5,7 @@
  */
 
 /*
- * Three of the {@link LIMITS} as constants of their own, which a bundler inlines: the browser client uses
+ * Four of the {@link LIMITS} as constants of their own, which a bundler inlines: the browser client uses
  * only these, so its bundle leaves the limits object out (it is built in a pure call for that).
  */
 /** `LIMITS.maxIdLength`. @internal */
@@ -14,6 +14,8 @@ export const MAX_ID_LENGTH = 128;
 export const MAX_MESSAGE_LENGTH = 4096;
 /** `LIMITS.maxFrameBytes` (128 KiB). @internal */
 export const MAX_FRAME_BYTES: number = 131_072;
+/** `LIMITS.maxTokenLength`. @internal */
+export const MAX_TOKEN_LENGTH = 8192;
 
 /**
  * Size limits shared by the protocol, the stores and the server. They keep one caller's input from
@@ -39,7 +41,7 @@ export const LIMITS = /* @__PURE__ */ Object.freeze({
   /** Longest request `id` in a client frame, in characters. */
   maxRequestIdLength: 64,
   /** Longest credential in an `auth` frame, in characters. */
-  maxTokenLength: 8192,
+  maxTokenLength: MAX_TOKEN_LENGTH,
   // Number.MAX_SAFE_INTEGER, written out: a property read here would keep the whole object in a bundle.
   /** Largest item count or `seq`: integers above it lose precision in JSON. */
   maxCount: 9_007_199_254_740_991 as number,
