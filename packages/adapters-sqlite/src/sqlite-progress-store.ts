@@ -185,6 +185,7 @@ export class SqliteProgressStore implements ProgressStore {
     this.#database = database;
     this.#transactions = new WriteTransactions({
       database,
+      busyTimeoutMs: resolved.busyTimeoutMs,
       statements: this.#q,
       cache: this.#cache,
       publisher: this.#publisher,
