@@ -224,11 +224,13 @@ export class SqliteProgressStore implements ProgressStore {
       const id = parsed.id ?? globalThis.crypto.randomUUID();
       const task = newTask({ ...parsed, id }, this.#clock());
       this.#cache.forget(id);
-      const { changes } = this.#q.insertTask.run(taskToRow(task));
-      if (Number(changes) === 0) {
-        throw taskAlreadyExists(id);
-      }
-      this.#transactions.autocommitted();
+      // A write transaction, not an insert on its own: it waits for another process's write lock as
+      // appends do (see `WriteTransactions`), where SQLite's busy handler gave up beside a process that
+      // commits back to back.
+      const inserted = this.#transactions.run(
+        () => Number(this.#q.insertTask.run(taskToRow(task)).changes) > 0,
+      );
+      if (!inserted) throw taskAlreadyExists(id);
       return task;
     });
   }

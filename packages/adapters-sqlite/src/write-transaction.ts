@@ -189,7 +189,7 @@ export class WriteTransactions {
   }
 
   /**
-   * Reports a write that committed on its own, outside {@link run} (a task's insert), to `onCommitted`:
+   * Reports a write that committed on its own, outside {@link run} (an epoch's renewal), to `onCommitted`:
    * background checkpoints count every row the connection wrote, and a store that only created tasks would
    * otherwise never ask for one. The running-row cache keeps its mark: its next check sees the write and
    * re-reads, as it must (another connection may have written in between).

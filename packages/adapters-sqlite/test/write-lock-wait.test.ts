@@ -68,6 +68,13 @@ describe('waiting for another connection’s write lock', () => {
     expect(raw.pragma('busy_timeout', { simple: true })).toBe(2000);
   });
 
+  it('creates a task when the lock is freed between two looks', async () => {
+    const { store, looks } = await setup(2000, 3);
+    const task = await store.createTask({ id: 'u', owner: 'alice', kind: 'batch_taint' });
+    expect((await store.getTask('u'))?.createdAt).toBe(task.createdAt);
+    expect(looks()).toBe(3);
+  });
+
   it('fails with store_unavailable once the lock stayed held for busyTimeoutMs, busy_timeout given back', async () => {
     const { store, raw, looks } = await setup(30, Number.POSITIVE_INFINITY);
     await expect(store.append('t', { type: 'progress', done: 1 })).rejects.toMatchObject({
