@@ -67,8 +67,9 @@ export class WriteTransactions {
   /** `PRAGMA busy_timeout` at the configured wait. */
   readonly #busyWait: string;
   /**
-   * Another connection wrote between this store's last two write transactions (or none ran yet): the
-   * next one may find the write lock held, and looks at it itself (see {@link WRITE_LOCK_POLL_MS}).
+   * Another connection wrote between this store's last two write transactions, or a poll found a commit
+   * since the last one, or none ran yet: the next one may find the write lock held, and looks at it itself
+   * (see {@link WRITE_LOCK_POLL_MS}).
    * Otherwise it begins without switching `busy_timeout` off and on (two statements).
    */
   #othersWrite = true;
@@ -122,6 +123,15 @@ export class WriteTransactions {
       this.#cache.reset();
       throw error;
     }
+  }
+
+  /**
+   * Another connection may be writing (a poll found a commit): the next transaction looks at the lock
+   * itself. Without it, a store whose last transaction saw no other writer met a process that had started
+   * committing back to back since with SQLite's busy handler.
+   */
+  othersWrote(): void {
+    this.#othersWrite = true;
   }
 
   /**

@@ -3,7 +3,7 @@ import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { SqliteDatabase } from '../src/index.js';
 import { SqliteProgressStore } from '../src/index.js';
-import { tempDatabase } from './support/temp-database.js';
+import { eventually, tempDatabase } from './support/temp-database.js';
 
 /**
  * A write transaction waits for another connection's write lock by looking at it often. A process that
@@ -20,7 +20,7 @@ describe('waiting for another connection’s write lock', () => {
   });
 
   /** A store on a file whose write lock another connection holds, its BEGIN IMMEDIATE runs counted. */
-  async function setup(busyTimeoutMs: number, releaseAtLook: number) {
+  async function setup(busyTimeoutMs: number, releaseAtLook: number, dataVersionPollMs = 0) {
     const temp = tempDatabase();
     cleanups.push(temp.remove);
     const raw = new Database(temp.file);
@@ -47,10 +47,25 @@ describe('waiting for another connection’s write lock', () => {
         };
       },
     };
-    const store = new SqliteProgressStore({ database, busyTimeoutMs, dataVersionPollMs: 0 });
+    const store = new SqliteProgressStore({ database, busyTimeoutMs, dataVersionPollMs });
     cleanups.push(() => raw.close());
     cleanups.push(() => void store.close());
     await store.createTask({ id: 't', owner: 'alice', kind: 'batch_taint' });
+    if (dataVersionPollMs > 0) {
+      // No other writer in the store's last transaction: it begins the next one as it did. Then another
+      // connection starts writing, and only a poll can tell.
+      await store.append('t', { type: 'progress', done: 0 });
+      const seen: string[] = [];
+      store.changes.subscribe((change) => seen.push(change.taskId));
+      const other = new SqliteProgressStore({ database: temp.file, dataVersionPollMs: 0 });
+      await other.createTask({ id: 'other', owner: 'bob', kind: 'batch_taint' });
+      await other.append('other', { type: 'progress', done: 1 });
+      await other.close();
+      await eventually('a poll found the other connection’s commit', () => seen.includes('other'));
+      looks = 0;
+      holder.prepare('BEGIN IMMEDIATE').run();
+      return { store, raw, looks: () => looks };
+    }
     // The store's last transaction saw another connection's commit, as in a process beside a busy one.
     holder.prepare("INSERT INTO finishline_meta (key, value) VALUES ('holder', '0')").run();
     await store.append('t', { type: 'progress', done: 0 });
@@ -72,6 +87,13 @@ describe('waiting for another connection’s write lock', () => {
     const { store, looks } = await setup(2000, 3);
     const task = await store.createTask({ id: 'u', owner: 'alice', kind: 'batch_taint' });
     expect((await store.getTask('u'))?.createdAt).toBe(task.createdAt);
+    expect(looks()).toBe(3);
+  });
+
+  it('looks often too when only a poll saw the other connection write', async () => {
+    const { store, looks } = await setup(2000, 3, 5);
+    const result = await store.append('t', { type: 'progress', done: 2 });
+    expect(result.event.seq).toBe(2);
     expect(looks()).toBe(3);
   });
 
