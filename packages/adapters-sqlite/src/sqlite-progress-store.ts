@@ -254,9 +254,14 @@ export class SqliteProgressStore implements ProgressStore {
       // The appends called before the renewal are of the old epoch: committed after it, a server that
       // heard the renewal took their changes for the new epoch's (and call order says they come first).
       this.#appends.flush();
-      this.#q.updateEpoch.run();
-      this.#transactions.autocommitted();
-      const epoch = this.#readEpoch();
+      // A write transaction: it waits for another process's write lock as appends do (see
+      // `WriteTransactions`). The other connections' commits it finds first are of the old epoch too:
+      // published before the renewal.
+      const epoch = this.#transactions.run(() => {
+        this.#q.updateEpoch.run();
+        return this.#readEpoch();
+      });
+      this.#publisher.drain();
       this.#publisher.epochRenewed(epoch);
       return epoch;
     });

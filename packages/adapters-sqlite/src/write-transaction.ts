@@ -199,22 +199,8 @@ export class WriteTransactions {
   }
 
   /**
-   * Reports a write that committed on its own, outside {@link run} (an epoch's renewal), to `onCommitted`:
-   * background checkpoints count every row the connection wrote, and a store that only created tasks would
-   * otherwise never ask for one. The running-row cache keeps its mark: its next check sees the write and
-   * re-reads, as it must (another connection may have written in between).
-   */
-  autocommitted(): void {
-    if (this.#onCommitted === undefined) return;
-    // Unreadable: a missed ask only waits for the next commit's.
-    const mark = this.#tryReadWriteMark();
-    if (mark !== undefined) this.#onCommitted(mark.changes);
-  }
-
-  /**
    * The write mark, read where a failure to read it must not fail the work (right before a COMMIT, which
-   * does not move it: `data_version` moves for other connections' commits only; or after an
-   * autocommitted write): `undefined` then.
+   * does not move it: `data_version` moves for other connections' commits only): `undefined` then.
    */
   #tryReadWriteMark(): { text: string; changes: number } | undefined {
     try {

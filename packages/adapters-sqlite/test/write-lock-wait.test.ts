@@ -90,6 +90,15 @@ describe('waiting for another connection’s write lock', () => {
     expect(looks()).toBe(3);
   });
 
+  it('renews the epoch when the lock is freed between two looks', async () => {
+    const { store, looks } = await setup(2000, 3);
+    const before = await store.getEpoch();
+    const renewed = await store.renewEpoch();
+    expect(renewed).not.toBe(before);
+    expect(await store.getEpoch()).toBe(renewed);
+    expect(looks()).toBe(3);
+  });
+
   it('looks often too when only a poll saw the other connection write', async () => {
     const { store, looks } = await setup(2000, 3, 5);
     const result = await store.append('t', { type: 'progress', done: 2 });
