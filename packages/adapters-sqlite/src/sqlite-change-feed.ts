@@ -84,6 +84,11 @@ export interface ChangePublisherOptions {
   onListenerError: (error: unknown) => void;
   /** Receives what a poll of the watcher throws; polling goes on. */
   onPollError: (error: unknown) => void;
+  /**
+   * Called when a poll found a commit (another connection's, or this connection's own): the next write
+   * transaction may find the lock held (see `WriteTransactions`).
+   */
+  onPolledCommit?: () => void;
 }
 
 /**
@@ -144,7 +149,10 @@ export class ChangePublisher {
             const row = writeMark.get() as { changes: number | bigint; version: number | bigint };
             return `${row.changes}:${row.version}`;
           },
-          onChange: () => this.#catchUp(),
+          onChange: () => {
+            options.onPolledCommit?.();
+            this.#catchUp();
+          },
           onError: options.onPollError,
         });
         // Baseline first, then the high-water mark: a commit landing in between is then caught by the

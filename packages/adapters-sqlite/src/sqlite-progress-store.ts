@@ -170,6 +170,8 @@ export class SqliteProgressStore implements ProgressStore {
         dataVersionPollMs: database.memory === true ? 0 : resolved.dataVersionPollMs,
         onListenerError: onError,
         onPollError: (error) => onError(toProgressError(error, 'poll for other connections’ commits')),
+        // Set by the time a poll runs (a timer's callback, after the constructor).
+        onPolledCommit: () => this.#transactions.othersWrote(),
       });
       this.#checkpoints =
         resolved.checkpoints === 'background'
@@ -186,6 +188,7 @@ export class SqliteProgressStore implements ProgressStore {
     this.#database = database;
     this.#transactions = new WriteTransactions({
       database,
+      busyTimeoutMs: resolved.busyTimeoutMs,
       statements: this.#q,
       cache: this.#cache,
       publisher: this.#publisher,
@@ -224,11 +227,13 @@ export class SqliteProgressStore implements ProgressStore {
       const id = parsed.id ?? globalThis.crypto.randomUUID();
       const task = newTask({ ...parsed, id }, this.#clock());
       this.#cache.forget(id);
-      const { changes } = this.#q.insertTask.run(taskToRow(task));
-      if (Number(changes) === 0) {
-        throw taskAlreadyExists(id);
-      }
-      this.#transactions.autocommitted();
+      // A write transaction, not an insert on its own: it waits for another process's write lock as
+      // appends do (see `WriteTransactions`), where SQLite's busy handler gave up beside a process that
+      // commits back to back.
+      const inserted = this.#transactions.run(
+        () => Number(this.#q.insertTask.run(taskToRow(task)).changes) > 0,
+      );
+      if (!inserted) throw taskAlreadyExists(id);
       return task;
     });
   }
@@ -250,9 +255,14 @@ export class SqliteProgressStore implements ProgressStore {
       // The appends called before the renewal are of the old epoch: committed after it, a server that
       // heard the renewal took their changes for the new epoch's (and call order says they come first).
       this.#appends.flush();
-      this.#q.updateEpoch.run();
-      this.#transactions.autocommitted();
-      const epoch = this.#readEpoch();
+      // A write transaction: it waits for another process's write lock as appends do (see
+      // `WriteTransactions`). The other connections' commits it finds first are of the old epoch too:
+      // published before the renewal.
+      const epoch = this.#transactions.run(() => {
+        this.#q.updateEpoch.run();
+        return this.#readEpoch();
+      });
+      this.#publisher.drain();
       this.#publisher.epochRenewed(epoch);
       return epoch;
     });

@@ -19,15 +19,60 @@ export interface WriteTransactionsOptions {
   cache: RunningTaskCache;
   publisher: ChangePublisher;
   /**
+   * How long `BEGIN IMMEDIATE` waits for another connection's write lock, in milliseconds: the connection's
+   * `busy_timeout`, which the transaction sets to 0 for its own looks at the lock and back right after.
+   */
+  busyTimeoutMs: number;
+  /**
    * Called after each commit with the connection's `total_changes()` (rows it inserted, updated or
    * deleted since it opened): background checkpoints count the WAL's growth by it.
    */
   onCommitted?: ((totalChanges: number) => void) | undefined;
 }
 
+/**
+ * How long `BEGIN IMMEDIATE` sleeps between two looks at a write lock another connection holds, in
+ * milliseconds. SQLite's own busy handler looks after 1, 2, 5, 10 … then every 100 ms, some 60 times in
+ * the default 5 s: a process that commits back to back (an append loop) holds the lock at nearly every one
+ * of those instants, and another process's write failed with "database is locked" although the lock was
+ * free between each of the first one's commits. Looking every millisecond, a waiter lands in one of those
+ * gaps.
+ */
+export const WRITE_LOCK_POLL_MS = 1;
+
+/** Sleeps the thread: the transaction waits synchronously, as SQLite's busy handler does. */
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Whether `error` is SQLite's refusal of a lock another connection holds (`SQLITE_BUSY` and extended codes). */
+function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^SQLITE_BUSY(_|$)/.test(code);
+}
+
+/**
+ * Runs one statement that returns a row or none, prepared anew: SQLite applies `PRAGMA busy_timeout = N`
+ * when it compiles it, so a prepared one run again changes nothing. better-sqlite3's `exec` when there is
+ * one (a fifth of the cost), `prepare` otherwise (a wrapper).
+ */
+function execute(database: SqliteDatabase, text: string): void {
+  const exec = (database as { exec?: unknown }).exec;
+  if (typeof exec === 'function') exec.call(database, text);
+  else database.prepare(text).get();
+}
+
 /** Runs the store's write transactions on its one connection. */
 export class WriteTransactions {
   readonly #database: SqliteDatabase;
+  readonly #busyTimeoutMs: number;
+  /** `PRAGMA busy_timeout` at the configured wait. */
+  readonly #busyWait: string;
+  /**
+   * Another connection wrote between this store's last two write transactions, or a poll found a commit
+   * since the last one, or none ran yet: the next one may find the write lock held, and looks at it itself
+   * (see {@link WRITE_LOCK_POLL_MS}).
+   * Otherwise it begins without switching `busy_timeout` off and on (two statements).
+   */
+  #othersWrite = true;
   readonly #q: SqliteStatements;
   readonly #cache: RunningTaskCache;
   readonly #publisher: ChangePublisher;
@@ -35,6 +80,9 @@ export class WriteTransactions {
 
   constructor(options: WriteTransactionsOptions) {
     this.#database = options.database;
+    this.#busyTimeoutMs = options.busyTimeoutMs;
+    // A validated integer (see the options): PRAGMA arguments cannot be bound.
+    this.#busyWait = `PRAGMA busy_timeout = ${Math.trunc(options.busyTimeoutMs)}`;
     this.#q = options.statements;
     this.#cache = options.cache;
     this.#publisher = options.publisher;
@@ -49,10 +97,11 @@ export class WriteTransactions {
    * the caller's (`ChangePublisher.drain`).
    */
   run<T>(work: (log: TransactionLog) => T): T {
-    this.#q.begin.run();
+    this.#begin();
     try {
       // Checked under the write lock, so no other writer can slip in after the check.
       const nothingElseWrote = this.#cache.validate(this.#readWriteMark().text);
+      this.#othersWrite = !nothingElseWrote;
       const log = this.#publisher.startLog();
       // Only another writer (a restore included) can have taken the file back under the mark.
       if (!nothingElseWrote) this.#publisher.checkMark(log);
@@ -77,6 +126,63 @@ export class WriteTransactions {
   }
 
   /**
+   * Another connection may be writing (a poll found a commit): the next transaction looks at the lock
+   * itself. Without it, a store whose last transaction saw no other writer met a process that had started
+   * committing back to back since with SQLite's busy handler.
+   */
+  othersWrote(): void {
+    this.#othersWrite = true;
+  }
+
+  /**
+   * `BEGIN IMMEDIATE`, waiting up to `busyTimeoutMs` for another connection's write lock. When other
+   * connections write, by looking at it every {@link WRITE_LOCK_POLL_MS} (see there why not with SQLite's
+   * busy handler, which is off meanwhile); the connection's `busy_timeout` is back when this returns or
+   * throws, and a transaction begun is rolled back if it cannot be put back.
+   */
+  #begin(): void {
+    if (!this.#othersWrite || this.#busyTimeoutMs === 0) {
+      try {
+        this.#q.begin.run();
+      } catch (error) {
+        // Another connection writes after all: the next transaction looks at the lock itself.
+        if (isBusy(error)) this.#othersWrite = true;
+        throw error;
+      }
+      return;
+    }
+    execute(this.#database, 'PRAGMA busy_timeout = 0');
+    try {
+      let deadline: number | undefined;
+      for (;;) {
+        try {
+          this.#q.begin.run();
+          break;
+        } catch (error) {
+          if (!isBusy(error)) throw error;
+          const now = performance.now();
+          deadline ??= now + this.#busyTimeoutMs;
+          if (now >= deadline) throw error;
+          Atomics.wait(sleeper, 0, 0, Math.min(WRITE_LOCK_POLL_MS, deadline - now));
+        }
+      }
+    } catch (error) {
+      try {
+        execute(this.#database, this.#busyWait);
+      } catch {
+        // The error to report is the one of BEGIN.
+      }
+      throw error;
+    }
+    try {
+      execute(this.#database, this.#busyWait);
+    } catch (error) {
+      rollbackQuietly(this.#database);
+      throw error;
+    }
+  }
+
+  /**
    * What follows a commit, none of which may report the committed work as failed: its changes go to the
    * outbox, and the write mark read before the commit goes to the running-row cache and the checkpoints.
    * A mark that could not be read leaves the cache empty (the next transaction re-reads its rows) and
@@ -93,22 +199,8 @@ export class WriteTransactions {
   }
 
   /**
-   * Reports a write that committed on its own, outside {@link run} (a task's insert), to `onCommitted`:
-   * background checkpoints count every row the connection wrote, and a store that only created tasks would
-   * otherwise never ask for one. The running-row cache keeps its mark: its next check sees the write and
-   * re-reads, as it must (another connection may have written in between).
-   */
-  autocommitted(): void {
-    if (this.#onCommitted === undefined) return;
-    // Unreadable: a missed ask only waits for the next commit's.
-    const mark = this.#tryReadWriteMark();
-    if (mark !== undefined) this.#onCommitted(mark.changes);
-  }
-
-  /**
    * The write mark, read where a failure to read it must not fail the work (right before a COMMIT, which
-   * does not move it: `data_version` moves for other connections' commits only; or after an
-   * autocommitted write): `undefined` then.
+   * does not move it: `data_version` moves for other connections' commits only): `undefined` then.
    */
   #tryReadWriteMark(): { text: string; changes: number } | undefined {
     try {

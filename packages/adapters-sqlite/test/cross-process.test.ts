@@ -110,8 +110,10 @@ describe('appends to the same task from two processes', () => {
         await Promise.all(burst);
         await new Promise((resolve) => setImmediate(resolve));
       }
-      await worker.waitFor(messageOfType('done'));
+      const done = await worker.waitFor(messageOfType('done'));
       await worker.exited;
+      // The child checkpointed in the background, as a real process does (not inline in its commits).
+      expect(done.checkpointWorker).toBe('running');
       // Only the appends that came after the child completed the task may fail, and as such.
       expect(
         failures.filter((error) => (error as ProgressError).code !== ErrorCode.TaskFinished).map(String),

@@ -3,13 +3,15 @@ import { fork } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import type { ChildMessage, ChildRequest } from '../fixtures/child-store.js';
 
 const packageDir = fileURLToPath(new URL('../../', import.meta.url));
 const requireFromPackage = createRequire(join(packageDir, 'package.json'));
+/** The node_modules directory better-sqlite3 is installed in. */
+const modulesDir = dirname(dirname(requireFromPackage.resolve('better-sqlite3/package.json')));
 
 /**
  * Bundles `fixtures/child-store.ts` (with core's sources) into one ESM file Node runs as it is: tsx and
@@ -54,6 +56,9 @@ export class StoreChild {
   constructor(script: string, request: ChildRequest) {
     this.process = fork(script, [JSON.stringify(request)], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      // The bundle lives in a temp directory, where the store's checkpoint worker could not resolve
+      // better-sqlite3: the child checkpointed inline in its commits, unlike any real process.
+      env: { ...process.env, NODE_PATH: modulesDir },
     });
     this.process.on('message', (message) => {
       this.messages.push(message as ChildMessage);

@@ -1,0 +1,127 @@
+import { ErrorCode } from '@finishline/core';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { SqliteDatabase } from '../src/index.js';
+import { SqliteProgressStore } from '../src/index.js';
+import { eventually, tempDatabase } from './support/temp-database.js';
+
+/**
+ * A write transaction waits for another connection's write lock by looking at it often. A process that
+ * commits back to back frees the lock only for moments; SQLite's busy handler looks after 1, 2, 5 … then
+ * every 100 ms, so it found the lock held nearly every time, and the other process's appends failed with
+ * "database is locked" (cross-process.test.ts, 'appends to the same task from two processes', in CI).
+ * Here the holder is another connection of this thread that frees the lock only when the store looks a
+ * third time: inside SQLite's busy handler the store never looked again, and waited out busyTimeoutMs.
+ */
+describe('waiting for another connection’s write lock', () => {
+  const cleanups: (() => void)[] = [];
+  afterEach(() => {
+    for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+  });
+
+  /** A store on a file whose write lock another connection holds, its BEGIN IMMEDIATE runs counted. */
+  async function setup(busyTimeoutMs: number, releaseAtLook: number, dataVersionPollMs = 0) {
+    const temp = tempDatabase();
+    cleanups.push(temp.remove);
+    const raw = new Database(temp.file);
+    const holder = new Database(temp.file);
+    cleanups.push(() => {
+      if (holder.inTransaction) holder.prepare('ROLLBACK').run();
+      holder.close();
+    });
+    let looks = 0;
+    const database: SqliteDatabase = {
+      memory: false,
+      close: () => raw.close(),
+      prepare(sql) {
+        const statement = raw.prepare(sql);
+        if (sql !== 'BEGIN IMMEDIATE') return statement;
+        return {
+          run: (...parameters: unknown[]) => {
+            looks += 1;
+            if (looks === releaseAtLook && holder.inTransaction) holder.prepare('COMMIT').run();
+            return statement.run(...parameters);
+          },
+          get: (...parameters: unknown[]) => statement.get(...parameters),
+          all: (...parameters: unknown[]) => statement.all(...parameters),
+        };
+      },
+    };
+    const store = new SqliteProgressStore({ database, busyTimeoutMs, dataVersionPollMs });
+    cleanups.push(() => raw.close());
+    cleanups.push(() => void store.close());
+    await store.createTask({ id: 't', owner: 'alice', kind: 'batch_taint' });
+    if (dataVersionPollMs > 0) {
+      // No other writer in the store's last transaction: it begins the next one as it did. Then another
+      // connection starts writing, and only a poll can tell.
+      await store.append('t', { type: 'progress', done: 0 });
+      const seen: string[] = [];
+      store.changes.subscribe((change) => seen.push(change.taskId));
+      const other = new SqliteProgressStore({ database: temp.file, dataVersionPollMs: 0 });
+      await other.createTask({ id: 'other', owner: 'bob', kind: 'batch_taint' });
+      await other.append('other', { type: 'progress', done: 1 });
+      await other.close();
+      await eventually('a poll found the other connection’s commit', () => seen.includes('other'));
+      looks = 0;
+      holder.prepare('BEGIN IMMEDIATE').run();
+      return { store, raw, looks: () => looks };
+    }
+    // The store's last transaction saw another connection's commit, as in a process beside a busy one.
+    holder.prepare("INSERT INTO finishline_meta (key, value) VALUES ('holder', '0')").run();
+    await store.append('t', { type: 'progress', done: 0 });
+    looks = 0;
+    holder.prepare('BEGIN IMMEDIATE').run();
+    holder.prepare("UPDATE finishline_meta SET value = '1' WHERE key = 'holder'").run();
+    return { store, raw, looks: () => looks };
+  }
+
+  it('gets the lock when it is freed between two looks, and gives busy_timeout back', async () => {
+    const { store, raw, looks } = await setup(2000, 3);
+    const result = await store.append('t', { type: 'progress', done: 1 });
+    expect(result.event.seq).toBe(2);
+    expect(looks()).toBe(3);
+    expect(raw.pragma('busy_timeout', { simple: true })).toBe(2000);
+  });
+
+  it('creates a task when the lock is freed between two looks', async () => {
+    const { store, looks } = await setup(2000, 3);
+    const task = await store.createTask({ id: 'u', owner: 'alice', kind: 'batch_taint' });
+    expect((await store.getTask('u'))?.createdAt).toBe(task.createdAt);
+    expect(looks()).toBe(3);
+  });
+
+  it('renews the epoch when the lock is freed between two looks', async () => {
+    const { store, looks } = await setup(2000, 3);
+    const before = await store.getEpoch();
+    const renewed = await store.renewEpoch();
+    expect(renewed).not.toBe(before);
+    expect(await store.getEpoch()).toBe(renewed);
+    expect(looks()).toBe(3);
+  });
+
+  it('looks often too when only a poll saw the other connection write', async () => {
+    const { store, looks } = await setup(2000, 3, 5);
+    const result = await store.append('t', { type: 'progress', done: 2 });
+    expect(result.event.seq).toBe(2);
+    expect(looks()).toBe(3);
+  });
+
+  it('fails with store_unavailable once the lock stayed held for busyTimeoutMs, busy_timeout given back', async () => {
+    const { store, raw, looks } = await setup(30, Number.POSITIVE_INFINITY);
+    await expect(store.append('t', { type: 'progress', done: 1 })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+      message: expect.stringContaining('database is locked'),
+    });
+    expect(looks()).toBeGreaterThan(1);
+    expect(raw.pragma('busy_timeout', { simple: true })).toBe(30);
+    expect(raw.inTransaction).toBe(false);
+  });
+
+  it('with busyTimeoutMs 0, looks once', async () => {
+    const { store, looks } = await setup(0, Number.POSITIVE_INFINITY);
+    await expect(store.append('t', { type: 'progress', done: 1 })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+    });
+    expect(looks()).toBe(1);
+  });
+});
