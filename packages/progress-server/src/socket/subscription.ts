@@ -138,7 +138,7 @@ export class Subscription implements WrittenLog {
     // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     this.#claimed = afterSeq;
     // A (re)start is authorized with the credential in force: nothing of the old stream is to go out.
-    this.#held = undefined;
+    this.#dropHeld();
     const previous = this.#stream;
     // The new stream follows the task before the old one lets go, so the hub keeps its place.
     const stream = this.#ctx.openStream(
@@ -251,10 +251,10 @@ export class Subscription implements WrittenLog {
 
   /**
    * A renewed credential is about to be checked against this subscription: until {@link resume}, what its
-   * stream delivers is held (at most `maxQueuedFrames` deliveries; past them the socket ends, as when its
-   * queue outgrows them). Sent on, the task's frames went out while the check ran under a credential
-   * that may not watch the task, and after the replaced credential had expired (its expiry is no longer
-   * enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
+   * stream delivers is held (at most `maxQueuedFrames` deliveries with the socket's queue, over all its
+   * subscriptions; past them the socket ends, as when its queue outgrows them). Sent on, the task's frames
+   * went out while the check ran under a credential that may not watch the task, and after the replaced
+   * credential had expired (its expiry is no longer enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
    * dropped if the check refuses the task. Only an authorized subscription is held: any other is still
    * starting, and its own check uses the new credential.
    */
@@ -265,8 +265,15 @@ export class Subscription implements WrittenLog {
   /** The re-check allowed the task: what was held goes on, in order. */
   resume(): void {
     const held = this.#held;
-    this.#held = undefined;
+    this.#dropHeld();
     if (held !== undefined) for (const deliver of held) deliver();
+  }
+
+  /** Lets go of what was held for a re-check (see {@link suspend}): the socket's count of it goes down. */
+  #dropHeld(): void {
+    if (this.#held === undefined) return;
+    this.#ctx.writer.released(this.#held.length);
+    this.#held = undefined;
   }
 
   /** See `#epochResetDue`: the reset of a new epoch is still to reach the client. */
@@ -302,7 +309,7 @@ export class Subscription implements WrittenLog {
     if (this.#removed) return;
     this.#reset();
     this.#pendingAck = 0;
-    this.#held = undefined;
+    this.#dropHeld();
     this.#removed = true;
     this.#stream?.close();
     this.#stream = undefined;
@@ -335,12 +342,9 @@ export class Subscription implements WrittenLog {
         return;
       }
       this.#held.push(() => current() && deliver());
-      // Bounded as the socket's queue is: a re-check that never ends (an `authorize` hook that hangs)
-      // must not pin the task's events without limit.
-      if (this.#held.length > this.#ctx.writer.maxQueued) {
-        this.#held = [];
-        this.#ctx.writer.overflow();
-      }
+      // Bounded with the socket's queue, over all its subscriptions: a re-check that never ends (an
+      // `authorize` hook that hangs) must not pin the tasks' events without limit.
+      this.#ctx.writer.hold();
     };
     return {
       events: (events) => deliverOrHold(() => this.#events(events)),
