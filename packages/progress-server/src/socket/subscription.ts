@@ -68,6 +68,11 @@ export class Subscription implements WrittenLog {
    * tell them from the answer to its new subscribe; acking them is legitimate (they were sent here).
    */
   #written = 0;
+  /**
+   * The run of the id (its `createdAt`) that `#written`'s seqs are of: the latest authorized load's. An ack
+   * that no current authorization vouches for is recorded only while the id is still that run.
+   */
+  #ackRun: number | undefined;
   /** Highest seq the client acknowledged. */
   #acked = 0;
   /** Free acks left: each frame written buys one, each ack that advances uses one. */
@@ -131,6 +136,7 @@ export class Subscription implements WrittenLog {
       // An old epoch's seq must not pass as sent here: a late ack of it would stand above the restored
       // task's seq, refused by the store, and make every real ack after it look repeated.
       this.#written = 0;
+      this.#ackRun = undefined;
       this.#pendingAck = 0;
       this.#freeAcks = 0;
     }
@@ -154,8 +160,14 @@ export class Subscription implements WrittenLog {
    * The load of `stream` found the task and the principal may watch it, at `taskSeq`. Returns the held
    * ack to apply now (0 when none).
    */
-  authorize(taskSeq: number): number {
+  authorize(taskSeq: number, run?: number): number {
     this.#authorized = true;
+    if (run !== this.#ackRun) {
+      // Another run of the id than the one whose seqs this socket was sent (purged and taken again): none
+      // of them acknowledges anything of this run.
+      if (this.#ackRun !== undefined) this.#written = 0;
+      this.#ackRun = run;
+    }
     // Nothing beyond the task's last seq exists to acknowledge, whatever the client claimed.
     this.#ackable = Math.min(this.#claimed, taskSeq);
     const held = this.#pendingAck;
@@ -208,8 +220,14 @@ export class Subscription implements WrittenLog {
    * An earlier subscription of the task on this socket, unsubscribed, may acknowledge up to `seq` (see
    * `#written`): its frames may still be on their way.
    */
-  sentEarlier(seq: number): void {
+  sentEarlier(seq: number, run: number | undefined): void {
     if (seq > this.#written) this.#written = seq;
+    this.#ackRun = run;
+  }
+
+  /** The run of the id that the seqs sent on this socket are of (see `#ackRun`). */
+  get ackRun(): number | undefined {
+    return this.#ackRun;
   }
 
   /** Highest seq written to this socket for this task, across resubscribes. */
