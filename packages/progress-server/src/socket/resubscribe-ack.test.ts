@@ -379,4 +379,35 @@ describe('acks of a purged run, once its id was taken again by another owner', (
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect((await store.getTask('job-1'))?.ackedSeq).toBe(0);
   });
+  it("takes no ack of the earlier run's frames for the new run's once a resubscribe was authorized for it", async () => {
+    // alice's own id this time: her resubscribe is authorized for the new run, and an ack of the purged
+    // run's frames (still on their way) was taken for the new run's. Written, the store refused it (beyond
+    // the new run's seq), and the writer took it as written: the new run's real ack of that seq was
+    // skipped as a duplicate, its `ackedSeq` left behind for good.
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const { server, store } = session.env;
+    const first = await server.tasks.create({ id: 'job-2', owner: 'alice', kind: 'k', total: 2 });
+    await first.item({ key: 'a', ok: true });
+    await first.item({ key: 'b', ok: true });
+    await first.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: 'job-2', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3);
+    client.send({ type: 'unsubscribe', taskId: 'job-2' });
+    await client.sync();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const second = await server.tasks.create({ id: 'job-2', owner: 'alice', kind: 'k' });
+    await second.progress({ done: 1 });
+    client.send({ type: 'subscribe', taskId: 'job-2', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 1);
+    client.send({ type: 'ack', taskId: 'job-2', seq: 3 });
+    await client.sync();
+    await second.progress({ done: 2 });
+    await second.progress({ done: 3 });
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
+    client.send({ type: 'ack', taskId: 'job-2', seq: 3 });
+    await expect.poll(async () => (await store.getTask('job-2'))?.ackedSeq, { timeout: 2000 }).toBe(3);
+  });
 });
