@@ -95,6 +95,38 @@ export class AckWriter {
   }
 
   /**
+   * An ack of `run` (a `createdAt`) that no current authorization vouches for: a late one of a task the
+   * socket left, or one of what an earlier stream of the socket sent while its resubscribe loads. The id
+   * may be another run's by now (purged by retention and taken again, maybe by another owner), and a
+   * store's ack names the id only: written blindly, it marked the new task's events processed, which none
+   * of its watchers had processed. Written once a read finds the task still of `run`; `undefined` (no run
+   * was ever sent on the socket) writes nothing. Rare (each costs the client a rate-limit token), never an
+   * ack of a subscription's live events.
+   */
+  ackOfRun(taskId: string, seq: number, run: number | undefined): void {
+    if (this.#closed || run === undefined) return;
+    const state = this.#tasks.get(taskId);
+    if (state?.run === run && (seq <= state.written || seq <= state.pending)) return;
+    const mark = this.#taken;
+    const check = this.#store.getTask(taskId).then(
+      (task) => {
+        if (task === undefined || task.createdAt !== run) {
+          this.#logger.debug({ taskId, seq, run }, 'ack of a run no longer stored not recorded');
+          return;
+        }
+        this.seen(taskId, task.seq, task.createdAt, mark);
+        this.ack(taskId, seq);
+      },
+      (error: unknown) => {
+        this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack not recorded: its run not read');
+      },
+    );
+    // Waited for by flush(), as writes are: the write it starts is in the set before the check leaves it.
+    this.#inFlight.add(check);
+    void check.finally(() => this.#inFlight.delete(check));
+  }
+
+  /**
    * Waits until every acknowledgement received so far is written (at most until `deadline`, epoch ms of
    * the real clock). A write in flight may have a newer ack queued behind it, which starts when it lands:
    * those are waited for too. (Waiting for the first round only let a graceful shutdown drop the queued

@@ -325,3 +325,89 @@ describe('acks of a task id purged and created again', () => {
     await vi.waitFor(async () => expect((await store.getTask('reused'))?.ackedSeq).toBe(newRunProgress));
   });
 });
+
+// Found by review: the store's ack names the task id, not its run. An ack no current authorization vouches
+// for (a late one after the unsubscribe, or one of what an earlier stream sent while a resubscribe loads)
+// was written to whatever task held the id by then: the run retention purged had been taken again, by
+// another owner too, and its `ackedSeq` marked events processed that none of its watchers had processed.
+describe('acks of a purged run, once its id was taken again by another owner', () => {
+  /** alice watched `job-1` to its end (seq 2) on `client`; the task was purged and bob's took the id. */
+  async function takenAgainByBob() {
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const { server, store } = session.env;
+    const first = await server.tasks.create({ id: 'job-1', owner: 'alice', kind: 'k', total: 1 });
+    await first.item({ key: 'a', ok: true });
+    await first.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: 'job-1', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 2);
+    return {
+      client,
+      store,
+      takeAgain: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        const second = await server.tasks.create({ id: 'job-1', owner: 'bob', kind: 'k' });
+        await second.progress({ done: 1 });
+        await second.progress({ done: 2 });
+        await second.progress({ done: 3 });
+      },
+    };
+  }
+
+  it("does not write a late ack after the unsubscribe to the id's new task", async () => {
+    const { client, store, takeAgain } = await takenAgainByBob();
+    client.send({ type: 'unsubscribe', taskId: 'job-1' });
+    await client.sync();
+    await takeAgain();
+    client.send({ type: 'ack', taskId: 'job-1', seq: 2 });
+    await client.sync();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect((await store.getTask('job-1'))?.ackedSeq).toBe(0);
+  });
+
+  it("does not write an ack of the earlier stream's frames, sent behind a resubscribe, to the id's new task", async () => {
+    const { client, store, takeAgain } = await takenAgainByBob();
+    client.send({ type: 'unsubscribe', taskId: 'job-1' });
+    await client.sync();
+    await takeAgain();
+    client.send({ type: 'subscribe', id: 'again', taskId: 'job-1', afterSeq: 0 });
+    client.send({ type: 'ack', taskId: 'job-1', seq: 2 });
+    await client.next((frame) => frame.type === 'error' && frame.requestId === 'again');
+    await client.sync();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect((await store.getTask('job-1'))?.ackedSeq).toBe(0);
+  });
+  it("takes no ack of the earlier run's frames for the new run's once a resubscribe was authorized for it", async () => {
+    // alice's own id this time: her resubscribe is authorized for the new run, and an ack of the purged
+    // run's frames (still on their way) was taken for the new run's. Written, the store refused it (beyond
+    // the new run's seq), and the writer took it as written: the new run's real ack of that seq was
+    // skipped as a duplicate, its `ackedSeq` left behind for good.
+    await session.start({ heartbeatIntervalMs: 60_000 });
+    const { server, store } = session.env;
+    const first = await server.tasks.create({ id: 'job-2', owner: 'alice', kind: 'k', total: 2 });
+    await first.item({ key: 'a', ok: true });
+    await first.item({ key: 'b', ok: true });
+    await first.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: 'job-2', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3);
+    client.send({ type: 'unsubscribe', taskId: 'job-2' });
+    await client.sync();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const second = await server.tasks.create({ id: 'job-2', owner: 'alice', kind: 'k' });
+    await second.progress({ done: 1 });
+    client.send({ type: 'subscribe', taskId: 'job-2', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 1);
+    client.send({ type: 'ack', taskId: 'job-2', seq: 3 });
+    await client.sync();
+    await second.progress({ done: 2 });
+    await second.progress({ done: 3 });
+    await client.next((frame) => frame.type === 'event' && seqOf(frame) === 3);
+    client.send({ type: 'ack', taskId: 'job-2', seq: 3 });
+    await expect.poll(async () => (await store.getTask('job-2'))?.ackedSeq, { timeout: 2000 }).toBe(3);
+  });
+});

@@ -102,6 +102,8 @@ export class SocketWriter {
   #framesFlushed = 0;
   /** The queue outgrew `maxQueuedFrames`: the socket is ending, and nothing more is queued. */
   #overflowed = false;
+  /** Deliveries the socket's subscriptions hold for a renewal's re-check (see {@link hold}). */
+  #held = 0;
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
@@ -175,9 +177,21 @@ export class SocketWriter {
     this.overflow();
   }
 
-  /** Most entries a socket may hold for its client (`maxQueuedFrames`), here or waiting elsewhere. */
-  get maxQueued(): number {
-    return this.#ctx.options.maxQueuedFrames;
+  /**
+   * A subscription of this socket holds one more delivery for a token renewal's re-check (see
+   * `Subscription.suspend`). What its subscriptions hold counts against `maxQueuedFrames` with the queue,
+   * for the socket as a whole: bounded per subscription, a socket following many tasks held that many
+   * times the bound. Past it the socket ends, as when its queue outgrows it. Not on the live path: only
+   * while a re-check runs.
+   */
+  hold(): void {
+    this.#held += 1;
+    if (this.#held + this.#queue.size > this.#ctx.options.maxQueuedFrames) this.overflow();
+  }
+
+  /** `count` deliveries held (see {@link hold}) went on, or were dropped. */
+  released(count: number): void {
+    this.#held -= count;
   }
 
   /** The socket holds more for its client than `maxQueuedFrames`: it ends (once), and nothing more is queued. */

@@ -68,6 +68,11 @@ export class Subscription implements WrittenLog {
    * tell them from the answer to its new subscribe; acking them is legitimate (they were sent here).
    */
   #written = 0;
+  /**
+   * The run of the id (its `createdAt`) that `#written`'s seqs are of: the latest authorized load's. An ack
+   * that no current authorization vouches for is recorded only while the id is still that run.
+   */
+  #ackRun: number | undefined;
   /** Highest seq the client acknowledged. */
   #acked = 0;
   /** Free acks left: each frame written buys one, each ack that advances uses one. */
@@ -131,6 +136,7 @@ export class Subscription implements WrittenLog {
       // An old epoch's seq must not pass as sent here: a late ack of it would stand above the restored
       // task's seq, refused by the store, and make every real ack after it look repeated.
       this.#written = 0;
+      this.#ackRun = undefined;
       this.#pendingAck = 0;
       this.#freeAcks = 0;
     }
@@ -138,7 +144,7 @@ export class Subscription implements WrittenLog {
     // watch it; acks that arrive before are held, so a refused subscribe never reaches the store.
     this.#claimed = afterSeq;
     // A (re)start is authorized with the credential in force: nothing of the old stream is to go out.
-    this.#held = undefined;
+    this.#dropHeld();
     const previous = this.#stream;
     // The new stream follows the task before the old one lets go, so the hub keeps its place.
     const stream = this.#ctx.openStream(
@@ -154,8 +160,14 @@ export class Subscription implements WrittenLog {
    * The load of `stream` found the task and the principal may watch it, at `taskSeq`. Returns the held
    * ack to apply now (0 when none).
    */
-  authorize(taskSeq: number): number {
+  authorize(taskSeq: number, run?: number): number {
     this.#authorized = true;
+    if (run !== this.#ackRun) {
+      // Another run of the id than the one whose seqs this socket was sent (purged and taken again): none
+      // of them acknowledges anything of this run.
+      if (this.#ackRun !== undefined) this.#written = 0;
+      this.#ackRun = run;
+    }
     // Nothing beyond the task's last seq exists to acknowledge, whatever the client claimed.
     this.#ackable = Math.min(this.#claimed, taskSeq);
     const held = this.#pendingAck;
@@ -208,8 +220,14 @@ export class Subscription implements WrittenLog {
    * An earlier subscription of the task on this socket, unsubscribed, may acknowledge up to `seq` (see
    * `#written`): its frames may still be on their way.
    */
-  sentEarlier(seq: number): void {
+  sentEarlier(seq: number, run: number | undefined): void {
     if (seq > this.#written) this.#written = seq;
+    this.#ackRun = run;
+  }
+
+  /** The run of the id that the seqs sent on this socket are of (see `#ackRun`). */
+  get ackRun(): number | undefined {
+    return this.#ackRun;
   }
 
   /** Highest seq written to this socket for this task, across resubscribes. */
@@ -251,10 +269,10 @@ export class Subscription implements WrittenLog {
 
   /**
    * A renewed credential is about to be checked against this subscription: until {@link resume}, what its
-   * stream delivers is held (at most `maxQueuedFrames` deliveries; past them the socket ends, as when its
-   * queue outgrows them). Sent on, the task's frames went out while the check ran under a credential
-   * that may not watch the task, and after the replaced credential had expired (its expiry is no longer
-   * enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
+   * stream delivers is held (at most `maxQueuedFrames` deliveries with the socket's queue, over all its
+   * subscriptions; past them the socket ends, as when its queue outgrows them). Sent on, the task's frames
+   * went out while the check ran under a credential that may not watch the task, and after the replaced
+   * credential had expired (its expiry is no longer enforced once a renewal is accepted). Held for the length of one store read and one `authorize` call;
    * dropped if the check refuses the task. Only an authorized subscription is held: any other is still
    * starting, and its own check uses the new credential.
    */
@@ -265,8 +283,15 @@ export class Subscription implements WrittenLog {
   /** The re-check allowed the task: what was held goes on, in order. */
   resume(): void {
     const held = this.#held;
-    this.#held = undefined;
+    this.#dropHeld();
     if (held !== undefined) for (const deliver of held) deliver();
+  }
+
+  /** Lets go of what was held for a re-check (see {@link suspend}): the socket's count of it goes down. */
+  #dropHeld(): void {
+    if (this.#held === undefined) return;
+    this.#ctx.writer.released(this.#held.length);
+    this.#held = undefined;
   }
 
   /** See `#epochResetDue`: the reset of a new epoch is still to reach the client. */
@@ -302,7 +327,7 @@ export class Subscription implements WrittenLog {
     if (this.#removed) return;
     this.#reset();
     this.#pendingAck = 0;
-    this.#held = undefined;
+    this.#dropHeld();
     this.#removed = true;
     this.#stream?.close();
     this.#stream = undefined;
@@ -335,12 +360,9 @@ export class Subscription implements WrittenLog {
         return;
       }
       this.#held.push(() => current() && deliver());
-      // Bounded as the socket's queue is: a re-check that never ends (an `authorize` hook that hangs)
-      // must not pin the task's events without limit.
-      if (this.#held.length > this.#ctx.writer.maxQueued) {
-        this.#held = [];
-        this.#ctx.writer.overflow();
-      }
+      // Bounded with the socket's queue, over all its subscriptions: a re-check that never ends (an
+      // `authorize` hook that hangs) must not pin the tasks' events without limit.
+      this.#ctx.writer.hold();
     };
     return {
       events: (events) => deliverOrHold(() => this.#events(events)),

@@ -43,10 +43,11 @@ export class Subscriptions<P extends Principal> {
   readonly #subs = new Map<string, Subscription>();
   /**
    * Tasks this socket unsubscribed from lately, each with the highest seq it may still acknowledge (what
-   * it was sent, when the subscription was authorized; else 0). A late ack of theirs is expected, not an
-   * error, and one up to that seq is recorded.
+   * it was sent, when the subscription was authorized; else 0) and the run of the id those seqs are of. A
+   * late ack of theirs is expected, not an error, and one up to that seq is recorded while the id is still
+   * that run (see `AckWriter.ackOfRun`).
    */
-  readonly #unfollowed = new Map<string, number>();
+  readonly #unfollowed = new Map<string, { limit: number; run: number | undefined }>();
   /**
    * The store's epoch changed since this socket's `hello`: the client holds cursors of the old epoch,
    * except for the tasks in `#told`.
@@ -200,7 +201,7 @@ export class Subscriptions<P extends Principal> {
       return;
     }
     if (!current.isCurrent(stream)) return;
-    const held = current.authorize(task.seq);
+    const held = current.authorize(task.seq, task.createdAt);
     // An ack held across an epoch change acknowledges a seq of the old epoch: nothing to record.
     if (held > 0 && !renewed) this.ack({ type: 'ack', taskId, seq: held });
     writer.track({ id: task.id, kind: task.kind, createdAt: task.createdAt });
@@ -281,7 +282,7 @@ export class Subscriptions<P extends Principal> {
     this.remove(sub);
     // Bounded: the oldest unsubscribed id goes first once the socket's subscription cap is reached.
     this.#unfollowed.delete(taskId);
-    this.#unfollowed.set(taskId, ackLimit);
+    this.#unfollowed.set(taskId, { limit: ackLimit, run: sub.ackRun });
     if (this.#unfollowed.size > this.#ctx.options.maxSubscriptionsPerSocket) {
       const oldest = this.#unfollowed.keys().next().value;
       if (oldest !== undefined) this.#unfollowed.delete(oldest);
@@ -302,9 +303,10 @@ export class Subscriptions<P extends Principal> {
       // frame re-sent before the unsubscribe arrived): silent, and recorded up to what this socket was
       // sent while authorized. It can be the only ack that arrives: the full chaos run lost terminal acks
       // whose first copy was dropped and whose re-ack came behind the unsubscribe.
-      const limit = this.#unfollowed.get(frame.taskId);
-      if (limit !== undefined) {
-        if (frame.seq <= limit) this.#ctx.acks.ack(frame.taskId, frame.seq);
+      const left = this.#unfollowed.get(frame.taskId);
+      if (left !== undefined) {
+        // The id may be another run's by now, of another owner too: recorded only while it is the run sent.
+        if (frame.seq <= left.limit) this.#ctx.acks.ackOfRun(frame.taskId, frame.seq, left.run);
         return;
       }
       this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
@@ -331,7 +333,9 @@ export class Subscriptions<P extends Principal> {
         return;
       case 'advanced':
         this.#ctx.writer.acked(frame.taskId, frame.seq);
-        this.#ctx.acks.ack(frame.taskId, frame.seq);
+        if (sub.authorized) this.#ctx.acks.ack(frame.taskId, frame.seq);
+        // Of what an earlier stream sent, while the new one loads: the id may be another run's by now.
+        else this.#ctx.acks.ackOfRun(frame.taskId, frame.seq, sub.ackRun);
         return;
       default:
         return;
@@ -459,7 +463,7 @@ export class Subscriptions<P extends Principal> {
     // behind this subscribe (rule 5: acks are accepted up to what was sent "in the current subscription or
     // an earlier one"). Forgotten here, such an ack was refused as beyond what was sent (counted towards
     // the invalid-frame limit) and recorded nothing.
-    if (sentBefore !== undefined) sub.sentEarlier(sentBefore);
+    if (sentBefore !== undefined) sub.sentEarlier(sentBefore.limit, sentBefore.run);
     this.#subs.set(taskId, sub);
     metrics.subscriptions.inc();
     return sub;

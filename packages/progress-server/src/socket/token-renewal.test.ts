@@ -437,4 +437,24 @@ describe('token renewal: the re-check window', () => {
     expect(closed.code).toBe(1006);
     held.open();
   });
+
+  it('bounds what the socket holds over all its subscriptions, not per subscription', async () => {
+    // Each subscription was bounded alone: a socket following many busy tasks held up to
+    // maxQueuedFrames deliveries for each of them (100 subscriptions: a hundred times the bound).
+    const held = gate(); // never opened: the authorize hook of the renewed credential hangs
+    const { server } = await startScoped(held, { maxQueuedFrames: 20 });
+    const { task, client } = await watching(server, 'alice:60000:all');
+    const other = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    client.send({ type: 'subscribe', taskId: other.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && frame.task.id === other.id);
+    await renew(client, 'alice:60000:some');
+    // 24 deliveries held in all, 12 per subscription: within the bound for each, past it for the socket.
+    for (let item = 1; item <= 12; item++) {
+      await task.item({ key: `node-${item}`, ok: true });
+      await other.item({ key: `node-${item}`, ok: true });
+    }
+    const closed = await Promise.race([client.closed, sleep(2000).then(() => ({ code: 'still open' }))]);
+    expect(closed.code).toBe(1006);
+    held.open();
+  });
 });
