@@ -163,4 +163,42 @@ describe('AckWriter', () => {
     expect(stored.get('t')).toBe(seq);
     acks.close();
   });
+
+  it('reads a task once for the acks of one run that no authorization vouches for, and writes the highest', async () => {
+    const reads: Array<() => void> = [];
+    const written: number[] = [];
+    const store = {
+      getTask: (taskId: string) =>
+        new Promise((resolve) => reads.push(() => resolve({ id: taskId, seq: 9, createdAt: 100 }))),
+      ack: async (_taskId: string, seq: number) => {
+        written.push(seq);
+        return seq;
+      },
+    } as unknown as ProgressStore;
+    const metrics = new ServerMetrics({
+      registry: undefined,
+      prefix: 'test_',
+      feed: new MemoryProgressStore().changes,
+    });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    // A reconnect storm: the watchers of one task flush their acks while their resubscribes load.
+    acks.ackOfRun('t', 5, 100);
+    acks.ackOfRun('t', 7, 100);
+    acks.ackOfRun('t', 6, 100);
+    expect(reads).toHaveLength(1);
+    // Another run of the id is checked on its own.
+    acks.ackOfRun('t', 3, 99);
+    expect(reads).toHaveLength(2);
+    for (const release of reads) release();
+    await acks.flush(Date.now() + 2000);
+    // The other run's ack is not written: the id is run 100's.
+    expect(written).toEqual([7]);
+    // Once the read is over, a later ack above what was written reads again.
+    acks.ackOfRun('t', 8, 100);
+    expect(reads).toHaveLength(3);
+    reads[2]!();
+    await acks.flush(Date.now() + 2000);
+    expect(written).toEqual([7, 8]);
+    acks.close();
+  });
 });

@@ -54,6 +54,8 @@ export class AckWriter {
    * waits for these, so a state dropped meanwhile ({@link forgetSeqs} after a restore) cannot hide one.
    */
   readonly #inFlight = new Set<Promise<void>>();
+  /** The reads of {@link ackOfRun} under way, by task: the run each checks and the highest seq it will write. */
+  readonly #runChecks = new Map<string, { run: number; seq: number }>();
   #closed = false;
   /** Acks taken so far (see {@link mark}). */
   #taken = 0;
@@ -107,18 +109,33 @@ export class AckWriter {
     if (this.#closed || run === undefined) return;
     const state = this.#tasks.get(taskId);
     if (state?.run === run && (seq <= state.written || seq <= state.pending)) return;
+    // One read per task and run at a time: after a reconnect storm every watcher of a task flushes its
+    // pending ack while its resubscribe loads, and each read its own copy of the same row. The highest seq
+    // asked meanwhile is the one written.
+    const checking = this.#runChecks.get(taskId);
+    if (checking?.run === run) {
+      checking.seq = Math.max(checking.seq, seq);
+      return;
+    }
+    const asked = { run, seq };
+    this.#runChecks.set(taskId, asked);
     const mark = this.#taken;
     const check = this.#store.getTask(taskId).then(
       (task) => {
+        if (this.#runChecks.get(taskId) === asked) this.#runChecks.delete(taskId);
         if (task === undefined || task.createdAt !== run) {
-          this.#logger.debug({ taskId, seq, run }, 'ack of a run no longer stored not recorded');
+          this.#logger.debug({ taskId, seq: asked.seq, run }, 'ack of a run no longer stored not recorded');
           return;
         }
         this.seen(taskId, task.seq, task.createdAt, mark);
-        this.ack(taskId, seq);
+        this.ack(taskId, asked.seq);
       },
       (error: unknown) => {
-        this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack not recorded: its run not read');
+        if (this.#runChecks.get(taskId) === asked) this.#runChecks.delete(taskId);
+        this.#logger.debug(
+          { err: describeError(error), taskId, seq: asked.seq },
+          'ack not recorded: its run not read',
+        );
       },
     );
     // Waited for by flush(), as writes are: the write it starts is in the set before the check leaves it.
