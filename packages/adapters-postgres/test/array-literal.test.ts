@@ -1,3 +1,4 @@
+import { propertyParams, propertyRuns } from '@finishline/core/testing';
 import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -33,7 +34,7 @@ describe('textArrayLiteral', () => {
     expect(await readBack(textArrayLiteral(values), 'text[]')).toEqual(values);
   });
 
-  it('stands for any array of strings (200 arrays of up to 50 strings)', async () => {
+  it(`stands for any array of strings (${propertyRuns(200)} arrays of up to 50 strings)`, async () => {
     // Strings made of the characters an array literal treats specially, and any others.
     const special = fc.constantFrom('"', '\\', ',', '{', '}', ' ', 'N', 'U', 'L', 'a', '\u00e9');
     const text = fc.oneof(fc.string({ unit: special, maxLength: 8 }), fc.string({ maxLength: 8 }));
@@ -43,19 +44,19 @@ describe('textArrayLiteral', () => {
         const stored = values.map((value) => value.replaceAll('\u0000', ''));
         expect(await readBack(textArrayLiteral(stored), 'text[]')).toEqual(stored);
       }),
-      { numRuns: 200 },
+      propertyParams(200),
     );
   });
 });
 
 describe('integerArrayLiteral', () => {
-  it('stands for any array of safe integers (200 arrays of up to 50)', async () => {
+  it(`stands for any array of safe integers (${propertyRuns(200)} arrays of up to 50)`, async () => {
     const safe = fc.integer({ min: Number.MIN_SAFE_INTEGER, max: Number.MAX_SAFE_INTEGER });
     await fc.assert(
       fc.asyncProperty(fc.array(safe, { maxLength: 50, size: 'max' }), async (values) => {
         expect(await readBack(integerArrayLiteral(values), 'int8[]')).toEqual(values.map(String));
       }),
-      { numRuns: 200 },
+      propertyParams(200),
     );
   });
 

@@ -564,26 +564,39 @@ describe('HTTP API: authentication, Origin, CORS, rate limits (doc: HTTP API)', 
   });
 
   it('503 closed during shutdown, after the Origin check', async () => {
-    const { server } = await start({ heartbeatIntervalMs: 50 });
+    // The shutdown interrupts the running task it owns and waits (up to its deadline) for that write; a
+    // store holding it keeps the server in its drain, its listener open, until the requests below are
+    // answered. (Before, an open stream was to hold it, but nothing waits for streams: the close was over
+    // and the listener shut before the request connected, and the checks, under an `if` an answer came,
+    // never ran.)
+    const store = new MemoryProgressStore();
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const append = store.append.bind(store);
+    store.append = async (...args: Parameters<typeof append>) => {
+      if (args[1].type === 'interrupted') await gate;
+      return append(...args);
+    };
+    const { server } = await start({ heartbeatIntervalMs: 50, store });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    // An open stream keeps the shutdown in its drain long enough to ask.
-    const held = httpRequest(`${env!.httpUrl}/progress/tasks/${task.id}/stream`, { headers: bearer() });
-    held.on('error', () => {});
-    held.end();
-    await new Promise((r) => setTimeout(r, 100));
-    const closing = server.close({ timeoutMs: 2000 });
-    const during = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() }).catch(
-      () => undefined,
-    );
-    if (during !== undefined) {
+    const closing = server.close({ timeoutMs: 5000 });
+    try {
+      const during = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() });
       expect([during.status, during.json().error.code]).toEqual([503, 'closed']);
+      const stream = await http('GET', `/progress/tasks/${task.id}/stream`, { headers: bearer() });
+      expect([stream.status, stream.json().error.code]).toEqual([503, 'closed']);
+      // The Origin is checked first: a forged request does not even learn the server is shutting down.
       const foreign = await http('GET', `/progress/tasks/${task.id}`, {
-        headers: { origin: 'https://evil.example' },
-      }).catch(() => undefined);
-      if (foreign !== undefined) expect(foreign.status).toBe(403);
+        headers: { ...bearer(), origin: 'https://evil.example' },
+      });
+      expect(foreign.status).toBe(403);
+    } finally {
+      release();
     }
-    held.destroy();
     await closing;
+    expect((await store.getTask(task.id))?.status).toBe('interrupted');
     env = undefined;
   });
 });

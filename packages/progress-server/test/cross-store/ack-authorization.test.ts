@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { RawClient, serverFrameViolations } from '../../src/testing/harness.js';
-import { listenOn, PG_URL, STORE_FIXTURES } from './stores.js';
+import { listenOn, STORE_FIXTURES } from './stores.js';
 
 /**
  * Issue 10, item 1: no frame of a subscription (ack included) may act before its authorization has
@@ -16,7 +16,7 @@ afterEach(async () => {
 });
 
 for (const fixture of STORE_FIXTURES) {
-  describe.skipIf(fixture.name === 'postgres' && PG_URL === undefined)(`on the ${fixture.name} store`, () => {
+  describe(`on the ${fixture.name} store`, () => {
     it("a pipelined ack behind a subscribe for another owner's task never reaches the store", async () => {
       const { store, release } = await fixture.open();
       cleanups.push(release);

@@ -3,7 +3,7 @@ import { PROTOCOL_NAME_V1 } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RawClient, type Received, serverFrameViolations } from '../../src/testing/harness.js';
-import { listenOn, PG_URL, STORE_FIXTURES } from './stores.js';
+import { listenOn, STORE_FIXTURES } from './stores.js';
 
 /**
  * A cursor carries no run: a watcher of a task id's purged run that comes back (a laptop asleep longer
@@ -45,9 +45,7 @@ async function until(condition: () => boolean, timeoutMs = 3000): Promise<boolea
   return true;
 }
 
-const fixtures = STORE_FIXTURES.filter((fixture) => fixture.name !== 'postgres' || PG_URL !== undefined);
-
-describe.each(fixtures)('a cursor of a purged run of the id ($name)', (fixture) => {
+describe.each(STORE_FIXTURES)('a cursor of a purged run of the id ($name)', (fixture) => {
   async function serve(): Promise<{ store: ProgressStore; wsUrl: string; httpUrl: string }> {
     const { store, release } = await fixture.open();
     const { server, wsUrl, httpUrl } = await listenOn(store, {

@@ -5,21 +5,32 @@ import { MemoryProgressStore } from '@finishline/core';
 import { PostgresProgressStore } from '@finishline/postgres';
 import { SqliteProgressStore } from '@finishline/sqlite';
 import pg from 'pg';
+import { inject } from 'vitest';
 import type { ProgressServerOptions } from '../../src/options.js';
 import { ProgressServer } from '../../src/progress-server.js';
 import { headerAuth } from '../../src/testing/harness.js';
 
 /**
- * The three stores the server's security tests run on (tests only). Postgres needs
- * `FINISHLINE_TEST_PG_URL`; each Postgres store lives in a scratch schema dropped on release.
+ * The three stores the server's security tests run on (tests only). Postgres is `PG_URL`; each Postgres
+ * store lives in a scratch schema dropped on release.
  */
 export interface StoreFixture {
   name: 'memory' | 'sqlite' | 'postgres';
   open(): Promise<{ store: ProgressStore; release(): Promise<void> }>;
 }
 
-/** The Postgres URL of the test database, if configured. */
-export const PG_URL = process.env.FINISHLINE_TEST_PG_URL;
+declare module 'vitest' {
+  export interface ProvidedContext {
+    /** Connection string of the Postgres server the tests use (the Postgres package's global setup). */
+    pgUrl: string;
+  }
+}
+
+/**
+ * The Postgres URL of the test database: `FINISHLINE_TEST_PG_URL`, or the embedded server the project's
+ * global setup started. Always set: a missing Postgres fails the tests instead of skipping them.
+ */
+export const PG_URL: string = inject('pgUrl');
 
 export const STORE_FIXTURES: readonly StoreFixture[] = [
   {
@@ -36,7 +47,6 @@ export const STORE_FIXTURES: readonly StoreFixture[] = [
   {
     name: 'postgres',
     open: async () => {
-      if (PG_URL === undefined) throw new Error('FINISHLINE_TEST_PG_URL is not set');
       const pool = new pg.Pool({ connectionString: PG_URL, max: 8 });
       pool.on('error', () => {});
       const schema = `sec_${randomBytes(6).toString('hex')}`;
