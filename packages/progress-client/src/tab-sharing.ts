@@ -237,7 +237,8 @@ interface Peer {
 
 /** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
 class TabHub {
-  readonly tab = Math.random().toString(36).slice(2);
+  /** Its id (`0.8125…`; no `/`, which ends it in a socket's id): as unique as base 36 of the same number. */
+  readonly tab = `${Math.random()}`;
   declare readonly url: string;
   /** Clients whose sockets use it; the tab leaves when the last one closes. */
   users = 0;
