@@ -326,8 +326,8 @@ class TabHub {
     for (const socket of this.#sockets.values()) socket.close(1000, reason);
     if (this.#leading) {
       this.#leading = false;
-      const others = [...this.#peers.keys()].some((id) => !id.startsWith(`${this.tab}/`));
-      this.#closeReal(1000, others ? 'leader tab left' : 'no tab watching');
+      // The reason, for the server's logs: whether another tab that connected through it is still there.
+      this.#closeReal(1000, this.#watchedTabs.size ? 'leader tab left' : 'no tab watching');
       // Its list names this tab's sockets too, already closed: no other tab has them.
       this.#failReal(LEADER_GONE, 'leader tab left');
     }
@@ -486,7 +486,7 @@ class TabHub {
   }
 
   /** `seen`: see `VirtualSocket.seen`; a tab of a version that does not say counts as having seen all. */
-  #onSend(id: string, data: string, seen = Infinity): void {
+  #onSend(id: string, data: string, seen = Infinity) {
     const peer = this.#peers.get(id);
     const real = this.#real;
     if (!peer?.opened || real?.readyState !== OPEN) return;
@@ -505,8 +505,7 @@ class TabHub {
             // socket, its tab would watch what this credential may and not what its own may. Its socket
             // closes (sending nothing more), and its tab's next ones are real (see `own` in `#receive`).
             this.#forget([id]);
-            this.post({ t: 'own', id });
-            return;
+            return this.post({ t: 'own', id });
           }
         }
         this.#authBy = id;
@@ -641,11 +640,11 @@ class TabHub {
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
       // which would drop them as repeats, the terminal ack of the new log included. Its index (this frame's)
-      // tells the acks of the new log from those a tab sent before it saw it.
+      // tells the acks of the new log from those a tab sent before it saw it. (Only snapshots have `reset`.)
       // Its epoch is the store's from now on: the hello handed to a tab that joins later says so, and a
       // cursor the tab saved in the old epoch starts over. The server cannot tell that cursor's seq from
       // one of the new epoch once it sent this socket the task in the new epoch: it would resume there.
-      if (frame?.type === 'snapshot' && frame.reset === true) {
+      if (frame?.reset === true) {
         this.#acked.set(frame.task?.id as string, [0, this.#frames]);
         if (this.#hello && frame.epoch) this.#hello.epoch = frame.epoch;
       }
