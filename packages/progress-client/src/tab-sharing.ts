@@ -156,7 +156,7 @@ type Message =
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
   | { t: 'own'; from: string; id: string }
-  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined; i: number }
+  | { t: 'frame'; from: string; data: string; hello?: boolean; to?: string | undefined; i: number }
   | {
       t: 'close';
       from: string;
@@ -192,7 +192,7 @@ class VirtualSocket implements WebSocketLike {
   /** The leader that opened it. */
   declare leader: string | undefined;
   /** It got its `hello`: broadcast frames are for it from now on. */
-  declare helloed?: boolean;
+  declare helloed?: boolean | undefined;
   /** The index of the last frame its client was handed: the leader tells by it what a send followed. */
   declare seen?: number;
   readonly #hub: TabHub;
@@ -361,7 +361,7 @@ class TabHub {
    * Another page on the channel (another version, a bug) may post anything: what would throw or mislead
    * is dropped here (an id that names no socket is dropped by its lookup).
    */
-  #receive(message: Message | null): void {
+  #receive(message: Message | null) {
     if (this.#gone || typeof message?.from !== 'string') return;
     switch (message.t) {
       case 'leader':
@@ -377,17 +377,23 @@ class TabHub {
         if (this.#leading && typeof message.data === 'string')
           this.#onSend(message.id, message.data, message.seen);
         return;
-      case 'bye':
+      case 'bye': {
         // Only a socket of this leader's may give up on its real socket.
-        if (!this.#leading || !this.#peers.has(message.id)) return;
+        const peer = this.#peers.get(message.id);
+        if (!this.#leading || !peer) return;
         this.#forget([message.id]);
         // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
         // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
+        // Unless it never had the hello, for want of an `auth` (a tab without a token, or whose token
+        // function did not answer), where the real socket sent one: its tab's sockets are its own then,
+        // as another credential's are. Replaced, the real socket would be given up on again, for ever.
         if (message.code === CLOSE_HEARTBEAT_TIMEOUT || message.reason === 'finish watchdog') {
+          if (!(this.#token === undefined || peer.authed)) return this.post({ t: 'own', id: message.id });
           this.#closeReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
           this.#failReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
         }
         return;
+      }
       case 'open': {
         const socket = this.#sockets.get(message.id);
         // Only the leader this tab knows (or, before it knows one, any) opens a socket: a late `open`
@@ -476,12 +482,20 @@ class TabHub {
     else if (this.#real.readyState === OPEN) this.#openPeer(id);
   }
 
+  /**
+   * Opens a socket on the open real socket, and hands it the hello once it may have it: its credential is
+   * the real socket's (its `auth` brought the token the real socket sent), or the real socket sent none
+   * (the server authenticated it at the upgrade). Called again for the hello when either comes. A client
+   * sends nothing before its hello: handed at `open`, a tab whose token function had not answered yet
+   * subscribed on the credential in force, and was broadcast what that credential may see (another
+   * principal's tasks), until its own `auth` came.
+   */
   #openPeer(id: string): void {
-    const peer = this.#peers.get(id);
-    if (!peer || peer.opened) return;
+    // Always one: each caller has just found it there.
+    const peer = this.#peers.get(id) as Peer;
+    if (!peer.opened) this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
     peer.opened = true;
-    this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
-    if (this.#hello)
+    if (this.#hello && (this.#token === undefined || peer.authed))
       this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id, i: this.#frames++ });
   }
 
@@ -500,7 +514,7 @@ class TabHub {
         if (!peer.authed) {
           peer.authed = true;
           if (this.#token !== undefined) {
-            if (frame.token === this.#token) return;
+            if (frame.token === this.#token) return this.#openPeer(id);
             // Another token may be another principal's (another login in that tab): served through this
             // socket, its tab would watch what this credential may and not what its own may. Its socket
             // closes (sending nothing more), and its tab's next ones are real (see `own` in `#receive`).
@@ -593,9 +607,11 @@ class TabHub {
     this.#hello = undefined;
     this.#authBy = this.#token = undefined;
     this.#acked.clear();
-    real.onopen = () => {
+    // At the open, and again at the hello (see `#openPeer`).
+    const openPeers = (): void => {
       for (const id of this.#peers.keys()) this.#openPeer(id);
     };
+    real.onopen = openPeers;
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
       // Parsed until the hello (the first frame, from a server that works; never empty), then only what
@@ -607,8 +623,10 @@ class TabHub {
         /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired)"/.test(data)
           ? parse(data)
           : undefined;
-      const hello = frame?.type === 'hello' && !this.#hello;
-      if (hello) this.#hello = frame;
+      if (frame?.type === 'hello' && !this.#hello) {
+        this.#hello = frame;
+        return openPeers();
+      }
       // After such an error the server follows the task no more, and every client it reaches drops it
       // without an unsubscribe, so their sockets let go of it here. Kept, it would grow a socket's set
       // for as long as the socket lives (a page trying many ids), and make the task look wanted after the
@@ -648,7 +666,7 @@ class TabHub {
         this.#acked.set(frame.task?.id as string, [0, this.#frames]);
         if (this.#hello && frame.epoch) this.#hello.epoch = frame.epoch;
       }
-      this.post({ t: 'frame', data, hello, to, i: this.#frames++ });
+      this.post({ t: 'frame', data, to, i: this.#frames++ });
     };
     real.onclose = (event: { code: number; reason: string }) => {
       if (real === this.#real) this.#failReal(event.code, event.reason);
