@@ -772,6 +772,109 @@ describe('tab sharing', () => {
     expect(sockets.filter((socket) => socket.readyState === WebSocket.OPEN)).toHaveLength(2);
   });
 
+  it("a tab of another principal whose token function is slow is shown nothing of the shared socket's tasks before its auth is checked", async () => {
+    const store = new MemoryProgressStore();
+    const server = await ProgressServer.listen(
+      {
+        store,
+        authenticateToken: (token) => ({ tok: { id: 'alice' }, bob: { id: 'bob' } })[token] ?? null,
+        heartbeatIntervalMs: 60_000,
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    onTestFinished(() => server.close({ timeoutMs: 1000 }));
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const url = `ws://127.0.0.1:${port}/progress`;
+    const browser = new Browser();
+    const alices = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await alices.progress({ done: 1, total: 4 });
+    const alice = clientIn(
+      browser.tab(),
+      { WebSocket: WebSocket as unknown as WebSocketConstructorLike },
+      { url },
+    );
+    onTestFinished(() => alice.close());
+    const kept = alice.watch(alices.id);
+    await vi.waitFor(() => expect(kept.getSnapshot().status).toBe('running'));
+    // Bob's tab (another login), whose token function asks the page's backend: its answer comes late.
+    let answer: (token: string) => void = noop;
+    const token = new Promise<string>((resolve) => {
+      answer = resolve;
+    });
+    const bob = clientIn(
+      browser.tab(),
+      { WebSocket: WebSocket as unknown as WebSocketConstructorLike },
+      { url, token: () => token },
+    );
+    onTestFinished(() => bob.close());
+    const seen: unknown[] = [];
+    const watch = bob.watch(alices.id);
+    watch.subscribe(() => seen.push(watch.getSnapshot().progress));
+    const refused = watch.done.then(
+      () => 'done',
+      (error: { code: string }) => error.code,
+    );
+    // Before, the cached hello opened bob's socket at once: its subscribe went out on alice's credential,
+    // and alice's task reached bob's watch.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    answer('bob');
+    expect(await refused).toBe('task_not_found');
+    expect(seen).toEqual([null]);
+  });
+
+  it("a tab whose token function has not answered when the real socket's first hello comes is not handed it: nothing it sends goes out on the other tab's credential", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const alice = clientIn(browser.tab(), server);
+    alice.watch('t1');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(1));
+    let answer: (token: string) => void = noop;
+    const token = new Promise<string>((resolve) => {
+      answer = resolve;
+    });
+    const bob = clientIn(browser.tab(), server, { token: () => token });
+    bob.watch('t2');
+    // Both tabs' sockets wait on the real socket, which opens: alice's auth goes, and the server's hello.
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(1));
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Before, the hello went to every tab: bob's client subscribed on alice's credential.
+    expect(real.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't1' })]);
+    answer('bob');
+    // Bob's token is not alice's: his tab's sockets are its own.
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(2));
+    expect(real.frames('subscribe')).toHaveLength(1);
+    await alice.close();
+    await bob.close();
+  });
+
+  it('a tab without a token, behind a socket authenticated with one, gets a socket of its own when no hello comes, and the shared socket stays', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const alice = clientIn(browser.tab(), server);
+    alice.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(alice.state).toBe('open'));
+    // A tab whose page set no token (logged out, say): it is not handed the hello of alice's credential.
+    const anonymous = clientIn(browser.tab(), server, { token: undefined, connectTimeoutMs: 200 });
+    anonymous.watch('t2');
+    await vi.waitFor(() => expect(server.sockets).toHaveLength(2));
+    const own = server.last;
+    own.open();
+    own.push(hello);
+    // Before, its connect timeout (4010) had the leader replace the real socket, every tab's client
+    // reconnecting, and its next socket went through the leader again, for ever.
+    expect(real.readyState).toBe(1);
+    expect(real.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't1' })]);
+    await vi.waitFor(() =>
+      expect(own.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't2' })]),
+    );
+    expect(own.frames('auth')).toEqual([]);
+    await anonymous.close();
+    await alice.close();
+  });
+
   it("a tab whose token function hands out expired credentials does not end the other tabs' clients with its second expiry", async () => {
     const browser = new Browser();
     const server = new FakeServer();
@@ -994,6 +1097,9 @@ describe('tab sharing', () => {
     const received: string[] = [];
     socket.onmessage = ({ data }: { data: string }) =>
       received.push((JSON.parse(data) as { type: string }).type);
+    // The hello comes once the leader has its auth (the real socket's token).
+    socket.onopen = () =>
+      socket.send(JSON.stringify({ type: 'auth', token: 'tok', protocol: PROTOCOL_VERSION }));
     // A late announcement from a tab that is gone: the tab asks again for its socket, then again once it
     // finds that tab's lock free; the leader answers each connect with an open and the cached hello.
     const late = browser.channel(browser.tab(), 'finishline:ws://example.test/progress');

@@ -156,7 +156,7 @@ type Message =
   | { t: 'bye'; from: string; id: string; code: number; reason: string }
   | { t: 'open'; from: string; id: string; protocol: string }
   | { t: 'own'; from: string; id: string }
-  | { t: 'frame'; from: string; data: string; hello: boolean; to?: string | undefined; i: number }
+  | { t: 'frame'; from: string; data: string; hello?: boolean; to?: string | undefined; i: number }
   | {
       t: 'close';
       from: string;
@@ -192,7 +192,7 @@ class VirtualSocket implements WebSocketLike {
   /** The leader that opened it. */
   declare leader: string | undefined;
   /** It got its `hello`: broadcast frames are for it from now on. */
-  declare helloed?: boolean;
+  declare helloed?: boolean | undefined;
   /** The index of the last frame its client was handed: the leader tells by it what a send followed. */
   declare seen?: number;
   readonly #hub: TabHub;
@@ -237,7 +237,8 @@ interface Peer {
 
 /** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
 class TabHub {
-  readonly tab = Math.random().toString(36).slice(2);
+  /** Its id (`0.8125…`; no `/`, which ends it in a socket's id): as unique as base 36 of the same number. */
+  readonly tab = `${Math.random()}`;
   declare readonly url: string;
   /** Clients whose sockets use it; the tab leaves when the last one closes. */
   users = 0;
@@ -325,8 +326,8 @@ class TabHub {
     for (const socket of this.#sockets.values()) socket.close(1000, reason);
     if (this.#leading) {
       this.#leading = false;
-      const others = [...this.#peers.keys()].some((id) => !id.startsWith(`${this.tab}/`));
-      this.#closeReal(1000, others ? 'leader tab left' : 'no tab watching');
+      // The reason, for the server's logs: whether another tab that connected through it is still there.
+      this.#closeReal(1000, this.#watchedTabs.size ? 'leader tab left' : 'no tab watching');
       // Its list names this tab's sockets too, already closed: no other tab has them.
       this.#failReal(LEADER_GONE, 'leader tab left');
     }
@@ -360,7 +361,7 @@ class TabHub {
    * Another page on the channel (another version, a bug) may post anything: what would throw or mislead
    * is dropped here (an id that names no socket is dropped by its lookup).
    */
-  #receive(message: Message | null): void {
+  #receive(message: Message | null) {
     if (this.#gone || typeof message?.from !== 'string') return;
     switch (message.t) {
       case 'leader':
@@ -376,17 +377,23 @@ class TabHub {
         if (this.#leading && typeof message.data === 'string')
           this.#onSend(message.id, message.data, message.seen);
         return;
-      case 'bye':
+      case 'bye': {
         // Only a socket of this leader's may give up on its real socket.
-        if (!this.#leading || !this.#peers.has(message.id)) return;
+        const peer = this.#peers.get(message.id);
+        if (!this.#leading || !peer) return;
         this.#forget([message.id]);
         // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
         // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
+        // Unless it never had the hello, for want of an `auth` (a tab without a token, or whose token
+        // function did not answer), where the real socket sent one: its tab's sockets are its own then,
+        // as another credential's are. Replaced, the real socket would be given up on again, for ever.
         if (message.code === CLOSE_HEARTBEAT_TIMEOUT || message.reason === 'finish watchdog') {
+          if (!(this.#token === undefined || peer.authed)) return this.post({ t: 'own', id: message.id });
           this.#closeReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
           this.#failReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
         }
         return;
+      }
       case 'open': {
         const socket = this.#sockets.get(message.id);
         // Only the leader this tab knows (or, before it knows one, any) opens a socket: a late `open`
@@ -475,17 +482,25 @@ class TabHub {
     else if (this.#real.readyState === OPEN) this.#openPeer(id);
   }
 
+  /**
+   * Opens a socket on the open real socket, and hands it the hello once it may have it: its credential is
+   * the real socket's (its `auth` brought the token the real socket sent), or the real socket sent none
+   * (the server authenticated it at the upgrade). Called again for the hello when either comes. A client
+   * sends nothing before its hello: handed at `open`, a tab whose token function had not answered yet
+   * subscribed on the credential in force, and was broadcast what that credential may see (another
+   * principal's tasks), until its own `auth` came.
+   */
   #openPeer(id: string): void {
-    const peer = this.#peers.get(id);
-    if (!peer || peer.opened) return;
+    // Always one: each caller has just found it there.
+    const peer = this.#peers.get(id) as Peer;
+    if (!peer.opened) this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
     peer.opened = true;
-    this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
-    if (this.#hello)
+    if (this.#hello && (this.#token === undefined || peer.authed))
       this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id, i: this.#frames++ });
   }
 
   /** `seen`: see `VirtualSocket.seen`; a tab of a version that does not say counts as having seen all. */
-  #onSend(id: string, data: string, seen = Infinity): void {
+  #onSend(id: string, data: string, seen = Infinity) {
     const peer = this.#peers.get(id);
     const real = this.#real;
     if (!peer?.opened || real?.readyState !== OPEN) return;
@@ -499,13 +514,12 @@ class TabHub {
         if (!peer.authed) {
           peer.authed = true;
           if (this.#token !== undefined) {
-            if (frame.token === this.#token) return;
+            if (frame.token === this.#token) return this.#openPeer(id);
             // Another token may be another principal's (another login in that tab): served through this
             // socket, its tab would watch what this credential may and not what its own may. Its socket
             // closes (sending nothing more), and its tab's next ones are real (see `own` in `#receive`).
             this.#forget([id]);
-            this.post({ t: 'own', id });
-            return;
+            return this.post({ t: 'own', id });
           }
         }
         this.#authBy = id;
@@ -593,9 +607,11 @@ class TabHub {
     this.#hello = undefined;
     this.#authBy = this.#token = undefined;
     this.#acked.clear();
-    real.onopen = () => {
+    // At the open, and again at the hello (see `#openPeer`).
+    const openPeers = (): void => {
       for (const id of this.#peers.keys()) this.#openPeer(id);
     };
+    real.onopen = openPeers;
     real.onmessage = (event: { data: unknown }) => {
       const data = String(event.data);
       // Parsed until the hello (the first frame, from a server that works; never empty), then only what
@@ -607,8 +623,10 @@ class TabHub {
         /"(task_not_found|forbidden|rate_limited|reset|unauthenticated|token_expired)"/.test(data)
           ? parse(data)
           : undefined;
-      const hello = frame?.type === 'hello' && !this.#hello;
-      if (hello) this.#hello = frame;
+      if (frame?.type === 'hello' && !this.#hello) {
+        this.#hello = frame;
+        return openPeers();
+      }
       // After such an error the server follows the task no more, and every client it reaches drops it
       // without an unsubscribe, so their sockets let go of it here. Kept, it would grow a socket's set
       // for as long as the socket lives (a page trying many ids), and make the task look wanted after the
@@ -640,15 +658,15 @@ class TabHub {
       // A reset snapshot starts the task's log over (the store's epoch renewed on this socket, or a cursor
       // ahead of the task): every tab's acks start again from its seq, below the seqs forwarded before,
       // which would drop them as repeats, the terminal ack of the new log included. Its index (this frame's)
-      // tells the acks of the new log from those a tab sent before it saw it.
+      // tells the acks of the new log from those a tab sent before it saw it. (Only snapshots have `reset`.)
       // Its epoch is the store's from now on: the hello handed to a tab that joins later says so, and a
       // cursor the tab saved in the old epoch starts over. The server cannot tell that cursor's seq from
       // one of the new epoch once it sent this socket the task in the new epoch: it would resume there.
-      if (frame?.type === 'snapshot' && frame.reset === true) {
+      if (frame?.reset === true) {
         this.#acked.set(frame.task?.id as string, [0, this.#frames]);
         if (this.#hello && frame.epoch) this.#hello.epoch = frame.epoch;
       }
-      this.post({ t: 'frame', data, hello, to, i: this.#frames++ });
+      this.post({ t: 'frame', data, to, i: this.#frames++ });
     };
     real.onclose = (event: { code: number; reason: string }) => {
       if (real === this.#real) this.#failReal(event.code, event.reason);
