@@ -273,11 +273,14 @@ export class MemoryProgressStore implements ProgressStore {
     // Copy before storing: `planned` may reference the caller's `result`/`detail` objects.
     entry.task = copy(planned.task);
     entry.events.push(copy(planned.event));
+    // With its run (see `TaskChange.run`), as the SQLite and Postgres stores stamp their own appends: a
+    // server tells a re-created id's new run from the one it follows by it.
     this.#changes.publish(
       Object.freeze({
         taskId: planned.event.taskId,
         seq: planned.event.seq,
         terminal: isTerminalEvent(planned.event),
+        run: planned.task.createdAt,
       }),
     );
     return { event: copy(planned.event), task: copy(planned.task) };
