@@ -88,7 +88,8 @@ function copy<T>(value: T): T {
  * SQLite and Postgres stores, and its behaviour is the one they copy.
  *
  * Every method runs to completion without yielding between reading and writing a task, so each call is
- * atomic; changes are published synchronously, after the state is updated.
+ * atomic; changes are published synchronously, after the state is updated (an append made by a listener
+ * is published once every listener had the change it is handling, so each sees commit order).
  *
  * @example
  * ```ts

@@ -72,6 +72,31 @@ export function describeFeedContract(ctx: ContractContext): void {
       }
     });
 
+    it('keeps commit order for every listener when a listener appends', async () => {
+      // An app's cascade: the listener ends the task once its last item is in. A store that publishes from
+      // inside append (the memory store) handed the terminal change to the later listeners first.
+      let ended: Promise<unknown> | undefined;
+      const stopCascade = ctx.store.changes.subscribe((change) => {
+        if (change.taskId === 'task-1' && change.seq === 1 && ended === undefined) {
+          ended = ctx.store.append('task-1', { type: 'completed' });
+        }
+      });
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1', total: 1 }));
+        await ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true });
+        await recorder.waitFor('task-1', 2);
+        await ended;
+        expect(recorder.of('task-1'), 'changes seen by the listener after the appending one').toEqual([
+          { taskId: 'task-1', seq: 1, terminal: false },
+          { taskId: 'task-1', seq: 2, terminal: true },
+        ]);
+      } finally {
+        stopCascade();
+        recorder.stop();
+      }
+    });
+
     it('unsubscribe stops a listener', async () => {
       const stopped = new ChangeRecorder(ctx.store);
       const witness = new ChangeRecorder(ctx.store);
