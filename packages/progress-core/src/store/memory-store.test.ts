@@ -141,6 +141,25 @@ describe('MemoryProgressStore', () => {
     ]);
   });
 
+  it('reaps what is still expired when a change listener ends another expired task during the reap', async () => {
+    const { clock, store } = build();
+    for (const id of ['task-1', 'task-2']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'worker-1', ttlMs: 10 } });
+      clock.advance(1);
+    }
+    clock.advance(100);
+    let cancelled: Promise<unknown> | undefined;
+    // An app's cascade: a task of the batch interrupted cancels its sibling.
+    store.changes.subscribe((change) => {
+      if (change.taskId === 'task-1' && change.terminal)
+        cancelled = store.append('task-2', { type: 'cancelled' });
+    });
+    const reaped = await store.reapExpiredLeases();
+    await cancelled;
+    expect(reaped.map(({ event }) => `${event.taskId}:${event.type}`)).toEqual(['task-1:interrupted']);
+    expect((await store.getTask('task-2'))?.status).toBe('cancelled');
+  });
+
   it('hands out a fresh copy on every read', async () => {
     const { store } = build();
     const task = await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });

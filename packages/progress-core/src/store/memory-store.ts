@@ -232,9 +232,15 @@ export class MemoryProgressStore implements ProgressStore {
           (a.task.leaseExpiresAt ?? 0) - (b.task.leaseExpiresAt ?? 0) || compareIds(a.task.id, b.task.id),
       )
       .slice(0, limit);
-    return expired.map((entry) =>
-      this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }),
-    );
+    const results: AppendResult[] = [];
+    for (const entry of expired) {
+      // A change listener runs inside each commit and may have ended (or renewed) a task further down the
+      // list: a task whose lease is no longer expired is left alone, as a store reaping in one transaction
+      // would have found it, instead of rejecting the whole call with what was already reaped.
+      if (!isLeaseExpired(entry.task, now) || this.#tasks.get(entry.task.id) !== entry) continue;
+      results.push(this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }));
+    }
+    return results;
   }
 
   async purgeFinished(options: PurgeOptions): Promise<number> {
