@@ -101,6 +101,9 @@ export class LocalChangeFeed implements ChangeFeed {
   readonly #listeners = new Set<ChangeListener>();
   readonly #epochListeners = new Set<() => void>();
   readonly #onListenerError: (error: unknown) => void;
+  /** A publish is delivering; what listeners publish meanwhile waits in {@link #queued}. */
+  #publishing = false;
+  readonly #queued: TaskChange[] = [];
 
   /** @param onListenerError receives what a listener throws; by default it is ignored. */
   constructor(onListenerError: (error: unknown) => void = () => {}) {
@@ -116,8 +119,29 @@ export class LocalChangeFeed implements ChangeFeed {
     };
   }
 
-  /** Calls every listener with `change`. A listener that throws does not stop the others. */
+  /**
+   * Calls every listener with `change`. A listener that throws does not stop the others. A change published
+   * by a listener (one that writes to a store that publishes synchronously, as the memory store does) is
+   * delivered once every listener had the one before it: delivered at once, the later listeners got it
+   * first, out of commit order (the SQLite store's outbox keeps that order the same way).
+   */
   publish(change: TaskChange): void {
+    if (this.#publishing) {
+      this.#queued.push(change);
+      return;
+    }
+    this.#publishing = true;
+    try {
+      this.#deliver(change);
+      for (let index = 0; index < this.#queued.length; index++)
+        this.#deliver(this.#queued[index] as TaskChange);
+    } finally {
+      this.#queued.length = 0;
+      this.#publishing = false;
+    }
+  }
+
+  #deliver(change: TaskChange): void {
     for (const listener of this.#listeners) {
       try {
         listener(change);

@@ -74,7 +74,7 @@ describe('MemoryProgressStore', () => {
     const { event } = await store.append(task.id, { type: 'progress' });
     expect(event.seq).toBe(1);
     expect(errors).toEqual([boom]);
-    expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false }]);
+    expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false, run: task.createdAt }]);
   });
 
   it('still appends, and tells the other listeners, when onListenerError itself throws', async () => {
@@ -91,7 +91,7 @@ describe('MemoryProgressStore', () => {
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
     // Committed: the caller must not be told it failed (a retry would append it twice).
     await expect(store.append(task.id, { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
-    expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false }]);
+    expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false, run: task.createdAt }]);
   });
 
   it('publishes synchronously, after the state is updated', async () => {
@@ -113,6 +113,51 @@ describe('MemoryProgressStore', () => {
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
     await store.append(task.id, { type: 'progress' });
     expect(Object.isFrozen(changes[0])).toBe(true);
+  });
+
+  it("stamps each change with its task's run, each run of a reused id its own, as the SQL stores do", async () => {
+    const { clock, store } = build();
+    const seen: TaskChange[] = [];
+    store.changes.subscribe((change) => seen.push(change));
+    const one = await store.createTask({
+      id: 'job-1',
+      owner: 'alice',
+      kind: 'k',
+      lease: { owner: 'w', ttlMs: 5 },
+    });
+    clock.advance(1);
+    await store.append('job-1', { type: 'item', key: 'old-1', ok: true });
+    clock.advance(10);
+    await store.reapExpiredLeases();
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    clock.advance(1);
+    const two = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await store.append('job-1', { type: 'completed' });
+    expect(seen.map((change) => `${change.seq}:${change.run}`)).toEqual([
+      `1:${one.createdAt}`,
+      `2:${one.createdAt}`,
+      `1:${two.createdAt}`,
+    ]);
+  });
+
+  it('reaps what is still expired when a change listener ends another expired task during the reap', async () => {
+    const { clock, store } = build();
+    for (const id of ['task-1', 'task-2']) {
+      await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'worker-1', ttlMs: 10 } });
+      clock.advance(1);
+    }
+    clock.advance(100);
+    let cancelled: Promise<unknown> | undefined;
+    // An app's cascade: a task of the batch interrupted cancels its sibling.
+    store.changes.subscribe((change) => {
+      if (change.taskId === 'task-1' && change.terminal)
+        cancelled = store.append('task-2', { type: 'cancelled' });
+    });
+    const reaped = await store.reapExpiredLeases();
+    await cancelled;
+    expect(reaped.map(({ event }) => `${event.taskId}:${event.type}`)).toEqual(['task-1:interrupted']);
+    expect((await store.getTask('task-2'))?.status).toBe('cancelled');
   });
 
   it('hands out a fresh copy on every read', async () => {

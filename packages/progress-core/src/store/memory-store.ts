@@ -90,7 +90,8 @@ function copy<T>(value: T): T {
  * SQLite and Postgres stores, and its behaviour is the one they copy.
  *
  * Every method runs to completion without yielding between reading and writing a task, so each call is
- * atomic; changes are published synchronously, after the state is updated.
+ * atomic; changes are published synchronously, after the state is updated (an append made by a listener
+ * is published once every listener had the change it is handling, so each sees commit order).
  *
  * @example
  * ```ts
@@ -235,9 +236,15 @@ export class MemoryProgressStore implements ProgressStore {
           (a.task.leaseExpiresAt ?? 0) - (b.task.leaseExpiresAt ?? 0) || compareIds(a.task.id, b.task.id),
       )
       .slice(0, limit);
-    return expired.map((entry) =>
-      this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }),
-    );
+    const results: AppendResult[] = [];
+    for (const entry of expired) {
+      // A change listener runs inside each commit and may have ended (or renewed) a task further down the
+      // list: a task whose lease is no longer expired is left alone, as a store reaping in one transaction
+      // would have found it, instead of rejecting the whole call with what was already reaped.
+      if (!isLeaseExpired(entry.task, now) || this.#tasks.get(entry.task.id) !== entry) continue;
+      results.push(this.#commit(entry, { type: 'interrupted', reason: leaseExpiredReason(entry.task) }));
+    }
+    return results;
   }
 
   async purgeFinished(options: PurgeOptions): Promise<number> {
@@ -277,11 +284,14 @@ export class MemoryProgressStore implements ProgressStore {
     // Copy before storing: `planned` may reference the caller's `result`/`detail` objects.
     entry.task = copy(planned.task);
     entry.events.push(copy(planned.event));
+    // With its run (see `TaskChange.run`), as the SQLite and Postgres stores stamp their own appends: a
+    // server tells a re-created id's new run from the one it follows by it.
     this.#changes.publish(
       Object.freeze({
         taskId: planned.event.taskId,
         seq: planned.event.seq,
         terminal: isTerminalEvent(planned.event),
+        run: planned.task.createdAt,
       }),
     );
     return { event: copy(planned.event), task: copy(planned.task) };

@@ -72,6 +72,31 @@ export function describeFeedContract(ctx: ContractContext): void {
       }
     });
 
+    it('keeps commit order for every listener when a listener appends', async () => {
+      // An app's cascade: the listener ends the task once its last item is in. A store that publishes from
+      // inside append (the memory store) handed the terminal change to the later listeners first.
+      let ended: Promise<unknown> | undefined;
+      const stopCascade = ctx.store.changes.subscribe((change) => {
+        if (change.taskId === 'task-1' && change.seq === 1 && ended === undefined) {
+          ended = ctx.store.append('task-1', { type: 'completed' });
+        }
+      });
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        await ctx.store.createTask(taskInput({ id: 'task-1', total: 1 }));
+        await ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true });
+        await recorder.waitFor('task-1', 2);
+        await ended;
+        expect(recorder.of('task-1'), 'changes seen by the listener after the appending one').toEqual([
+          { taskId: 'task-1', seq: 1, terminal: false },
+          { taskId: 'task-1', seq: 2, terminal: true },
+        ]);
+      } finally {
+        stopCascade();
+        recorder.stop();
+      }
+    });
+
     it('unsubscribe stops a listener', async () => {
       const stopped = new ChangeRecorder(ctx.store);
       const witness = new ChangeRecorder(ctx.store);
@@ -111,6 +136,47 @@ export function describeFeedContract(ctx: ContractContext): void {
         ).toEqual([1, 2]);
       } finally {
         stopThrowing();
+        recorder.stop();
+      }
+    });
+
+    it("a change that carries a run carries its task's createdAt, each run of a reused id its own", async () => {
+      // Optional (see TaskChange.run), but a wrong one misleads a server: a run above the one it follows
+      // starts every watcher of the id over, one below has the change dropped.
+      const received: TaskChange[] = [];
+      const stop = ctx.store.changes.subscribe((change) => received.push(change));
+      const recorder = new ChangeRecorder(ctx.store);
+      try {
+        const first = await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        ctx.clock.advance(1);
+        await ctx.store.append('task-1', { type: 'item', key: 'node-1', ok: true });
+        ctx.clock.advance(1);
+        await ctx.store.append('task-1', { type: 'completed' });
+        ctx.clock.advance(1);
+        expect(await ctx.store.purgeFinished({ olderThanMs: 0 }), 'tasks purged').toBe(1);
+        ctx.clock.advance(1);
+        const second = await ctx.store.createTask(taskInput({ id: 'task-1' }));
+        for (let i = 0; i < 3; i++) {
+          ctx.clock.advance(1);
+          await ctx.store.append('task-1', { type: 'progress', done: i });
+        }
+        // Only the second run reaches seq 3. A feed may deliver a change late or twice (a notice of the first
+        // run heard after the second was created), so changes are told apart by what only one run has.
+        await recorder.waitFor('task-1', 3);
+        const changes = received.filter((change) => change.taskId === 'task-1');
+        const runs = new Set([first.createdAt, second.createdAt]);
+        expect(changes[0]?.seq, 'the first change is of the first run').toBe(1);
+        if (changes[0]?.run !== undefined) {
+          expect(changes[0].run, "run of the first run's first change").toBe(first.createdAt);
+        }
+        for (const change of changes) {
+          if (change.run === undefined) continue;
+          const what = `run of the change at seq ${change.seq}`;
+          if (change.seq === 3) expect(change.run, what).toBe(second.createdAt);
+          else expect(runs.has(change.run), `${what}: ${change.run}`).toBe(true);
+        }
+      } finally {
+        stop();
         recorder.stop();
       }
     });
