@@ -26,6 +26,7 @@ export interface ProgressLogger {
 }
 
 const noop: LogMethod = () => {};
+const ignore = (): void => {};
 
 /** The default logger: drops everything. */
 export const silentLogger: ProgressLogger = Object.freeze({
@@ -36,15 +37,21 @@ export const silentLogger: ProgressLogger = Object.freeze({
 });
 
 /**
- * Wraps a caller's logger so that a logger which throws can never break delivery (a log call sits in
- * every error path, where a second exception would escape the guard around it).
+ * Wraps a caller's logger so that a logger which throws, or returns a promise that rejects, can never break
+ * delivery (a log call sits in every error path, where a second exception would escape the guard around
+ * it).
  */
 export function guardLogger(logger: ProgressLogger): ProgressLogger {
   const wrap =
     (method: LogMethod): LogMethod =>
     (obj, msg) => {
       try {
-        method.call(logger, obj, msg);
+        const result: unknown = method.call(logger, obj, msg);
+        // An async logger (one shipping lines over the network, say) fails by rejecting: left unhandled,
+        // the rejection ended the process (Node's default), at the first warning of a healthy server.
+        if (result !== undefined && typeof (result as PromiseLike<unknown>).then === 'function') {
+          (result as PromiseLike<unknown>).then(undefined, ignore);
+        }
       } catch {
         // A broken logger loses the line; it must not take the socket or the batch with it.
       }

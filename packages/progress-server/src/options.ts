@@ -208,7 +208,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   clock?: Clock | undefined;
   /**
-   * Structured logs (pino-compatible). A logger that throws is ignored.
+   * Structured logs (pino-compatible). A logger that throws, or whose method returns a promise that
+   * rejects, is ignored.
    * @default silent
    */
   logger?: ProgressLogger | undefined;

@@ -460,9 +460,12 @@ export class ProgressServer<P extends Principal = Principal> {
     clearInterval(this.#heartbeatTimer);
     this.#stopEpochHints?.();
     this.#epoch.close();
-    await this.#sockets.close(deadline);
-    // Event streams end like sockets do; their clients resume elsewhere with Last-Event-ID.
-    for (const stream of [...this.#streams]) stream.end();
+    // Event streams end like sockets do, at the same time, cut at the deadline; their clients resume
+    // elsewhere with Last-Event-ID.
+    await Promise.all([
+      this.#sockets.close(deadline),
+      ...[...this.#streams].map((stream) => stream.shutdown(deadline)),
+    ]);
     await this.#acks.flush(deadline);
     this.#acks.close();
     this.#hub.close();

@@ -1,3 +1,6 @@
+import { createServer } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import { connect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ProgressServer } from './progress-server.js';
@@ -115,6 +118,54 @@ describe('close()', () => {
     expect((await store.getTask(running.id))?.status).toBe('interrupted');
     await expect.poll(() => beyond(before)).toEqual({});
     await expect.poll(() => pendingTimers.size).toBe(0);
+  });
+
+  it("destroys by its deadline an event stream whose reader stopped reading, on the application's http.Server", async () => {
+    const store = new MemoryProgressStore();
+    const httpServer = createServer();
+    // Far beyond the test: only close() may end the stalled stream's connection here.
+    const progress = new ProgressServer({
+      store,
+      authenticateToken: tokenAuth,
+      server: httpServer,
+      sseStallTimeoutMs: 600_000,
+    });
+    httpServer.on('request', progress.httpHandler());
+    const serverSide: Socket[] = [];
+    httpServer.on('connection', (socket) => serverSide.push(socket));
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    const { port } = httpServer.address() as AddressInfo;
+    const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+    const reader = connect(port, '127.0.0.1');
+    try {
+      await new Promise((resolve) => reader.once('connect', resolve));
+      reader.write(
+        `GET /progress/tasks/${task.id}/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer token-alice\r\n\r\n`,
+      );
+      await new Promise((resolve) => reader.once('data', resolve));
+      // The reader stops reading; events go on until the kernel's buffers are full too, and what the
+      // stream wrote waits in the process.
+      reader.pause();
+      const socket = serverSide[0] as Socket;
+      const detail = { text: 'x'.repeat(15_000) };
+      const stuck = async () => {
+        await new Promise((resolve) => setImmediate(resolve));
+        return socket.writableNeedDrain && socket.writableLength > 0;
+      };
+      for (let i = 0; i < 20_000 && !(await stuck()); i += 1) {
+        await task.item({ key: `k${i}`, ok: true, detail });
+      }
+      expect(await stuck()).toBe(true);
+
+      await progress.close({ timeoutMs: 200 });
+      // Until 6 December 2026 its connection stayed open, and the stall timer armed, for
+      // sseStallTimeoutMs after close() returned (30 s by default): the process could not exit.
+      await expect.poll(() => socket.destroyed).toBe(true);
+      await expect.poll(() => pendingTimers.size).toBe(0);
+    } finally {
+      reader.destroy();
+      await new Promise((resolve) => httpServer.close(resolve));
+    }
   });
 
   it('listen() with an invalid httpBasePath rejects and leaves no server, timer or socket behind', async () => {

@@ -19,6 +19,7 @@ import { describeError } from '../logger.js';
 import type { ResyncReason, ServerMetrics, SseStreamEndReason } from '../metrics.js';
 import type { PrincipalLimits } from '../principal-limits.js';
 import { eventFrameText } from '../socket/event-frame-text.js';
+import { waitAtMost } from '../wait.js';
 import { fromCode } from './http-request.js';
 import { stallTimer } from './stall-timer.js';
 
@@ -64,8 +65,11 @@ const MAX_TIMER_MS = 2_147_483_647;
 
 /** An open stream, as the server sees it. @internal */
 export interface OpenStream {
-  /** Ends it (the server shuts down). */
-  end(): void;
+  /**
+   * Ends it (the server shuts down), and resolves once what was written has left or, at `deadline`
+   * (epoch ms of the real clock), its connection is destroyed, as a socket's is.
+   */
+  shutdown(deadline: number): Promise<void>;
   /** The store's epoch changed: the stream starts over from a reset snapshot of the new epoch. */
   epochRenewed(): void;
 }
@@ -271,8 +275,11 @@ export function streamTask(
     // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
     // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
     // the end finish first.
-    if (draining && stall !== undefined) response.once('finish', stall);
-    else stall?.();
+    if (draining && stall !== undefined) {
+      response.once('finish', stall);
+      // Destroyed meanwhile (the shutdown's deadline, the connection closed): no 'finish' comes.
+      response.once('close', stall);
+    } else stall?.();
     held = undefined;
     response.off('drain', drained);
     stream?.close();
@@ -304,7 +311,21 @@ export function streamTask(
     load = 'reset';
     begin();
   };
-  const opened: OpenStream = { end: () => end('shutdown'), epochRenewed: () => restart('epoch') };
+  const opened: OpenStream = {
+    shutdown: async (deadline) => {
+      end('shutdown');
+      if (response.writableFinished || response.destroyed) return;
+      // A reader that stopped reading keeps its end behind the full buffer: left to the stall wait, its
+      // connection (and the process) outlived close() by up to sseStallTimeoutMs.
+      const done = new Promise((resolve) => {
+        response.once('finish', resolve);
+        response.once('close', resolve);
+      });
+      await waitAtMost(done, deadline - Date.now());
+      if (!response.writableFinished) response.destroy();
+    },
+    epochRenewed: () => restart('epoch'),
+  };
   ctx.open.add(opened);
   // Once the stream ended itself these come too, and count nothing: `end` runs once.
   const left = () => end('client_left');
