@@ -442,6 +442,19 @@ function onReplicaExit(replica, { code, signal, incarnation }) {
 
 // ── watchers ───────────────────────────────────────────────────────────────────────────────────
 const TERMINAL = ['completed', 'failed', 'cancelled', 'interrupted'];
+/**
+ * What the callback checks read (the `callbacks checked:` line): live progress and item events (each
+ * seq-checked: a drop is a `gap`, a repeat a `duplicate event`), the watchers that got at least one,
+ * snapshots, terminals as events and from snapshots. A run whose watchers subscribed after their tasks
+ * ended sees only snapshots: its gap and duplicate checks proved nothing, and this says so.
+ */
+const callbacksChecked = {
+  events: 0,
+  watchersWithEvents: 0,
+  snapshots: 0,
+  terminalEvents: 0,
+  terminalSnapshots: 0,
+};
 
 /** One watcher of one task on one client slot; survives reloads of that slot. */
 class WatchRecord {
@@ -455,6 +468,8 @@ class WatchRecord {
     this.watch = undefined;
     this.seen = [];
     this.otherRun = 0;
+    /** Live progress and item callbacks (not from a snapshot), over every incarnation. */
+    this.liveEvents = 0;
     /** Snapshot callbacks at or below the seq the watcher had shown: its chain restarted (a reset). */
     this.restarts = 0;
     /** Of those, snapshots below the seq shown (the progress drawn went back). */
@@ -534,6 +549,7 @@ class WatchRecord {
     watch.on('snapshot', (state) => {
       if (stale()) return violation('callback after reload', { taskId, kind: 'snapshot' });
       seen.push(`snap:${state.seq}`);
+      callbacksChecked.snapshots += 1;
       afterEnd('snapshot', state.seq);
       checkKind(state, 'snapshot');
       // A snapshot at or below what the watcher had shown starts its chain over: a reset (the cursor
@@ -552,6 +568,10 @@ class WatchRecord {
     });
     const onEvent = (event) => {
       if (stale()) return violation('callback after reload', { taskId, kind: event.type });
+      if (event.type === 'progress' || event.type === 'item') {
+        callbacksChecked.events += 1;
+        if (this.liveEvents++ === 0) callbacksChecked.watchersWithEvents += 1;
+      }
       afterEnd(event.type, event.seq);
       if (event.seq !== lastSeq + 1) {
         violation(event.seq <= lastSeq ? 'duplicate event' : 'gap', {
@@ -587,6 +607,8 @@ class WatchRecord {
         checkTime(event);
         checkKind(state, type);
         if (!fromSnapshot) onEvent(event);
+        if (fromSnapshot) callbacksChecked.terminalSnapshots += 1;
+        else callbacksChecked.terminalEvents += 1;
         this.terminalCount += 1;
         if (this.terminalCount > 1) {
           violation('terminal shown twice', { taskId, slot: this.slot.index });
@@ -2128,6 +2150,7 @@ const out = [
   `  kill -9 → shown:    ${line(killToShown)} (bound: lease ${config.leaseTtlMs} ms + reap interval ${Math.max(100, Math.floor(config.leaseTtlMs / 6))} ms + delivery)`,
   `  frozen workers:    ${line(delays((task) => frozenWorker(task) && !killedWorker(task)))} (a freeze of the task's replica while it ran: left out of live workers)`,
   `  in a WS outage:    ${line(delays(() => true, inOutage))} (watchers of a client whose WebSocket was out, polling HTTP every 2 s: left out of the lines above)`,
+  `callbacks checked:   ${callbacksChecked.events} live progress and item events (each the next seq: a drop is a gap, a repeat a duplicate) on ${callbacksChecked.watchersWithEvents} of ${watchersTotal} watchers; ${callbacksChecked.snapshots} snapshots; terminals ${callbacksChecked.terminalEvents} as events, ${callbacksChecked.terminalSnapshots} from snapshots`,
   `wire checked:        ${wireChecked.events} event frames the replicas wrote on ${wireChecked.streams} (WebSocket connection, task) pairs, before the balancer's faults: each the next seq, a subscribe's afterSeq + 1 or a terminal re-send`,
   'faults injected:',
   ...Object.entries(faults).map(([kind, count]) => `  ${kind}: ${count}`),
