@@ -202,6 +202,15 @@ describe('options', () => {
     });
   });
 
+  it('httpHandler() refuses an unknown option, naming the nearest', async () => {
+    // `{ basepath: '/api' }` served the API at the default path, every request to /api answered 404.
+    const server = new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth });
+    expect(() => server.httpHandler({ basepath: '/api' } as never)).toThrow(
+      'httpHandler: unknown option "basepath" (did you mean `basePath`?)',
+    );
+    await server.close({ timeoutMs: 0 });
+  });
+
   it('says so when store is a promise (an open() without its await)', () => {
     const pending = Promise.resolve(new MemoryProgressStore());
     expect(() => new ProgressServer({ store: pending, authenticate: noAuth } as never)).toThrow(
