@@ -180,7 +180,7 @@ export const MIGRATION_NAMES: readonly string[] = Object.freeze(
 /** Options of {@link migrateProgressSchema}. */
 export interface MigrateOptions {
   /** The schema to create or upgrade. @default 'finishline' */
-  schema?: string;
+  schema?: string | undefined;
 }
 
 const MIGRATE_OPTIONS = {

@@ -42,7 +42,7 @@ export interface CloseOptions {
    * 2^31 - 1 (about 24.8 days, the longest a timer waits); another value rejects with `invalid_input`.
    * @default 5000
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /** The defaults of {@link CloseOptions}. */
@@ -54,28 +54,28 @@ export interface ListenOptions {
    * TCP port; `0` picks a free one (read it from `server.httpServer.address()`).
    * @default 0
    */
-  port?: number;
+  port?: number | undefined;
   /**
    * Interface to listen on.
    * @default all interfaces (Node's default)
    */
-  host?: string;
+  host?: string | undefined;
   /**
    * Base path of the HTTP API served next to the WebSocket.
    * @default the WebSocket `path` option ('/progress')
    */
-  httpBasePath?: string;
+  httpBasePath?: string | undefined;
   /**
    * Longest time a client may take to send a request's headers (Node's `headersTimeout`); a connection
    * that sends nothing, or a partial request, is closed after it. Checked every second.
    * @default 10000
    */
-  headersTimeoutMs?: number;
+  headersTimeoutMs?: number | undefined;
   /**
    * Longest time a client may take to send a whole request, body included (Node's `requestTimeout`).
    * @default 30000
    */
-  requestTimeoutMs?: number;
+  requestTimeoutMs?: number | undefined;
 }
 
 /** The defaults of {@link ListenOptions} that bound slow clients. */

@@ -70,7 +70,7 @@ export interface HttpHandlerOptions {
    * Path prefix of the routes, without a trailing slash.
    * @default the server's `path` (`'/progress'` unless set), where the client's HTTP fallback looks
    */
-  basePath?: string;
+  basePath?: string | undefined;
 }
 
 /** The defaults of {@link HttpHandlerOptions}. `basePath` follows the server's `path`, which is this unless set. */

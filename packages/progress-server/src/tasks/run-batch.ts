@@ -60,19 +60,19 @@ export interface RunBatchOptions<T> {
    * Items processed at the same time (an integer from 1 to 1000).
    * @default 1
    */
-  concurrency?: number;
+  concurrency?: number | undefined;
   /**
    * Cancels the batch: no new item starts, and the task ends `cancelled` with the signal's reason
    * (unless every item had already finished).
    * @default none
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped). A returned
    * value that is not a non-empty string is turned into a key as the default turns an item.
    * @default the item itself for strings, `String(item)` for numbers, else `item-<index + 1>`
    */
-  key?: (item: T, index: number) => string;
+  key?: ((item: T, index: number) => string) | undefined;
 }
 
 /** The defaults of {@link RunBatchOptions}. */

@@ -38,11 +38,11 @@ export interface CreateTaskOptions {
   /** What the task does, e.g. `batch_taint`. */
   kind: string;
   /** Number of items, or `null`/omitted while unknown (`runBatch` sets it). */
-  total?: number | null;
+  total?: number | null | undefined;
   /** Initial status line. */
-  message?: string | null;
+  message?: string | null | undefined;
   /** The task id; a random UUID when omitted. */
-  id?: string;
+  id?: string | undefined;
 }
 
 /** The keys of {@link CreateTaskOptions} (the compiler checks that the list is complete). */
