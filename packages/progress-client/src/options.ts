@@ -1,6 +1,6 @@
 import type { Clock } from '@finishline/core';
 import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
-import type { BackoffOptions, OptionSpec, ResolvedOptionsOf } from '@finishline/core/internal';
+import type { BackoffOptions, OptionSpec, Resolved, ResolvedOptionsOf } from '@finishline/core/internal';
 import {
   BACKOFF_DEFAULTS,
   backoffInOrder,
@@ -408,7 +408,7 @@ export interface ResolvedOptions
   pageEvents: PageEventSources | undefined;
   httpFallback: HttpFallback | undefined;
   /** The backoff of reconnects and re-subscriptions, as `backoffDelayMs` takes it. */
-  reconnect: Required<BackoffOptions>;
+  reconnect: Resolved<BackoffOptions>;
   /** `reconnect.firstDelayMs`, lowered to `reconnect.maxDelayMs` when only the default exceeds it. */
   reconnectFirstDelayMs: number;
 }
