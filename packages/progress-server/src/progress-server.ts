@@ -109,7 +109,8 @@ const TIMEOUT_CHECK_INTERVAL_MS = 1000;
  * @example
  * ```ts
  * import http from 'node:http';
- *  * import { ProgressServer } from '@finishline/server';
+ * import { MemoryProgressStore } from '@finishline/core';
+ * import { ProgressServer } from '@finishline/server';
  *
  * const httpServer = http.createServer();
  * const progress = new ProgressServer({
