@@ -189,6 +189,13 @@ describe('options', () => {
     await server.close({ timeoutMs: 100 });
   });
 
+  it('exports the defaults of listen() beside those of close()', async () => {
+    // `ListenOptions` documented its defaults, but its defaults object was the one the entry left out.
+    const entry = await import('./index.js');
+    expect(entry.LISTEN_DEFAULTS).toEqual({ headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 });
+    expect(Object.isFrozen(entry.LISTEN_DEFAULTS)).toBe(true);
+  });
+
   it('listen() refuses an unknown option and a port out of range before it listens', async () => {
     // `{ prot: 8080 }` listened on a random port without a word.
     const options = { store: new MemoryProgressStore(), authenticate: noAuth };
