@@ -81,9 +81,10 @@ export interface ReconnectOptions {
 export interface ProgressClientOptions {
   /**
    * The server's WebSocket URL (`wss://host/progress`). `http(s)` URLs are converted to `ws(s)`; in a
-   * browser a relative URL resolves against the page. Never put a credential in it.
+   * browser a relative URL resolves against the page. A `URL` is taken as its `href`. Never put a credential
+   * in it.
    */
-  url: string;
+  url: string | URL;
   /**
    * The WebSocket implementation. Pass `WebSocket` from `ws` in Node (required before Node 22). Node's
    * built-in WebSocket works with `token` but cannot send `headers`: the constructor refuses that pair.
@@ -119,7 +120,7 @@ export interface ProgressClientOptions {
    * Base URL of the server's HTTP API (`GET {httpUrl}/tasks/:id`, `GET {httpUrl}/tasks/:id/events`).
    * @default derived from `url`: `ws` → `http`, `wss` → `https`, same host, path `httpPath`
    */
-  httpUrl?: string | undefined;
+  httpUrl?: string | URL | undefined;
   /**
    * Path of the HTTP API when `httpUrl` is derived.
    * @default the path of `url`
@@ -322,7 +323,7 @@ const HEADERS: OptionSpec<Readonly<Record<string, string>>> = {
 
 /** One description per option of {@link ProgressClientOptions}: its default and its check. */
 const CLIENT_OPTIONS = {
-  url: required(ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL)),
+  url: required(ofType<string | URL>('a URL', (value) => typeof value === 'string' || value instanceof URL)),
   // null is taken as "not given" (the global WebSocket), as before.
   WebSocket: ofType<WebSocketConstructorLike | null>(
     'a WebSocket constructor',
@@ -334,7 +335,7 @@ const CLIENT_OPTIONS = {
     'a string or a function',
     (value) => typeof value === 'string' || isFunction(value),
   ),
-  httpUrl: ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL),
+  httpUrl: ofType<string | URL>('a URL', (value) => typeof value === 'string' || value instanceof URL),
   httpPath: ofType<string>('a path', (value) => typeof value === 'string'),
   httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
   persistence: option<CursorPersistence | false>(
@@ -397,7 +398,14 @@ export const PROGRESS_CLIENT_DEFAULTS = Object.freeze(defaultsOf(CLIENT_OPTIONS)
 export interface ResolvedOptions
   extends Omit<
     Described,
-    'url' | 'WebSocket' | 'persistence' | 'pageEvents' | 'shareAcrossTabs' | 'reconnect' | 'httpFallback'
+    | 'url'
+    | 'httpUrl'
+    | 'WebSocket'
+    | 'persistence'
+    | 'pageEvents'
+    | 'shareAcrossTabs'
+    | 'reconnect'
+    | 'httpFallback'
   > {
   url: string;
   httpUrl: string;
