@@ -353,7 +353,7 @@ const CLIENT_OPTIONS = {
   behindGraceMs: finite(1000, 0),
   finishTimeoutMs: finite(3000, 1),
   ackDelayMs: finite(1000, 0),
-  ackEvery: integer(32, 1),
+  ackEvery: finite(32, 1),
   reconnect: refine(
     nested({ firstDelayMs: finite(100, 0), ...backoffOptionSpecs(BACKOFF_DEFAULTS) }),
     backoffInOrder,
