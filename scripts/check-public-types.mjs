@@ -78,6 +78,39 @@ function unexportedNamedTypes(entry) {
   return found;
 }
 
+/** True when a type node lets `undefined` through: `T | undefined`, `unknown`, `any`. */
+function takesUndefined(node) {
+  if (node === undefined) return true;
+  if (node.kind === ts.SyntaxKind.UnknownKeyword || node.kind === ts.SyntaxKind.AnyKeyword) return true;
+  if (node.kind === ts.SyntaxKind.UndefinedKeyword) return true;
+  if (ts.isParenthesizedTypeNode(node)) return takesUndefined(node.type);
+  return ts.isUnionTypeNode(node) && node.types.some(takesUndefined);
+}
+
+/**
+ * `Interface.option` for each optional property of an exported `…Options` interface whose type does not
+ * say `| undefined`. Every options resolver takes `undefined` as "use the default", but under
+ * `exactOptionalPropertyTypes` (which this repository uses, as do strict consumers) `{ token:
+ * process.env.TOKEN }` did not compile against `token?: TokenSource`.
+ */
+function optionsRefusingUndefined(entry) {
+  const src = packageSource(entry);
+  const found = [];
+  for (const symbol of exportsOf(entry)) {
+    if (!(symbol.flags & ts.SymbolFlags.Interface) || isInternal(symbol)) continue;
+    if (!symbol.getName().endsWith('Options')) continue;
+    for (const declaration of symbol.declarations ?? []) {
+      if (!declaration.getSourceFile().fileName.startsWith(src) || !ts.isInterfaceDeclaration(declaration))
+        continue;
+      for (const member of declaration.members) {
+        if (!ts.isPropertySignature(member) || member.questionToken === undefined) continue;
+        if (!takesUndefined(member.type)) found.push(`${symbol.getName()}.${member.name.getText()}`);
+      }
+    }
+  }
+  return found;
+}
+
 let failed = false;
 for (const entry of entries) {
   const found = unexportedNamedTypes(entry);
@@ -85,5 +118,15 @@ for (const entry of entries) {
   failed = true;
   console.error(`${entry.slice(root.length)} names types it does not export:\n  ${found.join('\n  ')}`);
 }
+for (const entry of entries) {
+  const found = optionsRefusingUndefined(entry);
+  if (found.length === 0) continue;
+  failed = true;
+  console.error(
+    `${entry.slice(root.length)} has options that do not take undefined (add \`| undefined\`):\n  ${found.join('\n  ')}`,
+  );
+}
 if (failed) process.exit(1);
-console.log(`public types ok: ${entries.length} entry points name only types they export`);
+console.log(
+  `public types ok: ${entries.length} entry points name only types they export, and every optional option takes undefined`,
+);

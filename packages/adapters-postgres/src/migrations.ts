@@ -1,4 +1,5 @@
 import { ErrorCode, ProgressError } from '@finishline/core';
+import { option, resolveOptions } from '@finishline/core/internal';
 import {
   type DatabaseIntrospector,
   type Kysely,
@@ -179,8 +180,13 @@ export const MIGRATION_NAMES: readonly string[] = Object.freeze(
 /** Options of {@link migrateProgressSchema}. */
 export interface MigrateOptions {
   /** The schema to create or upgrade. @default 'finishline' */
-  schema?: string;
+  schema?: string | undefined;
 }
+
+const MIGRATE_OPTIONS = {
+  // Checked by assertSchemaName, which names the rule.
+  schema: option<unknown>('finishline', 'a schema name', () => true),
+} satisfies { [K in keyof Required<MigrateOptions>]: unknown };
 
 /**
  * Creates `schema` if needed and applies every migration it lacks, in one transaction. Safe to call
@@ -204,7 +210,8 @@ export async function migrateProgressSchema(
   db: Kysely<unknown>,
   options: MigrateOptions = {},
 ): Promise<string[]> {
-  const schema = options.schema ?? 'finishline';
+  // Unknown keys refused, naming the nearest: `{ schemaName: 'tenant_a' }` migrated `finishline` instead.
+  const { schema } = resolveOptions('migrateProgressSchema', MIGRATE_OPTIONS, options);
   assertSchemaName(schema);
   const migrations = migrationsFor(schema);
   const provider: MigrationProvider = { getMigrations: async () => migrations };

@@ -53,7 +53,7 @@ export interface PostgresProgressStoreOptions {
    * The caller's `pg.Pool`. The store builds a Kysely with `PostgresDialect` on it, and never ends it.
    * @default undefined (then `db` is required)
    */
-  pool?: PgPool;
+  pool?: PgPool | undefined;
   /**
    * A Kysely instance on Postgres to use instead of `pool`. The store never destroys it, and runs its
    * statements without the instance's plugins (`withoutPlugins()`). With `db`, the store cannot see the
@@ -61,19 +61,19 @@ export interface PostgresProgressStoreOptions {
    * @default undefined (then `pool` is required)
    */
   // biome-ignore lint/suspicious/noExplicitAny: any database type; the store only uses its own schema.
-  db?: Kysely<any>;
+  db?: Kysely<any> | undefined;
   /**
    * The schema holding the store's tables; also names its `NOTIFY` channel (`<schema>_changes`).
    * 1–48 lower-case letters, digits and `_`, starting with a letter or `_`, not `pg_…`.
    * @default 'finishline'
    */
-  schema?: string;
+  schema?: string | undefined;
   /**
    * Create or upgrade the schema when opening (safe with several replicas opening at once). Turn it off
    * when migrations run as a deployment step (`migrateProgressSchema`).
    * @default true
    */
-  migrate?: boolean;
+  migrate?: boolean | undefined;
   /**
    * Source of every timestamp the store writes (creation, events, retention age), and, when given, of lease
    * times too. Read in whole milliseconds (`bigint` columns): a fraction is dropped, and a value that is no
@@ -87,18 +87,18 @@ export interface PostgresProgressStoreOptions {
    * Given (tests drive leases with a manual clock), it is trusted for those as well.
    * @default systemClock (`Date.now`); lease times and `createdAt` from the database's clock
    */
-  clock?: Clock;
+  clock?: Clock | undefined;
   /**
    * Where the dedicated `LISTEN` connection comes from.
    * @default a new client of the pool's own `Client` class with the pool's options (plus
    * `application_name: 'finishline-listen'` and `keepAlive: true` unless the options set them)
    */
-  listenClient?: ListenClientSource;
+  listenClient?: ListenClientSource | undefined;
   /**
    * Interval of the safety-net poll, which asks about followed tasks only, in milliseconds.
    * @default 500
    */
-  pollIntervalMs?: number;
+  pollIntervalMs?: number | undefined;
   /**
    * How often the `LISTEN` connection advances its high-water mark (one tiny query and a self-addressed
    * notification), in milliseconds. Shorter means a smaller re-read after a reconnect. The same query is
@@ -107,7 +107,7 @@ export interface PostgresProgressStoreOptions {
    * attempt since the last success, up to 10 times as long) likewise.
    * @default 1000
    */
-  watermarkIntervalMs?: number;
+  watermarkIntervalMs?: number | undefined;
   /**
    * How long the connect of the `LISTEN` connection (TCP, TLS, authentication) and its `LISTEN` statement
    * may each go unanswered, in milliseconds, before the attempt is given up: `open()` then rejects with
@@ -116,7 +116,7 @@ export interface PostgresProgressStoreOptions {
    * a client's default `connectTimeoutMs`, and independent of `watermarkIntervalMs`.
    * @default 10000
    */
-  listenConnectTimeoutMs?: number;
+  listenConnectTimeoutMs?: number | undefined;
   /**
    * How long `close()` waits for the appends, acks and lease renewals already sent to the database, in
    * milliseconds. A database that stopped answering (its host frozen, a network that drops every packet)
@@ -128,20 +128,20 @@ export interface PostgresProgressStoreOptions {
    * connections: `close()` stops waiting, and those statements settle when the database answers.
    * @default 5000
    */
-  closeTimeoutMs?: number;
+  closeTimeoutMs?: number | undefined;
   /**
    * Backoff of the `LISTEN` connection's reconnects (full jitter). `maxDelayMs` is at most 2^31 - 1 (about
    * 24.8 days, the longest a timer waits).
    * @default { initialDelayMs: 250, maxDelayMs: 10000, multiplier: 2 }
    */
-  reconnect?: BackoffOptions;
+  reconnect?: BackoffOptions | undefined;
   /**
    * Most appends committed in one transaction (group commit: appends that arrive while a transaction is
    * in flight are committed together by the next one); also the most lease renewals per transaction and
    * the most `getTask` calls per statement.
    * @default 500
    */
-  maxBatchSize?: number;
+  maxBatchSize?: number | undefined;
   /**
    * Most append transactions in flight at once (each holds a pool connection). A transaction beyond the
    * first starts only with at least a quarter of `maxBatchSize` appends waiting, or once they waited
@@ -151,14 +151,14 @@ export interface PostgresProgressStoreOptions {
    * task never run in two at once, so their order is the order of the calls.
    * @default 2
    */
-  maxConcurrentBatches?: number;
+  maxConcurrentBatches?: number | undefined;
   /**
    * Most acks written by one statement. Acks that arrive in the same tick (and while an ack statement
    * is in flight) are written together, one statement at a time, so acks take one pool connection and
    * lock their task rows in the same order as append transactions.
    * @default 1000
    */
-  maxAckBatchSize?: number;
+  maxAckBatchSize?: number | undefined;
   /**
    * Run the store's frequent statements (appends, acks, task and event reads) as named prepared
    * statements on the pool's connections: Postgres parses and plans each once per connection instead of
@@ -169,7 +169,7 @@ export interface PostgresProgressStoreOptions {
    * not own the connections and never prepares: this option is then ignored.
    * @default true
    */
-  preparedStatements?: boolean;
+  preparedStatements?: boolean | undefined;
   /**
    * Receives background failures: a lost `LISTEN` connection (each failed reconnect too, after its
    * backoff), a failed safety-net poll (once per streak of failed polls: again only after a poll read;
@@ -185,13 +185,13 @@ export interface PostgresProgressStoreOptions {
    * `taskId`).
    * @default ignores the error
    */
-  onError?: (error: ProgressError) => void;
+  onError?: ((error: ProgressError) => void) | undefined;
   /**
    * Receives what a change listener throws. Listeners must not throw; this hook exists so a faulty one
    * can be logged instead of disturbing others.
    * @default ignores the error
    */
-  onListenerError?: (error: unknown) => void;
+  onListenerError?: ((error: unknown) => void) | undefined;
 }
 
 /**

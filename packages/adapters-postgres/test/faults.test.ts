@@ -119,7 +119,7 @@ function openObserver(
   schema: string,
   options: Partial<PostgresProgressStoreOptions>,
 ): Promise<PostgresProgressStore> {
-  return open({ schema, reconnect: { initialDelayMs: 5, maxDelayMs: 20 }, ...options });
+  return open({ reconnect: { initialDelayMs: 5, maxDelayMs: 20 }, ...options, schema });
 }
 
 /**

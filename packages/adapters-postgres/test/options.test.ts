@@ -6,6 +6,7 @@ import { describe, expect, it } from 'vitest';
 import {
   assertSchemaName,
   changeChannel,
+  migrateProgressSchema,
   POSTGRES_STORE_DEFAULTS,
   PostgresProgressStore,
 } from '../src/index.js';
@@ -148,5 +149,15 @@ describe('options', () => {
     }
     expect(changeChannel('finishline')).toBe('finishline_changes');
     expect(changeChannel('a'.repeat(48)).length).toBeLessThan(64);
+  });
+
+  it('migrateProgressSchema refuses an unknown option, naming the nearest, before any query', async () => {
+    // `schemaName` was ignored: the `finishline` schema was migrated instead of the tenant's.
+    const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });
+    await expect(migrateProgressSchema(db, { schemaName: 'tenant_a' } as never)).rejects.toMatchObject({
+      code: ErrorCode.InvalidInput,
+      message: 'migrateProgressSchema: unknown option "schemaName" (did you mean `schema`?)',
+    });
+    await expect(migrateProgressSchema(db, { schema: 'A' })).rejects.toThrow(/Invalid schema name "A"/);
   });
 });

@@ -48,32 +48,32 @@ export interface SqliteProgressStoreOptions {
    * with `internal`.
    * @default systemClock (`Date.now`)
    */
-  clock?: Clock;
+  clock?: Clock | undefined;
   /**
    * Durability of each commit; see {@link SqliteSynchronous}. `normal` loses nothing when the process
    * dies, only (possibly) the last commits when the machine does.
    * @default 'normal'
    */
-  synchronous?: SqliteSynchronous;
+  synchronous?: SqliteSynchronous | undefined;
   /**
    * How long a write waits for another connection's write lock before failing with `store_unavailable`,
    * in milliseconds. better-sqlite3 waits synchronously: keep other writers' transactions short.
    * @default 5000
    */
-  busyTimeoutMs?: number;
+  busyTimeoutMs?: number | undefined;
   /**
    * How often to poll `PRAGMA data_version` for commits by other processes (or other stores in this
    * process) on the same file, in milliseconds; their events are then published on `changes`. `0` turns
    * polling off. In-memory databases are never polled: no other connection can write to them.
    * @default 50
    */
-  dataVersionPollMs?: number;
+  dataVersionPollMs?: number | undefined;
   /**
    * Most appends committed in one transaction. Appends queued beyond it are committed in the next
    * transaction, one event-loop turn later, so a flood cannot block the loop for long.
    * @default 1000
    */
-  maxBatchSize?: number;
+  maxBatchSize?: number | undefined;
   /**
    * Where WAL checkpoints run (copying the WAL back into the database file):
    * - `'background'`: on a worker thread with its own connection, once the store's commits changed
@@ -92,7 +92,7 @@ export interface SqliteProgressStoreOptions {
    * both are checkpointed inline whatever this says.
    * @default 'background'
    */
-  checkpoints?: SqliteCheckpoints;
+  checkpoints?: SqliteCheckpoints | undefined;
   /**
    * Receives what a change listener throws, what goes wrong while polling for other processes' commits
    * (once per streak of failed polls: again only after a poll succeeded), the background checkpoint
@@ -105,7 +105,7 @@ export interface SqliteProgressStoreOptions {
    * was reporting), later times dropped.
    * @default ignores the error
    */
-  onError?: (error: unknown) => void;
+  onError?: ((error: unknown) => void) | undefined;
 }
 
 /** One description per option of {@link SqliteProgressStoreOptions}: its default and its check. */
@@ -130,10 +130,12 @@ const SQLITE_STORE_OPTIONS = {
 } satisfies { [K in keyof Required<SqliteProgressStoreOptions>]: unknown };
 
 /** The defaults of {@link SqliteProgressStoreOptions}, merged once at construction. */
-export const SQLITE_STORE_DEFAULTS: Readonly<Required<Omit<SqliteProgressStoreOptions, 'database'>>> = (({
-  database: _,
-  ...defaults
-}) => Object.freeze(defaults))(defaultsOf(SQLITE_STORE_OPTIONS));
+export const SQLITE_STORE_DEFAULTS: {
+  readonly [K in Exclude<keyof SqliteProgressStoreOptions, 'database'>]-?: Exclude<
+    SqliteProgressStoreOptions[K],
+    undefined
+  >;
+} = (({ database: _, ...defaults }) => Object.freeze(defaults))(defaultsOf(SQLITE_STORE_OPTIONS));
 
 /** Options with every default applied and checked. */
 export type ResolvedSqliteStoreOptions = ResolvedOptionsOf<typeof SQLITE_STORE_OPTIONS>;

@@ -8,6 +8,20 @@ const WebSocket = new FakeServer().WebSocket;
 const base: ProgressClientOptions = { url: 'wss://app.test/progress', WebSocket };
 
 describe('client options', () => {
+  it('takes URL objects for url and httpUrl, as their types say', () => {
+    // The resolver always took a URL; the types took only a string, so
+    // `url: new URL('/progress', location.href)` did not compile.
+    const options: ProgressClientOptions = {
+      url: new URL('https://app.test/progress'),
+      httpUrl: new URL('https://api.test/progress/'),
+      WebSocket,
+    };
+    expect(resolveOptions(options)).toMatchObject({
+      url: 'wss://app.test/progress',
+      httpUrl: 'https://api.test/progress',
+    });
+  });
+
   it('lowers the default first-retry ceiling to a smaller reconnect.maxDelayMs instead of refusing it', () => {
     expect(resolveOptions({ ...base, reconnect: { initialDelayMs: 20, maxDelayMs: 50 } })).toMatchObject({
       reconnectFirstDelayMs: 50,

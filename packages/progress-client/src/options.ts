@@ -1,6 +1,6 @@
 import type { Clock } from '@finishline/core';
 import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
-import type { BackoffOptions, OptionSpec, ResolvedOptionsOf } from '@finishline/core/internal';
+import type { BackoffOptions, OptionSpec, Resolved, ResolvedOptionsOf } from '@finishline/core/internal';
 import {
   BACKOFF_DEFAULTS,
   backoffInOrder,
@@ -57,51 +57,52 @@ export interface ReconnectOptions {
    * up to `maxDelayMs`. Must not exceed `maxDelayMs`.
    * @default 100 (or `maxDelayMs` when that is smaller)
    */
-  firstDelayMs?: number;
+  firstDelayMs?: number | undefined;
   /**
    * Ceiling of the delay after the first failed attempt (full jitter: the delay is uniform below the
    * ceiling); it grows by `multiplier` with every further failed attempt. Must not exceed `maxDelayMs`:
    * a `maxDelayMs` below 1 s needs this set too (`{ initialDelayMs: 100, maxDelayMs: 500 }`).
    * @default 1000
    */
-  initialDelayMs?: number;
+  initialDelayMs?: number | undefined;
   /**
    * Largest reconnect delay ceiling.
    * @default 30000
    */
-  maxDelayMs?: number;
+  maxDelayMs?: number | undefined;
   /**
    * Factor by which the ceiling grows per failed attempt. At least 1.
    * @default 2
    */
-  multiplier?: number;
+  multiplier?: number | undefined;
 }
 
 /** Options of {@link ProgressClient}. Only `url` is required. */
 export interface ProgressClientOptions {
   /**
    * The server's WebSocket URL (`wss://host/progress`). `http(s)` URLs are converted to `ws(s)`; in a
-   * browser a relative URL resolves against the page. Never put a credential in it.
+   * browser a relative URL resolves against the page. A `URL` is taken as its `href`. Never put a credential
+   * in it.
    */
-  url: string;
+  url: string | URL;
   /**
    * The WebSocket implementation. Pass `WebSocket` from `ws` in Node (required before Node 22). Node's
    * built-in WebSocket works with `token` but cannot send `headers`: the constructor refuses that pair.
    * @default globalThis.WebSocket
    */
-  WebSocket?: WebSocketConstructorLike;
+  WebSocket?: WebSocketConstructorLike | undefined;
   /**
    * The fetch implementation of the HTTP fallback and the SSE transport.
    * @default globalThis.fetch
    */
-  fetch?: FetchLike;
+  fetch?: FetchLike | undefined;
   /**
    * Headers sent with the upgrade (only where the WebSocket implementation accepts them: `ws` in Node;
    * browsers authenticate with cookies) and with every HTTP request. For example a `cookie` or an
    * `authorization` header in Node.
    * @default {}
    */
-  headers?: Readonly<Record<string, string>>;
+  headers?: Readonly<Record<string, string>> | undefined;
   /**
    * A credential sent as the first frame of every connection (`{ type: 'auth', token }`) and as
    * `authorization: Bearer <token>` on HTTP requests; a function is called each time (to refresh it).
@@ -114,22 +115,22 @@ export interface ProgressClientOptions {
    * Leave unset when the upgrade carries the credential (cookie or header).
    * @default undefined
    */
-  token?: TokenSource;
+  token?: TokenSource | undefined;
   /**
    * Base URL of the server's HTTP API (`GET {httpUrl}/tasks/:id`, `GET {httpUrl}/tasks/:id/events`).
    * @default derived from `url`: `ws` → `http`, `wss` → `https`, same host, path `httpPath`
    */
-  httpUrl?: string;
+  httpUrl?: string | URL | undefined;
   /**
    * Path of the HTTP API when `httpUrl` is derived.
    * @default the path of `url`
    */
-  httpPath?: string;
+  httpPath?: string | undefined;
   /**
    * `credentials` of HTTP requests, so browsers send the session cookie to the API.
    * @default 'include'
    */
-  httpCredentials?: HttpCredentials;
+  httpCredentials?: HttpCredentials | undefined;
   /**
    * Cursor persistence across page reloads: a {@link CursorPersistence} from `@finishline/client/persist`
    * — in a browser `sessionCursorStorage()` (the tab's `sessionStorage`), or your own `CursorStorage`
@@ -139,7 +140,7 @@ export interface ProgressClientOptions {
    * `sessionCursorStorage(keyPrefix)`).
    * @default false
    */
-  persistence?: CursorPersistence | false;
+  persistence?: CursorPersistence | false | undefined;
   /**
    * Longest wait from opening a socket to the server's `hello`; then the attempt counts as failed. Also the
    * longest wait of a Server-Sent Events stream of `fallbackTransport` for its first bytes (the opening
@@ -149,7 +150,7 @@ export interface ProgressClientOptions {
    * aborted and sent again with backoff, as after a 503.
    * @default 10000
    */
-  connectTimeoutMs?: number;
+  connectTimeoutMs?: number | undefined;
   /**
    * Longest silence on an open socket before it is considered dead (closed with 4010, then reconnected).
    * `null` derives it from the server's `hello`: 2 × `heartbeatIntervalMs` (at most 5 minutes of it, so a
@@ -160,12 +161,12 @@ export interface ProgressClientOptions {
    * the server's default, from a server too old to state it).
    * @default null
    */
-  heartbeatTimeoutMs?: number | null;
+  heartbeatTimeoutMs?: number | null | undefined;
   /**
    * Added to twice the heartbeat interval when `heartbeatTimeoutMs` is derived.
    * @default 2000
    */
-  heartbeatMarginMs?: number;
+  heartbeatMarginMs?: number | undefined;
   /**
    * When a heartbeat shows a task ahead of the cursor within this long of the task's latest subscribe,
    * how long after that subscribe to wait for the missing events before resyncing (later, a resync goes
@@ -175,13 +176,13 @@ export interface ProgressClientOptions {
    * doubling while they go unanswered; 0 turns that repeat off.
    * @default 1000
    */
-  behindGraceMs?: number;
+  behindGraceMs?: number | undefined;
   /**
    * The 100% watchdog: how long a task may sit with every item finished and no terminal state before the
    * first escalation (resync, then reconnect, then HTTP, each this much later).
    * @default 3000
    */
-  finishTimeoutMs?: number;
+  finishTimeoutMs?: number | undefined;
   /**
    * Non-terminal acks are coalesced: sent at most this long after the event (terminal acks go at once).
    * A longer window only delays the store's `ackedSeq` (the processed mark) and the cursor persisted
@@ -189,19 +190,19 @@ export interface ProgressClientOptions {
    * before) took a tenth off the CPU per delivered message (docs/benchmarks-history.md).
    * @default 1000
    */
-  ackDelayMs?: number;
+  ackDelayMs?: number | undefined;
   /**
    * …or as soon as this many events are unacknowledged.
    * @default 32
    */
-  ackEvery?: number;
+  ackEvery?: number | undefined;
   /**
    * Backoff of reconnects (and of re-subscribing after the server refused a subscription); see
    * {@link ReconnectOptions}. Replaces the flat `reconnectFirstDelayMs`, `reconnectInitialDelayMs` and
    * `reconnectMaxDelayMs` of earlier versions.
    * @default { firstDelayMs: 100, initialDelayMs: 1000, maxDelayMs: 30000, multiplier: 2 }
    */
-  reconnect?: ReconnectOptions;
+  reconnect?: ReconnectOptions | undefined;
   /**
    * A connection that stayed up this long resets the reconnect backoff (its loss is retried within
    * `reconnect.firstDelayMs` again, and failed attempts back off from the start). The loss of a shorter
@@ -211,20 +212,20 @@ export interface ProgressClientOptions {
    * paced as failed attempts, however long each stayed up.)
    * @default 1000
    */
-  stableConnectionMs?: number;
+  stableConnectionMs?: number | undefined;
   /**
    * After this many connection attempts in a row fail, unfinished watches are polled over HTTP until a
    * socket opens again. 0 disables the polling.
    * @default 3
    */
-  httpFallbackAfterAttempts?: number;
+  httpFallbackAfterAttempts?: number | undefined;
   /**
    * After this many connection attempts in a row fail, the client emits an `error` (code `unreachable`,
    * saying why: the HTTP status of a refused upgrade, a TLS or DNS failure, a refused connection, or no
    * `hello` in time) on every further failed attempt, and keeps retrying with backoff. 0 never emits it.
    * @default 3
    */
-  errorAfterAttempts?: number;
+  errorAfterAttempts?: number | undefined;
   /**
    * Used instead of HTTP polling once `httpFallbackAfterAttempts` connection attempts failed in a row:
    * `sseFallback()` from `@finishline/client/sse` follows each watch over Server-Sent Events, which
@@ -236,7 +237,7 @@ export interface ProgressClientOptions {
    * Use `fallbackTransport` at once, without trying WebSocket first (a network known to block it).
    * @default false
    */
-  preferFallback?: boolean;
+  preferFallback?: boolean | undefined;
   /**
    * Polls every unfinished watch over the HTTP API once `httpFallbackAfterAttempts` connection attempts
    * failed in a row (unless `fallbackTransport` is set), and takes the 100% watchdog's last step over
@@ -245,23 +246,23 @@ export interface ProgressClientOptions {
    * more resync.
    * @default undefined
    */
-  httpFallback?: HttpFallback | false;
+  httpFallback?: HttpFallback | false | undefined;
   /**
    * Interval of that polling (longer, with backoff, while HTTP fails too).
    * @default 2000
    */
-  httpPollIntervalMs?: number;
+  httpPollIntervalMs?: number | undefined;
   /**
    * Window over which `rate` (finished items per second) is measured.
    * @default 10000
    */
-  rateWindowMs?: number;
+  rateWindowMs?: number | undefined;
   /**
    * One socket for all the tabs of the browser: pass `tabSharing()` from `@finishline/client/tabs`
    * (a separate entry, so pages that do not share do not load it). Each tab keeps its own cursors.
    * @default false
    */
-  shareAcrossTabs?: TabSharing | false;
+  shareAcrossTabs?: TabSharing | false | undefined;
   /**
    * Page-life events that make the client check its socket at once (ping with a deadline, resync every
    * watch) instead of waiting for the heartbeat timeout: `visibilitychange` to visible, `resume` (a
@@ -269,40 +270,40 @@ export interface ProgressClientOptions {
    * (a laptop waking). `false` turns all of it off. In Node pass `{}` to get the clock-jump check alone.
    * @default the global `document` and `window` in a browser page; off elsewhere
    */
-  pageEvents?: PageEventSources | false;
+  pageEvents?: PageEventSources | false | undefined;
   /**
    * After a page-life event, how long the open socket has to answer a ping before it is replaced (with
    * no backoff wait); further events meanwhile are the same wake. Over SSE, a stream opened less than
    * this long ago is not started over by a page-life event.
    * @default 2000
    */
-  wakePingTimeoutMs?: number;
+  wakePingTimeoutMs?: number | undefined;
   /**
    * Period of the clock-jump check (only with page events). 0 turns the check off.
    * @default 2000
    */
-  clockCheckIntervalMs?: number;
+  clockCheckIntervalMs?: number | undefined;
   /**
    * How much later than due that check must fire to count as a jump (the machine slept or the page was
    * frozen).
    * @default 5000
    */
-  clockJumpMs?: number;
+  clockJumpMs?: number | undefined;
   /**
    * Timer functions; inject fakes in tests.
    * @default the global setTimeout / clearTimeout
    */
-  timers?: TimerApi;
+  timers?: TimerApi | undefined;
   /**
    * Time source of the watchdogs and the backoff reset.
    * @default Date.now
    */
-  clock?: Clock;
+  clock?: Clock | undefined;
   /**
    * Uniform random numbers in [0, 1) for the reconnect jitter.
    * @default Math.random
    */
-  random?: () => number;
+  random?: (() => number) | undefined;
 }
 
 const isFunction = (value: unknown): boolean => typeof value === 'function';
@@ -322,7 +323,7 @@ const HEADERS: OptionSpec<Readonly<Record<string, string>>> = {
 
 /** One description per option of {@link ProgressClientOptions}: its default and its check. */
 const CLIENT_OPTIONS = {
-  url: required(ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL)),
+  url: required(ofType<string | URL>('a URL', (value) => typeof value === 'string' || value instanceof URL)),
   // null is taken as "not given" (the global WebSocket), as before.
   WebSocket: ofType<WebSocketConstructorLike | null>(
     'a WebSocket constructor',
@@ -334,7 +335,7 @@ const CLIENT_OPTIONS = {
     'a string or a function',
     (value) => typeof value === 'string' || isFunction(value),
   ),
-  httpUrl: ofType<string>('a URL', (value) => typeof value === 'string' || value instanceof URL),
+  httpUrl: ofType<string | URL>('a URL', (value) => typeof value === 'string' || value instanceof URL),
   httpPath: ofType<string>('a path', (value) => typeof value === 'string'),
   httpCredentials: oneOf<HttpCredentials>('include', ['include', 'same-origin', 'omit']),
   persistence: option<CursorPersistence | false>(
@@ -397,7 +398,14 @@ export const PROGRESS_CLIENT_DEFAULTS = Object.freeze(defaultsOf(CLIENT_OPTIONS)
 export interface ResolvedOptions
   extends Omit<
     Described,
-    'url' | 'WebSocket' | 'persistence' | 'pageEvents' | 'shareAcrossTabs' | 'reconnect' | 'httpFallback'
+    | 'url'
+    | 'httpUrl'
+    | 'WebSocket'
+    | 'persistence'
+    | 'pageEvents'
+    | 'shareAcrossTabs'
+    | 'reconnect'
+    | 'httpFallback'
   > {
   url: string;
   httpUrl: string;
@@ -408,7 +416,7 @@ export interface ResolvedOptions
   pageEvents: PageEventSources | undefined;
   httpFallback: HttpFallback | undefined;
   /** The backoff of reconnects and re-subscriptions, as `backoffDelayMs` takes it. */
-  reconnect: Required<BackoffOptions>;
+  reconnect: Resolved<BackoffOptions>;
   /** `reconnect.firstDelayMs`, lowered to `reconnect.maxDelayMs` when only the default exceeds it. */
   reconnectFirstDelayMs: number;
 }

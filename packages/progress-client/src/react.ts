@@ -67,7 +67,7 @@ export interface UseTaskOptions {
    * The client to watch with.
    * @default the client of the nearest {@link ProgressClientProvider}
    */
-  client?: ProgressClient;
+  client?: ProgressClient | undefined;
 }
 
 /**

@@ -63,7 +63,7 @@ const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
 /** Options of {@link sseFallback}. */
 export interface SseFallbackOptions {
   /** @default globalThis.fetch */
-  fetch?: StreamingFetch;
+  fetch?: StreamingFetch | undefined;
   /**
    * After this many opens in a row (of any watch) answered as an event stream (200 and its headers) whose
    * body brought not a byte within `connectTimeoutMs` (a proxy that buffers event streams until they end:
@@ -74,7 +74,7 @@ export interface SseFallbackOptions {
    * streams go on. 0 (or less) never moves to polling.
    * @default 2
    */
-  pollAfterStalls?: number;
+  pollAfterStalls?: number | undefined;
 }
 
 /**

@@ -44,17 +44,17 @@ export interface TabSharingOptions {
    * Prefix of the channel and lock names; tabs share a socket when prefix and URL are equal.
    * @default 'finishline:'
    */
-  namePrefix?: string;
+  namePrefix?: string | undefined;
   /**
    * Opens a channel.
    * @default (name) => new BroadcastChannel(name)
    */
-  channel?: (name: string) => BroadcastChannelLike;
+  channel?: ((name: string) => BroadcastChannelLike) | undefined;
   /**
    * The lock manager.
    * @default navigator.locks
    */
-  locks?: LockManagerLike;
+  locks?: LockManagerLike | undefined;
 }
 
 /** What the `shareAcrossTabs` option of `ProgressClientOptions` takes. */

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { BackoffOptions } from '@finishline/core/internal';
+import type { BackoffOptions, Resolved } from '@finishline/core/internal';
 import type { TimerApi } from './timers.js';
 
 /**
@@ -79,7 +79,7 @@ export interface FallbackOptions {
   /** The timer functions (the `timers` option): for a deadline that must outlive `close()`. */
   readonly timers: TimerApi;
   /** The reconnect pacing's (`reconnect-pacing.ts`), which paces the reopening of SSE streams too. */
-  readonly reconnect: Readonly<Required<BackoffOptions>>;
+  readonly reconnect: Readonly<Resolved<BackoffOptions>>;
   readonly reconnectFirstDelayMs: number;
   readonly stableConnectionMs: number;
   /** How long a wake's check lasts: streams opened within it are not started over by the same wake. */

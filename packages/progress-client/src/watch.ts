@@ -83,7 +83,7 @@ export interface WatchOptions {
    * watch's listener leaves the signal when the watch closes, so one signal may serve many watches.
    * @default undefined
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
 }
 
 /** Options of a bounded wait: `await watch.done({ timeoutMs: 60_000 })`. */
@@ -92,12 +92,12 @@ export interface DoneOptions {
    * Stops waiting when aborted: the returned promise rejects with `closed` (the watch itself goes on).
    * @default undefined
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * Longest wait in milliseconds: the returned promise rejects with `timeout` (the watch goes on).
    * @default undefined (no limit; `Infinity` is no limit too)
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /**

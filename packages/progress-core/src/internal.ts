@@ -57,7 +57,7 @@ export { WATCH_CURSOR_DEFAULTS, WatchCursor } from './delivery/watch-cursor.js';
 export { MAX_FRAME_BYTES, MAX_ID_LENGTH, MAX_MESSAGE_LENGTH, MAX_TOKEN_LENGTH } from './limits.js';
 export { allItemsFinished, Priority, priorityOf } from './model.js';
 // The options toolkit and the helpers the stores and option resolvers share
-export type { OptionSpec, OptionSpecs, ResolvedOptionsOf } from './options.js';
+export type { OptionSpec, OptionSpecs, Resolved, ResolvedOptionsOf } from './options.js';
 export {
   boolean,
   defaultsOf,

@@ -9,6 +9,12 @@ import { ProgressError } from './progress-error.js';
  * @module
  */
 
+/**
+ * An options interface once resolved: every option present, none `undefined` (`Required` keeps the
+ * `| undefined` an optional option declares under `exactOptionalPropertyTypes`).
+ */
+export type Resolved<T> = { [K in keyof T]-?: Exclude<T[K], undefined> };
+
 /** One option: its default and how a value the caller passed is checked. */
 export interface OptionSpec<T> {
   /** The value when the caller passes `undefined` or leaves the option out. */

@@ -17,9 +17,9 @@ const BRAND = Symbol.for('@finishline/core ProgressError');
 /** Options for {@link ProgressError}. */
 export interface ProgressErrorOptions {
   /** The error that caused this one, kept for logs. */
-  cause?: unknown;
+  cause?: unknown | undefined;
   /** The task the error is about, when there is one. */
-  taskId?: string;
+  taskId?: string | undefined;
 }
 
 /**

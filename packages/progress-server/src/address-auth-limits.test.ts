@@ -380,6 +380,13 @@ describe('forwardedClientAddress', () => {
     }
     expect(() => forwardedClientAddress(undefined as never)).toThrow(/trustedProxies/);
   });
+
+  it('refuses an unknown option beside trustedProxies, naming the nearest', () => {
+    // A second key (a typo, or a guess at an option) was ignored without a word.
+    expect(() => forwardedClientAddress({ trustedProxies: 1, trustProxy: true } as never)).toThrow(
+      'forwardedClientAddress: unknown option "trustProxy" (did you mean `trustedProxies`?)',
+    );
+  });
 });
 
 describe('AddressAuthLimits', () => {

@@ -8,7 +8,7 @@
 import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { Clock } from '@finishline/core';
-import { ErrorCode, ProgressError } from '@finishline/core';
+import { integer, required, resolveOptions } from '@finishline/core/internal';
 import type { ProgressLogger } from './logger.js';
 import { describeError } from './logger.js';
 import { addressGroup } from './socket/pending-connections.js';
@@ -49,6 +49,10 @@ export interface ForwardedClientAddressOptions {
 /** Most proxies {@link forwardedClientAddress} counts: more is a misreading of the option. */
 const MAX_TRUSTED_PROXIES = 32;
 
+const FORWARDED_OPTIONS = {
+  trustedProxies: required(integer(1, 1, MAX_TRUSTED_PROXIES)),
+} satisfies { [K in keyof Required<ForwardedClientAddressOptions>]: unknown };
+
 /**
  * A `clientAddress` hook for a server behind `trustedProxies` reverse proxies that append the address
  * they were reached from to `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, AWS ALB, Envoy): the
@@ -66,13 +70,13 @@ const MAX_TRUSTED_PROXIES = 32;
  * @throws ProgressError `invalid_input` when `trustedProxies` is not an integer from 1 to 32.
  */
 export function forwardedClientAddress(options: ForwardedClientAddressOptions): ClientAddressHook {
-  const hops = (options as Partial<ForwardedClientAddressOptions> | undefined)?.trustedProxies;
-  if (typeof hops !== 'number' || !Number.isInteger(hops) || hops < 1 || hops > MAX_TRUSTED_PROXIES) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `forwardedClientAddress: trustedProxies must be an integer from 1 to ${MAX_TRUSTED_PROXIES}`,
-    );
-  }
+  // Unknown keys refused, naming the nearest: `{ trustedProxies: 1, trustedProxy: 2 }` took one hop.
+  const { trustedProxies: hops } = resolveOptions(
+    'forwardedClientAddress',
+    FORWARDED_OPTIONS,
+    // Left out, it is `trustedProxies` that is missing: the message names it.
+    options ?? {},
+  );
   return (request) => {
     const header = request.headers['x-forwarded-for'];
     const entries = (Array.isArray(header) ? header.join(',') : (header ?? ''))

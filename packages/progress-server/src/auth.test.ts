@@ -126,6 +126,13 @@ describe('sameOrigin', () => {
     }
     expect(isProgressError(caught) && caught.code === ErrorCode.InvalidInput).toBe(true);
   });
+
+  it('refuses an unknown option, naming the nearest', () => {
+    // `trustProxies` was ignored: the proxy stayed untrusted and every upgrade through it got 403.
+    expect(() => sameOrigin({ trustProxies: true } as never)).toThrow(
+      'sameOrigin: unknown option "trustProxies" (did you mean `trustProxy`?)',
+    );
+  });
 });
 
 describe('credentials', () => {

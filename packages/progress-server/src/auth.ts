@@ -6,7 +6,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
-import { ErrorCode, ProgressError } from '@finishline/core';
+import { boolean, resolveOptions } from '@finishline/core/internal';
 
 /**
  * Who is asking. Finishline only reads `id` (the default authorization compares it with a task's
@@ -137,19 +137,22 @@ export interface SameOriginOptions {
   trustProxy?: boolean | undefined;
 }
 
+const SAME_ORIGIN_OPTIONS = { trustProxy: boolean(false) } satisfies {
+  [K in keyof Required<SameOriginOptions>]: unknown;
+};
+
 /**
  * The `'same-origin'` rule as a predicate for `allowedOrigins`, with options: `sameOrigin({ trustProxy:
  * true })` behind a proxy that terminates TLS.
  *
- * @throws ProgressError `invalid_input` when `trustProxy` is not a boolean.
+ * @throws ProgressError `invalid_input` when `trustProxy` is not a boolean, or for an unknown option.
  */
 export function sameOrigin(
   options: SameOriginOptions = {},
 ): (origin: string, request: IncomingMessage) => boolean {
-  const trustProxy = options.trustProxy ?? false;
-  if (typeof trustProxy !== 'boolean') {
-    throw new ProgressError(ErrorCode.InvalidInput, 'sameOrigin: trustProxy must be a boolean');
-  }
+  // Unknown keys refused, naming the nearest: `{ trustProxies: true }` left the proxy untrusted, and every
+  // upgrade through it was refused 403 with nothing saying why.
+  const { trustProxy } = resolveOptions('sameOrigin', SAME_ORIGIN_OPTIONS, options);
   return (origin, request) => isSameOrigin(origin, request, trustProxy);
 }
 

@@ -27,7 +27,7 @@ export type { ResyncReason, SafetyNetStats, ServerMetrics, SseStreamEndReason } 
 export type { HealthDetails, ProgressServerOptions } from './options.js';
 export { PROGRESS_SERVER_DEFAULTS } from './options.js';
 export type { CloseOptions, ListenOptions } from './progress-server.js';
-export { CLOSE_DEFAULTS, ProgressServer } from './progress-server.js';
+export { CLOSE_DEFAULTS, LISTEN_DEFAULTS, ProgressServer } from './progress-server.js';
 export { addressGroup } from './socket/pending-connections.js';
 export type { LeaseKeeper } from './tasks/lease-keeper.js';
 export type { BatchResult, BatchWorker, BatchWorkerContext, RunBatchOptions } from './tasks/run-batch.js';

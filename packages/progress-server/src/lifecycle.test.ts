@@ -178,6 +178,46 @@ describe('options', () => {
     ).toThrow('ProgressServer: unknown option "heartbeatMs" (did you mean `heartbeatIntervalMs`?)');
   });
 
+  it('close() refuses an unknown option, naming the nearest, and leaves the server open', async () => {
+    // `{ timeout: 30_000 }` closed within the default 5 s without a word.
+    const server = new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth });
+    await expect(server.close({ timeout: 30_000 } as never)).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'close: unknown option "timeout" (did you mean `timeoutMs`?)',
+    });
+    await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await server.close({ timeoutMs: 100 });
+  });
+
+  it('exports the defaults of listen() beside those of close()', async () => {
+    // `ListenOptions` documented its defaults, but its defaults object was the one the entry left out.
+    const entry = await import('./index.js');
+    expect(entry.LISTEN_DEFAULTS).toEqual({ headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 });
+    expect(Object.isFrozen(entry.LISTEN_DEFAULTS)).toBe(true);
+  });
+
+  it('listen() refuses an unknown option and a port out of range before it listens', async () => {
+    // `{ prot: 8080 }` listened on a random port without a word.
+    const options = { store: new MemoryProgressStore(), authenticate: noAuth };
+    await expect(ProgressServer.listen(options, { prot: 8080 } as never)).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'listen: unknown option "prot" (did you mean `port`?)',
+    });
+    await expect(ProgressServer.listen(options, { port: 70_000 })).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'listen: port must be an integer from 0 to 65535, got 70000',
+    });
+  });
+
+  it('httpHandler() refuses an unknown option, naming the nearest', async () => {
+    // `{ basepath: '/api' }` served the API at the default path, every request to /api answered 404.
+    const server = new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth });
+    expect(() => server.httpHandler({ basepath: '/api' } as never)).toThrow(
+      'httpHandler: unknown option "basepath" (did you mean `basePath`?)',
+    );
+    await server.close({ timeoutMs: 0 });
+  });
+
   it('says so when store is a promise (an open() without its await)', () => {
     const pending = Promise.resolve(new MemoryProgressStore());
     expect(() => new ProgressServer({ store: pending, authenticate: noAuth } as never)).toThrow(

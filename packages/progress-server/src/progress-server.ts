@@ -8,8 +8,8 @@
 
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { ErrorCode, ProgressError } from '@finishline/core';
-import { RoundTripEstimate } from '@finishline/core/internal';
+import { ErrorCode } from '@finishline/core';
+import { integer, ofType, RoundTripEstimate, resolveOptions } from '@finishline/core/internal';
 import { AddressAuthLimits } from './address-auth-limits.js';
 import type { Principal } from './auth.js';
 import { pathOf } from './auth.js';
@@ -42,7 +42,7 @@ export interface CloseOptions {
    * 2^31 - 1 (about 24.8 days, the longest a timer waits); another value rejects with `invalid_input`.
    * @default 5000
    */
-  timeoutMs?: number;
+  timeoutMs?: number | undefined;
 }
 
 /** The defaults of {@link CloseOptions}. */
@@ -54,32 +54,49 @@ export interface ListenOptions {
    * TCP port; `0` picks a free one (read it from `server.httpServer.address()`).
    * @default 0
    */
-  port?: number;
+  port?: number | undefined;
   /**
    * Interface to listen on.
    * @default all interfaces (Node's default)
    */
-  host?: string;
+  host?: string | undefined;
   /**
    * Base path of the HTTP API served next to the WebSocket.
    * @default the WebSocket `path` option ('/progress')
    */
-  httpBasePath?: string;
+  httpBasePath?: string | undefined;
   /**
    * Longest time a client may take to send a request's headers (Node's `headersTimeout`); a connection
    * that sends nothing, or a partial request, is closed after it. Checked every second.
    * @default 10000
    */
-  headersTimeoutMs?: number;
+  headersTimeoutMs?: number | undefined;
   /**
    * Longest time a client may take to send a whole request, body included (Node's `requestTimeout`).
    * @default 30000
    */
-  requestTimeoutMs?: number;
+  requestTimeoutMs?: number | undefined;
 }
 
 /** The defaults of {@link ListenOptions} that bound slow clients. */
 export const LISTEN_DEFAULTS = Object.freeze({ headersTimeoutMs: 10_000, requestTimeoutMs: 30_000 });
+
+/**
+ * One description per option of {@link ListenOptions}, and of {@link CloseOptions}: unknown keys are refused,
+ * naming the nearest (`{ timeout: 30_000 }` closed within the default 5 s, `{ prot: 8080 }` listened on a
+ * random port, without a word).
+ */
+const LISTEN_OPTIONS = {
+  port: integer(0, 0, 65_535),
+  host: ofType<string>('a host name or address', (value) => typeof value === 'string'),
+  httpBasePath: ofType<string>('a path', (value) => typeof value === 'string'),
+  headersTimeoutMs: integer(LISTEN_DEFAULTS.headersTimeoutMs, 1, MAX_TIMER_MS),
+  requestTimeoutMs: integer(LISTEN_DEFAULTS.requestTimeoutMs, 1, MAX_TIMER_MS),
+} satisfies { [K in keyof Required<ListenOptions>]: unknown };
+
+const CLOSE_OPTIONS = {
+  timeoutMs: integer(CLOSE_DEFAULTS.timeoutMs, 0, MAX_TIMER_MS),
+} satisfies { [K in keyof Required<CloseOptions>]: unknown };
 
 /** How often Node checks `headersTimeout` / `requestTimeout` on the server `listen()` creates. */
 const TIMEOUT_CHECK_INTERVAL_MS = 1000;
@@ -92,7 +109,8 @@ const TIMEOUT_CHECK_INTERVAL_MS = 1000;
  * @example
  * ```ts
  * import http from 'node:http';
- *  * import { ProgressServer } from '@finishline/server';
+ * import { MemoryProgressStore } from '@finishline/core';
+ * import { ProgressServer } from '@finishline/server';
  *
  * const httpServer = http.createServer();
  * const progress = new ProgressServer({
@@ -273,16 +291,9 @@ export class ProgressServer<P extends Principal = Principal> {
     options: Omit<ProgressServerOptions<P>, 'server' | 'wss'>,
     listenOptions: ListenOptions = {},
   ): Promise<ProgressServer<P>> {
-    const headersTimeout = listenOptions.headersTimeoutMs ?? LISTEN_DEFAULTS.headersTimeoutMs;
-    const requestTimeout = listenOptions.requestTimeoutMs ?? LISTEN_DEFAULTS.requestTimeoutMs;
-    for (const [name, value] of [
-      ['headersTimeoutMs', headersTimeout],
-      ['requestTimeoutMs', requestTimeout],
-    ] as const) {
-      if (!Number.isSafeInteger(value) || value < 1) {
-        throw new ProgressError(ErrorCode.InvalidInput, `listen: ${name} must be an integer >= 1`);
-      }
-    }
+    const listenAt = resolveOptions('listen', LISTEN_OPTIONS, listenOptions);
+    const headersTimeout = listenAt.headersTimeoutMs;
+    const requestTimeout = listenAt.requestTimeoutMs;
     // Node's defaults (60 s / 300 s, checked every 30 s) let silent connections pile up for minutes.
     const httpServer = createServer({
       headersTimeout,
@@ -297,7 +308,7 @@ export class ProgressServer<P extends Principal = Principal> {
     let handler: ReturnType<ProgressServer<P>['httpHandler']>;
     try {
       handler = progress.httpHandler(
-        listenOptions.httpBasePath === undefined ? {} : { basePath: listenOptions.httpBasePath },
+        listenAt.httpBasePath === undefined ? {} : { basePath: listenAt.httpBasePath },
       );
     } catch (error) {
       // An invalid httpBasePath: the server built above is closed, or its timers and its listeners on the
@@ -323,7 +334,7 @@ export class ProgressServer<P extends Principal = Principal> {
     try {
       await new Promise<void>((resolve, reject) => {
         httpServer.once('error', reject);
-        httpServer.listen(listenOptions.port ?? 0, listenOptions.host, () => {
+        httpServer.listen(listenAt.port, listenAt.host, () => {
           httpServer.off('error', reject);
           resolve();
         });
@@ -430,17 +441,14 @@ export class ProgressServer<P extends Principal = Principal> {
    * `http.Server` or `WebSocketServer` it did not create.
    */
   close(options: CloseOptions = {}): Promise<void> {
-    const timeoutMs = options.timeoutMs ?? CLOSE_DEFAULTS.timeoutMs;
+    let timeoutMs: number;
     // Above 2^31 - 1 ms the shutdown's timers fired after 1 ms: close() stopped waiting for batches and
     // sockets at once. Refused before the shutdown starts: an invalid call used to leave its rejection as
     // the result of every later close(), and the server open.
-    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > MAX_TIMER_MS) {
-      return Promise.reject(
-        new ProgressError(
-          ErrorCode.InvalidInput,
-          `close: timeoutMs must be an integer from 0 to ${MAX_TIMER_MS}, got ${String(timeoutMs)}`,
-        ),
-      );
+    try {
+      timeoutMs = resolveOptions('close', CLOSE_OPTIONS, options).timeoutMs;
+    } catch (error) {
+      return Promise.reject(error);
     }
     this.#closed ??= this.#close(timeoutMs);
     return this.#closed;

@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import type { Resolved } from '../options.js';
 import { expectInvalidInput } from '../testing/invalid-input.js';
 import { propertyParams } from '../testing/property-config.js';
 import { BACKOFF_DEFAULTS, type BackoffOptions, backoffDelayMs, resolvedBackoffDelayMs } from './backoff.js';
@@ -8,7 +9,7 @@ const almostOne = () => 0.999_999_999;
 const zero = () => 0;
 
 /** The ceiling computed the slow way: grow step by step, capping as we go (no overflow possible). */
-function ceilingOracle(attempt: number, options: Required<BackoffOptions>): number {
+function ceilingOracle(attempt: number, options: Resolved<BackoffOptions>): number {
   let ceiling = options.initialDelayMs;
   for (let i = 0; i < attempt && ceiling < options.maxDelayMs; i++) ceiling *= options.multiplier;
   return Math.min(ceiling, options.maxDelayMs);

@@ -1,5 +1,5 @@
 import { ErrorCode } from '../codes.js';
-import type { OptionSpec } from '../options.js';
+import type { OptionSpec, Resolved } from '../options.js';
 import { finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
 
@@ -18,21 +18,21 @@ export interface BackoffOptions {
    * Ceiling of the first retry's delay (attempt 0), in milliseconds. Must be >= 0 and <= `maxDelayMs`.
    * @default 1000
    */
-  initialDelayMs?: number;
+  initialDelayMs?: number | undefined;
   /**
    * Ceiling no delay ever exceeds, in milliseconds.
    * @default 30000
    */
-  maxDelayMs?: number;
+  maxDelayMs?: number | undefined;
   /**
    * Factor by which the ceiling grows per attempt. Must be >= 1.
    * @default 2
    */
-  multiplier?: number;
+  multiplier?: number | undefined;
 }
 
 /** Defaults of {@link BackoffOptions}: 1 s, doubling, capped at 30 s. */
-export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freeze({
+export const BACKOFF_DEFAULTS: Readonly<Resolved<BackoffOptions>> = Object.freeze({
   initialDelayMs: 1000,
   maxDelayMs: 30_000,
   multiplier: 2,
@@ -42,7 +42,7 @@ export const BACKOFF_DEFAULTS: Readonly<Required<BackoffOptions>> = Object.freez
  * One description per option of {@link BackoffOptions}, with the given defaults: a package nesting
  * backoff options (`reconnect: { … }`) checks them with the same rules and its own defaults.
  */
-export function backoffOptionSpecs(defaults: Readonly<Required<BackoffOptions>> = BACKOFF_DEFAULTS) {
+export function backoffOptionSpecs(defaults: Readonly<Resolved<BackoffOptions>> = BACKOFF_DEFAULTS) {
   return {
     initialDelayMs: finite(defaults.initialDelayMs, 0),
     maxDelayMs: finite(defaults.maxDelayMs, 0),
@@ -51,7 +51,7 @@ export function backoffOptionSpecs(defaults: Readonly<Required<BackoffOptions>> 
 }
 
 /** Refuses a first ceiling above the cap; `where` names the group for the message. */
-export function backoffInOrder<T extends Required<BackoffOptions>>(options: T, where: string): T {
+export function backoffInOrder<T extends Resolved<BackoffOptions>>(options: T, where: string): T {
   if (options.initialDelayMs > options.maxDelayMs) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
@@ -66,8 +66,8 @@ export function backoffInOrder<T extends Required<BackoffOptions>>(options: T, w
  * and for order.
  */
 export function backoffOption(
-  defaults: Readonly<Required<BackoffOptions>>,
-): OptionSpec<Required<BackoffOptions>> {
+  defaults: Readonly<Resolved<BackoffOptions>>,
+): OptionSpec<Resolved<BackoffOptions>> {
   return refine(nested(backoffOptionSpecs(defaults)), backoffInOrder);
 }
 
@@ -109,7 +109,7 @@ export function backoffDelayMs(
  */
 export function resolvedBackoffDelayMs(
   attempt: number,
-  { initialDelayMs, maxDelayMs, multiplier }: Readonly<Required<BackoffOptions>>,
+  { initialDelayMs, maxDelayMs, multiplier }: Readonly<Resolved<BackoffOptions>>,
   random: () => number,
 ): number {
   // initialDelayMs 0 would give 0 * Infinity = NaN once multiplier ** attempt overflows.
@@ -124,6 +124,6 @@ export function resolvedBackoffDelayMs(
   return Math.floor(unit * ceiling);
 }
 
-function resolveBackoffOptions(options: BackoffOptions | undefined): Required<BackoffOptions> {
+function resolveBackoffOptions(options: BackoffOptions | undefined): Resolved<BackoffOptions> {
   return backoffInOrder(resolveOptions('Backoff', BACKOFF_OPTIONS, options), 'Backoff');
 }

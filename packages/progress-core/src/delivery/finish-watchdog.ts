@@ -2,6 +2,7 @@ import type { Clock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
 import type { ProgressState, TaskStatus } from '../model.js';
 import { allItemsFinished } from '../model.js';
+import type { Resolved } from '../options.js';
 import { defaultsOf, finite, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
 
@@ -21,14 +22,14 @@ export interface FinishWatchdogOptions {
    * milliseconds; each further step comes this much later. Must be >= 1.
    * @default 3000
    */
-  stuckAfterMs?: number;
+  stuckAfterMs?: number | undefined;
 }
 
 const FINISH_WATCHDOG_OPTIONS = { stuckAfterMs: finite(3000, 1) };
 
 /** Defaults of {@link FinishWatchdogOptions}. */
 // Marked pure so that bundles that never read it (the browser client's) leave it out.
-export const FINISH_WATCHDOG_DEFAULTS: Readonly<Required<FinishWatchdogOptions>> =
+export const FINISH_WATCHDOG_DEFAULTS: Readonly<Resolved<FinishWatchdogOptions>> =
   /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(FINISH_WATCHDOG_OPTIONS));
 
 /**

@@ -1,5 +1,6 @@
 import type { ProgressEvent, TaskEvent, TaskMeta, TaskView } from '../model.js';
 import { Priority, priorityOf } from '../model.js';
+import type { Resolved } from '../options.js';
 import { defaultsOf, exhaustive, integer, resolveOptions } from '../options.js';
 import { Deque } from './deque.js';
 import { taskViewAtProgress } from './event-view.js';
@@ -33,13 +34,13 @@ export interface SendQueueOptions {
    * congested, because its middle events are gone. An integer >= 1.
    * @default 64
    */
-  maxProgressRun?: number;
+  maxProgressRun?: number | undefined;
 }
 
 const SEND_QUEUE_OPTIONS = { maxProgressRun: /* @__PURE__ */ integer(64, 1) };
 
 /** Defaults of {@link SendQueueOptions}. */
-export const SEND_QUEUE_DEFAULTS: Readonly<Required<SendQueueOptions>> = /* @__PURE__ */ Object.freeze(
+export const SEND_QUEUE_DEFAULTS: Readonly<Resolved<SendQueueOptions>> = /* @__PURE__ */ Object.freeze(
   /* @__PURE__ */ defaultsOf(SEND_QUEUE_OPTIONS),
 );
 

@@ -1,6 +1,6 @@
 import type { Clock } from '../clock.js';
 import { ErrorCode } from '../codes.js';
-import type { OptionSpec } from '../options.js';
+import type { OptionSpec, Resolved } from '../options.js';
 import { defaultsOf, finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
 import type { RoundTripEstimate } from './round-trip-estimate.js';
@@ -25,18 +25,18 @@ export interface TerminalRetryOptions {
    * and <= `maxDelayMs`.
    * @default 100
    */
-  initialDelayMs?: number;
+  initialDelayMs?: number | undefined;
   /**
    * Factor by which the delay grows per re-send. Must be >= 1.
    * @default 2
    */
-  multiplier?: number;
+  multiplier?: number | undefined;
   /**
    * Longest delay between two re-sends, in milliseconds; at most 2^31 - 1 (about 24.8 days, the longest
    * a timer waits).
    * @default 5000
    */
-  maxDelayMs?: number;
+  maxDelayMs?: number | undefined;
 }
 
 /**
@@ -58,16 +58,16 @@ const TERMINAL_RETRY_OPTIONS = {
 };
 
 /** Defaults of {@link TerminalRetryOptions}: 100 ms, doubling, capped at 5 s. */
-export const TERMINAL_RETRY_DEFAULTS: Readonly<Required<TerminalRetryOptions>> =
+export const TERMINAL_RETRY_DEFAULTS: Readonly<Resolved<TerminalRetryOptions>> =
   /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(TERMINAL_RETRY_OPTIONS));
 
 function resolveTerminalRetryOptions(
   options: TerminalRetryOptions | undefined,
-): Required<TerminalRetryOptions> {
+): Resolved<TerminalRetryOptions> {
   return inOrder(resolveOptions('TerminalRetry', TERMINAL_RETRY_OPTIONS, options), 'TerminalRetry');
 }
 
-function inOrder(options: Required<TerminalRetryOptions>, where: string): Required<TerminalRetryOptions> {
+function inOrder(options: Resolved<TerminalRetryOptions>, where: string): Resolved<TerminalRetryOptions> {
   if (options.initialDelayMs > options.maxDelayMs) {
     throw new ProgressError(
       ErrorCode.InvalidInput,
@@ -81,12 +81,12 @@ function inOrder(options: Required<TerminalRetryOptions>, where: string): Requir
  * The `terminalRetry: { … }` option of a component that re-sends terminal events (the server), checked
  * by the rules of {@link TerminalRetryTracker} without building one.
  */
-export const TERMINAL_RETRY_OPTION: OptionSpec<Required<TerminalRetryOptions>> = /* @__PURE__ */ refine(
+export const TERMINAL_RETRY_OPTION: OptionSpec<Resolved<TerminalRetryOptions>> = /* @__PURE__ */ refine(
   /* @__PURE__ */ nested(TERMINAL_RETRY_OPTIONS),
   inOrder,
 );
 
-function delayFor(attempt: number, options: Required<TerminalRetryOptions>, firstDelayMs?: number): number {
+function delayFor(attempt: number, options: Resolved<TerminalRetryOptions>, firstDelayMs?: number): number {
   const first = Math.max(options.initialDelayMs, firstDelayMs ?? 0);
   // multiplier ** (attempt - 1) may overflow to Infinity; min() then yields the cap.
   return Math.min(options.maxDelayMs, first * options.multiplier ** (attempt - 1));
@@ -146,7 +146,7 @@ interface PendingTerminal {
  */
 export class TerminalRetryTracker {
   readonly #clock: Clock;
-  readonly #options: Required<TerminalRetryOptions>;
+  readonly #options: Resolved<TerminalRetryOptions>;
   readonly #roundTrips: RoundTripEstimate | undefined;
   readonly #pending = new Map<string, PendingTerminal>();
   // Highest cumulative ack seen per task, so a send reported after its ack does not re-arm a retry.

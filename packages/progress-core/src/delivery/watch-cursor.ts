@@ -1,5 +1,6 @@
 import type { TaskEvent, TaskView } from '../model.js';
 import { isTerminalEvent, isTerminalType } from '../model.js';
+import type { Resolved } from '../options.js';
 import { defaultsOf, integer, resolveOptions } from '../options.js';
 import { assertTaskId } from '../value-checks.js';
 import type { WatchView } from './event-view.js';
@@ -43,20 +44,20 @@ export interface WatchCursorOptions {
    * it are duplicates. A non-negative integer.
    * @default 0
    */
-  afterSeq?: number;
+  afterSeq?: number | undefined;
   /**
    * Most out-of-order events held while waiting for the missing ones. When full, the event farthest
    * ahead is dropped (a resync brings it again). A non-negative integer; 0 disables buffering.
    * @default 256
    */
-  maxBuffered?: number;
+  maxBuffered?: number | undefined;
 }
 
 const WATCH_CURSOR_OPTIONS = { afterSeq: integer(0, 0), maxBuffered: integer(256, 0) };
 
 /** Defaults of {@link WatchCursorOptions}. */
 // Marked pure so that bundles that never read it (the browser client's) leave it out.
-export const WATCH_CURSOR_DEFAULTS: Readonly<Required<WatchCursorOptions>> = /* @__PURE__ */ Object.freeze(
+export const WATCH_CURSOR_DEFAULTS: Readonly<Resolved<WatchCursorOptions>> = /* @__PURE__ */ Object.freeze(
   /* @__PURE__ */ defaultsOf(WATCH_CURSOR_OPTIONS),
 );
 

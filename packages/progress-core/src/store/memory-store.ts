@@ -51,13 +51,13 @@ export interface MemoryProgressStoreOptions {
    * dropped, and a value that is no time (`NaN`, negative) rejects the call with `internal`.
    * @default systemClock (`Date.now`)
    */
-  clock?: Clock;
+  clock?: Clock | undefined;
   /**
    * Receives what a change listener throws. Listeners must not throw; this hook exists so a faulty one
    * can be logged instead of breaking appends.
    * @default ignores the error
    */
-  onListenerError?: (error: unknown) => void;
+  onListenerError?: ((error: unknown) => void) | undefined;
 }
 
 const MEMORY_STORE_OPTIONS = {
@@ -67,8 +67,9 @@ const MEMORY_STORE_OPTIONS = {
 };
 
 /** The defaults of {@link MemoryProgressStoreOptions}. */
-export const MEMORY_PROGRESS_STORE_DEFAULTS: Readonly<Required<MemoryProgressStoreOptions>> =
-  /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(MEMORY_STORE_OPTIONS));
+export const MEMORY_PROGRESS_STORE_DEFAULTS: {
+  readonly [K in keyof MemoryProgressStoreOptions]-?: Exclude<MemoryProgressStoreOptions[K], undefined>;
+} = /* @__PURE__ */ Object.freeze(/* @__PURE__ */ defaultsOf(MEMORY_STORE_OPTIONS));
 
 interface Entry {
   task: Task;

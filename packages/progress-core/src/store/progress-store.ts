@@ -55,7 +55,7 @@ export interface RunFence {
 /** What {@link ProgressStore.reapExpiredLeases} accepts. */
 export interface ReapOptions {
   /** At most this many tasks per call. @default 100 (larger values are clamped to 1000) */
-  limit?: number;
+  limit?: number | undefined;
 }
 
 /** What {@link ProgressStore.purgeFinished} accepts. */
@@ -72,7 +72,7 @@ export interface PurgeOptions {
    * mean none is left, so call on a schedule rather than until a short count.
    * @default 500 (larger values are clamped to 5000)
    */
-  limit?: number;
+  limit?: number | undefined;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe } from 'vitest';
+import type { Resolved } from '../options.js';
 import { defaultsOf, integer, resolveOptions } from '../options.js';
 import type { ProgressStore } from '../store/progress-store.js';
 import { describeEventContract } from './store-contract-events.js';
@@ -29,20 +30,20 @@ export interface StoreContractOptions {
    * Runs of the model-based test (each run builds a fresh harness). `FC_NUM_RUNS` overrides it.
    * @default 100
    */
-  numRuns?: number;
+  numRuns?: number | undefined;
   /**
    * How many operations the concurrency tests start at once: the appends of the "concurrent appends"
    * test, the creates of bulk set-ups, and (capped at 10) the bursts of the model-based test. Lower it
    * for a store whose connection pool is small.
    * @default 50
    */
-  concurrency?: number;
+  concurrency?: number | undefined;
 }
 
 const STORE_CONTRACT_OPTIONS = { numRuns: integer(100, 1), concurrency: integer(50, 2) };
 
 /** The defaults of {@link StoreContractOptions}. */
-export const STORE_CONTRACT_DEFAULTS: Readonly<Required<StoreContractOptions>> = Object.freeze(
+export const STORE_CONTRACT_DEFAULTS: Readonly<Resolved<StoreContractOptions>> = Object.freeze(
   defaultsOf(STORE_CONTRACT_OPTIONS),
 );
 

@@ -16,6 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
+import { ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
@@ -69,11 +70,16 @@ export interface HttpHandlerOptions {
    * Path prefix of the routes, without a trailing slash.
    * @default the server's `path` (`'/progress'` unless set), where the client's HTTP fallback looks
    */
-  basePath?: string;
+  basePath?: string | undefined;
 }
 
 /** The defaults of {@link HttpHandlerOptions}. `basePath` follows the server's `path`, which is this unless set. */
 export const HTTP_HANDLER_DEFAULTS = Object.freeze({ basePath: '/progress' });
+
+/** The options of {@link HttpHandlerOptions}; `basePath` is checked with the server's `path` it defaults to. */
+const HTTP_HANDLER_OPTIONS = {
+  basePath: ofType<string>('a string', (value) => typeof value === 'string'),
+} satisfies { [K in keyof Required<HttpHandlerOptions>]: unknown };
 
 /** The message of every 503 `closed`: the server is shutting down. */
 const SHUTTING_DOWN = 'Server is shutting down';
@@ -152,16 +158,13 @@ export function createHttpHandler<P extends Principal>(
   ctx: HttpHandlerContext<P>,
   options: HttpHandlerOptions = {},
 ): HttpHandler {
-  if (typeof options !== 'object' || options === null) {
-    throw new ProgressError(ErrorCode.InvalidInput, 'httpHandler: options must be an object');
-  }
+  // Unknown keys refused, naming the nearest: `{ basepath: '/api' }` served the API at the default path.
+  const given = resolveOptions('httpHandler', HTTP_HANDLER_OPTIONS, options);
   // The server's path, as listen()'s httpBasePath: a client derives its HTTP fallback's path from its
   // WebSocket url, and a fixed '/progress' answered every fallback request of a custom path 404.
   // A socket at the root ('/') puts the API at the root too: '' (a basePath never ends with '/').
   const basePath =
-    options.basePath ??
-    (ctx.webSocketPath === '/' ? '' : ctx.webSocketPath) ??
-    HTTP_HANDLER_DEFAULTS.basePath;
+    given.basePath ?? (ctx.webSocketPath === '/' ? '' : ctx.webSocketPath) ?? HTTP_HANDLER_DEFAULTS.basePath;
   if (
     typeof basePath !== 'string' ||
     !(basePath === '' || (basePath.startsWith('/') && !basePath.endsWith('/')))

@@ -3,6 +3,7 @@ import { ErrorCode, isTerminalEvent, MemoryProgressStore, ProgressError } from '
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
+import type { RunBatchOptions } from './run-batch.js';
 
 /** runBatch: counts finished items, reports each one, and always ends the task exactly once. */
 
@@ -499,6 +500,22 @@ describe('runBatch', () => {
     await expect(other.runBatch([1], () => {})).rejects.toMatchObject({ code: 'invalid_input' });
     held.open();
     await first;
+  });
+
+  it('refuses an unknown option, naming the nearest, and starts no batch', async () => {
+    const { server } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    // A typo of `concurrency` ran the batch one item at a time without a word.
+    const typo = { concurency: 8 } as RunBatchOptions<number>;
+    await expect(task.runBatch([1], () => {}, typo)).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'runBatch: unknown option "concurency" (did you mean `concurrency`?)',
+    });
+    await expect(task.runBatch([1], () => {}, { concurrency: 1.5 })).rejects.toMatchObject({
+      message: 'runBatch: concurrency must be an integer from 1 to 1000, got 1.5',
+    });
+    // Refused before it took the task's one batch.
+    await expect(task.runBatch([1], () => {})).resolves.toMatchObject({ succeeded: 1 });
   });
 });
 

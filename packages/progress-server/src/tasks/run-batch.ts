@@ -6,7 +6,7 @@
  */
 import type { JsonValue, Task, TaskFailure, TaskStatus, TerminalType } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS, ProgressError } from '@finishline/core';
-import { exhaustive } from '@finishline/core/internal';
+import { exhaustive, integer, ofType, resolveOptions } from '@finishline/core/internal';
 import { delayUnlessAborted } from '../wait.js';
 import { clip } from './clip.js';
 
@@ -60,19 +60,19 @@ export interface RunBatchOptions<T> {
    * Items processed at the same time (an integer from 1 to 1000).
    * @default 1
    */
-  concurrency?: number;
+  concurrency?: number | undefined;
   /**
    * Cancels the batch: no new item starts, and the task ends `cancelled` with the signal's reason
    * (unless every item had already finished).
    * @default none
    */
-  signal?: AbortSignal;
+  signal?: AbortSignal | undefined;
   /**
    * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped). A returned
    * value that is not a non-empty string is turned into a key as the default turns an item.
    * @default the item itself for strings, `String(item)` for numbers, else `item-<index + 1>`
    */
-  key?: (item: T, index: number) => string;
+  key?: ((item: T, index: number) => string) | undefined;
 }
 
 /** The defaults of {@link RunBatchOptions}. */
@@ -146,21 +146,22 @@ function defaultKey(item: unknown, index: number): string {
   return `item-${index + 1}`;
 }
 
-/** @internal Checks `runBatch`'s arguments; returns the concurrency. */
+/** One description per option of {@link RunBatchOptions}: its default and its check. */
+const RUN_BATCH_OPTIONS = {
+  concurrency: integer(RUN_BATCH_DEFAULTS.concurrency, 1, 1000),
+  signal: ofType<AbortSignal>('an AbortSignal', (value) => value instanceof AbortSignal),
+  key: ofType<(item: unknown, index: number) => string>('a function', (value) => typeof value === 'function'),
+} satisfies { [K in keyof Required<RunBatchOptions<unknown>>]: unknown };
+
+/**
+ * @internal Checks `runBatch`'s arguments; returns the concurrency. Unknown options are refused, naming the
+ * nearest: `{ concurency: 8 }` ran the batch one item at a time without a word.
+ */
 export function validate<T>(items: readonly T[], worker: unknown, options: RunBatchOptions<T>): number {
   const invalid = (message: string) => new ProgressError(ErrorCode.InvalidInput, `runBatch: ${message}`);
   if (!Array.isArray(items)) throw invalid('items must be an array');
   if (typeof worker !== 'function') throw invalid('worker must be a function');
-  if (typeof options !== 'object' || options === null) throw invalid('options must be an object');
-  const concurrency = options.concurrency ?? RUN_BATCH_DEFAULTS.concurrency;
-  if (!Number.isSafeInteger(concurrency) || concurrency < 1 || concurrency > 1000) {
-    throw invalid(`concurrency must be an integer from 1 to 1000, got ${String(concurrency)}`);
-  }
-  if (options.key !== undefined && typeof options.key !== 'function') throw invalid('key must be a function');
-  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
-    throw invalid('signal must be an AbortSignal');
-  }
-  return concurrency;
+  return resolveOptions('runBatch', RUN_BATCH_OPTIONS, options).concurrency;
 }
 
 /**

@@ -115,3 +115,18 @@ describe("an owned task's signal", () => {
     await closing;
   });
 });
+
+describe('tasks.create', () => {
+  it('refuses an unknown option, naming the nearest, and creates nothing', async () => {
+    const { server } = setup();
+    // `taskId` was ignored: the task got a random id, and watchers of `taint-42` were told it did not exist.
+    await expect(
+      server.tasks.create({ owner: 'alice', kind: 'k', taskId: 'taint-42' } as never),
+    ).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'tasks.create: unknown option "taskId" (did you mean `id`?)',
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k', id: 'taint-42' });
+    expect(task.id).toBe('taint-42');
+  });
+});

@@ -20,6 +20,7 @@ import {
   ProgressError,
   STORE_DEFAULTS,
 } from '@finishline/core';
+import { nearestName } from '@finishline/core/internal';
 import type { TaskHub } from '../hub/task-hub.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -37,12 +38,21 @@ export interface CreateTaskOptions {
   /** What the task does, e.g. `batch_taint`. */
   kind: string;
   /** Number of items, or `null`/omitted while unknown (`runBatch` sets it). */
-  total?: number | null;
+  total?: number | null | undefined;
   /** Initial status line. */
-  message?: string | null;
+  message?: string | null | undefined;
   /** The task id; a random UUID when omitted. */
-  id?: string;
+  id?: string | undefined;
 }
+
+/** The keys of {@link CreateTaskOptions} (the compiler checks that the list is complete). */
+const CREATE_TASK_KEYS: readonly string[] = Object.keys({
+  owner: true,
+  kind: true,
+  total: true,
+  message: true,
+  id: true,
+} satisfies Record<keyof CreateTaskOptions, true>);
 
 /**
  * The handle an append comes from and its run (`createdAt`), which the store fences the append to, with
@@ -140,6 +150,16 @@ export class TaskApi {
     if (this.#closing) throw new ProgressError(ErrorCode.Closed, 'The server is shutting down');
     if (typeof options !== 'object' || options === null) {
       throw new ProgressError(ErrorCode.InvalidInput, 'tasks.create: options must be an object');
+    }
+    // The store checks the values; a key it does not know it ignored: `{ taskId: 'taint-42' }` created a
+    // task of a random id, and watchers of `taint-42` were answered `task_not_found`.
+    for (const key of Object.keys(options)) {
+      if (!CREATE_TASK_KEYS.includes(key)) {
+        throw new ProgressError(
+          ErrorCode.InvalidInput,
+          `tasks.create: unknown option "${key}" (did you mean \`${nearestName(key, CREATE_TASK_KEYS)}\`?)`,
+        );
+      }
     }
     const task = await this.#store.createTask({
       ...(options.id === undefined ? {} : { id: options.id }),

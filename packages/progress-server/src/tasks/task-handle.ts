@@ -52,8 +52,8 @@ export interface ItemUpdate {
 /** What `complete()` records. */
 export interface CompleteOptions {
   /** The task's result (JSON, at most 16 KiB). */
-  result?: JsonValue | null;
-  message?: string | null;
+  result?: JsonValue | null | undefined;
+  message?: string | null | undefined;
 }
 
 /**
@@ -240,7 +240,8 @@ export class TaskHandle {
    * made storable (see `fail`); a `result` over the limits is refused (`invalid_input`).
    */
   complete(options: CompleteOptions = {}): Promise<CompletedEvent> {
-    const input: CompleteInput = { type: 'completed', ...options };
+    // (A field left `undefined` is the store's to read as absent, as a JavaScript caller's always was.)
+    const input = { type: 'completed', ...options } as CompleteInput;
     clipText(input, 'message', LIMITS.maxMessageLength);
     return this.#append(input) as Promise<CompletedEvent>;
   }
