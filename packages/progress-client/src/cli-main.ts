@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId } from '@finishline/core/internal';
-import { CLI_EXIT_CODES, exitCodeOf, finalLine, progressLine } from './cli-render.js';
+import { CLI_EXIT_CODES, exitCodeOf, finalLine, printable, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
 
@@ -83,7 +83,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   try {
     parsed = parse(argv);
   } catch (error) {
-    io.stderr.write(`finishline: ${(error as Error).message}\n\n${USAGE}`);
+    io.stderr.write(`finishline: ${printable((error as Error).message)}\n\n${USAGE}`);
     return CLI_EXIT_CODES.usage;
   }
   if (parsed === 'help') {
@@ -107,7 +107,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       ...(token === undefined ? {} : { token }),
     });
   } catch (error) {
-    io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     return CLI_EXIT_CODES.usage;
   }
   const tty = io.stdout.isTTY === true;
@@ -122,7 +122,9 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     if (lineOpen) io.stdout.write('\n');
     lineOpen = false;
     reported = error.message;
-    io.stderr.write(`finishline: ${error.message}\n`);
+    // The message quotes the server (an error frame's text, a close reason): an escape sequence in it
+    // drove the operator's terminal (retitled it, cleared it, …) as printed.
+    io.stderr.write(`finishline: ${printable(error.message)}\n`);
   });
   let printed = '';
   let pending = '';
@@ -165,7 +167,8 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   } catch (error) {
     if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
     if (lineOpen) io.stdout.write('\n');
-    if ((error as Error).message !== reported) io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    if ((error as Error).message !== reported)
+      io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     // Refused for want of a credential when none was given: the client's message says what the server
     // did (401, or 4004 for the auth frame it waited for), not which flag supplies one.
     if (

@@ -461,3 +461,39 @@ describe('finishline watch on a terminal', () => {
     }
   });
 });
+
+describe("finishline watch and the server's own words", () => {
+  /** The control characters of a text, but for the newline that ends each line. */
+  const controls = (text: string) =>
+    [...text].filter((c) => c !== '\n' && (c < ' ' || (c >= '\x7f' && c <= '\x9f')));
+
+  it("prints a refusal's message and a close reason without their escape sequences, which would drive the operator's terminal", async () => {
+    const hostile = '\x1b]0;owned\x07\x1b[2J\x1b[31m\x9b1m\r\nfake line';
+    const server = new FakeServer();
+    const refused = io();
+    const first = runCli(['watch', 'ws://example.test/progress', 't1'], {
+      ...refused.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    server
+      .accept(600_000)
+      .push({ type: 'error', code: 'task_not_found', message: `nope ${hostile}`, taskId: 't1' });
+    expect(await first).toBe(CLI_EXIT_CODES.watchFailed);
+    const said = refused.err.join('');
+    expect(said).toContain('nope');
+    expect(controls(said)).toEqual([]);
+
+    const closed = io();
+    const second = runCli(['watch', 'ws://example.test/progress', 't2', '--token', 'x'], {
+      ...closed.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    server.accept(600_000);
+    server.last.serverClose(4001, `bad token ${hostile}`);
+    expect(await second).toBe(CLI_EXIT_CODES.watchFailed);
+    expect(closed.err.join('')).toContain('bad token');
+    expect(controls(closed.err.join(''))).toEqual([]);
+  });
+});
