@@ -1,3 +1,4 @@
+import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId } from '@finishline/core/internal';
@@ -218,7 +219,23 @@ function parse(argv: readonly string[]) {
     // ends up in CI logs.
     if (colon <= 0)
       throw new Error('--header must be "name: value" (one was given without a name and a colon)');
-    headers[header.slice(0, colon).trim().toLowerCase()] = header.slice(colon + 1).trim();
+    const name = header.slice(0, colon).trim().toLowerCase();
+    const value = header.slice(colon + 1).trim();
+    // What the upgrade request would refuse: the socket could not be created, and the client retried
+    // that for ever ("Could not create a WebSocket" until --timeout-ms, or Ctrl-C) instead of exit 64.
+    try {
+      validateHeaderName(name);
+    } catch {
+      throw new Error(`--header: "${name}" is not a valid header name`);
+    }
+    try {
+      validateHeaderValue(name, value);
+    } catch {
+      throw new Error(
+        `--header: the value of "${name}" holds a character a header cannot carry (a line break, …)`,
+      );
+    }
+    headers[name] = value;
   }
   const number = (name: string, value: string | undefined): number | undefined => {
     if (value === undefined) return undefined;

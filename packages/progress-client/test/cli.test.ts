@@ -426,6 +426,27 @@ describe('finishline watch credentials', () => {
     expect(run.err.join('')).toContain('--header must be "name: value"');
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
   });
+
+  it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
+    // ws cannot create a socket whose upgrade request would carry them (node:http refuses it).
+    for (const header of ['x-trace id: 1', 'x-trace: 1\r\nx-admin: s3cret', 'x-trace: caf\u20ac']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', header], {
+        ...run.io,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still retrying'), 200)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toMatch(/^finishline: --header: /);
+      expect(run.err.join('')).not.toContain('s3cret');
+    }
+  });
 });
 
 describe('finishline watch on a terminal', () => {
