@@ -34,6 +34,12 @@ export interface CliIo {
   env?: Readonly<Record<string, string | undefined>>;
 }
 
+/**
+ * The longest delay `setTimeout` takes: above it Node warns (TimeoutOverflowWarning, on stderr) and fires after
+ * 1 ms, so an --interval-ms of a month printed every state, each with a warning. Longer waits are re-armed.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 const USAGE = `usage: finishline watch <url> <taskId> [options]
 
   <url>                 the server's WebSocket URL (ws://host:3000/progress) or its http(s) URL
@@ -140,6 +146,12 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     printed = pending;
     lastAt = Date.now();
   };
+  const holdFor = (ms: number) => {
+    trailing =
+      ms > MAX_TIMER_MS
+        ? setTimeout(() => holdFor(ms - MAX_TIMER_MS), MAX_TIMER_MS)
+        : setTimeout(printPending, ms);
+  };
   const watch = client.watch(taskId);
   const unsubscribe = watch.subscribe(() => {
     const state = watch.getSnapshot();
@@ -154,7 +166,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     if (trailing !== undefined) return;
     const wait = lastAt + intervalMs - Date.now();
     if (wait <= 0) printPending();
-    else trailing = setTimeout(printPending, wait);
+    else holdFor(wait);
   });
   try {
     const state = await watch.done({

@@ -293,6 +293,31 @@ describe('finishline watch when the output is not a terminal', () => {
     }
   });
 
+  it('holds a line for an --interval-ms longer than a timer can wait (2^31 ms), instead of printing every state at once', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const run = io();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '3000000000'], {
+        ...run.io,
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 3);
+      socket.push(snap(task.view())); // the first line: printed at once
+      socket.push(ev(task.item('n1')));
+      // Node (and the fake clock) fire a longer timer after 1 ms.
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(run.out.join('')).not.toContain('1/3');
+      socket.push(ev(task.end()));
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('stopped (Ctrl-C, --timeout-ms) between two lines, prints nothing more and leaves no timer to keep the process alive', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
     try {
