@@ -224,6 +224,10 @@ function parse(argv: readonly string[]) {
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
   if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
+  // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
+  // ("The token provider failed") for ever.
+  if (values.token !== undefined && values.token.trim() === '')
+    throw new Error('--token is empty: pass the token, or leave --token out to use $FINISHLINE_TOKEN');
   const headers: Record<string, string> = {};
   for (const header of values.header ?? []) {
     const colon = header.indexOf(':');

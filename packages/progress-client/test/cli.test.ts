@@ -431,6 +431,25 @@ describe('finishline watch credentials', () => {
     }
   });
 
+  it('exits 64 on an empty --token (an unset shell variable) instead of retrying "The token provider failed" for ever', async () => {
+    for (const value of ['', ' ']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--token', value], {
+        ...run.io,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still retrying'), 200)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toContain('finishline: --token is empty');
+    }
+  });
+
   it('exits 130 when stopped (Ctrl-C, SIGTERM), not 4, which says the server refused the watch', async () => {
     const run = io();
     const stop = new AbortController();
