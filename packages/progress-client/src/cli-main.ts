@@ -1,7 +1,8 @@
+import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId } from '@finishline/core/internal';
-import { CLI_EXIT_CODES, exitCodeOf, finalLine, progressLine } from './cli-render.js';
+import { CLI_EXIT_CODES, exitCodeOf, finalLine, printable, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
 
@@ -32,6 +33,12 @@ export interface CliIo {
   /** The environment, for `FINISHLINE_TOKEN`; the bin passes `process.env`. */
   env?: Readonly<Record<string, string | undefined>>;
 }
+
+/**
+ * The longest delay `setTimeout` takes: above it Node warns (TimeoutOverflowWarning, on stderr) and fires after
+ * 1 ms, so an --interval-ms of a month printed every state, each with a warning. Longer waits are re-armed.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const USAGE = `usage: finishline watch <url> <taskId> [options]
 
@@ -83,7 +90,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   try {
     parsed = parse(argv);
   } catch (error) {
-    io.stderr.write(`finishline: ${(error as Error).message}\n\n${USAGE}`);
+    io.stderr.write(`finishline: ${printable((error as Error).message)}\n\n${USAGE}`);
     return CLI_EXIT_CODES.usage;
   }
   if (parsed === 'help') {
@@ -107,7 +114,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       ...(token === undefined ? {} : { token }),
     });
   } catch (error) {
-    io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     return CLI_EXIT_CODES.usage;
   }
   const tty = io.stdout.isTTY === true;
@@ -122,7 +129,9 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     if (lineOpen) io.stdout.write('\n');
     lineOpen = false;
     reported = error.message;
-    io.stderr.write(`finishline: ${error.message}\n`);
+    // The message quotes the server (an error frame's text, a close reason): an escape sequence in it
+    // drove the operator's terminal (retitled it, cleared it, …) as printed.
+    io.stderr.write(`finishline: ${printable(error.message)}\n`);
   });
   let printed = '';
   let pending = '';
@@ -136,6 +145,12 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     io.stdout.write(`${pending}\n`);
     printed = pending;
     lastAt = Date.now();
+  };
+  const holdFor = (ms: number) => {
+    trailing =
+      ms > MAX_TIMER_MS
+        ? setTimeout(() => holdFor(ms - MAX_TIMER_MS), MAX_TIMER_MS)
+        : setTimeout(printPending, ms);
   };
   const watch = client.watch(taskId);
   const unsubscribe = watch.subscribe(() => {
@@ -151,7 +166,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     if (trailing !== undefined) return;
     const wait = lastAt + intervalMs - Date.now();
     if (wait <= 0) printPending();
-    else trailing = setTimeout(printPending, wait);
+    else holdFor(wait);
   });
   try {
     const state = await watch.done({
@@ -165,7 +180,8 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   } catch (error) {
     if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
     if (lineOpen) io.stdout.write('\n');
-    if ((error as Error).message !== reported) io.stderr.write(`finishline: ${(error as Error).message}\n`);
+    if ((error as Error).message !== reported)
+      io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     // Refused for want of a credential when none was given: the client's message says what the server
     // did (401, or 4004 for the auth frame it waited for), not which flag supplies one.
     if (
@@ -208,6 +224,10 @@ function parse(argv: readonly string[]) {
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
   if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
+  // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
+  // ("The token provider failed") for ever.
+  if (values.token !== undefined && values.token.trim() === '')
+    throw new Error('--token is empty: pass the token, or leave --token out to use $FINISHLINE_TOKEN');
   const headers: Record<string, string> = {};
   for (const header of values.header ?? []) {
     const colon = header.indexOf(':');
@@ -215,7 +235,23 @@ function parse(argv: readonly string[]) {
     // ends up in CI logs.
     if (colon <= 0)
       throw new Error('--header must be "name: value" (one was given without a name and a colon)');
-    headers[header.slice(0, colon).trim().toLowerCase()] = header.slice(colon + 1).trim();
+    const name = header.slice(0, colon).trim().toLowerCase();
+    const value = header.slice(colon + 1).trim();
+    // What the upgrade request would refuse: the socket could not be created, and the client retried
+    // that for ever ("Could not create a WebSocket" until --timeout-ms, or Ctrl-C) instead of exit 64.
+    try {
+      validateHeaderName(name);
+    } catch {
+      throw new Error(`--header: "${name}" is not a valid header name`);
+    }
+    try {
+      validateHeaderValue(name, value);
+    } catch {
+      throw new Error(
+        `--header: the value of "${name}" holds a character a header cannot carry (a line break, …)`,
+      );
+    }
+    headers[name] = value;
   }
   const number = (name: string, value: string | undefined): number | undefined => {
     if (value === undefined) return undefined;

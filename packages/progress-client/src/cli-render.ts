@@ -55,9 +55,10 @@ const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
 /**
  * A worker's text (`current`, `message`, an error message) as one printable line: a newline would break
  * the one-line display (and the "last line is the status" scripts rely on), an escape sequence would
- * drive the terminal. Each control character becomes a space.
+ * drive the terminal. Each control character becomes a space. Also for what goes to stderr: the client's
+ * errors quote the server (an `error` frame's message, a close reason).
  */
-function printable(text: string): string {
+export function printable(text: string): string {
   return text.replace(CONTROL, ' ');
 }
 

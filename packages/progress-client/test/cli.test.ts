@@ -293,6 +293,31 @@ describe('finishline watch when the output is not a terminal', () => {
     }
   });
 
+  it('holds a line for an --interval-ms longer than a timer can wait (2^31 ms), instead of printing every state at once', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const run = io();
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '3000000000'], {
+        ...run.io,
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 3);
+      socket.push(snap(task.view())); // the first line: printed at once
+      socket.push(ev(task.item('n1')));
+      // Node (and the fake clock) fire a longer timer after 1 ms.
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(run.out.join('')).not.toContain('1/3');
+      socket.push(ev(task.end()));
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      expect(vi.getTimerCount()).toBe(0);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('stopped (Ctrl-C, --timeout-ms) between two lines, prints nothing more and leaves no timer to keep the process alive', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
     try {
@@ -406,6 +431,25 @@ describe('finishline watch credentials', () => {
     }
   });
 
+  it('exits 64 on an empty --token (an unset shell variable) instead of retrying "The token provider failed" for ever', async () => {
+    for (const value of ['', ' ']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--token', value], {
+        ...run.io,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still retrying'), 200)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toContain('finishline: --token is empty');
+    }
+  });
+
   it('exits 130 when stopped (Ctrl-C, SIGTERM), not 4, which says the server refused the watch', async () => {
     const run = io();
     const stop = new AbortController();
@@ -425,6 +469,27 @@ describe('finishline watch credentials', () => {
     expect(code).toBe(CLI_EXIT_CODES.usage);
     expect(run.err.join('')).toContain('--header must be "name: value"');
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+  });
+
+  it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
+    // ws cannot create a socket whose upgrade request would carry them (node:http refuses it).
+    for (const header of ['x-trace id: 1', 'x-trace: 1\r\nx-admin: s3cret', 'x-trace: caf\u20ac']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', header], {
+        ...run.io,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still retrying'), 200)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toMatch(/^finishline: --header: /);
+      expect(run.err.join('')).not.toContain('s3cret');
+    }
   });
 });
 
@@ -459,5 +524,41 @@ describe('finishline watch on a terminal', () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+});
+
+describe("finishline watch and the server's own words", () => {
+  /** The control characters of a text, but for the newline that ends each line. */
+  const controls = (text: string) =>
+    [...text].filter((c) => c !== '\n' && (c < ' ' || (c >= '\x7f' && c <= '\x9f')));
+
+  it("prints a refusal's message and a close reason without their escape sequences, which would drive the operator's terminal", async () => {
+    const hostile = '\x1b]0;owned\x07\x1b[2J\x1b[31m\x9b1m\r\nfake line';
+    const server = new FakeServer();
+    const refused = io();
+    const first = runCli(['watch', 'ws://example.test/progress', 't1'], {
+      ...refused.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    server
+      .accept(600_000)
+      .push({ type: 'error', code: 'task_not_found', message: `nope ${hostile}`, taskId: 't1' });
+    expect(await first).toBe(CLI_EXIT_CODES.watchFailed);
+    const said = refused.err.join('');
+    expect(said).toContain('nope');
+    expect(controls(said)).toEqual([]);
+
+    const closed = io();
+    const second = runCli(['watch', 'ws://example.test/progress', 't2', '--token', 'x'], {
+      ...closed.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    server.accept(600_000);
+    server.last.serverClose(4001, `bad token ${hostile}`);
+    expect(await second).toBe(CLI_EXIT_CODES.watchFailed);
+    expect(closed.err.join('')).toContain('bad token');
+    expect(controls(closed.err.join(''))).toEqual([]);
   });
 });
