@@ -9,7 +9,7 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ErrorCode, ProgressError } from '@finishline/core';
-import { RoundTripEstimate } from '@finishline/core/internal';
+import { RoundTripPool } from '@finishline/core/internal';
 import { AddressAuthLimits } from './address-auth-limits.js';
 import type { Principal } from './auth.js';
 import { pathOf } from './auth.js';
@@ -226,7 +226,7 @@ export class ProgressServer<P extends Principal = Principal> {
       logger: this.#logger,
       limits: this.#limits,
       epoch: this.#epoch,
-      roundTrips: new RoundTripEstimate(),
+      roundTrips: new RoundTripPool(),
     });
     this.#onUpgrade = (request, socket, head) => {
       if (pathOf(request.url) !== resolved.path) {

@@ -2,22 +2,28 @@
  * How long an answer from the other end takes, and after how long it is overdue: TCP's retransmission
  * timeout (RFC 6298), `SRTT + 4 · RTTVAR` with gains 1/8 and 1/4.
  *
- * The server keeps one for all its sockets and feeds it, for each acknowledged terminal event, the time
- * from its first send to its acknowledgement. The first re-send of an unacknowledged terminal event then
- * waits at least that timeout: when the server or its clients are loaded and acks take 200 ms, a fixed
- * 100 ms re-sent every terminal event two or three times over (each re-send a frame, a decode and a
- * re-ack: more load), as a TCP sender without an adaptive timeout would. Samples are taken from the first
- * send even when the event was re-sent since, so a timeout that is too short lengthens itself (the
- * sample then covers the re-sends' wait), which is what Karn's rule achieves for TCP by other means.
+ * The server keeps one {@link RoundTripEstimate} per socket, fed, for each terminal event that socket
+ * acknowledged, the time from its first send to its acknowledgement; the socket's first re-send of an
+ * unacknowledged terminal event waits at least that timeout: when the server or its clients are loaded
+ * and acks take 200 ms, a fixed 100 ms re-sent every terminal event two or three times over (each re-send
+ * a frame, a decode and a re-ack: more load), as a TCP sender without an adaptive timeout would. Samples
+ * are taken from the first send even when the event was re-sent since, so a timeout that is too short
+ * lengthens itself (the sample then covers the re-sends' wait), which is what Karn's rule achieves for
+ * TCP by other means.
  *
- * One estimate per server, not per socket: a watcher usually receives one terminal event per task, too
- * few to estimate its own connection, while the delay that matters at load (the event loops of the
- * server and of the clients) is shared by the server's sockets.
+ * A watcher usually receives one terminal event per task, often none yet on a new socket, while the
+ * delay that matters at load (the event loops of the server and of the clients) is shared by the
+ * server's sockets: a socket that has no sample yet waits the {@link RoundTripPool}'s timeout, the lower
+ * median of the timeouts of the server's sockets that have one. One vote per socket and a median, not one
+ * estimate fed by every socket: with a shared mean, a client that acknowledged its terminal frames a
+ * minute late made every socket's first re-send wait 5 s instead of 100 ms, and one acknowledging them
+ * at once cut it back to 100 ms for everyone on a loaded server. Now the clients of at least half the
+ * sockets that voted must agree to move it.
  *
  * @module
  */
 
-/** A running round-trip estimate and its timeout (TCP's, RFC 6298): how long the server waits before a first terminal re-send. */
+/** A running round-trip estimate and its timeout (TCP's, RFC 6298): how long a socket waits before a first terminal re-send. */
 export class RoundTripEstimate {
   #smoothed: number | undefined;
   #variation = 0;
@@ -34,8 +40,83 @@ export class RoundTripEstimate {
     this.#smoothed = 0.875 * this.#smoothed + 0.125 * ms;
   }
 
+  /** Whether a sample was taken (before, {@link timeoutMs} is 0 and means nothing). */
+  get sampled(): boolean {
+    return this.#smoothed !== undefined;
+  }
+
   /** `SRTT + 4 · RTTVAR` in milliseconds, or 0 before the first sample (the caller's floor applies). */
   get timeoutMs(): number {
     return this.#smoothed === undefined ? 0 : this.#smoothed + 4 * this.#variation;
+  }
+}
+
+/** Buckets per doubling of the pool's histogram: a timeout is known to within 2^(1/4), 19%. */
+const STEPS_PER_OCTAVE = 4;
+/**
+ * Bucket 0 holds timeouts up to 1 ms, bucket b > 0 those above 2^((b - 2) / 4) up to 2^((b - 1) / 4) ms, the
+ * last one all from 2^31 ms (longer than any timer).
+ */
+const BUCKETS = 2 + 31 * STEPS_PER_OCTAVE;
+
+/**
+ * The server-wide first guess of a socket with no round-trip sample of its own: the lower median of the
+ * timeouts of the sockets that have one (each socket one vote, however many samples it gave), kept in a
+ * histogram of 2^(1/4) steps so that a vote moves in O(1) with no allocation. See the module comment.
+ */
+export class RoundTripPool {
+  readonly #counts = new Uint32Array(BUCKETS);
+  #votes = 0;
+  #median = 0;
+  #stale = false;
+
+  /** The bucket of a timeout of `ms` milliseconds (a vote's handle for {@link move}). */
+  static bucketOf(ms: number): number {
+    if (!(ms > 1)) return 0;
+    return Math.min(BUCKETS - 1, 1 + Math.ceil(STEPS_PER_OCTAVE * Math.log2(ms)));
+  }
+
+  /**
+   * A socket's vote moves from bucket `from` (-1: it had none) to `to` (-1: it leaves, the socket closed);
+   * buckets come from {@link RoundTripPool.bucketOf}.
+   */
+  move(from: number, to: number): void {
+    if (from === to) return;
+    if (from >= 0 && (this.#counts[from] ?? 0) > 0) {
+      this.#counts[from] = (this.#counts[from] ?? 0) - 1;
+      this.#votes -= 1;
+    }
+    if (to >= 0) {
+      this.#counts[to] = (this.#counts[to] ?? 0) + 1;
+      this.#votes += 1;
+    }
+    this.#stale = true;
+  }
+
+  /** Number of sockets voting. */
+  get votes(): number {
+    return this.#votes;
+  }
+
+  /**
+   * The lower median of the votes (the top of its bucket, so never below the timeouts it stands for), in
+   * milliseconds, or 0 with no vote (the caller's floor applies).
+   */
+  get timeoutMs(): number {
+    if (this.#stale) {
+      this.#stale = false;
+      let rank = (this.#votes - 1) >> 1;
+      this.#median = 0;
+      if (this.#votes > 0) {
+        for (let bucket = 0; bucket < BUCKETS; bucket++) {
+          rank -= this.#counts[bucket] ?? 0;
+          if (rank < 0) {
+            this.#median = 2 ** ((bucket === 0 ? 0 : bucket - 1) / STEPS_PER_OCTAVE);
+            break;
+          }
+        }
+      }
+    }
+    return this.#median;
   }
 }

@@ -15,7 +15,7 @@ import type {
   TaskView,
 } from '@finishline/core';
 import { isTerminalType, LIMITS } from '@finishline/core';
-import type { OutgoingEntry, RoundTripEstimate } from '@finishline/core/internal';
+import type { OutgoingEntry, RoundTripPool } from '@finishline/core/internal';
 import { encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { StoreEpoch } from '../hub/store-epoch.js';
@@ -62,8 +62,8 @@ export interface WriterContext {
   readonly connectionId: number;
   readonly version: ProtocolVersion;
   readonly epoch: StoreEpoch;
-  /** The server's estimate of terminal-ack round trips, shared by its sockets (terminal-retry.ts). */
-  readonly roundTrips?: RoundTripEstimate | undefined;
+  /** The server's pool of terminal-ack round trips, one vote per socket (terminal-retry.ts). */
+  readonly roundTrips?: RoundTripPool | undefined;
   /** The connection is open: writing and timers are allowed. */
   isOpen(): boolean;
   /** Runs a timer callback so that nothing it throws reaches `ws`. */
@@ -371,6 +371,7 @@ export class SocketWriter {
     this.#retryTimer = undefined;
     this.#drainTimer = undefined;
     this.#queue.clear();
+    this.#retries.close();
     this.#resets.clear();
   }
 
