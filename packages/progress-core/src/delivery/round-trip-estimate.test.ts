@@ -73,6 +73,26 @@ describe('RoundTripPool', () => {
     expect(pool.timeoutMs).toBe(1);
   });
 
+  it('keeps one vote per voter, the last one its sockets gave, until its last voting socket leaves', () => {
+    const pool = new RoundTripPool();
+    const at = (ms: number) => RoundTripPool.bucketOf(ms);
+    pool.vote('alice', at(64), true);
+    pool.vote('mallory', at(60_000), true);
+    pool.vote('mallory', at(60_000), true);
+    pool.vote('mallory', at(30_000), false);
+    expect(pool.votes).toBe(2);
+    expect(pool.timeoutMs).toBe(64);
+    pool.vote('bob', at(16), true);
+    expect(pool.timeoutMs).toBe(64);
+    pool.leave('mallory');
+    expect(pool.votes).toBe(3);
+    pool.leave('mallory');
+    expect(pool.votes).toBe(2);
+    expect(pool.timeoutMs).toBe(16);
+    pool.leave('mallory');
+    expect(pool.votes).toBe(2);
+  });
+
   it('is, for any votes and removals, the lower median of the remaining ones to within one 2^(1/4) step above', () => {
     fc.assert(
       fc.property(

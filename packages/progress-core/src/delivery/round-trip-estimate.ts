@@ -14,11 +14,12 @@
  * A watcher usually receives one terminal event per task, often none yet on a new socket, while the
  * delay that matters at load (the event loops of the server and of the clients) is shared by the
  * server's sockets: a socket that has no sample yet waits the {@link RoundTripPool}'s timeout, the lower
- * median of the timeouts of the server's sockets that have one. One vote per socket and a median, not one
- * estimate fed by every socket: with a shared mean, a client that acknowledged its terminal frames a
- * minute late made every socket's first re-send wait 5 s instead of 100 ms, and one acknowledging them
- * at once cut it back to 100 ms for everyone on a loaded server. Now the clients of at least half the
- * sockets that voted must agree to move it.
+ * median of the timeouts of the principals whose sockets have one (a principal's vote is the timeout of
+ * its socket that sampled last). One vote per principal and a median, not one estimate fed by every
+ * socket: with a shared mean, a client that acknowledged its terminal frames a minute late made every
+ * socket's first re-send wait 5 s instead of 100 ms, and one acknowledging them at once cut it back to
+ * 100 ms for everyone on a loaded server. Now at least half the principals that voted must agree to move
+ * it, however many sockets each opens.
  *
  * @module
  */
@@ -59,13 +60,21 @@ const STEPS_PER_OCTAVE = 4;
  */
 const BUCKETS = 2 + 31 * STEPS_PER_OCTAVE;
 
+/** A principal's vote in a {@link RoundTripPool}: its bucket, and how many of its sockets have voted. */
+interface Voter {
+  bucket: number;
+  sockets: number;
+}
+
 /**
  * The server-wide first guess of a socket with no round-trip sample of its own: the lower median of the
- * timeouts of the sockets that have one (each socket one vote, however many samples it gave), kept in a
- * histogram of 2^(1/4) steps so that a vote moves in O(1) with no allocation. See the module comment.
+ * votes, each the timeout of a voter (a principal: the timeout of its socket that sampled last, however
+ * many sockets and samples it has), kept in a histogram of 2^(1/4) steps so that a vote moves in O(1) with
+ * no allocation (one small record per voting principal). See the module comment.
  */
 export class RoundTripPool {
   readonly #counts = new Uint32Array(BUCKETS);
+  readonly #voters = new Map<string, Voter>();
   #votes = 0;
   #median = 0;
   #stale = false;
@@ -77,8 +86,35 @@ export class RoundTripPool {
   }
 
   /**
-   * A socket's vote moves from bucket `from` (-1: it had none) to `to` (-1: it leaves, the socket closed);
-   * buckets come from {@link RoundTripPool.bucketOf}.
+   * A socket of `voter` (a principal's id) votes bucket `to` ({@link RoundTripPool.bucketOf}); `joins`
+   * on its first vote, which {@link leave} undoes when the socket closes. The voter's one vote moves to
+   * `to`.
+   */
+  vote(voter: string, to: number, joins: boolean): void {
+    const entry = this.#voters.get(voter);
+    if (entry === undefined) {
+      this.#voters.set(voter, { bucket: to, sockets: 1 });
+      this.move(-1, to);
+      return;
+    }
+    if (joins) entry.sockets += 1;
+    this.move(entry.bucket, to);
+    entry.bucket = to;
+  }
+
+  /** A socket of `voter` that voted closed: the voter's vote goes with its last such socket. */
+  leave(voter: string): void {
+    const entry = this.#voters.get(voter);
+    if (entry === undefined) return;
+    entry.sockets -= 1;
+    if (entry.sockets > 0) return;
+    this.#voters.delete(voter);
+    this.move(entry.bucket, -1);
+  }
+
+  /**
+   * One vote moves from bucket `from` (-1: a new vote) to `to` (-1: it is withdrawn); buckets come from
+   * {@link RoundTripPool.bucketOf}. For a caller keeping its own voters ({@link vote} keeps principals).
    */
   move(from: number, to: number): void {
     if (from === to) return;
@@ -93,7 +129,7 @@ export class RoundTripPool {
     this.#stale = true;
   }
 
-  /** Number of sockets voting. */
+  /** Number of votes. */
   get votes(): number {
     return this.#votes;
   }

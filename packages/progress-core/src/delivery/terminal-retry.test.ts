@@ -78,8 +78,8 @@ describe('TerminalRetryTracker', () => {
   it("waits its socket's round-trip timeout when it is longer than 100 ms, the pool's before its first ack", () => {
     const clock = new ManualClock(0);
     const pool = new RoundTripPool();
-    const tracker = new TerminalRetryTracker(clock.now, undefined, pool);
-    const other = new TerminalRetryTracker(clock.now, undefined, pool);
+    const tracker = new TerminalRetryTracker(clock.now, undefined, pool, () => 'alice');
+    const other = new TerminalRetryTracker(clock.now, undefined, pool, () => 'bob');
     // No sample yet: the 100 ms floor.
     tracker.sent('t1', 4);
     expect(tracker.nextDueAt()).toBe(100);
@@ -127,7 +127,7 @@ describe('TerminalRetryTracker', () => {
     expect(pool.timeoutMs).toBe(0);
   });
 
-  it('does not let one socket of three move the first delay of the others, late or early', () => {
+  it('does not let one principal of three move the first delay of the others, late or early, with any number of sockets', () => {
     const clock = new ManualClock(0);
     const pool = new RoundTripPool();
     const ackAfter = (tracker: TerminalRetryTracker, taskId: string, ms: number): void => {
@@ -135,11 +135,20 @@ describe('TerminalRetryTracker', () => {
       clock.advance(ms);
       tracker.acked(taskId, 1);
     };
-    const honest = [1, 2].map(() => new TerminalRetryTracker(clock.now, undefined, pool));
+    const honest = ['alice', 'bob'].map(
+      (who) => new TerminalRetryTracker(clock.now, undefined, pool, () => who),
+    );
     for (const [i, tracker] of honest.entries()) ackAfter(tracker, `h${i}`, 20);
-    const late = new TerminalRetryTracker(clock.now, undefined, pool);
+    // Ten sockets of one principal, each acking a minute late: one vote.
+    const lateSockets = Array.from(
+      { length: 10 },
+      () => new TerminalRetryTracker(clock.now, undefined, pool, () => 'mallory'),
+    );
+    for (const socket of lateSockets) ackAfter(socket, 'x', 60_000);
+    expect(pool.votes).toBe(3);
+    const late = lateSockets[0] as TerminalRetryTracker;
     for (let i = 0; i < 50; i++) ackAfter(late, `l${i}`, 60_000);
-    const fresh = new TerminalRetryTracker(clock.now, undefined, pool);
+    const fresh = new TerminalRetryTracker(clock.now, undefined, pool, () => 'carol');
     fresh.sent('f', 1);
     expect(fresh.nextDueAt()).toBe(clock.now() + 100);
     // The late socket waits its own timeout (capped); the honest ones theirs.
@@ -152,9 +161,15 @@ describe('TerminalRetryTracker', () => {
       for (let j = 0; j < 20; j++) ackAfter(tracker, `s${i}-${j}`, 400);
     }
     for (let i = 0; i < 50; i++) ackAfter(late, `e${i}`, 0);
-    const again = new TerminalRetryTracker(clock.now, undefined, pool);
+    const again = new TerminalRetryTracker(clock.now, undefined, pool, () => 'carol');
     again.sent('a', 1);
     expect((again.nextDueAt() as number) - clock.now()).toBeGreaterThan(400);
+    // The principal's vote goes with its last socket that voted.
+    for (const socket of lateSockets.slice(1)) socket.close();
+    expect(pool.votes).toBe(3);
+    late.close();
+    late.close();
+    expect(pool.votes).toBe(2);
   });
 
   it('is not due a millisecond early and stays due until the re-send is reported', () => {

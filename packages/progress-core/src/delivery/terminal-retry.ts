@@ -11,7 +11,7 @@ import { RoundTripEstimate, RoundTripPool } from './round-trip-estimate.js';
  * server re-sends it after 100 ms, then 200 ms, 400 ms … capped, for as long as the connection lives.
  * With a {@link RoundTripPool}, the first delay is the round-trip timeout when that is longer than 100 ms
  * (acks are slow under load), and the later ones double from it: the timeout of this socket's own acks
- * ({@link RoundTripEstimate}), or before its first ack, the pool's (the lower median of the other sockets'),
+ * ({@link RoundTripEstimate}), or before its first ack, the pool's (the lower median of the principals'),
  * so one client's acks, late or early, set only its own socket's delays.
  * There is deliberately no attempt limit: the connection closing (after which the client resumes from its
  * cursor) is the only other way out. The schedule is deterministic, not jittered: retries are per socket,
@@ -152,8 +152,10 @@ export class TerminalRetryTracker {
   readonly #pool: RoundTripPool | undefined;
   /** This socket's own round trips (with a pool only). */
   readonly #own: RoundTripEstimate | undefined;
-  /** This socket's vote in the pool: the bucket of its own timeout, -1 before its first sample. */
-  #vote = -1;
+  /** Whose vote this socket's timeout is in the pool (its principal). */
+  readonly #voter: (() => string) | undefined;
+  /** The principal this socket voted as, once it did. */
+  #votedAs: string | undefined;
   /** {@link close} was called: an ack arriving after it no longer votes. */
   #closed = false;
   readonly #pending = new Map<string, PendingTerminal>();
@@ -168,9 +170,16 @@ export class TerminalRetryTracker {
    *   this tracker's own estimate, whose timeout is this tracker's vote in the pool; the first re-send's
    *   delay is that timeout (the pool's before the first ack) when longer than `initialDelayMs`. Shared by
    *   the trackers of a server; call {@link close} when the socket closes.
+   * @param voter - whose vote in `roundTrips` this socket's timeout is (its principal's id, known by the
+   *   time it acks); its sockets share one vote.
    * @throws ProgressError `invalid_input` for invalid options.
    */
-  constructor(clock: Clock, options?: TerminalRetryOptions, roundTrips?: RoundTripPool) {
+  constructor(
+    clock: Clock,
+    options?: TerminalRetryOptions,
+    roundTrips?: RoundTripPool,
+    voter?: () => string,
+  ) {
     if (typeof clock !== 'function') {
       throw new ProgressError(ErrorCode.InvalidInput, 'TerminalRetryTracker: clock must be a function');
     }
@@ -178,6 +187,7 @@ export class TerminalRetryTracker {
     this.#options = resolveTerminalRetryOptions(options);
     this.#pool = roundTrips;
     this.#own = roundTrips === undefined ? undefined : new RoundTripEstimate();
+    this.#voter = voter;
   }
 
   /** The round-trip timeout the first re-send waits at least (0: none learnt). */
@@ -231,10 +241,10 @@ export class TerminalRetryTracker {
       const own = this.#own;
       if (own !== undefined) {
         own.sample(this.#clock() - entry.firstSentAt);
-        if (own.sampled && !this.#closed) {
-          const vote = RoundTripPool.bucketOf(own.timeoutMs);
-          this.#pool?.move(this.#vote, vote);
-          this.#vote = vote;
+        if (own.sampled && !this.#closed && this.#voter !== undefined) {
+          const joins = this.#votedAs === undefined;
+          this.#votedAs ??= this.#voter();
+          this.#pool?.vote(this.#votedAs, RoundTripPool.bucketOf(own.timeoutMs), joins);
         }
       }
     }
@@ -242,8 +252,7 @@ export class TerminalRetryTracker {
 
   /** The socket closed: withdraw its vote from the pool (idempotent). */
   close(): void {
-    this.#pool?.move(this.#vote, -1);
-    this.#vote = -1;
+    if (this.#votedAs !== undefined && !this.#closed) this.#pool?.leave(this.#votedAs);
     this.#closed = true;
   }
 

@@ -5,8 +5,9 @@ import { useServerSession } from '../testing/session.js';
 
 /**
  * The first terminal re-send waits the round-trip timeout the server learnt from terminal acks. One
- * client's acks (late, or at once) must not set the wait of everyone else's sockets: a client acking its
- * terminal frames a minute late made every other socket's first re-send wait 5 s instead of 100 ms.
+ * client's acks (late, or at once), or one principal's on many sockets, must not set the wait of everyone
+ * else's sockets: a client acking its terminal frames a minute late made every other socket's first
+ * re-send wait 5 s instead of 100 ms.
  *
  * The server runs on a frozen clock that the test moves: an ack's round trip is what the clock moved
  * between the terminal frame and the ack, and each first re-send delay is read from the socket's retry
@@ -88,7 +89,16 @@ describe('the round-trip timeout of the first terminal re-send', () => {
     expect(firstDelay.get(await terminalOn(late, 'mallory'))).toBe(5000);
   });
 
-  it('still learns that acks are slow when most sockets say so, and a client acking at once cannot undo it', async () => {
+  it('is not stretched by one principal acking late on more sockets than the others have', async () => {
+    await start();
+    for (const user of ['alice', 'bob']) await ackedAfter(await session.connect({ user }), user, 0);
+    for (let i = 0; i < 5; i++)
+      await ackedAfter(await session.connect({ user: 'mallory' }), 'mallory', 60_000);
+    const fresh = await terminalOn(await session.connect({ user: 'carol' }), 'carol');
+    expect(firstDelay.get(fresh)).toBe(100);
+  });
+
+  it('still learns that acks are slow when most principals say so, and a client acking at once cannot undo it', async () => {
     await start();
     for (const user of ['alice', 'bob', 'carol']) {
       await ackedAfter(await session.connect({ user }), user, 300);

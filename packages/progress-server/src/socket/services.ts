@@ -29,7 +29,7 @@ export interface SocketServices<P extends Principal> {
   /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
   readonly epoch: StoreEpoch;
   /**
-   * How long terminal acks take on this server's sockets, one vote per socket: a socket's first terminal
+   * How long terminal acks take on this server's sockets, one vote per principal: a socket's first terminal
    * re-send waits at least its own round-trip timeout, or before its first ack, the pool's (round-trip-estimate.ts).
    */
   readonly roundTrips: RoundTripPool;
