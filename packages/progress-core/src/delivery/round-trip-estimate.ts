@@ -17,7 +17,7 @@
  * median of the timeouts of the principals whose sockets have one (a principal's vote is the timeout of
  * its socket that sampled last). One vote per principal and a median, not one estimate fed by every
  * socket: with a shared mean, a client that acknowledged its terminal frames a minute late made every
- * socket's first re-send wait 5 s instead of 100 ms, and one acknowledging them at once cut it back to
+ * socket's first re-send wait 5 s instead of 100 ms, and one acknowledging them at once cut it toward
  * 100 ms for everyone on a loaded server. Now at least half the principals that voted must agree to move
  * it, however many sockets each opens.
  *
