@@ -41,7 +41,7 @@ export {
 } from './delivery/event-view.js';
 export type { FinishWatchdogOptions, WatchdogAction, WatchdogView } from './delivery/finish-watchdog.js';
 export { FINISH_WATCHDOG_DEFAULTS, FinishWatchdog } from './delivery/finish-watchdog.js';
-export { RoundTripEstimate } from './delivery/round-trip-estimate.js';
+export { RoundTripEstimate, RoundTripPool } from './delivery/round-trip-estimate.js';
 export type { OutgoingEntry, SendQueueOptions } from './delivery/send-queue.js';
 export { SEND_QUEUE_DEFAULTS, SendQueue } from './delivery/send-queue.js';
 export type { DueTerminalRetry, TerminalRetryOptions } from './delivery/terminal-retry.js';

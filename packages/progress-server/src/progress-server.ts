@@ -9,7 +9,7 @@
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ErrorCode } from '@finishline/core';
-import { integer, ofType, RoundTripEstimate, resolveOptions } from '@finishline/core/internal';
+import { integer, ofType, RoundTripPool, resolveOptions } from '@finishline/core/internal';
 import { AddressAuthLimits } from './address-auth-limits.js';
 import type { Principal } from './auth.js';
 import { pathOf } from './auth.js';
@@ -244,7 +244,7 @@ export class ProgressServer<P extends Principal = Principal> {
       logger: this.#logger,
       limits: this.#limits,
       epoch: this.#epoch,
-      roundTrips: new RoundTripEstimate(),
+      roundTrips: new RoundTripPool(),
     });
     this.#onUpgrade = (request, socket, head) => {
       if (pathOf(request.url) !== resolved.path) {

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { expectInvalidInput } from '../testing/invalid-input.js';
 import { ManualClock } from '../testing/manual-clock.js';
 import { propertyParams } from '../testing/property-config.js';
-import { RoundTripEstimate } from './round-trip-estimate.js';
+import { RoundTripPool } from './round-trip-estimate.js';
 import { TERMINAL_RETRY_DEFAULTS, TerminalRetryTracker, terminalRetryDelayMs } from './terminal-retry.js';
 
 describe('terminalRetryDelayMs', () => {
@@ -75,11 +75,11 @@ describe('TerminalRetryTracker', () => {
     expect(attempts).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
   });
 
-  it('waits the shared round-trip timeout when it is longer than 100 ms, and feeds it each ack', () => {
+  it("waits its socket's round-trip timeout when it is longer than 100 ms, the pool's before its first ack", () => {
     const clock = new ManualClock(0);
-    const roundTrips = new RoundTripEstimate();
-    const tracker = new TerminalRetryTracker(clock.now, undefined, roundTrips);
-    const other = new TerminalRetryTracker(clock.now, undefined, roundTrips);
+    const pool = new RoundTripPool();
+    const tracker = new TerminalRetryTracker(clock.now, undefined, pool, () => 'alice');
+    const other = new TerminalRetryTracker(clock.now, undefined, pool, () => 'bob');
     // No sample yet: the 100 ms floor.
     tracker.sent('t1', 4);
     expect(tracker.nextDueAt()).toBe(100);
@@ -88,8 +88,14 @@ describe('TerminalRetryTracker', () => {
     tracker.sent('t1', 4);
     clock.set(250);
     tracker.acked('t1', 4);
-    expect(roundTrips.timeoutMs).toBe(750);
-    // Another socket's tracker sharing the estimate waits 750 ms, then doubles from there, capped at 5 s.
+    expect(pool.votes).toBe(1);
+    // Its own timeout, 3 × 250 ms; the pool's is the top of the 2^(1/4) step holding 750 (2^(39/4), 861 ms).
+    tracker.sent('t0', 1);
+    expect(tracker.nextDueAt()).toBe(250 + 750);
+    tracker.acked('t0', 1);
+    const learnt = 2 ** (39 / 4);
+    expect(pool.timeoutMs).toBe(learnt);
+    // Another socket's tracker, with no ack of its own yet, waits the pool's, then doubles, capped at 5 s.
     other.sent('t2', 9);
     const resends: number[] = [];
     while (resends.length < 4) {
@@ -98,22 +104,72 @@ describe('TerminalRetryTracker', () => {
       resends.push(at - 250);
       other.sent('t2', 9);
     }
-    expect(resends).toEqual([750, 750 + 1500, 750 + 1500 + 3000, 750 + 1500 + 3000 + 5000]);
+    expect(resends).toEqual([learnt, learnt * 3, learnt * 7, learnt * 7 + 5000]);
     // Acks quicker than the floor bring the timeout down, never the delay below 100 ms.
     for (let i = 0; i < 60; i++) {
       tracker.sent(`fast-${i}`, 1);
       clock.advance(2);
       tracker.acked(`fast-${i}`, 1);
     }
-    expect(roundTrips.timeoutMs).toBeLessThan(100);
+    expect(pool.timeoutMs).toBeLessThan(100);
     tracker.sent('t3', 2);
     expect(tracker.nextDueAt()).toBe(clock.now() + 100);
     // An ack that clears nothing (already acked, or below the terminal seq) is not a sample.
-    const before = roundTrips.timeoutMs;
+    const before = pool.timeoutMs;
     clock.advance(10_000);
     tracker.acked('t3', 1);
     tracker.acked('fast-0', 1);
-    expect(roundTrips.timeoutMs).toBe(before);
+    expect(pool.timeoutMs).toBe(before);
+    // Closing withdraws the socket's vote, once.
+    tracker.close();
+    tracker.close();
+    expect(pool.votes).toBe(0);
+    expect(pool.timeoutMs).toBe(0);
+  });
+
+  it('does not let one principal of three move the first delay of the others, late or early, with any number of sockets', () => {
+    const clock = new ManualClock(0);
+    const pool = new RoundTripPool();
+    const ackAfter = (tracker: TerminalRetryTracker, taskId: string, ms: number): void => {
+      tracker.sent(taskId, 1);
+      clock.advance(ms);
+      tracker.acked(taskId, 1);
+    };
+    const honest = ['alice', 'bob'].map(
+      (who) => new TerminalRetryTracker(clock.now, undefined, pool, () => who),
+    );
+    for (const [i, tracker] of honest.entries()) ackAfter(tracker, `h${i}`, 20);
+    // Ten sockets of one principal, each acking a minute late: one vote.
+    const lateSockets = Array.from(
+      { length: 10 },
+      () => new TerminalRetryTracker(clock.now, undefined, pool, () => 'mallory'),
+    );
+    for (const socket of lateSockets) ackAfter(socket, 'x', 60_000);
+    expect(pool.votes).toBe(3);
+    const late = lateSockets[0] as TerminalRetryTracker;
+    for (let i = 0; i < 50; i++) ackAfter(late, `l${i}`, 60_000);
+    const fresh = new TerminalRetryTracker(clock.now, undefined, pool, () => 'carol');
+    fresh.sent('f', 1);
+    expect(fresh.nextDueAt()).toBe(clock.now() + 100);
+    // The late socket waits its own timeout (capped); the honest ones theirs.
+    late.sent('l', 1);
+    expect(late.nextDueAt()).toBe(clock.now() + 5000);
+    honest[0]?.sent('h', 1);
+    expect(honest[0]?.nextDueAt()).toBe(clock.now() + 100);
+    // Slow acks on most sockets, one acking at once: the fresh socket still waits the slow ones' timeout.
+    for (const [i, tracker] of honest.entries()) {
+      for (let j = 0; j < 20; j++) ackAfter(tracker, `s${i}-${j}`, 400);
+    }
+    for (let i = 0; i < 50; i++) ackAfter(late, `e${i}`, 0);
+    const again = new TerminalRetryTracker(clock.now, undefined, pool, () => 'carol');
+    again.sent('a', 1);
+    expect((again.nextDueAt() as number) - clock.now()).toBeGreaterThan(400);
+    // The principal's vote goes with its last socket that voted.
+    for (const socket of lateSockets.slice(1)) socket.close();
+    expect(pool.votes).toBe(3);
+    late.close();
+    late.close();
+    expect(pool.votes).toBe(2);
   });
 
   it('is not due a millisecond early and stays due until the re-send is reported', () => {

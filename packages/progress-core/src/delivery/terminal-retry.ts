@@ -3,14 +3,16 @@ import { ErrorCode } from '../codes.js';
 import type { OptionSpec, Resolved } from '../options.js';
 import { defaultsOf, finite, nested, refine, requireNumber, resolveOptions } from '../options.js';
 import { ProgressError } from '../progress-error.js';
-import type { RoundTripEstimate } from './round-trip-estimate.js';
+import { RoundTripEstimate, RoundTripPool } from './round-trip-estimate.js';
 
 /**
  * Re-sending unacknowledged terminal events on the same connection. A terminal event is the one frame a
  * watcher must not miss, and the acknowledgement is how the server learns it arrived; until then the
  * server re-sends it after 100 ms, then 200 ms, 400 ms … capped, for as long as the connection lives.
- * With a {@link RoundTripEstimate}, the first delay is the estimate's timeout when that is longer than
- * 100 ms (acks are slow under load), and the later ones double from it.
+ * With a {@link RoundTripPool}, the first delay is the round-trip timeout when that is longer than 100 ms
+ * (acks are slow under load), and the later ones double from it: the timeout of this socket's own acks
+ * ({@link RoundTripEstimate}), or before its first ack, the pool's (the lower median of the principals'),
+ * so one client's acks, late or early, set only its own socket's delays.
  * There is deliberately no attempt limit: the connection closing (after which the client resumes from its
  * cursor) is the only other way out. The schedule is deterministic, not jittered: retries are per socket,
  * so there is no crowd to spread out.
@@ -147,7 +149,15 @@ interface PendingTerminal {
 export class TerminalRetryTracker {
   readonly #clock: Clock;
   readonly #options: Resolved<TerminalRetryOptions>;
-  readonly #roundTrips: RoundTripEstimate | undefined;
+  readonly #pool: RoundTripPool | undefined;
+  /** This socket's own round trips (with a pool only). */
+  readonly #own: RoundTripEstimate | undefined;
+  /** Whose vote this socket's timeout is in the pool (its principal). */
+  readonly #voter: (() => string) | undefined;
+  /** The principal this socket voted as, once it did. */
+  #votedAs: string | undefined;
+  /** {@link close} was called: an ack arriving after it no longer votes. */
+  #closed = false;
   readonly #pending = new Map<string, PendingTerminal>();
   // Highest cumulative ack seen per task, so a send reported after its ack does not re-arm a retry.
   readonly #ackedSeq = new Map<string, number>();
@@ -156,17 +166,34 @@ export class TerminalRetryTracker {
   /**
    * @param clock - the time source.
    * @param options - merged over {@link TERMINAL_RETRY_DEFAULTS} and validated here.
-   * @param roundTrips - fed each acknowledged event's time from first send to ack; its timeout, when
-   *   longer than `initialDelayMs`, is the first re-send's delay. May be shared by many trackers.
+   * @param roundTrips - the server-wide pool: each acknowledged event's time from first send to ack feeds
+   *   this tracker's own estimate, whose timeout is this tracker's vote in the pool; the first re-send's
+   *   delay is that timeout (the pool's before the first ack) when longer than `initialDelayMs`. Shared by
+   *   the trackers of a server; call {@link close} when the socket closes.
+   * @param voter - whose vote in `roundTrips` this socket's timeout is (its principal's id, known by the
+   *   time it acks); its sockets share one vote.
    * @throws ProgressError `invalid_input` for invalid options.
    */
-  constructor(clock: Clock, options?: TerminalRetryOptions, roundTrips?: RoundTripEstimate) {
+  constructor(
+    clock: Clock,
+    options?: TerminalRetryOptions,
+    roundTrips?: RoundTripPool,
+    voter?: () => string,
+  ) {
     if (typeof clock !== 'function') {
       throw new ProgressError(ErrorCode.InvalidInput, 'TerminalRetryTracker: clock must be a function');
     }
     this.#clock = clock;
     this.#options = resolveTerminalRetryOptions(options);
-    this.#roundTrips = roundTrips;
+    this.#pool = roundTrips;
+    this.#own = roundTrips === undefined ? undefined : new RoundTripEstimate();
+    this.#voter = voter;
+  }
+
+  /** The round-trip timeout the first re-send waits at least (0: none learnt). */
+  #roundTripMs(): number {
+    if (this.#own?.sampled) return this.#own.timeoutMs;
+    return this.#pool?.timeoutMs ?? 0;
   }
 
   /** Number of terminal events awaiting an acknowledgement. */
@@ -189,14 +216,14 @@ export class TerminalRetryTracker {
     if (existing !== undefined && seq < existing.seq) return;
     if (existing !== undefined && seq === existing.seq) {
       existing.attempt += 1;
-      existing.dueAt = now + delayFor(existing.attempt, this.#options, this.#roundTrips?.timeoutMs);
+      existing.dueAt = now + delayFor(existing.attempt, this.#options, this.#roundTripMs());
       return;
     }
     this.#pending.set(taskId, {
       seq,
       firstSentAt: now,
       attempt: 1,
-      dueAt: now + delayFor(1, this.#options, this.#roundTrips?.timeoutMs),
+      dueAt: now + delayFor(1, this.#options, this.#roundTripMs()),
       order: this.#order++,
     });
   }
@@ -211,8 +238,22 @@ export class TerminalRetryTracker {
     const entry = this.#pending.get(taskId);
     if (entry !== undefined && seq >= entry.seq) {
       this.#pending.delete(taskId);
-      this.#roundTrips?.sample(this.#clock() - entry.firstSentAt);
+      const own = this.#own;
+      if (own !== undefined) {
+        own.sample(this.#clock() - entry.firstSentAt);
+        if (own.sampled && !this.#closed && this.#voter !== undefined) {
+          const joins = this.#votedAs === undefined;
+          this.#votedAs ??= this.#voter();
+          this.#pool?.vote(this.#votedAs, RoundTripPool.bucketOf(own.timeoutMs), joins);
+        }
+      }
     }
+  }
+
+  /** The socket closed: withdraw its vote from the pool (idempotent). */
+  close(): void {
+    if (this.#votedAs !== undefined && !this.#closed) this.#pool?.leave(this.#votedAs);
+    this.#closed = true;
   }
 
   /** Stop tracking `taskId` (the socket unsubscribed from it). */

@@ -115,6 +115,8 @@ export class Connection<P extends Principal> {
       options: this.#options,
       epoch: ctx.epoch,
       roundTrips: ctx.roundTrips,
+      // Acks come only from an authenticated socket: by the first sample, the principal is known.
+      principalId: () => (this.#gate.principal as P).id,
       isOpen,
       guard,
       log: (taskId) => this.#subs.get(taskId),

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { IncomingMessage } from 'node:http';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
-import { RoundTripEstimate } from '@finishline/core/internal';
+import { RoundTripPool } from '@finishline/core/internal';
 import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import type { Principal } from '../auth.js';
@@ -94,7 +94,7 @@ function connect(): { ws: FakeSocket; connection: Connection<Principal> } {
         clock: Date.now,
       }),
       epoch: new StoreEpoch(store, silentLogger),
-      roundTrips: new RoundTripEstimate(),
+      roundTrips: new RoundTripPool(),
     },
     { socketCount: () => 1, onClose: () => {}, onAuthenticated: () => {} },
   );

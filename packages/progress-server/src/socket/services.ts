@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { RoundTripEstimate } from '@finishline/core/internal';
+import type { RoundTripPool } from '@finishline/core/internal';
 import type { Principal } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import type { AckWriter } from '../hub/ack-writer.js';
@@ -28,6 +28,9 @@ export interface SocketServices<P extends Principal> {
   readonly limits: PrincipalLimits;
   /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
   readonly epoch: StoreEpoch;
-  /** How long terminal acks take on this server's sockets: the first terminal re-send waits at least that. */
-  readonly roundTrips: RoundTripEstimate;
+  /**
+   * How long terminal acks take on this server's sockets, one vote per principal: a socket's first terminal
+   * re-send waits at least its own round-trip timeout, or before its first ack, the pool's (round-trip-estimate.ts).
+   */
+  readonly roundTrips: RoundTripPool;
 }

@@ -15,7 +15,7 @@ import type {
   TaskView,
 } from '@finishline/core';
 import { isTerminalType, LIMITS } from '@finishline/core';
-import type { OutgoingEntry, RoundTripEstimate } from '@finishline/core/internal';
+import type { OutgoingEntry, RoundTripPool } from '@finishline/core/internal';
 import { encodeFrame, SendQueue, TerminalRetryTracker } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { StoreEpoch } from '../hub/store-epoch.js';
@@ -62,8 +62,10 @@ export interface WriterContext {
   readonly connectionId: number;
   readonly version: ProtocolVersion;
   readonly epoch: StoreEpoch;
-  /** The server's estimate of terminal-ack round trips, shared by its sockets (terminal-retry.ts). */
-  readonly roundTrips?: RoundTripEstimate | undefined;
+  /** The server's pool of terminal-ack round trips, one vote per principal (terminal-retry.ts). */
+  readonly roundTrips?: RoundTripPool | undefined;
+  /** The socket's principal, whose vote in `roundTrips` its acks move (called after authentication). */
+  readonly principalId?: (() => string) | undefined;
   /** The connection is open: writing and timers are allowed. */
   isOpen(): boolean;
   /** Runs a timer callback so that nothing it throws reaches `ws`. */
@@ -107,7 +109,12 @@ export class SocketWriter {
 
   constructor(ctx: WriterContext) {
     this.#ctx = ctx;
-    this.#retries = new TerminalRetryTracker(ctx.options.clock, ctx.options.terminalRetry, ctx.roundTrips);
+    this.#retries = new TerminalRetryTracker(
+      ctx.options.clock,
+      ctx.options.terminalRetry,
+      ctx.roundTrips,
+      ctx.principalId,
+    );
   }
 
   /** Everything queued went out and no paused drain is pending (a heartbeat may report seqs now). */
@@ -371,6 +378,7 @@ export class SocketWriter {
     this.#retryTimer = undefined;
     this.#drainTimer = undefined;
     this.#queue.clear();
+    this.#retries.close();
     this.#resets.clear();
   }
 
