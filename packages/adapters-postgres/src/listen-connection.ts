@@ -529,6 +529,13 @@ export class ListenConnection {
       created.then(endWithin).catch(() => {});
       throw error;
     }
+    if (!isListenClient(client)) {
+      created.then(endWithin).catch(() => {});
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        'The listenClient factory returned no pg client (an object with connect, query, on and end methods)',
+      );
+    }
     if (generation !== this.#generation) {
       await endWithin(client);
       throw new Error('The store closed while the LISTEN connection was being created');
@@ -1090,4 +1097,17 @@ export class ListenConnection {
     // Bounded: close() must not wait for a server that no longer answers (see `bounded-end.ts`).
     await endWithin(client);
   }
+}
+
+/** Whether a `listenClient` factory's answer has the methods the connection calls. */
+function isListenClient(value: unknown): value is PgListenClient {
+  const client = value as Partial<Record<keyof PgListenClient, unknown>> | null;
+  return (
+    typeof client === 'object' &&
+    client !== null &&
+    typeof client.connect === 'function' &&
+    typeof client.query === 'function' &&
+    typeof client.on === 'function' &&
+    typeof client.end === 'function'
+  );
 }

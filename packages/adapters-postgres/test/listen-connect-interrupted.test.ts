@@ -230,3 +230,58 @@ describe('a listenClient factory that never settles', () => {
     expect(await settlesWithin(store.close()), 'store.close() while the factory hangs').toBe('closed');
   });
 });
+
+describe('a listenClient factory that returns no pg client', () => {
+  it('fails open() with invalid_input, naming the factory', async () => {
+    const schema = await migrated();
+    await expect(
+      PostgresProgressStore.open({
+        pool: pool(),
+        migrate: false,
+        schema,
+        listenClient: () => ({}) as unknown as PgListenClient,
+      }),
+    ).rejects.toMatchObject({ code: 'invalid_input', message: /listenClient factory returned no pg client/ });
+  });
+
+  it('leaves no rejection unhandled on a reconnect, whatever the client it returns', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const schema = await migrated();
+      let asked = 0;
+      // Not a client, then a client whose connect fails and whose end() answers no promise.
+      const wrong = [
+        () => ({}),
+        () => ({
+          connect: () => Promise.reject(new Error('refused')),
+          query: () => Promise.reject(new Error('not connected')),
+          on: () => {},
+          end: () => undefined,
+        }),
+      ];
+      const store = await PostgresProgressStore.open({
+        pool: pool(),
+        migrate: false,
+        schema,
+        listenClient: () => {
+          if (asked === 0) {
+            asked += 1;
+            return new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient;
+          }
+          asked += 1;
+          return (wrong[asked % 2] as () => unknown)() as PgListenClient;
+        },
+        reconnect: { initialDelayMs: 5, maxDelayMs: 5 },
+      });
+      await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
+      await eventually('the reconnect asked the factory several times', () => asked > 6);
+      expect(await settlesWithin(store.close()), 'store.close()').toBe('closed');
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});
