@@ -611,8 +611,8 @@ export class ListenConnection {
    * replacement interrupted pending. The client's own 'error' and 'end' listeners ({@link #open}) end it,
    * so nothing more is registered per attempt.
    */
-  #connect(client: PgListenClient): Promise<void> {
-    return this.#abandonable(client.connect());
+  async #connect(client: PgListenClient): Promise<void> {
+    await this.#abandonable(client.connect());
   }
 
   /** `pending`, given up (rejecting with the reason) when {@link #endClient} runs meanwhile. */

@@ -407,7 +407,9 @@ describe('AddressAuthLimits', () => {
         debug() {},
         info() {},
         error() {},
-        warn: (_: unknown, msg: string) => warnings.push(msg),
+        warn: (_: unknown, msg?: string) => {
+          warnings.push(String(msg));
+        },
       };
       const limits = new AddressAuthLimits({
         ratePerSecond: 1,
