@@ -38,10 +38,14 @@ export interface EndableClient {
  * fail; it is gone either way).
  */
 export async function endWithin(client: EndableClient, timeoutMs = END_TIMEOUT_MS): Promise<void> {
-  const ended = client.end().then(
-    () => true,
-    () => true,
-  );
+  // Asked in a microtask: a client whose `end` throws or answers no promise (a `listenClient` factory's
+  // object of the wrong kind) must not reject this, which callers fire and forget.
+  const ended = Promise.resolve()
+    .then(() => client.end())
+    .then(
+      () => true,
+      () => true,
+    );
   if (await settlesWithin(ended, timeoutMs)) return;
   const stream = client.connection?.stream;
   if (stream === undefined) return;

@@ -512,7 +512,30 @@ export class ListenConnection {
   }
 
   async #open(generation: number): Promise<void> {
-    const client = await this.#options.createClient();
+    const connectTimeoutMs = this.#options.connectTimeoutMs;
+    // A `listenClient` factory of the caller's that never settles (a client taken from somewhere that
+    // hangs) held open() for ever, and close() too (it waits for a reconnect in progress): bounded as the
+    // connect is, and given up when the store closes. A client it gives too late is ended.
+    const created = (async () => this.#options.createClient())();
+    let client: PgListenClient;
+    try {
+      client = await this.#answered(
+        generation,
+        'its client factory (listenClient)',
+        this.#abandonable(created),
+        connectTimeoutMs,
+      );
+    } catch (error) {
+      created.then(endWithin).catch(() => {});
+      throw error;
+    }
+    if (!isListenClient(client)) {
+      created.then(endWithin).catch(() => {});
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        'The listenClient factory returned no pg client (an object with connect, query, on and end methods)',
+      );
+    }
     if (generation !== this.#generation) {
       await endWithin(client);
       throw new Error('The store closed while the LISTEN connection was being created');
@@ -530,7 +553,6 @@ export class ListenConnection {
     client.on('end', () => this.#lost(generation, new Error('The LISTEN connection ended')));
     // Bounded by their own deadline, not the re-read's (30 watermark intervals): a connect or a LISTEN has
     // nothing to read, and a black-holed host held open() 30 s by default, and 30 h with an hourly watermark.
-    const connectTimeoutMs = this.#options.connectTimeoutMs;
     await this.#answered(generation, 'its connect', this.#connect(client), connectTimeoutMs);
     await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen), connectTimeoutMs);
     let from = this.#watermark;
@@ -590,13 +612,18 @@ export class ListenConnection {
    * so nothing more is registered per attempt.
    */
   async #connect(client: PgListenClient): Promise<void> {
+    await this.#abandonable(client.connect());
+  }
+
+  /** `pending`, given up (rejecting with the reason) when {@link #endClient} runs meanwhile. */
+  async #abandonable<T>(pending: Promise<T>): Promise<T> {
     let abandon!: (reason: ProgressError) => void;
     const abandoned = new Promise<never>((_, reject) => {
       abandon = reject;
     });
     this.#abandonConnect = abandon;
     try {
-      await Promise.race([client.connect(), abandoned]);
+      return await Promise.race([pending, abandoned]);
     } finally {
       if (this.#abandonConnect === abandon) this.#abandonConnect = undefined;
     }
@@ -1070,4 +1097,17 @@ export class ListenConnection {
     // Bounded: close() must not wait for a server that no longer answers (see `bounded-end.ts`).
     await endWithin(client);
   }
+}
+
+/** Whether a `listenClient` factory's answer has the methods the connection calls. */
+function isListenClient(value: unknown): value is PgListenClient {
+  const client = value as Partial<Record<keyof PgListenClient, unknown>> | null;
+  return (
+    typeof client === 'object' &&
+    client !== null &&
+    typeof client.connect === 'function' &&
+    typeof client.query === 'function' &&
+    typeof client.on === 'function' &&
+    typeof client.end === 'function'
+  );
 }

@@ -109,8 +109,8 @@ export interface PostgresProgressStoreOptions {
    */
   watermarkIntervalMs?: number | undefined;
   /**
-   * How long the connect of the `LISTEN` connection (TCP, TLS, authentication) and its `LISTEN` statement
-   * may each go unanswered, in milliseconds, before the attempt is given up: `open()` then rejects with
+   * How long the connect of the `LISTEN` connection (TCP, TLS, authentication), its `LISTEN` statement and
+   * a `listenClient` factory's promise may each go unanswered, in milliseconds, before the attempt is given up: `open()` then rejects with
    * `store_unavailable` (a black-holed or unreachable host), and a reconnect is retried after its backoff,
    * with once more as long per failed attempt since the last success, up to 10 times as long. As long as
    * a client's default `connectTimeoutMs`, and independent of `watermarkIntervalMs`.

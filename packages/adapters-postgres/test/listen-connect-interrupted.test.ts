@@ -167,3 +167,121 @@ describe('a LISTEN reconnect after many failed attempts', () => {
     }
   });
 });
+
+describe('a listenClient factory that never settles', () => {
+  it('fails open() with store_unavailable after listenConnectTimeoutMs, and ends a client it gives later', async () => {
+    const schema = await migrated();
+    let give: (client: PgListenClient) => void = () => {};
+    const late = new Promise<PgListenClient>((resolve) => {
+      give = resolve;
+    });
+    const opening = PostgresProgressStore.open({
+      pool: pool(),
+      migrate: false,
+      schema,
+      listenClient: () => late,
+      listenConnectTimeoutMs: 200,
+    });
+    const outcome = opening.then(
+      (store) => store.close().then(() => 'opened'),
+      (error: unknown) => error,
+    );
+    // A liveness bound, not a timing assertion: the open fails after 200 ms, or waits for ever.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const waited = new Promise((resolve) => {
+      timer = setTimeout(() => resolve('still waiting'), 5000);
+    });
+    try {
+      const settled = await Promise.race([outcome, waited]);
+      expect(settled).toMatchObject({ code: 'store_unavailable' });
+      expect((settled as Error).message).toMatch(
+        /did not answer its client factory \(listenClient\) within 200 ms/,
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+    let ended = 0;
+    give({
+      end: async () => {
+        ended += 1;
+      },
+    } as unknown as PgListenClient);
+    await eventually('the client given too late is ended', () => ended === 1);
+  });
+
+  it('does not hold close() while a reconnect waits for it', async () => {
+    const schema = await migrated();
+    let hang = false;
+    let asked = 0;
+    const store = await PostgresProgressStore.open({
+      pool: pool(),
+      migrate: false,
+      schema,
+      listenClient: () => {
+        if (!hang) return new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient;
+        asked += 1;
+        return new Promise<PgListenClient>(() => {});
+      },
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    });
+    hang = true;
+    await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
+    await eventually('the reconnect waits for the factory', () => asked > 0);
+    expect(await settlesWithin(store.close()), 'store.close() while the factory hangs').toBe('closed');
+  });
+});
+
+describe('a listenClient factory that returns no pg client', () => {
+  it('fails open() with invalid_input, naming the factory', async () => {
+    const schema = await migrated();
+    await expect(
+      PostgresProgressStore.open({
+        pool: pool(),
+        migrate: false,
+        schema,
+        listenClient: () => ({}) as unknown as PgListenClient,
+      }),
+    ).rejects.toMatchObject({ code: 'invalid_input', message: /listenClient factory returned no pg client/ });
+  });
+
+  it('leaves no rejection unhandled on a reconnect, whatever the client it returns', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const schema = await migrated();
+      let asked = 0;
+      // Not a client, then a client whose connect fails and whose end() answers no promise.
+      const wrong = [
+        () => ({}),
+        () => ({
+          connect: () => Promise.reject(new Error('refused')),
+          query: () => Promise.reject(new Error('not connected')),
+          on: () => {},
+          end: () => undefined,
+        }),
+      ];
+      const store = await PostgresProgressStore.open({
+        pool: pool(),
+        migrate: false,
+        schema,
+        listenClient: () => {
+          if (asked === 0) {
+            asked += 1;
+            return new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient;
+          }
+          asked += 1;
+          return (wrong[asked % 2] as () => unknown)() as PgListenClient;
+        },
+        reconnect: { initialDelayMs: 5, maxDelayMs: 5 },
+      });
+      await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
+      await eventually('the reconnect asked the factory several times', () => asked > 6);
+      expect(await settlesWithin(store.close()), 'store.close()').toBe('closed');
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+});

@@ -298,6 +298,33 @@ describe('cursor storage', () => {
     await client.close();
   });
 
+  it('an async storage of your own whose load, save and remove reject leaves no rejection unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const quota = () =>
+        Promise.reject(new DOMException('The quota has been exceeded.', 'QuotaExceededError'));
+      const failing = { load: quota, save: quota, remove: quota } as unknown as CursorStorage;
+      const { client, server, scheduler } = setup({ persistence: persistCursors(failing), ackDelayMs: 0 });
+      const watch = client.watch('t1');
+      const socket = server.accept();
+      const one = new FakeTask('t1', 2);
+      socket.push({ type: 'snapshot', task: one.view() });
+      socket.push({ type: 'event', event: one.item('a') });
+      await scheduler.advance(0);
+      socket.push({ type: 'event', event: one.end() });
+      await watch.done;
+      expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't1' }]);
+      await client.close();
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('sweeps its entries over localStorage: keeps the most recently updated at its first save, and makes room when the quota is full', () => {
     /** An entry a watch of task `id` left behind, last updated at `updatedAt`. */
     const leftBehind = (backing: QuotaStorage, id: string, updatedAt: number) =>

@@ -33,8 +33,8 @@ import { decodeServerText } from './frame-check.js';
 export interface CursorStorage {
   /**
    * The entry saved under `key`, or `undefined`. Synchronous: the client reads it when a watch starts. A
-   * promise (an `async` load over IndexedDB) is an invalid entry, ignored like any other, so no watch
-   * resumes; read an asynchronous store into memory before creating the client, and load from there.
+   * promise (an `async` load over IndexedDB) is an invalid entry, ignored like any other (its rejection
+   * too), so no watch resumes; read an asynchronous store into memory before creating the client, and load from there.
    */
   load(key: string): unknown;
   /**
@@ -42,7 +42,8 @@ export interface CursorStorage {
    * (see {@link cursorKey}), not the bare task id — with the store epoch its seq belongs to when known.
    * `load` must return what was saved: the entry's fields, plus `epoch` when one was given. A storage
    * that drops the epoch still works: its cursors are trusted in any epoch, and the server's reset of a
-   * cursor ahead of the task still applies.
+   * cursor ahead of the task still applies. A promise it returns (an `async` write) is not waited for,
+   * and its rejection costs only the resume, as a throw does; likewise for `remove`.
    */
   save(entry: TaskView, epoch?: string): void;
   /** Forgets the entry under `key`. */
@@ -112,7 +113,7 @@ export function bindCursors(storage: CursorStorage, scope: string): ServerCursor
     },
     remove: (taskId) => {
       try {
-        storage.remove(cursorKey(taskId, scope));
+        quiet(storage.remove(cursorKey(taskId, scope)));
       } catch {
         // As in saveView: the entry stays, and a later watch of the id resumes from it (see acks.ts).
       }
@@ -130,7 +131,7 @@ export function bindCursors(storage: CursorStorage, scope: string): ServerCursor
 export function readStoredTask(storage: CursorStorage, taskId: string, key: string): StoredTask | undefined {
   let stored: unknown;
   try {
-    stored = storage.load(key);
+    stored = quiet(storage.load(key));
   } catch {
     return undefined;
   }
@@ -168,21 +169,33 @@ export function saveView(
 ): boolean {
   const { progress, kind } = view;
   if (progress === null || kind === null) return false;
-  storage.save(
-    {
-      id: key,
-      kind,
-      status: view.status,
-      ...progress,
-      result: view.result,
-      error: view.error,
-      seq: view.seq,
-      // Not tracked by the cursor; nothing in the client reads it back.
-      createdAt: view.updatedAt ?? 0,
-      updatedAt: view.updatedAt ?? 0,
-      finishedAt: view.finishedAt,
-    },
-    epoch,
+  quiet(
+    storage.save(
+      {
+        id: key,
+        kind,
+        status: view.status,
+        ...progress,
+        result: view.result,
+        error: view.error,
+        seq: view.seq,
+        // Not tracked by the cursor; nothing in the client reads it back.
+        createdAt: view.updatedAt ?? 0,
+        updatedAt: view.updatedAt ?? 0,
+        finishedAt: view.finishedAt,
+      },
+      epoch,
+    ),
   );
   return true;
+}
+
+/**
+ * A storage's answer, with the rejection of a promise from an `async` one (IndexedDB) handled: left
+ * unhandled, a failed write (a full quota) or read ended a Node process (an unhandled rejection).
+ */
+function quiet(value: unknown): unknown {
+  if (typeof (value as PromiseLike<unknown> | null)?.then === 'function')
+    (value as PromiseLike<unknown>).then(undefined, () => {});
+  return value;
 }

@@ -92,12 +92,13 @@ export function sendAck(
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ seq }),
       signal: abort.signal,
-    }).then(
+    })
       // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken for
       // one, the acks of a page whose many watches ended together were lost past the budget.)
-      ({ status = 0 }) => settle(status < 500 && status !== 429),
-      () => settle(false),
-    );
+      .then(({ status = 0 }) => settle(status < 500 && status !== 429))
+      // A `fetch` of the application's answering no response (`undefined`) is no answer either: read in
+      // the first callback, it threw there, past the second, and ended a Node process (unhandled rejection).
+      .catch(() => settle(false));
   };
   send(0);
 }

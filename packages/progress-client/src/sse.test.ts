@@ -221,6 +221,40 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('takes an ack answered with no response (a fetch of your own that returns nothing) for no answer, leaving no rejection unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const sse = new FakeSse();
+      let broken = 1;
+      const fetch: StreamingFetch = async (url, init) => {
+        const answer = await sse.fetch(url, init);
+        if (init.method === 'POST' && broken-- > 0) return undefined as never;
+        return answer;
+      };
+      const { client, scheduler } = setup({
+        preferFallback: true,
+        fallbackTransport: sseFallback({ fetch }),
+      });
+      const task = new FakeTask('t1', 1);
+      const watch = client.watch('t1');
+      await flush();
+      const stream = sse.streams[0] as SseRequest;
+      stream.send({ type: 'snapshot', task: task.view() });
+      stream.send({ type: 'event', event: task.end() }, 1);
+      stream.end();
+      expect((await watch.done).status).toBe('completed');
+      await scheduler.advance(10_000);
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+      expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }]);
+      await client.close();
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('acknowledges the end of a task created again under the id of one whose handle closed at its end', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true });
     const old = new FakeTask('t1', 1);

@@ -404,6 +404,41 @@ describe('AddressAuthLimits', () => {
     expect(limits.size).toBe(1);
   });
 
+  it('falls back to the peer when the clientAddress hook is async, and its rejection never goes unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const warnings: string[] = [];
+      const logger = {
+        debug() {},
+        info() {},
+        error() {},
+        warn: (_: unknown, msg?: string) => {
+          warnings.push(String(msg));
+        },
+      };
+      const limits = new AddressAuthLimits({
+        ratePerSecond: 1,
+        clock: () => 0,
+        logger,
+        clientAddress: (async () => {
+          throw new Error('address lookup failed');
+        }) as never,
+      });
+      for (let i = 0; i < 50; i += 1) expect(limits.take(from('192.0.2.1'))).toBeUndefined();
+      // One budget, the peer's: a promise is no address.
+      expect(limits.take(from('192.0.2.1'))).toBe(1);
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toContain('clientAddress hook returned a promise');
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('counts an IPv6 /64 as one address, and gives back the attempts that succeeded', () => {
     const limits = new AddressAuthLimits({ ratePerSecond: 1, clock: () => 0 });
     for (let i = 0; i < 50; i += 1) expect(limits.take(from(`2001:db8::${i.toString(16)}`))).toBeUndefined();

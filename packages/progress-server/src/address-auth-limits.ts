@@ -184,6 +184,13 @@ export class AddressAuthLimits {
       return undefined;
     }
     if (value === undefined) return undefined;
+    if (typeof (value as PromiseLike<unknown> | null)?.then === 'function') {
+      // An `async` hook (one looking the address up somewhere): its rejection, left unhandled, ended the
+      // process (Node's default) at the first request. The hook must answer synchronously.
+      (value as PromiseLike<unknown>).then(undefined, ignoreRejection);
+      this.#warnHook({}, 'clientAddress hook returned a promise; it must return the address synchronously');
+      return undefined;
+    }
     if (typeof value !== 'string' || value === '' || value.length > MAX_CLIENT_ADDRESS_LENGTH) {
       this.#warnHook(
         { type: typeof value },
@@ -215,6 +222,8 @@ export class AddressAuthLimits {
     }
   }
 }
+
+const ignoreRejection = (): void => {};
 
 /** The message of the refusal. */
 export const AUTH_RATE_LIMITED_MESSAGE =

@@ -76,6 +76,23 @@ describe('isOriginAllowed', () => {
     ).toBe(false);
     expect(isOriginAllowed(request({ origin: 'https://anything' }), '*')).toBe(true);
   });
+
+  it('refuses when an async predicate answers, and its rejection never goes unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const predicate = (async () => {
+        throw new Error('origin lookup failed');
+      }) as never;
+      expect(isOriginAllowed(request({ origin: 'https://a.example' }), predicate)).toBe(false);
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
 });
 
 describe('sameOrigin', () => {

@@ -81,7 +81,7 @@ export type AuthorizeHook<P extends Principal> = (
  *   or list the public origins;
  * - a list of exact origins, e.g. `['https://app.example.com']`, each as browsers send it (lower case, no
  *   path, no trailing slash, no default port): another entry throws `invalid_input` at construction;
- * - a predicate;
+ * - a synchronous predicate (one that throws, or answers anything but `true`, a promise included, refuses);
  * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
  *   the user's cookies (cross-site WebSocket hijacking), and read the HTTP API's answers (an allowed
  *   origin gets CORS headers with credentials). Use it only when authentication never relies on cookies.
@@ -103,13 +103,22 @@ export function ownerOnly(principal: Principal, task: Task): boolean {
 }
 
 /** Whether the request's `Origin` (if any) is allowed by `allowed`. Never throws. */
+const ignoreRejection = (): void => {};
+
 export function isOriginAllowed(request: IncomingMessage, allowed: AllowedOrigins): boolean {
   const origin = request.headers.origin;
   if (origin === undefined) return true;
   try {
     if (allowed === '*') return true;
     if (allowed === 'same-origin') return isSameOrigin(origin, request);
-    if (typeof allowed === 'function') return allowed(origin, request) === true;
+    if (typeof allowed === 'function') {
+      const verdict: unknown = allowed(origin, request);
+      // An `async` predicate is no verdict (refused), and its rejection, left unhandled, ended the process.
+      if (typeof (verdict as PromiseLike<unknown> | null)?.then === 'function') {
+        (verdict as PromiseLike<unknown>).then(undefined, ignoreRejection);
+      }
+      return verdict === true;
+    }
     return allowed.includes(origin);
   } catch {
     // A malformed Origin header (or a predicate that throws) refuses rather than crashing the upgrade.

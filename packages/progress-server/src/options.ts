@@ -187,10 +187,11 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * means the connection's peer. Behind reverse proxies that append to `X-Forwarded-For`, use
    * `forwardedClientAddress({ trustedProxies: n })` (exported by this package), and only when no request can reach the server
    * around them (a client could otherwise pick its address, and a fresh budget, with the header). A hook
-   * that throws, or returns anything but `undefined` or a string of 1-256 characters, falls back to the
-   * peer address (logged at `warn`, once): the request is answered as without the hook. The caps on
-   * connections not authenticated yet (`maxPendingConnectionsPerAddress`) count TCP peers, before any
-   * request: the hook does not apply to them.
+   * that throws, or returns anything but `undefined` or a string of 1-256 characters (a promise too: it
+   * must answer synchronously; an `async` hook's rejection is caught), falls back to the peer address
+   * (logged at `warn`, once): the request is answered as without the hook. The caps on connections
+   * not authenticated yet (`maxPendingConnectionsPerAddress`) count TCP peers, before any request: the
+   * hook does not apply to them.
    * @default the connection's peer address (`request.socket.remoteAddress`)
    */
   clientAddress?: ClientAddressHook | undefined;

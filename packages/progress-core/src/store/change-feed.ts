@@ -1,4 +1,5 @@
 import type { TaskEvent } from '../model.js';
+import { callQuietly } from './hook-guard.js';
 
 /**
  * The change feed a store publishes (task X is at seq N) and the in-process feed the memory and SQLite
@@ -157,9 +158,8 @@ export class LocalChangeFeed implements ChangeFeed {
    * feed's loop or socket handler ended).
    */
   #reportListenerError(error: unknown): void {
-    try {
-      this.#onListenerError(error);
-    } catch {}
+    // A rejection of an `async` hook's promise too: left unhandled, it ended the process.
+    callQuietly(this.#onListenerError, error);
   }
 
   onEpochRenewed(listener: () => void): Unsubscribe {

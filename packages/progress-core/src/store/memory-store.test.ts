@@ -94,6 +94,29 @@ describe('MemoryProgressStore', () => {
     expect(seen).toEqual([{ taskId: task.id, seq: 1, terminal: false, run: task.createdAt }]);
   });
 
+  it('never leaves a rejection of an async onListenerError unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const store = new MemoryProgressStore({
+        onListenerError: (async () => {
+          throw new Error('the log shipper is down');
+        }) as never,
+      });
+      store.changes.subscribe(() => {
+        throw new Error('boom');
+      });
+      const task = await store.createTask({ owner: 'alice', kind: 'k' });
+      await expect(store.append(task.id, { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('publishes synchronously, after the state is updated', async () => {
     const { store } = build();
     const task = await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });

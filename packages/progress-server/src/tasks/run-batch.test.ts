@@ -132,6 +132,31 @@ describe('runBatch', () => {
     ).toEqual(['7', '8']);
   });
 
+  it('an async key function keys items as the default would, and its rejection never goes unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const { server, store } = setup();
+      const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+      const result = await task.runBatch([{ id: 7 }, { id: 8 }], () => {}, {
+        key: (async () => {
+          throw new Error('key lookup failed');
+        }) as never,
+      });
+      expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+      const events = await log(store, task.id);
+      expect(
+        events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item.key),
+      ).toEqual(['item-1', 'item-2']);
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('ends as failed when every item failed', async () => {
     const { server, store } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });

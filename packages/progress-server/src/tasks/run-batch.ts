@@ -130,6 +130,8 @@ const TERMINAL_RETRY_MAX_MS = 1000;
 
 type StopReason = 'cancel' | 'shutdown' | 'ended' | 'error';
 
+const ignoreRejection = (): void => {};
+
 function describe(error: unknown): string {
   try {
     if (error instanceof Error) return String(error.message || error.name);
@@ -297,6 +299,11 @@ export async function runBatch<T>(batch: {
         // A key that is not a non-empty string (a numeric id from JavaScript) is keyed as the default keys
         // the item: a number threw a bare TypeError in clip() and failed the whole batch (`batch_error`).
         const chosen: unknown = keyOf(item, index);
+        // An `async` key is no key (the item is keyed by default), and its rejection, left unhandled,
+        // ended the process.
+        if (typeof (chosen as PromiseLike<unknown> | null)?.then === 'function') {
+          (chosen as PromiseLike<unknown>).then(undefined, ignoreRejection);
+        }
         const key = clip(
           typeof chosen === 'string' && chosen !== '' ? chosen : defaultKey(chosen, index),
           LIMITS.maxKeyLength,
