@@ -74,6 +74,16 @@ function snippet(file, heading) {
   return match[1];
 }
 
+/** The commands of a markdown file's first ```sh block, comments cut. */
+function shellLines(file) {
+  const match = /^```sh\n([\s\S]*?)^```/m.exec(readFileSync(join(root, file), 'utf8'));
+  if (match === null) fail(`${file}: no sh block`);
+  return match[1]
+    .split('\n')
+    .map((line) => line.replace(/#.*$/, '').trim())
+    .filter((line) => line !== '');
+}
+
 /** Fills the `declare function` placeholders of the server snippets with a cookie session and a fake job. */
 function runnable(source) {
   const filled = source
@@ -376,11 +386,19 @@ async function main() {
       });
       log(`packed ${packed.length} packages`);
 
-      // 2. A fresh app with the docs' install lines (the repository's pinned versions).
+      // 2. A fresh app as `npm init -y` writes it (CommonJS), made an ES module by getting-started's own
+      // first step, run as written: without it the snippets' `import`s and top-level `await`s fail (the
+      // check wrote `"type": "module"` itself until 6 December 2026, and the docs never said to), then the
+      // docs' install lines (the repository's pinned versions).
       writeFileSync(
         join(app, 'package.json'),
-        JSON.stringify({ name: 'consumer-app', private: true, type: 'module' }),
+        JSON.stringify({ name: 'consumer-app', private: true, type: 'commonjs' }),
       );
+      const setup = shellLines('docs/getting-started.md').filter((line) => line.startsWith('npm pkg set '));
+      if (setup.length === 0) fail('docs/getting-started.md: no `npm pkg set type=module` step');
+      for (const line of setup) run('npm', line.split(/\s+/).slice(1), { cwd: app });
+      if (JSON.parse(readFileSync(join(app, 'package.json'), 'utf8')).type !== 'module')
+        fail(`docs/getting-started.md: ${setup.join('; ')} does not make the app an ES module`);
       run(
         'npm',
         [
