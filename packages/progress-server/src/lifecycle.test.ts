@@ -209,6 +209,20 @@ describe('options', () => {
     });
   });
 
+  it('refuses an Express app as `server`, naming the http.Server to pass instead', () => {
+    // `server: app` said "server must be an http.Server, got a function", not which server that is.
+    const app = Object.assign(() => undefined, { on: () => undefined, listen: () => undefined });
+    expect(
+      () =>
+        new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth, server: app as never }),
+    ).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message: expect.stringContaining('what app.listen() returns, or http.createServer(app)'),
+      }),
+    );
+  });
+
   it('httpHandler() refuses an unknown option, naming the nearest', async () => {
     // `{ basepath: '/api' }` served the API at the default path, every request to /api answered 404.
     const server = new ProgressServer({ store: new MemoryProgressStore(), authenticate: noAuth });

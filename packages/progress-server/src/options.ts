@@ -449,7 +449,11 @@ const SERVER_OPTIONS = {
   authenticate: ofType<AuthenticateHook<Principal>>('a function', isFunction),
   authenticateToken: ofType<AuthenticateTokenHook<Principal>>('a function', isFunction),
   authorize: func<AuthorizeHook<Principal>>(ownerOnly),
-  server: ofType<HttpServer>('an http.Server', isObjectWith('on')),
+  // An Express app is a function with `on`: say which server to pass instead of "got a function".
+  server: ofType<HttpServer>(
+    'an http.Server (with Express, what app.listen() returns, or http.createServer(app); not the app)',
+    isObjectWith('on'),
+  ),
   // Not ending with '/' (but '/' itself): the HTTP API's basePath defaults to it, and a basePath that ends
   // with '/' is refused, so '/progress/' was accepted here and then made httpHandler() and listen() throw
   // about a basePath the caller never passed.
