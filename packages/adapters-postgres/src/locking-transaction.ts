@@ -1,4 +1,5 @@
-import type { Kysely, QueryResult, RawBuilder, TransactionBuilder } from 'kysely';
+import { type Kysely, type QueryResult, type RawBuilder, sql, type TransactionBuilder } from 'kysely';
+import { idleInTransactionTimeout } from './idle-in-transaction.js';
 import { isSerializationFailure } from './pg-errors.js';
 
 /**
@@ -22,7 +23,10 @@ export function lockingTransaction<Database>(db: Kysely<Database>): TransactionB
  * Runs `query`, one autocommit statement, at the session's default; at a default stricter than
  * `READ COMMITTED`, a row it writes, locks or conflicts with that changed after the statement began fails
  * it with a serialization failure (nothing written), and it runs once more in a `READ COMMITTED`
- * transaction, which builds on the newest row. No extra round trip unless it failed so.
+ * transaction, which builds on the newest row. No extra round trip unless it failed so. That transaction
+ * sets the store's idle timeout first (`idle-in-transaction.ts`), as the store's other transactions do: a
+ * client stopped between the statement and its `COMMIT` would otherwise hold the rows it locked (a task's,
+ * the epoch's) for as long as it stays stopped.
  */
 export async function runStatement<Database, R>(
   db: Kysely<Database>,
@@ -32,6 +36,10 @@ export async function runStatement<Database, R>(
     return await query.execute(db);
   } catch (error) {
     if (!isSerializationFailure(error)) throw error;
-    return lockingTransaction(db).execute((trx) => query.execute(trx));
+    return lockingTransaction(db).execute(async (trx) => {
+      // Its own statement, before any row is locked: `query` is the caller's, its WHERE not ours to extend.
+      await sql`SELECT ${idleInTransactionTimeout}`.execute(trx);
+      return query.execute(trx);
+    });
   }
 }
