@@ -1,7 +1,7 @@
 import { ErrorCode, isProgressError, ProgressError } from '@finishline/core';
 import { compareIds, taskNotFound } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
-import { lockingTransaction } from './locking-transaction.js';
+import { redoneAtReadCommitted } from './locking-transaction.js';
 import { isSerializationFailure, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import { intColumn } from './row-codec.js';
@@ -105,7 +105,7 @@ export async function writeAcks(
       // At a session default stricter than READ COMMITTED, a row changed since the statement began fails it
       // (nothing written): once more in a READ COMMITTED transaction, which builds on the newest row.
       if (!isSerializationFailure(error)) throw error;
-      return lockingTransaction(db).execute((trx) => statement.run(trx, input));
+      return redoneAtReadCommitted(db, (trx) => statement.run(trx, input));
     });
     for (const row of result) {
       // A row damaged by hand (an int8 above 2^53 came back rounded): its acks fail, the others' do not.

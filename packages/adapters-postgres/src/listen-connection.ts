@@ -125,6 +125,16 @@ import type { ProgressDatabase } from './schema.js';
  *   restored cluster's ids passed the old mark before the listener reconnected; renewing the epoch is
  *   what covers that.
  *
+ * ## Epoch renewals
+ *
+ * A store's `renewEpoch` tells every listener on the channel by a notice, which a connection that is down
+ * misses: its store kept the old epoch as the one it knows (what a renewal after lost commits starts from,
+ * so such a renewal was skipped: the epoch was no longer the old one), and its server, told nothing, went
+ * on announcing the old epoch with its feed's old seqs until its next heartbeat tick. So every (re)connect,
+ * once it listens, reads the epoch, and one that differs from the one known is reported as its notice
+ * would have been ({@link ChangeFeedHub.epochRenewed}): a renewal committed after that read sends its
+ * notice to this connection, which listens already.
+ *
  * A logical restore (`pg_dump` of the schema restored into another cluster) also copies the `xid` of
  * every event and purge record, and `purged_horizon`, from the old cluster's run of ids. Where that ran
  * higher they lie above every id of the new cluster until its ids pass them, which with 64-bit ids
@@ -295,7 +305,7 @@ export const REREAD_CHUNK_ROWS = 1000;
 /** What {@link ListenConnection} needs. */
 export interface ListenConnectionOptions {
   /** Where what the connection finds is reported. */
-  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget' | 'forgetPublished' | 'epochRenewed'>;
+  hub: Pick<ChangeFeedHub, 'report' | 'isNew' | 'forget' | 'forgetPublished' | 'epochRenewed' | 'knownEpoch'>;
   /** Compiles the connection's statements once (kysely's Postgres dialect); never runs a query. */
   db: Kysely<ProgressDatabase>;
   /** The `NOTIFY` channel of the store's schema. */
@@ -333,6 +343,8 @@ interface ListenStatements {
   replayAllAfter: string;
   /** The barrier; `$1` is the channel, `$2` the connection's barrier id ({@link ListenConnection}). */
   barrier: string;
+  /** The store's epoch, read once the connection listens (see "Epoch renewals" in the module doc). */
+  epoch: string;
 }
 
 function compileStatements({
@@ -391,6 +403,7 @@ function compileStatements({
              created_at AS run
       FROM ${tasks} WHERE seq > 0 AND id > ${placeholder}
       ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}`.compile(db).sql,
+    epoch: sql`SELECT value AS epoch FROM ${meta} WHERE key = 'epoch'`.compile(db).sql,
     barrier: sql`
       SELECT pg_notify(${channel}, json_build_object(
         'barrier', ${placeholder}::text, 'xmin', pg_snapshot_xmin(pg_current_snapshot())::text)::text)`.compile(
@@ -555,6 +568,15 @@ export class ListenConnection {
     // nothing to read, and a black-holed host held open() 30 s by default, and 30 h with an hourly watermark.
     await this.#answered(generation, 'its connect', this.#connect(client), connectTimeoutMs);
     await this.#answered(generation, 'LISTEN', client.query(this.#statements.listen), connectTimeoutMs);
+    // Before its re-read, whose rows the held notifications follow: a renewal's notice held meanwhile is
+    // newer than this read, and is reported after it.
+    const epoch = await this.#answered(
+      generation,
+      'its read of the epoch',
+      client.query(this.#statements.epoch),
+    );
+    this.#assertCurrent(generation);
+    this.#epochRead((epoch.rows[0] as { epoch?: string } | undefined)?.epoch);
     let from = this.#watermark;
     let xmin: bigint | undefined;
     for (;;) {
@@ -883,6 +905,18 @@ export class ListenConnection {
       this.#heardPurges.delete(taskId);
     }
     this.#options.hub.forget(forget);
+  }
+
+  /**
+   * The epoch a (re)connect read once it listened: a renewal's notice sent while the connection was down was
+   * lost with it, so one that differs from the epoch the store knows is reported as that notice would have
+   * been (see "Epoch renewals" in the module doc). The first read, with no epoch known, only records it.
+   */
+  #epochRead(epoch: string | undefined): void {
+    const { hub } = this.#options;
+    if (epoch === undefined || epoch === hub.knownEpoch) return;
+    if (hub.knownEpoch === undefined) hub.knownEpoch = epoch;
+    else hub.epochRenewed(epoch);
   }
 
   /** Throws when the connection of `generation` is no longer the current one (replaced, lost or closed). */

@@ -297,7 +297,8 @@ export class PostgresProgressStore implements ProgressStore {
       await migrateProgressSchema(this.#db as Kysely<unknown>, { schema: this.#schema });
     }
     await this.#listener.start();
-    // What a renewal after lost commits starts from (see `#wentBack`); notices keep it current from here.
+    // What a renewal after lost commits starts from (see `#wentBack`); notices, and the LISTEN connection's
+    // read at every (re)connect, keep it current from here (that read usually set it already).
     // Not overwritten: a renewal heard during the read is newer than what the read saw.
     // A failed read leaves it to the first renewal to read it.
     const read = await this.#query('getEpoch', undefined, selectEpoch(this.#meta)).catch(() => undefined);

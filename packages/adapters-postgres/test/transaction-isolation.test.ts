@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, pgUrl, storeFixtures } from './support.js';
+import { IDLE_IN_TRANSACTION_TIMEOUT_MS } from '../src/idle-in-transaction.js';
+import { eventually, pgUrl, queryHookedPool, storeFixtures } from './support.js';
 
 /**
  * The store's locking transactions wait for a row another transaction holds (an append's or a renewal's
@@ -182,6 +183,58 @@ for (const level of ['repeatable read', 'serializable']) {
       await expect(store.getEpoch()).resolves.toBe(renewed);
       await expect(store.getTask('leased')).resolves.toMatchObject({ leaseOwner: null, seq: 1 });
     });
+
+    for (const call of ['releaseLease', 'ack'] as const) {
+      it(`redoes ${call === 'ack' ? 'an ack' : 'a lease release'} in a transaction that sets the idle timeout before it locks a row`, async () => {
+        // Until 6 December 2026 the READ COMMITTED transaction of a redone statement (a lease release, an
+        // ack, a create, a purge, a renewal of the epoch) set no idle timeout: a client stopped between the
+        // statement and its COMMIT held the rows it locked (the task's, the epoch's) for as long as it
+        // stayed stopped.
+        const schema = await migrated();
+        const pool = poolAt(level);
+        const seen: string[] = [];
+        const hooked = queryHookedPool(pool, (client, { text }, run) => {
+          if (text !== 'commit' && text !== 'COMMIT') return run();
+          return client
+            .query<{ timeout: string }>(
+              "SELECT current_setting('idle_in_transaction_session_timeout') AS timeout",
+            )
+            .then(({ rows }) => {
+              seen.push(rows[0]?.timeout ?? 'none');
+              return run();
+            });
+        });
+        const store = await open({ schema, pool: hooked });
+        await store.createTask({
+          id: 'held',
+          owner: 'alice',
+          kind: 'k',
+          lease: { owner: 'worker', ttlMs: 60_000 },
+        });
+        await store.append('held', { type: 'item', key: 'a', ok: true });
+        seen.length = 0;
+        const holder = await admin.connect();
+        await holder.query('BEGIN');
+        await holder.query(`LOCK TABLE ${schema}.tasks IN EXCLUSIVE MODE`);
+        const calling = call === 'ack' ? store.ack('held', 1) : store.releaseLease('held', 'worker');
+        calling.catch(() => {});
+        try {
+          await eventually(`the ${call} waits for the table`, async () => (await waitingForLocks()) >= 1);
+          // A new version of the row, committed after the statement took its snapshot: it is redone.
+          await holder.query(`UPDATE ${schema}.tasks SET updated_at = updated_at WHERE id = 'held'`);
+          await holder.query('COMMIT');
+        } finally {
+          holder.release();
+        }
+        await expect(calling).resolves.toBe(call === 'ack' ? 1 : undefined);
+        await expect(store.getTask('held')).resolves.toMatchObject(
+          call === 'ack' ? { ackedSeq: 1 } : { leaseOwner: null },
+        );
+        expect(seen, "the redone statement's transaction, as it commits").toEqual([
+          `${IDLE_IN_TRANSACTION_TIMEOUT_MS / 1000}s`,
+        ]);
+      });
+    }
 
     it('two replicas run every call on the same tasks at once without a store_unavailable', async () => {
       // The calls of a replica at once with the other's, on the same ids: creates of one id, appends,
