@@ -234,4 +234,22 @@ describe('AckWriter', () => {
     expect(writes.mock.calls[1], 'the write of run 2').toEqual(['t', 2, { run: current.createdAt }]);
     acks.close();
   });
+  it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    await store.createTask({ id: 't', owner: 'bob', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    // No seen() of `t` in this writer: its state evicted after 10,000 other tasks, or dropped at an epoch
+    // change. The live watcher's subscription knows its run: run 1.
+    acks.ack('t', 1, old.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq").toBe(0);
+    acks.close();
+  });
 });

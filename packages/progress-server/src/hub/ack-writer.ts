@@ -87,12 +87,20 @@ export class AckWriter {
     return this.#taken;
   }
 
-  /** A local watcher acknowledged `taskId` up to `seq`. */
-  ack(taskId: string, seq: number): void {
+  /**
+   * A local watcher acknowledged `taskId` up to `seq`, of `run` (the `createdAt` its authorization read)
+   * when the caller knows it. Writes are fenced to the run a read gave this writer ({@link seen}); `run`
+   * fences them when no read did since the task's state was made (it was evicted after `MAX_REMEMBERED`
+   * other tasks, or dropped at an epoch change): without it such a write named the id only.
+   */
+  ack(taskId: string, seq: number, run?: number): void {
     if (this.#closed) return;
     let state = this.#tasks.get(taskId);
     if (state === undefined) {
-      state = this.#add(taskId, undefined);
+      state = this.#add(taskId, run);
+    } else if (state.run === undefined && run !== undefined) {
+      state.run = run;
+      state.fence = { run };
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
