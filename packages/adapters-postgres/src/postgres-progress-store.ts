@@ -538,15 +538,17 @@ export class PostgresProgressStore implements ProgressStore {
     return new Map([...latest].map(([taskId, state]) => [taskId, state.seq]));
   }
 
-  ack(taskId: string, seq: number): Promise<number> {
+  ack(taskId: string, seq: number, options?: RunFence): Promise<number> {
+    let run: number | undefined;
     try {
       this.#assertOpen();
       assertTaskId(taskId);
       assertCount(seq, 'seq');
+      run = parseRunFence(options);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#acks.enqueue({ taskId, seq });
+    return this.#acks.enqueue({ taskId, seq, run });
   }
 
   /**

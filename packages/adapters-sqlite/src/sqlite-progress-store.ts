@@ -16,6 +16,7 @@ import { ErrorCode, ProgressError } from '@finishline/core';
 import {
   assertCount,
   assertId,
+  assertRun,
   assertTaskId,
   newTask,
   parseAppendInput,
@@ -363,13 +364,15 @@ export class SqliteProgressStore implements ProgressStore {
     });
   }
 
-  ack(taskId: string, seq: number): Promise<number> {
+  ack(taskId: string, seq: number, options?: RunFence): Promise<number> {
     return this.#call('record an ack', () => {
       assertTaskId(taskId);
       assertCount(seq, 'seq');
+      const run = parseRunFence(options);
       this.#appends.flush();
       return this.#transactions.run(() => {
         const task = requireTask(this.#q, taskId);
+        assertRun(task, run);
         if (seq > task.seq) {
           throw new ProgressError(
             ErrorCode.InvalidInput,

@@ -185,11 +185,13 @@ export class MemoryProgressStore implements ProgressStore {
     return seqs;
   }
 
-  async ack(taskId: string, seq: number): Promise<number> {
+  async ack(taskId: string, seq: number, options?: RunFence): Promise<number> {
     this.#assertOpen();
     assertTaskId(taskId);
     assertCount(seq, 'seq');
+    const run = parseRunFence(options);
     const entry = this.#entry(taskId);
+    assertRun(entry.task, run);
     if (seq > entry.task.seq) {
       throw new ProgressError(
         ErrorCode.InvalidInput,

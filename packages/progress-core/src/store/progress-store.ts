@@ -20,7 +20,7 @@ export interface ListTasksQuery {
 }
 
 /**
- * The run a write is meant for: `append`, `renewLease` and `releaseLease` accept it as their last
+ * The run a write is meant for: `append`, `ack`, `renewLease` and `releaseLease` accept it as their last
  * argument. A task id can be taken again once retention purged its task (applications choose ids, e.g. a
  * retried job), and a writer that slept through that — a process frozen past its lease, a job that kept
  * running after its lease was lost — would otherwise write into the new task. With `run`, a store refuses
@@ -47,7 +47,7 @@ export interface RunFence {
    * it, anyone's append goes in (cancels from elsewhere, reapers), and a worker whose lease was taken over
    * writes into the task beside its new holder (the behaviour before 6 December 2026). An id (see
    * `ID_PATTERN`), else `invalid_input`; `renewLease` and `releaseLease` take their owner as an argument
-   * and ignore this one.
+   * and ignore this one, and `ack` (whose watcher holds no lease) ignores it too.
    */
   owner?: string;
 }
@@ -107,6 +107,8 @@ export interface PurgeOptions {
  * - Each committed event is published on `changes` once, after the commit is durable and in commit
  *   order for a task (a cross-process feed that reconnects may republish what it missed; see `ChangeFeed`).
  * - `ack` is cumulative and monotonic: `ackedSeq` never decreases.
+ * - A write fenced to a run (`append`, `ack`, `renewLease`, `releaseLease` with {@link RunFence}) of an id
+ *   whose task is another run changes nothing and rejects with `task_not_found`, also within a batch.
  * - `reapExpiredLeases` turns each running task whose lease expired into exactly one `interrupted`
  *   event, even when several replicas reap at the same time.
  *
@@ -160,9 +162,13 @@ export interface ProgressStore {
   /**
    * Records that a watcher processed every event up to `seq`. Returns the new `ackedSeq`
    * (`max(previous, seq)`). Rejects with `invalid_input` when `seq` exceeds the task's seq. Works on
-   * ended tasks too: the terminal event is acknowledged like any other.
+   * ended tasks too: the terminal event is acknowledged like any other. With `options.run` (see
+   * {@link RunFence}), rejects with `task_not_found` (before any seq check) and records nothing when the
+   * id's task is another run: a watcher's ack of a purged run would otherwise mark the events of the task
+   * that took its id processed, though none of that task's watchers processed them. Checked on the row the
+   * ack updates (no extra read); `options.owner` is ignored.
    */
-  ack(taskId: string, seq: number): Promise<number>;
+  ack(taskId: string, seq: number, options?: RunFence): Promise<number>;
 
   /**
    * Takes or renews the lease on a running task for `ttlMs` from now. Another owner may take it only once

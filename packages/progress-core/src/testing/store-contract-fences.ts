@@ -22,7 +22,7 @@ import {
 const TTL = 1000;
 const OWNER = 'worker-1';
 
-/** Fenced appends, renewals and releases. */
+/** Fenced appends, acks, renewals and releases. */
 export function describeFenceContract(ctx: ContractContext): void {
   /**
    * Run 1 of `task-1` leased by `worker-1`, reaped, purged, and run 2 created under the same id and lease
@@ -110,6 +110,37 @@ export function describeFenceContract(ctx: ContractContext): void {
       expect((await mustGet(ctx.store, 'task-1')).leaseOwner, 'released by its own fence').toBeNull();
     });
 
+    it('an ack fenced to a purged run rejects with task_not_found and leaves the new run unacknowledged', async () => {
+      const { old, current } = await recreated();
+      // Run 2's event 1 was processed by none of its watchers: an ack of run 1's seq 1 must not say so.
+      await expectRejection('ack of seq 1 fenced to run 1', ErrorCode.TaskNotFound, () =>
+        ctx.store.ack('task-1', 1, { run: old.createdAt }),
+      );
+      // Refused as another run's before any seq check: run 1 may have been further along than run 2.
+      await expectRejection('ack of seq 5 fenced to run 1', ErrorCode.TaskNotFound, () =>
+        ctx.store.ack('task-1', 5, { run: old.createdAt }),
+      );
+      await expectUntouched(current);
+      expect(await ctx.store.ack('task-1', 1, { run: current.createdAt }), 'ack fenced to run 2').toBe(1);
+      expect((await mustGet(ctx.store, 'task-1')).ackedSeq, 'run 2 acked by its own fence').toBe(1);
+    });
+
+    it('in one batch, acks fenced to the purged run are refused and the new run keeps its own', async () => {
+      const { old, current } = await recreated();
+      await ctx.store.append('task-1', { type: 'item', key: 'new-2', ok: true }, { run: current.createdAt });
+      const results = await Promise.allSettled([
+        ctx.store.ack('task-1', 2, { run: old.createdAt }),
+        ctx.store.ack('task-1', 1, { run: current.createdAt }),
+        ctx.store.ack('task-1', 1, { run: old.createdAt }),
+        ctx.store.ack('task-1', 2, { run: old.createdAt + 1 }),
+      ]);
+      expectRejected('ack of seq 2 fenced to run 1', ErrorCode.TaskNotFound, results[0]!);
+      expectRejected('ack of seq 1 fenced to run 1', ErrorCode.TaskNotFound, results[2]!);
+      expectRejected('ack fenced to no run of the id', ErrorCode.TaskNotFound, results[3]!);
+      expect(results[1], 'ack fenced to run 2').toEqual({ status: 'fulfilled', value: 1 });
+      expect((await mustGet(ctx.store, 'task-1')).ackedSeq, 'run 2 ackedSeq').toBe(1);
+    });
+
     it('a task is not purged in the millisecond it was created, so its id taken again is a later run', async () => {
       // Run 1 created and cancelled by someone else while its writer still holds its fence; a purge with
       // `olderThanMs: 0` and a create of the id in that millisecond made run 2 with run 1's `createdAt`,
@@ -142,6 +173,13 @@ export function describeFenceContract(ctx: ContractContext): void {
         ctx.store.renewLease('task-1', OWNER, TTL, fence),
       );
       await ctx.store.releaseLease('task-1', OWNER, fence);
+      expect(await ctx.store.ack('task-1', 1, fence), 'ack of the ended task, fenced').toBe(1);
+      await expectRejection('ack beyond the seq, fenced', ErrorCode.InvalidInput, () =>
+        ctx.store.ack('task-1', 2, fence),
+      );
+      await expectRejection('ack of an unknown id, fenced', ErrorCode.TaskNotFound, () =>
+        ctx.store.ack('task-2', 0, fence),
+      );
       await expectRejection('append to an unknown id, fenced', ErrorCode.TaskNotFound, () =>
         ctx.store.append('task-2', { type: 'completed' }, fence),
       );
@@ -166,6 +204,9 @@ export function describeFenceContract(ctx: ContractContext): void {
         await expectRejection(`releaseLease(…, ${show(options)})`, ErrorCode.InvalidInput, () =>
           ctx.store.releaseLease('task-1', OWNER, bad(options)),
         );
+        await expectRejection(`ack(…, ${show(options)})`, ErrorCode.InvalidInput, () =>
+          ctx.store.ack('task-1', 0, bad(options)),
+        );
       }
       expect(await ctx.store.getTask('task-1'), 'task after the refused writes').toEqual(task);
     });
@@ -177,6 +218,7 @@ export function describeFenceContract(ctx: ContractContext): void {
         current.seq + 1,
         current.createdAt,
       ]);
+      expect(await ctx.store.ack('task-1', event.seq), 'unfenced ack').toBe(event.seq);
     });
   });
 }

@@ -595,7 +595,7 @@ async function serve<P extends Principal>(
       // was recorded (it never sends it again). 503 `closed` sends it to another replica.
       if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, SHUTTING_DOWN);
       streams.acks.seen(task.id, task.seq, task.createdAt, mark);
-      streams.acks.ack(task.id, seq);
+      streams.acks.ack(task.id, seq, task.createdAt);
       return { taskId: task.id, seq };
     }
     default: {

@@ -1,5 +1,6 @@
 import type { ProgressStore } from '@finishline/core';
 import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it, vi } from 'vitest';
 import type { ProgressLogger } from '../logger.js';
 import { silentLogger } from '../logger.js';
@@ -199,6 +200,56 @@ describe('AckWriter', () => {
     reads[2]!();
     await acks.flush(Date.now() + 2000);
     expect(written).toEqual([7, 8]);
+    acks.close();
+  });
+  it("writes an ack fenced to the run it read: not onto a new task that took a purged run's id, and once", async () => {
+    // A server read run 1 of `t` (a watcher subscribed), and its hub never heard that run 1 ended, was
+    // purged and that the id was taken again (by another owner): the live watcher's ack of run 1's seq 2
+    // went onto run 2 and marked its events processed, which none of run 2's watchers had processed.
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const writes = vi.spyOn(store, 'ack');
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'old 1' });
+    await store.append('t', { type: 'progress', message: 'old 2' });
+    acks.seen('t', 2, old.createdAt);
+    await store.append('t', { type: 'cancelled' });
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    const current = await store.createTask({ id: 't', owner: 'bob', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'progress', message: 'new 2' });
+    acks.ack('t', 2);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq").toBe(0);
+    // Refused (task_not_found) and not retried: the task it was meant for is gone.
+    expect(writes.mock.calls, 'store acks').toEqual([['t', 2, { run: old.createdAt }]]);
+    // Once a read tells it run 2, its acks are written, fenced to run 2.
+    acks.seen('t', 2, current.createdAt);
+    acks.ack('t', 2);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq after its own ack").toBe(2);
+    expect(writes.mock.calls[1], 'the write of run 2').toEqual(['t', 2, { run: current.createdAt }]);
+    acks.close();
+  });
+  it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    await store.createTask({ id: 't', owner: 'bob', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    // No seen() of `t` in this writer: its state evicted after 10,000 other tasks, or dropped at an epoch
+    // change. The live watcher's subscription knows its run: run 1.
+    acks.ack('t', 1, old.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq").toBe(0);
     acks.close();
   });
 });

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { ProgressStore } from '@finishline/core';
+import type { ProgressStore, RunFence } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -16,6 +16,12 @@ interface AckState {
    * AckWriter.seen}): a task id purged and taken again by a new task is another run, whose seqs start over.
    */
   run: number | undefined;
+  /**
+   * `run` as the store's fence (`{ run }`), made once with it: every write passes it, so that a store whose
+   * id is another run by now (purged and taken again, maybe by another owner, unknown to this server)
+   * records nothing and rejects with `task_not_found`, never retried.
+   */
+  fence: RunFence | undefined;
   /** Highest seq written to the store by this process. */
   written: number;
   /** Highest seq acknowledged by a local watcher and not yet written. */
@@ -81,12 +87,20 @@ export class AckWriter {
     return this.#taken;
   }
 
-  /** A local watcher acknowledged `taskId` up to `seq`. */
-  ack(taskId: string, seq: number): void {
+  /**
+   * A local watcher acknowledged `taskId` up to `seq`, of `run` (the `createdAt` its authorization read)
+   * when the caller knows it. Writes are fenced to the run a read gave this writer ({@link seen}); `run`
+   * fences them when no read did since the task's state was made (it was evicted after `MAX_REMEMBERED`
+   * other tasks, or dropped at an epoch change): without it such a write named the id only.
+   */
+  ack(taskId: string, seq: number, run?: number): void {
     if (this.#closed) return;
     let state = this.#tasks.get(taskId);
     if (state === undefined) {
-      state = this.#add(taskId, undefined);
+      state = this.#add(taskId, run);
+    } else if (state.run === undefined && run !== undefined) {
+      state.run = run;
+      state.fence = { run };
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
@@ -99,10 +113,11 @@ export class AckWriter {
   /**
    * An ack of `run` (a `createdAt`) that no current authorization vouches for: a late one of a task the
    * socket left, or one of what an earlier stream of the socket sent while its resubscribe loads. The id
-   * may be another run's by now (purged by retention and taken again, maybe by another owner), and a
-   * store's ack names the id only: written blindly, it marked the new task's events processed, which none
-   * of its watchers had processed. Written once a read finds the task still of `run`; `undefined` (no run
-   * was ever sent on the socket) writes nothing. Rare (each costs the client a rate-limit token), never an
+   * may be another run's by now (purged by retention and taken again, maybe by another owner), and the
+   * run this writer fences its writes to is the one its reads last saw, not necessarily `run`: written
+   * blindly, it marked the new task's events processed, which none of its watchers had processed. Written
+   * once a read finds the task still of `run` (and fenced to it); `undefined` (no run was ever sent on the
+   * socket) writes nothing. Rare (each costs the client a rate-limit token), never an
    * ack of a subscription's live events.
    */
   ackOfRun(taskId: string, seq: number, run: number | undefined): void {
@@ -206,7 +221,10 @@ export class AckWriter {
       if (!this.#closed) this.#add(taskId, run);
       return;
     }
-    if (state.run === undefined) state.run = run;
+    if (state.run === undefined) {
+      state.run = run;
+      state.fence = { run };
+    }
     if (state.run === run && seq >= state.written && seq >= state.pending) return;
     // The same run, read below an ack taken since the read started (`mark`): the read may have been made
     // before that ack's event was committed, so it is no sign of a restore. Taken for one, it dropped the
@@ -223,6 +241,7 @@ export class AckWriter {
   #add(taskId: string, run: number | undefined): AckState {
     const state: AckState = {
       run,
+      fence: run === undefined ? undefined : { run },
       written: 0,
       pending: 0,
       pendingAt: 0,
@@ -249,7 +268,9 @@ export class AckWriter {
     if (state.inFlight !== undefined || state.retryTimer !== undefined || this.#closed) return;
     if (state.pending <= state.written) return;
     const seq = state.pending;
-    const write = this.#store.ack(taskId, seq).then(
+    // Fenced to the run this writer knows, if any: without it an ack of a purged run went to the task that
+    // took its id (the fence object is the state's, made once: no allocation per write).
+    const write = this.#store.ack(taskId, seq, state.fence).then(
       (acked) => {
         state.written = Math.max(state.written, acked, seq);
         state.failures = 0;
@@ -270,7 +291,8 @@ export class AckWriter {
 
   #failed(taskId: string, state: AckState, seq: number, error: unknown): void {
     if (isProgressError(error, ErrorCode.TaskNotFound) || isProgressError(error, ErrorCode.InvalidInput)) {
-      // Purged task, or an ack the store refuses: retrying cannot help.
+      // Purged task (or its id now another run's: the fence refused it), or an ack the store refuses:
+      // retrying cannot help.
       this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack not recorded');
       state.written = Math.max(state.written, seq);
       return;
