@@ -151,6 +151,21 @@ describe('login throttling (issue 10 item 8)', () => {
     expect(answeredWhenHealthzCame).toBeLessThan(n);
     expect((await Promise.all(logins)).map((r) => r.status)).toEqual(Array(n).fill(401));
   });
+
+  // A review on 6 December 2026: a login whose password matched but whose session the database could not
+  // store (the database down) counted as a failed guess, so an outage left its users locked out afterwards.
+  it('a login that fails on the database does not count against the account', async () => {
+    h = await startHarness({
+      app: { loginThrottle: { accountFreeFailures: 1, addressFreeFailures: 1000, baseDelayMs: 60_000 } },
+    });
+    const createSession = h.db.createSession.bind(h.db);
+    h.db.createSession = async () => {
+      throw new Error('connection refused');
+    };
+    for (let i = 0; i < 3; i++) expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(500);
+    h.db.createSession = createSession;
+    expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(200);
+  });
 });
 
 describe('server-side sessions (issue 10 item 9)', () => {

@@ -31,10 +31,14 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
       });
     }
     let session: Session | null = null;
+    // Whether the credentials were right; `null` while undecided: an error (the database down once the
+    // password matched) is no failed guess, and counted as one it locked the account out after the outage.
+    let ok: boolean | null = null;
     try {
       session = await sessions.login(username, password);
+      ok = session !== null;
     } finally {
-      throttle.end(username, address, session !== null);
+      throttle.end(username, address, ok);
     }
     if (session === null) return fail(res, 401, 'bad_credentials', 'wrong username or password');
     await audit({ username: session.username, action: 'login', taskId: null });
