@@ -2,7 +2,7 @@
 
 import type { Request, Response } from 'express';
 import type { SessionView } from '../../shared/api-types.js';
-import type { Session } from '../auth.js';
+import { HashQueueFullError, type Session } from '../auth.js';
 import type { LoginThrottle } from '../login-throttle.js';
 import type { RouteContext } from './context.js';
 
@@ -37,6 +37,14 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
     try {
       session = await sessions.login(username, password);
       ok = session !== null;
+    } catch (error) {
+      if (!(error instanceof HashQueueFullError)) throw error;
+      // A flood of logins (many addresses: each one's own throttle lets it through): refused before its hash,
+      // so the logins let in wait behind a bounded queue. A moment to retry, not a failed guess.
+      res.setHeader('retry-after', '1');
+      return fail(res, 503, 'login_busy', 'too many logins at once: try again in a moment', {
+        retryAfterS: 1,
+      });
     } finally {
       throttle.end(username, address, ok);
     }
