@@ -477,6 +477,28 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     doneAt?: number;
   }
   const unrecorded = new Map<string, Unrecorded>();
+  // The node list is shared by every task's computation too, per cluster: cached per task only, a caller
+  // asking for many ended tasks in turn cost a full node list each. Served for the same moment after.
+  const nodeLists = new Map<Cluster, { nodes: Promise<NodeView[]>; doneAt?: number }>();
+  const listNodes = (cluster: Cluster): Promise<NodeView[]> => {
+    const cached = nodeLists.get(cluster);
+    if (
+      cached !== undefined &&
+      (cached.doneAt === undefined || Date.now() - cached.doneAt < UNRECORDED_CACHE_MS)
+    )
+      return cached.nodes;
+    const created: { nodes: Promise<NodeView[]>; doneAt?: number } = { nodes: cluster.nodes.list() };
+    created.nodes.then(
+      () => {
+        created.doneAt = Date.now();
+      },
+      () => {
+        if (nodeLists.get(cluster) === created) nodeLists.delete(cluster); // a failure is not kept
+      },
+    );
+    nodeLists.set(cluster, created);
+    return created.nodes;
+  };
   const computeUnrecorded = async (record: TaskRecord, id: string, signal: AbortSignal) => {
     const outcome = await itemOutcomes(store, id);
     const names = record.nodes.filter((n) => !outcome.has(n));
@@ -493,7 +515,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     let current: Map<string, NodeView> | undefined;
     if (names.length > 0 && op !== undefined && cluster !== undefined) {
       try {
-        current = new Map((await cluster.nodes.list()).map((n) => [n.name, n]));
+        current = new Map((await listNodes(cluster)).map((n) => [n.name, n]));
       } catch {
         current = undefined; // unknown, said so per node
       }
