@@ -210,4 +210,46 @@ describe('the nodes of an ended batch without a recorded result', () => {
     }
     expect(lists).toBe(1);
   });
+
+  // A review on 6 December 2026: a drain's pod reads were bounded per task only (`concurrency` nodes at a
+  // time), so many drains asked for at once read the pods of `concurrency` nodes each, side by side.
+  it('reads the pods of at most `concurrency` nodes at a time across every task', async () => {
+    let held: (() => void)[] = [];
+    let holding = 0;
+    let most = 0;
+    let arrived!: () => void;
+    const some = new Promise<void>((resolve) => {
+      arrived = resolve;
+    });
+    let releasing = false;
+    h = await startHarness({
+      cluster: {
+        onRequest: async ({ path }) => {
+          if (path !== '/api/v1/pods' || releasing) return;
+          holding++;
+          most = Math.max(most, holding);
+          if (holding >= 3) arrived();
+          await new Promise<void>((resolve) => held.push(resolve));
+          holding--;
+        },
+      },
+    });
+    const victor = await login(h.base, 'victor');
+    const nodes = ['worker-1', 'worker-2', 'worker-3'];
+    const ids = ['t-d1', 't-d2', 't-d3'];
+    for (const id of ids) {
+      await crashedBatch(id, 'alice', nodes, { type: 'drain' });
+      await h.store.append(id, { type: 'interrupted', reason: 'lease expired' });
+    }
+    for (const node of nodes) await cordon(node);
+    const answers = Promise.all(ids.map((id) => victor.get(`/api/tasks/${id}/unrecorded`)));
+    await some;
+    // Time for more reads to arrive, were they let through (the harness's concurrency is 3).
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(most).toBe(3);
+    releasing = true;
+    for (const release of held) release();
+    held = [];
+    for (const answer of await answers) expect(answer.status).toBe(200);
+  });
 });

@@ -499,6 +499,22 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     nodeLists.set(cluster, created);
     return created.nodes;
   };
+  // A drain's pod reads too are bounded across tasks: `concurrency` nodes at a time in all, not per task (a
+  // caller asking for many drains at once had each read `concurrency` nodes' pods beside the others). A
+  // freed slot is handed to the next reader directly.
+  let podReadsRunning = 0;
+  const podReadWaiters: (() => void)[] = [];
+  const withPodReadSlot = async <T>(read: () => Promise<T>): Promise<T> => {
+    if (podReadsRunning < config.concurrency) podReadsRunning++;
+    else await new Promise<void>((resolve) => podReadWaiters.push(resolve));
+    try {
+      return await read();
+    } finally {
+      const next = podReadWaiters.shift();
+      if (next === undefined) podReadsRunning--;
+      else next();
+    }
+  };
   const computeUnrecorded = async (record: TaskRecord, id: string, signal: AbortSignal) => {
     const outcome = await itemOutcomes(store, id);
     const names = record.nodes.filter((n) => !outcome.has(n));
@@ -536,10 +552,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         for (let i = next++; i < cordoned.length; i = next++) {
           const entry = cordoned[i] as (typeof nodes)[number];
           try {
-            entry.changed = await isDrained(
-              cluster.nodes,
-              { name: entry.name, unschedulable: true },
-              { maxAttempts: config.maxAttempts, signal },
+            entry.changed = await withPodReadSlot(() =>
+              isDrained(
+                cluster.nodes,
+                { name: entry.name, unschedulable: true },
+                { maxAttempts: config.maxAttempts, signal },
+              ),
             );
           } catch {
             entry.changed = null; // cordoned, its pods unknown
