@@ -495,6 +495,23 @@ describe('audit page', () => {
     );
     expect(nodes).toEqual(['west-node']);
   });
+
+  // A review on 6 December 2026: two clicks on "more" (or a click while the page was read again) each read the
+  // page after the same last row, and both appended it: the audit showed every batch of that page twice.
+  it('"more" clicked twice while its page is on its way adds that page once', async () => {
+    const { state } = await import('../src/web/state.js');
+    const { loadAudit } = await import('../src/web/audit.js');
+    state.cluster = 'twice';
+    await loadAudit(false);
+    delays.set('/api/tasks?scope=all&limit=50&cluster=twice&before=', 100);
+    await Promise.all([loadAudit(true), loadAudit(true)]);
+    expect(document.querySelectorAll('#audit tbody tr').length).toBe(2);
+    // A "more" whose rows were replaced meanwhile (the page read again) does not append to the new rows.
+    const stale = loadAudit(true);
+    await loadAudit(false);
+    await stale;
+    expect(document.querySelectorAll('#audit tbody tr').length).toBe(1);
+  });
 });
 
 describe('log out', () => {

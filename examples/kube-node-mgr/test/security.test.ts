@@ -8,10 +8,22 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
-import { hashPassword, verifyPassword } from '../src/server/auth.js';
+import { HashQueueFullError, hashPassword, MAX_QUEUED_HASHES, verifyPassword } from '../src/server/auth.js';
 import { type Harness, login, postLogin, startHarness, upgradeStatus, waitForTask } from './harness.js';
+
+/** While `hold` is set, the app's password hashes start only when the test runs `held` (no timing). */
+const scryptGate = vi.hoisted(() => ({ hold: false, held: [] as (() => void)[] }));
+vi.mock('node:crypto', async (importOriginal) => {
+  const crypto = await importOriginal<typeof import('node:crypto')>();
+  const scrypt = (...args: unknown[]) => {
+    const run = () => (crypto.scrypt as (...a: unknown[]) => void)(...args);
+    if (scryptGate.hold) scryptGate.held.push(run);
+    else run();
+  };
+  return { ...crypto, default: { ...crypto, scrypt }, scrypt };
+});
 
 let h: Harness;
 afterEach(async () => {
@@ -150,6 +162,60 @@ describe('login throttling (issue 10 item 8)', () => {
     expect(answeredWhenHealthzCame).toBeGreaterThanOrEqual(0);
     expect(answeredWhenHealthzCame).toBeLessThan(n);
     expect((await Promise.all(logins)).map((r) => r.status)).toEqual(Array(n).fill(401));
+  });
+
+  // A review on 6 December 2026: the hashes waiting their turn had no bound. A flood from many addresses
+  // (each within its own throttle) queued a hash per attempt, and every user's login waited behind all of
+  // them. Past the bound a login is refused before its hash, 503 with Retry-After, and counts as no failure.
+  it('refuses a login past the bounded hash queue with 503 and Retry-After, without counting it as a failure', async () => {
+    h = await startHarness({
+      app: { loginThrottle: { accountFreeFailures: 1, addressFreeFailures: 1000, baseDelayMs: 60_000 } },
+    });
+    const stored = hashPassword('secret');
+    // Two hashes run (held until the test lets them), MAX_QUEUED_HASHES wait their turn.
+    scryptGate.hold = true;
+    let flood: Promise<boolean>[] = [];
+    try {
+      flood = Array.from({ length: 2 + MAX_QUEUED_HASHES }, () => verifyPassword('guess', stored));
+      // Refused at once, not queued (a queued one would still wait after the loop turned).
+      const extra = verifyPassword('guess', stored).then(
+        () => 'queued',
+        (error: unknown) => error,
+      );
+      const pending = new Promise((resolve) => setImmediate(() => resolve('queued')));
+      expect(await Promise.race([extra, pending])).toBeInstanceOf(HashQueueFullError);
+      const refused = await Promise.all([
+        postLogin(h.base, 'alice', 'alice'),
+        postLogin(h.base, 'alice', 'x'),
+      ]);
+      for (const res of refused) {
+        expect(res.status).toBe(503);
+        expect(res.headers.get('retry-after')).toBe('1');
+        expect(((await res.json()) as any).error.code).toBe('login_busy');
+      }
+      expect(scryptGate.held.length).toBe(2);
+    } finally {
+      scryptGate.hold = false;
+      for (const run of scryptGate.held.splice(0)) run();
+    }
+    expect(await Promise.all(flood)).toEqual(Array(flood.length).fill(false));
+    // The queue drained: the refusals locked nobody out (two failures past the one free would have).
+    expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(200);
+  });
+
+  // A review on 6 December 2026: a login whose password matched but whose session the database could not
+  // store (the database down) counted as a failed guess, so an outage left its users locked out afterwards.
+  it('a login that fails on the database does not count against the account', async () => {
+    h = await startHarness({
+      app: { loginThrottle: { accountFreeFailures: 1, addressFreeFailures: 1000, baseDelayMs: 60_000 } },
+    });
+    const createSession = h.db.createSession.bind(h.db);
+    h.db.createSession = async () => {
+      throw new Error('connection refused');
+    };
+    for (let i = 0; i < 3; i++) expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(500);
+    h.db.createSession = createSession;
+    expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(200);
   });
 });
 

@@ -138,8 +138,9 @@ export interface App {
   server: http.Server;
   progress: ProgressServer<Principal>;
   /**
-   * Stops the Finishline server (ends running tasks honestly), waits (at most 5 s) for the stopped batches to
-   * release their node locks — close the database after this — and stops the HTTP server.
+   * Stops accepting connections, stops the Finishline server (ends running tasks honestly), waits (at most
+   * 5 s) for the stopped batches to release their node locks, then (at most 5 s more) for the HTTP requests
+   * in progress to be answered, and closes the HTTP server — close the database after this.
    */
   close(): Promise<void>;
 }
@@ -189,6 +190,18 @@ export function createApp(options: AppOptions): App {
   if (proxyHops > 0) app.set('trust proxy', proxyHops);
   app.use(securityHeaders);
   const server = http.createServer(app);
+  // The HTTP requests in progress, which the shutdown lets finish before the caller closes the database.
+  let requestsInFlight = 0;
+  let closing = false;
+  let onRequestsDone: (() => void) | undefined;
+  server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+    requestsInFlight++;
+    // During the shutdown a kept-alive connection carries no further request: it closes after this answer.
+    if (closing) res.shouldKeepAlive = false;
+    res.once('close', () => {
+      if (--requestsInFlight === 0) onRequestsDone?.();
+    });
+  });
   if (config.proxySecret !== undefined) {
     if (config.proxySecret.length < 16)
       throw new Error('createApp: proxySecret must have at least 16 characters');
@@ -384,6 +397,11 @@ export function createApp(options: AppOptions): App {
       clearInterval(sweep);
       clearInterval(purge);
       clearInterval(retention);
+      // Stop accepting first: new connections are refused (the replica launcher's proxy and a Service send
+      // them to another replica) and idle kept-alive ones closed, while the requests in progress go on.
+      closing = true;
+      const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
       await progress.close({ timeoutMs: 5000 });
       // The batches just stopped release their node locks after they end: the caller closes the database next.
       // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.
@@ -395,8 +413,21 @@ export function createApp(options: AppOptions): App {
         }),
       ]);
       clearTimeout(timer);
+      // Then the HTTP requests still in progress (a read, a login's hash, a batch start answering 503) finish,
+      // the database still open: cutting them at once lost their answers. Bounded as the batches are.
+      if (requestsInFlight > 0) {
+        await Promise.race([
+          new Promise<void>((resolve) => {
+            onRequestsDone = resolve;
+          }),
+          new Promise<void>((resolve) => {
+            timer = setTimeout(resolve, 5000);
+          }),
+        ]);
+        clearTimeout(timer);
+      }
       server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await listenerClosed;
     },
   };
 }

@@ -33,8 +33,23 @@ export function hashPassword(password: string): string {
  * neither take all of them nor every core from the event loop, so further hashes wait their turn.
  */
 const MAX_CONCURRENT_HASHES = 2;
+/**
+ * Hashes that may wait their turn. Past it a login is refused at once ({@link HashQueueFullError}: 503 with
+ * `Retry-After`) instead of queued: the throttle bounds each address, not a flood from many addresses, and an
+ * unbounded queue made every user's login wait behind all of the flood's hashes. With it a login let in
+ * waits for at most this many hashes (about 32 × tens of ms / 2 threads: well under a second).
+ */
+export const MAX_QUEUED_HASHES = 32;
 let hashesRunning = 0;
 const hashQueue: (() => void)[] = [];
+
+/** A password check refused because {@link MAX_QUEUED_HASHES} hashes wait already (a login flood). */
+export class HashQueueFullError extends Error {
+  constructor() {
+    super('too many logins at once');
+    this.name = 'HashQueueFullError';
+  }
+}
 
 async function scryptAsync(
   password: string,
@@ -42,7 +57,10 @@ async function scryptAsync(
   length: number,
   options: ScryptOptions,
 ): Promise<Buffer> {
-  if (hashesRunning >= MAX_CONCURRENT_HASHES) await new Promise<void>((resolve) => hashQueue.push(resolve));
+  if (hashesRunning >= MAX_CONCURRENT_HASHES) {
+    if (hashQueue.length >= MAX_QUEUED_HASHES) throw new HashQueueFullError();
+    await new Promise<void>((resolve) => hashQueue.push(resolve));
+  }
   hashesRunning++;
   try {
     return await new Promise((resolve, reject) => {
@@ -57,6 +75,7 @@ async function scryptAsync(
 /**
  * Checks a password against a hash from {@link hashPassword}, in constant time. Asynchronous: the hash
  * (tens of ms) runs on libuv's thread pool instead of blocking the event loop that delivers progress.
+ * Rejects with {@link HashQueueFullError} when {@link MAX_QUEUED_HASHES} hashes wait their turn already.
  */
 export async function verifyPassword(password: string, stored: string): Promise<boolean> {
   const [scheme, n, r, p, salt, hash] = stored.split('$');

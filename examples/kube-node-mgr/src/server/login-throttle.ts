@@ -101,13 +101,18 @@ export class LoginThrottle {
     return 0;
   }
 
-  /** Ends an attempt {@link begin} let through: a failure counts (and may lock); a success clears the account. */
-  end(account: string, address: string, ok: boolean): void {
+  /**
+   * Ends an attempt {@link begin} let through: a failure counts (and may lock); a success clears the account;
+   * `null`, an attempt that could not be decided (the database down once the password matched, the server too
+   * busy to hash it), only ends it: counted as a failure, an outage locked its users out after it.
+   */
+  end(account: string, address: string, ok: boolean | null): void {
     const now = this.#now();
     const byAccount = this.#entry(accountKey(account), now);
     const byAddress = this.#entry(addressKey(address), now);
     byAccount.inFlight = Math.max(0, byAccount.inFlight - 1);
     byAddress.inFlight = Math.max(0, byAddress.inFlight - 1);
+    if (ok === null) return;
     if (ok) {
       // Not the address's count: one valid account must not launder guesses at others.
       byAccount.failures = 0;

@@ -12,8 +12,18 @@ import { signedIn, state } from './state.js';
 import { resultText } from './task-list.js';
 
 let auditRows: TaskEntry[] = [];
+/** The read of the next page on its way: a second "more" click waits for it rather than reading it again. */
+let moreInFlight: Promise<void> | null = null;
 
-export async function loadAudit(more: boolean): Promise<void> {
+export function loadAudit(more: boolean): Promise<void> {
+  if (!more) return readAudit(false);
+  moreInFlight ??= readAudit(true).finally(() => {
+    moreInFlight = null;
+  });
+  return moreInFlight;
+}
+
+async function readAudit(more: boolean): Promise<void> {
   if (!signedIn()) return;
   // The next page starts after the last row shown: its time and its id (batches of one millisecond).
   const last = more ? auditRows[auditRows.length - 1] : undefined;
@@ -29,6 +39,8 @@ export async function loadAudit(more: boolean): Promise<void> {
     ).tasks;
     // The picker moved on while this was read (that page belongs to the other cluster), or the session ended.
     if (cluster !== state.cluster || !sameSession(session)) return;
+    // The rows were read again meanwhile (a reload of the page, another cluster): this page followed the old ones.
+    if (more && auditRows[auditRows.length - 1] !== last) return;
     auditRows = more ? [...auditRows, ...page] : page;
     $('#audit-error').textContent = '';
     $('#audit-more').hidden = page.length < 50;

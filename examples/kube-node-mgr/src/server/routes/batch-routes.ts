@@ -477,6 +477,44 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     doneAt?: number;
   }
   const unrecorded = new Map<string, Unrecorded>();
+  // The node list is shared by every task's computation too, per cluster: cached per task only, a caller
+  // asking for many ended tasks in turn cost a full node list each. Served for the same moment after.
+  const nodeLists = new Map<Cluster, { nodes: Promise<NodeView[]>; doneAt?: number }>();
+  const listNodes = (cluster: Cluster): Promise<NodeView[]> => {
+    const cached = nodeLists.get(cluster);
+    if (
+      cached !== undefined &&
+      (cached.doneAt === undefined || Date.now() - cached.doneAt < UNRECORDED_CACHE_MS)
+    )
+      return cached.nodes;
+    const created: { nodes: Promise<NodeView[]>; doneAt?: number } = { nodes: cluster.nodes.list() };
+    created.nodes.then(
+      () => {
+        created.doneAt = Date.now();
+      },
+      () => {
+        if (nodeLists.get(cluster) === created) nodeLists.delete(cluster); // a failure is not kept
+      },
+    );
+    nodeLists.set(cluster, created);
+    return created.nodes;
+  };
+  // A drain's pod reads too are bounded across tasks: `concurrency` nodes at a time in all, not per task (a
+  // caller asking for many drains at once had each read `concurrency` nodes' pods beside the others). A
+  // freed slot is handed to the next reader directly.
+  let podReadsRunning = 0;
+  const podReadWaiters: (() => void)[] = [];
+  const withPodReadSlot = async <T>(read: () => Promise<T>): Promise<T> => {
+    if (podReadsRunning < config.concurrency) podReadsRunning++;
+    else await new Promise<void>((resolve) => podReadWaiters.push(resolve));
+    try {
+      return await read();
+    } finally {
+      const next = podReadWaiters.shift();
+      if (next === undefined) podReadsRunning--;
+      else next();
+    }
+  };
   const computeUnrecorded = async (record: TaskRecord, id: string, signal: AbortSignal) => {
     const outcome = await itemOutcomes(store, id);
     const names = record.nodes.filter((n) => !outcome.has(n));
@@ -493,7 +531,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     let current: Map<string, NodeView> | undefined;
     if (names.length > 0 && op !== undefined && cluster !== undefined) {
       try {
-        current = new Map((await cluster.nodes.list()).map((n) => [n.name, n]));
+        current = new Map((await listNodes(cluster)).map((n) => [n.name, n]));
       } catch {
         current = undefined; // unknown, said so per node
       }
@@ -514,10 +552,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         for (let i = next++; i < cordoned.length; i = next++) {
           const entry = cordoned[i] as (typeof nodes)[number];
           try {
-            entry.changed = await isDrained(
-              cluster.nodes,
-              { name: entry.name, unschedulable: true },
-              { maxAttempts: config.maxAttempts, signal },
+            entry.changed = await withPodReadSlot(() =>
+              isDrained(
+                cluster.nodes,
+                { name: entry.name, unschedulable: true },
+                { maxAttempts: config.maxAttempts, signal },
+              ),
             );
           } catch {
             entry.changed = null; // cordoned, its pods unknown

@@ -2,7 +2,7 @@
 
 import type { Request, Response } from 'express';
 import type { SessionView } from '../../shared/api-types.js';
-import type { Session } from '../auth.js';
+import { HashQueueFullError, type Session } from '../auth.js';
 import type { LoginThrottle } from '../login-throttle.js';
 import type { RouteContext } from './context.js';
 
@@ -31,10 +31,22 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
       });
     }
     let session: Session | null = null;
+    // Whether the credentials were right; `null` while undecided: an error (the database down once the
+    // password matched) is no failed guess, and counted as one it locked the account out after the outage.
+    let ok: boolean | null = null;
     try {
       session = await sessions.login(username, password);
+      ok = session !== null;
+    } catch (error) {
+      if (!(error instanceof HashQueueFullError)) throw error;
+      // A flood of logins (many addresses: each one's own throttle lets it through): refused before its hash,
+      // so the logins let in wait behind a bounded queue. A moment to retry, not a failed guess.
+      res.setHeader('retry-after', '1');
+      return fail(res, 503, 'login_busy', 'too many logins at once: try again in a moment', {
+        retryAfterS: 1,
+      });
     } finally {
-      throttle.end(username, address, session !== null);
+      throttle.end(username, address, ok);
     }
     if (session === null) return fail(res, 401, 'bad_credentials', 'wrong username or password');
     await audit({ username: session.username, action: 'login', taskId: null });
