@@ -319,7 +319,6 @@ async function serveHealth<P extends Principal>(
     send(response, { status: 503, body: { ok: false } });
     return;
   }
-  const status = report.ok ? 200 : 503;
   const who = ctx.healthDetails ?? 'authenticated';
   let detailed = who === 'public';
   // Only a request carrying credentials asks the hooks. Probes (the kubelet's, a load balancer's) send
@@ -343,8 +342,19 @@ async function serveHealth<P extends Principal>(
     // not hold the answer past a probe's timeout, or a probe sending credentials (a load balancer behind an
     // auth proxy that adds them) found the replica unready for its auth backend's sake.
     detailed = await settledWithin(decided, HEALTH_HOOKS_WAIT_MS, false);
+    // Read again after the wait: a shutdown that began meanwhile (or the feed lost) answered 200 with the
+    // report of before, and the load balancer kept sending clients to a replica closing.
+    try {
+      report = health();
+    } catch {
+      report = undefined;
+    }
+    if (report === undefined) {
+      send(response, { status: 503, body: { ok: false } });
+      return;
+    }
   }
-  send(response, { status, body: detailed ? report : { ok: report.ok } });
+  send(response, { status: report.ok ? 200 : 503, body: detailed ? report : { ok: report.ok } });
 }
 
 /**
