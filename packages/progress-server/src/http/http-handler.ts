@@ -125,9 +125,10 @@ export interface HttpHandlerContext<P extends Principal> {
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
   clock?: () => number;
   /**
-   * Longest time the application's hooks (`authenticate` / `authenticateToken`, then `authorize`) may take
-   * for one request of a task route, counted from the request (the server's `upgradeTimeoutMs`, the bound
-   * of the same hooks on an upgrade); past it the request is answered 504 `timeout`.
+   * Longest wait of a task route's request on the application's hooks (`authenticate` /
+   * `authenticateToken`, then each `authorize`; the list's checks together): the server's
+   * `upgradeTimeoutMs`, the bound of the same hooks on an upgrade. Past it the request is answered 504
+   * `timeout`.
    */
   hookTimeoutMs: number;
   /**
@@ -407,7 +408,7 @@ function decodeTaskId(segment: string): string {
 }
 
 /**
- * The route's answer, its application hooks bounded by `hookTimeoutMs` together (see {@link HookDeadline}):
+ * The route's answer, each wait on its application hooks bounded by `hookTimeoutMs` (see {@link HookDeadline}):
  * a hook that hung (an auth backend down) held each request, its connection and its memory, until the hook
  * answered, where an upgrade's gave up after `upgradeTimeoutMs`.
  */
@@ -434,42 +435,45 @@ async function serve<P extends Principal>(
 }
 
 /**
- * One deadline for the application's hooks of one request, started at the first of them: {@link within}
- * rejects with 504 `timeout` once it has passed. The hung hook's promise is left to itself; the request
- * is answered and lets go of its connection.
+ * Bounds each wait of one request on the application's hooks: {@link within} rejects with 504 `timeout`
+ * when its hook has not answered within `ms`. The hung hook's promise is left to itself; the request is
+ * answered and lets go of its connection. (A wait each, not one for the request: a slow store read between
+ * two hooks must not be blamed on the second.)
  */
 class HookDeadline {
   readonly #ms: number;
   readonly #onExpired: () => void;
+  /** The wait under way, if any: {@link clear} ends its timer. */
   #timer: NodeJS.Timeout | undefined;
-  #expired: Promise<never> | undefined;
 
   constructor(ms: number, onExpired: () => void) {
     this.#ms = ms;
     this.#onExpired = onExpired;
   }
 
-  within<T>(promise: Promise<T>): Promise<T> {
-    if (this.#expired === undefined) {
-      this.#expired = new Promise<never>((_, reject) => {
-        this.#timer = setTimeout(() => {
-          this.#onExpired();
-          reject(
-            fromCode(
-              ErrorCode.Timeout,
-              'The authentication or authorization of this request did not answer in time; retry later',
-            ),
-          );
-        }, this.#ms);
-      });
-      // Raced only while a hook runs: a deadline passing between hooks rejects with no one listening.
-      this.#expired.catch(() => undefined);
+  async within<T>(promise: Promise<T>): Promise<T> {
+    const expired = new Promise<never>((_, reject) => {
+      this.#timer = setTimeout(() => {
+        this.#onExpired();
+        reject(
+          fromCode(
+            ErrorCode.Timeout,
+            'The authentication or authorization of this request did not answer in time; retry later',
+          ),
+        );
+      }, this.#ms);
+      this.#timer.unref();
+    });
+    try {
+      return await Promise.race([promise, expired]);
+    } finally {
+      this.clear();
     }
-    return Promise.race([promise, this.#expired]);
   }
 
   clear(): void {
     clearTimeout(this.#timer);
+    this.#timer = undefined;
   }
 }
 
