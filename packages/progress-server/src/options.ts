@@ -139,7 +139,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * included); a slower one has its socket destroyed. Node's `headersTimeout` stops applying once the
    * upgrade headers are complete, so without this a client (or a hook) that never finishes holds a
    * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
-   * answer, from its `connection` event; a slower one is closed with 1011.
+   * answer, from its `connection` event; a slower one is closed with 1011. It bounds the same hooks
+   * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
+   * `timeout`.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;

@@ -413,6 +413,8 @@ export class ProgressServer<P extends Principal = Principal> {
         closing: () => this.#closing,
         clock: this.#options.clock,
         epoch: this.#epoch,
+        hookTimeoutMs: this.#options.upgradeTimeoutMs,
+        pending: this.#sockets.pending,
         streams: {
           hub: this.#hub,
           epoch: this.#epoch,

@@ -255,6 +255,25 @@ describe('health', () => {
     ]);
   });
 
+  it('answers 503 to a probe with credentials when shutdown begins while its hooks run', async () => {
+    // The status was decided before the wait for the hooks: a close() begun during it still answered 200.
+    let closing: Promise<void> | undefined;
+    env = await startServer({
+      healthDetails: 'authenticated',
+      authenticate: (request) => {
+        closing ??= env?.server.close({ timeoutMs: 200 });
+        return cookieAuth(request);
+      },
+    });
+    const response = await fetch(`${env.httpUrl}/progress/healthz`, {
+      headers: { cookie: 'session=ops' },
+      signal: AbortSignal.timeout(3000),
+    });
+    const body = await response.json();
+    await closing;
+    expect([response.status, body]).toEqual([503, expect.objectContaining({ ok: false, closing: true })]);
+  });
+
   it('is unhealthy once closing', async () => {
     env = await startServer();
     const closing = env.server.close({ timeoutMs: 100 });

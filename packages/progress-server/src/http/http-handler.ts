@@ -28,6 +28,7 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
 import type { HealthDetails } from '../options.js';
+import type { PendingConnections } from '../socket/pending-connections.js';
 import type { TaskApi } from '../tasks/task-api.js';
 import { taskNotFoundMessage } from '../tasks/task-not-found.js';
 import { settledWithin, waitAtMost } from '../wait.js';
@@ -123,6 +124,18 @@ export interface HttpHandlerContext<P extends Principal> {
   closing?: () => boolean;
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
   clock?: () => number;
+  /**
+   * Longest wait of a task route's request on the application's hooks (`authenticate` /
+   * `authenticateToken`, then each `authorize`; the list's checks together): the server's
+   * `upgradeTimeoutMs`, the bound of the same hooks on an upgrade. Past it the request is answered 504
+   * `timeout`.
+   */
+  hookTimeoutMs: number;
+  /**
+   * The server's connections not authenticated yet: a request's connection counts while its
+   * `authenticate` hook runs, as an upgrade's does while it is checked.
+   */
+  pending?: Pick<PendingConnections, 'add' | 'release' | 'has'> | undefined;
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
@@ -307,7 +320,6 @@ async function serveHealth<P extends Principal>(
     send(response, { status: 503, body: { ok: false } });
     return;
   }
-  const status = report.ok ? 200 : 503;
   const who = ctx.healthDetails ?? 'authenticated';
   let detailed = who === 'public';
   // Only a request carrying credentials asks the hooks. Probes (the kubelet's, a load balancer's) send
@@ -331,8 +343,19 @@ async function serveHealth<P extends Principal>(
     // not hold the answer past a probe's timeout, or a probe sending credentials (a load balancer behind an
     // auth proxy that adds them) found the replica unready for its auth backend's sake.
     detailed = await settledWithin(decided, HEALTH_HOOKS_WAIT_MS, false);
+    // Read again after the wait: a shutdown that began meanwhile (or the feed lost) answered 200 with the
+    // report of before, and the load balancer kept sending clients to a replica closing.
+    try {
+      report = health();
+    } catch {
+      report = undefined;
+    }
+    if (report === undefined) {
+      send(response, { status: 503, body: { ok: false } });
+      return;
+    }
   }
-  send(response, { status, body: detailed ? report : { ok: report.ok } });
+  send(response, { status: report.ok ? 200 : 503, body: detailed ? report : { ok: report.ok } });
 }
 
 /**
@@ -384,6 +407,11 @@ function decodeTaskId(segment: string): string {
   }
 }
 
+/**
+ * The route's answer, each wait on its application hooks bounded by `hookTimeoutMs` (see {@link HookDeadline}):
+ * a hook that hung (an auth backend down) held each request, its connection and its memory, until the hook
+ * answered, where an upgrade's gave up after `upgradeTimeoutMs`.
+ */
 async function serve<P extends Principal>(
   ctx: HttpHandlerContext<P>,
   route: Route,
@@ -391,6 +419,72 @@ async function serve<P extends Principal>(
   request: IncomingMessage,
   response: ServerResponse,
   asker: { id?: string },
+): Promise<unknown> {
+  const hooks = new HookDeadline(ctx.hookTimeoutMs, () => {
+    ctx.metrics.handlerErrors.inc();
+    ctx.logger.warn(
+      { route: route.name, timeoutMs: ctx.hookTimeoutMs },
+      'authenticate or authorize hook did not answer within upgradeTimeoutMs; answering 504',
+    );
+  });
+  try {
+    return await serveRoute(ctx, route, url, request, response, asker, hooks);
+  } finally {
+    hooks.clear();
+  }
+}
+
+/**
+ * Bounds each wait of one request on the application's hooks: {@link within} rejects with 504 `timeout`
+ * when its hook has not answered within `ms`. The hung hook's promise is left to itself; the request is
+ * answered and lets go of its connection. (A wait each, not one for the request: a slow store read between
+ * two hooks must not be blamed on the second.)
+ */
+class HookDeadline {
+  readonly #ms: number;
+  readonly #onExpired: () => void;
+  /** The wait under way, if any: {@link clear} ends its timer. */
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(ms: number, onExpired: () => void) {
+    this.#ms = ms;
+    this.#onExpired = onExpired;
+  }
+
+  async within<T>(promise: Promise<T>): Promise<T> {
+    const expired = new Promise<never>((_, reject) => {
+      this.#timer = setTimeout(() => {
+        this.#onExpired();
+        reject(
+          fromCode(
+            ErrorCode.Timeout,
+            'The authentication or authorization of this request did not answer in time; retry later',
+          ),
+        );
+      }, this.#ms);
+      this.#timer.unref();
+    });
+    try {
+      return await Promise.race([promise, expired]);
+    } finally {
+      this.clear();
+    }
+  }
+
+  clear(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}
+
+async function serveRoute<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  route: Route,
+  url: URL,
+  request: IncomingMessage,
+  response: ServerResponse,
+  asker: { id?: string },
+  hooks: HookDeadline,
 ): Promise<unknown> {
   // The Origin first, before any other answer: a forged request learns nothing from this server, not
   // even which method a route takes (405) or that it is shutting down (503), and it runs none of the
@@ -418,9 +512,15 @@ async function serve<P extends Principal>(
   // a JSON body, which a form on another site cannot send.
   if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
   let principal: P | undefined;
+  // While its hook runs the connection is not authenticated yet, and counts as an upgrade being checked
+  // does (`maxPendingConnectionsPerAddress`); one whose body is still coming counts already, until the end.
+  const socket = request.socket;
+  const pending = ctx.pending !== undefined && !ctx.pending.has(socket) ? ctx.pending : undefined;
+  pending?.add(socket);
   try {
-    principal = await ctx.auth.fromHttp(request);
+    principal = await hooks.within(ctx.auth.fromHttp(request));
   } catch (error) {
+    if (error instanceof HttpError) throw error;
     if (error instanceof AuthRateLimited) {
       throw new HttpError(ErrorCode.RateLimited, error.message, {
         headers: { 'retry-after': String(error.retryAfterSeconds) },
@@ -429,6 +529,8 @@ async function serve<P extends Principal>(
     ctx.metrics.handlerErrors.inc();
     ctx.logger.error({ err: describeError(error) }, 'authenticate hook threw');
     throw fromCode(ErrorCode.Internal, 'Authentication failed');
+  } finally {
+    pending?.release(socket);
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
   asker.id = principal.id;
@@ -465,12 +567,14 @@ async function serve<P extends Principal>(
       // Owned is not enough: the application's `authorize` has the last word on every task route, and a
       // rule narrower than ownership (a role, a scope of the token) must hide a task here too, or the
       // list served what `GET …/tasks/:id` answers 404.
-      const allowed = await authorizeEach(tasks, (task) => ctx.auth.authorize(principal, task, 'watch'));
+      const allowed = await hooks.within(
+        authorizeEach(tasks, (task) => ctx.auth.authorize(principal, task, 'watch')),
+      );
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
       await epochRead(ctx);
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
       return { task: toTaskView(task), ...epochOf(ctx) };
     }
     case 'events': {
@@ -487,7 +591,7 @@ async function serve<P extends Principal>(
         max: EVENTS_MAX_LIMIT,
       });
       await epochRead(ctx);
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
       // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True
@@ -508,12 +612,12 @@ async function serve<P extends Principal>(
           `reason must be a string of at most ${LIMITS.maxKeyLength} characters`,
         );
       }
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel');
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel', hooks);
       await ctx.tasks.cancel(task.id, typeof reason === 'string' ? reason : null);
       // Allowed to cancel is not allowed to read: a principal that may not watch the task (an operator's
       // kill switch) learns that the cancel took, not the task's message, items or result.
       const after = (await ctx.store.getTask(task.id)) ?? task;
-      if (!(await ctx.auth.authorize(principal, after, 'watch'))) return { taskId: task.id };
+      if (!(await hooks.within(ctx.auth.authorize(principal, after, 'watch')))) return { taskId: task.id };
       return { taskId: task.id, task: toTaskView(after) };
     }
     case 'stream': {
@@ -530,7 +634,7 @@ async function serve<P extends Principal>(
       try {
         // Taken as the read starts: acks taken since are not judged by it (see `AckWriter.seen`).
         const mark = streams.acks.mark();
-        const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+        const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
         // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
         // meanwhile has ended the open streams already, and a stream opened now would be in none of its
         // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
@@ -586,7 +690,7 @@ async function serve<P extends Principal>(
       }
       // Taken as the read starts: a read older than acks taken since must not drop them (`AckWriter.seen`).
       const mark = streams.acks.mark();
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch');
+      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
       }
@@ -755,6 +859,7 @@ async function loadAuthorized<P extends Principal>(
   principal: P,
   taskId: string,
   action: 'watch' | 'cancel',
+  hooks: HookDeadline,
 ): Promise<Task> {
   if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
     throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
@@ -762,9 +867,10 @@ async function loadAuthorized<P extends Principal>(
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await ctx.store.getTask(taskId);
   if (task === undefined) throw notFound();
-  if (await ctx.auth.authorize(principal, task, action)) return task;
+  if (await hooks.within(ctx.auth.authorize(principal, task, action))) return task;
   const known =
-    ctx.revealTaskExistence || (action !== 'watch' && (await ctx.auth.authorize(principal, task, 'watch')));
+    ctx.revealTaskExistence ||
+    (action !== 'watch' && (await hooks.within(ctx.auth.authorize(principal, task, 'watch'))));
   if (!known) throw notFound();
   throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
 }

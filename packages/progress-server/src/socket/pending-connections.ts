@@ -49,6 +49,11 @@ export class PendingConnections {
     return this.#all.size;
   }
 
+  /** Whether `socket` is tracked (counts as not authenticated yet). */
+  has(socket: TrackedSocket): boolean {
+    return this.#addressOf.has(socket);
+  }
+
   /** Starts tracking `socket` (idempotent); it stops being tracked when released or closed. */
   add(socket: TrackedSocket): void {
     if (this.#addressOf.has(socket) || socket.destroyed) return;

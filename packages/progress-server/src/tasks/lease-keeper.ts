@@ -24,6 +24,14 @@ export interface LeaseKeeperOptions {
   onLost(taskId: string, error: unknown): void;
   /** This replica reaped an expired lease: publish the `interrupted` event locally. */
   onReaped(result: AppendResult): void;
+  /** A monotonic clock in milliseconds, for the age of a store call in flight. @default performance.now */
+  now?: (() => number) | undefined;
+}
+
+/** A store call in flight, shared by the calls that come while it is young (see {@link LeaseKeeper}). */
+interface InFlight<T> {
+  promise: Promise<T>;
+  startedAt: number;
 }
 
 /**
@@ -32,7 +40,11 @@ export interface LeaseKeeperOptions {
  * directly (tests drive them with a manual clock, operators may force a reap).
  *
  * A renewal that fails because the store is down is retried at the next interval; the lease lasts
- * `ttlMs`, so a store outage shorter than `ttlMs - renewIntervalMs` loses nothing.
+ * `ttlMs`, so a store outage shorter than `ttlMs - renewIntervalMs` loses nothing. A renewal that has not
+ * answered for half an interval (a query hung on a dead connection, no timeout) is no longer waited on:
+ * the next interval renews again beside it, as a hung call shared by every later one let the lease expire
+ * (and another replica reap the task) while its worker was alive and the store answered other calls. The
+ * same holds for a reap, at half of `reapIntervalMs`. The call left behind still has its answer handled.
  */
 export class LeaseKeeper {
   readonly #options: LeaseKeeperOptions;
@@ -44,12 +56,14 @@ export class LeaseKeeper {
   #renewTimer: NodeJS.Timeout | undefined;
   #reapTimer: NodeJS.Timeout | undefined;
   /** Renewals in flight, per task: a hung one must not hold back the renewal of the others. */
-  readonly #renewals = new Map<string, Promise<void>>();
-  #reaping: Promise<AppendResult[]> | undefined;
+  readonly #renewals = new Map<string, InFlight<void>>();
+  #reaping: InFlight<AppendResult[]> | undefined;
+  readonly #now: () => number;
   #closed = false;
 
   constructor(options: LeaseKeeperOptions) {
     this.#options = options;
+    this.#now = options.now ?? (() => performance.now());
   }
 
   /** Starts the renewal and reaping timers. */
@@ -86,30 +100,50 @@ export class LeaseKeeper {
 
   /**
    * Renews every owned lease once. Never rejects; a task's renewal still in flight is shared, not
-   * repeated, and never holds back the other tasks' renewals.
+   * repeated (unless it has been for half an interval: see {@link LeaseKeeper}), and never holds back the
+   * other tasks' renewals.
    */
   async renewAll(): Promise<void> {
+    const now = this.#now();
+    const stale = this.#options.renewIntervalMs / 2;
     await Promise.all(
       [...this.#owned].map(([taskId, run]) => {
-        let renewal = this.#renewals.get(taskId);
-        if (renewal === undefined) {
-          renewal = this.#renewOne(taskId, run).finally(() => this.#renewals.delete(taskId));
-          this.#renewals.set(taskId, renewal);
-        }
-        return renewal;
+        const current = this.#renewals.get(taskId);
+        if (current !== undefined && now - current.startedAt < stale) return current.promise;
+        const renewal: InFlight<void> = {
+          startedAt: now,
+          promise: this.#renewOne(taskId, run).finally(() => {
+            if (this.#renewals.get(taskId) === renewal) this.#renewals.delete(taskId);
+          }),
+        };
+        this.#renewals.set(taskId, renewal);
+        return renewal.promise;
       }),
     );
   }
 
   /**
    * Reaps expired leases (of any replica) once and publishes the resulting `interrupted` events.
-   * Never rejects: returns what was reaped, `[]` on failure. Concurrent calls share one run.
+   * Never rejects: returns what was reaped, `[]` on failure. Concurrent calls share one run (unless it
+   * has been in flight for half of `reapIntervalMs`: see {@link LeaseKeeper}).
    */
   reap(): Promise<AppendResult[]> {
-    this.#reaping ??= this.#reap().finally(() => {
-      this.#reaping = undefined;
-    });
-    return this.#reaping;
+    const now = this.#now();
+    const current = this.#reaping;
+    if (
+      current !== undefined &&
+      !(this.#options.reapIntervalMs > 0 && now - current.startedAt >= this.#options.reapIntervalMs / 2)
+    ) {
+      return current.promise;
+    }
+    const reaping: InFlight<AppendResult[]> = {
+      startedAt: now,
+      promise: this.#reap().finally(() => {
+        if (this.#reaping === reaping) this.#reaping = undefined;
+      }),
+    };
+    this.#reaping = reaping;
+    return reaping.promise;
   }
 
   /** Stops the timers; waits for a running renewal or reap to finish. */
@@ -119,7 +153,10 @@ export class LeaseKeeper {
     if (this.#reapTimer !== undefined) clearInterval(this.#reapTimer);
     this.#renewTimer = undefined;
     this.#reapTimer = undefined;
-    await Promise.allSettled([...this.#renewals.values(), this.#reaping]);
+    await Promise.allSettled([
+      ...[...this.#renewals.values()].map((renewal) => renewal.promise),
+      this.#reaping?.promise,
+    ]);
   }
 
   async #renewOne(taskId: string, run: number): Promise<void> {
