@@ -1341,6 +1341,32 @@ describe('tab sharing', () => {
     await client.close();
   });
 
+  it('a terminal ack after a tab subscribed the task again on the shared socket reaches the server, though another tab acked that seq before', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const { leader, real, socket } = await leaderAndWrappedSocket(browser, server);
+    await vi.waitFor(() => expect(socket.readyState).toBe(1));
+    // A tab that watches t2 acked its terminal seq, and has not let go of it yet (its unsubscribe is on
+    // its way, or its client still holds the watch).
+    socket.send(JSON.stringify({ type: 'auth', token: 'tok' }));
+    socket.send(JSON.stringify({ type: 'subscribe', taskId: 't2', afterSeq: 0 }));
+    socket.send(JSON.stringify({ type: 'ack', taskId: 't2', seq: 1 }));
+    await vi.waitFor(() => expect(real.frames('ack')).toHaveLength(1));
+    // The leader's tab watches t2: the server restarts the socket's subscription of it, with no ack, sends
+    // the terminal snapshot and re-sends it until it is acknowledged. Before, the leader dropped this tab's
+    // ack as a repeat of the other's: the server re-sent the frame until the last tab unsubscribed.
+    const watch = leader.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    const task = new FakeTask('t2', 1);
+    task.end('completed');
+    real.push({ type: 'snapshot', task: task.view() });
+    await watch.done;
+    await vi.waitFor(() => expect(real.frames('ack')).toHaveLength(2));
+    expect(real.frames('ack')[1]).toEqual({ type: 'ack', taskId: 't2', seq: 1 });
+    socket.close();
+    await leader.close();
+  });
+
   it("a store epoch renewed while the real socket stays open has a shared task's acks of the new epoch reach the server, the terminal one included", async () => {
     const browser = new Browser();
     const server = new FakeServer();

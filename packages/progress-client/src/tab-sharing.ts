@@ -246,7 +246,8 @@ class TabHub {
   silent = 0;
   /** Aborts the lock requests still waiting; held locks are let go by `#left` settling. */
   readonly #requests = new AbortController();
-  #leave: () => void = noop;
+  /** Set by `#left`'s executor, which runs at once (no initial value: bytes of the /tabs budget). */
+  #leave!: () => void;
   /** What every lock callback returns: the lock is held until the tab leaves. */
   readonly #left = new Promise<void>((resolve) => {
     this.#leave = resolve;
@@ -527,6 +528,10 @@ class TabHub {
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
+        // The server restarts the task's subscription of the socket with nothing acknowledged: its terminal
+        // frame is re-sent until acked again, and an ack dropped here as a repeat of another tab's would have
+        // it re-sent until the last tab let go. The reset snapshot's index stays (see `#acked`).
+        this.#acked.get(taskId)?.splice(0, 1, 0);
         // Its socket's id as the request id, which the server echoes in a refusal: the refusal then goes
         // to this socket alone (see `real.onmessage`).
         data = JSON.stringify({ ...frame, id });
