@@ -772,6 +772,43 @@ describe('tab sharing', () => {
     expect(sockets.filter((socket) => socket.readyState === WebSocket.OPEN)).toHaveLength(2);
   });
 
+  it("a tab sent to sockets of its own (another credential) does not try the shared socket again when the leader's real socket closes and reopens", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const { connects } = spy(browser);
+    const alice = clientIn(browser.tab(), server);
+    alice.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(alice.state).toBe('open'));
+    const bob = clientIn(browser.tab(), server, { token: 'bob' });
+    bob.watch('t2');
+    // Sent to a socket of its own after its first attempt through the leader.
+    const bobs = await acceptReal(server, 2);
+    await vi.waitFor(() => expect(bob.state).toBe('open'));
+    expect(new Set(connects.map((connect) => connect.from)).size).toBe(2);
+    const before = connects.length;
+    // The network drops every socket: each client reconnects, alice's through a new real socket.
+    real.serverClose(1006);
+    bobs.serverClose(1006);
+    // Alice's new real socket and bob's own, in either order.
+    for (const index of [2, 3]) {
+      await vi.waitFor(() => expect(server.sockets.length).toBeGreaterThan(index));
+      const socket = server.sockets[index] as FakeSocket;
+      socket.open();
+      await vi.waitFor(() => expect(socket.frames('auth')).toHaveLength(1));
+      socket.push(hello);
+    }
+    await vi.waitFor(() => expect([alice.state, bob.state]).toEqual(['open', 'open']));
+    // Before, the leader's close had bob's tab try the shared socket once more (an attempt, a refusal and
+    // a backoff step lost each time; a connect timeout for a tab without a token). Only alice's tab (the
+    // first to connect) connects through it: taken by every tab, the leader's `own` sent alice's too to
+    // sockets of its own.
+    expect(new Set(connects.slice(before).map((connect) => connect.from))).toEqual(
+      new Set([connects[0]?.from]),
+    );
+    await Promise.all([alice.close(), bob.close()]);
+  });
+
   it("a tab of another principal whose token function is slow is shown nothing of the shared socket's tasks before its auth is checked", async () => {
     const store = new MemoryProgressStore();
     const server = await ProgressServer.listen(
