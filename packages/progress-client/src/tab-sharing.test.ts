@@ -772,6 +772,43 @@ describe('tab sharing', () => {
     expect(sockets.filter((socket) => socket.readyState === WebSocket.OPEN)).toHaveLength(2);
   });
 
+  it("a tab sent to sockets of its own (another credential) does not try the shared socket again when the leader's real socket closes and reopens", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const { connects } = spy(browser);
+    const alice = clientIn(browser.tab(), server);
+    alice.watch('t1');
+    const real = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(alice.state).toBe('open'));
+    const bob = clientIn(browser.tab(), server, { token: 'bob' });
+    bob.watch('t2');
+    // Sent to a socket of its own after its first attempt through the leader.
+    const bobs = await acceptReal(server, 2);
+    await vi.waitFor(() => expect(bob.state).toBe('open'));
+    expect(new Set(connects.map((connect) => connect.from)).size).toBe(2);
+    const before = connects.length;
+    // The network drops every socket: each client reconnects, alice's through a new real socket.
+    real.serverClose(1006);
+    bobs.serverClose(1006);
+    // Alice's new real socket and bob's own, in either order.
+    for (const index of [2, 3]) {
+      await vi.waitFor(() => expect(server.sockets.length).toBeGreaterThan(index));
+      const socket = server.sockets[index] as FakeSocket;
+      socket.open();
+      await vi.waitFor(() => expect(socket.frames('auth')).toHaveLength(1));
+      socket.push(hello);
+    }
+    await vi.waitFor(() => expect([alice.state, bob.state]).toEqual(['open', 'open']));
+    // Before, the leader's close had bob's tab try the shared socket once more (an attempt, a refusal and
+    // a backoff step lost each time; a connect timeout for a tab without a token). Only alice's tab (the
+    // first to connect) connects through it: taken by every tab, the leader's `own` sent alice's too to
+    // sockets of its own.
+    expect(new Set(connects.slice(before).map((connect) => connect.from))).toEqual(
+      new Set([connects[0]?.from]),
+    );
+    await Promise.all([alice.close(), bob.close()]);
+  });
+
   it("a tab of another principal whose token function is slow is shown nothing of the shared socket's tasks before its auth is checked", async () => {
     const store = new MemoryProgressStore();
     const server = await ProgressServer.listen(
@@ -1339,6 +1376,32 @@ describe('tab sharing', () => {
     // Before, the leader still held seq 2 as acknowledged for t1 and dropped this ack as a repeat.
     await vi.waitFor(() => expect(real.frames('ack').at(-1)).toMatchObject({ taskId: 't1', seq: 1 }));
     await client.close();
+  });
+
+  it('a terminal ack after a tab subscribed the task again on the shared socket reaches the server, though another tab acked that seq before', async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const { leader, real, socket } = await leaderAndWrappedSocket(browser, server);
+    await vi.waitFor(() => expect(socket.readyState).toBe(1));
+    // A tab that watches t2 acked its terminal seq, and has not let go of it yet (its unsubscribe is on
+    // its way, or its client still holds the watch).
+    socket.send(JSON.stringify({ type: 'auth', token: 'tok' }));
+    socket.send(JSON.stringify({ type: 'subscribe', taskId: 't2', afterSeq: 0 }));
+    socket.send(JSON.stringify({ type: 'ack', taskId: 't2', seq: 1 }));
+    await vi.waitFor(() => expect(real.frames('ack')).toHaveLength(1));
+    // The leader's tab watches t2: the server restarts the socket's subscription of it, with no ack, sends
+    // the terminal snapshot and re-sends it until it is acknowledged. Before, the leader dropped this tab's
+    // ack as a repeat of the other's: the server re-sent the frame until the last tab unsubscribed.
+    const watch = leader.watch('t2');
+    await vi.waitFor(() => expect(real.frames('subscribe')).toHaveLength(3));
+    const task = new FakeTask('t2', 1);
+    task.end('completed');
+    real.push({ type: 'snapshot', task: task.view() });
+    await watch.done;
+    await vi.waitFor(() => expect(real.frames('ack')).toHaveLength(2));
+    expect(real.frames('ack')[1]).toEqual({ type: 'ack', taskId: 't2', seq: 1 });
+    socket.close();
+    await leader.close();
   });
 
   it("a store epoch renewed while the real socket stays open has a shared task's acks of the new epoch reach the server, the terminal one included", async () => {

@@ -123,10 +123,8 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
         }
         const hub = hubs.get(url) ?? new TabHub(url, WebSocket, env);
         hubs.set(url, hub);
-        if (!used.has(hub)) {
-          used.add(hub);
-          hub.users++;
-        }
+        if (!used.has(hub)) hub.users++;
+        used.add(hub);
         // A leader tab that is frozen (Page Lifecycle: the browser keeps its locks held, it runs nothing)
         // answers nothing and lets no other tab lead: through it the client would retry for as long as it
         // stays frozen. Two sockets in a row that the client gave up on (4010: silent, or never opened),
@@ -210,7 +208,7 @@ class VirtualSocket implements WebSocketLike {
   close(code = 1000, reason = ''): void {
     // Refused to the caller, as a browser's WebSocket does, before the leader would pass them on to the
     // real socket, whose close() would throw there.
-    const badCode = !(code === 1000 || (code >= 3000 && code < 5000));
+    const badCode = code !== 1000 && !(code >= 3000 && code < 5000);
     if (badCode || new TextEncoder().encode(reason).length > 123)
       throw new DOMException(`close(${code}, reason)`, badCode ? 'InvalidAccessError' : 'SyntaxError');
     if (this.readyState === CLOSED) return;
@@ -238,15 +236,22 @@ interface Peer {
 /** One tab's end of the sharing, for one URL; the leader part is used while this tab leads. @internal */
 class TabHub {
   /** Its id (`0.8125…`; no `/`, which ends it in a socket's id): as unique as base 36 of the same number. */
-  readonly tab = `${Math.random()}`;
+  readonly tab = '' + Math.random();
   declare readonly url: string;
   /** Clients whose sockets use it; the tab leaves when the last one closes. */
   users = 0;
-  /** This tab's sockets given up on (4010) since a leader last spoke (see `wrap`). */
+  /**
+   * This tab's sockets given up on (4010) since a leader last spoke (see `wrap`), a count below 8 (from 2 on
+   * the tab's new sockets are real); 8 (a bit a `close` keeps) once the leader sent the tab to sockets of
+   * its own (`own`), until a new leader announces itself: its real socket may take the tab's credential.
+   * Cleared by every close of the real socket, the tab tried it once more after each (an attempt refused
+   * and a backoff step lost; a connect timeout for a tab without a token), to be sent off again.
+   */
   silent = 0;
   /** Aborts the lock requests still waiting; held locks are let go by `#left` settling. */
   readonly #requests = new AbortController();
-  #leave: () => void = noop;
+  /** Set by `#left`'s executor, which runs at once (no initial value: bytes of the /tabs budget). */
+  #leave!: () => void;
   /** What every lock callback returns: the lock is held until the tab leaves. */
   readonly #left = new Promise<void>((resolve) => {
     this.#leave = resolve;
@@ -408,10 +413,18 @@ class TabHub {
       }
       case 'own':
         // Its credential is not the one the real socket has in force: the tab's sockets are its own until
-        // a leader speaks again (as behind a frozen leader, see `wrap`), and the server checks it. Left in
-        // `#sockets`, closed, as every use of it skips (a leader change drops it).
-        if (!this.#fromLeader(message)) return;
-        this.silent = 2;
+        // a new leader announces itself (see `silent`), and the server checks it. Left in `#sockets`,
+        // closed, as every use of it skips (a leader change drops it). Only the tab whose socket it names:
+        // taken by every tab, it sent the others (the leader's too) to sockets of their own as well.
+        if (
+          !(
+            this.#fromLeader(message) &&
+            typeof message.id === 'string' &&
+            message.id.startsWith(`${this.tab}/`)
+          )
+        )
+          return;
+        this.silent = 8;
         this.#sockets.get(message.id)?.closed(LEADER_GONE, 'another credential');
         return;
       case 'frame':
@@ -432,7 +445,7 @@ class TabHub {
         }
         return;
       case 'close': {
-        this.silent = 0;
+        this.silent &= 8;
         if (typeof message.code !== 'number' || !Array.isArray(message.ids ?? [])) return;
         // Sockets still connecting through it have no leader yet: the leader names them. A former
         // leader's list is stale: those sockets connect through the new leader now.
@@ -493,8 +506,10 @@ class TabHub {
   #openPeer(id: string): void {
     // Always one: each caller has just found it there.
     const peer = this.#peers.get(id) as Peer;
-    if (!peer.opened) this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
-    peer.opened = true;
+    if (!peer.opened) {
+      peer.opened = true;
+      this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
+    }
     if (this.#hello && (this.#token === undefined || peer.authed))
       this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id, i: this.#frames++ });
   }
@@ -527,6 +542,10 @@ class TabHub {
         break;
       case 'subscribe':
         peer.tasks.add(taskId);
+        // The server restarts the task's subscription of the socket with nothing acknowledged: its terminal
+        // frame is re-sent until acked again, and an ack dropped here as a repeat of another tab's would have
+        // it re-sent until the last tab let go. The reset snapshot's index stays (see `#acked`).
+        this.#acked.get(taskId)?.splice(0, 1, 0);
         // Its socket's id as the request id, which the server echoes in a refusal: the refusal then goes
         // to this socket alone (see `real.onmessage`).
         data = JSON.stringify({ ...frame, id });
@@ -567,7 +586,7 @@ class TabHub {
       for (const task of this.#peers.get(id)?.tasks ?? []) tasks.add(task);
       this.#peers.delete(id);
     }
-    if (this.#peers.size === 0) {
+    if (!this.#peers.size) {
       this.#closeReal(1000, 'no tab watching');
       return;
     }
@@ -682,9 +701,8 @@ class TabHub {
    */
   #failReal(code: number, reason: string): void {
     this.#real = undefined;
-    const ids = [...this.#peers.keys()];
+    this.post({ t: 'close', code, reason, ids: [...this.#peers.keys()], by: this.#credential(code) });
     this.#peers.clear();
-    this.post({ t: 'close', code, reason, ids, by: this.#credential(code) });
   }
 
   /**
