@@ -310,23 +310,22 @@ async function serveHealth<P extends Principal>(
   request: IncomingMessage,
   response: ServerResponse,
 ): Promise<void> {
-  let report: ServerHealth | undefined;
-  try {
-    report = health();
-  } catch {
-    report = undefined;
-  }
-  if (report === undefined) {
-    send(response, { status: 503, body: { ok: false } });
-    return;
-  }
+  // A health function that throws reports no health: 503 (`undefined`).
+  const read = (): ServerHealth | undefined => {
+    try {
+      return health();
+    } catch {
+      return undefined;
+    }
+  };
+  let report = read();
   const who = ctx.healthDetails ?? 'authenticated';
   let detailed = who === 'public';
   // Only a request carrying credentials asks the hooks. Probes (the kubelet's, a load balancer's) send
   // none, every few seconds: run through `authenticate`, each one waited on the hook (a slow or hung
   // auth backend timed the probe out and got the replica marked unready) and spent an attempt of its
   // address's failed-authentication budget, so one node's probes got its real clients refused 429.
-  if (who !== 'public' && who !== 'none' && carriesCredentials(request)) {
+  if (report !== undefined && who !== 'public' && who !== 'none' && carriesCredentials(request)) {
     const decided = (async () => {
       // An expired credential authenticates nothing, here as on every other route (401 token_expired).
       const principal = await ctx.auth.fromHttp(request);
@@ -345,15 +344,11 @@ async function serveHealth<P extends Principal>(
     detailed = await settledWithin(decided, HEALTH_HOOKS_WAIT_MS, false);
     // Read again after the wait: a shutdown that began meanwhile (or the feed lost) answered 200 with the
     // report of before, and the load balancer kept sending clients to a replica closing.
-    try {
-      report = health();
-    } catch {
-      report = undefined;
-    }
-    if (report === undefined) {
-      send(response, { status: 503, body: { ok: false } });
-      return;
-    }
+    report = read();
+  }
+  if (report === undefined) {
+    send(response, { status: 503, body: { ok: false } });
+    return;
   }
   send(response, { status: report.ok ? 200 : 503, body: detailed ? report : { ok: report.ok } });
 }
