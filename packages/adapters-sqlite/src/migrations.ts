@@ -5,6 +5,7 @@ import { PreparedQuery, param } from './query-builder.js';
 import type { SqliteSchema } from './schema.js';
 import { TABLES } from './schema.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
+import { beginImmediate, rollbackQuietly } from './write-lock.js';
 
 /**
  * Versioned schema migrations. The schema is created only here: each migration runs once, in order,
@@ -167,7 +168,7 @@ export const SQLITE_SCHEMA_VERSION: number = MIGRATIONS.length;
 export function migrate(
   database: SqliteDatabase,
   builder: Kysely<SqliteSchema>,
-  options: { now: number; migrations?: readonly Migration[] },
+  options: { now: number; busyTimeoutMs?: number; migrations?: readonly Migration[] },
 ): number[] {
   const migrations = options.migrations ?? MIGRATIONS;
   // A plain read (in WAL it never waits for a writer): when nothing is pending, no write lock is taken.
@@ -176,7 +177,9 @@ export function migrate(
   const run = (query: Compilable) => new PreparedQuery(database, query, []).run();
   const begin = database.prepare('BEGIN IMMEDIATE');
   const commit = database.prepare('COMMIT');
-  begin.run();
+  // Waits for another process's write lock as the store's write transactions do: SQLite's busy handler
+  // gave up beside a process that commits back to back.
+  beginImmediate(database, () => begin.run(), options.busyTimeoutMs ?? 0);
   try {
     run(
       builder.schema
@@ -245,13 +248,4 @@ function pendingMigrations(
     );
   }
   return migrations.slice(applied.length);
-}
-
-/** Rolls back the open transaction, if any; a failed rollback must not hide the original error. */
-export function rollbackQuietly(database: SqliteDatabase): void {
-  try {
-    database.prepare('ROLLBACK').run();
-  } catch {
-    // No transaction was open (SQLite already rolled it back) — nothing to undo.
-  }
 }

@@ -89,6 +89,12 @@ export interface ChangePublisherOptions {
    * transaction may find the lock held (see `WriteTransactions`).
    */
   onPolledCommit?: () => void;
+  /**
+   * Runs a write of its own (the epoch's renewal after a restore) in a write transaction that waits for
+   * another connection's lock as the store's others do (`WriteTransactions.runAlone`). Without it the
+   * statement runs on its own, under SQLite's busy handler.
+   */
+  writeAlone?: (work: () => void) => void;
 }
 
 /**
@@ -118,6 +124,7 @@ export class ChangePublisher {
   /** A poll is publishing what it read: the renewal after a restore waits for its epoch check. */
   #catchingUp = false;
   readonly #onPollError: (error: unknown) => void;
+  readonly #writeAlone: (work: () => void) => void;
 
   /**
    * Starts the watcher (when polling) and reads the high-water mark.
@@ -134,6 +141,7 @@ export class ChangePublisher {
     };
     this.#q = options.statements;
     this.#onPollError = options.onPollError;
+    this.#writeAlone = options.writeAlone ?? ((work) => work());
     let watcher: DataVersionWatcher | undefined;
     try {
       if (options.dataVersionPollMs > 0) {
@@ -299,14 +307,17 @@ export class ChangePublisher {
    * knew: the processes that notice the same restore renew it once, and a restore of a file whose epoch
    * was renewed since the backup (a changed epoch every server notices already) is not renewed again.
    * Never throws: it runs after a commit, which must not be reported as failed; a failure goes to
-   * `onPollError`, and the next commit that finds the file gone back tries again.
+   * `onPollError`, and this store does not try again for this restore (its mark is in the restored file
+   * now); another process that notices the same restore still renews.
    */
   #renewAfterRestore(): void {
     this.#restoreNoticed = false;
     const from = this.#epoch;
     if (this.#stopped || from === undefined) return;
     try {
-      this.#q.renewEpochFrom.run({ from });
+      // Beside a process that commits back to back, SQLite's busy handler missed the moments the lock was
+      // free, blocked the event loop for busyTimeoutMs and failed: the restore stayed without a renewal.
+      this.#writeAlone(() => this.#q.renewEpochFrom.run({ from }));
       const epoch = this.#readEpoch();
       if (epoch !== from) this.epochRenewed(epoch);
     } catch (error) {

@@ -163,7 +163,7 @@ export class SqliteProgressStore implements ProgressStore {
         synchronous: resolved.synchronous,
         busyTimeoutMs: resolved.busyTimeoutMs,
       });
-      migrate(database, builder, { now: this.#clock() });
+      migrate(database, builder, { now: this.#clock(), busyTimeoutMs: resolved.busyTimeoutMs });
       this.#q = prepareStatements(database, builder);
       publisher = new ChangePublisher({
         statements: this.#q,
@@ -173,6 +173,8 @@ export class SqliteProgressStore implements ProgressStore {
         onPollError: (error) => onError(toProgressError(error, 'poll for other connections’ commits')),
         // Set by the time a poll runs (a timer's callback, after the constructor).
         onPolledCommit: () => this.#transactions.othersWrote(),
+        // Set by the time a renewal runs (after a commit or a poll, after the constructor).
+        writeAlone: (work) => this.#transactions.runAlone(work),
       });
       this.#checkpoints =
         resolved.checkpoints === 'background'

@@ -1,8 +1,8 @@
-import { rollbackQuietly } from './migrations.js';
 import type { RunningTaskCache } from './running-task-cache.js';
 import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
 import type { SqliteStatements } from './sqlite-statements.js';
+import { beginImmediate, isBusy, rollbackQuietly } from './write-lock.js';
 
 /**
  * The SQLite store's write transaction: `BEGIN IMMEDIATE`, the running-row cache checked against the
@@ -30,46 +30,14 @@ export interface WriteTransactionsOptions {
   onCommitted?: ((totalChanges: number) => void) | undefined;
 }
 
-/**
- * How long `BEGIN IMMEDIATE` sleeps between two looks at a write lock another connection holds, in
- * milliseconds. SQLite's own busy handler looks after 1, 2, 5, 10 … then every 100 ms, some 60 times in
- * the default 5 s: a process that commits back to back (an append loop) holds the lock at nearly every one
- * of those instants, and another process's write failed with "database is locked" although the lock was
- * free between each of the first one's commits. Looking every millisecond, a waiter lands in one of those
- * gaps.
- */
-export const WRITE_LOCK_POLL_MS = 1;
-
-/** Sleeps the thread: the transaction waits synchronously, as SQLite's busy handler does. */
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Whether `error` is SQLite's refusal of a lock another connection holds (`SQLITE_BUSY` and extended codes). */
-function isBusy(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^SQLITE_BUSY(_|$)/.test(code);
-}
-
-/**
- * Runs one statement that returns a row or none, prepared anew: SQLite applies `PRAGMA busy_timeout = N`
- * when it compiles it, so a prepared one run again changes nothing. better-sqlite3's `exec` when there is
- * one (a fifth of the cost), `prepare` otherwise (a wrapper).
- */
-function execute(database: SqliteDatabase, text: string): void {
-  const exec = (database as { exec?: unknown }).exec;
-  if (typeof exec === 'function') exec.call(database, text);
-  else database.prepare(text).get();
-}
-
 /** Runs the store's write transactions on its one connection. */
 export class WriteTransactions {
   readonly #database: SqliteDatabase;
   readonly #busyTimeoutMs: number;
-  /** `PRAGMA busy_timeout` at the configured wait. */
-  readonly #busyWait: string;
   /**
    * Another connection wrote between this store's last two write transactions, or a poll found a commit
    * since the last one, or none ran yet: the next one may find the write lock held, and looks at it itself
-   * (see {@link WRITE_LOCK_POLL_MS}).
+   * (see `WRITE_LOCK_POLL_MS` (`write-lock.ts`)).
    * Otherwise it begins without switching `busy_timeout` off and on (two statements).
    */
   #othersWrite = true;
@@ -81,8 +49,6 @@ export class WriteTransactions {
   constructor(options: WriteTransactionsOptions) {
     this.#database = options.database;
     this.#busyTimeoutMs = options.busyTimeoutMs;
-    // A validated integer (see the options): PRAGMA arguments cannot be bound.
-    this.#busyWait = `PRAGMA busy_timeout = ${Math.trunc(options.busyTimeoutMs)}`;
     this.#q = options.statements;
     this.#cache = options.cache;
     this.#publisher = options.publisher;
@@ -126,6 +92,24 @@ export class WriteTransactions {
   }
 
   /**
+   * Runs `work` in a `BEGIN IMMEDIATE` transaction of its own, the lock waited for as in {@link run}, but
+   * without reading other connections' commits or publishing anything: the epoch's renewal after a restore,
+   * which runs after a drain. A commit that changed a row moves the write mark, so the running-row cache is
+   * re-read by the next transaction.
+   */
+  runAlone<T>(work: () => T): T {
+    this.#begin();
+    try {
+      const result = work();
+      this.#q.commit.run();
+      return result;
+    } catch (error) {
+      rollbackQuietly(this.#database);
+      throw error;
+    }
+  }
+
+  /**
    * Another connection may be writing (a poll found a commit): the next transaction looks at the lock
    * itself. Without it, a store whose last transaction saw no other writer met a process that had started
    * committing back to back since with SQLite's busy handler.
@@ -136,7 +120,7 @@ export class WriteTransactions {
 
   /**
    * `BEGIN IMMEDIATE`, waiting up to `busyTimeoutMs` for another connection's write lock. When other
-   * connections write, by looking at it every {@link WRITE_LOCK_POLL_MS} (see there why not with SQLite's
+   * connections write, by looking at it every `WRITE_LOCK_POLL_MS` (`write-lock.ts`) (see there why not with SQLite's
    * busy handler, which is off meanwhile); the connection's `busy_timeout` is back when this returns or
    * throws, and a transaction begun is rolled back if it cannot be put back.
    */
@@ -151,35 +135,7 @@ export class WriteTransactions {
       }
       return;
     }
-    execute(this.#database, 'PRAGMA busy_timeout = 0');
-    try {
-      let deadline: number | undefined;
-      for (;;) {
-        try {
-          this.#q.begin.run();
-          break;
-        } catch (error) {
-          if (!isBusy(error)) throw error;
-          const now = performance.now();
-          deadline ??= now + this.#busyTimeoutMs;
-          if (now >= deadline) throw error;
-          Atomics.wait(sleeper, 0, 0, Math.min(WRITE_LOCK_POLL_MS, deadline - now));
-        }
-      }
-    } catch (error) {
-      try {
-        execute(this.#database, this.#busyWait);
-      } catch {
-        // The error to report is the one of BEGIN.
-      }
-      throw error;
-    }
-    try {
-      execute(this.#database, this.#busyWait);
-    } catch (error) {
-      rollbackQuietly(this.#database);
-      throw error;
-    }
+    beginImmediate(this.#database, () => this.#q.begin.run(), this.#busyTimeoutMs);
   }
 
   /**

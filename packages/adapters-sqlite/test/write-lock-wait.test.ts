@@ -125,3 +125,139 @@ describe('waiting for another connection’s write lock', () => {
     expect(looks()).toBe(1);
   });
 });
+
+/**
+ * The store's other writes wait for the lock the same way: the migration of a new file, and the renewal of
+ * the epoch after a restore. Both went through SQLite's busy handler, which beside a process that commits
+ * back to back missed the moments the lock was free, held the event loop for busyTimeoutMs and failed: the
+ * store did not open, or the restore stayed without a renewal (nothing tries that one again).
+ */
+describe('the migration and the renewal after a restore wait for the lock as the write transactions do', () => {
+  const cleanups: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  /**
+   * A connection to `file` that counts the looks at the lock (runs of `BEGIN IMMEDIATE`) once `arm()` was
+   * called, and has `holder` commit (free the lock) at the `releaseAtLook`th.
+   */
+  function lookingConnection(file: string, holder: Database.Database, releaseAtLook: number) {
+    const raw = new Database(file);
+    let armed = false;
+    let looks = 0;
+    let afterCommit: (() => void) | undefined;
+    const database: SqliteDatabase = {
+      memory: false,
+      close: () => raw.close(),
+      prepare(sql) {
+        const statement = raw.prepare(sql);
+        if (sql !== 'BEGIN IMMEDIATE' && sql !== 'COMMIT') return statement;
+        return {
+          run: (...parameters: unknown[]) => {
+            if (sql === 'COMMIT') {
+              const result = statement.run(...parameters);
+              const then = afterCommit;
+              afterCommit = undefined;
+              then?.();
+              return result;
+            }
+            if (armed) {
+              looks += 1;
+              if (looks === releaseAtLook && holder.inTransaction) holder.prepare('COMMIT').run();
+            }
+            return statement.run(...parameters);
+          },
+          get: (...parameters: unknown[]) => statement.get(...parameters),
+          all: (...parameters: unknown[]) => statement.all(...parameters),
+        };
+      },
+    };
+    return {
+      database,
+      looks: () => looks,
+      arm: () => {
+        armed = true;
+      },
+      /** Runs `hook` right after the next COMMIT on this connection. */
+      afterNextCommit: (hook: () => void) => {
+        afterCommit = hook;
+      },
+    };
+  }
+
+  function holderOf(file: string): Database.Database {
+    const holder = new Database(file);
+    cleanups.push(() => {
+      if (holder.inTransaction) holder.prepare('ROLLBACK').run();
+      holder.close();
+    });
+    return holder;
+  }
+
+  it('migrates a new file when the lock is freed between two looks', async () => {
+    const temp = tempDatabase();
+    cleanups.push(temp.remove);
+    const holder = holderOf(temp.file);
+    // WAL first, as a store would: switching to WAL needs the lock too.
+    holder.pragma('journal_mode = WAL');
+    const connection = lookingConnection(temp.file, holder, 3);
+    connection.arm();
+    holder.prepare('BEGIN IMMEDIATE').run();
+    const store = new SqliteProgressStore({
+      database: connection.database,
+      busyTimeoutMs: 500,
+      dataVersionPollMs: 0,
+    });
+    cleanups.push(() => {
+      connection.database.close();
+    });
+    cleanups.push(() => store.close());
+    expect(connection.looks()).toBe(3);
+    await expect(store.createTask({ id: 't', owner: 'alice', kind: 'k' })).resolves.toMatchObject({
+      id: 't',
+    });
+  });
+
+  it('renews the epoch after a restore when the lock is freed between two looks', async () => {
+    const temp = tempDatabase();
+    cleanups.push(temp.remove);
+    const errors: unknown[] = [];
+    const worker = new SqliteProgressStore({ database: temp.file, dataVersionPollMs: 0 });
+    cleanups.push(() => worker.close());
+    const holder = holderOf(temp.file);
+    const connection = lookingConnection(temp.file, holder, 3);
+    const server = new SqliteProgressStore({
+      database: connection.database,
+      busyTimeoutMs: 500,
+      dataVersionPollMs: 0,
+      onError: (error) => errors.push(error),
+    });
+    cleanups.push(() => {
+      connection.database.close();
+    });
+    cleanups.push(() => server.close());
+    await worker.createTask({ id: 'old', owner: 'alice', kind: 'k' });
+    await worker.append('old', { type: 'progress', done: 1 });
+    await server.createTask({ id: 'mine', owner: 'bob', kind: 'k' });
+    const backup = `${temp.file}.backup`;
+    const live = new Database(temp.file, { readonly: true });
+    await live.backup(backup);
+    live.close();
+    for (let done = 2; done <= 10; done++) await worker.append('old', { type: 'progress', done });
+    // The server's mark goes past the backup's ids.
+    await server.append('mine', { type: 'progress', done: 1 });
+    const before = await server.getEpoch();
+    const source = new Database(backup, { readonly: true });
+    await source.backup(temp.file);
+    source.close();
+    // The server's next append notices the restore; right after its commit, another connection takes the
+    // lock and frees it only at the renewal's third look.
+    connection.arm();
+    connection.afterNextCommit(() => holder.prepare('BEGIN IMMEDIATE').run());
+    await server.append('mine', { type: 'progress', done: 1 });
+    expect(errors).toEqual([]);
+    expect(connection.looks()).toBe(3);
+    expect(await worker.getEpoch()).not.toBe(before);
+  });
+});
