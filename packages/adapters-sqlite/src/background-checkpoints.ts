@@ -64,7 +64,9 @@ export const FALLBACK_AUTOCHECKPOINT_PAGES = 10_000;
  * speed one always is, and the WAL grew without bound (measured: three processes appending for 40 s took
  * it to 193 MB beside a 17 MB database). `TRUNCATE` waits (at most {@link TRUNCATE_BUSY_TIMEOUT_MS}) for
  * the readers on old snapshots to finish, holding new writers back meanwhile, copies everything and
- * empties the file. The same size as the store's fallback: below it, passive checkpoints do.
+ * empties the file. Only after a passive checkpoint that copied everything: one that could not had a
+ * reader on an older snapshot in its way, which the `TRUNCATE` would wait for the whole time with every
+ * writer held back. The same size as the store's fallback: below it, passive checkpoints do.
  */
 export const TRUNCATE_AFTER_PAGES = FALLBACK_AUTOCHECKPOINT_PAGES;
 
@@ -109,7 +111,11 @@ function checkpoint() {
   try {
     const [row] = db.pragma('wal_checkpoint(PASSIVE)');
     let truncated = false;
-    if (row.log >= workerData.truncateAfterPages) {
+    // Only when the passive one copied everything: then no reader was left on an older snapshot. One that
+    // was (a backup, an operator's query) kept the WAL from being emptied anyway, and the TRUNCATE held
+    // the write lock while it waited for it, every writer of every process behind it, at each checkpoint
+    // asked for while the reader lasted.
+    if (row.log >= workerData.truncateAfterPages && row.checkpointed === row.log) {
       // Busy (readers or the writer did not let go in time) is a row with busy = 1, not an error.
       db.pragma('busy_timeout = ' + workerData.truncateBusyTimeoutMs);
       try {

@@ -346,6 +346,59 @@ function recordWarnings(): Error[] {
   return warnings;
 }
 
+describe('the TRUNCATE checkpoint past the size', () => {
+  it('is not tried while a reader on an older snapshot keeps the passive one from copying everything', async () => {
+    // A TRUNCATE checkpoint takes the write lock, then waits (up to 200 ms) for the readers on older
+    // snapshots with it held: every writer of every process stood still meanwhile, and waited behind it
+    // again at each checkpoint asked for while a long reader (a backup, an operator's query) lasted,
+    // for a checkpoint that could not empty the WAL anyway.
+    const temp = tempDatabase();
+    const writer = new Database(temp.file);
+    const reader = new Database(temp.file);
+    const other = new Database(temp.file, { timeout: 0 });
+    writer.pragma('journal_mode = WAL');
+    writer.pragma('wal_autocheckpoint = 0');
+    writer.exec('CREATE TABLE t (x)');
+    const insert = writer.prepare('INSERT INTO t VALUES (randomblob(3000))');
+    for (let i = 0; i < 100; i++) insert.run();
+    // The reader's snapshot: every frame written after it is one the passive checkpoint cannot copy.
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM t').get();
+    for (let i = 0; i < 100; i++) insert.run();
+    const checkpoints = BackgroundCheckpoints.start({
+      database: writer,
+      onError: (error) => {
+        throw error;
+      },
+      truncateAfterPages: 64,
+    }) as BackgroundCheckpoints;
+    cleanups.push(temp.remove, async () => {
+      await checkpoints.stop();
+      if (reader.inTransaction) reader.exec('ROLLBACK');
+      for (const connection of [other, reader, writer]) connection.close();
+    });
+    checkpoints.committed(1000);
+    // Another connection takes the write lock every few ms until the checkpoint ran.
+    let refused = 0;
+    await eventually('the worker checkpointed', () => {
+      try {
+        other.exec('BEGIN IMMEDIATE');
+        other.exec('ROLLBACK');
+      } catch (error) {
+        if ((error as { code?: string }).code !== 'SQLITE_BUSY') throw error;
+        refused += 1;
+      }
+      return checkpoints.stats.checkpoints > 0;
+    });
+    expect(checkpoints.stats.truncations).toBe(0);
+    expect(refused).toBe(0);
+    // Once the reader ended, the next checkpoint empties the WAL.
+    reader.exec('ROLLBACK');
+    checkpoints.committed(2000);
+    await eventually('the WAL was emptied', () => checkpoints.stats.truncations > 0);
+  });
+});
+
 describe('a failure reported from a worker’s listener or a timer', () => {
   it('an onError that throws crashes nothing: the first throw is one process warning, the store goes on', async () => {
     const uncaught = recordUncaught();
