@@ -184,7 +184,9 @@ describe('group commit', () => {
       }),
       propertyParams(60),
     );
-  });
+    // 60 runs of up to 100 appends on two stores each: about 1 s on a quiet machine, past vitest's 5 s
+    // default at a load average of 25 (a helper's run beside others). Still bounded.
+  }, 30_000);
 });
 
 describe('visibility and publication', () => {
