@@ -187,8 +187,8 @@ export interface PostgresProgressStoreOptions {
    */
   onError?: ((error: ProgressError) => void) | undefined;
   /**
-   * Receives what a change listener throws. Listeners must not throw; this hook exists so a faulty one
-   * can be logged instead of disturbing others.
+   * Receives what a change listener throws (or its promise rejects with). Listeners must not throw;
+   * this hook exists so a faulty one can be logged instead of disturbing others.
    * @default ignores the error
    */
   onListenerError?: ((error: unknown) => void) | undefined;

@@ -3,6 +3,7 @@ import * as v from 'valibot';
 import { describe, expect, it } from 'vitest';
 import { ErrorCode } from './codes.js';
 import { LIMITS } from './limits.js';
+import type { JsonValue } from './model.js';
 import { idSchema, jsonSchema } from './primitives.js';
 import { isProgressError } from './progress-error.js';
 import { idArbitrary, jsonArbitrary } from './testing/frame-arbitraries.js';
@@ -98,5 +99,35 @@ describe('isJsonValue and fitsJsonLimit', () => {
       }),
       propertyParams(1000),
     );
+  });
+});
+
+describe('isJsonValue depth', () => {
+  /** `levels` arrays or objects nested in each other, the innermost holding `leaf` (nothing if undefined). */
+  function nested(levels: number, container: 'array' | 'object', leaf?: JsonValue): unknown {
+    const inner = container === 'array' ? '[]' : '{}';
+    const wrap = (text: string) => (container === 'array' ? `[${text}]` : `{"a":${text}}`);
+    let text = leaf === undefined ? inner : wrap(JSON.stringify(leaf));
+    for (let level = 1; level < levels; level++) text = wrap(text);
+    return JSON.parse(text);
+  }
+
+  it('accepts 64 nested arrays or objects and refuses 65, empty or holding a scalar alike', () => {
+    for (const container of ['array', 'object'] as const) {
+      for (const leaf of [undefined, 1, 'x', null]) {
+        const what = `${container}s around ${leaf === undefined ? 'nothing' : JSON.stringify(leaf)}`;
+        expect(isJsonValue(nested(64, container, leaf)), `64 ${what}`).toBe(true);
+        expect(isJsonValue(nested(65, container, leaf)), `65 ${what}`).toBe(false);
+        expect(v.is(jsonSchema, nested(65, container, leaf)), `jsonSchema, 65 ${what}`).toBe(false);
+      }
+    }
+    // Arrays and objects count alike, mixed.
+    const mixed = (levels: number) => {
+      let value: unknown = {};
+      for (let level = 1; level < levels; level++) value = level % 2 ? [value] : { a: value };
+      return value;
+    };
+    expect(isJsonValue(mixed(64))).toBe(true);
+    expect(isJsonValue(mixed(65))).toBe(false);
   });
 });

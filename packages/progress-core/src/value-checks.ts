@@ -110,15 +110,19 @@ export function utf8Length(text: string): number {
 
 /**
  * A plain JSON value: plain objects, arrays, finite numbers, strings, booleans, null; at most 64 levels
- * deep; no `__proto__` key, no U+0000 in any string or key. The size limit is checked separately.
+ * deep (64 arrays or objects nested in each other); no `__proto__` key, no U+0000 in any string or key.
+ * The size limit is checked separately.
  *
  * @internal
  */
 export function isJsonValue(value: unknown, depth = 0): value is JsonValue {
-  if (depth > 64) return false;
   if (value === null || typeof value === 'boolean') return true;
   if (typeof value === 'string') return isStorableText(value);
   if (typeof value === 'number') return Number.isFinite(value);
+  // `depth` arrays or objects hold this one: it is level depth + 1. Checked on the container, not on its
+  // entries, so an empty array or object counts as a level as one holding a scalar does (65 nested empty
+  // arrays passed, 65 holding a 1 did not).
+  if (depth >= 64) return false;
   if (Array.isArray(value)) return value.every((entry) => isJsonValue(entry, depth + 1));
   if (typeof value === 'object') {
     const proto = Object.getPrototypeOf(value);

@@ -468,7 +468,9 @@ describe('invalid_frame', () => {
     const nested = (depth: number) => `${'['.repeat(depth)}${']'.repeat(depth)}`;
     const frame = (result: string) =>
       `{"type":"event","event":{"taskId":"t","seq":1,"type":"completed","time":1,"progress":${JSON.stringify(progress)},"result":${result}}}`;
-    expectFrame(decodeServerFrame(frame(nested(60))));
+    // At the limit exactly: 64 empty arrays pass, 65 do not (65 passed once, as 65 holding a 1 did not).
+    expectFrame(decodeServerFrame(frame(nested(64))));
+    expectError(decodeServerFrame(frame(nested(65))), ErrorCode.InvalidFrame, 'event.result');
     expectError(decodeServerFrame(frame(nested(100))), ErrorCode.InvalidFrame, 'event.result');
     // As deep as a frame of the default size can be.
     const absurd = Math.floor((LIMITS.maxFrameBytes - 200) / 2);

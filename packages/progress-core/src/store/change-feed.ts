@@ -52,7 +52,10 @@ export interface TaskChange {
 /** Stops a listener. Calling it twice is harmless. */
 export type Unsubscribe = () => void;
 
-/** Called for each change, in commit order for one task. Must not throw; errors are not propagated. */
+/**
+ * Called for each change, in commit order for one task. Must not throw; errors are not propagated (the
+ * built-in stores hand them, and the rejection of an `async` listener's promise, to `onListenerError`).
+ */
 export type ChangeListener = (change: TaskChange) => void;
 
 /**
@@ -99,21 +102,22 @@ export interface ChangeFeed {
  * same process; adapters with a cross-process feed publish what they receive through it too.
  */
 export class LocalChangeFeed implements ChangeFeed {
-  readonly #listeners = new Set<ChangeListener>();
-  readonly #epochListeners = new Set<() => void>();
+  readonly #listeners = new Set<(change: TaskChange) => unknown>();
+  readonly #epochListeners = new Set<() => unknown>();
   readonly #onListenerError: (error: unknown) => void;
   /** A publish is delivering; what listeners publish meanwhile waits in {@link #queued}. */
   #publishing = false;
   readonly #queued: TaskChange[] = [];
 
-  /** @param onListenerError receives what a listener throws; by default it is ignored. */
+  /** @param onListenerError receives what a listener throws or rejects with; by default it is ignored. */
   constructor(onListenerError: (error: unknown) => void = () => {}) {
     this.#onListenerError = onListenerError;
   }
 
   subscribe(listener: ChangeListener): Unsubscribe {
     // Wrap so the same function subscribed twice gets two independent subscriptions.
-    const entry: ChangeListener = (change) => listener(change);
+    // (Returning what the listener returns: a promise of an `async` one is watched, see #watch.)
+    const entry = (change: TaskChange): unknown => listener(change);
     this.#listeners.add(entry);
     return () => {
       this.#listeners.delete(entry);
@@ -145,10 +149,21 @@ export class LocalChangeFeed implements ChangeFeed {
   #deliver(change: TaskChange): void {
     for (const listener of this.#listeners) {
       try {
-        listener(change);
+        this.#watch(listener(change));
       } catch (error) {
         this.#reportListenerError(error);
       }
+    }
+  }
+
+  /**
+   * Hands what a listener's promise rejects with to `onListenerError`, as what it throws: an `async`
+   * listener (`ChangeListener` returns void, which TypeScript lets one be) that failed left its rejection
+   * unhandled, which ended the process (Node's default) instead of reaching the hook.
+   */
+  #watch(result: unknown): void {
+    if (typeof (result as PromiseLike<unknown> | null)?.then === 'function') {
+      (result as PromiseLike<unknown>).then(undefined, (error: unknown) => this.#reportListenerError(error));
     }
   }
 
@@ -163,18 +178,21 @@ export class LocalChangeFeed implements ChangeFeed {
   }
 
   onEpochRenewed(listener: () => void): Unsubscribe {
-    const entry = () => listener();
+    const entry = (): unknown => listener();
     this.#epochListeners.add(entry);
     return () => {
       this.#epochListeners.delete(entry);
     };
   }
 
-  /** Calls every `onEpochRenewed` listener. A listener that throws does not stop the others. */
+  /**
+   * Calls every `onEpochRenewed` listener. A listener that throws does not stop the others; what it
+   * throws or rejects with goes to `onListenerError`.
+   */
   publishEpochRenewed(): void {
     for (const listener of this.#epochListeners) {
       try {
-        listener();
+        this.#watch(listener());
       } catch (error) {
         this.#reportListenerError(error);
       }

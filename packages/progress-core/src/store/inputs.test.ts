@@ -182,6 +182,10 @@ describe('a result or detail whose JSON is not the value checked', () => {
     ['U+0000', () => 'a\u0000b'],
     ['a lone surrogate', () => ['\ud800']],
     ['70 levels of nesting', () => JSON.parse(`${'['.repeat(70)}${']'.repeat(70)}`)],
+    [
+      '65 levels of nesting, one past the limit',
+      () => JSON.parse(`${'{"a":'.repeat(64)}{}${'}'.repeat(64)}`),
+    ],
     ['more than maxJsonBytes', () => 'x'.repeat(LIMITS.maxJsonBytes)],
   ];
 

@@ -117,6 +117,35 @@ describe('MemoryProgressStore', () => {
     }
   });
 
+  it('hands the rejection of an async listener to onListenerError, never leaving it unhandled', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      const errors: unknown[] = [];
+      const store = new MemoryProgressStore({ onListenerError: (error) => errors.push(error) });
+      const boom = new Error('the listener gave up');
+      // `ChangeListener` returns void, and TypeScript lets an async function be one.
+      store.changes.subscribe(async () => {
+        await Promise.resolve();
+        throw boom;
+      });
+      const epochBoom = new Error('the epoch listener gave up');
+      store.changes.onEpochRenewed?.(async () => {
+        throw epochBoom;
+      });
+      const task = await store.createTask({ owner: 'alice', kind: 'k' });
+      await expect(store.append(task.id, { type: 'progress' })).resolves.toMatchObject({ event: { seq: 1 } });
+      await store.renewEpoch();
+      await new Promise((resolve) => setImmediate(resolve));
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+      expect(errors).toEqual([boom, epochBoom]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
   it('publishes synchronously, after the state is updated', async () => {
     const { store } = build();
     const task = await store.createTask({ id: 'task-1', owner: 'alice', kind: 'k' });

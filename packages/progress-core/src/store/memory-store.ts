@@ -53,8 +53,8 @@ export interface MemoryProgressStoreOptions {
    */
   clock?: Clock | undefined;
   /**
-   * Receives what a change listener throws. Listeners must not throw; this hook exists so a faulty one
-   * can be logged instead of breaking appends.
+   * Receives what a change listener throws (or its promise rejects with). Listeners must not throw;
+   * this hook exists so a faulty one can be logged instead of breaking appends.
    * @default ignores the error
    */
   onListenerError?: ((error: unknown) => void) | undefined;

@@ -253,6 +253,80 @@ export function describeEventContract(ctx: ContractContext): void {
       expect((await mustGet(ctx.store, 'task-1')).seq, 'seq after the rejected appends').toBe(1);
     });
 
+    it('accepts JSON 64 levels deep and rejects 65, arrays and objects alike, empty or not', async () => {
+      await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      /** `levels` arrays (or objects) nested in each other, the innermost holding `leaf`. */
+      const nested = (levels: number, open: string, close: string, leaf: string) =>
+        JSON.parse(`${open.repeat(levels)}${leaf}${close.repeat(levels)}`) as JsonValue;
+      const shapes = [
+        ['[', ']', ''],
+        ['[', ']', '1'],
+        ['{"a":', '}', '{}'],
+      ] as const;
+      for (const [open, close, leaf] of shapes) {
+        // The object shape's leaf is a level of its own.
+        const levels = (n: number) => (leaf === '{}' ? n - 1 : n);
+        const deepest = nested(levels(64), open, close, leaf);
+        const item = await ctx.store.append('task-1', { type: 'item', key: 'k', ok: true, detail: deepest });
+        expect(item.event.type === 'item' && item.event.item.detail, `64 levels: ${open}${leaf}`).toEqual(
+          deepest,
+        );
+        const [read] = await ctx.store.readEvents('task-1', item.event.seq - 1, 1);
+        expect(read?.type === 'item' && read.item.detail, `64 levels read back: ${open}${leaf}`).toEqual(
+          deepest,
+        );
+        const tooDeep = nested(levels(65), open, close, leaf);
+        await expectRejection(`65 levels: ${open}${leaf}`, ErrorCode.InvalidInput, () =>
+          ctx.store.append('task-1', { type: 'item', key: 'k', ok: true, detail: tooDeep }),
+        );
+        await expectRejection(`65 levels as a result: ${open}${leaf}`, ErrorCode.InvalidInput, () =>
+          ctx.store.append('task-1', { type: 'completed', result: tooDeep }),
+        );
+      }
+      expect((await mustGet(ctx.store, 'task-1')).seq, 'seq after the rejected appends').toBe(shapes.length);
+    });
+
+    it("round-trips keys named after Object.prototype's members and refuses an own __proto__ key", async () => {
+      // Parsed, so every key is an own data property, as it is in a payload that came over the wire.
+      const text =
+        '{"constructor":{"prototype":{"constructor":1}},"prototype":[{"toString":"x"}],"hasOwnProperty":null,"valueOf":true,"isPrototypeOf":{}}';
+      const payload = JSON.parse(text) as JsonValue;
+      await ctx.store.createTask(taskInput({ id: 'task-1' }));
+      const item = await ctx.store.append('task-1', {
+        type: 'item',
+        key: 'constructor',
+        ok: true,
+        detail: payload,
+      });
+      const done = await ctx.store.append('task-1', { type: 'completed', result: payload });
+      const [readItem, readDone] = await ctx.store.readEvents('task-1', 0);
+      const task = await mustGet(ctx.store, 'task-1');
+      const seen = [
+        item.event.type === 'item' ? item.event.item.detail : undefined,
+        readItem?.type === 'item' ? readItem.item.detail : undefined,
+        (done.event as CompletedEvent).result,
+        (readDone as CompletedEvent | undefined)?.result,
+        done.task.result,
+        task.result,
+      ];
+      // As text, so the keys' order counts too and no comparison reads a node's `constructor`.
+      expect(seen.map((value) => JSON.stringify(value))).toEqual(seen.map(() => text));
+      for (const value of seen) expect(Object.getPrototypeOf(value)).toBe(Object.prototype);
+      // An own __proto__ key is refused, as a detail and as a result, nested or not.
+      await ctx.store.createTask(taskInput({ id: 'task-2' }));
+      for (const proto of ['{"__proto__":{"polluted":true}}', '{"a":[{"__proto__":{"polluted":true}}]}']) {
+        const value = JSON.parse(proto) as JsonValue;
+        await expectRejection(`detail ${proto}`, ErrorCode.InvalidInput, () =>
+          ctx.store.append('task-2', { type: 'item', key: 'k', ok: true, detail: value }),
+        );
+        await expectRejection(`result ${proto}`, ErrorCode.InvalidInput, () =>
+          ctx.store.append('task-2', { type: 'completed', result: value }),
+        );
+      }
+      expect((await mustGet(ctx.store, 'task-2')).seq, 'seq after the rejected appends').toBe(0);
+      expect(({} as Record<string, unknown>).polluted, 'Object.prototype').toBeUndefined();
+    });
+
     it('rejects invalid events with invalid_input and appends nothing', async () => {
       await ctx.store.createTask(taskInput({ id: 'task-1' }));
       const invalid: unknown[] = [
