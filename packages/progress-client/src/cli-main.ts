@@ -223,6 +223,14 @@ function parse(argv: readonly string[]) {
     throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
   if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
+  // A host and port without a scheme is the usual slip: the client read `localhost:3000/progress` as a URL
+  // of the scheme "localhost:" ("url must be a ws: or wss: URL, got localhost:") and `127.0.0.1:3000/…` as
+  // no URL at all ("url is not a valid URL"), though it takes http(s) URLs too. Not echoed: a URL may carry
+  // a token in its query.
+  if (!/^(ws|http)s?:\/\//i.test(url))
+    throw new Error(
+      '<url> must start with ws://, wss://, http:// or https:// (ws://localhost:3000/progress)',
+    );
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
   // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
   // ("The token provider failed") for ever.

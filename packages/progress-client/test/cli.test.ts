@@ -95,6 +95,29 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain('exit codes: 0 completed, 1 failed');
   });
 
+  it('exits 64 naming the schemes it takes for a URL without one (host:port/path), not "got localhost:"', async () => {
+    for (const url of [
+      'localhost:3000/progress',
+      '127.0.0.1:3000/progress',
+      '/progress',
+      'ftp://host/progress',
+    ]) {
+      const run = io();
+      expect(await runCli(['watch', url, 't1'], run.io)).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toContain(
+        'finishline: <url> must start with ws://, wss://, http:// or https:// (ws://localhost:3000/progress)',
+      );
+    }
+    // What it takes: the socket's URL, or the server's http(s) one (a failed attempt, not a bad command line).
+    for (const url of ['WS://127.0.0.1:1/progress', 'http://127.0.0.1:1/progress']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', url, 't1', '--token', 'ops'], { ...run.io, signal: stop.signal });
+      stop.abort();
+      expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    }
+  });
+
   it('exits 64 for a task id the protocol refuses (a bad command line, not a crash of the bin)', async () => {
     for (const id of ['', 'a b\n']) {
       const run = io();
