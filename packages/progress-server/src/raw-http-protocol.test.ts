@@ -1,7 +1,9 @@
+import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { HTTP_STATUS } from './http/http-request.js';
 import { startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, type RawHttpAnswer, rawHttp, userTokens } from './testing/raw-http.js';
 
@@ -850,6 +852,53 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
     });
     expect(ack.json()).toEqual({ taskId: task.id, seq: 2 });
     expect((await server.tasks.get(task.id))?.ackedSeq).toBe(2);
+  });
+});
+
+describe('HTTP API: the status table (doc: HTTP API, Errors)', () => {
+  const doc = readFileSync(new URL('../../../docs/protocol.md', import.meta.url), 'utf8');
+  /** The rows of the table under "**Errors** carry": status, and the error codes each row names. */
+  const rows = (() => {
+    const from = doc.indexOf('**Errors** carry');
+    const table = doc.slice(from, doc.indexOf('\n\n', doc.indexOf('| Status |', from)));
+    return table.split('\n').flatMap((line) => {
+      const match = line.match(/^\| (\d{3}) \| (.*) \|$/);
+      if (match === null) return [];
+      const named = [...(match[2] as string).matchAll(/`(\w+)`/g)].map((m) => m[1] as string);
+      return [{ status: Number(match[1]), codes: named.filter((code) => code in HTTP_STATUS) }];
+    });
+  })();
+  /** Codes the document says no HTTP answer carries, and the client's own `unreachable`. */
+  const socketOnly = [
+    'invalid_frame',
+    'frame_too_large',
+    'unknown_frame',
+    'too_many_subscriptions',
+    'unreachable',
+  ];
+
+  it('names every code the server answers over HTTP, each at the status the server sends', () => {
+    const listed = new Set(rows.flatMap((row) => row.codes));
+    const answered = Object.keys(HTTP_STATUS).filter((code) => !socketOnly.includes(code));
+    expect(answered.filter((code) => !listed.has(code))).toEqual([]);
+    for (const { status, codes } of rows) {
+      for (const code of codes) {
+        // invalid_input is the one code with several statuses (the table says which).
+        if (code !== 'invalid_input')
+          expect([code, HTTP_STATUS[code as keyof typeof HTTP_STATUS]]).toEqual([code, status]);
+      }
+    }
+  });
+
+  it('504 timeout: an authenticate hook that does not answer within upgradeTimeoutMs', async () => {
+    await start({
+      upgradeTimeoutMs: 100,
+      authenticate: (req) => (req.headers.authorization === 'Bearer hang' ? new Promise(() => {}) : null),
+    });
+    for (const path of ['/progress/tasks', '/progress/tasks/t', '/progress/tasks/t/stream']) {
+      const answer = await http('GET', path, { headers: bearer('hang') });
+      expect([path, answer.status, answer.json().error.code]).toEqual([path, 504, 'timeout']);
+    }
   });
 });
 
