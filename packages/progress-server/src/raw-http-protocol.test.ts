@@ -903,6 +903,62 @@ describe('HTTP API: the status table (doc: HTTP API, Errors)', () => {
 });
 
 describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () => {
+  it('a plain request on the WebSocket path is 426 with Upgrade: websocket; healthz and livez know only GET and HEAD', async () => {
+    await start();
+    const plain = await http('GET', '/progress', { headers: bearer() });
+    expect([plain.status, plain.headers.upgrade, plain.json().error.code]).toEqual([
+      426,
+      'websocket',
+      'invalid_input',
+    ]);
+    for (const path of ['/progress/healthz', '/progress/livez']) {
+      const post = await http('POST', path, { headers: { 'content-type': 'application/json' }, body: '{}' });
+      expect([path, post.status, post.json().error]).toEqual([
+        path,
+        404,
+        { code: 'invalid_input', message: 'No such route' },
+      ]);
+    }
+  });
+
+  it('POST bodies: null is {}, a JSON value that is no object and a body that is no JSON get their 400s', async () => {
+    const { server } = await start();
+    await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    const cancel = await http('POST', '/progress/tasks/t/cancel', { headers: jsonHeaders(), body: 'null' });
+    expect([cancel.status, cancel.json().task.status]).toEqual([200, 'cancelled']);
+    for (const [body, message] of <Array<[string, string]>>[
+      ['[1]', 'The body must be a JSON object'],
+      ['3', 'The body must be a JSON object'],
+      ['{"seq":', 'The body must be JSON'],
+    ]) {
+      const answer = await http('POST', '/progress/tasks/t/ack', { headers: jsonHeaders(), body });
+      expect([body, answer.status, answer.json().error]).toEqual([
+        body,
+        400,
+        { code: 'invalid_input', message },
+      ]);
+    }
+  });
+
+  it('an afterSeq holding the terminal frame’s id, or the seq alone marked !, is answered 204 at the task’s end', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    await task.complete({ result: null });
+    const epoch = await store.getEpoch();
+    const query = await http(
+      'GET',
+      `/progress/tasks/t/stream?afterSeq=${encodeURIComponent(`1~${epoch}!`)}`,
+      {
+        headers: bearer(),
+      },
+    );
+    expect([query.status, query.body]).toEqual([204, '']);
+    const alone = await http('GET', '/progress/tasks/t/stream', {
+      headers: { ...bearer(), 'last-event-id': '1!' },
+    });
+    expect([alone.status, alone.body]).toEqual([204, '']);
+  });
+
   it('healthz does not check Origin; application/json with a charset is JSON; events limit defaults to 100', async () => {
     const { server } = await start();
     const health = await http('GET', '/progress/healthz', { headers: { origin: 'https://evil.example' } });
