@@ -1,7 +1,9 @@
+import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
+import { HTTP_STATUS } from './http/http-request.js';
 import { startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, type RawHttpAnswer, rawHttp, userTokens } from './testing/raw-http.js';
 
@@ -853,7 +855,110 @@ describe('Server-Sent Events (doc: Server-Sent Events)', () => {
   });
 });
 
+describe('HTTP API: the status table (doc: HTTP API, Errors)', () => {
+  const doc = readFileSync(new URL('../../../docs/protocol.md', import.meta.url), 'utf8');
+  /** The rows of the table under "**Errors** carry": status, and the error codes each row names. */
+  const rows = (() => {
+    const from = doc.indexOf('**Errors** carry');
+    const table = doc.slice(from, doc.indexOf('\n\n', doc.indexOf('| Status |', from)));
+    return table.split('\n').flatMap((line) => {
+      const match = line.match(/^\| (\d{3}) \| (.*) \|$/);
+      if (match === null) return [];
+      const named = [...(match[2] as string).matchAll(/`(\w+)`/g)].map((m) => m[1] as string);
+      return [{ status: Number(match[1]), codes: named.filter((code) => code in HTTP_STATUS) }];
+    });
+  })();
+  /** Codes the document says no HTTP answer carries, and the client's own `unreachable`. */
+  const socketOnly = [
+    'invalid_frame',
+    'frame_too_large',
+    'unknown_frame',
+    'too_many_subscriptions',
+    'unreachable',
+  ];
+
+  it('names every code the server answers over HTTP, each at the status the server sends', () => {
+    const listed = new Set(rows.flatMap((row) => row.codes));
+    const answered = Object.keys(HTTP_STATUS).filter((code) => !socketOnly.includes(code));
+    expect(answered.filter((code) => !listed.has(code))).toEqual([]);
+    for (const { status, codes } of rows) {
+      for (const code of codes) {
+        // invalid_input is the one code with several statuses (the table says which).
+        if (code !== 'invalid_input')
+          expect([code, HTTP_STATUS[code as keyof typeof HTTP_STATUS]]).toEqual([code, status]);
+      }
+    }
+  });
+
+  it('504 timeout: an authenticate hook that does not answer within upgradeTimeoutMs', async () => {
+    await start({
+      upgradeTimeoutMs: 100,
+      authenticate: (req) => (req.headers.authorization === 'Bearer hang' ? new Promise(() => {}) : null),
+    });
+    for (const path of ['/progress/tasks', '/progress/tasks/t', '/progress/tasks/t/stream']) {
+      const answer = await http('GET', path, { headers: bearer('hang') });
+      expect([path, answer.status, answer.json().error.code]).toEqual([path, 504, 'timeout']);
+    }
+  });
+});
+
 describe('HTTP API: smaller statements (doc: HTTP API, Server-Sent Events)', () => {
+  it('a plain request on the WebSocket path is 426 with Upgrade: websocket; healthz and livez know only GET and HEAD', async () => {
+    await start();
+    const plain = await http('GET', '/progress', { headers: bearer() });
+    expect([plain.status, plain.headers.upgrade, plain.json().error.code]).toEqual([
+      426,
+      'websocket',
+      'invalid_input',
+    ]);
+    for (const path of ['/progress/healthz', '/progress/livez']) {
+      const post = await http('POST', path, { headers: { 'content-type': 'application/json' }, body: '{}' });
+      expect([path, post.status, post.json().error]).toEqual([
+        path,
+        404,
+        { code: 'invalid_input', message: 'No such route' },
+      ]);
+    }
+  });
+
+  it('POST bodies: null is {}, a JSON value that is no object and a body that is no JSON get their 400s', async () => {
+    const { server } = await start();
+    await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    const cancel = await http('POST', '/progress/tasks/t/cancel', { headers: jsonHeaders(), body: 'null' });
+    expect([cancel.status, cancel.json().task.status]).toEqual([200, 'cancelled']);
+    for (const [body, message] of <Array<[string, string]>>[
+      ['[1]', 'The body must be a JSON object'],
+      ['3', 'The body must be a JSON object'],
+      ['{"seq":', 'The body must be JSON'],
+    ]) {
+      const answer = await http('POST', '/progress/tasks/t/ack', { headers: jsonHeaders(), body });
+      expect([body, answer.status, answer.json().error]).toEqual([
+        body,
+        400,
+        { code: 'invalid_input', message },
+      ]);
+    }
+  });
+
+  it('an afterSeq holding the terminal frame’s id, or the seq alone marked !, is answered 204 at the task’s end', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    await task.complete({ result: null });
+    const epoch = await store.getEpoch();
+    const query = await http(
+      'GET',
+      `/progress/tasks/t/stream?afterSeq=${encodeURIComponent(`1~${epoch}!`)}`,
+      {
+        headers: bearer(),
+      },
+    );
+    expect([query.status, query.body]).toEqual([204, '']);
+    const alone = await http('GET', '/progress/tasks/t/stream', {
+      headers: { ...bearer(), 'last-event-id': '1!' },
+    });
+    expect([alone.status, alone.body]).toEqual([204, '']);
+  });
+
   it('healthz does not check Origin; application/json with a charset is JSON; events limit defaults to 100', async () => {
     const { server } = await start();
     const health = await http('GET', '/progress/healthz', { headers: { origin: 'https://evil.example' } });

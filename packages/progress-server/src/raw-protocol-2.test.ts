@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
+import { ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { restorableStore, startServer, type TestServer } from './testing/harness.js';
@@ -1062,5 +1063,146 @@ describe("the document's own examples (doc: Server-Sent Events, HTTP API, Exampl
       exchanged += 1;
     }
     expect(exchanged).toBe(3);
+  });
+});
+
+describe('statements without a test before (doc: Transport, Authentication, heartbeat, snapshot, Errors)', () => {
+  /** A socket opened without credentials, its first frame not sent yet. */
+  async function unauthenticated(): Promise<Raw> {
+    const client = new Raw(env!.wsUrl);
+    clients.push(client);
+    await client.open;
+    return client;
+  }
+
+  it('the server selects the newest subprotocol it speaks, whatever the order offered', async () => {
+    await start();
+    for (const offered of [
+      ['finishline.v1', 'finishline.v2'],
+      ['chat', 'finishline.v2'],
+    ]) {
+      const client = await connect('alice', { protocols: offered });
+      expect([offered, client.ws.protocol, client.frames[0]?.protocol]).toEqual([
+        offered,
+        'finishline.v2',
+        2,
+      ]);
+    }
+  });
+
+  it('first frames: another type carrying protocol is 4001; an auth of an unknown protocol is 4002 whatever else it holds', async () => {
+    await start();
+    const other = await unauthenticated();
+    other.send({ type: 'subscribe', taskId: 't', afterSeq: 0, protocol: 5 });
+    expect(await other.next(errorOf('unauthenticated'))).toBeDefined();
+    expect((await other.closed).code).toBe(4001);
+    const noToken = await unauthenticated();
+    noToken.send({ type: 'auth', protocol: 3 });
+    expect(await noToken.next(errorOf('unsupported_protocol'))).toBeDefined();
+    expect((await noToken.closed).code).toBe(4002);
+  });
+
+  it('a renewal of an unknown protocol is 4002; one whose credential already expired is token_expired + 4011', async () => {
+    await start();
+    const unknown = await connect();
+    unknown.send({ type: 'auth', token: 'alice', protocol: 3 });
+    expect(await unknown.next(errorOf('unsupported_protocol'))).toBeDefined();
+    expect((await unknown.closed).code).toBe(4002);
+    const expired = await connect();
+    expired.send({ type: 'auth', token: 'alice:-1000', protocol: 2 });
+    expect(await expired.next(errorOf('token_expired'))).toBeDefined();
+    expect((await expired.closed).code).toBe(4011);
+  });
+
+  it('a ping without id gets a pong without requestId; a socket following nothing gets heartbeats with empty seqs', async () => {
+    await start({ heartbeatIntervalMs: 100 });
+    const client = await connect();
+    client.send({ type: 'ping' });
+    expect(await client.next((f) => f.type === 'pong')).toEqual({ type: 'pong', time: expect.any(Number) });
+    expect(await client.next((f) => f.type === 'heartbeat')).toEqual({
+      type: 'heartbeat',
+      time: expect.any(Number),
+      seqs: {},
+    });
+  });
+
+  it('a subscribe from the seq a task ended at: version 2 a reset snapshot, not re-sent; version 1 unmarked, no epoch', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ id: 'done', owner: 'alice', kind: 'k' });
+    await task.complete({ result: null });
+    const v2 = await connect();
+    v2.send({ type: 'subscribe', taskId: 'done', afterSeq: 1 });
+    const reset = await v2.next(snapshotOf('done'));
+    expect([reset.reset, reset.task.seq, typeof reset.epoch]).toEqual([true, 1, 'string']);
+    const v1 = await connect('alice', { protocols: ['finishline.v1'] });
+    v1.send({ type: 'subscribe', taskId: 'done', afterSeq: 1 });
+    const plain = await v1.next(snapshotOf('done'));
+    expect([plain.reset, plain.epoch, plain.task.seq]).toEqual([undefined, undefined, 1]);
+    // Past the first re-send (100 ms): the client claimed the seq, nothing is re-sent.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    expect([v2.about('done').length, v1.about('done').length]).toEqual([1, 1]);
+  });
+
+  it('at the subscription cap a resubscribe of a followed task is a resync; another task gets too_many_subscriptions', async () => {
+    const { server } = await start({ maxSubscriptionsPerSocket: 2 });
+    for (const id of ['a', 'b', 'c']) await server.tasks.create({ id, owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 's1', taskId: 'a', afterSeq: 0 });
+    client.send({ type: 'subscribe', id: 's2', taskId: 'b', afterSeq: 0 });
+    await client.next(snapshotOf('a'));
+    await client.next(snapshotOf('b'));
+    client.send({ type: 'subscribe', id: 's3', taskId: 'a', afterSeq: 0 });
+    client.send({ type: 'subscribe', id: 's4', taskId: 'c', afterSeq: 0 });
+    expect(await client.next((f) => f.type === 'error')).toMatchObject({
+      code: 'too_many_subscriptions',
+      requestId: 's4',
+      taskId: 'c',
+    });
+    await client.sync();
+    expect(client.about('a').map((f) => f.type)).toEqual(['snapshot', 'snapshot']);
+    expect(client.frames.filter((f) => f.type === 'error')).toHaveLength(1);
+  });
+
+  it('a heartbeat names a task still loading at the subscribe’s afterSeq', async () => {
+    const { server, store } = await start({ heartbeatIntervalMs: 100 });
+    await server.tasks.create({ id: 'slow', owner: 'alice', kind: 'k' });
+    const client = await connect();
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const getTask = store.getTask.bind(store);
+    store.getTask = async (taskId) => {
+      await held;
+      return getTask(taskId);
+    };
+    client.send({ type: 'subscribe', taskId: 'slow', afterSeq: 7 });
+    const from = client.frames.length;
+    expect((await client.next((f) => f.type === 'heartbeat' && 'slow' in f.seqs, from)).seqs).toEqual({
+      slow: 7,
+    });
+    release();
+    expect((await client.next(snapshotOf('slow'))).reset).toBe(true);
+  });
+
+  it('a store failure is store_unavailable with a fixed message: an error frame naming the request and task, HTTP 503', async () => {
+    const { server, store } = await start();
+    await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    const client = await connect();
+    store.getTask = async () => {
+      throw new ProgressError('store_unavailable', 'connection to db-7.internal refused');
+    };
+    client.send({ type: 'subscribe', id: 's1', taskId: 't', afterSeq: 0 });
+    const error = await client.next((f) => f.type === 'error');
+    expect(error).toMatchObject({ code: 'store_unavailable', requestId: 's1', taskId: 't' });
+    expect(error.message).not.toContain('db-7');
+    for (const path of ['/progress/tasks/t', '/progress/tasks/t/events', '/progress/tasks/t/stream']) {
+      const answer = await http('GET', path, { headers: bearer() });
+      expect([path, answer.status, answer.json().error]).toEqual([
+        path,
+        503,
+        { code: 'store_unavailable', message: error.message },
+      ]);
+    }
   });
 });

@@ -1,5 +1,5 @@
 import type { AddressInfo } from 'node:net';
-import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1 } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ProgressServer } from '../progress-server.js';
@@ -71,5 +71,32 @@ describe("a caller's WebSocketServer", () => {
     expect(calls).toBe(50);
     expect(codes.slice(0, 50).every((code) => code === 4001)).toBe(true);
     expect(codes.slice(50)).toEqual([4008, 4008]);
+  });
+
+  it('selects the newest subprotocol offered, as the server’s own upgrades do; none spoken: 4002', async () => {
+    const { url } = await externalServer({ authenticate: () => ({ id: 'alice' }) });
+    const open = (protocols: string[]) => {
+      const ws = new WebSocket(url, protocols);
+      ws.on('error', () => {});
+      cleanups.push(() => ws.terminate());
+      return ws;
+    };
+    for (const offered of [
+      [PROTOCOL_NAME_V1, PROTOCOL_NAME],
+      ['chat', PROTOCOL_NAME],
+    ]) {
+      const ws = open(offered);
+      const hello = await new Promise<{ type: string; protocol: number }>((resolve) =>
+        ws.once('message', (data) => resolve(JSON.parse(data.toString()))),
+      );
+      expect([offered, ws.protocol, hello.type, hello.protocol]).toEqual([
+        offered,
+        PROTOCOL_NAME,
+        'hello',
+        2,
+      ]);
+    }
+    const refused = open(['chat']);
+    expect(await new Promise<number>((resolve) => refused.on('close', resolve))).toBe(4002);
   });
 });

@@ -69,6 +69,15 @@ export class SocketAcceptor<P extends Principal> {
     if (options.wss !== undefined) {
       this.#wss = options.wss;
       this.#ownsWss = false;
+      // ws selects the first subprotocol offered unless told otherwise: a client offering `finishline.v1`
+      // first was spoken to in version 1, and one offering another protocol first was closed with 4002,
+      // though it offered a version this server speaks. The newest one offered is selected, as on the
+      // server's own upgrades (docs/protocol.md, Transport); none of them: the first, refused with 4002 once
+      // open. A caller's own `handleProtocols` is left as it is.
+      if (this.#wss.options.handleProtocols == null) {
+        this.#wss.options.handleProtocols = (protocols) =>
+          selectSubprotocol(protocols) || (protocols.values().next().value ?? false);
+      }
       this.#wss.on('connection', this.#onConnection);
     } else {
       this.#wss = new WebSocketServer({
