@@ -148,6 +148,12 @@ describe('a LISTEN reconnect after many failed attempts', () => {
     // test's servers are the store's own.
     const channel = changeChannel(schema);
     const ready: PgListenClient[] = [];
+    // Those the store did not take are ended after the test, passed or not.
+    servers.push({
+      async close() {
+        await Promise.all(ready.splice(0).map((client) => client.end()));
+      },
+    });
     const readyClient = async () => {
       const client = new pg.Client({ connectionString: pgUrl() });
       await client.connect();
@@ -186,7 +192,6 @@ describe('a LISTEN reconnect after many failed attempts', () => {
       await eventually('the listener reconnects', () => store.changes.health().connected, 3000);
     } finally {
       await store.close();
-      await Promise.all(ready.map((client) => client.end()));
     }
   });
 });
