@@ -76,6 +76,9 @@ describe('a purged task id reused while a replica was not listening', () => {
     await b.append('taint-42', { type: 'completed', result: null });
     await eventually('the first run ends on the watcher', () => first.getSnapshot().finished);
     expect(first.getSnapshot()).toMatchObject({ seq: 4, status: 'completed' });
+    // The watcher acks the end, and A writes that ack to the task's row: a purge skips a row another
+    // transaction holds (SKIP LOCKED), so one that ran while the ack was being written purged nothing.
+    await eventually('A wrote the ack of the end', async () => (await b.getTask('taint-42'))?.ackedSeq === 4);
 
     // A's LISTEN connection goes down; meanwhile B purges the run and starts the job again.
     listen.block();
