@@ -1,6 +1,6 @@
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
+import { changeChannel, type PgListenClient, PostgresProgressStore } from '../src/index.js';
 import { eventually, loopbackServer, pgUrl, settlesWithin, storeFixtures } from './support.js';
 
 /**
@@ -142,12 +142,39 @@ describe('a LISTEN reconnect after many failed attempts', () => {
     const refusedUrl = refusing.url;
     await refusing.close();
     let mode: 'up' | 'refused' | 'silent' = 'up';
-    const urls = { up: pgUrl(), refused: refusedUrl, silent: silent.url };
+    const urls = { refused: refusedUrl, silent: silent.url };
+    // Connected and listening before the store asks for them: a new connection to a loaded host (CI's)
+    // missed the 20 ms given to its connect and LISTEN, which failed open(). Only the connects to the
+    // test's servers are the store's own.
+    const channel = changeChannel(schema);
+    const ready: PgListenClient[] = [];
+    // Those the store did not take are ended after the test, passed or not.
+    servers.push({
+      async close() {
+        await Promise.all(ready.splice(0).map((client) => client.end()));
+      },
+    });
+    const readyClient = async () => {
+      const client = new pg.Client({ connectionString: pgUrl() });
+      await client.connect();
+      await client.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+      const query = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<unknown>;
+      Object.assign(client, {
+        connect: async () => {},
+        query: async (text: string, values?: unknown[]) =>
+          text.startsWith('LISTEN') ? { rows: [] } : query(text, values),
+      });
+      ready.push(client as unknown as PgListenClient);
+    };
+    await readyClient();
     const store = await PostgresProgressStore.open({
       pool: pool(),
       migrate: false,
       schema,
-      listenClient: () => new pg.Client({ connectionString: urls[mode] }) as unknown as PgListenClient,
+      listenClient: () =>
+        mode === 'up'
+          ? (ready.shift() ?? (new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient))
+          : (new pg.Client({ connectionString: urls[mode] }) as unknown as PgListenClient),
       listenConnectTimeoutMs: 20,
       reconnect: { initialDelayMs: 1, maxDelayMs: 1 },
     });
@@ -155,6 +182,7 @@ describe('a LISTEN reconnect after many failed attempts', () => {
       mode = 'refused';
       await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
       await eventually('300 refused attempts', () => store.changes.health().failedAttempts >= 300);
+      await readyClient();
       mode = 'silent';
       const startups = silent.startups();
       await eventually('a connect to the silent server', () => silent.startups() > startups);

@@ -44,8 +44,11 @@ describe('a purged task id reused while a replica was not listening', () => {
       reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
     });
     const b = await PostgresProgressStore.open({ pool: poolB, schema });
+    // The default heartbeat: at 100 ms, the process off the CPU for a few hundred ms (CI's shared host)
+    // had the server terminate a watcher's socket for a missed pong (1006), and the test then waited for
+    // its reconnect too. Nothing here needs a heartbeat.
     const server = await ProgressServer.listen(
-      { store: a, authenticate: headerAuthenticate, heartbeatIntervalMs: 100 },
+      { store: a, authenticate: headerAuthenticate },
       { port: 0, host: '127.0.0.1' },
     );
     cleanups.push(async () => {
@@ -71,8 +74,11 @@ describe('a purged task id reused while a replica was not listening', () => {
     const first = connect().watch('taint-42');
     for (const key of ['n1', 'n2', 'n3']) await b.append('taint-42', { type: 'item', key, ok: true });
     await b.append('taint-42', { type: 'completed', result: null });
-    await eventually('the first run ends on the watcher', () => first.getSnapshot().finished, 3000);
+    await eventually('the first run ends on the watcher', () => first.getSnapshot().finished);
     expect(first.getSnapshot()).toMatchObject({ seq: 4, status: 'completed' });
+    // The watcher acks the end, and A writes that ack to the task's row: a purge skips a row another
+    // transaction holds (SKIP LOCKED), so one that ran while the ack was being written purged nothing.
+    await eventually('A wrote the ack of the end', async () => (await b.getTask('taint-42'))?.ackedSeq === 4);
 
     // A's LISTEN connection goes down; meanwhile B purges the run and starts the job again.
     listen.block();
@@ -83,14 +89,14 @@ describe('a purged task id reused while a replica was not listening', () => {
     await b.createTask({ id: 'taint-42', owner: 'alice', kind: 'batch_taint', total: 2 });
     // Another page watches the new run (A answers from the store: seq 0, running).
     const second = connect().watch('taint-42');
-    await eventually('the new run is watched', () => second.getSnapshot().status === 'running', 3000);
+    await eventually('the new run is watched', () => second.getSnapshot().status === 'running');
     listen.unblock();
     await eventually('A listens again', () => a.changes.health().connected);
 
     // The new run, shorter than the first: its seqs are all below the 4 A saw of the first.
     await b.append('taint-42', { type: 'item', key: 'n1', ok: true });
     await b.append('taint-42', { type: 'failed', error: { code: 'node_gone', message: 'n2 is gone' } });
-    await eventually('the new run ends on the watcher', () => second.getSnapshot().finished, 5000);
+    await eventually('the new run ends on the watcher', () => second.getSnapshot().finished);
     expect(second.getSnapshot()).toMatchObject({ seq: 2, status: 'failed' });
   });
 });

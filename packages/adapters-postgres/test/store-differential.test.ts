@@ -13,8 +13,9 @@ import { dropSchema, eventually, freshSchema, newPool } from './support.js';
 /**
  * The differential test of the stores: one random sequence of operations — creates (valid, taken and
  * invalid), appends of every event kind (terminal ones, after-terminal ones and invalid ones, with and
- * without a run fence), acks, lease renewals and releases by several owners, reaps and purges under a
- * clock that moves forward, now and then back, and now and then reads `NaN` (re-creating purged ids),
+ * without a run fence), acks (with and without a run fence), lease renewals and releases by several
+ * owners, reaps and purges under a clock that moves forward, now and then back, and now and then reads
+ * `NaN` (re-creating purged ids),
  * `listTasks`, `readEvents` at various `afterSeq` and limits, `getTask` and `latestSeqs` — runs against
  * the memory, SQLite (`:memory:` and a file) and Postgres stores on one shared clock, and every result
  * (or error code) of the others must equal the memory
@@ -29,8 +30,9 @@ import { dropSchema, eventually, freshSchema, newPool } from './support.js';
  * 1,000 in `npm run test:deep` (FC_MIN_RUNS) and CI's deep step (2–3.5 minutes at load average 5–8).
  * After a full run the test checks the lengths the generator reached (fast-check's default size would
  * keep them at 10 or fewer) and that every case it claims (each event kind committed, an append after
- * the end and one refused by its run fence, a purged id re-created, a lease held by another owner, a reap
- * and a purge that did something, the clock stepped back, `internal` under a `NaN` clock) occurred.
+ * the end, an append and an ack refused by their run fence, a purged id re-created, a lease held by
+ * another owner, a reap and a purge that did something, the clock stepped back, `internal` under a `NaN`
+ * clock) occurred.
  * Before the feed rule above, seed 5 at 300 runs found a purged task's terminal change published twice
  * by the Postgres store: the documented re-publication after a purge, not a defect.
  */
@@ -51,7 +53,7 @@ type Fence = 'none' | 'current' | 'stale' | 'bad' | 'empty' | 'string';
 type Op =
   | { op: 'create'; input: Record<string, unknown> }
   | { op: 'append'; id: string; input: unknown; fence: Fence }
-  | { op: 'ack'; id: string; seq: number }
+  | { op: 'ack'; id: string; seq: number; fence: Fence }
   | { op: 'renew'; id: string; owner: string; ttlMs: number; fence: Fence }
   | { op: 'release'; id: string; owner: string; fence: Fence }
   | { op: 'reap'; options: unknown }
@@ -224,7 +226,9 @@ const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
     weight: 10,
   },
   {
-    arbitrary: fc.tuple(id, seq).map(([taskId, acked]): Op => ({ op: 'ack', id: taskId, seq: acked })),
+    arbitrary: fc
+      .tuple(id, seq, fence)
+      .map(([taskId, acked, f]): Op => ({ op: 'ack', id: taskId, seq: acked, fence: f })),
     weight: 2,
   },
   {
@@ -339,8 +343,10 @@ async function apply(
         ? store.append(op.id, copy(op.input) as never)
         : store.append(op.id, copy(op.input) as never, options);
     }
-    case 'ack':
-      return store.ack(op.id, op.seq);
+    case 'ack': {
+      const options = fenceOf(op.id, op.fence);
+      return options === undefined ? store.ack(op.id, op.seq) : store.ack(op.id, op.seq, options);
+    }
     case 'renew': {
       const options = fenceOf(op.id, op.fence);
       return options === undefined
@@ -604,6 +610,7 @@ const MUST_COVER = [
   'renew lease_held',
   'release ok',
   'ack ok',
+  'ack refused by its run fence (task_not_found)',
   'reap interrupted a task',
   'purge deleted a task',
   'list non-empty',
@@ -640,6 +647,9 @@ function noteCoverage(op: Op, result: Outcome, runs: ReadonlyMap<string, readonl
     if (some) covered.add(label);
   } else if (op.op === 'renew' || op.op === 'release' || op.op === 'ack') {
     covered.add(`${op.op} ${error ?? 'ok'}`);
+    if (op.op === 'ack' && error === 'task_not_found' && op.fence === 'stale' && runs.has(op.id)) {
+      covered.add('ack refused by its run fence (task_not_found)');
+    }
   }
 }
 
