@@ -729,3 +729,25 @@ describe('a 401 (session expired or logged out elsewhere)', () => {
     expect(field('password').value).toBe('');
   });
 });
+
+describe('the task list and the audit log', () => {
+  // Review of 6 December 2026: an interrupted batch's row said "2 not changed" for its nodes without a result,
+  // while a server that died may have changed one just before recording it (the dialog reads them back and
+  // never calls them unchanged: test/unrecorded-nodes.test.ts). The audit log's record said the same.
+  it('does not call the nodes of an interrupted batch without a result "not changed"', async () => {
+    const { resultText } = await import('../src/web/task-list.js');
+    const text = resultText({
+      status: 'interrupted',
+      kind: 'batch_cordon',
+      message: null,
+      total: 5,
+      done: 3,
+      succeeded: 2,
+      failed: 1,
+      error: { code: 'interrupted', message: 'lease expired' },
+      finishedAt: Date.now(),
+    });
+    expect(text).not.toContain('not changed');
+    expect(text).toBe('2 ok, 1 failed, 2 without a result');
+  });
+});
