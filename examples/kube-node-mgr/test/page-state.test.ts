@@ -102,13 +102,18 @@ const alreadyChanged = new Map<string, string[]>();
 const unrecordedFailed = new Set<string>();
 /** The task list the fake server answers (the rows of the user signed in). */
 let taskList: unknown[] = [];
+/** The nodes of a `big-…` task. */
+const BIG = 120;
 const entry = (id: string) => ({
   task: {
     id,
     cluster: 'default',
     username: 'ada',
     operation: { type: id.startsWith('drain') ? 'drain' : 'cordon' },
-    nodes: ['worker-1', 'worker-2'],
+    // `big-…` tasks: a batch over a large node list.
+    nodes: id.startsWith('big')
+      ? Array.from({ length: BIG }, (_, i) => `node-${String(i).padStart(4, '0')}`)
+      : ['worker-1', 'worker-2'],
     parentTaskId: null,
     relation: null,
     createdAt: Date.now() - 1000,
@@ -416,6 +421,41 @@ describe('a batch that ended early', () => {
   });
 });
 
+describe('a batch over a large node list', () => {
+  // Review of 6 December 2026: each node's result rebuilt the whole dialog's lists (every node's row, sorted)
+  // at once: a 5,000-node batch built 25 million rows, and the results a reconnect's catch-up delivers in a
+  // burst froze the page for as long. A burst now rebuilds them at its start and at its end.
+  it('rebuilds its lists at the start and at the end of a burst of results, not once per node', async () => {
+    nextSnap.set('big-1', {
+      ...idle,
+      progress: { done: 0, total: BIG, current: null, succeeded: 0, failed: 0 },
+      fraction: 0,
+    });
+    pd.openProgress('big-1');
+    await sleep(50); // the task's record (its node list) arrived
+    expect(document.querySelectorAll('#pending-list li')).toHaveLength(BIG);
+    const w = watches.at(-1) as FakeWatch;
+    const create = vi.spyOn(document, 'createElement');
+    try {
+      for (let i = 0; i < BIG; i++) {
+        const key = `node-${String(i).padStart(4, '0')}`;
+        for (const listener of w.listeners.get('item') ?? []) {
+          listener({ item: { key, ok: true, error: null } });
+        }
+      }
+      await sleep(250);
+      const rows = create.mock.calls.filter(([tag]) => tag === 'li').length;
+      // Once per node, it was BIG × BIG: one rebuild is BIG rows.
+      expect(rows).toBeLessThanOrEqual(2 * BIG);
+    } finally {
+      create.mockRestore();
+    }
+    expect(document.querySelectorAll('#ok-list li')).toHaveLength(BIG);
+    expect(document.querySelector('#ok-count')?.textContent).toBe(String(BIG));
+    expect(document.querySelector('#pending-count')?.textContent).toBe('0');
+  });
+});
+
 describe('a batch that completed with failed nodes', () => {
   const partial: Snap = {
     ...completed(2),
@@ -687,5 +727,27 @@ describe('a 401 (session expired or logged out elsewhere)', () => {
     await loadTasks();
     expect(document.querySelector<HTMLElement>('#login-view')?.hidden).toBe(false);
     expect(field('password').value).toBe('');
+  });
+});
+
+describe('the task list and the audit log', () => {
+  // Review of 6 December 2026: an interrupted batch's row said "2 not changed" for its nodes without a result,
+  // while a server that died may have changed one just before recording it (the dialog reads them back and
+  // never calls them unchanged: test/unrecorded-nodes.test.ts). The audit log's record said the same.
+  it('does not call the nodes of an interrupted batch without a result "not changed"', async () => {
+    const { resultText } = await import('../src/web/task-list.js');
+    const text = resultText({
+      status: 'interrupted',
+      kind: 'batch_cordon',
+      message: null,
+      total: 5,
+      done: 3,
+      succeeded: 2,
+      failed: 1,
+      error: { code: 'interrupted', message: 'lease expired' },
+      finishedAt: Date.now(),
+    });
+    expect(text).not.toContain('not changed');
+    expect(text).toBe('2 ok, 1 failed, 2 without a result');
   });
 });

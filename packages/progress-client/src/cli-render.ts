@@ -48,15 +48,17 @@ function seconds(ms: number): string {
   return `${s}s`;
 }
 
-// C0 and C1 control characters and DEL.
+// C0 and C1 control characters and DEL; the bidi controls (ALM, LRM, RLM, the embeddings and overrides
+// U+202A–U+202E, the isolates U+2066–U+2069); the line and paragraph separators.
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point.
-const CONTROL = /[\u0000-\u001f\u007f-\u009f]/g;
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/g;
 
 /**
  * A worker's text (`current`, `message`, an error message) as one printable line: a newline would break
  * the one-line display (and the "last line is the status" scripts rely on), an escape sequence would
- * drive the terminal. Each control character becomes a space. Also for what goes to stderr: the client's
- * errors quote the server (an `error` frame's message, a close reason).
+ * drive the terminal, a bidi override (U+202E) would show the text reordered (on a terminal that applies
+ * bidi), a line separator (U+2028) splits the line in log viewers. Each becomes a space. Also for what goes
+ * to stderr: the client's errors quote the server (an `error` frame's message, a close reason).
  */
 export function printable(text: string): string {
   return text.replace(CONTROL, ' ');

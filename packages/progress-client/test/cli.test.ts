@@ -10,7 +10,7 @@ import { PROGRESS_SERVER_DEFAULTS, ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
-import { CLI_EXIT_CODES, finalLine, progressLine } from '../src/cli-render.js';
+import { CLI_EXIT_CODES, finalLine, printable, progressLine } from '../src/cli-render.js';
 import type { WebSocketConstructorLike } from '../src/options.js';
 import { PROGRESS_CLIENT_DEFAULTS } from '../src/options.js';
 import { FakeServer, FakeTask } from '../src/testing/fake-server.js';
@@ -233,6 +233,26 @@ describe('the lines finishline watch prints', () => {
       error: { code: 'crash', message: 'boom\nat worker.js:1\x1b[31m' },
     } as const satisfies WatchState;
     expect(finalLine(failed)).toBe('failed: boom at worker.js:1 [31m');
+  });
+
+  // Review of 6 December 2026: only C0/C1 controls were replaced. A worker's `current` carrying U+202E
+  // (right-to-left override) printed "node-7 <U+202E>gnp.exe" as "node-7 exe.png" on a terminal that
+  // applies bidi; U+2028/U+2029 split the line in log viewers that read the CLI's output.
+  it('shows bidi controls and line or paragraph separators as spaces, so a worker cannot reorder or split what the terminal shows', () => {
+    const hostile =
+      'a\u202ab\u202bc\u202cd\u202de\u202ef\u2066g\u2067h\u2068i\u2069j\u200ek\u200fl\u061cm\u2028n\u2029o';
+    const confusing = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]/u;
+    const line = progressLine(running({ done: 1, total: 2, current: hostile }), 200);
+    expect(line).not.toMatch(confusing);
+    expect(line).toContain('a b c d e f g h i j k l m n o');
+    const failed = {
+      ...running({ done: 1, total: 2 }),
+      status: 'failed',
+      finished: true,
+      error: { code: 'crash', message: `boom ${hostile}` },
+    } as const satisfies WatchState;
+    expect(finalLine(failed)).toBe('failed: boom a b c d e f g h i j k l m n o');
+    expect(printable(`refused \u202e${hostile}`)).not.toMatch(confusing);
   });
 
   it("fits a long message into the terminal's width, so that the next \\r redraws it instead of piling up wrapped rows", () => {

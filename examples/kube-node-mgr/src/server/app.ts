@@ -138,12 +138,19 @@ export interface App {
   server: http.Server;
   progress: ProgressServer<Principal>;
   /**
-   * Stops accepting connections, stops the Finishline server (ends running tasks honestly), waits (at most
-   * 5 s) for the stopped batches to release their node locks, then (at most 5 s more) for the HTTP requests
-   * in progress to be answered, and closes the HTTP server — close the database after this.
+   * Stops accepting connections, stops the Finishline server (ends running tasks honestly; at most
+   * {@link CLOSE_STEP_MS}), waits (at most as long again) for the stopped batches to release their node
+   * locks, then (as long again) for the HTTP requests in progress to be answered, and closes the HTTP
+   * server — close the database after this. So it resolves within 3 × {@link CLOSE_STEP_MS}.
    */
   close(): Promise<void>;
 }
+
+/**
+ * The bound of each of `App.close`'s three waits (5 s). deploy/deployment.yaml's grace period must hold its
+ * preStop sleep plus the three (test/deploy-prestop.test.ts).
+ */
+export const CLOSE_STEP_MS = 5000;
 
 /**
  * The largest `maxNodesPerBatch` allowed: Kubernetes' largest supported cluster (5,000 nodes). A batch's
@@ -402,14 +409,14 @@ export function createApp(options: AppOptions): App {
       closing = true;
       const listenerClosed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeIdleConnections();
-      await progress.close({ timeoutMs: 5000 });
+      await progress.close({ timeoutMs: CLOSE_STEP_MS });
       // The batches just stopped release their node locks after they end: the caller closes the database next.
       // Bounded: a handler stuck in a Kubernetes call that ignores its signal does not hold the shutdown.
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([
         batches.settled(),
         new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, 5000);
+          timer = setTimeout(resolve, CLOSE_STEP_MS);
         }),
       ]);
       clearTimeout(timer);
@@ -421,7 +428,7 @@ export function createApp(options: AppOptions): App {
             onRequestsDone = resolve;
           }),
           new Promise<void>((resolve) => {
-            timer = setTimeout(resolve, 5000);
+            timer = setTimeout(resolve, CLOSE_STEP_MS);
           }),
         ]);
         clearTimeout(timer);

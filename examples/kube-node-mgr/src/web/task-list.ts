@@ -86,10 +86,14 @@ function describeEntry(t: TaskEntry): string {
   return `${what}${link}${by}`;
 }
 
+/**
+ * A row's counts. An interrupted batch's nodes without a result are not called "not changed": its server
+ * may have changed one just before dying, its result never recorded (the dialog reads them back).
+ */
 export function resultText(task: TaskState | null): string {
   if (task === null) return '—';
   if (task.status === 'running') return `${task.done} / ${task.total ?? '?'}`;
-  return `${task.succeeded} ok${task.failed ? `, ${task.failed} failed` : ''}${task.status === 'interrupted' ? `, ${(task.total ?? 0) - task.done} not changed` : ''}`;
+  return `${task.succeeded} ok${task.failed ? `, ${task.failed} failed` : ''}${task.status === 'interrupted' ? `, ${(task.total ?? 0) - task.done} without a result` : ''}`;
 }
 
 function renderTasks(): void {
