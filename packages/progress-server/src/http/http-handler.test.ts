@@ -280,6 +280,30 @@ describe('HTTP handler', () => {
     expect((await env.store.getTask(task.id))?.status).toBe('running');
   });
 
+  it('answers a body above 16 KiB 413 and closes the connection, rather than read the rest of it', async () => {
+    env = await startServer({});
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const route of ['ack', 'cancel']) {
+      const client = connect(env.port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      let answer = '';
+      client.on('data', (chunk: Buffer) => {
+        answer += chunk.toString('latin1');
+      });
+      // Announces 1 GiB and sends 20 KiB of it, then nothing: a server reading the rest (Node reads a
+      // request's unread body to its end to keep the connection) would take every byte a client sends.
+      const ended = new Promise<string>((resolve) => client.once('end', () => resolve('ended')));
+      client.write(
+        `POST /progress/tasks/${task.id}/${route} HTTP/1.1\r\nHost: test\r\nX-User: alice\r\n` +
+          `Content-Type: application/json\r\nContent-Length: ${2 ** 30}\r\n\r\n{"pad":"${'x'.repeat(20 * 1024)}`,
+      );
+      const outcome = await Promise.race([ended, sleep(3000).then(() => 'still open')]);
+      expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+      expect(answer.toLowerCase()).toContain('connection: close');
+      expect(outcome).toBe('ended');
+    }
+  });
+
   it('logs a store failure of a task route with the task id, so an operator knows which task it hit', async () => {
     const warnings: Array<Record<string, unknown>> = [];
     const noop = () => {};

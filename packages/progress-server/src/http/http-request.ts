@@ -196,10 +196,15 @@ function readStream(request: IncomingMessage): Promise<string> {
       size += chunk.length;
       if (size > MAX_BODY_BYTES) {
         cleanup();
+        // What arrives until the answer is written is read and dropped; then the connection closes
+        // (`Connection: close`). Kept open, Node read the rest of the body, however long its
+        // `Content-Length` or chunked stream, to reuse the connection: a client could make the server
+        // take every byte it sent.
         request.resume();
         reject(
           new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
             status: 413,
+            headers: { connection: 'close' },
           }),
         );
         return;
