@@ -141,7 +141,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
    * answer, from its `connection` event; a slower one is closed with 1011. It bounds the same hooks
    * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
-   * `timeout`.
+   * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;

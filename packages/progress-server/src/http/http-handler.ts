@@ -663,6 +663,7 @@ async function serveRoute<P extends Principal>(
           from,
           principal,
           authorize: (current) => ctx.auth.authorize(principal, current, 'watch'),
+          hookTimeoutMs: ctx.hookTimeoutMs,
           request,
           response,
           release: () => {
