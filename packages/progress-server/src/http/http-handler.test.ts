@@ -280,10 +280,17 @@ describe('HTTP handler', () => {
     expect((await env.store.getTask(task.id))?.status).toBe('running');
   });
 
-  it('answers a body above 16 KiB 413 and closes the connection, rather than read the rest of it', async () => {
+  it('answers a body above 16 KiB 413 and closes the connection, rather than read the rest of it; so every refusal before the body arrived', async () => {
     env = await startServer({});
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
-    for (const route of ['ack', 'cancel']) {
+    const cases = [
+      { route: 'ack', headers: 'X-User: alice\r\n', status: 413 },
+      { route: 'cancel', headers: 'X-User: alice\r\n', status: 413 },
+      // Refused before any of the body is read: no credentials, another site's Origin.
+      { route: 'cancel', headers: '', status: 401 },
+      { route: 'ack', headers: 'X-User: alice\r\nOrigin: https://evil.example\r\n', status: 403 },
+    ];
+    for (const { route, headers, status } of cases) {
       const client = connect(env.port, '127.0.0.1');
       cleanups.push(async () => client.destroy());
       let answer = '';
@@ -294,11 +301,11 @@ describe('HTTP handler', () => {
       // request's unread body to its end to keep the connection) would take every byte a client sends.
       const ended = new Promise<string>((resolve) => client.once('end', () => resolve('ended')));
       client.write(
-        `POST /progress/tasks/${task.id}/${route} HTTP/1.1\r\nHost: test\r\nX-User: alice\r\n` +
+        `POST /progress/tasks/${task.id}/${route} HTTP/1.1\r\nHost: test\r\n${headers}` +
           `Content-Type: application/json\r\nContent-Length: ${2 ** 30}\r\n\r\n{"pad":"${'x'.repeat(20 * 1024)}`,
       );
       const outcome = await Promise.race([ended, sleep(3000).then(() => 'still open')]);
-      expect(answer).toMatch(/^HTTP\/1\.1 413 /);
+      expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
       expect(answer.toLowerCase()).toContain('connection: close');
       expect(outcome).toBe('ended');
     }
