@@ -339,6 +339,15 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   sseStreamLifetimeMs?: number | undefined;
   /**
+   * Most bytes of HTTP API answers the server holds at once, written or waiting to be, all principals
+   * together. Each principal holds at most 32 MiB (`MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL`); without a
+   * bound over them all, clients of many principals that stopped reading their answers held 32 MiB each.
+   * Past it a request is answered 429 `rate_limited` with `Retry-After: 1` (one answer is always sent
+   * while the server holds none, however large).
+   * @default 268435456 (256 MiB)
+   */
+  maxUnreadAnswerBytes?: number | undefined;
+  /**
    * Reconnect pace the server asks for: its `hello` tells each client to spread its first retry after
    * a loss over `open sockets / reconnectsPerSecond` seconds (`reconnectDelayMs`), so if this replica
    * dies (or drops every socket at once) its clients reach the survivors at about this rate instead of
@@ -535,6 +544,7 @@ const SERVER_OPTIONS = {
   // 10 minutes: one reconnect per stream per 10 minutes costs a request and a read of the task, and frees
   // a stalled quiet reader's slot as soon.
   sseStreamLifetimeMs: integer(600_000, 0, MAX_TIMER_MS),
+  maxUnreadAnswerBytes: integer(256 * 1024 * 1024, 1),
   reconnectsPerSecond: integer(20_000, 0),
   highWaterMarkBytes: integer(1024 * 1024, 0),
   backpressurePollMs: integer(10, 1, MAX_TIMER_MS),

@@ -600,6 +600,45 @@ describe('answers their clients do not read', () => {
     expect(status).toBe(200);
   }, 30_000);
 
+  it('holds at most maxUnreadAnswerBytes of unread answers over all principals: past it requests are refused 429', async () => {
+    // Each principal was bounded alone (32 MiB): clients of many principals that stopped reading held
+    // 32 MiB each, without bound over them all.
+    env = await startServer({
+      sseStallTimeoutMs: 60_000,
+      maxUnreadAnswerBytes: 10 * 1024 * 1024,
+      authorize: () => true,
+    });
+    await bigTask(env);
+    // Alice's and Bob's clients ask for a page of some 4.2 MB each and read none of it.
+    for (const user of ['alice', 'bob']) {
+      const client = connect(env.port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      client.on('error', () => {});
+      client.pause();
+      client.write(BIG_PAGE.replace('x-user: alice', `x-user: ${user}`));
+    }
+    const page = () => call('/progress/tasks/big/events?limit=1000', { user: 'carol' });
+    const deadline = Date.now() + 10_000;
+    let refused: Awaited<ReturnType<typeof call>> | undefined;
+    while (refused === undefined && Date.now() < deadline) {
+      const answer = await page();
+      if (answer.status === 429) refused = answer;
+      else await sleep(20);
+    }
+    expect(refused?.body).toMatchObject({ error: { code: 'rate_limited' } });
+    expect(refused?.headers.get('retry-after')).toBe('1');
+    // What still fits is answered.
+    expect((await call('/progress/tasks', { user: 'dave' })).status).toBe(200);
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+    const back = Date.now() + 10_000;
+    let status = 0;
+    while (status !== 200 && Date.now() < back) {
+      status = (await page()).status;
+      if (status !== 200) await sleep(20);
+    }
+    expect(status).toBe(200);
+  }, 30_000);
+
   it("keeps a client that read on while the server's own event loop stood still past sseStallTimeoutMs", async () => {
     env = await startServer({ sseStallTimeoutMs: 300 });
     await bigTask(env);
