@@ -142,7 +142,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
    * answer, from its `connection` event; a slower one is closed with 1011. It bounds the same hooks
    * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
-   * `timeout`.
+   * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;
@@ -340,6 +340,15 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   sseStreamLifetimeMs?: number | undefined;
   /**
+   * Most bytes of HTTP API answers the server holds at once, written or waiting to be, all principals
+   * together. Each principal holds at most 32 MiB (`MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL`); without a
+   * bound over them all, clients of many principals that stopped reading their answers held 32 MiB each.
+   * Past it a request is answered 429 `rate_limited` with `Retry-After: 1` (one answer is always sent
+   * while the server holds none, however large).
+   * @default 268435456 (256 MiB)
+   */
+  maxUnreadAnswerBytes?: number | undefined;
+  /**
    * Reconnect pace the server asks for: its `hello` tells each client to spread its first retry after
    * a loss over `open sockets / reconnectsPerSecond` seconds (`reconnectDelayMs`), so if this replica
    * dies (or drops every socket at once) its clients reach the survivors at about this rate instead of
@@ -536,6 +545,7 @@ const SERVER_OPTIONS = {
   // 10 minutes: one reconnect per stream per 10 minutes costs a request and a read of the task, and frees
   // a stalled quiet reader's slot as soon.
   sseStreamLifetimeMs: integer(600_000, 0, MAX_TIMER_MS),
+  maxUnreadAnswerBytes: integer(256 * 1024 * 1024, 1),
   reconnectsPerSecond: integer(20_000, 0),
   highWaterMarkBytes: integer(1024 * 1024, 0),
   backpressurePollMs: integer(10, 1, MAX_TIMER_MS),

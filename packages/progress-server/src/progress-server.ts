@@ -145,6 +145,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #epoch: StoreEpoch;
+  /** Bytes of HTTP API answers not yet handed to the network, all handlers together (`maxUnreadAnswerBytes`). */
+  readonly #unreadAnswers: { bytes: number; readonly max: number };
   /** Stops listening to the feed's renewal hints (`ChangeFeed.onEpochRenewed`). */
   #stopEpochHints: (() => void) | undefined;
   /** Open Server-Sent Events streams: ended at shutdown, restarted when the store epoch changes. */
@@ -229,6 +231,7 @@ export class ProgressServer<P extends Principal = Principal> {
       clock: resolved.clock,
     });
     // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.
+    this.#unreadAnswers = { bytes: 0, max: resolved.maxUnreadAnswerBytes };
     this.#epoch = new StoreEpoch(resolved.store, this.#logger, () => {
       this.#hub.forgetSeqs();
       this.#acks.forgetSeqs();
@@ -415,6 +418,7 @@ export class ProgressServer<P extends Principal = Principal> {
         epoch: this.#epoch,
         hookTimeoutMs: this.#options.upgradeTimeoutMs,
         pending: this.#sockets.pending,
+        unreadAnswers: this.#unreadAnswers,
         streams: {
           hub: this.#hub,
           epoch: this.#epoch,

@@ -168,6 +168,31 @@ describe('close()', () => {
     }
   });
 
+  it("leaves no timer of the answers waiting for the store's first epoch read, which never answers", async () => {
+    class HungEpochStore extends MemoryProgressStore {
+      override getEpoch(): Promise<string> {
+        return new Promise(() => {});
+      }
+    }
+    const env = await startServer({ store: new HungEpochStore(), authenticateToken: tokenAuth });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    // A task route's answer and a socket's `hello` wait (at most 2 s) for the first read of the epoch.
+    const arrived = new Promise((resolve) => env.server.httpServer?.once('request', resolve));
+    const answer = fetch(`${env.httpUrl}/progress/tasks/${task.id}`, {
+      headers: { authorization: 'Bearer token-alice' },
+    }).catch(() => undefined);
+    const client = new RawClient(env.wsUrl, { user: 'alice' });
+    await client.opened;
+    await arrived;
+    await new Promise((resolve) => setImmediate(resolve));
+
+    await env.server.close({ timeoutMs: 500 });
+    // Until 6 December 2026 each wait's 2 s timer outlived close().
+    await expect.poll(() => pendingTimers.size, { timeout: 1000 }).toBe(0);
+    await answer;
+    client.close();
+  });
+
   it('listen() with an invalid httpBasePath rejects and leaves no server, timer or socket behind', async () => {
     const before = liveHandles();
     const store = new MemoryProgressStore();

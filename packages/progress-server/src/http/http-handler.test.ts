@@ -280,6 +280,37 @@ describe('HTTP handler', () => {
     expect((await env.store.getTask(task.id))?.status).toBe('running');
   });
 
+  it('answers a body above 16 KiB 413 and closes the connection, rather than read the rest of it; so every refusal before the body arrived', async () => {
+    env = await startServer({});
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const cases = [
+      { route: 'ack', headers: 'X-User: alice\r\n', status: 413 },
+      { route: 'cancel', headers: 'X-User: alice\r\n', status: 413 },
+      // Refused before any of the body is read: no credentials, another site's Origin.
+      { route: 'cancel', headers: '', status: 401 },
+      { route: 'ack', headers: 'X-User: alice\r\nOrigin: https://evil.example\r\n', status: 403 },
+    ];
+    for (const { route, headers, status } of cases) {
+      const client = connect(env.port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      let answer = '';
+      client.on('data', (chunk: Buffer) => {
+        answer += chunk.toString('latin1');
+      });
+      // Announces 1 GiB and sends 20 KiB of it, then nothing: a server reading the rest (Node reads a
+      // request's unread body to its end to keep the connection) would take every byte a client sends.
+      const ended = new Promise<string>((resolve) => client.once('end', () => resolve('ended')));
+      client.write(
+        `POST /progress/tasks/${task.id}/${route} HTTP/1.1\r\nHost: test\r\n${headers}` +
+          `Content-Type: application/json\r\nContent-Length: ${2 ** 30}\r\n\r\n{"pad":"${'x'.repeat(20 * 1024)}`,
+      );
+      const outcome = await Promise.race([ended, sleep(3000).then(() => 'still open')]);
+      expect(answer).toMatch(new RegExp(`^HTTP/1\\.1 ${status} `));
+      expect(answer.toLowerCase()).toContain('connection: close');
+      expect(outcome).toBe('ended');
+    }
+  });
+
   it('logs a store failure of a task route with the task id, so an operator knows which task it hit', async () => {
     const warnings: Array<Record<string, unknown>> = [];
     const noop = () => {};
@@ -564,6 +595,45 @@ describe('answers their clients do not read', () => {
     let status = 0;
     while (status !== 200 && Date.now() < back) {
       status = (await call('/progress/tasks/big/events?limit=1000', { user: 'alice' })).status;
+      if (status !== 200) await sleep(20);
+    }
+    expect(status).toBe(200);
+  }, 30_000);
+
+  it('holds at most maxUnreadAnswerBytes of unread answers over all principals: past it requests are refused 429', async () => {
+    // Each principal was bounded alone (32 MiB): clients of many principals that stopped reading held
+    // 32 MiB each, without bound over them all.
+    env = await startServer({
+      sseStallTimeoutMs: 60_000,
+      maxUnreadAnswerBytes: 10 * 1024 * 1024,
+      authorize: () => true,
+    });
+    await bigTask(env);
+    // Alice's and Bob's clients ask for a page of some 4.2 MB each and read none of it.
+    for (const user of ['alice', 'bob']) {
+      const client = connect(env.port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      client.on('error', () => {});
+      client.pause();
+      client.write(BIG_PAGE.replace('x-user: alice', `x-user: ${user}`));
+    }
+    const page = () => call('/progress/tasks/big/events?limit=1000', { user: 'carol' });
+    const deadline = Date.now() + 10_000;
+    let refused: Awaited<ReturnType<typeof call>> | undefined;
+    while (refused === undefined && Date.now() < deadline) {
+      const answer = await page();
+      if (answer.status === 429) refused = answer;
+      else await sleep(20);
+    }
+    expect(refused?.body).toMatchObject({ error: { code: 'rate_limited' } });
+    expect(refused?.headers.get('retry-after')).toBe('1');
+    // What still fits is answered.
+    expect((await call('/progress/tasks', { user: 'dave' })).status).toBe(200);
+    for (const cleanup of cleanups.splice(0)) await cleanup();
+    const back = Date.now() + 10_000;
+    let status = 0;
+    while (status !== 200 && Date.now() < back) {
+      status = (await page()).status;
       if (status !== 200) await sleep(20);
     }
     expect(status).toBe(200);

@@ -136,6 +136,11 @@ export interface HttpHandlerContext<P extends Principal> {
    * `authenticate` hook runs, as an upgrade's does while it is checked.
    */
   pending?: Pick<PendingConnections, 'add' | 'release' | 'has'> | undefined;
+  /**
+   * Bytes of the answers of every handler of the server not yet handed to the network, and their bound
+   * (the server's `maxUnreadAnswerBytes`): see {@link AnswerWriter}.
+   */
+  unreadAnswers: { bytes: number; readonly max: number };
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
@@ -663,6 +668,7 @@ async function serveRoute<P extends Principal>(
           from,
           principal,
           authorize: (current) => ctx.auth.authorize(principal, current, 'watch'),
+          hookTimeoutMs: ctx.hookTimeoutMs,
           request,
           response,
           release: () => {
@@ -722,14 +728,15 @@ export const MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL = 32 * 1024 * 1024;
  * slice of {@link ANSWER_SLICE_BYTES} leaves for the network) for `sseStallTimeoutMs` is dropped (its
  * connection destroyed), as an event stream whose reader stopped reading is. The answers of one principal
  * not yet handed to the network hold at most {@link MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL} (but one answer,
- * however large): past it a request is answered 429 `rate_limited` instead.
+ * however large): past it a request is answered 429 `rate_limited` instead. So it is past the server's
+ * `maxUnreadAnswerBytes`, all principals' answers together (but one answer while it holds none).
  */
 class AnswerWriter {
-  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics'>;
+  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>;
   /** Bytes of each principal's answers not yet handed to the network; no entry at 0. */
   readonly #unread = new Map<string, number>();
 
-  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics'>) {
+  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>) {
     this.#ctx = ctx;
   }
 
@@ -761,6 +768,15 @@ class AnswerWriter {
       });
       return;
     }
+    const total = this.#ctx.unreadAnswers;
+    if (principalId !== undefined && total.bytes > 0 && total.bytes + data.length > total.max) {
+      send(response, {
+        status: HTTP_STATUS.rate_limited,
+        body: errorBody(ErrorCode.RateLimited, 'The server holds too many unread answers; retry later'),
+        headers: { 'retry-after': '1' },
+      });
+      return;
+    }
     const stallMs = this.#ctx.streams.sseStallTimeoutMs;
     let cancel: (() => void) | undefined;
     const arm = () => {
@@ -784,10 +800,12 @@ class AnswerWriter {
     response.once('close', stop);
     if (principalId === undefined) return;
     this.#unread.set(principalId, held + data.length);
+    total.bytes += data.length;
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
+      total.bytes -= data.length;
       const left = (this.#unread.get(principalId) ?? data.length) - data.length;
       if (left > 0) this.#unread.set(principalId, left);
       else this.#unread.delete(principalId);

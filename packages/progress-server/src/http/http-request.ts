@@ -196,6 +196,8 @@ function readStream(request: IncomingMessage): Promise<string> {
       size += chunk.length;
       if (size > MAX_BODY_BYTES) {
         cleanup();
+        // What arrives until the answer is written is read and dropped; then the connection closes (see
+        // `sendEncoded`).
         request.resume();
         reject(
           new HttpError(ErrorCode.InvalidInput, `The body must be at most ${MAX_BODY_BYTES} bytes`, {
@@ -256,6 +258,18 @@ export function encodeBody(body: unknown): Buffer {
   return Buffer.from(JSON.stringify(body), 'utf8');
 }
 
+/**
+ * Whether the request's body has not all arrived yet: answered before it (a refusal, 401, 403, 413, …),
+ * its connection is closed once the answer is written (`Connection: close`). Kept open, Node read the rest
+ * of the body, however long its `Content-Length` or chunked stream, to reuse the connection: a client,
+ * authenticated or not, could make the server take every byte it sent.
+ */
+function bodyStillComing(request: IncomingMessage | undefined): boolean {
+  if (request === undefined || request.complete) return false;
+  const length = request.headers['content-length'];
+  return request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+}
+
 /** {@link send} of a body {@link encodeBody} encoded already. */
 export function sendEncoded(
   response: ServerResponse,
@@ -268,6 +282,7 @@ export function sendEncoded(
     'content-type': 'application/json; charset=utf-8',
     'content-length': data.length,
     'cache-control': 'no-store',
+    ...(bodyStillComing(response.req) ? { connection: 'close' } : {}),
     ...headers,
   });
   if (progress === undefined || data.length <= ANSWER_SLICE_BYTES) {

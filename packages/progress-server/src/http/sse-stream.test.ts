@@ -508,6 +508,39 @@ describe('GET /tasks/:id/stream', () => {
     expect(await streamsClosed(env)).toEqual({ task_gone: 1 });
   });
 
+  it('ends the stream when its authorize hook, asked again in a new epoch, does not answer within upgradeTimeoutMs', async () => {
+    const store = new MemoryProgressStore();
+    let hang = false;
+    const warnings: string[] = [];
+    const noop = () => {};
+    env = await startServer({
+      store,
+      heartbeatIntervalMs: 50,
+      upgradeTimeoutMs: 300,
+      logger: {
+        debug: noop,
+        info: noop,
+        error: noop,
+        warn: (_fields, message) => warnings.push(String(message)),
+      },
+      authorize: (principal, task) =>
+        hang ? new Promise<boolean>(() => {}) : Promise.resolve(task.owner === principal.id),
+    });
+    await store.createTask({ id: 'held', owner: 'alice', kind: 'k' });
+    const stream = new Stream(await get('/tasks/held/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    hang = true;
+    await store.renewEpoch();
+    // Before, the stream waited on the hook for as long as it hung (up to sseStreamLifetimeMs, for ever
+    // with 0), sending heartbeats and nothing else, and held its slot.
+    await within(stream.ended, 'the end of the stream', 3000);
+    expect(stream.frames()).toHaveLength(1);
+    expect(await streamsClosed(env)).toEqual({ hook_timeout: 1 });
+    expect(warnings).toContain(
+      'authorize hook did not answer within upgradeTimeoutMs; ending the event stream',
+    );
+  });
+
   it('drops a read of the old epoch still in flight when it starts over in the new one', async () => {
     const restorable = restorableStore();
     // The streams' own reads (limit 500, its maxReplayEvents; the hub reads 1000) read the store at once

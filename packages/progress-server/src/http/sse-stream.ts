@@ -53,7 +53,8 @@ import { stallTimer } from './stall-timer.js';
  * for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads again would
  * otherwise hold its stream slot, hub follow and connection until it left. A failed read of the task or
  * of a backlog ends the stream (`read_failed`: the client resumes with `Last-Event-ID`); one repairing a
- * gap in the live events is retried every `storeRetryDelayMs`, as a socket's is. Every end is counted once, by reason, in
+ * gap in the live events is retried every `storeRetryDelayMs`, as a socket's is. A start over whose
+ * `authorize` has not answered within `upgradeTimeoutMs` ends the stream (`hook_timeout`). Every end is counted once, by reason, in
  * `sse_streams_closed_total`; resumes and resets are counted as a socket's are (`resumes_total`,
  * `resyncs_total`).
  *
@@ -204,6 +205,11 @@ export interface StreamRequest {
    * again of the task a new epoch's load reads, which may be another task of the same id.
    */
   readonly authorize: (task: Task) => Promise<boolean>;
+  /**
+   * Longest wait on `authorize` (the server's `upgradeTimeoutMs`, which bounds the same hook on every
+   * request): past it the stream ends (`hook_timeout`).
+   */
+  readonly hookTimeoutMs: number;
   readonly request: IncomingMessage;
   readonly response: ServerResponse;
   /** Called once, when the stream ends. */
@@ -218,7 +224,7 @@ export interface StreamRequest {
  */
 export function streamTask(
   ctx: StreamContext,
-  { task: opening, from, principal, authorize, request, response, release }: StreamRequest,
+  { task: opening, from, principal, authorize, hookTimeoutMs, request, response, release }: StreamRequest,
 ): void {
   const taskId = opening.id;
   // The client may have left while the request was authenticated and authorized: its 'close' events
@@ -256,6 +262,8 @@ export function streamTask(
    * started for an older one is dropped.
    */
   let stream: TaskStream | undefined;
+  /** The deadlines of the `authorize` calls under way (see {@link authorizeWithin}): cleared at the end. */
+  const authorizeTimers = new Set<NodeJS.Timeout>();
 
   response.writeHead(200, STREAM_HEADERS);
   // Tells EventSource how long to wait before reconnecting after a cut (ms), and any client how often
@@ -271,6 +279,8 @@ export function streamTask(
     clearInterval(heartbeat);
     clearTimeout(expiry);
     clearTimeout(lifetime);
+    for (const timer of authorizeTimers) clearTimeout(timer);
+    authorizeTimers.clear();
     // A full buffer: the end below waits behind it, for ever if the reader never reads again (a stream
     // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
     // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
@@ -481,6 +491,22 @@ export function streamTask(
     if (load === undefined) next.start(cursor, false, loadedSeq, loadedRun);
     else void loadAndStart(next, load);
   };
+  /**
+   * `authorize(task)`, or `'timeout'` once it has not answered within `hookTimeoutMs`: a hook that hung
+   * (an auth backend down) held the stream, sending heartbeats and nothing else, until its lifetime ended
+   * it (never, with `sseStreamLifetimeMs: 0`), where every request's wait on it gives up then.
+   */
+  const authorizeWithin = (task: Task): Promise<boolean | 'timeout'> =>
+    new Promise<boolean | 'timeout'>((resolve) => {
+      const settle = (answer: boolean | 'timeout') => {
+        clearTimeout(timer);
+        authorizeTimers.delete(timer);
+        resolve(answer);
+      };
+      const timer = setTimeout(() => settle('timeout'), hookTimeoutMs);
+      authorizeTimers.add(timer);
+      authorize(task).then(settle, () => settle(false));
+    });
   const loadAndStart = async (next: TaskStream, kind: Task | 'reset'): Promise<void> => {
     let task: Task | undefined | null;
     try {
@@ -500,9 +526,19 @@ export function streamTask(
     // client's reconnect gets the answer of a missing task, as a socket's restarted subscription does.
     // `load` stays 'reset' meanwhile: a 'drain' (a heartbeat filled the buffer) begins with a load again.
     if (kind === 'reset') {
-      const allowed = await authorize(task);
+      const allowed = await authorizeWithin(task);
+      if (stream !== next || ended) return;
+      if (allowed === 'timeout') {
+        ctx.metrics.handlerErrors.inc();
+        ctx.logger.warn(
+          { taskId, timeoutMs: hookTimeoutMs },
+          'authorize hook did not answer within upgradeTimeoutMs; ending the event stream',
+        );
+        end('hook_timeout');
+        return;
+      }
       // As a load answered after the buffer filled: 'drain' begins again, with a load.
-      if (stream !== next || ended || draining) return;
+      if (draining) return;
       if (!allowed) {
         end('task_gone');
         return;

@@ -34,11 +34,17 @@ export class StoreEpoch {
    */
   #again = false;
   #closed = false;
+  /** Resolved by {@link close}: ends the waits on {@link firstRead}, and their timers with them. */
+  readonly #closing: Promise<void>;
+  #endWaits: () => void = () => {};
 
   constructor(store: ProgressStore, logger: ProgressLogger, onRenewed: (epoch: string) => void = () => {}) {
     this.#store = store;
     this.#logger = logger;
     this.#onRenewed = onRenewed;
+    this.#closing = new Promise((resolve) => {
+      this.#endWaits = resolve;
+    });
   }
 
   /** The last epoch read. */
@@ -48,10 +54,13 @@ export class StoreEpoch {
 
   /**
    * The read under way while no epoch is known (the server's first, or the next after it failed), which a
-   * `hello` waits for so as to carry the epoch; `undefined` when there is none to wait for.
+   * `hello` waits for so as to carry the epoch; `undefined` when there is none to wait for. It settles
+   * at {@link close} too: a read that hangs (a store in trouble) held each waiting answer's timer
+   * ({@link FIRST_EPOCH_READ_WAIT_MS}) past the server's `close()`.
    */
   get firstRead(): Promise<void> | undefined {
-    return this.#current === undefined ? this.#reading : undefined;
+    const reading = this.#current === undefined ? this.#reading : undefined;
+    return reading === undefined ? undefined : Promise.race([reading, this.#closing]);
   }
 
   /**
@@ -73,6 +82,7 @@ export class StoreEpoch {
   /** No read starts any more (the server is closing, its store may close next). */
   close(): void {
     this.#closed = true;
+    this.#endWaits();
   }
 
   async #readUntilCurrent(): Promise<void> {

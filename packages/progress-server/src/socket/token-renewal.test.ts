@@ -173,6 +173,15 @@ describe('token expiry and renewal', () => {
     expect((await client.closed).code).toBe(4011);
   });
 
+  it('a renewal whose credential is already expired when checked is refused as an expiry: token_expired and 4011', async () => {
+    // docs/protocol.md, "Credential expiry": refused the same way as a credential expiring on the socket.
+    await start();
+    const client = await authed('alice:60000');
+    client.send({ type: 'auth', token: 'alice:-1', protocol: 2 });
+    expect((await client.closed).code).toBe(4011);
+    expect(client.frames.at(-1)).toMatchObject({ type: 'error', code: 'token_expired' });
+  });
+
   it('version 1: a second auth stays invalid_frame, and expiry says unauthenticated (a code it knows)', async () => {
     await start();
     const client = await authed('alice:400', [PROTOCOL_NAME_V1]);
