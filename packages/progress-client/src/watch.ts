@@ -10,7 +10,7 @@ import type {
 import { ErrorCode, ProgressError } from '@finishline/core';
 import { requireNumber } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
-import type { TimerSet } from './timers.js';
+import { noop, type TimerSet } from './timers.js';
 
 /**
  * The application's side of a watched task: the state it reads, the typed events, the {@link Watch}
@@ -200,7 +200,7 @@ export class Watch extends SafeEmitter<WatchEvents> {
       };
     });
     // An application that never awaits `done` must not get an unhandled rejection when the client closes.
-    done.catch(() => undefined);
+    done.catch(noop);
     this.done = bounded(done, task);
   }
 
@@ -321,16 +321,13 @@ export class Watch extends SafeEmitter<WatchEvents> {
 function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
   const wait = (options: DoneOptions): Promise<WatchState> => {
     const { signal, timeoutMs } = options ?? {};
-    // The options' own check, whose message quotes a string it got (`got "5"`: unquoted, a string from a
-    // JavaScript caller read as the number asked for). Infinity is no limit, as leaving it out is.
-    try {
-      if (timeoutMs !== undefined && timeoutMs !== Infinity)
-        requireNumber('watch.done: timeoutMs', timeoutMs, { min: 0 });
-    } catch (error) {
-      return Promise.reject(error);
-    }
     if (signal === undefined && timeoutMs === undefined) return done;
     return new Promise<WatchState>((resolve, reject) => {
+      // The options' own check, whose message quotes a string it got (`got "5"`: unquoted, a string from a
+      // JavaScript caller read as the number asked for); what it throws rejects the wait. Infinity is no
+      // limit, as leaving it out is.
+      if (timeoutMs !== undefined && timeoutMs !== Infinity)
+        requireNumber('watch.done: timeoutMs', timeoutMs, { min: 0 });
       let cancelTimer: (() => void) | undefined;
       const onAbort = () => {
         finish();
@@ -363,16 +360,8 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
           );
         }, timeoutMs);
       }
-      done.then(
-        (state) => {
-          finish();
-          resolve(state);
-        },
-        (error: unknown) => {
-          finish();
-          reject(error);
-        },
-      );
+      // (`finish` a microtask after: no timer fires in between, and an abort then finds the wait settled.)
+      done.then(resolve, reject).then(finish);
     });
   };
   return Object.assign(wait, {
