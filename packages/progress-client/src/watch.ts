@@ -125,26 +125,51 @@ export interface WatchSource {
 }
 
 /**
- * An emitter whose listeners are the application's: one that throws is reported (thrown again in a
- * microtask, as a browser reports an event handler's) and the client's step that emitted goes on. Until
- * 6 December 2026 it was thrown into that step: a `state` listener's exception left a lost socket with no
- * reconnect scheduled, an `error` listener's a failed attempt never retried, either in `close()` left the
- * unfinished watches never ended, and a terminal event's listener kept `finished` from its handle.
+ * Calls a listener of the application's; what it throws is reported as a browser reports an event
+ * handler's (thrown again in a microtask of its own), and the client's step that called it goes on.
+ */
+const call = (listener: (...args: never[]) => unknown, context?: unknown, args: unknown[] = []): void => {
+  try {
+    listener.apply(context, args as never[]);
+  } catch (error) {
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+};
+
+/** What eventemitter3 keeps of a listener (its `_events` hold one, or an array of them, per event). */
+interface Listener {
+  fn: (...args: unknown[]) => unknown;
+  context: unknown;
+  once: boolean;
+}
+
+/**
+ * An emitter whose listeners are the application's: one that throws is reported (see `call`), the event's
+ * other listeners still get it, and the client's step that emitted goes on. Until 6 December 2026 it was
+ * thrown into that step: a `state` listener's exception left a lost socket with no reconnect scheduled,
+ * an `error` listener's a failed attempt never retried, either in `close()` left the unfinished watches
+ * never ended, and a terminal event's listener kept `finished` from its handle. Later the same day the
+ * step went on, but eventemitter3's `emit` stopped at the listener that threw: the ones after it (another
+ * part of the page, a second `state` listener) never heard the event. Each is called as eventemitter3
+ * calls it: in order, with its context, a `once` listener removed before it runs, one added meanwhile not
+ * called, and `false` when the event has no listener.
  *
  * @internal
  */
 export class SafeEmitter<Events extends EventEmitter.ValidEventTypes> extends EventEmitter<Events> {
   override emit<T extends EventEmitter.EventNames<Events>>(
-    ...args: [event: T, ...args: EventEmitter.EventArgs<Events, T>]
+    event: T,
+    ...args: EventEmitter.EventArgs<Events, T>
   ): boolean {
-    try {
-      return super.emit(...args);
-    } catch (error) {
-      queueMicrotask(() => {
-        throw error;
-      });
+    // (No prefix: eventemitter3 keys events by their names where `Object.create(null)` objects exist.)
+    const found = (this as unknown as { _events: Record<T, Listener | Listener[]> })._events[event];
+    for (const { fn, context, once } of [found ?? []].flat()) {
+      if (once) this.removeListener(event, fn as never, undefined, true);
+      call(fn, context, args);
     }
-    return true;
+    return !!found;
   }
 }
 
@@ -286,16 +311,7 @@ export class Watch extends SafeEmitter<WatchEvents> {
   notify(): void {
     // Copied only when there is someone to call: a listener may unsubscribe (or subscribe) while called.
     if (this.#listeners.size === 0) return;
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener();
-      } catch (error) {
-        // Reported as SafeEmitter reports a listener's exception.
-        queueMicrotask(() => {
-          throw error;
-        });
-      }
-    }
+    for (const listener of [...this.#listeners]) call(listener);
   }
 
   /** @internal Settles `done` when the task is over (listeners already saw the terminal event). */
