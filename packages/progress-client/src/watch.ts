@@ -128,8 +128,9 @@ export interface WatchSource {
  * Calls a listener of the application's; what it throws is reported as a browser reports an event
  * handler's (thrown again in a microtask of its own), and the client's step that called it goes on.
  */
-const call = (listener: (...args: never[]) => unknown, context?: unknown, args: unknown[] = []): void => {
+const call = (listener: (...args: never[]) => unknown, context?: unknown, args?: unknown[]): void => {
   try {
+    // (`apply` takes no array as no arguments.)
     listener.apply(context, args as never[]);
   } catch (error) {
     queueMicrotask(() => {
@@ -165,9 +166,9 @@ export class SafeEmitter<Events extends EventEmitter.ValidEventTypes> extends Ev
   ): boolean {
     // (No prefix: eventemitter3 keys events by their names where `Object.create(null)` objects exist.)
     const found = (this as unknown as { _events: Record<T, Listener | Listener[]> })._events[event];
-    for (const { fn, context, once } of [found ?? []].flat()) {
-      if (once) this.removeListener(event, fn as never, undefined, true);
-      call(fn, context, args);
+    for (const listener of [found ?? []].flat()) {
+      if (listener.once) this.off(event, listener.fn as never, undefined, true);
+      call(listener.fn, listener.context, args);
     }
     return !!found;
   }
