@@ -73,26 +73,3 @@ export function unreachableError(
     failure.cause === undefined ? {} : { cause: failure.cause },
   );
 }
-
-/**
- * The error reported for a frame that could not be decoded: an invalid frame names the task it was
- * about, if it can be told, so the client can resync that task (the lost frame may have been one of its
- * events).
- *
- * @internal
- */
-export function frameError(error: ProgressError, data: unknown): ProgressError {
-  return error.taskId === undefined && error.code === ErrorCode.InvalidFrame
-    ? new ProgressError(error.code, error.message, { cause: error, ...taskIdOf(data) })
-    : error;
-}
-
-function taskIdOf(data: unknown): { taskId?: string } {
-  try {
-    const frame = JSON.parse(String(data)) as { event?: { taskId?: unknown }; task?: { id?: unknown } };
-    const taskId = frame.event?.taskId ?? frame.task?.id;
-    return typeof taskId === 'string' ? { taskId } : {};
-  } catch {
-    return {};
-  }
-}

@@ -18,13 +18,13 @@ import {
   encodeFrame,
   MAX_TOKEN_LENGTH,
 } from '@finishline/core/internal';
-import { type AttemptFailure, describeEarlyClose, frameError, unreachableError } from './connect-errors.js';
+import { type AttemptFailure, describeEarlyClose, unreachableError } from './connect-errors.js';
 import type { ConnectionHandler, ConnectionState, StateChange } from './connection-state.js';
 import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
 import { batchSends, bindClose, decodeSocketData, describeSocketError } from './socket-platform.js';
-import { Timeout, type TimerSet } from './timers.js';
+import { noop, Timeout, type TimerSet } from './timers.js';
 
 /**
  * The socket's lifecycle: lazy connect, authentication, what ends a socket (its deadline in
@@ -39,7 +39,6 @@ const OPEN = 1;
 /** Newest first: a server selects the newest it speaks, an older one still finds version 1. */
 const OFFERED_PROTOCOLS = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 const CLOSED = 3;
-const noop = (): void => undefined;
 
 /**
  * The error each of core's `FATAL_CLOSE_CODES` ends the client with (a test checks that the keys are
@@ -302,7 +301,7 @@ export class Connection {
         this.#fatal(error, 'unsupported protocol', undefined);
         return;
       }
-      this.#handler.onError(frameError(error, data));
+      this.#handler.onError(error);
       return;
     }
     const frame = decoded.frame;

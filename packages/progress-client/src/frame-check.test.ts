@@ -1,5 +1,5 @@
 import { ErrorCode, LIMITS } from '@finishline/core';
-import { decodeServerText as coreDecodeServerText } from '@finishline/core/internal';
+import { decodeServerText as coreDecodeServerText, idProblem } from '@finishline/core/internal';
 import { expectSameData, propertyParams, serverFrameArbitrary } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
@@ -109,7 +109,7 @@ describe("the client's frame check", () => {
         refused++;
         expect({ code: client.error.code, taskId: client.error.taskId }).toEqual({
           code: core.error.code,
-          taskId: core.error.taskId,
+          taskId: core.error.taskId ?? taskAbout(text, core.error.code),
         });
       }),
       propertyParams(2000),
@@ -118,6 +118,21 @@ describe("the client's frame check", () => {
     // also reach a store rule depends on the seed (the deep run's seed 1030506005 reached none in 2,000
     // runs): the next test covers those rules with fixed frames instead.
     expect(refused).toBeGreaterThan(0);
+  });
+
+  it('names the task an invalid event or snapshot was about, so the client can resync it', () => {
+    const progress = { total: null, done: 0, succeeded: 0, failed: 0, current: null, message: null };
+    const event = { type: 'progress', taskId: 't1', seq: 0, time: 1, progress };
+    const invalid = [
+      { type: 'event', event },
+      { type: 'snapshot', task: { id: 't2', status: 'bogus' } },
+      { type: 'event', event: { ...event, taskId: '' } },
+    ].map((frame) => decodeServerText(JSON.stringify(frame)));
+    expect(invalid.map((result) => !result.ok && [result.error.code, result.error.taskId])).toEqual([
+      [ErrorCode.InvalidFrame, 't1'],
+      [ErrorCode.InvalidFrame, 't2'],
+      [ErrorCode.InvalidFrame, undefined],
+    ]);
   });
 
   it("accepts what core's decoder refuses only for the server's own store rules, each of them", () => {
@@ -238,3 +253,22 @@ describe("the client's frame check", () => {
     expect(decoded.ok || decoded.error.code).toBe(ErrorCode.FrameTooLarge);
   });
 });
+
+/**
+ * The task a refused frame was about beyond its top-level `taskId` (core's decoder names only that one):
+ * the valid id of its event or task, which the client's check names too, for an invalid frame (not an
+ * unknown one) it could read as an object.
+ */
+function taskAbout(text: string, code: string): string | undefined {
+  if (code !== ErrorCode.InvalidFrame) return undefined;
+  let frame: unknown;
+  try {
+    frame = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  if (typeof frame !== 'object' || frame === null || Array.isArray(frame)) return undefined;
+  const about = frame as { taskId?: unknown; event?: { taskId?: unknown }; task?: { id?: unknown } };
+  const taskId = about.taskId ?? about.event?.taskId ?? about.task?.id;
+  return idProblem(taskId) === undefined ? (taskId as string) : undefined;
+}

@@ -218,7 +218,13 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
     if (tail === undefined) return { ok: true, frame: value as unknown as ServerFrame };
     message = `Invalid ${type} frame: ${tail.replace(/^\./, '')}`;
   }
-  return { ok: false, error: frameError(code, message, value) };
+  // An invalid frame names the task it was about, where one can be told: the client resyncs that task (the
+  // frame lost may have been one of its events). Not another refusal: a newer server's frame type, say.
+  const about: { event?: FrameObject; task?: FrameObject } = code === ErrorCode.InvalidFrame ? value : {};
+  return {
+    ok: false,
+    error: frameError(code, message, { taskId: value.taskId ?? about.event?.taskId ?? about.task?.id }),
+  };
 }
 
 /**

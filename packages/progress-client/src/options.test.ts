@@ -1,4 +1,4 @@
-import { ErrorCode } from '@finishline/core';
+import { ErrorCode, LIMITS } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { PROGRESS_CLIENT_DEFAULTS, type ProgressClientOptions, resolveOptions } from './options.js';
 import { MemoryCursorStorage } from './persist.js';
@@ -100,6 +100,8 @@ describe('client options', () => {
     [{ url: 'wss://user:secret@app.test/' }, /must not carry credentials/],
     [{ httpUrl: 'ws://app.test/' }, /httpUrl must be an http\(s\) URL/],
     [{ token: 42 }, /token must be a string or a function/],
+    // Before, accepted: every attempt failed as a token function that returns no credential does.
+    [{ token: '' }, /token must have 1 to 8192 characters/],
     [{ headers: { cookie: 1 } }, /header values must be strings/],
     [{ persistence: 'local' }, /persistence must be/],
     [{ wakePingTimeoutMs: 0 }, /wakePingTimeoutMs must be a finite number >= 1/],
@@ -113,6 +115,19 @@ describe('client options', () => {
     const attempt = () => resolveOptions({ ...base, ...bad } as unknown as ProgressClientOptions);
     expect(attempt).toThrow(message);
     expect(attempt).toThrow(expect.objectContaining({ code: ErrorCode.InvalidInput }));
+  });
+
+  it('refuses a static token over maxTokenLength without quoting it (a credential), and takes one at the limit', () => {
+    const token = 's'.repeat(LIMITS.maxTokenLength);
+    expect(resolveOptions({ ...base, token }).token).toBe(token);
+    // Before, accepted: every attempt failed as a token function that returns no credential does.
+    const attempt = () => resolveOptions({ ...base, token: `${token}!` });
+    expect(attempt).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: `ProgressClient: token must have 1 to ${LIMITS.maxTokenLength} characters`,
+      }),
+    );
   });
 
   it('turns an http(s) URL into the socket URL and derives the HTTP base from the socket URL', () => {

@@ -11,6 +11,7 @@ import {
   func,
   integer,
   invalidOption,
+  MAX_TOKEN_LENGTH,
   nested,
   ofType,
   oneOf,
@@ -105,7 +106,8 @@ export interface ProgressClientOptions {
   headers?: Readonly<Record<string, string>> | undefined;
   /**
    * A credential sent as the first frame of every connection (`{ type: 'auth', token }`) and as
-   * `authorization: Bearer <token>` on HTTP requests; a function is called each time (to refresh it).
+   * `authorization: Bearer <token>` on HTTP requests; a function is called each time (to refresh it). A
+   * string must have 1 to `LIMITS.maxTokenLength` (8192) characters: the constructor refuses another.
    * A function that throws, rejects or returns no credential (not a string of 1 to `LIMITS.maxTokenLength`,
    * 8192, characters) fails the attempt, reported as `unauthenticated` on the client's `error` (with what it
    * threw or returned as `cause`; the length of an over-long string), and the client retries; in
@@ -452,6 +454,10 @@ export function resolveOptions(options: ProgressClientOptions, closed?: AbortSig
     throw invalidOption('ProgressClient', `url must be a ws: or wss: URL, got ${url.protocol}`);
   if (url.username !== '' || url.password !== '')
     throw invalidOption('ProgressClient', 'url must not carry credentials');
+  // A string no `auth` frame can carry: accepted, every attempt failed as a token function that returns no
+  // credential does. (A function's `length` is its arity.) Not quoted: it is a credential.
+  if (o.token === '' || (o.token?.length as number) > MAX_TOKEN_LENGTH)
+    throw invalidOption('ProgressClient', `token must have 1 to ${MAX_TOKEN_LENGTH} characters`);
 
   let httpUrl: URL;
   if (o.httpUrl === undefined) {

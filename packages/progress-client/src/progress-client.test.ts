@@ -2343,6 +2343,55 @@ describe("the application's listeners that throw", () => {
     expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 });
     await client.close();
   });
+  it("a listener that throws: the event's later listeners get it too, on a watch and on the client", async () => {
+    const { client, socket, task, watch, scheduler } = subscribed();
+    const heard: string[] = [];
+    watch.on('snapshot', () => {
+      throw new Error('app bug in a watch listener');
+    });
+    watch.on('snapshot', (state) => heard.push(`snapshot@${state.seq}`));
+    client.on('state', () => {
+      throw new Error('app bug in a state listener');
+    });
+    client.on('state', (change) => heard.push(change.state));
+    const reported = await reportedDuring(async () => {
+      socket.push(snap(task.view()));
+      // Before, the first listener's exception ended the emit: the second heard nothing.
+      socket.serverClose(1006);
+      await scheduler.advance(1000);
+    });
+    expect(reported).toHaveLength(2);
+    expect(heard).toEqual(['snapshot@0', 'reconnecting']);
+    client.removeAllListeners();
+    await client.close();
+  });
+
+  it('listeners are called as eventemitter3 calls them: in order, with their context, once listeners once, none added meanwhile', async () => {
+    const { client, socket, task, watch } = subscribed();
+    const calls: unknown[] = [];
+    const context = { name: 'ctx' };
+    const late = () => calls.push('late');
+    watch.once('progress', () => calls.push('once'));
+    watch.on(
+      'progress',
+      function (this: unknown) {
+        calls.push(this);
+        watch.on('progress', late);
+      },
+      context,
+    );
+    watch.on('progress', function (this: unknown) {
+      calls.push(this === watch);
+    });
+    socket.push(snap(task.view()));
+    socket.push(ev(task.progress(1)));
+    await flush();
+    // The test's own log listener, the two `on`, and the one added meanwhile.
+    expect(calls).toEqual(['once', context, true]);
+    expect(watch.listenerCount('progress')).toBe(4);
+    expect((watch.emit as (event: string) => boolean)('unheard')).toBe(false);
+    await client.close();
+  });
 });
 
 describe('close()', () => {

@@ -1,7 +1,7 @@
 import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { assertTaskId, exhaustive, resolvedBackoffDelayMs } from '@finishline/core/internal';
+import { assertTaskId, resolvedBackoffDelayMs } from '@finishline/core/internal';
 import { Acks } from './acks.js';
 import { AnswerWait } from './answer-wait.js';
 import { Connection } from './connection.js';
@@ -16,7 +16,7 @@ import {
   TaskSubscription,
   type TaskSubscriptionHost,
 } from './task-subscription.js';
-import { TimerSet } from './timers.js';
+import { noop, TimerSet } from './timers.js';
 import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
 
 /**
@@ -345,7 +345,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
         this.#onErrorFrame(frame);
         return;
       default:
-        exhaustive(frame);
+        frame satisfies never;
     }
   }
 
@@ -404,10 +404,10 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       case 'http':
         // Without the HTTP fallback the last step is one more resync (a fresh read of the store).
         if (this.#http === undefined) this.#resync(task);
-        else void this.#http.catchUp(task).catch(() => undefined);
+        else void this.#http.catchUp(task).catch(noop);
         break;
       default:
-        exhaustive(action);
+        action satisfies never;
     }
   }
 

@@ -1,6 +1,5 @@
 import { ErrorCode, type ProgressError } from '@finishline/core';
 import { sseEventId } from '@finishline/core/internal';
-import { frameError } from './connect-errors.js';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -206,7 +205,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
                 // from the cursor, backing off (an open that failed: a server repeating the frame is not
                 // asked again at once, for ever). Not for a frame type it does not know (a newer server's,
                 // as the socket keeps its socket then).
-                onReject(frameError(decoded.error, data));
+                onReject(decoded.error);
                 if (decoded.error.code !== ErrorCode.UnknownFrame) {
                   delivered = false;
                   return end();

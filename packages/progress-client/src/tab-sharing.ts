@@ -1,5 +1,6 @@
 import { ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { CLOSE_HEARTBEAT_TIMEOUT } from '@finishline/core/internal';
+import { noop } from './timers.js';
 import type { WebSocketConstructorLike, WebSocketLike } from './transport-types.js';
 
 /**
@@ -173,7 +174,6 @@ const OPEN = 1;
 const CLOSED = 3;
 /** Closes the virtual sockets when the leader changed: not fatal, the clients reconnect. */
 const LEADER_GONE = 1001;
-const noop = (): void => undefined;
 
 /** A socket as the client sees it; the leader tab carries its frames. @internal */
 class VirtualSocket implements WebSocketLike {

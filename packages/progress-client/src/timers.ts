@@ -37,6 +37,9 @@ const MAX_DELAY_MS = 2 ** 31 - 1;
  *
  * @internal
  */
+/** Does nothing: one function for every listener, handler and cancel that has nothing to do. @internal */
+export const noop = (): undefined => undefined;
+
 export class TimerSet {
   readonly #api: TimerApi;
   readonly #live = new Set<{ handle: unknown }>();
@@ -57,7 +60,7 @@ export class TimerSet {
    */
   start(callback: () => void, delayMs: number): () => void {
     // After dispose() a late callback (a fetch settling after close) must not start anything again.
-    if (this.#disposed) return () => undefined;
+    if (this.#disposed) return noop;
     // No `handle` key until armed, just below: a smaller bundle.
     const entry = {} as { handle: unknown };
     const arm = (remainingMs: number): void => {

@@ -10,7 +10,7 @@ import type {
 import { ErrorCode, ProgressError } from '@finishline/core';
 import { requireNumber } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
-import type { TimerSet } from './timers.js';
+import { noop, type TimerSet } from './timers.js';
 
 /**
  * The application's side of a watched task: the state it reads, the typed events, the {@link Watch}
@@ -125,26 +125,52 @@ export interface WatchSource {
 }
 
 /**
- * An emitter whose listeners are the application's: one that throws is reported (thrown again in a
- * microtask, as a browser reports an event handler's) and the client's step that emitted goes on. Until
- * 6 December 2026 it was thrown into that step: a `state` listener's exception left a lost socket with no
- * reconnect scheduled, an `error` listener's a failed attempt never retried, either in `close()` left the
- * unfinished watches never ended, and a terminal event's listener kept `finished` from its handle.
+ * Calls a listener of the application's; what it throws is reported as a browser reports an event
+ * handler's (thrown again in a microtask of its own), and the client's step that called it goes on.
+ */
+const call = (listener: (...args: never[]) => unknown, context?: unknown, args?: unknown[]): void => {
+  try {
+    // (`apply` takes no array as no arguments.)
+    listener.apply(context, args as never[]);
+  } catch (error) {
+    queueMicrotask(() => {
+      throw error;
+    });
+  }
+};
+
+/** What eventemitter3 keeps of a listener (its `_events` hold one, or an array of them, per event). */
+interface Listener {
+  fn: (...args: unknown[]) => unknown;
+  context: unknown;
+  once: boolean;
+}
+
+/**
+ * An emitter whose listeners are the application's: one that throws is reported (see `call`), the event's
+ * other listeners still get it, and the client's step that emitted goes on. Until 6 December 2026 it was
+ * thrown into that step: a `state` listener's exception left a lost socket with no reconnect scheduled,
+ * an `error` listener's a failed attempt never retried, either in `close()` left the unfinished watches
+ * never ended, and a terminal event's listener kept `finished` from its handle. Later the same day the
+ * step went on, but eventemitter3's `emit` stopped at the listener that threw: the ones after it (another
+ * part of the page, a second `state` listener) never heard the event. Each is called as eventemitter3
+ * calls it: in order, with its context, a `once` listener removed before it runs, one added meanwhile not
+ * called, and `false` when the event has no listener.
  *
  * @internal
  */
 export class SafeEmitter<Events extends EventEmitter.ValidEventTypes> extends EventEmitter<Events> {
   override emit<T extends EventEmitter.EventNames<Events>>(
-    ...args: [event: T, ...args: EventEmitter.EventArgs<Events, T>]
+    event: T,
+    ...args: EventEmitter.EventArgs<Events, T>
   ): boolean {
-    try {
-      return super.emit(...args);
-    } catch (error) {
-      queueMicrotask(() => {
-        throw error;
-      });
+    // (No prefix: eventemitter3 keys events by their names where `Object.create(null)` objects exist.)
+    const found = (this as unknown as { _events: Record<T, Listener | Listener[]> })._events[event];
+    for (const listener of [found ?? []].flat()) {
+      if (listener.once) this.off(event, listener.fn as never, undefined, true);
+      call(listener.fn, listener.context, args);
     }
-    return true;
+    return !!found;
   }
 }
 
@@ -200,7 +226,7 @@ export class Watch extends SafeEmitter<WatchEvents> {
       };
     });
     // An application that never awaits `done` must not get an unhandled rejection when the client closes.
-    done.catch(() => undefined);
+    done.catch(noop);
     this.done = bounded(done, task);
   }
 
@@ -286,16 +312,7 @@ export class Watch extends SafeEmitter<WatchEvents> {
   notify(): void {
     // Copied only when there is someone to call: a listener may unsubscribe (or subscribe) while called.
     if (this.#listeners.size === 0) return;
-    for (const listener of [...this.#listeners]) {
-      try {
-        listener();
-      } catch (error) {
-        // Reported as SafeEmitter reports a listener's exception.
-        queueMicrotask(() => {
-          throw error;
-        });
-      }
-    }
+    for (const listener of [...this.#listeners]) call(listener);
   }
 
   /** @internal Settles `done` when the task is over (listeners already saw the terminal event). */
@@ -321,16 +338,13 @@ export class Watch extends SafeEmitter<WatchEvents> {
 function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
   const wait = (options: DoneOptions): Promise<WatchState> => {
     const { signal, timeoutMs } = options ?? {};
-    // The options' own check, whose message quotes a string it got (`got "5"`: unquoted, a string from a
-    // JavaScript caller read as the number asked for). Infinity is no limit, as leaving it out is.
-    try {
-      if (timeoutMs !== undefined && timeoutMs !== Infinity)
-        requireNumber('watch.done: timeoutMs', timeoutMs, { min: 0 });
-    } catch (error) {
-      return Promise.reject(error);
-    }
     if (signal === undefined && timeoutMs === undefined) return done;
     return new Promise<WatchState>((resolve, reject) => {
+      // The options' own check, whose message quotes a string it got (`got "5"`: unquoted, a string from a
+      // JavaScript caller read as the number asked for); what it throws rejects the wait. Infinity is no
+      // limit, as leaving it out is.
+      if (timeoutMs !== undefined && timeoutMs !== Infinity)
+        requireNumber('watch.done: timeoutMs', timeoutMs, { min: 0 });
       let cancelTimer: (() => void) | undefined;
       const onAbort = () => {
         finish();
@@ -363,16 +377,8 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
           );
         }, timeoutMs);
       }
-      done.then(
-        (state) => {
-          finish();
-          resolve(state);
-        },
-        (error: unknown) => {
-          finish();
-          reject(error);
-        },
-      );
+      // (`finish` a microtask after: no timer fires in between, and an abort then finds the wait settled.)
+      done.then(resolve, reject).then(finish);
     });
   };
   return Object.assign(wait, {

@@ -7,7 +7,7 @@ import {
   type WatchView,
 } from '@finishline/core';
 import type { Delivery, WatchCursor } from '@finishline/core/internal';
-import { exhaustive, terminalEventOfView, watchViewAfter, watchViewOfTask } from '@finishline/core/internal';
+import { terminalEventOfView, watchViewAfter, watchViewOfTask } from '@finishline/core/internal';
 import { RateEstimator } from './rate-estimator.js';
 import type { TimerSet } from './timers.js';
 import type { Watch, WatchSource, WatchState } from './watch.js';
@@ -112,7 +112,7 @@ export class WatchedTask implements WatchSource {
           this.#emit((watch) => this.#emitTerminal(watch, state));
           break;
         default:
-          exhaustive(event);
+          event satisfies never;
       }
     }
     for (const watch of this.handles) watch.notify();
