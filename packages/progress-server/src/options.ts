@@ -105,8 +105,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Whether a task the principal may not watch is answered `forbidden` (WebSocket) / 403 (HTTP). By
    * default it gets exactly the answer of a missing task (`task_not_found` / 404, same message), so
-   * application-chosen ids (`taint-42`) do not reveal which tasks exist. Turn it on only when task ids
-   * are unguessable or not secret and clients need to tell the two apart.
+   * application-chosen ids (`taint-42`) do not reveal which tasks exist; `authorize` is then asked about a
+   * missing task too (a stand-in whose `owner` is `''`, its answer ignored), so that the answer does not
+   * come sooner for it. Turn it on only when task ids are unguessable or not secret and clients need to
+   * tell the two apart.
    * @default false
    */
   revealTaskExistence?: boolean | undefined;
