@@ -154,7 +154,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * request (only on the server `ProgressServer.listen` creates), upgrades being checked, and sockets
    * waiting for their `auth` frame (those of a `wss` you pass too). Over the cap the address's **oldest**
    * such connection is destroyed, so silent connections cannot exhaust descriptors and a new client still
-   * gets in.
+   * gets in. The address is the TCP peer's (`clientAddress` does not apply: a connection counts before any
+   * header names its client), so behind a reverse proxy every client shares the proxy's cap: set it to
+   * `maxPendingConnections` there and cap connections per client at the proxy.
    * @default 100
    */
   maxPendingConnectionsPerAddress?: number | undefined;
