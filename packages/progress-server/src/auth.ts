@@ -66,6 +66,11 @@ export type AuthenticateTokenHook<P extends Principal> = (
 /**
  * Decides whether `principal` may `action` the task. May be async. A hook that throws refuses.
  * The default allows exactly the task's owner: `task.owner === principal.id`.
+ *
+ * Unless the server's `revealTaskExistence` is on, it is also asked about a task id that does not exist,
+ * with a stand-in task of that id whose `owner` is `''` (no real task has one) and whose answer is ignored:
+ * the refusal of a missing task then waits for the same calls as another owner's, and a hook that takes
+ * time (a database query) does not tell the two apart by how soon the answer comes.
  */
 export type AuthorizeHook<P extends Principal> = (
   principal: P,

@@ -105,8 +105,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Whether a task the principal may not watch is answered `forbidden` (WebSocket) / 403 (HTTP). By
    * default it gets exactly the answer of a missing task (`task_not_found` / 404, same message), so
-   * application-chosen ids (`taint-42`) do not reveal which tasks exist. Turn it on only when task ids
-   * are unguessable or not secret and clients need to tell the two apart.
+   * application-chosen ids (`taint-42`) do not reveal which tasks exist; `authorize` is then asked about a
+   * missing task too (a stand-in whose `owner` is `''`, its answer ignored), so that the answer does not
+   * come sooner for it. Turn it on only when task ids are unguessable or not secret and clients need to
+   * tell the two apart.
    * @default false
    */
   revealTaskExistence?: boolean | undefined;
@@ -152,7 +154,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * request (only on the server `ProgressServer.listen` creates), upgrades being checked, and sockets
    * waiting for their `auth` frame (those of a `wss` you pass too). Over the cap the address's **oldest**
    * such connection is destroyed, so silent connections cannot exhaust descriptors and a new client still
-   * gets in.
+   * gets in. The address is the TCP peer's (`clientAddress` does not apply: a connection counts before any
+   * header names its client), so behind a reverse proxy every client shares the proxy's cap: set it to
+   * `maxPendingConnections` there and cap connections per client at the proxy.
    * @default 100
    */
   maxPendingConnectionsPerAddress?: number | undefined;

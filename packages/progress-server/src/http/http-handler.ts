@@ -30,7 +30,7 @@ import type { ServerMetrics } from '../metrics.js';
 import type { HealthDetails } from '../options.js';
 import type { PendingConnections } from '../socket/pending-connections.js';
 import type { TaskApi } from '../tasks/task-api.js';
-import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import { missingTask, taskNotFoundMessage } from '../tasks/task-not-found.js';
 import { settledWithin, waitAtMost } from '../wait.js';
 import { allowOrigin, answerPreflight, isPreflight } from './cors.js';
 import type { ServerHealth } from './health.js';
@@ -865,7 +865,9 @@ function epochOf<P extends Principal>(ctx: HttpHandlerContext<P>): { epoch?: str
 /**
  * The task, if the principal may `action` it. A task the principal may not watch answers exactly like a
  * missing one (404, same body) unless `revealTaskExistence` is on; one it may watch but not cancel is a
- * 403, since its existence is no secret to that principal. Neither answer carries task data.
+ * 403, since its existence is no secret to that principal. Neither answer carries task data. Unless
+ * `revealTaskExistence` is on, `authorize` is asked about a missing task too (a stand-in: see
+ * {@link missingTask}), so the two refusals wait for the same hook calls.
  */
 async function loadAuthorized<P extends Principal>(
   ctx: HttpHandlerContext<P>,
@@ -879,11 +881,17 @@ async function loadAuthorized<P extends Principal>(
   }
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await ctx.store.getTask(taskId);
-  if (task === undefined) throw notFound();
-  if (await hooks.within(ctx.auth.authorize(principal, task, action))) return task;
+  if (task === undefined && ctx.revealTaskExistence) throw notFound();
+  // A missing task is refused after the same hook calls as another owner's (see `missingTask`): its
+  // refusal no sooner, nor a 404 where a hung hook gets the other one a 504.
+  const asked = task ?? missingTask(taskId);
+  if (await hooks.within(ctx.auth.authorize(principal, asked, action))) {
+    if (task !== undefined) return task;
+    throw notFound();
+  }
   const known =
     ctx.revealTaskExistence ||
-    (action !== 'watch' && (await hooks.within(ctx.auth.authorize(principal, task, 'watch'))));
-  if (!known) throw notFound();
+    (action !== 'watch' && (await hooks.within(ctx.auth.authorize(principal, asked, 'watch'))));
+  if (!known || task === undefined) throw notFound();
   throw fromCode(ErrorCode.Forbidden, `You may not ${action} task ${taskId}`);
 }

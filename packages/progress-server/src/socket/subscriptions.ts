@@ -9,7 +9,7 @@ import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';
 import type { Principal } from '../auth.js';
 import { clientError, isStoreFailure } from '../client-message.js';
 import { describeError } from '../logger.js';
-import { taskNotFoundMessage } from '../tasks/task-not-found.js';
+import { missingTask, taskNotFoundMessage } from '../tasks/task-not-found.js';
 import type { SocketServices } from './services.js';
 import type { FrameRefs, SocketWriter } from './socket-writer.js';
 import { Subscription } from './subscription.js';
@@ -195,8 +195,12 @@ export class Subscriptions<P extends Principal> {
     });
     if (task === null || !current.isCurrent(stream)) return;
     // Not found and not allowed cost the same single read and carry no task data; unless the
-    // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle).
-    if (task === undefined || !(await this.#mayWatch(task))) {
+    // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle),
+    // sent after the same `authorize` call: a missing task's is asked about a stand-in (see `missingTask`).
+    let allowed = false;
+    if (task !== undefined) allowed = await this.#mayWatch(task);
+    else if (!this.#ctx.options.revealTaskExistence) await this.#mayWatch(missingTask(taskId));
+    if (task === undefined || !allowed) {
       if (current.isCurrent(stream)) this.#refuse(current, task, this.#waiting(current));
       return;
     }
