@@ -510,7 +510,7 @@ async function serveRoute<P extends Principal>(
   if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, SHUTTING_DOWN);
   // Before authentication, like the Origin above: a mutation also needs an Origin with its cookies and
   // a JSON body, which a form on another site cannot send.
-  if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
+  if (allowed === 'POST') checkMutation(request);
   let principal: P | undefined;
   // While its hook runs the connection is not authenticated yet, and counts as an upgrade being checked
   // does (`maxPendingConnectionsPerAddress`); one whose body is still coming counts already, until the end.
