@@ -88,8 +88,9 @@ export type AuthorizeHook<P extends Principal> = (
  *   path, no trailing slash, no default port): another entry throws `invalid_input` at construction;
  * - a synchronous predicate (one that throws, or answers anything but `true`, a promise included, refuses);
  * - `'*'`: any origin. **Insecure**: any web page a logged-in user visits can then open a socket with
- *   the user's cookies (cross-site WebSocket hijacking), and read the HTTP API's answers (an allowed
- *   origin gets CORS headers with credentials). Use it only when authentication never relies on cookies.
+ *   the user's cookies (cross-site WebSocket hijacking), read the HTTP API's answers (an allowed
+ *   origin gets CORS headers with credentials) and send its `POST`s (cancel the user's tasks). Use it
+ *   only when authentication never relies on cookies.
  *
  * Requests without an `Origin` header (non-browser clients: Node, curl) are always allowed: browsers
  * always send one on WebSocket upgrades and on cross-origin requests (a same-origin `GET` carries none),

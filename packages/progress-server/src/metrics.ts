@@ -70,6 +70,7 @@ export type SseStreamEndReason =
  * | `connections_dropped_total{reason}` | counter | connections ended before they authenticated: `pending_cap` (their address had too many unauthenticated connections; the oldest goes), `pending_total_cap` (all addresses together had too many, `maxPendingConnections`; the oldest goes), `upgrade_timeout` (the upgrade did not complete within `upgradeTimeoutMs`) |
  * | `auth_rate_limited_total{via}` | counter | authentication attempts refused because their address spent its budget of failed ones (`authRateLimitPerAddressPerSecond`; no hook ran), by {@link AuthAttemptVia}: `http` (429, Server-Sent Events streams included), `upgrade` (429, or close 4008 for a socket of a `wss` you pass), `auth_frame` (`rate_limited`, close 4008) |
  * | `principal_limits_total{limit}` | counter | refusals at a per-principal cap: `sockets` (`maxSocketsPerPrincipal`), `subscriptions` (`maxSubscriptionsPerPrincipal`), `rate` (an HTTP API request over `rateLimitPerPrincipalPerSecond`, or while the principal's unread answers hold more than 32 MiB; refused frames count in `frames_rejected_total`) |
+ * | `unread_answers_refused_total` | counter | HTTP API requests refused 429 because the answers of all principals not yet handed to the network held more than `maxUnreadAnswerBytes` (a principal's own 32 MiB counts in `principal_limits_total{limit="rate"}`) |
  * | `sse_streams_closed_total{reason}` | counter | Server-Sent Events streams ended, by {@link SseStreamEndReason}: `finished`, `client_left`, `stalled`, `expired`, `lifetime`, `shutdown`, `task_gone`, `read_failed`, `hook_timeout` (the `authorize` hook did not answer within `upgradeTimeoutMs` when the stream started over), `internal` (a bug: see the error log) |
  * | `handler_errors_total` | counter | unexpected errors caught in a handler |
  * | `store_errors_total` | counter | store calls that failed |
@@ -94,6 +95,7 @@ export class ServerMetrics {
   readonly connectionsDropped: Counter<'reason'>;
   readonly principalLimits: Counter<'limit'>;
   readonly authRateLimited: Counter<'via'>;
+  readonly unreadAnswersRefused: Counter;
   readonly sseStreamsClosed: Counter<'reason'>;
   readonly handlerErrors: Counter;
   readonly storeErrors: Counter;
@@ -201,6 +203,10 @@ export class ServerMetrics {
         registers,
       }),
       `${p}auth_rate_limited_total`,
+    );
+    this.unreadAnswersRefused = counter(
+      'unread_answers_refused_total',
+      "HTTP API requests refused because all principals' unread answers held more than maxUnreadAnswerBytes",
     );
     this.sseStreamsClosed = track(
       new Counter({

@@ -345,10 +345,11 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   sseStreamLifetimeMs?: number | undefined;
   /**
    * Most bytes of HTTP API answers the server holds at once, written or waiting to be, all principals
-   * together. Each principal holds at most 32 MiB (`MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL`); without a
-   * bound over them all, clients of many principals that stopped reading their answers held 32 MiB each.
-   * Past it a request is answered 429 `rate_limited` with `Retry-After: 1` (one answer is always sent
-   * while the server holds none, however large).
+   * together. Each principal holds at most 32 MiB (`MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL`, over all of
+   * the server's `httpHandler()`s); without a bound over them all, clients of many principals that
+   * stopped reading their answers held 32 MiB each. Past it a request is answered 429 `rate_limited` with
+   * `Retry-After: 1` (one answer is always sent while the server holds none, however large), counted in
+   * the metric `unread_answers_refused_total`.
    * @default 268435456 (256 MiB)
    */
   maxUnreadAnswerBytes?: number | undefined;

@@ -145,8 +145,11 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #reads: FairReads;
   readonly #heartbeatTimer: NodeJS.Timeout;
   readonly #epoch: StoreEpoch;
-  /** Bytes of HTTP API answers not yet handed to the network, all handlers together (`maxUnreadAnswerBytes`). */
-  readonly #unreadAnswers: { bytes: number; readonly max: number };
+  /**
+   * Bytes of HTTP API answers not yet handed to the network, all handlers together (`maxUnreadAnswerBytes`),
+   * and each principal's share (at most 32 MiB over all handlers).
+   */
+  readonly #unreadAnswers: { bytes: number; readonly max: number; readonly byPrincipal: Map<string, number> };
   /** Stops listening to the feed's renewal hints (`ChangeFeed.onEpochRenewed`). */
   #stopEpochHints: (() => void) | undefined;
   /** Open Server-Sent Events streams: ended at shutdown, restarted when the store epoch changes. */
@@ -231,7 +234,7 @@ export class ProgressServer<P extends Principal = Principal> {
       clock: resolved.clock,
     });
     // A restore under the running server: the hub's seqs are of the old epoch, and so are the watchers'.
-    this.#unreadAnswers = { bytes: 0, max: resolved.maxUnreadAnswerBytes };
+    this.#unreadAnswers = { bytes: 0, max: resolved.maxUnreadAnswerBytes, byPrincipal: new Map() };
     this.#epoch = new StoreEpoch(resolved.store, this.#logger, () => {
       this.#hub.forgetSeqs();
       this.#acks.forgetSeqs();

@@ -101,6 +101,20 @@ describe('cross-site requests to the mutating HTTP routes', () => {
     expect((await post(path, { ...headers, origin: env.httpUrl }, '{}')).status).toBe(403);
     expect((await post(path, { ...headers, origin: 'https://app.example' }, '{}')).status).toBe(200);
   });
+
+  it("refuses a cookie without an Origin under allowedOrigins '*' too", async () => {
+    // '*' lets every origin in; it does not turn the check of a cookie without an Origin off (an old
+    // browser's request without one may come from any site), as a predicate answering `true` does not.
+    env = await cookieServer('*');
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const path = `/progress/tasks/${task.id}/cancel`;
+    const headers = { cookie: 'session=alice', 'content-type': 'application/json' };
+    const refused = await post(path, headers, '{}');
+    expect(refused.status).toBe(403);
+    expect(refused.body.error?.code).toBe('forbidden');
+    expect((await env.store.getTask(task.id))?.status).toBe('running');
+    expect((await post(path, { ...headers, origin: 'https://anywhere.example' }, '{}')).status).toBe(200);
+  });
 });
 
 /**

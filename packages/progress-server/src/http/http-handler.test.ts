@@ -600,6 +600,41 @@ describe('answers their clients do not read', () => {
     expect(status).toBe(200);
   }, 30_000);
 
+  it("counts a principal's unread answers once per server, whichever of its handlers they came from", async () => {
+    // Each httpHandler() kept its own count: an application mounting the API twice (two base paths, two
+    // frameworks) gave a principal 32 MiB per handler.
+    env = await startServer({ sseStallTimeoutMs: 60_000 });
+    await bigTask(env);
+    const second = createServer(env.server.httpHandler());
+    await new Promise<void>((resolve) => second.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      second.closeAllConnections();
+      await new Promise((resolve) => second.close(resolve));
+    });
+    const secondPort = (second.address() as AddressInfo).port;
+    const page = await fetch(`${env.httpUrl}/progress/tasks/big/events?limit=1000`, {
+      headers: { 'x-user': 'alice' },
+    });
+    const size = (await page.arrayBuffer()).byteLength;
+    // Some 4.2 MB each, 5 through each handler: 7 fit in 32 MiB, the other 3 are refused.
+    const expected = 10 - Math.floor((32 * 1024 * 1024) / size);
+    expect(expected).toBeGreaterThan(0);
+    for (const port of [env.port, secondPort]) {
+      const client = connect(port, '127.0.0.1');
+      cleanups.push(async () => client.destroy());
+      client.on('error', () => {});
+      client.pause();
+      client.write(BIG_PAGE.repeat(5));
+    }
+    const refused = async () => {
+      const { values } = await env!.server.metrics.principalLimits.get();
+      return values.find((value) => value.labels.limit === 'rate')?.value ?? 0;
+    };
+    const deadline = Date.now() + 10_000;
+    while ((await refused()) < expected && Date.now() < deadline) await sleep(20);
+    expect(await refused()).toBe(expected);
+  }, 30_000);
+
   it('holds at most maxUnreadAnswerBytes of unread answers over all principals: past it requests are refused 429', async () => {
     // Each principal was bounded alone (32 MiB): clients of many principals that stopped reading held
     // 32 MiB each, without bound over them all.
@@ -627,6 +662,9 @@ describe('answers their clients do not read', () => {
     }
     expect(refused?.body).toMatchObject({ error: { code: 'rate_limited' } });
     expect(refused?.headers.get('retry-after')).toBe('1');
+    // Counted on its own (it had no metric): no principal was at its own cap.
+    expect((await env.server.metrics.unreadAnswersRefused.get()).values[0]?.value).toBeGreaterThanOrEqual(1);
+    expect((await env.server.metrics.principalLimits.get()).values).toEqual([]);
     // What still fits is answered.
     expect((await call('/progress/tasks', { user: 'dave' })).status).toBe(200);
     for (const cleanup of cleanups.splice(0)) await cleanup();

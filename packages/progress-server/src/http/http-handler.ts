@@ -138,9 +138,11 @@ export interface HttpHandlerContext<P extends Principal> {
   pending?: Pick<PendingConnections, 'add' | 'release' | 'has'> | undefined;
   /**
    * Bytes of the answers of every handler of the server not yet handed to the network, and their bound
-   * (the server's `maxUnreadAnswerBytes`): see {@link AnswerWriter}.
+   * (the server's `maxUnreadAnswerBytes`), and each principal's share (no entry at 0): see
+   * {@link AnswerWriter}. The server's, so an application mounting `httpHandler()` twice (two base
+   * paths, two frameworks) gives a principal one budget, not one per handler.
    */
-  unreadAnswers: { bytes: number; readonly max: number };
+  unreadAnswers: { bytes: number; readonly max: number; readonly byPrincipal: Map<string, number> };
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
@@ -510,7 +512,7 @@ async function serveRoute<P extends Principal>(
   if (ctx.closing?.() === true) throw fromCode(ErrorCode.Closed, SHUTTING_DOWN);
   // Before authentication, like the Origin above: a mutation also needs an Origin with its cookies and
   // a JSON body, which a form on another site cannot send.
-  if (allowed === 'POST') checkMutation(request, ctx.allowedOrigins);
+  if (allowed === 'POST') checkMutation(request);
   let principal: P | undefined;
   // While its hook runs the connection is not authenticated yet, and counts as an upgrade being checked
   // does (`maxPendingConnectionsPerAddress`); one whose body is still coming counts already, until the end.
@@ -733,11 +735,12 @@ export const MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL = 32 * 1024 * 1024;
  */
 class AnswerWriter {
   readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>;
-  /** Bytes of each principal's answers not yet handed to the network; no entry at 0. */
-  readonly #unread = new Map<string, number>();
+  /** Bytes of each principal's answers not yet handed to the network, the server's; no entry at 0. */
+  readonly #unread: Map<string, number>;
 
   constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>) {
     this.#ctx = ctx;
+    this.#unread = ctx.unreadAnswers.byPrincipal;
   }
 
   /**
@@ -770,6 +773,7 @@ class AnswerWriter {
     }
     const total = this.#ctx.unreadAnswers;
     if (principalId !== undefined && total.bytes > 0 && total.bytes + data.length > total.max) {
+      this.#ctx.metrics.unreadAnswersRefused.inc();
       send(response, {
         status: HTTP_STATUS.rate_limited,
         body: errorBody(ErrorCode.RateLimited, 'The server holds too many unread answers; retry later'),

@@ -17,13 +17,24 @@ describe('stallTimer', () => {
     for (const cancel of cancels.splice(0)) cancel();
   });
 
-  it('fires after its delay when the process was running', async () => {
-    const onStall = vi.fn();
-    cancels.push(stallTimer(50, onStall));
-    await sleep(30);
-    expect(onStall).not.toHaveBeenCalled();
-    await sleep(60);
-    expect(onStall).toHaveBeenCalledTimes(1);
+  it('fires after its delay when the process was running', () => {
+    // On fake time, its clock included: on the real one, a loaded machine turned the event loop more than
+    // a tenth of the 50 ms delay late, which the timer rightly took for its own stall (it re-armed), and
+    // the call expected at 90 ms had not come.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    try {
+      const onStall = vi.fn();
+      cancels.push(stallTimer(50, onStall));
+      vi.advanceTimersByTime(49);
+      expect(onStall).not.toHaveBeenCalled();
+      vi.advanceTimersByTime(1);
+      expect(onStall).toHaveBeenCalledTimes(1);
+      // Once: it does not re-arm after firing.
+      vi.advanceTimersByTime(1000);
+      expect(onStall).toHaveBeenCalledTimes(1);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('after a fire late from its own stall, waits one more delay, then still fires', async () => {
