@@ -456,6 +456,43 @@ describe('a batch over a large node list', () => {
   });
 });
 
+describe('the nodes of a large batch in words', () => {
+  // Review of 6 December 2026: the sentences naming a batch's nodes named every one, up to 1.3 MB of text for
+  // 5,000 nodes of 253 characters, above the dialog's fields and buttons; they name 20, then how many more.
+  it('an interrupted batch names the first 20 nodes it did not change and how many more', async () => {
+    nextSnap.set('big-interrupted', {
+      ...completed(0),
+      progress: { done: 0, total: BIG, current: null, succeeded: 0, failed: 0 },
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('big-interrupted');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    const first = Array.from({ length: 20 }, (_, i) => `node-${String(i).padStart(4, '0')}`);
+    expect(explain).toContain(`${BIG} nodes were not changed: ${first.join(', ')} and ${BIG - 20} more.`);
+    expect(explain).not.toContain('node-0020');
+    // The list below still has every one.
+    expect(document.querySelectorAll('#pending-list li')).toHaveLength(BIG);
+  });
+
+  it('the operation dialog names the first 20 selected nodes and how many more', async () => {
+    const { selected } = await import('../src/web/state.js');
+    const names = Array.from({ length: 5000 }, (_, i) => `${'n'.repeat(247)}-${String(i).padStart(5, '0')}`);
+    for (const name of names) selected.add(name);
+    try {
+      // The table renders again (as a click on its checkboxes does), which enables the operation buttons.
+      document.querySelector('#filter')?.dispatchEvent(new Event('input'));
+      (document.querySelector('button[data-op=cordon]') as HTMLButtonElement).click();
+      const text = document.querySelector('#op-nodes')?.textContent ?? '';
+      expect(text).toBe(`5000 nodes: ${names.slice(0, 20).join(', ')} and 4980 more`);
+    } finally {
+      (document.querySelector('#op-dialog') as HTMLDialogElement).close();
+      selected.clear();
+    }
+  });
+});
+
 describe('a batch that completed with failed nodes', () => {
   const partial: Snap = {
     ...completed(2),
