@@ -2,8 +2,9 @@
 /**
  * The largest batches the API allows (review of 6 December 2026): `POST /api/batch` took at most 256 kB of
  * body while allowing 5,000 nodes, so a full batch of nodes named over ~50 characters got 413; its limit is
- * now derived from the node cap and the longest node name (batchBodyLimit). Each case failed before its fix,
- * but the default cap's, which fitted in 256 kB by 6 kB and is kept as a guard.
+ * now derived from the node cap and the longest node name (batchBodyLimit); and the refusals of such a batch
+ * name 20 of its nodes, not all. Each case failed before its fix, but the default cap's, which fitted in
+ * 256 kB by 6 kB and is kept as a guard.
  */
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { API_BODY_LIMIT, batchBodyLimit, MAX_NODES_PER_BATCH } from '../src/server/app.js';
@@ -22,7 +23,7 @@ const longNames = (count: number) =>
   Array.from({ length: count }, (_, i) => `${'a'.repeat(247)}-${String(i).padStart(5, '0')}`);
 
 /** A cluster of those nodes, all cordoned already (a cordon batch finds nothing to change). */
-function clusterOf(names: string[]): KubeNodes {
+function clusterOf(names: string[], readMs = 0): KubeNodes {
   const view = (name: string): NodeView => ({
     name,
     resourceVersion: '1',
@@ -38,7 +39,10 @@ function clusterOf(names: string[]): KubeNodes {
   });
   return {
     list: async () => names.map(view),
-    get: async (name: string) => view(name),
+    get: async (name: string) => {
+      await new Promise((r) => setTimeout(r, readMs));
+      return view(name);
+    },
     mergePatch: async () => {
       throw new Error('not expected: every node is cordoned already');
     },
@@ -98,6 +102,39 @@ describe('the body limit of POST /api/batch', () => {
     expect(over.body.error.message).toBe(`the body is larger than ${API_BODY_LIMIT} bytes`);
     const at = await postRaw(alice, h.base, '/api/templates', body.padEnd(API_BODY_LIMIT, ' '));
     expect(at.status).not.toBe(413);
+  });
+});
+
+describe('the refusals of a large batch', () => {
+  // Their messages, which the page shows above the dialog's buttons, named every node: up to 1.3 MB.
+  it('names 20 of 5,000 unknown nodes and how many more; its `nodes` field has them all', async () => {
+    h = await startHarness({ app: { maxNodesPerBatch: MAX_NODES_PER_BATCH } });
+    const alice = await login(h.base, 'alice');
+    const names = longNames(MAX_NODES_PER_BATCH);
+    const res = await alice.post('/api/batch', { operation: 'cordon', nodes: names });
+    expect(res.status).toBe(400);
+    expect(res.body.error.code).toBe('unknown_nodes');
+    expect(res.body.error.message).toBe(`unknown nodes: ${names.slice(0, 20).join(', ')} and 4980 more`);
+    expect(res.body.error.nodes).toEqual(names);
+  });
+
+  it('names 20 of 5,000 nodes another batch holds and how many more; its `locks` field has them all', async () => {
+    const names = longNames(MAX_NODES_PER_BATCH);
+    // Slow reads: the first batch still holds its nodes when the second asks for them.
+    h = await startHarness({
+      app: { nodes: clusterOf(names, 50), maxNodesPerBatch: MAX_NODES_PER_BATCH },
+    });
+    const alice = await login(h.base, 'alice');
+    const bob = await login(h.base, 'bob');
+    const first = await alice.post('/api/batch', { operation: 'cordon', nodes: names });
+    expect(first.status).toBe(202);
+    const res = await bob.post('/api/batch', { operation: 'cordon', nodes: names });
+    expect(res.status).toBe(409);
+    expect(res.body.error.code).toBe('nodes_locked');
+    expect(res.body.error.message).toBe(
+      `another batch is changing ${names.slice(0, 20).join(', ')} and 4980 more (task ${first.body.taskId} by alice); wait for it to finish`,
+    );
+    expect(res.body.error.locks).toHaveLength(MAX_NODES_PER_BATCH);
   });
 });
 

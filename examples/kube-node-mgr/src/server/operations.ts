@@ -188,6 +188,16 @@ export function parseSelection(value: unknown, max: number): string[] {
   return [...names];
 }
 
+/**
+ * The first 20 names, then how many more, for a message: one naming every node of a 5,000-node batch was
+ * up to 1.3 MB, which the page shows above the dialog's buttons (the answer's fields list them all).
+ */
+export function someNames(names: readonly string[]): string {
+  return names.length <= 20
+    ? names.join(', ')
+    : `${names.slice(0, 20).join(', ')} and ${names.length - 20} more`;
+}
+
 /** A short description for the task's message and the UI. */
 export function describeOperation(op: Operation): string {
   switch (op.type) {
