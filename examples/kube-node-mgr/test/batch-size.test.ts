@@ -138,6 +138,40 @@ describe('the refusals of a large batch', () => {
   });
 });
 
+describe('the locks of a batch whose replica died', () => {
+  it('are taken over with one read of its task, not one per lock', async () => {
+    const names = longNames(MAX_NODES_PER_BATCH);
+    h = await startHarness({ app: { nodes: clusterOf(names, 50), maxNodesPerBatch: MAX_NODES_PER_BATCH } });
+    // A 5,000-node batch ended (its replica was killed) without releasing its locks.
+    const dead = await h.app.progress.tasks.create({
+      id: 'dead',
+      owner: 'alice',
+      kind: 'batch_cordon',
+      total: 1,
+    });
+    await dead.fail({ code: 'interrupted', message: 'the replica died' });
+    expect(
+      await h.db.lockNodes('default', names, { taskId: 'dead', username: 'alice' }, async () => false),
+    ).toEqual([]);
+    const store = h.store;
+    const getTask = store.getTask.bind(store);
+    let reads = 0;
+    store.getTask = (id: string) => {
+      if (id === 'dead') reads++;
+      return getTask(id);
+    };
+    const alice = await login(h.base, 'alice');
+    const res = await alice.post('/api/batch', { operation: 'cordon', nodes: names });
+    expect(res.body.error).toBeUndefined();
+    expect(res.status).toBe(202);
+    // Before: 5,000 reads of the same task.
+    expect(reads).toBe(1);
+    const locks = await h.db.locks('default');
+    expect(locks).toHaveLength(MAX_NODES_PER_BATCH);
+    expect(locks.every((l) => l.taskId === res.body.taskId)).toBe(true);
+  });
+});
+
 describe('parseSelection', () => {
   it('drops duplicates without comparing each name with every one before it', () => {
     const names = longNames(MAX_NODES_PER_BATCH);

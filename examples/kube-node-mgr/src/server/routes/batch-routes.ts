@@ -118,7 +118,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       );
       if (blocking.length > 0) {
         const byTask = new Map<string, NodeLock[]>();
-        for (const lock of blocking) byTask.set(lock.taskId, [...(byTask.get(lock.taskId) ?? []), lock]);
+        for (const lock of blocking) {
+          // Pushed, not copied: a copy per lock was 12.5 million copied entries for 5,000 locks.
+          if (byTask.has(lock.taskId)) byTask.get(lock.taskId)?.push(lock);
+          else byTask.set(lock.taskId, [lock]);
+        }
         const parts = [...byTask].map(
           ([id, locks]) => `${someNames(locks.map((l) => l.node))} (task ${id} by ${locks[0]?.username})`,
         );
