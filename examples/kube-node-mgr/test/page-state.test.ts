@@ -185,7 +185,16 @@ beforeAll(async () => {
     if (m) return json(200, { events: [] });
     m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
     if (m) {
-      const row = { ...entry(`audit-${m[1]}`).task, cluster: m[1], nodes: [`${m[1]}-node`] };
+      // Cluster `big`: a 5,000-node batch, whose row names its first 20 nodes (GET /api/tasks).
+      const row =
+        m[1] === 'big'
+          ? {
+              ...entry('audit-big').task,
+              cluster: m[1],
+              nodes: Array.from({ length: 20 }, (_, i) => `big-${i}`),
+              nodeCount: 5000,
+            }
+          : { ...entry(`audit-${m[1]}`).task, cluster: m[1], nodes: [`${m[1]}-node`], nodeCount: 1 };
       return json(200, { tasks: [row] });
     }
     if (path.startsWith('/api/tasks')) return json(200, { tasks: taskList });
@@ -571,6 +580,16 @@ describe('audit page', () => {
       (td) => td.textContent,
     );
     expect(nodes).toEqual(['west-node']);
+  });
+
+  it('counts every node of a large batch, not only those its row names', async () => {
+    const { state } = await import('../src/web/state.js');
+    const { loadAudit } = await import('../src/web/audit.js');
+    state.cluster = 'big';
+    await loadAudit(false);
+    const cell = document.querySelector('#audit tbody tr td:nth-child(4)');
+    expect(cell?.textContent).toBe('big-0, big-1, big-2 +4997');
+    expect(cell?.getAttribute('title')).toMatch(/^big-0\n[\s\S]*big-19\n… and 4980 more$/);
   });
 
   // A review on 6 December 2026: two clicks on "more" (or a click while the page was read again) each read the
