@@ -185,7 +185,16 @@ beforeAll(async () => {
     if (m) return json(200, { events: [] });
     m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
     if (m) {
-      const row = { ...entry(`audit-${m[1]}`).task, cluster: m[1], nodes: [`${m[1]}-node`] };
+      // Cluster `big`: a 5,000-node batch, whose row names its first 20 nodes (GET /api/tasks).
+      const row =
+        m[1] === 'big'
+          ? {
+              ...entry('audit-big').task,
+              cluster: m[1],
+              nodes: Array.from({ length: 20 }, (_, i) => `big-${i}`),
+              nodeCount: 5000,
+            }
+          : { ...entry(`audit-${m[1]}`).task, cluster: m[1], nodes: [`${m[1]}-node`], nodeCount: 1 };
       return json(200, { tasks: [row] });
     }
     if (path.startsWith('/api/tasks')) return json(200, { tasks: taskList });
@@ -456,6 +465,43 @@ describe('a batch over a large node list', () => {
   });
 });
 
+describe('the nodes of a large batch in words', () => {
+  // Review of 6 December 2026: the sentences naming a batch's nodes named every one, up to 1.3 MB of text for
+  // 5,000 nodes of 253 characters, above the dialog's fields and buttons; they name 20, then how many more.
+  it('an interrupted batch names the first 20 nodes it did not change and how many more', async () => {
+    nextSnap.set('big-interrupted', {
+      ...completed(0),
+      progress: { done: 0, total: BIG, current: null, succeeded: 0, failed: 0 },
+      status: 'interrupted',
+      error: { code: 'interrupted', message: 'lease expired' },
+    });
+    pd.openProgress('big-interrupted');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    const first = Array.from({ length: 20 }, (_, i) => `node-${String(i).padStart(4, '0')}`);
+    expect(explain).toContain(`${BIG} nodes were not changed: ${first.join(', ')} and ${BIG - 20} more.`);
+    expect(explain).not.toContain('node-0020');
+    // The list below still has every one.
+    expect(document.querySelectorAll('#pending-list li')).toHaveLength(BIG);
+  });
+
+  it('the operation dialog names the first 20 selected nodes and how many more', async () => {
+    const { selected } = await import('../src/web/state.js');
+    const names = Array.from({ length: 5000 }, (_, i) => `${'n'.repeat(247)}-${String(i).padStart(5, '0')}`);
+    for (const name of names) selected.add(name);
+    try {
+      // The table renders again (as a click on its checkboxes does), which enables the operation buttons.
+      document.querySelector('#filter')?.dispatchEvent(new Event('input'));
+      (document.querySelector('button[data-op=cordon]') as HTMLButtonElement).click();
+      const text = document.querySelector('#op-nodes')?.textContent ?? '';
+      expect(text).toBe(`5000 nodes: ${names.slice(0, 20).join(', ')} and 4980 more`);
+    } finally {
+      (document.querySelector('#op-dialog') as HTMLDialogElement).close();
+      selected.clear();
+    }
+  });
+});
+
 describe('a batch that completed with failed nodes', () => {
   const partial: Snap = {
     ...completed(2),
@@ -534,6 +580,16 @@ describe('audit page', () => {
       (td) => td.textContent,
     );
     expect(nodes).toEqual(['west-node']);
+  });
+
+  it('counts every node of a large batch, not only those its row names', async () => {
+    const { state } = await import('../src/web/state.js');
+    const { loadAudit } = await import('../src/web/audit.js');
+    state.cluster = 'big';
+    await loadAudit(false);
+    const cell = document.querySelector('#audit tbody tr td:nth-child(4)');
+    expect(cell?.textContent).toBe('big-0, big-1, big-2 +4997');
+    expect(cell?.getAttribute('title')).toMatch(/^big-0\n[\s\S]*big-19\n… and 4980 more$/);
   });
 
   // A review on 6 December 2026: two clicks on "more" (or a click while the page was read again) each read the

@@ -352,13 +352,14 @@ describe('security headers and body limits (issue 10 item 10)', () => {
     expect(html).not.toMatch(/\sstyle=|<style/);
   });
 
-  it('answers a 300 kB body with 413 payload_too_large', async () => {
+  it('answers a body over its route’s limit with 413 payload_too_large', async () => {
     h = await startHarness();
     const alice = await login(h.base, 'alice');
+    // POST /api/batch's limit is its node cap's (test/batch-size.test.ts): 321,536 bytes for 1,000 nodes.
     const res = await alice.post('/api/batch', {
       operation: 'cordon',
       nodes: ['worker-1'],
-      pad: 'x'.repeat(300_000),
+      pad: 'x'.repeat(330_000),
     });
     expect(res.status).toBe(413);
     expect(res.body.error.code).toBe('payload_too_large');

@@ -209,17 +209,31 @@ export class AppDb {
   ): Promise<NodeLock[]> {
     const held = await this.locks(cluster, nodes);
     const blocking: NodeLock[] = [];
-    const stale: NodeLock[] = [];
-    for (const lock of held) ((await isStale(lock)) ? stale : blocking).push(lock);
+    // One verdict, and one DELETE, per task (a task's locks are taken at once, with one time): per lock, the
+    // 5,000 locks of a batch whose replica died were 5,000 reads of its task and 5,000 DELETEs before
+    // "Resume remaining" could start.
+    const verdicts = new Map<string, Promise<boolean>>();
+    const stale = new Map<string, string[]>();
+    for (const lock of held) {
+      const key = `${lock.taskId}\0${lock.acquiredAt}`;
+      let verdict = verdicts.get(key);
+      if (verdict === undefined) {
+        verdict = isStale(lock);
+        verdicts.set(key, verdict);
+      }
+      if (!(await verdict)) blocking.push(lock);
+      else if (stale.has(lock.taskId)) stale.get(lock.taskId)?.push(lock.node);
+      else stale.set(lock.taskId, [lock.node]);
+    }
     if (blocking.length > 0) return blocking;
     try {
       await this.#db.transaction().execute(async (trx) => {
-        for (const lock of stale) {
+        for (const [taskId, staleNodes] of stale) {
           await trx
             .deleteFrom('knm_cluster_locks')
             .where('cluster', '=', cluster)
-            .where('node', '=', lock.node)
-            .where('task_id', '=', lock.taskId)
+            .where('task_id', '=', taskId)
+            .where('node', 'in', staleNodes)
             .execute();
         }
         const now = Date.now();

@@ -176,15 +176,26 @@ export function parseSelection(value: unknown, max: number): string[] {
   if (!Array.isArray(value) || value.length === 0)
     throw new BadRequestError('nodes', 'select at least one node');
   if (value.length > max) throw new BadRequestError('nodes', `at most ${max} nodes per batch`);
-  const names: string[] = [];
+  // A Set: each name looked up in the names so far was 12.5 million comparisons for 5,000 nodes.
+  const names = new Set<string>();
   for (const name of value) {
     const problem = typeof name === 'string' ? nodeNameError(name) : 'must be a string';
     if (problem !== null) {
       throw new BadRequestError('nodes', `invalid node name ${JSON.stringify(name)}: ${problem}`);
     }
-    if (!names.includes(name)) names.push(name);
+    names.add(name);
   }
-  return names;
+  return [...names];
+}
+
+/**
+ * The first 20 names, then how many more, for a message: one naming every node of a 5,000-node batch was
+ * up to 1.3 MB, which the page shows above the dialog's buttons (the answer's fields list them all).
+ */
+export function someNames(names: readonly string[]): string {
+  return names.length <= 20
+    ? names.join(', ')
+    : `${names.slice(0, 20).join(', ')} and ${names.length - 20} more`;
 }
 
 /** A short description for the task's message and the UI. */

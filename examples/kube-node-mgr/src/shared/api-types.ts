@@ -66,6 +66,9 @@ export interface TaskState {
   finishedAt: number | null;
 }
 
+/** How many of a batch's nodes a row of `GET /api/tasks` names (see {@link TaskEntry.nodes}). */
+export const LISTED_NODES = 20;
+
 /** A batch as `/api/tasks` lists it: the example's record and the task's state in the store. */
 export interface TaskEntry {
   id: string;
@@ -73,7 +76,13 @@ export interface TaskEntry {
   cluster: string;
   username: string;
   operation: Record<string, unknown> & { type: string };
+  /**
+   * Its nodes: every one from `GET /api/tasks/:id`; the first {@link LISTED_NODES} in the rows of
+   * `GET /api/tasks`, which the page reads every 5 s (a 5,000-node batch's names are up to 1.3 MB a row).
+   */
   nodes: string[];
+  /** How many nodes it has. */
+  nodeCount: number;
   parentTaskId: string | null;
   relation: 'retry_failed' | 'resume_remaining' | null;
   createdAt: number;

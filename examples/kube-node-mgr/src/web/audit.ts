@@ -75,10 +75,11 @@ async function readAudit(more: boolean): Promise<void> {
         ),
         el(
           'td',
-          { title: t.nodes.join('\n') },
-          t.nodes.length <= 4
-            ? t.nodes.join(', ')
-            : `${t.nodes.slice(0, 3).join(', ')} +${t.nodes.length - 3}`,
+          // The row names the first nodes only (LISTED_NODES); nodeCount counts them all.
+          {
+            title: `${t.nodes.join('\n')}${t.nodeCount > t.nodes.length ? `\n… and ${t.nodeCount - t.nodes.length} more` : ''}`,
+          },
+          t.nodeCount <= 4 ? t.nodes.join(', ') : `${t.nodes.slice(0, 3).join(', ')} +${t.nodeCount - 3}`,
         ),
         el(
           'td',

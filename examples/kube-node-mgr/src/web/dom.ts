@@ -36,6 +36,16 @@ export function duration(ms: number): string {
 
 export const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? one : many}`;
 
+/**
+ * The first {@link MAX_NAMES_IN_TEXT} names, then how many more: a sentence naming a 5,000-node batch's nodes
+ * one by one was up to 1.3 MB of text (253-character names), which buried the dialog's fields and buttons.
+ */
+export const MAX_NAMES_IN_TEXT = 20;
+export const someNames = (names: readonly string[]): string =>
+  names.length <= MAX_NAMES_IN_TEXT
+    ? names.join(', ')
+    : `${names.slice(0, MAX_NAMES_IN_TEXT).join(', ')} and ${names.length - MAX_NAMES_IN_TEXT} more`;
+
 /** The words and colour of a task's state, the same in the dialog, the task list and the audit log. */
 export function statusLabel(task: TaskState | null): { text: string; cls: string } {
   if (task === null) return { text: 'unknown (purged)', cls: 'st-unknown' };

@@ -1,7 +1,7 @@
 /** The operation dialog: its fields per operation, the blast-radius confirmation, templates, and the start. */
 import type { NodeRow, OpType, TemplateView } from '../shared/api-types.js';
 import { api } from './api.js';
-import { $, el, plural } from './dom.js';
+import { $, el, plural, someNames } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
 import { openProgress } from './progress-dialog.js';
 import { onSessionEnd } from './session.js';
@@ -89,7 +89,7 @@ function openOperation(op: OpType): void {
   form.reset();
   $('#op-title').textContent = OP_TITLES[op];
   const names = [...selected].sort();
-  $('#op-nodes').textContent = `${plural(names.length, 'node')}: ${names.join(', ')}`;
+  $('#op-nodes').textContent = `${plural(names.length, 'node')}: ${someNames(names)}`;
   for (const field of form.querySelectorAll<HTMLElement>('[data-field]')) {
     field.hidden = !OP_FIELDS[op].includes(field.dataset.field ?? '');
   }

@@ -3,7 +3,7 @@ import type { Watch, WatchState } from '@finishline/client';
 import type { TaskEntry } from '../shared/api-types.js';
 import { ApiError, api } from './api.js';
 import { client } from './connection.js';
-import { $, duration, el, plural } from './dom.js';
+import { $, duration, el, plural, someNames } from './dom.js';
 import { loadNodes } from './nodes.js';
 import { onSessionEnd } from './session.js';
 import { AUTO_CLOSE_MS, canCancel, RUNNING_TASK_KEY, state } from './state.js';
@@ -330,8 +330,8 @@ function finished(w: Watch, snap: WatchState): void {
       : left.length === 0
         ? ' Every node was processed.'
         : isDrain()
-          ? `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not drained: ${unchanged.join(', ')}. A drain cordons all its nodes first, so ${unchanged.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${unchanged.length === 1 ? 'it' : 'them'}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node is', 'nodes are')} drained without a recorded result (drained just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been drained, and may be left cordoned: ${unknown.join(', ')}.`}`
-          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${unchanged.join(', ')}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${changed.join(', ')}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${unknown.join(', ')}.`}`;
+          ? `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not drained: ${someNames(unchanged)}. A drain cordons all its nodes first, so ${unchanged.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${unchanged.length === 1 ? 'it' : 'them'}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node is', 'nodes are')} drained without a recorded result (drained just before the batch stopped, or already so): ${someNames(changed)}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been drained, and may be left cordoned: ${someNames(unknown)}.`}`
+          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${someNames(unchanged)}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${someNames(changed)}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${someNames(unknown)}.`}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
     status.textContent = 'batch operation complete';

@@ -17,6 +17,7 @@ import {
   parseOperation,
   parseSelection,
   patchFor,
+  someNames,
 } from '../operations.js';
 import { kubeFailure, type RouteContext } from './context.js';
 
@@ -117,9 +118,13 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       );
       if (blocking.length > 0) {
         const byTask = new Map<string, NodeLock[]>();
-        for (const lock of blocking) byTask.set(lock.taskId, [...(byTask.get(lock.taskId) ?? []), lock]);
+        for (const lock of blocking) {
+          // Pushed, not copied: a copy per lock was 12.5 million copied entries for 5,000 locks.
+          if (byTask.has(lock.taskId)) byTask.get(lock.taskId)?.push(lock);
+          else byTask.set(lock.taskId, [lock]);
+        }
         const parts = [...byTask].map(
-          ([id, locks]) => `${locks.map((l) => l.node).join(', ')} (task ${id} by ${locks[0]?.username})`,
+          ([id, locks]) => `${someNames(locks.map((l) => l.node))} (task ${id} by ${locks[0]?.username})`,
         );
         return {
           ok: false,
@@ -386,7 +391,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         res,
         400,
         'unknown_nodes',
-        `unknown node${unknown.length > 1 ? 's' : ''}: ${unknown.join(', ')}`,
+        `unknown node${unknown.length > 1 ? 's' : ''}: ${someNames(unknown)}`,
         {
           field: 'nodes',
           nodes: unknown,

@@ -4,7 +4,7 @@ import type { Task } from '@finishline/core';
 import { LIMITS } from '@finishline/core';
 import type { NextFunction, Request, Response } from 'express';
 import express from 'express';
-import type { TaskEntry } from '../../shared/api-types.js';
+import { LISTED_NODES, type TaskEntry } from '../../shared/api-types.js';
 import type { TaskRecord } from '../app-db.js';
 import type { Authed, RouteContext } from './context.js';
 
@@ -53,7 +53,10 @@ export function registerTaskRoutes(ctx: RouteContext): void {
     });
     const tasks = await Promise.all(records.map((r) => store.getTask(r.taskId)));
     res.json({
-      tasks: records.map((record, i) => auditEntry(record, tasks[i])),
+      tasks: records.map((record, i) => {
+        const row = auditEntry(record, tasks[i]);
+        return { ...row, nodes: row.nodes.slice(0, LISTED_NODES) };
+      }),
     });
   });
   // The Finishline HTTP API (snapshots, events after a seq, the user's own recent tasks, cancel). Cancel is
@@ -128,6 +131,7 @@ function auditEntry(record: TaskRecord, task: Task | undefined): TaskEntry {
     username: record.username,
     operation: record.operation,
     nodes: record.nodes,
+    nodeCount: record.nodes.length,
     parentTaskId: record.parentTaskId,
     relation: record.relation,
     createdAt: record.createdAt,
