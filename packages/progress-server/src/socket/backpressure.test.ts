@@ -190,6 +190,16 @@ describe('a client that stops reading', () => {
   it('writes no pong or error into a socket above the high-water mark', async () => {
     const highWaterMarkBytes = 64 * 1024;
     const { paused, buffered } = await stalledClient(highWaterMarkBytes);
+    // The socket is taken above the mark first, by a task's progress: the answers alone (some 4 MB) can
+    // all fit in the kernel's buffers, and then the socket was never above the mark (0 B buffered) and
+    // the test passed with every answer written whatever the mark.
+    const task = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
+    paused.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    for (let i = 0; i < 10_000 && buffered() <= highWaterMarkBytes; i += 1) {
+      await task.progress({ message: 'm'.repeat(4000) });
+      if (i % 50 === 49) await sleep(1);
+    }
+    expect(buffered()).toBeGreaterThan(highWaterMarkBytes);
     const id = 'p'.repeat(64);
     // Far more answers than the kernel's socket buffers hold on loopback (about 7 MB of them).
     for (let round = 0; round < 10; round += 1) {
@@ -204,6 +214,13 @@ describe('a client that stops reading', () => {
     process.stdout.write(`[answers] server-side buffered: ${buffered()} B (HWM ${highWaterMarkBytes})\n`);
     // Past the mark by at most the one frame that crossed it.
     expect(buffered()).toBeLessThan(highWaterMarkBytes + 8 * 1024);
+    // And answers were dropped at the mark (the kernel may take more of the buffer later, and a socket
+    // back below the mark gets its answers again, so the bound alone can hold without any drop).
+    const dropped = new Map(
+      (await env!.server.metrics.framesDropped.get()).values.map((one) => [one.labels.type, one.value]),
+    );
+    expect(dropped.get('pong')).toBeGreaterThan(0);
+    expect(dropped.get('error')).toBeGreaterThan(0);
   }, 30_000);
 
   // Found with the above: the reset snapshot answering a subscribe whose cursor is ahead of the task went
