@@ -228,12 +228,21 @@ describe('a client that stops reading', () => {
   it('holds reset snapshots while the socket is above the high-water mark', async () => {
     const highWaterMarkBytes = 64 * 1024;
     const { paused, buffered } = await stalledClient(highWaterMarkBytes);
-    const ids: string[] = [];
-    for (let i = 0; i < 500; i += 1) {
+    const first = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const ids: string[] = [first.id];
+    for (let i = 1; i < 500; i += 1) {
       const task = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
       await task.progress({ message: 'm'.repeat(4000) });
       ids.push(task.id);
     }
+    // The socket is taken above the mark first, by the first task's progress: the reset snapshots alone
+    // could all fit in the kernel's loopback buffers (0 B buffered), whatever the writer did with them.
+    paused.send({ type: 'subscribe', taskId: first.id, afterSeq: 0 });
+    for (let i = 0; i < 10_000 && buffered() <= highWaterMarkBytes; i += 1) {
+      await first.progress({ message: 'm'.repeat(4000) });
+      if (i % 50 === 49) await sleep(1);
+    }
+    expect(buffered()).toBeGreaterThan(highWaterMarkBytes);
     // Each round restarts every subscription: 500 reset snapshots of 4 KB (10 MB in all).
     for (let round = 0; round < 5; round += 1) {
       for (const taskId of ids) paused.send({ type: 'subscribe', taskId, afterSeq: 1000 + round });
