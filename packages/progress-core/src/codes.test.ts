@@ -7,7 +7,12 @@ const errorsDoc = readFileSync(new URL('../../../docs/errors.md', import.meta.ur
 const protocolDoc = readFileSync(new URL('../../../docs/protocol.md', import.meta.url), 'utf8');
 /** The rows of the tables in `doc` between two headings: `| first cell | second cell |`. */
 const rows = (doc: string, from: string, to: string) => {
-  const section = doc.slice(doc.indexOf(from), doc.indexOf(to, doc.indexOf(from)));
+  const start = doc.indexOf(from);
+  // A heading renamed fails here: at -1, the slice was empty and the section's codes went unchecked.
+  expect(start, `heading ${JSON.stringify(from)}`).toBeGreaterThanOrEqual(0);
+  const end = doc.indexOf(to, start);
+  // No heading after it: the section runs to the end of the file.
+  const section = doc.slice(start, end < 0 ? undefined : end);
   return [...section.matchAll(/^\| ([^|]+?) \| ([^|]+?) \|/gm)].map(
     ([, first, second]) => [first as string, second as string] as const,
   );

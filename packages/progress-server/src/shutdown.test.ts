@@ -82,7 +82,9 @@ describe('close()', () => {
       // machine's stall of one interval ran the liveness tick before the poll phase read the client's pong,
       // and the server terminated the socket (1006, or no snapshots at all) before close() was called.
       heartbeatIntervalMs: 60_000,
-      terminalRetry: { initialDelayMs: 5, maxDelayMs: 10 },
+      // Never due during the test either: a re-send timer that fires drops out of pendingTimers by itself,
+      // so at 5-10 ms a close() that left it armed still passed the poll below.
+      terminalRetry: { initialDelayMs: 60_000, maxDelayMs: 60_000 },
       leaseRenewIntervalMs: 50,
       reapIntervalMs: 50,
     });

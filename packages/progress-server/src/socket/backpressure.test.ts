@@ -190,6 +190,16 @@ describe('a client that stops reading', () => {
   it('writes no pong or error into a socket above the high-water mark', async () => {
     const highWaterMarkBytes = 64 * 1024;
     const { paused, buffered } = await stalledClient(highWaterMarkBytes);
+    // The socket is taken above the mark first, by a task's progress: the answers alone (some 4 MB) can
+    // all fit in the kernel's buffers, and then the socket was never above the mark (0 B buffered) and
+    // the test passed with every answer written whatever the mark.
+    const task = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
+    paused.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    for (let i = 0; i < 10_000 && buffered() <= highWaterMarkBytes; i += 1) {
+      await task.progress({ message: 'm'.repeat(4000) });
+      if (i % 50 === 49) await sleep(1);
+    }
+    expect(buffered()).toBeGreaterThan(highWaterMarkBytes);
     const id = 'p'.repeat(64);
     // Far more answers than the kernel's socket buffers hold on loopback (about 7 MB of them).
     for (let round = 0; round < 10; round += 1) {
@@ -204,6 +214,13 @@ describe('a client that stops reading', () => {
     process.stdout.write(`[answers] server-side buffered: ${buffered()} B (HWM ${highWaterMarkBytes})\n`);
     // Past the mark by at most the one frame that crossed it.
     expect(buffered()).toBeLessThan(highWaterMarkBytes + 8 * 1024);
+    // And answers were dropped at the mark (the kernel may take more of the buffer later, and a socket
+    // back below the mark gets its answers again, so the bound alone can hold without any drop).
+    const dropped = new Map(
+      (await env!.server.metrics.framesDropped.get()).values.map((one) => [one.labels.type, one.value]),
+    );
+    expect(dropped.get('pong')).toBeGreaterThan(0);
+    expect(dropped.get('error')).toBeGreaterThan(0);
   }, 30_000);
 
   // Found with the above: the reset snapshot answering a subscribe whose cursor is ahead of the task went
@@ -211,12 +228,21 @@ describe('a client that stops reading', () => {
   it('holds reset snapshots while the socket is above the high-water mark', async () => {
     const highWaterMarkBytes = 64 * 1024;
     const { paused, buffered } = await stalledClient(highWaterMarkBytes);
-    const ids: string[] = [];
-    for (let i = 0; i < 500; i += 1) {
+    const first = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const ids: string[] = [first.id];
+    for (let i = 1; i < 500; i += 1) {
       const task = await env!.server.tasks.create({ owner: 'alice', kind: 'k' });
       await task.progress({ message: 'm'.repeat(4000) });
       ids.push(task.id);
     }
+    // The socket is taken above the mark first, by the first task's progress: the reset snapshots alone
+    // could all fit in the kernel's loopback buffers (0 B buffered), whatever the writer did with them.
+    paused.send({ type: 'subscribe', taskId: first.id, afterSeq: 0 });
+    for (let i = 0; i < 10_000 && buffered() <= highWaterMarkBytes; i += 1) {
+      await first.progress({ message: 'm'.repeat(4000) });
+      if (i % 50 === 49) await sleep(1);
+    }
+    expect(buffered()).toBeGreaterThan(highWaterMarkBytes);
     // Each round restarts every subscription: 500 reset snapshots of 4 KB (10 MB in all).
     for (let round = 0; round < 5; round += 1) {
       for (const taskId of ids) paused.send({ type: 'subscribe', taskId, afterSeq: 1000 + round });
