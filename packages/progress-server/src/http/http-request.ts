@@ -259,15 +259,20 @@ export function encodeBody(body: unknown): Buffer {
 }
 
 /**
- * Whether the request's body has not all arrived yet: answered before it (a refusal, 401, 403, 413, …),
- * its connection is closed once the answer is written (`Connection: close`). Kept open, Node read the rest
+ * Whether the request's body, larger than the server ever reads (or chunked, of no stated length), has not
+ * all arrived yet: answered before it (a refusal, 401, 403, 413, …), its connection is closed once the
+ * answer is written (`Connection: close`). Kept open, Node read the rest
  * of the body, however long its `Content-Length` or chunked stream, to reuse the connection: a client,
  * authenticated or not, could make the server take every byte it sent.
  */
 function bodyStillComing(request: IncomingMessage | undefined): boolean {
   if (request === undefined || request.complete) return false;
-  const length = request.headers['content-length'];
-  return request.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+  if (request.headers['transfer-encoding'] !== undefined) return true;
+  // A body the server would have read anyway (at most MAX_BODY_BYTES) is cheap to read to its end: the
+  // connection stays open for the client's next request (a 401 or 404 before a small body was read
+  // closed a browser's kept-alive connection).
+  const length = Number(request.headers['content-length'] ?? 0);
+  return !(length <= MAX_BODY_BYTES);
 }
 
 /** {@link send} of a body {@link encodeBody} encoded already. */
