@@ -75,3 +75,56 @@ describe('an event stream whose client leaves', () => {
     expect(infos.filter((message) => message.includes('stopped reading'))).toEqual([]);
   });
 });
+
+describe('an event stream whose task is purged and created again', () => {
+  it('while its reader is behind: it gets a reset snapshot of the new run, then its events to the end, and lets go of the task', async () => {
+    env = await startServer({ heartbeatIntervalMs: 60_000, maxSocketsPerPrincipal: 1 });
+    let held: ServerResponse | undefined;
+    env.server.httpServer?.on('request', (request: IncomingMessage, response: ServerResponse) => {
+      if (request.url?.endsWith('/stream') === true) held ??= response;
+    });
+    const store = env.store;
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'one' });
+    const response = await get('/tasks/t/stream', { 'x-user': 'alice' });
+    response.setEncoding('utf8');
+    let text = '';
+    response.on('data', (chunk: string) => {
+      text += chunk;
+    });
+    const ended = new Promise((resolve) => response.on('end', resolve));
+    while (!text.includes('"seq":1')) await sleep(10);
+    const server = held as ServerResponse;
+    // The next write is refused, as once the reader's buffers are full: the stream waits for 'drain'.
+    const write = server.write.bind(server);
+    server.write = ((chunk: string) => {
+      write(chunk);
+      server.write = write;
+      return false;
+    }) as typeof server.write;
+    await store.append('t', { type: 'progress', message: 'two' });
+    await sleep(50);
+    // Run 1 ends, is purged, and the id is taken again, all while the stream waits.
+    await store.append('t', { type: 'completed', result: null });
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await sleep(5);
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k', message: 'run two' });
+    await store.append('t', { type: 'progress', message: 'run two, one' });
+    await sleep(50);
+    server.emit('drain');
+    await store.append('t', { type: 'completed', result: 2 });
+    await Promise.race([ended, sleep(5000)]);
+    const frames = text
+      .split('\n')
+      .filter((line) => line.startsWith('data: '))
+      .map((line) => JSON.parse(line.slice(6)) as Record<string, unknown>);
+    const summary = frames.map((frame) =>
+      frame.type === 'snapshot'
+        ? `snapshot ${(frame.task as { seq: number }).seq}${frame.reset === true ? ' reset' : ''}`
+        : `${(frame.event as { type: string }).type} ${(frame.event as { seq: number }).seq}`,
+    );
+    expect(summary).toEqual(['snapshot 1', 'progress 2', 'snapshot 1 reset', 'completed 2']);
+    expect(await streamsClosed(env)).toEqual({ finished: 1 });
+    expect(env.server.health().followedTasks).toBe(0);
+  });
+});
