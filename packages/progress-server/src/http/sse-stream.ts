@@ -284,8 +284,9 @@ export function streamTask(
     // A full buffer: the end below waits behind it, for ever if the reader never reads again (a stream
     // ended by a shutdown, an expiry or a terminal frame that filled the buffer), holding the connection
     // with no slot counted for it. The stall wait goes on, and destroys it; a reader that reads again lets
-    // the end finish first.
-    if (draining && stall !== undefined) {
+    // the end finish first. A connection already closed (the client left while the stream waited) has
+    // nothing to drop: its 'close' came before these listeners, and the stall timer ran on regardless.
+    if (draining && stall !== undefined && !response.destroyed) {
       response.once('finish', stall);
       // Destroyed meanwhile (the shutdown's deadline, the connection closed): no 'finish' comes.
       response.once('close', stall);
