@@ -50,6 +50,13 @@ const config = {
   // (chaos/README.md, "What it checks").
   maxItems: option('max-items', ci ? 30 : 12),
   itemMs: option('item-ms', ci ? 30 : 3),
+  // The full run's tasks are mostly 3–12 items of 3 ms (5–20 ms), most of them over before their watchers
+  // subscribe (snapshots only); a share of them (`--long-share`, 0 with --ci, whose tasks are all
+  // long) has --ci's shape, 3–30 items of 30 ms (45–450 ms), so the callback checks read live events in
+  // the full run too (chaos/README.md, "What it checks").
+  longShare: option('long-share', ci ? 0 : 0.25),
+  longMaxItems: option('long-max-items', 30),
+  longItemMs: option('long-item-ms', 30),
   leaseTtlMs: option('lease-ms', 3000),
   heartbeatMs: option('heartbeat-ms', 1000),
   seed: option('seed', Number.parseInt(randomBytes(4).toString('hex'), 16)),
@@ -1175,7 +1182,7 @@ const slots = Array.from(
   (_, index) => new ClientSlot(index, `ws://127.0.0.1:${balancerPort}/progress`),
 );
 
-/** Every run's record: { id, run, number, replicaId, replica, incarnation, requestedAt, watchers, row }. */
+/** Every run's record: { id, run, number, replicaId, replica, incarnation, requestedAt, long, watchers, row }. */
 const tasks = [];
 /** The runs of each task id, oldest first (more than one when the retention fault re-created the id). */
 const runsById = new Map();
@@ -1187,6 +1194,7 @@ async function startTask(number, reuse) {
   // Before the request: a re-created run's events all come after this (its old run ended before its purge).
   const requestedAt = Date.now();
   let previous; // the replica of an attempt whose answer was lost
+  const long = config.longShare > 0 && random() < config.longShare;
   for (let attempt = 0; attempt < 10 && Date.now() < deadline; attempt++) {
     // Not on a frozen replica: the harness's IPC is its own control channel, not a request a client made
     // (a start already in flight when the freeze lands is answered after it, or retried elsewhere).
@@ -1201,15 +1209,15 @@ async function startTask(number, reuse) {
       const answer = await replica.request({
         type: 'start',
         owner: 'chaos',
-        items: randInt(config.minItems, config.maxItems),
-        itemMs: config.itemMs,
+        items: randInt(config.minItems, long ? config.longMaxItems : config.maxItems),
+        itemMs: long ? config.longItemMs : config.itemMs,
         run,
         ...(reuse === undefined ? {} : { id: reuse.id }),
       });
       if (answer.exists && previous !== undefined) {
         // An earlier attempt created the run before its replica died unanswered: that replica's run (the
         // reaper ends it) is the one to watch.
-        return { id: reuse.id, run, number, ...previous, requestedAt };
+        return { id: reuse.id, run, number, ...previous, requestedAt, long };
       }
       if (answer.error !== undefined) throw new Error(answer.error);
       return {
@@ -1220,6 +1228,7 @@ async function startTask(number, reuse) {
         replicaId,
         incarnation: replica.incarnation,
         requestedAt,
+        long,
       };
     } catch {
       if (reuse !== undefined) previous = { replica, replicaId, incarnation: replica.incarnation };
@@ -2181,6 +2190,7 @@ const out = [
   `tasks:               ${tasks.length} of ${config.tasks} (${Object.entries(statusCounts)
     .map(([k, v]) => `${k} ${v}`)
     .join(', ')}); killed-worker tasks ${tasks.filter(killedWorker).length}`,
+  `  shapes:            ${tasks.filter((t) => !t.long).length} of ${config.minItems}–${config.maxItems} items of ${config.itemMs} ms, ${tasks.filter((t) => t.long).length} long of ${config.minItems}–${config.longMaxItems} items of ${config.longItemMs} ms (--long-share ${config.longShare}), two items at a time`,
   `watchers:            ${watchersTotal} (${config.watchersPerTask} per task over ${config.clients} clients)`,
   `completion shown:    ${((100 * shown) / Math.max(1, watchersTotal)).toFixed(3)}% (${shown}/${watchersTotal})`,
   `terminal commit → watcher callback:`,
