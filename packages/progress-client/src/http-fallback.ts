@@ -302,16 +302,18 @@ class HttpPoller implements HttpFallbackRuntime {
     const host = this.#host;
     task.httpBusy = true;
     try {
-      // The task first when the watch has nothing yet, or shows more than its cursor has (a `hello` of
-      // another epoch set the cursor to 0 and kept what it showed): events from seq 1 applied on top of that
-      // view were shown after the old epoch's, as duplicates (the socket lost before its subscribe was
-      // answered).
-      if (task.task.state.progress === null || task.cursor.seq < task.task.state.seq) {
-        const frame = await this.#api.getTask(task.taskId);
-        if (!host.current(task)) return;
-        this.#snapshot(task, frame);
-      }
       for (let page = 0; page < MAX_HTTP_PAGES && !task.cursor.finished; page++) {
+        // The task first when the watch has nothing yet, or shows more than its cursor has (a `hello` of
+        // another epoch set the cursor to 0 and kept what it showed): events from seq 1 applied on top of
+        // that view were shown after the old epoch's, as duplicates (the socket lost before its subscribe
+        // was answered). Before every page: that `hello` may come while a page is out (the socket back in
+        // the middle of a poll). Until 6 December 2026 only the first page looked, and the next asked for the
+        // events after 0 (the chaos run's `duplicate event`, `seen: snap:8 i:1`).
+        if (task.task.state.progress === null || task.cursor.seq < task.task.state.seq) {
+          const frame = await this.#api.getTask(task.taskId);
+          if (!host.current(task)) return;
+          this.#snapshot(task, frame);
+        }
         const before = task.cursor.seq;
         const { events, snapshot } = await this.#api.getEvents(task.taskId, before);
         if (!host.current(task)) return;

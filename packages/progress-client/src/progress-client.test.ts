@@ -1403,6 +1403,63 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('shows no event again when a hello of another epoch arrives while an HTTP poll is out', async () => {
+    // The chaos run's `duplicate event` (seed 7, `seen: snap:8 i:1`): a watch at seq 8 of epoch e1 polls over
+    // HTTP while its socket is out; the store's epoch is renewed (seqs unchanged); a socket comes back, and its
+    // hello of e2 starts the cursor over from 0 (the view still shows seq 8) and subscribes from 0. The poll
+    // out meanwhile brought events 9 and 10, held as ahead of the new cursor; before, the catch-up went on
+    // from the cursor, 0, and applied events 1 to 10 on top of what the watch showed, with no snapshot first
+    // (`snapshot@8, item@1, …, item@10`).
+    let release: (() => void) | undefined;
+    let hold = false;
+    const ctx = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+      reconnect: { initialDelayMs: 10, maxDelayMs: 10 },
+      fetch: async (url, init) => {
+        if (hold && url.includes('/events')) {
+          hold = false;
+          await new Promise<void>((resolve) => {
+            release = resolve;
+          });
+        }
+        return ctx.http.fetch(url, init);
+      },
+    });
+    const { client, server, scheduler, http, errors } = ctx;
+    const task = new FakeTask('t1', 20);
+    for (let index = 0; index < 8; index++) task.item(`i${index}`);
+    http.tasks.set('t1', task);
+    http.epoch = 'e1';
+    const watch = client.watch('t1');
+    const log = record(watch);
+    server.last.open();
+    server.last.push(helloWith('e1'));
+    server.last.push({ ...snap(task.view()), epoch: 'e1' });
+    hold = true;
+    server.last.serverClose(1006);
+    await scheduler.advance(10);
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    expect(release).toBeDefined(); // the poll's `events?afterSeq=8` is out
+    for (const key of ['a', 'b']) task.item(key);
+    http.epoch = 'e2';
+    await scheduler.advance(10);
+    const socket = server.last;
+    socket.open();
+    socket.push(helloWith('e2'));
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    release?.();
+    await scheduler.advance(0);
+    // Events 9 and 10, held, and then the task read again (the cursor behind what the watch shows).
+    expect(log).toEqual(['snapshot@8', 'snapshot@10']);
+    socket.push({ ...snap(task.view()), epoch: 'e2' });
+    socket.push(ev(task.end()));
+    expect(log).toEqual(['snapshot@8', 'snapshot@10', 'completed@11', 'finished@11']);
+    expect(errors).toEqual([]);
+    await client.close();
+  });
+
   it('rejects done when HTTP says the task does not exist', async () => {
     const { client, server, scheduler } = setup({ httpFallbackAfterAttempts: 1 });
     const watch = client.watch('gone');
