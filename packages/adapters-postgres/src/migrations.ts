@@ -2,12 +2,18 @@ import { ErrorCode, ProgressError } from '@finishline/core';
 import { option, resolveOptions } from '@finishline/core/internal';
 import {
   type DatabaseIntrospector,
+  type DialectAdapter,
   type Kysely,
   type Migration,
   type MigrationProvider,
+  type MigrationResult,
   Migrator,
+  type RawBuilder,
   sql,
+  type Transaction,
 } from 'kysely';
+import { lockingTransaction } from './locking-transaction.js';
+import { isDatabaseError } from './pg-errors.js';
 
 /**
  * Versioned migrations of the store's schema, applied with kysely's `Migrator` (one transaction, an
@@ -215,55 +221,107 @@ export async function migrateProgressSchema(
   assertSchemaName(schema);
   const migrations = migrationsFor(schema);
   const provider: MigrationProvider = { getMigrations: async () => migrations };
-  const migrator = new Migrator({
-    db: scopedIntrospection(db, schema),
-    provider,
-    migrationTableSchema: schema,
-    migrationTableName: MIGRATION_TABLE,
-    migrationLockTableName: MIGRATION_LOCK_TABLE,
-  });
-  const { error, results } = await migrator.migrateToLatest();
-  if (error !== undefined) {
+  const migrate = async (trx: Transaction<unknown>) => {
+    // The lock replicas migrating at once queue on, held until this transaction ends. Kysely's Migrator
+    // took a session-level lock in one autocommit statement and released it in another: behind a
+    // transaction-mode pooler (PgBouncer), the release ran on another server connection, and the lock
+    // stayed held by the first one for as long as that lived (the next replica's open() waited up to an
+    // hour for it). Waits at most as long as the Migrator's did.
+    await sql`SELECT set_config('lock_timeout', '3600000', true), pg_advisory_xact_lock(${sql.lit(MIGRATION_LOCK_ID)})`.execute(
+      trx,
+    );
+    const migrator = new Migrator({
+      db: migratorView(trx, schema),
+      provider,
+      migrationTableSchema: schema,
+      migrationTableName: MIGRATION_TABLE,
+      migrationLockTableName: MIGRATION_LOCK_TABLE,
+      // The transaction is this one, whose lock already serializes the replicas.
+      disableTransactions: true,
+    });
+    const { error, results } = await migrator.migrateToLatest();
+    if (error !== undefined) throw error;
+    return results ?? [];
+  };
+  let results: MigrationResult[];
+  try {
+    // READ COMMITTED whatever the session's default: a replica that waited for the lock must see the
+    // migrations the one before it committed meanwhile, which a snapshot taken at the lock's statement hides.
+    results = await lockingTransaction(db).execute(migrate);
+  } catch (error) {
     throw new ProgressError(
       ErrorCode.StoreUnavailable,
       `Migrating schema ${schema} failed: ${error instanceof Error ? error.message : String(error)}`,
       { cause: error },
     );
   }
-  return (results ?? [])
-    .filter((result) => result.status === 'Success')
-    .map((result) => result.migrationName);
+  return results.filter((result) => result.status === 'Success').map((result) => result.migrationName);
 }
 
+/** The SQLSTATE of a statement sent in a transaction that failed (`current transaction is aborted`). */
+const IN_FAILED_SQL_TRANSACTION = '25P02';
+
+/** The advisory lock of {@link migrateProgressSchema} (kysely's Migrator's, so that versions before agree). */
+const MIGRATION_LOCK_ID = 3853314791062309107n;
+
 /**
- * `db` as kysely's `Migrator` gets it: with an introspector that looks at `schema` alone, which is all the
+ * `trx` as kysely's `Migrator` gets it: with an introspector that looks at `schema` alone, which is all the
  * Migrator asks it about (does the schema exist, do its migration tables). Kysely's own lists every table of
  * the database with, for each column, `pg_get_serial_sequence` of its table's name, which looks the name up
  * again outside the query's snapshot: a schema or table that another session dropped meanwhile (another
- * tenant's, another test's) failed it with "schema … does not exist", and `open()` with it.
+ * tenant's, another test's) failed it with "schema … does not exist", and `open()` with it. Its
+ * `connection()` is the transaction itself (the Migrator asks for one; a kysely transaction refuses), and
+ * its adapter takes no lock of its own: the transaction holds {@link MIGRATION_LOCK_ID} already.
  */
-function scopedIntrospection(db: Kysely<unknown>, schema: string): Kysely<unknown> {
-  const plain = db.withoutPlugins();
+function migratorView(trx: Transaction<unknown>, schema: string): Kysely<unknown> {
+  const plain = trx.withoutPlugins();
+  // Asked whether a schema or table exists after its CREATE failed, in the failed transaction: the
+  // question fails too ("current transaction is aborted"), and its error replaced the CREATE's (a
+  // permission refused) in what the Migrator reports. Answered "none", the Migrator reports the CREATE's.
+  const names = async (query: RawBuilder<{ name: string }>) => {
+    try {
+      return (await query.execute(plain)).rows;
+    } catch (error) {
+      if (isDatabaseError(error) && error.code === IN_FAILED_SQL_TRANSACTION) return [];
+      throw error;
+    }
+  };
   const introspection: DatabaseIntrospector = {
-    async getSchemas() {
-      const { rows } = await sql<{ name: string }>`
-        SELECT nspname AS name FROM pg_catalog.pg_namespace WHERE nspname = ${schema}`.execute(plain);
-      return rows;
-    },
+    getSchemas: () =>
+      names(sql`SELECT nspname AS name FROM pg_catalog.pg_namespace WHERE nspname = ${schema}`),
     async getTables() {
-      const { rows } = await sql<{ name: string }>`
-        SELECT tablename AS name FROM pg_catalog.pg_tables WHERE schemaname = ${schema}`.execute(plain);
+      const rows = await names(
+        sql`SELECT tablename AS name FROM pg_catalog.pg_tables WHERE schemaname = ${schema}`,
+      );
       return rows.map(({ name }) => ({ name, schema, isView: false, columns: [] }));
     },
     async getMetadata() {
       return { tables: await this.getTables() };
     },
   };
-  return new Proxy(db, {
+  const executor = trx.getExecutor();
+  const adapter: DialectAdapter = Object.create(executor.adapter, {
+    acquireMigrationLock: { value: async () => {} },
+    releaseMigrationLock: { value: async () => {} },
+  });
+  const view: Kysely<unknown> = new Proxy(trx, {
     get(target, property) {
       if (property === 'introspection') return introspection;
+      if (property === 'connection')
+        return () => ({ execute: (run: (db: Kysely<unknown>) => unknown) => run(view) });
+      if (property === 'getExecutor') {
+        return () =>
+          new Proxy(executor, {
+            get(inner, key) {
+              if (key === 'adapter') return adapter;
+              const value: unknown = Reflect.get(inner, key, inner);
+              return typeof value === 'function' ? value.bind(inner) : value;
+            },
+          });
+      }
       const value: unknown = Reflect.get(target, property, target);
       return typeof value === 'function' ? value.bind(target) : value;
     },
   });
+  return view;
 }

@@ -94,7 +94,8 @@ export interface PurgeOptions {
  * - **Copies.** Returned objects belong to the caller: mutating them never changes the store, and the
  *   store keeps no reference to its inputs.
  * - **Time.** Every timestamp (`createdAt`, event `time`, lease expiry, retention age) comes from the
- *   store's injected `Clock`, never from the database server's clock.
+ *   store's injected `Clock`; a store shared by replicas may take lease times and `createdAt` from its
+ *   database's clock when no clock was injected (the Postgres store does: see its `clock` option).
  * - **Close.** `close()` may be called more than once; after the first call every other method rejects
  *   with `closed`.
  *
