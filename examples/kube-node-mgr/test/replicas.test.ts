@@ -4,6 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { SERVER_OPTIONS } from '../src/server/config.js';
 import { freePort } from '../src/server/replica-set.js';
 import { loadReplicasConfig, MAX_REPLICAS, REPLICAS_USAGE } from '../src/server/replicas-config.js';
 
@@ -94,12 +95,36 @@ describe('loadReplicasConfig', () => {
     });
   });
 
+  it('passes on, or acts on, every flag of the server (its usage says each reaches every replica)', () => {
+    // `--lease-ttl-ms` was accepted and dropped: every replica ran with the default 15 s.
+    const actedOn = new Set([
+      'help',
+      'port',
+      'host',
+      'kubeconfig',
+      'context',
+      'in-cluster',
+      'kube-server',
+      'demo',
+      'database-url',
+      'trust-proxy',
+      'trust-proxy-hops',
+      'name',
+    ]);
+    for (const flag of Object.keys(SERVER_OPTIONS)) {
+      if (actedOn.has(flag) || flag.startsWith('demo-')) continue;
+      const config = loadReplicasConfig([`--${flag}`, '5000'], {});
+      expect(config === 'help' ? [] : config.serverArgs, flag).toEqual([`--${flag}`, '5000']);
+    }
+  });
+
   it('rejects unknown flags and bad values with a message naming the flag', () => {
     expect(() => loadReplicasConfig(['--bogus'], {})).toThrow(/--bogus/);
     expect(() => loadReplicasConfig(['--replicas', '0'], {})).toThrow(/--replicas must be an integer ≥ 1/);
     expect(() => loadReplicasConfig(['--replicas', String(MAX_REPLICAS + 1)], {})).toThrow(/at most/);
     expect(() => loadReplicasConfig(['--port', 'x'], {})).toThrow(/--port/);
     expect(() => loadReplicasConfig(['--concurrency', '0'], {})).toThrow(/--concurrency/);
+    expect(() => loadReplicasConfig(['--lease-ttl-ms', '10'], {})).toThrow(/--lease-ttl-ms/);
     expect(() => loadReplicasConfig(['--demo-failure-rate', '2'], {})).toThrow(/--demo-failure-rate/);
   });
 });

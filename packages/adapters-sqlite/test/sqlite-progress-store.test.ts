@@ -53,7 +53,30 @@ function literal(value: unknown): string {
   return String(value);
 }
 
+/** The `@default` each option's TSDoc states in `source` (`/** … @default 500 *\/ pollIntervalMs?:`). */
+function tsdocDefaults(source: string): Map<string, string> {
+  const stated = new Map<string, string>();
+  for (const [, doc, name] of source.matchAll(/\/\*\*((?:(?!\*\/)[\s\S])*)\*\/\s*(\w+)\?:/g)) {
+    const found = /@default (.*)/.exec(doc as string);
+    if (found) stated.set(name as string, (found[1] as string).trim());
+  }
+  return stated;
+}
+
 describe('options', () => {
+  it('states in the TSDoc of its options the defaults it has', () => {
+    const stated = tsdocDefaults(
+      readFileSync(new URL('../src/sqlite-store-options.ts', import.meta.url), 'utf8'),
+    );
+    for (const [name, value] of Object.entries(SQLITE_STORE_DEFAULTS)) {
+      if (typeof value === 'function' || value === undefined) continue;
+      // The literal, then words at most: `5000`, `'normal'`, not `50000`.
+      expect(stated.get(name), name).toMatch(
+        new RegExp(`^${literal(value).replace(/[{}()[\].*+?^$|\\]/g, '\\$&')}(?![\\w.])`),
+      );
+    }
+  });
+
   it('states in the README the defaults it has', () => {
     const stated = readmeDefaults();
     for (const [name, value] of Object.entries(SQLITE_STORE_DEFAULTS)) {

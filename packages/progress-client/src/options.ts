@@ -216,8 +216,9 @@ export interface ProgressClientOptions {
    */
   stableConnectionMs?: number | undefined;
   /**
-   * After this many connection attempts in a row fail, unfinished watches are polled over HTTP until a
-   * socket opens again. 0 disables the polling.
+   * After this many connection attempts in a row fail, unfinished watches are polled over HTTP (or
+   * followed over `fallbackTransport`) until a socket opens again. 0 never falls back (but
+   * `preferFallback` still uses `fallbackTransport` from the start).
    * @default 3
    */
   httpFallbackAfterAttempts?: number | undefined;

@@ -184,6 +184,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * `rate_limited` and close 4008 (a socket of a `wss` you pass: close 4008). The address is the one
    * `clientAddress` gives, by default the connection's peer: behind a reverse proxy every client has the
    * proxy's, and one client's bad credentials spent the budget of all, so set `clientAddress` there.
+   * An integer from 0 to 1,000,000; 0 turns the limit off.
    * @default 20
    */
   authRateLimitPerAddressPerSecond?: number | undefined;
@@ -233,7 +234,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   metricsPrefix?: string | undefined;
   /**
    * Largest incoming WebSocket message, in bytes; larger ones close the socket with 1009 (on a `wss` you
-   * pass whose `maxPayload` is larger: answered `frame_too_large`, an invalid frame).
+   * pass whose `maxPayload` is larger: answered `frame_too_large`, an invalid frame). At least 1024.
    * @default 65536
    */
   maxPayloadBytes?: number | undefined;
@@ -304,14 +305,15 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   maxInvalidFrames?: number | undefined;
   /**
-   * Longest backlog replayed as events on subscribe; a longer one is answered with a snapshot.
+   * Longest backlog replayed as events on subscribe; a longer one is answered with a snapshot. At most
+   * 10,000.
    * @default 1000
    */
   maxReplayEvents?: number | undefined;
   /**
    * Interval of heartbeat frames (sent in `hello`) and of WebSocket pings; a socket that misses a pong
    * for one interval is terminated (unless its send buffer shrank meanwhile: it is still reading a backlog).
-   * At most 300000 (5 minutes): clients take at most that from `hello` for their silence deadline, so a
+   * At least 10, at most 300000 (5 minutes): clients take at most that from `hello` for their silence deadline, so a
    * longer interval had quiet sockets dropped by their clients between two heartbeats.
    * @default 15000
    */
@@ -394,6 +396,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Lease length of the tasks this server runs; if the server dies, any replica interrupts them this
    * long after the last renewal. `runBatch` retries a terminal event through a store outage this long too.
+   * From 3 to 86,400,000 (a day).
    * @default 15000
    */
   leaseTtlMs?: number | undefined;

@@ -48,6 +48,7 @@ const PASSED_ON = [
   'users-file',
   'concurrency',
   'kube-timeout-ms',
+  'lease-ttl-ms',
   'static-dir',
   'allowed-origins',
 ] as const;
@@ -83,6 +84,7 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   // Checked here so a typo fails once, clearly, instead of in every replica.
   intFlag('--concurrency', values.concurrency, 4, 1);
   intFlag('--kube-timeout-ms', values['kube-timeout-ms'], 1, 1);
+  intFlag('--lease-ttl-ms', values['lease-ttl-ms'], 15_000, 300);
   // The replicas' hops are the launcher's to set: its own proxy is always one of them.
   if (values['trust-proxy-hops'] !== undefined)
     throw new Error('--trust-proxy-hops: the launcher sets it for its replicas; give --trust-proxy instead');
