@@ -468,10 +468,13 @@ describe('authentication, CSRF and per-user tasks', () => {
   it('rejects a tampered cookie', async () => {
     const alice = await login(h.base, 'alice');
     const [payload, mac] = alice.cookie.split('=')[1]?.split('.') ?? [];
-    const forged = Buffer.from(JSON.stringify({ username: 'bob', sid: 'x', exp: Date.now() + 1e6 })).toString(
-      'base64url',
-    );
-    expect(payload).toBeDefined();
+    // Alice's own cookie, as sent here, is accepted: the refusal below is the signature's.
+    const own = await fetch(`${h.base}/api/nodes`, { headers: { cookie: `knm_session=${payload}.${mac}` } });
+    expect(own.status).toBe(200);
+    // Her session (its sid active on the server) claimed for bob: only the signature tells it apart. A forged
+    // sid alone was refused as an unknown session, and the test passed with no signature check at all.
+    const session = JSON.parse(Buffer.from(payload ?? '', 'base64url').toString('utf8'));
+    const forged = Buffer.from(JSON.stringify({ ...session, username: 'bob' })).toString('base64url');
     const res = await fetch(`${h.base}/api/nodes`, { headers: { cookie: `knm_session=${forged}.${mac}` } });
     expect(res.status).toBe(401);
   });
@@ -500,13 +503,15 @@ describe('authentication, CSRF and per-user tasks', () => {
     const ok = await alice.post('/api/batch', request, { origin: h.base });
     expect(ok.status).toBe(202);
     await waitForTask(alice, ok.body.taskId);
-    // Cancel through the Finishline HTTP API needs the token too.
+    // Cancel through the Finishline HTTP API needs the token too. From an allowed Origin: without one the
+    // library refuses the request (403 forbidden) before the app's check, which then went untested.
     const cancel = await fetch(`${h.base}/progress/tasks/${ok.body.taskId}/cancel`, {
       method: 'POST',
-      headers: { cookie: alice.cookie, 'content-type': 'application/json' },
+      headers: { cookie: alice.cookie, origin: h.base, 'content-type': 'application/json' },
       body: '{}',
     });
     expect(cancel.status).toBe(403);
+    expect(((await cancel.json()) as any).error.code).toBe('csrf');
   });
 
   it('never shows a user another user’s tasks (HTTP and WebSocket)', async () => {
