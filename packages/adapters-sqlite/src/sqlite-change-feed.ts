@@ -85,6 +85,11 @@ export interface ChangePublisherOptions {
   /** Receives what a poll of the watcher throws; polling goes on. */
   onPollError: (error: unknown) => void;
   /**
+   * Called when a poll found a commit (another connection's, or this connection's own): the next write
+   * transaction may find the lock held (see `WriteTransactions`).
+   */
+  onPolledCommit?: () => void;
+  /**
    * Runs a write of its own (the epoch's renewal after a restore) in a write transaction that waits for
    * another connection's lock as the store's others do (`WriteTransactions.runAlone`). Without it the
    * statement runs on its own, under SQLite's busy handler.
@@ -152,7 +157,10 @@ export class ChangePublisher {
             const row = writeMark.get() as { changes: number | bigint; version: number | bigint };
             return `${row.changes}:${row.version}`;
           },
-          onChange: () => this.#catchUp(),
+          onChange: () => {
+            options.onPolledCommit?.();
+            this.#catchUp();
+          },
           onError: options.onPollError,
         });
         // Baseline first, then the high-water mark: a commit landing in between is then caught by the

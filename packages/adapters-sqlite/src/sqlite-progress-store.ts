@@ -171,6 +171,8 @@ export class SqliteProgressStore implements ProgressStore {
         dataVersionPollMs: database.memory === true ? 0 : resolved.dataVersionPollMs,
         onListenerError: onError,
         onPollError: (error) => onError(toProgressError(error, 'poll for other connections’ commits')),
+        // Set by the time a poll runs (a timer's callback, after the constructor).
+        onPolledCommit: () => this.#transactions.othersWrote(),
         // Set by the time a renewal runs (after a commit or a poll, after the constructor).
         writeAlone: (work) => this.#transactions.runAlone(work),
       });

@@ -2,7 +2,7 @@ import type { RunningTaskCache } from './running-task-cache.js';
 import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
 import type { SqliteDatabase } from './sqlite-driver.js';
 import type { SqliteStatements } from './sqlite-statements.js';
-import { beginImmediate, rollbackQuietly } from './write-lock.js';
+import { beginImmediate, isBusy, rollbackQuietly } from './write-lock.js';
 
 /**
  * The SQLite store's write transaction: `BEGIN IMMEDIATE`, the running-row cache checked against the
@@ -34,6 +34,13 @@ export interface WriteTransactionsOptions {
 export class WriteTransactions {
   readonly #database: SqliteDatabase;
   readonly #busyTimeoutMs: number;
+  /**
+   * Another connection wrote between this store's last two write transactions, or a poll found a commit
+   * since the last one, or none ran yet: the next one may find the write lock held, and looks at it itself
+   * (see `WRITE_LOCK_POLL_MS` (`write-lock.ts`)).
+   * Otherwise it begins without switching `busy_timeout` off and on (two statements).
+   */
+  #othersWrite = true;
   readonly #q: SqliteStatements;
   readonly #cache: RunningTaskCache;
   readonly #publisher: ChangePublisher;
@@ -60,6 +67,7 @@ export class WriteTransactions {
     try {
       // Checked under the write lock, so no other writer can slip in after the check.
       const nothingElseWrote = this.#cache.validate(this.#readWriteMark().text);
+      this.#othersWrite = !nothingElseWrote;
       const log = this.#publisher.startLog();
       // Only another writer (a restore included) can have taken the file back under the mark.
       if (!nothingElseWrote) this.#publisher.checkMark(log);
@@ -102,15 +110,31 @@ export class WriteTransactions {
   }
 
   /**
-   * `BEGIN IMMEDIATE`, waiting up to `busyTimeoutMs` for another connection's write lock by looking at it
-   * every `WRITE_LOCK_POLL_MS` (`write-lock.ts`) (see there why not with SQLite's busy handler, which is off
-   * meanwhile); the connection's `busy_timeout` is back when this returns or throws, and a transaction
-   * begun is rolled back if it cannot be put back. Always, not only once another connection was seen
-   * writing: a transaction that began under the busy handler beside a process that had just started
-   * committing back to back failed with "database is locked" after blocking for `busyTimeoutMs`, and a
-   * poll after it would have had no time left.
+   * Another connection may be writing (a poll found a commit): the next transaction looks at the lock
+   * itself. Without it, a store whose last transaction saw no other writer met a process that had started
+   * committing back to back since with SQLite's busy handler.
+   */
+  othersWrote(): void {
+    this.#othersWrite = true;
+  }
+
+  /**
+   * `BEGIN IMMEDIATE`, waiting up to `busyTimeoutMs` for another connection's write lock. When other
+   * connections write, by looking at it every `WRITE_LOCK_POLL_MS` (`write-lock.ts`) (see there why not with SQLite's
+   * busy handler, which is off meanwhile); the connection's `busy_timeout` is back when this returns or
+   * throws, and a transaction begun is rolled back if it cannot be put back.
    */
   #begin(): void {
+    if (!this.#othersWrite || this.#busyTimeoutMs === 0) {
+      try {
+        this.#q.begin.run();
+      } catch (error) {
+        // Another connection writes after all: the next transaction looks at the lock itself.
+        if (isBusy(error)) this.#othersWrite = true;
+        throw error;
+      }
+      return;
+    }
     beginImmediate(this.#database, () => this.#q.begin.run(), this.#busyTimeoutMs);
   }
 

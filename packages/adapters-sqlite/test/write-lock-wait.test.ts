@@ -1,9 +1,8 @@
 import { ErrorCode } from '@finishline/core';
 import Database from 'better-sqlite3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import type { SqliteDatabase } from '../src/index.js';
 import { SqliteProgressStore } from '../src/index.js';
-import { bundleChildScript, messageOfType, StoreChild } from './support/child-process.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
 /**
@@ -261,59 +260,4 @@ describe('the migration and the renewal after a restore wait for the lock as the
     expect(connection.looks()).toBe(3);
     expect(await worker.getEpoch()).not.toBe(before);
   });
-});
-
-/**
- * A store whose last write transaction saw no other writer began the next one under SQLite's busy handler
- * (sparing the switching of busy_timeout). Beside a process that had started committing back to back since
- * (before a poll noticed it, or with polling off), that BEGIN IMMEDIATE missed the moments the lock was
- * free: the append failed with store_unavailable after blocking for busyTimeoutMs, although the other
- * process freed the lock between each of its commits. Every write transaction now looks at the lock itself.
- */
-describe('a process that starts committing back to back while the store believes nobody else writes', () => {
-  let child: { path: string; remove(): void };
-  beforeAll(async () => {
-    child = await bundleChildScript();
-  });
-  afterAll(() => child?.remove());
-
-  it('does not make the store’s appends fail store_unavailable', async () => {
-    const temp = tempDatabase();
-    // No polling: only the store's own transactions can tell it that another process writes.
-    const store = new SqliteProgressStore({ database: temp.file, busyTimeoutMs: 3000, dataVersionPollMs: 0 });
-    let worker: StoreChild | undefined;
-    const reader = new Database(temp.file);
-    reader.exec('CREATE TABLE IF NOT EXISTS commit_loop (n INTEGER)');
-    const count = reader.prepare('SELECT count(*) AS n FROM commit_loop');
-    const loopCommits = () => (count.get() as { n: number }).n;
-    try {
-      await store.createTask({ id: 'child', owner: 'bob', kind: 'batch_taint' });
-      await store.createTask({ id: 't', owner: 'alice', kind: 'batch_taint' });
-      const failures: unknown[] = [];
-      for (let round = 0; round < 3; round++) {
-        // The second saw no other writer since the first: the next one began under the busy handler.
-        await store.append('t', { type: 'progress', done: round });
-        await store.append('t', { type: 'progress', done: round });
-        worker = new StoreChild(child.path, { mode: 'commit-loop', file: temp.file, rows: 2000, ms: 5000 });
-        await worker.waitFor(messageOfType('ready'));
-        // The child's event loop is blocked in its loop: its commits are seen on the file.
-        const started = loopCommits();
-        await eventually('the child commits back to back', () => loopCommits() > started);
-        for (let i = 0; i < 3; i++) {
-          await store
-            .append('t', { type: 'item', key: `r${round}-${i}`, ok: true })
-            .catch((error: unknown) => {
-              failures.push(error);
-            });
-        }
-        await worker.kill();
-      }
-      expect(failures).toEqual([]);
-    } finally {
-      await worker?.kill();
-      reader.close();
-      await store.close();
-      temp.remove();
-    }
-  }, 30_000);
 });
