@@ -4,6 +4,7 @@ import { ErrorCode, isProgressError, LIMITS } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import Database from 'better-sqlite3';
 import { describe, expect, it, vi } from 'vitest';
+import { compareTsdocDefaults, defaultLiteral } from '../../../scripts/tsdoc-defaults.mjs';
 import type { SqliteDatabase, SqliteProgressStoreOptions } from '../src/index.js';
 import { SQLITE_STORE_DEFAULTS, SqliteProgressStore } from '../src/index.js';
 import { PURGE_EVENT_BUDGET } from '../src/sqlite-progress-store.js';
@@ -42,39 +43,12 @@ function readmeDefaults(): Map<string, string> {
   );
 }
 
-/** `value` written as the README writes a default: `500`, `'finishline'`, `{ initialDelayMs: 250, … }`. */
-function literal(value: unknown): string {
-  if (typeof value === 'string') return `'${value}'`;
-  if (typeof value === 'object' && value !== null) {
-    return `{ ${Object.entries(value)
-      .map(([key, entry]) => `${key}: ${literal(entry)}`)
-      .join(', ')} }`;
-  }
-  return String(value);
-}
-
-/** The `@default` each option's TSDoc states in `source` (`/** … @default 500 *\/ pollIntervalMs?:`). */
-function tsdocDefaults(source: string): Map<string, string> {
-  const stated = new Map<string, string>();
-  for (const [, doc, name] of source.matchAll(/\/\*\*((?:(?!\*\/)[\s\S])*)\*\/\s*(\w+)\?:/g)) {
-    const found = /@default (.*)/.exec(doc as string);
-    if (found) stated.set(name as string, (found[1] as string).trim());
-  }
-  return stated;
-}
-
 describe('options', () => {
   it('states in the TSDoc of its options the defaults it has', () => {
-    const stated = tsdocDefaults(
-      readFileSync(new URL('../src/sqlite-store-options.ts', import.meta.url), 'utf8'),
-    );
-    for (const [name, value] of Object.entries(SQLITE_STORE_DEFAULTS)) {
-      if (typeof value === 'function' || value === undefined) continue;
-      // The literal, then words at most: `5000`, `'normal'`, not `50000`.
-      expect(stated.get(name), name).toMatch(
-        new RegExp(`^${literal(value).replace(/[{}()[\].*+?^$|\\]/g, '\\$&')}(?![\\w.])`),
-      );
-    }
+    const source = readFileSync(new URL('../src/sqlite-store-options.ts', import.meta.url), 'utf8');
+    const { checked, wrong } = compareTsdocDefaults(source, SQLITE_STORE_DEFAULTS);
+    expect(wrong).toEqual([]);
+    expect(checked).toBeGreaterThan(0);
   });
 
   it('states in the README the defaults it has', () => {
@@ -83,7 +57,7 @@ describe('options', () => {
       const cell = stated.get(name);
       expect(cell, `README row of ${name}`).toBeDefined();
       if (typeof value === 'function' || !/^`[^`]+`$/.test(cell as string)) continue;
-      expect(cell, name).toBe(`\`${literal(value)}\``);
+      expect(cell, name).toBe(`\`${defaultLiteral(value)}\``);
     }
   });
 

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { ErrorCode, LIMITS } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
+import { compareTsdocDefaults } from '../../../scripts/tsdoc-defaults.mjs';
 import { PROGRESS_CLIENT_DEFAULTS, type ProgressClientOptions, resolveOptions } from './options.js';
 import { MemoryCursorStorage } from './persist.js';
 import { FakeServer } from './testing/fake-server.js';
@@ -8,54 +9,12 @@ import { FakeServer } from './testing/fake-server.js';
 const WebSocket = new FakeServer().WebSocket;
 const base: ProgressClientOptions = { url: 'wss://app.test/progress', WebSocket };
 
-/**
- * The `@default` each option's TSDoc states in `source` (`/** … @default 5000 *\/ authTimeoutMs?:`), by
- * option name.
- */
-function tsdocDefaults(source: string): Map<string, string> {
-  const stated = new Map<string, string>();
-  for (const [, doc, name] of source.matchAll(/\/\*\*((?:(?!\*\/)[\s\S])*)\*\/\s*(\w+)\?:/g)) {
-    const found = /@default (.*)/.exec(doc as string);
-    if (found) stated.set(name as string, (found[1] as string).trim());
-  }
-  return stated;
-}
-
-/** `value` as TSDoc writes a default: `5000`, `'same-origin'`, `false`, `{ initialDelayMs: 100, … }`. */
-function literal(value: unknown): string {
-  if (typeof value === 'string') return `'${value}'`;
-  if (typeof value === 'object' && value !== null) {
-    const entries = Object.entries(value).map(([key, entry]) => `${key}: ${literal(entry)}`);
-    return entries.length === 0 ? '{}' : `{ ${entries.join(', ')} }`;
-  }
-  return String(value);
-}
-
-/**
- * Checks that every default of `defaults` that is a plain value is the one the TSDoc of `source` states (a
- * default that is a function, or an object the TSDoc names in words, is left out).
- */
-function expectTsdocStates(source: string, defaults: Record<string, unknown>): number {
-  const stated = tsdocDefaults(source);
-  let checked = 0;
-  for (const [name, value] of Object.entries(defaults)) {
-    const doc = stated.get(name);
-    if (typeof value === 'function' || value === undefined) continue;
-    if (typeof value === 'object' && value !== null && !doc?.startsWith('{')) continue;
-    expect(doc, `@default of ${name}`).toBeDefined();
-    const text = literal(value);
-    expect((doc as string).startsWith(text) && !/^[\w.]/.test((doc as string).slice(text.length)), name).toBe(
-      true,
-    );
-    checked += 1;
-  }
-  return checked;
-}
-
 describe('client options', () => {
   it('states in the TSDoc of ProgressClientOptions the defaults it has', () => {
     const source = readFileSync(new URL('./options.ts', import.meta.url), 'utf8');
-    expect(expectTsdocStates(source, PROGRESS_CLIENT_DEFAULTS)).toBeGreaterThanOrEqual(20);
+    const { checked, wrong } = compareTsdocDefaults(source, PROGRESS_CLIENT_DEFAULTS);
+    expect(wrong).toEqual([]);
+    expect(checked).toBeGreaterThanOrEqual(20);
   });
 
   it('takes URL objects for url and httpUrl, as their types say', () => {
