@@ -12,7 +12,7 @@ import type { TaskRow } from './row-codec.js';
 import { pushEventValues, rowToTask, runningTaskToRow, taskToRow } from './row-codec.js';
 import type { RunningTaskCache } from './running-task-cache.js';
 import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
-import { toProgressError } from './sqlite-errors.js';
+import { isRowRefusal, toProgressError } from './sqlite-errors.js';
 import type { SqliteStatements } from './sqlite-statements.js';
 import { EVENT_INSERT_ROWS } from './sqlite-statements.js';
 import type { WriteTransactions } from './write-transaction.js';
@@ -234,4 +234,43 @@ export function writeAppends(
   // A copy: the caller gets the event and may change it, which would look like a restore.
   const { taskId, seq, time } = results[results.length - 1]!.event;
   log.lastEvent = { taskId, seq, time };
+}
+
+/**
+ * {@link writeAppends} under a savepoint: when a row refuses the write (`isRowRefusal`: a task row damaged by
+ * hand, whose `seq` fell behind its log), the write is undone alone, `log` is left as it was, and the
+ * refusal is returned for the caller to fail that task's writes; the transaction goes on. Any other failure
+ * throws (and fails the transaction).
+ */
+export function writeAppendsOrRefusal(
+  q: SqliteStatements,
+  results: readonly AppendResult[],
+  log: TransactionLog,
+): unknown {
+  const before = { ...log, changes: log.changes.length };
+  q.savepoint.run();
+  try {
+    writeAppends(q, results, log);
+  } catch (error) {
+    if (!isRowRefusal(error)) throw error;
+    q.rollbackToSavepoint.run();
+    q.releaseSavepoint.run();
+    log.changes.length = before.changes;
+    log.lastEventId = before.lastEventId;
+    log.lastEvent = before.lastEvent;
+    log.idsWentBack = before.idsWentBack;
+    return error;
+  }
+  q.releaseSavepoint.run();
+  return undefined;
+}
+
+/** The error of a task whose row refused a write (see {@link writeAppendsOrRefusal}): `what` happened. */
+export function damagedRowError(taskId: string, refusal: unknown, what: string): ProgressError {
+  const reason = refusal instanceof Error ? refusal.message : String(refusal);
+  return new ProgressError(
+    ErrorCode.Internal,
+    `Task ${taskId}: ${what} (${reason}); its row looks damaged (written by hand? its seq behind its log), so it takes no event until repaired`,
+    { cause: refusal, taskId },
+  );
 }

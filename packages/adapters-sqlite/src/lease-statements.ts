@@ -7,10 +7,11 @@ import {
   planAppend,
   planLease,
 } from '@finishline/core/internal';
-import { writeAppends } from './append-pipeline.js';
+import { damagedRowError, writeAppends, writeAppendsOrRefusal } from './append-pipeline.js';
 import type { TaskRow } from './row-codec.js';
 import { rowToTask } from './row-codec.js';
 import type { RunningTaskCache } from './running-task-cache.js';
+import { isRowRefusal } from './sqlite-errors.js';
 import type { SqliteStatements } from './sqlite-statements.js';
 import { requireTask } from './sqlite-statements.js';
 import type { WriteTransactions } from './write-transaction.js';
@@ -85,17 +86,46 @@ export function releaseLease(
  * its lease, it came first in every pass, each time reported again, and `limit` such rows took every
  * slot of every pass: live tasks whose lease expired behind them were never interrupted. Its slots go to
  * the next expired tasks in the same pass.
+ *
+ * So is a row that reads well but refuses its interruption (`isRowRefusal`: a `seq` behind its log, whose
+ * next event collides with one the log holds): it failed the whole pass, and every pass after it, so no
+ * expired task was interrupted again. When a pass fails so, a careful one writes each interruption under
+ * a savepoint of its own and quarantines the rows that refuse theirs. A healthy pass pays nothing for it.
  */
 export function reapExpiredLeases(context: LeaseContext, limit: number): AppendResult[] {
+  try {
+    return reapPass(context, limit, 'together');
+  } catch (error) {
+    if (!isRowRefusal(error)) throw error;
+    return reapPass(context, limit, 'oneByOne');
+  }
+}
+
+/**
+ * One pass of {@link reapExpiredLeases}: `together` writes every interruption in one go after planning
+ * them; `oneByOne` writes each as it is planned, under a savepoint, quarantining the rows that refuse it.
+ */
+function reapPass(context: LeaseContext, limit: number, mode: 'together' | 'oneByOne'): AppendResult[] {
   const { statements: q, cache } = context;
-  return context.transactions.run((log) => {
+  // Reported once the pass committed: a pass that fails is done again, which would report them again.
+  const reports: ProgressError[] = [];
+  const reaped = context.transactions.run((log) => {
+    reports.length = 0;
     const now = context.clock();
     const results: AppendResult[] = [];
     const planned = new Set<string>();
+    /** Drops the expired lease of a row that cannot be interrupted; returns 1 if the row left the query. */
+    const quarantine = (id: unknown, error: ProgressError): number => {
+      cache.forget(String(id));
+      const { changes } = q.updateLease.run({ id, leaseOwner: null, leaseExpiresAt: null });
+      reports.push(error);
+      return Number(changes);
+    };
     // Another query only after rows were quarantined, which took them out of it: the loop ends.
     for (let quarantined = 1; quarantined > 0 && results.length < limit; ) {
       quarantined = 0;
-      // Interruptions are written after the loop: the rows planned so far come again, first, and are skipped.
+      // Interruptions written after the loop (`together`): the rows planned so far come again, first, and
+      // are skipped.
       for (const row of q.expiredLeases.all({ now, limit: limit + planned.size })) {
         if (results.length >= limit) break;
         let task: Task;
@@ -103,11 +133,9 @@ export function reapExpiredLeases(context: LeaseContext, limit: number): AppendR
           task = rowToTask(row as TaskRow);
         } catch (error) {
           const { id } = row as TaskRow;
-          cache.forget(String(id));
           // Counted only if the row left the query: another query finding it again would loop for ever.
-          const { changes } = q.updateLease.run({ id, leaseOwner: null, leaseExpiresAt: null });
-          quarantined += Number(changes);
-          context.onError(
+          quarantined += quarantine(
+            id,
             new ProgressError(
               ErrorCode.Internal,
               `${error instanceof Error ? error.message : String(error)}; the reaper dropped the task's expired lease instead of interrupting it`,
@@ -119,10 +147,25 @@ export function reapExpiredLeases(context: LeaseContext, limit: number): AppendR
         if (planned.has(task.id) || !isLeaseExpired(task, now)) continue;
         planned.add(task.id);
         cache.forget(task.id);
-        results.push(planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now));
+        const interruption = planAppend(task, { type: 'interrupted', reason: leaseExpiredReason(task) }, now);
+        if (mode === 'oneByOne') {
+          const refusal = writeAppendsOrRefusal(q, [interruption], log);
+          if (refusal !== undefined) {
+            const error = damagedRowError(
+              task.id,
+              refusal,
+              'the reaper could not interrupt it and dropped its expired lease instead',
+            );
+            quarantined += quarantine(task.id, error);
+            continue;
+          }
+        }
+        results.push(interruption);
       }
     }
-    writeAppends(q, results, log);
+    if (mode === 'together') writeAppends(q, results, log);
     return results;
   });
+  for (const error of reports) context.onError(error);
+  return reaped;
 }

@@ -36,6 +36,17 @@ export function toProgressError(error: unknown, action: string): ProgressError {
   return new ProgressError(ErrorCode.Internal, `SQLite failed to ${action}: ${message}`, { cause: error });
 }
 
+/**
+ * Whether `error` is SQLite's refusal of a row a write breaks a constraint with (`SQLITE_CONSTRAINT` and
+ * its extended codes): what a task row damaged by hand makes an append or an interruption fail with (a
+ * `seq` behind its log: the next event collides with one the log holds). Writing the other tasks without
+ * that one can succeed.
+ */
+export function isRowRefusal(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && code.startsWith('SQLITE_CONSTRAINT');
+}
+
 /** Whether `error` is better-sqlite3's refusal of a call on a connection that was closed. */
 export function isConnectionClosed(error: unknown): boolean {
   return error instanceof TypeError && /database connection is not open/i.test(error.message);

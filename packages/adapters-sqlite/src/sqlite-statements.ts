@@ -86,6 +86,11 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
     // works on a connection the caller left inside a transaction of its own.
     pollSnapshot: raw('SAVEPOINT finishline_poll'),
     endPollSnapshot: raw('RELEASE finishline_poll'),
+    // One task's writes inside a write transaction, undone alone when a damaged row refuses them (see
+    // `writeAppendsOrRefusal`).
+    savepoint: raw('SAVEPOINT finishline_write'),
+    releaseSavepoint: raw('RELEASE finishline_write'),
+    rollbackToSavepoint: raw('ROLLBACK TO finishline_write'),
     // What tells whether anything but this store's appends wrote since: other connections' commits move
     // data_version, any write on this connection (this store's other calls included) moves total_changes.
     writeMark: raw(

@@ -96,8 +96,8 @@ export interface SqliteProgressStoreOptions {
   /**
    * Receives what a change listener throws (or its promise rejects with), what goes wrong while polling
    * for other processes' commits (once per streak of failed polls: again only after a poll succeeded),
-   * the background checkpoint worker's failures, a task row the lease reaper could not read (it drops
-   * that row's expired lease; `internal`, with its `taskId`), and a task row `listTasks` could not read (it
+   * the background checkpoint worker's failures, a task row the lease reaper could not read or interrupt
+   * (its `seq` behind its log: it drops that row's expired lease; `internal`, with its `taskId`), and a task row `listTasks` could not read (it
    * leaves the row out of its lists, reported once per store); the store keeps working either way. Use it to
    * log. It is called from timers and a worker thread's listeners, where nothing could catch a throw but
    * the process's `uncaughtException`: what it throws is caught instead, the first time reported as a

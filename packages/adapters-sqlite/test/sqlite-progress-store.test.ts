@@ -681,6 +681,47 @@ describe('bad input and damaged data', () => {
     }
   });
 
+  it('a row whose seq fell behind its log is set aside by the reaper, reported once, and the others reaped', async () => {
+    const database = new Database(':memory:');
+    const errors: unknown[] = [];
+    let now = 1_000;
+    const store = new SqliteProgressStore({
+      database,
+      clock: () => now,
+      onError: (error) => errors.push(error),
+    });
+    try {
+      // In the reaper's order (oldest expiry first): live-a, damaged, live-b, live-c.
+      for (const id of ['live-a', 'damaged', 'live-b', 'live-c']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k', lease: { owner: 'gone', ttlMs: 1000 } });
+        await store.append(id, { type: 'progress', done: 1 });
+        now += 1;
+      }
+      // Written by hand: the interruption's event (seq 1) collides with the event the log holds.
+      database.prepare("UPDATE finishline_tasks SET seq = 0 WHERE id = 'damaged'").run();
+      now += 10_000;
+      // Before: every pass failed whole on the damaged row, and no expired task was ever interrupted.
+      // Two slots: live-a, then (the damaged row set aside) live-b; live-c is the next pass's.
+      const ids = (results: { task: { id: string } }[]) => results.map((result) => result.task.id);
+      expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-a', 'live-b']);
+      expect(ids(await store.reapExpiredLeases({ limit: 2 }))).toEqual(['live-c']);
+      expect(await store.getTask('damaged')).toMatchObject({
+        status: 'running',
+        leaseOwner: null,
+        leaseExpiresAt: null,
+      });
+      expect(errors).toHaveLength(1);
+      expect(isProgressError(errors[0], ErrorCode.Internal), String(errors[0])).toBe(true);
+      expect(errors[0]).toMatchObject({ taskId: 'damaged' });
+      // Its lease gone, the next passes neither find it nor report it again.
+      expect(await store.reapExpiredLeases()).toEqual([]);
+      expect(errors).toHaveLength(1);
+    } finally {
+      await store.close();
+      database.close();
+    }
+  });
+
   it('a damaged row is left out of listTasks, reported once, and its place goes to the next task', async () => {
     const database = new Database(':memory:');
     const errors: unknown[] = [];
