@@ -48,6 +48,14 @@ export interface AppendPipelineOptions {
   maxBatchSize: number;
 }
 
+/** What a batch's transaction committed: each append's outcome, and each task's row as it left it. */
+interface WrittenBatch {
+  /** Per append of the batch, in its order. */
+  outcomes: (AppendResult | ProgressError)[];
+  /** Per task of the batch: its row after the batch, or why none of its appends went in. */
+  tasks: Map<string, Task | ProgressError>;
+}
+
 /** Queues appends and commits them batch by batch. */
 export class AppendPipeline {
   readonly #q: SqliteStatements;
@@ -96,52 +104,101 @@ export class AppendPipeline {
 
   /** Commits one batch of appends and settles each one. Never throws. */
   #commit(batch: PendingAppend[]): void {
-    const outcomes: (AppendResult | ProgressError)[] = new Array(batch.length);
-    let batchTasks: Map<string, Task | ProgressError> | undefined;
+    let written: WrittenBatch | undefined;
     try {
-      this.#transactions.run((log) => {
-        const now = this.#clock();
-        // The batch's view of each task: loaded once, then advanced by each planned append.
-        const tasks = this.#loadBatchTasks(batch);
-        const planned: AppendResult[] = [];
-        for (let index = 0; index < batch.length; index++) {
-          const { taskId, input, run, owner } = batch[index]!;
-          const task = tasks.get(taskId)!;
-          if (task instanceof ProgressError) {
-            outcomes[index] = task;
-            continue;
-          }
-          try {
-            assertRun(task, run);
-            assertLeaseOwner(task, owner);
-            const result = planAppend(task, input, now);
-            tasks.set(taskId, result.task);
-            planned.push(result);
-            outcomes[index] = result;
-          } catch (error) {
-            outcomes[index] = toProgressError(error, 'append');
-          }
-        }
-        writeAppends(this.#q, planned, log);
-        batchTasks = tasks;
-      });
+      written = this.#write(batch, 'together');
     } catch (error) {
-      // The transaction rolled back: nothing of the batch was written.
-      const failure = toProgressError(error, 'commit appends');
-      for (const entry of batch) entry.reject(failure);
-      return;
+      // The transaction rolled back: nothing of the batch was written. A task row that refused its writes
+      // (damaged by hand: a seq behind its log, whose next event collides with one the log holds) failed
+      // the whole batch, and every batch its task's appends went into, with the appends of every other task
+      // in them: written again task by task, its appends fail alone.
+      let failure = error;
+      if (batch.length > 1 && isRowRefusal(error)) {
+        try {
+          written = this.#write(batch, 'taskByTask');
+        } catch (again) {
+          failure = again;
+        }
+      }
+      if (written === undefined) {
+        const rejection = toProgressError(failure, 'commit appends');
+        for (const entry of batch) entry.reject(rejection);
+        return;
+      }
     }
+    const { outcomes, tasks } = written;
     // Committed: these rows are the tasks' state now. A copy, since the callers get the planned rows.
-    if (batchTasks !== undefined) {
-      for (const task of batchTasks.values())
-        if (!(task instanceof ProgressError)) this.#cache.keep({ ...task });
-    }
+    for (const task of tasks.values()) if (!(task instanceof ProgressError)) this.#cache.keep({ ...task });
     this.#publisher.drain();
     for (let index = 0; index < batch.length; index++) {
       const outcome = outcomes[index]!;
       const entry = batch[index]!;
       if (outcome instanceof ProgressError) entry.reject(outcome);
       else entry.resolve(outcome);
+    }
+  }
+
+  /**
+   * Plans and writes one batch in one transaction: `together` in one go; `taskByTask` each task's appends
+   * under a savepoint of their own, so that a row that refuses them fails its task's appends alone.
+   */
+  #write(batch: readonly PendingAppend[], mode: 'together' | 'taskByTask'): WrittenBatch {
+    return this.#transactions.run((log) => {
+      const now = this.#clock();
+      const outcomes: (AppendResult | ProgressError)[] = new Array(batch.length);
+      // The batch's view of each task: loaded once, then advanced by each planned append.
+      const tasks = this.#loadBatchTasks(batch);
+      const planned: AppendResult[] = [];
+      for (let index = 0; index < batch.length; index++) {
+        const { taskId, input, run, owner } = batch[index]!;
+        const task = tasks.get(taskId)!;
+        if (task instanceof ProgressError) {
+          outcomes[index] = task;
+          continue;
+        }
+        try {
+          assertRun(task, run);
+          assertLeaseOwner(task, owner);
+          const result = planAppend(task, input, now);
+          tasks.set(taskId, result.task);
+          planned.push(result);
+          outcomes[index] = result;
+        } catch (error) {
+          outcomes[index] = toProgressError(error, 'append');
+        }
+      }
+      if (mode === 'together') writeAppends(this.#q, planned, log);
+      else this.#writeTaskByTask(batch, planned, { outcomes, tasks }, log);
+      return { outcomes, tasks };
+    });
+  }
+
+  /**
+   * Writes each task's planned appends under a savepoint of their own; a task whose row refuses them
+   * (see `isRowRefusal`) has them undone, and its row in `written.tasks` (then not remembered) and the
+   * outcomes of its appends from its first planned one on become its error: those after it were judged on
+   * rows that were not written (an append after a refused terminal one is not `task_finished`).
+   */
+  #writeTaskByTask(
+    batch: readonly PendingAppend[],
+    planned: readonly AppendResult[],
+    written: WrittenBatch,
+    log: TransactionLog,
+  ): void {
+    const byTask = new Map<string, AppendResult[]>();
+    for (const result of planned) {
+      const results = byTask.get(result.task.id);
+      if (results === undefined) byTask.set(result.task.id, [result]);
+      else results.push(result);
+    }
+    for (const [taskId, results] of byTask) {
+      const refusal = writeAppendsOrRefusal(this.#q, results, log);
+      if (refusal === undefined) continue;
+      const error = damagedRowError(taskId, refusal, 'its appends were refused');
+      written.tasks.set(taskId, error);
+      const first = written.outcomes.indexOf(results[0]!);
+      for (let index = first; index < batch.length; index++)
+        if (batch[index]!.taskId === taskId) written.outcomes[index] = error;
     }
   }
 

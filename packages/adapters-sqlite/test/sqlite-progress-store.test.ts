@@ -681,6 +681,49 @@ describe('bad input and damaged data', () => {
     }
   });
 
+  it("a row whose seq fell behind its log fails its own appends alone, not their batch's", async () => {
+    const database = new Database(':memory:');
+    const store = new SqliteProgressStore({ database });
+    try {
+      for (const id of ['damaged', 'a', 'b']) {
+        await store.createTask({ id, owner: 'alice', kind: 'k' });
+        await store.append(id, { type: 'progress', done: 1 });
+      }
+      // Written by hand (a partial restore, an operator's edit): its next event collides with one the log holds.
+      database.prepare("UPDATE finishline_tasks SET seq = 0 WHERE id = 'damaged'").run();
+      const published: TaskChange[] = [];
+      store.changes.subscribe((change) => published.push(change));
+      // One tick: one batch. Before, the whole batch failed, and so did every batch the damaged task's
+      // appends went into, with the appends of every other task in it.
+      const [damaged, a, b] = await Promise.allSettled(
+        ['damaged', 'a', 'b'].map((id) => store.append(id, { type: 'progress', done: 2 })),
+      );
+      expect(a).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+      expect(b).toMatchObject({ status: 'fulfilled', value: { event: { seq: 2 } } });
+      expect(damaged?.status).toBe('rejected');
+      const reason = (damaged as PromiseRejectedResult).reason;
+      expect(isProgressError(reason, ErrorCode.Internal), String(reason)).toBe(true);
+      expect(reason).toMatchObject({ taskId: 'damaged' });
+      expect(published.map((change) => `${change.taskId}:${change.seq}`)).toEqual(['a:2', 'b:2']);
+      expect(await store.readEvents('damaged', 0)).toHaveLength(1);
+      // The others' rows were kept as committed: their next batch goes on from them.
+      expect((await store.append('a', { type: 'completed' })).event.seq).toBe(3);
+      // An append after the damaged task's refused end is refused with it, not task_finished: it did not end.
+      const [end, after] = await Promise.allSettled([
+        store.append('damaged', { type: 'completed' }),
+        store.append('damaged', { type: 'progress', done: 3 }),
+      ]);
+      for (const outcome of [end, after]) {
+        const error = (outcome as PromiseRejectedResult).reason;
+        expect(isProgressError(error, ErrorCode.Internal), String(error)).toBe(true);
+      }
+      expect((await store.getTask('damaged'))?.status).toBe('running');
+    } finally {
+      await store.close();
+      database.close();
+    }
+  });
+
   it('a row whose seq fell behind its log is set aside by the reaper, reported once, and the others reaped', async () => {
     const database = new Database(':memory:');
     const errors: unknown[] = [];
