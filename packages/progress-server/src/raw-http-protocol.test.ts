@@ -307,7 +307,7 @@ describe('HTTP API: the routes (doc: HTTP API route table)', () => {
     );
   });
 
-  it('POST cancel: {taskId, task}, reason ≤ 512 characters or null, 404 for a task not watched, 413 above 16 KiB', async () => {
+  it('POST cancel: {taskId, task}, reason ≤ 512 characters (no U+0000 or unpaired surrogate) or null, 404 for a task not watched, 413 above 16 KiB', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const path = `/progress/tasks/${task.id}/cancel`;
@@ -318,6 +318,20 @@ describe('HTTP API: the routes (doc: HTTP API route table)', () => {
       body: JSON.stringify({ reason: 'x'.repeat(513) }),
     });
     expect([long.status, long.json().error.code]).toEqual([400, 'invalid_input']);
+    // A reason no store keeps as sent is refused like a long one, as the store refuses such texts: it was
+    // stored with U+FFFD in their place, the caller told nothing.
+    for (const reason of ['a\u0000b', 'lone \uD800']) {
+      const unstorable = await http('POST', path, {
+        headers: jsonHeaders(),
+        body: JSON.stringify({ reason }),
+      });
+      expect([reason, unstorable.status, unstorable.json().error]).toEqual([
+        reason,
+        400,
+        { code: 'invalid_input', message: expect.stringContaining('U+0000') },
+      ]);
+    }
+    expect((await server.tasks.get(task.id))?.status).toBe('running');
     const huge = await http('POST', path, {
       headers: jsonHeaders(),
       body: JSON.stringify({ reason: null, pad: 'x'.repeat(17 * 1024) }),

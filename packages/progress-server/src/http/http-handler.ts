@@ -16,7 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
-import { ofType, resolveOptions } from '@finishline/core/internal';
+import { isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
@@ -604,14 +604,16 @@ async function serveRoute<P extends Principal>(
     case 'cancel': {
       const body = await readJsonBody(request);
       const reason = body.reason;
+      // Refused as the store refuses such a text, not made storable as the handle's texts are (the HTTP
+      // caller is told, a worker's catch block is not): a U+0000 was stored as U+FFFD, silently.
       if (
         reason !== undefined &&
         reason !== null &&
-        (typeof reason !== 'string' || reason.length > LIMITS.maxKeyLength)
+        (typeof reason !== 'string' || reason.length > LIMITS.maxKeyLength || !isStorableText(reason))
       ) {
         throw fromCode(
           ErrorCode.InvalidInput,
-          `reason must be a string of at most ${LIMITS.maxKeyLength} characters`,
+          `reason must be a string of at most ${LIMITS.maxKeyLength} characters, without U+0000 or an unpaired surrogate`,
         );
       }
       const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel', hooks);
