@@ -4,7 +4,7 @@ import { connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HTTP_STATUS } from './http/http-request.js';
-import { startServer, type TestServer } from './testing/harness.js';
+import { restorableStore, startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, type RawHttpAnswer, rawHttp, userTokens } from './testing/raw-http.js';
 
 /**
@@ -1215,5 +1215,33 @@ describe("the server's first read of its store's epoch (doc: Server-Sent Events,
     ]);
     expect((await one).json().epoch).toBe(epoch);
     expect((await events).json().epoch).toBe(epoch);
+  });
+
+  // Found by a review: the answers carried the epoch as the replica last read it, their task and events as
+  // the store has them now. A replica that had not heard a renewal yet (another replica's, after a
+  // restore) labelled the new epoch's data with the old epoch: a client that knew the new one from another
+  // replica started over back in the old one, then forward again; one that knew only the old one took the
+  // restored log's events for the old log's. The epoch is read after the data now.
+  it('a renewal this replica has not heard of: the answers carry the epoch read after their data', async () => {
+    // A feed that tells the server of no renewal, and a heartbeat that does not come: until it reads the
+    // epoch itself, the server knows only the one it started with.
+    const { store } = restorableStore();
+    const { server } = await start({ store });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const path = `/progress/tasks/${task.id}`;
+    // Renewed before each route's request, so each route is checked on its own.
+    let renewed = await store.renewEpoch();
+    expect((await http('GET', path, { headers: bearer() })).json().epoch).toBe(renewed);
+    renewed = await store.renewEpoch();
+    expect((await http('GET', `${path}/events?afterSeq=0`, { headers: bearer() })).json().epoch).toBe(
+      renewed,
+    );
+    renewed = await store.renewEpoch();
+    const opened = await stream(`${path}/stream`, bearer(), (text) => text.includes('\ndata: '));
+    expect(parseSse(opened.text).find((m) => m.data !== undefined)?.data).toMatchObject({
+      type: 'snapshot',
+      epoch: renewed,
+    });
   });
 });
