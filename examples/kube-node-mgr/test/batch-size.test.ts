@@ -6,6 +6,7 @@
  * name 20 of its nodes, not all. Each case failed before its fix, but the default cap's, which fitted in
  * 256 kB by 6 kB and is kept as a guard.
  */
+import { request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { API_BODY_LIMIT, batchBodyLimit, MAX_NODES_PER_BATCH } from '../src/server/app.js';
 import type { KubeNodes, NodeView } from '../src/server/kube-nodes.js';
@@ -82,6 +83,37 @@ describe('the body limit of POST /api/batch', () => {
     expect(over.status).toBe(413);
     expect(over.body.error.code).toBe('payload_too_large');
     expect(over.body.error.message).toBe(`the body is larger than ${limit} bytes`);
+  });
+
+  // Its body was read and parsed before the session was checked: anyone could make the server read up to
+  // 1.3 MB a request. Now a request without a session is answered 401 with its body unread.
+  it('is read only once the session is checked: 401 first, whatever the body', async () => {
+    h = await startHarness({ app: { maxNodesPerBatch: MAX_NODES_PER_BATCH } });
+    const limit = batchBodyLimit(MAX_NODES_PER_BATCH);
+    const anonymous = async (body: string) => {
+      const res = await fetch(`${h!.base}/api/batch`, {
+        method: 'POST',
+        headers: { origin: h!.base, 'content-type': 'application/json' },
+        body,
+      });
+      return [res.status, ((await res.json()) as any).error.code];
+    };
+    expect(await anonymous(' '.repeat(limit + 1))).toEqual([401, 'unauthenticated']);
+    expect(await anonymous('{"operation":')).toEqual([401, 'unauthenticated']);
+    // A body announced and never sent: answered all the same (it waited for the body).
+    const answered = await new Promise<number | undefined>((resolve, reject) => {
+      const req = httpRequest(`${h!.base}/api/batch`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'content-length': String(limit) },
+      });
+      req.on('response', (res) => {
+        resolve(res.statusCode);
+        req.destroy();
+      });
+      req.on('error', reject);
+      req.flushHeaders();
+    });
+    expect(answered).toBe(401);
   });
 
   it('takes a full batch of the default cap (1,000 nodes) of 253-character names', async () => {

@@ -1,4 +1,4 @@
-import { ErrorCode, LIMITS } from '@finishline/core';
+import { ErrorCode, LIMITS, PROTOCOL_VERSIONS } from '@finishline/core';
 import { decodeServerText as coreDecodeServerText, idProblem } from '@finishline/core/internal';
 import { expectSameData, propertyParams, serverFrameArbitrary } from '@finishline/core/testing';
 import fc from 'fast-check';
@@ -196,7 +196,7 @@ describe("the client's frame check", () => {
     [
       '{"type":"hello","protocol":3,"serverId":"s","heartbeatIntervalMs":1}',
       ErrorCode.UnsupportedProtocol,
-      'Protocol version 3 is not supported; this side speaks 2',
+      `Protocol version 3 is not supported (${PROTOCOL_VERSIONS.join(' and ')} are)`,
     ],
     [
       '{"type":"hello","protocol":0,"serverId":"s","heartbeatIntervalMs":1}',

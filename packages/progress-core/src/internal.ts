@@ -122,4 +122,4 @@ export {
   planAppend,
   planLease,
 } from './store/task-transitions.js';
-export { assertTaskId, idProblem, utf8Length } from './value-checks.js';
+export { assertTaskId, idProblem, isStorableText, utf8Length } from './value-checks.js';

@@ -351,7 +351,11 @@ describe('an auth renewal in an unsupported protocol version', () => {
     cleanups.push(() => client.close().then(() => undefined));
     client.send({ type: 'auth', token: 'alice', protocol: 3 });
     const error = await client.next((f) => f.type === 'error');
-    expect(error).toMatchObject({ code: 'unsupported_protocol' });
+    // It names the versions this server accepts (it said "speaks 2", as if version 1 were refused).
+    expect(error).toMatchObject({
+      code: 'unsupported_protocol',
+      message: 'Protocol version 3 is not supported; this side speaks 1 and 2',
+    });
     const closed = await Promise.race([
       client.closed,
       sleep(1000).then(() => ({ code: -1, reason: 'still open' })),

@@ -4,7 +4,7 @@ import { connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HTTP_STATUS } from './http/http-request.js';
-import { startServer, type TestServer } from './testing/harness.js';
+import { restorableStore, startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, type RawHttpAnswer, rawHttp, userTokens } from './testing/raw-http.js';
 
 /**
@@ -307,7 +307,7 @@ describe('HTTP API: the routes (doc: HTTP API route table)', () => {
     );
   });
 
-  it('POST cancel: {taskId, task}, reason ≤ 512 characters or null, 404 for a task not watched, 413 above 16 KiB', async () => {
+  it('POST cancel: {taskId, task}, reason ≤ 512 characters (no U+0000 or unpaired surrogate) or null, 404 for a task not watched, 413 above 16 KiB', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const path = `/progress/tasks/${task.id}/cancel`;
@@ -318,6 +318,20 @@ describe('HTTP API: the routes (doc: HTTP API route table)', () => {
       body: JSON.stringify({ reason: 'x'.repeat(513) }),
     });
     expect([long.status, long.json().error.code]).toEqual([400, 'invalid_input']);
+    // A reason no store keeps as sent is refused like a long one, as the store refuses such texts: it was
+    // stored with U+FFFD in their place, the caller told nothing.
+    for (const reason of ['a\u0000b', 'lone \uD800']) {
+      const unstorable = await http('POST', path, {
+        headers: jsonHeaders(),
+        body: JSON.stringify({ reason }),
+      });
+      expect([reason, unstorable.status, unstorable.json().error]).toEqual([
+        reason,
+        400,
+        { code: 'invalid_input', message: expect.stringContaining('U+0000') },
+      ]);
+    }
+    expect((await server.tasks.get(task.id))?.status).toBe('running');
     const huge = await http('POST', path, {
       headers: jsonHeaders(),
       body: JSON.stringify({ reason: null, pad: 'x'.repeat(17 * 1024) }),
@@ -1201,5 +1215,33 @@ describe("the server's first read of its store's epoch (doc: Server-Sent Events,
     ]);
     expect((await one).json().epoch).toBe(epoch);
     expect((await events).json().epoch).toBe(epoch);
+  });
+
+  // Found by a review: the answers carried the epoch as the replica last read it, their task and events as
+  // the store has them now. A replica that had not heard a renewal yet (another replica's, after a
+  // restore) labelled the new epoch's data with the old epoch: a client that knew the new one from another
+  // replica started over back in the old one, then forward again; one that knew only the old one took the
+  // restored log's events for the old log's. The epoch is read after the data now.
+  it('a renewal this replica has not heard of: the answers carry the epoch read after their data', async () => {
+    // A feed that tells the server of no renewal, and a heartbeat that does not come: until it reads the
+    // epoch itself, the server knows only the one it started with.
+    const { store } = restorableStore();
+    const { server } = await start({ store });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    const path = `/progress/tasks/${task.id}`;
+    // Renewed before each route's request, so each route is checked on its own.
+    let renewed = await store.renewEpoch();
+    expect((await http('GET', path, { headers: bearer() })).json().epoch).toBe(renewed);
+    renewed = await store.renewEpoch();
+    expect((await http('GET', `${path}/events?afterSeq=0`, { headers: bearer() })).json().epoch).toBe(
+      renewed,
+    );
+    renewed = await store.renewEpoch();
+    const opened = await stream(`${path}/stream`, bearer(), (text) => text.includes('\ndata: '));
+    expect(parseSse(opened.text).find((m) => m.data !== undefined)?.data).toMatchObject({
+      type: 'snapshot',
+      epoch: renewed,
+    });
   });
 });

@@ -347,8 +347,14 @@ export function createApp(options: AppOptions): App {
   const guards = createGuards({ app, sessions, db, clusters, allowedOrigins, logger: config.logger });
   const { fail } = guards;
 
-  // The batch's node list sets its route's limit; a body parsed here is not parsed again below.
-  app.post('/api/batch', express.json({ limit: batchBodyLimit(config.maxNodesPerBatch) }));
+  // The batch's node list sets its route's limit; a body parsed here is not parsed again below. The
+  // session is checked first: read before it, the body of up to 1.3 MB was anyone's to make this replica
+  // read and parse (the route's own check sees the request checked and does not ask the database again).
+  app.post(
+    '/api/batch',
+    guards.requireSession,
+    express.json({ limit: batchBodyLimit(config.maxNodesPerBatch) }),
+  );
   app.use('/api', express.json({ limit: API_BODY_LIMIT }));
   app.use('/api', (req, res, next) => {
     if (req.method !== 'GET' && req.method !== 'HEAD' && !req.is('application/json')) {

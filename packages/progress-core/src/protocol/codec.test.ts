@@ -534,16 +534,20 @@ describe('unknown_frame', () => {
 
 describe('unsupported_protocol', () => {
   it('refuses another version in auth and hello, whatever else the frame holds', () => {
+    // The message names every version this side accepts: it said "this side speaks 2" to a client that
+    // could have spoken 1, which a server still accepts.
+    const names = 'Protocol version 3 is not supported; this side speaks 1 and 2';
     expectError(
       decodeClientFrame('{"type":"auth","token":"x","protocol":3}'),
       ErrorCode.UnsupportedProtocol,
-      'version 3',
+      names,
     );
     expectError(
       decodeServerFrame(
         '{"type":"hello","protocol":3,"serverId":"a","heartbeatIntervalMs":1,"newField":true}',
       ),
       ErrorCode.UnsupportedProtocol,
+      names,
     );
     // Not a version at all: a schema error, not a version mismatch.
     expectError(

@@ -12,7 +12,7 @@ import {
   quote,
 } from './frame-text.js';
 import type { ClientFrame, ServerFrame } from './frames.js';
-import { CLIENT_FRAME_TYPES, isProtocolVersion, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './frames.js';
+import { CLIENT_FRAME_TYPES, isProtocolVersion, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES } from './frames.js';
 
 export type { DecodeOptions, DecodeResult } from './frame-text.js';
 // Kept here too for existing imports; it lives in frame-text.ts so that the client can skip this module.
@@ -133,7 +133,7 @@ function validate<F>(value: FrameObject, direction: Direction<F>): DecodeResult<
     if (Number.isSafeInteger(protocol) && (protocol as number) >= 1 && !isProtocolVersion(protocol)) {
       return fail(
         ErrorCode.UnsupportedProtocol,
-        `Protocol version ${String(protocol)} is not supported; this side speaks ${PROTOCOL_VERSION}`,
+        `Protocol version ${String(protocol)} is not supported; this side speaks ${PROTOCOL_VERSIONS.join(' and ')}`,
       );
     }
   }

@@ -16,7 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
-import { ofType, resolveOptions } from '@finishline/core/internal';
+import { isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
@@ -114,12 +114,11 @@ export interface HttpHandlerContext<P extends Principal> {
   /** Who sees more than `{ ok }` at `{basePath}/healthz` (the server's `healthDetails`). */
   healthDetails?: HealthDetails<P>;
   /**
-   * The store's epoch as the server last read it, sent with a task's answers (as `hello` and snapshots
-   * carry it), so an HTTP client can tell a cursor of a restored store's old log; none when unknown.
-   * `firstRead`: the server's first read of it while under way, which those answers wait for (see
-   * {@link epochRead}).
+   * The store's epoch, sent with a task's answers (as `hello` and snapshots carry it), so an HTTP client
+   * can tell a cursor of a restored store's old log; none when unknown. `reread`: a read of it started
+   * now, which those answers wait for once they read their data (see {@link epochRead}).
    */
-  epoch?: { readonly current: string | undefined; readonly firstRead?: Promise<void> | undefined };
+  epoch?: { readonly current: string | undefined; reread?(): Promise<void> };
   /** `true` once the server is shutting down: requests are refused with 503 `closed`. */
   closing?: () => boolean;
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
@@ -575,8 +574,8 @@ async function serveRoute<P extends Principal>(
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
-      await epochRead(ctx);
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
+      await epochRead(ctx);
       return { task: toTaskView(task), ...epochOf(ctx) };
     }
     case 'events': {
@@ -592,9 +591,9 @@ async function serveRoute<P extends Principal>(
         min: 1,
         max: EVENTS_MAX_LIMIT,
       });
-      await epochRead(ctx);
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
+      await epochRead(ctx);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
       // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True
       // there, a client paging while `hasMore` asked for the same empty page for ever.)
@@ -604,14 +603,16 @@ async function serveRoute<P extends Principal>(
     case 'cancel': {
       const body = await readJsonBody(request);
       const reason = body.reason;
+      // Refused as the store refuses such a text, not made storable as the handle's texts are (the HTTP
+      // caller is told, a worker's catch block is not): a U+0000 was stored as U+FFFD, silently.
       if (
         reason !== undefined &&
         reason !== null &&
-        (typeof reason !== 'string' || reason.length > LIMITS.maxKeyLength)
+        (typeof reason !== 'string' || reason.length > LIMITS.maxKeyLength || !isStorableText(reason))
       ) {
         throw fromCode(
           ErrorCode.InvalidInput,
-          `reason must be a string of at most ${LIMITS.maxKeyLength} characters`,
+          `reason must be a string of at most ${LIMITS.maxKeyLength} characters, without U+0000 or an unpaired surrogate`,
         );
       }
       const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel', hooks);
@@ -626,8 +627,6 @@ async function serveRoute<P extends Principal>(
       const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
       const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
-      // Before the cursor's epoch is judged, the 204 decided and the first id written.
-      await epochRead(ctx);
       // Followed before the read that authorizes it, as a socket's subscribe follows before its load: a
       // commit after this read is noticed (the hub's latest seq covers it), so the stream starts from
       // this read instead of reading the task again. Let go once the stream follows the task itself (a
@@ -637,6 +636,8 @@ async function serveRoute<P extends Principal>(
         // Taken as the read starts: acks taken since are not judged by it (see `AckWriter.seen`).
         const mark = streams.acks.mark();
         const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
+        // Before the cursor's epoch is judged, the 204 decided and the first id written.
+        await epochRead(ctx);
         // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
         // meanwhile has ended the open streams already, and a stream opened now would be in none of its
         // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
@@ -849,15 +850,18 @@ async function authorizeEach(
 }
 
 /**
- * Waits (at most {@link FIRST_EPOCH_READ_WAIT_MS}) for the server's first read of its store's epoch, when
- * it is under way, as a socket's `hello` does. Without it, a replica just started answered the clients
- * reconnecting to it as a server that knows no epoch: an event stream resumed a `Last-Event-ID` of an
- * older epoch (the store restored and renewed across the restart) from its seq in another history, its ids
- * and the task routes' answers carrying no epoch, so the client could not tell either.
+ * Reads the store's epoch once the answer's data is read, waiting at most {@link FIRST_EPOCH_READ_WAIT_MS}
+ * (past it the answer carries the epoch last read, or none). Why after the data: a renewal follows the
+ * restore it is for, so the epoch read after the data is the data's. The epoch as this replica last read it
+ * labelled the new epoch's data with the old one until a renewal's notice (or the next heartbeat tick)
+ * reached it: a client that knew the new epoch from another replica started over back in the old one, and
+ * one that knew only the old one took the restored log's events for the old log's. (Before that, the
+ * routes waited only for the server's first read: a replica just started answered as a server that knows
+ * no epoch.)
  */
 async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>): Promise<void> {
-  const first = ctx.epoch?.firstRead;
-  if (first !== undefined) await waitAtMost(first, FIRST_EPOCH_READ_WAIT_MS);
+  const read = ctx.epoch?.reread?.();
+  if (read !== undefined) await waitAtMost(read, FIRST_EPOCH_READ_WAIT_MS);
 }
 
 /** `{ epoch }` when the server knows its store's epoch, else nothing. */

@@ -8,15 +8,17 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 
 /**
- * Longest wait of an answer that carries the epoch (a socket's `hello`, an event stream's start, the HTTP
- * task routes) for the server's first read of it; then it goes without one. A read this slow is a store in
+ * Longest wait of an answer that carries the epoch for a read of it: a socket's `hello` for the server's
+ * first read (then it goes without one), the HTTP task routes and an event stream's start for a read after
+ * their data (then they carry the epoch last read, or none). A read this slow is a store in
  * trouble, and the client gives up on a socket without `hello` after its `connectTimeoutMs` (10 s by
  * default).
  */
 export const FIRST_EPOCH_READ_WAIT_MS = 2000;
 
 /**
- * The store's epoch as this replica last read it. Read at start and again on every heartbeat tick, so a
+ * The store's epoch as this replica last read it. Read at start, by the HTTP task answers (`reread`), and
+ * again on every heartbeat tick, so a
  * store renewed under a running server (`renewEpoch` after a restore) is noticed within one interval:
  * `onRenewed` is then called, once per change, for the server to drop what it knows of the old epoch's
  * seqs. `undefined` until the first read, or for a store without epochs: `hello` then carries none.
@@ -77,6 +79,15 @@ export class StoreEpoch {
       this.#reading = undefined;
     });
     return this.#reading;
+  }
+
+  /**
+   * A read started after this call (see {@link refresh}), for an answer that labels with the epoch what it
+   * read from the store just before: {@link current} alone may be older than that data (a renewal by another
+   * replica whose notice has not arrived, or that no feed tells). Settles at {@link close} too.
+   */
+  reread(): Promise<void> {
+    return Promise.race([this.refresh(), this.#closing]);
   }
 
   /** No read starts any more (the server is closing, its store may close next). */

@@ -208,6 +208,7 @@ export class TaskApi {
   /**
    * Cancels any task (owned here or not): appends `cancelled` and publishes it to local watchers. An owned
    * task's handle and batch stop. Not authorization-checked (the HTTP handler checks before calling).
+   * `reason` is clipped and made storable as the handle's texts are (see `TaskHandle.cancel`).
    *
    * @throws ProgressError `task_finished` when it already ended, `task_not_found`, or a store error.
    */

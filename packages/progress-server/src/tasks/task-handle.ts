@@ -255,7 +255,11 @@ export class TaskHandle {
     return this.#append({ type: 'failed', error: toFailure(error) }) as Promise<FailedEvent>;
   }
 
-  /** Ends the task as `cancelled`. */
+  /**
+   * Ends the task as `cancelled`. `reason` is clipped and made storable, as every text on the handle (see
+   * `fail`): U+0000 and unpaired surrogates become U+FFFD. `POST …/cancel` refuses such a reason instead
+   * (400 `invalid_input`): its caller is there to be told.
+   */
   cancel(reason?: string | null): Promise<CancelledEvent> {
     // Not a string (JavaScript; `tasks.cancel` passes its argument on): no reason, as `tasks.cancel` records
     // for a task owned elsewhere. clip() threw a bare TypeError and the task stayed running.

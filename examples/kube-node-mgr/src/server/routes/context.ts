@@ -102,6 +102,8 @@ export function createGuards(parts: {
     }
   };
   const requireSession = (req: Authed, res: Response, next: NextFunction) => {
+    // Checked already, before the body was read (`POST /api/batch`).
+    if (req.session !== undefined) return next();
     sessions.fromRequest(req).then((session) => {
       if (session === null) return fail(res, 401, 'unauthenticated', 'log in first');
       req.session = session;
