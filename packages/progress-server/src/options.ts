@@ -144,7 +144,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
    * answer, from its `connection` event; a slower one is closed with 1011. It bounds the same hooks
    * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
-   * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends.
+   * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends; a
+   * socket's `subscribe` (or a renewal's re-check of a followed task) whose `authorize` has not answered
+   * within it gets an `error` frame `timeout`, and the subscription ends.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;
