@@ -356,6 +356,43 @@ describe('HTTP answers and upgrades (doc: Authentication, HTTP API)', () => {
     }
   });
 
+  it('an authorize hook that does not answer within upgradeTimeoutMs: 504 timeout on every task route, the stream and ack included', async () => {
+    const { server } = await start({ upgradeTimeoutMs: 200, authorize: () => new Promise(() => {}) });
+    await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    const answers = [];
+    for (const path of ['/progress/tasks/t', '/progress/tasks/t/events', '/progress/tasks/t/stream'])
+      answers.push(await http('GET', path, { headers: bearer() }));
+    answers.push(
+      await http('POST', '/progress/tasks/t/ack', {
+        headers: { ...bearer(), 'content-type': 'application/json' },
+        body: '{"seq":1}',
+      }),
+    );
+    expect(answers.map((a) => [a.status, a.json().error.code])).toEqual(Array(4).fill([504, 'timeout']));
+  });
+
+  it('parameters out of their documented ranges are 400 invalid_input', async () => {
+    const { server } = await start();
+    await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
+    const json = { ...bearer(), 'content-type': 'application/json' };
+    const answers = [];
+    for (const path of [
+      '/progress/tasks?status=bogus',
+      '/progress/tasks?limit=0',
+      '/progress/tasks?limit=1001',
+      '/progress/tasks/t/events?afterSeq=-1',
+      '/progress/tasks/t/events?afterSeq=1.5',
+      '/progress/tasks/t/events?limit=1001',
+      '/progress/tasks/t/stream?afterSeq=-1',
+    ])
+      answers.push(await http('GET', path, { headers: bearer() }));
+    answers.push(await http('POST', '/progress/tasks/t/ack', { headers: json, body: '{"seq":0}' }));
+    answers.push(await http('POST', '/progress/tasks/t/cancel', { headers: json, body: '{"reason":5}' }));
+    expect(answers.map((a) => [a.status, a.json().error.code])).toEqual(
+      Array(9).fill([400, 'invalid_input']),
+    );
+  });
+
   it('an upgrade whose authenticate hook does not answer within upgradeTimeoutMs is dropped without an answer', async () => {
     await start({ upgradeTimeoutMs: 200, authenticate: () => new Promise(() => {}) });
     const client = new Raw(env!.wsUrl, { headers: bearer() });
