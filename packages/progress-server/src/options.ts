@@ -417,8 +417,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * After a failed store read for live delivery, wait this long before reading again. Also the wait
    * before reading again when the change feed announced a seq the store does not show; after three such
    * retries the announced seq is given up (a late notice of a restored store's previous epoch). A read
-   * that failed with `internal` (a row the store cannot decode) is not retried: it ends the task's
-   * subscriptions with that error, and the clients resubscribe with their backoff.
+   * that failed with `internal` (a row the store cannot decode), or with an error that is no
+   * `ProgressError` (a store breaking its contract), is not retried: it ends the task's subscriptions
+   * with `internal`, and the clients resubscribe with their backoff.
    * @default 1000
    */
   storeRetryDelayMs?: number | undefined;

@@ -110,6 +110,27 @@ describe('the server answers every subscribe (doc: delivery rule 1, Errors)', ()
   });
 });
 
+describe('a store that fails to read a followed task (doc: Errors, internal)', () => {
+  it('a read of live events that fails with an error that is no ProgressError ends the subscription with internal, naming the task', async () => {
+    const { server, store } = await start({ heartbeatIntervalMs: 100, storeRetryDelayMs: 50 });
+    const task = await server.tasks.create({ id: 'r', owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: 'r', afterSeq: 0 });
+    await client.next(snapshotOf('r'));
+    // A store breaking its contract (a driver's own error, every read alike): the server reads it from
+    // the store, its own recent events do not hold a commit it did not make.
+    store.readEvents = async () => {
+      throw new SyntaxError('Unexpected token in JSON at position 0');
+    };
+    await store.append(task.id, { type: 'progress', done: 1 });
+    const error = await client.next((f) => f.type === 'error');
+    expect(error).toMatchObject({ code: 'internal', taskId: 'r' });
+    // No longer followed: the heartbeat says so (rule 6: subscribe again).
+    const from = client.frames.length;
+    expect((await client.next((f) => f.type === 'heartbeat', from)).seqs).toEqual({});
+  });
+});
+
 describe('frames and their answers (doc: Transport, Errors, error, Limits)', () => {
   it('a text frame that is not UTF-8 is invalid_frame and the socket stays open', async () => {
     await start();
