@@ -1,5 +1,6 @@
 import { request as httpRequest } from 'node:http';
 import { connect as netConnect } from 'node:net';
+import { ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { startServer, type TestServer } from './testing/harness.js';
@@ -93,7 +94,7 @@ describe('the server answers every subscribe (doc: delivery rule 1, Errors)', ()
     });
     const task = await server.tasks.create({ id: 't', owner: 'alice', kind: 'k' });
     const client = await connect();
-    client.send({ type: 'subscribe', taskId: 't', afterSeq: 0 });
+    client.send({ type: 'subscribe', id: 'w1', taskId: 't', afterSeq: 0 });
     await client.next(snapshotOf('t'));
     hang = true;
     const from = client.frames.length;
@@ -102,6 +103,7 @@ describe('the server answers every subscribe (doc: delivery rule 1, Errors)', ()
     await task.progress({ done: 1 });
     expect(await client.next((f) => f.type === 'error', from)).toMatchObject({
       code: 'timeout',
+      requestId: 'w1',
       taskId: 't',
     });
     hang = false;
@@ -128,6 +130,27 @@ describe('a store that fails to read a followed task (doc: Errors, internal)', (
     // No longer followed: the heartbeat says so (rule 6: subscribe again).
     const from = client.frames.length;
     expect((await client.next((f) => f.type === 'heartbeat', from)).seqs).toEqual({});
+  });
+});
+
+describe('errors about a subscription already answered (doc: Errors, internal)', () => {
+  it('a live read that fails ends the subscription with internal naming the task and the id of the subscribe that started it', async () => {
+    const { server, store } = await start({ storeRetryDelayMs: 50 });
+    const task = await server.tasks.create({ id: 'r', owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 's1', taskId: 'r', afterSeq: 0 });
+    await client.next(snapshotOf('r'));
+    store.readEvents = async () => {
+      throw new ProgressError('internal', 'row 1 is damaged');
+    };
+    await store.append(task.id, { type: 'progress', done: 1 });
+    expect(await client.next((f) => f.type === 'error')).toEqual({
+      type: 'error',
+      code: 'internal',
+      message: 'Internal error',
+      requestId: 's1',
+      taskId: 'r',
+    });
   });
 });
 
@@ -344,6 +367,41 @@ describe('refusals of the server and its options (doc: Authentication, Limits, h
     const client = new Raw(env!.wsUrl);
     clients.push(client);
     await expect(client.open).rejects.toThrow('HTTP 429');
+  });
+});
+
+describe('credentials and acks at the edges (doc: Credential expiry, hello, ack)', () => {
+  it('a header credential already expired at the upgrade: no hello, token_expired + 4011 (version 1: unauthenticated + 4011)', async () => {
+    await start();
+    for (const [protocols, code] of [
+      [['finishline.v2', 'finishline.v1'], 'token_expired'],
+      [['finishline.v1'], 'unauthenticated'],
+    ] as const) {
+      const client = new Raw(env!.wsUrl, { headers: bearer('alice:-1000'), protocols: [...protocols] });
+      clients.push(client);
+      await client.open;
+      expect((await client.closed).code).toBe(4011);
+      expect(client.frames.map((f) => [f.type, f.code])).toEqual([['error', code]]);
+    }
+  });
+
+  it('hello.reconnectDelayMs is open sockets / reconnectsPerSecond seconds', async () => {
+    await start({ reconnectsPerSecond: 2 });
+    const delays: number[] = [];
+    for (let i = 0; i < 3; i++) delays.push((await connect()).frames[0]!.reconnectDelayMs);
+    expect(delays).toEqual([500, 1000, 1500]);
+  });
+
+  it('an ack held behind a subscribe that is refused is dropped: the refusal is the one answer, nothing recorded', async () => {
+    const { server, store } = await start();
+    await server.tasks.create({ id: 'bobs', owner: 'bob', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 's1', taskId: 'bobs', afterSeq: 0 });
+    client.send({ type: 'ack', taskId: 'bobs', seq: 1 });
+    await client.next(errorOf('task_not_found'));
+    await client.sync();
+    expect(client.about('bobs').map((f) => [f.code, f.requestId])).toEqual([['task_not_found', 's1']]);
+    expect((await store.getTask('bobs'))?.ackedSeq).toBe(0);
   });
 });
 
