@@ -144,7 +144,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * descriptor for ever. A socket of a `wss` you pass has this long for its authentication hooks to
    * answer, from its `connection` event; a slower one is closed with 1011. It bounds the same hooks
    * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
-   * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends.
+   * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends; a
+   * socket's `subscribe` (or a renewal's re-check of a followed task) whose `authorize` has not answered
+   * within it gets an `error` frame `timeout`, and the subscription ends.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;
@@ -415,8 +417,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * After a failed store read for live delivery, wait this long before reading again. Also the wait
    * before reading again when the change feed announced a seq the store does not show; after three such
    * retries the announced seq is given up (a late notice of a restored store's previous epoch). A read
-   * that failed with `internal` (a row the store cannot decode) is not retried: it ends the task's
-   * subscriptions with that error, and the clients resubscribe with their backoff.
+   * that failed with `internal` (a row the store cannot decode), or with an error that is no
+   * `ProgressError` (a store breaking its contract), is not retried: it ends the task's subscriptions
+   * with `internal`, and the clients resubscribe with their backoff.
    * @default 1000
    */
   storeRetryDelayMs?: number | undefined;

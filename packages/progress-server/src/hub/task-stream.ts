@@ -66,10 +66,13 @@ export interface StreamSink {
  * Whether a failed store read is of a kind that reading again does not cure: `internal`, which stores
  * answer for a row they cannot decode (one damaged by hand) and for their own bugs, as against
  * `store_unavailable` (the database down, busy or restarting). Retried every `storeRetryDelayMs`, such a
- * read failed for as long as anyone followed the task, and its watchers were told nothing.
+ * read failed for as long as anyone followed the task, and its watchers were told nothing. An error that
+ * is no ProgressError is a store breaking its contract (a driver's own error, a decoder's `SyntaxError`):
+ * answered `internal`, as a subscribe's first read answers it, since nothing says another read cures it
+ * (retried, its watchers waited for ever, the heartbeat at the last seq sent showing no gap).
  */
 export function isLastingReadError(error: unknown): boolean {
-  return isProgressError(error, ErrorCode.Internal);
+  return !isProgressError(error) || error.code === ErrorCode.Internal;
 }
 
 /** What a stream needs from its hub. */

@@ -5,11 +5,12 @@
  * @module
  */
 import type { AckFrame, ProtocolVersion, SubscribeFrame, Task } from '@finishline/core';
-import { ErrorCode, isProgressError, toTaskView } from '@finishline/core';
+import { ErrorCode, isProgressError, ProgressError, toTaskView } from '@finishline/core';
 import type { Principal } from '../auth.js';
 import { clientError, isStoreFailure } from '../client-message.js';
 import { describeError } from '../logger.js';
 import { missingTask, taskNotFoundMessage } from '../tasks/task-not-found.js';
+import { settledWithin } from '../wait.js';
 import type { SocketServices } from './services.js';
 import type { FrameRefs, SocketWriter } from './socket-writer.js';
 import { Subscription } from './subscription.js';
@@ -198,8 +199,14 @@ export class Subscriptions<P extends Principal> {
     // application opted into `revealTaskExistence`, they are the very same answer (no existence oracle),
     // sent after the same `authorize` call: a missing task's is asked about a stand-in (see `missingTask`).
     let allowed = false;
-    if (task !== undefined) allowed = await this.#mayWatch(task);
-    else if (!this.#ctx.options.revealTaskExistence) await this.#mayWatch(missingTask(taskId));
+    try {
+      if (task !== undefined) allowed = await this.#mayWatch(task);
+      else if (!this.#ctx.options.revealTaskExistence) await this.#mayWatch(missingTask(taskId));
+    } catch (error) {
+      // The hook did not answer in time: this subscribe, and the repeats joined to it, get `timeout`.
+      if (current.isCurrent(stream)) this.#fail(current, error);
+      return;
+    }
     if (task === undefined || !allowed) {
       if (current.isCurrent(stream)) this.#refuse(current, task, this.#waiting(current));
       return;
@@ -249,9 +256,31 @@ export class Subscriptions<P extends Principal> {
   async #mayWatch(task: Task): Promise<boolean> {
     for (;;) {
       const principal = this.#ctx.principal();
-      const allowed = await this.#ctx.auth.authorize(principal, task, 'watch');
+      const allowed = await this.#authorizeInTime(principal, task);
       if (!allowed || this.#ctx.principal() === principal) return allowed;
     }
+  }
+
+  /**
+   * The `authorize` hook's answer, within the server's `upgradeTimeoutMs` (the bound of the same hook on
+   * an HTTP request, answered 504 there); past it, a `timeout` ProgressError. Unbounded, a hook that never
+   * answered (an auth backend down, a call without a timeout) left the subscribe unanswered, and the
+   * repeats the client sends of an unanswered subscribe joined it (delivery rule 1): the watch waited
+   * for ever, as did a followed task held by a renewal's re-check.
+   */
+  async #authorizeInTime(principal: P, task: Task): Promise<boolean> {
+    const answer = await settledWithin<boolean | 'timeout'>(
+      this.#ctx.auth.authorize(principal, task, 'watch'),
+      this.#ctx.options.upgradeTimeoutMs,
+      'timeout',
+    );
+    if (answer !== 'timeout') return answer;
+    // Counted as the HTTP API's 504 of the same hook is; `#fail` logs it.
+    this.#ctx.metrics.handlerErrors.inc();
+    throw new ProgressError(
+      ErrorCode.Timeout,
+      `The check of task ${task.id} did not answer in time; try again`,
+    );
   }
 
   /**
@@ -393,7 +422,15 @@ export class Subscriptions<P extends Principal> {
         continue;
       }
       if (task === null || !sub.isCurrent(stream)) continue;
-      if (task !== undefined && (await this.#ctx.auth.authorize(principal, task, 'watch'))) {
+      let allowed = false;
+      try {
+        allowed = task !== undefined && (await this.#authorizeInTime(principal, task));
+      } catch (error) {
+        // Not answered in time: the subscription ends with `timeout`, and the client resubscribes.
+        if (sub.isCurrent(stream)) this.#fail(sub, error);
+        continue;
+      }
+      if (allowed) {
         // Unless a newer renewal came meanwhile: its re-check, next, decides.
         if (this.#recheckNext === undefined) sub.resume();
         continue;
