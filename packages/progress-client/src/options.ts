@@ -500,7 +500,7 @@ export function resolveOptions(options: ProgressClientOptions, closed?: AbortSig
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
     WebSocket: sharing ? sharing.wrap(WebSocketImpl, closed) : WebSocketImpl,
-    fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
+    fetch: fetchImpl?.bind(globalThis) as FetchLike | undefined,
     storage: persistence ? persistence.forServer(url.href) : undefined,
     httpFallback: o.httpFallback || undefined,
   });

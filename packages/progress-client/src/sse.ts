@@ -1,5 +1,5 @@
 import { ErrorCode, type ProgressError } from '@finishline/core';
-import { func, integer, resolveOptions, sseEventId } from '@finishline/core/internal';
+import { integer, ofType, resolveOptions, sseEventId } from '@finishline/core/internal';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -103,7 +103,7 @@ export function sseFallback(options?: SseFallbackOptions): FallbackTransport {
 
 /** The defaults and checks of {@link SseFallbackOptions}. */
 const SSE_OPTIONS = {
-  fetch: func<StreamingFetch | undefined>(undefined),
+  fetch: ofType<StreamingFetch>('a function', (value) => typeof value === 'function'),
   pollAfterStalls: integer(2, 0),
 } satisfies { [K in keyof Required<SseFallbackOptions>]: unknown };
 
@@ -193,10 +193,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           delivered = true;
           heard();
           buffer += decoder.decode(value, { stream: true });
-          let cut = buffer.indexOf('\n\n');
-          while (cut >= 0) {
-            const block = buffer.slice(0, cut);
-            buffer = buffer.slice(cut + 2);
+          // The complete blocks; the last part waits for the rest of its block.
+          const blocks = buffer.split('\n\n');
+          buffer = blocks.pop() as string;
+          for (const block of blocks) {
             const stated = HEARTBEAT_INTERVAL.exec(block);
             if (stated) {
               // At most 5 minutes of it, as the socket takes of its hello: a misconfigured or broken
@@ -224,7 +224,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
                 }
               }
             }
-            cut = buffer.indexOf('\n\n');
           }
         }
       })()
