@@ -225,7 +225,7 @@ function parse(argv: readonly string[]) {
   if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
   // A host and port without a scheme is the usual slip: the client read `localhost:3000/progress` as a URL
   // of the scheme "localhost:" ("url must be a ws: or wss: URL, got localhost:") and `127.0.0.1:3000/…` as
-  // no URL at all ("url is not a valid URL"), though it takes http(s) URLs too. Not echoed: a URL may carry
+  // no URL at all ("url is not a valid absolute URL"), though it takes http(s) URLs too. Not echoed: a URL may carry
   // a token in its query.
   if (!/^(ws|http)s?:\/\//i.test(url))
     throw new Error(

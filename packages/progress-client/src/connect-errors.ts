@@ -32,7 +32,7 @@ export function unexplainedFailure(message: string, error: Error | undefined): A
         ? 'the WebSocket failed before the server said hello; this implementation does not say why ' +
           "(browsers never do): check the scheme (ws:// for plain HTTP), host, port and path, and the server's allowedOrigins"
         : `the WebSocket failed: ${message}`,
-    ...(error === undefined ? {} : { cause: error }),
+    cause: error,
   };
 }
 
@@ -70,6 +70,7 @@ export function unreachableError(
     // message goes to the application's logs.
     `ProgressClient: cannot connect to ${url.split('?', 1)} (${attempts} failed attempts in a row): ` +
       `${failure.detail}. Retrying in ${Math.round(delayMs)} ms.`,
-    failure.cause === undefined ? {} : { cause: failure.cause },
+    // (ProgressError leaves out a cause that is undefined.)
+    failure,
   );
 }

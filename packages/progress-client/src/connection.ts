@@ -24,7 +24,7 @@ import { Liveness } from './liveness.js';
 import type { ResolvedOptions, WebSocketLike } from './options.js';
 import { ReconnectPacing } from './reconnect-pacing.js';
 import { batchSends, bindClose, decodeSocketData, describeSocketError } from './socket-platform.js';
-import { noop, Timeout, type TimerSet } from './timers.js';
+import { MAX_DELAY_MS, noop, Timeout, type TimerSet } from './timers.js';
 
 /**
  * The socket's lifecycle: lazy connect, authentication, what ends a socket (its deadline in
@@ -73,6 +73,8 @@ export class Connection {
   #attemptFailure: AttemptFailure | undefined;
   /** The socket whose `auth` frame waits for the token function (to say so when its attempt times out). */
   #awaitingToken: WebSocketLike | undefined;
+  /** The last renewal asked for: the next waits for it (see `renewToken`). */
+  #renewal = Promise.resolve(false);
 
   constructor(options: ResolvedOptions, timers: TimerSet, handler: ConnectionHandler) {
     this.#o = options;
@@ -93,9 +95,14 @@ export class Connection {
    * anyway), and when the token function fails, returns no credential (see `credentialOf`) or returns
    * nothing within `connectTimeoutMs`: that is reported as an `unauthenticated` error, and the
    * socket keeps its current credential (if it expires, the server's 4011 starts the usual fresh-token
-   * reconnect). Never rejects: callers fire and forget it from a token-refresh hook.
+   * reconnect). Never rejects: callers fire and forget it from a token-refresh hook. A call made while
+   * another is under way waits for it, then calls the token function itself: called at once, both called
+   * it together and each sent what it got when it got it, so an older token answered last was left in force.
+   * (`#renew` never rejects: the next one always runs.)
    */
-  async renewToken(): Promise<boolean> {
+  readonly renewToken = (): Promise<boolean> => (this.#renewal = this.#renewal.then(() => this.#renew()));
+
+  async #renew(): Promise<boolean> {
     const token = this.#o.token;
     const socket = this.#socket;
     if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
@@ -110,7 +117,7 @@ export class Connection {
         await new Promise<unknown>((resolve, reject) => {
           const { timers } = this.#o;
           // At most 2^31 - 1 ms: the timer functions fire a longer delay at once (renewToken() gave up at once).
-          const handle = timers.setTimeout(reject, Math.min(this.#o.connectTimeoutMs, 2 ** 31 - 1));
+          const handle = timers.setTimeout(reject, Math.min(this.#o.connectTimeoutMs, MAX_DELAY_MS));
           // Not holding a Node process after close(): while the client is open, its socket keeps it alive.
           (handle as { unref?(): void }).unref?.();
           // (Called from a then: what it throws, or a credential it returns as is, takes the same path.)

@@ -118,8 +118,8 @@ export class FallbackStreams implements FallbackRuntime {
   constructor(host: FallbackHost, wire: FallbackWire, pollAfterStalls: number) {
     this.#host = host;
     this.#wire = wire;
-    // 0 (or anything not above it) never moves to polling.
-    this.#stallLimit = pollAfterStalls > 0 ? pollAfterStalls : Infinity;
+    // 0 never moves to polling.
+    this.#stallLimit = pollAfterStalls || Infinity;
   }
 
   start(): void {

@@ -98,7 +98,7 @@ export function sendAck(
       .then(({ status = 0 }) => settle(status < 500 && status !== 429))
       // A `fetch` of the application's answering no response (`undefined`) is no answer either: read in
       // the first callback, it threw there, past the second, and ended a Node process (unhandled rejection).
-      .catch(() => settle(false));
+      .catch(() => settle());
   };
   send(0);
 }

@@ -23,12 +23,17 @@ export function readField(body: unknown, name: string): unknown {
   return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[name] : undefined;
 }
 
-/** The error an HTTP error response stands for: the body's code when it is one of ours, else by status. */
-export function errorFromResponse(taskId: string, status: number, text: string): ProgressError {
+/**
+ * The error an HTTP error response stands for: the body's code when it is one of ours, else by status (a
+ * body that is not JSON, or `undefined`: none was read).
+ */
+export function errorFromResponse(taskId: string, status: number, text: string | undefined): ProgressError {
   let code: ErrorCode = STATUS_CODES[status] ?? ErrorCode.Internal;
   let message = `HTTP ${status} for task ${taskId}`;
   try {
-    const error = readField(JSON.parse(text), 'error') as { code?: unknown; message?: unknown } | undefined;
+    const error = readField(JSON.parse(text as string), 'error') as
+      | { code?: unknown; message?: unknown }
+      | undefined;
     if ((ERROR_CODES as readonly unknown[]).includes(error?.code)) code = error?.code as ErrorCode;
     if (typeof error?.message === 'string') message = error.message.slice(0, 500);
   } catch {

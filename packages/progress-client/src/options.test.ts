@@ -104,7 +104,7 @@ describe('client options', () => {
     [{ reconnect: { firstDelayMs: 40_000 } }, /reconnect.firstDelayMs must not exceed reconnect.maxDelayMs/],
     [{ reconnect: { firstDelayMs: -1 } }, /reconnect.firstDelayMs must be a finite number >= 0/],
     [{ reconnect: { multiplier: 0.5 } }, /reconnect.multiplier must be a finite number >= 1/],
-    [{ url: 'not a url' }, /url is not a valid URL/],
+    [{ url: 'not a url' }, /url is not a valid absolute URL/],
     [{ url: 'ftp://app.test/' }, /ws: or wss:/],
     [{ url: 'wss://user:secret@app.test/' }, /must not carry credentials/],
     [{ httpUrl: 'ws://app.test/' }, /httpUrl must be an http\(s\) URL/],
@@ -137,6 +137,29 @@ describe('client options', () => {
         message: `ProgressClient: token must have 1 to ${LIMITS.maxTokenLength} characters`,
       }),
     );
+  });
+
+  it('says where there is no page (Node) that url and httpUrl must be absolute, and resolves a relative one in a page', () => {
+    // Before 6 December 2026: "url is not a valid URL" for '/progress', which reads as valid.
+    for (const name of ['url', 'httpUrl'])
+      expect(() => resolveOptions({ ...base, [name]: '/progress' })).toThrow(
+        expect.objectContaining({
+          code: ErrorCode.InvalidInput,
+          message: `ProgressClient: ${name} is not a valid absolute URL`,
+        }),
+      );
+    vi.stubGlobal('location', { href: 'https://app.test/page' });
+    try {
+      expect(resolveOptions({ ...base, url: '/progress', httpUrl: '/api' })).toMatchObject({
+        url: 'wss://app.test/progress',
+        httpUrl: 'https://app.test/api',
+      });
+      expect(() => resolveOptions({ ...base, url: 'http://[' })).toThrow(
+        'ProgressClient: url is not a valid URL',
+      );
+    } finally {
+      vi.unstubAllGlobals();
+    }
   });
 
   it('turns an http(s) URL into the socket URL and derives the HTTP base from the socket URL', () => {

@@ -83,7 +83,7 @@ export interface ProgressClientOptions {
   /**
    * The server's WebSocket URL (`wss://host/progress`). `http(s)` URLs are converted to `ws(s)`; in a
    * browser a relative URL resolves against the page. A `URL` is taken as its `href`. Never put a credential
-   * in it.
+   * in it. Without a page (Node, SSR), a relative one is refused: `url is not a valid absolute URL`.
    */
   url: string | URL;
   /**
@@ -424,11 +424,21 @@ export interface ResolvedOptions
   reconnectFirstDelayMs: number;
 }
 
+/**
+ * `value` as a URL, resolved against the page's (`base`) where there is one.
+ *
+ * @throws ProgressError `invalid_input` naming the option; without a page (Node, a worker without
+ *   `location`), that it must be absolute: "not a valid URL" read as wrong for `/progress`, a valid one in a page.
+ */
 function parseUrl(name: string, value: unknown, base?: string): URL {
   try {
     return new URL(String(value), base);
   } catch (cause) {
-    throw new ProgressError(ErrorCode.InvalidInput, `ProgressClient: ${name} is not a valid URL`, { cause });
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      `ProgressClient: ${name} is not a valid ${base ? '' : 'absolute '}URL`,
+      { cause },
+    );
   }
 }
 
@@ -500,7 +510,7 @@ export function resolveOptions(options: ProgressClientOptions, closed?: AbortSig
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
     WebSocket: sharing ? sharing.wrap(WebSocketImpl, closed) : WebSocketImpl,
-    fetch: fetchImpl === undefined ? undefined : (fetchImpl.bind(globalThis) as FetchLike),
+    fetch: fetchImpl?.bind(globalThis) as FetchLike | undefined,
     storage: persistence ? persistence.forServer(url.href) : undefined,
     httpFallback: o.httpFallback || undefined,
   });

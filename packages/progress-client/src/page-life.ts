@@ -77,11 +77,7 @@ export class PageLife {
   start(): void {
     if (this.#started) return;
     this.#started = true;
-    const { document, window } = this.#o.pageEvents ?? {};
-    document?.addEventListener('visibilitychange', this.#onVisibility);
-    document?.addEventListener('resume', this.#onResume);
-    window?.addEventListener('online', this.#onOnline);
-    window?.addEventListener('pageshow', this.#onPageShow);
+    this.#listen('addEventListener');
     this.#armTick();
   }
 
@@ -89,12 +85,17 @@ export class PageLife {
   stop(): void {
     if (!this.#started) return;
     this.#started = false;
-    const { document, window } = this.#o.pageEvents ?? {};
-    document?.removeEventListener('visibilitychange', this.#onVisibility);
-    document?.removeEventListener('resume', this.#onResume);
-    window?.removeEventListener('online', this.#onOnline);
-    window?.removeEventListener('pageshow', this.#onPageShow);
+    this.#listen('removeEventListener');
     this.#tick.clear();
+  }
+
+  /** Adds or removes the four listeners: one list for both, so they cannot drift apart. */
+  #listen(method: 'addEventListener' | 'removeEventListener'): void {
+    const { document, window } = this.#o.pageEvents ?? {};
+    document?.[method]('visibilitychange', this.#onVisibility);
+    document?.[method]('resume', this.#onResume);
+    window?.[method]('online', this.#onOnline);
+    window?.[method]('pageshow', this.#onPageShow);
   }
 
   #armTick(): void {

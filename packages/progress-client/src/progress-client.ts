@@ -188,7 +188,9 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
    * old one expires. Resolves `false` when there is nothing to renew (no open socket, a version-1
    * server, or a static token) and when the token function fails, returns no credential (see `token`) or
    * returns nothing within `connectTimeoutMs` (then an `unauthenticated` error is emitted, with the failure
-   * as its `cause`, and no `auth` frame is sent: the socket keeps its credential); never rejects. A token that expires anyway closes the
+   * as its `cause`, and no `auth` frame is sent: the socket keeps its credential); never rejects. A call
+   * made while another is under way waits for it, then calls the token function itself: the last `auth`
+   * sent carries what the last call got. A token that expires anyway closes the
    * socket with 4011; the client then fetches a fresh token and reconnects once by itself.
    *
    * @example
@@ -215,9 +217,9 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
 
   #shutdown(error: ProgressError, emitError: boolean): Promise<void> {
     this.#closed = true;
+    this.#pageLife?.stop();
     this.#http?.stop();
     this.#fallback?.stop();
-    this.#pageLife?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
     this.#timers.dispose();

@@ -1687,3 +1687,39 @@ describe('the SSE fallback transport when the page wakes', () => {
     await client.close();
   });
 });
+
+describe('sseFallback() options', () => {
+  it('refuses a bad option with invalid_input naming it, as the client refuses its own (before, taken without a word)', () => {
+    const refusal = (options: unknown) => {
+      try {
+        return typeof sseFallback(options as Parameters<typeof sseFallback>[0]).attach === 'function'
+          ? 'accepted'
+          : 'no transport';
+      } catch (error) {
+        return error;
+      }
+    };
+    for (const [options, message] of [
+      [{ pollAfterStalls: -1 }, 'sseFallback: pollAfterStalls must be an integer >= 0, got -1'],
+      [{ pollAfterStalls: 1.5 }, 'sseFallback: pollAfterStalls must be an integer >= 0, got 1.5'],
+      [{ pollAfterStalls: Number.NaN }, 'sseFallback: pollAfterStalls must be an integer >= 0, got NaN'],
+      [{ pollAfterStalls: '2' }, 'sseFallback: pollAfterStalls must be an integer >= 0, got "2"'],
+      // Before: a TypeError from `bind`, not the client's error.
+      [{ fetch: 'fetch' }, 'sseFallback: fetch must be a function, got "fetch"'],
+      // A typo: before, the default (2) was used without a word.
+      [
+        { pollAfterStall: 0 },
+        'sseFallback: unknown option "pollAfterStall" (did you mean `pollAfterStalls`?)',
+      ],
+      [null, 'sseFallback: options must be an object, got null'],
+    ] as const)
+      expect(refusal(options)).toMatchObject({ code: 'invalid_input', message });
+    for (const options of [
+      undefined,
+      {},
+      { pollAfterStalls: 0 },
+      { pollAfterStalls: undefined, fetch: vi.fn() },
+    ])
+      expect(refusal(options)).toBe('accepted');
+  });
+});

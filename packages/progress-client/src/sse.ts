@@ -1,5 +1,5 @@
 import { ErrorCode, type ProgressError } from '@finishline/core';
-import { sseEventId } from '@finishline/core/internal';
+import { integer, ofType, resolveOptions, sseEventId } from '@finishline/core/internal';
 import {
   type FallbackHost,
   FallbackStreams,
@@ -9,6 +9,7 @@ import {
 import { decodeServerText } from './frame-check.js';
 import { sendAck, taskRequest } from './http-ack.js';
 import { errorFromResponse } from './http-errors.js';
+import { noop } from './timers.js';
 import type { HttpCredentials } from './transport-types.js';
 
 export type { FallbackTransport } from './fallback-streams.js';
@@ -70,7 +71,7 @@ export interface SseFallbackOptions {
    * count, nor one behind a proxy that holds the headers too, which cannot be told from it), the
    * client polls its watches over HTTP instead, for as long as it would have used the streams (the socket's
    * `hello` ends it; the next fallback polls at once). Needs the client's `httpFallback`: without it the
-   * streams go on. 0 (or less) never moves to polling.
+   * streams go on. An integer >= 0; 0 never moves to polling.
    * @default 2
    */
   pollAfterStalls?: number | undefined;
@@ -86,13 +87,25 @@ export interface SseFallbackOptions {
  * import { sseFallback } from '@finishline/client/sse';
  * const client = new ProgressClient({ url: '/progress', fallbackTransport: sseFallback() });
  * ```
+ *
+ * @throws ProgressError `invalid_input` naming the option, for an unknown one or a bad value (see
+ *   {@link SseFallbackOptions}).
  */
-export function sseFallback(options: SseFallbackOptions = {}): FallbackTransport {
-  const fetchImpl = (options.fetch ?? (globalThis as { fetch?: StreamingFetch }).fetch)?.bind(globalThis);
+export function sseFallback(options?: SseFallbackOptions): FallbackTransport {
+  // Checked as the client's options are: a typo (`pollAfterStall`), a negative or fractional count or a
+  // `fetch` that is not a function was taken without a word (or failed later, a TypeError from deep inside).
+  const o = resolveOptions('sseFallback', SSE_OPTIONS, options);
+  const fetchImpl = (o.fetch ?? (globalThis as { fetch?: StreamingFetch }).fetch)?.bind(globalThis);
   return {
-    attach: (host) => new FallbackStreams(host, sseWire(host, fetchImpl), options.pollAfterStalls ?? 2),
+    attach: (host) => new FallbackStreams(host, sseWire(host, fetchImpl), o.pollAfterStalls),
   };
 }
+
+/** The defaults and checks of {@link SseFallbackOptions}. */
+const SSE_OPTIONS = {
+  fetch: ofType<StreamingFetch>('a function', (value) => typeof value === 'function'),
+  pollAfterStalls: integer(2, 0),
+} satisfies { [K in keyof Required<SseFallbackOptions>]: unknown };
 
 /** The SSE requests about one task, with the client's `httpUrl`, `headers`, `token` and `httpCredentials`. */
 function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): FallbackWire {
@@ -142,7 +155,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       heard();
       void (async () => {
         if (!fetchImpl) return end();
-        const open = (epoch: string | undefined) =>
+        const open = (epoch?: string) =>
           taskRequest(o, fetchImpl, taskId, 'stream', {
             method: 'GET',
             headers: {
@@ -155,12 +168,11 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         let response = await open(from.epoch);
         // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
         // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
-        if (response.status === 400 && from.seq > 0 && from.epoch !== undefined)
-          response = await open(undefined);
+        if (response.status === 400 && from.seq > 0 && from.epoch !== undefined) response = await open();
         // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
         if (!response.ok && response.status !== undefined) {
-          const text = (await response.text?.().catch(() => '')) ?? '';
-          return end(errorFromResponse(taskId, response.status, text));
+          // (No text, or none read: the status says it, as for a body that is not JSON.)
+          return end(errorFromResponse(taskId, response.status, await response.text?.().catch(noop)));
         }
         // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
         // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
@@ -181,10 +193,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           delivered = true;
           heard();
           buffer += decoder.decode(value, { stream: true });
-          let cut = buffer.indexOf('\n\n');
-          while (cut >= 0) {
-            const block = buffer.slice(0, cut);
-            buffer = buffer.slice(cut + 2);
+          // The complete blocks; the last part waits for the rest of its block.
+          const blocks = buffer.split('\n\n');
+          buffer = blocks.pop() as string;
+          for (const block of blocks) {
             const stated = HEARTBEAT_INTERVAL.exec(block);
             if (stated) {
               // At most 5 minutes of it, as the socket takes of its hello: a misconfigured or broken
@@ -212,11 +224,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
                 }
               }
             }
-            cut = buffer.indexOf('\n\n');
           }
         }
       })()
-        .catch(() => undefined)
+        .catch(noop)
         // (`finally` passes no argument: an end with no refusal, as `end()`.)
         .finally(end);
       return end;

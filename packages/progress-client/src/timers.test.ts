@@ -43,6 +43,19 @@ describe('TimerSet', () => {
     expect(set.size).toBe(0);
   });
 
+  it('never fires an Infinity delay (watch.done({ timeoutMs: Infinity }) is no limit): each step is 2^31 - 1 ms, not 1 ms', () => {
+    const { api, timers, fireLast } = recordingTimers();
+    const set = new TimerSet(api);
+    let fired = 0;
+    set.start(() => {
+      fired += 1;
+    }, Number.POSITIVE_INFINITY);
+    for (let step = 0; step < 5; step++) fireLast();
+    expect(timers.map((timer) => timer.delayMs)).toEqual(Array(6).fill(MAX));
+    expect(fired).toBe(0);
+    set.dispose();
+  });
+
   it('cancels a long wait between its steps', () => {
     const { api, timers, fireLast } = recordingTimers();
     const set = new TimerSet(api);

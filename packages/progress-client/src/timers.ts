@@ -30,7 +30,7 @@ export const systemTimers: TimerApi = Object.freeze({
 });
 
 /** The longest delay setTimeout takes; a longer one fires at once. */
-const MAX_DELAY_MS = 2 ** 31 - 1;
+export const MAX_DELAY_MS = 2 ** 31 - 1;
 
 /**
  * The set of live timers of one client.

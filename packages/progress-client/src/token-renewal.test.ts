@@ -170,6 +170,41 @@ describe('renewToken()', () => {
     await client.close();
   });
 
+  it('overlapping renewals go one after another: the last auth sent carries the token of the last call, whatever order the token service answers in', async () => {
+    // Each call of the token function asks the app's token service, answered here by hand.
+    const asked: Array<{ token: string; answer: () => void }> = [];
+    let issued = 0;
+    const { client, server } = setup({
+      token: () =>
+        issued === 0
+          ? `tok-${++issued}`
+          : new Promise<string>((resolve) => {
+              const token = `tok-${++issued}`;
+              asked.push({ token, answer: () => resolve(token) });
+            }),
+    });
+    client.watch('t1');
+    const socket = server.last;
+    socket.open();
+    await flush();
+    socket.push(hello);
+    // Two refresh hooks fire close together (two tabs' storage events, a timer and a focus handler).
+    const renewals = [client.renewToken(), client.renewToken()];
+    let mostAtOnce = 0;
+    for (let round = 0; round < 4; round++) {
+      await flush();
+      mostAtOnce = Math.max(mostAtOnce, asked.length);
+      // The service answers the newest request first.
+      for (const request of asked.splice(0).reverse()) request.answer();
+    }
+    expect(await Promise.all(renewals)).toEqual([true, true]);
+    // Before, both calls asked at once and each sent what it got when it got it: tok-3, then tok-2, the
+    // older credential last, in force on the server (which takes the newest auth it receives).
+    expect(mostAtOnce).toBe(1);
+    expect(socket.frames('auth').map((frame) => frame.token)).toEqual(['tok-1', 'tok-2', 'tok-3']);
+    await client.close();
+  });
+
   it('gives a token function that never returns connectTimeoutMs: resolves false with an unauthenticated error, keeping the socket, and after close() too', async () => {
     // Until 5 December 2026 it waited on the token function for ever: a caller awaiting it hung.
     let calls = 0;

@@ -1,6 +1,7 @@
 import {
   ErrorCode,
   type ItemEvent,
+  isTerminalEvent,
   ProgressError,
   type ProgressEvent,
   type TerminalEvent,
@@ -99,21 +100,10 @@ export class WatchedTask implements WatchSource {
         continue;
       }
       const event = delivery.event;
-      switch (event.type) {
-        case 'progress':
-        case 'item':
-          this.#emitEvent(event.type, event, state);
-          break;
-        case 'completed':
-        case 'failed':
-        case 'cancelled':
-        case 'interrupted':
-          this.#terminal = event;
-          this.#emit((watch) => this.#emitTerminal(watch, state));
-          break;
-        default:
-          event satisfies never;
-      }
+      if (isTerminalEvent(event)) {
+        this.#terminal = event;
+        this.#emit((watch) => this.#emitTerminal(watch, state));
+      } else this.#emitEvent(event.type, event, state);
     }
     for (const watch of this.handles) watch.notify();
     if (this.#state.finished) for (const watch of this.handles) watch.settleIfFinished();
