@@ -222,7 +222,12 @@ function parse(argv: readonly string[]) {
   if (command !== 'watch')
     throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
-  if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
+  // Counted, not echoed: the usual cause is a --header whose value was not quoted, which leaves the
+  // credential in it (`--header cookie: sid=…`) as an extra argument, and stderr ends up in CI logs.
+  if (rest.length > 0)
+    throw new Error(
+      `${rest.length} unexpected argument${rest.length === 1 ? '' : 's'} after <taskId> (not shown: one may be a credential); quote a --header whole: --header "cookie: sid=…"`,
+    );
   // A host and port without a scheme is the usual slip: the client read `localhost:3000/progress` as a URL
   // of the scheme "localhost:" ("url must be a ws: or wss: URL, got localhost:") and `127.0.0.1:3000/…` as
   // no URL at all ("url is not a valid URL"), though it takes http(s) URLs too. Not echoed: a URL may carry

@@ -514,6 +514,21 @@ describe('finishline watch credentials', () => {
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
   });
 
+  // Review of 6 December 2026: `--header cookie: sid=s3cret` (the quotes of the documented `--header "cookie:
+  // sid=…"` left out) made the cookie an extra argument, which "unexpected arguments: sid=s3cret" printed to
+  // stderr, and so to the CI log, though a malformed --header itself is not echoed for that reason.
+  it('does not echo unexpected arguments, where an unquoted --header leaves its credential', async () => {
+    const run = io();
+    const code = await runCli(
+      ['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', 'cookie:', 'sid=s3cret-cookie'],
+      run.io,
+    );
+    expect(code).toBe(CLI_EXIT_CODES.usage);
+    expect(run.err.join('')).toContain('finishline: 1 unexpected argument after <taskId>');
+    expect(run.err.join('')).toContain('--header "cookie: sid=…"');
+    expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+  });
+
   it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
     // ws cannot create a socket whose upgrade request would carry them (node:http refuses it).
     for (const header of ['x-trace id: 1', 'x-trace: 1\r\nx-admin: s3cret', 'x-trace: caf\u20ac']) {
