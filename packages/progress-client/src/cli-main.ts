@@ -264,6 +264,9 @@ function parse(argv: readonly string[]) {
         `--header: the value of "${name}" holds a character a header cannot carry (a line break, …)`,
       );
     }
+    // `--header "cookie: $SID"` with SID unset: sent empty, the server refused the watch for want of a
+    // credential (exit 4) while the hint naming --token and --header stayed out, since a header was given.
+    if (value === '') throw new Error(`--header: "${name}" has no value (an unset shell variable?)`);
     headers[name] = value;
   }
   const number = (name: string, value: string | undefined): number | undefined => {

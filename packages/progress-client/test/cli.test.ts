@@ -529,6 +529,28 @@ describe('finishline watch credentials', () => {
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
   });
 
+  // Review of 6 December 2026: `--header "cookie: $SID"` with SID unset sent an empty cookie; the server
+  // waited for a credential and closed with 4004 (exit 4), and the hint naming --token and --header was left
+  // out, since a header had been given. An empty --token was a bad command line already.
+  it('exits 64 on a --header without a value (an unset shell variable), as on an empty --token', async () => {
+    for (const header of ['cookie: ', 'cookie:', 'authorization:  ']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', header], {
+        ...run.io,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still connecting'), 200)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toMatch(/^finishline: --header: "(cookie|authorization)" has no value/);
+    }
+  });
+
   it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
     // ws cannot create a socket whose upgrade request would carry them (node:http refuses it).
     for (const header of ['x-trace id: 1', 'x-trace: 1\r\nx-admin: s3cret', 'x-trace: caf\u20ac']) {
