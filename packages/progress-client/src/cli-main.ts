@@ -30,7 +30,7 @@ export interface CliIo {
   WebSocket: WebSocketConstructorLike | undefined;
   /** Stops the watch (Ctrl-C). */
   signal?: AbortSignal;
-  /** The environment, for `FINISHLINE_TOKEN`; the bin passes `process.env`. */
+  /** The environment, for `FINISHLINE_TOKEN` and `FINISHLINE_HEADERS`; the bin passes `process.env`. */
   env?: Readonly<Record<string, string | undefined>>;
 }
 
@@ -45,7 +45,8 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
   <url>                 the server's WebSocket URL (ws://host:3000/progress) or its http(s) URL
   --token <token>       credential sent in the first frame and as a bearer token over HTTP
                         (default: $FINISHLINE_TOKEN, which other users cannot read in the process list)
-  --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package)
+  --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package); also
+                        $FINISHLINE_HEADERS, one "name: value" a line (a --header of the same name wins)
   --timeout-ms <ms>     give up after this long (exit 5)
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
 
@@ -88,7 +89,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   };
   let parsed: ReturnType<typeof parse>;
   try {
-    parsed = parse(argv);
+    parsed = parse(argv, cliIo.env);
   } catch (error) {
     io.stderr.write(`finishline: ${printable((error as Error).message)}\n\n${USAGE}`);
     return CLI_EXIT_CODES.usage;
@@ -190,7 +191,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       Object.keys(headers).length === 0
     ) {
       io.stderr.write(
-        'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …"\n',
+        'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …" (or set FINISHLINE_HEADERS)\n',
       );
     }
     if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
@@ -205,7 +206,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   }
 }
 
-function parse(argv: readonly string[]) {
+function parse(argv: readonly string[], env: CliIo['env']) {
   const { values, positionals } = parseArgs({
     args: [...argv],
     allowPositionals: true,
@@ -222,7 +223,12 @@ function parse(argv: readonly string[]) {
   if (command !== 'watch')
     throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
   if (url === undefined || taskId === undefined) throw new Error('watch needs <url> and <taskId>');
-  if (rest.length > 0) throw new Error(`unexpected arguments: ${rest.join(' ')}`);
+  // Counted, not echoed: the usual cause is a --header whose value was not quoted, which leaves the
+  // credential in it (`--header cookie: sid=…`) as an extra argument, and stderr ends up in CI logs.
+  if (rest.length > 0)
+    throw new Error(
+      `${rest.length} unexpected argument${rest.length === 1 ? '' : 's'} after <taskId> (not shown: one may be a credential); quote a --header whole: --header "cookie: sid=…"`,
+    );
   // A host and port without a scheme is the usual slip: the client read `localhost:3000/progress` as a URL
   // of the scheme "localhost:" ("url must be a ws: or wss: URL, got localhost:") and `127.0.0.1:3000/…` as
   // no URL at all ("url is not a valid absolute URL"), though it takes http(s) URLs too. Not echoed: a URL may carry
@@ -236,29 +242,15 @@ function parse(argv: readonly string[]) {
   // ("The token provider failed") for ever.
   if (values.token !== undefined && values.token.trim() === '')
     throw new Error('--token is empty: pass the token, or leave --token out to use $FINISHLINE_TOKEN');
+  // The environment's first, so that a --header of the same name wins, as --token wins over FINISHLINE_TOKEN.
   const headers: Record<string, string> = {};
-  for (const header of values.header ?? []) {
-    const colon = header.indexOf(':');
-    // Not echoed: a header is a credential more often than not (cookie, authorization), and stderr
-    // ends up in CI logs.
-    if (colon <= 0)
-      throw new Error('--header must be "name: value" (one was given without a name and a colon)');
-    const name = header.slice(0, colon).trim().toLowerCase();
-    const value = header.slice(colon + 1).trim();
-    // What the upgrade request would refuse: the socket could not be created, and the client retried
-    // that for ever ("Could not create a WebSocket" until --timeout-ms, or Ctrl-C) instead of exit 64.
-    try {
-      validateHeaderName(name);
-    } catch {
-      throw new Error(`--header: "${name}" is not a valid header name`);
-    }
-    try {
-      validateHeaderValue(name, value);
-    } catch {
-      throw new Error(
-        `--header: the value of "${name}" holds a character a header cannot carry (a line break, …)`,
-      );
-    }
+  for (const line of (env?.FINISHLINE_HEADERS ?? '').split(/\r?\n/)) {
+    if (line.trim() === '') continue;
+    const [name, value] = header(line, 'FINISHLINE_HEADERS');
+    headers[name] = value;
+  }
+  for (const flag of values.header ?? []) {
+    const [name, value] = header(flag, '--header');
     headers[name] = value;
   }
   const number = (name: string, value: string | undefined): number | undefined => {
@@ -276,4 +268,35 @@ function parse(argv: readonly string[]) {
     timeoutMs: number('timeout-ms', values['timeout-ms']),
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
   };
+}
+
+/** One `name: value` of a --header or a line of FINISHLINE_HEADERS (`source`), checked; the name in lower case. */
+function header(text: string, source: '--header' | 'FINISHLINE_HEADERS'): [name: string, value: string] {
+  const colon = text.indexOf(':');
+  // Not echoed: a header is a credential more often than not (cookie, authorization), and stderr
+  // ends up in CI logs.
+  if (colon <= 0)
+    throw new Error(
+      `${source === '--header' ? '--header' : 'FINISHLINE_HEADERS: each line'} must be "name: value" (one was given without a name and a colon)`,
+    );
+  const name = text.slice(0, colon).trim().toLowerCase();
+  const value = text.slice(colon + 1).trim();
+  // What the upgrade request would refuse: the socket could not be created, and the client retried
+  // that for ever ("Could not create a WebSocket" until --timeout-ms, or Ctrl-C) instead of exit 64.
+  try {
+    validateHeaderName(name);
+  } catch {
+    throw new Error(`${source}: "${name}" is not a valid header name`);
+  }
+  try {
+    validateHeaderValue(name, value);
+  } catch {
+    throw new Error(
+      `${source}: the value of "${name}" holds a character a header cannot carry (a line break, …)`,
+    );
+  }
+  // `--header "cookie: $SID"` with SID unset: sent empty, the server refused the watch for want of a
+  // credential (exit 4) while the hint naming --token and --header stayed out, since a header was given.
+  if (value === '') throw new Error(`${source}: "${name}" has no value (an unset shell variable?)`);
+  return [name, value];
 }

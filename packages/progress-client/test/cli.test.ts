@@ -142,7 +142,7 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
     // …and says which flags supply the credential it lacked.
     expect(run.err.join('').trim().split('\n').at(-1)).toBe(
-      'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …"',
+      'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …" (or set FINISHLINE_HEADERS)',
     );
   }, 10_000);
 
@@ -462,6 +462,48 @@ describe('finishline watch credentials', () => {
     ).toBe(CLI_EXIT_CODES.watchFailed);
   });
 
+  // Review of 6 December 2026: the README says to keep credentials off the command line on shared machines,
+  // including a --header "cookie: …", yet only the token had an environment variable: a server that
+  // authenticates by cookie could be watched only with the session cookie in `ps`.
+  it('takes headers from FINISHLINE_HEADERS (one "name: value" a line), so that a cookie need not stand on the command line', async () => {
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        authenticate: (request) =>
+          request.headers.cookie === 'sid=ops-session' && request.headers['x-tenant'] === 'blue'
+            ? { id: 'ops' }
+            : null,
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    servers.push(server);
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const url = `ws://127.0.0.1:${port}/progress`;
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    await task.complete();
+    const run = io();
+    const env = { FINISHLINE_HEADERS: 'cookie: sid=ops-session\r\n\nx-tenant: blue\n' };
+    expect(await runCli(['watch', url, task.id, '--timeout-ms', '5000'], { ...run.io, env })).toBe(
+      CLI_EXIT_CODES.completed,
+    );
+    expect(run.err.join('')).toBe('');
+    // A --header of the same name wins over the environment's.
+    const other = io();
+    expect(
+      await runCli(['watch', url, task.id, '--header', 'x-tenant: red', '--timeout-ms', '5000'], {
+        ...other.io,
+        env,
+      }),
+    ).not.toBe(CLI_EXIT_CODES.completed);
+    // A malformed line is a bad command line, not echoed (it holds a credential more often than not).
+    const bad = io();
+    expect(
+      await runCli(['watch', url, task.id], { ...bad.io, env: { FINISHLINE_HEADERS: 'cookie sid=s3cret' } }),
+    ).toBe(CLI_EXIT_CODES.usage);
+    expect(bad.err.join('')).toContain('FINISHLINE_HEADERS: each line must be "name: value"');
+    expect(bad.err.join('')).not.toContain('s3cret');
+  });
+
   it('refuses an empty or blank --timeout-ms (an unset shell variable) instead of reading it as 0 ms', async () => {
     for (const value of ['', ' ']) {
       for (const option of ['--timeout-ms', '--interval-ms']) {
@@ -512,6 +554,43 @@ describe('finishline watch credentials', () => {
     expect(code).toBe(CLI_EXIT_CODES.usage);
     expect(run.err.join('')).toContain('--header must be "name: value"');
     expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+  });
+
+  // Review of 6 December 2026: `--header cookie: sid=s3cret` (the quotes of the documented `--header "cookie:
+  // sid=…"` left out) made the cookie an extra argument, which "unexpected arguments: sid=s3cret" printed to
+  // stderr, and so to the CI log, though a malformed --header itself is not echoed for that reason.
+  it('does not echo unexpected arguments, where an unquoted --header leaves its credential', async () => {
+    const run = io();
+    const code = await runCli(
+      ['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', 'cookie:', 'sid=s3cret-cookie'],
+      run.io,
+    );
+    expect(code).toBe(CLI_EXIT_CODES.usage);
+    expect(run.err.join('')).toContain('finishline: 1 unexpected argument after <taskId>');
+    expect(run.err.join('')).toContain('--header "cookie: sid=…"');
+    expect(run.err.join('') + run.out.join('')).not.toContain('s3cret');
+  });
+
+  // Review of 6 December 2026: `--header "cookie: $SID"` with SID unset sent an empty cookie; the server
+  // waited for a credential and closed with 4004 (exit 4), and the hint naming --token and --header was left
+  // out, since a header had been given. An empty --token was a bad command line already.
+  it('exits 64 on a --header without a value (an unset shell variable), as on an empty --token', async () => {
+    for (const header of ['cookie: ', 'cookie:', 'authorization:  ']) {
+      const run = io();
+      const stop = new AbortController();
+      const exit = runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--header', header], {
+        ...run.io,
+        signal: stop.signal,
+      });
+      const result = await Promise.race([
+        exit,
+        new Promise((resolve) => setTimeout(() => resolve('still connecting'), 200)),
+      ]);
+      stop.abort();
+      await exit;
+      expect(result).toBe(CLI_EXIT_CODES.usage);
+      expect(run.err.join('')).toMatch(/^finishline: --header: "(cookie|authorization)" has no value/);
+    }
   });
 
   it('exits 64 on a --header the upgrade request cannot carry, instead of retrying the socket it cannot create for ever', async () => {
