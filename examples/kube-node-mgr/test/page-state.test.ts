@@ -179,10 +179,13 @@ beforeAll(async () => {
     }
     m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
-    m = /^\/progress\/tasks\/([^/]+)\/events\?afterSeq=0&/.exec(path);
-    if (m) return json(200, { events: history.get(decodeURIComponent(m[1] ?? '')) ?? [] });
-    m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
-    if (m) return json(200, { events: [] });
+    // The task's events after `afterSeq`, as the store holds them when the request arrives.
+    m = /^\/progress\/tasks\/([^/]+)\/events\?afterSeq=(\d+)&/.exec(path);
+    if (m) {
+      const after = Number(m[2]);
+      const events = (history.get(decodeURIComponent(m[1] ?? '')) ?? []) as { seq: number }[];
+      return json(200, { events: events.filter((e) => e.seq > after) });
+    }
     m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
     if (m) {
       // Cluster `big`: a 5,000-node batch, whose row names its first 20 nodes (GET /api/tasks).
@@ -427,6 +430,40 @@ describe('a batch that ended early', () => {
     const explain = document.querySelector('#progress-explain')?.textContent ?? '';
     expect(explain).toContain('2 nodes were not changed: worker-1, worker-2.');
     expect(document.querySelector('#pending-title')?.textContent).toBe('Not changed');
+  });
+});
+
+describe('a watch whose snapshot is ahead of the history read', () => {
+  // Review of 6 December 2026: a watch starts from a snapshot (the socket sends no item before it) and the
+  // dialog read the items before it once, over HTTP, at the same time. A history read served before the
+  // snapshot was taken missed the items in between: those nodes stayed "Pending", then "Not changed" in a
+  // batch that had changed them all, and "Resume remaining" offered them. The history is read past every
+  // snapshot the watch applies.
+  it('lists a node that finished between the history read and the snapshot as done', async () => {
+    const item = (seq: number, key: string) => ({ seq, type: 'item', item: { key, ok: true, error: null } });
+    history.set('cordon-gap', [item(1, 'worker-1')]);
+    delays.set('/progress/tasks/cordon-gap/events', 50);
+    pd.openProgress('cordon-gap');
+    // worker-2 finishes after the history read arrived at the server, before the snapshot is taken.
+    history.set('cordon-gap', [item(1, 'worker-1'), item(2, 'worker-2')]);
+    const w = watches.at(-1) as FakeWatch;
+    const snap: Snap = {
+      ...idle,
+      seq: 2,
+      progress: { done: 2, total: 2, current: null, succeeded: 2, failed: 0 },
+      fraction: 1,
+    };
+    w.push(snap);
+    for (const listener of w.listeners.get('snapshot') ?? []) listener(snap);
+    await sleep(150);
+    expect(document.querySelector('#ok-count')?.textContent).toBe('2');
+    expect(document.querySelector('#pending-count')?.textContent).toBe('0');
+    // The batch ends: none of its nodes is called unchanged.
+    w.push({ ...completed(2), seq: 3 });
+    await sleep(50);
+    expect(document.querySelector('#pending-list')?.parentElement?.hidden).toBe(true);
+    expect(document.querySelector('#progress-status')?.textContent).toBe('batch operation complete');
+    expect(document.querySelector('#ok-count')?.textContent).toBe('2');
   });
 });
 
