@@ -43,3 +43,26 @@ describe('error answers of requests Express refuses', () => {
     },
   );
 });
+
+/**
+ * A `limit` that is not a whole number (`?limit=1.5`) reached the database as such: SQLite refused the LIMIT
+ * (`datatype mismatch`) and the read was answered `500 internal`, logged as a server error. A limit is a
+ * whole number of rows: the fraction is dropped, as every other unusable limit falls back to the default.
+ */
+describe('a fractional limit', () => {
+  it.each([
+    ['/api/tasks?limit=1.5', 'tasks', 1],
+    ['/api/audit-events?limit=2.5', 'events', 2],
+  ])('%s is answered with that many whole rows, not 500', async (path, field, most) => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    for (let i = 0; i < 3; i++) {
+      const started = await alice.post('/api/batch', { operation: 'cordon', nodes: [`worker-${i + 1}`] });
+      expect(started.status).toBe(202);
+    }
+    await login(h.base, 'alice'); // another sign-in: a third audit event
+    const { status, body } = await alice.get(path);
+    expect(status).toBe(200);
+    expect(body[field]).toHaveLength(most);
+  });
+});
