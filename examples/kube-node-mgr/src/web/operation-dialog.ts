@@ -181,6 +181,14 @@ $('#template-save').addEventListener('click', async () => {
   }
 });
 
+// Enter in the template's name saves the template. Left to the form, it submitted the operation's form: the
+// batch ran on the selected nodes (a label or a NoSchedule taint has no blast radius to tick first).
+$('#op-form input[name=template-name]').addEventListener('keydown', (event) => {
+  if (event.key !== 'Enter' || event.isComposing) return;
+  event.preventDefault();
+  $<HTMLButtonElement>('#template-save').click();
+});
+
 $('#template-delete').addEventListener('click', async () => {
   const name = $<HTMLSelectElement>('#template-select').value;
   if (name === '') return;
