@@ -102,6 +102,8 @@ const alreadyChanged = new Map<string, string[]>();
 const unrecordedFailed = new Set<string>();
 /** The task list the fake server answers (the rows of the user signed in). */
 let taskList: unknown[] = [];
+/** The node table the fake server answers. */
+let nodeList: unknown[] = [];
 /** The nodes of a `big-…` task. */
 const BIG = 120;
 const entry = (id: string) => ({
@@ -201,7 +203,7 @@ beforeAll(async () => {
       return json(200, { tasks: [row] });
     }
     if (path.startsWith('/api/tasks')) return json(200, { tasks: taskList });
-    if (path.startsWith('/api/nodes')) return json(200, { nodes: [] });
+    if (path.startsWith('/api/nodes')) return json(200, { nodes: nodeList });
     if (path.startsWith('/api/audit-events')) {
       return json(200, { events: [{ at: Date.now(), username: 'ada', action: 'login', taskId: null }] });
     }
@@ -535,6 +537,59 @@ describe('the nodes of a large batch in words', () => {
     } finally {
       (document.querySelector('#op-dialog') as HTMLDialogElement).close();
       selected.clear();
+    }
+  });
+});
+
+describe('the blast-radius confirmation', () => {
+  // Review of 6 December 2026: a batch refused (a 409, a 502) re-enabled Run whatever the confirmation said:
+  // unticked while the request was on its way, Run then started the disruptive batch without it; and a tick
+  // undone and done again while it was on its way enabled Run for a second batch.
+  it('a refused batch leaves Run as the tick says, not enabled', async () => {
+    const { selected, state } = await import('../src/web/state.js');
+    const node = (name: string, roles: string[]) =>
+      ({
+        name,
+        roles,
+        unschedulable: false,
+        labels: {},
+        taints: [],
+        cordon: null,
+        lock: null,
+        zone: null,
+      }) as unknown as (typeof state.nodes)[number];
+    state.nodes = [node('cp-1', ['control-plane']), node('worker-1', ['worker'])];
+    // The table's reads meanwhile (its polling, an earlier batch's end) answer the same nodes.
+    nodeList = state.nodes;
+    selected.add('cp-1');
+    delays.set('/api/batch', 100);
+    try {
+      document.querySelector('#filter')?.dispatchEvent(new Event('input'));
+      (document.querySelector('button[data-op=cordon]') as HTMLButtonElement).click();
+      const check = document.querySelector('#op-confirm-check') as HTMLInputElement;
+      const submit = document.querySelector('#op-submit') as HTMLButtonElement;
+      expect(submit.disabled, 'Run before the tick').toBe(true);
+      check.checked = true;
+      check.dispatchEvent(new Event('change'));
+      expect(submit.disabled, 'Run once ticked').toBe(false);
+      document.querySelector('#op-form')?.dispatchEvent(new Event('submit', { cancelable: true }));
+      // Ticked again while the batch is on its way: Run stays disabled (a second click was a second batch).
+      check.checked = false;
+      check.dispatchEvent(new Event('change'));
+      check.checked = true;
+      check.dispatchEvent(new Event('change'));
+      expect(submit.disabled, 'Run while the batch is on its way').toBe(true);
+      // Unticked while the batch is on its way; the server refuses it (the fake answers 404).
+      check.checked = false;
+      check.dispatchEvent(new Event('change'));
+      await sleep(200);
+      expect(document.querySelector('#op-error')?.textContent).not.toBe('');
+      expect(submit.disabled, 'Run after the refusal, unticked').toBe(true);
+    } finally {
+      (document.querySelector('#op-dialog') as HTMLDialogElement).close();
+      selected.clear();
+      state.nodes = [];
+      nodeList = [];
     }
   });
 });
