@@ -4,6 +4,7 @@
  * what failed ("evicting shop/a: 500 …") and the page said it "could not be changed", so the operator was
  * not told that the node was left cordoned and half drained. The reason now says what the node was left as.
  */
+import { LIMITS } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { drainNode, leftState } from '../src/server/node-drain.js';
 import { cordonedN1, evictionAccepted, failure, podList, podOnN1, useKubeApi } from './fake-kube-api.js';
@@ -58,6 +59,29 @@ describe('the reason of a drain that failed past its cordon', () => {
     await expect(drainNode(nodes, 'n1', options())).rejects.toThrow(
       /^500 InternalError: etcdserver: leader changed$/,
     );
+  });
+
+  it('names five of the pods it refuses the node for, so the reason keeps what the node was left as', async () => {
+    // A CI node running 150 bare pods: naming them all made the reason ~10,000 characters, which the item's
+    // 4,096-character limit cut, taking off its end: "n1 is left cordoned; …: uncordon it, or retry".
+    const bare = Array.from({ length: 150 }, (_, i) => {
+      const name = `build-${String(i).padStart(3, '0')}-runner-for-a-pipeline-with-a-long-name`;
+      return { ...podOnN1(name), metadata: { name, namespace: 'ci', uid: name } };
+    });
+    const { nodes } = await api.start(({ path, send }) => {
+      if (path === '/api/v1/nodes/n1') return send(200, cordonedN1);
+      if (path === '/api/v1/pods') return send(200, podList(bare));
+      return send(500, failure(500, 'InternalError', 'not expected'));
+    });
+    const reason = await drainNode(nodes, 'n1', options()).then(
+      () => '',
+      (error: Error) => error.message,
+    );
+    expect(reason.length).toBeLessThanOrEqual(LIMITS.maxMessageLength);
+    expect(reason).toMatch(
+      /^cannot drain n1: ci\/build-000-\S+, (ci\/\S+, ){3}ci\/build-004-\S+ and 145 more declare no controller/,
+    );
+    expect(reason).toMatch(/; n1 is left cordoned; no pod was evicted: uncordon it, or retry the drain$/);
   });
 
   it('counts the pods beyond the first five instead of naming them all', () => {

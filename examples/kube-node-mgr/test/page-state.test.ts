@@ -102,6 +102,8 @@ const alreadyChanged = new Map<string, string[]>();
 const unrecordedFailed = new Set<string>();
 /** The task list the fake server answers (the rows of the user signed in). */
 let taskList: unknown[] = [];
+/** The node table the fake server answers. */
+let nodeList: unknown[] = [];
 /** The nodes of a `big-…` task. */
 const BIG = 120;
 const entry = (id: string) => ({
@@ -179,10 +181,13 @@ beforeAll(async () => {
     }
     m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
     if (m) return json(200, entry(decodeURIComponent(m[1] ?? '')));
-    m = /^\/progress\/tasks\/([^/]+)\/events\?afterSeq=0&/.exec(path);
-    if (m) return json(200, { events: history.get(decodeURIComponent(m[1] ?? '')) ?? [] });
-    m = /^\/progress\/tasks\/[^/]+\/events/.exec(path);
-    if (m) return json(200, { events: [] });
+    // The task's events after `afterSeq`, as the store holds them when the request arrives.
+    m = /^\/progress\/tasks\/([^/]+)\/events\?afterSeq=(\d+)&/.exec(path);
+    if (m) {
+      const after = Number(m[2]);
+      const events = (history.get(decodeURIComponent(m[1] ?? '')) ?? []) as { seq: number }[];
+      return json(200, { events: events.filter((e) => e.seq > after) });
+    }
     m = /^\/api\/tasks\?scope=all&limit=50&cluster=([^&]+)/.exec(path);
     if (m) {
       // Cluster `big`: a 5,000-node batch, whose row names its first 20 nodes (GET /api/tasks).
@@ -198,7 +203,7 @@ beforeAll(async () => {
       return json(200, { tasks: [row] });
     }
     if (path.startsWith('/api/tasks')) return json(200, { tasks: taskList });
-    if (path.startsWith('/api/nodes')) return json(200, { nodes: [] });
+    if (path.startsWith('/api/nodes')) return json(200, { nodes: nodeList });
     if (path.startsWith('/api/audit-events')) {
       return json(200, { events: [{ at: Date.now(), username: 'ada', action: 'login', taskId: null }] });
     }
@@ -430,6 +435,40 @@ describe('a batch that ended early', () => {
   });
 });
 
+describe('a watch whose snapshot is ahead of the history read', () => {
+  // Review of 6 December 2026: a watch starts from a snapshot (the socket sends no item before it) and the
+  // dialog read the items before it once, over HTTP, at the same time. A history read served before the
+  // snapshot was taken missed the items in between: those nodes stayed "Pending", then "Not changed" in a
+  // batch that had changed them all, and "Resume remaining" offered them. The history is read past every
+  // snapshot the watch applies.
+  it('lists a node that finished between the history read and the snapshot as done', async () => {
+    const item = (seq: number, key: string) => ({ seq, type: 'item', item: { key, ok: true, error: null } });
+    history.set('cordon-gap', [item(1, 'worker-1')]);
+    delays.set('/progress/tasks/cordon-gap/events', 50);
+    pd.openProgress('cordon-gap');
+    // worker-2 finishes after the history read arrived at the server, before the snapshot is taken.
+    history.set('cordon-gap', [item(1, 'worker-1'), item(2, 'worker-2')]);
+    const w = watches.at(-1) as FakeWatch;
+    const snap: Snap = {
+      ...idle,
+      seq: 2,
+      progress: { done: 2, total: 2, current: null, succeeded: 2, failed: 0 },
+      fraction: 1,
+    };
+    w.push(snap);
+    for (const listener of w.listeners.get('snapshot') ?? []) listener(snap);
+    await sleep(150);
+    expect(document.querySelector('#ok-count')?.textContent).toBe('2');
+    expect(document.querySelector('#pending-count')?.textContent).toBe('0');
+    // The batch ends: none of its nodes is called unchanged.
+    w.push({ ...completed(2), seq: 3 });
+    await sleep(50);
+    expect(document.querySelector('#pending-list')?.parentElement?.hidden).toBe(true);
+    expect(document.querySelector('#progress-status')?.textContent).toBe('batch operation complete');
+    expect(document.querySelector('#ok-count')?.textContent).toBe('2');
+  });
+});
+
 describe('a batch over a large node list', () => {
   // Review of 6 December 2026: each node's result rebuilt the whole dialog's lists (every node's row, sorted)
   // at once: a 5,000-node batch built 25 million rows, and the results a reconnect's catch-up delivers in a
@@ -498,6 +537,59 @@ describe('the nodes of a large batch in words', () => {
     } finally {
       (document.querySelector('#op-dialog') as HTMLDialogElement).close();
       selected.clear();
+    }
+  });
+});
+
+describe('the blast-radius confirmation', () => {
+  // Review of 6 December 2026: a batch refused (a 409, a 502) re-enabled Run whatever the confirmation said:
+  // unticked while the request was on its way, Run then started the disruptive batch without it; and a tick
+  // undone and done again while it was on its way enabled Run for a second batch.
+  it('a refused batch leaves Run as the tick says, not enabled', async () => {
+    const { selected, state } = await import('../src/web/state.js');
+    const node = (name: string, roles: string[]) =>
+      ({
+        name,
+        roles,
+        unschedulable: false,
+        labels: {},
+        taints: [],
+        cordon: null,
+        lock: null,
+        zone: null,
+      }) as unknown as (typeof state.nodes)[number];
+    state.nodes = [node('cp-1', ['control-plane']), node('worker-1', ['worker'])];
+    // The table's reads meanwhile (its polling, an earlier batch's end) answer the same nodes.
+    nodeList = state.nodes;
+    selected.add('cp-1');
+    delays.set('/api/batch', 100);
+    try {
+      document.querySelector('#filter')?.dispatchEvent(new Event('input'));
+      (document.querySelector('button[data-op=cordon]') as HTMLButtonElement).click();
+      const check = document.querySelector('#op-confirm-check') as HTMLInputElement;
+      const submit = document.querySelector('#op-submit') as HTMLButtonElement;
+      expect(submit.disabled, 'Run before the tick').toBe(true);
+      check.checked = true;
+      check.dispatchEvent(new Event('change'));
+      expect(submit.disabled, 'Run once ticked').toBe(false);
+      document.querySelector('#op-form')?.dispatchEvent(new Event('submit', { cancelable: true }));
+      // Ticked again while the batch is on its way: Run stays disabled (a second click was a second batch).
+      check.checked = false;
+      check.dispatchEvent(new Event('change'));
+      check.checked = true;
+      check.dispatchEvent(new Event('change'));
+      expect(submit.disabled, 'Run while the batch is on its way').toBe(true);
+      // Unticked while the batch is on its way; the server refuses it (the fake answers 404).
+      check.checked = false;
+      check.dispatchEvent(new Event('change'));
+      await sleep(200);
+      expect(document.querySelector('#op-error')?.textContent).not.toBe('');
+      expect(submit.disabled, 'Run after the refusal, unticked').toBe(true);
+    } finally {
+      (document.querySelector('#op-dialog') as HTMLDialogElement).close();
+      selected.clear();
+      state.nodes = [];
+      nodeList = [];
     }
   });
 });
@@ -805,5 +897,27 @@ describe('the task list and the audit log', () => {
     });
     expect(text).not.toContain('not changed');
     expect(text).toBe('2 ok, 1 failed, 2 without a result');
+  });
+});
+
+describe('the task list’s reads', () => {
+  // Review of 6 December 2026: the list is read every 5 s, after each batch started here and after each
+  // watched batch's end; reads overlap (behind the replicas' proxy each goes to another replica), and an
+  // older answer arriving last put back the list of before — a batch just started gone from it, its live
+  // row's watch closed, until the next read. Only the last read asked for is shown (as for the node table).
+  it('an earlier read answering after a later one is not shown', async () => {
+    const { loadTasks } = await import('../src/web/task-list.js');
+    const done = (id: string) => ({
+      ...entry(id).task,
+      task: { status: 'completed', done: 2, total: 2, succeeded: 2, failed: 0 },
+    });
+    taskList = [];
+    delays.set('/api/tasks?scope=all&limit=15', 100);
+    const older = loadTasks(); // the poll, read before the batch was started
+    delays.clear();
+    taskList = [done('just-started')];
+    await loadTasks(); // the read after the batch started
+    await older;
+    expect(document.querySelector('#tasks tr[data-task="just-started"]')).not.toBeNull();
   });
 });

@@ -26,6 +26,11 @@ describe('task retention', () => {
     }
     expect(status, 'the finished batch, after retention').toBe(404);
     expect(await h.store.getTask(taskId)).toBeUndefined();
+    // Its record stays for the audit page; the read back of its nodes is of a task that is no more, not
+    // (as it answered before) `409 task_running`, "the task is still running".
+    const unrecorded = await alice.get(`/api/tasks/${encodeURIComponent(taskId)}/unrecorded`);
+    expect(unrecorded.status, 'its nodes read back, after retention').toBe(404);
+    expect(unrecorded.body.error.code).toBe('task_not_found');
     expect((await h.store.getTask(running.id))?.status, 'a running task').toBe('running');
   });
 

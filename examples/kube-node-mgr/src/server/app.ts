@@ -408,6 +408,11 @@ export function createApp(options: AppOptions): App {
     }
     // A batch asked for while this replica shuts down (its Finishline server closed first): not an internal
     // error but a moment to retry, which another replica (or this one restarted) takes.
+    // A path parameter that is not valid %-encoding (`/api/tasks/%ZZ`): Express's router refuses it with a 400
+    // URIError, the client's mistake, which was answered `internal` and logged as a server error.
+    if (error instanceof URIError && e.status === 400) {
+      return fail(res, 400, 'invalid_input', 'the URL has a malformed %-encoding');
+    }
     if (isProgressError(error) && error.code === ErrorCode.Closed) {
       res.setHeader('retry-after', '1');
       return fail(res, 503, 'shutting_down', 'this server is shutting down; try again in a moment');

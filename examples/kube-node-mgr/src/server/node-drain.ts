@@ -150,9 +150,9 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // One already being deleted loses nothing more: it is waited for as an evicted one is.
     const orphaned = [...ownerless].filter((p) => !p.terminating);
     if (orphaned.length > 0) {
-      const list = orphaned
-        .map((p) => `${p.namespace}/${p.name} (DaemonSet ${p.namespace}/${p.controllerName ?? ''})`)
-        .join(', ');
+      const list = someOf(
+        orphaned.map((p) => `${p.namespace}/${p.name} (DaemonSet ${p.namespace}/${p.controllerName ?? ''})`),
+      );
       throw new Error(
         `cannot drain ${name}: ${list} ${orphaned.length > 1 ? 'belong' : 'belongs'} to a DaemonSet that no longer exists and would not be recreated (kubectl drain refuses it without --force); delete ${orphaned.length > 1 ? 'them' : 'it'}, then retry`,
       );
@@ -162,7 +162,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // (One already finished, or already being deleted, loses nothing more.)
     const unmanaged = movable.filter((p) => p.controller === null && !p.finished && !p.terminating);
     if (unmanaged.length > 0) {
-      const names = unmanaged.map((p) => `${p.namespace}/${p.name}`).join(', ');
+      const names = someOf(unmanaged.map((p) => `${p.namespace}/${p.name}`));
       throw new Error(
         `cannot drain ${name}: ${names} ${unmanaged.length > 1 ? 'declare' : 'declares'} no controller and would not be recreated (kubectl drain refuses it without --force); move or delete ${unmanaged.length > 1 ? 'them' : 'it'}, then retry`,
       );
@@ -171,7 +171,7 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
     // and so does this (a running pod's; a finished or leaving one loses nothing more).
     const localData = movable.filter((p) => p.emptyDir && !p.finished && !p.terminating);
     if (localData.length > 0) {
-      const names = localData.map((p) => `${p.namespace}/${p.name}`).join(', ');
+      const names = someOf(localData.map((p) => `${p.namespace}/${p.name}`));
       throw new Error(
         `cannot drain ${name}: ${names} ${localData.length > 1 ? 'use' : 'uses'} an emptyDir volume whose data an eviction deletes (kubectl drain refuses it without --delete-emptydir-data); move or delete ${localData.length > 1 ? 'them' : 'it'}, then retry`,
       );
@@ -302,6 +302,15 @@ export async function drainNode(nodes: KubeNodes, name: string, options: DrainOp
 const NAMED_PODS = 5;
 
 /**
+ * The first {@link NAMED_PODS} of `names` and how many more, for a reason: one naming each of a node's
+ * hundred bare pods ran past the item's 4,096 characters, whose clip took off what the node was left as.
+ */
+function someOf(names: readonly string[]): string {
+  const more = names.length > NAMED_PODS ? ` and ${names.length - NAMED_PODS} more` : '';
+  return `${names.slice(0, NAMED_PODS).join(', ')}${more}`;
+}
+
+/**
  * What a drain that failed past its cordon left behind, for the node's reason: "w1 is left cordoned; 2 of
  * the 5 pods to move were evicted (shop/a, shop/b): uncordon it, or retry the drain". `podCount`: the pods
  * the drain would evict, unknown when it failed before they were sorted.
@@ -309,9 +318,7 @@ const NAMED_PODS = 5;
 export function leftState(name: string, sent: readonly string[], podCount?: number): string {
   const fix = 'uncordon it, or retry the drain';
   if (sent.length === 0) return `${name} is left cordoned; no pod was evicted: ${fix}`;
-  const names = [...sent].sort();
-  const more = names.length > NAMED_PODS ? ` and ${names.length - NAMED_PODS} more` : '';
-  const listed = `(${names.slice(0, NAMED_PODS).join(', ')}${more})`;
+  const listed = `(${someOf([...sent].sort())})`;
   const counted =
     podCount === undefined
       ? `${sent.length} ${sent.length === 1 ? 'pod was' : 'pods were'}`

@@ -130,7 +130,32 @@ window.addEventListener('hashchange', () => {
 
 // ---------------------------------------------------------------- start
 
-api<{ username: string; role: Role; csrfToken: string }>('/api/session').then(
-  (session) => showApp(session),
-  () => showLogin(),
-);
+/** Longest pause before the session is asked for again after an answer that was neither it nor a 401. */
+const SESSION_RETRY_MAX_MS = 8000;
+
+/**
+ * Reads the session and shows the app, or the login form on a 401. Any other answer (a proxy's 502 while
+ * the server restarts, the network) says nothing of the session, which may well be valid: the form is
+ * shown with the reason, and the session asked for again (1 s, 2 s, 4 s, then every 8 s) until the server
+ * answers or the user signs in. Taken as signed out, a reload during a restart asked a signed-in user to
+ * sign in again, without a word of why, and the batch whose dialog was open waited for it.
+ */
+async function start(attempt: number): Promise<void> {
+  try {
+    const session = await api<{ username: string; role: Role; csrfToken: string }>('/api/session');
+    if (signedIn()) return; // signed in meanwhile with the form
+    $('#login-error').textContent = '';
+    await showApp(session);
+  } catch (error) {
+    if (signedIn()) return;
+    // Once: shown again on each retry, the form moved the focus from the password being typed.
+    if ($('#login-view').hidden) showLogin();
+    if (error instanceof ApiError && error.status === 401) {
+      $('#login-error').textContent = '';
+      return;
+    }
+    $('#login-error').textContent = `${(error as Error).message} (checking your session again…)`;
+    setTimeout(() => void start(attempt + 1), Math.min(1000 * 2 ** attempt, SESSION_RETRY_MAX_MS));
+  }
+}
+void start(0);

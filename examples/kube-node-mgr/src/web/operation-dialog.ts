@@ -27,6 +27,8 @@ const OP_FIELDS: Record<OpType, string[]> = {
   drain: ['reason'],
 };
 let currentOp: OpType = 'cordon';
+/** A batch of this dialog is on its way: Run stays disabled whatever the confirmation says meanwhile. */
+let submitting = false;
 
 for (const button of document.querySelectorAll<HTMLButtonElement>('button[data-op]')) {
   button.addEventListener('click', () => openOperation(button.dataset.op as OpType));
@@ -79,7 +81,7 @@ function updateConfirm(): void {
     `I understand: ${OP_TITLES[currentOp].toLowerCase()} on ${plural(selected.size, 'node')}`;
   const check = $<HTMLInputElement>('#op-confirm-check');
   if (radius === null) check.checked = false;
-  $<HTMLButtonElement>('#op-submit').disabled = radius !== null && !check.checked;
+  $<HTMLButtonElement>('#op-submit').disabled = submitting || (radius !== null && !check.checked);
 }
 
 function openOperation(op: OpType): void {
@@ -181,6 +183,14 @@ $('#template-save').addEventListener('click', async () => {
   }
 });
 
+// Enter in the template's name saves the template. Left to the form, it submitted the operation's form: the
+// batch ran on the selected nodes (a label or a NoSchedule taint has no blast radius to tick first).
+$('#op-form input[name=template-name]').addEventListener('keydown', (event) => {
+  if (event.key !== 'Enter' || event.isComposing) return;
+  event.preventDefault();
+  $<HTMLButtonElement>('#template-save').click();
+});
+
 $('#template-delete').addEventListener('click', async () => {
   const name = $<HTMLSelectElement>('#template-select').value;
   if (name === '') return;
@@ -217,8 +227,9 @@ $<HTMLFormElement>('#op-form').addEventListener('submit', async (event) => {
     const value = String(form.get(field) ?? '');
     if (value !== '' || (field === 'value' && currentOp === 'label_add')) body[field] = value;
   }
-  const submit = $<HTMLButtonElement>('#op-submit');
-  submit.disabled = true;
+  if (submitting) return;
+  submitting = true;
+  $<HTMLButtonElement>('#op-submit').disabled = true;
   try {
     const started = await api<{ taskId: string }>('/api/batch', { method: 'POST', body });
     $<HTMLDialogElement>('#op-dialog').close();
@@ -228,6 +239,9 @@ $<HTMLFormElement>('#op-form').addEventListener('submit', async (event) => {
   } catch (error) {
     $('#op-error').textContent = (error as Error).message;
   } finally {
-    submit.disabled = false;
+    // As the confirmation says now: enabled outright, a tick undone while the batch was on its way let
+    // the next click run the disruptive batch without it.
+    submitting = false;
+    updateConfirm();
   }
 });

@@ -25,6 +25,12 @@ const results = new Map<string, ItemResult>();
  */
 const unrecorded = new Map<string, boolean | null>();
 let unrecordedFor: Watch | undefined;
+/** The last seq of the open dialog's history read so far: the next read continues after it. */
+let historySeq = 0;
+/** The seq of the latest snapshot the open dialog's watch applied: the history must be read up to it. */
+let snapshotSeq = 0;
+/** The watch whose history is being read (one read at a time; a snapshot meanwhile extends it). */
+let historyReader: Watch | undefined;
 
 /** Options of {@link openProgress}. */
 export interface OpenProgressOptions {
@@ -45,6 +51,9 @@ export function openProgress(taskId: string, options: OpenProgressOptions = {}):
   results.clear();
   unrecorded.clear();
   unrecordedFor = undefined;
+  historySeq = 0;
+  snapshotSeq = 0;
+  historyReader = undefined;
   entry = null;
   lastState = null;
   sessionStorage.setItem(RUNNING_TASK_KEY, taskId);
@@ -78,6 +87,13 @@ export function openProgress(taskId: string, options: OpenProgressOptions = {}):
   w.on('item', (event) => {
     results.set(event.item.key, event.item);
     scheduleResults();
+  });
+  // A snapshot moves the watch over events it never delivers: a watch's first one (the socket sends no item
+  // before it, and the history read sent at the same time may have been served before it was taken), a
+  // resync. The items up to it come from the history, read again past its seq.
+  w.on('snapshot', (snap) => {
+    snapshotSeq = Math.max(snapshotSeq, snap.seq);
+    void loadHistory(w, taskId);
   });
   unsubscribe = w.subscribe(() => renderState(w.getSnapshot()));
   renderState(w.getSnapshot());
@@ -158,25 +174,34 @@ async function loadEntry(w: Watch, taskId: string): Promise<void> {
   }
 }
 
-/** Items finished before this page (or before a reload) come from the HTTP API; later ones from the socket. */
+/**
+ * Items finished before this page (or before a reload, or before the watch's latest snapshot) come from the
+ * HTTP API; later ones from the socket. Reads on from the last seq read until past {@link snapshotSeq}.
+ */
 async function loadHistory(w: Watch, taskId: string): Promise<void> {
-  let after = 0;
-  for (;;) {
-    const page = await withRetry(w, 'the nodes finished before this page opened', () =>
-      api<{
-        events: { seq: number; type: string; item?: { key: string; ok: boolean; error: string | null } }[];
-      }>(`/progress/tasks/${encodeURIComponent(taskId)}/events?afterSeq=${after}&limit=1000`),
-    ).catch(() => null);
-    if (page === null || watch !== w) return;
-    for (const event of page.events) if (event.item) results.set(event.item.key, event.item);
-    renderResults();
-    if (page.events.length < 1000) {
-      // The final state may have come first (a reload, a task reopened from the list): its explanation
-      // and rerun buttons were written without these nodes, calling them all "not changed".
-      if (lastState?.finished) finished(w, lastState);
-      return;
+  if (historyReader === w) return; // the read under way goes on past the new snapshot
+  historyReader = w;
+  try {
+    for (;;) {
+      const page = await withRetry(w, 'the nodes finished before this page opened', () =>
+        api<{
+          events: { seq: number; type: string; item?: { key: string; ok: boolean; error: string | null } }[];
+        }>(`/progress/tasks/${encodeURIComponent(taskId)}/events?afterSeq=${historySeq}&limit=1000`),
+      ).catch(() => null);
+      if (page === null || watch !== w) return;
+      for (const event of page.events) if (event.item) results.set(event.item.key, event.item);
+      historySeq = page.events[page.events.length - 1]?.seq ?? historySeq;
+      renderResults();
+      // An empty page: nothing more to read, whatever the snapshot said.
+      if (page.events.length === 0 || (page.events.length < 1000 && historySeq >= snapshotSeq)) {
+        // The final state may have come first (a reload, a task reopened from the list): its explanation
+        // and rerun buttons were written without these nodes, calling them all "not changed".
+        if (lastState?.finished) finished(w, lastState);
+        return;
+      }
     }
-    after = page.events[page.events.length - 1]?.seq ?? after;
+  } finally {
+    if (historyReader === w) historyReader = undefined;
   }
 }
 

@@ -16,22 +16,28 @@ import { MAX_LIVE_WATCHES, NODE_POLL_MS, signedIn, state, TASK_LIST_POLL_MS } fr
  */
 const liveWatches = new Map<string, { watch: Watch; off: () => void }>();
 export let tasks: TaskEntry[] = [];
+/** The last read of the list asked for: an earlier one answering after it is not shown. */
+let tasksRead = 0;
 
 export async function loadTasks(): Promise<void> {
   if (!signedIn()) return;
   const scope = state.me.role === 'operator' ? 'mine' : 'all';
   const cluster = state.cluster;
   const session = sessionMark();
+  const asked = ++tasksRead;
   try {
     const read = (await api<{ tasks: TaskEntry[] }>(`/api/tasks?scope=${scope}&limit=15&${clusterQuery()}`))
       .tasks;
-    // The picker moved on while this was read (that list belongs to the other cluster), or the session ended.
-    if (cluster !== state.cluster || !sameSession(session)) return;
+    // The picker moved on while this was read (that list belongs to the other cluster), the session ended,
+    // or a later read was asked for: reads overlap (the poll, a batch started, a watched batch's end; behind
+    // the replicas' proxy each on another replica), and an older answer arriving last put back the list of
+    // before, a batch just started gone from it and its row's watch closed.
+    if (cluster !== state.cluster || !sameSession(session) || asked !== tasksRead) return;
     tasks = read;
     $('#tasks-error').textContent = '';
   } catch (error) {
     // A 401 has ended the session (api.ts): nothing of it is shown any more.
-    if (!sameSession(session)) return;
+    if (!sameSession(session) || asked !== tasksRead) return;
     $('#tasks-error').textContent = `Could not load tasks: ${(error as Error).message}`;
     return;
   }

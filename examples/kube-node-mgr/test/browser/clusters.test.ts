@@ -135,6 +135,30 @@ describe('kube-node-mgr clusters and the rest of issue 15 (one server)', () => {
     await ops.context().close();
   });
 
+  // Review of 6 December 2026: Enter in the template's name field submitted the operation's form, so the
+  // batch ran on the selected nodes (no blast radius to tick for a label) instead of the template being saved.
+  it('Enter in the template name saves the template; it does not run the batch', async () => {
+    const page = await loginPage(browser, server.url, 'ops');
+    let batches = 0;
+    page.on('request', (request) => {
+      if (request.url().endsWith('/api/batch')) batches++;
+    });
+    await page.check('tr[data-node="worker-4"] input[type=checkbox]');
+    await page.click('button[data-op=label_add]');
+    await page.fill('#op-form input[name=key]', 'team');
+    await page.fill('#op-form input[name=value]', 'green');
+    await page.fill('#op-form input[name=template-name]', 'team green');
+    await page.press('#op-form input[name=template-name]', 'Enter');
+    await page.waitForFunction(
+      () => (document.querySelector('#template-select') as HTMLSelectElement).value === 'team green',
+    );
+    expect(batches).toBe(0);
+    expect(await page.getAttribute('#progress-dialog', 'open')).toBeNull();
+    expect(await page.getAttribute('#op-dialog', 'open')).not.toBeNull();
+    await page.click('#op-cancel');
+    await page.context().close();
+  });
+
   it('shows a proxy’s plain-text 502 readably on every read and write of the page', async () => {
     const page = await loginPage(browser, server.url, 'demo');
     // From here every API call answers as a dead replica behind the launcher's proxy does.

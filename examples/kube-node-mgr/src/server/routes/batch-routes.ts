@@ -583,12 +583,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
     const id = String(req.params.id);
     const [record, task] = await Promise.all([db.task(id), store.getTask(id)]);
-    if (record === undefined || (req.role === 'operator' && record.username !== session.username)) {
+    // A task deleted by retention keeps its record (the audit page): it is no more, not running.
+    if (
+      record === undefined ||
+      task === undefined ||
+      (req.role === 'operator' && record.username !== session.username)
+    ) {
       return fail(res, 404, 'task_not_found', 'no such task');
     }
-    if (task === undefined || task.status === 'running') {
-      return fail(res, 409, 'task_running', 'the task is still running');
-    }
+    if (task.status === 'running') return fail(res, 409, 'task_running', 'the task is still running');
     const at = Date.now();
     for (const [key, entry] of unrecorded) {
       // Swept here rather than by a timer: nothing is left behind when the app closes.

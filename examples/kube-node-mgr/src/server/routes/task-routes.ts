@@ -24,7 +24,7 @@ export function registerTaskRoutes(ctx: RouteContext): void {
   // store. Operators see their own; viewers and admins everyone's.
   // Sign-ins, sign-outs and cancels for the audit page: everyone's for admins and viewers, operators their own.
   route('get', '/api/audit-events', {}, async (req, res, session) => {
-    const limit = Math.min(Math.max(Number(req.query.limit) || 50, 1), 200);
+    const limit = queryLimit(req.query.limit, 50);
     const events = await db.events({
       limit,
       ...(req.role === 'operator' ? { username: session.username } : {}),
@@ -33,7 +33,7 @@ export function registerTaskRoutes(ctx: RouteContext): void {
   });
 
   route('get', '/api/tasks', {}, async (req, res, session) => {
-    const limit = Math.min(Math.max(Number(req.query.limit) || 20, 1), 200);
+    const limit = queryLimit(req.query.limit, 20);
     const before = Number(req.query.before);
     // The previous page's last task id: with `before`, the cursor that loses no batch of the same millisecond.
     const beforeId =
@@ -110,6 +110,17 @@ export function registerTaskRoutes(ctx: RouteContext): void {
     );
   });
   app.use((req: Request, res: Response, next: NextFunction) => progressHttp(req, res, next));
+}
+
+/** Most rows one read of the task list or the audit events answers. */
+const MAX_LIMIT = 200;
+
+/**
+ * A read's `?limit=`: a whole number of rows from 1 to {@link MAX_LIMIT}, `fallback` when it is not a number.
+ * The fraction is dropped: `?limit=1.5` reached the database as such, which refused the LIMIT (a 500).
+ */
+function queryLimit(value: unknown, fallback: number): number {
+  return Math.min(Math.max(Math.floor(Number(value)) || fallback, 1), MAX_LIMIT);
 }
 
 /**

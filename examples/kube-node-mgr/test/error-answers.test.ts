@@ -1,0 +1,68 @@
+// biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Harness, login, startHarness } from './harness.js';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.close();
+  h = undefined;
+});
+
+/**
+ * A client's mistake that Express itself refuses (a path parameter that is not valid %-encoding) is
+ * answered as the client's mistake, with a code that says so: it was `400 { code: 'internal', message:
+ * 'internal error' }` and logged as a server error.
+ */
+describe('error answers of requests Express refuses', () => {
+  it.each([
+    ['GET', '/api/tasks/%ZZ'],
+    ['GET', '/api/tasks/%E0%A4%A/unrecorded'],
+    ['POST', '/api/tasks/%ZZ/rerun'],
+    ['POST', '/api/templates/%ZZ/delete'],
+  ])(
+    '%s %s with a malformed percent-encoded parameter: 400 invalid_input, not internal',
+    async (method, path) => {
+      const errors: string[] = [];
+      h = await startHarness({
+        app: {
+          logger: {
+            debug: () => {},
+            info: () => {},
+            warn: () => {},
+            error: (_obj: unknown, msg?: string) => errors.push(msg ?? ''),
+          },
+        },
+      });
+      const alice = await login(h.base, 'alice');
+      const { status, body } =
+        method === 'GET' ? await alice.get(path) : await alice.post(path, { mode: 'retry_failed' });
+      expect(status).toBe(400);
+      expect(body.error.code).toBe('invalid_input');
+      expect(body.error.message).toMatch(/%-encoding/);
+      expect(errors).toEqual([]);
+    },
+  );
+});
+
+/**
+ * A `limit` that is not a whole number (`?limit=1.5`) reached the database as such: SQLite refused the LIMIT
+ * (`datatype mismatch`) and the read was answered `500 internal`, logged as a server error. A limit is a
+ * whole number of rows: the fraction is dropped, as every other unusable limit falls back to the default.
+ */
+describe('a fractional limit', () => {
+  it.each([
+    ['/api/tasks?limit=1.5', 'tasks', 1],
+    ['/api/audit-events?limit=2.5', 'events', 2],
+  ])('%s is answered with that many whole rows, not 500', async (path, field, most) => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    for (let i = 0; i < 3; i++) {
+      const started = await alice.post('/api/batch', { operation: 'cordon', nodes: [`worker-${i + 1}`] });
+      expect(started.status).toBe(202);
+    }
+    await login(h.base, 'alice'); // another sign-in: a third audit event
+    const { status, body } = await alice.get(path);
+    expect(status).toBe(200);
+    expect(body[field]).toHaveLength(most);
+  });
+});
