@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { type Config, loadConfig } from '../src/server/config.js';
+import { loadReplicasConfig } from '../src/server/replicas-config.js';
 
 /**
  * A review on 6 December 2026: without a users file the server made the demo users (`demo` / `demo`, an
@@ -30,6 +31,36 @@ describe('the demo users', () => {
     ] as const) {
       expect(() => load([...argv], { ...env }), JSON.stringify({ argv, env })).toThrow(/--users-file/);
     }
+  });
+
+  it('are refused with --kube-server beyond loopback: it may be kubectl proxy, a real cluster', () => {
+    for (const [argv, env] of [
+      [['--kube-server', 'http://127.0.0.1:8001', '--host', '0.0.0.0'], {}],
+      [[], { KUBE_SERVER: 'http://127.0.0.1:8001', HOST: '0.0.0.0' }],
+      [['--kube-server', 'east=http://10.0.0.1:8001,west=http://10.0.0.2:8001', '--host', '10.0.0.5'], {}],
+      [['--kube-server', 'http://127.0.0.1:8001', '--host', '::'], {}],
+    ] as const) {
+      expect(() => load([...argv], { ...env }), JSON.stringify({ argv, env })).toThrow(/--users-file/);
+      expect(() => loadReplicasConfig([...argv], { ...env }), JSON.stringify({ argv, env })).toThrow(
+        /--users-file/,
+      );
+    }
+    for (const host of ['127.0.0.1', 'localhost', '::1', '127.1.2.3']) {
+      expect(load(['--kube-server', 'http://127.0.0.1:8001', '--host', host]).host).toBe(host);
+      expect(loadReplicasConfig(['--kube-server', 'http://127.0.0.1:8001', '--host', host], {})).not.toBe(
+        'help',
+      );
+    }
+    const file = ['--users-file', '/etc/knm/users.json'];
+    expect(load(['--kube-server', 'http://127.0.0.1:8001', '--host', '0.0.0.0', ...file]).host).toBe(
+      '0.0.0.0',
+    );
+    expect(loadReplicasConfig(['--kube-server', 'http://k:8001', '--host', '0.0.0.0', ...file], {})).not.toBe(
+      'help',
+    );
+    // The demo cluster is the example's own: its demo users go on any address (the container's 0.0.0.0).
+    expect(load(['--host', '0.0.0.0']).kube).toEqual({ type: 'demo' });
+    expect(loadReplicasConfig(['--host', '0.0.0.0'], {})).not.toBe('help');
   });
 
   it('stay for the demo cluster and API servers without credentials, and a users file goes anywhere', () => {

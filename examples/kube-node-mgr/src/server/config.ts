@@ -58,7 +58,7 @@ export const USAGE = `Usage: node dist/server.mjs [options]
   --data-dir DIR           SQLite database and generated secret (DATA_DIR, default ./data)
   --database-url URL       use Postgres (DATABASE_URL)
   --users-file FILE        users JSON (USERS_FILE; default: demo/demo admin, ops/ops operator, viewer/viewer,
-                           only with the demo cluster or --kube-server: required with a kubeconfig or in-cluster)
+                           only with the demo cluster or --kube-server on loopback: required otherwise)
   --concurrency N          nodes patched at once per batch (BATCH_CONCURRENCY, default 4)
   --kube-timeout-ms N      one Kubernetes API request's time limit; a node's reads and patch are retried
                            after it, up to 5 attempts (KUBE_TIMEOUT_MS, default 30000)
@@ -138,8 +138,10 @@ export function loadConfig(
       `${kube.type === 'kubeconfig' ? 'a kubeconfig (--kubeconfig / KUBECONFIG)' : 'the in-cluster service account'} needs --users-file (USERS_FILE): the demo users are only for the demo cluster (--demo) and --kube-server`,
     );
   }
+  const host = values.host ?? env.HOST ?? '127.0.0.1';
+  assertDemoUsersStayLocal(kube, host, usersFile);
   return {
-    host: values.host ?? env.HOST ?? '127.0.0.1',
+    host,
     port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
     kube,
     demo: readDemo(values, env),
@@ -172,6 +174,29 @@ export function loadConfig(
       : 'same-origin',
     name: values.name ?? env.REPLICA_NAME ?? 'kube-node-mgr',
   };
+}
+
+/**
+ * An API server without credentials (`--kube-server`) may be a real cluster: `kubectl proxy` listens on
+ * 8001 too, with the operator's own rights. Its nodes behind the demo users (`demo` / `demo`, an admin) are
+ * the operator's to use on their own machine, not everyone's on the network: listening beyond loopback
+ * needs a users file.
+ */
+export function assertDemoUsersStayLocal(
+  kube: Config['kube'],
+  host: string,
+  usersFile: string | undefined,
+): void {
+  if (usersFile !== undefined || (kube.type !== 'server' && kube.type !== 'servers') || isLoopback(host))
+    return;
+  throw new Error(
+    `--kube-server with --host ${host} (HOST) needs --users-file (USERS_FILE): the demo users (demo / demo, an admin) are only served on loopback with an API server of your own`,
+  );
+}
+
+/** `localhost`, `::1` and 127.0.0.0/8: reachable from this machine only. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
 }
 
 /** Where Kubernetes is, from the kube flags and variables (`demo` when nothing is given). */

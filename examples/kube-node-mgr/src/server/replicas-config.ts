@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { intFlag, readDemo, readKube, SERVER_OPTIONS, USAGE } from './config.js';
+import { assertDemoUsersStayLocal, intFlag, readDemo, readKube, SERVER_OPTIONS, USAGE } from './config.js';
 import type { DemoClusterOptions } from './demo-cluster.js';
 
 /** What `npm run serve:replicas` runs, from flags and environment variables (flags win). */
@@ -91,10 +91,13 @@ export function loadReplicasConfig(argv: string[], env: NodeJS.ProcessEnv): Repl
   const replicas = intFlag('--replicas', values.replicas ?? env.REPLICAS, 3, 1);
   if (replicas > MAX_REPLICAS)
     throw new Error(`--replicas must be at most ${MAX_REPLICAS} (got ${replicas})`);
+  const host = values.host ?? env.HOST ?? '127.0.0.1';
+  // The replicas listen on loopback behind the launcher's proxy: the launcher's own address is what counts.
+  assertDemoUsersStayLocal(kube, host, values['users-file'] ?? (env.USERS_FILE || undefined));
   return {
     replicas,
     port: intFlag('--port', values.port ?? env.PORT, 3000, 0),
-    host: values.host ?? env.HOST ?? '127.0.0.1',
+    host,
     demo,
     kubeArgs,
     serverArgs,
