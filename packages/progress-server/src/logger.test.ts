@@ -1,8 +1,9 @@
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ProgressLogger } from './logger.js';
-import { guardLogger } from './logger.js';
+import { describeError, guardLogger } from './logger.js';
 import { ProgressServer } from './progress-server.js';
+import { upgradeStatus } from './testing/harness.js';
 
 /** Rejections nobody handled while a test ran (Node ends the process on one by default). */
 const unhandled: unknown[] = [];
@@ -58,5 +59,57 @@ describe('guardLogger', () => {
     await server.close({ timeoutMs: 1000 });
     await nextTurn();
     expect(unhandled).toEqual([]);
+  });
+});
+
+describe('describeError', () => {
+  it('describes any thrown value, one without a string form too, and never throws', () => {
+    const noString = Object.create(null);
+    const throwingToString = {
+      toString() {
+        throw new Error('no');
+      },
+    };
+    const throwingMessage = new Error('x');
+    Object.defineProperty(throwingMessage, 'message', {
+      get() {
+        throw new Error('no');
+      },
+    });
+    for (const value of [noString, throwingToString, throwingMessage]) {
+      expect(describeError(value)).toEqual({ message: expect.any(String) });
+    }
+    expect(describeError(Object.assign(new Error('down'), { code: 'E1' }))).toEqual({
+      name: 'Error',
+      message: 'down',
+      code: 'E1',
+    });
+    expect(describeError('plain')).toEqual({ message: 'plain' });
+  });
+
+  it('keeps a server alive whose authenticate hook throws a value without a string form, and refuses the upgrade 500', async () => {
+    process.on('unhandledRejection', onUnhandled);
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        authenticate: () => {
+          throw Object.create(null);
+        },
+        // Before, only this deadline ended the upgrade (a hang-up, not a 500).
+        upgradeTimeoutMs: 2000,
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    try {
+      const address = server.httpServer?.address();
+      const port = typeof address === 'object' && address !== null ? address.port : 0;
+      // Until 6 December 2026 logging the hook's fault threw in turn: the upgrade went unanswered until
+      // upgradeTimeoutMs, and the rejection left unhandled ended the process (Node's default).
+      expect((await upgradeStatus(`ws://127.0.0.1:${port}/progress`, {})).status).toBe(500);
+      await nextTurn();
+      expect(unhandled).toEqual([]);
+    } finally {
+      await server.close({ timeoutMs: 1000 });
+    }
   });
 });

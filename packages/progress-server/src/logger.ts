@@ -64,11 +64,21 @@ export function guardLogger(logger: ProgressLogger): ProgressLogger {
   };
 }
 
-/** A loggable summary of an unknown thrown value (errors keep their code and message, not the object). */
+/**
+ * A loggable summary of an unknown thrown value (errors keep their code and message, not the object). Never
+ * throws: it runs in error paths, after an application hook failed, where a second exception escaped the
+ * guard around it. A value without a string form (`Object.create(null)`, a throwing `toString` or `message`
+ * getter) thrown by an `authenticate` hook made the upgrade's error handler throw in turn: the upgrade went
+ * unanswered, and the rejection left unhandled ended the process.
+ */
 export function describeError(error: unknown): Record<string, unknown> {
-  if (error instanceof Error) {
-    const code = (error as { code?: unknown }).code;
-    return { name: error.name, message: error.message, ...(code === undefined ? {} : { code }) };
+  try {
+    if (error instanceof Error) {
+      const code = (error as { code?: unknown }).code;
+      return { name: error.name, message: error.message, ...(code === undefined ? {} : { code }) };
+    }
+    return { message: String(error) };
+  } catch {
+    return { message: 'a thrown value without a string form' };
   }
-  return { message: String(error) };
 }

@@ -156,6 +156,8 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #streams = new Set<OpenStream>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   #ownedHttpServer: HttpServer | undefined;
+  /** Aborted as the shutdown begins: ends the HTTP requests' waits on hung hooks (see `httpHandler`). */
+  readonly #shutdown = new AbortController();
   #closing = false;
   #closed: Promise<void> | undefined;
 
@@ -420,6 +422,7 @@ export class ProgressServer<P extends Principal = Principal> {
         clock: this.#options.clock,
         epoch: this.#epoch,
         hookTimeoutMs: this.#options.upgradeTimeoutMs,
+        shutdown: this.#shutdown.signal,
         pending: this.#sockets.pending,
         unreadAnswers: this.#unreadAnswers,
         streams: {
@@ -465,6 +468,7 @@ export class ProgressServer<P extends Principal = Principal> {
 
   async #close(timeoutMs: number): Promise<void> {
     this.#closing = true;
+    this.#shutdown.abort();
     const start = Date.now();
     const deadline = start + timeoutMs;
     this.#options.server?.off('upgrade', this.#onUpgrade);

@@ -195,6 +195,54 @@ describe('close()', () => {
     client.close();
   });
 
+  it('answers at once the HTTP requests whose hooks hang when close() begins, and leaves no timer of theirs', async () => {
+    const store = new MemoryProgressStore();
+    const httpServer = createServer();
+    const hang = () => new Promise<never>(() => {});
+    const progress = new ProgressServer({
+      store,
+      server: httpServer,
+      authenticate: (request) => (request.headers['x-user'] === 'hung' ? hang() : { id: 'alice' }),
+      authorize: (principal) => (principal.id === 'alice' ? hang() : true),
+    });
+    httpServer.on('request', progress.httpHandler());
+    await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = httpServer.address() as AddressInfo;
+      const task = await progress.tasks.create({ owner: 'alice', kind: 'k' });
+      const url = `http://127.0.0.1:${port}/progress/tasks/${task.id}`;
+      const arrived = new Promise<void>((resolve) => {
+        let count = 0;
+        httpServer.on('request', () => {
+          count += 1;
+          if (count === 3) resolve();
+        });
+      });
+      // A hung authenticate, a hung authorize, and an event stream's hung authorize.
+      const answers = [
+        fetch(url, { headers: { 'x-user': 'hung' } }),
+        fetch(url, { headers: { 'x-user': 'alice' } }),
+        fetch(`${url}/stream`, { headers: { 'x-user': 'alice' } }),
+      ].map((answer) =>
+        answer.then(
+          (response) => response.status,
+          () => 'no answer',
+        ),
+      );
+      await arrived;
+      await new Promise((resolve) => setImmediate(resolve));
+
+      await progress.close({ timeoutMs: 200 });
+      // Until 6 December 2026 each waited for its hook until upgradeTimeoutMs (10 s by default), its
+      // timer outliving close(), and was then answered 504.
+      await expect.poll(() => pendingTimers.size, { timeout: 1000 }).toBe(0);
+      expect(await Promise.all(answers)).toEqual([503, 503, 503]);
+    } finally {
+      httpServer.closeAllConnections();
+      await new Promise((resolve) => httpServer.close(resolve));
+    }
+  });
+
   it('listen() with an invalid httpBasePath rejects and leaves no server, timer or socket behind', async () => {
     const before = liveHandles();
     const store = new MemoryProgressStore();

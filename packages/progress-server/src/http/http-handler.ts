@@ -131,6 +131,11 @@ export interface HttpHandlerContext<P extends Principal> {
    */
   hookTimeoutMs: number;
   /**
+   * Aborted when the server starts shutting down: a request still waiting on a hook is answered 503
+   * `closed` then, as an upgrade is, and its wait's timer cleared.
+   */
+  shutdown?: AbortSignal;
+  /**
    * The server's connections not authenticated yet: a request's connection counts while its
    * `authenticate` hook runs, as an upgrade's does while it is checked.
    */
@@ -421,13 +426,17 @@ async function serve<P extends Principal>(
   response: ServerResponse,
   asker: { id?: string },
 ): Promise<unknown> {
-  const hooks = new HookDeadline(ctx.hookTimeoutMs, () => {
-    ctx.metrics.handlerErrors.inc();
-    ctx.logger.warn(
-      { route: route.name, timeoutMs: ctx.hookTimeoutMs },
-      'authenticate or authorize hook did not answer within upgradeTimeoutMs; answering 504',
-    );
-  });
+  const hooks = new HookDeadline(
+    ctx.hookTimeoutMs,
+    () => {
+      ctx.metrics.handlerErrors.inc();
+      ctx.logger.warn(
+        { route: route.name, timeoutMs: ctx.hookTimeoutMs },
+        'authenticate or authorize hook did not answer within upgradeTimeoutMs; answering 504',
+      );
+    },
+    ctx.shutdown,
+  );
   try {
     return await serveRoute(ctx, route, url, request, response, asker, hooks);
   } finally {
@@ -437,24 +446,28 @@ async function serve<P extends Principal>(
 
 /**
  * Bounds each wait of one request on the application's hooks: {@link within} rejects with 504 `timeout`
- * when its hook has not answered within `ms`. The hung hook's promise is left to itself; the request is
- * answered and lets go of its connection. (A wait each, not one for the request: a slow store read between
- * two hooks must not be blamed on the second.)
+ * when its hook has not answered within `ms`, and with 503 `closed` as soon as the server starts shutting
+ * down (`shutdown`). The hung hook's promise is left to itself; the request is answered and lets go of its
+ * connection. (A wait each, not one for the request: a slow store read between two hooks must not be
+ * blamed on the second.) Without the shutdown's end, a request whose hook hung when `close()` began was
+ * answered only at `ms` (10 s by default), its timer outliving `close()`.
  */
 class HookDeadline {
   readonly #ms: number;
   readonly #onExpired: () => void;
-  /** The wait under way, if any: {@link clear} ends its timer. */
-  #timer: NodeJS.Timeout | undefined;
+  readonly #shutdown: AbortSignal | undefined;
+  /** The wait under way, if any: {@link clear} ends it (its timer, its shutdown listener). */
+  #end: (() => void) | undefined;
 
-  constructor(ms: number, onExpired: () => void) {
+  constructor(ms: number, onExpired: () => void, shutdown?: AbortSignal) {
     this.#ms = ms;
     this.#onExpired = onExpired;
+    this.#shutdown = shutdown;
   }
 
   async within<T>(promise: Promise<T>): Promise<T> {
     const expired = new Promise<never>((_, reject) => {
-      this.#timer = setTimeout(() => {
+      const timer = setTimeout(() => {
         this.#onExpired();
         reject(
           fromCode(
@@ -463,7 +476,16 @@ class HookDeadline {
           ),
         );
       }, this.#ms);
-      this.#timer.unref();
+      timer.unref();
+      const onShutdown = () => reject(fromCode(ErrorCode.Closed, SHUTTING_DOWN));
+      this.#shutdown?.addEventListener('abort', onShutdown, { once: true });
+      this.#end = () => {
+        clearTimeout(timer);
+        this.#shutdown?.removeEventListener('abort', onShutdown);
+      };
+      // Begun before this wait (between two hooks): refused all the same, `promise` still raced below, so
+      // that a rejection of it is handled.
+      if (this.#shutdown?.aborted === true) onShutdown();
     });
     try {
       return await Promise.race([promise, expired]);
@@ -473,8 +495,8 @@ class HookDeadline {
   }
 
   clear(): void {
-    clearTimeout(this.#timer);
-    this.#timer = undefined;
+    this.#end?.();
+    this.#end = undefined;
   }
 }
 

@@ -179,6 +179,10 @@ export class SocketAcceptor<P extends Principal> {
    * HTTP error (400, 401, 403, 500, 503) on the raw socket. Never throws.
    */
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
+    // A router that dispatches upgrades after work of its own may hand over a socket whose client has gone
+    // meanwhile: there is no one to answer, and its 'close' (which settles an upgrade) has passed already.
+    // Taken in, it stayed among the upgrades under way, held with its request until the server closed.
+    if (socket.destroyed) return;
     // A client that vanishes during authentication must not crash the process.
     socket.on('error', (error) =>
       this.#ctx.logger.debug({ err: describeError(error) }, 'upgrade socket error'),
