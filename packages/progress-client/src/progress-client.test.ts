@@ -2453,6 +2453,17 @@ describe("the application's listeners that throw", () => {
 });
 
 describe('close()', () => {
+  /** How `watch.done` settled once pending promises ran: 'resolved', the error's code, or 'pending'. */
+  async function outcomeOf(watch: { done: Promise<unknown> }): Promise<string> {
+    let outcome = 'pending';
+    watch.done.then(
+      () => (outcome = 'resolved'),
+      (error: { code: string }) => (outcome = error.code),
+    );
+    await flush();
+    return outcome;
+  }
+
   it('clears every timer, closes the socket and ends unfinished watches with closed', async () => {
     const { client, socket, task, scheduler, watch, states } = subscribed({ behindGraceMs: 1000 });
     const other = client.watch('t2');
@@ -2472,6 +2483,33 @@ describe('close()', () => {
     expect(states.at(-1)).toMatchObject({ state: 'closed' });
     await scheduler.advance(120_000);
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('a listener that closes the client while watch() starts the connection: the watch it returns ends with closed, and no socket opens', async () => {
+    // The `state` (connecting) or `error` (a WebSocket constructor that throws: a CSP, a bad URL at run
+    // time) a new watch's connection emits reached listeners before the handle was attached: a close()
+    // there ended the subscription with no handle on it, and the handle returned then waited for ever;
+    // after a `state` listener's close, the socket was still created, authenticated and kept open.
+    const onState = setup();
+    onState.client.on('state', (change) => {
+      if (change.state === 'connecting') void onState.client.close();
+    });
+    const stateWatch = onState.client.watch('t1');
+    expect(await outcomeOf(stateWatch)).toBe(ErrorCode.Closed);
+    expect(stateWatch.closed).toBe(true);
+    expect(onState.server.sockets).toHaveLength(0);
+
+    const throwing = class {
+      constructor() {
+        throw new Error('refused by the page');
+      }
+    };
+    const onError = setup({ WebSocket: throwing as never });
+    onError.client.on('error', () => void onError.client.close());
+    const errorWatch = onError.client.watch('t1');
+    expect(await outcomeOf(errorWatch)).toBe(ErrorCode.Closed);
+    await onError.scheduler.advance(120_000);
+    expect(onState.scheduler.pending + onError.scheduler.pending).toBe(0);
   });
 
   it('leaves no timer behind with vi fake timers and the default timer functions', async () => {
