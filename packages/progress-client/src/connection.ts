@@ -219,12 +219,13 @@ export class Connection {
 
   #connect(reason: string): void {
     this.#reconnect.clear();
-    if (this.#state === 'closed') return;
     if (!this.#handler.wantsSocket()) {
       this.#setState({ state: 'idle', reason: 'no unfinished watch' });
       return;
     }
     this.#setState({ state: this.#state === 'idle' ? 'connecting' : 'reconnecting', reason });
+    // Closed before, or by a listener of that change: no socket (one was opened after close() and kept).
+    if (this.#state === 'closed') return;
     let socket: WebSocketLike;
     try {
       const headers = { ...this.#o.headers };

@@ -9,6 +9,7 @@ import {
   PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
 } from '@finishline/core';
+import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type FetchLike, PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { cursorKey, MemoryCursorStorage } from './persist.js';
@@ -413,6 +414,33 @@ describe('delivery', () => {
     // The unfinished watch is not touched.
     expect(watch.closed).toBe(false);
     await client.close();
+  });
+
+  it('reads each task once when a heartbeat lets go of many finished ones, or many finished handles close: not n² / 2 times', async () => {
+    // With 1,000 finished watches, the heartbeat that let go of them read every remaining task's cursor
+    // after each one (whether page life could stop): 499,500 reads in one frame; closing the handles in a
+    // loop did the same. Counted, not timed: the reads of `finished` on the watches' cursors.
+    const n = 1000;
+    for (const leave of ['heartbeat', 'close'] as const) {
+      const { client, server } = setup();
+      const jobs = Array.from({ length: n }, (_, i) => new FakeTask(`job-${i}`, 1));
+      const handles = jobs.map((job) => client.watch(job.id));
+      const socket = server.accept();
+      for (const job of jobs) {
+        socket.push(snap(job.view()));
+        socket.push(ev(job.end()));
+      }
+      const reads = vi.spyOn(WatchCursor.prototype, 'finished', 'get');
+      try {
+        if (leave === 'heartbeat') socket.push({ type: 'heartbeat', time: 1, seqs: {} });
+        else for (const handle of handles) handle.close();
+        expect(handles.every((handle) => handle.closed)).toBe(true);
+        expect(reads.mock.calls.length).toBeLessThan(10 * n);
+      } finally {
+        reads.mockRestore();
+      }
+      await client.close();
+    }
   });
 
   it('closes the handles of the old run left open when a new watch of the id asks the server again', async () => {
@@ -2453,6 +2481,17 @@ describe("the application's listeners that throw", () => {
 });
 
 describe('close()', () => {
+  /** How `watch.done` settled once pending promises ran: 'resolved', the error's code, or 'pending'. */
+  async function outcomeOf(watch: { done: Promise<unknown> }): Promise<string> {
+    let outcome = 'pending';
+    watch.done.then(
+      () => (outcome = 'resolved'),
+      (error: { code: string }) => (outcome = error.code),
+    );
+    await flush();
+    return outcome;
+  }
+
   it('clears every timer, closes the socket and ends unfinished watches with closed', async () => {
     const { client, socket, task, scheduler, watch, states } = subscribed({ behindGraceMs: 1000 });
     const other = client.watch('t2');
@@ -2472,6 +2511,33 @@ describe('close()', () => {
     expect(states.at(-1)).toMatchObject({ state: 'closed' });
     await scheduler.advance(120_000);
     expect(scheduler.pending).toBe(0);
+  });
+
+  it('a listener that closes the client while watch() starts the connection: the watch it returns ends with closed, and no socket opens', async () => {
+    // The `state` (connecting) or `error` (a WebSocket constructor that throws: a CSP, a bad URL at run
+    // time) a new watch's connection emits reached listeners before the handle was attached: a close()
+    // there ended the subscription with no handle on it, and the handle returned then waited for ever;
+    // after a `state` listener's close, the socket was still created, authenticated and kept open.
+    const onState = setup();
+    onState.client.on('state', (change) => {
+      if (change.state === 'connecting') void onState.client.close();
+    });
+    const stateWatch = onState.client.watch('t1');
+    expect(await outcomeOf(stateWatch)).toBe(ErrorCode.Closed);
+    expect(stateWatch.closed).toBe(true);
+    expect(onState.server.sockets).toHaveLength(0);
+
+    const throwing = class {
+      constructor() {
+        throw new Error('refused by the page');
+      }
+    };
+    const onError = setup({ WebSocket: throwing as never });
+    onError.client.on('error', () => void onError.client.close());
+    const errorWatch = onError.client.watch('t1');
+    expect(await outcomeOf(errorWatch)).toBe(ErrorCode.Closed);
+    await onError.scheduler.advance(120_000);
+    expect(onState.scheduler.pending + onError.scheduler.pending).toBe(0);
   });
 
   it('leaves no timer behind with vi fake timers and the default timer functions', async () => {
