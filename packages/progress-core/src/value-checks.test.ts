@@ -85,17 +85,75 @@ describe('assertTaskId', () => {
   });
 });
 
+/**
+ * The JSON rules read from their statement, not from `isJsonValue`: what `JSON.stringify` keeps exactly
+ * (a round trip gives back equal plain objects, arrays, finite numbers, strings, booleans and nulls), at
+ * most 64 arrays or objects deep, no `__proto__` key, no U+0000 or unpaired surrogate in a string or key,
+ * and at most `maxJsonBytes` bytes of UTF-8 text. (`jsonSchema` is built from `isJsonValue` and
+ * `fitsJsonLimit`, so comparing those with it could not fail.)
+ */
+function isJsonByTheRules(value: unknown): boolean {
+  let text: string | undefined;
+  try {
+    text = JSON.stringify(value);
+  } catch {
+    return false; // a bigint, a cycle
+  }
+  if (text === undefined || Buffer.byteLength(text) > LIMITS.maxJsonBytes) return false;
+  const storable = (s: string) => !s.includes('\u0000') && Buffer.from(s).toString() === s;
+  const keeps = (original: unknown, copy: unknown, level: number): boolean => {
+    if (typeof original === 'string') return copy === original && storable(original);
+    if (typeof original === 'number') return copy === original; // NaN and ±Infinity come back as null
+    if (original === null || typeof original !== 'object') return copy === original;
+    if (level > 64 || copy === null || typeof copy !== 'object') return false;
+    if (Array.isArray(original)) {
+      return (
+        Array.isArray(copy) &&
+        copy.length === original.length &&
+        original.every((entry, index) => keeps(entry, copy[index], level + 1))
+      );
+    }
+    const prototype = Object.getPrototypeOf(original);
+    if (prototype !== Object.prototype && prototype !== null) return false;
+    const keys = Object.keys(original);
+    if (Array.isArray(copy) || Object.keys(copy).length !== keys.length) return false;
+    return keys.every(
+      (key) =>
+        key !== '__proto__' &&
+        storable(key) &&
+        Object.hasOwn(copy, key) &&
+        keeps((original as Record<string, unknown>)[key], (copy as Record<string, unknown>)[key], level + 1),
+    );
+  };
+  return keeps(value, JSON.parse(text), 1);
+}
+
+/** A string whose JSON text is `maxJsonBytes + delta` bytes, of characters of 1 to 4 UTF-8 bytes. */
+const nearTheByteLimit = fc
+  .tuple(fc.constantFrom('x', 'é', '€', '😀'), fc.integer({ min: -3, max: 3 }))
+  .map(([character, delta]) => {
+    const bytes = LIMITS.maxJsonBytes - 2 + delta; // the quotes are two more
+    const count = Math.floor(bytes / Buffer.byteLength(character));
+    return character.repeat(count) + 'x'.repeat(bytes - count * Buffer.byteLength(character));
+  });
+
 describe('isJsonValue and fitsJsonLimit', () => {
-  it('together accept exactly what jsonSchema accepts', () => {
+  it('together accept exactly what the JSON rules accept, as jsonSchema does', () => {
     const values = fc.oneof(
       jsonArbitrary,
-      fc.anything({ maxDepth: 3, withNullPrototype: true, withMap: true }),
+      fc.anything({ maxDepth: 3, withNullPrototype: true, withMap: true, withSet: true, withDate: true }),
       fc.constant(JSON.parse('{"a":{"__proto__":1}}')),
-      fc.constant('x'.repeat(LIMITS.maxJsonBytes - 1)),
+      fc.constantFrom(Number.NaN, Number.POSITIVE_INFINITY, -0, [1, Number.NEGATIVE_INFINITY], {
+        a: undefined,
+      }),
+      nearTheByteLimit,
+      nearTheByteLimit.map((text) => [text.slice(0, -2)]),
     );
     fc.assert(
       fc.property(values, (value) => {
-        expect(isJsonValue(value) && fitsJsonLimit(value)).toBe(v.is(jsonSchema, value));
+        const expected = isJsonByTheRules(value);
+        expect(isJsonValue(value) && fitsJsonLimit(value)).toBe(expected);
+        expect(v.is(jsonSchema, value)).toBe(expected);
       }),
       propertyParams(1000),
     );

@@ -2,12 +2,19 @@ import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
-import { propertyParams } from '@finishline/core/testing';
+import { propertyParams, propertyTimeoutMs } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ProgressServer } from '../progress-server.js';
-import { headerAuth, RawClient, type Received, seqOf, serverFrameViolations } from '../testing/harness.js';
+import {
+  headerAuth,
+  RawClient,
+  type Received,
+  seqOf,
+  serverFrameViolations,
+  WAIT_MS,
+} from '../testing/harness.js';
 
 /**
  * Guarantee 2 at the server: whatever the interleaving of commits, resume points and congestion, each
@@ -115,65 +122,79 @@ function checkStream(frames: Received[], log: TaskEvent[], afterSeq: number): vo
   expect(previous).toBe(terminal.seq);
 }
 
+/** How long the property may run (its 40 runs took 0.2–1.5 s here), scaled with its run count. */
+const TIME_LIMIT_MS = 40_000;
+
 describe('delivery property', () => {
-  it('every socket sees each log in order, skipping only progress, with its terminal event once', async () => {
-    await fc.assert(
-      fc.asyncProperty(scenario, async ({ initial, resume, ops }) => {
-        congestion.on = false;
-        const tasks = await Promise.all(
-          [0, 1].map(() => server.tasks.create({ owner: 'alice', kind: 'prop' })),
-        );
-        for (const [index, count] of initial.entries()) {
-          for (let i = 0; i < count; i++) await tasks[index]?.progress({ done: i, message: `init ${i}` });
-        }
-        const client = await RawClient.connect(url, { user: 'alice' });
-        try {
-          const afterSeqs = tasks.map((task, index) => Math.floor((resume[index] ?? 0) * task.task.seq));
-          for (const [index, task] of tasks.entries()) {
-            client.send({ type: 'subscribe', taskId: task.id, afterSeq: afterSeqs[index] });
+  it(
+    'every socket sees each log in order, skipping only progress, with its terminal event once',
+    async () => {
+      await fc.assert(
+        fc.asyncProperty(scenario, async ({ initial, resume, ops }) => {
+          congestion.on = false;
+          const tasks = await Promise.all(
+            [0, 1].map(() => server.tasks.create({ owner: 'alice', kind: 'prop' })),
+          );
+          for (const [index, count] of initial.entries()) {
+            for (let i = 0; i < count; i++) await tasks[index]?.progress({ done: i, message: `init ${i}` });
           }
-          await client.sync();
-          let step = 0;
-          for (const op of ops) {
-            step += 1;
-            switch (op.kind) {
-              case 'progress':
-                await tasks[op.task]?.progress({ done: step, message: `step ${step}` });
-                break;
-              case 'item':
-                await tasks[op.task]?.item({ key: `item-${step}`, ok: op.ok });
-                break;
-              case 'congest':
-                congestion.on = op.on;
-                break;
-              case 'yield':
-                await new Promise((resolve) => setImmediate(resolve));
-                break;
-              default: {
-                const unreachable: never = op;
-                throw new Error(`unknown op ${String(unreachable)}`);
+          const client = await RawClient.connect(url, { user: 'alice' });
+          try {
+            const afterSeqs = tasks.map((task, index) => Math.floor((resume[index] ?? 0) * task.task.seq));
+            for (const [index, task] of tasks.entries()) {
+              client.send({ type: 'subscribe', taskId: task.id, afterSeq: afterSeqs[index] });
+            }
+            await client.sync();
+            let step = 0;
+            for (const op of ops) {
+              step += 1;
+              switch (op.kind) {
+                case 'progress':
+                  await tasks[op.task]?.progress({ done: step, message: `step ${step}` });
+                  break;
+                case 'item':
+                  await tasks[op.task]?.item({ key: `item-${step}`, ok: op.ok });
+                  break;
+                case 'congest':
+                  congestion.on = op.on;
+                  break;
+                case 'yield':
+                  await new Promise((resolve) => setImmediate(resolve));
+                  break;
+                default: {
+                  const unreachable: never = op;
+                  throw new Error(`unknown op ${String(unreachable)}`);
+                }
               }
             }
+            for (const task of tasks) await task.complete();
+            congestion.on = false;
+            for (const task of tasks) {
+              await client.next(
+                (frame) =>
+                  frame.type === 'event' &&
+                  (frame.event as TaskEvent).taskId === task.id &&
+                  (frame.event as TaskEvent).type === 'completed',
+              );
+            }
+            for (const [index, task] of tasks.entries()) {
+              checkStream(client.about(task.id), await store.readEvents(task.id, 0), afterSeqs[index] ?? 0);
+            }
+          } finally {
+            congestion.on = false;
+            await client.close();
           }
-          for (const task of tasks) await task.complete();
-          congestion.on = false;
-          for (const task of tasks) {
-            await client.next(
-              (frame) =>
-                frame.type === 'event' &&
-                (frame.event as TaskEvent).taskId === task.id &&
-                (frame.event as TaskEvent).type === 'completed',
-            );
-          }
-          for (const [index, task] of tasks.entries()) {
-            checkStream(client.about(task.id), await store.readEvents(task.id, 0), afterSeqs[index] ?? 0);
-          }
-        } finally {
-          congestion.on = false;
-          await client.close();
-        }
-      }),
-      propertyParams(40),
-    );
-  });
+        }),
+        {
+          ...propertyParams(40),
+          // A failing run may wait WAIT_MS for a frame that never comes, and so may each shrink step: without
+          // a limit the test timed out first, and fast-check reported no seed, path or counterexample. Stopped
+          // here (shrinking cut short), it reports them, the smallest counterexample found so far included.
+          interruptAfterTimeLimit: propertyTimeoutMs(40, TIME_LIMIT_MS),
+          markInterruptAsFailure: true,
+        },
+      );
+    },
+    propertyTimeoutMs(40, TIME_LIMIT_MS + 2 * WAIT_MS),
+  );
 });
