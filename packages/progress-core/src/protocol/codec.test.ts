@@ -109,6 +109,7 @@ const CLIENT_EXAMPLES: readonly ClientFrame[] = [
   { type: 'unsubscribe', id: 'r2', taskId: 'task-1' },
   { type: 'unsubscribe', taskId: 'task-1' },
   { type: 'ack', taskId: 'task-1', seq: 7 },
+  { type: 'ack', taskId: 'task-1', seq: 7, epoch: '5f0c2a' },
   { type: 'ping', id: 'p1' },
   { type: 'ping' },
 ];
@@ -377,6 +378,8 @@ describe('invalid_frame', () => {
     ['{"type":"subscribe","taskId":"t","afterSeq":0,"__proto__":{}}', '__proto__: is not a known field'],
     ['{"type":"subscribe","id":"","taskId":"t","afterSeq":0}', 'id: must not be empty'],
     ['{"type":"ack","taskId":"t","seq":0}', 'seq: must be at least 1'],
+    ['{"type":"ack","taskId":"t","seq":1,"epoch":"a b"}', 'epoch:'],
+    ['{"type":"ack","taskId":"t","seq":1,"epoch":7}', 'epoch:'],
     ['{"type":"ack","taskId":"t","seq":9007199254740992}', 'seq: is too large'],
     ['{"type":"ping","id":5}', 'id: must be string'],
     ['{"type":"auth","token":"","protocol":1}', 'token: must not be empty'],

@@ -218,8 +218,13 @@ export const unsubscribeFrameSchema = v.strictObject({
   taskId: idSchema,
 });
 
-/** {@link AckFrame}. `seq` is at least 1: it names an event that exists. */
-export const ackFrameSchema = v.strictObject({ type: v.literal('ack'), taskId: idSchema, seq: seqSchema });
+/** {@link AckFrame}. `seq` is at least 1: it names an event that exists; `epoch` is an id, as in `hello`. */
+export const ackFrameSchema = v.strictObject({
+  type: v.literal('ack'),
+  taskId: idSchema,
+  seq: seqSchema,
+  epoch: v.exactOptional(idSchema),
+});
 
 /** {@link PingFrame}. */
 export const pingFrameSchema = v.strictObject({

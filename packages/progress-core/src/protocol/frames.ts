@@ -171,6 +171,12 @@ export interface AckFrame {
   type: 'ack';
   taskId: string;
   seq: number;
+  /**
+   * The store epoch `seq` belongs to (version 2), when the client knows it. A server in another epoch reads
+   * the store's again and records the ack only if it is the current one; without it the seq is taken as one
+   * of the server's current epoch.
+   */
+  epoch?: string;
 }
 
 /** Liveness check; answered by `pong`. */
