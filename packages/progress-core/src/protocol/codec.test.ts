@@ -736,7 +736,7 @@ function isOptionalKey(frame: JsonObject, path: string[], key: string): boolean 
   return (
     (key === 'requestId' && (frame.type === 'error' || frame.type === 'pong')) ||
     (key === 'taskId' && frame.type === 'error') ||
-    (key === 'epoch' && (frame.type === 'hello' || frame.type === 'snapshot')) ||
+    (key === 'epoch' && (frame.type === 'hello' || frame.type === 'snapshot' || frame.type === 'ack')) ||
     (key === 'reset' && frame.type === 'snapshot') ||
     (key === 'reconnectDelayMs' && frame.type === 'hello')
   );
