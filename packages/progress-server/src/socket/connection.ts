@@ -147,6 +147,7 @@ export class Connection<P extends Principal> {
       auth: ctx.auth,
       hub: ctx.hub,
       acks: ctx.acks,
+      epoch: ctx.epoch,
       limits: ctx.limits,
       writer: this.#writer,
       principal: () => this.#gate.principal as P,

@@ -119,6 +119,50 @@ export function restorableStore() {
   };
 }
 
+/**
+ * `store` as a replica sees it when another replica renews the epoch: its feed stamps each change with
+ * the epoch given to `stamp` (as a feed that knows epochs does; none before), so a change stamped with a
+ * renewed one tells the server to read the epoch, and nothing else does (no renewal hint). Its `ack`
+ * writes wait from `holdAcks()` until `releaseAcks()`.
+ */
+export function renewedElsewhere(store: MemoryProgressStore) {
+  let gate: Promise<void> | undefined;
+  let open = (): void => {};
+  let epoch: string | undefined;
+  const changes: ChangeFeed = {
+    subscribe: (listener) =>
+      store.changes.subscribe((change) => listener(epoch === undefined ? change : { ...change, epoch })),
+  };
+  const seen: MemoryProgressStore = new Proxy(store, {
+    get(target, property) {
+      if (property === 'changes') return changes;
+      if (property === 'ack') {
+        return async (...args: Parameters<MemoryProgressStore['ack']>) => {
+          await gate;
+          return target.ack(...args);
+        };
+      }
+      const value = Reflect.get(target, property, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  });
+  return {
+    store: seen,
+    stamp(renewed: string) {
+      epoch = renewed;
+    },
+    holdAcks() {
+      gate = new Promise((resolve) => {
+        open = resolve;
+      });
+    },
+    releaseAcks() {
+      gate = undefined;
+      open();
+    },
+  };
+}
+
 /** A frame as received, parsed but not validated (tests check what the server really sent). */
 export type Received = ServerFrame & Record<string, unknown>;
 
