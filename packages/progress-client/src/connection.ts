@@ -169,7 +169,7 @@ export class Connection {
   /** Drops the socket and opens a new one at once (the 100% watchdog suspects this replica). */
   reconnectNow(reason: string): void {
     if (this.#state === 'closed') return;
-    if (this.#socket !== undefined && !this.#ready) return; // already opening a fresh one
+    if (this.#socket && !this.#ready) return; // already opening a fresh one
     this.#drop(CLOSE_NORMAL, reason);
     this.#down();
     this.#connect(reason);
@@ -351,7 +351,7 @@ export class Connection {
       code === CLOSE_AUTH_TIMEOUT && !this.#ready && this.#o.token === undefined
         ? ErrorCode.Unauthenticated
         : FATAL_ERRORS[code];
-    if (fatal !== undefined) {
+    if (fatal) {
       this.#socket = undefined;
       // A refused upgrade says more than the close code it stands for (which status, and what to check).
       const refused = this.#attemptFailure?.status === undefined ? why : this.#attemptFailure.detail;

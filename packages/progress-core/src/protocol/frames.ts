@@ -174,9 +174,9 @@ export interface AckFrame {
   /**
    * The store epoch `seq` belongs to (version 2), when the client knows it. A server in another epoch reads
    * the store's again and records the ack only if it is the current one; without it the seq is taken as one
-   * of the server's current epoch.
+   * of the server's current epoch. (`undefined` is no epoch: the encoded frame leaves it out.)
    */
-  epoch?: string;
+  epoch?: string | undefined;
 }
 
 /** Liveness check; answered by `pong`. */
