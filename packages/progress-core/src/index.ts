@@ -67,6 +67,7 @@ export {
   isProtocolVersion,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
+  PROTOCOL_NAME_V2,
   PROTOCOL_VERSION,
   PROTOCOL_VERSIONS,
   protocolName,
