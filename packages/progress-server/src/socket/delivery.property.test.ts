@@ -1,13 +1,14 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TaskEvent, TaskView } from '@finishline/core';
-import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
+import { MemoryProgressStore } from '@finishline/core';
 import { propertyParams } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ProgressServer } from '../progress-server.js';
 import { headerAuth, RawClient, type Received, seqOf, serverFrameViolations } from '../testing/harness.js';
+import { selectSubprotocol } from './protocol-version.js';
 
 /**
  * Guarantee 2 at the server: whatever the interleaving of commits, resume points and congestion, each
@@ -23,7 +24,10 @@ const cleanups: Array<() => Promise<unknown>> = [];
 
 beforeAll(async () => {
   const httpServer = createServer();
-  const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
+  const wss = new WebSocketServer({
+    server: httpServer,
+    handleProtocols: (offered) => selectSubprotocol(offered),
+  });
   const real = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'bufferedAmount')?.get;
   wss.on('connection', (ws) => {
     Object.defineProperty(ws, 'bufferedAmount', {
