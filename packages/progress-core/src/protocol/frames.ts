@@ -40,12 +40,18 @@ export const PROTOCOL_NAME_V2: string = 'finishline.v2';
 export const PROTOCOL_NAME_V1: string = 'finishline.v1';
 
 /**
+ * Every subprotocol this build speaks, newest first: what a client offers in `Sec-WebSocket-Protocol`
+ * (an older server still finds one it speaks), and the order in which a server prefers them.
+ */
+export const PROTOCOL_NAMES: readonly string[] = ['finishline.v3', 'finishline.v2', 'finishline.v1'];
+
+/**
  * The versions this build speaks, as `unsupported_protocol` messages name them ("1 to 3": they run
- * without gaps from the oldest).
+ * without gaps from 1). Made of constants alone, so a bundle that does not use it leaves it out.
  *
  * @internal
  */
-export const SPOKEN_VERSIONS = `${PROTOCOL_VERSIONS[0]} to ${PROTOCOL_VERSION}`;
+export const SPOKEN_VERSIONS = `1 to ${PROTOCOL_VERSION}`;
 
 /** True for a version this build speaks. */
 export function isProtocolVersion(value: unknown): value is ProtocolVersion {

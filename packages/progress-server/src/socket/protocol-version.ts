@@ -1,5 +1,5 @@
 import type { ProtocolVersion } from '@finishline/core';
-import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_NAME_V2 } from '@finishline/core';
+import { PROTOCOL_NAME, PROTOCOL_NAME_V2, PROTOCOL_NAMES } from '@finishline/core';
 
 /**
  * Which protocol version a socket speaks. The server selects the newest subprotocol the client offered;
@@ -10,7 +10,7 @@ import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_NAME_V2 } from '@finishline/c
  */
 
 /** Subprotocols this server speaks, newest first: the order in which it prefers them. */
-export const SUPPORTED_SUBPROTOCOLS: readonly string[] = [PROTOCOL_NAME, PROTOCOL_NAME_V2, PROTOCOL_NAME_V1];
+export const SUPPORTED_SUBPROTOCOLS: readonly string[] = PROTOCOL_NAMES;
 
 /** The subprotocol to select among those offered, or `false` when none is spoken here. */
 export function selectSubprotocol(offered: ReadonlySet<string> | readonly string[]): string | false {
