@@ -1,11 +1,5 @@
-import type { ClientFrame } from '@finishline/core';
-import {
-  ErrorCode,
-  PROTOCOL_NAME,
-  PROTOCOL_NAME_V1,
-  PROTOCOL_VERSION,
-  ProgressError,
-} from '@finishline/core';
+import type { ClientFrame, ProtocolVersion } from '@finishline/core';
+import { ErrorCode, PROTOCOL_NAMES, PROTOCOL_VERSION, ProgressError } from '@finishline/core';
 import {
   CLOSE_AUTH_TIMEOUT,
   CLOSE_FORBIDDEN_ORIGIN,
@@ -36,8 +30,6 @@ import { MAX_DELAY_MS, noop, Timeout, type TimerSet } from './timers.js';
  */
 
 const OPEN = 1;
-/** Newest first: a server selects the newest it speaks, an older one still finds version 1. */
-const OFFERED_PROTOCOLS = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 const CLOSED = 3;
 
 /**
@@ -62,6 +54,11 @@ export class Connection {
   readonly #pacing: ReconnectPacing;
   #socket: WebSocketLike | undefined;
   #ready = false;
+  /**
+   * The protocol version of the current socket, set when it opens (read only once it is ready). Below 3
+   * an ack names no epoch: a server of version 2 refuses the field (`invalid_frame`), losing the ack.
+   */
+  #version!: ProtocolVersion;
   #state: ConnectionState = 'idle';
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
@@ -106,7 +103,7 @@ export class Connection {
     const token = this.#o.token;
     const socket = this.#socket;
     if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
-    if (socket.protocol === PROTOCOL_NAME_V1) return false;
+    if (this.#version < 2) return false;
     let credential: string;
     try {
       // A token function that never returned (a refresh request nobody answers) left this pending for
@@ -135,7 +132,7 @@ export class Connection {
     }
     if (socket !== this.#socket || socket.readyState !== OPEN) return false;
     try {
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: this.#version }));
       return true;
     } catch {
       return false; // the socket is going; the reconnect authenticates with a fresh token
@@ -152,7 +149,8 @@ export class Connection {
     const socket = this.#socket;
     if (!this.#ready || socket === undefined || socket.readyState !== OPEN) return false;
     try {
-      socket.send(encodeFrame(frame));
+      // Only an ack has an epoch: below version 3 it leaves without (an undefined field is not encoded).
+      socket.send(encodeFrame(this.#version < 3 ? ({ ...frame, epoch: undefined } as ClientFrame) : frame));
       return true;
     } catch {
       return false;
@@ -232,8 +230,8 @@ export class Connection {
       // The third argument only where there are headers: browsers' WebSocket takes two.
       socket =
         Object.keys(headers).length > 0
-          ? new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS, { headers })
-          : new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS);
+          ? new this.#o.WebSocket(this.#o.url, PROTOCOL_NAMES as string[], { headers })
+          : new this.#o.WebSocket(this.#o.url, PROTOCOL_NAMES as string[]);
     } catch (cause) {
       this.#handler.onError(new ProgressError(ErrorCode.Internal, 'Could not create a WebSocket', { cause }));
       this.#lost('could not create a socket', undefined);
@@ -269,6 +267,10 @@ export class Connection {
   }
 
   async #authenticate(socket: WebSocketLike): Promise<void> {
+    // The version of the subprotocol the server selected, `finishline.v<n>`: an older server selects 2 or
+    // 1, and refuses what version 3 added (an auth claiming 3: unsupported_protocol, fatal; an ack's
+    // epoch). None known (a WebSocket that does not say): the newest.
+    this.#version = (Number(socket.protocol?.slice(12)) || PROTOCOL_VERSION) as ProtocolVersion;
     const token = this.#o.token;
     if (token === undefined) return;
     let credential: string;
@@ -287,9 +289,7 @@ export class Connection {
     if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
     if (socket !== this.#socket || socket.readyState !== OPEN) return;
     try {
-      // The version of the subprotocol the server selected (an older server selects version 1).
-      const protocol = socket.protocol === PROTOCOL_NAME_V1 ? 1 : PROTOCOL_VERSION;
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol }));
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: this.#version }));
     } catch {
       // The socket is closing: its close event takes over.
     }

@@ -7,6 +7,7 @@ import {
   LIMITS,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
+  PROTOCOL_NAME_V2,
   PROTOCOL_VERSION,
 } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
@@ -154,7 +155,7 @@ describe('connection', () => {
     client.watch('t1');
     expect(server.sockets).toHaveLength(1);
     expect(client.state).toBe('connecting');
-    expect(server.last.protocols).toEqual([PROTOCOL_NAME, PROTOCOL_NAME_V1]);
+    expect(server.last.protocols).toEqual([PROTOCOL_NAME, PROTOCOL_NAME_V2, PROTOCOL_NAME_V1]);
     expect(server.last.url).toBe('ws://example.test/progress');
     expect(server.last.url).not.toContain('secret');
     expect(server.last.options).toBeUndefined();
@@ -636,7 +637,7 @@ describe('reconnect', () => {
     const { client, server, scheduler } = setup();
     const watch = client.watch('t1');
     server.last.open();
-    server.last.push('{"type":"hello","protocol":3,"serverId":"r9","heartbeatIntervalMs":1000}');
+    server.last.push('{"type":"hello","protocol":4,"serverId":"r9","heartbeatIntervalMs":1000}');
     expect(client.state).toBe('closed');
     await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.UnsupportedProtocol });
     expect(scheduler.pending).toBe(0);
