@@ -102,7 +102,7 @@ export class Connection {
   async #renew(): Promise<boolean> {
     const token = this.#o.token;
     const socket = this.#socket;
-    if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
+    if (typeof token !== 'function' || !socket || !this.#ready) return false;
     if (this.#version < 2) return false;
     let credential: string;
     try {
@@ -147,7 +147,7 @@ export class Connection {
   /** Sends a frame on the ready socket; false when there is none (the reconnect will resend state). */
   send(frame: ClientFrame): boolean {
     const socket = this.#socket;
-    if (!this.#ready || socket === undefined || socket.readyState !== OPEN) return false;
+    if (!this.#ready || !socket || socket.readyState !== OPEN) return false;
     try {
       // Only an ack has an epoch: below version 3 it leaves without (an undefined field is not encoded).
       socket.send(encodeFrame(this.#version < 3 ? ({ ...frame, epoch: undefined } as ClientFrame) : frame));
@@ -160,8 +160,8 @@ export class Connection {
   /** Runs `run`; the frames it sends leave in one write where the socket allows it (`batchSends`). */
   batch(run: () => void): void {
     const socket = this.#socket;
-    if (socket === undefined) run();
-    else batchSends(socket, run);
+    if (socket) batchSends(socket, run);
+    else run();
   }
 
   /** Drops the socket and opens a new one at once (the 100% watchdog suspects this replica). */
@@ -416,7 +416,7 @@ export class Connection {
   #drop(code: number, reason: string, onclose: (() => void) | null = null): boolean {
     const socket = this.#socket;
     this.#socket = undefined;
-    if (socket === undefined || socket.readyState === CLOSED) return false;
+    if (!socket || socket.readyState === CLOSED) return false;
     socket.onopen = null;
     socket.onmessage = null;
     socket.onclose = onclose;

@@ -206,14 +206,14 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
     message = `Unknown server frame type ${quote(type)}; expected one of ${SERVER_FRAME_TYPES.join(', ')}`;
   } else if (
     type === 'hello' &&
-    // A positive safe integer that is no version of ours: the versions run without gaps from 1 (core's
-    // isProtocolVersion, written as one bound: bytes).
+    // A safe integer above the newest version (`count` passes safe integers >= 0): the versions run without
+    // gaps from 1, so this is core's "positive, and not isProtocolVersion", in fewer bytes.
     (value.protocol as number) > PROTOCOL_VERSION &&
-    Number.isSafeInteger(value.protocol)
+    !count(value.protocol)
   ) {
     code = ErrorCode.UnsupportedProtocol;
-    // The versions written out, and shorter than core's wording: bytes (a test ties them to PROTOCOL_VERSIONS).
-    message = `Protocol version ${value.protocol as number} is not supported (1 to 3 are)`;
+    // Shorter than core's wording: bytes (a test ties the versions named to PROTOCOL_VERSIONS).
+    message = `Protocol version ${value.protocol as number} is not supported (1 to ${PROTOCOL_VERSION} are)`;
   } else {
     const tail = check(value);
     if (tail === undefined) return { ok: true, frame: value as unknown as ServerFrame };
