@@ -1420,7 +1420,12 @@ describe('tab sharing', () => {
     // Before, the leader held seq 3 (of the old epoch) as acknowledged and dropped every ack of the new
     // epoch as a repeat: the server never heard the terminal one.
     await vi.waitFor(() =>
-      expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
+      expect(real.frames('ack').slice(acked).at(-1)).toEqual({
+        type: 'ack',
+        taskId: 't1',
+        seq: 2,
+        epoch: 'e2',
+      }),
     );
     await Promise.all(clients.map((client) => client.close()));
   });
@@ -1497,7 +1502,12 @@ describe('tab sharing', () => {
     // Before, the leader forwarded the old ack (which the server refuses: above the task's seq) and held
     // seq 4 as acknowledged, dropping the new epoch's acks as repeats, the terminal one included.
     await vi.waitFor(() =>
-      expect(real.frames('ack').slice(acked).at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 2 }),
+      expect(real.frames('ack').slice(acked).at(-1)).toEqual({
+        type: 'ack',
+        taskId: 't1',
+        seq: 2,
+        epoch: 'e2',
+      }),
     );
     expect(real.frames('ack').slice(acked)).not.toContainEqual({ type: 'ack', taskId: 't1', seq: 4 });
     await Promise.all(clients.map((client) => client.close()));

@@ -1,4 +1,4 @@
-import { ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
+import { ErrorCode, PROTOCOL_NAMES, ProgressError } from '@finishline/core';
 import { CLOSE_HEARTBEAT_TIMEOUT } from '@finishline/core/internal';
 import { noop } from './timers.js';
 import type { WebSocketConstructorLike, WebSocketLike } from './transport-types.js';
@@ -617,7 +617,7 @@ class TabHub {
   #openReal(): void {
     let real: WebSocketLike;
     try {
-      real = new this.#WebSocket(this.url, [PROTOCOL_NAME, PROTOCOL_NAME_V1]);
+      real = new this.#WebSocket(this.url, PROTOCOL_NAMES as string[]);
     } catch {
       this.#failReal(1006, 'could not create a WebSocket');
       return;
