@@ -15,10 +15,11 @@ import type { StreamSink, TaskStream } from './task-stream.js';
  * returns after the feed told their commit; store reads (loads, catch-ups, the hub's own) that answer in
  * any order, from the store as it was when they started or as it is when they answer, and that fail
  * (the client subscribes again from what it holds); subscribers that come at any cursor (replay from
- * it, or a resume) and go throughout; and the id taken again after retention purged its ended run (the
- * hub restarts the old run's subscribers, who load the new one). Whatever the interleaving, each stream
- * hands over its run's log after its cursor, in order and nothing twice, never another run's events,
- * and every subscriber still open ends with its run's terminal event.
+ * it, or a resume) and go throughout; the id taken again after retention purged its ended run (the hub
+ * restarts the old run's subscribers, who load the new one); and store epoch renewals (the hub forgets
+ * its seqs with reads and notices in flight, every subscription starts over). Whatever the
+ * interleaving, each stream hands over its run's log after its cursor, in order and nothing twice,
+ * never another run's events, and every subscriber still open ends with its run's terminal event.
  */
 
 const closers: Array<() => void> = [];
@@ -29,6 +30,7 @@ afterEach(() => {
 type Op =
   | { kind: 'append' }
   | { kind: 'reuse'; tell: boolean }
+  | { kind: 'renew' }
   | { kind: 'local' }
   | { kind: 'land'; index: number }
   | { kind: 'notify'; index: number; withEvents: boolean }
@@ -44,6 +46,7 @@ type Op =
 const opArbitrary: fc.Arbitrary<Op> = fc.oneof(
   { weight: 4, arbitrary: fc.constant({ kind: 'append' as const }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('reuse' as const), tell: fc.boolean() }) },
+  { weight: 1, arbitrary: fc.constant({ kind: 'renew' as const }) },
   { weight: 2, arbitrary: fc.constant({ kind: 'local' as const }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('land' as const), index: fc.nat(3) }) },
   {
@@ -321,6 +324,16 @@ async function run(ops: Op[], knowsRuns: boolean): Promise<void> {
         });
         break;
       }
+      case 'renew':
+        // The server noticed an epoch renewal (no data lost here): the hub forgets its seqs, and every
+        // subscription starts over from a reset snapshot.
+        hub.forgetSeqs();
+        for (const subscriber of subscribers) {
+          if (subscriber.closed) continue;
+          subscriber.stream.close();
+          open(subscriber, 1, false);
+        }
+        break;
       case 'land':
         landing.splice(op.index % Math.max(landing.length, 1), 1)[0]?.();
         break;
