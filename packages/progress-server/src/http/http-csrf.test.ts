@@ -125,7 +125,7 @@ describe('cross-site requests to the mutating HTTP routes', () => {
 function read(
   path: string,
   options: { method?: 'GET' | 'HEAD'; headers: Record<string, string> },
-): Promise<{ status: number; type: string; body: { error?: { code: string } } }> {
+): Promise<{ status: number; type: string; body: { error?: { code: string; message?: string } } }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(
       `${env?.httpUrl}${path}`,
@@ -206,6 +206,21 @@ describe('cross-site requests to the GET routes', () => {
     ).toBe(200);
     // The allow-list replaces same-origin, as on the upgrade and the POST routes.
     expect((await read(path, { headers: { cookie, origin: env.httpUrl } })).status).toBe(403);
+  });
+});
+
+describe('the refusal of a foreign Origin', () => {
+  it('names the Origin and, under same-origin, the host it was compared with', async () => {
+    // The beginner's case: a page on http://localhost:3000 fetching http://127.0.0.1:3000. "Origin not
+    // allowed" alone did not say which of the two the server took for its own.
+    env = await cookieServer();
+    const answer = await read('/progress/tasks', {
+      headers: { cookie: 'session=alice', origin: `http://localhost:${env.port}` },
+    });
+    expect(answer.status).toBe(403);
+    expect(answer.body.error?.message).toBe(
+      `Origin http://localhost:${env.port} not allowed: allowedOrigins is 'same-origin' and this request's Host is 127.0.0.1:${env.port}`,
+    );
   });
 });
 

@@ -9,6 +9,7 @@ import type { TaskStatus } from '@finishline/core';
 import { ErrorCode, TASK_STATUSES } from '@finishline/core';
 import type { AllowedOrigins } from '../auth.js';
 import { isOriginAllowed } from '../auth.js';
+import { clip } from '../tasks/clip.js';
 
 /** HTTP status of each error code (docs/errors.md). */
 export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
@@ -113,8 +114,23 @@ export function checkMutation(request: IncomingMessage): void {
  */
 export function checkOrigin(request: IncomingMessage, allowedOrigins: AllowedOrigins): void {
   if (!isOriginAllowed(request, allowedOrigins)) {
-    throw new HttpError(ErrorCode.Forbidden, 'Origin not allowed');
+    throw new HttpError(ErrorCode.Forbidden, originRefusal(request, allowedOrigins));
   }
+}
+
+/** Longest Origin or Host echoed in a refusal: enough for any real one, and no header-sized answer. */
+const ECHOED_HEADER_MAX = 200;
+
+/**
+ * Names what was compared: a page on `http://localhost:3000` calling `http://127.0.0.1:3000` could not tell
+ * from "Origin not allowed" which of the two the server took for its own. The echoed headers are the
+ * caller's own, in a JSON body a foreign page cannot read (no CORS headers for it).
+ */
+function originRefusal(request: IncomingMessage, allowedOrigins: AllowedOrigins): string {
+  const echo = (value: string | undefined) => clip(value ?? '', ECHOED_HEADER_MAX);
+  const refused = `Origin ${echo(request.headers.origin)} not allowed`;
+  if (allowedOrigins !== 'same-origin') return refused;
+  return `${refused}: allowedOrigins is 'same-origin' and this request's Host is ${echo(request.headers.host)}`;
 }
 
 export function parseInteger(
