@@ -5,7 +5,8 @@
  * @module
  */
 import type { ChangeFeed } from '@finishline/core';
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { invalidOption } from '@finishline/core/internal';
+import { Counter, Gauge, Histogram, type Metric, Registry } from 'prom-client';
 import type { AuthAttemptVia } from './authenticator.js';
 
 /**
@@ -106,9 +107,12 @@ export class ServerMetrics {
   constructor(options: { registry: Registry | undefined; prefix: string; feed: ChangeFeed }) {
     this.registry = options.registry ?? new Registry();
     const p = options.prefix;
-    const registers = [this.registry];
-    const track = <T>(metric: T, name: string): T => {
+    // Built unregistered, then registered together below.
+    const registers: Registry[] = [];
+    const built: Metric[] = [];
+    const track = <T extends Metric>(metric: T, name: string): T => {
       this.#names.push(name);
+      built.push(metric);
       return metric;
     };
     const gauge = (name: string, help: string) =>
@@ -241,6 +245,17 @@ export class ServerMetrics {
       }),
       `${p}safety_net_events_total`,
     );
+
+    // None is registered when a name is taken: registered one by one, a clash at the nth name left the
+    // ones before it in the registry, and a retry in the same process failed on them.
+    const taken = this.#names.find((name) => this.registry.getSingleMetric(name) !== undefined);
+    if (taken !== undefined) {
+      throw invalidOption(
+        'ProgressServer',
+        `the registry already holds a metric named ${taken}: pass another metricsPrefix (now ${JSON.stringify(p)})`,
+      );
+    }
+    for (const metric of built) this.registry.registerMetric(metric);
   }
 
   /** Removes these metrics from the registry (so a new server can register the same names). */

@@ -161,7 +161,14 @@ export class ProgressServer<P extends Principal = Principal> {
   #closing = false;
   #closed: Promise<void> | undefined;
 
-  /** @throws ProgressError `invalid_input` for invalid options. */
+  /**
+   * A constructor that throws leaves nothing behind: no metric in `registry`, no timer, no listener on
+   * the store's feed or on `server`, so a retry in the same process starts clean.
+   *
+   * @throws ProgressError `invalid_input` for invalid options, and when `registry` already holds a metric
+   *   of one of the server's names (`metricsPrefix`). Whatever the feed's `subscribe` / `onEpochRenewed`
+   *   throws.
+   */
   constructor(options: ProgressServerOptions<P>) {
     const resolved = resolveServerOptions(options);
     this.#options = resolved;
@@ -271,14 +278,28 @@ export class ProgressServer<P extends Principal = Principal> {
       }
       this.handleUpgrade(request, socket, head);
     };
-    resolved.server?.on('upgrade', this.#onUpgrade);
-
-    this.#hub.start();
-    this.tasks.start();
-    this.leases.start();
-    void this.#epoch.refresh();
-    // A store whose feed hears renewals (its own, or every replica's on Postgres) has the epoch read now.
-    this.#stopEpochHints = resolved.store.changes.onEpochRenewed?.(() => void this.#epoch.refresh());
+    // The steps that reach out (the caller's server and feed) are undone, in reverse, when one throws:
+    // the metrics, lease timers and feed listeners of a server never returned outlived it, and a retry in
+    // the same process failed on the metric names.
+    try {
+      resolved.server?.on('upgrade', this.#onUpgrade);
+      this.#hub.start();
+      this.tasks.start();
+      this.leases.start();
+      void this.#epoch.refresh();
+      // A store whose feed hears renewals (its own, or every replica's on Postgres) has the epoch read now.
+      this.#stopEpochHints = resolved.store.changes.onEpochRenewed?.(() => void this.#epoch.refresh());
+    } catch (error) {
+      this.#epoch.close();
+      void this.leases.close();
+      this.tasks.stop();
+      this.#hub.close();
+      resolved.server?.off('upgrade', this.#onUpgrade);
+      this.#sockets.stopAccepting();
+      this.#sockets.closeServer();
+      this.metrics.unregister();
+      throw error;
+    }
     this.#heartbeatTimer = setInterval(() => {
       void this.#epoch.refresh();
       this.#sockets.tick();

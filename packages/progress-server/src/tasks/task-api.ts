@@ -244,6 +244,12 @@ export class TaskApi {
     void this.#refresh(owned.control, taskId);
   }
 
+  /** @internal Stops listening to the feed ({@link start} undone: at shutdown, or by a failed construction). */
+  stop(): void {
+    this.#stopFeed?.();
+    this.#stopFeed = undefined;
+  }
+
   /**
    * @internal Graceful shutdown: signals every owned task, waits for batches until `batchDeadline`, then
    * interrupts the owned tasks still running, giving up at `deadline` (epoch ms of the real clock).
@@ -257,8 +263,7 @@ export class TaskApi {
     await waitAtMost(Promise.allSettled([...this.#batches]), batchDeadline - Date.now());
     const interrupts = [...this.#owned.values()].map(({ handle }) => this.#interruptAtShutdown(handle));
     await waitAtMost(Promise.all(interrupts), deadline - Date.now());
-    this.#stopFeed?.();
-    this.#stopFeed = undefined;
+    this.stop();
     for (const taskId of [...this.#owned.keys()]) this.#forget(taskId);
   }
 
