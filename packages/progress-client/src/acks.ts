@@ -61,7 +61,7 @@ export class Acks {
       this.#o.storage?.remove(task.taskId);
       this.#batch(() => this.#ack(task));
     } else {
-      if (storage) task.save(storage);
+      if (storage !== undefined) task.save(storage);
       this.#ack(task);
     }
   }
@@ -70,11 +70,8 @@ export class Acks {
     const seq = task.ackable();
     // An ack that found no ready socket is not recorded (the next `hello` flushes again): the task is then
     // not ready to unsubscribe, but the timer check below still runs (a watch released while the socket
-    // is down leaves nothing to acknowledge either). With the watch's epoch, which is that seq's: a replica
-    // that has not noticed a renewal reads the store's epoch for it rather than take the seq for one of its
-    // own epoch (dropped at the renewal, or recorded in another history).
-    if (seq !== undefined && this.#send({ type: 'ack', taskId: task.taskId, seq, epoch: task.epoch }))
-      task.acked(seq);
+    // is down leaves nothing to acknowledge either).
+    if (seq !== undefined && this.#send({ type: 'ack', taskId: task.taskId, seq })) task.acked(seq);
     if (task.readyToUnsubscribe) {
       this.#send({ type: 'unsubscribe', taskId: task.taskId });
       task.done(); // (its entry went when it got its end: flush)

@@ -106,7 +106,7 @@ const subscribes = (conn: Conn | undefined) =>
 
 describe('hello', () => {
   it('unknown protocol version: fatal unsupported_protocol', async () => {
-    const { client, server } = await rig((conn) => conn.hello({ protocol: 4 }));
+    const { client, server } = await rig((conn) => conn.hello({ protocol: 3 }));
     const watch = client.watch('t1');
     await expect(watch.done).rejects.toMatchObject({ code: 'unsupported_protocol' });
     expect(server.conns).toHaveLength(1);

@@ -1,5 +1,11 @@
-import type { ClientFrame, ProtocolVersion } from '@finishline/core';
-import { ErrorCode, PROTOCOL_NAMES, PROTOCOL_VERSION, ProgressError } from '@finishline/core';
+import type { ClientFrame } from '@finishline/core';
+import {
+  ErrorCode,
+  PROTOCOL_NAME,
+  PROTOCOL_NAME_V1,
+  PROTOCOL_VERSION,
+  ProgressError,
+} from '@finishline/core';
 import {
   CLOSE_AUTH_TIMEOUT,
   CLOSE_FORBIDDEN_ORIGIN,
@@ -30,6 +36,8 @@ import { MAX_DELAY_MS, noop, Timeout, type TimerSet } from './timers.js';
  */
 
 const OPEN = 1;
+/** Newest first: a server selects the newest it speaks, an older one still finds version 1. */
+const OFFERED_PROTOCOLS = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 const CLOSED = 3;
 
 /**
@@ -54,11 +62,6 @@ export class Connection {
   readonly #pacing: ReconnectPacing;
   #socket: WebSocketLike | undefined;
   #ready = false;
-  /**
-   * The protocol version of the current socket, set when it opens (read only once it is ready). Below 3
-   * an ack names no epoch: a server of version 2 refuses the field (`invalid_frame`), losing the ack.
-   */
-  #version!: ProtocolVersion;
   #state: ConnectionState = 'idle';
   /** Attempts since the last `hello`: when HTTP takes over. */
   #unreachable = 0;
@@ -102,8 +105,8 @@ export class Connection {
   async #renew(): Promise<boolean> {
     const token = this.#o.token;
     const socket = this.#socket;
-    if (typeof token !== 'function' || !socket || !this.#ready) return false;
-    if (this.#version < 2) return false;
+    if (typeof token !== 'function' || socket === undefined || !this.#ready) return false;
+    if (socket.protocol === PROTOCOL_NAME_V1) return false;
     let credential: string;
     try {
       // A token function that never returned (a refresh request nobody answers) left this pending for
@@ -132,7 +135,7 @@ export class Connection {
     }
     if (socket !== this.#socket || socket.readyState !== OPEN) return false;
     try {
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: this.#version }));
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: PROTOCOL_VERSION }));
       return true;
     } catch {
       return false; // the socket is going; the reconnect authenticates with a fresh token
@@ -147,10 +150,9 @@ export class Connection {
   /** Sends a frame on the ready socket; false when there is none (the reconnect will resend state). */
   send(frame: ClientFrame): boolean {
     const socket = this.#socket;
-    if (!this.#ready || !socket || socket.readyState !== OPEN) return false;
+    if (!this.#ready || socket === undefined || socket.readyState !== OPEN) return false;
     try {
-      // Only an ack has an epoch: below version 3 it leaves without (an undefined field is not encoded).
-      socket.send(encodeFrame(this.#version < 3 ? ({ ...frame, epoch: undefined } as ClientFrame) : frame));
+      socket.send(encodeFrame(frame));
       return true;
     } catch {
       return false;
@@ -160,14 +162,14 @@ export class Connection {
   /** Runs `run`; the frames it sends leave in one write where the socket allows it (`batchSends`). */
   batch(run: () => void): void {
     const socket = this.#socket;
-    if (socket) batchSends(socket, run);
-    else run();
+    if (socket === undefined) run();
+    else batchSends(socket, run);
   }
 
   /** Drops the socket and opens a new one at once (the 100% watchdog suspects this replica). */
   reconnectNow(reason: string): void {
     if (this.#state === 'closed') return;
-    if (this.#socket && !this.#ready) return; // already opening a fresh one
+    if (this.#socket !== undefined && !this.#ready) return; // already opening a fresh one
     this.#drop(CLOSE_NORMAL, reason);
     this.#down();
     this.#connect(reason);
@@ -230,8 +232,8 @@ export class Connection {
       // The third argument only where there are headers: browsers' WebSocket takes two.
       socket =
         Object.keys(headers).length > 0
-          ? new this.#o.WebSocket(this.#o.url, PROTOCOL_NAMES as string[], { headers })
-          : new this.#o.WebSocket(this.#o.url, PROTOCOL_NAMES as string[]);
+          ? new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS, { headers })
+          : new this.#o.WebSocket(this.#o.url, OFFERED_PROTOCOLS);
     } catch (cause) {
       this.#handler.onError(new ProgressError(ErrorCode.Internal, 'Could not create a WebSocket', { cause }));
       this.#lost('could not create a socket', undefined);
@@ -267,10 +269,6 @@ export class Connection {
   }
 
   async #authenticate(socket: WebSocketLike): Promise<void> {
-    // The version of the subprotocol the server selected, `finishline.v<n>`: an older server selects 2 or
-    // 1, and refuses what version 3 added (an auth claiming 3: unsupported_protocol, fatal; an ack's
-    // epoch). None known (a WebSocket that does not say): the newest.
-    this.#version = (Number(socket.protocol?.slice(12)) || PROTOCOL_VERSION) as ProtocolVersion;
     const token = this.#o.token;
     if (token === undefined) return;
     let credential: string;
@@ -289,7 +287,9 @@ export class Connection {
     if (this.#awaitingToken === socket) this.#awaitingToken = undefined;
     if (socket !== this.#socket || socket.readyState !== OPEN) return;
     try {
-      socket.send(encodeFrame({ type: 'auth', token: credential, protocol: this.#version }));
+      // The version of the subprotocol the server selected (an older server selects version 1).
+      const protocol = socket.protocol === PROTOCOL_NAME_V1 ? 1 : PROTOCOL_VERSION;
+      socket.send(encodeFrame({ type: 'auth', token: credential, protocol }));
     } catch {
       // The socket is closing: its close event takes over.
     }
@@ -351,7 +351,7 @@ export class Connection {
       code === CLOSE_AUTH_TIMEOUT && !this.#ready && this.#o.token === undefined
         ? ErrorCode.Unauthenticated
         : FATAL_ERRORS[code];
-    if (fatal) {
+    if (fatal !== undefined) {
       this.#socket = undefined;
       // A refused upgrade says more than the close code it stands for (which status, and what to check).
       const refused = this.#attemptFailure?.status === undefined ? why : this.#attemptFailure.detail;
@@ -416,7 +416,7 @@ export class Connection {
   #drop(code: number, reason: string, onclose: (() => void) | null = null): boolean {
     const socket = this.#socket;
     this.#socket = undefined;
-    if (!socket || socket.readyState === CLOSED) return false;
+    if (socket === undefined || socket.readyState === CLOSED) return false;
     socket.onopen = null;
     socket.onmessage = null;
     socket.onclose = onclose;

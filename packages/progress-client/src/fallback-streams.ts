@@ -91,8 +91,8 @@ export interface FallbackWire {
     onEnd: (refusal: ProgressError | undefined, served: boolean, stalled?: boolean) => void,
     onReject: (error: ProgressError) => void,
   ): () => void;
-  /** Acknowledges the watch's seq (of its epoch, when known; cumulative); sent again after a failure answer, a few times at most. */
-  ack(task: TaskSubscription): void;
+  /** Acknowledges `seq` of a task (cumulative); sent again after a failure answer, a few times at most. */
+  ack(taskId: string, seq: number): void;
 }
 
 /** @internal */
@@ -209,7 +209,7 @@ export class FallbackStreams implements FallbackRuntime {
         // their listeners and their listener on the `signal` given to `watch()`.
         if (task.cursor.finished && !task.socketDone) {
           task.done();
-          this.#wire.ack(task);
+          this.#wire.ack(taskId, task.cursor.seq);
           this.#host.failTask(task);
         }
         // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut

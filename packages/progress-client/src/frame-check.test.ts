@@ -1,4 +1,4 @@
-import { ErrorCode, LIMITS, PROTOCOL_VERSION, PROTOCOL_VERSIONS } from '@finishline/core';
+import { ErrorCode, LIMITS, PROTOCOL_VERSIONS } from '@finishline/core';
 import { decodeServerText as coreDecodeServerText, idProblem } from '@finishline/core/internal';
 import { expectSameData, propertyParams, serverFrameArbitrary } from '@finishline/core/testing';
 import fc from 'fast-check';
@@ -194,14 +194,14 @@ describe("the client's frame check", () => {
       'Unknown server frame type "news"; expected one of hello, snapshot, event, heartbeat, error, pong',
     ],
     [
-      '{"type":"hello","protocol":4,"serverId":"s","heartbeatIntervalMs":1}',
+      '{"type":"hello","protocol":3,"serverId":"s","heartbeatIntervalMs":1}',
       ErrorCode.UnsupportedProtocol,
-      `Protocol version 4 is not supported (${PROTOCOL_VERSIONS[0]} to ${PROTOCOL_VERSION} are)`,
+      `Protocol version 3 is not supported (${PROTOCOL_VERSIONS.join(' and ')} are)`,
     ],
     [
       '{"type":"hello","protocol":0,"serverId":"s","heartbeatIntervalMs":1}',
       ErrorCode.InvalidFrame,
-      'Invalid hello frame: protocol: must be one of 1, 2, 3',
+      'Invalid hello frame: protocol: must be one of 1, 2',
     ],
     [
       '{"type":"event","event":{"type":"done","taskId":"t"}}',

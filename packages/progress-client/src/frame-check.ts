@@ -3,7 +3,7 @@ import {
   ERROR_CODES,
   ErrorCode,
   EVENT_TYPES,
-  PROTOCOL_VERSION,
+  isProtocolVersion,
   PROTOCOL_VERSIONS,
   ProgressError,
   SERVER_FRAME_TYPES,
@@ -206,14 +206,13 @@ export function checkServerFrame(value: FrameObject): DecodeResult<ServerFrame> 
     message = `Unknown server frame type ${quote(type)}; expected one of ${SERVER_FRAME_TYPES.join(', ')}`;
   } else if (
     type === 'hello' &&
-    // A safe integer above the newest version (`count` passes safe integers >= 0): the versions run without
-    // gaps from 1, so this is core's "positive, and not isProtocolVersion", in fewer bytes.
-    (value.protocol as number) > PROTOCOL_VERSION &&
-    !count(value.protocol)
+    Number.isSafeInteger(value.protocol) &&
+    (value.protocol as number) >= 1 &&
+    !isProtocolVersion(value.protocol)
   ) {
     code = ErrorCode.UnsupportedProtocol;
-    // Shorter than core's wording: bytes (a test ties the versions named to PROTOCOL_VERSIONS).
-    message = `Protocol version ${value.protocol as number} is not supported (1 to ${PROTOCOL_VERSION} are)`;
+    // The versions written out, and shorter than core's wording: bytes (a test ties them to PROTOCOL_VERSIONS).
+    message = `Protocol version ${value.protocol as number} is not supported (1 and 2 are)`;
   } else {
     const tail = check(value);
     if (tail === undefined) return { ok: true, frame: value as unknown as ServerFrame };

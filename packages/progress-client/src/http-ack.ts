@@ -52,8 +52,7 @@ export async function taskRequest<R>(
 }
 
 /**
- * Acknowledges a watch's seq, with its epoch when known (as the socket's ack names it), over HTTP
- * (`POST {httpUrl}/tasks/:id/ack`, cumulative) with `fetch` (none
+ * Acknowledges `seq` of a task over HTTP (`POST {httpUrl}/tasks/:id/ack`, cumulative) with `fetch` (none
  * without one): the end of a watch followed over an SSE stream or HTTP polling. Asked again with the
  * streams' backoff until the server answers it (a 4xx is an answer: the task is gone, or the seq is not
  * its), not after a failure (5xx, a proxy's 502, no answer at all): the server re-sends a terminal frame on
@@ -68,14 +67,11 @@ export function sendAck(
   o: FallbackOptions,
   timers: TimerSet,
   fetch: TaskFetch<{ status?: number }> | undefined,
-  {
-    taskId,
-    seq,
-    epoch,
-  }: { readonly taskId: string; readonly seq: number; readonly epoch: string | undefined },
+  taskId: string,
+  seq: number,
 ): void {
-  if (!fetch) return;
-  const send = (failures: number): void => {
+  const send = (failures: number): unknown => {
+    if (!fetch) return;
     const abort = new AbortController();
     const settle = (answered?: boolean) => {
       // (Once: the deadline, called with nothing, or the answer.)
@@ -94,8 +90,7 @@ export function sendAck(
     taskRequest(o, fetch, taskId, 'ack', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
-      // (An `undefined` epoch is left out.)
-      body: JSON.stringify({ seq, epoch }),
+      body: JSON.stringify({ seq }),
       signal: abort.signal,
     })
       // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken for

@@ -379,7 +379,7 @@ class HttpPoller implements HttpFallbackRuntime {
       // 2026 a page whose socket never opened (no heartbeat) kept every job it watched, with its handles.
       if (this.#polling && task.cursor.finished && !task.socketDone && host.current(task)) {
         task.done();
-        sendAck(host.options, host.timers, host.options.fetch, task);
+        sendAck(host.options, host.timers, host.options.fetch, task.taskId, task.cursor.seq);
         host.failTask(task);
       }
     }

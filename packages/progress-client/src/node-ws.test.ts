@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { ClientFrame, ServerFrame } from '@finishline/core';
-import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_NAME_V2, PROTOCOL_VERSION } from '@finishline/core';
+import { PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
 import { describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ProgressClient } from './progress-client.js';
@@ -70,7 +70,7 @@ describe('in Node with the real ws', () => {
     expect(final).toMatchObject({ status: 'completed', seq: 3, finished: true });
     expect(server.upgrades[0]?.headers.authorization).toBe('Bearer node-token');
     expect(server.upgrades[0]?.headers['sec-websocket-protocol']).toBe(
-      `${PROTOCOL_NAME},${PROTOCOL_NAME_V2},${PROTOCOL_NAME_V1}`,
+      `${PROTOCOL_NAME},${PROTOCOL_NAME_V1}`,
     );
     await waitFor(() => server.received.some((frame) => frame.type === 'ack' && frame.seq === 3));
     expect(resources().Timeout).toBeGreaterThan(baseline.Timeout ?? 0);
@@ -127,86 +127,6 @@ describe('in Node with the real ws', () => {
     await waitFor(() => sockets[0]?.readyState === WebSocket.CLOSED, 10_000);
     await server.close();
   }, 15_000);
-});
-
-/**
- * A server released before version 3 (a replica not yet upgraded in a rolling deploy): it selects
- * `finishline.v2`, the newest it speaks, and validates frames as version 2 does: an `auth` claiming
- * version 3 is refused (`unsupported_protocol`, 4002), and an ack carrying `epoch` is an `invalid_frame`,
- * lost (repeated, a 1008 close).
- */
-async function startVersion2Server(task: FakeTask) {
-  const http = createServer();
-  const wss = new WebSocketServer({
-    server: http,
-    handleProtocols: (protocols) => (protocols.has('finishline.v2') ? 'finishline.v2' : false),
-  });
-  const received: ClientFrame[] = [];
-  wss.on('connection', (socket) => {
-    const send = (frame: ServerFrame) => socket.send(JSON.stringify(frame));
-    const hello = () =>
-      send({ type: 'hello', protocol: 2, epoch: 'e1', serverId: 'v2-replica', heartbeatIntervalMs: 60_000 });
-    socket.on('message', (data) => {
-      const frame = JSON.parse(String(data)) as ClientFrame;
-      received.push(frame);
-      if (frame.type === 'auth') {
-        if (frame.protocol === 1 || frame.protocol === 2) hello();
-        else socket.close(4002, 'unsupported protocol');
-      } else if (frame.type === 'subscribe') {
-        send({ type: 'snapshot', task: task.view(0), epoch: 'e1' });
-        for (const event of task.events) send({ type: 'event', event });
-      } else if (frame.type === 'ack' && 'epoch' in frame) {
-        send({
-          type: 'error',
-          code: 'invalid_frame',
-          message: 'Invalid ack frame: epoch: is not a known field',
-        });
-      }
-    });
-  });
-  await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
-  const { port } = http.address() as AddressInfo;
-  return {
-    port,
-    received,
-    close: async () => {
-      for (const client of wss.clients) client.terminate();
-      await new Promise<void>((resolve) => wss.close(() => resolve()));
-      await new Promise<void>((resolve) => http.close(() => resolve()));
-    },
-  };
-}
-
-describe('against a server of version 2 (an older replica)', () => {
-  it('speaks version 2: auth and its renewal claim 2, and acks carry no epoch', async () => {
-    const task = new FakeTask('node-task', 2);
-    task.item('a');
-    task.item('b');
-    task.end();
-    const server = await startVersion2Server(task);
-    const client = new ProgressClient({
-      url: `ws://127.0.0.1:${server.port}/progress`,
-      WebSocket,
-      token: () => 'node-token',
-      ackDelayMs: 0,
-    });
-    const second = client.watch('unfinished'); // keeps the socket open for the renewal
-    second.done.catch(() => undefined);
-    expect(await client.watch('node-task').done).toMatchObject({ status: 'completed', seq: 3 });
-    await waitFor(() => server.received.some((frame) => frame.type === 'ack' && frame.seq === 3));
-    expect(await client.renewToken()).toBe(true);
-    await waitFor(() => server.received.filter((frame) => frame.type === 'auth').length === 2);
-    const acks = server.received.filter((frame) => frame.type === 'ack');
-    // The watch knows its epoch (the hello's and the snapshot's), and still names none: version 2 has no
-    // such field, and a server of version 2 would refuse every such ack.
-    expect(acks.filter((ack) => 'epoch' in ack)).toEqual([]);
-    expect(server.received.filter((frame) => frame.type === 'auth').map((frame) => frame.protocol)).toEqual([
-      2, 2,
-    ]);
-    expect(client.state).toBe('open');
-    await client.close();
-    await server.close();
-  });
 });
 
 describe('writes to the network with the real ws', () => {

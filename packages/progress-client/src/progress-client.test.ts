@@ -7,7 +7,6 @@ import {
   LIMITS,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
-  PROTOCOL_NAME_V2,
   PROTOCOL_VERSION,
 } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
@@ -155,7 +154,7 @@ describe('connection', () => {
     client.watch('t1');
     expect(server.sockets).toHaveLength(1);
     expect(client.state).toBe('connecting');
-    expect(server.last.protocols).toEqual([PROTOCOL_NAME, PROTOCOL_NAME_V2, PROTOCOL_NAME_V1]);
+    expect(server.last.protocols).toEqual([PROTOCOL_NAME, PROTOCOL_NAME_V1]);
     expect(server.last.url).toBe('ws://example.test/progress');
     expect(server.last.url).not.toContain('secret');
     expect(server.last.options).toBeUndefined();
@@ -544,7 +543,7 @@ describe('acks', () => {
       socket.push(ev(task.item('a')));
       socket.push(ev(task.item('b')));
       socket.push(ev(task.end()));
-      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3, epoch: 'e1' }]);
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
       expect(socket.frames('unsubscribe')).toHaveLength(1);
       const restored = new FakeTask('t1', 5);
       restored.item('a');
@@ -560,8 +559,8 @@ describe('acks', () => {
         socket.push(ev(end));
       }
       expect(socket.frames('ack').slice(1)).toEqual([
-        { type: 'ack', taskId: 't1', seq: 2, epoch: 'e2' },
-        { type: 'ack', taskId: 't1', seq: 2, epoch: 'e2' },
+        { type: 'ack', taskId: 't1', seq: 2 },
+        { type: 'ack', taskId: 't1', seq: 2 },
       ]);
       // The watch had its end already: nothing more is delivered.
       expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
@@ -637,7 +636,7 @@ describe('reconnect', () => {
     const { client, server, scheduler } = setup();
     const watch = client.watch('t1');
     server.last.open();
-    server.last.push('{"type":"hello","protocol":4,"serverId":"r9","heartbeatIntervalMs":1000}');
+    server.last.push('{"type":"hello","protocol":3,"serverId":"r9","heartbeatIntervalMs":1000}');
     expect(client.state).toBe('closed');
     await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.UnsupportedProtocol });
     expect(scheduler.pending).toBe(0);
@@ -1141,7 +1140,6 @@ describe('HTTP fallback', () => {
     });
     const task = new FakeTask('t1', 2);
     http.tasks.set('t1', task);
-    http.epoch = 'e7';
     const watch = client.watch('t1');
     const watchLog = record(watch);
     server.last.serverClose(1006);
@@ -1164,9 +1162,8 @@ describe('HTTP fallback', () => {
     await scheduler.advance(2000);
     expect(watchLog).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
     // The end seen over HTTP is acknowledged over HTTP (the socket down): the socket has nothing to ask.
-    // With the epoch the answers stated, which its seq belongs to.
     await flush();
-    expect(http.acks).toEqual([{ taskId: 't1', seq: 3, epoch: 'e7' }]);
+    expect(http.acks).toEqual([{ taskId: 't1', seq: 3 }]);
     expect(http.requests.at(-1)).toMatchObject({
       url: 'http://example.test/progress/tasks/t1/ack',
       headers: { authorization: 'Bearer tok', 'content-type': 'application/json' },
@@ -1326,7 +1323,7 @@ describe('HTTP fallback', () => {
     socket.push(helloWith('e2'));
     expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
     socket.push({ ...snap(restored.view()), epoch: 'e2' });
-    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2, epoch: 'e2' }]);
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
     expect(socket.frames('unsubscribe')).toHaveLength(1);
     expect(log).toHaveLength(5);
     expect(errors).toEqual([]);
@@ -1803,7 +1800,7 @@ describe('cursor persistence', () => {
     socket.push(ev(restored.end()));
     expect(log.slice(-2)).toEqual(['completed@3', 'finished@3']);
     await flush();
-    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 3, epoch: 'e1' });
+    expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 3 });
     await client.close();
   });
 
@@ -1852,7 +1849,7 @@ describe('cursor persistence', () => {
         epoch: 'e2',
         ...(afterSeq > 0 && { reset: true as const }),
       });
-      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq, epoch: 'e2' }]);
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
       expect(socket.frames('unsubscribe')).toHaveLength(1);
       // The watch had its end already: nothing more is delivered.
       await flush();
@@ -1884,7 +1881,7 @@ describe('cursor persistence', () => {
       restored.item('r0');
       restored.end();
       socket.push({ type: 'snapshot', task: restored.view(), epoch: 'e2' });
-      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq, epoch: 'e2' }]);
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
       expect(socket.frames('unsubscribe')).toHaveLength(1);
       // The refusal is the client's business alone: the watch had its end already.
       expect(log).toEqual(['snapshot@3', 'completed@3', 'finished@3']);
@@ -2147,7 +2144,7 @@ describe('a watch that has finished emits nothing more', () => {
       restored.item('a');
       restored.end();
       socket.push({ ...snap(restored.view()), epoch: 'e2' });
-      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2, epoch: 'e2' }]);
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 2 }]);
       expect(socket.frames('unsubscribe')).toHaveLength(1);
       expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
       expect(errors).toEqual([]);

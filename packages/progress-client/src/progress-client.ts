@@ -245,7 +245,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
         this.#fallback?.stop();
         // A server without epochs (version 1, or a store without them) keeps the last one known, for the
         // watches made later; the watches keep their own (a reset may have moved one to a newer epoch).
-        if (hello.epoch) this.#epoch = hello.epoch;
+        if (hello.epoch !== undefined) this.#epoch = hello.epoch;
         // One write for all the subscribes and acks where the socket allows it.
         this.#connection.batch(() => {
           for (const task of this.#tasks.values()) {
@@ -281,7 +281,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
         // keeps sending a frame this client rejects answered each resubscribe with it again, as fast as the
         // round trip allowed).
         const task = error.taskId === undefined ? undefined : this.#tasks.get(error.taskId);
-        if (task) this.#retryLater(task, 1);
+        if (task !== undefined) this.#retryLater(task, 1);
       },
       wantsSocket: () => {
         for (const task of this.#tasks.values()) if (!task.socketDone) return true;
@@ -325,7 +325,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       }
       case 'event': {
         const task = this.#tasks.get(frame.event.taskId);
-        if (task)
+        if (task !== undefined)
           this.#onTaskFrame(
             task,
             task.cursor.applyEvent(frame.event),
@@ -370,8 +370,8 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       // The server re-sends a terminal frame until it hears an ack: the previous ack may have been lost.
       // Its own seq, not the cursor's: after the store's epoch was renewed, a finished cursor still holds
       // the old epoch's seq, which may stand above the task's seq now (an ack the server refuses, and
-      // whose re-sends go on) or below it (an ack too low to stop them). The watch's epoch is that frame's.
-      this.#connection.send({ type: 'ack', taskId: task.taskId, seq: terminalSeq, epoch: task.epoch });
+      // whose re-sends go on) or below it (an ack too low to stop them).
+      this.#connection.send({ type: 'ack', taskId: task.taskId, seq: terminalSeq });
     } else if (first) this.#acks.schedule(task);
   }
 

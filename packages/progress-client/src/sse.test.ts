@@ -221,22 +221,6 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
-  it("acknowledges the end with the epoch of the stream's snapshot, which its seq belongs to", async () => {
-    const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
-    const task = new FakeTask('t1', 3);
-    const watch = client.watch('t1');
-    await flush();
-    const stream = sse.streams[0] as SseRequest;
-    stream.send({ type: 'snapshot', task: task.view(), epoch: 'e1' });
-    stream.send({ type: 'event', event: task.item('a') }, 1);
-    stream.send({ type: 'event', event: task.end() }, 2);
-    stream.end();
-    expect((await watch.done).status).toBe('completed');
-    await scheduler.advance(1);
-    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2, epoch: 'e1' }]);
-    await client.close();
-  });
-
   it('takes an ack answered with no response (a fetch of your own that returns nothing) for no answer, leaving no rejection unhandled', async () => {
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);

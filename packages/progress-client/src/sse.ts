@@ -232,6 +232,6 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         .finally(end);
       return end;
     },
-    ack: (task) => sendAck(o, host.timers, fetchImpl, task),
+    ack: (taskId, seq) => sendAck(o, host.timers, fetchImpl, taskId, seq),
   };
 }

@@ -1,4 +1,4 @@
-import { ErrorCode, PROTOCOL_NAMES, ProgressError } from '@finishline/core';
+import { ErrorCode, PROTOCOL_NAME, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { CLOSE_HEARTBEAT_TIMEOUT } from '@finishline/core/internal';
 import { noop } from './timers.js';
 import type { WebSocketConstructorLike, WebSocketLike } from './transport-types.js';
@@ -64,15 +64,9 @@ export interface TabSharing {
    * Wraps the real WebSocket constructor in one whose sockets go through the leader tab. Once `closed`
    * aborts (`ProgressClient` passes a signal it aborts when it closes, for good), the constructor refuses
    * new sockets, and when no other client of the tab uses the URL the tab leaves: its locks are released
-   * (a leader's lead passes to another tab) and its channel is closed. `client`: the client's options; one
-   * without a `token` sends no `auth`, and behind a real socket that has one in force its sockets are its own
-   * at once, where they waited their connect timeout for a `hello` they could not be handed.
+   * (a leader's lead passes to another tab) and its channel is closed.
    */
-  wrap(
-    WebSocket: WebSocketConstructorLike,
-    closed?: AbortSignal,
-    client?: { readonly token?: unknown },
-  ): WebSocketConstructorLike;
+  wrap(WebSocket: WebSocketConstructorLike, closed?: AbortSignal): WebSocketConstructorLike;
 }
 
 /**
@@ -103,15 +97,17 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
   return {
-    wrap(WebSocket, closed, client) {
-      // Each hub this client's sockets went through is left when its last client closes. A signal, not the
-      // client's `state` event: a page's `removeAllListeners()` cannot unhook it.
+    wrap(WebSocket, closed) {
+      // The hubs this client's sockets went through: each is left when its last client closes. A signal,
+      // not the client's `state` event: a page's `removeAllListeners()` cannot unhook it.
+      const used = new Set<TabHub>();
       closed?.addEventListener('abort', () => {
-        for (const hub of hubs.values()) {
-          if (!hub.users.delete(closed) || hub.users.size) continue;
+        for (const hub of used) {
+          if (--hub.users > 0) continue;
           hubs.delete(hub.url);
           hub.leave();
         }
+        used.clear();
       });
       // A function, not a class: once the locks were refused it returns a real socket instead.
       function SharedWebSocket(
@@ -128,15 +124,15 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
         }
         const hub = hubs.get(url) ?? new TabHub(url, WebSocket, env);
         hubs.set(url, hub);
-        hub.users.add(closed);
+        if (!used.has(hub)) hub.users++;
+        used.add(hub);
         // A leader tab that is frozen (Page Lifecycle: the browser keeps its locks held, it runs nothing)
         // answers nothing and lets no other tab lead: through it the client would retry for as long as it
         // stays frozen. Two sockets in a row that the client gave up on (4010: silent, or never opened),
         // with no word from any leader in between (a running leader answers the first by replacing its
         // real socket), say so: the client's sockets are its own until a leader speaks again.
         if (hub.silent > 1) return new WebSocket(url, ...rest);
-        // `-` for a client without a token; one that says nothing of its client is taken as having one.
-        return new VirtualSocket(hub, (client?.token ?? !client) ? '' : '-');
+        return new VirtualSocket(hub);
       }
       return SharedWebSocket as unknown as WebSocketConstructorLike;
     },
@@ -199,10 +195,9 @@ class VirtualSocket implements WebSocketLike {
   declare seen?: number;
   readonly #hub: TabHub;
 
-  /** `suffix`: `-` for a client without a token (see `TabHub.attach`), else empty. */
-  constructor(hub: TabHub, suffix: string) {
+  constructor(hub: TabHub) {
     this.#hub = hub;
-    this.id = hub.attach(this, suffix);
+    this.id = hub.attach(this);
   }
 
   send(data: string): void {
@@ -243,11 +238,8 @@ class TabHub {
   /** Its id (`0.8125…`; no `/`, which ends it in a socket's id): as unique as base 36 of the same number. */
   readonly tab = '' + Math.random();
   declare readonly url: string;
-  /**
-   * Clients whose sockets use it, by the `closed` signal each gave `wrap` (`undefined` for those that gave
-   * none: they never close); the tab leaves when the last one closes.
-   */
-  readonly users = new Set<AbortSignal | undefined>();
+  /** Clients whose sockets use it; the tab leaves when the last one closes. */
+  users = 0;
   /**
    * This tab's sockets given up on (4010) since a leader last spoke (see `wrap`), a count below 8 (from 2 on
    * the tab's new sockets are real); 8 (a bit a `close` keeps) once the leader sent the tab to sockets of
@@ -350,9 +342,8 @@ class TabHub {
     this.#channel.close();
   }
 
-  /** `suffix` ends its id: `-` says its client sends no `auth` (it has no token; see `#openPeer`). */
-  attach(socket: VirtualSocket, suffix: string): string {
-    const id = `${this.tab}/${this.#next++}${suffix}`;
+  attach(socket: VirtualSocket): string {
+    const id = `${this.tab}/${this.#next++}`;
     this.#sockets.set(id, socket);
     void this.#alive.then(() => socket.readyState === CONNECTING && this.post({ t: 'connect', id }));
     return id;
@@ -402,7 +393,7 @@ class TabHub {
         // function did not answer), where the real socket sent one: its tab's sockets are its own then,
         // as another credential's are. Replaced, the real socket would be given up on again, for ever.
         if (message.code === CLOSE_HEARTBEAT_TIMEOUT || message.reason === 'finish watchdog') {
-          if (this.#token !== undefined && !peer.authed) return this.#sendOff(message.id);
+          if (!(this.#token === undefined || peer.authed)) return this.post({ t: 'own', id: message.id });
           this.#closeReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
           this.#failReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
         }
@@ -413,7 +404,8 @@ class TabHub {
         // Only the leader this tab knows (or, before it knows one, any) opens a socket: a late `open`
         // from a former leader would tie the socket to a tab that no longer forwards its frames.
         if (socket === undefined || socket.readyState !== CONNECTING || !this.#fromLeader(message)) return;
-        socket.leader = this.#leader = message.from;
+        this.#leader = message.from;
+        socket.leader = message.from;
         socket.protocol = message.protocol;
         socket.readyState = OPEN;
         socket.onopen?.({});
@@ -499,8 +491,8 @@ class TabHub {
   #onConnect(id: string): void {
     this.#peers.set(id, { tasks: new Set() });
     this.#watchTab(id.split('/')[0] as string);
-    if (this.#real?.readyState === OPEN) this.#openPeer(id);
-    else if (!this.#real) this.#openReal();
+    if (!this.#real) this.#openReal();
+    else if (this.#real.readyState === OPEN) this.#openPeer(id);
   }
 
   /**
@@ -518,18 +510,8 @@ class TabHub {
       peer.opened = true;
       this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
     }
-    if (this.#token !== undefined && !peer.authed) {
-      // A socket that sends no `auth` (its id says so) behind one that sent a token is never handed the
-      // hello: its tab's sockets are its own at once. (Before, it waited its connect timeout, 10 s by default.)
-      if (id.endsWith('-')) this.#sendOff(id);
-    } else if (this.#hello)
+    if (this.#hello && (this.#token === undefined || peer.authed))
       this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id, i: this.#frames++ });
-  }
-
-  /** The socket's credential is not the real socket's: it closes, and its tab's next ones are real. */
-  #sendOff(id: string): void {
-    this.#forget([id]);
-    this.post({ t: 'own', id });
   }
 
   /** `seen`: see `VirtualSocket.seen`; a tab of a version that does not say counts as having seen all. */
@@ -551,7 +533,8 @@ class TabHub {
             // Another token may be another principal's (another login in that tab): served through this
             // socket, its tab would watch what this credential may and not what its own may. Its socket
             // closes (sending nothing more), and its tab's next ones are real (see `own` in `#receive`).
-            return this.#sendOff(id);
+            this.#forget([id]);
+            return this.post({ t: 'own', id });
           }
         }
         this.#authBy = id;
@@ -634,7 +617,7 @@ class TabHub {
   #openReal(): void {
     let real: WebSocketLike;
     try {
-      real = new this.#WebSocket(this.url, PROTOCOL_NAMES as string[]);
+      real = new this.#WebSocket(this.url, [PROTOCOL_NAME, PROTOCOL_NAME_V1]);
     } catch {
       this.#failReal(1006, 'could not create a WebSocket');
       return;

@@ -123,7 +123,7 @@ export class TaskSubscription {
     this.task = new WatchedTask(this.cursor, options, host.timers);
     // A view saved before a page reload, already validated, with its epoch.
     const restored = options.storage?.restore(taskId);
-    if (restored) {
+    if (restored !== undefined) {
       this.#epoch = restored.epoch;
       // Silent: no handle exists yet; each gets the restored state through its replay.
       this.task.restore(this.cursor.applySnapshot(restored.task).delivered, this.cursor.view);
@@ -252,7 +252,7 @@ export class TaskSubscription {
    */
   snapshot(frame: SnapshotFrame): void {
     if (frame.reset) this.startOver();
-    if (frame.epoch) this.#epoch = frame.epoch;
+    if (frame.epoch !== undefined) this.#epoch = frame.epoch;
     if (this.#renewedSeq !== undefined) this.#renewedSeq = frame.task.seq;
   }
 

@@ -67,8 +67,6 @@ export {
   isProtocolVersion,
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
-  PROTOCOL_NAME_V2,
-  PROTOCOL_NAMES,
   PROTOCOL_VERSION,
   PROTOCOL_VERSIONS,
   protocolName,

@@ -7,7 +7,7 @@
  */
 import { createServer, request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from './progress-server.js';
 import { gate, headerAuth, sleep } from './testing/harness.js';
@@ -347,14 +347,14 @@ describe('an auth renewal in an unsupported protocol version', () => {
     const { startServer, RawClient } = await import('./testing/harness.js');
     const env = await startServer({ heartbeatIntervalMs: 60_000, authenticateToken: (t) => ({ id: t }) });
     cleanups.push(() => env.close());
-    const client = await RawClient.connect(env.wsUrl, { user: 'alice', protocols: [PROTOCOL_NAME] });
+    const client = await RawClient.connect(env.wsUrl, { user: 'alice' });
     cleanups.push(() => client.close().then(() => undefined));
-    client.send({ type: 'auth', token: 'alice', protocol: 4 });
+    client.send({ type: 'auth', token: 'alice', protocol: 3 });
     const error = await client.next((f) => f.type === 'error');
     // It names the versions this server accepts (it said "speaks 2", as if version 1 were refused).
     expect(error).toMatchObject({
       code: 'unsupported_protocol',
-      message: 'Protocol version 4 is not supported; this side speaks 1 to 3',
+      message: 'Protocol version 3 is not supported; this side speaks 1 and 2',
     });
     const closed = await Promise.race([
       client.closed,

@@ -625,7 +625,7 @@ describe('HTTP API (doc: HTTP API)', () => {
     // Bodies are not strict: an unknown field is ignored (docs: HTTP API, after the route table).
     const extra = await http('POST', `/progress/tasks/${task.id}/ack`, {
       headers: jsonHeaders(),
-      body: '{"seq":1,"note":"another"}',
+      body: '{"seq":1,"epoch":"another"}',
     });
     expect([extra.status, extra.json()]).toEqual([200, { taskId: task.id, seq: 1 }]);
     const again = await http('POST', `/progress/tasks/${task.id}/cancel`, {

@@ -4,7 +4,6 @@ import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@f
 import { describe, expect, it, vi } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
-import { selectSubprotocol } from './socket/protocol-version.js';
 import { headerAuth, RawClient, type Received, seqOf, tokenAuth, upgradeStatus } from './testing/harness.js';
 import { useServerSession } from './testing/session.js';
 
@@ -111,7 +110,7 @@ describe('first-frame authentication', () => {
   it.each([
     ['a bad token', { type: 'auth', token: 'stolen', protocol: 1 }, 4001],
     ['another frame first', { type: 'ping' }, 4001],
-    ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 4 }, 4002],
+    ['another protocol version', { type: 'auth', token: 'token-alice', protocol: 3 }, 4002],
   ])('answers %s with an error frame, then closes', async (_name, frame, code) => {
     await session.start({ authenticate: () => null, authenticateToken: tokenAuth });
     const client = session.track(new RawClient(session.env.wsUrl));
@@ -480,10 +479,7 @@ describe('what clients are told of store failures', () => {
 describe("the caller's WebSocketServer", () => {
   it('authenticates and checks origins after the upgrade, answering with close codes', async () => {
     const httpServer: Server = createServer();
-    const wss = new WebSocketServer({
-      server: httpServer,
-      handleProtocols: (offered) => selectSubprotocol(offered),
-    });
+    const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
     await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
     const store = new MemoryProgressStore();
     const progress = new ProgressServer({ store, wss, authenticate: headerAuth });
@@ -507,10 +503,7 @@ describe("the caller's WebSocketServer", () => {
     // caller's WebSocketServer's sockets were never counted: within authTimeoutMs a client could hold as
     // many silent sockets (descriptors) as it could open.
     const httpServer: Server = createServer();
-    const wss = new WebSocketServer({
-      server: httpServer,
-      handleProtocols: (offered) => selectSubprotocol(offered),
-    });
+    const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
     await new Promise<void>((resolve) => httpServer.listen(0, '127.0.0.1', resolve));
     const progress = new ProgressServer({
       store: new MemoryProgressStore(),

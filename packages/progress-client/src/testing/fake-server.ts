@@ -2,7 +2,6 @@ import type {
   ClientFrame,
   ItemResult,
   ProgressState,
-  ProtocolVersion,
   ServerFrame,
   TaskEvent,
   TaskStatus,
@@ -55,10 +54,7 @@ export class FakeServer {
   accept(heartbeatIntervalMs = 15_000): FakeSocket {
     const socket = this.last;
     socket.open();
-    // In the version of the subprotocol selected, as a server says it (none set: the newest).
-    const protocol =
-      socket.protocol === '' ? PROTOCOL_VERSION : (Number(socket.protocol.slice(12)) as ProtocolVersion);
-    socket.push({ type: 'hello', protocol, serverId: 'fake-1', heartbeatIntervalMs });
+    socket.push({ type: 'hello', protocol: PROTOCOL_VERSION, serverId: 'fake-1', heartbeatIntervalMs });
     return socket;
   }
 }

@@ -68,7 +68,7 @@ export class FakeHttp {
   epoch: string | undefined;
 
   /** The acks posted (`POST …/tasks/:id/ack`), answered 204 unless `failWith` says otherwise. */
-  readonly acks: { taskId: string; seq: number; epoch?: string }[] = [];
+  readonly acks: { taskId: string; seq: number }[] = [];
 
   readonly fetch: FetchLike = async (url, init) => {
     this.requests.push({ url, headers: init.headers, credentials: init.credentials });
@@ -80,12 +80,7 @@ export class FakeHttp {
     });
     const ack = /\/tasks\/([^/]+)\/ack$/.exec(new URL(url).pathname);
     if (init.method === 'POST' && ack !== null && this.failWith === undefined) {
-      const { seq, epoch } = JSON.parse(init.body ?? '{}');
-      this.acks.push({
-        taskId: decodeURIComponent(ack[1] ?? ''),
-        seq,
-        ...(epoch === undefined ? {} : { epoch }),
-      });
+      this.acks.push({ taskId: decodeURIComponent(ack[1] ?? ''), seq: JSON.parse(init.body ?? '{}').seq });
       return reply(204, {});
     }
     if (this.failWith !== undefined) {

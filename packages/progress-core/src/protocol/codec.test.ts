@@ -109,7 +109,6 @@ const CLIENT_EXAMPLES: readonly ClientFrame[] = [
   { type: 'unsubscribe', id: 'r2', taskId: 'task-1' },
   { type: 'unsubscribe', taskId: 'task-1' },
   { type: 'ack', taskId: 'task-1', seq: 7 },
-  { type: 'ack', taskId: 'task-1', seq: 7, epoch: '5f0c2a' },
   { type: 'ping', id: 'p1' },
   { type: 'ping' },
 ];
@@ -378,8 +377,6 @@ describe('invalid_frame', () => {
     ['{"type":"subscribe","taskId":"t","afterSeq":0,"__proto__":{}}', '__proto__: is not a known field'],
     ['{"type":"subscribe","id":"","taskId":"t","afterSeq":0}', 'id: must not be empty'],
     ['{"type":"ack","taskId":"t","seq":0}', 'seq: must be at least 1'],
-    ['{"type":"ack","taskId":"t","seq":1,"epoch":"a b"}', 'epoch:'],
-    ['{"type":"ack","taskId":"t","seq":1,"epoch":7}', 'epoch:'],
     ['{"type":"ack","taskId":"t","seq":9007199254740992}', 'seq: is too large'],
     ['{"type":"ping","id":5}', 'id: must be string'],
     ['{"type":"auth","token":"","protocol":1}', 'token: must not be empty'],
@@ -539,15 +536,15 @@ describe('unsupported_protocol', () => {
   it('refuses another version in auth and hello, whatever else the frame holds', () => {
     // The message names every version this side accepts: it said "this side speaks 2" to a client that
     // could have spoken 1, which a server still accepts.
-    const names = 'Protocol version 4 is not supported; this side speaks 1 to 3';
+    const names = 'Protocol version 3 is not supported; this side speaks 1 and 2';
     expectError(
-      decodeClientFrame('{"type":"auth","token":"x","protocol":4}'),
+      decodeClientFrame('{"type":"auth","token":"x","protocol":3}'),
       ErrorCode.UnsupportedProtocol,
       names,
     );
     expectError(
       decodeServerFrame(
-        '{"type":"hello","protocol":4,"serverId":"a","heartbeatIntervalMs":1,"newField":true}',
+        '{"type":"hello","protocol":3,"serverId":"a","heartbeatIntervalMs":1,"newField":true}',
       ),
       ErrorCode.UnsupportedProtocol,
       names,
@@ -562,48 +559,6 @@ describe('unsupported_protocol', () => {
       decodeClientFrame('{"type":"auth","token":"x","protocol":1.5}'),
       ErrorCode.InvalidFrame,
       'protocol',
-    );
-  });
-
-  it('on a version-1 or -2 socket refuses an auth of version 3, as a server of version 2 does', () => {
-    for (const version of [1, 2] as const) {
-      expectError(
-        decodeClientFrame('{"type":"auth","token":"x","protocol":3}', { version }),
-        ErrorCode.UnsupportedProtocol,
-        'Protocol version 3 is not supported; this side speaks 1 and 2',
-      );
-      for (const protocol of [1, 2]) {
-        const auth = { type: 'auth', token: 'x', protocol };
-        expect(decodeClientFrame(JSON.stringify(auth), { version })).toEqual({ ok: true, frame: auth });
-      }
-    }
-    const auth = { type: 'auth', token: 'x', protocol: 3 };
-    expect(decodeClientFrame(JSON.stringify(auth), { version: 3 })).toEqual({ ok: true, frame: auth });
-  });
-});
-
-describe('versions', () => {
-  it("takes an ack's epoch on a version-3 socket only: on an older one it is an unknown field", () => {
-    const withEpoch = { type: 'ack', taskId: 't', seq: 1, epoch: 'e1' };
-    expect(decodeClientFrame(JSON.stringify(withEpoch))).toEqual({ ok: true, frame: withEpoch });
-    expect(decodeClientFrame(JSON.stringify(withEpoch), { version: 3 })).toEqual({
-      ok: true,
-      frame: withEpoch,
-    });
-    for (const version of [1, 2] as const) {
-      expectError(
-        decodeClientFrame(JSON.stringify(withEpoch), { version }),
-        ErrorCode.InvalidFrame,
-        'Invalid ack frame: epoch: is not a known field',
-      );
-      const plain = { type: 'ack', taskId: 't', seq: 1 };
-      expect(decodeClientFrame(JSON.stringify(plain), { version })).toEqual({ ok: true, frame: plain });
-    }
-  });
-
-  it('refuses a version it does not speak as an option (a programming error)', () => {
-    expect(() => decodeClientFrame('{"type":"ping"}', { version: 4 as never })).toThrow(
-      expect.objectContaining({ code: ErrorCode.InvalidInput }),
     );
   });
 });
@@ -778,7 +733,7 @@ function isOptionalKey(frame: JsonObject, path: string[], key: string): boolean 
   return (
     (key === 'requestId' && (frame.type === 'error' || frame.type === 'pong')) ||
     (key === 'taskId' && frame.type === 'error') ||
-    (key === 'epoch' && (frame.type === 'hello' || frame.type === 'snapshot' || frame.type === 'ack')) ||
+    (key === 'epoch' && (frame.type === 'hello' || frame.type === 'snapshot')) ||
     (key === 'reset' && frame.type === 'snapshot') ||
     (key === 'reconnectDelayMs' && frame.type === 'hello')
   );

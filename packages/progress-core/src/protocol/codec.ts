@@ -1,13 +1,7 @@
 import * as v from 'valibot';
 import { ErrorCode } from '../codes.js';
 import { LIMITS } from '../limits.js';
-import { ProgressError } from '../progress-error.js';
-import {
-  clientFrameSchemas,
-  clientFrameSchemasV2,
-  type FrameSchema,
-  serverFrameSchemas,
-} from './frame-schemas.js';
+import { clientFrameSchemas, type FrameSchema, serverFrameSchemas } from './frame-schemas.js';
 import {
   type DecodeOptions,
   type DecodeResult,
@@ -17,29 +11,10 @@ import {
   pathSegment,
   quote,
 } from './frame-text.js';
-import type { ClientFrame, ProtocolVersion, ServerFrame } from './frames.js';
-import {
-  CLIENT_FRAME_TYPES,
-  isProtocolVersion,
-  PROTOCOL_VERSION,
-  PROTOCOL_VERSIONS,
-  SERVER_FRAME_TYPES,
-  SPOKEN_VERSIONS,
-} from './frames.js';
+import type { ClientFrame, ServerFrame } from './frames.js';
+import { CLIENT_FRAME_TYPES, isProtocolVersion, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES } from './frames.js';
 
 export type { DecodeOptions, DecodeResult } from './frame-text.js';
-
-/** Options of {@link decodeClientFrame}. */
-export interface ClientDecodeOptions extends DecodeOptions {
-  /**
-   * The version the socket speaks (its selected subprotocol): a frame is validated as that version
-   * defines it, so a field a later version added is unknown, and the frame invalid, on an older socket.
-   *
-   * @default PROTOCOL_VERSION
-   */
-  version?: ProtocolVersion;
-}
-
 // Kept here too for existing imports; it lives in frame-text.ts so that the client can skip this module.
 export { encodeFrame } from './frame-text.js';
 
@@ -59,9 +34,6 @@ interface Direction<F> {
   readonly types: readonly string[];
   /** The frame type that carries `protocol`: a version other than ours is `unsupported_protocol`. */
   readonly versionedType: string;
-  /** The versions accepted in `protocol`, and how `unsupported_protocol` messages name them. */
-  readonly versions: readonly number[];
-  readonly spoken: string;
   readonly exposeRequestId: boolean;
 }
 
@@ -72,23 +44,7 @@ const CLIENT: Direction<ClientFrame> = {
   ),
   types: CLIENT_FRAME_TYPES,
   versionedType: 'auth',
-  versions: PROTOCOL_VERSIONS,
-  spoken: SPOKEN_VERSIONS,
   exposeRequestId: true,
-};
-
-/**
- * {@link CLIENT} on a version-1 or -2 socket: the frames as those versions define them, and an `auth`
- * claiming version 3 refused as a server of version 2 refuses it (the client should send the version of
- * the selected subprotocol).
- */
-const CLIENT_V2: Direction<ClientFrame> = {
-  ...CLIENT,
-  versions: [1, 2],
-  spoken: '1 and 2',
-  schemas: /* @__PURE__ */ new Map<string, FrameSchema<ClientFrame>>(
-    /* @__PURE__ */ Object.entries(clientFrameSchemasV2),
-  ),
 };
 
 const SERVER: Direction<ServerFrame> = {
@@ -98,8 +54,6 @@ const SERVER: Direction<ServerFrame> = {
   ),
   types: SERVER_FRAME_TYPES,
   versionedType: 'hello',
-  versions: PROTOCOL_VERSIONS,
-  spoken: SPOKEN_VERSIONS,
   exposeRequestId: false,
 };
 
@@ -138,16 +92,8 @@ const PARSE_CONFIG: v.Config<v.BaseIssue<unknown>> = /* @__PURE__ */ Object.free
  * });
  * ```
  */
-export function decodeClientFrame(input: unknown, options?: ClientDecodeOptions): DecodeResult<ClientFrame> {
-  const version = options?.version ?? PROTOCOL_VERSION;
-  if (!isProtocolVersion(version)) {
-    throw new ProgressError(
-      ErrorCode.InvalidInput,
-      `ClientDecodeOptions.version must be one of ${PROTOCOL_VERSIONS.join(', ')}, got ${String(version)}`,
-    );
-  }
-  const direction = version < 3 ? CLIENT_V2 : CLIENT;
-  return decodeFrameWith(input, options, (value) => validate(value, direction));
+export function decodeClientFrame(input: unknown, options?: DecodeOptions): DecodeResult<ClientFrame> {
+  return decodeFrameWith(input, options, (value) => validate(value, CLIENT));
 }
 
 /**
@@ -184,14 +130,10 @@ function validate<F>(value: FrameObject, direction: Direction<F>): DecodeResult<
   }
   if (type === direction.versionedType) {
     const protocol = value.protocol;
-    if (
-      Number.isSafeInteger(protocol) &&
-      (protocol as number) >= 1 &&
-      !direction.versions.includes(protocol as number)
-    ) {
+    if (Number.isSafeInteger(protocol) && (protocol as number) >= 1 && !isProtocolVersion(protocol)) {
       return fail(
         ErrorCode.UnsupportedProtocol,
-        `Protocol version ${String(protocol)} is not supported; this side speaks ${direction.spoken}`,
+        `Protocol version ${String(protocol)} is not supported; this side speaks ${PROTOCOL_VERSIONS.join(' and ')}`,
       );
     }
   }

@@ -218,17 +218,8 @@ export const unsubscribeFrameSchema = v.strictObject({
   taskId: idSchema,
 });
 
-/**
- * {@link AckFrame} of versions 1 and 2. `seq` is at least 1: it names an event that exists. No `epoch`:
- * servers released before version 3 refuse it, so a socket that selected an older version does too.
- */
-export const ackFrameSchemaV2 = v.strictObject({ type: v.literal('ack'), taskId: idSchema, seq: seqSchema });
-
-/** {@link AckFrame} of version 3: {@link ackFrameSchemaV2} and `epoch`, an id as in `hello`. */
-export const ackFrameSchema = v.strictObject({
-  ...ackFrameSchemaV2.entries,
-  epoch: v.exactOptional(idSchema),
-});
+/** {@link AckFrame}. `seq` is at least 1: it names an event that exists. */
+export const ackFrameSchema = v.strictObject({ type: v.literal('ack'), taskId: idSchema, seq: seqSchema });
 
 /** {@link PingFrame}. */
 export const pingFrameSchema = v.strictObject({
@@ -265,12 +256,6 @@ export const clientFrameSchemas: {
   unsubscribe: unsubscribeFrameSchema satisfies FrameSchema<UnsubscribeFrame>,
   ack: ackFrameSchema satisfies FrameSchema<AckFrame>,
   ping: pingFrameSchema satisfies FrameSchema<PingFrame>,
-});
-
-/** {@link clientFrameSchemas} of versions 1 and 2: their `ack` takes no `epoch`. */
-export const clientFrameSchemasV2: typeof clientFrameSchemas = /* @__PURE__ */ Object.freeze({
-  ...clientFrameSchemas,
-  ack: ackFrameSchemaV2 satisfies FrameSchema<AckFrame>,
 });
 
 /** Any server frame, discriminated by `type` (the codec uses {@link serverFrameSchemas} directly). */

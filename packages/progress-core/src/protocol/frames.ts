@@ -9,53 +9,35 @@ import type { TaskEvent, TaskView } from '../model.js';
  */
 
 /** The newest protocol version this build speaks. Bumped on any incompatible change. */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 2;
 
 /** Every version this build speaks, oldest first: a server speaks to each socket in the one it selected. */
-export const PROTOCOL_VERSIONS = [1, 2, 3] as const;
+export const PROTOCOL_VERSIONS = [1, 2] as const;
 
 /** A protocol version this build speaks. */
 export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
 
-/** The WebSocket subprotocol name of a version (`finishline.v3`). */
+/** The WebSocket subprotocol name of a version (`finishline.v2`). */
 export function protocolName(version: ProtocolVersion): string {
   return `finishline.v${version}`;
 }
 
 /**
  * WebSocket subprotocol name carrying the newest version, offered by clients in `Sec-WebSocket-Protocol`
- * (before {@link PROTOCOL_NAME_V2} and {@link PROTOCOL_NAME_V1}, so an older server still selects a
- * version it speaks).
+ * (before {@link PROTOCOL_NAME_V1}, so an older server still selects a version it speaks).
  */
 export const PROTOCOL_NAME: string = `finishline.v${PROTOCOL_VERSION}`;
 
 /**
- * The subprotocol of version 2, still spoken to older clients, and by older servers to newer clients.
- * (These names are written out rather than made by {@link protocolName}: a call would keep that function
- * in a page's bundle; a test checks they agree.)
+ * The subprotocol of version 1, still spoken to older clients. (These two are written out rather than
+ * made by {@link protocolName}: a call would keep that function in a page's bundle; a test checks they
+ * agree.)
  */
-export const PROTOCOL_NAME_V2: string = 'finishline.v2';
-
-/** The subprotocol of version 1, still spoken to older clients (written out, as {@link PROTOCOL_NAME_V2}). */
 export const PROTOCOL_NAME_V1: string = 'finishline.v1';
-
-/**
- * Every subprotocol this build speaks, newest first: what a client offers in `Sec-WebSocket-Protocol`
- * (an older server still finds one it speaks), and the order in which a server prefers them.
- */
-export const PROTOCOL_NAMES: readonly string[] = ['finishline.v3', 'finishline.v2', 'finishline.v1'];
-
-/**
- * The versions this build speaks, as `unsupported_protocol` messages name them ("1 to 3": they run
- * without gaps from 1). Made of constants alone, so a bundle that does not use it leaves it out.
- *
- * @internal
- */
-export const SPOKEN_VERSIONS = `1 to ${PROTOCOL_VERSION}`;
 
 /** True for a version this build speaks. */
 export function isProtocolVersion(value: unknown): value is ProtocolVersion {
-  return value === 1 || value === 2 || value === 3;
+  return value === 1 || value === 2;
 }
 
 // ── server → client ────────────────────────────────────────────────────────────────────────────
@@ -66,7 +48,7 @@ export interface HelloFrame {
   /** The version the server speaks on this socket: the one of the subprotocol it selected. */
   protocol: ProtocolVersion;
   /**
-   * Since version 2: the store's epoch. Cursors are only meaningful within one epoch: a client holding a
+   * Version 2: the store's epoch. Cursors are only meaningful within one epoch: a client holding a
    * cursor of another epoch starts that watch over from 0. Absent in version 1.
    */
   epoch?: string;
@@ -93,10 +75,10 @@ export interface HelloFrame {
 export interface SnapshotFrame {
   type: 'snapshot';
   task: TaskView;
-  /** Since version 2: the store's epoch (as in `hello`). */
+  /** Version 2: the store's epoch (as in `hello`). */
   epoch?: string;
   /**
-   * Since version 2: `true` when the subscriber's cursor does not belong to the task's log (ahead of it: a
+   * Version 2: `true` when the subscriber's cursor does not belong to the task's log (ahead of it: a
    * restored store, a purged id reused). The client discards its cursor and starts over from this
    * snapshot, whatever its seq. Absent otherwise.
    */
@@ -189,13 +171,6 @@ export interface AckFrame {
   type: 'ack';
   taskId: string;
   seq: number;
-  /**
-   * Version 3 only (a version-1 or -2 socket refuses the frame with it, `invalid_frame`): the store epoch
-   * `seq` belongs to, when the client knows it. A server in another epoch reads the store's again and
-   * records the ack only if it is the current one; without it the seq is taken as one of the server's
-   * current epoch. (`undefined` is no epoch: the encoded frame leaves it out.)
-   */
-  epoch?: string | undefined;
 }
 
 /** Liveness check; answered by `pong`. */

@@ -13,7 +13,7 @@ import {
   quote,
 } from './frame-text.js';
 import type { ServerFrame } from './frames.js';
-import { isProtocolVersion, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES, SPOKEN_VERSIONS } from './frames.js';
+import { isProtocolVersion, PROTOCOL_VERSIONS, SERVER_FRAME_TYPES } from './frames.js';
 
 /**
  * The decoder of server frames for a client written against core, by hand so that a browser bundle
@@ -343,7 +343,7 @@ function validate(value: FrameObject): DecodeResult<ServerFrame> {
   ) {
     return fail(
       ErrorCode.UnsupportedProtocol,
-      `Protocol version ${String(protocol)} is not supported; this side speaks ${SPOKEN_VERSIONS}`,
+      `Protocol version ${String(protocol)} is not supported; this side speaks ${PROTOCOL_VERSIONS.join(' and ')}`,
     );
   }
   const tail = check(value);

@@ -355,10 +355,10 @@ export const unsubscribeFrameArbitrary: fc.Arbitrary<UnsubscribeFrame> = fc.reco
   { requiredKeys: ['type', 'taskId'], noNullPrototype: true },
 );
 
-/** Any valid {@link AckFrame} (of version 3: with or without `epoch`). */
+/** Any valid {@link AckFrame}. */
 export const ackFrameArbitrary: fc.Arbitrary<AckFrame> = fc.record(
-  { type: fc.constant('ack' as const), taskId: idArbitrary, seq: seqArbitrary, epoch: idArbitrary },
-  { requiredKeys: ['type', 'taskId', 'seq'], noNullPrototype: true },
+  { type: fc.constant('ack' as const), taskId: idArbitrary, seq: seqArbitrary },
+  { noNullPrototype: true },
 );
 
 /** Any valid {@link PingFrame}. */

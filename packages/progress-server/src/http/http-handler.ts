@@ -16,7 +16,7 @@ import {
   STORE_DEFAULTS,
   toTaskView,
 } from '@finishline/core';
-import { idProblem, isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
+import { isStorableText, ofType, resolveOptions } from '@finishline/core/internal';
 import { AuthRateLimited } from '../address-auth-limits.js';
 import type { AllowedOrigins, Principal } from '../auth.js';
 import { credentialExpired, pathOf } from '../auth.js';
@@ -118,12 +118,7 @@ export interface HttpHandlerContext<P extends Principal> {
    * can tell a cursor of a restored store's old log; none when unknown. `reread`: a read of it started
    * now, which those answers wait for once they read their data (see {@link epochRead}).
    */
-  epoch?: {
-    readonly current: string | undefined;
-    reread?(): Promise<void>;
-    /** Whether an ack's epoch is the store's, read again when it is not the one last read (see `StoreEpoch.confirm`). */
-    confirm?(epoch: string): Promise<boolean>;
-  };
+  epoch?: { readonly current: string | undefined; reread?(): Promise<void> };
   /** `true` once the server is shutting down: requests are refused with 503 `closed`. */
   closing?: () => boolean;
   /** The server's clock, for `Principal.expiresAt`. @default Date.now */
@@ -719,7 +714,6 @@ async function serveRoute<P extends Principal>(
       if (typeof seq !== 'number' || !Number.isSafeInteger(seq) || seq < 1) {
         throw fromCode(ErrorCode.InvalidInput, 'seq must be an integer >= 1');
       }
-      await ackEpochCheck(ctx, body.epoch);
       // Taken as the read starts: a read older than acks taken since must not drop them (`AckWriter.seen`).
       const mark = streams.acks.mark();
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
@@ -890,28 +884,6 @@ async function authorizeEach(
 async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>): Promise<void> {
   const read = ctx.epoch?.reread?.();
   if (read !== undefined) await waitAtMost(read, FIRST_EPOCH_READ_WAIT_MS);
-}
-
-/**
- * An ack naming an epoch (`epoch`, the body's) other than the one the server last read is of a renewal
- * this replica has not noticed yet, or of an epoch the store has left: the store's epoch is read again
- * (shared with every such ack, see `StoreEpoch.confirm`). One of the current epoch goes on; any other is
- * answered 409 `invalid_input` and records nothing (its seq is of another history, meaningless now; the
- * client's cursor is to start over). No `epoch`, or none known to the server: as before, the seq is taken
- * as one of the current epoch.
- */
-async function ackEpochCheck<P extends Principal>(ctx: HttpHandlerContext<P>, epoch: unknown): Promise<void> {
-  if (epoch === undefined) return;
-  const problem = idProblem(epoch);
-  if (problem !== undefined) throw fromCode(ErrorCode.InvalidInput, `epoch: ${problem}`);
-  const known = ctx.epoch?.current;
-  if (known === undefined || known === epoch || ctx.epoch?.confirm === undefined) return;
-  if (await ctx.epoch.confirm(epoch as string)) return;
-  throw new HttpError(
-    ErrorCode.InvalidInput,
-    `ack of another store epoch (${epoch as string}) not recorded: its seq is not of the current one`,
-    { status: 409 },
-  );
 }
 
 /** `{ epoch }` when the server knows its store's epoch, else nothing. */

@@ -195,10 +195,8 @@ export class AckWriter {
       state.pending = 0;
     }
     this.#tasks.clear();
-    // Every ack taken so far was of the epoch left: one naming another epoch is taken only once the server
-    // has read that epoch as current (`StoreEpoch.confirm`), so none of the new epoch is pending here. An
-    // ack naming no epoch (an older client's) is taken as one of the epoch left. Said, so that an operator,
-    // and the chaos suite's ack check, can tell an acknowledgement dropped here from one lost.
+    // Acks carry no epoch (the known limitation, guarantees.md): said, so that an operator, and the chaos
+    // suite's ack check, can tell an acknowledgement dropped here from one lost.
     if (dropped.length > 0)
       this.#logger.info(
         { droppedAcks: dropped.length, acks: dropped.slice(0, MAX_DROPPED_LOGGED) },

@@ -17,14 +17,6 @@ import { describeError } from '../logger.js';
 export const FIRST_EPOCH_READ_WAIT_MS = 2000;
 
 /**
- * Least time between two reads of the store's epoch that acks of another epoch ask for ({@link
- * StoreEpoch.confirm}): they share one read, and a client sending acks of made-up epochs costs the store
- * at most one read per interval, whatever its frame rate. An ack of a real renewal waits at most this
- * long for it.
- */
-export const EPOCH_CONFIRM_INTERVAL_MS = 100;
-
-/**
  * The store's epoch as this replica last read it. Read at start, by the HTTP task answers (`reread`), and
  * again on every heartbeat tick, so a
  * store renewed under a running server (`renewEpoch` after a restore) is noticed within one interval:
@@ -44,10 +36,6 @@ export class StoreEpoch {
    */
   #again = false;
   #closed = false;
-  /** The read that the {@link confirm} calls not yet judged wait for, until it starts. */
-  #confirming: Promise<void> | undefined;
-  /** When the latest read for {@link confirm} started (real clock, epoch ms). */
-  #confirmedAt = Number.NEGATIVE_INFINITY;
   /** Resolved by {@link close}: ends the waits on {@link firstRead}, and their timers with them. */
   readonly #closing: Promise<void>;
   #endWaits: () => void = () => {};
@@ -100,35 +88,6 @@ export class StoreEpoch {
    */
   reread(): Promise<void> {
     return Promise.race([this.refresh(), this.#closing]);
-  }
-
-  /**
-   * Whether `epoch` (an ack's) is the store's current epoch: at once when it is the one last read;
-   * otherwise once a read started after this call has returned, so that an ack of a renewal this replica
-   * has not noticed yet is judged by the renewed epoch (the read calls `onRenewed` before this settles).
-   * The calls share that read, which starts at most once per {@link EPOCH_CONFIRM_INTERVAL_MS}: acks of
-   * other epochs, made-up ones included, cannot make the store read once per frame.
-   */
-  confirm(epoch: string): Promise<boolean> {
-    if (this.#current === epoch || this.#closed || this.#store.getEpoch === undefined)
-      return Promise.resolve(this.#current === epoch);
-    if (this.#confirming === undefined) {
-      const wait = Math.max(0, this.#confirmedAt + EPOCH_CONFIRM_INTERVAL_MS - Date.now());
-      let timer: NodeJS.Timeout | undefined;
-      const due = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, wait);
-        timer.unref();
-      });
-      const confirming: Promise<void> = Promise.race([due, this.#closing]).then(() => {
-        clearTimeout(timer);
-        // The calls from now on wait for the next read: this one may have started before their renewal.
-        if (this.#confirming === confirming) this.#confirming = undefined;
-        this.#confirmedAt = Date.now();
-        return this.refresh();
-      });
-      this.#confirming = confirming;
-    }
-    return this.#confirming.then(() => this.#current === epoch);
   }
 
   /** No read starts any more (the server is closing, its store may close next). */

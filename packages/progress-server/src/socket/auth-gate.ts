@@ -227,7 +227,7 @@ export class AuthGate<P extends Principal> {
 
   /**
    * Admits `principal` once its `hello` can carry the store's epoch, then handles the frames held until
-   * then. Sent without it (the server's first read still under way), the `hello` of a version-2 or -3 socket
+   * then. Sent without it (the server's first read still under way), the `hello` of a version-2 socket
    * told a client holding cursors of an older epoch (the store restored across the server's restart,
    * the clients reconnecting to it at once) nothing, and it resumed them in another history. Frames that
    * arrive meanwhile are held, as behind an `auth` frame.

@@ -1,6 +1,6 @@
 import { createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { MemoryProgressStore } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ProgressServer } from '../progress-server.js';
@@ -14,7 +14,6 @@ import {
   startServer,
   type TestServer,
 } from '../testing/harness.js';
-import { selectSubprotocol } from './protocol-version.js';
 
 /**
  * Backpressure. On loopback a socket's buffer empties as soon as it is written, so the congested test
@@ -44,10 +43,7 @@ async function congestibleServer(overrides: { maxQueuedFrames?: number } = {}): 
 }> {
   const congested = { on: false };
   const httpServer = createServer();
-  const wss = new WebSocketServer({
-    server: httpServer,
-    handleProtocols: (offered) => selectSubprotocol(offered),
-  });
+  const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
   const real = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'bufferedAmount')?.get;
   // Registered before the server's listener, so the socket is patched before the server sees it.
   wss.on('connection', (ws) => {

@@ -147,7 +147,6 @@ export class Connection<P extends Principal> {
       auth: ctx.auth,
       hub: ctx.hub,
       acks: ctx.acks,
-      epoch: ctx.epoch,
       limits: ctx.limits,
       writer: this.#writer,
       principal: () => this.#gate.principal as P,
@@ -295,12 +294,7 @@ export class Connection<P extends Principal> {
   #onMessage(data: WebSocket.RawData): void {
     if (this.#state === 'closed') return;
     // Text and binary messages alike: the protocol accepts its UTF-8 JSON in either.
-    // As the socket's version defines frames: on a version-1 or -2 socket, what version 3 added is refused
-    // as a server of version 2 refuses it (an ack's epoch, an auth claiming version 3).
-    const decoded = decodeClientFrame(data, {
-      maxBytes: this.#options.maxPayloadBytes,
-      version: this.#version,
-    });
+    const decoded = decodeClientFrame(data, { maxBytes: this.#options.maxPayloadBytes });
     if (this.#state === 'closing') {
       // Our close crossed frames already on their way. An ack among them still counts: it records what
       // the client processed, and the client will not send it again; dropping it left the task's processed

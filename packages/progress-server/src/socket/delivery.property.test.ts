@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { TaskEvent, TaskView } from '@finishline/core';
-import { MemoryProgressStore } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME } from '@finishline/core';
 import { propertyParams, propertyTimeoutMs } from '@finishline/core/testing';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,7 +15,6 @@ import {
   serverFrameViolations,
   WAIT_MS,
 } from '../testing/harness.js';
-import { selectSubprotocol } from './protocol-version.js';
 
 /**
  * Guarantee 2 at the server: whatever the interleaving of commits, resume points and congestion, each
@@ -31,10 +30,7 @@ const cleanups: Array<() => Promise<unknown>> = [];
 
 beforeAll(async () => {
   const httpServer = createServer();
-  const wss = new WebSocketServer({
-    server: httpServer,
-    handleProtocols: (offered) => selectSubprotocol(offered),
-  });
+  const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });
   const real = Object.getOwnPropertyDescriptor(WebSocket.prototype, 'bufferedAmount')?.get;
   wss.on('connection', (ws) => {
     Object.defineProperty(ws, 'bufferedAmount', {

@@ -1,10 +1,4 @@
-import {
-  ErrorCode,
-  PROTOCOL_NAME,
-  PROTOCOL_NAME_V1,
-  PROTOCOL_VERSION,
-  ProgressError,
-} from '@finishline/core';
+import { ErrorCode, PROTOCOL_NAME, PROTOCOL_VERSION, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { gate, type RawClient, type Received, seqOf, sleep } from '../testing/harness.js';
 import { useServerSession } from '../testing/session.js';
@@ -69,8 +63,7 @@ describe('subscribe and live delivery', () => {
     await session.start({ heartbeatIntervalMs: 60_000 });
     const task = await session.env.server.tasks.create({ owner: 'alice', kind: 'batch_taint', total: 2 });
     await task.progress({ message: 'starting' });
-    // The newest version, as a client offering it gets (RawClient offers version 2 unless told).
-    const client = await session.connect({ user: 'alice', protocols: [PROTOCOL_NAME, PROTOCOL_NAME_V1] });
+    const client = await connect();
     expect(client.ws.protocol).toBe(PROTOCOL_NAME);
     expect(client.frames[0]).toMatchObject({
       type: 'hello',

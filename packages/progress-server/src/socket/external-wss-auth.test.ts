@@ -1,5 +1,5 @@
 import type { AddressInfo } from 'node:net';
-import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_NAME_V2 } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1 } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket, { WebSocketServer } from 'ws';
 import { ProgressServer } from '../progress-server.js';
@@ -81,21 +81,19 @@ describe("a caller's WebSocketServer", () => {
       cleanups.push(() => ws.terminate());
       return ws;
     };
-    for (const [offered, selected, version] of [
-      [[PROTOCOL_NAME_V1, PROTOCOL_NAME], PROTOCOL_NAME, 3],
-      [[PROTOCOL_NAME_V1, PROTOCOL_NAME_V2, PROTOCOL_NAME], PROTOCOL_NAME, 3],
-      [['chat', PROTOCOL_NAME], PROTOCOL_NAME, 3],
-      [[PROTOCOL_NAME_V1, PROTOCOL_NAME_V2], PROTOCOL_NAME_V2, 2],
-    ] as const) {
-      const ws = open([...offered]);
+    for (const offered of [
+      [PROTOCOL_NAME_V1, PROTOCOL_NAME],
+      ['chat', PROTOCOL_NAME],
+    ]) {
+      const ws = open(offered);
       const hello = await new Promise<{ type: string; protocol: number }>((resolve) =>
         ws.once('message', (data) => resolve(JSON.parse(data.toString()))),
       );
       expect([offered, ws.protocol, hello.type, hello.protocol]).toEqual([
         offered,
-        selected,
+        PROTOCOL_NAME,
         'hello',
-        version,
+        2,
       ]);
     }
     const refused = open(['chat']);

@@ -1,5 +1,5 @@
 import type { ProtocolVersion } from '@finishline/core';
-import { PROTOCOL_NAME, PROTOCOL_NAME_V2, PROTOCOL_NAMES } from '@finishline/core';
+import { PROTOCOL_NAME, PROTOCOL_NAME_V1 } from '@finishline/core';
 
 /**
  * Which protocol version a socket speaks. The server selects the newest subprotocol the client offered;
@@ -10,7 +10,7 @@ import { PROTOCOL_NAME, PROTOCOL_NAME_V2, PROTOCOL_NAMES } from '@finishline/cor
  */
 
 /** Subprotocols this server speaks, newest first: the order in which it prefers them. */
-export const SUPPORTED_SUBPROTOCOLS: readonly string[] = PROTOCOL_NAMES;
+export const SUPPORTED_SUBPROTOCOLS: readonly string[] = [PROTOCOL_NAME, PROTOCOL_NAME_V1];
 
 /** The subprotocol to select among those offered, or `false` when none is spoken here. */
 export function selectSubprotocol(offered: ReadonlySet<string> | readonly string[]): string | false {
@@ -21,5 +21,5 @@ export function selectSubprotocol(offered: ReadonlySet<string> | readonly string
 
 /** The version of a socket from its selected subprotocol (`''` when the client offered none). */
 export function versionOfSubprotocol(selected: string): ProtocolVersion {
-  return selected === PROTOCOL_NAME ? 3 : selected === PROTOCOL_NAME_V2 ? 2 : 1;
+  return selected === PROTOCOL_NAME ? 2 : 1;
 }

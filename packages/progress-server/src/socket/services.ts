@@ -26,7 +26,7 @@ export interface SocketServices<P extends Principal> {
   readonly logger: ProgressLogger;
   /** Per-principal socket and subscription counts, shared by the server's connections. */
   readonly limits: PrincipalLimits;
-  /** The store's epoch, announced in `hello` and snapshots to version-2 and -3 sockets. */
+  /** The store's epoch, announced in `hello` and snapshots to version-2 sockets. */
   readonly epoch: StoreEpoch;
   /**
    * How long terminal acks take on this server's sockets, one vote per principal: a socket's first terminal

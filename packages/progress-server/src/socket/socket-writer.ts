@@ -338,7 +338,7 @@ export class SocketWriter {
     this.send({ type: 'error', code, message: text, ...refs });
   }
 
-  /** `{ epoch }` for a version-2 or -3 socket once the store's epoch is known, else nothing. */
+  /** `{ epoch }` for a version-2 socket once the store's epoch is known, else nothing. */
   epochField(): { epoch?: string } {
     const epoch = this.#ctx.epoch.current;
     return this.#ctx.version >= 2 && epoch !== undefined ? { epoch } : {};

@@ -28,8 +28,6 @@ type WaitingSubscribes = Map<string | undefined, FrameRefs & { taskId: string }>
 /** What the subscriptions need from their socket. */
 export interface SubscriptionsContext<P extends Principal>
   extends Omit<SocketServices<P>, 'epoch' | 'roundTrips'> {
-  /** The store's epoch, which an ack naming another one is judged by (see `StoreEpoch.confirm`). */
-  readonly epoch: Pick<SocketServices<P>['epoch'], 'current' | 'confirm'>;
   readonly writer: SocketWriter;
   readonly connectionId: number;
   readonly version: ProtocolVersion;
@@ -324,25 +322,12 @@ export class Subscriptions<P extends Principal> {
     }
   }
 
-  /**
-   * A free ack: it acknowledges new events of an authorized subscription (no rate-limit token). Not one
-   * of another epoch than the server's: it costs a read of the store's epoch.
-   */
+  /** A free ack: it acknowledges new events of an authorized subscription (no rate-limit token). */
   ackAdvances(frame: AckFrame): boolean {
-    return !this.#ofOtherEpoch(frame) && this.#subs.get(frame.taskId)?.ackAdvances(frame.seq) === true;
-  }
-
-  /** `frame` names an epoch, and the server knows another one. */
-  #ofOtherEpoch(frame: AckFrame): boolean {
-    const current = this.#ctx.epoch.current;
-    return frame.epoch !== undefined && current !== undefined && frame.epoch !== current;
+    return this.#subs.get(frame.taskId)?.ackAdvances(frame.seq) === true;
   }
 
   ack(frame: AckFrame): void {
-    if (this.#ofOtherEpoch(frame)) {
-      this.#ackOfOtherEpoch(frame);
-      return;
-    }
     const sub = this.#subs.get(frame.taskId);
     if (sub === undefined) {
       // Acks of tasks the socket never followed never reach the store, so a socket cannot mark another
@@ -388,40 +373,6 @@ export class Subscriptions<P extends Principal> {
       default:
         return;
     }
-  }
-
-  /**
-   * An ack naming another epoch than the one the server last read: one of a renewal this replica has not
-   * noticed yet (the client heard of it through another replica), or a late one of an epoch the store has
-   * left. The store's epoch is read (shared with every such ack, see `StoreEpoch.confirm`; the server
-   * resets its subscriptions then if it was renewed): an ack of the current epoch is recorded, one of any
-   * other dropped, silently (its seq is of another history, meaningless now; the client's reset snapshot
-   * is on its way). Rule 5 still bounds it, by what this socket was sent of the task when the ack
-   * arrived, and it is written only while the id is the run those frames were of (`AckWriter.ackOfRun`):
-   * the subscription may be restarted by then, or removed by the `unsubscribe` sent right behind a
-   * terminal ack. An ack of a task the socket neither follows nor left is answered as any such ack.
-   */
-  #ackOfOtherEpoch(frame: AckFrame): void {
-    const { taskId, seq, epoch } = frame;
-    const sub = this.#subs.get(taskId);
-    const sent =
-      sub === undefined
-        ? this.#unfollowed.get(taskId)
-        : { limit: sub.authorized ? sub.ackLimit : sub.writtenSeq, run: sub.ackRun };
-    if (sent === undefined) {
-      this.#ctx.metrics.framesRejected.inc({ code: ErrorCode.InvalidInput });
-      this.#ctx.writer.sendError(
-        ErrorCode.InvalidInput,
-        `ack ignored: this socket does not follow task ${taskId}`,
-        { taskId },
-      );
-      return;
-    }
-    if (epoch === undefined || seq > sent.limit) return;
-    void this.#ctx.epoch.confirm(epoch).then((current) => {
-      if (current) this.#ctx.acks.ackOfRun(taskId, seq, sent.run);
-      else this.#ctx.logger.debug({ taskId, seq, epoch }, 'ack of another store epoch not recorded');
-    });
   }
 
   /**

@@ -7,13 +7,12 @@
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { ChangeFeed, ChangeListener, ServerFrame } from '@finishline/core';
-import { MemoryProgressStore, PROTOCOL_NAME_V2 } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1 } from '@finishline/core';
 import { decodeServerFrame } from '@finishline/core/internal';
 import WebSocket from 'ws';
 import type { Principal } from '../auth.js';
 import type { ProgressServerOptions } from '../options.js';
 import { ProgressServer } from '../progress-server.js';
-import { SUPPORTED_SUBPROTOCOLS } from '../socket/protocol-version.js';
 
 /**
  * Test support for the server's own tests: a real server on port 0 over a memory store, and a raw `ws`
@@ -120,50 +119,6 @@ export function restorableStore() {
   };
 }
 
-/**
- * `store` as a replica sees it when another replica renews the epoch: its feed stamps each change with
- * the epoch given to `stamp` (as a feed that knows epochs does; none before), so a change stamped with a
- * renewed one tells the server to read the epoch, and nothing else does (no renewal hint). Its `ack`
- * writes wait from `holdAcks()` until `releaseAcks()`.
- */
-export function renewedElsewhere(store: MemoryProgressStore) {
-  let gate: Promise<void> | undefined;
-  let open = (): void => {};
-  let epoch: string | undefined;
-  const changes: ChangeFeed = {
-    subscribe: (listener) =>
-      store.changes.subscribe((change) => listener(epoch === undefined ? change : { ...change, epoch })),
-  };
-  const seen: MemoryProgressStore = new Proxy(store, {
-    get(target, property) {
-      if (property === 'changes') return changes;
-      if (property === 'ack') {
-        return async (...args: Parameters<MemoryProgressStore['ack']>) => {
-          await gate;
-          return target.ack(...args);
-        };
-      }
-      const value = Reflect.get(target, property, target);
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  });
-  return {
-    store: seen,
-    stamp(renewed: string) {
-      epoch = renewed;
-    },
-    holdAcks() {
-      gate = new Promise((resolve) => {
-        open = resolve;
-      });
-    },
-    releaseAcks() {
-      gate = undefined;
-      open();
-    },
-  };
-}
-
 /** A frame as received, parsed but not validated (tests check what the server really sent). */
 export type Received = ServerFrame & Record<string, unknown>;
 
@@ -189,9 +144,7 @@ export class RawClient {
     } = {},
   ) {
     const headers = { ...(options.user === undefined ? {} : { 'x-user': options.user }), ...options.headers };
-    // Version 2 unless told: the server's tests were written against it (version 3 only adds the ack's
-    // `epoch`); a test of version 3 offers PROTOCOL_NAME.
-    this.ws = new WebSocket(url, options.protocols ?? [PROTOCOL_NAME_V2], {
+    this.ws = new WebSocket(url, options.protocols ?? [PROTOCOL_NAME], {
       headers,
       autoPong: options.autoPong ?? true,
     });
@@ -208,8 +161,8 @@ export class RawClient {
     });
     this.ws.on('error', () => {});
     this.ws.on('message', (data) => {
-      // Every version: an older version's frame is also valid for today's decoder (later ones only added fields).
-      if (SUPPORTED_SUBPROTOCOLS.includes(this.ws.protocol)) {
+      // Both versions: a version-1 frame is also valid for today's decoder (version 2 only added fields).
+      if (this.ws.protocol === PROTOCOL_NAME || this.ws.protocol === PROTOCOL_NAME_V1) {
         const decoded = decodeServerFrame(data.toString());
         if (!decoded.ok)
           serverFrameViolations.push(`${decoded.error.message}: ${data.toString().slice(0, 200)}`);

@@ -2,7 +2,7 @@ import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProgressStore, TaskEvent, TaskView, WatchView } from '@finishline/core';
-import { MemoryProgressStore, PROTOCOL_NAME, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
+import { MemoryProgressStore, PROTOCOL_NAME_V1, PROTOCOL_VERSION } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
 import { PostgresProgressStore } from '@finishline/postgres';
 import { SqliteProgressStore } from '@finishline/sqlite';
@@ -86,7 +86,7 @@ describe('a cursor ahead of the task', () => {
     const task = await store.createTask({ owner: 'alice', kind: 'job', total: 2 });
     await store.append(task.id, { type: 'progress', done: 1 });
     await store.append(task.id, { type: 'progress', done: 2 });
-    const client = await connect(wsUrl, [PROTOCOL_NAME]);
+    const client = await connect(wsUrl);
     expect(client.frames[0]).toMatchObject({
       type: 'hello',
       protocol: PROTOCOL_VERSION,
