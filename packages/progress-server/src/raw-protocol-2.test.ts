@@ -4,7 +4,7 @@ import { ProgressError } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { restorableStore, startServer, type TestServer } from './testing/harness.js';
-import { bearer, jsonHeaders, rawHttp, userTokens } from './testing/raw-http.js';
+import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp, userTokens } from './testing/raw-http.js';
 import { type Frame, Raw, WAIT } from './testing/raw-socket.js';
 
 /**
@@ -26,16 +26,7 @@ afterEach(async () => {
 });
 
 async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise<TestServer> {
-  env = await startServer({
-    authenticate: (req) => {
-      const auth = req.headers.authorization;
-      return auth?.startsWith('Bearer ') ? userTokens(auth.slice(7)) : null;
-    },
-    authenticateToken: userTokens,
-    allowedOrigins: ['https://app.example.com'],
-    heartbeatIntervalMs: 60_000,
-    ...overrides,
-  });
+  env = await startServer({ ...RAW_SOCKET_SERVER_OPTIONS, ...overrides });
   return env;
 }
 

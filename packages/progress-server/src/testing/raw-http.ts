@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { request as httpRequest } from 'node:http';
+import { request as httpRequest, type IncomingMessage } from 'node:http';
 
 /** A whole answer, read to its end. */
 export interface RawHttpAnswer {
@@ -46,6 +46,20 @@ export const userTokens = (token: string) => {
   const [id, validMs] = token.split(':');
   if (id === undefined || id === '' || id === 'bad') return null;
   return validMs === undefined ? { id } : { id, expiresAt: Date.now() + Number(validMs) };
+};
+
+/**
+ * The server options of the raw socket tests: a {@link userTokens} token, as a bearer `Authorization`
+ * header at the upgrade or in the `auth` frame; one allowed origin; heartbeats out of the way.
+ */
+export const RAW_SOCKET_SERVER_OPTIONS = {
+  authenticate: (req: IncomingMessage) => {
+    const auth = req.headers.authorization;
+    return auth?.startsWith('Bearer ') ? userTokens(auth.slice(7)) : null;
+  },
+  authenticateToken: userTokens,
+  allowedOrigins: ['https://app.example.com'],
+  heartbeatIntervalMs: 60_000,
 };
 
 /** The `Authorization` header of `user`'s token. */
