@@ -569,6 +569,76 @@ describe('acks', () => {
     }
   });
 
+  it("takes a watch's epoch, which its acks' seqs are of, from the hello or snapshot it applied last: across a live renewal, and not from an event of a later epoch", async () => {
+    // Session 35's full chaos run, acks naming their epoch: 13 `acknowledged seq lost`, each ack naming the
+    // epoch before the store's, where the check counted the client in the store's. The watch's epoch is what
+    // the server told it (seen here in the cursor saved with each ack, and in where it subscribes from). The
+    // store renewed live (`renewEpoch()`, nothing restored) goes on with the same seqs.
+    const storage = new MemoryCursorStorage();
+    const { client, server, scheduler } = setup({
+      persistence: storage,
+      reconnect: { initialDelayMs: 10, maxDelayMs: 10 },
+    });
+    const task = new FakeTask('t1', 10);
+    const log = record(client.watch('t1'));
+    const acked = async (socket: typeof server.last) => {
+      await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
+      return { ack: socket.frames('ack').at(-1), saved: storage.load(keyOf('t1')) };
+    };
+    let socket = server.last;
+    socket.open();
+    socket.push(helloWith('e1'));
+    socket.push({ ...snap(task.view()), epoch: 'e1' });
+    for (const key of ['a', 'b']) socket.push(ev(task.item(key)));
+    expect(await acked(socket)).toMatchObject({
+      ack: { type: 'ack', taskId: 't1', seq: 2 },
+      saved: { seq: 2, epoch: 'e1' },
+    });
+    // Renewed to e2 while the socket is down: the next socket's hello names it. A restore renews the epoch
+    // just the same, so seq 2 means nothing to the client any more: it starts over from 0, and acknowledges
+    // nothing until the answer (of e2) came.
+    socket.serverClose(1006);
+    await scheduler.advance(10);
+    socket = server.last;
+    socket.open();
+    socket.push(helloWith('e2'));
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
+    expect((await acked(socket)).ack).toBeUndefined();
+    socket.push({ ...snap(task.view()), epoch: 'e2' });
+    socket.push(ev(task.item('c')));
+    expect(await acked(socket)).toMatchObject({
+      ack: { type: 'ack', taskId: 't1', seq: 3 },
+      saved: { seq: 3, epoch: 'e2' },
+    });
+    // Renewed to e3 under this socket, and its reset snapshot never reaches the client (the chaos balancer
+    // drops 1% of frames; TCP loses none). Seq 4, of e3, follows seq 3 without a gap and names no epoch:
+    // applied, it leaves the watch in e2, and its ack says seq 4 of e2.
+    socket.push(ev(task.item('d')));
+    expect(await acked(socket)).toMatchObject({
+      ack: { type: 'ack', taskId: 't1', seq: 4 },
+      saved: { seq: 4, epoch: 'e2' },
+    });
+    // A reset of e3 (re-sent, or the next subscription's) moves it, and the seq is acknowledged again there.
+    socket.push({ ...snap(task.view()), epoch: 'e3', reset: true });
+    socket.push(ev(task.item('e')));
+    expect(await acked(socket)).toMatchObject({
+      ack: { type: 'ack', taskId: 't1', seq: 5 },
+      saved: { seq: 5, epoch: 'e3' },
+    });
+    // Each start-over shows the snapshot it started from (the chain's restart), with the same seq here.
+    expect(log).toEqual([
+      'snapshot@0',
+      'item@1',
+      'item@2',
+      'snapshot@2',
+      'item@3',
+      'item@4',
+      'snapshot@4',
+      'item@5',
+    ]);
+    await client.close();
+  });
+
   it('acks at once every ackEvery events, and the terminal event immediately', async () => {
     const { client, socket, scheduler } = subscribed({ ackEvery: 2 });
     const task = new FakeTask('t1', 3);
