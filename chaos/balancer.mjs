@@ -257,7 +257,8 @@ export class Balancer {
               http: true,
               closedAt: undefined,
             };
-            const ack = { taskId: ackTaskId, seq, at, backend: backend.name, conn };
+            // (`arrivedAt`: the request's arrival; the client sent the ack before it.)
+            const ack = { taskId: ackTaskId, seq, at, arrivedAt: requestedAt, backend: backend.name, conn };
             this.onClientFrame?.({ type: 'ack', ...ack });
             this.onAck(ack);
           }
@@ -364,7 +365,7 @@ class Relay {
   opened = false;
   onClose = () => {};
   /** Shared with the acks it relayed, so the harness knows whether the connection outlived them. */
-  conn = { id: nextConnId++, closedAt: undefined, openedAt: Date.now() };
+  conn = { id: nextConnId++, closedAt: undefined, openedAt: Date.now(), hellos: [] };
   #backend;
   #balancer;
   #client;
@@ -508,7 +509,8 @@ class Relay {
         if (seen) seen.fate = `delayed ${delayMs} ms`;
       }
     }
-    // An ack is recorded when it is written to the replica (a held one may die with its connection).
+    // An ack is recorded when it is written to the replica (a held one may die with its connection), with
+    // when it arrived here: the client sent it before that, whatever the delay drawn above.
     const written =
       kind === 'ack'
         ? () => {
@@ -517,6 +519,7 @@ class Relay {
               taskId: message.taskId,
               seq: message.seq,
               at: Date.now(),
+              arrivedAt: seen.at,
               backend: this.#backend,
               conn: this.conn,
             });
@@ -590,6 +593,8 @@ class Relay {
     let terminal = false;
     /** This frame as the violation report shows it, when it is about a task (its fate is set below). */
     let seen;
+    /** A `hello`'s record in `conn.hellos`: it learns when it went out, as `seen` does (see {@link #write}). */
+    let hello;
     if (frame.opcode === 1 && frame.fin) {
       try {
         const message = JSON.parse(frame.payload);
@@ -597,7 +602,11 @@ class Relay {
         if (kind === 'hello') {
           // The first hello: a token renewal's hello (an `auth` frame on the open socket) comes again later.
           this.conn.helloAt ??= Date.now();
-          this.conn.helloEpoch = message.epoch;
+          // Each with its time: which one the client had when it sent an ack (chaos/run.mjs, ackEpochs).
+          // One field overwritten by each renewal's hello, read by the ack check seconds later, gave the
+          // epoch of the connection's LAST hello to acks sent before it.
+          hello = { epoch: message.epoch, at: Date.now() };
+          this.conn.hellos.push(hello);
         }
         const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
         if (taskId !== undefined) {
@@ -622,7 +631,7 @@ class Relay {
       }
     }
     if (kind === undefined || !TAMPERABLE.has(kind)) {
-      this.#write(bytes);
+      this.#write(bytes, seen ?? hello);
       return;
     }
     const roll = balancer.random();

@@ -1581,9 +1581,10 @@ async function checkAcks(task) {
 
 /**
  * The epoch an ack was sent in and the epoch its replica was in when it handled it, as renewal numbers
- * (-1: the first epoch). The client's: the epoch of the latest frame about the task it got before the ack
- * on the same connection (a snapshot's `epoch`, an SSE id's), else the connection's `hello`; the SSE
- * clients' HTTP acks take their client's latest stream frame about the task. The replica's: the latest
+ * (-1: the first epoch). The client's: the epoch of the latest frame that named one and reached it on the
+ * same connection before the ack reached the balancer (a snapshot about the task, a `hello`; an SSE id),
+ * as the client's watch takes its epoch from them (progress-client.test.ts, "takes a watch's epoch");
+ * the SSE clients' HTTP acks take their client's latest stream frame about the task. The replica's: the latest
  * it noticed (epochNotices) by the relay + ACK_HANDLING_MS, counted from the end of the replica's event-loop
  * stalls the relay fell in (replicaStalls). Epochs are numbered by when first heard of (epochFirstSeen).
  * `stale`: the client's is the older one.
@@ -1602,10 +1603,24 @@ function ackEpochs(ack) {
     return rank;
   };
   const sameClient = (f) => (ack.conn.http ? f.conn.tag === ack.conn.tag : f.conn === ack.conn);
-  const told = serverFrameLog.filter(
-    (f) => f.taskId === ack.taskId && f.epoch !== undefined && f.at <= ack.at && sameClient(f),
-  );
-  const client = index(told.at(-1)?.epoch ?? (ack.conn.http ? undefined : ack.conn.helloEpoch));
+  // Only a frame the client got before it sent the ack: not one the balancer dropped or cut the connection
+  // at, a held one from when it went out, and up to when the ack reached the balancer, not when it left it
+  // (a client-side delay holds it up to 400 ms). Until 6 December 2026 every frame the balancer read counted,
+  // from when it read it, up to the ack's relay, and the connection's last hello stood for all its hellos: a
+  // reset snapshot dropped or still held counted a client in the new epoch while its watch was in the old
+  // one (the events after a lost reset follow on, their seqs continuous in a live renewal, and name no
+  // epoch). Session 35's full run with acks naming their epoch ended with 13 `acknowledged seq lost` of that
+  // shape: each ack named the epoch before its replica's, and was counted as of its replica's. (A frame
+  // written just before the ack arrived may still have crossed it: the client's epoch may be counted too
+  // new, never too old, so no ack is counted apart for it.)
+  const sentBy = ack.arrivedAt ?? ack.at;
+  const gotAt = (f) => (f.fate === 'dropped' || f.fate === 'cut' ? undefined : f.held ? f.outAt : f.at);
+  const got = (f) => f.epoch !== undefined && gotAt(f) !== undefined && gotAt(f) <= sentBy;
+  const told = [
+    ...serverFrameLog.filter((f) => f.taskId === ack.taskId && sameClient(f) && got(f)),
+    ...(ack.conn.http ? [] : ack.conn.hellos.filter(got)),
+  ];
+  const client = index(told.reduce((latest, f) => (gotAt(f) >= gotAt(latest) ? f : latest), told[0])?.epoch);
   // By when the replica handled the ack at the latest: ACK_HANDLING_MS after the relay, or after the end of
   // the stall of its event loop that the relay fell in (a frame relayed then waits in the socket until the
   // stall ends; and if that end fell in another stall, until that one's). Reported in time order.
