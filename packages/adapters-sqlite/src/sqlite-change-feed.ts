@@ -159,7 +159,7 @@ export class ChangePublisher {
           },
           onChange: () => {
             options.onPolledCommit?.();
-            this.#catchUp();
+            this.#publishPolled();
           },
           onError: options.onPollError,
         });
@@ -202,9 +202,12 @@ export class ChangePublisher {
     if (this.#readIdSequence() < mark) log.idsWentBack = true;
   }
 
-  /** Adds the events committed past `log.lastEventId` (by other connections) to `log`. */
-  readSince(log: TransactionLog): void {
-    for (;;) {
+  /**
+   * Adds the events committed past `log.lastEventId` (by other connections) to `log`, at most `maxPages`
+   * pages of {@link CATCH_UP_PAGE}; returns whether it read them all.
+   */
+  readSince(log: TransactionLog, maxPages = Number.POSITIVE_INFINITY): boolean {
+    for (let page = 0; page < maxPages; page++) {
       const rows = this.#q.eventsSince.all({ afterId: log.lastEventId, limit: CATCH_UP_PAGE }) as {
         id: number | bigint;
         task_id: string;
@@ -222,8 +225,9 @@ export class ChangePublisher {
         log.lastEventId = Number(last.id);
         log.lastEvent = toMarkedEvent(last);
       }
-      if (rows.length < CATCH_UP_PAGE) return;
+      if (rows.length < CATCH_UP_PAGE) return true;
     }
+    return false;
   }
 
   /**
@@ -294,7 +298,7 @@ export class ChangePublisher {
       this.#outbox = [];
       this.#draining = false;
     }
-    // A poll renews after its own check of the epoch (see `#catchUp`).
+    // A poll renews after its own check of the epoch (see `#publishPolled`).
     if (this.#restoreNoticed && !this.#catchingUp) this.#renewAfterRestore();
   }
 
@@ -332,8 +336,33 @@ export class ChangePublisher {
   }
 
   /** Publishes what other connections committed since the high-water mark (called by the watcher). */
-  #catchUp(): void {
+  #publishPolled(): void {
     if (this.#stopped) return;
+    const epoch = this.catchUp();
+    this.#catchingUp = true;
+    try {
+      this.drain();
+    } finally {
+      this.#catchingUp = false;
+    }
+    if (epoch !== this.#epoch) {
+      // Renewed by another process (after it noticed the restore too, maybe), or restored with another
+      // epoch: either way every server resets its watchers, and renewing from it would be a second time.
+      this.#restoreNoticed = false;
+      this.epochRenewed(epoch);
+    }
+    // After that check, which compares with the epoch read in the poll's snapshot: a renewal before it
+    // was taken back for the restored epoch.
+    if (this.#restoreNoticed) this.#renewAfterRestore();
+  }
+
+  /**
+   * Reads, in one snapshot (no write lock), what other connections committed past the high-water mark
+   * into the outbox without publishing it, and the epoch, which it returns: the poll's read, and that of
+   * a write transaction that found itself far behind, before it takes the lock again (see
+   * `WriteTransactions.run`).
+   */
+  catchUp(): string | undefined {
     const log = this.startLog();
     // The check and the reads see one snapshot: a restore landing between them would pass the check,
     // then be read past the mark as new commits, and move the mark into the restored file without the
@@ -356,21 +385,7 @@ export class ChangePublisher {
     }
     this.#q.endPollSnapshot.run();
     this.committed(log);
-    this.#catchingUp = true;
-    try {
-      this.drain();
-    } finally {
-      this.#catchingUp = false;
-    }
-    if (epoch !== this.#epoch) {
-      // Renewed by another process (after it noticed the restore too, maybe), or restored with another
-      // epoch: either way every server resets its watchers, and renewing from it would be a second time.
-      this.#restoreNoticed = false;
-      this.epochRenewed(epoch);
-    }
-    // After that check, which compares with the epoch read in the poll's snapshot: a renewal before it
-    // was taken back for the restored epoch.
-    if (this.#restoreNoticed) this.#renewAfterRestore();
+    return epoch;
   }
 
   /** The epoch is now `epoch` (renewed by this process, or found renewed by a poll): listeners hear it. */

@@ -12,6 +12,12 @@ import { beginImmediate, isBusy, rollbackQuietly } from './write-lock.js';
  * @module
  */
 
+/**
+ * The pages of other connections' events (1,000 each, see `sqlite-change-feed.ts`) a write transaction
+ * reads under the write lock before it lets go of the lock to read the rest without it.
+ */
+const CATCH_UP_PAGES_UNDER_LOCK = 1;
+
 /** Options of {@link WriteTransactions}. */
 export interface WriteTransactionsOptions {
   database: SqliteDatabase;
@@ -59,10 +65,30 @@ export class WriteTransactions {
    * Runs `work` in a `BEGIN IMMEDIATE` transaction (the write lock is taken up front, so the
    * transaction never has to upgrade a read lock and fail with SQLITE_BUSY_SNAPSHOT). Before `work`, it
    * reads the events other connections committed past the high-water mark, so they are published before
-   * this transaction's own. Changes go to the outbox only once the commit succeeded; publishing them is
+   * this transaction's own: at most {@link CATCH_UP_PAGES_UNDER_LOCK} pages under the lock, the rest
+   * without it before trying again. Changes go to the outbox only once the commit succeeded; publishing them is
    * the caller's (`ChangePublisher.drain`).
    */
   run<T>(work: (log: TransactionLog) => T): T {
+    for (let pages = CATCH_UP_PAGES_UNDER_LOCK; ; pages = Number.POSITIVE_INFINITY) {
+      const attempt = this.#attempt(work, pages);
+      if (attempt.done) return attempt.result;
+      // Far behind other connections' commits (polling off, or an event loop held for long): the rest is
+      // read without the write lock, which every other process's writes wait for. Read under it, 200,000
+      // events held it for some 0.3 s; a few million outlasted the others' busy timeout and failed their
+      // writes. What lands meanwhile is read under the lock, all of it: the transaction has to get done.
+      this.#publisher.catchUp();
+    }
+  }
+
+  /**
+   * One try at {@link run}: `done: false` (rolled back, `work` not run) when more than `catchUpPages`
+   * pages of other connections' events were waiting; the pages read are in the outbox then.
+   */
+  #attempt<T>(
+    work: (log: TransactionLog) => T,
+    catchUpPages: number,
+  ): { done: true; result: T } | { done: false } {
     this.#begin();
     try {
       // Checked under the write lock, so no other writer can slip in after the check.
@@ -72,7 +98,12 @@ export class WriteTransactions {
       // Only another writer (a restore included) can have taken the file back under the mark.
       if (!nothingElseWrote) this.#publisher.checkMark(log);
       // Gone back: what came past the mark is read with the rest after the work (readAll).
-      if (!log.idsWentBack) this.#publisher.readSince(log);
+      if (!log.idsWentBack && !this.#publisher.readSince(log, catchUpPages)) {
+        // Other connections' committed events: published whatever becomes of this transaction.
+        rollbackQuietly(this.#database);
+        this.#publisher.committed(log);
+        return { done: false };
+      }
       const result = work(log);
       // The file went back under the mark (a restore): read what other connections committed to it
       // before the commit, so a failure rolls the work back instead of losing their changes.
@@ -83,7 +114,7 @@ export class WriteTransactions {
       const mark = this.#tryReadWriteMark();
       this.#q.commit.run();
       this.#afterCommit(log, mark);
-      return result;
+      return { done: true, result };
     } catch (error) {
       rollbackQuietly(this.#database);
       this.#cache.reset();
