@@ -100,7 +100,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   }
   const { url, taskId, headers, timeoutMs, intervalMs } = parsed;
   // A command line is readable by every local user (ps, /proc/<pid>/cmdline): the environment is not.
-  const envToken = io.env?.FINISHLINE_TOKEN;
+  const envToken = withoutLineEnd(io.env?.FINISHLINE_TOKEN);
   const token = parsed.token ?? (envToken === '' ? undefined : envToken);
   if (io.WebSocket === undefined) {
     io.stderr.write('finishline: no WebSocket implementation: npm install ws (or use Node 22 or newer)\n');
@@ -240,7 +240,8 @@ function parse(argv: readonly string[], env: CliIo['env']) {
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
   // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
   // ("The token provider failed") for ever.
-  if (values.token !== undefined && values.token.trim() === '')
+  const token = withoutLineEnd(values.token);
+  if (token !== undefined && token.trim() === '')
     throw new Error('--token is empty: pass the token, or leave --token out to use $FINISHLINE_TOKEN');
   // The environment's first, so that a --header of the same name wins, as --token wins over FINISHLINE_TOKEN.
   const headers: Record<string, string> = {};
@@ -263,11 +264,21 @@ function parse(argv: readonly string[], env: CliIo['env']) {
   return {
     url,
     taskId,
-    token: values.token,
+    token,
     headers,
     timeoutMs: number('timeout-ms', values['timeout-ms']),
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
   };
+}
+
+/**
+ * A token without the line break that ends it: `--token "$(cat token.txt)"` (or FINISHLINE_TOKEN set so) drops
+ * a file's trailing newline but not the CR before it when the file was saved on Windows, and `token\r` was
+ * sent as is and refused ("Invalid credentials") though it looked right. Only CR and LF at the end: anything
+ * else is the token's own.
+ */
+function withoutLineEnd(token: string | undefined): string | undefined {
+  return token?.replace(/[\r\n]+$/, '');
 }
 
 /** One `name: value` of a --header or a line of FINISHLINE_HEADERS (`source`), checked; the name in lower case. */

@@ -462,6 +462,42 @@ describe('finishline watch credentials', () => {
     ).toBe(CLI_EXIT_CODES.watchFailed);
   });
 
+  // Review of 6 December 2026: `--token "$(cat token.txt)"` of a file saved on Windows (`ops\r\n`) keeps the
+  // CR, which the shell's command substitution does not drop: the token was sent with it and refused.
+  it('drops the CR and LF that end a token read from a file, in --token and FINISHLINE_TOKEN alike, and nothing else', async () => {
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        authenticateToken: (token) => (token === 'ops' || token === ' o\r\nps ' ? { id: 'ops' } : null),
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    servers.push(server);
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const url = `ws://127.0.0.1:${port}/progress`;
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    await task.complete();
+    const fromFlag = io();
+    expect(await runCli(['watch', url, task.id, '--token', 'ops\r'], fromFlag.io)).toBe(
+      CLI_EXIT_CODES.completed,
+    );
+    expect(fromFlag.err.join('')).toBe('');
+    const fromEnv = io();
+    expect(
+      await runCli(['watch', url, task.id], { ...fromEnv.io, env: { FINISHLINE_TOKEN: 'ops\r\n' } }),
+    ).toBe(CLI_EXIT_CODES.completed);
+    expect(fromEnv.err.join('')).toBe('');
+    // Spaces, and a line break inside, are the token's own.
+    const inside = io();
+    expect(await runCli(['watch', url, task.id, '--token', ' o\r\nps \n'], inside.io)).toBe(
+      CLI_EXIT_CODES.completed,
+    );
+    // A line break alone is no token: an empty --token.
+    const empty = io();
+    expect(await runCli(['watch', url, task.id, '--token', '\r\n'], empty.io)).toBe(CLI_EXIT_CODES.usage);
+    expect(empty.err.join('')).toContain('finishline: --token is empty');
+  });
+
   // Review of 6 December 2026: the README says to keep credentials off the command line on shared machines,
   // including a --header "cookie: …", yet only the token had an environment variable: a server that
   // authenticates by cookie could be watched only with the session cookie in `ps`.
