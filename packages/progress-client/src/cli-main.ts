@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
@@ -49,6 +50,7 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
                         $FINISHLINE_HEADERS, one "name: value" a line (a --header of the same name wins)
   --timeout-ms <ms>     give up after this long (exit 5)
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
+  --version, -v         print the version of @finishline/client and exit
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
 (forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
@@ -96,6 +98,10 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   }
   if (parsed === 'help') {
     io.stdout.write(USAGE);
+    return 0;
+  }
+  if (parsed === 'version') {
+    io.stdout.write(`${packageVersion()}\n`);
     return 0;
   }
   const { url, taskId, headers, timeoutMs, intervalMs } = parsed;
@@ -216,9 +222,11 @@ function parse(argv: readonly string[], env: CliIo['env']) {
       'timeout-ms': { type: 'string' },
       'interval-ms': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
     },
   });
   if (values.help === true) return 'help' as const;
+  if (values.version === true) return 'version' as const;
   const [command, url, taskId, ...rest] = positionals;
   if (command !== 'watch')
     throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
@@ -269,6 +277,18 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     timeoutMs: number('timeout-ms', values['timeout-ms']),
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
   };
+}
+
+/**
+ * The version of the package this file came in. Read when asked, not written into the build: the manifest is
+ * one folder up from src/cli-main.ts in the repository and from the bundled dist/cli.js, in a clone and in an
+ * installed package alike, and npm always packs it.
+ */
+function packageVersion(): string {
+  const manifest = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return manifest.version;
 }
 
 /**

@@ -95,6 +95,21 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain('exit codes: 0 completed, 1 failed');
   });
 
+  // Review of 6 December 2026: there was no --version (exit 64, "Unknown option"), so an operator could not
+  // tell which client a machine had.
+  it('prints the version of the package with --version or -v and exits 0, with or without a command', async () => {
+    const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '../package.json'), 'utf8')) as {
+      version: string;
+    };
+    expect(version).toMatch(/^\d+\.\d+\.\d+/);
+    for (const argv of [['--version'], ['-v'], ['watch', 'ws://127.0.0.1:1/progress', 't1', '--version']]) {
+      const run = io();
+      expect(await runCli(argv, run.io)).toBe(0);
+      expect(run.out.join('')).toBe(`${version}\n`);
+      expect(run.err.join('')).toBe('');
+    }
+  });
+
   it('exits 64 naming the schemes it takes for a URL without one (host:port/path), not "got localhost:"', async () => {
     for (const url of [
       'localhost:3000/progress',
