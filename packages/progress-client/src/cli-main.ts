@@ -3,7 +3,7 @@ import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId } from '@finishline/core/internal';
-import { CLI_EXIT_CODES, exitCodeOf, finalLine, printable, progressLine } from './cli-render.js';
+import { CLI_EXIT_CODES, exitCodeOf, finalLine, jsonLine, printable, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
 
@@ -50,6 +50,8 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
                         $FINISHLINE_HEADERS, one "name: value" a line (a --header of the same name wins)
   --timeout-ms <ms>     give up after this long (exit 5)
   --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
+  --json                one JSON object a line instead (never a bar): the task's state as it changes, at
+                        most one per --interval-ms, and its final state ("finished": true) when it ends
   --version, -v         print the version of @finishline/client and exit
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
@@ -104,7 +106,7 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     io.stdout.write(`${packageVersion()}\n`);
     return 0;
   }
-  const { url, taskId, headers, timeoutMs, intervalMs } = parsed;
+  const { url, taskId, headers, timeoutMs, intervalMs, json } = parsed;
   // A command line is readable by every local user (ps, /proc/<pid>/cmdline): the environment is not.
   const envToken = withoutLineEnd(io.env?.FINISHLINE_TOKEN);
   const token = parsed.token ?? (envToken === '' ? undefined : envToken);
@@ -124,7 +126,8 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     return CLI_EXIT_CODES.usage;
   }
-  const tty = io.stdout.isTTY === true;
+  // --json is for a program, even on a terminal: one line per state, never redrawn in place.
+  const tty = !json && io.stdout.isTTY === true;
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
   // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
@@ -163,7 +166,9 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   const unsubscribe = watch.subscribe(() => {
     const state = watch.getSnapshot();
     if (state.finished) return;
-    const line = progressLine(state, tty ? io.stdout.columns : undefined);
+    // Nothing is known of the task before its first state: no object to give a program.
+    if (json && state.progress === null) return;
+    const line = json ? jsonLine(state) : progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) {
       io.stdout.write(`\r\x1b[2K${line}`);
       lineOpen = true;
@@ -181,7 +186,9 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       ...(io.signal === undefined ? {} : { signal: io.signal }),
     });
     io.stdout.write(
-      `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
+      json
+        ? `${jsonLine(state)}\n`
+        : `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
     );
     return exitCodeOf(state);
   } catch (error) {
@@ -221,6 +228,7 @@ function parse(argv: readonly string[], env: CliIo['env']) {
       header: { type: 'string', multiple: true },
       'timeout-ms': { type: 'string' },
       'interval-ms': { type: 'string' },
+      json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
     },
@@ -276,6 +284,7 @@ function parse(argv: readonly string[], env: CliIo['env']) {
     headers,
     timeoutMs: number('timeout-ms', values['timeout-ms']),
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
+    json: values.json === true,
   };
 }
 

@@ -458,6 +458,100 @@ describe('finishline watch when the output is not a terminal', () => {
   });
 });
 
+// Review of 6 December 2026: the CLI printed only a bar and a status word, which a script or a CI job had to
+// scrape (and which a terminal's escape codes could garble).
+describe('finishline watch --json', () => {
+  const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+  /** The control, bidi and separator characters of a text, but for the newline that ends each line. */
+  const controls = (text: string) =>
+    [...text].filter(
+      (c) =>
+        c !== '\n' &&
+        (c < ' ' || (c >= '\x7f' && c <= '\x9f') || '\u202a\u202b\u202c\u202d\u202e\u2028\u2029'.includes(c)),
+    );
+
+  it('prints one JSON object a line for each state and the final state last, no bar or escape code even on a terminal', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const out: string[] = [];
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--json', '--interval-ms', '0'], {
+        stdout: { write: (text: string) => out.push(text), isTTY: true, columns: 80 },
+        stderr: { write: () => true },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 2);
+      socket.push({ type: 'snapshot', task: task.view() });
+      socket.push(ev(task.item('n1')));
+      // A worker's text reaches the program whole, escaped, not as terminal controls.
+      const hostile = 'half\x1b[2J\x9b1m\u202egnp.exe\u2028next';
+      socket.push(ev(task.progress(1, hostile)));
+      socket.push(ev(task.item('n2')));
+      socket.push(ev(task.end()));
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      const text = out.join('');
+      expect(controls(text)).toEqual([]);
+      const lines = text.split('\n');
+      expect(lines.pop()).toBe('');
+      const states = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(
+        states.map((state) => [state.status, state.finished, (state.progress as { done: number }).done]),
+      ).toEqual([
+        ['running', false, 0],
+        ['running', false, 1],
+        ['running', false, 1],
+        ['running', false, 2],
+        ['completed', true, 2],
+      ]);
+      expect(states[2]).toMatchObject({ progress: { message: hostile } });
+      expect(states.at(-1)).toMatchObject({
+        taskId: 't1',
+        kind: expect.any(String),
+        fraction: 1,
+        result: { ok: true },
+        error: null,
+      });
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('keeps the exit codes: a failed task ends with its error in the last object (1), a refused watch prints no object (4)', async () => {
+    const server = new FakeServer();
+    const failed = io();
+    const first = runCli(['watch', 'ws://example.test/progress', 't1', '--json'], {
+      ...failed.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    const task = new FakeTask('t1', 2);
+    task.end('failed');
+    server.accept(600_000).push({ type: 'snapshot', task: task.view() });
+    expect(await first).toBe(CLI_EXIT_CODES.failed);
+    const last = JSON.parse(failed.out.join('').trim().split('\n').at(-1) ?? '');
+    expect(last).toMatchObject({
+      status: 'failed',
+      finished: true,
+      error: { code: 'crash', message: 'worker crashed' },
+    });
+
+    const refused = io();
+    const second = runCli(['watch', 'ws://example.test/progress', 't2', '--json'], {
+      ...refused.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    server
+      .accept(600_000)
+      .push({ type: 'error', code: 'task_not_found', message: 'no such task', taskId: 't2' });
+    expect(await second).toBe(CLI_EXIT_CODES.watchFailed);
+    expect(refused.out.join('')).toBe('');
+    expect(refused.err.join('')).toContain('finishline: no such task');
+  });
+});
+
 describe('finishline watch credentials', () => {
   it('takes the token from FINISHLINE_TOKEN, so that it need not stand on the command line (ps, /proc/<pid>/cmdline)', async () => {
     const { server, url } = await start(200);
