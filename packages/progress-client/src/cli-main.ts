@@ -31,7 +31,7 @@ export interface CliIo {
   WebSocket: WebSocketConstructorLike | undefined;
   /** Stops the watch (Ctrl-C). */
   signal?: AbortSignal;
-  /** The environment, for `FINISHLINE_TOKEN` and `FINISHLINE_HEADERS`; the bin passes `process.env`. */
+  /** The environment, for `FINISHLINE_TOKEN`, `FINISHLINE_HEADERS` and `TERM`; the bin passes `process.env`. */
   env?: Readonly<Record<string, string | undefined>>;
 }
 
@@ -126,8 +126,10 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     return CLI_EXIT_CODES.usage;
   }
-  // --json is for a program, even on a terminal: one line per state, never redrawn in place.
-  const tty = !json && io.stdout.isTTY === true;
+  // --json is for a program, even on a terminal: one line per state, never redrawn in place. A terminal that
+  // cannot move its cursor (TERM=dumb: Emacs's shell, …) showed the redraw's `\x1b[2K` as text before every
+  // state on one ever longer line: it gets the lines a log gets.
+  const tty = !json && io.stdout.isTTY === true && io.env?.TERM !== 'dumb';
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
   // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal

@@ -794,6 +794,38 @@ describe('finishline watch on a terminal', () => {
   });
 });
 
+describe('finishline watch on a terminal that cannot move its cursor (TERM=dumb)', () => {
+  it('prints a line per state, as into a log, instead of redrawing one line with escape codes it would show as text', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const screen: string[] = [];
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '0'], {
+        stdout: { write: (text: string) => screen.push(text), isTTY: true, columns: 80 },
+        stderr: { write: (text: string) => screen.push(text) },
+        WebSocket: server.WebSocket,
+        env: { TERM: 'dumb' },
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 2);
+      socket.push({ type: 'snapshot', task: task.view() });
+      socket.push({ type: 'event', event: task.item('n1') });
+      socket.push({ type: 'event', event: task.end() });
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      const text = screen.join('');
+      expect(text).not.toContain('\x1b');
+      expect(text).not.toContain('\r');
+      // A line per state (the bar at 0, 1 and 2 of 2), each ended, then the status.
+      const lines = text.split('\n');
+      expect(lines.map((line) => line.slice(0, 1))).toEqual(['[', '[', '[', 'c', '']);
+      expect(lines.at(-2)).toBe('completed');
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe("finishline watch and the server's own words", () => {
   /** The control characters of a text, but for the newline that ends each line. */
   const controls = (text: string) =>
