@@ -49,7 +49,8 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
   --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package); also
                         $FINISHLINE_HEADERS, one "name: value" a line (a --header of the same name wins)
   --timeout-ms <ms>     give up after this long (exit 5)
-  --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
+  --interval-ms <ms>    without a terminal (or with --json), the least time between two progress lines
+                        (default 1000)
   --json                one JSON object a line instead (never a bar): the task's state as it changes, at
                         most one per --interval-ms, and its final state ("finished": true) when it ends
   --version, -v         print the version of @finishline/client and exit
