@@ -1,8 +1,9 @@
+import { readFileSync } from 'node:fs';
 import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import { assertTaskId } from '@finishline/core/internal';
-import { CLI_EXIT_CODES, exitCodeOf, finalLine, printable, progressLine } from './cli-render.js';
+import { CLI_EXIT_CODES, exitCodeOf, finalLine, jsonLine, printable, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
 
@@ -30,7 +31,7 @@ export interface CliIo {
   WebSocket: WebSocketConstructorLike | undefined;
   /** Stops the watch (Ctrl-C). */
   signal?: AbortSignal;
-  /** The environment, for `FINISHLINE_TOKEN` and `FINISHLINE_HEADERS`; the bin passes `process.env`. */
+  /** The environment, for `FINISHLINE_TOKEN`, `FINISHLINE_HEADERS` and `TERM`; the bin passes `process.env`. */
   env?: Readonly<Record<string, string | undefined>>;
 }
 
@@ -48,7 +49,11 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
   --header <name: value>  upgrade and HTTP header, repeatable (needs the "ws" package); also
                         $FINISHLINE_HEADERS, one "name: value" a line (a --header of the same name wins)
   --timeout-ms <ms>     give up after this long (exit 5)
-  --interval-ms <ms>    without a terminal, the least time between two progress lines (default 1000)
+  --interval-ms <ms>    without a terminal (or with --json), the least time between two progress lines
+                        (default 1000)
+  --json                one JSON object a line instead (never a bar): the task's state as it changes, at
+                        most one per --interval-ms, and its final state ("finished": true) when it ends
+  --version, -v         print the version of @finishline/client and exit
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
 (forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
@@ -98,9 +103,13 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     io.stdout.write(USAGE);
     return 0;
   }
-  const { url, taskId, headers, timeoutMs, intervalMs } = parsed;
+  if (parsed === 'version') {
+    io.stdout.write(`${packageVersion()}\n`);
+    return 0;
+  }
+  const { url, taskId, headers, timeoutMs, intervalMs, json } = parsed;
   // A command line is readable by every local user (ps, /proc/<pid>/cmdline): the environment is not.
-  const envToken = io.env?.FINISHLINE_TOKEN;
+  const envToken = withoutLineEnd(io.env?.FINISHLINE_TOKEN);
   const token = parsed.token ?? (envToken === '' ? undefined : envToken);
   if (io.WebSocket === undefined) {
     io.stderr.write('finishline: no WebSocket implementation: npm install ws (or use Node 22 or newer)\n');
@@ -118,7 +127,10 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     return CLI_EXIT_CODES.usage;
   }
-  const tty = io.stdout.isTTY === true;
+  // --json is for a program, even on a terminal: one line per state, never redrawn in place. A terminal that
+  // cannot move its cursor (TERM=dumb: Emacs's shell, …) showed the redraw's `\x1b[2K` as text before every
+  // state on one ever longer line: it gets the lines a log gets.
+  const tty = !json && io.stdout.isTTY === true && io.env?.TERM !== 'dumb';
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
   // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
@@ -157,7 +169,9 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   const unsubscribe = watch.subscribe(() => {
     const state = watch.getSnapshot();
     if (state.finished) return;
-    const line = progressLine(state, tty ? io.stdout.columns : undefined);
+    // Nothing is known of the task before its first state: no object to give a program.
+    if (json && state.progress === null) return;
+    const line = json ? jsonLine(state) : progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) {
       io.stdout.write(`\r\x1b[2K${line}`);
       lineOpen = true;
@@ -175,7 +189,9 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       ...(io.signal === undefined ? {} : { signal: io.signal }),
     });
     io.stdout.write(
-      `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
+      json
+        ? `${jsonLine(state)}\n`
+        : `${tty ? '\r\x1b[2K' : ''}${progressLine(state, tty ? io.stdout.columns : undefined)}\n${finalLine(state)}\n`,
     );
     return exitCodeOf(state);
   } catch (error) {
@@ -215,10 +231,13 @@ function parse(argv: readonly string[], env: CliIo['env']) {
       header: { type: 'string', multiple: true },
       'timeout-ms': { type: 'string' },
       'interval-ms': { type: 'string' },
+      json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
+      version: { type: 'boolean', short: 'v' },
     },
   });
   if (values.help === true) return 'help' as const;
+  if (values.version === true) return 'version' as const;
   const [command, url, taskId, ...rest] = positionals;
   if (command !== 'watch')
     throw new Error(`unknown command ${command === undefined ? '(none)' : `"${command}"`}`);
@@ -240,7 +259,8 @@ function parse(argv: readonly string[], env: CliIo['env']) {
   assertTaskId(taskId); // an invalid id is a bad command line (64), not a crash of the bin
   // `--token "$TOKEN"` with TOKEN unset: the client takes an empty token for one not there yet and retries
   // ("The token provider failed") for ever.
-  if (values.token !== undefined && values.token.trim() === '')
+  const token = withoutLineEnd(values.token);
+  if (token !== undefined && token.trim() === '')
     throw new Error('--token is empty: pass the token, or leave --token out to use $FINISHLINE_TOKEN');
   // The environment's first, so that a --header of the same name wins, as --token wins over FINISHLINE_TOKEN.
   const headers: Record<string, string> = {};
@@ -263,11 +283,34 @@ function parse(argv: readonly string[], env: CliIo['env']) {
   return {
     url,
     taskId,
-    token: values.token,
+    token,
     headers,
     timeoutMs: number('timeout-ms', values['timeout-ms']),
     intervalMs: number('interval-ms', values['interval-ms']) ?? 1000,
+    json: values.json === true,
   };
+}
+
+/**
+ * The version of the package this file came in. Read when asked, not written into the build: the manifest is
+ * one folder up from src/cli-main.ts in the repository and from the bundled dist/cli.js, in a clone and in an
+ * installed package alike, and npm always packs it.
+ */
+function packageVersion(): string {
+  const manifest = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return manifest.version;
+}
+
+/**
+ * A token without the line break that ends it: `--token "$(cat token.txt)"` (or FINISHLINE_TOKEN set so) drops
+ * a file's trailing newline but not the CR before it when the file was saved on Windows, and `token\r` was
+ * sent as is and refused ("Invalid credentials") though it looked right. Only CR and LF at the end: anything
+ * else is the token's own.
+ */
+function withoutLineEnd(token: string | undefined): string | undefined {
+  return token?.replace(/[\r\n]+$/, '');
 }
 
 /** One `name: value` of a --header or a line of FINISHLINE_HEADERS (`source`), checked; the name in lower case. */

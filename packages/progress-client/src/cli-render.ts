@@ -124,6 +124,24 @@ export function progressLine(state: WatchState, width?: number): string {
   return `${kept}…`;
 }
 
+/**
+ * One line of `--json`: the state as one JSON object, the same fields at every change and at the end
+ * (`finished: true`, with `result` or `error`). JSON escapes the C0 controls but leaves DEL, the C1 controls,
+ * the bidi controls and U+2028/U+2029 raw: those are written as `\uXXXX` escapes too, the same string to a
+ * parser, and nothing that drives a terminal (or splits the line) on its way there.
+ */
+export function jsonLine(state: WatchState): string {
+  // Named one by one: what a script reads is this list, not whatever WatchState holds (its fatalError, an
+  // Error, would print as {}).
+  const { taskId, status, finished, seq, kind, progress, fraction, rate, eta, result, error } = state;
+  const { updatedAt, finishedAt } = state;
+  const fields = { taskId, status, finished, seq, kind, progress, fraction, rate, eta, result, error };
+  return JSON.stringify({ ...fields, updatedAt, finishedAt }).replace(
+    CONTROL,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
+  );
+}
+
 /** The last line: the final status, and the task's error when it failed. */
 export function finalLine(state: WatchState): string {
   const detail = state.error === null ? '' : `: ${printable(state.error.message)}`;

@@ -95,6 +95,21 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain('exit codes: 0 completed, 1 failed');
   });
 
+  // Review of 6 December 2026: there was no --version (exit 64, "Unknown option"), so an operator could not
+  // tell which client a machine had.
+  it('prints the version of the package with --version or -v and exits 0, with or without a command', async () => {
+    const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '../package.json'), 'utf8')) as {
+      version: string;
+    };
+    expect(version).toMatch(/^\d+\.\d+\.\d+/);
+    for (const argv of [['--version'], ['-v'], ['watch', 'ws://127.0.0.1:1/progress', 't1', '--version']]) {
+      const run = io();
+      expect(await runCli(argv, run.io)).toBe(0);
+      expect(run.out.join('')).toBe(`${version}\n`);
+      expect(run.err.join('')).toBe('');
+    }
+  });
+
   it('exits 64 naming the schemes it takes for a URL without one (host:port/path), not "got localhost:"', async () => {
     for (const url of [
       'localhost:3000/progress',
@@ -443,6 +458,100 @@ describe('finishline watch when the output is not a terminal', () => {
   });
 });
 
+// Review of 6 December 2026: the CLI printed only a bar and a status word, which a script or a CI job had to
+// scrape (and which a terminal's escape codes could garble).
+describe('finishline watch --json', () => {
+  const ev = (event: TaskEvent) => ({ type: 'event' as const, event });
+  /** The control, bidi and separator characters of a text, but for the newline that ends each line. */
+  const controls = (text: string) =>
+    [...text].filter(
+      (c) =>
+        c !== '\n' &&
+        (c < ' ' || (c >= '\x7f' && c <= '\x9f') || '\u202a\u202b\u202c\u202d\u202e\u2028\u2029'.includes(c)),
+    );
+
+  it('prints one JSON object a line for each state and the final state last, no bar or escape code even on a terminal', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const out: string[] = [];
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--json', '--interval-ms', '0'], {
+        stdout: { write: (text: string) => out.push(text), isTTY: true, columns: 80 },
+        stderr: { write: () => true },
+        WebSocket: server.WebSocket,
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 2);
+      socket.push({ type: 'snapshot', task: task.view() });
+      socket.push(ev(task.item('n1')));
+      // A worker's text reaches the program whole, escaped, not as terminal controls.
+      const hostile = 'half\x1b[2J\x9b1m\u202egnp.exe\u2028next';
+      socket.push(ev(task.progress(1, hostile)));
+      socket.push(ev(task.item('n2')));
+      socket.push(ev(task.end()));
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      const text = out.join('');
+      expect(controls(text)).toEqual([]);
+      const lines = text.split('\n');
+      expect(lines.pop()).toBe('');
+      const states = lines.map((line) => JSON.parse(line) as Record<string, unknown>);
+      expect(
+        states.map((state) => [state.status, state.finished, (state.progress as { done: number }).done]),
+      ).toEqual([
+        ['running', false, 0],
+        ['running', false, 1],
+        ['running', false, 1],
+        ['running', false, 2],
+        ['completed', true, 2],
+      ]);
+      expect(states[2]).toMatchObject({ progress: { message: hostile } });
+      expect(states.at(-1)).toMatchObject({
+        taskId: 't1',
+        kind: expect.any(String),
+        fraction: 1,
+        result: { ok: true },
+        error: null,
+      });
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('keeps the exit codes: a failed task ends with its error in the last object (1), a refused watch prints no object (4)', async () => {
+    const server = new FakeServer();
+    const failed = io();
+    const first = runCli(['watch', 'ws://example.test/progress', 't1', '--json'], {
+      ...failed.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    const task = new FakeTask('t1', 2);
+    task.end('failed');
+    server.accept(600_000).push({ type: 'snapshot', task: task.view() });
+    expect(await first).toBe(CLI_EXIT_CODES.failed);
+    const last = JSON.parse(failed.out.join('').trim().split('\n').at(-1) ?? '');
+    expect(last).toMatchObject({
+      status: 'failed',
+      finished: true,
+      error: { code: 'crash', message: 'worker crashed' },
+    });
+
+    const refused = io();
+    const second = runCli(['watch', 'ws://example.test/progress', 't2', '--json'], {
+      ...refused.io,
+      WebSocket: server.WebSocket,
+    });
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    server
+      .accept(600_000)
+      .push({ type: 'error', code: 'task_not_found', message: 'no such task', taskId: 't2' });
+    expect(await second).toBe(CLI_EXIT_CODES.watchFailed);
+    expect(refused.out.join('')).toBe('');
+    expect(refused.err.join('')).toContain('finishline: no such task');
+  });
+});
+
 describe('finishline watch credentials', () => {
   it('takes the token from FINISHLINE_TOKEN, so that it need not stand on the command line (ps, /proc/<pid>/cmdline)', async () => {
     const { server, url } = await start(200);
@@ -460,6 +569,42 @@ describe('finishline watch credentials', () => {
         env: { FINISHLINE_TOKEN: 'ops' },
       }),
     ).toBe(CLI_EXIT_CODES.watchFailed);
+  });
+
+  // Review of 6 December 2026: `--token "$(cat token.txt)"` of a file saved on Windows (`ops\r\n`) keeps the
+  // CR, which the shell's command substitution does not drop: the token was sent with it and refused.
+  it('drops the CR and LF that end a token read from a file, in --token and FINISHLINE_TOKEN alike, and nothing else', async () => {
+    const server = await ProgressServer.listen(
+      {
+        store: new MemoryProgressStore(),
+        authenticateToken: (token) => (token === 'ops' || token === ' o\r\nps ' ? { id: 'ops' } : null),
+      },
+      { port: 0, host: '127.0.0.1' },
+    );
+    servers.push(server);
+    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const url = `ws://127.0.0.1:${port}/progress`;
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+    await task.complete();
+    const fromFlag = io();
+    expect(await runCli(['watch', url, task.id, '--token', 'ops\r'], fromFlag.io)).toBe(
+      CLI_EXIT_CODES.completed,
+    );
+    expect(fromFlag.err.join('')).toBe('');
+    const fromEnv = io();
+    expect(
+      await runCli(['watch', url, task.id], { ...fromEnv.io, env: { FINISHLINE_TOKEN: 'ops\r\n' } }),
+    ).toBe(CLI_EXIT_CODES.completed);
+    expect(fromEnv.err.join('')).toBe('');
+    // Spaces, and a line break inside, are the token's own.
+    const inside = io();
+    expect(await runCli(['watch', url, task.id, '--token', ' o\r\nps \n'], inside.io)).toBe(
+      CLI_EXIT_CODES.completed,
+    );
+    // A line break alone is no token: an empty --token.
+    const empty = io();
+    expect(await runCli(['watch', url, task.id, '--token', '\r\n'], empty.io)).toBe(CLI_EXIT_CODES.usage);
+    expect(empty.err.join('')).toContain('finishline: --token is empty');
   });
 
   // Review of 6 December 2026: the README says to keep credentials off the command line on shared machines,
@@ -643,6 +788,38 @@ describe('finishline watch on a terminal', () => {
       expect(text).toMatch(/0\/3 0%\nfinishline: ProgressClient: cannot connect/);
       stop.abort();
       expect(await exit).toBe(CLI_EXIT_CODES.stopped);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('finishline watch on a terminal that cannot move its cursor (TERM=dumb)', () => {
+  it('prints a line per state, as into a log, instead of redrawing one line with escape codes it would show as text', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const server = new FakeServer();
+      const screen: string[] = [];
+      const exit = runCli(['watch', 'ws://example.test/progress', 't1', '--interval-ms', '0'], {
+        stdout: { write: (text: string) => screen.push(text), isTTY: true, columns: 80 },
+        stderr: { write: (text: string) => screen.push(text) },
+        WebSocket: server.WebSocket,
+        env: { TERM: 'dumb' },
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      const socket = server.accept(600_000);
+      const task = new FakeTask('t1', 2);
+      socket.push({ type: 'snapshot', task: task.view() });
+      socket.push({ type: 'event', event: task.item('n1') });
+      socket.push({ type: 'event', event: task.end() });
+      expect(await exit).toBe(CLI_EXIT_CODES.completed);
+      const text = screen.join('');
+      expect(text).not.toContain('\x1b');
+      expect(text).not.toContain('\r');
+      // A line per state (the bar at 0, 1 and 2 of 2), each ended, then the status.
+      const lines = text.split('\n');
+      expect(lines.map((line) => line.slice(0, 1))).toEqual(['[', '[', '[', 'c', '']);
+      expect(lines.at(-2)).toBe('completed');
     } finally {
       vi.useRealTimers();
     }
