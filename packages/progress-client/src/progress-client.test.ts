@@ -15,6 +15,7 @@ import { type FetchLike, PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { sseFallback } from './sse.js';
+import { TaskSubscription } from './task-subscription.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
 import { FakeHttp, record, setup } from './testing/harness.js';
 import { flush } from './testing/manual-scheduler.js';
@@ -441,6 +442,49 @@ describe('delivery', () => {
       }
       await client.close();
     }
+  });
+
+  it('reads a bounded number of tasks per terminal frame, however many finished watches the client still holds', async () => {
+    // Each terminal frame's ack looked for a task still owed an ack (whether the coalescing timer was
+    // still needed), reading the tasks in the order they were watched: past every finished watch the
+    // client still held (until a heartbeat let go of them), so n watches finishing in that order cost
+    // n² / 2 reads (500 per frame for 1,000). Counted, not timed: the reads of `socketDone` on the
+    // subscriptions during the terminal frames.
+    const n = 1000;
+    const { client, server } = setup();
+    const jobs = Array.from({ length: n }, (_, i) => new FakeTask(`job-${i}`, 2));
+    const handles = jobs.map((job) => client.watch(job.id));
+    const socket = server.accept();
+    for (const job of jobs) {
+      job.item('a');
+      socket.push(snap(job.view())); // (the ack of seq 1 waits for the coalescing delay)
+    }
+    const reads = vi.spyOn(TaskSubscription.prototype, 'socketDone', 'get');
+    try {
+      for (const job of jobs) socket.push(ev(job.end()));
+      expect(handles.every((handle) => handle.getSnapshot().finished)).toBe(true);
+      expect(socket.frames('unsubscribe')).toHaveLength(n);
+      expect(reads.mock.calls.length).toBeLessThan(10 * n);
+    } finally {
+      reads.mockRestore();
+    }
+    await client.close();
+  });
+
+  it('owes nothing to a watch that failed while its ack waited for the coalescing delay: no ack, no entry saved again', async () => {
+    const storage = new MemoryCursorStorage();
+    const { client, server, scheduler } = setup({ persistence: storage });
+    const watch = client.watch('t1');
+    const socket = server.accept();
+    const task = new FakeTask('t1', 3);
+    task.item('a');
+    socket.push(snap(task.view())); // its ack (and save) wait for the delay
+    socket.push({ type: 'error', code: ErrorCode.TaskNotFound, message: 'purged', taskId: 't1' });
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.TaskNotFound });
+    await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
+    expect(socket.frames('ack')).toEqual([]);
+    expect(storage.size).toBe(0);
+    await client.close();
   });
 
   it('closes the handles of the old run left open when a new watch of the id asks the server again', async () => {

@@ -102,7 +102,6 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       this.#timers,
       (frame) => this.#connection.send(frame),
       (run) => this.#connection.batch(run),
-      () => this.#tasks.values(),
     );
     // One host for both fallbacks, each of which reads only its own part.
     const host: HttpHost & FallbackHost = {
@@ -486,7 +485,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   #release(task: TaskSubscription, watch: Watch): void {
     task.task.handles.delete(watch);
     if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
-    // Let go of it first: its last flush then finds whether another task still needs the ack timer.
+    // (Its last flush takes it off the acks owed, and clears their timer when it was the last one.)
     this.#tasks.delete(task.taskId);
     this.#acks.flush(task);
     // The application let go of it: its saved cursor goes too (a finished watch's went at its end, in
