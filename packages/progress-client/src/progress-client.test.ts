@@ -2555,6 +2555,20 @@ describe('close()', () => {
     expect(onState.scheduler.pending + onError.scheduler.pending).toBe(0);
   });
 
+  it('a watch ended while watch() started it leaves no listener on its signal', async () => {
+    // A `state` listener closed the client while watch() started the connection: the handle was ended
+    // before the `signal` option was looked at, and the abort listener added then was never removed (only
+    // the handle's end removes it): one signal shared by a page's watches kept each such handle alive.
+    const { client } = setup();
+    client.on('state', (change) => {
+      if (change.state === 'connecting') void client.close();
+    });
+    const controller = new AbortController();
+    const watch = client.watch('t1', { signal: controller.signal });
+    expect(watch.closed).toBe(true);
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
+  });
+
   it('leaves no timer behind with vi fake timers and the default timer functions', async () => {
     vi.useFakeTimers();
     try {
