@@ -65,7 +65,7 @@ export interface CursorPersistence {
 
 /** The cursors of one client, by task id. @internal */
 export interface ServerCursors {
-  /** The saved view of `taskId` if it is a valid snapshot of that task, saved under this scope. */
+  /** The saved view of `taskId` if it is a valid snapshot of that task still running, saved under this scope. */
   restore(taskId: string): StoredTask | undefined;
   /** Saves a watch's view with its epoch; false when there is nothing to save yet. */
   saveView(view: WatchView, epoch: string | undefined): boolean;
@@ -122,7 +122,8 @@ export function bindCursors(storage: CursorStorage, scope: string): ServerCursor
 }
 
 /**
- * The entry under `key` if it is a valid snapshot of `taskId` saved under that key, else `undefined`.
+ * The entry under `key` if it is a valid snapshot of `taskId` still running, saved under that key, else
+ * `undefined`.
  * Validated with the protocol's own snapshot schema (epoch included), so a restored view is exactly as
  * trustworthy as a received one.
  *
@@ -151,7 +152,12 @@ export function readStoredTask(storage: CursorStorage, taskId: string, key: stri
     return undefined;
   }
   const decoded = decodeServerText(text);
-  if (!decoded.ok || decoded.frame.type !== 'snapshot') return undefined;
+  // Nor an entry that holds an end: it names no run of the id (see acks.ts, which saves none), and
+  // restored, the watch showed that end at once, asking the server nothing, and stayed finished through the
+  // reset snapshot of a new run (the id purged and created again, the store restored). Clients of 3 to 5
+  // December 2026 saved them, as may a storage of the page's own.
+  if (!decoded.ok || decoded.frame.type !== 'snapshot' || decoded.frame.task.status !== 'running')
+    return undefined;
   return { task: decoded.frame.task, epoch: decoded.frame.epoch };
 }
 

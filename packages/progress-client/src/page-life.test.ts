@@ -271,4 +271,32 @@ describe('page life', () => {
     expect(listening.size).toBe(4);
     await client.close();
   });
+
+  it('removes them too when the last unfinished watch is closed from its own finished listener', async () => {
+    // The common `watch.on('finished', () => watch.close())` (or a component unmounted on the end): the
+    // task finished and left within one frame, and neither step looked whether page life could stop, so its
+    // listeners and its clock check (every 2 s) stayed while the socket was open.
+    const listening = new Set<string>();
+    const target = () => ({
+      addEventListener: (type: string) => listening.add(type),
+      removeEventListener: (type: string) => listening.delete(type),
+    });
+    const { client, server, scheduler } = setup({
+      pageEvents: { document: { ...target(), visibilityState: 'visible' }, window: target() },
+    });
+    const watch = client.watch('t1');
+    watch.on('finished', () => watch.close());
+    const socket = server.accept(15_000);
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    socket.push({ type: 'snapshot', task: task.view() });
+    socket.push({ type: 'event', event: task.end() });
+    await watch.done;
+    expect(watch.closed).toBe(true);
+    expect([...listening]).toEqual([]);
+    await scheduler.advance(10_000);
+    // Left: the open socket's heartbeat watchdog only (no clock check every 2 s).
+    expect(scheduler.delays).toHaveLength(1);
+    await client.close();
+  });
 });

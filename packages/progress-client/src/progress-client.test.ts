@@ -15,6 +15,7 @@ import { type FetchLike, PROGRESS_CLIENT_DEFAULTS } from './options.js';
 import { cursorKey, MemoryCursorStorage } from './persist.js';
 import { ProgressClient } from './progress-client.js';
 import { sseFallback } from './sse.js';
+import { TaskSubscription } from './task-subscription.js';
 import { FakeServer, FakeTask } from './testing/fake-server.js';
 import { FakeHttp, record, setup } from './testing/harness.js';
 import { flush } from './testing/manual-scheduler.js';
@@ -441,6 +442,53 @@ describe('delivery', () => {
       }
       await client.close();
     }
+  });
+
+  it('reads a bounded number of tasks per terminal frame, however many finished watches the client still holds', async () => {
+    // Each terminal frame's ack looked for a task still owed an ack (whether the coalescing timer was
+    // still needed), and the frame itself for an unfinished task (whether page life could stop), each
+    // reading the tasks in the order they were watched: past every finished watch the client still held
+    // (until a heartbeat let go of them), so n watches finishing in that order cost n² / 2 reads each (500
+    // per frame for 1,000). Counted, not timed: the reads of `socketDone` on the subscriptions and of
+    // `finished` on their cursors during the terminal frames.
+    const n = 1000;
+    const { client, server } = setup();
+    const jobs = Array.from({ length: n }, (_, i) => new FakeTask(`job-${i}`, 2));
+    const handles = jobs.map((job) => client.watch(job.id));
+    const socket = server.accept();
+    for (const job of jobs) {
+      job.item('a');
+      socket.push(snap(job.view())); // (the ack of seq 1 waits for the coalescing delay)
+    }
+    const reads = [
+      vi.spyOn(TaskSubscription.prototype, 'socketDone', 'get'),
+      vi.spyOn(WatchCursor.prototype, 'finished', 'get'),
+    ];
+    try {
+      for (const job of jobs) socket.push(ev(job.end()));
+      expect(handles.every((handle) => handle.getSnapshot().finished)).toBe(true);
+      expect(socket.frames('unsubscribe')).toHaveLength(n);
+      for (const spy of reads) expect(spy.mock.calls.length).toBeLessThan(10 * n);
+    } finally {
+      for (const spy of reads) spy.mockRestore();
+    }
+    await client.close();
+  });
+
+  it('owes nothing to a watch that failed while its ack waited for the coalescing delay: no ack, no entry saved again', async () => {
+    const storage = new MemoryCursorStorage();
+    const { client, server, scheduler } = setup({ persistence: storage });
+    const watch = client.watch('t1');
+    const socket = server.accept();
+    const task = new FakeTask('t1', 3);
+    task.item('a');
+    socket.push(snap(task.view())); // its ack (and save) wait for the delay
+    socket.push({ type: 'error', code: ErrorCode.TaskNotFound, message: 'purged', taskId: 't1' });
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.TaskNotFound });
+    await scheduler.advance(PROGRESS_CLIENT_DEFAULTS.ackDelayMs);
+    expect(socket.frames('ack')).toEqual([]);
+    expect(storage.size).toBe(0);
+    await client.close();
   });
 
   it('closes the handles of the old run left open when a new watch of the id asks the server again', async () => {
@@ -1891,70 +1939,37 @@ describe('cursor persistence', () => {
     }
   });
 
-  it("a finished watch whose ack never reached the server acks the new epoch's terminal seq after a reload", async () => {
-    // The page reloads after the watch finished at seq 3 in epoch e1 but before its ack went out, and the
-    // store was restored meanwhile: in epoch e2 the task ended at seq 2 (or at seq 5). Seq 3 means nothing
-    // there: an ack of 3 is refused above seq 2 (invalid_input, nothing recorded) and stops nothing at 5.
-    // The entry saved without an epoch (an older client) is answered by the server's reset instead.
-    for (const [savedEpoch, restoredItems, afterSeq] of [
-      ['e1', 1, 0],
-      ['e1', 4, 0],
-      [undefined, 1, 3],
+  it('does not restore an entry that holds an end: the watch asks the server from 0, and a new run of the id is shown', async () => {
+    // An entry holding an end names no run of the id (a client of 3 to 5 December 2026 kept finished
+    // entries, as may a storage of the page's own). Restored, the watch showed that end at once and
+    // resolved `done` with it; the reset snapshot that answered its subscribe from the end's seq (the id
+    // purged and created again, or the store restored) changed nothing, since a finished watch stays
+    // finished: the new run was never shown, and its seq acknowledged as if it were the end.
+    for (const [hello, savedEpoch] of [
+      [undefined, undefined],
+      ['e1', 'e1'],
+      ['e2', 'e1'],
     ] as const) {
       const storage = new MemoryCursorStorage();
-      const before = new FakeTask('t1', 5);
+      const before = new FakeTask('t1', 3);
       for (const key of ['a', 'b']) before.item(key);
-      before.end();
+      before.end('failed');
       storage.save(saved(before.view()), savedEpoch);
       const ctx = setup({ persistence: storage });
-      const socket = watchWithEpochHello(ctx, 'e2');
-      const log = record(ctx.client.watch('t1'));
-      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq }]);
-      const restored = new FakeTask('t1', 5);
-      for (let item = 0; item < restoredItems; item += 1) restored.item(`r${item}`);
-      restored.end();
-      socket.push({
-        type: 'snapshot',
-        task: restored.view(),
-        epoch: 'e2',
-        ...(afterSeq > 0 && { reset: true as const }),
-      });
-      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
-      expect(socket.frames('unsubscribe')).toHaveLength(1);
-      // The watch had its end already: nothing more is delivered.
-      await flush();
-      expect(log).toEqual(['snapshot@3', 'completed@3', 'finished@3']);
-      expect(ctx.errors).toEqual([]);
-      await ctx.client.close();
-    }
-  });
-
-  it('a finished watch that owes the renewed epoch its seq asks again when that subscribe is lost or refused for a while', async () => {
-    // Finished at seq 3 in epoch e1, its ack never sent; the socket's hello says e2, so the watch subscribes
-    // from 0 to learn its seq there. That subscribe must be repeated like any other until answered.
-    for (const answer of ['lost', 'store_unavailable'] as const) {
-      const storage = new MemoryCursorStorage();
-      const before = new FakeTask('t1', 5);
-      for (const key of ['a', 'b']) before.item(key);
-      before.end();
-      storage.save(saved(before.view()), 'e1');
-      const ctx = setup({ persistence: storage });
-      const socket = watchWithEpochHello(ctx, 'e2');
-      const log = record(ctx.client.watch('t1'));
-      expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 0 }]);
-      if (answer === 'store_unavailable')
-        socket.push({ type: 'error', code: ErrorCode.StoreUnavailable, message: 'store down', taskId: 't1' });
-      await ctx.scheduler.advance(10_000);
-      expect(socket.frames('subscribe').length).toBeGreaterThan(1);
+      const watch = ctx.client.watch('t1');
+      expect(watch.getSnapshot()).toMatchObject({ seq: 0, status: 'running', progress: null });
+      const log = record(watch);
+      const socket = ctx.server.last;
+      socket.open();
+      socket.push(helloWith(hello));
       expect(socket.frames('subscribe').at(-1)).toEqual({ type: 'subscribe', taskId: 't1', afterSeq: 0 });
-      const restored = new FakeTask('t1', 5);
-      restored.item('r0');
-      restored.end();
-      socket.push({ type: 'snapshot', task: restored.view(), epoch: 'e2' });
-      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: restored.seq }]);
-      expect(socket.frames('unsubscribe')).toHaveLength(1);
-      // The refusal is the client's business alone: the watch had its end already.
-      expect(log).toEqual(['snapshot@3', 'completed@3', 'finished@3']);
+      const again = new FakeTask('t1', 3);
+      socket.push(snap(again.view()));
+      for (const key of ['x', 'y']) socket.push(ev(again.item(key)));
+      socket.push(ev(again.end()));
+      expect(log).toEqual(['snapshot@0', 'item@1', 'item@2', 'completed@3', 'finished@3']);
+      await expect(watch.done).resolves.toMatchObject({ status: 'completed', seq: 3 });
+      expect(socket.frames('ack').at(-1)).toEqual({ type: 'ack', taskId: 't1', seq: 3 });
       expect(ctx.errors).toEqual([]);
       await ctx.client.close();
     }
@@ -2608,6 +2623,20 @@ describe('close()', () => {
     expect(await outcomeOf(errorWatch)).toBe(ErrorCode.Closed);
     await onError.scheduler.advance(120_000);
     expect(onState.scheduler.pending + onError.scheduler.pending).toBe(0);
+  });
+
+  it('a watch ended while watch() started it leaves no listener on its signal', async () => {
+    // A `state` listener closed the client while watch() started the connection: the handle was ended
+    // before the `signal` option was looked at, and the abort listener added then was never removed (only
+    // the handle's end removes it): one signal shared by a page's watches kept each such handle alive.
+    const { client } = setup();
+    client.on('state', (change) => {
+      if (change.state === 'connecting') void client.close();
+    });
+    const controller = new AbortController();
+    const watch = client.watch('t1', { signal: controller.signal });
+    expect(watch.closed).toBe(true);
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
   });
 
   it('leaves no timer behind with vi fake timers and the default timer functions', async () => {

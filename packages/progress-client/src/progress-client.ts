@@ -70,6 +70,8 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   readonly #http: HttpFallbackRuntime | undefined;
   readonly #abort = new AbortController();
   readonly #tasks = new Map<string, TaskSubscription>();
+  /** The followed tasks not finished yet, which page life serves (see {@link #leave}). */
+  readonly #running = new Set<TaskSubscription>();
   readonly #acks: Acks;
   readonly #pageLife: PageLife | undefined;
   /**
@@ -102,7 +104,6 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       this.#timers,
       (frame) => this.#connection.send(frame),
       (run) => this.#connection.batch(run),
-      () => this.#tasks.values(),
     );
     // One host for both fallbacks, each of which reads only its own part.
     const host: HttpHost & FallbackHost = {
@@ -170,6 +171,8 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     // and that close must end this handle and stop everything started. Until 6 December 2026 the handle
     // was attached after: it was never ended, and its `done` waited for ever.
     if (fresh) {
+      // (Its cursor is not finished: a saved entry that holds an end is not restored, cursor-storage.ts.)
+      this.#running.add(sub);
       sub.armWatchdog();
       this.#subscribe(sub);
       this.#fallback?.open(sub);
@@ -229,6 +232,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     this.#fallback?.stop();
     const tasks = [...this.#tasks.values()];
     this.#tasks.clear();
+    this.#running.clear();
     this.#timers.dispose();
     this.#abort.abort();
     const closed = this.#connection.close();
@@ -383,7 +387,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     if (this.#tasks.get(task.taskId) !== task) return; // a listener closed the last handle
     task.armWatchdog();
     this.#acks.schedule(task);
-    if (task.cursor.finished) this.#stopPageLifeIfAllFinished();
+    if (task.cursor.finished) this.#leave(task);
   }
 
   #subscribe(task: TaskSubscription): void {
@@ -465,28 +469,28 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     // until 6 December 2026 it stayed open, holding the id's place, and a new watch of the id got no stream.
     this.#fallback?.close(task);
     task.fail(error, true);
-    // (A finished task's leaving changes nothing: see #stopPageLifeIfAllFinished.)
-    if (!task.cursor.finished) this.#stopPageLifeIfAllFinished();
+    this.#leave(task);
   }
 
   /**
-   * Page life serves unfinished watches only: once none is left, its listeners and clock check go (an
-   * open socket alone does not keep them; the next new watch starts them again). Called when a task
-   * finished, or an unfinished one left: a finished one's leaving changes nothing (page life stopped when
-   * the last unfinished watch finished), and reading every task for it cost a heartbeat that let go of n
-   * finished tasks n² / 2 reads in one frame, as it did closing n finished handles in a loop (500,000 for
-   * 1,000 watches).
+   * `task` finished, or the client let go of it. Page life serves unfinished watches only: once none is
+   * left, its listeners and clock check go (an open socket alone does not keep them; the next new watch
+   * starts them again). A set of them, not a read of every task: each terminal frame read the tasks in
+   * watch order up to an unfinished one, past every finished watch the client still held (500 reads a
+   * frame for 1,000 watches finishing in that order). And whatever the order of the two steps: a watch
+   * closed from its own `finished` listener left before its end's frame looked, and found finished when it
+   * left, it never stopped page life (its listeners and 2 s clock check stayed while the socket was open).
    */
-  #stopPageLifeIfAllFinished(): void {
-    for (const task of this.#tasks.values()) if (!task.cursor.finished) return;
-    this.#pageLife?.stop();
+  #leave(task: TaskSubscription): void {
+    this.#running.delete(task);
+    if (!this.#running.size) this.#pageLife?.stop();
   }
 
   /** A handle closed: the last one takes the subscription with it. */
   #release(task: TaskSubscription, watch: Watch): void {
     task.task.handles.delete(watch);
     if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
-    // Let go of it first: its last flush then finds whether another task still needs the ack timer.
+    // (Its last flush takes it off the acks owed, and clears their timer when it was the last one.)
     this.#tasks.delete(task.taskId);
     this.#acks.flush(task);
     // The application let go of it: its saved cursor goes too (a finished watch's went at its end, in
@@ -496,6 +500,6 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     this.#fallback?.close(task);
     task.release();
     if (!task.socketDone) this.#connection.send({ type: 'unsubscribe', taskId: task.taskId });
-    if (!task.cursor.finished) this.#stopPageLifeIfAllFinished();
+    this.#leave(task);
   }
 }

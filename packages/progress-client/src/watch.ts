@@ -272,7 +272,9 @@ export class Watch extends SafeEmitter<WatchEvents> {
    */
   closeOn(signal: AbortSignal): void {
     const onAbort = () => this.close();
-    if (signal.aborted) onAbort();
+    // A handle that already ended (a listener closed the client while `watch()` started it) adds none:
+    // nothing would remove it.
+    if (signal.aborted || this.#closed) onAbort();
     else {
       // (Not `once`: the handle's end removes it, the abort's included.)
       signal.addEventListener('abort', onAbort);
