@@ -509,7 +509,7 @@ export function resolveOptions(options: ProgressClientOptions, closed?: AbortSig
     pageEvents: pageEvents === false ? undefined : (pageEvents ?? defaultPageEventSources()),
     url: url.href,
     httpUrl: httpUrl.href.replace(/\/+$/, ''),
-    WebSocket: sharing ? sharing.wrap(WebSocketImpl, closed) : WebSocketImpl,
+    WebSocket: sharing ? sharing.wrap(WebSocketImpl, closed, o) : WebSocketImpl,
     fetch: fetchImpl?.bind(globalThis) as FetchLike | undefined,
     storage: persistence ? persistence.forServer(url.href) : undefined,
     httpFallback: o.httpFallback || undefined,

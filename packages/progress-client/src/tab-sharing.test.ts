@@ -912,6 +912,41 @@ describe('tab sharing', () => {
     await alice.close();
   });
 
+  it.each(['after', 'before'])(
+    'a tab without a token that joins %s the tab with one gets a socket of its own at once, not after its connect timeout',
+    async (order) => {
+      const browser = new Browser();
+      const server = new FakeServer();
+      // Its connect timeout far off: before 6 December 2026 it waited all of it (10 s by default) for a hello
+      // it could not be handed, each time it joined a socket with a token in force.
+      const anonymousTab = browser.tab();
+      const joinAnonymously = () => {
+        const anonymous = clientIn(anonymousTab, server, { token: undefined, connectTimeoutMs: 600_000 });
+        anonymous.watch('t2');
+        return anonymous;
+      };
+      const early = order === 'before' ? joinAnonymously() : undefined;
+      const alice = clientIn(browser.tab(), server);
+      alice.watch('t1');
+      const real = await acceptReal(server, 1);
+      await vi.waitFor(() => expect(alice.state).toBe('open'));
+      const anonymous = early ?? joinAnonymously();
+      await vi.waitFor(() => expect(server.sockets).toHaveLength(2));
+      const own = server.last;
+      own.open();
+      own.push(hello);
+      await vi.waitFor(() =>
+        expect(own.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't2' })]),
+      );
+      expect(own.frames('auth')).toEqual([]);
+      // The shared socket serves alice's tab alone, as before.
+      expect(real.readyState).toBe(1);
+      expect(real.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't1' })]);
+      await anonymous.close();
+      await alice.close();
+    },
+  );
+
   it("a tab whose token function hands out expired credentials does not end the other tabs' clients with its second expiry", async () => {
     const browser = new Browser();
     const server = new FakeServer();

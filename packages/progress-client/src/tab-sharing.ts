@@ -64,9 +64,15 @@ export interface TabSharing {
    * Wraps the real WebSocket constructor in one whose sockets go through the leader tab. Once `closed`
    * aborts (`ProgressClient` passes a signal it aborts when it closes, for good), the constructor refuses
    * new sockets, and when no other client of the tab uses the URL the tab leaves: its locks are released
-   * (a leader's lead passes to another tab) and its channel is closed.
+   * (a leader's lead passes to another tab) and its channel is closed. `client`: the client's options; one
+   * without a `token` sends no `auth`, and behind a real socket that has one in force its sockets are its own
+   * at once, where they waited their connect timeout for a `hello` they could not be handed.
    */
-  wrap(WebSocket: WebSocketConstructorLike, closed?: AbortSignal): WebSocketConstructorLike;
+  wrap(
+    WebSocket: WebSocketConstructorLike,
+    closed?: AbortSignal,
+    client?: { readonly token?: unknown },
+  ): WebSocketConstructorLike;
 }
 
 /**
@@ -97,17 +103,15 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
   const env: HubEnv = { prefix: options.namePrefix ?? 'finishline:', channel, locks };
   const hubs = new Map<string, TabHub>();
   return {
-    wrap(WebSocket, closed) {
-      // The hubs this client's sockets went through: each is left when its last client closes. A signal,
-      // not the client's `state` event: a page's `removeAllListeners()` cannot unhook it.
-      const used = new Set<TabHub>();
+    wrap(WebSocket, closed, client) {
+      // Each hub this client's sockets went through is left when its last client closes. A signal, not the
+      // client's `state` event: a page's `removeAllListeners()` cannot unhook it.
       closed?.addEventListener('abort', () => {
-        for (const hub of used) {
-          if (--hub.users > 0) continue;
+        for (const hub of hubs.values()) {
+          if (!hub.users.delete(closed) || hub.users.size) continue;
           hubs.delete(hub.url);
           hub.leave();
         }
-        used.clear();
       });
       // A function, not a class: once the locks were refused it returns a real socket instead.
       function SharedWebSocket(
@@ -124,15 +128,15 @@ export function tabSharing(options: TabSharingOptions = {}): TabSharing {
         }
         const hub = hubs.get(url) ?? new TabHub(url, WebSocket, env);
         hubs.set(url, hub);
-        if (!used.has(hub)) hub.users++;
-        used.add(hub);
+        hub.users.add(closed);
         // A leader tab that is frozen (Page Lifecycle: the browser keeps its locks held, it runs nothing)
         // answers nothing and lets no other tab lead: through it the client would retry for as long as it
         // stays frozen. Two sockets in a row that the client gave up on (4010: silent, or never opened),
         // with no word from any leader in between (a running leader answers the first by replacing its
         // real socket), say so: the client's sockets are its own until a leader speaks again.
         if (hub.silent > 1) return new WebSocket(url, ...rest);
-        return new VirtualSocket(hub);
+        // `-` for a client without a token; one that says nothing of its client is taken as having one.
+        return new VirtualSocket(hub, (client?.token ?? !client) ? '' : '-');
       }
       return SharedWebSocket as unknown as WebSocketConstructorLike;
     },
@@ -195,9 +199,10 @@ class VirtualSocket implements WebSocketLike {
   declare seen?: number;
   readonly #hub: TabHub;
 
-  constructor(hub: TabHub) {
+  /** `suffix`: `-` for a client without a token (see `TabHub.attach`), else empty. */
+  constructor(hub: TabHub, suffix: string) {
     this.#hub = hub;
-    this.id = hub.attach(this);
+    this.id = hub.attach(this, suffix);
   }
 
   send(data: string): void {
@@ -238,8 +243,11 @@ class TabHub {
   /** Its id (`0.8125…`; no `/`, which ends it in a socket's id): as unique as base 36 of the same number. */
   readonly tab = '' + Math.random();
   declare readonly url: string;
-  /** Clients whose sockets use it; the tab leaves when the last one closes. */
-  users = 0;
+  /**
+   * Clients whose sockets use it, by the `closed` signal each gave `wrap` (`undefined` for those that gave
+   * none: they never close); the tab leaves when the last one closes.
+   */
+  readonly users = new Set<AbortSignal | undefined>();
   /**
    * This tab's sockets given up on (4010) since a leader last spoke (see `wrap`), a count below 8 (from 2 on
    * the tab's new sockets are real); 8 (a bit a `close` keeps) once the leader sent the tab to sockets of
@@ -274,6 +282,10 @@ class TabHub {
   #authBy: string | undefined;
   /** The token of that `auth`; `undefined` until the real socket sent one. */
   #token: unknown;
+  /**
+   * The virtual sockets it serves: filled only while the tab leads (see `#onConnect`), emptied when it
+   * stops (`leave`), so a tab that does not lead finds none of the ids a `send` or `bye` names.
+   */
   readonly #peers = new Map<string, Peer>();
   /**
    * Per task, the highest ack seq forwarded, and the index of the last reset snapshot of it relayed: a
@@ -342,8 +354,9 @@ class TabHub {
     this.#channel.close();
   }
 
-  attach(socket: VirtualSocket): string {
-    const id = `${this.tab}/${this.#next++}`;
+  /** `suffix` ends its id: `-` says its client sends no `auth` (it has no token; see `#openPeer`). */
+  attach(socket: VirtualSocket, suffix: string): string {
+    const id = `${this.tab}/${this.#next++}${suffix}`;
     this.#sockets.set(id, socket);
     void this.#alive.then(() => socket.readyState === CONNECTING && this.post({ t: 'connect', id }));
     return id;
@@ -376,24 +389,24 @@ class TabHub {
         return;
       case 'connect':
         if (this.#leading && typeof message.id === 'string' && message.id.startsWith(`${message.from}/`))
-          this.#onConnect(message.id);
+          this.#onConnect(message.id, message.from);
         return;
       case 'send':
-        if (this.#leading && typeof message.data === 'string')
-          this.#onSend(message.id, message.data, message.seen);
+        if (typeof message.data === 'string') this.#onSend(message.id, message.data, message.seen);
         return;
       case 'bye': {
-        // Only a socket of this leader's may give up on its real socket.
+        // Only a socket of this leader's may give up on its real socket (a tab that does not lead has none).
         const peer = this.#peers.get(message.id);
-        if (!this.#leading || !peer) return;
-        this.#forget([message.id]);
+        if (!peer) return;
         // A client that gave up on its socket (silent past the heartbeat timeout or a wake ping, or the
         // finish watchdog suspecting the replica) gave up on the real one: the virtual socket only relays.
         // Unless it never had the hello, for want of an `auth` (a tab without a token, or whose token
         // function did not answer), where the real socket sent one: its tab's sockets are its own then,
         // as another credential's are. Replaced, the real socket would be given up on again, for ever.
-        if (message.code === CLOSE_HEARTBEAT_TIMEOUT || message.reason === 'finish watchdog') {
-          if (!(this.#token === undefined || peer.authed)) return this.post({ t: 'own', id: message.id });
+        const gaveUp = message.code === CLOSE_HEARTBEAT_TIMEOUT || message.reason === 'finish watchdog';
+        if (gaveUp && this.#token !== undefined && !peer.authed) return this.#sendOff(message.id);
+        this.#forget([message.id]);
+        if (gaveUp) {
           this.#closeReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
           this.#failReal(CLOSE_HEARTBEAT_TIMEOUT, message.reason);
         }
@@ -403,12 +416,12 @@ class TabHub {
         const socket = this.#sockets.get(message.id);
         // Only the leader this tab knows (or, before it knows one, any) opens a socket: a late `open`
         // from a former leader would tie the socket to a tab that no longer forwards its frames.
-        if (socket === undefined || socket.readyState !== CONNECTING || !this.#fromLeader(message)) return;
-        this.#leader = message.from;
-        socket.leader = message.from;
-        socket.protocol = message.protocol;
-        socket.readyState = OPEN;
-        socket.onopen?.({});
+        if (socket?.readyState === CONNECTING && this.#fromLeader(message)) {
+          socket.leader = this.#leader = message.from;
+          socket.protocol = message.protocol;
+          socket.readyState = OPEN;
+          socket.onopen?.({});
+        }
         return;
       }
       case 'own':
@@ -417,32 +430,30 @@ class TabHub {
         // closed, as every use of it skips (a leader change drops it). Only the tab whose socket it names:
         // taken by every tab, it sent the others (the leader's too) to sockets of their own as well.
         if (
-          !(
-            this.#fromLeader(message) &&
-            typeof message.id === 'string' &&
-            message.id.startsWith(`${this.tab}/`)
-          )
-        )
-          return;
-        this.silent = 8;
-        this.#sockets.get(message.id)?.closed(LEADER_GONE, 'another credential');
+          this.#fromLeader(message) &&
+          typeof message.id === 'string' &&
+          message.id.startsWith(`${this.tab}/`)
+        ) {
+          this.silent = 8;
+          this.#sockets.get(message.id)?.closed(LEADER_GONE, 'another credential');
+        }
         return;
       case 'frame':
-        if (typeof message.data !== 'string') return;
-        for (const socket of this.#sockets.values()) {
-          if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
-          // A hello only to a socket without one (a socket asked for again, a `connect` repeated on a leader
-          // change, is opened, and sent the cached hello, again), any other frame to one with one; either
-          // broadcast, or to one socket.
-          if (!message.hello === !socket.helloed || (message.to ?? socket.id) !== socket.id) continue;
-          socket.helloed ||= message.hello;
-          // Each on its own, as a browser dispatches: a client that throws does not starve the others. Seen
-          // once handed over, not when it arrives: what the client sends meanwhile followed the frames before.
-          queueMicrotask(() => {
-            socket.seen = message.i;
-            socket.onmessage?.({ data: message.data });
-          });
-        }
+        if (typeof message.data === 'string')
+          for (const socket of this.#sockets.values()) {
+            if (socket.readyState !== OPEN || socket.leader !== message.from) continue;
+            // A hello only to a socket without one (a socket asked for again, a `connect` repeated on a leader
+            // change, is opened, and sent the cached hello, again), any other frame to one with one; either
+            // broadcast, or to one socket.
+            if (!message.hello === !socket.helloed || (message.to ?? socket.id) !== socket.id) continue;
+            socket.helloed ||= message.hello;
+            // Each on its own, as a browser dispatches: a client that throws does not starve the others. Seen
+            // once handed over, not when it arrives: what the client sends meanwhile followed the frames before.
+            queueMicrotask(() => {
+              socket.seen = message.i;
+              socket.onmessage?.({ data: message.data });
+            });
+          }
         return;
       case 'close': {
         this.silent &= 8;
@@ -488,11 +499,12 @@ class TabHub {
 
   // ---- Leader part -------------------------------------------------------------------------------
 
-  #onConnect(id: string): void {
+  /** `tab`: the one that posted the `connect`, which `id` starts with (see `#receive`). */
+  #onConnect(id: string, tab: string): void {
     this.#peers.set(id, { tasks: new Set() });
-    this.#watchTab(id.split('/')[0] as string);
-    if (!this.#real) this.#openReal();
-    else if (this.#real.readyState === OPEN) this.#openPeer(id);
+    this.#watchTab(tab);
+    if (this.#real?.readyState === OPEN) this.#openPeer(id);
+    else if (!this.#real) this.#openReal();
   }
 
   /**
@@ -510,8 +522,18 @@ class TabHub {
       peer.opened = true;
       this.post({ t: 'open', id, protocol: (this.#real as WebSocketLike).protocol ?? '' });
     }
-    if (this.#hello && (this.#token === undefined || peer.authed))
+    if (this.#token !== undefined && !peer.authed) {
+      // A socket that sends no `auth` (its id says so) behind one that sent a token is never handed the
+      // hello: its tab's sockets are its own at once. (Before, it waited its connect timeout, 10 s by default.)
+      if (/-$/.test(id)) this.#sendOff(id);
+    } else if (this.#hello)
       this.post({ t: 'frame', data: JSON.stringify(this.#hello), hello: true, to: id, i: this.#frames++ });
+  }
+
+  /** The socket's credential is not the real socket's: it closes, and its tab's next ones are real. */
+  #sendOff(id: string): void {
+    this.#forget([id]);
+    this.post({ t: 'own', id });
   }
 
   /** `seen`: see `VirtualSocket.seen`; a tab of a version that does not say counts as having seen all. */
@@ -533,8 +555,7 @@ class TabHub {
             // Another token may be another principal's (another login in that tab): served through this
             // socket, its tab would watch what this credential may and not what its own may. Its socket
             // closes (sending nothing more), and its tab's next ones are real (see `own` in `#receive`).
-            this.#forget([id]);
-            return this.post({ t: 'own', id });
+            return this.#sendOff(id);
           }
         }
         this.#authBy = id;
@@ -609,7 +630,6 @@ class TabHub {
     this.#lock(`tab:${tab}`, async () => {
       this.#watchedTabs.delete(tab);
       if (tab === this.#leader) this.#onLeader(undefined);
-      if (!this.#leading) return;
       this.#forget([...this.#peers.keys()].filter((id) => id.startsWith(`${tab}/`)));
     });
   }
