@@ -8,7 +8,7 @@
 //      under `node16` and under `bundler` resolution;
 //   3. imports every entry point with `import` and with `require` (`@finishline/core/testing` is
 //      ESM-only: `import` only), checks that every value the entry's types declare is exported, and
-//      runs `npx finishline --help` (exit 0, the usage) and `finishline watch` into a pipe closed after the
+//      runs `npx finishline --help` (exit 0, the usage), `--version` (the installed version) and `finishline watch` into a pipe closed after the
 //      first line (exit 141, stderr empty);
 //   4. bundles getting-started's browser snippet for the browser with esbuild and fails if the bundle
 //      holds any server code (the server, the stores, ws, pg, kysely, Node built-ins).
@@ -589,6 +589,20 @@ async function main() {
     }
     if (!help.startsWith('usage: finishline watch')) fail(`npx finishline --help printed:\n${help}`);
     log('bin: npx finishline --help exits 0 with the usage');
+    // The version is read from the installed package's manifest at run time (cli-main.ts): it has to be found
+    // from the bin's place in node_modules, not only from a clone.
+    const { version } = JSON.parse(
+      readFileSync(join(app, 'node_modules/@finishline/client/package.json'), 'utf8'),
+    );
+    let printed;
+    try {
+      printed = run('npx', ['--no-install', 'finishline', '--version'], { cwd: app }).trim();
+    } catch (error) {
+      fail(`npx finishline --version exited ${error.status}:\n${error.stdout}${error.stderr}`);
+    }
+    if (printed !== version)
+      fail(`npx finishline --version printed ${JSON.stringify(printed)}, not ${version}`);
+    log(`bin: npx finishline --version prints ${version}`);
     writeFileSync(join(app, 'closed-pipe.mjs'), CLOSED_PIPE_MJS);
     const closedPipe = JSON.parse(run(process.execPath, ['closed-pipe.mjs'], { cwd: app, timeout: 30_000 }));
     if (closedPipe.code !== 141 || closedPipe.stderr !== '')
