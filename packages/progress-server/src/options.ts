@@ -146,7 +146,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
    * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends; a
    * socket's `subscribe` (or a renewal's re-check of a followed task) whose `authorize` has not answered
-   * within it gets an `error` frame `timeout`, and the subscription ends.
+   * within it gets an `error` frame `timeout`, and the subscription ends. A renewal (an `auth` frame on
+   * an open socket) whose `authenticateToken` has not answered gets `timeout` too; the socket keeps its credential.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;
