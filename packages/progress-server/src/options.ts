@@ -86,7 +86,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * larger message is answered `frame_too_large` as an invalid frame (`maxInvalidFrames` of them close the
    * socket with 1008). Your server's own `maxPayload` (ws: 100 MiB by default) bounds what is received
    * at all: a message above it closes the socket with 1009. Unless it has its own `handleProtocols`, the server
-   * sets one that selects the newest protocol version offered, as on its own upgrades. Not closed by `close()`.
+   * sets one that selects the newest protocol version offered, as on its own upgrades, and puts back what was
+   * there when `close()` begins. Not closed by `close()`.
    * @default none
    */
   wss?: WebSocketServer | undefined;
