@@ -86,7 +86,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * larger message is answered `frame_too_large` as an invalid frame (`maxInvalidFrames` of them close the
    * socket with 1008). Your server's own `maxPayload` (ws: 100 MiB by default) bounds what is received
    * at all: a message above it closes the socket with 1009. Unless it has its own `handleProtocols`, the server
-   * sets one that selects the newest protocol version offered, as on its own upgrades. Not closed by `close()`.
+   * sets one that selects the newest protocol version offered, as on its own upgrades, and puts back what was
+   * there when `close()` begins. Not closed by `close()`.
    * @default none
    */
   wss?: WebSocketServer | undefined;
@@ -146,7 +147,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * (`authorize` too) for each HTTP API request: one they have not answered within it is answered 504
    * `timeout`; an event stream whose `authorize` is asked again (it starts over in a new epoch) ends; a
    * socket's `subscribe` (or a renewal's re-check of a followed task) whose `authorize` has not answered
-   * within it gets an `error` frame `timeout`, and the subscription ends.
+   * within it gets an `error` frame `timeout`, and the subscription ends. A renewal (an `auth` frame on
+   * an open socket) whose `authenticateToken` has not answered gets `timeout` too; the socket keeps its credential.
    * @default 10000
    */
   upgradeTimeoutMs?: number | undefined;

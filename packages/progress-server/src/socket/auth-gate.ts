@@ -37,7 +37,7 @@ export interface GateHost<P extends Principal> {
   state(): SocketState;
   /** Opens the socket for `principal` (caps, `hello`); `false` when it was refused and is closing. */
   open(principal: P): boolean;
-  /** What the socket's `hello` must wait for (the server's first read of the store's epoch), if anything. */
+  /** What the socket's `hello` must wait for (a read of the store's epoch), if anything. */
   helloReady(): Promise<void> | undefined;
   /** Handles a frame that waited for the first `auth` frame's check, or for the `hello` (see `helloReady`). */
   replay(frame: DecodeResult<ClientFrame>): void;
@@ -63,6 +63,10 @@ export class AuthGate<P extends Principal> {
    * the newest waits (each paid its frame's rate-limit token), so at most one token is held.
    */
   #nextRenewal: string | undefined;
+  /** Counts the token checks: an answer of one given up on (see {@link renew}) is no answer any more. */
+  #checks = 0;
+  /** Gives up on a renewal's token check after `upgradeTimeoutMs` (see {@link renew}). */
+  #renewalTimer: NodeJS.Timeout | undefined;
   #authTimer: NodeJS.Timeout | undefined;
   /** Ends the socket when its principal's credential expires (`Principal.expiresAt`). */
   #expiryTimer: NodeJS.Timeout | undefined;
@@ -144,13 +148,17 @@ export class AuthGate<P extends Principal> {
    * may no longer watch is dropped with the subscribe's refusal. Answered with a new `hello`. A renewal
    * that arrives while one is being checked is checked after it, so the newest credential is the one
    * in force (several tabs sharing one socket may renew at once); one superseded while waiting is not.
+   * A token hook that has not answered within `upgradeTimeoutMs` (its bound on an upgrade, an HTTP
+   * request and a subscribe's `authorize`) is given up on: `timeout`, the socket keeps its credential, and
+   * the next renewal is checked. Unbounded, one hung call (an auth backend down) held every later renewal
+   * behind it for ever, and the socket ended at its credential's expiry however often the client renewed.
    */
   renew(token: string): void {
     if (this.#checking) {
       this.#nextRenewal = token;
       return;
     }
-    this.#check(token, (principal) => {
+    const check = this.#check(token, (principal) => {
       if (this.#host.state() !== 'open') return;
       if (principal === undefined || principal.id !== (this.#principal as P).id) {
         this.refuse(
@@ -167,10 +175,38 @@ export class AuthGate<P extends Principal> {
       this.#principal = principal;
       this.#armExpiry(principal);
       this.#host.renewed(principal);
-      const next = this.#nextRenewal;
-      this.#nextRenewal = undefined;
-      if (next !== undefined && this.#host.state() === 'open') this.renew(next);
+      this.#renewNext();
     });
+    this.#renewalTimer = setTimeout(
+      () =>
+        this.#host.guard(() => {
+          if (this.#checks !== check) return; // answered meanwhile
+          this.#checks++;
+          this.#checking = false;
+          this.#renewalTimer = undefined;
+          // Counted as the HTTP API's 504 of the same hook is.
+          this.#host.metrics.handlerErrors.inc();
+          this.#host.logger.warn(
+            { connection: this.#host.connectionId },
+            'authenticateToken hook did not answer a renewal within upgradeTimeoutMs; answering timeout',
+          );
+          this.#host.writer.sendError(
+            ErrorCode.Timeout,
+            'The check of the renewed credential did not answer in time; the socket keeps its credential',
+            {},
+          );
+          this.#renewNext();
+        }),
+      this.#host.options.upgradeTimeoutMs,
+    );
+    this.#renewalTimer.unref();
+  }
+
+  /** Checks the renewal that waited for the one just answered, if any. */
+  #renewNext(): void {
+    const next = this.#nextRenewal;
+    this.#nextRenewal = undefined;
+    if (next !== undefined && this.#host.state() === 'open') this.renew(next);
   }
 
   /** Ends the socket: an `error` frame saying why, then the matching close code. */
@@ -180,10 +216,12 @@ export class AuthGate<P extends Principal> {
     this.#host.close(closeCode, message);
   }
 
-  /** The socket is closing: no auth frame is awaited any more. */
+  /** The socket is closing: no auth frame is awaited, and no renewal answered, any more. */
   stopWaiting(): void {
     if (this.#authTimer !== undefined) clearTimeout(this.#authTimer);
     this.#authTimer = undefined;
+    if (this.#renewalTimer !== undefined) clearTimeout(this.#renewalTimer);
+    this.#renewalTimer = undefined;
   }
 
   /** The socket closed: every timer is cleared and waiting frames are dropped. */
@@ -198,18 +236,26 @@ export class AuthGate<P extends Principal> {
   /**
    * Checks `token` with the application's hook, one check at a time. A hook that throws is a server
    * fault, whether at the first frame or at a renewal: logged, counted, and the socket closes 1011.
+   * Returns the check's number: once {@link #checks} moved past it, its answer is dropped.
    */
-  #check(token: string, then: (principal: P | undefined) => void): void {
+  #check(token: string, then: (principal: P | undefined) => void): number {
     this.#checking = true;
+    const check = ++this.#checks;
+    const answered = (): boolean => {
+      if (this.#checks !== check) return false;
+      this.#checking = false;
+      if (this.#renewalTimer !== undefined) clearTimeout(this.#renewalTimer);
+      this.#renewalTimer = undefined;
+      return true;
+    };
     this.#host.auth.fromToken(token, this.#host.request).then(
       (principal) =>
         this.#host.guard(() => {
-          this.#checking = false;
-          then(principal);
+          if (answered()) then(principal);
         }),
       (error: unknown) =>
         this.#host.guard(() => {
-          this.#checking = false;
+          if (!answered()) return;
           if (error instanceof AuthRateLimited) {
             // The address is out of authentication attempts: no hook ran. 4008 makes the client back off.
             this.refuse(ErrorCode.RateLimited, CloseCode.RateLimited, error.message);
@@ -223,14 +269,17 @@ export class AuthGate<P extends Principal> {
           this.#host.close(CloseCode.InternalError, 'authentication failed');
         }),
     );
+    return check;
   }
 
   /**
-   * Admits `principal` once its `hello` can carry the store's epoch, then handles the frames held until
-   * then. Sent without it (the server's first read still under way), the `hello` of a version-2 socket
-   * told a client holding cursors of an older epoch (the store restored across the server's restart,
-   * the clients reconnecting to it at once) nothing, and it resumed them in another history. Frames that
-   * arrive meanwhile are held, as behind an `auth` frame.
+   * Admits `principal` once its `hello` can carry the store's epoch as it is now, then handles the frames
+   * held until then. Sent without it (the server's first read still under way), or with the epoch as the
+   * replica last read it (a renewal by another replica it had not heard of yet), the `hello` of a
+   * version-2 socket told a client holding cursors of an older epoch (the store restored, the clients
+   * reconnecting at once) nothing, and it resumed them in another history. Frames that arrive meanwhile
+   * are held, as behind an `auth` frame. (The reads of many sockets opening at once are one or two: see
+   * `StoreEpoch.refresh`.)
    */
   #admitWhenReady(principal: P): void {
     this.stopWaiting();

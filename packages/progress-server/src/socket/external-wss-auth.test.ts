@@ -99,4 +99,23 @@ describe("a caller's WebSocketServer", () => {
     const refused = open(['chat']);
     expect(await new Promise<number>((resolve) => refused.on('close', resolve))).toBe(4002);
   });
+
+  // Found by a review: the subprotocol selection the server set on the caller's WebSocketServer stayed
+  // there after `close()` (which leaves that server to its caller): its next user, the application's own
+  // handler or another server, had finishline's versions chosen over the protocol the client offered first.
+  it('is left selecting subprotocols as it did before, once the server closed', async () => {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
+    await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+    cleanups.push(() => new Promise((resolve) => wss.close(resolve)));
+    const before = wss.options.handleProtocols;
+    const server = new ProgressServer({ store: new MemoryProgressStore(), wss, authenticate: () => null });
+    await server.close({ timeoutMs: 200 });
+    const { port } = wss.address() as AddressInfo;
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/chat`, ['chat', PROTOCOL_NAME]);
+    ws.on('error', () => {});
+    cleanups.push(() => ws.terminate());
+    await new Promise((resolve) => ws.once('open', resolve));
+    expect(ws.protocol).toBe('chat');
+    expect(wss.options.handleProtocols).toBe(before);
+  });
 });

@@ -46,6 +46,13 @@ export class SocketAcceptor<P extends Principal> {
    */
   readonly #refused = new Set<WebSocket>();
   #closing = false;
+  /**
+   * Puts back the caller's `wss` subprotocol selection as it was before the acceptor set its own (see the
+   * constructor). Left there after `close()`, which leaves that server to its caller, whoever used it next
+   * (the application's own handler, another server) had finishline's versions chosen over the protocol a
+   * client offered first.
+   */
+  #restoreProtocols: () => void = () => {};
   /** The deferred liveness tick, until it runs (see {@link tick}). */
   #pendingTick: NodeJS.Immediate | undefined;
 
@@ -73,10 +80,18 @@ export class SocketAcceptor<P extends Principal> {
       // first was spoken to in version 1, and one offering another protocol first was closed with 4002,
       // though it offered a version this server speaks. The newest one offered is selected, as on the
       // server's own upgrades (docs/protocol.md, Transport); none of them: the first, refused with 4002 once
-      // open. A caller's own `handleProtocols` is left as it is.
+      // open. A caller's own `handleProtocols` is left as it is; ours goes when the server stops accepting.
       if (this.#wss.options.handleProtocols == null) {
-        this.#wss.options.handleProtocols = (protocols) =>
+        const options = this.#wss.options;
+        const previous = options.handleProtocols; // ws's default: null
+        const ours = (protocols: Set<string>): string | false =>
           selectSubprotocol(protocols) || (protocols.values().next().value ?? false);
+        options.handleProtocols = ours;
+        this.#restoreProtocols = () => {
+          if (options.handleProtocols !== ours) return; // the caller's own since
+          if (previous === undefined) delete options.handleProtocols;
+          else options.handleProtocols = previous;
+        };
       }
       this.#wss.on('connection', this.#onConnection);
     } else {
@@ -126,6 +141,7 @@ export class SocketAcceptor<P extends Principal> {
   stopAccepting(): void {
     this.#closing = true;
     if (!this.#ownsWss) this.#wss.off('connection', this.#onConnection);
+    this.#restoreProtocols();
     // Refused now as they would be once their hooks answer (503 / 1001), which may be never.
     for (const [socket, settle] of [...this.#upgrading]) {
       settle();

@@ -158,6 +158,40 @@ describe('token expiry and renewal', () => {
     expect(client.frames.filter((frame) => frame.type === 'error')).toEqual([]);
   });
 
+  // Found by a review: a renewal whose token hook never answered held the socket's check for ever, and
+  // every later renewal waited behind it: unanswered, the socket ended at the credential's expiry however
+  // often the client renewed. The subscribe's `authorize` had its bound (`upgradeTimeoutMs`); this had none.
+  it('answers a renewal whose token hook does not answer in time with timeout, and checks the next one', async () => {
+    const late = gate(); // the hung hook answers only at the end, with another principal
+    const { server } = await session.start({
+      authenticate: () => null,
+      authenticateToken: async (token) => {
+        if (token !== 'hangs') return expiringTokens(token);
+        await late.promise;
+        return { id: 'mallory' };
+      },
+      upgradeTimeoutMs: 100,
+      heartbeatIntervalMs: 60_000,
+    });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'hangs', protocol: 2 });
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    await client.next((frame) => frame.type === 'hello', { from });
+    expect(client.frames.slice(from).map((frame) => frame.type)).toEqual(['error', 'hello']);
+    expect(client.frames[from]).toMatchObject({ type: 'error', code: 'timeout' });
+    // The hung hook's late answer (another principal, which a renewal is closed 4001 for) is no answer now.
+    late.open();
+    await task.progress({ done: 1 });
+    await client.next(isEventAt(1), { from });
+    await client.sync();
+    expect(client.ws.readyState).toBe(client.ws.OPEN);
+    expect(client.frames.slice(from).filter((frame) => frame.type === 'error')).toHaveLength(1);
+  });
+
   it('refuses a renewal for another principal with unauthenticated and 4001', async () => {
     await start();
     const client = await authed('alice:60000');
