@@ -247,6 +247,32 @@ describe('TaskStream', () => {
     await until(() => rec.calls.length > 0);
     expect(rec.calls).toEqual(['gone']);
   });
+  it('retries a first catch-up whose read fails (store_unavailable) after it handed events over, from the last one, with no gap or repeat', async () => {
+    const store = new MemoryProgressStore();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await store.append(task.id, { type: 'progress', done: i });
+    // A store that answers at most two events a read (as every store clamps its page, at 10,000), and
+    // whose second read fails as a database restarting does.
+    let reads = 0;
+    const flaky = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: (taskId: string, afterSeq: number) => {
+        reads += 1;
+        if (reads === 2) return Promise.reject(new ProgressError(ErrorCode.StoreUnavailable, 'restarting'));
+        return store.readEvents(taskId, afterSeq, 2);
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(flaky, { metricsFeed: store.changes, start: false });
+    const rec = recorder();
+    hub.stream(task.id, 'alice', rec.sink).resume(0, 5, task.createdAt);
+    await until(() => rec.caughtUp() > 0 || rec.calls.length > 0);
+    // Seqs 1 and 2 went out before the failure: the subscribe had its answer, and ended now, its client
+    // was told the store failed though its watch was under way.
+    expect(rec.calls).toEqual([]);
+    expect(rec.seqs).toEqual([1, 2, 3, 4, 5]);
+  });
+
   it('ends with failed() when repairing a gap meets a row the store cannot read (internal), instead of reading it again every retry delay', async () => {
     const store = new MemoryProgressStore();
     const task = await store.createTask({ owner: 'alice', kind: 'k' });

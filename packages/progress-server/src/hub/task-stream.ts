@@ -34,9 +34,9 @@ export interface StreamSink {
   /** The task no longer exists (found while catching up). */
   gone(): void;
   /**
-   * The first catch-up read failed (the subscribe is answered with this error), or a later read failed
-   * with an error that reading again does not cure (`internal`: a row the store cannot decode), which ends
-   * the stream: its owner tells the client.
+   * A catch-up read failed before the subscribe had its answer (a resume that nothing answered yet: the
+   * subscribe is answered with this error), or a later read failed with an error that reading again does
+   * not cure (`internal`: a row the store cannot decode), which ends the stream: its owner tells the client.
    */
   failed(error: unknown): void;
   /** The stream caught up with everything known: what was queued may go out now. */
@@ -221,7 +221,7 @@ export class TaskStream {
       this.#sink.restart();
       return;
     }
-    void this.#catchUp(true).catch((error: unknown) => this.#lost(error));
+    void this.#catchUp().catch((error: unknown) => this.#lost(error));
   }
 
   /** Live events from the hub (contiguous, in order). */
@@ -237,7 +237,7 @@ export class TaskStream {
       if (event.seq === this.#position + 1) break;
       // Missed events (a failed catch-up, a hub restart): fetch them rather than skip ahead.
       this.#hub.metrics.resyncs.inc({ reason: 'gap' });
-      void this.#catchUp(false).catch((error: unknown) => this.#lost(error));
+      void this.#catchUp().catch((error: unknown) => this.#lost(error));
       return;
     }
     this.#push(events);
@@ -277,10 +277,13 @@ export class TaskStream {
    * it holds them all, else from the store), until none is missing, then takes live events. Events the
    * hub dispatched meanwhile were ignored, but the hub's latest seq covers them, so the loop reads them
    * too; those dispatched after the loop's last target was taken, while it ended on a task load, are read
-   * in one more round (see `#passedBy`). A failure of the first catch-up answers the subscribe; a later
-   * one is retried, but for `task_not_found`, which restarts the subscriber.
+   * in one more round (see `#passedBy`). A failure before the subscribe had its answer (a resume that
+   * nothing answered yet, see `#answerDue`) answers it; any other is retried, but for `task_not_found`,
+   * which restarts the subscriber, and a lasting error, which ends it. Ended on the first catch-up alone,
+   * a resume whose events already went out (the store pages them, or a commit during the read asked for
+   * one more) was ended for a store that failed once, as no live read is.
    */
-  async #catchUp(first: boolean): Promise<void> {
+  async #catchUp(): Promise<void> {
     this.#live = false;
     try {
       /** The task as the loop last read it. */
@@ -345,12 +348,12 @@ export class TaskStream {
       if (!this.#ended && this.#passedBy > this.#position) {
         this.#passedBy = 0;
         this.#hub.metrics.resyncs.inc({ reason: 'gap' });
-        // Not the first any more: whatever answers the subscribe went out, and a failed read is retried.
-        return await this.#catchUp(false);
+        // Whatever answers the subscribe went out: a failed read is retried.
+        return await this.#catchUp();
       }
     } catch (error) {
       if (this.stale) return;
-      if (first) {
+      if (this.#answerDue) {
         this.#sink.failed(error);
         return;
       }
@@ -379,7 +382,7 @@ export class TaskStream {
       );
       this.#retryTimer = setTimeout(() => {
         this.#retryTimer = undefined;
-        if (!this.stale) void this.#catchUp(false).catch((e: unknown) => this.#lost(e));
+        if (!this.stale) void this.#catchUp().catch((e: unknown) => this.#lost(e));
       }, this.#hub.retryDelayMs);
       this.#retryTimer.unref();
       return;
