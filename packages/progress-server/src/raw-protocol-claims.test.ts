@@ -129,20 +129,25 @@ describe('a store that fails once during a resume (doc: Errors, store_unavailabl
     const { server, store } = await start({ storeRetryDelayMs: 50 });
     const task = await server.tasks.create({ id: 'r', owner: 'alice', kind: 'k' });
     for (let done = 1; done <= 5; done++) await store.append(task.id, { type: 'progress', done });
-    // Two events a read (every store clamps its page), and the second read fails as a restarting
-    // database does.
+    // Seq 6 is committed while the resume reads seqs 2 to 5: it reads once more, and that read (and the
+    // server's own read of seq 6 before it) fails as a restarting database does.
     const readEvents = store.readEvents.bind(store);
-    let reads = 0;
-    store.readEvents = async (taskId, afterSeq) => {
-      reads += 1;
-      if (reads === 2) throw new ProgressError('store_unavailable', 'restarting');
-      return readEvents(taskId, afterSeq, 2);
+    let failures = 0;
+    store.readEvents = async (taskId, afterSeq, limit) => {
+      if (afterSeq === 5 && failures < 2) {
+        failures += 1;
+        throw new ProgressError('store_unavailable', 'restarting');
+      }
+      const events = await readEvents(taskId, afterSeq, limit);
+      if (afterSeq === 1) await store.append(task.id, { type: 'progress', done: 6 });
+      return events;
     };
     const client = await connect();
     client.send({ type: 'subscribe', id: 's1', taskId: 'r', afterSeq: 1 });
-    await client.next((f) => f.type === 'event' && f.event.seq === 5);
+    await client.next((f) => (f.type === 'event' && f.event.seq === 6) || f.type === 'error');
+    expect(failures).toBe(2);
     expect(client.frames.filter((f) => f.type === 'error')).toEqual([]);
-    expect(client.frames.filter((f) => f.type === 'event').map((f) => f.event.seq)).toEqual([2, 3, 4, 5]);
+    expect(client.frames.filter((f) => f.type === 'event').map((f) => f.event.seq)).toEqual([2, 3, 4, 5, 6]);
   });
 });
 
