@@ -153,6 +153,8 @@ export class TaskStream {
   #closed = false;
   /** The `createdAt` of the run the stream started on; `undefined` before its start. */
   #run: number | undefined;
+  /** The seq of the load that authorized the stream (see `#shortOfLoad`). */
+  #loadedSeq = 0;
   #retryTimer: NodeJS.Timeout | undefined;
   /** {@link StreamHub.heard} as this stream's last {@link load} started; `undefined` before one. */
   #loadHeard: number | undefined;
@@ -215,6 +217,7 @@ export class TaskStream {
     this.#position = from;
     this.#ended = ended;
     this.#run = taskRun;
+    this.#loadedSeq = taskSeq;
     // Loaded before the id's task was purged and created again, and started once the hub follows (or a
     // change named) the new run: nothing of the run loaded will come.
     if (!this.#hub.observe(this.taskId, taskSeq, taskRun, this.#loadHeard)) {
@@ -312,8 +315,14 @@ export class TaskStream {
           // next live event, for ever. So does a read that found nothing although the target is above the
           // position (a store that removed all of them): taken as caught up, it left a resume with no
           // answer at all, and a finished task's watcher without its final state.
+          // So does a read that stops short of the stream's load: it is of a later run of the id (see
+          // `#shortOfLoad`), and the load of the task below tells its run (its owner starts over).
           const head = events[0] as TaskEvent | undefined;
-          if (head !== undefined && head.seq <= this.#position + 1) {
+          if (
+            head !== undefined &&
+            head.seq <= this.#position + 1 &&
+            !(fromStore && this.#shortOfLoad(events))
+          ) {
             const before = this.#position;
             this.#push(events);
             if (this.#position === before) break;
@@ -327,6 +336,8 @@ export class TaskStream {
           return;
         }
         this.#hub.observe(this.taskId, task.seq, task.createdAt);
+        // A later run of the id: the hub restarted the stream's owner, which replaced it.
+        if (this.stale) return;
         if (task.seq < target) this.#hub.wentBack();
         loaded = task;
         // The task went back since the read (a restore under way): its snapshot would stand for nothing
@@ -432,6 +443,19 @@ export class TaskStream {
       () => (stale() ? Promise.resolve(whenStale) : read()),
       stale,
     );
+  }
+
+  /**
+   * True when `events`, read from the store after the position, stop short of the seq the stream's load
+   * found with room left in their page: a read of that run, made after the load, returns every event up
+   * to it. One made after retention purged the run and the id was written again below that seq returns
+   * the later run's events, which follow on from a cursor of the old run: handed over, they went out as
+   * its own (a terminal of the later run included). A store that went back (restored) reads short too:
+   * the load that follows answers it, as when a read finds nothing.
+   */
+  #shortOfLoad(events: readonly TaskEvent[]): boolean {
+    const last = (events.at(-1) as TaskEvent).seq;
+    return last < Math.min(this.#loadedSeq, this.#position + this.#hub.maxReplayEvents);
   }
 
   /** Hands over the events that extend the position without a gap, up to a terminal one. */
