@@ -124,6 +124,33 @@ describe('a store that fails to read a followed task (doc: Errors, internal)', (
   });
 });
 
+describe('a store that fails once during a resume (doc: Errors, store_unavailable)', () => {
+  it('a read failing after the resume sent events is read again from the last one sent: no error, no gap, no repeat', async () => {
+    const { server, store } = await start({ storeRetryDelayMs: 50 });
+    const task = await server.tasks.create({ id: 'r', owner: 'alice', kind: 'k' });
+    for (let done = 1; done <= 5; done++) await store.append(task.id, { type: 'progress', done });
+    // Seq 6 is committed while the resume reads seqs 2 to 5: it reads once more, and that read (and the
+    // server's own read of seq 6 before it) fails as a restarting database does.
+    const readEvents = store.readEvents.bind(store);
+    let failures = 0;
+    store.readEvents = async (taskId, afterSeq, limit) => {
+      if (afterSeq === 5 && failures < 2) {
+        failures += 1;
+        throw new ProgressError('store_unavailable', 'restarting');
+      }
+      const events = await readEvents(taskId, afterSeq, limit);
+      if (afterSeq === 1) await store.append(task.id, { type: 'progress', done: 6 });
+      return events;
+    };
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 's1', taskId: 'r', afterSeq: 1 });
+    await client.next((f) => (f.type === 'event' && f.event.seq === 6) || f.type === 'error');
+    expect(failures).toBe(2);
+    expect(client.frames.filter((f) => f.type === 'error')).toEqual([]);
+    expect(client.frames.filter((f) => f.type === 'event').map((f) => f.event.seq)).toEqual([2, 3, 4, 5, 6]);
+  });
+});
+
 describe('errors about a subscription already answered (doc: Errors, internal)', () => {
   it('a live read that fails ends the subscription with internal naming the task and the id of the subscribe that started it', async () => {
     const { server, store } = await start({ storeRetryDelayMs: 50 });

@@ -51,9 +51,10 @@ import { stallTimer } from './stall-timer.js';
  * page read: a reader catching up 5,880 such frames cost 1,570 reads of 1,000 events, and, slowed to
  * some 600 frames a second by them on a loaded machine, was still behind after 10 s. One that waits
  * for 'drain' longer than `sseStallTimeoutMs` is destroyed: a reader that never reads again would
- * otherwise hold its stream slot, hub follow and connection until it left. A failed read of the task or
- * of a backlog ends the stream (`read_failed`: the client resumes with `Last-Event-ID`); one repairing a
- * gap in the live events is retried every `storeRetryDelayMs`, as a socket's is. A start over whose
+ * otherwise hold its stream slot, hub follow and connection until it left. A failed read of the task, or
+ * of a resume's backlog before any of it was written, ends the stream (`read_failed`: the client resumes
+ * with `Last-Event-ID`); any later one (a backlog's next page, a gap in the live events) is retried every
+ * `storeRetryDelayMs`, as a socket's is. A start over whose
  * `authorize` has not answered within `upgradeTimeoutMs` ends the stream (`hook_timeout`). Every end is counted once, by reason, in
  * `sse_streams_closed_total`; resumes and resets are counted as a socket's are (`resumes_total`,
  * `resyncs_total`).

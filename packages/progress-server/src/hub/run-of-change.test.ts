@@ -2,7 +2,7 @@ import type { TaskEvent } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { describe, expect, it } from 'vitest';
-import { useHubs } from '../testing/hub-over.js';
+import { HUB_READ, useHubs } from '../testing/hub-over.js';
 import { recorder, settle, until } from '../testing/stream-recorder.js';
 import type { TaskHub } from './task-hub.js';
 
@@ -74,6 +74,17 @@ async function runTwoItems(store: MemoryProgressStore, clock: ManualClock, count
     events.push((await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true })).event);
   }
   return events;
+}
+
+/** Counts the reads of a task the hub makes from now on (its checks of the task's run). */
+function countTaskReads(store: MemoryProgressStore): () => number {
+  let reads = 0;
+  const getTask = store.getTask.bind(store);
+  store.getTask = (taskId) => {
+    reads += 1;
+    return getTask(taskId);
+  };
+  return () => reads;
 }
 
 describe("a change of the id's later run, heard first above the seq the hub holds", () => {
@@ -237,6 +248,97 @@ describe("a read of the hub's that finds events past the end of the run it follo
     await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
     await settle();
     expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+});
+
+describe("a read of the hub's that stops short of the end of the run it follows", () => {
+  it("restarts the watcher instead of handing it the later run's events below that end", async () => {
+    // The hub held seq 3 of run 1 and heard its end (seq 5, ids only) after retention purged that run and
+    // the id was written again up to seq 4 only: the read it starts after that end finds run 2's seq 4,
+    // which follows on from seq 3 and stays below the end, and went out to run 1's watcher as its own.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub, emit } = hubOver(store, true);
+    const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'old 4' });
+    await purgedAndCreatedAgain(store, clock);
+    await runTwoItems(store, clock, 4);
+    emit({ taskId: 'job-1', seq: 5, terminal: true, run: one.createdAt });
+    await until(() => watcher.calls.length > 0);
+    await settle();
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    expect(watcher.calls).toEqual(['restart']);
+  });
+
+  it('reads again at once, not the task, when the end was heard while the read ran: the run is its own', async () => {
+    // The read of seq 4 was served before the run's end (seq 5) was committed and heard: it stops short of
+    // that end, its own run's all the same. Read again, it finds the end; checked for its run, the end
+    // waited for that read and a retry delay (a second by default) on a task that ended under a read.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let ending = false;
+    let one: Awaited<ReturnType<typeof runOneThenRunTwo>>['one'] | undefined;
+    const { hub, emit } = hubOver(store, true, async (limit) => {
+      if (!ending || limit !== HUB_READ || one === undefined) return;
+      ending = false;
+      clock.advance(1);
+      const { event } = await store.append('job-1', { type: 'completed' });
+      emit({ taskId: 'job-1', seq: event.seq, terminal: true, run: one.createdAt });
+    });
+    const run = await runOneThenRunTwo(hub, emit, store, clock, 3);
+    one = run.one;
+    const taskReads = countTaskReads(store);
+    clock.advance(1);
+    await store.append('job-1', { type: 'progress', message: 'old 4' });
+    ending = true;
+    emit({ taskId: 'job-1', seq: 4, terminal: false, run: one.createdAt });
+    await until(() => run.watcher.events.length === 5);
+    expect(run.watcher.events).toEqual([
+      'progress@1',
+      'progress@2',
+      'progress@3',
+      'progress@4',
+      'completed@5',
+    ]);
+    expect(run.watcher.calls).toEqual([]);
+    expect(taskReads()).toBe(0);
+  });
+});
+
+describe("a stream's catch-up read that stops short of the seq its load found", () => {
+  it("restarts the watcher instead of handing it the later run's events as its own", async () => {
+    // A resume from seq 3 loaded run 1 at its end (seq 5); its catch-up read ran after retention purged
+    // run 1 and the id was written again up to seq 4, all unheard: the read found run 2's seq 4, which
+    // follows on from the cursor, and it went out to the watcher as run 1's.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const { hub } = hubOver(store, true);
+    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 4; i++) {
+      clock.advance(1);
+      await store.append('job-1', { type: 'progress', message: `old ${i}` });
+    }
+    clock.advance(1);
+    await store.append('job-1', { type: 'completed' });
+    const watcher = recorder();
+    // As its owners do: a restarted stream is replaced, and nothing of it reaches them any more.
+    const stream = hub.stream('job-1', 'alice', {
+      ...watcher.sink,
+      restart: () => {
+        watcher.sink.restart();
+        stream.close();
+      },
+    });
+    const loaded = await stream.load();
+    await createdAgain(store, clock);
+    await runTwoItems(store, clock, 4);
+    stream.resume(3, loaded?.seq ?? 0, loaded?.createdAt);
+    await until(() => watcher.calls.length > 0 || watcher.events.length > 0);
+    await settle();
+    expect(loaded?.seq).toBe(5);
+    expect(watcher.events).toEqual([]);
     expect(watcher.calls).toEqual(['restart']);
   });
 });

@@ -513,6 +513,16 @@ export class TaskHub {
   }
 
   /**
+   * True when `events`, read after `from`, stop short of the end of the run followed (see `endSeq`) with
+   * room left in their page: a read of that run made once its end was committed returns every event up
+   * to it.
+   */
+  #shortOfEnd(entry: Followed, events: readonly TaskEvent[], from: number): boolean {
+    const end = entry.endSeq;
+    return end !== undefined && (events.at(-1) as TaskEvent).seq < Math.min(end, from + READ_LIMIT);
+  }
+
+  /**
    * True when the hub holds the last of `events` itself (heard again, at-least-once): no read needed.
    * A change without events, or of events the hub does not hold, is read for its run.
    */
@@ -661,7 +671,9 @@ export class TaskHub {
         const claimed = entry.latestSeq;
         const heard = entry.heard;
         const hinted = entry.unconfirmed;
-        const events = await this.#store.readEvents(entry.taskId, entry.readSeq, READ_LIMIT);
+        const from = entry.readSeq;
+        const end = entry.endSeq;
+        const events = await this.#store.readEvents(entry.taskId, from, READ_LIMIT);
         if (entry.closed) return;
         // Read in the old epoch, or of the id's old run: its events mean nothing now; the loop goes on
         // from the new position.
@@ -709,6 +721,18 @@ export class TaskHub {
           return;
         }
         entry.emptyReads = 0;
+        if (this.#shortOfEnd(entry, events, from)) {
+          // The run's end was heard during the read, which may have been served before it: read again.
+          if (end !== entry.endSeq) continue;
+          // Known as the read started, that end was committed before it: a read of the run followed
+          // reaches it (or fills its page). This one is of a later run of the id, whose events below the
+          // end follow on from `readSeq` (a change of the end heard after retention purged the run and the
+          // id was written again): dispatched, they went out as the run's own. Read again later, unless
+          // the read of the task's run finds it is another one (the hub starts over) or gone.
+          this.#checkRun(entry);
+          this.#scheduleRetry(entry);
+          return;
+        }
         if (this.#pastEnd(entry, events)) {
           // Another run's events, all of them (see #pastEnd): left to a read of the task's run (`#checkRun`
           // starts the hub over on it). Until then nothing past what was dispatched is read.

@@ -247,6 +247,37 @@ describe('TaskStream', () => {
     await until(() => rec.calls.length > 0);
     expect(rec.calls).toEqual(['gone']);
   });
+  it('retries a first catch-up whose read fails (store_unavailable) after it handed events over, from the last one, with no gap or repeat', async () => {
+    const store = new MemoryProgressStore();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await store.append(task.id, { type: 'progress', done: i });
+    // Seq 6 is committed while the catch-up reads seqs 1 to 5: it reads once more, and that read (and the
+    // hub's own read of seq 6 before it) fails as a database restarting does.
+    let failures = 0;
+    const flaky = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: async (taskId: string, afterSeq: number, limit?: number) => {
+        if (afterSeq === 5 && failures < 2) {
+          failures += 1;
+          throw new ProgressError(ErrorCode.StoreUnavailable, 'restarting');
+        }
+        const events = await store.readEvents(taskId, afterSeq, limit);
+        if (afterSeq === 0) await store.append(taskId, { type: 'progress', done: 6 });
+        return events;
+      },
+    } as unknown as ProgressStore;
+    const hub = hubOver(flaky, { metricsFeed: store.changes });
+    const rec = recorder();
+    hub.stream(task.id, 'alice', rec.sink).resume(0, 5, task.createdAt);
+    await until(() => rec.seqs.length === 6 || rec.calls.length > 0);
+    // Seqs 1 to 5 went out before the failure: the subscribe had its answer, and ended now, its client
+    // was told the store failed though its watch was under way.
+    expect(failures).toBe(2);
+    expect(rec.calls).toEqual([]);
+    expect(rec.seqs).toEqual([1, 2, 3, 4, 5, 6]);
+  });
+
   it('ends with failed() when repairing a gap meets a row the store cannot read (internal), instead of reading it again every retry delay', async () => {
     const store = new MemoryProgressStore();
     const task = await store.createTask({ owner: 'alice', kind: 'k' });

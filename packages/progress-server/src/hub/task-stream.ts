@@ -34,9 +34,9 @@ export interface StreamSink {
   /** The task no longer exists (found while catching up). */
   gone(): void;
   /**
-   * The first catch-up read failed (the subscribe is answered with this error), or a later read failed
-   * with an error that reading again does not cure (`internal`: a row the store cannot decode), which ends
-   * the stream: its owner tells the client.
+   * A catch-up read failed before the subscribe had its answer (a resume that nothing answered yet: the
+   * subscribe is answered with this error), or a later read failed with an error that reading again does
+   * not cure (`internal`: a row the store cannot decode), which ends the stream: its owner tells the client.
    */
   failed(error: unknown): void;
   /** The stream caught up with everything known: what was queued may go out now. */
@@ -153,6 +153,8 @@ export class TaskStream {
   #closed = false;
   /** The `createdAt` of the run the stream started on; `undefined` before its start. */
   #run: number | undefined;
+  /** The seq of the load that authorized the stream (see `#shortOfLoad`). */
+  #loadedSeq = 0;
   #retryTimer: NodeJS.Timeout | undefined;
   /** {@link StreamHub.heard} as this stream's last {@link load} started; `undefined` before one. */
   #loadHeard: number | undefined;
@@ -215,13 +217,14 @@ export class TaskStream {
     this.#position = from;
     this.#ended = ended;
     this.#run = taskRun;
+    this.#loadedSeq = taskSeq;
     // Loaded before the id's task was purged and created again, and started once the hub follows (or a
     // change named) the new run: nothing of the run loaded will come.
     if (!this.#hub.observe(this.taskId, taskSeq, taskRun, this.#loadHeard)) {
       this.#sink.restart();
       return;
     }
-    void this.#catchUp(true).catch((error: unknown) => this.#lost(error));
+    void this.#catchUp().catch((error: unknown) => this.#lost(error));
   }
 
   /** Live events from the hub (contiguous, in order). */
@@ -237,7 +240,7 @@ export class TaskStream {
       if (event.seq === this.#position + 1) break;
       // Missed events (a failed catch-up, a hub restart): fetch them rather than skip ahead.
       this.#hub.metrics.resyncs.inc({ reason: 'gap' });
-      void this.#catchUp(false).catch((error: unknown) => this.#lost(error));
+      void this.#catchUp().catch((error: unknown) => this.#lost(error));
       return;
     }
     this.#push(events);
@@ -277,10 +280,13 @@ export class TaskStream {
    * it holds them all, else from the store), until none is missing, then takes live events. Events the
    * hub dispatched meanwhile were ignored, but the hub's latest seq covers them, so the loop reads them
    * too; those dispatched after the loop's last target was taken, while it ended on a task load, are read
-   * in one more round (see `#passedBy`). A failure of the first catch-up answers the subscribe; a later
-   * one is retried, but for `task_not_found`, which restarts the subscriber.
+   * in one more round (see `#passedBy`). A failure before the subscribe had its answer (a resume that
+   * nothing answered yet, see `#answerDue`) answers it; any other is retried, but for `task_not_found`,
+   * which restarts the subscriber, and a lasting error, which ends it. Ended on the first catch-up alone,
+   * a resume whose events already went out (the store pages them, or a commit during the read asked for
+   * one more) was ended for a store that failed once, as no live read is.
    */
-  async #catchUp(first: boolean): Promise<void> {
+  async #catchUp(): Promise<void> {
     this.#live = false;
     try {
       /** The task as the loop last read it. */
@@ -309,8 +315,14 @@ export class TaskStream {
           // next live event, for ever. So does a read that found nothing although the target is above the
           // position (a store that removed all of them): taken as caught up, it left a resume with no
           // answer at all, and a finished task's watcher without its final state.
+          // So does a read that stops short of the stream's load: it is of a later run of the id (see
+          // `#shortOfLoad`), and the load of the task below tells its run (its owner starts over).
           const head = events[0] as TaskEvent | undefined;
-          if (head !== undefined && head.seq <= this.#position + 1) {
+          if (
+            head !== undefined &&
+            head.seq <= this.#position + 1 &&
+            !(fromStore && this.#shortOfLoad(events))
+          ) {
             const before = this.#position;
             this.#push(events);
             if (this.#position === before) break;
@@ -324,6 +336,8 @@ export class TaskStream {
           return;
         }
         this.#hub.observe(this.taskId, task.seq, task.createdAt);
+        // A later run of the id: the hub restarted the stream's owner, which replaced it.
+        if (this.stale) return;
         if (task.seq < target) this.#hub.wentBack();
         loaded = task;
         // The task went back since the read (a restore under way): its snapshot would stand for nothing
@@ -345,12 +359,12 @@ export class TaskStream {
       if (!this.#ended && this.#passedBy > this.#position) {
         this.#passedBy = 0;
         this.#hub.metrics.resyncs.inc({ reason: 'gap' });
-        // Not the first any more: whatever answers the subscribe went out, and a failed read is retried.
-        return await this.#catchUp(false);
+        // Whatever answers the subscribe went out: a failed read is retried.
+        return await this.#catchUp();
       }
     } catch (error) {
       if (this.stale) return;
-      if (first) {
+      if (this.#answerDue) {
         this.#sink.failed(error);
         return;
       }
@@ -379,7 +393,7 @@ export class TaskStream {
       );
       this.#retryTimer = setTimeout(() => {
         this.#retryTimer = undefined;
-        if (!this.stale) void this.#catchUp(false).catch((e: unknown) => this.#lost(e));
+        if (!this.stale) void this.#catchUp().catch((e: unknown) => this.#lost(e));
       }, this.#hub.retryDelayMs);
       this.#retryTimer.unref();
       return;
@@ -429,6 +443,19 @@ export class TaskStream {
       () => (stale() ? Promise.resolve(whenStale) : read()),
       stale,
     );
+  }
+
+  /**
+   * True when `events`, read from the store after the position, stop short of the seq the stream's load
+   * found with room left in their page: a read of that run, made after the load, returns every event up
+   * to it. One made after retention purged the run and the id was written again below that seq returns
+   * the later run's events, which follow on from a cursor of the old run: handed over, they went out as
+   * its own (a terminal of the later run included). A store that went back (restored) reads short too:
+   * the load that follows answers it, as when a read finds nothing.
+   */
+  #shortOfLoad(events: readonly TaskEvent[]): boolean {
+    const last = (events.at(-1) as TaskEvent).seq;
+    return last < Math.min(this.#loadedSeq, this.#position + this.#hub.maxReplayEvents);
   }
 
   /** Hands over the events that extend the position without a gap, up to a terminal one. */

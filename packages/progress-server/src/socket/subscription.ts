@@ -25,7 +25,7 @@ export interface SubscriptionContext {
   onGone(sub: Subscription): void;
   /** The id's task is another run than the stream's, or gone: the subscription starts over (a reset). */
   onRestart(sub: Subscription): void;
-  /** The first catch-up failed: the subscribe is answered with the error. */
+  /** A catch-up failed before the subscribe had its answer, or for good: the subscription ends with the error. */
   onFailed(sub: Subscription, error: unknown): void;
   /** A bug while handling the stream. */
   onInternalError(error: unknown): void;
