@@ -249,6 +249,40 @@ describe('HTTP handler', () => {
     expect(own).toMatchObject({ status: 200, body: { taskId: other.id, task: { status: 'cancelled' } } });
   });
 
+  // Found by a security review: the refusal of a cancel of a task that had ended named how it ended ("Task x
+  // already ended (failed)"), so the principal of the test above, allowed to cancel and not to watch, read
+  // the task's result in the 409 that no read route would have given it.
+  it('refuses a cancel of an ended task without naming how it ended, whoever asks, owned here or not', async () => {
+    env = await startServer({
+      authorize: (principal, task, action) =>
+        task.owner === principal.id || (principal.id === 'operator' && action === 'cancel'),
+    });
+    const cancel = (user: string, id: string) =>
+      call(`/progress/tasks/${id}/cancel`, {
+        user,
+        method: 'POST',
+        body: '{}',
+        headers: { 'content-type': 'application/json' },
+      });
+    // One ended through its handle (the server still holds it), one through the store (another replica's).
+    const here = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await here.fail('disk full on node-7');
+    const elsewhere = await env.store.createTask({ owner: 'alice', kind: 'k' });
+    await env.store.append(elsewhere.id, {
+      type: 'failed',
+      error: { code: 'disk_full', message: 'disk full on node-7' },
+    });
+    for (const id of [here.id, elsewhere.id]) {
+      for (const user of ['operator', 'alice']) {
+        const refused = await cancel(user, id);
+        expect(refused.status).toBe(409);
+        expect(refused.body).toEqual({
+          error: { code: ErrorCode.TaskFinished, message: `Task ${id} already ended` },
+        });
+      }
+    }
+  });
+
   it('a client leaving in the middle of a POST body is neither logged nor counted as a handler failure', async () => {
     const errors: unknown[] = [];
     const noop = () => {};
