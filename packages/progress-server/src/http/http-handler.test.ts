@@ -2,6 +2,7 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import { type AddressInfo, connect, type Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import {
@@ -281,6 +282,35 @@ describe('HTTP handler', () => {
         });
       }
     }
+  });
+
+  // Found by a security review: a cancel sent to the replica that created a task, after another worker had
+  // taken its expired lease over and before this replica's lease keeper noticed, went through the task's
+  // handle, whose append is fenced to this replica's lease: refused 409 lease_held, the task ran on, and the
+  // store's message named both workers' server ids (host and pid) to the HTTP client.
+  it('cancels a task created here whose lease another worker took over, naming no worker', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    // The lease keeper's timer never fires during the test: only the takeover below moves the lease.
+    env = await startServer({
+      store,
+      serverId: 'replica-a',
+      leaseTtlMs: 600_000,
+      leaseRenewIntervalMs: 300_000,
+      reapIntervalMs: 0,
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    clock.advance(600_000);
+    await store.renewLease(task.id, 'replica-b', 600_000);
+    const response = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      body: '{"reason":"stop"}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(JSON.stringify(response.body)).not.toMatch(/replica-/);
+    expect(response).toMatchObject({ status: 200, body: { taskId: task.id, task: { status: 'cancelled' } } });
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'cancelled' });
   });
 
   it('a client leaving in the middle of a POST body is neither logged nor counted as a handler failure', async () => {

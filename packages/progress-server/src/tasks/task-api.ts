@@ -213,10 +213,18 @@ export class TaskApi {
    * @throws ProgressError `task_finished` when it already ended, `task_not_found`, or a store error.
    */
   cancel(taskId: string, reason?: string | null): Promise<CancelledEvent> {
-    const owned = this.#owned.get(taskId);
-    if (owned !== undefined) return owned.handle.cancel(reason);
     const text = typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : null;
-    return this.#append(taskId, { type: 'cancelled', reason: text }) as Promise<CancelledEvent>;
+    const elsewhere = () =>
+      this.#append(taskId, { type: 'cancelled', reason: text }) as Promise<CancelledEvent>;
+    const owned = this.#owned.get(taskId);
+    if (owned === undefined) return elsewhere();
+    // Another worker took the lease over (before this server's lease keeper noticed): the handle's append,
+    // fenced to this server's lease, is refused, and the task runs on there. Cancelled as a task owned
+    // elsewhere is; the refusal reached the caller (an HTTP client) as 409 lease_held naming both servers.
+    return owned.handle.cancel(reason).catch((error: unknown) => {
+      if (isProgressError(error, ErrorCode.LeaseHeld)) return elsewhere();
+      throw error;
+    });
   }
 
   /** @internal Publishes an event this process obtained (a reaped lease) to local watchers. */
