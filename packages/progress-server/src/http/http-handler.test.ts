@@ -2,6 +2,7 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import { type AddressInfo, connect, type Socket } from 'node:net';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ProgressServer } from '../progress-server.js';
 import {
@@ -247,6 +248,104 @@ describe('HTTP handler', () => {
     const other = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const own = await cancel('alice', other.id);
     expect(own).toMatchObject({ status: 200, body: { taskId: other.id, task: { status: 'cancelled' } } });
+  });
+
+  // Found by a security review: the refusal of a cancel of a task that had ended named how it ended ("Task x
+  // already ended (failed)"), so the principal of the test above, allowed to cancel and not to watch, read
+  // the task's result in the 409 that no read route would have given it.
+  it('refuses a cancel of an ended task without naming how it ended, whoever asks, owned here or not', async () => {
+    env = await startServer({
+      authorize: (principal, task, action) =>
+        task.owner === principal.id || (principal.id === 'operator' && action === 'cancel'),
+    });
+    const cancel = (user: string, id: string) =>
+      call(`/progress/tasks/${id}/cancel`, {
+        user,
+        method: 'POST',
+        body: '{}',
+        headers: { 'content-type': 'application/json' },
+      });
+    // One ended through its handle (the server still holds it), one through the store (another replica's).
+    const here = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    await here.fail('disk full on node-7');
+    const elsewhere = await env.store.createTask({ owner: 'alice', kind: 'k' });
+    await env.store.append(elsewhere.id, {
+      type: 'failed',
+      error: { code: 'disk_full', message: 'disk full on node-7' },
+    });
+    for (const id of [here.id, elsewhere.id]) {
+      for (const user of ['operator', 'alice']) {
+        const refused = await cancel(user, id);
+        expect(refused.status).toBe(409);
+        expect(refused.body).toEqual({
+          error: { code: ErrorCode.TaskFinished, message: `Task ${id} already ended` },
+        });
+      }
+    }
+  });
+
+  // Found by a security review: the cancel route authorized the task it read, then cancelled whatever task
+  // had the id by then. Retention may purge an ended task and its id be taken by another owner's new one
+  // meanwhile (while the authorize hook runs): that task was cancelled, by a principal never asked about it.
+  it("cancels only the task it authorized, not another owner's task that took the id meanwhile", async () => {
+    // The runs of an id are told apart by `createdAt`: the new one is created a millisecond later.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let swap: (() => Promise<void>) | undefined;
+    env = await startServer({
+      store,
+      authorize: async (principal, task) => {
+        const before = swap;
+        swap = undefined;
+        await before?.();
+        return task.owner === principal.id;
+      },
+    });
+    const old = await store.createTask({ id: 'nightly', owner: 'alice', kind: 'k' });
+    await store.append(old.id, { type: 'completed' });
+    swap = async () => {
+      clock.advance(1);
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await store.createTask({ id: 'nightly', owner: 'bob', kind: 'k' });
+    };
+    const response = await call('/progress/tasks/nightly/cancel', {
+      user: 'alice',
+      method: 'POST',
+      body: '{}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(await store.getTask('nightly')).toMatchObject({ owner: 'bob', status: 'running' });
+    expect(response.status).toBe(404);
+    expect(response.body).toMatchObject({ error: { code: ErrorCode.TaskNotFound } });
+  });
+
+  // Found by a security review: a cancel sent to the replica that created a task, after another worker had
+  // taken its expired lease over and before this replica's lease keeper noticed, went through the task's
+  // handle, whose append is fenced to this replica's lease: refused 409 lease_held, the task ran on, and the
+  // store's message named both workers' server ids (host and pid) to the HTTP client.
+  it('cancels a task created here whose lease another worker took over, naming no worker', async () => {
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    // The lease keeper's timer never fires during the test: only the takeover below moves the lease.
+    env = await startServer({
+      store,
+      serverId: 'replica-a',
+      leaseTtlMs: 600_000,
+      leaseRenewIntervalMs: 300_000,
+      reapIntervalMs: 0,
+    });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    clock.advance(600_000);
+    await store.renewLease(task.id, 'replica-b', 600_000);
+    const response = await call(`/progress/tasks/${task.id}/cancel`, {
+      user: 'alice',
+      method: 'POST',
+      body: '{"reason":"stop"}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(JSON.stringify(response.body)).not.toMatch(/replica-/);
+    expect(response).toMatchObject({ status: 200, body: { taskId: task.id, task: { status: 'cancelled' } } });
+    expect(await store.getTask(task.id)).toMatchObject({ status: 'cancelled' });
   });
 
   it('a client leaving in the middle of a POST body is neither logged nor counted as a handler failure', async () => {

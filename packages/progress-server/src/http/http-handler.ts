@@ -638,7 +638,17 @@ async function serveRoute<P extends Principal>(
         );
       }
       const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel', hooks);
-      await ctx.tasks.cancel(task.id, typeof reason === 'string' ? reason : null);
+      // The task authorized, not whatever task has the id once the hooks answered (see `TaskApi.cancel`).
+      const run = task.createdAt;
+      await ctx.tasks
+        .cancel(task.id, typeof reason === 'string' ? reason : null, run)
+        .catch((error: unknown) => {
+          // The store's and the handle's refusal names how the task ended ("already ended (failed)"): its
+          // result, which a principal allowed to cancel it and not to watch it must not read here either.
+          throw isProgressError(error, ErrorCode.TaskFinished)
+            ? fromCode(ErrorCode.TaskFinished, `Task ${task.id} already ended`)
+            : error;
+        });
       // Allowed to cancel is not allowed to read: a principal that may not watch the task (an operator's
       // kill switch) learns that the cancel took, not the task's message, items or result.
       const after = (await ctx.store.getTask(task.id)) ?? task;

@@ -280,6 +280,11 @@ export class Subscription implements WrittenLog {
     if (this.#authorized && !this.#removed && this.#held === undefined) this.#held = [];
   }
 
+  /** A renewal's re-check of this subscription is under way (see {@link suspend}). */
+  get suspended(): boolean {
+    return this.#held !== undefined;
+  }
+
   /** The re-check allowed the task: what was held goes on, in order. */
   resume(): void {
     const held = this.#held;

@@ -310,6 +310,13 @@ export class Subscriptions<P extends Principal> {
    */
   #removeKeepingLateAcks(sub: Subscription): void {
     const taskId = sub.taskId;
+    // A renewal's re-check of it is under way (left by the client, or its read or hook failed): the new
+    // credential was not found to allow the task, and acks sent under it are not recorded, as `recheck`
+    // ends the allowance of the tasks left before it. (Kept, they were.)
+    if (sub.suspended) {
+      this.remove(sub);
+      return;
+    }
     // Taken before the removal resets the subscription.
     const ackLimit = sub.authorized ? sub.ackLimit : sub.writtenSeq;
     this.remove(sub);

@@ -1,4 +1,4 @@
-import { PROTOCOL_NAME_V1 } from '@finishline/core';
+import { ErrorCode, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
 import {
@@ -123,6 +123,70 @@ describe('token expiry and renewal', () => {
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     await client.next((frame) => frame.type === 'error' && frame.code === 'task_not_found', { from });
     await client.sync();
+    await server.close({ timeoutMs: 1000 }); // flushes the ack writer
+    expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+  });
+
+  // Found by a security review: a subscription the renewal's re-check could not decide (its task's read
+  // failed, or `authorize` did not answer in time) was dropped, but kept the late-ack allowance of a task
+  // left by the client, so acks sent under the new credential, which may not watch the task, were recorded.
+  it('records no ack of a subscription the renewal could not re-check', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    await client.next(isEventAt(2));
+    revoked.add(task.id);
+    const getTask = store.getTask.bind(store);
+    store.getTask = async () => {
+      store.getTask = getTask;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'hiccup');
+    };
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    await client.next((frame) => frame.type === 'error' && frame.code === 'store_unavailable', { from });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    await server.close({ timeoutMs: 1000 }); // flushes the ack writer
+    expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+  });
+
+  // The same review: a task the client left while the renewal's re-check of it was still under way kept
+  // its late-ack allowance (only the tasks left before the renewal lost it).
+  it('records no ack of a task left while the renewal re-checks it', async () => {
+    const held = gate();
+    const { server, store } = await session.start({
+      authenticate: () => null,
+      authenticateToken: expiringTokens,
+      authorize: async (principal, task) => {
+        if (revoked.has(task.id)) {
+          await held.promise;
+          return false;
+        }
+        return task.owner === principal.id;
+      },
+      heartbeatIntervalMs: 60_000,
+    });
+    revoked = new Set();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await authed('alice:60000');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot');
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    await client.next(isEventAt(2));
+    revoked.add(task.id);
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
+    // The renewal is in force once its hello is sent; its re-check then waits on the authorize hook.
+    await client.next((frame) => frame.type === 'hello', { from });
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    await client.sync();
+    held.open();
     await server.close({ timeoutMs: 1000 }); // flushes the ack writer
     expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
   });

@@ -63,6 +63,9 @@ interface HandleFence {
   run: number;
 }
 
+/** The run an append is for, and the handle writing it (fenced to this server's lease too), if any. */
+type AppendFence = HandleFence | { handle?: undefined; run: number };
+
 interface Owned {
   handle: TaskHandle;
   control: TaskHandleControl;
@@ -208,15 +211,31 @@ export class TaskApi {
   /**
    * Cancels any task (owned here or not): appends `cancelled` and publishes it to local watchers. An owned
    * task's handle and batch stop. Not authorization-checked (the HTTP handler checks before calling).
-   * `reason` is clipped and made storable as the handle's texts are (see `TaskHandle.cancel`).
+   * `reason` is clipped and made storable as the handle's texts are (see `TaskHandle.cancel`). `run`: the
+   * `createdAt` of the task the caller read (and authorized), to cancel that task only: when the id is
+   * another task's by now (retention purged it and the id was taken again, by another owner too), the
+   * cancel is refused `task_not_found` (a `RunFence` of the store).
    *
    * @throws ProgressError `task_finished` when it already ended, `task_not_found`, or a store error.
    */
-  cancel(taskId: string, reason?: string | null): Promise<CancelledEvent> {
-    const owned = this.#owned.get(taskId);
-    if (owned !== undefined) return owned.handle.cancel(reason);
+  cancel(taskId: string, reason?: string | null, run?: number): Promise<CancelledEvent> {
     const text = typeof reason === 'string' ? clip(reason, LIMITS.maxKeyLength) : null;
-    return this.#append(taskId, { type: 'cancelled', reason: text }) as Promise<CancelledEvent>;
+    const elsewhere = () =>
+      this.#append(
+        taskId,
+        { type: 'cancelled', reason: text },
+        run === undefined ? undefined : { run },
+      ) as Promise<CancelledEvent>;
+    const owned = this.#owned.get(taskId);
+    // Owned here but another run than the caller's: fenced to the caller's run, the store refuses it.
+    if (owned === undefined || (run !== undefined && owned.handle.task.createdAt !== run)) return elsewhere();
+    // Another worker took the lease over (before this server's lease keeper noticed): the handle's append,
+    // fenced to this server's lease, is refused, and the task runs on there. Cancelled as a task owned
+    // elsewhere is; the refusal reached the caller (an HTTP client) as 409 lease_held naming both servers.
+    return owned.handle.cancel(reason).catch((error: unknown) => {
+      if (isProgressError(error, ErrorCode.LeaseHeld)) return elsewhere();
+      throw error;
+    });
   }
 
   /** @internal Publishes an event this process obtained (a reaped lease) to local watchers. */
@@ -282,7 +301,7 @@ export class TaskApi {
     }
   }
 
-  async #append(taskId: string, input: AppendInput, fence?: HandleFence): Promise<TaskEvent> {
+  async #append(taskId: string, input: AppendInput, fence?: AppendFence): Promise<TaskEvent> {
     this.#appending.set(taskId, (this.#appending.get(taskId) ?? 0) + 1);
     try {
       return await this.#appendOnce(taskId, input, fence);
@@ -331,22 +350,26 @@ export class TaskApi {
     this.#ended(taskId);
   }
 
-  async #appendOnce(taskId: string, input: AppendInput, fence: HandleFence | undefined): Promise<TaskEvent> {
+  async #appendOnce(taskId: string, input: AppendInput, fence: AppendFence | undefined): Promise<TaskEvent> {
     let result: AppendResult;
     const settled = this.#hub.localAppend(taskId);
     try {
       result = await (fence === undefined
         ? this.#store.append(taskId, input)
-        : this.#store.append(taskId, input, { run: fence.run, owner: this.#serverId }));
+        : this.#store.append(
+            taskId,
+            input,
+            fence.handle === undefined ? { run: fence.run } : { run: fence.run, owner: this.#serverId },
+          ));
     } catch (error) {
       settled();
       if (isProgressError(error, ErrorCode.TaskFinished)) {
         const owned = this.#owned.get(taskId);
         this.#ended(taskId);
         void this.#refresh(owned?.control, taskId);
-      } else if (fence !== undefined && isProgressError(error, ErrorCode.TaskNotFound)) {
+      } else if (fence?.handle !== undefined && isProgressError(error, ErrorCode.TaskNotFound)) {
         this.#runGone(taskId, fence);
-      } else if (fence !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
+      } else if (fence?.handle !== undefined && isProgressError(error, ErrorCode.LeaseHeld)) {
         // Another worker took the lease over: this handle no longer writes to the task (see leaseLost).
         if (this.#owned.get(taskId)?.handle === fence.handle) this.leaseLost(taskId, error);
       }
