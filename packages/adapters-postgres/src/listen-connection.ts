@@ -343,7 +343,10 @@ interface ListenStatements {
   replayAllAfter: string;
   /** The barrier; `$1` is the channel, `$2` the connection's barrier id ({@link ListenConnection}). */
   barrier: string;
-  /** The store's epoch, read once the connection listens (see "Epoch renewals" in the module doc). */
+  /**
+   * The store's epoch, read once the connection listens (see "Epoch renewals" in the module doc); one row,
+   * its `epoch` `NULL` when the schema has none. It also turns the session's `statement_timeout` off.
+   */
   epoch: string;
 }
 
@@ -403,7 +406,12 @@ function compileStatements({
              created_at AS run
       FROM ${tasks} WHERE seq > 0 AND id > ${placeholder}
       ORDER BY id LIMIT ${sql.lit(REREAD_CHUNK_ROWS)}`.compile(db).sql,
-    epoch: sql`SELECT value AS epoch FROM ${meta} WHERE key = 'epoch'`.compile(db).sql,
+    // The session's statement_timeout (the pool's options, the role's or the database's setting) would cut a
+    // re-read that takes longer, at every attempt, from the same mark: after a long outage the listener stayed
+    // down for good. Each step of a (re)connect has the connection's own bound (#answered), and a barrier its
+    // watchdog. Set here, before the re-read, without a round trip of its own.
+    epoch: sql`SELECT (SELECT value FROM ${meta} WHERE key = 'epoch') AS epoch,
+      set_config('statement_timeout', '0', false) AS statement_timeout`.compile(db).sql,
     barrier: sql`
       SELECT pg_notify(${channel}, json_build_object(
         'barrier', ${placeholder}::text, 'xmin', pg_snapshot_xmin(pg_current_snapshot())::text)::text)`.compile(
@@ -576,7 +584,7 @@ export class ListenConnection {
       client.query(this.#statements.epoch),
     );
     this.#assertCurrent(generation);
-    this.#epochRead((epoch.rows[0] as { epoch?: string } | undefined)?.epoch);
+    this.#epochRead((epoch.rows[0] as { epoch?: string | null } | undefined)?.epoch ?? undefined);
     let from = this.#watermark;
     let xmin: bigint | undefined;
     for (;;) {

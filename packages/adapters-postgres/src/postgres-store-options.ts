@@ -90,6 +90,9 @@ export interface PostgresProgressStoreOptions {
   clock?: Clock | undefined;
   /**
    * Where the dedicated `LISTEN` connection comes from.
+   * A config's `query_timeout` is left out, and the connection turns its session's `statement_timeout`
+   * off: it bounds each of its statements itself, and a re-read after a long outage may take longer than a
+   * pool's timeout allows.
    * @default a new client of the pool's own `Client` class with the pool's options (plus
    * `application_name: 'finishline-listen'` and `keepAlive: true` unless the options set them)
    */
@@ -293,12 +296,13 @@ function listenClientFactory(
   pool: PgPool | undefined,
 ): () => PgListenClient | Promise<PgListenClient> {
   if (typeof source === 'function') return source;
-  // TCP keepalive so that the OS notices a dead peer; the barrier watchdog catches what it does not.
-  const withName = (config: object) => ({
-    application_name: 'finishline-listen',
-    keepAlive: true,
-    ...config,
-  });
+  // TCP keepalive so that the OS notices a dead peer; the barrier watchdog catches what it does not. Without
+  // pg's client-side query_timeout (a pool's, often): it cut a re-read that took longer at every attempt,
+  // and the listener stayed down for good. The connection bounds each of its statements itself.
+  const withName = (config: object) => {
+    const { query_timeout: _queryTimeout, ...rest } = config as { query_timeout?: unknown };
+    return { application_name: 'finishline-listen', keepAlive: true, ...rest };
+  };
   if (source === undefined) {
     const Client = pool?.Client;
     const config = pool?.options;
