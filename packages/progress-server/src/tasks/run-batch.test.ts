@@ -380,6 +380,60 @@ describe('runBatch', () => {
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 4, failed: 0 } });
   });
 
+  /**
+   * Two items of one batch with the same key (duplicates, or keys equal once clipped to 512 characters),
+   * reported by concurrent lanes, one append of theirs refused `store_unavailable`. Until 6 December 2026
+   * the log was searched for an `item` event of that key and outcome after the seq held before the first
+   * attempt, and the other item's event was taken for the refused one's: an item was never written (`done`
+   * one short of the batch's own count) — or, with both refused and one committed, both took that one.
+   */
+  it.each([
+    { name: 'a duplicate item', items: ['x', 'x'], refusals: ['not committed'] },
+    {
+      name: 'keys equal once clipped',
+      items: [`${'k'.repeat(600)}1`, `${'k'.repeat(600)}2`],
+      refusals: ['not committed'],
+    },
+    {
+      name: 'a duplicate item, the first refusal committed',
+      items: ['x', 'x'],
+      refusals: ['committed', 'not committed'],
+    },
+    {
+      name: 'a duplicate item, the second refusal committed',
+      items: ['x', 'x'],
+      refusals: ['not committed', 'committed'],
+    },
+  ])(
+    'neither loses nor doubles an item refused store_unavailable that has $name',
+    async ({ items, refusals }) => {
+      const store = new MemoryProgressStore();
+      const { server } = setup(store);
+      const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+      const append = store.append.bind(store);
+      // The first item appends are refused as listed: committed (a COMMIT whose answer was lost) or not.
+      const plan = [...refusals];
+      store.append = async (taskId, input, fence) => {
+        if (input.type !== 'item') return append(taskId, input, fence);
+        const refusal = plan.shift();
+        if (refusal === undefined) return append(taskId, input, fence);
+        if (refusal === 'committed') await append(taskId, input, fence);
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
+      };
+      const result = await task.runBatch(items, () => {}, { concurrency: 2 });
+      expect(plan).toEqual([]);
+      expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+      const events = await log(store, task.id);
+      checkLog(events);
+      expect(events.filter((event) => event.type === 'item')).toHaveLength(2);
+      expect(events.at(-1)).toMatchObject({
+        type: 'completed',
+        result: { succeeded: 2, failed: 0 },
+        progress: { done: 2, succeeded: 2 },
+      });
+    },
+  );
+
   it('fails the task when an outage outlasts the lease TTL while an item is reported', async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });
