@@ -353,6 +353,29 @@ describe('runBatch', () => {
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 3, failed: 0 } });
   });
 
+  it('carries on through a store outage the lease survives when it sets the total, at the start of the batch', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    // A database restart as the batch starts: its first 2 attempts at setting the total are refused.
+    let refused = 0;
+    store.append = async (taskId, input, fence) => {
+      if (input.type === 'progress' && refused < 2) {
+        refused += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+      }
+      return append(taskId, input, fence);
+    };
+    const result = await task.runBatch(['a', 'b'], () => {});
+    expect(refused).toBe(2);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.map((event) => event.type)).toEqual(['progress', 'item', 'item', 'completed']);
+    expect(events.at(-1)).toMatchObject({ progress: { total: 2, done: 2 } });
+  });
+
   it('does not write an item twice when its append refused store_unavailable had committed all the same', async () => {
     const store = new MemoryProgressStore();
     const { server } = setup(store);

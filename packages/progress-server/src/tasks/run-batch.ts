@@ -236,32 +236,24 @@ export async function runBatch<T>(batch: {
   };
 
   /**
-   * Writes an item's event through a store outage the lease survives (`store_unavailable`, retried for
-   * `terminalRetryMs` from the first refusal, as the terminal event is): a database restart in the middle
-   * of a batch failed the whole batch (`batch_error`, every item not yet started skipped), though its
-   * lease kept the task through it. A refused append may still have committed (a Postgres COMMIT whose
-   * answer was lost), so before each new attempt the log after the seq the handle held when the first
-   * was sent is read for an event of the item's key and outcome: found, it is this item's, and it is not
-   * written twice. That holds because `report` runs one item of a key at a time (see `oneByKey`).
+   * Writes through a store outage the lease survives (`store_unavailable`, retried for `terminalRetryMs`
+   * from the first refusal, as the terminal event is): a database restart in the middle of a batch failed
+   * the whole batch (`batch_error`, every item not yet started skipped), though its lease kept the task
+   * through it. A refused append may still have committed (a Postgres COMMIT whose answer was lost): one
+   * that must not be written twice passes `landed`, asked before each new attempt.
    */
-  const deliver = async (item: {
-    key: string;
-    ok: boolean;
-    error: string | null;
-    detail: JsonValue | null;
-  }) => {
-    const before = hooks.seq();
+  const throughOutage = async (write: () => Promise<unknown>, landed?: () => Promise<boolean>) => {
     let retryUntil: number | undefined;
     let attempt = 0;
     for (;;) {
       try {
-        await handle.item(item);
+        await write();
         return;
       } catch (cause) {
         if (!isProgressError(cause, ErrorCode.StoreUnavailable)) throw cause;
         retryUntil ??= Date.now() + hooks.terminalRetryMs;
-        let landed: boolean | undefined;
-        while (landed === undefined) {
+        let found: boolean | undefined;
+        while (found === undefined) {
           if (handle.signal.aborted || Date.now() >= retryUntil) throw cause;
           attempt += 1;
           await delayUnlessAborted(
@@ -270,14 +262,28 @@ export async function runBatch<T>(batch: {
           );
           if (handle.signal.aborted) throw cause;
           try {
-            landed = await hooks.itemLanded(before, item.key, item.ok);
+            found = (await landed?.()) ?? false;
           } catch (failure) {
             if (!isProgressError(failure, ErrorCode.StoreUnavailable)) throw failure;
           }
         }
-        if (landed) return;
+        if (found) return;
       }
     }
+  };
+
+  /**
+   * Writes an item's event through an outage. Before each new attempt the log after the seq the handle
+   * held when the first was sent is read for an event of the item's key and outcome: found, it is this
+   * item's, and it is not written twice. That holds because `report` runs one item of a key at a time
+   * (see `oneByKey`).
+   */
+  const deliver = (item: { key: string; ok: boolean; error: string | null; detail: JsonValue | null }) => {
+    const before = hooks.seq();
+    return throughOutage(
+      () => handle.item(item),
+      () => hooks.itemLanded(before, item.key, item.ok),
+    );
   };
 
   /**
@@ -357,8 +363,10 @@ export async function runBatch<T>(batch: {
   };
 
   try {
+    // Through an outage too: refused once, the batch failed before its first item. Written twice, the
+    // total is the same absolute value: no check of the log.
     if (stop === undefined && handle.task.total !== items.length)
-      await handle.progress({ total: items.length });
+      await throughOutage(() => handle.progress({ total: items.length }));
     const lanes = Array.from({ length: Math.min(concurrency, items.length) }, lane);
     await Promise.all(lanes);
   } catch (error) {
