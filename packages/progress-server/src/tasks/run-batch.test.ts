@@ -132,6 +132,24 @@ describe('runBatch', () => {
     ).toEqual(['7', '8']);
   });
 
+  it('a key function that throws for one item (a malformed record) keys it item-<n>, and the batch runs on', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const nodes = [{ name: 'a' }, null, { name: 'c' }];
+    const ran: unknown[] = [];
+    const result = await task.runBatch(nodes, (node) => void ran.push(node), {
+      key: (node) => (node as { name: string }).name,
+    });
+    // It failed the whole batch (`batch_error`): the item and every one after it skipped, for a label.
+    expect(result).toMatchObject({ status: 'completed', succeeded: 3, failed: 0, skipped: 0 });
+    expect(ran).toEqual(nodes);
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(
+      events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item.key),
+    ).toEqual(['a', 'item-2', 'c']);
+  });
+
   it('an async key function keys items as the default would, and its rejection never goes unhandled', async () => {
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);

@@ -69,8 +69,9 @@ export interface RunBatchOptions<T> {
   signal?: AbortSignal | undefined;
   /**
    * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped). A returned
-   * value that is not a non-empty string is turned into a key as the default turns an item. Items of equal
-   * keys have their events written one after the other (their workers still run concurrently).
+   * value that is not a non-empty string is turned into a key as the default turns an item; for an item
+   * it throws on, the key is `item-<index + 1>` (the item still runs). Items of equal keys have their
+   * events written one after the other (their workers still run concurrently).
    * @default the item itself for strings, `String(item)` for numbers, else `item-<index + 1>`
    */
   key?: ((item: T, index: number) => string) | undefined;
@@ -333,7 +334,13 @@ export async function runBatch<T>(batch: {
         const item = items[index] as T;
         // A key that is not a non-empty string (a numeric id from JavaScript) is keyed as the default keys
         // the item: a number threw a bare TypeError in clip() and failed the whole batch (`batch_error`).
-        const chosen: unknown = keyOf(item, index);
+        let chosen: unknown;
+        try {
+          chosen = keyOf(item, index);
+        } catch {
+          // Thrown for one item (a malformed record): no key, as above. It failed the whole batch
+          // (`batch_error`), the item and every one not yet started skipped, for want of a label.
+        }
         // An `async` key is no key (the item is keyed by default), and its rejection, left unhandled,
         // ended the process.
         if (typeof (chosen as PromiseLike<unknown> | null)?.then === 'function') {
