@@ -132,6 +132,24 @@ describe('runBatch', () => {
     ).toEqual(['7', '8']);
   });
 
+  it('a key function that throws for one item (a malformed record) keys it item-<n>, and the batch runs on', async () => {
+    const { server, store } = setup();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const nodes = [{ name: 'a' }, null, { name: 'c' }];
+    const ran: unknown[] = [];
+    const result = await task.runBatch(nodes, (node) => void ran.push(node), {
+      key: (node) => (node as { name: string }).name,
+    });
+    // It failed the whole batch (`batch_error`): the item and every one after it skipped, for a label.
+    expect(result).toMatchObject({ status: 'completed', succeeded: 3, failed: 0, skipped: 0 });
+    expect(ran).toEqual(nodes);
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(
+      events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item.key),
+    ).toEqual(['a', 'item-2', 'c']);
+  });
+
   it('an async key function keys items as the default would, and its rejection never goes unhandled', async () => {
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
@@ -353,6 +371,29 @@ describe('runBatch', () => {
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 3, failed: 0 } });
   });
 
+  it('carries on through a store outage the lease survives when it sets the total, at the start of the batch', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    // A database restart as the batch starts: its first 2 attempts at setting the total are refused.
+    let refused = 0;
+    store.append = async (taskId, input, fence) => {
+      if (input.type === 'progress' && refused < 2) {
+        refused += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+      }
+      return append(taskId, input, fence);
+    };
+    const result = await task.runBatch(['a', 'b'], () => {});
+    expect(refused).toBe(2);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+    const events = await log(store, task.id);
+    checkLog(events);
+    expect(events.map((event) => event.type)).toEqual(['progress', 'item', 'item', 'completed']);
+    expect(events.at(-1)).toMatchObject({ progress: { total: 2, done: 2 } });
+  });
+
   it('does not write an item twice when its append refused store_unavailable had committed all the same', async () => {
     const store = new MemoryProgressStore();
     const { server } = setup(store);
@@ -379,6 +420,60 @@ describe('runBatch', () => {
     expect(keys.sort()).toEqual(['a', 'b', 'c', 'd']);
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 4, failed: 0 } });
   });
+
+  /**
+   * Two items of one batch with the same key (duplicates, or keys equal once clipped to 512 characters),
+   * reported by concurrent lanes, one append of theirs refused `store_unavailable`. Until 6 December 2026
+   * the log was searched for an `item` event of that key and outcome after the seq held before the first
+   * attempt, and the other item's event was taken for the refused one's: an item was never written (`done`
+   * one short of the batch's own count) — or, with both refused and one committed, both took that one.
+   */
+  it.each([
+    { name: 'a duplicate item', items: ['x', 'x'], refusals: ['not committed'] },
+    {
+      name: 'keys equal once clipped',
+      items: [`${'k'.repeat(600)}1`, `${'k'.repeat(600)}2`],
+      refusals: ['not committed'],
+    },
+    {
+      name: 'a duplicate item, the first refusal committed',
+      items: ['x', 'x'],
+      refusals: ['committed', 'not committed'],
+    },
+    {
+      name: 'a duplicate item, the second refusal committed',
+      items: ['x', 'x'],
+      refusals: ['not committed', 'committed'],
+    },
+  ])(
+    'neither loses nor doubles an item refused store_unavailable that has $name',
+    async ({ items, refusals }) => {
+      const store = new MemoryProgressStore();
+      const { server } = setup(store);
+      const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+      const append = store.append.bind(store);
+      // The first item appends are refused as listed: committed (a COMMIT whose answer was lost) or not.
+      const plan = [...refusals];
+      store.append = async (taskId, input, fence) => {
+        if (input.type !== 'item') return append(taskId, input, fence);
+        const refusal = plan.shift();
+        if (refusal === undefined) return append(taskId, input, fence);
+        if (refusal === 'committed') await append(taskId, input, fence);
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
+      };
+      const result = await task.runBatch(items, () => {}, { concurrency: 2 });
+      expect(plan).toEqual([]);
+      expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
+      const events = await log(store, task.id);
+      checkLog(events);
+      expect(events.filter((event) => event.type === 'item')).toHaveLength(2);
+      expect(events.at(-1)).toMatchObject({
+        type: 'completed',
+        result: { succeeded: 2, failed: 0 },
+        progress: { done: 2, succeeded: 2 },
+      });
+    },
+  );
 
   it('fails the task when an outage outlasts the lease TTL while an item is reported', async () => {
     const clock = new ManualClock();

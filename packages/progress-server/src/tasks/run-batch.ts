@@ -69,7 +69,9 @@ export interface RunBatchOptions<T> {
   signal?: AbortSignal | undefined;
   /**
    * The key of each item in its `item` event (1 to 512 characters; longer keys are clipped). A returned
-   * value that is not a non-empty string is turned into a key as the default turns an item.
+   * value that is not a non-empty string is turned into a key as the default turns an item; for an item
+   * it throws on, the key is `item-<index + 1>` (the item still runs). Items of equal keys have their
+   * events written one after the other (their workers still run concurrently).
    * @default the item itself for strings, `String(item)` for numbers, else `item-<index + 1>`
    */
   key?: ((item: T, index: number) => string) | undefined;
@@ -235,31 +237,24 @@ export async function runBatch<T>(batch: {
   };
 
   /**
-   * Writes an item's event through a store outage the lease survives (`store_unavailable`, retried for
-   * `terminalRetryMs` from the first refusal, as the terminal event is): a database restart in the middle
-   * of a batch failed the whole batch (`batch_error`, every item not yet started skipped), though its
-   * lease kept the task through it. A refused append may still have committed (a Postgres COMMIT whose
-   * answer was lost), so before each new attempt the log after the seq the handle held when the first
-   * was sent is read for the item's event: found, it is not written twice.
+   * Writes through a store outage the lease survives (`store_unavailable`, retried for `terminalRetryMs`
+   * from the first refusal, as the terminal event is): a database restart in the middle of a batch failed
+   * the whole batch (`batch_error`, every item not yet started skipped), though its lease kept the task
+   * through it. A refused append may still have committed (a Postgres COMMIT whose answer was lost): one
+   * that must not be written twice passes `landed`, asked before each new attempt.
    */
-  const deliver = async (item: {
-    key: string;
-    ok: boolean;
-    error: string | null;
-    detail: JsonValue | null;
-  }) => {
-    const before = hooks.seq();
+  const throughOutage = async (write: () => Promise<unknown>, landed?: () => Promise<boolean>) => {
     let retryUntil: number | undefined;
     let attempt = 0;
     for (;;) {
       try {
-        await handle.item(item);
+        await write();
         return;
       } catch (cause) {
         if (!isProgressError(cause, ErrorCode.StoreUnavailable)) throw cause;
         retryUntil ??= Date.now() + hooks.terminalRetryMs;
-        let landed: boolean | undefined;
-        while (landed === undefined) {
+        let found: boolean | undefined;
+        while (found === undefined) {
           if (handle.signal.aborted || Date.now() >= retryUntil) throw cause;
           attempt += 1;
           await delayUnlessAborted(
@@ -268,27 +263,68 @@ export async function runBatch<T>(batch: {
           );
           if (handle.signal.aborted) throw cause;
           try {
-            landed = await hooks.itemLanded(before, item.key, item.ok);
+            found = (await landed?.()) ?? false;
           } catch (failure) {
             if (!isProgressError(failure, ErrorCode.StoreUnavailable)) throw failure;
           }
         }
-        if (landed) return;
+        if (found) return;
       }
     }
   };
 
-  const report = async (key: string, ok: boolean, error: string | null, detail: JsonValue | null) => {
-    try {
-      await deliver({ key, ok, error, detail });
-    } catch (cause) {
-      // A worker's return value the store refuses as `detail` must not cost the item.
-      if (!isProgressError(cause, ErrorCode.InvalidInput) || detail === null) throw cause;
-      await deliver({ key, ok, error, detail: null });
-    }
-    if (ok) succeeded += 1;
-    else failed += 1;
+  /**
+   * Writes an item's event through an outage. Before each new attempt the log after the seq the handle
+   * held when the first was sent is read for an event of the item's key and outcome: found, it is this
+   * item's, and it is not written twice. That holds because `report` runs one item of a key at a time
+   * (see `oneByKey`).
+   */
+  const deliver = (item: { key: string; ok: boolean; error: string | null; detail: JsonValue | null }) => {
+    const before = hooks.seq();
+    return throughOutage(
+      () => handle.item(item),
+      () => hooks.itemLanded(before, item.key, item.ok),
+    );
   };
+
+  /**
+   * The report in flight of each item key. Items of one key (duplicates in `items`, or keys equal once
+   * clipped) are reported one after the other, so that `deliver`'s search of the log is exact: while an
+   * item is reported, no other append of its key by this batch is in flight or in doubt, and every earlier
+   * one has settled (its seq, if it landed, at most the handle's seq before this one's first attempt). An
+   * event of the key after that seq can then only be one of this item's attempts. Matching on key and
+   * outcome alone, lanes reporting concurrently took another item's event for a refused one's: that item
+   * was never written, or two refused items both took the one that had committed. Counting the matches
+   * against this batch's own confirmed events is not enough: an append of the key still in flight may
+   * have committed unanswered; comparing `error` and `detail` neither (duplicates are often identical); and
+   * no store tells the seq an append will get. Items of distinct keys still run concurrently.
+   */
+  const reporting = new Map<string, Promise<void>>();
+  const oneByKey = (key: string, write: () => Promise<void>): Promise<void> => {
+    const previous = reporting.get(key);
+    // After one of its key whose report failed (the batch fails with it), an item is not reported: that
+    // report may have committed unanswered, and this one's search could take its event.
+    const current = previous === undefined ? write() : previous.then(write);
+    reporting.set(key, current);
+    const settled = () => {
+      if (reporting.get(key) === current) reporting.delete(key);
+    };
+    current.then(settled, settled);
+    return current;
+  };
+
+  const report = (key: string, ok: boolean, error: string | null, detail: JsonValue | null) =>
+    oneByKey(key, async () => {
+      try {
+        await deliver({ key, ok, error, detail });
+      } catch (cause) {
+        // A worker's return value the store refuses as `detail` must not cost the item.
+        if (!isProgressError(cause, ErrorCode.InvalidInput) || detail === null) throw cause;
+        await deliver({ key, ok, error, detail: null });
+      }
+      if (ok) succeeded += 1;
+      else failed += 1;
+    });
 
   const lane = async () => {
     try {
@@ -298,7 +334,13 @@ export async function runBatch<T>(batch: {
         const item = items[index] as T;
         // A key that is not a non-empty string (a numeric id from JavaScript) is keyed as the default keys
         // the item: a number threw a bare TypeError in clip() and failed the whole batch (`batch_error`).
-        const chosen: unknown = keyOf(item, index);
+        let chosen: unknown;
+        try {
+          chosen = keyOf(item, index);
+        } catch {
+          // Thrown for one item (a malformed record): no key, as above. It failed the whole batch
+          // (`batch_error`), the item and every one not yet started skipped, for want of a label.
+        }
         // An `async` key is no key (the item is keyed by default), and its rejection, left unhandled,
         // ended the process.
         if (typeof (chosen as PromiseLike<unknown> | null)?.then === 'function') {
@@ -328,8 +370,10 @@ export async function runBatch<T>(batch: {
   };
 
   try {
+    // Through an outage too: refused once, the batch failed before its first item. Written twice, the
+    // total is the same absolute value: no check of the log.
     if (stop === undefined && handle.task.total !== items.length)
-      await handle.progress({ total: items.length });
+      await throughOutage(() => handle.progress({ total: items.length }));
     const lanes = Array.from({ length: Math.min(concurrency, items.length) }, lane);
     await Promise.all(lanes);
   } catch (error) {
