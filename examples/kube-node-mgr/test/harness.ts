@@ -149,3 +149,43 @@ export function upgradeStatus(base: string, headers: Record<string, string>): Pr
     req.end();
   });
 }
+
+/**
+ * A reverse proxy that passes plain HTTP through (streaming) and answers every upgrade with 502: the
+ * client falls back to HTTP. `seen` counts the upgrades and streams and keeps the status of each ack; the
+ * proxy's close is pushed onto `cleanups`.
+ */
+export async function upgradeRefusingProxy(
+  targetPort: number,
+  cleanups: Array<() => Promise<unknown> | unknown>,
+) {
+  const seen = { upgrades: 0, streams: 0, acks: [] as number[] };
+  const proxy = http.createServer((req, res) => {
+    if (req.url?.endsWith('/stream')) seen.streams += 1;
+    const ack = req.url?.endsWith('/ack') === true;
+    const upstream = http.request(
+      { host: '127.0.0.1', port: targetPort, path: req.url, method: req.method, headers: req.headers },
+      (response) => {
+        if (ack) seen.acks.push(response.statusCode ?? 0);
+        // A stream cut at either end resets the other: a proxy swallows that (CI once saw an unhandled
+        // ECONNRESET here fail the run after every test had passed).
+        response.on('error', () => res.destroy());
+        res.writeHead(response.statusCode ?? 502, response.headers);
+        response.pipe(res);
+      },
+    );
+    upstream.on('error', () => res.destroy());
+    req.on('error', () => upstream.destroy());
+    res.on('error', () => upstream.destroy());
+    res.on('close', () => upstream.destroy());
+    req.pipe(upstream);
+  });
+  proxy.on('upgrade', (_req, socket) => {
+    seen.upgrades += 1;
+    socket.on('error', () => socket.destroy());
+    socket.end('HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n');
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', () => resolve()));
+  cleanups.push(() => new Promise((resolve) => proxy.close(resolve)));
+  return { port: (proxy.address() as AddressInfo).port, seen };
+}

@@ -1,26 +1,15 @@
 /** The progress client (one socket for the page) and the "reconnecting…" badge that follows its state. */
 import { ProgressClient } from '@finishline/client';
-import { httpFallback } from '@finishline/client/http';
-import { sessionCursorStorage } from '@finishline/client/persist';
 import { $ } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
+import { progressClientOptions } from './progress-options.js';
 import { onSessionEnd } from './session.js';
 import { loadTasks } from './task-list.js';
 
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/progress`;
 
-// The session cookie authenticates the socket; the sessionStorage persistence saves the cursor with each ack, so
-// a reload resumes from where this page was instead of starting over.
-// Reconnect attempts back off to 5 s at most (the library's default is 30 s): an operator watching a server
-// restart should see the page come back within seconds.
-// The HTTP fallback polls while no socket opens (a proxy that refuses upgrades).
 function connect(): ProgressClient {
-  const made = new ProgressClient({
-    url: wsUrl,
-    persistence: sessionCursorStorage(),
-    httpFallback: httpFallback(),
-    reconnect: { maxDelayMs: 5000 },
-  });
+  const made = new ProgressClient(progressClientOptions(wsUrl));
   let wasOpen = false;
   made.on('state', ({ state }) => {
     // A client closed at the end of a session says nothing more (its 'closed' is not this page's).
