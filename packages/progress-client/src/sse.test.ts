@@ -1660,6 +1660,34 @@ describe('the SSE fallback transport when the page wakes', () => {
     await client.close();
   });
 
+  it('polls at once when the page wakes after the streams made way for polling (a proxy buffering them), as the HTTP fallback alone does', async () => {
+    // The wake went to the streams alone, none of which was open any more: the polls waited out their
+    // backoff (up to 30 s and more while HTTP had failed), where a client with the HTTP fallback alone
+    // polls at once.
+    const page = fakePage();
+    const { client, scheduler, http, sse } = sseSetup({
+      preferFallback: true,
+      pageEvents: page.sources,
+      httpPollIntervalMs: 60_000,
+    });
+    http.tasks.set('t1', new FakeTask('t1', 5));
+    client.watch('t1');
+    await flush();
+    await scheduler.advance(21_000); // two opens stalled: polling from now on
+    await flush();
+    const polled = http.requests.length;
+    expect(polled).toBeGreaterThan(0);
+    expect(sse.streams).toHaveLength(2);
+    await scheduler.advance(5000);
+    expect(http.requests).toHaveLength(polled);
+    page.online();
+    await scheduler.advance(0);
+    await flush();
+    expect(http.requests.length).toBeGreaterThan(polled);
+    expect(sse.streams).toHaveLength(2);
+    await client.close();
+  });
+
   it('while the socket is unreachable: tries the socket at once and reopens the stream', async () => {
     const page = fakePage();
     const ctx = sseSetup({
