@@ -221,6 +221,30 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('ends a stream once its watch’s end is applied, whether or not its body ends: acknowledged at once', async () => {
+    // The stream waited for its body to end (the server ends it after the terminal frame): one that a proxy
+    // held open held the end's ack, and the watch, until the silence timeout (32 s), or for ever behind a
+    // proxy that writes comments of its own.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 0);
+    stream.send({ type: 'event', event: task.item('a') }, 1);
+    stream.send({ type: 'event', event: task.end() }, 2);
+    expect((await watch.done).status).toBe('completed');
+    await flush();
+    expect(stream.aborted()).toBe(true);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }]);
+    expect(watch.closed).toBe(true);
+    await scheduler.advance(60_000);
+    expect(sse.streams).toHaveLength(1);
+    expect(sse.acks).toHaveLength(1);
+    await client.close();
+  });
+
   it('takes an ack answered with no response (a fetch of your own that returns nothing) for no answer, leaving no rejection unhandled', async () => {
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
