@@ -154,16 +154,18 @@ export class FallbackStreams implements FallbackRuntime {
    */
   wake(): void {
     const { clock, wakePingTimeoutMs } = this.#host.options;
-    // (A watch without an entry, refused or finished, is left alone by restart.)
+    // (A watch without an entry, refused or finished, is left alone: NaN is never >=, and restart would.)
     for (const task of this.#host.tasks())
-      if (clock() - (this.#streams.get(task.taskId)?.[1] ?? 0) >= wakePingTimeoutMs) this.restart(task);
+      if (clock() - (this.#streams.get(task.taskId)?.[1] as number) >= wakePingTimeoutMs) this.restart(task);
   }
 
-  /** Opens the stream of one watch, unless streams are off, it has one, or it is finished or released. */
+  /**
+   * Opens the stream of one watch, unless streams are off, it has one, or it is released; for a finished
+   * one, acknowledges its end instead (as a stream's end does).
+   */
   open(task: TaskSubscription): void {
     const taskId = task.taskId;
-    if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
-      return;
+    if (!this.#streaming || !this.#host.current(task) || this.#streams.has(taskId)) return;
     const o = this.#host.options;
     const pacing = this.#pacing.get(task) ?? new ReconnectPacing(o);
     this.#pacing.set(task, pacing);
@@ -171,13 +173,11 @@ export class FallbackStreams implements FallbackRuntime {
     const now = o.clock();
     pacing.ready(now, 0);
     let entry: [() => void, number] | undefined;
-    // (From its cursor, with its epoch: a server whose store was restored since must not resume that seq
-    // in another log.)
-    const stop = this.#wire.follow(task, (refusal, served, stalled) => {
+    const ended = (refusal?: ProgressError, served = false, stalled?: boolean) => {
       // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
       // not while opening either (no `fetch`: nothing to ask again).
       const own = entry && this.#streams.get(taskId) === entry && this.#streams.delete(taskId);
-      if (refusal !== undefined && this.#host.current(task)) {
+      if (refusal && this.#host.current(task)) {
         // Answered as the HTTP fallback answers the same refusal.
         if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
         if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
@@ -217,17 +217,21 @@ export class FallbackStreams implements FallbackRuntime {
       if (!task.cursor.finished && this.#host.current(task)) {
         if (served) pacing.down();
         const delayMs = pacing.nextDelayMs(served);
-        if (refusal === undefined) {
-          // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
-          this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
-        } else
+        if (refusal)
           task.retryAfterError(
             () => delayMs,
             () => this.open(task),
           );
+        // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
+        else this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
       }
-    });
-    entry = [stop, now];
-    this.#streams.set(taskId, entry);
+    };
+    // Finished meanwhile (its end read over HTTP by the 100% watchdog while its stream was cut or refused):
+    // no stream to open, and its end acknowledged as a stream's end acknowledges it. Until 6 December 2026
+    // nothing did (nor let go of the task), short of a socket's `hello`: with `preferFallback`, never.
+    // (From its cursor, with its epoch: a server whose store was restored since must not resume that seq
+    // in another log.)
+    if (task.cursor.finished) ended();
+    else this.#streams.set(taskId, (entry = [this.#wire.follow(task, ended), now]));
   }
 }

@@ -1049,6 +1049,36 @@ describe('the SSE fallback transport when a watch ends another way', () => {
   });
 });
 
+describe('the SSE fallback transport when a watch ends while its stream waits to reopen', () => {
+  it('acknowledges an end the 100% watchdog read over HTTP while the stream was refused, and lets go of the task', async () => {
+    // Its stream refused for now (a 503, the principal's stream cap), the watch got its end from the
+    // watchdog's HTTP step; the stream's retry then found the watch finished and opened nothing, and
+    // nothing else acknowledged the end or let go of the task: with preferFallback, never.
+    const { client, sse, scheduler, http } = sseSetup({ preferFallback: true, finishTimeoutMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 1);
+    await flush();
+    sse.refusal = {
+      status: 503,
+      text: JSON.stringify({ error: { code: 'store_unavailable', message: 'down' } }),
+    };
+    stream.end(); // cut: every reopen is refused from now on
+    task.end();
+    for (let i = 0; i < 60 && watch.closed === false; i++) await scheduler.advance(1000);
+    expect(http.count('/tasks/t1/events')).toBeGreaterThan(0);
+    expect((await watch.done).status).toBe('completed');
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }]);
+    expect(watch.closed).toBe(true);
+    await client.close();
+  });
+});
+
 describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.ts)', () => {
   // A stream cut after it delivered was reopened only after httpPollIntervalMs (2 s), as after a failed
   // open: in the chaos run, SSE watchers were the tail of terminal commit → callback (max 4,158 ms,
