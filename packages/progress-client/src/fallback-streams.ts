@@ -66,30 +66,20 @@ export interface FallbackTransport {
   attach(host: FallbackHost): FallbackRuntime;
 }
 
-/**
- * Where a stream resumes: a watch's cursor, with the store epoch its seq is of when the watch knows it (from
- * a snapshot, a `hello`, or a saved cursor). @internal
- */
-export interface FallbackCursor {
-  readonly seq: number;
-  readonly epoch: string | undefined;
-}
-
 /** How a fallback transport reaches the server about one task (the SSE requests of `sse.ts`). @internal */
 export interface FallbackWire {
   /**
-   * Follows a task from after `from`, handing every frame to the host's `onFrame`; `onEnd` is called once
-   * when the stream ends for any reason (terminal frame, cut, stop), with the server's error when it
-   * refused the stream (401, 403, 404, 503…), and whether it was `served`: it delivered anything (its
-   * opening comment, a heartbeat, a frame), and whether it `stalled`: the open brought nothing within
-   * `connectTimeoutMs`. `onReject` is told of every frame the stream brought that the
-   * client rejects (`invalid_frame`, `frame_too_large`, `unknown_frame`). Returns the function that stops it.
+   * Follows a task from after its cursor (with the store epoch its seq is of, when the watch knows it: from
+   * a snapshot, a `hello`, or a saved cursor), handing every frame to the host's `onFrame` and reporting on
+   * the watch every frame the client rejects (`invalid_frame`, `frame_too_large`, `unknown_frame`); `onEnd`
+   * is called once when the stream ends for any reason (its watch's end applied, a cut, a stop), with the
+   * server's error when it refused the stream (401, 403, 404, 503…), and whether it was `served`: it
+   * delivered anything (its opening comment, a heartbeat, a frame), and whether it `stalled`: the open
+   * brought nothing within `connectTimeoutMs`. Returns the function that stops it.
    */
   follow(
-    taskId: string,
-    from: FallbackCursor,
+    task: TaskSubscription,
     onEnd: (refusal: ProgressError | undefined, served: boolean, stalled?: boolean) => void,
-    onReject: (error: ProgressError) => void,
   ): () => void;
   /** Acknowledges `seq` of a task (cumulative); sent again after a failure answer, a few times at most. */
   ack(taskId: string, seq: number): void;
@@ -164,16 +154,18 @@ export class FallbackStreams implements FallbackRuntime {
    */
   wake(): void {
     const { clock, wakePingTimeoutMs } = this.#host.options;
-    // (A watch without an entry, refused or finished, is left alone by restart.)
+    // (A watch without an entry, refused or finished, is left alone: NaN is never >=, and restart would.)
     for (const task of this.#host.tasks())
-      if (clock() - (this.#streams.get(task.taskId)?.[1] ?? 0) >= wakePingTimeoutMs) this.restart(task);
+      if (clock() - (this.#streams.get(task.taskId)?.[1] as number) >= wakePingTimeoutMs) this.restart(task);
   }
 
-  /** Opens the stream of one watch, unless streams are off, it has one, or it is finished or released. */
+  /**
+   * Opens the stream of one watch, unless streams are off, it has one, or it is released; for a finished
+   * one, acknowledges its end instead (as a stream's end does).
+   */
   open(task: TaskSubscription): void {
     const taskId = task.taskId;
-    if (!this.#streaming || !this.#host.current(task) || task.cursor.finished || this.#streams.has(taskId))
-      return;
+    if (!this.#streaming || !this.#host.current(task) || this.#streams.has(taskId)) return;
     const o = this.#host.options;
     const pacing = this.#pacing.get(task) ?? new ReconnectPacing(o);
     this.#pacing.set(task, pacing);
@@ -181,69 +173,65 @@ export class FallbackStreams implements FallbackRuntime {
     const now = o.clock();
     pacing.ready(now, 0);
     let entry: [() => void, number] | undefined;
-    // With its epoch: a server whose store was restored since must not resume that seq in another log.
-    const stop = this.#wire.follow(
-      taskId,
-      { seq: task.cursor.seq, epoch: task.epoch },
-      (refusal, served, stalled) => {
-        // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
-        // not while opening either (no `fetch`: nothing to ask again).
-        const own = entry && this.#streams.get(taskId) === entry;
-        if (own) this.#streams.delete(taskId);
-        if (refusal !== undefined && this.#host.current(task)) {
-          // Answered as the HTTP fallback answers the same refusal.
-          if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
-          if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
-          task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
-        }
-        // Its end acknowledged here, the subscription is done as one whose end the socket acknowledged is:
-        // the socket has nothing more to ask about it, and a new watch of the id asks the server (the id
-        // may name a new run by now). Marked on the subscription, not by task id: by id, a new run's end was
-        // taken as acknowledged. Before 5 December 2026 only the socket's ack marked it: with
-        // `preferFallback` (or the socket down) a new watch of the id, the old run's handle still held,
-        // shared the old run's end and resolved with it at once.
-        // The stream is over, so nothing more comes about the task: the client lets go of it (when it still
-        // follows it), as it does of one whose end the socket acknowledged at the next heartbeat; its handles
-        // close, keeping their final state. Until 6 December 2026 nothing let go of it with `preferFallback`
-        // (no socket, so no heartbeat), and a long-lived page kept every job it watched, with its handles,
-        // their listeners and their listener on the `signal` given to `watch()`.
-        if (task.cursor.finished && !task.socketDone) {
-          task.done();
-          this.#wire.ack(taskId, task.cursor.seq);
-          this.#host.failTask(task);
-        }
-        // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut
-        // by a proxy's timeout, a server's restart) is a connection that said `hello`: its first cut is
-        // reopened at once, within `reconnect.firstDelayMs` (a fixed `httpPollIntervalMs` made SSE watchers
-        // the chaos run's tail); a later one after at most a step. An open that failed (refused for now:
-        // 503, 429, an expired token; no answer; a stream ended with nothing) backs off, growing, until a
-        // stream stays up `stableConnectionMs`: every watch of every page asking at once would keep a
-        // server that is down, out of store or over its cap busy answering them.
-        // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
-        // refused one on the task's retry timer, out of a wake's reach.
-        // A stream served starts the count of stalls over. Past the limit the streams make way for HTTP
-        // polling, when the client has it: behind a proxy that buffers them, reopening them for ever showed
-        // a watch nothing of its task before the task's end.
-        if (own) {
-          this.#stalls = served ? 0 : this.#stalls + (stalled ? 1 : 0);
-          if (this.#stalls >= this.#stallLimit && this.#host.poll?.()) return this.stop();
-        }
-        if (own && !task.cursor.finished && this.#host.current(task)) {
-          if (served) pacing.down();
-          const delayMs = pacing.nextDelayMs(served);
-          if (refusal === undefined) {
-            // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
-            this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
-          } else
-            task.retryAfterError(
-              () => delayMs,
-              () => this.open(task),
-            );
-        }
-      },
-      (error) => task.task.emitError(error),
-    );
-    entry = [stop, now];
-    this.#streams.set(taskId, entry);
+    const ended = (refusal?: ProgressError, served = false, stalled?: boolean) => {
+      // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
+      // not while opening either (no `fetch`: nothing to ask again).
+      const own = entry && this.#streams.get(taskId) === entry && this.#streams.delete(taskId);
+      if (refusal && this.#host.current(task)) {
+        // Answered as the HTTP fallback answers the same refusal.
+        if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
+        if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
+        task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
+      }
+      // Its end acknowledged here, the subscription is done as one whose end the socket acknowledged is:
+      // the socket has nothing more to ask about it, and a new watch of the id asks the server (the id
+      // may name a new run by now). Marked on the subscription, not by task id: by id, a new run's end was
+      // taken as acknowledged. Before 5 December 2026 only the socket's ack marked it: with
+      // `preferFallback` (or the socket down) a new watch of the id, the old run's handle still held,
+      // shared the old run's end and resolved with it at once.
+      // The stream is over, so nothing more comes about the task: the client lets go of it (when it still
+      // follows it), as it does of one whose end the socket acknowledged at the next heartbeat; its handles
+      // close, keeping their final state. Until 6 December 2026 nothing let go of it with `preferFallback`
+      // (no socket, so no heartbeat), and a long-lived page kept every job it watched, with its handles,
+      // their listeners and their listener on the `signal` given to `watch()`.
+      if (task.cursor.finished && !task.socketDone) {
+        task.done();
+        this.#wire.ack(taskId, task.cursor.seq);
+        this.#host.failTask(task);
+      }
+      // Ended before the end: reopened from the cursor at the socket's pace. A stream that delivered (cut
+      // by a proxy's timeout, a server's restart) is a connection that said `hello`: its first cut is
+      // reopened at once, within `reconnect.firstDelayMs` (a fixed `httpPollIntervalMs` made SSE watchers
+      // the chaos run's tail); a later one after at most a step. An open that failed (refused for now:
+      // 503, 429, an expired token; no answer; a stream ended with nothing) backs off, growing, until a
+      // stream stays up `stableConnectionMs`: every watch of every page asking at once would keep a
+      // server that is down, out of store or over its cap busy answering them.
+      // A cut one waits in the map, where a wake finds it (and `close` and `stop` cancel the wait); a
+      // refused one on the task's retry timer, out of a wake's reach.
+      // A stream served starts the count of stalls over. Past the limit the streams make way for HTTP
+      // polling, when the client has it: behind a proxy that buffers them, reopening them for ever showed
+      // a watch nothing of its task before the task's end.
+      if (!own) return;
+      this.#stalls = served ? 0 : this.#stalls + (stalled ? 1 : 0);
+      if (this.#stalls >= this.#stallLimit && this.#host.poll?.()) return this.stop();
+      if (!task.cursor.finished && this.#host.current(task)) {
+        if (served) pacing.down();
+        const delayMs = pacing.nextDelayMs(served);
+        if (refusal)
+          task.retryAfterError(
+            () => delayMs,
+            () => this.open(task),
+          );
+        // (Its restart finds the wait in the map: it cancels the timer that fired, and opens the stream.)
+        else this.#streams.set(taskId, [this.#host.timers.start(() => this.restart(task), delayMs), 0]);
+      }
+    };
+    // Finished meanwhile (its end read over HTTP by the 100% watchdog while its stream was cut or refused):
+    // no stream to open, and its end acknowledged as a stream's end acknowledges it. Until 6 December 2026
+    // nothing did (nor let go of the task), short of a socket's `hello`: with `preferFallback`, never.
+    // (From its cursor, with its epoch: a server whose store was restored since must not resume that seq
+    // in another log.)
+    if (task.cursor.finished) ended();
+    else this.#streams.set(taskId, (entry = [this.#wire.follow(task, ended), now]));
   }
 }

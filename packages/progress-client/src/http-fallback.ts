@@ -377,7 +377,10 @@ class HttpPoller implements HttpFallbackRuntime {
       // HTTP step on a socket that is up: that socket acknowledges the end and unsubscribes.) Then the client
       // lets go of it, as of one whose end the socket acknowledged at the next heartbeat: until 6 December
       // 2026 a page whose socket never opened (no heartbeat) kept every job it watched, with its handles.
-      if (this.#polling && task.cursor.finished && !task.socketDone && host.current(task)) {
+      // Acknowledged too when the client no longer follows it (a handle closed from its own `finished`
+      // listener as the end was applied), as its stream's close does over SSE: until 6 December 2026 that
+      // end was never acknowledged, the socket down. (`failTask` leaves alone a task no longer followed.)
+      if (this.#polling && task.cursor.finished && !task.socketDone) {
         task.done();
         sendAck(host.options, host.timers, host.options.fetch, task.taskId, task.cursor.seq);
         host.failTask(task);

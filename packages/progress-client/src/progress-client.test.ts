@@ -1379,6 +1379,28 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('acknowledges over HTTP an end seen while polling whose handle closed from its own finished listener', async () => {
+    // The handle closed as the end was applied, the client no longer followed the task when the poll
+    // ended, and the ack went nowhere (the socket down): the server never learnt the end was seen. Over an
+    // SSE stream, and on a socket, the same close acknowledges it.
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 2000,
+    });
+    const job = new FakeTask('job', 1);
+    http.tasks.set(job.id, job);
+    const handle = client.watch(job.id);
+    handle.on('finished', () => handle.close());
+    server.last.serverClose(1006); // the first attempt fails: HTTP takes over
+    await scheduler.advance(0);
+    job.end();
+    await scheduler.advance(2000);
+    expect((await handle.done).status).toBe('completed');
+    await flush();
+    expect(http.acks).toEqual([{ taskId: 'job', seq: 1 }]);
+    await client.close();
+  });
+
   it('lets go of a task whose end it acknowledged over HTTP polling: a page whose socket never opens keeps none of them', async () => {
     // No socket, so no heartbeat to let go of it at: until 6 December 2026 every job such a page watched
     // stayed in the client with its handles, their listeners and their listener on the signal.

@@ -297,14 +297,17 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   /**
    * A page-life event: check the socket now and resync every unfinished watch over it, so what happened
    * while the page slept shows at once; a socket that stays silent is replaced after the ping deadline.
-   * The fallback in use acts now too: SSE streams start over from their cursors, or HTTP polls.
+   * The fallback in use acts now too: SSE streams start over from their cursors, or HTTP polls. Both are
+   * told (each acts only while in use): streams that made way for polling (`pollAfterStalls`) left the
+   * wake to streams no longer open, and the polls waited out their backoff. (Never once closed: the
+   * shutdown stops page life first, whose own check drops a later event; no check of its own here.)
    */
   #wake(reason: WakeReason): void {
-    if (this.#closed) return;
     if (this.#connection.check(reason, this.#o.wakePingTimeoutMs)) {
       for (const task of this.#tasks.values()) this.#resync(task);
     }
-    (this.#fallback ?? this.#http)?.wake();
+    this.#http?.wake();
+    this.#fallback?.wake();
   }
 
   #onFrame(frame: ServerFrame): void {

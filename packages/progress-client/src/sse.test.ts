@@ -221,6 +221,30 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('ends a stream once its watch’s end is applied, whether or not its body ends: acknowledged at once', async () => {
+    // The stream waited for its body to end (the server ends it after the terminal frame): one that a proxy
+    // held open held the end's ack, and the watch, until the silence timeout (32 s), or for ever behind a
+    // proxy that writes comments of its own.
+    const { client, scheduler, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 0);
+    stream.send({ type: 'event', event: task.item('a') }, 1);
+    stream.send({ type: 'event', event: task.end() }, 2);
+    expect((await watch.done).status).toBe('completed');
+    await flush();
+    expect(stream.aborted()).toBe(true);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }]);
+    expect(watch.closed).toBe(true);
+    await scheduler.advance(60_000);
+    expect(sse.streams).toHaveLength(1);
+    expect(sse.acks).toHaveLength(1);
+    await client.close();
+  });
+
   it('takes an ack answered with no response (a fetch of your own that returns nothing) for no answer, leaving no rejection unhandled', async () => {
     const unhandled: unknown[] = [];
     const onUnhandled = (reason: unknown) => unhandled.push(reason);
@@ -1025,6 +1049,36 @@ describe('the SSE fallback transport when a watch ends another way', () => {
   });
 });
 
+describe('the SSE fallback transport when a watch ends while its stream waits to reopen', () => {
+  it('acknowledges an end the 100% watchdog read over HTTP while the stream was refused, and lets go of the task', async () => {
+    // Its stream refused for now (a 503, the principal's stream cap), the watch got its end from the
+    // watchdog's HTTP step; the stream's retry then found the watch finished and opened nothing, and
+    // nothing else acknowledged the end or let go of the task: with preferFallback, never.
+    const { client, sse, scheduler, http } = sseSetup({ preferFallback: true, finishTimeoutMs: 1000 });
+    const task = new FakeTask('t1', 1);
+    task.item('a');
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    stream.write(OPENING);
+    stream.send({ type: 'snapshot', task: task.view() }, 1);
+    await flush();
+    sse.refusal = {
+      status: 503,
+      text: JSON.stringify({ error: { code: 'store_unavailable', message: 'down' } }),
+    };
+    stream.end(); // cut: every reopen is refused from now on
+    task.end();
+    for (let i = 0; i < 60 && watch.closed === false; i++) await scheduler.advance(1000);
+    expect(http.count('/tasks/t1/events')).toBeGreaterThan(0);
+    expect((await watch.done).status).toBe('completed');
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 2 }]);
+    expect(watch.closed).toBe(true);
+    await client.close();
+  });
+});
+
 describe('the pace of reopening an SSE stream (the socket’s: reconnect-pacing.ts)', () => {
   // A stream cut after it delivered was reopened only after httpPollIntervalMs (2 s), as after a failed
   // open: in the chaos run, SSE watchers were the tail of terminal commit → callback (max 4,158 ms,
@@ -1657,6 +1711,34 @@ describe('the SSE fallback transport when the page wakes', () => {
     page.online();
     await flush();
     expect(sse.streams).toHaveLength(1);
+    await client.close();
+  });
+
+  it('polls at once when the page wakes after the streams made way for polling (a proxy buffering them), as the HTTP fallback alone does', async () => {
+    // The wake went to the streams alone, none of which was open any more: the polls waited out their
+    // backoff (up to 30 s and more while HTTP had failed), where a client with the HTTP fallback alone
+    // polls at once.
+    const page = fakePage();
+    const { client, scheduler, http, sse } = sseSetup({
+      preferFallback: true,
+      pageEvents: page.sources,
+      httpPollIntervalMs: 60_000,
+    });
+    http.tasks.set('t1', new FakeTask('t1', 5));
+    client.watch('t1');
+    await flush();
+    await scheduler.advance(21_000); // two opens stalled: polling from now on
+    await flush();
+    const polled = http.requests.length;
+    expect(polled).toBeGreaterThan(0);
+    expect(sse.streams).toHaveLength(2);
+    await scheduler.advance(5000);
+    expect(http.requests).toHaveLength(polled);
+    page.online();
+    await scheduler.advance(0);
+    await flush();
+    expect(http.requests.length).toBeGreaterThan(polled);
+    expect(sse.streams).toHaveLength(2);
     await client.close();
   });
 

@@ -111,7 +111,10 @@ const SSE_OPTIONS = {
 function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): FallbackWire {
   const o = host.options;
   return {
-    follow(taskId, from, onEnd, onReject) {
+    follow(task, onEnd) {
+      const { taskId, cursor, epoch } = task;
+      // Where it resumes, as the watch stood when the stream was asked for.
+      const seq = cursor.seq;
       const abort = new AbortController();
       let ended = false;
       // A stream that died without a word (a laptop's sleep, a NAT that forgot the connection) is never
@@ -121,7 +124,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // (the server writes its opening comment at once) it has `connectTimeoutMs`, as a socket has until
       // `hello`: an open that a frozen replica or a holding proxy never answers used to wait the whole
       // silence timeout (32 s by default); it ends as a failed open (`served` false: backed off), not a cut.
-      let quiet = () => {};
+      let quiet: () => void = noop;
       let intervalMs = SERVER_HEARTBEAT_MS;
       /** The stream brought something (its opening comment, a heartbeat, a frame): it was served. */
       let delivered = false;
@@ -161,14 +164,14 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             headers: {
               accept: 'text/event-stream',
               // The id of the last frame applied, as the server wrote it: `<seq>~<epoch>` when the epoch is known.
-              ...(from.seq > 0 && { 'last-event-id': sseEventId(from.seq, epoch) }),
+              ...(seq > 0 && { 'last-event-id': sseEventId(seq, epoch) }),
             },
             signal: abort.signal,
           });
-        let response = await open(from.epoch);
+        let response = await open(epoch);
         // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
         // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
-        if (response.status === 400 && from.seq > 0 && from.epoch !== undefined) response = await open();
+        if (response.status === 400 && seq > 0 && epoch !== undefined) response = await open();
         // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
         if (!response.ok && response.status !== undefined) {
           // (No text, or none read: the status says it, as for a body that is not JSON.)
@@ -187,7 +190,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         const reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
-        for (;;) {
+        // Until its watch's end is applied: the stream is over then, whether or not its body ends (the server
+        // ends it; a proxy that held it open held the end's ack, and the watch, until the silence timeout,
+        // 32 s by default).
+        while (!cursor.finished) {
           const { done, value } = await reader.read();
           if (done) break;
           delivered = true;
@@ -217,7 +223,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
                 // from the cursor, backing off (an open that failed: a server repeating the frame is not
                 // asked again at once, for ever). Not for a frame type it does not know (a newer server's,
                 // as the socket keeps its socket then).
-                onReject(decoded.error);
+                task.task.emitError(decoded.error);
                 if (decoded.error.code !== ErrorCode.UnknownFrame) {
                   delivered = false;
                   return end();
