@@ -319,6 +319,38 @@ describe('HTTP handler', () => {
     expect(response.body).toMatchObject({ error: { code: ErrorCode.TaskNotFound } });
   });
 
+  // Found by a security review: the events route authorized the task it read, then read the events of
+  // whatever task had the id by then. Retention may purge an ended task and its id be taken by another
+  // owner's new one meanwhile (while the authorize hook runs): that task's events went to a principal never
+  // asked about it.
+  it("serves no events of another owner's task that took the id while authorize ran", async () => {
+    // The runs of an id are told apart by `createdAt`: the new one is created a millisecond later.
+    const clock = new ManualClock();
+    const store = new MemoryProgressStore({ clock: clock.now });
+    let swap: (() => Promise<void>) | undefined;
+    env = await startServer({
+      store,
+      authorize: async (principal, task) => {
+        const before = swap;
+        swap = undefined;
+        await before?.();
+        return task.owner === principal.id;
+      },
+    });
+    const old = await store.createTask({ id: 'nightly', owner: 'alice', kind: 'k' });
+    await store.append(old.id, { type: 'completed' });
+    swap = async () => {
+      clock.advance(1);
+      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+      await store.createTask({ id: 'nightly', owner: 'bob', kind: 'k' });
+      await store.append('nightly', { type: 'progress', message: "bob's secret" });
+    };
+    const response = await call('/progress/tasks/nightly/events?afterSeq=0', { user: 'alice' });
+    expect(JSON.stringify(response.body)).not.toContain("bob's secret");
+    expect(response.status).toBe(404);
+    expect(response.body).toMatchObject({ error: { code: ErrorCode.TaskNotFound } });
+  });
+
   // Found by a security review: a cancel sent to the replica that created a task, after another worker had
   // taken its expired lease over and before this replica's lease keeper noticed, went through the task's
   // handle, whose append is fenced to this replica's lease: refused 409 lease_held, the task ran on, and the

@@ -615,6 +615,14 @@ async function serveRoute<P extends Principal>(
       });
       const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
       const events = await ctx.store.readEvents(task.id, afterSeq, limit);
+      // The events of the task authorized, not of whatever task has the id once the hooks answered: the
+      // store's read names no run, and retention may purge the task and its id go to a new task (another
+      // owner's too) meanwhile. The id's task read again still of this run means the events read before
+      // were its own (a run's `createdAt` never comes back); another run, or none, is a task gone. An empty
+      // page carries nothing of another run.
+      if (events.length > 0 && (await ctx.store.getTask(task.id))?.createdAt !== task.createdAt) {
+        throw fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(task.id));
+      }
       await epochRead(ctx);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
       // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True

@@ -323,6 +323,7 @@ export class TaskStream {
             head.seq <= this.#position + 1 &&
             !(fromStore && this.#shortOfLoad(events))
           ) {
+            if (fromStore && !(await this.#ofRun())) return;
             const before = this.#position;
             this.#push(events);
             if (this.#position === before) break;
@@ -443,6 +444,24 @@ export class TaskStream {
       () => (stale() ? Promise.resolve(whenStale) : read()),
       stale,
     );
+  }
+
+  /**
+   * Whether events just read from the store are of the stream's run: the store's read names no run, and
+   * retention may purge the run and its id go to a new task (another owner's too) before the hub hears of
+   * it (a feed that polls, a listener away, or the moment between the authorizing load and this read).
+   * Handed over, that task's events went out as the stream's own run's, to a principal never authorized
+   * for it. The id's task read again after the events still of this run means they were its own (a run's
+   * `createdAt` never comes back); another run, or none, has the stream's owner start over (a load,
+   * authorized again). `false` when the stream went stale or was restarted.
+   */
+  async #ofRun(): Promise<boolean> {
+    if (this.#run === undefined) return true;
+    const task = await this.#read(() => this.#hub.store.getTask(this.taskId), null);
+    if (this.stale || task === null) return false;
+    if (task?.createdAt === this.#run) return true;
+    this.#sink.restart();
+    return false;
   }
 
   /**

@@ -291,3 +291,59 @@ describe('a Server-Sent Events stream of a run the server never heard end', () =
     expect(ended).toBe(true);
   });
 });
+
+/**
+ * Found by a security review: alice's ended task `nightly` (seq 4), and, unheard and while `authorize`
+ * answers about it, its purge and bob's task created under the id (ended at seq 6). The stream's resume read its
+ * backlog from the store after the authorizing load, and the read names no run: bob's events went out as
+ * alice's task's. Returns the server and the hook's calls (owners asked about).
+ */
+async function swappedWhileAuthorizing() {
+  const clock = new ManualClock();
+  const store = new MemoryProgressStore({ clock: clock.now });
+  const { seen, hearing } = deafAtTimes(store);
+  let swap: (() => Promise<void>) | undefined;
+  const env = await session.start({
+    store: seen,
+    authorize: async (principal, task) => {
+      const before = swap;
+      swap = undefined;
+      await before?.();
+      return task.owner === principal.id;
+    },
+  });
+  await store.createTask({ id: 'nightly', owner: 'alice', kind: 'k' });
+  for (let i = 1; i <= 3; i++) await store.append('nightly', { type: 'progress', message: `alice ${i}` });
+  await store.append('nightly', { type: 'completed' });
+  swap = async () => {
+    hearing.on = false;
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'nightly', owner: 'bob', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await store.append('nightly', { type: 'progress', message: `bob ${i}` });
+    await store.append('nightly', { type: 'completed' });
+  };
+  return env;
+}
+
+describe("a resume whose task was purged and its id taken by another owner's, unheard, while authorize ran", () => {
+  it("streams none of the new task's events over Server-Sent Events", async () => {
+    const env = await swappedWhileAuthorizing();
+    const response = await fetch(`${env.httpUrl}/progress/tasks/nightly/stream`, {
+      headers: { 'x-user': 'alice', 'last-event-id': '1' },
+    });
+    // The stream starts over from a load of the id, bob's task, which alice may not watch: it ends.
+    const text = await response.text();
+    expect(text).not.toContain('bob');
+    expect(text).not.toContain('data:');
+  });
+
+  it("sends none of the new task's events to a socket's subscription", async () => {
+    await swappedWhileAuthorizing();
+    const watcher = await session.connect({ user: 'alice' });
+    watcher.send({ type: 'subscribe', taskId: 'nightly', afterSeq: 1 });
+    const answer = await watcher.next((frame) => frame.type !== 'hello');
+    expect(JSON.stringify(answer)).not.toContain('bob');
+    expect(answer).toMatchObject({ type: 'error', code: 'task_not_found', taskId: 'nightly' });
+  });
+});
