@@ -186,9 +186,11 @@ describe('finishline watch <url> <taskId> against a real server', () => {
       run.io,
     );
     expect(code).toBe(CLI_EXIT_CODES.watchFailed);
-    const lines = run.err.join('').trim().split('\n');
-    expect(lines.some((line) => line.includes('closed by server (4001'))).toBe(true);
-    expect(new Set(lines).size).toBe(lines.length);
+    // Review of 6 December 2026: the server's error frame, then its close quoting the same reason, printed
+    // "Invalid credentials" and "The server refused the client: closed by server (4001: Invalid credentials)";
+    // and a log (not a terminal) got "waiting for the task…" before them, a task that never came.
+    expect(run.err.join('')).toBe('finishline: Invalid credentials\n');
+    expect(run.out.join('')).toBe('');
   });
 });
 
