@@ -29,7 +29,7 @@ export interface CliIo {
   stderr: { write(text: string): unknown; on?(event: 'error', listener: (error: Error) => void): unknown };
   /** The WebSocket implementation: `ws` when installed, else Node's built-in. */
   WebSocket: WebSocketConstructorLike | undefined;
-  /** Stops the watch (Ctrl-C). */
+  /** Stops the watch: Ctrl-C, or SIGTERM when aborted with the reason `'SIGTERM'` (exit 143, not 130). */
   signal?: AbortSignal;
   /** The environment, for `FINISHLINE_TOKEN`, `FINISHLINE_HEADERS` and `TERM`; the bin passes `process.env`. */
   env?: Readonly<Record<string, string | undefined>>;
@@ -57,7 +57,7 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
 (forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
-141 the output was closed (| head)
+143 stopped (SIGTERM), 141 the output was closed (| head)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
@@ -218,8 +218,11 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       );
     }
     if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
-    // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
-    return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;
+    // Ctrl-C was exit 4, which a script reads as "the server refused the watch"; SIGTERM was 130, which
+    // says Ctrl-C to a script or a supervisor that tells the two apart.
+    if (cliIo.signal?.aborted === true)
+      return cliIo.signal.reason === 'SIGTERM' ? CLI_EXIT_CODES.terminated : CLI_EXIT_CODES.stopped;
+    return CLI_EXIT_CODES.watchFailed;
   } finally {
     // Before the close: the watch it ends with `closed` tells its subscriber, whose line would come
     // after the error, or wait for --interval-ms on a timer that keeps the process from exiting.
