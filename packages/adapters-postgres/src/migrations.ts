@@ -196,7 +196,8 @@ const MIGRATE_OPTIONS = {
 
 /**
  * Creates `schema` if needed and applies every migration it lacks, in one transaction. Safe to call
- * from several replicas at once. Returns the names of the migrations it applied (empty when up to date).
+ * from several replicas at once: one waits for another's migration up to an hour, whatever the session's
+ * `statement_timeout`. Returns the names of the migrations it applied (empty when up to date).
  *
  * @throws ProgressError `invalid_input` for a bad schema name; `store_unavailable` (with the cause) when
  * the database fails or already holds a migration this package does not know (a newer version ran).
@@ -226,10 +227,17 @@ export async function migrateProgressSchema(
     // took a session-level lock in one autocommit statement and released it in another: behind a
     // transaction-mode pooler (PgBouncer), the release ran on another server connection, and the lock
     // stayed held by the first one for as long as that lived (the next replica's open() waited up to an
-    // hour for it). Waits at most as long as the Migrator's did.
-    await sql`SELECT set_config('lock_timeout', '3600000', true), pg_advisory_xact_lock(${sql.lit(MIGRATION_LOCK_ID)})`.execute(
+    // hour for it). Waits at most as long as the Migrator's did: bounded by that lock_timeout alone, not by
+    // the session's statement_timeout (the pool's, meant for queries), which failed a replica's open() as
+    // soon as another's migration took longer than it. Turned off for the wait, in a statement of its own (a
+    // statement's timeout is armed as it starts), then set back for the migrations' statements.
+    const { rows } = await sql<{ timeout: string }>`
+      SELECT current_setting('statement_timeout') AS timeout,
+             set_config('statement_timeout', '0', true), set_config('lock_timeout', '3600000', true)`.execute(
       trx,
     );
+    await sql`SELECT pg_advisory_xact_lock(${sql.lit(MIGRATION_LOCK_ID)})`.execute(trx);
+    await sql`SELECT set_config('statement_timeout', ${rows[0]?.timeout ?? '0'}, true)`.execute(trx);
     const migrator = new Migrator({
       db: migratorView(trx, schema),
       provider,

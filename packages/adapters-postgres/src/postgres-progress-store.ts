@@ -172,6 +172,8 @@ export class PostgresProgressStore implements ProgressStore {
   #closed = false;
   /** A renewal of the epoch after lost commits is in flight (see `#wentBack`). */
   #renewingAfterLoss = false;
+  /** The next try of a renewal after lost commits that failed (see `#wentBack`): `close()` clears it. */
+  #renewalRetry: ReturnType<typeof setTimeout> | undefined;
   #closing: Promise<void> | undefined;
 
   /**
@@ -439,7 +441,11 @@ export class PostgresProgressStore implements ProgressStore {
           // renewed, the failure reported once.
           if (failures === 0)
             this.#onError(toProgressError(error, 'Renewing the store epoch after lost commits failed'));
-          setTimeout(() => this.#wentBack(taskId, seq, publishedSeq, failures + 1), 1000).unref();
+          this.#renewalRetry = setTimeout(
+            () => this.#wentBack(taskId, seq, publishedSeq, failures + 1),
+            1000,
+          );
+          this.#renewalRetry.unref?.();
         },
       )
       .finally(() => {
@@ -672,6 +678,7 @@ export class PostgresProgressStore implements ProgressStore {
         call.reject(storeClosed());
       }
       this.#retries.clear();
+      clearTimeout(this.#renewalRetry);
       // Appends whose task row another transaction holds are rejected likewise (see AppendPipeline.close).
       this.#appends.close();
       // Task reads not sent yet reject; those out are not waited for (they settle when the database answers):

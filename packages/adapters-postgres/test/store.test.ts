@@ -111,6 +111,50 @@ describe('migrations', () => {
     }
   });
 
+  // Review of 6 December 2026: the wait for the advisory lock ran under the session's statement_timeout, so a
+  // replica whose pool set a short one (1 s) failed to open with "canceling statement due to statement
+  // timeout" while another replica's migration took longer. The wait is bounded by its lock_timeout (an hour).
+  it("wait for another replica's migration beyond the pool's statement_timeout", async () => {
+    const schema = freshSchema('mig');
+    schemas.push(schema);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    const replica = new pg.Pool({
+      connectionString: pgUrl(),
+      max: 1,
+      application_name: 'finishline-test-short-timeout',
+      statement_timeout: 200,
+    });
+    try {
+      // Another replica's migration, holding the lock.
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_advisory_xact_lock(3853314791062309107)');
+      const migration = migrateProgressSchema(
+        new Kysely<unknown>({ dialect: new PostgresDialect({ pool: replica }) }),
+        { schema },
+      );
+      const settled = migration.then(
+        () => 'migrated',
+        (error: unknown) => error,
+      );
+      await eventually('the replica waits for the lock', async () => {
+        const { rows } = await pool.query(
+          `SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'finishline-test-short-timeout'`,
+        );
+        return rows.length > 0;
+      });
+      // Longer than the replica's statement_timeout: the other migration takes its time.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      await holder.query('COMMIT');
+      expect(await settled).toBe('migrated');
+      expect(await migration).toEqual([...MIGRATION_NAMES]);
+    } finally {
+      await holder.end();
+      await replica.end();
+    }
+  });
+
   it('are not failed by tables and schemas that other sessions drop meanwhile (other tenants, other tests)', async () => {
     // Kysely's introspector, which the Migrator asked whether its tables exist, listed every table of the
     // database and looked each name up again: one dropped meanwhile failed the migration, and open().

@@ -29,7 +29,7 @@ export interface CliIo {
   stderr: { write(text: string): unknown; on?(event: 'error', listener: (error: Error) => void): unknown };
   /** The WebSocket implementation: `ws` when installed, else Node's built-in. */
   WebSocket: WebSocketConstructorLike | undefined;
-  /** Stops the watch (Ctrl-C). */
+  /** Stops the watch: Ctrl-C, or SIGTERM when aborted with the reason `'SIGTERM'` (exit 143, not 130). */
   signal?: AbortSignal;
   /** The environment, for `FINISHLINE_TOKEN`, `FINISHLINE_HEADERS` and `TERM`; the bin passes `process.env`. */
   env?: Readonly<Record<string, string | undefined>>;
@@ -57,7 +57,7 @@ const USAGE = `usage: finishline watch <url> <taskId> [options]
 
 exit codes: 0 completed, 1 failed, 2 cancelled, 3 interrupted, 4 the watch could not go on
 (forbidden, task_not_found, unauthenticated), 5 timeout, 64 bad command line, 130 stopped (Ctrl-C),
-141 the output was closed (| head)
+143 stopped (SIGTERM), 141 the output was closed (| head)
 `;
 
 /** Runs the CLI with `argv` (without `node` and the script); resolves with the exit code. */
@@ -133,18 +133,25 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   const tty = !json && io.stdout.isTTY === true && io.env?.TERM !== 'dumb';
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
-  // Connection problems are reported, and the client goes on retrying until the deadline. On a terminal
-  // the bar's line is ended first: the error ran on from it ("0/3 0%finishline: …").
-  // The last error reported: a refusal ends the watch with an error that says what the client's last
-  // 'error' already said (a bad token printed "closed by server (4001: …)" twice).
+  // The last error reported. A refusal is said twice: the server's error frame ("Invalid credentials"), then
+  // the close that ends the watch ("The server refused the client: closed by server (4001: Invalid
+  // credentials)"), as an 'error' again and as the watch's error. One that quotes the last says it again.
   let reported: string | undefined;
-  client.on('error', (error) => {
+  const repeats = (message: string) =>
+    reported !== undefined && reported !== '' && message.includes(reported);
+  const report = (message: string) => {
+    // On a terminal the bar's line is ended first: the error ran on from it ("0/3 0%finishline: …").
     if (lineOpen) io.stdout.write('\n');
     lineOpen = false;
-    reported = error.message;
+    reported = message;
     // The message quotes the server (an error frame's text, a close reason): an escape sequence in it
     // drove the operator's terminal (retitled it, cleared it, …) as printed.
-    io.stderr.write(`finishline: ${printable(error.message)}\n`);
+    io.stderr.write(`finishline: ${printable(message)}\n`);
+  };
+  // Connection problems are reported, and the client goes on retrying until the deadline.
+  // The same problem again is said again: the client is still retrying.
+  client.on('error', (error) => {
+    if (error.message === reported || !repeats(error.message)) report(error.message);
   });
   let printed = '';
   let pending = '';
@@ -170,7 +177,8 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     const state = watch.getSnapshot();
     if (state.finished) return;
     // Nothing is known of the task before its first state: no object to give a program.
-    if (json && state.progress === null) return;
+    // Nor a line for a log: "waiting for the task…" came before the error of a watch that failed.
+    if (!tty && state.progress === null) return;
     const line = json ? jsonLine(state) : progressLine(state, tty ? io.stdout.columns : undefined);
     if (tty) {
       io.stdout.write(`\r\x1b[2K${line}`);
@@ -196,9 +204,8 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     return exitCodeOf(state);
   } catch (error) {
     if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
+    if (!repeats((error as Error).message)) report((error as Error).message);
     if (lineOpen) io.stdout.write('\n');
-    if ((error as Error).message !== reported)
-      io.stderr.write(`finishline: ${printable((error as Error).message)}\n`);
     // Refused for want of a credential when none was given: the client's message says what the server
     // did (401, or 4004 for the auth frame it waited for), not which flag supplies one.
     if (
@@ -211,8 +218,11 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
       );
     }
     if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
-    // Ctrl-C was exit 4, which a script reads as "the server refused the watch".
-    return io.signal?.aborted === true ? CLI_EXIT_CODES.stopped : CLI_EXIT_CODES.watchFailed;
+    // Ctrl-C was exit 4, which a script reads as "the server refused the watch"; SIGTERM was 130, which
+    // says Ctrl-C to a script or a supervisor that tells the two apart.
+    if (cliIo.signal?.aborted === true)
+      return cliIo.signal.reason === 'SIGTERM' ? CLI_EXIT_CODES.terminated : CLI_EXIT_CODES.stopped;
+    return CLI_EXIT_CODES.watchFailed;
   } finally {
     // Before the close: the watch it ends with `closed` tells its subscriber, whose line would come
     // after the error, or wait for --interval-ms on a timer that keeps the process from exiting.

@@ -24,8 +24,10 @@ export const CLI_EXIT_CODES = Object.freeze({
   timeout: 5,
   /** Bad command line. */
   usage: 64,
-  /** Stopped by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it): not the server's refusal (4). */
+  /** Stopped by Ctrl-C (128 + SIGINT, as shells report it): not the server's refusal (4). */
   stopped: 130,
+  /** Stopped by SIGTERM (128 + SIGTERM, as shells report it: `kill`, a CI job's or a container's stop). */
+  terminated: 143,
   /**
    * The output was closed while the watch ran (`finishline watch … | head -1`): 128 + SIGPIPE, as shells
    * report a command a closed pipe ended.

@@ -19,8 +19,9 @@ async function webSocket(): Promise<WebSocketConstructorLike | undefined> {
 }
 
 const interrupt = new AbortController();
-process.once('SIGINT', () => interrupt.abort());
-process.once('SIGTERM', () => interrupt.abort());
+// The reason tells runCli which exit code to end with (130 or 143, as a shell reports the signal).
+process.once('SIGINT', () => interrupt.abort('SIGINT'));
+process.once('SIGTERM', () => interrupt.abort('SIGTERM'));
 process.exitCode = await runCli(process.argv.slice(2), {
   stdout: process.stdout,
   stderr: process.stderr,
