@@ -172,7 +172,7 @@ export class SessionManager {
   }
 
   /** Revokes the session everywhere: its cookie is refused from now on, over HTTP and at the upgrade. */
-  async logout(session: Session): Promise<void> {
+  async logout(session: Pick<Session, 'sid'>): Promise<void> {
     await this.#db.revokeSession(session.sid);
   }
 
