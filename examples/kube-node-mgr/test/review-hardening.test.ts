@@ -3,6 +3,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, expect, it } from 'vitest';
+import { ApiRateLimit } from '../src/server/api-rate-limit.js';
 import { KubeNodes, loadKubeConfig } from '../src/server/kube-nodes.js';
 import { failure, useKubeApi } from './fake-kube-api.js';
 import { type Harness, login, postLogin, startHarness } from './harness.js';
@@ -73,4 +74,37 @@ it('an unreachable Kubernetes API is answered without its address', async () => 
     message: 'the Kubernetes API cannot be reached; try again',
     status: 0,
   });
+});
+
+it('limits a user’s /api requests: past the burst 429 with Retry-After, before any Kubernetes call', async () => {
+  let lists = 0;
+  h = await startHarness({
+    cluster: {
+      onRequest: ({ method, path }) => void (method === 'GET' && path === '/api/v1/nodes' && lists++),
+    },
+    // No refill within the test: the limit is the burst.
+    app: { apiRateLimit: { burst: 3, perSecond: 0.01 } },
+  });
+  const alice = await login(h.base, 'alice');
+  for (let i = 0; i < 3; i++) expect((await alice.get('/api/nodes')).status).toBe(200);
+  expect(lists).toBe(3);
+  const res = await fetch(`${h.base}/api/nodes`, { headers: { cookie: alice.cookie } });
+  expect(res.status).toBe(429);
+  expect(Number(res.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+  expect(((await res.json()) as any).error).toMatchObject({ code: 'rate_limited' });
+  expect(lists).toBe(3);
+  // Per user: another session of alice's shares her limit; bob has his own; alice can still sign out.
+  expect((await (await login(h.base, 'alice')).get('/api/session')).status).toBe(429);
+  expect((await (await login(h.base, 'bob')).get('/api/nodes')).status).toBe(200);
+  expect((await alice.post('/api/logout', {})).status).toBe(200);
+});
+
+it('refills a user’s bucket at its rate, up to its burst', () => {
+  const limit = new ApiRateLimit({ burst: 2, perSecond: 1 });
+  expect([limit.take('a', 0), limit.take('a', 0), limit.take('a', 0)]).toEqual([0, 0, 1000]);
+  expect(limit.take('b', 0)).toBe(0);
+  expect(limit.take('a', 500)).toBe(500);
+  expect(limit.take('a', 1000)).toBe(0);
+  // A long pause gives back the burst, not more.
+  expect([limit.take('a', 60_000), limit.take('a', 60_000), limit.take('a', 60_000)]).toEqual([0, 0, 1000]);
 });

@@ -12,6 +12,7 @@ import {
   sameOrigin,
 } from '@finishline/server';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { ApiRateLimit, type ApiRateLimitOptions } from './api-rate-limit.js';
 import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
 import { type Cluster, ClusterSet } from './clusters.js';
@@ -40,6 +41,11 @@ export interface AppOptions {
   db: AppDb;
   /** Login throttling per account and per address. */
   loginThrottle?: LoginThrottleOptions;
+  /**
+   * `/api` requests per signed-in user (but sign-in and sign-out): past it, 429 `rate_limited` with
+   * `Retry-After`. `GET /api/nodes` lists the cluster's nodes from the Kubernetes API at each call.
+   */
+  apiRateLimit?: ApiRateLimitOptions;
   /**
    * Batches one user may have running at once; one more gets 429 `too_many_batches`.
    * @default 3
@@ -346,6 +352,22 @@ export function createApp(options: AppOptions): App {
 
   const guards = createGuards({ app, sessions, db, clusters, allowedOrigins, logger: config.logger });
   const { fail } = guards;
+
+  // Before anything else of /api: a request past its user's limit costs a cookie check and nothing more — no
+  // database read, no Kubernetes call (unlimited, one user, or a script with a stolen cookie, could make
+  // `GET /api/nodes` list the cluster's nodes as fast as it asked). Keyed by the signed cookie's user, not its
+  // session: more sign-ins do not buy more. A request without a valid signature is refused with 401 by the
+  // session check, which reads no database for it; sign-in has its own throttle; sign-out is always let through.
+  const rateLimit = new ApiRateLimit(config.apiRateLimit);
+  app.use('/api', (req, res, next) => {
+    if (req.path === '/login' || req.path === '/logout') return next();
+    const user = sessions.userOf(req);
+    const waitMs = user === null ? 0 : rateLimit.take(user);
+    if (waitMs === 0) return next();
+    const seconds = Math.ceil(waitMs / 1000);
+    res.setHeader('retry-after', String(seconds));
+    fail(res, 429, 'rate_limited', `too many requests: try again in ${seconds} s`, { retryAfterS: seconds });
+  });
 
   // The batch's node list sets its route's limit; a body parsed here is not parsed again below. The
   // session is checked first: read before it, the body of up to 1.3 MB was anyone's to make this replica

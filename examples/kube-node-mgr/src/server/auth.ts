@@ -225,6 +225,11 @@ export class SessionManager {
     }
   }
 
+  /** The username of a request's validly signed cookie (its session active or not), or `null`. */
+  userOf(request: IncomingMessage): string | null {
+    return this.#decode(request)?.username ?? null;
+  }
+
   /** The session id of a request's validly signed cookie (active or not), or `null`. */
   sidOf(request: IncomingMessage): string | null {
     return this.#decode(request)?.sid ?? null;
