@@ -108,3 +108,35 @@ it('refills a user’s bucket at its rate, up to its burst', () => {
   // A long pause gives back the burst, not more.
   expect([limit.take('a', 60_000), limit.take('a', 60_000), limit.take('a', 60_000)]).toEqual([0, 0, 1000]);
 });
+
+it('over https the session cookie is __Host-knm_session, and only that name is read there', async () => {
+  h = await startHarness({ app: { trustProxy: true } });
+  const https = { 'x-forwarded-proto': 'https' };
+  const res = await postLogin(h.base, 'alice', 'alice', https);
+  const setCookie = res.headers.get('set-cookie') ?? '';
+  // What the prefix needs, or the browser drops the cookie: Secure, Path=/, no Domain.
+  expect(setCookie).toMatch(/^__Host-knm_session=[^;]+; Path=\/; /);
+  expect(setCookie).toMatch(/; Secure/);
+  expect(setCookie).not.toMatch(/Domain=/i);
+  const value = setCookie.split(';')[0]?.split('=').slice(1).join('=') ?? '';
+  const session = (cookie: string, headers: Record<string, string>) =>
+    fetch(`${h?.base}/api/session`, { headers: { cookie, ...headers } }).then((r) => r.status);
+  expect(await session(`__Host-knm_session=${value}`, https)).toBe(200);
+  // The same valid session under the plain name — what a sibling subdomain or an http answer could plant
+  // over https — is not read there; over http the plain name is the cookie.
+  expect(await session(`knm_session=${value}`, https)).toBe(401);
+  expect(await session(`knm_session=${value}`, {})).toBe(200);
+  // Sign-out clears the name it set.
+  const logout = await fetch(`${h.base}/api/logout`, {
+    method: 'POST',
+    headers: {
+      ...https,
+      cookie: `__Host-knm_session=${value}`,
+      'content-type': 'application/json',
+      'x-csrf-token': ((await res.json()) as any).csrfToken,
+    },
+    body: '{}',
+  });
+  expect(logout.status).toBe(200);
+  expect(logout.headers.get('set-cookie')).toMatch(/^__Host-knm_session=; Path=\/; .*Max-Age=0; Secure/);
+});

@@ -249,6 +249,16 @@ export function createApp(options: AppOptions): App {
   // every request arrives over http: under --trust-proxy same-origin takes the scheme from the proxy's
   // X-Forwarded-Proto (else the https pages' socket would be refused with 403, which the client takes as
   // fatal, and their POSTs).
+  // Which session cookie a request carries (`__Host-knm_session` over https) follows the scheme as the
+  // routes see it (`req.secure`): under trustProxy the proxy's first X-Forwarded-Proto value, as Express
+  // and sameOrigin read it; else TLS on the socket. Set here for the upgrade and /progress, which get the bare
+  // request.
+  sessions.readSchemeWith((req) => {
+    const header = req.headers['x-forwarded-proto'];
+    const forwarded = (Array.isArray(header) ? header[0] : header)?.split(',')[0]?.trim().toLowerCase();
+    if (proxyHops > 0 && forwarded !== undefined && forwarded !== '') return forwarded === 'https';
+    return (req.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
+  });
   const allowedOrigins = Array.isArray(config.allowedOrigins)
     ? config.allowedOrigins
     : sameOrigin({ trustProxy: proxyHops > 0 });
