@@ -540,7 +540,8 @@ describe('authentication, CSRF and per-user tasks', () => {
   it('behind a TLS proxy (--trust-proxy), same-origin takes the https pages on the WebSocket and /progress too', async () => {
     await h.close();
     h = await startHarness({ app: { trustProxy: true } });
-    const alice = await login(h.base, 'alice');
+    // Signed in over https (its cookie is `__Host-knm_session`), as every request below is.
+    const alice = await login(h.base, 'alice', 'alice', { 'x-forwarded-proto': 'https' });
     // What the proxy passes on: the page's https Origin, its Host, and X-Forwarded-Proto.
     const page = { origin: h.base.replace(/^http:/, 'https:'), 'x-forwarded-proto': 'https' };
     const started = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1'] }, page);

@@ -80,14 +80,20 @@ export function postLogin(
   });
 }
 
-export async function login(base: string, username: string, password = username): Promise<Client> {
-  const res = await postLogin(base, username, password);
+/** Signs in; `headers` go with the sign-in and every later call (a proxy's `X-Forwarded-Proto`). */
+export async function login(
+  base: string,
+  username: string,
+  password = username,
+  headers: Record<string, string> = {},
+): Promise<Client> {
+  const res = await postLogin(base, username, password, headers);
   if (res.status !== 200) throw new Error(`login ${username}: ${res.status}`);
   const setCookie = res.headers.get('set-cookie') ?? '';
   const cookie = setCookie.split(';')[0] ?? '';
   const { csrfToken } = (await res.json()) as { csrfToken: string };
-  const call = async (path: string, init: RequestInit) => {
-    const r = await fetch(`${base}${path}`, init);
+  const call = async (path: string, init: RequestInit & { headers: Record<string, string> }) => {
+    const r = await fetch(`${base}${path}`, { ...init, headers: { ...headers, ...init.headers } });
     const text = await r.text();
     return { status: r.status, body: text === '' ? null : JSON.parse(text) };
   };
@@ -95,7 +101,7 @@ export async function login(base: string, username: string, password = username)
     cookie,
     csrf: csrfToken,
     get: (path) => call(path, { headers: { cookie } }),
-    post: (path, body, headers = {}) =>
+    post: (path, body, extra = {}) =>
       call(path, {
         method: 'POST',
         // A browser sends its Origin on every POST; the server refuses a cookie without one.
@@ -104,7 +110,7 @@ export async function login(base: string, username: string, password = username)
           origin: base,
           'content-type': 'application/json',
           'x-csrf-token': csrfToken,
-          ...headers,
+          ...extra,
         },
         body: JSON.stringify(body),
       }),

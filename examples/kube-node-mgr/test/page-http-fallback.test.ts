@@ -3,6 +3,7 @@ import { ProgressClient } from '@finishline/client';
 import { afterEach, expect, it, vi } from 'vitest';
 import WebSocket from 'ws';
 import { progressClientOptions } from '../src/web/progress-options.js';
+import { onSessionMismatch } from '../src/web/session.js';
 import { state } from '../src/web/state.js';
 import { type Harness, login, startHarness, upgradeRefusingProxy } from './harness.js';
 
@@ -13,6 +14,8 @@ afterEach(async () => {
   await h?.close();
   vi.unstubAllGlobals();
   state.csrfToken = '';
+  state.me = { username: '', role: 'viewer' };
+  onSessionMismatch(() => {});
 });
 
 /** The page's sessionStorage, which the client's persistence needs (Node has none). */
@@ -59,4 +62,34 @@ it('behind a proxy that refuses upgrades, the page’s client acknowledges a bat
   expect(seen.acks.filter((code) => code >= 300)).toEqual([]);
   const task = await h.store.getTask(body.taskId);
   expect(task?.ackedSeq).toBe(task?.seq);
+});
+
+// Found by a review on 6 December 2026: after a sign-in in another tab replaced the cookie, the page's token
+// was the old session's, and its client's acks got 403 `csrf` without a word until the tab was shown again.
+it('an ack refused for a stale CSRF token makes the page check its session, as a refused POST does', async () => {
+  vi.stubGlobal('sessionStorage', memoryStorage());
+  h = await startHarness();
+  await h.store.createTask({ id: 't-ack', owner: 'alice', kind: 'batch_cordon', total: 1 });
+  const page = await login(h.base, 'alice');
+  state.me = { username: 'alice', role: 'operator' };
+  state.csrfToken = page.csrf;
+  const mismatch = vi.fn();
+  onSessionMismatch(mismatch);
+  const ack = (cookie: string) =>
+    progressClientOptions('ws://unused/progress').fetch?.(`${h?.base}/progress/tasks/t-ack/ack`, {
+      method: 'POST',
+      headers: { cookie, origin: h?.base ?? '', 'content-type': 'application/json' },
+      credentials: 'same-origin',
+      signal: new AbortController().signal,
+      body: JSON.stringify({ seq: 0 }),
+    });
+  // With the page's own session: no refusal for its token, nothing to check.
+  expect((await ack(page.cookie))?.status).not.toBe(403);
+  expect(mismatch).not.toHaveBeenCalled();
+  // Another tab signs in: the browser now sends that session's cookie with this page's token.
+  const other = await login(h.base, 'alice');
+  const refused = await ack(other.cookie);
+  expect(refused?.status).toBe(403);
+  expect(JSON.parse((await refused?.text()) ?? '')).toMatchObject({ error: { code: 'csrf' } });
+  expect(mismatch).toHaveBeenCalledTimes(1);
 });

@@ -12,6 +12,7 @@ import {
   sameOrigin,
 } from '@finishline/server';
 import express, { type NextFunction, type Request, type Response } from 'express';
+import { ApiRateLimit, type ApiRateLimitOptions } from './api-rate-limit.js';
 import type { AppDb } from './app-db.js';
 import type { SessionManager } from './auth.js';
 import { type Cluster, ClusterSet } from './clusters.js';
@@ -40,6 +41,11 @@ export interface AppOptions {
   db: AppDb;
   /** Login throttling per account and per address. */
   loginThrottle?: LoginThrottleOptions;
+  /**
+   * `/api` requests per signed-in user (but sign-in and sign-out): past it, 429 `rate_limited` with
+   * `Retry-After`. `GET /api/nodes` lists the cluster's nodes from the Kubernetes API at each call.
+   */
+  apiRateLimit?: ApiRateLimitOptions;
   /**
    * Batches one user may have running at once; one more gets 429 `too_many_batches`.
    * @default 3
@@ -243,6 +249,16 @@ export function createApp(options: AppOptions): App {
   // every request arrives over http: under --trust-proxy same-origin takes the scheme from the proxy's
   // X-Forwarded-Proto (else the https pages' socket would be refused with 403, which the client takes as
   // fatal, and their POSTs).
+  // Which session cookie a request carries (`__Host-knm_session` over https) follows the scheme as the
+  // routes see it (`req.secure`): under trustProxy the proxy's first X-Forwarded-Proto value, as Express
+  // and sameOrigin read it; else TLS on the socket. Set here for the upgrade and /progress, which get the bare
+  // request.
+  sessions.readSchemeWith((req) => {
+    const header = req.headers['x-forwarded-proto'];
+    const forwarded = (Array.isArray(header) ? header[0] : header)?.split(',')[0]?.trim().toLowerCase();
+    if (proxyHops > 0 && forwarded !== undefined && forwarded !== '') return forwarded === 'https';
+    return (req.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
+  });
   const allowedOrigins = Array.isArray(config.allowedOrigins)
     ? config.allowedOrigins
     : sameOrigin({ trustProxy: proxyHops > 0 });
@@ -346,6 +362,22 @@ export function createApp(options: AppOptions): App {
 
   const guards = createGuards({ app, sessions, db, clusters, allowedOrigins, logger: config.logger });
   const { fail } = guards;
+
+  // Before anything else of /api: a request past its user's limit costs a cookie check and nothing more — no
+  // database read, no Kubernetes call (unlimited, one user, or a script with a stolen cookie, could make
+  // `GET /api/nodes` list the cluster's nodes as fast as it asked). Keyed by the signed cookie's user, not its
+  // session: more sign-ins do not buy more. A request without a valid signature is refused with 401 by the
+  // session check, which reads no database for it; sign-in has its own throttle; sign-out is always let through.
+  const rateLimit = new ApiRateLimit(config.apiRateLimit);
+  app.use('/api', (req, res, next) => {
+    if (req.path === '/login' || req.path === '/logout') return next();
+    const user = sessions.userOf(req);
+    const waitMs = user === null ? 0 : rateLimit.take(user);
+    if (waitMs === 0) return next();
+    const seconds = Math.ceil(waitMs / 1000);
+    res.setHeader('retry-after', String(seconds));
+    fail(res, 429, 'rate_limited', `too many requests: try again in ${seconds} s`, { retryAfterS: seconds });
+  });
 
   // The batch's node list sets its route's limit; a body parsed here is not parsed again below. The
   // session is checked first: read before it, the body of up to 1.3 MB was anyone's to make this replica

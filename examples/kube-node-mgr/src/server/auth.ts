@@ -133,8 +133,15 @@ export interface Session {
   exp: number;
 }
 
-/** Name of the session cookie. */
+/** Name of the session cookie over http. */
 export const SESSION_COOKIE = 'knm_session';
+/**
+ * Name of the session cookie over https. The `__Host-` prefix makes the browser keep it only when set
+ * `Secure`, `Path=/` and without `Domain` by this very host, so neither a sibling subdomain nor a plain-http
+ * answer (a network attacker's) can plant one: a valid cookie of the attacker's own session, planted as
+ * `knm_session`, signed the victim in as the attacker (the HMAC stops forged cookies, not real ones).
+ */
+export const SECURE_SESSION_COOKIE = '__Host-knm_session';
 /** Header that must carry the CSRF token on state-changing requests. */
 export const CSRF_HEADER = 'x-csrf-token';
 
@@ -149,6 +156,8 @@ export class SessionManager {
   readonly #ttlMs: number;
   readonly #users: Map<string, UserRecord>;
   readonly #db: AppDb;
+  #isHttps: (request: IncomingMessage) => boolean = (request) =>
+    (request.socket as { encrypted?: boolean } | undefined)?.encrypted === true;
 
   constructor(options: { secret: string; ttlMs: number; users: readonly UserRecord[]; db: AppDb }) {
     if (options.secret.length < 16) throw new Error('the session secret must be at least 16 characters');
@@ -172,7 +181,7 @@ export class SessionManager {
   }
 
   /** Revokes the session everywhere: its cookie is refused from now on, over HTTP and at the upgrade. */
-  async logout(session: Session): Promise<void> {
+  async logout(session: Pick<Session, 'sid'>): Promise<void> {
     await this.#db.revokeSession(session.sid);
   }
 
@@ -190,11 +199,19 @@ export class SessionManager {
     return createHmac('sha256', this.#secret).update(data).digest('base64url');
   }
 
+  /**
+   * How to tell a request came over https, and so carries {@link SECURE_SESSION_COOKIE} (the only one read
+   * then): the app's, which believes a trusted proxy's `X-Forwarded-Proto`. By default: over TLS itself.
+   */
+  readSchemeWith(isHttps: (request: IncomingMessage) => boolean): void {
+    this.#isHttps = isHttps;
+  }
+
   /** The `Set-Cookie` value for a session (`secure`: the request came over https). */
   cookie(session: Session, secure: boolean): string {
     const payload = Buffer.from(JSON.stringify(session)).toString('base64url');
     const value = `${payload}.${this.#sign(`session:${payload}`)}`;
-    return serializeCookie(SESSION_COOKIE, value, {
+    return serializeCookie(secure ? SECURE_SESSION_COOKIE : SESSION_COOKIE, value, {
       maxAgeS: Math.floor(this.#ttlMs / 1000),
       secure,
     });
@@ -202,12 +219,13 @@ export class SessionManager {
 
   /** The `Set-Cookie` value that removes the session cookie. */
   clearCookie(secure: boolean): string {
-    return serializeCookie(SESSION_COOKIE, '', { maxAgeS: 0, secure });
+    return serializeCookie(secure ? SECURE_SESSION_COOKIE : SESSION_COOKIE, '', { maxAgeS: 0, secure });
   }
 
   /** The session of a request's cookie when its signature holds, without the database check. */
   #decode(request: IncomingMessage): Session | null {
-    const raw = parseCookies(request.headers.cookie)[SESSION_COOKIE];
+    const name = this.#isHttps(request) ? SECURE_SESSION_COOKIE : SESSION_COOKIE;
+    const raw = parseCookies(request.headers.cookie)[name];
     if (raw === undefined) return null;
     const dot = raw.indexOf('.');
     if (dot <= 0) return null;
@@ -223,6 +241,11 @@ export class SessionManager {
     } catch {
       return null;
     }
+  }
+
+  /** The username of a request's validly signed cookie (its session active or not), or `null`. */
+  userOf(request: IncomingMessage): string | null {
+    return this.#decode(request)?.username ?? null;
   }
 
   /** The session id of a request's validly signed cookie (active or not), or `null`. */

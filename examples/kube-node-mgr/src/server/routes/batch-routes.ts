@@ -383,7 +383,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     try {
       known = new Set((await cluster.nodes.list()).map((n) => n.name));
     } catch (error) {
-      return kubeFailure(res, error);
+      return kubeFailure(res, error, config.logger);
     }
     const unknown = names.filter((n) => !known.has(n));
     if (unknown.length > 0) {

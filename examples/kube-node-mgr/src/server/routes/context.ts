@@ -158,8 +158,28 @@ export function createGuards(parts: {
   return { fail, originAllowed, requireSession, requireCsrf, route, audit, clusterOf };
 }
 
-/** Answers a Kubernetes API failure as a 502 naming the API's own status. */
-export function kubeFailure(res: Response, error: unknown): void {
+/**
+ * Answers a Kubernetes API failure as a 502 with a short reason of ours and the API's HTTP status (0: no
+ * answer), and logs the API's own text. That text went to the user verbatim: the API server's URL and
+ * address ("connect ECONNREFUSED 10.0.0.1:6443"), the service account this app runs as ("User
+ * \"system:serviceaccount:knm:kube-node-mgr\" cannot list resource \"nodes\""), whatever a proxy in front
+ * of the API put in its body — to every signed-in user, viewers included. The operator finds it in the log.
+ */
+export function kubeFailure(res: Response, error: unknown, logger: ProgressLogger | undefined): void {
   const e = error instanceof KubeApiError ? error : new KubeApiError(0, 'Unknown', String(error));
-  res.status(502).json({ error: { code: 'kubernetes_error', message: e.message, status: e.status } });
+  logger?.warn({ err: e.message, status: e.status, reason: e.reason }, 'Kubernetes API call failed');
+  res.status(502).json({ error: { code: 'kubernetes_error', message: kubeReason(e), status: e.status } });
+}
+
+/** What a user is told of a Kubernetes API failure: its kind and HTTP status, none of the API's text. */
+function kubeReason(e: KubeApiError): string {
+  if (e.status === 0) {
+    return e.reason === 'Timeout'
+      ? 'the Kubernetes API did not answer in time; try again'
+      : 'the Kubernetes API cannot be reached; try again';
+  }
+  if (e.status === 401 || e.status === 403)
+    return `the Kubernetes API refused this app's access (HTTP ${e.status}); ask an administrator`;
+  if (e.status === 429) return 'the Kubernetes API is busy (HTTP 429); try again in a moment';
+  return `the Kubernetes API failed (HTTP ${e.status}); try again`;
 }

@@ -63,7 +63,7 @@ export function registerNodeRoutes(ctx: RouteContext): void {
           field: 'labelSelector',
         });
       }
-      kubeFailure(res, error);
+      kubeFailure(res, error, ctx.config.logger);
     }
   });
 }

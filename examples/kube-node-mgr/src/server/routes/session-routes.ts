@@ -49,6 +49,14 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
       throttle.end(username, address, ok);
     }
     if (session === null) return fail(res, 401, 'bad_credentials', 'wrong username or password');
+    // The browser's previous session (its cookie is replaced below) ends here too: left active, a copy of
+    // the old cookie (stolen, or left on a shared machine) stayed valid until it expired, 12 h, though no
+    // page of this browser could use it any more. Its sockets are closed as a logout closes them.
+    const previous = sessions.sidOf(req);
+    if (previous !== null && previous !== session.sid) {
+      await sessions.logout({ sid: previous });
+      dropSockets(previous);
+    }
     await audit({ username: session.username, action: 'login', taskId: null });
     res.setHeader('set-cookie', sessions.cookie(session, secure(req)));
     res.json(sessionBody(session));
