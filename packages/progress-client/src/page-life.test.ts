@@ -29,6 +29,19 @@ function watching(extra: Parameters<typeof setup>[0] = {}) {
   };
 }
 
+/** A client on a visible page whose listeners are kept in `listening`, by event type. */
+function listenedTo() {
+  const listening = new Set<string>();
+  const target = () => ({
+    addEventListener: (type: string) => listening.add(type),
+    removeEventListener: (type: string) => listening.delete(type),
+  });
+  const ctx = setup({
+    pageEvents: { document: { ...target(), visibilityState: 'visible' }, window: target() },
+  });
+  return { ...ctx, listening };
+}
+
 describe('page life', () => {
   it('on visible: pings and resyncs every watch at once; a silent socket is replaced at the deadline, without backoff', async () => {
     const { client, server, socket, page, scheduler } = watching();
@@ -244,14 +257,7 @@ describe('page life', () => {
   });
 
   it('removes its listeners and clock check once no watch is unfinished, though the socket stays open', async () => {
-    const listening = new Set<string>();
-    const target = () => ({
-      addEventListener: (type: string) => listening.add(type),
-      removeEventListener: (type: string) => listening.delete(type),
-    });
-    const { client, server, scheduler } = setup({
-      pageEvents: { document: { ...target(), visibilityState: 'visible' }, window: target() },
-    });
+    const { client, server, scheduler, listening } = listenedTo();
     const watch = client.watch('t1');
     expect(listening.size).toBe(4);
     const socket = server.accept(15_000);
@@ -276,14 +282,7 @@ describe('page life', () => {
     // The common `watch.on('finished', () => watch.close())` (or a component unmounted on the end): the
     // task finished and left within one frame, and neither step looked whether page life could stop, so its
     // listeners and its clock check (every 2 s) stayed while the socket was open.
-    const listening = new Set<string>();
-    const target = () => ({
-      addEventListener: (type: string) => listening.add(type),
-      removeEventListener: (type: string) => listening.delete(type),
-    });
-    const { client, server, scheduler } = setup({
-      pageEvents: { document: { ...target(), visibilityState: 'visible' }, window: target() },
-    });
+    const { client, server, scheduler, listening } = listenedTo();
     const watch = client.watch('t1');
     watch.on('finished', () => watch.close());
     const socket = server.accept(15_000);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { TaskEvent, TaskView } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
-import { PROGRESS_SERVER_DEFAULTS, ProgressServer } from '@finishline/server';
+import { PROGRESS_SERVER_DEFAULTS, ProgressServer, type ProgressServerOptions } from '@finishline/server';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import { runCli } from '../src/cli-main.js';
@@ -21,19 +21,30 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((server) => server.close({ timeoutMs: 1000 })));
 });
 
-/** A real server with bearer tokens: the token is the user id. */
-async function start(authTimeoutMs?: number) {
+/** A real server on a memory store that authenticates as `auth` says, and its socket's url. */
+async function listen(auth: Omit<ProgressServerOptions, 'store'>) {
   const server = await ProgressServer.listen(
-    {
-      store: new MemoryProgressStore(),
-      authenticateToken: (token) => ({ id: token }),
-      ...(authTimeoutMs === undefined ? {} : { authTimeoutMs }),
-    },
+    { store: new MemoryProgressStore(), ...auth },
     { port: 0, host: '127.0.0.1' },
   );
   servers.push(server);
   const { port } = (server.httpServer as Server).address() as AddressInfo;
   return { server, url: `ws://127.0.0.1:${port}/progress` };
+}
+
+/** A real server with bearer tokens: the token is the user id. */
+function start(authTimeoutMs?: number) {
+  return listen({
+    authenticateToken: (token) => ({ id: token }),
+    ...(authTimeoutMs === undefined ? {} : { authTimeoutMs }),
+  });
+}
+
+/** A task of `ops`'s, completed already. */
+async function completedTask(server: ProgressServer) {
+  const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
+  await task.complete();
+  return task;
 }
 
 function io() {
@@ -170,21 +181,12 @@ describe('finishline watch <url> <taskId> against a real server', () => {
   });
 
   it('says once why a bad token was refused, not once as the client error and again as the watch ends', async () => {
-    const server = await ProgressServer.listen(
-      {
-        store: new MemoryProgressStore(),
-        authenticateToken: (token) => (token === 'ops' ? { id: 'ops' } : null),
-      },
-      { port: 0, host: '127.0.0.1' },
-    );
-    servers.push(server);
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
+    const { server, url } = await listen({
+      authenticateToken: (token) => (token === 'ops' ? { id: 'ops' } : null),
+    });
     const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
     const run = io();
-    const code = await runCli(
-      ['watch', `ws://127.0.0.1:${port}/progress`, task.id, '--token', 'stolen'],
-      run.io,
-    );
+    const code = await runCli(['watch', url, task.id, '--token', 'stolen'], run.io);
     expect(code).toBe(CLI_EXIT_CODES.watchFailed);
     // Review of 6 December 2026: the server's error frame, then its close quoting the same reason, printed
     // "Invalid credentials" and "The server refused the client: closed by server (4001: Invalid credentials)";
@@ -557,8 +559,7 @@ describe('finishline watch --json', () => {
 describe('finishline watch credentials', () => {
   it('takes the token from FINISHLINE_TOKEN, so that it need not stand on the command line (ps, /proc/<pid>/cmdline)', async () => {
     const { server, url } = await start(200);
-    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
-    await task.complete();
+    const task = await completedTask(server);
     const run = io();
     const code = await runCli(['watch', url, task.id], { ...run.io, env: { FINISHLINE_TOKEN: 'ops' } });
     expect(run.err.join('')).toBe('');
@@ -576,18 +577,10 @@ describe('finishline watch credentials', () => {
   // Review of 6 December 2026: `--token "$(cat token.txt)"` of a file saved on Windows (`ops\r\n`) keeps the
   // CR, which the shell's command substitution does not drop: the token was sent with it and refused.
   it('drops the CR and LF that end a token read from a file, in --token and FINISHLINE_TOKEN alike, and nothing else', async () => {
-    const server = await ProgressServer.listen(
-      {
-        store: new MemoryProgressStore(),
-        authenticateToken: (token) => (token === 'ops' || token === ' o\r\nps ' ? { id: 'ops' } : null),
-      },
-      { port: 0, host: '127.0.0.1' },
-    );
-    servers.push(server);
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const url = `ws://127.0.0.1:${port}/progress`;
-    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
-    await task.complete();
+    const { server, url } = await listen({
+      authenticateToken: (token) => (token === 'ops' || token === ' o\r\nps ' ? { id: 'ops' } : null),
+    });
+    const task = await completedTask(server);
     const fromFlag = io();
     expect(await runCli(['watch', url, task.id, '--token', 'ops\r'], fromFlag.io)).toBe(
       CLI_EXIT_CODES.completed,
@@ -613,21 +606,13 @@ describe('finishline watch credentials', () => {
   // including a --header "cookie: …", yet only the token had an environment variable: a server that
   // authenticates by cookie could be watched only with the session cookie in `ps`.
   it('takes headers from FINISHLINE_HEADERS (one "name: value" a line), so that a cookie need not stand on the command line', async () => {
-    const server = await ProgressServer.listen(
-      {
-        store: new MemoryProgressStore(),
-        authenticate: (request) =>
-          request.headers.cookie === 'sid=ops-session' && request.headers['x-tenant'] === 'blue'
-            ? { id: 'ops' }
-            : null,
-      },
-      { port: 0, host: '127.0.0.1' },
-    );
-    servers.push(server);
-    const { port } = (server.httpServer as Server).address() as AddressInfo;
-    const url = `ws://127.0.0.1:${port}/progress`;
-    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 1 });
-    await task.complete();
+    const { server, url } = await listen({
+      authenticate: (request) =>
+        request.headers.cookie === 'sid=ops-session' && request.headers['x-tenant'] === 'blue'
+          ? { id: 'ops' }
+          : null,
+    });
+    const task = await completedTask(server);
     const run = io();
     const env = { FINISHLINE_HEADERS: 'cookie: sid=ops-session\r\n\nx-tenant: blue\n' };
     expect(await runCli(['watch', url, task.id, '--timeout-ms', '5000'], { ...run.io, env })).toBe(

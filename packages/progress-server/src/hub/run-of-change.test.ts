@@ -87,12 +87,53 @@ function countTaskReads(store: MemoryProgressStore): () => number {
   return () => reads;
 }
 
+/** A store on a manual clock and a hub over it whose change feed the test drives through `emit`. */
+function drivenHub() {
+  const clock = new ManualClock();
+  const store = new MemoryProgressStore({ clock: clock.now });
+  return { clock, store, ...hubOver(store, true) };
+}
+
+/**
+ * Waits for the watcher's restart (or for an event past `kept`), then asserts it was restarted once and
+ * handed `kept` only.
+ */
+async function expectRestarted(watcher: ReturnType<typeof recorder>, kept: string[]) {
+  await until(() => watcher.calls.length > 0 || watcher.events.length > kept.length);
+  await settle();
+  expect(watcher.events).toEqual(kept);
+  expect(watcher.calls).toEqual(['restart']);
+}
+
+/** A watcher of `job-1` from its start, through `hub`, whose load found the run created at `run`. */
+async function watchFromStart(hub: TaskHub, run: number) {
+  const watcher = recorder();
+  const stream = hub.stream('job-1', 'alice', watcher.sink);
+  const loaded = await stream.load();
+  expect(loaded?.createdAt).toBe(run);
+  stream.start(0, false, 0, loaded?.createdAt);
+  await until(() => watcher.caughtUp() > 0);
+  return watcher;
+}
+
+/** A first event appended to the run created at `run` and heard with it: `watcher` gets it and nothing else. */
+async function expectOwnEventHandedOver(
+  { clock, store, emit }: { clock: ManualClock; store: MemoryProgressStore; emit: Emit },
+  watcher: ReturnType<typeof recorder>,
+  run: number,
+) {
+  clock.advance(1);
+  const { event } = await store.append('job-1', { type: 'progress', message: 'new' });
+  emit({ taskId: 'job-1', seq: event.seq, terminal: false, run, events: [event] });
+  await until(() => watcher.events.length > 0);
+  expect(watcher.events).toEqual(['progress@1']);
+  expect(watcher.calls).toEqual([]);
+}
+
 describe("a change of the id's later run, heard first above the seq the hub holds", () => {
   for (const withEvents of [false, true]) {
     it(`restarts the old run's watcher before any of the new run's events go out (change ${withEvents ? 'with' : 'without'} events)`, async () => {
-      const clock = new ManualClock();
-      const store = new MemoryProgressStore({ clock: clock.now });
-      const { hub, emit } = hubOver(store, true);
+      const { clock, store, hub, emit } = drivenHub();
       const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
       const two = await purgedAndCreatedAgain(store, clock);
       const items = await runTwoItems(store, clock, 5);
@@ -103,17 +144,12 @@ describe("a change of the id's later run, heard first above the seq the hub hold
         run: two,
         ...(withEvents ? { events: items.slice(3) } : {}),
       });
-      await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
-      await settle();
-      expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
-      expect(watcher.calls).toEqual(['restart']);
+      await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3']);
     });
   }
 
   it("hands the new run's events to a watcher of the new run once it loaded it", async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     const two = await purgedAndCreatedAgain(store, clock);
     await runTwoItems(store, clock, 5);
@@ -134,47 +170,30 @@ describe("a change of the id's later run, heard first above the seq the hub hold
   });
 
   it("restarts the old run's watcher when this process appended to the new run", async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     await purgedAndCreatedAgain(store, clock);
     await runTwoItems(store, clock, 3);
     clock.advance(1);
     const result = await store.append('job-1', { type: 'item', key: 'new-4', ok: true });
     hub.publishLocal(result.event, result.task.createdAt);
-    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
-    await settle();
-    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3']);
   });
 });
 
 describe('a change of an earlier run of the id than the one followed', () => {
   it('is dropped: no read for it, no sign of a restore', async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit, wentBack } = hubOver(store, true);
+    const { clock, store, hub, emit, wentBack } = drivenHub();
     const one = (await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' })).createdAt;
     const two = await purgedAndCreatedAgain(store, clock);
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    expect(loaded?.createdAt).toBe(two);
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const watcher = await watchFromStart(hub, two);
     // Run 1's changes heard late, ids only: above anything run 2 holds, and never to be found in it.
     emit({ taskId: 'job-1', seq: 9, terminal: false, run: one });
     emit({ taskId: 'job-1', seq: 10, terminal: true, run: one });
     await settle();
     await settle();
     expect(wentBack()).toBe(0);
-    clock.advance(1);
-    const { event } = await store.append('job-1', { type: 'progress', message: 'new' });
-    emit({ taskId: 'job-1', seq: event.seq, terminal: false, run: two, events: [event] });
-    await until(() => watcher.events.length > 0);
-    expect(watcher.events).toEqual(['progress@1']);
-    expect(watcher.calls).toEqual([]);
+    await expectOwnEventHandedOver({ clock, store, emit }, watcher, two);
   });
 });
 
@@ -184,38 +203,24 @@ describe('a change of a purged run of the id, delivered again after the id was c
   // alone tells it apart: its seq is the next one run 2's watcher waits for, and its event is stamped at
   // run 2's creation (replicas' clocks skewed), so neither its seq nor its time gives it away.
   it("hands none of its events to the new run's watcher, whose own events follow", async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit, wentBack } = hubOver(store, true);
+    const { clock, store, hub, emit, wentBack } = drivenHub();
     const one = (await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' })).createdAt;
     clock.advance(1);
     const { event: old } = await store.append('job-1', { type: 'item', key: 'old', ok: true });
     const two = await purgedAndCreatedAgain(store, clock);
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    expect(loaded?.createdAt).toBe(two);
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const watcher = await watchFromStart(hub, two);
     emit({ taskId: 'job-1', seq: old.seq, terminal: false, run: one, events: [{ ...old, time: two }] });
     await settle();
     await settle();
     expect(watcher.events).toEqual([]);
     expect(wentBack()).toBe(0);
-    clock.advance(1);
-    const { event } = await store.append('job-1', { type: 'progress', message: 'new' });
-    emit({ taskId: 'job-1', seq: event.seq, terminal: false, run: two, events: [event] });
-    await until(() => watcher.events.length > 0);
-    expect(watcher.events).toEqual(['progress@1']);
-    expect(watcher.calls).toEqual([]);
+    await expectOwnEventHandedOver({ clock, store, emit }, watcher, two);
   });
 });
 
 describe("a read of the hub's that finds events past the end of the run it follows", () => {
   it("restarts the watcher instead of handing it another run's events after its run's end", async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     clock.advance(1);
     const { event: end } = await store.append('job-1', { type: 'completed' });
@@ -225,19 +230,14 @@ describe("a read of the hub's that finds events past the end of the run it follo
     await runTwoItems(store, clock, 6);
     // Heard without its run (a safety-net poll, a store of an older version): only a read sees it.
     emit({ taskId: 'job-1', seq: 6, terminal: false });
-    await until(() => watcher.calls.length > 0 || watcher.events.length > 4);
-    await settle();
-    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3', 'completed@4']);
   });
 
   it('hands over none of a read that holds an event past the end, not even those before it', async () => {
     // The hub heard its run's end (seq 5) while it held seq 3, and read the id after retention purged that
     // run and the id was written again up to seq 6: one store read is one run's, so run 2's seq 4, before
     // the end, is run 2's as much as its seq 5. Handed over, run 1's watcher got it as its own.
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     clock.advance(1);
     await store.append('job-1', { type: 'progress', message: 'old 4' });
@@ -245,10 +245,7 @@ describe("a read of the hub's that finds events past the end of the run it follo
     await runTwoItems(store, clock, 6);
     // Run 1's end, heard late and ids only (its events did not fit the notice).
     emit({ taskId: 'job-1', seq: 5, terminal: true, run: one.createdAt });
-    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
-    await settle();
-    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3']);
   });
 });
 
@@ -257,19 +254,14 @@ describe("a read of the hub's that stops short of the end of the run it follows"
     // The hub held seq 3 of run 1 and heard its end (seq 5, ids only) after retention purged that run and
     // the id was written again up to seq 4 only: the read it starts after that end finds run 2's seq 4,
     // which follows on from seq 3 and stays below the end, and went out to run 1's watcher as its own.
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     clock.advance(1);
     await store.append('job-1', { type: 'progress', message: 'old 4' });
     await purgedAndCreatedAgain(store, clock);
     await runTwoItems(store, clock, 4);
     emit({ taskId: 'job-1', seq: 5, terminal: true, run: one.createdAt });
-    await until(() => watcher.calls.length > 0);
-    await settle();
-    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3']);
   });
 
   it('reads again at once, not the task, when the end was heard while the read ran: the run is its own', async () => {
@@ -363,10 +355,7 @@ describe('a read of the hub that finds the task gone', () => {
       return readEvents(...args);
     };
     emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
-    await until(() => watcher.calls.length > 0);
-    await settle();
-    expect(watcher.calls).toEqual(['restart']);
-    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+    await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3']);
     // One read found the task gone, and none followed it (retried, one per 5 ms).
     expect(reads).toBe(1);
   });
@@ -378,19 +367,14 @@ describe("a seq of the run followed that the hub's reads never find", () => {
       // The hub held seq 2 of run 1 and heard its end (seq 4, ids only) after retention purged it and run 2
       // was created with one event: its reads find nothing after seq 2. It gave the seq up as a restore's
       // (a sign the server found no restore in) and the watcher, told nothing, waited for ever.
-      const clock = new ManualClock();
-      const store = new MemoryProgressStore({ clock: clock.now });
-      const { hub, emit } = hubOver(store, true);
+      const { clock, store, hub, emit } = drivenHub();
       const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 2);
       clock.advance(1);
       await store.append('job-1', { type: 'progress', message: 'old 3' });
       await purgedAndCreatedAgain(store, clock);
       await runTwoItems(store, clock, 1);
       emit({ taskId: 'job-1', seq: 4, terminal: true, ...(named ? { run: one.createdAt } : {}) });
-      await until(() => watcher.calls.length > 0);
-      await settle();
-      expect(watcher.calls).toEqual(['restart']);
-      expect(watcher.events).toEqual(['progress@1', 'progress@2']);
+      await expectRestarted(watcher, ['progress@1', 'progress@2']);
     });
   }
 });
@@ -405,9 +389,7 @@ describe('the end of the run followed, however the hub heard it, bounds what a l
   ] as const;
   for (const how of ends) {
     it(`restarts the watcher instead of handing it run 2's events (end heard by ${how})`, async () => {
-      const clock = new ManualClock();
-      const store = new MemoryProgressStore({ clock: clock.now });
-      const { hub, emit } = hubOver(store, true);
+      const { clock, store, hub, emit } = drivenHub();
       const { watcher } = await runOneThenRunTwo(hub, emit, store, clock, 3);
       clock.advance(1);
       const result = await store.append('job-1', { type: 'completed' });
@@ -419,33 +401,23 @@ describe('the end of the run followed, however the hub heard it, bounds what a l
       await createdAgain(store, clock);
       await runTwoItems(store, clock, 6);
       emit({ taskId: 'job-1', seq: 6, terminal: false });
-      await until(() => watcher.calls.length > 0 || watcher.events.length > 4);
-      await settle();
-      expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'completed@4']);
-      expect(watcher.calls).toEqual(['restart']);
+      await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3', 'completed@4']);
     });
   }
 
   it("takes an event of run 2 at the end's seq, read after a change named run 1's end, for another run's", async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     // Run 1 ends, is purged and created again, and run 2 reaches seq 4 with an item, all unheard; then
     // run 1's end is heard, ids only: the read it starts finds run 2's item at the end's seq.
     await purgedAndCreatedAgain(store, clock);
     await runTwoItems(store, clock, 4);
     emit({ taskId: 'job-1', seq: 4, terminal: true, run: one.createdAt });
-    await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
-    await settle();
-    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
-    expect(watcher.calls).toEqual(['restart']);
+    await expectRestarted(watcher, ['progress@1', 'progress@2', 'progress@3']);
   });
 
   it("hands out the run's own end, read after a change of ids only that named it", async () => {
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const { hub, emit } = hubOver(store, true);
+    const { clock, store, hub, emit } = drivenHub();
     const { watcher, one } = await runOneThenRunTwo(hub, emit, store, clock, 3);
     clock.advance(1);
     await store.append('job-1', { type: 'completed' });

@@ -1,6 +1,7 @@
 import { ErrorCode, PROTOCOL_NAME_V1, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import type { Principal } from '../auth.js';
+import type { ProgressServerOptions } from '../options.js';
 import {
   gate,
   type RawClient,
@@ -28,13 +29,15 @@ const expiringTokens = (token: string): Principal | null => {
 
 let revoked = new Set<string>();
 
-async function start(): Promise<TestServer> {
+/** A server on `expiringTokens` whose `authorize` (unless given) lets owners watch tasks not `revoked`. */
+async function start(hooks: Pick<ProgressServerOptions, 'authorize'> = {}): Promise<TestServer> {
   revoked = new Set();
   return session.start({
     authenticate: () => null,
     authenticateToken: expiringTokens,
     authorize: (principal, task) => task.owner === principal.id && !revoked.has(task.id),
     heartbeatIntervalMs: 60_000,
+    ...hooks,
   });
 }
 
@@ -46,6 +49,23 @@ async function authed(token: string, protocols?: string[]): Promise<RawClient> {
 }
 
 const isEventAt = (seq: number) => (frame: Received) => frame.type === 'event' && seqOf(frame) === seq;
+
+type Task = Awaited<ReturnType<TestServer['server']['tasks']['create']>>;
+
+/** `client` subscribed to `task` from its start, and handed its two progress events. */
+async function followedPastTwoEvents(client: RawClient, task: Task): Promise<void> {
+  client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+  await client.next((frame) => frame.type === 'snapshot');
+  await task.progress({ done: 1 });
+  await task.progress({ done: 2 });
+  await client.next(isEventAt(2));
+}
+
+/** Closing the server flushes its ack writer: no ack of `task` was recorded. */
+async function expectNoAckRecorded({ server, store }: TestServer, task: Task): Promise<void> {
+  await server.close({ timeoutMs: 1000 });
+  expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+}
 
 describe('token expiry and renewal', () => {
   it('a credential that expires mid-task ends the socket with token_expired and 4011', async () => {
@@ -103,14 +123,10 @@ describe('token expiry and renewal', () => {
   // credential may not watch it, so acks sent under that credential were still recorded (the re-check
   // covered only the tasks the socket followed), and a subscribe of it again took them before it was refused.
   it('records no ack of a task left before a renewal whose credential may not watch it', async () => {
-    const { server, store } = await start();
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const env = await start();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await authed('alice:60000');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    await task.progress({ done: 1 });
-    await task.progress({ done: 2 });
-    await client.next(isEventAt(2));
+    await followedPastTwoEvents(client, task);
     client.send({ type: 'unsubscribe', taskId: task.id });
     revoked.add(task.id);
     const from = client.frames.length;
@@ -123,23 +139,19 @@ describe('token expiry and renewal', () => {
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     await client.next((frame) => frame.type === 'error' && frame.code === 'task_not_found', { from });
     await client.sync();
-    await server.close({ timeoutMs: 1000 }); // flushes the ack writer
-    expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+    await expectNoAckRecorded(env, task);
   });
 
   // Found by a security review: a subscription the renewal's re-check could not decide (its task's read
   // failed, or `authorize` did not answer in time) was dropped, but kept the late-ack allowance of a task
   // left by the client, so acks sent under the new credential, which may not watch the task, were recorded.
   it('records no ack of a subscription the renewal could not re-check', async () => {
-    const { server, store } = await start();
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const env = await start();
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await authed('alice:60000');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    await task.progress({ done: 1 });
-    await task.progress({ done: 2 });
-    await client.next(isEventAt(2));
+    await followedPastTwoEvents(client, task);
     revoked.add(task.id);
+    const { store } = env;
     const getTask = store.getTask.bind(store);
     store.getTask = async () => {
       store.getTask = getTask;
@@ -150,17 +162,14 @@ describe('token expiry and renewal', () => {
     await client.next((frame) => frame.type === 'error' && frame.code === 'store_unavailable', { from });
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     await client.sync();
-    await server.close({ timeoutMs: 1000 }); // flushes the ack writer
-    expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+    await expectNoAckRecorded(env, task);
   });
 
   // The same review: a task the client left while the renewal's re-check of it was still under way kept
   // its late-ack allowance (only the tasks left before the renewal lost it).
   it('records no ack of a task left while the renewal re-checks it', async () => {
     const held = gate();
-    const { server, store } = await session.start({
-      authenticate: () => null,
-      authenticateToken: expiringTokens,
+    const env = await start({
       authorize: async (principal, task) => {
         if (revoked.has(task.id)) {
           await held.promise;
@@ -168,16 +177,10 @@ describe('token expiry and renewal', () => {
         }
         return task.owner === principal.id;
       },
-      heartbeatIntervalMs: 60_000,
     });
-    revoked = new Set();
-    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await authed('alice:60000');
-    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
-    await client.next((frame) => frame.type === 'snapshot');
-    await task.progress({ done: 1 });
-    await task.progress({ done: 2 });
-    await client.next(isEventAt(2));
+    await followedPastTwoEvents(client, task);
     revoked.add(task.id);
     const from = client.frames.length;
     client.send({ type: 'auth', token: 'alice:60000', protocol: 2 });
@@ -187,8 +190,7 @@ describe('token expiry and renewal', () => {
     client.send({ type: 'ack', taskId: task.id, seq: 2 });
     await client.sync();
     held.open();
-    await server.close({ timeoutMs: 1000 }); // flushes the ack writer
-    expect((await store.getTask(task.id))?.ackedSeq).toBe(0);
+    await expectNoAckRecorded(env, task);
   });
 
   // Found by a review: a second auth while the first renewal was being checked was refused with

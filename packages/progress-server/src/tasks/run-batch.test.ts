@@ -49,6 +49,34 @@ function checkLog(events: TaskEvent[]): void {
   }
 }
 
+/** The task's log, checked against the invariants of {@link checkLog}. */
+async function checkedLog(store: MemoryProgressStore, taskId: string): Promise<TaskEvent[]> {
+  const events = await log(store, taskId);
+  checkLog(events);
+  return events;
+}
+
+/**
+ * A store restart: the first `times` appends `refused` picks are refused store_unavailable. Returns how
+ * many were.
+ */
+function restartRefusing(
+  store: MemoryProgressStore,
+  refused: (input: AppendInput) => boolean,
+  times: number,
+): () => number {
+  const append = store.append.bind(store);
+  let count = 0;
+  store.append = async (taskId, input, fence) => {
+    if (refused(input) && count < times) {
+      count += 1;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
+    }
+    return append(taskId, input, fence);
+  };
+  return () => count;
+}
+
 describe('runBatch', () => {
   it('reports every item and completes with the counts', async () => {
     const { server, store } = setup();
@@ -62,8 +90,7 @@ describe('runBatch', () => {
       skipped: 0,
       endedElsewhere: false,
     });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events[0]).toMatchObject({ type: 'progress', progress: { total: 3, done: 0 } });
     expect(
       events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item),
@@ -84,8 +111,7 @@ describe('runBatch', () => {
       if (n % 2 === 0) throw new Error(`node ${n} refused`);
     });
     expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 2 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     const failed = events.filter((event): event is ItemEvent => event.type === 'item' && !event.item.ok);
     expect(failed.map((event) => [event.item.key, event.item.error])).toEqual([
       ['2', 'node 2 refused'],
@@ -107,8 +133,7 @@ describe('runBatch', () => {
         : { ok: key },
     );
     expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(
       events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item),
     ).toEqual([
@@ -125,8 +150,7 @@ describe('runBatch', () => {
       key: (node) => node.id as unknown as string,
     });
     expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(
       events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item.key),
     ).toEqual(['7', '8']);
@@ -143,8 +167,7 @@ describe('runBatch', () => {
     // It failed the whole batch (`batch_error`): the item and every one after it skipped, for a label.
     expect(result).toMatchObject({ status: 'completed', succeeded: 3, failed: 0, skipped: 0 });
     expect(ran).toEqual(nodes);
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(
       events.filter((event): event is ItemEvent => event.type === 'item').map((event) => event.item.key),
     ).toEqual(['a', 'item-2', 'c']);
@@ -182,8 +205,7 @@ describe('runBatch', () => {
       throw 'nope';
     });
     expect(result).toMatchObject({ status: 'failed', succeeded: 0, failed: 2 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'failed', error: { code: 'all_items_failed' } });
   });
 
@@ -213,8 +235,7 @@ describe('runBatch', () => {
     );
     expect(started).toEqual([0, 1, 2]);
     expect(result).toMatchObject({ status: 'cancelled', succeeded: 2, failed: 0, skipped: 4 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'cancelled', reason: 'user pressed stop' });
   });
 
@@ -233,8 +254,7 @@ describe('runBatch', () => {
     await held.promise;
     const result = await batch;
     expect(result).toMatchObject({ status: 'cancelled', succeeded: 1, endedElsewhere: true, skipped: 2 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'cancelled', reason: 'from the UI' });
     await expect(task.progress({ done: 9 })).rejects.toMatchObject({ code: ErrorCode.TaskFinished });
   });
@@ -247,8 +267,7 @@ describe('runBatch', () => {
     });
     expect(result).toMatchObject({ status: 'cancelled', endedElsewhere: true });
     // The item whose worker returned after the cancel could not be reported: the task had ended.
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.filter((event) => event.type === 'item')).toHaveLength(1);
   });
 
@@ -270,8 +289,7 @@ describe('runBatch', () => {
       skipped: 2,
       endedElsewhere: false,
     });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'interrupted', reason: 'server shutting down' });
   });
 
@@ -286,8 +304,7 @@ describe('runBatch', () => {
     });
     await inside.promise;
     await server.close({ timeoutMs: 100 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'interrupted', reason: 'server shutting down' });
     stuck.open();
     // The late worker finds its task over: its item is not appended after the terminal event.
@@ -329,8 +346,7 @@ describe('runBatch', () => {
     };
     const result = await task.runBatch(['a', 'b', 'c'], () => {});
     expect(result).toMatchObject({ status: 'failed', succeeded: 1, skipped: 2 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({
       type: 'failed',
       error: { code: 'batch_error', message: 'disk full' },
@@ -338,33 +354,23 @@ describe('runBatch', () => {
   });
 
   it('carries on through a store outage in the middle of the batch that the lease survives', async () => {
-    const store = new MemoryProgressStore();
-    const { server } = setup(store);
+    const { server, store } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const append = store.append.bind(store);
     // A database restart while item b is reported: its first 3 attempts are refused (about 0.7 s, the
     // lease is 15 s), and so is the first read that looks for it in the log.
-    let refused = 0;
+    const refused = restartRefusing(store, (input) => input.type === 'item' && input.key === 'b', 3);
     let reads = 0;
     const read = store.getTask.bind(store);
-    store.append = async (taskId, input, fence) => {
-      if (input.type === 'item' && input.key === 'b' && refused < 3) {
-        refused += 1;
-        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
-      }
-      return append(taskId, input, fence);
-    };
     store.getTask = async (taskId) => {
       if (reads++ === 0) throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
       return read(taskId);
     };
     const result = await task.runBatch(['a', 'b', 'c'], () => {});
-    expect(refused).toBe(3);
+    expect(refused()).toBe(3);
     // One refused, then one before each of the 3 attempts after the first: none found b.
     expect(reads).toBe(4);
     expect(result).toMatchObject({ status: 'completed', succeeded: 3, failed: 0, skipped: 0 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(
       events.filter((event) => event.type === 'item').map((event) => (event as ItemEvent).item.key),
     ).toEqual(['a', 'b', 'c']);
@@ -372,24 +378,14 @@ describe('runBatch', () => {
   });
 
   it('carries on through a store outage the lease survives when it sets the total, at the start of the batch', async () => {
-    const store = new MemoryProgressStore();
-    const { server } = setup(store);
+    const { server, store } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const append = store.append.bind(store);
     // A database restart as the batch starts: its first 2 attempts at setting the total are refused.
-    let refused = 0;
-    store.append = async (taskId, input, fence) => {
-      if (input.type === 'progress' && refused < 2) {
-        refused += 1;
-        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
-      }
-      return append(taskId, input, fence);
-    };
+    const refused = restartRefusing(store, (input) => input.type === 'progress', 2);
     const result = await task.runBatch(['a', 'b'], () => {});
-    expect(refused).toBe(2);
+    expect(refused()).toBe(2);
     expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.map((event) => event.type)).toEqual(['progress', 'item', 'item', 'completed']);
     expect(events.at(-1)).toMatchObject({ progress: { total: 2, done: 2 } });
   });
@@ -412,8 +408,7 @@ describe('runBatch', () => {
     const result = await task.runBatch(['a', 'b', 'c', 'd'], () => {}, { concurrency: 2 });
     expect(lost).toBe(2);
     expect(result).toMatchObject({ status: 'completed', succeeded: 4, skipped: 0 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     const keys = events
       .filter((event) => event.type === 'item')
       .map((event) => (event as ItemEvent).item.key);
@@ -464,8 +459,7 @@ describe('runBatch', () => {
       const result = await task.runBatch(items, () => {}, { concurrency: 2 });
       expect(plan).toEqual([]);
       expect(result).toMatchObject({ status: 'completed', succeeded: 2, failed: 0, skipped: 0 });
-      const events = await log(store, task.id);
-      checkLog(events);
+      const events = await checkedLog(store, task.id);
       expect(events.filter((event) => event.type === 'item')).toHaveLength(2);
       expect(events.at(-1)).toMatchObject({
         type: 'completed',
@@ -500,8 +494,7 @@ describe('runBatch', () => {
     // Pauses of 100 and 200 ms: the third attempt comes after the 250 ms budget, and is the last.
     expect(refused).toBe(3);
     expect(result).toMatchObject({ status: 'failed', succeeded: 1, skipped: 2 });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({
       type: 'failed',
       error: { code: 'batch_error', message: 'database down' },
@@ -520,25 +513,15 @@ describe('runBatch', () => {
   });
 
   it('retries its terminal event through a store outage the lease survives, so a successful batch still completes', async () => {
-    const store = new MemoryProgressStore();
-    const { server } = setup(store);
+    const { server, store } = setup();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const append = store.append.bind(store);
     // A database restart at the end of the batch: the first 4 attempts at its terminal event (about 0.7 s)
     // are refused; the lease (15 s by default) outlives it.
-    let refused = 0;
-    store.append = async (taskId, input, fence) => {
-      if (isTerminalInput(input) && refused < 4) {
-        refused += 1;
-        throw new ProgressError(ErrorCode.StoreUnavailable, 'database restarting');
-      }
-      return append(taskId, input, fence);
-    };
+    const refused = restartRefusing(store, isTerminalInput, 4);
     const result = await task.runBatch(['a', 'b'], () => {});
-    expect(refused).toBe(4);
+    expect(refused()).toBe(4);
     expect(result).toMatchObject({ status: 'completed', succeeded: 2, endedElsewhere: false });
-    const events = await log(store, task.id);
-    checkLog(events);
+    const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 2, failed: 0 } });
   });
 
