@@ -602,11 +602,15 @@ class Relay {
         if (kind === 'hello') {
           // The first hello: a token renewal's hello (an `auth` frame on the open socket) comes again later.
           this.conn.helloAt ??= Date.now();
-          // Each with its time: which one the client had when it sent an ack (chaos/run.mjs, ackEpochs).
-          // One field overwritten by each renewal's hello, read by the ack check seconds later, gave the
-          // epoch of the connection's LAST hello to acks sent before it.
-          hello = { epoch: message.epoch, at: Date.now() };
-          this.conn.hellos.push(hello);
+          // With its time: which epoch the client had when it sent an ack (chaos/run.mjs, ackEpochs). The
+          // first only: the client takes no epoch from a renewal's hello (connection.ts: a hello on a socket
+          // already open is ignored), which names the replica's cached epoch. One field overwritten by each
+          // renewal's hello, read by the ack check seconds later, gave acks the epoch of the LAST hello; a
+          // list of them all still counted a renewal's hello named after a renewal of the epoch.
+          if (this.conn.hellos.length === 0) {
+            hello = { epoch: message.epoch, at: Date.now() };
+            this.conn.hellos.push(hello);
+          }
         }
         const taskId = message.event?.taskId ?? message.task?.id ?? message.taskId;
         if (taskId !== undefined) {

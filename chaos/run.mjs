@@ -1582,7 +1582,7 @@ async function checkAcks(task) {
 /**
  * The epoch an ack was sent in and the epoch its replica was in when it handled it, as renewal numbers
  * (-1: the first epoch). The client's: the epoch of the latest frame that named one and reached it on the
- * same connection before the ack reached the balancer (a snapshot about the task, a `hello`; an SSE id),
+ * same connection before the ack reached the balancer (a snapshot about the task, its first `hello`: the client ignores a renewal's; an SSE id),
  * as the client's watch takes its epoch from them (progress-client.test.ts, "takes a watch's epoch");
  * the SSE clients' HTTP acks take their client's latest stream frame about the task. The replica's: the latest
  * it noticed (epochNotices) by the relay + ACK_HANDLING_MS, counted from the end of the replica's event-loop
