@@ -6,6 +6,7 @@
  * @module
  */
 
+import { setMaxListeners } from 'node:events';
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ErrorCode } from '@finishline/core';
@@ -156,8 +157,12 @@ export class ProgressServer<P extends Principal = Principal> {
   readonly #streams = new Set<OpenStream>();
   readonly #onUpgrade: (request: IncomingMessage, socket: Duplex, head: Buffer) => void;
   #ownedHttpServer: HttpServer | undefined;
-  /** Aborted as the shutdown begins: ends the HTTP requests' waits on hung hooks (see `httpHandler`). */
-  readonly #shutdown = new AbortController();
+  /**
+   * Aborted as the shutdown begins: ends the HTTP requests' waits on hung hooks (see `httpHandler`). Each
+   * waiting request listens to it until answered, so it has as many listeners as requests wait at once:
+   * no limit, or Node warned of a leak (MaxListenersExceededWarning) from eleven on.
+   */
+  readonly #shutdown = unlimitedListeners(new AbortController());
   #closing = false;
   #closed: Promise<void> | undefined;
 
@@ -523,4 +528,10 @@ export class ProgressServer<P extends Principal = Principal> {
     if (this.#options.registry !== undefined) this.metrics.unregister();
     this.#logger.info({ serverId: this.serverId }, 'progress server closed');
   }
+}
+
+/** `controller`, its signal allowed any number of listeners (see `ProgressServer#shutdown`). */
+function unlimitedListeners(controller: AbortController): AbortController {
+  setMaxListeners(0, controller.signal);
+  return controller;
 }

@@ -97,3 +97,28 @@ describe('HTTP hook deadline', () => {
     expect(closed[0]).toBe(true);
   });
 });
+
+describe("HTTP hook waits on the server's shutdown signal", () => {
+  it('warns of no listener leak with many requests waiting on hooks at once', async () => {
+    // Each request waiting on a hook listens for the server's shutdown (to answer 503 at once), and takes
+    // its listener off when answered: eleven at once made Node warn of a leak (MaxListenersExceededWarning,
+    // seen in the chaos run's replicas under SSE clients' polls and acks), which there was not.
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      env = await startServer({
+        upgradeTimeoutMs: 300,
+        authenticate: (request) => (request.headers['x-user'] === 'hang' ? hung : headerAuth(request)),
+      });
+      await env.server.tasks.create({ id: 't1', owner: 'alice', kind: 'k' });
+      const answers = await Promise.all(Array.from({ length: 20 }, () => get('/progress/tasks/t1', 'hang')));
+      expect(answers.map((answer) => answer.status)).toEqual(Array(20).fill(504));
+      // Node emits its process warnings on the next tick.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((warning) => warning.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+});
