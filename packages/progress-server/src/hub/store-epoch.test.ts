@@ -674,19 +674,3 @@ describe("a socket opened before the server's first read of the epoch", () => {
     expect(answer.epoch).toBe(epoch);
   });
 });
-
-describe('a socket opened after a renewal this replica has not heard of', () => {
-  // Found by a review: the hello named the epoch as this replica last read it. Until a renewal's notice or
-  // the next heartbeat tick reached the replica (another replica renewed it after a restore), a client
-  // holding cursors of the old epoch was told nothing, and resumed from them in the restored log: it took
-  // the new log's events for the old log's. The HTTP routes read the epoch for each answer; so does hello.
-  it('gets a hello naming the epoch the store has when the socket opens', async () => {
-    const restorable = restorableStore(); // its feed tells the server of no renewal
-    const env = await serve({ store: restorable.store, heartbeatIntervalMs: 60_000 });
-    const before = await connect(env);
-    const epoch = await restorable.store.renewEpoch();
-    expect(before.frames[0]?.epoch).not.toBe(epoch);
-    const client = await connect(env);
-    expect(client.frames[0]).toMatchObject({ type: 'hello', epoch });
-  });
-});

@@ -8,16 +8,17 @@ import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 
 /**
- * Longest wait of an answer that carries the epoch for a read of it: a socket's `hello`, the HTTP task
- * routes and an event stream's start (after their data); past it they carry the epoch last read, or none. A read this slow is a store in
+ * Longest wait of an answer that carries the epoch for a read of it: a socket's `hello` for the server's
+ * first read (then it goes without one), the HTTP task routes and an event stream's start for a read after
+ * their data (then they carry the epoch last read, or none). A read this slow is a store in
  * trouble, and the client gives up on a socket without `hello` after its `connectTimeoutMs` (10 s by
  * default).
  */
 export const FIRST_EPOCH_READ_WAIT_MS = 2000;
 
 /**
- * The store's epoch as this replica last read it. Read at start, by the HTTP task answers and each
- * socket's `hello` (`reread`), and again on every heartbeat tick, so a
+ * The store's epoch as this replica last read it. Read at start, by the HTTP task answers (`reread`), and
+ * again on every heartbeat tick, so a
  * store renewed under a running server (`renewEpoch` after a restore) is noticed within one interval:
  * `onRenewed` is then called, once per change, for the server to drop what it knows of the old epoch's
  * seqs. `undefined` until the first read, or for a store without epochs: `hello` then carries none.
@@ -35,10 +36,7 @@ export class StoreEpoch {
    */
   #again = false;
   #closed = false;
-  /**
-   * Resolved by {@link close}: ends the waits on {@link reread}, and their timers with them (a read that
-   * hangs, a store in trouble, held each waiting answer's timer past the server's `close()`).
-   */
+  /** Resolved by {@link close}: ends the waits on {@link firstRead}, and their timers with them. */
   readonly #closing: Promise<void>;
   #endWaits: () => void = () => {};
 
@@ -54,6 +52,17 @@ export class StoreEpoch {
   /** The last epoch read. */
   get current(): string | undefined {
     return this.#current;
+  }
+
+  /**
+   * The read under way while no epoch is known (the server's first, or the next after it failed), which a
+   * `hello` waits for so as to carry the epoch; `undefined` when there is none to wait for. It settles
+   * at {@link close} too: a read that hangs (a store in trouble) held each waiting answer's timer
+   * ({@link FIRST_EPOCH_READ_WAIT_MS}) past the server's `close()`.
+   */
+  get firstRead(): Promise<void> | undefined {
+    const reading = this.#current === undefined ? this.#reading : undefined;
+    return reading === undefined ? undefined : Promise.race([reading, this.#closing]);
   }
 
   /**
@@ -74,9 +83,8 @@ export class StoreEpoch {
 
   /**
    * A read started after this call (see {@link refresh}), for an answer that labels with the epoch what it
-   * read from the store just before, or a `hello` that names the log the socket's answers come from:
-   * {@link current} alone may be older than that (a renewal by another replica whose notice has not
-   * arrived, or that no feed tells). Settles at {@link close} too.
+   * read from the store just before: {@link current} alone may be older than that data (a renewal by another
+   * replica whose notice has not arrived, or that no feed tells). Settles at {@link close} too.
    */
   reread(): Promise<void> {
     return Promise.race([this.refresh(), this.#closing]);

@@ -37,7 +37,7 @@ export interface GateHost<P extends Principal> {
   state(): SocketState;
   /** Opens the socket for `principal` (caps, `hello`); `false` when it was refused and is closing. */
   open(principal: P): boolean;
-  /** What the socket's `hello` must wait for (a read of the store's epoch), if anything. */
+  /** What the socket's `hello` must wait for (the server's first read of the store's epoch), if anything. */
   helloReady(): Promise<void> | undefined;
   /** Handles a frame that waited for the first `auth` frame's check, or for the `hello` (see `helloReady`). */
   replay(frame: DecodeResult<ClientFrame>): void;
@@ -273,13 +273,11 @@ export class AuthGate<P extends Principal> {
   }
 
   /**
-   * Admits `principal` once its `hello` can carry the store's epoch as it is now, then handles the frames
-   * held until then. Sent without it (the server's first read still under way), or with the epoch as the
-   * replica last read it (a renewal by another replica it had not heard of yet), the `hello` of a
-   * version-2 socket told a client holding cursors of an older epoch (the store restored, the clients
-   * reconnecting at once) nothing, and it resumed them in another history. Frames that arrive meanwhile
-   * are held, as behind an `auth` frame. (The reads of many sockets opening at once are one or two: see
-   * `StoreEpoch.refresh`.)
+   * Admits `principal` once its `hello` can carry the store's epoch, then handles the frames held until
+   * then. Sent without it (the server's first read still under way), the `hello` of a version-2 socket
+   * told a client holding cursors of an older epoch (the store restored across the server's restart,
+   * the clients reconnecting to it at once) nothing, and it resumed them in another history. Frames that
+   * arrive meanwhile are held, as behind an `auth` frame.
    */
   #admitWhenReady(principal: P): void {
     this.stopWaiting();

@@ -165,7 +165,7 @@ export class Connection<P extends Principal> {
       state: () => this.#state,
       open: (authenticated) => this.#open(authenticated),
       // Version 1's hello carries no epoch.
-      helloReady: () => (version >= 2 ? ctx.epoch.reread() : undefined),
+      helloReady: () => (version >= 2 ? ctx.epoch.firstRead : undefined),
       replay: (frame) => this.#onDecoded(frame),
       renewed: (renewed) => {
         this.#sendHello();

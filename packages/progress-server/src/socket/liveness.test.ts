@@ -61,8 +61,7 @@ class FakeSocket extends EventEmitter {
   }
 }
 
-/** A socket authenticated at its upgrade, once its `hello` went out (after a read of the store's epoch). */
-async function connect(): Promise<{ ws: FakeSocket; connection: Connection<Principal> }> {
+function connect(): { ws: FakeSocket; connection: Connection<Principal> } {
   const store = new MemoryProgressStore();
   const options = resolveServerOptions<Principal>({
     store,
@@ -99,7 +98,6 @@ async function connect(): Promise<{ ws: FakeSocket; connection: Connection<Princ
     },
     { socketCount: () => 1, onClose: () => {}, onAuthenticated: () => {} },
   );
-  await new Promise((resolve) => setImmediate(resolve));
   return { ws, connection };
 }
 
@@ -109,8 +107,8 @@ function backlog(ws: FakeSocket, frames: number): void {
 }
 
 describe('the liveness check', () => {
-  it('spares a peer that missed its pong while it read frames written before the ping, its buffer refilled', async () => {
-    const { ws, connection } = await connect();
+  it('spares a peer that missed its pong while it read frames written before the ping, its buffer refilled', () => {
+    const { ws, connection } = connect();
     backlog(ws, 20);
     connection.tick();
     expect(ws.pings).toBe(1);
@@ -124,16 +122,16 @@ describe('the liveness check', () => {
     expect(ws.pings).toBe(2);
   });
 
-  it('terminates a peer that missed its pong and took nothing written before the ping', async () => {
-    const { ws, connection } = await connect();
+  it('terminates a peer that missed its pong and took nothing written before the ping', () => {
+    const { ws, connection } = connect();
     backlog(ws, 20);
     connection.tick();
     connection.tick();
     expect(ws.terminated).toBe(true);
   });
 
-  it('terminates a peer that missed its pong with nothing ahead of the ping, whatever it took after it', async () => {
-    const { ws, connection } = await connect();
+  it('terminates a peer that missed its pong with nothing ahead of the ping, whatever it took after it', () => {
+    const { ws, connection } = connect();
     backlog(ws, 5);
     ws.flush(6);
     connection.tick();
