@@ -232,6 +232,9 @@ export class FallbackStreams implements FallbackRuntime {
     // (From its cursor, with its epoch: a server whose store was restored since must not resume that seq
     // in another log.)
     if (task.cursor.finished) ended();
-    else this.#streams.set(taskId, (entry = [this.#wire.follow(task, ended), now]));
+    else {
+      entry = [this.#wire.follow(task, ended), now];
+      this.#streams.set(taskId, entry);
+    }
   }
 }
