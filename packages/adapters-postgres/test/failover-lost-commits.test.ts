@@ -66,6 +66,20 @@ async function serveFreshSchema(prefix: string, workerHook?: Parameters<typeof q
   return { admin, store, worker, port, q, reported };
 }
 
+/**
+ * The failover: the standby (the task row copied to `tasks_standby` earlier), promoted, lacks every
+ * transaction after the first event.
+ */
+function promoteStandby(admin: pg.Pool, q: (table: string) => string) {
+  return admin.query(
+    `BEGIN;
+     DELETE FROM ${q('events')} WHERE seq > 1;
+     DELETE FROM ${q('tasks')};
+     INSERT INTO ${q('tasks')} SELECT * FROM ${q('tasks_standby')};
+     COMMIT`,
+  );
+}
+
 function aliceClient(port: number): ProgressClient {
   const client = new ProgressClient({
     url: `ws://127.0.0.1:${port}/progress`,
@@ -105,13 +119,7 @@ describe('a failover that lost committed transactions', () => {
     await admin.query(`CREATE TABLE ${q('tasks_standby')} AS SELECT * FROM ${q('tasks')}`);
     await store.append('t', { type: 'progress', done: 1 });
     await store.append('t', { type: 'progress', done: 1 });
-    await admin.query(
-      `BEGIN;
-       DELETE FROM ${q('events')} WHERE seq > 1;
-       DELETE FROM ${q('tasks')};
-       INSERT INTO ${q('tasks')} SELECT * FROM ${q('tasks_standby')};
-       COMMIT`,
-    );
+    await promoteStandby(admin, q);
     // Fake timers count what the store schedules from here (its timers are unref'd, invisible to Node).
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
     try {
@@ -148,13 +156,7 @@ describe('a failover that lost committed transactions', () => {
       const epoch = await store.getEpoch();
 
       // The failover: the standby, promoted, lacks the last two transactions.
-      await admin.query(
-        `BEGIN;
-         DELETE FROM ${q('events')} WHERE seq > 1;
-         DELETE FROM ${q('tasks')};
-         INSERT INTO ${q('tasks')} SELECT * FROM ${q('tasks_standby')};
-         COMMIT`,
-      );
+      await promoteStandby(admin, q);
       // The worker goes on: its new events take the lost seqs 2 and 3, the end at 3.
       await appender.append('t', { type: 'progress', done: 2, message: 'two (again)' });
       await appender.append('t', { type: 'completed', result: null });
@@ -199,13 +201,7 @@ describe('a failover that lost committed transactions', () => {
     const watch = client.watch('t');
     await eventually('the watcher is at seq 2', () => watch.getSnapshot().seq === 2);
     epochBefore = await store.getEpoch();
-    await admin.query(
-      `BEGIN;
-       DELETE FROM ${q('events')} WHERE seq > 1;
-       DELETE FROM ${q('tasks')};
-       INSERT INTO ${q('tasks')} SELECT * FROM ${q('tasks_standby')};
-       COMMIT`,
-    );
+    await promoteStandby(admin, q);
     await worker.append('t', { type: 'completed', result: null });
 
     await eventually('the watcher sees the end', () => watch.getSnapshot().finished, 5000);

@@ -41,6 +41,37 @@ async function call(
   return { status: response.status, body: text === '' ? {} : JSON.parse(text), headers: response.headers };
 }
 
+/**
+ * A server whose authorize hook, the first time it runs, lets retention purge alice's ended task `nightly`
+ * and bob create a task of that id (and `thenBob` write to it): the window between a route's authorization
+ * and its work. The runs of an id are told apart by `createdAt`: the new one is created a millisecond later.
+ */
+async function idTakenByBobWhileAuthorizing(
+  thenBob: (store: MemoryProgressStore) => Promise<void> = async () => {},
+): Promise<MemoryProgressStore> {
+  const clock = new ManualClock();
+  const store = new MemoryProgressStore({ clock: clock.now });
+  let swap: (() => Promise<void>) | undefined;
+  env = await startServer({
+    store,
+    authorize: async (principal, task) => {
+      const before = swap;
+      swap = undefined;
+      await before?.();
+      return task.owner === principal.id;
+    },
+  });
+  const old = await store.createTask({ id: 'nightly', owner: 'alice', kind: 'k' });
+  await store.append(old.id, { type: 'completed' });
+  swap = async () => {
+    clock.advance(1);
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await store.createTask({ id: 'nightly', owner: 'bob', kind: 'k' });
+    await thenBob(store);
+  };
+  return store;
+}
+
 describe('HTTP handler', () => {
   it('lists tasks with at most 8 authorize calls in flight, in the order the store gave', async () => {
     // Each call of the hook waits for the next turn of the event loop, so calls started together overlap.
@@ -288,26 +319,7 @@ describe('HTTP handler', () => {
   // had the id by then. Retention may purge an ended task and its id be taken by another owner's new one
   // meanwhile (while the authorize hook runs): that task was cancelled, by a principal never asked about it.
   it("cancels only the task it authorized, not another owner's task that took the id meanwhile", async () => {
-    // The runs of an id are told apart by `createdAt`: the new one is created a millisecond later.
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    let swap: (() => Promise<void>) | undefined;
-    env = await startServer({
-      store,
-      authorize: async (principal, task) => {
-        const before = swap;
-        swap = undefined;
-        await before?.();
-        return task.owner === principal.id;
-      },
-    });
-    const old = await store.createTask({ id: 'nightly', owner: 'alice', kind: 'k' });
-    await store.append(old.id, { type: 'completed' });
-    swap = async () => {
-      clock.advance(1);
-      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-      await store.createTask({ id: 'nightly', owner: 'bob', kind: 'k' });
-    };
+    const store = await idTakenByBobWhileAuthorizing();
     const response = await call('/progress/tasks/nightly/cancel', {
       user: 'alice',
       method: 'POST',
@@ -324,27 +336,9 @@ describe('HTTP handler', () => {
   // owner's new one meanwhile (while the authorize hook runs): that task's events went to a principal never
   // asked about it.
   it("serves no events of another owner's task that took the id while authorize ran", async () => {
-    // The runs of an id are told apart by `createdAt`: the new one is created a millisecond later.
-    const clock = new ManualClock();
-    const store = new MemoryProgressStore({ clock: clock.now });
-    let swap: (() => Promise<void>) | undefined;
-    env = await startServer({
-      store,
-      authorize: async (principal, task) => {
-        const before = swap;
-        swap = undefined;
-        await before?.();
-        return task.owner === principal.id;
-      },
+    await idTakenByBobWhileAuthorizing(async (bobs) => {
+      await bobs.append('nightly', { type: 'progress', message: "bob's secret" });
     });
-    const old = await store.createTask({ id: 'nightly', owner: 'alice', kind: 'k' });
-    await store.append(old.id, { type: 'completed' });
-    swap = async () => {
-      clock.advance(1);
-      expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-      await store.createTask({ id: 'nightly', owner: 'bob', kind: 'k' });
-      await store.append('nightly', { type: 'progress', message: "bob's secret" });
-    };
     const response = await call('/progress/tasks/nightly/events?afterSeq=0', { user: 'alice' });
     expect(JSON.stringify(response.body)).not.toContain("bob's secret");
     expect(response.status).toBe(404);
