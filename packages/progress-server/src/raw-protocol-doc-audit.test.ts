@@ -171,3 +171,161 @@ describe("the document's curl commands work as written (doc: HTTP API, Server-Se
     expect(resumed.stdout.split('\n').filter((l) => l.startsWith('id: '))).toEqual([`id: 4~${epoch}!`]);
   });
 });
+
+describe('statements no raw test checked (doc: Versioning, auth, subscribe, unsubscribe, Limits, Errors)', () => {
+  it('unsupported_protocol names the versions accepted, 1 and 2, on a first auth and on a renewal', async () => {
+    await start();
+    const first = await unauthenticated();
+    first.send({ type: 'auth', token: 'alice', protocol: 3 });
+    const refused = await first.next(errorOf('unsupported_protocol'));
+    expect([refused.message.includes('1 and 2'), (await first.closed).code]).toEqual([true, 4002]);
+    const open = await connect();
+    open.send({ type: 'auth', token: 'alice', protocol: 7 });
+    const renewal = await open.next(errorOf('unsupported_protocol'));
+    expect([renewal.message.includes('1 and 2'), (await open.closed).code]).toEqual([true, 4002]);
+  });
+
+  it('auth.token is 1–8192 characters: 8192 authenticates, 8193 and the empty token are invalid first frames (4001)', async () => {
+    await start({ authenticateToken: (token: string) => (token.length > 0 ? { id: 'alice' } : null) });
+    const longest = await unauthenticated();
+    longest.send({ type: 'auth', token: 'a'.repeat(8192), protocol: 2 });
+    expect((await longest.next((f) => f.type === 'hello')).protocol).toBe(2);
+    for (const token of ['a'.repeat(8193), '']) {
+      const client = await unauthenticated();
+      client.send({ type: 'auth', token, protocol: 2 });
+      expect([(await client.next((f) => f.type === 'error')).code, (await client.closed).code]).toEqual([
+        'unauthenticated',
+        4001,
+      ]);
+    }
+  });
+
+  it('a subscribe of a followed task from a lower afterSeq is a resync: delivery restarts from it', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (const key of ['a', 'b', 'c']) await task.item({ key, ok: true });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 3 });
+    await client.next((f) => f.type === 'snapshot');
+    const from = await client.sync();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    await client.next(eventAt(task.id, 3), from);
+    expect(client.frames.slice(from).filter((f) => f.type === 'event').map((f) => f.event.seq)).toEqual([2, 3]);
+  });
+
+  it('an unsubscribe of a task the socket does not follow does nothing: no reply', async () => {
+    await start();
+    const client = await connect();
+    const from = client.frames.length;
+    client.send({ type: 'unsubscribe', id: 'u1', taskId: 'never-followed' });
+    const after = await client.sync();
+    expect(client.frames.slice(from, after - 1)).toEqual([]);
+  });
+
+  it('a request id of any characters is echoed as requestId', async () => {
+    await start();
+    const client = await connect();
+    const id = 'é☃ \u0001"\\'.padEnd(64, '😀').slice(0, 64);
+    client.send({ type: 'subscribe', id, taskId: 'missing', afterSeq: 0 });
+    expect((await client.next(errorOf('task_not_found'))).requestId).toBe(id);
+  });
+
+  it('an auth frame from an address out of failed attempts: rate_limited, then 4008', async () => {
+    // Upgrades without credentials run no hook here (no `authenticate`): only the auth frames are charged.
+    await start({ authenticate: undefined, authRateLimitPerAddressPerSecond: 1 });
+    const sockets = await Promise.all(Array.from({ length: 60 }, () => unauthenticated()));
+    const outcomes: Array<[string, number]> = [];
+    for (const socket of sockets) {
+      socket.send({ type: 'auth', token: 'bad', protocol: 2 });
+      const error = await socket.next((f) => f.type === 'error');
+      outcomes.push([error.code, (await socket.closed).code]);
+      if (error.code === 'rate_limited') break;
+    }
+    expect(outcomes.at(-1)).toEqual(['rate_limited', 4008]);
+    expect(outcomes.slice(0, -1).every(([code, close]) => code === 'unauthenticated' && close === 4001)).toBe(true);
+  });
+
+  it('a socket open at shutdown is closed with 1001', async () => {
+    const { server } = await start();
+    const client = await connect();
+    const closing = server.close();
+    expect((await client.closed).code).toBe(1001);
+    await closing;
+  });
+
+  it('terminal events and snapshots: cancelled and interrupted carry their reason, the view its error code', async () => {
+    const { server } = await start();
+    const cancelled = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const interrupted = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const failed = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    for (const t of [cancelled, interrupted, failed]) client.send({ type: 'subscribe', taskId: t.id, afterSeq: 0 });
+    await client.sync();
+    await client.next((f) => f.type === 'snapshot' && f.task.id === failed.id);
+    await cancelled.cancel();
+    await interrupted.interrupt('lease expired');
+    await failed.fail({ code: 'boom', message: 'it broke' });
+    const events = await Promise.all([cancelled, interrupted, failed].map((t) => client.next(eventAt(t.id, 1))));
+    expect(events.map((f) => [f.event.type, f.event.reason, f.event.error])).toEqual([
+      ['cancelled', null, undefined],
+      ['interrupted', 'lease expired', undefined],
+      ['failed', undefined, { code: 'boom', message: 'it broke' }],
+    ]);
+    for (const f of events) client.send({ type: 'ack', taskId: f.event.taskId, seq: 1 });
+    const views = await Promise.all([cancelled, interrupted, failed].map((t) => http('GET', `/progress/tasks/${t.id}`, { headers: bearer() })));
+    expect(views.map((v) => [v.json().task.status, v.json().task.error?.code])).toEqual([
+      ['cancelled', 'cancelled'],
+      ['interrupted', 'interrupted'],
+      ['failed', 'boom'],
+    ]);
+  });
+});
+
+describe('HTTP statements no raw test checked (doc: HTTP API)', () => {
+  it('HEAD on a POST route is a wrong method: 405 with Allow: POST; a GET route answers 405 with Allow: GET, HEAD', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const head = await http('HEAD', `/progress/tasks/${task.id}/cancel`, { headers: bearer() });
+    expect([head.status, head.headers.allow]).toEqual([405, 'POST']);
+    const put = await http('PUT', `/progress/tasks/${task.id}`, { headers: bearer() });
+    expect([put.status, put.headers.allow, put.json().error.code]).toEqual([405, 'GET, HEAD', 'invalid_input']);
+  });
+
+  it('a 409 task_finished names no status; a POST ack ignores fields it does not name', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    await task.fail({ code: 'boom', message: 'no' });
+    const cancel = await http('POST', `/progress/tasks/${task.id}/cancel`, { headers: jsonHeaders(), body: '{}' });
+    expect([cancel.status, cancel.json().error.code, /failed/.test(cancel.json().error.message)]).toEqual([
+      409,
+      'task_finished',
+      false,
+    ]);
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: jsonHeaders(),
+      body: '{"seq": 2, "epoch": "another"}',
+    });
+    expect([ack.status, ack.json()]).toEqual([200, { taskId: task.id, seq: 2 }]);
+  });
+
+  it('an ack of a task the principal may not watch is 404 task_not_found, as the other routes', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'bob', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonHeaders(), body: '{"seq":1}' });
+    expect([ack.status, ack.json().error.code]).toEqual([404, 'task_not_found']);
+  });
+
+  it('during a shutdown livez answers 200 {"ok": true} and healthz {"ok": false} 503', async () => {
+    const { server } = await start();
+    expect((await http('GET', '/progress/healthz')).json().ok).toBe(true);
+    // A socket open keeps the shutdown under way while the probes are asked.
+    const client = await connect();
+    const closing = server.close();
+    const [health, live] = await Promise.all([http('GET', '/progress/healthz'), http('GET', '/progress/livez')]);
+    expect([health.status, health.json().ok, live.status, live.json()]).toEqual([503, false, 200, { ok: true }]);
+    await client.closed;
+    await closing;
+  });
+});
