@@ -329,3 +329,69 @@ describe('HTTP statements no raw test checked (doc: HTTP API)', () => {
     await closing;
   });
 });
+
+describe('renewals (doc: After authentication)', () => {
+  /** Tokens `alice` (every task of hers) and `alice~<taskId>,…` (only those): the same principal, other rights. */
+  const scopedTokens = (token: string) => {
+    const [id, scope] = token.split('~');
+    return id === 'alice' ? { id, scope: scope?.split(',') } : null;
+  };
+  const scopedAuthorize = (principal: { id: string; scope?: string[] }, task: { id: string; owner: string }) =>
+    task.owner === principal.id && (principal.scope === undefined || principal.scope.includes(task.id));
+
+  it('a renewal whose credential may no longer watch a followed task drops it with task_not_found and its taskId; nothing of it follows', async () => {
+    const { server } = await start({ authenticateToken: scopedTokens, authorize: scopedAuthorize as never });
+    const kept = await server.tasks.create({ id: 'kept', owner: 'alice', kind: 'k' });
+    const dropped = await server.tasks.create({ id: 'dropped', owner: 'alice', kind: 'k' });
+    const client = await connect('alice');
+    client.send({ type: 'subscribe', id: 's1', taskId: 'kept', afterSeq: 0 });
+    client.send({ type: 'subscribe', id: 's2', taskId: 'dropped', afterSeq: 0 });
+    await client.next((f) => f.type === 'snapshot' && f.task.id === 'dropped');
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice~kept', protocol: 2 });
+    await client.next((f) => f.type === 'hello', from);
+    const refusal = await client.next(errorOf('task_not_found'), from);
+    expect(refusal.taskId).toBe('dropped');
+    await dropped.progress({ done: 1 });
+    await kept.progress({ done: 1 });
+    await client.next(eventAt('kept', 1), from);
+    const at = await client.sync();
+    expect(client.frames.slice(from, at).filter((f) => f.event?.taskId === 'dropped')).toEqual([]);
+    // The server no longer counts it followed: its heartbeat would name `kept` alone (rule 6); an ack is refused.
+    client.send({ type: 'ack', taskId: 'dropped', seq: 1 });
+    expect((await client.next(errorOf('invalid_input'), at)).taskId).toBe('dropped');
+  });
+
+  it('a late ack of a task left before a renewal is answered as an ack of a task not followed, and not recorded', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((f) => f.type === 'snapshot');
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    await client.next((f) => f.type === 'hello', 1);
+    const from = client.frames.length;
+    client.send({ type: 'ack', taskId: task.id, seq: 1 });
+    expect((await client.next((f) => f.type === 'error', from)).code).toBe('invalid_input');
+    expect((await server.tasks.get(task.id))?.ackedSeq).toBe(0);
+  });
+
+  it('a renewal whose token hook does not answer in time: error timeout without taskId, the socket open, the next renewal checked', async () => {
+    let hang = false;
+    await start({
+      upgradeTimeoutMs: 200,
+      authenticateToken: (token: string) => (hang ? new Promise(() => {}) : { id: token }),
+    });
+    const client = await connect();
+    hang = true;
+    const from = client.frames.length;
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    const timeout = await client.next((f) => f.type === 'error', from);
+    expect([timeout.code, 'taskId' in timeout, 'requestId' in timeout]).toEqual(['timeout', false, false]);
+    hang = false;
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    expect((await client.next((f) => f.type === 'hello', from)).protocol).toBe(2);
+  });
+});
