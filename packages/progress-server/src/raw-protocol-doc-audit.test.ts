@@ -395,3 +395,63 @@ describe('renewals (doc: After authentication)', () => {
     expect((await client.next((f) => f.type === 'hello', from)).protocol).toBe(2);
   });
 });
+
+describe('upgrade refusals and ids (doc: Transport, Authentication, Limits)', () => {
+  /** An upgrade request's refusal, read whole: status, headers and body. */
+  const upgrade = (headers: Record<string, string>) =>
+    http('GET', '/progress', {
+      headers: {
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        ...headers,
+      },
+    });
+
+  it('an upgrade refused is answered with the JSON error of its status: 400 unsupported_protocol, 401, 403', async () => {
+    await start({ authenticateToken: undefined });
+    const unsupported = await upgrade({ ...bearer(), 'sec-websocket-protocol': 'finishline.v9' });
+    expect([unsupported.status, unsupported.json().error.code]).toEqual([400, 'unsupported_protocol']);
+    const anonymous = await upgrade({ 'sec-websocket-protocol': 'finishline.v2' });
+    expect([anonymous.status, anonymous.json().error.code]).toEqual([401, 'unauthenticated']);
+    const foreign = await upgrade({ ...bearer(), origin: 'https://evil.example' });
+    expect([foreign.status, foreign.json().error.code]).toEqual([403, 'forbidden']);
+  });
+
+  it('ids: constructor, prototype, 129 characters and characters outside ID_PATTERN are refused, 128 accepted', async () => {
+    await start();
+    const client = await connect();
+    const refused = ['constructor', 'prototype', 'a'.repeat(129), 'a b', 'a~b', 'a!b'];
+    for (const [i, taskId] of refused.entries())
+      client.send({ type: 'subscribe', id: `r${i}`, taskId, afterSeq: 0 });
+    client.send({ type: 'subscribe', id: 'ok', taskId: 'a'.repeat(128), afterSeq: 0 });
+    const answers = await Promise.all(
+      [...refused.map((_, i) => `r${i}`), 'ok'].map((id) => client.next((f) => f.requestId === id)),
+    );
+    expect(answers.map((f) => f.code)).toEqual([...refused.map(() => 'invalid_frame'), 'task_not_found']);
+    for (const taskId of refused) {
+      const answer = await http('GET', `/progress/tasks/${encodeURIComponent(taskId)}`, { headers: bearer() });
+      expect([taskId, answer.status, answer.json().error.code]).toEqual([taskId, 400, 'invalid_input']);
+    }
+  });
+});
+
+describe('a version-1 socket gets the frames of version 1 (doc: Versioning, snapshot)', () => {
+  it('a cursor ahead of the task, and a renewed epoch: unmarked snapshots without epoch; the hello names no epoch', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    const client = await connect('alice', ['finishline.v1']);
+    expect(client.frames[0]).not.toHaveProperty('epoch');
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 5 });
+    const ahead = await client.next((f) => f.type === 'snapshot');
+    expect(ahead).toEqual({ type: 'snapshot', task: expect.objectContaining({ seq: 1 }) });
+    const from = client.frames.length;
+    await store.renewEpoch();
+    const renewed = await client.next((f) => f.type === 'snapshot', from);
+    expect(renewed).toEqual({ type: 'snapshot', task: expect.objectContaining({ seq: 1 }) });
+    // Every frame decodes by the version-1 rules: no field of version 2 anywhere.
+    expect(client.frames.filter((f) => 'epoch' in f || 'reset' in f)).toEqual([]);
+  });
+});
