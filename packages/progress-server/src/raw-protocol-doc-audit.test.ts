@@ -455,3 +455,55 @@ describe('a version-1 socket gets the frames of version 1 (doc: Versioning, snap
     expect(client.frames.filter((f) => 'epoch' in f || 'reset' in f)).toEqual([]);
   });
 });
+
+describe("@finishline/server's documented defaults, as a client meets them (doc: hello, Limits, Errors)", () => {
+  const defaults = { ...RAW_SOCKET_SERVER_OPTIONS, heartbeatIntervalMs: undefined };
+
+  it('heartbeatIntervalMs 15000; 100 subscriptions per socket; 10 invalid frames close with 1008', async () => {
+    const { server } = await start(defaults);
+    const client = await connect();
+    expect(client.frames[0]?.heartbeatIntervalMs).toBe(15_000);
+    for (let i = 0; i < 101; i++) await server.tasks.create({ id: `t${i}`, owner: 'alice', kind: 'k' });
+    for (let i = 0; i < 101; i++) client.send({ type: 'subscribe', id: `s${i}`, taskId: `t${i}`, afterSeq: 0 });
+    const refusal = await client.next((f) => f.type === 'error');
+    expect([refusal.code, refusal.requestId]).toEqual(['too_many_subscriptions', 's100']);
+    for (let i = 0; i < 9; i++) client.send('not json');
+    await client.sync();
+    expect(client.ws.readyState).toBe(1);
+    client.send('not json');
+    expect((await client.closed).code).toBe(1008);
+  });
+
+  it('a burst of 200 frames per socket, then rate_limited; 100 sockets per principal, then too_many_sockets + 4009', async () => {
+    await start(defaults);
+    const client = await connect();
+    for (let i = 0; i < 230; i++) client.send({ type: 'ping', id: `p${i}` });
+    await client.next((f) => f.type === 'error' && f.code === 'rate_limited');
+    const pongs = client.frames.filter((f) => f.type === 'pong').length;
+    expect(pongs).toBeGreaterThanOrEqual(199); // the hello's auth frame took a token too
+    expect(pongs).toBeLessThan(230);
+    await Promise.all(Array.from({ length: 99 }, () => connect()));
+    const extra = await unauthenticated();
+    extra.send({ type: 'auth', token: 'alice', protocol: 2 });
+    expect([(await extra.next((f) => f.type === 'error')).code, (await extra.closed).code]).toEqual([
+      'too_many_sockets',
+      4009,
+    ]);
+  });
+
+  it('a backlog of 1000 events is replayed; of 1001, answered with a snapshot (maxReplayEvents)', async () => {
+    const { server } = await start(defaults);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    for (let i = 0; i < 1001; i++) await task.progress({ done: i + 1 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    await client.next(eventAt(task.id, 1001));
+    expect(client.frames.filter((f) => f.type === 'snapshot')).toEqual([]);
+    // One more event: the same cursor is 1001 events behind.
+    await task.progress({ done: 1002 });
+    const other = await connect();
+    other.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
+    const answer = await other.next((f) => f.type === 'snapshot' || f.type === 'event');
+    expect([answer.type, answer.task?.seq]).toEqual(['snapshot', 1002]);
+  });
+});
