@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
+import { MemoryProgressStore } from '@finishline/core';
 import { startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp } from './testing/raw-http.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
@@ -505,5 +506,51 @@ describe("@finishline/server's documented defaults, as a client meets them (doc:
     other.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
     const answer = await other.next((f) => f.type === 'snapshot' || f.type === 'event');
     expect([answer.type, answer.task?.seq]).toEqual(['snapshot', 1002]);
+  });
+});
+
+describe("a socket opened during the server's first read of its store's epoch (doc: hello)", () => {
+  /** A store whose epoch reads wait for `release` (never, unless called). */
+  function heldStore() {
+    const store = new MemoryProgressStore();
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const getEpoch = store.getEpoch.bind(store);
+    store.getEpoch = async () => {
+      await held;
+      return getEpoch();
+    };
+    return { store, release, epoch: getEpoch() };
+  }
+
+  it('gets its hello once the read returns, with the epoch; the frames sent meanwhile are answered after it', async () => {
+    const { store, release, epoch } = heldStore();
+    const { server } = await start({ store });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await unauthenticated();
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    expect(client.frames).toEqual([]);
+    release();
+    await client.next((f) => f.type === 'snapshot');
+    expect(client.frames.map((f) => [f.type, f.epoch])).toEqual([
+      ['hello', await epoch],
+      ['snapshot', await epoch],
+    ]);
+  });
+
+  it('gets its hello without an epoch at most 2 s later when the read does not return', async () => {
+    const { store } = heldStore();
+    await start({ store });
+    const client = await unauthenticated();
+    const opened = Date.now();
+    client.send({ type: 'auth', token: 'alice', protocol: 2 });
+    const hello = await client.next((f) => f.type === 'hello');
+    expect([hello.protocol, 'epoch' in hello]).toEqual([2, false]);
+    // Bounded loosely: the document's bound is 2 s; a server that never answered fails on the wait above.
+    expect(Date.now() - opened).toBeLessThan(5_000);
   });
 });
