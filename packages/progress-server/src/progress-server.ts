@@ -497,8 +497,10 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#shutdown.abort();
     const start = Date.now();
     const deadline = start + timeoutMs;
-    this.#options.server?.off('upgrade', this.#onUpgrade);
-    this.#ownedHttpServer?.off('upgrade', this.#onUpgrade);
+    // The upgrade listener stays until the sockets are closed: the acceptor refuses upgrades from now on
+    // with 503 `closed` (docs/protocol.md), which sends a client to another replica. Removed here, an
+    // upgrade reached the HTTP handler as a plain request (Node passes it there when no listener is left)
+    // and was answered 426 `invalid_input`, "send an upgrade request".
     this.#sockets.stopAccepting();
 
     await this.tasks.shutdown(start + Math.floor(timeoutMs * 0.75), deadline);
@@ -518,6 +520,8 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#hub.close();
     this.#reads.close();
     this.#sockets.closeServer();
+    this.#options.server?.off('upgrade', this.#onUpgrade);
+    this.#ownedHttpServer?.off('upgrade', this.#onUpgrade);
     const httpServer = this.#ownedHttpServer;
     if (httpServer !== undefined) {
       await new Promise<void>((resolve) => {

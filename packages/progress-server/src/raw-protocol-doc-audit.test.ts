@@ -1,8 +1,8 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { MemoryProgressStore } from '@finishline/core';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MemoryProgressStore } from '@finishline/core';
 import { startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp } from './testing/raw-http.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
@@ -88,9 +88,10 @@ describe("the document's examples are valid by its own rules (doc: Example sessi
     await task.progress({ current: 'node-2' });
     const shown = sessionFrames();
     const client = await connect('alice', ['finishline.v1']);
-    const ignoreTimes = (f: Frame): Frame => JSON.parse(JSON.stringify(f), (k, v) =>
-      ['time', 'createdAt', 'updatedAt', 'finishedAt'].includes(k) && typeof v === 'number' ? 0 : v,
-    );
+    const ignoreTimes = (f: Frame): Frame =>
+      JSON.parse(JSON.stringify(f), (k, v) =>
+        ['time', 'createdAt', 'updatedAt', 'finishedAt'].includes(k) && typeof v === 'number' ? 0 : v,
+      );
     expect(ignoreTimes(client.frames[0] as Frame)).toEqual(ignoreTimes(shown[0]![1]));
     client.send(shown[1]![1]);
     const snapshot = await client.next((f) => f.type === 'snapshot');
@@ -118,8 +119,12 @@ describe("the document's examples are valid by its own rules (doc: Example sessi
 function sh(command: string): Promise<{ code: number; stdout: string }> {
   const script = command.replaceAll('https://app.example.com', env!.httpUrl);
   return new Promise((resolve) => {
-    execFile('sh', ['-c', script], { env: { ...process.env, TOKEN: 'alice' }, timeout: 10_000 }, (error, stdout) =>
-      resolve({ code: error === null ? 0 : ((error as { code?: number }).code ?? -1), stdout }),
+    execFile(
+      'sh',
+      ['-c', script],
+      { env: { ...process.env, TOKEN: 'alice' }, timeout: 10_000 },
+      (error, stdout) =>
+        resolve({ code: error === null ? 0 : ((error as { code?: number }).code ?? -1), stdout }),
     );
   });
 }
@@ -150,7 +155,10 @@ describe("the document's curl commands work as written (doc: HTTP API, Server-Se
     expect([page.events.map((e: Frame) => e.seq), page.hasMore, page.epoch]).toEqual([[3], false, epoch]);
     const cancelled = JSON.parse((await sh(cancel as string)).stdout);
     expect(cancelled).toMatchObject({ taskId: 'taint-42', task: { status: 'cancelled', seq: 4 } });
-    expect((await store.readEvents('taint-42', 3, 10))[0]).toMatchObject({ type: 'cancelled', reason: 'wrong cluster' });
+    expect((await store.readEvents('taint-42', 3, 10))[0]).toMatchObject({
+      type: 'cancelled',
+      reason: 'wrong cluster',
+    });
   });
 
   it('the stream example, and its resume with the Last-Event-ID its comment shows', async () => {
@@ -211,7 +219,12 @@ describe('statements no raw test checked (doc: Versioning, auth, subscribe, unsu
     const from = await client.sync();
     client.send({ type: 'subscribe', taskId: task.id, afterSeq: 1 });
     await client.next(eventAt(task.id, 3), from);
-    expect(client.frames.slice(from).filter((f) => f.type === 'event').map((f) => f.event.seq)).toEqual([2, 3]);
+    expect(
+      client.frames
+        .slice(from)
+        .filter((f) => f.type === 'event')
+        .map((f) => f.event.seq),
+    ).toEqual([2, 3]);
   });
 
   it('an unsubscribe of a task the socket does not follow does nothing: no reply', async () => {
@@ -243,7 +256,9 @@ describe('statements no raw test checked (doc: Versioning, auth, subscribe, unsu
       if (error.code === 'rate_limited') break;
     }
     expect(outcomes.at(-1)).toEqual(['rate_limited', 4008]);
-    expect(outcomes.slice(0, -1).every(([code, close]) => code === 'unauthenticated' && close === 4001)).toBe(true);
+    expect(outcomes.slice(0, -1).every(([code, close]) => code === 'unauthenticated' && close === 4001)).toBe(
+      true,
+    );
   });
 
   it('a socket open at shutdown is closed with 1001', async () => {
@@ -260,20 +275,27 @@ describe('statements no raw test checked (doc: Versioning, auth, subscribe, unsu
     const interrupted = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const failed = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
-    for (const t of [cancelled, interrupted, failed]) client.send({ type: 'subscribe', taskId: t.id, afterSeq: 0 });
+    for (const t of [cancelled, interrupted, failed])
+      client.send({ type: 'subscribe', taskId: t.id, afterSeq: 0 });
     await client.sync();
     await client.next((f) => f.type === 'snapshot' && f.task.id === failed.id);
     await cancelled.cancel();
     await interrupted.interrupt('lease expired');
     await failed.fail({ code: 'boom', message: 'it broke' });
-    const events = await Promise.all([cancelled, interrupted, failed].map((t) => client.next(eventAt(t.id, 1))));
+    const events = await Promise.all(
+      [cancelled, interrupted, failed].map((t) => client.next(eventAt(t.id, 1))),
+    );
     expect(events.map((f) => [f.event.type, f.event.reason, f.event.error])).toEqual([
       ['cancelled', null, undefined],
       ['interrupted', 'lease expired', undefined],
       ['failed', undefined, { code: 'boom', message: 'it broke' }],
     ]);
     for (const f of events) client.send({ type: 'ack', taskId: f.event.taskId, seq: 1 });
-    const views = await Promise.all([cancelled, interrupted, failed].map((t) => http('GET', `/progress/tasks/${t.id}`, { headers: bearer() })));
+    const views = await Promise.all(
+      [cancelled, interrupted, failed].map((t) =>
+        http('GET', `/progress/tasks/${t.id}`, { headers: bearer() }),
+      ),
+    );
     expect(views.map((v) => [v.json().task.status, v.json().task.error?.code])).toEqual([
       ['cancelled', 'cancelled'],
       ['interrupted', 'interrupted'],
@@ -289,7 +311,11 @@ describe('HTTP statements no raw test checked (doc: HTTP API)', () => {
     const head = await http('HEAD', `/progress/tasks/${task.id}/cancel`, { headers: bearer() });
     expect([head.status, head.headers.allow]).toEqual([405, 'POST']);
     const put = await http('PUT', `/progress/tasks/${task.id}`, { headers: bearer() });
-    expect([put.status, put.headers.allow, put.json().error.code]).toEqual([405, 'GET, HEAD', 'invalid_input']);
+    expect([put.status, put.headers.allow, put.json().error.code]).toEqual([
+      405,
+      'GET, HEAD',
+      'invalid_input',
+    ]);
   });
 
   it('a 409 task_finished names no status; a POST ack ignores fields it does not name', async () => {
@@ -297,7 +323,10 @@ describe('HTTP statements no raw test checked (doc: HTTP API)', () => {
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.item({ key: 'a', ok: true });
     await task.fail({ code: 'boom', message: 'no' });
-    const cancel = await http('POST', `/progress/tasks/${task.id}/cancel`, { headers: jsonHeaders(), body: '{}' });
+    const cancel = await http('POST', `/progress/tasks/${task.id}/cancel`, {
+      headers: jsonHeaders(),
+      body: '{}',
+    });
     expect([cancel.status, cancel.json().error.code, /failed/.test(cancel.json().error.message)]).toEqual([
       409,
       'task_finished',
@@ -314,7 +343,10 @@ describe('HTTP statements no raw test checked (doc: HTTP API)', () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'bob', kind: 'k' });
     await task.item({ key: 'a', ok: true });
-    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, { headers: jsonHeaders(), body: '{"seq":1}' });
+    const ack = await http('POST', `/progress/tasks/${task.id}/ack`, {
+      headers: jsonHeaders(),
+      body: '{"seq":1}',
+    });
     expect([ack.status, ack.json().error.code]).toEqual([404, 'task_not_found']);
   });
 
@@ -324,8 +356,16 @@ describe('HTTP statements no raw test checked (doc: HTTP API)', () => {
     // A socket open keeps the shutdown under way while the probes are asked.
     const client = await connect();
     const closing = server.close();
-    const [health, live] = await Promise.all([http('GET', '/progress/healthz'), http('GET', '/progress/livez')]);
-    expect([health.status, health.json().ok, live.status, live.json()]).toEqual([503, false, 200, { ok: true }]);
+    const [health, live] = await Promise.all([
+      http('GET', '/progress/healthz'),
+      http('GET', '/progress/livez'),
+    ]);
+    expect([health.status, health.json().ok, live.status, live.json()]).toEqual([
+      503,
+      false,
+      200,
+      { ok: true },
+    ]);
     await client.closed;
     await closing;
   });
@@ -337,8 +377,10 @@ describe('renewals (doc: After authentication)', () => {
     const [id, scope] = token.split('~');
     return id === 'alice' ? { id, scope: scope?.split(',') } : null;
   };
-  const scopedAuthorize = (principal: { id: string; scope?: string[] }, task: { id: string; owner: string }) =>
-    task.owner === principal.id && (principal.scope === undefined || principal.scope.includes(task.id));
+  const scopedAuthorize = (
+    principal: { id: string; scope?: string[] },
+    task: { id: string; owner: string },
+  ) => task.owner === principal.id && (principal.scope === undefined || principal.scope.includes(task.id));
 
   it('a renewal whose credential may no longer watch a followed task drops it with task_not_found and its taskId; nothing of it follows', async () => {
     const { server } = await start({ authenticateToken: scopedTokens, authorize: scopedAuthorize as never });
@@ -432,7 +474,9 @@ describe('upgrade refusals and ids (doc: Transport, Authentication, Limits)', ()
     );
     expect(answers.map((f) => f.code)).toEqual([...refused.map(() => 'invalid_frame'), 'task_not_found']);
     for (const taskId of refused) {
-      const answer = await http('GET', `/progress/tasks/${encodeURIComponent(taskId)}`, { headers: bearer() });
+      const answer = await http('GET', `/progress/tasks/${encodeURIComponent(taskId)}`, {
+        headers: bearer(),
+      });
       expect([taskId, answer.status, answer.json().error.code]).toEqual([taskId, 400, 'invalid_input']);
     }
   });
@@ -465,7 +509,8 @@ describe("@finishline/server's documented defaults, as a client meets them (doc:
     const client = await connect();
     expect(client.frames[0]?.heartbeatIntervalMs).toBe(15_000);
     for (let i = 0; i < 101; i++) await server.tasks.create({ id: `t${i}`, owner: 'alice', kind: 'k' });
-    for (let i = 0; i < 101; i++) client.send({ type: 'subscribe', id: `s${i}`, taskId: `t${i}`, afterSeq: 0 });
+    for (let i = 0; i < 101; i++)
+      client.send({ type: 'subscribe', id: `s${i}`, taskId: `t${i}`, afterSeq: 0 });
     const refusal = await client.next((f) => f.type === 'error');
     expect([refusal.code, refusal.requestId]).toEqual(['too_many_subscriptions', 's100']);
     for (let i = 0; i < 9; i++) client.send('not json');
@@ -552,5 +597,29 @@ describe("a socket opened during the server's first read of its store's epoch (d
     expect([hello.protocol, 'epoch' in hello]).toEqual([2, false]);
     // Bounded loosely: the document's bound is 2 s; a server that never answered fails on the wait above.
     expect(Date.now() - opened).toBeLessThan(5_000);
+  });
+});
+
+describe('shutdown (doc: Errors, closed; Close codes, 1001)', () => {
+  it('an upgrade during a shutdown is refused with HTTP 503 closed; the open socket gets 1001', async () => {
+    const { server } = await start();
+    const open = await connect();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    open.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await open.next((f) => f.type === 'snapshot');
+    const closing = server.close();
+    const refused = await http('GET', '/progress', {
+      headers: {
+        ...bearer(),
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': 'dGhlIHNhbXBsZSBub25jZQ==',
+        'sec-websocket-protocol': 'finishline.v2',
+      },
+    });
+    expect([refused.status, refused.json().error.code]).toEqual([503, 'closed']);
+    expect((await open.closed).code).toBe(1001);
+    await closing;
   });
 });
