@@ -623,3 +623,58 @@ describe('shutdown (doc: Errors, closed; Close codes, 1001)', () => {
     await closing;
   });
 });
+
+describe('more HTTP statements (doc: HTTP API)', () => {
+  it("POST with a Cookie and no Origin is 403 even with allowedOrigins '*'; with '*' any Origin reads the answers", async () => {
+    const { server } = await start({ allowedOrigins: '*' });
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const cookie = await http('POST', `/progress/tasks/${task.id}/cancel`, {
+      headers: { ...jsonHeaders(), cookie: 'session=x' },
+      body: '{}',
+    });
+    expect([cookie.status, cookie.json().error.code]).toEqual([403, 'forbidden']);
+    const read = await http('GET', `/progress/tasks/${task.id}`, {
+      headers: { ...bearer(), origin: 'https://anywhere.example' },
+    });
+    expect([read.status, read.headers['access-control-allow-origin']]).toEqual([200, 'https://anywhere.example']);
+  });
+
+  it('GET /tasks calls authorize for each listed task, at most 8 calls at a time', async () => {
+    let running = 0;
+    let most = 0;
+    const { server } = await start({
+      authorize: async (principal, task) => {
+        running += 1;
+        most = Math.max(most, running);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        running -= 1;
+        return task.owner === principal.id;
+      },
+    });
+    for (let i = 0; i < 20; i++) await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const listed = await http('GET', '/progress/tasks', { headers: bearer() });
+    expect([listed.json().tasks.length, most]).toEqual([20, 8]);
+  });
+});
+
+describe('terminal re-sends (doc: What the server guarantees)', () => {
+  it('an unacknowledged terminal event is re-sent after 100 ms, then 200 ms, 400 ms: never sooner', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((f) => f.type === 'snapshot');
+    const times: number[] = [];
+    client.ws.on('message', (data) => {
+      if (String(data).includes('"completed"')) times.push(Date.now());
+    });
+    await task.complete();
+    await client.next(eventAt(task.id, 1));
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+    const gaps = times.slice(1).map((t, i) => t - (times[i] as number));
+    // Lower bounds only (a loaded machine delays, never hastens): 100, 200, 400 ms, with a few ms of timer slack.
+    expect(gaps.length).toBeGreaterThanOrEqual(1);
+    expect(gaps.length).toBeLessThanOrEqual(3);
+    for (const [i, gap] of gaps.entries()) expect(gap).toBeGreaterThanOrEqual(100 * 2 ** i - 5);
+  });
+});
