@@ -678,3 +678,29 @@ describe('terminal re-sends (doc: What the server guarantees)', () => {
     for (const [i, gap] of gaps.entries()) expect(gap).toBeGreaterThanOrEqual(100 * 2 ** i - 5);
   });
 });
+
+describe('late acks (doc: ack)', () => {
+  it('a late ack after unsubscribe is recorded when at most the highest seq this socket was sent; a larger one records nothing; no reply', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.progress({ done: 1 });
+    await task.progress({ done: 2 });
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: task.id, afterSeq: 0 });
+    await client.next((f) => f.type === 'snapshot');
+    client.send({ type: 'unsubscribe', taskId: task.id });
+    await client.sync();
+    await task.progress({ done: 3 });
+    const from = client.frames.length;
+    // Beyond what this socket was sent (seq 2): nothing recorded (not even seq 2), no reply.
+    client.send({ type: 'ack', taskId: task.id, seq: 3 });
+    await client.sync();
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await server.tasks.get(task.id))?.ackedSeq).toBe(0);
+    client.send({ type: 'ack', taskId: task.id, seq: 2 });
+    const after = await client.sync();
+    expect(client.frames.slice(from, after).filter((f) => f.type !== 'pong')).toEqual([]);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect((await server.tasks.get(task.id))?.ackedSeq).toBe(2);
+  });
+});
