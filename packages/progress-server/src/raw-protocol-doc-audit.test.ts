@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { MemoryProgressStore } from '@finishline/core';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -702,5 +703,48 @@ describe('late acks (doc: ack)', () => {
     expect(client.frames.slice(from, after).filter((f) => f.type !== 'pong')).toEqual([]);
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect((await server.tasks.get(task.id))?.ackedSeq).toBe(2);
+  });
+});
+
+describe('answer shapes (doc: HTTP API route table, Server-Sent Events)', () => {
+  it('each route answers exactly the fields its row names', async () => {
+    const { server } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    const keys = async (method: string, path: string, body?: string) =>
+      Object.keys((await http(method, path, { headers: jsonHeaders(), body })).json()).sort();
+    const base = `/progress/tasks/${task.id}`;
+    expect(await keys('GET', '/progress/tasks')).toEqual(['tasks']);
+    expect(await keys('GET', base)).toEqual(['epoch', 'task']);
+    expect(await keys('GET', `${base}/events`)).toEqual(['epoch', 'events', 'hasMore', 'task']);
+    expect(await keys('POST', `${base}/ack`, '{"seq":1}')).toEqual(['seq', 'taskId']);
+    expect(await keys('POST', `${base}/cancel`, '')).toEqual(['task', 'taskId']);
+  });
+
+  it('a stream from a cursor equal to a running task’s seq starts with its unmarked snapshot', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    await task.item({ key: 'a', ok: true });
+    const epoch = await store.getEpoch();
+    const text = await new Promise<string>((resolve, reject) => {
+      const req = httpRequest(
+        `${env!.httpUrl}/progress/tasks/${task.id}/stream`,
+        { headers: { ...bearer(), 'last-event-id': `1~${epoch}` } },
+        (res) => {
+          let body = '';
+          res.on('data', (chunk: Buffer) => {
+            body += chunk.toString();
+            if (body.includes('\ndata: ')) {
+              req.destroy();
+              resolve(body);
+            }
+          });
+        },
+      );
+      req.on('error', reject);
+      req.end();
+    });
+    const data = JSON.parse(text.split('\n').find((l) => l.startsWith('data: '))!.slice(6));
+    expect(data).toEqual({ type: 'snapshot', task: expect.objectContaining({ seq: 1 }), epoch });
   });
 });
