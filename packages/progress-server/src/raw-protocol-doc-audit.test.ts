@@ -3,7 +3,10 @@ import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { MemoryProgressStore } from '@finishline/core';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
+import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocketServer } from 'ws';
+import { ProgressServer } from './progress-server.js';
 import { startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp } from './testing/raw-http.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
@@ -746,5 +749,34 @@ describe('answer shapes (doc: HTTP API route table, Server-Sent Events)', () => 
     });
     const data = JSON.parse(text.split('\n').find((l) => l.startsWith('data: '))!.slice(6));
     expect(data).toEqual({ type: 'snapshot', task: expect.objectContaining({ seq: 1 }), epoch });
+  });
+});
+
+describe("a WebSocketServer passed with a larger maxPayload (doc: Errors, frame_too_large)", () => {
+  it('a message above maxPayloadBytes is answered frame_too_large and counts toward the invalid-frame limit', async () => {
+    const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', maxPayload: 1 << 20 });
+    await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
+    const server = new ProgressServer({
+      store: new MemoryProgressStore(),
+      wss,
+      ...RAW_SOCKET_SERVER_OPTIONS,
+      allowedOrigins: '*',
+      maxPayloadBytes: 2048,
+      maxInvalidFrames: 2,
+    });
+    try {
+      const { port } = wss.address() as AddressInfo;
+      const client = new Raw(`ws://127.0.0.1:${port}/progress`, { headers: bearer() });
+      clients.push(client);
+      await client.next((f) => f.type === 'hello');
+      client.send({ type: 'ping', id: 'big', pad: 'x'.repeat(4096) });
+      const refusal = await client.next((f) => f.type === 'error');
+      expect(refusal.code).toBe('frame_too_large');
+      client.send({ type: 'ping', id: 'big', pad: 'x'.repeat(4096) });
+      expect((await client.closed).code).toBe(1008);
+    } finally {
+      await server.close({ timeoutMs: 500 });
+      await new Promise((resolve) => wss.close(resolve));
+    }
   });
 });
