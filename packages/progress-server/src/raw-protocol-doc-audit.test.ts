@@ -1,9 +1,9 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
-import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
@@ -640,7 +640,10 @@ describe('more HTTP statements (doc: HTTP API)', () => {
     const read = await http('GET', `/progress/tasks/${task.id}`, {
       headers: { ...bearer(), origin: 'https://anywhere.example' },
     });
-    expect([read.status, read.headers['access-control-allow-origin']]).toEqual([200, 'https://anywhere.example']);
+    expect([read.status, read.headers['access-control-allow-origin']]).toEqual([
+      200,
+      'https://anywhere.example',
+    ]);
   });
 
   it('GET /tasks calls authorize for each listed task, at most 8 calls at a time', async () => {
@@ -747,12 +750,17 @@ describe('answer shapes (doc: HTTP API route table, Server-Sent Events)', () => 
       req.on('error', reject);
       req.end();
     });
-    const data = JSON.parse(text.split('\n').find((l) => l.startsWith('data: '))!.slice(6));
+    const data = JSON.parse(
+      text
+        .split('\n')
+        .find((l) => l.startsWith('data: '))!
+        .slice(6),
+    );
     expect(data).toEqual({ type: 'snapshot', task: expect.objectContaining({ seq: 1 }), epoch });
   });
 });
 
-describe("a WebSocketServer passed with a larger maxPayload (doc: Errors, frame_too_large)", () => {
+describe('a WebSocketServer passed with a larger maxPayload (doc: Errors, frame_too_large)', () => {
   it('a message above maxPayloadBytes is answered frame_too_large and counts toward the invalid-frame limit', async () => {
     const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', maxPayload: 1 << 20 });
     await new Promise<void>((resolve) => wss.once('listening', () => resolve()));
@@ -778,5 +786,19 @@ describe("a WebSocketServer passed with a larger maxPayload (doc: Errors, frame_
       await server.close({ timeoutMs: 500 });
       await new Promise((resolve) => wss.close(resolve));
     }
+  });
+});
+
+describe('the principal budget is shared by its sockets and HTTP requests (doc: Limits, HTTP API 429)', () => {
+  it('requests that spent it leave the socket’s next frame refused with rate_limited and its requestId', async () => {
+    await start({ rateLimitPerPrincipalPerSecond: 1, maxSubscriptionsPerPrincipal: 3 });
+    const client = await connect();
+    let status = 200;
+    for (let i = 0; i < 6 && status !== 429; i++)
+      status = (await http('GET', '/progress/tasks', { headers: bearer() })).status;
+    expect(status).toBe(429);
+    client.send({ type: 'ping', id: 'after-http' });
+    const answer = await client.next((f) => f.requestId === 'after-http');
+    expect([answer.type, answer.code]).toEqual(['error', 'rate_limited']);
   });
 });
