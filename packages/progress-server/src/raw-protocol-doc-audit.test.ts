@@ -718,7 +718,7 @@ describe('answer shapes (doc: HTTP API route table, Server-Sent Events)', () => 
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     await task.item({ key: 'a', ok: true });
     const keys = async (method: string, path: string, body?: string) =>
-      Object.keys((await http(method, path, { headers: jsonHeaders(), body })).json()).sort();
+      Object.keys((await http(method, path, { headers: jsonHeaders(), body: body ?? '' })).json()).sort();
     const base = `/progress/tasks/${task.id}`;
     expect(await keys('GET', '/progress/tasks')).toEqual(['tasks']);
     expect(await keys('GET', base)).toEqual(['epoch', 'task']);
