@@ -1,7 +1,7 @@
 import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -800,5 +800,32 @@ describe('the principal budget is shared by its sockets and HTTP requests (doc: 
     client.send({ type: 'ping', id: 'after-http' });
     const answer = await client.next((f) => f.requestId === 'after-http');
     expect([answer.type, answer.code]).toEqual(['error', 'rate_limited']);
+  });
+});
+
+describe('the upgrade in absolute form (doc: Changes, HTTP API)', () => {
+  it('an upgrade whose request target is in absolute form is routed by its path: 101 with the selected subprotocol', async () => {
+    const { port } = await start();
+    const head = await new Promise<string>((resolve, reject) => {
+      const socket = netConnect(port, '127.0.0.1', () => {
+        socket.write(
+          'GET http://progress.example.com/progress HTTP/1.1\r\nHost: progress.example.com\r\n' +
+            'Authorization: Bearer alice\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n' +
+            'Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+            'Sec-WebSocket-Protocol: finishline.v2\r\n\r\n',
+        );
+      });
+      let text = '';
+      socket.on('data', (chunk) => {
+        text += chunk.toString('latin1');
+        if (text.includes('\r\n\r\n')) {
+          socket.destroy();
+          resolve(text.slice(0, text.indexOf('\r\n\r\n')));
+        }
+      });
+      socket.on('error', reject);
+    });
+    expect(head.split('\r\n')[0]).toBe('HTTP/1.1 101 Switching Protocols');
+    expect(head.toLowerCase()).toContain('sec-websocket-protocol: finishline.v2');
   });
 });
