@@ -829,3 +829,17 @@ describe('the upgrade in absolute form (doc: Changes, HTTP API)', () => {
     expect(head.toLowerCase()).toContain('sec-websocket-protocol: finishline.v2');
   });
 });
+
+describe('a store closed under the running server (doc: Errors, store_unavailable)', () => {
+  it('a subscribe is answered store_unavailable with its requestId and taskId; an HTTP read 503 store_unavailable', async () => {
+    const { server, store } = await start();
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const client = await connect();
+    await store.close();
+    client.send({ type: 'subscribe', id: 's1', taskId: task.id, afterSeq: 0 });
+    const refusal = await client.next((f) => f.type === 'error');
+    expect([refusal.code, refusal.requestId, refusal.taskId]).toEqual(['store_unavailable', 's1', task.id]);
+    const read = await http('GET', `/progress/tasks/${task.id}`, { headers: bearer() });
+    expect([read.status, read.json().error.code]).toEqual([503, 'store_unavailable']);
+  });
+});
