@@ -846,3 +846,19 @@ describe('a store closed under the running server (doc: Errors, store_unavailabl
     expect([read.status, read.json().error.code]).toEqual([503, 'store_unavailable']);
   });
 });
+
+describe("another principal's task (doc: Example session, HTTP API)", () => {
+  it('is refused on the socket exactly as a task that does not exist: the same code and message', async () => {
+    const { server } = await start();
+    await server.tasks.create({ id: 'bobs', owner: 'bob', kind: 'k' });
+    const client = await connect();
+    client.send({ type: 'subscribe', id: 'a', taskId: 'bobs', afterSeq: 0 });
+    client.send({ type: 'subscribe', id: 'b', taskId: 'nobodys', afterSeq: 0 });
+    const [theirs, missing] = await Promise.all(['a', 'b'].map((id) => client.next((f) => f.requestId === id)));
+    expect([theirs?.code, theirs?.message.replace('bobs', 'X')]).toEqual([
+      missing?.code,
+      missing?.message.replace('nobodys', 'X'),
+    ]);
+    expect(theirs?.code).toBe('task_not_found');
+  });
+});
