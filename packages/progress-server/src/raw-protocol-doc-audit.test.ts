@@ -862,3 +862,16 @@ describe("another principal's task (doc: Example session, HTTP API)", () => {
     expect(theirs?.code).toBe('task_not_found');
   });
 });
+
+describe('the socket cap at the upgrade (doc: Close codes, 4009)', () => {
+  it('a socket authenticated by its upgrade beyond the cap gets too_many_sockets, no hello, then 4009', async () => {
+    await start({ maxSocketsPerPrincipal: 1 });
+    const first = new Raw(env!.wsUrl, { headers: bearer() });
+    clients.push(first);
+    await first.next((f) => f.type === 'hello');
+    const second = new Raw(env!.wsUrl, { headers: bearer() });
+    clients.push(second);
+    const { code } = await second.closed;
+    expect([second.frames.map((f) => [f.type, f.code]), code]).toEqual([[['error', 'too_many_sockets']], 4009]);
+  });
+});
