@@ -112,8 +112,17 @@ const UNKNOWN_OUTCOME_ANSWER_MS = 1000;
  */
 function isOutcomeUnknown(error: unknown): boolean {
   if (isProgressError(error)) return false;
-  if (!isDatabaseError(error)) return true;
+  if (!isDatabaseError(error)) return !isConnectFailure(error);
   return error.code.startsWith('08') || /^57P0[123]$/.test(error.code);
+}
+
+/**
+ * A connection that could not be had (refused, or the pool's `connectionTimeoutMillis` ran out): nothing of
+ * the batch was sent. Waiting for its rows would only ask an exhausted pool or a down database once more.
+ */
+function isConnectFailure(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return code === 'ECONNREFUSED' || message === 'timeout exceeded when trying to connect';
 }
 
 /** Where appends are written: the schema's tables and its `NOTIFY` channel. */

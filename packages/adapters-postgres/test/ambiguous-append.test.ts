@@ -41,6 +41,15 @@ async function setup() {
     }, 100);
     return sent;
   });
+  // Once armed, the next connect fails as an exhausted pool's does (connectionTimeoutMillis ran out).
+  const refused = { armed: false, connects: 0 };
+  const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
+  (pool as { connect: () => Promise<pg.PoolClient> }).connect = async () => {
+    refused.connects += 1;
+    if (!refused.armed) return connect();
+    refused.armed = false;
+    throw new Error('timeout exceeded when trying to connect');
+  };
   const store = await PostgresProgressStore.open({ pool, schema });
   cleanups.push(() => store.close());
   /** The next insert into the events table sleeps a second (once), holding the row its statement locked. */
@@ -62,7 +71,7 @@ async function setup() {
     );
     return rows.length;
   };
-  return { store, dropped, slowNextInsert, itemEvents };
+  return { store, dropped, refused, slowNextInsert, itemEvents };
 }
 
 describe('an append whose connection dropped and that commits afterwards', () => {
@@ -79,6 +88,19 @@ describe('an append whose connection dropped and that commits afterwards', () =>
     expect(await store.getTask('t')).toMatchObject({ seq: 1, done: 1 });
     expect(await itemEvents('t')).toBe(1);
   }, 30_000);
+
+  it('an append that got no connection (nothing sent) is rejected at once: no wait for its rows', async () => {
+    const { store, refused, itemEvents } = await setup();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    refused.armed = true;
+    const before = refused.connects;
+    await expect(store.append('t', { type: 'item', key: 'x', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+    });
+    // The failed connect alone: waiting for the rows would have asked the (exhausted) pool once more.
+    expect(refused.connects - before).toBe(1);
+    expect(await itemEvents('t')).toBe(0);
+  });
 
   it('is not written a second time by runBatch', async () => {
     const { store, dropped, slowNextInsert, itemEvents } = await setup();
