@@ -10,7 +10,8 @@ import {
 } from '@finishline/core/internal';
 import { type Kysely, type RawBuilder, sql, type Transaction } from 'kysely';
 import { integerArrayLiteral, textArrayLiteral } from './array-literal.js';
-import { idleInTransactionTimeout } from './idle-in-transaction.js';
+import { settlesWithin } from './bounded-end.js';
+import { IDLE_IN_TRANSACTION_TIMEOUT_MS, idleInTransactionTimeout } from './idle-in-transaction.js';
 import { LastWrittenRows } from './last-written-rows.js';
 import { lockingTransaction } from './locking-transaction.js';
 import {
@@ -93,6 +94,36 @@ const HELD_MAX_RETRY_MS = 1000;
  * miss it again and again; a row held longer holds one transaction of the pipeline this long at most.
  */
 const HELD_LOCK_WAIT_MS = 500;
+
+/**
+ * The longest a batch whose outcome is unknown (see `AppendPipeline.#settleUnknown`) waits for its rows
+ * before its appends are rejected: as long as an orphaned transaction of the store can hold them (one whose
+ * client stopped before its COMMIT, ended by the idle timeout); a statement of its own takes milliseconds.
+ */
+const UNKNOWN_OUTCOME_WAIT_MS = IDLE_IN_TRANSACTION_TIMEOUT_MS;
+/** How much longer than {@link UNKNOWN_OUTCOME_WAIT_MS} the pipeline waits for the database to answer that wait. */
+const UNKNOWN_OUTCOME_ANSWER_MS = 1000;
+
+/**
+ * Whether a failed write may have committed all the same: the driver gave up without an answer from
+ * Postgres (the connection dropped, `query_timeout`), or the server ended the connection (class 08, or
+ * 57P01–57P03: terminated, crashed, shutting down), which it may do after a commit it could not report.
+ * Any other answer from Postgres means the transaction did not commit.
+ */
+function isOutcomeUnknown(error: unknown): boolean {
+  if (isProgressError(error)) return false;
+  if (!isDatabaseError(error)) return !isConnectFailure(error);
+  return error.code.startsWith('08') || /^57P0[123]$/.test(error.code);
+}
+
+/**
+ * A connection that could not be had (refused, or the pool's `connectionTimeoutMillis` ran out): nothing of
+ * the batch was sent. Waiting for its rows would only ask an exhausted pool or a down database once more.
+ */
+function isConnectFailure(error: unknown): boolean {
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return code === 'ECONNREFUSED' || message === 'timeout exceeded when trying to connect';
+}
 
 /** Where appends are written: the schema's tables and its `NOTIFY` channel. */
 export interface AppendTarget {
@@ -839,6 +870,7 @@ export class AppendPipeline {
         return;
       }
       const taskIds = new Set(batch.map((entry) => entry.taskId));
+      if (isOutcomeUnknown(error)) await this.#settleUnknown([...taskIds]);
       const only = taskIds.size === 1 ? batch[0]?.taskId : undefined;
       const failure = toProgressError(error, 'append', only);
       for (const entry of batch) entry.reject(failure);
@@ -860,6 +892,32 @@ export class AppendPipeline {
       else entry.resolve(outcome);
     });
     if (written.held.length > 0) await this.#commitBatchOnce(written.held, 'wait');
+  }
+
+  /**
+   * Waits until the failed batch's write can no longer commit, before its appends are rejected. Its outcome
+   * is unknown ({@link isOutcomeUnknown}: the connection dropped, `query_timeout` gave up), and its write may
+   * still be running in Postgres, holding the task rows it locked, to commit a moment later (a backend
+   * notices a lost client only when it answers). Rejected at once, a caller that reads the task to learn
+   * whether its append landed (as `runBatch` does for an item before writing it again) could read before
+   * that commit, and write the event a second time. Locking the same rows (and letting go at once) waits for
+   * that write to end, for {@link UNKNOWN_OUTCOME_WAIT_MS} at most; a read after the rejection then sees the
+   * outcome. Not covered: a write still waiting for a table lock when its connection dropped (DDL on the
+   * events table), which has locked no row yet, and a database this cannot reach. One transaction, on this
+   * failure only.
+   */
+  async #settleUnknown(ids: string[]): Promise<void> {
+    // Once the store closes, its appends end at once (see close()): a frozen database is why close() cut
+    // their connections, and this would wait on it again.
+    if (this.#closing) return;
+    const { db, statements } = this.#options;
+    const locked = lockingTransaction(db).execute(async (trx) => {
+      await sql`SELECT set_config('lock_timeout', ${`${UNKNOWN_OUTCOME_WAIT_MS}ms`}, true)`.execute(trx);
+      await statements.lockRowsWaiting.run(trx, { ids: [...ids].sort(compareIds) });
+    });
+    // Still unknown once it fails (the database unreachable, the rows held past the wait) or does not answer
+    // (a database that stopped answering: lock_timeout never fires there): rejected as before.
+    await settlesWithin(locked, UNKNOWN_OUTCOME_WAIT_MS + UNKNOWN_OUTCOME_ANSWER_MS);
   }
 
   /**

@@ -525,6 +525,29 @@ describe('runBatch', () => {
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 2, failed: 0 } });
   });
 
+  it('takes its own terminal event, committed by an attempt whose answer was lost, as its own: not ended elsewhere', async () => {
+    const store = new MemoryProgressStore();
+    const { server } = setup(store);
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
+    const append = store.append.bind(store);
+    // A Postgres COMMIT whose answer was lost: the terminal is stored, the caller is told store_unavailable;
+    // the retry is refused task_finished.
+    let lost = 0;
+    store.append = async (taskId, input, fence) => {
+      const result = await append(taskId, input, fence);
+      if (isTerminalInput(input) && lost === 0) {
+        lost += 1;
+        throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
+      }
+      return result;
+    };
+    const result = await task.runBatch(['a', 'b'], () => {});
+    expect(lost).toBe(1);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 2, endedElsewhere: false });
+    const events = await checkedLog(store, task.id);
+    expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 2, failed: 0 } });
+  });
+
   it('gives its terminal event up after the lease TTL: the batch rejects, the lease lapses and a reaper interrupts the task', async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });

@@ -94,7 +94,8 @@ export interface BatchResult {
   /**
    * True when the task was ended by someone else (cancelled over HTTP, interrupted by a reaper), or its
    * expired lease was taken over by another worker, and the batch stopped because of it (no terminal
-   * event written by this batch).
+   * event written by this batch). After an attempt at its terminal event refused `store_unavailable`, a
+   * terminal status of the type it was writing is taken as its own (that attempt committed unanswered).
    */
   endedElsewhere: boolean;
 }
@@ -397,11 +398,14 @@ export async function runBatch<T>(batch: {
     if (handle.status === 'running') await hooks.refresh();
     return result(terminalStatus(handle.status), true);
   }
+  /** The terminal event this batch writes. */
+  let ending: TerminalType = 'failed';
   const end = (): Promise<unknown> => {
     if (finished === items.length && stop !== 'error') {
       if (failed > 0 && failed === items.length) {
         return handle.fail({ code: 'all_items_failed', message: `All ${items.length} items failed` });
       }
+      ending = 'completed';
       return handle.complete({ result: { succeeded, failed } });
     }
     switch (stop) {
@@ -411,8 +415,10 @@ export async function runBatch<T>(batch: {
           message: clip(describe(failure), LIMITS.maxMessageLength),
         });
       case 'shutdown':
+        ending = 'interrupted';
         return handle.interrupt('server shutting down');
       case 'cancel':
+        ending = 'cancelled';
         return handle.cancel(cancelReason(options.signal?.reason));
       case 'ended':
       case undefined:
@@ -423,14 +429,22 @@ export async function runBatch<T>(batch: {
     }
   };
   let retryUntil: number | undefined;
+  /**
+   * An attempt was refused `store_unavailable`, which may have committed all the same (a Postgres COMMIT
+   * whose answer was lost): a terminal of the type this batch writes found after it is taken as the batch's
+   * own, not as ended elsewhere (which it reported, though its own `completed` had ended the task).
+   */
+  let unanswered = false;
   for (let attempt = 1; ; attempt++) {
     try {
       await end();
       return result(terminalStatus(handle.status), false);
     } catch (error) {
+      // Before the check below: the change feed may have ended the handle with this very attempt's event.
+      if (isProgressError(error, ErrorCode.StoreUnavailable)) unanswered = true;
       if (isProgressError(error, ErrorCode.TaskFinished) || handle.finished) {
         if (handle.status === 'running') await hooks.refresh();
-        return result(terminalStatus(handle.status), true);
+        return result(terminalStatus(handle.status), !(unanswered && handle.status === ending));
       }
       retryUntil ??= Date.now() + hooks.terminalRetryMs;
       // Four attempts (0.7 s) only made a database restart of a second or two at the end of a batch whose

@@ -1,0 +1,121 @@
+import { ErrorCode } from '@finishline/core';
+import { ProgressServer } from '@finishline/server';
+import pg from 'pg';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PostgresProgressStore } from '../src/index.js';
+import { dropSchema, freshSchema, headerAuthenticate, newPool, queryHookedPool } from './support.js';
+
+/**
+ * An append whose connection drops while Postgres still runs its statement (as after a lost connection, or a
+ * `query_timeout` that gave up on it): the store answers `store_unavailable`, and the statement commits a
+ * moment later all the same (the backend notices the lost client only when it answers). Here the statement
+ * is slow because a trigger of the test sleeps in its insert, after the statement locked the task's row.
+ * A read after the rejection must see the append's final outcome: `runBatch` reads the task's log for an
+ * item before writing it again, and read too early it wrote the item twice (`done` 2 for one item).
+ */
+
+const cleanups: Array<() => Promise<unknown>> = [];
+
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
+});
+
+async function setup() {
+  const schema = freshSchema('ambig');
+  const admin = newPool(3, 'finishline-test-admin');
+  cleanups.push(async () => {
+    await dropSchema(admin, schema);
+    await admin.end();
+  });
+  const real = newPool(6, 'ambiguous-append');
+  cleanups.push(() => real.end());
+  const dropped = { armed: false, count: 0 };
+  // Once armed, the next append written in one statement is sent, then its connection drops.
+  const pool = queryHookedPool(real, (client, statement, run) => {
+    if (!dropped.armed || !statement.text.includes('(SELECT count(*) FROM locked)')) return run();
+    dropped.armed = false;
+    dropped.count += 1;
+    const sent = run();
+    setTimeout(() => {
+      (client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+    }, 100);
+    return sent;
+  });
+  // Once armed, the next connect fails as an exhausted pool's does (connectionTimeoutMillis ran out).
+  const refused = { armed: false, connects: 0 };
+  const connect = pool.connect.bind(pool) as () => Promise<pg.PoolClient>;
+  (pool as { connect: () => Promise<pg.PoolClient> }).connect = async () => {
+    refused.connects += 1;
+    if (!refused.armed) return connect();
+    refused.armed = false;
+    throw new Error('timeout exceeded when trying to connect');
+  };
+  const store = await PostgresProgressStore.open({ pool, schema });
+  cleanups.push(() => store.close());
+  /** The next insert into the events table sleeps a second (once), holding the row its statement locked. */
+  const slowNextInsert = async () => {
+    const s = pg.escapeIdentifier(schema);
+    await admin.query(`CREATE TABLE ${s}.slow_once (x int); INSERT INTO ${s}.slow_once VALUES (1);
+      CREATE FUNCTION ${s}.slow_once() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        DELETE FROM ${s}.slow_once;
+        IF FOUND THEN PERFORM pg_sleep(1); END IF;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER slow_once BEFORE INSERT ON ${s}.events FOR EACH ROW EXECUTE FUNCTION ${s}.slow_once();`);
+  };
+  const itemEvents = async (taskId: string) => {
+    const { rows } = await admin.query<{ seq: string }>(
+      `SELECT seq FROM ${pg.escapeIdentifier(schema)}.events WHERE task_id = $1 AND type = 'item'`,
+      [taskId],
+    );
+    return rows.length;
+  };
+  return { store, dropped, refused, slowNextInsert, itemEvents };
+}
+
+describe('an append whose connection dropped and that commits afterwards', () => {
+  it('is rejected only once its statement ended: a read after the rejection sees it', async () => {
+    const { store, dropped, slowNextInsert, itemEvents } = await setup();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await slowNextInsert();
+    dropped.armed = true;
+    await expect(store.append('t', { type: 'item', key: 'x', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+    });
+    expect(dropped.count).toBe(1);
+    // Read at once: the append committed before its rejection, not after.
+    expect(await store.getTask('t')).toMatchObject({ seq: 1, done: 1 });
+    expect(await itemEvents('t')).toBe(1);
+  }, 30_000);
+
+  it('an append that got no connection (nothing sent) is rejected at once: no wait for its rows', async () => {
+    const { store, refused, itemEvents } = await setup();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    refused.armed = true;
+    const before = refused.connects;
+    await expect(store.append('t', { type: 'item', key: 'x', ok: true })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+    });
+    // The failed connect alone: waiting for the rows would have asked the (exhausted) pool once more.
+    expect(refused.connects - before).toBe(1);
+    expect(await itemEvents('t')).toBe(0);
+  });
+
+  it('is not written a second time by runBatch', async () => {
+    const { store, dropped, slowNextInsert, itemEvents } = await setup();
+    const server = new ProgressServer({ store, authenticate: headerAuthenticate, leaseTtlMs: 20_000 });
+    cleanups.push(() => server.close({ timeoutMs: 1000 }));
+    // Total set at creation: the batch's first insert is then its item's.
+    const task = await server.tasks.create({ owner: 'alice', kind: 'k', total: 1 });
+    await slowNextInsert();
+    dropped.armed = true;
+
+    const result = await task.runBatch(['only'], () => 'done');
+
+    expect(dropped.count).toBe(1);
+    expect(await itemEvents(task.id)).toBe(1);
+    expect(result).toMatchObject({ status: 'completed', succeeded: 1, failed: 0 });
+    expect(await store.getTask(task.id)).toMatchObject({ done: 1, succeeded: 1, status: 'completed' });
+  }, 30_000);
+});
