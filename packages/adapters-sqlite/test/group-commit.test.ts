@@ -1,6 +1,6 @@
 import type { AppendInput, AppendResult, JsonValue, ProgressStore, TaskChange } from '@finishline/core';
 import { ErrorCode, isProgressError, MemoryProgressStore } from '@finishline/core';
-import { ManualClock, propertyParams } from '@finishline/core/testing';
+import { ManualClock, propertyParams, propertyTimeoutMs } from '@finishline/core/testing';
 import Database from 'better-sqlite3';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
@@ -102,91 +102,98 @@ describe('group commit', () => {
     await store.close();
   });
 
-  it('agrees with the in-memory store, outcome by outcome, for random bursts of appends', async () => {
-    const inputArbitrary: fc.Arbitrary<AppendInput> = fc.oneof(
-      { weight: 4, arbitrary: fc.record({ type: fc.constant('progress' as const), done: fc.nat(50) }) },
-      {
-        weight: 4,
-        arbitrary: fc.record({
-          type: fc.constant('item' as const),
-          key: fc.constantFrom('n-1', 'n-2', ''),
-          ok: fc.boolean(),
-          detail: fc.constantFrom<JsonValue>(null, { zone: 'a' }, [1, 2]),
-        }),
-      },
-      {
-        weight: 1,
-        arbitrary: fc.record({
-          type: fc.constant('completed' as const),
-          result: fc.constantFrom(null, { n: 1 }),
-        }),
-      },
-      {
-        weight: 1,
-        arbitrary: fc.record({
-          type: fc.constant('failed' as const),
-          error: fc.record({ code: fc.constant('E'), message: fc.constant('boom') }),
-        }),
-      },
-      {
-        weight: 1,
-        arbitrary: fc.record({
-          type: fc.constant('cancelled' as const),
-          reason: fc.constantFrom(null, 'user'),
-        }),
-      },
-    );
-    const opArbitrary = fc.record({
-      task: fc.constantFrom('t-0', 't-1', 't-2', 'missing'),
-      input: inputArbitrary,
-    });
-    // Bursts: the appends of one burst are issued in the same tick; bursts are awaited one by one.
-    const burstsArbitrary = fc.array(fc.array(opArbitrary, { minLength: 1, maxLength: 25, size: 'max' }), {
-      minLength: 1,
-      maxLength: 4,
-      size: 'max',
-    });
+  it(
+    'agrees with the in-memory store, outcome by outcome, for random bursts of appends',
+    async () => {
+      const inputArbitrary: fc.Arbitrary<AppendInput> = fc.oneof(
+        { weight: 4, arbitrary: fc.record({ type: fc.constant('progress' as const), done: fc.nat(50) }) },
+        {
+          weight: 4,
+          arbitrary: fc.record({
+            type: fc.constant('item' as const),
+            key: fc.constantFrom('n-1', 'n-2', ''),
+            ok: fc.boolean(),
+            detail: fc.constantFrom<JsonValue>(null, { zone: 'a' }, [1, 2]),
+          }),
+        },
+        {
+          weight: 1,
+          arbitrary: fc.record({
+            type: fc.constant('completed' as const),
+            result: fc.constantFrom(null, { n: 1 }),
+          }),
+        },
+        {
+          weight: 1,
+          arbitrary: fc.record({
+            type: fc.constant('failed' as const),
+            error: fc.record({ code: fc.constant('E'), message: fc.constant('boom') }),
+          }),
+        },
+        {
+          weight: 1,
+          arbitrary: fc.record({
+            type: fc.constant('cancelled' as const),
+            reason: fc.constantFrom(null, 'user'),
+          }),
+        },
+      );
+      const opArbitrary = fc.record({
+        task: fc.constantFrom('t-0', 't-1', 't-2', 'missing'),
+        input: inputArbitrary,
+      });
+      // Bursts: the appends of one burst are issued in the same tick; bursts are awaited one by one.
+      const burstsArbitrary = fc.array(fc.array(opArbitrary, { minLength: 1, maxLength: 25, size: 'max' }), {
+        minLength: 1,
+        maxLength: 4,
+        size: 'max',
+      });
 
-    await fc.assert(
-      fc.asyncProperty(burstsArbitrary, async (bursts) => {
-        const clock = new ManualClock();
-        const sqlite = new SqliteProgressStore({ database: ':memory:', clock: clock.now });
-        const memory = new MemoryProgressStore({ clock: clock.now });
-        const stores: ProgressStore[] = [sqlite, memory];
-        const changes: TaskChange[][] = [[], []];
-        for (const [index, store] of stores.entries()) {
-          // The in-memory store's changes go without their run (see \`TaskChange.run\`): compared without it.
-          store.changes.subscribe(({ run: _run, ...change }) => changes[index]!.push(change));
-        }
-        try {
-          for (const store of stores) {
-            for (const id of ['t-0', 't-1', 't-2']) await store.createTask({ id, owner: 'alice', kind: 'k' });
+      await fc.assert(
+        fc.asyncProperty(burstsArbitrary, async (bursts) => {
+          const clock = new ManualClock();
+          const sqlite = new SqliteProgressStore({ database: ':memory:', clock: clock.now });
+          const memory = new MemoryProgressStore({ clock: clock.now });
+          const stores: ProgressStore[] = [sqlite, memory];
+          const changes: TaskChange[][] = [[], []];
+          for (const [index, store] of stores.entries()) {
+            // The in-memory store's changes go without their run (see \`TaskChange.run\`): compared without it.
+            store.changes.subscribe(({ run: _run, ...change }) => changes[index]!.push(change));
           }
-          for (const burst of bursts) {
-            const outcomes = await Promise.all(
-              stores.map(async (store) =>
-                (await Promise.allSettled(burst.map((op) => store.append(op.task, op.input)))).map(
-                  (result) => (result.status === 'fulfilled' ? result.value : outcome(result)),
+          try {
+            for (const store of stores) {
+              for (const id of ['t-0', 't-1', 't-2'])
+                await store.createTask({ id, owner: 'alice', kind: 'k' });
+            }
+            for (const burst of bursts) {
+              const outcomes = await Promise.all(
+                stores.map(async (store) =>
+                  (await Promise.allSettled(burst.map((op) => store.append(op.task, op.input)))).map(
+                    (result) => (result.status === 'fulfilled' ? result.value : outcome(result)),
+                  ),
                 ),
-              ),
-            );
-            expect(outcomes[0]).toEqual(outcomes[1]);
-            clock.advance(10);
+              );
+              expect(outcomes[0]).toEqual(outcomes[1]);
+              clock.advance(10);
+            }
+            for (const id of ['t-0', 't-1', 't-2']) {
+              expect(await sqlite.readEvents(id, 0)).toEqual(await memory.readEvents(id, 0));
+              expect(await sqlite.getTask(id)).toEqual(await memory.getTask(id));
+            }
+            expect(changes[0]).toEqual(changes[1]);
+          } finally {
+            await Promise.all(stores.map((store) => store.close()));
           }
-          for (const id of ['t-0', 't-1', 't-2']) {
-            expect(await sqlite.readEvents(id, 0)).toEqual(await memory.readEvents(id, 0));
-            expect(await sqlite.getTask(id)).toEqual(await memory.getTask(id));
-          }
-          expect(changes[0]).toEqual(changes[1]);
-        } finally {
-          await Promise.all(stores.map((store) => store.close()));
-        }
-      }),
-      propertyParams(60),
-    );
-    // 60 runs of up to 100 appends on two stores each: about 1 s on a quiet machine, past vitest's 5 s
-    // default at a load average of 25 (a helper's run beside others). Still bounded.
-  }, 30_000);
+        }),
+        propertyParams(60),
+      );
+      // 60 runs of up to 100 appends on two stores each: about 1 s on a quiet machine, past vitest's 5 s
+      // default at a load average of 25 (a helper's run beside others). Still bounded, and scaled with the
+      // run count in force: a fixed 30 s, which `npm run test:deep`'s --testTimeout does not override, timed
+      // out 4,000 runs at load average 8 (1,000 took 9.8 s there, so a loaded deep run at 1,000 could too).
+    },
+    propertyTimeoutMs(60, 30_000),
+  );
 });
 
 describe('visibility and publication', () => {

@@ -1,12 +1,19 @@
 import { ErrorCode, LIMITS, PROTOCOL_VERSIONS } from '@finishline/core';
 import { decodeServerText as coreDecodeServerText, idProblem } from '@finishline/core/internal';
-import { expectSameData, propertyParams, serverFrameArbitrary } from '@finishline/core/testing';
+import {
+  expectSameData,
+  propertyParams,
+  propertyTimeoutMs,
+  serverFrameArbitrary,
+} from '@finishline/core/testing';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import { decodeServerText } from './frame-check.js';
 
-// Frames reach the size limits: room for a loaded machine (a timeout, never a timed assertion).
-vi.setConfig({ testTimeout: 60_000 });
+// Frames reach the size limits: room for a loaded machine (a timeout, never a timed assertion), scaled
+// from the file's smallest count (1,000) by the run count in force: this setting overrides `npm run
+// test:deep`'s --testTimeout, so a fixed one would cut FC_NUM_RUNS / FC_MIN_RUNS runs short.
+vi.setConfig({ testTimeout: propertyTimeoutMs(1000, 60_000) });
 
 /**
  * The rules the client leaves to the server (which enforces them when a value is stored), as core's

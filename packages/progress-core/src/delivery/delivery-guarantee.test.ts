@@ -2,7 +2,7 @@ import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { isTerminalEvent, isTerminalType, progressOf } from '../model.js';
-import { propertyParams } from '../testing/property-config.js';
+import { propertyParams, propertyTimeoutMs } from '../testing/property-config.js';
 import { type TaskLog, taskLogArb, viewAt } from '../testing/task-log-arbitrary.js';
 import { type ApplyResult, type Delivery, WatchCursor } from './watch-cursor.js';
 
@@ -153,7 +153,8 @@ function isTerminalDelivery(delivery: Delivery): boolean {
 
 describe('guarantee 1: the application sees every task in order, gap-free, and its end exactly once', () => {
   it('holds for any log and any delivery schedule that eventually delivers everything', {
-    timeout: 30_000,
+    // Scaled with the run count in force (FC_NUM_RUNS, FC_MIN_RUNS), as testing.md says timeouts are.
+    timeout: propertyTimeoutMs(1000, 30_000),
   }, () => {
     fc.assert(
       fc.property(scenarioArb, ({ log, steps, maxBuffered, resyncOnGap, written, afterSeq }) => {

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import type { TaskEvent } from '../model.js';
 import { isTerminalType, Priority, priorityOf } from '../model.js';
-import { propertyParams } from '../testing/property-config.js';
+import { propertyParams, propertyTimeoutMs } from '../testing/property-config.js';
 import { buildTaskLog, type TaskLog, taskLogArb, viewAt } from '../testing/task-log-arbitrary.js';
 import { type OutgoingEntry, SendQueue } from './send-queue.js';
 import { WatchCursor } from './watch-cursor.js';
@@ -325,7 +325,8 @@ function checkScenario({ logs, tracked, commands, finalCongestion, maxProgressRu
 
 describe('guarantee 2: the send queue', () => {
   it('keeps order, drops no item or terminal, never opens a gap, and serves the most urgent task first', {
-    timeout: 30_000,
+    // Scaled with the run count in force (FC_NUM_RUNS, FC_MIN_RUNS), as testing.md says timeouts are.
+    timeout: propertyTimeoutMs(1000, 30_000),
   }, () => {
     fc.assert(fc.property(scenarioArb, checkScenario), propertyParams(1000));
   });

@@ -15,7 +15,7 @@ import {
   taskEventArbitrary,
   taskViewArbitrary,
 } from '../testing/frame-arbitraries.js';
-import { propertyParams, propertySeed } from '../testing/property-config.js';
+import { propertyParams, propertySeed, propertyTimeoutMs } from '../testing/property-config.js';
 import { type DecodeResult, decodeClientFrame, encodeFrame } from './codec.js';
 import {
   type clientFrameSchema,
@@ -30,8 +30,9 @@ import { CLIENT_FRAME_TYPES, PROTOCOL_VERSION, SERVER_FRAME_TYPES } from './fram
 import { decodeServerFrame } from './server-frame-decoder.js';
 
 // Property tests generate frames up to the size limits: room for a loaded CI machine (a timeout, never
-// a timed assertion).
-vi.setConfig({ testTimeout: 60_000 });
+// a timed assertion), scaled from the file's smallest count (500) by the run count in force: this setting
+// overrides `npm run test:deep`'s --testTimeout, and a fixed 60 s cut FC_NUM_RUNS / FC_MIN_RUNS runs short.
+vi.setConfig({ testTimeout: propertyTimeoutMs(500, 60_000) });
 
 type Decoder = (input: unknown, options?: { maxBytes?: number }) => DecodeResult<ClientFrame | ServerFrame>;
 

@@ -3,7 +3,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { ERROR_CODES } from '../codes.js';
 import { LIMITS } from '../limits.js';
 import { serverFrameArbitrary, taskEventArbitrary, taskViewArbitrary } from '../testing/frame-arbitraries.js';
-import { propertyParams } from '../testing/property-config.js';
+import { propertyParams, propertyTimeoutMs } from '../testing/property-config.js';
 import { expectSameData } from '../testing/same-data.js';
 import { decodeServerFrameWithSchemas } from './codec.js';
 import type { DecodeResult } from './frame-text.js';
@@ -11,8 +11,10 @@ import type { ServerFrame } from './frames.js';
 import { SERVER_FRAME_TYPES } from './frames.js';
 import { decodeServerFrame, decodeServerText, eventBodyProblem } from './server-frame-decoder.js';
 
-// Frames reach the size limits: room for a loaded CI machine (a timeout, never a timed assertion).
-vi.setConfig({ testTimeout: 60_000 });
+// Frames reach the size limits: room for a loaded CI machine (a timeout, never a timed assertion), scaled
+// from the file's smallest count (500) by the run count in force: this setting overrides `npm run
+// test:deep`'s --testTimeout, and a fixed 60 s timed out the edge-value property at FC_NUM_RUNS=12000.
+vi.setConfig({ testTimeout: propertyTimeoutMs(500, 60_000) });
 
 /**
  * The hand-written decoder against its oracle, the valibot schemas: same acceptance, same frame, same
