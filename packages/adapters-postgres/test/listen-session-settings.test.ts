@@ -1,0 +1,43 @@
+import type { ProgressError } from '@finishline/core';
+import pg from 'pg';
+import { describe, expect, it } from 'vitest';
+import { PostgresProgressStore } from '../src/index.js';
+import { pgUrl, storeFixtures } from './support.js';
+
+/**
+ * Session settings a DBA puts on the role or the database (here passed as connection options, which Postgres
+ * applies the same way) reach the `LISTEN` connection too, which is derived from the pool's options. An
+ * `idle_session_timeout` shorter than the connection's quiet periods (between two barriers, every
+ * `watermarkIntervalMs`) made Postgres end the connection each time it had been idle that long: the
+ * listener reconnected and re-read over and over, reporting an error each time.
+ */
+
+const { migrated } = storeFixtures('session_settings');
+
+describe("the LISTEN connection under a role's or database's session settings", () => {
+  it('is not ended by an idle_session_timeout shorter than its quiet periods', async () => {
+    const schema = await migrated();
+    const pool = new pg.Pool({ connectionString: pgUrl(), options: '-c idle_session_timeout=100' });
+    pool.on('error', () => {});
+    const errors: ProgressError[] = [];
+    const store = await PostgresProgressStore.open({
+      pool,
+      schema,
+      migrate: false,
+      watermarkIntervalMs: 400,
+      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+      onError: (error) => errors.push(error),
+    });
+    try {
+      const pid = store.changes.health().listenerPid;
+      // Three barrier intervals, each one quiet for longer than the timeout.
+      await new Promise((resolve) => setTimeout(resolve, 1300));
+      expect(errors.map((error) => error.message)).toEqual([]);
+      expect(store.changes.stats().reconnects).toBe(0);
+      expect(store.changes.health()).toMatchObject({ connected: true, listenerPid: pid });
+    } finally {
+      await store.close();
+      await pool.end();
+    }
+  });
+});
