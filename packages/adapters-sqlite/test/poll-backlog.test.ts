@@ -1,0 +1,79 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { SqliteProgressStore } from '../src/index.js';
+import { eventually, tempDatabase } from './support/temp-database.js';
+
+/**
+ * A poll that finds a large backlog of other connections' commits (another process's large transaction, or
+ * this process paused for a while) read and published all of it in one event-loop turn: 100,000 events held
+ * the loop some 0.8 s, and the server's sockets and timers (heartbeats, acks) waited. It reads and publishes
+ * a page (1,000 events) per turn, every event once, in commit order, and this store's own commits made
+ * meanwhile after the events committed before them.
+ */
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+/** Counts event-loop turns (one per `setImmediate`) until stopped. */
+function turnCounter(): { turn(): number; stop(): void } {
+  let turn = 0;
+  let timer: ReturnType<typeof setImmediate> | undefined;
+  const tick = () => {
+    turn += 1;
+    timer = setImmediate(tick);
+  };
+  timer = setImmediate(tick);
+  return { turn: () => turn, stop: () => clearImmediate(timer) };
+}
+
+let appended: Promise<unknown> | undefined;
+
+/** `appendAt(count)`: whether `store` appends to its own task once it heard `count` changes. */
+async function backlog(theirs: number, appendAt: (count: number) => boolean = () => false) {
+  appended = undefined;
+  const file = tempDatabase();
+  cleanups.push(() => file.remove());
+  const store = new SqliteProgressStore({ database: file.file, dataVersionPollMs: 5 });
+  cleanups.push(() => store.close());
+  // Another process's store (its own connection), committing the whole backlog in one transaction.
+  const other = new SqliteProgressStore({ database: file.file, dataVersionPollMs: 0, maxBatchSize: 100_000 });
+  cleanups.push(() => other.close());
+  await store.createTask({ id: 'mine', owner: 'alice', kind: 'k' });
+  await other.createTask({ id: 'theirs', owner: 'alice', kind: 'k' });
+  const counter = turnCounter();
+  cleanups.push(() => counter.stop());
+  const heard: string[] = [];
+  const perTurn = new Map<number, number>();
+  store.changes.subscribe((change) => {
+    heard.push(`${change.taskId}:${change.seq}`);
+    perTurn.set(counter.turn(), (perTurn.get(counter.turn()) ?? 0) + 1);
+    if (appendAt(heard.length)) appended = store.append('mine', { type: 'progress', done: 1 });
+  });
+  await Promise.all(
+    Array.from({ length: theirs }, (_, i) => other.append('theirs', { type: 'progress', done: i })),
+  );
+  return { store, heard, perTurn };
+}
+
+describe('a poll that finds a large backlog of other connections’ commits', () => {
+  it('publishes it a page per event-loop turn, every event once, in commit order', async () => {
+    const theirs = 5000;
+    const { heard, perTurn } = await backlog(theirs);
+    await eventually('every event heard', () => heard.length >= theirs);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(heard).toEqual(Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`));
+    expect(Math.max(...perTurn.values()), 'changes published in one turn').toBeLessThanOrEqual(1000);
+  });
+
+  it("publishes this store's own commit made meanwhile after the events committed before it", async () => {
+    const theirs = 5000;
+    const { heard } = await backlog(theirs, (count) => count === 1000);
+    // Appended once the poll published its first page, while the rest waits: the write reads it first.
+    await eventually('appended', () => appended !== undefined);
+    await appended;
+    await eventually('every event heard', () => heard.length >= theirs + 1);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
+  });
+});
