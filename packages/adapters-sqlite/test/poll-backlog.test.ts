@@ -1,5 +1,7 @@
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteProgressStore } from '../src/index.js';
+import { spyDatabase } from './support/spy-database.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
 /**
@@ -30,11 +32,28 @@ function turnCounter(): { turn(): number; stop(): void } {
 let appended: Promise<unknown> | undefined;
 
 /** `appendAt(count)`: whether `store` appends to its own task once it heard `count` changes. */
-async function backlog(theirs: number, appendAt: (count: number) => boolean = () => false) {
+/** The statement that reads other connections' events past the mark. */
+const EVENTS_SINCE = 'select "id", "task_id", "seq", "type", "time" from "finishline_events" where "id" >';
+
+async function backlog(
+  theirs: number,
+  appendAt: (count: number) => boolean = () => false,
+  failPage?: number,
+) {
   appended = undefined;
   const file = tempDatabase();
   cleanups.push(() => file.remove());
-  const store = new SqliteProgressStore({ database: file.file, dataVersionPollMs: 5 });
+  const raw = new Database(file.file);
+  cleanups.push(() => {
+    raw.close();
+  });
+  const database = spyDatabase(raw);
+  const errors: unknown[] = [];
+  const store = new SqliteProgressStore({
+    database,
+    dataVersionPollMs: 5,
+    onError: (error) => errors.push(error),
+  });
   cleanups.push(() => store.close());
   // Another process's store (its own connection), committing the whole backlog in one transaction.
   const other = new SqliteProgressStore({ database: file.file, dataVersionPollMs: 0, maxBatchSize: 100_000 });
@@ -50,10 +69,11 @@ async function backlog(theirs: number, appendAt: (count: number) => boolean = ()
     perTurn.set(counter.turn(), (perTurn.get(counter.turn()) ?? 0) + 1);
     if (appendAt(heard.length)) appended = store.append('mine', { type: 'progress', done: 1 });
   });
+  if (failPage !== undefined) database.failNext(EVENTS_SINCE, new Error('disk I/O error'), failPage - 1);
   await Promise.all(
     Array.from({ length: theirs }, (_, i) => other.append('theirs', { type: 'progress', done: i })),
   );
-  return { store, heard, perTurn };
+  return { store, heard, perTurn, errors };
 }
 
 describe('a poll that finds a large backlog of other connections’ commits', () => {
@@ -75,5 +95,14 @@ describe('a poll that finds a large backlog of other connections’ commits', ()
     await eventually('every event heard', () => heard.length >= theirs + 1);
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
+  });
+
+  it('reads the rest at the next poll when reading a later page fails, with no commit since', async () => {
+    const theirs = 5000;
+    const { heard, errors } = await backlog(theirs, () => false, 3);
+    await eventually('every event heard', () => heard.length >= theirs);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(heard).toEqual(Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`));
+    expect(errors).toHaveLength(1);
   });
 });
