@@ -80,7 +80,8 @@ const CATCH_UP_PAGE = 1000;
  * the next turn (`setImmediate`), page after page. Read in one turn, a backlog of 100,000 events (another
  * process's large transaction, or this one paused for a while) held the event loop some 0.8 s, sockets and
  * timers (heartbeats, acks) unserved meanwhile. A write transaction of this store that starts while the
- * rest waits still reads all of it in its own turn: it publishes them before its own commit.
+ * rest waits reads all of it in its own turn when it appends (its events are published after them), and
+ * none of it otherwise (an ack, a lease, a task created: see `WriteTransactions.run`).
  */
 const POLL_PAGES_PER_TURN = 1;
 
@@ -189,6 +190,15 @@ export class ChangePublisher {
       throw error;
     }
     this.#watcher = watcher;
+  }
+
+  /**
+   * True while a poll publishes a backlog of other connections' commits page by page, the rest waiting for a
+   * later event-loop turn (see {@link POLL_PAGES_PER_TURN}): it reads up to the newest commit, so a write
+   * transaction that publishes nothing of its own may leave them to it.
+   */
+  get pagingBacklog(): boolean {
+    return this.#nextPage !== undefined;
   }
 
   /** A log for a transaction starting now: past the high-water mark, nothing to publish yet. */

@@ -29,18 +29,18 @@ function turnCounter(): { turn(): number; stop(): void } {
   return { turn: () => turn, stop: () => clearImmediate(timer) };
 }
 
-let appended: Promise<unknown> | undefined;
+let acted: Promise<unknown> | undefined;
 
-/** `appendAt(count)`: whether `store` appends to its own task once it heard `count` changes. */
+/** `act(store)` runs in the change listener once the store heard the poll's first page (1,000 changes). */
 /** The statement that reads other connections' events past the mark. */
 const EVENTS_SINCE = 'select "id", "task_id", "seq", "type", "time" from "finishline_events" where "id" >';
 
 async function backlog(
   theirs: number,
-  appendAt: (count: number) => boolean = () => false,
+  act?: (store: SqliteProgressStore) => Promise<unknown>,
   failPage?: number,
 ) {
-  appended = undefined;
+  acted = undefined;
   const file = tempDatabase();
   cleanups.push(() => file.remove());
   const raw = new Database(file.file);
@@ -67,7 +67,7 @@ async function backlog(
   store.changes.subscribe((change) => {
     heard.push(`${change.taskId}:${change.seq}`);
     perTurn.set(counter.turn(), (perTurn.get(counter.turn()) ?? 0) + 1);
-    if (appendAt(heard.length)) appended = store.append('mine', { type: 'progress', done: 1 });
+    if (heard.length === 1000 && act !== undefined) acted = act(store);
   });
   if (failPage !== undefined) database.failNext(EVENTS_SINCE, new Error('disk I/O error'), failPage - 1);
   await Promise.all(
@@ -88,10 +88,10 @@ describe('a poll that finds a large backlog of other connections’ commits', ()
 
   it("publishes this store's own commit made meanwhile after the events committed before it", async () => {
     const theirs = 5000;
-    const { heard } = await backlog(theirs, (count) => count === 1000);
     // Appended once the poll published its first page, while the rest waits: the write reads it first.
-    await eventually('appended', () => appended !== undefined);
-    await appended;
+    const { heard } = await backlog(theirs, (store) => store.append('mine', { type: 'progress', done: 1 }));
+    await eventually('appended', () => acted !== undefined);
+    await acted;
     await eventually('every event heard', () => heard.length >= theirs + 1);
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
@@ -99,10 +99,27 @@ describe('a poll that finds a large backlog of other connections’ commits', ()
 
   it('reads the rest at the next poll when reading a later page fails, with no commit since', async () => {
     const theirs = 5000;
-    const { heard, errors } = await backlog(theirs, () => false, 3);
+    const { heard, errors } = await backlog(theirs, undefined, 3);
     await eventually('every event heard', () => heard.length >= theirs);
     await new Promise((resolve) => setTimeout(resolve, 20));
     expect(heard).toEqual(Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`));
     expect(errors).toHaveLength(1);
+  });
+
+  it('is left to the poll by the acks, leases and creates made meanwhile, which publish nothing of their own', async () => {
+    const theirs = 5000;
+    // Once the poll published its first page: each of these read the rest in one turn, and published it.
+    const { heard, perTurn } = await backlog(theirs, async (store) => {
+      await store.ack('mine', 0);
+      await store.renewLease('mine', 'alice', 60_000);
+      await store.releaseLease('mine', 'alice');
+      await store.createTask({ id: 'another', owner: 'alice', kind: 'k' });
+    });
+    await eventually('acted', () => acted !== undefined);
+    await acted;
+    await eventually('every event heard', () => heard.length >= theirs);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(heard).toEqual(Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`));
+    expect(Math.max(...perTurn.values()), 'changes published in one turn').toBeLessThanOrEqual(1000);
   });
 });
