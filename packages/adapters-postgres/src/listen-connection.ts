@@ -345,7 +345,8 @@ interface ListenStatements {
   barrier: string;
   /**
    * The store's epoch, read once the connection listens (see "Epoch renewals" in the module doc); one row,
-   * its `epoch` `NULL` when the schema has none. It also turns the session's `statement_timeout` off.
+   * its `epoch` `NULL` when the schema has none. It also turns the session's `statement_timeout`,
+   * `transaction_timeout` and `idle_session_timeout` off.
    */
   epoch: string;
 }
@@ -410,8 +411,15 @@ function compileStatements({
     // re-read that takes longer, at every attempt, from the same mark: after a long outage the listener stayed
     // down for good. Each step of a (re)connect has the connection's own bound (#answered), and a barrier its
     // watchdog. Set here, before the re-read, without a round trip of its own.
+    // Likewise transaction_timeout (Postgres 17), which ends the session of a statement that runs longer, and
+    // idle_session_timeout (Postgres 14): a DBA's timeout shorter than watermarkIntervalMs ended the connection
+    // between every two barriers, and the listener reconnected and re-read for good (an idle LISTEN connection
+    // is this one's purpose; the barrier watchdog finds one that died). Read from pg_settings, so an older
+    // server, which has no such setting, sets nothing rather than failing.
     epoch: sql`SELECT (SELECT value FROM ${meta} WHERE key = 'epoch') AS epoch,
-      set_config('statement_timeout', '0', false) AS statement_timeout`.compile(db).sql,
+      set_config('statement_timeout', '0', false) AS statement_timeout,
+      (SELECT count(set_config(name, '0', false)) FROM pg_catalog.pg_settings
+       WHERE name IN ('idle_session_timeout', 'transaction_timeout')) AS session_timeouts`.compile(db).sql,
     barrier: sql`
       SELECT pg_notify(${channel}, json_build_object(
         'barrier', ${placeholder}::text, 'xmin', pg_snapshot_xmin(pg_current_snapshot())::text)::text)`.compile(

@@ -197,7 +197,8 @@ const MIGRATE_OPTIONS = {
 /**
  * Creates `schema` if needed and applies every migration it lacks, in one transaction. Safe to call
  * from several replicas at once: one waits for another's migration up to an hour, whatever the session's
- * `statement_timeout`. Returns the names of the migrations it applied (empty when up to date).
+ * `statement_timeout` or `transaction_timeout`. Returns the names of the migrations it applied (empty when
+ * up to date).
  *
  * @throws ProgressError `invalid_input` for a bad schema name; `store_unavailable` (with the cause) when
  * the database fails or already holds a migration this package does not know (a newer version ran).
@@ -230,12 +231,15 @@ export async function migrateProgressSchema(
     // hour for it). Waits at most as long as the Migrator's did: bounded by that lock_timeout alone, not by
     // the session's statement_timeout (the pool's, meant for queries), which failed a replica's open() as
     // soon as another's migration took longer than it. Turned off for the wait, in a statement of its own (a
-    // statement's timeout is armed as it starts), then set back for the migrations' statements.
+    // statement's timeout is armed as it starts), then set back for the migrations' statements. Likewise the
+    // session's transaction_timeout (Postgres 17; read from pg_settings, so an older server, which has no such
+    // setting, sets nothing rather than failing), which ended the session of a replica that waited longer
+    // than it; off for the whole transaction (its statements are a migration's few DDL statements).
     const { rows } = await sql<{ timeout: string }>`
       SELECT current_setting('statement_timeout') AS timeout,
-             set_config('statement_timeout', '0', true), set_config('lock_timeout', '3600000', true)`.execute(
-      trx,
-    );
+             set_config('statement_timeout', '0', true), set_config('lock_timeout', '3600000', true),
+             (SELECT count(set_config(name, '0', true)) FROM pg_catalog.pg_settings
+              WHERE name = 'transaction_timeout') AS transaction_timeout`.execute(trx);
     await sql`SELECT pg_advisory_xact_lock(${sql.lit(MIGRATION_LOCK_ID)})`.execute(trx);
     await sql`SELECT set_config('statement_timeout', ${rows[0]?.timeout ?? '0'}, true)`.execute(trx);
     const migrator = new Migrator({

@@ -91,8 +91,10 @@ export interface PostgresProgressStoreOptions {
   /**
    * Where the dedicated `LISTEN` connection comes from.
    * A config's `query_timeout` is left out, and the connection turns its session's `statement_timeout`
-   * off: it bounds each of its statements itself, and a re-read after a long outage may take longer than a
-   * pool's timeout allows.
+   * and `transaction_timeout` (Postgres 17+) off: it bounds each of its statements itself, and a re-read
+   * after a long outage may take longer than a pool's timeout allows. It turns `idle_session_timeout`
+   * (Postgres 14+) off too: it is idle between barriers by design, and a barrier that goes unanswered is how
+   * it finds a dead connection.
    * @default a new client of the pool's own `Client` class with the pool's options (plus
    * `application_name: 'finishline-listen'` and `keepAlive: true` unless the options set them)
    */

@@ -155,6 +155,54 @@ describe('migrations', () => {
     }
   });
 
+  // The same with Postgres 17's transaction_timeout, which ends the session whose transaction lasts longer:
+  // a replica whose role or database set one shorter than another replica's migration failed to open with
+  // "terminating connection due to transaction timeout". The migration's transaction turns it off.
+  it("wait for another replica's migration beyond the sessions' transaction_timeout (Postgres 17)", async (context) => {
+    const { rows: version } = await pool.query("SELECT current_setting('server_version_num')::int AS v");
+    if ((version[0] as { v: number }).v < 170000) context.skip();
+    const schema = freshSchema('mig');
+    schemas.push(schema);
+    const holder = new pg.Client({ connectionString: pgUrl() });
+    await holder.connect();
+    const replica = new pg.Pool({
+      connectionString: pgUrl(),
+      max: 1,
+      application_name: 'finishline-test-short-tx-timeout',
+      options: '-c transaction_timeout=200',
+    });
+    replica.on('error', () => {});
+    try {
+      // Another replica's migration, holding the lock.
+      await holder.query('BEGIN');
+      await holder.query('SELECT pg_advisory_xact_lock(3853314791062309107)');
+      const migration = migrateProgressSchema(
+        new Kysely<unknown>({ dialect: new PostgresDialect({ pool: replica }) }),
+        { schema },
+      );
+      const settled = migration.then(
+        () => 'migrated',
+        (error: unknown) => error,
+      );
+      await eventually('the replica waits for the lock, or failed', async () => {
+        const { rows } = await pool.query(
+          `SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+           WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'finishline-test-short-tx-timeout'`,
+        );
+        return rows.length > 0;
+      });
+      // Longer than the replica's transaction_timeout: the other migration takes its time.
+      await new Promise((resolve) => setTimeout(resolve, 600));
+      await holder.query('COMMIT');
+      expect(await settled).toBe('migrated');
+      expect(await migration).toEqual([...MIGRATION_NAMES]);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {});
+      await holder.end();
+      await replica.end();
+    }
+  });
+
   it('are not failed by tables and schemas that other sessions drop meanwhile (other tenants, other tests)', async () => {
     // Kysely's introspector, which the Migrator asked whether its tables exist, listed every table of the
     // database and looked each name up again: one dropped meanwhile failed the migration, and open().

@@ -81,15 +81,23 @@ export class DataVersionWatcher {
       this.#failing = false;
       return true;
     } catch (error) {
-      // The next poll tries again, whether or not another commit comes: what `onChange` failed to read
-      // would otherwise wait for one.
-      this.#version = undefined;
-      this.#failures += 1;
-      if (!this.#failing) {
-        this.#failing = true;
-        this.#options.onError(error);
-      }
+      this.failed(error);
       return false;
+    }
+  }
+
+  /**
+   * A poll failed, or what `onChange` left for a later turn did (the rest of a backlog): reported once per
+   * streak, and the next poll calls `onChange` again.
+   */
+  failed(error: unknown): void {
+    // The next poll tries again, whether or not another commit comes: what `onChange` failed to read
+    // would otherwise wait for one.
+    this.#version = undefined;
+    this.#failures += 1;
+    if (!this.#failing) {
+      this.#failing = true;
+      this.#options.onError(error);
     }
   }
 }

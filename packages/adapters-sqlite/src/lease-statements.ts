@@ -45,14 +45,17 @@ export function renewLease(
 ): Task {
   const { statements: q, cache } = context;
   const { taskId } = lease;
-  return context.transactions.run(() => {
-    const current = requireTask(q, taskId);
-    assertRun(current, lease.run);
-    const task = planLease(current, lease.owner, lease.ttlMs, context.clock());
-    cache.forget(taskId);
-    q.updateLease.run({ id: taskId, leaseOwner: task.leaseOwner, leaseExpiresAt: task.leaseExpiresAt });
-    return task;
-  });
+  return context.transactions.run(
+    () => {
+      const current = requireTask(q, taskId);
+      assertRun(current, lease.run);
+      const task = planLease(current, lease.owner, lease.ttlMs, context.clock());
+      cache.forget(taskId);
+      q.updateLease.run({ id: taskId, leaseOwner: task.leaseOwner, leaseExpiresAt: task.leaseExpiresAt });
+      return task;
+    },
+    { changeless: true },
+  );
 }
 
 /**
@@ -66,15 +69,18 @@ export function releaseLease(
   run: number | undefined,
 ): void {
   const { statements: q, cache } = context;
-  context.transactions.run(() => {
-    const task = requireTask(q, taskId);
-    assertRun(task, run);
-    // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
-    if (task.status === 'running' && task.leaseOwner === owner) {
-      cache.forget(taskId);
-      q.updateLease.run({ id: taskId, leaseOwner: null, leaseExpiresAt: null });
-    }
-  });
+  context.transactions.run(
+    () => {
+      const task = requireTask(q, taskId);
+      assertRun(task, run);
+      // Ended tasks already dropped their lease; another owner's lease is not ours to drop.
+      if (task.status === 'running' && task.leaseOwner === owner) {
+        cache.forget(taskId);
+        q.updateLease.run({ id: taskId, leaseOwner: null, leaseExpiresAt: null });
+      }
+    },
+    { changeless: true },
+  );
 }
 
 /**

@@ -75,6 +75,16 @@ export interface TransactionLog {
 /** Page size when reading other connections' events past the high-water mark. */
 const CATCH_UP_PAGE = 1000;
 
+/**
+ * Pages of other connections' events a poll reads and publishes in one event-loop turn; the rest waits for
+ * the next turn (`setImmediate`), page after page. Read in one turn, a backlog of 100,000 events (another
+ * process's large transaction, or this one paused for a while) held the event loop some 0.8 s, sockets and
+ * timers (heartbeats, acks) unserved meanwhile. A write transaction of this store that starts while the
+ * rest waits reads all of it in its own turn when it appends (its events are published after them), and
+ * none of it otherwise (an ack, a lease, a task created: see `WriteTransactions.run`).
+ */
+const POLL_PAGES_PER_TURN = 1;
+
 /** Options of {@link ChangePublisher}. */
 export interface ChangePublisherOptions {
   statements: SqliteStatements;
@@ -123,6 +133,11 @@ export class ChangePublisher {
   #restoreNoticed = false;
   /** A poll is publishing what it read: the renewal after a restore waits for its epoch check. */
   #catchingUp = false;
+  /**
+   * A poll read a page and left the rest for the next event-loop turn (see {@link POLL_PAGES_PER_TURN}):
+   * the polls meanwhile leave it to this one, which reads up to whatever they found.
+   */
+  #nextPage: ReturnType<typeof setImmediate> | undefined;
   readonly #onPollError: (error: unknown) => void;
   readonly #writeAlone: (work: () => void) => void;
 
@@ -175,6 +190,15 @@ export class ChangePublisher {
       throw error;
     }
     this.#watcher = watcher;
+  }
+
+  /**
+   * True while a poll publishes a backlog of other connections' commits page by page, the rest waiting for a
+   * later event-loop turn (see {@link POLL_PAGES_PER_TURN}): it reads up to the newest commit, so a write
+   * transaction that publishes nothing of its own may leave them to it.
+   */
+  get pagingBacklog(): boolean {
+    return this.#nextPage !== undefined;
   }
 
   /** A log for a transaction starting now: past the high-water mark, nothing to publish yet. */
@@ -333,12 +357,29 @@ export class ChangePublisher {
   stop(): void {
     this.#stopped = true;
     this.#watcher?.stop();
+    if (this.#nextPage !== undefined) clearImmediate(this.#nextPage);
+    this.#nextPage = undefined;
   }
 
-  /** Publishes what other connections committed since the high-water mark (called by the watcher). */
+  /**
+   * Publishes what other connections committed since the high-water mark (called by the watcher), at most
+   * {@link POLL_PAGES_PER_TURN} pages in this event-loop turn; the rest in later turns, from the mark then
+   * (a write transaction of this store meanwhile reads past it first, so nothing is read twice or skipped).
+   */
   #publishPolled(): void {
-    if (this.#stopped) return;
-    const epoch = this.catchUp();
+    if (this.#stopped || this.#nextPage !== undefined) return;
+    const { epoch, complete } = this.catchUp(POLL_PAGES_PER_TURN);
+    if (!complete) {
+      this.#nextPage = setImmediate(() => {
+        this.#nextPage = undefined;
+        try {
+          this.#publishPolled();
+        } catch (error) {
+          // As a poll's failure: reported once per streak, and the next poll tries again.
+          this.#watcher?.failed(error);
+        }
+      });
+    }
     this.#catchingUp = true;
     try {
       this.drain();
@@ -360,19 +401,21 @@ export class ChangePublisher {
    * Reads, in one snapshot (no write lock), what other connections committed past the high-water mark
    * into the outbox without publishing it, and the epoch, which it returns: the poll's read, and that of
    * a write transaction that found itself far behind, before it takes the lock again (see
-   * `WriteTransactions.run`).
+   * `WriteTransactions.run`). At most `maxPages` pages of {@link CATCH_UP_PAGE} events; `complete` is
+   * false when more were waiting.
    */
-  catchUp(): string | undefined {
+  catchUp(maxPages = Number.POSITIVE_INFINITY): { epoch: string | undefined; complete: boolean } {
     const log = this.startLog();
     // The check and the reads see one snapshot: a restore landing between them would pass the check,
     // then be read past the mark as new commits, and move the mark into the restored file without the
     // commits made to it below the old mark ever being published.
     this.#q.pollSnapshot.run();
     let epoch: string | undefined;
+    let complete = true;
     try {
       this.checkMark(log);
       if (log.idsWentBack) this.readAll(log);
-      else this.readSince(log);
+      else complete = this.readSince(log, maxPages);
       epoch = this.#readEpoch();
     } catch (error) {
       try {
@@ -385,7 +428,7 @@ export class ChangePublisher {
     }
     this.#q.endPollSnapshot.run();
     this.committed(log);
-    return epoch;
+    return { epoch, complete };
   }
 
   /** The epoch is now `epoch` (renewed by this process, or found renewed by a poll): listeners hear it. */

@@ -235,6 +235,7 @@ export class SqliteProgressStore implements ProgressStore {
       // commits back to back.
       const inserted = this.#transactions.run(
         () => Number(this.#q.insertTask.run(taskToRow(task)).changes) > 0,
+        { changeless: true },
       );
       if (!inserted) throw taskAlreadyExists(id);
       return task;
@@ -372,21 +373,24 @@ export class SqliteProgressStore implements ProgressStore {
       assertCount(seq, 'seq');
       const run = parseRunFence(options);
       this.#appends.flush();
-      return this.#transactions.run(() => {
-        const task = requireTask(this.#q, taskId);
-        assertRun(task, run);
-        if (seq > task.seq) {
-          throw new ProgressError(
-            ErrorCode.InvalidInput,
-            `Cannot ack seq ${seq} of task ${taskId}: its latest seq is ${task.seq}`,
-            { taskId },
-          );
-        }
-        if (seq <= task.ackedSeq) return task.ackedSeq;
-        this.#cache.forget(taskId);
-        this.#q.updateAckedSeq.run({ id: taskId, ackedSeq: seq });
-        return seq;
-      });
+      return this.#transactions.run(
+        () => {
+          const task = requireTask(this.#q, taskId);
+          assertRun(task, run);
+          if (seq > task.seq) {
+            throw new ProgressError(
+              ErrorCode.InvalidInput,
+              `Cannot ack seq ${seq} of task ${taskId}: its latest seq is ${task.seq}`,
+              { taskId },
+            );
+          }
+          if (seq <= task.ackedSeq) return task.ackedSeq;
+          this.#cache.forget(taskId);
+          this.#q.updateAckedSeq.run({ id: taskId, ackedSeq: seq });
+          return seq;
+        },
+        { changeless: true },
+      );
     });
   }
 
@@ -477,7 +481,8 @@ export class SqliteProgressStore implements ProgressStore {
    * Runs `work` now (better-sqlite3 is synchronous), publishes what it committed, and maps whatever it
    * throws to a ProgressError. A write transaction reads other connections' commits first, whatever it
    * writes (an ack, a lease, a purge): left in the outbox, they waited for the next append or poll, and
-   * with polling off for ever.
+   * with polling off for ever. (Those it reads are published here; one that publishes nothing of its own
+   * reads none while a poll publishes a backlog page by page, which then does: see `WriteTransactions.run`.)
    */
   #call<T>(action: string, work: () => T): Promise<T> {
     try {

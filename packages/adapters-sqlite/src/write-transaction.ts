@@ -68,10 +68,16 @@ export class WriteTransactions {
    * this transaction's own: at most {@link CATCH_UP_PAGES_UNDER_LOCK} pages under the lock, the rest
    * without it before trying again. Changes go to the outbox only once the commit succeeded; publishing them is
    * the caller's (`ChangePublisher.drain`).
+   *
+   * `changeless`: the work publishes no change of its own (an ack, a lease, a task created). While a poll
+   * publishes a backlog page by page (`ChangePublisher.pagingBacklog`), such a transaction leaves the rest
+   * to it: read here, all of it in one event-loop turn, it held the loop as long as the poll's paging avoids
+   * (a server's acks during a backlog of 100,000 events: some 0.8 s each time).
    */
-  run<T>(work: (log: TransactionLog) => T): T {
+  run<T>(work: (log: TransactionLog) => T, options?: { changeless?: boolean }): T {
+    const leaveToPoll = options?.changeless === true && this.#publisher.pagingBacklog;
     for (let pages = CATCH_UP_PAGES_UNDER_LOCK; ; pages = Number.POSITIVE_INFINITY) {
-      const attempt = this.#attempt(work, pages);
+      const attempt = this.#attempt(work, leaveToPoll ? 0 : pages);
       if (attempt.done) return attempt.result;
       // Far behind other connections' commits (polling off, or an event loop held for long): the rest is
       // read without the write lock, which every other process's writes wait for. Read under it, 200,000
@@ -83,7 +89,8 @@ export class WriteTransactions {
 
   /**
    * One try at {@link run}: `done: false` (rolled back, `work` not run) when more than `catchUpPages`
-   * pages of other connections' events were waiting; the pages read are in the outbox then.
+   * pages of other connections' events were waiting; the pages read are in the outbox then. With
+   * `catchUpPages` 0 it reads none, and does not check the mark (the poll that reads them does).
    */
   #attempt<T>(
     work: (log: TransactionLog) => T,
@@ -96,9 +103,9 @@ export class WriteTransactions {
       this.#othersWrite = !nothingElseWrote;
       const log = this.#publisher.startLog();
       // Only another writer (a restore included) can have taken the file back under the mark.
-      if (!nothingElseWrote) this.#publisher.checkMark(log);
+      if (!nothingElseWrote && catchUpPages > 0) this.#publisher.checkMark(log);
       // Gone back: what came past the mark is read with the rest after the work (readAll).
-      if (!log.idsWentBack && !this.#publisher.readSince(log, catchUpPages)) {
+      if (catchUpPages > 0 && !log.idsWentBack && !this.#publisher.readSince(log, catchUpPages)) {
         // Other connections' committed events: published whatever becomes of this transaction.
         rollbackQuietly(this.#database);
         this.#publisher.committed(log);
