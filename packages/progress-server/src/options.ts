@@ -273,8 +273,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   rateLimitPerPrincipalPerSecond?: number | undefined;
   /**
-   * Most store reads for subscriptions and Server-Sent Events streams (task loads and catch-up reads) in
-   * flight at once, all principals together. Keep it below the store's pool size, so appends and live delivery always find a connection.
+   * Most store reads for subscriptions, Server-Sent Events streams (task loads and catch-up reads) and the
+   * HTTP API's routes (a task, a page of events, a list) in flight at once, all principals together. Keep it below the store's pool size, so appends and live delivery always find a connection.
    * @default 4
    */
   catchUpReadConcurrency?: number | undefined;

@@ -451,6 +451,7 @@ export class ProgressServer<P extends Principal = Principal> {
         shutdown: this.#shutdown.signal,
         pending: this.#sockets.pending,
         unreadAnswers: this.#unreadAnswers,
+        reads: this.#reads,
         streams: {
           hub: this.#hub,
           epoch: this.#epoch,
