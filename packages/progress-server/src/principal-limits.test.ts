@@ -236,6 +236,37 @@ describe('HTTP API reads', () => {
     expect(started).toBe(20);
     expect(peak).toBeLessThanOrEqual(3);
   });
+
+  it('answers 503 closed to requests whose reads still wait for their turn when the server shuts down', async () => {
+    // The scheduler runs no queued read once closed: left to it, such a request was never answered.
+    env = await startServer({ catchUpReadConcurrency: 2, catchUpReadsPerPrincipal: 1 });
+    const task = await env.server.tasks.create({ owner: 'mallory', kind: 'k' });
+    await task.progress({ done: 1 });
+    const original = env.store.readEvents.bind(env.store);
+    const released = gate();
+    let started = 0;
+    vi.spyOn(env.store, 'readEvents').mockImplementation(async (...args) => {
+      started += 1;
+      await released.promise;
+      return original(...args);
+    });
+    const requests = Array.from({ length: 4 }, () =>
+      fetch(`${env!.httpUrl}/progress/tasks/${task.id}/events`, { headers: { 'x-user': 'mallory' } }).then(
+        async (response) => ({ status: response.status, body: await response.json() }),
+      ),
+    );
+    await expect.poll(() => started).toBe(1);
+    const closing = env.server.close({ timeoutMs: 2_000 });
+    const answers = await Promise.all(requests);
+    released.open();
+    await closing;
+    expect(answers).toEqual(
+      Array.from({ length: 4 }, () => ({
+        status: 503,
+        body: { error: { code: 'closed', message: expect.any(String) } },
+      })),
+    );
+  });
 });
 
 describe('FairReads', () => {
