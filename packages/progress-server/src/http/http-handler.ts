@@ -140,7 +140,7 @@ export interface HttpHandlerContext<P extends Principal> {
    * The server's connections not authenticated yet: a request's connection counts while its
    * `authenticate` hook runs, as an upgrade's does while it is checked.
    */
-  pending?: Pick<PendingConnections, 'add' | 'release' | 'has'> | undefined;
+  pending?: Pick<PendingConnections, 'add' | 'release' | 'has' | 'authenticated'> | undefined;
   /**
    * Bytes of the answers of every handler of the server not yet handed to the network, and their bound
    * (the server's `maxUnreadAnswerBytes`), and each principal's share (no entry at 0): see
@@ -563,6 +563,8 @@ async function serveRoute<P extends Principal>(
     pending?.release(socket);
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+  // Its connection, kept alive, no longer counts while idle (see `PendingConnections.idle`).
+  ctx.pending?.authenticated(socket);
   asker.id = principal.id;
   // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
   if (credentialExpired(principal, (ctx.clock ?? Date.now)())) {
