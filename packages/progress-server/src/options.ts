@@ -85,7 +85,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * HTTP status). `maxPayloadBytes` still applies, checked by the server as each message is decoded: a
    * larger message is answered `frame_too_large` as an invalid frame (`maxInvalidFrames` of them close the
    * socket with 1008). Your server's own `maxPayload` (ws: 100 MiB by default) bounds what is received
-   * at all: a message above it closes the socket with 1009. Use ws 8.23 or later, with `maxPendingAutoPongs` at
+   * at all: a message above it closes the socket with 1009; set it to `maxPayloadBytes` (the server warns
+   * when it is larger: ws holds each message whole, from sockets not authenticated yet too). Use ws 8.23 or later, with `maxPendingAutoPongs` at
    * its default: without that bound a client sending pings and reading nothing grows the process's memory
    * without limit (the server logs a warning). Unless it has its own `handleProtocols`, the server
    * sets one that selects the newest protocol version offered, as on its own upgrades, and puts back what was

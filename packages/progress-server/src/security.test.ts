@@ -566,6 +566,38 @@ describe("the caller's WebSocketServer", () => {
     expect(warnings.filter((message) => message.includes('maxPendingAutoPongs'))).toHaveLength(1);
   });
 
+  it('warns when it accepts messages larger than maxPayloadBytes, and not otherwise', async () => {
+    // ws holds a whole message in memory before the server can refuse it: 100 MiB by default, from
+    // sockets still waiting for their auth frame too.
+    const warnings: string[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: unknown, message?: string) => {
+        warnings.push(message ?? '');
+      },
+    };
+    const servers = [
+      new WebSocketServer({ noServer: true }),
+      new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 }),
+      new WebSocketServer({ noServer: true, maxPayload: 1024 }),
+    ];
+    for (const wss of servers) {
+      const progress = new ProgressServer({
+        store: new MemoryProgressStore(),
+        wss,
+        authenticate: headerAuth,
+        logger,
+      });
+      session.onCleanup(async () => {
+        await progress.close({ timeoutMs: 500 });
+        wss.close();
+      });
+    }
+    expect(warnings.filter((message) => message.includes('maxPayloadBytes'))).toHaveLength(1);
+  });
+
   it('authenticates and checks origins after the upgrade, answering with close codes', async () => {
     const httpServer: Server = createServer();
     const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });

@@ -118,6 +118,16 @@ export class SocketAcceptor<P extends Principal> {
           "the WebSocketServer passed as wss answers pings without bound (ws older than 8.23, or maxPendingAutoPongs: 0): a client that sends pings and reads nothing grows this process's memory until it runs out; use ws 8.23 or later with its default maxPendingAutoPongs",
         );
       }
+      // ws holds a whole message before the server sees it, a socket still waiting for its `auth` frame
+      // included: at ws's default (100 MiB), each of the 100 unauthenticated sockets an address may hold
+      // could hold that much (and a compressed one inflates to it from a few hundred kilobytes).
+      const maxPayload = (this.#wss.options as { maxPayload?: number }).maxPayload;
+      if (typeof maxPayload !== 'number' || maxPayload <= 0 || maxPayload > options.maxPayloadBytes) {
+        logger.warn(
+          { maxPayload, maxPayloadBytes: options.maxPayloadBytes },
+          'the WebSocketServer passed as wss accepts messages larger than maxPayloadBytes: ws holds each whole in memory before the server refuses it, from sockets not authenticated yet too; set its maxPayload to maxPayloadBytes',
+        );
+      }
     } else {
       this.#wss = new WebSocketServer({
         noServer: true,
