@@ -139,8 +139,9 @@ describe('the per-address cap on unauthenticated connections', () => {
     });
     cleanups.push(() => done.destroy());
     done.resume();
+    // Authenticated: an idle connection none of whose requests authenticated counts again (see below).
     done.write(
-      'POST /progress/tasks/t1/cancel HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
+      'POST /progress/tasks/t1/cancel HTTP/1.1\r\nHost: x\r\nx-user: alice\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}',
     );
     await sleep(300);
     for (let i = 0; i < 5; i += 1) {
@@ -151,6 +152,46 @@ describe('the per-address cap on unauthenticated connections', () => {
     await sleep(500);
     expect(done.destroyed || done.readyState !== 'open').toBe(false);
   }, 20_000);
+
+  it('counts an idle kept-alive connection none of whose requests authenticated, dropping the oldest', async () => {
+    // A request that needs no credentials (the liveness probe) released its connection, which then stayed
+    // uncounted while idle: a client repeating such a request on each of its connections held any number
+    // of them, and their descriptors, past the cap.
+    const { connect } = await import('node:net');
+    env = await startServer({ maxPendingConnectionsPerAddress: 3 });
+    const probe = async (headers = ''): Promise<Socket> => {
+      const socket = await new Promise<Socket>((resolve, reject) => {
+        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+      });
+      socket.on('error', () => {});
+      cleanups.push(() => socket.destroy());
+      const answered = new Promise<void>((resolve) => {
+        let text = '';
+        const onData = (chunk: Buffer) => {
+          text += chunk.toString('latin1');
+          if (/\r\n\r\n\{.*\}$/s.test(text)) {
+            socket.off('data', onData);
+            socket.resume();
+            resolve();
+          }
+        };
+        socket.on('data', onData);
+      });
+      socket.write(`GET /progress/livez HTTP/1.1\r\nHost: x\r\n${headers}\r\n`);
+      await answered;
+      return socket;
+    };
+    const isOpen = (socket: Socket) => !socket.destroyed && socket.readyState === 'open';
+    // An authenticated client's kept-alive connection is not counted while idle.
+    const trusted = await probe();
+    trusted.write('GET /progress/tasks HTTP/1.1\r\nHost: x\r\nx-user: alice\r\n\r\n');
+    await sleep(200);
+    const idle: Socket[] = [];
+    for (let i = 0; i < 6; i += 1) idle.push(await probe());
+    await expect.poll(() => idle.map(isOpen)).toEqual([false, false, false, true, true, true]);
+    expect(isOpen(trusted)).toBe(true);
+  });
 
   it('counting the requests of a kept-alive connection adds no listener per request to its socket', async () => {
     const { connect } = await import('node:net');

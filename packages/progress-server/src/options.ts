@@ -85,7 +85,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * HTTP status). `maxPayloadBytes` still applies, checked by the server as each message is decoded: a
    * larger message is answered `frame_too_large` as an invalid frame (`maxInvalidFrames` of them close the
    * socket with 1008). Your server's own `maxPayload` (ws: 100 MiB by default) bounds what is received
-   * at all: a message above it closes the socket with 1009. Unless it has its own `handleProtocols`, the server
+   * at all: a message above it closes the socket with 1009; set it to `maxPayloadBytes` (the server warns
+   * when it is larger: ws holds each message whole, from sockets not authenticated yet too). Use ws 8.23 or later, with `maxPendingAutoPongs` at
+   * its default: without that bound a client sending pings and reading nothing grows the process's memory
+   * without limit (the server logs a warning). Unless it has its own `handleProtocols`, the server
    * sets one that selects the newest protocol version offered, as on its own upgrades, and puts back what was
    * there when `close()` begins. Not closed by `close()`.
    * @default none
@@ -155,7 +158,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Most connections from one remote address (an IPv6 client: from one /64, the block a client is given
    * and may send from any address of) that have not authenticated yet: accepted TCP connections without a
-   * request (only on the server `ProgressServer.listen` creates), upgrades being checked, and sockets
+   * request, and kept-alive ones between requests none of which authenticated (both only on the server
+   * `ProgressServer.listen` creates), upgrades being checked, and sockets
    * waiting for their `auth` frame (those of a `wss` you pass too). Over the cap the address's **oldest**
    * such connection is destroyed, so silent connections cannot exhaust descriptors and a new client still
    * gets in. The address is the TCP peer's (`clientAddress` does not apply: a connection counts before any
@@ -271,8 +275,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   rateLimitPerPrincipalPerSecond?: number | undefined;
   /**
-   * Most store reads for subscriptions and Server-Sent Events streams (task loads and catch-up reads) in
-   * flight at once, all principals together. Keep it below the store's pool size, so appends and live delivery always find a connection.
+   * Most store reads for subscriptions, Server-Sent Events streams (task loads and catch-up reads) and the
+   * HTTP API's routes (a task, a page of events, a list) in flight at once, all principals together. Keep it below the store's pool size, so appends and live delivery always find a connection.
    * @default 4
    */
   catchUpReadConcurrency?: number | undefined;

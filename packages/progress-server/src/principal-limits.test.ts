@@ -1,7 +1,14 @@
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
-import { RawClient, serverFrameViolations, startServer, type TestServer } from './testing/harness.js';
+import {
+  gate,
+  RawClient,
+  serverFrameViolations,
+  sleep,
+  startServer,
+  type TestServer,
+} from './testing/harness.js';
 
 /**
  * Issue 10, item 5: one user opened 5,000 sockets, none refused, and its subscriptions' reads delayed
@@ -187,6 +194,78 @@ describe('per-principal caps', () => {
     expect((await get('bob', 'nope-4')).status).toBe(404);
     clock.advance(1000);
     expect((await get('mallory', 'nope-5')).status).toBe(404);
+  });
+});
+
+describe('HTTP API reads', () => {
+  it("reads a principal's burst of requests in its turn, not all at once", async () => {
+    // Over the socket a subscribe's reads queue in FairReads (catchUpReadConcurrency in all, a principal
+    // alone the idle slots but one); the HTTP routes read the store at once, so one principal's burst of
+    // `GET …/events?limit=1000` (its budget allows 1,000 at once) ran as many reads of 1,000 events together.
+    env = await startServer({ catchUpReadConcurrency: 4, catchUpReadsPerPrincipal: 1 });
+    const task = await env.server.tasks.create({ owner: 'mallory', kind: 'k' });
+    await task.progress({ done: 1 });
+    const original = env.store.readEvents.bind(env.store);
+    const released = gate();
+    let inFlight = 0;
+    let peak = 0;
+    let started = 0;
+    vi.spyOn(env.store, 'readEvents').mockImplementation(async (...args) => {
+      started += 1;
+      inFlight += 1;
+      peak = Math.max(peak, inFlight);
+      await released.promise;
+      inFlight -= 1;
+      return original(...args);
+    });
+    const getTask = vi.spyOn(env.store, 'getTask');
+    const requests = Array.from({ length: 20 }, () =>
+      fetch(`${env!.httpUrl}/progress/tasks/${task.id}/events?limit=1000`, {
+        headers: { 'x-user': 'mallory' },
+      }),
+    );
+    // Every request read its task (in turn too) before its events; wait until the reads can no longer
+    // be still on their way, then see how many events reads run at once.
+    await expect.poll(() => getTask.mock.calls.length, { timeout: 10_000 }).toBeGreaterThanOrEqual(3);
+    await expect.poll(() => started).toBeGreaterThanOrEqual(3);
+    await sleep(200);
+    expect(peak).toBeLessThanOrEqual(3);
+    released.open();
+    const answers = await Promise.all(requests);
+    expect(answers.map((answer) => answer.status)).toEqual(Array.from({ length: 20 }, () => 200));
+    expect(started).toBe(20);
+    expect(peak).toBeLessThanOrEqual(3);
+  });
+
+  it('answers 503 closed to requests whose reads still wait for their turn when the server shuts down', async () => {
+    // The scheduler runs no queued read once closed: left to it, such a request was never answered.
+    env = await startServer({ catchUpReadConcurrency: 2, catchUpReadsPerPrincipal: 1 });
+    const task = await env.server.tasks.create({ owner: 'mallory', kind: 'k' });
+    await task.progress({ done: 1 });
+    const original = env.store.readEvents.bind(env.store);
+    const released = gate();
+    let started = 0;
+    vi.spyOn(env.store, 'readEvents').mockImplementation(async (...args) => {
+      started += 1;
+      await released.promise;
+      return original(...args);
+    });
+    const requests = Array.from({ length: 4 }, () =>
+      fetch(`${env!.httpUrl}/progress/tasks/${task.id}/events`, { headers: { 'x-user': 'mallory' } }).then(
+        async (response) => ({ status: response.status, body: await response.json() }),
+      ),
+    );
+    await expect.poll(() => started).toBe(1);
+    const closing = env.server.close({ timeoutMs: 2_000 });
+    const answers = await Promise.all(requests);
+    released.open();
+    await closing;
+    expect(answers).toEqual(
+      Array.from({ length: 4 }, () => ({
+        status: 503,
+        body: { error: { code: 'closed', message: expect.any(String) } },
+      })),
+    );
   });
 });
 

@@ -350,6 +350,8 @@ export class ProgressServer<P extends Principal = Principal> {
       await progress.close({ timeoutMs: 0 });
       throw error;
     }
+    /** Requests of each connection not answered yet: one kept alive is idle at none. */
+    const inFlight = new WeakMap<Duplex, number>();
     httpServer.on('request', (request, response) => {
       // A request with a body counts until its body is in: otherwise headers followed by a body that
       // trickles (or never comes) hold a descriptor uncapped until requestTimeout. Counted again on a
@@ -363,6 +365,16 @@ export class ProgressServer<P extends Principal = Principal> {
         progress.#sockets.pending.add(request.socket);
         request.once('end', () => progress.#sockets.pending.release(request.socket));
       } else progress.#sockets.pending.release(request.socket);
+      // Idle again once its last request is answered: counted as a silent connection is, unless a request
+      // of it authenticated (see `PendingConnections.idle`).
+      const socket = request.socket;
+      inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
+      response.once('close', () => {
+        const left = (inFlight.get(socket) ?? 1) - 1;
+        inFlight.set(socket, left);
+        if (left === 0 && response.shouldKeepAlive && !socket.destroyed)
+          progress.#sockets.pending.idle(socket);
+      });
       handler(request, response);
     });
     try {
@@ -451,6 +463,7 @@ export class ProgressServer<P extends Principal = Principal> {
         shutdown: this.#shutdown.signal,
         pending: this.#sockets.pending,
         unreadAnswers: this.#unreadAnswers,
+        reads: this.#reads,
         streams: {
           hub: this.#hub,
           epoch: this.#epoch,

@@ -1,5 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { connect as connectTcp } from 'node:net';
 import { ErrorCode, MemoryProgressStore, PROTOCOL_NAME, ProgressError } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -476,7 +478,126 @@ describe('what clients are told of store failures', () => {
   });
 });
 
+describe('pings from a client that reads nothing', () => {
+  it('terminates a socket flooding pings while reading none of the pongs', async () => {
+    // Every ping is answered with a pong of its payload; a client that pings and reads nothing had them
+    // queued in this process without bound (ws before 8.23), and its own unsolicited pongs kept it alive
+    // past the liveness check.
+    await session.start();
+    const { hostname, port } = new URL(session.env.wsUrl);
+    const tcp = connectTcp(Number(port), hostname);
+    session.onCleanup(() => {
+      tcp.destroy();
+    });
+    await new Promise<void>((resolve) => tcp.once('connect', resolve));
+    tcp.write(
+      [
+        `GET ${new URL(session.env.wsUrl).pathname} HTTP/1.1`,
+        `Host: ${hostname}:${port}`,
+        'Upgrade: websocket',
+        'Connection: Upgrade',
+        `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`,
+        'Sec-WebSocket-Version: 13',
+        `Sec-WebSocket-Protocol: ${PROTOCOL_NAME}`,
+        'x-user: alice',
+        '',
+        '',
+      ].join('\r\n'),
+    );
+    await expect.poll(() => session.env.server.connectionCount).toBe(1);
+    tcp.pause(); // reads nothing from here on
+    const closed = new Promise<void>((resolve) => tcp.once('close', () => resolve()));
+    tcp.on('error', () => {});
+    // Masked ping frames of 125 bytes each, a thousand per write, a pong (127 bytes) to come for each.
+    const ping = Buffer.concat([Buffer.from([0x89, 0x80 | 125, 0, 0, 0, 0]), Buffer.alloc(125, 7)]);
+    const batch = Buffer.concat(Array.from({ length: 1000 }, () => ping));
+    let written = 0;
+    const limit = 64 * 1024 * 1024;
+    let stopped = false;
+    void closed.then(() => {
+      stopped = true;
+    });
+    const pump = (): void => {
+      while (!stopped && !tcp.destroyed && written < limit) {
+        written += batch.length;
+        if (!tcp.write(batch)) {
+          tcp.once('drain', pump);
+          return;
+        }
+      }
+    };
+    pump();
+    await expect.poll(() => session.env.server.connectionCount, { timeout: 20_000 }).toBe(0);
+    // Long before the 64 MB of pings it could have queued pongs for.
+    expect(written).toBeLessThan(limit);
+  });
+});
+
 describe("the caller's WebSocketServer", () => {
+  it('warns when it answers pings without bound (ws before 8.23, or maxPendingAutoPongs 0), and not otherwise', async () => {
+    const warnings: string[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: unknown, message?: string) => {
+        warnings.push(message ?? '');
+      },
+    };
+    const unbounded = new WebSocketServer({ noServer: true, ...({ maxPendingAutoPongs: 0 } as object) });
+    const bounded = new WebSocketServer({ noServer: true });
+    const silent = new WebSocketServer({
+      noServer: true,
+      autoPong: false,
+      ...({ maxPendingAutoPongs: 0 } as object),
+    });
+    for (const wss of [unbounded, bounded, silent]) {
+      const progress = new ProgressServer({
+        store: new MemoryProgressStore(),
+        wss,
+        authenticate: headerAuth,
+        logger,
+      });
+      session.onCleanup(async () => {
+        await progress.close({ timeoutMs: 500 });
+        wss.close();
+      });
+    }
+    expect(warnings.filter((message) => message.includes('maxPendingAutoPongs'))).toHaveLength(1);
+  });
+
+  it('warns when it accepts messages larger than maxPayloadBytes, and not otherwise', async () => {
+    // ws holds a whole message in memory before the server can refuse it: 100 MiB by default, from
+    // sockets still waiting for their auth frame too.
+    const warnings: string[] = [];
+    const logger = {
+      debug() {},
+      info() {},
+      error() {},
+      warn: (_: unknown, message?: string) => {
+        warnings.push(message ?? '');
+      },
+    };
+    const servers = [
+      new WebSocketServer({ noServer: true }),
+      new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 }),
+      new WebSocketServer({ noServer: true, maxPayload: 1024 }),
+    ];
+    for (const wss of servers) {
+      const progress = new ProgressServer({
+        store: new MemoryProgressStore(),
+        wss,
+        authenticate: headerAuth,
+        logger,
+      });
+      session.onCleanup(async () => {
+        await progress.close({ timeoutMs: 500 });
+        wss.close();
+      });
+    }
+    expect(warnings.filter((message) => message.includes('maxPayloadBytes'))).toHaveLength(1);
+  });
+
   it('authenticates and checks origins after the upgrade, answering with close codes', async () => {
     const httpServer: Server = createServer();
     const wss = new WebSocketServer({ server: httpServer, handleProtocols: () => PROTOCOL_NAME });

@@ -189,6 +189,47 @@ describe('cross-site requests to the GET routes', () => {
     expect(own).toMatchObject({ status: 200, type: 'text/event-stream; charset=utf-8' });
   });
 
+  it('refuses a request of another site without Origin (an iframe, an image, a script), holding no stream slot', async () => {
+    // Browsers send the user's cookies (SameSite=Lax ones from a sibling subdomain too) and no Origin on
+    // an <iframe>, <img> or <script> pointing at a route: the Origin check let them through, and a page of
+    // iframes of GET …/stream took every stream slot of the principal.
+    env = await startServer({ authenticate: fromCookie, maxSocketsPerPrincipal: 1 });
+    const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });
+    const cookie = 'session=alice';
+    const stream = `/progress/tasks/${task.id}/stream`;
+    const embeds = [
+      { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'navigate', 'sec-fetch-dest': 'iframe' },
+      { 'sec-fetch-site': 'cross-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'image' },
+      { 'sec-fetch-site': 'same-site', 'sec-fetch-mode': 'no-cors', 'sec-fetch-dest': 'script' },
+    ];
+    for (const headers of embeds) {
+      const answer = await read(stream, { headers: { cookie, ...headers } });
+      expect(answer, headers['sec-fetch-dest']).toMatchObject({
+        status: 403,
+        body: { error: { code: 'forbidden' } },
+      });
+      expect((await read(`/progress/tasks/${task.id}`, { headers: { cookie, ...headers } })).status).toBe(
+        403,
+      );
+    }
+    // A link followed to a route is a top-level navigation: served, as a request of the page's own origin.
+    const link = {
+      'sec-fetch-site': 'cross-site',
+      'sec-fetch-mode': 'navigate',
+      'sec-fetch-dest': 'document',
+    };
+    expect((await read(`/progress/tasks/${task.id}`, { headers: { cookie, ...link } })).status).toBe(200);
+    const own = await read(stream, {
+      headers: {
+        cookie,
+        'sec-fetch-site': 'same-origin',
+        'sec-fetch-mode': 'cors',
+        'sec-fetch-dest': 'empty',
+      },
+    });
+    expect(own).toMatchObject({ status: 200, type: 'text/event-stream; charset=utf-8' });
+  });
+
   it('serves the allowed origins and requests without Origin, cookies or not', async () => {
     env = await cookieServer(['https://app.example']);
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

@@ -23,6 +23,7 @@ import { credentialExpired, pathOf } from '../auth.js';
 import type { Authenticator } from '../authenticator.js';
 import { clientError, isStoreFailure } from '../client-message.js';
 import type { AckWriter } from '../hub/ack-writer.js';
+import type { FairReads } from '../hub/fair-reads.js';
 import { FIRST_EPOCH_READ_WAIT_MS } from '../hub/store-epoch.js';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
@@ -139,7 +140,7 @@ export interface HttpHandlerContext<P extends Principal> {
    * The server's connections not authenticated yet: a request's connection counts while its
    * `authenticate` hook runs, as an upgrade's does while it is checked.
    */
-  pending?: Pick<PendingConnections, 'add' | 'release' | 'has'> | undefined;
+  pending?: Pick<PendingConnections, 'add' | 'release' | 'has' | 'authenticated'> | undefined;
   /**
    * Bytes of the answers of every handler of the server not yet handed to the network, and their bound
    * (the server's `maxUnreadAnswerBytes`), and each principal's share (no entry at 0): see
@@ -147,6 +148,12 @@ export interface HttpHandlerContext<P extends Principal> {
    * paths, two frameworks) gives a principal one budget, not one per handler.
    */
   unreadAnswers: { bytes: number; readonly max: number; readonly byPrincipal: Map<string, number> };
+  /**
+   * The server's scheduler of store reads (see {@link FairReads}): every read of a route, once its
+   * principal is known, runs in that principal's turn, as a socket's subscribe and an event stream's
+   * reads do. None: the routes read the store at once.
+   */
+  reads?: Pick<FairReads, 'run'> | undefined;
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
@@ -556,6 +563,8 @@ async function serveRoute<P extends Principal>(
     pending?.release(socket);
   }
   if (principal === undefined) throw fromCode(ErrorCode.Unauthenticated, 'Missing or invalid credentials');
+  // Its connection, kept alive, no longer counts while idle (see `PendingConnections.idle`).
+  ctx.pending?.authenticated(socket);
   asker.id = principal.id;
   // As a socket refuses one at once (4011): the client fetches a fresh credential for its next request.
   if (credentialExpired(principal, (ctx.clock ?? Date.now)())) {
@@ -572,6 +581,7 @@ async function serveRoute<P extends Principal>(
       { headers: { 'retry-after': '1' } },
     );
   }
+  const store = readsInTurn(ctx, principal.id);
 
   switch (route.name) {
     case 'list': {
@@ -582,7 +592,7 @@ async function serveRoute<P extends Principal>(
         min: 1,
         max: 1000,
       });
-      const tasks = await ctx.store.listTasks({
+      const tasks = await store.listTasks({
         owner: principal.id,
         limit,
         ...(statuses === undefined ? {} : { statuses }),
@@ -596,7 +606,7 @@ async function serveRoute<P extends Principal>(
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
+      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
       await epochRead(ctx);
       return { task: toTaskView(task), ...epochOf(ctx) };
     }
@@ -613,14 +623,14 @@ async function serveRoute<P extends Principal>(
         min: 1,
         max: EVENTS_MAX_LIMIT,
       });
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
-      const events = await ctx.store.readEvents(task.id, afterSeq, limit);
+      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
+      const events = await store.readEvents(task.id, afterSeq, limit);
       // The events of the task authorized, not of whatever task has the id once the hooks answered: the
       // store's read names no run, and retention may purge the task and its id go to a new task (another
       // owner's too) meanwhile. The id's task read again still of this run means the events read before
       // were its own (a run's `createdAt` never comes back); another run, or none, is a task gone. An empty
       // page carries nothing of another run.
-      if (events.length > 0 && (await ctx.store.getTask(task.id))?.createdAt !== task.createdAt) {
+      if (events.length > 0 && (await store.getTask(task.id))?.createdAt !== task.createdAt) {
         throw fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(task.id));
       }
       await epochRead(ctx);
@@ -645,7 +655,7 @@ async function serveRoute<P extends Principal>(
           `reason must be a string of at most ${LIMITS.maxKeyLength} characters, without U+0000 or an unpaired surrogate`,
         );
       }
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'cancel', hooks);
+      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'cancel', hooks);
       // The task authorized, not whatever task has the id once the hooks answered (see `TaskApi.cancel`).
       const run = task.createdAt;
       await ctx.tasks
@@ -659,7 +669,7 @@ async function serveRoute<P extends Principal>(
         });
       // Allowed to cancel is not allowed to read: a principal that may not watch the task (an operator's
       // kill switch) learns that the cancel took, not the task's message, items or result.
-      const after = (await ctx.store.getTask(task.id)) ?? task;
+      const after = (await store.getTask(task.id)) ?? task;
       if (!(await hooks.within(ctx.auth.authorize(principal, after, 'watch')))) return { taskId: task.id };
       return { taskId: task.id, task: toTaskView(after) };
     }
@@ -675,7 +685,7 @@ async function serveRoute<P extends Principal>(
       try {
         // Taken as the read starts: acks taken since are not judged by it (see `AckWriter.seen`).
         const mark = streams.acks.mark();
-        const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
+        const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
         // Before the cursor's epoch is judged, the 204 decided and the first id written.
         await epochRead(ctx);
         // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
@@ -734,7 +744,7 @@ async function serveRoute<P extends Principal>(
       }
       // Taken as the read starts: a read older than acks taken since must not drop them (`AckWriter.seen`).
       const mark = streams.acks.mark();
-      const task = await loadAuthorized(ctx, principal, route.taskId, 'watch', hooks);
+      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
       if (seq > task.seq) {
         throw fromCode(ErrorCode.InvalidInput, `ack of seq ${seq} is beyond the task's seq (${task.seq})`);
       }
@@ -890,6 +900,40 @@ async function authorizeEach(
 }
 
 /**
+ * The store as a route of `principalId` reads it: each read in the principal's turn of the server's
+ * {@link FairReads}, as a socket's subscribe and an event stream read (bounded in flight per principal and
+ * in all, principals in turn). Read at once instead, one principal's burst of requests (its budget allows
+ * 1,000 at once) started as many reads together, `GET …/events?limit=1000` or lists of 1,000 tasks each:
+ * a million rows read and held at once, while the subscribes of every other principal waited for the
+ * store behind them. A read still waiting when the server starts shutting down is refused 503 `closed`
+ * (the scheduler runs no queued read after it closes).
+ */
+function readsInTurn<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  principalId: string,
+): Pick<ProgressStore, 'getTask' | 'readEvents' | 'listTasks'> {
+  const { reads, store, shutdown } = ctx;
+  if (reads === undefined) return store;
+  const inTurn = <T>(read: () => Promise<T>): Promise<T> => {
+    if (shutdown === undefined) return reads.run(principalId, read);
+    if (shutdown.aborted) return Promise.reject(fromCode(ErrorCode.Closed, SHUTTING_DOWN));
+    return new Promise<T>((resolve, reject) => {
+      const onShutdown = () => reject(fromCode(ErrorCode.Closed, SHUTTING_DOWN));
+      shutdown.addEventListener('abort', onShutdown, { once: true });
+      reads
+        .run(principalId, read)
+        .then(resolve, reject)
+        .finally(() => shutdown.removeEventListener('abort', onShutdown));
+    });
+  };
+  return {
+    getTask: (taskId) => inTurn(() => store.getTask(taskId)),
+    readEvents: (taskId, afterSeq, limit) => inTurn(() => store.readEvents(taskId, afterSeq, limit)),
+    listTasks: (query) => inTurn(() => store.listTasks(query)),
+  };
+}
+
+/**
  * Reads the store's epoch once the answer's data is read, waiting at most {@link FIRST_EPOCH_READ_WAIT_MS}
  * (past it the answer carries the epoch last read, or none). Why after the data: a renewal follows the
  * restore it is for, so the epoch read after the data is the data's. The epoch as this replica last read it
@@ -919,6 +963,7 @@ function epochOf<P extends Principal>(ctx: HttpHandlerContext<P>): { epoch?: str
  */
 async function loadAuthorized<P extends Principal>(
   ctx: HttpHandlerContext<P>,
+  store: Pick<ProgressStore, 'getTask'>,
   principal: P,
   taskId: string,
   action: 'watch' | 'cancel',
@@ -928,7 +973,7 @@ async function loadAuthorized<P extends Principal>(
     throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
   }
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
-  const task = await ctx.store.getTask(taskId);
+  const task = await store.getTask(taskId);
   if (task === undefined && ctx.revealTaskExistence) throw notFound();
   // A missing task is refused after the same hook calls as another owner's (see `missingTask`): its
   // refusal no sooner, nor a 404 where a hung hook gets the other one a 504.

@@ -116,6 +116,31 @@ export function checkOrigin(request: IncomingMessage, allowedOrigins: AllowedOri
   if (!isOriginAllowed(request, allowedOrigins)) {
     throw new HttpError(ErrorCode.Forbidden, originRefusal(request, allowedOrigins));
   }
+  if (embeddedFromAnotherSite(request)) {
+    throw new HttpError(
+      ErrorCode.Forbidden,
+      'A request from another site must be a CORS request (fetch, EventSource) carrying its Origin',
+    );
+  }
+}
+
+/**
+ * A request a page of another site (or another origin of this site) made without CORS: an `<iframe>`,
+ * `<img>`, `<script>` or `<object>` pointing at a route, which browsers send with the user's cookies
+ * (`SameSite=Lax` ones too, from a sibling subdomain) and without `Origin`, so the Origin check let it
+ * through: a page of 100 iframes of `GET …/stream` held every one of the principal's stream slots
+ * (`maxSocketsPerPrincipal`), and the user's own page was refused hers. Browsers name such a request in
+ * `Sec-Fetch-Site` / `Sec-Fetch-Dest`; the client's `fetch` and `EventSource` to another origin carry
+ * `Origin` and are judged by `allowedOrigins` instead. A top-level navigation (a link followed) is let
+ * through, as a request without these headers (an older browser, curl) is.
+ */
+function embeddedFromAnotherSite(request: IncomingMessage): boolean {
+  if (request.headers.origin !== undefined) return false;
+  const site = request.headers['sec-fetch-site'];
+  if (site !== 'cross-site' && site !== 'same-site') return false;
+  return !(
+    request.headers['sec-fetch-mode'] === 'navigate' && request.headers['sec-fetch-dest'] === 'document'
+  );
 }
 
 /** Longest Origin or Host echoed in a refusal: enough for any real one, and no header-sized answer. */

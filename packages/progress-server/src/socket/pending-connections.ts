@@ -33,6 +33,8 @@ export class PendingConnections {
    * with a body, and a listener per request piled up on it.
    */
   readonly #listening = new WeakSet<TrackedSocket>();
+  /** Sockets an HTTP request of which authenticated: not counted while idle (see {@link idle}). */
+  readonly #trusted = new WeakSet<TrackedSocket>();
 
   constructor(options: {
     maxPerAddress: number;
@@ -83,6 +85,25 @@ export class PendingConnections {
     this.release(oldest);
     this.#onEvict(address, cap);
     oldest.destroy();
+  }
+
+  /**
+   * An HTTP request of `socket` authenticated: it no longer counts, nor does it count again while idle
+   * between requests (see {@link idle}).
+   */
+  authenticated(socket: TrackedSocket): void {
+    this.#trusted.add(socket);
+    this.release(socket);
+  }
+
+  /**
+   * `socket`, kept alive, carries no request now: it counts again, as a silent connection does, unless a
+   * request of it authenticated. Uncounted, a client holding kept-alive connections open with a request
+   * now and then that needs no credentials (`GET …/livez`, a 401, a 404) kept any number of them, and
+   * their descriptors, past the cap: only a silent connection was ever capped.
+   */
+  idle(socket: TrackedSocket): void {
+    if (!this.#trusted.has(socket)) this.add(socket);
   }
 
   /** The socket authenticated (or sent an ordinary HTTP request): it no longer counts. */

@@ -21,6 +21,24 @@ import { PendingConnections } from './pending-connections.js';
 import { SUPPORTED_SUBPROTOCOLS, selectSubprotocol } from './protocol-version.js';
 import type { SocketServices } from './services.js';
 
+/**
+ * Most pongs ws may have queued for one socket's pings before it terminates the socket (ws's own default
+ * since 8.23, the version the package requires): a client answering the server's pings, or pinging now and
+ * then, never has more than a couple outstanding.
+ */
+const MAX_PENDING_AUTO_PONGS = 60;
+
+/**
+ * Whether a caller's `WebSocketServer` bounds the pongs it queues for a client's pings: ws 8.23 added
+ * `maxPendingAutoPongs` (its options lack the key before) and 0 turns the bound off. A server that does
+ * not answer pings itself (`autoPong: false`) queues none.
+ */
+function boundsAutoPongs(wss: WebSocketServer): boolean {
+  const options = wss.options as { autoPong?: boolean; maxPendingAutoPongs?: number };
+  if (options.autoPong === false) return true;
+  return typeof options.maxPendingAutoPongs === 'number' && options.maxPendingAutoPongs > 0;
+}
+
 /** Accepts the server's sockets and holds its open connections. */
 export class SocketAcceptor<P extends Principal> {
   readonly #ctx: SocketServices<P>;
@@ -94,6 +112,22 @@ export class SocketAcceptor<P extends Principal> {
         };
       }
       this.#wss.on('connection', this.#onConnection);
+      if (!boundsAutoPongs(this.#wss)) {
+        logger.warn(
+          {},
+          "the WebSocketServer passed as wss answers pings without bound (ws older than 8.23, or maxPendingAutoPongs: 0): a client that sends pings and reads nothing grows this process's memory until it runs out; use ws 8.23 or later with its default maxPendingAutoPongs",
+        );
+      }
+      // ws holds a whole message before the server sees it, a socket still waiting for its `auth` frame
+      // included: at ws's default (100 MiB), each of the 100 unauthenticated sockets an address may hold
+      // could hold that much (and a compressed one inflates to it from a few hundred kilobytes).
+      const maxPayload = (this.#wss.options as { maxPayload?: number }).maxPayload;
+      if (typeof maxPayload !== 'number' || maxPayload <= 0 || maxPayload > options.maxPayloadBytes) {
+        logger.warn(
+          { maxPayload, maxPayloadBytes: options.maxPayloadBytes },
+          'the WebSocketServer passed as wss accepts messages larger than maxPayloadBytes: ws holds each whole in memory before the server refuses it, from sockets not authenticated yet too; set its maxPayload to maxPayloadBytes',
+        );
+      }
     } else {
       this.#wss = new WebSocketServer({
         noServer: true,
@@ -104,7 +138,15 @@ export class SocketAcceptor<P extends Principal> {
         // `invalid_frame`, answered, the socket kept open). Left to ws, a text message of invalid UTF-8
         // closed the socket with 1007, a code the docs did not name; a binary one got invalid_frame.
         skipUTF8Validation: true,
+        // Named, not left to ws's defaults (which are these since ws 8.23, and absent before): a client
+        // sending pings and reading nothing had a pong queued for each, without bound (21 MB of this
+        // process's memory in 4 s from one loopback socket on ws 8.18), authenticated or not (a socket
+        // waiting for its `auth` frame is open for `authTimeoutMs`), and its unsolicited pongs kept it
+        // alive past the liveness check. Over 60 pongs not yet written, ws terminates the socket.
+        autoPong: true,
         handleProtocols: (protocols) => selectSubprotocol(protocols),
+        // @types/ws does not name it yet.
+        ...({ maxPendingAutoPongs: MAX_PENDING_AUTO_PONGS } as object),
       });
       this.#ownsWss = true;
       this.#wss.on('error', (error) => logger.warn({ err: describeError(error) }, 'WebSocket server error'));
