@@ -339,6 +339,55 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('lets go of the body of a stream it stopped when the fetch ignores its signal: silent, the client closed, or answered after the stop', async () => {
+    // Until 6 December 2026 a `fetch` of the application's that drops `signal` left every stream the client
+    // stopped being read for as long as the server kept it open, each holding a connection (six per host
+    // in HTTP/1.1: the next streams never opened).
+    const bodies: { cancelled: boolean; write(text: string): void }[] = [];
+    let answer: (() => void) | undefined;
+    const fetch: StreamingFetch = async () => {
+      const body = { cancelled: false, write: (_text: string) => {} };
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          body.write = (text) => controller.enqueue(new TextEncoder().encode(text));
+        },
+        cancel() {
+          body.cancelled = true;
+        },
+      });
+      bodies.push(body);
+      // The fourth open is answered only when the test says so.
+      if (bodies.length === 4) await new Promise<void>((resolve) => (answer = resolve));
+      return { ok: true, status: 200, body: stream };
+    };
+    const { client, scheduler } = setup({ preferFallback: true, fallbackTransport: sseFallback({ fetch }) });
+    client.watch('t1');
+    await flush();
+    const first = bodies[0];
+    first?.write(OPENING);
+    await flush();
+    // Silent past the heartbeat timeout (32 s): stopped, and reopened.
+    await scheduler.advance(33_000);
+    expect(first?.cancelled).toBe(true);
+    expect(bodies).toHaveLength(2);
+    bodies[1]?.write(OPENING);
+    await scheduler.advance(1000);
+    // Another watch's stream; both are stopped by the close below.
+    client.watch('t2');
+    await flush();
+    expect(bodies).toHaveLength(3);
+    bodies[2]?.write(OPENING);
+    await flush();
+    // Answered after the client closed: not read either.
+    client.watch('t3');
+    await flush();
+    await client.close();
+    expect(bodies.slice(1, 3).map((body) => body.cancelled)).toEqual([true, true]);
+    answer?.();
+    await flush();
+    expect(bodies[3]?.cancelled).toBe(true);
+  });
+
   it('takes the heartbeat interval a stream states when it opens: 2 × it + heartbeatMarginMs of silence', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
     client.watch('t1');

@@ -130,6 +130,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       let delivered = false;
       /** The open was answered as an event stream (200, its headers). */
       let answered = false;
+      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
       const heard = () => {
         quiet();
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
@@ -148,6 +149,11 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           );
       };
       const end = (refusal?: ProgressError, stalled?: boolean) => {
+        // The body let go of, every time: a `fetch` of the application's that ignores its signal went on
+        // reading a stream stopped (a restart, a wake, the client closed) for as long as the server kept it
+        // open, each one holding a connection (six per host in HTTP/1.1: the next streams never opened).
+        // Again once the body came after the stop (the loop below does not start then).
+        reader?.cancel().catch(noop);
         if (ended) return;
         ended = true;
         quiet();
@@ -157,9 +163,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       };
       heard();
       void (async () => {
-        if (!fetchImpl) return end();
+        // (No `fetch` at all fails here as a `fetch` that throws does: a failed open, backed off.)
         const open = (epoch?: string) =>
-          taskRequest(o, fetchImpl, taskId, 'stream', {
+          taskRequest(o, fetchImpl as StreamingFetch, taskId, 'stream', {
             method: 'GET',
             headers: {
               accept: 'text/event-stream',
@@ -187,13 +193,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         )
           return end();
         answered = true;
-        const reader = response.body.getReader();
+        reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
         // Until its watch's end is applied: the stream is over then, whether or not its body ends (the server
         // ends it; a proxy that held it open held the end's ack, and the watch, until the silence timeout,
         // 32 s by default).
-        while (!cursor.finished) {
+        while (!ended && !cursor.finished) {
           const { done, value } = await reader.read();
           if (done) break;
           delivered = true;
