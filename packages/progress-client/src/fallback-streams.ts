@@ -96,8 +96,6 @@ export class FallbackStreams implements FallbackRuntime {
    */
   readonly #streams = new Map<string, [stop: () => void, openedAt: number]>();
   #streaming = false;
-  /** Each watch's pace of reopening its stream, the socket's own (kept as long as the watch is). */
-  readonly #pacing = new WeakMap<TaskSubscription, ReconnectPacing>();
   /**
    * Opens in a row (of any watch) that stalled: nothing within `connectTimeoutMs`, the mark of a proxy
    * that buffers event streams until they end. From `#stallLimit` on, the client polls over HTTP instead.
@@ -167,8 +165,9 @@ export class FallbackStreams implements FallbackRuntime {
     const taskId = task.taskId;
     if (!this.#streaming || !this.#host.current(task) || this.#streams.has(taskId)) return;
     const o = this.#host.options;
-    const pacing = this.#pacing.get(task) ?? new ReconnectPacing(o);
-    this.#pacing.set(task, pacing);
+    // (Each watch's own, kept as long as the watch is.)
+    task.pacing ??= new ReconnectPacing(o);
+    const pacing = task.pacing;
     // Up from now, if it is served: one that stays up `stableConnectionMs` starts the backoff over.
     const now = o.clock();
     pacing.ready(now, 0);

@@ -1,4 +1,4 @@
-import { credentialOf } from './connection.js';
+import { credentialOf, tokenProviderFailed } from './connection.js';
 import { retryDelayMs } from './http-errors.js';
 import type { TimerSet } from './timers.js';
 import type { FallbackOptions, HttpCredentials } from './transport-types.js';
@@ -37,9 +37,15 @@ export async function taskRequest<R>(
   tail: string,
   init: { method: 'GET' | 'POST'; headers: Record<string, string>; signal: AbortSignal; body?: string },
 ): Promise<R> {
-  const token = o.token;
-  // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with 401.
-  const credential = typeof token === 'function' ? credentialOf(await token()) : token;
+  let credential = o.token;
+  // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with 401;
+  // thrown as the socket reports it (`unauthenticated`, with the failure as its `cause`), for the stream.
+  if (typeof credential === 'function')
+    try {
+      credential = credentialOf(await credential());
+    } catch (cause) {
+      throw tokenProviderFailed(cause);
+    }
   return fetch(`${o.httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`, {
     ...init,
     headers: {

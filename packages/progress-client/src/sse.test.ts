@@ -1,6 +1,6 @@
 import { getEventListeners } from 'node:events';
 import { type AddressInfo, createServer, type Socket } from 'node:net';
-import type { ServerFrame } from '@finishline/core';
+import { ErrorCode, type ServerFrame } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import type { WebSocketConstructorLike } from './options.js';
@@ -168,7 +168,37 @@ describe('the SSE fallback transport', () => {
     expect(sse.streams.map((stream) => stream.headers.authorization)).toEqual(['Bearer tok']);
     sse.streams[0]?.send({ type: 'snapshot', task: new FakeTask('t1', 1).view() });
     await flush();
-    expect(log).toEqual(['snapshot@0']);
+    // Reported on the watch as a token function that throws is (below), not the client's fatal error.
+    expect(log).toEqual(['error:unauthenticated', 'snapshot@0']);
+    expect(client.state).not.toBe('closed');
+    expect(errors).toEqual([]);
+    await client.close();
+  });
+
+  it('reports a token function that fails on the watch (unauthenticated, its error as the cause) each time it fails, and opens the stream once it answers', async () => {
+    // Until 6 December 2026 the stream was asked for again and again without a word: a watch whose token
+    // function kept failing showed nothing, and nothing said why (the socket reports it on the client).
+    const failure = new Error('refresh failed');
+    let failing = true;
+    const { client, scheduler, sse, errors } = sseSetup({
+      preferFallback: true,
+      token: async () => {
+        if (failing) throw failure;
+        return 'tok';
+      },
+    });
+    const watch = client.watch('t1');
+    const reported: unknown[] = [];
+    watch.on('error', (error) => reported.push(error));
+    await flush();
+    expect(reported).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated, cause: failure })]);
+    // Asked again with the backoff of a failed open: 0.5 s, then 1.5 s (random 0.5).
+    await scheduler.advance(2000);
+    expect(reported).toHaveLength(3);
+    expect(sse.streams).toEqual([]);
+    failing = false;
+    await scheduler.advance(10_000);
+    expect(sse.streams.map((stream) => stream.headers.authorization)).toEqual(['Bearer tok']);
     expect(client.state).not.toBe('closed');
     expect(errors).toEqual([]);
     await client.close();

@@ -1,4 +1,4 @@
-import { ErrorCode, type ProgressError } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import { integer, ofType, resolveOptions, sseEventId } from '@finishline/core/internal';
 import {
   type FallbackHost,
@@ -176,8 +176,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           });
         let response = await open(epoch);
         // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
-        // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
-        if (response.status === 400 && seq > 0 && epoch !== undefined) response = await open();
+        // alone. Only a malformed id gets a 400 from a newer one, which never sends this one. (At seq 0 no id
+        // is sent: nothing else gets a 400, the task id being checked by `watch()`.)
+        if (response.status === 400 && epoch !== undefined) response = await open();
         // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
         if (!response.ok && response.status !== undefined) {
           // (No text, or none read: the status says it, as for a body that is not JSON.)
@@ -239,7 +240,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           }
         }
       })()
-        .catch(noop)
+        // A token function that failed (or returned no credential) is reported on the watch, as the socket
+        // reports it on the client: until 6 December 2026 the stream was asked for again and again without a
+        // word. Anything else (no answer, a cut) is a failed open or a cut, as a socket's is.
+        .catch((error) => error instanceof ProgressError && task.task.emitError(error))
         // (`finally` passes no argument: an end with no refusal, as `end()`.)
         .finally(end);
       return end;
