@@ -100,8 +100,10 @@ export function sendAck(
       signal: abort.signal,
     })
       // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken for
-      // one, the acks of a page whose many watches ended together were lost past the budget.)
-      .then(({ status = 0 }) => settle(status < 500 && status !== 429))
+      // one, the acks of a page whose many watches ended together were lost past the budget. Nor is 401:
+      // a credential that expired as the task ended, `token_expired`, took the ack with it until
+      // 6 December 2026; the next one goes with a fresh token from the token function.)
+      .then(({ status = 0 }) => settle(status < 500 && status !== 429 && status !== 401))
       // A `fetch` of the application's answering no response (`undefined`) is no answer either: read in
       // the first callback, it threw there, past the second, and ended a Node process (unhandled rejection).
       .catch(() => settle());

@@ -578,6 +578,30 @@ describe('the SSE fallback transport', () => {
     await second.client.close();
   });
 
+  it('sends a terminal ack refused for its credential (401: expired as the task ended) again, with a fresh token', async () => {
+    // Until 6 December 2026 the 401 was taken for an answer, as a 404 is: the ack was lost, and the task's
+    // acked_seq stayed below its end.
+    let issued = 0;
+    const { client, sse, scheduler } = sseSetup({
+      preferFallback: true,
+      httpPollIntervalMs: 1000,
+      token: async () => `tok-${++issued}`,
+    });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    sse.ackRefusals = [401];
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await scheduler.advance(60_000);
+    expect(sse.acks.map((ack) => ack.headers.authorization)).toEqual(['Bearer tok-2', 'Bearer tok-3']);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }]);
+    await client.close();
+  });
+
   it('sends a terminal ack again after a failure answer (502, 503, 429), with backoff, until answered, 8 times at most; not after another 4xx', async () => {
     // Sent once: a proxy's 502 (the replica died under the request) lost it for good, and the server, which
     // re-sends a terminal frame on a socket until acknowledged, has nothing to re-send over SSE: the task's
