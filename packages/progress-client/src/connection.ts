@@ -495,6 +495,6 @@ export function credentialOf(value: unknown): string {
  * The token function threw or rejected, or returned no credential: `cause` is what it threw or returned
  * (see {@link credentialOf}).
  */
-function tokenProviderFailed(cause: unknown): ProgressError {
+export function tokenProviderFailed(cause: unknown): ProgressError {
   return new ProgressError(ErrorCode.Unauthenticated, 'The token provider failed', { cause });
 }

@@ -96,8 +96,6 @@ export class FallbackStreams implements FallbackRuntime {
    */
   readonly #streams = new Map<string, [stop: () => void, openedAt: number]>();
   #streaming = false;
-  /** Each watch's pace of reopening its stream, the socket's own (kept as long as the watch is). */
-  readonly #pacing = new WeakMap<TaskSubscription, ReconnectPacing>();
   /**
    * Opens in a row (of any watch) that stalled: nothing within `connectTimeoutMs`, the mark of a proxy
    * that buffers event streams until they end. From `#stallLimit` on, the client polls over HTTP instead.
@@ -167,8 +165,9 @@ export class FallbackStreams implements FallbackRuntime {
     const taskId = task.taskId;
     if (!this.#streaming || !this.#host.current(task) || this.#streams.has(taskId)) return;
     const o = this.#host.options;
-    const pacing = this.#pacing.get(task) ?? new ReconnectPacing(o);
-    this.#pacing.set(task, pacing);
+    // (Each watch's own, kept as long as the watch is.)
+    task.pacing ??= new ReconnectPacing(o);
+    const pacing = task.pacing;
     // Up from now, if it is served: one that stays up `stableConnectionMs` starts the backoff over.
     const now = o.clock();
     pacing.ready(now, 0);
@@ -176,7 +175,8 @@ export class FallbackStreams implements FallbackRuntime {
     const ended = (refusal?: ProgressError, served = false, stalled?: boolean) => {
       // Ended by itself (cut, refused, finished), not stopped here (a restart opens the next one itself);
       // not while opening either (no `fetch`: nothing to ask again).
-      const own = entry && this.#streams.get(taskId) === entry && this.#streams.delete(taskId);
+      // (No entry while opening: none in the map either, which `open` checked, so nothing deleted.)
+      const own = this.#streams.get(taskId) === entry && this.#streams.delete(taskId);
       if (refusal && this.#host.current(task)) {
         // Answered as the HTTP fallback answers the same refusal.
         if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
@@ -212,7 +212,7 @@ export class FallbackStreams implements FallbackRuntime {
       // polling, when the client has it: behind a proxy that buffers them, reopening them for ever showed
       // a watch nothing of its task before the task's end.
       if (!own) return;
-      this.#stalls = served ? 0 : this.#stalls + (stalled ? 1 : 0);
+      this.#stalls = served ? 0 : this.#stalls + Number(!!stalled);
       if (this.#stalls >= this.#stallLimit && this.#host.poll?.()) return this.stop();
       if (!task.cursor.finished && this.#host.current(task)) {
         if (served) pacing.down();

@@ -1,4 +1,4 @@
-import { credentialOf } from './connection.js';
+import { credentialOf, tokenProviderFailed } from './connection.js';
 import { retryDelayMs } from './http-errors.js';
 import type { TimerSet } from './timers.js';
 import type { FallbackOptions, HttpCredentials } from './transport-types.js';
@@ -37,9 +37,15 @@ export async function taskRequest<R>(
   tail: string,
   init: { method: 'GET' | 'POST'; headers: Record<string, string>; signal: AbortSignal; body?: string },
 ): Promise<R> {
-  const token = o.token;
-  // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with 401.
-  const credential = typeof token === 'function' ? credentialOf(await token()) : token;
+  let credential = o.token;
+  // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with 401;
+  // thrown as the socket reports it (`unauthenticated`, with the failure as its `cause`), for the stream.
+  if (typeof credential === 'function')
+    try {
+      credential = credentialOf(await credential());
+    } catch (cause) {
+      throw tokenProviderFailed(cause);
+    }
   return fetch(`${o.httpUrl}/tasks/${encodeURIComponent(taskId)}/${tail}`, {
     ...init,
     headers: {
@@ -94,8 +100,10 @@ export function sendAck(
       signal: abort.signal,
     })
       // (429 is no answer either: the principal's shared rate budget ran out, retry-after 1 s. Taken for
-      // one, the acks of a page whose many watches ended together were lost past the budget.)
-      .then(({ status = 0 }) => settle(status < 500 && status !== 429))
+      // one, the acks of a page whose many watches ended together were lost past the budget. Nor is 401:
+      // a credential that expired as the task ended, `token_expired`, took the ack with it until
+      // 6 December 2026; the next one goes with a fresh token from the token function.)
+      .then(({ status = 0 }) => settle(status < 500 && status !== 429 && status !== 401))
       // A `fetch` of the application's answering no response (`undefined`) is no answer either: read in
       // the first callback, it threw there, past the second, and ended a Node process (unhandled rejection).
       .catch(() => settle());

@@ -18,9 +18,12 @@ const STATUS_CODES: Readonly<Record<number, ErrorCode>> = {
   503: ErrorCode.StoreUnavailable,
 };
 
-/** `body[name]` when `body` is an object. */
+/**
+ * `body[name]` when `body` is an object; `undefined` for `null` and `undefined`, and for what else JSON
+ * parses to (a string, a number, a boolean), which has none of the names read here.
+ */
 export function readField(body: unknown, name: string): unknown {
-  return typeof body === 'object' && body !== null ? (body as Record<string, unknown>)[name] : undefined;
+  return (body as Record<string, unknown> | undefined)?.[name];
 }
 
 /**

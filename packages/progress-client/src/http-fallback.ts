@@ -83,7 +83,7 @@ export class HttpApi {
     };
   }
 
-  async #get(taskId: string, path: string): Promise<unknown> {
+  async #get(taskId: string, path: string, renewed?: boolean): Promise<unknown> {
     const { fetch, token, signal, timeoutMs } = this.#options;
     // Closed before this request (from a listener, mid catch-up): the abort below would never fire, and the
     // disposed timers start no deadline, so the request went out and was never given up on.
@@ -153,7 +153,13 @@ export class HttpApi {
       stopTimer();
       this.#inFlight.delete(abort);
     }
-    throw errorFromResponse(taskId, status, text);
+    const error = errorFromResponse(taskId, status, text);
+    // An expired credential (a tab that slept past its token's lifetime) is asked again at once, once, with
+    // a fresh one from the token function, as the socket reconnects at once after a 4011; expired again, the
+    // token function hands out expired credentials: fatal, as there (see `catchUp`). Until 6 December 2026
+    // every poll was refused and reported on the watch, with backoff, for ever.
+    if (error.code === ErrorCode.TokenExpired && !renewed) return this.#get(taskId, path, true);
+    throw error;
   }
 }
 
@@ -359,8 +365,9 @@ class HttpPoller implements HttpFallbackRuntime {
               taskId: task.taskId,
             });
       if (!host.current(task)) return;
-      if (problem.code === ErrorCode.Unauthenticated) {
-        // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help.
+      if (problem.code === ErrorCode.Unauthenticated || problem.code === ErrorCode.TokenExpired) {
+        // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help; nor a
+        // fresh credential refused as expired again (`#get`).
         host.fatal(problem);
         return;
       }

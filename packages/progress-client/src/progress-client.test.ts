@@ -1651,6 +1651,55 @@ describe('HTTP fallback', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('asks again at once with a fresh token when a poll is refused as expired (401 token_expired); closes the client with token_expired when the fresh one is too', async () => {
+    // Until 6 December 2026 a poll refused as expired was reported on the watch and asked again after the
+    // poll backoff, for ever, where the socket reconnects at once with a fresh token, and stops at a second
+    // expiry before any hello.
+    let issued = 0;
+    /** Tokens the server takes for expired: the first, then (from `alwaysExpired`) every one. */
+    let alwaysExpired = false;
+    const sent: (string | undefined)[] = [];
+    let served: FetchLike | undefined;
+    const { client, server, scheduler, http, errors } = setup({
+      httpFallbackAfterAttempts: 1,
+      token: async () => `tok-${++issued}`,
+      fetch: async (url, init) => {
+        sent.push(init.headers.authorization);
+        if ((alwaysExpired || init.headers.authorization === 'Bearer tok-1') && served)
+          return {
+            ok: false,
+            status: 401,
+            text: async () => '{"error":{"code":"token_expired","message":"The credential expired"}}',
+          };
+        return (served as FetchLike)(url, init);
+      },
+    });
+    served = http.fetch;
+    const task = new FakeTask('t1', 2);
+    http.tasks.set('t1', task);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    server.last.serverClose(1006); // no socket: HTTP polls
+    await scheduler.advance(0);
+    await flush();
+    // The expired token's request, then at once the same with a fresh one (then the events', with its own).
+    expect(sent).toEqual(['Bearer tok-1', 'Bearer tok-2', 'Bearer tok-3']);
+    expect(log).toEqual(['snapshot@0']);
+    expect(errors).toEqual([]);
+    // The token function hands out expired credentials from now on: the client stops, as the socket does.
+    alwaysExpired = true;
+    task.item('a');
+    await scheduler.advance(2000);
+    await flush();
+    expect(client.state).toBe('closed');
+    expect(errors.map((error) => error.code)).toEqual([ErrorCode.TokenExpired]);
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.TokenExpired });
+    // Its fresh token asked for once more, not again and again.
+    expect(sent.slice(3)).toEqual(['Bearer tok-4', 'Bearer tok-5']);
+    await scheduler.advance(60_000);
+    expect(sent).toHaveLength(5);
+  });
+
   it.each([undefined, '', { token: 'tok' }])(
     'polls over HTTP without a request for a token function that returns %j, retried as one that throws, not a 401 that closes the client',
     async (bad) => {

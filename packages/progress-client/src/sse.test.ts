@@ -1,6 +1,6 @@
 import { getEventListeners } from 'node:events';
 import { type AddressInfo, createServer, type Socket } from 'node:net';
-import type { ServerFrame } from '@finishline/core';
+import { ErrorCode, type ServerFrame } from '@finishline/core';
 import { describe, expect, it, vi } from 'vitest';
 import { WebSocket } from 'ws';
 import type { WebSocketConstructorLike } from './options.js';
@@ -168,7 +168,37 @@ describe('the SSE fallback transport', () => {
     expect(sse.streams.map((stream) => stream.headers.authorization)).toEqual(['Bearer tok']);
     sse.streams[0]?.send({ type: 'snapshot', task: new FakeTask('t1', 1).view() });
     await flush();
-    expect(log).toEqual(['snapshot@0']);
+    // Reported on the watch as a token function that throws is (below), not the client's fatal error.
+    expect(log).toEqual(['error:unauthenticated', 'snapshot@0']);
+    expect(client.state).not.toBe('closed');
+    expect(errors).toEqual([]);
+    await client.close();
+  });
+
+  it('reports a token function that fails on the watch (unauthenticated, its error as the cause) each time it fails, and opens the stream once it answers', async () => {
+    // Until 6 December 2026 the stream was asked for again and again without a word: a watch whose token
+    // function kept failing showed nothing, and nothing said why (the socket reports it on the client).
+    const failure = new Error('refresh failed');
+    let failing = true;
+    const { client, scheduler, sse, errors } = sseSetup({
+      preferFallback: true,
+      token: async () => {
+        if (failing) throw failure;
+        return 'tok';
+      },
+    });
+    const watch = client.watch('t1');
+    const reported: unknown[] = [];
+    watch.on('error', (error) => reported.push(error));
+    await flush();
+    expect(reported).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated, cause: failure })]);
+    // Asked again with the backoff of a failed open: 0.5 s, then 1.5 s (random 0.5).
+    await scheduler.advance(2000);
+    expect(reported).toHaveLength(3);
+    expect(sse.streams).toEqual([]);
+    failing = false;
+    await scheduler.advance(10_000);
+    expect(sse.streams.map((stream) => stream.headers.authorization)).toEqual(['Bearer tok']);
     expect(client.state).not.toBe('closed');
     expect(errors).toEqual([]);
     await client.close();
@@ -339,6 +369,55 @@ describe('the SSE fallback transport', () => {
     expect(scheduler.pending).toBe(0);
   });
 
+  it('lets go of the body of a stream it stopped when the fetch ignores its signal: silent, the client closed, or answered after the stop', async () => {
+    // Until 6 December 2026 a `fetch` of the application's that drops `signal` left every stream the client
+    // stopped being read for as long as the server kept it open, each holding a connection (six per host
+    // in HTTP/1.1: the next streams never opened).
+    const bodies: { cancelled: boolean; write(text: string): void }[] = [];
+    let answer: (() => void) | undefined;
+    const fetch: StreamingFetch = async () => {
+      const body = { cancelled: false, write: (_text: string) => {} };
+      const stream = new ReadableStream<Uint8Array>({
+        start(controller) {
+          body.write = (text) => controller.enqueue(new TextEncoder().encode(text));
+        },
+        cancel() {
+          body.cancelled = true;
+        },
+      });
+      bodies.push(body);
+      // The fourth open is answered only when the test says so.
+      if (bodies.length === 4) await new Promise<void>((resolve) => (answer = resolve));
+      return { ok: true, status: 200, body: stream };
+    };
+    const { client, scheduler } = setup({ preferFallback: true, fallbackTransport: sseFallback({ fetch }) });
+    client.watch('t1');
+    await flush();
+    const first = bodies[0];
+    first?.write(OPENING);
+    await flush();
+    // Silent past the heartbeat timeout (32 s): stopped, and reopened.
+    await scheduler.advance(33_000);
+    expect(first?.cancelled).toBe(true);
+    expect(bodies).toHaveLength(2);
+    bodies[1]?.write(OPENING);
+    await scheduler.advance(1000);
+    // Another watch's stream; both are stopped by the close below.
+    client.watch('t2');
+    await flush();
+    expect(bodies).toHaveLength(3);
+    bodies[2]?.write(OPENING);
+    await flush();
+    // Answered after the client closed: not read either.
+    client.watch('t3');
+    await flush();
+    await client.close();
+    expect(bodies.slice(1, 3).map((body) => body.cancelled)).toEqual([true, true]);
+    answer?.();
+    await flush();
+    expect(bodies[3]?.cancelled).toBe(true);
+  });
+
   it('takes the heartbeat interval a stream states when it opens: 2 × it + heartbeatMarginMs of silence', async () => {
     const { client, scheduler, sse } = sseSetup({ preferFallback: true, httpPollIntervalMs: 1000 });
     client.watch('t1');
@@ -497,6 +576,30 @@ describe('the SSE fallback transport', () => {
     expect(second.sse.streams).toHaveLength(1);
     expect(second.sse.streams[0]?.headers['last-event-id']).toBeUndefined();
     await second.client.close();
+  });
+
+  it('sends a terminal ack refused for its credential (401: expired as the task ended) again, with a fresh token', async () => {
+    // Until 6 December 2026 the 401 was taken for an answer, as a 404 is: the ack was lost, and the task's
+    // acked_seq stayed below its end.
+    let issued = 0;
+    const { client, sse, scheduler } = sseSetup({
+      preferFallback: true,
+      httpPollIntervalMs: 1000,
+      token: async () => `tok-${++issued}`,
+    });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    sse.ackRefusals = [401];
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await scheduler.advance(60_000);
+    expect(sse.acks.map((ack) => ack.headers.authorization)).toEqual(['Bearer tok-2', 'Bearer tok-3']);
+    expect(sse.acks.map((ack) => JSON.parse(ack.body ?? ''))).toEqual([{ seq: 1 }, { seq: 1 }]);
+    await client.close();
   });
 
   it('sends a terminal ack again after a failure answer (502, 503, 429), with backoff, until answered, 8 times at most; not after another 4xx', async () => {

@@ -1,4 +1,4 @@
-import { ErrorCode, type ProgressError } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import { integer, ofType, resolveOptions, sseEventId } from '@finishline/core/internal';
 import {
   type FallbackHost,
@@ -130,6 +130,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       let delivered = false;
       /** The open was answered as an event stream (200, its headers). */
       let answered = false;
+      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
       const heard = () => {
         quiet();
         // (Not once it ended: a read that resolved as it was stopped would leave a timer behind.)
@@ -148,6 +149,11 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           );
       };
       const end = (refusal?: ProgressError, stalled?: boolean) => {
+        // The body let go of, every time: a `fetch` of the application's that ignores its signal went on
+        // reading a stream stopped (a restart, a wake, the client closed) for as long as the server kept it
+        // open, each one holding a connection (six per host in HTTP/1.1: the next streams never opened).
+        // Again once the body came after the stop (the loop below does not start then).
+        reader?.cancel().catch(noop);
         if (ended) return;
         ended = true;
         quiet();
@@ -157,9 +163,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       };
       heard();
       void (async () => {
-        if (!fetchImpl) return end();
+        // (No `fetch` at all fails here as a `fetch` that throws does: a failed open, backed off.)
         const open = (epoch?: string) =>
-          taskRequest(o, fetchImpl, taskId, 'stream', {
+          taskRequest(o, fetchImpl as StreamingFetch, taskId, 'stream', {
             method: 'GET',
             headers: {
               accept: 'text/event-stream',
@@ -170,8 +176,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           });
         let response = await open(epoch);
         // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
-        // alone. Only a malformed id gets a 400 from a newer one, which never sends this one.
-        if (response.status === 400 && seq > 0 && epoch !== undefined) response = await open();
+        // alone. Only a malformed id gets a 400 from a newer one, which never sends this one. (At seq 0 no id
+        // is sent: nothing else gets a 400, the task id being checked by `watch()`.)
+        if (response.status === 400 && epoch !== undefined) response = await open();
         // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
         if (!response.ok && response.status !== undefined) {
           // (No text, or none read: the status says it, as for a body that is not JSON.)
@@ -187,13 +194,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         )
           return end();
         answered = true;
-        const reader = response.body.getReader();
+        reader = response.body.getReader();
         const decoder = new TextDecoder();
         let buffer = '';
         // Until its watch's end is applied: the stream is over then, whether or not its body ends (the server
         // ends it; a proxy that held it open held the end's ack, and the watch, until the silence timeout,
         // 32 s by default).
-        while (!cursor.finished) {
+        while (!ended && !cursor.finished) {
           const { done, value } = await reader.read();
           if (done) break;
           delivered = true;
@@ -233,7 +240,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           }
         }
       })()
-        .catch(noop)
+        // A token function that failed (or returned no credential) is reported on the watch, as the socket
+        // reports it on the client: until 6 December 2026 the stream was asked for again and again without a
+        // word. Anything else (no answer, a cut) is a failed open or a cut, as a socket's is.
+        .catch((error) => error instanceof ProgressError && task.task.emitError(error))
         // (`finally` passes no argument: an end with no refusal, as `end()`.)
         .finally(end);
       return end;

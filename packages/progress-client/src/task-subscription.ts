@@ -4,6 +4,7 @@ import type { ApplyResult } from '@finishline/core/internal';
 import { FinishWatchdog, WatchCursor } from '@finishline/core/internal';
 import type { AnswerWait } from './answer-wait.js';
 import type { ServerCursors } from './cursor-storage.js';
+import type { ReconnectPacing } from './reconnect-pacing.js';
 import { Timeout, type TimerSet } from './timers.js';
 import { WatchedTask } from './watched-task.js';
 
@@ -109,6 +110,11 @@ export class TaskSubscription {
   #released = false;
   /** An HTTP catch-up is running. */
   httpBusy = false;
+  /**
+   * The pace of reopening its fallback stream, the socket's own (`fallback-streams.ts`), kept as long as the
+   * watch is. Declared only: nothing in the client's core entry for a field the SSE entry alone sets.
+   */
+  declare pacing?: ReconnectPacing;
 
   constructor(taskId: string, options: TaskSubscriptionOptions, host: TaskSubscriptionHost) {
     this.taskId = taskId;
