@@ -197,4 +197,21 @@ describe('Authenticator', () => {
     expect(warnings[0]?.message).toContain('can own no task');
     expect(warnings[0]?.fields).toEqual({ principalId: 'auth0|5f7c8ec7c33c6c004bbafe82' });
   });
+
+  it.each(['__proto__', 'constructor', 'prototype'])(
+    'warns about a principal id of a reserved name (%s): it matches the pattern but can own no task',
+    async (id) => {
+      const { logger, warnings } = withLog();
+      const auth = new Authenticator<Principal>({
+        authenticate: () => ({ id }),
+        authenticateToken: undefined,
+        authorize: () => true,
+        tokenQueryParam: false,
+        logger,
+      });
+      expect(await auth.fromHttp(request({}))).toEqual({ id });
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]?.message).toContain('can own no task');
+    },
+  );
 });

@@ -6,7 +6,8 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Task } from '@finishline/core';
-import { ID_PATTERN, LIMITS } from '@finishline/core';
+import { LIMITS } from '@finishline/core';
+import { idProblem } from '@finishline/core/internal';
 import { type AddressAuthLimits, AuthRateLimited } from './address-auth-limits.js';
 import type {
   AuthenticateHook,
@@ -191,14 +192,15 @@ export class Authenticator<P extends Principal> {
       this.#logger.error({}, 'authentication hook returned a principal without a string id; refusing');
       return undefined;
     }
-    if (!this.#warnedUnownableId && (value.id.length > LIMITS.maxIdLength || !ID_PATTERN.test(value.id))) {
+    if (!this.#warnedUnownableId && idProblem(value.id) !== undefined) {
       // Accepted (a custom `authorize` may not look at owners), but an identity provider's subject taken
       // as it is (`auth0|…`, `google-oauth2|…`) found the default authorization refusing every task and
-      // `GET …/tasks` answering 400, with nothing saying why.
+      // `GET …/tasks` answering 400, with nothing saying why. The rule of owners is the rule of ids,
+      // reserved names included (a user named `constructor` was not warned about).
       this.#warnedUnownableId = true;
       this.#logger.warn(
         { principalId: value.id.slice(0, LIMITS.maxIdLength) },
-        `authentication hook returned a principal id that can own no task (owners are 1-${LIMITS.maxIdLength} letters, digits and _ . : @ / -): the default authorization refuses it every task; map the id (for example | to :)`,
+        `authentication hook returned a principal id that can own no task (owners are 1-${LIMITS.maxIdLength} letters, digits and _ . : @ / -, not __proto__, constructor or prototype): the default authorization refuses it every task; map the id (for example | to :)`,
       );
     }
     return value;

@@ -2,12 +2,13 @@ import { randomUUID } from 'node:crypto';
 import type { Server as HttpServer } from 'node:http';
 import { hostname } from 'node:os';
 import type { Clock, ProgressStore } from '@finishline/core';
-import { ID_PATTERN, LIMITS } from '@finishline/core';
+import { LIMITS } from '@finishline/core';
 import type { ResolvedOptionsOf, TerminalRetryOptions } from '@finishline/core/internal';
 import {
   boolean,
   defaultsOf,
   func,
+  idProblem,
   integer,
   invalidOption,
   ofType,
@@ -213,7 +214,8 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   clientAddress?: ClientAddressHook | undefined;
   /**
    * This replica's id: sent in `hello`, used as the lease owner of the tasks it runs. Letters, digits
-   * and `_ . : @ / -`, at most 128 characters.
+   * and `_ . : @ / -`, at most 128 characters, and not `__proto__`, `constructor` or `prototype` (the
+   * rule of task ids: clients refuse a `hello` naming one); else `invalid_input` at construction.
    * @default `${hostname}-${pid}-${random}`
    */
   serverId?: string | undefined;
@@ -524,9 +526,12 @@ const SERVER_OPTIONS = {
   // 0 turns it off. At most 10^6/s (a burst of 5·10^7 tokens stays an exact float).
   authRateLimitPerAddressPerSecond: integer(20, 0, 1_000_000),
   clientAddress: ofType<ClientAddressHook>('a function', isFunction),
+  // An id by the rule of task ids, reserved names included: it goes out in every `hello`, which clients
+  // refuse as an invalid frame, and owns every lease, which stores refuse; only ID_PATTERN was
+  // checked, so such a server started and then failed every task creation and every client's connect.
   serverId: ofType<string>(
-    `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -`,
-    (value) => typeof value === 'string' && value.length <= LIMITS.maxIdLength && ID_PATTERN.test(value),
+    `1 to ${LIMITS.maxIdLength} of letters, digits and _ . : @ / -, not __proto__, constructor or prototype`,
+    (value) => idProblem(value) === undefined,
   ),
   // Read in whole milliseconds, as a store's is (see wholeMillisecondClock): the server puts its time in
   // `heartbeat` and `pong` frames and SSE heartbeats, where the protocol allows only integers, so a clock of
