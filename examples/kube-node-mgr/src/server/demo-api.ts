@@ -4,6 +4,7 @@
  */
 import type http from 'node:http';
 import { type DemoNode, GIT_VERSION } from './demo-nodes.js';
+import { labelValueError, qualifiedNameError } from './operations.js';
 
 export type Status = { code: number; reason: string; message: string; details?: Record<string, unknown> };
 
@@ -130,9 +131,26 @@ export function validateNode(node: DemoNode): void {
   const taints = node.spec.taints ?? [];
   if (!Array.isArray(taints)) throw badRequest('spec.taints must be a list');
   const seen = new Set<string>();
-  for (const taint of taints) {
+  for (const [i, taint] of taints.entries()) {
     if (!isRecord(taint) || typeof taint.key !== 'string' || taint.key === '') {
       throw invalid(node.metadata.name, 'spec.taints[].key: Required value');
+    }
+    // As the API server validates a taint (key: a qualified name, value: a label value): the demo cluster
+    // stored any string, so a client tried against it saw 200 where a real cluster answers 422.
+    const keyProblem = qualifiedNameError(taint.key);
+    if (keyProblem !== null) {
+      throw invalid(
+        node.metadata.name,
+        `spec.taints[${i}].key: Invalid value: ${JSON.stringify(taint.key)}: ${keyProblem}`,
+      );
+    }
+    const value: unknown = taint.value ?? '';
+    const valueProblem = typeof value === 'string' ? labelValueError(value) : 'must be a string';
+    if (valueProblem !== null) {
+      throw invalid(
+        node.metadata.name,
+        `spec.taints[${i}].value: Invalid value: ${JSON.stringify(value)}: ${valueProblem}`,
+      );
     }
     if (!TAINT_EFFECTS.includes(taint.effect)) {
       throw invalid(
@@ -147,6 +165,11 @@ export function validateNode(node: DemoNode): void {
   for (const [key, value] of Object.entries(node.metadata.labels ?? {})) {
     if (typeof value !== 'string')
       throw invalid(node.metadata.name, `metadata.labels: Invalid value: ${key}`);
+    const problem = qualifiedNameError(key) ?? labelValueError(value);
+    if (problem !== null) {
+      const bad = qualifiedNameError(key) === null ? value : key;
+      throw invalid(node.metadata.name, `metadata.labels: Invalid value: ${JSON.stringify(bad)}: ${problem}`);
+    }
   }
 }
 
