@@ -93,6 +93,22 @@ export function strategicMergePatch(target: unknown, patch: unknown): unknown {
 /** Parses `a=b,c!=d,e,!f,g in (x,y)` the way the API server does for the forms this app uses. */
 export function labelMatcher(selector: string): (labels: Record<string, string>) => boolean {
   const tests: ((labels: Record<string, string>) => boolean)[] = [];
+  // As the API server parses a selector: each key a qualified name, each value a label value. Matched as
+  // given, `pool=gpu=a` listed no node (200) where a real cluster answers 400.
+  const checked = (part: string, key: string, values: readonly string[]) => {
+    const problem = qualifiedNameError(key);
+    if (problem !== null)
+      throw badRequest(
+        `unable to parse requirement: ${part}: key: Invalid value: ${JSON.stringify(key)}: ${problem}`,
+      );
+    for (const value of values) {
+      const bad = labelValueError(value);
+      if (bad !== null)
+        throw badRequest(
+          `unable to parse requirement: ${part}: values: Invalid value: ${JSON.stringify(value)}: ${bad}`,
+        );
+    }
+  };
   // Split on commas outside parentheses.
   const parts = selector.match(/[^,(]+(\([^)]*\))?[^,]*/g) ?? [];
   for (const raw of parts) {
@@ -103,18 +119,22 @@ export function labelMatcher(selector: string): (labels: Record<string, string>)
     const absent = part.match(/^!(\S+)$/);
     if (equality) {
       const [, key = '', op, value = ''] = equality;
+      checked(part, key, [value]);
       tests.push(op === '!=' ? (l) => l[key] !== value : (l) => l[key] === value);
     } else if (set) {
       const [, key = '', op, list = ''] = set;
       const values = list.split(',').map((v) => v.trim());
+      checked(part, key, values);
       tests.push(
         op === 'in' ? (l) => values.includes(l[key] ?? '\0') : (l) => !values.includes(l[key] ?? '\0'),
       );
     } else if (absent) {
       const key = absent[1] ?? '';
+      checked(part, key, []);
       // Own labels only: `in` also finds what every object inherits (`constructor`, `toString`).
       tests.push((l) => !Object.hasOwn(l, key));
     } else if (/^\S+$/.test(part)) {
+      checked(part, part, []);
       tests.push((l) => Object.hasOwn(l, part));
     } else {
       throw badRequest(`unable to parse requirement: ${part}`);
