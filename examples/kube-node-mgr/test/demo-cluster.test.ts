@@ -144,6 +144,45 @@ describe('demo cluster', () => {
     expect((await patch('worker-1', 'application/json', {})).status).toBe(415);
   });
 
+  // The API server validates label keys and values and taint keys and values (a qualified name; a label
+  // value). The demo cluster stored any string, so a client tested against it (curl, a script, this app
+  // with a validation bug) saw 200 where a real cluster answers 422 Invalid.
+  it.each([
+    [
+      'a label key that is not a qualified name',
+      { metadata: { labels: { 'bad key': 'v' } } },
+      'metadata.labels',
+    ],
+    [
+      'a label key with an upper-case prefix',
+      { metadata: { labels: { 'Example.com/k': 'v' } } },
+      'metadata.labels',
+    ],
+    ['a label value with a space', { metadata: { labels: { team: 'a b' } } }, 'metadata.labels'],
+    [
+      'a label value over 63 characters',
+      { metadata: { labels: { team: 'v'.repeat(64) } } },
+      'metadata.labels',
+    ],
+    [
+      'a taint key that is not a qualified name',
+      { spec: { taints: [{ key: 'a/b/c', effect: 'NoSchedule' }] } },
+      'spec.taints[0].key',
+    ],
+    [
+      'a taint value ending in a dash',
+      { spec: { taints: [{ key: 'k', value: 'v-', effect: 'NoSchedule' }] } },
+      'spec.taints[0].value',
+    ],
+  ])('refuses %s with 422 Invalid, as the API server does', async (_what, body, field) => {
+    const before = cluster.node('worker-1');
+    const res = await patch('worker-1', MERGE, body);
+    expect(res.status).toBe(422);
+    expect(res.body).toMatchObject({ kind: 'Status', reason: 'Invalid', code: 422 });
+    expect(res.body.message).toContain(field);
+    expect(cluster.node('worker-1')).toEqual(before);
+  });
+
   it('injects failures deterministically from the seed', async () => {
     const run = async (seed: number) => {
       const c = new DemoCluster({ failureRate: 0.5, seed });

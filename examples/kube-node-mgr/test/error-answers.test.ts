@@ -66,3 +66,37 @@ describe('a fractional limit', () => {
     expect(body[field]).toHaveLength(most);
   });
 });
+
+/**
+ * A task id no task can have (a reserved word, a character outside the ids' alphabet, over 128 characters)
+ * made the store throw `invalid_input` before any read, which the app answered `500 internal` and logged as a
+ * server error; `/progress/tasks/:id` answers the same id 400.
+ */
+describe('a task id the store refuses', () => {
+  it.each([
+    ['GET', '/api/tasks/constructor'],
+    ['GET', '/api/tasks/__proto__/unrecorded'],
+    ['GET', `/api/tasks/${'a'.repeat(200)}`],
+    ['GET', '/api/tasks/a%20b'],
+    ['POST', '/api/tasks/prototype/rerun'],
+  ])('%s %s: 400 invalid_input, not internal', async (method, path) => {
+    const errors: string[] = [];
+    h = await startHarness({
+      app: {
+        logger: {
+          debug: () => {},
+          info: () => {},
+          warn: () => {},
+          error: (_obj: unknown, msg?: string) => errors.push(msg ?? ''),
+        },
+      },
+    });
+    const alice = await login(h.base, 'alice');
+    const { status, body } =
+      method === 'GET' ? await alice.get(path) : await alice.post(path, { mode: 'retry_failed' });
+    expect(status).toBe(400);
+    expect(body.error.code).toBe('invalid_input');
+    expect(body.error.message).toMatch(/task id/i);
+    expect(errors).toEqual([]);
+  });
+});

@@ -445,6 +445,13 @@ export function createApp(options: AppOptions): App {
     if (error instanceof URIError && e.status === 400) {
       return fail(res, 400, 'invalid_input', 'the URL has a malformed %-encoding');
     }
+    // A task id in the path that no task can have (`/api/tasks/constructor`, a space, over 128 characters):
+    // the store refuses it before reading, which was answered `500 internal` and logged as a server error,
+    // while `/progress/tasks/:id` answers the same id 400. The routes' store calls take no other input of the
+    // client's (owners are the session's user, kinds and messages the app's own).
+    if (isProgressError(error) && error.code === ErrorCode.InvalidInput) {
+      return fail(res, 400, 'invalid_input', error.message);
+    }
     if (isProgressError(error) && error.code === ErrorCode.Closed) {
       res.setHeader('retry-after', '1');
       return fail(res, 503, 'shutting_down', 'this server is shutting down; try again in a moment');

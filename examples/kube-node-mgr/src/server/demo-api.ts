@@ -4,6 +4,7 @@
  */
 import type http from 'node:http';
 import { type DemoNode, GIT_VERSION } from './demo-nodes.js';
+import { labelValueError, qualifiedNameError } from './operations.js';
 
 export type Status = { code: number; reason: string; message: string; details?: Record<string, unknown> };
 
@@ -92,6 +93,22 @@ export function strategicMergePatch(target: unknown, patch: unknown): unknown {
 /** Parses `a=b,c!=d,e,!f,g in (x,y)` the way the API server does for the forms this app uses. */
 export function labelMatcher(selector: string): (labels: Record<string, string>) => boolean {
   const tests: ((labels: Record<string, string>) => boolean)[] = [];
+  // As the API server parses a selector: each key a qualified name, each value a label value. Matched as
+  // given, `pool=gpu=a` listed no node (200) where a real cluster answers 400.
+  const checked = (part: string, key: string, values: readonly string[]) => {
+    const problem = qualifiedNameError(key);
+    if (problem !== null)
+      throw badRequest(
+        `unable to parse requirement: ${part}: key: Invalid value: ${JSON.stringify(key)}: ${problem}`,
+      );
+    for (const value of values) {
+      const bad = labelValueError(value);
+      if (bad !== null)
+        throw badRequest(
+          `unable to parse requirement: ${part}: values: Invalid value: ${JSON.stringify(value)}: ${bad}`,
+        );
+    }
+  };
   // Split on commas outside parentheses.
   const parts = selector.match(/[^,(]+(\([^)]*\))?[^,]*/g) ?? [];
   for (const raw of parts) {
@@ -102,18 +119,22 @@ export function labelMatcher(selector: string): (labels: Record<string, string>)
     const absent = part.match(/^!(\S+)$/);
     if (equality) {
       const [, key = '', op, value = ''] = equality;
+      checked(part, key, [value]);
       tests.push(op === '!=' ? (l) => l[key] !== value : (l) => l[key] === value);
     } else if (set) {
       const [, key = '', op, list = ''] = set;
       const values = list.split(',').map((v) => v.trim());
+      checked(part, key, values);
       tests.push(
         op === 'in' ? (l) => values.includes(l[key] ?? '\0') : (l) => !values.includes(l[key] ?? '\0'),
       );
     } else if (absent) {
       const key = absent[1] ?? '';
+      checked(part, key, []);
       // Own labels only: `in` also finds what every object inherits (`constructor`, `toString`).
       tests.push((l) => !Object.hasOwn(l, key));
     } else if (/^\S+$/.test(part)) {
+      checked(part, part, []);
       tests.push((l) => Object.hasOwn(l, part));
     } else {
       throw badRequest(`unable to parse requirement: ${part}`);
@@ -130,9 +151,26 @@ export function validateNode(node: DemoNode): void {
   const taints = node.spec.taints ?? [];
   if (!Array.isArray(taints)) throw badRequest('spec.taints must be a list');
   const seen = new Set<string>();
-  for (const taint of taints) {
+  for (const [i, taint] of taints.entries()) {
     if (!isRecord(taint) || typeof taint.key !== 'string' || taint.key === '') {
       throw invalid(node.metadata.name, 'spec.taints[].key: Required value');
+    }
+    // As the API server validates a taint (key: a qualified name, value: a label value): the demo cluster
+    // stored any string, so a client tried against it saw 200 where a real cluster answers 422.
+    const keyProblem = qualifiedNameError(taint.key);
+    if (keyProblem !== null) {
+      throw invalid(
+        node.metadata.name,
+        `spec.taints[${i}].key: Invalid value: ${JSON.stringify(taint.key)}: ${keyProblem}`,
+      );
+    }
+    const value: unknown = taint.value ?? '';
+    const valueProblem = typeof value === 'string' ? labelValueError(value) : 'must be a string';
+    if (valueProblem !== null) {
+      throw invalid(
+        node.metadata.name,
+        `spec.taints[${i}].value: Invalid value: ${JSON.stringify(value)}: ${valueProblem}`,
+      );
     }
     if (!TAINT_EFFECTS.includes(taint.effect)) {
       throw invalid(
@@ -147,6 +185,11 @@ export function validateNode(node: DemoNode): void {
   for (const [key, value] of Object.entries(node.metadata.labels ?? {})) {
     if (typeof value !== 'string')
       throw invalid(node.metadata.name, `metadata.labels: Invalid value: ${key}`);
+    const problem = qualifiedNameError(key) ?? labelValueError(value);
+    if (problem !== null) {
+      const bad = qualifiedNameError(key) === null ? value : key;
+      throw invalid(node.metadata.name, `metadata.labels: Invalid value: ${JSON.stringify(bad)}: ${problem}`);
+    }
   }
 }
 

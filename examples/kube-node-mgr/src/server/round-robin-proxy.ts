@@ -97,6 +97,11 @@ export class RoundRobinProxy {
           res.end('bad gateway');
           return;
         }
+        // Gone while the backend was being reached: nothing to send it.
+        if (res.destroyed) {
+          connection.destroy();
+          return;
+        }
         const fwd = forwarded(req, this.#options.trustForwarded === true);
         const headers: http.OutgoingHttpHeaders = {
           ...req.headers,
@@ -117,6 +122,13 @@ export class RoundRobinProxy {
           // not JSON.
           if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
           res.end('bad gateway');
+        });
+        // The client gone before its answer ended (a page reloaded or closed during an event stream or a long
+        // read): the replica's request goes too. Left open, the replica never saw its caller leave: an event
+        // stream ran on until its task ended, and reads given up when their callers go (the unrecorded nodes')
+        // read on.
+        res.on('close', () => {
+          if (!res.writableFinished) upstream.destroy();
         });
         req.pipe(upstream);
       });

@@ -3,7 +3,7 @@ import { ProgressClient } from '@finishline/client';
 import { $ } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
 import { progressClientOptions } from './progress-options.js';
-import { onSessionEnd } from './session.js';
+import { onSessionEnd, sessionMismatch } from './session.js';
 import { loadTasks } from './task-list.js';
 
 const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/progress`;
@@ -21,6 +21,10 @@ function connect(): ProgressClient {
       if (wasOpen && !conn.hidden) {
         void loadTasks();
         refreshNodesSoon();
+        // The socket may have been closed by a sign-in in another tab (it ends this browser's previous
+        // session) and reopened with the new cookie: its watches then run as that session's user while the
+        // page shows the old one. Checked as a POST refused for its token is (main.ts takes a new session).
+        sessionMismatch();
       }
       wasOpen = true;
     }

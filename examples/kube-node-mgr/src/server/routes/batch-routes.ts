@@ -134,6 +134,25 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
           extra: { locks: blocking.map((l) => ({ node: l.node, taskId: l.taskId, username: l.username })) },
         };
       }
+      // A rerun's "once per task", checked again under the node locks: the route's check is a read before
+      // them, and two reruns sent at once (two tabs, the owner and an admin, two replicas) both read "none";
+      // the locks stopped the second only while the first ran, so one read late started a second rerun once
+      // the first had ended, applying the operation to the same nodes again. Two reruns of one task in one
+      // mode lock the same nodes, and each records itself before it releases them: the one that locks second
+      // finds the first recorded.
+      if (link !== null) {
+        let earlier: TaskRecord | undefined;
+        try {
+          earlier = (await db.reruns(link.parentTaskId, link.relation))[0];
+        } catch (error) {
+          await db.unlockTask(taskId).catch(() => undefined);
+          throw error;
+        }
+        if (earlier !== undefined) {
+          await db.unlockTask(taskId);
+          return alreadyRerun(link.parentTaskId, link.relation, earlier);
+        }
+      }
       const description = `${describeOperation(op)} on ${names.length} node${names.length > 1 ? 's' : ''}`;
       let task: Awaited<ReturnType<typeof progress.tasks.create>> | undefined;
       try {
@@ -429,15 +448,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     // after a proxy's 502 hid the first answer) applied the operation to the same nodes again once the
     // first rerun had ended, undoing whatever was changed on them since. What the rerun left is rerun
     // from that task.
+    // (Checked again under the node locks, see startBatch: two reruns sent at once both read none here.)
     const earlier = (await db.reruns(id, mode))[0];
     if (earlier !== undefined) {
-      return fail(
-        res,
-        409,
-        'already_rerun',
-        `task ${id} was already ${mode === 'retry_failed' ? 'retried' : 'resumed'} by ${earlier.username} as task ${earlier.taskId}; rerun that task instead`,
-        { taskId: earlier.taskId },
-      );
+      const refused = alreadyRerun(id, mode, earlier);
+      return fail(res, refused.status, refused.code, refused.message, refused.extra);
     }
     const outcome = await itemOutcomes(store, id);
     const names =
@@ -638,6 +653,21 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   });
 
   return { settled: () => Promise.all(runs).then(() => undefined) };
+}
+
+/** The refusal of a second rerun of a task in one mode, naming the rerun to rerun instead. */
+function alreadyRerun(
+  parentTaskId: string,
+  mode: 'retry_failed' | 'resume_remaining',
+  earlier: TaskRecord,
+): { ok: false; status: number; code: string; message: string; extra: Record<string, unknown> } {
+  return {
+    ok: false,
+    status: 409,
+    code: 'already_rerun',
+    message: `task ${parentTaskId} was already ${mode === 'retry_failed' ? 'retried' : 'resumed'} by ${earlier.username} as task ${earlier.taskId}; rerun that task instead`,
+    extra: { taskId: earlier.taskId },
+  };
 }
 
 /** The optional free-text reason of a cordon (shown per node). */
