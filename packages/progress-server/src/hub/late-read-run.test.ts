@@ -22,7 +22,9 @@ afterEach(() => {
 });
 
 /** A hub over `store` whose feed the test drives, and whose own reads (page 1000) wait for `gate`. */
-function gatedHub(store: MemoryProgressStore) {
+function gatedHub(initial: MemoryProgressStore) {
+  let store = initial;
+  let wentBack = 0;
   const listeners = new Set<ChangeListener>();
   let gate: Promise<void> | undefined;
   let hubReads = 0;
@@ -54,6 +56,9 @@ function gatedHub(store: MemoryProgressStore) {
     retryDelayMs: 5,
     reads,
     maxReplayEvents: 100,
+    onWentBack: () => {
+      wentBack += 1;
+    },
   });
   hub.start();
   closers.push(() => {
@@ -77,6 +82,11 @@ function gatedHub(store: MemoryProgressStore) {
     },
     hubReads: () => hubReads,
     taskReads: () => taskReads,
+    wentBack: () => wentBack,
+    /** The store restored from `copy` under the hub (same epoch as far as the hub knows). */
+    restore: (copy: MemoryProgressStore) => {
+      store = copy;
+    },
   };
 }
 
@@ -194,5 +204,31 @@ describe("the hub's live reads of the run it follows", () => {
     // event at the hub's position, read again with them.
     expect(taskReads() - before).toBe(1);
     expect(watcher.calls).toEqual([]);
+  });
+});
+
+describe("the hub's live read of a store restored below what the hub dispatched", () => {
+  it('tells the server the store went back at once', async () => {
+    const store = new MemoryProgressStore();
+    const { hub, emit, wentBack, restore } = gatedHub(store);
+    const task = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    const backup = new MemoryProgressStore();
+    await backup.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+    await backup.append('job-1', { type: 'progress', done: 1 });
+    const watcher = recorder();
+    const stream = hub.stream('job-1', 'alice', watcher.sink);
+    const loaded = await stream.load();
+    stream.start(0, false, 0, loaded?.createdAt);
+    await until(() => watcher.caughtUp() > 0);
+    for (let i = 1; i <= 4; i++) {
+      const { event } = await store.append('job-1', { type: 'progress', done: i });
+      emit({ taskId: 'job-1', seq: event.seq, terminal: false, run: task.createdAt, events: [event] });
+    }
+    await until(() => watcher.events.length === 4);
+    // Restored to seq 1; the old log's late notice of seq 5, without its events, asks for a read.
+    restore(backup);
+    emit({ taskId: 'job-1', seq: 5, terminal: false });
+    await until(() => wentBack() > 0);
+    expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3', 'progress@4']);
   });
 });

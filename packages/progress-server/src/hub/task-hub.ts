@@ -711,11 +711,14 @@ export class TaskHub {
         if (entry.closed) return;
         if (epochs !== this.#epochs || runs !== entry.runs) continue;
         if (!ofRun) {
-          // Another run's events (or none where the run has one): left to a read of the task's run
-          // (`#checkRun` starts the hub over on it). Until then nothing past what was dispatched is read.
+          // Another run's events (or none where the run has one), or a store that went back (restored)
+          // under what was dispatched: left to a read of the task's run (`#checkRun` starts the hub over
+          // on a later one) and to the server's read of the store's epoch. Until then nothing past what
+          // was dispatched is read.
           if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
           entry.unconfirmed = 0;
           entry.emptyReads = 0;
+          this.#streamHub.wentBack();
           this.#checkRun(entry);
           return;
         }
