@@ -91,16 +91,29 @@ export class AckWriter {
    * A local watcher acknowledged `taskId` up to `seq`, of `run` (the `createdAt` its authorization read)
    * when the caller knows it. Writes are fenced to the run a read gave this writer ({@link seen}); `run`
    * fences them when no read did since the task's state was made (it was evicted after `MAX_REMEMBERED`
-   * other tasks, or dropped at an epoch change): without it such a write named the id only.
+   * other tasks, or dropped at an epoch change): without it such a write named the id only. An ack of
+   * another run than the writer's is not written under the writer's fence: one of an earlier run (a
+   * watcher of a run since purged, acknowledging late, after a load of the id's later run) marked the
+   * later run's events processed, which none of its watchers had processed; it is left to
+   * {@link ackOfRun}, which writes it only if the id is still that run. One of a later run (a load of
+   * an earlier run told the writer last) was refused by the store as another run's, and taken for
+   * written, with every ack of that run up to its seq: the writer moves on to that run, as on a read of it.
    */
   ack(taskId: string, seq: number, run?: number): void {
     if (this.#closed) return;
     let state = this.#tasks.get(taskId);
     if (state === undefined) {
       state = this.#add(taskId, run);
-    } else if (state.run === undefined && run !== undefined) {
-      state.run = run;
-      state.fence = { run };
+    } else if (run !== undefined && state.run !== run) {
+      if (state.run === undefined) {
+        state.run = run;
+        state.fence = { run };
+      } else if (run < state.run) {
+        this.ackOfRun(taskId, seq, run);
+        return;
+      } else {
+        state = this.#renew(taskId, state, run);
+      }
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
@@ -231,11 +244,16 @@ export class AckWriter {
     // ack waiting behind the write in flight, which the client never sends again (a second watcher's
     // subscribe whose load answered after a terminal event's ack lost that ack).
     if (state.run === run && mark !== undefined && state.pendingAt > mark) return;
+    this.#renew(taskId, state, run);
+  }
+
+  /** Drops `state` (a write in flight finishes) for a fresh one of `run`. */
+  #renew(taskId: string, state: AckState, run: number): AckState {
     if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
     state.retryTimer = undefined;
     state.pending = 0;
     this.#tasks.delete(taskId);
-    this.#add(taskId, run);
+    return this.#add(taskId, run);
   }
 
   #add(taskId: string, run: number | undefined): AckState {

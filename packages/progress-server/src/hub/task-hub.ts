@@ -513,6 +513,31 @@ export class TaskHub {
   }
 
   /**
+   * Whether a read of the hub's (`read`, after the seq before `held` when the hub holds the event at its
+   * position, else after its position) is of the run followed. A read names the id, not the run: one
+   * served after the run ended, was purged and its id written again (a read that waited on a busy pool,
+   * or for the store to come back) returns the later run's events, whose seqs follow on from what the hub
+   * dispatched, and handed out, they went out to the run's watchers as its own, and the run's own end
+   * never did. One read is one run's (see `#pastEnd`): the event at the position, read again, is the one
+   * dispatched (same time and type; one of a later run is stamped at or after its creation, after the
+   * purge) only in a read of the run followed. When the hub does not hold it (its position is a load's),
+   * a read that found anything is followed by a read of the task: the run followed still there means
+   * the read was of it (a run's `createdAt` never comes back). That read is once per position the hub
+   * starts from, not per event: what it dispatches it holds.
+   */
+  async #sameRun(entry: Followed, read: readonly TaskEvent[], held: TaskEvent | undefined): Promise<boolean> {
+    if (held !== undefined) {
+      const first = read[0];
+      return (
+        first !== undefined && first.seq === held.seq && first.time === held.time && first.type === held.type
+      );
+    }
+    if (read.length === 0 || entry.run === undefined) return true;
+    const task = await this.#store.getTask(entry.taskId);
+    return task?.createdAt === entry.run;
+  }
+
+  /**
    * True when `events`, read after `from`, stop short of the end of the run followed (see `endSeq`) with
    * room left in their page: a read of that run made once its end was committed returns every event up
    * to it.
@@ -673,11 +698,31 @@ export class TaskHub {
         const hinted = entry.unconfirmed;
         const from = entry.readSeq;
         const end = entry.endSeq;
-        const events = await this.#store.readEvents(entry.taskId, from, READ_LIMIT);
+        // The event at `from`, when the hub holds it, is read again with what follows: it tells the run
+        // read (see `#sameRun`) at the cost of one row, not of a read.
+        const held = from > 0 ? this.#recent.between(entry.taskId, from - 1, from)?.[0] : undefined;
+        const after = held === undefined ? from : from - 1;
+        const read = await this.#store.readEvents(entry.taskId, after, READ_LIMIT);
         if (entry.closed) return;
         // Read in the old epoch, or of the id's old run: its events mean nothing now; the loop goes on
         // from the new position.
         if (epochs !== this.#epochs || runs !== entry.runs) continue;
+        const ofRun = await this.#sameRun(entry, read, held);
+        if (entry.closed) return;
+        if (epochs !== this.#epochs || runs !== entry.runs) continue;
+        if (!ofRun) {
+          // Another run's events (or none where the run has one), or a store that went back (restored)
+          // under what was dispatched: left to a read of the task's run (`#checkRun` starts the hub over
+          // on a later one) and to the server's read of the store's epoch. Until then nothing past what
+          // was dispatched is read.
+          if (entry.readSeq !== undefined && entry.latestSeq > entry.readSeq) entry.latestSeq = entry.readSeq;
+          entry.unconfirmed = 0;
+          entry.emptyReads = 0;
+          this.#streamHub.wentBack();
+          this.#checkRun(entry);
+          return;
+        }
+        const events = held === undefined ? read : read.slice(1);
         if (events.length === 0) {
           // Announced while the read ran: committed after what it saw, maybe. Read again, not counted.
           if (entry.latestSeq > claimed || entry.unconfirmed > hinted) continue;
@@ -721,7 +766,7 @@ export class TaskHub {
           return;
         }
         entry.emptyReads = 0;
-        if (this.#shortOfEnd(entry, events, from)) {
+        if (this.#shortOfEnd(entry, events, after)) {
           // The run's end was heard during the read, which may have been served before it: read again.
           if (end !== entry.endSeq) continue;
           // Known as the read started, that end was committed before it: a read of the run followed
