@@ -79,7 +79,7 @@ export type AuthorizeHook<P extends Principal> = (
 ) => boolean | Promise<boolean>;
 
 /**
- * Which browser origins may open a socket or call the HTTP API (every route but `healthz`):
+ * Which browser origins may open a socket or call the HTTP API (every route but `healthz` and `livez`):
  * - `'same-origin'` (the default): the `Origin` header's scheme, host and port must equal the request's:
  *   its `Host` header, and `https` when the connection is TLS, else `http`. Behind a proxy that
  *   terminates TLS the request arrives as `http`: use {@link sameOrigin}`({ trustProxy: true })` there,

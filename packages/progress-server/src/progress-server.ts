@@ -430,7 +430,7 @@ export class ProgressServer<P extends Principal = Principal> {
   /**
    * Handles one upgrade request, whatever its path (for routers that dispatch upgrades themselves):
    * checks the Origin and subprotocol, authenticates, and either accepts the socket or answers with an
-   * HTTP error (400, 401, 403, 500, 503) on the raw socket. Never throws.
+   * HTTP error (400, 401, 403, 429, 500, 503) on the raw socket. Never throws.
    */
   handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): void {
     this.#sockets.handleUpgrade(request, socket, head);

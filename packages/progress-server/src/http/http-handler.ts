@@ -94,9 +94,9 @@ const EVENTS_MAX_LIMIT = 1000;
 export interface HttpHandlerContext<P extends Principal> {
   auth: Authenticator<P>;
   /**
-   * The server's `allowedOrigins`: every route but `healthz` checks the request's Origin against it, before
-   * any other answer, and lets an allowed origin read its answers (CORS, see cors.ts). (`healthz` sends no
-   * CORS headers: probes send no Origin, and a page has no use for it.)
+   * The server's `allowedOrigins`: every route but `healthz` and `livez` checks the request's Origin against
+   * it, before any other answer, and lets an allowed origin read its answers (CORS, see cors.ts). (The probes
+   * send no CORS headers: probes send no Origin, and a page has no use for it.)
    */
   allowedOrigins: AllowedOrigins;
   /** The server's `revealTaskExistence`: 403 rather than 404 for a task the principal may not watch. */
