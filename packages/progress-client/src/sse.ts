@@ -159,8 +159,9 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         onEnd(refusal, delivered, stalled);
       };
       heard();
-      // Asked again with the seq alone (no `epoch`) for a server older than epochs in ids.
-      const follow = async (epoch?: string): Promise<void> => {
+      // Asked again with the seq alone (no `epoch`) for a server older than epochs in ids; `renewed` once
+      // asked again with a fresh credential.
+      const follow = async (epoch?: string, renewed?: boolean): Promise<void> => {
         // (No `fetch` at all fails here as a `fetch` that throws does: a failed open, backed off.)
         const response = await taskRequest(o, fetchImpl as StreamingFetch, taskId, 'stream', {
           method: 'GET',
@@ -174,11 +175,17 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
         // alone. Only a malformed id gets a 400 from a newer one, which never sends this one. (At seq 0 no id
         // is sent: nothing else gets a 400, the task id being checked by `watch()`.)
-        if (response.status === 400 && epoch !== undefined) return follow();
+        if (response.status === 400 && epoch !== undefined) return follow(undefined, renewed);
         // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
         if (!response.ok && response.status !== undefined) {
           // (No text, or none read: the status says it, as for a body that is not JSON.)
-          return end(errorFromResponse(taskId, response.status, await response.text?.().catch(noop)));
+          const refusal = errorFromResponse(taskId, response.status, await response.text?.().catch(noop));
+          // An expired credential (a tab that slept past its token's lifetime) is asked again at once, once,
+          // with a fresh one from the token function, as the socket reconnects at once after a 4011 and HTTP
+          // polling asks again; expired again, the token function hands out expired credentials: fatal, as
+          // there (see `FallbackStreams`). Until 6 December 2026 the stream was refused, reported on the watch
+          // and asked again with backoff, for ever.
+          return refusal.code === ErrorCode.TokenExpired && !renewed ? follow(epoch, true) : end(refusal);
         }
         // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
         // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
