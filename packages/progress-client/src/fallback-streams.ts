@@ -178,10 +178,12 @@ export class FallbackStreams implements FallbackRuntime {
       // (No entry while opening: none in the map either, which `open` checked, so nothing deleted.)
       const own = this.#streams.get(taskId) === entry && this.#streams.delete(taskId);
       if (refusal && this.#host.current(task)) {
-        // Answered as the HTTP fallback answers the same refusal.
-        if (refusal.code === ErrorCode.Unauthenticated) return this.#host.fatal(refusal);
+        // Answered as the HTTP fallback answers the same refusal; so is a fresh credential refused as expired
+        // (the wire asked again at once with it, after the first expiry).
+        if (refusal.code === ErrorCode.Unauthenticated || refusal.code === ErrorCode.TokenExpired)
+          return this.#host.fatal(refusal);
         if (FATAL_TASK_ERRORS.has(refusal.code)) return this.#host.failTask(task, refusal);
-        task.task.emitError(refusal); // token_expired and the like: tried again below, with a fresh token
+        task.task.emitError(refusal); // 429, 503 and the like: tried again below
       }
       // Its end acknowledged here, the subscription is done as one whose end the socket acknowledged is:
       // the socket has nothing more to ask about it, and a new watch of the id asks the server (the id

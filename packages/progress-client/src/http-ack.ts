@@ -23,9 +23,6 @@ export type TaskFetch<R> = (
   },
 ) => Promise<R>;
 
-/** How many times one ack that is not answered (502, 503, no answer at all) is sent again. */
-const ACK_RETRIES = 7;
-
 /**
  * `{httpUrl}/tasks/:id/{tail}`, with the client's `headers`, `token` (a fresh one from its function) and
  * `httpCredentials`; `init.headers` are added to the client's.
@@ -63,7 +60,7 @@ export async function taskRequest<R>(
  * streams' backoff until the server answers it (a 4xx is an answer: the task is gone, or the seq is not
  * its), not after a failure (5xx, a proxy's 502, no answer at all): the server re-sends a terminal frame on
  * a socket until acknowledged, but has nothing to re-send here, so an ack lost to a proxy's 502 (its
- * replica died under it) left the task's acked seq below its end. At most 1 + ACK_RETRIES times (a minute or two
+ * replica died under it) left the task's acked seq below its end. At most 8 times (a minute or two
  * of backoff: a server down longer does not get one request per finished watch for the page's life), and
  * none after the client closed (its timers start nothing then). Each is given `connectTimeoutMs` to be
  * answered, then aborted and taken for a failure: an ack a proxy held (no answer, no error) was never
@@ -85,7 +82,9 @@ export function sendAck(
       o.timers.clearTimeout(deadline);
       // Answered too: the connection is let go, its body unread.
       abort.abort();
-      if (!answered && failures < ACK_RETRIES)
+      // Sent again 7 times at most, 8 in all. (A literal: a module constant costs bytes in the bundle, where esbuild
+      // keeps it a variable.)
+      if (!answered && failures < 7)
         timers.start(() => send(failures + 1), retryDelayMs(failures, o.httpPollIntervalMs, o.random));
     };
     // Settled here, not only aborted: an ack still waiting on the token function has no `fetch` the abort

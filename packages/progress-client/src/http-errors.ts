@@ -34,9 +34,8 @@ export function errorFromResponse(taskId: string, status: number, text: string |
   let code: ErrorCode = STATUS_CODES[status] ?? ErrorCode.Internal;
   let message = `HTTP ${status} for task ${taskId}`;
   try {
-    const error = readField(JSON.parse(text as string), 'error') as
-      | { code?: unknown; message?: unknown }
-      | undefined;
+    // (`?.`: `null` and what else JSON parses to, a string or a number, have no `error`; see `readField`.)
+    const error = JSON.parse(text as string)?.error as { code?: unknown; message?: unknown } | undefined;
     if ((ERROR_CODES as readonly unknown[]).includes(error?.code)) code = error?.code as ErrorCode;
     if (typeof error?.message === 'string') message = error.message.slice(0, 500);
   } catch {
@@ -44,9 +43,6 @@ export function errorFromResponse(taskId: string, status: number, text: string |
   }
   return new ProgressError(code, message, { taskId });
 }
-
-/** Ceiling of the backoff while the server keeps refusing (or HTTP keeps failing). */
-const MAX_RETRY_DELAY_MS = 30_000;
 
 /**
  * The wait before asking again after `failures` requests in a row failed (0 for the first): the interval,
@@ -60,7 +56,9 @@ export function retryDelayMs(failures: number, intervalMs: number, random: () =>
       failures,
       {
         initialDelayMs: intervalMs,
-        maxDelayMs: Math.max(intervalMs, MAX_RETRY_DELAY_MS),
+        // Its ceiling while the server keeps refusing (or HTTP keeps failing): 30 s, or the interval. (A
+        // literal: a module constant costs bytes in the bundle, where esbuild keeps it a variable.)
+        maxDelayMs: Math.max(intervalMs, 30_000),
         multiplier: BACKOFF_DEFAULTS.multiplier,
       },
       random,

@@ -1028,6 +1028,52 @@ describe('the SSE fallback transport', () => {
     expect(await outcome).toBe('unauthenticated');
   });
 
+  it('asks again at once with a fresh token for a stream refused as expired (401 token_expired); closes the client with token_expired when the fresh one is too', async () => {
+    // Until 6 December 2026 a stream refused as expired was reported on the watch and asked again after a
+    // failed open's backoff, for ever, where the socket reconnects at once with a fresh token (and HTTP
+    // polling asks again at once), and stops at a second expiry before any hello.
+    let issued = 0;
+    const { client, sse, scheduler, errors } = sseSetup({
+      preferFallback: true,
+      token: async () => `tok-${++issued}`,
+    });
+    /** Tokens the server takes for expired: the first, then (from `alwaysExpired`) every one. */
+    let alwaysExpired = false;
+    sse.refuses = (headers) =>
+      alwaysExpired || headers.authorization === 'Bearer tok-1'
+        ? { status: 401, text: JSON.stringify({ error: { code: 'token_expired', message: 'expired' } }) }
+        : undefined;
+    const task = new FakeTask('t1', 3);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    // The expired token's request, then at once the same with a fresh one, which is served.
+    expect(sse.streams.map((stream) => stream.headers.authorization)).toEqual([
+      'Bearer tok-1',
+      'Bearer tok-2',
+    ]);
+    const served = sse.streams[1] as SseRequest;
+    served.write(OPENING);
+    served.send({ type: 'snapshot', task: task.view() }, 0);
+    await flush();
+    expect(log).toEqual(['snapshot@0']);
+    expect(errors).toEqual([]);
+    // The token function hands out expired credentials from now on: the stream's reopen is refused, and its
+    // fresh token's too: the client stops, as the socket does.
+    alwaysExpired = true;
+    served.end();
+    await scheduler.advance(1000);
+    expect(sse.streams.slice(2).map((stream) => stream.headers.authorization)).toEqual([
+      'Bearer tok-3',
+      'Bearer tok-4',
+    ]);
+    expect(client.state).toBe('closed');
+    expect(errors.map((error) => error.code)).toEqual([ErrorCode.TokenExpired]);
+    await expect(watch.done).rejects.toMatchObject({ code: ErrorCode.TokenExpired });
+    await scheduler.advance(60_000);
+    expect(sse.streams).toHaveLength(4);
+  });
+
   it('asks again for a stream the server refuses for now (503, 429) with backoff, as the socket reconnects, and reports it', async () => {
     // Asked again every httpPollIntervalMs whatever the refusal, a watch sent a server out of store or
     // over its socket cap a request every 2 s for ever, and every watch of the page did the same.

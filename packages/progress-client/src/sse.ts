@@ -51,12 +51,6 @@ export type StreamingFetch = (
   headers?: { get(name: string): string | null };
 }>;
 
-/**
- * `@finishline/server`'s default `heartbeatIntervalMs`, for a stream that does not say how often its
- * heartbeats come (`: hello heartbeatIntervalMs=<ms>`, which servers older than 4 December 2026 do not send).
- */
-const SERVER_HEARTBEAT_MS = 15_000;
-
 /** The comment a stream opens with to say how often its heartbeats come. */
 const HEARTBEAT_INTERVAL = /^: hello heartbeatIntervalMs=(\d+)$/m;
 
@@ -112,7 +106,7 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
   const o = host.options;
   return {
     follow(task, onEnd) {
-      const { taskId, cursor, epoch } = task;
+      const { taskId, cursor } = task;
       // Where it resumes, as the watch stood when the stream was asked for.
       const seq = cursor.seq;
       const abort = new AbortController();
@@ -125,7 +119,10 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
       // `hello`: an open that a frozen replica or a holding proxy never answers used to wait the whole
       // silence timeout (32 s by default); it ends as a failed open (`served` false: backed off), not a cut.
       let quiet: () => void = noop;
-      let intervalMs = SERVER_HEARTBEAT_MS;
+      // `@finishline/server`'s default `heartbeatIntervalMs`, for a stream that does not say how often its
+      // heartbeats come (`: hello heartbeatIntervalMs=<ms>`, which servers older than 4 December 2026 do not
+      // send). (A literal: a module constant costs bytes in the bundle, where esbuild keeps it a variable.)
+      let intervalMs = 15_000;
       /** The stream brought something (its opening comment, a heartbeat, a frame): it was served. */
       let delivered = false;
       /** The open was answered as an event stream (200, its headers). */
@@ -162,27 +159,33 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
         onEnd(refusal, delivered, stalled);
       };
       heard();
-      void (async () => {
+      // Asked again with the seq alone (no `epoch`) for a server older than epochs in ids; `renewed` once
+      // asked again with a fresh credential.
+      const follow = async (epoch?: string, renewed?: boolean): Promise<void> => {
         // (No `fetch` at all fails here as a `fetch` that throws does: a failed open, backed off.)
-        const open = (epoch?: string) =>
-          taskRequest(o, fetchImpl as StreamingFetch, taskId, 'stream', {
-            method: 'GET',
-            headers: {
-              accept: 'text/event-stream',
-              // The id of the last frame applied, as the server wrote it: `<seq>~<epoch>` when the epoch is known.
-              ...(seq > 0 && { 'last-event-id': sseEventId(seq, epoch) }),
-            },
-            signal: abort.signal,
-          });
-        let response = await open(epoch);
+        const response = await taskRequest(o, fetchImpl as StreamingFetch, taskId, 'stream', {
+          method: 'GET',
+          headers: {
+            accept: 'text/event-stream',
+            // The id of the last frame applied, as the server wrote it: `<seq>~<epoch>` when the epoch is known.
+            ...(seq > 0 && { 'last-event-id': sseEventId(seq, epoch) }),
+          },
+          signal: abort.signal,
+        });
         // A server older than epochs in ids refuses `<seq>~<epoch>` (400): asked as it wrote them, the seq
         // alone. Only a malformed id gets a 400 from a newer one, which never sends this one. (At seq 0 no id
         // is sent: nothing else gets a 400, the task id being checked by `watch()`.)
-        if (response.status === 400 && epoch !== undefined) response = await open();
+        if (response.status === 400 && epoch !== undefined) return follow(undefined, renewed);
         // Refused: for good (401, 403, 404) or for now (429, 503…), which the streams' bookkeeping tells apart.
         if (!response.ok && response.status !== undefined) {
           // (No text, or none read: the status says it, as for a body that is not JSON.)
-          return end(errorFromResponse(taskId, response.status, await response.text?.().catch(noop)));
+          const refusal = errorFromResponse(taskId, response.status, await response.text?.().catch(noop));
+          // An expired credential (a tab that slept past its token's lifetime) is asked again at once, once,
+          // with a fresh one from the token function, as the socket reconnects at once after a 4011 and HTTP
+          // polling asks again; expired again, the token function hands out expired credentials: fatal, as
+          // there (see `FallbackStreams`). Until 6 December 2026 the stream was refused, reported on the watch
+          // and asked again with backoff, for ever.
+          return refusal.code === ErrorCode.TokenExpired && !renewed ? follow(epoch, true) : end(refusal);
         }
         // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
         // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
@@ -239,7 +242,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             }
           }
         }
-      })()
+      };
+      void follow(task.epoch)
         // A token function that failed (or returned no credential) is reported on the watch, as the socket
         // reports it on the client: until 6 December 2026 the stream was asked for again and again without a
         // word. Anything else (no answer, a cut) is a failed open or a cut, as a socket's is.
