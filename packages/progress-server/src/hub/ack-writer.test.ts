@@ -234,6 +234,57 @@ describe('AckWriter', () => {
     expect(writes.mock.calls[1], 'the write of run 2').toEqual(['t', 2, { run: current.createdAt }]);
     acks.close();
   });
+  it("does not write a watcher's ack of a purged run onto the run a later read told it, nor skip that run's acks", async () => {
+    // Watcher A still follows run 1 of `t` (its terminal frame re-sent until acked) while retention purged
+    // it and a new task took the id; watcher B's subscribe read run 2 (`seen`). A's ack, of run 1's seq 2,
+    // was written fenced to the state's run, run 2: it marked run 2's events processed, which none of its
+    // watchers had, and B's own ack of seq 2 was then skipped as already written.
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'old 1' });
+    await store.append('t', { type: 'cancelled' });
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    const current = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'progress', message: 'new 2' });
+    await store.append('t', { type: 'progress', message: 'new 3' });
+    acks.seen('t', 3, current.createdAt);
+    acks.ack('t', 2, old.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq after run 1's ack").toBe(0);
+    acks.ack('t', 1, current.createdAt);
+    acks.ack('t', 2, current.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq after its own acks").toBe(2);
+    acks.close();
+  });
+
+  it("writes a watcher's ack of the id's current run when the writer's state is of a run purged since", async () => {
+    // The reverse: the writer's state was made by a read of run 1 (a watcher that left), and a watcher of
+    // run 2 acks before any read told the writer run 2. Fenced to run 1, the write was refused
+    // (task_not_found), counted as written, and the ack lost.
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    acks.seen('t', 1, old.createdAt);
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    const current = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'cancelled' });
+    acks.ack('t', 2, current.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(2);
+    acks.close();
+  });
+
   it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
     const clock = new ManualClock(1000);
     const store = new MemoryProgressStore({ clock: clock.now });

@@ -91,7 +91,9 @@ export class AckWriter {
    * A local watcher acknowledged `taskId` up to `seq`, of `run` (the `createdAt` its authorization read)
    * when the caller knows it. Writes are fenced to the run a read gave this writer ({@link seen}); `run`
    * fences them when no read did since the task's state was made (it was evicted after `MAX_REMEMBERED`
-   * other tasks, or dropped at an epoch change): without it such a write named the id only.
+   * other tasks, or dropped at an epoch change): without it such a write named the id only. A `run` other
+   * than the one a read gave this writer is written as {@link ackOfRun} writes: once a read finds the id
+   * still of `run`.
    */
   ack(taskId: string, seq: number, run?: number): void {
     if (this.#closed) return;
@@ -101,6 +103,14 @@ export class AckWriter {
     } else if (state.run === undefined && run !== undefined) {
       state.run = run;
       state.fence = { run };
+    } else if (run !== undefined && run !== state.run) {
+      // The caller's run is not the one this writer's reads last saw: one of them is a run purged since and
+      // its id taken again (a watcher still following the old run, or a state made by a read of it). Fenced
+      // to the state's run, the ack of the old run went onto the new one's row (and the new run's acks up
+      // to its seq were then skipped as written), or the ack of the new run was refused as of a run gone
+      // and lost. A read tells which run the id is now (rare: a subscription's acks carry its own run).
+      this.ackOfRun(taskId, seq, run);
+      return;
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
