@@ -142,6 +142,56 @@ describe('AckWriter', () => {
     }
   });
 
+  it('writes an ack sent again after a store outage made it give up, not skipped as written', async () => {
+    vi.useFakeTimers();
+    try {
+      let down = true;
+      const writes: number[] = [];
+      const { acks, stored } = writerOver(async (_stored, _taskId, seq) => {
+        writes.push(seq);
+        if (down) throw new ProgressError(ErrorCode.StoreUnavailable, 'the database is down');
+      }, 10);
+      acks.ack('t', 5);
+      // The outage outlasts the writer's attempts: it gives up on 5.
+      await vi.advanceTimersByTimeAsync(100);
+      expect(writes).toEqual([5, 5, 5]);
+      expect(stored.get('t')).toBeUndefined();
+      down = false;
+      // Another watcher (or this one, resubscribed) acknowledges 5 once the store is back: given up on,
+      // 5 was taken as written and this ack skipped as a duplicate, and the store never got it.
+      acks.ack('t', 5);
+      await acks.flush(Date.now() + 2000);
+      expect(stored.get('t')).toBe(5);
+      acks.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('still writes a higher ack that came in while the write it gave up on was in flight', async () => {
+    vi.useFakeTimers();
+    try {
+      let down = true;
+      const writes: number[] = [];
+      const { acks, stored } = writerOver(async (_stored, _taskId, seq) => {
+        writes.push(seq);
+        await sleep(5);
+        if (down) throw new ProgressError(ErrorCode.StoreUnavailable, 'the database is down');
+      }, 10);
+      acks.ack('t', 5);
+      // Attempts of 5 at 0, 15 and 30 ms, each failing 5 ms later.
+      await vi.advanceTimersByTimeAsync(32);
+      expect(writes).toEqual([5, 5, 5]);
+      acks.ack('t', 7);
+      down = false;
+      await vi.advanceTimersByTimeAsync(100);
+      expect(stored.get('t')).toBe(7);
+      acks.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it.each([
     ['a new run of a purged id, at a lower seq', 2, 2],
     ['a new run of a purged id, at the same seq', 9, 2],

@@ -318,7 +318,13 @@ export class AckWriter {
     state.failures += 1;
     if (state.failures >= MAX_ATTEMPTS || this.#closed) {
       this.#logger.warn({ err: describeError(error), taskId, seq }, 'ack could not be recorded; giving up');
-      state.written = Math.max(state.written, seq);
+      // Not taken as written: the store does not have it. Counted as written, every later ack up to `seq`
+      // (another watcher's, a resubscribed one's re-ack of its terminal event) was skipped as a duplicate
+      // for as long as the state was kept, and the mark stayed below what watchers had. Forgotten instead,
+      // so that the next such ack writes it again; the state is then evictable, as a written one is.
+      // A higher ack that came in meanwhile is kept: it is written next, with its own attempts.
+      if (state.pending <= seq) state.pending = state.written;
+      state.failures = 0;
       return;
     }
     this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack write failed; retrying');
