@@ -252,6 +252,43 @@ describe('AckWriter', () => {
     expect(written).toEqual([7, 8]);
     acks.close();
   });
+  it('reads again, after a store outage, the run of an ack no authorization vouches for, instead of dropping it', async () => {
+    vi.useFakeTimers();
+    try {
+      let failures = 1;
+      const written: number[] = [];
+      const store = {
+        getTask: async (taskId: string) => {
+          if (failures-- > 0) throw new ProgressError(ErrorCode.StoreUnavailable, 'the database is down');
+          return { id: taskId, seq: 9, createdAt: 100 };
+        },
+        ack: async (_taskId: string, seq: number) => {
+          written.push(seq);
+          return seq;
+        },
+      } as unknown as ProgressStore;
+      const metrics = new ServerMetrics({
+        registry: undefined,
+        prefix: 'test_',
+        feed: new MemoryProgressStore().changes,
+      });
+      const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+      // The re-ack of a terminal frame behind the socket's unsubscribe: the client sends it once.
+      acks.ackOfRun('t', 9, 100);
+      await vi.advanceTimersByTimeAsync(50);
+      expect(written).toEqual([9]);
+      // During a graceful shutdown the read is not left waiting for its retry delay.
+      failures = 1;
+      acks.ackOfRun('u', 9, 100);
+      await vi.advanceTimersByTimeAsync(0);
+      await acks.flush(Date.now() + 5);
+      expect(written).toEqual([9, 9]);
+      acks.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("writes an ack fenced to the run it read: not onto a new task that took a purged run's id, and once", async () => {
     // A server read run 1 of `t` (a watcher subscribed), and its hub never heard that run 1 ended, was
     // purged and that the id was taken again (by another owner): the live watcher's ack of run 1's seq 2

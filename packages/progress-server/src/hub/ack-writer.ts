@@ -3,12 +3,12 @@
  *
  * @module
  */
-import type { ProgressStore, RunFence } from '@finishline/core';
+import type { ProgressStore, RunFence, Task } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
-import { waitAtMost } from '../wait.js';
+import { delayUnlessAborted, waitAtMost } from '../wait.js';
 
 interface AckState {
   /**
@@ -63,6 +63,8 @@ export class AckWriter {
   /** The reads of {@link ackOfRun} under way, by task: the run each checks and the highest seq it will write. */
   readonly #runChecks = new Map<string, { run: number; seq: number }>();
   #closed = false;
+  /** Aborted by {@link flush} and {@link close}: a read waiting to be retried ({@link #readRun}) goes at once. */
+  readonly #hurry = new AbortController();
   /** Acks taken so far (see {@link mark}). */
   #taken = 0;
 
@@ -145,7 +147,7 @@ export class AckWriter {
     const asked = { run, seq };
     this.#runChecks.set(taskId, asked);
     const mark = this.#taken;
-    const check = this.#store.getTask(taskId).then(
+    const check = this.#readRun(taskId).then(
       (task) => {
         if (this.#runChecks.get(taskId) === asked) this.#runChecks.delete(taskId);
         if (task === undefined || task.createdAt !== run) {
@@ -169,12 +171,32 @@ export class AckWriter {
   }
 
   /**
+   * The task, for {@link ackOfRun}: read again after `retryDelayMs` when the store is unavailable, at most
+   * `MAX_ATTEMPTS` times, as a write is. Such an ack is sent once (the re-ack of a terminal frame behind
+   * an unsubscribe): dropped at the first failed read, a store blip lost it for good. A shutdown's
+   * {@link flush} cuts the waits short.
+   */
+  async #readRun(taskId: string): Promise<Task | undefined> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await this.#store.getTask(taskId);
+      } catch (error) {
+        if (attempt >= MAX_ATTEMPTS || this.#closed || !isProgressError(error, ErrorCode.StoreUnavailable))
+          throw error;
+        this.#metrics.storeErrors.inc();
+        await delayUnlessAborted(this.#retryDelayMs, this.#hurry.signal);
+      }
+    }
+  }
+
+  /**
    * Waits until every acknowledgement received so far is written (at most until `deadline`, epoch ms of
    * the real clock). A write in flight may have a newer ack queued behind it, which starts when it lands:
    * those are waited for too. (Waiting for the first round only let a graceful shutdown drop the queued
    * one — the full chaos run found the terminal ack of a task lost that way.)
    */
   async flush(deadline: number): Promise<void> {
+    this.#hurry.abort();
     for (;;) {
       // An ack whose write failed waits on its retry timer, with nothing in flight: write it now, or the
       // shutdown's close() clears the timer and the acknowledgement is lost.
@@ -268,6 +290,7 @@ export class AckWriter {
   /** Stops writing and clears retry timers. */
   close(): void {
     this.#closed = true;
+    this.#hurry.abort();
     for (const state of this.#tasks.values()) {
       if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
       state.retryTimer = undefined;
