@@ -142,6 +142,56 @@ describe('AckWriter', () => {
     }
   });
 
+  it('writes an ack sent again after a store outage made it give up, not skipped as written', async () => {
+    vi.useFakeTimers();
+    try {
+      let down = true;
+      const writes: number[] = [];
+      const { acks, stored } = writerOver(async (_stored, _taskId, seq) => {
+        writes.push(seq);
+        if (down) throw new ProgressError(ErrorCode.StoreUnavailable, 'the database is down');
+      }, 10);
+      acks.ack('t', 5);
+      // The outage outlasts the writer's attempts: it gives up on 5.
+      await vi.advanceTimersByTimeAsync(100);
+      expect(writes).toEqual([5, 5, 5]);
+      expect(stored.get('t')).toBeUndefined();
+      down = false;
+      // Another watcher (or this one, resubscribed) acknowledges 5 once the store is back: given up on,
+      // 5 was taken as written and this ack skipped as a duplicate, and the store never got it.
+      acks.ack('t', 5);
+      await acks.flush(Date.now() + 2000);
+      expect(stored.get('t')).toBe(5);
+      acks.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('still writes a higher ack that came in while the write it gave up on was in flight', async () => {
+    vi.useFakeTimers();
+    try {
+      let down = true;
+      const writes: number[] = [];
+      const { acks, stored } = writerOver(async (_stored, _taskId, seq) => {
+        writes.push(seq);
+        await sleep(5);
+        if (down) throw new ProgressError(ErrorCode.StoreUnavailable, 'the database is down');
+      }, 10);
+      acks.ack('t', 5);
+      // Attempts of 5 at 0, 15 and 30 ms, each failing 5 ms later.
+      await vi.advanceTimersByTimeAsync(32);
+      expect(writes).toEqual([5, 5, 5]);
+      acks.ack('t', 7);
+      down = false;
+      await vi.advanceTimersByTimeAsync(100);
+      expect(stored.get('t')).toBe(7);
+      acks.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it.each([
     ['a new run of a purged id, at a lower seq', 2, 2],
     ['a new run of a purged id, at the same seq', 9, 2],
@@ -202,6 +252,43 @@ describe('AckWriter', () => {
     expect(written).toEqual([7, 8]);
     acks.close();
   });
+  it('reads again, after a store outage, the run of an ack no authorization vouches for, instead of dropping it', async () => {
+    vi.useFakeTimers();
+    try {
+      let failures = 1;
+      const written: number[] = [];
+      const store = {
+        getTask: async (taskId: string) => {
+          if (failures-- > 0) throw new ProgressError(ErrorCode.StoreUnavailable, 'the database is down');
+          return { id: taskId, seq: 9, createdAt: 100 };
+        },
+        ack: async (_taskId: string, seq: number) => {
+          written.push(seq);
+          return seq;
+        },
+      } as unknown as ProgressStore;
+      const metrics = new ServerMetrics({
+        registry: undefined,
+        prefix: 'test_',
+        feed: new MemoryProgressStore().changes,
+      });
+      const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+      // The re-ack of a terminal frame behind the socket's unsubscribe: the client sends it once.
+      acks.ackOfRun('t', 9, 100);
+      await vi.advanceTimersByTimeAsync(50);
+      expect(written).toEqual([9]);
+      // During a graceful shutdown the read is not left waiting for its retry delay.
+      failures = 1;
+      acks.ackOfRun('u', 9, 100);
+      await vi.advanceTimersByTimeAsync(0);
+      await acks.flush(Date.now() + 5);
+      expect(written).toEqual([9, 9]);
+      acks.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it("writes an ack fenced to the run it read: not onto a new task that took a purged run's id, and once", async () => {
     // A server read run 1 of `t` (a watcher subscribed), and its hub never heard that run 1 ended, was
     // purged and that the id was taken again (by another owner): the live watcher's ack of run 1's seq 2
@@ -234,6 +321,57 @@ describe('AckWriter', () => {
     expect(writes.mock.calls[1], 'the write of run 2').toEqual(['t', 2, { run: current.createdAt }]);
     acks.close();
   });
+  it("does not write a watcher's ack of a purged run onto the run a later read told it, nor skip that run's acks", async () => {
+    // Watcher A still follows run 1 of `t` (its terminal frame re-sent until acked) while retention purged
+    // it and a new task took the id; watcher B's subscribe read run 2 (`seen`). A's ack, of run 1's seq 2,
+    // was written fenced to the state's run, run 2: it marked run 2's events processed, which none of its
+    // watchers had, and B's own ack of seq 2 was then skipped as already written.
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'old 1' });
+    await store.append('t', { type: 'cancelled' });
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    const current = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'progress', message: 'new 2' });
+    await store.append('t', { type: 'progress', message: 'new 3' });
+    acks.seen('t', 3, current.createdAt);
+    acks.ack('t', 2, old.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq after run 1's ack").toBe(0);
+    acks.ack('t', 1, current.createdAt);
+    acks.ack('t', 2, current.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's ackedSeq after its own acks").toBe(2);
+    acks.close();
+  });
+
+  it("writes a watcher's ack of the id's current run when the writer's state is of a run purged since", async () => {
+    // The reverse: the writer's state was made by a read of run 1 (a watcher that left), and a watcher of
+    // run 2 acks before any read told the writer run 2. Fenced to run 1, the write was refused
+    // (task_not_found), counted as written, and the ack lost.
+    const clock = new ManualClock(1000);
+    const store = new MemoryProgressStore({ clock: clock.now });
+    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
+    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    acks.seen('t', 1, old.createdAt);
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    const current = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'cancelled' });
+    acks.ack('t', 2, current.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(2);
+    acks.close();
+  });
+
   it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
     const clock = new ManualClock(1000);
     const store = new MemoryProgressStore({ clock: clock.now });

@@ -3,12 +3,12 @@
  *
  * @module
  */
-import type { ProgressStore, RunFence } from '@finishline/core';
+import type { ProgressStore, RunFence, Task } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
-import { waitAtMost } from '../wait.js';
+import { delayUnlessAborted, waitAtMost } from '../wait.js';
 
 interface AckState {
   /**
@@ -63,6 +63,8 @@ export class AckWriter {
   /** The reads of {@link ackOfRun} under way, by task: the run each checks and the highest seq it will write. */
   readonly #runChecks = new Map<string, { run: number; seq: number }>();
   #closed = false;
+  /** Aborted by {@link flush} and {@link close}: a read waiting to be retried ({@link #readRun}) goes at once. */
+  readonly #hurry = new AbortController();
   /** Acks taken so far (see {@link mark}). */
   #taken = 0;
 
@@ -91,29 +93,26 @@ export class AckWriter {
    * A local watcher acknowledged `taskId` up to `seq`, of `run` (the `createdAt` its authorization read)
    * when the caller knows it. Writes are fenced to the run a read gave this writer ({@link seen}); `run`
    * fences them when no read did since the task's state was made (it was evicted after `MAX_REMEMBERED`
-   * other tasks, or dropped at an epoch change): without it such a write named the id only. An ack of
-   * another run than the writer's is not written under the writer's fence: one of an earlier run (a
-   * watcher of a run since purged, acknowledging late, after a load of the id's later run) marked the
-   * later run's events processed, which none of its watchers had processed; it is left to
-   * {@link ackOfRun}, which writes it only if the id is still that run. One of a later run (a load of
-   * an earlier run told the writer last) was refused by the store as another run's, and taken for
-   * written, with every ack of that run up to its seq: the writer moves on to that run, as on a read of it.
+   * other tasks, or dropped at an epoch change): without it such a write named the id only. A `run` other
+   * than the one a read gave this writer is written as {@link ackOfRun} writes: once a read finds the id
+   * still of `run`.
    */
   ack(taskId: string, seq: number, run?: number): void {
     if (this.#closed) return;
     let state = this.#tasks.get(taskId);
     if (state === undefined) {
       state = this.#add(taskId, run);
-    } else if (run !== undefined && state.run !== run) {
-      if (state.run === undefined) {
-        state.run = run;
-        state.fence = { run };
-      } else if (run < state.run) {
-        this.ackOfRun(taskId, seq, run);
-        return;
-      } else {
-        state = this.#renew(taskId, state, run);
-      }
+    } else if (state.run === undefined && run !== undefined) {
+      state.run = run;
+      state.fence = { run };
+    } else if (run !== undefined && run !== state.run) {
+      // The caller's run is not the one this writer's reads last saw: one of them is a run purged since and
+      // its id taken again (a watcher still following the old run, or a state made by a read of it). Fenced
+      // to the state's run, the ack of the old run went onto the new one's row (and the new run's acks up
+      // to its seq were then skipped as written), or the ack of the new run was refused as of a run gone
+      // and lost. A read tells which run the id is now (rare: a subscription's acks carry its own run).
+      this.ackOfRun(taskId, seq, run);
+      return;
     }
     if (seq <= state.written || seq <= state.pending) return;
     state.pending = seq;
@@ -148,7 +147,7 @@ export class AckWriter {
     const asked = { run, seq };
     this.#runChecks.set(taskId, asked);
     const mark = this.#taken;
-    const check = this.#store.getTask(taskId).then(
+    const check = this.#readRun(taskId).then(
       (task) => {
         if (this.#runChecks.get(taskId) === asked) this.#runChecks.delete(taskId);
         if (task === undefined || task.createdAt !== run) {
@@ -172,12 +171,32 @@ export class AckWriter {
   }
 
   /**
+   * The task, for {@link ackOfRun}: read again after `retryDelayMs` when the store is unavailable, at most
+   * `MAX_ATTEMPTS` times, as a write is. Such an ack is sent once (the re-ack of a terminal frame behind
+   * an unsubscribe): dropped at the first failed read, a store blip lost it for good. A shutdown's
+   * {@link flush} cuts the waits short.
+   */
+  async #readRun(taskId: string): Promise<Task | undefined> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        return await this.#store.getTask(taskId);
+      } catch (error) {
+        if (attempt >= MAX_ATTEMPTS || this.#closed || !isProgressError(error, ErrorCode.StoreUnavailable))
+          throw error;
+        this.#metrics.storeErrors.inc();
+        await delayUnlessAborted(this.#retryDelayMs, this.#hurry.signal);
+      }
+    }
+  }
+
+  /**
    * Waits until every acknowledgement received so far is written (at most until `deadline`, epoch ms of
    * the real clock). A write in flight may have a newer ack queued behind it, which starts when it lands:
    * those are waited for too. (Waiting for the first round only let a graceful shutdown drop the queued
    * one — the full chaos run found the terminal ack of a task lost that way.)
    */
   async flush(deadline: number): Promise<void> {
+    this.#hurry.abort();
     for (;;) {
       // An ack whose write failed waits on its retry timer, with nothing in flight: write it now, or the
       // shutdown's close() clears the timer and the acknowledgement is lost.
@@ -276,6 +295,7 @@ export class AckWriter {
   /** Stops writing and clears retry timers. */
   close(): void {
     this.#closed = true;
+    this.#hurry.abort();
     for (const state of this.#tasks.values()) {
       if (state.retryTimer !== undefined) clearTimeout(state.retryTimer);
       state.retryTimer = undefined;
@@ -326,7 +346,13 @@ export class AckWriter {
     state.failures += 1;
     if (state.failures >= MAX_ATTEMPTS || this.#closed) {
       this.#logger.warn({ err: describeError(error), taskId, seq }, 'ack could not be recorded; giving up');
-      state.written = Math.max(state.written, seq);
+      // Not taken as written: the store does not have it. Counted as written, every later ack up to `seq`
+      // (another watcher's, a resubscribed one's re-ack of its terminal event) was skipped as a duplicate
+      // for as long as the state was kept, and the mark stayed below what watchers had. Forgotten instead,
+      // so that the next such ack writes it again; the state is then evictable, as a written one is.
+      // A higher ack that came in meanwhile is kept: it is written next, with its own attempts.
+      if (state.pending <= seq) state.pending = state.written;
+      state.failures = 0;
       return;
     }
     this.#logger.debug({ err: describeError(error), taskId, seq }, 'ack write failed; retrying');
