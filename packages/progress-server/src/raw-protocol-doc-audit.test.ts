@@ -854,7 +854,9 @@ describe("another principal's task (doc: Example session, HTTP API)", () => {
     const client = await connect();
     client.send({ type: 'subscribe', id: 'a', taskId: 'bobs', afterSeq: 0 });
     client.send({ type: 'subscribe', id: 'b', taskId: 'nobodys', afterSeq: 0 });
-    const [theirs, missing] = await Promise.all(['a', 'b'].map((id) => client.next((f) => f.requestId === id)));
+    const [theirs, missing] = await Promise.all(
+      ['a', 'b'].map((id) => client.next((f) => f.requestId === id)),
+    );
     expect([theirs?.code, theirs?.message.replace('bobs', 'X')]).toEqual([
       missing?.code,
       missing?.message.replace('nobodys', 'X'),
@@ -872,6 +874,9 @@ describe('the socket cap at the upgrade (doc: Close codes, 4009)', () => {
     const second = new Raw(env!.wsUrl, { headers: bearer() });
     clients.push(second);
     const { code } = await second.closed;
-    expect([second.frames.map((f) => [f.type, f.code]), code]).toEqual([[['error', 'too_many_sockets']], 4009]);
+    expect([second.frames.map((f) => [f.type, f.code]), code]).toEqual([
+      [['error', 'too_many_sockets']],
+      4009,
+    ]);
   });
 });
