@@ -1,7 +1,7 @@
 import type { SnapshotFrame, TaskEvent } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { credentialOf } from './connection.js';
+import { credentialOf, tokenProviderFailed } from './connection.js';
 import { decodeServerText } from './frame-check.js';
 import { sendAck } from './http-ack.js';
 import { errorFromResponse, readField, retryDelayMs } from './http-errors.js';
@@ -26,6 +26,12 @@ import type { FallbackOptions, FetchLike, HttpCredentials, TokenSource } from '.
  * @internal
  * @module
  */
+
+/**
+ * The errors `HttpApi` throws for its token function's failures: `unauthenticated` as the server's 401 is,
+ * which closes the client, where these are polled again with backoff (see `catchUp`).
+ */
+const TOKEN_FAILURES = new WeakSet<ProgressError>();
 
 /** What {@link HttpApi} needs. @internal */
 export interface HttpApiOptions {
@@ -124,9 +130,21 @@ export class HttpApi {
     let text: string;
     try {
       // What is no credential fails as a throw (see `credentialOf`), not a request the server refuses with
-      // 401, which closes the client.
-      const credential =
-        typeof token === 'function' ? credentialOf(await Promise.race([token(), given])) : token;
+      // 401, which closes the client. A failure is thrown as the socket and the SSE stream report it
+      // (`unauthenticated`, with the failure as its `cause`), marked as the token function's: polled again
+      // with backoff, where the server's 401 closes the client (see `catchUp`). Until 6 December 2026 it
+      // was reported as `internal`, and a function that threw a ProgressError `unauthenticated` of its own
+      // was taken for the server's 401. (The deadline's own error, no answer or closed, as it is.)
+      let credential = token;
+      if (typeof token === 'function')
+        try {
+          credential = credentialOf(await Promise.race([token(), given]));
+        } catch (cause) {
+          if (deadline.signal.aborted) throw cause;
+          const failure = tokenProviderFailed(cause);
+          TOKEN_FAILURES.add(failure);
+          throw failure;
+        }
       if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
       try {
         const response = await Promise.race([
@@ -365,9 +383,13 @@ class HttpPoller implements HttpFallbackRuntime {
               taskId: task.taskId,
             });
       if (!host.current(task)) return;
-      if (problem.code === ErrorCode.Unauthenticated || problem.code === ErrorCode.TokenExpired) {
+      if (
+        (problem.code === ErrorCode.Unauthenticated && !TOKEN_FAILURES.has(problem)) ||
+        problem.code === ErrorCode.TokenExpired
+      ) {
         // What a browser sees of an upgrade refused for lack of credentials: retrying cannot help; nor a
-        // fresh credential refused as expired again (`#get`).
+        // fresh credential refused as expired again (`#get`). Not the token function's failure, reported on
+        // the watch and polled again, as the socket retries a connect whose token function failed.
         host.fatal(problem);
         return;
       }

@@ -8,6 +8,7 @@ import {
   PROTOCOL_NAME,
   PROTOCOL_NAME_V1,
   PROTOCOL_VERSION,
+  ProgressError,
 } from '@finishline/core';
 import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it, vi } from 'vitest';
@@ -1736,6 +1737,81 @@ describe('HTTP fallback', () => {
       expect(log).toContain('snapshot@0');
       expect(client.state).not.toBe('closed');
       expect(errors.map((error) => error.code)).not.toContain(ErrorCode.Unauthenticated);
+      await client.close();
+    },
+  );
+
+  it.each([
+    [
+      'throws',
+      (failure: Error) => () => {
+        throw failure;
+      },
+    ],
+    ['rejects', (failure: Error) => async () => Promise.reject(failure)],
+    [
+      'throws a ProgressError of its own',
+      (failure: Error) => () => {
+        throw new ProgressError(ErrorCode.Unauthenticated, 'not logged in', { cause: failure });
+      },
+    ],
+    ['returns no credential', () => () => undefined],
+  ] as const)(
+    'reports a token function that %s on the polled watch as unauthenticated, its failure as the cause, and polls again with backoff',
+    async (_, failing) => {
+      // Until 6 December 2026 the poll reported it as `internal` ("HTTP catch-up failed"), where the socket
+      // and the SSE stream report `unauthenticated` with the failure as its `cause`; and one that threw a
+      // ProgressError `unauthenticated` of its own was taken for the server's 401, which closed the client.
+      const failure = new Error('refresh failed');
+      let fails = true;
+      let calls = 0;
+      const bad = failing(failure);
+      const { client, server, scheduler, http, errors } = setup({
+        httpFallbackAfterAttempts: 1,
+        httpPollIntervalMs: 1000,
+        token: (() => {
+          calls++;
+          return fails ? bad() : 'tok';
+        }) as () => string,
+      });
+      http.tasks.set('t1', new FakeTask('t1', 1));
+      const watch = client.watch('t1');
+      const reported: ProgressError[] = [];
+      watch.on('error', (error) => reported.push(error));
+      const log = record(watch);
+      server.last.serverClose(1006); // no socket: HTTP polls
+      await scheduler.advance(0);
+      await flush();
+      expect(http.requests).toEqual([]);
+      expect(reported).toHaveLength(1);
+      const [first] = reported;
+      expect(first?.code).toBe(ErrorCode.Unauthenticated);
+      // The function's failure (or what it returned) as the cause, as the socket's `tokenProviderFailed`.
+      const cause = first?.cause;
+      if (_ === 'returns no credential') expect(cause).toBeUndefined();
+      else if (_ === 'throws a ProgressError of its own')
+        expect(cause).toMatchObject({ code: ErrorCode.Unauthenticated, cause: failure });
+      else expect(cause).toBe(failure);
+      // Polled again with the backoff of a failed poll: after 1.5 s (interval + 0.5 of a 1 s step), then 2 s.
+      expect(calls).toBe(1);
+      await scheduler.advance(1499);
+      expect(calls).toBe(1);
+      await scheduler.advance(1);
+      await flush();
+      expect(calls).toBe(2);
+      await scheduler.advance(2000);
+      await flush();
+      expect(calls).toBe(3);
+      expect(reported.map((error) => error.code)).toEqual(Array(3).fill(ErrorCode.Unauthenticated));
+      expect(client.state).not.toBe('closed');
+      expect(errors).toEqual([]);
+      // Once the function answers, the watch is caught up.
+      fails = false;
+      await scheduler.advance(10_000);
+      await flush();
+      expect(log).toContain('snapshot@0');
+      expect(http.requests.length).toBeGreaterThan(0);
+      expect(client.state).not.toBe('closed');
       await client.close();
     },
   );
