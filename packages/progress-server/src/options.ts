@@ -272,7 +272,9 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    * pays the per-socket limit); the burst is the larger of `maxSubscriptionsPerPrincipal` and one second of
    * this rate. Refusals count as rate-limit
    * violations of the socket that sent them (4008 if they go on). Each request of the HTTP API takes a
-   * token of the same budget (429 `rate_limited`, `Retry-After: 1`, when there is none).
+   * token of the same budget (429 `rate_limited`, `Retry-After: 1`, when there is none); a list of tasks
+   * (`GET …/tasks`), which runs `authorize` for each task it lists, takes one per 50 tasks of its `limit`
+   * (rounded up; at most the burst).
    * @default 500
    */
   rateLimitPerPrincipalPerSecond?: number | undefined;

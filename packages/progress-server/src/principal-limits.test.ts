@@ -195,6 +195,58 @@ describe('per-principal caps', () => {
     clock.advance(1000);
     expect((await get('mallory', 'nope-5')).status).toBe(404);
   });
+  it("charges a list of tasks one token of its principal's budget per 50 tasks it asks for, so authorize runs at most 50 times a token", async () => {
+    // A list authorizes each task it lists, as a socket's subscribe does for one token; for the one token
+    // of its request a list of 1,000 ran the hook 1,000 times. Budget: 40 tokens, 40/s.
+    const clock = new ManualClock();
+    const authorize = vi.fn(
+      (principal: { id: string }, task: { owner: string }) => task.owner === principal.id,
+    );
+    env = await startServer({
+      rateLimitPerPrincipalPerSecond: 40,
+      maxSubscriptionsPerPrincipal: 1,
+      clock: clock.now,
+      authorize,
+    });
+    for (let index = 0; index < 100; index += 1) {
+      await env.server.tasks.create({ owner: 'mallory', kind: 'k' });
+    }
+    const list = async (query: string) => {
+      const response = await fetch(`${env!.httpUrl}/progress/tasks${query}`, {
+        headers: { 'x-user': 'mallory' },
+      });
+      const body = (await response.json()) as { tasks?: unknown[] };
+      return { status: response.status, listed: body.tasks?.length };
+    };
+    // limit=1000 costs 20 tokens: two such lists, then 429 before the store or the hook.
+    expect(await list('?limit=1000')).toEqual({ status: 200, listed: 100 });
+    expect(await list('?limit=1000')).toEqual({ status: 200, listed: 100 });
+    expect((await list('?limit=1000')).status).toBe(429);
+    expect(authorize).toHaveBeenCalledTimes(200);
+    expect(await metric('principalLimits', 'rate')).toBe(1);
+    // A page of the default size (50) costs one token, as any request: 40 of them a refilled budget.
+    clock.advance(1000);
+    for (let index = 0; index < 40; index += 1) {
+      expect(await list(index % 2 === 0 ? '' : '?limit=50')).toEqual({ status: 200, listed: 50 });
+    }
+    expect((await list('?limit=50')).status).toBe(429);
+  });
+
+  it('lets a list dearer than the whole budget through when the budget is full', async () => {
+    // Burst 1: the price of a list of 1,000 (20 tokens) is capped at it, or no such list ever passed.
+    const clock = new ManualClock();
+    env = await startServer({
+      rateLimitPerPrincipalPerSecond: 1,
+      maxSubscriptionsPerPrincipal: 1,
+      clock: clock.now,
+    });
+    const list = async () =>
+      (await fetch(`${env!.httpUrl}/progress/tasks?limit=1000`, { headers: { 'x-user': 'alice' } })).status;
+    expect(await list()).toBe(200);
+    expect(await list()).toBe(429);
+    clock.advance(1000);
+    expect(await list()).toBe(200);
+  });
 });
 
 describe('HTTP API reads', () => {

@@ -42,21 +42,28 @@ export class PrincipalLimits {
    * `maxSubscriptionsPerPrincipal` (a principal reconnecting resubscribes to everything at once) and one
    * second of its rate (so a small subscription cap does not also starve acks, pings and unsubscribes);
    * its rate bounds what all its sockets together make the server do, however many sockets it opened.
-   * Each request of the HTTP API takes one as well.
+   * Each request of the HTTP API takes one as well, a list of tasks one per page of 50 it asks for.
+   * `cost` is capped at the burst, so that a request costing more than a small budget holds can still pass
+   * once it is full.
    */
-  takeFrame(principalId: string): boolean {
+  takeFrame(principalId: string, cost = 1): boolean {
     // HTTP requests take tokens too, of principals that may never open (and so never close) a socket.
     this.#forgetRefilledBuckets();
     let bucket = this.#buckets.get(principalId);
     if (bucket === undefined) {
       bucket = new TokenBucket({
-        capacity: Math.max(this.#maxSubscriptions, this.#ratePerSecond),
+        capacity: this.#burst,
         refillPerSecond: this.#ratePerSecond,
         clock: this.#clock,
       });
       this.#buckets.set(principalId, bucket);
     }
-    return bucket.tryTake();
+    return bucket.tryTake(Math.min(cost, this.#burst));
+  }
+
+  /** The budget's burst (see {@link takeFrame}). */
+  get #burst(): number {
+    return Math.max(this.#maxSubscriptions, this.#ratePerSecond);
   }
 
   get maxSockets(): number {

@@ -128,6 +128,50 @@ describe('first-frame authentication', () => {
     ]);
   });
 
+  it('closes with 1008 once the frames held behind a checked auth frame pass 64 KiB, however few', async () => {
+    // The token hook never answers: the frames behind the auth frame are held until the deadline (4004).
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: () => new Promise<never>(() => {}),
+      authTimeoutMs: 5_000,
+    });
+    const client = session.track(new RawClient(session.env.wsUrl));
+    await client.opened;
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    // Nine frames, far below the count bound (200), but of 8 KiB tokens each: 72 KiB held.
+    for (let index = 0; index < 9; index += 1) {
+      client.send({ type: 'auth', token: 'x'.repeat(8_000), protocol: 2 });
+    }
+    const { code, reason } = await client.closed;
+    expect({ code, reason }).toEqual({
+      code: 1008,
+      reason: 'too many frames before authentication completed',
+    });
+  });
+
+  it('still holds 200 subscribes with ids at their length limits behind a slowly checked auth frame', async () => {
+    await session.start({
+      authenticate: () => null,
+      authenticateToken: async (token) => {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        return tokenAuth(token);
+      },
+      maxSubscriptionsPerSocket: 200,
+    });
+    const client = session.track(new RawClient(session.env.wsUrl));
+    await client.opened;
+    client.send({ type: 'auth', token: 'token-alice', protocol: 2 });
+    for (let index = 0; index < 200; index += 1) {
+      const id = String(index).padStart(64, 'r');
+      client.send({ type: 'subscribe', id, taskId: String(index).padStart(128, 't'), afterSeq: 0 });
+    }
+    // Each unknown task is answered `task_not_found`: every subscribe was held, then handled.
+    await client.next((frame) => frame.requestId === String(199).padStart(64, 'r'));
+    const codes = client.frames.slice(1).map((frame) => frame.code);
+    expect(codes).toEqual(new Array(200).fill('task_not_found'));
+    expect(client.frames[0]?.type).toBe('hello');
+  });
+
   it('closes with 4004 when no auth frame arrives in time', async () => {
     await session.start({ authenticate: () => null, authenticateToken: tokenAuth, authTimeoutMs: 30 });
     const client = session.track(new RawClient(session.env.wsUrl));

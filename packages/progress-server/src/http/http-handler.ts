@@ -573,25 +573,15 @@ async function serveRoute<P extends Principal>(
   // Each request costs a token of the principal's budget, the one its sockets' frames share
   // (`rateLimitPerPrincipalPerSecond`): every route reads the store, and nothing else bounded how many
   // reads a second one principal's requests made (a flood of lookups of unknown task ids, say).
-  if (!ctx.streams.limits.takeFrame(principal.id)) {
-    ctx.metrics.principalLimits.inc({ limit: 'rate' });
-    throw new HttpError(
-      ErrorCode.RateLimited,
-      "Rate limit exceeded: this principal's requests and socket frames share one budget; retry later",
-      { headers: { 'retry-after': '1' } },
-    );
-  }
+  // A list of tasks costs more (see `LIST_TASKS_PER_TOKEN`), taken in one go so that a budget whose burst is
+  // below its price still lets it through when full.
+  chargeRequest(ctx, principal.id, route.name === 'list' ? listCost(url) : 1);
   const store = readsInTurn(ctx, principal.id);
 
   switch (route.name) {
     case 'list': {
       const statuses = parseStatuses(url.searchParams.get('status'));
-      const limit = parseInteger(url.searchParams.get('limit'), {
-        name: 'limit',
-        fallback: STORE_DEFAULTS.listLimit,
-        min: 1,
-        max: 1000,
-      });
+      const limit = parseInteger(url.searchParams.get('limit'), LIST_LIMIT);
       const tasks = await store.listTasks({
         owner: principal.id,
         limit,
@@ -874,8 +864,51 @@ class AnswerWriter {
 }
 
 /**
+ * Takes `cost` tokens of the principal's rate budget (`rateLimitPerPrincipalPerSecond`, shared with its
+ * sockets' frames), or refuses the request 429 `rate_limited` with `Retry-After: 1`.
+ */
+function chargeRequest<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+  principalId: string,
+  cost: number,
+): void {
+  if (ctx.streams.limits.takeFrame(principalId, cost)) return;
+  ctx.metrics.principalLimits.inc({ limit: 'rate' });
+  throw new HttpError(
+    ErrorCode.RateLimited,
+    "Rate limit exceeded: this principal's requests and socket frames share one budget; retry later",
+    { headers: { 'retry-after': '1' } },
+  );
+}
+
+/**
+ * Tasks of `GET …/tasks` one token of the principal's rate budget pays for: the store's default page, so
+ * a list of the default size costs one token as any request does, and one of 1,000 (the most) costs 20.
+ * Charged for the page asked for, before the store is read: the tasks listed are not known before, and
+ * the read is as dear as the checks.
+ */
+const LIST_TASKS_PER_TOKEN: number = STORE_DEFAULTS.listLimit;
+
+/**
+ * The tokens a list costs: one per {@link LIST_TASKS_PER_TOKEN} tasks of its `limit`, rounded up. `authorize`
+ * runs for each task listed, as for each subscribe of a socket, which pays a token: for the one token of
+ * its request, a list of 1,000 ran the hook 1,000 times, 500,000 calls a second within a principal's
+ * default budget. A `limit` the route refuses (400) costs one token, as any request.
+ */
+function listCost(url: URL): number {
+  try {
+    return Math.ceil(parseInteger(url.searchParams.get('limit'), LIST_LIMIT) / LIST_TASKS_PER_TOKEN);
+  } catch {
+    return 1;
+  }
+}
+
+/** `GET …/tasks`'s `limit`. */
+const LIST_LIMIT = { name: 'limit', fallback: STORE_DEFAULTS.listLimit, min: 1, max: 1000 } as const;
+
+/**
  * Most `authorize` calls one `GET …/tasks` has in flight. The list authorizes each of its up to 1,000
- * tasks, for one token of the principal's rate limit: all at once, one request started a thousand calls of
+ * tasks (for one token of the principal's rate limit until 6 December 2026; see {@link listCost}): all at once, one request started a thousand calls of
  * an async hook together (an authorization service, a database pool), and a few such requests starved
  * every other request's checks. A list whose hook is slow takes longer instead.
  */

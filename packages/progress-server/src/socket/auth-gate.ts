@@ -48,6 +48,16 @@ export interface GateHost<P extends Principal> {
   guard(fn: () => void): void;
 }
 
+/**
+ * Most bytes of frames held behind an `auth` frame while its token is checked (their encoded sizes
+ * summed), besides the count bound (`rateLimitBurst`). Counted alone, 200 frames of up to `maxPayloadBytes`
+ * each (`auth` frames of 8 KiB tokens: 1.6 MB, security review of 6 December 2026) were held per socket
+ * that had not authenticated, times the sockets an address may hold open unauthenticated. 64 KiB holds the
+ * 200 pipelined `subscribe` frames the protocol allows even with ids at their 128-character limit; more
+ * closes with 1008, as too many frames do.
+ */
+export const MAX_PENDING_BYTES_BEFORE_AUTH = 64 * 1024;
+
 /** setTimeout takes at most 2^31 - 1 ms; a later expiry is re-armed when that fires. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -56,6 +66,8 @@ export class AuthGate<P extends Principal> {
   readonly #host: GateHost<P>;
   /** Frames that arrived while an `auth` frame was being checked; replayed once it succeeds. */
   readonly #pending: DecodeResult<ClientFrame>[] = [];
+  /** The encoded bytes of {@link #pending}'s frames (see {@link MAX_PENDING_BYTES_BEFORE_AUTH}). */
+  #pendingBytes = 0;
   #principal: P | undefined;
   #checking = false;
   /**
@@ -109,15 +121,20 @@ export class AuthGate<P extends Principal> {
     this.#authTimer = timer;
   }
 
-  /** A frame on a socket that is not authenticated yet. */
-  beforeAuth(decoded: DecodeResult<ClientFrame>): void {
+  /** A frame on a socket that is not authenticated yet; `bytes` is its encoded size. */
+  beforeAuth(decoded: DecodeResult<ClientFrame>, bytes: number): void {
     if (this.#checking) {
-      // A client may pipeline its subscribes behind the auth frame; keep a bounded number of them.
-      if (this.#pending.length >= this.#host.options.rateLimitBurst) {
+      // A client may pipeline its subscribes behind the auth frame; keep a bounded number of them, of a
+      // bounded size together.
+      if (
+        this.#pending.length >= this.#host.options.rateLimitBurst ||
+        this.#pendingBytes + bytes > MAX_PENDING_BYTES_BEFORE_AUTH
+      ) {
         this.#host.close(CloseCode.PolicyViolation, 'too many frames before authentication completed');
         return;
       }
       this.#pending.push(decoded);
+      this.#pendingBytes += bytes;
       return;
     }
     if (!decoded.ok && decoded.error.code === ErrorCode.UnsupportedProtocol) {
@@ -230,6 +247,7 @@ export class AuthGate<P extends Principal> {
     if (this.#expiryTimer !== undefined) clearTimeout(this.#expiryTimer);
     this.#expiryTimer = undefined;
     this.#pending.length = 0;
+    this.#pendingBytes = 0;
     this.#nextRenewal = undefined;
   }
 
@@ -283,6 +301,7 @@ export class AuthGate<P extends Principal> {
     this.stopWaiting();
     const admit = () => {
       this.#admit(principal);
+      this.#pendingBytes = 0;
       for (const pending of this.#pending.splice(0)) {
         if (this.#host.state() !== 'open') break;
         this.#host.replay(pending);

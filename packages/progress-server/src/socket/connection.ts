@@ -306,7 +306,7 @@ export class Connection<P extends Principal> {
       return;
     }
     if (this.#state === 'authenticating') {
-      this.#gate.beforeAuth(decoded);
+      this.#gate.beforeAuth(decoded, rawByteLength(data));
       return;
     }
     this.#onDecoded(decoded);
@@ -497,4 +497,10 @@ function reconnectHint(sockets: number, perSecond: number): { reconnectDelayMs?:
   if (perSecond === 0) return {};
   const spreadMs = Math.ceil((sockets * 1000) / perSecond);
   return spreadMs > 100 ? { reconnectDelayMs: Math.min(spreadMs, 30_000) } : {};
+}
+
+/** The encoded size of a message as `ws` hands it over (one buffer, fragments, or an ArrayBuffer). */
+function rawByteLength(data: WebSocket.RawData): number {
+  if (Array.isArray(data)) return data.reduce((sum, chunk) => sum + chunk.byteLength, 0);
+  return data.byteLength;
 }
