@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { ProgressError } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { restorableStore, startServer, type TestServer } from './testing/harness.js';
-import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp, userTokens } from './testing/raw-http.js';
+import { restorableStore } from './testing/harness.js';
+import { bearer, jsonHeaders, userTokens } from './testing/raw-http.js';
+import { errorOf, eventAt, rawSession, snapshotOf } from './testing/raw-session.js';
 import { type Frame, Raw, WAIT } from './testing/raw-socket.js';
 
 /**
@@ -17,34 +18,12 @@ import { type Frame, Raw, WAIT } from './testing/raw-socket.js';
  * `node:http` request is testing/raw-http.ts, shared with raw-http-protocol.test.ts.
  */
 
-let env: TestServer | undefined;
-const clients: Raw[] = [];
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await env?.close();
-  env = undefined;
-});
-
-async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise<TestServer> {
-  env = await startServer({ ...RAW_SOCKET_SERVER_OPTIONS, ...overrides });
-  return env;
-}
+const session = rawSession();
+const { clients, start, http } = session;
 
 /** Opens a socket, authenticates with an `auth` first frame (doc: Authentication 2) and waits for `hello`. */
-async function connect(token = 'alice', opts: { protocols?: string[] } = {}): Promise<Raw> {
-  const client = new Raw(env!.wsUrl, opts);
-  clients.push(client);
-  await client.open;
-  const version = client.ws.protocol === 'finishline.v1' || client.ws.protocol === '' ? 1 : 2;
-  client.send({ type: 'auth', token, protocol: version });
-  await client.next((f) => f.type === 'hello');
-  return client;
-}
-
-const eventAt = (taskId: string, seq: number) => (f: Frame) =>
-  f.type === 'event' && f.event.taskId === taskId && f.event.seq === seq;
-const snapshotOf = (taskId: string) => (f: Frame) => f.type === 'snapshot' && f.task.id === taskId;
-const errorOf = (code: string) => (f: Frame) => f.type === 'error' && f.code === code;
+const connect = (token = 'alice', opts: { protocols?: string[] } = {}): Promise<Raw> =>
+  session.connect(token, opts.protocols);
 
 describe('authentication (doc: Authentication)', () => {
   it('auth first frame → hello with the selected version, serverId, interval and epoch', async () => {
@@ -54,12 +33,12 @@ describe('authentication (doc: Authentication)', () => {
     const hello = client.frames[0]!;
     expect(hello).toMatchObject({ type: 'hello', protocol: 2, heartbeatIntervalMs: 60_000 });
     expect(typeof hello.serverId).toBe('string');
-    expect(hello.epoch).toBe(await env!.store.getEpoch());
+    expect(hello.epoch).toBe(await session.env!.store.getEpoch());
   });
 
   it('a header at the upgrade authenticates: hello is the first frame, no auth needed', async () => {
     await start();
-    const client = new Raw(env!.wsUrl, { headers: { authorization: 'Bearer alice' } });
+    const client = new Raw(session.env!.wsUrl, { headers: { authorization: 'Bearer alice' } });
     clients.push(client);
     const hello = await client.next((f) => f.type === 'hello');
     expect(client.frames[0]).toBe(hello);
@@ -67,7 +46,7 @@ describe('authentication (doc: Authentication)', () => {
 
   it('no subprotocol offered → version 1, hello without epoch', async () => {
     await start();
-    const client = new Raw(env!.wsUrl, { protocols: [] });
+    const client = new Raw(session.env!.wsUrl, { protocols: [] });
     clients.push(client);
     await client.open;
     client.send({ type: 'auth', token: 'alice', protocol: 1 });
@@ -78,14 +57,14 @@ describe('authentication (doc: Authentication)', () => {
 
   it('only unknown subprotocols → HTTP 400 unsupported_protocol at the upgrade', async () => {
     await start();
-    const client = new Raw(env!.wsUrl, { protocols: ['finishline.v9'] });
+    const client = new Raw(session.env!.wsUrl, { protocols: ['finishline.v9'] });
     await expect(client.open).rejects.toThrow('HTTP 400');
   });
 
   it('upgrade refusals: 401 with WWW-Authenticate when only headers authenticate, 403 for a foreign Origin', async () => {
     await start({ authenticateToken: undefined });
     const refused = await new Promise<{ status: number; challenge: unknown }>((resolve, reject) => {
-      const ws = new WebSocket(env!.wsUrl, ['finishline.v2']);
+      const ws = new WebSocket(session.env!.wsUrl, ['finishline.v2']);
       ws.on('unexpected-response', (_req, res) => {
         resolve({ status: res.statusCode ?? 0, challenge: res.headers['www-authenticate'] });
         res.resume();
@@ -94,13 +73,13 @@ describe('authentication (doc: Authentication)', () => {
       ws.on('error', () => {});
     });
     expect(refused).toEqual({ status: 401, challenge: 'Bearer realm="finishline"' });
-    const foreign = new Raw(env!.wsUrl, { headers: { ...bearer(), origin: 'https://evil.example' } });
+    const foreign = new Raw(session.env!.wsUrl, { headers: { ...bearer(), origin: 'https://evil.example' } });
     await expect(foreign.open).rejects.toThrow('HTTP 403');
   });
 
   it('a refused token → unauthenticated + 4001', async () => {
     await start();
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await client.open;
     client.send({ type: 'auth', token: 'bad', protocol: 2 });
@@ -110,9 +89,9 @@ describe('authentication (doc: Authentication)', () => {
 
   it('a first frame other than auth → unauthenticated + 4001; unknown protocol → unsupported_protocol + 4002', async () => {
     await start();
-    const a = new Raw(env!.wsUrl);
-    const b = new Raw(env!.wsUrl);
-    const c = new Raw(env!.wsUrl);
+    const a = new Raw(session.env!.wsUrl);
+    const b = new Raw(session.env!.wsUrl);
+    const c = new Raw(session.env!.wsUrl);
     clients.push(a, b, c);
     await Promise.all([a.open, b.open, c.open]);
     a.send({ type: 'ping', id: 'p' });
@@ -129,7 +108,7 @@ describe('authentication (doc: Authentication)', () => {
 
   it('no auth within authTimeoutMs → 4004', async () => {
     await start({ authTimeoutMs: 100 });
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await client.open;
     expect((await client.closed).code).toBe(4004);
@@ -143,7 +122,7 @@ describe('authentication (doc: Authentication)', () => {
         return userTokens(token);
       },
     });
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await client.open;
     client.send({ type: 'auth', token: 'alice', protocol: 2 });
@@ -155,7 +134,7 @@ describe('authentication (doc: Authentication)', () => {
   it('frames pipelined behind auth are handled in order after hello', async () => {
     const { server } = await start();
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await client.open;
     client.send({ type: 'auth', token: 'alice', protocol: 2 });
@@ -409,7 +388,7 @@ describe('heartbeats, rate limits, unknown and invalid frames (doc: heartbeat, L
 
   it('a socket that does not answer WebSocket pings is terminated: no close frame, the client sees 1006', async () => {
     await start({ heartbeatIntervalMs: 50 });
-    const ws = new WebSocket(env!.wsUrl, ['finishline.v2'], { headers: bearer(), autoPong: false });
+    const ws = new WebSocket(session.env!.wsUrl, ['finishline.v2'], { headers: bearer(), autoPong: false });
     ws.on('error', () => {});
     const code = await new Promise<number>((resolve) => ws.on('close', (closeCode) => resolve(closeCode)));
     expect(code).toBe(1006);
@@ -507,7 +486,7 @@ describe('credential renewal and expiry (doc: After authentication, Credential e
     expect(v2.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual(['token_expired']);
     expect((await v1.closed).code).toBe(4011);
     expect(v1.frames.filter((f) => f.type === 'error').map((f) => f.code)).toEqual(['unauthenticated']);
-    const late = new Raw(env!.wsUrl);
+    const late = new Raw(session.env!.wsUrl);
     clients.push(late);
     await late.open;
     late.send({ type: 'auth', token: 'alice:-1', protocol: 2 });
@@ -524,10 +503,6 @@ describe('credential renewal and expiry (doc: After authentication, Credential e
     expect(client.ws.readyState).toBe(WebSocket.OPEN);
   });
 });
-
-/** One request to the test's server, the whole answer read. */
-const http = (method: string, path: string, opts?: Parameters<typeof rawHttp>[3]) =>
-  rawHttp(env!.httpUrl, method, path, opts);
 
 describe('HTTP API (doc: HTTP API)', () => {
   it('the read routes: statuses, JSON, Cache-Control, epoch', async () => {
@@ -736,7 +711,7 @@ describe('free frames and limits (doc: Limits, Before authentication)', () => {
         return userTokens(token);
       },
     });
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await client.open;
     client.send({ type: 'auth', token: 'alice', protocol: 2 });
@@ -784,7 +759,7 @@ function readStream(
 ): Promise<string> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('stream: no match in time')), WAIT);
-    const req = httpRequest(`${env!.httpUrl}${path}`, { headers }, (res) => {
+    const req = httpRequest(`${session.env!.httpUrl}${path}`, { headers }, (res) => {
       let text = '';
       const finish = () => {
         clearTimeout(timer);
@@ -870,7 +845,7 @@ describe('socket cap and cookies (doc: Before authentication, HTTP API)', () => 
       headers: { ...bearer(), origin },
     });
     expect([stream.status, stream.json().error.code]).toEqual([429, 'too_many_sockets']);
-    const second = new Raw(env!.wsUrl);
+    const second = new Raw(session.env!.wsUrl);
     clients.push(second);
     await second.open;
     second.send({ type: 'auth', token: 'alice', protocol: 2 });
@@ -912,7 +887,7 @@ describe("the document's own examples (doc: Server-Sent Events, HTTP API, Exampl
     // The stream as the server writes it: the snapshot, then the item and the completion appended live.
     const body = await new Promise<string>((resolve, reject) => {
       const req = httpRequest(
-        `${env!.httpUrl}/progress/tasks/taint-42/stream`,
+        `${session.env!.httpUrl}/progress/tasks/taint-42/stream`,
         { headers: bearer() },
         (res) => {
           let text = '';
@@ -972,7 +947,7 @@ describe("the document's own examples (doc: Server-Sent Events, HTTP API, Exampl
 describe('statements without a test before (doc: Transport, Authentication, heartbeat, snapshot, Errors)', () => {
   /** A socket opened without credentials, its first frame not sent yet. */
   async function unauthenticated(): Promise<Raw> {
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await client.open;
     return client;

@@ -1,11 +1,12 @@
 import { request as httpRequest } from 'node:http';
 import { connect as netConnect } from 'node:net';
 import { ProgressError } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
-import { startServer, type TestServer } from './testing/harness.js';
-import { bearer, RAW_SOCKET_SERVER_OPTIONS, rawHttp } from './testing/raw-http.js';
-import { type Frame, Raw } from './testing/raw-socket.js';
+import { startServer } from './testing/harness.js';
+import { bearer } from './testing/raw-http.js';
+import { errorOf, rawSession, snapshotOf } from './testing/raw-session.js';
+import { Raw } from './testing/raw-socket.js';
 
 /**
  * Claims of docs/protocol.md that no other raw test checked, each checked with a client written from the
@@ -13,40 +14,8 @@ import { type Frame, Raw } from './testing/raw-socket.js';
  * drive tasks. Each test names the section it relies on.
  */
 
-let env: TestServer | undefined;
-const clients: Raw[] = [];
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await env?.close();
-  env = undefined;
-});
-
-async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise<TestServer> {
-  env = await startServer({ ...RAW_SOCKET_SERVER_OPTIONS, ...overrides });
-  return env;
-}
-
-/** A socket opened without credentials, its first frame not sent yet. */
-async function unauthenticated(protocols?: string[]): Promise<Raw> {
-  const client = new Raw(env!.wsUrl, protocols === undefined ? {} : { protocols });
-  clients.push(client);
-  await client.open;
-  return client;
-}
-
-/** Opens a socket, authenticates with an `auth` first frame (doc: Authentication 2) and waits for `hello`. */
-async function connect(token = 'alice', protocols?: string[]): Promise<Raw> {
-  const client = await unauthenticated(protocols);
-  const version = client.ws.protocol === 'finishline.v2' ? 2 : 1;
-  client.send({ type: 'auth', token, protocol: version });
-  await client.next((f) => f.type === 'hello');
-  return client;
-}
-
-const http = (method: string, path: string, opts?: Parameters<typeof rawHttp>[3]) =>
-  rawHttp(env!.httpUrl, method, path, opts);
-const snapshotOf = (taskId: string) => (f: Frame) => f.type === 'snapshot' && f.task.id === taskId;
-const errorOf = (code: string) => (f: Frame) => f.type === 'error' && f.code === code;
+const session = rawSession();
+const { clients, start, unauthenticated, connect, http } = session;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('the server answers every subscribe (doc: delivery rule 1, Errors)', () => {
@@ -382,7 +351,7 @@ describe('refusals of the server and its options (doc: Authentication, Limits, h
     expect([answer.status, answer.json().error.code]).toEqual([429, 'rate_limited']);
     expect(Number(answer.headers['retry-after'])).toBeGreaterThan(0);
     // The upgrade too is refused before its credentials are looked at.
-    const client = new Raw(env!.wsUrl);
+    const client = new Raw(session.env!.wsUrl);
     clients.push(client);
     await expect(client.open).rejects.toThrow('HTTP 429');
   });
@@ -395,7 +364,10 @@ describe('credentials and acks at the edges (doc: Credential expiry, hello, ack)
       [['finishline.v2', 'finishline.v1'], 'token_expired'],
       [['finishline.v1'], 'unauthenticated'],
     ] as const) {
-      const client = new Raw(env!.wsUrl, { headers: bearer('alice:-1000'), protocols: [...protocols] });
+      const client = new Raw(session.env!.wsUrl, {
+        headers: bearer('alice:-1000'),
+        protocols: [...protocols],
+      });
       clients.push(client);
       await client.open;
       expect((await client.closed).code).toBe(4011);
@@ -434,7 +406,7 @@ describe('HTTP answers and upgrades (doc: Authentication, HTTP API)', () => {
       [403, 'Authorization: Bearer alice\r\nContent-Type: application/json\r\nCookie: session=alice'],
     ] as const) {
       const answer = await new Promise<string>((resolve, reject) => {
-        const socket = netConnect(env!.port, '127.0.0.1', () =>
+        const socket = netConnect(session.env!.port, '127.0.0.1', () =>
           socket.write(
             `POST /progress/tasks/t/cancel HTTP/1.1\r\nHost: x\r\n${headers}\r\nContent-Length: 100000\r\n\r\n{"reason":`,
           ),
@@ -492,7 +464,7 @@ describe('HTTP answers and upgrades (doc: Authentication, HTTP API)', () => {
 
   it('an upgrade whose authenticate hook does not answer within upgradeTimeoutMs is dropped without an answer', async () => {
     await start({ upgradeTimeoutMs: 200, authenticate: () => new Promise(() => {}) });
-    const client = new Raw(env!.wsUrl, { headers: bearer() });
+    const client = new Raw(session.env!.wsUrl, { headers: bearer() });
     clients.push(client);
     const error = await client.open.then(
       () => undefined,
@@ -535,7 +507,7 @@ function sse(
   until: (text: string) => boolean = () => false,
 ): Promise<string> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(`${env!.httpUrl}${path}`, { headers }, (res) => {
+    const req = httpRequest(`${session.env!.httpUrl}${path}`, { headers }, (res) => {
       let text = '';
       res.on('data', (chunk: Buffer) => {
         text += chunk.toString();

@@ -4,11 +4,11 @@ import { request as httpRequest } from 'node:http';
 import { type AddressInfo, connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
-import { startServer, type TestServer } from './testing/harness.js';
-import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp } from './testing/raw-http.js';
+import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS } from './testing/raw-http.js';
+import { errorOf, eventAt, rawSession } from './testing/raw-session.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
 
 /**
@@ -19,41 +19,8 @@ import { type Frame, Raw } from './testing/raw-socket.js';
  * check that the document's own frames are valid by its rules (the document names them as the rules).
  */
 
-let env: TestServer | undefined;
-const clients: Raw[] = [];
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await env?.close();
-  env = undefined;
-});
-
-async function start(overrides: Parameters<typeof startServer>[0] = {}): Promise<TestServer> {
-  env = await startServer({ ...RAW_SOCKET_SERVER_OPTIONS, ...overrides });
-  return env;
-}
-
-/** A socket opened without credentials, its first frame not sent yet. */
-async function unauthenticated(protocols?: string[]): Promise<Raw> {
-  const client = new Raw(env!.wsUrl, protocols === undefined ? {} : { protocols });
-  clients.push(client);
-  await client.open;
-  return client;
-}
-
-/** Opens a socket, authenticates with an `auth` first frame (doc: Authentication 2) and waits for `hello`. */
-async function connect(token = 'alice', protocols?: string[]): Promise<Raw> {
-  const client = await unauthenticated(protocols);
-  const version = client.ws.protocol === 'finishline.v2' ? 2 : 1;
-  client.send({ type: 'auth', token, protocol: version });
-  await client.next((f) => f.type === 'hello');
-  return client;
-}
-
-const http = (method: string, path: string, opts?: Parameters<typeof rawHttp>[3]) =>
-  rawHttp(env!.httpUrl, method, path, opts);
-const errorOf = (code: string) => (f: Frame) => f.type === 'error' && f.code === code;
-const eventAt = (taskId: string, seq: number) => (f: Frame) =>
-  f.type === 'event' && f.event.taskId === taskId && f.event.seq === seq;
+const session = rawSession();
+const { clients, start, unauthenticated, connect, http } = session;
 
 const doc = readFileSync(new URL('../../../docs/protocol.md', import.meta.url), 'utf8');
 /** The fenced blocks of the document in `lang`, in order. */
@@ -121,7 +88,7 @@ describe("the document's examples are valid by its own rules (doc: Example sessi
 
 /** Runs a `sh` command of the document as written, the example host replaced by the test server's. */
 function sh(command: string): Promise<{ code: number; stdout: string }> {
-  const script = command.replaceAll('https://app.example.com', env!.httpUrl);
+  const script = command.replaceAll('https://app.example.com', session.env!.httpUrl);
   return new Promise((resolve) => {
     execFile(
       'sh',
@@ -737,7 +704,7 @@ describe('answer shapes (doc: HTTP API route table, Server-Sent Events)', () => 
     const epoch = await store.getEpoch();
     const text = await new Promise<string>((resolve, reject) => {
       const req = httpRequest(
-        `${env!.httpUrl}/progress/tasks/${task.id}/stream`,
+        `${session.env!.httpUrl}/progress/tasks/${task.id}/stream`,
         { headers: { ...bearer(), 'last-event-id': `1~${epoch}` } },
         (res) => {
           let body = '';
@@ -868,10 +835,10 @@ describe("another principal's task (doc: Example session, HTTP API)", () => {
 describe('the socket cap at the upgrade (doc: Close codes, 4009)', () => {
   it('a socket authenticated by its upgrade beyond the cap gets too_many_sockets, no hello, then 4009', async () => {
     await start({ maxSocketsPerPrincipal: 1 });
-    const first = new Raw(env!.wsUrl, { headers: bearer() });
+    const first = new Raw(session.env!.wsUrl, { headers: bearer() });
     clients.push(first);
     await first.next((f) => f.type === 'hello');
-    const second = new Raw(env!.wsUrl, { headers: bearer() });
+    const second = new Raw(session.env!.wsUrl, { headers: bearer() });
     clients.push(second);
     const { code } = await second.closed;
     expect([second.frames.map((f) => [f.type, f.code]), code]).toEqual([

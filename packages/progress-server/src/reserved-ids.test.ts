@@ -1,9 +1,9 @@
 import { MemoryProgressStore } from '@finishline/core';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { ProgressServer } from './progress-server.js';
-import { startServer, type TestServer } from './testing/harness.js';
-import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS, rawHttp } from './testing/raw-http.js';
-import { type Frame, Raw } from './testing/raw-socket.js';
+import { bearer, jsonHeaders, rawHttp } from './testing/raw-http.js';
+import { rawSession } from './testing/raw-session.js';
+import type { Frame } from './testing/raw-socket.js';
 
 /**
  * `__proto__`, `constructor` and `prototype` match `ID_PATTERN` but are refused as ids (docs/protocol.md,
@@ -18,26 +18,11 @@ import { type Frame, Raw } from './testing/raw-socket.js';
 const RESERVED = ['__proto__', 'constructor', 'prototype'] as const;
 const REFUSAL = 'must not be __proto__, constructor or prototype';
 
-let env: TestServer | undefined;
-const clients: Raw[] = [];
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close()));
-  await env?.close();
-  env = undefined;
-});
-
-async function connect(): Promise<Raw> {
-  const client = new Raw(env!.wsUrl);
-  clients.push(client);
-  await client.open;
-  client.send({ type: 'auth', token: 'alice', protocol: 2 });
-  await client.next((f) => f.type === 'hello');
-  return client;
-}
+const { start, connect } = rawSession();
 
 describe('the ids __proto__, constructor and prototype', () => {
   it('are refused as task ids at creation, subscribe, ack and every HTTP route; heartbeats stay valid', async () => {
-    env = await startServer({ ...RAW_SOCKET_SERVER_OPTIONS, heartbeatIntervalMs: 50 });
+    const env = await start({ heartbeatIntervalMs: 50 });
     const { server, store } = env;
     for (const id of RESERVED) {
       await expect(server.tasks.create({ id, owner: 'alice', kind: 'k' })).rejects.toMatchObject({
