@@ -1,12 +1,9 @@
-import type { ChangeListener, ProgressStore, TaskChange } from '@finishline/core';
 import { MemoryProgressStore } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
-import { afterEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../logger.js';
-import { ServerMetrics } from '../metrics.js';
+import { describe, expect, it } from 'vitest';
+import { HUB_READ, useHubs } from '../testing/hub-over.js';
 import { recorder, settle, until } from '../testing/stream-recorder.js';
-import { FairReads } from './fair-reads.js';
-import { TaskHub } from './task-hub.js';
+import type { TaskHub } from './task-hub.js';
 
 /**
  * A read of the store names the id, not the run. The hub's live read of run 1, started on a change of
@@ -16,61 +13,35 @@ import { TaskHub } from './task-hub.js';
  * run's terminal included), and run 1's own end never came.
  */
 
-const closers: Array<() => void> = [];
-afterEach(() => {
-  for (const close of closers.splice(0)) close();
-});
+const { hubOver } = useHubs();
 
 /** A hub over `store` whose feed the test drives, and whose own reads (page 1000) wait for `gate`. */
 function gatedHub(initial: MemoryProgressStore) {
   let store = initial;
-  let wentBack = 0;
-  const listeners = new Set<ChangeListener>();
   let gate: Promise<void> | undefined;
   let hubReads = 0;
   let taskReads = 0;
-  const seen = {
-    changes: {
-      subscribe: (listener: ChangeListener) => {
-        listeners.add(listener);
-        return () => listeners.delete(listener);
+  const { hub, emit, wentBack } = hubOver(
+    {
+      changes: initial.changes,
+      getTask: (taskId: string) => {
+        taskReads += 1;
+        return store.getTask(taskId);
+      },
+      readEvents: async (taskId: string, afterSeq: number, limit?: number) => {
+        if (limit !== undefined && limit >= HUB_READ) {
+          hubReads += 1;
+          await gate;
+        }
+        return store.readEvents(taskId, afterSeq, limit);
       },
     },
-    getTask: (taskId: string) => {
-      taskReads += 1;
-      return store.getTask(taskId);
-    },
-    readEvents: async (taskId: string, afterSeq: number, limit?: number) => {
-      if (limit !== undefined && limit >= 1000) {
-        hubReads += 1;
-        await gate;
-      }
-      return store.readEvents(taskId, afterSeq, limit);
-    },
-  } as unknown as ProgressStore;
-  const reads = new FairReads({ maxConcurrent: 4, maxPerPrincipal: 2 });
-  const hub = new TaskHub({
-    store: seen,
-    logger: silentLogger,
-    metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
-    retryDelayMs: 5,
-    reads,
-    maxReplayEvents: 100,
-    onWentBack: () => {
-      wentBack += 1;
-    },
-  });
-  hub.start();
-  closers.push(() => {
-    hub.close();
-    reads.close();
-  });
+    true,
+  );
   let open: () => void = () => undefined;
   return {
     hub,
-    emit: (change: TaskChange) => {
-      for (const listener of listeners) listener(change);
-    },
+    emit,
     hold: () => {
       gate = new Promise((resolve) => {
         open = resolve;
@@ -82,12 +53,37 @@ function gatedHub(initial: MemoryProgressStore) {
     },
     hubReads: () => hubReads,
     taskReads: () => taskReads,
-    wentBack: () => wentBack,
+    wentBack,
     /** The store restored from `copy` under the hub (same epoch as far as the hub knows). */
     restore: (copy: MemoryProgressStore) => {
       store = copy;
     },
   };
+}
+
+/** A watcher of job-1 on `hub`, its stream started from the load's `seq` and caught up. */
+async function watch(hub: TaskHub, seq: number) {
+  const watcher = recorder();
+  const stream = hub.stream('job-1', 'alice', watcher.sink);
+  const loaded = await stream.load();
+  stream.start(seq, false, seq, loaded?.createdAt);
+  await until(() => watcher.caughtUp() > 0);
+  return watcher;
+}
+
+/** Ends job-1's run, purges it, and writes the id again: a new run with five items. Returns the new run. */
+async function endPurgeAndRewrite(store: MemoryProgressStore, clock: ManualClock) {
+  clock.advance(1);
+  await store.append('job-1', { type: 'completed' });
+  clock.advance(1);
+  expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+  clock.advance(1);
+  const run = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
+  for (let i = 1; i <= 5; i++) {
+    clock.advance(1);
+    await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true });
+  }
+  return run;
 }
 
 describe("the hub's live read of a run, served after the run was purged and its id taken again", () => {
@@ -96,11 +92,7 @@ describe("the hub's live read of a run, served after the run was purged and its 
     const store = new MemoryProgressStore({ clock: clock.now });
     const { hub, emit, hold, release, hubReads } = gatedHub(store);
     const one = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const watcher = await watch(hub, 0);
     // Run 1's item@1 and item@2, heard with their events.
     for (let i = 1; i <= 2; i++) {
       clock.advance(1);
@@ -115,16 +107,7 @@ describe("the hub's live read of a run, served after the run was purged and its 
     emit({ taskId: 'job-1', seq: 3, terminal: false, run: one.createdAt });
     await until(() => hubReads() === 1);
     // Meanwhile run 1 ends (its change still on its way), is purged, and the id is written again past 3.
-    clock.advance(1);
-    await store.append('job-1', { type: 'completed' });
-    clock.advance(1);
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    clock.advance(1);
-    const two = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    for (let i = 1; i <= 5; i++) {
-      clock.advance(1);
-      await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true });
-    }
+    const two = await endPurgeAndRewrite(store, clock);
     release();
     await settle();
     // Run 1's end is heard now.
@@ -148,26 +131,13 @@ describe("the hub's first live read of a run from a load's position, served afte
       await store.append('job-1', { type: 'item', key: `old-${i}`, ok: true });
     }
     // Watched from the load's seq 2: the hub holds none of run 1's events.
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    stream.start(2, false, 2, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const watcher = await watch(hub, 2);
     hold();
     clock.advance(1);
     await store.append('job-1', { type: 'item', key: 'old-3', ok: true });
     emit({ taskId: 'job-1', seq: 3, terminal: false, run: one.createdAt });
     await until(() => hubReads() === 1);
-    clock.advance(1);
-    await store.append('job-1', { type: 'completed' });
-    clock.advance(1);
-    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
-    clock.advance(1);
-    await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    for (let i = 1; i <= 5; i++) {
-      clock.advance(1);
-      await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true });
-    }
+    await endPurgeAndRewrite(store, clock);
     release();
     await settle();
     expect(watcher.events).toEqual([]);
@@ -181,11 +151,7 @@ describe("the hub's live reads of the run it follows", () => {
     const store = new MemoryProgressStore({ clock: clock.now });
     const { hub, emit, hubReads, taskReads } = gatedHub(store);
     const one = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const watcher = await watch(hub, 0);
     const before = taskReads();
     // Every change without its events: each costs one read of the events.
     for (let i = 1; i <= 5; i++) {
@@ -215,11 +181,7 @@ describe("the hub's live read of a store restored below what the hub dispatched"
     const backup = new MemoryProgressStore();
     await backup.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
     await backup.append('job-1', { type: 'progress', done: 1 });
-    const watcher = recorder();
-    const stream = hub.stream('job-1', 'alice', watcher.sink);
-    const loaded = await stream.load();
-    stream.start(0, false, 0, loaded?.createdAt);
-    await until(() => watcher.caughtUp() > 0);
+    const watcher = await watch(hub, 0);
     for (let i = 1; i <= 4; i++) {
       const { event } = await store.append('job-1', { type: 'progress', done: i });
       emit({ taskId: 'job-1', seq: event.seq, terminal: false, run: task.createdAt, events: [event] });

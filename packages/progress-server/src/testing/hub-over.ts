@@ -24,10 +24,11 @@ export function useHubs() {
    * `NOTIFY` does, with events, and maybe late), else over the store's own feed. `afterRead` runs after
    * each of the store's `readEvents` has read and before it resolves (`limit`: the reader's page size,
    * 1000 for the hub's own reads, `maxReplayEvents` (100) for a stream's). `wentBack` counts the hub's
-   * signs that the store went back.
+   * signs that the store went back. `store` may be a test's own view of a memory store (the three
+   * members the hub reads), to count or gate its reads.
    */
   function hubOver(
-    store: MemoryProgressStore,
+    store: Pick<MemoryProgressStore, 'changes' | 'getTask' | 'readEvents'>,
     driven: boolean,
     afterRead?: (limit: number | undefined) => Promise<void>,
   ) {
