@@ -22,12 +22,23 @@ function writerOver(
       return stored.get(taskId) as number;
     },
   } as unknown as ProgressStore;
-  const metrics = new ServerMetrics({
-    registry: undefined,
-    prefix: 'test_',
-    feed: new MemoryProgressStore().changes,
-  });
-  return { acks: new AckWriter({ store, logger, metrics, retryDelayMs }), stored };
+  return { acks: writerOn(store, { retryDelayMs, logger }), stored };
+}
+
+/** An AckWriter over `store`, its metrics over `feed` (a store's change feed; an unused one by default). */
+function writerOn(
+  store: ProgressStore,
+  { feed = new MemoryProgressStore().changes, retryDelayMs = 10, logger = silentLogger } = {},
+): AckWriter {
+  const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed });
+  return new AckWriter({ store, logger, metrics, retryDelayMs });
+}
+
+/** A memory store on a manual clock (at 1000), and an AckWriter over it: for the runs of an id. */
+function overClockedStore() {
+  const clock = new ManualClock(1000);
+  const store = new MemoryProgressStore({ clock: clock.now });
+  return { clock, store, acks: writerOn(store, { feed: store.changes }) };
 }
 
 describe('AckWriter', () => {
@@ -226,12 +237,7 @@ describe('AckWriter', () => {
         return seq;
       },
     } as unknown as ProgressStore;
-    const metrics = new ServerMetrics({
-      registry: undefined,
-      prefix: 'test_',
-      feed: new MemoryProgressStore().changes,
-    });
-    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const acks = writerOn(store);
     // A reconnect storm: the watchers of one task flush their acks while their resubscribes load.
     acks.ackOfRun('t', 5, 100);
     acks.ackOfRun('t', 7, 100);
@@ -267,12 +273,7 @@ describe('AckWriter', () => {
           return seq;
         },
       } as unknown as ProgressStore;
-      const metrics = new ServerMetrics({
-        registry: undefined,
-        prefix: 'test_',
-        feed: new MemoryProgressStore().changes,
-      });
-      const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+      const acks = writerOn(store);
       // The re-ack of a terminal frame behind the socket's unsubscribe: the client sends it once.
       acks.ackOfRun('t', 9, 100);
       await vi.advanceTimersByTimeAsync(50);
@@ -293,11 +294,8 @@ describe('AckWriter', () => {
     // A server read run 1 of `t` (a watcher subscribed), and its hub never heard that run 1 ended, was
     // purged and that the id was taken again (by another owner): the live watcher's ack of run 1's seq 2
     // went onto run 2 and marked its events processed, which none of run 2's watchers had processed.
-    const clock = new ManualClock(1000);
-    const store = new MemoryProgressStore({ clock: clock.now });
+    const { clock, store, acks } = overClockedStore();
     const writes = vi.spyOn(store, 'ack');
-    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
-    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'progress', message: 'old 1' });
     await store.append('t', { type: 'progress', message: 'old 2' });
@@ -326,10 +324,7 @@ describe('AckWriter', () => {
     // it and a new task took the id; watcher B's subscribe read run 2 (`seen`). A's ack, of run 1's seq 2,
     // was written fenced to the state's run, run 2: it marked run 2's events processed, which none of its
     // watchers had, and B's own ack of seq 2 was then skipped as already written.
-    const clock = new ManualClock(1000);
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
-    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const { clock, store, acks } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'progress', message: 'old 1' });
     await store.append('t', { type: 'cancelled' });
@@ -354,10 +349,7 @@ describe('AckWriter', () => {
     // The reverse: the writer's state was made by a read of run 1 (a watcher that left), and a watcher of
     // run 2 acks before any read told the writer run 2. Fenced to run 1, the write was refused
     // (task_not_found), counted as written, and the ack lost.
-    const clock = new ManualClock(1000);
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
-    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const { clock, store, acks } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'cancelled' });
     acks.seen('t', 1, old.createdAt);
@@ -373,10 +365,7 @@ describe('AckWriter', () => {
   });
 
   it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
-    const clock = new ManualClock(1000);
-    const store = new MemoryProgressStore({ clock: clock.now });
-    const metrics = new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes });
-    const acks = new AckWriter({ store, logger: silentLogger, metrics, retryDelayMs: 10 });
+    const { clock, store, acks } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'cancelled' });
     clock.advance(1);
