@@ -1,12 +1,25 @@
 // biome-ignore-all lint/suspicious/noExplicitAny: JSON bodies of API responses, checked by the assertions.
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Harness, login, startHarness } from './harness.js';
+import { errorRecorder, type Harness, login, startHarness } from './harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
   await h?.close();
   h = undefined;
 });
+
+/** `method path` as alice: answered 400 invalid_input with a message matching `message`, no error logged. */
+async function expectInvalidInput(method: string, path: string, message: RegExp): Promise<void> {
+  const { errors, logger } = errorRecorder();
+  h = await startHarness({ app: { logger } });
+  const alice = await login(h.base, 'alice');
+  const { status, body } =
+    method === 'GET' ? await alice.get(path) : await alice.post(path, { mode: 'retry_failed' });
+  expect(status).toBe(400);
+  expect(body.error.code).toBe('invalid_input');
+  expect(body.error.message).toMatch(message);
+  expect(errors).toEqual([]);
+}
 
 /**
  * A client's mistake that Express itself refuses (a path parameter that is not valid %-encoding) is
@@ -19,28 +32,8 @@ describe('error answers of requests Express refuses', () => {
     ['GET', '/api/tasks/%E0%A4%A/unrecorded'],
     ['POST', '/api/tasks/%ZZ/rerun'],
     ['POST', '/api/templates/%ZZ/delete'],
-  ])(
-    '%s %s with a malformed percent-encoded parameter: 400 invalid_input, not internal',
-    async (method, path) => {
-      const errors: string[] = [];
-      h = await startHarness({
-        app: {
-          logger: {
-            debug: () => {},
-            info: () => {},
-            warn: () => {},
-            error: (_obj: unknown, msg?: string) => errors.push(msg ?? ''),
-          },
-        },
-      });
-      const alice = await login(h.base, 'alice');
-      const { status, body } =
-        method === 'GET' ? await alice.get(path) : await alice.post(path, { mode: 'retry_failed' });
-      expect(status).toBe(400);
-      expect(body.error.code).toBe('invalid_input');
-      expect(body.error.message).toMatch(/%-encoding/);
-      expect(errors).toEqual([]);
-    },
+  ])('%s %s with a malformed percent-encoded parameter: 400 invalid_input, not internal', (method, path) =>
+    expectInvalidInput(method, path, /%-encoding/),
   );
 });
 
@@ -79,24 +72,7 @@ describe('a task id the store refuses', () => {
     ['GET', `/api/tasks/${'a'.repeat(200)}`],
     ['GET', '/api/tasks/a%20b'],
     ['POST', '/api/tasks/prototype/rerun'],
-  ])('%s %s: 400 invalid_input, not internal', async (method, path) => {
-    const errors: string[] = [];
-    h = await startHarness({
-      app: {
-        logger: {
-          debug: () => {},
-          info: () => {},
-          warn: () => {},
-          error: (_obj: unknown, msg?: string) => errors.push(msg ?? ''),
-        },
-      },
-    });
-    const alice = await login(h.base, 'alice');
-    const { status, body } =
-      method === 'GET' ? await alice.get(path) : await alice.post(path, { mode: 'retry_failed' });
-    expect(status).toBe(400);
-    expect(body.error.code).toBe('invalid_input');
-    expect(body.error.message).toMatch(/task id/i);
-    expect(errors).toEqual([]);
-  });
+  ])('%s %s: 400 invalid_input, not internal', (method, path) =>
+    expectInvalidInput(method, path, /task id/i),
+  );
 });

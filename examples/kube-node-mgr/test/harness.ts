@@ -58,6 +58,18 @@ export async function startHarness(
   };
 }
 
+/** An app logger that keeps the messages of its errors in `errors` and drops the rest. */
+export function errorRecorder(): { errors: string[]; logger: NonNullable<AppOptions['logger']> } {
+  const errors: string[] = [];
+  const logger = {
+    debug: () => {},
+    info: () => {},
+    warn: () => {},
+    error: (_obj: unknown, msg?: string) => errors.push(msg ?? ''),
+  };
+  return { errors, logger };
+}
+
 /** A logged-in user: its cookie and CSRF token, and helpers that send them. */
 export interface Client {
   cookie: string;

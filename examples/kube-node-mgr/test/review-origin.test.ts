@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Harness, login, postLogin, startHarness } from './harness.js';
+import { errorRecorder, type Harness, login, postLogin, startHarness } from './harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -15,17 +15,8 @@ afterEach(async () => {
  */
 describe('a malformed Origin', () => {
   it('is refused as another origin (403 forbidden_origin), at login and on state-changing routes', async () => {
-    const errors: string[] = [];
-    h = await startHarness({
-      app: {
-        logger: {
-          debug: () => {},
-          info: () => {},
-          warn: () => {},
-          error: (_obj: unknown, msg?: string) => errors.push(msg ?? ''),
-        },
-      },
-    });
+    const { errors, logger } = errorRecorder();
+    h = await startHarness({ app: { logger } });
     const alice = await login(h.base, 'alice');
     for (const origin of ['null', 'not a url']) {
       const signIn = await postLogin(h.base, 'alice', 'alice', { origin });
