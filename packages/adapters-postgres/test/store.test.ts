@@ -76,6 +76,55 @@ afterAll(async () => {
   await pool.end();
 });
 
+/**
+ * Migrates a fresh schema through `replica` (one connection, named `applicationName`, with a timeout of
+ * 200 ms) while another replica's migration holds the migration lock for longer (600 ms): the migration
+ * waits for the lock and migrates. `cleanUp` runs on the holder before it ends.
+ */
+async function migratesBehindAnotherReplica(
+  replica: pg.Pool,
+  applicationName: string,
+  waiting: string,
+  cleanUp: (holder: pg.Client) => Promise<void> = async () => {},
+): Promise<void> {
+  const schema = freshSchema('mig');
+  schemas.push(schema);
+  const holder = new pg.Client({ connectionString: pgUrl() });
+  await holder.connect();
+  try {
+    // Another replica's migration, holding the lock.
+    await holder.query('BEGIN');
+    await holder.query('SELECT pg_advisory_xact_lock(3853314791062309107)');
+    const migration = migrateProgressSchema(
+      new Kysely<unknown>({ dialect: new PostgresDialect({ pool: replica }) }),
+      {
+        schema,
+      },
+    );
+    const settled = migration.then(
+      () => 'migrated',
+      (error: unknown) => error,
+    );
+    await eventually(waiting, async () => {
+      const { rows } = await pool.query(
+        `SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+         WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = $1`,
+        [applicationName],
+      );
+      return rows.length > 0;
+    });
+    // Longer than the replica's timeout: the other migration takes its time.
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    await holder.query('COMMIT');
+    expect(await settled).toBe('migrated');
+    expect(await migration).toEqual([...MIGRATION_NAMES]);
+  } finally {
+    await cleanUp(holder);
+    await holder.end();
+    await replica.end();
+  }
+}
+
 describe('migrations', () => {
   let db: Kysely<unknown>;
   beforeAll(() => {
@@ -115,44 +164,17 @@ describe('migrations', () => {
   // replica whose pool set a short one (1 s) failed to open with "canceling statement due to statement
   // timeout" while another replica's migration took longer. The wait is bounded by its lock_timeout (an hour).
   it("wait for another replica's migration beyond the pool's statement_timeout", async () => {
-    const schema = freshSchema('mig');
-    schemas.push(schema);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
     const replica = new pg.Pool({
       connectionString: pgUrl(),
       max: 1,
       application_name: 'finishline-test-short-timeout',
       statement_timeout: 200,
     });
-    try {
-      // Another replica's migration, holding the lock.
-      await holder.query('BEGIN');
-      await holder.query('SELECT pg_advisory_xact_lock(3853314791062309107)');
-      const migration = migrateProgressSchema(
-        new Kysely<unknown>({ dialect: new PostgresDialect({ pool: replica }) }),
-        { schema },
-      );
-      const settled = migration.then(
-        () => 'migrated',
-        (error: unknown) => error,
-      );
-      await eventually('the replica waits for the lock', async () => {
-        const { rows } = await pool.query(
-          `SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-           WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'finishline-test-short-timeout'`,
-        );
-        return rows.length > 0;
-      });
-      // Longer than the replica's statement_timeout: the other migration takes its time.
-      await new Promise((resolve) => setTimeout(resolve, 600));
-      await holder.query('COMMIT');
-      expect(await settled).toBe('migrated');
-      expect(await migration).toEqual([...MIGRATION_NAMES]);
-    } finally {
-      await holder.end();
-      await replica.end();
-    }
+    await migratesBehindAnotherReplica(
+      replica,
+      'finishline-test-short-timeout',
+      'the replica waits for the lock',
+    );
   });
 
   // The same with Postgres 17's transaction_timeout, which ends the session whose transaction lasts longer:
@@ -161,10 +183,6 @@ describe('migrations', () => {
   it("wait for another replica's migration beyond the sessions' transaction_timeout (Postgres 17)", async (context) => {
     const { rows: version } = await pool.query("SELECT current_setting('server_version_num')::int AS v");
     if ((version[0] as { v: number }).v < 170000) context.skip();
-    const schema = freshSchema('mig');
-    schemas.push(schema);
-    const holder = new pg.Client({ connectionString: pgUrl() });
-    await holder.connect();
     const replica = new pg.Pool({
       connectionString: pgUrl(),
       max: 1,
@@ -172,35 +190,14 @@ describe('migrations', () => {
       options: '-c transaction_timeout=200',
     });
     replica.on('error', () => {});
-    try {
-      // Another replica's migration, holding the lock.
-      await holder.query('BEGIN');
-      await holder.query('SELECT pg_advisory_xact_lock(3853314791062309107)');
-      const migration = migrateProgressSchema(
-        new Kysely<unknown>({ dialect: new PostgresDialect({ pool: replica }) }),
-        { schema },
-      );
-      const settled = migration.then(
-        () => 'migrated',
-        (error: unknown) => error,
-      );
-      await eventually('the replica waits for the lock, or failed', async () => {
-        const { rows } = await pool.query(
-          `SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
-           WHERE l.locktype = 'advisory' AND NOT l.granted AND a.application_name = 'finishline-test-short-tx-timeout'`,
-        );
-        return rows.length > 0;
-      });
-      // Longer than the replica's transaction_timeout: the other migration takes its time.
-      await new Promise((resolve) => setTimeout(resolve, 600));
-      await holder.query('COMMIT');
-      expect(await settled).toBe('migrated');
-      expect(await migration).toEqual([...MIGRATION_NAMES]);
-    } finally {
-      await holder.query('ROLLBACK').catch(() => {});
-      await holder.end();
-      await replica.end();
-    }
+    await migratesBehindAnotherReplica(
+      replica,
+      'finishline-test-short-tx-timeout',
+      'the replica waits for the lock, or failed',
+      async (holder) => {
+        await holder.query('ROLLBACK').catch(() => {});
+      },
+    );
   });
 
   it('are not failed by tables and schemas that other sessions drop meanwhile (other tenants, other tests)', async () => {
