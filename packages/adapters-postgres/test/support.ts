@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { type AddressInfo, createServer, type ServerOpts, type Socket } from 'node:net';
-import type { ProgressStore, TaskChange } from '@finishline/core';
+import type { ProgressError, ProgressStore, TaskChange } from '@finishline/core';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
-import { afterAll, afterEach, inject } from 'vitest';
+import { afterAll, afterEach, expect, inject } from 'vitest';
 import {
   migrateProgressSchema,
   type PgListenClient,
@@ -281,6 +281,63 @@ export function storeFixtures(prefix: string, defaults: Partial<PostgresProgress
       return store;
     },
   };
+}
+
+/**
+ * Opens a store on `schema` over a pool of `poolConfig` (named `${prefix}_<random>`), ends its `LISTEN`
+ * connection while the test holds a lock on the events table, and waits until the listener's re-read was
+ * ended (an error `cut` tells it) or has waited for the lock ten times the pool's 100 ms timeout. Checks
+ * that none was ended, then unlocks and checks that the listener reconnected once. `cutWord` names the
+ * ending in the wait's label.
+ */
+export async function reReadBehindLock(
+  admin: pg.Pool,
+  schema: string,
+  prefix: string,
+  poolConfig: pg.PoolConfig,
+  cut: (error: ProgressError) => boolean,
+  cutWord: string,
+): Promise<void> {
+  const applicationName = `${prefix}_${randomBytes(4).toString('hex')}`;
+  const pool = new pg.Pool({ connectionString: pgUrl(), application_name: applicationName, ...poolConfig });
+  pool.on('error', () => {});
+  const errors: ProgressError[] = [];
+  const store = await PostgresProgressStore.open({
+    pool,
+    schema,
+    migrate: false,
+    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    onError: (error) => errors.push(error),
+  });
+  const locker = new pg.Client({ connectionString: pgUrl() });
+  await locker.connect();
+  try {
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    await store.append('a', { type: 'progress' });
+    await locker.query('BEGIN');
+    await locker.query(`LOCK TABLE ${pg.escapeIdentifier(schema)}.events IN ACCESS EXCLUSIVE MODE`);
+    await admin.query('SELECT pg_terminate_backend($1)', [store.changes.health().listenerPid]);
+    // Either the re-read was ended, or it has waited for the lock ten times the timeout.
+    await eventually(`the re-read was ${cutWord}, or waited for the lock past the timeout`, async () => {
+      if (errors.some(cut)) return true;
+      const { rows } = await admin.query(
+        `SELECT 1 FROM pg_stat_activity
+         WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE '%horizon_passed%'
+           AND now() - query_start > interval '1 second'`,
+        [applicationName],
+      );
+      return rows.length > 0;
+    });
+    expect(errors.filter(cut).map((error) => error.message)).toEqual([]);
+    await locker.query('ROLLBACK');
+    await eventually('connected again', () => store.changes.health().connected);
+    expect(store.changes.stats().reconnects).toBe(1);
+  } finally {
+    await locker.query('ROLLBACK').catch(() => {});
+    await locker.end();
+    await store.close();
+    await pool.end();
+  }
 }
 
 /** A loopback TCP server of a test, standing in for Postgres (see {@link loopbackServer}). */
