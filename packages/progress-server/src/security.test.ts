@@ -578,7 +578,8 @@ describe('pings from a client that reads nothing', () => {
 });
 
 describe("the caller's WebSocketServer", () => {
-  it('warns when it answers pings without bound (ws before 8.23, or maxPendingAutoPongs 0), and not otherwise', async () => {
+  /** The messages of the warnings of a ProgressServer built over each of `servers` (closed after the test). */
+  function warningsOver(servers: WebSocketServer[]): string[] {
     const warnings: string[] = [];
     const logger = {
       debug() {},
@@ -588,45 +589,6 @@ describe("the caller's WebSocketServer", () => {
         warnings.push(message ?? '');
       },
     };
-    const unbounded = new WebSocketServer({ noServer: true, ...({ maxPendingAutoPongs: 0 } as object) });
-    const bounded = new WebSocketServer({ noServer: true });
-    const silent = new WebSocketServer({
-      noServer: true,
-      autoPong: false,
-      ...({ maxPendingAutoPongs: 0 } as object),
-    });
-    for (const wss of [unbounded, bounded, silent]) {
-      const progress = new ProgressServer({
-        store: new MemoryProgressStore(),
-        wss,
-        authenticate: headerAuth,
-        logger,
-      });
-      session.onCleanup(async () => {
-        await progress.close({ timeoutMs: 500 });
-        wss.close();
-      });
-    }
-    expect(warnings.filter((message) => message.includes('maxPendingAutoPongs'))).toHaveLength(1);
-  });
-
-  it('warns when it accepts messages larger than maxPayloadBytes, and not otherwise', async () => {
-    // ws holds a whole message in memory before the server can refuse it: 100 MiB by default, from
-    // sockets still waiting for their auth frame too.
-    const warnings: string[] = [];
-    const logger = {
-      debug() {},
-      info() {},
-      error() {},
-      warn: (_: unknown, message?: string) => {
-        warnings.push(message ?? '');
-      },
-    };
-    const servers = [
-      new WebSocketServer({ noServer: true }),
-      new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 }),
-      new WebSocketServer({ noServer: true, maxPayload: 1024 }),
-    ];
     for (const wss of servers) {
       const progress = new ProgressServer({
         store: new MemoryProgressStore(),
@@ -639,6 +601,30 @@ describe("the caller's WebSocketServer", () => {
         wss.close();
       });
     }
+    return warnings;
+  }
+
+  it('warns when it answers pings without bound (ws before 8.23, or maxPendingAutoPongs 0), and not otherwise', async () => {
+    const unbounded = new WebSocketServer({ noServer: true, ...({ maxPendingAutoPongs: 0 } as object) });
+    const bounded = new WebSocketServer({ noServer: true });
+    const silent = new WebSocketServer({
+      noServer: true,
+      autoPong: false,
+      ...({ maxPendingAutoPongs: 0 } as object),
+    });
+    const warnings = warningsOver([unbounded, bounded, silent]);
+    expect(warnings.filter((message) => message.includes('maxPendingAutoPongs'))).toHaveLength(1);
+  });
+
+  it('warns when it accepts messages larger than maxPayloadBytes, and not otherwise', async () => {
+    // ws holds a whole message in memory before the server can refuse it: 100 MiB by default, from
+    // sockets still waiting for their auth frame too.
+    const servers = [
+      new WebSocketServer({ noServer: true }),
+      new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 }),
+      new WebSocketServer({ noServer: true, maxPayload: 1024 }),
+    ];
+    const warnings = warningsOver(servers);
     expect(warnings.filter((message) => message.includes('maxPayloadBytes'))).toHaveLength(1);
   });
 
