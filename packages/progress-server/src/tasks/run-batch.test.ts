@@ -77,6 +77,28 @@ function restartRefusing(
   return () => count;
 }
 
+/**
+ * A COMMIT whose answer was lost: the first `times` appends `lost` picks are stored, and the caller told
+ * store_unavailable all the same. Returns how many were.
+ */
+function commitLosing(
+  store: MemoryProgressStore,
+  lost: (input: AppendInput) => boolean,
+  times: number,
+): () => number {
+  const append = store.append.bind(store);
+  let count = 0;
+  store.append = async (taskId, input, fence) => {
+    const result = await append(taskId, input, fence);
+    if (lost(input) && count < times) {
+      count += 1;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
+    }
+    return result;
+  };
+  return () => count;
+}
+
 describe('runBatch', () => {
   it('reports every item and completes with the counts', async () => {
     const { server, store } = setup();
@@ -394,19 +416,14 @@ describe('runBatch', () => {
     const store = new MemoryProgressStore();
     const { server } = setup(store);
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const append = store.append.bind(store);
     // A Postgres COMMIT whose answer was lost: the event is stored, the caller is told store_unavailable.
-    let lost = 0;
-    store.append = async (taskId, input, fence) => {
-      const result = await append(taskId, input, fence);
-      if (input.type === 'item' && (input.key === 'b' || input.key === 'c') && lost < 2) {
-        lost += 1;
-        throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
-      }
-      return result;
-    };
+    const lost = commitLosing(
+      store,
+      (input) => input.type === 'item' && (input.key === 'b' || input.key === 'c'),
+      2,
+    );
     const result = await task.runBatch(['a', 'b', 'c', 'd'], () => {}, { concurrency: 2 });
-    expect(lost).toBe(2);
+    expect(lost()).toBe(2);
     expect(result).toMatchObject({ status: 'completed', succeeded: 4, skipped: 0 });
     const events = await checkedLog(store, task.id);
     const keys = events
@@ -529,20 +546,11 @@ describe('runBatch', () => {
     const store = new MemoryProgressStore();
     const { server } = setup(store);
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
-    const append = store.append.bind(store);
     // A Postgres COMMIT whose answer was lost: the terminal is stored, the caller is told store_unavailable;
     // the retry is refused task_finished.
-    let lost = 0;
-    store.append = async (taskId, input, fence) => {
-      const result = await append(taskId, input, fence);
-      if (isTerminalInput(input) && lost === 0) {
-        lost += 1;
-        throw new ProgressError(ErrorCode.StoreUnavailable, 'connection lost during COMMIT');
-      }
-      return result;
-    };
+    const lost = commitLosing(store, isTerminalInput, 1);
     const result = await task.runBatch(['a', 'b'], () => {});
-    expect(lost).toBe(1);
+    expect(lost()).toBe(1);
     expect(result).toMatchObject({ status: 'completed', succeeded: 2, endedElsewhere: false });
     const events = await checkedLog(store, task.id);
     expect(events.at(-1)).toMatchObject({ type: 'completed', result: { succeeded: 2, failed: 0 } });
