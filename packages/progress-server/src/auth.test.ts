@@ -177,16 +177,21 @@ describe('Authenticator', () => {
     return { logger, warnings };
   }
 
-  it('warns once when a principal’s id can own no task (an identity provider’s subject such as auth0|…)', async () => {
-    const { logger, warnings } = withLog();
-    let id = 'auth0|5f7c8ec7c33c6c004bbafe82';
-    const auth = new Authenticator<Principal>({
-      authenticate: () => ({ id }),
+  /** An Authenticator whose every request is the principal of id `id()`, authorized, warning to `logger`. */
+  function authenticatorOf(id: () => string, logger: ReturnType<typeof withLog>['logger']) {
+    return new Authenticator<Principal>({
+      authenticate: () => ({ id: id() }),
       authenticateToken: undefined,
       authorize: () => true,
       tokenQueryParam: false,
       logger,
     });
+  }
+
+  it('warns once when a principal’s id can own no task (an identity provider’s subject such as auth0|…)', async () => {
+    const { logger, warnings } = withLog();
+    let id = 'auth0|5f7c8ec7c33c6c004bbafe82';
+    const auth = authenticatorOf(() => id, logger);
     // Accepted as before (a custom `authorize` may not look at owners at all), but said: the default
     // authorization compares it with task owners, which may never hold it, and `GET …/tasks` refuses it.
     expect(await auth.fromHttp(request({}))).toEqual({ id });
@@ -202,13 +207,7 @@ describe('Authenticator', () => {
     'warns about a principal id of a reserved name (%s): it matches the pattern but can own no task',
     async (id) => {
       const { logger, warnings } = withLog();
-      const auth = new Authenticator<Principal>({
-        authenticate: () => ({ id }),
-        authenticateToken: undefined,
-        authorize: () => true,
-        tokenQueryParam: false,
-        logger,
-      });
+      const auth = authenticatorOf(() => id, logger);
       expect(await auth.fromHttp(request({}))).toEqual({ id });
       expect(warnings).toHaveLength(1);
       expect(warnings[0]?.message).toContain('can own no task');
