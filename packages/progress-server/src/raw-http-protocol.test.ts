@@ -4,7 +4,7 @@ import { connect as netConnect } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HTTP_STATUS } from './http/http-request.js';
-import { restorableStore, startServer, type TestServer } from './testing/harness.js';
+import { epochHeldStore, restorableStore, startServer, type TestServer } from './testing/harness.js';
 import { bearer, jsonHeaders, type RawHttpAnswer, rawHttp, userTokens } from './testing/raw-http.js';
 
 /**
@@ -1185,17 +1185,9 @@ describe("the server's first read of its store's epoch (doc: Server-Sent Events,
   // ids and answers carrying no epoch, so the reader could not tell either. A socket's hello already
   // waited for that read (at most 2 s); the HTTP routes now do too.
   it('a stream and the task routes wait for it: another epoch gets the reset snapshot, answers carry the epoch', async () => {
-    const store = new MemoryProgressStore();
-    const epoch = await store.getEpoch();
-    let release: () => void = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const getEpoch = store.getEpoch.bind(store);
-    store.getEpoch = async () => {
-      await held;
-      return getEpoch();
-    };
+    const held = epochHeldStore();
+    const { store, release } = held;
+    const epoch = await held.epoch;
     const { server } = await start({ store });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     for (let done = 1; done <= 3; done++) await task.progress({ done });

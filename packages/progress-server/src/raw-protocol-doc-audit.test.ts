@@ -7,6 +7,7 @@ import { decodeClientFrame, decodeServerFrame } from '@finishline/core/internal'
 import { describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { ProgressServer } from './progress-server.js';
+import { epochHeldStore } from './testing/harness.js';
 import { bearer, jsonHeaders, RAW_SOCKET_SERVER_OPTIONS } from './testing/raw-http.js';
 import { errorOf, eventAt, rawSession } from './testing/raw-session.js';
 import { type Frame, Raw } from './testing/raw-socket.js';
@@ -529,23 +530,8 @@ describe("@finishline/server's documented defaults, as a client meets them (doc:
 });
 
 describe("a socket opened during the server's first read of its store's epoch (doc: hello)", () => {
-  /** A store whose epoch reads wait for `release` (never, unless called). */
-  function heldStore() {
-    const store = new MemoryProgressStore();
-    let release: () => void = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const getEpoch = store.getEpoch.bind(store);
-    store.getEpoch = async () => {
-      await held;
-      return getEpoch();
-    };
-    return { store, release, epoch: getEpoch() };
-  }
-
   it('gets its hello once the read returns, with the epoch; the frames sent meanwhile are answered after it', async () => {
-    const { store, release, epoch } = heldStore();
+    const { store, release, epoch } = epochHeldStore();
     const { server } = await start({ store });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await unauthenticated();
@@ -562,7 +548,7 @@ describe("a socket opened during the server's first read of its store's epoch (d
   });
 
   it('gets its hello without an epoch at most 2 s later when the read does not return', async () => {
-    const { store } = heldStore();
+    const { store } = epochHeldStore();
     await start({ store });
     const client = await unauthenticated();
     const opened = Date.now();

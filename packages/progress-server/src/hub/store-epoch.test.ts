@@ -4,6 +4,7 @@ import { WatchCursor } from '@finishline/core/internal';
 import { afterEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../logger.js';
 import {
+  epochHeldStore,
   RawClient,
   type Received,
   restorableStore,
@@ -648,17 +649,9 @@ describe("a socket opened before the server's first read of the epoch", () => {
   // older epoch (the store restored and renewed across the restart) kept them, and resumed from seqs of
   // another history. The hello now waits for that read; frames sent meanwhile are held, not refused.
   it('gets a hello carrying the epoch, then the answers of frames it sent before', async () => {
-    const store = new MemoryProgressStore();
-    const epoch = await store.getEpoch();
-    let release: () => void = () => {};
-    const held = new Promise<void>((resolve) => {
-      release = resolve;
-    });
-    const getEpoch = store.getEpoch.bind(store);
-    store.getEpoch = async () => {
-      await held;
-      return getEpoch();
-    };
+    const held = epochHeldStore();
+    const { store, release } = held;
+    const epoch = await held.epoch;
     const env = await startServer({ store, heartbeatIntervalMs: 60_000 });
     cleanups.push(() => env.close());
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

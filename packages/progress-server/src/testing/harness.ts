@@ -70,6 +70,28 @@ export async function startServer(
 }
 
 /**
+ * A memory store whose epoch reads wait for `release` (never, unless called): a server's first read of
+ * its store's epoch still under way. `epoch` is the store's epoch, read around the hold.
+ */
+export function epochHeldStore(): {
+  store: MemoryProgressStore;
+  release: () => void;
+  epoch: Promise<string | undefined>;
+} {
+  const store = new MemoryProgressStore();
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  const getEpoch = store.getEpoch.bind(store);
+  store.getEpoch = async () => {
+    await held;
+    return getEpoch();
+  };
+  return { store, release, epoch: getEpoch() };
+}
+
+/**
  * A memory store and its backup: writes given to `both` go to the two (the backup is a copy up to
  * there), later ones to the live store only; `restore()` puts the backup in the live store's place, as
  * an operator restoring a database would. The server sees one store throughout.
