@@ -38,7 +38,13 @@ function writerOn(
 function overClockedStore() {
   const clock = new ManualClock(1000);
   const store = new MemoryProgressStore({ clock: clock.now });
-  return { clock, store, acks: writerOn(store, { feed: store.changes }) };
+  /** Purges the ended run of `t` (a millisecond on) and creates the id's next run, owned by `owner`. */
+  const takeAgain = async (owner: string) => {
+    clock.advance(1);
+    await store.purgeFinished({ olderThanMs: 0 });
+    return store.createTask({ id: 't', owner, kind: 'k' });
+  };
+  return { clock, store, acks: writerOn(store, { feed: store.changes }), takeAgain };
 }
 
 describe('AckWriter', () => {
@@ -324,13 +330,11 @@ describe('AckWriter', () => {
     // it and a new task took the id; watcher B's subscribe read run 2 (`seen`). A's ack, of run 1's seq 2,
     // was written fenced to the state's run, run 2: it marked run 2's events processed, which none of its
     // watchers had, and B's own ack of seq 2 was then skipped as already written.
-    const { clock, store, acks } = overClockedStore();
+    const { store, acks, takeAgain } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'progress', message: 'old 1' });
     await store.append('t', { type: 'cancelled' });
-    clock.advance(1);
-    await store.purgeFinished({ olderThanMs: 0 });
-    const current = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    const current = await takeAgain('alice');
     await store.append('t', { type: 'progress', message: 'new 1' });
     await store.append('t', { type: 'progress', message: 'new 2' });
     await store.append('t', { type: 'progress', message: 'new 3' });
@@ -349,13 +353,11 @@ describe('AckWriter', () => {
     // The reverse: the writer's state was made by a read of run 1 (a watcher that left), and a watcher of
     // run 2 acks before any read told the writer run 2. Fenced to run 1, the write was refused
     // (task_not_found), counted as written, and the ack lost.
-    const { clock, store, acks } = overClockedStore();
+    const { store, acks, takeAgain } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'cancelled' });
     acks.seen('t', 1, old.createdAt);
-    clock.advance(1);
-    await store.purgeFinished({ olderThanMs: 0 });
-    const current = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    const current = await takeAgain('alice');
     await store.append('t', { type: 'progress', message: 'new 1' });
     await store.append('t', { type: 'cancelled' });
     acks.ack('t', 2, current.createdAt);
@@ -365,12 +367,10 @@ describe('AckWriter', () => {
   });
 
   it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
-    const { clock, store, acks } = overClockedStore();
+    const { store, acks, takeAgain } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await store.append('t', { type: 'cancelled' });
-    clock.advance(1);
-    await store.purgeFinished({ olderThanMs: 0 });
-    await store.createTask({ id: 't', owner: 'bob', kind: 'k' });
+    await takeAgain('bob');
     await store.append('t', { type: 'progress', message: 'new 1' });
     // No seen() of `t` in this writer: its state evicted after 10,000 other tasks, or dropped at an epoch
     // change. The live watcher's subscription knows its run: run 1.
