@@ -1,8 +1,6 @@
-import type { ProgressError } from '@finishline/core';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { PostgresProgressStore } from '../src/index.js';
-import { pgUrl, reReadBehindLock, storeFixtures } from './support.js';
+import { openRecordingErrors, pgUrl, reReadBehindLock, storeFixtures } from './support.js';
 
 /**
  * Session settings a DBA puts on the role or the database (here passed as connection options, which Postgres
@@ -21,15 +19,7 @@ describe("the LISTEN connection under a role's or database's session settings", 
     const schema = await migrated();
     const pool = new pg.Pool({ connectionString: pgUrl(), options: '-c idle_session_timeout=100' });
     pool.on('error', () => {});
-    const errors: ProgressError[] = [];
-    const store = await PostgresProgressStore.open({
-      pool,
-      schema,
-      migrate: false,
-      watermarkIntervalMs: 400,
-      reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-      onError: (error) => errors.push(error),
-    });
+    const { store, errors } = await openRecordingErrors(pool, schema, { watermarkIntervalMs: 400 });
     try {
       const pid = store.changes.health().listenerPid;
       // Three barrier intervals, each one quiet for longer than the timeout.

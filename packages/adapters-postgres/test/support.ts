@@ -284,6 +284,27 @@ export function storeFixtures(prefix: string, defaults: Partial<PostgresProgress
 }
 
 /**
+ * Opens a store on `schema` over `pool` (migrated already), reconnecting after 5 to 20 ms, the errors it
+ * reports kept in `errors`; `options` on top.
+ */
+export async function openRecordingErrors(
+  pool: pg.Pool,
+  schema: string,
+  options: Partial<PostgresProgressStoreOptions> = {},
+): Promise<{ store: PostgresProgressStore; errors: ProgressError[] }> {
+  const errors: ProgressError[] = [];
+  const store = await PostgresProgressStore.open({
+    pool,
+    schema,
+    migrate: false,
+    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
+    onError: (error) => errors.push(error),
+    ...options,
+  });
+  return { store, errors };
+}
+
+/**
  * Opens a store on `schema` over a pool of `poolConfig` (named `${prefix}_<random>`), ends its `LISTEN`
  * connection while the test holds a lock on the events table, and waits until the listener's re-read was
  * ended (an error `cut` tells it) or has waited for the lock ten times the pool's 100 ms timeout. Checks
@@ -301,14 +322,7 @@ export async function reReadBehindLock(
   const applicationName = `${prefix}_${randomBytes(4).toString('hex')}`;
   const pool = new pg.Pool({ connectionString: pgUrl(), application_name: applicationName, ...poolConfig });
   pool.on('error', () => {});
-  const errors: ProgressError[] = [];
-  const store = await PostgresProgressStore.open({
-    pool,
-    schema,
-    migrate: false,
-    reconnect: { initialDelayMs: 5, maxDelayMs: 20 },
-    onError: (error) => errors.push(error),
-  });
+  const { store, errors } = await openRecordingErrors(pool, schema);
   const locker = new pg.Client({ connectionString: pgUrl() });
   await locker.connect();
   try {
