@@ -3,17 +3,20 @@ import { option, resolveOptions } from '@finishline/core/internal';
 import {
   type DatabaseIntrospector,
   type DialectAdapter,
-  type Kysely,
+  Kysely,
   type Migration,
   type MigrationProvider,
   type MigrationResult,
   Migrator,
+  PostgresDialect,
   type RawBuilder,
   sql,
   type Transaction,
 } from 'kysely';
+import { guardedPool } from './guarded-pool.js';
 import { lockingTransaction } from './locking-transaction.js';
 import { isDatabaseError } from './pg-errors.js';
+import type { PgPool } from './postgres-store-options.js';
 
 /**
  * Versioned migrations of the store's schema, applied with kysely's `Migrator` (one transaction, an
@@ -200,30 +203,61 @@ const MIGRATE_OPTIONS = {
  * `statement_timeout` or `transaction_timeout`. Returns the names of the migrations it applied (empty when
  * up to date).
  *
- * @throws ProgressError `invalid_input` for a bad schema name; `store_unavailable` (with the cause) when
- * the database fails or already holds a migration this package does not know (a newer version ran).
+ * Give it your `pg.Pool` rather than a Kysely instance on it where you can: each client it uses then gets an
+ * `error` listener, as the store's own clients do (`guarded-pool.ts`). pg-pool takes its listener off a
+ * client it hands out, and a client whose backend ends while it is out (`pg_terminate_backend`, a server
+ * restart, a failover: the migration may wait an hour for another replica's lock) emits `error`, which
+ * with no listener ends the process; with one, the migration rejects with `store_unavailable`. A Kysely
+ * instance does not show its clients: with one, its pool's clients need that listener from you
+ * (`pool.on('connect', (client) => client.on('error', …))`). Either way, the pool's own `error` listener is
+ * yours to add (pg-pool emits an idle client's failure on the pool).
+ *
+ * @throws ProgressError `invalid_input` for a bad schema name, or a `target` that is neither a Kysely
+ * instance nor a pool; `store_unavailable` (with the cause) when the database fails or already holds a
+ * migration this package does not know (a newer version ran).
  *
  * @example
  * ```ts
  * import pg from 'pg';
- * import { Kysely, PostgresDialect } from 'kysely';
  * import { migrateProgressSchema } from '@finishline/postgres';
  *
  * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL });
- * const db = new Kysely({ dialect: new PostgresDialect({ pool }) });
- * await migrateProgressSchema(db, { schema: 'finishline' });
+ * pool.on('error', (error) => console.error('idle pg client failed', error));
+ * await migrateProgressSchema(pool, { schema: 'finishline' });
  * ```
  */
 export async function migrateProgressSchema(
-  db: Kysely<unknown>,
+  target: Kysely<unknown> | PgPool,
   options: MigrateOptions = {},
 ): Promise<string[]> {
   // Unknown keys refused, naming the nearest: `{ schemaName: 'tenant_a' }` migrated `finishline` instead.
   const { schema } = resolveOptions('migrateProgressSchema', MIGRATE_OPTIONS, options);
   assertSchemaName(schema);
+  // A Kysely instance has transaction(); a pool (pg's, or kysely's PostgresPool shape) has connect() only.
+  if (typeof (target as Partial<Kysely<unknown>>).transaction === 'function')
+    return migrate(target as Kysely<unknown>, schema);
+  if (typeof (target as Partial<PgPool>).connect !== 'function') {
+    throw new ProgressError(
+      ErrorCode.InvalidInput,
+      'migrateProgressSchema: give a Kysely instance on Postgres or a pg.Pool',
+    );
+  }
+  // The store's wrapper: guarded clients, and end() does nothing, so destroy() leaves the caller's pool open.
+  const db = new Kysely<unknown>({
+    dialect: new PostgresDialect({ pool: guardedPool(target as PgPool, { preparedStatements: false }) }),
+  });
+  try {
+    return await migrate(db, schema);
+  } finally {
+    await db.destroy();
+  }
+}
+
+/** {@link migrateProgressSchema} on `db`. */
+async function migrate(db: Kysely<unknown>, schema: string): Promise<string[]> {
   const migrations = migrationsFor(schema);
   const provider: MigrationProvider = { getMigrations: async () => migrations };
-  const migrate = async (trx: Transaction<unknown>) => {
+  const run = async (trx: Transaction<unknown>) => {
     // The lock replicas migrating at once queue on, held until this transaction ends. Kysely's Migrator
     // took a session-level lock in one autocommit statement and released it in another: behind a
     // transaction-mode pooler (PgBouncer), the release ran on another server connection, and the lock
@@ -259,7 +293,7 @@ export async function migrateProgressSchema(
   try {
     // READ COMMITTED whatever the session's default: a replica that waited for the lock must see the
     // migrations the one before it committed meanwhile, which a snapshot taken at the lock's statement hides.
-    results = await lockingTransaction(db).execute(migrate);
+    results = await lockingTransaction(db).execute(run);
   } catch (error) {
     throw new ProgressError(
       ErrorCode.StoreUnavailable,

@@ -57,7 +57,10 @@ export interface PostgresProgressStoreOptions {
   /**
    * A Kysely instance on Postgres to use instead of `pool`. The store never destroys it, and runs its
    * statements without the instance's plugins (`withoutPlugins()`). With `db`, the store cannot see the
-   * pool's settings, so `listenClient` is required.
+   * pool's settings, so `listenClient` is required, nor its clients: the `error` listener a client needs
+   * while it is checked out (pg-pool takes its own off; a backend that ends then emits `error`, which with no
+   * listener ends the process) is yours to add, `pool.on('connect', (client) => client.on('error', …))`.
+   * With `pool`, the store adds it.
    * @default undefined (then `pool` is required)
    */
   // biome-ignore lint/suspicious/noExplicitAny: any database type; the store only uses its own schema.
