@@ -64,6 +64,12 @@ export class AppendPipeline {
   readonly #publisher: ChangePublisher;
   readonly #clock: Clock;
   readonly #queue: GroupCommitQueue<PendingAppend>;
+  /**
+   * The next batch follows a wait for a backlog's paging (see {@link #commit}): it reads what came since
+   * under the write lock, however much, rather than wait again (another process committing back to back
+   * could keep it waiting for ever).
+   */
+  #backlogPaged = false;
 
   constructor(options: AppendPipelineOptions) {
     this.#q = options.statements;
@@ -74,7 +80,7 @@ export class AppendPipeline {
     this.#queue = new GroupCommitQueue<PendingAppend>({
       maxBatchSize: options.maxBatchSize,
       timing: 'immediate',
-      commit: (batch) => this.#commit(batch),
+      commit: (batch, urgent) => this.#commit(batch, urgent),
     });
   }
 
@@ -102,11 +108,35 @@ export class AppendPipeline {
     for (const entry of this.#queue.clear()) entry.reject(storeClosed());
   }
 
-  /** Commits one batch of appends and settles each one. Never throws. */
-  #commit(batch: PendingAppend[]): void {
+  /**
+   * Commits one batch of appends and settles each one. Never throws. Unless `urgent` (a flush: a read or a
+   * close that must see the appends), a batch that meets a backlog of other connections' commits (more
+   * than a page of them, or a poll paging them) returns `false`, settling nothing: the publisher pages
+   * the backlog a turn at a time, and the queue commits the batch again once it did (its events published
+   * after the backlog's, as a write transaction publishes other connections' events before its own). A
+   * flush meanwhile (a read, an ack, a close: what must see the appends) commits it at once, reading the
+   * rest of the backlog in its turn.
+   */
+  #commit(batch: PendingAppend[], urgent: boolean): boolean {
+    const mayWait = !urgent && !this.#backlogPaged;
+    this.#backlogPaged = false;
     let written: WrittenBatch | undefined;
     try {
-      written = this.#write(batch, 'together');
+      if (mayWait) {
+        written = this.#transactions.runAfterBacklog((log) =>
+          this.#writeBatch(batch, 'together', log),
+        )?.result;
+        if (written === undefined) {
+          this.#publisher.pageBacklog(() => {
+            // Unless a flush committed the batch meanwhile.
+            this.#backlogPaged = this.#queue.size > 0;
+            this.#queue.resume();
+          });
+          return false;
+        }
+      } else {
+        written = this.#write(batch, 'together');
+      }
     } catch (error) {
       // The transaction rolled back: nothing of the batch was written. A task row that refused its writes
       // (damaged by hand: a seq behind its log, whose next event collides with one the log holds) failed
@@ -123,7 +153,7 @@ export class AppendPipeline {
       if (written === undefined) {
         const rejection = toProgressError(failure, 'commit appends');
         for (const entry of batch) entry.reject(rejection);
-        return;
+        return true;
       }
     }
     const { outcomes, tasks } = written;
@@ -136,6 +166,7 @@ export class AppendPipeline {
       if (outcome instanceof ProgressError) entry.reject(outcome);
       else entry.resolve(outcome);
     }
+    return true;
   }
 
   /**
@@ -143,34 +174,41 @@ export class AppendPipeline {
    * under a savepoint of their own, so that a row that refuses them fails its task's appends alone.
    */
   #write(batch: readonly PendingAppend[], mode: 'together' | 'taskByTask'): WrittenBatch {
-    return this.#transactions.run((log) => {
-      const now = this.#clock();
-      const outcomes: (AppendResult | ProgressError)[] = new Array(batch.length);
-      // The batch's view of each task: loaded once, then advanced by each planned append.
-      const tasks = this.#loadBatchTasks(batch);
-      const planned: AppendResult[] = [];
-      for (let index = 0; index < batch.length; index++) {
-        const { taskId, input, run, owner } = batch[index]!;
-        const task = tasks.get(taskId)!;
-        if (task instanceof ProgressError) {
-          outcomes[index] = task;
-          continue;
-        }
-        try {
-          assertRun(task, run);
-          assertLeaseOwner(task, owner);
-          const result = planAppend(task, input, now);
-          tasks.set(taskId, result.task);
-          planned.push(result);
-          outcomes[index] = result;
-        } catch (error) {
-          outcomes[index] = toProgressError(error, 'append');
-        }
+    return this.#transactions.run((log) => this.#writeBatch(batch, mode, log));
+  }
+
+  /** The work of {@link #write}'s transaction. */
+  #writeBatch(
+    batch: readonly PendingAppend[],
+    mode: 'together' | 'taskByTask',
+    log: TransactionLog,
+  ): WrittenBatch {
+    const now = this.#clock();
+    const outcomes: (AppendResult | ProgressError)[] = new Array(batch.length);
+    // The batch's view of each task: loaded once, then advanced by each planned append.
+    const tasks = this.#loadBatchTasks(batch);
+    const planned: AppendResult[] = [];
+    for (let index = 0; index < batch.length; index++) {
+      const { taskId, input, run, owner } = batch[index]!;
+      const task = tasks.get(taskId)!;
+      if (task instanceof ProgressError) {
+        outcomes[index] = task;
+        continue;
       }
-      if (mode === 'together') writeAppends(this.#q, planned, log);
-      else this.#writeTaskByTask(batch, planned, { outcomes, tasks }, log);
-      return { outcomes, tasks };
-    });
+      try {
+        assertRun(task, run);
+        assertLeaseOwner(task, owner);
+        const result = planAppend(task, input, now);
+        tasks.set(taskId, result.task);
+        planned.push(result);
+        outcomes[index] = result;
+      } catch (error) {
+        outcomes[index] = toProgressError(error, 'append');
+      }
+    }
+    if (mode === 'together') writeAppends(this.#q, planned, log);
+    else this.#writeTaskByTask(batch, planned, { outcomes, tasks }, log);
+    return { outcomes, tasks };
   }
 
   /**

@@ -9,7 +9,10 @@ function recorder(timing: FlushTiming, maxBatchSize = 1000) {
   const queue = new GroupCommitQueue<number>({
     maxBatchSize,
     timing,
-    commit: (batch) => batches.push([...batch]),
+    commit: (batch) => {
+      batches.push([...batch]);
+      return true;
+    },
   });
   return { queue, batches };
 }
@@ -53,6 +56,42 @@ describe('GroupCommitQueue', () => {
     ]);
   });
 
+  it('a batch handed back (commit returned false) waits at the head for resume(), or a flush', async () => {
+    const committed: { batch: number[]; urgent: boolean }[] = [];
+    let handBack = true;
+    const queue = new GroupCommitQueue<number>({
+      maxBatchSize: 2,
+      timing: 'immediate',
+      commit: (batch, urgent) => {
+        if (handBack && !urgent) {
+          handBack = false;
+          return false;
+        }
+        committed.push({ batch: [...batch], urgent });
+        return true;
+      },
+    });
+    queue.enqueue(0);
+    queue.enqueue(1);
+    await nextTurn();
+    queue.enqueue(2);
+    for (let turn = 0; turn < 3; turn++) await nextTurn();
+    expect(committed, 'nothing committed before resume()').toEqual([]);
+    queue.resume();
+    for (let turn = 0; turn < 3; turn++) await nextTurn();
+    expect(committed).toEqual([
+      { batch: [0, 1], urgent: false },
+      { batch: [2], urgent: false },
+    ]);
+
+    handBack = true;
+    queue.enqueue(3);
+    await nextTurn();
+    queue.enqueue(4);
+    queue.flush();
+    expect(committed.slice(2)).toEqual([{ batch: [3, 4], urgent: true }]);
+  });
+
   it('flush() commits what is queued synchronously, and the scheduled commit then finds nothing', async () => {
     const { queue, batches } = recorder('immediate', 2);
     for (let i = 0; i < 5; i++) queue.enqueue(i);
@@ -77,6 +116,7 @@ describe('GroupCommitQueue', () => {
           queue.flush(); // a read issued from a listener: must not commit inside this commit
         }
         depth--;
+        return true;
       },
     });
     queue.enqueue(1);

@@ -20,8 +20,14 @@ export interface GroupCommitOptions<T> {
    * was queued synchronously.
    */
   timing: FlushTiming;
-  /** Commits one batch and settles each entry. Must not throw: it owns the entries' promises. */
-  commit: (batch: T[]) => void;
+  /**
+   * Commits one batch, settles each entry and returns `true`. Must not throw: it owns the entries'
+   * promises. Called by `flush()` with `urgent` true; otherwise it may return `false` instead, settling
+   * nothing: the batch
+   * goes back to the head of the queue, and no scheduled commit runs until `resume()` (a `flush()` still
+   * commits everything, urgently).
+   */
+  commit: (batch: T[], urgent: boolean) => boolean;
 }
 
 /**
@@ -32,13 +38,15 @@ export interface GroupCommitOptions<T> {
 export class GroupCommitQueue<T> {
   readonly #maxBatchSize: number;
   readonly #timing: FlushTiming;
-  readonly #commit: (batch: T[]) => void;
+  readonly #commit: (batch: T[], urgent: boolean) => boolean;
   #queue: T[] = [];
   /** Index of the first entry not yet taken; the array is compacted lazily to keep batching O(n). */
   #head = 0;
   #immediate: ReturnType<typeof setImmediate> | undefined;
   #microtaskPending = false;
   #committing = false;
+  /** A commit returned `false`: scheduled commits wait for `resume()`. */
+  #paused = false;
 
   constructor(options: GroupCommitOptions<T>) {
     this.#maxBatchSize = options.maxBatchSize;
@@ -62,7 +70,13 @@ export class GroupCommitQueue<T> {
    * listener called from inside one): that commit's caller takes the rest afterwards.
    */
   flush(): void {
-    while (this.size > 0 && !this.#committing) this.#commitOne();
+    while (this.size > 0 && !this.#committing) this.#commitOne(true);
+  }
+
+  /** Lets scheduled commits run again after a commit returned `false`, the first in a later turn. */
+  resume(): void {
+    this.#paused = false;
+    if (this.size > 0) this.#schedule();
   }
 
   /** Removes and returns the entries still queued, for their owner to settle (on close). */
@@ -98,10 +112,10 @@ export class GroupCommitQueue<T> {
   }
 
   #onScheduled(): void {
-    if (this.#committing || this.size === 0) return;
-    this.#commitOne();
+    if (this.#committing || this.#paused || this.size === 0) return;
+    this.#commitOne(false);
     // Leave the event loop a turn between batches so I/O and timers are not starved by a flood.
-    if (this.size > 0 && this.#immediate === undefined) {
+    if (this.size > 0 && !this.#paused && this.#immediate === undefined) {
       this.#immediate = setImmediate(() => {
         this.#immediate = undefined;
         this.#onScheduled();
@@ -109,7 +123,7 @@ export class GroupCommitQueue<T> {
     }
   }
 
-  #commitOne(): void {
+  #commitOne(urgent: boolean): void {
     let batch: T[];
     if (this.#head === 0 && this.#queue.length <= this.#maxBatchSize) {
       batch = this.#queue;
@@ -127,10 +141,17 @@ export class GroupCommitQueue<T> {
       }
     }
     this.#committing = true;
+    let committed = true;
     try {
-      this.#commit(batch);
+      committed = this.#commit(batch, urgent);
     } finally {
       this.#committing = false;
+    }
+    if (committed === false) {
+      // Back at the head, before what was queued meanwhile: entries are committed in the order queued.
+      this.#queue = batch.concat(this.#queue.slice(this.#head));
+      this.#head = 0;
+      this.#paused = true;
     }
   }
 }

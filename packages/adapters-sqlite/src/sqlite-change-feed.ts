@@ -79,9 +79,10 @@ const CATCH_UP_PAGE = 1000;
  * Pages of other connections' events a poll reads and publishes in one event-loop turn; the rest waits for
  * the next turn (`setImmediate`), page after page. Read in one turn, a backlog of 100,000 events (another
  * process's large transaction, or this one paused for a while) held the event loop some 0.8 s, sockets and
- * timers (heartbeats, acks) unserved meanwhile. A write transaction of this store that starts while the
- * rest waits reads all of it in its own turn when it appends (its events are published after them), and
- * none of it otherwise (an ack, a lease, a task created: see `WriteTransactions.run`).
+ * timers (heartbeats, acks) unserved meanwhile. An append batch of this store that starts while the rest
+ * waits, or finds such a backlog itself, waits for the paging to end (its events are published after
+ * them: see `pageBacklog`); a write that publishes nothing of its own (an ack, a lease, a task created)
+ * reads none of it (see `WriteTransactions.run`).
  */
 const POLL_PAGES_PER_TURN = 1;
 
@@ -138,6 +139,8 @@ export class ChangePublisher {
    * the polls meanwhile leave it to this one, which reads up to whatever they found.
    */
   #nextPage: ReturnType<typeof setImmediate> | undefined;
+  /** What waits for the paging to end (see {@link pageBacklog}). */
+  #afterPaging: (() => void)[] = [];
   readonly #onPollError: (error: unknown) => void;
   readonly #writeAlone: (work: () => void) => void;
 
@@ -199,6 +202,21 @@ export class ChangePublisher {
    */
   get pagingBacklog(): boolean {
     return this.#nextPage !== undefined;
+  }
+
+  /**
+   * Publishes what other connections committed past the mark a page per event-loop turn, as a poll does,
+   * from the next turn, and calls `then` once it read up to the newest commit, failed (reported as a poll's
+   * failure), or the publisher stopped: an append batch that found a backlog waits for it so, and is then
+   * written after it. `then` is never called before this returns.
+   */
+  pageBacklog(then: () => void): void {
+    if (this.#stopped) {
+      queueMicrotask(then);
+      return;
+    }
+    this.#afterPaging.push(then);
+    if (this.#nextPage === undefined) this.#scheduleNextPage();
   }
 
   /** A log for a transaction starting now: past the high-water mark, nothing to publish yet. */
@@ -359,6 +377,30 @@ export class ChangePublisher {
     this.#watcher?.stop();
     if (this.#nextPage !== undefined) clearImmediate(this.#nextPage);
     this.#nextPage = undefined;
+    this.#pagingEnded();
+  }
+
+  /** Reads and publishes the next page in the next event-loop turn (see {@link POLL_PAGES_PER_TURN}). */
+  #scheduleNextPage(): void {
+    this.#nextPage = setImmediate(() => {
+      this.#nextPage = undefined;
+      try {
+        this.#publishPolled();
+      } catch (error) {
+        // As a poll's failure: reported once per streak, and the next poll tries again. Without polling
+        // (an append asked for the paging), reported as one.
+        if (this.#watcher !== undefined) this.#watcher.failed(error);
+        else this.#onPollError(toProgressError(error, 'read other connections’ commits'));
+      }
+      if (this.#nextPage === undefined) this.#pagingEnded();
+    });
+  }
+
+  /** Calls what waited for the paging to end (see {@link pageBacklog}). */
+  #pagingEnded(): void {
+    const waiting = this.#afterPaging;
+    this.#afterPaging = [];
+    for (const then of waiting) then();
   }
 
   /**
@@ -369,17 +411,7 @@ export class ChangePublisher {
   #publishPolled(): void {
     if (this.#stopped || this.#nextPage !== undefined) return;
     const { epoch, complete } = this.catchUp(POLL_PAGES_PER_TURN);
-    if (!complete) {
-      this.#nextPage = setImmediate(() => {
-        this.#nextPage = undefined;
-        try {
-          this.#publishPolled();
-        } catch (error) {
-          // As a poll's failure: reported once per streak, and the next poll tries again.
-          this.#watcher?.failed(error);
-        }
-      });
-    }
+    if (!complete) this.#scheduleNextPage();
     this.#catchingUp = true;
     try {
       this.drain();

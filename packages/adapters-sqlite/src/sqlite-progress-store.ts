@@ -482,7 +482,8 @@ export class SqliteProgressStore implements ProgressStore {
    * throws to a ProgressError. A write transaction reads other connections' commits first, whatever it
    * writes (an ack, a lease, a purge): left in the outbox, they waited for the next append or poll, and
    * with polling off for ever. (Those it reads are published here; one that publishes nothing of its own
-   * reads none while a poll publishes a backlog page by page, which then does: see `WriteTransactions.run`.)
+   * reads none while a poll publishes a backlog page by page, which then does: see `WriteTransactions.run`;
+   * an append batch waits for that paging: see `AppendPipeline`.)
    */
   #call<T>(action: string, work: () => T): Promise<T> {
     try {

@@ -72,7 +72,8 @@ export class WriteTransactions {
    * `changeless`: the work publishes no change of its own (an ack, a lease, a task created). While a poll
    * publishes a backlog page by page (`ChangePublisher.pagingBacklog`), such a transaction leaves the rest
    * to it: read here, all of it in one event-loop turn, it held the loop as long as the poll's paging avoids
-   * (a server's acks during a backlog of 100,000 events: some 0.8 s each time).
+   * (a server's acks during a backlog of 100,000 events: some 0.8 s each time). An append batch waits for
+   * the paging instead (see {@link runAfterBacklog}).
    */
   run<T>(work: (log: TransactionLog) => T, options?: { changeless?: boolean }): T {
     const leaveToPoll = options?.changeless === true && this.#publisher.pagingBacklog;
@@ -88,13 +89,29 @@ export class WriteTransactions {
   }
 
   /**
+   * {@link run} for an append batch, which can wait: when a poll is publishing a backlog of other
+   * connections' commits page by page (`ChangePublisher.pagingBacklog`), or more than
+   * {@link CATCH_UP_PAGES_UNDER_LOCK} pages of them wait, returns `undefined` with `work` not run and
+   * nothing of them kept, for the caller to have the publisher page them (`pageBacklog`), a page per
+   * turn, and then call {@link run}. Read here, all of it in one event-loop turn, 100,000 events held the
+   * loop some 0.8 s; the page read here is read again by the paging, so that no turn publishes two.
+   */
+  runAfterBacklog<T>(work: (log: TransactionLog) => T): { result: T } | undefined {
+    if (this.#publisher.pagingBacklog) return undefined;
+    const attempt = this.#attempt(work, CATCH_UP_PAGES_UNDER_LOCK, false);
+    return attempt.done ? { result: attempt.result } : undefined;
+  }
+
+  /**
    * One try at {@link run}: `done: false` (rolled back, `work` not run) when more than `catchUpPages`
-   * pages of other connections' events were waiting; the pages read are in the outbox then. With
-   * `catchUpPages` 0 it reads none, and does not check the mark (the poll that reads them does).
+   * pages of other connections' events were waiting; the pages read are in the outbox then, unless not
+   * `keepRead`. With `catchUpPages` 0 it reads none, and does not check the mark (the poll that reads them
+   * does).
    */
   #attempt<T>(
     work: (log: TransactionLog) => T,
     catchUpPages: number,
+    keepRead = true,
   ): { done: true; result: T } | { done: false } {
     this.#begin();
     try {
@@ -108,7 +125,7 @@ export class WriteTransactions {
       if (catchUpPages > 0 && !log.idsWentBack && !this.#publisher.readSince(log, catchUpPages)) {
         // Other connections' committed events: published whatever becomes of this transaction.
         rollbackQuietly(this.#database);
-        this.#publisher.committed(log);
+        if (keepRead) this.#publisher.committed(log);
         return { done: false };
       }
       const result = work(log);

@@ -1,7 +1,8 @@
+import { ErrorCode } from '@finishline/core';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SqliteProgressStore } from '../src/index.js';
-import { spyDatabase } from './support/spy-database.js';
+import { spyDatabase, sqliteError } from './support/spy-database.js';
 import { eventually, tempDatabase } from './support/temp-database.js';
 
 /**
@@ -39,6 +40,7 @@ async function backlog(
   theirs: number,
   act?: (store: SqliteProgressStore) => Promise<unknown>,
   failPage?: number,
+  dataVersionPollMs = 5,
 ) {
   acted = undefined;
   const file = tempDatabase();
@@ -51,7 +53,7 @@ async function backlog(
   const errors: unknown[] = [];
   const store = new SqliteProgressStore({
     database,
-    dataVersionPollMs: 5,
+    dataVersionPollMs,
     onError: (error) => errors.push(error),
   });
   cleanups.push(() => store.close());
@@ -73,7 +75,7 @@ async function backlog(
   await Promise.all(
     Array.from({ length: theirs }, (_, i) => other.append('theirs', { type: 'progress', done: i })),
   );
-  return { store, heard, perTurn, errors };
+  return { store, heard, perTurn, errors, database };
 }
 
 describe('a poll that finds a large backlog of other connections’ commits', () => {
@@ -86,14 +88,61 @@ describe('a poll that finds a large backlog of other connections’ commits', ()
     expect(Math.max(...perTurn.values()), 'changes published in one turn').toBeLessThanOrEqual(1000);
   });
 
-  it("publishes this store's own commit made meanwhile after the events committed before it", async () => {
+  it("publishes this store's own commit made meanwhile after the events committed before it, still a page per turn", async () => {
     const theirs = 5000;
-    // Appended once the poll published its first page, while the rest waits: the write reads it first.
-    const { heard } = await backlog(theirs, (store) => store.append('mine', { type: 'progress', done: 1 }));
+    // Appended once the poll published its first page, while the rest waits: the append waits for it (it
+    // read the rest in one turn, before its own write).
+    const { heard, perTurn } = await backlog(theirs, (store) =>
+      store.append('mine', { type: 'progress', done: 1 }),
+    );
     await eventually('appended', () => acted !== undefined);
     await acted;
     await eventually('every event heard', () => heard.length >= theirs + 1);
     await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
+    expect(Math.max(...perTurn.values()), 'changes published in one turn').toBeLessThanOrEqual(1000);
+  });
+
+  it('is paged for an append that finds it, without polling, and the append is published after it', async () => {
+    const theirs = 5000;
+    const { store, heard, perTurn, errors } = await backlog(theirs, undefined, undefined, 0);
+    // Nothing polls: the append is the first to find the backlog. It read the rest in one turn.
+    await expect(store.append('mine', { type: 'progress', done: 1 })).resolves.toMatchObject({
+      event: { seq: 1 },
+    });
+    expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
+    expect(Math.max(...perTurn.values()), 'changes published in one turn').toBeLessThanOrEqual(1000);
+    expect(errors).toEqual([]);
+  });
+
+  it('is read at once, with the append waiting for its paging, by a read that must see the append', async () => {
+    const theirs = 5000;
+    // Called once the paging published its first page, after the append: it sees it, so the append
+    // commits now, the rest of the backlog read first.
+    const { store, heard } = await backlog(theirs, (store) => store.getTask('mine'), undefined, 0);
+    const appended = store.append('mine', { type: 'progress', done: 1 });
+    await expect(appended).resolves.toMatchObject({ event: { seq: 1 } });
+    await eventually('read', () => acted !== undefined);
+    await expect(acted).resolves.toMatchObject({ seq: 1 });
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
+  });
+
+  it('fails the waiting append with a typed error when reading the backlog fails, reports the failure, and loses nothing', async () => {
+    const theirs = 5000;
+    const { store, heard, errors, database } = await backlog(theirs, undefined, undefined, 0);
+    // Two failures after one read each: the paging's page fails, then the append's own read of it again.
+    database.failNext(EVENTS_SINCE, sqliteError('SQLITE_IOERR', 'disk I/O error'), 1);
+    database.failNext(EVENTS_SINCE, sqliteError('SQLITE_IOERR', 'disk I/O error'), 1);
+    await expect(store.append('mine', { type: 'progress', done: 1 })).rejects.toMatchObject({
+      code: ErrorCode.StoreUnavailable,
+    });
+    // The paging's failure, reported as a poll's.
+    expect(errors).toMatchObject([{ code: ErrorCode.StoreUnavailable }]);
+    // Nothing was lost: the next append reads the rest, and is published after it.
+    await expect(store.append('mine', { type: 'progress', done: 1 })).resolves.toMatchObject({
+      event: { seq: 1 },
+    });
     expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
   });
 
