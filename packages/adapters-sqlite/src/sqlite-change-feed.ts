@@ -139,8 +139,8 @@ export class ChangePublisher {
    * the polls meanwhile leave it to this one, which reads up to whatever they found.
    */
   #nextPage: ReturnType<typeof setImmediate> | undefined;
-  /** What waits for the paging to end (see {@link pageBacklog}). */
-  #afterPaging: (() => void)[] = [];
+  /** What waits for the paging (see {@link pageBacklog}), and the event id it waits for it to reach. */
+  #afterPaging: { upTo: number; then: () => void }[] = [];
   readonly #onPollError: (error: unknown) => void;
   readonly #writeAlone: (work: () => void) => void;
 
@@ -206,16 +206,20 @@ export class ChangePublisher {
 
   /**
    * Publishes what other connections committed past the mark a page per event-loop turn, as a poll does,
-   * from the next turn, and calls `then` once it read up to the newest commit, failed (reported as a poll's
-   * failure), or the publisher stopped: an append batch that found a backlog waits for it so, and is then
-   * written after it. `then` is never called before this returns.
+   * from the next turn, and calls `then` once it read up to the commits there are now (or ended: read up to
+   * the newest, failed (reported as a poll's failure), or the publisher stopped): an append batch that
+   * found a backlog waits for it so, and is then written after it. Not until the paging ends: beside a
+   * process that commits a page per turn or more, it never does, and the batch waited for ever. `then` is
+   * never called before this returns.
+   *
+   * @throws whatever reading the largest event id throws.
    */
   pageBacklog(then: () => void): void {
     if (this.#stopped) {
       queueMicrotask(then);
       return;
     }
-    this.#afterPaging.push(then);
+    this.#afterPaging.push({ upTo: this.#readIdSequence(), then });
     if (this.#nextPage === undefined) this.#scheduleNextPage();
   }
 
@@ -392,15 +396,16 @@ export class ChangePublisher {
         if (this.#watcher !== undefined) this.#watcher.failed(error);
         else this.#onPollError(toProgressError(error, 'read other connections’ commits'));
       }
-      if (this.#nextPage === undefined) this.#pagingEnded();
+      this.#pagingEnded(this.#nextPage === undefined ? Number.POSITIVE_INFINITY : this.#highWaterMark);
     });
   }
 
-  /** Calls what waited for the paging to end (see {@link pageBacklog}). */
-  #pagingEnded(): void {
-    const waiting = this.#afterPaging;
-    this.#afterPaging = [];
-    for (const then of waiting) then();
+  /** Calls what waited for the paging to read up to `mark` (see {@link pageBacklog}); all of it by default. */
+  #pagingEnded(mark = Number.POSITIVE_INFINITY): void {
+    if (this.#afterPaging.length === 0) return;
+    const waiting = this.#afterPaging.filter(({ upTo }) => upTo <= mark);
+    this.#afterPaging = this.#afterPaging.filter(({ upTo }) => upTo > mark);
+    for (const { then } of waiting) then();
   }
 
   /**

@@ -75,7 +75,7 @@ async function backlog(
   await Promise.all(
     Array.from({ length: theirs }, (_, i) => other.append('theirs', { type: 'progress', done: i })),
   );
-  return { store, heard, perTurn, errors, database };
+  return { store, heard, perTurn, errors, database, raw };
 }
 
 describe('a poll that finds a large backlog of other connections’ commits', () => {
@@ -113,6 +113,33 @@ describe('a poll that finds a large backlog of other connections’ commits', ()
     expect(heard).toEqual([...Array.from({ length: theirs }, (_, i) => `theirs:${i + 1}`), 'mine:1']);
     expect(Math.max(...perTurn.values()), 'changes published in one turn').toBeLessThanOrEqual(1000);
     expect(errors).toEqual([]);
+  });
+
+  it('lets the waiting append go once the paging read what was there when it began, beside a process that keeps committing', async () => {
+    const theirs = 5000;
+    const { store, heard, raw } = await backlog(theirs, undefined, undefined, 0);
+    // Another process committing a page of events for each page this store publishes: the paging never
+    // reads up to the newest commit while it goes on, and the append waited for it to stop.
+    const insert = raw.prepare(
+      "INSERT INTO finishline_events (task_id, seq, type, time, done, succeeded, failed) VALUES ('theirs', ?, 'progress', 0, 0, 0, 0)",
+    );
+    let committed = theirs;
+    const rounds = 20;
+    let round = 0;
+    store.changes.subscribe(() => {
+      if (heard.length % 1000 !== 0 || round >= rounds) return;
+      round += 1;
+      raw.transaction(() => {
+        for (let i = 0; i < 1000; i++) insert.run(++committed);
+      })();
+    });
+    await expect(store.append('mine', { type: 'progress', done: 1 })).resolves.toMatchObject({
+      event: { seq: 1 },
+    });
+    expect(round, 'pages the other process committed before the append').toBeLessThan(rounds);
+    // Its event after every event committed before its transaction, in order.
+    const mine = heard.indexOf('mine:1');
+    expect(heard.slice(0, mine)).toEqual(Array.from({ length: mine }, (_, i) => `theirs:${i + 1}`));
   });
 
   it('is read at once, with the append waiting for its paging, by a read that must see the append', async () => {
