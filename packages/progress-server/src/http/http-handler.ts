@@ -667,6 +667,9 @@ async function serveRoute<P extends Principal>(
       const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
       const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
+      // Before the follow below, as the cursor is: an id the route refuses (400) is handed to neither the
+      // hub nor the store's change feed (whose safety-net poll asks the store about every id followed).
+      checkTaskId(route.taskId);
       // Followed before the read that authorizes it, as a socket's subscribe follows before its load: a
       // commit after this read is noticed (the hub's latest seq covers it), so the stream starts from
       // this read instead of reading the task again. Let go once the stream follows the task itself (a
@@ -987,6 +990,13 @@ function epochOf<P extends Principal>(ctx: HttpHandlerContext<P>): { epoch?: str
   return epoch === undefined ? {} : { epoch };
 }
 
+/** Refuses an id no task can have (empty, too long, or outside the protocol's id characters): 400. */
+function checkTaskId(taskId: string): void {
+  if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
+    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
+  }
+}
+
 /**
  * The task, if the principal may `action` it. A task the principal may not watch answers exactly like a
  * missing one (404, same body) unless `revealTaskExistence` is on; one it may watch but not cancel is a
@@ -1002,9 +1012,7 @@ async function loadAuthorized<P extends Principal>(
   action: 'watch' | 'cancel',
   hooks: HookDeadline,
 ): Promise<Task> {
-  if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
-    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
-  }
+  checkTaskId(taskId);
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await store.getTask(taskId);
   if (task === undefined && ctx.revealTaskExistence) throw notFound();
