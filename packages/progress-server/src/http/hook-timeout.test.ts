@@ -76,6 +76,26 @@ describe('HTTP hook deadline', () => {
     expect(waiting).toHaveLength(0);
   });
 
+  it('answers a cancel that took 200 without the task when the watch check after it hangs, not 504', async () => {
+    env = await startServer({
+      upgradeTimeoutMs: 100,
+      // May cancel; whether it may watch (asked once the cancel took, for the answer's task) never answers.
+      authorize: (principal, task, action) => (action === 'watch' ? hung : task.owner === principal.id),
+    });
+    await env.server.tasks.create({ id: 't1', owner: 'alice', kind: 'k' });
+    const response = await fetch(`${env.httpUrl}/progress/tasks/t1/cancel`, {
+      method: 'POST',
+      headers: { 'x-user': 'alice', 'content-type': 'application/json' },
+      body: '{}',
+      signal: AbortSignal.timeout(3000),
+    });
+    expect({ status: response.status, body: await response.json() }).toEqual({
+      status: 200,
+      body: { taskId: 't1' },
+    });
+    expect((await env.store.getTask('t1'))?.status).toBe('cancelled');
+  });
+
   it("counts a request's connection as pending while its authenticate hook runs", async () => {
     let entered: () => void = () => undefined;
     const hookEntered = new Promise<void>((resolve) => {

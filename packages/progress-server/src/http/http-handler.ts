@@ -670,9 +670,27 @@ async function serveRoute<P extends Principal>(
         });
       // Allowed to cancel is not allowed to read: a principal that may not watch the task (an operator's
       // kill switch) learns that the cancel took, not the task's message, items or result.
-      const after = (await store.getTask(task.id)) ?? task;
-      if (!(await hooks.within(ctx.auth.authorize(principal, after, 'watch')))) return { taskId: task.id };
-      return { taskId: task.id, task: toTaskView(after) };
+      // The cancel took: what follows only decides whether the answer shows the task. A read after it that
+      // fails, a `watch` check that does not answer within `upgradeTimeoutMs`, or a shutdown meanwhile
+      // leaves the task out; answered 503 or 504, the cancel that took was reported failed, and the
+      // caller's retry got 409 `task_finished`, as if someone else had ended the task.
+      try {
+        const after = (await store.getTask(task.id)) ?? task;
+        if (await hooks.within(ctx.auth.authorize(principal, after, 'watch'))) {
+          return { taskId: task.id, task: toTaskView(after) };
+        }
+      } catch (error) {
+        // A bug is still a 500. (A hook's timeout was logged and counted as it expired.)
+        if (!(error instanceof HttpError) && !isProgressError(error)) throw error;
+        if (isProgressError(error) && isStoreFailure(error)) {
+          ctx.metrics.storeErrors.inc();
+          ctx.logger.warn(
+            { err: describeError(error), taskId: task.id },
+            'reading a task after its cancel failed; answering without it',
+          );
+        }
+      }
+      return { taskId: task.id };
     }
     case 'stream': {
       const { streams } = ctx;
