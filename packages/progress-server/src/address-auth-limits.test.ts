@@ -446,6 +446,31 @@ describe('AddressAuthLimits', () => {
     limits.succeeded(from('2001:db8::1'));
     expect(limits.take(from('2001:db8::2'))).toBeUndefined();
   });
+
+  it('counts an IPv4-mapped address as its IPv4 address however it is written, never as one shared /64', () => {
+    // As a proxy's X-Forwarded-For may carry them: hex (a WHATWG URL's spelling), expanded, dotted.
+    const forwarded = (address: string) =>
+      ({
+        headers: { 'x-forwarded-for': address },
+        socket: { remoteAddress: '192.0.2.254' },
+      }) as unknown as IncomingMessage;
+    const limits = new AddressAuthLimits({
+      ratePerSecond: 1,
+      clock: () => 0,
+      clientAddress: forwardedClientAddress({ trustedProxies: 1 }),
+    });
+    // 10.0.0.1 spends its burst (50 at 1/s) under three spellings.
+    for (let i = 0; i < 20; i += 1) expect(limits.take(forwarded('::ffff:a00:1'))).toBeUndefined();
+    for (let i = 0; i < 20; i += 1) expect(limits.take(forwarded('0:0:0:0:0:ffff:10.0.0.1'))).toBeUndefined();
+    for (let i = 0; i < 10; i += 1) expect(limits.take(forwarded('[::ffff:10.0.0.1]:443'))).toBeUndefined();
+    expect(limits.take(forwarded('::FFFF:0A00:0001'))).toBe(1);
+    expect(limits.take(forwarded('10.0.0.1'))).toBe(1);
+    // Other IPv4 clients, and loopback, keep budgets of their own.
+    expect(limits.take(forwarded('::ffff:a00:2'))).toBeUndefined();
+    expect(limits.take(forwarded('0:0:0:0:0:ffff:a00:3'))).toBeUndefined();
+    expect(limits.take(forwarded('::1'))).toBeUndefined();
+    expect(limits.size).toBe(4);
+  });
 });
 
 export type { Principal };

@@ -57,6 +57,45 @@ describe('HTTP hook deadline', () => {
     expect((await get('/progress/tasks/t2')).status).toBe(200);
   });
 
+  it('asks the authorize hook about no more listed tasks once the list was answered 504', async () => {
+    // A slow hook (not a hung one): each call answers when released. The list asks 8 at a time.
+    const waiting: Array<() => void> = [];
+    env = await startServer({
+      upgradeTimeoutMs: 100,
+      authorize: (principal, task) =>
+        new Promise<boolean>((resolve) => waiting.push(() => resolve(task.owner === principal.id))),
+    });
+    for (let i = 0; i < 40; i += 1) await env.server.tasks.create({ id: `t${i}`, owner: 'alice', kind: 'k' });
+    const answer = await get('/progress/tasks?limit=50');
+    expect(answer.status).toBe(504);
+    expect(waiting).toHaveLength(8);
+    // The 8 calls answer after the 504: their workers take no next task (before, they went on through
+    // all 40, for an answer already sent).
+    for (const release of waiting.splice(0)) release();
+    for (let turn = 0; turn < 5; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+    expect(waiting).toHaveLength(0);
+  });
+
+  it('answers a cancel that took 200 without the task when the watch check after it hangs, not 504', async () => {
+    env = await startServer({
+      upgradeTimeoutMs: 100,
+      // May cancel; whether it may watch (asked once the cancel took, for the answer's task) never answers.
+      authorize: (principal, task, action) => (action === 'watch' ? hung : task.owner === principal.id),
+    });
+    await env.server.tasks.create({ id: 't1', owner: 'alice', kind: 'k' });
+    const response = await fetch(`${env.httpUrl}/progress/tasks/t1/cancel`, {
+      method: 'POST',
+      headers: { 'x-user': 'alice', 'content-type': 'application/json' },
+      body: '{}',
+      signal: AbortSignal.timeout(3000),
+    });
+    expect({ status: response.status, body: await response.json() }).toEqual({
+      status: 200,
+      body: { taskId: 't1' },
+    });
+    expect((await env.store.getTask('t1'))?.status).toBe('cancelled');
+  });
+
   it("counts a request's connection as pending while its authenticate hook runs", async () => {
     let entered: () => void = () => undefined;
     const hookEntered = new Promise<void>((resolve) => {

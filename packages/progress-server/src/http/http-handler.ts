@@ -590,9 +590,20 @@ async function serveRoute<P extends Principal>(
       // Owned is not enough: the application's `authorize` has the last word on every task route, and a
       // rule narrower than ownership (a role, a scope of the token) must hide a task here too, or the
       // list served what `GET …/tasks/:id` answers 404.
-      const allowed = await hooks.within(
-        authorizeEach(tasks, (task) => ctx.auth.authorize(principal, task, 'watch')),
-      );
+      // Once the wait ends (504 `timeout`, 503 `closed`), no more calls start: the answer is sent, and a
+      // slow hook was asked about the rest of up to 1,000 tasks for nobody (the client's retry asking again).
+      let answered = false;
+      const allowed = await hooks
+        .within(
+          authorizeEach(
+            tasks,
+            (task) => ctx.auth.authorize(principal, task, 'watch'),
+            () => answered,
+          ),
+        )
+        .finally(() => {
+          answered = true;
+        });
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
@@ -659,14 +670,35 @@ async function serveRoute<P extends Principal>(
         });
       // Allowed to cancel is not allowed to read: a principal that may not watch the task (an operator's
       // kill switch) learns that the cancel took, not the task's message, items or result.
-      const after = (await store.getTask(task.id)) ?? task;
-      if (!(await hooks.within(ctx.auth.authorize(principal, after, 'watch')))) return { taskId: task.id };
-      return { taskId: task.id, task: toTaskView(after) };
+      // The cancel took: what follows only decides whether the answer shows the task. A read after it that
+      // fails, a `watch` check that does not answer within `upgradeTimeoutMs`, or a shutdown meanwhile
+      // leaves the task out; answered 503 or 504, the cancel that took was reported failed, and the
+      // caller's retry got 409 `task_finished`, as if someone else had ended the task.
+      try {
+        const after = (await store.getTask(task.id)) ?? task;
+        if (await hooks.within(ctx.auth.authorize(principal, after, 'watch'))) {
+          return { taskId: task.id, task: toTaskView(after) };
+        }
+      } catch (error) {
+        // A bug is still a 500. (A hook's timeout was logged and counted as it expired.)
+        if (!(error instanceof HttpError) && !isProgressError(error)) throw error;
+        if (isProgressError(error) && isStoreFailure(error)) {
+          ctx.metrics.storeErrors.inc();
+          ctx.logger.warn(
+            { err: describeError(error), taskId: task.id },
+            'reading a task after its cancel failed; answering without it',
+          );
+        }
+      }
+      return { taskId: task.id };
     }
     case 'stream': {
       const { streams } = ctx;
       // EventSource resends the last `id:` it saw as Last-Event-ID; a first request may use ?afterSeq.
       const from = streamCursor(request.headers['last-event-id'], url.searchParams.get('afterSeq'));
+      // Before the follow below, as the cursor is: an id the route refuses (400) is handed to neither the
+      // hub nor the store's change feed (whose safety-net poll asks the store about every id followed).
+      checkTaskId(route.taskId);
       // Followed before the read that authorizes it, as a socket's subscribe follows before its load: a
       // commit after this read is noticed (the hub's latest seq covers it), so the stream starts from
       // this read instead of reading the task again. Let go once the stream follows the task itself (a
@@ -914,15 +946,19 @@ const LIST_LIMIT = { name: 'limit', fallback: STORE_DEFAULTS.listLimit, min: 1, 
  */
 const LIST_AUTHORIZE_CONCURRENCY = 8;
 
-/** `check` of each task, at most {@link LIST_AUTHORIZE_CONCURRENCY} at a time, in the tasks' order. */
+/**
+ * `check` of each task, at most {@link LIST_AUTHORIZE_CONCURRENCY} at a time, in the tasks' order; none
+ * starts once `stopped()` (the request was answered without waiting for them).
+ */
 async function authorizeEach(
   tasks: readonly Task[],
   check: (task: Task) => Promise<boolean>,
+  stopped: () => boolean,
 ): Promise<boolean[]> {
   const allowed = new Array<boolean>(tasks.length).fill(false);
   let next = 0;
   const worker = async (): Promise<void> => {
-    while (next < tasks.length) {
+    while (next < tasks.length && !stopped()) {
       const index = next;
       next += 1;
       allowed[index] = await check(tasks[index] as Task);
@@ -987,6 +1023,13 @@ function epochOf<P extends Principal>(ctx: HttpHandlerContext<P>): { epoch?: str
   return epoch === undefined ? {} : { epoch };
 }
 
+/** Refuses an id no task can have (empty, too long, or outside the protocol's id characters): 400. */
+function checkTaskId(taskId: string): void {
+  if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
+    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
+  }
+}
+
 /**
  * The task, if the principal may `action` it. A task the principal may not watch answers exactly like a
  * missing one (404, same body) unless `revealTaskExistence` is on; one it may watch but not cancel is a
@@ -1002,9 +1045,7 @@ async function loadAuthorized<P extends Principal>(
   action: 'watch' | 'cancel',
   hooks: HookDeadline,
 ): Promise<Task> {
-  if (taskId.length === 0 || taskId.length > LIMITS.maxIdLength || !ID_PATTERN.test(taskId)) {
-    throw fromCode(ErrorCode.InvalidInput, 'Invalid task id');
-  }
+  checkTaskId(taskId);
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await store.getTask(taskId);
   if (task === undefined && ctx.revealTaskExistence) throw notFound();

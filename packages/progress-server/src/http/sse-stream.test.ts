@@ -1118,6 +1118,30 @@ describe('GET /tasks/:id/stream', () => {
     expect(stream.frames().map(seqOf).at(-1)).toBe(2);
   });
 
+  it('hands the change feed no id it refuses as invalid: the id is checked before the hub follows it', async () => {
+    // A Postgres feed's safety-net poll asks the store about every id followed: an id no task can have
+    // (a U+0000, which Postgres text refuses; one beyond the id length; bad percent-encoding) gets its
+    // 400 without being followed, even for the moment before the check.
+    const store = new MemoryProgressStore();
+    const followed: string[] = [];
+    Object.assign(store.changes, {
+      follow: (taskId: string) => {
+        followed.push(taskId);
+        return () => undefined;
+      },
+    });
+    env = await startServer({ store });
+    for (const id of ['a%00b', 'x'.repeat(300), '%ZZ']) {
+      const refused = await get(`/tasks/${id}/stream`, { 'x-user': 'alice' });
+      refused.resume();
+      expect(refused.statusCode, id).toBe(400);
+    }
+    await store.createTask({ id: 'ok', owner: 'alice', kind: 'k' });
+    const stream = new Stream(await get('/tasks/ok/stream', { 'x-user': 'alice' }));
+    await stream.until(() => stream.frames().length === 1);
+    expect(followed).toEqual(['ok']);
+  });
+
   it('answers HEAD at once with the stream’s headers and an end, holding no stream slot', async () => {
     env = await startServer({ maxSocketsPerPrincipal: 1 });
     const task = await env.server.tasks.create({ owner: 'alice', kind: 'k' });

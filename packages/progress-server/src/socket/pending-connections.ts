@@ -130,20 +130,38 @@ export class PendingConnections {
  * ```ts
  * addressGroup('2001:db8:0:7:1:2:3:4'); // '2001:db8:0:7::/64'
  * addressGroup('::ffff:10.0.0.1'); // '10.0.0.1'
+ * addressGroup('::ffff:a00:1'); // '10.0.0.1' (the same address, in hex)
  * ```
  */
 export function addressGroup(address: string): string {
-  const mapped = /^::ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i.exec(address);
-  if (mapped?.[1] !== undefined) return mapped[1];
   const bare = address.split('%')[0] ?? address;
   if (!isIPv6(bare)) return address;
   const [head = '', tail] = bare.split('::');
-  const groups = (part: string | undefined) => (part === undefined || part === '' ? [] : part.split(':'));
+  // Each group as a number; an embedded IPv4 address (`::ffff:10.0.0.1`, `64:ff9b::…`) is two groups.
+  const groups = (part: string | undefined): number[] =>
+    part === undefined || part === ''
+      ? []
+      : part.split(':').flatMap((group) => {
+          if (!group.includes('.')) return [Number.parseInt(group, 16)];
+          const [a = 0, b = 0, c = 0, d = 0] = group.split('.').map(Number);
+          return [a * 256 + b, c * 256 + d];
+        });
   const before = groups(head);
   const after = groups(tail);
-  // An embedded IPv4 address (`::ffff:…`, `64:ff9b::…`) takes two groups.
-  const width = before.length + after.reduce((sum, group) => sum + (group.includes('.') ? 2 : 1), 0);
-  const full = tail === undefined ? before : [...before, ...Array(8 - width).fill('0'), ...after];
-  const prefix = full.slice(0, 4).map((group) => Number.parseInt(group, 16).toString(16));
-  return `${prefix.join(':')}::/64`;
+  const full =
+    tail === undefined
+      ? before
+      : [...before, ...Array<number>(8 - before.length - after.length).fill(0), ...after];
+  // IPv4-mapped (`::ffff:0:0/96`) in any spelling: the dotted one Node gives a dual-stack socket's peer,
+  // and the hex one (`::ffff:a00:1`, as a WHATWG URL writes it) or the expanded one a proxy's header may
+  // carry. Only the dotted one was recognised: the others counted as the /64 `0:0:0:0::/64`, one budget
+  // shared by every IPv4 client so written (and `::1`), which one of them could spend for all.
+  if (full.slice(0, 5).every((group) => group === 0) && full[5] === 0xffff) {
+    const [high = 0, low = 0] = full.slice(6);
+    return `${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}`;
+  }
+  return `${full
+    .slice(0, 4)
+    .map((group) => group.toString(16))
+    .join(':')}::/64`;
 }
