@@ -5,7 +5,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { ProgressLogger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
-import { sleep } from '../testing/harness.js';
+import { gate, sleep } from '../testing/harness.js';
 import { AckWriter } from './ack-writer.js';
 
 /** An AckWriter over a store whose `ack` is `write` (the stored seqs kept in `stored`). */
@@ -361,6 +361,34 @@ describe('AckWriter', () => {
     await store.append('t', { type: 'progress', message: 'new 1' });
     await store.append('t', { type: 'cancelled' });
     acks.ack('t', 2, current.createdAt);
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(2);
+    acks.close();
+  });
+
+  it("writes a later run's ack waiting behind a write in flight when a stale load of the earlier run answers", async () => {
+    // A subscriber's load read run 1 of `t`, then the run ended, was purged and the id taken again; a load
+    // of run 2 told the writer run 2, whose watcher acked seq 1 (held in the store) and seq 2 (waiting
+    // behind it). The stale load of run 1 answered last: the writer took run 1 for the id's run now and
+    // dropped the waiting ack of run 2, which its watcher never sends again.
+    const { store, acks, takeAgain } = overClockedStore();
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    const staleMark = acks.mark();
+    const current = await takeAgain('alice');
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'cancelled' });
+    acks.seen('t', 0, current.createdAt, acks.mark());
+    const held = gate();
+    const write = store.ack.bind(store);
+    vi.spyOn(store, 'ack').mockImplementationOnce(async (...args) => {
+      await held.promise;
+      return write(...args);
+    });
+    acks.ack('t', 1, current.createdAt);
+    acks.ack('t', 2, current.createdAt);
+    acks.seen('t', 1, old.createdAt, staleMark);
+    held.open();
     await acks.flush(Date.now() + 2000);
     expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(2);
     acks.close();

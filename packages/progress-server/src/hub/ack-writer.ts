@@ -245,7 +245,8 @@ export class AckWriter {
    * the acks to come. (Runs sharing a `createdAt`, after a step back of the store clock, are told apart only by their seqs.) A read
    * older than an ack written since costs at most one repeated write: the store keeps the highest ack. A
    * read older than an ack still waiting would drop it: a reader that passes `mark` ({@link mark}, taken
-   * as its read started) has a read of the same run below an ack taken since ignored.
+   * as its read started) has a read of the same run below an ack taken since ignored, and an ack of
+   * another run than the one read, still waiting, is written once a read finds the id still of its run.
    */
   seen(taskId: string, seq: number, run: number, mark?: number): void {
     const state = this.#tasks.get(taskId);
@@ -263,7 +264,15 @@ export class AckWriter {
     // ack waiting behind the write in flight, which the client never sends again (a second watcher's
     // subscribe whose load answered after a terminal event's ack lost that ack).
     if (state.run === run && mark !== undefined && state.pendingAt > mark) return;
+    // Another run: either this read is of a run purged since (a load that read it before the purge and
+    // answered after a read of the id's run now), or the state's run is. An ack of the state's run still
+    // waiting is checked against the store as an unvouched one is ({@link ackOfRun}): dropped with the
+    // state, a current run's ack behind a stale read was lost, and its watcher never sends it again.
+    const waiting =
+      state.run !== run && state.pending > state.written && state.pending > state.writing ? state.pending : 0;
+    const waitingRun = state.run;
     this.#renew(taskId, state, run);
+    if (waiting > 0) this.ackOfRun(taskId, waiting, waitingRun);
   }
 
   /** Drops `state` (a write in flight finishes) for a fresh one of `run`. */
