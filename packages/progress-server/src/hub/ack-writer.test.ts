@@ -394,6 +394,52 @@ describe('AckWriter', () => {
     acks.close();
   });
 
+  it('looks at a bounded number of remembered tasks per new task while the store holds every write', async () => {
+    // A long store outage whose writes hang: every task's state is busy and none can be forgotten. Each
+    // new task's ack rescanned all of them (10,000 and more) for one to forget: quadratic in the outage.
+    const held = gate();
+    const writes: number[] = [];
+    const { acks } = writerOver(async (_stored, _taskId, seq) => {
+      writes.push(seq);
+      if (seq === 1) await held.promise;
+    }, 10);
+    for (let i = 0; i < 10_100; i++) acks.ack(`t${i}`, 1);
+    // Every step of an iteration over a Map (the writer's states are one) while the next tasks are acked.
+    let steps = 0;
+    const spies = (['entries', 'keys', 'values', Symbol.iterator] as const).map((method) => {
+      const original = Map.prototype[method] as () => Iterator<unknown>;
+      return vi.spyOn(Map.prototype, method).mockImplementation(function (this: Map<unknown, unknown>) {
+        const iterator = original.call(this);
+        const next = iterator.next.bind(iterator);
+        iterator.next = () => {
+          steps += 1;
+          return next();
+        };
+        return iterator as MapIterator<never>;
+      });
+    });
+    try {
+      for (let i = 0; i < 100; i++) acks.ack(`u${i}`, 1);
+    } finally {
+      for (const spy of spies) spy.mockRestore();
+    }
+    // A few per task, not the 10,100 remembered.
+    expect(steps).toBeLessThanOrEqual(100 * 4);
+    // The outage ends: states are forgotten again, oldest first, as tasks come: 400 here, t400 to t799
+    // (t0 to t399, looked at while held, went to the back). A repeated ack of a task forgotten is written
+    // again; one of a task remembered is skipped as written.
+    held.open();
+    await acks.flush(Date.now() + 2000);
+    for (let i = 0; i < 200; i++) acks.ack(`v${i}`, 2);
+    await acks.flush(Date.now() + 2000);
+    writes.length = 0;
+    acks.ack('t600', 1);
+    acks.ack('v199', 2);
+    await acks.flush(Date.now() + 2000);
+    expect(writes).toEqual([1]);
+    acks.close();
+  });
+
   it('fences the write of a task no read told it to the run its caller gives (state evicted or dropped)', async () => {
     const { store, acks, takeAgain } = overClockedStore();
     const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });

@@ -42,6 +42,8 @@ const MAX_ATTEMPTS = 3;
 const MAX_DROPPED_LOGGED = 100;
 /** Tasks whose written ack is remembered (to skip duplicate writes from several watchers). */
 const MAX_REMEMBERED = 10_000;
+/** Remembered states looked at per task added past `MAX_REMEMBERED`: two, to shrink back by one per task. */
+const EVICTION_LOOKS = 2;
 
 /**
  * Persists watchers' acknowledgements (`store.ack`), which is what makes events *processed* for an
@@ -372,13 +374,19 @@ export class AckWriter {
     state.retryTimer.unref();
   }
 
+  /**
+   * Forgets the oldest states past `MAX_REMEMBERED`, looking at `EVICTION_LOOKS` of them at most. A busy
+   * one (a write in flight, waiting or to be retried) cannot go: it moves to the back, so the next call
+   * does not look at it again. Left in front, every busy state was looked at again for each new task: in a
+   * long store outage, with every write held, that was the whole map per ack (quadratic). The map then
+   * grows past `MAX_REMEMBERED` while writes are held, and shrinks back by one per task added once they land.
+   */
   #evictOld(): void {
-    if (this.#tasks.size <= MAX_REMEMBERED) return;
-    for (const [taskId, state] of this.#tasks) {
-      if (this.#tasks.size <= MAX_REMEMBERED) return;
-      if (state.inFlight === undefined && state.retryTimer === undefined && state.pending <= state.written) {
-        this.#tasks.delete(taskId);
-      }
+    for (let looked = 0; looked < EVICTION_LOOKS && this.#tasks.size > MAX_REMEMBERED; looked += 1) {
+      const [taskId, state] = this.#tasks.entries().next().value as [string, AckState];
+      this.#tasks.delete(taskId);
+      if (state.inFlight !== undefined || state.retryTimer !== undefined || state.pending > state.written)
+        this.#tasks.set(taskId, state);
     }
   }
 }
