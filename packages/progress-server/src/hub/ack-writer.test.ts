@@ -394,6 +394,30 @@ describe('AckWriter', () => {
     acks.close();
   });
 
+  it("retries a later run's ack whose write in flight fails after a stale load of the earlier run answered", async () => {
+    // As above, with run 2's ack of seq 1 in flight rather than waiting: the stale load of run 1 replaced
+    // the writer's state, and the write, failing once (a store blip), was taken for one of a state an
+    // epoch change dropped: not retried, and lost.
+    const { store, acks, takeAgain } = overClockedStore();
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    const staleMark = acks.mark();
+    const current = await takeAgain('alice');
+    await store.append('t', { type: 'cancelled' });
+    acks.seen('t', 0, current.createdAt, acks.mark());
+    const held = gate();
+    vi.spyOn(store, 'ack').mockImplementationOnce(async () => {
+      await held.promise;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'the database restarts');
+    });
+    acks.ack('t', 1, current.createdAt);
+    acks.seen('t', 1, old.createdAt, staleMark);
+    held.open();
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(1);
+    acks.close();
+  });
+
   it('looks at a bounded number of remembered tasks per new task while the store holds every write', async () => {
     // A long store outage whose writes hang: every task's state is busy and none can be forgotten. Each
     // new task's ack rescanned all of them (10,000 and more) for one to forget: quadratic in the outage.

@@ -34,6 +34,11 @@ interface AckState {
   /** Failed writes of `pending` in a row (store down). */
   failures: number;
   retryTimer: NodeJS.Timeout | undefined;
+  /**
+   * A read of another run of the id replaced this state (see {@link AckWriter.seen}): a write of it that
+   * fails is checked against the store as an unvouched ack is, not dropped as one of an old epoch.
+   */
+  runReplaced: boolean;
 }
 
 /** Writes of one ack retried at most this many times when the store fails. */
@@ -272,9 +277,9 @@ export class AckWriter {
     // state, a current run's ack behind a stale read was lost, and its watcher never sends it again.
     const waiting =
       state.run !== run && state.pending > state.written && state.pending > state.writing ? state.pending : 0;
-    const waitingRun = state.run;
+    state.runReplaced = state.run !== run;
     this.#renew(taskId, state, run);
-    if (waiting > 0) this.ackOfRun(taskId, waiting, waitingRun);
+    if (waiting > 0) this.ackOfRun(taskId, waiting, state.run);
   }
 
   /** Drops `state` (a write in flight finishes) for a fresh one of `run`. */
@@ -297,6 +302,7 @@ export class AckWriter {
       writing: 0,
       failures: 0,
       retryTimer: undefined,
+      runReplaced: false,
     };
     this.#tasks.set(taskId, state);
     this.#evictOld();
@@ -347,6 +353,12 @@ export class AckWriter {
       return;
     }
     this.#metrics.storeErrors.inc();
+    if (state.runReplaced) {
+      // A read of another run replaced the state while this write ran: which run the id is now, a read
+      // tells (the stale one may have been that read).
+      this.ackOfRun(taskId, seq, state.run);
+      return;
+    }
     if (this.#tasks.get(taskId) !== state) {
       // forgetSeqs() dropped the state while this write ran: its seq is of the old epoch, a retry has
       // nothing to write (what waited was dropped too), and its timer, on a state close() no longer
