@@ -44,7 +44,9 @@ export interface TaskChange {
    * An id is taken again once retention purged its task, and each run starts again at seq 1, so a
    * change names seqs of one run only: a server that follows an earlier run of the id starts over on
    * this one before it hands anything of it out, and drops a change of an earlier run than its own.
-   * Without it, a server tells runs apart only by reading the task (see the server's task hub).
+   * Without it, a server tells runs apart only by reading the task (see the server's task hub), and a
+   * server that follows a run reads a change's `events` from the store rather than delivering them from
+   * the change: they may be of a later run of the id.
    */
   run?: number;
 }

@@ -5,7 +5,7 @@ import { describe, expect, it, vi } from 'vitest';
 import type { ProgressLogger } from '../logger.js';
 import { silentLogger } from '../logger.js';
 import { ServerMetrics } from '../metrics.js';
-import { sleep } from '../testing/harness.js';
+import { gate, sleep } from '../testing/harness.js';
 import { AckWriter } from './ack-writer.js';
 
 /** An AckWriter over a store whose `ack` is `write` (the stored seqs kept in `stored`). */
@@ -363,6 +363,104 @@ describe('AckWriter', () => {
     acks.ack('t', 2, current.createdAt);
     await acks.flush(Date.now() + 2000);
     expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(2);
+    acks.close();
+  });
+
+  it("writes a later run's ack waiting behind a write in flight when a stale load of the earlier run answers", async () => {
+    // A subscriber's load read run 1 of `t`, then the run ended, was purged and the id taken again; a load
+    // of run 2 told the writer run 2, whose watcher acked seq 1 (held in the store) and seq 2 (waiting
+    // behind it). The stale load of run 1 answered last: the writer took run 1 for the id's run now and
+    // dropped the waiting ack of run 2, which its watcher never sends again.
+    const { store, acks, takeAgain } = overClockedStore();
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    const staleMark = acks.mark();
+    const current = await takeAgain('alice');
+    await store.append('t', { type: 'progress', message: 'new 1' });
+    await store.append('t', { type: 'cancelled' });
+    acks.seen('t', 0, current.createdAt, acks.mark());
+    const held = gate();
+    const write = store.ack.bind(store);
+    vi.spyOn(store, 'ack').mockImplementationOnce(async (...args) => {
+      await held.promise;
+      return write(...args);
+    });
+    acks.ack('t', 1, current.createdAt);
+    acks.ack('t', 2, current.createdAt);
+    acks.seen('t', 1, old.createdAt, staleMark);
+    held.open();
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(2);
+    acks.close();
+  });
+
+  it("retries a later run's ack whose write in flight fails after a stale load of the earlier run answered", async () => {
+    // As above, with run 2's ack of seq 1 in flight rather than waiting: the stale load of run 1 replaced
+    // the writer's state, and the write, failing once (a store blip), was taken for one of a state an
+    // epoch change dropped: not retried, and lost.
+    const { store, acks, takeAgain } = overClockedStore();
+    const old = await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await store.append('t', { type: 'cancelled' });
+    const staleMark = acks.mark();
+    const current = await takeAgain('alice');
+    await store.append('t', { type: 'cancelled' });
+    acks.seen('t', 0, current.createdAt, acks.mark());
+    const held = gate();
+    vi.spyOn(store, 'ack').mockImplementationOnce(async () => {
+      await held.promise;
+      throw new ProgressError(ErrorCode.StoreUnavailable, 'the database restarts');
+    });
+    acks.ack('t', 1, current.createdAt);
+    acks.seen('t', 1, old.createdAt, staleMark);
+    held.open();
+    await acks.flush(Date.now() + 2000);
+    expect((await store.getTask('t'))?.ackedSeq, "run 2's terminal ack").toBe(1);
+    acks.close();
+  });
+
+  it('looks at a bounded number of remembered tasks per new task while the store holds every write', async () => {
+    // A long store outage whose writes hang: every task's state is busy and none can be forgotten. Each
+    // new task's ack rescanned all of them (10,000 and more) for one to forget: quadratic in the outage.
+    const held = gate();
+    const writes: number[] = [];
+    const { acks } = writerOver(async (_stored, _taskId, seq) => {
+      writes.push(seq);
+      if (seq === 1) await held.promise;
+    }, 10);
+    for (let i = 0; i < 10_100; i++) acks.ack(`t${i}`, 1);
+    // Every step of an iteration over a Map (the writer's states are one) while the next tasks are acked.
+    let steps = 0;
+    const spies = (['entries', 'keys', 'values', Symbol.iterator] as const).map((method) => {
+      const original = Map.prototype[method] as () => Iterator<unknown>;
+      return vi.spyOn(Map.prototype, method).mockImplementation(function (this: Map<unknown, unknown>) {
+        const iterator = original.call(this);
+        const next = iterator.next.bind(iterator);
+        iterator.next = () => {
+          steps += 1;
+          return next();
+        };
+        return iterator as MapIterator<never>;
+      });
+    });
+    try {
+      for (let i = 0; i < 100; i++) acks.ack(`u${i}`, 1);
+    } finally {
+      for (const spy of spies) spy.mockRestore();
+    }
+    // A few per task, not the 10,100 remembered.
+    expect(steps).toBeLessThanOrEqual(100 * 4);
+    // The outage ends: states are forgotten again, oldest first, as tasks come: 400 here, t400 to t799
+    // (t0 to t399, looked at while held, went to the back). A repeated ack of a task forgotten is written
+    // again; one of a task remembered is skipped as written.
+    held.open();
+    await acks.flush(Date.now() + 2000);
+    for (let i = 0; i < 200; i++) acks.ack(`v${i}`, 2);
+    await acks.flush(Date.now() + 2000);
+    writes.length = 0;
+    acks.ack('t600', 1);
+    acks.ack('v199', 2);
+    await acks.flush(Date.now() + 2000);
+    expect(writes).toEqual([1]);
     acks.close();
   });
 

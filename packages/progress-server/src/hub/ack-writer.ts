@@ -34,6 +34,11 @@ interface AckState {
   /** Failed writes of `pending` in a row (store down). */
   failures: number;
   retryTimer: NodeJS.Timeout | undefined;
+  /**
+   * A read of another run of the id replaced this state (see {@link AckWriter.seen}): a write of it that
+   * fails is checked against the store as an unvouched ack is, not dropped as one of an old epoch.
+   */
+  runReplaced: boolean;
 }
 
 /** Writes of one ack retried at most this many times when the store fails. */
@@ -42,6 +47,8 @@ const MAX_ATTEMPTS = 3;
 const MAX_DROPPED_LOGGED = 100;
 /** Tasks whose written ack is remembered (to skip duplicate writes from several watchers). */
 const MAX_REMEMBERED = 10_000;
+/** Remembered states looked at per task added past `MAX_REMEMBERED`: two, to shrink back by one per task. */
+const EVICTION_LOOKS = 2;
 
 /**
  * Persists watchers' acknowledgements (`store.ack`), which is what makes events *processed* for an
@@ -245,7 +252,8 @@ export class AckWriter {
    * the acks to come. (Runs sharing a `createdAt`, after a step back of the store clock, are told apart only by their seqs.) A read
    * older than an ack written since costs at most one repeated write: the store keeps the highest ack. A
    * read older than an ack still waiting would drop it: a reader that passes `mark` ({@link mark}, taken
-   * as its read started) has a read of the same run below an ack taken since ignored.
+   * as its read started) has a read of the same run below an ack taken since ignored, and an ack of
+   * another run than the one read, still waiting, is written once a read finds the id still of its run.
    */
   seen(taskId: string, seq: number, run: number, mark?: number): void {
     const state = this.#tasks.get(taskId);
@@ -263,7 +271,15 @@ export class AckWriter {
     // ack waiting behind the write in flight, which the client never sends again (a second watcher's
     // subscribe whose load answered after a terminal event's ack lost that ack).
     if (state.run === run && mark !== undefined && state.pendingAt > mark) return;
+    // Another run: either this read is of a run purged since (a load that read it before the purge and
+    // answered after a read of the id's run now), or the state's run is. An ack of the state's run still
+    // waiting is checked against the store as an unvouched one is ({@link ackOfRun}): dropped with the
+    // state, a current run's ack behind a stale read was lost, and its watcher never sends it again.
+    const waiting =
+      state.run !== run && state.pending > state.written && state.pending > state.writing ? state.pending : 0;
+    state.runReplaced = state.run !== run;
     this.#renew(taskId, state, run);
+    if (waiting > 0) this.ackOfRun(taskId, waiting, state.run);
   }
 
   /** Drops `state` (a write in flight finishes) for a fresh one of `run`. */
@@ -286,6 +302,7 @@ export class AckWriter {
       writing: 0,
       failures: 0,
       retryTimer: undefined,
+      runReplaced: false,
     };
     this.#tasks.set(taskId, state);
     this.#evictOld();
@@ -336,6 +353,12 @@ export class AckWriter {
       return;
     }
     this.#metrics.storeErrors.inc();
+    if (state.runReplaced) {
+      // A read of another run replaced the state while this write ran: which run the id is now, a read
+      // tells (the stale one may have been that read).
+      this.ackOfRun(taskId, seq, state.run);
+      return;
+    }
     if (this.#tasks.get(taskId) !== state) {
       // forgetSeqs() dropped the state while this write ran: its seq is of the old epoch, a retry has
       // nothing to write (what waited was dropped too), and its timer, on a state close() no longer
@@ -363,13 +386,19 @@ export class AckWriter {
     state.retryTimer.unref();
   }
 
+  /**
+   * Forgets the oldest states past `MAX_REMEMBERED`, looking at `EVICTION_LOOKS` of them at most. A busy
+   * one (a write in flight, waiting or to be retried) cannot go: it moves to the back, so the next call
+   * does not look at it again. Left in front, every busy state was looked at again for each new task: in a
+   * long store outage, with every write held, that was the whole map per ack (quadratic). The map then
+   * grows past `MAX_REMEMBERED` while writes are held, and shrinks back by one per task added once they land.
+   */
   #evictOld(): void {
-    if (this.#tasks.size <= MAX_REMEMBERED) return;
-    for (const [taskId, state] of this.#tasks) {
-      if (this.#tasks.size <= MAX_REMEMBERED) return;
-      if (state.inFlight === undefined && state.retryTimer === undefined && state.pending <= state.written) {
-        this.#tasks.delete(taskId);
-      }
+    for (let looked = 0; looked < EVICTION_LOOKS && this.#tasks.size > MAX_REMEMBERED; looked += 1) {
+      const [taskId, state] = this.#tasks.entries().next().value as [string, AckState];
+      this.#tasks.delete(taskId);
+      if (state.inFlight !== undefined || state.retryTimer !== undefined || state.pending > state.written)
+        this.#tasks.set(taskId, state);
     }
   }
 }

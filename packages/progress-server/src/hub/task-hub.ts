@@ -430,8 +430,12 @@ export class TaskHub {
         this.#checkRun(entry);
       if (change.seq > entry.latestSeq) entry.latestSeq = change.seq;
       // The feed carried the committed events (Postgres's NOTIFY when they fit): the ones right after what
-      // was dispatched go out without a read. The rest, if any, is read as usual.
-      if (change.events !== undefined && this.#dispatchNext(entry, change.events)) {
+      // was dispatched go out without a read. The rest, if any, is read as usual. Not from a change that
+      // names no run while the hub follows one: it may be of a later run of the id (run 1's end, purge and
+      // run 2's first seqs unheard), whose events right after `readSeq` went out as the run's own, its end
+      // included. Its seq is read instead, and a read tells the run it is of (`#sameRun`).
+      const known = run !== undefined || entry.run === undefined;
+      if (known && change.events !== undefined && this.#dispatchNext(entry, change.events)) {
         if (change.terminal && entry.readSeq === change.seq) entry.endSeq = change.seq;
       }
     }

@@ -91,6 +91,32 @@ describe("a watcher of a run whose end, purge and the id's new run the hub never
     expect(watcher.calls).toEqual(['restart']);
   });
 
+  for (const terminal of [false, true]) {
+    it(`is restarted, not handed the new run's ${terminal ? 'end' : 'event'} heard first above its seq, by a feed that names no runs`, async () => {
+      // A store whose feed does not name runs (`TaskChange.run` is optional): only a read tells them apart.
+      // Run 2's first seqs went unheard too, and its change at seq 4 carries its event right after the seq
+      // the hub holds: handed out from the change, it went out as run 1's own (its end, when terminal).
+      const clock = new ManualClock();
+      const store = new MemoryProgressStore({ clock: clock.now });
+      const { hub, emit } = hubOver(store, true);
+      const watcher = await runOneLeftAtThree(hub, emit, store, clock);
+      for (let i = 1; i <= 3; i++) {
+        clock.advance(1);
+        await store.append('job-1', { type: 'item', key: `new-${i}`, ok: true });
+      }
+      clock.advance(1);
+      const { event } = await store.append(
+        'job-1',
+        terminal ? { type: 'completed' } : { type: 'item', key: 'new-4', ok: true },
+      );
+      emit({ taskId: 'job-1', seq: event.seq, terminal, events: [event] });
+      await until(() => watcher.calls.length > 0 || watcher.events.length > 3);
+      await settle();
+      expect(watcher.events).toEqual(['progress@1', 'progress@2', 'progress@3']);
+      expect(watcher.calls).toEqual(['restart']);
+    });
+  }
+
   it('is restarted when the new run is gone too by the time the hub reads it', async () => {
     const clock = new ManualClock();
     const store = new MemoryProgressStore({ clock: clock.now });
@@ -129,10 +155,12 @@ describe("a watcher of a run whose end, purge and the id's new run the hub never
     const loaded = await stream.load();
     stream.start(0, false, 0, loaded?.createdAt);
     await until(() => watcher.caughtUp() > 0);
-    const before = getTasks;
     clock.advance(1);
     const { event } = await store.append('job-1', { type: 'progress', message: 'one' });
+    // Read (a change without a run may be of a later run of the id), and held once handed out.
     emit({ taskId: 'job-1', seq: 1, terminal: false, events: [event] });
+    await until(() => watcher.events.length === 1);
+    const before = getTasks;
     // The same change again (at-least-once delivery): what the hub holds tells it is this run's.
     emit({ taskId: 'job-1', seq: 1, terminal: false, events: [event] });
     await settle();
