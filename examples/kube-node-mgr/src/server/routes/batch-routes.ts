@@ -83,7 +83,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
 
   type StartResult =
     | { ok: true; taskId: string; description: string }
-    | { ok: false; status: number; code: string; message: string; extra?: Record<string, unknown> };
+    | {
+        ok: false;
+        status: number;
+        code: string;
+        message: string;
+        extra?: Record<string, unknown>;
+        /** Sent as `Retry-After` (and `retryAfterS` in the error). */
+        retryAfterS?: number;
+      };
 
   /** Checks the cap and the node locks, creates the task, records it and runs the batch in the background. */
   const startBatch = (
@@ -110,12 +118,26 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         };
       }
       const taskId = randomUUID();
-      const blocking = await db.lockNodes(
-        cluster.name,
-        names,
-        { taskId, username: session.username },
-        lockIsStale,
-      );
+      let blocking: NodeLock[];
+      try {
+        blocking = await db.lockNodes(
+          cluster.name,
+          names,
+          { taskId, username: session.username },
+          lockIsStale,
+        );
+      } catch (error) {
+        // The database failed under the locks (lockNodes tried again): no batch is in the way, so not a 409,
+        // and nothing was started: the client may send the same request again.
+        config.logger?.warn({ err: String(error), taskId }, 'node locks not taken');
+        return {
+          ok: false,
+          status: 503,
+          code: 'lock_unavailable',
+          message: 'the node locks could not be taken; try again in a moment',
+          retryAfterS: 1,
+        };
+      }
       if (blocking.length > 0) {
         const byTask = new Map<string, NodeLock[]>();
         for (const lock of blocking) {
@@ -374,7 +396,14 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   };
 
   const answerStart = (res: Response, op: Operation, names: string[], started: StartResult) => {
-    if (!started.ok) return fail(res, started.status, started.code, started.message, started.extra);
+    if (!started.ok) {
+      const { retryAfterS } = started;
+      if (retryAfterS !== undefined) res.setHeader('retry-after', String(retryAfterS));
+      return fail(res, started.status, started.code, started.message, {
+        ...started.extra,
+        ...(retryAfterS === undefined ? {} : { retryAfterS }),
+      });
+    }
     res.status(202).json({
       taskId: started.taskId,
       kind: OPERATION_KIND[op.type],
