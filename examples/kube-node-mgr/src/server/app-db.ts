@@ -44,6 +44,15 @@ export interface CordonNote {
 /** A saved label or taint, to apply again by name. */
 export type Template = TemplateView;
 
+/** A batch start's `Idempotency-Key` as stored (see {@link AppDb.claimIdempotencyKey}). */
+export interface IdempotencyClaim {
+  username: string;
+  key: string;
+  fingerprint: string;
+  taskId: string;
+  createdAt: number;
+}
+
 /** A lock held on a node by a running batch. */
 export interface NodeLock {
   cluster: string;
@@ -294,6 +303,80 @@ export class AppDb {
 
   async unlockTask(taskId: string): Promise<void> {
     await this.#db.deleteFrom('knm_cluster_locks').where('task_id', '=', taskId).execute();
+  }
+
+  // ------------------------------------------------------------ idempotency keys
+
+  /**
+   * Claims `claim.key` of `claim.username` for `claim.taskId`, unless a claim of it is stored already: returns
+   * the stored claim (this one when `taskId` is `claim.taskId`). One INSERT … ON CONFLICT DO NOTHING, then a
+   * read: of two requests with one key at once, on any replicas, exactly one claims it.
+   */
+  async claimIdempotencyKey(claim: IdempotencyClaim): Promise<IdempotencyClaim> {
+    await this.#db
+      .insertInto('knm_idempotency_keys')
+      .values({
+        username: claim.username,
+        idem_key: claim.key,
+        fingerprint: claim.fingerprint,
+        task_id: claim.taskId,
+        created_at: claim.createdAt,
+      })
+      .onConflict((oc) => oc.columns(['username', 'idem_key']).doNothing())
+      .execute();
+    const row = await this.#db
+      .selectFrom('knm_idempotency_keys')
+      .selectAll()
+      .where('username', '=', claim.username)
+      .where('idem_key', '=', claim.key)
+      .executeTakeFirst();
+    // Deleted between the two (a release, the purge): the next request claims it.
+    if (row === undefined) return claim;
+    return {
+      username: row.username,
+      key: row.idem_key,
+      fingerprint: row.fingerprint,
+      taskId: row.task_id,
+      createdAt: Number(row.created_at),
+    };
+  }
+
+  /** Gives the key's claim by `fromTaskId` to `claim`; `false` when it is no longer `fromTaskId`'s. */
+  async takeOverIdempotencyKey(fromTaskId: string, claim: IdempotencyClaim): Promise<boolean> {
+    const result = await this.#db
+      .updateTable('knm_idempotency_keys')
+      .set({ fingerprint: claim.fingerprint, task_id: claim.taskId, created_at: claim.createdAt })
+      .where('username', '=', claim.username)
+      .where('idem_key', '=', claim.key)
+      .where('task_id', '=', fromTaskId)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) > 0;
+  }
+
+  /** The task the key's claim is for now, if any. */
+  async idempotencyKeyTask(username: string, key: string): Promise<string | undefined> {
+    const row = await this.#db
+      .selectFrom('knm_idempotency_keys')
+      .select('task_id')
+      .where('username', '=', username)
+      .where('idem_key', '=', key)
+      .executeTakeFirst();
+    return row?.task_id;
+  }
+
+  /** Deletes the key's claim by `taskId` (its batch did not start), if it is still that one. */
+  async releaseIdempotencyKey(username: string, key: string, taskId: string): Promise<void> {
+    await this.#db
+      .deleteFrom('knm_idempotency_keys')
+      .where('username', '=', username)
+      .where('idem_key', '=', key)
+      .where('task_id', '=', taskId)
+      .execute();
+  }
+
+  /** Deletes the keys claimed before `before` (ms since the epoch). */
+  async purgeIdempotencyKeys(before: number): Promise<void> {
+    await this.#db.deleteFrom('knm_idempotency_keys').where('created_at', '<', before).execute();
   }
 
   // ------------------------------------------------------------ cordon notes
