@@ -126,6 +126,51 @@ describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
     expect((await a.locks('c1', ['n1'])).map((l) => l.taskId)).toEqual(['t1']);
   });
 
+  it.runIf(enabled)(
+    'claims an Idempotency-Key once, across connections, and hands it over by its holder',
+    async () => {
+      const [a, b] = (await open()) as [AppDb, AppDb];
+      const claim = (db: AppDb, taskId: string, createdAt = 1000) =>
+        db.claimIdempotencyKey({ username: 'alice', key: 'k', fingerprint: 'f', taskId, createdAt });
+      const race = await Promise.all([claim(a, 'ta'), claim(b, 'tb')]);
+      expect(race[0].taskId).toBe(race[1].taskId);
+      const holder = race[0].taskId;
+      // Another user's key of that name is another key.
+      expect(
+        (
+          await b.claimIdempotencyKey({
+            username: 'bob',
+            key: 'k',
+            fingerprint: 'g',
+            taskId: 'tc',
+            createdAt: 1,
+          })
+        ).taskId,
+      ).toBe('tc');
+      const next = { username: 'alice', key: 'k', fingerprint: 'h', taskId: 'td', createdAt: 2000 };
+      expect(await a.takeOverIdempotencyKey('not-the-holder', next)).toBe(false);
+      expect(await a.takeOverIdempotencyKey(holder, next)).toBe(true);
+      expect(await b.claimIdempotencyKey({ ...next, taskId: 'te' })).toEqual(next);
+      await a.releaseIdempotencyKey('alice', 'k', holder);
+      expect((await claim(b, 'tf')).taskId).toBe('td');
+      await a.purgeIdempotencyKeys(1500);
+      expect((await claim(b, 'tg')).taskId).toBe('td');
+      expect(
+        (
+          await b.claimIdempotencyKey({
+            username: 'bob',
+            key: 'k',
+            fingerprint: 'g',
+            taskId: 'th',
+            createdAt: 3,
+          })
+        ).taskId,
+      ).toBe('th');
+      await a.releaseIdempotencyKey('alice', 'k', 'td');
+      expect((await claim(b, 'ti')).taskId).toBe('ti');
+    },
+  );
+
   it.runIf(enabled)('keeps task records newest first with their links, per user and paged', async () => {
     const [a, b] = (await open()) as [AppDb, AppDb];
     const base = {

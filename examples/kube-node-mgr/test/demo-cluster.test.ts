@@ -88,6 +88,38 @@ describe('demo cluster', () => {
     expect((await patch('worker-1', MERGE, { metadata: { labels: { a: '3' } } })).status).toBe(200);
   });
 
+  // The API server does not write an update that changes nothing: the resourceVersion stays, and a client
+  // holding it can still write with it. The demo cluster bumped it on every PATCH.
+  it('keeps resourceVersion on a PATCH that changes nothing, and still accepts the version held', async () => {
+    const node = cluster.node('worker-1');
+    const version = node?.metadata.resourceVersion ?? '';
+    const labels = node?.metadata.labels ?? {};
+    const [key = '', value = ''] = Object.entries(labels)[0] ?? [];
+    const same = await patch('worker-1', MERGE, {
+      metadata: { resourceVersion: version, labels: { [key]: value } },
+    });
+    expect(same.status).toBe(200);
+    expect(same.body.metadata.resourceVersion).toBe(version);
+    const strategic = await patch('worker-1', STRATEGIC, { spec: { taints: node?.spec.taints ?? null } });
+    expect(strategic.body.metadata.resourceVersion).toBe(version);
+    expect(cluster.node('worker-1')).toEqual(node);
+    const changed = await patch('worker-1', MERGE, {
+      metadata: { resourceVersion: version, labels: { a: '1' } },
+    });
+    expect(changed.status).toBe(200);
+    expect(changed.body.metadata.resourceVersion).not.toBe(version);
+  });
+
+  it('refuses a set requirement with no values (`in ()`) with 400 BadRequest, as the API server does', async () => {
+    for (const selector of ['pool in ()', 'pool notin ( )']) {
+      const res = await fetch(`${base}/api/v1/nodes?labelSelector=${encodeURIComponent(selector)}`);
+      expect(res.status).toBe(400);
+      const body = (await res.json()) as any;
+      expect(body).toMatchObject({ kind: 'Status', reason: 'BadRequest', code: 400 });
+      expect(body.message).toMatch(/values set can't be empty/);
+    }
+  });
+
   it('merge patch replaces the taints list as a whole; null removes fields', async () => {
     await patch('gpu-1', MERGE, { spec: { taints: [{ key: 'x', effect: 'NoSchedule' }] } });
     expect(cluster.node('gpu-1')?.spec.taints).toEqual([{ key: 'x', effect: 'NoSchedule' }]);

@@ -17,6 +17,8 @@ export interface Harness {
   base: string;
   store: SqliteProgressStore;
   db: AppDb;
+  /** The connection under {@link Harness.db} (tests add triggers to it). */
+  sqlite: Database.Database;
   close(): Promise<void>;
 }
 
@@ -27,12 +29,19 @@ const ROLE_OF = { alice: 'operator', bob: 'operator', victor: 'viewer', ada: 'ad
 const users = USERS.map((u) => ({ username: u, passwordHash: hashPassword(u), role: ROLE_OF[u] }));
 
 export async function startHarness(
-  options: { cluster?: DemoClusterOptions; app?: Partial<AppOptions> } = {},
+  options: {
+    cluster?: DemoClusterOptions;
+    app?: Partial<AppOptions>;
+    /** A database file for the store and the app's tables, which another harness may share (a replica). */
+    file?: string;
+  } = {},
 ): Promise<Harness> {
   const cluster = new DemoCluster(options.cluster);
   const url = await cluster.listen(0);
-  const store = new SqliteProgressStore({ database: ':memory:' });
-  const db = await AppDb.sqlite(new Database(':memory:'));
+  const file = options.file ?? ':memory:';
+  const store = new SqliteProgressStore({ database: file });
+  const sqlite = new Database(file);
+  const db = await AppDb.sqlite(sqlite);
   const app = createApp({
     store,
     db,
@@ -49,6 +58,7 @@ export async function startHarness(
     base,
     store,
     db,
+    sqlite,
     async close() {
       await app.close();
       await db.close();

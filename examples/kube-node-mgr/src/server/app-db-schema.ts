@@ -54,7 +54,18 @@ export interface TemplateRow {
   created_by: string;
   created_at: number;
 }
+/** A batch start's `Idempotency-Key`, per user: the request it was sent with and the task it starts. */
+export interface IdempotencyKeyRow {
+  username: string;
+  idem_key: string;
+  /** SHA-256 of the validated request (cluster, operation, nodes, reason), hex. */
+  fingerprint: string;
+  /** The task the key's request creates (or created); chosen before the batch starts. */
+  task_id: string;
+  created_at: number;
+}
 export interface Tables {
+  knm_idempotency_keys: IdempotencyKeyRow;
   knm_templates: TemplateRow;
   knm_sessions: SessionRow;
   knm_tasks: TaskRow;
@@ -154,6 +165,22 @@ export async function createTables(db: Kysely<Tables>, dialect: Dialect): Promis
     await sql`insert into ${sql.table(to)} select '' as cluster, * from ${sql.table(from)}`.execute(db);
     await schema.dropTable(from).execute();
   }
+  await schema
+    .createTable('knm_idempotency_keys')
+    .ifNotExists()
+    .addColumn('username', 'text', (c) => c.notNull())
+    .addColumn('idem_key', 'text', (c) => c.notNull())
+    .addColumn('fingerprint', 'text', (c) => c.notNull())
+    .addColumn('task_id', 'text', (c) => c.notNull())
+    .addColumn('created_at', big, (c) => c.notNull())
+    .addPrimaryKeyConstraint('knm_idempotency_keys_pk', ['username', 'idem_key'])
+    .execute();
+  await schema
+    .createIndex('knm_idempotency_keys_created')
+    .ifNotExists()
+    .on('knm_idempotency_keys')
+    .column('created_at')
+    .execute();
   await schema
     .createTable('knm_templates')
     .ifNotExists()

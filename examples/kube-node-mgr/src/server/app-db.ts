@@ -10,6 +10,9 @@ import type pg from 'pg';
 import type { AuditEventView, TemplateView } from '../shared/api-types.js';
 import { createTables, type Dialect, type Tables, type TaskRow } from './app-db-schema.js';
 
+/** Attempts of {@link AppDb.lockNodes} at writing the locks before it gives up (then the batch gets 503). */
+export const LOCK_ATTEMPTS = 3;
+
 /** Key of the advisory lock under which a replica creates the tables. */
 const MIGRATION_LOCK = 7_215_001;
 
@@ -40,6 +43,15 @@ export interface CordonNote {
 
 /** A saved label or taint, to apply again by name. */
 export type Template = TemplateView;
+
+/** A batch start's `Idempotency-Key` as stored (see {@link AppDb.claimIdempotencyKey}). */
+export interface IdempotencyClaim {
+  username: string;
+  key: string;
+  fingerprint: string;
+  taskId: string;
+  createdAt: number;
+}
 
 /** A lock held on a node by a running batch. */
 export interface NodeLock {
@@ -199,7 +211,8 @@ export class AppDb {
   /**
    * Takes the lock of every node for `taskId`, all or none. Locks held by tasks that `isStale` says have
    * ended (a replica that died mid-batch never released them) are taken over. Returns the locks that are
-   * in the way, empty on success.
+   * in the way, empty on success; throws when the locks could not be written after {@link LOCK_ATTEMPTS}
+   * attempts (the database failing, not another batch holding a node).
    */
   async lockNodes(
     cluster: string,
@@ -207,55 +220,67 @@ export class AppDb {
     owner: { taskId: string; username: string },
     isStale: (lock: NodeLock) => Promise<boolean>,
   ): Promise<NodeLock[]> {
-    const held = await this.locks(cluster, nodes);
-    const blocking: NodeLock[] = [];
     // One verdict, and one DELETE, per task (a task's locks are taken at once, with one time): per lock, the
     // 5,000 locks of a batch whose replica died were 5,000 reads of its task and 5,000 DELETEs before
-    // "Resume remaining" could start.
+    // "Resume remaining" could start. Kept across attempts: an ended task stays ended, and a live one ends
+    // the call.
     const verdicts = new Map<string, Promise<boolean>>();
-    const stale = new Map<string, string[]>();
-    for (const lock of held) {
-      const key = `${lock.taskId}\0${lock.acquiredAt}`;
-      let verdict = verdicts.get(key);
-      if (verdict === undefined) {
-        verdict = isStale(lock);
-        verdicts.set(key, verdict);
-      }
-      if (!(await verdict)) blocking.push(lock);
-      else if (stale.has(lock.taskId)) stale.get(lock.taskId)?.push(lock.node);
-      else stale.set(lock.taskId, [lock.node]);
-    }
-    if (blocking.length > 0) return blocking;
-    try {
-      await this.#db.transaction().execute(async (trx) => {
-        for (const [taskId, staleNodes] of stale) {
-          await trx
-            .deleteFrom('knm_cluster_locks')
-            .where('cluster', '=', cluster)
-            .where('task_id', '=', taskId)
-            .where('node', 'in', staleNodes)
-            .execute();
+    for (let attempt = 1; ; attempt++) {
+      const held = await this.locks(cluster, nodes);
+      const blocking: NodeLock[] = [];
+      const stale = new Map<string, string[]>();
+      // Ours already: an attempt whose COMMIT landed though its answer was lost.
+      const own = new Set<string>();
+      for (const lock of held) {
+        if (lock.taskId === owner.taskId) {
+          own.add(lock.node);
+          continue;
         }
-        const now = Date.now();
-        await trx
-          .insertInto('knm_cluster_locks')
-          .values(
-            nodes.map((node) => ({
-              cluster,
-              node,
-              task_id: owner.taskId,
-              username: owner.username,
-              acquired_at: now,
-            })),
-          )
-          .execute();
-      });
-      return [];
-    } catch (error) {
-      // A unique violation: another batch took one of the nodes between our read and our insert.
-      const now = await this.locks(cluster, nodes);
-      if (now.length > 0) return now.filter((l) => l.taskId !== owner.taskId);
-      throw error;
+        const key = `${lock.taskId}\0${lock.acquiredAt}`;
+        let verdict = verdicts.get(key);
+        if (verdict === undefined) {
+          verdict = isStale(lock);
+          verdicts.set(key, verdict);
+        }
+        if (!(await verdict)) blocking.push(lock);
+        else if (stale.has(lock.taskId)) stale.get(lock.taskId)?.push(lock.node);
+        else stale.set(lock.taskId, [lock.node]);
+      }
+      if (blocking.length > 0) return blocking;
+      const wanted = own.size === 0 ? nodes : nodes.filter((node) => !own.has(node));
+      if (wanted.length === 0) return [];
+      try {
+        await this.#db.transaction().execute(async (trx) => {
+          for (const [taskId, staleNodes] of stale) {
+            await trx
+              .deleteFrom('knm_cluster_locks')
+              .where('cluster', '=', cluster)
+              .where('task_id', '=', taskId)
+              .where('node', 'in', staleNodes)
+              .execute();
+          }
+          const now = Date.now();
+          await trx
+            .insertInto('knm_cluster_locks')
+            .values(
+              wanted.map((node) => ({
+                cluster,
+                node,
+                task_id: owner.taskId,
+                username: owner.username,
+                acquired_at: now,
+              })),
+            )
+            .execute();
+        });
+        return [];
+      } catch (error) {
+        // Read and judged again: a unique violation is another batch that took one of the nodes between our
+        // read and our insert (its locks, live, are in the way). Any other failure (a busy database, a dropped
+        // connection) rolled back the DELETE of the ended tasks' locks: those were answered as in the way,
+        // a 409 naming a task that had ended (a batch started as another finished, before its unlock).
+        if (attempt >= LOCK_ATTEMPTS) throw error;
+      }
     }
   }
 
@@ -278,6 +303,80 @@ export class AppDb {
 
   async unlockTask(taskId: string): Promise<void> {
     await this.#db.deleteFrom('knm_cluster_locks').where('task_id', '=', taskId).execute();
+  }
+
+  // ------------------------------------------------------------ idempotency keys
+
+  /**
+   * Claims `claim.key` of `claim.username` for `claim.taskId`, unless a claim of it is stored already: returns
+   * the stored claim (this one when `taskId` is `claim.taskId`). One INSERT … ON CONFLICT DO NOTHING, then a
+   * read: of two requests with one key at once, on any replicas, exactly one claims it.
+   */
+  async claimIdempotencyKey(claim: IdempotencyClaim): Promise<IdempotencyClaim> {
+    await this.#db
+      .insertInto('knm_idempotency_keys')
+      .values({
+        username: claim.username,
+        idem_key: claim.key,
+        fingerprint: claim.fingerprint,
+        task_id: claim.taskId,
+        created_at: claim.createdAt,
+      })
+      .onConflict((oc) => oc.columns(['username', 'idem_key']).doNothing())
+      .execute();
+    const row = await this.#db
+      .selectFrom('knm_idempotency_keys')
+      .selectAll()
+      .where('username', '=', claim.username)
+      .where('idem_key', '=', claim.key)
+      .executeTakeFirst();
+    // Deleted between the two (a release, the purge): the next request claims it.
+    if (row === undefined) return claim;
+    return {
+      username: row.username,
+      key: row.idem_key,
+      fingerprint: row.fingerprint,
+      taskId: row.task_id,
+      createdAt: Number(row.created_at),
+    };
+  }
+
+  /** Gives the key's claim by `fromTaskId` to `claim`; `false` when it is no longer `fromTaskId`'s. */
+  async takeOverIdempotencyKey(fromTaskId: string, claim: IdempotencyClaim): Promise<boolean> {
+    const result = await this.#db
+      .updateTable('knm_idempotency_keys')
+      .set({ fingerprint: claim.fingerprint, task_id: claim.taskId, created_at: claim.createdAt })
+      .where('username', '=', claim.username)
+      .where('idem_key', '=', claim.key)
+      .where('task_id', '=', fromTaskId)
+      .executeTakeFirst();
+    return Number(result.numUpdatedRows) > 0;
+  }
+
+  /** The task the key's claim is for now, if any. */
+  async idempotencyKeyTask(username: string, key: string): Promise<string | undefined> {
+    const row = await this.#db
+      .selectFrom('knm_idempotency_keys')
+      .select('task_id')
+      .where('username', '=', username)
+      .where('idem_key', '=', key)
+      .executeTakeFirst();
+    return row?.task_id;
+  }
+
+  /** Deletes the key's claim by `taskId` (its batch did not start), if it is still that one. */
+  async releaseIdempotencyKey(username: string, key: string, taskId: string): Promise<void> {
+    await this.#db
+      .deleteFrom('knm_idempotency_keys')
+      .where('username', '=', username)
+      .where('idem_key', '=', key)
+      .where('task_id', '=', taskId)
+      .execute();
+  }
+
+  /** Deletes the keys claimed before `before` (ms since the epoch). */
+  async purgeIdempotencyKeys(before: number): Promise<void> {
+    await this.#db.deleteFrom('knm_idempotency_keys').where('created_at', '<', before).execute();
   }
 
   // ------------------------------------------------------------ cordon notes

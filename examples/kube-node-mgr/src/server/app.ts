@@ -19,7 +19,7 @@ import { type Cluster, ClusterSet } from './clusters.js';
 import type { KubeNodes } from './kube-nodes.js';
 import { LoginThrottle, type LoginThrottleOptions } from './login-throttle.js';
 import { PROXY_AUTH_HEADER } from './round-robin-proxy.js';
-import { registerBatchRoutes } from './routes/batch-routes.js';
+import { IDEMPOTENCY_KEY_TTL_MS, registerBatchRoutes } from './routes/batch-routes.js';
 import { createGuards, type Principal, type RouteContext } from './routes/context.js';
 import { registerNodeRoutes } from './routes/node-routes.js';
 import { registerSessionRoutes } from './routes/session-routes.js';
@@ -338,10 +338,14 @@ export function createApp(options: AppOptions): App {
     }
   }, config.sessionSweepIntervalMs);
   sweep.unref();
-  // Expired sessions are deleted hourly (revoked ones stay until they expire, so they stay refused).
+  // Expired sessions are deleted hourly (revoked ones stay until they expire, so they stay refused), and so
+  // are expired Idempotency-Keys of batch starts.
   const purge = setInterval(() => {
     db.purgeSessions().catch((error: unknown) =>
       config.logger?.warn({ err: String(error) }, 'session purge failed'),
+    );
+    db.purgeIdempotencyKeys(Date.now() - IDEMPOTENCY_KEY_TTL_MS).catch((error: unknown) =>
+      config.logger?.warn({ err: String(error) }, 'idempotency key purge failed'),
     );
   }, 3_600_000);
   purge.unref();

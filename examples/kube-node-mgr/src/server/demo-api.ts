@@ -123,6 +123,11 @@ export function labelMatcher(selector: string): (labels: Record<string, string>)
       tests.push(op === '!=' ? (l) => l[key] !== value : (l) => l[key] === value);
     } else if (set) {
       const [, key = '', op, list = ''] = set;
+      // `in ()` would match nodes whose label is '' (the split gives ['']): the API server refuses it.
+      if (list.trim() === '')
+        throw badRequest(
+          `unable to parse requirement: ${part}: values: Invalid value: []: for 'in', 'notin' operators, values set can't be empty`,
+        );
       const values = list.split(',').map((v) => v.trim());
       checked(part, key, values);
       tests.push(

@@ -5,6 +5,7 @@
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { isDeepStrictEqual } from 'node:util';
 import {
   badRequest,
   discovery,
@@ -367,6 +368,10 @@ export class DemoCluster {
     }
     next.metadata.labels ??= {};
     next.metadata.annotations ??= {};
+    // A patch that changes nothing is not written, as the API server skips such an update: the node keeps
+    // its resourceVersion (bumped, a client holding it got a needless 409 on its next conditional write).
+    next.metadata.resourceVersion = node.metadata.resourceVersion;
+    if (isDeepStrictEqual(next, node)) return structuredClone(node);
     next.metadata.resourceVersion = String(++this.#resourceVersion);
     this.#nodes.set(name, next);
     return structuredClone(next);

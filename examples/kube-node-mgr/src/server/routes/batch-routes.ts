@@ -1,6 +1,6 @@
 /** Starting batches (and reruns of an old one): the running cap, the node locks, the audit record, the run. */
 
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { ProgressStore } from '@finishline/core';
 import type { Response } from 'express';
 import type { CordonNote, NodeLock, TaskRecord } from '../app-db.js';
@@ -31,6 +31,15 @@ const LOCK_CREATE_GRACE_MS = 30_000;
  */
 const LOCK_CANCEL_GRACE_MS = 30_000;
 
+/**
+ * How long an `Idempotency-Key` of `POST /api/batch` answers with its batch: past it the key is free again
+ * (and the app's hourly purge deletes it). A day, as common APIs keep theirs, is far past any client's retry.
+ */
+export const IDEMPOTENCY_KEY_TTL_MS = 24 * 3_600_000;
+
+/** An `Idempotency-Key`: 1 to 255 visible ASCII characters (a UUID, a random token). */
+const IDEMPOTENCY_KEY = /^[\x21-\x7e]{1,255}$/;
+
 /** How often a batch cut off from the store asks it again before going on (see `storeReady`). */
 const STORE_RETRY_MS = 1000;
 
@@ -40,6 +49,18 @@ const STORE_RETRY_MS = 1000;
  * must not cost them each time, while a node someone changes since shows within this.
  */
 const UNRECORDED_CACHE_MS = 2000;
+
+/** A batch start refused: the error answered. */
+interface StartRefusal {
+  ok: false;
+  status: number;
+  code: string;
+  message: string;
+  extra?: Record<string, unknown>;
+  /** Sent as `Retry-After` (and `retryAfterS` in the error). */
+  retryAfterS?: number;
+}
+type StartResult = { ok: true; taskId: string; description: string } | StartRefusal;
 
 /** What the app's shutdown waits for. */
 export interface BatchRuns {
@@ -81,10 +102,6 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     return next;
   };
 
-  type StartResult =
-    | { ok: true; taskId: string; description: string }
-    | { ok: false; status: number; code: string; message: string; extra?: Record<string, unknown> };
-
   /** Checks the cap and the node locks, creates the task, records it and runs the batch in the background. */
   const startBatch = (
     session: Session,
@@ -93,6 +110,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     names: string[],
     link: { parentTaskId: string; relation: 'retry_failed' | 'resume_remaining' } | null,
     reason: string | undefined,
+    /** An `Idempotency-Key`'s start: its task id, and whether the key is still claimed for it. */
+    claim?: { taskId: string; held: () => Promise<boolean> },
   ): Promise<StartResult> =>
     serialized(session.username, async () => {
       const running = await store.listTasks({
@@ -109,13 +128,27 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
           extra: { running: running.map((t) => t.id) },
         };
       }
-      const taskId = randomUUID();
-      const blocking = await db.lockNodes(
-        cluster.name,
-        names,
-        { taskId, username: session.username },
-        lockIsStale,
-      );
+      const taskId = claim?.taskId ?? randomUUID();
+      let blocking: NodeLock[];
+      try {
+        blocking = await db.lockNodes(
+          cluster.name,
+          names,
+          { taskId, username: session.username },
+          lockIsStale,
+        );
+      } catch (error) {
+        // The database failed under the locks (lockNodes tried again): no batch is in the way, so not a 409,
+        // and nothing was started: the client may send the same request again.
+        config.logger?.warn({ err: String(error), taskId }, 'node locks not taken');
+        return {
+          ok: false,
+          status: 503,
+          code: 'lock_unavailable',
+          message: 'the node locks could not be taken; try again in a moment',
+          retryAfterS: 1,
+        };
+      }
       if (blocking.length > 0) {
         const byTask = new Map<string, NodeLock[]>();
         for (const lock of blocking) {
@@ -153,7 +186,23 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
           return alreadyRerun(link.parentTaskId, link.relation, earlier);
         }
       }
-      const description = `${describeOperation(op)} on ${names.length} node${names.length > 1 ? 's' : ''}`;
+      // The key still ours, checked last before the task exists: a request slower than the claim's grace (a
+      // Kubernetes API answering in 29 s, a queue of starts) had its key taken over by a retry, which started
+      // the batch; this one then starts nothing.
+      if (claim !== undefined) {
+        let held: boolean;
+        try {
+          held = await claim.held();
+        } catch (error) {
+          await db.unlockTask(taskId).catch(() => undefined);
+          throw error;
+        }
+        if (!held) {
+          await db.unlockTask(taskId);
+          return keyInUse();
+        }
+      }
+      const description = describe(op, names);
       let task: Awaited<ReturnType<typeof progress.tasks.create>> | undefined;
       try {
         task = await progress.tasks.create({
@@ -374,7 +423,14 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   };
 
   const answerStart = (res: Response, op: Operation, names: string[], started: StartResult) => {
-    if (!started.ok) return fail(res, started.status, started.code, started.message, started.extra);
+    if (!started.ok) {
+      const { retryAfterS } = started;
+      if (retryAfterS !== undefined) res.setHeader('retry-after', String(retryAfterS));
+      return fail(res, started.status, started.code, started.message, {
+        ...started.extra,
+        ...(retryAfterS === undefined ? {} : { retryAfterS }),
+      });
+    }
     res.status(202).json({
       taskId: started.taskId,
       kind: OPERATION_KIND[op.type],
@@ -383,7 +439,42 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     });
   };
 
+  /**
+   * What a batch start's `Idempotency-Key` says, claiming it when it is free: `claimed` (go on, with
+   * `taskId`), `replay` (its batch started: answer with it again), `mismatch` (the key came with another
+   * request), `busy` (its first request is still being answered).
+   */
+  const claimKey = async (
+    username: string,
+    key: string,
+    fingerprint: string,
+  ): Promise<{ kind: 'claimed' | 'replay' | 'mismatch' | 'busy'; taskId: string }> => {
+    const claim = { username, key, fingerprint, taskId: randomUUID(), createdAt: Date.now() };
+    const stored = await db.claimIdempotencyKey(claim);
+    if (stored.taskId === claim.taskId) return { kind: 'claimed', taskId: claim.taskId };
+    const age = claim.createdAt - stored.createdAt;
+    // A batch started under the key: its record is written right after its task is created, and kept
+    // after retention deleted the task.
+    const started = (await db.task(stored.taskId)) !== undefined;
+    if (age < IDEMPOTENCY_KEY_TTL_MS && (started || age < LOCK_CREATE_GRACE_MS)) {
+      if (stored.fingerprint !== fingerprint) return { kind: 'mismatch', taskId: stored.taskId };
+      return { kind: started ? 'replay' : 'busy', taskId: stored.taskId };
+    }
+    // Expired, or its request never started a batch and did not free the key (its replica died meanwhile):
+    // taken over, by one of the requests doing so at once.
+    return (await db.takeOverIdempotencyKey(stored.taskId, claim))
+      ? { kind: 'claimed', taskId: claim.taskId }
+      : { kind: 'busy', taskId: stored.taskId };
+  };
+
   route('post', '/api/batch', { role: 'operator' }, async (req, res, session) => {
+    // Optional: the same key again (a retry after a lost answer) answers the batch it started, once.
+    const key = req.get('idempotency-key');
+    if (key !== undefined && !IDEMPOTENCY_KEY.test(key)) {
+      return fail(res, 400, 'invalid_input', 'Idempotency-Key must be 1 to 255 visible ASCII characters', {
+        field: 'Idempotency-Key',
+      });
+    }
     const cluster = clusterOf(res, (req.body as { cluster?: unknown } | undefined)?.cluster);
     if (cluster === undefined) return;
     let op: Operation;
@@ -398,27 +489,76 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         return fail(res, 400, 'invalid_input', error.message, { field: error.field });
       throw error;
     }
+    if (key === undefined) return startChecked(res, session, cluster, op, names, reason, undefined);
+    const fingerprint = createHash('sha256')
+      .update(JSON.stringify([cluster.name, op, names, reason ?? null]))
+      .digest('hex');
+    const claimed = await claimKey(session.username, key, fingerprint);
+    if (claimed.kind === 'mismatch') {
+      return fail(
+        res,
+        422,
+        'idempotency_key_reused',
+        'this Idempotency-Key was sent with another request; use a new key for a new batch',
+        { taskId: claimed.taskId },
+      );
+    }
+    if (claimed.kind === 'busy') return answerStart(res, op, names, keyInUse());
+    if (claimed.kind === 'replay') {
+      res.setHeader('idempotent-replayed', 'true');
+      return answerStart(res, op, names, {
+        ok: true,
+        taskId: claimed.taskId,
+        description: describe(op, names),
+      });
+    }
+    let started = false;
+    try {
+      started = await startChecked(res, session, cluster, op, names, reason, {
+        taskId: claimed.taskId,
+        held: async () => (await db.idempotencyKeyTask(session.username, key)) === claimed.taskId,
+      });
+    } finally {
+      // Refused or failed: nothing started, and the same key may try again at once.
+      if (!started) {
+        await db
+          .releaseIdempotencyKey(session.username, key, claimed.taskId)
+          .catch((error: unknown) =>
+            config.logger?.warn({ err: String(error) }, 'idempotency key not released'),
+          );
+      }
+    }
+  });
+
+  /** Checks the nodes exist, then starts the batch and answers; whether it started. */
+  const startChecked = async (
+    res: Response,
+    session: Session,
+    cluster: Cluster,
+    op: Operation,
+    names: string[],
+    reason: string | undefined,
+    claim: Parameters<typeof startBatch>[6],
+  ): Promise<boolean> => {
     let known: Set<string>;
     try {
       known = new Set((await cluster.nodes.list()).map((n) => n.name));
     } catch (error) {
-      return kubeFailure(res, error, config.logger);
+      kubeFailure(res, error, config.logger);
+      return false;
     }
     const unknown = names.filter((n) => !known.has(n));
     if (unknown.length > 0) {
-      return fail(
-        res,
-        400,
-        'unknown_nodes',
-        `unknown node${unknown.length > 1 ? 's' : ''}: ${someNames(unknown)}`,
-        {
-          field: 'nodes',
-          nodes: unknown,
-        },
-      );
+      fail(res, 400, 'unknown_nodes', `unknown node${unknown.length > 1 ? 's' : ''}: ${someNames(unknown)}`, {
+        field: 'nodes',
+        nodes: unknown,
+      });
+      return false;
     }
-    answerStart(res, op, names, await startBatch(session, cluster, op, names, null, reason));
-  });
+    const started = await startBatch(session, cluster, op, names, null, reason, claim);
+    answerStart(res, op, names, started);
+    return started.ok;
+  };
 
   // "Retry failed" / "resume remaining": a new task on the failed nodes, or on the nodes the old task never
   // finished (an interrupted or cancelled batch), linked to the old one.
@@ -653,6 +793,22 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   });
 
   return { settled: () => Promise.all(runs).then(() => undefined) };
+}
+
+/** The answer to a request whose `Idempotency-Key` another request with it is using. */
+function keyInUse(): StartRefusal {
+  return {
+    ok: false,
+    status: 409,
+    code: 'idempotency_key_in_use',
+    message: 'another request with this Idempotency-Key is being answered; try again in a moment',
+    retryAfterS: 1,
+  };
+}
+
+/** A batch's description, its task's message. */
+function describe(op: Operation, names: readonly string[]): string {
+  return `${describeOperation(op)} on ${names.length} node${names.length > 1 ? 's' : ''}`;
 }
 
 /** The refusal of a second rerun of a task in one mode, naming the rerun to rerun instead. */
