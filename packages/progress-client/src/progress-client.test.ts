@@ -1241,7 +1241,8 @@ describe('HTTP fallback', () => {
     // The first request's token function hangs: no request yet.
     expect(asked).toHaveLength(0);
     await scheduler.advance(5000);
-    expect(errors).toEqual(['store_unavailable']);
+    // The token function's failure, as renewToken() reports it (not the server's: see the test after).
+    expect(errors).toEqual(['unauthenticated']);
     await scheduler.advance(10_000);
     expect(asked.length).toBeGreaterThanOrEqual(1); // the second round's request, which hangs
     task.end();
@@ -1815,6 +1816,39 @@ describe('HTTP fallback', () => {
       await client.close();
     },
   );
+
+  it('reports a token function that returns nothing within connectTimeoutMs on the polled watch as unauthenticated, naming it, and polls again', async () => {
+    // Until 6 December 2026 it was `store_unavailable` ("got no answer"), which sent the reader to the server,
+    // where `renewToken()` reports the same hang as `unauthenticated` and the socket's timeout names it.
+    let hangs = true;
+    const { client, server, scheduler, http, errors } = setup({
+      httpFallbackAfterAttempts: 1,
+      connectTimeoutMs: 500,
+      token: () => (hangs ? new Promise<string>(() => undefined) : 'tok'),
+    });
+    http.tasks.set('t1', new FakeTask('t1', 1));
+    const watch = client.watch('t1');
+    const reported: ProgressError[] = [];
+    watch.on('error', (error) => reported.push(error));
+    const log = record(watch);
+    server.last.serverClose(1006); // no socket: HTTP polls
+    await scheduler.advance(500);
+    await flush();
+    expect(http.requests).toEqual([]);
+    expect(reported).toEqual([expect.objectContaining({ code: ErrorCode.Unauthenticated })]);
+    expect((reported[0]?.cause as Error).message).toBe(
+      'HTTP request for task t1: the token function returned no credential within connectTimeoutMs (500 ms)',
+    );
+    expect(client.state).not.toBe('closed');
+    // Polled again (with backoff), and caught up once the function answers.
+    hangs = false;
+    await scheduler.advance(10_000);
+    await flush();
+    expect(log).toContain('snapshot@0');
+    expect(client.state).not.toBe('closed');
+    expect(errors.map((error) => error.code)).not.toContain(ErrorCode.Unauthenticated);
+    await client.close();
+  });
 
   it('without the httpFallback option: no request ever, the socket is retried, and the watchdog resyncs', async () => {
     const { client, server, scheduler, http } = setup({
