@@ -79,6 +79,35 @@ function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
 }
 
 describe('connection', () => {
+  it.each([false, true])(
+    'a terminal ack on a socket lost before the heartbeat that confirms it is sent again on the next socket (confirmed first: %s)',
+    async (confirmed) => {
+      // Until 6 December 2026 the task was done with the socket as soon as its ack went out: an ack lost
+      // with that socket (cut with it unread, a leader tab that died before relaying it) was never sent again.
+      const { client, server, scheduler, socket, task } = subscribed();
+      socket.push(snap(task.view()));
+      socket.push(ev(task.end()));
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      // The heartbeat that no longer lists the task says the server heard the ack: the client lets go of it.
+      if (confirmed) socket.push({ type: 'heartbeat', time: 1, seqs: {} });
+      socket.serverClose(1006);
+      await scheduler.advance(1000);
+      if (confirmed) {
+        // Nothing owed: no socket wanted at all.
+        expect(client.state).toBe('idle');
+        expect(server.sockets).toHaveLength(1);
+      } else {
+        const next = server.accept();
+        expect(next.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+        next.push({ ...snap(task.view()), reset: true });
+        expect(next.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+        expect(next.frames('unsubscribe')).toHaveLength(1);
+      }
+      await client.close();
+    },
+  );
+
   it('blames a token function that never returned, not the server, when an attempt times out', async () => {
     const { client, server, scheduler, errors } = setup({
       token: () => new Promise<string>(() => undefined), // a refresh that hangs (a login popup never answered)
