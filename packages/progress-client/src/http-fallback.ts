@@ -113,12 +113,14 @@ export class HttpApi {
       timeoutMs,
     );
     this.#inFlight.add(abort);
+    // What the request waits for, named by the deadline's error.
+    let awaited = 'the token function returned no credential';
     const given = new Promise<never>((_, reject) => {
       deadline.signal.addEventListener('abort', () =>
         reject(
           new ProgressError(
             signal.aborted ? ErrorCode.Closed : ErrorCode.StoreUnavailable,
-            `HTTP request for task ${taskId} got no answer within ${timeoutMs} ms`,
+            `HTTP request for task ${taskId}: ${awaited} within connectTimeoutMs (${timeoutMs} ms)`,
             { taskId },
           ),
         ),
@@ -134,18 +136,21 @@ export class HttpApi {
       // (`unauthenticated`, with the failure as its `cause`), marked as the token function's: polled again
       // with backoff, where the server's 401 closes the client (see `catchUp`). Until 6 December 2026 it
       // was reported as `internal`, and a function that threw a ProgressError `unauthenticated` of its own
-      // was taken for the server's 401. (The deadline's own error, no answer or closed, as it is.)
+      // was taken for the server's 401. So too one that returned nothing within the deadline, as
+      // `renewToken()` reports it and the socket's connect timeout names it: until 6 December 2026 it was
+      // `store_unavailable`, which sent the reader to the server. (The client's close as it is: `closed`.)
       let credential = token;
       if (typeof token === 'function')
         try {
           credential = credentialOf(await Promise.race([token(), given]));
         } catch (cause) {
-          if (deadline.signal.aborted) throw cause;
+          if (signal.aborted) throw cause;
           const failure = tokenProviderFailed(cause);
           TOKEN_FAILURES.add(failure);
           throw failure;
         }
       if (credential !== undefined) headers.authorization = `Bearer ${credential}`;
+      awaited = 'no answer from the server';
       try {
         const response = await Promise.race([
           fetch(this.#options.baseUrl + path, {

@@ -79,6 +79,35 @@ function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
 }
 
 describe('connection', () => {
+  it.each([false, true])(
+    'a terminal ack on a socket lost before the heartbeat that confirms it is sent again on the next socket (confirmed first: %s)',
+    async (confirmed) => {
+      // Until 6 December 2026 the task was done with the socket as soon as its ack went out: an ack lost
+      // with that socket (cut with it unread, a leader tab that died before relaying it) was never sent again.
+      const { client, server, scheduler, socket, task } = subscribed();
+      socket.push(snap(task.view()));
+      socket.push(ev(task.end()));
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      // The heartbeat that no longer lists the task says the server heard the ack: the client lets go of it.
+      if (confirmed) socket.push({ type: 'heartbeat', time: 1, seqs: {} });
+      socket.serverClose(1006);
+      await scheduler.advance(1000);
+      if (confirmed) {
+        // Nothing owed: no socket wanted at all.
+        expect(client.state).toBe('idle');
+        expect(server.sockets).toHaveLength(1);
+      } else {
+        const next = server.accept();
+        expect(next.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+        next.push({ ...snap(task.view()), reset: true });
+        expect(next.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+        expect(next.frames('unsubscribe')).toHaveLength(1);
+      }
+      await client.close();
+    },
+  );
+
   it('blames a token function that never returned, not the server, when an attempt times out', async () => {
     const { client, server, scheduler, errors } = setup({
       token: () => new Promise<string>(() => undefined), // a refresh that hangs (a login popup never answered)
@@ -1241,7 +1270,8 @@ describe('HTTP fallback', () => {
     // The first request's token function hangs: no request yet.
     expect(asked).toHaveLength(0);
     await scheduler.advance(5000);
-    expect(errors).toEqual(['store_unavailable']);
+    // The token function's failure, as renewToken() reports it (not the server's: see the test after).
+    expect(errors).toEqual(['unauthenticated']);
     await scheduler.advance(10_000);
     expect(asked.length).toBeGreaterThanOrEqual(1); // the second round's request, which hangs
     task.end();
@@ -1815,6 +1845,44 @@ describe('HTTP fallback', () => {
       await client.close();
     },
   );
+
+  it('reports a token function that returns nothing within connectTimeoutMs on the polled watch as unauthenticated, naming it, and polls again', async () => {
+    // Until 6 December 2026 it was `store_unavailable` ("got no answer"), which sent the reader to the server,
+    // where `renewToken()` reports the same hang as `unauthenticated` and the socket's timeout names it.
+    let hangs = true;
+    const { client, server, scheduler, http, errors } = setup({
+      httpFallbackAfterAttempts: 1,
+      connectTimeoutMs: 500,
+      token: () => (hangs ? new Promise<string>(() => undefined) : 'tok'),
+    });
+    http.tasks.set('t1', new FakeTask('t1', 1));
+    const watch = client.watch('t1');
+    const reported: ProgressError[] = [];
+    watch.on('error', (error) => reported.push(error));
+    const log = record(watch);
+    server.last.serverClose(1006); // no socket: HTTP polls
+    await scheduler.advance(500);
+    await flush();
+    expect(http.requests).toEqual([]);
+    expect(reported).toEqual([
+      expect.objectContaining({
+        code: ErrorCode.Unauthenticated,
+        cause: expect.objectContaining({
+          message:
+            'HTTP request for task t1: the token function returned no credential within connectTimeoutMs (500 ms)',
+        }),
+      }),
+    ]);
+    expect(client.state).not.toBe('closed');
+    // Polled again (with backoff), and caught up once the function answers.
+    hangs = false;
+    await scheduler.advance(10_000);
+    await flush();
+    expect(log).toContain('snapshot@0');
+    expect(client.state).not.toBe('closed');
+    expect(errors.map((error) => error.code)).not.toContain(ErrorCode.Unauthenticated);
+    await client.close();
+  });
 
   it('without the httpFallback option: no request ever, the socket is retried, and the watchdog resyncs', async () => {
     const { client, server, scheduler, http } = setup({

@@ -1,7 +1,12 @@
 import type { ErrorFrame, ServerFrame } from '@finishline/core';
 import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
-import { assertTaskId, resolvedBackoffDelayMs } from '@finishline/core/internal';
+import {
+  assertTaskId,
+  ofType,
+  resolveOptions as readOptions,
+  resolvedBackoffDelayMs,
+} from '@finishline/core/internal';
 import { Acks } from './acks.js';
 import { AnswerWait } from './answer-wait.js';
 import { Connection } from './connection.js';
@@ -26,6 +31,17 @@ import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
  *
  * @module
  */
+
+/**
+ * The options {@link ProgressClient.watch} takes, checked by core's options toolkit as the client's own are
+ * (an object, no unknown key, `signal` an `AbortSignal`), before anything starts.
+ */
+const WATCH_OPTIONS = {
+  signal: ofType<AbortSignal>(
+    'an AbortSignal',
+    (value) => typeof (value as AbortSignal | null)?.addEventListener === 'function',
+  ),
+};
 
 /** The events of a {@link ProgressClient}. */
 export interface ProgressClientEvents {
@@ -143,11 +159,14 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
    * Starts watching a task (connecting on the first watch). Watching a task that is already watched
    * shares its subscription and state, unless its end was acknowledged: the server is asked again.
    *
-   * @throws ProgressError `invalid_input` for an invalid task id, `closed` after {@link close}.
+   * @throws ProgressError `invalid_input` for an invalid task id or options, `closed` after {@link close}.
    */
-  watch(taskId: string, options: WatchOptions = {}): Watch {
+  watch(taskId: string, options?: WatchOptions): Watch {
     if (this.#closed) throw new ProgressError(ErrorCode.Closed, 'ProgressClient is closed', { taskId });
     assertTaskId(taskId);
+    // Before anything starts, so a refusal leaves no subscription behind. Until 6 December 2026 `null`, or
+    // an AbortController passed for its signal, threw a TypeError instead of this error.
+    const { signal } = readOptions('watch', WATCH_OPTIONS, options);
     let task = this.#tasks.get(taskId);
     // A task whose end the server has acknowledged (and no longer follows for this client) is not shared
     // with a new watch: its id may name a new run by now (purged and created again), and a handle the
@@ -181,14 +200,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
       if (this.#o.preferFallback) this.#fallback?.start();
       else this.#connection.ensure('watch');
     }
-    try {
-      if (options.signal !== undefined) watch.closeOn(options.signal);
-    } catch (error) {
-      // Not an AbortSignal (an AbortController passed for its signal): the caller gets no handle, so none
-      // is left holding the subscription.
-      watch.close();
-      throw error;
-    }
+    if (signal !== undefined) watch.closeOn(signal);
     return watch;
   }
 
@@ -284,7 +296,8 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
         // the first time, then paced as a refused subscribe is until something is delivered (a server that
         // keeps sending a frame this client rejects answered each resubscribe with it again, as fast as the
         // round trip allowed).
-        const task = error.taskId === undefined ? undefined : this.#tasks.get(error.taskId);
+        // (No task has the key `undefined`: ids are checked strings.)
+        const task = this.#tasks.get(error.taskId as string);
         if (task !== undefined) this.#retryLater(task, 1);
       },
       wantsSocket: () => {
@@ -325,7 +338,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
         const resent = frame.task.status !== 'running' && task.answered;
         this.#onTaskFrame(
           task,
-          task.cursor.applySnapshot(frame.task, frame.reset === true),
+          task.cursor.applySnapshot(frame.task, frame.reset),
           resent ? frame.task.seq : undefined,
         );
         return;
@@ -492,7 +505,7 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   /** A handle closed: the last one takes the subscription with it. */
   #release(task: TaskSubscription, watch: Watch): void {
     task.task.handles.delete(watch);
-    if (task.task.handles.size > 0 || this.#tasks.get(task.taskId) !== task) return;
+    if (task.task.handles.size || this.#tasks.get(task.taskId) !== task) return;
     // (Its last flush takes it off the acks owed, and clears their timer when it was the last one.)
     this.#tasks.delete(task.taskId);
     this.#acks.flush(task);

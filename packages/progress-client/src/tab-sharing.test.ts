@@ -429,6 +429,40 @@ describe('tab sharing', () => {
     expect(browser.locksOf(followerTab)).toEqual([]);
   });
 
+  it("a follower's terminal ack posted to a leader tab that died, before the tab noticed, reaches the server through the next leader", async () => {
+    const browser = new Browser();
+    const server = new FakeServer();
+    const [leaderTab, followerTab] = [browser.tab(), browser.tab()] as [Tab, Tab];
+    const leader = clientIn(leaderTab, server, { ackDelayMs: 0 });
+    const follower = clientIn(followerTab, server, { ackDelayMs: 0 });
+    onTestFinished(() => follower.close());
+    leader.watch('t1');
+    const watch = follower.watch('t2');
+    const first = await acceptReal(server, 1);
+    await vi.waitFor(() => expect(first.frames('subscribe')).toHaveLength(2));
+    const task = new FakeTask('t2', 1);
+    first.push({ type: 'snapshot', task: task.view() });
+    await vi.waitFor(() => expect(watch.getSnapshot().progress).not.toBeNull());
+    // The terminal event is relayed, then the leader's tab dies (its socket with it) before the follower's
+    // ack comes: the follower posts it to a tab that is gone, and learns of that only from the lock after.
+    first.push({ type: 'event', event: task.end('completed') });
+    browser.kill(leaderTab);
+    first.onmessage = null;
+    first.onclose = null;
+    first.serverClose(1006);
+    await watch.done;
+    // Until 6 December 2026 the ack was lost, and with the task done nothing took the follower to a socket
+    // again: the task's end was never acknowledged to the server.
+    const second = await acceptReal(server, 2);
+    await vi.waitFor(() =>
+      expect(second.frames('subscribe')).toEqual([expect.objectContaining({ taskId: 't2', afterSeq: 1 })]),
+    );
+    second.push({ type: 'snapshot', task: task.view(), reset: true });
+    await vi.waitFor(() => expect(second.frames('ack')).toEqual([{ type: 'ack', taskId: 't2', seq: 1 }]));
+    expect(first.frames('ack')).toEqual([]);
+    await vi.waitFor(() => expect(second.frames('unsubscribe')).toHaveLength(1));
+  });
+
   it('a follower tab whose client closes stops waiting for the lead, releases its own lock and closes its channel', async () => {
     const browser = new Browser();
     const server = new FakeServer();

@@ -140,9 +140,6 @@ export class TaskSubscription {
   get epoch(): string | undefined {
     return this.#epoch;
   }
-  get ackedSeq(): number {
-    return this.#ackedSeq;
-  }
   /** The seq the server knows this watch at: what it subscribes from and acknowledges. */
   get seq(): number {
     return this.#renewedSeq ?? this.cursor.seq;
@@ -245,11 +242,21 @@ export class TaskSubscription {
     this.#retries = 0;
   }
 
-  /** The socket was lost: nothing sent on it is pending any more (the next `hello` subscribes again). */
+  /**
+   * The socket was lost: nothing sent on it is pending any more (the next `hello` subscribes again). A
+   * terminal ack sent on it is owed again: the heartbeat that lets go of the task (the server no longer
+   * follows it) has not come, so it may have been lost with the socket (a leader tab that died before
+   * relaying it, a connection cut with it unread). Until 6 December 2026 it was lost for good: the next
+   * `hello` subscribes the task again, and its answer is acknowledged.
+   */
   down(): void {
     this.#resyncFrom = undefined;
     this.#behindTimer.clear();
     this.#answerTimer.clear();
+    if (this.#socketDone) {
+      this.#socketDone = false;
+      this.#ackedSeq = 0;
+    }
   }
 
   /**

@@ -85,14 +85,23 @@ describe('watch.done({ signal, timeoutMs })', () => {
     await client.close();
   });
 
-  it('leaves no subscription behind when watch() refuses its signal (an AbortController passed for it)', async () => {
+  it('refuses options that are not an object, an unknown one, or a signal that is not an AbortSignal with invalid_input, and leaves no subscription behind', async () => {
     const { client, socket } = subscribed();
-    expect(() => client.watch('t2', { signal: new AbortController() as unknown as AbortSignal })).toThrow(
-      TypeError,
-    );
-    // Before, the subscription stayed, held by a handle the caller never got.
-    expect(socket.frames('unsubscribe')).toEqual([{ type: 'unsubscribe', taskId: 't2' }]);
-    const again = client.watch('t2');
+    // Until 6 December 2026 each threw a TypeError (the unknown key was ignored), after the subscription
+    // to t2 went out.
+    for (const [options, message] of [
+      [null, 'watch: options must be an object, got null'],
+      [5, 'watch: options must be an object, got 5'],
+      [{ signal: new AbortController() }, 'watch: signal must be an AbortSignal, got an object'],
+      [{ signal: null }, 'watch: signal must be an AbortSignal, got null'],
+      [{ sigal: AbortSignal.abort() }, 'watch: unknown option "sigal" (did you mean `signal`?)'],
+    ] as const) {
+      expect(() => client.watch('t2', options as never)).toThrow(
+        expect.objectContaining({ code: ErrorCode.InvalidInput, message }),
+      );
+    }
+    expect(socket.frames('subscribe').map((frame) => frame.taskId)).toEqual(['t1']);
+    const again = client.watch('t2', { signal: new AbortController().signal });
     expect(again.closed).toBe(false);
     await client.close();
   });

@@ -106,6 +106,17 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain('exit codes: 0 completed, 1 failed');
   });
 
+  it('lists in its --help every exit code it returns (CLI_EXIT_CODES), and no other', async () => {
+    // A review of 6 December 2026 found the list short of exit 4; it was not (every code was there), but
+    // nothing kept the prose and the codes together: a code added to CLI_EXIT_CODES alone fails here.
+    const run = io();
+    expect(await runCli(['--help'], run.io)).toBe(0);
+    const help = run.out.join('');
+    const listed = help.slice(help.indexOf('exit codes:'));
+    const codes = [...listed.matchAll(/(?:^|[:,]\s)(\d+) /g)].map((match) => Number(match[1]));
+    expect(codes.sort((a, b) => a - b)).toEqual(Object.values(CLI_EXIT_CODES).sort((a, b) => a - b));
+  });
+
   // Review of 6 December 2026: there was no --version (exit 64, "Unknown option"), so an operator could not
   // tell which client a machine had.
   it('prints the version of the package with --version or -v and exits 0, with or without a command', async () => {
