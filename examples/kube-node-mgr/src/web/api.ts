@@ -7,6 +7,11 @@ export class ApiError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /**
+     * The error body's other fields (`taskId`, `locks`, …) and the answer's `Retry-After` in ms, when it had
+     * one in seconds.
+     */
+    readonly more: { fields?: Record<string, unknown>; retryAfterMs?: number } = {},
   ) {
     super(message);
   }
@@ -17,16 +22,21 @@ export class ApiError extends Error {
  * "the server is unavailable (HTTP 502: bad gateway)", never a JSON parse error. A 401 while signed in ends
  * the session on the page ({@link endSession}) before the error is thrown.
  */
-export async function api<T>(path: string, init: { method?: string; body?: unknown } = {}): Promise<T> {
+export async function api<T>(
+  path: string,
+  init: { method?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<T> {
   let response: Response;
   try {
     response = await fetch(path, {
       method: init.method ?? 'GET',
       credentials: 'same-origin',
-      headers:
-        init.body === undefined
+      headers: {
+        ...init.headers,
+        ...(init.body === undefined
           ? {}
-          : { 'content-type': 'application/json', 'x-csrf-token': state.csrfToken },
+          : { 'content-type': 'application/json', 'x-csrf-token': state.csrfToken }),
+      },
       ...(init.body === undefined ? {} : { body: JSON.stringify(init.body) }),
     });
   } catch {
@@ -42,10 +52,16 @@ export async function api<T>(path: string, init: { method?: string; body?: unkno
   if (!response.ok) {
     if (response.status === 401 && signedIn()) endSession();
     const error = (body as { error?: { code?: unknown; message?: unknown } } | undefined)?.error;
+    const retryAfter = response.headers.get('retry-after');
+    const retryAfterS = retryAfter ? Number(retryAfter) : Number.NaN;
+    const retryAfterMs = Number.isFinite(retryAfterS) && retryAfterS >= 0 ? retryAfterS * 1000 : undefined;
     // The page's token is not the cookie's session's: another tab signed in since (main.ts takes that session).
     if (response.status === 403 && error?.code === 'csrf' && signedIn()) sessionMismatch();
     if (typeof error?.message === 'string') {
-      throw new ApiError(response.status, String(error.code ?? 'error'), error.message);
+      throw new ApiError(response.status, String(error.code ?? 'error'), error.message, {
+        fields: error as Record<string, unknown>,
+        ...(retryAfterMs === undefined ? {} : { retryAfterMs }),
+      });
     }
     const snippet = text.replace(/\s+/g, ' ').trim().slice(0, 80);
     const what = response.status >= 500 ? 'the server is unavailable' : 'the request was refused';

@@ -1,6 +1,6 @@
 /** The operation dialog: its fields per operation, the blast-radius confirmation, templates, and the start. */
 import type { NodeRow, OpType, TemplateView } from '../shared/api-types.js';
-import { api } from './api.js';
+import { ApiError, api } from './api.js';
 import { $, el, plural, someNames } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
 import { openProgress } from './progress-dialog.js';
@@ -29,6 +29,19 @@ const OP_FIELDS: Record<OpType, string[]> = {
 let currentOp: OpType = 'cordon';
 /** A batch of this dialog is on its way: Run stays disabled whatever the confirmation says meanwhile. */
 let submitting = false;
+/**
+ * The `Idempotency-Key` of the batch this dialog sends, and the body it was made for. Run again with the same
+ * body (after a network error lost the answer, or a refusal) sends the same key: a batch the lost request did
+ * start is answered again (`Idempotent-Replayed`) and shown, not started a second time; a refused request
+ * freed its key on the server, so sending it again is harmless. A changed body, or the dialog opened again
+ * (a new submission), gets a new key; a batch started clears it.
+ */
+let sending: { key: string; body: string } | null = null;
+/**
+ * How many `409 idempotency_key_in_use` answers are asked again, after their `Retry-After`, before one is
+ * shown: the server takes a key over from a request that started nothing within 30 s, so about 30 do.
+ */
+const IN_USE_ATTEMPTS = 40;
 
 for (const button of document.querySelectorAll<HTMLButtonElement>('button[data-op]')) {
   button.addEventListener('click', () => openOperation(button.dataset.op as OpType));
@@ -107,8 +120,45 @@ function openOperation(op: OpType): void {
   $('#op-error').textContent = '';
   $<HTMLButtonElement>('#op-submit').textContent =
     op === 'cordon' ? 'Cordon' : op === 'uncordon' ? 'Uncordon' : op === 'drain' ? 'Drain' : 'Run';
+  sending = null;
   updateConfirm();
   dialog.showModal();
+}
+
+/** 128 random bits in hex: `crypto.randomUUID` exists only in secure contexts, and the page may be on http. */
+function newKey(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Sends the batch with its key; a `409 idempotency_key_in_use` (the first request with the key is still
+ * being answered: its answer was lost on the way, not its work) is asked again after its `Retry-After`.
+ * `null` when the dialog was closed or opened again meanwhile: the batch is no longer this dialog's to show.
+ */
+async function sendBatch(body: Record<string, unknown>, sent: { key: string }): Promise<string | null> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const started = await api<{ taskId: string }>('/api/batch', {
+        method: 'POST',
+        body,
+        headers: { 'idempotency-key': sent.key },
+      });
+      return started.taskId;
+    } catch (error) {
+      if (
+        !(error instanceof ApiError && error.code === 'idempotency_key_in_use') ||
+        attempt >= IN_USE_ATTEMPTS
+      ) {
+        throw error;
+      }
+      const waitMs = Math.min(error.more.retryAfterMs ?? 1000, 30_000);
+      $('#op-error').textContent =
+        `Your earlier request for this batch is still being answered; asking again in ${Math.ceil(waitMs / 1000)} s…`;
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+      if (sending !== sent || !$<HTMLDialogElement>('#op-dialog').open) return null;
+    }
+  }
 }
 
 // ---------------------------------------------------------------- templates
@@ -230,14 +280,28 @@ $<HTMLFormElement>('#op-form').addEventListener('submit', async (event) => {
   if (submitting) return;
   submitting = true;
   $<HTMLButtonElement>('#op-submit').disabled = true;
+  const json = JSON.stringify(body);
+  if (sending?.body !== json) sending = { key: newKey(), body: json };
+  const sent = sending;
+  $('#op-error').textContent = '';
   try {
-    const started = await api<{ taskId: string }>('/api/batch', { method: 'POST', body });
+    const taskId = await sendBatch(body, sent);
+    if (taskId === null) return;
+    sending = null;
     $<HTMLDialogElement>('#op-dialog').close();
-    openProgress(started.taskId);
+    openProgress(taskId);
     void loadTasks();
     refreshNodesSoon();
   } catch (error) {
-    $('#op-error').textContent = (error as Error).message;
+    if (error instanceof ApiError && error.code === 'idempotency_key_reused') {
+      // The key started another request's batch: nothing was started now, and Run again gets a new key.
+      if (sending === sent) sending = null;
+      const taskId = error.more.fields?.taskId;
+      $('#op-error').textContent =
+        `This batch was not started: its request key was already used for another batch${typeof taskId === 'string' ? ` (task ${taskId})` : ''}. Run again to start it.`;
+    } else {
+      $('#op-error').textContent = (error as Error).message;
+    }
   } finally {
     // As the confirmation says now: enabled outright, a tick undone while the batch was on its way let
     // the next click run the disruptive batch without it.
