@@ -234,9 +234,10 @@ export async function migrateProgressSchema(
   const { schema } = resolveOptions('migrateProgressSchema', MIGRATE_OPTIONS, options);
   assertSchemaName(schema);
   // A Kysely instance has transaction(); a pool (pg's, or kysely's PostgresPool shape) has connect() only.
-  if (typeof (target as Partial<Kysely<unknown>>).transaction === 'function')
+  // (Optional chaining: `null` or `undefined`, a JavaScript caller's pool not made yet, is refused below.)
+  if (typeof (target as Partial<Kysely<unknown>> | null | undefined)?.transaction === 'function')
     return migrate(target as Kysely<unknown>, schema);
-  if (typeof (target as Partial<PgPool>).connect !== 'function') {
+  if (typeof (target as Partial<PgPool> | null | undefined)?.connect !== 'function') {
     throw new ProgressError(
       ErrorCode.InvalidInput,
       'migrateProgressSchema: give a Kysely instance on Postgres or a pg.Pool',

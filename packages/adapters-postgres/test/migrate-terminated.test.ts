@@ -89,7 +89,13 @@ describe('migrateProgressSchema given a pool', () => {
     await expect(pool.query('SELECT 1 AS one')).resolves.toMatchObject({ rows: [{ one: 1 }] });
   });
 
-  it('refuses a target that is neither a Kysely instance nor a pool with invalid_input', async () => {
-    await expect(migrateProgressSchema({} as never)).rejects.toMatchObject({ code: ErrorCode.InvalidInput });
-  });
+  it.each([{}, null, undefined])(
+    'refuses a target that is neither a Kysely instance nor a pool with invalid_input (%s)',
+    async (target) => {
+      // null and undefined (a JavaScript caller's pool not made yet) too: they threw a TypeError.
+      await expect(migrateProgressSchema(target as never)).rejects.toMatchObject({
+        code: ErrorCode.InvalidInput,
+      });
+    },
+  );
 });
