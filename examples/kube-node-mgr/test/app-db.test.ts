@@ -148,8 +148,12 @@ describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
         ).taskId,
       ).toBe('tc');
       const next = { username: 'alice', key: 'k', fingerprint: 'h', taskId: 'td', createdAt: 2000 };
-      expect(await a.takeOverIdempotencyKey('not-the-holder', next)).toBe(false);
-      expect(await a.takeOverIdempotencyKey(holder, next)).toBe(true);
+      expect(await a.takeOverIdempotencyKey({ taskId: 'not-the-holder', createdAt: 1 }, next)).toBe(false);
+      // Renewed since it was read (its request went on to start its batch): not taken over.
+      expect(await a.renewIdempotencyKey('alice', 'k', holder, 5)).toBe(true);
+      expect(await a.takeOverIdempotencyKey({ taskId: holder, createdAt: 1 }, next)).toBe(false);
+      expect(await a.renewIdempotencyKey('alice', 'k', 'not-the-holder', 5)).toBe(false);
+      expect(await a.takeOverIdempotencyKey({ taskId: holder, createdAt: 5 }, next)).toBe(true);
       expect(await b.claimIdempotencyKey({ ...next, taskId: 'te' })).toEqual(next);
       await a.releaseIdempotencyKey('alice', 'k', holder);
       expect((await claim(b, 'tf')).taskId).toBe('td');

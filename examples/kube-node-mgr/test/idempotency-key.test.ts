@@ -192,3 +192,64 @@ it('a request slower than its claim’s 30 s, whose key a retry took over, start
   expect(await h.db.locks('default')).toEqual([]);
   expect((await postBatch(h.base, alice, CORDON, 'k-6')).body.taskId).toBe(retry.body.taskId);
 });
+
+it('a retry on another replica while the slow first request creates its batch does not take its key: one batch', async () => {
+  let releaseList: (() => void) | undefined;
+  let listing: (() => void) | undefined;
+  const listed = new Promise<void>((resolve) => {
+    listing = resolve;
+  });
+  const dir = mkdtempSync(path.join(tmpdir(), 'knm-idem-'));
+  dirs.push(dir);
+  const file = path.join(dir, 'progress.db');
+  const h = await harness({
+    file,
+    cluster: {
+      onRequest: async ({ method, path: p }) => {
+        if (method !== 'GET' || p !== '/api/v1/nodes' || listing === undefined) return;
+        listing();
+        listing = undefined;
+        await new Promise<void>((resolve) => {
+          releaseList = resolve;
+        });
+      },
+    },
+  });
+  // The first request's record of its batch (written after its task is created) waits for the test.
+  let recording: (() => void) | undefined;
+  const reached = new Promise<void>((resolve) => {
+    recording = resolve;
+  });
+  let releaseRecord: (() => void) | undefined;
+  const recordTask = h.db.recordTask.bind(h.db);
+  h.db.recordTask = async (record) => {
+    recording?.();
+    await new Promise<void>((resolve) => {
+      releaseRecord = resolve;
+    });
+    return recordTask(record);
+  };
+  const alice = await login(h.base, 'alice');
+  const slow = postBatch(h.base, alice, CORDON, 'k-7');
+  await listed;
+  // Its node list took past the claim's 30 s; the request goes on, checks its key still held, and starts.
+  h.sqlite.prepare('update knm_idempotency_keys set created_at = created_at - 60000').run();
+  releaseList?.();
+  await reached;
+  // A retry now, to another replica: the batch is being created, its key is not abandoned.
+  const two = await harness({ file });
+  const retry = await postBatch(two.base, await login(two.base, 'alice'), CORDON, 'k-7');
+  expect(retry.status).toBe(409);
+  expect(retry.body.error.code).toBe('idempotency_key_in_use');
+  h.db.recordTask = recordTask;
+  releaseRecord?.();
+  const first = await slow;
+  expect(first.status).toBe(202);
+  await waitForTask(alice, first.body.taskId);
+  while ((await h.db.locks('default')).length > 0) await new Promise((r) => setTimeout(r, 10));
+  // Its batch has ended: the key still answers it, and starts no second one.
+  const again = await postBatch(h.base, alice, CORDON, 'k-7');
+  expect(again.status).toBe(202);
+  expect(again.body.taskId).toBe(first.body.taskId);
+  expect(await h.store.listTasks({ owner: 'alice' })).toHaveLength(1);
+});

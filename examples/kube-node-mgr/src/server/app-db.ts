@@ -341,27 +341,39 @@ export class AppDb {
     };
   }
 
-  /** Gives the key's claim by `fromTaskId` to `claim`; `false` when it is no longer `fromTaskId`'s. */
-  async takeOverIdempotencyKey(fromTaskId: string, claim: IdempotencyClaim): Promise<boolean> {
+  /**
+   * Gives the key's claim `from` (as read: its task and time) to `claim`; `false` when it changed since (another
+   * took it over, or its request renewed it on going on to start its batch: see {@link renewIdempotencyKey}).
+   */
+  async takeOverIdempotencyKey(
+    from: { taskId: string; createdAt: number },
+    claim: IdempotencyClaim,
+  ): Promise<boolean> {
     const result = await this.#db
       .updateTable('knm_idempotency_keys')
       .set({ fingerprint: claim.fingerprint, task_id: claim.taskId, created_at: claim.createdAt })
       .where('username', '=', claim.username)
       .where('idem_key', '=', claim.key)
-      .where('task_id', '=', fromTaskId)
+      .where('task_id', '=', from.taskId)
+      .where('created_at', '=', from.createdAt)
       .executeTakeFirst();
     return Number(result.numUpdatedRows) > 0;
   }
 
-  /** The task the key's claim is for now, if any. */
-  async idempotencyKeyTask(username: string, key: string): Promise<string | undefined> {
-    const row = await this.#db
-      .selectFrom('knm_idempotency_keys')
-      .select('task_id')
+  /**
+   * Whether the key is still claimed for `taskId`, renewing the claim's time to `at` if so: a request going on
+   * to create its batch is not an abandoned claim, whatever it took to get there. Checked, then a takeover
+   * read the claim as abandoned before the batch was recorded and started a second one later.
+   */
+  async renewIdempotencyKey(username: string, key: string, taskId: string, at: number): Promise<boolean> {
+    const result = await this.#db
+      .updateTable('knm_idempotency_keys')
+      .set({ created_at: at })
       .where('username', '=', username)
       .where('idem_key', '=', key)
+      .where('task_id', '=', taskId)
       .executeTakeFirst();
-    return row?.task_id;
+    return Number(result.numUpdatedRows) > 0;
   }
 
   /** Deletes the key's claim by `taskId` (its batch did not start), if it is still that one. */

@@ -110,7 +110,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     names: string[],
     link: { parentTaskId: string; relation: 'retry_failed' | 'resume_remaining' } | null,
     reason: string | undefined,
-    /** An `Idempotency-Key`'s start: its task id, and whether the key is still claimed for it. */
+    /** An `Idempotency-Key`'s start: its task id, and whether the key is still claimed for it (renewing it). */
     claim?: { taskId: string; held: () => Promise<boolean> },
   ): Promise<StartResult> =>
     serialized(session.username, async () => {
@@ -188,7 +188,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       }
       // The key still ours, checked last before the task exists: a request slower than the claim's grace (a
       // Kubernetes API answering in 29 s, a queue of starts) had its key taken over by a retry, which started
-      // the batch; this one then starts nothing.
+      // the batch; this one then starts nothing. Renewed by the check (see AppDb.renewIdempotencyKey): a
+      // retry on another replica meanwhile finds a fresh claim, not one to take over.
       if (claim !== undefined) {
         let held: boolean;
         try {
@@ -462,7 +463,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
     // Expired, or its request never started a batch and did not free the key (its replica died meanwhile):
     // taken over, by one of the requests doing so at once.
-    return (await db.takeOverIdempotencyKey(stored.taskId, claim))
+    return (await db.takeOverIdempotencyKey(stored, claim))
       ? { kind: 'claimed', taskId: claim.taskId }
       : { kind: 'busy', taskId: stored.taskId };
   };
@@ -516,7 +517,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     try {
       started = await startChecked(res, session, cluster, op, names, reason, {
         taskId: claimed.taskId,
-        held: async () => (await db.idempotencyKeyTask(session.username, key)) === claimed.taskId,
+        held: () => db.renewIdempotencyKey(session.username, key, claimed.taskId, Date.now()),
       });
     } finally {
       // Refused or failed: nothing started, and the same key may try again at once.
