@@ -151,10 +151,16 @@ describe('the message of a field misspelt or left out', () => {
   // Expected "ok" but received undefined`.
   it('says the field is unknown, or required, by its name', () => {
     expect(() => parseAppendInput({ type: 'progress', completed: 1 })).toThrow(
-      expect.objectContaining({ code: ErrorCode.InvalidInput, message: 'Invalid event: completed: unknown field' }),
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: 'Invalid event: completed: unknown field',
+      }),
     );
     expect(() => parseAppendInput({ type: 'item', key: 'a' })).toThrow(
-      expect.objectContaining({ code: ErrorCode.InvalidInput, message: 'Invalid event: ok: required field missing' }),
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: 'Invalid event: ok: required field missing',
+      }),
     );
     expect(() => parseAppendInput({ type: 'failed', error: { code: 'x', messsage: 'y' } })).toThrow(
       expect.objectContaining({
@@ -165,7 +171,9 @@ describe('the message of a field misspelt or left out', () => {
 
   it("keeps the schema's message for a value of the wrong type", () => {
     expect(() => parseAppendInput({ type: 'failed', error: 'boom' })).toThrow(
-      expect.objectContaining({ message: expect.stringMatching(/^Invalid event: error: Invalid type: Expected Object/) }),
+      expect.objectContaining({
+        message: expect.stringMatching(/^Invalid event: error: Invalid type: Expected Object/),
+      }),
     );
   });
 });
