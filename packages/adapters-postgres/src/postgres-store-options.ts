@@ -335,6 +335,9 @@ function listenClientFactory(
   };
 }
 
+/** pg's connection settings, which a caller may pass to the store instead of a pool. */
+const PG_SETTINGS = ['connectionString', 'host', 'port', 'user', 'password', 'database'] as const;
+
 /**
  * Merges {@link POSTGRES_STORE_DEFAULTS} into `options` and validates the result.
  *
@@ -343,6 +346,14 @@ function listenClientFactory(
 export function resolveStoreOptions(options: PostgresProgressStoreOptions): ResolvedStoreOptions {
   if (typeof options !== 'object' || options === null)
     throw invalidOption('PostgresProgressStore', 'options must be an object');
+  // A pg connection setting is the usual first try (`open({ connectionString })`), and the nearest option
+  // name to it (`reconnect`, `db`) pointed the wrong way: the store takes a pool, never builds one.
+  const setting = PG_SETTINGS.find((key) => Object.hasOwn(options, key));
+  if (setting !== undefined)
+    throw invalidOption(
+      'PostgresProgressStore',
+      `unknown option "${setting}": the store takes a pool, not its settings: \`pool: new pg.Pool({ ${setting}: … })\``,
+    );
   const { listenClient, ...resolved } = resolveOptions(
     'PostgresProgressStore',
     POSTGRES_STORE_OPTIONS,

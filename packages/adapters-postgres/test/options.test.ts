@@ -148,6 +148,18 @@ describe('options', () => {
     expect(changeChannel('a'.repeat(48)).length).toBeLessThan(64);
   });
 
+  // Review of 6 December 2026: `open({ connectionString })` was told "did you mean `reconnect`?".
+  it("names the pool for pg's own connection settings, not the nearest option", () => {
+    for (const setting of ['connectionString', 'host', 'database']) {
+      expect(() => resolveStoreOptions({ [setting]: 'x' } as never)).toThrow(
+        expect.objectContaining({
+          code: ErrorCode.InvalidInput,
+          message: `PostgresProgressStore: unknown option "${setting}": the store takes a pool, not its settings: \`pool: new pg.Pool({ ${setting}: … })\``,
+        }),
+      );
+    }
+  });
+
   it('migrateProgressSchema refuses an unknown option, naming the nearest, before any query', async () => {
     // `schemaName` was ignored: the `finishline` schema was migrated instead of the tenant's.
     const db = new Kysely<unknown>({ dialect: new PostgresDialect({ pool }) });

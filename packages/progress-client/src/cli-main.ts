@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { validateHeaderName, validateHeaderValue } from 'node:http';
 import { parseArgs } from 'node:util';
 import { ErrorCode, isProgressError } from '@finishline/core';
-import { assertTaskId } from '@finishline/core/internal';
+import { assertTaskId, nearestName } from '@finishline/core/internal';
 import { CLI_EXIT_CODES, exitCodeOf, finalLine, jsonLine, printable, progressLine } from './cli-render.js';
 import type { WebSocketConstructorLike } from './options.js';
 import { ProgressClient } from './progress-client.js';
@@ -232,20 +232,35 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   }
 }
 
+const CLI_OPTIONS = {
+  token: { type: 'string' },
+  header: { type: 'string', multiple: true },
+  'timeout-ms': { type: 'string' },
+  'interval-ms': { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
+} as const;
+
+/**
+ * Node's parseArgs, with an unknown option named with the nearest known one, as the library's own options
+ * are: its message (`Unknown option '--timeout'. To specify a positional argument starting with a '-', …`)
+ * explained a case no one is in and left `--timeout-ms` to the usage below it.
+ */
+function parseCommandLine(argv: readonly string[]) {
+  try {
+    return parseArgs({ args: [...argv], allowPositionals: true, options: CLI_OPTIONS });
+  } catch (error) {
+    const name = /^Unknown option '--([^']+)'/.exec((error as Error).message)?.[1];
+    if (name === undefined) throw error;
+    throw new Error(
+      `unknown option --${name} (did you mean --${nearestName(name, Object.keys(CLI_OPTIONS))}?)`,
+    );
+  }
+}
+
 function parse(argv: readonly string[], env: CliIo['env']) {
-  const { values, positionals } = parseArgs({
-    args: [...argv],
-    allowPositionals: true,
-    options: {
-      token: { type: 'string' },
-      header: { type: 'string', multiple: true },
-      'timeout-ms': { type: 'string' },
-      'interval-ms': { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-      version: { type: 'boolean', short: 'v' },
-    },
-  });
+  const { values, positionals } = parseCommandLine(argv);
   if (values.help === true) return 'help' as const;
   if (values.version === true) return 'version' as const;
   const [command, url, taskId, ...rest] = positionals;

@@ -117,6 +117,16 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(codes.sort((a, b) => a - b)).toEqual(Object.values(CLI_EXIT_CODES).sort((a, b) => a - b));
   });
 
+  it('exits 64 naming the nearest option for an unknown one (--timeout for --timeout-ms)', async () => {
+    const run = io();
+    expect(await runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--timeout', '5000'], run.io)).toBe(
+      CLI_EXIT_CODES.usage,
+    );
+    expect(run.err.join('')).toContain(
+      'finishline: unknown option --timeout (did you mean --timeout-ms?)\n\nusage:',
+    );
+  });
+
   // Review of 6 December 2026: there was no --version (exit 64, "Unknown option"), so an operator could not
   // tell which client a machine had.
   it('prints the version of the package with --version or -v and exits 0, with or without a command', async () => {

@@ -69,7 +69,18 @@ export function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string 
     .slice(0, 5)
     .map((issue) => {
       const path = issue.path?.map((segment) => String(segment.key)).join('.');
-      return path ? `${path}: ${issue.message}` : issue.message;
+      return path ? `${path}: ${issueMessage(issue)}` : issueMessage(issue);
     })
     .join('; ');
+}
+
+/**
+ * valibot words a strict object's key issues as `Invalid key: Expected never but received "completed"` (a
+ * field the schema does not have) and `Invalid key: Expected "ok" but received undefined` (a field left
+ * out), which read as an internal failure to a caller who misspelt a field of `task.progress()` or left one
+ * out of `task.item()`: say which it is.
+ */
+function issueMessage(issue: v.BaseIssue<unknown>): string {
+  if (issue.type !== 'strict_object' || issue.path?.at(-1)?.origin !== 'key') return issue.message;
+  return issue.expected === 'never' ? 'unknown field' : 'required field missing';
 }

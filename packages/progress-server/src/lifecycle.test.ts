@@ -104,6 +104,29 @@ describe('close()', () => {
     await new Promise((resolve) => httpServer.close(resolve));
   });
 
+  // Review of 6 December 2026: a second server on the same http.Server and path was taken, and both
+  // answered every upgrade: each socket said hello and was destroyed (1006), and the client reconnected
+  // for ever without an error.
+  it('refuses a second server on the same http.Server and path until the first is closed', async () => {
+    const { createServer } = await import('node:http');
+    const httpServer = createServer();
+    const store = new MemoryProgressStore();
+    const first = new ProgressServer({ store, server: httpServer, authenticate: noAuth });
+    expect(() => new ProgressServer({ store, server: httpServer, authenticate: noAuth })).toThrow(
+      expect.objectContaining({
+        code: 'invalid_input',
+        message:
+          'ProgressServer: another ProgressServer already serves WebSocket upgrades at /progress on this server: close() it first, or give this one another `path`',
+      }),
+    );
+    expect(httpServer.listenerCount('upgrade')).toBe(1);
+    const other = new ProgressServer({ store, server: httpServer, authenticate: noAuth, path: '/other' });
+    await Promise.all([first.close({ timeoutMs: 100 }), other.close({ timeoutMs: 100 })]);
+    const again = new ProgressServer({ store, server: httpServer, authenticate: noAuth });
+    await again.close({ timeoutMs: 100 });
+    expect(httpServer.listenerCount('upgrade')).toBe(0);
+  });
+
   it.each([2 ** 31, -1, Number.NaN, 1.5])(
     'refuses timeoutMs %s with invalid_input, leaving the server open for a valid close()',
     async (timeoutMs) => {

@@ -9,7 +9,7 @@
 import { setMaxListeners } from 'node:events';
 import { createServer, type Server as HttpServer, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
-import { ErrorCode } from '@finishline/core';
+import { ErrorCode, ProgressError } from '@finishline/core';
 import { integer, ofType, RoundTripPool, resolveOptions } from '@finishline/core/internal';
 import { AddressAuthLimits } from './address-auth-limits.js';
 import type { Principal } from './auth.js';
@@ -103,6 +103,14 @@ const CLOSE_OPTIONS = {
 const TIMEOUT_CHECK_INTERVAL_MS = 1000;
 
 /**
+ * The WebSocket paths each caller's HTTP server has a ProgressServer on. A second one on the same server
+ * and path (a module evaluated twice, a server built per request) answered every upgrade as well: `ws`
+ * refused the second `handleUpgrade` of the socket, which it destroyed, so each socket said `hello` and
+ * died (1006) at once, and the client reconnected for ever without reporting anything.
+ */
+const servedPaths = new WeakMap<HttpServer, Set<string>>();
+
+/**
  * The Finishline server: delivers task progress to watchers over WebSocket (and HTTP), runs tasks
  * through {@link TaskApi} (`server.tasks`), keeps their leases, reaps the expired leases of dead
  * replicas, and shuts down honestly.
@@ -171,11 +179,17 @@ export class ProgressServer<P extends Principal = Principal> {
    * the store's feed or on `server`, so a retry in the same process starts clean.
    *
    * @throws ProgressError `invalid_input` for invalid options, and when `registry` already holds a metric
-   *   of one of the server's names (`metricsPrefix`). Whatever the feed's `subscribe` / `onEpochRenewed`
-   *   throws.
+   *   of one of the server's names (`metricsPrefix`), or when another ProgressServer not closed yet serves
+   *   `path` on `server`. Whatever the feed's `subscribe` / `onEpochRenewed` throws.
    */
   constructor(options: ProgressServerOptions<P>) {
     const resolved = resolveServerOptions(options);
+    if (resolved.server !== undefined && servedPaths.get(resolved.server)?.has(resolved.path)) {
+      throw new ProgressError(
+        ErrorCode.InvalidInput,
+        `ProgressServer: another ProgressServer already serves WebSocket upgrades at ${resolved.path} on this server: close() it first, or give this one another \`path\``,
+      );
+    }
     this.#options = resolved;
     this.#logger = resolved.logger;
     this.serverId = resolved.serverId;
@@ -288,6 +302,7 @@ export class ProgressServer<P extends Principal = Principal> {
     // the same process failed on the metric names.
     try {
       resolved.server?.on('upgrade', this.#onUpgrade);
+      this.#servePath(true);
       this.#hub.start();
       this.tasks.start();
       this.leases.start();
@@ -300,6 +315,7 @@ export class ProgressServer<P extends Principal = Principal> {
       this.tasks.stop();
       this.#hub.close();
       resolved.server?.off('upgrade', this.#onUpgrade);
+      this.#servePath(false);
       this.#sockets.stopAccepting();
       this.#sockets.closeServer();
       this.metrics.unregister();
@@ -534,6 +550,7 @@ export class ProgressServer<P extends Principal = Principal> {
     this.#reads.close();
     this.#sockets.closeServer();
     this.#options.server?.off('upgrade', this.#onUpgrade);
+    this.#servePath(false);
     this.#ownedHttpServer?.off('upgrade', this.#onUpgrade);
     const httpServer = this.#ownedHttpServer;
     if (httpServer !== undefined) {
@@ -544,6 +561,16 @@ export class ProgressServer<P extends Principal = Principal> {
     }
     if (this.#options.registry !== undefined) this.metrics.unregister();
     this.#logger.info({ serverId: this.serverId }, 'progress server closed');
+  }
+
+  /** Marks this server's path on the caller's HTTP server as served, or free again (see `servedPaths`). */
+  #servePath(served: boolean): void {
+    const { server, path } = this.#options;
+    if (server === undefined) return;
+    const paths = servedPaths.get(server) ?? new Set<string>();
+    servedPaths.set(server, paths);
+    if (served) paths.add(path);
+    else paths.delete(path);
   }
 }
 

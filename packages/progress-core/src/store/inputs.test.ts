@@ -146,6 +146,38 @@ describe('commonAppend (the fast path of parseAppendInput)', () => {
   });
 });
 
+describe('the message of a field misspelt or left out', () => {
+  // valibot's own words were `Invalid key: Expected never but received "completed"` and `Invalid key:
+  // Expected "ok" but received undefined`.
+  it('says the field is unknown, or required, by its name', () => {
+    expect(() => parseAppendInput({ type: 'progress', completed: 1 })).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: 'Invalid event: completed: unknown field',
+      }),
+    );
+    expect(() => parseAppendInput({ type: 'item', key: 'a' })).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidInput,
+        message: 'Invalid event: ok: required field missing',
+      }),
+    );
+    expect(() => parseAppendInput({ type: 'failed', error: { code: 'x', messsage: 'y' } })).toThrow(
+      expect.objectContaining({
+        message: 'Invalid event: error.message: required field missing; error.messsage: unknown field',
+      }),
+    );
+  });
+
+  it("keeps the schema's message for a value of the wrong type", () => {
+    expect(() => parseAppendInput({ type: 'failed', error: 'boom' })).toThrow(
+      expect.objectContaining({
+        message: expect.stringMatching(/^Invalid event: error: Invalid type: Expected Object/),
+      }),
+    );
+  });
+});
+
 describe('a result or detail whose JSON is not the value checked', () => {
   const progress = { total: null, done: 0, succeeded: 0, failed: 0, current: null, message: null };
   /** What every watcher's decoder makes of `result` as the terminal event of a task. */
