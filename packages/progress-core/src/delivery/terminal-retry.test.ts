@@ -172,6 +172,33 @@ describe('TerminalRetryTracker', () => {
     expect(pool.votes).toBe(2);
   });
 
+  it('withdraws a closed socket’s vote once, and takes no vote from an ack that reaches it after close', () => {
+    const clock = new ManualClock(0);
+    const pool = new RoundTripPool();
+    const ackAfter = (tracker: TerminalRetryTracker, taskId: string, ms: number): void => {
+      tracker.sent(taskId, 1);
+      clock.advance(ms);
+      tracker.acked(taskId, 1);
+    };
+    const first = new TerminalRetryTracker(clock.now, undefined, pool, () => 'alice');
+    const second = new TerminalRetryTracker(clock.now, undefined, pool, () => 'alice');
+    ackAfter(first, 'a', 20);
+    ackAfter(second, 'b', 20);
+    expect(pool.votes).toBe(1);
+    // Closing one socket twice leaves alice's vote to her other socket.
+    first.close();
+    first.close();
+    expect(pool.votes).toBe(1);
+    // An ack in flight when the socket closed clears the entry but votes nothing: the vote is gone with it.
+    second.sent('c', 1);
+    second.close();
+    expect(pool.votes).toBe(0);
+    clock.advance(20);
+    second.acked('c', 1);
+    expect(second.size).toBe(0);
+    expect(pool.votes).toBe(0);
+  });
+
   it('is not due a millisecond early and stays due until the re-send is reported', () => {
     const clock = new ManualClock(1000);
     const tracker = new TerminalRetryTracker(clock.now);

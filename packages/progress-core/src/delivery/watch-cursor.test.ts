@@ -311,4 +311,64 @@ describe('WatchCursor', () => {
     expect(cursor.applySnapshot(viewAt(log, 1)).finished).toBe(true);
     expect(cursor.applySnapshot(viewAt(log, 1), true)).toMatchObject({ delivered: [], duplicate: true });
   });
+
+  it('ignores events after the terminal state, even past its seq (a purged id reused by a new run)', () => {
+    const ended = buildTaskLog('task-1', [{ type: 'completed' }], 1);
+    const rerun = buildTaskLog('task-1', work, 2);
+    const byEvent = new WatchCursor('task-1');
+    expect(byEvent.applyEvent(ended.events[0] as TaskEvent).finished).toBe(true);
+    const bySnapshot = new WatchCursor('task-1');
+    expect(bySnapshot.applySnapshot(viewAt(ended, 1)).finished).toBe(true);
+    for (const cursor of [byEvent, bySnapshot]) {
+      // Seq 2 is the cursor's next seq and seq 4 is ahead of it: neither may reach the application.
+      for (const seq of [2, 4]) {
+        expect(cursor.applyEvent(rerun.events[seq - 1] as TaskEvent)).toMatchObject({
+          delivered: [],
+          duplicate: true,
+          gap: false,
+          finished: false,
+        });
+      }
+      expect(cursor.buffered).toBe(0);
+      expect(cursor.view).toMatchObject({ seq: 1, status: 'completed' });
+    }
+  });
+
+  it('restarts from seq 0 without what it held, and takes the new epoch’s snapshot at seq 0', () => {
+    const cursor = new WatchCursor('task-1');
+    cursor.applyEvent(event(1));
+    cursor.applyEvent(event(3));
+    expect(cursor.buffered).toBe(1);
+    cursor.restart();
+    expect(cursor.seq).toBe(0);
+    expect(cursor.buffered).toBe(0);
+    // In the new epoch the task was created again and has no event yet: its snapshot is at seq 0.
+    const newLog = buildTaskLog('task-1', work, 2);
+    expect(seqs(cursor.applySnapshot(viewAt(newLog, 0)).delivered)).toEqual(['s0']);
+    expect(seqs(cursor.applyEvent(newLog.events[0] as TaskEvent).delivered)).toEqual([1]);
+    // Seq 3 was held from the old log; after seq 2 of the new one, nothing of the old log is released.
+    expect(seqs(cursor.applyEvent(newLog.events[1] as TaskEvent).delivered)).toEqual([2]);
+    expect(cursor.seq).toBe(2);
+  });
+
+  it('stays as it is when restarted after the terminal state', () => {
+    const cursor = new WatchCursor('task-1', { afterSeq: 6 });
+    const n = log.events.length;
+    expect(cursor.applyEvent(event(n)).finished).toBe(true);
+    const view = cursor.view;
+    cursor.restart();
+    expect(cursor.view).toBe(view);
+    expect(cursor.seq).toBe(n);
+    expect(cursor.isBehind(n + 1)).toBe(false);
+  });
+
+  it('lets go of every held event once finished, even those past the terminal seq', () => {
+    const ended = buildTaskLog('task-1', [{ type: 'completed' }], 1);
+    const other = buildTaskLog('task-1', work, 2);
+    const cursor = new WatchCursor('task-1');
+    // Held: seq 4 of a run the terminal snapshot below does not cover (a reused id's).
+    expect(cursor.applyEvent(other.events[3] as TaskEvent).gap).toBe(true);
+    expect(cursor.applySnapshot(viewAt(ended, 1)).finished).toBe(true);
+    expect(cursor.buffered).toBe(0);
+  });
 });

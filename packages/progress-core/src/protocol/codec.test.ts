@@ -592,6 +592,14 @@ describe('requestId and taskId of a failure', () => {
     expect('requestId' in result).toBe(false);
   });
 
+  it('echoes a request id of 1 and of exactly maxRequestIdLength characters with the failure', () => {
+    for (const id of ['i', 'i'.repeat(LIMITS.maxRequestIdLength)]) {
+      const result = decodeClientFrame(`{"type":"subscribe","id":"${id}","taskId":"t","afterSeq":-1}`);
+      expect(result.ok).toBe(false);
+      expect(!result.ok && result.requestId).toBe(id);
+    }
+  });
+
   it('sets taskId only when it is a valid id', () => {
     expect(
       expectError(decodeClientFrame('{"type":"ack","taskId":"t 1","seq":1}'), ErrorCode.InvalidFrame).taskId,

@@ -281,6 +281,12 @@ describe('decodeServerFrame agrees with the valibot schemas', () => {
       '{"type":"snapshot","task":{"id":"A","kind":"A","status":"running","total":null,"done":0,"succeeded":0,"failed":0,"current":null,"message":null,"result":{"constructor":[]},"error":null,"seq":0,"createdAt":0,"updatedAt":0,"finishedAt":null}}';
     expect(expectSameOutcome(text).ok).toBe(true);
   });
+  it('on a snapshot marked reset: false (a reset is only ever true)', () => {
+    const text =
+      '{"type":"snapshot","task":{"id":"A","kind":"A","status":"running","total":null,"done":0,"succeeded":0,"failed":0,"current":null,"message":null,"result":null,"error":null,"seq":0,"createdAt":0,"updatedAt":0,"finishedAt":null},"reset":false}';
+    expect(expectSameOutcome(text).ok).toBe(false);
+    expect(expectSameOutcome(text.replace('"reset":false', '"reset":true')).ok).toBe(true);
+  });
 });
 
 describe('decodeServerText', () => {
