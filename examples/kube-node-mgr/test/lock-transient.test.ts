@@ -80,3 +80,40 @@ it('answers 503 lock_unavailable with Retry-After when the locks cannot be writt
   expect(again.status).toBe(202);
   await waitForTask(alice, again.body.taskId);
 });
+
+/** Makes the next COMMIT on the app's connection land, then fail, as a connection lost after its COMMIT. */
+function loseNextCommitAnswer(harness: Harness): void {
+  const prepare = harness.sqlite.prepare.bind(harness.sqlite);
+  let armed = true;
+  harness.sqlite.prepare = ((source: string) => {
+    const stmt = prepare(source);
+    if (!armed || source.trim().toLowerCase() !== 'commit') return stmt;
+    armed = false;
+    const run = stmt.run.bind(stmt);
+    return Object.assign(Object.create(stmt), {
+      run: (...args: unknown[]) => {
+        run(...(args as []));
+        throw new Error('Connection terminated unexpectedly');
+      },
+    });
+  }) as typeof harness.sqlite.prepare;
+}
+
+it('releases the locks of a 503 lock_unavailable whose last write committed: the nodes are free at once', async () => {
+  h = await startHarness();
+  const alice = await login(h.base, 'alice');
+  // Every attempt but the last fails; the last one's COMMIT lands and its answer is lost.
+  failLockWrites(h, LOCK_ATTEMPTS - 1);
+  loseNextCommitAnswer(h);
+  const res = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'worker-2'] });
+  expect(res.status).toBe(503);
+  expect(res.body.error).toMatchObject({ code: 'lock_unavailable' });
+  expect(await h.store.listTasks({ owner: 'alice' })).toEqual([]);
+  // No batch holds them: left in place, they blocked both nodes for the lock's creation grace (30 s).
+  expect(await h.db.locks('default')).toEqual([]);
+  const again = await alice.post('/api/batch', { operation: 'cordon', nodes: ['worker-1', 'worker-2'] });
+  expect(again.body.error).toBeUndefined();
+  expect(again.status).toBe(202);
+  expect((await waitForTask(alice, again.body.taskId)).task.status).toBe('completed');
+  expect(h.cluster.node('worker-1')?.spec.unschedulable).toBe(true);
+});

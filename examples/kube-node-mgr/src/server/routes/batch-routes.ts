@@ -139,8 +139,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         );
       } catch (error) {
         // The database failed under the locks (lockNodes tried again): no batch is in the way, so not a 409,
-        // and nothing was started: the client may send the same request again.
+        // and nothing was started: the client may send the same request again. The last attempt may have
+        // committed all the same (its answer lost with the connection): those locks, of a task that will
+        // never exist, are released, else they kept the nodes from every batch for LOCK_CREATE_GRACE_MS.
         config.logger?.warn({ err: String(error), taskId }, 'node locks not taken');
+        await db.unlockTask(taskId).catch(() => undefined);
         return {
           ok: false,
           status: 503,
