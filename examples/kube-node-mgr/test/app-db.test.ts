@@ -231,6 +231,26 @@ describe.each(dialects)('AppDb on %s', (_name, open, enabled) => {
       { username: 'alice', action: 'login', taskId: null, at: 1 },
     ]);
   });
+
+  // Two saves of one name at once (two tabs, two replicas): both read the name as free, and the second
+  // INSERT hit the primary key, a 500 `internal` instead of 409 `template_exists`.
+  it.runIf(enabled)('saves one of two templates of one name saved at once, refusing the other', async () => {
+    const [a, b] = (await open()) as [AppDb, AppDb];
+    const template = (createdBy: string) => ({
+      name: 'gpu',
+      kind: 'label' as const,
+      key: 'gpu',
+      value: createdBy,
+      effect: null,
+      createdBy,
+      createdAt: 1,
+    });
+    const saved = await Promise.all([a.addTemplate(template('alice')), b.addTemplate(template('bob'))]);
+    expect(saved.filter(Boolean)).toHaveLength(1);
+    const [kept] = await a.templates();
+    expect(kept?.createdBy).toBe(saved[0] ? 'alice' : 'bob');
+    expect(await b.templates()).toHaveLength(1);
+  });
 });
 
 describe('AppDb migration from before clusters (SQLite)', () => {

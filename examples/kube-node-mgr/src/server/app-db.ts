@@ -468,15 +468,13 @@ export class AppDb {
 
   // ------------------------------------------------------------ templates
 
-  /** Saves a template; `false` when the name is taken. */
+  /**
+   * Saves a template; `false` when the name is taken. One INSERT … ON CONFLICT DO NOTHING: a read of the name
+   * first, then the INSERT, let two saves of one name at once both read it free, and the second INSERT failed
+   * on the primary key (a 500 where the name was only taken).
+   */
   async addTemplate(t: Template): Promise<boolean> {
-    const taken = await this.#db
-      .selectFrom('knm_templates')
-      .select('name')
-      .where('name', '=', t.name)
-      .executeTakeFirst();
-    if (taken !== undefined) return false;
-    await this.#db
+    const result = await this.#db
       .insertInto('knm_templates')
       .values({
         name: t.name,
@@ -487,8 +485,9 @@ export class AppDb {
         created_by: t.createdBy,
         created_at: t.createdAt,
       })
-      .execute();
-    return true;
+      .onConflict((oc) => oc.column('name').doNothing())
+      .executeTakeFirst();
+    return Number(result.numInsertedOrUpdatedRows ?? 0) > 0;
   }
 
   async templates(): Promise<Template[]> {
