@@ -76,3 +76,31 @@ describe('a task id the store refuses', () => {
     expectInvalidInput(method, path, /task id/i),
   );
 });
+
+/**
+ * The node list reads the app's own tables (cordon notes, node locks) beside the Kubernetes API's list: a
+ * failure of the database was answered `502 kubernetes_error`, "the Kubernetes API cannot be reached", and
+ * logged as a failed Kubernetes API call, sending whoever looked into it to a cluster that was fine. It is the
+ * server's own failure: `500 internal`, logged as such.
+ */
+describe('a database failure under the node list', () => {
+  it.each(['cordons', 'locks'] as const)(
+    'of its %s is answered 500 internal, not as the Kubernetes API failing',
+    async (method) => {
+      const { errors, logger } = errorRecorder();
+      const warnings: string[] = [];
+      h = await startHarness({
+        app: { logger: { ...logger, warn: (_o: unknown, m?: string) => warnings.push(m ?? '') } },
+      });
+      const alice = await login(h.base, 'alice');
+      h.db[method] = async () => {
+        throw new Error('SQLITE_IOERR: disk I/O error');
+      };
+      const { status, body } = await alice.get('/api/nodes');
+      expect(body.error.code).toBe('internal');
+      expect(status).toBe(500);
+      expect(errors).toEqual(['request failed']);
+      expect(warnings).not.toContain('Kubernetes API call failed');
+    },
+  );
+});

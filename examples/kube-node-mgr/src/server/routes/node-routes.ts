@@ -1,7 +1,7 @@
 /** The clusters and the node table of one. */
 
 import type { ClusterView, NodeRow } from '../../shared/api-types.js';
-import { FIELD_MANAGER, KubeApiError } from '../kube-nodes.js';
+import { FIELD_MANAGER, KubeApiError, type NodeView } from '../kube-nodes.js';
 import { kubeFailure, type RouteContext } from './context.js';
 
 export function registerNodeRoutes(ctx: RouteContext): void {
@@ -20,42 +20,14 @@ export function registerNodeRoutes(ctx: RouteContext): void {
       typeof req.query.labelSelector === 'string' && req.query.labelSelector !== ''
         ? req.query.labelSelector
         : undefined;
+    // The app's own tables are read beside the Kubernetes API's list. Only the list's failure is the API's: a
+    // failing database was answered `502 kubernetes_error` ("the Kubernetes API cannot be reached") and logged
+    // as a failed API call; it is the server's own error (500, logged as such).
+    const tables = Promise.all([db.cordons(cluster.name), db.locks(cluster.name)]);
+    tables.catch(() => undefined); // awaited below, unless the list failed first
+    let list: NodeView[];
     try {
-      const [list, cordons, locks] = await Promise.all([
-        cluster.nodes.list(selector),
-        db.cordons(cluster.name),
-        db.locks(cluster.name),
-      ]);
-      const cordonOf = new Map(cordons.map((c) => [c.node, c]));
-      // Only locks of running tasks: a lock outlives its task for a moment (released after the terminal
-      // event) and for good when its replica died (taken over by the next batch).
-      const holders = [...new Set(locks.map((l) => l.taskId))];
-      const running = new Set(
-        (await Promise.all(holders.map((id) => store.getTask(id))))
-          .filter((t) => t?.status === 'running')
-          .map((t) => t?.id),
-      );
-      const lockOf = new Map(locks.filter((l) => running.has(l.taskId)).map((l) => [l.node, l]));
-      res.json({
-        nodes: list.map((n): NodeRow => {
-          const note = cordonOf.get(n.name);
-          const lock = lockOf.get(n.name);
-          return {
-            ...n,
-            // A note outlives a cordon undone outside the app (kubectl uncordon): shown only while cordoned,
-            // and only while the cordon is the app's (its field manager owns spec.unschedulable) — after a
-            // kubectl uncordon and a kubectl cordon the old note described another cordon. An API that does
-            // not record field managers (null) keeps the note shown.
-            cordon:
-              n.unschedulable &&
-              note !== undefined &&
-              (n.cordonManager === null || n.cordonManager === FIELD_MANAGER)
-                ? { reason: note.reason, by: note.username, at: note.at }
-                : null,
-            lock: lock === undefined ? null : { taskId: lock.taskId, by: lock.username },
-          };
-        }),
-      });
+      list = await cluster.nodes.list(selector);
     } catch (error) {
       // The API refuses a malformed selector with 400: the caller's mistake, not the API server's failure.
       if (selector !== undefined && error instanceof KubeApiError && error.status === 400) {
@@ -63,7 +35,38 @@ export function registerNodeRoutes(ctx: RouteContext): void {
           field: 'labelSelector',
         });
       }
-      kubeFailure(res, error, ctx.config.logger);
+      return kubeFailure(res, error, ctx.config.logger);
     }
+    const [cordons, locks] = await tables;
+    const cordonOf = new Map(cordons.map((c) => [c.node, c]));
+    // Only locks of running tasks: a lock outlives its task for a moment (released after the terminal
+    // event) and for good when its replica died (taken over by the next batch).
+    const holders = [...new Set(locks.map((l) => l.taskId))];
+    const running = new Set(
+      (await Promise.all(holders.map((id) => store.getTask(id))))
+        .filter((t) => t?.status === 'running')
+        .map((t) => t?.id),
+    );
+    const lockOf = new Map(locks.filter((l) => running.has(l.taskId)).map((l) => [l.node, l]));
+    res.json({
+      nodes: list.map((n): NodeRow => {
+        const note = cordonOf.get(n.name);
+        const lock = lockOf.get(n.name);
+        return {
+          ...n,
+          // A note outlives a cordon undone outside the app (kubectl uncordon): shown only while cordoned,
+          // and only while the cordon is the app's (its field manager owns spec.unschedulable) — after a
+          // kubectl uncordon and a kubectl cordon the old note described another cordon. An API that does
+          // not record field managers (null) keeps the note shown.
+          cordon:
+            n.unschedulable &&
+            note !== undefined &&
+            (n.cordonManager === null || n.cordonManager === FIELD_MANAGER)
+              ? { reason: note.reason, by: note.username, at: note.at }
+              : null,
+          lock: lock === undefined ? null : { taskId: lock.taskId, by: lock.username },
+        };
+      }),
+    });
   });
 }
