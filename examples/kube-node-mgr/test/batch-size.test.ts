@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { API_BODY_LIMIT, batchBodyLimit, MAX_NODES_PER_BATCH } from '../src/server/app.js';
 import type { KubeNodes, NodeView } from '../src/server/kube-nodes.js';
 import { parseSelection } from '../src/server/operations.js';
-import { type Harness, login, startHarness } from './harness.js';
+import { type Client, type Harness, login, postAs, startHarness } from './harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -51,17 +51,8 @@ function clusterOf(names: string[], readMs = 0): KubeNodes {
 }
 
 /** A POST of exactly `body` (its bytes as given), with the client's cookie, Origin and CSRF token. */
-async function postRaw(client: Awaited<ReturnType<typeof login>>, base: string, path: string, body: string) {
-  const res = await fetch(`${base}${path}`, {
-    method: 'POST',
-    headers: {
-      cookie: client.cookie,
-      origin: base,
-      'content-type': 'application/json',
-      'x-csrf-token': client.csrf,
-    },
-    body,
-  });
+async function postRaw(client: Client, base: string, path: string, body: string) {
+  const res = await postAs(client, base, path, body);
   return { status: res.status, body: (await res.json()) as any };
 }
 

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, expect, it } from 'vitest';
-import { type Harness, login, startHarness, waitForTask } from './harness.js';
+import { type Harness, login, postAs, startHarness, waitForTask } from './harness.js';
 
 const harnesses: Harness[] = [];
 const dirs: string[] = [];
@@ -30,18 +30,44 @@ async function postBatch(
   body: unknown,
   key?: string,
 ): Promise<{ status: number; body: any; headers: Headers }> {
-  const res = await fetch(`${base}/api/batch`, {
-    method: 'POST',
-    headers: {
-      cookie: client.cookie,
-      origin: base,
-      'content-type': 'application/json',
-      'x-csrf-token': client.csrf,
-      ...(key === undefined ? {} : { 'idempotency-key': key }),
-    },
-    body: JSON.stringify(body),
-  });
+  const headers = key === undefined ? {} : { 'idempotency-key': key };
+  const res = await postAs(client, base, '/api/batch', JSON.stringify(body), headers);
   return { status: res.status, body: await res.json(), headers: res.headers };
+}
+
+/** A database file in a directory of its own (removed after the test), for replicas to share. */
+function databaseFile(): string {
+  const dir = mkdtempSync(path.join(tmpdir(), 'knm-idem-'));
+  dirs.push(dir);
+  return path.join(dir, 'progress.db');
+}
+
+/**
+ * A harness whose first node list (the batch's check of its nodes) waits for the test: `listed` resolves
+ * once it is asked, `release()` lets it be answered.
+ */
+async function harnessHoldingNodeList(
+  options: { file?: string } = {},
+): Promise<{ h: Harness; listed: Promise<void>; release: () => void }> {
+  let release: (() => void) | undefined;
+  let listing: (() => void) | undefined;
+  const listed = new Promise<void>((resolve) => {
+    listing = resolve;
+  });
+  const h = await harness({
+    ...options,
+    cluster: {
+      onRequest: async ({ method, path: p }) => {
+        if (method !== 'GET' || p !== '/api/v1/nodes' || listing === undefined) return;
+        listing();
+        listing = undefined;
+        await new Promise<void>((resolve) => {
+          release = resolve;
+        });
+      },
+    },
+  });
+  return { h, listed, release: () => release?.() };
 }
 
 const CORDON = { operation: 'cordon', nodes: ['worker-1', 'worker-2'] };
@@ -90,24 +116,7 @@ it('refuses the key with another request (422 idempotency_key_reused), and a mal
 });
 
 it('answers 409 idempotency_key_in_use while the first request is answered; a refused start frees the key', async () => {
-  let release: (() => void) | undefined;
-  let listing: (() => void) | undefined;
-  const listed = new Promise<void>((resolve) => {
-    listing = resolve;
-  });
-  const h = await harness({
-    cluster: {
-      // The first node list (the batch's check of its nodes) waits for the test.
-      onRequest: async ({ method, path: p }) => {
-        if (method !== 'GET' || p !== '/api/v1/nodes' || listing === undefined) return;
-        listing();
-        listing = undefined;
-        await new Promise<void>((resolve) => {
-          release = resolve;
-        });
-      },
-    },
-  });
+  const { h, listed, release } = await harnessHoldingNodeList();
   const alice = await login(h.base, 'alice');
   const first = postBatch(h.base, alice, CORDON, 'k-3');
   await listed;
@@ -115,7 +124,7 @@ it('answers 409 idempotency_key_in_use while the first request is answered; a re
   expect(during.status).toBe(409);
   expect(during.headers.get('retry-after')).toBe('1');
   expect(during.body.error).toMatchObject({ code: 'idempotency_key_in_use' });
-  release?.();
+  release();
   const done = await first;
   expect(done.status).toBe(202);
   expect((await postBatch(h.base, alice, CORDON, 'k-3')).body.taskId).toBe(done.body.taskId);
@@ -137,9 +146,7 @@ it('answers 409 idempotency_key_in_use while the first request is answered; a re
 });
 
 it('keeps the key in the database: another replica, and the app restarted, answer the same batch', async () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'knm-idem-'));
-  dirs.push(dir);
-  const file = path.join(dir, 'progress.db');
+  const file = databaseFile();
   const one = await harness({ file });
   const two = await harness({ file });
   const first = await postBatch(one.base, await login(one.base, 'alice'), CORDON, 'k-5');
@@ -157,23 +164,7 @@ it('keeps the key in the database: another replica, and the app restarted, answe
 });
 
 it('a request slower than its claim’s 30 s, whose key a retry took over, starts nothing: one batch', async () => {
-  let release: (() => void) | undefined;
-  let listing: (() => void) | undefined;
-  const listed = new Promise<void>((resolve) => {
-    listing = resolve;
-  });
-  const h = await harness({
-    cluster: {
-      onRequest: async ({ method, path: p }) => {
-        if (method !== 'GET' || p !== '/api/v1/nodes' || listing === undefined) return;
-        listing();
-        listing = undefined;
-        await new Promise<void>((resolve) => {
-          release = resolve;
-        });
-      },
-    },
-  });
+  const { h, listed, release } = await harnessHoldingNodeList();
   const alice = await login(h.base, 'alice');
   const slow = postBatch(h.base, alice, CORDON, 'k-6');
   await listed;
@@ -184,7 +175,7 @@ it('a request slower than its claim’s 30 s, whose key a retry took over, start
   // The retry's batch has ended and released its nodes: nothing but the key stops the slow one now.
   await waitForTask(alice, retry.body.taskId);
   while ((await h.db.locks('default')).length > 0) await new Promise((r) => setTimeout(r, 10));
-  release?.();
+  release();
   const late = await slow;
   expect(late.status).toBe(409);
   expect(late.body.error).toMatchObject({ code: 'idempotency_key_in_use', retryAfterS: 1 });
@@ -194,27 +185,8 @@ it('a request slower than its claim’s 30 s, whose key a retry took over, start
 });
 
 it('a retry on another replica while the slow first request creates its batch does not take its key: one batch', async () => {
-  let releaseList: (() => void) | undefined;
-  let listing: (() => void) | undefined;
-  const listed = new Promise<void>((resolve) => {
-    listing = resolve;
-  });
-  const dir = mkdtempSync(path.join(tmpdir(), 'knm-idem-'));
-  dirs.push(dir);
-  const file = path.join(dir, 'progress.db');
-  const h = await harness({
-    file,
-    cluster: {
-      onRequest: async ({ method, path: p }) => {
-        if (method !== 'GET' || p !== '/api/v1/nodes' || listing === undefined) return;
-        listing();
-        listing = undefined;
-        await new Promise<void>((resolve) => {
-          releaseList = resolve;
-        });
-      },
-    },
-  });
+  const file = databaseFile();
+  const { h, listed, release: releaseList } = await harnessHoldingNodeList({ file });
   // The first request's record of its batch (written after its task is created) waits for the test.
   let recording: (() => void) | undefined;
   const reached = new Promise<void>((resolve) => {
@@ -234,7 +206,7 @@ it('a retry on another replica while the slow first request creates its batch do
   await listed;
   // Its node list took past the claim's 30 s; the request goes on, checks its key still held, and starts.
   h.sqlite.prepare('update knm_idempotency_keys set created_at = created_at - 60000').run();
-  releaseList?.();
+  releaseList();
   await reached;
   // A retry now, to another replica: the batch is being created, its key is not abandoned.
   const two = await harness({ file });

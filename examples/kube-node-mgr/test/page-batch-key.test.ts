@@ -2,26 +2,10 @@
 // The operation dialog's `Idempotency-Key` (src/web/operation-dialog.ts): the modules rendered in happy-dom with a
 // fake progress client and a fake fetch. Until 6 December 2026 the page sent no key: Run again after a lost
 // answer started the batch a second time.
-import { readFileSync } from 'node:fs';
 import { afterEach, beforeAll, expect, it, vi } from 'vitest';
+import { renderPage } from './page-harness.js';
 
-class FakeWatch {
-  done = new Promise(() => undefined);
-  on() {
-    return this;
-  }
-  off() {
-    return this;
-  }
-  subscribe() {
-    return () => undefined;
-  }
-  getSnapshot() {
-    return { progress: null, finished: false, status: 'running', error: null, finishedAt: null };
-  }
-  close() {}
-}
-vi.mock('../src/web/connection.js', () => ({ client: { watch: () => new FakeWatch() } }));
+vi.mock('../src/web/connection.js', () => import('./page-harness.js'));
 
 type Answer = 'network' | Response;
 /** The fake server's answers to the next `POST /api/batch`es, in order; past them, 202 `task-<n>` (n: the nth POST). */
@@ -38,9 +22,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const $ = <T extends Element = HTMLElement>(selector: string) => document.querySelector(selector) as T;
 
 beforeAll(async () => {
-  const html = readFileSync(`${import.meta.dirname}/../src/web/index.html`, 'utf8');
-  const body = /<body>([\s\S]*)<\/body>/.exec(html)?.[1] ?? '';
-  document.body.innerHTML = body.replace(/<script[\s\S]*?<\/script>/g, '');
+  renderPage();
   globalThis.fetch = vi.fn(async (input: RequestInfo | URL, init?: RequestInit) => {
     const path = String(input);
     if (path === '/api/batch') {

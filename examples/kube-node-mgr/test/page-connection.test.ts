@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
 // The page's progress client across sessions (src/web/connection.ts), with a fake ProgressClient.
-import { readFileSync } from 'node:fs';
 import { beforeAll, expect, it, vi } from 'vitest';
+import { renderPage } from './page-harness.js';
 
 const made: FakeClient[] = [];
 class FakeClient {
@@ -25,9 +25,7 @@ class FakeClient {
 vi.mock('@finishline/client', () => ({ ProgressClient: FakeClient }));
 
 beforeAll(() => {
-  const html = readFileSync(`${import.meta.dirname}/../src/web/index.html`, 'utf8');
-  const body = /<body>([\s\S]*)<\/body>/.exec(html)?.[1] ?? '';
-  document.body.innerHTML = body.replace(/<script[\s\S]*?<\/script>/g, '');
+  renderPage();
 });
 
 // Found by a review on 3 December 2026: the socket stayed open after a 401, authenticated by the old

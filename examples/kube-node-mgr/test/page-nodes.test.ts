@@ -1,9 +1,9 @@
 // @vitest-environment happy-dom
 // The node table's reads and the selection across them (review of 6 December 2026): web/nodes.ts rendered in
 // happy-dom with a fake `api`. Each case failed before its fix.
-import { readFileSync } from 'node:fs';
 import { beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { NodeRow } from '../src/shared/api-types.js';
+import { renderPage } from './page-harness.js';
 
 /** The answers of the fake `api`, in the order the reads ask: each a promise the test settles. */
 const answers: { path: string; resolve: (value: { nodes: NodeRow[] }) => void }[] = [];
@@ -46,9 +46,7 @@ let nodes: typeof import('../src/web/nodes.js');
 let page: typeof import('../src/web/state.js');
 
 beforeAll(async () => {
-  const html = readFileSync(`${import.meta.dirname}/../src/web/index.html`, 'utf8');
-  const body = /<body>([\s\S]*)<\/body>/.exec(html)?.[1] ?? '';
-  document.body.innerHTML = body.replace(/<script[\s\S]*?<\/script>/g, '');
+  renderPage();
   nodes = await import('../src/web/nodes.js');
   page = await import('../src/web/state.js');
 });

@@ -1,26 +1,10 @@
 // @vitest-environment happy-dom
 // The page's start (src/web/main.ts) when the server does not answer the session read: the modules rendered
 // in happy-dom with a fake progress client and a fake fetch (review of 6 December 2026; failed before its fix).
-import { readFileSync } from 'node:fs';
 import { expect, it, vi } from 'vitest';
+import { renderPage } from './page-harness.js';
 
-class FakeWatch {
-  done = new Promise(() => undefined);
-  on() {
-    return this;
-  }
-  off() {
-    return this;
-  }
-  subscribe() {
-    return () => undefined;
-  }
-  getSnapshot() {
-    return { progress: null, finished: false, status: 'running', error: null, finishedAt: null };
-  }
-  close() {}
-}
-vi.mock('../src/web/connection.js', () => ({ client: { watch: () => new FakeWatch() } }));
+vi.mock('../src/web/connection.js', () => import('./page-harness.js'));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -28,9 +12,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 // word of why, to a user whose session was valid: the batch whose dialog was open was reopened only after
 // signing in again. An answer other than the session or a 401 is now said, and the session asked for again.
 it('a reload answered 502 for the session says so, asks again, and reopens the batch once the server answers', async () => {
-  const html = readFileSync(`${import.meta.dirname}/../src/web/index.html`, 'utf8');
-  const body = /<body>([\s\S]*)<\/body>/.exec(html)?.[1] ?? '';
-  document.body.innerHTML = body.replace(/<script[\s\S]*?<\/script>/g, '');
+  renderPage();
   sessionStorage.setItem('knm.runningTask', 'task-1');
   let serverUp = false;
   globalThis.fetch = vi.fn(async (input: RequestInfo | URL) => {

@@ -1,8 +1,8 @@
 // @vitest-environment happy-dom
 // The page's state across jobs and clusters: the browser modules rendered in happy-dom with a fake progress
 // client and a fake fetch. Each case was a bug found by a review on 3 December 2026; each failed before its fix.
-import { readFileSync } from 'node:fs';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { renderPage } from './page-harness.js';
 
 type Snap = Record<string, unknown>;
 class FakeWatch {
@@ -127,9 +127,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 let pd: typeof import('../src/web/progress-dialog.js');
 
 beforeAll(async () => {
-  const html = readFileSync(`${import.meta.dirname}/../src/web/index.html`, 'utf8');
-  const body = /<body>([\s\S]*)<\/body>/.exec(html)?.[1] ?? '';
-  document.body.innerHTML = body.replace(/<script[\s\S]*?<\/script>/g, '');
+  renderPage();
   globalThis.fetch = vi.fn(async (input: RequestInfo | URL) => {
     const path = String(input);
     const json = (status: number, value: unknown) =>

@@ -78,6 +78,18 @@ function subscribed(overrides: Parameters<typeof setup>[0] = {}) {
   return { ...ctx, watch, log, socket, task };
 }
 
+/** A client of `setup(overrides)` polling `t1` (one event) over HTTP, its socket gone; the watch's errors kept. */
+function polledWithErrors(overrides: Parameters<typeof setup>[0] = {}) {
+  const ctx = setup(overrides);
+  ctx.http.tasks.set('t1', new FakeTask('t1', 1));
+  const watch = ctx.client.watch('t1');
+  const reported: ProgressError[] = [];
+  watch.on('error', (error) => reported.push(error));
+  const log = record(watch);
+  ctx.server.last.serverClose(1006); // no socket: HTTP polls
+  return { ...ctx, watch, reported, log };
+}
+
 describe('connection', () => {
   it.each([false, true])(
     'a terminal ack on a socket lost before the heartbeat that confirms it is sent again on the next socket (confirmed first: %s)',
@@ -1796,7 +1808,7 @@ describe('HTTP fallback', () => {
       let fails = true;
       let calls = 0;
       const bad = failing(failure);
-      const { client, server, scheduler, http, errors } = setup({
+      const { client, scheduler, http, errors, reported, log } = polledWithErrors({
         httpFallbackAfterAttempts: 1,
         httpPollIntervalMs: 1000,
         token: (() => {
@@ -1804,12 +1816,6 @@ describe('HTTP fallback', () => {
           return fails ? bad() : 'tok';
         }) as () => string,
       });
-      http.tasks.set('t1', new FakeTask('t1', 1));
-      const watch = client.watch('t1');
-      const reported: ProgressError[] = [];
-      watch.on('error', (error) => reported.push(error));
-      const log = record(watch);
-      server.last.serverClose(1006); // no socket: HTTP polls
       await scheduler.advance(0);
       await flush();
       expect(http.requests).toEqual([]);
@@ -1850,17 +1856,11 @@ describe('HTTP fallback', () => {
     // Until 6 December 2026 it was `store_unavailable` ("got no answer"), which sent the reader to the server,
     // where `renewToken()` reports the same hang as `unauthenticated` and the socket's timeout names it.
     let hangs = true;
-    const { client, server, scheduler, http, errors } = setup({
+    const { client, scheduler, http, errors, reported, log } = polledWithErrors({
       httpFallbackAfterAttempts: 1,
       connectTimeoutMs: 500,
       token: () => (hangs ? new Promise<string>(() => undefined) : 'tok'),
     });
-    http.tasks.set('t1', new FakeTask('t1', 1));
-    const watch = client.watch('t1');
-    const reported: ProgressError[] = [];
-    watch.on('error', (error) => reported.push(error));
-    const log = record(watch);
-    server.last.serverClose(1006); // no socket: HTTP polls
     await scheduler.advance(500);
     await flush();
     expect(http.requests).toEqual([]);

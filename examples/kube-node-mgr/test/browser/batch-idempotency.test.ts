@@ -7,14 +7,11 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { type Browser, chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { type ServerProcess, spawnServer } from '../../src/server/replica-set.js';
+import type { ServerProcess } from '../../src/server/replica-set.js';
+import { launchChromium, spawnSingleServer } from './launch.js';
 import { loginPage } from './login.js';
-
-const root = fileURLToPath(new URL('../../', import.meta.url));
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 let dataDir: string;
 let server: ServerProcess;
@@ -22,15 +19,8 @@ let browser: Browser;
 
 beforeAll(async () => {
   dataDir = mkdtempSync(path.join(tmpdir(), 'knm-idem-'));
-  server = await spawnServer({
-    script: path.join(root, 'dist/server.mjs'),
-    args: ['--port', '0', '--demo-port', '0', '--data-dir', dataDir],
-    env: { DATABASE_URL: '', KUBECONFIG: '', SESSION_SECRET: '' },
-  });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  server = await spawnSingleServer(['--port', '0', '--demo-port', '0', '--data-dir', dataDir]);
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

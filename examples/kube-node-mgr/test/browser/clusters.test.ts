@@ -7,16 +7,15 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ServerProcess, spawnServer } from '../../src/server/replica-set.js';
+import type { ServerProcess } from '../../src/server/replica-set.js';
+import { launchChromium, spawnSingleServer } from './launch.js';
 import { loginPage } from './login.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const serverScript = path.join(root, 'dist/server.mjs');
 const artifacts = path.join(root, 'test-artifacts');
 const screensDir = process.env.SCREENS_DIR;
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const UNAVAILABLE = 'the server is unavailable (HTTP 502: bad gateway); try again';
 
 let dataDir: string;
@@ -33,15 +32,9 @@ beforeAll(async () => {
   mkdirSync(artifacts, { recursive: true });
   if (screensDir !== undefined) mkdirSync(screensDir, { recursive: true });
   dataDir = mkdtempSync(path.join(tmpdir(), 'knm-clusters-'));
-  server = await spawnServer({
-    script: serverScript,
-    args: ['--port', '0', '--demo-port', '0', '--demo-latency-ms', '100', '--data-dir', dataDir],
-    env: { DATABASE_URL: '', KUBECONFIG: '', SESSION_SECRET: '' },
-  });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  const args = ['--port', '0', '--demo-port', '0', '--demo-latency-ms', '100', '--data-dir', dataDir];
+  server = await spawnSingleServer(args);
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

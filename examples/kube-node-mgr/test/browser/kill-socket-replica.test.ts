@@ -9,16 +9,15 @@
 import { copyFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, chromium } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ProxyRoute, type ReplicaSet, startReplicaSet } from '../../src/server/replica-set.js';
+import { launchChromium, serverScript } from './launch.js';
 import { loginPage } from './login.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const serverScript = path.join(root, 'dist/server.mjs');
 const artifacts = path.join(root, 'test-artifacts');
 const screensDir = process.env.SCREENS_DIR;
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const NODES = ['worker-1', 'worker-2', 'worker-3', 'worker-4', 'worker-5', 'worker-6', 'worker-7'];
 /** Per demo API call; a node takes two (read, patch): ~0.6 s per node at concurrency 1. */
 const LATENCY_MS = 300;
@@ -55,10 +54,7 @@ beforeAll(async () => {
       },
     },
   });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

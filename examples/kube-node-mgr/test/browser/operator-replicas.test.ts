@@ -3,16 +3,11 @@
  * affinity (embedded Postgres): node locks across replicas, partial failure and retry, a viewer following
  * another user's batch live, and logout revoking the session on every replica.
  */
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startReplicaSet } from '../../src/server/replica-set.js';
+import { launchChromium, serverScript } from './launch.js';
 import { loginPage } from './login.js';
-
-const root = fileURLToPath(new URL('../../', import.meta.url));
-const serverScript = path.join(root, 'dist/server.mjs');
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 
 let set: Awaited<ReturnType<typeof startReplicaSet>>;
 let browser: Browser;
@@ -29,10 +24,7 @@ beforeAll(async () => {
       logs += s;
     },
   });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

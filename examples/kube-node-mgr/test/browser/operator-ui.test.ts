@@ -9,16 +9,15 @@ import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ServerProcess, spawnServer } from '../../src/server/replica-set.js';
+import type { ServerProcess } from '../../src/server/replica-set.js';
+import { launchChromium, spawnSingleServer } from './launch.js';
 import { loginPage } from './login.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-const serverScript = path.join(root, 'dist/server.mjs');
 const artifacts = path.join(root, 'test-artifacts');
 const screensDir = process.env.SCREENS_DIR;
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const WORKERS = ['worker-1', 'worker-2', 'worker-3', 'worker-4', 'worker-5', 'worker-6', 'worker-7'];
 const LATENCY_MS = 300;
 
@@ -35,11 +34,7 @@ function serverArgs(portArg: number): string[] {
 }
 
 async function start(portArg: number): Promise<ServerProcess> {
-  return spawnServer({
-    script: serverScript,
-    args: serverArgs(portArg),
-    env: { DATABASE_URL: '', KUBECONFIG: '', SESSION_SECRET: '' },
-  });
+  return spawnSingleServer(serverArgs(portArg));
 }
 
 async function shot(page: Page, name: string): Promise<void> {
@@ -70,10 +65,7 @@ beforeAll(async () => {
   dataDir = mkdtempSync(path.join(tmpdir(), 'knm-ops-'));
   server = await start(0);
   port = Number(new URL(server.url).port);
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking'],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

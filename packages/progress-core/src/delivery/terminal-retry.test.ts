@@ -52,6 +52,18 @@ describe('terminalRetryDelayMs', () => {
   });
 });
 
+/** A manual clock, a round-trip pool for trackers to share, and `ackAfter`: a terminal sent, acked `ms` later. */
+function sharedPool() {
+  const clock = new ManualClock(0);
+  const pool = new RoundTripPool();
+  const ackAfter = (tracker: TerminalRetryTracker, taskId: string, ms: number): void => {
+    tracker.sent(taskId, 1);
+    clock.advance(ms);
+    tracker.acked(taskId, 1);
+  };
+  return { clock, pool, ackAfter };
+}
+
 describe('TerminalRetryTracker', () => {
   it('re-sends at 100, 300, 700 … ms after the first send while the caller keeps one timer', () => {
     const clock = new ManualClock(0);
@@ -128,13 +140,7 @@ describe('TerminalRetryTracker', () => {
   });
 
   it('does not let one principal of three move the first delay of the others, late or early, with any number of sockets', () => {
-    const clock = new ManualClock(0);
-    const pool = new RoundTripPool();
-    const ackAfter = (tracker: TerminalRetryTracker, taskId: string, ms: number): void => {
-      tracker.sent(taskId, 1);
-      clock.advance(ms);
-      tracker.acked(taskId, 1);
-    };
+    const { clock, pool, ackAfter } = sharedPool();
     const honest = ['alice', 'bob'].map(
       (who) => new TerminalRetryTracker(clock.now, undefined, pool, () => who),
     );
@@ -173,13 +179,7 @@ describe('TerminalRetryTracker', () => {
   });
 
   it('withdraws a closed socket’s vote once, and takes no vote from an ack that reaches it after close', () => {
-    const clock = new ManualClock(0);
-    const pool = new RoundTripPool();
-    const ackAfter = (tracker: TerminalRetryTracker, taskId: string, ms: number): void => {
-      tracker.sent(taskId, 1);
-      clock.advance(ms);
-      tracker.acked(taskId, 1);
-    };
+    const { clock, pool, ackAfter } = sharedPool();
     const first = new TerminalRetryTracker(clock.now, undefined, pool, () => 'alice');
     const second = new TerminalRetryTracker(clock.now, undefined, pool, () => 'alice');
     ackAfter(first, 'a', 20);
