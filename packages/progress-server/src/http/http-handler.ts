@@ -607,9 +607,9 @@ async function serveRoute<P extends Principal>(
       return { tasks: tasks.filter((_, index) => allowed[index]).map(toTaskView) };
     }
     case 'task': {
-      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
-      await epochRead(ctx);
-      return { task: toTaskView(task), ...epochOf(ctx) };
+      const read = epochAfterRead(ctx);
+      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks, read.after);
+      return { task: toTaskView(task), ...epochField(read.epoch) };
     }
     case 'events': {
       const afterSeq = parseInteger(url.searchParams.get('afterSeq'), {
@@ -624,7 +624,8 @@ async function serveRoute<P extends Principal>(
         min: 1,
         max: EVENTS_MAX_LIMIT,
       });
-      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
+      const read = epochAfterRead(ctx);
+      const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks, read.after);
       const events = await store.readEvents(task.id, afterSeq, limit);
       // The events of the task authorized, not of whatever task has the id once the hooks answered: the
       // store's read names no run, and retention may purge the task and its id go to a new task (another
@@ -634,12 +635,14 @@ async function serveRoute<P extends Principal>(
       if (events.length > 0 && (await store.getTask(task.id))?.createdAt !== task.createdAt) {
         throw fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(task.id));
       }
-      await epochRead(ctx);
+      // The task's epoch labels the events read after the hook too: a renewal found since (a restore
+      // while the hook ran) may have them of another log than the task.
+      checkSameEpoch(ctx, read.epoch);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
       // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True
       // there, a client paging while `hasMore` asked for the same empty page for ever.)
       const hasMore = events.length > 0 && (events.at(-1)?.seq ?? afterSeq) < task.seq;
-      return { task: toTaskView(task), events, hasMore, ...epochOf(ctx) };
+      return { task: toTaskView(task), events, hasMore, ...epochField(read.epoch) };
     }
     case 'cancel': {
       const body = await readJsonBody(request);
@@ -707,9 +710,14 @@ async function serveRoute<P extends Principal>(
       try {
         // Taken as the read starts: acks taken since are not judged by it (see `AckWriter.seen`).
         const mark = streams.acks.mark();
-        const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks);
         // Before the cursor's epoch is judged, the 204 decided and the first id written.
-        await epochRead(ctx);
+        const read = epochAfterRead(ctx);
+        const task = await loadAuthorized(ctx, store, principal, route.taskId, 'watch', hooks, read.after);
+        // The stream labels its frames with the epoch as the server knows it: a renewal found after the
+        // task's read (a restore while the hook ran) had the old log's task written as the new epoch's. One
+        // found from here on restarts the stream (it is among the open ones from `streamTask` on, and
+        // nothing awaits until then).
+        checkSameEpoch(ctx, read.epoch);
         // Checked again after the awaits above (the authenticate hook, the load): a shutdown that began
         // meanwhile has ended the open streams already, and a stream opened now would be in none of its
         // sets (on the application's own http.Server it stayed open for ever, over a closed hub). From here
@@ -1017,9 +1025,42 @@ async function epochRead<P extends Principal>(ctx: HttpHandlerContext<P>): Promi
   if (read !== undefined) await waitAtMost(read, FIRST_EPOCH_READ_WAIT_MS);
 }
 
-/** `{ epoch }` when the server knows its store's epoch, else nothing. */
-function epochOf<P extends Principal>(ctx: HttpHandlerContext<P>): { epoch?: string } {
-  const epoch = ctx.epoch?.current;
+/**
+ * The epoch that labels a task route's answer: `after` reads it ({@link epochRead}) once the task is read,
+ * before the `authorize` hook, and keeps it in `epoch`. Read after the hook (as until 7 December 2026), a
+ * restore and its renewal done while the hook ran (it may take seconds) had the old log's task labelled
+ * with the new epoch: a client took the old history's state for the new one's and went on from its seq in
+ * the new log, for good, its next answers labelled alike. Labelled with its own epoch, the task is
+ * corrected by the next answer, of the new epoch (a reset for the client).
+ */
+function epochAfterRead<P extends Principal>(
+  ctx: HttpHandlerContext<P>,
+): { epoch: string | undefined; after: () => Promise<void> } {
+  const read = {
+    epoch: ctx.epoch?.current,
+    after: async () => {
+      await epochRead(ctx);
+      read.epoch = ctx.epoch?.current;
+    },
+  };
+  return read;
+}
+
+/**
+ * Refuses (503 `store_unavailable`: try again) an answer whose data read after the hook (events, a
+ * stream's frames) may be of another epoch than its task's, `epoch` ({@link epochAfterRead}): the server
+ * found a renewal since that task was read.
+ */
+function checkSameEpoch<P extends Principal>(ctx: HttpHandlerContext<P>, epoch: string | undefined): void {
+  if (epoch === undefined || ctx.epoch?.current === epoch) return;
+  throw fromCode(
+    ErrorCode.StoreUnavailable,
+    "The store's epoch changed while this request was served (the store was restored); try again",
+  );
+}
+
+/** `{ epoch }` when the epoch is known, else nothing. */
+function epochField(epoch: string | undefined): { epoch?: string } {
   return epoch === undefined ? {} : { epoch };
 }
 
@@ -1044,11 +1085,14 @@ async function loadAuthorized<P extends Principal>(
   taskId: string,
   action: 'watch' | 'cancel',
   hooks: HookDeadline,
+  afterRead?: () => Promise<void>,
 ): Promise<Task> {
   checkTaskId(taskId);
   const notFound = () => fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(taskId));
   const task = await store.getTask(taskId);
   if (task === undefined && ctx.revealTaskExistence) throw notFound();
+  // For a missing task too, unless its absence is no secret: its refusal no sooner than another owner's.
+  await afterRead?.();
   // A missing task is refused after the same hook calls as another owner's (see `missingTask`): its
   // refusal no sooner, nor a 404 where a hung hook gets the other one a 504.
   const asked = task ?? missingTask(taskId);

@@ -264,6 +264,68 @@ describe('AckWriter', () => {
     expect(written).toEqual([7, 8]);
     acks.close();
   });
+  it('drops an ack whose run was being read when the epoch changed, and reads again for one of the new epoch', async () => {
+    // Found by a review: forgetSeqs() dropped the acks waiting to be written, not one waiting on the read of
+    // its run. A restore keeps a run's `createdAt`, so that read, answered by the restored store, vouched
+    // for the run, and the old epoch's seq 7 was written onto the restored log's seq 7 (another event,
+    // which no watcher had processed). An ack of the new epoch asked meanwhile joined that read instead of
+    // one of its own.
+    const reads: Array<() => void> = [];
+    const written: number[] = [];
+    const store = {
+      getTask: (taskId: string) =>
+        new Promise((resolve) => reads.push(() => resolve({ id: taskId, seq: 9, createdAt: 100 }))),
+      ack: async (_taskId: string, seq: number) => {
+        written.push(seq);
+        return seq;
+      },
+    } as unknown as ProgressStore;
+    const acks = writerOn(store);
+    acks.ackOfRun('t', 7, 100);
+    acks.forgetSeqs();
+    acks.ackOfRun('t', 2, 100);
+    expect(reads).toHaveLength(2);
+    for (const release of reads) release();
+    await acks.flush(Date.now() + 2000);
+    expect(written).toEqual([2]);
+    acks.close();
+  });
+
+  it('does not check again the run of a failed write of a replaced state once the epoch changed', async () => {
+    // The write of a state a read of another run replaced is checked against the store when it fails
+    // (which run is stale is not known): after an epoch change its seq is of the old epoch, dropped as the
+    // failed write of any state forgetSeqs() dropped is.
+    const held: Array<() => void> = [];
+    let reads = 0;
+    const written: number[] = [];
+    const store = {
+      getTask: async (taskId: string) => {
+        reads += 1;
+        return { id: taskId, seq: 9, createdAt: 100 };
+      },
+      ack: (_taskId: string, seq: number) =>
+        new Promise((resolve, reject) =>
+          held.push(() => {
+            if (seq === 5) reject(new ProgressError(ErrorCode.StoreUnavailable, 'the database is down'));
+            else {
+              written.push(seq);
+              resolve(seq);
+            }
+          }),
+        ),
+    } as unknown as ProgressStore;
+    const acks = writerOn(store);
+    acks.seen('t', 4, 100);
+    acks.ack('t', 5);
+    acks.seen('t', 3, 200);
+    acks.forgetSeqs();
+    for (const release of held.splice(0)) release();
+    await acks.flush(Date.now() + 2000);
+    expect(reads).toBe(0);
+    expect(written).toEqual([]);
+    acks.close();
+  });
+
   it('reads again, after a store outage, the run of an ack no authorization vouches for, instead of dropping it', async () => {
     vi.useFakeTimers();
     try {

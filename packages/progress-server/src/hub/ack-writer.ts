@@ -39,6 +39,8 @@ interface AckState {
    * fails is checked against the store as an unvouched ack is, not dropped as one of an old epoch.
    */
   runReplaced: boolean;
+  /** The writer's count of epoch changes ({@link AckWriter.forgetSeqs}) when the state was made. */
+  epoch: number;
 }
 
 /** Writes of one ack retried at most this many times when the store fails. */
@@ -74,6 +76,8 @@ export class AckWriter {
   readonly #hurry = new AbortController();
   /** Acks taken so far (see {@link mark}). */
   #taken = 0;
+  /** Epoch changes so far ({@link forgetSeqs}): an ack taken before one is of the old epoch. */
+  #epochs = 0;
 
   constructor(options: {
     store: ProgressStore;
@@ -154,9 +158,17 @@ export class AckWriter {
     const asked = { run, seq };
     this.#runChecks.set(taskId, asked);
     const mark = this.#taken;
+    const epoch = this.#epochs;
     const check = this.#readRun(taskId).then(
       (task) => {
         if (this.#runChecks.get(taskId) === asked) this.#runChecks.delete(taskId);
+        // The store's epoch changed while the run was read (see forgetSeqs): the ack is of the old epoch,
+        // as those dropped then are. A restore keeps a run's `createdAt`, so the read, of the restored
+        // store, vouched for the run, and the old epoch's seq was written onto the restored log's.
+        if (epoch !== this.#epochs) {
+          this.#logger.debug({ taskId, seq: asked.seq, run }, 'ack of the old epoch not recorded');
+          return;
+        }
         if (task === undefined || task.createdAt !== run) {
           this.#logger.debug({ taskId, seq: asked.seq, run }, 'ack of a run no longer stored not recorded');
           return;
@@ -234,6 +246,11 @@ export class AckWriter {
       state.pending = 0;
     }
     this.#tasks.clear();
+    // The acks waiting on a read of their run are of the old epoch too (see `ackOfRun`); an ack of the
+    // new epoch must not join one of those reads, whose answer drops it.
+    for (const [taskId, asked] of this.#runChecks) dropped.push({ taskId, seq: asked.seq });
+    this.#runChecks.clear();
+    this.#epochs += 1;
     // Acks carry no epoch (the known limitation, guarantees.md): said, so that an operator, and the chaos
     // suite's ack check, can tell an acknowledgement dropped here from one lost.
     if (dropped.length > 0)
@@ -303,6 +320,7 @@ export class AckWriter {
       failures: 0,
       retryTimer: undefined,
       runReplaced: false,
+      epoch: this.#epochs,
     };
     this.#tasks.set(taskId, state);
     this.#evictOld();
@@ -353,9 +371,10 @@ export class AckWriter {
       return;
     }
     this.#metrics.storeErrors.inc();
-    if (state.runReplaced) {
+    if (state.runReplaced && state.epoch === this.#epochs) {
       // A read of another run replaced the state while this write ran: which run the id is now, a read
-      // tells (the stale one may have been that read).
+      // tells (the stale one may have been that read). Not after an epoch change: its seq is of the old
+      // epoch (below).
       this.ackOfRun(taskId, seq, state.run);
       return;
     }

@@ -667,3 +667,118 @@ describe("a socket opened before the server's first read of the epoch", () => {
     expect(answer.epoch).toBe(epoch);
   });
 });
+
+describe('a socket opened after a renewal this replica has not heard of', () => {
+  // Found by a review: a socket's hello names the epoch as this replica last read it (a read of its own
+  // made every reconnect wait behind the other sockets' catch-up reads: reverted, 340c6c6a). A renewal no
+  // feed tells (another process's, on a store whose feed hears none) was noticed only at the next heartbeat
+  // tick (15 s by default): until then, a client holding cursors of the old epoch was told nothing, and
+  // resumed them in the restored log, its events taken for the old log's. The epoch is read as the hello
+  // goes out, without holding it: a renewal found resets the socket's watches at once.
+  it('resets its watch of a cursor of the old epoch at once, not at the next heartbeat tick', async () => {
+    const restorable = restorableStore(); // its feed tells the server of no renewal
+    const store = restorable.store;
+    const env = await serve({ store, heartbeatIntervalMs: 60_000 });
+    await taskAheadOfItsCopy(restorable, 'old');
+    const before = await connect(env);
+    await restoreAndAppendNewEvents(restorable, store);
+    const epoch = await store.renewEpoch();
+    expect(before.frames[0]?.epoch).not.toBe(epoch);
+    // A client that persisted its cursor of `t` at 6 in the old epoch.
+    const watcher = new Watcher(await connect(env), 't', 6);
+
+    await expectFollowsNewEpoch(watcher, epoch);
+  });
+});
+
+describe('an HTTP read whose hooks ran while the store was restored and renewed', () => {
+  // Found by a review: the task routes read the task, wait for the `authorize` hook (up to
+  // upgradeTimeoutMs), and labelled the answer with the epoch read after it. A restore and its renewal done
+  // while the hook ran had the old log's task (on a stream, its snapshot, whose seq the reader took for a
+  // cursor of the new log) labelled with the new epoch: the client took the old history's state for the
+  // new one's and went on from its seq in the new log, its next answers labelled alike.
+
+  /**
+   * Task `t` ahead of its copy under a server whose `authorize` hook restores and renews the store the
+   * first time it runs; `heard`: the store's feed tells the server of the renewal (as a Postgres or local
+   * one does), and the hook returns once the server had time to read the new epoch.
+   */
+  async function restoredDuringHook(heard: boolean) {
+    const restorable = restorableStore();
+    const store = restorable.store;
+    const listeners = new Set<() => void>();
+    if (heard)
+      store.changes.onEpochRenewed = (listener) => {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      };
+    let restoreDuringHook = true;
+    const state: { renewed?: string } = {};
+    const env = await serve({
+      store,
+      heartbeatIntervalMs: 60_000,
+      authorize: async (principal, task) => {
+        if (restoreDuringHook) {
+          restoreDuringHook = false;
+          restorable.restore();
+          state.renewed = await store.renewEpoch();
+          for (const listener of listeners) listener();
+          await sleep(50);
+        }
+        return task.owner === principal.id;
+      },
+    });
+    await taskAheadOfItsCopy(restorable, 'old');
+    const old = (await store.getEpoch()) as string;
+    /** The answer's status and body; an event stream's up to its first frame (as its JSON data). */
+    const get = async (suffix: string): Promise<{ status: number; body: Record<string, unknown> }> => {
+      const abort = new AbortController();
+      const response = await fetch(`${env.httpUrl}/progress/tasks/t${suffix}`, {
+        headers: { 'x-user': 'alice', 'last-event-id': `0~${old}` },
+        signal: abort.signal,
+      });
+      if (response.status !== 200 || suffix !== '/stream')
+        return { status: response.status, body: JSON.parse(await response.text()) };
+      let text = '';
+      const decoder = new TextDecoder();
+      for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+        text += decoder.decode(chunk, { stream: true });
+        if (/^data: .*\n\n/m.test(text)) break;
+      }
+      abort.abort();
+      return { status: response.status, body: JSON.parse(/^data: (.*)$/m.exec(text)?.[1] ?? '{}') };
+    };
+    return { old, state, get };
+  }
+
+  it.each(['', '/events', '/stream'])(
+    'labels the task of GET …/tasks/:id%s with its own epoch, and the next answer with the new one',
+    async (suffix) => {
+      const { old, state, get } = await restoredDuringHook(false);
+      const first = await get(suffix);
+      expect(state.renewed).toEqual(expect.any(String));
+      expect(first).toMatchObject({ status: 200, body: { task: { seq: 6 }, epoch: old } });
+      expect(await get(suffix)).toMatchObject({
+        status: 200,
+        body: { task: { seq: 2 }, epoch: state.renewed },
+      });
+    },
+  );
+
+  it.each(['/events', '/stream'])(
+    'answers GET …/tasks/:id%s 503 store_unavailable when the renewal was found while the hook ran',
+    async (suffix) => {
+      // Its events (a stream's frames) are read after the hook, of the new log: labelled with the task's
+      // epoch, they went on from the old log's task as the same history.
+      const { state, get } = await restoredDuringHook(true);
+      expect(await get(suffix)).toMatchObject({
+        status: 503,
+        body: { error: { code: 'store_unavailable' } },
+      });
+      expect(await get(suffix)).toMatchObject({
+        status: 200,
+        body: { task: { seq: 2 }, epoch: state.renewed },
+      });
+    },
+  );
+});
