@@ -75,8 +75,16 @@ export class StatementBatcher<I, O> {
     });
   }
 
+  /**
+   * Writes queued calls in as many batches as there are free slots: a burst larger than one batch (a
+   * reconnect storm's subscribes) fills every slot a read batcher has, not one (the rest then waited for
+   * the first batch's round trip, batch after batch, with the other slots idle).
+   */
   #flush(): void {
-    if (this.#inFlight.size >= this.#maxInFlight || this.#queue.length === 0) return;
+    while (this.#inFlight.size < this.#maxInFlight && this.#queue.length > 0) this.#writeBatch();
+  }
+
+  #writeBatch(): void {
     const batch = this.#queue.splice(0, this.#maxBatchSize);
     this.#batches += 1;
     const written: Promise<void> = this.#write(batch)

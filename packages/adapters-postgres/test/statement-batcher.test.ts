@@ -40,4 +40,29 @@ describe('StatementBatcher', () => {
     await new Promise((resolve) => setImmediate(resolve));
     expect(writes).toBe(0);
   });
+  it('writes a burst larger than one batch in as many batches as there are free slots, each full', async () => {
+    const sizes: number[] = [];
+    const release: (() => void)[] = [];
+    const batcher = new StatementBatcher<number, number>(
+      async (batch) => {
+        sizes.push(batch.length);
+        await new Promise<void>((resolve) => release.push(resolve));
+        for (const call of batch) call.resolve(call.input);
+      },
+      2,
+      3,
+    );
+    // One turn's burst of four batches' worth, beside three free slots.
+    const calls = Array.from({ length: 8 }, (_, index) => batcher.enqueue(index));
+    await new Promise((resolve) => setImmediate(resolve));
+    // Three statements at once, each a full batch; the fourth batch waits for a slot.
+    expect(sizes).toEqual([2, 2, 2]);
+    release.shift()!();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(sizes).toEqual([2, 2, 2, 2]);
+    for (const resolve of release.splice(0)) resolve();
+    await expect(Promise.all(calls)).resolves.toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(batcher.batches).toBe(4);
+    await batcher.close();
+  });
 });
