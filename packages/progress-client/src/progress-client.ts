@@ -3,7 +3,6 @@ import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import {
   assertTaskId,
-  ofType,
   resolveOptions as readOptions,
   resolvedBackoffDelayMs,
 } from '@finishline/core/internal';
@@ -22,7 +21,7 @@ import {
   type TaskSubscriptionHost,
 } from './task-subscription.js';
 import { noop, TimerSet } from './timers.js';
-import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
+import { SafeEmitter, WATCH_OPTIONS, Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
@@ -31,17 +30,6 @@ import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
  *
  * @module
  */
-
-/**
- * The options {@link ProgressClient.watch} takes, checked by core's options toolkit as the client's own are
- * (an object, no unknown key, `signal` an `AbortSignal`), before anything starts.
- */
-const WATCH_OPTIONS = {
-  signal: ofType<AbortSignal>(
-    'an AbortSignal',
-    (value) => typeof (value as AbortSignal | null)?.addEventListener === 'function',
-  ),
-};
 
 /** The events of a {@link ProgressClient}. */
 export interface ProgressClientEvents {
