@@ -1539,6 +1539,21 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('a watch that finished over HTTP, its handle closed, still acknowledges its end once a socket is back', async () => {
+    const { client, server, task, watch } = await finishedOverHttp();
+    // Until 7 December 2026 closing its last handle (after `done`, as most applications do) let go of the
+    // task: the end the socket was owed an ack of was never acknowledged.
+    watch.close();
+    const socket = server.last;
+    socket.open();
+    socket.push(helloWith());
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
+    socket.push({ ...snap(task.view()), reset: true });
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    expect(socket.frames('unsubscribe')).toHaveLength(1);
+    await client.close();
+  });
+
   it('a watch that finished over HTTP repeats its lost subscribe once a socket is back, until answered and acked', async () => {
     const { client, server, scheduler, task, log, errors } = await finishedOverHttp();
     const socket = server.last;

@@ -496,10 +496,11 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     if (task.task.handles.size || this.#tasks.get(task.taskId) !== task) return;
     // (Its last flush takes it off the acks owed, and clears their timer when it was the last one.)
     this.#acks.flush(task);
-    // Its terminal ack went out: kept, handle-less, until the heartbeat that confirms it lets go of it (a
-    // socket lost before that makes the ack owed again, `down()`). Until 7 December 2026 it went at once,
-    // and an ack lost with the socket was sent again only for a handle the application kept open.
-    if (task.socketDone) return;
+    // A task that ended is kept, handle-less, until its end is acknowledged and confirmed: the heartbeat
+    // that no longer lists it (a socket lost before that makes the ack owed again, `down()`), or the ack
+    // of a fallback, lets go of it. Until 7 December 2026 it went at once: an ack owed to the next socket
+    // (an end seen over HTTP) or lost with the socket was sent again only for a handle kept open.
+    if (task.cursor.finished) return;
     this.#tasks.delete(task.taskId);
     // The application let go of it: its saved cursor goes too (a finished watch's went at its end, in
     // acks.ts). Kept, the next watch of the id in the tab resumed from it, for a task created again under a
