@@ -253,9 +253,8 @@ function parseCommandLine(argv: readonly string[]) {
   } catch (error) {
     const name = /^Unknown option '--([^']+)'/.exec((error as Error).message)?.[1];
     if (name === undefined) throw error;
-    throw new Error(
-      `unknown option --${name} (did you mean --${nearestName(name, Object.keys(CLI_OPTIONS))}?)`,
-    );
+    const nearest = nearestName(name, Object.keys(CLI_OPTIONS));
+    throw new Error(`unknown option --${name}${nearest ? ` (did you mean --${nearest}?)` : ''}`);
   }
 }
 

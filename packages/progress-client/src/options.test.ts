@@ -70,6 +70,10 @@ describe('client options', () => {
     expect(() => resolveOptions({ ...base, heartbeatTimeout: 5 } as ProgressClientOptions)).toThrow(
       'ProgressClient: unknown option "heartbeatTimeout" (did you mean `heartbeatTimeoutMs`?)',
     );
+    // None rather than a wrong one: until 7 December 2026 `cookie` (a header of its own) got `token`.
+    expect(() => resolveOptions({ ...base, cookie: 'sid=1' } as ProgressClientOptions)).toThrow(
+      /^ProgressClient: unknown option "cookie"$/,
+    );
   });
 
   it('exports frozen defaults, and merges them once', () => {

@@ -120,6 +120,44 @@ describe('connection', () => {
     },
   );
 
+  it.each(['after done', 'from its finished listener', 'by its signal'] as const)(
+    'a terminal ack on a socket lost before the heartbeat that confirms it is sent again when the handle was closed %s',
+    async (how) => {
+      // Until 7 December 2026 closing the last handle let go of the task at once: an ack lost with the
+      // socket before the confirming heartbeat was sent again only for a handle the application kept open.
+      const controller = new AbortController();
+      const { client, server, scheduler } = setup();
+      const watch = client.watch('t1', { signal: controller.signal });
+      if (how === 'from its finished listener') watch.on('finished', () => watch.close());
+      if (how === 'by its signal') watch.on('finished', () => controller.abort());
+      const socket = server.accept();
+      const task = new FakeTask('t1', 5);
+      socket.push(snap(task.view()));
+      socket.push(ev(task.end()));
+      await watch.done;
+      if (how === 'after done') watch.close();
+      expect(watch.closed).toBe(true);
+      expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+      expect(socket.frames('unsubscribe')).toHaveLength(1);
+      socket.serverClose(1006);
+      await scheduler.advance(1000);
+      // (Before, no socket: nothing was owed.)
+      expect(server.sockets).toHaveLength(2);
+      const next = server.accept();
+      expect(next.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 1 }]);
+      next.push({ ...snap(task.view()), reset: true });
+      expect(next.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 1 }]);
+      expect(next.frames('unsubscribe')).toHaveLength(1);
+      // The heartbeat that no longer lists it lets go of it: nothing owed on the next socket.
+      next.push({ type: 'heartbeat', time: 1, seqs: {} });
+      next.serverClose(1006);
+      await scheduler.advance(1000);
+      expect(client.state).toBe('idle');
+      expect(server.sockets).toHaveLength(2);
+      await client.close();
+    },
+  );
+
   it('blames a token function that never returned, not the server, when an attempt times out', async () => {
     const { client, server, scheduler, errors } = setup({
       token: () => new Promise<string>(() => undefined), // a refresh that hangs (a login popup never answered)
@@ -1510,6 +1548,21 @@ describe('HTTP fallback', () => {
     expect(socket.frames('unsubscribe')).toHaveLength(1);
     expect(log).toHaveLength(5);
     expect(errors).toEqual([]);
+    await client.close();
+  });
+
+  it('a watch that finished over HTTP, its handle closed, still acknowledges its end once a socket is back', async () => {
+    const { client, server, task, watch } = await finishedOverHttp();
+    // Until 7 December 2026 closing its last handle (after `done`, as most applications do) let go of the
+    // task: the end the socket was owed an ack of was never acknowledged.
+    watch.close();
+    const socket = server.last;
+    socket.open();
+    socket.push(helloWith());
+    expect(socket.frames('subscribe')).toEqual([{ type: 'subscribe', taskId: 't1', afterSeq: 3 }]);
+    socket.push({ ...snap(task.view()), reset: true });
+    expect(socket.frames('ack')).toEqual([{ type: 'ack', taskId: 't1', seq: 3 }]);
+    expect(socket.frames('unsubscribe')).toHaveLength(1);
     await client.close();
   });
 

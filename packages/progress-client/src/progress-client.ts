@@ -3,7 +3,6 @@ import { ErrorCode, isTerminalEvent, ProgressError } from '@finishline/core';
 import type { ApplyResult } from '@finishline/core/internal';
 import {
   assertTaskId,
-  ofType,
   resolveOptions as readOptions,
   resolvedBackoffDelayMs,
 } from '@finishline/core/internal';
@@ -22,7 +21,7 @@ import {
   type TaskSubscriptionHost,
 } from './task-subscription.js';
 import { noop, TimerSet } from './timers.js';
-import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
+import { SafeEmitter, WATCH_OPTIONS, Watch, type WatchOptions } from './watch.js';
 
 /**
  * The client: one socket shared by every watch, the protocol (subscribe, resume, resync; acks in
@@ -31,17 +30,6 @@ import { SafeEmitter, Watch, type WatchOptions } from './watch.js';
  *
  * @module
  */
-
-/**
- * The options {@link ProgressClient.watch} takes, checked by core's options toolkit as the client's own are
- * (an object, no unknown key, `signal` an `AbortSignal`), before anything starts.
- */
-const WATCH_OPTIONS = {
-  signal: ofType<AbortSignal>(
-    'an AbortSignal',
-    (value) => typeof (value as AbortSignal | null)?.addEventListener === 'function',
-  ),
-};
 
 /** The events of a {@link ProgressClient}. */
 export interface ProgressClientEvents {
@@ -507,8 +495,13 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
     task.task.handles.delete(watch);
     if (task.task.handles.size || this.#tasks.get(task.taskId) !== task) return;
     // (Its last flush takes it off the acks owed, and clears their timer when it was the last one.)
-    this.#tasks.delete(task.taskId);
     this.#acks.flush(task);
+    // A task that ended is kept, handle-less, until its end is acknowledged and confirmed: the heartbeat
+    // that no longer lists it (a socket lost before that makes the ack owed again, `down()`), or the ack
+    // of a fallback, lets go of it. Until 7 December 2026 it went at once: an ack owed to the next socket
+    // (an end seen over HTTP) or lost with the socket was sent again only for a handle kept open.
+    if (task.cursor.finished) return;
+    this.#tasks.delete(task.taskId);
     // The application let go of it: its saved cursor goes too (a finished watch's went at its end, in
     // acks.ts). Kept, the next watch of the id in the tab resumed from it, for a task created again under a
     // purged id on top of the old run's state. (A reload, which closes no handle, keeps the entry.)

@@ -106,6 +106,27 @@ describe('watch.done({ signal, timeoutMs })', () => {
     await client.close();
   });
 
+  it('refuses options that are not an object, an unknown one, or a signal that is not an AbortSignal with invalid_input, and the watch goes on', async () => {
+    const { client, socket, task, watch } = subscribed();
+    // Until 7 December 2026 a signal that is not an AbortSignal rejected with a TypeError, `null` was
+    // taken as no signal, and an unknown option was ignored (`{ timeout }`: a wait with no bound at all).
+    for (const [options, message] of [
+      [null, 'watch.done: options must be an object, got null'],
+      [{ signal: new AbortController() }, 'watch.done: signal must be an AbortSignal, got an object'],
+      [{ signal: null }, 'watch.done: signal must be an AbortSignal, got null'],
+      [{ timeout: 5000 }, 'watch.done: unknown option "timeout" (did you mean `timeoutMs`?)'],
+    ] as const) {
+      expect(await rejection(watch.done(options as never))).toMatchObject({
+        code: ErrorCode.InvalidInput,
+        message,
+      });
+    }
+    const bounded = watch.done({ signal: new AbortController().signal, timeoutMs: undefined });
+    socket.push(ev(task.end()));
+    expect((await bounded).status).toBe('completed');
+    await client.close();
+  });
+
   it('still works as a plain promise, and refuses a bad timeoutMs', async () => {
     const { client, socket, task, watch } = subscribed();
     expect(await rejection(watch.done({ timeoutMs: -1 }))).toMatchObject({ code: ErrorCode.InvalidInput });

@@ -8,7 +8,7 @@ import type {
   WatchView,
 } from '@finishline/core';
 import { ErrorCode, ProgressError } from '@finishline/core';
-import { requireNumber } from '@finishline/core/internal';
+import { ofType, requireNumber, resolveOptions } from '@finishline/core/internal';
 import { EventEmitter } from 'eventemitter3';
 import { noop, type TimerSet } from './timers.js';
 
@@ -85,6 +85,32 @@ export interface WatchOptions {
    */
   signal?: AbortSignal | undefined;
 }
+
+/**
+ * The options of {@link ProgressClient.watch}, checked by core's options toolkit as the client's own are
+ * (an object, no unknown key, `signal` an `AbortSignal`), before anything starts.
+ *
+ * @internal
+ */
+export const WATCH_OPTIONS = {
+  signal: ofType<AbortSignal>(
+    'an AbortSignal',
+    (value) => typeof (value as AbortSignal | null)?.addEventListener === 'function',
+  ),
+};
+
+/**
+ * The options of a bounded wait ({@link Watch.done}), checked as `watch()`'s are; `Infinity` is no limit,
+ * as leaving `timeoutMs` out is.
+ */
+const DONE_OPTIONS = {
+  signal: WATCH_OPTIONS.signal,
+  timeoutMs: {
+    default: undefined,
+    read: (value: unknown, where: string) =>
+      value === Infinity ? value : requireNumber(where, value, { min: 0 }),
+  },
+};
 
 /** Options of a bounded wait: `await watch.done({ timeoutMs: 60_000 })`. */
 export interface DoneOptions {
@@ -338,15 +364,13 @@ export class Watch extends SafeEmitter<WatchEvents> {
  * `await watch.done` of earlier releases keeps working.
  */
 function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
-  const wait = (options: DoneOptions): Promise<WatchState> => {
-    const { signal, timeoutMs } = options ?? {};
-    if (signal === undefined && timeoutMs === undefined) return done;
-    return new Promise<WatchState>((resolve, reject) => {
+  const wait = (options: DoneOptions): Promise<WatchState> =>
+    new Promise<WatchState>((resolve, reject) => {
       // The options' own check, whose message quotes a string it got (`got "5"`: unquoted, a string from a
-      // JavaScript caller read as the number asked for); what it throws rejects the wait. Infinity is no
-      // limit, as leaving it out is.
-      if (timeoutMs !== undefined && timeoutMs !== Infinity)
-        requireNumber('watch.done: timeoutMs', timeoutMs, { min: 0 });
+      // JavaScript caller read as the number asked for); what it throws rejects the wait. Until 7 December
+      // 2026 only `timeoutMs` was checked: a signal that is not an AbortSignal rejected with a TypeError,
+      // and an unknown option (`{ timeout: 5000 }`) was ignored, the wait left unbounded.
+      const { signal, timeoutMs } = resolveOptions('watch.done', DONE_OPTIONS, options);
       let cancelTimer: (() => void) | undefined;
       const onAbort = () => {
         finish();
@@ -382,7 +406,6 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
       // (`finish` a microtask after: no timer fires in between, and an abort then finds the wait settled.)
       done.then(resolve, reject).then(finish);
     });
-  };
   return Object.assign(wait, {
     // biome-ignore lint/suspicious/noThenProperty: on purpose, so `await watch.done` keeps working.
     then: done.then.bind(done),

@@ -125,6 +125,12 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(run.err.join('')).toContain(
       'finishline: unknown option --timeout (did you mean --timeout-ms?)\n\nusage:',
     );
+    // None rather than a wrong one (until 7 December 2026: --cookie got "did you mean --token?").
+    const far = io();
+    expect(await runCli(['watch', 'ws://127.0.0.1:1/progress', 't1', '--cookie', 'a'], far.io)).toBe(
+      CLI_EXIT_CODES.usage,
+    );
+    expect(far.err.join('')).toContain('finishline: unknown option --cookie\n\nusage:');
   });
 
   // Review of 6 December 2026: there was no --version (exit 64, "Unknown option"), so an operator could not

@@ -133,6 +133,19 @@ describe('nearestName', () => {
     expect(nearestName('maxbatch', known)).toBe('maxBatchSize');
     expect(nearestName('watermark', known)).toBe('watermarkIntervalMs');
   });
+
+  it('names none when the nearest is more than half the name away: no hint is better than a wrong one', () => {
+    const known = ['url', 'token', 'headers', 'fetch', 'port'];
+    // Until 7 December 2026 each got the nearest, however far: `cookie` got `token`, `signal` got `url`.
+    for (const far of ['cookie', 'signal', 'retry', 'auth', 'x', 'authorization'])
+      expect(nearestName(far, known), far).toBeUndefined();
+    expect(nearestName('prot', known)).toBe('port'); // 2 of 4
+    expect(nearestName('hedaers', known)).toBe('headers');
+    expect(nearestName('tokn', known)).toBe('token');
+    expect(invalidInputMessage(() => resolveOptions('C', { token: boolean(false) }, { cookie: 'a=b' }))).toBe(
+      'C: unknown option "cookie"',
+    );
+  });
 });
 
 describe('requireNumber', () => {

@@ -183,9 +183,10 @@ function readOptions<S extends OptionSpecs>(
   const names = Object.keys(specs);
   for (const key of Object.keys(given)) {
     if (!Object.hasOwn(specs, key)) {
+      const nearest = nearestName(key, names);
       throw new ProgressError(
         ErrorCode.InvalidInput,
-        `${where}: unknown option "${key}" (did you mean \`${nearestName(key, names)}\`?)`,
+        `${where}: unknown option "${key}"${nearest ? ` (did you mean \`${nearest}\`?)` : ''}`,
       );
     }
   }
@@ -209,12 +210,15 @@ function readOptions<S extends OptionSpecs>(
 /**
  * The known name closest to `name`, ignoring case: one whose letters it keeps in order or that keeps its
  * letters in order (`heartbeatMs` for `heartbeatIntervalMs`, a truncated or over-long name) first, else
- * the smallest edit distance; the first of equals.
+ * the smallest edit distance; the first of equals. `undefined` when none is within an edit distance of
+ * half the length of `name`: no hint is better than a wrong one (until 7 December 2026 `cookie` got
+ * `token`, `signal` got `url`, whatever the distance).
  */
-export function nearestName(name: string, known: readonly string[]): string {
+export function nearestName(name: string, known: readonly string[]): string | undefined {
   const target = name.toLowerCase();
-  let best = known[0] ?? '';
-  let bestDistance = Number.POSITIVE_INFINITY;
+  let best: string | undefined;
+  // (Below this, in halves: a distance of at most half the length.)
+  let bestDistance = (target.length + 1) / 2;
   for (const candidate of known) {
     const lower = candidate.toLowerCase();
     const distance =

@@ -126,6 +126,13 @@ describe('tasks.create', () => {
       code: 'invalid_input',
       message: 'tasks.create: unknown option "taskId" (did you mean `id`?)',
     });
+    // No hint rather than a wrong one (until 7 December 2026 `tenant` got "did you mean `total`?").
+    await expect(
+      server.tasks.create({ owner: 'alice', kind: 'k', tenant: 'a' } as never),
+    ).rejects.toMatchObject({
+      code: 'invalid_input',
+      message: 'tasks.create: unknown option "tenant"',
+    });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k', id: 'taint-42' });
     expect(task.id).toBe('taint-42');
   });

@@ -158,9 +158,10 @@ export class TaskApi {
     // task of a random id, and watchers of `taint-42` were answered `task_not_found`.
     for (const key of Object.keys(options)) {
       if (!CREATE_TASK_KEYS.includes(key)) {
+        const nearest = nearestName(key, CREATE_TASK_KEYS);
         throw new ProgressError(
           ErrorCode.InvalidInput,
-          `tasks.create: unknown option "${key}" (did you mean \`${nearestName(key, CREATE_TASK_KEYS)}\`?)`,
+          `tasks.create: unknown option "${key}"${nearest ? ` (did you mean \`${nearest}\`?)` : ''}`,
         );
       }
     }
