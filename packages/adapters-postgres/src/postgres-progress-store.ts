@@ -689,7 +689,9 @@ export class PostgresProgressStore implements ProgressStore {
       );
       if (!(await settlesWithin(written, this.#options.closeTimeoutMs))) {
         // The database has not answered statements sent before close() (see closeTimeoutMs): their
-        // connections go, which fails them at once; the pipeline and the batchers do not retry once closed.
+        // connections go, which fails them at once; the pipeline and the batchers do not retry once closed,
+        // and the appends not sent yet are rejected (sent now, they would wait on that database too).
+        this.#appends.abandon();
         this.#pool?.destroyHeld();
         await settlesWithin(written, this.#options.closeTimeoutMs);
       }
