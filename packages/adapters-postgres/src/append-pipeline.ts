@@ -632,6 +632,8 @@ export class AppendPipeline {
   readonly #retryTimers = new Set<ReturnType<typeof setTimeout>>();
   /** Set by {@link close}: appends whose row another transaction holds are no longer tried again. */
   #closing = false;
+  /** Set by {@link abandon}: nothing more is sent, and appends not sent yet are rejected with `closed`. */
+  #abandoned = false;
   readonly #minConcurrentBatch: number;
   readonly #stats: AppendStats = {
     appends: 0,
@@ -703,6 +705,29 @@ export class AppendPipeline {
     this.#flush();
   }
 
+  /**
+   * The store's `close()` stopped waiting for the pipeline (`closeTimeoutMs`: the database stopped answering):
+   * the appends not sent yet are rejected with `closed`, and nothing more is sent, not even a batch's second
+   * transaction. Sent once `close()` had returned, they went to a new connection to the database that no
+   * longer answered, and never settled (or committed on the caller's pool after it closed). The appends in
+   * flight settle as their statements do.
+   */
+  abandon(): void {
+    this.#closing = true;
+    this.#abandoned = true;
+    clearTimeout(this.#throttleTimer);
+    this.#throttleTimer = undefined;
+    this.#rejectUnsent();
+  }
+
+  /** Once {@link abandon}ed: rejects with `closed` every queued append, and wakes `whenIdle` if nothing is in flight. */
+  #rejectUnsent(): void {
+    const closed = storeClosed();
+    for (const entry of this.#queue.splice(0)) entry.reject(closed);
+    this.#progressed();
+    if (this.#inFlight.size === 0) for (const wake of this.#idleWaiters.splice(0)) wake();
+  }
+
   /** Rejects with `closed` the queued appends of `taskIds`. */
   #rejectQueued(taskIds: ReadonlySet<string>): void {
     if (taskIds.size === 0) return;
@@ -764,6 +789,10 @@ export class AppendPipeline {
   }
 
   #flush(unthrottled = false): void {
+    if (this.#abandoned) {
+      this.#rejectUnsent();
+      return;
+    }
     while (this.#inFlight.size < this.#options.maxConcurrentBatches && this.#queue.length > 0) {
       // A second transaction in flight pays off only when it has enough to carry; otherwise the appends
       // wait for the running one to finish and go together (measured: larger batches beat more of them).
@@ -835,6 +864,12 @@ export class AppendPipeline {
    * if they are still held then, are tried again later ({@link #retryLater}).
    */
   async #commitBatchOnce(batch: PendingAppend[], mode: 'skip' | 'wait' = 'skip'): Promise<void> {
+    if (this.#abandoned) {
+      // Not sent (see abandon): a batch's second transaction, or an append of a batch split after a refusal.
+      const closed = storeClosed();
+      for (const entry of batch) entry.reject(closed);
+      return;
+    }
     let written: WrittenBatch;
     try {
       written =
@@ -997,6 +1032,8 @@ export class AppendPipeline {
    * of tasks whose row another transaction holds are left for later (`held`).
    */
   async #writeLocked(batch: PendingAppend[], mode: 'skip' | 'wait'): Promise<WrittenBatch> {
+    // The batch's first statement moved on meanwhile (see #writeFromLastWritten): not sent again once abandoned.
+    if (this.#abandoned) throw storeClosed();
     const { db, statements, clock, expectCommit } = this.#options;
     const now = clock();
     const ids = [...new Set(batch.map((entry) => entry.taskId))].sort(compareIds);

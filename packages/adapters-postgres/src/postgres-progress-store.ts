@@ -666,7 +666,8 @@ export class PostgresProgressStore implements ProgressStore {
    * An append, ack or lease renewal whose task row another transaction holds (another program's, or a
    * replica frozen before its COMMIT) is not waited for: it rejects with `closed`, after at most the
    * 500 ms lock wait of a transaction already in flight for it, so that such a transaction, held for
-   * however long, never holds `close()`.
+   * however long, never holds `close()`. Past `closeTimeoutMs` (a database that stopped answering), the
+   * appends not sent yet reject with `closed` too, nothing of them written.
    */
   close(): Promise<void> {
     this.#closing ??= (async () => {
@@ -689,7 +690,9 @@ export class PostgresProgressStore implements ProgressStore {
       );
       if (!(await settlesWithin(written, this.#options.closeTimeoutMs))) {
         // The database has not answered statements sent before close() (see closeTimeoutMs): their
-        // connections go, which fails them at once; the pipeline and the batchers do not retry once closed.
+        // connections go, which fails them at once; the pipeline and the batchers do not retry once closed,
+        // and the appends not sent yet are rejected (sent now, they would wait on that database too).
+        this.#appends.abandon();
         this.#pool?.destroyHeld();
         await settlesWithin(written, this.#options.closeTimeoutMs);
       }

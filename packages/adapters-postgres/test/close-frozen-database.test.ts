@@ -89,4 +89,46 @@ describe('close() with statements in flight to a database that stopped answering
     // is idle, and the caller's end() of it (through the black hole) is not held by the store.
     expect(pool.totalCount).toBe(pool.idleCount);
   }, 30_000);
+
+  it('rejects with closed the appends queued behind those in flight, instead of sending them after it returned', async () => {
+    const schema = await migrated();
+    const proxy = await blackHoleProxy();
+    cleanups.push(() => proxy.close());
+    const pool = new pg.Pool({ connectionString: proxy.url, max: 4 });
+    pool.on('error', () => {});
+    const store = await PostgresProgressStore.open({
+      pool,
+      migrate: false,
+      schema,
+      listenClient: () => new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient,
+      closeTimeoutMs: 300,
+      // One transaction at a time: the second append waits in the queue for the first one's.
+      maxConcurrentBatches: 1,
+    });
+    const first = await store.createTask({ owner: 'alice', kind: 'k' });
+    const second = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(first.id, { type: 'progress', done: 1 });
+    await store.append(second.id, { type: 'progress', done: 1 });
+
+    proxy.blackHole();
+    const sent = store.append(first.id, { type: 'progress', done: 2 });
+    sent.catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const queued = store.append(second.id, { type: 'progress', done: 2 });
+    queued.catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
+      'closed',
+    );
+    await expect(sent).rejects.toMatchObject({ code: 'store_unavailable' });
+    // Sent once close() stopped waiting, it went to a new connection through the black hole, and never
+    // settled (nor would the caller's end() of the pool, which waits for that connection).
+    const settled = queued.then(
+      () => undefined,
+      () => undefined,
+    );
+    expect(await settlesWithin(settled, 2000), 'the append queued at close()').toBe('closed');
+    await expect(queued).rejects.toMatchObject({ code: 'closed' });
+    expect(pool.totalCount).toBe(pool.idleCount);
+  }, 30_000);
 });
