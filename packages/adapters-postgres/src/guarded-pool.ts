@@ -1,4 +1,5 @@
 import type { PostgresPool, PostgresPoolClient } from 'kysely';
+import { isDatabaseError } from './pg-errors.js';
 import type { PgPool } from './postgres-store-options.js';
 import { preparedStatementName } from './prepared-statement.js';
 
@@ -58,9 +59,50 @@ function guard(client: unknown): void {
   emitter.on('error', () => {});
 }
 
+/**
+ * The checked-out clients whose last statement failed in a way that ends (or may have ended) their
+ * connection ({@link endsConnection}), with that failure: released with it, so the pool discards them.
+ */
+const DEAD = new WeakMap<object, Error | true>();
+
+/**
+ * Whether a statement's failure leaves its connection unusable: a server error that ends the session (class
+ * 08, connection exception; class 57P, the backend terminated, crashed, shutting down, its database dropped,
+ * idle too long; or severity FATAL or PANIC), or a failure of the driver rather than the server (the socket
+ * dropped, or `query_timeout` gave up on a statement that may still run on the connection). A backend ended so
+ * sends its FATAL before its socket closes, and pg fails the statement on the FATAL but marks the client dead
+ * only once it reads the close, which comes in a later read: released in between, as kysely releases a client
+ * after a failed autocommit statement, the client went back to the pool as healthy, and the next `connect`
+ * (the store's wait for the failed append's rows, `AppendPipeline.#settleUnknown`, asks at once) drew the dead
+ * connection again and failed without reaching the database.
+ */
+function endsConnection(error: unknown): boolean {
+  if (!isDatabaseError(error)) return true;
+  return (
+    error.code.startsWith('08') ||
+    error.code.startsWith('57P') ||
+    error.severity === 'FATAL' ||
+    error.severity === 'PANIC'
+  );
+}
+
+/** `client.query`'s `result`, a failure of which that ends the connection marks the client dead. */
+function watched<T>(client: PgPoolClient, result: T): T {
+  if (typeof (result as { then?: unknown } | null)?.then === 'function') {
+    (result as unknown as Promise<unknown>).then(undefined, (error: unknown) => {
+      if (endsConnection(error)) DEAD.set(client, error instanceof Error ? error : true);
+    });
+  }
+  return result;
+}
+
 function release(client: PgPoolClient, destroy?: boolean): void {
   HELD_BY.get(client)?.delete(client);
-  client.release(destroy);
+  const dead = DEAD.get(client);
+  DEAD.delete(client);
+  if (dead === undefined || destroy === true) client.release(destroy);
+  // pg-pool discards a client released with an error (its type: `release(err?: Error | boolean)`).
+  else (client.release as (error: Error | true) => void)(dead);
 }
 
 function namingClient(client: PgPoolClient): PostgresPoolClient {
@@ -68,8 +110,13 @@ function namingClient(client: PgPoolClient): PostgresPoolClient {
   if (named === undefined) {
     const query = (text: unknown, values?: readonly unknown[]) => {
       const name = typeof text === 'string' ? preparedStatementName(text) : undefined;
-      if (name !== undefined) return client.query({ name, text: text as string, values: values ?? [] });
-      return (client.query as (text: unknown, values?: readonly unknown[]) => unknown)(text, values);
+      if (name !== undefined) {
+        return watched(client, client.query({ name, text: text as string, values: values ?? [] }));
+      }
+      return watched(
+        client,
+        (client.query as (text: unknown, values?: readonly unknown[]) => unknown)(text, values),
+      );
     };
     named = {
       query: query as PostgresPoolClient['query'],
@@ -85,7 +132,10 @@ function plainClient(client: PgPoolClient): PostgresPoolClient {
   if (plain === undefined) {
     plain = {
       query: ((...args: unknown[]) =>
-        (client.query as (...args: unknown[]) => unknown)(...args)) as PostgresPoolClient['query'],
+        watched(
+          client,
+          (client.query as (...args: unknown[]) => unknown)(...args),
+        )) as PostgresPoolClient['query'],
       release: (destroy?: boolean) => release(client, destroy),
     };
     PLAIN.set(client, plain);

@@ -3,7 +3,14 @@ import { ProgressServer } from '@finishline/server';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
-import { dropSchema, freshSchema, headerAuthenticate, newPool, queryHookedPool } from './support.js';
+import {
+  dropSchema,
+  eventually,
+  freshSchema,
+  headerAuthenticate,
+  newPool,
+  queryHookedPool,
+} from './support.js';
 
 /**
  * An append whose connection drops while Postgres still runs its statement (as after a lost connection, or a
@@ -71,7 +78,7 @@ async function setup() {
     );
     return rows.length;
   };
-  return { store, dropped, refused, slowNextInsert, itemEvents };
+  return { store, admin, schema, dropped, refused, slowNextInsert, itemEvents };
 }
 
 describe('an append whose connection dropped and that commits afterwards', () => {
@@ -87,6 +94,65 @@ describe('an append whose connection dropped and that commits afterwards', () =>
     // Read at once: the append committed before its rejection, not after.
     expect(await store.getTask('t')).toMatchObject({ seq: 1, done: 1 });
     expect(await itemEvents('t')).toBe(1);
+  }, 30_000);
+
+  it('whose backend is terminated mid-statement waits for its rows on a live connection, not the dead one', async () => {
+    // A backend ended by the server (pg_terminate_backend, a fast shutdown) sends its FATAL before its socket
+    // closes; the append's statement fails on the FATAL, and its connection went back to the pool before the
+    // driver saw the close. The wait for the append's rows (`#settleUnknown`) drew that dead connection again,
+    // failed at once, and the append was rejected without waiting: a read then could come before a commit
+    // the server did not report.
+    const { store, admin, schema, slowNextInsert } = await setup();
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await slowNextInsert();
+    const appendPids = async (where: string) => {
+      const { rows } = await admin.query<{ pid: number }>(
+        `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND ${where}`,
+      );
+      return rows.map((row) => row.pid);
+    };
+    let settled = false;
+    const appended = store.append('t', { type: 'item', key: 'x', ok: true });
+    appended.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    // The append's statement sleeps in the trigger, holding the task's row.
+    let sleeping: number[] = [];
+    await eventually('the append sleeps in its insert', async () => {
+      sleeping = await appendPids(`wait_event = 'PgSleep'`);
+      return sleeping.length === 1;
+    });
+    // Another transaction queues for the row, and has it once the terminated statement lets it go.
+    const holder = await admin.connect();
+    try {
+      const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      await holder.query('BEGIN');
+      const locking = holder.query(
+        `SELECT 1 FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`,
+      );
+      await eventually('the holder queues for the row', async () => {
+        const { rows } = await admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+          [backend[0]?.pid],
+        );
+        return rows[0]?.n === 1;
+      });
+      await admin.query('SELECT pg_terminate_backend($1)', [sleeping[0]]);
+      await locking;
+      // The append's wait for its rows queues behind the holder, on a connection other than the dead one.
+      await eventually(
+        'the append is rejected or waits for its rows',
+        async () => settled || (await appendPids(`wait_event_type = 'Lock'`)).length === 1,
+      );
+      expect(settled).toBe(false);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {});
+      holder.release();
+    }
+    await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+    // And the store goes on, on live connections.
+    expect((await store.append('t', { type: 'item', key: 'y', ok: true })).event.seq).toBe(1);
   }, 30_000);
 
   it('an append that got no connection (nothing sent) is rejected at once: no wait for its rows', async () => {
