@@ -313,10 +313,9 @@ describe('an append written in one statement', () => {
       await expect(store.append('t', item('never'))).rejects.toMatchObject({
         code: ErrorCode.StoreUnavailable,
       });
-      // The pool drops the dead connection once it sees it end (a call before that could draw it again).
-      // Watched by its pid, not by the pool's count: if the end comes before the failed append lets the
-      // connection go, the store's wait for the failed write's rows (`#settleUnknown`) opens another in its
-      // place; if after, that wait draws the dead one again, and the count falls. Both happen, by chance.
+      // The pool drops the dead connection: released with the failure that ended it (guarded-pool.ts), or
+      // dead already when released. Watched by its pid, not by the pool's count: the store's wait for the
+      // failed write's rows (`#settleUnknown`) may open another connection in its place meanwhile.
       await eventually(
         'the pool dropped the dead connection',
         () => killed !== undefined && removed.has(killed),
