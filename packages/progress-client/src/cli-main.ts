@@ -109,8 +109,10 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   }
   const { url, taskId, headers, timeoutMs, intervalMs, json } = parsed;
   // A command line is readable by every local user (ps, /proc/<pid>/cmdline): the environment is not.
+  // Empty or blank, it is no token (`FINISHLINE_TOKEN=` unsets it; a docker --env-file keeps the space of
+  // `FINISHLINE_TOKEN= `): a blank one was sent as the credential, and a refusal left out the hint below.
   const envToken = withoutLineEnd(io.env?.FINISHLINE_TOKEN);
-  const token = parsed.token ?? (envToken === '' ? undefined : envToken);
+  const token = parsed.token ?? (envToken?.trim() === '' ? undefined : envToken);
   if (io.WebSocket === undefined) {
     io.stderr.write('finishline: no WebSocket implementation: npm install ws (or use Node 22 or newer)\n');
     return CLI_EXIT_CODES.usage;

@@ -694,6 +694,20 @@ describe('finishline watch credentials', () => {
     }
   });
 
+  // Review of 7 December 2026: an empty FINISHLINE_TOKEN was no token, a blank one (`FINISHLINE_TOKEN= ` in a
+  // docker --env-file keeps the space) was sent as the credential: refused, or another user's, with no hint.
+  it('takes a blank FINISHLINE_TOKEN for no token, as an empty one, and names the flags that supply one', async () => {
+    const { server, url } = await start(200);
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 2 });
+    const run = io();
+    const code = await runCli(['watch', url, task.id], { ...run.io, env: { FINISHLINE_TOKEN: ' \t ' } });
+    expect(code).toBe(CLI_EXIT_CODES.watchFailed);
+    expect(run.err.join('')).toContain('The server refused the client: closed by server (4004');
+    expect(run.err.join('').trim().split('\n').at(-1)).toBe(
+      'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …" (or set FINISHLINE_HEADERS)',
+    );
+  }, 10_000);
+
   // Review of 6 December 2026: SIGTERM exited 130 too, which is Ctrl-C's (128 + SIGINT); a shell reports a
   // command SIGTERM ended as 143 (128 + 15). The bin aborts with the signal's name as the reason.
   it('exits 130 when stopped by Ctrl-C and 143 by SIGTERM, not 4, which says the server refused the watch', async () => {
