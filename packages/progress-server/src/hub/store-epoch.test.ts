@@ -668,29 +668,6 @@ describe("a socket opened before the server's first read of the epoch", () => {
   });
 });
 
-describe('a socket opened after a renewal this replica has not heard of', () => {
-  // Found by a review: a socket's hello names the epoch as this replica last read it (a read of its own
-  // made every reconnect wait behind the other sockets' catch-up reads: reverted, 340c6c6a). A renewal no
-  // feed tells (another process's, on a store whose feed hears none) was noticed only at the next heartbeat
-  // tick (15 s by default): until then, a client holding cursors of the old epoch was told nothing, and
-  // resumed them in the restored log, its events taken for the old log's. The epoch is read as the hello
-  // goes out, without holding it: a renewal found resets the socket's watches at once.
-  it('resets its watch of a cursor of the old epoch at once, not at the next heartbeat tick', async () => {
-    const restorable = restorableStore(); // its feed tells the server of no renewal
-    const store = restorable.store;
-    const env = await serve({ store, heartbeatIntervalMs: 60_000 });
-    await taskAheadOfItsCopy(restorable, 'old');
-    const before = await connect(env);
-    await restoreAndAppendNewEvents(restorable, store);
-    const epoch = await store.renewEpoch();
-    expect(before.frames[0]?.epoch).not.toBe(epoch);
-    // A client that persisted its cursor of `t` at 6 in the old epoch.
-    const watcher = new Watcher(await connect(env), 't', 6);
-
-    await expectFollowsNewEpoch(watcher, epoch);
-  });
-});
-
 describe('an HTTP read whose hooks ran while the store was restored and renewed', () => {
   // Found by a review: the task routes read the task, wait for the `authorize` hook (up to
   // upgradeTimeoutMs), and labelled the answer with the epoch read after it. A restore and its renewal done

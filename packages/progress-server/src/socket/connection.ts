@@ -400,13 +400,6 @@ export class Connection<P extends Principal> {
     this.#state = 'open';
     this.#hooks.onAuthenticated(this);
     this.#sendHello();
-    // The hello names the epoch as this replica last read it: a renewal no feed told it of (another
-    // process's) went unnoticed until the next heartbeat tick, and a client holding cursors of the old
-    // epoch resumed them in the restored log meanwhile. Read now, without holding the hello (waiting for
-    // a read of its own queued every reconnect behind the other sockets' catch-up reads): a renewal found
-    // resets this socket's watches (`epochRenewed`), and any subscribe with a cursor after it. Sockets
-    // opening together share one or two reads (see `StoreEpoch.refresh`).
-    if (this.#version >= 2) void this.#ctx.epoch.refresh();
     return true;
   }
 
