@@ -55,22 +55,32 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0)) await cleanup();
 });
 
+/**
+ * A store whose pool (of 4) reaches the database through a proxy that can black-hole it, opened with
+ * `closeTimeoutMs` 300 and `options`; its LISTEN connection goes straight to the database.
+ */
+async function storeBehindProxy(options: { maxConcurrentBatches?: number } = {}) {
+  const schema = await migrated();
+  const proxy = await blackHoleProxy();
+  cleanups.push(() => proxy.close());
+  const pool = new pg.Pool({ connectionString: proxy.url, max: 4 });
+  pool.on('error', () => {});
+  // Not opened through the fixtures, whose cleanup would wait for a close that never returns.
+  const store = await PostgresProgressStore.open({
+    pool,
+    migrate: false,
+    schema,
+    // The LISTEN connection's own bounded end is `listen-close-blackholed.test.ts`'s subject.
+    listenClient: () => new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient,
+    closeTimeoutMs: 300,
+    ...options,
+  });
+  return { proxy, pool, store };
+}
+
 describe('close() with statements in flight to a database that stopped answering', () => {
   it('returns after closeTimeoutMs, failing the append in flight, and leaves the pool able to end', async () => {
-    const schema = await migrated();
-    const proxy = await blackHoleProxy();
-    cleanups.push(() => proxy.close());
-    const pool = new pg.Pool({ connectionString: proxy.url, max: 4 });
-    pool.on('error', () => {});
-    // Not opened through the fixtures, whose cleanup would wait for a close that never returns.
-    const store = await PostgresProgressStore.open({
-      pool,
-      migrate: false,
-      schema,
-      // The LISTEN connection's own bounded end is `listen-close-blackholed.test.ts`'s subject.
-      listenClient: () => new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient,
-      closeTimeoutMs: 300,
-    });
+    const { proxy, pool, store } = await storeBehindProxy();
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
     await store.append(task.id, { type: 'progress', done: 1 });
 
@@ -91,20 +101,8 @@ describe('close() with statements in flight to a database that stopped answering
   }, 30_000);
 
   it('rejects with closed the appends queued behind those in flight, instead of sending them after it returned', async () => {
-    const schema = await migrated();
-    const proxy = await blackHoleProxy();
-    cleanups.push(() => proxy.close());
-    const pool = new pg.Pool({ connectionString: proxy.url, max: 4 });
-    pool.on('error', () => {});
-    const store = await PostgresProgressStore.open({
-      pool,
-      migrate: false,
-      schema,
-      listenClient: () => new pg.Client({ connectionString: pgUrl() }) as unknown as PgListenClient,
-      closeTimeoutMs: 300,
-      // One transaction at a time: the second append waits in the queue for the first one's.
-      maxConcurrentBatches: 1,
-    });
+    // One transaction at a time: the second append waits in the queue for the first one's.
+    const { proxy, pool, store } = await storeBehindProxy({ maxConcurrentBatches: 1 });
     const first = await store.createTask({ owner: 'alice', kind: 'k' });
     const second = await store.createTask({ owner: 'alice', kind: 'k' });
     await store.append(first.id, { type: 'progress', done: 1 });

@@ -25,6 +25,24 @@ function writerOver(
   return { acks: writerOn(store, { retryDelayMs, logger }), stored };
 }
 
+/**
+ * A writer on a store whose task reads (of run 100, at seq 9) wait until `reads[i]()` releases them, and whose
+ * ack writes are recorded in `written`.
+ */
+function heldRunReads(): { reads: Array<() => void>; written: number[]; acks: AckWriter } {
+  const reads: Array<() => void> = [];
+  const written: number[] = [];
+  const store = {
+    getTask: (taskId: string) =>
+      new Promise((resolve) => reads.push(() => resolve({ id: taskId, seq: 9, createdAt: 100 }))),
+    ack: async (_taskId: string, seq: number) => {
+      written.push(seq);
+      return seq;
+    },
+  } as unknown as ProgressStore;
+  return { reads, written, acks: writerOn(store) };
+}
+
 /** An AckWriter over `store`, its metrics over `feed` (a store's change feed; an unused one by default). */
 function writerOn(
   store: ProgressStore,
@@ -233,17 +251,7 @@ describe('AckWriter', () => {
   });
 
   it('reads a task once for the acks of one run that no authorization vouches for, and writes the highest', async () => {
-    const reads: Array<() => void> = [];
-    const written: number[] = [];
-    const store = {
-      getTask: (taskId: string) =>
-        new Promise((resolve) => reads.push(() => resolve({ id: taskId, seq: 9, createdAt: 100 }))),
-      ack: async (_taskId: string, seq: number) => {
-        written.push(seq);
-        return seq;
-      },
-    } as unknown as ProgressStore;
-    const acks = writerOn(store);
+    const { reads, written, acks } = heldRunReads();
     // A reconnect storm: the watchers of one task flush their acks while their resubscribes load.
     acks.ackOfRun('t', 5, 100);
     acks.ackOfRun('t', 7, 100);
@@ -270,17 +278,7 @@ describe('AckWriter', () => {
     // for the run, and the old epoch's seq 7 was written onto the restored log's seq 7 (another event,
     // which no watcher had processed). An ack of the new epoch asked meanwhile joined that read instead of
     // one of its own.
-    const reads: Array<() => void> = [];
-    const written: number[] = [];
-    const store = {
-      getTask: (taskId: string) =>
-        new Promise((resolve) => reads.push(() => resolve({ id: taskId, seq: 9, createdAt: 100 }))),
-      ack: async (_taskId: string, seq: number) => {
-        written.push(seq);
-        return seq;
-      },
-    } as unknown as ProgressStore;
-    const acks = writerOn(store);
+    const { reads, written, acks } = heldRunReads();
     acks.ackOfRun('t', 7, 100);
     acks.forgetSeqs();
     acks.ackOfRun('t', 2, 100);
