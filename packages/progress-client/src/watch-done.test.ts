@@ -85,6 +85,25 @@ describe('watch.done({ signal, timeoutMs })', () => {
     await client.close();
   });
 
+  it('starts no timer for timeoutMs: Infinity, as for no timeoutMs; a finite one above 2^31 - 1 ms waits in steps', async () => {
+    const { client, scheduler, socket, task, watch } = subscribed();
+    const before = scheduler.pending;
+    // Until 7 December 2026 Infinity started a timer, re-armed every 2^31 - 1 ms while the wait lasted.
+    const unbounded = watch.done({ timeoutMs: Number.POSITIVE_INFINITY });
+    expect(scheduler.pending).toBe(before);
+    // Not fired at once, as a host's setTimeout fires a delay above 2^31 - 1 ms: its first step is that long.
+    const long = watch.done({ timeoutMs: 2 ** 40 });
+    expect(scheduler.pending).toBe(before + 1);
+    expect(Math.max(...scheduler.delays)).toBe(2 ** 31 - 1);
+    socket.push(ev(task.end()));
+    expect((await unbounded).status).toBe('completed');
+    expect((await long).status).toBe('completed');
+    await flush();
+    expect(scheduler.delays).not.toContain(2 ** 31 - 1);
+    await client.close();
+    expect(scheduler.pending).toBe(0);
+  });
+
   it('refuses options that are not an object, an unknown one, or a signal that is not an AbortSignal with invalid_input, and leaves no subscription behind', async () => {
     const { client, socket } = subscribed();
     // Until 6 December 2026 each threw a TypeError (the unknown key was ignored), after the subscription

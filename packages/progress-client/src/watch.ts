@@ -391,7 +391,10 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
       }
       // (Not `once`: `finish` removes it, the abort's included.)
       signal?.addEventListener('abort', onAbort);
-      if (timeoutMs !== undefined) {
+      // No deadline (`Infinity`, or none given: `undefined < Infinity` is false) starts no timer. Until
+      // 7 December 2026 `Infinity` started one, which the timers re-armed every 2^31 - 1 ms for as long as
+      // the wait lasted.
+      if ((timeoutMs as number) < Infinity) {
         cancelTimer = task.timers.start(() => {
           finish();
           reject(
@@ -401,7 +404,7 @@ function bounded(done: Promise<WatchState>, task: WatchSource): WatchDone {
               { taskId: task.taskId },
             ),
           );
-        }, timeoutMs);
+        }, timeoutMs as number);
       }
       // (`finish` a microtask after: no timer fires in between, and an abort then finds the wait settled.)
       done.then(resolve, reject).then(finish);
