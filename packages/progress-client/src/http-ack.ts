@@ -1,6 +1,6 @@
 import { credentialOf, tokenProviderFailed } from './connection.js';
 import { retryDelayMs } from './http-errors.js';
-import type { TimerSet } from './timers.js';
+import { MAX_DELAY_MS, type TimerSet } from './timers.js';
 import type { FallbackOptions, HttpCredentials } from './transport-types.js';
 
 /**
@@ -91,7 +91,8 @@ export function sendAck(
     // could end. On the timer functions, not the client's timers: close() clears those, and an ack out
     // when the client closed, held by the server or a proxy, was never given up on (nor a Node process
     // with its socket, for undici's 300 s).
-    const deadline = o.timers.setTimeout(settle, o.connectTimeoutMs);
+    // At most 2^31 - 1 ms: the timer functions fire a longer delay at once (every ack aborted as it went out).
+    const deadline = o.timers.setTimeout(settle, Math.min(o.connectTimeoutMs, MAX_DELAY_MS));
     taskRequest(o, fetch, taskId, 'ack', {
       method: 'POST',
       headers: { 'content-type': 'application/json' },

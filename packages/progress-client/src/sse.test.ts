@@ -675,6 +675,25 @@ describe('the SSE fallback transport', () => {
     await client.close();
   });
 
+  it('gives an ack the whole of a connectTimeoutMs above 2^31 - 1 ms, not 1 ms (the timer functions fire a longer delay at once)', async () => {
+    // Until 7 December 2026 the ack's deadline took connectTimeoutMs as is: a host's setTimeout fires a delay
+    // above 2^31 - 1 ms after 1 ms (Node warns), so every ack over HTTP was aborted as it went out, 8 times.
+    const { client, sse, scheduler } = sseSetup({ preferFallback: true, connectTimeoutMs: 2 ** 40 });
+    const task = new FakeTask('t1', 1);
+    const watch = client.watch('t1');
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    sse.ackHangs = 1;
+    stream.send({ type: 'snapshot', task: task.view() });
+    stream.send({ type: 'event', event: task.end() }, 1);
+    stream.end();
+    await watch.done;
+    await flush();
+    expect(sse.acks).toHaveLength(1);
+    expect(Math.max(...scheduler.delays)).toBeLessThanOrEqual(2 ** 31 - 1);
+    await client.close();
+  });
+
   it('gives up at connectTimeoutMs on an ack still unanswered when the client closes (no request left behind)', async () => {
     // close() cleared the ack's deadline with the client's other timers, and nothing else ended the request:
     // a server or proxy holding it kept it out for good, and a Node process with it (undici's socket, 300 s).
