@@ -377,6 +377,14 @@ export class TaskStream {
         this.#sink.restart();
         return;
       }
+      if (isProgressError(error, ErrorCode.Closed)) {
+        // The hub's reads were closed (the server shuts down) while this one waited for its turn: every
+        // read is refused alike now, and retried, one was tried every retryDelayMs for as long as the
+        // process lived, a timer the shutdown left behind, the subscriber told nothing. Its owner tells it
+        // (`closed` goes out as `store_unavailable`: the client resumes elsewhere).
+        this.#sink.failed(error);
+        return;
+      }
       this.#hub.metrics.storeErrors.inc();
       if (isLastingReadError(error)) {
         // A row the store cannot decode fails every read alike: retried, the gap was read every
