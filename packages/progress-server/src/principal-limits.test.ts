@@ -1,3 +1,4 @@
+import { ErrorCode } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { FairReads, STALE_SWEEP_INTERVAL_MS } from './hub/fair-reads.js';
@@ -466,7 +467,8 @@ describe('FairReads', () => {
     left = true;
     now += STALE_SWEEP_INTERVAL_MS;
     // The next subscribe's read, still waiting for a slot, finds them answered without I/O.
-    void reads.run('late', () => Promise.resolve('late'));
+    // Still queued when the scheduler closes below: refused `closed` then.
+    const late = reads.run('late', () => Promise.resolve('late')).catch(() => 'refused');
     await turn();
     await turn();
     expect(reads.queued).toBe(1);
@@ -474,5 +476,66 @@ describe('FairReads', () => {
     expect(reads.principals).toBe(3);
     expect(await Promise.all(superseded)).toEqual(Array(1000).fill('stale'));
     reads.close();
+    expect(await late).toBe('refused');
+  });
+
+  it('answers the reads still queued when it closes, and those asked for after, instead of leaving them waiting for ever', async () => {
+    const reads = new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 });
+    const turn = () => new Promise((resolve) => setImmediate(resolve));
+    // The only slot held by a read of a store that hangs; behind it, a subscribe's load and a superseded one.
+    let unhang: (value: string) => void = () => undefined;
+    const inFlight = reads.run('a', () => new Promise<string>((resolve) => (unhang = resolve)));
+    const ran: string[] = [];
+    let left = false;
+    const settled: Array<{ who: string; outcome: unknown }> = [];
+    const track = (who: string, reading: Promise<unknown>) =>
+      reading.then(
+        (value) => settled.push({ who, outcome: value }),
+        (error: unknown) => settled.push({ who, outcome: (error as { code?: unknown }).code }),
+      );
+    track(
+      'waiting',
+      reads.run('b', () => {
+        ran.push('waiting');
+        return Promise.resolve('read');
+      }),
+    );
+    track(
+      'superseded',
+      reads.run(
+        'c',
+        () => Promise.resolve(left ? 'stale' : 'read'),
+        () => left,
+      ),
+    );
+    await turn();
+    expect(reads.queued).toBe(2);
+    left = true;
+    reads.close();
+    track(
+      'late',
+      reads.run('d', () => {
+        ran.push('late');
+        return Promise.resolve('read');
+      }),
+    );
+    for (let i = 0; i < 3; i++) await turn();
+    // None of them ran; each has its answer (before, the first two never settled).
+    expect(settled).toEqual(
+      expect.arrayContaining([
+        { who: 'waiting', outcome: ErrorCode.Closed },
+        { who: 'superseded', outcome: 'stale' },
+        { who: 'late', outcome: ErrorCode.Closed },
+      ]),
+    );
+    expect(settled).toHaveLength(3);
+    expect(ran).toEqual([]);
+    expect(reads.queued).toBe(0);
+    // The read in flight settles as its store does, and its principal is forgotten then.
+    expect(reads.principals).toBe(1);
+    unhang('done');
+    expect(await inFlight).toBe('done');
+    await turn();
+    expect(reads.principals).toBe(0);
   });
 });

@@ -4,7 +4,7 @@
  * @module
  */
 import type { Clock } from '@finishline/core';
-import { systemClock } from '@finishline/core';
+import { ErrorCode, ProgressError, systemClock } from '@finishline/core';
 
 /**
  * How often, at most, the whole of the queues is swept for superseded reads (ms). A sweep asks every
@@ -95,6 +95,10 @@ export class FairReads {
    */
   run<T>(principalId: string, read: () => Promise<T>, stale: () => boolean = () => false): Promise<T> {
     return new Promise<T>((resolve, reject) => {
+      if (this.#closed) {
+        this.#refuse({ read, stale, resolve: resolve as (value: unknown) => void, reject });
+        return;
+      }
       let lane = this.#lanes.get(principalId);
       if (lane === undefined) {
         lane = { queue: [], active: 0 };
@@ -105,11 +109,29 @@ export class FairReads {
     });
   }
 
-  /** Stops starting reads; queued ones never run (their sockets are closing). */
+  /**
+   * Stops starting reads. Queued ones never run: each is answered now (see `#refuse`), as is any read asked
+   * for later. Left queued, they never settled: a subscribe's load, a stream's catch-up or a route's read
+   * that waited for a slot (every slot held by a store that hangs) waited for ever after the server
+   * closed, holding its socket's state. Reads in flight settle as their store does.
+   */
   close(): void {
     this.#closed = true;
     if (this.#nextTurn !== undefined) clearImmediate(this.#nextTurn);
     this.#nextTurn = undefined;
+    for (const [principalId, lane] of this.#lanes) {
+      for (const job of lane.queue.splice(0)) this.#refuse(job);
+      if (lane.active === 0) this.#lanes.delete(principalId);
+    }
+  }
+
+  /**
+   * A read the closed scheduler will not start: a superseded one is answered as ever (without I/O), any
+   * other refused `closed`, as the server refuses work once it shuts down.
+   */
+  #refuse(job: Job): void {
+    if (job.stale()) this.#settle(job);
+    else job.reject(new ProgressError(ErrorCode.Closed, 'The server is shutting down'));
   }
 
   /** Starts what the limits allow now, in turn order; leaves the rest for a completion or the next turn. */

@@ -669,3 +669,51 @@ describe('TaskStream repairing a gap in a task purged since', () => {
     for (const settleAppend of settleAppends) settleAppend();
   });
 });
+
+describe('TaskStream when the hub closes', () => {
+  it('ends a stream whose read was still waiting for its turn, rather than retrying it for ever', async () => {
+    const store = new MemoryProgressStore();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    for (let i = 1; i <= 5; i++) await store.append(task.id, { type: 'progress', done: i });
+    // The first stream's read holds the only slot (a store that hangs); the others' wait behind it.
+    let reads = 0;
+    const hanging = {
+      changes: store.changes,
+      getTask: (taskId: string) => store.getTask(taskId),
+      readEvents: (taskId: string, afterSeq: number, limit?: number) => {
+        reads += 1;
+        return reads === 1 ? new Promise(() => {}) : store.readEvents(taskId, afterSeq, limit);
+      },
+    } as unknown as ProgressStore;
+    const fair = new FairReads({ maxConcurrent: 1, maxPerPrincipal: 1 });
+    const hub = new TaskHub({
+      store: hanging,
+      logger: silentLogger,
+      metrics: new ServerMetrics({ registry: undefined, prefix: 'test_', feed: store.changes }),
+      retryDelayMs: 10,
+      reads: fair,
+      maxReplayEvents: 100,
+    });
+    hub.start();
+    closers.push(() => hub.close());
+    const first = recorder();
+    hub.stream(task.id, 'alice', first.sink).start(0, false, 5, task.createdAt);
+    // One answered before (its catch-up retried on failure), one resuming (its first catch-up answers).
+    const answered = recorder();
+    hub.stream(task.id, 'alice', answered.sink).start(2, false, 5, task.createdAt);
+    const resuming = recorder();
+    hub.stream(task.id, 'alice', resuming.sink).resume(2, 5, task.createdAt);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(fair.queued).toBe(2);
+    fair.close();
+    await until(() => answered.calls.length > 0 && resuming.calls.length > 0);
+    // Twenty retry delays later: each was told once, and nothing was read again (refused `closed`, the
+    // read was retried every retryDelayMs for ever, its subscriber told nothing).
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(answered.calls).toEqual(['failed']);
+    expect(resuming.calls).toEqual(['failed']);
+    expect(first.calls).toEqual([]);
+    expect(reads).toBe(1);
+    hub.close();
+  });
+});

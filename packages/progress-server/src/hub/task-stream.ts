@@ -36,7 +36,8 @@ export interface StreamSink {
   /**
    * A catch-up read failed before the subscribe had its answer (a resume that nothing answered yet: the
    * subscribe is answered with this error), or a later read failed with an error that reading again does
-   * not cure (`internal`: a row the store cannot decode), which ends the stream: its owner tells the client.
+   * not cure (`internal`: a row the store cannot decode; `closed`: the hub's reads closed, the server shutting
+   * down), which ends the stream: its owner tells the client.
    */
   failed(error: unknown): void;
   /** The stream caught up with everything known: what was queued may go out now. */
@@ -375,6 +376,14 @@ export class TaskStream {
         // stayed, the subscriber told nothing. Its owner starts over from a load, as when the hub finds the
         // task gone: task_not_found to the client, or a reset snapshot of the id's later run.
         this.#sink.restart();
+        return;
+      }
+      if (isProgressError(error, ErrorCode.Closed)) {
+        // The hub's reads were closed (the server shuts down) while this one waited for its turn: every
+        // read is refused alike now, and retried, one was tried every retryDelayMs for as long as the
+        // process lived, a timer the shutdown left behind, the subscriber told nothing. Its owner tells it
+        // (`closed` goes out as `store_unavailable`: the client resumes elsewhere).
+        this.#sink.failed(error);
         return;
       }
       this.#hub.metrics.storeErrors.inc();
