@@ -344,6 +344,16 @@ describe('the lines finishline watch prints', () => {
     expect(progressLine(running({ done: 1, total: 2, eta: 61_000 }))).toContain('eta 1m1s');
     expect(progressLine(running({ done: 1, total: 2, eta: 1_500 }))).toContain('eta 2s');
   });
+
+  // Review of 7 December 2026: every item done but no terminal event yet (the worker's own wrap-up, or its
+  // `complete` on its way) showed "eta 0s", for as long as that took: the estimate is 0 once done >= total.
+  it('shows no eta once every item is done while the task has not ended yet, instead of "eta 0s"', () => {
+    const done = running({ done: 3, total: 3, eta: 0 });
+    expect(progressLine(done)).toBe('[##############################] 3/3 100%');
+    expect(progressLine({ ...done, progress: { ...done.progress, done: 4, succeeded: 4 } })).not.toContain(
+      'eta',
+    );
+  });
 });
 
 describe('finishline watch when the output is not a terminal', () => {
