@@ -732,6 +732,12 @@ describe('finishline watch credentials', () => {
       await new Promise((resolve) => setTimeout(resolve, 20));
       stop.abort(reason);
       expect(await exit).toBe(code);
+      // Said as what happened: the CLI stopped watching; the task itself goes on (Ctrl-C cancels nothing).
+      // It was "finishline: watch.done: the wait for task t1 was aborted", the library's API to an operator.
+      const signal = reason === 'SIGTERM' ? 'SIGTERM' : 'Ctrl-C';
+      expect(run.err.join('').trim().split('\n').at(-1)).toBe(
+        `finishline: stopped watching task t1 (${signal}): only the watch stopped, the task was not cancelled`,
+      );
     }
     expect([CLI_EXIT_CODES.stopped, CLI_EXIT_CODES.terminated]).toEqual([130, 143]);
   });
