@@ -206,7 +206,22 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
     return exitCodeOf(state);
   } catch (error) {
     if (outputClosed.signal.aborted) return CLI_EXIT_CODES.outputClosed;
-    if (!repeats((error as Error).message)) report((error as Error).message);
+    // Stopped by a signal, the wait's own error ("watch.done: the wait for task … was aborted") named the
+    // library's API, and "aborted" read as the task's end: the CLI only stops watching, cancels nothing.
+    // --timeout-ms likewise ("watch.done: task … did not finish within … ms").
+    const timedOut = isProgressError(error, ErrorCode.Timeout);
+    const stoppedBy =
+      !timedOut &&
+      cliIo.signal?.aborted === true &&
+      (cliIo.signal.reason === 'SIGTERM' ? 'SIGTERM' : 'Ctrl-C');
+    const gaveUp =
+      timedOut && timeoutMs !== undefined
+        ? `task ${taskId} did not finish within ${timeoutMs} ms (--timeout-ms)`
+        : stoppedBy
+          ? `stopped watching task ${taskId} (${stoppedBy})`
+          : undefined;
+    if (gaveUp !== undefined) report(`${gaveUp}: only the watch stopped, the task was not cancelled`);
+    else if (!repeats((error as Error).message)) report((error as Error).message);
     if (lineOpen) io.stdout.write('\n');
     // Refused for want of a credential when none was given: the client's message says what the server
     // did (401, or 4004 for the auth frame it waited for), not which flag supplies one.
@@ -219,11 +234,10 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
         'finishline: no credential was given: pass --token <t> (or set FINISHLINE_TOKEN), or --header "cookie: …" (or set FINISHLINE_HEADERS)\n',
       );
     }
-    if (isProgressError(error, ErrorCode.Timeout)) return CLI_EXIT_CODES.timeout;
+    if (timedOut) return CLI_EXIT_CODES.timeout;
     // Ctrl-C was exit 4, which a script reads as "the server refused the watch"; SIGTERM was 130, which
     // says Ctrl-C to a script or a supervisor that tells the two apart.
-    if (cliIo.signal?.aborted === true)
-      return cliIo.signal.reason === 'SIGTERM' ? CLI_EXIT_CODES.terminated : CLI_EXIT_CODES.stopped;
+    if (stoppedBy) return stoppedBy === 'SIGTERM' ? CLI_EXIT_CODES.terminated : CLI_EXIT_CODES.stopped;
     return CLI_EXIT_CODES.watchFailed;
   } finally {
     // Before the close: the watch it ends with `closed` tells its subscriber, whose line would come

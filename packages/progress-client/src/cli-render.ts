@@ -92,7 +92,9 @@ export function progressLine(state: WatchState, width?: number): string {
   stats.push(progress.total === null ? `${progress.done} done` : `${progress.done}/${progress.total}`);
   if (state.fraction !== null) stats.push(`${Math.floor(state.fraction * 100)}%`);
   if (progress.failed > 0) stats.push(`${progress.failed} failed`);
-  if (state.eta !== null && !state.finished) stats.push(`eta ${seconds(state.eta)}`);
+  // Not "eta 0s": every item done, the task has not ended yet (its worker's wrap-up, or its end on its way),
+  // for as long as that takes. The estimate is 0 once done >= total.
+  if (state.eta !== null && state.eta > 0 && !state.finished) stats.push(`eta ${seconds(state.eta)}`);
   const counts = stats.join(' ');
   const parts: string[] = [];
   if (state.fraction !== null) {

@@ -96,7 +96,10 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     expect(await runCli(['watch', url, task.id, '--token', 'ops', '--timeout-ms', '200'], waiting.io)).toBe(
       CLI_EXIT_CODES.timeout,
     );
-    expect(waiting.err.join('')).toContain(`did not finish within 200 ms`);
+    // Not the library's "watch.done: …", and not read as the task's end: the task goes on.
+    expect(waiting.err.join('')).toBe(
+      `finishline: task ${task.id} did not finish within 200 ms (--timeout-ms): only the watch stopped, the task was not cancelled\n`,
+    );
   });
 
   it('exits 64 with the usage on a bad command line', async () => {
@@ -343,6 +346,16 @@ describe('the lines finishline watch prints', () => {
     expect(progressLine(running({ done: 1, total: 2, eta: 7_170_000 }))).toContain('eta 2h0m');
     expect(progressLine(running({ done: 1, total: 2, eta: 61_000 }))).toContain('eta 1m1s');
     expect(progressLine(running({ done: 1, total: 2, eta: 1_500 }))).toContain('eta 2s');
+  });
+
+  // Review of 7 December 2026: every item done but no terminal event yet (the worker's own wrap-up, or its
+  // `complete` on its way) showed "eta 0s", for as long as that took: the estimate is 0 once done >= total.
+  it('shows no eta once every item is done while the task has not ended yet, instead of "eta 0s"', () => {
+    const done = running({ done: 3, total: 3, eta: 0 });
+    expect(progressLine(done)).toBe('[##############################] 3/3 100%');
+    expect(progressLine({ ...done, progress: { ...done.progress, done: 4, succeeded: 4 } })).not.toContain(
+      'eta',
+    );
   });
 });
 
@@ -722,6 +735,12 @@ describe('finishline watch credentials', () => {
       await new Promise((resolve) => setTimeout(resolve, 20));
       stop.abort(reason);
       expect(await exit).toBe(code);
+      // Said as what happened: the CLI stopped watching; the task itself goes on (Ctrl-C cancels nothing).
+      // It was "finishline: watch.done: the wait for task t1 was aborted", the library's API to an operator.
+      const signal = reason === 'SIGTERM' ? 'SIGTERM' : 'Ctrl-C';
+      expect(run.err.join('').trim().split('\n').at(-1)).toBe(
+        `finishline: stopped watching task t1 (${signal}): only the watch stopped, the task was not cancelled`,
+      );
     }
     expect([CLI_EXIT_CODES.stopped, CLI_EXIT_CODES.terminated]).toEqual([130, 143]);
   });
