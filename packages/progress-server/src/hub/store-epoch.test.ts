@@ -629,6 +629,33 @@ describe('StoreEpoch', () => {
     expect(renewed).toEqual(['e2']);
   });
 
+  // Found by a review: a reread waited for the reads to stop, not for one read after it. Each HTTP task
+  // route rereads the epoch, so under steady traffic (a request during every read) the reads never
+  // stopped, and every answer waited out FIRST_EPOCH_READ_WAIT_MS (2 s).
+  it('settles a reread once a read started after it ended, though refreshes keep coming during each read', async () => {
+    const slow = slowEpochStore();
+    const epoch = new StoreEpoch(slow.store, silentLogger);
+    let settled = false;
+    const reread = epoch.reread().then(() => {
+      settled = true;
+    });
+    // Two reads: the first one, then one asked during it for a later request; a request during each.
+    for (let read = 0; read < 2; read++) {
+      void epoch.reread();
+      await slow.answer();
+    }
+    await sleep(0);
+    expect(settled).toBe(true);
+    await reread;
+    // The last request's read is under way (one at a time), and is answered as any.
+    expect(slow.pending).toHaveLength(1);
+    const last = epoch.reread();
+    await slow.answer();
+    await slow.answer();
+    await last;
+    expect(epoch.current).toBe('e1');
+  });
+
   it('starts no read once closed', async () => {
     const slow = slowEpochStore();
     const epoch = new StoreEpoch(slow.store, silentLogger);

@@ -28,13 +28,16 @@ export class StoreEpoch {
   readonly #logger: ProgressLogger;
   readonly #onRenewed: (epoch: string) => void;
   #current: string | undefined;
-  /** The reads in progress, until no refresh asked for another. */
+  /** The read in progress. */
   #reading: Promise<void> | undefined;
   /**
-   * A refresh was asked while a read ran: that read may have started before the change it was asked
-   * for (a store restored while the tick's read was in flight), so one more follows it.
+   * The read that follows {@link #reading}, once a refresh was asked while it ran: that read may have
+   * started before the change it was asked for (a store restored while the tick's read was in flight).
+   * Every refresh asked during one read waits for this one, not for the reads to stop: each HTTP task
+   * answer asks for one, and under steady traffic (a request during every read) they never stopped, so
+   * every answer waited out {@link FIRST_EPOCH_READ_WAIT_MS}.
    */
-  #again = false;
+  #next: Promise<void> | undefined;
   #closed = false;
   /** Resolved by {@link close}: ends the waits on {@link firstRead}, and their timers with them. */
   readonly #closing: Promise<void>;
@@ -61,24 +64,28 @@ export class StoreEpoch {
    * ({@link FIRST_EPOCH_READ_WAIT_MS}) past the server's `close()`.
    */
   get firstRead(): Promise<void> | undefined {
-    const reading = this.#current === undefined ? this.#reading : undefined;
+    const reading = this.#current === undefined ? (this.#next ?? this.#reading) : undefined;
     return reading === undefined ? undefined : Promise.race([reading, this.#closing]);
   }
 
   /**
-   * Reads the epoch again: one read at a time, and a refresh asked during a read gets one read started
-   * after it. A failure keeps the previous value and is logged. Resolves once no read is left to do.
+   * Reads the epoch again: one read at a time, and the refreshes asked during a read share one read
+   * started after it. A failure keeps the previous value and is logged. Resolves once a read started
+   * after this call ended (or none will start: closed).
    */
   refresh(): Promise<void> {
     if (this.#closed || this.#store.getEpoch === undefined) return Promise.resolve();
-    if (this.#reading !== undefined) {
-      this.#again = true;
-      return this.#reading;
-    }
-    this.#reading = this.#readUntilCurrent().finally(() => {
-      this.#reading = undefined;
-    });
-    return this.#reading;
+    const reading = this.#reading;
+    if (reading === undefined) return this.#startRead();
+    const readNext = (): Promise<void> | undefined => {
+      this.#next = undefined;
+      if (this.#closed) return;
+      // One started since by a refresh that found none under way (after this one's began) serves too.
+      return this.#reading ?? this.#startRead();
+    };
+    // After a read that failed too (a renewal's listener threw): the next one is still read.
+    this.#next ??= reading.then(readNext, readNext);
+    return this.#next;
   }
 
   /**
@@ -96,11 +103,12 @@ export class StoreEpoch {
     this.#endWaits();
   }
 
-  async #readUntilCurrent(): Promise<void> {
-    do {
-      this.#again = false;
-      await this.#readOnce();
-    } while (this.#again && !this.#closed);
+  #startRead(): Promise<void> {
+    const reading: Promise<void> = this.#readOnce().finally(() => {
+      if (this.#reading === reading) this.#reading = undefined;
+    });
+    this.#reading = reading;
+    return reading;
   }
 
   async #readOnce(): Promise<void> {
