@@ -170,6 +170,16 @@ beforeAll(async () => {
           },
         });
       }
+      // `rerun-stopping`: the task itself, just cancelled, still holds its nodes.
+      if (path.includes('rerun-stopping')) {
+        return json(409, {
+          error: {
+            code: 'nodes_locked',
+            message: 'another batch is changing worker-2 (task rerun-stopping by ada); wait for it to finish',
+            locks: [{ node: 'worker-2', taskId: 'rerun-stopping', username: 'ada' }],
+          },
+        });
+      }
       // `rerun-locked-…` tasks: another batch holds their nodes.
       if (path.includes('rerun-locked')) {
         return json(409, {
@@ -363,6 +373,29 @@ describe('rerun buttons', () => {
     expect((document.querySelector('#progress-rerun-error') as HTMLElement).hidden).toBe(true);
     expect(document.querySelector('#progress-rerun-note')?.textContent).toBe(
       'Not started: this batch (task other-ba by bob) is already running on worker-2. Rerun once it has ended.',
+    );
+  });
+
+  it('a resume right after a cancel, refused for the nodes the cancelled batch still holds, stays on that batch', async () => {
+    nextSnap.set('rerun-stopping', {
+      ...completed(1),
+      progress: { done: 1, total: 2, current: null, succeeded: 1, failed: 0 },
+      status: 'cancelled',
+    });
+    pd.openProgress('rerun-stopping');
+    await sleep(50);
+    const resume = document.querySelector('#progress-resume') as HTMLButtonElement;
+    expect(resume.hidden).toBe(false);
+    const opened = watches.length;
+    resume.click();
+    await sleep(50);
+    expect(watches.length).toBe(opened);
+    expect((document.querySelector('#progress-dialog') as HTMLDialogElement).dataset.taskId).toBe(
+      'rerun-stopping',
+    );
+    expect(document.querySelector('#progress-status')?.textContent).toBe('cancelled');
+    expect(document.querySelector('#progress-rerun-note')?.textContent).toBe(
+      'Not started: this batch is still finishing the change it had sent to worker-2. Try again in a moment.',
     );
   });
 });

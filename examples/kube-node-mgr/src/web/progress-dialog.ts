@@ -468,10 +468,10 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     openProgress(started.taskId);
     void loadTasks();
   } catch (error) {
-    const inTheWay = batchInTheWay(error, mode);
+    const inTheWay = batchInTheWay(error, mode, id);
     // Shown only if the dialog still shows the task rerun: the user may have opened another one meanwhile.
     if (inTheWay !== null && $<HTMLDialogElement>('#progress-dialog').dataset.taskId === id) {
-      openProgress(inTheWay.taskId, { autoClose: false });
+      if (inTheWay.taskId !== id) openProgress(inTheWay.taskId, { autoClose: false });
       const note = $('#progress-rerun-note');
       note.hidden = false;
       note.textContent = inTheWay.note;
@@ -495,6 +495,7 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
 function batchInTheWay(
   error: unknown,
   mode: 'retry_failed' | 'resume_remaining',
+  rerunOf: string,
 ): { taskId: string; note: string } | null {
   if (!(error instanceof ApiError) || error.status !== 409) return null;
   const fields = error.more.fields ?? {};
@@ -508,6 +509,14 @@ function batchInTheWay(
     ? (fields.locks[0] as { node?: unknown; taskId?: unknown; username?: unknown } | undefined)
     : undefined;
   if (error.code === 'nodes_locked' && typeof lock?.taskId === 'string') {
+    // The task rerun itself, just cancelled: its locks are kept while it may still be finishing a change it
+    // had sent (LOCK_CANCEL_GRACE_MS on the server), so it is no other batch, and not "running".
+    if (lock.taskId === rerunOf) {
+      return {
+        taskId: rerunOf,
+        note: `Not started: this batch is still finishing the change it had sent to ${String(lock.node)}. Try again in a moment.`,
+      };
+    }
     return {
       taskId: lock.taskId,
       note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is already running on ${String(lock.node)}. Rerun once it has ended.`,
