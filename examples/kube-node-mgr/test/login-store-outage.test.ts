@@ -3,10 +3,11 @@
  * browser still holding a session stored the new session, then failed revoking the old one: a 500, a stored
  * session whose cookie nobody got, and the old session left active. Now the new session and the old one's
  * revocation are one write: it lands whole (a completed login) or not at all (503 `store_unavailable` with
- * `Retry-After`, the old session still the browser's).
+ * `Retry-After`, the old session still the browser's). A signed-in request whose session cannot be checked
+ * gets the same 503.
  */
 import { afterEach, expect, it } from 'vitest';
-import { type Harness, login, postLogin, startHarness } from './harness.js';
+import { errorRecorder, type Harness, login, postLogin, startHarness } from './harness.js';
 
 let h: Harness | undefined;
 afterEach(async () => {
@@ -59,4 +60,23 @@ it('stores nothing when the previous session of the browser cannot be revoked, a
   expect(again.status).toBe(200);
   expect(sessionRows(h)).toBe(2);
   expect((await alice.get('/api/session')).status).toBe(401);
+});
+
+// Every request of a signed-in user reads its session first: while the database was down each one was
+// answered `500 internal` (the page said "internal error") and logged as a server error.
+it('answers a signed-in request 503 store_unavailable while its session cannot be checked', async () => {
+  const { errors, logger } = errorRecorder();
+  h = await startHarness({ app: { logger } });
+  const alice = await login(h.base, 'alice');
+  const sessionActive = h.db.sessionActive.bind(h.db);
+  h.db.sessionActive = async () => {
+    throw new Error('connection terminated unexpectedly');
+  };
+  const res = await fetch(`${h.base}/api/tasks`, { headers: { cookie: alice.cookie } });
+  expect(res.status).toBe(503);
+  expect(res.headers.get('retry-after')).toBe('1');
+  expect(((await res.json()) as { error: { code: string } }).error.code).toBe('store_unavailable');
+  expect(errors).toEqual([]);
+  h.db.sessionActive = sessionActive;
+  expect((await alice.get('/api/tasks')).status).toBe(200);
 });
