@@ -159,6 +159,37 @@ beforeAll(async () => {
     }
     if (/^\/api\/tasks\/[^/?]+\/rerun$/.test(path)) {
       reruns.push(path);
+      // `rerun-twice-…` tasks: retried already, by another tab (the rerun is `rerun-running`, still running).
+      if (path.includes('rerun-twice')) {
+        return json(409, {
+          error: {
+            code: 'already_rerun',
+            message:
+              'task rerun-twice was already retried by ada as task rerun-running; rerun that task instead',
+            taskId: 'rerun-running',
+          },
+        });
+      }
+      // `rerun-stopping`: the task itself, just cancelled, still holds its nodes.
+      if (path.includes('rerun-stopping')) {
+        return json(409, {
+          error: {
+            code: 'nodes_locked',
+            message: 'another batch is changing worker-2 (task rerun-stopping by ada); wait for it to finish',
+            locks: [{ node: 'worker-2', taskId: 'rerun-stopping', username: 'ada' }],
+          },
+        });
+      }
+      // `rerun-locked-…` tasks: another batch holds their nodes.
+      if (path.includes('rerun-locked')) {
+        return json(409, {
+          error: {
+            code: 'nodes_locked',
+            message: 'another batch is changing worker-2 (task other-batch by bob); wait for it to finish',
+            locks: [{ node: 'worker-2', taskId: 'other-batch', username: 'bob' }],
+          },
+        });
+      }
       return json(202, { taskId: `rerun-${reruns.length}` });
     }
     let m = /^\/api\/tasks\/([^/?]+)\/unrecorded$/.exec(path);
@@ -302,6 +333,70 @@ describe('rerun buttons', () => {
     retry.click();
     await sleep(200);
     expect(reruns).toEqual(['/api/tasks/task-r/rerun']);
+  });
+
+  // A review on 7 December 2026: a rerun refused with 409 because it was running already (started from
+  // another tab, or by a click whose answer a proxy lost) or because another batch held the nodes was shown
+  // as an error, the batch in the way nowhere: the user clicked again for the same refusal.
+  const failedOne = (): Snap => ({
+    ...completed(2),
+    progress: { done: 2, total: 2, current: null, succeeded: 1, failed: 1 },
+  });
+  it('a retry that already runs (409 already_rerun) shows that running batch, not an error', async () => {
+    nextSnap.set('rerun-twice', failedOne());
+    pd.openProgress('rerun-twice');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    const dialog = document.querySelector('#progress-dialog') as HTMLDialogElement;
+    expect(dialog.dataset.taskId).toBe('rerun-running');
+    expect((watches.at(-1) as FakeWatch).taskId).toBe('rerun-running');
+    expect((document.querySelector('#progress-rerun-error') as HTMLElement).hidden).toBe(true);
+    const note = document.querySelector('#progress-rerun-note') as HTMLElement;
+    expect(note.hidden).toBe(false);
+    expect(note.textContent).toBe(
+      'Not started again: that task was already retried as this one (task rerun-ru).',
+    );
+    // Opening another task drops the note.
+    pd.openProgress('task-a');
+    expect(note.hidden).toBe(true);
+  });
+
+  it('a retry whose nodes another batch holds (409 nodes_locked) shows that batch and says why', async () => {
+    nextSnap.set('rerun-locked', failedOne());
+    pd.openProgress('rerun-locked');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    const dialog = document.querySelector('#progress-dialog') as HTMLDialogElement;
+    expect(dialog.dataset.taskId).toBe('other-batch');
+    expect((document.querySelector('#progress-rerun-error') as HTMLElement).hidden).toBe(true);
+    expect(document.querySelector('#progress-rerun-note')?.textContent).toBe(
+      'Not started: this batch (task other-ba by bob) is already running on worker-2. Rerun once it has ended.',
+    );
+  });
+
+  it('a resume right after a cancel, refused for the nodes the cancelled batch still holds, stays on that batch', async () => {
+    nextSnap.set('rerun-stopping', {
+      ...completed(1),
+      progress: { done: 1, total: 2, current: null, succeeded: 1, failed: 0 },
+      status: 'cancelled',
+    });
+    pd.openProgress('rerun-stopping');
+    await sleep(50);
+    const resume = document.querySelector('#progress-resume') as HTMLButtonElement;
+    expect(resume.hidden).toBe(false);
+    const opened = watches.length;
+    resume.click();
+    await sleep(50);
+    expect(watches.length).toBe(opened);
+    expect((document.querySelector('#progress-dialog') as HTMLDialogElement).dataset.taskId).toBe(
+      'rerun-stopping',
+    );
+    expect(document.querySelector('#progress-status')?.textContent).toBe('cancelled');
+    expect(document.querySelector('#progress-rerun-note')?.textContent).toBe(
+      'Not started: this batch is still finishing the change it had sent to worker-2. Try again in a moment.',
+    );
   });
 });
 

@@ -213,7 +213,7 @@ describe('login throttling (issue 10 item 8)', () => {
     h.db.createSession = async () => {
       throw new Error('connection refused');
     };
-    for (let i = 0; i < 3; i++) expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(500);
+    for (let i = 0; i < 3; i++) expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(503);
     h.db.createSession = createSession;
     expect((await postLogin(h.base, 'alice', 'alice')).status).toBe(200);
   });

@@ -103,17 +103,36 @@ export class AppDb {
 
   // ------------------------------------------------------------ sessions
 
-  async createSession(session: { sid: string; username: string; expiresAt: number }): Promise<void> {
-    await this.#db
-      .insertInto('knm_sessions')
-      .values({
-        sid: session.sid,
-        username: session.username,
-        created_at: Date.now(),
-        expires_at: session.expiresAt,
-        revoked_at: null,
-      })
-      .execute();
+  /**
+   * Stores a new session and revokes `replaces` (the browser's previous one) in one transaction: two writes
+   * failed between them left a stored session whose cookie nobody got, and the old one active.
+   */
+  async createSession(session: {
+    sid: string;
+    username: string;
+    expiresAt: number;
+    replaces?: string;
+  }): Promise<void> {
+    const now = Date.now();
+    await this.#db.transaction().execute(async (trx) => {
+      if (session.replaces !== undefined) {
+        await trx
+          .updateTable('knm_sessions')
+          .set({ revoked_at: now })
+          .where('sid', '=', session.replaces)
+          .execute();
+      }
+      await trx
+        .insertInto('knm_sessions')
+        .values({
+          sid: session.sid,
+          username: session.username,
+          created_at: now,
+          expires_at: session.expiresAt,
+          revoked_at: null,
+        })
+        .execute();
+    });
   }
 
   /** Whether the session exists, is not revoked and has not expired. */

@@ -51,6 +51,14 @@ export class HashQueueFullError extends Error {
   }
 }
 
+/** A login whose credentials matched but whose session the database could not store (an outage). */
+export class SessionStoreError extends Error {
+  constructor(cause: unknown) {
+    super('the session could not be stored', { cause });
+    this.name = 'SessionStoreError';
+  }
+}
+
 async function scryptAsync(
   password: string,
   salt: Buffer,
@@ -168,15 +176,26 @@ export class SessionManager {
   }
 
   /**
-   * Checks the credentials; a new stored session on success. Unknown users cost a hash too (no timing
-   * oracle). The hash runs on libuv's thread pool, so logins never stall the event loop.
+   * Checks the credentials; a new stored session on success, with `replaces` (the browser's previous
+   * session) revoked in the same write. Unknown users cost a hash too (no timing oracle). The hash runs on
+   * libuv's thread pool, so logins never stall the event loop. Rejects with {@link SessionStoreError} when
+   * the session could not be stored (nothing was: the previous session is still active).
    */
-  async login(username: string, password: string): Promise<Session | null> {
+  async login(username: string, password: string, replaces?: string): Promise<Session | null> {
     const user = this.#users.get(username);
     const ok = (await verifyPassword(password, user?.passwordHash ?? DUMMY_HASH)) && user !== undefined;
     if (!ok) return null;
     const session = { username, sid: randomBytes(16).toString('base64url'), exp: Date.now() + this.#ttlMs };
-    await this.#db.createSession({ sid: session.sid, username, expiresAt: session.exp });
+    try {
+      await this.#db.createSession({
+        sid: session.sid,
+        username,
+        expiresAt: session.exp,
+        ...(replaces !== undefined && replaces !== session.sid ? { replaces } : {}),
+      });
+    } catch (error) {
+      throw new SessionStoreError(error);
+    }
     return session;
   }
 

@@ -751,6 +751,24 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       return fail(res, 404, 'task_not_found', 'no such task');
     }
     if (task.status === 'running') return fail(res, 409, 'task_running', 'the task is still running');
+    // A cancel is written at once, while the batch may still be finishing a PATCH or an eviction it had sent
+    // (see LOCK_CANCEL_GRACE_MS): nodes read back then were called "not changed" — and the answer kept — though
+    // the change landed a moment later, never recorded by the cancelled batch. Read once it let go of its
+    // nodes (or after the grace: its replica died with the cancel).
+    if (
+      task.status === 'cancelled' &&
+      Date.now() - (task.finishedAt ?? 0) <= LOCK_CANCEL_GRACE_MS &&
+      (await db.locks(record.cluster, record.nodes)).some((lock) => lock.taskId === id)
+    ) {
+      res.setHeader('retry-after', '1');
+      return fail(
+        res,
+        409,
+        'task_stopping',
+        'the cancelled batch is still finishing the changes it had sent; try again in a moment',
+        { retryAfterS: 1 },
+      );
+    }
     const at = Date.now();
     for (const [key, entry] of unrecorded) {
       // Swept here rather than by a timer: nothing is left behind when the app closes.

@@ -104,12 +104,23 @@ export function createGuards(parts: {
   const requireSession = (req: Authed, res: Response, next: NextFunction) => {
     // Checked already, before the body was read (`POST /api/batch`).
     if (req.session !== undefined) return next();
-    sessions.fromRequest(req).then((session) => {
-      if (session === null) return fail(res, 401, 'unauthenticated', 'log in first');
-      req.session = session;
-      req.role = sessions.role(session);
-      next();
-    }, next);
+    sessions.fromRequest(req).then(
+      (session) => {
+        if (session === null) return fail(res, 401, 'unauthenticated', 'log in first');
+        req.session = session;
+        req.role = sessions.role(session);
+        next();
+      },
+      (error: unknown) => {
+        // The session table cannot be read (the database down): every request of every user was answered
+        // `500 internal` and logged as a server error for as long as the outage lasted. A moment to retry.
+        logger?.warn({ err: String(error) }, 'session not checked');
+        res.setHeader('retry-after', '1');
+        fail(res, 503, 'store_unavailable', 'the session could not be checked; try again in a moment', {
+          retryAfterS: 1,
+        });
+      },
+    );
   };
   const requireRole = (role: Role) => (req: Authed, res: Response, next: NextFunction) => {
     if (ROLES.indexOf(req.role ?? 'viewer') < ROLES.indexOf(role)) {

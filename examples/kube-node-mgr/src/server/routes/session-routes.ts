@@ -2,12 +2,12 @@
 
 import type { Request, Response } from 'express';
 import type { SessionView } from '../../shared/api-types.js';
-import { HashQueueFullError, type Session } from '../auth.js';
+import { HashQueueFullError, type Session, SessionStoreError } from '../auth.js';
 import type { LoginThrottle } from '../login-throttle.js';
 import type { RouteContext } from './context.js';
 
 export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle): void {
-  const { app, sessions, fail, originAllowed, route, audit, dropSockets } = ctx;
+  const { app, config, sessions, fail, originAllowed, route, audit, dropSockets } = ctx;
   const secure = (req: Request) => req.secure;
   const sessionBody = (session: Session): SessionView => ({
     username: session.username,
@@ -34,10 +34,23 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
     // Whether the credentials were right; `null` while undecided: an error (the database down once the
     // password matched) is no failed guess, and counted as one it locked the account out after the outage.
     let ok: boolean | null = null;
+    // The browser's previous session (its cookie is replaced below) ends with this sign-in, in the same write
+    // as the new one is stored: left active, a copy of the old cookie (stolen, or left on a shared machine)
+    // stayed valid until it expired, 12 h, though no page of this browser could use it any more.
+    const previous = sessions.sidOf(req) ?? undefined;
     try {
-      session = await sessions.login(username, password);
+      session = await sessions.login(username, password, previous);
       ok = session !== null;
     } catch (error) {
+      if (error instanceof SessionStoreError) {
+        // The database is down: a moment to retry, not an internal error. Nothing was stored, so the browser's
+        // previous session (if any) is still active, and no session exists without its cookie.
+        config.logger?.warn({ err: String(error.cause) }, 'session not stored');
+        res.setHeader('retry-after', '1');
+        return fail(res, 503, 'store_unavailable', 'the session could not be stored; try again in a moment', {
+          retryAfterS: 1,
+        });
+      }
       if (!(error instanceof HashQueueFullError)) throw error;
       // A flood of logins (many addresses: each one's own throttle lets it through): refused before its hash,
       // so the logins let in wait behind a bounded queue. A moment to retry, not a failed guess.
@@ -49,14 +62,8 @@ export function registerSessionRoutes(ctx: RouteContext, throttle: LoginThrottle
       throttle.end(username, address, ok);
     }
     if (session === null) return fail(res, 401, 'bad_credentials', 'wrong username or password');
-    // The browser's previous session (its cookie is replaced below) ends here too: left active, a copy of
-    // the old cookie (stolen, or left on a shared machine) stayed valid until it expired, 12 h, though no
-    // page of this browser could use it any more. Its sockets are closed as a logout closes them.
-    const previous = sessions.sidOf(req);
-    if (previous !== null && previous !== session.sid) {
-      await sessions.logout({ sid: previous });
-      dropSockets(previous);
-    }
+    // The previous session's sockets are closed as a logout closes them.
+    if (previous !== undefined) dropSockets(previous);
     await audit({ username: session.username, action: 'login', taskId: null });
     res.setHeader('set-cookie', sessions.cookie(session, secure(req)));
     res.json(sessionBody(session));
