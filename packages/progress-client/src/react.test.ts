@@ -224,6 +224,35 @@ describe(`useTask (React ${version})`, () => {
     await client.close();
   });
 
+  it('a component that mounts after its client was closed shows the closed error as its fatalError, not a throw that unmounts the tree', async () => {
+    const { client } = setup({ pageEvents: false });
+    await client.close();
+    const container = mount();
+    const root = createRoot(container);
+    const renders: string[] = [];
+    const tree = (taskId: string) =>
+      createElement(
+        StrictMode,
+        null,
+        createElement(
+          ProgressClientProvider,
+          { client },
+          createElement('b', null, 'header'),
+          createElement(Logged, { taskId, renders }),
+        ),
+      );
+    // Before: client.watch() threw `closed` out of React's subscribe, and with no error boundary React
+    // unmounted the whole root (a client closed on logout while a route with a progress bar mounted).
+    await act(async () => root.render(tree('t1')));
+    expect(container.textContent).toBe('header');
+    expect(renders.at(-1)).toBe('t1@0 fatal');
+    // A new id for the mounted component: the same, for the new task (nothing of t1 under t2's id).
+    await act(async () => root.render(tree('t2')));
+    expect(container.textContent).toBe('header');
+    expect(renders.at(-1)).toBe('t2@0 fatal');
+    await act(async () => root.unmount());
+  });
+
   it('an empty id watches nothing, as null does: the skip pattern of an id not known yet (a form field, a query parameter)', async () => {
     const { client, server } = setup({ pageEvents: false });
     const container = mount();

@@ -2,6 +2,7 @@
 // esbuild (tsup) keeps an entry's directive at the top of its output; test/react-directive.test.ts checks it.
 'use client';
 
+import { ErrorCode, type ProgressError } from '@finishline/core';
 import {
   createContext,
   createElement,
@@ -78,9 +79,12 @@ export interface UseTaskOptions {
  *
  * SSR-safe: the server snapshot is `null`, so server HTML and the first client render agree.
  *
- * @throws ProgressError from {@link ProgressClient.watch}, to the nearest error boundary when the
- *   component mounts or its task id or client changes: `invalid_input` for an invalid task id, `closed`
- *   when the client was closed (a mounted component whose client closes gets `fatalError` instead).
+ * A client closed before the component mounts (or before its task id or client changes) gives the state
+ * a mounted component gets when its client closes: `fatalError` with the code `closed` (here at seq 0,
+ * `running`, nothing known of the task).
+ *
+ * @throws ProgressError `invalid_input` from {@link ProgressClient.watch} for an invalid task id, to the
+ *   nearest error boundary when the component mounts or its task id or client changes.
  */
 export function useTask(taskId: string | null | undefined, options: UseTaskOptions = {}): WatchState | null {
   const fromContext = useContext(ClientContext);
@@ -130,6 +134,8 @@ class TaskStore implements Store {
   readonly #client: ProgressClient;
   readonly #taskId: string;
   #watch: Watch | undefined;
+  /** The state shown when the client was closed before this store could open its watch. */
+  #closed: WatchState | null = null;
   #listeners = 0;
 
   constructor(client: ProgressClient, taskId: string) {
@@ -148,7 +154,32 @@ class TaskStore implements Store {
   readonly subscribe = (onChange: () => void): (() => void) => {
     const stores = openStores.get(this.#client) ?? new Map<string, TaskStore>();
     if (this.#watch === undefined) {
-      this.#watch = this.#client.watch(this.#taskId);
+      try {
+        this.#watch = this.#client.watch(this.#taskId);
+      } catch (error) {
+        // A closed client is a state to show, as it is for a component mounted before the close (a client
+        // closed on logout while a page with a progress bar mounts). Until 7 December 2026 this threw out
+        // of React's commit, and without an error boundary React unmounted the whole root. An invalid id
+        // still throws: a bug in the page, not a state.
+        if ((error as ProgressError).code !== ErrorCode.Closed) throw error;
+        this.#closed ??= Object.freeze({
+          taskId: this.#taskId,
+          seq: 0,
+          status: 'running',
+          kind: null,
+          progress: null,
+          result: null,
+          error: null,
+          updatedAt: null,
+          finishedAt: null,
+          finished: false,
+          fraction: null,
+          rate: null,
+          eta: null,
+          fatalError: error as ProgressError,
+        });
+        return () => undefined;
+      }
       openStores.set(this.#client, stores);
       if (!stores.get(this.#taskId)?.live) stores.set(this.#taskId, this);
     }
@@ -166,5 +197,5 @@ class TaskStore implements Store {
     };
   };
 
-  readonly getSnapshot = (): WatchState | null => this.#watch?.getSnapshot() ?? null;
+  readonly getSnapshot = (): WatchState | null => this.#watch?.getSnapshot() ?? this.#closed;
 }
