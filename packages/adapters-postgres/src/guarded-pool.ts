@@ -1,5 +1,5 @@
 import type { PostgresPool, PostgresPoolClient } from 'kysely';
-import { isDatabaseError } from './pg-errors.js';
+import { endsConnection } from './pg-errors.js';
 import type { PgPool } from './postgres-store-options.js';
 import { preparedStatementName } from './prepared-statement.js';
 
@@ -64,27 +64,6 @@ function guard(client: unknown): void {
  * connection ({@link endsConnection}), with that failure: released with it, so the pool discards them.
  */
 const DEAD = new WeakMap<object, Error | true>();
-
-/**
- * Whether a statement's failure leaves its connection unusable: a server error that ends the session (class
- * 08, connection exception; class 57P, the backend terminated, crashed, shutting down, its database dropped,
- * idle too long; or severity FATAL or PANIC), or a failure of the driver rather than the server (the socket
- * dropped, or `query_timeout` gave up on a statement that may still run on the connection). A backend ended so
- * sends its FATAL before its socket closes, and pg fails the statement on the FATAL but marks the client dead
- * only once it reads the close, which comes in a later read: released in between, as kysely releases a client
- * after a failed autocommit statement, the client went back to the pool as healthy, and the next `connect`
- * (the store's wait for the failed append's rows, `AppendPipeline.#settleUnknown`, asks at once) drew the dead
- * connection again and failed without reaching the database.
- */
-function endsConnection(error: unknown): boolean {
-  if (!isDatabaseError(error)) return true;
-  return (
-    error.code.startsWith('08') ||
-    error.code.startsWith('57P') ||
-    error.severity === 'FATAL' ||
-    error.severity === 'PANIC'
-  );
-}
 
 /** `client.query`'s `result`, a failure of which that ends the connection marks the client dead. */
 function watched<T>(client: PgPoolClient, result: T): T {

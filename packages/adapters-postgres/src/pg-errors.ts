@@ -30,6 +30,28 @@ export function isDatabaseError(error: unknown): error is PgDatabaseErrorLike {
   );
 }
 
+/**
+ * Whether a statement's failure leaves its connection unusable: a server error that ends the session (class
+ * 08, connection exception; class 57P, the backend terminated, crashed, shutting down, its database dropped,
+ * idle too long; or severity FATAL or PANIC), or a failure of the driver rather than the server (the socket
+ * dropped, or `query_timeout` gave up on a statement that may still run on the connection). A backend ended so
+ * sends its FATAL before its socket closes, and pg fails the statement on the FATAL but marks the client dead
+ * only once it reads the close, which comes in a later read: released in between, as kysely releases a client
+ * after a failed autocommit statement, the client went back to the pool as healthy, and the next `connect`
+ * (the store's wait for the failed append's rows, `AppendPipeline.#settleUnknown`, asks at once) drew the dead
+ * connection again and failed without reaching the database. The store's own pool (`guarded-pool.ts`) releases
+ * such a client as broken; a pool behind the caller's Kysely instance (the `db` option) cannot be told.
+ */
+export function endsConnection(error: unknown): boolean {
+  if (!isDatabaseError(error)) return true;
+  return (
+    error.code.startsWith('08') ||
+    error.code.startsWith('57P') ||
+    error.severity === 'FATAL' ||
+    error.severity === 'PANIC'
+  );
+}
+
 /** True when Postgres rejected a value (SQLSTATE class 22): retrying the same input cannot succeed. */
 export function isDataException(error: unknown): boolean {
   return isDatabaseError(error) && error.code.startsWith('22');
