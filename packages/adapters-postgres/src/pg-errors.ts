@@ -52,6 +52,45 @@ export function endsConnection(error: unknown): boolean {
   );
 }
 
+/**
+ * Whether a statement failed because its connection was dead, not because the database did not answer: the
+ * server ended it (see {@link endsConnection}), or the driver found its socket closed. Not `query_timeout`,
+ * which a database too slow to answer in time would meet again.
+ */
+function foundDeadConnection(error: unknown): boolean {
+  if (isDatabaseError(error)) return endsConnection(error);
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return (
+    code === 'ECONNRESET' ||
+    code === 'EPIPE' ||
+    message === 'Connection terminated unexpectedly' ||
+    message === 'Client has encountered a connection error and is not queryable'
+  );
+}
+
+/** How many times {@link readOnLiveConnection} runs a read whose connection turned out dead. */
+const READ_TRIES = 3;
+
+/**
+ * Runs `read`, a statement that writes nothing, again when its connection turned out dead
+ * ({@link foundDeadConnection}), {@link READ_TRIES} times at most. A backend the server ended (`pg_terminate_backend`,
+ * `idle_session_timeout`, a failover) sends its FATAL before it closes its socket, and pg marks the client dead
+ * only once it reads the close: a read sent on it meanwhile fails; the same read on a live connection does
+ * not. The store's own pool releases such a client as broken (`guarded-pool.ts`), so the next try draws
+ * another; a pool behind the caller's Kysely instance takes it back as healthy and hands it out first again
+ * (its newest idle client), where that try fails on the closed socket, which marks it dead, and the third
+ * draws a live one. A database that refuses connections fails every try at once.
+ */
+export async function readOnLiveConnection<T>(read: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries += 1) {
+    try {
+      return await read();
+    } catch (error) {
+      if (tries >= READ_TRIES || !foundDeadConnection(error)) throw error;
+    }
+  }
+}
+
 /** True when Postgres rejected a value (SQLSTATE class 22): retrying the same input cannot succeed. */
 export function isDataException(error: unknown): boolean {
   return isDatabaseError(error) && error.code.startsWith('22');

@@ -50,7 +50,7 @@ import {
 import { ListenConnection } from './listen-connection.js';
 import { runStatement } from './locking-transaction.js';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
-import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import { isDatabaseError, LOCK_NOT_AVAILABLE, readOnLiveConnection, toProgressError } from './pg-errors.js';
 import { ChangeFeedHub, type PostgresChangeFeed, StoreChangeFeed } from './postgres-change-feed.js';
 import {
   type PgPool,
@@ -464,10 +464,9 @@ export class PostgresProgressStore implements ProgressStore {
     // tasks: the query runs again for as many more rows as it left out (those read before come again,
     // first). Each run that left rows out reads more than the last, so the loop ends with the owner's rows.
     for (let read = parsed.limit; ; ) {
-      const { rows } = await this.#query(
-        'listTasks',
-        undefined,
-        listTasks(this.#target, { ...parsed, limit: read }),
+      const statement = listTasks(this.#target, { ...parsed, limit: read });
+      const { rows } = await this.#run('listTasks', undefined, () =>
+        readOnLiveConnection(() => runStatement(this.#db, statement)),
       );
       tasks = [];
       for (const row of rows) {
@@ -530,7 +529,9 @@ export class PostgresProgressStore implements ProgressStore {
     assertCount(afterSeq, 'afterSeq');
     const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
-    const { rows } = await this.#run('readEvents', taskId, () => this.#reads.events.run(this.#db, read));
+    const { rows } = await this.#run('readEvents', taskId, () =>
+      readOnLiveConnection(() => this.#reads.events.run(this.#db, read)),
+    );
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
     for (const row of rows) if (row.task_id !== null) events.push(toEvent(row));
@@ -728,7 +729,7 @@ export class PostgresProgressStore implements ProgressStore {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
     const { rows } = await this.#run('latestSeqs', undefined, () =>
-      this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }),
+      readOnLiveConnection(() => this.#reads.latest.run(this.#db, { taskIds: [...taskIds] })),
     );
     for (const row of rows) {
       // A row damaged by hand (an int8 above 2^53 came back rounded) is left out, as listTasks does: its

@@ -62,8 +62,8 @@ export interface PostgresProgressStoreOptions {
    * listener ends the process) is yours to add, `pool.on('connect', (client) => client.on('error', …))`.
    * With `pool`, the store adds it. Nor can it release as broken a client whose connection the server ended
    * during a statement (`pg_terminate_backend`, a fast shutdown), as it does with `pool`: pg marks it dead only
-   * once it reads the socket's close, and the next statement that draws it before that fails too
-   * (`store_unavailable`, safe to retry: that failure gets it discarded).
+   * once it reads the socket's close, and the next statement that draws it before that fails too: the store
+   * reads again, but a write fails (`store_unavailable`, safe to retry: that failure gets it discarded).
    * @default undefined (then `pool` is required)
    */
   // biome-ignore lint/suspicious/noExplicitAny: any database type; the store only uses its own schema.
