@@ -967,7 +967,13 @@ export class AppendPipeline {
         try {
           return await lock();
         } catch (error) {
-          if (tries >= UNKNOWN_OUTCOME_TRIES || !endsConnection(error) || isConnectFailure(error))
+          // Not once the store closes (as above): close() cutting this wait's connection is not one to retry.
+          if (
+            tries >= UNKNOWN_OUTCOME_TRIES ||
+            !endsConnection(error) ||
+            isConnectFailure(error) ||
+            this.#closing
+          )
             throw error;
         }
       }

@@ -30,7 +30,7 @@ afterEach(async () => {
 });
 
 /** `db`: the store opened on a Kysely instance of the pool (its clients given the `error` listener, as the option asks). */
-async function setup({ db = false } = {}) {
+async function setup({ db = false, closeTimeoutMs }: { db?: boolean; closeTimeoutMs?: number } = {}) {
   const schema = freshSchema('ambig');
   const admin = newPool(3, 'finishline-test-admin');
   cleanups.push(async () => {
@@ -64,7 +64,7 @@ async function setup({ db = false } = {}) {
   const store = await PostgresProgressStore.open(
     db
       ? { db: new Kysely({ dialect: new PostgresDialect({ pool }) }), listenClient: pgUrl(), schema }
-      : { pool, schema },
+      : { pool, schema, closeTimeoutMs },
   );
   cleanups.push(() => store.close());
   /** The next insert into the events table sleeps a second (once), holding the row its statement locked. */
@@ -169,6 +169,61 @@ describe('an append whose connection dropped and that commits afterwards', () =>
     },
     30_000,
   );
+
+  it('whose wait for its rows close() cut is rejected then, not waited for again on another connection', async () => {
+    // close() past closeTimeoutMs destroys the connections the store holds, this wait's among them; it failed
+    // as a dead connection does, and was tried again on a new one, after close() (on a pool the caller may be
+    // ending), waiting for the held row until its own bound, seconds after close() returned.
+    const { store, admin, schema, slowNextInsert } = await setup({ closeTimeoutMs: 200 });
+    await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+    await slowNextInsert();
+    const lockWaiters = async () => {
+      const { rows } = await admin.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND wait_event_type = 'Lock'`,
+      );
+      return rows[0]?.n ?? 0;
+    };
+    let settledAt: number | undefined;
+    const appended = store.append('t', { type: 'item', key: 'x', ok: true });
+    appended.then(
+      () => (settledAt = Date.now()),
+      () => (settledAt = Date.now()),
+    );
+    let sleeping: number | undefined;
+    await eventually('the append sleeps in its insert', async () => {
+      const { rows } = await admin.query<{ pid: number }>(
+        `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND wait_event = 'PgSleep'`,
+      );
+      sleeping = rows[0]?.pid;
+      return sleeping !== undefined;
+    });
+    // The holder has the row once the terminated statement lets it go, and keeps it: the wait waits.
+    const holder = await admin.connect();
+    try {
+      const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+      await holder.query('BEGIN');
+      const locking = holder.query(
+        `SELECT 1 FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`,
+      );
+      await eventually('the holder queues for the row', async () => {
+        const { rows } = await admin.query<{ n: number }>(
+          `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+          [backend[0]?.pid],
+        );
+        return rows[0]?.n === 1;
+      });
+      await admin.query('SELECT pg_terminate_backend($1)', [sleeping]);
+      await locking;
+      await eventually('the append waits for its rows', async () => (await lockWaiters()) === 1);
+      const closedAt = Date.now();
+      await store.close();
+      await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+      expect((settledAt ?? Number.POSITIVE_INFINITY) - closedAt).toBeLessThan(2000);
+    } finally {
+      await holder.query('ROLLBACK').catch(() => {});
+      holder.release();
+    }
+  }, 30_000);
 
   it('an append that got no connection (nothing sent) is rejected at once: no wait for its rows', async () => {
     const { store, refused, itemEvents } = await setup();
