@@ -79,14 +79,16 @@ const READ_TRIES = 3;
  * not. The store's own pool releases such a client as broken (`guarded-pool.ts`), so the next try draws
  * another; a pool behind the caller's Kysely instance takes it back as healthy and hands it out first again
  * (its newest idle client), where that try fails on the closed socket, which marks it dead, and the third
- * draws a live one. A database that refuses connections fails every try at once.
+ * draws a live one. A database that refuses connections fails every try at once. Not once `closed()`: the
+ * store's `close()` destroys the connections it holds past `closeTimeoutMs` (a database that stopped answering),
+ * and a read it cut so, sent again, waited on that database once more, on a pool the caller may be ending.
  */
-export async function readOnLiveConnection<T>(read: () => Promise<T>): Promise<T> {
+export async function readOnLiveConnection<T>(read: () => Promise<T>, closed: () => boolean): Promise<T> {
   for (let tries = 1; ; tries += 1) {
     try {
       return await read();
     } catch (error) {
-      if (tries >= READ_TRIES || !foundDeadConnection(error)) throw error;
+      if (tries >= READ_TRIES || !foundDeadConnection(error) || closed()) throw error;
     }
   }
 }

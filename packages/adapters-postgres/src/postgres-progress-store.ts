@@ -276,7 +276,7 @@ export class PostgresProgressStore implements ProgressStore {
     const reads = this.#reads;
     // Reads lock nothing: a few batches at once, so one slow read does not hold up the next ticks' subscribes.
     this.#taskReads = new StatementBatcher(
-      (batch) => readTasks(this.#db, reads, batch),
+      (batch) => readTasks(this.#db, reads, batch, this.#isClosed),
       options.maxBatchSize,
       TASK_READS_IN_FLIGHT,
     );
@@ -466,7 +466,7 @@ export class PostgresProgressStore implements ProgressStore {
     for (let read = parsed.limit; ; ) {
       const statement = listTasks(this.#target, { ...parsed, limit: read });
       const { rows } = await this.#run('listTasks', undefined, () =>
-        readOnLiveConnection(() => runStatement(this.#db, statement)),
+        readOnLiveConnection(() => runStatement(this.#db, statement), this.#isClosed),
       );
       tasks = [];
       for (const row of rows) {
@@ -530,7 +530,7 @@ export class PostgresProgressStore implements ProgressStore {
     const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
     const { rows } = await this.#run('readEvents', taskId, () =>
-      readOnLiveConnection(() => this.#reads.events.run(this.#db, read)),
+      readOnLiveConnection(() => this.#reads.events.run(this.#db, read), this.#isClosed),
     );
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
@@ -703,6 +703,9 @@ export class PostgresProgressStore implements ProgressStore {
     return this.#closing;
   }
 
+  /** Whether `close()` was called: a read cut by it is not sent again (see `readOnLiveConnection`). */
+  readonly #isClosed = (): boolean => this.#closed;
+
   #assertOpen(): void {
     if (this.#closed) throw storeClosed();
   }
@@ -729,7 +732,7 @@ export class PostgresProgressStore implements ProgressStore {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
     const { rows } = await this.#run('latestSeqs', undefined, () =>
-      readOnLiveConnection(() => this.#reads.latest.run(this.#db, { taskIds: [...taskIds] })),
+      readOnLiveConnection(() => this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }), this.#isClosed),
     );
     for (const row of rows) {
       // A row damaged by hand (an int8 above 2^53 came back rounded) is left out, as listTasks does: its

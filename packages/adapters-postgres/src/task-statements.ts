@@ -281,11 +281,12 @@ export async function readTasks(
   db: Kysely<ProgressDatabase>,
   reads: TaskReads,
   batch: BatchedCall<string, Task | undefined>[],
+  closed: () => boolean,
 ): Promise<void> {
   const taskIds = [...new Set(batch.map((call) => call.input))];
   let rows: TaskRow[];
   try {
-    ({ rows } = await readOnLiveConnection(() => reads.tasks.run(db, { taskIds })));
+    ({ rows } = await readOnLiveConnection(() => reads.tasks.run(db, { taskIds }), closed));
   } catch (error) {
     for (const call of batch) call.reject(toProgressError(error, 'getTask', call.input));
     return;
