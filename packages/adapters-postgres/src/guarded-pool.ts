@@ -1,3 +1,4 @@
+import { storeClosed } from '@finishline/core/internal';
 import type { PostgresPool, PostgresPoolClient } from 'kysely';
 import { endsConnection } from './pg-errors.js';
 import type { PgPool } from './postgres-store-options.js';
@@ -128,7 +129,9 @@ export interface GuardedPool extends PostgresPool {
    * Destroys the sockets of the clients the store has checked out and not released (its statements in
    * flight), as `bounded-end.ts` does a listener's: each statement on them fails at once, and the pool
    * discards the client when the store releases it. Returns how many. Clients the store does not hold,
-   * idle in the pool or another user's, are not touched.
+   * idle in the pool or another user's, are not touched. A `connect` of the store still waiting for a client
+   * (a new connection to a database that does not answer, with no `connectionTimeoutMillis`) rejects with
+   * `closed`, nothing sent; the client it gets later goes back to the pool.
    */
   destroyHeld(): number;
 }
@@ -156,13 +159,29 @@ export function guardedPool(pool: PgPool, options: { preparedStatements: boolean
       ? (events as AcquireEvents)
       : undefined;
   let connecting = 0;
+  // The connects still waiting for a client, each with what ends its wait (see destroyHeld).
+  const waiting = new Set<(error: Error) => void>();
   return {
     async connect() {
       if (acquireEvents !== undefined && connecting++ === 0) acquireEvents.on('acquire', guard);
       let client: PgPoolClient;
+      const connected = pool.connect() as Promise<PgPoolClient>;
+      let stop: ((error: Error) => void) | undefined;
+      const stopped = new Promise<never>((_, reject) => {
+        stop = reject;
+      });
+      waiting.add(stop as (error: Error) => void);
       try {
-        client = (await pool.connect()) as PgPoolClient;
+        client = await Promise.race([connected, stopped]);
+      } catch (error) {
+        // Given up by destroyHeld: the client, if one comes, is not the store's to use.
+        connected.then(
+          (late) => late.release(),
+          () => {},
+        );
+        throw error;
       } finally {
+        waiting.delete(stop as (error: Error) => void);
         if (acquireEvents !== undefined && --connecting === 0) acquireEvents.removeListener('acquire', guard);
       }
       guard(client);
@@ -172,6 +191,10 @@ export function guardedPool(pool: PgPool, options: { preparedStatements: boolean
     },
     async end() {},
     destroyHeld() {
+      // A statement waiting for its connection has sent nothing: it ends now, with `closed`, rather than when
+      // (if ever) the database it would wait on answers.
+      for (const stop of waiting) stop(storeClosed());
+      waiting.clear();
       let destroyed = 0;
       for (const client of held) {
         const stream = (client as { connection?: { stream?: { destroy(): unknown } } }).connection?.stream;

@@ -135,7 +135,8 @@ export interface PostgresProgressStoreOptions {
    * 15 minutes on Linux; for ever with a frozen process, whose kernel still acknowledges). Past it the
    * sockets of the pool clients the store holds are destroyed: their statements fail (`store_unavailable`;
    * an append among them may or may not have been committed), and the pool discards those clients; appends
-   * not sent yet (queued behind those) reject with `closed`, nothing of them written. No other client of the
+   * not sent yet (queued behind those, or waiting for a new connection to that database) reject with `closed`,
+   * nothing of them written. No other client of the
    * pool is touched. With `db` (a Kysely instance) the store cannot reach its
    * connections: `close()` stops waiting, and those statements settle when the database answers.
    * @default 5000
