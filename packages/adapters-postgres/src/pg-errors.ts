@@ -54,11 +54,12 @@ export function endsConnection(error: unknown): boolean {
 
 /**
  * Whether a statement failed because its connection was dead, not because the database did not answer: the
- * server ended it (see {@link endsConnection}), or the driver found its socket closed. Not `query_timeout`,
- * which a database too slow to answer in time would meet again.
+ * server ended its session (57P01 terminated, 57P02 after a crash, 57P05 `idle_session_timeout`), or the
+ * driver found its socket closed. Not `query_timeout`, which a database too slow to answer in time would
+ * meet again, nor a refused connect (authentication, too many connections, a database dropped).
  */
 function foundDeadConnection(error: unknown): boolean {
-  if (isDatabaseError(error)) return endsConnection(error);
+  if (isDatabaseError(error)) return /^57P0[125]$/.test(error.code);
   const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
   return (
     code === 'ECONNRESET' ||
