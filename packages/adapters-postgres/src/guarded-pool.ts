@@ -164,25 +164,33 @@ export function guardedPool(pool: PgPool, options: { preparedStatements: boolean
   return {
     async connect() {
       if (acquireEvents !== undefined && connecting++ === 0) acquireEvents.on('acquire', guard);
-      let client: PgPoolClient;
       const connected = pool.connect() as Promise<PgPoolClient>;
+      // The listener stays until pg-pool answers, even a connect destroyHeld gave up on: the client it hands
+      // out then needs it as much.
+      const answered = () => {
+        if (acquireEvents !== undefined && --connecting === 0) acquireEvents.removeListener('acquire', guard);
+      };
+      connected.then(answered, answered);
       let stop: ((error: Error) => void) | undefined;
       const stopped = new Promise<never>((_, reject) => {
         stop = reject;
       });
       waiting.add(stop as (error: Error) => void);
+      let client: PgPoolClient;
       try {
         client = await Promise.race([connected, stopped]);
       } catch (error) {
         // Given up by destroyHeld: the client, if one comes, is not the store's to use.
         connected.then(
-          (late) => late.release(),
+          (late) => {
+            guard(late);
+            late.release();
+          },
           () => {},
         );
         throw error;
       } finally {
         waiting.delete(stop as (error: Error) => void);
-        if (acquireEvents !== undefined && --connecting === 0) acquireEvents.removeListener('acquire', guard);
       }
       guard(client);
       held.add(client);
