@@ -26,6 +26,7 @@ import {
   PG_NOTIFY_PAYLOAD_LIMIT_BYTES,
 } from './notify-payload.js';
 import {
+  endsConnection,
   isDatabaseError,
   isRowRefusal,
   isSerializationFailure,
@@ -101,6 +102,11 @@ const HELD_LOCK_WAIT_MS = 500;
  * client stopped before its COMMIT, ended by the idle timeout); a statement of its own takes milliseconds.
  */
 const UNKNOWN_OUTCOME_WAIT_MS = IDLE_IN_TRANSACTION_TIMEOUT_MS;
+/**
+ * How many times that wait is tried while the connection it drew turns out dead (see `AppendPipeline.#settleUnknown`):
+ * the failed write's own, and with a terminated or restarted server, another few killed with it.
+ */
+const UNKNOWN_OUTCOME_TRIES = 3;
 /** How much longer than {@link UNKNOWN_OUTCOME_WAIT_MS} the pipeline waits for the database to answer that wait. */
 const UNKNOWN_OUTCOME_ANSWER_MS = 1000;
 
@@ -946,10 +952,32 @@ export class AppendPipeline {
     // their connections, and this would wait on it again.
     if (this.#closing) return;
     const { db, statements } = this.#options;
-    const locked = lockingTransaction(db).execute(async (trx) => {
-      await sql`SELECT set_config('lock_timeout', ${`${UNKNOWN_OUTCOME_WAIT_MS}ms`}, true)`.execute(trx);
-      await statements.lockRowsWaiting.run(trx, { ids: [...ids].sort(compareIds) });
-    });
+    const lock = () =>
+      lockingTransaction(db).execute(async (trx) => {
+        await sql`SELECT set_config('lock_timeout', ${`${UNKNOWN_OUTCOME_WAIT_MS}ms`}, true)`.execute(trx);
+        await statements.lockRowsWaiting.run(trx, { ids: [...ids].sort(compareIds) });
+      });
+    // Tried again on another connection when the one it drew was dead: with `db`, the failed write's own
+    // connection, ended by the server, goes back to the caller's pool as healthy (the store cannot release it as
+    // broken, see `endsConnection`), and pg-pool hands out its newest idle client first, so this drew it and
+    // failed at once; that failure marks it dead, and the pool discards it. Locking and letting go is safe to
+    // repeat; a database that refuses connections fails each try at once.
+    const locked = (async () => {
+      for (let tries = 1; ; tries += 1) {
+        try {
+          return await lock();
+        } catch (error) {
+          // Not once the store closes (as above): close() cutting this wait's connection is not one to retry.
+          if (
+            tries >= UNKNOWN_OUTCOME_TRIES ||
+            !endsConnection(error) ||
+            isConnectFailure(error) ||
+            this.#closing
+          )
+            throw error;
+        }
+      }
+    })();
     // Still unknown once it fails (the database unreachable, the rows held past the wait) or does not answer
     // (a database that stopped answering: lock_timeout never fires there): rejected as before.
     await settlesWithin(locked, UNKNOWN_OUTCOME_WAIT_MS + UNKNOWN_OUTCOME_ANSWER_MS);

@@ -1,5 +1,6 @@
+import { storeClosed } from '@finishline/core/internal';
 import type { PostgresPool, PostgresPoolClient } from 'kysely';
-import { isDatabaseError } from './pg-errors.js';
+import { endsConnection } from './pg-errors.js';
 import type { PgPool } from './postgres-store-options.js';
 import { preparedStatementName } from './prepared-statement.js';
 
@@ -65,27 +66,6 @@ function guard(client: unknown): void {
  */
 const DEAD = new WeakMap<object, Error | true>();
 
-/**
- * Whether a statement's failure leaves its connection unusable: a server error that ends the session (class
- * 08, connection exception; class 57P, the backend terminated, crashed, shutting down, its database dropped,
- * idle too long; or severity FATAL or PANIC), or a failure of the driver rather than the server (the socket
- * dropped, or `query_timeout` gave up on a statement that may still run on the connection). A backend ended so
- * sends its FATAL before its socket closes, and pg fails the statement on the FATAL but marks the client dead
- * only once it reads the close, which comes in a later read: released in between, as kysely releases a client
- * after a failed autocommit statement, the client went back to the pool as healthy, and the next `connect`
- * (the store's wait for the failed append's rows, `AppendPipeline.#settleUnknown`, asks at once) drew the dead
- * connection again and failed without reaching the database.
- */
-function endsConnection(error: unknown): boolean {
-  if (!isDatabaseError(error)) return true;
-  return (
-    error.code.startsWith('08') ||
-    error.code.startsWith('57P') ||
-    error.severity === 'FATAL' ||
-    error.severity === 'PANIC'
-  );
-}
-
 /** `client.query`'s `result`, a failure of which that ends the connection marks the client dead. */
 function watched<T>(client: PgPoolClient, result: T): T {
   if (typeof (result as { then?: unknown } | null)?.then === 'function') {
@@ -149,7 +129,9 @@ export interface GuardedPool extends PostgresPool {
    * Destroys the sockets of the clients the store has checked out and not released (its statements in
    * flight), as `bounded-end.ts` does a listener's: each statement on them fails at once, and the pool
    * discards the client when the store releases it. Returns how many. Clients the store does not hold,
-   * idle in the pool or another user's, are not touched.
+   * idle in the pool or another user's, are not touched. A `connect` of the store still waiting for a client
+   * (a new connection to a database that does not answer, with no `connectionTimeoutMillis`) rejects with
+   * `closed`, nothing sent; the client it gets later goes back to the pool.
    */
   destroyHeld(): number;
 }
@@ -177,14 +159,38 @@ export function guardedPool(pool: PgPool, options: { preparedStatements: boolean
       ? (events as AcquireEvents)
       : undefined;
   let connecting = 0;
+  // The connects still waiting for a client, each with what ends its wait (see destroyHeld).
+  const waiting = new Set<(error: Error) => void>();
   return {
     async connect() {
       if (acquireEvents !== undefined && connecting++ === 0) acquireEvents.on('acquire', guard);
+      const connected = pool.connect() as Promise<PgPoolClient>;
+      // The listener stays until pg-pool answers, even a connect destroyHeld gave up on: the client it hands
+      // out then needs it as much.
+      const answered = () => {
+        if (acquireEvents !== undefined && --connecting === 0) acquireEvents.removeListener('acquire', guard);
+      };
+      connected.then(answered, answered);
+      let stop: ((error: Error) => void) | undefined;
+      const stopped = new Promise<never>((_, reject) => {
+        stop = reject;
+      });
+      waiting.add(stop as (error: Error) => void);
       let client: PgPoolClient;
       try {
-        client = (await pool.connect()) as PgPoolClient;
+        client = await Promise.race([connected, stopped]);
+      } catch (error) {
+        // Given up by destroyHeld: the client, if one comes, is not the store's to use.
+        connected.then(
+          (late) => {
+            guard(late);
+            late.release();
+          },
+          () => {},
+        );
+        throw error;
       } finally {
-        if (acquireEvents !== undefined && --connecting === 0) acquireEvents.removeListener('acquire', guard);
+        waiting.delete(stop as (error: Error) => void);
       }
       guard(client);
       held.add(client);
@@ -193,6 +199,10 @@ export function guardedPool(pool: PgPool, options: { preparedStatements: boolean
     },
     async end() {},
     destroyHeld() {
+      // A statement waiting for its connection has sent nothing: it ends now, with `closed`, rather than when
+      // (if ever) the database it would wait on answers.
+      for (const stop of waiting) stop(storeClosed());
+      waiting.clear();
       let destroyed = 0;
       for (const client of held) {
         const stream = (client as { connection?: { stream?: { destroy(): unknown } } }).connection?.stream;

@@ -30,6 +30,70 @@ export function isDatabaseError(error: unknown): error is PgDatabaseErrorLike {
   );
 }
 
+/**
+ * Whether a statement's failure leaves its connection unusable: a server error that ends the session (class
+ * 08, connection exception; class 57P, the backend terminated, crashed, shutting down, its database dropped,
+ * idle too long; or severity FATAL or PANIC), or a failure of the driver rather than the server (the socket
+ * dropped, or `query_timeout` gave up on a statement that may still run on the connection). A backend ended so
+ * sends its FATAL before its socket closes, and pg fails the statement on the FATAL but marks the client dead
+ * only once it reads the close, which comes in a later read: released in between, as kysely releases a client
+ * after a failed autocommit statement, the client went back to the pool as healthy, and the next `connect`
+ * (the store's wait for the failed append's rows, `AppendPipeline.#settleUnknown`, asks at once) drew the dead
+ * connection again and failed without reaching the database. The store's own pool (`guarded-pool.ts`) releases
+ * such a client as broken; a pool behind the caller's Kysely instance (the `db` option) cannot be told.
+ */
+export function endsConnection(error: unknown): boolean {
+  if (!isDatabaseError(error)) return true;
+  return (
+    error.code.startsWith('08') ||
+    error.code.startsWith('57P') ||
+    error.severity === 'FATAL' ||
+    error.severity === 'PANIC'
+  );
+}
+
+/**
+ * Whether a statement failed because its connection was dead, not because the database did not answer: the
+ * server ended its session (57P01 terminated, 57P02 after a crash, 57P05 `idle_session_timeout`), or the
+ * driver found its socket closed. Not `query_timeout`, which a database too slow to answer in time would
+ * meet again, nor a refused connect (authentication, too many connections, a database dropped).
+ */
+function foundDeadConnection(error: unknown): boolean {
+  if (isDatabaseError(error)) return /^57P0[125]$/.test(error.code);
+  const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
+  return (
+    code === 'ECONNRESET' ||
+    code === 'EPIPE' ||
+    message === 'Connection terminated unexpectedly' ||
+    message === 'Client has encountered a connection error and is not queryable'
+  );
+}
+
+/** How many times {@link readOnLiveConnection} runs a read whose connection turned out dead. */
+const READ_TRIES = 3;
+
+/**
+ * Runs `read`, a statement that writes nothing, again when its connection turned out dead
+ * ({@link foundDeadConnection}), {@link READ_TRIES} times at most. A backend the server ended (`pg_terminate_backend`,
+ * `idle_session_timeout`, a failover) sends its FATAL before it closes its socket, and pg marks the client dead
+ * only once it reads the close: a read sent on it meanwhile fails; the same read on a live connection does
+ * not. The store's own pool releases such a client as broken (`guarded-pool.ts`), so the next try draws
+ * another; a pool behind the caller's Kysely instance takes it back as healthy and hands it out first again
+ * (its newest idle client), where that try fails on the closed socket, which marks it dead, and the third
+ * draws a live one. A database that refuses connections fails every try at once. Not once `closed()`: the
+ * store's `close()` destroys the connections it holds past `closeTimeoutMs` (a database that stopped answering),
+ * and a read it cut so, sent again, waited on that database once more, on a pool the caller may be ending.
+ */
+export async function readOnLiveConnection<T>(read: () => Promise<T>, closed: () => boolean): Promise<T> {
+  for (let tries = 1; ; tries += 1) {
+    try {
+      return await read();
+    } catch (error) {
+      if (tries >= READ_TRIES || !foundDeadConnection(error) || closed()) throw error;
+    }
+  }
+}
+
 /** True when Postgres rejected a value (SQLSTATE class 22): retrying the same input cannot succeed. */
 export function isDataException(error: unknown): boolean {
   return isDatabaseError(error) && error.code.startsWith('22');

@@ -50,7 +50,7 @@ import {
 import { ListenConnection } from './listen-connection.js';
 import { runStatement } from './locking-transaction.js';
 import { changeChannel, migrateProgressSchema } from './migrations.js';
-import { isDatabaseError, LOCK_NOT_AVAILABLE, toProgressError } from './pg-errors.js';
+import { isDatabaseError, LOCK_NOT_AVAILABLE, readOnLiveConnection, toProgressError } from './pg-errors.js';
 import { ChangeFeedHub, type PostgresChangeFeed, StoreChangeFeed } from './postgres-change-feed.js';
 import {
   type PgPool,
@@ -276,7 +276,7 @@ export class PostgresProgressStore implements ProgressStore {
     const reads = this.#reads;
     // Reads lock nothing: a few batches at once, so one slow read does not hold up the next ticks' subscribes.
     this.#taskReads = new StatementBatcher(
-      (batch) => readTasks(this.#db, reads, batch),
+      (batch) => readTasks(this.#db, reads, batch, this.#isClosed),
       options.maxBatchSize,
       TASK_READS_IN_FLIGHT,
     );
@@ -464,10 +464,9 @@ export class PostgresProgressStore implements ProgressStore {
     // tasks: the query runs again for as many more rows as it left out (those read before come again,
     // first). Each run that left rows out reads more than the last, so the loop ends with the owner's rows.
     for (let read = parsed.limit; ; ) {
-      const { rows } = await this.#query(
-        'listTasks',
-        undefined,
-        listTasks(this.#target, { ...parsed, limit: read }),
+      const statement = listTasks(this.#target, { ...parsed, limit: read });
+      const { rows } = await this.#run('listTasks', undefined, () =>
+        readOnLiveConnection(() => runStatement(this.#db, statement), this.#isClosed),
       );
       tasks = [];
       for (const row of rows) {
@@ -530,7 +529,9 @@ export class PostgresProgressStore implements ProgressStore {
     assertCount(afterSeq, 'afterSeq');
     const read = { taskId, afterSeq, limit: parseReadLimit(limit) };
     // One statement: the task's existence and its events, from the same snapshot.
-    const { rows } = await this.#run('readEvents', taskId, () => this.#reads.events.run(this.#db, read));
+    const { rows } = await this.#run('readEvents', taskId, () =>
+      readOnLiveConnection(() => this.#reads.events.run(this.#db, read), this.#isClosed),
+    );
     if (rows.length === 0) throw taskNotFound(taskId);
     const events: TaskEvent[] = [];
     for (const row of rows) if (row.task_id !== null) events.push(toEvent(row));
@@ -702,6 +703,9 @@ export class PostgresProgressStore implements ProgressStore {
     return this.#closing;
   }
 
+  /** Whether `close()` was called: a read cut by it is not sent again (see `readOnLiveConnection`). */
+  readonly #isClosed = (): boolean => this.#closed;
+
   #assertOpen(): void {
     if (this.#closed) throw storeClosed();
   }
@@ -728,7 +732,7 @@ export class PostgresProgressStore implements ProgressStore {
     const latest = new Map<string, LatestState>();
     if (taskIds.length === 0) return latest;
     const { rows } = await this.#run('latestSeqs', undefined, () =>
-      this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }),
+      readOnLiveConnection(() => this.#reads.latest.run(this.#db, { taskIds: [...taskIds] }), this.#isClosed),
     );
     for (const row of rows) {
       // A row damaged by hand (an int8 above 2^53 came back rounded) is left out, as listTasks does: its

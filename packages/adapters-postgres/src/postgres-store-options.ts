@@ -60,7 +60,10 @@ export interface PostgresProgressStoreOptions {
    * pool's settings, so `listenClient` is required, nor its clients: the `error` listener a client needs
    * while it is checked out (pg-pool takes its own off; a backend that ends then emits `error`, which with no
    * listener ends the process) is yours to add, `pool.on('connect', (client) => client.on('error', …))`.
-   * With `pool`, the store adds it.
+   * With `pool`, the store adds it. Nor can it release as broken a client whose connection the server ended
+   * during a statement (`pg_terminate_backend`, a fast shutdown), as it does with `pool`: pg marks it dead only
+   * once it reads the socket's close, and the next statement that draws it before that fails too: the store
+   * reads again, but a write fails (`store_unavailable`, safe to retry: that failure gets it discarded).
    * @default undefined (then `pool` is required)
    */
   // biome-ignore lint/suspicious/noExplicitAny: any database type; the store only uses its own schema.
@@ -132,7 +135,8 @@ export interface PostgresProgressStoreOptions {
    * 15 minutes on Linux; for ever with a frozen process, whose kernel still acknowledges). Past it the
    * sockets of the pool clients the store holds are destroyed: their statements fail (`store_unavailable`;
    * an append among them may or may not have been committed), and the pool discards those clients; appends
-   * not sent yet (queued behind those) reject with `closed`, nothing of them written. No other client of the
+   * not sent yet (queued behind those, or waiting for a new connection to that database) reject with `closed`,
+   * nothing of them written. No other client of the
    * pool is touched. With `db` (a Kysely instance) the store cannot reach its
    * connections: `close()` stops waiting, and those statements settle when the database answers.
    * @default 5000

@@ -2,7 +2,7 @@ import type { Task } from '@finishline/core';
 import { type Kysely, type RawBuilder, sql } from 'kysely';
 import type { AppendTarget } from './append-pipeline.js';
 import { DATABASE_CLOCK, databaseNow } from './lease-statements.js';
-import { toProgressError } from './pg-errors.js';
+import { readOnLiveConnection, toProgressError } from './pg-errors.js';
 import { PreparedStatement, param } from './prepared-statement.js';
 import { type EventRow, type TaskRow, taskColumns, toTask } from './row-codec.js';
 import type { ProgressDatabase } from './schema.js';
@@ -281,11 +281,12 @@ export async function readTasks(
   db: Kysely<ProgressDatabase>,
   reads: TaskReads,
   batch: BatchedCall<string, Task | undefined>[],
+  closed: () => boolean,
 ): Promise<void> {
   const taskIds = [...new Set(batch.map((call) => call.input))];
   let rows: TaskRow[];
   try {
-    ({ rows } = await reads.tasks.run(db, { taskIds }));
+    ({ rows } = await readOnLiveConnection(() => reads.tasks.run(db, { taskIds }), closed));
   } catch (error) {
     for (const call of batch) call.reject(toProgressError(error, 'getTask', call.input));
     return;

@@ -1,5 +1,6 @@
 import { ErrorCode } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
+import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { PostgresProgressStore } from '../src/index.js';
@@ -9,6 +10,7 @@ import {
   freshSchema,
   headerAuthenticate,
   newPool,
+  pgUrl,
   queryHookedPool,
 } from './support.js';
 
@@ -27,7 +29,8 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup().catch(() => {});
 });
 
-async function setup() {
+/** `db`: the store opened on a Kysely instance of the pool (its clients given the `error` listener, as the option asks). */
+async function setup({ db = false, closeTimeoutMs }: { db?: boolean; closeTimeoutMs?: number } = {}) {
   const schema = freshSchema('ambig');
   const admin = newPool(3, 'finishline-test-admin');
   cleanups.push(async () => {
@@ -57,7 +60,12 @@ async function setup() {
     refused.armed = false;
     throw new Error('timeout exceeded when trying to connect');
   };
-  const store = await PostgresProgressStore.open({ pool, schema });
+  if (db) real.on('connect', (client) => client.on('error', () => {}));
+  const store = await PostgresProgressStore.open(
+    db
+      ? { db: new Kysely({ dialect: new PostgresDialect({ pool }) }), listenClient: pgUrl(), schema }
+      : { pool, schema, closeTimeoutMs },
+  );
   cleanups.push(() => store.close());
   /** The next insert into the events table sleeps a second (once), holding the row its statement locked. */
   const slowNextInsert = async () => {
@@ -96,34 +104,100 @@ describe('an append whose connection dropped and that commits afterwards', () =>
     expect(await itemEvents('t')).toBe(1);
   }, 30_000);
 
-  it('whose backend is terminated mid-statement waits for its rows on a live connection, not the dead one', async () => {
-    // A backend ended by the server (pg_terminate_backend, a fast shutdown) sends its FATAL before its socket
-    // closes; the append's statement fails on the FATAL, and its connection went back to the pool before the
-    // driver saw the close. The wait for the append's rows (`#settleUnknown`) drew that dead connection again,
-    // failed at once, and the append was rejected without waiting: a read then could come before a commit
-    // the server did not report.
-    const { store, admin, schema, slowNextInsert } = await setup();
+  it.each([
+    { with: 'pool', db: false },
+    { with: 'db', db: true },
+  ])(
+    'whose backend is terminated mid-statement waits for its rows on a live connection, not the dead one (with $with)',
+    async ({ db }) => {
+      // A backend ended by the server (pg_terminate_backend, a fast shutdown) sends its FATAL before its socket
+      // closes; the append's statement fails on the FATAL, and its connection went back to the pool before the
+      // driver saw the close. The wait for the append's rows (`#settleUnknown`) drew that dead connection again,
+      // failed at once, and the append was rejected without waiting: a read then could come before a commit
+      // the server did not report.
+      const { store, admin, schema, slowNextInsert } = await setup({ db });
+      await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
+      await slowNextInsert();
+      const appendPids = async (where: string) => {
+        const { rows } = await admin.query<{ pid: number }>(
+          `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND ${where}`,
+        );
+        return rows.map((row) => row.pid);
+      };
+      let settled = false;
+      const appended = store.append('t', { type: 'item', key: 'x', ok: true });
+      appended.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      // The append's statement sleeps in the trigger, holding the task's row.
+      let sleeping: number[] = [];
+      await eventually('the append sleeps in its insert', async () => {
+        sleeping = await appendPids(`wait_event = 'PgSleep'`);
+        return sleeping.length === 1;
+      });
+      // Another transaction queues for the row, and has it once the terminated statement lets it go.
+      const holder = await admin.connect();
+      try {
+        const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+        await holder.query('BEGIN');
+        const locking = holder.query(
+          `SELECT 1 FROM ${pg.escapeIdentifier(schema)}.tasks WHERE id = 't' FOR UPDATE`,
+        );
+        await eventually('the holder queues for the row', async () => {
+          const { rows } = await admin.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'`,
+            [backend[0]?.pid],
+          );
+          return rows[0]?.n === 1;
+        });
+        await admin.query('SELECT pg_terminate_backend($1)', [sleeping[0]]);
+        await locking;
+        // The append's wait for its rows queues behind the holder, on a connection other than the dead one.
+        await eventually(
+          'the append is rejected or waits for its rows',
+          async () => settled || (await appendPids(`wait_event_type = 'Lock'`)).length === 1,
+        );
+        expect(settled).toBe(false);
+      } finally {
+        await holder.query('ROLLBACK').catch(() => {});
+        holder.release();
+      }
+      await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+      // And the store goes on, on live connections.
+      expect((await store.append('t', { type: 'item', key: 'y', ok: true })).event.seq).toBe(1);
+    },
+    30_000,
+  );
+
+  it('whose wait for its rows close() cut is rejected then, not waited for again on another connection', async () => {
+    // close() past closeTimeoutMs destroys the connections the store holds, this wait's among them; it failed
+    // as a dead connection does, and was tried again on a new one, after close() (on a pool the caller may be
+    // ending), waiting for the held row until its own bound, seconds after close() returned.
+    const { store, admin, schema, slowNextInsert } = await setup({ closeTimeoutMs: 200 });
     await store.createTask({ id: 't', owner: 'alice', kind: 'k' });
     await slowNextInsert();
-    const appendPids = async (where: string) => {
-      const { rows } = await admin.query<{ pid: number }>(
-        `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND ${where}`,
+    const lockWaiters = async () => {
+      const { rows } = await admin.query<{ n: number }>(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND wait_event_type = 'Lock'`,
       );
-      return rows.map((row) => row.pid);
+      return rows[0]?.n ?? 0;
     };
-    let settled = false;
+    let settledAt: number | undefined;
     const appended = store.append('t', { type: 'item', key: 'x', ok: true });
     appended.then(
-      () => (settled = true),
-      () => (settled = true),
+      () => (settledAt = Date.now()),
+      () => (settledAt = Date.now()),
     );
-    // The append's statement sleeps in the trigger, holding the task's row.
-    let sleeping: number[] = [];
+    let sleeping: number | undefined;
     await eventually('the append sleeps in its insert', async () => {
-      sleeping = await appendPids(`wait_event = 'PgSleep'`);
-      return sleeping.length === 1;
+      const { rows } = await admin.query<{ pid: number }>(
+        `SELECT pid FROM pg_stat_activity WHERE application_name = 'ambiguous-append' AND wait_event = 'PgSleep'`,
+      );
+      sleeping = rows[0]?.pid;
+      return sleeping !== undefined;
     });
-    // Another transaction queues for the row, and has it once the terminated statement lets it go.
+    // The holder has the row once the terminated statement lets it go, and keeps it: the wait waits.
     const holder = await admin.connect();
     try {
       const { rows: backend } = await holder.query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
@@ -138,21 +212,17 @@ describe('an append whose connection dropped and that commits afterwards', () =>
         );
         return rows[0]?.n === 1;
       });
-      await admin.query('SELECT pg_terminate_backend($1)', [sleeping[0]]);
+      await admin.query('SELECT pg_terminate_backend($1)', [sleeping]);
       await locking;
-      // The append's wait for its rows queues behind the holder, on a connection other than the dead one.
-      await eventually(
-        'the append is rejected or waits for its rows',
-        async () => settled || (await appendPids(`wait_event_type = 'Lock'`)).length === 1,
-      );
-      expect(settled).toBe(false);
+      await eventually('the append waits for its rows', async () => (await lockWaiters()) === 1);
+      const closedAt = Date.now();
+      await store.close();
+      await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
+      expect((settledAt ?? Number.POSITIVE_INFINITY) - closedAt).toBeLessThan(2000);
     } finally {
       await holder.query('ROLLBACK').catch(() => {});
       holder.release();
     }
-    await expect(appended).rejects.toMatchObject({ code: ErrorCode.StoreUnavailable });
-    // And the store goes on, on live connections.
-    expect((await store.append('t', { type: 'item', key: 'y', ok: true })).event.seq).toBe(1);
   }, 30_000);
 
   it('an append that got no connection (nothing sent) is rejected at once: no wait for its rows', async () => {

@@ -129,4 +129,55 @@ describe('close() with statements in flight to a database that stopped answering
     await expect(queued).rejects.toMatchObject({ code: 'closed' });
     expect(pool.totalCount).toBe(pool.idleCount);
   }, 30_000);
+
+  it('fails a read in flight whose connection it destroyed, instead of sending it again into the black hole', async () => {
+    // A read whose connection turned out dead is sent again (readOnLiveConnection); one cut by close() was
+    // too, on a new connection to the database that no longer answered, and never settled.
+    const { proxy, pool, store } = await storeBehindProxy();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    // Two connections open, one for each: a connect through the black hole would never end.
+    await Promise.all([pool.query('SELECT 1'), pool.query('SELECT 1')]);
+
+    proxy.blackHole();
+    // The append holds close() past closeTimeoutMs; the read is in flight on a connection of its own.
+    const appended = store.append(task.id, { type: 'progress', done: 2 });
+    appended.catch(() => undefined);
+    const read = store.readEvents(task.id, 0);
+    read.catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
+      'closed',
+    );
+    const settled = read.then(
+      () => undefined,
+      () => undefined,
+    );
+    expect(await settlesWithin(settled, 2000), 'the read in flight at close()').toBe('closed');
+    await expect(read).rejects.toMatchObject({ code: 'store_unavailable' });
+    expect(pool.totalCount).toBe(pool.idleCount);
+  }, 30_000);
+
+  it('rejects with closed an append still waiting for a new connection through the black hole', async () => {
+    // Its transaction waited for pool.connect(), which (no connectionTimeoutMillis, pg's default) waits for a
+    // connection the database never answers: close() returned, and the append never settled.
+    const { proxy, pool, store } = await storeBehindProxy();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    // The pool's idle connections taken, so that the append needs a new one.
+    const taken = await Promise.all(Array.from({ length: pool.idleCount }, () => pool.connect()));
+    proxy.blackHole();
+    const appended = store.append(task.id, { type: 'progress', done: 1 });
+    appended.catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append connecting').toBe(
+      'closed',
+    );
+    const settled = appended.then(
+      () => undefined,
+      () => undefined,
+    );
+    expect(await settlesWithin(settled, 2000), 'the append connecting at close()').toBe('closed');
+    await expect(appended).rejects.toMatchObject({ code: 'closed' });
+    for (const client of taken) client.release();
+  }, 30_000);
 });
