@@ -193,6 +193,46 @@ describe('the per-address cap on unauthenticated connections', () => {
     expect(isOpen(trusted)).toBe(true);
   });
 
+  it('counts an idle kept-alive connection again once a later request of it did not authenticate', async () => {
+    // Trusted for good after one authenticated request, a connection kept alive by liveness probes (free of
+    // credentials and rate-limit tokens) was never counted again: one valid credential held any number of
+    // connections past the cap, one request each.
+    const { connect } = await import('node:net');
+    env = await startServer({ maxPendingConnectionsPerAddress: 3 });
+    const open = async (): Promise<{ socket: Socket; request(head: string): Promise<void> }> => {
+      const socket = await new Promise<Socket>((resolve, reject) => {
+        const s = connect(env!.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+      });
+      socket.on('error', () => {});
+      cleanups.push(() => socket.destroy());
+      let text = '';
+      let answers = 0;
+      socket.on('data', (chunk: Buffer) => {
+        text += chunk.toString('latin1');
+      });
+      return {
+        socket,
+        async request(head) {
+          answers += 1;
+          socket.write(`${head}Host: x\r\n\r\n`);
+          while ((text.match(/HTTP\/1\.1 \d{3}/g) ?? []).length < answers) await sleep(5);
+        },
+      };
+    };
+    const isOpen = (socket: Socket) => !socket.destroyed && socket.readyState === 'open';
+    const held = await open();
+    await held.request('GET /progress/tasks HTTP/1.1\r\nx-user: alice\r\n');
+    await held.request('GET /progress/livez HTTP/1.1\r\n');
+    const others: Socket[] = [];
+    for (let i = 0; i < 3; i += 1) {
+      const other = await open();
+      await other.request('GET /progress/livez HTTP/1.1\r\n');
+      others.push(other.socket);
+    }
+    await expect.poll(() => [held.socket, ...others].map(isOpen)).toEqual([false, true, true, true]);
+  });
+
   it('counting the requests of a kept-alive connection adds no listener per request to its socket', async () => {
     const { connect } = await import('node:net');
     env = await startServer();

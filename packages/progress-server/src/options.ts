@@ -159,7 +159,7 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * Most connections from one remote address (an IPv6 client: from one /64, the block a client is given
    * and may send from any address of) that have not authenticated yet: accepted TCP connections without a
-   * request, and kept-alive ones between requests none of which authenticated (both only on the server
+   * request, and kept-alive ones between requests whose latest request did not authenticate (both only on the server
    * `ProgressServer.listen` creates), upgrades being checked, and sockets
    * waiting for their `auth` frame (those of a `wss` you pass too). Over the cap the address's **oldest**
    * such connection is destroyed, so silent connections cannot exhaust descriptors and a new client still

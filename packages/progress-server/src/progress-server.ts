@@ -382,8 +382,9 @@ export class ProgressServer<P extends Principal = Principal> {
         request.once('end', () => progress.#sockets.pending.release(request.socket));
       } else progress.#sockets.pending.release(request.socket);
       // Idle again once its last request is answered: counted as a silent connection is, unless a request
-      // of it authenticated (see `PendingConnections.idle`).
+      // of it authenticated since its latest began (see `PendingConnections.idle` and `requested`).
       const socket = request.socket;
+      progress.#sockets.pending.requested(socket);
       inFlight.set(socket, (inFlight.get(socket) ?? 0) + 1);
       response.once('close', () => {
         const left = (inFlight.get(socket) ?? 1) - 1;

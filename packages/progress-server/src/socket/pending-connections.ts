@@ -89,11 +89,23 @@ export class PendingConnections {
 
   /**
    * An HTTP request of `socket` authenticated: it no longer counts, nor does it count again while idle
-   * between requests (see {@link idle}).
+   * between requests (see {@link idle}), until a later request of it does not authenticate (see
+   * {@link requested}).
    */
   authenticated(socket: TrackedSocket): void {
     this.#trusted.add(socket);
     this.release(socket);
+  }
+
+  /**
+   * A new HTTP request of `socket`: whether it authenticates ({@link authenticated}) decides anew whether
+   * the connection counts while idle. Trusted for good, a connection one request of which authenticated
+   * was never counted again: a client with one valid credential spent one request on each connection,
+   * then kept any number of them, and their descriptors, open past the cap with a liveness probe now and
+   * then (which needs no credentials and costs no rate-limit token), as the hole {@link idle} closed.
+   */
+  requested(socket: TrackedSocket): void {
+    this.#trusted.delete(socket);
   }
 
   /**
