@@ -15,6 +15,7 @@ import type { ChangePublisher, TransactionLog } from './sqlite-change-feed.js';
 import { isRowRefusal, toProgressError } from './sqlite-errors.js';
 import type { SqliteStatements } from './sqlite-statements.js';
 import { EVENT_INSERT_ROWS } from './sqlite-statements.js';
+import { isBusy } from './write-lock.js';
 import type { WriteTransactions } from './write-transaction.js';
 
 /**
@@ -153,6 +154,12 @@ export class AppendPipeline {
       if (written === undefined) {
         const rejection = toProgressError(failure, 'commit appends');
         for (const entry of batch) entry.reject(rejection);
+        // The write lock stayed held for busyTimeoutMs: the appends queued behind the batch were queued
+        // before that wait (no code ran during it) and fail with it. Each batch waited its own
+        // busyTimeoutMs, and a flush (a read, close()) commits them all in one event-loop turn: 5,000
+        // appends queued behind a lock another process held blocked the loop for five waits (25 s by
+        // default) instead of one.
+        if (isBusy(failure)) for (const entry of this.#queue.clear()) entry.reject(rejection);
         return true;
       }
     }

@@ -228,16 +228,21 @@ export class SqliteProgressStore implements ProgressStore {
       const parsed = parseCreateTaskInput(input);
       this.#appends.flush();
       const id = parsed.id ?? globalThis.crypto.randomUUID();
-      const task = newTask({ ...parsed, id }, this.#clock());
       this.#cache.forget(id);
       // A write transaction, not an insert on its own: it waits for another process's write lock as
       // appends do (see `WriteTransactions`), where SQLite's busy handler gave up beside a process that
-      // commits back to back.
-      const inserted = this.#transactions.run(
-        () => Number(this.#q.insertTask.run(taskToRow(task)).changes) > 0,
+      // commits back to back. The clock is read once the lock is held, as every other write reads it: read
+      // before the wait (up to busyTimeoutMs), a lease shorter than the wait was created already expired,
+      // for the next reap to interrupt, and a run (`createdAt`) could be one a purge that held the lock
+      // meanwhile had just deleted (see `isPurgeable`).
+      const task = this.#transactions.run(
+        () => {
+          const created = newTask({ ...parsed, id }, this.#clock());
+          return Number(this.#q.insertTask.run(taskToRow(created)).changes) > 0 ? created : undefined;
+        },
         { changeless: true },
       );
-      if (!inserted) throw taskAlreadyExists(id);
+      if (task === undefined) throw taskAlreadyExists(id);
       return task;
     });
   }

@@ -2,6 +2,7 @@ import type { AppendResult, TaskChange } from '@finishline/core';
 import { ErrorCode, isProgressError } from '@finishline/core';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
+import type { SqliteDatabase } from '../src/index.js';
 import { SqliteProgressStore } from '../src/index.js';
 import { spyDatabase, sqliteError } from './support/spy-database.js';
 import { tempDatabase } from './support/temp-database.js';
@@ -205,6 +206,49 @@ describe('another connection holding the write lock', () => {
     } finally {
       other.close();
       await store.close();
+      file.remove();
+    }
+  });
+
+  it('fails the appends queued behind a batch with it, after one wait for the lock, not one per batch', async () => {
+    const file = tempDatabase();
+    const raw = new Database(file.file);
+    // Each wait for the lock switches SQLite's busy handler off first (see `beginImmediate`): counted here.
+    let waits = 0;
+    const database: SqliteDatabase = {
+      memory: false,
+      close: () => raw.close(),
+      prepare(sql) {
+        if (sql === 'PRAGMA busy_timeout = 0') waits += 1;
+        return raw.prepare(sql);
+      },
+    };
+    const store = new SqliteProgressStore({
+      database,
+      busyTimeoutMs: 20,
+      dataVersionPollMs: 0,
+      maxBatchSize: 2,
+    });
+    const other = new Database(file.file);
+    try {
+      await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+      other.exec('BEGIN IMMEDIATE');
+      const appends = Array.from({ length: 6 }, (_, i) => store.append('a', { type: 'progress', done: i }));
+      waits = 0;
+      // A read commits the queued appends first: three batches in one event-loop turn. Each waited
+      // busyTimeoutMs for the lock (the loop held three times as long as a write may hold it).
+      expect((await store.getTask('a'))?.seq).toBe(0);
+      expect(waits).toBe(1);
+      for (const result of await Promise.allSettled(appends)) {
+        expect(outcome(result)).toBe(ErrorCode.StoreUnavailable);
+        expect((result as PromiseRejectedResult).reason.cause.code).toMatch(/^SQLITE_BUSY/);
+      }
+      other.exec('ROLLBACK');
+      expect((await store.append('a', { type: 'progress', done: 1 })).event.seq).toBe(1);
+    } finally {
+      other.close();
+      await store.close();
+      raw.close();
       file.remove();
     }
   });

@@ -1,4 +1,5 @@
 import { ErrorCode } from '@finishline/core';
+import { ManualClock } from '@finishline/core/testing';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { SqliteDatabase } from '../src/index.js';
@@ -259,5 +260,60 @@ describe('the migration and the renewal after a restore wait for the lock as the
     expect(errors).toEqual([]);
     expect(connection.looks()).toBe(3);
     expect(await worker.getEpoch()).not.toBe(before);
+  });
+});
+
+/**
+ * A write reads the clock once it holds the lock. `createTask` read it before its wait: a lease shorter
+ * than the wait was created already expired (the next reap interrupted the task it had just created), and
+ * its run (`createdAt`) was of before a purge that held the lock meanwhile.
+ */
+describe('the time of a write that waited for the lock', () => {
+  it('a task created after a wait for the lock takes its run and lease from after the wait', async () => {
+    const temp = tempDatabase();
+    const raw = new Database(temp.file);
+    const holder = new Database(temp.file);
+    const clock = new ManualClock(1_000_000);
+    let looks = 0;
+    let armed = false;
+    const database: SqliteDatabase = {
+      memory: false,
+      close: () => raw.close(),
+      prepare(sql) {
+        const statement = raw.prepare(sql);
+        if (sql !== 'BEGIN IMMEDIATE') return statement;
+        return {
+          run: (...parameters: unknown[]) => {
+            if (armed && ++looks === 1) clock.advance(1000); // a second goes by with the lock held
+            if (armed && looks === 2) holder.prepare('COMMIT').run();
+            return statement.run(...parameters);
+          },
+          get: (...parameters: unknown[]) => statement.get(...parameters),
+          all: (...parameters: unknown[]) => statement.all(...parameters),
+        };
+      },
+    };
+    const store = new SqliteProgressStore({ database, clock: clock.now, dataVersionPollMs: 0 });
+    try {
+      holder.prepare('BEGIN IMMEDIATE').run();
+      armed = true;
+      const task = await store.createTask({
+        id: 't',
+        owner: 'alice',
+        kind: 'k',
+        lease: { owner: 'w', ttlMs: 500 },
+      });
+      expect(looks).toBe(2);
+      expect(task.createdAt).toBe(1_001_000);
+      expect(task.leaseExpiresAt).toBe(1_001_500);
+      expect(await store.getTask('t')).toEqual(task);
+      expect(await store.reapExpiredLeases()).toEqual([]);
+    } finally {
+      await store.close();
+      if (holder.inTransaction) holder.prepare('ROLLBACK').run();
+      holder.close();
+      raw.close();
+      temp.remove();
+    }
   });
 });
