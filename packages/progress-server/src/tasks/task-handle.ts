@@ -115,7 +115,8 @@ export interface TaskHandleControl {
  * A handle driven by hand must be ended by its caller: while the server that created it runs, its lease is
  * renewed and the task stays `running` (its watchers wait, at 100 % if every item was reported) until
  * `complete`, `fail`, `cancel` or `interrupt` is called — reaping ends only the tasks of a server that
- * stopped renewing. There is no deadline of the server's: end the task in a `finally` (as below), bound
+ * stopped renewing. A `complete` or `fail` the store refuses (an outage) stops the renewals: retried within
+ * the lease TTL it still ends the task, else a reaper interrupts it. There is no deadline of the server's: end the task in a `finally` (as below), bound
  * slow work yourself (e.g. `setTimeout(() => task.interrupt('deadline'), ms)`, or `runBatch` with
  * `signal: AbortSignal.timeout(ms)`, which ends it `cancelled`), and find handles left running in
  * `server.tasks.running`. `runBatch` always ends its task.
@@ -243,7 +244,7 @@ export class TaskHandle {
     // (A field left `undefined` is the store's to read as absent, as a JavaScript caller's always was.)
     const input = { type: 'completed', ...options } as CompleteInput;
     clipText(input, 'message', LIMITS.maxMessageLength);
-    return this.#append(input) as Promise<CompletedEvent>;
+    return this.#end(input) as Promise<CompletedEvent>;
   }
 
   /**
@@ -252,7 +253,7 @@ export class TaskHandle {
    * clipped to the limits and made storable, as everywhere on the handle.
    */
   fail(error: TaskFailure | Error | string): Promise<FailedEvent> {
-    return this.#append({ type: 'failed', error: toFailure(error) }) as Promise<FailedEvent>;
+    return this.#end({ type: 'failed', error: toFailure(error) }) as Promise<FailedEvent>;
   }
 
   /**
@@ -319,6 +320,25 @@ export class TaskHandle {
     this.#batch = batch;
     this.#host.trackBatch(batch);
     return batch;
+  }
+
+  /**
+   * The worker's own ending (`complete`, `fail`). Refused (an outage, or any error that leaves the task
+   * running), the lease is no longer renewed, as `runBatch` does once it gives its terminal up: the worker
+   * has said its last word, and the handle's own example, `fail()` in the catch of a refused `complete()`,
+   * refused in the same outage, left the task `running` under a lease this live server renewed for good.
+   * Retried within the lease, the ending still goes in; else a reaper interrupts the task. An append that
+   * committed all the same (an answer lost after COMMIT) ended the task: nothing to renew. Not `cancel`:
+   * `tasks.cancel` (HTTP) goes through it while the worker runs on. A batch has its own retries.
+   */
+  #end(input: AppendInput): Promise<TaskEvent> {
+    const run = this.#task.createdAt;
+    const ending = this.#append(input);
+    if (this.#batch !== undefined) return ending;
+    return ending.catch((error: unknown) => {
+      this.#host.abandon(this.id, run);
+      throw error;
+    });
   }
 
   #append(input: AppendInput): Promise<TaskEvent> {
