@@ -68,13 +68,14 @@ export class HttpApi {
   }
 
   /**
-   * One page of the task's events after `afterSeq`, in seq order, and the task's snapshot as the server
-   * read it before them (none from a server that does not send it).
+   * One page of the task's events after `afterSeq`, in seq order, the task's snapshot as the server read it
+   * before them (none from a server that does not send it), and its `hasMore` (false: the page reached that
+   * snapshot's seq; none from a server that does not send it).
    */
   async getEvents(
     taskId: string,
     afterSeq: number,
-  ): Promise<{ events: TaskEvent[]; snapshot: SnapshotFrame | undefined }> {
+  ): Promise<{ events: TaskEvent[]; snapshot: SnapshotFrame | undefined; hasMore: unknown }> {
     const body = await this.#get(taskId, `/tasks/${encodeURIComponent(taskId)}/events?afterSeq=${afterSeq}`);
     const events = readField(body, 'events');
     if (!Array.isArray(events)) throw badBody(taskId);
@@ -86,6 +87,7 @@ export class HttpApi {
         return decoded.frame.event;
       }),
       snapshot: readField(body, 'task') === undefined ? undefined : snapshotOf(taskId, body),
+      hasMore: readField(body, 'hasMore'),
     };
   }
 
@@ -344,7 +346,7 @@ class HttpPoller implements HttpFallbackRuntime {
           this.#snapshot(task, frame);
         }
         const before = task.cursor.seq;
-        const { events, snapshot } = await this.#api.getEvents(task.taskId, before);
+        const { events, snapshot, hasMore } = await this.#api.getEvents(task.taskId, before);
         if (!host.current(task)) return;
         if (snapshot !== undefined) {
           // The cursor is not in the task's log (the store was restored since: another epoch, or the task
@@ -378,6 +380,12 @@ class HttpPoller implements HttpFallbackRuntime {
           if (host.current(task)) this.#snapshot(task, frame);
           return;
         }
+        // The page reached the task as the server read it, and the cursor the page's end: the next poll
+        // reads on. (Not a cursor a `hello` of another epoch set to 0 meanwhile: the next page reads the
+        // task first.) Until 7 December 2026 every poll that brought events asked once more, for the empty
+        // page after them: twice the requests (each an authenticate hook, a task read and an events read
+        // on the server) for every polled watch of a running task.
+        if (hasMore === false && task.cursor.seq === events.at(-1)?.seq) return;
       }
     } catch (error) {
       const problem =

@@ -1378,6 +1378,35 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('reads one page of events per poll when the server says none follow (hasMore false), not the empty page after it', async () => {
+    // Every poll that brought events asked once more for the empty page after them: twice the requests
+    // (an authenticate hook, a task read and an events read on the server each) per watch of a running task.
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 1000,
+    });
+    const task = new FakeTask('t1', 3);
+    http.tasks.set('t1', task);
+    const log = record(client.watch('t1'));
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    expect(log).toEqual(['snapshot@0']);
+    task.item('a');
+    task.item('b');
+    const asked = http.count('/events');
+    await scheduler.advance(1000);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+    expect(http.count('/events') - asked).toBe(1);
+    // A page short of the task (hasMore true) is read on at once, as before.
+    http.pageSize = 1;
+    task.item('c');
+    task.end();
+    await scheduler.advance(1000);
+    expect(log.slice(3)).toEqual(['item@3', 'completed@4', 'finished@4']);
+    expect(http.count('/events') - asked).toBe(3);
+    await client.close();
+  });
+
   it('takes the task as a snapshot over HTTP when the store no longer holds any event after the cursor', async () => {
     // A store whose retention removed a task's events and kept its row answers `events: []` with the task
     // ahead of the cursor: the poll returned with nothing applied, every time, and the watch never saw
