@@ -406,8 +406,10 @@ class HttpPoller implements HttpFallbackRuntime {
         host.fatal(problem);
         return;
       }
-      if (FATAL_TASK_ERRORS.has(problem.code)) host.failTask(task, problem);
-      else task.task.emitError(problem);
+      // A task gone or forbidden ends its watch: an answer, not a failure of HTTP, which would put every
+      // other watch's next poll off by the failure backoff (as it did until 7 December 2026).
+      if (FATAL_TASK_ERRORS.has(problem.code)) return host.failTask(task, problem);
+      task.task.emitError(problem);
       throw problem;
     } finally {
       task.httpBusy = false;

@@ -1407,6 +1407,31 @@ describe('HTTP fallback', () => {
     await client.close();
   });
 
+  it('keeps the poll interval for the other watches when one watch’s task is purged (404): no backoff, HTTP did not fail', async () => {
+    // A task gone (or forbidden) mid-watch ends that watch; the round was counted failed, and every other
+    // watch's next poll waited the failure backoff (the interval and up to one more) instead of the interval.
+    const { client, server, scheduler, http } = setup({
+      httpFallbackAfterAttempts: 1,
+      httpPollIntervalMs: 1000,
+    });
+    const kept = new FakeTask('t1', 3);
+    http.tasks.set('t1', kept);
+    http.tasks.set('t2', new FakeTask('t2', 3));
+    const log = record(client.watch('t1'));
+    const gone = record(client.watch('t2'));
+    server.last.serverClose(1006);
+    await scheduler.advance(0);
+    http.tasks.delete('t2'); // purged by retention
+    kept.item('a');
+    await scheduler.advance(1000);
+    expect(gone).toEqual(['snapshot@0', 'error:task_not_found']);
+    expect(log).toEqual(['snapshot@0', 'item@1']);
+    kept.item('b');
+    await scheduler.advance(1000);
+    expect(log).toEqual(['snapshot@0', 'item@1', 'item@2']);
+    await client.close();
+  });
+
   it('takes the task as a snapshot over HTTP when the store no longer holds any event after the cursor', async () => {
     // A store whose retention removed a task's events and kept its row answers `events: []` with the task
     // ahead of the cursor: the poll returned with nothing applied, every time, and the watch never saw
