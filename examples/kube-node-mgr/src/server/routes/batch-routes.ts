@@ -493,7 +493,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         return fail(res, 400, 'invalid_input', error.message, { field: error.field });
       throw error;
     }
-    if (key === undefined) return startChecked(res, session, cluster, op, names, reason, undefined);
+    if (key === undefined) return startChecked(res, session, cluster, op, names, null, reason, undefined);
     const fingerprint = createHash('sha256')
       .update(JSON.stringify([cluster.name, op, names, reason ?? null]))
       .digest('hex');
@@ -518,7 +518,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
     let started = false;
     try {
-      started = await startChecked(res, session, cluster, op, names, reason, {
+      started = await startChecked(res, session, cluster, op, names, null, reason, {
         taskId: claimed.taskId,
         held: () => db.renewIdempotencyKey(session.username, key, claimed.taskId, Date.now()),
       });
@@ -534,13 +534,17 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
   });
 
-  /** Checks the nodes exist, then starts the batch and answers; whether it started. */
+  /**
+   * Checks the nodes exist, then starts the batch and answers; whether it started. A rerun's too: its nodes
+   * are the old batch's, and one deleted since failed again, "404 NotFound: nodes … not found", in a new task.
+   */
   const startChecked = async (
     res: Response,
     session: Session,
     cluster: Cluster,
     op: Operation,
     names: string[],
+    link: Parameters<typeof startBatch>[4],
     reason: string | undefined,
     claim: Parameters<typeof startBatch>[6],
   ): Promise<boolean> => {
@@ -559,7 +563,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       });
       return false;
     }
-    const started = await startBatch(session, cluster, op, names, null, reason, claim);
+    const started = await startBatch(session, cluster, op, names, link, reason, claim);
     answerStart(res, op, names, started);
     return started.ok;
   };
@@ -620,11 +624,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       return fail(res, 400, 'invalid_input', 'the old task’s operation cannot be rerun');
     }
     const reason = typeof record.operation.reason === 'string' ? record.operation.reason : undefined;
-    answerStart(
+    await startChecked(
       res,
+      session,
+      cluster,
       op,
       names,
-      await startBatch(session, cluster, op, names, { parentTaskId: id, relation: mode }, reason),
+      { parentTaskId: id, relation: mode },
+      reason,
+      undefined,
     );
   });
 
