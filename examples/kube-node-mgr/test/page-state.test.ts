@@ -201,11 +201,12 @@ beforeAll(async () => {
         return json(500, { error: { code: 'internal', message: 'internal error' } });
       }
       const changed = alreadyChanged.get(id) ?? [];
-      // `unreadable-…` tasks: the cluster could not be read back (null).
-      const nodes = entry(id).task.nodes.map((name) => ({
-        name,
-        changed: id.includes('unreadable') ? null : changed.includes(name),
-      }));
+      // `unreadable-…` tasks: the cluster could not be read back (null). `gone-…` tasks: worker-2 was deleted.
+      const nodes = entry(id).task.nodes.map((name) =>
+        id.includes('gone') && name === 'worker-2'
+          ? { name, changed: null, gone: true }
+          : { name, changed: id.includes('unreadable') ? null : changed.includes(name) },
+      );
       return json(200, { nodes });
     }
     m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
@@ -451,6 +452,22 @@ describe('a batch that ended early', () => {
     expect(explain).toContain('2 nodes have no recorded result and could not be read back');
     expect(explain).toContain('may or may not have been drained');
     expect(explain).not.toContain('were not drained');
+  });
+
+  // A review on 7 December 2026: a node deleted from the cluster since the batch was listed as "its state
+  // could not be read", and the explanation asked to verify it: it no longer exists.
+  it('a cancelled batch says a node deleted since no longer exists, not that it could not be read back', async () => {
+    nextSnap.set('gone-1', cancelled(0));
+    pd.openProgress('gone-1');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-1.');
+    expect(explain).toContain('1 node no longer exists in the cluster: worker-2.');
+    expect(explain).not.toContain('could not be read back');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+    expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe(
+      'worker-2 · no longer exists in the cluster',
+    );
   });
 
   it('an interrupted batch does not call a node it changed before its server died unchanged', async () => {

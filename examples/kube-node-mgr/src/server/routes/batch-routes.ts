@@ -641,7 +641,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // task runs at a time, shared by every caller meanwhile, and its answer is served for a moment after
   // (the task has ended, only other hands change its nodes): N callers cost one computation, not N.
   interface Unrecorded {
-    nodes: Promise<{ name: string; changed: boolean | null }[]>;
+    nodes: Promise<{ name: string; changed: boolean | null; gone?: true }[]>;
     /** Callers still waiting; the reads are given up once every one of them has gone. */
     waiting: number;
     abort: AbortController;
@@ -708,8 +708,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         current = undefined; // unknown, said so per node
       }
     }
-    const nodes = names.map((name) => {
+    const nodes = names.map((name): { name: string; changed: boolean | null; gone?: true } => {
       const node = current?.get(name);
+      // Not in the list read: deleted since (scaled down, replaced). Said so, not "could not be read back",
+      // which asks the user to verify a node that no longer exists.
+      if (current !== undefined && node === undefined) return { name, changed: null, gone: true };
       return {
         name,
         changed: op === undefined || node === undefined ? null : patchFor(op, node, now) === null,
@@ -745,7 +748,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // Such a node was not necessarily left unchanged: a batch whose server died (interrupted) may have
   // patched it just before, its result never recorded; the dialog said "not changed" all the same.
   // `changed`: true when the node already has the change, false when it has not, null when unknown (the
-  // node could not be read). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
+  // node could not be read, or is gone: `gone: true`, no longer in the cluster). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
   // pod left that the drain would evict.
   route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
     const id = String(req.params.id);
