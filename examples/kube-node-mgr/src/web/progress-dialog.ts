@@ -486,14 +486,10 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     openProgress(started.taskId);
     void loadTasks();
   } catch (error) {
-    const inTheWay = batchInTheWay(error, mode, id);
+    const inTheWay = batchInTheWay(error, { mode, of: id });
     // Shown only if the dialog still shows the task rerun: the user may have opened another one meanwhile.
     if (inTheWay !== null && $<HTMLDialogElement>('#progress-dialog').dataset.taskId === id) {
-      if (inTheWay.taskId !== id) openProgress(inTheWay.taskId, { autoClose: false });
-      const note = $('#progress-rerun-note');
-      note.hidden = false;
-      note.textContent = inTheWay.note;
-      void loadTasks();
+      showBatchInTheWay(inTheWay);
       return;
     }
     const box = $('#progress-rerun-error');
@@ -504,23 +500,29 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
   }
 }
 
+/** A batch that kept another from starting, and the note saying why it is shown instead. */
+export interface BatchInTheWay {
+  taskId: string;
+  note: string;
+}
+
 /**
- * The batch a `409` to a rerun names, and why it is shown instead: the rerun started already (`already_rerun`:
- * another tab, another user, a click again after a proxy's 502 hid the first answer) or another batch runs on
- * the nodes (`nodes_locked`: often that very rerun, still running). Shown as an error, the refusal left the
- * user to find that batch in the list, or to click again for the same refusal.
+ * The batch a `409` to a batch start (`POST /api/batch`) or a rerun names, and why it is shown instead: the
+ * rerun started already (`already_rerun`: another tab, another user, a click again after a proxy's 502 hid
+ * the first answer) or another batch runs on the nodes (`nodes_locked`: often that very rerun, still
+ * running). Shown as an error, the refusal left the user to find that batch in the list, or to click again
+ * for the same refusal. `null`: no batch is in the way.
  */
-function batchInTheWay(
+export function batchInTheWay(
   error: unknown,
-  mode: 'retry_failed' | 'resume_remaining',
-  rerunOf: string,
-): { taskId: string; note: string } | null {
+  rerun?: { mode: 'retry_failed' | 'resume_remaining'; of: string },
+): BatchInTheWay | null {
   if (!(error instanceof ApiError) || error.status !== 409) return null;
   const fields = error.more.fields ?? {};
-  if (error.code === 'already_rerun' && typeof fields.taskId === 'string') {
+  if (rerun !== undefined && error.code === 'already_rerun' && typeof fields.taskId === 'string') {
     return {
       taskId: fields.taskId,
-      note: `Not started again: that task was already ${mode === 'retry_failed' ? 'retried' : 'resumed'} as this one (task ${fields.taskId.slice(0, 8)}).`,
+      note: `Not started again: that task was already ${rerun.mode === 'retry_failed' ? 'retried' : 'resumed'} as this one (task ${fields.taskId.slice(0, 8)}).`,
     };
   }
   const lock = Array.isArray(fields.locks)
@@ -529,18 +531,30 @@ function batchInTheWay(
   if (error.code === 'nodes_locked' && typeof lock?.taskId === 'string') {
     // The task rerun itself, just cancelled: its locks are kept while it may still be finishing a change it
     // had sent (LOCK_CANCEL_GRACE_MS on the server), so it is no other batch, and not "running".
-    if (lock.taskId === rerunOf) {
+    if (lock.taskId === rerun?.of) {
       return {
-        taskId: rerunOf,
+        taskId: lock.taskId,
         note: `Not started: this batch is still finishing the change it had sent to ${String(lock.node)}. Try again in a moment.`,
       };
     }
     return {
       taskId: lock.taskId,
-      note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is already running on ${String(lock.node)}. Rerun once it has ended.`,
+      note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is already running on ${String(lock.node)}. ${rerun === undefined ? 'Run again' : 'Rerun'} once it has ended.`,
     };
   }
   return null;
+}
+
+/** Shows the batch in the way (see {@link batchInTheWay}) with its note: opened unless the dialog shows it. */
+export function showBatchInTheWay(inTheWay: BatchInTheWay): void {
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  if (!dialog.open || dialog.dataset.taskId !== inTheWay.taskId) {
+    openProgress(inTheWay.taskId, { autoClose: false });
+  }
+  const note = $('#progress-rerun-note');
+  note.hidden = false;
+  note.textContent = inTheWay.note;
+  void loadTasks();
 }
 
 $('#progress-close').addEventListener('click', closeProgress);
