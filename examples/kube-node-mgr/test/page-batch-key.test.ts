@@ -174,7 +174,7 @@ it('a 409 nodes_locked opens the batch holding the nodes with why nothing starte
   });
   expect($('#progress-rerun-note').hidden).toBe(false);
   expect($('#progress-rerun-note').textContent).toBe(
-    'Not started: this batch (task other-ba by bob) is already running on worker-1. Run again once it has ended.',
+    'Not started: this batch (task other-ba by bob) is still changing worker-1. Run again once it has stopped.',
   );
   expect($<HTMLDialogElement>('#op-dialog').open).toBe(true);
   expect($('#op-error').textContent).toBe(

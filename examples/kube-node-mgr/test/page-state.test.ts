@@ -180,13 +180,14 @@ beforeAll(async () => {
           },
         });
       }
-      // `rerun-locked-…` tasks: another batch holds their nodes.
+      // `rerun-locked-…` tasks: another batch holds their nodes (`…-by-cancelled`: one just cancelled).
       if (path.includes('rerun-locked')) {
+        const holder = path.includes('by-cancelled') ? 'cancelled-batch' : 'other-batch';
         return json(409, {
           error: {
             code: 'nodes_locked',
-            message: 'another batch is changing worker-2 (task other-batch by bob); wait for it to finish',
-            locks: [{ node: 'worker-2', taskId: 'other-batch', username: 'bob' }],
+            message: `another batch is changing worker-2 (task ${holder} by bob); wait for it to finish`,
+            locks: [{ node: 'worker-2', taskId: holder, username: 'bob' }],
           },
         });
       }
@@ -373,8 +374,32 @@ describe('rerun buttons', () => {
     expect(dialog.dataset.taskId).toBe('other-batch');
     expect((document.querySelector('#progress-rerun-error') as HTMLElement).hidden).toBe(true);
     expect(document.querySelector('#progress-rerun-note')?.textContent).toBe(
-      'Not started: this batch (task other-ba by bob) is already running on worker-2. Rerun once it has ended.',
+      'Not started: this batch (task other-ba by bob) is still changing worker-2. Rerun once it has stopped.',
     );
+  });
+
+  // A review on 7 December 2026: the batch in the way was called "already running" under its own status,
+  // "cancelled": a batch cancelled a moment ago keeps its nodes while it finishes a change it had sent.
+  it('a retry refused for the nodes a just-cancelled batch still holds does not call that batch running', async () => {
+    nextSnap.set('rerun-locked-by-cancelled', failedOne());
+    nextSnap.set('cancelled-batch', {
+      ...completed(0),
+      progress: { done: 0, total: 2, current: null, succeeded: 0, failed: 0 },
+      status: 'cancelled',
+    });
+    pd.openProgress('rerun-locked-by-cancelled');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    expect((document.querySelector('#progress-dialog') as HTMLDialogElement).dataset.taskId).toBe(
+      'cancelled-batch',
+    );
+    expect(document.querySelector('#progress-status')?.textContent).toBe('cancelled');
+    const note = document.querySelector('#progress-rerun-note')?.textContent ?? '';
+    expect(note).toBe(
+      'Not started: this batch (task cancelle by bob) is still changing worker-2. Rerun once it has stopped.',
+    );
+    expect(note).not.toContain('running');
   });
 
   it('a resume right after a cancel, refused for the nodes the cancelled batch still holds, stays on that batch', async () => {

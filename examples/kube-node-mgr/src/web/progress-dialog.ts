@@ -537,9 +537,11 @@ export function batchInTheWay(
         note: `Not started: this batch is still finishing the change it had sent to ${String(lock.node)}. Try again in a moment.`,
       };
     }
+    // Not "running": a batch cancelled a moment ago keeps its nodes while it finishes a change it had sent,
+    // and was shown "cancelled" under a note calling it "already running" (cancel a drain, uncordon at once).
     return {
       taskId: lock.taskId,
-      note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is already running on ${String(lock.node)}. ${rerun === undefined ? 'Run again' : 'Rerun'} once it has ended.`,
+      note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is still changing ${String(lock.node)}. ${rerun === undefined ? 'Run again' : 'Rerun'} once it has stopped.`,
     };
   }
   return null;
