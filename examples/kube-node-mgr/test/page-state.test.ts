@@ -180,6 +180,17 @@ beforeAll(async () => {
           },
         });
       }
+      // `rerun-gone-…` tasks: worker-2 has left the cluster since.
+      if (path.includes('rerun-gone')) {
+        return json(400, {
+          error: {
+            code: 'unknown_nodes',
+            message: 'unknown node: worker-2',
+            field: 'nodes',
+            nodes: ['worker-2'],
+          },
+        });
+      }
       // `rerun-locked-…` tasks: another batch holds their nodes (`…-by-cancelled`: one just cancelled).
       if (path.includes('rerun-locked')) {
         const holder = path.includes('by-cancelled') ? 'cancelled-batch' : 'other-batch';
@@ -400,6 +411,21 @@ describe('rerun buttons', () => {
       'Not started: this batch (task cancelle by bob) is still changing worker-2. Rerun once it has stopped.',
     );
     expect(note).not.toContain('running');
+  });
+
+  // A rerun on a node deleted since is refused as a new batch on it is (400 unknown_nodes): "unknown node:
+  // worker-2" did not say why, nor the way on, and the button was clicked again for the same refusal.
+  it('a retry refused for a node deleted since says it no longer exists, and the way on', async () => {
+    nextSnap.set('rerun-gone', failedOne());
+    pd.openProgress('rerun-gone');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    const box = document.querySelector('#progress-rerun-error') as HTMLElement;
+    expect(box.hidden).toBe(false);
+    expect(box.textContent).toBe(
+      'Not started: worker-2 no longer exists in the cluster. To run the operation on the others, select them in the node table.',
+    );
   });
 
   it('a resume right after a cancel, refused for the nodes the cancelled batch still holds, stays on that batch', async () => {

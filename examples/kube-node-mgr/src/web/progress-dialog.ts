@@ -494,7 +494,13 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     }
     const box = $('#progress-rerun-error');
     box.hidden = false;
-    box.textContent = (error as Error).message;
+    const gone =
+      error instanceof ApiError && error.code === 'unknown_nodes' ? error.more.fields?.nodes : undefined;
+    // A rerun runs on all the nodes it names, as a new batch does: "unknown node: worker-3" left the user
+    // clicking the same button for the same refusal, not knowing that the way on is a new batch.
+    box.textContent = Array.isArray(gone)
+      ? `Not started: ${someNames(gone.map(String))} ${gone.length === 1 ? 'no longer exists' : 'no longer exist'} in the cluster. To run the operation on the others, select them in the node table.`
+      : (error as Error).message;
   } finally {
     for (const b of buttons) b.disabled = false;
   }
