@@ -173,6 +173,40 @@ describe('retry failed / resume remaining', () => {
     await waitForTask(alice, resume.body.taskId);
     for (const n of nodes) expect(h.cluster.node(n)?.metadata.labels.r).toBe('1');
   });
+  // A review on 7 December 2026: a rerun did not check that its nodes still exist, as POST /api/batch does: a
+  // node deleted since the batch (scaled down, replaced) started a new task that failed it again, "404
+  // NotFound: nodes … not found". It is refused as a new batch on it is, and nothing starts.
+  it('refuses a rerun on a node deleted since, as a new batch on it is (400 unknown_nodes), starting nothing', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    // An interrupted batch of which worker-1 was done; retired-7 has left the cluster since.
+    const nodes = ['worker-1', 'worker-2', 'retired-7'];
+    await h.db.recordTask({
+      taskId: 't-retired',
+      cluster: 'default',
+      username: 'alice',
+      operation: { type: 'label_add', key: 'rack', value: 'r7' } as any,
+      nodes,
+      parentTaskId: null,
+      relation: null,
+      createdAt: Date.now(),
+    });
+    await h.store.createTask({ id: 't-retired', owner: 'alice', kind: 'batch_label_add', total: 3 });
+    await h.store.append('t-retired', { type: 'item', key: 'worker-1', ok: true });
+    await h.store.append('t-retired', { type: 'interrupted', reason: 'lease expired' });
+    const batch = await alice.post('/api/batch', {
+      operation: 'label_add',
+      key: 'rack',
+      value: 'r7',
+      nodes: ['worker-2', 'retired-7'],
+    });
+    const resume = await alice.post('/api/tasks/t-retired/rerun', { mode: 'resume_remaining' });
+    expect(resume.status).toBe(400);
+    expect(resume.body).toEqual(batch.body);
+    expect(resume.body.error).toMatchObject({ code: 'unknown_nodes', field: 'nodes', nodes: ['retired-7'] });
+    expect(await h.db.reruns('t-retired', 'resume_remaining')).toEqual([]);
+    expect(h.cluster.node('worker-2')?.metadata.labels.rack).toBeUndefined();
+  });
 });
 
 describe('audit and cordon notes', () => {

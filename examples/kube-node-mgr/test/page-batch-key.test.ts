@@ -150,3 +150,35 @@ it('a 422 idempotency_key_reused says nothing was started, naming the batch, and
   expect(posts[1]?.key).not.toBe(posts[0]?.key);
   expect($('#progress-dialog').dataset.taskId).toBe('task-2');
 });
+
+// A review on 7 December 2026: a new batch refused because another batch holds some of its nodes (409
+// nodes_locked) was shown as the server's message in the dialog, the batch in the way nowhere; a rerun
+// refused so opens that batch (progress-dialog.ts, batchInTheWay). The new batch does the same, its dialog
+// left beneath, filled in, to Run again once that batch has ended.
+it('a 409 nodes_locked opens the batch holding the nodes with why nothing started, the dialog left beneath', async () => {
+  answers.push(
+    json(409, {
+      error: {
+        code: 'nodes_locked',
+        message: 'another batch is changing worker-1 (task other-batch by bob); wait for it to finish',
+        locks: [{ node: 'worker-1', taskId: 'other-batch', username: 'bob' }],
+      },
+    }),
+  );
+  await openCordon('locked');
+  await run();
+  const progress = $<HTMLDialogElement>('#progress-dialog');
+  expect({ open: progress.open, taskId: progress.dataset.taskId }).toEqual({
+    open: true,
+    taskId: 'other-batch',
+  });
+  expect($('#progress-rerun-note').hidden).toBe(false);
+  expect($('#progress-rerun-note').textContent).toBe(
+    'Not started: this batch (task other-ba by bob) is still changing worker-1. Run again once it has stopped.',
+  );
+  expect($<HTMLDialogElement>('#op-dialog').open).toBe(true);
+  expect($('#op-error').textContent).toBe(
+    'Not started: another batch is changing worker-1 (task other-batch by bob); wait for it to finish.',
+  );
+  expect($<HTMLInputElement>('#op-form input[name=reason]').value).toBe('locked');
+});

@@ -180,13 +180,25 @@ beforeAll(async () => {
           },
         });
       }
-      // `rerun-locked-…` tasks: another batch holds their nodes.
+      // `rerun-gone-…` tasks: worker-2 has left the cluster since.
+      if (path.includes('rerun-gone')) {
+        return json(400, {
+          error: {
+            code: 'unknown_nodes',
+            message: 'unknown node: worker-2',
+            field: 'nodes',
+            nodes: ['worker-2'],
+          },
+        });
+      }
+      // `rerun-locked-…` tasks: another batch holds their nodes (`…-by-cancelled`: one just cancelled).
       if (path.includes('rerun-locked')) {
+        const holder = path.includes('by-cancelled') ? 'cancelled-batch' : 'other-batch';
         return json(409, {
           error: {
             code: 'nodes_locked',
-            message: 'another batch is changing worker-2 (task other-batch by bob); wait for it to finish',
-            locks: [{ node: 'worker-2', taskId: 'other-batch', username: 'bob' }],
+            message: `another batch is changing worker-2 (task ${holder} by bob); wait for it to finish`,
+            locks: [{ node: 'worker-2', taskId: holder, username: 'bob' }],
           },
         });
       }
@@ -201,11 +213,12 @@ beforeAll(async () => {
         return json(500, { error: { code: 'internal', message: 'internal error' } });
       }
       const changed = alreadyChanged.get(id) ?? [];
-      // `unreadable-…` tasks: the cluster could not be read back (null).
-      const nodes = entry(id).task.nodes.map((name) => ({
-        name,
-        changed: id.includes('unreadable') ? null : changed.includes(name),
-      }));
+      // `unreadable-…` tasks: the cluster could not be read back (null). `gone-…` tasks: worker-2 was deleted.
+      const nodes = entry(id).task.nodes.map((name) =>
+        id.includes('gone') && name === 'worker-2'
+          ? { name, changed: null, gone: true }
+          : { name, changed: id.includes('unreadable') ? null : changed.includes(name) },
+      );
       return json(200, { nodes });
     }
     m = /^\/api\/tasks\/([^/?]+)$/.exec(path);
@@ -372,7 +385,46 @@ describe('rerun buttons', () => {
     expect(dialog.dataset.taskId).toBe('other-batch');
     expect((document.querySelector('#progress-rerun-error') as HTMLElement).hidden).toBe(true);
     expect(document.querySelector('#progress-rerun-note')?.textContent).toBe(
-      'Not started: this batch (task other-ba by bob) is already running on worker-2. Rerun once it has ended.',
+      'Not started: this batch (task other-ba by bob) is still changing worker-2. Rerun once it has stopped.',
+    );
+  });
+
+  // A review on 7 December 2026: the batch in the way was called "already running" under its own status,
+  // "cancelled": a batch cancelled a moment ago keeps its nodes while it finishes a change it had sent.
+  it('a retry refused for the nodes a just-cancelled batch still holds does not call that batch running', async () => {
+    nextSnap.set('rerun-locked-by-cancelled', failedOne());
+    nextSnap.set('cancelled-batch', {
+      ...completed(0),
+      progress: { done: 0, total: 2, current: null, succeeded: 0, failed: 0 },
+      status: 'cancelled',
+    });
+    pd.openProgress('rerun-locked-by-cancelled');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    expect((document.querySelector('#progress-dialog') as HTMLDialogElement).dataset.taskId).toBe(
+      'cancelled-batch',
+    );
+    expect(document.querySelector('#progress-status')?.textContent).toBe('cancelled');
+    const note = document.querySelector('#progress-rerun-note')?.textContent ?? '';
+    expect(note).toBe(
+      'Not started: this batch (task cancelle by bob) is still changing worker-2. Rerun once it has stopped.',
+    );
+    expect(note).not.toContain('running');
+  });
+
+  // A rerun on a node deleted since is refused as a new batch on it is (400 unknown_nodes): "unknown node:
+  // worker-2" did not say why, nor the way on, and the button was clicked again for the same refusal.
+  it('a retry refused for a node deleted since says it no longer exists, and the way on', async () => {
+    nextSnap.set('rerun-gone', failedOne());
+    pd.openProgress('rerun-gone');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    const box = document.querySelector('#progress-rerun-error') as HTMLElement;
+    expect(box.hidden).toBe(false);
+    expect(box.textContent).toBe(
+      'Not started: worker-2 no longer exists in the cluster. To run the operation on the others, select them in the node table.',
     );
   });
 
@@ -451,6 +503,22 @@ describe('a batch that ended early', () => {
     expect(explain).toContain('2 nodes have no recorded result and could not be read back');
     expect(explain).toContain('may or may not have been drained');
     expect(explain).not.toContain('were not drained');
+  });
+
+  // A review on 7 December 2026: a node deleted from the cluster since the batch was listed as "its state
+  // could not be read", and the explanation asked to verify it: it no longer exists.
+  it('a cancelled batch says a node deleted since no longer exists, not that it could not be read back', async () => {
+    nextSnap.set('gone-1', cancelled(0));
+    pd.openProgress('gone-1');
+    await sleep(100);
+    const explain = document.querySelector('#progress-explain')?.textContent ?? '';
+    expect(explain).toContain('1 node was not changed: worker-1.');
+    expect(explain).toContain('1 node no longer exists in the cluster: worker-2.');
+    expect(explain).not.toContain('could not be read back');
+    expect(document.querySelector('#pending-title')?.textContent).toBe('Without a recorded result');
+    expect(document.querySelector('#pending-list li[data-node=worker-2]')?.textContent).toBe(
+      'worker-2 · no longer exists in the cluster',
+    );
   });
 
   it('an interrupted batch does not call a node it changed before its server died unchanged', async () => {

@@ -65,6 +65,24 @@ describe('the nodes of an ended batch without a recorded result', () => {
     ]);
   });
 
+  // A review on 7 December 2026: a node deleted since the batch (scaled down, replaced) was answered
+  // `changed: null`, as a node whose read failed: the dialog said it "could not be read back" and may or may
+  // not have been changed, to be verified, rather than that it no longer exists.
+  it('says which nodes no longer exist (gone), apart from those that could not be read', async () => {
+    h = await startHarness();
+    const alice = await login(h.base, 'alice');
+    await crashedBatch('t-gone', 'alice', ['worker-1', 'retired-7', 'worker-2']);
+    await labelNode('worker-2');
+    await h.store.append('t-gone', { type: 'cancelled', reason: 'by alice' });
+    const { status, body } = await alice.get('/api/tasks/t-gone/unrecorded');
+    expect(status).toBe(200);
+    expect(body.nodes).toEqual([
+      { name: 'worker-1', changed: false },
+      { name: 'retired-7', changed: null, gone: true },
+      { name: 'worker-2', changed: true },
+    ]);
+  });
+
   it('is someone else’s task for an operator (404), anyone’s for a viewer', async () => {
     h = await startHarness();
     await crashedBatch('t-bob', 'bob');

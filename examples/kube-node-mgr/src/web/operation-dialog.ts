@@ -3,7 +3,7 @@ import type { NodeRow, OpType, TemplateView } from '../shared/api-types.js';
 import { ApiError, api } from './api.js';
 import { $, el, plural, someNames } from './dom.js';
 import { refreshNodesSoon } from './nodes.js';
-import { openProgress } from './progress-dialog.js';
+import { batchInTheWay, openProgress, showBatchInTheWay } from './progress-dialog.js';
 import { onSessionEnd } from './session.js';
 import { selected, state } from './state.js';
 import { loadTasks } from './task-list.js';
@@ -293,7 +293,14 @@ $<HTMLFormElement>('#op-form').addEventListener('submit', async (event) => {
     void loadTasks();
     refreshNodesSoon();
   } catch (error) {
-    if (error instanceof ApiError && error.code === 'idempotency_key_reused') {
+    const inTheWay = batchInTheWay(error);
+    if (inTheWay !== null) {
+      // Another batch holds some of the nodes (409 nodes_locked): shown over this dialog with why nothing
+      // started, as a rerun refused so is; shown as the server's message, the user had to find it in the list.
+      // This dialog stays beneath, filled in, to Run again once that batch has ended.
+      $('#op-error').textContent = `Not started: ${(error as Error).message}.`;
+      if ($<HTMLDialogElement>('#op-dialog').open) showBatchInTheWay(inTheWay);
+    } else if (error instanceof ApiError && error.code === 'idempotency_key_reused') {
       // The key started another request's batch: nothing was started now, and Run again gets a new key.
       if (sending === sent) sending = null;
       const taskId = error.more.fields?.taskId;

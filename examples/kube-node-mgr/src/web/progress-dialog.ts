@@ -21,9 +21,10 @@ const results = new Map<string, ItemResult>();
 /**
  * For an ended task, its nodes without a recorded result: whether each now has the operation's change
  * (`GET /api/tasks/:id/unrecorded`). A batch whose server died may have changed a node just before, its
- * result never recorded: such a node is not called "not changed". Absent: not known (yet).
+ * result never recorded: such a node is not called "not changed". `null`: could not be read back; `'gone'`:
+ * no longer in the cluster. Absent: not known (yet).
  */
-const unrecorded = new Map<string, boolean | null>();
+const unrecorded = new Map<string, boolean | null | 'gone'>();
 let unrecordedFor: Watch | undefined;
 /** The last seq of the open dialog's history read so far: the next read continues after it. */
 let historySeq = 0;
@@ -244,6 +245,13 @@ function untouched(): string[] {
 const alreadyChanged = (key: string) => unrecorded.get(key) === true;
 /** Of the nodes without a result, those whose state could not be read back: not known to be unchanged. */
 const stateUnknown = (key: string) => unrecorded.has(key) && unrecorded.get(key) === null;
+/**
+ * Of the nodes without a result, those deleted from the cluster since: called "could not be read back", the
+ * user was asked to verify a node that no longer exists.
+ */
+const gone = (key: string) => unrecorded.get(key) === 'gone';
+/** Of the nodes without a result, those listed apart from the ones not changed. */
+const setApart = (key: string) => alreadyChanged(key) || stateUnknown(key) || gone(key);
 
 /**
  * The lists' rebuild after a node's result: at once after a quiet {@link RESULTS_RENDER_MS}, else once at
@@ -298,7 +306,7 @@ function renderResults(): void {
   const pending = untouched();
   const ended = lastState?.finished === true;
   $('#pending-title').textContent = ended
-    ? pending.some((key) => alreadyChanged(key) || stateUnknown(key))
+    ? pending.some(setApart)
       ? 'Without a recorded result'
       : isDrain()
         ? 'Not drained'
@@ -310,10 +318,13 @@ function renderResults(): void {
   const current = lastState?.progress?.current ?? null;
   $('#pending-list').replaceChildren(
     ...pending.map((key) =>
-      ended && (alreadyChanged(key) || stateUnknown(key))
+      ended && setApart(key)
         ? el(
             'li',
-            { 'data-node': key, class: alreadyChanged(key) ? 'already-changed' : 'state-unknown' },
+            {
+              'data-node': key,
+              class: alreadyChanged(key) ? 'already-changed' : gone(key) ? 'gone' : 'state-unknown',
+            },
             key,
             el(
               'small',
@@ -322,7 +333,9 @@ function renderResults(): void {
                 ? isDrain()
                   ? ' · already drained; its result was not recorded'
                   : ' · already has the change; its result was not recorded'
-                : ' · no recorded result; its state could not be read',
+                : gone(key)
+                  ? ' · no longer exists in the cluster'
+                  : ' · no recorded result; its state could not be read',
             ),
           )
         : el('li', { 'data-node': key, class: !ended && key === current ? 'current' : '' }, key),
@@ -349,15 +362,20 @@ function finished(w: Watch, snap: WatchState): void {
   }
   const changed = (left ?? []).filter(alreadyChanged);
   const unknown = (left ?? []).filter(stateUnknown);
-  const unchanged = (left ?? []).filter((n) => !alreadyChanged(n) && !stateUnknown(n));
+  const deleted = (left ?? []).filter(gone);
+  const unchanged = (left ?? []).filter((n) => !setApart(n));
+  const deletedText =
+    deleted.length === 0
+      ? ''
+      : ` ${plural(deleted.length, 'node no longer exists', 'nodes no longer exist')} in the cluster: ${someNames(deleted)}.`;
   const leftText =
     left === null
       ? ''
       : left.length === 0
         ? ' Every node was processed.'
         : isDrain()
-          ? `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not drained: ${someNames(unchanged)}. A drain cordons all its nodes first, so ${unchanged.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${unchanged.length === 1 ? 'it' : 'them'}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node is', 'nodes are')} drained without a recorded result (drained just before the batch stopped, or already so): ${someNames(changed)}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been drained, and may be left cordoned: ${someNames(unknown)}.`}`
-          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${someNames(unchanged)}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${someNames(changed)}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${someNames(unknown)}.`}`;
+          ? `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not drained: ${someNames(unchanged)}. A drain cordons all its nodes first, so ${unchanged.length === 1 ? 'it' : 'they'} may be left cordoned: resume the drain, or uncordon ${unchanged.length === 1 ? 'it' : 'them'}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node is', 'nodes are')} drained without a recorded result (drained just before the batch stopped, or already so): ${someNames(changed)}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been drained, and may be left cordoned: ${someNames(unknown)}.`}${deletedText}`
+          : `${unchanged.length === 0 ? '' : ` ${plural(unchanged.length, 'node was', 'nodes were')} not changed: ${someNames(unchanged)}.`}${changed.length === 0 ? '' : ` ${plural(changed.length, 'node has', 'nodes have')} the change without a recorded result (changed just before the batch stopped, or already so): ${someNames(changed)}.`}${unknown.length === 0 ? '' : ` ${plural(unknown.length, 'node has', 'nodes have')} no recorded result and could not be read back, so may or may not have been changed: ${someNames(unknown)}.`}${deletedText}`;
   explain.hidden = true;
   if (snap.status === 'completed' && failures === 0) {
     status.textContent = 'batch operation complete';
@@ -408,14 +426,14 @@ async function loadUnrecorded(w: Watch, snap: WatchState, left: string[]): Promi
   // Retried as the dialog's other reads are: right after a crash (the case this read is for) a replica
   // restarting or the database coming back answered one 502 or 500, and the nodes stayed "not changed".
   const got = await withRetry(w, 'the state of the nodes without a recorded result', () =>
-    api<{ nodes: { name: string; changed: boolean | null }[] }>(
+    api<{ nodes: { name: string; changed: boolean | null; gone?: boolean }[] }>(
       `/api/tasks/${encodeURIComponent(id)}/unrecorded`,
     ),
   ).catch(() => null);
   if (watch !== w) return;
   // Not read back at all: not known to be unchanged either.
-  for (const node of got?.nodes ?? left.map((name) => ({ name, changed: null }))) {
-    unrecorded.set(node.name, node.changed);
+  for (const node of got?.nodes ?? left.map((name) => ({ name, changed: null, gone: false }))) {
+    unrecorded.set(node.name, node.gone === true ? 'gone' : node.changed);
   }
   if (unrecorded.size > 0) finished(w, snap);
 }
@@ -468,41 +486,49 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     openProgress(started.taskId);
     void loadTasks();
   } catch (error) {
-    const inTheWay = batchInTheWay(error, mode, id);
+    const inTheWay = batchInTheWay(error, { mode, of: id });
     // Shown only if the dialog still shows the task rerun: the user may have opened another one meanwhile.
     if (inTheWay !== null && $<HTMLDialogElement>('#progress-dialog').dataset.taskId === id) {
-      if (inTheWay.taskId !== id) openProgress(inTheWay.taskId, { autoClose: false });
-      const note = $('#progress-rerun-note');
-      note.hidden = false;
-      note.textContent = inTheWay.note;
-      void loadTasks();
+      showBatchInTheWay(inTheWay);
       return;
     }
     const box = $('#progress-rerun-error');
     box.hidden = false;
-    box.textContent = (error as Error).message;
+    const gone =
+      error instanceof ApiError && error.code === 'unknown_nodes' ? error.more.fields?.nodes : undefined;
+    // A rerun runs on all the nodes it names, as a new batch does: "unknown node: worker-3" left the user
+    // clicking the same button for the same refusal, not knowing that the way on is a new batch.
+    box.textContent = Array.isArray(gone)
+      ? `Not started: ${someNames(gone.map(String))} ${gone.length === 1 ? 'no longer exists' : 'no longer exist'} in the cluster. To run the operation on the others, select them in the node table.`
+      : (error as Error).message;
   } finally {
     for (const b of buttons) b.disabled = false;
   }
 }
 
+/** A batch that kept another from starting, and the note saying why it is shown instead. */
+export interface BatchInTheWay {
+  taskId: string;
+  note: string;
+}
+
 /**
- * The batch a `409` to a rerun names, and why it is shown instead: the rerun started already (`already_rerun`:
- * another tab, another user, a click again after a proxy's 502 hid the first answer) or another batch runs on
- * the nodes (`nodes_locked`: often that very rerun, still running). Shown as an error, the refusal left the
- * user to find that batch in the list, or to click again for the same refusal.
+ * The batch a `409` to a batch start (`POST /api/batch`) or a rerun names, and why it is shown instead: the
+ * rerun started already (`already_rerun`: another tab, another user, a click again after a proxy's 502 hid
+ * the first answer) or another batch runs on the nodes (`nodes_locked`: often that very rerun, still
+ * running). Shown as an error, the refusal left the user to find that batch in the list, or to click again
+ * for the same refusal. `null`: no batch is in the way.
  */
-function batchInTheWay(
+export function batchInTheWay(
   error: unknown,
-  mode: 'retry_failed' | 'resume_remaining',
-  rerunOf: string,
-): { taskId: string; note: string } | null {
+  rerun?: { mode: 'retry_failed' | 'resume_remaining'; of: string },
+): BatchInTheWay | null {
   if (!(error instanceof ApiError) || error.status !== 409) return null;
   const fields = error.more.fields ?? {};
-  if (error.code === 'already_rerun' && typeof fields.taskId === 'string') {
+  if (rerun !== undefined && error.code === 'already_rerun' && typeof fields.taskId === 'string') {
     return {
       taskId: fields.taskId,
-      note: `Not started again: that task was already ${mode === 'retry_failed' ? 'retried' : 'resumed'} as this one (task ${fields.taskId.slice(0, 8)}).`,
+      note: `Not started again: that task was already ${rerun.mode === 'retry_failed' ? 'retried' : 'resumed'} as this one (task ${fields.taskId.slice(0, 8)}).`,
     };
   }
   const lock = Array.isArray(fields.locks)
@@ -511,18 +537,32 @@ function batchInTheWay(
   if (error.code === 'nodes_locked' && typeof lock?.taskId === 'string') {
     // The task rerun itself, just cancelled: its locks are kept while it may still be finishing a change it
     // had sent (LOCK_CANCEL_GRACE_MS on the server), so it is no other batch, and not "running".
-    if (lock.taskId === rerunOf) {
+    if (lock.taskId === rerun?.of) {
       return {
-        taskId: rerunOf,
+        taskId: lock.taskId,
         note: `Not started: this batch is still finishing the change it had sent to ${String(lock.node)}. Try again in a moment.`,
       };
     }
+    // Not "running": a batch cancelled a moment ago keeps its nodes while it finishes a change it had sent,
+    // and was shown "cancelled" under a note calling it "already running" (cancel a drain, uncordon at once).
     return {
       taskId: lock.taskId,
-      note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is already running on ${String(lock.node)}. Rerun once it has ended.`,
+      note: `Not started: this batch (task ${lock.taskId.slice(0, 8)} by ${String(lock.username)}) is still changing ${String(lock.node)}. ${rerun === undefined ? 'Run again' : 'Rerun'} once it has stopped.`,
     };
   }
   return null;
+}
+
+/** Shows the batch in the way (see {@link batchInTheWay}) with its note: opened unless the dialog shows it. */
+export function showBatchInTheWay(inTheWay: BatchInTheWay): void {
+  const dialog = $<HTMLDialogElement>('#progress-dialog');
+  if (!dialog.open || dialog.dataset.taskId !== inTheWay.taskId) {
+    openProgress(inTheWay.taskId, { autoClose: false });
+  }
+  const note = $('#progress-rerun-note');
+  note.hidden = false;
+  note.textContent = inTheWay.note;
+  void loadTasks();
 }
 
 $('#progress-close').addEventListener('click', closeProgress);

@@ -493,7 +493,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         return fail(res, 400, 'invalid_input', error.message, { field: error.field });
       throw error;
     }
-    if (key === undefined) return startChecked(res, session, cluster, op, names, reason, undefined);
+    if (key === undefined) return startChecked(res, session, cluster, op, names, null, reason, undefined);
     const fingerprint = createHash('sha256')
       .update(JSON.stringify([cluster.name, op, names, reason ?? null]))
       .digest('hex');
@@ -518,7 +518,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
     let started = false;
     try {
-      started = await startChecked(res, session, cluster, op, names, reason, {
+      started = await startChecked(res, session, cluster, op, names, null, reason, {
         taskId: claimed.taskId,
         held: () => db.renewIdempotencyKey(session.username, key, claimed.taskId, Date.now()),
       });
@@ -534,13 +534,17 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
   });
 
-  /** Checks the nodes exist, then starts the batch and answers; whether it started. */
+  /**
+   * Checks the nodes exist, then starts the batch and answers; whether it started. A rerun's too: its nodes
+   * are the old batch's, and one deleted since failed again, "404 NotFound: nodes … not found", in a new task.
+   */
   const startChecked = async (
     res: Response,
     session: Session,
     cluster: Cluster,
     op: Operation,
     names: string[],
+    link: Parameters<typeof startBatch>[4],
     reason: string | undefined,
     claim: Parameters<typeof startBatch>[6],
   ): Promise<boolean> => {
@@ -559,7 +563,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       });
       return false;
     }
-    const started = await startBatch(session, cluster, op, names, null, reason, claim);
+    const started = await startBatch(session, cluster, op, names, link, reason, claim);
     answerStart(res, op, names, started);
     return started.ok;
   };
@@ -620,11 +624,15 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       return fail(res, 400, 'invalid_input', 'the old task’s operation cannot be rerun');
     }
     const reason = typeof record.operation.reason === 'string' ? record.operation.reason : undefined;
-    answerStart(
+    await startChecked(
       res,
+      session,
+      cluster,
       op,
       names,
-      await startBatch(session, cluster, op, names, { parentTaskId: id, relation: mode }, reason),
+      { parentTaskId: id, relation: mode },
+      reason,
+      undefined,
     );
   });
 
@@ -633,7 +641,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // task runs at a time, shared by every caller meanwhile, and its answer is served for a moment after
   // (the task has ended, only other hands change its nodes): N callers cost one computation, not N.
   interface Unrecorded {
-    nodes: Promise<{ name: string; changed: boolean | null }[]>;
+    nodes: Promise<{ name: string; changed: boolean | null; gone?: true }[]>;
     /** Callers still waiting; the reads are given up once every one of them has gone. */
     waiting: number;
     abort: AbortController;
@@ -700,8 +708,11 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
         current = undefined; // unknown, said so per node
       }
     }
-    const nodes = names.map((name) => {
+    const nodes = names.map((name): { name: string; changed: boolean | null; gone?: true } => {
       const node = current?.get(name);
+      // Not in the list read: deleted since (scaled down, replaced). Said so, not "could not be read back",
+      // which asks the user to verify a node that no longer exists.
+      if (current !== undefined && node === undefined) return { name, changed: null, gone: true };
       return {
         name,
         changed: op === undefined || node === undefined ? null : patchFor(op, node, now) === null,
@@ -737,7 +748,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // Such a node was not necessarily left unchanged: a batch whose server died (interrupted) may have
   // patched it just before, its result never recorded; the dialog said "not changed" all the same.
   // `changed`: true when the node already has the change, false when it has not, null when unknown (the
-  // node could not be read). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
+  // node could not be read, or is gone: `gone: true`, no longer in the cluster). A drain's change is read by the drain's own rules (isDrained): cordoned, and no
   // pod left that the drain would evict.
   route('get', '/api/tasks/:id/unrecorded', {}, async (req, res, session) => {
     const id = String(req.params.id);
