@@ -53,6 +53,8 @@ export class FrameBudget {
   #violations = 0;
   #lastViolationAt = Number.NEGATIVE_INFINITY;
   #countedAt = Number.NEGATIVE_INFINITY;
+  /** Frames refused in the current streak, counted or not. */
+  #refused = 0;
 
   constructor(ctx: FrameBudgetContext) {
     this.#ctx = ctx;
@@ -80,15 +82,22 @@ export class FrameBudget {
       return true;
     }
     const now = options.clock();
-    if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
+    if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = this.#refused = 0;
     this.#lastViolationAt = now;
+    this.#refused += 1;
     // A clock stepped backwards counts at once: otherwise no refusal would count until it caught up.
     if (now - this.#countedAt >= VIOLATION_WINDOW_MS || now < this.#countedAt) {
       this.#countedAt = now;
       this.#violations += 1;
     }
     metrics.framesRejected.inc({ code: ErrorCode.RateLimited });
-    if (this.#violations >= options.maxRateLimitViolations) {
+    // However fast they come: refusals folded into one window are bounded too. A batch of an honest client
+    // is refused at most its size less the burst; a flooder's windows, each of as many frames as it can
+    // send in 100 ms, were each answered frame by frame for the 5 s its windows took to add up.
+    if (
+      this.#violations >= options.maxRateLimitViolations ||
+      this.#refused >= options.maxRateLimitViolations * options.rateLimitBurst
+    ) {
       this.#ctx.close(CloseCode.RateLimited, 'rate limit exceeded');
     } else {
       // Every refused frame is answered, so a client never waits for the reply to a request that was
