@@ -306,8 +306,13 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
    */
   rateLimitBurst?: number | undefined;
   /**
-   * A socket whose frames were refused for exceeding the rate limit this many times, with no pause of a
-   * second between refusals, is closed with 4008.
+   * A socket whose frames were refused for exceeding the rate limit in this many violations, with no pause
+   * of a second between refusals, is closed with 4008. Refusals within 100 ms of the last counted violation
+   * count with it: a batch written before the client could see a refusal (a client subscribing to every
+   * task it watches after `hello`) is one violation, or a few, however many frames it holds, and a client
+   * that goes on flooding is closed after this many tenths of a second (5 s by default), or sooner once
+   * this many times `rateLimitBurst` frames were refused in the streak (10,000 by default), however fast
+   * they came.
    * @default 50
    */
   maxRateLimitViolations?: number | undefined;

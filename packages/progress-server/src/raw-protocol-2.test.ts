@@ -394,7 +394,7 @@ describe('heartbeats, rate limits, unknown and invalid frames (doc: heartbeat, L
     expect(code).toBe(1006);
   });
 
-  it('every frame refused by the rate limit is answered (requestId, taskId of a subscribe); the last of a streak is the 4008', async () => {
+  it('every frame refused by the rate limit is answered (requestId, taskId of a subscribe); one batch is one violation, a streak of them is the 4008', async () => {
     const { server } = await start({ rateLimitPerSecond: 1, rateLimitBurst: 3, maxRateLimitViolations: 5 });
     const task = await server.tasks.create({ owner: 'alice', kind: 'k' });
     const client = await connect();
@@ -402,16 +402,28 @@ describe('heartbeats, rate limits, unknown and invalid frames (doc: heartbeat, L
     for (let i = 0; i < 3; i++) client.send({ type: 'ping', id: `p${i}` });
     client.send({ type: 'subscribe', id: 'sx', taskId: task.id, afterSeq: 0 });
     client.send({ type: 'ping', id: 'px' });
-    for (let i = 0; i < 10; i++) client.send({ type: 'ping', id: `q${i}` });
-    expect((await client.closed).code).toBe(4008);
+    for (let i = 0; i < 2; i++) client.send({ type: 'ping', id: `q${i}` });
+    await client.next((f) => f.requestId === 'q1');
     expect(client.frames.find((f) => f.requestId === 'sx')?.taskId).toBe(task.id);
-    // sx, px, q0, q1 answered; q2, the streak's fifth refusal, is answered by the close.
+    // Written before the client could see a refusal, the batch's 4 refusals count as one violation.
     expect(client.frames.filter(errorOf('rate_limited')).map((f) => f.requestId)).toEqual([
       'sx',
       'px',
       'q0',
       'q1',
     ]);
+    expect(client.ws.readyState).toBe(WebSocket.OPEN);
+    // Going on after the refusals: at most one violation per 100 ms, and the fifth closes (before the 15th
+    // refusal of the streak, maxRateLimitViolations × rateLimitBurst, would).
+    const startedAt = Date.now();
+    let n = 0;
+    const flood = setInterval(() => client.send({ type: 'ping', id: `r${n++}` }), 50);
+    try {
+      expect((await client.closed).code).toBe(4008);
+    } finally {
+      clearInterval(flood);
+    }
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(250);
   });
 
   it('unknown frame types are answered with unknown_frame (requestId echoed) and never close the socket', async () => {

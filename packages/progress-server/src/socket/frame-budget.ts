@@ -15,6 +15,17 @@ import type { FrameRefs, SocketWriter } from './socket-writer.js';
 /** A rate-limit violation streak ends after this long without a refused frame. */
 const VIOLATION_STREAK_MS = 1000;
 
+/**
+ * Refused frames within this long of the streak's last counted violation count as that one violation. A
+ * client cannot have reacted to a refusal it has not received yet: the frames it wrote in one batch (an
+ * honest client's subscribes to every task it watches, after each `hello`) arrive within a round trip of
+ * the first refusal, and counted one by one, a batch of `rateLimitBurst` + `maxRateLimitViolations` frames
+ * closed the socket before the subscribes it accepted were answered, and the client's reconnect sent the
+ * same batch again, for ever. A client that goes on flooding is still closed, after
+ * `maxRateLimitViolations` windows of refusals (5 s by default).
+ */
+const VIOLATION_WINDOW_MS = 100;
+
 /** What the budget needs from its socket. */
 export interface FrameBudgetContext {
   readonly options: Pick<
@@ -41,6 +52,9 @@ export class FrameBudget {
   #invalidFrames = 0;
   #violations = 0;
   #lastViolationAt = Number.NEGATIVE_INFINITY;
+  #countedAt = Number.NEGATIVE_INFINITY;
+  /** Frames refused in the current streak, counted or not. */
+  #refused = 0;
 
   constructor(ctx: FrameBudgetContext) {
     this.#ctx = ctx;
@@ -68,16 +82,27 @@ export class FrameBudget {
       return true;
     }
     const now = options.clock();
-    if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = 0;
+    if (now - this.#lastViolationAt > VIOLATION_STREAK_MS) this.#violations = this.#refused = 0;
     this.#lastViolationAt = now;
-    this.#violations += 1;
+    this.#refused += 1;
+    // A clock stepped backwards counts at once: otherwise no refusal would count until it caught up.
+    if (now - this.#countedAt >= VIOLATION_WINDOW_MS || now < this.#countedAt) {
+      this.#countedAt = now;
+      this.#violations += 1;
+    }
     metrics.framesRejected.inc({ code: ErrorCode.RateLimited });
-    if (this.#violations >= options.maxRateLimitViolations) {
+    // However fast they come: refusals folded into one window are bounded too. A batch of an honest client
+    // is refused at most its size less the burst; a flooder's windows, each of as many frames as it can
+    // send in 100 ms, were each answered frame by frame for the 5 s its windows took to add up.
+    if (
+      this.#violations >= options.maxRateLimitViolations ||
+      this.#refused >= options.maxRateLimitViolations * options.rateLimitBurst
+    ) {
       this.#ctx.close(CloseCode.RateLimited, 'rate limit exceeded');
     } else {
       // Every refused frame is answered, so a client never waits for the reply to a request that was
       // dropped. No amplification: one small frame per refused one, and a streak of
-      // `maxRateLimitViolations` closes the socket.
+      // `maxRateLimitViolations` counted violations closes the socket.
       // Named after the limit that refused: a client told its socket's rate while its principal's other
       // sockets used up the shared one would look for the flood in the wrong place.
       const limit = own
