@@ -324,6 +324,43 @@ describe('acks of a task id purged and created again', () => {
     // Before: 0, the ack of the new run's end taken for one of the purged run's.
     await vi.waitFor(async () => expect((await store.getTask('reused'))?.ackedSeq).toBe(newRunProgress));
   });
+  // Found by review: an ack of the purged run's frames that came in while the resubscribe loaded was taken
+  // as the subscription's (recorded, rightly, for that run only), and stayed its ack once the load found
+  // the new run: the new run's acks up to that seq were taken for repeats, never recorded, and its end
+  // at that seq was never re-sent.
+  it("takes an ack of the purged run's frames, sent while the resubscribe loads, for nothing of the new run", async () => {
+    await session.start({
+      heartbeatIntervalMs: 60_000,
+      terminalRetry: { initialDelayMs: 30, maxDelayMs: 30 },
+    });
+    const { server, store } = session.env;
+    const first = await server.tasks.create({ id: 'job-3', owner: 'alice', kind: 'k', total: 2 });
+    await first.item({ key: 'a', ok: true });
+    await first.item({ key: 'b', ok: true });
+    await first.complete();
+    const client = await connect();
+    client.send({ type: 'subscribe', taskId: 'job-3', afterSeq: 0 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3);
+    client.send({ type: 'unsubscribe', taskId: 'job-3' });
+    await client.sync();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    expect(await store.purgeFinished({ olderThanMs: 0 })).toBe(1);
+    await new Promise((resolve) => setTimeout(resolve, 2));
+    const second = await server.tasks.create({ id: 'job-3', owner: 'alice', kind: 'k' });
+    await second.progress({ done: 1 });
+    await second.progress({ done: 2 });
+    await second.complete();
+    const from = client.frames.length;
+    client.send({ type: 'subscribe', taskId: 'job-3', afterSeq: 0 });
+    // The purged run's terminal snapshot, acknowledged behind the resubscribe, before its answer.
+    client.send({ type: 'ack', taskId: 'job-3', seq: 3 });
+    await client.next((frame) => frame.type === 'snapshot' && seqOf(frame) === 3, { from });
+    // The new run's end, at the same seq, is not acknowledged yet: re-sent until it is, and its ack recorded.
+    const answers = () => client.frames.slice(from).filter((frame) => frame.type === 'snapshot').length;
+    await expect.poll(answers, { timeout: 2000 }).toBeGreaterThan(1);
+    client.send({ type: 'ack', taskId: 'job-3', seq: 3 });
+    await expect.poll(async () => (await store.getTask('job-3'))?.ackedSeq, { timeout: 2000 }).toBe(3);
+  });
 });
 
 // Found by review: the store's ack names the task id, not its run. An ack no current authorization vouches

@@ -165,7 +165,15 @@ export class Subscription implements WrittenLog {
     if (run !== this.#ackRun) {
       // Another run of the id than the one whose seqs this socket was sent (purged and taken again): none
       // of them acknowledges anything of this run.
-      if (this.#ackRun !== undefined) this.#written = 0;
+      if (this.#ackRun !== undefined) {
+        this.#written = 0;
+        // An ack of the earlier run's frames taken while this load ran (recorded for that run only, see
+        // `Subscriptions.ack`) acknowledges nothing of this one. Kept, this run's acks up to its seq were
+        // taken for repeats and never recorded, and its end, at or below it, was never re-sent.
+        this.#acked = 0;
+        this.#freeAcks = 0;
+        this.#ctx.writer.forget(this.taskId);
+      }
       this.#ackRun = run;
     }
     // Nothing beyond the task's last seq exists to acknowledge, whatever the client claimed.
