@@ -1443,13 +1443,19 @@ async function checkAcks(task) {
   // An ack that reached a frozen replica waits in its socket until it runs again: wait for every ack of the
   // run to have had its second of the replica running, and 1.5 s more for the write (as the 2.5 s above).
   for (let wait = settleWait(task); wait > 0 && !shuttingDown; wait = settleWait(task)) await sleep(wait);
-  // A re-created id's acks belong to the run that was current when they were relayed.
+  // A re-created id's acks belong to the run that was current when the client sent them (by when they reached
+  // the balancer): a client acks a run only after frames of it, which exist only once the run was asked for.
+  // Until 7 December 2026 the run was the one current at the relay, and an earlier run's ack the balancer
+  // held across the re-creation counted as the new run's (session 40's full run: three acks of 8, 13 and 10,
+  // held 274–288 ms on one connection, against runs that ended at 6, 4 and 9, each refused by its replica with
+  // `invalid_input` as an ack above the task's seq; 3 `acknowledged seq lost`).
   const runs = runsById.get(task.id) ?? [task];
   const next = runs[runs.indexOf(task) + 1];
   let acked;
   const settledAcks = [];
   for (const ack of acksByTask.get(task.id) ?? []) {
-    if (ack.at < task.requestedAt || (next !== undefined && ack.at >= next.requestedAt)) continue;
+    const sentBy = ack.arrivedAt ?? ack.at;
+    if (sentBy < task.requestedAt || (next !== undefined && sentBy >= next.requestedAt)) continue;
     const replica = replicas.find((r) => ack.backend.startsWith(`r${r.index}#`));
     // A second of the replica RUNNING after the ack: a frozen one has not read it yet (it waits in the
     // socket's buffer, lost if the process is killed or the connection reset before it wakes).
