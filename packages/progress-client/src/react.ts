@@ -3,6 +3,7 @@
 'use client';
 
 import { ErrorCode, type ProgressError } from '@finishline/core';
+import { WatchCursor } from '@finishline/core/internal';
 import {
   createContext,
   createElement,
@@ -162,16 +163,9 @@ class TaskStore implements Store {
         // of React's commit, and without an error boundary React unmounted the whole root. An invalid id
         // still throws: a bug in the page, not a state.
         if ((error as ProgressError).code !== ErrorCode.Closed) throw error;
+        // The view a watch starts from (seq 0, `running`, nothing known), as a closed watch's state shows it.
         this.#closed ??= Object.freeze({
-          taskId: this.#taskId,
-          seq: 0,
-          status: 'running',
-          kind: null,
-          progress: null,
-          result: null,
-          error: null,
-          updatedAt: null,
-          finishedAt: null,
+          ...new WatchCursor(this.#taskId).view,
           finished: false,
           fraction: null,
           rate: null,
