@@ -54,6 +54,9 @@ describe('kube-node-mgr operator UI on 3 replicas (Postgres)', () => {
       await page.click('#op-submit');
       await page.waitForFunction(() => document.querySelector('#op-error')?.textContent !== '');
       expect(await page.textContent('#op-error')).toContain(`(task ${holder} by ops)`);
+      // The batch in the way opens over the dialog (autoClose off); closed, the dialog beneath is back.
+      await page.waitForSelector(`#progress-dialog[open][data-task-id="${holder}"]`);
+      await page.click('#progress-close');
       await page.click('#op-cancel');
     }
     await page.waitForSelector(`#tasks tr[data-task="${holder}"] td.st-completed`, { timeout: 30_000 });

@@ -345,8 +345,12 @@ describe('kube-node-mgr operator UI (one server)', () => {
     await page.click('#op-submit');
     await page.waitForFunction(() => document.querySelector('#op-error')?.textContent !== '');
     expect(await page.textContent('#op-error')).toBe(
-      `another batch is changing worker-2, worker-3, worker-4, worker-5 (task ${holder} by ops); wait for it to finish`,
+      `Not started: another batch is changing worker-2, worker-3, worker-4, worker-5 (task ${holder} by ops); wait for it to finish.`,
     );
+    // The batch in the way opens over the dialog, saying why nothing started; the dialog waits beneath it.
+    await page.waitForSelector(`#progress-dialog[open][data-task-id="${holder}"]`);
+    expect(await page.isVisible('#progress-rerun-note')).toBe(true);
+    await page.click('#progress-close');
     await page.click('#op-cancel');
     await page.waitForSelector(`#tasks tr[data-task="${holder}"] td.st-completed`, { timeout: 20_000 });
     await page.waitForSelector('tr[data-node="worker-4"] .cordon-note', { timeout: 5000 });
