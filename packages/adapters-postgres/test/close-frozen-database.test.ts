@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type PgListenClient, PostgresProgressStore } from '../src/index.js';
@@ -57,17 +58,26 @@ afterEach(async () => {
 
 /**
  * A store whose pool (of 4) reaches the database through a proxy that can black-hole it, opened with
- * `closeTimeoutMs` 300 and `options`; its LISTEN connection goes straight to the database.
+ * `closeTimeoutMs` 300 and `options` (`db`: given as a Kysely instance on it, with the client `error`
+ * listener the option asks for); its LISTEN connection goes straight to the database.
  */
-async function storeBehindProxy(options: { maxConcurrentBatches?: number } = {}) {
+async function storeBehindProxy({
+  db = false,
+  ...options
+}: {
+  maxConcurrentBatches?: number;
+  closeTimeoutMs?: number;
+  db?: boolean;
+} = {}) {
   const schema = await migrated();
   const proxy = await blackHoleProxy();
   cleanups.push(() => proxy.close());
   const pool = new pg.Pool({ connectionString: proxy.url, max: 4 });
   pool.on('error', () => {});
+  if (db) pool.on('connect', (client) => client.on('error', () => {}));
   // Not opened through the fixtures, whose cleanup would wait for a close that never returns.
   const store = await PostgresProgressStore.open({
-    pool,
+    ...(db ? { db: new Kysely({ dialect: new PostgresDialect({ pool }) }) } : { pool }),
     migrate: false,
     schema,
     // The LISTEN connection's own bounded end is `listen-close-blackholed.test.ts`'s subject.
@@ -98,6 +108,26 @@ describe('close() with statements in flight to a database that stopped answering
     // Only the client holding the append was destroyed, and the pool let it go: what is left of the pool
     // is idle, and the caller's end() of it (through the black hole) is not held by the store.
     expect(pool.totalCount).toBe(pool.idleCount);
+  }, 30_000);
+
+  it('with db, returns after closeTimeoutMs, not twice that: it cannot cut the connections, so nothing more can settle', async () => {
+    // Past closeTimeoutMs it waited as long again for the statements that destroyHeld fails at once with
+    // pool; with db nothing is destroyed, and close() took twice the bound the option documents.
+    const { proxy, store } = await storeBehindProxy({ db: true, closeTimeoutMs: 1500 });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+
+    proxy.blackHole();
+    const appended = store.append(task.id, { type: 'progress', done: 2 });
+    appended.catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const started = Date.now();
+    expect(await settlesWithin(store.close(), 10_000), 'store.close() with an append unanswered').toBe(
+      'closed',
+    );
+    const tookMs = Date.now() - started;
+    expect(tookMs).toBeGreaterThanOrEqual(1400);
+    expect(tookMs, 'close() past closeTimeoutMs (1500 ms) with db').toBeLessThan(2900);
   }, 30_000);
 
   it('rejects with closed the appends queued behind those in flight, instead of sending them after it returned', async () => {
