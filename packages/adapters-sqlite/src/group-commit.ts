@@ -74,8 +74,8 @@ export class GroupCommitQueue<T> {
   }
 
   /**
-   * Commits everything queued now, batch by batch. A no-op while a commit is already running (a
-   * listener called from inside one): that commit's caller takes the rest afterwards.
+   * Commits everything queued now, batch by batch. A no-op while a commit is already running (called from
+   * inside `commit`): that commit's caller takes the rest afterwards. From `afterCommit` it commits.
    */
   flush(): void {
     while (this.size > 0 && !this.#committing) this.#commitOne(true);
