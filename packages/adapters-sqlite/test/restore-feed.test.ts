@@ -236,19 +236,20 @@ describe('the tasks of a restored file, each one hinted by its latest seq', () =
     }
     await runPastTheBackup(setup, 5);
     let seenBeforeNextTurn: number | undefined;
-    const hinted = () => seen.filter((change) => change.taskId.startsWith('bulk')).length;
-    const before = hinted();
+    const from = seen.length;
+    // Distinct tasks: a poll that noticed the restore again would start over, which is no fault.
+    const hinted = () =>
+      new Set(seen.slice(from).flatMap(({ taskId }) => (taskId.startsWith('bulk') ? [taskId] : []))).size;
     let looked = false;
     setup.server.changes.subscribe(({ taskId }) => {
       if (looked || !taskId.startsWith('bulk')) return;
       looked = true;
       setImmediate(() => {
-        seenBeforeNextTurn = hinted() - before;
+        seenBeforeNextTurn = hinted();
       });
     });
     await restore();
-    await eventually('every task of the restored file hinted', () => hinted() - before >= bulk, 5_000);
-    expect(hinted() - before).toBe(bulk);
+    await eventually('every task of the restored file hinted', () => hinted() === bulk, 5_000);
     // The event loop had a turn before the last page: better-sqlite3 is synchronous, so every task read
     // and published in one turn held the loop for all of it (100,000 tasks: 170–256 ms).
     expect(seenBeforeNextTurn).toBeLessThan(bulk);
