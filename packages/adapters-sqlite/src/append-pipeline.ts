@@ -82,6 +82,8 @@ export class AppendPipeline {
       maxBatchSize: options.maxBatchSize,
       timing: 'immediate',
       commit: (batch, urgent) => this.#commit(batch, urgent),
+      // Out of the commit, so that a listener's flush (a read, a write, close()) commits what is queued.
+      afterCommit: () => this.#publisher.drain(),
     });
   }
 
@@ -105,7 +107,7 @@ export class AppendPipeline {
   /** Cancels the scheduled commit and rejects what is still queued (`closed`); call `flush()` first. */
   close(): void {
     this.#queue.cancel();
-    // Only appends queued by a listener while close() ran inside a commit can be left here.
+    // Nothing, after a flush: the store refuses appends once closed, and listeners run outside commits.
     for (const entry of this.#queue.clear()) entry.reject(storeClosed());
   }
 
@@ -166,7 +168,7 @@ export class AppendPipeline {
     const { outcomes, tasks } = written;
     // Committed: these rows are the tasks' state now. A copy, since the callers get the planned rows.
     for (const task of tasks.values()) if (!(task instanceof ProgressError)) this.#cache.keep({ ...task });
-    this.#publisher.drain();
+    // Published once the queue is out of the commit (its `afterCommit`), the listeners' calls in order.
     for (let index = 0; index < batch.length; index++) {
       const outcome = outcomes[index]!;
       const entry = batch[index]!;

@@ -28,6 +28,12 @@ export interface GroupCommitOptions<T> {
    * commits everything, urgently).
    */
   commit: (batch: T[], urgent: boolean) => boolean;
+  /**
+   * Runs after each commit, once the queue is out of it: where the committed changes are published. A
+   * change listener run inside `commit` found `flush()` a no-op, so its read or write skipped the appends
+   * queued before it, and its `close()` rejected them (`closed`); run here, its `flush()` commits them.
+   */
+  afterCommit?: () => void;
 }
 
 /**
@@ -39,6 +45,7 @@ export class GroupCommitQueue<T> {
   readonly #maxBatchSize: number;
   readonly #timing: FlushTiming;
   readonly #commit: (batch: T[], urgent: boolean) => boolean;
+  readonly #afterCommit: (() => void) | undefined;
   #queue: T[] = [];
   /** Index of the first entry not yet taken; the array is compacted lazily to keep batching O(n). */
   #head = 0;
@@ -52,6 +59,7 @@ export class GroupCommitQueue<T> {
     this.#maxBatchSize = options.maxBatchSize;
     this.#timing = options.timing;
     this.#commit = options.commit;
+    this.#afterCommit = options.afterCommit;
   }
 
   /** Entries waiting for a commit. */
@@ -66,8 +74,8 @@ export class GroupCommitQueue<T> {
   }
 
   /**
-   * Commits everything queued now, batch by batch. A no-op while a commit is already running (a
-   * listener called from inside one): that commit's caller takes the rest afterwards.
+   * Commits everything queued now, batch by batch. A no-op while a commit is already running (called from
+   * inside `commit`): that commit's caller takes the rest afterwards. From `afterCommit` it commits.
    */
   flush(): void {
     while (this.size > 0 && !this.#committing) this.#commitOne(true);
@@ -153,5 +161,6 @@ export class GroupCommitQueue<T> {
       this.#head = 0;
       this.#paused = true;
     }
+    this.#afterCommit?.();
   }
 }

@@ -30,7 +30,8 @@ import type { SqliteStatements } from './sqlite-statements.js';
  * the restored file until its ids passed the old mark, and this store's own next append, whose ids are
  * below it too, would move the mark over other processes' commits it never read. No id tells what the
  * restored file received since, so the feed then re-reads the tasks, not the events: it publishes
- * every task's latest seq once (a hint that costs a read) and takes the file's largest id as the mark.
+ * every task's latest seq once (a hint that costs a read), a page of tasks per event-loop turn, and takes
+ * the file's largest id as the mark.
  * The file going back is seen:
  *
  * - by a poll that found a commit, and by a write transaction that starts after another connection
@@ -141,6 +142,10 @@ export class ChangePublisher {
   #nextPage: ReturnType<typeof setImmediate> | undefined;
   /** What waits for the paging (see {@link pageBacklog}), and the event id it waits for it to reach. */
   #afterPaging: { upTo: number; then: () => void }[] = [];
+  /** The re-read of a restored file's tasks (see {@link committed}): the last task id read, while it goes on. */
+  #rereadAfter: string | undefined;
+  /** Its next page, scheduled for the next event-loop turn. */
+  #nextReread: ReturnType<typeof setImmediate> | undefined;
   readonly #onPollError: (error: unknown) => void;
   readonly #writeAlone: (work: () => void) => void;
 
@@ -277,27 +282,15 @@ export class ChangePublisher {
   }
 
   /**
-   * Adds every task's latest seq to `log` and takes the file's largest event id as its last: the file
-   * went back (see the module doc), so what other connections committed to it cannot be told apart by
-   * id. Run inside the write transaction that found it, or in the snapshot of the poll that did.
+   * Takes the file's newest event as `log`'s last: the file went back (see the module doc), so what other
+   * connections committed to it cannot be told apart by id, and once the log is committed every task's
+   * latest seq is published instead, read a page per turn (see {@link committed}). Run inside the write
+   * transaction that found it, or in the snapshot of the poll that did.
    */
-  readAll(log: TransactionLog): void {
-    const rows = this.#q.latestOfEveryTask.all() as {
-      max_id: number | bigint | null;
-      task_id: string | null;
-      seq: number | bigint | null;
-      status: string | null;
-    }[];
-    for (const row of rows) {
-      if (row.task_id === null) continue;
-      log.changes.push(
-        Object.freeze({ taskId: row.task_id, seq: Number(row.seq), terminal: isTerminalType(row.status!) }),
-      );
-    }
-    const maxId = rows[0]?.max_id;
-    log.lastEventId = maxId == null ? 0 : Number(maxId);
-    // The event the statement above counted to, read in the same transaction or snapshot.
-    log.lastEvent = maxId == null ? undefined : this.#readEventAt(log.lastEventId);
+  markRestored(log: TransactionLog): void {
+    const row = this.#q.lastEvent.get() as (MarkedEventRow & { id: number | bigint }) | undefined;
+    log.lastEventId = row === undefined ? 0 : Number(row.id);
+    log.lastEvent = row === undefined ? undefined : toMarkedEvent(row);
   }
 
   /**
@@ -310,17 +303,71 @@ export class ChangePublisher {
   forgetSeqs(): void {
     // A new array, so that a drain in progress (a listener calling this) drops the rest of the old one.
     this.#outbox = [];
+    // The re-read of a restored file is of what was committed before the call too.
+    this.#stopRereading();
     // Stopped: the store may have closed its database, and nothing is published any more.
     if (this.#stopped) return;
     this.#takeNewestEventAsMark();
   }
 
-  /** Takes a committed log: its changes go to the outbox, its last id becomes the high-water mark. */
+  /**
+   * Takes a committed log: its changes go to the outbox, its last id becomes the high-water mark. A log
+   * that found the file gone back (a restore) has every task's latest seq published after its changes:
+   * a page of {@link CATCH_UP_PAGE} tasks now (to the outbox, for the caller's drain), the rest a page
+   * per later event-loop turn. better-sqlite3 is synchronous: read and published in one turn, 100,000 tasks
+   * held the event loop 170–256 ms (sockets, heartbeats and acks unserved), more with a server's listeners. Each page reads the rows as they
+   * are then, past the last task id read: a task's seq only grows, so a hint is never below a change
+   * already published (one of the same seq may follow it: a hint, the listener reads the task).
+   */
   committed(log: TransactionLog): void {
     this.#highWaterMark = log.lastEventId;
     this.#markEvent = log.lastEvent;
     for (const change of log.changes) this.#outbox.push(change);
-    if (log.idsWentBack) this.#restoreNoticed = true;
+    if (!log.idsWentBack) return;
+    this.#restoreNoticed = true;
+    // A restore noticed again: from the first task once more.
+    this.#stopRereading();
+    this.#rereadAfter = '';
+    this.#rereadPage();
+  }
+
+  /**
+   * Reads the next page of the restored file's tasks into the outbox and schedules the next one, if any.
+   * Never throws (the first page is read after a commit, which must not be reported as failed): a failure
+   * goes to `onPollError` and ends the re-read; the epoch's renewal after the restore has servers read
+   * every task they follow anyway.
+   */
+  #rereadPage(): void {
+    if (this.#stopped || this.#rereadAfter === undefined) return;
+    let rows: { id: string; seq: number | bigint; status: string }[];
+    try {
+      rows = this.#q.tasksAfter.all({ afterId: this.#rereadAfter, limit: CATCH_UP_PAGE }) as typeof rows;
+    } catch (error) {
+      this.#rereadAfter = undefined;
+      this.#onPollError(toProgressError(error, 'read the tasks of a restored file'));
+      return;
+    }
+    for (const row of rows) {
+      this.#outbox.push(
+        Object.freeze({ taskId: row.id, seq: Number(row.seq), terminal: isTerminalType(row.status) }),
+      );
+    }
+    if (rows.length < CATCH_UP_PAGE) {
+      this.#rereadAfter = undefined;
+      return;
+    }
+    this.#rereadAfter = rows.at(-1)!.id;
+    this.#nextReread = setImmediate(() => {
+      this.#nextReread = undefined;
+      this.#rereadPage();
+      this.drain();
+    });
+  }
+
+  #stopRereading(): void {
+    if (this.#nextReread !== undefined) clearImmediate(this.#nextReread);
+    this.#nextReread = undefined;
+    this.#rereadAfter = undefined;
   }
 
   /**
@@ -379,6 +426,7 @@ export class ChangePublisher {
   stop(): void {
     this.#stopped = true;
     this.#watcher?.stop();
+    this.#stopRereading();
     if (this.#nextPage !== undefined) clearImmediate(this.#nextPage);
     this.#nextPage = undefined;
     this.#pagingEnded();
@@ -451,7 +499,7 @@ export class ChangePublisher {
     let complete = true;
     try {
       this.checkMark(log);
-      if (log.idsWentBack) this.readAll(log);
+      if (log.idsWentBack) this.markRestored(log);
       else complete = this.readSince(log, maxPages);
       epoch = this.#readEpoch();
     } catch (error) {

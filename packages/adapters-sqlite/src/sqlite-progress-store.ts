@@ -497,7 +497,9 @@ export class SqliteProgressStore implements ProgressStore {
       this.#publisher.drain();
       return Promise.resolve(result);
     } catch (error) {
-      return Promise.reject(toProgressError(error, action));
+      // A change listener closed the store during the call's flush, and the call met the closed database:
+      // `closed`, not the `store_unavailable` (a retryable outage) that "database connection is not open" is.
+      return Promise.reject(this.#closed ? storeClosed() : toProgressError(error, action));
     }
   }
 

@@ -290,25 +290,18 @@ export function prepareStatements(database: SqliteDatabase, builder: Kysely<Sqli
     // The largest event id ever assigned (AUTOINCREMENT keeps it, deletes never lower it); no row until
     // the first event. sqlite_sequence is SQLite's own table, outside the schema kysely knows.
     eventIdSequence: raw(`SELECT seq FROM sqlite_sequence WHERE name = '${TABLES.events}'`),
-    // Every task's latest seq and the largest event id, from one snapshot (one statement); one row with
-    // a null task when no task has events.
-    latestOfEveryTask: new PreparedQuery(
+    // A page of the tasks that have events (their latest seq), in id order from past `afterId`: the re-read
+    // of a restored file (see `ChangePublisher.committed`).
+    tasksAfter: new PreparedQuery(
       database,
       builder
-        .selectFrom(
-          builder
-            .selectFrom(TABLES.events)
-            .select((eb) => eb.fn.max('id').as('max_id'))
-            .as('last'),
-        )
-        .leftJoin(TABLES.tasks, (join) => join.on(`${TABLES.tasks}.seq`, '>', sql.lit(0)))
-        .select([
-          'last.max_id',
-          `${TABLES.tasks}.id as task_id`,
-          `${TABLES.tasks}.seq`,
-          `${TABLES.tasks}.status`,
-        ]),
-      [],
+        .selectFrom(TABLES.tasks)
+        .select(['id', 'seq', 'status'])
+        .where('seq', '>', sql.lit(0))
+        .where('id', '>', param('afterId'))
+        .orderBy('id')
+        .limit(param('limit')),
+      ['afterId', 'limit'],
     ),
   };
 }

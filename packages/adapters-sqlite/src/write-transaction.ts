@@ -121,7 +121,7 @@ export class WriteTransactions {
       const log = this.#publisher.startLog();
       // Only another writer (a restore included) can have taken the file back under the mark.
       if (!nothingElseWrote && catchUpPages > 0) this.#publisher.checkMark(log);
-      // Gone back: what came past the mark is read with the rest after the work (readAll).
+      // Gone back: the mark is taken from the file after the work (markRestored).
       if (catchUpPages > 0 && !log.idsWentBack && !this.#publisher.readSince(log, catchUpPages)) {
         // Other connections' committed events: published whatever becomes of this transaction.
         rollbackQuietly(this.#database);
@@ -129,9 +129,9 @@ export class WriteTransactions {
         return { done: false };
       }
       const result = work(log);
-      // The file went back under the mark (a restore): read what other connections committed to it
-      // before the commit, so a failure rolls the work back instead of losing their changes.
-      if (log.idsWentBack) this.#publisher.readAll(log);
+      // The file went back under the mark (a restore): the mark is its newest event, taken before the
+      // commit, so a failure rolls the work back and leaves the mark for the next transaction to find.
+      if (log.idsWentBack) this.#publisher.markRestored(log);
       // Read under the write lock, before COMMIT: read after it, the mark could already count another
       // connection's commit landing in between, and the cache would take that commit for none and keep
       // rows it changed (an append then planned on a stale row: a seq already taken, the batch rejected).

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import type { ProgressStore, TaskChange } from '@finishline/core';
+import type { ProgressStore, Task, TaskChange, TaskEvent } from '@finishline/core';
 import { ErrorCode, isProgressError, LIMITS } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import Database from 'better-sqlite3';
@@ -180,17 +180,63 @@ describe('ownership and closing', () => {
     db.remove();
   });
 
-  it('an append queued by a listener while close() runs inside a commit is rejected with closed', async () => {
-    const store = new SqliteProgressStore({ database: ':memory:' });
+  it('a listener that calls close() during a commit: every append queued before it commits, later ones are closed', async () => {
+    const db = tempDatabase();
+    // Five appends, two per batch: the first batch's listener closes the store with three still queued.
+    const store = new SqliteProgressStore({ database: db.file, maxBatchSize: 2 });
     await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    let early: Promise<unknown> | undefined;
     let late: Promise<unknown> | undefined;
     store.changes.subscribe(() => {
-      if (late) return;
-      late = store.append('a', { type: 'progress', done: 2 });
+      if (early) return;
+      early = store.append('a', { type: 'progress', done: 6 });
       void store.close();
+      late = store.append('a', { type: 'progress', done: 7 });
     });
-    await store.append('a', { type: 'progress', done: 1 });
+    const queued = [1, 2, 3, 4, 5].map((done) => store.append('a', { type: 'progress', done }));
+    expect((await Promise.all(queued)).map((result) => result.event.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(((await early!) as { event: { seq: number } }).event.seq).toBe(6);
     await expectCode(late!, ErrorCode.Closed);
+    await store.close();
+    const reopened = new SqliteProgressStore({ database: db.file });
+    expect((await reopened.getTask('a'))?.seq).toBe(6);
+    await reopened.close();
+    db.remove();
+  });
+
+  it('a call whose flush runs a listener that closes the store rejects with closed', async () => {
+    const db = tempDatabase();
+    const store = new SqliteProgressStore({ database: db.file });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    store.changes.subscribe(() => void store.close());
+    const appended = store.append('a', { type: 'progress', done: 1 });
+    await expectCode(store.getTask('a'), ErrorCode.Closed);
+    expect((await appended).event.seq).toBe(1);
+    await store.close();
+    db.remove();
+  });
+
+  it('reads and writes from a change listener see the appends queued before them', async () => {
+    const store = new SqliteProgressStore({ database: ':memory:', maxBatchSize: 2 });
+    await store.createTask({ id: 'a', owner: 'alice', kind: 'k' });
+    let seen:
+      | { task: Promise<Task | undefined>; acked: Promise<number>; events: Promise<TaskEvent[]> }
+      | undefined;
+    store.changes.subscribe(() => {
+      if (seen) return;
+      // Queued before the reads: call order says they see it.
+      void store.append('a', { type: 'progress', done: 6 });
+      seen = {
+        task: store.getTask('a'),
+        acked: store.ack('a', 6),
+        events: store.readEvents('a', 0),
+      };
+    });
+    await Promise.all([1, 2, 3, 4, 5].map((done) => store.append('a', { type: 'progress', done })));
+    expect((await seen!.task)?.seq).toBe(6);
+    expect(await seen!.acked).toBe(6);
+    expect((await seen!.events).map((event) => event.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    await store.close();
   });
 
   it('leaves no timer or immediate behind after close()', async () => {
