@@ -221,7 +221,11 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     // Review of 6 December 2026: the server's error frame, then its close quoting the same reason, printed
     // "Invalid credentials" and "The server refused the client: closed by server (4001: Invalid credentials)";
     // and a log (not a terminal) got "waiting for the task…" before them, a task that never came.
-    expect(run.err.join('')).toBe('finishline: Invalid credentials\n');
+    // Since 7 December 2026 the client reports the refusal once, as the close that ends it (the frame no
+    // longer reaches its error listener): the close's message, which quotes the server's reason.
+    expect(run.err.join('')).toBe(
+      'finishline: The server refused the client: closed by server (4001: Invalid credentials)\n',
+    );
     expect(run.out.join('')).toBe('');
   });
 });
