@@ -566,6 +566,36 @@ describe('finishline watch --json', () => {
     }
   });
 
+  // Review of 7 December 2026: once every item was done, before the task's end, the JSON said `"eta": 0`
+  // (the estimate's 0 for nothing left), where the bar shows no eta and the README says `null`.
+  it('reports no eta (null) once every item is done and the task has not ended yet, a number while items remain', async () => {
+    const { server, url } = await start();
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 2 });
+    const run = io();
+    const exit = runCli(['watch', url, task.id, '--token', 'ops', '--json', '--interval-ms', '0'], run.io);
+    const states = () =>
+      run.out
+        .join('')
+        .split('\n')
+        .filter((line) => line !== '')
+        .map((line) => JSON.parse(line) as { eta: unknown; finished: boolean; progress: { done: number } });
+    for (const node of ['n1', 'n2']) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await task.item({ key: node, ok: true });
+    }
+    await expect.poll(() => states().some((state) => state.progress.done === 2)).toBe(true);
+    await task.complete();
+    expect(await exit).toBe(CLI_EXIT_CODES.completed);
+    const printed = states();
+    // One item left, at a measured rate: an estimate.
+    expect(printed.find((state) => state.progress.done === 1)?.eta).toBeGreaterThan(0);
+    const allDone = printed.filter((state) => state.progress.done === 2);
+    expect(allDone.map((state) => [state.finished, state.eta])).toEqual([
+      [false, null],
+      [true, null],
+    ]);
+  });
+
   it('keeps the exit codes: a failed task ends with its error in the last object (1), a refused watch prints no object (4)', async () => {
     const server = new FakeServer();
     const failed = io();
