@@ -135,9 +135,10 @@ export async function runCli(argv: readonly string[], cliIo: CliIo): Promise<num
   const tty = !json && io.stdout.isTTY === true && io.env?.TERM !== 'dumb';
   /** On a terminal: a progress line is on the screen without its newline (the next one redraws it). */
   let lineOpen = false;
-  // The last error reported. A refusal is said twice: the server's error frame ("Invalid credentials"), then
-  // the close that ends the watch ("The server refused the client: closed by server (4001: Invalid
-  // credentials)"), as an 'error' again and as the watch's error. One that quotes the last says it again.
+  // The last error reported. What ends the client is said twice: as its 'error' and as the watch's error
+  // ("The server refused the client: closed by server (4001: Invalid credentials)"); until 7 December 2026
+  // the server's error frame before that close ("Invalid credentials") came first. One that quotes the last
+  // says it again.
   let reported: string | undefined;
   const repeats = (message: string) =>
     reported !== undefined && reported !== '' && message.includes(reported);

@@ -137,8 +137,12 @@ export function progressLine(state: WatchState, width?: number): string {
 export function jsonLine(state: WatchState): string {
   // Named one by one: what a script reads is this list, not whatever WatchState holds (its fatalError, an
   // Error, would print as {}).
-  const { taskId, status, finished, seq, kind, progress, fraction, rate, eta, result, error } = state;
+  const { taskId, status, finished, seq, kind, progress, fraction, rate, result, error } = state;
   const { updatedAt, finishedAt } = state;
+  // No eta once every item is done: the estimate's 0, nothing left to estimate while the task has not ended
+  // yet (a finished state has none). The bar shows none then; `"eta": 0` read as "ends now", for as long as
+  // the worker's wrap-up took.
+  const eta = state.eta || null;
   const fields = { taskId, status, finished, seq, kind, progress, fraction, rate, eta, result, error };
   return JSON.stringify({ ...fields, updatedAt, finishedAt }).replace(
     CONTROL,

@@ -431,10 +431,13 @@ export class ProgressClient extends SafeEmitter<ProgressClientEvents> {
   #onErrorFrame(frame: ErrorFrame): void {
     const taskId = frame.taskId;
     if (taskId === undefined) {
-      // The close 4011 that follows it is handled (a fresh token, a reconnect at once; a second expiry is
-      // fatal and reported then): an application's error handler heard of every expiry it never had to act on.
-      if (frame.code === ErrorCode.TokenExpired) return;
-      this.emit('error', new ProgressError(frame.code, frame.message));
+      // A refused or expired credential: the close that follows says what it means, and is reported if the
+      // application must act. After 4011 (expired; a version-1 server says `unauthenticated`) the client
+      // reconnects with a fresh token, a second expiry being fatal and reported then: an application's error
+      // handler heard of every expiry it never had to act on. After 4001 the client ends with that error:
+      // until 7 December 2026 the handler heard one refusal twice, the frame's and the fatal close's.
+      if (frame.code !== ErrorCode.TokenExpired && frame.code !== ErrorCode.Unauthenticated)
+        this.emit('error', new ProgressError(frame.code, frame.message));
       return;
     }
     const task = this.#tasks.get(taskId);

@@ -221,7 +221,11 @@ describe('finishline watch <url> <taskId> against a real server', () => {
     // Review of 6 December 2026: the server's error frame, then its close quoting the same reason, printed
     // "Invalid credentials" and "The server refused the client: closed by server (4001: Invalid credentials)";
     // and a log (not a terminal) got "waiting for the task…" before them, a task that never came.
-    expect(run.err.join('')).toBe('finishline: Invalid credentials\n');
+    // Since 7 December 2026 the client reports the refusal once, as the close that ends it (the frame no
+    // longer reaches its error listener): the close's message, which quotes the server's reason.
+    expect(run.err.join('')).toBe(
+      'finishline: The server refused the client: closed by server (4001: Invalid credentials)\n',
+    );
     expect(run.out.join('')).toBe('');
   });
 });
@@ -560,6 +564,36 @@ describe('finishline watch --json', () => {
     } finally {
       vi.useRealTimers();
     }
+  });
+
+  // Review of 7 December 2026: once every item was done, before the task's end, the JSON said `"eta": 0`
+  // (the estimate's 0 for nothing left), where the bar shows no eta and the README says `null`.
+  it('reports no eta (null) once every item is done and the task has not ended yet, a number while items remain', async () => {
+    const { server, url } = await start();
+    const task = await server.tasks.create({ owner: 'ops', kind: 'batch_taint', total: 2 });
+    const run = io();
+    const exit = runCli(['watch', url, task.id, '--token', 'ops', '--json', '--interval-ms', '0'], run.io);
+    const states = () =>
+      run.out
+        .join('')
+        .split('\n')
+        .filter((line) => line !== '')
+        .map((line) => JSON.parse(line) as { eta: unknown; finished: boolean; progress: { done: number } });
+    for (const node of ['n1', 'n2']) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      await task.item({ key: node, ok: true });
+    }
+    await expect.poll(() => states().some((state) => state.progress.done === 2)).toBe(true);
+    await task.complete();
+    expect(await exit).toBe(CLI_EXIT_CODES.completed);
+    const printed = states();
+    // One item left, at a measured rate: an estimate.
+    expect(printed.find((state) => state.progress.done === 1)?.eta).toBeGreaterThan(0);
+    const allDone = printed.filter((state) => state.progress.done === 2);
+    expect(allDone.map((state) => [state.finished, state.eta])).toEqual([
+      [false, null],
+      [true, null],
+    ]);
   });
 
   it('keeps the exit codes: a failed task ends with its error in the last object (1), a refused watch prints no object (4)', async () => {

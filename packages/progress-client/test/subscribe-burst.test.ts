@@ -1,7 +1,7 @@
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { MemoryProgressStore } from '@finishline/core';
-import { ProgressServer } from '@finishline/server';
+import { ProgressServer, type ProgressServerOptions } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { ProgressClient } from '../src/progress-client.js';
@@ -17,10 +17,12 @@ afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
 
-async function start(): Promise<{ server: ProgressServer; url: string }> {
-  // Default limits: only the heartbeat is shortened.
+async function start(
+  overrides: Partial<ProgressServerOptions> = {},
+): Promise<{ server: ProgressServer; url: string }> {
+  // Default limits: only the heartbeat is shortened (unless overridden).
   const server = await ProgressServer.listen(
-    { store: new MemoryProgressStore(), authenticate: users, heartbeatIntervalMs: 1000 },
+    { store: new MemoryProgressStore(), authenticate: users, heartbeatIntervalMs: 1000, ...overrides },
     { port: 0, host: '127.0.0.1' },
   );
   cleanups.push(() => server.close({ timeoutMs: 1000 }));
@@ -93,4 +95,37 @@ describe('a batch of subscribes over the rate burst (default limits)', () => {
     expect(Date.now() - startedAt).toBeLessThan(10_000);
     expect(refused).toBeGreaterThan(0);
   }, 15_000);
+});
+
+// Review of 7 December 2026: what a watch refused for the socket's cap goes through. It is reported on the
+// watch (not fatal), kept, and subscribed again with the backoff of `reconnect` (full jitter, growing until
+// something is delivered to it: no busy loop), so a slot freed by another watch's end serves it at the next
+// retry. (Its pace, and close() clearing the retry's timer: progress-client.test.ts, with a manual clock.)
+describe('a watch refused for the socket cap (maxSubscriptionsPerSocket)', () => {
+  it('is kept and retried with backoff until a slot frees, then served to its end', async () => {
+    const { server, url } = await start({ maxSubscriptionsPerSocket: 1 });
+    const client = new ProgressClient({
+      url,
+      WebSocket,
+      headers: { 'x-user': 'alice' },
+      reconnect: { initialDelayMs: 100, maxDelayMs: 400 },
+    });
+    cleanups.push(() => client.close());
+    const [first, second] = await Promise.all(
+      [1, 2].map(() => server.tasks.create({ owner: 'alice', kind: 'k', total: 1 })),
+    );
+    const firstWatch = client.watch(first?.id as string);
+    await expect.poll(() => firstWatch.getSnapshot().progress).not.toBeNull();
+    const secondWatch = client.watch(second?.id as string);
+    const refusals: string[] = [];
+    secondWatch.on('error', (error) => refusals.push(error.code));
+    await expect.poll(() => refusals.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(refusals)).toEqual(new Set(['too_many_subscriptions']));
+    expect(secondWatch.getSnapshot()).toMatchObject({ progress: null, fatalError: null });
+    await first?.complete();
+    await firstWatch.done;
+    await expect.poll(() => secondWatch.getSnapshot().progress).not.toBeNull();
+    await second?.complete();
+    await expect(secondWatch.done).resolves.toMatchObject({ status: 'completed' });
+  });
 });
