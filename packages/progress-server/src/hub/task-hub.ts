@@ -7,7 +7,7 @@
  * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
-import { ErrorCode, isProgressError, isTerminalType } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -99,6 +99,8 @@ interface Followed {
 
 const noop = (): void => undefined;
 
+const closedError = (): ProgressError => new ProgressError(ErrorCode.Closed, 'The server is shutting down');
+
 /** Events read per store call when catching up. */
 const READ_LIMIT = 1000;
 
@@ -146,6 +148,11 @@ export class TaskHub {
   /** What the subscribers' streams use of the hub. */
   readonly #streamHub: StreamHub;
   #stopFeed: Unsubscribe | undefined;
+  /**
+   * {@link close} was called: nothing registers any more. A subscriber added after it was followed by no
+   * feed (and dropped by nobody): its stream caught up once and then waited for ever, unheard.
+   */
+  #closed = false;
 
   constructor(options: {
     store: ProgressStore;
@@ -206,8 +213,11 @@ export class TaskHub {
    * commit after that read goes unnoticed; reads run in `principalId`'s turn.
    */
   stream(taskId: string, principalId: string, sink: StreamSink): TaskStream {
-    return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink }, (stream) =>
-      this.follow(taskId, stream),
+    // Once closed, the stream follows nothing and ends with `closed` when it starts (or its load rejects
+    // with it), as its reads would be refused: its owner tells the client, which resumes elsewhere.
+    const refused = this.#closed ? closedError() : undefined;
+    return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink, refused }, (stream) =>
+      refused === undefined ? this.follow(taskId, stream) : noop,
     );
   }
 
@@ -224,9 +234,10 @@ export class TaskHub {
 
   /**
    * Adds a subscriber of `taskId`. Call it *before* reading the task, so no commit after the read can go
-   * unnoticed. Returns the function that removes it.
+   * unnoticed. Returns the function that removes it. Throws `closed` once the hub is closed.
    */
   follow(taskId: string, subscriber: HubSubscriber): Unsubscribe {
+    if (this.#closed) throw closedError();
     let entry = this.#followed.get(taskId);
     if (entry === undefined) {
       entry = {
@@ -379,8 +390,12 @@ export class TaskHub {
     this.#due = [];
   }
 
-  /** Stops listening and forgets every task (their subscribers are being closed). */
+  /**
+   * Stops listening and forgets every task (their subscribers are being closed). Nothing follows a task
+   * after it: {@link follow} throws `closed`, and {@link stream} returns a stream that ends with it.
+   */
   close(): void {
+    this.#closed = true;
     this.#stopFeed?.();
     this.#stopFeed = undefined;
     for (const entry of [...this.#followed.values()]) this.#drop(entry);

@@ -1,5 +1,5 @@
 import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
-import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
+import { ErrorCode, isProgressError, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../logger.js';
@@ -671,6 +671,35 @@ describe('TaskStream repairing a gap in a task purged since', () => {
 });
 
 describe('TaskStream when the hub closes', () => {
+  // Found by a review: the hub's close() dropped what it followed but registered whatever came after it.
+  // A stream opened then (the server's shutdown order kept that from happening, not the hub) caught up
+  // from the store and then waited for ever: no feed told it anything, and nothing dropped it.
+  it('refuses a stream, or a subscriber, after close: nothing registers, and the stream ends with closed', async () => {
+    const { store, hub } = setup();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    hub.close();
+    const errors: unknown[] = [];
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', { ...rec.sink, failed: (error) => errors.push(error) });
+    expect(hub.size).toBe(0);
+    stream.start(0, false, 1, task.createdAt);
+    expect(errors).toHaveLength(1);
+    expect(isProgressError(errors[0], ErrorCode.Closed)).toBe(true);
+    await expect(hub.stream(task.id, 'alice', recorder().sink).load()).rejects.toMatchObject({
+      code: ErrorCode.Closed,
+    });
+    expect(() => hub.follow(task.id, { deliver: () => undefined })).toThrow(
+      expect.objectContaining({ code: ErrorCode.Closed }),
+    );
+    expect(hub.size).toBe(0);
+    // Nothing was handed over, and nothing will be: a later commit reaches no one.
+    await store.append(task.id, { type: 'progress', done: 2 });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(rec.seqs).toEqual([]);
+    expect(rec.caughtUp()).toBe(0);
+  });
+
   it('ends a stream whose read was still waiting for its turn, rather than retrying it for ever', async () => {
     const store = new MemoryProgressStore();
     const task = await store.createTask({ owner: 'alice', kind: 'k' });
