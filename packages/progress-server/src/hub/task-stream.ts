@@ -36,8 +36,8 @@ export interface StreamSink {
   /**
    * A catch-up read failed before the subscribe had its answer (a resume that nothing answered yet: the
    * subscribe is answered with this error), or a later read failed with an error that reading again does
-   * not cure (`internal`: a row the store cannot decode; `closed`: the hub's reads closed, the server shutting
-   * down), which ends the stream: its owner tells the client.
+   * not cure (`internal`: a row the store cannot decode; `closed`: the hub's reads, or the hub, closed, the
+   * server shutting down), which ends the stream: its owner tells the client.
    */
   failed(error: unknown): void;
   /** The stream caught up with everything known: what was queued may go out now. */
