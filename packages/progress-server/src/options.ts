@@ -431,7 +431,10 @@ export interface ProgressServerOptions<P extends Principal = Principal> {
   /**
    * After a failed store read for live delivery, wait this long before reading again. Also the wait
    * before reading again when the change feed announced a seq the store does not show; after three such
-   * retries the announced seq is given up (a late notice of a restored store's previous epoch). A read
+   * retries the announced seq is given up (a late notice of a restored store's previous epoch). And the
+   * longest a change is left unread that this process's appends to the task in flight may be (their
+   * commits, announced before their replies): an append that hangs commits nothing, and the change may be
+   * another writer's. A read
    * that failed with `internal` (a row the store cannot decode), or with an error that is no
    * `ProgressError` (a store breaking its contract), is not retried: it ends the task's subscriptions
    * with `internal`, and the clients resubscribe with their backoff.

@@ -1217,6 +1217,45 @@ describe("the server's first read of its store's epoch (doc: Server-Sent Events,
     expect((await events).json().epoch).toBe(epoch);
   });
 
+  // Found by a review: the events route labelled its page with the epoch read after the task, before the
+  // hook, and refused it only when this replica had noticed a renewal since. A restore and its renewal done
+  // while the hook ran, unheard (another replica's, a feed that tells none), had the new log's events
+  // answered with the old log's task under the old epoch: a client took them for the old log's, on from
+  // its cursor. The epoch is read again after the events now, and a change refuses the page.
+  it('GET /tasks/:id/events: a restore while the hook ran is answered 503 store_unavailable, not a page of two logs', async () => {
+    const { store, both, restore } = restorableStore();
+    await both((s) => s.createTask({ id: 't', owner: 'alice', kind: 'k' }));
+    await both((s) => s.append('t', { type: 'progress', done: 1 }));
+    // The live log goes on to seq 3; the backup stops at seq 1.
+    for (let done = 2; done <= 3; done++) await store.append('t', { type: 'progress', done });
+    let restoring = false;
+    await start({
+      store,
+      authorize: async (principal, task) => {
+        if (restoring) {
+          restoring = false;
+          // Restored (the backup's epoch is another one), and written to since: its seq 2 is another event.
+          restore();
+          await store.append('t', { type: 'progress', done: 99 });
+        }
+        return principal.id === task.owner;
+      },
+    });
+    const before = (await http('GET', '/progress/tasks/t/events?afterSeq=1', { headers: bearer() })).json();
+    expect(before.events.map((e: Json) => e.progress.done)).toEqual([2, 3]);
+    restoring = true;
+    const answer = await http('GET', '/progress/tasks/t/events?afterSeq=1', { headers: bearer() });
+    expect([answer.status, answer.json().error?.code]).toEqual([503, 'store_unavailable']);
+    // Asked again, all of the restored log, under its epoch.
+    const again = (await http('GET', '/progress/tasks/t/events?afterSeq=1', { headers: bearer() })).json();
+    expect(again).toMatchObject({
+      task: { seq: 2 },
+      events: [{ seq: 2, progress: { done: 99 } }],
+      epoch: await store.getEpoch(),
+    });
+    expect(again.epoch).not.toBe(before.epoch);
+  });
+
   // Found by a review: the answers carried the epoch as the replica last read it, their task and events as
   // the store has them now. A replica that had not heard a renewal yet (another replica's, after a
   // restore) labelled the new epoch's data with the old epoch: a client that knew the new one from another

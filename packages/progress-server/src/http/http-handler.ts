@@ -635,8 +635,12 @@ async function serveRoute<P extends Principal>(
       if (events.length > 0 && (await store.getTask(task.id))?.createdAt !== task.createdAt) {
         throw fromCode(ErrorCode.TaskNotFound, taskNotFoundMessage(task.id));
       }
-      // The task's epoch labels the events read after the hook too: a renewal found since (a restore
-      // while the hook ran) may have them of another log than the task.
+      // The task's epoch labels the events read after the hook too: a renewal since (a restore while the
+      // hook ran) may have them of another log than the task. Read again after them, as for the task: the
+      // epoch as this replica knew it let through a renewal it had not heard of yet (another replica's, a
+      // feed that tells none), the new log's events answered with the old log's task and epoch. An empty
+      // page carries nothing of another log: an idle poll costs no read.
+      if (events.length > 0) await epochRead(ctx);
       checkSameEpoch(ctx, read.epoch);
       // None at all though the task is ahead: the store no longer holds them (retention removed them and
       // kept the row). Asking again cannot bring them back, so no more: `task` stands for them. (True

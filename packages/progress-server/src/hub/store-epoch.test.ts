@@ -755,7 +755,8 @@ describe('an HTTP read whose hooks ran while the store was restored and renewed'
     return { old, state, get };
   }
 
-  it.each(['', '/events', '/stream'])(
+  // `/events` is answered 503 below: the epoch it reads again after its events finds the renewal.
+  it.each(['', '/stream'])(
     'labels the task of GET …/tasks/:id%s with its own epoch, and the next answer with the new one',
     async (suffix) => {
       const { old, state, get } = await restoredDuringHook(false);
@@ -769,12 +770,18 @@ describe('an HTTP read whose hooks ran while the store was restored and renewed'
     },
   );
 
-  it.each(['/events', '/stream'])(
-    'answers GET …/tasks/:id%s 503 store_unavailable when the renewal was found while the hook ran',
-    async (suffix) => {
+  it.each([
+    ['/events', true],
+    ['/stream', true],
+    // Unheard: the epoch read again after the events finds the renewal (until 7 December 2026 it was
+    // answered 200, the new log's events under the old log's task and epoch).
+    ['/events', false],
+  ])(
+    'answers GET …/tasks/:id%s 503 store_unavailable when the store was renewed while the hook ran (heard: %s)',
+    async (suffix, heard) => {
       // Its events (a stream's frames) are read after the hook, of the new log: labelled with the task's
       // epoch, they went on from the old log's task as the same history.
-      const { state, get } = await restoredDuringHook(true);
+      const { state, get } = await restoredDuringHook(heard);
       expect(await get(suffix)).toMatchObject({
         status: 503,
         body: { error: { code: 'store_unavailable' } },

@@ -7,7 +7,7 @@
  * @module
  */
 import type { ChangeFeed, ProgressStore, TaskChange, TaskEvent, Unsubscribe } from '@finishline/core';
-import { ErrorCode, isProgressError, isTerminalType } from '@finishline/core';
+import { ErrorCode, isProgressError, isTerminalType, ProgressError } from '@finishline/core';
 import type { ProgressLogger } from '../logger.js';
 import { describeError } from '../logger.js';
 import type { ServerMetrics } from '../metrics.js';
@@ -50,6 +50,8 @@ interface Followed {
   emptyReads: number;
   /** Appends to this task in flight in this process (see {@link TaskHub.localAppend}). */
   localAppends: number;
+  /** The read put off for those appends, made after `retryDelayMs` whatever they do (see `#pump`). */
+  appendWait: NodeJS.Timeout | undefined;
   retryTimer: NodeJS.Timeout | undefined;
   /** The retry of a failed read of the task's run (see `#readRun`). */
   checkTimer: NodeJS.Timeout | undefined;
@@ -99,6 +101,8 @@ interface Followed {
 
 const noop = (): void => undefined;
 
+const closedError = (): ProgressError => new ProgressError(ErrorCode.Closed, 'The server is shutting down');
+
 /** Events read per store call when catching up. */
 const READ_LIMIT = 1000;
 
@@ -146,6 +150,11 @@ export class TaskHub {
   /** What the subscribers' streams use of the hub. */
   readonly #streamHub: StreamHub;
   #stopFeed: Unsubscribe | undefined;
+  /**
+   * {@link close} was called: nothing registers any more. A subscriber added after it was followed by no
+   * feed (and dropped by nobody): its stream caught up once and then waited for ever, unheard.
+   */
+  #closed = false;
 
   constructor(options: {
     store: ProgressStore;
@@ -206,8 +215,11 @@ export class TaskHub {
    * commit after that read goes unnoticed; reads run in `principalId`'s turn.
    */
   stream(taskId: string, principalId: string, sink: StreamSink): TaskStream {
-    return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink }, (stream) =>
-      this.follow(taskId, stream),
+    // Once closed, the stream follows nothing and ends with `closed` when it starts (or its load rejects
+    // with it), as its reads would be refused: its owner tells the client, which resumes elsewhere.
+    const refused = this.#closed ? closedError() : undefined;
+    return new TaskStream({ taskId, principalId, hub: this.#streamHub, sink, refused }, (stream) =>
+      refused === undefined ? this.follow(taskId, stream) : noop,
     );
   }
 
@@ -224,9 +236,10 @@ export class TaskHub {
 
   /**
    * Adds a subscriber of `taskId`. Call it *before* reading the task, so no commit after the read can go
-   * unnoticed. Returns the function that removes it.
+   * unnoticed. Returns the function that removes it. Throws `closed` once the hub is closed.
    */
   follow(taskId: string, subscriber: HubSubscriber): Unsubscribe {
+    if (this.#closed) throw closedError();
     let entry = this.#followed.get(taskId);
     if (entry === undefined) {
       entry = {
@@ -237,6 +250,7 @@ export class TaskHub {
         reading: false,
         emptyReads: 0,
         localAppends: 0,
+        appendWait: undefined,
         retryTimer: undefined,
         checkTimer: undefined,
         stopFeed: undefined,
@@ -310,9 +324,11 @@ export class TaskHub {
    * An append to `taskId` starts in this process. The feed's notice of that very commit may arrive
    * before the append resolves (stores publish it from inside the commit; Postgres's `NOTIFY` can beat
    * the `COMMIT` reply), and reading then would fetch the event {@link publishLocal} is about to hand
-   * over. So while appends are in flight, the hub reads only when more seqs are missing than there are
-   * appends in flight (some must come from elsewhere, or resolved out of order). Call the returned
-   * function once the append settled, after `publishLocal`; it reads whatever is still missing.
+   * over. So while appends are in flight, the hub reads at once only when more seqs are missing than
+   * there are appends in flight (some must come from elsewhere, or resolved out of order); otherwise it
+   * reads after `retryDelayMs` if they have not settled by then (an append that hangs commits nothing,
+   * and the gap is another writer's). Call the returned function once the append settled, after
+   * `publishLocal`; it reads whatever is still missing.
    */
   localAppend(taskId: string): () => void {
     const entry = this.#followed.get(taskId);
@@ -323,6 +339,10 @@ export class TaskHub {
       if (settled) return;
       settled = true;
       entry.localAppends -= 1;
+      if (entry.localAppends === 0 && entry.appendWait !== undefined) {
+        clearTimeout(entry.appendWait);
+        entry.appendWait = undefined;
+      }
       this.#pump(entry);
     };
   }
@@ -379,8 +399,12 @@ export class TaskHub {
     this.#due = [];
   }
 
-  /** Stops listening and forgets every task (their subscribers are being closed). */
+  /**
+   * Stops listening and forgets every task (their subscribers are being closed). Nothing follows a task
+   * after it: {@link follow} throws `closed`, and {@link stream} returns a stream that ends with it.
+   */
   close(): void {
+    this.#closed = true;
     this.#stopFeed?.();
     this.#stopFeed = undefined;
     for (const entry of [...this.#followed.values()]) this.#drop(entry);
@@ -668,6 +692,8 @@ export class TaskHub {
     entry.retryTimer = undefined;
     if (entry.checkTimer !== undefined) clearTimeout(entry.checkTimer);
     entry.checkTimer = undefined;
+    if (entry.appendWait !== undefined) clearTimeout(entry.appendWait);
+    entry.appendWait = undefined;
     this.#followed.delete(entry.taskId);
     this.#recent.drop(entry.taskId);
     try {
@@ -677,13 +703,29 @@ export class TaskHub {
     }
   }
 
-  /** Reads and dispatches everything between `readSeq` and `latestSeq`; one read loop per task at a time. */
-  #pump(entry: Followed): void {
+  /**
+   * Reads and dispatches everything between `readSeq` and `latestSeq`; one read loop per task at a time.
+   * `waited`: the read put off for this process's appends in flight is due (see {@link localAppend}).
+   */
+  #pump(entry: Followed, waited = false): void {
     if (entry.reading || entry.closed || entry.retryTimer !== undefined) return;
     if (entry.readSeq === undefined) return;
     const wanted = Math.max(entry.latestSeq, entry.unconfirmed);
     if (wanted <= entry.readSeq) return;
-    if (entry.localAppends > 0 && wanted - entry.readSeq <= entry.localAppends) return;
+    if (!waited && entry.localAppends > 0 && wanted - entry.readSeq <= entry.localAppends) {
+      // Their commits, most likely, announced before their replies. But an append may hang (a pool
+      // exhausted, a connection lost before its query went out) and commit nothing, the gap another
+      // writer's: put off for good, a terminal event of another replica's waited for as long as it hung.
+      // One timer per task at a time, and only for a notice without its events that beat the reply.
+      if (entry.appendWait === undefined) {
+        entry.appendWait = setTimeout(() => {
+          entry.appendWait = undefined;
+          this.#pump(entry, true);
+        }, this.#retryDelayMs);
+        entry.appendWait.unref();
+      }
+      return;
+    }
     entry.reading = true;
     void this.#readLoop(entry);
   }

@@ -1,5 +1,5 @@
 import type { ChangeListener, ProgressStore, TaskChange, TaskEvent, TaskView } from '@finishline/core';
-import { ErrorCode, MemoryProgressStore, ProgressError } from '@finishline/core';
+import { ErrorCode, isProgressError, MemoryProgressStore, ProgressError } from '@finishline/core';
 import { ManualClock } from '@finishline/core/testing';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { silentLogger } from '../logger.js';
@@ -645,11 +645,20 @@ describe('TaskStream repairing a gap in a task purged since', () => {
     const task = await store.createTask({ id: 'job-1', owner: 'alice', kind: 'k' });
     for (let i = 1; i <= 3; i++) await store.append(task.id, { type: 'progress', done: i });
     const rec = recorder();
-    const stream = hub.stream(task.id, 'alice', rec.sink);
+    // Its owner replaces it as told (a load of its own): closed, the stream leaves the hub, which then reads
+    // nothing for it (the hub's own read, put off for the appends below, would find the task gone too).
+    const stream = hub.stream(task.id, 'alice', {
+      ...rec.sink,
+      restart: () => {
+        rec.sink.restart();
+        stream.close();
+      },
+    });
     stream.start(3, false, 3, task.createdAt);
     await until(() => rec.caughtUp() > 0);
-    // The task ends (seqs 4 and 5, appended by this process: the hub waits for its own appends rather than
-    // read them) and retention purges it before the stream repairs the gap it is handed.
+    // The task ends (seqs 4 and 5, appended by this process: the hub waits for its own appends, for up to
+    // its retry delay, rather than read them) and retention purges it before the stream repairs the gap
+    // it is handed.
     const settleAppends = [hub.localAppend(task.id), hub.localAppend(task.id)];
     clock.advance(1);
     await store.append(task.id, { type: 'progress', done: 4 });
@@ -670,7 +679,81 @@ describe('TaskStream repairing a gap in a task purged since', () => {
   });
 });
 
+describe('TaskHub while an append of this process hangs', () => {
+  // Found by a review: while appends were in flight, the hub read nothing for a gap no larger than their
+  // number, taking it for their own commits. An append that hangs (a pool exhausted, a connection lost
+  // before its query went out) commits nothing, and another writer's event announced without its events
+  // (too large for NOTIFY, a poll) was read only once more seqs were missing or that append settled:
+  // never, for a terminal event, its watchers waiting for as long as the append hung.
+  it("reads another writer's event within the retry delay, not once the hung append settles", async () => {
+    const store = new MemoryProgressStore();
+    const { counted, emit } = drivenFeed(store);
+    const hub = hubOver(counted.store, { metricsFeed: store.changes });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    const seen: number[] = [];
+    hub.follow(task.id, { deliver: (events) => seen.push(...events.map((event) => event.seq)) });
+    hub.observe(task.id, 1, task.createdAt);
+    // This process's append starts and never settles.
+    const settle = hub.localAppend(task.id);
+    const { event } = await store.append(task.id, { type: 'completed' });
+    emit({ taskId: task.id, seq: event.seq, terminal: true });
+    await until(() => seen.length > 0);
+    expect(seen).toEqual([2]);
+    settle();
+  });
+
+  it('still reads nothing for its own commit announced before the append resolves', async () => {
+    const store = new MemoryProgressStore();
+    const { counted, emit } = drivenFeed(store);
+    const hub = hubOver(counted.store, { metricsFeed: store.changes });
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    const seen: number[] = [];
+    hub.follow(task.id, { deliver: (events) => seen.push(...events.map((event) => event.seq)) });
+    hub.observe(task.id, 0, task.createdAt);
+    const reads = counted.reads;
+    const settle = hub.localAppend(task.id);
+    const { event } = await store.append(task.id, { type: 'progress', done: 1 });
+    emit({ taskId: task.id, seq: event.seq, terminal: false });
+    hub.publishLocal(event, task.createdAt);
+    settle();
+    expect(seen).toEqual([1]);
+    // Past the retry delay: no read was made for it.
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(counted.reads).toBe(reads);
+  });
+});
+
 describe('TaskStream when the hub closes', () => {
+  // Found by a review: the hub's close() dropped what it followed but registered whatever came after it.
+  // A stream opened then (the server's shutdown order kept that from happening, not the hub) caught up
+  // from the store and then waited for ever: no feed told it anything, and nothing dropped it.
+  it('refuses a stream, or a subscriber, after close: nothing registers, and the stream ends with closed', async () => {
+    const { store, hub } = setup();
+    const task = await store.createTask({ owner: 'alice', kind: 'k' });
+    await store.append(task.id, { type: 'progress', done: 1 });
+    hub.close();
+    const errors: unknown[] = [];
+    const rec = recorder();
+    const stream = hub.stream(task.id, 'alice', { ...rec.sink, failed: (error) => errors.push(error) });
+    expect(hub.size).toBe(0);
+    stream.start(0, false, 1, task.createdAt);
+    expect(errors).toHaveLength(1);
+    expect(isProgressError(errors[0], ErrorCode.Closed)).toBe(true);
+    await expect(hub.stream(task.id, 'alice', recorder().sink).load()).rejects.toMatchObject({
+      code: ErrorCode.Closed,
+    });
+    expect(() => hub.follow(task.id, { deliver: () => undefined })).toThrow(
+      expect.objectContaining({ code: ErrorCode.Closed }),
+    );
+    expect(hub.size).toBe(0);
+    // Nothing was handed over, and nothing will be: a later commit reaches no one.
+    await store.append(task.id, { type: 'progress', done: 2 });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(rec.seqs).toEqual([]);
+    expect(rec.caughtUp()).toBe(0);
+  });
+
   it('ends a stream whose read was still waiting for its turn, rather than retrying it for ever', async () => {
     const store = new MemoryProgressStore();
     const task = await store.createTask({ owner: 'alice', kind: 'k' });

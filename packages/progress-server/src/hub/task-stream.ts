@@ -36,8 +36,8 @@ export interface StreamSink {
   /**
    * A catch-up read failed before the subscribe had its answer (a resume that nothing answered yet: the
    * subscribe is answered with this error), or a later read failed with an error that reading again does
-   * not cure (`internal`: a row the store cannot decode; `closed`: the hub's reads closed, the server shutting
-   * down), which ends the stream: its owner tells the client.
+   * not cure (`internal`: a row the store cannot decode; `closed`: the hub's reads, or the hub, closed, the
+   * server shutting down), which ends the stream: its owner tells the client.
    */
   failed(error: unknown): void;
   /** The stream caught up with everything known: what was queued may go out now. */
@@ -159,15 +159,18 @@ export class TaskStream {
   #retryTimer: NodeJS.Timeout | undefined;
   /** {@link StreamHub.heard} as this stream's last {@link load} started; `undefined` before one. */
   #loadHeard: number | undefined;
+  /** Opened on a closed hub (`closed`): it follows nothing, its load rejects with it, its start fails with it. */
+  readonly #refused: unknown;
 
   constructor(
-    init: { taskId: string; principalId: string; hub: StreamHub; sink: StreamSink },
+    init: { taskId: string; principalId: string; hub: StreamHub; sink: StreamSink; refused?: unknown },
     follow: (stream: TaskStream) => Unsubscribe,
   ) {
     this.taskId = init.taskId;
     this.#principalId = init.principalId;
     this.#hub = init.hub;
     this.#sink = init.sink;
+    this.#refused = init.refused;
     this.#unfollow = follow(this);
   }
 
@@ -181,6 +184,7 @@ export class TaskStream {
    * `null` when the stream went stale before or during the read.
    */
   async load(): Promise<Task | undefined | null> {
+    if (this.#refused !== undefined) throw this.#refused;
     let mark = 0;
     const task = await this.#read(() => {
       mark = this.#hub.loadMark();
@@ -215,6 +219,10 @@ export class TaskStream {
   }
 
   #begin(from: number, ended: boolean, taskSeq: number, taskRun: number | undefined): void {
+    if (this.#refused !== undefined) {
+      this.#sink.failed(this.#refused);
+      return;
+    }
     this.#position = from;
     this.#ended = ended;
     this.#run = taskRun;
