@@ -209,8 +209,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           delivered = true;
           heard();
           buffer += decoder.decode(value, { stream: true });
-          // The complete blocks; the last part waits for the rest of its block.
-          const blocks = buffer.split('\n\n');
+          // The complete blocks, each ended by a blank line; the last part waits for the rest of its block.
+          // Lines end with CRLF, LF or CR (the SSE spec): a proxy may rewrite the server's LFs, and a stream
+          // split on LF LF alone (until 7 December 2026) never yielded a frame, its watch stuck on heartbeats.
+          // A CR followed by LF is one line's end. A CR ending what came so far ends its line (a CR-only
+          // stream's block is not held until more comes); when it was half of a CRLF split across two chunks,
+          // its LF opens the next part as an empty line, which ends no block (no other line end follows it).
+          const blocks = buffer.split(/(?:\r\n|\n|\r(?!\n)){2}/);
           buffer = blocks.pop() as string;
           for (const block of blocks) {
             const stated = HEARTBEAT_INTERVAL.exec(block);
@@ -222,8 +227,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             }
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
-            // (`[^\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
-            const data = [...block.matchAll(/^data: ?([^\n]*)/gm)].map((line) => line[1]).join('\n');
+            // (`[^\r\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
+            const data = [...block.matchAll(/^data: ?([^\r\n]*)/gm)].map((line) => line[1]).join('\n');
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
               if (decoded.ok) host.onFrame(decoded.frame);
