@@ -187,15 +187,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           // and asked again with backoff, for ever.
           return refusal.code === ErrorCode.TokenExpired && !renewed ? follow(epoch, true) : end(refusal);
         }
+        if (!response.ok || !response.body) return end();
         // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
         // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
-        // ever, by every watch of the page.
-        if (
-          !response.ok ||
-          !response.body ||
-          response.headers?.get('content-type')?.includes('event-stream') === false
-        )
-          return end();
+        // ever, by every watch of the page. Reported on the watch, as HTTP polling reports such a page
+        // (`store_unavailable`): until 7 December 2026 the app was told nothing, its watch stuck.
+        if (response.headers?.get('content-type')?.includes('event-stream') === false)
+          return end(errorFromResponse(taskId, 200));
         answered = true;
         reader = response.body.getReader();
         const decoder = new TextDecoder();

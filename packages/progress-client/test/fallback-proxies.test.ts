@@ -1,17 +1,18 @@
 import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { MemoryProgressStore } from '@finishline/core';
+import { ErrorCode, MemoryProgressStore, type ProgressError } from '@finishline/core';
 import { ProgressServer } from '@finishline/server';
 import { afterEach, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
+import { httpFallback } from '../src/http-fallback.js';
 import { ProgressClient } from '../src/progress-client.js';
 import { sseFallback } from '../src/sse.js';
 import { users } from './users.js';
 
 /**
  * What stands between the client's fallback transports and a real server: a local HTTP server that either
- * answers a request itself (`answer` returns true) or passes it on, its answer's body through `rewrite` (a
- * proxy that rewrites line endings), chunk by chunk.
+ * answers a request itself (`answer` returns true: a captive portal's page) or passes it on, its answer's
+ * body through `rewrite` (a proxy that rewrites line endings), chunk by chunk.
  */
 async function proxy(
   target: string,
@@ -53,6 +54,13 @@ async function proxy(
       }),
   );
   return `http://127.0.0.1:${port}/progress`;
+}
+
+/** A captive portal's sign-in page, answered 200 for whatever is asked. */
+function portalPage(outgoing: ServerResponse): true {
+  outgoing.writeHead(200, { 'content-type': 'text/html; charset=utf-8' });
+  outgoing.end('<!doctype html>\n<html>\n\n<body>Sign in to the Wi-Fi</body></html>\n');
+  return true;
 }
 
 const cleanups: (() => Promise<void>)[] = [];
@@ -131,4 +139,48 @@ describe('the fallback transports behind proxies and captive portals (a real ser
       expect(watch.getSnapshot()).toMatchObject({ finished: true, status: 'completed' });
     },
   );
+
+  it('reports a captive portal’s page answered for the stream on the watch (store_unavailable), and keeps asking with backoff', async () => {
+    // Taken for a failed open without a word until 7 December 2026: the app's watch showed nothing, and
+    // nothing said why (HTTP polling reports such a page as store_unavailable).
+    let streams = 0;
+    const portal = await proxy('http://127.0.0.1:9', (incoming, outgoing) => {
+      if (incoming.url?.endsWith('/stream')) streams++;
+      return portalPage(outgoing);
+    });
+    const client = sseClient(portal);
+    const watch = client.watch('t1');
+    const errors: ProgressError[] = [];
+    watch.on('error', (error) => errors.push(error));
+    expect(await within(3_000, () => errors.length >= 2)).toBe(true);
+    expect(errors[0]).toMatchObject({ code: ErrorCode.StoreUnavailable, taskId: 't1' });
+    expect(errors[0]?.message).toMatch(/HTTP 200/);
+    expect(streams).toBeGreaterThanOrEqual(2);
+    expect(watch.getSnapshot().finished).toBe(false);
+    expect(client.state).not.toBe('closed');
+  });
+
+  it('HTTP polling reports a captive portal’s page answered for a poll on the watch the same way (store_unavailable)', async () => {
+    // What the stream's report above matches (no change here: a page that is not JSON fails the poll).
+    const portal = await proxy('http://127.0.0.1:9', (_, outgoing) => portalPage(outgoing));
+    const client = new ProgressClient({
+      url: 'ws://127.0.0.1:9/progress',
+      httpUrl: portal,
+      WebSocket,
+      fetch: globalThis.fetch,
+      httpFallback: httpFallback(),
+      httpFallbackAfterAttempts: 1,
+      connectTimeoutMs: 1000,
+      random: () => 0,
+      httpPollIntervalMs: 50,
+      reconnect: { initialDelayMs: 20, maxDelayMs: 50 },
+    });
+    client.on('error', () => undefined);
+    cleanups.push(() => client.close());
+    const watch = client.watch('t1');
+    const errors: ProgressError[] = [];
+    watch.on('error', (error) => errors.push(error));
+    expect(await within(3_000, () => errors.length >= 2)).toBe(true);
+    expect(errors[0]).toMatchObject({ code: ErrorCode.StoreUnavailable, taskId: 't1' });
+  });
 });
