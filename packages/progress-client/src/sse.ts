@@ -46,7 +46,9 @@ export type StreamingFetch = (
   text?(): Promise<string>;
   /**
    * The response headers (`fetch` has them): a 200 that is not `text/event-stream` (a captive portal's or
-   * an SPA's HTML page) is taken for a failed open. Without them every 200 is taken for the stream.
+   * an SPA's HTML page) is taken for a failed open, reported on the watch (`store_unavailable`), and an
+   * ack's answer that is not JSON for no answer (sent again). Without them every 200 is taken for the
+   * stream, and every ack's answer below 500 (but 401 and 429) for the server's.
    */
   headers?: { get(name: string): string | null };
 }>;
