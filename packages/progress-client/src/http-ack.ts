@@ -54,6 +54,9 @@ export async function taskRequest<R>(
   });
 }
 
+/** The response headers, where `fetch` gives them. */
+type ContentHeaders = { get(name: string): string | null };
+
 /**
  * Acknowledges `seq` of a task over HTTP (`POST {httpUrl}/tasks/:id/ack`, cumulative) with `fetch` (none
  * without one): the end of a watch followed over an SSE stream or HTTP polling. Asked again with the
@@ -69,7 +72,7 @@ export async function taskRequest<R>(
 export function sendAck(
   o: FallbackOptions,
   timers: TimerSet,
-  fetch: TaskFetch<{ status?: number }> | undefined,
+  fetch: TaskFetch<{ status?: number; headers?: ContentHeaders }> | undefined,
   taskId: string,
   seq: number,
 ): void {
@@ -103,7 +106,16 @@ export function sendAck(
       // one, the acks of a page whose many watches ended together were lost past the budget. Nor is 401:
       // a credential that expired as the task ended, `token_expired`, took the ack with it until
       // 6 December 2026; the next one goes with a fresh token from the token function.)
-      .then(({ status = 0 }) => settle(status < 500 && status !== 429 && status !== 401))
+      // Nor is an answer that is not JSON, as every answer of the server's is (protocol.md, HTTP API): a
+      // captive portal's HTML page, 200, was taken for the ack until 7 December 2026, and the ack lost.
+      .then(({ status = 0, headers }) =>
+        settle(
+          status < 500 &&
+            status !== 429 &&
+            status !== 401 &&
+            headers?.get('content-type')?.includes('json') !== false,
+        ),
+      )
       // A `fetch` of the application's answering no response (`undefined`) is no answer either: read in
       // the first callback, it threw there, past the second, and ended a Node process (unhandled rejection).
       .catch(() => settle());

@@ -10,6 +10,9 @@ import { BACKOFF_DEFAULTS, resolvedBackoffDelayMs } from '@finishline/core/inter
  */
 
 const STATUS_CODES: Readonly<Record<number, ErrorCode>> = {
+  // A 200 that is not the server's answer (a captive portal's page for an event stream): the server is out
+  // of reach, as HTTP polling reports such a page.
+  200: ErrorCode.StoreUnavailable,
   400: ErrorCode.InvalidInput,
   401: ErrorCode.Unauthenticated,
   403: ErrorCode.Forbidden,
@@ -30,7 +33,7 @@ export function readField(body: unknown, name: string): unknown {
  * The error an HTTP error response stands for: the body's code when it is one of ours, else by status (a
  * body that is not JSON, or `undefined`: none was read).
  */
-export function errorFromResponse(taskId: string, status: number, text: string | undefined): ProgressError {
+export function errorFromResponse(taskId: string, status: number, text?: string): ProgressError {
   let code: ErrorCode = STATUS_CODES[status] ?? ErrorCode.Internal;
   let message = `HTTP ${status} for task ${taskId}`;
   try {

@@ -1973,3 +1973,35 @@ describe('sseFallback() options', () => {
       expect(refusal(options)).toBe('accepted');
   });
 });
+
+describe('the SSE fallback’s line endings', () => {
+  // The SSE spec ends a line with CRLF, LF or CR. A stream split on LF LF alone (until 7 December 2026)
+  // yielded no frame through a proxy that rewrote the server's LFs as CRLFs: the watch saw nothing.
+  const frames = (task: FakeTask) => [
+    `id: 0\ndata: ${JSON.stringify({ type: 'snapshot', task: task.view() })}\n\n`,
+    `id: 1\ndata: ${JSON.stringify({ type: 'event', event: task.item('a') })}\n\n`,
+    `id: 2\ndata: ${JSON.stringify({ type: 'event', event: task.end() })}\n\n`,
+  ];
+  it.each([
+    ['CRLF', '\r\n', false],
+    ['CRLF, each CRLF split across two chunks', '\r\n', true],
+    ['CR', '\r', false],
+    ['CR, cut after each CR', '\r', true],
+  ])('reads a stream whose lines end with %s', async (_, eol, split) => {
+    const { client, sse } = sseSetup({ preferFallback: true });
+    const task = new FakeTask('t1', 2);
+    const watch = client.watch('t1');
+    const log = record(watch);
+    await flush();
+    const stream = sse.streams[0] as SseRequest;
+    const text = [OPENING, ...frames(task)].join('').replace(/\n/g, eol);
+    // Split: every chunk ends with a CR (the LF of its CRLF, if any, opens the next one).
+    for (const chunk of split ? text.split(/(?<=\r)/) : [text]) {
+      stream.write(chunk);
+      await flush();
+    }
+    expect(log).toEqual(['snapshot@0', 'item@1', 'completed@2', 'finished@2']);
+    expect((await watch.done).status).toBe('completed');
+    await client.close();
+  });
+});

@@ -46,7 +46,9 @@ export type StreamingFetch = (
   text?(): Promise<string>;
   /**
    * The response headers (`fetch` has them): a 200 that is not `text/event-stream` (a captive portal's or
-   * an SPA's HTML page) is taken for a failed open. Without them every 200 is taken for the stream.
+   * an SPA's HTML page) is taken for a failed open, reported on the watch (`store_unavailable`), and an
+   * ack's answer that is not JSON for no answer (sent again). Without them every 200 is taken for the
+   * stream, and every ack's answer below 500 (but 401 and 429) for the server's.
    */
   headers?: { get(name: string): string | null };
 }>;
@@ -187,15 +189,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           // and asked again with backoff, for ever.
           return refusal.code === ErrorCode.TokenExpired && !renewed ? follow(epoch, true) : end(refusal);
         }
+        if (!response.ok || !response.body) return end();
         // A 200 of something else (a captive portal's or an SPA's HTML page for every path) is a failed
         // open, backed off, not a stream that was served and cut: that one is reopened within a second, for
-        // ever, by every watch of the page.
-        if (
-          !response.ok ||
-          !response.body ||
-          response.headers?.get('content-type')?.includes('event-stream') === false
-        )
-          return end();
+        // ever, by every watch of the page. Reported on the watch, as HTTP polling reports such a page
+        // (`store_unavailable`): until 7 December 2026 the app was told nothing, its watch stuck.
+        if (response.headers?.get('content-type')?.includes('event-stream') === false)
+          return end(errorFromResponse(taskId, 200));
         answered = true;
         reader = response.body.getReader();
         const decoder = new TextDecoder();
@@ -209,8 +209,13 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
           delivered = true;
           heard();
           buffer += decoder.decode(value, { stream: true });
-          // The complete blocks; the last part waits for the rest of its block.
-          const blocks = buffer.split('\n\n');
+          // The complete blocks, each ended by a blank line; the last part waits for the rest of its block.
+          // Lines end with CRLF, LF or CR (the SSE spec): a proxy may rewrite the server's LFs, and a stream
+          // split on LF LF alone (until 7 December 2026) never yielded a frame, its watch stuck on heartbeats.
+          // A CR followed by LF is one line's end. A CR ending what came so far ends its line (a CR-only
+          // stream's block is not held until more comes); when it was half of a CRLF split across two chunks,
+          // its LF opens the next part as an empty line, which ends no block (no other line end follows it).
+          const blocks = buffer.split(/(?:\r\n|\n|\r(?!\n)){2}/);
           buffer = blocks.pop() as string;
           for (const block of blocks) {
             const stated = HEARTBEAT_INTERVAL.exec(block);
@@ -222,8 +227,8 @@ function sseWire(host: FallbackHost, fetchImpl: StreamingFetch | undefined): Fal
             }
             // Only `data:` lines matter: `id:` repeats the frame's seq (and the epoch, which snapshots carry
             // and the watch keeps), comments are heartbeats.
-            // (`[^\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
-            const data = [...block.matchAll(/^data: ?([^\n]*)/gm)].map((line) => line[1]).join('\n');
+            // (`[^\r\n]`, not `.`: a frame's JSON may hold U+2028 and U+2029 raw, which `.` does not match.)
+            const data = [...block.matchAll(/^data: ?([^\r\n]*)/gm)].map((line) => line[1]).join('\n');
             if (data !== '' && !ended) {
               const decoded = decodeServerText(data);
               if (decoded.ok) host.onFrame(decoded.frame);

@@ -50,7 +50,16 @@ export type FetchLike = (
     signal: AbortSignal;
     body?: string;
   },
-) => Promise<{ ok: boolean; status: number; text(): Promise<string> }>;
+) => Promise<{
+  ok: boolean;
+  status: number;
+  text(): Promise<string>;
+  /**
+   * The response headers (`fetch` has them): a terminal ack answered with something else than JSON (a
+   * captive portal's HTML page) is sent again. Without them every answer below 500 is taken for the server's.
+   */
+  headers?: { get(name: string): string | null };
+}>;
 
 /** The `credentials` mode of HTTP requests (as in `fetch`). */
 export type HttpCredentials = 'include' | 'same-origin' | 'omit';
