@@ -32,6 +32,29 @@ const LOCK_CREATE_GRACE_MS = 30_000;
 const LOCK_CANCEL_GRACE_MS = 30_000;
 
 /**
+ * Whether a lock is in the way of a batch, given its task as the store has it (`undefined`: not there):
+ * `held` by a running task (or one being created), `stopping` by a task cancelled a moment ago whose batch
+ * may still be finishing a change it had sent, or `stale` (its task ended, or never got created), so the
+ * lock may be taken over. The batch start and the node table both decide by it.
+ */
+export function lockState(
+  lock: NodeLock,
+  task: { status: string; finishedAt?: number | null | undefined } | undefined,
+  now = Date.now(),
+): 'held' | 'stopping' | 'stale' {
+  if (task === undefined) return now - lock.acquiredAt > LOCK_CREATE_GRACE_MS ? 'stale' : 'held';
+  if (task.status === 'running') return 'held';
+  // Completed and failed are written by the batch once its workers stopped; interrupted by a stopping or
+  // dead replica (taken over at once, so "Resume remaining" after a crash need not wait). A cancel is
+  // written by whoever cancelled, while the batch may still be changing the node: taken over at once, a
+  // batch started right after the cancel ran beside it (an uncordon read the node before the cordon's
+  // PATCH landed, reported success, and the node ended cordoned).
+  if (task.status === 'cancelled')
+    return now - (task.finishedAt ?? lock.acquiredAt) > LOCK_CANCEL_GRACE_MS ? 'stale' : 'stopping';
+  return 'stale';
+}
+
+/**
  * How long an `Idempotency-Key` of `POST /api/batch` answers with its batch: past it the key is free again
  * (and the app's hourly purge deletes it). A day, as common APIs keep theirs, is far past any client's retry.
  */
@@ -74,19 +97,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // the unlock fails on a closed database and the locks stay behind.
   const runs = new Set<Promise<void>>();
   /** Whether a lock's task has ended (or never got created), so the lock may be taken over. */
-  const lockIsStale = async (lock: NodeLock): Promise<boolean> => {
-    const task = await store.getTask(lock.taskId);
-    if (task === undefined) return Date.now() - lock.acquiredAt > LOCK_CREATE_GRACE_MS;
-    if (task.status === 'running') return false;
-    // Completed and failed are written by the batch once its workers stopped; interrupted by a stopping or
-    // dead replica (taken over at once, so "Resume remaining" after a crash need not wait). A cancel is
-    // written by whoever cancelled, while the batch may still be changing the node: taken over at once, a
-    // batch started right after the cancel ran beside it (an uncordon read the node before the cordon's
-    // PATCH landed, reported success, and the node ended cordoned).
-    if (task.status === 'cancelled')
-      return Date.now() - (task.finishedAt ?? lock.acquiredAt) > LOCK_CANCEL_GRACE_MS;
-    return true;
-  };
+  const lockIsStale = async (lock: NodeLock): Promise<boolean> =>
+    lockState(lock, await store.getTask(lock.taskId)) === 'stale';
 
   // One batch start at a time per user in this process, so the running-batches cap cannot be raced by
   // requests sent back to back.
