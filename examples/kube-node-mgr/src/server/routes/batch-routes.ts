@@ -438,7 +438,14 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
   };
 
-  const answerStart = (res: Response, op: Operation, names: string[], started: StartResult) => {
+  /** `skipped`: a rerun's nodes deleted from the cluster since its old batch (see startChecked). */
+  const answerStart = (
+    res: Response,
+    op: Operation,
+    names: string[],
+    started: StartResult,
+    skipped?: string[],
+  ) => {
     if (!started.ok) {
       const { retryAfterS } = started;
       if (retryAfterS !== undefined) res.setHeader('retry-after', String(retryAfterS));
@@ -452,6 +459,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       kind: OPERATION_KIND[op.type],
       description: started.description,
       nodes: names,
+      ...(skipped === undefined ? {} : { skipped }),
     });
   };
 
@@ -547,8 +555,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   });
 
   /**
-   * Checks the nodes exist, then starts the batch and answers; whether it started. A rerun's too: its nodes
-   * are the old batch's, and one deleted since failed again, "404 NotFound: nodes … not found", in a new task.
+   * Checks the nodes exist, then starts the batch and answers; whether it started. A new batch naming a node
+   * the cluster does not have is refused (`400 unknown_nodes`: a typo, a stale page). A rerun's nodes are the
+   * old batch's, and one deleted since (scaled down, replaced) is skipped: it runs on the others, and its
+   * answer names the skipped ones (`skipped`). Refused, as it was until 7 December 2026, one deleted node
+   * kept the rerun from every other node, and the user had to find them in the node table; run, it failed
+   * again, "404 NotFound: nodes … not found", in a new task.
    */
   const startChecked = async (
     res: Response,
@@ -568,15 +580,26 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       return false;
     }
     const unknown = names.filter((n) => !known.has(n));
-    if (unknown.length > 0) {
+    if (unknown.length > 0 && link === null) {
       fail(res, 400, 'unknown_nodes', `unknown node${unknown.length > 1 ? 's' : ''}: ${someNames(unknown)}`, {
         field: 'nodes',
         nodes: unknown,
       });
       return false;
     }
-    const started = await startBatch(session, cluster, op, names, link, reason, claim);
-    answerStart(res, op, names, started);
+    if (unknown.length === names.length) {
+      fail(
+        res,
+        400,
+        'nothing_to_rerun',
+        `${unknown.length === 1 ? 'the node to rerun no longer exists' : 'none of the nodes to rerun exists any more'} in the cluster: ${someNames(unknown)}`,
+        { nodes: unknown },
+      );
+      return false;
+    }
+    const existing = unknown.length === 0 ? names : names.filter((n) => known.has(n));
+    const started = await startBatch(session, cluster, op, existing, link, reason, claim);
+    answerStart(res, op, existing, started, link === null ? undefined : unknown);
     return started.ok;
   };
 
