@@ -24,6 +24,18 @@ const MERGE = 'application/merge-patch+json';
 const STRATEGIC = 'application/strategic-merge-patch+json';
 
 describe('demo cluster', () => {
+  // `kubectl delete node`, for trying what the app does with a node deleted since its batch (a rerun).
+  it('deletes a node: gone from the list and its reads; a second delete is 404', async () => {
+    const del = () => fetch(`${base}/api/v1/nodes/worker-3`, { method: 'DELETE' });
+    const first = await del();
+    expect(first.status).toBe(200);
+    expect(((await first.json()) as any).metadata.name).toBe('worker-3');
+    const list = (await (await fetch(`${base}/api/v1/nodes`)).json()) as any;
+    expect(list.items.map((n: any) => n.metadata.name)).not.toContain('worker-3');
+    expect((await fetch(`${base}/api/v1/nodes/worker-3`)).status).toBe(404);
+    expect((await del()).status).toBe(404);
+  });
+
   it('lists at least 12 nodes with roles, zones, instance types and taints', async () => {
     const list = (await (await fetch(`${base}/api/v1/nodes`)).json()) as any;
     expect(list.kind).toBe('NodeList');

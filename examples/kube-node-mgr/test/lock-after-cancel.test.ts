@@ -43,6 +43,15 @@ it('keeps a cancelled batch’s node locks until its in-flight PATCH has landed 
   expect(early.body.error.code).toBe('nodes_locked');
   expect(early.body.error.message).toContain(cordon.body.taskId);
 
+  // The node table shows worker-1 held (by the cancelled batch, stopping), not free: a user picking it got
+  // `nodes_locked` for as long as the batch took to stop (up to 30 s).
+  const held = await alice.get('/api/nodes');
+  expect(held.body.nodes.find((n: { name: string }) => n.name === 'worker-1').lock).toEqual({
+    taskId: cordon.body.taskId,
+    by: 'alice',
+    stopping: true,
+  });
+
   const gateOpen = release as () => void;
   release = undefined;
   gateOpen();
@@ -50,6 +59,8 @@ it('keeps a cancelled batch’s node locks until its in-flight PATCH has landed 
   for (let i = 0; i < 200 && (await h.db.locks('default')).length > 0; i++)
     await new Promise((r) => setTimeout(r, 10));
   expect(await h.db.locks('default')).toEqual([]);
+  const free = await alice.get('/api/nodes');
+  expect(free.body.nodes.find((n: { name: string }) => n.name === 'worker-1').lock).toBeNull();
   const uncordon = await alice.post('/api/batch', { operation: 'uncordon', nodes: ['worker-1'] });
   expect(uncordon.status).toBe(202);
   expect((await waitForTask(alice, uncordon.body.taskId)).task.status).toBe('completed');

@@ -100,4 +100,29 @@ describe('the node table', () => {
     expect(page.selected.has(added)).toBe(true);
     expect(document.querySelectorAll('#nodes tbody tr')).toHaveLength(4);
   });
+
+  // A review on 7 December 2026: the nodes of a batch cancelled a moment ago showed free while the batch
+  // still held their locks (up to 30 s, finishing a change it had sent), and a batch on them was refused
+  // `nodes_locked`. The server now sends those locks, `stopping`; the table says so, and reads again soon
+  // (nothing else tells the page when the batch lets go) until they are free.
+  it('shows the nodes a cancelled batch still holds as held until it has stopped, then free without Refresh', async () => {
+    const held = { ...row('node-held'), name: 'node-held' };
+    held.lock = { taskId: 'cancelled-task', by: 'bob', stopping: true };
+    const done = nodes.loadNodes();
+    answers.shift()?.resolve({ nodes: [held, row('node-free')] });
+    await done;
+    const lockText = () => document.querySelector('tr[data-node="node-held"] .lock')?.textContent ?? null;
+    expect(lockText()).toBe("held by bob's cancelled task cancelle until it has stopped");
+    expect(document.querySelector('tr[data-node="node-free"] .lock')).toBeNull();
+    // No read asked for by anyone else: the table asks again by itself while a node is held so.
+    expect(answers).toHaveLength(0);
+    for (let i = 0; i < 40 && answers.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(answers[0]?.path).toMatch(/^\/api\/nodes/);
+    answers.shift()?.resolve({ nodes: [{ ...held, lock: null }, row('node-free')] });
+    await new Promise((r) => setTimeout(r, 0));
+    expect(lockText()).toBeNull();
+    // Free: no more reads of its own.
+    await new Promise((r) => setTimeout(r, 1200));
+    expect(answers).toHaveLength(0);
+  });
 });

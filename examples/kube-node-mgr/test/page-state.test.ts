@@ -180,16 +180,19 @@ beforeAll(async () => {
           },
         });
       }
-      // `rerun-gone-…` tasks: worker-2 has left the cluster since.
-      if (path.includes('rerun-gone')) {
+      // `rerun-gone-…` tasks: worker-2 has left the cluster since; the rerun runs on worker-1, skipping it.
+      // `rerun-all-gone-…`: every node to rerun has.
+      if (path.includes('rerun-all-gone')) {
         return json(400, {
           error: {
-            code: 'unknown_nodes',
-            message: 'unknown node: worker-2',
-            field: 'nodes',
+            code: 'nothing_to_rerun',
+            message: 'the node to rerun no longer exists in the cluster: worker-2',
             nodes: ['worker-2'],
           },
         });
+      }
+      if (path.includes('rerun-gone')) {
+        return json(202, { taskId: `rerun-${reruns.length}`, nodes: ['worker-1'], skipped: ['worker-2'] });
       }
       // `rerun-locked-…` tasks: another batch holds their nodes (`…-by-cancelled`: one just cancelled).
       if (path.includes('rerun-locked')) {
@@ -413,19 +416,35 @@ describe('rerun buttons', () => {
     expect(note).not.toContain('running');
   });
 
-  // A rerun on a node deleted since is refused as a new batch on it is (400 unknown_nodes): "unknown node:
-  // worker-2" did not say why, nor the way on, and the button was clicked again for the same refusal.
-  it('a retry refused for a node deleted since says it no longer exists, and the way on', async () => {
+  // A rerun on a node deleted since was refused as a new batch on it is (400 unknown_nodes), and the dialog
+  // sent the user to the node table to run the others. The rerun runs on the nodes that still exist; its
+  // dialog says which were skipped.
+  it('a retry of a batch with a node deleted since opens the rerun, saying which node was skipped and why', async () => {
     nextSnap.set('rerun-gone', failedOne());
     pd.openProgress('rerun-gone');
     await sleep(50);
     (document.querySelector('#progress-retry') as HTMLButtonElement).click();
     await sleep(50);
+    const dialog = document.querySelector('#progress-dialog') as HTMLDialogElement;
+    expect(dialog.dataset.taskId).toMatch(/^rerun-\d+$/);
+    expect((document.querySelector('#progress-rerun-error') as HTMLElement).hidden).toBe(true);
+    const note = document.querySelector('#progress-rerun-note') as HTMLElement;
+    expect(note.hidden).toBe(false);
+    expect(note.textContent).toBe('Skipped worker-2: it no longer exists in the cluster.');
+  });
+
+  it('a retry whose every node was deleted since says so, and starts nothing', async () => {
+    nextSnap.set('rerun-all-gone', failedOne());
+    pd.openProgress('rerun-all-gone');
+    await sleep(50);
+    (document.querySelector('#progress-retry') as HTMLButtonElement).click();
+    await sleep(50);
+    expect((document.querySelector('#progress-dialog') as HTMLDialogElement).dataset.taskId).toBe(
+      'rerun-all-gone',
+    );
     const box = document.querySelector('#progress-rerun-error') as HTMLElement;
     expect(box.hidden).toBe(false);
-    expect(box.textContent).toBe(
-      'Not started: worker-2 no longer exists in the cluster. To run the operation on the others, select them in the node table.',
-    );
+    expect(box.textContent).toBe('the node to rerun no longer exists in the cluster: worker-2');
   });
 
   it('a resume right after a cancel, refused for the nodes the cancelled batch still holds, stays on that batch', async () => {

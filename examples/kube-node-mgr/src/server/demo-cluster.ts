@@ -268,6 +268,14 @@ export class DemoCluster {
           ),
         );
       }
+      // `kubectl delete node` (a node scaled down, replaced): what a rerun of an older batch meets. Its pods
+      // are left as they are (a real cluster's pod garbage collector deletes them later).
+      if (method === 'DELETE') {
+        if (node === undefined) throw notFound(nodeName);
+        this.#nodes.delete(nodeName);
+        this.#resourceVersion++;
+        return send(200, node); // as the API server answers a delete: the object deleted
+      }
       throw new HttpStatusError({
         code: 405,
         reason: 'MethodNotAllowed',

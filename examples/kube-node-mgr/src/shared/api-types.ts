@@ -50,7 +50,11 @@ export interface NodeView {
 /** A row of `GET /api/nodes`: the node, who cordoned it and why, and the batch holding its lock. */
 export interface NodeRow extends NodeView {
   cordon: { reason: string; by: string; at: number } | null;
-  lock: { taskId: string; by: string } | null;
+  /**
+   * The batch holding the node's lock; `stopping`: that batch was cancelled and is still finishing a change
+   * it had sent, and holds the node until it has stopped (a batch on the node is refused meanwhile).
+   */
+  lock: { taskId: string; by: string; stopping?: true } | null;
 }
 
 /** A task's state in the store, as the task list and the audit log show it (`null`: purged). */

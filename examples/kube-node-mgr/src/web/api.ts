@@ -31,6 +31,11 @@ export async function api<T>(
     response = await fetch(path, {
       method: init.method ?? 'GET',
       credentials: 'same-origin',
+      // Past the HTTP cache: Chromium lets one request per URL through its cache at a time (the cache lock),
+      // so overlapping reads of the node table queued one behind the other, each waiting for the cluster's
+      // list, and the read asked last reached the server only once the earlier ones had answered, showing
+      // the state of seconds later than asked (a cancelled batch's held nodes shown free, once released).
+      cache: 'no-store',
       headers: {
         ...init.headers,
         ...(init.body === undefined

@@ -3,7 +3,7 @@ import type { ClusterView, NodeRow } from '../shared/api-types.js';
 import { api } from './api.js';
 import { $, ago, el } from './dom.js';
 import { onSessionEnd, sameSession, sessionMark } from './session.js';
-import { canChange, selected, signedIn, state } from './state.js';
+import { canChange, STOPPING_POLL_MS, selected, signedIn, state } from './state.js';
 
 const STANDARD_LABEL =
   /^(kubernetes\.io|beta\.kubernetes\.io|node\.kubernetes\.io\/instance-type|topology\.kubernetes\.io|node-role\.kubernetes\.io)/;
@@ -57,6 +57,8 @@ $<HTMLSelectElement>('#cluster').addEventListener('change', (event) => {
 
 /** The last read of the node table asked for: an earlier one answering after it is not shown. */
 let nodesRead = 0;
+/** The next read while a node is held by a cancelled batch still stopping (see loadNodes). */
+let stoppingTimer: ReturnType<typeof setTimeout> | undefined;
 
 export async function loadNodes(): Promise<void> {
   if (!signedIn()) return;
@@ -82,6 +84,14 @@ export async function loadNodes(): Promise<void> {
   // A set: each selected node looked for in the whole list was 25 million comparisons for 5,000 nodes.
   const present = new Set(state.nodes.map((n) => n.name));
   for (const name of selected) if (!present.has(name)) selected.delete(name);
+  // A cancelled batch holds its nodes until its worker has stopped (up to 30 s), and nothing tells the page
+  // when it lets go: re-read soon while one does, so the nodes show free once a batch may take them.
+  if (stoppingTimer === undefined && state.nodes.some((n) => n.lock?.stopping)) {
+    stoppingTimer = setTimeout(() => {
+      stoppingTimer = undefined;
+      void loadNodes();
+    }, STOPPING_POLL_MS);
+  }
   fillSelect(
     '#role-filter',
     state.nodes.flatMap((n) => n.roles),
@@ -162,7 +172,13 @@ function renderNodes(): void {
     }
     if (n.lock !== null) {
       status.append(
-        el('small', { class: 'lock' }, `being changed by ${n.lock.by}'s task ${n.lock.taskId.slice(0, 8)}`),
+        el(
+          'small',
+          { class: n.lock.stopping ? 'lock stopping' : 'lock' },
+          n.lock.stopping
+            ? `held by ${n.lock.by}'s cancelled task ${n.lock.taskId.slice(0, 8)} until it has stopped`
+            : `being changed by ${n.lock.by}'s task ${n.lock.taskId.slice(0, 8)}`,
+        ),
       );
     }
     const taints = n.taints.map((t) =>
@@ -207,6 +223,8 @@ function renderNodes(): void {
 onSessionEnd(() => {
   if (nodesTimer !== undefined) clearTimeout(nodesTimer);
   nodesTimer = undefined;
+  clearTimeout(stoppingTimer);
+  stoppingTimer = undefined;
   selected.clear();
   state.nodes = [];
   renderNodes();

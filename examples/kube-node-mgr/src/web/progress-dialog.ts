@@ -479,11 +479,19 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
   if (buttons.some((b) => b.disabled)) return;
   for (const b of buttons) b.disabled = true;
   try {
-    const started = await api<{ taskId: string }>(`/api/tasks/${encodeURIComponent(id)}/rerun`, {
-      method: 'POST',
-      body: { mode },
-    });
-    openProgress(started.taskId);
+    const started = await api<{ taskId: string; skipped?: string[] }>(
+      `/api/tasks/${encodeURIComponent(id)}/rerun`,
+      { method: 'POST', body: { mode } },
+    );
+    // The old batch's nodes deleted from the cluster since: the rerun runs on the others, and says so (kept
+    // open after a success, which would close it 3 s later, the note with it).
+    const skipped = started.skipped ?? [];
+    openProgress(started.taskId, { autoClose: skipped.length === 0 });
+    if (skipped.length > 0) {
+      const note = $('#progress-rerun-note');
+      note.hidden = false;
+      note.textContent = `Skipped ${someNames(skipped)}: ${skipped.length === 1 ? 'it no longer exists' : 'they no longer exist'} in the cluster.`;
+    }
     void loadTasks();
   } catch (error) {
     const inTheWay = batchInTheWay(error, { mode, of: id });
@@ -494,13 +502,7 @@ async function rerun(mode: 'retry_failed' | 'resume_remaining'): Promise<void> {
     }
     const box = $('#progress-rerun-error');
     box.hidden = false;
-    const gone =
-      error instanceof ApiError && error.code === 'unknown_nodes' ? error.more.fields?.nodes : undefined;
-    // A rerun runs on all the nodes it names, as a new batch does: "unknown node: worker-3" left the user
-    // clicking the same button for the same refusal, not knowing that the way on is a new batch.
-    box.textContent = Array.isArray(gone)
-      ? `Not started: ${someNames(gone.map(String))} ${gone.length === 1 ? 'no longer exists' : 'no longer exist'} in the cluster. To run the operation on the others, select them in the node table.`
-      : (error as Error).message;
+    box.textContent = (error as Error).message;
   } finally {
     for (const b of buttons) b.disabled = false;
   }

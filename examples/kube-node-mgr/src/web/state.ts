@@ -9,6 +9,8 @@ export const AUTO_CLOSE_MS = 3000;
 export const TASK_LIST_POLL_MS = 5000;
 /** The node table is re-read this often, for changes made outside the app (kubectl). */
 export const NODE_POLL_MS = 15_000;
+/** …and this often while a cancelled batch holds nodes until it has stopped (their lock's `stopping`). */
+export const STOPPING_POLL_MS = 1000;
 /** Most running tasks of the list watched live at once. */
 export const MAX_LIVE_WATCHES = 20;
 

@@ -32,6 +32,29 @@ const LOCK_CREATE_GRACE_MS = 30_000;
 const LOCK_CANCEL_GRACE_MS = 30_000;
 
 /**
+ * Whether a lock is in the way of a batch, given its task as the store has it (`undefined`: not there):
+ * `held` by a running task (or one being created), `stopping` by a task cancelled a moment ago whose batch
+ * may still be finishing a change it had sent, or `stale` (its task ended, or never got created), so the
+ * lock may be taken over. The batch start and the node table both decide by it.
+ */
+export function lockState(
+  lock: NodeLock,
+  task: { status: string; finishedAt?: number | null | undefined } | undefined,
+  now = Date.now(),
+): 'held' | 'stopping' | 'stale' {
+  if (task === undefined) return now - lock.acquiredAt > LOCK_CREATE_GRACE_MS ? 'stale' : 'held';
+  if (task.status === 'running') return 'held';
+  // Completed and failed are written by the batch once its workers stopped; interrupted by a stopping or
+  // dead replica (taken over at once, so "Resume remaining" after a crash need not wait). A cancel is
+  // written by whoever cancelled, while the batch may still be changing the node: taken over at once, a
+  // batch started right after the cancel ran beside it (an uncordon read the node before the cordon's
+  // PATCH landed, reported success, and the node ended cordoned).
+  if (task.status === 'cancelled')
+    return now - (task.finishedAt ?? lock.acquiredAt) > LOCK_CANCEL_GRACE_MS ? 'stale' : 'stopping';
+  return 'stale';
+}
+
+/**
  * How long an `Idempotency-Key` of `POST /api/batch` answers with its batch: past it the key is free again
  * (and the app's hourly purge deletes it). A day, as common APIs keep theirs, is far past any client's retry.
  */
@@ -74,19 +97,8 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   // the unlock fails on a closed database and the locks stay behind.
   const runs = new Set<Promise<void>>();
   /** Whether a lock's task has ended (or never got created), so the lock may be taken over. */
-  const lockIsStale = async (lock: NodeLock): Promise<boolean> => {
-    const task = await store.getTask(lock.taskId);
-    if (task === undefined) return Date.now() - lock.acquiredAt > LOCK_CREATE_GRACE_MS;
-    if (task.status === 'running') return false;
-    // Completed and failed are written by the batch once its workers stopped; interrupted by a stopping or
-    // dead replica (taken over at once, so "Resume remaining" after a crash need not wait). A cancel is
-    // written by whoever cancelled, while the batch may still be changing the node: taken over at once, a
-    // batch started right after the cancel ran beside it (an uncordon read the node before the cordon's
-    // PATCH landed, reported success, and the node ended cordoned).
-    if (task.status === 'cancelled')
-      return Date.now() - (task.finishedAt ?? lock.acquiredAt) > LOCK_CANCEL_GRACE_MS;
-    return true;
-  };
+  const lockIsStale = async (lock: NodeLock): Promise<boolean> =>
+    lockState(lock, await store.getTask(lock.taskId)) === 'stale';
 
   // One batch start at a time per user in this process, so the running-batches cap cannot be raced by
   // requests sent back to back.
@@ -426,7 +438,14 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
     }
   };
 
-  const answerStart = (res: Response, op: Operation, names: string[], started: StartResult) => {
+  /** `skipped`: a rerun's nodes deleted from the cluster since its old batch (see startChecked). */
+  const answerStart = (
+    res: Response,
+    op: Operation,
+    names: string[],
+    started: StartResult,
+    skipped?: string[],
+  ) => {
     if (!started.ok) {
       const { retryAfterS } = started;
       if (retryAfterS !== undefined) res.setHeader('retry-after', String(retryAfterS));
@@ -440,6 +459,7 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       kind: OPERATION_KIND[op.type],
       description: started.description,
       nodes: names,
+      ...(skipped === undefined ? {} : { skipped }),
     });
   };
 
@@ -535,8 +555,12 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
   });
 
   /**
-   * Checks the nodes exist, then starts the batch and answers; whether it started. A rerun's too: its nodes
-   * are the old batch's, and one deleted since failed again, "404 NotFound: nodes … not found", in a new task.
+   * Checks the nodes exist, then starts the batch and answers; whether it started. A new batch naming a node
+   * the cluster does not have is refused (`400 unknown_nodes`: a typo, a stale page). A rerun's nodes are the
+   * old batch's, and one deleted since (scaled down, replaced) is skipped: it runs on the others, and its
+   * answer names the skipped ones (`skipped`). Refused, as it was until 7 December 2026, one deleted node
+   * kept the rerun from every other node, and the user had to find them in the node table; run, it failed
+   * again, "404 NotFound: nodes … not found", in a new task.
    */
   const startChecked = async (
     res: Response,
@@ -556,15 +580,26 @@ export function registerBatchRoutes(ctx: RouteContext): BatchRuns {
       return false;
     }
     const unknown = names.filter((n) => !known.has(n));
-    if (unknown.length > 0) {
+    if (unknown.length > 0 && link === null) {
       fail(res, 400, 'unknown_nodes', `unknown node${unknown.length > 1 ? 's' : ''}: ${someNames(unknown)}`, {
         field: 'nodes',
         nodes: unknown,
       });
       return false;
     }
-    const started = await startBatch(session, cluster, op, names, link, reason, claim);
-    answerStart(res, op, names, started);
+    if (unknown.length === names.length) {
+      fail(
+        res,
+        400,
+        'nothing_to_rerun',
+        `${unknown.length === 1 ? 'the node to rerun no longer exists' : 'none of the nodes to rerun exists any more'} in the cluster: ${someNames(unknown)}`,
+        { nodes: unknown },
+      );
+      return false;
+    }
+    const existing = unknown.length === 0 ? names : names.filter((n) => known.has(n));
+    const started = await startBatch(session, cluster, op, existing, link, reason, claim);
+    answerStart(res, op, existing, started, link === null ? undefined : unknown);
     return started.ok;
   };
 

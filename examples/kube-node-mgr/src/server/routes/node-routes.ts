@@ -2,6 +2,7 @@
 
 import type { ClusterView, NodeRow } from '../../shared/api-types.js';
 import { FIELD_MANAGER, KubeApiError, type NodeView } from '../kube-nodes.js';
+import { lockState } from './batch-routes.js';
 import { kubeFailure, type RouteContext } from './context.js';
 
 export function registerNodeRoutes(ctx: RouteContext): void {
@@ -39,15 +40,26 @@ export function registerNodeRoutes(ctx: RouteContext): void {
     }
     const [cordons, locks] = await tables;
     const cordonOf = new Map(cordons.map((c) => [c.node, c]));
-    // Only locks of running tasks: a lock outlives its task for a moment (released after the terminal
-    // event) and for good when its replica died (taken over by the next batch).
+    // The locks in the way of a batch, as a batch start decides (lockState): a running task's, and a task's
+    // cancelled a moment ago until its batch has stopped and released them (shown `stopping`). Only running
+    // tasks' were shown: a cancelled batch's nodes showed free while it finished the change it had sent, for
+    // up to 30 s, and a batch on them was refused `nodes_locked`. A lock its ended task has not released yet
+    // (a moment after the terminal event, or for good when its replica died) is taken over: not shown.
     const holders = [...new Set(locks.map((l) => l.taskId))];
-    const running = new Set(
-      (await Promise.all(holders.map((id) => store.getTask(id))))
-        .filter((t) => t?.status === 'running')
-        .map((t) => t?.id),
+    const tasks = new Map(
+      await Promise.all(holders.map(async (id) => [id, await store.getTask(id)] as const)),
     );
-    const lockOf = new Map(locks.filter((l) => running.has(l.taskId)).map((l) => [l.node, l]));
+    const now = Date.now();
+    const lockOf = new Map<string, NonNullable<NodeRow['lock']>>();
+    for (const l of locks) {
+      const held = lockState(l, tasks.get(l.taskId), now);
+      if (held === 'stale') continue;
+      lockOf.set(l.node, {
+        taskId: l.taskId,
+        by: l.username,
+        ...(held === 'stopping' ? { stopping: true } : {}),
+      });
+    }
     res.json({
       nodes: list.map((n): NodeRow => {
         const note = cordonOf.get(n.name);
@@ -64,7 +76,7 @@ export function registerNodeRoutes(ctx: RouteContext): void {
             (n.cordonManager === null || n.cordonManager === FIELD_MANAGER)
               ? { reason: note.reason, by: note.username, at: note.at }
               : null,
-          lock: lock === undefined ? null : { taskId: lock.taskId, by: lock.username },
+          lock: lock ?? null,
         };
       }),
     });
