@@ -18,7 +18,7 @@ import { launchChromium, spawnSingleServer } from './launch.js';
 import { loginPage } from './login.js';
 
 /** Each demo API call's delay: a cancelled batch holds its locks until its call in flight has answered. */
-const LATENCY_MS = 1500;
+const LATENCY_MS = 2500;
 
 let dataDir: string;
 let server: ServerProcess;
@@ -58,7 +58,7 @@ it('shows a cancelled batch’s nodes held until it has stopped, then resumes it
   await page.click('#progress-cancel');
   await page.waitForSelector('#progress-dialog[data-state=cancelled]', { timeout: 10_000 });
   // The table shows the nodes held by the cancelled batch (a batch on them is refused meanwhile)…
-  await page.waitForSelector('tr[data-node="worker-2"] .lock.stopping', { timeout: 5000 });
+  await page.waitForSelector('tr[data-node="worker-2"] .lock.stopping', { timeout: 10_000 });
   expect(await page.textContent('tr[data-node="worker-2"] .lock')).toBe(
     `held by ops's cancelled task ${cancelled.slice(0, 8)} until it has stopped`,
   );
