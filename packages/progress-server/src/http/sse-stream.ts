@@ -307,6 +307,13 @@ export function streamTask(
       end('task_gone');
       return;
     }
+    if (isProgressError(error, ErrorCode.Closed) && ctx.hub.closed) {
+      // The hub (or its reads) refused the stream: the server shuts down, as the client learns from the end.
+      // Counted as a store error, logged as a failed read and ended `read_failed`, a clean shutdown showed
+      // the operator a failing store.
+      end('shutdown');
+      return;
+    }
     ctx.metrics.storeErrors.inc();
     ctx.logger.warn({ err: describeError(error), taskId }, 'SSE stream read failed; ending the stream');
     // The client reconnects with Last-Event-ID and loses nothing.

@@ -234,6 +234,14 @@ export class TaskHub {
     this.#stopFeed = this.#feed.subscribe((change) => this.#onChange(change));
   }
 
+  /**
+   * {@link close} was called (the server shuts down): a `closed` its streams end with is the server's own,
+   * not a store failing (a store closed under the running server also fails its reads with `closed`).
+   */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Number of tasks followed by at least one local subscriber. */
   get size(): number {
     return this.#followed.size;
