@@ -51,7 +51,14 @@ import {
   sendEncoded,
 } from './http-request.js';
 import type { StreamContext } from './sse-stream.js';
-import { answerStreamHead, cursorAtEnd, streamCursor, streamTask } from './sse-stream.js';
+import { answerStreamHead, cursorAtEnd, finishByDeadline, streamCursor, streamTask } from './sse-stream.js';
+
+/** An answer being written, as the server's shutdown sees it. @internal */
+export interface OpenAnswer {
+  /** Resolves once the answer left, or at `deadline` (epoch ms) with its connection destroyed. */
+  shutdown(deadline: number): Promise<void>;
+}
+
 import { stallTimer } from './stall-timer.js';
 
 export { HTTP_STATUS } from './http-request.js';
@@ -154,6 +161,11 @@ export interface HttpHandlerContext<P extends Principal> {
    * reads do. None: the routes read the store at once.
    */
   reads?: Pick<FairReads, 'run'> | undefined;
+  /**
+   * The server's answers still being written (see {@link AnswerWriter}): its shutdown gives each until its
+   * deadline to leave, then destroys its connection (see {@link finishByDeadline}).
+   */
+  openAnswers?: Set<OpenAnswer>;
   /** What `GET …/stream` (Server-Sent Events) and `POST …/ack` need. */
   streams: StreamContext & { acks: Pick<AckWriter, 'ack' | 'mark' | 'seen'>; maxSocketsPerPrincipal: number };
 }
@@ -819,11 +831,19 @@ export const MAX_UNREAD_ANSWER_BYTES_PER_PRINCIPAL = 32 * 1024 * 1024;
  * `maxUnreadAnswerBytes`, all principals' answers together (but one answer while it holds none).
  */
 class AnswerWriter {
-  readonly #ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>;
+  readonly #ctx: Pick<
+    HttpHandlerContext<Principal>,
+    'streams' | 'logger' | 'metrics' | 'unreadAnswers' | 'openAnswers'
+  >;
   /** Bytes of each principal's answers not yet handed to the network, the server's; no entry at 0. */
   readonly #unread: Map<string, number>;
 
-  constructor(ctx: Pick<HttpHandlerContext<Principal>, 'streams' | 'logger' | 'metrics' | 'unreadAnswers'>) {
+  constructor(
+    ctx: Pick<
+      HttpHandlerContext<Principal>,
+      'streams' | 'logger' | 'metrics' | 'unreadAnswers' | 'openAnswers'
+    >,
+  ) {
     this.#ctx = ctx;
     this.#unread = ctx.unreadAnswers.byPrincipal;
   }
@@ -887,6 +907,17 @@ class AnswerWriter {
     const stop = () => cancel?.();
     response.once('finish', stop);
     response.once('close', stop);
+    // Ended by the server's shutdown at its deadline, as an event stream is: on the application's
+    // http.Server, an answer whose reader stopped reading held its connection and stall timer for
+    // sseStallTimeoutMs after close() returned, and the process could not exit.
+    const open = this.#ctx.openAnswers;
+    if (open !== undefined) {
+      const opened: OpenAnswer = { shutdown: (deadline) => finishByDeadline(response, deadline) };
+      open.add(opened);
+      const forget = () => open.delete(opened);
+      response.once('finish', forget);
+      response.once('close', forget);
+    }
     if (principalId === undefined) return;
     this.#unread.set(principalId, held + data.length);
     total.bytes += data.length;
